@@ -1,0 +1,1 @@
+"""Base models: the tiny local builder (demo and tests) and resource checks of HF model dirs."""

@@ -1,0 +1,64 @@
+"""The fully resolved per-run config (run.yaml): the single source of truth for one run.
+
+The job script only calls `tunelab train run.yaml`; training and evaluation read everything from
+here. A retry writes a new run.yaml (attempt + 1); nothing ever patches it with regexes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from tunelab.errors import TunelabError
+from tunelab.fsutil import atomic_write_yaml
+from tunelab.spec import DatasetSpec, EvalSpec, ModelSpec, ResourcesSpec, TrainingConfig, _Strict, format_validation_error
+
+RUN_FILE = "run.yaml"
+
+
+class RunConfig(_Strict):
+    name: str
+    kind: Literal["finetune", "control"]
+    experiment: str
+    experiment_dir: str = Field(description="Absolute path of the experiment directory.")
+    model: ModelSpec = Field(description="Base model; path is absolute.")
+    dataset: DatasetSpec = Field(description="Dataset; path is absolute.")
+    prompt: str
+    system_prompt: str | None = None
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    factors: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingConfig | None = Field(None, description="None for controls (evaluation only).")
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    attempt: int = Field(1, ge=1)
+
+    @property
+    def run_dir(self) -> Path:
+        sub = "runs" if self.kind == "finetune" else "controls"
+        return Path(self.experiment_dir) / sub / self.name
+
+
+def save_run_config(cfg: RunConfig, path: str | Path | None = None) -> Path:
+    path = Path(path) if path else cfg.run_dir / RUN_FILE
+    return atomic_write_yaml(path, cfg.model_dump(mode="json"))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RUN_FILE
+    if not path.is_file():
+        raise TunelabError("run config not found", file=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TunelabError(f"not valid YAML: {exc}", file=path) from None
+    if not isinstance(data, dict):
+        raise TunelabError("a run config must be a YAML mapping", file=path)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, path) from None
