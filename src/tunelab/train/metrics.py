@@ -1,0 +1,122 @@
+"""What a run measures about itself: tokens processed (all and non-padding), throughput over
+training time only (evaluation and checkpoint saves excluded), peak memory, loss, val_loss.
+
+Counted in tokens, not examples or steps, because memory and speed scale with tokens per
+micro-batch, and packed and unpacked runs are only comparable that way.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Counters:
+    """Cumulative over the whole run, carried across a resume."""
+
+    tokens: int = 0  # tokens the model processed (padding included)
+    nonpad_tokens: int = 0  # real tokens (padding excluded)
+    examples: int = 0
+    overhead_s: float = 0.0  # time in evaluation and checkpoint saves
+    elapsed_s: float = 0.0  # wall time of training (all attempts)
+
+
+def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
+    """(tokens, non-pad tokens, examples) of one micro-batch, padded or padding-free."""
+    ids = inputs["input_ids"]
+    tokens = int(ids.numel())
+    if "position_ids" in inputs and ids.shape[0] == 1 and "attention_mask" not in inputs:
+        # padding-free: all tokens are real; examples = restarts of position ids at 0
+        nonpad = tokens
+        examples = int((inputs["position_ids"] == 0).sum())
+    elif "attention_mask" in inputs:
+        nonpad = int(inputs["attention_mask"].sum())
+        examples = int(ids.shape[0])
+    else:
+        nonpad = tokens
+        examples = int(ids.shape[0])
+    return tokens, nonpad, examples
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory in GiB and what it measures: CUDA allocated on a GPU, process RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host_max_rss"
+
+
+class MetricsWriter:
+    """Appends one JSON line per logging step (training) or evaluation (validation)."""
+
+    def __init__(self, path: Path, counters: Counters):
+        self.path = path
+        self.counters = counters
+        self.started = time.monotonic()
+        self.base_elapsed = counters.elapsed_s
+        self._last = {"tokens": counters.tokens, "time": self._train_time()}
+        self.last_eval_step: int | None = None
+
+    def _train_time(self) -> float:
+        return self.elapsed() - self.counters.overhead_s
+
+    def elapsed(self) -> float:
+        return self.base_elapsed + (time.monotonic() - self.started)
+
+    def write(self, step: int, epoch: float | None, logs: dict[str, Any]) -> dict[str, Any]:
+        self.counters.elapsed_s = self.elapsed()
+        train_time = self._train_time()
+        d_tokens = self.counters.tokens - self._last["tokens"]
+        d_time = train_time - self._last["time"]
+        is_eval = "eval_loss" in logs
+        peak, kind = peak_memory()
+        row = {
+            "step": step,
+            "epoch": round(epoch, 4) if epoch is not None else None,
+            "loss": None if is_eval else logs.get("loss"),
+            "val_loss": logs.get("eval_loss"),
+            "lr": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens": self.counters.tokens,
+            "nonpad_tokens": self.counters.nonpad_tokens,
+            "examples": self.counters.examples,
+            "tokens_per_s": None if is_eval or d_time <= 0 else round(d_tokens / d_time, 2),
+            "train_time_s": round(train_time, 3),
+            "peak_memory_gib": round(peak, 4),
+            "memory_kind": kind,
+            "elapsed_s": round(self.counters.elapsed_s, 3),
+        }
+        if is_eval:
+            self.last_eval_step = step
+        else:
+            self._last = {"tokens": self.counters.tokens, "time": train_time}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        return row
+
+    def snapshot(self) -> dict[str, Any]:
+        self.counters.elapsed_s = self.elapsed()
+        return asdict(self.counters)
+
+
+def steady_tokens_per_s(rows: list[dict], warmup_rows: int = 1) -> float | None:
+    """Mean throughput after warm-up: tokens over training time between the first and last
+    training rows past warm-up (never the last logged value alone)."""
+    train = [r for r in rows if r.get("loss") is not None and r.get("train_time_s") is not None]
+    if len(train) > warmup_rows + 1:
+        first, last = train[warmup_rows], train[-1]
+    elif len(train) >= 2:
+        first, last = train[0], train[-1]
+    elif len(train) == 1 and train[0]["train_time_s"]:
+        return train[0]["tokens"] / train[0]["train_time_s"]
+    else:
+        return None
+    dt = last["train_time_s"] - first["train_time_s"]
+    return (last["tokens"] - first["tokens"]) / dt if dt > 0 else None

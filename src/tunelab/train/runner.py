@@ -1,0 +1,323 @@
+"""Train one run from its run.yaml: TRL SFTTrainer + PEFT LoRA, prompt/completion, loss on the
+completion only, optional BFD packing, per-epoch adapter checkpoints, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.fsutil import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+from tunelab.train.checkpoints import last_trainer_checkpoint, publish_epoch_checkpoint
+from tunelab.train.metrics import Counters, MetricsWriter, count_batch, steady_tokens_per_s
+
+COUNTERS_FILE = "tunelab_counters.json"
+
+
+def _log(msg: str) -> None:
+    print(f"[tunelab train] {msg}", flush=True)
+
+
+def _pick_dtype(name: str):
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
+    """Tokenize train (and validation) with the shared PromptFormat: input_ids + completion_mask."""
+    from datasets import Dataset
+
+    from tunelab.data.formatting import prompt_format_of
+    from tunelab.data.splits import load_splits
+
+    splits = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)
+    fmt = prompt_format_of(cfg)
+
+    def encode(rows: list[dict]) -> Dataset:
+        return Dataset.from_list(
+            [fmt.encode_example(r[cfg.dataset.input_field], r[cfg.dataset.output_field], tokenizer) for r in rows]
+        )
+
+    val = encode(splits["validation"]) if cfg.training.validation_every_steps else None
+    return encode(splits["train"]), val
+
+
+def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:
+    """Examples, sequences, density and fill of the dataset the trainer actually iterates."""
+    if packed and "seq_lengths" in dataset.column_names:
+        lengths = dataset["seq_lengths"]
+        examples = sum(len(x) for x in lengths)
+        tokens = sum(sum(x) for x in lengths)
+        sequences = len(lengths)
+    else:
+        examples = len(dataset)
+        sequences = examples
+        tokens = sum(len(x) for x in dataset["input_ids"])
+    return {
+        "packed": packed,
+        "max_seq_len": max_seq_len,
+        "examples": examples,
+        "sequences": sequences,
+        "tokens": tokens,
+        "density": round(examples / sequences, 4) if sequences else None,
+        "fill_fraction": round(tokens / (sequences * max_seq_len), 4) if packed and sequences else None,
+    }
+
+
+def _make_trainer_class():
+    from trl import SFTTrainer
+
+    class CountingSFTTrainer(SFTTrainer):
+        """Counts the tokens of every micro-batch and times evaluation and checkpoint saves."""
+
+        counters: Counters
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            tokens, nonpad, examples = count_batch(inputs)
+            self.counters.tokens += tokens
+            self.counters.nonpad_tokens += nonpad
+            self.counters.examples += examples
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def _save_checkpoint(self, model, trial):
+            t0 = time.monotonic()
+            super()._save_checkpoint(model, trial)
+            self.counters.overhead_s += time.monotonic() - t0
+
+        def evaluate(self, *args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.counters.overhead_s += time.monotonic() - t0
+
+    return CountingSFTTrainer
+
+
+def _make_callback(run_dir: Path, writer: MetricsWriter, total_steps_ref: dict):
+    from transformers import TrainerCallback
+
+    class TunelabCallback(TrainerCallback):
+        """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs and "eval_loss" not in logs:
+                return
+            row = writer.write(state.global_step, state.epoch, logs)
+            st.write_status(run_dir, step=state.global_step, epoch=row["epoch"], total_steps=state.max_steps)
+            what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
+                f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
+            )
+            _log(f"step {state.global_step}/{state.max_steps} epoch {row['epoch']:.2f} {what}")
+
+        def on_save(self, args, state, control, **kwargs):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
+            epoch = max(0, math.ceil(round(state.epoch or 0, 6)) - 1)
+            dest = publish_epoch_checkpoint(ckpt, run_dir, epoch)
+            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
+            _log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
+
+    return TunelabCallback()
+
+
+def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counters]:
+    """Find the checkpoint to resume from; drop metrics logged after it (they will be redone)."""
+    last = last_trainer_checkpoint(state_dir)
+    metrics_path = run_dir / st.METRICS_FILE
+    if last is None:
+        for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE):
+            stale.unlink(missing_ok=True)
+        return None, Counters()
+    step = int(last.name.removeprefix("checkpoint-"))
+    kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    counters = Counters(**(read_json(last / COUNTERS_FILE, default={}) or {}))
+    return last, counters
+
+
+def _summarize(run_dir: Path, cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    rows = read_jsonl(run_dir / st.METRICS_FILE)
+    train_rows = [r for r in rows if r.get("loss") is not None]
+    val_rows = [r for r in rows if r.get("val_loss") is not None]
+    last = rows[-1] if rows else {}
+    tps = steady_tokens_per_s(rows)
+    nonpad_frac = (last.get("nonpad_tokens", 0) / last["tokens"]) if last.get("tokens") else None
+    from tunelab.train.checkpoints import complete_epochs
+
+    summary = {
+        "run": cfg.name,
+        "state": st.COMPLETED,
+        "attempt": cfg.attempt,
+        "steps": last.get("step"),
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "best_loss": min(r["loss"] for r in train_rows) if train_rows else None,
+        "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+        "best_val_loss": min(r["val_loss"] for r in val_rows) if val_rows else None,
+        "tokens": last.get("tokens"),
+        "nonpad_tokens": last.get("nonpad_tokens"),
+        "nonpad_fraction": round(nonpad_frac, 4) if nonpad_frac is not None else None,
+        "tokens_per_s": round(tps, 2) if tps else None,
+        "nonpad_tokens_per_s": round(tps * nonpad_frac, 2) if tps and nonpad_frac else None,
+        "peak_memory_gib": max((r["peak_memory_gib"] for r in rows), default=None),
+        "memory_kind": last.get("memory_kind"),
+        "checkpoints": [f"epoch_{e}" for e in complete_epochs(run_dir)],
+        **extra,
+    }
+    return summary
+
+
+def train_run(cfg: RunConfig) -> dict[str, Any]:
+    """Train one run in cfg.run_dir; return its summary. Raises on failure (status.json says why)."""
+    run_dir = cfg.run_dir
+    if cfg.kind != "finetune" or cfg.training is None:
+        raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = run_dir / st.TRAINER_STATE_DIR
+    resume_from, counters = _prepare_resume(run_dir, state_dir)
+    prev = st.read_status(run_dir)
+    started = st.now_iso()
+    st.write_status(
+        run_dir,
+        run=cfg.name,
+        state=st.RUNNING,
+        attempt=cfg.attempt,
+        started_at=started,
+        first_started_at=prev.get("first_started_at") or started,
+        resumed_from=resume_from.name if resume_from else None,
+        restarts=(prev.get("restarts", 0) + 1) if resume_from else 0,
+        error=None,
+    )
+    try:
+        summary = _train(cfg, run_dir, state_dir, resume_from, counters)
+    except BaseException as exc:
+        state = st.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else st.FAILED
+        st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
+        if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
+            traceback.print_exc()
+        raise
+    atomic_write_json(run_dir / st.SUMMARY_FILE, summary)
+    st.write_status(run_dir, state=st.COMPLETED, finished_at=st.now_iso(), step=summary["steps"])
+    _log(f"completed: {summary['steps']} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']}")
+    return summary
+
+
+def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters) -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig
+
+    t = cfg.training
+    set_seed(t.seed)
+    cuda = torch.cuda.is_available()
+    dtype = _pick_dtype(t.dtype)
+    _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if cuda else 'cpu'}"
+         + (f", resuming from {resume_from.name}" if resume_from else ""))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
+    train_ds, val_ds = build_datasets(cfg, tokenizer)
+
+    lora = LoraConfig(
+        r=t.lora_rank,
+        lora_alpha=t.effective_lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=t.lora_target_modules,
+        modules_to_save=t.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    args = SFTConfig(
+        output_dir=str(state_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_strategy="epoch",
+        eval_strategy="steps" if val_ds is not None else "no",
+        eval_steps=t.validation_every_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not cuda,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        report_to="none",
+        disable_tqdm=True,
+        max_length=t.max_seq_len,
+        packing=t.packing,
+        packing_strategy="bfd",
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    trainer_cls = _make_trainer_class()
+    writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_make_callback(run_dir, writer, {})],
+    )
+    trainer.counters = counters
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
+    pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
+    atomic_write_json(run_dir / st.PACKING_FILE, pstats)
+    _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if val_ds is not None and writer.last_eval_step != trainer.state.global_step:
+        metrics = trainer.evaluate()
+        writer.write(trainer.state.global_step, trainer.state.epoch, metrics)
+    return _summarize(
+        run_dir,
+        cfg,
+        {
+            "epochs": t.epochs,
+            "duration_s": round(writer.elapsed(), 3),
+            "train_time_s": round(writer.elapsed() - counters.overhead_s, 3),
+            "overhead_s": round(counters.overhead_s, 3),
+            "train_examples": len(train_ds),
+            "validation_examples": len(val_ds) if val_ds is not None else None,
+            "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, torch.cuda.device_count()),
+            "packing": pstats,
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "cpu_threads": torch.get_num_threads(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "restarts": st.read_status(run_dir).get("restarts", 0),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "peft": peft.__version__, "trl": trl.__version__},
+            "pid": os.getpid(),
+        },
+    )
