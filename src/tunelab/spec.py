@@ -88,7 +88,9 @@ class TrainingConfig(_Strict):
 class EvalSpec(_Strict):
     """How fine-tuned checkpoints and controls are evaluated (inspect-ai)."""
 
-    task: str = Field("exact_match", description="Built-in task: exact_match or includes.")
+    task: Literal["exact_match", "includes"] = Field(
+        "exact_match", description="exact_match: the stripped answer equals the target; includes: contains it."
+    )
     split: Literal["test", "validation"] = "test"
     max_tokens: int = Field(16, ge=1)
     epochs: Literal["last", "all"] = "last"

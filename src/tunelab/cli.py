@@ -1,0 +1,230 @@
+"""The tunelab command line: a thin typer app; each command calls one module function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help="Plan, run, evaluate and report sweeps of LoRA fine-tuning experiments.\n\n"
+    "Pipeline: experiment.yaml → plan → scaffold → run → eval → results/report. "
+    "`tunelab demo` runs all of it on a tiny local model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
+models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn TunelabError into one red line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunelabError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@data_app.command("capitalization")
+@friendly
+def data_capitalization(
+    word_len: int = typer.Option(..., "--word-len", help="Letters per word."),
+    num_words: int = typer.Option(..., "--num-words", help="Distinct words in all splits together."),
+    out: Path = typer.Option(..., "--out", help="Directory for words_{L}L_{P}P_{N}.json."),
+    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
+                                         "evenly into validation and test."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
+) -> None:
+    """Lower-case English words → capitalized, from the installed english-words package."""
+    from tunelab.data.capitalization import make_capitalization_dataset
+
+    path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
+    console.print(f"wrote {path}")
+
+
+@models_app.command("tiny")
+@friendly
+def models_tiny(
+    layers: int = typer.Option(2, "--layers", help="Transformer layers."),
+    hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
+) -> None:
+    """A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
+    from tunelab.models.tiny import build_tiny_model
+
+    path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
+    meta = json.loads((path / "tunelab_tiny.json").read_text())
+    console.print(f"wrote {path} ({meta['parameters']:,} parameters)")
+
+
+def _print_plan(plan) -> None:
+    from tunelab.plan import plan_rows
+
+    rows = plan_rows(plan)
+    table = Table(title=f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r.values())
+    console.print(table)
+    console.print(f"recipe: {plan.recipe}")
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@app.command("plan")
+@friendly
+def plan_cmd(
+    spec: Path = typer.Argument(..., help="experiment.yaml"),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
+) -> None:
+    """Verify models, datasets and the eval task; show the runs; write plan.md beside the spec."""
+    from tunelab.fsutil import atomic_write_text
+    from tunelab.plan import make_plan, plan_rows, render_plan_md
+
+    plan = make_plan(spec)
+    path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
+    if json_out:
+        print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe, "runs": plan_rows(plan),
+                          "warnings": plan.warnings}, indent=2))
+        return
+    _print_plan(plan)
+    console.print(f"wrote {path}")
+
+
+@app.command("scaffold")
+@friendly
+def scaffold_cmd(
+    spec: Path = typer.Argument(..., help="experiment.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Experiment directory (default: the spec's directory)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite run configs even where runs have results."),
+) -> None:
+    """Write runs/<run>/{run.yaml, job.sh}, controls/, submit_all.sh, plan.md and README.md."""
+    from tunelab.scaffold import scaffold
+
+    plan = scaffold(spec, out, force=force)
+    console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
+
+
+@app.command("train")
+@friendly
+def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
+    """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one."""
+    from tunelab.runconfig import load_run_config
+    from tunelab.train.runner import train_run
+
+    train_run(load_run_config(run_yaml))
+
+
+@app.command("run")
+@friendly
+def run_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
+) -> None:
+    """Train pending runs locally, one at a time on CPU (one per GPU with GPUs). Completed runs are skipped."""
+    from tunelab.execute.local import run_local
+
+    results = run_local(experiment_dir, runs, force=force, console=console)
+    bad = {k: v for k, v in results.items() if v != "completed"}
+    if bad:
+        err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see runs/<run>/train.log[/red]")
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    epochs: str = typer.Option("", "--epochs", help="'last' or 'all' (default: the spec's eval.epochs)."),
+    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs or controls (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
+) -> None:
+    """Evaluate fine-tuned checkpoints and controls with inspect-ai (greedy, same prompt format as training)."""
+    from tunelab.evaluate.sweep import evaluate_experiment
+
+    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console)
+
+
+@app.command("results")
+@friendly
+def results_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per run and control."),
+) -> None:
+    """State, training metrics and eval scores of every run and control (from the ledger)."""
+    from tunelab.results import collect_results, to_csv, to_json
+
+    rows = collect_results(experiment_dir)
+    if json_out:
+        print(to_json(rows))
+    elif csv_out:
+        sys.stdout.write(to_csv(rows))
+    else:
+        table = Table(title=str(experiment_dir))
+        for col in ("run", "type", "state", "steps", "final loss", "val loss", "score"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["type"], r["state"], str(r["steps"] or "—"),
+                          f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "—",
+                          f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "—",
+                          f"{100 * r['score']:.1f} %" if r["score"] is not None else "—")
+        console.print(table)
+
+
+@app.command("report")
+@friendly
+def report_cmd(experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory.")) -> None:
+    """Write report/report.md: status, checkpoint verification, training and evaluation tables."""
+    from tunelab.report.markdown import write_report
+
+    path = write_report(experiment_dir)
+    console.print(f"report: {path}")
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of experiment.yaml (for editors)."""
+    from tunelab.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command("demo")
+@friendly
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for models, data and the experiment."),
+    force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
+) -> None:
+    """A real, tiny sweep on CPU: 2 tiny models × LoRA ranks {4, 16} + controls, trained, evaluated, reported."""
+    from tunelab.demo import run_demo
+
+    report = run_demo(out, force=force, console=console)
+    console.print(f"\n[bold green]Report:[/bold green] {report}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,143 @@
+"""The local executor: runs each pending run's job script as a subprocess on this machine.
+
+One run at a time on CPU; one per GPU where there are GPUs (CUDA_VISIBLE_DEVICES per slot).
+Idempotent: completed runs are skipped; interrupted or failed runs start again and resume from
+their last checkpoint; --force starts them from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tunelab import ledger
+from tunelab.experiment import load_runs, select_runs, training_state
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+
+TRAIN_LOG = "train.log"
+OUTPUTS = (st.TRAINER_STATE_DIR, st.CHECKPOINTS_DIR, "eval", st.METRICS_FILE, st.STATUS_FILE, st.SUMMARY_FILE,
+           st.PACKING_FILE, TRAIN_LOG)
+
+
+@dataclass
+class _Active:
+    cfg: RunConfig
+    proc: subprocess.Popen
+    task: int
+    started: str
+    log: object
+
+
+def gpu_slots() -> list[str | None]:
+    """One slot per visible GPU, or a single CPU slot."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:  # pragma: no cover - torch always importable where tunelab is installed
+        n = 0
+    return [str(i) for i in range(n)] or [None]
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove everything a previous attempt wrote (for --force), keeping run.yaml and job.sh."""
+    for name in OUTPUTS:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[RunConfig]:
+    todo = []
+    for cfg in runs:
+        state = training_state(cfg.run_dir)
+        if state == st.COMPLETED and not force:
+            console.print(f"[dim]skip {cfg.name}: completed[/dim]")
+        elif state == st.RUNNING and not force:
+            console.print(f"[yellow]skip {cfg.name}: running elsewhere (status.json pid alive)[/yellow]")
+        else:
+            if force:
+                clear_outputs(cfg.run_dir)
+            elif state in (st.INTERRUPTED, st.FAILED):
+                console.print(f"{cfg.name}: was {state}; starting again (resumes from its last checkpoint)")
+            todo.append(cfg)
+    return todo
+
+
+def _start(cfg: RunConfig, slot: str | None) -> tuple[subprocess.Popen, object]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    log = open(cfg.run_dir / TRAIN_LOG, "a", encoding="utf-8")
+    log.write(f"\n===== tunelab run: attempt {cfg.attempt} started {st.now_iso()} slot {slot or 'cpu'} =====\n")
+    log.flush()
+    proc = subprocess.Popen(["bash", str(cfg.run_dir / "job.sh")], cwd=cfg.run_dir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def run_local(experiment_dir: str | Path, names: list[str] | None = None, force: bool = False,
+              console: Console | None = None) -> dict[str, str]:
+    """Train every pending fine-tuned run; return {run: final state} of the runs it started."""
+    console = console or Console()
+    exp = Path(experiment_dir).resolve()
+    all_runs = load_runs(exp)
+    runs = [r for r in select_runs(all_runs, names) if r.kind == "finetune"]
+    todo = pending_runs(runs, force, console)
+    results: dict[str, str] = {}
+    if not todo:
+        console.print("nothing to run: every selected run is completed")
+        ledger.ingest_all(exp, all_runs)
+        return results
+    free = gpu_slots()
+    active: dict[str | None, _Active] = {}
+    queue = list(todo)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            sweep = progress.add_task(f"sweep ({len(todo)} runs)", total=len(todo))
+            while queue or active:
+                while queue and free:
+                    slot, cfg = free.pop(0), queue.pop(0)
+                    proc, log = _start(cfg, slot)
+                    task = progress.add_task(f"  {cfg.name}", total=None)
+                    active[slot] = _Active(cfg, proc, task, st.now_iso(), log)
+                for slot, a in list(active.items()):
+                    status = st.read_status(a.cfg.run_dir)
+                    if status.get("total_steps"):
+                        progress.update(a.task, total=status["total_steps"], completed=status.get("step", 0))
+                    code = a.proc.poll()
+                    if code is None:
+                        continue
+                    a.log.close()
+                    state = training_state(a.cfg.run_dir)
+                    if state == st.RUNNING:  # the process is gone; it never got to say how it ended
+                        state = st.INTERRUPTED if code < 0 else st.FAILED
+                    results[a.cfg.name] = state
+                    ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
+                                          job_id=str(a.proc.pid), started_at=a.started, finished_at=st.now_iso(),
+                                          exit_code=code, state=state, reason=status.get("error"))
+                    ledger.ingest_all(exp, [a.cfg])
+                    mark = "[green]completed[/green]" if state == st.COMPLETED else f"[red]{state} (exit {code})[/red]"
+                    progress.update(a.task, description=f"  {a.cfg.name}: {mark}")
+                    progress.advance(sweep)
+                    del active[slot]
+                    free.append(slot)
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        for a in active.values():
+            a.proc.terminate()
+        raise
+    finally:
+        ledger.ingest_all(exp, all_runs)
+    return results

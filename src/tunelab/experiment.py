@@ -1,0 +1,73 @@
+"""An experiment directory on disk: its runs (from their run.yaml files) and each run's state.
+
+State is judged from the run's own files (status, summary, checkpoints), never from an exit code
+alone: a job can exit non-zero after training finished, or die without a word.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
+from tunelab.train import status as st
+
+SPEC_FILE = "experiment.yaml"
+LEDGER_FILE = "tunelab.db"
+
+
+def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
+    """All runs of a scaffolded experiment: fine-tuned (by name), then controls (by name)."""
+    exp = Path(experiment_dir)
+    if not exp.is_dir():
+        raise TunelabError("experiment directory not found", file=exp)
+    paths = sorted((exp / "runs").glob(f"*/{RUN_FILE}")) + sorted((exp / "controls").glob(f"*/{RUN_FILE}"))
+    if not paths:
+        raise TunelabError("no runs here: run `tunelab scaffold experiment.yaml` first", file=exp)
+    runs = [load_run_config(p) for p in paths]
+    for cfg, p in zip(runs, paths):
+        # The directory a run.yaml sits in wins: an experiment dir can be moved or copied whole.
+        if Path(cfg.experiment_dir).resolve() != exp.resolve():
+            cfg.experiment_dir = str(exp.resolve())
+    return runs
+
+
+def select_runs(runs: list[RunConfig], names: list[str] | None) -> list[RunConfig]:
+    if not names:
+        return runs
+    known = {r.name for r in runs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TunelabError(f"unknown run(s) {unknown}; known: {sorted(known)}")
+    return [r for r in runs if r.name in names]
+
+
+def _pid_alive(pid: int | None, host: str | None) -> bool:
+    if not pid or host != socket.gethostname():
+        return True  # another host: cannot tell, trust the status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def training_state(run_dir: str | Path) -> str:
+    """pending | running | completed | failed | interrupted, from the run directory's files."""
+    run_dir = Path(run_dir)
+    status = st.read_status(run_dir)
+    summary_ok = (run_dir / st.SUMMARY_FILE).is_file()
+    state = status.get("state")
+    if state == st.COMPLETED and summary_ok:
+        return st.COMPLETED
+    if not status:
+        return st.PENDING
+    if state == st.RUNNING and not _pid_alive(status.get("pid"), status.get("host")):
+        return st.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure)
+    if state in (st.FAILED, st.INTERRUPTED, st.RUNNING):
+        return state
+    return st.PENDING

@@ -1,0 +1,179 @@
+"""The ledger: one SQLite file per experiment (WAL), filled only by the coordinating process.
+
+Jobs write files in their run directory; `ingest_run` reads them back. Many jobs on many nodes
+never write to one SQLite file on a shared filesystem, where concurrent writers are fragile.
+Ingesting is idempotent: it replaces what it knew of a run with what the files say now.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunelab.experiment import LEDGER_FILE, training_state
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    experiment TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    factors TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER,
+    steps INTEGER,
+    final_loss REAL,
+    best_loss REAL,
+    final_val_loss REAL,
+    best_val_loss REAL,
+    duration_s REAL,
+    tokens_per_s REAL,
+    nonpad_fraction REAL,
+    peak_memory_gib REAL,
+    memory_kind TEXT,
+    error TEXT,
+    summary TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    is_eval INTEGER NOT NULL,
+    epoch REAL,
+    loss REAL,
+    val_loss REAL,
+    lr REAL,
+    tokens INTEGER,
+    nonpad_tokens INTEGER,
+    tokens_per_s REAL,
+    peak_memory_gib REAL,
+    elapsed_s REAL,
+    PRIMARY KEY (run, step, is_eval)
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run TEXT NOT NULL,
+    label TEXT NOT NULL,
+    epoch INTEGER,
+    task TEXT NOT NULL,
+    split TEXT,
+    metric TEXT,
+    score REAL,
+    samples INTEGER,
+    correct INTEGER,
+    log_path TEXT,
+    evaluated_at TEXT,
+    PRIMARY KEY (run, label, task)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    attempt INTEGER,
+    executor TEXT,
+    job_id TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    exit_code INTEGER,
+    state TEXT,
+    reason TEXT
+);
+"""
+
+RUN_COLUMNS = (
+    "steps", "final_loss", "best_loss", "final_val_loss", "best_val_loss", "duration_s",
+    "tokens_per_s", "nonpad_fraction", "peak_memory_gib", "memory_kind",
+)
+
+
+def ledger_path(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / LEDGER_FILE
+
+
+@contextmanager
+def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """Open (and create) the experiment's ledger; commit on success, roll back on error."""
+    conn = sqlite3.connect(ledger_path(experiment_dir), timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        yield conn
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def _control_state(cfg: RunConfig) -> str:
+    return st.COMPLETED if any((cfg.run_dir / "eval").glob("*/scores.json")) else st.PENDING
+
+
+def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
+    """Replace the ledger's view of one run with what its directory holds now; return its state."""
+    run_dir = cfg.run_dir
+    status = st.read_status(run_dir)
+    summary = read_json(run_dir / st.SUMMARY_FILE, default=None) or {}
+    state = training_state(run_dir) if cfg.kind == "finetune" else _control_state(cfg)
+    values: dict[str, Any] = {k: summary.get(k) for k in RUN_COLUMNS}
+    conn.execute(
+        f"""INSERT OR REPLACE INTO runs (name, kind, experiment, model, dataset, factors, run_dir, config,
+            state, attempt, {", ".join(RUN_COLUMNS)}, error, summary, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {", ".join("?" * len(RUN_COLUMNS))}, ?, ?, ?)""",
+        (
+            cfg.name, cfg.kind, cfg.experiment, cfg.model.name, cfg.dataset.name,
+            json.dumps(cfg.factors), str(run_dir), json.dumps(cfg.model_dump(mode="json")),
+            state, status.get("attempt", cfg.attempt), *values.values(), status.get("error"),
+            json.dumps(summary) if summary else None, st.now_iso(),
+        ),
+    )
+    conn.execute("DELETE FROM metrics WHERE run = ?", (cfg.name,))
+    conn.executemany(
+        """INSERT OR REPLACE INTO metrics (run, step, is_eval, epoch, loss, val_loss, lr, tokens, nonpad_tokens,
+           tokens_per_s, peak_memory_gib, elapsed_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            (cfg.name, r.get("step"), int(r.get("val_loss") is not None), r.get("epoch"), r.get("loss"),
+             r.get("val_loss"), r.get("lr"), r.get("tokens"), r.get("nonpad_tokens"), r.get("tokens_per_s"),
+             r.get("peak_memory_gib"), r.get("elapsed_s"))
+            for r in read_jsonl(run_dir / st.METRICS_FILE)
+            if r.get("step") is not None
+        ],
+    )
+    conn.execute("DELETE FROM evals WHERE run = ?", (cfg.name,))
+    for path in sorted((run_dir / "eval").glob("*/scores.json")):
+        s = read_json(path, default=None)
+        if not s:
+            continue
+        conn.execute(
+            """INSERT OR REPLACE INTO evals (run, label, epoch, task, split, metric, score, samples, correct,
+               log_path, evaluated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (cfg.name, s.get("label", path.parent.name), s.get("epoch"), s.get("task"), s.get("split"),
+             s.get("metric"), s.get("score"), s.get("samples"), s.get("correct"),
+             str(path.parent / s["log"]) if s.get("log") else None, s.get("evaluated_at")),
+        )
+    return state
+
+
+def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, str]:
+    with connect(experiment_dir) as conn:
+        return {cfg.name: ingest_run(conn, cfg) for cfg in runs}
+
+
+def record_attempt(experiment_dir: str | Path, **fields: Any) -> None:
+    cols = ", ".join(fields)
+    with connect(experiment_dir) as conn:
+        conn.execute(f"INSERT INTO attempts ({cols}) VALUES ({', '.join('?' * len(fields))})", tuple(fields.values()))
+
+
+def query(experiment_dir: str | Path, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    with connect(experiment_dir) as conn:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]

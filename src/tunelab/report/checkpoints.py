@@ -1,0 +1,54 @@
+"""Checkpoint verification: which epoch directories exist, and are their files there and non-empty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.train.checkpoints import ADAPTER_FILES
+from tunelab.train.status import CHECKPOINTS_DIR
+
+TOKENIZER_ANY = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclass
+class EpochCheck:
+    epoch: int
+    path: Path
+    files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def adapter_bytes(self) -> int:
+        return self.files.get("adapter_model.safetensors", 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+def verify_checkpoints(run_dir: str | Path) -> list[EpochCheck]:
+    """One check per checkpoints/epoch_N directory, ascending by N."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    checks = []
+    if not root.is_dir():
+        return checks
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("epoch_") and d.name[6:].isdigit()]
+    for d in sorted(dirs, key=lambda p: int(p.name[6:])):
+        c = EpochCheck(epoch=int(d.name[6:]), path=d)
+        c.files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
+        for req in ADAPTER_FILES:
+            if req not in c.files:
+                c.problems.append(f"{req} missing")
+            elif c.files[req] == 0:
+                c.problems.append(f"{req} is empty (0 bytes)")
+        if not any(t in c.files for t in TOKENIZER_ANY):
+            c.problems.append("tokenizer missing")
+        c.problems += [f"{n} is empty (0 bytes)" for n, size in c.files.items()
+                       if size == 0 and n not in ADAPTER_FILES]
+        checks.append(c)
+    return checks

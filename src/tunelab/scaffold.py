@@ -1,0 +1,75 @@
+"""scaffold: one self-contained directory per run (run.yaml + job script), a submit-all script
+and a README. Everything is checked before anything is written, so a bad spec writes nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from tunelab.errors import TunelabError
+from tunelab.experiment import SPEC_FILE
+from tunelab.fsutil import atomic_write_text, atomic_write_yaml
+from tunelab.plan import Plan, make_plan, render_plan_md
+from tunelab.runconfig import RUN_FILE, save_run_config
+from tunelab.spec import resolve_path
+
+_env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def _render(name: str, **ctx) -> str:
+    return _env.get_template(name).render(**ctx)
+
+
+def _resolved_spec_dump(plan: Plan) -> dict:
+    """The spec as run, with model and dataset paths made absolute (so the copy works anywhere)."""
+    data = plan.spec.model_dump(mode="json", exclude_none=True)
+    base = plan.spec_path.parent
+    for m in data["models"]:
+        m["path"] = str(resolve_path(base, m["path"]))
+    for d in data["datasets"]:
+        d["path"] = str(resolve_path(base, d["path"]))
+    return data
+
+
+def _check_not_clobbering(plan: Plan, force: bool) -> None:
+    """A run that already has results keeps its config unless --force: results must match their config."""
+    for cfg in plan.runs:
+        path = cfg.run_dir / RUN_FILE
+        if not path.is_file() or force:
+            continue
+        old = yaml.safe_load(path.read_text())
+        new = cfg.model_dump(mode="json")
+        has_results = (cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists()
+        if old != new and has_results:
+            raise TunelabError(
+                f"run '{cfg.name}' already has results and its config would change; "
+                "use --force to overwrite, or scaffold into another --out directory",
+                file=path,
+            )
+
+
+def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False) -> Plan:
+    plan = make_plan(spec_path, out_dir)
+    _check_not_clobbering(plan, force)
+    exp = plan.experiment_dir
+    exp.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    if plan.spec_path != (exp / SPEC_FILE).resolve():
+        atomic_write_yaml(exp / SPEC_FILE, _resolved_spec_dump(plan))
+    atomic_write_text(exp / "plan.md", render_plan_md(plan))
+    for cfg in plan.runs:
+        save_run_config(cfg)
+        if cfg.kind == "finetune":
+            job = cfg.run_dir / "job.sh"
+            atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python))
+            job.chmod(0o755)
+    submit = exp / "submit_all.sh"
+    atomic_write_text(submit, _render("submit_all.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
+                                      runs=plan.finetune_runs, python=python))
+    submit.chmod(0o755)
+    atomic_write_text(exp / "README.md", _render("README.md.j2", spec=plan.spec, n_ft=len(plan.finetune_runs),
+                                                 n_ctl=len(plan.controls)))
+    return plan
