@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny model and a capitalization dataset, built once per session, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from tunelab.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", layers=2, hidden=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def caps_dataset(tmp_path_factory) -> Path:
+    from tunelab.data.capitalization import make_capitalization_dataset
+
+    return make_capitalization_dataset(5, 400, tmp_path_factory.mktemp("data"), 0.8, seed=0)
+
+
+def base_spec(model_path: Path, data_path: Path, **overrides) -> dict:
+    spec = {
+        "name": "t",
+        "models": [{"name": "tiny", "path": str(model_path)}],
+        "datasets": [{"name": "caps", "path": str(data_path)}],
+        "prompt": "Capitalize: {input}",
+        "factors": {"lora_rank": [4, 8]},
+        "training": {"epochs": 1, "learning_rate": 0.002, "batch_size": 8, "max_seq_len": 64,
+                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 5},
+        "eval": {"max_tokens": 8},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path, tiny_model, caps_dataset):
+    """write_spec(**overrides) -> path of experiment.yaml in a fresh experiment dir."""
+
+    def _write(**overrides) -> Path:
+        path = tmp_path / "exp" / "experiment.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(base_spec(tiny_model, caps_dataset, **overrides), sort_keys=False))
+        return path
+
+    return _write

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+from tunelab.errors import TunelabError
+from tunelab.plan import make_plan
+from tunelab.runconfig import load_run_config
+from tunelab.scaffold import scaffold
+
+runner = CliRunner()
+
+
+def test_plan_verifies_and_lists_runs(write_spec):
+    plan = make_plan(write_spec())
+    assert [r.name for r in plan.runs] == ["tiny_r4", "tiny_r8", "tiny_base"]
+    assert plan.datasets["caps"] == {"train": 320, "validation": 40, "test": 40}
+    assert plan.models["tiny"].model_type == "llama"
+    assert plan.recipe.startswith("single device")
+
+
+def test_plan_cli_writes_plan_md_and_json(write_spec):
+    spec = write_spec()
+    res = runner.invoke(app, ["plan", str(spec), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [r["type"] for r in data["runs"]] == ["fine-tuned", "fine-tuned", "control"]
+    md = (spec.parent / "plan.md").read_text()
+    assert "| tiny_r4 | fine-tuned | tiny | caps | lora_rank=4 |" in md and "## Estimates" in md
+
+
+def test_scaffold_writes_self_contained_runs(write_spec):
+    spec = write_spec()
+    plan = scaffold(spec)
+    exp = spec.parent
+    for name in ("tiny_r4", "tiny_r8"):
+        cfg = load_run_config(exp / "runs" / name / "run.yaml")
+        assert cfg.kind == "finetune" and cfg.training.lora_rank == int(name[-1])
+        assert cfg.model.path.startswith("/") and cfg.dataset.path.startswith("/")
+        job = (exp / "runs" / name / "job.sh").read_text()
+        assert "-m tunelab train run.yaml" in job
+    assert load_run_config(exp / "controls" / "tiny_base").training is None
+    assert "runs/tiny_r8/job.sh" in (exp / "submit_all.sh").read_text()
+    assert (exp / "README.md").is_file() and (exp / "plan.md").is_file()
+    # idempotent: scaffolding again changes nothing
+    before = (exp / "runs" / "tiny_r4" / "run.yaml").read_text()
+    scaffold(spec)
+    assert (exp / "runs" / "tiny_r4" / "run.yaml").read_text() == before
+    assert len(plan.runs) == 3
+
+
+def test_scaffold_out_dir_copies_spec_with_absolute_paths(write_spec, tmp_path):
+    spec = write_spec()
+    scaffold(spec, tmp_path / "elsewhere")
+    copy = yaml.safe_load((tmp_path / "elsewhere" / "experiment.yaml").read_text())
+    assert copy["models"][0]["path"].startswith("/")
+    assert (tmp_path / "elsewhere" / "runs" / "tiny_r4" / "run.yaml").is_file()
+
+
+def test_scaffold_refuses_to_change_a_run_with_results(write_spec):
+    spec = write_spec()
+    scaffold(spec)
+    (spec.parent / "runs" / "tiny_r4" / "status.json").write_text('{"state": "completed"}')
+    spec2 = write_spec(training={"epochs": 2})
+    with pytest.raises(TunelabError, match="already has results"):
+        scaffold(spec2)
+    scaffold(spec2, force=True)
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"models": [{"name": "tiny", "path": "/does/not/exist"}]}, "models[0].path", "model directory not found"),
+        ({"training": {"lora_rank": "x"}}, "training.lora_rank", "valid integer"),
+        ({"prompt": "no placeholder"}, "prompt", "{input}"),
+        ({"bogus": 1}, "bogus", "unknown key"),
+    ],
+)
+def test_bad_input_one_message_nonzero_exit_nothing_written(write_spec, overrides, field, words):
+    spec = write_spec(**overrides)
+    for cmd in ("plan", "scaffold"):
+        res = runner.invoke(app, [cmd, str(spec)])
+        assert res.exit_code == 1
+        assert f"{spec}: {field}: " in res.stderr.replace("\n", " ") or f"{spec}: {field}: " in res.stderr, res.stderr
+        assert words in res.stderr
+        assert "Traceback" not in res.output
+    assert sorted(p.name for p in spec.parent.iterdir()) == ["experiment.yaml"]
+
+
+def test_dataset_without_test_split(write_spec, tmp_path):
+    bad = tmp_path / "nosplit.json"
+    bad.write_text(json.dumps({"train": [{"input": "a", "output": "A"}], "validation": [{"input": "b", "output": "B"}]}))
+    spec = write_spec(datasets=[{"name": "caps", "path": str(bad)}])
+    res = runner.invoke(app, ["scaffold", str(spec)])
+    assert res.exit_code == 1
+    assert "datasets[0].path" in res.stderr and "missing the 'test' split" in res.stderr
+    assert not (spec.parent / "runs").exists()
