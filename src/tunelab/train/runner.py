@@ -35,6 +35,17 @@ def _pick_dtype(name: str):
     return torch.float32
 
 
+def _checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """transformers 5 renamed gradient checkpointing to activation checkpointing; pass it only when on."""
+    if not enabled:
+        return {}
+    from trl import SFTConfig
+
+    name = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else (
+        "gradient_checkpointing")
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
 def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
     """Tokenize train (and validation) with the shared PromptFormat: input_ids + completion_mask."""
     from datasets import Dataset
@@ -264,8 +275,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not cuda,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **_checkpointing_args(t.gradient_checkpointing),
         report_to="none",
         disable_tqdm=True,
         max_length=t.max_seq_len,

@@ -1,0 +1,110 @@
+"""Really trains a tiny model (CPU, seconds) and really kills and resumes a training job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunelab.experiment import training_state
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.runconfig import load_run_config
+from tunelab.scaffold import scaffold
+from tunelab.train.runner import train_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_writes_metrics_checkpoints_and_summary(write_spec):
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False,
+                      training={"epochs": 2, "validation_every_steps": 20, "logging_steps": 10})
+    plan = scaffold(spec)
+    cfg = plan.runs[0]
+    summary = train_run(cfg)
+    run_dir = cfg.run_dir
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    train_rows = [r for r in rows if r["loss"] is not None]
+    val_rows = [r for r in rows if r["val_loss"] is not None]
+    assert len(train_rows) >= 6 and len(val_rows) >= 3
+    for key in ("step", "epoch", "loss", "lr", "tokens", "nonpad_tokens", "tokens_per_s", "peak_memory_gib", "elapsed_s"):
+        assert key in train_rows[-1]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"] * 0.7  # it learns
+    assert [r["step"] for r in train_rows] == sorted({r["step"] for r in train_rows})
+    assert summary["steps"] == 80  # 320 examples / 8 per step × 2 epochs
+    assert summary["checkpoints"] == ["epoch_0", "epoch_1"]
+    for e in (0, 1):
+        d = run_dir / "checkpoints" / f"epoch_{e}"
+        assert (d / "adapter_model.safetensors").stat().st_size > 0
+        assert read_json(d / "adapter_config.json")["r"] == 8
+        assert (d / "tokenizer.json").is_file()
+    assert read_json(run_dir / "status.json")["state"] == "completed"
+    assert training_state(run_dir) == "completed"
+    assert summary["tokens_per_s"] > 0 and summary["final_val_loss"] is not None
+    # 5-letter words in one prompt format: all the same length, so no padding at all
+    assert summary["nonpad_fraction"] == 1.0
+    assert summary["tokens"] == summary["nonpad_tokens"] == 2 * read_json(run_dir / "packing.json")["tokens"]
+
+
+def test_packing_bfd_packs_and_learns(write_spec):
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False,
+                      training={"epochs": 2, "packing": True, "max_seq_len": 128, "batch_size": 2})
+    cfg = scaffold(spec).runs[0]
+    summary = train_run(cfg)
+    p = summary["packing"]
+    assert p["packed"] and p["examples"] == 320
+    assert p["density"] > 3  # ~27-token examples, 128-token sequences
+    assert 0.5 < p["fill_fraction"] <= 1.0
+    assert p["sequences"] < p["examples"] / 3
+    assert summary["steps"] == 2 * -(-p["sequences"] // 2)
+    rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_job_resumes_from_last_checkpoint(write_spec):
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"epochs": 4, "logging_steps": 5})
+    cfg = scaffold(spec).runs[0]
+    run_dir = cfg.run_dir
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: (run_dir / "checkpoints" / "epoch_0").is_dir(), 180), "no epoch_0 checkpoint"
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up, as on a node failure
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert training_state(run_dir) == "interrupted"
+    status = read_json(run_dir / "status.json")
+    killed_at = status["step"]
+    assert 40 <= killed_at < 160
+
+    from tunelab.execute.local import run_local
+
+    results = run_local(run_dir.parent.parent)
+    assert results == {cfg.name: "completed"}
+    status = read_json(run_dir / "status.json")
+    assert status["resumed_from"].startswith("checkpoint-") and status["restarts"] == 1
+    resumed_step = int(status["resumed_from"].split("-")[1])
+    assert resumed_step >= 40 and resumed_step % 40 == 0  # an epoch boundary, not step 0
+    summary = read_json(run_dir / "summary.json")
+    assert summary["steps"] == 160 and summary["checkpoints"] == [f"epoch_{e}" for e in range(4)]
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["loss"] is not None]
+    assert steps == sorted(set(steps)) and steps[-1] == 160  # no step logged twice
+    log = (run_dir / "train.log").read_text()
+    assert f"resuming from checkpoint-{resumed_step}" in log
+    # running again is a no-op
+    assert run_local(run_dir.parent.parent) == {}
