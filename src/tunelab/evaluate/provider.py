@@ -57,6 +57,7 @@ def resolve_dtype(name: str, device: str) -> Any:
 def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
     """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     base = Path(base_path)
     if not (base / "config.json").is_file():
@@ -69,13 +70,19 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
         if (adapter / "tokenizer_config.json").is_file():
             tok_dir = adapter
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    if adapter_path is not None:
-        from peft import PeftModel
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        if adapter_path is not None:
+            from peft import PeftModel
 
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, str(adapter_path))
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -111,11 +118,13 @@ class _Batcher:
         self._run_batch = run_batch
         self._batch_size = max(1, batch_size)
         self._pending: list[_Request] = []
-        self._lock = anyio.Lock()
+        self._lock: anyio.Lock | None = None  # made inside the eval's event loop, on first use
 
     async def submit(self, prompt_ids: list[int], max_new_tokens: int) -> _Generation:
         req = _Request(prompt_ids, max_new_tokens)
         self._pending.append(req)
+        if self._lock is None:
+            self._lock = anyio.Lock()
         while not req.done.is_set():
             async with self._lock:
                 if req.done.is_set():
@@ -141,9 +150,9 @@ class _Batcher:
         self._pending = [r for r in self._pending if not any(r is b for b in batch)]
         batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids))
         try:
-            # Inline on the event loop, not in a worker thread: on CPU a second thread gets its own
-            # OpenMP team, and the two teams spin against each other (measured 30-70x slower).
-            # Nothing else needs the loop meanwhile: every sample is waiting on this model.
+            # Inline on the event loop, not in a worker thread: on CPU a worker thread gets its own
+            # OpenMP team and contends with the loop's (measured ~2x slower per batch, far worse
+            # on a busy machine). Nothing else needs the loop meanwhile: every sample waits on us.
             results = self._run_batch([r.prompt_ids for r in batch], head)
         except Exception as exc:  # each caller in the batch raises it from its own submit()
             for r in batch:
@@ -267,7 +276,7 @@ class TunelabModelAPI(ModelAPI):
         return DEFAULT_MAX_TOKENS
 
     def max_connections(self) -> int:
-        # Two batches' worth in flight: one generating, the next one gathering.
+        # Two batches' worth of samples in flight: when one batch finishes, the next is queued.
         return 2 * self.batch_size
 
     def close(self) -> None:

@@ -16,11 +16,11 @@ from typing import Any, Literal, NamedTuple
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.runconfig import RunConfig
+from tunelab.train.checkpoints import ADAPTER_FILES, complete_epochs, epoch_dir
+from tunelab.train.status import CHECKPOINTS_DIR
 
 EVAL_DIR = "eval"
 SCORES_FILE = "scores.json"
-CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 METRIC = "accuracy"
 
 EpochSelection = Literal["last", "all"] | list[int]
@@ -33,22 +33,6 @@ class Target:
     label: str
     epoch: int | None
     adapter_path: Path | None
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    return all((path / f).is_file() and (path / f).stat().st_size > 0 for f in ADAPTER_FILES)
-
-
-def complete_epochs(run_dir: Path) -> dict[int, Path]:
-    """{epoch: dir} for checkpoints/epoch_N that finished saving, ascending."""
-    root = run_dir / CHECKPOINTS_DIR
-    found: dict[int, Path] = {}
-    if root.is_dir():
-        for d in root.iterdir():
-            num = d.name.removeprefix("epoch_")
-            if d.is_dir() and d.name.startswith("epoch_") and num.isdigit() and is_complete_checkpoint(d):
-                found[int(num)] = d
-    return dict(sorted(found.items()))
 
 
 def select_targets(cfg: RunConfig, epochs: EpochSelection | None = None) -> list[Target]:
@@ -64,9 +48,9 @@ def select_targets(cfg: RunConfig, epochs: EpochSelection | None = None) -> list
             file=ckpt_root,
         )
     if epochs == "last":
-        chosen = [max(available)]
+        chosen = [available[-1]]
     elif epochs == "all":
-        chosen = list(available)
+        chosen = available
     else:
         missing = [e for e in epochs if e not in available]
         if missing:
@@ -74,7 +58,7 @@ def select_targets(cfg: RunConfig, epochs: EpochSelection | None = None) -> list
                 f"no complete checkpoint for epoch(s) {missing}; complete: {list(available)}", file=ckpt_root
             )
         chosen = sorted(set(epochs))
-    return [Target(f"epoch_{e}", e, available[e]) for e in chosen]
+    return [Target(f"epoch_{e}", e, epoch_dir(cfg.run_dir, e)) for e in chosen]
 
 
 def evaluate_run(

@@ -16,6 +16,7 @@ from tunelab.fsutil import atomic_write_json, atomic_write_text, read_json, read
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 from tunelab.train.checkpoints import last_trainer_checkpoint, publish_epoch_checkpoint
+from tunelab.evaluate.provider import resolve_dtype
 from tunelab.train.metrics import Counters, MetricsWriter, count_batch, steady_tokens_per_s
 
 COUNTERS_FILE = "tunelab_counters.json"
@@ -25,25 +26,17 @@ def _log(msg: str) -> None:
     print(f"[tunelab train] {msg}", flush=True)
 
 
-def _pick_dtype(name: str):
-    import torch
-
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """transformers 5 renamed gradient checkpointing to activation checkpointing; pass it only when on."""
-    if not enabled:
-        return {}
+    """Always explicit: TRL's SFTConfig turns activation checkpointing on by default, which costs
+    speed and makes a run's throughput depend on a library default. transformers 5 renamed it."""
     from trl import SFTConfig
 
     name = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else (
         "gradient_checkpointing")
-    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+    args: dict[str, Any] = {name: enabled}
+    if enabled:
+        args[f"{name}_kwargs"] = {"use_reentrant": False}
+    return args
 
 
 def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
@@ -238,7 +231,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     t = cfg.training
     set_seed(t.seed)
     cuda = torch.cuda.is_available()
-    dtype = _pick_dtype(t.dtype)
+    dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
     _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if cuda else 'cpu'}"
          + (f", resuming from {resume_from.name}" if resume_from else ""))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
@@ -325,6 +318,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "cpu_threads": torch.get_num_threads(),
             "dtype": str(dtype).removeprefix("torch."),
+            "activation_checkpointing": t.gradient_checkpointing,
             "restarts": st.read_status(run_dir).get("restarts", 0),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "peft": peft.__version__, "trl": trl.__version__},

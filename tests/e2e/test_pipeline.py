@@ -1,0 +1,61 @@
+"""The whole pipeline through the CLI: scaffold → run (real training) → eval (real inspect-ai) →
+results → report, on a tiny model. Fine-tuned runs must clearly beat the base-model control."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def _ok(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, f"{args}: {res.output}\n{res.stderr if res.stderr_bytes else ''}"
+    return res
+
+
+def test_sweep_end_to_end(write_spec):
+    spec = write_spec(factors={"lora_rank": [4, 16]},
+                      training={"epochs": 4, "validation_every_steps": 40, "logging_steps": 10},
+                      eval={"max_tokens": 8, "epochs": "all"})
+    exp = spec.parent
+    _ok(["plan", str(spec)])
+    _ok(["scaffold", str(spec)])
+    _ok(["run", str(exp)])
+    _ok(["eval", str(exp)])
+    rows = json.loads(_ok(["results", str(exp), "--json"]).stdout)
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"tiny_r4", "tiny_r16", "tiny_base"}
+    control = by["tiny_base"]
+    assert control["type"] == "control" and control["state"] == "completed"
+    assert control["score"] is not None and control["eval"][0]["label"] == "base"
+    for name in ("tiny_r4", "tiny_r16"):
+        r = by[name]
+        assert r["state"] == "completed" and r["type"] == "fine-tuned"
+        assert r["steps"] == 160 and r["final_loss"] < 1.0 and r["final_val_loss"] is not None
+        assert r["tokens_per_s"] > 0 and r["peak_memory_gib"] > 0 and r["duration_s"] > 0
+        assert [e["epoch"] for e in r["eval"]] == [0, 1, 2, 3]  # --epochs all (from the spec)
+        assert r["score"] >= control["score"] + 0.5, (name, r["score"], control["score"])
+        assert r["eval"][-1]["samples"] == 40
+    csv = _ok(["results", str(exp), "--csv"]).stdout
+    assert csv.splitlines()[0].startswith("name,type,model") and len(csv.splitlines()) == 4
+
+    _ok(["report", str(exp)])
+    report = (exp / "report" / "report.md").read_text()
+    for section in ("## Checkpoint verification", "## Training results", "## Evaluation", "**Best run:**"):
+        assert section in report
+    assert "2 of 2 fine-tuned runs completed" in report and "partial" not in report
+    assert "| tiny_r16 | ✓" in report
+
+    # idempotent: nothing new to train, nothing new to evaluate
+    scores = sorted((exp / "runs").glob("*/eval/*/scores.json"))
+    mtimes = [p.stat().st_mtime_ns for p in scores]
+    assert "nothing to run" in _ok(["run", str(exp)]).output
+    _ok(["eval", str(exp)])
+    assert [p.stat().st_mtime_ns for p in scores] == mtimes
