@@ -28,6 +28,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --out $(OUT)
 
 test: $(DEVSTAMP)
+	$(BIN)/ruff check --select F,E9 src tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)

@@ -9,12 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_yaml
-from tunelab.spec import DatasetSpec, EvalSpec, ModelSpec, ResourcesSpec, TrainingConfig, _Strict, format_validation_error
+from tunelab.spec import DatasetSpec, EvalSpec, ModelSpec, ResourcesSpec, TrainingConfig, _Strict, load_yaml_model
 
 RUN_FILE = "run.yaml"
 
@@ -50,15 +48,4 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         path = path / RUN_FILE
-    if not path.is_file():
-        raise TunelabError("run config not found", file=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TunelabError(f"not valid YAML: {exc}", file=path) from None
-    if not isinstance(data, dict):
-        raise TunelabError("a run config must be a YAML mapping", file=path)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise format_validation_error(exc, path) from None
+    return load_yaml_model(path, RunConfig, "run config")

@@ -9,14 +9,25 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
+M = TypeVar("M", bound=BaseModel)
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_slug(v: str) -> str:
+    if not SLUG.match(v):
+        raise ValueError("must be a short name of letters, digits, '.', '_' or '-'")
+    return v
+
+
+# A name that ends up in file and directory names.
+Slug = Annotated[str, AfterValidator(_check_slug)]
 
 
 class _Strict(BaseModel):
@@ -26,31 +37,17 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """A base model: a short name used in run names and a local Hugging Face model directory."""
 
-    name: str = Field(description="Short, filesystem-safe name used in run names, e.g. 'llama1b'.")
+    name: Slug = Field(description="Short, filesystem-safe name used in run names, e.g. 'llama1b'.")
     path: str = Field(description="Local HF model directory (relative to the spec file or absolute).")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
-            raise ValueError("must be a short name of letters, digits, '.', '_' or '-'")
-        return v
 
 
 class DatasetSpec(_Strict):
     """A JSON file with train/validation/test lists of examples."""
 
-    name: str = Field(description="Short name used in run names when several datasets are swept.")
+    name: Slug = Field(description="Short name used in run names when several datasets are swept.")
     path: str = Field(description="JSON file with 'train', 'validation' and 'test' lists.")
     input_field: str = "input"
     output_field: str = "output"
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
-            raise ValueError("must be a short name of letters, digits, '.', '_' or '-'")
-        return v
 
 
 class TrainingConfig(_Strict):
@@ -117,7 +114,7 @@ FACTOR_ABBREVIATIONS = {
 class ExperimentSpec(_Strict):
     """experiment.yaml: models x datasets x factors, plus controls, training defaults and eval."""
 
-    name: str
+    name: Slug
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
     datasets: list[DatasetSpec] = Field(min_length=1)
@@ -132,13 +129,6 @@ class ExperimentSpec(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
-            raise ValueError("must be a short name of letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("prompt")
     @classmethod
@@ -250,20 +240,11 @@ def format_validation_error(exc: ValidationError, file: str | Path) -> TunelabEr
     return TunelabError("\n".join(lines))
 
 
-def parse_spec(data: Any, source: str | Path = "<spec>") -> ExperimentSpec:
-    if not isinstance(data, dict):
-        raise TunelabError("the spec must be a YAML mapping (key: value), not a list or a scalar", file=source)
-    try:
-        return ExperimentSpec.model_validate(data)
-    except ValidationError as exc:
-        raise format_validation_error(exc, source) from None
-
-
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate experiment.yaml; raise TunelabError naming the file and field at fault."""
+def load_yaml_model(path: str | Path, model: type[M], what: str) -> M:
+    """Read a YAML file into a pydantic model; every failure names the file (and line or field)."""
     path = Path(path)
     if not path.is_file():
-        raise TunelabError("spec file not found", file=path)
+        raise TunelabError(f"{what} not found", file=path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -271,7 +252,25 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise TunelabError(f"{where}not valid YAML: {problem}", file=path) from None
-    return parse_spec(data, path)
+    return validate_mapping(data, model, path, what)
+
+
+def validate_mapping(data: Any, model: type[M], source: str | Path, what: str) -> M:
+    if not isinstance(data, dict):
+        raise TunelabError(f"the {what} must be a YAML mapping (key: value), not a list or a scalar", file=source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, source) from None
+
+
+def parse_spec(data: Any, source: str | Path = "<spec>") -> ExperimentSpec:
+    return validate_mapping(data, ExperimentSpec, source, "spec")
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate experiment.yaml; raise TunelabError naming the file and field at fault."""
+    return load_yaml_model(path, ExperimentSpec, "spec file")
 
 
 def resolve_path(base_dir: Path, value: str) -> Path:

@@ -12,7 +12,6 @@ import pytest
 
 from tunelab.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.runconfig import load_run_config
 from tunelab.scaffold import scaffold
 from tunelab.train.runner import train_run
 
