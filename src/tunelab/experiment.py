@@ -7,6 +7,7 @@ alone: a job can exit non-zero after training finished, or die without a word.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
     exp = Path(experiment_dir)
     if not exp.is_dir():
         raise TunelabError("experiment directory not found", file=exp)
-    paths = sorted((exp / "runs").glob(f"*/{RUN_FILE}")) + sorted((exp / "controls").glob(f"*/{RUN_FILE}"))
+    paths = sorted((exp / "runs").glob(f"*/{RUN_FILE}"), key=natural_key) + sorted(
+        (exp / "controls").glob(f"*/{RUN_FILE}"), key=natural_key)
     if not paths:
         raise TunelabError("no runs here: run `tunelab scaffold experiment.yaml` first", file=exp)
     runs = [load_run_config(p) for p in paths]
@@ -32,6 +34,11 @@ def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
         if Path(cfg.experiment_dir).resolve() != exp.resolve():
             cfg.experiment_dir = str(exp.resolve())
     return runs
+
+
+def natural_key(path: Path) -> list:
+    """Sort run names as people read them: r4 before r16."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.parent.name)]
 
 
 def select_runs(runs: list[RunConfig], names: list[str] | None) -> list[RunConfig]:

@@ -4,7 +4,10 @@ Importing this package registers the `tunelab` model provider with inspect, so `
 works in-process with no entry point.
 """
 
+from tunelab.compat import quiet_known_library_warnings
 from tunelab.evaluate import provider as _provider  # noqa: F401  (registers the `tunelab` provider)
 from tunelab.evaluate.runner import SampleRow, evaluate_run, load_samples, read_scores
+
+quiet_known_library_warnings()
 
 __all__ = ["SampleRow", "evaluate_run", "load_samples", "read_scores"]

@@ -53,6 +53,9 @@ def build_tiny_model(
         raise TunelabError("must be at least 1", field="--layers")
     if hidden < 32 or hidden % 32:
         raise TunelabError("must be a multiple of 32, at least 32", field="--hidden")
+    from tunelab.compat import quiet_hf_progress_bars
+
+    quiet_hf_progress_bars()
     out = Path(out_dir)
     tokenizer = build_tokenizer()
     heads = max(1, hidden // 64)

@@ -109,9 +109,12 @@ def render_report(experiment_dir: str | Path) -> str:
             rows.append([r["name"], "control", e["label"], e["task"], _pct(e["score"]), "—", "—", _f(e["samples"], "{}")])
     out += _table(["Run", "Type", "Checkpoint", "Task", "Score", "Control", "Δ vs control", "Samples"], rows)
     out += ["", "Scores from `eval/<checkpoint>/scores.json` in each run directory (inspect-ai logs beside them).", ""]
-    best = max((r for r in ft if r["score"] is not None), key=lambda r: r["score"], default=None)
-    if best:
-        out += [f"**Best run:** {best['name']} at {_pct(best['score'])}.", ""]
+    scored = [r for r in ft if r["score"] is not None]
+    if scored:
+        top = max(r["score"] for r in scored)
+        best = [r["name"] for r in scored if r["score"] == top]
+        label = "Best run" if len(best) == 1 else f"Best runs ({len(best)} tied)"
+        out += [f"**{label}:** {', '.join(best)} at {_pct(top)}.", ""]
     return "\n".join(out)
 
 

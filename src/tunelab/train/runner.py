@@ -228,6 +228,9 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig
 
+    from tunelab.compat import quiet_known_library_warnings
+
+    quiet_known_library_warnings()
     t = cfg.training
     set_seed(t.seed)
     cuda = torch.cuda.is_available()

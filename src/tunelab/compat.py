@@ -1,0 +1,19 @@
+"""Known, harmless warnings of pinned libraries, silenced narrowly so real ones stay visible."""
+
+from __future__ import annotations
+
+import warnings
+
+
+def quiet_known_library_warnings() -> None:
+    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every model wrap.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # inspect-ai 0.3.285 passes a deprecated argument to tenacity.
+    warnings.filterwarnings("ignore", message=r"The 'initial' parameter is deprecated", category=DeprecationWarning)
+
+
+def quiet_hf_progress_bars() -> None:
+    """transformers' per-shard progress bars garble our own progress display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
