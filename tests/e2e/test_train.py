@@ -107,3 +107,29 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     assert f"resuming from checkpoint-{resumed_step}" in log
     # running again is a no-op
     assert run_local(run_dir.parent.parent) == {}
+
+
+def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab import ledger
+    from tunelab.cli import app
+
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False)
+    cfg = scaffold(spec).runs[0]
+    # the dataset disappears after scaffolding: the job must fail, say why, and be marked failed
+    broken = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"path": str(tmp_path / "gone.json")})})
+    from tunelab.runconfig import save_run_config
+
+    save_run_config(broken)
+    res = CliRunner().invoke(app, ["run", str(spec.parent)])
+    assert res.exit_code == 1 and "did not complete" in res.stderr
+    status = read_json(cfg.run_dir / "status.json")
+    assert status["state"] == "failed" and "dataset file not found" in status["error"]
+    assert training_state(cfg.run_dir) == "failed"
+    attempts = ledger.query(spec.parent, "SELECT * FROM attempts")
+    assert attempts[0]["exit_code"] == 1 and attempts[0]["state"] == "failed"
+    assert "dataset file not found" in attempts[0]["reason"]
+    rows = CliRunner().invoke(app, ["results", str(spec.parent), "--json"]).stdout
+    assert '"state": "failed"' in rows
+    assert "gone.json" in (cfg.run_dir / "train.log").read_text()
