@@ -205,6 +205,78 @@ def report_cmd(experiment_dir: Path = typer.Argument(..., help="A scaffolded exp
     console.print(f"report: {path}")
 
 
+def _gpu_option(name: str | None):
+    from tunelab.catalog import detect_gpu, resolve_gpu
+
+    if name:
+        return resolve_gpu(name)
+    gpu = detect_gpu()
+    if gpu is None:
+        raise TunelabError("no GPU here to detect: name the target with --gpu (e.g. H100-80GB)", field="--gpu")
+    return gpu
+
+
+@app.command("estimate")
+@friendly
+def estimate_cmd(
+    model: str = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present."),
+    max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
+    packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
+    lora_rank: int = typer.Option(8, "--lora-rank"),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template with {input} (with --dataset)."),
+    epochs: int = typer.Option(1, "--epochs"),
+    effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Predict peak memory, the largest micro-batch that fits, packing and accumulation (memory in tokens)."""
+    from tunelab.estimate.api import estimate_config
+
+    out = estimate_config(model, _gpu_option(gpu), max_seq_len, batch_size, packed, lora_rank,
+                          activation_checkpointing, dataset, prompt, epochs, effective_batch)
+    if json_out:
+        print(json.dumps(out, indent=2))
+        return
+    console.print(f"{out['model']} on {out['gpu']} ({out['gpu_memory_gib']:g} GiB), max_seq_len {max_seq_len}")
+    console.print(f"batch {out['batch_size']}{' packed' if out['packed'] else ''}: {out['tokens_per_microbatch']:,} "
+                  f"tokens/micro-batch → predicted peak {out['peak_memory_gib']:.1f} GiB "
+                  f"({'fits' if out['fits'] else '[red]does not fit[/red]'}) [source: {out['memory_source']}]")
+    console.print(f"max batch that fits: {out['max_batch_size']}; recommended: {out['recommended_batch_size']} × "
+                  f"accumulation {out['recommended_gradient_accumulation_steps']}")
+    for r in out["reasons"]:
+        console.print(f"  - {r}")
+
+
+@app.command("validate")
+@friendly
+def validate_cmd(
+    path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
+    exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
+    from tunelab.validate import validate_path
+
+    checks = validate_path(path, _gpu_option(gpu))
+    errors = [e for c in checks for e in c.errors]
+    if json_out:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        for c in checks:
+            for e in c.errors:
+                err_console.print(f"[bold red]error:[/bold red] {path}: {e}", highlight=False, soft_wrap=True)
+            for w in c.warnings:
+                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        if not errors:
+            console.print(f"ok: {len(checks)} run(s) validated")
+    if errors:
+        raise typer.Exit(1)
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of experiment.yaml (for editors)."""

@@ -58,6 +58,7 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up in optimizer steps; overrides warmup_ratio.")
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(8, ge=1, description="Micro-batch size per device (examples or packed sequences).")
     gradient_accumulation_steps: int = Field(1, ge=1)

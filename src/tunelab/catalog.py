@@ -1,0 +1,170 @@
+"""Model architectures and GPUs: the facts the memory and speed models are built on.
+
+Architecture comes from a local HF model dir's config.json when there is one; well-known models
+have their config facts built in, so a plan for a cluster can be made on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    family: str  # llama | qwen2 | mistral | gemma | gemma2 | ...
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def params_per_layer(self) -> int:
+        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        mlp = 3 * self.hidden * self.intermediate
+        norms = 2 * self.hidden
+        return attn + mlp + norms
+
+    @property
+    def parameters(self) -> int:
+        head = 0 if self.tied_embeddings else self.embedding_params
+        return self.embedding_params + head + self.layers * self.params_per_layer + self.hidden
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer LoRA may target, per transformer layer."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden),
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "parameters": self.parameters}
+
+
+def architecture_from_config(config: dict, name: str) -> Architecture:
+    """Parse a transformers config.json (text config of multimodal ones too)."""
+    c = config.get("text_config", config)
+    try:
+        hidden = int(c["hidden_size"])
+        heads = int(c["num_attention_heads"])
+        return Architecture(
+            name=name,
+            family=str(c.get("model_type", config.get("model_type", "unknown"))),
+            layers=int(c["num_hidden_layers"]),
+            hidden=hidden,
+            heads=heads,
+            kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or hidden // heads),
+            intermediate=int(c["intermediate_size"]),
+            vocab=int(c["vocab_size"]),
+            tied_embeddings=bool(c.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+        )
+    except KeyError as exc:
+        raise TunelabError(f"config.json lacks {exc.args[0]!r}: cannot model this architecture", field=name) from None
+
+
+def _known(name, family, layers, hidden, heads, kv, inter, vocab, tied, head_dim=None) -> Architecture:
+    return Architecture(name, family, layers, hidden, heads, kv, head_dim or hidden // heads, inter, vocab, tied)
+
+
+# Public config.json facts of well-known models (no weights needed to plan for them).
+KNOWN_MODELS: dict[str, Architecture] = {
+    a.name.lower(): a
+    for a in [
+        _known("Llama-3.2-1B", "llama", 16, 2048, 32, 8, 8192, 128256, True, 64),
+        _known("Llama-3.2-3B", "llama", 28, 3072, 24, 8, 8192, 128256, True, 128),
+        _known("Llama-3.1-8B", "llama", 32, 4096, 32, 8, 14336, 128256, False),
+        _known("Qwen2.5-0.5B", "qwen2", 24, 896, 14, 2, 4864, 151936, True),
+        _known("Qwen2.5-1.5B", "qwen2", 28, 1536, 12, 2, 8960, 151936, True),
+        _known("Qwen2.5-3B", "qwen2", 36, 2048, 16, 2, 11008, 151936, True),
+        _known("Qwen2.5-7B", "qwen2", 28, 3584, 28, 4, 18944, 152064, False),
+        _known("Mistral-7B", "mistral", 32, 4096, 32, 8, 14336, 32768, False),
+    ]
+}
+
+
+def resolve_architecture(model: str | Path) -> Architecture:
+    """A local model dir (its config.json) or a well-known name (with or without -Instruct / org/)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise TunelabError("no config.json: not a Hugging Face model directory", file=path)
+        return architecture_from_config(json.loads(cfg.read_text()), path.name)
+    key = re.sub(r"-(instruct|v\d+(\.\d+)*)", "", str(model).split("/")[-1].lower())
+    if key in KNOWN_MODELS:
+        return KNOWN_MODELS[key]
+    raise TunelabError(
+        f"'{model}' is neither a model directory nor a known model ({', '.join(a.name for a in KNOWN_MODELS.values())})",
+        field="--model",
+    )
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gib: float
+    bf16_tflops: float  # dense peak
+    bandwidth_gbs: float
+
+
+GPUS: dict[str, GPU] = {
+    g.name.lower(): g
+    for g in [
+        GPU("A100-40GB", 40, 312, 1555),
+        GPU("A100-80GB", 80, 312, 2039),
+        GPU("H100-80GB", 80, 989, 3350),
+        GPU("H200", 141, 989, 4800),
+        GPU("L40S", 48, 362, 864),
+        GPU("A6000", 48, 155, 768),
+        GPU("RTX4090", 24, 165, 1008),
+        GPU("V100-32GB", 32, 125, 900),
+        GPU("V100-16GB", 16, 125, 900),
+        GPU("L4", 24, 121, 300),
+    ]
+}
+_ALIASES = {"a100": "a100-80gb", "h100": "h100-80gb", "v100": "v100-32gb", "rtx-4090": "rtx4090", "4090": "rtx4090",
+            "rtxa6000": "a6000", "rtx-a6000": "a6000", "h200-141gb": "h200", "a100-sxm4-80gb": "a100-80gb"}
+
+
+def resolve_gpu(name: str) -> GPU:
+    key = name.lower().replace(" ", "-").removeprefix("nvidia-")
+    key = _ALIASES.get(key, key)
+    if key in GPUS:
+        return GPUS[key]
+    raise TunelabError(f"unknown GPU '{name}'; known: {', '.join(g.name for g in GPUS.values())}", field="--gpu")
+
+
+def detect_gpu() -> GPU | None:
+    """The local GPU, matched to the table by name and memory, or None without one."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+    except Exception:
+        return None
+    name = props.name.upper()
+    mem = props.total_memory / 2**30
+    for g in GPUS.values():
+        stem = g.name.split("-")[0].upper()
+        if stem in name.replace(" ", "") and abs(g.memory_gib - mem) < 0.15 * g.memory_gib:
+            return g
+    return GPU(props.name, round(mem, 1), 0.0, 0.0)

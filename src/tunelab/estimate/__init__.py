@@ -1,0 +1,1 @@
+"""Estimators: memory (tokens per micro-batch), dataset measurement, batch size, time."""

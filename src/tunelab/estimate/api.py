@@ -1,0 +1,92 @@
+"""`tunelab estimate`: memory, batch size, packing and time for one configuration, machine-readable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.catalog import GPU, resolve_architecture
+from tunelab.errors import TunelabError
+from tunelab.estimate.batch import plan_batch, should_pack, tokens_per_microbatch
+from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
+
+
+def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: int | None = None,
+                    packed: bool | None = None, lora_rank: int = 8, activation_checkpointing: bool = False,
+                    dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
+                    target_effective_batch: int = 16, dtype: str = "bfloat16",
+                    modules_to_save: tuple[str, ...] = ()) -> dict[str, Any]:
+    arch = resolve_architecture(model)
+    inputs = MemoryInputs(dtype=dtype, lora_rank=lora_rank, activation_checkpointing=activation_checkpointing,
+                          modules_to_save=modules_to_save)
+    out: dict[str, Any] = {"model": arch.name, "parameters": arch.parameters, "gpu": gpu.name,
+                           "gpu_memory_gib": gpu.memory_gib, "max_seq_len": max_seq_len, "lora_rank": lora_rank}
+    data = None
+    if dataset is not None:
+        if prompt is None:
+            raise TunelabError("--prompt is needed with --dataset (the dataset is measured as training formats it)",
+                               field="--prompt")
+        if not Path(model).is_dir():
+            raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
+                               field="--model")
+        from transformers import AutoTokenizer
+
+        from tunelab.data.formatting import PromptFormat
+        from tunelab.estimate.dataset import measure_dataset
+
+        tok = AutoTokenizer.from_pretrained(model)
+        data = measure_dataset(dataset, tok, PromptFormat(prompt), max_seq_len, batch_size or 1)
+    train = data["splits"]["train"] if data else None
+    use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
+    bp = plan_batch(arch, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
+                    longest=train["max_len"] if train else None,
+                    density=data["packing"]["density"] if data else None,
+                    sequences=(data["packing"]["sequences"] if use_packed else train["examples"]) if data else None)
+    if packed is None and train:
+        bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train['mean_len']:.0f} "
+                             f"tokens vs max_seq_len {max_seq_len}")
+    b = batch_size or bp.recommended_batch_size or 1
+    tokens = tokens_per_microbatch(b, max_seq_len, use_packed, train["max_len"] if train else None)
+    mem = estimate_memory(arch, tokens, inputs)
+    out.update({
+        "packed": use_packed,
+        "batch_size": b,
+        "tokens_per_microbatch": tokens,
+        "peak_memory_gib": round(mem.peak_gib, 3),
+        "memory_breakdown_gib": {k: round(getattr(mem, k), 3) for k in
+                                 ("weights_gib", "trainable_gib", "activations_gib", "logits_gib", "overhead_gib")},
+        "memory_source": mem.source,
+        "fits": mem.peak_gib <= gpu.memory_gib,
+        "max_batch_size": bp.max_batch_size,
+        "recommended_batch_size": bp.recommended_batch_size,
+        "recommended_gradient_accumulation_steps": bp.recommended_gradient_accumulation_steps,
+        "reasons": bp.reasons,
+    })
+    if data:
+        from tunelab.estimate.dataset import simulate_padding
+
+        if use_packed:
+            sequences = data["packing"]["sequences"]
+            tokens_epoch = train["tokens"]  # padding-free: only real tokens are processed
+        else:
+            pad = simulate_padding(data["train_lengths"], b, max_seq_len)
+            sequences = train["examples"]
+            tokens_epoch = pad.padded_tokens
+        accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
+        steps = -(-sequences // b) // accum or 1
+        tps = model_tokens_per_s(arch, gpu, max_seq_len if use_packed else int(train["mean_len"]))
+        out.update({
+            "dataset": {k: v for k, v in data.items() if k != "train_lengths"},
+            "packing_density": data["packing"]["density"],
+            "packing_efficiency": data["packing"]["fill_fraction"],
+            "tokens_per_epoch": tokens_epoch,
+            "steps_per_epoch": steps,
+            "epochs": epochs,
+            "est_tokens_per_s": round(tps, 1) if tps else None,
+            "est_seconds_per_epoch": round(tokens_epoch / tps, 1) if tps else None,
+            "est_source": "model",
+            "est_note": f"FLOPs model at {DEFAULT_MFU:.0%} MFU; measured history replaces it when present",
+        })
+    return out
+

@@ -1,0 +1,124 @@
+"""Measure a dataset the way training will see it: real tokenizer, real prompt format, and the
+same best-fit-decreasing packing the trainer uses (TRL's), so no number here is guessed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from tunelab.data.formatting import PromptFormat
+from tunelab.data.splits import SPLITS, load_splits
+
+
+@dataclass
+class SplitStats:
+    examples: int
+    tokens: int
+    completion_tokens: int
+    mean_len: float
+    min_len: int
+    p50_len: int
+    p90_len: int
+    p99_len: int
+    max_len: int
+    truncated: int  # examples longer than max_seq_len
+
+
+@dataclass
+class PackingStats:
+    max_seq_len: int
+    examples: int
+    sequences: int
+    density: float  # examples per packed sequence
+    fill_fraction: float  # real tokens / (sequences × max_seq_len): the non-pad share were they padded
+
+
+@dataclass
+class PaddingStats:
+    batch_size: int
+    batches: int
+    padded_tokens: int  # what the model processes (batch × longest in batch, summed)
+    nonpad_fraction: float
+    mean_tokens_per_microbatch: float
+    max_tokens_per_microbatch: int
+
+
+def _pct(sorted_vals: list[int], q: float) -> int:
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * (len(sorted_vals) - 1) + 0.5))]
+
+
+def encode_split(rows: list[dict], fmt: PromptFormat, tokenizer: Any, input_field: str, output_field: str) -> list[dict]:
+    return [fmt.encode_example(r[input_field], r[output_field], tokenizer) for r in rows]
+
+
+def split_stats(encoded: list[dict], max_seq_len: int) -> SplitStats:
+    lengths = sorted(len(e["input_ids"]) for e in encoded)
+    return SplitStats(
+        examples=len(lengths),
+        tokens=sum(lengths),
+        completion_tokens=sum(sum(e["completion_mask"]) for e in encoded),
+        mean_len=round(mean(lengths), 2),
+        min_len=lengths[0],
+        p50_len=_pct(lengths, 0.5),
+        p90_len=_pct(lengths, 0.9),
+        p99_len=_pct(lengths, 0.99),
+        max_len=lengths[-1],
+        truncated=sum(1 for n in lengths if n > max_seq_len),
+    )
+
+
+def simulate_bfd_packing(lengths: list[int], max_seq_len: int) -> PackingStats:
+    """Pack with TRL's own BFD (what SFTTrainer does with packing_strategy='bfd')."""
+    import datasets
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    datasets.disable_progress_bars()
+
+    ds = Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})
+    packed = pack_dataset(ds, max_seq_len, "bfd")
+    seq_lengths = packed["seq_lengths"]
+    tokens = sum(min(n, max_seq_len) for n in lengths)
+    return PackingStats(
+        max_seq_len=max_seq_len,
+        examples=len(lengths),
+        sequences=len(seq_lengths),
+        density=round(len(lengths) / len(seq_lengths), 4),
+        fill_fraction=round(tokens / (len(seq_lengths) * max_seq_len), 4),
+    )
+
+
+def simulate_padding(lengths: list[int], batch_size: int, max_seq_len: int, seed: int = 0) -> PaddingStats:
+    """Dynamic padding at a micro-batch size: shuffled batches (seeded), each padded to its longest."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    padded = 0
+    per_batch = []
+    for i in range(0, len(order), batch_size):
+        batch = [min(lengths[j], max_seq_len) for j in order[i : i + batch_size]]
+        tokens = max(batch) * len(batch)
+        per_batch.append(tokens)
+        padded += tokens
+    real = sum(min(n, max_seq_len) for n in lengths)
+    return PaddingStats(batch_size, len(per_batch), padded, round(real / padded, 4),
+                        round(mean(per_batch), 1), max(per_batch))
+
+
+def measure_dataset(path: str | Path, tokenizer: Any, fmt: PromptFormat, max_seq_len: int, batch_size: int,
+                    input_field: str = "input", output_field: str = "output", seed: int = 0) -> dict[str, Any]:
+    """Per split: token statistics; for train: packing and padding simulations."""
+    splits = load_splits(path, input_field, output_field)
+    out: dict[str, Any] = {"splits": {}}
+    train_lengths: list[int] = []
+    for split in SPLITS:
+        enc = encode_split(splits[split], fmt, tokenizer, input_field, output_field)
+        out["splits"][split] = asdict(split_stats(enc, max_seq_len))
+        if split == "train":
+            train_lengths = [len(e["input_ids"]) for e in enc]
+    out["packing"] = asdict(simulate_bfd_packing(train_lengths, max_seq_len))
+    out["padding"] = asdict(simulate_padding(train_lengths, batch_size, max_seq_len, seed))
+    out["train_lengths"] = train_lengths
+    return out

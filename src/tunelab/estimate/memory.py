@@ -1,0 +1,112 @@
+"""Peak training memory of a LoRA run, as a function of **tokens per micro-batch**.
+
+Packed: tokens = batch × max_seq_len. Unpacked: tokens = batch × padded length. That unit is why
+a batch size that fitted unpacked OOMs once packing is on: the same "16" means 10× the tokens.
+
+Terms (bytes): frozen base weights; LoRA (and modules_to_save) weights, gradients and AdamW
+states; activations per token per layer (all saved, or one layer input with activation
+checkpointing); logits (fp32 upcast for the loss, its softmax and its gradient: with a 128k
+vocabulary this is often the largest term) divided by the loss chunks; runtime overhead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tunelab.catalog import Architecture
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GIB = 2**30
+
+# Activation bytes per token per layer ≈ dtype_bytes × (H_COEF·hidden + I_COEF·intermediate + KV_COEF·kv_dim):
+# inputs of q/k/v/o and norms, q/k/v/attention outputs (≈10 × hidden); gate, up, activation and down inputs
+# (≈4 × intermediate); k and v (2 × kv dim). SDPA/flash attention: no seq² term.
+H_COEF, I_COEF, KV_COEF = 10.0, 4.0, 2.0
+# fp32 logits, their log-softmax and their gradient live at once at the loss.
+LOGIT_COPIES = 3.0
+RUNTIME_OVERHEAD_GIB = 0.75  # CUDA context, allocator slack, kernels' workspaces
+
+
+@dataclass(frozen=True)
+class MemoryInputs:
+    dtype: str = "bfloat16"
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] | str = "all-linear"
+    modules_to_save: tuple[str, ...] = ()
+    activation_checkpointing: bool = False
+    loss_chunks: int = 1
+    optimizer_bytes_per_param: int = 8  # AdamW: two fp32 moments
+
+
+@dataclass
+class MemoryEstimate:
+    tokens_per_microbatch: int
+    weights_gib: float
+    trainable_params: int
+    trainable_gib: float
+    activations_gib: float
+    logits_gib: float
+    overhead_gib: float
+    calibration: float = 1.0
+    source: str = "model"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_gib(self) -> float:
+        raw = self.weights_gib + self.trainable_gib + self.activations_gib + self.logits_gib + self.overhead_gib
+        return raw * self.calibration
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "peak_gib": round(self.peak_gib, 3)}
+
+
+def lora_params(arch: Architecture, rank: int, targets: tuple[str, ...] | str) -> int:
+    shapes = arch.linear_shapes()
+    names = list(shapes) if targets == "all-linear" else [t for t in targets if t in shapes]
+    return arch.layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in names)
+
+
+def full_module_params(arch: Architecture, modules: tuple[str, ...]) -> int:
+    per = {"embed_tokens": arch.embedding_params, "lm_head": arch.embedding_params}
+    return sum(per.get(m, 0) for m in modules)
+
+
+def activation_bytes_per_token(arch: Architecture, dtype_bytes: int, checkpointing: bool) -> float:
+    per_layer = dtype_bytes * (H_COEF * arch.hidden + I_COEF * arch.intermediate + KV_COEF * arch.kv_heads * arch.head_dim)
+    if checkpointing:
+        # each layer keeps its input; one layer's activations are rebuilt at a time in backward
+        return arch.layers * dtype_bytes * arch.hidden + per_layer
+    return arch.layers * per_layer
+
+
+def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calibration: float = 1.0,
+                    source: str = "model") -> MemoryEstimate:
+    """Predicted peak GPU memory for `tokens` tokens per micro-batch."""
+    b = DTYPE_BYTES[inputs.dtype]
+    lora = lora_params(arch, inputs.lora_rank, inputs.lora_targets)
+    full = full_module_params(arch, inputs.modules_to_save)
+    # LoRA weights are kept in fp32 (PEFT autocasts adapters): weight + grad + optimizer states.
+    trainable_bytes = lora * (4 + 4 + inputs.optimizer_bytes_per_param) + full * (b + b + inputs.optimizer_bytes_per_param)
+    weights = arch.parameters * b
+    act = activation_bytes_per_token(arch, b, inputs.activation_checkpointing) * tokens
+    logits = tokens * arch.vocab * 4 * LOGIT_COPIES / max(1, inputs.loss_chunks)
+    return MemoryEstimate(
+        tokens_per_microbatch=tokens,
+        weights_gib=weights / GIB,
+        trainable_params=lora + full,
+        trainable_gib=trainable_bytes / GIB,
+        activations_gib=act / GIB,
+        logits_gib=logits / GIB,
+        overhead_gib=RUNTIME_OVERHEAD_GIB,
+        calibration=calibration,
+        source=source,
+    )
+
+
+def max_tokens_that_fit(arch: Architecture, inputs: MemoryInputs, budget_gib: float, calibration: float = 1.0) -> int:
+    """Largest tokens per micro-batch whose predicted peak stays within budget (0 if none)."""
+    fixed = estimate_memory(arch, 0, inputs, calibration).peak_gib
+    per_token = estimate_memory(arch, 1, inputs, calibration).peak_gib - fixed
+    if fixed >= budget_gib or per_token <= 0:
+        return 0
+    return int((budget_gib - fixed) / per_token)

@@ -1,0 +1,25 @@
+"""Training speed from a FLOPs model (the fallback when no similar past run exists).
+
+LoRA on a frozen base: forward 2N FLOPs per token, backward through the frozen weights for the
+input gradients 2N more (no weight gradients but the adapters' tiny ones): ≈ 4N per token, plus
+attention (4 × layers × seq × hidden per token, forward and backward ≈ ×3). The model states its
+MFU; history from measured runs replaces it when there is one.
+"""
+
+from __future__ import annotations
+
+from tunelab.catalog import GPU, Architecture
+
+DEFAULT_MFU = 0.35
+
+
+def flops_per_token(arch: Architecture, seq_len: int) -> float:
+    dense = 4.0 * arch.parameters
+    attention = 3.0 * 4.0 * arch.layers * seq_len * arch.heads * arch.head_dim / 2  # causal: half the matrix
+    return dense + attention
+
+
+def model_tokens_per_s(arch: Architecture, gpu: GPU, seq_len: int, mfu: float = DEFAULT_MFU) -> float | None:
+    if not gpu.bf16_tflops:
+        return None
+    return mfu * gpu.bf16_tflops * 1e12 / flops_per_token(arch, seq_len)

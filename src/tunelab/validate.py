@@ -1,0 +1,124 @@
+"""validate: catch before submission what would fail or waste a GPU: predicted OOM, warm-up longer
+than training, packing off on short examples, a GPU left mostly idle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.catalog import GPU, resolve_architecture
+from tunelab.errors import TunelabError
+from tunelab.estimate.batch import largest_batch, should_pack, tokens_per_microbatch
+from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.runconfig import RunConfig
+
+NEAR_LIMIT = 0.90
+IDLE_BELOW = 0.25
+
+
+@dataclass
+class RunCheck:
+    run: str
+    tokens_per_microbatch: int
+    peak_memory_gib: float
+    gpu_memory_gib: float
+    steps: int | None
+    max_batch_size: int
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _measured_lengths(cfg: RunConfig) -> list[int] | None:
+    """Token lengths of the train split as training will see them (needs the local tokenizer)."""
+    if not Path(cfg.model.path).is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    from tunelab.data.formatting import prompt_format_of
+    from tunelab.data.splits import load_splits
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    fmt = prompt_format_of(cfg)
+    rows = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)["train"]
+    return [len(fmt.encode_example(r[cfg.dataset.input_field], r[cfg.dataset.output_field], tok)["input_ids"])
+            for r in rows]
+
+
+def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None) -> RunCheck:
+    t = cfg.training
+    if t is None:
+        raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
+    arch = resolve_architecture(cfg.model.path)
+    dtype = "bfloat16" if t.dtype == "auto" else t.dtype
+    inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=tuple(t.lora_target_modules)
+                          if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
+                          modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)
+    longest = max(lengths) if lengths else None
+    tokens = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, longest)
+    peak = estimate_memory(arch, tokens, inputs).peak_gib
+    max_b = largest_batch(arch, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
+    steps = None
+    if lengths:
+        if t.packing:
+            from tunelab.estimate.dataset import simulate_bfd_packing
+
+            rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
+        else:
+            rows = len(lengths)
+        steps = max(1, -(-rows // t.batch_size) // t.gradient_accumulation_steps) * t.epochs
+        if t.max_steps:
+            steps = min(steps, t.max_steps)
+    check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
+    where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
+    if peak > gpu.memory_gib:
+        check.errors.append(
+            f"{where} = {tokens:,} tokens per micro-batch: predicted peak {peak:.1f} GiB exceeds the "
+            f"{gpu.name}'s {gpu.memory_gib:g} GiB; largest micro-batch that fits: {max_b}"
+            + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
+               if t.packing else ""))
+    elif peak > NEAR_LIMIT * gpu.memory_gib:
+        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:g} GiB")
+    elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
+        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "
+                              f"a micro-batch up to {max_b} fits (keep the effective batch with accumulation)")
+    if t.warmup_steps is not None and steps is not None and t.warmup_steps > steps:
+        check.errors.append(f"{cfg.name}: warmup_steps {t.warmup_steps} exceeds the run's {steps} optimizer steps")
+    if lengths and not t.packing and should_pack(sum(lengths) / len(lengths), t.max_seq_len):
+        check.warnings.append(f"{cfg.name}: packing is off although the mean example ({sum(lengths) / len(lengths):.0f} "
+                              f"tokens) is short next to max_seq_len {t.max_seq_len}")
+    return check
+
+
+def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
+    """Validate an experiment.yaml (all its runs) or one run.yaml."""
+    from tunelab.runconfig import load_run_config
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "run.yaml" if (path / "run.yaml").is_file() else path / "experiment.yaml"
+    import yaml
+
+    try:
+        head = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        head = None
+    if isinstance(head, dict) and "kind" in head and "experiment_dir" in head:
+        runs = [load_run_config(path)]
+    else:
+        from tunelab.plan import make_plan
+
+        runs = make_plan(path).finetune_runs
+    cache: dict[tuple, list[int] | None] = {}
+    checks = []
+    for cfg in runs:
+        if cfg.training is None:
+            continue
+        key = (cfg.model.path, cfg.dataset.path, cfg.prompt, cfg.chat_template, cfg.system_prompt)
+        if key not in cache:
+            cache[key] = _measured_lengths(cfg)
+        checks.append(check_run(cfg, gpu, cache[key]))
+    return checks
