@@ -98,16 +98,21 @@ def _print_plan(plan) -> None:
 def plan_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for memory/time estimates (e.g. H100-80GB); "
+                                      "detected when present, else this machine's CPU."),
 ) -> None:
-    """Verify models, datasets and the eval task; show the runs; write plan.md beside the spec."""
+    """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
+    steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
     from tunelab.plan import make_plan, plan_rows, render_plan_md
 
-    plan = make_plan(spec)
+    plan = make_plan(spec, gpu=_gpu_or_none(gpu))
     path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
     if json_out:
-        print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe, "runs": plan_rows(plan),
-                          "warnings": plan.warnings}, indent=2))
+        print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe,
+                          "gpu": plan.gpu.name if plan.gpu else None, "runs": plan_rows(plan),
+                          "estimates": {k: e.to_dict() for k, e in plan.estimates.items()},
+                          "totals": plan.totals(), "warnings": plan.warnings}, indent=2))
         return
     _print_plan(plan)
     console.print(f"wrote {path}")
@@ -205,6 +210,13 @@ def report_cmd(experiment_dir: Path = typer.Argument(..., help="A scaffolded exp
     console.print(f"report: {path}")
 
 
+def _gpu_or_none(name: str | None):
+    """The named GPU, the detected one, or None (plan for this machine's CPU)."""
+    from tunelab.catalog import detect_gpu, resolve_gpu
+
+    return resolve_gpu(name) if name else detect_gpu()
+
+
 def _gpu_option(name: str | None):
     from tunelab.catalog import detect_gpu, resolve_gpu
 
@@ -275,6 +287,27 @@ def validate_cmd(
             console.print(f"ok: {len(checks)} run(s) validated")
     if errors:
         raise typer.Exit(1)
+
+
+@app.command("ingest")
+@friendly
+def ingest_cmd(
+    paths: list[Path] = typer.Argument(..., help="Log files or directories (searched for *.out, *.log)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
+) -> None:
+    """Import past torchtune / SLURM runs into the history ledger so plans learn from them.
+    Truncated, failed or unknown logs are reported and skipped, never half-imported."""
+    from tunelab.catalog import resolve_gpu
+    from tunelab.history import history_path
+    from tunelab.ingest import ingest_logs
+
+    device = resolve_gpu(gpu).name if gpu else None
+    results = ingest_logs(paths, device)
+    for r in results:
+        mark = "[green]imported[/green]" if r.imported else "[yellow]skipped[/yellow]"
+        console.print(f"{mark} {r.path}: {r.reason}", highlight=False, soft_wrap=True)
+    n = sum(r.imported for r in results)
+    console.print(f"{n} of {len(results)} log(s) imported into {history_path()}")
 
 
 @app.command("schema")

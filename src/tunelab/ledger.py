@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from tunelab import history
 from tunelab.experiment import LEDGER_FILE, training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.runconfig import RunConfig
@@ -85,6 +86,27 @@ CREATE TABLE IF NOT EXISTS attempts (
     state TEXT,
     reason TEXT
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- train | eval
+    job_id TEXT NOT NULL,            -- the scheduler's id
+    attempt INTEGER NOT NULL,        -- run.yaml's attempt when submitted
+    executor TEXT NOT NULL,
+    depends_on TEXT,                 -- afterok job id (eval after train)
+    time_limit TEXT,
+    submitted_at TEXT NOT NULL,
+    state TEXT NOT NULL,             -- scheduler state: SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ...
+    exit_code TEXT,                  -- Slurm 'EXIT:SIGNAL'
+    elapsed TEXT,
+    node TEXT,
+    failure TEXT,                    -- class once ended: completed, oom, timeout, preempted, node_fail, cancelled, failed
+    detail TEXT,
+    reason TEXT,                     -- why it was submitted (first, resubmission, retry reason)
+    handled INTEGER NOT NULL DEFAULT 0,  -- the retry policy has judged this ended job
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs (run, kind);
 """
 
 RUN_COLUMNS = (
@@ -136,6 +158,9 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
             json.dumps(summary) if summary else None, st.now_iso(),
         ),
     )
+    if state == st.COMPLETED and summary and cfg.kind == "finetune":
+        # later plans, in any experiment, learn from every completed run
+        history.record([history.from_run_dir(cfg, summary)])
     conn.execute("DELETE FROM metrics WHERE run = ?", (cfg.name,))
     conn.executemany(
         """INSERT OR REPLACE INTO metrics (run, step, is_eval, epoch, loss, val_loss, lr, tokens, nonpad_tokens,
@@ -177,3 +202,20 @@ def record_attempt(experiment_dir: str | Path, **fields: Any) -> None:
 def query(experiment_dir: str | Path, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
     with connect(experiment_dir) as conn:
         return [dict(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def record_job(experiment_dir: str | Path, **fields: Any) -> int:
+    """A submitted scheduler job (table jobs); returns its row id."""
+    fields.setdefault("updated_at", st.now_iso())
+    cols = ", ".join(fields)
+    with connect(experiment_dir) as conn:
+        cur = conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(fields))})",
+                           tuple(fields.values()))
+        return int(cur.lastrowid)
+
+
+def update_job(experiment_dir: str | Path, row_id: int, **fields: Any) -> None:
+    fields["updated_at"] = st.now_iso()
+    with connect(experiment_dir) as conn:
+        conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                     (*fields.values(), row_id))

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
+from tunelab.catalog import GPU
 from tunelab.data.splits import SPLITS, load_splits
+from tunelab.estimate.runs import RunEstimate
 from tunelab.design import expand_runs
 from tunelab.errors import TunelabError
 from tunelab.models.check import ModelInfo, check_model_dir
@@ -27,6 +31,15 @@ class Plan:
     datasets: dict[str, dict[str, int]]
     recipe: str
     warnings: list[str] = field(default_factory=list)
+    gpu: GPU | None = None
+    estimates: dict[str, RunEstimate] = field(default_factory=dict)
+
+    def totals(self) -> dict[str, Any]:
+        secs = [e.seconds for e in self.estimates.values()]
+        known = [x for x in secs if x is not None]
+        gpu_h = [e.gpu_hours for e in self.estimates.values() if e.gpu_hours is not None]
+        return {"seconds": round(sum(known), 1) if known else None, "runs_without_time": len(secs) - len(known),
+                "gpu_hours": round(sum(gpu_h), 3) if gpu_h else None}
 
     @property
     def finetune_runs(self) -> list[RunConfig]:
@@ -60,7 +73,46 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path) -> tuple[dict[str, M
     return models, datasets
 
 
-def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None) -> Plan:
+def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """Token lengths of train and validation as training will format them (real tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data.formatting import prompt_format_of
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    fmt = prompt_format_of(cfg)
+    splits = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)
+    inp, out = cfg.dataset.input_field, cfg.dataset.output_field
+    return tuple(  # type: ignore[return-value]
+        [len(fmt.encode_example(r[inp], r[out], tok)["input_ids"]) for r in splits[s]] for s in ("train", "validation")
+    )
+
+
+def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
+    """Estimates for every fine-tuned run; datasets measured once per model x dataset x prompt."""
+    from tunelab import history
+    from tunelab.estimate.runs import estimate_run
+
+    past = history.load()
+    threads = None
+    if gpu is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    cache: dict[tuple, tuple[list[int], list[int]]] = {}
+    out = {}
+    for cfg in runs:
+        if cfg.training is None:
+            continue
+        key = (cfg.model.path, cfg.dataset.path, cfg.prompt, cfg.chat_template, cfg.system_prompt)
+        if key not in cache:
+            cache[key] = measure_lengths(cfg)
+        out[cfg.name] = estimate_run(cfg, gpu, *cache[key], past, threads)
+    return out
+
+
+def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
+              estimates: bool = True) -> Plan:
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
@@ -79,11 +131,26 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None) -
     tiny = any((Path(i.path) / "tunelab_tiny.json").is_file() for i in models.values())
     if tiny and any(r.training and not r.training.modules_to_save for r in runs):
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
-    return Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings)
+    plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu)
+    if estimates:
+        plan.estimates = estimate_runs(runs, gpu)
+        for e in plan.estimates.values():
+            if e.peak_memory_gib is not None and e.gpu_memory_gib and e.peak_memory_gib > e.gpu_memory_gib:
+                plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
+                                     f"{e.gpu_memory_gib:g} GiB (run `tunelab validate` for a batch that fits)")
+    return plan
 
 
 def _factor_text(run: RunConfig, swept: list[str]) -> str:
     return ", ".join(f"{k}={run.factors[k]}" for k in swept if k in run.factors) or "—"
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
 
 
 def plan_rows(plan: Plan) -> list[dict[str, str]]:
@@ -92,6 +159,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
     rows = []
     for i, r in enumerate(plan.runs, 1):
         t = r.training
+        e = plan.estimates.get(r.name)
         rows.append({
             "#": str(i),
             "run": r.name,
@@ -101,7 +169,10 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "factors": _factor_text(r, swept),
             "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}" if t else "—",
             "packing": ("on" if t.packing else "off") if t else "—",
-            "est. time": "—" if t else "eval only",
+            "steps": str(e.steps) if e else "—",
+            "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
+                               else "—"),
+            "est. time": (_fmt_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
         })
     return rows
 
@@ -141,9 +212,25 @@ def render_plan_md(plan: Plan) -> str:
                          f"{n['validation']} | {n['test']} |")
     lines += ["", f"Evaluation: inspect-ai task `{spec.eval.task}` on the `{spec.eval.split}` split, greedy, "
               f"max {spec.eval.max_tokens} tokens, epochs: {spec.eval.epochs}.", "",
-              "## Estimates", "",
-              "Memory, batch size and time estimates are not computed yet (planner estimators pending); "
-              "no figure here is guessed.", ""]
+              "## Estimates", ""]
+    target = plan.gpu.name if plan.gpu else "this machine's CPU"
+    lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
+              "ledger) or a model.", ""]
+    if plan.estimates:
+        lines += ["| Run | Micro-batch × accum | Packing | Tokens/micro-batch | Peak / GPU (GiB) | Memory source | "
+                  "Steps | Tokens/s | Time | Time source | GPU-h | SLURM limit |", "|" + "---|" * 12]
+        for e in plan.estimates.values():
+            lines.append(
+                f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} | {'on' if e.packed else 'off'} | "
+                f"{e.tokens_per_microbatch:,} | "
+                + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
+                + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
+                f"{_fmt_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
+                f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
+        tot = plan.totals()
+        lines += ["", f"**Total:** {_fmt_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
+                  + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
+                  + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
     if plan.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
     return "\n".join(lines)

@@ -45,6 +45,19 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
     return tokens, nonpad, examples
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), so start-up includes interpreter and imports."""
+    try:
+        import os
+
+        ticks = os.sysconf("SC_CLK_TCK")
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        return time.time() - (boot + start_ticks / ticks)
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
 def peak_memory() -> tuple[float, str]:
     """Peak memory in GiB and what it measures: CUDA allocated on a GPU, process RSS on CPU."""
     if torch.cuda.is_available():

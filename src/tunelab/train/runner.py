@@ -17,13 +17,26 @@ from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 from tunelab.train.checkpoints import last_trainer_checkpoint, publish_epoch_checkpoint
 from tunelab.evaluate.provider import resolve_dtype
-from tunelab.train.metrics import Counters, MetricsWriter, count_batch, steady_tokens_per_s
+from tunelab.train.metrics import Counters, MetricsWriter, count_batch, process_age_s, steady_tokens_per_s
 
 COUNTERS_FILE = "tunelab_counters.json"
+# Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
+# retry policy (halve the micro-batch) can be proven end to end on machines without a GPU.
+FAULT_OOM_ENV = "TUNELAB_FAULT_OOM_ABOVE_BATCH"
 
 
 def _log(msg: str) -> None:
     print(f"[tunelab train] {msg}", flush=True)
+
+
+def _inject_oom_fault(batch_size: int) -> None:
+    limit = os.environ.get(FAULT_OOM_ENV, "").strip()
+    if limit and batch_size > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate 1.95 GiB (injected: micro-batch {batch_size} > "
+            f"{FAULT_OOM_ENV}={limit})")
 
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
@@ -110,11 +123,15 @@ def _make_trainer_class():
     return CountingSFTTrainer
 
 
-def _make_callback(run_dir: Path, writer: MetricsWriter, total_steps_ref: dict):
+def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict):
     from transformers import TrainerCallback
 
     class TunelabCallback(TrainerCallback):
         """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if "startup_s" not in startup:
+                startup["startup_s"] = process_age_s()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -136,6 +153,28 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, total_steps_ref: dict):
             _log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
 
     return TunelabCallback()
+
+
+def _step_cost(trainer, t, run_dir: Path) -> dict[str, Any] | None:
+    """Fixed vs per-token step cost (for the planner), measured after the last checkpoint is saved."""
+    from tunelab.train.step_cost import measure_step_cost
+
+    rows = [r for r in read_jsonl(run_dir / st.METRICS_FILE) if r.get("loss") is not None]
+    tps = steady_tokens_per_s(rows)
+    steps = trainer.state.global_step
+    last = rows[-1] if rows else {}
+    if not tps or not steps or not last.get("tokens"):
+        return None
+    tokens_per_step = last["tokens"] / steps
+    seq_len = max(8, int(round(tokens_per_step / (t.batch_size * t.gradient_accumulation_steps))))
+    try:
+        cost = measure_step_cost(trainer.model, t.batch_size, min(seq_len, t.max_seq_len),
+                                 trainer.model.config.vocab_size, tokens_per_step / tps, tokens_per_step)
+    except Exception as exc:  # a measurement must never fail a finished run
+        _log(f"step cost not measured: {type(exc).__name__}: {exc}")
+        return None
+    cost["tokens_per_step"] = round(tokens_per_step, 2)
+    return cost
 
 
 def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counters]:
@@ -283,6 +322,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     )
     trainer_cls = _make_trainer_class()
     writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
+    startup: dict[str, float | None] = {}
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -290,7 +330,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[_make_callback(run_dir, writer, {})],
+        callbacks=[_make_callback(run_dir, writer, startup)],
     )
     trainer.counters = counters
     from transformers.trainer_callback import PrinterCallback
@@ -300,10 +340,12 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     atomic_write_json(run_dir / st.PACKING_FILE, pstats)
     _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    _inject_oom_fault(t.batch_size)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if val_ds is not None and writer.last_eval_step != trainer.state.global_step:
         metrics = trainer.evaluate()
         writer.write(trainer.state.global_step, trainer.state.epoch, metrics)
+    step_cost = _step_cost(trainer, t, run_dir)
     return _summarize(
         run_dir,
         cfg,
@@ -312,6 +354,8 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
             "duration_s": round(writer.elapsed(), 3),
             "train_time_s": round(writer.elapsed() - counters.overhead_s, 3),
             "overhead_s": round(counters.overhead_s, 3),
+            "step_cost": step_cost,
+            "startup_s": round(startup["startup_s"], 3) if startup.get("startup_s") is not None else None,
             "train_examples": len(train_ds),
             "validation_examples": len(val_ds) if val_ds is not None else None,
             "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, torch.cuda.device_count()),

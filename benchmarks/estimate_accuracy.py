@@ -1,0 +1,118 @@
+"""Predicted vs measured training time, from ONE calibration run, on this machine.
+
+Trains one calibration run (tiny 2×128 model), records it in a fresh history ledger, then plans
+held-out configurations (other batch sizes, ranks, packing and model sizes), trains each, and
+compares the plan's time with the job's measured wall time. Prints a table; the last line reads
+`median time error: X %`.
+
+    python benchmarks/estimate_accuracy.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+MODELS = {"tiny-2x128": (2, 128, 0), "tiny-3x192": (3, 192, 2), "tiny-4x256": (4, 256, 1)}
+CALIBRATION = {"model": "tiny-2x128", "lora_rank": 8, "batch_size": 8, "packing": False}
+HELD_OUT = [
+    {"model": "tiny-2x128", "lora_rank": 16, "batch_size": 16, "packing": False},
+    {"model": "tiny-2x128", "lora_rank": 8, "batch_size": 4, "packing": False},
+    {"model": "tiny-2x128", "lora_rank": 8, "batch_size": 2, "packing": True},
+    {"model": "tiny-3x192", "lora_rank": 8, "batch_size": 8, "packing": False},
+    {"model": "tiny-4x256", "lora_rank": 8, "batch_size": 8, "packing": False},
+    {"model": "tiny-4x256", "lora_rank": 32, "batch_size": 16, "packing": False},
+]
+
+
+def spec_for(name: str, runs: list[dict], data: Path, models: Path) -> dict:
+    return {
+        "name": name,
+        "models": [{"name": m, "path": str(models / m)} for m in MODELS],
+        "datasets": [{"name": "caps", "path": str(data)}],
+        "prompt": "Capitalize the word: {input}",
+        "controls": False,
+        "naming": "{model}_r{lora_rank}_bs{batch_size}_p{packing}",
+        "factors": {"model": sorted({r["model"] for r in runs}, key=list(MODELS).index),
+                    "lora_rank": sorted({r["lora_rank"] for r in runs}),
+                    "batch_size": sorted({r["batch_size"] for r in runs}),
+                    "packing": sorted({r["packing"] for r in runs})},
+        "training": {"epochs": 2, "learning_rate": 0.002, "max_seq_len": 128, "logging_steps": 10,
+                     "modules_to_save": ["embed_tokens", "lm_head"]},
+    }
+
+
+def wanted(cfg, runs: list[dict]) -> bool:
+    t = cfg.training
+    return any(cfg.model.name == r["model"] and t.lora_rank == r["lora_rank"] and t.batch_size == r["batch_size"]
+               and t.packing == r["packing"] for r in runs)
+
+
+def train_timed(cfg) -> float:
+    """Run the job script as the executor would and return its wall time."""
+    t0 = time.monotonic()
+    with open(cfg.run_dir / "train.log", "w") as log:
+        subprocess.run(["bash", str(cfg.run_dir / "job.sh")], stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-estimate-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["TUNELAB_HISTORY"] = str(out / "history.db")  # a fresh history: only the calibration run
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    (out / "history.db").unlink(missing_ok=True)
+
+    from tunelab import ledger
+    from tunelab.data.capitalization import make_capitalization_dataset
+    from tunelab.experiment import load_runs
+    from tunelab.models.tiny import build_tiny_model
+    from tunelab.plan import make_plan
+    from tunelab.scaffold import scaffold
+
+    for name, (layers, hidden, seed) in MODELS.items():
+        if not (out / "models" / name / "config.json").is_file():
+            build_tiny_model(out / "models" / name, layers=layers, hidden=hidden, seed=seed)
+    data = make_capitalization_dataset(6, 1000, out / "data", 0.8, seed=0)
+
+    # 1. one calibration run, recorded in history
+    cal_spec = out / "calibration" / "experiment.yaml"
+    cal_spec.parent.mkdir(parents=True, exist_ok=True)
+    cal_spec.write_text(yaml.safe_dump(spec_for("calibration", [CALIBRATION], data, out / "models")))
+    cal = [c for c in scaffold(cal_spec, force=True).runs if wanted(c, [CALIBRATION])]
+    print(f"calibration: {cal[0].name} ... ", end="", flush=True)
+    print(f"{train_timed(cal[0]):.1f} s")
+    ledger.ingest_all(cal_spec.parent, load_runs(cal_spec.parent))
+
+    # 2. held-out configurations: plan first (history = the calibration run only), then measure
+    ho_spec = out / "held-out" / "experiment.yaml"
+    ho_spec.parent.mkdir(parents=True, exist_ok=True)
+    ho_spec.write_text(yaml.safe_dump(spec_for("held-out", HELD_OUT, data, out / "models")))
+    plan = make_plan(ho_spec)
+    scaffold(ho_spec, force=True)
+    runs = [c for c in plan.runs if wanted(c, HELD_OUT)]
+    errors = []
+    print(f"\n{'run':34} {'predicted s':>12} {'measured s':>11} {'error':>8}  source")
+    for cfg in runs:
+        est = plan.estimates[cfg.name]
+        measured = train_timed(cfg)
+        err = abs(est.seconds - measured) / measured
+        errors.append(err)
+        print(f"{cfg.name:34} {est.seconds:12.1f} {measured:11.1f} {100 * err:7.1f} %  {est.time_source}", flush=True)
+    print(f"\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; experiment dir {out}")
+    print(f"median time error: {100 * statistics.median(errors):.1f} %")
+
+
+if __name__ == "__main__":
+    main()

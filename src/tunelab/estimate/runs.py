@@ -1,0 +1,187 @@
+"""Per-run estimates for a plan: steps, tokens, peak memory, time, GPU-hours, a SLURM time limit —
+each number with its source (measured history, or a model when there is none)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import median
+from typing import Any
+
+from tunelab.catalog import GPU, Architecture, resolve_architecture
+from tunelab.estimate.batch import tokens_per_microbatch
+from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
+from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.speed import DEFAULT_MFU, flops_per_token, model_tokens_per_s
+from tunelab.history import HistoryRun
+from tunelab.runconfig import RunConfig
+
+TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
+ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
+VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
+
+
+@dataclass
+class RunEstimate:
+    run: str
+    packed: bool
+    micro_batch: int
+    gradient_accumulation_steps: int
+    tokens_per_microbatch: int
+    steps: int
+    tokens_per_epoch: int
+    peak_memory_gib: float | None
+    gpu_memory_gib: float | None
+    memory_source: str
+    tokens_per_s: float | None
+    startup_s: float | None
+    seconds: float | None
+    time_source: str
+    gpu_hours: float | None
+    slurm_time_limit: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def device_key(gpu: GPU | None) -> str:
+    return gpu.name if gpu else "cpu"
+
+
+def _same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
+    dev = (row.device or "").lower()
+    if gpu is None:
+        return dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
+    stem = gpu.name.split("-")[0].lower()
+    return stem in dev.replace(" ", "") and dev != "cpu"
+
+
+def _same_model(row: HistoryRun, arch: Architecture) -> bool:
+    return (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
+
+
+def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]:
+    """The past runs closest in tokens per optimizer step (throughput depends on it)."""
+    def dist(r: HistoryRun) -> float:
+        return abs(math.log((r.tokens_per_step or 1) / max(tokens_per_step, 1)))
+
+    best = min(dist(r) for r in rows)
+    return [r for r in rows if dist(r) <= best + 0.1]
+
+
+def _row_flops_per_token(row: HistoryRun, seq_len: int) -> float:
+    attention = 3.0 * 4.0 * (row.layers or 0) * seq_len * (row.hidden or 0) / 2
+    return 4.0 * (row.parameters or 0) + attention
+
+
+def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int) -> float:
+    """Step time from a measured run's fixed + per-token split, carried to another model and batch:
+    the per-token part scales with FLOPs per token, the fixed part with the number of layers."""
+    row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
+    per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
+    fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
+    return fixed + per_token * tokens_per_step
+
+
+def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
+                       history: list[HistoryRun], cpu_threads: int | None = None) -> tuple[float | None, str, list[HistoryRun]]:
+    on_device = [r for r in history if _same_device(r, gpu, cpu_threads) and r.tokens_per_s]
+    same = [r for r in on_device if _same_model(r, arch)]
+    split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
+    if split:
+        near = _nearest(split, tokens_per_step)
+        tps = median(tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len) for r in near)
+        what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
+        return tps, f"history: {len(near)} run(s) of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
+    if same:
+        near = _nearest(same, tokens_per_step)
+        tps = median(r.tokens_per_s for r in near)
+        return tps, f"history: {len(near)} run(s) of this model on {device_key(gpu)}", near
+    if on_device:
+        near = _nearest(on_device, tokens_per_step)
+        ref = near[0]
+        # dense FLOPs per token ∝ parameters (4N for LoRA): scale the measured throughput by it
+        tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
+        return tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token", near
+    if gpu is not None:
+        tps = model_tokens_per_s(arch, gpu, seq_len)
+        if tps:
+            return tps, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}", []
+    return None, "none: no history on this device and no FLOPs peak for it", []
+
+
+def slurm_time_limit(seconds: float) -> str:
+    minutes = math.ceil((seconds * TIME_LIMIT_MARGIN + 300) / 60 / 15) * 15
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
+                 history: list[HistoryRun], cpu_threads: int | None = None) -> RunEstimate:
+    """lengths: token lengths of the train split as training formats it (measured)."""
+    t = cfg.training
+    assert t is not None, "controls have nothing to estimate"
+    arch = resolve_architecture(cfg.model.path)
+    if t.packing:
+        rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
+        tokens_epoch = sum(min(n, t.max_seq_len) for n in lengths)
+    else:
+        rows = len(lengths)
+        tokens_epoch = simulate_padding(lengths, t.batch_size, t.max_seq_len, seed=t.seed).padded_tokens
+    batches = math.ceil(rows / t.batch_size)
+    full_steps = math.ceil(batches / t.gradient_accumulation_steps) * t.epochs
+    steps = min(full_steps, t.max_steps) if t.max_steps else full_steps
+    train_tokens = tokens_epoch * t.epochs * steps / full_steps
+    tokens_mb = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, max(lengths))
+    peak = gpu_mem = None
+    mem_source = "not modelled on CPU"
+    if gpu is not None:
+        dtype = "bfloat16" if t.dtype == "auto" else t.dtype
+        targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
+        inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets,
+                              modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)
+        calib_rows = [r for r in history if _same_device(r, gpu, None) and _same_model(r, arch)
+                      and r.memory_kind == "cuda_max_allocated" and r.peak_memory_gib and r.tokens_per_step]
+        calibration, mem_source = 1.0, "model"
+        if calib_rows:
+            ratios = [r.peak_memory_gib / estimate_memory(arch, int(r.tokens_per_step / (r.gradient_accumulation_steps or 1)),
+                                                          inputs).peak_gib for r in calib_rows]
+            calibration = median(ratios)
+            mem_source = f"model calibrated by {len(calib_rows)} measured peak(s) (×{calibration:.2f})"
+        peak = round(estimate_memory(arch, tokens_mb, inputs, calibration).peak_gib, 2)
+        gpu_mem = gpu.memory_gib
+    tokens_per_step = train_tokens / max(steps, 1)
+    seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
+    tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), history, cpu_threads)
+    seconds = startup = None
+    if tps:
+        train_s = train_tokens / tps
+        overhead_frac = median([(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]) if refs else 0.0
+        if not refs and t.validation_every_steps:
+            n_val = steps // t.validation_every_steps + 1
+            overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens, 1)
+        startups = [r.startup_s for r in refs if r.startup_s is not None]
+        if startups:
+            startup = median(startups)
+        elif not refs:
+            startup = ASSUMED_STARTUP_S
+            time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
+        seconds = round((startup or 0.0) + train_s * (1 + overhead_frac), 1)
+    gpus = max(1, cfg.resources.gpus_per_run) if gpu is not None else 0
+    return RunEstimate(
+        run=cfg.name,
+        packed=t.packing,
+        micro_batch=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        tokens_per_microbatch=tokens_mb,
+        steps=steps,
+        tokens_per_epoch=tokens_epoch,
+        peak_memory_gib=peak,
+        gpu_memory_gib=gpu_mem,
+        memory_source=mem_source,
+        tokens_per_s=round(tps, 1) if tps else None,
+        startup_s=round(startup, 1) if startup is not None else None,
+        seconds=seconds,
+        time_source=time_source,
+        gpu_hours=round(seconds * gpus / 3600, 4) if seconds is not None and gpus else None,
+        slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
+    )

@@ -1,0 +1,179 @@
+"""The user-level history ledger: every run tunelab trains or ingests, across experiments.
+
+Plans learn from it: measured tokens/s and peaks of similar past runs replace model guesses.
+Location: $TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db. One row per run (keyed by
+its run directory or source log), replaced when the run is ingested again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunelab.train.status import now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    key TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    experiment TEXT,
+    run TEXT,
+    model TEXT,
+    layers INTEGER,
+    hidden INTEGER,
+    parameters INTEGER,
+    device TEXT,
+    cpu_threads INTEGER,
+    packed INTEGER,
+    batch_size INTEGER,
+    gradient_accumulation_steps INTEGER,
+    max_seq_len INTEGER,
+    lora_rank INTEGER,
+    tokens_per_step REAL,
+    tokens_per_s REAL,
+    steps_per_s REAL,
+    per_token_s REAL,
+    step_fixed_s REAL,
+    nonpad_tokens_per_s REAL,
+    peak_memory_gib REAL,
+    memory_kind TEXT,
+    steps INTEGER,
+    duration_s REAL,
+    train_time_s REAL,
+    overhead_s REAL,
+    startup_s REAL,
+    recorded_at TEXT
+);
+"""
+
+
+@dataclass
+class HistoryRun:
+    key: str
+    source: str
+    experiment: str | None = None
+    run: str | None = None
+    model: str | None = None
+    layers: int | None = None
+    hidden: int | None = None
+    parameters: int | None = None
+    device: str | None = None
+    cpu_threads: int | None = None
+    packed: bool | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    max_seq_len: int | None = None
+    lora_rank: int | None = None
+    tokens_per_step: float | None = None
+    tokens_per_s: float | None = None
+    steps_per_s: float | None = None
+    per_token_s: float | None = None  # step time = step_fixed_s + per_token_s × tokens per step
+    step_fixed_s: float | None = None
+    nonpad_tokens_per_s: float | None = None
+    peak_memory_gib: float | None = None
+    memory_kind: str | None = None
+    steps: int | None = None
+    duration_s: float | None = None
+    train_time_s: float | None = None
+    overhead_s: float | None = None
+    startup_s: float | None = None
+    recorded_at: str | None = None
+
+
+def history_path() -> Path:
+    env = os.environ.get("TUNELAB_HISTORY")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "tunelab" / "history.db"
+
+
+@contextmanager
+def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
+    path = path or history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
+        yield conn
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A history file from an older tunelab gains the columns added since (history is never dropped)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(history)")}
+    for name, f in HistoryRun.__dataclass_fields__.items():
+        if name not in have:
+            sqltype = {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}.get(str(f.type).split(" ")[0], "TEXT")
+            conn.execute(f"ALTER TABLE history ADD COLUMN {name} {sqltype}")
+
+
+def record(runs: list[HistoryRun], path: Path | None = None) -> None:
+    if not runs:
+        return
+    cols = list(asdict(runs[0]))
+    with connect(path) as conn:
+        conn.executemany(
+            f"INSERT OR REPLACE INTO history ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [tuple(asdict(r).values()) for r in runs],
+        )
+
+
+def load(path: Path | None = None) -> list[HistoryRun]:
+    p = path or history_path()
+    if not p.is_file():
+        return []
+    with connect(p) as conn:
+        return [HistoryRun(**dict(r)) for r in conn.execute("SELECT * FROM history WHERE tokens_per_s IS NOT NULL")]
+
+
+def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] | None = None) -> HistoryRun:
+    """A history row from a completed tunelab run (its run.yaml and summary.json)."""
+    from tunelab.catalog import resolve_architecture
+
+    t = cfg.training
+    try:
+        arch = resolve_architecture(cfg.model.path)
+        layers, hidden, params = arch.layers, arch.hidden, arch.parameters
+    except Exception:
+        layers = hidden = params = None
+    steps = summary.get("steps") or 0
+    cost = summary.get("step_cost") or {}
+    return HistoryRun(
+        key=str(cfg.run_dir),
+        source="tunelab",
+        experiment=cfg.experiment,
+        run=cfg.name,
+        model=cfg.model.name,
+        layers=layers,
+        hidden=hidden,
+        parameters=params,
+        device=summary.get("device"),
+        cpu_threads=summary.get("cpu_threads"),
+        packed=t.packing,
+        batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_seq_len=t.max_seq_len,
+        lora_rank=t.lora_rank,
+        tokens_per_step=(summary.get("tokens") or 0) / steps if steps else None,
+        tokens_per_s=summary.get("tokens_per_s"),
+        nonpad_tokens_per_s=summary.get("nonpad_tokens_per_s"),
+        per_token_s=cost.get("per_token_s"),
+        step_fixed_s=cost.get("fixed_s"),
+        peak_memory_gib=summary.get("peak_memory_gib"),
+        memory_kind=summary.get("memory_kind"),
+        steps=steps,
+        duration_s=summary.get("duration_s"),
+        train_time_s=summary.get("train_time_s"),
+        overhead_s=summary.get("overhead_s"),
+        startup_s=summary.get("startup_s"),
+        recorded_at=now_iso(),
+    )

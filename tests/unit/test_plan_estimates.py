@@ -1,0 +1,58 @@
+"""Plan estimates: measured datasets, history-based time with its source, memory on a GPU target."""
+
+import pytest
+
+from tunelab import history
+from tunelab.catalog import resolve_gpu
+from tunelab.estimate.runs import slurm_time_limit
+from tunelab.plan import make_plan, render_plan_md
+
+
+def _hist(**kw) -> history.HistoryRun:
+    base = dict(key="k", source="tunelab", model="tiny", layers=2, hidden=128, parameters=444544, device="cpu",
+                cpu_threads=None, packed=False, batch_size=8, gradient_accumulation_steps=1, max_seq_len=64,
+                lora_rank=8, tokens_per_step=216.0, tokens_per_s=5000.0, steps=40, duration_s=20.0,
+                train_time_s=10.0, overhead_s=1.0, startup_s=6.0)
+    base.update(kw)
+    return history.HistoryRun(**base)
+
+
+def test_no_history_on_cpu_says_so(write_spec):
+    plan = make_plan(write_spec())
+    e = plan.estimates["tiny_r4"]
+    assert e.steps == 40 and e.tokens_per_epoch == 320 * 27
+    assert e.seconds is None and e.time_source.startswith("none")
+    assert "2 run(s) without a time estimate" in render_plan_md(plan)
+
+
+def test_time_from_history_of_the_same_model(write_spec, tiny_model):
+    import torch
+
+    from tunelab.catalog import resolve_architecture
+
+    arch = resolve_architecture(tiny_model)
+    history.record([_hist(key="a", cpu_threads=torch.get_num_threads(), parameters=arch.parameters)])
+    plan = make_plan(write_spec(training={"epochs": 2}))
+    e = plan.estimates["tiny_r8"]
+    assert e.tokens_per_s == 5000.0 and e.time_source.startswith("history: 1 run(s) of this model on cpu")
+    train_s = 2 * 320 * 27 / 5000.0
+    assert e.seconds == pytest.approx(6.0 + train_s * 1.1, rel=1e-3)  # start-up + training + 10 % overhead
+    assert e.slurm_time_limit == "00:15:00"
+    # another model on the same device: scaled by parameters (FLOPs per token), and it says so
+    history.record([_hist(key="a", cpu_threads=torch.get_num_threads(), parameters=arch.parameters * 2)])
+    e = make_plan(write_spec(training={"epochs": 2})).estimates["tiny_r8"]
+    assert e.tokens_per_s == 10000.0 and "scaled by FLOPs per token" in e.time_source
+
+
+def test_gpu_target_uses_memory_model_and_flops_without_history(write_spec):
+    plan = make_plan(write_spec(), gpu=resolve_gpu("H100"))
+    e = plan.estimates["tiny_r4"]
+    assert e.peak_memory_gib is not None and e.gpu_memory_gib == 80
+    assert e.time_source.startswith("model: FLOPs at 35% MFU") and e.gpu_hours is not None
+    md = render_plan_md(plan)
+    assert "Target: H100-80GB" in md and "| tiny_r4 | 8 × 1 | off | 216 |" in md
+
+
+def test_slurm_time_limit_rounds_up_with_margin():
+    assert slurm_time_limit(600) == "00:30:00"  # 600 × 1.5 + 300 = 1200 s → 20 min → 30
+    assert slurm_time_limit(3 * 3600) == "04:45:00"
