@@ -40,7 +40,7 @@ def demo_spec(model_paths: dict[str, str], data_path: str) -> dict:
     }
 
 
-def prepare_inputs(out: Path, console: Console) -> Path:
+def prepare_inputs(out: Path, console: Console, executor: str = "local") -> Path:
     """Build the tiny models and the dataset (once), write experiment/experiment.yaml; return its path."""
     from tunelab.data.capitalization import dataset_filename, make_capitalization_dataset
     from tunelab.models.check import check_model_dir
@@ -61,11 +61,14 @@ def prepare_inputs(out: Path, console: Console) -> Path:
         make_capitalization_dataset(WORD_LEN, NUM_WORDS, out / "data", 0.8, DATA_SEED)
     spec_path = out / "experiment" / "experiment.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(yaml.safe_dump(demo_spec(models, f"../data/{data.name}"), sort_keys=False))
+    spec = demo_spec(models, f"../data/{data.name}")
+    if executor == "slurm":  # CPU jobs: no GPU to ask for
+        spec["resources"] = {"executor": "slurm", "gpus_per_run": 0}
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 
 
-def run_demo(out: str | Path, force: bool = False, console: Console | None = None) -> Path:
+def run_demo(out: str | Path, force: bool = False, console: Console | None = None, executor: str = "local") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.local import run_local
     from tunelab.report.markdown import write_report
@@ -73,10 +76,21 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
 
     console = console or Console()
     out = Path(out).resolve()
-    spec_path = prepare_inputs(out, console)
+    spec_path = prepare_inputs(out, console, executor)
     console.rule("plan + scaffold")
     plan = scaffold(spec_path, force=force)
     console.print(f"{len(plan.finetune_runs)} fine-tuned runs + {len(plan.controls)} controls in {plan.experiment_dir}")
+    if executor == "slurm":
+        from tunelab.execute.slurm import run_slurm
+
+        console.rule("submit to Slurm: train, then evaluate (afterok)")
+        results = run_slurm(plan.experiment_dir, force=force, wait=True, console=console)
+        failed = {k: v for k, v in results.items() if v != "completed"}
+        if failed:
+            raise TunelabError(f"runs did not complete: {failed}; see `tunelab status {plan.experiment_dir}`",
+                               file=plan.experiment_dir)
+        console.rule("report")
+        return write_report(plan.experiment_dir)
     console.rule("train")
     results = run_local(plan.experiment_dir, force=force, console=console)
     failed = {k: v for k, v in results.items() if v != "completed"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.runconfig import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, resolve_path
+from tunelab.userconfig import merge_resources
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -54,7 +55,7 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         system_prompt=spec.system_prompt,
         chat_template=spec.chat_template,
         eval=spec.eval,
-        resources=spec.resources,
+        resources=merge_resources(spec.resources),  # + the user's config file; the spec wins
     )
     runs: list[RunConfig] = []
     seen: dict[str, dict] = {}

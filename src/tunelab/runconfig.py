@@ -32,6 +32,9 @@ class RunConfig(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     attempt: int = Field(1, ge=1)
+    estimate: dict[str, Any] | None = Field(
+        None, description="The planner's estimate at scaffold time (steps, seconds, source, slurm_time_limit); "
+        "informational, and the SLURM time limit when resources.slurm.time_limit is unset.")
 
     @property
     def run_dir(self) -> Path:

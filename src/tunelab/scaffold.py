@@ -9,11 +9,14 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
+from tunelab.execute.retry import differs_only_by_retries
+from tunelab.execute.slurm_jobs import slurm_settings, write_slurm_scripts
 from tunelab.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml
 from tunelab.plan import Plan, make_plan, render_plan_md
-from tunelab.runconfig import RUN_FILE, save_run_config
+from tunelab.runconfig import RUN_FILE, load_run_config, save_run_config
 from tunelab.spec import resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
@@ -40,8 +43,12 @@ def _check_not_clobbering(plan: Plan, force: bool) -> None:
         path = cfg.run_dir / RUN_FILE
         if not path.is_file() or force:
             continue
-        old = yaml.safe_load(path.read_text())
+        old = yaml.safe_load(path.read_text()) or {}
         new = cfg.model_dump(mode="json")
+        old.pop("estimate", None)  # the estimate moves with history: not a change of the run
+        new.pop("estimate", None)
+        if differs_only_by_retries(old, new):
+            continue  # kept as the retry left it (see scaffold())
         has_results = (cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists()
         if old != new and has_results:
             raise TunelabError(
@@ -51,8 +58,9 @@ def _check_not_clobbering(plan: Plan, force: bool) -> None:
             )
 
 
-def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False) -> Plan:
-    plan = make_plan(spec_path, out_dir)
+def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False,
+             gpu: GPU | None = None) -> Plan:
+    plan = make_plan(spec_path, out_dir, gpu=gpu)
     _check_not_clobbering(plan, force)
     exp = plan.experiment_dir
     exp.mkdir(parents=True, exist_ok=True)
@@ -60,15 +68,29 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     if plan.spec_path != (exp / SPEC_FILE).resolve():
         atomic_write_yaml(exp / SPEC_FILE, _resolved_spec_dump(plan))
     atomic_write_text(exp / "plan.md", render_plan_md(plan))
-    for cfg in plan.runs:
-        save_run_config(cfg)
+    for i, cfg in enumerate(plan.runs):
+        if cfg.name in plan.estimates:
+            cfg = plan.runs[i] = cfg.model_copy(update={"estimate": plan.estimates[cfg.name].to_dict()})
+        existing = cfg.run_dir / RUN_FILE
+        old = yaml.safe_load(existing.read_text()) if existing.is_file() else None
+        if not force and differs_only_by_retries(old, cfg.model_dump(mode="json")):
+            cfg = plan.runs[i] = load_run_config(existing)  # a retry's run.yaml (attempt > 1) stays
+        else:
+            save_run_config(cfg)
         if cfg.kind == "finetune":
             job = cfg.run_dir / "job.sh"
             atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python))
             job.chmod(0o755)
+        write_slurm_scripts(cfg, python)  # job.sbatch + eval.sbatch, for `--executor slurm` or by hand
     submit = exp / "submit_all.sh"
-    atomic_write_text(submit, _render("submit_all.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
-                                      runs=plan.finetune_runs, python=python))
+    if plan.runs and plan.runs[0].resources.executor == "slurm":
+        slurm = slurm_settings(plan.runs[0])
+        atomic_write_text(submit, _render("submit_all_slurm.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
+                                          runs=plan.finetune_runs, controls=plan.controls,
+                                          delay=slurm.submit_delay_s or None))
+    else:
+        atomic_write_text(submit, _render("submit_all.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
+                                          runs=plan.finetune_runs, python=python))
     submit.chmod(0o755)
     atomic_write_text(exp / "README.md", _render("README.md.j2", spec=plan.spec, n_ft=len(plan.finetune_runs),
                                                  n_ctl=len(plan.controls)))

@@ -14,7 +14,8 @@ from tunelab.train import status as st
 
 
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
-                        force: bool = False, console: Console | None = None) -> dict[str, list[dict]]:
+                        force: bool = False, console: Console | None = None, ingest: bool = True,
+                        ) -> dict[str, list[dict]]:
     """Evaluate completed fine-tuned runs and all controls; skip what already has scores (unless force)."""
     from tunelab.evaluate import evaluate_run
 
@@ -43,5 +44,6 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
                                            f"({s['correct']}/{s['samples']})")
                 progress.advance(task)
     finally:
-        ledger.ingest_all(exp, all_runs)
+        if ingest:  # a cluster job leaves the ledger to the coordinator
+            ledger.ingest_all(exp, all_runs)
     return out

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunelab import ledger
+from tunelab.execute import retry
+from tunelab.execute.failures import classify
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -86,6 +88,17 @@ def _start(cfg: RunConfig, slot: str | None) -> tuple[subprocess.Popen, object]:
     return proc, log
 
 
+def _retry(cfg: RunConfig, state: str, code: int, status: dict) -> "retry.RetryDecision":
+    """The shared retry policy (execute/retry.py) applied to a local attempt that did not complete."""
+    log = cfg.run_dir / TRAIN_LOG
+    text = log.read_text(errors="replace")[-100_000:] if log.is_file() else ""
+    text = text[text.rfind("===== tunelab run: attempt"):]  # this attempt's lines only
+    status = st.read_status(cfg.run_dir) or status
+    failure = classify("CANCELLED" if code is not None and code < 0 else "FAILED", f"{max(code or 0, 0)}:0", [],
+                       text, status if state != st.RUNNING else {}, False)
+    return retry.decide(cfg, failure, executor="local")
+
+
 def run_local(experiment_dir: str | Path, names: list[str] | None = None, force: bool = False,
               console: Console | None = None) -> dict[str, str]:
     """Train every pending fine-tuned run; return {run: final state} of the runs it started."""
@@ -124,9 +137,17 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     if state == st.RUNNING:  # the process is gone; it never got to say how it ended
                         state = st.INTERRUPTED if code < 0 else st.FAILED
                     results[a.cfg.name] = state
+                    again = _retry(a.cfg, state, code, status) if state != st.COMPLETED else None
+                    reason = status.get("error")
+                    if again is not None:
+                        reason = f"{reason}; {again.reason}" if reason else again.reason
+                        console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
                     ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
                                           job_id=str(a.proc.pid), started_at=a.started, finished_at=st.now_iso(),
-                                          exit_code=code, state=state, reason=status.get("error"))
+                                          exit_code=code, state=state, reason=reason)
+                    if again is not None and again.retry:
+                        queue.append(retry.apply(again))
+                        progress.update(sweep, total=progress.tasks[sweep].total + 1)
                     ledger.ingest_all(exp, [a.cfg])
                     mark = "[green]completed[/green]" if state == st.COMPLETED else f"[red]{state} (exit {code})[/red]"
                     progress.update(a.task, description=f"  {a.cfg.name}: {mark}")

@@ -1,0 +1,120 @@
+"""Why did a job end the way it did? One answer from Slurm's accounting rows, the job's log and the
+run's own files. The run's outputs win over the exit code: a job that finished training and then
+failed in a later line is "completed, job exit N", not a failure.
+
+Classes: completed | oom | timeout | preempted | node_fail | cancelled | failed (with exit code).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+COMPLETED, OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED = (
+    "completed", "oom", "timeout", "preempted", "node_fail", "cancelled", "failed")
+RETRYABLE = (OOM, TIMEOUT, PREEMPTED, NODE_FAIL)
+
+# Slurm job states of a job that has not ended yet.
+ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
+                           "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
+                           "RESV_DEL_HOLD", "STOPPED"})
+
+GPU_OOM = re.compile(r"torch\.OutOfMemoryError|OutOfMemoryError:|CUDA out of memory|torch\.cuda\.OutOfMemoryError")
+HOST_OOM = re.compile(r"oom_kill event|oom-kill|Out Of Memory", re.I)
+TIME_LIMIT = re.compile(r"CANCELLED AT \S+ DUE TO TIME LIMIT")
+PREEMPTION = re.compile(r"CANCELLED AT \S+ DUE TO PREEMPTION")
+NODE_FAILURE = re.compile(r"DUE TO NODE FAILURE|NODE_FAIL")
+
+
+@dataclass
+class SacctRow:
+    """One `sacct --parsable2` row: the job (ID) or one of its steps (ID.batch, ID.extern)."""
+
+    job_id: str
+    state: str
+    exit_code: str = ""
+    elapsed: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def base_state(self) -> str:
+        return base_state(self.state)
+
+
+def base_state(state: str | None) -> str:
+    """'CANCELLED by 0' -> 'CANCELLED'; None -> ''."""
+    return (state or "").split(" ")[0].rstrip("+").upper()
+
+
+def exit_status(exit_code: str | None) -> tuple[int | None, int | None]:
+    """Slurm 'EXIT:SIGNAL' -> (exit, signal)."""
+    if not exit_code:
+        return None, None
+    parts = str(exit_code).split(":")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None, None
+
+
+@dataclass
+class Failure:
+    kind: str  # one of the classes above
+    detail: str  # one line for people
+    exit_code: int | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+def classify(job_state: str | None, exit_code: str | None = None, rows: list[SacctRow] | None = None,
+             log_text: str = "", status: dict | None = None, outputs_complete: bool = False) -> Failure:
+    """Judge one ended job. job_state: the job's Slurm state (sacct/squeue), exit_code 'N:S',
+    rows: all its sacct rows (steps included), log_text: its output file, status: status.json,
+    outputs_complete: the run's files say training completed (status completed + summary.json)."""
+    rows = rows or []
+    status = status or {}
+    states = {base_state(job_state)} | {r.base_state for r in rows}
+    states.discard("")
+    code, signal = exit_status(exit_code)
+    if code is None:
+        for r in rows:
+            if "." not in r.job_id:
+                code, signal = exit_status(r.exit_code)
+    error = status.get("error") or ""
+
+    if outputs_complete:
+        if code not in (None, 0) or (states - {"COMPLETED"}):
+            shown = code if code not in (None, 0) else (signal or "?")
+            what = base_state(job_state) or "?"
+            return Failure(COMPLETED, f"completed, job exit {shown} ({what}): training outputs are complete",
+                           code)
+        return Failure(COMPLETED, "completed", 0)
+    if GPU_OOM.search(error) or GPU_OOM.search(log_text):
+        line = _first_line(GPU_OOM, error) or _first_line(GPU_OOM, log_text)
+        return Failure(OOM, f"GPU out of memory: {line}", code)
+    if "OUT_OF_MEMORY" in states or HOST_OOM.search(log_text):
+        return Failure(OOM, "host out of memory (Slurm OUT_OF_MEMORY / oom_kill event)", code)
+    if "TIMEOUT" in states or TIME_LIMIT.search(log_text):
+        return Failure(TIMEOUT, "TIMEOUT: the job reached its time limit", code)
+    if "PREEMPTED" in states or PREEMPTION.search(log_text):
+        return Failure(PREEMPTED, "PREEMPTED by a higher-priority job", code)
+    if {"NODE_FAIL", "BOOT_FAIL"} & states or NODE_FAILURE.search(log_text):
+        return Failure(NODE_FAIL, "NODE_FAIL: the node failed under the job", code)
+    if "CANCELLED" in states or "DEADLINE" in states:
+        reason = next((r.state for r in rows if r.base_state == "CANCELLED"), job_state or "CANCELLED")
+        return Failure(CANCELLED, reason if reason.startswith("CANCELLED") else f"CANCELLED ({reason})", code)
+    detail = f"FAILED with exit code {code if code is not None else '?'}"
+    if signal:
+        detail += f" (signal {signal})"
+    if error:
+        detail += f": {error.splitlines()[0][:200]}"
+    return Failure(FAILED, detail, code)
+
+
+def _first_line(pattern: re.Pattern, text: str) -> str:
+    for line in text.splitlines():
+        if pattern.search(line):
+            return line.strip()[:200]
+    return ""

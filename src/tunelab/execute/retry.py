@@ -1,0 +1,140 @@
+"""The retry policy, shared by the local and the Slurm executor.
+
+A retry never edits a run's files in place: it writes a NEW run.yaml with attempt + 1 (and the
+changed fields), then the executor starts the run again from that file. The reason goes to the
+ledger with the attempt.
+
+- OOM (GPU or host): micro-batch (`training.batch_size`) divided by its smallest factor (halved
+  when even) and `gradient_accumulation_steps` multiplied by the same factor, so the effective
+  batch is unchanged; impossible at micro-batch 1. Resume or restart? Our trainer checkpoints
+  are taken at epoch ends only, where no micro-batch of the epoch is pending, and the effective
+  batch (hence optimizer steps per epoch, the LR schedule and the data order per epoch seed) is
+  unchanged, so resuming from the last checkpoint is exact up to float summation order; the HF
+  Trainer restores the old micro-batch from a checkpoint only with auto_find_batch_size, which we
+  never set. A checkpoint that is not at an epoch boundary (someone else's) is dropped and the
+  run restarts from step 0.
+- TIMEOUT: resume from the last checkpoint with the time limit doubled (the limit was short).
+- PREEMPTED, NODE_FAIL: resume from the last checkpoint, same limit.
+- CANCELLED (a person did it), FAILED with an exit code (a bug or bad data: the same again would
+  fail the same way): no automatic retry.
+At most `resources.max_retries` automatic retries per run (attempt - 1 counts them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+
+from tunelab.execute.failures import NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure
+from tunelab.runconfig import RunConfig, save_run_config
+from tunelab.spec import SlurmSpec
+from tunelab.train import status as st
+from tunelab.train.checkpoints import last_trainer_checkpoint
+
+
+@dataclass
+class RetryDecision:
+    retry: bool
+    reason: str
+    config: RunConfig | None = None  # the new run.yaml's content (attempt + 1)
+    restart: bool = False  # drop trainer_state/ and start from step 0
+
+
+def _smallest_factor(n: int) -> int:
+    for f in range(2, n + 1):
+        if n % f == 0:
+            return f
+    return n
+
+
+def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDecision:
+    """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing)."""
+    max_retries = cfg.resources.max_retries
+    if not failure.retryable:
+        return RetryDecision(False, f"{failure.kind}: not retried automatically ({failure.detail})")
+    if cfg.attempt - 1 >= max_retries:
+        return RetryDecision(False, f"{failure.kind}: gave up after {cfg.attempt - 1} retries "
+                                    f"(resources.max_retries = {max_retries})")
+    t = cfg.training
+    if t is None:
+        return RetryDecision(False, "a control has no training to retry")
+    update: dict = {"attempt": cfg.attempt + 1}
+    restart = False
+    if failure.kind == OOM:
+        if t.batch_size <= 1:
+            return RetryDecision(False, "oom at micro-batch 1: cannot shrink further; needs more memory or a "
+                                        "shorter max_seq_len")
+        f = _smallest_factor(t.batch_size)
+        new_t = t.model_copy(update={"batch_size": t.batch_size // f,
+                                     "gradient_accumulation_steps": t.gradient_accumulation_steps * f})
+        update["training"] = type(t).model_validate(new_t.model_dump())
+        restart = not _checkpoint_at_epoch_boundary(cfg)
+        reason = (f"oom: batch_size {t.batch_size}->{t.batch_size // f}, gradient_accumulation_steps "
+                  f"{t.gradient_accumulation_steps}->{t.gradient_accumulation_steps * f} (effective batch "
+                  f"{t.batch_size * t.gradient_accumulation_steps} unchanged); "
+                  + ("restart from step 0" if restart else "resume from the last checkpoint"))
+    elif failure.kind == TIMEOUT:
+        from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, train_time_limit
+
+        reason = "timeout: resume from the last checkpoint"
+        if executor == "slurm":
+            old = train_time_limit(cfg)[0]
+            new = format_time_limit(2 * parse_time_limit(old))
+            slurm = (cfg.resources.slurm or SlurmSpec()).model_copy(update={"time_limit": new})
+            update["resources"] = cfg.resources.model_copy(update={"slurm": slurm})
+            reason += f" with time limit {old} -> {new}"
+    elif failure.kind in (PREEMPTED, NODE_FAIL):
+        reason = f"{failure.kind}: resume from the last checkpoint"
+    else:  # pragma: no cover - RETRYABLE lists the kinds above
+        return RetryDecision(False, failure.kind)
+    new_cfg = RunConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in update.items()}})
+    return RetryDecision(True, f"attempt {cfg.attempt + 1}: {reason}", new_cfg, restart)
+
+
+def _checkpoint_at_epoch_boundary(cfg: RunConfig) -> bool:
+    last = last_trainer_checkpoint(cfg.run_dir / st.TRAINER_STATE_DIR)
+    if last is None:
+        return True  # nothing to resume: starting over is the same
+    try:
+        epoch = json.loads((last / "trainer_state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return abs(epoch - round(epoch)) < 1e-6
+
+
+def apply(decision: RetryDecision) -> RunConfig:
+    """Write the new run.yaml (and drop trainer state when the retry must restart)."""
+    assert decision.retry and decision.config is not None
+    cfg = decision.config
+    if decision.restart:
+        shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR, ignore_errors=True)
+        shutil.rmtree(cfg.run_dir / st.CHECKPOINTS_DIR, ignore_errors=True)
+    save_run_config(cfg)
+    return cfg
+
+
+RETRY_FIELDS = (("attempt",), ("training", "batch_size"), ("training", "gradient_accumulation_steps"),
+                ("resources", "slurm", "time_limit"))
+
+
+def differs_only_by_retries(old: dict, new: dict) -> bool:
+    """True when an existing run.yaml (`old`, attempt > 1) is the freshly designed one (`new`) plus
+    what retries changed: scaffolding again must keep it, or the next job would OOM/time out again."""
+    if not old or old.get("attempt", 1) <= 1:
+        return False
+
+    def strip(d: dict) -> dict:
+        d = json.loads(json.dumps(d))
+        for path in RETRY_FIELDS:
+            node = d
+            for key in path[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+        d.pop("estimate", None)  # informational: moves with history, not a change of the run
+        if isinstance(d.get("resources"), dict) and not any((d["resources"].get("slurm") or {}).values()):
+            d["resources"].pop("slurm", None)  # only a retry's time limit was there
+        return d
+
+    return strip(old) == strip(new)

@@ -1,0 +1,123 @@
+"""Slurm job scripts of a run, rendered from its run.yaml (jinja2 templates in tunelab/templates/).
+
+`job.sbatch` trains (`tunelab train run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
+controls get only `eval.sbatch`. The scripts hold nothing that run.yaml does not: they are
+rendered again before every submission, never patched.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from tunelab.fsutil import atomic_write_text
+from tunelab.runconfig import RunConfig
+from tunelab.spec import SlurmSpec
+
+TRAIN_SCRIPT, EVAL_SCRIPT = "job.sbatch", "eval.sbatch"
+DEFAULT_TRAIN_TIME_LIMIT = "04:00:00"
+DEFAULT_EVAL_TIME_LIMIT = "01:00:00"
+
+_env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined,
+                   keep_trailing_newline=True)
+_env.filters["q"] = lambda v: shlex.quote(str(v))
+
+
+def slurm_settings(cfg: RunConfig) -> SlurmSpec:
+    return cfg.resources.slurm or SlurmSpec()
+
+
+def estimated_time_limit(cfg: RunConfig) -> str | None:
+    """The planner's time limit (estimate × margin, rounded up) that scaffold wrote into run.yaml,
+    or None when there was no time estimate. Used when the user sets none."""
+    return (cfg.estimate or {}).get("slurm_time_limit")
+
+
+def train_time_limit(cfg: RunConfig) -> tuple[str, str]:
+    """(time limit, where it came from): the user's resources.slurm.time_limit (a TIMEOUT retry
+    writes a longer one into the new run.yaml), else the planner's estimate, else a default."""
+    s = slurm_settings(cfg)
+    if s.time_limit:
+        return s.time_limit, "run.yaml resources.slurm.time_limit"
+    est = estimated_time_limit(cfg)
+    if est:
+        return est, "planner estimate"
+    return DEFAULT_TRAIN_TIME_LIMIT, "tunelab default; set resources.slurm.time_limit"
+
+
+def parse_time_limit(text: str) -> int:
+    """Slurm time limit -> minutes: 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S' (seconds round up)."""
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+        parts = [int(p) for p in text.split(":")]
+        parts += [0] * (3 - len(parts))
+        h, m, s = parts
+    else:
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        else:
+            h, m, s = parts
+    return days * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def format_time_limit(minutes: int) -> str:
+    d, rest = divmod(max(1, minutes), 1440)
+    h, m = divmod(rest, 60)
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
+
+
+def job_name(cfg: RunConfig, kind: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"tl-{cfg.experiment}-{cfg.name}-{kind}")[:120]
+
+
+def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
+    """The #SBATCH options of a run's train or eval job, from run.yaml alone."""
+    s = slurm_settings(cfg)
+    limit = train_time_limit(cfg)[0] if kind == "train" else (s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT)
+    opts = [
+        f"--job-name={job_name(cfg, kind)}",
+        f"--chdir={cfg.run_dir}",
+        f"--output={cfg.run_dir}/slurm-{kind}-%j.out",
+        f"--time={limit}",
+        "--nodes=1",
+        "--ntasks=1",
+    ]
+    for flag, value in (("account", s.account), ("partition", s.partition), ("qos", s.qos),
+                        ("constraint", s.constraint), ("cpus-per-task", s.cpus_per_task), ("mem", s.mem)):
+        if value is not None:
+            opts.append(f"--{flag}={value}")
+    gres = s.gres or (f"gpu:{cfg.resources.gpus_per_run}" if cfg.resources.gpus_per_run > 0 else None)
+    if gres:
+        opts.append(f"--gres={gres}")
+    opts.extend(s.extra_sbatch)
+    return opts
+
+
+def write_slurm_scripts(cfg: RunConfig, python: str | None = None) -> list[Path]:
+    """(Re)write the run's job.sbatch (fine-tuned runs) and eval.sbatch from its run.yaml."""
+    python = python or sys.executable
+    s = slurm_settings(cfg)
+    common = dict(run=cfg, run_dir=cfg.run_dir, python=python, modules=s.modules, setup=s.setup)
+    written = []
+    if cfg.kind == "finetune":
+        limit, source = train_time_limit(cfg)
+        path = cfg.run_dir / TRAIN_SCRIPT
+        atomic_write_text(path, _env.get_template("job.sbatch.j2").render(
+            sbatch=sbatch_options(cfg, "train"), time_limit=limit, time_limit_source=source, **common))
+        path.chmod(0o755)
+        written.append(path)
+    path = cfg.run_dir / EVAL_SCRIPT
+    atomic_write_text(path, _env.get_template("eval.sbatch.j2").render(
+        sbatch=sbatch_options(cfg, "eval"), experiment_dir=cfg.experiment_dir, **common))
+    path.chmod(0o755)
+    written.append(path)
+    return written
