@@ -1,0 +1,52 @@
+"""tunelab report: gather → analyze → figures → one Document → report.md + self-contained report.html."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.fsutil import atomic_write_text
+from tunelab.report.data import ReportData, gather
+from tunelab.report.document import Document
+from tunelab.report.figures import FigureFile, make_figures
+from tunelab.report.findings import Findings, analyze
+from tunelab.report.sections import compose
+
+REPORT_DIR = "report"
+FIGURES_DIR = "figures"
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    partial: bool
+
+
+def build_document(experiment_dir: str | Path) -> tuple[Document, ReportData, Findings, dict[str, FigureFile]]:
+    data = gather(experiment_dir)
+    findings = analyze(data)
+    figs = make_figures(data, data.experiment_dir / REPORT_DIR / FIGURES_DIR)
+    return compose(data, findings, figs), data, findings, figs
+
+
+def build_report(experiment_dir: str | Path) -> ReportFiles:
+    from tunelab.report.html import render_html
+    from tunelab.report.markdown import render_markdown
+
+    doc, data, _, figs = build_document(experiment_dir)
+    out = data.experiment_dir / REPORT_DIR
+    md = atomic_write_text(out / "report.md", render_markdown(doc))
+    html = atomic_write_text(out / "report.html", render_html(doc, out))
+    return ReportFiles(md, html, [f.path for f in figs.values()], data.partial)
+
+
+def open_in_browser(path: Path) -> bool:
+    """Open the HTML report in the default browser; False (and no error) where there is none."""
+    import webbrowser
+
+    try:
+        return bool(webbrowser.open(path.resolve().as_uri()))
+    except Exception:  # no display, no browser: the report is still on disk
+        return False

@@ -1,0 +1,226 @@
+"""Everything a report says, gathered once: results and attempts from the ledger, and the run
+directories' own files (status.json, summary.json, metrics.jsonl, checkpoints, eval scores).
+
+Each number in the report comes from a field here, and each field from one named file or table,
+so a reader can trace any cell back to a run and a file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab import ledger
+from tunelab.experiment import SPEC_FILE, load_runs
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
+from tunelab.results import collect_results
+from tunelab.runconfig import RunConfig
+from tunelab.spec import ExperimentSpec, load_spec
+from tunelab.train import status as st
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass
+class Point:
+    step: int
+    epoch: float | None
+    value: float
+
+
+@dataclass
+class RunData:
+    """One fine-tuned run or control: its config, files and ledger record."""
+
+    name: str
+    kind: str  # "fine-tuned" | "control"
+    model: str
+    dataset: str
+    factors: dict[str, Any]  # swept values, model and dataset excluded
+    state: str
+    run_dir: Path
+    rel_dir: str  # runs/<name> or controls/<name>
+    config: RunConfig
+    status: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    train_loss: list[Point] = field(default_factory=list)
+    val_loss: list[Point] = field(default_factory=list)
+    nan_rows: list[int] = field(default_factory=list)  # steps whose loss or val_loss is not finite
+    metrics_rows: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)  # ledger evals, by epoch
+    checkpoints: list[EpochCheck] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # ledger attempts, oldest first
+    error: str | None = None
+    dir_bytes: int = 0
+    record: dict[str, Any] = field(default_factory=dict)  # the results.collect_results record
+
+    @property
+    def is_control(self) -> bool:
+        return self.kind == "control"
+
+    @property
+    def score(self) -> float | None:
+        """Headline score: the last evaluated epoch (or the base model, for a control)."""
+        return self.evals[-1]["score"] if self.evals else None
+
+    @property
+    def planned_epochs(self) -> int | None:
+        t = self.config.training
+        return t.epochs if t is not None and t.max_steps is None else None
+
+    def level(self, factor: str) -> Any:
+        if factor == "model":
+            return self.model
+        if factor == "dataset":
+            return self.dataset
+        return self.factors.get(factor)
+
+    def get(self, key: str) -> Any:
+        """A summary.json value (None when the run never finished)."""
+        v = self.summary.get(key)
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+@dataclass
+class ReportData:
+    name: str
+    experiment_dir: Path
+    description: str
+    models: list[str]
+    datasets: list[str]
+    factors: dict[str, list[Any]]  # swept factors with their levels (model/dataset when several)
+    runs: list[RunData]
+    controls: list[RunData]
+    attempts: list[dict[str, Any]]
+    model_paths: dict[str, Path]
+    eval_task: str | None
+    generated_at: str
+    spec: ExperimentSpec | None = None
+
+    @property
+    def all(self) -> list[RunData]:
+        return self.runs + self.controls
+
+    @property
+    def completed(self) -> list[RunData]:
+        return [r for r in self.runs if r.state == st.COMPLETED]
+
+    @property
+    def first_start(self) -> str | None:
+        starts = [r.status.get("first_started_at") or r.status.get("started_at") for r in self.runs]
+        return min((s for s in starts if s), default=None)
+
+    @property
+    def last_finish(self) -> str | None:
+        ends = [r.status.get("finished_at") for r in self.runs if r.state != st.RUNNING]
+        return max((s for s in ends if s), default=None)
+
+    @property
+    def partial(self) -> bool:
+        """True while something is still to come: runs not completed, or completed runs and controls
+        without an evaluation."""
+        return any(r.state != st.COMPLETED for r in self.runs) or any(
+            not r.evals for r in self.completed + self.controls)
+
+    def control_for(self, run: RunData) -> RunData | None:
+        return next((c for c in self.controls if c.model == run.model and c.dataset == run.dataset), None)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    if path.is_dir():
+        for p in path.rglob("*"):
+            try:
+                if p.is_file() and not p.is_symlink():
+                    total += p.stat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def weights_size(model_dir: Path) -> int:
+    """Bytes of the weight files of a Hugging Face model directory."""
+    if not model_dir.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def _read_metrics(run: RunData) -> None:
+    rows = read_jsonl(run.run_dir / st.METRICS_FILE)
+    run.metrics_rows = len(rows)
+    for r in rows:
+        step = r.get("step")
+        if step is None:
+            continue
+        for key, target in (("loss", run.train_loss), ("val_loss", run.val_loss)):
+            v = r.get(key)
+            if v is None:
+                continue
+            if not _finite(v):
+                run.nan_rows.append(int(step))
+                continue
+            target.append(Point(int(step), r.get("epoch"), float(v)))
+
+
+def gather(experiment_dir: str | Path) -> ReportData:
+    """Ingest the run directories into the ledger, then read everything a report needs."""
+    exp = Path(experiment_dir).resolve()
+    results = {r["name"]: r for r in collect_results(exp)}  # ingests every run dir first
+    cfgs = load_runs(exp)
+    spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
+    attempts = ledger.query(exp, "SELECT * FROM attempts ORDER BY id")
+    runs: list[RunData] = []
+    controls: list[RunData] = []
+    for cfg in cfgs:
+        rec = results[cfg.name]
+        run = RunData(
+            name=cfg.name, kind=rec["type"], model=rec["model"], dataset=rec["dataset"], factors=rec["factors"],
+            state=rec["state"], run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
+            status=st.read_status(cfg.run_dir), evals=list(rec["eval"]), error=rec["error"], record=rec,
+        )
+        run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
+        run.attempts = [a for a in attempts if a["run"] == cfg.name]
+        run.dir_bytes = dir_size(cfg.run_dir)
+        if cfg.kind == "finetune":
+            _read_metrics(run)
+            run.checkpoints = verify_checkpoints(cfg.run_dir)
+            runs.append(run)
+        else:
+            controls.append(run)
+    models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
+    datasets = spec.dataset_levels() if spec else sorted({r.dataset for r in runs + controls})
+    factors: dict[str, list[Any]] = {}
+    if len(models) > 1:
+        factors["model"] = models
+    if len(datasets) > 1:
+        factors["dataset"] = datasets
+    if spec:
+        factors.update({k: list(v) for k, v in spec.factors.items() if k not in ("model", "dataset")})
+    else:
+        for r in runs:
+            for k, v in r.factors.items():
+                if v not in factors.setdefault(k, []):
+                    factors[k].append(v)
+    return ReportData(
+        name=spec.name if spec else exp.name,
+        experiment_dir=exp,
+        description=(spec.description or "").strip() if spec else "",
+        models=models,
+        datasets=datasets,
+        factors=factors,
+        runs=runs,
+        controls=controls,
+        attempts=attempts,
+        model_paths={c.model.name: Path(c.model.path) for c in cfgs},
+        eval_task=spec.eval.task if spec else None,
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        spec=spec,
+    )

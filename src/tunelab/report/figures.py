@@ -1,0 +1,253 @@
+"""Report figures with matplotlib (Agg canvas, no pyplot state): PNG files under report/figures/.
+
+Every axis is labelled with its unit; every figure is drawn from ReportData fields only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from tunelab.report.data import ReportData
+
+DPI = 110
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+@dataclass
+class FigureFile:
+    key: str
+    path: Path
+    caption: str
+
+
+def _new(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax) -> None:
+    ax.grid(True, which="major", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _save(fig, out_dir: Path, key: str, caption: str) -> FigureFile:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{key}.png"
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return FigureFile(key, path, caption)
+
+
+def _score_label(data: ReportData) -> str:
+    task = data.eval_task or "eval"
+    return f"score (% {task})"
+
+
+def loss_curves(data: ReportData, out_dir: Path) -> FigureFile | None:
+    runs = [r for r in data.runs if r.train_loss or r.val_loss]
+    if not runs:
+        return None
+    n = len(runs)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _new(4.0 * ncols + 0.6, 2.8 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        r = runs[i]
+        if r.train_loss:
+            ax.plot([p.step for p in r.train_loss], [p.value for p in r.train_loss], color=PALETTE[0], lw=1.4,
+                    label="train loss")
+        if r.val_loss:
+            ax.plot([p.step for p in r.val_loss], [p.value for p in r.val_loss], color=PALETTE[1], lw=1.6, ls="--",
+                    marker="o", ms=3, label="validation loss")
+        pts = r.train_loss + r.val_loss
+        last = max(pts, key=lambda p: p.step)
+        if last.epoch and last.epoch >= 1:
+            per_epoch = last.step / last.epoch
+            for e in range(1, int(last.epoch + 1e-6) + 1):
+                ax.axvline(e * per_epoch, color="#999", lw=0.7, ls=":", zorder=0)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain)
+        ax.yaxis.set_minor_formatter(_plain_minor)
+        title = r.name + ("" if r.state == "completed" else f" ({r.state})")
+        ax.set_title(title, fontsize=10)
+        _style(ax)
+        if i % ncols == 0:
+            ax.set_ylabel("loss (nats/token, log)")
+        if i >= n - ncols:
+            ax.set_xlabel("optimizer step")
+            ax.tick_params(labelbottom=True)
+    axes.flat[0].legend(fontsize=8, frameon=False, loc="upper right")
+    fig.suptitle("Training (solid) and validation (dashed) loss per run; dotted lines: epoch ends", fontsize=11)
+    return _save(fig, out_dir, "loss_curves",
+                 "Training loss (solid) and validation loss (dashed) per run, log scale; from each run's "
+                 "`metrics.jsonl`.")
+
+
+def _plain(v: float, _pos=None) -> str:
+    return f"{v:g}"
+
+
+def _plain_minor(v: float, _pos=None) -> str:
+    """Label a few minor ticks of a log axis (2, 3, 5 × 10^k) so short ranges still read."""
+    lead = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+    return f"{v:g}" if lead in (2, 3, 5) else ""
+
+
+def _model_colors(data: ReportData) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(data.models)}
+
+
+def _control_lines(ax, data: ReportData, colors: dict[str, str]) -> None:
+    for c in data.controls:
+        if c.score is None:
+            continue
+        ax.axhline(100 * c.score, color=colors.get(c.model, "#555"), ls="--", lw=1.2, alpha=0.8,
+                   label=f"control {c.name} ({100 * c.score:.1f} %)")
+
+
+def score_by_factor(data: ReportData, factor: str, out_dir: Path) -> FigureFile | None:
+    levels = data.factors.get(factor, [])
+    colors = _model_colors(data)
+    fig = _new(6.4, 3.8)
+    ax = fig.subplots()
+    drew = False
+    for model in data.models:
+        xs, ys = [], []
+        for i, level in enumerate(levels):
+            vals = [r.score for r in data.completed if r.model == model and r.level(factor) == level
+                    and r.score is not None]
+            if vals:
+                xs.append(i)
+                ys.append(100 * mean(vals))
+        if not ys:
+            continue
+        drew = True
+        ax.plot(xs, ys, marker="o", ms=7, lw=2, color=colors[model], label=f"{model} (fine-tuned)")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9,
+                        color=colors[model])
+    if not drew:
+        return None
+    _control_lines(ax, data, colors)
+    ax.set_xticks(range(len(levels)), [str(v) for v in levels])
+    ax.set_xlim(-0.4, len(levels) - 0.6)
+    ax.set_ylim(-3, 108)
+    ax.set_xlabel(f"{factor} (level)")
+    ax.set_ylabel(_score_label(data))
+    ax.set_title(f"Score by {factor}, last evaluated epoch; controls dashed", fontsize=11)
+    _style(ax)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    return _save(fig, out_dir, f"score_by_{factor}",
+                 f"Eval score vs {factor}: one line per model (mean over runs at each level), base-model controls "
+                 "as dashed lines; from `eval/*/scores.json`.")
+
+
+def score_by_run(data: ReportData, out_dir: Path) -> FigureFile | None:
+    runs = [r for r in data.runs if r.score is not None]
+    if not runs:
+        return None
+    colors = _model_colors(data)
+    fig = _new(6.4, 1.4 + 0.32 * len(runs))
+    ax = fig.subplots()
+    ys = list(range(len(runs)))[::-1]
+    ax.barh(ys, [100 * r.score for r in runs], height=0.6, color=[colors.get(r.model, PALETTE[0]) for r in runs])
+    for y, r in zip(ys, runs):
+        ax.annotate(f"{100 * r.score:.1f}", (100 * r.score, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=9)
+    for c in data.controls:
+        if c.score is not None:
+            ax.axvline(100 * c.score, color=colors.get(c.model, "#555"), ls="--", label=f"control {c.name}")
+    ax.set_yticks(ys, [r.name for r in runs])
+    ax.set_xlim(0, 110)
+    ax.set_xlabel(_score_label(data))
+    ax.set_title("Score per run, last evaluated epoch; controls dashed", fontsize=11)
+    _style(ax)
+    if data.controls:
+        ax.legend(fontsize=8, frameon=False)
+    return _save(fig, out_dir, "score_by_run", "Eval score per run; from `eval/*/scores.json`.")
+
+
+def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
+    runs = [r for r in data.runs if len([e for e in r.evals if e.get("epoch") is not None]) > 1]
+    if not runs:
+        return None
+    fig = _new(6.4, 3.8)
+    ax = fig.subplots()
+    for i, r in enumerate(runs):
+        pts = [(e["epoch"], 100 * e["score"]) for e in r.evals if e.get("epoch") is not None and e["score"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.8, color=PALETTE[i % len(PALETTE)],
+                label=r.name)
+    _control_lines(ax, data, {m: "#555" for m in data.models})
+    epochs = sorted({e["epoch"] for r in runs for e in r.evals if e.get("epoch") is not None})
+    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.set_ylim(-3, 105)
+    ax.set_xlabel("epoch (checkpoint epoch_N)")
+    ax.set_ylabel(_score_label(data))
+    ax.set_title("Score per evaluated epoch; controls dashed", fontsize=11)
+    _style(ax)
+    ax.legend(fontsize=8, frameon=False, ncols=2 if len(runs) > 6 else 1)
+    return _save(fig, out_dir, "score_per_epoch", "Eval score of each evaluated checkpoint; from "
+                 "`eval/epoch_N/scores.json`.")
+
+
+def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
+    runs = [r for r in data.runs if r.get("tokens_per_s") is not None or r.get("peak_memory_gib") is not None]
+    if not runs:
+        return None
+    colors = _model_colors(data)
+    fig = _new(9.0, 1.3 + 0.32 * len(runs))
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    ys = list(range(len(runs)))[::-1]
+    cols = [colors.get(r.model, PALETTE[0]) for r in runs]
+    tps = [r.get("tokens_per_s") or 0 for r in runs]
+    mem = [r.get("peak_memory_gib") or 0 for r in runs]
+    ax1.barh(ys, tps, color=cols, height=0.6)
+    ax2.barh(ys, mem, color=cols, alpha=0.85, height=0.6)
+    for y, v in zip(ys, tps):
+        ax1.annotate(f"{v:,.0f}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    for y, v in zip(ys, mem):
+        ax2.annotate(f"{v:.2f}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax1.set_yticks(ys, [r.name for r in runs])
+    ax1.set_xlim(0, max(tps + [1]) * 1.2)
+    ax2.set_xlim(0, max(mem + [0.1]) * 1.25)
+    kinds = {r.get("memory_kind") for r in runs} - {None}
+    kind = {"cuda_max_allocated": "CUDA max allocated", "host_max_rss": "host max RSS"}
+    ax1.set_xlabel("throughput (tokens/s, steady-state mean)")
+    ax2.set_xlabel("peak memory (GiB, " + " / ".join(kind.get(k, k) for k in sorted(kinds)) + ")")
+    ax1.set_title("Throughput per run", fontsize=11)
+    ax2.set_title("Peak memory per run", fontsize=11)
+    _style(ax1)
+    _style(ax2)
+    return _save(fig, out_dir, "throughput_memory", "Tokens per second (training time only, after warm-up) and "
+                 "peak memory per run; from each run's `summary.json`.")
+
+
+def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]:
+    """All figures that have data to show, by key. Old figure files are removed first."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        for old in out_dir.glob("*.png"):
+            old.unlink()
+    figs: list[FigureFile | None] = [loss_curves(data, out_dir)]
+    swept = [f for f in data.factors if f not in ("model", "dataset")]
+    for factor in swept:
+        figs.append(score_by_factor(data, factor, out_dir))
+    if not swept:
+        figs.append(score_by_run(data, out_dir))
+    figs += [score_per_epoch(data, out_dir), throughput_memory(data, out_dir)]
+    return {f.key: f for f in figs if f is not None}

@@ -1,0 +1,401 @@
+"""The report's content, composed once from ReportData + Findings + figures into a Document.
+
+Markdown and HTML render the same Document, so the two never disagree. Each table's caption
+names the files its numbers come from.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from tunelab.report.data import ReportData, RunData, weights_size
+from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
+from tunelab.report.figures import FigureFile
+from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
+    error_class, retries
+from tunelab.train import status as st
+
+
+# ---------------------------------------------------------------- formatting
+def fnum(v: Any, fmt: str = "{:.4g}") -> str:
+    if v is None:
+        return "—"
+    return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def pp(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:+.1f} pp"
+
+
+def size(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def duration(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = float(s)
+    if s < 120:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def factors_text(run: RunData) -> str:
+    return ", ".join(f"{k}={v}" for k, v in run.factors.items()) or "—"
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ").replace("+00:00", " UTC") if iso else "—"
+
+
+# ---------------------------------------------------------------- sections
+def status_line(data: ReportData) -> str:
+    runs, done = data.runs, data.completed
+    counts = Counter(r.state for r in runs)
+    text = f"{len(done)} of {len(runs)} fine-tuned runs completed"
+    bad = [r.name for r in runs if r.state in (st.FAILED, st.INTERRUPTED)]
+    if bad:
+        text += f", {len(bad)} failed or interrupted ({', '.join(bad)})"
+    for state in (st.RUNNING, st.PENDING):
+        if counts.get(state):
+            text += f", {counts[state]} {state}"
+    retried = [r.name for r in runs if retries(r)]
+    if retried:
+        text += f", {len(retried)} retried ({', '.join(retried)})"
+    evaluated = [r for r in done if r.evals]
+    text += f"; {len(evaluated)} of {len(done)} completed runs evaluated"
+    ctl_done = [c for c in data.controls if c.evals]
+    text += f"; {len(ctl_done)} of {len(data.controls)} controls evaluated"
+    return ("⚠ partial — " if data.partial else "✓ ") + text
+
+
+def headline(data: ReportData, f: Findings) -> Headline:
+    if not f.best:
+        return Headline("No evaluated run yet", ["Scores appear here after `tunelab eval`."], ok=False)
+    names = ", ".join(r.name for r in f.best)
+    best = f.best[0]
+    label = best.evals[-1].get("label", "last epoch")
+    title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied)'}: {names} — {pct(f.best_score)}"
+    lines = [f"{data.eval_task or 'score'} on the {best.evals[-1].get('split') or 'eval'} split, checkpoint {label}"
+             f" ({best.evals[-1].get('samples')} samples); {factors_text(best)}, model {best.model}."]
+    ctl = data.control_for(best)
+    if ctl is not None and ctl.score is not None:
+        lines.append(f"**{pp(f.best_score - ctl.score)}** over the base-model control {ctl.name} "
+                     f"({pct(ctl.score)}).")
+    if f.runner_up is not None:
+        lines.append(f"**{pp(f.best_score - f.runner_up.score)}** over the runner-up {f.runner_up.name} "
+                     f"({pct(f.runner_up.score)}).")
+    for eff in f.effects:
+        if eff.metric == "score" and eff.spread is not None:
+            lo = min(eff.levels, key=lambda s: s.mean)
+            if eff.spread > 0:
+                lines.append(f"{eff.factor}: {eff.best.level} beats {lo.level} by **{pp(eff.spread)}** on mean "
+                             "score.")
+            else:
+                lines.append(f"{eff.factor}: no difference in mean score between its levels.")
+    return Headline(title, lines, ok=True)
+
+
+def overview(data: ReportData) -> Section:
+    blocks: list = []
+    rows = [["model", ", ".join(data.models)], ["dataset", ", ".join(data.datasets)]]
+    rows += [[k, ", ".join(map(str, v))] for k, v in data.factors.items() if k not in ("model", "dataset")]
+    blocks.append(Table(["Factor", "Levels"], rows,
+                        f"{len(data.runs)} fine-tuned run(s) (full factorial) + {len(data.controls)} base-model "
+                        "control(s); from `experiment.yaml` and `runs/*/run.yaml`."))
+    counts = Counter(r.state for r in data.runs)
+    states = [st.COMPLETED, st.FAILED, st.INTERRUPTED, st.RUNNING, st.PENDING]
+    blocks.append(Table(
+        ["", *states, "retried", "evaluated"],
+        [["fine-tuned runs", *[str(counts.get(s, 0)) for s in states], str(sum(1 for r in data.runs if retries(r))),
+          str(sum(1 for r in data.runs if r.evals))],
+         ["controls", "—", "—", "—", "—", str(sum(1 for c in data.controls if not c.evals)), "—",
+          str(sum(1 for c in data.controls if c.evals))]],
+        "States from each run's `status.json` + `summary.json`; retries from the ledger's attempts table "
+        "(`tunelab.db`) and `status.json` restarts."))
+    return Section("Overview", blocks)
+
+
+def checkpoints(data: ReportData) -> Section:
+    blocks: list = []
+    epochs = sorted({c.epoch for r in data.runs for c in r.checkpoints}
+                    | {e for r in data.runs if r.state == st.COMPLETED and r.planned_epochs
+                       for e in range(r.planned_epochs)})
+    rows = []
+    for r in data.runs:
+        by_epoch = {c.epoch: c for c in r.checkpoints}
+        cells = []
+        for e in epochs:
+            c = by_epoch.get(e)
+            if c is None:
+                expected = r.state == st.COMPLETED and r.planned_epochs and e < r.planned_epochs
+                cells.append("✗ missing" if expected or r.state != st.RUNNING else "…")
+            else:
+                cells.append("✓ " + size(c.adapter_bytes) if c.ok else "✗ " + "; ".join(c.problems))
+        bad = [c for c in r.checkpoints if not c.ok]
+        missing = r.state == st.COMPLETED and r.planned_epochs and len(by_epoch) < r.planned_epochs
+        if not r.checkpoints:
+            note = "no checkpoints" + ("" if r.state == st.PENDING else f" ({r.state})")
+        elif bad or missing:
+            note = "problems"
+        elif r.state == st.COMPLETED:
+            note = "complete"
+        else:
+            note = f"{r.state}, {len(by_epoch)} so far"
+        rows.append([r.name, *cells, note])
+    if epochs:
+        saved = sorted({c.epoch for r in data.runs for c in r.checkpoints})
+        blocks.append(Para(f"Epoch checkpoints found: **{', '.join(map(str, saved)) or 'none'}**."))
+        blocks.append(Table(["Run", *[f"Epoch {e}" for e in epochs], "Notes"], rows,
+                            "Sizes are of `adapter_model.safetensors` in `runs/<run>/checkpoints/epoch_N/`; each "
+                            "must also hold a non-empty `adapter_config.json` and a tokenizer. ✗ marks missing or "
+                            "zero-byte files and epochs a completed run should have saved."))
+    else:
+        blocks.append(Para("No checkpoints yet."))
+    return Section("Checkpoint verification", blocks)
+
+
+def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
+    packed = any((r.summary.get("packing") or {}).get("packed") for r in data.runs)
+    header = ["Run", "Model", "Factors", "State", "Steps", "Final loss", "Best loss", "Final val loss",
+              "Duration", "Tokens/s", "Peak mem (GiB)"]
+    if packed:
+        header += ["Packing density", "Non-pad %"]
+    rows = []
+    for r in data.runs:
+        row = [r.name, r.model, factors_text(r), r.state, fnum(r.get("steps") or r.status.get("step"), "{}"),
+               fnum(r.get("final_loss")), fnum(r.get("best_loss")), fnum(r.get("final_val_loss")),
+               duration(r.get("duration_s")), fnum(r.get("tokens_per_s"), "{:,.0f}"),
+               fnum(r.get("peak_memory_gib"), "{:.2f}")]
+        if packed:
+            p = r.summary.get("packing") or {}
+            row += [fnum(p.get("density"), "{:.2f}") if p.get("packed") else "—",
+                    pct(r.get("nonpad_fraction"))]
+        rows.append(row)
+    kinds = sorted({r.get("memory_kind") for r in data.runs} - {None})
+    caption = ("From `runs/<run>/summary.json` (steps, losses, duration, tokens/s: steady-state mean after the "
+               "first logging interval, training time only; peak memory: " + (", ".join(f"`{k}`" for k in kinds)
+                                                                               or "—") + ")")
+    caption += "; packing density = examples per packed sequence (`summary.json` packing)." if packed else "."
+    blocks: list = [Table(header, rows, caption)]
+    running = [r for r in data.runs if r.state == st.RUNNING]
+    if running:
+        blocks.append(Para("Still running: " + ", ".join(
+            f"{r.name} (step {r.status.get('step', '?')} of {r.status.get('total_steps', '?')})" for r in running)
+            + " — losses so far are in the figure."))
+    for key in ("loss_curves", "throughput_memory"):
+        if key in figs:
+            blocks.append(_fig(figs[key]))
+    return Section("Training results", blocks)
+
+
+def _fig(f: FigureFile) -> Figure:
+    return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
+
+
+def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Section:
+    rows = []
+    for r in data.runs:
+        ctl = data.control_for(r)
+        base = ctl.score if ctl else None
+        for e in r.evals or [{"label": "—", "score": None, "samples": None, "task": "—"}]:
+            delta = None if e["score"] is None or base is None else e["score"] - base
+            rows.append([r.name, "fine-tuned", e["label"], e["task"], pct(e["score"]), pct(base), pp(delta),
+                         fnum(e["samples"], "{}")])
+    for c in data.controls:
+        for e in c.evals or [{"label": "base", "score": None, "samples": None, "task": "—"}]:
+            rows.append([c.name, "control", e["label"], e["task"], pct(e["score"]), "—", "—",
+                         fnum(e["samples"], "{}")])
+    blocks: list = [Table(["Run", "Type", "Checkpoint", "Task", "Score", "Control", "Δ vs control", "Samples"], rows,
+                          "Scores from `eval/<checkpoint>/scores.json` in each run directory (inspect-ai `.eval` "
+                          "logs beside them); Δ = fine-tuned minus the same model's base-model control.")]
+    epochs = sorted({e["epoch"] for r in data.runs for e in r.evals if e.get("epoch") is not None})
+    if len(epochs) > 1:
+        prow = []
+        for r in data.runs:
+            by = {e["epoch"]: e["score"] for e in r.evals if e.get("epoch") is not None}
+            prow.append([r.name, *[pct(by.get(e)) for e in epochs]])
+        blocks.append(Table(["Run", *[f"epoch_{e}" for e in epochs]], prow, "Score per evaluated epoch."))
+    if f.best:
+        label = "Best run" if len(f.best) == 1 else f"Best runs ({len(f.best)} tied)"
+        blocks.append(Para(f"**{label}:** {', '.join(r.name for r in f.best)} at {pct(f.best_score)}."))
+    for key in sorted(figs):
+        if key.startswith("score_by_") or key == "score_per_epoch":
+            blocks.append(_fig(figs[key]))
+    return Section("Evaluation", blocks)
+
+
+def key_findings(data: ReportData, f: Findings) -> Section:
+    blocks: list = []
+    items = []
+    for eff in f.effects:
+        what = "eval score" if eff.metric == "score" else "final val loss"
+        show = pct if eff.metric == "score" else (lambda v: f"{v:.4g}")
+        levels = "; ".join(f"{s.level} → {show(s.mean)} (n={s.n})" for s in eff.levels)
+        text = f"**{eff.factor}** on {what}: {levels}"
+        if eff.spread == 0:
+            text += ". No difference between levels."
+        elif eff.spread is not None:
+            lo = min(eff.levels, key=lambda s: s.mean) if eff.metric == "score" else max(eff.levels,
+                                                                                        key=lambda s: s.mean)
+            diff = pp(eff.spread) if eff.metric == "score" else f"{-eff.spread:+.4g}"
+            text += f". Best level **{eff.best.level}**, {diff} vs {lo.level}."
+        else:
+            text += " (only one level measured so far)."
+        items.append(text)
+    blocks.append(Para("**Effect of each swept factor** (mean over completed runs at each level; "
+                       "other factors averaged over):"))
+    blocks.append(Bullets(items or ["No factor with two or more measured levels yet."]))
+
+    items = []
+    if f.best:
+        items.append(f"**Best run:** {', '.join(r.name for r in f.best)} at {pct(f.best_score)}"
+                     + (f" ({len(f.best)} tied)." if len(f.best) > 1 else "."))
+    deltas = [(r, r.score - data.control_for(r).score) for r in data.runs
+              if r.score is not None and data.control_for(r) is not None and data.control_for(r).score is not None]
+    if deltas:
+        items.append(f"**Fine-tuned vs control:** mean {pp(mean(d for _, d in deltas))} over {len(deltas)} run(s) "
+                     f"(from {pp(min(d for _, d in deltas))} to {pp(max(d for _, d in deltas))}).")
+    if f.overfit:
+        for name, o in f.overfit.items():
+            items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "
+                         f"{o.best_step}) to {o.final_val:.4g} (step {o.final_step}, +{100 * o.rise:.1f} %) while "
+                         f"train loss fell {o.train_from:.4g} → {o.train_to:.4g}.")
+    else:
+        items.append(f"**Overfitting:** none detected (rule: val loss ends ≥ {OVERFIT_MIN_RISE:.0%} above a best "
+                     "reached before the last third of training while train loss falls).")
+    if f.still_falling:
+        for name, s in f.still_falling.items():
+            items.append(f"**Still improving — {name}:** val loss fell {s.prev_val:.4g} → {s.final_val:.4g} "
+                         f"(−{100 * s.drop:.1f} %) over the last epoch (steps {s.prev_step}–{s.final_step}).")
+    elif data.completed:
+        items.append(f"**Still improving:** no completed run's val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over "
+                     "its last epoch.")
+    judged = [m for m in f.memory if m.judgeable]
+    if judged:
+        for m in judged:
+            items.append(f"**GPU memory — {m.run}:** peak {m.peak_gib:.2f} of {m.total_gib:.1f} GiB "
+                         f"({m.fraction:.0%}) on {m.device}" + (" — mostly unused." if m.fraction <
+                                                                 MEMORY_MOSTLY_UNUSED else "."))
+    elif f.memory:
+        kinds = {m.kind for m in f.memory}
+        if kinds == {"cuda_max_allocated"}:
+            items.append("**GPU memory:** the GPU's total memory is not recorded in `summary.json`, so unused "
+                         "memory cannot be judged.")
+        else:
+            items.append("**GPU memory:** cannot be judged — these runs trained on CPU (peak memory is the "
+                         "process's max RSS, `host_max_rss`).")
+    blocks.append(Bullets(items))
+    return Section("Key findings", blocks)
+
+
+def storage(data: ReportData) -> Section:
+    blocks: list = []
+    base = {m: weights_size(p) for m, p in data.model_paths.items()}
+    ranks = sorted({r.config.training.lora_rank for r in data.runs if r.config.training})
+    header = ["Component", *data.models]
+    rows = [["Base model (weights)", *[size(base.get(m)) for m in data.models]]]
+    for rank in ranks:
+        cells = []
+        for m in data.models:
+            sizes = [r.checkpoints[-1].adapter_bytes for r in data.runs if r.model == m and r.checkpoints
+                     and r.config.training and r.config.training.lora_rank == rank]
+            cells.append(size(max(sizes)) if sizes else "—")
+        rows.append([f"Adapter (rank {rank})", *cells])
+    blocks.append(Table(header, rows, "Base: weight files (`*.safetensors`, `*.bin`) of each model directory; "
+                        "adapter: `adapter_model.safetensors` of a run's last checkpoint (includes any "
+                        "`modules_to_save` trained in full)."))
+    rows = []
+    for r in data.runs:
+        n = len(r.checkpoints)
+        adapters = sum(c.adapter_bytes for c in r.checkpoints)
+        ckpt_total = sum(c.total_bytes for c in r.checkpoints)
+        merged = base.get(r.model, 0) * n
+        rows.append([r.name, str(n), size(adapters), size(ckpt_total), size(merged) if n else "—",
+                     size(r.dir_bytes)])
+    blocks.append(Table(["Run", "Epochs saved", "Adapter only", "Checkpoints (adapter + tokenizer)",
+                         "If merged (≈ base × epochs)", "Run dir total"], rows,
+                        "Run dir total is every file under `runs/<run>/` (incl. `trainer_state/` optimizer state "
+                        "for resuming, which can be deleted once a run is final)."))
+    total_ad = sum(sum(c.adapter_bytes for c in r.checkpoints) for r in data.runs)
+    total_merged = sum(base.get(r.model, 0) * len(r.checkpoints) for r in data.runs)
+    if total_ad:
+        blocks.append(Para(f"Adapter-only checkpoints take **{size(total_ad)}** for the whole sweep; merged models "
+                           f"would take ≈ **{size(total_merged)}**. Keep adapters and share the base model."))
+    return Section("Storage", blocks)
+
+
+def issues(data: ReportData, f: Findings) -> Section:
+    blocks: list = []
+    if f.issues:
+        blocks.append(Table(["Run", "Issue", "Detail"], [[i.run, i.kind, i.detail] for i in f.issues],
+                            "From `status.json` (error), the ledger's attempts, `metrics.jsonl` and the checkpoint "
+                            "files."))
+    else:
+        blocks.append(Para("✓ No failed, retried or cancelled runs; no NaN losses, empty files or silent runs."))
+    if data.attempts:
+        rows = [[a["run"], fnum(a.get("attempt"), "{}"), a.get("executor") or "—", _when(a.get("started_at")),
+                 _when(a.get("finished_at")), fnum(a.get("exit_code"), "{}"), a.get("state") or "—",
+                 (error_class(a.get("reason")) + ": " + a["reason"]) if a.get("reason") else "—"]
+                for a in data.attempts]
+        blocks.append(Table(["Run", "Attempt", "Executor", "Started", "Finished", "Exit", "State", "Reason"], rows,
+                            "Every job the executor started (ledger table `attempts` in `tunelab.db`)."))
+    return Section("Issues", blocks)
+
+
+def next_steps(f: Findings) -> Section:
+    return Section("Next steps", [Bullets(f.next_steps)])
+
+
+def appendix(data: ReportData) -> Section:
+    exp = data.experiment_dir
+    train = "\n".join(f"tunelab train {r.rel_dir}/run.yaml" for r in data.runs)
+    ev = "\n".join(f"tunelab eval {exp} --run {r.name} --force" for r in data.all)
+    return Section("Appendix: reproduce", [
+        Para("Retrain one run (from its resolved config; the job script does the same):"),
+        Code(f"cd {exp}\n{train}" if train else f"cd {exp}"),
+        Para("Re-evaluate a run's checkpoints (add `--epochs all` for every epoch) and rebuild this report:"),
+        Code(f"{ev}\ntunelab report {exp}"),
+    ])
+
+
+def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Document:
+    meta = [("Generated", data.generated_at), ("Directory", f"`{data.experiment_dir}`")]
+    if data.first_start:
+        meta.append(("Dates", f"{_when(data.first_start)} – {_when(data.last_finish) if data.last_finish else 'now'}"))
+    if data.description:
+        meta.append(("Question", data.description))
+    meta.append(("Models", ", ".join(data.models)))
+    meta.append(("Datasets", ", ".join(data.datasets)))
+    for k, v in data.factors.items():
+        if k not in ("model", "dataset"):
+            meta.append((k, ", ".join(map(str, v))))
+    meta.append(("Status", status_line(data)))
+    at_a_glance = Section("At a glance", [headline(data, f)])
+    key = next((k for k in figs if k.startswith("score_by_")), None)
+    if key:
+        at_a_glance.blocks.append(_fig(figs[key]))
+    rest = {k: v for k, v in figs.items() if k != key}
+    sections = [at_a_glance, overview(data), checkpoints(data), training(data, figs), evaluation(data, f, rest),
+                key_findings(data, f), storage(data), issues(data, f), next_steps(f), appendix(data)]
+    return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
+                    highlight=[r.name for r in f.best])
+
+
+def report_dir(data: ReportData) -> Path:
+    return data.experiment_dir / "report"

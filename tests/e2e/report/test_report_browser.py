@@ -1,0 +1,102 @@
+"""The report of a real tiny sweep (scaffold → run → eval → report), loaded in headless Chromium:
+no console errors, every figure decoded and drawn at a nonzero size, one screenshot kept."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+SCREENSHOT_COPY = "/tmp/tunelab-report-screenshot.png"
+
+# Appended to a copy of the report: records each image's decoded and rendered size and any page error
+# into the DOM, which --dump-dom then prints.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => ({path: i.dataset.path, complete: i.complete,
+    natural: [i.naturalWidth, i.naturalHeight], rendered: [i.clientWidth, i.clientHeight]}));
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({imgs, errors: window.__errors, sections: document.querySelectorAll("h2").length});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def small_caps(tmp_path_factory):
+    from tunelab.data.capitalization import make_capitalization_dataset
+
+    return make_capitalization_dataset(5, 120, tmp_path_factory.mktemp("small-data"), 0.8, seed=0)
+
+
+def _ok(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, f"{args}: {res.output}"
+    return res
+
+
+def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromium):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    spec = {
+        "name": "report-e2e", "description": "Does LoRA rank matter for capitalization on a tiny model?",
+        "models": [{"name": "tiny", "path": str(tiny_model)}],
+        "datasets": [{"name": "caps", "path": str(small_caps)}],
+        "prompt": "Capitalize: {input}",
+        "factors": {"lora_rank": [4, 16]},
+        "training": {"epochs": 2, "learning_rate": 0.005, "batch_size": 8, "max_seq_len": 64,
+                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 3,
+                     "validation_every_steps": 6},
+        "eval": {"max_tokens": 8, "epochs": "all"},
+    }
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    _ok(["scaffold", str(exp / "experiment.yaml")])
+    _ok(["run", str(exp)])
+    _ok(["eval", str(exp)])
+    out = _ok(["report", str(exp)]).output
+    assert "report.html" in out and "partial" not in out
+
+    report = exp / "report"
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    assert "2 of 2 fine-tuned runs completed" in md and "partial" not in md
+    figures = sorted(p.name for p in (report / "figures").glob("*.png"))
+    assert figures == ["loss_curves.png", "score_by_lora_rank.png", "score_per_epoch.png", "throughput_memory.png"]
+
+    # the HTML works alone: move it away from figures/ and the experiment before the browser opens it
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    page = alone / "report.html"
+    shutil.copy(report / "report.html", page)
+    probe = alone / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+
+    res = run_chromium("--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+                       probe.as_uri())
+    assert res.returncode == 0, res.stderr[-2000:]
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    m = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, res.stdout[-2000:]
+    found = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                       .replace("&gt;", ">"))
+    assert found["errors"] == [] and found["sections"] >= 10
+    assert sorted(i["path"].removeprefix("figures/") for i in found["imgs"]) == figures
+    for img in found["imgs"]:
+        assert img["complete"] and min(img["natural"]) > 100 and min(img["rendered"]) > 100, img
+
+    shot = tmp_path / "report-screenshot.png"
+    res = run_chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.as_uri())
+    assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000, res.stderr[-2000:]
+    shutil.copy(shot, SCREENSHOT_COPY)

@@ -1,0 +1,294 @@
+"""The report: findings and next-step rules on hand-made run directories (files written the way
+training and evaluation write them), and the Markdown + self-contained HTML it renders."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from tunelab import ledger
+from tunelab.fsutil import atomic_write_json
+from tunelab.report.build import build_report
+from tunelab.report.data import Point, gather
+from tunelab.report.findings import analyze, error_class, overfitting, still_falling
+from tunelab.scaffold import scaffold
+
+STEPS_PER_EPOCH = 10
+
+
+def _pts(values, every=1, per_epoch=STEPS_PER_EPOCH):
+    return [Point(every * (i + 1), every * (i + 1) / per_epoch, v) for i, v in enumerate(values)]
+
+
+# ---------------------------------------------------------------- pure rules on curves
+def test_overfitting_needs_val_rising_while_train_falls():
+    train = _pts([2.0, 1.5, 1.0, 0.8, 0.6, 0.4], every=5)
+    val_rising = _pts([1.8, 1.2, 1.1, 1.2, 1.3, 1.4], every=5)
+    o = overfitting(train, val_rising)
+    assert o is not None and o.best_step == 15 and o.final_val == 1.4 and o.rise == pytest.approx(1.4 / 1.1 - 1)
+    assert o.train_to < o.train_from
+    assert overfitting(train, _pts([1.8, 1.2, 1.0, 0.9, 0.85, 0.8], every=5)) is None  # val keeps falling
+    flat_train = _pts([2.0, 1.0, 0.5, 0.5, 0.5, 0.6], every=5)
+    assert overfitting(flat_train, val_rising) is None  # train not falling at the end: not overfitting
+    assert overfitting(train, _pts([1.0], every=30)) is None  # one val point: cannot tell
+
+
+def test_still_falling_compares_last_epoch_end_to_previous_epoch_end():
+    # 3 epochs of 10 steps; val every 5 steps
+    val = _pts([2.0, 1.5, 1.2, 1.0, 0.9, 0.8], every=5)
+    s = still_falling(val)
+    assert s is not None and s.prev_step == 20 and s.final_step == 30 and s.drop == pytest.approx(0.2)
+    plateau = _pts([2.0, 1.5, 1.2, 1.0, 1.0, 0.998], every=5)
+    assert still_falling(plateau) is None  # < 1 % drop over the last epoch
+    assert still_falling(_pts([1.0])) is None
+
+
+def test_error_class():
+    assert error_class("OutOfMemoryError: CUDA out of memory") == "OutOfMemoryError"
+    assert error_class("killed by the node") == "error"
+    assert error_class(None) == "—"
+
+
+# ---------------------------------------------------------------- hand-made experiments
+def _metrics(run_dir, losses, val_losses, epochs, memory_kind="host_max_rss", peak=0.5, nan_at=None):
+    """metrics.jsonl as training writes it: one row per log (loss) and per validation (val_loss)."""
+    steps = epochs * STEPS_PER_EPOCH
+    rows = []
+    for i, loss in enumerate(losses):
+        step = round((i + 1) * steps / len(losses))
+        rows.append({"step": step, "epoch": step / STEPS_PER_EPOCH, "loss": loss, "val_loss": None, "lr": 1e-3,
+                     "tokens": 800 * step, "nonpad_tokens": 700 * step, "tokens_per_s": 1000.0,
+                     "train_time_s": step / 10, "peak_memory_gib": peak, "memory_kind": memory_kind,
+                     "elapsed_s": step / 9})
+    for i, v in enumerate(val_losses):
+        step = round((i + 1) * steps / len(val_losses))
+        rows.append({"step": step, "epoch": step / STEPS_PER_EPOCH, "loss": None, "val_loss": v, "lr": None,
+                     "tokens": 800 * step, "nonpad_tokens": 700 * step, "tokens_per_s": None,
+                     "train_time_s": step / 10, "peak_memory_gib": peak, "memory_kind": memory_kind,
+                     "elapsed_s": step / 9})
+    if nan_at is not None:
+        rows[nan_at]["loss"] = math.nan
+    rows.sort(key=lambda r: (r["step"], r["val_loss"] is not None))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _checkpoints(run_dir, epochs, empty=None):
+    for e in epochs:
+        d = run_dir / "checkpoints" / f"epoch_{e}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "adapter_model.safetensors").write_bytes(b"" if empty == e else b"x" * 4096)
+        (d / "adapter_config.json").write_text('{"r": 4}')
+        (d / "tokenizer.json").write_text("{}")
+
+
+def _scores(run_dir, label, epoch, score, kind="finetune"):
+    atomic_write_json(run_dir / "eval" / label / "scores.json", {
+        "run": run_dir.name, "kind": kind, "label": label, "epoch": epoch, "task": "exact_match", "split": "test",
+        "metric": "accuracy", "score": score, "samples": 40, "correct": round(40 * score), "log": "x.eval"})
+
+
+def fake_run(exp, name, *, state="completed", epochs=3, losses=(2.0, 1.2, 0.8, 0.5, 0.3, 0.2),
+             val=(1.5, 1.0, 0.7), score=None, saved=None, error=None, summary=None, nan_at=None, empty=None,
+             memory_kind="host_max_rss", peak=0.5):
+    run_dir = exp / "runs" / name
+    _metrics(run_dir, list(losses), list(val), epochs, memory_kind, peak, nan_at)
+    _checkpoints(run_dir, range(epochs) if saved is None else saved, empty)
+    status = {"run": name, "state": state, "attempt": 1, "started_at": "2026-01-02T10:00:00+00:00",
+              "first_started_at": "2026-01-02T10:00:00+00:00", "finished_at": "2026-01-02T10:05:00+00:00",
+              "pid": 1, "host": "elsewhere", "error": error, "step": epochs * STEPS_PER_EPOCH}
+    atomic_write_json(run_dir / "status.json", status)
+    if state == "completed":
+        finite = [v for v in losses if not math.isnan(v)]
+        atomic_write_json(run_dir / "summary.json", {
+            "run": name, "state": "completed", "steps": epochs * STEPS_PER_EPOCH, "final_loss": losses[-1],
+            "best_loss": min(finite), "final_val_loss": val[-1] if val else None,
+            "best_val_loss": min(val) if val else None, "tokens_per_s": 1234.5, "nonpad_fraction": 0.875,
+            "peak_memory_gib": peak, "memory_kind": memory_kind, "duration_s": 300.0, "train_time_s": 280.0,
+            "overhead_s": 20.0, "epochs": epochs,
+            "packing": {"packed": False}, "device": "cpu", **(summary or {})})
+    if score is not None:
+        _scores(run_dir, f"epoch_{epochs - 1}", epochs - 1, score)
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _own_history(tmp_path, monkeypatch):
+    """Hand-made runs are ingested into the user-level history too: keep them out of other tests' plans."""
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+
+
+@pytest.fixture
+def exp(write_spec):
+    spec = write_spec(factors={"lora_rank": [4, 16]}, training={"epochs": 3},
+                      description="Does rank matter?")
+    scaffold(spec)
+    return spec.parent
+
+
+def _control(exp, score=0.05):
+    _scores(exp / "controls" / "tiny_base", "base", None, score, kind="control")
+
+
+def test_complete_sweep_findings_best_run_and_score_jump(exp):
+    fake_run(exp, "tiny_r4", score=0.30)
+    fake_run(exp, "tiny_r16", score=0.80)
+    _control(exp)
+    data = gather(exp)
+    f = analyze(data)
+    assert not data.partial
+    assert [r.name for r in f.best] == ["tiny_r16"] and f.best_score == 0.80
+    assert f.runner_up.name == "tiny_r4"
+    eff = next(e for e in f.effects if e.factor == "lora_rank" and e.metric == "score")
+    assert [(s.level, s.mean) for s in eff.levels] == [(4, 0.30), (16, 0.80)]
+    assert eff.spread == pytest.approx(0.5) and eff.best.level == 16
+    assert [(j.low, j.high, j.suggest) for j in f.jumps] == [(4, 16, [8])]
+    assert any("intermediate lora_rank values 8" in s for s in f.next_steps)
+    # val 1.5 → 1.0 → 0.7 at epoch ends: still falling, so "train longer"
+    assert set(f.still_falling) == {"tiny_r4", "tiny_r16"}
+    assert any(s.startswith("Train longer (e.g. 6 instead of 3)") for s in f.next_steps)
+    assert not f.overfit and not f.issues
+
+
+def test_ties_are_named(exp):
+    fake_run(exp, "tiny_r4", score=0.5)
+    fake_run(exp, "tiny_r16", score=0.5)
+    _control(exp)
+    f = analyze(gather(exp))
+    assert [r.name for r in f.best] == ["tiny_r4", "tiny_r16"] and f.runner_up is None
+    md = build_report(exp).markdown.read_text()
+    assert "**Best runs (2 tied):** tiny_r4, tiny_r16 at 50.0 %." in md
+
+
+def test_failed_and_retried_run_is_reported_with_class_and_reason(exp):
+    fake_run(exp, "tiny_r4", score=0.4)
+    fake_run(exp, "tiny_r16", state="failed", error="OutOfMemoryError: CUDA out of memory", saved=[0],
+             losses=(2.0, 1.5), val=(1.6,))
+    for attempt, code in ((1, 1), (2, 1)):
+        ledger.record_attempt(exp, run="tiny_r16", attempt=attempt, executor="local", job_id="1",
+                              started_at="2026-01-02T10:00:00+00:00", finished_at="2026-01-02T10:01:00+00:00",
+                              exit_code=code, state="failed", reason="OutOfMemoryError: CUDA out of memory")
+    _control(exp)
+    data = gather(exp)
+    f = analyze(data)
+    assert data.partial
+    kinds = {(i.run, i.kind) for i in f.issues}
+    assert {("tiny_r16", "failed"), ("tiny_r16", "retried")} <= kinds
+    failed = next(i for i in f.issues if i.kind == "failed")
+    assert "OutOfMemoryError" in failed.detail and "CUDA out of memory" in failed.detail
+    assert any("tunelab run" in s and "--run tiny_r16" in s for s in f.next_steps)
+    md = build_report(exp).markdown.read_text()
+    assert "⚠ partial — 1 of 2 fine-tuned runs completed, 1 failed or interrupted (tiny_r16)" in md
+    assert "1 retried (tiny_r16)" in md
+
+
+def test_missing_epoch_nan_loss_and_empty_checkpoint_file_are_flagged(exp):
+    fake_run(exp, "tiny_r4", saved=[0, 2], score=0.4)  # epoch_1 never saved
+    fake_run(exp, "tiny_r16", nan_at=3, empty=1, score=0.5)
+    _control(exp)
+    f = analyze(gather(exp))
+    by = {(i.run, i.kind): i.detail for i in f.issues}
+    assert by[("tiny_r4", "missing-epoch")] == "no checkpoint for epoch(s) 1"
+    assert "step(s) 20" in by[("tiny_r16", "nan-loss")]
+    assert "adapter_model.safetensors is empty (0 bytes)" in by[("tiny_r16", "empty-file")]
+    md = build_report(exp).markdown.read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| tiny_r4 | ✓"))
+    assert "✗ missing" in row and row.endswith("problems |")
+    assert "✗ adapter_model.safetensors is empty (0 bytes)" in md
+
+
+def test_rising_val_loss_is_overfitting_and_not_still_falling(exp):
+    fake_run(exp, "tiny_r4", losses=(2.0, 1.2, 0.8, 0.5, 0.3, 0.2), val=(1.0, 0.8, 0.7, 0.8, 0.9, 1.1), score=0.3)
+    fake_run(exp, "tiny_r16", score=0.35)
+    _control(exp)
+    f = analyze(gather(exp))
+    assert set(f.overfit) == {"tiny_r4"} and "tiny_r4" not in f.still_falling
+    assert any(s.startswith("Use an earlier checkpoint or fewer epochs for tiny_r4") for s in f.next_steps)
+    assert not f.jumps  # 5 pp between ranks: below the jump threshold
+
+
+def test_gpu_memory_rules(exp):
+    fake_run(exp, "tiny_r4", memory_kind="cuda_max_allocated", peak=10.0, summary={"gpu_memory_total_gib": 80.0},
+             score=0.5)
+    fake_run(exp, "tiny_r16", memory_kind="cuda_max_allocated", peak=70.0, summary={"gpu_memory_total_gib": 80.0},
+             score=0.5)
+    f = analyze(gather(exp))
+    fr = {m.run: m.fraction for m in f.memory}
+    assert fr == {"tiny_r4": 0.125, "tiny_r16": 0.875}
+    assert any(s.startswith("Raise the micro-batch") and "tiny_r4" in s for s in f.next_steps)
+
+
+def test_gpu_memory_cannot_be_judged_on_cpu_or_without_total(exp):
+    fake_run(exp, "tiny_r4", score=0.5)
+    fake_run(exp, "tiny_r16", score=0.5)
+    md = build_report(exp).markdown.read_text()
+    assert "cannot be judged — these runs trained on CPU" in md
+    assert "Raise the micro-batch" not in md
+    fake_run(exp, "tiny_r4", memory_kind="cuda_max_allocated", peak=10.0, score=0.5)
+    fake_run(exp, "tiny_r16", memory_kind="cuda_max_allocated", peak=10.0, score=0.5)
+    md = build_report(exp).markdown.read_text()
+    assert "total memory is not recorded" in md
+
+
+def test_run_that_never_logged(exp):
+    run_dir = exp / "runs" / "tiny_r4"
+    atomic_write_json(run_dir / "status.json", {"run": "tiny_r4", "state": "failed", "pid": 1, "host": "elsewhere",
+                                                "error": "RuntimeError: dataloader died"})
+    f = analyze(gather(exp))
+    assert ("tiny_r4", "never-logged") in {(i.run, i.kind) for i in f.issues}
+
+
+def test_report_of_a_fresh_scaffold_is_partial_and_has_no_figures(exp):
+    files = build_report(exp)
+    md = files.markdown.read_text()
+    assert files.partial and "⚠ partial — 0 of 2 fine-tuned runs completed, 2 pending" in md
+    assert "No checkpoints yet." in md and "No evaluated run yet" in md
+    assert files.figures == []
+    assert "tunelab run" in md  # next step: train the pending runs
+
+
+def test_markdown_and_html_are_complete_and_self_contained(exp):
+    fake_run(exp, "tiny_r4", score=0.30)
+    fake_run(exp, "tiny_r16", score=0.80)
+    _control(exp)
+    files = build_report(exp)
+    md = files.markdown.read_text()
+    html = files.html.read_text()
+    sections = ["At a glance", "Overview", "Checkpoint verification", "Training results", "Evaluation",
+                "Key findings", "Storage", "Issues", "Next steps", "Appendix: reproduce"]
+    for s in sections:
+        assert f"## {s}" in md and f"<h2>{s}</h2>" in html.replace("&amp;", "&")
+    assert "partial" not in md and "partial" not in html.lower()
+    assert "2 of 2 fine-tuned runs completed" in md and "**Dates:** 2026-01-02 10:00:00 UTC" in md
+    assert "**Question:** Does rank matter?" in md
+    assert "+75.0 pp** over the base-model control tiny_base (5.0 %)" in md
+    assert "+50.0 pp** over the runner-up tiny_r4 (30.0 %)" in md
+    assert "lora_rank: 16 beats 4 by **+50.0 pp** on mean score." in md
+    assert "**lora_rank** on eval score: 4 → 30.0 % (n=1); 16 → 80.0 % (n=1)" in md
+    assert "| tiny_r16 | fine-tuned | epoch_2 | exact_match | 80.0 % | 5.0 % | +75.0 pp | 40 |" in md
+    assert "tunelab train runs/tiny_r16/run.yaml" in md and f"tunelab eval {exp} --run tiny_r4 --force" in md
+    # figures: on disk, linked from Markdown, embedded in HTML; nothing fetched from elsewhere
+    names = sorted(p.name for p in files.figures)
+    assert names == ["loss_curves.png", "score_by_lora_rank.png", "throughput_memory.png"]
+    for n in names:
+        assert (exp / "report" / "figures" / n).stat().st_size > 1000 and f"(figures/{n})" in md
+    imgs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert not re.search(r'(src|href)="(https?:|//|file:)', html) and "<script" not in html
+    # best run marked in the tables
+    assert '<tr class="best"><td>tiny_r16</td>' in html
+
+
+def test_report_cli_open_uses_the_webbrowser_module(exp, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or False)
+    res = CliRunner().invoke(app, ["report", str(exp), "--open"])
+    assert res.exit_code == 0, res.output
+    assert opened == [(exp / "report" / "report.html").resolve().as_uri()]
+    assert "report.html" in res.output and "partial" in res.output
