@@ -124,11 +124,13 @@ def scaffold_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="Experiment directory (default: the spec's directory)."),
     force: bool = typer.Option(False, "--force", help="Overwrite run configs even where runs have results."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for the estimates written into run.yaml "
+                                      "(SLURM time limits); detected when present, else this machine's CPU."),
 ) -> None:
-    """Write runs/<run>/{run.yaml, job.sh}, controls/, submit_all.sh, plan.md and README.md."""
+    """Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
     from tunelab.scaffold import scaffold
 
-    plan = scaffold(spec, out, force=force)
+    plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu))
     console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
 
 
@@ -148,8 +150,28 @@ def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or slurm (default: the spec's "
+                                           "resources.executor)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
+    wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
 ) -> None:
-    """Train pending runs locally, one at a time on CPU (one per GPU with GPUs). Completed runs are skipped."""
+    """Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
+    job after each (afterok). Completed, queued and running runs are skipped."""
+    from tunelab.experiment import load_runs
+
+    executor = executor or load_runs(experiment_dir)[0].resources.executor
+    if executor == "slurm":
+        from tunelab.execute.slurm import run_slurm
+
+        results = run_slurm(experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
+        if wait and not dry_run:
+            bad = {k: v for k, v in results.items() if v != "completed"}
+            if bad:
+                err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see `tunelab status`[/red]")
+                raise typer.Exit(1)
+        return
+    if executor != "local":
+        raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
     from tunelab.execute.local import run_local
 
     results = run_local(experiment_dir, runs, force=force, console=console)
@@ -166,11 +188,13 @@ def eval_cmd(
     epochs: str = typer.Option("", "--epochs", help="'last' or 'all' (default: the spec's eval.epochs)."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs or controls (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
+    no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
+                                   "coordinator (what cluster jobs do)."),
 ) -> None:
     """Evaluate fine-tuned checkpoints and controls with inspect-ai (greedy, same prompt format as training)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
-    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console)
+    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console, ingest=not no_ledger)
 
 
 @app.command("results")
@@ -202,12 +226,20 @@ def results_cmd(
 
 @app.command("report")
 @friendly
-def report_cmd(experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory.")) -> None:
-    """Write report/report.md: status, checkpoint verification, training and evaluation tables."""
-    from tunelab.report.markdown import write_report
+def report_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    open_: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
+) -> None:
+    """Write report/report.md and a self-contained report/report.html (+ report/figures/): status,
+    checkpoints, training, evaluation, findings, storage, issues, next steps. Works mid-sweep (partial)."""
+    from tunelab.report.build import build_report, open_in_browser
 
-    path = write_report(experiment_dir)
-    console.print(f"report: {path}")
+    files = build_report(experiment_dir)
+    console.print(f"report: {files.markdown}", soft_wrap=True)
+    console.print(f"report: {files.html}" + (" [yellow](partial: the sweep is not finished)[/yellow]"
+                                             if files.partial else ""), soft_wrap=True)
+    if open_ and not open_in_browser(files.html):
+        console.print("[dim]no browser to open; open the file above yourself[/dim]")
 
 
 def _gpu_or_none(name: str | None):
@@ -289,6 +321,57 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
+@app.command("status")
+@friendly
+def status_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until no job is queued or running."),
+    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
+) -> None:
+    """State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
+    failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
+    import time
+
+    from rich.live import Live
+
+    from tunelab.execute.slurm import status_rows
+
+    def table(rows):
+        t = Table(title=f"{experiment_dir}")
+        for col in ("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r["name"], r["type"], r["state"], r["job_id"] or "—", str(r["attempt"]), r["progress"],
+                      r["eta"], r["eval"] or "—", r["detail"])
+        return t
+
+    rows = status_rows(experiment_dir)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    if not watch:
+        console.print(table(rows))
+        return
+    active = ("pending", "running", "submitted", "configuring", "completing", "suspended", "requeued")
+    with Live(table(rows), console=console, refresh_per_second=1) as live:
+        while any(r["state"] in active or r["eval"] in active for r in rows):
+            time.sleep(5)
+            rows = status_rows(experiment_dir)
+            live.update(table(rows))
+
+
+@app.command("cancel")
+@friendly
+def cancel_cmd(
+    experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
+    runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
+) -> None:
+    """Cancel the queued or running Slurm jobs of some runs (scancel); the ledger and status say CANCELLED."""
+    from tunelab.execute.slurm import cancel
+
+    cancel(experiment_dir, runs or None, console=console)
+
+
 @app.command("ingest")
 @friendly
 def ingest_cmd(
@@ -323,11 +406,15 @@ def schema_cmd() -> None:
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for models, data and the experiment."),
     force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
+    executor: str = typer.Option("local", "--executor", help="local, or slurm: submit the sweep to the Slurm "
+                                 "cluster this machine can reach (scripts/slurm-dev-cluster start gives one)."),
 ) -> None:
     """A real, tiny sweep on CPU: 2 tiny models × LoRA ranks {4, 16} + controls, trained, evaluated, reported."""
     from tunelab.demo import run_demo
 
-    report = run_demo(out, force=force, console=console)
+    if executor not in ("local", "slurm"):
+        raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
+    report = run_demo(out, force=force, console=console, executor=executor)
     console.print(f"\n[bold green]Report:[/bold green] {report}")
 
 

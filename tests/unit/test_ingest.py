@@ -37,7 +37,8 @@ def test_incomplete_logs_are_refused_with_reason(name, reason):
         parse_torchtune_log((LOGS / name).read_text())
 
 
-def test_ingest_cli_imports_only_complete_logs():
+def test_ingest_cli_imports_only_complete_logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     res = CliRunner().invoke(app, ["ingest", str(LOGS), "--gpu", "A100-80GB"])
     assert res.exit_code == 0, res.output
     assert "2 of 6 log(s) imported" in res.output

@@ -8,6 +8,12 @@ from tunelab.estimate.runs import slurm_time_limit
 from tunelab.plan import make_plan, render_plan_md
 
 
+@pytest.fixture(autouse=True)
+def fresh_history(tmp_path, monkeypatch):
+    """Each test starts from its own empty history (other tests in the session add real runs)."""
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+
+
 def _hist(**kw) -> history.HistoryRun:
     base = dict(key="k", source="tunelab", model="tiny", layers=2, hidden=128, parameters=444544, device="cpu",
                 cpu_threads=None, packed=False, batch_size=8, gradient_accumulation_steps=1, max_seq_len=64,
@@ -56,3 +62,18 @@ def test_gpu_target_uses_memory_model_and_flops_without_history(write_spec):
 def test_slurm_time_limit_rounds_up_with_margin():
     assert slurm_time_limit(600) == "00:30:00"  # 600 × 1.5 + 300 = 1200 s → 20 min → 30
     assert slurm_time_limit(3 * 3600) == "04:45:00"
+
+
+def test_scaffold_writes_the_estimate_into_run_yaml_and_the_slurm_time_limit(write_spec):
+    from tunelab.runconfig import load_run_config
+    from tunelab.scaffold import scaffold
+
+    spec = write_spec(resources={"executor": "slurm"})
+    scaffold(spec, gpu=resolve_gpu("H100"))
+    cfg = load_run_config(spec.parent / "runs" / "tiny_r4")
+    assert cfg.estimate["steps"] == 40 and cfg.estimate["slurm_time_limit"] == "00:15:00"
+    sbatch = (spec.parent / "runs" / "tiny_r4" / "job.sbatch").read_text()
+    assert "--time=00:15:00" in sbatch and "planner estimate" in sbatch
+    # the estimate moving with history is not a change of the run: re-scaffolding is allowed
+    (cfg.run_dir / "status.json").write_text('{"state": "completed"}')
+    scaffold(spec)

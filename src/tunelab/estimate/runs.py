@@ -155,8 +155,9 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     seconds = startup = None
     if tps:
         train_s = train_tokens / tps
-        overhead_frac = median([(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]) if refs else 0.0
-        if not refs and t.validation_every_steps:
+        fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
+        overhead_frac = median(fracs) if fracs else 0.0
+        if not fracs and t.validation_every_steps:
             n_val = steps // t.validation_every_steps + 1
             overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens, 1)
         startups = [r.startup_s for r in refs if r.startup_s is not None]
