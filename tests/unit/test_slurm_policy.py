@@ -58,7 +58,10 @@ def test_step_row_state_counts_and_outputs_win_over_exit_code():
 
 
 @pytest.fixture
-def run_cfg(write_spec):
+def run_cfg(write_spec, tmp_path, monkeypatch):
+    # an empty history: no planner time estimate, so time limits come from the defaults here
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "empty-history.db"))
+
     def make(**training):
         spec = write_spec(factors={"lora_rank": [4]}, controls=False,
                           training={"batch_size": 8, **training},
@@ -113,6 +116,10 @@ def test_timeout_doubles_the_limit_preemption_keeps_it_others_not_retried(run_cf
     assert retry.decide(cfg, Failure(NODE_FAIL, "")).retry
     for kind in (CANCELLED, FAILED):
         assert not retry.decide(cfg, Failure(kind, "x")).retry
+    # a planner estimate that proved short is doubled the same way
+    est = cfg.model_copy(update={"estimate": {"slurm_time_limit": "00:15:00"}})
+    assert train_time_limit(est) == ("00:15:00", "planner estimate")
+    assert retry.decide(est, Failure(TIMEOUT, "TIMEOUT")).config.resources.slurm.time_limit == "00:30:00"
 
 
 @pytest.mark.parametrize("text,minutes", [("1", 1), ("90", 90), ("1:30", 2), ("04:00:00", 240), ("1-00:00:00", 1440),

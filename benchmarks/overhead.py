@@ -1,0 +1,82 @@
+"""Tool overhead on a large sweep: seconds that `plan` + `scaffold` take for a 1,000-run spec, and
+`status` over it (targets: ≤ 2 s and ≤ 1 s). Timed in-process after imports (what the tool does),
+and as whole CLI processes (what a user waits for, interpreter and imports included).
+
+    python benchmarks/overhead.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-overhead-"))).resolve()
+    os.environ["TUNELAB_HISTORY"] = str(out / "history.db")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    from tunelab.data.capitalization import make_capitalization_dataset
+    from tunelab.models.tiny import build_tiny_model
+    from tunelab.plan import make_plan
+    from tunelab.scaffold import scaffold
+
+    model = build_tiny_model(out / "model", layers=2, hidden=128, seed=0)
+    data = make_capitalization_dataset(5, 1000, out / "data", 0.8, seed=0)
+    spec = {
+        "name": "overhead",
+        "models": [{"name": "tiny", "path": str(model)}],
+        "datasets": [{"name": "caps", "path": str(data)}],
+        "prompt": "Capitalize the word: {input}",
+        "controls": True,
+        "factors": {"lora_rank": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+                    "learning_rate": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1],
+                    "seed": list(range(10))},
+        "training": {"epochs": 1, "max_seq_len": 64},
+    }
+    path = out / "exp" / "experiment.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+
+    make_plan(path, estimates=False)  # warm imports and caches that a CLI process pays at start
+    t0 = time.perf_counter()
+    plan = make_plan(path)
+    t_plan = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scaffold(path)
+    t_both = t_plan + (time.perf_counter() - t0)
+    n = len(plan.finetune_runs)
+
+    from tunelab.execute.slurm import status_rows
+
+    status_rows(path.parent)  # first call creates the ledger; time the steady case
+    t0 = time.perf_counter()
+    rows = status_rows(path.parent)
+    t_status = time.perf_counter() - t0
+
+    def cli(*argv: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tunelab", *argv], check=True, capture_output=True)
+        return time.perf_counter() - t
+
+    c_plan = cli("plan", str(path))
+    c_scaffold = cli("scaffold", str(path))
+    c_status = cli("status", str(path.parent))
+    print(f"{n} fine-tuned runs + {len(plan.controls)} controls ({len(rows)} status rows)")
+    print(f"in-process:   plan {t_plan:.2f} s, plan + scaffold {t_both:.2f} s (target ≤ 2 s), status {t_status:.2f} s (target ≤ 1 s)")
+    print(f"CLI process:  plan {c_plan:.2f} s, scaffold {c_scaffold:.2f} s, status {c_status:.2f} s "
+          "(interpreter start and imports included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Time estimates against measurements on this machine: one calibration run, then a held-out
+configuration (another micro-batch and rank) predicted from history and then really trained.
+Ratios only (predicted ÷ measured), never absolute seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tunelab import history, ledger
+from tunelab.experiment import load_runs
+from tunelab.plan import make_plan
+from tunelab.scaffold import scaffold
+
+pytestmark = pytest.mark.slow
+
+
+def _train(cfg) -> float:
+    t0 = time.monotonic()
+    with open(cfg.run_dir / "train.log", "w") as log:
+        subprocess.run(["bash", str(cfg.run_dir / "job.sh")], stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.monotonic() - t0
+
+
+def test_heldout_time_predicted_from_one_calibration_run(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    spec = write_spec(factors={"lora_rank": [8, 16], "batch_size": [8, 16]}, controls=False,
+                      naming="r{lora_rank}_bs{batch_size}", training={"epochs": 2, "logging_steps": 5})
+    runs = {c.name: c for c in scaffold(spec).runs}
+    _train(runs["r8_bs8"])
+    ledger.ingest_all(spec.parent, load_runs(spec.parent))
+    (row,) = history.load()
+    assert row.per_token_s > 0 and row.step_fixed_s is not None and row.startup_s > 0  # measured split
+
+    est = make_plan(spec).estimates["r16_bs16"]
+    assert est.time_source.startswith("history: 1 run(s) of this model")
+    measured = _train(runs["r16_bs16"])
+    summary = json.loads((runs["r16_bs16"].run_dir / "summary.json").read_text())
+    assert 0.6 <= est.seconds / measured <= 1.6, (est.seconds, measured)
+    assert 0.6 <= est.tokens_per_s / summary["tokens_per_s"] <= 1.6, (est.tokens_per_s, summary["tokens_per_s"])
