@@ -12,11 +12,46 @@ import socket
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from pydantic import ValidationError
+
+from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
 from tunelab.train import status as st
 
 SPEC_FILE = "experiment.yaml"
 LEDGER_FILE = "tunelab.db"
+
+
+RUNS_CACHE = ".runs-cache.json"
+
+
+def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
+    """Parse each run.yaml, reusing the parse of files unchanged since the last call (same size and
+    mtime): YAML parsing is what makes `status` slow on a 1,000-run sweep. Hand edits change mtime."""
+    cache_path = exp / RUNS_CACHE
+    cache = read_json(cache_path, default={}) or {}
+    fresh: dict[str, dict] = {}
+    runs = []
+    for p in paths:
+        stat = p.stat()
+        key, stamp = str(p.relative_to(exp)), [stat.st_mtime_ns, stat.st_size]
+        entry = cache.get(key)
+        if entry and entry.get("stamp") == stamp:
+            try:
+                runs.append(RunConfig.model_validate(entry["data"]))
+                fresh[key] = entry
+                continue
+            except ValidationError:
+                pass
+        cfg = load_run_config(p)
+        runs.append(cfg)
+        fresh[key] = {"stamp": stamp, "data": cfg.model_dump(mode="json")}
+    if fresh != cache:
+        try:
+            atomic_write_json(cache_path, fresh, durable=False)
+        except OSError:
+            pass  # a read-only experiment dir still works, only slower
+    return runs
 
 
 def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
@@ -28,8 +63,8 @@ def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
         (exp / "controls").glob(f"*/{RUN_FILE}"), key=natural_key)
     if not paths:
         raise TunelabError("no runs here: run `tunelab scaffold experiment.yaml` first", file=exp)
-    runs = [load_run_config(p) for p in paths]
-    for cfg, p in zip(runs, paths):
+    runs = _load_configs(exp, paths)
+    for cfg in runs:
         # The directory a run.yaml sits in wins: an experiment dir can be moved or copied whole.
         if Path(cfg.experiment_dir).resolve() != exp.resolve():
             cfg.experiment_dir = str(exp.resolve())

@@ -42,9 +42,9 @@ class RunConfig(_Strict):
         return Path(self.experiment_dir) / sub / self.name
 
 
-def save_run_config(cfg: RunConfig, path: str | Path | None = None) -> Path:
+def save_run_config(cfg: RunConfig, path: str | Path | None = None, durable: bool = True) -> Path:
     path = Path(path) if path else cfg.run_dir / RUN_FILE
-    return atomic_write_yaml(path, cfg.model_dump(mode="json"))
+    return atomic_write_yaml(path, cfg.model_dump(mode="json"), durable)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tunelab.catalog import GPU
@@ -14,9 +13,9 @@ from tunelab.errors import TunelabError
 from tunelab.execute.retry import differs_only_by_retries
 from tunelab.execute.slurm_jobs import slurm_settings, write_slurm_scripts
 from tunelab.experiment import SPEC_FILE
-from tunelab.fsutil import atomic_write_text, atomic_write_yaml
+from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
 from tunelab.plan import Plan, make_plan, render_plan_md
-from tunelab.runconfig import RUN_FILE, load_run_config, save_run_config
+from tunelab.runconfig import RUN_FILE, load_run_config
 from tunelab.spec import resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
@@ -37,51 +36,68 @@ def _resolved_spec_dump(plan: Plan) -> dict:
     return data
 
 
-def _check_not_clobbering(plan: Plan, force: bool) -> None:
-    """A run that already has results keeps its config unless --force: results must match their config."""
+def _changed_configs(plan: Plan, texts: dict[str, str]) -> dict[str, dict]:
+    """run.yaml files on disk that differ from the newly designed ones, parsed (the rest are not
+    parsed at all: re-scaffolding a 1,000-run sweep stays fast)."""
+    changed = {}
     for cfg in plan.runs:
         path = cfg.run_dir / RUN_FILE
-        if not path.is_file() or force:
+        if path.is_file():
+            text = path.read_text()
+            if text != texts[cfg.name]:
+                changed[cfg.name] = load_yaml(text) or {}
+    return changed
+
+
+def _check_not_clobbering(plan: Plan, changed: dict[str, dict], force: bool) -> None:
+    """A run that already has results keeps its config unless --force: results must match their config."""
+    if force:
+        return
+    for cfg in plan.runs:
+        if cfg.name not in changed:
             continue
-        old = yaml.safe_load(path.read_text()) or {}
+        old = dict(changed[cfg.name])
         new = cfg.model_dump(mode="json")
         old.pop("estimate", None)  # the estimate moves with history: not a change of the run
         new.pop("estimate", None)
-        if differs_only_by_retries(old, new):
-            continue  # kept as the retry left it (see scaffold())
-        has_results = (cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists()
-        if old != new and has_results:
+        if old == new or differs_only_by_retries(old, new):
+            continue  # the same run, or as a retry left it (kept, see scaffold())
+        if (cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists():
             raise TunelabError(
                 f"run '{cfg.name}' already has results and its config would change; "
                 "use --force to overwrite, or scaffold into another --out directory",
-                file=path,
+                file=cfg.run_dir / RUN_FILE,
             )
 
 
 def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False,
              gpu: GPU | None = None) -> Plan:
     plan = make_plan(spec_path, out_dir, gpu=gpu)
-    _check_not_clobbering(plan, force)
+    for i, cfg in enumerate(plan.runs):
+        if cfg.name in plan.estimates:
+            plan.runs[i] = cfg.model_copy(update={"estimate": plan.estimates[cfg.name].to_dict()})
+    texts = {cfg.name: dump_yaml(cfg.model_dump(mode="json")) for cfg in plan.runs}
+    changed = _changed_configs(plan, texts)
+    _check_not_clobbering(plan, changed, force)
     exp = plan.experiment_dir
     exp.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     if plan.spec_path != (exp / SPEC_FILE).resolve():
         atomic_write_yaml(exp / SPEC_FILE, _resolved_spec_dump(plan))
     atomic_write_text(exp / "plan.md", render_plan_md(plan))
+    # Generated files are written atomically but without fsync: a rerun rewrites them identically.
     for i, cfg in enumerate(plan.runs):
-        if cfg.name in plan.estimates:
-            cfg = plan.runs[i] = cfg.model_copy(update={"estimate": plan.estimates[cfg.name].to_dict()})
-        existing = cfg.run_dir / RUN_FILE
-        old = yaml.safe_load(existing.read_text()) if existing.is_file() else None
-        if not force and differs_only_by_retries(old, cfg.model_dump(mode="json")):
-            cfg = plan.runs[i] = load_run_config(existing)  # a retry's run.yaml (attempt > 1) stays
+        old = changed.get(cfg.name)
+        if not force and old is not None and differs_only_by_retries(old, cfg.model_dump(mode="json")):
+            cfg = plan.runs[i] = load_run_config(cfg.run_dir / RUN_FILE)  # a retry's run.yaml (attempt > 1) stays
         else:
-            save_run_config(cfg)
+            atomic_write_text(cfg.run_dir / RUN_FILE, texts[cfg.name], durable=False)
         if cfg.kind == "finetune":
             job = cfg.run_dir / "job.sh"
-            atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python))
+            atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python), durable=False)
             job.chmod(0o755)
-        write_slurm_scripts(cfg, python)  # job.sbatch + eval.sbatch, for `--executor slurm` or by hand
+        if cfg.resources.executor == "slurm":  # (`tunelab run --executor slurm` writes them when it submits)
+            write_slurm_scripts(cfg, python, durable=False)  # job.sbatch + eval.sbatch
     submit = exp / "submit_all.sh"
     if plan.runs and plan.runs[0].resources.executor == "slurm":
         slurm = slurm_settings(plan.runs[0])

@@ -102,8 +102,10 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
         path = path / "run.yaml" if (path / "run.yaml").is_file() else path / "experiment.yaml"
     import yaml
 
+    from tunelab.fsutil import load_yaml
+
     try:
-        head = yaml.safe_load(path.read_text()) if path.is_file() else None
+        head = load_yaml(path.read_text()) if path.is_file() else None
     except yaml.YAMLError:
         head = None
     if isinstance(head, dict) and "kind" in head and "experiment_dir" in head:

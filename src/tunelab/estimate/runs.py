@@ -4,6 +4,7 @@ each number with its source (measured history, or a model when there is none).""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
@@ -110,6 +111,22 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
     return None, "none: no history on this device and no FLOPs peak for it", []
 
 
+# A sweep repeats the same model, data and batch shape across many runs: compute each once.
+@lru_cache(maxsize=64)
+def _architecture(path: str) -> Architecture:
+    return resolve_architecture(path)
+
+
+@lru_cache(maxsize=256)
+def _packed_rows(lengths: tuple[int, ...], max_seq_len: int) -> int:
+    return simulate_bfd_packing(list(lengths), max_seq_len).sequences
+
+
+@lru_cache(maxsize=1024)
+def _padded_tokens(lengths: tuple[int, ...], batch: int, max_seq_len: int, seed: int) -> int:
+    return simulate_padding(list(lengths), batch, max_seq_len, seed=seed).padded_tokens
+
+
 def slurm_time_limit(seconds: float) -> str:
     minutes = math.ceil((seconds * TIME_LIMIT_MARGIN + 300) / 60 / 15) * 15
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
@@ -120,13 +137,14 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     """lengths: token lengths of the train split as training formats it (measured)."""
     t = cfg.training
     assert t is not None, "controls have nothing to estimate"
-    arch = resolve_architecture(cfg.model.path)
+    arch = _architecture(cfg.model.path)
+    key = tuple(lengths)
     if t.packing:
-        rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
+        rows = _packed_rows(key, t.max_seq_len)
         tokens_epoch = sum(min(n, t.max_seq_len) for n in lengths)
     else:
         rows = len(lengths)
-        tokens_epoch = simulate_padding(lengths, t.batch_size, t.max_seq_len, seed=t.seed).padded_tokens
+        tokens_epoch = _padded_tokens(key, t.batch_size, t.max_seq_len, t.seed)
     batches = math.ceil(rows / t.batch_size)
     full_steps = math.ceil(batches / t.gradient_accumulation_steps) * t.epochs
     steps = min(full_steps, t.max_steps) if t.max_steps else full_steps

@@ -102,7 +102,7 @@ def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
     return opts
 
 
-def write_slurm_scripts(cfg: RunConfig, python: str | None = None) -> list[Path]:
+def write_slurm_scripts(cfg: RunConfig, python: str | None = None, durable: bool = True) -> list[Path]:
     """(Re)write the run's job.sbatch (fine-tuned runs) and eval.sbatch from its run.yaml."""
     python = python or sys.executable
     s = slurm_settings(cfg)
@@ -112,12 +112,12 @@ def write_slurm_scripts(cfg: RunConfig, python: str | None = None) -> list[Path]
         limit, source = train_time_limit(cfg)
         path = cfg.run_dir / TRAIN_SCRIPT
         atomic_write_text(path, _env.get_template("job.sbatch.j2").render(
-            sbatch=sbatch_options(cfg, "train"), time_limit=limit, time_limit_source=source, **common))
+            sbatch=sbatch_options(cfg, "train"), time_limit=limit, time_limit_source=source, **common), durable)
         path.chmod(0o755)
         written.append(path)
     path = cfg.run_dir / EVAL_SCRIPT
     atomic_write_text(path, _env.get_template("eval.sbatch.j2").render(
-        sbatch=sbatch_options(cfg, "eval"), experiment_dir=cfg.experiment_dir, **common))
+        sbatch=sbatch_options(cfg, "eval"), experiment_dir=cfg.experiment_dir, **common), durable)
     path.chmod(0o755)
     written.append(path)
     return written
