@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS history (
     train_time_s REAL,
     overhead_s REAL,
     startup_s REAL,
+    finish_s REAL,
     recorded_at TEXT
 );
 """
@@ -81,6 +82,7 @@ class HistoryRun:
     train_time_s: float | None = None
     overhead_s: float | None = None
     startup_s: float | None = None
+    finish_s: float | None = None
     recorded_at: str | None = None
 
 
@@ -175,5 +177,6 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         train_time_s=summary.get("train_time_s"),
         overhead_s=summary.get("overhead_s"),
         startup_s=summary.get("startup_s"),
+        finish_s=summary.get("finish_s"),
         recorded_at=now_iso(),
     )

@@ -184,7 +184,9 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         elif not refs:
             startup = ASSUMED_STARTUP_S
             time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
-        seconds = round((startup or 0.0) + train_s * (1 + overhead_frac), 1)
+        finishes = [r.finish_s for r in refs if r.finish_s is not None]
+        finish = median(finishes) if finishes else 0.0
+        seconds = round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1)
     gpus = max(1, cfg.resources.gpus_per_run) if gpu is not None else 0
     return RunEstimate(
         run=cfg.name,

@@ -166,12 +166,12 @@ def _step_cost(trainer, t, run_dir: Path) -> dict[str, Any] | None:
     if not tps or not steps or not last.get("tokens"):
         return None
     tokens_per_step = last["tokens"] / steps
-    seq_len = max(8, int(round(tokens_per_step / (t.batch_size * t.gradient_accumulation_steps))))
     try:
-        cost = measure_step_cost(trainer.model, t.batch_size, min(seq_len, t.max_seq_len),
-                                 trainer.model.config.vocab_size, tokens_per_step / tps, tokens_per_step)
+        cost = measure_step_cost(trainer, t.batch_size, tokens_per_step / tps, tokens_per_step)
     except Exception as exc:  # a measurement must never fail a finished run
         _log(f"step cost not measured: {type(exc).__name__}: {exc}")
+        return None
+    if cost is None:
         return None
     cost["tokens_per_step"] = round(tokens_per_step, 2)
     return cost
@@ -345,16 +345,19 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     if val_ds is not None and writer.last_eval_step != trainer.state.global_step:
         metrics = trainer.evaluate()
         writer.write(trainer.state.global_step, trainer.state.epoch, metrics)
+    elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
+    finish_t0 = time.monotonic()
     step_cost = _step_cost(trainer, t, run_dir)
     return _summarize(
         run_dir,
         cfg,
         {
             "epochs": t.epochs,
-            "duration_s": round(writer.elapsed(), 3),
-            "train_time_s": round(writer.elapsed() - counters.overhead_s, 3),
+            "duration_s": round(elapsed, 3),
+            "train_time_s": round(elapsed - counters.overhead_s, 3),
             "overhead_s": round(counters.overhead_s, 3),
             "step_cost": step_cost,
+            "finish_s": round(time.monotonic() - finish_t0, 3),  # after training: step cost, summary
             "startup_s": round(startup["startup_s"], 3) if startup.get("startup_s") is not None else None,
             "train_examples": len(train_ds),
             "validation_examples": len(val_ds) if val_ds is not None else None,

@@ -23,50 +23,60 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time_fwd_bwd(model, batch: int, length: int, vocab: int, device) -> tuple[float, float | None]:
+def _time_real_steps(trainer, batch: int) -> tuple[float, float, float | None] | None:
+    """Median (tokens, seconds, peak GiB) of real steps at this micro-batch: collation, forward,
+    backward and optimizer step, on the run's own training data."""
     import torch
+    from torch.utils.data import DataLoader
 
-    ids = torch.randint(0, vocab, (batch, length), device=device, generator=None)
+    from tunelab.train.metrics import count_batch
+
+    loader = DataLoader(trainer.train_dataset, batch_size=batch, shuffle=False, collate_fn=trainer.data_collator)
+    it = iter(loader)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, tokens = [], []
     for i in range(REPEATS + 1):
         _sync()
         t0 = time.perf_counter()
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
+        try:
+            inputs = trainer._prepare_inputs(next(it))
+        except StopIteration:
+            break
+        n = count_batch(inputs)[0]
+        trainer.training_step(trainer.model, inputs)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
         _sync()
         if i:  # the first is warm-up
             times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
+            tokens.append(n)
+    if not times:
+        return None
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return median(times), peak
+    return median(tokens), median(times), peak
 
 
-def measure_step_cost(model, micro_batch: int, seq_len: int, vocab: int, steady_step_s: float | None,
-                      tokens_per_step: float | None) -> dict[str, Any]:
-    """Per-token cost from fwd+bwd at two micro-batch sizes; the fixed part from the real steady step."""
+def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
+                      tokens_per_step: float | None) -> dict[str, Any] | None:
+    """Per-token cost from real steps at two micro-batch sizes (after the last checkpoint is saved:
+    the weights they change are never saved); the fixed part from the run's own steady step time."""
     import torch
 
-    device = next(model.parameters()).device
     rng_state = torch.get_rng_state()
-    was_training = model.training
-    model.train()
-    sizes = sorted({max(1, micro_batch // 2), micro_batch * 2})
-    if len(sizes) < 2:
-        sizes = [1, 2]
     points = []
     try:
-        for b in sizes:
-            secs, peak = _time_fwd_bwd(model, b, seq_len, vocab, device)
-            points.append({"tokens": b * seq_len, "seconds": round(secs, 6), "peak_gib": peak})
+        for b in sorted({max(1, micro_batch // 2), micro_batch * 2}):
+            got = _time_real_steps(trainer, b)
+            if got:
+                points.append({"batch": b, "tokens": got[0], "seconds": round(got[1], 6), "peak_gib": got[2]})
     finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
         torch.set_rng_state(rng_state)
+    if len(points) < 2 or points[1]["tokens"] == points[0]["tokens"]:
+        return None
     (t1, s1), (t2, s2) = ((p["tokens"], p["seconds"]) for p in points)
     per_token = max(0.0, (s2 - s1) / (t2 - t1))
     fixed = None
     if steady_step_s is not None and tokens_per_step is not None:
         fixed = max(0.0, steady_step_s - per_token * tokens_per_step)
-    return {"points": points, "per_token_s": per_token, "fixed_s": fixed, "seq_len": seq_len}
+    return {"points": points, "per_token_s": per_token, "fixed_s": fixed}
