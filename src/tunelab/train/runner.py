@@ -366,6 +366,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
             "trainable_params": int(trainable),
             "total_params": int(total),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "gpu_memory_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
             "cpu_threads": torch.get_num_threads(),
             "dtype": str(dtype).removeprefix("torch."),
             "activation_checkpointing": t.gradient_checkpointing,
