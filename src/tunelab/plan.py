@@ -7,6 +7,7 @@ plan says so instead of guessing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from typing import Any
@@ -73,19 +74,33 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path) -> tuple[dict[str, M
     return models, datasets
 
 
-def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Token lengths of train and validation as training will format them (real tokenizer)."""
+def _length_key(cfg: RunConfig) -> tuple:
+    stat = Path(cfg.dataset.path).stat()  # a rewritten dataset file is measured again
+    return (cfg.model.path, cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field, cfg.prompt,
+            cfg.chat_template, cfg.system_prompt, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=32)
+def _lengths(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
     from transformers import AutoTokenizer
 
-    from tunelab.data.formatting import prompt_format_of
+    from tunelab.data.formatting import PromptFormat
 
-    tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    fmt = prompt_format_of(cfg)
-    splits = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)
-    inp, out = cfg.dataset.input_field, cfg.dataset.output_field
+    model, dataset, inp, out, prompt, chat, system = key[:7]
+    tok = AutoTokenizer.from_pretrained(model)
+    fmt = PromptFormat(prompt, chat, system)
+    splits = load_splits(dataset, inp, out)
     return tuple(  # type: ignore[return-value]
-        [len(fmt.encode_example(r[inp], r[out], tok)["input_ids"]) for r in splits[s]] for s in ("train", "validation")
+        tuple(len(fmt.encode_example(r[inp], r[out], tok)["input_ids"]) for r in splits[s])
+        for s in ("train", "validation")
     )
+
+
+def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """Token lengths of train and validation as training will format them (real tokenizer), measured
+    once per model x dataset x prompt format in a process."""
+    train, val = _lengths(_length_key(cfg))
+    return list(train), list(val)
 
 
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
@@ -99,16 +114,8 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstima
         import torch
 
         threads = torch.get_num_threads()
-    cache: dict[tuple, tuple[list[int], list[int]]] = {}
-    out = {}
-    for cfg in runs:
-        if cfg.training is None:
-            continue
-        key = (cfg.model.path, cfg.dataset.path, cfg.prompt, cfg.chat_template, cfg.system_prompt)
-        if key not in cache:
-            cache[key] = measure_lengths(cfg)
-        out[cfg.name] = estimate_run(cfg, gpu, *cache[key], past, threads)
-    return out
+    return {cfg.name: estimate_run(cfg, gpu, *measure_lengths(cfg), past, threads)
+            for cfg in runs if cfg.training is not None}
 
 
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,

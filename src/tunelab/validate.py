@@ -32,22 +32,6 @@ class RunCheck:
         return self.__dict__.copy()
 
 
-def _measured_lengths(cfg: RunConfig) -> list[int] | None:
-    """Token lengths of the train split as training will see them (needs the local tokenizer)."""
-    if not Path(cfg.model.path).is_dir():
-        return None
-    from transformers import AutoTokenizer
-
-    from tunelab.data.formatting import prompt_format_of
-    from tunelab.data.splits import load_splits
-
-    tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    fmt = prompt_format_of(cfg)
-    rows = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)["train"]
-    return [len(fmt.encode_example(r[cfg.dataset.input_field], r[cfg.dataset.output_field], tok)["input_ids"])
-            for r in rows]
-
-
 def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None) -> RunCheck:
     t = cfg.training
     if t is None:
@@ -113,14 +97,9 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     else:
         from tunelab.plan import make_plan
 
-        runs = make_plan(path).finetune_runs
-    cache: dict[tuple, list[int] | None] = {}
-    checks = []
-    for cfg in runs:
-        if cfg.training is None:
-            continue
-        key = (cfg.model.path, cfg.dataset.path, cfg.prompt, cfg.chat_template, cfg.system_prompt)
-        if key not in cache:
-            cache[key] = _measured_lengths(cfg)
-        checks.append(check_run(cfg, gpu, cache[key]))
-    return checks
+        runs = make_plan(path, estimates=False).finetune_runs
+    from tunelab.plan import measure_lengths
+
+    # lengths need the model's tokenizer: a well-known model name without a local dir has none
+    return [check_run(cfg, gpu, measure_lengths(cfg)[0] if Path(cfg.model.path).is_dir() else None)
+            for cfg in runs if cfg.training is not None]
