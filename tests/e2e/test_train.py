@@ -61,6 +61,13 @@ def test_packing_bfd_packs_and_learns(write_spec):
     assert summary["steps"] == 2 * -(-p["sequences"] // 2)
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     assert rows[-1]["loss"] < rows[0]["loss"]
+    # the planner's packing simulation predicts exactly what the trainer packed
+    from tunelab.estimate.dataset import simulate_bfd_packing
+    from tunelab.plan import measure_lengths
+
+    predicted = simulate_bfd_packing(measure_lengths(cfg)[0], 128)
+    assert (predicted.sequences, predicted.examples) == (p["sequences"], p["examples"])
+    assert predicted.fill_fraction == p["fill_fraction"]
 
 
 def _wait_for(predicate, timeout: float) -> bool:
