@@ -40,7 +40,7 @@ def test_heldout_time_predicted_from_one_calibration_run(write_spec, tmp_path, m
     measured = _train(runs["r16_bs16"])
     summary = json.loads((runs["r16_bs16"].run_dir / "summary.json").read_text())
     # A 2× band: wide enough for a shared CI machine whose load changes between the two runs, narrow
-    # enough to fail the models this replaced (FLOPs scaling alone was off by 2.8× on these sizes).
-    # The tight figure (median error) is benchmarks/estimate_accuracy.py's job.
+    # enough for gross errors (steps vs tokens, a missing start-up, epochs not counted). The tight
+    # figure (median error over six held-out configurations) is benchmarks/estimate_accuracy.py's job.
     assert 0.5 <= est.seconds / measured <= 2.0, (est.seconds, measured)
     assert 0.5 <= est.tokens_per_s / summary["tokens_per_s"] <= 2.0, (est.tokens_per_s, summary["tokens_per_s"])
