@@ -416,6 +416,8 @@ def demo_cmd(
         raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
     report = run_demo(out, force=force, console=console, executor=executor)
     console.print(f"\n[bold green]Report:[/bold green] {report}")
+    if report.with_suffix(".html").is_file():
+        console.print(f"[bold green]Open in a browser:[/bold green] {report.with_suffix('.html')}")
 
 
 if __name__ == "__main__":  # pragma: no cover
