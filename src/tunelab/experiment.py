@@ -98,6 +98,11 @@ def _pid_alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
+def is_evaluated(run_dir: str | Path) -> bool:
+    """Some evaluation of this run finished (eval/<label>/scores.json is written last, atomically)."""
+    return any((Path(run_dir) / "eval").glob("*/scores.json"))
+
+
 def training_state(run_dir: str | Path) -> str:
     """pending | running | completed | failed | interrupted, from the run directory's files."""
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab import history
-from tunelab.experiment import LEDGER_FILE, training_state
+from tunelab.experiment import LEDGER_FILE, is_evaluated, training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -137,7 +137,7 @@ def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
 
 
 def _control_state(cfg: RunConfig) -> str:
-    return st.COMPLETED if any((cfg.run_dir / "eval").glob("*/scores.json")) else st.PENDING
+    return st.COMPLETED if is_evaluated(cfg.run_dir) else st.PENDING
 
 
 def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:

@@ -13,7 +13,7 @@ from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import tokens_per_microbatch
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
-from tunelab.estimate.speed import DEFAULT_MFU, flops_per_token, model_tokens_per_s
+from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
 from tunelab.history import HistoryRun
 from tunelab.runconfig import RunConfig
 
@@ -71,8 +71,8 @@ def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]
 
 
 def _row_flops_per_token(row: HistoryRun, seq_len: int) -> float:
-    attention = 3.0 * 4.0 * (row.layers or 0) * seq_len * (row.hidden or 0) / 2
-    return 4.0 * (row.parameters or 0) + attention
+    # history keeps hidden, not heads × head_dim: equal for the families in the catalog
+    return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
 
 
 def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int) -> float:

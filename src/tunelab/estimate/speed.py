@@ -13,10 +13,13 @@ from tunelab.catalog import GPU, Architecture
 DEFAULT_MFU = 0.35
 
 
+def dense_attention_flops(parameters: int, layers: int, attention_width: int, seq_len: int) -> float:
+    """FLOPs per trained token: 4N dense (LoRA) + attention fwd+bwd (causal: half the matrix)."""
+    return 4.0 * parameters + 3.0 * 4.0 * layers * seq_len * attention_width / 2
+
+
 def flops_per_token(arch: Architecture, seq_len: int) -> float:
-    dense = 4.0 * arch.parameters
-    attention = 3.0 * 4.0 * arch.layers * seq_len * arch.heads * arch.head_dim / 2  # causal: half the matrix
-    return dense + attention
+    return dense_attention_flops(arch.parameters, arch.layers, arch.heads * arch.head_dim, seq_len)
 
 
 def model_tokens_per_s(arch: Architecture, gpu: GPU, seq_len: int, mfu: float = DEFAULT_MFU) -> float | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.models.check import TOKENIZER_FILES  # any one of them makes a loadable tokenizer
 from tunelab.train.checkpoints import ADAPTER_FILES
 from tunelab.train.status import CHECKPOINTS_DIR
 
-TOKENIZER_ANY = ("tokenizer.json", "tokenizer.model")
 
 
 @dataclass
@@ -46,7 +46,7 @@ def verify_checkpoints(run_dir: str | Path) -> list[EpochCheck]:
                 c.problems.append(f"{req} missing")
             elif c.files[req] == 0:
                 c.problems.append(f"{req} is empty (0 bytes)")
-        if not any(t in c.files for t in TOKENIZER_ANY):
+        if not any(t in c.files for t in TOKENIZER_FILES):
             c.problems.append("tokenizer missing")
         c.problems += [f"{n} is empty (0 bytes)" for n, size in c.files.items()
                        if size == 0 and n not in ADAPTER_FILES]
