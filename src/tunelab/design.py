@@ -32,6 +32,36 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-") or "run"
 
 
+def prompt_names(spec: ExperimentSpec) -> dict[str, str | None]:
+    """Short names of the swept prompt templates (p1, p2, …) for run names; the mapping goes to plan.md."""
+    levels = spec.prompt_levels()
+    return {f"p{i}": t for i, t in enumerate(levels, 1)}
+
+
+def _common(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> dict:
+    """What every run of the experiment shares (resolved paths, eval, resources)."""
+    task_datasets = {t.dataset for t in spec.eval.resolved_tasks() if t.dataset}
+    return dict(
+        experiment=spec.name,
+        experiment_dir=str(experiment_dir),
+        system_prompt=spec.system_prompt,
+        chat_template=spec.chat_template,
+        chat_template_date=spec.chat_template_date,
+        eval=spec.eval.model_copy(update={"tasks": [
+            t.model_copy(update={"file": str(resolve_path(spec_dir, t.file))}) if t.file else t
+            for t in spec.eval.tasks]}),
+        eval_datasets={n: resolve_dataset(spec.dataset(n), spec_dir) for n in sorted(task_datasets)},
+        resources=merge_resources(spec.resources),  # + the user's config file; the spec wins
+    )
+
+
+def resolve_dataset(d: DatasetSpec, spec_dir: Path) -> DatasetSpec:
+    """The dataset with every path absolute (run.yaml must not depend on where it is read from)."""
+    paths = {k: str(resolve_path(spec_dir, v)) for k in ("path", "train", "validation", "test")
+             if (v := getattr(d, k))}
+    return d.model_copy(update=paths)
+
+
 def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> list[RunConfig]:
     """All runs of the experiment: fine-tuned runs first (factorial order), then one control per model x dataset."""
     models = {m.name: m for m in spec.models}
@@ -45,32 +75,26 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         return ModelSpec(name=m.name, path=str(resolve_path(spec_dir, m.path)))
 
     def dataset_ref(name: str) -> DatasetSpec:
-        d = datasets[name]
-        return d.model_copy(update={"path": str(resolve_path(spec_dir, d.path))})
+        return resolve_dataset(datasets[name], spec_dir)
 
-    common = dict(
-        experiment=spec.name,
-        experiment_dir=str(experiment_dir),
-        prompt=spec.prompt,
-        system_prompt=spec.system_prompt,
-        chat_template=spec.chat_template,
-        eval=spec.eval,
-        resources=merge_resources(spec.resources),  # + the user's config file; the spec wins
-    )
+    common = _common(spec, spec_dir, experiment_dir)
+    prompts = prompt_names(spec)
+    swept_prompt = "prompt" in spec.factors
     runs: list[RunConfig] = []
     seen: dict[str, dict] = {}
     levels = [spec.factors[k] for k in swept]
     for model_name in spec.model_levels():
-        for dataset_name in spec.dataset_levels():
+        for dataset_name, (prompt_name, prompt) in itertools.product(spec.dataset_levels(), prompts.items()):
             for combo in itertools.product(*levels) if swept else [()]:
                 factors = dict(zip(swept, combo))
                 training = spec.training.model_copy(update=factors)
                 # Re-validate: model_copy(update=) skips validation.
                 training = type(training).model_validate(training.model_dump())
-                fields = {"model": model_name, "dataset": dataset_name}
+                fields = {"model": model_name, "dataset": dataset_name, "prompt": prompt_name}
                 fields.update({k: _fmt_level(v) for k, v in factors.items()})
                 name = safe_name(pattern.format(**fields))
-                all_factors = {"model": model_name, "dataset": dataset_name, **factors}
+                all_factors = {"model": model_name, "dataset": dataset_name,
+                               **({"prompt": prompt_name} if swept_prompt else {}), **factors}
                 if name in seen:
                     raise TunelabError(
                         f"naming pattern '{pattern}' gives the name '{name}' to two runs "
@@ -84,28 +108,55 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
                         kind="finetune",
                         model=model_ref(model_name),
                         dataset=dataset_ref(dataset_name),
+                        prompt=prompt,
                         factors=all_factors,
                         training=training,
                         **common,
                     )
                 )
     if spec.controls:
-        many_datasets = len(spec.dataset_levels()) > 1
-        for model_name in spec.model_levels():
-            for dataset_name in spec.dataset_levels():
-                name = safe_name(f"{model_name}_{dataset_name}_base" if many_datasets else f"{model_name}_base")
-                if name in seen:
-                    raise TunelabError(f"control name '{name}' collides with a run name", field="naming")
-                seen[name] = {"model": model_name}
-                runs.append(
-                    RunConfig(
-                        name=name,
-                        kind="control",
-                        model=model_ref(model_name),
-                        dataset=dataset_ref(dataset_name),
-                        factors={"model": model_name, "dataset": dataset_name},
-                        training=None,
-                        **common,
-                    )
-                )
+        runs += _controls(spec, common, prompts, seen, model_ref, dataset_ref)
+    runs += eval_only_runs(spec, spec_dir, common, seen)
     return runs
+
+
+def _controls(spec: ExperimentSpec, common: dict, prompts: dict[str, str | None], seen: dict[str, dict],
+              model_ref, dataset_ref) -> list[RunConfig]:
+    """One base-model control per model x dataset (x prompt, when prompts are swept: a control's score
+    depends on its prompt as much as a run's)."""
+    many_datasets = len(spec.dataset_levels()) > 1
+    swept_prompt = "prompt" in spec.factors
+    out = []
+    for model_name, dataset_name, (prompt_name, prompt) in itertools.product(
+            spec.model_levels(), spec.dataset_levels(), prompts.items()):
+        parts = [model_name] + ([dataset_name] if many_datasets else []) + ([prompt_name] if swept_prompt else [])
+        name = safe_name("_".join(parts + ["base"]))
+        if name in seen:
+            raise TunelabError(f"control name '{name}' collides with a run name", field="naming")
+        seen[name] = {"model": model_name}
+        factors = {"model": model_name, "dataset": dataset_name, **({"prompt": prompt_name} if swept_prompt else {})}
+        out.append(RunConfig(name=name, kind="control", model=model_ref(model_name), dataset=dataset_ref(dataset_name),
+                             prompt=prompt, factors=factors, training=None, **common))
+    return out
+
+
+def eval_only_runs(spec: ExperimentSpec, spec_dir: Path, common: dict, seen: dict[str, dict]) -> list[RunConfig]:
+    """Adapters or models trained elsewhere: evaluated with the spec's prompt format, never trained."""
+    from tunelab.models.check import eval_only_base
+
+    out = []
+    models = {m.name: m for m in spec.models}
+    first_dataset = resolve_dataset(spec.dataset(spec.dataset_levels()[0]), spec_dir)
+    for i, e in enumerate(spec.eval_only):
+        if e.name in seen:
+            raise TunelabError(f"'{e.name}' is also the name of a run or control", field=f"eval_only[{i}].name")
+        seen[e.name] = {"eval_only": e.name}
+        checkpoint = resolve_path(spec_dir, e.path)
+        named = models[e.model] if e.model else None
+        base = eval_only_base(checkpoint, resolve_path(spec_dir, named.path) if named else None, f"eval_only[{i}]")
+        out.append(RunConfig(
+            name=e.name, kind="eval_only",
+            model=ModelSpec(name=named.name if named else safe_name(base.name), path=str(base)),
+            dataset=first_dataset, prompt=e.prompt if e.prompt is not None else spec.prompt_levels()[0],
+            checkpoint=str(checkpoint), factors={"eval_only": e.name}, training=None, **common))
+    return out

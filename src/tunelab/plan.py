@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.catalog import GPU
-from tunelab.data.splits import SPLITS, load_splits
+from tunelab.data.loading import DataFile
+from tunelab.data.splits import load_data
 from tunelab.estimate.runs import RunEstimate
-from tunelab.design import expand_runs
+from tunelab.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.models.check import ModelInfo, check_model_dir
+from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (callers import them from here)
 from tunelab.runconfig import RunConfig
-from tunelab.spec import ExperimentSpec, load_spec, resolve_path
+from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 
 
 @dataclass
@@ -29,11 +31,12 @@ class Plan:
     experiment_dir: Path
     runs: list[RunConfig]
     models: dict[str, ModelInfo]
-    datasets: dict[str, dict[str, int]]
+    datasets: dict[str, DatasetInfo]
     recipe: str
     warnings: list[str] = field(default_factory=list)
     gpu: GPU | None = None
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
+    truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -51,8 +54,22 @@ class Plan:
         return [r for r in self.runs if r.kind == "control"]
 
 
-def verify_resources(spec: ExperimentSpec, spec_path: Path) -> tuple[dict[str, ModelInfo], dict[str, dict[str, int]]]:
-    """Check model dirs and dataset splits; errors name the spec file and the field at fault."""
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What plan verified of a dataset: its row format, split sizes and the files it came from."""
+
+    name: str
+    format: str
+    counts: dict[str, int]
+    files: list[DataFile]
+    split_record: str | None
+    eval_only: bool
+
+
+def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
+                     ) -> tuple[dict[str, ModelInfo], dict[str, DatasetInfo]]:
+    """Check model dirs, datasets, their splits and rows; errors name the spec file and the field at fault.
+    A split the spec asks for is made here, once, and recorded in the experiment directory."""
     base = spec_path.parent
     models: dict[str, ModelInfo] = {}
     for i, m in enumerate(spec.models):
@@ -62,45 +79,108 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path) -> tuple[dict[str, M
             models[m.name] = check_model_dir(resolve_path(base, m.path))
         except TunelabError as exc:
             raise TunelabError(str(exc), file=spec_path, field=f"models[{i}].path") from None
-    datasets: dict[str, dict[str, int]] = {}
+    needed = _needed_splits(spec)
+    datasets: dict[str, DatasetInfo] = {}
     for i, d in enumerate(spec.datasets):
-        if d.name not in spec.dataset_levels():
+        if d.name not in needed:
             continue
         try:
-            splits = load_splits(resolve_path(base, d.path), d.input_field, d.output_field)
+            datasets[d.name] = _verify_dataset(spec, resolve_dataset(d, base), experiment_dir, needed[d.name])
         except TunelabError as exc:
-            raise TunelabError(str(exc), file=spec_path, field=f"datasets[{i}].path") from None
-        datasets[d.name] = {s: len(splits[s]) for s in SPLITS}
+            raise TunelabError(str(exc), file=spec_path, field=f"datasets[{i}]") from None
     return models, datasets
 
 
+def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
+    """Dataset -> the splits some run or task reads from it."""
+    needed: dict[str, set[str]] = {}
+    for name in spec.dataset_levels():
+        needed.setdefault(name, {"train"})
+        if spec.training.validation_every_steps or "validation_every_steps" in spec.factors:
+            needed[name].add("validation")
+    for t in spec.eval.resolved_tasks():
+        if t.builtin is None:
+            continue
+        for name in [t.dataset] if t.dataset else spec.dataset_levels():
+            needed.setdefault(name, set()).add(t.split)
+    return needed
+
+
+def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
+    data = load_data(d, experiment_dir, create_split=True)
+    fmt = None
+    for template in spec.prompt_levels():
+        reader = data.reader(template, spec.system_prompt)
+        fmt = reader.format
+        for split in sorted(splits):
+            data.examples(split, reader)  # every row converts, or an error names it
+    rec = str(data.split_record) if data.split_record else None
+    return DatasetInfo(d.name, fmt or "?", data.counts(), data.files, rec, d.eval_only)
+
+
 def _length_key(cfg: RunConfig) -> tuple:
-    stat = Path(cfg.dataset.path).stat()  # a rewritten dataset file is measured again
-    return (cfg.model.path, cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field, cfg.prompt,
-            cfg.chat_template, cfg.system_prompt, stat.st_mtime_ns, stat.st_size)
+    stamps = []
+    for p in cfg.dataset.split_files().values():
+        stat = Path(p).stat()  # a rewritten dataset file is measured again
+        stamps.append((p, stat.st_mtime_ns, stat.st_size))
+    t = cfg.training
+    return (cfg.model.path, cfg.dataset.model_dump_json(), cfg.experiment_dir, cfg.prompt, cfg.system_prompt,
+            cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), tuple(stamps))
 
 
 @lru_cache(maxsize=32)
-def _lengths(key: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _split_masks(key: tuple) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Per split: (tokens, position of the first answer token) of every example, as training encodes it."""
     from transformers import AutoTokenizer
 
     from tunelab.data.formatting import PromptFormat
+    from tunelab.estimate.dataset import first_answer_index
+    from tunelab.spec import DatasetSpec
 
-    model, dataset, inp, out, prompt, chat, system = key[:7]
+    model, dataset_json, exp_dir, prompt, system, chat, date, on_input = key[:8]
     tok = AutoTokenizer.from_pretrained(model)
-    fmt = PromptFormat(prompt, chat, system)
-    splits = load_splits(dataset, inp, out)
-    return tuple(  # type: ignore[return-value]
-        tuple(len(fmt.encode_example(r[inp], r[out], tok)["input_ids"]) for r in splits[s])
-        for s in ("train", "validation")
-    )
+    fmt = PromptFormat(chat, date, on_input)
+    data = load_data(DatasetSpec.model_validate_json(dataset_json), exp_dir)
+    reader = data.reader(prompt, system)
+    out = {}
+    for split in data.splits:
+        enc = [fmt.encode_example(e, tok) for e in data.examples(split, reader)]
+        out[split] = tuple((len(e["input_ids"]), first_answer_index(e["completion_mask"])) for e in enc)
+    return out
+
+
+def split_lengths(cfg: RunConfig) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(tokens, first answer position) per example and split, measured once per model x data x format."""
+    return _split_masks(_length_key(cfg))
 
 
 def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Token lengths of train and validation as training will format them (real tokenizer), measured
-    once per model x dataset x prompt format in a process."""
-    train, val = _lengths(_length_key(cfg))
-    return list(train), list(val)
+    """Token lengths of train and validation as training will format them (real tokenizer)."""
+    per_split = split_lengths(cfg)
+    return [n for n, _ in per_split.get("train", ())], [n for n, _ in per_split.get("validation", ())]
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Examples of a split that max_seq_len cuts: their answers lose tokens (or vanish)."""
+
+    split: str
+    examples: int
+    cut: int
+    no_answer_left: int
+    longest: int
+
+
+def truncation(cfg: RunConfig) -> list[Truncation]:
+    """Per split, the examples longer than the run's max_seq_len (never silent: plan shows it, validate fails)."""
+    assert cfg.training is not None
+    limit = cfg.training.max_seq_len
+    out = []
+    for split, rows in split_lengths(cfg).items():
+        if rows:
+            out.append(Truncation(split, len(rows), sum(1 for n, _ in rows if n > limit),
+                                  sum(1 for _, a in rows if a >= limit), max(n for n, _ in rows)))
+    return out
 
 
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
@@ -123,7 +203,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
-    models, datasets = verify_resources(spec, spec_path)
+    models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
     gpus = spec.resources.gpus_per_run
     recipe = "single device" if gpus <= 1 else f"distributed ({gpus} GPUs per run)"
@@ -140,104 +220,15 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu)
     if estimates:
+        plan.truncation = {cfg.name: truncation(cfg) for cfg in plan.finetune_runs}
+        for name, rows in plan.truncation.items():
+            for t in rows:
+                if t.cut and t.split in ("train", "validation"):
+                    plan.warnings.append(f"{name}: {t.cut} of {t.examples} {t.split} examples are longer than "
+                                         f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.estimates = estimate_runs(runs, gpu)
         for e in plan.estimates.values():
             if e.peak_memory_gib is not None and e.gpu_memory_gib and e.peak_memory_gib > e.gpu_memory_gib:
                 plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
                                      f"{e.gpu_memory_gib:g} GiB (run `tunelab validate` for a batch that fits)")
     return plan
-
-
-def _factor_text(run: RunConfig, swept: list[str]) -> str:
-    return ", ".join(f"{k}={run.factors[k]}" for k in swept if k in run.factors) or "—"
-
-
-def _fmt_seconds(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def plan_rows(plan: Plan) -> list[dict[str, str]]:
-    """One row per run: what the table in the terminal and in plan.md show."""
-    swept = plan.spec.swept_factors()
-    rows = []
-    for i, r in enumerate(plan.runs, 1):
-        t = r.training
-        e = plan.estimates.get(r.name)
-        rows.append({
-            "#": str(i),
-            "run": r.name,
-            "type": "fine-tuned" if r.kind == "finetune" else "control",
-            "model": r.model.name,
-            "dataset": r.dataset.name,
-            "factors": _factor_text(r, swept),
-            "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}" if t else "—",
-            "packing": ("on" if t.packing else "off") if t else "—",
-            "steps": str(e.steps) if e else "—",
-            "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
-                               else "—"),
-            "est. time": (_fmt_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
-        })
-    return rows
-
-
-def render_plan_md(plan: Plan) -> str:
-    spec = plan.spec
-    lines = [f"# Plan: {spec.name}", ""]
-    if spec.description:
-        lines += [spec.description.strip(), ""]
-    n_ft, n_ctl = len(plan.finetune_runs), len(plan.controls)
-    lines += [
-        f"**Runs:** {len(plan.runs)} ({n_ft} fine-tuned + {n_ctl} controls)  ",
-        f"**Recipe:** {plan.recipe}  ",
-        f"**Naming:** `{spec.naming_pattern()}` (controls: `{{model}}_base`)",
-        "",
-        "## Factors",
-        "",
-        "| Factor | Levels |",
-        "|---|---|",
-        f"| model | {', '.join(spec.model_levels())} |",
-        f"| dataset | {', '.join(spec.dataset_levels())} |",
-    ]
-    lines += [f"| {k} | {', '.join(map(str, v))} |" for k, v in spec.factors.items() if k not in ("model", "dataset")]
-    rows = plan_rows(plan)
-    lines += ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
-    lines += ["", "## Resources verified", "", "| Model | Path | Type | Layers × hidden | Vocab | Weights | Chat template |",
-              "|---|---|---|---|---|---|---|"]
-    for name, m in plan.models.items():
-        lines.append(f"| {name} | `{m.path}` | {m.model_type} | {m.layers} × {m.hidden} | {m.vocab_size} | "
-                     f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |")
-    lines += ["", "| Dataset | Path | train | validation | test |", "|---|---|---|---|---|"]
-    for d in spec.datasets:
-        if d.name in plan.datasets:
-            n = plan.datasets[d.name]
-            lines.append(f"| {d.name} | `{resolve_path(plan.spec_path.parent, d.path)}` | {n['train']} | "
-                         f"{n['validation']} | {n['test']} |")
-    lines += ["", f"Evaluation: inspect-ai task `{spec.eval.task}` on the `{spec.eval.split}` split, greedy, "
-              f"max {spec.eval.max_tokens} tokens, epochs: {spec.eval.epochs}.", "",
-              "## Estimates", ""]
-    target = plan.gpu.name if plan.gpu else "this machine's CPU"
-    lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
-              "ledger) or a model.", ""]
-    if plan.estimates:
-        lines += ["| Run | Micro-batch × accum | Packing | Tokens/micro-batch | Peak / GPU (GiB) | Memory source | "
-                  "Steps | Tokens/s | Time | Time source | GPU-h | SLURM limit |", "|" + "---|" * 12]
-        for e in plan.estimates.values():
-            lines.append(
-                f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} | {'on' if e.packed else 'off'} | "
-                f"{e.tokens_per_microbatch:,} | "
-                + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
-                + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
-                f"{_fmt_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
-                f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
-        tot = plan.totals()
-        lines += ["", f"**Total:** {_fmt_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
-                  + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
-                  + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
-    if plan.warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
-    return "\n".join(lines)

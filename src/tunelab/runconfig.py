@@ -12,21 +12,37 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tunelab.fsutil import atomic_write_yaml
-from tunelab.spec import DatasetSpec, EvalSpec, ModelSpec, ResourcesSpec, TrainingConfig, _Strict, load_yaml_model
+from tunelab.spec import (
+    DEFAULT_TEMPLATE_DATE,
+    DatasetSpec,
+    EvalSpec,
+    ModelSpec,
+    ResourcesSpec,
+    TrainingConfig,
+    _Strict,
+    load_yaml_model,
+)
 
 RUN_FILE = "run.yaml"
+RunKind = Literal["finetune", "control", "eval_only"]
+KIND_DIRS: dict[str, str] = {"finetune": "runs", "control": "controls", "eval_only": "eval_only"}
 
 
 class RunConfig(_Strict):
     name: str
-    kind: Literal["finetune", "control"]
+    kind: RunKind
     experiment: str
     experiment_dir: str = Field(description="Absolute path of the experiment directory.")
     model: ModelSpec = Field(description="Base model; path is absolute.")
-    dataset: DatasetSpec = Field(description="Dataset; path is absolute.")
-    prompt: str
+    dataset: DatasetSpec = Field(description="Dataset; paths are absolute.")
+    eval_datasets: dict[str, DatasetSpec] = Field(
+        default_factory=dict, description="Other datasets that eval tasks name (paths absolute).")
+    prompt: str | None = Field(None, description="Prompt template (None: rows bring their own prompt).")
     system_prompt: str | None = None
     chat_template: Literal["auto", "always", "never"] = "auto"
+    chat_template_date: str = DEFAULT_TEMPLATE_DATE
+    checkpoint: str | None = Field(
+        None, description="eval_only: the adapter or model directory evaluated (absolute).")
     factors: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig | None = Field(None, description="None for controls (evaluation only).")
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -38,8 +54,13 @@ class RunConfig(_Strict):
 
     @property
     def run_dir(self) -> Path:
-        sub = "runs" if self.kind == "finetune" else "controls"
-        return Path(self.experiment_dir) / sub / self.name
+        return Path(self.experiment_dir) / KIND_DIRS[self.kind] / self.name
+
+    def dataset_named(self, name: str | None) -> DatasetSpec:
+        """The run's own dataset (None or its name) or one an eval task names."""
+        if name is None or name == self.dataset.name:
+            return self.dataset
+        return self.eval_datasets[name]
 
 
 def save_run_config(cfg: RunConfig, path: str | Path | None = None, durable: bool = True) -> Path:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, should_pack, tokens_per_microbatch
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.runconfig import RunConfig
+
+if TYPE_CHECKING:
+    from tunelab.plan import Truncation
 
 NEAR_LIMIT = 0.90
 IDLE_BELOW = 0.25
@@ -32,7 +35,8 @@ class RunCheck:
         return self.__dict__.copy()
 
 
-def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None) -> RunCheck:
+def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
+              truncated: list[Truncation] | None = None) -> RunCheck:
     t = cfg.training
     if t is None:
         raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
@@ -69,6 +73,13 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None) -> Run
     elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
         check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "
                               f"a micro-batch up to {max_b} fits (keep the effective batch with accumulation)")
+    for cut in truncated or []:
+        if cut.cut and cut.split in ("train", "validation"):
+            check.errors.append(
+                f"{cfg.name}: {cut.cut} of {cut.examples} {cut.split} examples are longer than max_seq_len "
+                f"{t.max_seq_len} (longest: {cut.longest} tokens), so their answers would be cut"
+                + (f"; {cut.no_answer_left} keep no answer at all" if cut.no_answer_left else "")
+                + f"; raise max_seq_len to {cut.longest} or drop those examples")
     if t.warmup_steps is not None and steps is not None and t.warmup_steps > steps:
         check.errors.append(f"{cfg.name}: warmup_steps {t.warmup_steps} exceeds the run's {steps} optimizer steps")
     if lengths and not t.packing and should_pack(sum(lengths) / len(lengths), t.max_seq_len):
@@ -98,8 +109,14 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
         from tunelab.plan import make_plan
 
         runs = make_plan(path, estimates=False).finetune_runs
-    from tunelab.plan import measure_lengths
+    from tunelab.plan import measure_lengths, truncation
 
     # lengths need the model's tokenizer: a well-known model name without a local dir has none
-    return [check_run(cfg, gpu, measure_lengths(cfg)[0] if Path(cfg.model.path).is_dir() else None)
-            for cfg in runs if cfg.training is not None]
+    checks = []
+    for cfg in runs:
+        if cfg.training is None:
+            continue
+        local = Path(cfg.model.path).is_dir()
+        checks.append(check_run(cfg, gpu, measure_lengths(cfg)[0] if local else None,
+                                truncation(cfg) if local else None))
+    return checks

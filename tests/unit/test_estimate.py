@@ -89,10 +89,12 @@ def test_packing_measurement_equals_what_training_packs(tiny_model, caps_dataset
     """The planner's BFD simulation must give the trainer's own packing (same TRL code path)."""
     from tunelab.estimate.dataset import measure_dataset
     from tunelab.data.formatting import PromptFormat
+    from tunelab.spec import DatasetSpec
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    m = measure_dataset(caps_dataset, tok, PromptFormat("Capitalize: {input}"), 128, 2)
+    m = measure_dataset(DatasetSpec(name="caps", path=str(caps_dataset)), tok, PromptFormat(), "Capitalize: {input}",
+                        128, 2)
     # measured by test_train.py::test_packing_bfd_packs_and_learns for the same data and settings
     assert m["packing"]["examples"] == 320
     assert m["packing"]["sequences"] == -(-320 // (128 // 27))
@@ -130,7 +132,12 @@ def test_validate_experiment_warns_on_waste_and_errors_on_warmup(write_spec):
     assert res.exit_code == 0
     warnings = [w for c in json.loads(res.stdout) for w in c["warnings"]]
     assert any("packing is off" in w for w in warnings) and any("uses 1%" in w or "a micro-batch up to" in w for w in warnings)
+    spec = write_spec(training={"max_seq_len": 20})
+    res = runner.invoke(app, ["validate", str(spec), "--gpu", "H100"])
+    # every example is 27 tokens (test_packing_measurement_equals_what_training_packs): all 320 are cut
+    assert res.exit_code == 1 and "320 of 320 train examples are longer than max_seq_len 20" in res.stderr
+    assert "longest: 27 tokens" in res.stderr
     spec = write_spec(prompt="no input here")
     res = runner.invoke(app, ["validate", str(spec), "--gpu", "H100"])
-    assert res.exit_code == 1 and "prompt: must contain '{input}'" in res.stderr
+    assert res.exit_code == 1 and "prompt: must name at least one field" in res.stderr
     assert yaml.safe_load(spec.read_text())  # untouched

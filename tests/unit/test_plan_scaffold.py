@@ -16,7 +16,8 @@ runner = CliRunner()
 def test_plan_verifies_and_lists_runs(write_spec):
     plan = make_plan(write_spec())
     assert [r.name for r in plan.runs] == ["tiny_r4", "tiny_r8", "tiny_base"]
-    assert plan.datasets["caps"] == {"train": 320, "validation": 40, "test": 40}
+    assert plan.datasets["caps"].counts == {"train": 320, "validation": 40, "test": 40}
+    assert plan.datasets["caps"].format == "fields" and plan.datasets["caps"].files[0].rows == 400
     assert plan.models["tiny"].model_type == "llama"
     assert plan.recipe.startswith("single device")
 
@@ -74,7 +75,8 @@ def test_scaffold_refuses_to_change_a_run_with_results(write_spec):
     [
         ({"models": [{"name": "tiny", "path": "/does/not/exist"}]}, "models[0].path", "model directory not found"),
         ({"training": {"lora_rank": "x"}}, "training.lora_rank", "valid integer"),
-        ({"prompt": "no placeholder"}, "prompt", "{input}"),
+        ({"prompt": "no placeholder"}, "prompt", "at least one field"),
+        ({"prompt": "{input} {other}"}, "datasets[0]", "no column(s) other"),
         ({"bogus": 1}, "bogus", "unknown key"),
     ],
 )
@@ -95,5 +97,5 @@ def test_dataset_without_test_split(write_spec, tmp_path):
     spec = write_spec(datasets=[{"name": "caps", "path": str(bad)}])
     res = runner.invoke(app, ["scaffold", str(spec)])
     assert res.exit_code == 1
-    assert "datasets[0].path" in res.stderr and "missing the 'test' split" in res.stderr
+    assert "datasets[0]" in res.stderr and "has no 'test' split" in res.stderr and "split: {test: 0.1}" in res.stderr
     assert not (spec.parent / "runs").exists()

@@ -35,8 +35,18 @@ def test_valid_spec_loads_with_defaults(tmp_path):
         ({"trainig": {}}, "trainig", "unknown key"),
         ({"training": {"lora_rnak": 4}}, "training.lora_rnak", "unknown key"),
         ({"training": {"epochs": "three"}}, "training.epochs", "valid integer"),
-        ({"prompt": "Capitalize this word"}, "prompt", "{input}"),
-        ({"prompt": "{input} {other}"}, "prompt", "unknown placeholder"),
+        ({"prompt": "Capitalize this word"}, "prompt", "at least one field"),
+        ({"prompt": "{input} {0}"}, "prompt", "must name a field"),
+        ({"factors": {"prompt": ["{input}", "plain"]}}, "factors.prompt[1]", "at least one field"),
+        ({"datasets": [{"name": "d", "path": "d.json", "train": "t.json"}]}, "datasets[0]", "not both"),
+        ({"datasets": [{"name": "d", "path": "d.json", "split": {"validation": 0.6, "test": 0.5}}]},
+         "datasets[0].split", "sum below 1"),
+        ({"datasets": [{"name": "d", "path": "d.json", "eval_only": True}]}, "datasets", "every dataset is eval_only"),
+        ({"eval": {"tasks": [{"name": "x", "builtin": "choice", "dataset": "nope"}]}}, "eval.tasks[0].dataset",
+         "not one of datasets"),
+        ({"eval": {"tasks": ["bleu"]}}, "eval.tasks[0]", "not a built-in"),
+        ({"eval": {"tasks": ["exact_match", "exact_match"]}}, "eval", "duplicate"),
+        ({"eval": {"epochs": [-1]}}, "eval.epochs", "0 or more"),
         ({"factors": {"lora_rank": [4, "big"]}}, "factors.lora_rank[1]", "valid integer"),
         ({"factors": {"colour": [1]}}, "factors.colour", "unknown factor"),
         ({"factors": {"model": ["nope"]}}, "factors.model[0]", "not one of models"),
@@ -57,8 +67,8 @@ def test_bad_spec_names_file_and_field(tmp_path, patch, field, words):
 
 def test_missing_required_field(tmp_path):
     data = dict(GOOD)
-    del data["prompt"]
-    with pytest.raises(TunelabError, match=r"experiment.yaml: prompt: Field required"):
+    del data["models"]
+    with pytest.raises(TunelabError, match=r"experiment.yaml: models: Field required"):
         load_spec(_write(tmp_path, data))
 
 

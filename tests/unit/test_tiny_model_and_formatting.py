@@ -26,20 +26,31 @@ def test_tiny_model_is_deterministic_and_reloads_offline(tmp_path, tiny_model):
     assert info.has_chat_template and info.layers == 2 and info.hidden == 128
 
 
+def _example(word: str, template: str = "Capitalize: {input}", system: str | None = None):
+    from tunelab.data.rows import RowReader
+
+    return RowReader("fields", template, system_prompt=system).example({"input": word, "output": word.capitalize()},
+                                                                       "test row")
+
+
 def test_chat_format_masks_only_the_answer(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    fmt = PromptFormat("Capitalize: {input}")
-    assert fmt.render("apple", tok) == "<|bos|><|user|>Capitalize: apple<|eot|><|assistant|>"
-    ex = fmt.encode_example("apple", "Apple", tok)
-    answer = [i for i, m in zip(ex["input_ids"], ex["completion_mask"]) if m]
+    fmt = PromptFormat()
+    ex = _example("apple")
+    prompt = fmt.encode_prompt(ex.prompt, tok)
+    assert tok.decode(prompt) == "<|bos|><|user|>Capitalize: apple<|eot|><|assistant|>"
+    enc = fmt.encode_example(ex, tok)
+    answer = [i for i, m in zip(enc["input_ids"], enc["completion_mask"]) if m]
     assert tok.decode(answer) == "Apple<|eot|>"
-    assert ex["input_ids"][: len(fmt.encode_prompt("apple", tok))] == fmt.encode_prompt("apple", tok)
-    plain = PromptFormat("Capitalize: {input}\n", chat_template="never")
-    assert plain.render("apple", tok) == "Capitalize: apple\n"
-    with_system = PromptFormat("{input}", system_prompt="Be brief.")
-    assert with_system.render("x", tok).startswith("<|bos|><|system|>Be brief.<|eot|>")
+    assert enc["input_ids"][: len(prompt)] == prompt and sum(enc["completion_mask"][: len(prompt)]) == 0
+    plain = PromptFormat(chat_template="never")
+    plain_ids = plain.encode_prompt(_example("apple", "Capitalize: {input}\n").prompt, tok)
+    assert tok.decode(plain_ids, skip_special_tokens=True) == "Capitalize: apple\n"
+    with_system = _example("x", "{input}", system="Be brief.")
+    assert tok.decode(fmt.encode_prompt(with_system.prompt, tok)).startswith("<|bos|><|system|>Be brief.<|eot|>")
+    assert PromptFormat(train_on_input=True).encode_example(ex, tok)["completion_mask"] == [1] * len(enc["input_ids"])
 
 
 @pytest.mark.parametrize("remove, words", [("config.json", "no config.json"), ("model.safetensors", "no model weights"),

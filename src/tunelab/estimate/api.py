@@ -24,9 +24,6 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
                            "gpu_memory_gib": gpu.memory_gib, "max_seq_len": max_seq_len, "lora_rank": lora_rank}
     data = None
     if dataset is not None:
-        if prompt is None:
-            raise TunelabError("--prompt is needed with --dataset (the dataset is measured as training formats it)",
-                               field="--prompt")
         if not Path(model).is_dir():
             raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
                                field="--model")
@@ -34,9 +31,11 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
 
         from tunelab.data.formatting import PromptFormat
         from tunelab.estimate.dataset import measure_dataset
+        from tunelab.spec import DatasetSpec
 
         tok = AutoTokenizer.from_pretrained(model)
-        data = measure_dataset(dataset, tok, PromptFormat(prompt), max_seq_len, batch_size or 1)
+        spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
+        data = measure_dataset(spec, tok, PromptFormat(), prompt, max_seq_len, batch_size or 1)
     train = data["splits"]["train"] if data else None
     use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
     bp = plan_batch(arch, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from tunelab.data.formatting import PromptFormat
-from tunelab.data.splits import SPLITS, load_splits
+from tunelab.data.splits import SPLITS, load_data
+from tunelab.spec import DatasetSpec
 
 
 @dataclass
@@ -24,7 +24,8 @@ class SplitStats:
     p90_len: int
     p99_len: int
     max_len: int
-    truncated: int  # examples longer than max_seq_len
+    truncated: int  # examples longer than max_seq_len: their answer is cut
+    no_answer_left: int  # of those, examples whose prompt alone fills max_seq_len
 
 
 @dataclass
@@ -50,10 +51,6 @@ def _pct(sorted_vals: list[int], q: float) -> int:
     return sorted_vals[min(len(sorted_vals) - 1, int(q * (len(sorted_vals) - 1) + 0.5))]
 
 
-def encode_split(rows: list[dict], fmt: PromptFormat, tokenizer: Any, input_field: str, output_field: str) -> list[dict]:
-    return [fmt.encode_example(r[input_field], r[output_field], tokenizer) for r in rows]
-
-
 def split_stats(encoded: list[dict], max_seq_len: int) -> SplitStats:
     lengths = sorted(len(e["input_ids"]) for e in encoded)
     return SplitStats(
@@ -67,7 +64,13 @@ def split_stats(encoded: list[dict], max_seq_len: int) -> SplitStats:
         p99_len=_pct(lengths, 0.99),
         max_len=lengths[-1],
         truncated=sum(1 for n in lengths if n > max_seq_len),
+        no_answer_left=sum(1 for e in encoded if first_answer_index(e["completion_mask"]) >= max_seq_len),
     )
+
+
+def first_answer_index(mask: list[int]) -> int:
+    """Position of the first loss-carrying token (the length when there is none)."""
+    return next((i for i, m in enumerate(mask) if m), len(mask))
 
 
 def simulate_bfd_packing(lengths: list[int], max_seq_len: int) -> PackingStats:
@@ -107,17 +110,22 @@ def simulate_padding(lengths: list[int], batch_size: int, max_seq_len: int, seed
                         round(mean(per_batch), 1), max(per_batch))
 
 
-def measure_dataset(path: str | Path, tokenizer: Any, fmt: PromptFormat, max_seq_len: int, batch_size: int,
-                    input_field: str = "input", output_field: str = "output", seed: int = 0) -> dict[str, Any]:
-    """Per split: token statistics; for train: packing and padding simulations."""
-    splits = load_splits(path, input_field, output_field)
+def measure_dataset(dataset: DatasetSpec, tokenizer: Any, fmt: PromptFormat, template: str | None,
+                    max_seq_len: int, batch_size: int, system_prompt: str | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+    """Per split present: token statistics; for train: packing and padding simulations."""
+    data = load_data(dataset, None)
+    reader = data.reader(template, system_prompt)
     out: dict[str, Any] = {"splits": {}}
     train_lengths: list[int] = []
     for split in SPLITS:
-        enc = encode_split(splits[split], fmt, tokenizer, input_field, output_field)
+        if split not in data.splits:
+            continue
+        enc = [fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)]
         out["splits"][split] = asdict(split_stats(enc, max_seq_len))
         if split == "train":
             train_lengths = [len(e["input_ids"]) for e in enc]
+    data.require("train")
     out["packing"] = asdict(simulate_bfd_packing(train_lengths, max_seq_len))
     out["padding"] = asdict(simulate_padding(train_lengths, batch_size, max_seq_len, seed))
     out["train_lengths"] = train_lengths

@@ -56,3 +56,26 @@ def check_model_dir(path: str | Path) -> ModelInfo:
         weights_bytes=sum(p.stat().st_size for p in weights),
         has_chat_template=has_chat,
     )
+
+
+def eval_only_base(checkpoint: Path, named_base: Path | None, field: str) -> Path:
+    """The base model of an eval-only checkpoint: a full model dir is its own base; an adapter's base is
+    the model the spec names, else its adapter_config's base_model_name_or_path when that is a local dir."""
+    if not checkpoint.is_dir():
+        raise TunelabError("eval_only checkpoint not found", file=checkpoint, field=field)
+    adapter_cfg = checkpoint / "adapter_config.json"
+    if not adapter_cfg.is_file():
+        if (checkpoint / "config.json").is_file():
+            return checkpoint
+        raise TunelabError("neither a PEFT adapter (adapter_config.json) nor a model (config.json)",
+                           file=checkpoint, field=field)
+    if named_base is not None:
+        return named_base
+    try:
+        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise TunelabError(f"adapter_config.json is not valid JSON: {exc}", file=adapter_cfg) from None
+    if base and (Path(base) / "config.json").is_file():
+        return Path(base)
+    raise TunelabError(f"the adapter's base '{base}' is not a local model directory: name one of `models` "
+                       f"with {field}.model", file=checkpoint, field=field)

@@ -16,7 +16,7 @@ from tunelab.fsutil import atomic_write_json, atomic_write_text, read_json, read
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 from tunelab.train.checkpoints import last_trainer_checkpoint, publish_epoch_checkpoint
-from tunelab.evaluate.provider import resolve_dtype
+from tunelab.train.device import resolve_dtype
 from tunelab.train.metrics import Counters, MetricsWriter, count_batch, process_age_s, steady_tokens_per_s
 
 COUNTERS_FILE = "tunelab_counters.json"
@@ -57,18 +57,17 @@ def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
     from datasets import Dataset
 
     from tunelab.data.formatting import prompt_format_of
-    from tunelab.data.splits import load_splits
+    from tunelab.data.splits import load_data
 
-    splits = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)
+    data = load_data(cfg.dataset, cfg.experiment_dir)
+    reader = data.reader(cfg.prompt, cfg.system_prompt)
     fmt = prompt_format_of(cfg)
 
-    def encode(rows: list[dict]) -> Dataset:
-        return Dataset.from_list(
-            [fmt.encode_example(r[cfg.dataset.input_field], r[cfg.dataset.output_field], tokenizer) for r in rows]
-        )
+    def encode(split: str) -> Dataset:
+        return Dataset.from_list([fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)])
 
-    val = encode(splits["validation"]) if cfg.training.validation_every_steps else None
-    return encode(splits["train"]), val
+    val = encode("validation") if cfg.training.validation_every_steps else None
+    return encode("train"), val
 
 
 def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:

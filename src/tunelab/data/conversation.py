@@ -1,0 +1,48 @@
+"""The one row type every dataset format becomes: a conversation that ends with the answer.
+
+Chat rows are conversations already; prompt/completion rows and field rows (through the prompt
+template) become one user turn and one assistant turn. Training puts loss on assistant turns;
+evaluation sends every turn but the last and compares the model's answer with the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """A conversation whose last message is the assistant's answer."""
+
+    messages: tuple[Message, ...]
+
+    @property
+    def prompt(self) -> tuple[Message, ...]:
+        """Every message before the answer: what a model is given at evaluation."""
+        return self.messages[:-1]
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1].content
+
+
+def as_messages(items: list[dict]) -> tuple[Message, ...]:
+    """[{'role', 'content'}...] -> Messages (roles and contents already checked by the row reader)."""
+    return tuple(Message(m["role"], m["content"]) for m in items)
+
+
+def with_system(messages: tuple[Message, ...], system_prompt: str | None) -> tuple[Message, ...]:
+    """Prepend the spec's system prompt unless the conversation brings its own."""
+    if not system_prompt or (messages and messages[0].role == "system"):
+        return messages
+    return (Message("system", system_prompt), *messages)

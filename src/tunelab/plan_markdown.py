@@ -1,0 +1,156 @@
+"""plan.md and the run table: what a plan says to the person who reads it before spending GPU-hours."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunelab.design import prompt_names
+
+if TYPE_CHECKING:
+    from tunelab.plan import Plan
+    from tunelab.runconfig import RunConfig
+
+
+def _factor_text(run: RunConfig, swept: list[str]) -> str:
+    return ", ".join(f"{k}={run.factors[k]}" for k in swept if k in run.factors) or "—"
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def plan_rows(plan: Plan) -> list[dict[str, str]]:
+    """One row per run: what the table in the terminal and in plan.md show."""
+    swept = plan.spec.swept_factors() + (["prompt"] if "prompt" in plan.spec.factors else [])
+    kinds = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
+    rows = []
+    for i, r in enumerate(plan.runs, 1):
+        t = r.training
+        e = plan.estimates.get(r.name)
+        rows.append({
+            "#": str(i),
+            "run": r.name,
+            "type": kinds[r.kind],
+            "model": r.model.name,
+            "dataset": r.dataset.name,
+            "factors": _factor_text(r, swept),
+            "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}" if t else "—",
+            "packing": ("on" if t.packing else "off") if t else "—",
+            "steps": str(e.steps) if e else "—",
+            "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
+                               else "—"),
+            "est. time": (_fmt_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
+        })
+    return rows
+
+
+def render_plan_md(plan: Plan) -> str:
+    spec = plan.spec
+    lines = [f"# Plan: {spec.name}", ""]
+    if spec.description:
+        lines += [spec.description.strip(), ""]
+    n_ft, n_ctl = len(plan.finetune_runs), len(plan.controls)
+    n_ext = len(plan.runs) - n_ft - n_ctl
+    lines += [
+        f"**Runs:** {len(plan.runs)} ({n_ft} fine-tuned + {n_ctl} controls"
+        + (f" + {n_ext} eval-only" if n_ext else "") + ")  ",
+        f"**Recipe:** {plan.recipe}  ",
+        f"**Naming:** `{spec.naming_pattern()}` (controls: `{{model}}_base`)",
+        "",
+        "## Factors",
+        "",
+        "| Factor | Levels |",
+        "|---|---|",
+        f"| model | {', '.join(spec.model_levels())} |",
+        f"| dataset | {', '.join(spec.dataset_levels())} |",
+    ]
+    lines += [f"| {k} | {', '.join(prompt_names(spec)) if k == 'prompt' else ', '.join(map(str, v))} |"
+              for k, v in spec.factors.items() if k not in ("model", "dataset")]
+    rows = plan_rows(plan)
+    lines += ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
+    lines += ["", "## Resources verified", "", "| Model | Path | Type | Layers × hidden | Vocab | Weights | Chat template |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in plan.models.items():
+        lines.append(f"| {name} | `{m.path}` | {m.model_type} | {m.layers} × {m.hidden} | {m.vocab_size} | "
+                     f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |")
+    lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _truncation_lines(plan)
+    lines += ["## Estimates", ""]
+    target = plan.gpu.name if plan.gpu else "this machine's CPU"
+    lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
+              "ledger) or a model.", ""]
+    if plan.estimates:
+        lines += ["| Run | Micro-batch × accum | Packing | Tokens/micro-batch | Peak / GPU (GiB) | Memory source | "
+                  "Steps | Tokens/s | Time | Time source | GPU-h | SLURM limit |", "|" + "---|" * 12]
+        for e in plan.estimates.values():
+            lines.append(
+                f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} | {'on' if e.packed else 'off'} | "
+                f"{e.tokens_per_microbatch:,} | "
+                + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
+                + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
+                f"{_fmt_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
+                f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
+        tot = plan.totals()
+        lines += ["", f"**Total:** {_fmt_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
+                  + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
+                  + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
+    if plan.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
+    return "\n".join(lines)
+
+
+def _dataset_lines(plan: "Plan") -> list[str]:
+    lines = ["", "| Dataset | Format | train | validation | test | Used for |", "|---|---|---|---|---|---|"]
+    for d in plan.datasets.values():
+        n = d.counts
+        lines.append(f"| {d.name} | {d.format} | {n.get('train', '—')} | {n.get('validation', '—')} | "
+                     f"{n.get('test', '—')} | {'evaluation only' if d.eval_only else 'training + evaluation'} |")
+    lines += ["", "Data files (provenance):", "", "| Dataset | File | Rows | sha256 |", "|---|---|---|---|"]
+    for d in plan.datasets.values():
+        lines += [f"| {d.name} | `{f.path}` | {f.rows} | `{f.sha256}` |" for f in d.files]
+    for d in plan.datasets.values():
+        if d.split_record:
+            lines.append(f"\nSplit of `{d.name}` made by tunelab, recorded once in `{d.split_record}` "
+                         "(every run and evaluation reads it).")
+    return lines + [""]
+
+
+def _prompt_lines(plan: "Plan") -> list[str]:
+    names = prompt_names(plan.spec)
+    if len(names) < 2:
+        return []
+    lines = ["Prompts swept:", "", "| Name | Template |", "|---|---|"]
+    lines += [f"| {n} | `{(t or '(rows bring their own)')!r}` |" for n, t in names.items()]
+    return lines + [""]
+
+
+def _eval_lines(plan: "Plan") -> list[str]:
+    ev = plan.spec.eval
+    lines = [f"Evaluation (inspect-ai, greedy, max {ev.max_tokens} tokens, epochs: {ev.epochs}):", ""]
+    for t in ev.resolved_tasks():
+        if t.file:
+            what = f"task file `{t.file}`" + (f", @task `{t.task}`" if t.task else "")
+        else:
+            what = f"built-in `{t.builtin}` on `{t.dataset or 'each run’s dataset'}` / {t.split}"
+        lines.append(f"- **{t.name}**: {what}" + (f", prompt `{t.prompt!r}`" if t.prompt else ""))
+    if plan.spec.eval_only:
+        lines.append("- eval-only models: " + ", ".join(f"{e.name} (`{e.path}`)" for e in plan.spec.eval_only))
+    return lines + [""]
+
+
+def _truncation_lines(plan: "Plan") -> list[str]:
+    """Examples longer than max_seq_len per run and split: never silent."""
+    if not plan.truncation:
+        return []
+    lines = ["Truncation (examples longer than max_seq_len lose the end of their answer):", "",
+             "| Run | Split | Examples | Answer cut | No answer left | Longest (tokens) | max_seq_len |",
+             "|---|---|---|---|---|---|---|"]
+    for run in plan.finetune_runs:
+        for t in plan.truncation.get(run.name, []):
+            lines.append(f"| {run.name} | {t.split} | {t.examples} | {t.cut} | {t.no_answer_left} | {t.longest} | "
+                         f"{run.training.max_seq_len if run.training else '—'} |")
+    return lines + [""]

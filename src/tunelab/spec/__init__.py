@@ -1,0 +1,34 @@
+"""The experiment spec (experiment.yaml) and its parts; every public name is importable from here."""
+
+from tunelab.spec.base import (
+    SLUG,
+    Slug,
+    _Strict,
+    format_validation_error,
+    load_yaml_model,
+    resolve_path,
+    validate_mapping,
+)
+from tunelab.spec.data import SPLIT_NAMES, DatasetSpec, RowFormat, SplitFractions
+from tunelab.spec.evaluation import BUILTIN_TASKS, EpochChoice, EvalOnlySpec, EvalSpec, TaskSpec
+from tunelab.spec.experiment import (
+    AXES,
+    DEFAULT_TEMPLATE_DATE,
+    FACTOR_ABBREVIATIONS,
+    ExperimentSpec,
+    ModelSpec,
+    json_schema,
+    load_spec,
+    parse_spec,
+    template_fields,
+)
+from tunelab.spec.resources import ResourcesSpec, SlurmSpec
+from tunelab.spec.training import TrainingConfig
+
+__all__ = [
+    "AXES", "BUILTIN_TASKS", "DEFAULT_TEMPLATE_DATE", "FACTOR_ABBREVIATIONS", "SLUG", "SPLIT_NAMES", "DatasetSpec",
+    "EpochChoice", "EvalOnlySpec", "EvalSpec", "ExperimentSpec", "ModelSpec", "ResourcesSpec", "RowFormat",
+    "SlurmSpec", "Slug", "SplitFractions", "TaskSpec", "TrainingConfig", "_Strict", "format_validation_error",
+    "json_schema", "load_spec", "load_yaml_model", "parse_spec", "resolve_path", "template_fields",
+    "validate_mapping",
+]

@@ -1,0 +1,105 @@
+"""The spec's `eval:` section: which tasks evaluate every chosen checkpoint and control.
+
+A task is a built-in (by name) or a user's inspect-ai task file. tunelab supplies the model, formatted
+exactly as in training; the task brings its own dataset (built-ins: a dataset of this spec), solver and
+scorer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tunelab.spec.base import Slug, _Strict
+
+BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
+SplitName = Literal["train", "validation", "test"]
+
+
+class TaskSpec(_Strict):
+    """One evaluation task: a built-in on a dataset split, or an inspect-ai task file."""
+
+    name: Slug = Field(description="Name in results and the report; a built-in's name when `builtin`/`file` are unset.")
+    builtin: Literal["exact_match", "includes", "choice", "numeric"] | None = Field(
+        None, description="exact_match / includes (case-sensitive), choice (probabilities of the answer options: "
+        "accuracy, balanced accuracy, F1, ECE, Brier, AUC), numeric (MAE, RMSE, R², parse rate).")
+    file: str | None = Field(None, description="A user's inspect-ai task file (relative to the spec file).")
+    task: str | None = Field(None, description="file: the @task function to use (default: the only one).")
+    args: dict[str, Any] = Field(default_factory=dict, description="file: keyword arguments of the @task function.")
+    dataset: str | None = Field(None, description="Built-ins: a dataset of `datasets` (default: the run's own).")
+    split: SplitName = Field("test", description="Built-ins: the split evaluated.")
+    options: list[str] | None = Field(
+        None, description="choice: the answer options (default: the distinct answers of the evaluated split).")
+    prompt: str | None = Field(
+        None, description="A prompt template for this task ('{input}' = the sample's input); default: the run's own.")
+    max_tokens: int | None = Field(None, ge=1, description="Default: eval.max_tokens.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples; default: eval.limit.")
+
+    @model_validator(mode="after")
+    def _builtin_or_file(self) -> "TaskSpec":
+        if self.file and self.builtin:
+            raise ValueError(f"task '{self.name}': give builtin or file, not both")
+        if not self.file and self.builtin is None:
+            if self.name not in BUILTIN_TASKS:
+                raise ValueError(f"task '{self.name}': not a built-in ({', '.join(BUILTIN_TASKS)}); "
+                                 "set builtin: or file:")
+            self.builtin = self.name  # type: ignore[assignment]
+        if self.file is None and (self.task or self.args):
+            raise ValueError(f"task '{self.name}': task: and args: belong to a task file (file:)")
+        if self.options is not None and self.builtin != "choice":
+            raise ValueError(f"task '{self.name}': options: is for the choice built-in")
+        return self
+
+
+EpochChoice = Literal["last", "all"] | list[int]
+
+
+class EvalSpec(_Strict):
+    """How fine-tuned checkpoints, controls and eval-only models are evaluated (inspect-ai)."""
+
+    tasks: list[TaskSpec] = Field(default_factory=list, description="Tasks; default: one built-in `task` on `split`.")
+    task: Literal["exact_match", "includes", "choice", "numeric"] = Field(
+        "exact_match", description="Shorthand for one built-in task on the run's dataset, when `tasks` is unset.")
+    split: SplitName = Field("test", description="The split of the shorthand task.")
+    max_tokens: int = Field(16, ge=1)
+    epochs: EpochChoice = Field("last", description="Checkpoints to evaluate: last, all, or a list of epochs (0-based).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_as_tasks(cls, v: Any) -> Any:
+        # `- exact_match` is short for `- {name: exact_match}`.
+        return [{"name": t} if isinstance(t, str) else t for t in v] if isinstance(v, list) else v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v: EpochChoice) -> EpochChoice:
+        if isinstance(v, list):
+            if not v or any(e < 0 for e in v):
+                raise ValueError("a list of epochs must be non-empty, each 0 or more")
+            return sorted(set(v))
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "EvalSpec":
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate task name(s) {dupes}")
+        return self
+
+    def resolved_tasks(self) -> list[TaskSpec]:
+        """The tasks to run: `tasks`, or the shorthand `task` on `split`."""
+        return self.tasks or [TaskSpec(name=self.task, builtin=self.task, split=self.split)]
+
+
+class EvalOnlySpec(_Strict):
+    """A model this experiment did not train (an adapter or a full checkpoint), evaluated beside the runs."""
+
+    name: Slug = Field(description="Its name in results and the report.")
+    path: str = Field(description="A PEFT adapter directory (adapter_config.json) or a full HF model directory.")
+    model: str | None = Field(
+        None, description="An adapter's base: one of `models` (default: the adapter's base_model_name_or_path "
+        "when that is a local directory).")
+    prompt: str | None = Field(None, description="Its prompt template; default: the spec's prompt.")

@@ -1,0 +1,63 @@
+"""The spec's `resources:` section: executor, GPUs and cluster settings."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, field_validator
+
+from tunelab.spec.base import _Strict
+
+
+_TIME_LIMIT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+def _check_time_limit(v: str | None) -> str | None:
+    if v is not None and not _TIME_LIMIT.match(v):
+        raise ValueError("must be a Slurm time limit: 'MINUTES', 'HH:MM:SS' or 'D-HH:MM:SS'")
+    return v
+
+
+TimeLimit = Annotated[str | None, AfterValidator(_check_time_limit)]
+
+
+class SlurmSpec(_Strict):
+    """Cluster settings for `executor: slurm`; any of them can also come from the user config file
+    (~/.config/tunelab/config.yaml or $TUNELAB_CONFIG, under `slurm:`); the spec wins."""
+
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gres: str | None = Field(None, description="e.g. 'gpu:a100:1'; default 'gpu:N' from resources.gpus_per_run.")
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="e.g. '32G'.")
+    time_limit: TimeLimit = Field(None, description="Training job limit; default: the plan's estimate, else 4 h.")
+    eval_time_limit: TimeLimit = Field(None, description="Evaluation job limit; default 1 h.")
+    modules: list[str] = Field(default_factory=list, description="`module load` these in every job.")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before tunelab, e.g. activating an env.")
+    extra_sbatch: list[str] = Field(default_factory=list, description="Extra '#SBATCH' options, e.g. '--exclusive'.")
+    max_queued: int = Field(50, ge=2, description="Most of this experiment's jobs pending or running at once.")
+    submit_delay_s: float = Field(0.2, ge=0, description="Pause between two sbatch calls.")
+    poll_interval_s: float = Field(5.0, gt=0, description="How often --wait and status --watch ask squeue/sacct.")
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _sbatch_lines(cls, v: list[str]) -> list[str]:
+        out = []
+        for line in v:
+            line = line.strip().removeprefix("#SBATCH").strip()
+            if not line.startswith("-") or "\n" in line:
+                raise ValueError(f"{line!r}: each entry is one sbatch option such as '--exclusive'")
+            out.append(line)
+        return out
+
+
+class ResourcesSpec(_Strict):
+    executor: Literal["local", "slurm"] = "local"
+    gpus_per_run: int = Field(1, ge=0)
+    max_retries: int = Field(
+        2, ge=0, description="Automatic retries of a run (OOM: halve the micro-batch; timeout/preemption: resume)."
+    )
+    slurm: SlurmSpec | None = None

@@ -1,0 +1,43 @@
+"""Training hyper-parameters of one run (spec `training:`); any field can be swept as a factor."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tunelab.spec.base import _Strict
+
+
+class TrainingConfig(_Strict):
+    """Hyper-parameters of one fine-tuning run. Any of them can be swept as a factor."""
+
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (debugging).")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up in optimizer steps; overrides warmup_ratio.")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1, description="Micro-batch size per device (examples or packed sequences).")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_seq_len: int = Field(512, ge=8)
+    packing: bool = Field(False, description="Best-fit-decreasing packing, padding-free, examples isolated.")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, gt=0, description="Defaults to 2 x lora_rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full next to LoRA, e.g. [embed_tokens, lm_head] for random-init models.",
+    )
+    validation_every_steps: int | None = Field(None, ge=1, description="Validation loss every N steps; off if unset.")
+    logging_steps: int = Field(10, ge=1)
+    seed: int = 42
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    train_on_input: bool = Field(False, description="Loss on the prompt tokens too (default: the answer only).")
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
