@@ -91,6 +91,20 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
     return models, datasets
 
 
+PROVENANCE_FILE = "provenance.json"
+
+
+def write_provenance(plan: "Plan") -> Path:
+    """<experiment>/data/provenance.json: every data file used (path, sha256, rows), for the report."""
+    from dataclasses import asdict
+
+    from tunelab.data.splits import DATA_DIR
+    from tunelab.fsutil import atomic_write_json
+
+    return atomic_write_json(plan.experiment_dir / DATA_DIR / PROVENANCE_FILE,
+                             {name: asdict(info) for name, info in plan.datasets.items()})
+
+
 def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
     """Dataset -> the splits some run or task reads from it."""
     needed: dict[str, set[str]] = {}

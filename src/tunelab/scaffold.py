@@ -14,7 +14,7 @@ from tunelab.execute.retry import differs_only_by_retries
 from tunelab.execute.slurm_jobs import slurm_settings, write_slurm_scripts
 from tunelab.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
-from tunelab.plan import Plan, make_plan, render_plan_md
+from tunelab.plan import Plan, make_plan, render_plan_md, write_provenance
 from tunelab.runconfig import RUN_FILE, load_run_config
 from tunelab.spec import resolve_path
 
@@ -85,6 +85,7 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     if plan.spec_path != (exp / SPEC_FILE).resolve():
         atomic_write_yaml(exp / SPEC_FILE, _resolved_spec_dump(plan))
     atomic_write_text(exp / "plan.md", render_plan_md(plan))
+    write_provenance(plan)
     # Generated files are written atomically but without fsync: a rerun rewrites them identically.
     for i, cfg in enumerate(plan.runs):
         old = changed.get(cfg.name)
