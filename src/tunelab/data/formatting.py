@@ -112,15 +112,17 @@ class PromptFormat:
             content = m.content.strip()
             if not content:
                 raise TunelabError(f"message {turn}: an empty assistant turn cannot be learned")
-            found = text.find(content, cursor)
+            # The answer is what a model writes after this turn's evaluation prompt, so it is searched for
+            # after that prompt (a short answer such as "1" also occurs inside the prompt). Whitespace between
+            # the prompt and the text (Mistral's "[/INST] answer", an answer's own leading spaces) is part of
+            # it, and so is the answer's trailing whitespace when the end-of-turn token follows it.
+            prompt = self._render(messages[:turn], tokenizer, generation_prompt=True) if turn else ""
+            after = len(prompt) if len(prompt) >= cursor and text.startswith(prompt) else cursor
+            found = text.find(content, after)
             if found < 0:
                 raise TunelabError(f"the chat template does not reproduce the text of assistant turn {turn}",
                                    file=_tok_name(tokenizer))
-            # The answer is what a model writes after this turn's evaluation prompt: whitespace between that
-            # prompt and the text (Mistral's "[/INST] answer", an answer's own leading spaces) is part of it,
-            # and so is the answer's trailing whitespace when the end-of-turn token follows it.
             start, end = found, found + len(content)
-            prompt = self._render(messages[:turn], tokenizer, generation_prompt=True) if turn else ""
             if cursor <= len(prompt) < found and text.startswith(prompt) and text[len(prompt):found].isspace():
                 start = len(prompt)
             trailing = len(text) - end - len(text[end:].lstrip())

