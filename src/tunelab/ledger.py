@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab import history
-from tunelab.experiment import LEDGER_FILE, is_evaluated, training_state
+from tunelab.evaluate.scores import read_scores, task_dir
+from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -60,19 +61,25 @@ CREATE TABLE IF NOT EXISTS metrics (
     elapsed_s REAL,
     PRIMARY KEY (run, step, is_eval)
 );
-CREATE TABLE IF NOT EXISTS evals (
+CREATE TABLE IF NOT EXISTS evals (   -- one row per run x checkpoint x task x metric
     run TEXT NOT NULL,
-    label TEXT NOT NULL,
+    label TEXT NOT NULL,             -- epoch_N | base | checkpoint
     epoch INTEGER,
     task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,                      -- NULL: undefined on these samples
+    is_primary INTEGER NOT NULL,     -- the task's headline metric (its `score`)
+    greater_is_better INTEGER NOT NULL,
+    kind TEXT,
+    builtin TEXT,
+    file TEXT,
+    dataset TEXT,
     split TEXT,
-    metric TEXT,
-    score REAL,
     samples INTEGER,
-    correct INTEGER,
     log_path TEXT,
+    duration_s REAL,
     evaluated_at TEXT,
-    PRIMARY KEY (run, label, task)
+    PRIMARY KEY (run, label, task, metric)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -126,6 +133,7 @@ def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        _migrate(conn)
         conn.executescript(SCHEMA)
         yield conn
         conn.commit()
@@ -136,8 +144,16 @@ def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Ledgers from before per-metric eval rows: drop the old evals table (ingest refills it from files)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(evals)")}
+    if cols and "is_primary" not in cols:
+        conn.execute("DROP TABLE evals")
+
+
 def _control_state(cfg: RunConfig) -> str:
-    return st.COMPLETED if is_evaluated(cfg.run_dir) else st.PENDING
+    """Controls and eval-only runs are done once a checkpoint has every task scored."""
+    return st.COMPLETED if is_evaluated(cfg.run_dir, task_names(cfg)) else st.PENDING
 
 
 def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
@@ -174,17 +190,15 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
         ],
     )
     conn.execute("DELETE FROM evals WHERE run = ?", (cfg.name,))
-    for path in sorted((run_dir / "eval").glob("*/scores.json")):
-        s = read_json(path, default=None)
-        if not s:
-            continue
-        conn.execute(
-            """INSERT OR REPLACE INTO evals (run, label, epoch, task, split, metric, score, samples, correct,
-               log_path, evaluated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (cfg.name, s.get("label", path.parent.name), s.get("epoch"), s.get("task"), s.get("split"),
-             s.get("metric"), s.get("score"), s.get("samples"), s.get("correct"),
-             str(path.parent / s["log"]) if s.get("log") else None, s.get("evaluated_at")),
-        )
+    conn.executemany(
+        """INSERT OR REPLACE INTO evals (run, label, epoch, task, metric, value, is_primary, greater_is_better, kind,
+           builtin, file, dataset, split, samples, log_path, duration_s, evaluated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [(cfg.name, s.label, s.epoch, s.task, metric, value, int(metric == s.primary_metric), int(s.greater_is_better),
+          s.kind, s.builtin, s.file, s.dataset, s.split, s.samples,
+          str(task_dir(run_dir, s.label, s.task) / s.log), s.duration_s, s.evaluated_at)
+         for s in read_scores(run_dir) for metric, value in s.metrics.items()],
+    )
     return state
 
 

@@ -197,6 +197,20 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
     return out
 
 
+def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig]) -> None:
+    """Before any job: task files import and bind, built-ins build on their dataset split — once per
+    distinct dataset x prompt (the split records exist by now)."""
+    from tunelab.evaluate.usertasks import check_tasks
+
+    check_tasks(spec, spec_path.parent)
+    seen = set()
+    for cfg in runs:
+        key = (cfg.dataset.name, cfg.prompt)
+        if key not in seen:
+            seen.add(key)
+            check_tasks(cfg)
+
+
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
     """Estimates for every fine-tuned run; datasets measured once per model x dataset x prompt."""
     from tunelab import history
@@ -219,6 +233,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
+    check_eval_tasks(spec, spec_path, runs)
     gpus = spec.resources.gpus_per_run
     recipe = "single device" if gpus <= 1 else f"distributed ({gpus} GPUs per run)"
     recipe += ", validation loss every " + (

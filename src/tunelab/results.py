@@ -1,4 +1,8 @@
-"""results: one record per run and control, from the ledger (after ingesting the run dirs)."""
+"""results: one record per run, control and eval-only run, from the ledger (after ingesting the run dirs).
+
+Each record carries every evaluation: one entry per checkpoint × task with all its metrics. The
+headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,65 @@ from typing import Any
 
 from tunelab import ledger
 from tunelab.experiment import load_runs
+from tunelab.runconfig import RunConfig
 
 FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", "final_val_loss", "steps",
           "duration_s", "tokens_per_s", "peak_memory_gib", "score", "eval")
+TYPES = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
+EVAL_FIELDS = ("label", "epoch", "task", "builtin", "file", "dataset", "split", "samples", "log_path",
+               "evaluated_at")
+
+
+def eval_records(rows: list[dict[str, Any]], task_order: list[str]) -> list[dict[str, Any]]:
+    """Ledger eval rows (one per metric) → one record per checkpoint × task, with `metrics`,
+    `primary_metric` and `score`; ordered by checkpoint (base first, then epochs), then task."""
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        rec = grouped.setdefault((r["label"], r["task"]), {
+            **{k: r[k] for k in EVAL_FIELDS}, "primary_metric": None, "score": None,
+            "greater_is_better": bool(r["greater_is_better"]), "metrics": {}})
+        rec["metrics"][r["metric"]] = r["value"]
+        if r["is_primary"]:
+            rec["primary_metric"], rec["score"] = r["metric"], r["value"]
+    order = {t: i for i, t in enumerate(task_order)}
+    return sorted(grouped.values(), key=lambda e: (-1 if e["epoch"] is None else e["epoch"], e["label"],
+                                                   order.get(e["task"], len(order)), e["task"]))
+
+
+def headline(evals: list[dict[str, Any]], task_order: list[str]) -> dict[str, Any] | None:
+    """The first task's record on the last evaluated checkpoint (None before any evaluation)."""
+    if not evals:
+        return None
+    last = evals[-1]["label"]
+    at_last = [e for e in evals if e["label"] == last]
+    return next((e for t in task_order for e in at_last if e["task"] == t), at_last[0])
+
+
+def _record(cfg: RunConfig, row: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    tasks = [t.name for t in cfg.eval.resolved_tasks()]
+    head = headline(evals, tasks)
+    last = evals[-1]["label"] if evals else None
+    return {
+        "name": cfg.name,
+        "type": TYPES[cfg.kind],
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "factors": {k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")},
+        "state": row["state"],
+        "final_loss": row["final_loss"],
+        "final_val_loss": row["final_val_loss"],
+        "steps": row["steps"],
+        "duration_s": row["duration_s"],
+        "tokens_per_s": row["tokens_per_s"],
+        "peak_memory_gib": row["peak_memory_gib"],
+        "score": head["score"] if head else None,
+        "score_task": head["task"] if head else None,
+        "score_metric": head["primary_metric"] if head else None,
+        "scores": {e["task"]: e["score"] for e in evals if e["label"] == last},  # primary, last checkpoint
+        "eval": evals,
+        "run_dir": row["run_dir"],
+        "error": row["error"],
+    }
 
 
 def collect_results(experiment_dir: str | Path) -> list[dict[str, Any]]:
@@ -21,35 +81,12 @@ def collect_results(experiment_dir: str | Path) -> list[dict[str, Any]]:
     runs = load_runs(exp)
     ledger.ingest_all(exp, runs)
     by_name = {r["name"]: r for r in ledger.query(exp, "SELECT * FROM runs")}
-    evals: dict[str, list[dict]] = {}
-    for e in ledger.query(exp, "SELECT * FROM evals ORDER BY run, epoch"):
-        evals.setdefault(e["run"], []).append(
-            {k: e[k] for k in ("label", "epoch", "task", "split", "metric", "score", "samples", "correct", "log_path")}
-        )
-    out = []
-    for cfg in runs:
-        row = by_name[cfg.name]
-        scores = evals.get(cfg.name, [])
-        out.append({
-            "name": cfg.name,
-            "type": "fine-tuned" if cfg.kind == "finetune" else "control",
-            "model": cfg.model.name,
-            "dataset": cfg.dataset.name,
-            "factors": {k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")},
-            "state": row["state"],
-            "final_loss": row["final_loss"],
-            "final_val_loss": row["final_val_loss"],
-            "steps": row["steps"],
-            "duration_s": row["duration_s"],
-            "tokens_per_s": row["tokens_per_s"],
-            "peak_memory_gib": row["peak_memory_gib"],
-            # the headline score: the last evaluated epoch (or the base model, for a control)
-            "score": scores[-1]["score"] if scores else None,
-            "eval": scores,
-            "run_dir": row["run_dir"],
-            "error": row["error"],
-        })
-    return out
+    rows: dict[str, list[dict]] = {}
+    for e in ledger.query(exp, "SELECT * FROM evals"):
+        rows.setdefault(e["run"], []).append(e)
+    return [_record(cfg, by_name[cfg.name], eval_records(rows.get(cfg.name, []),
+                                                         [t.name for t in cfg.eval.resolved_tasks()]))
+            for cfg in runs]
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:
@@ -57,13 +94,25 @@ def to_json(rows: list[dict[str, Any]]) -> str:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """One row per run: its fields, `<task>.<metric>` of the last checkpoint, and `evals` holding every
+    checkpoint × task × metric as `label/task/metric=value` pairs."""
+    metric_cols: list[str] = []
+    for r in rows:
+        for e in r["eval"]:
+            for m in e["metrics"]:
+                if f"{e['task']}.{m}" not in metric_cols:
+                    metric_cols.append(f"{e['task']}.{m}")
     buf = io.StringIO()
-    cols = [f for f in FIELDS if f != "eval"] + ["eval_by_epoch"]
+    cols = [f for f in FIELDS if f != "eval"] + metric_cols + ["evals"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         flat = dict(r)
         flat["factors"] = ";".join(f"{k}={v}" for k, v in r["factors"].items())
-        flat["eval_by_epoch"] = ";".join(f"{e['label']}={e['score']}" for e in r["eval"])
+        last = r["eval"][-1]["label"] if r["eval"] else None
+        for e in r["eval"]:
+            if e["label"] == last:
+                flat.update({f"{e['task']}.{m}": v for m, v in e["metrics"].items()})
+        flat["evals"] = ";".join(f"{e['label']}/{e['task']}/{m}={v}" for e in r["eval"] for m, v in e["metrics"].items())
         w.writerow(flat)
     return buf.getvalue()

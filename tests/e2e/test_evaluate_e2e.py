@@ -1,102 +1,42 @@
-"""Real inspect-ai evaluations of a tiny model: control, trained adapter, parity, batching, idempotency.
-
-The adapter is trained here with plain torch + peft (not tunelab.train), so a perfect score can
-only come from the evaluator loading the adapter correctly: a random base model never gets it.
-"""
+"""Real inspect-ai evaluations of a tiny model: controls, a trained adapter (evalkit), eval-only
+checkpoints, prompt parity, batching, the choice built-in's probabilities, and skip/force."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 
+from evalkit import WORDS, examples_of, make_cfg, with_checkpoint
 from tunelab.data.formatting import prompt_format_of
 from tunelab.evaluate import evaluate_run, load_samples, read_scores
-from tunelab.evaluate.provider import TunelabModelAPI
-from tunelab.runconfig import RunConfig
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["apple", "banana", "cherry", "delta", "echo", "forest", "guitar", "harbor"]
-SCORE_KEYS = {"run", "kind", "label", "epoch", "task", "split", "metric", "score", "samples", "correct", "log",
-              "model_path", "adapter_path", "max_tokens", "duration_s", "evaluated_at"}
-
-
-def make_cfg(root: Path, model: Path, kind: str = "finetune", name: str = "r1",
-             target=str.capitalize, **overrides) -> RunConfig:
-    data = root / f"data_{target.__name__}.json"
-    rows = [{"input": w, "output": target(w)} for w in WORDS]
-    data.write_text(json.dumps({"train": rows, "validation": rows, "test": rows}))
-    fields = dict(
-        name=name, kind=kind, experiment="x", experiment_dir=str(root),
-        model={"name": "tiny", "path": str(model)}, dataset={"name": "caps", "path": str(data)},
-        prompt="Capitalize: {input}", training={} if kind == "finetune" else None, eval={"max_tokens": 10},
-    )
-    return RunConfig(**{**fields, **overrides})
-
-
-def train_adapter(cfg: RunConfig, out_dir: Path, steps: int = 200) -> Path:
-    """Overfit a LoRA adapter (+ full embed/lm_head) on WORDS with the shared prompt format."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                             modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
-    fmt = prompt_format_of(cfg)
-    examples = [fmt.encode_example(w, w.capitalize(), tok) for w in WORDS]
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        mask[i, :n] = 1
-        labels[i, :n] = torch.tensor([t if m else -100 for t, m in zip(e["input_ids"], e["completion_mask"])])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.05, loss.item()
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
-    """(experiment dir, adapter dir) with one adapter overfit on WORDS."""
-    root = tmp_path_factory.mktemp("evalexp")
-    adapter = train_adapter(make_cfg(root, tiny_model), root / "adapter")
-    return root, adapter
+def trained(trained_adapter) -> tuple[Path, Path]:
+    return trained_adapter
 
 
 def test_control_of_random_base_model(tmp_path, tiny_model):
     cfg = make_cfg(tmp_path, tiny_model, kind="control", name="tiny_base")
     [scores] = evaluate_run(cfg)
-    out = cfg.run_dir / "eval" / "base"
-    assert set(scores) == SCORE_KEYS
-    assert scores["label"] == "base" and scores["epoch"] is None and scores["adapter_path"] is None
-    assert scores["samples"] == len(WORDS) and 0.0 <= scores["score"] <= 1.0
-    assert scores["score"] == scores["correct"] / scores["samples"]  # a random model: almost surely 0
-    assert json.loads((out / "scores.json").read_text()) == scores
-    assert (out / scores["log"]).is_file() and scores["log"].endswith(".eval")
-    rows = load_samples(out / scores["log"], 3)
-    assert [(r.input, r.target) for r in rows] == [(w, w.capitalize()) for w in WORDS[:3]]
-    assert all(isinstance(r.completion, str) and r.score in (0.0, 1.0) for r in rows)
+    out = cfg.run_dir / "eval" / "base" / "exact_match"
+    assert (scores.label, scores.epoch, scores.adapter_path, scores.task) == ("base", None, None, "exact_match")
+    assert scores.samples == len(WORDS) and scores.primary_metric == "accuracy"
+    rows = load_samples(out / scores.log)
+    assert scores.score == scores.metrics["accuracy"] == sum(r.value == "C" for r in rows) / len(WORDS)
+    assert json.loads((out / "scores.json").read_text()) == scores.model_dump(mode="json")
+    assert [r.target for r in rows[:3]] == [w.capitalize() for w in WORDS[:3]]
+    assert rows[0].input == "Capitalize: apple"
 
 
 def test_prompt_parity_with_training(tmp_path, tiny_model):
-    """Both directly and through inspect: the model sees exactly PromptFormat.encode_prompt's ids."""
+    """Through inspect the model sees exactly PromptFormat.encode_prompt's ids of the example's prompt."""
     from inspect_ai.log import read_eval_log
     from transformers import AutoTokenizer
 
@@ -105,17 +45,14 @@ def test_prompt_parity_with_training(tmp_path, tiny_model):
         cfg = make_cfg(tmp_path, tiny_model, kind="control", name=f"ctl_{chat}", chat_template=chat,
                        system_prompt="Answer with one word.", eval={"max_tokens": 4, "limit": 3})
         fmt = prompt_format_of(cfg)
-        api = TunelabModelAPI("tunelab/x", base_path=str(tiny_model), prompt_template=cfg.prompt,
-                              chat_template=chat, system_prompt=cfg.system_prompt)
-        assert api.prompt_ids("Apple pie!") == fmt.encode_prompt("Apple pie!", tok)
-        api.close()
         [scores] = evaluate_run(cfg)
-        assert scores["samples"] == 3  # limit honoured
-        log = read_eval_log(str(cfg.run_dir / "eval" / "base" / scores["log"]))
-        for sample in log.samples:
-            assert sample.output.metadata["prompt_ids"] == fmt.encode_prompt(sample.input, tok)
-            assert sample.output.usage.output_tokens <= 4  # eval.max_tokens reaches generate()
-    assert "<|system|>Answer with one word." in sample.output.metadata["prompt"] or chat == "never"
+        assert scores.samples == 3  # limit honoured
+        log = read_eval_log(str(cfg.run_dir / "eval" / "base" / "exact_match" / scores.log))
+        expected = [fmt.encode_prompt(e.prompt, tok) for e in examples_of(cfg)[:3]]
+        assert [s.output.metadata["prompt_ids"] for s in sorted(log.samples, key=lambda s: s.id)] == expected
+        assert all(s.output.usage.output_tokens <= 4 for s in log.samples)  # eval.max_tokens reaches generate()
+        if chat == "auto":
+            assert "<|system|>Answer with one word." in log.samples[0].output.metadata["prompt"]
 
 
 def test_batched_generation_equals_unbatched(tmp_path, tiny_model):
@@ -124,8 +61,8 @@ def test_batched_generation_equals_unbatched(tmp_path, tiny_model):
     for bs in (1, 3):
         cfg = make_cfg(tmp_path, tiny_model, kind="control", name=f"bs{bs}")
         [scores] = evaluate_run(cfg, batch_size=bs)
-        rows = load_samples(cfg.run_dir / "eval" / "base" / scores["log"])
-        completions.append([r.completion for r in rows])
+        completions.append([r.completion for r in load_samples(cfg.run_dir / "eval" / "base" / "exact_match" /
+                                                                scores.log)])
     assert completions[0] == completions[1]
     assert len(set(completions[0])) > 1  # prompts really differ
 
@@ -133,61 +70,118 @@ def test_batched_generation_equals_unbatched(tmp_path, tiny_model):
 def test_decoding_is_greedy_even_if_the_model_defaults_to_sampling(tmp_path, tiny_model):
     import torch
 
+    from tunelab.evaluate.hf import LocalLM, load_model
+
     base = shutil.copytree(tiny_model, tmp_path / "sampling_model")
     gen = json.loads((base / "generation_config.json").read_text())
     (base / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "temperature": 2.0}))
-    api = TunelabModelAPI("tunelab/x", base_path=str(base))
-    prompts = [api.prompt_ids(w) for w in WORDS[:3]]
+    lm = LocalLM(*load_model(base, None, torch.float32, "cpu"), "cpu")
+    prompts = [lm.tokenizer(w)["input_ids"] for w in WORDS[:3]]
     outs = set()
     for seed in range(3):
         torch.manual_seed(seed)
-        outs.add(tuple(g.text for g in api.generate_batch(prompts, 8)))
+        outs.add(tuple(g.text for g in lm.generate_batch(prompts, 8, [lm.tokenizer.eos_token_id])))
     assert len(outs) == 1
 
 
-def test_trained_adapter_scores_perfectly(trained, tiny_model):
+def test_trained_adapter_scores_perfectly_and_case_matters(trained, tiny_model):
     root, adapter = trained
-    cfg = make_cfg(root, tiny_model, name="taught")
-    shutil.copytree(adapter, cfg.run_dir / "checkpoints" / "epoch_0")
+    cfg = with_checkpoint(make_cfg(root, tiny_model, name="taught"), adapter)
     [scores] = evaluate_run(cfg)
-    assert scores["label"] == "epoch_0" and scores["epoch"] == 0
-    assert scores["adapter_path"] == str(cfg.run_dir / "checkpoints" / "epoch_0")
-    assert scores["score"] >= 0.9, load_samples(cfg.run_dir / "eval" / "epoch_0" / scores["log"])
-    rows = load_samples(cfg.run_dir / "eval" / "epoch_0" / scores["log"], 2)
-    assert rows[0].completion == "Apple" and rows[0].score == 1.0
-
+    assert (scores.label, scores.epoch) == ("epoch_0", 0)
+    assert scores.adapter_path == str(cfg.run_dir / "checkpoints" / "epoch_0")
+    rows = load_samples(cfg.run_dir / "eval" / "epoch_0" / "exact_match" / scores.log)
+    assert scores.score >= 0.9, rows
+    assert rows[0].completion == "Apple" and rows[0].value == "C"
     # Case is the whole answer: the same model against lowercase targets scores nothing...
-    lower = make_cfg(root, tiny_model, name="taught_lower", target=str.lower)
-    shutil.copytree(adapter, lower.run_dir / "checkpoints" / "epoch_0")
-    assert evaluate_run(lower)[0]["score"] == 0.0
+    lower = with_checkpoint(make_cfg(root, tiny_model, name="taught_lower", target=str.lower), adapter)
+    assert evaluate_run(lower)[0].score == 0.0
     # ...while 'includes' accepts the answer inside a longer completion.
-    inc = make_cfg(root, tiny_model, name="taught_inc", eval={"task": "includes", "max_tokens": 10})
-    shutil.copytree(adapter, inc.run_dir / "checkpoints" / "epoch_0")
-    assert evaluate_run(inc)[0]["score"] >= 0.9
+    inc = with_checkpoint(make_cfg(root, tiny_model, name="taught_inc", eval={"task": "includes", "max_tokens": 10}),
+                          adapter)
+    assert evaluate_run(inc)[0].score >= 0.9
+
+
+def _option_logprob(model, tok, fmt, example, option: str) -> float:
+    """Independent: log P(option + its end-of-turn | prompt) from one plain forward pass."""
+    import torch
+
+    from tunelab.data.conversation import Example, Message
+
+    prompt = fmt.encode_prompt(example.prompt, tok)
+    full = fmt.encode_example(Example((*example.prompt, Message("assistant", option))), tok)["input_ids"]
+    with torch.no_grad():
+        logps = model(input_ids=torch.tensor([full])).logits[0].float().log_softmax(-1)
+    return sum(float(logps[i - 1, full[i]]) for i in range(len(prompt), len(full)))
+
+
+def test_choice_probabilities_and_calibration(trained, tiny_model):
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.evaluate import metrics as m
+
+    root, adapter = trained
+    cfg = with_checkpoint(make_cfg(root, tiny_model, name="chooser", eval={
+        "tasks": [{"name": "pick", "builtin": "choice", "limit": 4}]}), adapter)
+    [scores] = evaluate_run(cfg)
+    assert set(scores.metrics) == {"accuracy", "balanced_accuracy", "macro_f1", "ece", "brier"}
+    rows = load_samples(cfg.run_dir / "eval" / "epoch_0" / "pick" / scores.log)
+    options = sorted(w.capitalize() for w in WORDS)  # the distinct answers of the split
+    tok = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                      str(adapter)).eval()
+    fmt = prompt_format_of(cfg)
+    for row, example in zip(rows, examples_of(cfg)[:4]):
+        logps = np.array([_option_logprob(model, tok, fmt, example, o) for o in options])
+        expected = np.exp(logps - logps.max()) / np.exp(logps - logps.max()).sum()
+        got = np.array([row.metadata["probs"][o] for o in options])
+        assert got == pytest.approx(expected, abs=1e-4)
+        assert row.completion == options[int(expected.argmax())]
+    probs = np.array([[r.metadata["probs"][o] for o in options] for r in rows])
+    truth = [options.index(r.target) for r in rows]
+    assert scores.metrics["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == truth))
+    assert scores.metrics["accuracy"] >= 0.75  # the trained adapter knows these words
+    onehot = np.eye(len(options))[truth]
+    assert scores.metrics["brier"] == pytest.approx(float(((probs - onehot) ** 2).sum(1).mean()), abs=1e-6)
+    assert scores.metrics["ece"] == pytest.approx(m.ece_of(probs, truth), abs=1e-6)
+
+
+def test_eval_only_adapter_matches_the_same_checkpoint_of_a_run(trained, tiny_model):
+    root, adapter = trained
+    run = with_checkpoint(make_cfg(root, tiny_model, name="as_run", eval={"max_tokens": 10, "limit": 4}), adapter)
+    shared = make_cfg(root, tiny_model, kind="eval_only", name="shared", checkpoint=str(adapter),
+                      eval={"max_tokens": 10, "limit": 4})
+    [a], [b] = evaluate_run(run), evaluate_run(shared)
+    assert (b.label, b.kind, b.adapter_path) == ("checkpoint", "eval_only", str(adapter))
+    comp = [[r.completion for r in load_samples(c.run_dir / "eval" / s.label / "exact_match" / s.log)]
+            for c, s in ((run, a), (shared, b))]
+    assert comp[0] == comp[1] and a.score == b.score and not math.isnan(a.score)
 
 
 def test_skip_force_and_all_epochs(trained, tiny_model):
     root, adapter = trained
-    cfg = make_cfg(root, tiny_model, name="multi", eval={"max_tokens": 10, "limit": 4})
-    for epoch in (0, 1):
-        shutil.copytree(adapter, cfg.run_dir / "checkpoints" / f"epoch_{epoch}")
+    cfg = with_checkpoint(make_cfg(root, tiny_model, name="multi", eval={"max_tokens": 10, "limit": 4}), adapter,
+                          epochs=(0, 1))
     (cfg.run_dir / "checkpoints" / "epoch_2").mkdir()  # a checkpoint still being written
 
     [last] = evaluate_run(cfg)  # eval.epochs: last -> epoch_1
-    assert last["label"] == "epoch_1"
-    scores_file = cfg.run_dir / "eval" / "epoch_1" / "scores.json"
+    assert last.label == "epoch_1"
+    scores_file = cfg.run_dir / "eval" / "epoch_1" / "exact_match" / "scores.json"
     mtime = scores_file.stat().st_mtime_ns
 
     both = evaluate_run(cfg, epochs="all")
-    assert [s["epoch"] for s in both] == [0, 1]
+    assert [s.epoch for s in both] == [0, 1]
     assert both[1] == last and scores_file.stat().st_mtime_ns == mtime  # skipped: already scored
-    assert [s["label"] for s in read_scores(cfg.run_dir)] == ["epoch_0", "epoch_1"]
+    assert [s.label for s in read_scores(cfg.run_dir)] == ["epoch_0", "epoch_1"]
 
     [again] = evaluate_run(cfg, epochs=[1], force=True)
-    assert again["evaluated_at"] >= last["evaluated_at"] and scores_file.stat().st_mtime_ns != mtime
-    assert sorted(p.name for p in scores_file.parent.iterdir()) == sorted([again["log"], "scores.json"])
+    assert again.evaluated_at >= last.evaluated_at and scores_file.stat().st_mtime_ns != mtime
+    assert sorted(p.name for p in scores_file.parent.iterdir()) == sorted([again.log, "scores.json"])
 
     # An interrupted evaluation (a log but no scores.json) is redone, not trusted.
     scores_file.unlink()
     [redone] = evaluate_run(cfg)
-    assert redone["label"] == "epoch_1" and scores_file.is_file()
+    assert redone.label == "epoch_1" and scores_file.is_file()

@@ -55,7 +55,8 @@ def test_sweep_end_to_end(write_spec):
     assert "| tiny_r16 | ✓" in report
 
     # idempotent: nothing new to train, nothing new to evaluate
-    scores = sorted((exp / "runs").glob("*/eval/*/scores.json"))
+    scores = sorted((exp / "runs").glob("*/eval/*/*/scores.json"))
+    assert len(scores) == 2  # one task on the last epoch of each fine-tuned run
     mtimes = [p.stat().st_mtime_ns for p in scores]
     assert "nothing to run" in _ok(["run", str(exp)]).output
     _ok(["eval", str(exp)])

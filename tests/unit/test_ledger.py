@@ -54,16 +54,43 @@ def test_dead_process_with_running_status_is_interrupted(write_spec):
     assert training_state(run_dir) == "pending"  # "completed" without summary.json is not done
 
 
-def test_control_is_completed_once_scored(write_spec):
-    scaffold(spec := write_spec())
+def _task_scores(cfg, label, task, metrics, primary, epoch=None):
+    from tunelab.evaluate.scores import TaskScores, task_dir, write_scores
+
+    s = TaskScores(run=cfg.name, kind=cfg.kind, label=label, epoch=epoch, task=task, builtin=task,
+                   dataset="caps", split="test", metrics=metrics, primary_metric=primary, score=metrics[primary],
+                   samples=40, log="x.eval", model_path="/m", duration_s=1.5, evaluated_at="2026-01-01T00:00:00+00:00")
+    write_scores(task_dir(cfg.run_dir, label, task), s)
+
+
+def test_control_is_completed_once_every_task_is_scored(write_spec):
+    scaffold(spec := write_spec(eval={"tasks": ["exact_match", {"name": "pick", "builtin": "choice"}]}))
     runs = load_runs(spec.parent)
     ctl = runs[-1]
     assert ctl.kind == "control"
-    d = ctl.run_dir / "eval" / "base"
-    d.mkdir(parents=True)
-    atomic_write_json(d / "scores.json", {"run": ctl.name, "label": "base", "epoch": None, "task": "exact_match",
-                                          "split": "test", "metric": "accuracy", "score": 0.0, "samples": 40,
-                                          "correct": 0, "log": "x.eval"})
+    _task_scores(ctl, "base", "exact_match", {"accuracy": 0.25, "stderr": 0.1}, "accuracy")
+    assert ledger.ingest_all(spec.parent, runs)["tiny_base"] == "pending"  # one task of two
+    _task_scores(ctl, "base", "pick", {"accuracy": 0.5, "brier": 0.3, "roc_auc": None}, "accuracy")
     assert ledger.ingest_all(spec.parent, runs)["tiny_base"] == "completed"
-    ev = ledger.query(spec.parent, "SELECT * FROM evals")
-    assert ev[0]["score"] == 0.0 and ev[0]["samples"] == 40
+    ev = ledger.query(spec.parent, "SELECT task, metric, value, is_primary, samples, log_path FROM evals "
+                                   "ORDER BY task, metric")
+    assert [(e["task"], e["metric"], e["value"], e["is_primary"]) for e in ev] == [
+        ("exact_match", "accuracy", 0.25, 1), ("exact_match", "stderr", 0.1, 0),
+        ("pick", "accuracy", 0.5, 1), ("pick", "brier", 0.3, 0), ("pick", "roc_auc", None, 0)]
+    assert ev[0]["samples"] == 40 and ev[0]["log_path"] == str(ctl.run_dir / "eval" / "base" / "exact_match" / "x.eval")
+
+
+def test_an_old_ledger_gets_the_per_metric_evals_table(write_spec):
+    import sqlite3
+
+    scaffold(spec := write_spec())
+    exp = spec.parent
+    with sqlite3.connect(exp / "tunelab.db") as conn:  # the evals table of earlier versions
+        conn.execute("CREATE TABLE evals (run TEXT NOT NULL, label TEXT NOT NULL, epoch INTEGER, task TEXT NOT NULL, "
+                     "split TEXT, metric TEXT, score REAL, PRIMARY KEY (run, label, task))")
+        conn.execute("INSERT INTO evals VALUES ('tiny_base', 'base', NULL, 'exact_match', 'test', 'accuracy', 0.1)")
+    runs = load_runs(exp)
+    _task_scores(runs[-1], "base", "exact_match", {"accuracy": 0.75}, "accuracy")
+    ledger.ingest_all(exp, runs)
+    rows = ledger.query(exp, "SELECT run, metric, value, is_primary FROM evals")
+    assert rows == [{"run": "tiny_base", "metric": "accuracy", "value": 0.75, "is_primary": 1}]

@@ -99,3 +99,38 @@ def test_dataset_without_test_split(write_spec, tmp_path):
     assert res.exit_code == 1
     assert "datasets[0]" in res.stderr and "has no 'test' split" in res.stderr and "split: {test: 0.1}" in res.stderr
     assert not (spec.parent / "runs").exists()
+
+
+@pytest.mark.parametrize("source, words", [
+    ("import not_a_module_anywhere\n", "not_a_module_anywhere"),
+    ("from inspect_ai import Task\n\ndef helper():\n    return 1\n", "no @task"),
+])
+def test_a_broken_task_file_stops_scaffold_naming_the_file(write_spec, tmp_path, source, words):
+    task_file = tmp_path / "my_task.py"
+    task_file.write_text(source)
+    spec = write_spec(eval={"tasks": [{"name": "mine", "file": str(task_file)}]})
+    res = runner.invoke(app, ["scaffold", str(spec)])
+    assert res.exit_code == 1 and str(task_file) in res.stderr and words in res.stderr, res.stderr
+    assert "Traceback" not in res.output and not (spec.parent / "runs").exists()
+
+
+def test_chat_jsonl_split_by_the_spec_plans_with_provenance(write_spec, tmp_path, caps_dataset):
+    import hashlib
+
+    rows = json.loads(caps_dataset.read_text())["train"]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["input"]},
+                                                     {"role": "assistant", "content": r["output"]}]}) + "\n"
+                            for r in rows))
+    spec = write_spec(datasets=[{"name": "chat", "path": str(chat), "split": {"validation": 0.25, "test": 0.25}}],
+                      prompt=None)
+    plan = scaffold(spec)
+    assert plan.datasets["chat"].counts == {"train": 160, "validation": 80, "test": 80}
+    assert plan.datasets["chat"].format == "chat"
+    md = (spec.parent / "plan.md").read_text()
+    assert hashlib.sha256(chat.read_bytes()).hexdigest() in md and "chat.split.json" in md
+    assert "| tiny_r4 | train | 160 | 0 | 0 |" in md  # truncation table: nothing cut at max_seq_len 64
+    record = spec.parent / "data" / "chat.split.json"
+    before = record.read_bytes()
+    scaffold(spec)  # a second scaffold reads the record, never re-splits
+    assert record.read_bytes() == before

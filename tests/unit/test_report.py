@@ -8,6 +8,7 @@ import math
 import re
 
 import pytest
+import yaml
 
 from tunelab import ledger
 from tunelab.fsutil import atomic_write_json
@@ -84,10 +85,14 @@ def _checkpoints(run_dir, epochs, empty=None):
         (d / "tokenizer.json").write_text("{}")
 
 
-def _scores(run_dir, label, epoch, score, kind="finetune"):
-    atomic_write_json(run_dir / "eval" / label / "scores.json", {
-        "run": run_dir.name, "kind": kind, "label": label, "epoch": epoch, "task": "exact_match", "split": "test",
-        "metric": "accuracy", "score": score, "samples": 40, "correct": round(40 * score), "log": "x.eval"})
+def _scores(run_dir, label, epoch, score, kind="finetune", task="exact_match", metrics=None, primary="accuracy"):
+    """eval/<label>/<task>/scores.json as the evaluator writes it."""
+    metrics = metrics or {primary: score, "stderr": 0.05}
+    atomic_write_json(run_dir / "eval" / label / task / "scores.json", {
+        "run": run_dir.name, "kind": kind, "label": label, "epoch": epoch, "task": task, "builtin": task,
+        "dataset": "caps", "split": "test", "metrics": metrics, "primary_metric": primary, "score": metrics[primary],
+        "greater_is_better": primary not in ("mae", "rmse", "brier", "ece"), "samples": 40, "log": "x.eval",
+        "model_path": "/m", "duration_s": 1.0, "evaluated_at": "2026-01-02T10:06:00+00:00"})
 
 
 def fake_run(exp, name, *, state="completed", epochs=3, losses=(2.0, 1.2, 0.8, 0.5, 0.3, 0.2),
@@ -265,13 +270,15 @@ def test_markdown_and_html_are_complete_and_self_contained(exp):
     assert "**Question:** Does rank matter?" in md
     assert "+75.0 pp** over the base-model control tiny_base (5.0 %)" in md
     assert "+50.0 pp** over the runner-up tiny_r4 (30.0 %)" in md
-    assert "lora_rank: 16 beats 4 by **+50.0 pp** on mean score." in md
-    assert "**lora_rank** on eval score: 4 → 30.0 % (n=1); 16 → 80.0 % (n=1)" in md
-    assert "| tiny_r16 | fine-tuned | epoch_2 | exact_match | 80.0 % | 5.0 % | +75.0 pp | 40 |" in md
+    assert "lora_rank: 16 beats 4 by **+50.0 pp** on mean accuracy." in md
+    assert "**lora_rank** on exact_match (accuracy): 4 → 30.0 % (n=1); 16 → 80.0 % (n=1). Best level **16**, " \
+           "+50.0 pp vs 4." in md
+    assert "| tiny_r16 | fine-tuned | epoch_2 | 80.0 % | +75.0 pp | 40 |" in md  # one table per task
+    assert "| tiny_base | control | base | 5.0 % | — | 40 |" in md
     assert "tunelab train runs/tiny_r16/run.yaml" in md and f"tunelab eval {exp} --run tiny_r4 --force" in md
     # figures: on disk, linked from Markdown, embedded in HTML; nothing fetched from elsewhere
     names = sorted(p.name for p in files.figures)
-    assert names == ["loss_curves.png", "score_by_lora_rank.png", "throughput_memory.png"]
+    assert names == ["loss_curves.png", "score_by_lora_rank__exact_match__accuracy.png", "throughput_memory.png"]
     for n in names:
         assert (exp / "report" / "figures" / n).stat().st_size > 1000 and f"(figures/{n})" in md
     imgs = re.findall(r'<img src="([^"]+)"', html)
@@ -292,3 +299,84 @@ def test_report_cli_open_uses_the_webbrowser_module(exp, monkeypatch):
     assert res.exit_code == 0, res.output
     assert opened == [(exp / "report" / "report.html").resolve().as_uri()]
     assert "report.html" in res.output and "partial" in res.output
+
+
+# ---------------------------------------------------------------- several tasks, prompts, eval-only
+@pytest.fixture
+def multi(write_spec, tmp_path):
+    adapter = tmp_path / "shared_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    import json
+
+    nums = tmp_path / "nums.json"
+    nums.write_text(json.dumps({"test": [{"input": f"{i}+{i}", "output": str(2 * i)} for i in range(5)]}))
+    caps = yaml.safe_load(write_spec().read_text())["datasets"][0]
+    spec = write_spec(factors={"lora_rank": [4], "prompt": ["Capitalize: {input}", "Upper: {input}"]},
+                      training={"epochs": 3},
+                      datasets=[caps, {"name": "nums", "path": str(nums), "eval_only": True}],
+                      eval={"tasks": ["exact_match", {"name": "num", "builtin": "numeric", "dataset": "nums"}]},
+                      eval_only=[{"name": "shared", "path": str(adapter), "model": "tiny"}])
+    scaffold(spec)
+    exp = spec.parent
+    num = {"tiny_p1_r4": 2.0, "tiny_p2_r4": 0.5}  # MAE: lower is better
+    for name, acc in (("tiny_p1_r4", 0.6), ("tiny_p2_r4", 0.4)):
+        run_dir = fake_run(exp, name, score=acc)
+        _scores(run_dir, "epoch_2", 2, None, task="num", primary="mae",
+                metrics={"mae": num[name], "rmse": num[name] * 1.5, "r2": 0.1, "parse_rate": 0.9})
+    for ctl, acc, mae in (("tiny_p1_base", 0.1, 5.0), ("tiny_p2_base", 0.2, 4.0)):
+        _scores(exp / "controls" / ctl, "base", None, acc, kind="control")
+        _scores(exp / "controls" / ctl, "base", None, None, kind="control", task="num", primary="mae",
+                metrics={"mae": mae, "rmse": mae, "r2": -1.0, "parse_rate": 0.5})
+    shared = exp / "eval_only" / "shared"
+    _scores(shared, "checkpoint", None, 0.9, kind="eval_only")
+    _scores(shared, "checkpoint", None, None, kind="eval_only", task="num", primary="mae",
+            metrics={"mae": 1.0, "rmse": 1.0, "r2": 0.5, "parse_rate": 1.0})
+    return exp
+
+
+def test_several_tasks_prompts_and_eval_only(multi):
+    data = gather(multi)
+    assert data.factors["prompt"] == ["p1", "p2"] and data.prompts["p2"] == "Upper: {input}"
+    assert [(t.name, t.primary_metric, t.greater_is_better) for t in data.tasks] == [
+        ("exact_match", "accuracy", True), ("num", "mae", False)]
+    run = next(r for r in data.runs if r.name == "tiny_p2_r4")
+    assert data.control_for(run).name == "tiny_p2_base"  # same prompt
+    assert [r.name for r in data.eval_only] == ["shared"] and not data.partial
+    f = analyze(data)
+    by = {(e.factor, e.task): e for e in f.effects}
+    assert by[("prompt", "exact_match")].best.level == "p1"
+    assert by[("prompt", "num")].best.level == "p2"  # lower MAE wins
+    assert [r.name for r in f.best] == ["tiny_p1_r4"]  # on the headline task (the first)
+
+    files = build_report(multi)
+    md = files.markdown.read_text()
+    assert "Task **exact_match** (exact_match on caps / test)" in md and "Task **num** (numeric on nums / test)" in md
+    assert "| Run | Type | Checkpoint | mae ★ | rmse | r2 | parse_rate | Δ★ vs control | Samples |" in md
+    assert "| tiny_p2_r4 | fine-tuned | epoch_2 | 0.5 | 0.75 | 0.1 | 90.0 % | -3.5 | 40 |" in md
+    assert "| shared | eval-only | checkpoint | 1 | 1 | 0.5 | 100.0 % | — | 40 |" in md
+    assert "| p2 | `Upper: {input}` |" in md
+    assert "**prompt** on num (mae): p1 → 2 (n=1); p2 → 0.5 (n=1). Best level **p2**, -1.5 vs p1." in md
+    names = {p.name for p in files.figures}
+    assert {"score_by_prompt__exact_match__accuracy.png", "score_by_prompt__num__mae.png",
+            "score_by_prompt__num__parse_rate.png"} <= names
+    assert not any("stderr" in n for n in names)
+
+
+def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
+    from tunelab.results import collect_results, to_csv
+
+    rows = {r["name"]: r for r in collect_results(multi)}
+    r = rows["tiny_p2_r4"]
+    assert r["score"] == 0.4 and r["score_task"] == "exact_match" and r["scores"] == {"exact_match": 0.4, "num": 0.5}
+    assert [(e["label"], e["task"], e["primary_metric"]) for e in r["eval"]] == [
+        ("epoch_2", "exact_match", "accuracy"), ("epoch_2", "num", "mae")]
+    assert r["eval"][1]["metrics"] == {"mae": 0.5, "rmse": 0.75, "r2": 0.1, "parse_rate": 0.9}
+    assert rows["shared"]["type"] == "eval-only" and rows["shared"]["state"] == "completed"
+    lines = to_csv(list(rows.values())).splitlines()
+    header = lines[0].split(",")
+    assert header[:3] == ["name", "type", "model"] and len(lines) == 1 + len(rows)
+    assert {"exact_match.accuracy", "num.mae", "num.parse_rate", "evals"} <= set(header)
+    row = next(line for line in lines if line.startswith("tiny_p2_r4,"))
+    assert "epoch_2/num/mae=0.5" in row

@@ -1,13 +1,34 @@
-"""Evaluation with inspect-ai: fine-tuned checkpoints and control base models, same prompt as training.
+"""Evaluation with inspect-ai: every task of a run's eval spec on its checkpoints, base model or
+eval-only checkpoint, prompts formatted exactly as in training.
 
-Importing this package registers the `tunelab` model provider with inspect, so `evaluate_run`
-works in-process with no entry point.
+Kept light to import (the ledger reads scores.json through it): inspect-ai and torch load only when
+an evaluation runs. Importing `tunelab.evaluate.provider` registers the `tunelab` model provider (the
+`inspect_ai` entry point does that for `inspect eval --model tunelab/<dir>`).
 """
 
-from tunelab.compat import quiet_known_library_warnings
-from tunelab.evaluate import provider as _provider  # noqa: F401  (registers the `tunelab` provider)
-from tunelab.evaluate.runner import SampleRow, evaluate_run, load_samples, read_scores
+from __future__ import annotations
 
-quiet_known_library_warnings()
+from typing import Any
 
-__all__ = ["SampleRow", "evaluate_run", "load_samples", "read_scores"]
+_LAZY = {
+    "evaluate_run": "tunelab.evaluate.runner",
+    "check_tasks": "tunelab.evaluate.usertasks",
+    "SampleRow": "tunelab.evaluate.scores",
+    "TaskScores": "tunelab.evaluate.scores",
+    "load_samples": "tunelab.evaluate.scores",
+    "read_scores": "tunelab.evaluate.scores",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tunelab.evaluate' has no attribute {name!r}")
+    import importlib
+
+    if _LAZY[name] != "tunelab.evaluate.scores":
+        from tunelab.compat import quiet_known_library_warnings
+
+        quiet_known_library_warnings()
+        importlib.import_module("tunelab.evaluate.provider")  # registers the provider
+    return getattr(importlib.import_module(_LAZY[name]), name)

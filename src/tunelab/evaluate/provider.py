@@ -1,277 +1,167 @@
 """The `tunelab` inspect-ai model provider: a local HF base model, optionally with a LoRA adapter.
 
-Why our own provider and not inspect's `hf/`: the prompt must be built by
-`PromptFormat.encode_prompt`, the very function training used, so the model is evaluated on
-exactly the tokens it learned to continue (template, chat template, system prompt, BOS). The
-sample's user message is the raw example input; everything else comes from the run config.
+Why our own provider and not inspect's `hf/`: prompts must be built by `PromptFormat.encode_prompt`,
+the very function training used, so a checkpoint is evaluated on exactly the tokens it learned to
+continue (chat template, pinned date, system prompt, BOS) and stops where training's answers stopped.
 
-Decoding is always greedy (sampling settings in GenerateConfig are ignored): an evaluation of a
-checkpoint must give the same answer every time it is run.
+Two kinds of input arrive here:
+- built-in tasks send conversations already formatted by the run's row reader (no prompt_template);
+- a user's task file sends its own messages: with a prompt_template, the last user message's text is
+  put into it as `{input}`, and the run's system prompt is added when the messages bring none.
+
+By hand: `inspect eval my_task.py --model tunelab/<run dir | checkpoint dir | control dir>` reads the
+weights and the prompt format from that directory's run.yaml (see targets.resolve_model_dir); any
+model arg (`-M prompt_template=...`) overrides it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 from inspect_ai.model import (
+    ChatCompletionChoice,
     ChatMessage,
-    ChatMessageUser,
+    ChatMessageAssistant,
     GenerateConfig,
+    Logprob,
+    Logprobs,
     ModelAPI,
     ModelOutput,
     ModelUsage,
+    TopLogprob,
     modelapi,
 )
 from inspect_ai.tool import ToolChoice, ToolInfo
 
+from tunelab.data.conversation import Example, Message, with_system
 from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.errors import TunelabError
+from tunelab.evaluate.hf import Batcher, Generation, LocalLM, local_lm
+from tunelab.spec import template_fields
+from tunelab.train.device import resolve_device, resolve_dtype
 
 PROVIDER = "tunelab"
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_TOKENS = 16
-_GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
-_GATHER_QUIET_S = 0.02  # stop gathering once no request arrived for this long
 
 
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(name: str, device: str) -> Any:
-    """Same rule as training ('auto' = bf16 on a bf16-capable GPU, else fp32), for parity."""
-    import torch
-
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
-    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    base = Path(base_path)
-    if not (base / "config.json").is_file():
-        raise TunelabError("base model directory not found (no config.json)", file=base)
-    tok_dir = base
-    if adapter_path is not None:
-        adapter = Path(adapter_path)
-        if not (adapter / "adapter_config.json").is_file():
-            raise TunelabError("not a PEFT adapter directory (no adapter_config.json)", file=adapter)
-        if (adapter / "tokenizer_config.json").is_file():
-            tok_dir = adapter
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
+def check_input_template(template: str | None, where: str) -> None:
+    """A task file's samples have one text each: a template may only name {input}."""
+    if template is None:
+        return
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        if adapter_path is not None:
-            from peft import PeftModel
-
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-                model.resize_token_embeddings(len(tokenizer))
-            model = PeftModel.from_pretrained(model, str(adapter_path))
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    model.to(device)
-    model.eval()
-    return model, tokenizer
-
-
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: "_Generation | None" = None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class _Generation:
-    new_ids: list[int]
-    text: str
-    hit_eos: bool
-
-
-class _Batcher:
-    """Groups concurrent generate() calls into one batched forward pass.
-
-    No background task: whichever waiting caller holds the lock lets concurrent samples queue up
-    for a moment, cuts the next batch from the front of the queue and runs it. Within a batch,
-    rows are sorted by their tokens, so the batch tensor does not depend on the order in which
-    inspect happened to deliver the samples. Left padding is masked out, so on fp32 a prompt's
-    answer does not depend on its batch-mates; batch_size=1 is the unbatched reference.
-    """
-
-    def __init__(self, run_batch: Any, batch_size: int):
-        self._run_batch = run_batch
-        self._batch_size = max(1, batch_size)
-        self._pending: list[_Request] = []
-        self._lock: anyio.Lock | None = None  # made inside the eval's event loop, on first use
-
-    async def submit(self, prompt_ids: list[int], max_new_tokens: int) -> _Generation:
-        req = _Request(prompt_ids, max_new_tokens)
-        self._pending.append(req)
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        while not req.done.is_set():
-            async with self._lock:
-                if req.done.is_set():
-                    break
-                await self._gather()
-                await self._run_next()
-        if req.error is not None:
-            raise req.error
-        assert req.result is not None
-        return req.result
-
-    async def _gather(self) -> None:
-        quiet = 0.0
-        seen = len(self._pending)
-        while len(self._pending) < self._batch_size and quiet < _GATHER_QUIET_S:
-            await anyio.sleep(_GATHER_STEP_S)
-            quiet = 0.0 if len(self._pending) > seen else quiet + _GATHER_STEP_S
-            seen = len(self._pending)
-
-    async def _run_next(self) -> None:
-        head = self._pending[0].max_new_tokens
-        batch = [r for r in self._pending if r.max_new_tokens == head][: self._batch_size]
-        self._pending = [r for r in self._pending if not any(r is b for b in batch)]
-        batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids))
-        try:
-            # Inline on the event loop, not in a worker thread: on CPU a worker thread gets its own
-            # OpenMP team and contends with the loop's (measured ~2x slower per batch, far worse
-            # on a busy machine). Nothing else needs the loop meanwhile: every sample waits on us.
-            results = self._run_batch([r.prompt_ids for r in batch], head)
-        except Exception as exc:  # each caller in the batch raises it from its own submit()
-            for r in batch:
-                r.error = exc
-                r.done.set()
-            return
-        for r, res in zip(batch, results):
-            r.result = res
-            r.done.set()
+        fields = template_fields(template)
+    except ValueError as exc:
+        raise TunelabError(f"{where}: prompt template {template!r} {exc}") from None
+    other = [f for f in fields if f != "input"]
+    if other:
+        raise TunelabError(
+            f"{where}: the prompt template {template!r} names field(s) {', '.join(other)}, but a task file's "
+            "samples only give their input text ({input}); set `prompt:` on the task (e.g. prompt: '{input}'), "
+            "or by hand pass -M prompt_template='{input}'")
 
 
 class TunelabModelAPI(ModelAPI):
-    """inspect-ai provider `tunelab/<any name>`; model_args say which weights and prompt format.
+    """inspect-ai provider `tunelab/<name>`; model_args say which weights and prompt format.
 
-    model_args: base_path (required), adapter_path, prompt_template ('{input}' by default),
-    chat_template ('auto'|'always'|'never'), system_prompt, device (cuda if available else cpu),
-    dtype ('auto'|'float32'|'bfloat16'|'float16'), batch_size. The weights are loaded once, here.
+    model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path,
+    prompt_template (None: messages used as they are), system_prompt, chat_template, template_date,
+    train_on_input, device (cuda if available), dtype ('auto'|'float32'|'bfloat16'|'float16'), batch_size.
     """
 
-    def __init__(
-        self,
-        model_name: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        config: GenerateConfig = GenerateConfig(),
-        *,
-        base_path: str | None = None,
-        adapter_path: str | None = None,
-        prompt_template: str = "{input}",
-        chat_template: ChatMode = "auto",
-        system_prompt: str | None = None,
-        device: str | None = None,
-        dtype: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> None:
+    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
+                 config: GenerateConfig = GenerateConfig(), *, base_path: str | None = None,
+                 adapter_path: str | None = None, prompt_template: str | None = None,
+                 system_prompt: str | None = None, chat_template: ChatMode | None = None,
+                 template_date: str | None = None, train_on_input: bool | str = False, device: str | None = None,
+                 dtype: str | None = None, batch_size: int | str = DEFAULT_BATCH_SIZE) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
-        if not base_path:
-            raise TunelabError("the tunelab model provider needs model_args base_path", field="base_path")
+        if base_path is None:  # by hand: the model name is a directory of this experiment
+            from tunelab.evaluate.targets import resolve_model_dir
+
+            cfg, target = resolve_model_dir(model_name)
+            base_path = str(target.base_path)
+            adapter_path = adapter_path or (str(target.adapter_path) if target.adapter_path else None)
+            prompt_template = prompt_template if prompt_template is not None else cfg.prompt
+            system_prompt = system_prompt if system_prompt is not None else cfg.system_prompt
+            chat_template = chat_template or cfg.chat_template
+            template_date = template_date or cfg.chat_template_date
+            train_on_input = bool(cfg.training and cfg.training.train_on_input)
+            dtype = dtype or (cfg.training.dtype if cfg.training else "auto")
+        check_input_template(prompt_template, f"model {model_name}")
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.format = PromptFormat(chat_template=chat_template or "auto", template_date=template_date,
+                                   train_on_input=str(train_on_input).lower() in ("true", "1"))
         self.device = resolve_device(device)
-        self.format = PromptFormat(template=prompt_template, chat_template=chat_template, system_prompt=system_prompt)
-        self.model, self.tokenizer = load_model(base_path, adapter_path, resolve_dtype(dtype, self.device), self.device)
+        self.lm: LocalLM = local_lm(base_path, adapter_path, resolve_dtype(dtype or "auto", self.device), self.device)
+        self.tokenizer = self.lm.tokenizer
+        self.stop_ids = self.format.stop_token_ids(self.tokenizer)
+        if not self.stop_ids:
+            raise TunelabError("the tokenizer has no eos or end-of-turn token; cannot tell where an answer ends",
+                               file=Path(base_path))
         self.batch_size = max(1, int(batch_size))
-        self.eos_ids = self._eos_ids()
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.eos_ids[0]
-        self._batcher = _Batcher(self.generate_batch, self.batch_size)
+        self._batcher = Batcher(self._run_batch, self.batch_size)
 
-    def _eos_ids(self) -> list[int]:
-        # Training appends tokenizer.eos_token_id; the model's generation config may add more
-        # end-of-turn tokens (Llama 3: <|eot_id|>). Stop at any of them.
-        ids: list[int] = []
-        cfg_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for i in [self.tokenizer.eos_token_id, *(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos])]:
-            if i is not None and i not in ids:
-                ids.append(int(i))
-        if not ids:
-            raise TunelabError("the tokenizer has no eos token; cannot tell where an answer ends")
-        return ids
+    # ---- prompt building ------------------------------------------------------------------------
+    def messages_of(self, input: list[ChatMessage]) -> tuple[Message, ...]:
+        """inspect messages → tunelab Messages: template on the last user turn, system prompt added."""
+        out = []
+        for m in input:
+            if m.role not in ("system", "user", "assistant"):
+                raise TunelabError(f"the tunelab provider cannot send a '{m.role}' message (no tool use)")
+            out.append(Message(m.role, m.text))
+        if self.prompt_template is not None:
+            last = max((i for i, m in enumerate(out) if m.role == "user"), default=None)
+            if last is None:
+                raise TunelabError("the prompt template needs a user message to put the sample's input into")
+            out[last] = Message("user", self.prompt_template.format(input=out[last].content))
+        return with_system(tuple(out), self.system_prompt)
 
-    def prompt_ids(self, input_text: str) -> list[int]:
-        """The prompt tokens for one example input: exactly what training used."""
-        return self.format.encode_prompt(input_text, self.tokenizer)
+    def prompt_ids(self, input: list[ChatMessage]) -> list[int]:
+        """The prompt tokens: exactly what training built before the answer."""
+        return self.format.encode_prompt(self.messages_of(input), self.tokenizer)
 
-    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int) -> list[_Generation]:
-        """Greedy-decode a batch of prompts, left-padded, stopping each row at its first eos."""
-        import torch
-        from transformers import GenerationConfig
+    # ---- generation -----------------------------------------------------------------------------
+    def _run_batch(self, prompts: list[list[int]], max_new_tokens: int, top_logprobs: int | None) -> list[Generation]:
+        return self.lm.generate_batch(prompts, max_new_tokens, self.stop_ids, top_logprobs)
 
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attention[row, width - len(p):] = 1
-        gen_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-        )
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                generation_config=gen_config,
-            )
-        results = []
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-            new = row if cut is None else row[:cut]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            results.append(_Generation(new_ids=new, text=text, hit_eos=cut is not None))
-        return results
-
-    async def generate(
-        self,
-        input: list[ChatMessage],
-        tools: list[ToolInfo],
-        tool_choice: ToolChoice,
-        config: GenerateConfig,
-    ) -> ModelOutput:
-        users = [m for m in input if isinstance(m, ChatMessageUser)]
-        if not users:
-            raise TunelabError("the tunelab provider needs a user message holding the example input")
-        input_text = users[-1].text
-        ids = self.prompt_ids(input_text)
-        max_new = config.max_tokens or DEFAULT_MAX_TOKENS
-        gen = await self._batcher.submit(ids, max_new)
-        output = ModelOutput.from_content(
-            model=self.model_name, content=gen.text, stop_reason="stop" if gen.hit_eos else "max_tokens"
-        )
-        output.usage = ModelUsage(
-            input_tokens=len(ids), output_tokens=len(gen.new_ids), total_tokens=len(ids) + len(gen.new_ids)
-        )
+    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
+                       config: GenerateConfig) -> ModelOutput:
+        ids = self.prompt_ids(input)
+        want = bool(config.logprobs) or bool(config.top_logprobs)
+        gen = await self._batcher.submit(ids, config.max_tokens or DEFAULT_MAX_TOKENS,
+                                         (config.top_logprobs or 0) if want else None)
+        choice = ChatCompletionChoice(
+            message=ChatMessageAssistant(content=gen.text, model=self.model_name, source="generate"),
+            stop_reason="stop" if gen.hit_stop else "max_tokens",
+            logprobs=_inspect_logprobs(gen) if want else None)
+        output = ModelOutput(model=self.model_name, choices=[choice])
+        output.usage = ModelUsage(input_tokens=len(ids), output_tokens=len(gen.new_ids),
+                                  total_tokens=len(ids) + len(gen.new_ids))
         # The exact prompt the model saw, so a log proves train/eval parity after the fact.
         output.metadata = {"prompt": self.tokenizer.decode(ids), "prompt_ids": ids}
         return output
 
+    # ---- scoring given continuations -------------------------------------------------------------
+    def continuation_ids(self, messages: tuple[Message, ...], prompt: list[int], answer: str) -> list[int]:
+        """The tokens training would learn for `answer` after these messages (with its end-of-turn)."""
+        ids = self.format.encode_example(Example((*messages, Message("assistant", answer))), self.tokenizer)[
+            "input_ids"]
+        if ids[: len(prompt)] != prompt:
+            raise TunelabError(f"the answer {answer!r} changes how the prompt is tokenized; cannot score it")
+        cont = ids[len(prompt):]
+        stop = next((i for i, t in enumerate(cont) if t in self.stop_ids), None)
+        return cont if stop is None else cont[: stop + 1]
+
+    def score_continuations(self, input: list[ChatMessage], answers: list[str]) -> list[float]:
+        """Summed log-probability of each answer (its tokens and its end-of-turn) after the prompt."""
+        messages = self.messages_of(input)
+        prompt = self.format.encode_prompt(messages, self.tokenizer)
+        return self.lm.continuation_logprobs(prompt, [self.continuation_ids(messages, prompt, a) for a in answers])
+
+    # ---- inspect settings ------------------------------------------------------------------------
     def max_tokens(self) -> int | None:
         return DEFAULT_MAX_TOKENS
 
@@ -280,17 +170,27 @@ class TunelabModelAPI(ModelAPI):
         return 2 * self.batch_size
 
     def close(self) -> None:
-        """Drop the weights (an 'all epochs' evaluation loads several models in a row)."""
-        import gc
+        """The weights stay cached for the next task on them; hf.release_weights() frees them."""
+        self.lm = None  # type: ignore[assignment]
 
-        import torch
 
-        self.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+def _inspect_logprobs(gen: Generation) -> Logprobs:
+    return Logprobs(content=[
+        Logprob(token=t.token, logprob=t.logprob,
+                top_logprobs=[TopLogprob(token=s, logprob=v) for s, v in t.top] or None)
+        for t in gen.logprobs or []])
+
+
+def model_args_of(cfg: Any, target: Any, prompt_template: str | None, batch_size: int | None) -> dict[str, Any]:
+    """The provider's model_args for one target of a run (RunConfig, targets.Target)."""
+    return dict(
+        base_path=str(target.base_path), adapter_path=str(target.adapter_path) if target.adapter_path else None,
+        prompt_template=prompt_template, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
+        template_date=cfg.chat_template_date, train_on_input=bool(cfg.training and cfg.training.train_on_input),
+        dtype=cfg.training.dtype if cfg.training is not None else "auto", batch_size=batch_size or DEFAULT_BATCH_SIZE)
 
 
 # Registered under the plain name so `get_model("tunelab/...")` finds it; the class itself stays
-# importable (the decorator form would replace it with a factory function).
+# importable (the decorator form would replace it with a factory function). Also reached through the
+# `inspect_ai` entry point (pyproject), which imports this module.
 modelapi(name=PROVIDER)(TunelabModelAPI)

@@ -1,4 +1,5 @@
-"""Evaluate a whole experiment: every fine-tuned run's chosen checkpoints and every control."""
+"""Evaluate a whole experiment: every fine-tuned run's chosen checkpoints, every control and every
+eval-only checkpoint, on every task of the spec."""
 
 from __future__ import annotations
 
@@ -8,41 +9,50 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunelab import ledger
-from tunelab.errors import TunelabError
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.train import status as st
 
 
+def _shown(value: float | None, metric: str) -> str:
+    from tunelab.evaluate.metrics import FRACTIONS
+
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f} %" if metric.split("/")[-1] in FRACTIONS else f"{value:.4g}"
+
+
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
                         force: bool = False, console: Console | None = None, ingest: bool = True,
-                        ) -> dict[str, list[dict]]:
-    """Evaluate completed fine-tuned runs and all controls; skip what already has scores (unless force)."""
+                        tasks: list[str] | None = None) -> dict[str, list]:
+    """Evaluate completed fine-tuned runs, controls and eval-only runs; skip what already has scores
+    (unless force). epochs: 'last' | 'all' | '0,2' (default: each run's eval.epochs)."""
     from tunelab.evaluate import evaluate_run
+    from tunelab.evaluate.targets import parse_epochs
 
-    if epochs not in (None, "last", "all"):
-        raise TunelabError("must be 'last' or 'all'", field="--epochs")
+    chosen = parse_epochs(epochs)
     console = console or Console()
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)
-    runs = select_runs(all_runs, names)
     todo = []
-    for cfg in runs:
+    for cfg in select_runs(all_runs, names):
         if cfg.kind == "finetune" and training_state(cfg.run_dir) != st.COMPLETED:
             console.print(f"[yellow]skip {cfg.name}: training not completed[/yellow]")
             continue
         todo.append(cfg)
-    out: dict[str, list[dict]] = {}
+    out: dict[str, list] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("evaluating", total=len(todo))
+            bar = progress.add_task("evaluating", total=len(todo))
             for cfg in todo:
-                progress.update(task, description=f"evaluating {cfg.name}")
-                out[cfg.name] = evaluate_run(cfg, epochs=epochs or cfg.eval.epochs, force=force)
+                progress.update(bar, description=f"evaluating {cfg.name}")
+                out[cfg.name] = evaluate_run(cfg, epochs=chosen if cfg.kind == "finetune" else None, force=force,
+                                             tasks=tasks)
                 for s in out[cfg.name]:
-                    progress.console.print(f"  {cfg.name} {s['label']}: {s['task']} {100 * s['score']:.1f} % "
-                                           f"({s['correct']}/{s['samples']})")
-                progress.advance(task)
+                    progress.console.print(f"  {cfg.name} {s.label} {s.task}: {s.primary_metric} "
+                                           f"{_shown(s.score, s.primary_metric)} ({s.samples} samples)",
+                                           highlight=False)
+                progress.advance(bar)
     finally:
         if ingest:  # a cluster job leaves the ledger to the coordinator
             ledger.ingest_all(exp, all_runs)

@@ -1,24 +1,66 @@
-"""Inspect tasks built from a dataset split, with case-sensitive scorers.
+"""Built-in tasks on any dataset of the spec and split: exact_match, includes, choice, numeric.
 
-inspect's built-in `exact()` and `includes()` normalise or ignore case; for a capitalization task
-the case is the whole answer, so we score strictly ourselves.
+Samples are the dataset's Examples read with the run's row reader (its prompt template or the task's,
+its system prompt), so a sample's messages are the conversation training saw minus the answer; the
+provider sends them unchanged. inspect's own `exact()`/`includes()` normalise case; for tasks such as
+capitalization the case is the whole answer, so exact_match and includes here are case-sensitive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import re
 
 from inspect_ai import Task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import GenerateConfig
-from inspect_ai.scorer import CORRECT, INCORRECT, Score, Scorer, Target, accuracy, scorer, stderr
-from inspect_ai.solver import TaskState, generate
+from inspect_ai.model import (
+    ChatMessage,
+    ChatMessageAssistant,
+    ChatMessageSystem,
+    ChatMessageUser,
+    GenerateConfig,
+    ModelOutput,
+    get_model,
+)
+from inspect_ai.scorer import CORRECT, INCORRECT, Metric, Score, Scorer, Target, accuracy, scorer, stderr
+from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 
-from tunelab.data.splits import load_splits
+from tunelab.data.conversation import Example
 from tunelab.errors import TunelabError
+from tunelab.evaluate import metrics as m
 from tunelab.runconfig import RunConfig
+from tunelab.spec import TaskSpec
+
+# The metric each built-in's `score` is.
+PRIMARY = {"exact_match": "accuracy", "includes": "accuracy", "choice": "accuracy", "numeric": "mae"}
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?")
+_MESSAGE = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
 
 
+# ---------------------------------------------------------------- samples
+def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Example]:
+    """The task's dataset split as Examples, read as training reads rows (template: the task's or the run's)."""
+    from tunelab.data.splits import load_data
+
+    try:
+        dataset = cfg.dataset_named(spec.dataset)
+    except KeyError:
+        raise TunelabError(f"task '{spec.name}': dataset '{spec.dataset}' is not one of the spec's datasets",
+                           field=f"eval.tasks.{spec.name}.dataset") from None
+    loaded = load_data(dataset, cfg.experiment_dir)
+    reader = loaded.reader(spec.prompt if spec.prompt is not None else cfg.prompt, cfg.system_prompt)
+    return loaded.examples(spec.split, reader, limit)
+
+
+def as_chat(example: Example) -> list[ChatMessage]:
+    return [_MESSAGE[msg.role](content=msg.content) for msg in example.prompt]
+
+
+def build_samples(examples: list[Example]) -> list[Sample]:
+    return [Sample(input=as_chat(e), target=e.answer, id=i) for i, e in enumerate(examples)]
+
+
+# ---------------------------------------------------------------- exact_match / includes
 @scorer(metrics=[accuracy(), stderr()])
 def exact_match() -> Scorer:
     """Correct when the stripped completion equals the stripped target, case included."""
@@ -43,29 +85,112 @@ def includes() -> Scorer:
     return score
 
 
-SCORERS: dict[str, Callable[[], Scorer]] = {"exact_match": exact_match, "includes": includes}
+# ---------------------------------------------------------------- choice
+@solver
+def option_probabilities(options: list[str]) -> Solver:
+    """Each option's probability: its summed token log-probability after the prompt (answer tokens
+    and end-of-turn, as training would learn it), normalised over the options."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        from tunelab.evaluate.provider import TunelabModelAPI
+
+        model = get_model()
+        if not isinstance(model.api, TunelabModelAPI):
+            raise TunelabError(f"the choice built-in needs the tunelab model provider, not {model}")
+        logps = model.api.score_continuations(state.messages, options)
+        top = max(logps)
+        weights = [math.exp(v - top) for v in logps]
+        probs = {o: w / sum(weights) for o, w in zip(options, weights)}
+        best = options[logps.index(top)]
+        state.output = ModelOutput.from_content(model=str(model), content=best)
+        state.output.metadata = {"option_probs": probs, "option_logprobs": dict(zip(options, logps))}
+        state.messages.append(state.output.message)
+        return state
+
+    return solve
 
 
-def build_samples(cfg: RunConfig) -> list[Sample]:
-    """One sample per example of the eval split: input/target are the raw fields, id the index."""
-    splits = load_splits(cfg.dataset.path, cfg.dataset.input_field, cfg.dataset.output_field)
-    rows = splits[cfg.eval.split]
-    if cfg.eval.limit is not None:
-        rows = rows[: cfg.eval.limit]
-    return [
-        Sample(input=row[cfg.dataset.input_field], target=row[cfg.dataset.output_field], id=i)
-        for i, row in enumerate(rows)
-    ]
+@scorer(metrics=[accuracy()])
+def option_choice() -> Scorer:
+    """Correct when the most probable option is the target; the probabilities go to the metrics."""
+
+    async def score(state: TaskState, target: Target) -> Score:
+        probs = (state.output.metadata or {})["option_probs"]
+        pred = max(probs, key=lambda o: probs[o])
+        return Score(value=CORRECT if pred == target.text else INCORRECT, answer=pred,
+                     metadata={"probs": probs, "target": target.text, "prediction": pred})
+
+    return score
 
 
-def build_task(cfg: RunConfig) -> Task:
-    """The inspect Task of a run's eval spec (task name, split, limit, max_tokens)."""
-    if cfg.eval.task not in SCORERS:
-        raise TunelabError(f"unknown eval task '{cfg.eval.task}'; use one of {sorted(SCORERS)}", field="eval.task")
-    return Task(
-        dataset=MemoryDataset(build_samples(cfg), name=f"{cfg.dataset.name}_{cfg.eval.split}"),
-        solver=generate(),
-        scorer=SCORERS[cfg.eval.task](),
-        config=GenerateConfig(max_tokens=cfg.eval.max_tokens),
-        name=cfg.eval.task,
-    )
+def choice_options(spec: TaskSpec, examples: list[Example], split: list[Example]) -> list[str]:
+    """task.options, or the distinct answers of the whole split (even when only `limit` samples run), sorted."""
+    options = list(spec.options) if spec.options else sorted({e.answer for e in split})
+    for i, e in enumerate(examples):
+        if e.answer not in options:
+            raise TunelabError(f"task '{spec.name}': the answer {e.answer!r} of {spec.split} row {i} is not among "
+                               f"the options {options}", field=f"eval.tasks.{spec.name}.options")
+    if len(options) < 2:
+        raise TunelabError(f"task '{spec.name}': choice needs at least two options, got {options}",
+                           field=f"eval.tasks.{spec.name}.options")
+    return options
+
+
+def choice_metrics(n_options: int) -> list[Metric]:
+    out = [accuracy(), m.balanced_accuracy(), m.macro_f1(), m.ece(), m.brier()]
+    return out + [m.roc_auc()] if n_options == 2 else out
+
+
+# ---------------------------------------------------------------- numeric
+def parse_number(text: str) -> float | None:
+    """The first number in the text ('1,234.5', '-3', '.5', '2e3'); None when there is none."""
+    found = _NUMBER.search(text)
+    return float(found.group().replace(",", "")) if found else None
+
+
+@scorer(metrics=[m.mae(), m.rmse(), m.r2(), m.parse_rate()])
+def numeric() -> Scorer:
+    """The first number of the completion against the numeric target; correct when equal."""
+
+    async def score(state: TaskState, target: Target) -> Score:
+        pred, truth = parse_number(state.output.completion), float(target.text)
+        return Score(value=CORRECT if pred == truth else INCORRECT, answer=state.output.completion.strip(),
+                     metadata={"prediction": pred, "target": truth})
+
+    return score
+
+
+def numeric_targets(spec: TaskSpec, examples: list[Example]) -> list[Sample]:
+    samples = []
+    for i, e in enumerate(examples):
+        try:
+            value = float(e.answer.strip().replace(",", ""))
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise TunelabError(f"task '{spec.name}': the answer {e.answer!r} of {spec.split} row {i} is not a number")
+        samples.append(Sample(input=as_chat(e), target=repr(value), id=i))
+    return samples
+
+
+# ---------------------------------------------------------------- the Task
+def build_builtin_task(cfg: RunConfig, spec: TaskSpec) -> Task:
+    """The inspect Task of one built-in task spec on this run's datasets."""
+    limit = spec.limit or cfg.eval.limit
+    whole = spec.builtin == "choice" and not spec.options  # options come from the whole split
+    examples = task_examples(cfg, spec, None if whole else limit)
+    split, examples = examples, examples[:limit] if limit else examples
+    if not examples:
+        raise TunelabError(f"task '{spec.name}': the {spec.split} split has no rows")
+    name = f"{cfg.dataset_named(spec.dataset).name}_{spec.split}"
+    config = GenerateConfig(max_tokens=spec.max_tokens or cfg.eval.max_tokens)
+    if spec.builtin == "choice":
+        options = choice_options(spec, examples, split)
+        return Task(dataset=MemoryDataset(build_samples(examples), name=name), solver=option_probabilities(options),
+                    scorer=option_choice(), metrics=choice_metrics(len(options)), config=config, name=spec.name)
+    if spec.builtin == "numeric":
+        return Task(dataset=MemoryDataset(numeric_targets(spec, examples), name=name), solver=generate(),
+                    scorer=numeric(), config=config, name=spec.name)
+    scorers = {"exact_match": exact_match, "includes": includes}
+    return Task(dataset=MemoryDataset(build_samples(examples), name=name), solver=generate(),
+                scorer=scorers[spec.builtin](), config=config, name=spec.name)  # type: ignore[index]

@@ -23,8 +23,9 @@ from tunelab.errors import TunelabError
 from tunelab.execute import retry
 from tunelab.execute.failures import ACTIVE_STATES, CANCELLED, COMPLETED, SacctRow, base_state, classify
 from tunelab.execute.slurm_jobs import EVAL_SCRIPT, TRAIN_SCRIPT, slurm_settings, train_time_limit, write_slurm_scripts
-from tunelab.experiment import is_evaluated, load_runs, select_runs, training_state
+from tunelab.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
 from tunelab.fsutil import read_jsonl
+from tunelab.results import TYPES
 from tunelab.runconfig import RunConfig, load_run_config
 from tunelab.train import status as st
 
@@ -169,7 +170,7 @@ def _judge(job: dict, cfg: RunConfig | None, state: str, exit_code: str | None, 
         status = st.read_status(cfg.run_dir)
         complete = training_state(cfg.run_dir) == st.COMPLETED
     else:
-        status, complete = {}, is_evaluated(cfg.run_dir) and base_state(state) == "COMPLETED"
+        status, complete = {}, is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(state) == "COMPLETED"
     f = classify(state, exit_code, rows, text, status if job["kind"] == "train" else {}, complete)
     detail = f.detail
     if f.kind == CANCELLED and reason and reason not in ("None", "NonZeroExitCode"):
@@ -290,10 +291,10 @@ def plan_submissions(exp: Path, runs: list[RunConfig], force: bool) -> list[tupl
     todo = []
     for cfg in runs:
         rj = latest.get(cfg.name, RunJobs(None, None))
-        if cfg.kind == "control":
-            if (is_evaluated(cfg.run_dir) and not force) or is_active(rj.eval):
+        if cfg.kind != "finetune":  # controls and eval-only checkpoints: an evaluation job only
+            if (is_evaluated(cfg.run_dir, task_names(cfg)) and not force) or is_active(rj.eval):
                 continue
-            todo.append((cfg, False, True, None, "control evaluation"))
+            todo.append((cfg, False, True, None, f"{cfg.kind.replace('_', '-')} evaluation"))
             continue
         state = training_state(cfg.run_dir)
         if is_active(rj.train):
@@ -301,7 +302,7 @@ def plan_submissions(exp: Path, runs: list[RunConfig], force: bool) -> list[tupl
                 todo.append((cfg, False, True, rj.train["job_id"], "evaluation after the queued training job"))
             continue
         if state == st.COMPLETED and not force:
-            if is_evaluated(cfg.run_dir) or is_active(rj.eval):
+            if is_evaluated(cfg.run_dir, task_names(cfg)) or is_active(rj.eval):
                 continue
             todo.append((cfg, False, True, None, "evaluation of the completed run"))
             continue
@@ -391,16 +392,16 @@ def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[d
         rj = latest.get(cfg.name, RunJobs(None, None))
         status = st.read_status(cfg.run_dir) if cfg.kind == "finetune" else {}
         files = training_state(cfg.run_dir) if cfg.kind == "finetune" else (
-            st.COMPLETED if is_evaluated(cfg.run_dir) else st.PENDING)
-        row: dict[str, Any] = {"name": cfg.name, "type": "fine-tuned" if cfg.kind == "finetune" else "control",
+            st.COMPLETED if is_evaluated(cfg.run_dir, task_names(cfg)) else st.PENDING)
+        row: dict[str, Any] = {"name": cfg.name, "type": TYPES[cfg.kind],
                                "attempt": cfg.attempt, "files": files, "job_id": None, "job_state": None,
                                "progress": "", "eta": "", "failure": None, "detail": "", "eval": None}
         job = rj.train if cfg.kind == "finetune" else rj.eval
         if job:
             row.update(job_id=job["job_id"], job_state=job["state"], failure=job["failure"])
         if rj.eval:
-            row["eval"] = "scored" if is_evaluated(cfg.run_dir) else (rj.eval["failure"] or rj.eval["state"].lower())
-        elif is_evaluated(cfg.run_dir):
+            row["eval"] = "scored" if is_evaluated(cfg.run_dir, task_names(cfg)) else (rj.eval["failure"] or rj.eval["state"].lower())
+        elif is_evaluated(cfg.run_dir, task_names(cfg)):
             row["eval"] = "scored"
         if cfg.kind == "finetune" and status.get("attempt", cfg.attempt) == cfg.attempt:
             row["progress"], row["eta"] = _progress(cfg, status)

@@ -33,11 +33,24 @@ class Point:
 
 
 @dataclass
+class TaskInfo:
+    """One evaluation task as the report shows it: what it is and the metrics its scores carry."""
+
+    name: str
+    source: str  # built-in name, or the task file (and @task)
+    dataset: str | None
+    split: str | None
+    primary_metric: str | None = None
+    greater_is_better: bool = True
+    metrics: list[str] = field(default_factory=list)  # in the order the scores list them
+
+
+@dataclass
 class RunData:
     """One fine-tuned run or control: its config, files and ledger record."""
 
     name: str
-    kind: str  # "fine-tuned" | "control"
+    kind: str  # "fine-tuned" | "control" | "eval-only"
     model: str
     dataset: str
     factors: dict[str, Any]  # swept values, model and dataset excluded
@@ -51,7 +64,7 @@ class RunData:
     val_loss: list[Point] = field(default_factory=list)
     nan_rows: list[int] = field(default_factory=list)  # steps whose loss or val_loss is not finite
     metrics_rows: int = 0
-    evals: list[dict[str, Any]] = field(default_factory=list)  # ledger evals, by epoch
+    evals: list[dict[str, Any]] = field(default_factory=list)  # results' eval records: checkpoint x task
     checkpoints: list[EpochCheck] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # ledger attempts, oldest first
     error: str | None = None
@@ -63,9 +76,28 @@ class RunData:
         return self.kind == "control"
 
     @property
+    def is_eval_only(self) -> bool:
+        return self.kind == "eval-only"
+
+    @property
     def score(self) -> float | None:
-        """Headline score: the last evaluated epoch (or the base model, for a control)."""
-        return self.evals[-1]["score"] if self.evals else None
+        """Headline score: the first task's primary metric on the last evaluated checkpoint."""
+        return self.record.get("score") if self.record else None
+
+    @property
+    def last_label(self) -> str | None:
+        return self.evals[-1]["label"] if self.evals else None
+
+    def task_evals(self, task: str) -> list[dict[str, Any]]:
+        """This task's records, one per evaluated checkpoint (base first, then by epoch)."""
+        return [e for e in self.evals if e["task"] == task]
+
+    def value(self, task: str, metric: str | None = None) -> float | None:
+        """A task's metric (default: its primary) on the last evaluated checkpoint."""
+        e = next((e for e in self.evals if e["task"] == task and e["label"] == self.last_label), None)
+        if e is None:
+            return None
+        return e["score"] if metric is None else e["metrics"].get(metric)
 
     @property
     def planned_epochs(self) -> int | None:
@@ -97,13 +129,29 @@ class ReportData:
     controls: list[RunData]
     attempts: list[dict[str, Any]]
     model_paths: dict[str, Path]
-    eval_task: str | None
+    tasks: list[TaskInfo]  # spec order; the first is the headline task
     generated_at: str
     spec: ExperimentSpec | None = None
+    eval_only: list[RunData] = field(default_factory=list)
+    prompts: dict[str, str | None] = field(default_factory=dict)  # p1 -> template, when prompts are swept
 
     @property
     def all(self) -> list[RunData]:
-        return self.runs + self.controls
+        return self.runs + self.controls + self.eval_only
+
+    @property
+    def references(self) -> list[RunData]:
+        """What fine-tuned runs are compared with: controls and eval-only checkpoints."""
+        return self.controls + self.eval_only
+
+    @property
+    def eval_task(self) -> str | None:
+        """The headline task's name."""
+        return self.tasks[0].name if self.tasks else None
+
+    @property
+    def headline(self) -> TaskInfo | None:
+        return self.tasks[0] if self.tasks else None
 
     @property
     def completed(self) -> list[RunData]:
@@ -124,10 +172,12 @@ class ReportData:
         """True while something is still to come: runs not completed, or completed runs and controls
         without an evaluation."""
         return any(r.state != st.COMPLETED for r in self.runs) or any(
-            not r.evals for r in self.completed + self.controls)
+            not r.evals for r in self.completed + self.references)
 
     def control_for(self, run: RunData) -> RunData | None:
-        return next((c for c in self.controls if c.model == run.model and c.dataset == run.dataset), None)
+        """The base-model control of a run's model and dataset (and prompt, when prompts are swept)."""
+        return next((c for c in self.controls if c.model == run.model and c.dataset == run.dataset
+                     and c.factors.get("prompt") == run.factors.get("prompt")), None)
 
 
 def _finite(v: Any) -> bool:
@@ -170,57 +220,89 @@ def _read_metrics(run: RunData) -> None:
             target.append(Point(int(step), r.get("epoch"), float(v)))
 
 
-def gather(experiment_dir: str | Path) -> ReportData:
-    """Ingest the run directories into the ledger, then read everything a report needs."""
-    exp = Path(experiment_dir).resolve()
-    results = {r["name"]: r for r in collect_results(exp)}  # ingests every run dir first
-    cfgs = load_runs(exp)
-    spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
-    attempts = ledger.query(exp, "SELECT * FROM attempts ORDER BY id")
-    runs: list[RunData] = []
-    controls: list[RunData] = []
+def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskInfo]:
+    """The tasks of the experiment (spec order), with the metrics their scores carry."""
+    infos: dict[str, TaskInfo] = {}
     for cfg in cfgs:
-        rec = results[cfg.name]
-        run = RunData(
-            name=cfg.name, kind=rec["type"], model=rec["model"], dataset=rec["dataset"], factors=rec["factors"],
-            state=rec["state"], run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
-            status=st.read_status(cfg.run_dir), evals=list(rec["eval"]), error=rec["error"], record=rec,
-        )
-        run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
-        run.attempts = [a for a in attempts if a["run"] == cfg.name]
-        run.dir_bytes = dir_size(cfg.run_dir)
-        if cfg.kind == "finetune":
-            _read_metrics(run)
-            run.checkpoints = verify_checkpoints(cfg.run_dir)
-            runs.append(run)
-        else:
-            controls.append(run)
-    models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
-    datasets = spec.dataset_levels() if spec else sorted({r.dataset for r in runs + controls})
+        for t in cfg.eval.resolved_tasks():
+            if t.name not in infos:
+                source = t.builtin or (f"{Path(t.file).name}" + (f" ({t.task})" if t.task else "") if t.file else "?")
+                infos[t.name] = TaskInfo(t.name, source, (t.dataset or cfg.dataset.name) if t.builtin else None,
+                                         t.split if t.builtin else None)
+    for r in everything:
+        for e in r.evals:
+            info = infos.setdefault(e["task"], TaskInfo(e["task"], e.get("builtin") or "file", e.get("dataset"),
+                                                        e.get("split")))
+            info.primary_metric = info.primary_metric or e["primary_metric"]
+            info.greater_is_better = bool(e.get("greater_is_better", True))
+            info.metrics += [m for m in e["metrics"] if m not in info.metrics]
+    return list(infos.values())
+
+
+def _run_data(cfg: RunConfig, rec: dict[str, Any], exp: Path, attempts: list[dict[str, Any]]) -> RunData:
+    run = RunData(
+        name=cfg.name, kind=rec["type"], model=rec["model"], dataset=rec["dataset"], factors=rec["factors"],
+        state=rec["state"], run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
+        status=st.read_status(cfg.run_dir), evals=list(rec["eval"]), error=rec["error"], record=rec,
+    )
+    run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
+    run.attempts = [a for a in attempts if a["run"] == cfg.name]
+    run.dir_bytes = dir_size(cfg.run_dir)
+    if cfg.kind == "finetune":
+        _read_metrics(run)
+        run.checkpoints = verify_checkpoints(cfg.run_dir)
+    return run
+
+
+def _factors(spec: ExperimentSpec | None, models: list[str], datasets: list[str], runs: list[RunData],
+             prompts: dict[str, str | None]) -> dict[str, list[Any]]:
     factors: dict[str, list[Any]] = {}
     if len(models) > 1:
         factors["model"] = models
     if len(datasets) > 1:
         factors["dataset"] = datasets
     if spec:
-        factors.update({k: list(v) for k, v in spec.factors.items() if k not in ("model", "dataset")})
+        factors.update({k: list(prompts) if k == "prompt" else list(v) for k, v in spec.factors.items()
+                        if k not in ("model", "dataset")})
     else:
         for r in runs:
             for k, v in r.factors.items():
                 if v not in factors.setdefault(k, []):
                     factors[k].append(v)
+    return factors
+
+
+def gather(experiment_dir: str | Path) -> ReportData:
+    """Ingest the run directories into the ledger, then read everything a report needs."""
+    from tunelab.design import prompt_names
+
+    exp = Path(experiment_dir).resolve()
+    results = {r["name"]: r for r in collect_results(exp)}  # ingests every run dir first
+    cfgs = load_runs(exp)
+    spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
+    attempts = ledger.query(exp, "SELECT * FROM attempts ORDER BY id")
+    by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": []}
+    for cfg in cfgs:
+        by_kind[cfg.kind].append(_run_data(cfg, results[cfg.name], exp, attempts))
+    runs, controls, eval_only = by_kind["finetune"], by_kind["control"], by_kind["eval_only"]
+    everything = runs + controls + eval_only
+    models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
+    datasets = spec.dataset_levels() if spec else sorted({r.dataset for r in runs + controls})
+    prompts = prompt_names(spec) if spec and "prompt" in spec.factors else {}
     return ReportData(
         name=spec.name if spec else exp.name,
         experiment_dir=exp,
         description=(spec.description or "").strip() if spec else "",
         models=models,
         datasets=datasets,
-        factors=factors,
+        factors=_factors(spec, models, datasets, runs, prompts),
         runs=runs,
         controls=controls,
         attempts=attempts,
         model_paths={c.model.name: Path(c.model.path) for c in cfgs},
-        eval_task=spec.eval.task if spec else None,
+        tasks=_task_infos(cfgs, everything),
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         spec=spec,
+        eval_only=eval_only,
+        prompts=prompts,
     )

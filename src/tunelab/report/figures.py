@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from tunelab.report.data import ReportData
+from tunelab.evaluate.metrics import FRACTIONS
+from tunelab.report.data import ReportData, RunData
 
 DPI = 110
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -49,9 +50,29 @@ def _save(fig, out_dir: Path, key: str, caption: str) -> FigureFile:
     return FigureFile(key, path, caption)
 
 
-def _score_label(data: ReportData) -> str:
-    task = data.eval_task or "eval"
-    return f"score (% {task})"
+def _is_fraction(metric: str | None) -> bool:
+    return (metric or "").split("/")[-1] in FRACTIONS
+
+
+def _scale(metric: str | None) -> float:
+    """Fractions (accuracy, F1, …) are drawn in percent; other metrics (MAE, Brier, a user's) as they are."""
+    return 100.0 if _is_fraction(metric) else 1.0
+
+
+def _axis_label(task: str, metric: str | None) -> str:
+    return f"{task}: {metric or 'score'}" + (" (%)" if _is_fraction(metric) else "")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+def _fmt(v: float, metric: str | None) -> str:
+    return f"{v:.1f}" if _is_fraction(metric) else f"{v:.3g}"
+
+
+def _value(r: RunData, task: str, metric: str | None) -> float | None:
+    return r.value(task, metric)
 
 
 def loss_curves(data: ReportData, out_dir: Path) -> FigureFile | None:
@@ -112,97 +133,113 @@ def _model_colors(data: ReportData) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(data.models)}
 
 
-def _control_lines(ax, data: ReportData, colors: dict[str, str]) -> None:
-    for c in data.controls:
-        if c.score is None:
+def _control_lines(ax, data: ReportData, colors: dict[str, str], task: str, metric: str | None,
+                   vertical: bool = False) -> None:
+    """Controls (dashed) and eval-only checkpoints (dotted) as reference lines."""
+    for c in data.references:
+        v = _value(c, task, metric)
+        if v is None:
             continue
-        ax.axhline(100 * c.score, color=colors.get(c.model, "#555"), ls="--", lw=1.2, alpha=0.8,
-                   label=f"control {c.name} ({100 * c.score:.1f} %)")
+        line = ax.axvline if vertical else ax.axhline
+        what = "control" if c.is_control else "eval-only"
+        line(_scale(metric) * v, color=colors.get(c.model, "#555"), ls="--" if c.is_control else ":", lw=1.2,
+             alpha=0.8, label=f"{what} {c.name} ({_fmt(_scale(metric) * v, metric)})")
 
 
-def score_by_factor(data: ReportData, factor: str, out_dir: Path) -> FigureFile | None:
+def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None, out_dir: Path) -> FigureFile | None:
+    """One task's metric (last evaluated checkpoint) against a factor's levels, one line per model."""
     levels = data.factors.get(factor, [])
     colors = _model_colors(data)
+    k = _scale(metric)
     fig = _new(6.4, 3.8)
     ax = fig.subplots()
     drew = False
     for model in data.models:
         xs, ys = [], []
         for i, level in enumerate(levels):
-            vals = [r.score for r in data.completed if r.model == model and r.level(factor) == level
-                    and r.score is not None]
+            vals = [v for r in data.completed if r.model == model and r.level(factor) == level
+                    and (v := _value(r, task, metric)) is not None]
             if vals:
                 xs.append(i)
-                ys.append(100 * mean(vals))
+                ys.append(k * mean(vals))
         if not ys:
             continue
         drew = True
         ax.plot(xs, ys, marker="o", ms=7, lw=2, color=colors[model], label=f"{model} (fine-tuned)")
         for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9,
+            ax.annotate(_fmt(y, metric), (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9,
                         color=colors[model])
     if not drew:
         return None
-    _control_lines(ax, data, colors)
+    _control_lines(ax, data, colors, task, metric)
     ax.set_xticks(range(len(levels)), [str(v) for v in levels])
     ax.set_xlim(-0.4, len(levels) - 0.6)
-    ax.set_ylim(-3, 108)
+    if _is_fraction(metric):
+        ax.set_ylim(-3, 108)
     ax.set_xlabel(f"{factor} (level)")
-    ax.set_ylabel(_score_label(data))
-    ax.set_title(f"Score by {factor}, last evaluated epoch; controls dashed", fontsize=11)
+    ax.set_ylabel(_axis_label(task, metric))
+    ax.set_title(f"{task} {metric} by {factor}, last evaluated checkpoint; references dashed/dotted", fontsize=10)
     _style(ax)
     ax.legend(fontsize=8, frameon=False, loc="best")
-    return _save(fig, out_dir, f"score_by_{factor}",
-                 f"Eval score vs {factor}: one line per model (mean over runs at each level), base-model controls "
-                 "as dashed lines; from `eval/*/scores.json`.")
+    return _save(fig, out_dir, f"score_by_{_slug(factor)}__{_slug(task)}__{_slug(metric or 'score')}",
+                 f"Task {task}, {metric} vs {factor}: one line per model (mean over runs at each level); base-model "
+                 "controls dashed, eval-only checkpoints dotted; from `eval/*/<task>/scores.json`.")
 
 
-def score_by_run(data: ReportData, out_dir: Path) -> FigureFile | None:
-    runs = [r for r in data.runs if r.score is not None]
+def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path) -> FigureFile | None:
+    runs = [r for r in data.runs if _value(r, task, metric) is not None]
     if not runs:
         return None
     colors = _model_colors(data)
+    k = _scale(metric)
+    vals = [k * _value(r, task, metric) for r in runs]  # type: ignore[operator]
     fig = _new(6.4, 1.4 + 0.32 * len(runs))
     ax = fig.subplots()
     ys = list(range(len(runs)))[::-1]
-    ax.barh(ys, [100 * r.score for r in runs], height=0.6, color=[colors.get(r.model, PALETTE[0]) for r in runs])
-    for y, r in zip(ys, runs):
-        ax.annotate(f"{100 * r.score:.1f}", (100 * r.score, y), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=9)
-    for c in data.controls:
-        if c.score is not None:
-            ax.axvline(100 * c.score, color=colors.get(c.model, "#555"), ls="--", label=f"control {c.name}")
+    ax.barh(ys, vals, height=0.6, color=[colors.get(r.model, PALETTE[0]) for r in runs])
+    for y, v in zip(ys, vals):
+        ax.annotate(_fmt(v, metric), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
+    _control_lines(ax, data, colors, task, metric, vertical=True)
     ax.set_yticks(ys, [r.name for r in runs])
-    ax.set_xlim(0, 110)
-    ax.set_xlabel(_score_label(data))
-    ax.set_title("Score per run, last evaluated epoch; controls dashed", fontsize=11)
+    if _is_fraction(metric):
+        ax.set_xlim(0, 110)
+    ax.set_xlabel(_axis_label(task, metric))
+    ax.set_title(f"{task} per run, last evaluated checkpoint; references dashed/dotted", fontsize=10)
     _style(ax)
-    if data.controls:
+    if data.references:
         ax.legend(fontsize=8, frameon=False)
-    return _save(fig, out_dir, "score_by_run", "Eval score per run; from `eval/*/scores.json`.")
+    return _save(fig, out_dir, f"score_by_run__{_slug(task)}", f"Task {task} ({metric}) per run; from "
+                 "`eval/*/<task>/scores.json`.")
 
 
 def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
-    runs = [r for r in data.runs if len([e for e in r.evals if e.get("epoch") is not None]) > 1]
+    head = data.headline
+    if head is None:
+        return None
+    task, metric = head.name, head.primary_metric
+    runs = [r for r in data.runs if len([e for e in r.task_evals(task) if e.get("epoch") is not None]) > 1]
     if not runs:
         return None
+    k = _scale(metric)
     fig = _new(6.4, 3.8)
     ax = fig.subplots()
     for i, r in enumerate(runs):
-        pts = [(e["epoch"], 100 * e["score"]) for e in r.evals if e.get("epoch") is not None and e["score"] is not None]
+        pts = [(e["epoch"], k * e["score"]) for e in r.task_evals(task)
+               if e.get("epoch") is not None and e["score"] is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.8, color=PALETTE[i % len(PALETTE)],
                 label=r.name)
-    _control_lines(ax, data, {m: "#555" for m in data.models})
-    epochs = sorted({e["epoch"] for r in runs for e in r.evals if e.get("epoch") is not None})
+    _control_lines(ax, data, {m: "#555" for m in data.models}, task, metric)
+    epochs = sorted({e["epoch"] for r in runs for e in r.task_evals(task) if e.get("epoch") is not None})
     ax.set_xticks(epochs, [str(e) for e in epochs])
-    ax.set_ylim(-3, 105)
+    if _is_fraction(metric):
+        ax.set_ylim(-3, 105)
     ax.set_xlabel("epoch (checkpoint epoch_N)")
-    ax.set_ylabel(_score_label(data))
-    ax.set_title("Score per evaluated epoch; controls dashed", fontsize=11)
+    ax.set_ylabel(_axis_label(task, metric))
+    ax.set_title(f"{task} per evaluated epoch; references dashed/dotted", fontsize=10)
     _style(ax)
     ax.legend(fontsize=8, frameon=False, ncols=2 if len(runs) > 6 else 1)
-    return _save(fig, out_dir, "score_per_epoch", "Eval score of each evaluated checkpoint; from "
-                 "`eval/epoch_N/scores.json`.")
+    return _save(fig, out_dir, "score_per_epoch", f"Task {task} ({metric}) of each evaluated checkpoint; from "
+                 "`eval/epoch_N/<task>/scores.json`.")
 
 
 def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
@@ -237,6 +274,12 @@ def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
                  "peak memory per run; from each run's `summary.json`.")
 
 
+def _figure_metrics(primary: str | None, metrics: list[str]) -> list[str]:
+    """The primary metric first, then the others; standard errors are uncertainty, not scores."""
+    rest = [m for m in metrics if m != primary and m.split("/")[-1] not in ("stderr", "std")]
+    return ([primary] if primary else []) + rest
+
+
 def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]:
     """All figures that have data to show, by key. Old figure files are removed first."""
     out_dir = Path(out_dir)
@@ -246,8 +289,10 @@ def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]
     figs: list[FigureFile | None] = [loss_curves(data, out_dir)]
     swept = [f for f in data.factors if f not in ("model", "dataset")]
     for factor in swept:
-        figs.append(score_by_factor(data, factor, out_dir))
+        for task in data.tasks:
+            for metric in _figure_metrics(task.primary_metric, task.metrics):
+                figs.append(score_by_factor(data, factor, task.name, metric, out_dir))
     if not swept:
-        figs.append(score_by_run(data, out_dir))
+        figs += [score_by_run(data, t.name, t.primary_metric, out_dir) for t in data.tasks]
     figs += [score_per_epoch(data, out_dir), throughput_memory(data, out_dir)]
     return {f.key: f for f in figs if f is not None}

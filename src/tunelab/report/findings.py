@@ -32,8 +32,11 @@ class LevelStat:
 @dataclass
 class FactorEffect:
     factor: str
-    metric: str  # "score" | "final_val_loss"
+    metric: str  # "score" (a task's primary metric) | "final_val_loss"
     levels: list[LevelStat]
+    task: str | None = None  # the task whose primary metric "score" is
+    greater_is_better: bool = True
+    score_metric: str | None = None  # that primary metric's name (accuracy, mae, ...)
 
     @property
     def spread(self) -> float | None:
@@ -46,51 +49,68 @@ class FactorEffect:
     def best(self) -> LevelStat | None:
         if len(self.levels) < 2:
             return None
-        pick = max if self.metric == "score" else min
+        pick = max if self.greater_is_better else min
+        return pick(self.levels, key=lambda s: s.mean)
+
+    @property
+    def worst(self) -> LevelStat | None:
+        if len(self.levels) < 2:
+            return None
+        pick = min if self.greater_is_better else max
         return pick(self.levels, key=lambda s: s.mean)
 
 
-def metric_of(run: RunData, metric: str) -> float | None:
-    v = run.score if metric == "score" else run.get(metric)
+def metric_of(run: RunData, metric: str, task: str | None = None) -> float | None:
+    """"score": the task's primary metric (the headline task's when None); else a summary.json value."""
+    if metric == "score":
+        v = run.value(task) if task is not None else run.score
+    else:
+        v = run.get(metric)
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def factor_effect(runs: Iterable[RunData], factor: str, levels: list[Any], metric: str) -> FactorEffect:
+def factor_effect(runs: Iterable[RunData], factor: str, levels: list[Any], metric: str, task: str | None = None,
+                  greater_is_better: bool | None = None) -> FactorEffect:
     """Mean of `metric` per level of `factor`, over the runs that have it (in the spec's level order)."""
     stats = []
     runs = list(runs)
     for level in levels:
-        vals = [(r.name, metric_of(r, metric)) for r in runs if r.level(factor) == level]
+        vals = [(r.name, metric_of(r, metric, task)) for r in runs if r.level(factor) == level]
         vals = [(n, v) for n, v in vals if v is not None]
         if vals:
             stats.append(LevelStat(level, mean(v for _, v in vals), len(vals), [n for n, _ in vals]))
-    return FactorEffect(factor, metric, stats)
+    greater = (metric == "score") if greater_is_better is None else greater_is_better
+    return FactorEffect(factor, metric, stats, task, greater)
 
 
 def factor_effects(data: ReportData) -> list[FactorEffect]:
+    """Per swept factor: the effect on each task's primary metric, then on the final validation loss."""
     out = []
     for factor, levels in data.factors.items():
         if len(levels) < 2:
             continue
-        for metric in ("score", "final_val_loss"):
-            eff = factor_effect(data.completed, factor, levels, metric)
-            if eff.levels:
-                out.append(eff)
+        effects = [factor_effect(data.completed, factor, levels, "score", t.name, t.greater_is_better)
+                   for t in data.tasks]
+        for eff, t in zip(effects, data.tasks):
+            eff.score_metric = t.primary_metric
+        effects.append(factor_effect(data.completed, factor, levels, "final_val_loss"))
+        out += [e for e in effects if e.levels]
     return out
 
 
-def best_runs(runs: Iterable[RunData]) -> tuple[float | None, list[RunData]]:
+def best_runs(runs: Iterable[RunData], greater_is_better: bool = True) -> tuple[float | None, list[RunData]]:
     """The top headline score and every run that reaches it (ties named)."""
     scored = [r for r in runs if r.score is not None]
     if not scored:
         return None, []
-    top = max(r.score for r in scored)
+    top = (max if greater_is_better else min)(r.score for r in scored)
     return top, [r for r in scored if r.score == top]
 
 
-def runner_up(runs: Iterable[RunData], top: float | None) -> RunData | None:
-    below = [r for r in runs if r.score is not None and top is not None and r.score < top]
-    return max(below, key=lambda r: r.score) if below else None
+def runner_up(runs: Iterable[RunData], top: float | None, greater_is_better: bool = True) -> RunData | None:
+    sign = 1 if greater_is_better else -1
+    below = [r for r in runs if r.score is not None and top is not None and sign * r.score < sign * top]
+    return max(below, key=lambda r: sign * r.score) if below else None
 
 
 # ---------------------------------------------------------------- training dynamics
@@ -252,7 +272,7 @@ def run_issues(run: RunData) -> list[Issue]:
     if run.state != st.PENDING and run.metrics_rows == 0 and not run.is_control:
         out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
     if run.state == st.COMPLETED and not run.evals:
-        out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/scores.json yet"))
+        out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/*/scores.json yet"))
     return out
 
 
@@ -287,7 +307,13 @@ def _between(a: Any, b: Any) -> list[Any]:
 
 
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
-    """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model."""
+    """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
+    headline task, when its primary metric is a fraction such as accuracy)."""
+    from tunelab.evaluate.metrics import FRACTIONS
+
+    head = data.headline
+    if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:
+        return []
     out = []
     for factor, levels in data.factors.items():
         if factor in ("model", "dataset") or len(levels) < 2:
@@ -328,7 +354,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
     pending = [r.name for r in data.runs if r.state == st.PENDING]
     if pending:
         steps.append(f"Train the {len(pending)} pending run(s) ({', '.join(pending)}): `tunelab run {exp}`.")
-    unevaluated = [r.name for r in data.completed + data.controls if not r.evals]
+    unevaluated = [r.name for r in data.completed + data.references if not r.evals]
     if unevaluated:
         steps.append(f"Evaluate {', '.join(unevaluated)}: `tunelab eval {exp}`.")
     if f.still_falling:
@@ -359,8 +385,9 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
 def analyze(data: ReportData) -> Findings:
     f = Findings()
     f.effects = factor_effects(data)
-    f.best_score, f.best = best_runs(data.runs)
-    f.runner_up = runner_up(data.runs, f.best_score)
+    greater = data.headline.greater_is_better if data.headline else True
+    f.best_score, f.best = best_runs(data.runs, greater)
+    f.runner_up = runner_up(data.runs, f.best_score, greater)
     for r in data.runs:
         o = overfitting(r.train_loss, r.val_loss)
         if o:
@@ -372,9 +399,10 @@ def analyze(data: ReportData) -> Findings:
         if r.get("peak_memory_gib") is not None:
             f.memory.append(memory_use(r))
         f.issues += run_issues(r)
-    for c in data.controls:
+    for c in data.references:
         if not c.evals:
-            f.issues.append(Issue(c.name, "not-evaluated", "control has no eval/base/scores.json yet"))
+            what = "control" if c.is_control else "eval-only checkpoint"
+            f.issues.append(Issue(c.name, "not-evaluated", f"{what} has no eval/*/*/scores.json yet"))
     f.jumps = score_jumps(data)
     f.next_steps = next_steps(data, f)
     return f

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
+from tunelab.report.evaluation import effect_text, evaluation, prompt_table, show, show_delta
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
     error_class, retries
@@ -81,6 +82,8 @@ def status_line(data: ReportData) -> str:
     text += f"; {len(evaluated)} of {len(done)} completed runs evaluated"
     ctl_done = [c for c in data.controls if c.evals]
     text += f"; {len(ctl_done)} of {len(data.controls)} controls evaluated"
+    if data.eval_only:
+        text += f"; {sum(1 for c in data.eval_only if c.evals)} of {len(data.eval_only)} eval-only evaluated"
     return ("⚠ partial — " if data.partial else "✓ ") + text
 
 
@@ -88,26 +91,28 @@ def headline(data: ReportData, f: Findings) -> Headline:
     if not f.best:
         return Headline("No evaluated run yet", ["Scores appear here after `tunelab eval`."], ok=False)
     names = ", ".join(r.name for r in f.best)
-    best = f.best[0]
-    label = best.evals[-1].get("label", "last epoch")
-    title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied)'}: {names} — {pct(f.best_score)}"
-    lines = [f"{data.eval_task or 'score'} on the {best.evals[-1].get('split') or 'eval'} split, checkpoint {label}"
-             f" ({best.evals[-1].get('samples')} samples); {factors_text(best)}, model {best.model}."]
+    best, head = f.best[0], data.headline
+    metric = head.primary_metric if head else None
+    rec = next((e for e in best.evals if e["label"] == best.last_label and e["task"] == data.eval_task), {})
+    title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied)'}: {names} — {show(f.best_score, metric)}"
+    where = f"on the {rec.get('split')} split, " if rec.get("split") else ""
+    lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {rec.get('label', best.last_label)}"
+             f" ({rec.get('samples')} samples); {factors_text(best)}, model {best.model}."]
     ctl = data.control_for(best)
+    word = "over" if head is None or head.greater_is_better else "vs"
     if ctl is not None and ctl.score is not None:
-        lines.append(f"**{pp(f.best_score - ctl.score)}** over the base-model control {ctl.name} "
-                     f"({pct(ctl.score)}).")
+        lines.append(f"**{show_delta(f.best_score - ctl.score, metric)}** {word} the base-model control {ctl.name} "
+                     f"({show(ctl.score, metric)}).")
     if f.runner_up is not None:
-        lines.append(f"**{pp(f.best_score - f.runner_up.score)}** over the runner-up {f.runner_up.name} "
-                     f"({pct(f.runner_up.score)}).")
+        lines.append(f"**{show_delta(f.best_score - f.runner_up.score, metric)}** {word} the runner-up "
+                     f"{f.runner_up.name} ({show(f.runner_up.score, metric)}).")
     for eff in f.effects:
-        if eff.metric == "score" and eff.spread is not None:
-            lo = min(eff.levels, key=lambda s: s.mean)
+        if eff.metric == "score" and eff.task == data.eval_task and eff.spread is not None:
             if eff.spread > 0:
-                lines.append(f"{eff.factor}: {eff.best.level} beats {lo.level} by **{pp(eff.spread)}** on mean "
-                             "score.")
+                lines.append(f"{eff.factor}: {eff.best.level} beats {eff.worst.level} by "
+                             f"**{show_delta(eff.best.mean - eff.worst.mean, metric)}** on mean {metric}.")
             else:
-                lines.append(f"{eff.factor}: no difference in mean score between its levels.")
+                lines.append(f"{eff.factor}: no difference in mean {metric} between its levels.")
     return Headline(title, lines, ok=True)
 
 
@@ -117,15 +122,19 @@ def overview(data: ReportData) -> Section:
     rows += [[k, ", ".join(map(str, v))] for k, v in data.factors.items() if k not in ("model", "dataset")]
     blocks.append(Table(["Factor", "Levels"], rows,
                         f"{len(data.runs)} fine-tuned run(s) (full factorial) + {len(data.controls)} base-model "
-                        "control(s); from `experiment.yaml` and `runs/*/run.yaml`."))
+                        f"control(s) + {len(data.eval_only)} eval-only checkpoint(s); from `experiment.yaml` and "
+                        "`*/<run>/run.yaml`."))
+    if (table := prompt_table(data)) is not None:
+        blocks.append(table)
     counts = Counter(r.state for r in data.runs)
     states = [st.COMPLETED, st.FAILED, st.INTERRUPTED, st.RUNNING, st.PENDING]
     blocks.append(Table(
         ["", *states, "retried", "evaluated"],
         [["fine-tuned runs", *[str(counts.get(s, 0)) for s in states], str(sum(1 for r in data.runs if retries(r))),
           str(sum(1 for r in data.runs if r.evals))],
-         ["controls", "—", "—", "—", "—", str(sum(1 for c in data.controls if not c.evals)), "—",
-          str(sum(1 for c in data.controls if c.evals))]],
+         *[[what, "—", "—", "—", "—", str(sum(1 for c in group if not c.evals)), "—",
+            str(sum(1 for c in group if c.evals))]
+           for what, group in (("controls", data.controls), ("eval-only", data.eval_only)) if group]],
         "States from each run's `status.json` + `summary.json`; retries from the ledger's attempts table "
         "(`tunelab.db`) and `status.json` restarts."))
     return Section("Overview", blocks)
@@ -208,69 +217,25 @@ def _fig(f: FigureFile) -> Figure:
     return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
 
 
-def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Section:
-    rows = []
-    for r in data.runs:
-        ctl = data.control_for(r)
-        base = ctl.score if ctl else None
-        for e in r.evals or [{"label": "—", "score": None, "samples": None, "task": "—"}]:
-            delta = None if e["score"] is None or base is None else e["score"] - base
-            rows.append([r.name, "fine-tuned", e["label"], e["task"], pct(e["score"]), pct(base), pp(delta),
-                         fnum(e["samples"], "{}")])
-    for c in data.controls:
-        for e in c.evals or [{"label": "base", "score": None, "samples": None, "task": "—"}]:
-            rows.append([c.name, "control", e["label"], e["task"], pct(e["score"]), "—", "—",
-                         fnum(e["samples"], "{}")])
-    blocks: list = [Table(["Run", "Type", "Checkpoint", "Task", "Score", "Control", "Δ vs control", "Samples"], rows,
-                          "Scores from `eval/<checkpoint>/scores.json` in each run directory (inspect-ai `.eval` "
-                          "logs beside them); Δ = fine-tuned minus the same model's base-model control.")]
-    epochs = sorted({e["epoch"] for r in data.runs for e in r.evals if e.get("epoch") is not None})
-    if len(epochs) > 1:
-        prow = []
-        for r in data.runs:
-            by = {e["epoch"]: e["score"] for e in r.evals if e.get("epoch") is not None}
-            prow.append([r.name, *[pct(by.get(e)) for e in epochs]])
-        blocks.append(Table(["Run", *[f"epoch_{e}" for e in epochs]], prow, "Score per evaluated epoch."))
-    if f.best:
-        label = "Best run" if len(f.best) == 1 else f"Best runs ({len(f.best)} tied)"
-        blocks.append(Para(f"**{label}:** {', '.join(r.name for r in f.best)} at {pct(f.best_score)}."))
-    for key in sorted(figs):
-        if key.startswith("score_by_") or key == "score_per_epoch":
-            blocks.append(_fig(figs[key]))
-    return Section("Evaluation", blocks)
-
-
 def key_findings(data: ReportData, f: Findings) -> Section:
     blocks: list = []
     items = []
-    for eff in f.effects:
-        what = "eval score" if eff.metric == "score" else "final val loss"
-        show = pct if eff.metric == "score" else (lambda v: f"{v:.4g}")
-        levels = "; ".join(f"{s.level} → {show(s.mean)} (n={s.n})" for s in eff.levels)
-        text = f"**{eff.factor}** on {what}: {levels}"
-        if eff.spread == 0:
-            text += ". No difference between levels."
-        elif eff.spread is not None:
-            lo = min(eff.levels, key=lambda s: s.mean) if eff.metric == "score" else max(eff.levels,
-                                                                                        key=lambda s: s.mean)
-            diff = pp(eff.spread) if eff.metric == "score" else f"{-eff.spread:+.4g}"
-            text += f". Best level **{eff.best.level}**, {diff} vs {lo.level}."
-        else:
-            text += " (only one level measured so far)."
-        items.append(text)
+    items = [effect_text(eff) for eff in f.effects]
     blocks.append(Para("**Effect of each swept factor** (mean over completed runs at each level; "
                        "other factors averaged over):"))
     blocks.append(Bullets(items or ["No factor with two or more measured levels yet."]))
 
     items = []
+    metric = data.headline.primary_metric if data.headline else None
     if f.best:
-        items.append(f"**Best run:** {', '.join(r.name for r in f.best)} at {pct(f.best_score)}"
+        items.append(f"**Best run:** {', '.join(r.name for r in f.best)} at {show(f.best_score, metric)}"
                      + (f" ({len(f.best)} tied)." if len(f.best) > 1 else "."))
     deltas = [(r, r.score - data.control_for(r).score) for r in data.runs
               if r.score is not None and data.control_for(r) is not None and data.control_for(r).score is not None]
     if deltas:
-        items.append(f"**Fine-tuned vs control:** mean {pp(mean(d for _, d in deltas))} over {len(deltas)} run(s) "
-                     f"(from {pp(min(d for _, d in deltas))} to {pp(max(d for _, d in deltas))}).")
+        d = [v for _, v in deltas]
+        items.append(f"**Fine-tuned vs control** ({data.eval_task}, {metric}): mean {show_delta(mean(d), metric)} over "
+                     f"{len(d)} run(s) (from {show_delta(min(d), metric)} to {show_delta(max(d), metric)}).")
     if f.overfit:
         for name, o in f.overfit.items():
             items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "
@@ -391,8 +356,12 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     if key:
         at_a_glance.blocks.append(_fig(figs[key]))
     rest = {k: v for k, v in figs.items() if k != key}
-    sections = [at_a_glance, overview(data), checkpoints(data), training(data, figs), evaluation(data, f, rest),
-                key_findings(data, f), storage(data), issues(data, f), next_steps(f), appendix(data)]
+    from tunelab.report.provenance import data_section
+
+    sections = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
+                training(data, figs), evaluation(data, f, rest), key_findings(data, f), storage(data),
+                issues(data, f), next_steps(f), appendix(data)]
+    sections = [s for s in sections if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
                     highlight=[r.name for r in f.best])
 

@@ -72,7 +72,8 @@ def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromi
     html = (report / "report.html").read_text()
     assert "2 of 2 fine-tuned runs completed" in md and "partial" not in md
     figures = sorted(p.name for p in (report / "figures").glob("*.png"))
-    assert figures == ["loss_curves.png", "score_by_lora_rank.png", "score_per_epoch.png", "throughput_memory.png"]
+    assert figures == ["loss_curves.png", "score_by_lora_rank__exact_match__accuracy.png", "score_per_epoch.png",
+                       "throughput_memory.png"]
 
     # the HTML works alone: move it away from figures/ and the experiment before the browser opens it
     alone = tmp_path / "alone"

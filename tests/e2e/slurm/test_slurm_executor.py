@@ -89,7 +89,7 @@ def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
         assert train["failure"] == "completed" and train["state"] == "COMPLETED" and train["exit_code"] == "0:0"
         assert ev["failure"] == "completed"
         assert (exp / "runs" / run / f"slurm-train-{train['job_id']}.out").is_file()
-        assert read_json(exp / "runs" / run / "eval" / "epoch_0" / "scores.json")["samples"] == 10
+        assert read_json(exp / "runs" / run / "eval" / "epoch_0" / "exact_match" / "scores.json")["samples"] == 10
     assert by[("tiny_base", "eval")]["depends_on"] is None
     st = _status(exp)
     assert {k: v["state"] for k, v in st.items()} == {"tiny_r4": "completed", "tiny_r8": "completed",

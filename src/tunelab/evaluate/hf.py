@@ -1,0 +1,250 @@
+"""A local HF causal LM (+ optional LoRA adapter) for evaluation: greedy batched generation with
+optional per-token log-probabilities, and log-probabilities of given continuations.
+
+Decoding is always greedy (sampling settings are ignored): an evaluation of a checkpoint must give the
+same answer every time. Rows are left-padded and the padding masked, so on fp32 an answer does not
+depend on its batch-mates. Weights are cached per (base, adapter, dtype, device) so that several tasks
+on one checkpoint load it once; `release_weights()` frees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tunelab.errors import TunelabError
+
+_GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
+_GATHER_QUIET_S = 0.02  # stop gathering once no request arrived for this long
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # (token, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class Generation:
+    new_ids: list[int]
+    text: str
+    hit_stop: bool
+    logprobs: list[TokenLogprob] | None = None
+
+
+def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    base = Path(base_path)
+    if not (base / "config.json").is_file():
+        raise TunelabError("base model directory not found (no config.json)", file=base)
+    tok_dir = base
+    if adapter_path is not None:
+        adapter = Path(adapter_path)
+        if not (adapter / "adapter_config.json").is_file():
+            raise TunelabError("not a PEFT adapter directory (no adapter_config.json)", file=adapter)
+        if (adapter / "tokenizer_config.json").is_file():
+            tok_dir = adapter
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+class LocalLM:
+    """Loaded weights + tokenizer, and the two things evaluation asks of them."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise TunelabError("the tokenizer has neither a pad nor an eos token", file=tokenizer.name_or_path)
+
+    def _left_padded(self, rows: list[list[int]]) -> tuple[Any, Any]:
+        import torch
+
+        width = max(len(p) for p in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, p in enumerate(rows):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
+                       top_logprobs: int | None = None) -> list[Generation]:
+        """Greedy-decode a batch, each row cut at its first stop token. top_logprobs: None = no
+        log-probabilities; 0 = the chosen token's only; k = also the k most likely tokens."""
+        import torch
+        from transformers import GenerationConfig
+
+        ids, mask = self._left_padded(prompts)
+        gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      eos_token_id=stop_ids, pad_token_id=self.pad_id,
+                                      return_dict_in_generate=True, output_logits=top_logprobs is not None)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+        new = out.sequences[:, ids.shape[1]:].tolist()
+        logps = torch.stack(out.logits, 1).float().log_softmax(-1) if top_logprobs is not None else None
+        results = []
+        for row, tokens in enumerate(new):
+            cut = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+            kept = tokens if cut is None else tokens[:cut]
+            lp = self._token_logprobs(logps[row], kept, top_logprobs) if logps is not None else None
+            results.append(Generation(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
+                                      cut is not None, lp))
+        return results
+
+    def _token_logprobs(self, logps: Any, tokens: list[int], k: int | None) -> list[TokenLogprob]:
+        out = []
+        for pos, tok in enumerate(tokens):
+            top: tuple[tuple[str, float], ...] = ()
+            if k:
+                values, idx = logps[pos].topk(k)
+                top = tuple((self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, idx))
+            out.append(TokenLogprob(tok, self.tokenizer.decode([tok]), float(logps[pos, tok]), top))
+        return out
+
+    def continuation_logprobs(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+        """Summed log-probability of each continuation's tokens after the prompt (one batched pass;
+        right-padded, so every row keeps its natural positions and padding only follows it)."""
+        import torch
+
+        if not prompt or any(not c for c in continuations):
+            raise TunelabError("cannot score an empty prompt or an empty continuation")
+        rows = [prompt + c for c in continuations]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        logps = logits.float().log_softmax(-1).cpu()
+        start = len(prompt)
+        sums = []
+        for row, cont in enumerate(continuations):
+            positions = torch.arange(start - 1, start - 1 + len(cont))  # position t predicts token t + 1
+            sums.append(float(logps[row, positions, torch.tensor(cont)].sum()))
+        return sums
+
+
+# ---------------------------------------------------------------- weights cache
+_CACHE: dict[tuple, LocalLM] = {}
+
+
+def local_lm(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> LocalLM:
+    """The loaded model for these weights; one set is kept (a new one replaces it)."""
+    key = (str(base_path), str(adapter_path) if adapter_path else None, str(dtype), device)
+    if key not in _CACHE:
+        release_weights()
+        _CACHE[key] = LocalLM(*load_model(base_path, adapter_path, dtype, device), device)
+    return _CACHE[key]
+
+
+def release_weights() -> None:
+    """Drop the cached weights (an evaluation of several checkpoints loads them one after another)."""
+    import gc
+
+    import torch
+
+    _CACHE.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- batching concurrent requests
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    top_logprobs: int | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Generation | None = None
+    error: BaseException | None = None
+
+    @property
+    def group(self) -> tuple[int, int | None]:
+        return self.max_new_tokens, self.top_logprobs
+
+
+class Batcher:
+    """Groups concurrent generate() calls into one batched forward pass.
+
+    No background task: whichever waiting caller holds the lock lets concurrent samples queue up
+    for a moment, cuts the next batch (same max_new_tokens and logprobs setting) from the front of
+    the queue and runs it. Within a batch, rows are sorted by their tokens, so the batch tensor does
+    not depend on the order in which inspect happened to deliver the samples.
+    """
+
+    def __init__(self, run_batch: Any, batch_size: int):
+        self._run_batch = run_batch  # (prompts, max_new_tokens, top_logprobs) -> list[Generation]
+        self._batch_size = max(1, batch_size)
+        self._pending: list[_Request] = []
+        self._lock: anyio.Lock | None = None  # made inside the eval's event loop, on first use
+
+    async def submit(self, prompt_ids: list[int], max_new_tokens: int, top_logprobs: int | None) -> Generation:
+        req = _Request(prompt_ids, max_new_tokens, top_logprobs)
+        self._pending.append(req)
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        while not req.done.is_set():
+            async with self._lock:
+                if req.done.is_set():
+                    break
+                await self._gather()
+                self._run_next()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    async def _gather(self) -> None:
+        quiet = 0.0
+        seen = len(self._pending)
+        while len(self._pending) < self._batch_size and quiet < _GATHER_QUIET_S:
+            await anyio.sleep(_GATHER_STEP_S)
+            quiet = 0.0 if len(self._pending) > seen else quiet + _GATHER_STEP_S
+            seen = len(self._pending)
+
+    def _run_next(self) -> None:
+        head = self._pending[0].group
+        batch = [r for r in self._pending if r.group == head][: self._batch_size]
+        self._pending = [r for r in self._pending if not any(r is b for b in batch)]
+        batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids))
+        try:
+            # Inline on the event loop, not in a worker thread: on CPU a worker thread gets its own
+            # OpenMP team and contends with the loop's (measured ~2x slower per batch). Nothing else
+            # needs the loop meanwhile: every sample waits on us.
+            results = self._run_batch([r.prompt_ids for r in batch], *head)
+        except Exception as exc:  # each caller in the batch raises it from its own submit()
+            for r in batch:
+                r.error = exc
+                r.done.set()
+            return
+        for r, res in zip(batch, results):
+            r.result = res
+            r.done.set()

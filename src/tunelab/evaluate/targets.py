@@ -1,0 +1,109 @@
+"""What a run evaluates (its targets), and which weights a directory name stands for.
+
+A fine-tuned run evaluates its chosen epoch checkpoints, a control its base model, an eval-only run the
+checkpoint it names (an adapter on its base model, or a full model directory). By hand,
+`--model tunelab/<dir>` accepts a run, control or eval-only directory, or one epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
+from tunelab.spec import EpochChoice
+from tunelab.train.checkpoints import ADAPTER_FILES, complete_epochs, epoch_dir, is_complete_checkpoint
+from tunelab.train.status import CHECKPOINTS_DIR
+
+BASE_LABEL = "base"
+CHECKPOINT_LABEL = "checkpoint"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One set of weights to evaluate: a checkpoint epoch, a base model or an eval-only checkpoint."""
+
+    label: str  # epoch_N | base | checkpoint: the directory name under <run>/eval/
+    epoch: int | None
+    base_path: Path
+    adapter_path: Path | None
+
+
+def select_targets(cfg: RunConfig, epochs: EpochChoice | None = None) -> list[Target]:
+    """The targets of a run: controls and eval-only runs have one; fine-tuned runs the chosen epochs
+    (`last`, `all` or a list; epochs without a complete checkpoint are an error naming them)."""
+    base = Path(cfg.model.path)
+    if cfg.kind == "control":
+        return [Target(BASE_LABEL, None, base, None)]
+    if cfg.kind == "eval_only":
+        return [eval_only_target(cfg)]
+    epochs = cfg.eval.epochs if epochs is None else epochs
+    available = complete_epochs(cfg.run_dir)
+    ckpt_root = cfg.run_dir / CHECKPOINTS_DIR
+    if not available:
+        raise TunelabError("no complete checkpoint to evaluate (expected epoch_N/ with "
+                           + " and ".join(ADAPTER_FILES) + ")", file=ckpt_root)
+    if epochs == "last":
+        chosen = [available[-1]]
+    elif epochs == "all":
+        chosen = available
+    else:
+        missing = [e for e in epochs if e not in available]
+        if missing:
+            raise TunelabError(f"no complete checkpoint for epoch(s) {missing}; complete: {list(available)}",
+                               file=ckpt_root)
+        chosen = sorted(set(epochs))
+    return [Target(f"epoch_{e}", e, base, epoch_dir(cfg.run_dir, e)) for e in chosen]
+
+
+def eval_only_target(cfg: RunConfig) -> Target:
+    """An eval-only checkpoint: a full model when it is its own base, else an adapter on cfg.model."""
+    if not cfg.checkpoint:
+        raise TunelabError("an eval_only run needs `checkpoint` in its run.yaml", file=cfg.run_dir / RUN_FILE)
+    ckpt, base = Path(cfg.checkpoint), Path(cfg.model.path)
+    full = ckpt.resolve() == base.resolve()
+    if not full and not (ckpt / "adapter_config.json").is_file():
+        raise TunelabError("eval_only checkpoint is neither its base model nor a PEFT adapter "
+                           "(no adapter_config.json)", file=ckpt)
+    return Target(CHECKPOINT_LABEL, None, base, None if full else ckpt)
+
+
+def parse_epochs(text: str | None) -> EpochChoice | None:
+    """`--epochs`: last | all | a comma-separated list of epochs (0,2); None/'' = the spec's choice."""
+    if not text:
+        return None
+    if text in ("last", "all"):
+        return text  # type: ignore[return-value]
+    try:
+        epochs = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        epochs = []
+    if not epochs or any(e < 0 for e in epochs):
+        raise TunelabError(f"'{text}' is not last, all, or a list of epochs such as 0,2", field="--epochs")
+    return epochs
+
+
+def resolve_model_dir(path: str | Path) -> tuple[RunConfig, Target]:
+    """What `--model tunelab/<path>` means: a run dir → its last complete epoch; runs/<r>/checkpoints/
+    epoch_N → that epoch of run r; a control dir → its base model; an eval-only dir → its checkpoint."""
+    p = Path(path).expanduser().resolve()
+    if (p / RUN_FILE).is_file():
+        cfg = _load_at(p)
+        return cfg, select_targets(cfg, "last")[0]
+    parent = p.parent
+    if p.name.startswith("epoch_") and p.name[6:].isdigit() and parent.name == CHECKPOINTS_DIR \
+            and (parent.parent / RUN_FILE).is_file():
+        cfg = _load_at(parent.parent)
+        if not is_complete_checkpoint(p):
+            raise TunelabError("incomplete checkpoint (expected " + " and ".join(ADAPTER_FILES) + ")", file=p)
+        return cfg, Target(p.name, int(p.name[6:]), Path(cfg.model.path), p)
+    raise TunelabError("not a tunelab run, control or eval-only directory (no run.yaml), nor a checkpoint "
+                       "runs/<run>/checkpoints/epoch_N", file=p)
+
+
+def _load_at(run_dir: Path) -> RunConfig:
+    cfg = load_run_config(run_dir)
+    # The directory the run.yaml sits in wins: an experiment can be moved or copied whole.
+    cfg.experiment_dir = str(run_dir.parent.parent)
+    return cfg

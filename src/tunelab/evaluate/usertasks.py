@@ -1,0 +1,159 @@
+"""A user's inspect-ai task file (`{name, file, task?, args?}`): imported, its @task found and called.
+
+Its own dataset, solver and scorer are used; tunelab only supplies the model. Everything that can be
+known before a job starts (the file imports, the @task exists and is unambiguous, the args bind, the
+prompt template only names {input}) is checked by `check_tasks`, which `plan` calls.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.spec import TaskSpec
+
+_MODULES: dict[tuple[str, int, int], ModuleType] = {}  # (path, mtime, size) -> module, imported once
+
+
+@dataclass(frozen=True)
+class UserTask:
+    spec: TaskSpec
+    path: Path
+    function: str  # the @task's registered name
+    factory: Callable[..., Any]
+
+    @property
+    def where(self) -> str:
+        return f"task file {self.path} (task {self.function})"
+
+    def build(self) -> Any:
+        """Call the @task with the spec's args: the inspect Task."""
+        try:
+            return self.factory(**self.spec.args)
+        except TunelabError:
+            raise
+        except Exception as exc:
+            raise TunelabError(f"{self.where}: the task raised {_exception_line(exc, self.path)}") from None
+
+
+def import_task_file(path: str | Path) -> ModuleType:
+    """Import a task file by path (its directory importable meanwhile, so it may import its siblings)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise TunelabError("task file not found", file=path)
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key in _MODULES:
+        return _MODULES[key]
+    name = f"tunelab_task_{abs(hash(key)):x}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TunelabError("cannot be imported as a Python file", file=path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise TunelabError(f"task file does not import: {_exception_line(exc, path)}", file=path) from None
+    finally:
+        sys.path.remove(str(path.parent))
+    _MODULES[key] = module
+    return module
+
+
+def _exception_line(exc: BaseException, path: Path) -> str:
+    """'ValueError: msg (line 12: code)' — the deepest frame inside the user's file, when there is one."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's message already names the line
+        f = frames[-1]
+        text += f" (line {f.lineno}: {(f.line or '').strip()})"
+    return text
+
+
+def task_functions(module: ModuleType) -> dict[str, Callable[..., Any]]:
+    """The @task functions a module defines, by registered name (and by Python name when it differs)."""
+    from inspect_ai.util import registry_info
+
+    found: dict[str, Callable[..., Any]] = {}
+    for attr, obj in vars(module).items():
+        if not callable(obj) or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        try:
+            info = registry_info(obj)
+        except ValueError:
+            continue
+        if info.type == "task":
+            found[info.name.split("/")[-1]] = obj
+            found.setdefault(attr, obj)
+    return found
+
+
+def resolve_user_task(spec: TaskSpec, base_dir: Path | None = None) -> UserTask:
+    """Import the file, pick the @task (`task:` or the only one), check that `args:` bind."""
+    assert spec.file is not None
+    path = Path(spec.file)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    path = path.resolve()
+    funcs = task_functions(import_task_file(path))
+    unique: dict[int, str] = {}  # one entry per function: its registered name (listed first)
+    for fname, f in funcs.items():
+        unique.setdefault(id(f), fname)
+    if not funcs:
+        raise TunelabError("no @task function in the task file (decorate one with inspect_ai's @task)", file=path)
+    if spec.task is None:
+        if len(unique) > 1:
+            raise TunelabError(f"task '{spec.name}': the file has several @task functions "
+                               f"({', '.join(sorted(unique.values()))}); choose one with task:", file=path)
+        func = next(iter(funcs.values()))
+    elif spec.task in funcs:
+        func = funcs[spec.task]
+    else:
+        raise TunelabError(f"task '{spec.name}': no @task '{spec.task}' in the file (it has: "
+                           f"{', '.join(sorted(unique.values()))})", file=path)
+    name = unique[id(func)]
+    params = inspect.signature(func).parameters
+    try:
+        inspect.signature(func).bind(**spec.args)
+    except TypeError as exc:
+        raise TunelabError(f"task '{spec.name}': args {sorted(spec.args)} do not fit {name}"
+                           f"({', '.join(params)}): {exc}", file=path, field=f"eval.tasks.{spec.name}.args") from None
+    return UserTask(spec, path, name, func)
+
+
+def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
+    """Before any job starts: every task of a RunConfig (task files import, their @task is found, args
+    bind, the prompt template fits; built-ins build on their dataset split: options, numeric answers),
+    or every task file of an ExperimentSpec (paths relative to spec_dir; templates of all prompts).
+    Raises the first problem as a TunelabError naming the file (and task)."""
+    from tunelab.evaluate.provider import check_input_template
+    from tunelab.runconfig import RunConfig
+
+    if isinstance(source, RunConfig):
+        from tunelab.evaluate.tasks import build_builtin_task
+
+        for spec in source.eval.resolved_tasks():
+            if spec.file:
+                ut = resolve_user_task(spec)
+                check_input_template(spec.prompt if spec.prompt is not None else source.prompt, ut.where)
+            else:
+                build_builtin_task(source, spec)
+        return
+    base = Path(spec_dir) if spec_dir is not None else None
+    prompts = [*source.prompt_levels(), *(e.prompt for e in source.eval_only if e.prompt is not None)]
+    for spec in source.eval.resolved_tasks():
+        if spec.file:
+            ut = resolve_user_task(spec, base)
+            for template in [spec.prompt] if spec.prompt is not None else prompts:
+                check_input_template(template, ut.where)
