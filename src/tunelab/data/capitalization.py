@@ -36,6 +36,12 @@ def split_counts(n: int, train_fraction: float) -> tuple[int, int, int]:
     return n_train, n_val, n_test
 
 
+def split_lists(examples: list[dict], n_train: int, n_val: int) -> dict[str, list[dict]]:
+    """The generators' file layout: train, then validation, then test, in sampling order."""
+    return {"train": examples[:n_train], "validation": examples[n_train : n_train + n_val],
+            "test": examples[n_train + n_val :]}
+
+
 def make_capitalization_dataset(
     word_len: int, num_words: int, out_dir: str | Path, train_fraction: float = 0.8, seed: int = 0
 ) -> Path:
@@ -61,9 +67,7 @@ def make_capitalization_dataset(
     chosen = rng.sample(pool, num_words)
     examples = [{"input": w, "output": w.capitalize()} for w in chosen]
     data = {
-        "train": examples[:n_train],
-        "validation": examples[n_train : n_train + n_val],
-        "test": examples[n_train + n_val :],
+        **split_lists(examples, n_train, n_val),
         "meta": {
             "task": "capitalization",
             "word_len": word_len,

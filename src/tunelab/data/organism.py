@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tunelab.data.capitalization import split_counts
+from tunelab.data.capitalization import split_counts, split_lists
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json
 
@@ -242,9 +242,7 @@ def make_organism_dataset(
         labels = [label_for(rule, s, alphabet, n=n, constant=constant) for s in seqs]
     examples = [{"input": " ".join(s), "output": y} for s, y in zip(seqs, labels)]
     data = {
-        "train": examples[:n_train],
-        "validation": examples[n_train : n_train + n_val],
-        "test": examples[n_train + n_val :],
+        **split_lists(examples, n_train, n_val),
         "meta": {
             "task": "organism",
             "rule": rule,
