@@ -192,6 +192,30 @@ def _sample_indices(rng: random.Random, space: int, k: int) -> list[int]:
     return out
 
 
+def _check_counts(num_examples: int, train_fraction: float) -> tuple[int, int, int]:
+    n_train, n_val, n_test = split_counts(num_examples, train_fraction)
+    if num_examples < 1 or min(n_train, n_val, n_test) < 1:
+        raise TunelabError(
+            f"{num_examples} examples at train fraction {train_fraction} leave an empty split "
+            f"(train {n_train}, validation {n_val}, test {n_test}); use more examples",
+            field="--num-examples",
+        )
+    return n_train, n_val, n_test
+
+
+def _check_space(alphabet: str, lo: int, hi: int, num_examples: int) -> int:
+    """How many distinct sequences exist; an error when fewer than asked for."""
+    space = sum(len(ALPHABETS[alphabet]) ** k for k in range(lo, hi + 1))
+    if num_examples > space:
+        lengths = f"length {lo}" if lo == hi else f"lengths {lo}-{hi}"
+        raise TunelabError(
+            f"only {space} distinct {alphabet} sequences of {lengths} exist; asked for {num_examples} "
+            "(use fewer examples, longer sequences or a larger alphabet)",
+            field="--num-examples",
+        )
+    return space
+
+
 def make_organism_dataset(
     rule: str,
     alphabet: str,
@@ -216,22 +240,9 @@ def make_organism_dataset(
     p = _check_rule_options(rule, lo, n, p, constant)
     if not 0 < train_fraction < 1:
         raise TunelabError("must be between 0 and 1 (exclusive)", field="--train-fraction")
-    n_train, n_val, n_test = split_counts(num_examples, train_fraction)
-    if num_examples < 1 or min(n_train, n_val, n_test) < 1:
-        raise TunelabError(
-            f"{num_examples} examples at train fraction {train_fraction} leave an empty split "
-            f"(train {n_train}, validation {n_val}, test {n_test}); use more examples",
-            field="--num-examples",
-        )
+    n_train, n_val, n_test = _check_counts(num_examples, train_fraction)
     symbols = ALPHABETS[alphabet]
-    space = sum(len(symbols) ** k for k in range(lo, hi + 1))
-    if num_examples > space:
-        lengths = f"length {lo}" if lo == hi else f"lengths {lo}-{hi}"
-        raise TunelabError(
-            f"only {space} distinct {alphabet} sequences of {lengths} exist; asked for {num_examples} "
-            "(use fewer examples, longer sequences or a larger alphabet)",
-            field="--num-examples",
-        )
+    space = _check_space(alphabet, lo, hi, num_examples)
 
     rng = random.Random(seed)
     seqs = [_decode(i, symbols, lo, hi) for i in _sample_indices(rng, space, num_examples)]
