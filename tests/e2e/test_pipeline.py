@@ -56,7 +56,7 @@ def test_sweep_end_to_end(write_spec):
 
     # idempotent: nothing new to train, nothing new to evaluate
     scores = sorted((exp / "runs").glob("*/eval/*/*/scores.json"))
-    assert len(scores) == 2  # one task on the last epoch of each fine-tuned run
+    assert len(scores) == 8  # one task on each of 4 epochs (eval.epochs: all) of 2 fine-tuned runs
     mtimes = [p.stat().st_mtime_ns for p in scores]
     assert "nothing to run" in _ok(["run", str(exp)]).output
     _ok(["eval", str(exp)])

@@ -163,7 +163,7 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     with pytest.raises(TunelabError, match="unknown file type '.txt'"):
         (tmp_path / "x.txt").write_text("hi")
         load_data(DatasetSpec(name="d", path=str(tmp_path / "x.txt")), None)
-    with pytest.raises(TunelabError, match="dataset not found"):
+    with pytest.raises(TunelabError, match="dataset file not found"):
         load_data(DatasetSpec(name="d", path=str(tmp_path / "absent.csv")), None)
     obj = tmp_path / "obj.json"
     obj.write_text(json.dumps({"rows": [1, 2]}, indent=1))

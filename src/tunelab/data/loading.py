@@ -64,7 +64,7 @@ def read_source(spec: DatasetSpec) -> SourceData:
 
 def _stamp(path: Path) -> tuple[int, int]:
     if not path.exists():
-        raise TunelabError("dataset not found", file=path)
+        raise TunelabError("dataset file not found", file=path)
     st = path.stat()
     if path.is_dir():
         st_files = [p.stat() for p in path.rglob("*") if p.is_file()]
