@@ -7,6 +7,7 @@ have their config facts built in, so a plan for a cluster can be made on a lapto
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,23 +121,27 @@ def resolve_architecture(model: str | Path) -> Architecture:
 class GPU:
     name: str
     memory_gib: float
-    bf16_tflops: float  # dense peak
+    # Dense peak TFLOPS of bf16, the precision `dtype: auto` trains in (train/device.py), used by the FLOPs
+    # time model. Before Ampere (compute capability < 8.0) there are no bf16 tensor cores and auto trains
+    # fp32, so the figure is the fp32 peak of the CUDA cores, never the fp16 tensor-core one.
+    bf16_tflops: float
     bandwidth_gbs: float
+    compute_capability: tuple[int, int] | None = None
 
 
 GPUS: dict[str, GPU] = {
     g.name.lower(): g
     for g in [
-        GPU("A100-40GB", 40, 312, 1555),
-        GPU("A100-80GB", 80, 312, 2039),
-        GPU("H100-80GB", 80, 989, 3350),
-        GPU("H200", 141, 989, 4800),
-        GPU("L40S", 48, 362, 864),
-        GPU("A6000", 48, 155, 768),
-        GPU("RTX4090", 24, 165, 1008),
-        GPU("V100-32GB", 32, 125, 900),
-        GPU("V100-16GB", 16, 125, 900),
-        GPU("L4", 24, 121, 300),
+        GPU("A100-40GB", 40, 312, 1555, (8, 0)),
+        GPU("A100-80GB", 80, 312, 2039, (8, 0)),
+        GPU("H100-80GB", 80, 989, 3350, (9, 0)),
+        GPU("H200", 141, 989, 4800, (9, 0)),
+        GPU("L40S", 48, 362, 864, (8, 9)),
+        GPU("A6000", 48, 155, 768, (8, 6)),
+        GPU("RTX4090", 24, 165, 1008, (8, 9)),
+        GPU("V100-32GB", 32, 15.7, 900, (7, 0)),  # SXM2; its 125 TFLOPS are fp16 tensor cores only
+        GPU("V100-16GB", 16, 15.7, 900, (7, 0)),
+        GPU("L4", 24, 121, 300, (8, 9)),
     ]
 }
 _ALIASES = {"a100": "a100-80gb", "h100": "h100-80gb", "v100": "v100-32gb", "rtx-4090": "rtx4090", "4090": "rtx4090",
@@ -155,11 +160,14 @@ def detect_gpu() -> GPU | None:
     """The local GPU, matched to the table by name and memory, or None without one."""
     try:
         import torch
-
+    except ImportError:
+        return None
+    try:
         if not torch.cuda.is_available():
             return None
         props = torch.cuda.get_device_properties(0)
-    except Exception:
+    except (RuntimeError, AssertionError) as exc:  # a broken driver: plan as without a GPU, but say so
+        logging.getLogger("tunelab").warning("warning: GPU detection failed (%s); planning without a GPU", exc)
         return None
     name = props.name.upper()
     mem = props.total_memory / 2**30
@@ -167,4 +175,4 @@ def detect_gpu() -> GPU | None:
         stem = g.name.split("-")[0].upper()
         if stem in name.replace(" ", "") and abs(g.memory_gib - mem) < 0.15 * g.memory_gib:
             return g
-    return GPU(props.name, round(mem, 1), 0.0, 0.0)
+    return GPU(props.name, round(mem, 1), 0.0, 0.0, (props.major, props.minor))

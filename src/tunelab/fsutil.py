@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written status, config or report behind."""
+"""Atomic file writes, strict JSONL reads and SQLite sessions: a crash never leaves a half-written status,
+config or report behind, and a damaged file or a locked database is reported, never skipped."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import json
 import math
 import os
 import re
+import sqlite3
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
+
+from tunelab.errors import TunelabError
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
@@ -26,8 +31,9 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
     except (FileNotFoundError, UnicodeDecodeError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; written files get the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -35,11 +41,19 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and (tmp is None or exc.filename in (None, tmp)):  # tmp None: mkstemp failed
+            raise oserror_naming(exc, path) from exc
         raise
     return path
+
+
+def oserror_naming(exc: OSError, path: str | Path) -> OSError:
+    """The same OSError (class, errno) naming `path`: a failed write() names no file, and a failed temp file
+    names one the user never asked for; the message should name the file they know."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _read_umask() -> int:
@@ -149,18 +163,70 @@ def read_json(path: str | Path, default: Any = None) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read JSON lines, skipping a truncated last line (a job killed while writing it)."""
-    rows: list[dict] = []
+    """Read JSON lines (one object each). Only a cut-off last line, one without its newline, is skipped:
+    that is a job killed while writing it. Any other bad line is corruption and raises, naming file and
+    line, since silently dropping it would lose or shift steps in every figure built from the file."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        pass
+        return []
+    lines = data.split(b"\n")
+    rows: list[dict] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if number == len(lines):  # no newline after it: the write was cut off
+                continue
+            raise TunelabError(f"line {number} is corrupted ({exc}); repair or delete that line, then rerun",
+                               file=path) from None
+        if not isinstance(row, dict):
+            raise TunelabError(f"line {number} is not a JSON object; repair or delete that line, then rerun",
+                               file=path)
+        rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------- SQLite (experiment ledger, history ledger)
+
+SQLITE_TIMEOUT_S = 30.0  # how long a command waits for another process's write before it gives up
+# A rollback journal, never WAL: WAL keeps its index in shared memory (the -shm file, mmap'ed), which NFS,
+# Lustre and GPFS do not keep coherent between hosts, so two hosts can both "own" the database and corrupt
+# it. DELETE mode needs only the POSIX byte-range locks those filesystems provide, with synchronous=FULL.
+SQLITE_JOURNAL_MODE = "DELETE"
+
+
+@contextmanager
+def sqlite_session(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """One connection with network-filesystem-safe settings; commit on success, roll back on error.
+
+    A lock still held after SQLITE_TIMEOUT_S, a read-only or full disk, or a damaged file becomes a
+    TunelabError naming the database (the CLI prints one line), whichever statement hit it."""
+    try:
+        conn = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
+    except sqlite3.OperationalError as exc:
+        raise _sqlite_error(exc, path) from exc
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA journal_mode = {SQLITE_JOURNAL_MODE}")  # also turns an old WAL ledger back
+        conn.execute("PRAGMA synchronous = FULL")  # the journal reaches the disk before the database changes
+        yield conn
+        conn.commit()
+    except BaseException as exc:
+        conn.rollback()
+        if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+            raise _sqlite_error(exc, path) from exc
+        raise
+    finally:
+        conn.close()
+
+
+def _sqlite_error(exc: sqlite3.Error, path: str | Path) -> TunelabError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        text = (f"the database is locked: another tunelab command (run, status --watch, ingest) is writing it; "
+                f"waited {SQLITE_TIMEOUT_S:g} s, retry when it has finished")
+    return TunelabError(f"SQLite: {text}", file=path)

@@ -7,6 +7,7 @@ its run directory or source log), replaced when the run is ingested again.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -14,7 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from tunelab.errors import TunelabError
+from tunelab.fsutil import sqlite_session
 from tunelab.train.status import now_iso
+
+log = logging.getLogger("tunelab")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -95,18 +100,13 @@ def history_path() -> Path:
 
 @contextmanager
 def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
+    """The history ledger, with the experiment ledger's network-filesystem-safe settings (home dirs are NFS)."""
     path = path or history_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
+    with sqlite_session(path) as conn:
         conn.executescript(SCHEMA)
         _add_missing_columns(conn)
         yield conn
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -145,7 +145,10 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
     try:
         arch = resolve_architecture(cfg.model.path)
         layers, hidden, params = arch.layers, arch.hidden, arch.parameters
-    except Exception:
+    except (TunelabError, OSError, ValueError) as exc:  # model dir moved or its config.json damaged
+        # the measured speed is still worth keeping, but plans cannot scale it to other models: say so
+        log.warning("warning: history: %s: model %s unreadable (%s); recorded without layers, hidden size and "
+                    "parameter count", cfg.run_dir, cfg.model.path, exc)
         layers = hidden = params = None
     steps = summary.get("steps") or 0
     cost = summary.get("step_cost") or {}

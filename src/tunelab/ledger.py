@@ -1,4 +1,4 @@
-"""The ledger: one SQLite file per experiment (WAL), filled only by the coordinating process.
+"""The ledger: one SQLite file per experiment (rollback journal), filled only by the coordinating process.
 
 Jobs write files in their run directory; `ingest_run` reads them back. Many jobs on many nodes
 never write to one SQLite file on a shared filesystem, where concurrent writers are fragile.
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from tunelab import history
 from tunelab.evaluate.scores import read_scores, task_dir
 from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
-from tunelab.fsutil import read_json, read_jsonl
+from tunelab.fsutil import read_json, read_jsonl, sqlite_session
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 
@@ -128,20 +128,13 @@ def ledger_path(experiment_dir: str | Path) -> Path:
 
 @contextmanager
 def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
-    """Open (and create) the experiment's ledger; commit on success, roll back on error."""
-    conn = sqlite3.connect(ledger_path(experiment_dir), timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
+    """Open (and create) the experiment's ledger; commit on success, roll back on error.
+
+    Rollback journal and a busy timeout (fsutil.sqlite_session): experiments live on NFS/Lustre/GPFS."""
+    with sqlite_session(ledger_path(experiment_dir)) as conn:
         _migrate(conn)
         conn.executescript(SCHEMA)
         yield conn
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

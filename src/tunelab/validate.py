@@ -12,6 +12,7 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, should_pack, tokens_per_microbatch
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.runconfig import RunConfig
+from tunelab.train.device import planned_dtype
 
 if TYPE_CHECKING:
     from tunelab.plan import Truncation
@@ -41,7 +42,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     if t is None:
         raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
     arch = resolve_architecture(cfg.model.path)
-    dtype = "bfloat16" if t.dtype == "auto" else t.dtype
+    dtype = planned_dtype(t.dtype, gpu.compute_capability)
     inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=tuple(t.lora_target_modules)
                           if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
                           modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from tunelab.catalog import architecture_from_config, resolve_architecture, resolve_gpu
 from tunelab.cli import app
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import plan_batch
-from tunelab.estimate.memory import MemoryInputs, estimate_memory, lora_params
+from tunelab.estimate.batch import largest_batch, plan_batch, tokens_per_microbatch
+from tunelab.estimate.memory import MemoryInputs, estimate_memory, lora_params, max_tokens_that_fit
 
 runner = CliRunner()
 
@@ -46,17 +46,78 @@ def test_lora_param_count_matches_peft(tiny_model):
     assert lora_params(resolve_architecture(tiny_model), 16, "all-linear") == trainable
 
 
-def test_memory_grows_with_tokens_not_with_batch_label():
+MEMORY_ARCHS = ["Llama-3.2-1B", "Qwen2.5-0.5B", "Mistral-7B"]
+TOKENS = [0, 1, 64, 512, 4096, 32768]
+VARIANTS = [MemoryInputs(), MemoryInputs(activation_checkpointing=True), MemoryInputs(loss_chunks=8),
+            MemoryInputs(dtype="float32", lora_rank=64, modules_to_save=("lm_head",))]
+
+
+@pytest.mark.parametrize("name", MEMORY_ARCHS)
+def test_memory_peak_strictly_grows_with_tokens(name):
+    arch = resolve_architecture(name)
+    for inputs in VARIANTS:
+        peaks = [estimate_memory(arch, t, inputs).peak_gib for t in TOKENS]
+        assert all(a < b for a, b in zip(peaks, peaks[1:])), (inputs, peaks)
+
+
+@pytest.mark.parametrize("name", MEMORY_ARCHS)
+def test_packed_rows_never_allow_a_larger_batch_than_padded_short_rows(name):
+    """At the same batch, packed rows hold max_seq_len tokens and padded rows the longest example's: so the
+    packed peak is higher, and the largest batch that fits is smaller (the seed OOM: "16" packed is not "16")."""
+    arch = resolve_architecture(name)
+    inputs = MemoryInputs(lora_rank=16)
+    for batch in (1, 4, 16):
+        packed = estimate_memory(arch, tokens_per_microbatch(batch, 2048, True, 40), inputs).peak_gib
+        padded = estimate_memory(arch, tokens_per_microbatch(batch, 2048, False, 40), inputs).peak_gib
+        assert packed > padded
+    budget = 0.85 * resolve_gpu("A100-80GB").memory_gib
+    most_packed = largest_batch(arch, inputs, budget, 2048, True, 40)
+    most_padded = largest_batch(arch, inputs, budget, 2048, False, 40)
+    assert 0 < most_packed < most_padded
+
+
+@pytest.mark.parametrize("name", MEMORY_ARCHS)
+def test_activation_checkpointing_lowers_the_peak_and_nothing_else(name):
+    arch = resolve_architecture(name)
+    for tokens in TOKENS[1:]:
+        plain = estimate_memory(arch, tokens, MemoryInputs())
+        ckpt = estimate_memory(arch, tokens, MemoryInputs(activation_checkpointing=True))
+        assert ckpt.peak_gib < plain.peak_gib
+        assert (ckpt.weights_gib, ckpt.trainable_gib, ckpt.logits_gib) == (
+            plain.weights_gib, plain.trainable_gib, plain.logits_gib)
+    assert estimate_memory(arch, 0, MemoryInputs(activation_checkpointing=True)).peak_gib == pytest.approx(
+        estimate_memory(arch, 0, MemoryInputs()).peak_gib)  # no tokens, nothing to recompute
+
+
+@pytest.mark.parametrize("name", MEMORY_ARCHS)
+def test_lora_rank_raises_trainable_memory_only(name):
+    arch = resolve_architecture(name)
+    runs = [estimate_memory(arch, 4096, MemoryInputs(lora_rank=r)) for r in (1, 4, 16, 64, 256)]
+    assert all(a.trainable_gib < b.trainable_gib and a.peak_gib < b.peak_gib for a, b in zip(runs, runs[1:]))
+    assert len({r.activations_gib for r in runs}) == 1 and len({r.weights_gib for r in runs}) == 1
+
+
+def test_memory_terms_are_at_least_the_tensors_that_must_exist():
+    """Independent lower bounds: the published parameter count in bf16 (1.24 B × 2 bytes), and the fp32
+    logits of every token over the 128,256-token vocabulary, which the loss must hold at once."""
     arch = resolve_architecture("Llama-3.2-1B")
-    inputs = MemoryInputs(lora_rank=64)
-    unpacked = estimate_memory(arch, 16 * 40, inputs)  # 16 short examples padded to ~40 tokens
-    packed = estimate_memory(arch, 16 * 2048, inputs)  # the same "batch 16", packed to 2048
-    assert packed.peak_gib > 10 * unpacked.peak_gib
-    assert packed.logits_gib > 0.4 * packed.activations_gib  # a 128k vocabulary: logits are a major term
-    ckpt = estimate_memory(arch, 16 * 2048, MemoryInputs(lora_rank=64, activation_checkpointing=True))
-    assert ckpt.activations_gib < packed.activations_gib / 5
-    chunked = estimate_memory(arch, 16 * 2048, MemoryInputs(lora_rank=64, loss_chunks=8))
-    assert chunked.logits_gib == pytest.approx(packed.logits_gib / 8)
+    est = estimate_memory(arch, 16 * 2048, MemoryInputs())
+    assert est.weights_gib >= 1.23e9 * 2 / 2**30
+    assert est.logits_gib >= 16 * 2048 * 128_256 * 4 / 2**30  # 15.7 GiB: bigger than the weights
+    chunks = [estimate_memory(arch, 16 * 2048, MemoryInputs(loss_chunks=k)).logits_gib for k in (1, 2, 8, 64)]
+    assert all(a > b for a, b in zip(chunks, chunks[1:]))  # chunking the loss lowers the logits term
+
+
+def test_max_tokens_that_fit_is_the_exact_boundary():
+    arch = resolve_architecture("Llama-3.2-3B")
+    for inputs in VARIANTS:
+        for budget in (12.0, 40.0, 80.0):
+            n = max_tokens_that_fit(arch, inputs, budget)
+            if estimate_memory(arch, 1, inputs).peak_gib > budget:
+                assert n == 0, (inputs, budget)
+                continue
+            assert estimate_memory(arch, n, inputs).peak_gib <= budget < estimate_memory(arch, n + 1, inputs).peak_gib
+    assert max_tokens_that_fit(arch, MemoryInputs(), 1.0) == 0  # the weights alone do not fit
 
 
 def test_seed_oom_case_flagged_and_a_fitting_batch_recommended():

@@ -1,10 +1,14 @@
 """The ledger ingests what run directories hold (real SQLite, files as jobs write them)."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
-from tunelab import ledger
+import pytest
+
+from tunelab import fsutil, history, ledger
+from tunelab.errors import TunelabError
 from tunelab.experiment import load_runs, training_state
 from tunelab.fsutil import atomic_write_json
 from tunelab.scaffold import scaffold
@@ -38,7 +42,52 @@ def test_ingest_is_idempotent_and_tolerates_truncated_metrics(write_spec):
     run = ledger.query(exp, "SELECT * FROM runs WHERE name = 'tiny_r4'")[0]
     assert run["final_loss"] == 0.05 and run["steps"] == 40
     assert json.loads(run["factors"])["lora_rank"] == 4
-    assert ledger.query(exp, "PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    assert ledger.query(exp, "PRAGMA journal_mode")[0]["journal_mode"] == "delete"
+
+
+def test_both_ledgers_use_a_rollback_journal_safe_on_network_filesystems(tmp_path):
+    """WAL needs shared memory that NFS/Lustre/GPFS do not keep coherent across hosts: never WAL."""
+    old = tmp_path / "exp"
+    old.mkdir()
+    with sqlite3.connect(old / "tunelab.db") as conn:  # a ledger left in WAL mode by an earlier tunelab
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    with ledger.connect(old) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000  # waits for a writer, not fails
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert not (old / "tunelab.db-wal").exists() and not (old / "tunelab.db-shm").exists()
+    with history.connect(tmp_path / "h" / "history.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
+
+
+def test_a_locked_ledger_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    """A real lock: another connection holds an exclusive transaction while tunelab wants the ledger."""
+    monkeypatch.setattr(fsutil, "SQLITE_TIMEOUT_S", 0.2, raising=False)
+    ledger.query(tmp_path, "SELECT 1")  # creates the ledger
+    holder = sqlite3.connect(tmp_path / "tunelab.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TunelabError, match="locked") as exc:
+            ledger.query(tmp_path, "SELECT count(*) FROM runs")
+        assert exc.value.file == str(tmp_path / "tunelab.db")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert ledger.query(tmp_path, "SELECT count(*) AS n FROM runs") == [{"n": 0}]  # usable once released
+
+
+def test_a_corrupted_middle_metrics_line_stops_ingest_naming_file_and_line(write_spec):
+    scaffold(spec := write_spec())
+    runs = load_runs(spec.parent)
+    _fake_outputs(runs[0].run_dir)
+    metrics = runs[0].run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:25] + "\n"  # a line cut in the middle of the file: not a kill mid-write
+    metrics.write_text("".join(lines))
+    with pytest.raises(TunelabError, match="line 2") as exc:
+        ledger.ingest_all(spec.parent, runs)
+    assert exc.value.file == str(metrics)
 
 
 def test_dead_process_with_running_status_is_interrupted(write_spec):
@@ -81,8 +130,6 @@ def test_control_is_completed_once_every_task_is_scored(write_spec):
 
 
 def test_an_old_ledger_gets_the_per_metric_evals_table(write_spec):
-    import sqlite3
-
     scaffold(spec := write_spec())
     exp = spec.parent
     with sqlite3.connect(exp / "tunelab.db") as conn:  # the evals table of earlier versions

@@ -16,6 +16,7 @@ from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
 from tunelab.history import HistoryRun
 from tunelab.runconfig import RunConfig
+from tunelab.train.device import planned_dtype
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -153,7 +154,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     peak = gpu_mem = None
     mem_source = "not modelled on CPU"
     if gpu is not None:
-        dtype = "bfloat16" if t.dtype == "auto" else t.dtype
+        dtype = planned_dtype(t.dtype, gpu.compute_capability)
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
         inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets,
                               modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)

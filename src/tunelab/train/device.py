@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# bf16 tensor cores arrived with Ampere (compute capability 8.0). Before it (V100 7.0, T4 7.5) torch still
+# reports bf16 as "supported", but emulated on the CUDA cores: several times slower than fp16 tensor cores.
+BF16_MIN_CAPABILITY = (8, 0)
+
 
 def resolve_device(device: str | None) -> str:
     import torch
@@ -11,12 +15,29 @@ def resolve_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def auto_dtype_name(capability: tuple[int, int] | None) -> str:
+    """What `dtype: auto` trains in on a GPU of this compute capability (None: no GPU).
+
+    bf16 only where tensor cores run it. Before Ampere, fp32: the trainer loads the weights in the dtype
+    it trains in, and fp16 weights would make the fp16 copies of modules_to_save trainable, which
+    fp16 loss scaling refuses ("Attempting to unscale FP16 gradients")."""
+    if capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY:
+        return "bfloat16"
+    return "float32"
+
+
+def planned_dtype(name: str, capability: tuple[int, int] | None) -> str:
+    """The dtype a run will train in on a GPU of this capability: what plan and validate model."""
+    return auto_dtype_name(capability) if name == "auto" else name
+
+
 def resolve_dtype(name: str, device: str) -> Any:
-    """'auto' = bf16 on a bf16-capable GPU, else fp32; any other name is a torch dtype."""
+    """'auto' = auto_dtype_name of the device's GPU; any other name is a torch dtype."""
     import torch
 
     if name != "auto":
         return getattr(torch, name)
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    index = torch.device(device).index if on_gpu else None
+    capability = torch.cuda.get_device_capability(index) if on_gpu else None
+    return getattr(torch, auto_dtype_name(capability))
