@@ -6,9 +6,12 @@ alone: a job can exit non-zero after training finished, or die without a word.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import time
+from datetime import datetime
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -86,9 +89,15 @@ def select_runs(runs: list[RunConfig], names: list[str] | None) -> list[RunConfi
     return [r for r in runs if r.name in names]
 
 
-def _pid_alive(pid: int | None, host: str | None) -> bool:
-    if not pid or host != socket.gethostname():
-        return True  # another host: cannot tell, trust the status
+# A `running` status from another host that has not been rewritten for this long (or for 3 of the run's
+# recent logging intervals, if longer) is from a job that is gone.
+STALE_AFTER_S = 600.0
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """On this host only: is the process still there? (A pid from another host means nothing here.)"""
+    if not pid:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,6 +105,46 @@ def _pid_alive(pid: int | None, host: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _running_alive(run_dir: Path, status: dict) -> bool:
+    """Is the job that wrote this `running` status alive? On this host its pid says. From another host
+    (a compute node, another workstation) only a heartbeat can: the job rewrites status.json at every
+    logging step and checkpoint, so silence longer than max(STALE_AFTER_S, 3 x the longest recent gap
+    between metrics rows) means it is gone. The newer of the file's mtime and its `updated_at` counts,
+    so one skewed clock cannot make a live job look dead. (Slurm: a job the scheduler lists wins.)"""
+    if status.get("host") == socket.gethostname():
+        return _pid_alive(status.get("pid"))
+    stamps = []
+    try:
+        stamps.append((run_dir / st.STATUS_FILE).stat().st_mtime)
+    except OSError:
+        pass
+    try:
+        stamps.append(datetime.fromisoformat(status["updated_at"]).timestamp())
+    except (KeyError, TypeError, ValueError):
+        pass
+    silent = time.time() - max(stamps) if stamps else 0.0
+    return silent <= STALE_AFTER_S or silent <= 3 * _log_interval_s(run_dir)
+
+
+def _log_interval_s(run_dir: Path, tail_bytes: int = 16384) -> float:
+    """The longest gap in elapsed_s between consecutive rows in the tail of metrics.jsonl (0 if unknown).
+    Only the tail is read: this runs for every silent remote run of a large sweep."""
+    try:
+        with open(run_dir / st.METRICS_FILE, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()[1 if size > tail_bytes else 0:]
+    except OSError:
+        return 0.0
+    times = []
+    for line in lines:
+        try:
+            times.append(float(json.loads(line)["elapsed_s"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a cut or foreign line: the others suffice
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def is_evaluated(run_dir: str | Path, tasks: list[str] | None = None) -> bool:
@@ -122,8 +171,8 @@ def training_state(run_dir: str | Path) -> str:
         return st.COMPLETED
     if not status:
         return st.PENDING
-    if state == st.RUNNING and not _pid_alive(status.get("pid"), status.get("host")):
-        return st.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure)
+    if state == st.RUNNING and not _running_alive(run_dir, status):
+        return st.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure, silent host)
     if state in (st.FAILED, st.INTERRUPTED, st.RUNNING):
         return state
     return st.PENDING

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import largest_batch, should_pack, tokens_per_microbatch
+from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack, tokens_per_microbatch
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
@@ -58,9 +58,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
             rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
         else:
             rows = len(lengths)
-        steps = max(1, -(-rows // t.batch_size) // t.gradient_accumulation_steps) * t.epochs
-        if t.max_steps:
-            steps = min(steps, t.max_steps)
+        steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps)
     check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
     where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
     if peak > gpu.memory_gib:

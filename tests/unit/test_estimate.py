@@ -202,3 +202,14 @@ def test_validate_experiment_warns_on_waste_and_errors_on_warmup(write_spec):
     res = runner.invoke(app, ["validate", str(spec), "--gpu", "H100"])
     assert res.exit_code == 1 and "prompt: must name at least one field" in res.stderr
     assert yaml.safe_load(spec.read_text())  # untouched
+
+
+@pytest.mark.parametrize("rows, b, g", [(320, 8, 1), (330, 8, 1), (330, 4, 2), (330, 2, 4), (7, 3, 2), (1, 8, 4)])
+def test_optimizer_steps_counts_partial_windows_like_the_trainer(rows, b, g):
+    """Walk the epoch micro-batch by micro-batch, stepping after every g-th and after the last one."""
+    from tunelab.estimate.batch import optimizer_steps
+
+    micro = [min(b, rows - i) for i in range(0, rows, b)]
+    walked = sum(1 for k in range(len(micro)) if (k + 1) % g == 0 or k == len(micro) - 1)
+    assert optimizer_steps(rows, b, g, epochs=3) == 3 * walked
+    assert optimizer_steps(rows, b, g, epochs=3, max_steps=2) == min(2, 3 * walked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from tunelab.catalog import Architecture
@@ -85,3 +86,12 @@ def plan_batch(arch: Architecture, inputs: MemoryInputs, gpu_memory_gib: float, 
     peak = estimate_memory(arch, tokens, inputs, calibration).peak_gib
     return BatchPlan(packed, max_b, rec, accum, tokens, round(peak, 3), round(budget, 3),
                      round(rec * per_row * accum, 2), reasons)
+
+
+def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of a run, as the HF Trainer counts them: a last partial micro-batch and a last
+    partial accumulation window each still make a step (ceil, then ceil). The one formula plan,
+    validate and the retry policy share."""
+    per_epoch = max(1, math.ceil(math.ceil(rows / batch_size) / accumulation))
+    total = per_epoch * epochs
+    return min(total, max_steps) if max_steps else total

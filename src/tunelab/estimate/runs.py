@@ -10,7 +10,7 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
-from tunelab.estimate.batch import tokens_per_microbatch
+from tunelab.estimate.batch import optimizer_steps, tokens_per_microbatch
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
@@ -146,9 +146,8 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     else:
         rows = len(lengths)
         tokens_epoch = _padded_tokens(key, t.batch_size, t.max_seq_len, t.seed)
-    batches = math.ceil(rows / t.batch_size)
-    full_steps = math.ceil(batches / t.gradient_accumulation_steps) * t.epochs
-    steps = min(full_steps, t.max_steps) if t.max_steps else full_steps
+    full_steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs)
+    steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps)
     train_tokens = tokens_epoch * t.epochs * steps / full_steps
     tokens_mb = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, max(lengths))
     peak = gpu_mem = None

@@ -2,7 +2,8 @@
 
 One run at a time on CPU; one per GPU where there are GPUs (CUDA_VISIBLE_DEVICES per slot).
 Idempotent: completed runs are skipped; interrupted or failed runs start again and resume from
-their last checkpoint; --force starts them from scratch.
+their last checkpoint; --force starts them from scratch. Each run to start is claimed first, under
+the experiment lock (execute/claims.py): a second coordinator skips it instead of starting it again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunelab import ledger
-from tunelab.execute import retry
+from tunelab.execute import claims, retry
 from tunelab.execute.failures import classify
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.runconfig import RunConfig
@@ -60,19 +61,27 @@ def clear_outputs(run_dir: Path) -> None:
 
 
 def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[RunConfig]:
+    """The runs to start, each claimed by this process; call it under the experiment lock. The state is
+    read after claiming: a run another coordinator finished a moment ago is not started again."""
     todo = []
     for cfg in runs:
+        held_by = claims.claim(cfg.run_dir)
+        if held_by is not None:
+            console.print(f"[yellow]skip {cfg.name}: claimed by another coordinator ({held_by})[/yellow]")
+            continue
         state = training_state(cfg.run_dir)
         if state == st.COMPLETED and not force:
             console.print(f"[dim]skip {cfg.name}: completed[/dim]")
-        elif state == st.RUNNING and not force:
-            console.print(f"[yellow]skip {cfg.name}: running elsewhere (status.json pid alive)[/yellow]")
+        elif state == st.RUNNING:  # even with --force: clearing a live job's files would corrupt it
+            console.print(f"[yellow]skip {cfg.name}: running elsewhere (its job is alive)[/yellow]")
         else:
             if force:
                 clear_outputs(cfg.run_dir)
             elif state in (st.INTERRUPTED, st.FAILED):
                 console.print(f"{cfg.name}: was {state}; starting again (resumes from its last checkpoint)")
             todo.append(cfg)
+            continue
+        claims.release(cfg.run_dir)
     return todo
 
 
@@ -99,6 +108,27 @@ def _retry(cfg: RunConfig, state: str, code: int, status: dict) -> "retry.RetryD
     return retry.decide(cfg, failure, executor="local")
 
 
+def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfig], console: Console) -> str:
+    """Judge an ended attempt and record it; queue its retry (the claim is kept) or release the claim."""
+    state = training_state(a.cfg.run_dir)
+    if state == st.RUNNING:  # the process is gone; it never got to say how it ended
+        state = st.INTERRUPTED if code < 0 else st.FAILED
+    again = _retry(a.cfg, state, code, status) if state != st.COMPLETED else None
+    reason = status.get("error")
+    if again is not None:
+        reason = f"{reason}; {again.reason}" if reason else again.reason
+        console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
+    ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
+                          job_id=str(a.proc.pid), started_at=a.started, finished_at=st.now_iso(),
+                          exit_code=code, state=state, reason=reason)
+    if again is not None and again.retry:
+        queue.append(retry.apply(again))
+    else:
+        claims.release(a.cfg.run_dir)
+    ledger.ingest_all(exp, [a.cfg])
+    return state
+
+
 def run_local(experiment_dir: str | Path, names: list[str] | None = None, force: bool = False,
               console: Console | None = None) -> dict[str, str]:
     """Train every pending fine-tuned run; return {run: final state} of the runs it started."""
@@ -106,15 +136,17 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)
     runs = [r for r in select_runs(all_runs, names) if r.kind == "finetune"]
-    todo = pending_runs(runs, force, console)
+    with claims.experiment_lock(exp):  # before torch is imported (gpu_slots): a second `run` skips at once
+        todo = pending_runs(runs, force, console)
     results: dict[str, str] = {}
     if not todo:
-        console.print("nothing to run: every selected run is completed")
+        console.print("nothing to run: every selected run is completed, running or claimed by another coordinator")
         ledger.ingest_all(exp, all_runs)
         return results
     free = gpu_slots()
     active: dict[str | None, _Active] = {}
     queue = list(todo)
+    touched = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
@@ -133,32 +165,24 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     if code is None:
                         continue
                     a.log.close()
-                    state = training_state(a.cfg.run_dir)
-                    if state == st.RUNNING:  # the process is gone; it never got to say how it ended
-                        state = st.INTERRUPTED if code < 0 else st.FAILED
-                    results[a.cfg.name] = state
-                    again = _retry(a.cfg, state, code, status) if state != st.COMPLETED else None
-                    reason = status.get("error")
-                    if again is not None:
-                        reason = f"{reason}; {again.reason}" if reason else again.reason
-                        console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
-                    ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
-                                          job_id=str(a.proc.pid), started_at=a.started, finished_at=st.now_iso(),
-                                          exit_code=code, state=state, reason=reason)
-                    if again is not None and again.retry:
-                        queue.append(retry.apply(again))
+                    queued = len(queue)
+                    results[a.cfg.name] = state = _finish(exp, a, code, status, queue, console)
+                    if len(queue) > queued:  # a retry
                         progress.update(sweep, total=progress.tasks[sweep].total + 1)
-                    ledger.ingest_all(exp, [a.cfg])
                     mark = "[green]completed[/green]" if state == st.COMPLETED else f"[red]{state} (exit {code})[/red]"
                     progress.update(a.task, description=f"  {a.cfg.name}: {mark}")
                     progress.advance(sweep)
                     del active[slot]
                     free.append(slot)
+                if time.monotonic() - touched > 60:
+                    claims.touch_all()  # heartbeat for coordinators on other hosts
+                    touched = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
         for a in active.values():
             a.proc.terminate()
         raise
     finally:
+        claims.release_all()
         ledger.ingest_all(exp, all_runs)
     return results

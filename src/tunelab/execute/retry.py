@@ -4,15 +4,24 @@ A retry never edits a run's files in place: it writes a NEW run.yaml with attemp
 changed fields), then the executor starts the run again from that file. The reason goes to the
 ledger with the attempt.
 
-- OOM (GPU or host): micro-batch (`training.batch_size`) divided by its smallest factor (halved
-  when even) and `gradient_accumulation_steps` multiplied by the same factor, so the effective
-  batch is unchanged; impossible at micro-batch 1. Resume or restart? Our trainer checkpoints
-  are taken at epoch ends only, where no micro-batch of the epoch is pending, and the effective
-  batch (hence optimizer steps per epoch, the LR schedule and the data order per epoch seed) is
-  unchanged, so resuming from the last checkpoint is exact up to float summation order; the HF
-  Trainer restores the old micro-batch from a checkpoint only with auto_find_batch_size, which we
-  never set. A checkpoint that is not at an epoch boundary (someone else's) is dropped and the
-  run restarts from step 0.
+- OOM (GPU or host): micro-batch (`training.batch_size`) divided by its smallest factor f (halved
+  when even) and `gradient_accumulation_steps` multiplied by f (shrink_micro_batch); impossible at
+  micro-batch 1. Keeping b x g is enough for the retried run to equal the original in examples per
+  optimizer step and in schedule, whether or not b x g divides the N examples (or packed
+  sequences) of an epoch, because of what the HF Trainer (transformers >= 5.23, pinned) does:
+  micro-batch i holds examples [i*b, (i+1)*b) of the epoch's order (a seeded permutation of N,
+  independent of b); optimizer step k accumulates micro-batches [k*g, (k+1)*g), i.e. examples
+  [k*b*g, (k+1)*b*g), the last window being partial (it still steps, on fewer micro-batches);
+  steps per epoch = ceil(ceil(N/b)/g) = ceil(N/(b*g)); the loss is normalized by the tokens of
+  the whole window (num_items_in_batch). So every window holds the same examples for (b, g) and
+  (b/f, g*f): same steps per epoch, max_steps, warm-up and LR at each step, and the gradient is
+  equal up to float summation order. Only the fractional `epoch` HF logs between epoch ends
+  (micro-batches done / micro-batches per epoch) differs slightly. tests/unit/test_retry.py checks
+  this against the Trainer's own step arithmetic, tests/e2e/test_retry_resume.py end to end.
+  Resume or restart? Checkpoints are taken at epoch ends, where no window is pending, so resuming
+  from the last checkpoint with the new micro-batch is exact; the HF Trainer restores the old
+  micro-batch from a checkpoint only with auto_find_batch_size, which we never set. A checkpoint
+  not at an epoch boundary (someone else's) is dropped and the run restarts from step 0.
 - TIMEOUT: resume from the last checkpoint with the time limit doubled (the limit was short).
 - PREEMPTED, NODE_FAIL: resume from the last checkpoint, same limit.
 - CANCELLED (a person did it), FAILED with an exit code (a bug or bad data: the same again would
@@ -48,6 +57,13 @@ def _smallest_factor(n: int) -> int:
     return n
 
 
+def shrink_micro_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
+    """The OOM retry's (micro-batch, accumulation): b/f and g*f, f the smallest factor of b > 1.
+    The product is unchanged, which keeps every optimizer step's examples (module docstring)."""
+    f = _smallest_factor(batch_size)
+    return batch_size // f, accumulation * f
+
+
 def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDecision:
     """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing)."""
     max_retries = cfg.resources.max_retries
@@ -65,13 +81,12 @@ def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDe
         if t.batch_size <= 1:
             return RetryDecision(False, "oom at micro-batch 1: cannot shrink further; needs more memory or a "
                                         "shorter max_seq_len")
-        f = _smallest_factor(t.batch_size)
-        new_t = t.model_copy(update={"batch_size": t.batch_size // f,
-                                     "gradient_accumulation_steps": t.gradient_accumulation_steps * f})
+        b, g = shrink_micro_batch(t.batch_size, t.gradient_accumulation_steps)
+        new_t = t.model_copy(update={"batch_size": b, "gradient_accumulation_steps": g})
         update["training"] = type(t).model_validate(new_t.model_dump())
         restart = not _checkpoint_at_epoch_boundary(cfg)
-        reason = (f"oom: batch_size {t.batch_size}->{t.batch_size // f}, gradient_accumulation_steps "
-                  f"{t.gradient_accumulation_steps}->{t.gradient_accumulation_steps * f} (effective batch "
+        reason = (f"oom: batch_size {t.batch_size}->{b}, gradient_accumulation_steps "
+                  f"{t.gradient_accumulation_steps}->{g} (effective batch "
                   f"{t.batch_size * t.gradient_accumulation_steps} unchanged); "
                   + ("restart from step 0" if restart else "resume from the last checkpoint"))
     elif failure.kind == TIMEOUT:

@@ -21,10 +21,11 @@ from rich.console import Console
 from tunelab import ledger
 from tunelab.errors import TunelabError
 from tunelab.execute import retry
+from tunelab.execute.claims import experiment_lock, holder
 from tunelab.execute.failures import ACTIVE_STATES, CANCELLED, COMPLETED, SacctRow, base_state, classify
 from tunelab.execute.slurm_jobs import EVAL_SCRIPT, TRAIN_SCRIPT, slurm_settings, train_time_limit, write_slurm_scripts
+from tunelab.execute.progress import run_progress
 from tunelab.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
-from tunelab.fsutil import read_jsonl
 from tunelab.results import TYPES
 from tunelab.runconfig import RunConfig, load_run_config
 from tunelab.train import status as st
@@ -306,8 +307,8 @@ def plan_submissions(exp: Path, runs: list[RunConfig], force: bool) -> list[tupl
                 continue
             todo.append((cfg, False, True, None, "evaluation of the completed run"))
             continue
-        if state == st.RUNNING and not rj.train:
-            continue  # being trained by someone else (local executor, pid alive)
+        if (state == st.RUNNING or holder(cfg.run_dir)) and not rj.train:
+            continue  # being trained by someone else (local executor: job alive, or the run claimed)
         if rj.train is None:
             reason = "first submission" if state == st.PENDING else f"was {state}: resumes from its last checkpoint"
         else:
@@ -326,23 +327,24 @@ def run_slurm(experiment_dir: str | Path, names: list[str] | None = None, force:
     selected = select_runs(all_runs, names)
     slurm = Slurm()
     runs = {r.name: r for r in all_runs}
-    refresh(exp, slurm, runs)
-    sub = Submitter(exp, slurm, console, dry_run=dry_run)
-    handle_ended(exp, slurm, sub, runs, console)
-    selected = [runs[r.name] for r in selected]
-    if force and not dry_run:
-        from tunelab.execute.local import clear_outputs
+    with experiment_lock(exp):  # one coordinator at a time judges, retries and submits (execute/claims.py)
+        refresh(exp, slurm, runs)
+        sub = Submitter(exp, slurm, console, dry_run=dry_run)
+        handle_ended(exp, slurm, sub, runs, console)
+        selected = [runs[r.name] for r in selected]
+        if force and not dry_run:
+            from tunelab.execute.local import clear_outputs
 
-        latest = latest_jobs(exp)
-        for cfg in selected:
-            rj = latest.get(cfg.name)
-            if not (rj and (is_active(rj.train) or is_active(rj.eval))):
-                clear_outputs(cfg.run_dir)
-    todo = plan_submissions(exp, selected, force)
-    if not todo:
-        console.print("nothing to submit: every selected run is queued, running or done")
-    for cfg, train, eval_, after, reason in todo:
-        sub.submit_run(cfg, train, eval_, reason, after)
+            latest = latest_jobs(exp)
+            for cfg in selected:
+                rj = latest.get(cfg.name)
+                if not (rj and (is_active(rj.train) or is_active(rj.eval))):
+                    clear_outputs(cfg.run_dir)
+        todo = plan_submissions(exp, selected, force)
+        if not todo:
+            console.print("nothing to submit: every selected run is queued, running or done")
+        for cfg, train, eval_, after, reason in todo:
+            sub.submit_run(cfg, train, eval_, reason, after)
     if wait and not dry_run:
         wait_for_jobs(exp, slurm, sub, runs, console)
     ledger.ingest_all(exp, list(runs.values()))
@@ -353,10 +355,11 @@ def run_slurm(experiment_dir: str | Path, names: list[str] | None = None, force:
 def wait_for_jobs(exp: Path, slurm: Slurm, sub: Submitter, runs: dict[str, RunConfig], console: Console) -> None:
     poll = min((slurm_settings(c).poll_interval_s for c in runs.values()), default=5.0)
     while True:
-        for j in refresh(exp, slurm, runs):
-            if j.get("failure"):
-                console.print(f"{j['run']} {j['kind']} job {j['job_id']}: {j['detail']}", highlight=False)
-        handle_ended(exp, slurm, sub, runs, console)
+        with experiment_lock(exp):
+            for j in refresh(exp, slurm, runs):
+                if j.get("failure"):
+                    console.print(f"{j['run']} {j['kind']} job {j['job_id']}: {j['detail']}", highlight=False)
+            handle_ended(exp, slurm, sub, runs, console)
         if not any(is_active(j) for j in _jobs(exp)):
             return
         time.sleep(poll)
@@ -364,28 +367,15 @@ def wait_for_jobs(exp: Path, slurm: Slurm, sub: Submitter, runs: dict[str, RunCo
 
 # ---------------------------------------------------------------- tunelab status
 
-def _progress(cfg: RunConfig, status: dict) -> tuple[str, str]:
-    step, total = status.get("step"), status.get("total_steps")
-    if not step or not total:
-        return "", ""
-    epoch = status.get("epoch")
-    prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{cfg.training.epochs}" if epoch is not None and cfg.training else "")
-    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("elapsed_s") and r.get("step")]
-    eta = ""
-    if rows and step < total:
-        rate = rows[-1]["elapsed_s"] / rows[-1]["step"]
-        secs = int(rate * (total - step))
-        eta = f"{secs // 60}m{secs % 60:02d}s"
-    return prog, eta
-
-
 def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[dict]:
     """One merged record per run and control: squeue/sacct (via the ledger), and the run's files."""
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)
     runs = {r.name: r for r in all_runs}
     if refresh_jobs and shutil.which("squeue"):
-        refresh(exp, Slurm(), runs)
+        with experiment_lock(exp, wait=False) as free:  # busy: a coordinator is refreshing right now
+            if free:
+                refresh(exp, Slurm(), runs)
     latest = latest_jobs(exp)
     out = []
     for cfg in all_runs:
@@ -404,7 +394,7 @@ def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[d
         elif is_evaluated(cfg.run_dir, task_names(cfg)):
             row["eval"] = "scored"
         if cfg.kind == "finetune" and status.get("attempt", cfg.attempt) == cfg.attempt:
-            row["progress"], row["eta"] = _progress(cfg, status)
+            row["progress"], row["eta"] = run_progress(cfg, status)
         if is_active(job):
             state = base_state(job["state"]).lower()
             if state == "submitted":

@@ -1,0 +1,166 @@
+"""Claims: one coordinator at a time starts or retries a run.
+
+Two coordinators on one experiment (`tunelab run` twice, on one host or two sharing the filesystem)
+must never start the same run twice: two jobs in one run dir corrupt its checkpoints and metrics.
+This module imports nothing heavy, so a coordinator claims its runs before torch is loaded.
+
+- The experiment lock (`<experiment>/.tunelab.lock`, fcntl.flock) is held for a moment: while a
+  coordinator reads run states and takes claims, and (Slurm) while it refreshes jobs, applies
+  retries and submits. The kernel drops it when its process dies, so it is never stale. Linux
+  emulates flock with POSIX locks on NFS, so it holds across hosts there; on a filesystem without
+  locks (ENOLCK, EOPNOTSUPP) the claim files alone remain, atomic to create but racy to take over.
+- A run claim (`<run dir>/.claim`: host, pid, process start, token) is created with O_EXCL under the
+  lock and lives until the run ends for good (retries included) or the coordinator exits. It is
+  stale when its pid is gone on this host (or is another process now), or, from another host, when
+  it has not been touched for STALE_AFTER_S (the holder touches its claims while it waits on jobs).
+  A stale claim is taken over, under the lock, so two coordinators cannot both take it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from tunelab.errors import TunelabError
+
+LOCK_FILE = ".tunelab.lock"
+CLAIM_FILE = ".claim"
+STALE_AFTER_S = 600.0
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+_HELD: dict[Path, str] = {}  # claim file -> our token
+
+
+@contextlib.contextmanager
+def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the experiment's lock for the body: one coordinator decides at a time. With wait=False the
+    body gets False at once when another process holds it (a reader that can skip its refresh)."""
+    import fcntl
+
+    path = Path(experiment_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if not wait:  # a read-only experiment dir: someone else's sweep, only looked at
+            yield False
+            return
+        raise TunelabError(f"cannot take the experiment lock: {exc.strerror}", file=path) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        yield True
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive_here(info: dict) -> bool:
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    start = _proc_start(pid)
+    return not (start and info.get("start") and start != info["start"])
+
+
+def _read(path: Path) -> tuple[dict, float] | None:
+    try:
+        mtime = path.stat().st_mtime
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = {}  # being written (no lock on this filesystem) or cut: judged by age alone
+    return (info if isinstance(info, dict) else {}), mtime
+
+
+def _stale(info: dict, mtime: float) -> bool:
+    if info.get("host") == socket.gethostname():
+        return not _alive_here(info)
+    return time.time() - mtime > STALE_AFTER_S
+
+
+def describe(info: dict) -> str:
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+
+
+def holder(run_dir: str | Path) -> dict | None:
+    """The live claim on a run (someone else's or ours), or None when unclaimed or stale."""
+    got = _read(Path(run_dir) / CLAIM_FILE)
+    return None if got is None or _stale(*got) else got[0]
+
+
+def claim(run_dir: str | Path) -> str | None:
+    """Claim a run for this process: None when it is ours now, else who holds it. Call it under
+    experiment_lock (that is what makes taking over a stale claim safe)."""
+    path = Path(run_dir) / CLAIM_FILE
+    if path in _HELD:
+        return None
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            got = _read(path)
+            if got is not None and not _stale(*got):
+                return describe(got[0])
+            path.unlink(missing_ok=True)  # stale (or just released): take it over
+            continue
+        token = uuid.uuid4().hex
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        _HELD[path] = token
+        return None
+    return "another coordinator (the claim kept changing hands)"
+
+
+def release(run_dir: str | Path) -> None:
+    """Drop our claim on a run (a claim taken over by someone else is left alone)."""
+    path = Path(run_dir) / CLAIM_FILE
+    token = _HELD.pop(path, None)
+    got = _read(path) if token else None
+    if got is not None and got[0].get("token") == token:
+        path.unlink(missing_ok=True)
+
+
+def release_all() -> None:
+    for path in list(_HELD):
+        release(path.parent)
+
+
+def touch_all() -> None:
+    """Heartbeat: show coordinators on other hosts that our claims are alive."""
+    for path in _HELD:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+atexit.register(release_all)
