@@ -33,7 +33,7 @@ def test_heldout_time_predicted_from_one_calibration_run(write_spec, tmp_path, m
     _train(runs["r8_bs8"])
     ledger.ingest_all(spec.parent, load_runs(spec.parent))
     (row,) = history.load()
-    assert row.per_token_s > 0 and row.step_fixed_s is not None and row.startup_s > 0  # measured split
+    assert row.per_token_s > 0 and row.step_fixed_s > 0 and row.startup_s > 0  # measured split (not clamped)
 
     est = make_plan(spec).estimates["r16_bs16"]
     assert est.time_source.startswith("history: 1 run(s) of this model")

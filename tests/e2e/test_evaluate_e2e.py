@@ -35,24 +35,55 @@ def test_control_of_random_base_model(tmp_path, tiny_model):
     assert rows[0].input == "Capitalize: apple"
 
 
-def test_prompt_parity_with_training(tmp_path, tiny_model):
-    """Through inspect the model sees exactly PromptFormat.encode_prompt's ids of the example's prompt."""
-    from inspect_ai.log import read_eval_log
-    from transformers import AutoTokenizer
+def _fed_sequences(batch):
+    """(input_ids, labels) of each example in a collated batch: padded rows, or padding-free packed
+    sequences cut where position_ids restart at 0."""
+    if "attention_mask" in batch:
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(mask.sum())
+            yield ids[:n].tolist(), labels[:n].tolist()
+        return
+    ids, labels, pos = batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+    for a, b in zip(starts, starts[1:]):
+        yield ids[a:b], labels[a:b]
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    for chat in ("auto", "never"):
-        cfg = make_cfg(tmp_path, tiny_model, kind="control", name=f"ctl_{chat}", chat_template=chat,
-                       system_prompt="Answer with one word.", eval={"max_tokens": 4, "limit": 3})
-        fmt = prompt_format_of(cfg)
-        [scores] = evaluate_run(cfg)
-        assert scores.samples == 3  # limit honoured
-        log = read_eval_log(str(cfg.run_dir / "eval" / "base" / "exact_match" / scores.log))
-        expected = [fmt.encode_prompt(e.prompt, tok) for e in examples_of(cfg)[:3]]
-        assert [s.output.metadata["prompt_ids"] for s in sorted(log.samples, key=lambda s: s.id)] == expected
-        assert all(s.output.usage.output_tokens <= 4 for s in log.samples)  # eval.max_tokens reaches generate()
-        if chat == "auto":
-            assert "<|system|>Answer with one word." in log.samples[0].output.metadata["prompt"]
+
+def _trainer_prompts(cfg) -> dict[str, list[int]]:
+    """answer -> prompt tokens (the loss-free prefix) of every sequence the trainer's dataloader feeds."""
+    from tunelab.train.runner import build_trainer
+
+    trainer = build_trainer(cfg)[0]
+    tok = trainer.processing_class
+    prompts: dict[str, list[int]] = {}
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in _fed_sequences(batch):
+            start = next(i for i, lab in enumerate(labels) if lab != -100)
+            answer = tok.decode([t for t, lab in zip(ids, labels) if lab != -100], skip_special_tokens=True).strip()
+            assert prompts.setdefault(answer, ids[:start]) == ids[:start]
+    return prompts
+
+
+@pytest.mark.parametrize("chat", ["auto", "never"])
+def test_prompt_parity_with_training(tmp_path, tiny_model, chat):
+    """The evaluator's prompt tokens (recorded by the tunelab provider in the .eval log) are exactly the
+    loss-free prefix of the sequence the trainer fed for the same example, after TRL's processing,
+    unpacked and BFD-packed."""
+    from inspect_ai.log import read_eval_log
+
+    common = dict(chat_template=chat, system_prompt="Answer with one word.")
+    cfg = make_cfg(tmp_path, tiny_model, kind="control", name=f"ctl_{chat}", eval={"max_tokens": 4}, **common)
+    [scores] = evaluate_run(cfg)
+    assert scores.samples == len(WORDS)
+    log = read_eval_log(str(cfg.run_dir / "eval" / "base" / "exact_match" / scores.log))
+    evaluated = {s.target: s.output.metadata["prompt_ids"] for s in log.samples}
+    assert all(s.output.usage.output_tokens <= 4 for s in log.samples)  # eval.max_tokens reaches generate()
+    if chat == "auto":
+        assert "<|system|>Answer with one word." in log.samples[0].output.metadata["prompt"]
+    for packing in (False, True):
+        train_cfg = make_cfg(tmp_path, tiny_model, name=f"r_{chat}_{packing}", **common,
+                             training={"packing": packing, "max_seq_len": 128, "batch_size": 4})
+        assert _trainer_prompts(train_cfg) == evaluated, f"packing={packing}"
 
 
 def test_batched_generation_equals_unbatched(tmp_path, tiny_model):

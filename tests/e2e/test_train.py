@@ -28,11 +28,12 @@ def test_train_writes_metrics_checkpoints_and_summary(write_spec):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if r["loss"] is not None]
     val_rows = [r for r in rows if r["val_loss"] is not None]
-    assert len(train_rows) >= 6 and len(val_rows) >= 3
+    # 320 examples / 8 = 40 steps per epoch, 2 epochs: a training row every 10 steps, validation every 20
+    assert [r["step"] for r in train_rows] == list(range(10, 81, 10))
+    assert [r["step"] for r in val_rows] == list(range(20, 81, 20))
     for key in ("step", "epoch", "loss", "lr", "tokens", "nonpad_tokens", "tokens_per_s", "peak_memory_gib", "elapsed_s"):
         assert key in train_rows[-1]
     assert train_rows[-1]["loss"] < train_rows[0]["loss"] * 0.7  # it learns
-    assert [r["step"] for r in train_rows] == sorted({r["step"] for r in train_rows})
     assert summary["steps"] == 80  # 320 examples / 8 per step × 2 epochs
     assert summary["checkpoints"] == ["epoch_0", "epoch_1"]
     for e in (0, 1):
@@ -46,6 +47,11 @@ def test_train_writes_metrics_checkpoints_and_summary(write_spec):
     # 5-letter words in one prompt format: all the same length, so no padding at all
     assert summary["nonpad_fraction"] == 1.0
     assert summary["tokens"] == summary["nonpad_tokens"] == 2 * read_json(run_dir / "packing.json")["tokens"]
+    # step cost: the fixed part is what is left of the run's steady step time after the per-token part, so it
+    # is strictly positive and below the step time (a clamped or inconsistent split fails here)
+    cost = summary["step_cost"]
+    step_s = cost["tokens_per_step"] / summary["tokens_per_s"]
+    assert cost["per_token_s"] > 0 and 0 < cost["fixed_s"] < step_s, (cost, step_s)
 
 
 def test_packing_bfd_packs_and_learns(write_spec):
@@ -87,7 +93,10 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: (run_dir / "checkpoints" / "epoch_0").is_dir(), 180), "no epoch_0 checkpoint"
+        # the counters file is the last write of a checkpoint save: from then on it is one to resume from
+        saved = lambda: (run_dir / "checkpoints" / "epoch_0").is_dir() and any(  # noqa: E731
+            (run_dir / "trainer_state").glob("checkpoint-*/tunelab_counters.json"))
+        assert _wait_for(saved, 180), "no complete checkpoint of epoch 0"
         proc.send_signal(signal.SIGKILL)  # no chance to clean up, as on a node failure
         proc.wait(30)
     finally:
@@ -109,7 +118,9 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     summary = read_json(run_dir / "summary.json")
     assert summary["steps"] == 160 and summary["checkpoints"] == [f"epoch_{e}" for e in range(4)]
     steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["loss"] is not None]
-    assert steps == sorted(set(steps)) and steps[-1] == 160  # no step logged twice
+    assert steps == list(range(5, 161, 5))  # every logging step exactly once: none twice, none lost
+    # the token counters went through the kill: 4 epochs of the dataset, as an uninterrupted run counts
+    assert summary["tokens"] == 4 * read_json(run_dir / "packing.json")["tokens"]
     log = (run_dir / "train.log").read_text()
     assert f"resuming from checkpoint-{resumed_step}" in log
     # running again is a no-op
@@ -140,3 +151,21 @@ def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
     rows = CliRunner().invoke(app, ["results", str(spec.parent), "--json"]).stdout
     assert '"state": "failed"' in rows
     assert "gone.json" in (cfg.run_dir / "train.log").read_text()
+
+
+def test_final_validation_is_logged_once(write_spec):
+    """Validation every 15 steps of 40 (at 15, 30 and at the end), then the job is restarted after its last
+    checkpoint (killed before summary.json): every (step, is-validation) row still appears exactly once."""
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False,
+                      training={"epochs": 1, "validation_every_steps": 15, "logging_steps": 10})
+    cfg = scaffold(spec).runs[0]
+    first = train_run(cfg)
+    (cfg.run_dir / "summary.json").unlink()
+    summary = train_run(cfg)  # resumes from checkpoint-40, the end: nothing left but the final validation
+    assert read_json(cfg.run_dir / "status.json")["resumed_from"] == "checkpoint-40"
+    rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
+    keys = [(r["step"], r["val_loss"] is not None) for r in rows]
+    assert sorted(keys) == sorted(set(keys)), keys  # each (step, is-validation) exactly once
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [15, 30, 40]
+    assert [r["step"] for r in rows if r["loss"] is not None] == [10, 20, 30, 40]
+    assert summary["final_val_loss"] == first["final_val_loss"] == rows[-1]["val_loss"]

@@ -46,3 +46,16 @@ def test_same_host_uses_the_pid(tmp_path):
     assert training_state(tmp_path / "dead") == "interrupted"
     _status(tmp_path / "me", age_s=STALE_AFTER_S + 3600, host=socket.gethostname(), pid=os.getpid())
     assert training_state(tmp_path / "me") == "running"  # a live pid here wins over an old file
+
+
+def test_a_resumed_run_records_its_new_host_with_its_new_pid(tmp_path):
+    """host and pid describe the same process: a resume on another node must not keep the old host."""
+    import json
+    import os
+    import socket
+
+    from tunelab.train.status import write_status
+
+    (tmp_path / "status.json").write_text(json.dumps({"state": "running", "host": "old-node", "pid": 1}))
+    status = write_status(tmp_path, state="running")
+    assert (status["host"], status["pid"]) == (socket.gethostname(), os.getpid())

@@ -45,6 +45,28 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
     return tokens, nonpad, examples
 
 
+def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:
+    """Examples, sequences, density and fill of the dataset the trainer actually iterates."""
+    if packed and "seq_lengths" in dataset.column_names:
+        lengths = dataset["seq_lengths"]
+        examples = sum(len(x) for x in lengths)
+        tokens = sum(sum(x) for x in lengths)
+        sequences = len(lengths)
+    else:
+        examples = len(dataset)
+        sequences = examples
+        tokens = sum(len(x) for x in dataset["input_ids"])
+    return {
+        "packed": packed,
+        "max_seq_len": max_seq_len,
+        "examples": examples,
+        "sequences": sequences,
+        "tokens": tokens,
+        "density": round(examples / sequences, 4) if sequences else None,
+        "fill_fraction": round(tokens / (sequences * max_seq_len), 4) if packed and sequences else None,
+    }
+
+
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux /proc), so start-up includes interpreter and imports."""
     try:

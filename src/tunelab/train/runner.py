@@ -4,7 +4,6 @@ completion only, optional BFD packing, per-epoch adapter checkpoints, resume aft
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
@@ -12,14 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from tunelab.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
-from tunelab.train.checkpoints import last_trainer_checkpoint, publish_epoch_checkpoint
+from tunelab.train.checkpoints import (
+    COUNTERS_FILE,
+    epoch_index,
+    last_complete_checkpoint,
+    publish_epoch_checkpoint,
+    republish_missing_epochs,
+)
 from tunelab.train.device import resolve_dtype
-from tunelab.train.metrics import Counters, MetricsWriter, count_batch, process_age_s, steady_tokens_per_s
+from tunelab.train.metrics import (
+    Counters,
+    MetricsWriter,
+    count_batch,
+    packing_stats,
+    process_age_s,
+    steady_tokens_per_s,
+)
 
-COUNTERS_FILE = "tunelab_counters.json"
 # Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
 # retry policy (halve the micro-batch) can be proven end to end on machines without a GPU.
 FAULT_OOM_ENV = "TUNELAB_FAULT_OOM_ABOVE_BATCH"
@@ -68,28 +79,6 @@ def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
 
     val = encode("validation") if cfg.training.validation_every_steps else None
     return encode("train"), val
-
-
-def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:
-    """Examples, sequences, density and fill of the dataset the trainer actually iterates."""
-    if packed and "seq_lengths" in dataset.column_names:
-        lengths = dataset["seq_lengths"]
-        examples = sum(len(x) for x in lengths)
-        tokens = sum(sum(x) for x in lengths)
-        sequences = len(lengths)
-    else:
-        examples = len(dataset)
-        sequences = examples
-        tokens = sum(len(x) for x in dataset["input_ids"])
-    return {
-        "packed": packed,
-        "max_seq_len": max_seq_len,
-        "examples": examples,
-        "sequences": sequences,
-        "tokens": tokens,
-        "density": round(examples / sequences, 4) if sequences else None,
-        "fill_fraction": round(tokens / (sequences * max_seq_len), 4) if packed and sequences else None,
-    }
 
 
 def _make_trainer_class():
@@ -144,11 +133,14 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict):
             _log(f"step {state.global_step}/{state.max_steps} epoch {row['epoch']:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
+            """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
+            before it resumes from the checkpoint before, which redoes this epoch and its publish."""
+            t0 = time.monotonic()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
-            epoch = max(0, math.ceil(round(state.epoch or 0, 6)) - 1)
-            dest = publish_epoch_checkpoint(ckpt, run_dir, epoch)
+            dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
             st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
+            writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
+            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
             _log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
 
     return TunelabCallback()
@@ -178,16 +170,18 @@ def _step_cost(trainer, t, run_dir: Path) -> dict[str, Any] | None:
 
 def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counters]:
     """Find the checkpoint to resume from; drop metrics logged after it (they will be redone)."""
-    last = last_trainer_checkpoint(state_dir)
+    last = last_complete_checkpoint(state_dir)
     metrics_path = run_dir / st.METRICS_FILE
     if last is None:
         for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE):
             stale.unlink(missing_ok=True)
         return None, Counters()
+    for epoch in republish_missing_epochs(state_dir, run_dir, upto=last):
+        _log(f"republished epoch_{epoch} from its trainer checkpoint")
     step = int(last.name.removeprefix("checkpoint-"))
     kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-    counters = Counters(**(read_json(last / COUNTERS_FILE, default={}) or {}))
+    counters = Counters(**json.loads((last / COUNTERS_FILE).read_text()))  # complete: always there
     return last, counters
 
 
@@ -257,39 +251,11 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters) -> dict:
-    import peft
+def _sft_config(t, state_dir: Path, dtype, validate: bool):
     import torch
-    import transformers
-    import trl
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig
 
-    from tunelab.compat import quiet_known_library_warnings
-
-    quiet_known_library_warnings()
-    t = cfg.training
-    set_seed(t.seed)
-    cuda = torch.cuda.is_available()
-    dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
-    _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if cuda else 'cpu'}"
-         + (f", resuming from {resume_from.name}" if resume_from else ""))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
-    train_ds, val_ds = build_datasets(cfg, tokenizer)
-
-    lora = LoraConfig(
-        r=t.lora_rank,
-        lora_alpha=t.effective_lora_alpha,
-        lora_dropout=t.lora_dropout,
-        target_modules=t.lora_target_modules,
-        modules_to_save=t.modules_to_save or None,
-        task_type="CAUSAL_LM",
-    )
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(state_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -302,13 +268,13 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         weight_decay=t.weight_decay,
         logging_steps=t.logging_steps,
         save_strategy="epoch",
-        eval_strategy="steps" if val_ds is not None else "no",
+        eval_strategy="steps" if validate else "no",
         eval_steps=t.validation_every_steps,
         seed=t.seed,
         data_seed=t.seed,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        use_cpu=not cuda,
+        use_cpu=not torch.cuda.is_available(),
         **_checkpointing_args(t.gradient_checkpointing),
         report_to="none",
         disable_tqdm=True,
@@ -319,59 +285,113 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         dataloader_num_workers=0,
         save_only_model=False,
     )
-    trainer_cls = _make_trainer_class()
-    writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
-    startup: dict[str, float | None] = {}
-    trainer = trainer_cls(
+
+
+def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()) -> tuple[Any, Any, Any]:
+    """(trainer, train dataset, validation dataset) exactly as `tunelab train` runs them, so tests can
+    read what the trainer really feeds (its dataloader) without training."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    t = cfg.training
+    set_seed(t.seed)
+    dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
+    train_ds, val_ds = build_datasets(cfg, tokenizer)
+    lora = LoraConfig(
+        r=t.lora_rank,
+        lora_alpha=t.effective_lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=t.lora_target_modules,
+        modules_to_save=t.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    trainer = _make_trainer_class()(
         model=model,
-        args=args,
+        args=_sft_config(t, cfg.run_dir / st.TRAINER_STATE_DIR, dtype, val_ds is not None),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[_make_callback(run_dir, writer, startup)],
+        callbacks=list(callbacks),
     )
-    trainer.counters = counters
-    from transformers.trainer_callback import PrinterCallback
-
+    trainer.counters = counters if counters is not None else Counters()
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
+    return trainer, train_ds, val_ds
+
+
+def _validate_at_end(trainer, run_dir: Path) -> None:
+    """Validate at the last step unless that row exists: evaluate() writes it through on_log (writing it
+    here as well duplicated it), and the file, not memory, tells a resumed run it is there already."""
+    step = trainer.state.global_step
+    rows = read_jsonl(run_dir / st.METRICS_FILE)
+    if not any(r.get("step") == step and r.get("val_loss") is not None for r in rows):
+        trainer.evaluate()
+
+
+def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters) -> dict:
+    import torch
+
+    from tunelab.compat import quiet_known_library_warnings
+
+    quiet_known_library_warnings()
+    t = cfg.training
+    dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+         + (f", resuming from {resume_from.name}" if resume_from else ""))
+    writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
+    startup: dict[str, float | None] = {}
+    trainer, train_ds, val_ds = build_trainer(cfg, counters, [_make_callback(run_dir, writer, startup)])
     pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
     atomic_write_json(run_dir / st.PACKING_FILE, pstats)
     _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
-    trainable, total = trainer.model.get_nb_trainable_parameters()
     _inject_oom_fault(t.batch_size)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if val_ds is not None and writer.last_eval_step != trainer.state.global_step:
-        metrics = trainer.evaluate()
-        writer.write(trainer.state.global_step, trainer.state.epoch, metrics)
+    if val_ds is not None:
+        _validate_at_end(trainer, run_dir)
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
     step_cost = _step_cost(trainer, t, run_dir)
-    return _summarize(
-        run_dir,
-        cfg,
-        {
-            "epochs": t.epochs,
-            "duration_s": round(elapsed, 3),
-            "train_time_s": round(elapsed - counters.overhead_s, 3),
-            "overhead_s": round(counters.overhead_s, 3),
-            "step_cost": step_cost,
-            "finish_s": round(time.monotonic() - finish_t0, 3),  # after training: step cost, summary
-            "startup_s": round(startup["startup_s"], 3) if startup.get("startup_s") is not None else None,
-            "train_examples": len(train_ds),
-            "validation_examples": len(val_ds) if val_ds is not None else None,
-            "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, torch.cuda.device_count()),
-            "packing": pstats,
-            "trainable_params": int(trainable),
-            "total_params": int(total),
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "gpu_memory_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
-            "cpu_threads": torch.get_num_threads(),
-            "dtype": str(dtype).removeprefix("torch."),
-            "activation_checkpointing": t.gradient_checkpointing,
-            "restarts": st.read_status(run_dir).get("restarts", 0),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "peft": peft.__version__, "trl": trl.__version__},
-            "pid": os.getpid(),
-        },
-    )
+    return _summarize(run_dir, cfg, {
+        "epochs": t.epochs,
+        "duration_s": round(elapsed, 3),
+        "train_time_s": round(elapsed - counters.overhead_s, 3),
+        "overhead_s": round(counters.overhead_s, 3),
+        "step_cost": step_cost,
+        "finish_s": round(time.monotonic() - finish_t0, 3),  # after training: step cost, summary
+        "startup_s": round(startup["startup_s"], 3) if startup.get("startup_s") is not None else None,
+        "train_examples": len(train_ds),
+        "validation_examples": len(val_ds) if val_ds is not None else None,
+        "packing": pstats,
+        **_run_facts(trainer, t, dtype, run_dir),
+    })
+
+
+def _run_facts(trainer, t, dtype, run_dir: Path) -> dict[str, Any]:
+    """What the run ran on: batch, parameters, device, library versions."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    cuda = torch.cuda.is_available()
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    return {
+        "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, torch.cuda.device_count()),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "gpu_memory_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
+        "cpu_threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "activation_checkpointing": t.gradient_checkpointing,
+        "restarts": st.read_status(run_dir).get("restarts", 0),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "trl": trl.__version__},
+        "pid": os.getpid(),
+    }

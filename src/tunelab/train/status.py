@@ -34,7 +34,7 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     status = read_status(run_dir)
     status.update(fields)
     status["updated_at"] = now_iso()
-    status.setdefault("host", socket.gethostname())
+    status["host"] = socket.gethostname()  # with the pid below: a run resumed on another node names it
     status["pid"] = os.getpid()
     atomic_write_json(Path(run_dir) / STATUS_FILE, status)
     return status
