@@ -3,6 +3,8 @@ config or report behind, and a damaged file or a locked database is reported, ne
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 import os
@@ -230,3 +232,16 @@ def _sqlite_error(exc: sqlite3.Error, path: str | Path) -> TunelabError:
         text = (f"the database is locked: another tunelab command (run, status --watch, ingest) is writing it; "
                 f"waited {SQLITE_TIMEOUT_S:g} s, retry when it has finished")
     return TunelabError(f"SQLite: {text}", file=path)
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file; of a directory, over its files' names and contents (sorted)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

