@@ -84,11 +84,11 @@ def scaffold_cmd(
 @app.command("train")
 @friendly
 def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
-    """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one."""
-    from tunelab.runconfig import load_run_config
-    from tunelab.train.runner import train_run
+    """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
+    Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun."""
+    from tunelab.train.distributed import train_job
 
-    train_run(load_run_config(run_yaml))
+    train_job(run_yaml)
 
 
 @app.command("run")

@@ -152,6 +152,9 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         layers = hidden = params = None
     steps = summary.get("steps") or 0
     cost = summary.get("step_cost") or {}
+    # per device, the planner's unit: a distributed run's tokens (and tokens/s) are all its processes'
+    world = max(1, int(summary.get("world_size") or 1))
+    tps, nonpad_tps = summary.get("tokens_per_s"), summary.get("nonpad_tokens_per_s")
     return HistoryRun(
         key=str(cfg.run_dir),
         source="tunelab",
@@ -168,9 +171,9 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_seq_len=t.max_seq_len,
         lora_rank=t.lora_rank,
-        tokens_per_step=(summary.get("tokens") or 0) / steps if steps else None,
-        tokens_per_s=summary.get("tokens_per_s"),
-        nonpad_tokens_per_s=summary.get("nonpad_tokens_per_s"),
+        tokens_per_step=(summary.get("tokens") or 0) / steps / world if steps else None,
+        tokens_per_s=tps / world if tps else tps,
+        nonpad_tokens_per_s=nonpad_tps / world if nonpad_tps else nonpad_tps,
         per_token_s=cost.get("per_token_s"),
         step_fixed_s=cost.get("fixed_s"),
         peak_memory_gib=summary.get("peak_memory_gib"),

@@ -22,6 +22,7 @@ from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (callers import them from here)
 from tunelab.runconfig import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
+from tunelab.train.distributed import processes_per_run
 
 
 @dataclass
@@ -234,8 +235,12 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
     check_eval_tasks(spec, spec_path, runs)
-    gpus = spec.resources.gpus_per_run
-    recipe = "single device" if gpus <= 1 else f"distributed ({gpus} GPUs per run)"
+    res = spec.resources
+    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
+    recipe = "single process" if nproc <= 1 else (
+        f"distributed: {nproc} processes per run (torchrun; "
+        + (f"{res.distributed.upper() if res.distributed != 'auto' else 'DDP, or FSDP where a run does not fit one GPU'}"
+           f", NCCL on {gpu.name})" if gpu is not None else "DDP over gloo on CPU)"))
     recipe += ", validation loss every " + (
         f"{spec.training.validation_every_steps} steps" if spec.training.validation_every_steps else "— (off)"
     )

@@ -38,7 +38,8 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "model": r.model.name,
             "dataset": r.dataset.name,
             "factors": _factor_text(r, swept),
-            "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}" if t else "—",
+            "batch": (f"{t.batch_size}×{t.gradient_accumulation_steps}"
+                      + (f"×{e.processes}" if e and e.processes > 1 else "")) if t else "—",
             "packing": ("on" if t.packing else "off") if t else "—",
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
@@ -84,11 +85,15 @@ def render_plan_md(plan: Plan) -> str:
     lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
               "ledger) or a model.", ""]
     if plan.estimates:
-        lines += ["| Run | Micro-batch × accum | Packing | Tokens/micro-batch | Peak / GPU (GiB) | Memory source | "
-                  "Steps | Tokens/s | Time | Time source | GPU-h | SLURM limit |", "|" + "---|" * 12]
+        lines += ["Effective batch = micro-batch × accumulation × processes. Peak memory is per device; time is "
+                  "the run's wall time; GPU-h = time × processes.", "",
+                  "| Run | Micro-batch × accum × processes = effective batch | Strategy | Packing | "
+                  "Tokens/micro-batch | Peak / GPU (GiB) | Memory source | Steps | Tokens/s (per device) | Time | "
+                  "Time source | GPU-h | SLURM limit |", "|" + "---|" * 13]
         for e in plan.estimates.values():
             lines.append(
-                f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} | {'on' if e.packed else 'off'} | "
+                f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} × {e.processes} = {e.effective_batch} | "
+                f"{e.strategy or 'single process'} | {'on' if e.packed else 'off'} | "
                 f"{e.tokens_per_microbatch:,} | "
                 + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
                 + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "

@@ -75,7 +75,11 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     plan = make_plan(spec_path, out_dir, gpu=gpu)
     for i, cfg in enumerate(plan.runs):
         if cfg.name in plan.estimates:
-            plan.runs[i] = cfg.model_copy(update={"estimate": plan.estimates[cfg.name].to_dict()})
+            est = plan.estimates[cfg.name]
+            update: dict = {"estimate": est.to_dict()}
+            if cfg.resources.distributed == "auto" and est.strategy == "fsdp":  # the plan's choice, for the job
+                update["resources"] = cfg.resources.model_copy(update={"distributed": "fsdp"})
+            plan.runs[i] = cfg.model_copy(update=update)
     texts = {cfg.name: dump_yaml(cfg.model_dump(mode="json")) for cfg in plan.runs}
     changed = _changed_configs(plan, texts)
     _check_not_clobbering(plan, changed, force)

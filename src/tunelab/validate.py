@@ -11,8 +11,10 @@ from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack, tokens_per_microbatch
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.runs import choose_strategy
 from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
+from tunelab.train.distributed import processes_per_run
 
 if TYPE_CHECKING:
     from tunelab.plan import Truncation
@@ -48,7 +50,13 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
                           modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)
     longest = max(lengths) if lengths else None
     tokens = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, longest)
+    res = cfg.resources
+    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1)
     peak = estimate_memory(arch, tokens, inputs).peak_gib
+    if nproc > 1:  # FSDP (chosen or auto because the whole model does not fit): per device, sharded
+        sharded = estimate_memory(arch, tokens, inputs, shards=nproc).peak_gib
+        if choose_strategy(res.distributed, nproc, peak, sharded, gpu.memory_gib) == "fsdp":
+            peak = sharded
     max_b = largest_batch(arch, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
     steps = None
     if lengths:
@@ -58,7 +66,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
             rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
         else:
             rows = len(lengths)
-        steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps)
+        steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
     where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
     if peak > gpu.memory_gib:

@@ -56,7 +56,7 @@ def test_gpu_target_uses_memory_model_and_flops_without_history(write_spec):
     assert e.peak_memory_gib is not None and e.gpu_memory_gib == 80
     assert e.time_source.startswith("model: FLOPs at 35% MFU") and e.gpu_hours is not None
     md = render_plan_md(plan)
-    assert "Target: H100-80GB" in md and "| tiny_r4 | 8 × 1 | off | 216 |" in md
+    assert "Target: H100-80GB" in md and "| tiny_r4 | 8 × 1 × 1 = 8 | single process | off | 216 |" in md
 
 
 def test_slurm_time_limit_rounds_up_with_margin():

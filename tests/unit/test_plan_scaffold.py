@@ -19,7 +19,7 @@ def test_plan_verifies_and_lists_runs(write_spec):
     assert plan.datasets["caps"].counts == {"train": 320, "validation": 40, "test": 40}
     assert plan.datasets["caps"].format == "fields" and plan.datasets["caps"].files[0].rows == 400
     assert plan.models["tiny"].model_type == "llama"
-    assert plan.recipe.startswith("single device")
+    assert plan.recipe.startswith("single process")
 
 
 def test_plan_cli_writes_plan_md_and_json(write_spec):

@@ -88,10 +88,18 @@ def plan_batch(arch: Architecture, inputs: MemoryInputs, gpu_memory_gib: float, 
                      round(rec * per_row * accum, 2), reasons)
 
 
-def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None) -> int:
+def effective_batch_size(micro_batch: int, accumulation: int, processes: int) -> int:
+    """Examples (or packed sequences) per optimizer step: micro-batch × accumulation × processes.
+    The one formula plan.md and summary.json both state."""
+    return micro_batch * accumulation * max(1, processes)
+
+
+def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None,
+                    processes: int = 1) -> int:
     """Optimizer steps of a run, as the HF Trainer counts them: a last partial micro-batch and a last
-    partial accumulation window each still make a step (ceil, then ceil). The one formula plan,
-    validate and the retry policy share."""
-    per_epoch = max(1, math.ceil(math.ceil(rows / batch_size) / accumulation))
+    partial accumulation window each still make a step (ceil, then ceil). With N processes each takes
+    every N-th micro-batch (accelerate evens the last one out). The one formula plan, validate and the
+    retry policy share."""
+    per_epoch = max(1, math.ceil(math.ceil(rows / (batch_size * processes)) / accumulation))
     total = per_epoch * epochs
     return min(total, max_steps) if max_steps else total

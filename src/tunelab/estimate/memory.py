@@ -79,15 +79,27 @@ def activation_bytes_per_token(arch: Architecture, dtype_bytes: int, checkpointi
     return arch.layers * per_layer
 
 
+# FSDP gathers one wrapped unit (a decoder layer) for compute while it prefetches the next.
+FSDP_GATHERED_UNITS = 2
+
+
 def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calibration: float = 1.0,
-                    source: str = "model") -> MemoryEstimate:
-    """Predicted peak GPU memory for `tokens` tokens per micro-batch."""
+                    source: str = "model", shards: int = 1) -> MemoryEstimate:
+    """Predicted peak memory of one device for `tokens` tokens per micro-batch (per device).
+
+    shards=1: the whole model on each device (one process, or DDP). shards=N (FSDP over N devices): weights,
+    gradients and optimizer states divided by N, plus the full weights of the layers gathered at once;
+    activations and logits stay per device."""
     b = DTYPE_BYTES[inputs.dtype]
     lora = lora_params(arch, inputs.lora_rank, inputs.lora_targets)
     full = full_module_params(arch, inputs.modules_to_save)
     # LoRA weights are kept in fp32 (PEFT autocasts adapters): weight + grad + optimizer states.
     trainable_bytes = lora * (4 + 4 + inputs.optimizer_bytes_per_param) + full * (b + b + inputs.optimizer_bytes_per_param)
     weights = arch.parameters * b
+    if shards > 1:
+        layer = max(0, arch.parameters - arch.embedding_params) / max(1, arch.layers) * b
+        weights = weights / shards + FSDP_GATHERED_UNITS * layer
+        trainable_bytes /= shards
     act = activation_bytes_per_token(arch, b, inputs.activation_checkpointing) * tokens
     logits = tokens * arch.vocab * 4 * LOGIT_COPIES / max(1, inputs.loss_chunks)
     return MemoryEstimate(

@@ -10,13 +10,20 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
-from tunelab.estimate.batch import optimizer_steps, tokens_per_microbatch
+from tunelab.estimate.batch import effective_batch_size, optimizer_steps, tokens_per_microbatch
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
-from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
+from tunelab.estimate.speed import (
+    DEFAULT_MFU,
+    SCALING_EFFICIENCY,
+    dense_attention_flops,
+    flops_per_token,
+    model_tokens_per_s,
+)
 from tunelab.history import HistoryRun
 from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
+from tunelab.train.distributed import processes_per_run
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -41,6 +48,10 @@ class RunEstimate:
     time_source: str
     gpu_hours: float | None
     slurm_time_limit: str | None
+    processes: int = 1  # training processes (devices) of the run
+    strategy: str | None = None  # "ddp" | "fsdp" with several processes
+    effective_batch: int = 0  # micro-batch × accumulation × processes
+    scaling_efficiency: float | None = None  # throughput of N devices / (N × one device's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,12 +144,29 @@ def slurm_time_limit(seconds: float) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
+def choose_strategy(distributed: str, processes: int, full_peak_gib: float | None, sharded_peak_gib: float | None,
+                    gpu_memory_gib: float | None) -> str | None:
+    """How N processes train: the spec's choice, or (auto) DDP unless the whole model does not fit one
+    device and the sharded one does (FSDP). None on one process."""
+    if processes <= 1:
+        return None
+    if distributed != "auto":
+        return distributed
+    if full_peak_gib is not None and gpu_memory_gib and full_peak_gib > gpu_memory_gib \
+            and sharded_peak_gib is not None and sharded_peak_gib <= gpu_memory_gib:
+        return "fsdp"
+    return "ddp"
+
+
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
                  history: list[HistoryRun], cpu_threads: int | None = None) -> RunEstimate:
-    """lengths: token lengths of the train split as training formats it (measured)."""
+    """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
+    time is the wall time of all the run's processes together."""
     t = cfg.training
     assert t is not None, "controls have nothing to estimate"
     arch = _architecture(cfg.model.path)
+    res = cfg.resources
+    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
     key = tuple(lengths)
     if t.packing:
         rows = _packed_rows(key, t.max_seq_len)
@@ -146,11 +174,12 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     else:
         rows = len(lengths)
         tokens_epoch = _padded_tokens(key, t.batch_size, t.max_seq_len, t.seed)
-    full_steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs)
-    steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps)
+    full_steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, processes=nproc)
+    steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     train_tokens = tokens_epoch * t.epochs * steps / full_steps
     tokens_mb = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, max(lengths))
     peak = gpu_mem = None
+    strategy = "ddp" if nproc > 1 else None
     mem_source = "not modelled on CPU"
     if gpu is not None:
         dtype = planned_dtype(t.dtype, gpu.compute_capability)
@@ -165,19 +194,28 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
                                                           inputs).peak_gib for r in calib_rows]
             calibration = median(ratios)
             mem_source = f"model calibrated by {len(calib_rows)} measured peak(s) (×{calibration:.2f})"
-        peak = round(estimate_memory(arch, tokens_mb, inputs, calibration).peak_gib, 2)
-        gpu_mem = gpu.memory_gib
-    tokens_per_step = train_tokens / max(steps, 1)
+        peak = estimate_memory(arch, tokens_mb, inputs, calibration).peak_gib
+        sharded = estimate_memory(arch, tokens_mb, inputs, calibration, shards=nproc).peak_gib if nproc > 1 else None
+        strategy = choose_strategy(cfg.resources.distributed, nproc, peak, sharded, gpu.memory_gib)
+        if strategy == "fsdp":
+            peak, mem_source = sharded, mem_source + f", FSDP: sharded over {nproc} devices"
+        elif strategy == "ddp":
+            mem_source += ", DDP: the whole model on each device"
+        peak, gpu_mem = round(peak, 2), gpu.memory_gib
+    tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), history, cpu_threads)
     seconds = startup = None
+    efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     if tps:
-        train_s = train_tokens / tps
+        train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
+        if nproc > 1:
+            time_source += f"; {nproc} processes at {efficiency:.0%} scaling efficiency (assumed)"
         fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
         overhead_frac = median(fracs) if fracs else 0.0
         if not fracs and t.validation_every_steps:
             n_val = steps // t.validation_every_steps + 1
-            overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens, 1)
+            overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens / nproc, 1)
         startups = [r.startup_s for r in refs if r.startup_s is not None]
         if startups:
             startup = median(startups)
@@ -187,7 +225,6 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         finishes = [r.finish_s for r in refs if r.finish_s is not None]
         finish = median(finishes) if finishes else 0.0
         seconds = round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1)
-    gpus = max(1, cfg.resources.gpus_per_run) if gpu is not None else 0
     return RunEstimate(
         run=cfg.name,
         packed=t.packing,
@@ -203,6 +240,10 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         startup_s=round(startup, 1) if startup is not None else None,
         seconds=seconds,
         time_source=time_source,
-        gpu_hours=round(seconds * gpus / 3600, 4) if seconds is not None and gpus else None,
+        gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
+        processes=nproc,
+        strategy=strategy,
+        effective_batch=effective_batch_size(t.batch_size, t.gradient_accumulation_steps, nproc),
+        scaling_efficiency=efficiency if nproc > 1 else None,
     )

@@ -11,6 +11,11 @@ from __future__ import annotations
 from tunelab.catalog import GPU, Architecture
 
 DEFAULT_MFU = 0.35
+# Data-parallel scaling: N processes train at N × SCALING_EFFICIENCY × one device's tokens/s. Stated, not
+# measured: each LoRA optimizer step adds one all-reduce of the (small) trainable gradients plus a barrier
+# on the slowest process; 0.9 is tunelab's assumption for one node until distributed runs in the history
+# (summary.json records world_size and their tokens/s over all processes) measure it.
+SCALING_EFFICIENCY = 0.9
 
 
 def dense_attention_flops(parameters: int, layers: int, attention_width: int, seq_len: int) -> float:

@@ -57,6 +57,15 @@ class SlurmSpec(_Strict):
 class ResourcesSpec(_Strict):
     executor: Literal["local", "slurm"] = "local"
     gpus_per_run: int = Field(1, ge=0)
+    nproc_per_run: int | None = Field(
+        None, ge=1, description="Training processes per run (torchrun; gloo on CPU). Default: gpus_per_run on a "
+        "machine with GPUs, 1 on CPU.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="How a run with several processes trains: DDP (a full model per device) or FSDP "
+        "(sharded). auto: FSDP when the plan predicts the model does not fit one device, else DDP.")
+    runs_per_gpu: int = Field(
+        1, ge=1, description="Local executor: at most this many runs share one GPU, when the plan's memory "
+        "estimates say they fit together.")
     max_retries: int = Field(
         2, ge=0, description="Automatic retries of a run (OOM: halve the micro-batch; timeout/preemption: resume)."
     )

@@ -28,6 +28,34 @@ class Counters:
     elapsed_s: float = 0.0  # wall time of training (all attempts)
 
 
+@dataclass
+class LocalCounts:
+    """What this process counted since the last sync; only a sync over all processes (a collective at
+    the same step on every rank) turns it into run-wide Counters."""
+
+    tokens: int = 0
+    nonpad_tokens: int = 0
+    examples: int = 0
+
+    def add(self, tokens: int, nonpad: int, examples: int) -> None:
+        self.tokens += tokens
+        self.nonpad_tokens += nonpad
+        self.examples += examples
+
+
+def sync_counters(counters: Counters, local: LocalCounts) -> float:
+    """Add every process's local counts to the run-wide counters (all-reduce sum) and return the peak
+    memory of the worst process (all-reduce max). Every process must call it at the same step."""
+    from tunelab.train.distributed import all_reduce
+
+    tokens, nonpad, examples = all_reduce([local.tokens, local.nonpad_tokens, local.examples], "sum")
+    counters.tokens += int(tokens)
+    counters.nonpad_tokens += int(nonpad)
+    counters.examples += int(examples)
+    local.tokens = local.nonpad_tokens = local.examples = 0
+    return all_reduce([peak_memory()[0]], "max")[0]
+
+
 def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
     """(tokens, non-pad tokens, examples) of one micro-batch, padded or padding-free."""
     ids = inputs["input_ids"]
@@ -104,13 +132,16 @@ class MetricsWriter:
     def elapsed(self) -> float:
         return self.base_elapsed + (time.monotonic() - self.started)
 
-    def write(self, step: int, epoch: float | None, logs: dict[str, Any]) -> dict[str, Any]:
+    def write(self, step: int, epoch: float | None, logs: dict[str, Any], peak_gib: float | None = None
+              ) -> dict[str, Any]:
+        """One row; peak_gib: the worst process's peak (sync_counters), else this process's."""
         self.counters.elapsed_s = self.elapsed()
         train_time = self._train_time()
         d_tokens = self.counters.tokens - self._last["tokens"]
         d_time = train_time - self._last["time"]
         is_eval = "eval_loss" in logs
         peak, kind = peak_memory()
+        peak = peak if peak_gib is None else peak_gib
         row = {
             "step": step,
             "epoch": round(epoch, 4) if epoch is not None else None,

@@ -22,22 +22,43 @@ from tunelab.train.checkpoints import (
     republish_missing_epochs,
 )
 from tunelab.train.device import resolve_dtype
+from tunelab.train.distributed import barrier, world
 from tunelab.train.metrics import (
     Counters,
+    LocalCounts,
     MetricsWriter,
     count_batch,
     packing_stats,
     process_age_s,
     steady_tokens_per_s,
+    sync_counters,
 )
+from tunelab.train.summary import run_facts, summarize
 
 # Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
 # retry policy (halve the micro-batch) can be proven end to end on machines without a GPU.
 FAULT_OOM_ENV = "TUNELAB_FAULT_OOM_ABOVE_BATCH"
+# Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
+# (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
+DEBUG_SEEN_ENV = "TUNELAB_DEBUG_SEEN_DIR"
 
 
 def _log(msg: str) -> None:
-    print(f"[tunelab train] {msg}", flush=True)
+    if world().is_main:  # one line per event, not one per process
+        print(f"[tunelab train] {msg}", flush=True)
+
+
+def _record_seen(step: int, inputs: dict[str, Any]) -> None:
+    """Append this process's micro-batch (non-padding token ids per row) to the debug file, if asked."""
+    where = os.environ.get(DEBUG_SEEN_ENV)
+    if not where:
+        return
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    rows = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids.tolist(), mask.tolist())] if mask is not None \
+        else ids.tolist()
+    w = world()
+    with open(Path(where) / f"seen.rank{w.rank}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "rank": w.rank, "pid": os.getpid(), "rows": rows}) + "\n")
 
 
 def _inject_oom_fault(batch_size: int) -> None:
@@ -85,15 +106,15 @@ def _make_trainer_class():
     from trl import SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
-        """Counts the tokens of every micro-batch and times evaluation and checkpoint saves."""
+        """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
+        and times evaluation and checkpoint saves."""
 
         counters: Counters
+        local: LocalCounts
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            tokens, nonpad, examples = count_batch(inputs)
-            self.counters.tokens += tokens
-            self.counters.nonpad_tokens += nonpad
-            self.counters.examples += examples
+            self.local.add(*count_batch(inputs))
+            _record_seen(self.state.global_step + 1, inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
         def _save_checkpoint(self, model, trial):
@@ -111,11 +132,14 @@ def _make_trainer_class():
     return CountingSFTTrainer
 
 
-def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict):
+def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts):
     from transformers import TrainerCallback
 
+    main = world().is_main
+
     class TunelabCallback(TrainerCallback):
-        """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints."""
+        """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
+        at the same steps: counters are summed over processes there, and only the main process writes."""
 
         def on_train_begin(self, args, state, control, **kwargs):
             if "startup_s" not in startup:
@@ -125,7 +149,10 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict):
             logs = logs or {}
             if "loss" not in logs and "eval_loss" not in logs:
                 return
-            row = writer.write(state.global_step, state.epoch, logs)
+            peak = sync_counters(writer.counters, local)
+            if not main:
+                return
+            row = writer.write(state.global_step, state.epoch, logs, peak)
             st.write_status(run_dir, step=state.global_step, epoch=row["epoch"], total_steps=state.max_steps)
             what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
                 f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
@@ -134,7 +161,12 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict):
 
         def on_save(self, args, state, control, **kwargs):
             """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
-            before it resumes from the checkpoint before, which redoes this epoch and its publish."""
+            before it resumes from the checkpoint before, which redoes this epoch and its publish. Every
+            process has saved its part (its RNG state) before the main one writes the counters."""
+            sync_counters(writer.counters, local)
+            barrier()
+            if not main:
+                return
             t0 = time.monotonic()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
@@ -172,6 +204,8 @@ def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counte
     """Find the checkpoint to resume from; drop metrics logged after it (they will be redone)."""
     last = last_complete_checkpoint(state_dir)
     metrics_path = run_dir / st.METRICS_FILE
+    if not world().is_main:  # the main process tidies the files; the others only read the counters
+        return last, Counters(**json.loads((last / COUNTERS_FILE).read_text())) if last else Counters()
     if last is None:
         for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE):
             stale.unlink(missing_ok=True)
@@ -185,75 +219,53 @@ def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counte
     return last, counters
 
 
-def _summarize(run_dir: Path, cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    rows = read_jsonl(run_dir / st.METRICS_FILE)
-    train_rows = [r for r in rows if r.get("loss") is not None]
-    val_rows = [r for r in rows if r.get("val_loss") is not None]
-    last = rows[-1] if rows else {}
-    tps = steady_tokens_per_s(rows)
-    nonpad_frac = (last.get("nonpad_tokens", 0) / last["tokens"]) if last.get("tokens") else None
-    from tunelab.train.checkpoints import complete_epochs
-
-    summary = {
-        "run": cfg.name,
-        "state": st.COMPLETED,
-        "attempt": cfg.attempt,
-        "steps": last.get("step"),
-        "final_loss": train_rows[-1]["loss"] if train_rows else None,
-        "best_loss": min(r["loss"] for r in train_rows) if train_rows else None,
-        "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
-        "best_val_loss": min(r["val_loss"] for r in val_rows) if val_rows else None,
-        "tokens": last.get("tokens"),
-        "nonpad_tokens": last.get("nonpad_tokens"),
-        "nonpad_fraction": round(nonpad_frac, 4) if nonpad_frac is not None else None,
-        "tokens_per_s": round(tps, 2) if tps else None,
-        "nonpad_tokens_per_s": round(tps * nonpad_frac, 2) if tps and nonpad_frac else None,
-        "peak_memory_gib": max((r["peak_memory_gib"] for r in rows), default=None),
-        "memory_kind": last.get("memory_kind"),
-        "checkpoints": [f"epoch_{e}" for e in complete_epochs(run_dir)],
-        **extra,
-    }
-    return summary
-
-
 def train_run(cfg: RunConfig) -> dict[str, Any]:
-    """Train one run in cfg.run_dir; return its summary. Raises on failure (status.json says why)."""
+    """Train one run in cfg.run_dir; return its summary. Raises on failure (status.json says why).
+    In a distributed run every process calls it; only the main one writes files and returns the summary
+    (the others return an empty dict)."""
     run_dir = cfg.run_dir
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
+    main = world().is_main
     run_dir.mkdir(parents=True, exist_ok=True)
     state_dir = run_dir / st.TRAINER_STATE_DIR
     resume_from, counters = _prepare_resume(run_dir, state_dir)
-    prev = st.read_status(run_dir)
-    started = st.now_iso()
-    st.write_status(
-        run_dir,
-        run=cfg.name,
-        state=st.RUNNING,
-        attempt=cfg.attempt,
-        started_at=started,
-        first_started_at=prev.get("first_started_at") or started,
-        resumed_from=resume_from.name if resume_from else None,
-        restarts=(prev.get("restarts", 0) + 1) if resume_from else 0,
-        error=None,
-    )
+    if main:
+        prev = st.read_status(run_dir)
+        started = st.now_iso()
+        st.write_status(
+            run_dir,
+            run=cfg.name,
+            state=st.RUNNING,
+            attempt=cfg.attempt,
+            started_at=started,
+            first_started_at=prev.get("first_started_at") or started,
+            resumed_from=resume_from.name if resume_from else None,
+            restarts=(prev.get("restarts", 0) + 1) if resume_from else 0,
+            error=None,
+        )
     try:
         summary = _train(cfg, run_dir, state_dir, resume_from, counters)
     except BaseException as exc:
         state = st.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else st.FAILED
-        st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
+        if main:
+            st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
+    if not main:
+        return summary
     atomic_write_json(run_dir / st.SUMMARY_FILE, summary)
     st.write_status(run_dir, state=st.COMPLETED, finished_at=st.now_iso(), step=summary["steps"])
     _log(f"completed: {summary['steps']} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']}")
     return summary
 
 
-def _sft_config(t, state_dir: Path, dtype, validate: bool):
+def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None = None):
     import torch
     from trl import SFTConfig
+
+    from tunelab.train.distributed import trainer_args
 
     return SFTConfig(
         output_dir=str(state_dir),
@@ -284,12 +296,16 @@ def _sft_config(t, state_dir: Path, dtype, validate: bool):
         completion_only_loss=True,
         dataloader_num_workers=0,
         save_only_model=False,
+        **trainer_args(strategy, torch.cuda.is_available()),
     )
 
 
-def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()) -> tuple[Any, Any, Any]:
+def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=(),
+                  local: LocalCounts | None = None) -> tuple[Any, Any, Any]:
     """(trainer, train dataset, validation dataset) exactly as `tunelab train` runs them, so tests can
     read what the trainer really feeds (its dataloader) without training."""
+    from tunelab.train.distributed import strategy_of
+
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -313,7 +329,8 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
     )
     trainer = _make_trainer_class()(
         model=model,
-        args=_sft_config(t, cfg.run_dir / st.TRAINER_STATE_DIR, dtype, val_ds is not None),
+        args=_sft_config(t, cfg.run_dir / st.TRAINER_STATE_DIR, dtype, val_ds is not None,
+                         strategy_of(cfg.resources.distributed, world().size, torch.cuda.is_available())),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
@@ -321,6 +338,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
         callbacks=list(callbacks),
     )
     trainer.counters = counters if counters is not None else Counters()
+    trainer.local = local if local is not None else LocalCounts()
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
     return trainer, train_ds, val_ds
 
@@ -329,6 +347,7 @@ def _validate_at_end(trainer, run_dir: Path) -> None:
     """Validate at the last step unless that row exists: evaluate() writes it through on_log (writing it
     here as well duplicated it), and the file, not memory, tells a resumed run it is there already."""
     step = trainer.state.global_step
+    barrier()  # every process reads the file after the main one wrote its last row: all decide alike
     rows = read_jsonl(run_dir / st.METRICS_FILE)
     if not any(r.get("step") == step and r.get("val_loss") is not None for r in rows):
         trainer.evaluate()
@@ -338,26 +357,37 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     import torch
 
     from tunelab.compat import quiet_known_library_warnings
+    from tunelab.train.distributed import applied_strategy, strategy_of
 
     quiet_known_library_warnings()
     t = cfg.training
+    w = world()
+    strategy = strategy_of(cfg.resources.distributed, w.size, torch.cuda.is_available())
     dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
     _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+         + (f", {w.size} processes ({strategy})" if strategy else "")
          + (f", resuming from {resume_from.name}" if resume_from else ""))
+    if cfg.resources.distributed == "fsdp" and strategy == "ddp":
+        _log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
     writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
     startup: dict[str, float | None] = {}
-    trainer, train_ds, val_ds = build_trainer(cfg, counters, [_make_callback(run_dir, writer, startup)])
+    local = LocalCounts()
+    trainer, train_ds, val_ds = build_trainer(cfg, counters, [_make_callback(run_dir, writer, startup, local)], local)
     pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
-    atomic_write_json(run_dir / st.PACKING_FILE, pstats)
+    if w.is_main:
+        atomic_write_json(run_dir / st.PACKING_FILE, pstats)
     _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
     _inject_oom_fault(t.batch_size)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if val_ds is not None:
         _validate_at_end(trainer, run_dir)
+    if not w.is_main:
+        return {}
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
-    step_cost = _step_cost(trainer, t, run_dir)
-    return _summarize(run_dir, cfg, {
+    # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
+    step_cost = _step_cost(trainer, t, run_dir) if w.size == 1 else None
+    return summarize(run_dir, cfg, {
         "epochs": t.epochs,
         "duration_s": round(elapsed, 3),
         "train_time_s": round(elapsed - counters.overhead_s, 3),
@@ -368,30 +398,5 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         "train_examples": len(train_ds),
         "validation_examples": len(val_ds) if val_ds is not None else None,
         "packing": pstats,
-        **_run_facts(trainer, t, dtype, run_dir),
+        **run_facts(trainer, t, dtype, run_dir, w.size, applied_strategy(trainer)),
     })
-
-
-def _run_facts(trainer, t, dtype, run_dir: Path) -> dict[str, Any]:
-    """What the run ran on: batch, parameters, device, library versions."""
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    cuda = torch.cuda.is_available()
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    return {
-        "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * max(1, torch.cuda.device_count()),
-        "trainable_params": int(trainable),
-        "total_params": int(total),
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "gpu_memory_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
-        "cpu_threads": torch.get_num_threads(),
-        "dtype": str(dtype).removeprefix("torch."),
-        "activation_checkpointing": t.gradient_checkpointing,
-        "restarts": st.read_status(run_dir).get("restarts", 0),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "trl": trl.__version__},
-        "pid": os.getpid(),
-    }

@@ -1,0 +1,126 @@
+"""A run on 2 processes trains through torchrun (DDP over gloo on CPU): every training example is seen
+exactly once per epoch across the processes, the counters add both processes' tokens, and a run killed
+mid-epoch (the whole job, as on a node failure) resumes to the same steps, counters and batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tunelab.experiment import training_state
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.scaffold import scaffold
+from tunelab.train.runner import DEBUG_SEEN_ENV
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_EPOCH = 20  # 320 training examples / (micro-batch 8 × 2 processes)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").is_dir() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def _dataset_rows(cfg) -> Counter:
+    """The training examples as token id sequences (the encoding the trainer is given)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.train.runner import build_datasets
+
+    train, _ = build_datasets(cfg, AutoTokenizer.from_pretrained(cfg.model.path))
+    return Counter(tuple(ids) for ids in train["input_ids"])
+
+
+def _seen(seen_dir: Path) -> dict[int, dict[int, dict[int, list]]]:
+    """pid -> rank -> step -> the rows that process trained on at that step."""
+    out: dict[int, dict[int, dict[int, list]]] = {}
+    for f in sorted(seen_dir.glob("seen.rank*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out.setdefault(r["pid"], {}).setdefault(r["rank"], {})[r["step"]] = r["rows"]
+    return out
+
+
+def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(write_spec, tmp_path, monkeypatch):
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False, training={"epochs": 2, "logging_steps": 5},
+                      resources={"nproc_per_run": 2})
+    cfg = scaffold(spec).runs[0]
+    run_dir = cfg.run_dir
+    assert "distributed: 2 processes per run" in (spec.parent / "plan.md").read_text()
+    seen_dir = tmp_path / "seen"
+    seen_dir.mkdir()
+    monkeypatch.setenv(DEBUG_SEEN_ENV, str(seen_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")],
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # mid-epoch 1: after the epoch-0 checkpoint is complete and a step of epoch 1 is logged
+        mid = lambda: read_json(run_dir / "status.json", default={}).get("step", 0) > STEPS_PER_EPOCH  # noqa: E731
+        assert _wait_for(mid, 240), "never got past the first epoch"
+        rank0 = read_json(run_dir / "status.json")["pid"]
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything in its group, with no warning
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(rank0), 30), "a worker outlived its launcher"
+    killed_at = read_json(run_dir / "status.json")["step"]
+    assert STEPS_PER_EPOCH < killed_at < 2 * STEPS_PER_EPOCH
+    assert training_state(run_dir) == "interrupted"
+
+    from tunelab.execute.local import run_local
+
+    assert run_local(spec.parent) == {cfg.name: "completed"}
+    status = read_json(run_dir / "status.json")
+    assert status["resumed_from"] == f"checkpoint-{STEPS_PER_EPOCH}" and status["restarts"] == 1
+    summary = read_json(run_dir / "summary.json")
+    assert summary["world_size"] == 2 and summary["distributed"] == "ddp"
+    assert summary["effective_batch_size"] == 8 * 1 * 2
+    assert summary["steps"] == 2 * STEPS_PER_EPOCH and summary["checkpoints"] == ["epoch_0", "epoch_1"]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))  # each logged step once: none lost, none twice
+    # the counters are both processes' together, across the kill: the dataset twice, as an uninterrupted run
+    assert summary["tokens"] == 2 * read_json(run_dir / "packing.json")["tokens"]
+    assert rows[-1]["examples"] == 2 * 320
+    assert "launching 2 processes (torchrun, gloo)" in (run_dir / "train.log").read_text()
+
+    seen = _seen(seen_dir)
+    assert len(seen) == 4  # two processes before the kill, two after
+    first = {rank: steps for per_rank in seen.values() for rank, steps in per_rank.items() if min(steps) == 1}
+    after = {rank: steps for per_rank in seen.values() for rank, steps in per_rank.items() if min(steps) > 1}
+    assert sorted(first) == sorted(after) == [0, 1]
+    assert not any(_alive(pid) for pid in seen)  # no worker of either attempt is left behind
+    assert all(min(after[r]) == STEPS_PER_EPOCH + 1 for r in after)  # resumed at the epoch-1 boundary
+    final = {r: {**{s: v for s, v in first[r].items() if s <= STEPS_PER_EPOCH}, **after[r]} for r in (0, 1)}
+    want = _dataset_rows(cfg)
+    assert sum(want.values()) == 320
+    for epoch in (0, 1):
+        steps = range(epoch * STEPS_PER_EPOCH + 1, (epoch + 1) * STEPS_PER_EPOCH + 1)
+        got = Counter(tuple(row) for r in (0, 1) for s in steps for row in final[r][s])
+        assert got == want, f"epoch {epoch}: not every example exactly once"
+        # the two processes split each step's examples: none trains on the same batch as the other
+        assert all(len(final[0][s]) == len(final[1][s]) == 8 for s in steps)
+    # the resumed job fed the same batches to the same processes as the killed one did before the kill
+    for r in (0, 1):
+        for s in range(STEPS_PER_EPOCH + 1, killed_at + 1):
+            assert after[r][s] == first[r][s], (r, s)

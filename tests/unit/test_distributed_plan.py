@@ -1,0 +1,67 @@
+"""Planning a run on several processes: processes per run, steps, effective batch, per-device memory
+(DDP whole model, FSDP sharded), time at the stated scaling efficiency, GPU-hours = time × processes."""
+
+import pytest
+
+from tunelab.catalog import resolve_architecture, resolve_gpu
+from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.runs import choose_strategy
+from tunelab.estimate.speed import SCALING_EFFICIENCY
+from tunelab.plan import make_plan, render_plan_md
+from tunelab.train.distributed import processes_per_run, strategy_of
+
+
+@pytest.fixture(autouse=True)
+def fresh_history(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+
+
+def test_processes_per_run_defaults():
+    assert processes_per_run(None, 4, cuda_devices=8) == 4  # one per GPU of the run
+    assert processes_per_run(None, 4, cuda_devices=0) == 1  # CPU: one unless asked
+    assert processes_per_run(2, 1, cuda_devices=0) == 2  # nproc_per_run wins (gloo on CPU)
+    assert processes_per_run(None, 0, cuda_devices=2) == 1
+    assert strategy_of("auto", 1, cuda=True) is None
+    assert strategy_of("auto", 2, cuda=True) == "ddp" and strategy_of("fsdp", 2, cuda=True) == "fsdp"
+    assert strategy_of("fsdp", 2, cuda=False) == "ddp"  # accelerate shards on accelerators only
+
+
+def test_fsdp_memory_is_sharded_and_chosen_only_when_the_whole_model_does_not_fit():
+    arch = resolve_architecture("meta-llama/Llama-3.1-8B")
+    inputs = MemoryInputs(dtype="bfloat16", lora_rank=16)
+    full = estimate_memory(arch, 4096, inputs)
+    four = estimate_memory(arch, 4096, inputs, shards=4)
+    # activations and logits are per device; the weights are split four ways plus the gathered layers
+    assert four.activations_gib == full.activations_gib and four.logits_gib == full.logits_gib
+    assert full.weights_gib / 4 < four.weights_gib < full.weights_gib / 2
+    assert four.trainable_gib == pytest.approx(full.trainable_gib / 4)
+    assert choose_strategy("auto", 4, full.peak_gib, four.peak_gib, gpu_memory_gib=80) == "ddp"  # fits: DDP
+    assert choose_strategy("auto", 4, full.peak_gib, four.peak_gib, gpu_memory_gib=full.peak_gib - 1) == "fsdp"
+    assert choose_strategy("auto", 4, 100.0, 90.0, gpu_memory_gib=80) == "ddp"  # sharding does not help either
+    assert choose_strategy("fsdp", 4, 1.0, 1.0, 80) == "fsdp" and choose_strategy("auto", 1, 99.0, None, 80) is None
+
+
+def test_four_gpus_per_run_divide_steps_and_time_and_multiply_gpu_hours(write_spec):
+    gpu = resolve_gpu("H100")
+    one = make_plan(write_spec(), gpu=gpu).estimates["tiny_r4"]
+    plan = make_plan(write_spec(resources={"gpus_per_run": 4}), gpu=gpu)
+    four = plan.estimates["tiny_r4"]
+    assert (one.processes, four.processes) == (1, 4) and four.strategy == "ddp"
+    assert one.steps == 40 and four.steps == 10  # 320 examples / (8 × 4) per optimizer step
+    assert (one.effective_batch, four.effective_batch) == (8, 32)
+    assert four.peak_memory_gib == one.peak_memory_gib  # DDP: the whole model on each device
+    assert "DDP: the whole model on each device" in four.memory_source
+    startup = 60.0  # assumed on both (no history)
+    assert four.seconds - startup == pytest.approx((one.seconds - startup) / (4 * SCALING_EFFICIENCY), rel=1e-2)
+    assert four.gpu_hours == pytest.approx(four.seconds * 4 / 3600, abs=1e-4)
+    assert "4 processes at 90% scaling efficiency (assumed)" in four.time_source
+    md = render_plan_md(plan)
+    assert "distributed: 4 processes per run (torchrun" in md
+    assert "| tiny_r4 | 8 × 1 × 4 = 32 | ddp |" in md and "GPU-h = time × processes" in md
+
+
+def test_cpu_plan_with_two_processes_says_gloo(write_spec):
+    plan = make_plan(write_spec(resources={"nproc_per_run": 2}))
+    e = plan.estimates["tiny_r4"]
+    assert plan.recipe.startswith("distributed: 2 processes per run (torchrun; DDP over gloo on CPU)")
+    assert e.processes == 2 and e.steps == 20 and e.effective_batch == 16 and e.gpu_hours is None
