@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tunelab.cli_build import data_app, models_app
 from tunelab.cli_common import console, err_console, friendly
+from tunelab.cli_daily import register as register_daily
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+register_daily(app)
 
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows

@@ -11,6 +11,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from tunelab.archive import read_manifest
+from tunelab.fsutil import human_bytes
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
 from tunelab.report.evaluation import effect_text, evaluation, prompt_table, show, show_delta
@@ -35,14 +37,7 @@ def pp(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:+.1f} pp"
 
 
-def size(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+size = human_bytes
 
 
 def duration(s: float | None) -> str:
@@ -302,6 +297,13 @@ def storage(data: ReportData) -> Section:
     if total_ad:
         blocks.append(Para(f"Adapter-only checkpoints take **{size(total_ad)}** for the whole sweep; merged models "
                            f"would take ≈ **{size(total_merged)}**. Keep adapters and share the base model."))
+    archived = read_manifest(data.experiment_dir)
+    if archived:
+        blocks.append(Para(f"**Archived** {_when(archived.archived_at)} to `{archived.archive_dir}` (keep: "
+                           f"{archived.keep}): {len(archived.files)} files, {size(archived.bytes_archived)}, each "
+                           f"verified by sha256; {size(archived.bytes_removed)} of trainer state and checkpoints not "
+                           f"kept removed from this directory ({len(archived.removed)} directories, listed in "
+                           f"`archive.json`)."))
     return Section("Storage", blocks)
 
 

@@ -1,0 +1,164 @@
+"""`tunelab export DIR --to mlflow`: one MLflow run per tunelab run, nested under one parent run per sweep.
+
+Idempotent: runs are found again by their tags (the experiment directory and the run name), and
+only what the tracker does not hold yet is logged (params missing, metric points whose (key, step)
+is new), so exporting twice, or again after more epochs were trained or evaluated, never duplicates.
+MLflow is an optional extra (`pip install 'tunelab[mlflow]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tunelab.errors import TunelabError
+from tunelab.export.records import RunRecord, SweepRecord, sweep_record
+
+TAG_DIR = "tunelab.experiment_dir"  # the resolved experiment directory: what makes a sweep the same sweep
+TAG_RUN = "tunelab.run"  # the tunelab run name; "" on the sweep's parent run
+TAG_ROLE = "tunelab.role"  # sweep | run
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "running": "RUNNING",
+          "pending": "SCHEDULED"}
+BATCH = 1000  # MLflow's log_batch limit on metrics (params: 100)
+MISSING = "MLflow is not installed: pip install 'tunelab[mlflow]' (mlflow-skinny with SQLite support)"
+
+
+@dataclass
+class ExportResult:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    created: list[str]  # tunelab run names given a new MLflow run
+    updated: list[str]  # already exported: only new points and params logged
+    points_logged: int
+
+
+def _client(tracking_uri: str):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise TunelabError(MISSING, field="--to mlflow") from exc
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    try:
+        return MlflowClient(tracking_uri=tracking_uri)
+    except ImportError as exc:  # the SQL store needs sqlalchemy + alembic
+        raise TunelabError(f"{MISSING}: {exc}", field="--tracking-uri") from exc
+
+
+def _artifact_location(tracking_uri: str, name: str) -> str | None:
+    """For a SQLite store, artifacts beside the database (MLflow's default is ./mlruns of the current dir)."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    return (db.parent.resolve() / "mlartifacts" / name).as_uri()
+
+
+def _experiment_id(client, tracking_uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TunelabError(f"MLflow experiment {name!r} is deleted in {tracking_uri}: restore it or pass "
+                               "--mlflow-experiment", field="--mlflow-experiment")
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _existing(client, experiment_id: str, exp_dir: Path) -> dict[str, Any]:
+    """{tunelab run name ("" for the parent): MLflow run} of earlier exports of this sweep."""
+    found: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.`{TAG_DIR}` = {_quote(str(exp_dir))}",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            found.setdefault(run.data.tags.get(TAG_RUN, ""), run)
+        token = page.token
+        if not token:
+            return found
+
+
+def _log(client, run_id: str, params: dict[str, str], metrics: list, known_params: dict[str, str]) -> int:
+    from mlflow.entities import Metric, Param
+
+    new_params = [Param(k[:250], v[:6000]) for k, v in params.items() if k[:250] not in known_params]
+    for i in range(0, len(new_params), 100):
+        client.log_batch(run_id, params=new_params[i:i + 100])
+    entities = [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in metrics]
+    for i in range(0, len(entities), BATCH):
+        client.log_batch(run_id, metrics=entities[i:i + BATCH])
+    return len(entities)
+
+
+def _new_points(client, run_id: str, record: RunRecord) -> list:
+    """The record's points whose (key, step) the MLflow run does not hold yet."""
+    have = {(m.key, m.step) for key in {p.key for p in record.metrics}
+            for m in client.get_metric_history(run_id, key)}
+    return [p for p in record.metrics if (p.key, p.step) not in have]
+
+
+def _set_status(client, run_id: str, state: str, end_ms: int | None) -> None:
+    status = STATUS.get(state, "SCHEDULED")
+    if status in ("FINISHED", "FAILED", "KILLED"):
+        client.set_terminated(run_id, status=status, end_time=end_ms)
+    else:
+        client.update_run(run_id, status=status)
+
+
+def _export_run(client, experiment_id: str, parent_id: str, sweep: SweepRecord, record: RunRecord,
+                existing) -> tuple[bool, int]:
+    tags = {TAG_DIR: str(sweep.experiment_dir), TAG_RUN: record.name, TAG_ROLE: "run",
+            "mlflow.parentRunId": parent_id, "tunelab.kind": record.kind, "tunelab.state": record.state}
+    if record.error:
+        tags["tunelab.error"] = record.error[:5000]
+    if existing is None:
+        run_id = client.create_run(experiment_id, start_time=record.start_ms, tags=tags,
+                                   run_name=record.name).info.run_id
+        points, known = record.metrics, {}
+    else:
+        run_id = existing.info.run_id
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+        points, known = _new_points(client, run_id, record), existing.data.params
+    n = _log(client, run_id, record.params, points, known)
+    for name in ("run.yaml", "summary.json"):
+        if (record.run_dir / name).is_file():
+            client.log_artifact(run_id, str(record.run_dir / name), artifact_path="tunelab")
+    _set_status(client, run_id, record.state, record.end_ms)
+    return existing is None, n
+
+
+def export_mlflow(experiment_dir: str | Path, tracking_uri: str, experiment_name: str | None = None) -> ExportResult:
+    """Export (or bring up to date) every run of the experiment under one parent run of the sweep."""
+    client = _client(tracking_uri)
+    sweep = sweep_record(experiment_dir)
+    experiment_id = _experiment_id(client, tracking_uri, experiment_name or sweep.name)
+    existing = _existing(client, experiment_id, sweep.experiment_dir)
+    parent = existing.get("")
+    if parent is None:
+        start = min((r.start_ms for r in sweep.runs if r.start_ms), default=None)
+        parent_id = client.create_run(experiment_id, start_time=start, run_name=sweep.name, tags={
+            TAG_DIR: str(sweep.experiment_dir), TAG_RUN: "", TAG_ROLE: "sweep"}).info.run_id
+    else:
+        parent_id = parent.info.run_id
+    created, updated, points = [], [], 0
+    for record in sweep.runs:
+        is_new, n = _export_run(client, experiment_id, parent_id, sweep, record, existing.get(record.name))
+        (created if is_new else updated).append(record.name)
+        points += n
+    if sweep.report_dir is not None:
+        client.log_artifacts(parent_id, str(sweep.report_dir), artifact_path="report")
+    states = {r.state for r in sweep.runs}
+    done = states <= {"completed", "failed", "interrupted"}
+    end = max((r.end_ms for r in sweep.runs if r.end_ms), default=None)
+    _set_status(client, parent_id, ("failed" if states & {"failed", "interrupted"} else "completed")
+                if done else "running", end)
+    return ExportResult(tracking_uri, experiment_id, parent_id, created, updated, points)

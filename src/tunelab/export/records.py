@@ -1,0 +1,123 @@
+"""What one tunelab run exports to a tracker, independent of the tracker: flat params, metric points, state.
+
+Read from the ledger (results.collect_results ingests the run directories first) and from each run's
+metrics.jsonl, so a tracker shows the numbers `tunelab results` shows, step by step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tunelab.experiment import load_runs
+from tunelab.fsutil import read_jsonl
+from tunelab.results import collect_results
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+
+# metrics.jsonl fields logged per step (others, such as cumulative token counts, are bookkeeping)
+STEP_FIELDS = ("loss", "val_loss", "lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gib")
+# ledger/summary fields logged once, as summary.<field> (step 0): apart from the per-step series
+SUMMARY_FIELDS = ("final_loss", "final_val_loss", "steps", "duration_s", "tokens_per_s", "peak_memory_gib")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    key: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+@dataclass
+class RunRecord:
+    """One tunelab run as a tracker sees it."""
+
+    name: str
+    kind: str  # fine-tuned | control | eval-only
+    state: str  # pending | running | completed | failed | interrupted
+    run_dir: Path
+    params: dict[str, str]
+    metrics: list[MetricPoint] = field(default_factory=list)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepRecord:
+    name: str
+    experiment_dir: Path
+    runs: list[RunRecord]
+    report_dir: Path | None  # report/ when `tunelab report` has written it
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config → {"training.learning_rate": "0.002", ...}; lists as JSON; None left out."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif data is not None:
+        out[prefix] = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
+    return out
+
+
+def _ms(iso: str | None) -> int | None:
+    try:
+        return int(datetime.fromisoformat(iso).timestamp() * 1000) if iso else None
+    except ValueError:
+        return None
+
+
+def _step_points(cfg: RunConfig, start_ms: int) -> list[MetricPoint]:
+    """One point per logged step and field, timestamped at the run's start + elapsed_s."""
+    points = []
+    for row in read_jsonl(cfg.run_dir / st.METRICS_FILE):
+        step = row.get("step")
+        if step is None:
+            continue
+        stamp = start_ms + int(float(row.get("elapsed_s") or 0) * 1000)
+        points += [MetricPoint(k, float(row[k]), int(step), stamp) for k in STEP_FIELDS
+                   if isinstance(row.get(k), (int, float))]
+    return points
+
+
+def _eval_points(result: dict[str, Any], start_ms: int) -> list[MetricPoint]:
+    """eval.<task>.<metric> at step = the checkpoint's epoch (0 for a base model or a given checkpoint)."""
+    points = []
+    for e in result["eval"]:
+        stamp = _ms(e["evaluated_at"]) or start_ms
+        points += [MetricPoint(f"eval.{e['task']}.{m}", float(v), int(e["epoch"] or 0), stamp)
+                   for m, v in e["metrics"].items() if isinstance(v, (int, float))]
+    if result["score"] is not None:
+        points.append(MetricPoint("score", float(result["score"]), 0, start_ms))
+    return points
+
+
+def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
+    status = st.read_status(cfg.run_dir)
+    start = _ms(status.get("first_started_at") or status.get("started_at"))
+    base = start or int(cfg.run_dir.stat().st_mtime * 1000)
+    params = flatten(cfg.model_dump(mode="json", exclude={"factors", "estimate", "experiment_dir"}))
+    params.update({f"factor.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                   for k, v in cfg.factors.items()})
+    summary = [MetricPoint(f"summary.{k}", float(result[k]), 0, base) for k in SUMMARY_FIELDS
+               if isinstance(result.get(k), (int, float))]
+    return RunRecord(
+        name=cfg.name, kind=result["type"], state=result["state"], run_dir=cfg.run_dir, params=params,
+        metrics=_step_points(cfg, base) + summary + _eval_points(result, base),
+        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result["error"])
+
+
+def sweep_record(experiment_dir: str | Path) -> SweepRecord:
+    exp = Path(experiment_dir).resolve()
+    runs = load_runs(exp)
+    results = {r["name"]: r for r in collect_results(exp)}
+    report = exp / "report"
+    return SweepRecord(name=runs[0].experiment, experiment_dir=exp,
+                       runs=[run_record(cfg, results[cfg.name]) for cfg in runs],
+                       report_dir=report if (report / "report.md").is_file() else None)

@@ -1,0 +1,182 @@
+"""Daily use on a real finished sweep (one tiny run trained 2 epochs + its base-model control, evaluated,
+reported): `tunelab export --to mlflow` read back through MLflow's own client from a SQLite store, and
+`tunelab archive` checked file by file, including a failed and a corrupted copy."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def _ok(args):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, f"{args}: {res.output}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_model) -> Path:
+    """A finished experiment dir: tiny_r4 (2 epochs: checkpoints epoch_0, epoch_1, trainer_state) + tiny_base."""
+    from tunelab.data.capitalization import make_capitalization_dataset
+    from tunelab.evaluate.sweep import evaluate_experiment
+    from tunelab.experiment import load_runs
+    from tunelab.report.build import build_report
+    from tunelab.scaffold import scaffold
+    from tunelab.train.runner import train_run
+
+    root = tmp_path_factory.mktemp("daily")
+    data = make_capitalization_dataset(5, 60, root / "data", 0.8, seed=0)
+    spec = {"name": "t", "models": [{"name": "tiny", "path": str(tiny_model)}],
+            "datasets": [{"name": "caps", "path": str(data)}], "prompt": "Capitalize: {input}",
+            "factors": {"lora_rank": [4]},
+            "training": {"epochs": 2, "learning_rate": 0.002, "batch_size": 8, "max_seq_len": 64, "logging_steps": 2,
+                         "validation_every_steps": 4},
+            "eval": {"max_tokens": 8, "limit": 4}}
+    path = root / "exp" / "experiment.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    scaffold(path)
+    for cfg in load_runs(path.parent):
+        if cfg.kind == "finetune":
+            train_run(cfg)
+    evaluate_experiment(path.parent)
+    build_report(path.parent)
+    return path.parent
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under root -> sha256 (what must not change when an archive fails)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".tunelab.lock"}
+
+
+def test_export_to_mlflow_sqlite_store_is_complete_and_idempotent(sweep, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = _ok(["export", sweep, "--to", "mlflow", "--tracking-uri", uri]).output
+    assert "2 run(s) created" in out
+    client = MlflowClient(tracking_uri=uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "t"]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["t", "tiny_base", "tiny_r4"]
+    parent = runs["t"]
+    for name in ("tiny_r4", "tiny_base"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert runs[name].info.status == "FINISHED"
+    r4 = runs["tiny_r4"]
+    assert r4.data.params["factor.lora_rank"] == "4" and r4.data.params["training.lora_rank"] == "4"
+    assert r4.data.params["training.epochs"] == "2" and r4.data.params["model.name"] == "tiny"
+    # per-step loss: exactly the rows of metrics.jsonl
+    rows = [json.loads(line) for line in (sweep / "runs/tiny_r4/metrics.jsonl").read_text().splitlines()]
+    want = sorted((r["step"], r["loss"]) for r in rows if r.get("loss") is not None)
+    got = sorted((m.step, m.value) for m in client.get_metric_history(r4.info.run_id, "loss"))
+    assert got == want and len(got) >= 6
+    # eval scores: what scores.json says, at the checkpoint's epoch
+    scores = json.loads((sweep / "runs/tiny_r4/eval/epoch_1/exact_match/scores.json").read_text())
+    (acc,) = client.get_metric_history(r4.info.run_id, "eval.exact_match.accuracy")
+    assert (acc.step, acc.value) == (1, scores["metrics"]["accuracy"])
+    base = json.loads((sweep / "controls/tiny_base/eval/base/exact_match/scores.json").read_text())
+    assert runs["tiny_base"].data.metrics["eval.exact_match.accuracy"] == base["metrics"]["accuracy"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/report.md",
+                                                                                     "report/report.html"}
+    # idempotent: the same runs, no point logged twice
+    out = _ok(["export", sweep, "--to", "mlflow", "--tracking-uri", uri]).output
+    assert "0 run(s) created, 2 brought up to date, 0 metric point(s)" in out
+    again = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs.values())
+    assert len(client.get_metric_history(r4.info.run_id, "loss")) == len(want)
+
+
+def test_export_refuses_unknown_and_unsupported_trackers(sweep):
+    for tracker, words in (("wandb", "not supported yet"), ("neptune", "unknown tracker")):
+        res = runner.invoke(app, ["export", str(sweep), "--to", tracker])
+        assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output
+
+
+def test_archive_copies_verifies_then_frees_space(sweep, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(sweep, exp)
+    before = _tree(exp)
+    heavy = [p for p in before if p.startswith(("runs/tiny_r4/trainer_state/", "runs/tiny_r4/checkpoints/epoch_0/"))]
+    assert heavy and any("optimizer" in p for p in heavy)
+    freed = sum((exp / p).stat().st_size for p in heavy)
+
+    out = _ok(["archive", exp, "--to", tmp_path / "arch", "--keep", "last-epoch", "--dry-run"]).output
+    assert "would remove runs/tiny_r4/trainer_state" in out and _tree(exp) == before
+    assert not (tmp_path / "arch").exists()
+
+    out = _ok(["archive", exp, "--to", tmp_path / "arch", "--keep", "last-epoch"]).output
+    copy = tmp_path / "arch" / "exp"
+    kept = {p: h for p, h in before.items() if p not in heavy and p != ".runs-cache.json"}
+    assert _tree(copy) == {**kept, "archive.json": _tree(copy)["archive.json"]}  # every kept file, same bytes
+    assert _tree(exp) == {**kept, ".runs-cache.json": _tree(exp)[".runs-cache.json"],
+                          "archive.json": _tree(exp)["archive.json"]}  # the heavy files, and only they, are gone
+    for must in ("experiment.yaml", "runs/tiny_r4/run.yaml", "runs/tiny_r4/metrics.jsonl", "runs/tiny_r4/summary.json",
+                 "runs/tiny_r4/checkpoints/epoch_1/adapter_model.safetensors", "report/report.md", "tunelab.db"):
+        assert must in kept
+    manifest = json.loads((exp / "archive.json").read_text())
+    assert manifest["bytes_removed"] == freed and manifest["files"] == kept
+    from tunelab.fsutil import human_bytes
+    assert f"storage saved here: {human_bytes(freed)}" in out
+
+    from tunelab.report.build import build_report
+    report = build_report(exp).markdown.read_text()
+    assert "**Archived**" in report and str(copy) in report and human_bytes(freed) in report
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "corrupt"])
+def test_failed_copy_leaves_the_working_dir_intact(sweep, tmp_path, fault):
+    from tunelab.archive import plan_archive, run_archive
+    from tunelab.errors import TunelabError
+
+    exp = tmp_path / "exp"
+    shutil.copytree(sweep, exp)
+    before = _tree(exp)
+    copied = []
+
+    def faulty_copy(src: Path, dest: Path) -> None:
+        if len(copied) == 5:
+            if fault == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+            dest.write_bytes(src.read_bytes()[:-1] + b"!")  # a bit flipped on the way
+            return
+        copied.append(src)
+        shutil.copyfile(src, dest)
+
+    plan = plan_archive(exp, tmp_path / "arch", "none")
+    assert plan.remove
+    with pytest.raises(OSError if fault == "disk_full" else TunelabError) as info:
+        run_archive(plan, copy_file=faulty_copy)
+    if fault == "corrupt":
+        assert "does not match its source" in str(info.value)
+    assert _tree(exp) == before
+    assert not (tmp_path / "arch" / "exp" / "archive.json").exists()
+    assert not list((tmp_path / "arch").rglob("*.tmp"))  # no half-written file left behind
+
+
+def test_archive_refuses_while_a_run_trains(sweep, tmp_path):
+    import os
+    import socket
+
+    exp = tmp_path / "exp"
+    shutil.copytree(sweep, exp)
+    status = exp / "runs/tiny_r4/status.json"
+    data = json.loads(status.read_text())
+    status.write_text(json.dumps({**data, "state": "running", "host": socket.gethostname(), "pid": os.getpid()}))
+    before = _tree(exp)
+    res = runner.invoke(app, ["archive", str(exp), "--to", str(tmp_path / "arch")])
+    assert res.exit_code == 1 and "tiny_r4 is training" in res.output
+    assert _tree(exp) == before and not (tmp_path / "arch").exists()
