@@ -38,6 +38,8 @@ def _print_plan(plan) -> None:
         table.add_row(*r.values())
     console.print(table)
     console.print(f"recipe: {plan.recipe}")
+    if plan.schedule is not None and plan.schedule.makespan_s is not None:
+        console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
     for w in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
 from tunelab.data.loading import DataFile
@@ -23,6 +23,9 @@ from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (call
 from tunelab.runconfig import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 from tunelab.train.distributed import processes_per_run
+
+if TYPE_CHECKING:
+    from tunelab.execute.schedule import Schedule
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Plan:
     gpu: GPU | None = None
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
     truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
+    schedule: "Schedule | None" = None  # local executor: which run goes where, and the makespan
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -227,6 +231,19 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstima
             for cfg in runs if cfg.training is not None}
 
 
+def local_schedule(plan: Plan) -> "Schedule | None":
+    """The local executor's placement of the fine-tuned runs over this machine's visible GPUs (one CPU slot
+    when planning for CPU), with their estimated times: the policy `tunelab run` follows (execute/schedule.py).
+    None when planning for a GPU this machine does not have."""
+    from tunelab.execute.schedule import Device, RunNeed, forecast, visible_gpus
+
+    gpus = visible_gpus() if plan.gpu is not None else []
+    if plan.gpu is not None and not gpus:
+        return None
+    needs = [RunNeed(e.run, e.processes if gpus else 1, e.seconds, e.peak_memory_gib) for e in plan.estimates.values()]
+    return forecast(gpus or [Device("cpu")], needs, plan.spec.resources.runs_per_gpu if gpus else 1)
+
+
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
               estimates: bool = True) -> Plan:
     spec_path = Path(spec_path).resolve()
@@ -261,6 +278,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                     plan.warnings.append(f"{name}: {t.cut} of {t.examples} {t.split} examples are longer than "
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.estimates = estimate_runs(runs, gpu)
+        if spec.resources.executor == "local":
+            plan.schedule = local_schedule(plan)
         for e in plan.estimates.values():
             if e.peak_memory_gib is not None and e.gpu_memory_gib and e.peak_memory_gib > e.gpu_memory_gib:
                 plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "

@@ -27,6 +27,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
     """One row per run: what the table in the terminal and in plan.md show."""
     swept = plan.spec.swept_factors() + (["prompt"] if "prompt" in plan.spec.factors else [])
     kinds = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
+    placed = {p.run: p for p in plan.schedule.placements} if plan.schedule else {}
     rows = []
     for i, r in enumerate(plan.runs, 1):
         t = r.training
@@ -46,7 +47,16 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
                                else "—"),
             "est. time": (_fmt_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
         })
+        if plan.schedule is not None:
+            rows[-1]["where (start)"] = _placement_text(placed.get(r.name))
     return rows
+
+
+def _placement_text(p) -> str:
+    if p is None:
+        return "—"
+    where = ",".join("CPU" if d == "cpu" else d for d in p.devices) or "later"
+    return f"{'GPU ' if p.devices and p.devices[0] != 'cpu' else ''}{where} ({_fmt_seconds(p.start_s)})"
 
 
 def render_plan_md(plan: Plan) -> str:
@@ -103,6 +113,7 @@ def render_plan_md(plan: Plan) -> str:
         lines += ["", f"**Total:** {_fmt_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
                   + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
                   + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
+    lines += _schedule_lines(plan)
     if plan.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
     return "\n".join(lines)
@@ -158,4 +169,25 @@ def _truncation_lines(plan: "Plan") -> list[str]:
         for t in plan.truncation.get(run.name, []):
             lines.append(f"| {run.name} | {t.split} | {t.examples} | {t.cut} | {t.no_answer_left} | {t.longest} | "
                          f"{run.training.max_seq_len if run.training else '—'} |")
+    return lines + [""]
+
+
+def _schedule_lines(plan: "Plan") -> list[str]:
+    """Local executor: which run goes where and when (longest first), and the predicted makespan."""
+    if plan.spec.resources.executor != "local" or not plan.estimates:
+        return []
+    lines = ["## Schedule (local executor)", ""]
+    sched = plan.schedule
+    if sched is None:
+        return lines + ["No GPU of the plan's target is visible here: `tunelab run` places runs on the GPUs it "
+                        "sees when it starts (longest first).", ""]
+    span = _fmt_seconds(sched.makespan_s) if sched.makespan_s is not None else "unknown (runs without a time estimate)"
+    lines += [f"Longest estimated run first over the visible devices, at most {plan.spec.resources.runs_per_gpu} "
+              f"run(s) per GPU where memory allows. **Predicted makespan: {span}.**", "",
+              "| Run | Devices | Start | End |", "|---|---|---|---|"]
+    for p in sched.placements:
+        where = ", ".join("CPU" if d == "cpu" else f"GPU {d}" for d in p.devices) or "after runs of unknown length"
+        end = _fmt_seconds(p.end_s) if p.end_s is not None else "—"
+        lines.append(f"| {p.run} | {where} | {_fmt_seconds(p.start_s)} | {end} |")
+    lines += [f"| {name} | needs more GPUs than are visible: not started | — | — |" for name in sched.unplaceable]
     return lines + [""]

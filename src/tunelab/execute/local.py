@@ -1,6 +1,9 @@
 """The local executor: runs each pending run's job script as a subprocess on this machine.
 
-One run at a time on CPU; one per GPU where there are GPUs (CUDA_VISIBLE_DEVICES per slot).
+One run at a time on CPU. Where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process see), the
+scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N GPUs,
+small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
+its GPUs as CUDA_VISIBLE_DEVICES.
 Idempotent: completed runs are skipped; interrupted or failed runs start again and resume from
 their last checkpoint; --force starts them from scratch. Each run to start is claimed first, under
 the experiment lock (execute/claims.py): a second coordinator skips it instead of starting it again.
@@ -21,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunelab import ledger
 from tunelab.execute import claims, retry
 from tunelab.execute.failures import classify
+from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -39,15 +43,25 @@ class _Active:
     log: object
 
 
-def gpu_slots() -> list[str | None]:
-    """One slot per visible GPU, or a single CPU slot."""
-    try:
-        import torch
+CPU = Device("cpu")
 
-        n = torch.cuda.device_count()
-    except Exception:  # pragma: no cover - torch always importable where tunelab is installed
-        n = 0
-    return [str(i) for i in range(n)] or [None]
+
+def run_need(cfg: RunConfig, gpus_visible: int) -> RunNeed:
+    """What the scheduler needs of a run: its GPUs (one per process), its estimated time and peak memory."""
+    from tunelab.train.distributed import processes_per_run
+
+    est = cfg.estimate or {}
+    res = cfg.resources
+    gpus = processes_per_run(res.nproc_per_run, res.gpus_per_run, gpus_visible) if gpus_visible else 1
+    return RunNeed(cfg.name, gpus, est.get("seconds"), est.get("peak_memory_gib"))
+
+
+def device_pool(runs: list[RunConfig]) -> tuple[Pool, bool]:
+    """(pool, on GPUs): the visible GPUs, or one CPU slot (runs_per_gpu of the first run: one per sweep)."""
+    gpus = visible_gpus()
+    if not gpus:
+        return Pool([CPU]), False
+    return Pool(gpus, runs[0].resources.runs_per_gpu if runs else 1), True
 
 
 def clear_outputs(run_dir: Path) -> None:
@@ -86,6 +100,7 @@ def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[R
 
 
 def _start(cfg: RunConfig, slot: str | None) -> tuple[subprocess.Popen, object]:
+    """slot: the job's GPUs as CUDA_VISIBLE_DEVICES ('2,3'), or None on CPU."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
@@ -143,21 +158,32 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         console.print("nothing to run: every selected run is completed, running or claimed by another coordinator")
         ledger.ingest_all(exp, all_runs)
         return results
-    free = gpu_slots()
-    active: dict[str | None, _Active] = {}
-    queue = list(todo)
+    pool, on_gpu = device_pool(todo)
+    visible = len(pool.devices) if on_gpu else 0
+    by_name = {c.name: c for c in todo}
+    queue = [by_name[need.name] for need in lpt_order([run_need(c, visible) for c in todo])]
+    for cfg in [c for c in queue if not pool.fits_ever(run_need(c, visible))]:
+        console.print(f"[red]{cfg.name}: needs {run_need(cfg, visible).gpus} GPUs, {visible} visible "
+                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not started[/red]",
+                      highlight=False)
+        queue.remove(cfg)
+        claims.release(cfg.run_dir)
+    active: dict[str, _Active] = {}
     touched = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             sweep = progress.add_task(f"sweep ({len(todo)} runs)", total=len(todo))
             while queue or active:
-                while queue and free:
-                    slot, cfg = free.pop(0), queue.pop(0)
-                    proc, log = _start(cfg, slot)
-                    task = progress.add_task(f"  {cfg.name}", total=None)
-                    active[slot] = _Active(cfg, proc, task, st.now_iso(), log)
-                for slot, a in list(active.items()):
+                for cfg in list(queue):  # longest first; each run that fits the free GPUs now starts
+                    got = pool.place(run_need(cfg, visible))
+                    if got is None:
+                        continue
+                    queue.remove(cfg)
+                    proc, log = _start(cfg, ",".join(got) if on_gpu else None)
+                    task = progress.add_task(f"  {cfg.name}" + (f" [GPU {','.join(got)}]" if on_gpu else ""), total=None)
+                    active[cfg.name] = _Active(cfg, proc, task, st.now_iso(), log)
+                for name, a in list(active.items()):
                     status = st.read_status(a.cfg.run_dir)
                     if status.get("total_steps"):
                         progress.update(a.task, total=status["total_steps"], completed=status.get("step", 0))
@@ -172,8 +198,8 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     mark = "[green]completed[/green]" if state == st.COMPLETED else f"[red]{state} (exit {code})[/red]"
                     progress.update(a.task, description=f"  {a.cfg.name}: {mark}")
                     progress.advance(sweep)
-                    del active[slot]
-                    free.append(slot)
+                    del active[name]
+                    pool.release(name)
                 if time.monotonic() - touched > 60:
                     claims.touch_all()  # heartbeat for coordinators on other hosts
                     touched = time.monotonic()
