@@ -31,7 +31,7 @@ from tunelab.train import status as st
 
 TRAIN_LOG = "train.log"
 OUTPUTS = (st.TRAINER_STATE_DIR, st.CHECKPOINTS_DIR, "eval", st.METRICS_FILE, st.STATUS_FILE, st.SUMMARY_FILE,
-           st.PACKING_FILE, TRAIN_LOG)
+           st.PACKING_FILE, TRAIN_LOG, "gpu_samples.jsonl")
 
 
 @dataclass

@@ -120,11 +120,18 @@ def train_job(run_yaml: Path) -> None:
         return
     import torch
 
+    from tunelab.train.gpu_sampling import GpuSampler
+
     gpus = torch.cuda.device_count()
     nproc = processes_per_run(cfg.resources.nproc_per_run, cfg.resources.gpus_per_run, gpus)
-    if nproc == 1:
-        train_run(cfg)
-        return
+    with GpuSampler(cfg.run_dir):  # NVML samples of the job's GPUs; nothing at all without NVML
+        if nproc == 1:
+            train_run(cfg)
+        else:
+            _launch_run(cfg, run_yaml, nproc, gpus)
+
+
+def _launch_run(cfg, run_yaml: Path, nproc: int, gpus: int) -> None:
     if gpus and nproc > gpus:
         raise TunelabError(f"needs {nproc} processes, one per GPU, but {gpus} GPU(s) are visible "
                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",

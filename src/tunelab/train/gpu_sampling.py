@@ -1,0 +1,137 @@
+"""GPU utilization, memory used and power, sampled every few seconds while a run trains (NVML through
+nvidia-ml-py, the optional extra `gpu`), into <run>/gpu_samples.jsonl: one line per GPU per sample.
+
+Sampled by the process that `tunelab train` started (the torchrun agent of a distributed run, which
+trains nothing itself), from a daemon thread, for the GPUs the job was given. Without NVML (a CPU
+machine, the extra not installed, no driver) nothing is written and nothing fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SAMPLES_FILE = "gpu_samples.jsonl"
+INTERVAL_S = 5.0
+INTERVAL_ENV = "TUNELAB_GPU_SAMPLE_S"  # seconds between samples (tests and short runs set it lower)
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    time: float  # unix seconds
+    gpu: str  # the name CUDA_VISIBLE_DEVICES gave it (an index or a UUID), or the NVML index
+    util_pct: float  # NVML: share of the last sample period a kernel ran
+    mem_used_gib: float
+    power_w: float | None
+
+
+def _nvml() -> Any | None:
+    """The initialized pynvml module, or None where NVML cannot be used."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+        return None
+
+
+def _handles(nvml) -> list[tuple[str, Any]]:
+    """NVML handles of the GPUs this job may use: CUDA_VISIBLE_DEVICES (indices or UUIDs), else all."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [x.strip() for x in env.split(",") if x.strip()] if env is not None else [
+        str(i) for i in range(nvml.nvmlDeviceGetCount())]
+    out = []
+    for name in names:
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(int(name)) if name.isdigit() else \
+                nvml.nvmlDeviceGetHandleByUUID(name)
+        except Exception:  # a name NVML does not know (e.g. a MIG instance): not sampled
+            continue
+        out.append((name, handle))
+    return out
+
+
+def sample_once(nvml, handles: list[tuple[str, Any]]) -> list[GpuSample]:
+    now = time.time()
+    out = []
+    for name, h in handles:
+        util = nvml.nvmlDeviceGetUtilizationRates(h).gpu
+        mem = nvml.nvmlDeviceGetMemoryInfo(h).used / 2**30
+        try:
+            power = nvml.nvmlDeviceGetPowerUsage(h) / 1000.0  # milliwatts
+        except Exception:  # not every board reports power
+            power = None
+        out.append(GpuSample(round(now, 3), name, float(util), round(mem, 3), power))
+    return out
+
+
+class GpuSampler:
+    """Context manager: samples in a daemon thread from enter to exit; a no-op without NVML."""
+
+    def __init__(self, run_dir: Path, interval_s: float | None = None):
+        self.path = Path(run_dir) / SAMPLES_FILE
+        self.interval_s = interval_s or float(os.environ.get(INTERVAL_ENV) or INTERVAL_S)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuSampler:
+        nvml = _nvml()
+        handles = _handles(nvml) if nvml is not None else []
+        if handles:
+            self._thread = threading.Thread(target=self._loop, args=(nvml, handles), daemon=True,
+                                            name="tunelab-gpu-sampler")
+            self._thread.start()
+        return self
+
+    def _loop(self, nvml, handles) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                rows = sample_once(nvml, handles)
+            except Exception:  # a sampling hiccup never touches training
+                continue
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """What the report shows of a run's GPU use."""
+
+    samples: int
+    mean_pct: float
+    min_pct: float
+    max_pct: float
+    mean_power_w: float | None
+    max_mem_used_gib: float
+
+
+LOW_UTILIZATION_PCT = 50.0  # the report flags runs whose mean GPU utilization is below this
+
+
+def utilization(run_dir: Path) -> Utilization | None:
+    """Mean and min–max utilization over all samples of all the run's GPUs; None when nothing was sampled."""
+    from tunelab.fsutil import read_jsonl
+
+    samples = []
+    for row in read_jsonl(Path(run_dir) / SAMPLES_FILE):
+        try:
+            samples.append(GpuSample(**row))
+        except TypeError:  # a line of another shape: not a sample
+            continue
+    if not samples:
+        return None
+    utils = [x.util_pct for x in samples]
+    power = [x.power_w for x in samples if x.power_w is not None]
+    return Utilization(len(utils), round(sum(utils) / len(utils), 1), min(utils), max(utils),
+                       round(sum(power) / len(power), 1) if power else None, max(x.mem_used_gib for x in samples))
