@@ -133,7 +133,7 @@ def _split_lists(path: Path) -> dict[str, list] | None:
         first = json.loads(first_line)
         if isinstance(first, dict) and not set(first) & set(SPLIT_ALIASES):
             return None  # JSON lines whose first row is complete
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a row cut by the 4 KiB head, or damaged bytes
         pass
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

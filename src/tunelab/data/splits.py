@@ -55,7 +55,15 @@ class LoadedData:
     def examples(self, split: str, reader: RowReader, limit: int | None = None) -> list[Example]:
         ds = self.require(split)
         n = len(ds) if limit is None else min(limit, len(ds))
-        return [reader.example(ds[i], where(self.spec, split, i)) for i in range(n)]
+        return [reader.example(self._row(ds, split, i), where(self.spec, split, i)) for i in range(n)]
+
+    def _row(self, ds: Any, split: str, index: int) -> dict[str, Any]:
+        """One row; arrow checks text only when a row is read, so damaged bytes surface here."""
+        try:
+            return ds[index]
+        except UnicodeDecodeError as exc:
+            raise TunelabError(f"{where(self.spec, split, index)}: not UTF-8 text ({exc.reason} at byte "
+                               f"{exc.start} of a value); save the file as UTF-8") from None
 
 
 def load_data(spec: DatasetSpec, experiment_dir: str | Path | None, create_split: bool = False) -> LoadedData:

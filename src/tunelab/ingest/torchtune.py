@@ -87,6 +87,22 @@ def _model_name(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _number(text: str, what: str) -> float:
+    """A number the log's patterns matched; a damaged one ('1.2.3', '+') makes the log unreadable, not a crash."""
+    try:
+        return float(text)
+    except ValueError:
+        raise LogParseError(f"damaged log: {what} is {text!r}, not a number") from None
+
+
+def _count(value: object, what: str) -> int:
+    """A whole count (epochs, steps) from the config or the summary."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise LogParseError(f"damaged log: {what} is {value!r}, not a whole number") from None
+
+
 def parse_torchtune_log(text: str) -> ParsedRun:
     lines = _lines(text)
     recipe, config = _config(lines)
@@ -111,12 +127,12 @@ def parse_torchtune_log(text: str) -> ParsedRun:
         if in_summary:
             m = SUMMARY_LINE.match(line.strip())
             if m:
-                summary[m.group("key")] = float(m.group("value"))
+                summary[m.group("key")] = _number(m.group("value"), f"run summary {m.group('key')}")
             elif not line.startswith("wandb:"):
                 in_summary = False
     if not bars and not summary:
         raise LogParseError("no training progress (no progress bars and no run summary): truncated or failed early")
-    epochs = int(config.get("epochs", 0) or 0)
+    epochs = _count(config.get("epochs", 0) or 0, "the config's epochs")
     finished_bars = [e for e, ms in bars.items() if ms and ms[-1].group("n") == ms[-1].group("total")]
     if not summary and epochs and len(finished_bars) < epochs:
         raise LogParseError(f"truncated: {len(finished_bars)} of {epochs} epochs finished and no run summary")
@@ -124,20 +140,21 @@ def parse_torchtune_log(text: str) -> ParsedRun:
     for e, ms in sorted(bars.items()):
         steady = ms[1:] if e == min(bars) and len(ms) > 2 else ms  # first bar's first update is warm-up
         for m in steady:
-            r = float(m.group("rate"))
+            r = _number(m.group("rate"), "a progress bar's rate")
             rates.append(r if m.group("unit") == "it/s" else (1 / r if r else 0.0))
-    losses = [float(ms[-1].group("loss")) for _, ms in sorted(bars.items())]
+    losses = [_number(ms[-1].group("loss"), "a progress bar's loss") for _, ms in sorted(bars.items())]
     memory = {}
     for line in lines:
         m = MEMORY.search(line)
         if m:
             kind = "allocated" if m.group("kind").startswith("alloc") else m.group("kind")
-            memory[kind] = max(memory.get(kind, 0.0), float(m.group("gib")))
+            memory[kind] = max(memory.get(kind, 0.0), _number(m.group("gib"), "GPU peak memory"))
     for key, kind in (("peak_memory_alloc", "allocated"), ("peak_memory_reserved", "reserved"),
                       ("peak_memory_active", "active")):
         if key in summary:
             memory[kind] = max(memory.get(kind, 0.0), summary[key])
-    steps = int(summary.get("global_step", 0)) or sum(int(ms[-1].group("n")) for ms in bars.values())
+    steps = (_count(summary.get("global_step", 0), "run summary global_step")
+             or sum(int(ms[-1].group("n")) for ms in bars.values()))
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     return ParsedRun(
         recipe=recipe,
@@ -149,6 +166,6 @@ def parse_torchtune_log(text: str) -> ParsedRun:
         losses=losses,
         peak_memory_gib=memory,
         summary=summary,
-        checkpoint_seconds=[float(x) for x in CKPT_TIME.findall("\n".join(lines))],
+        checkpoint_seconds=[_number(x, "a checkpoint save time") for x in CKPT_TIME.findall("\n".join(lines))],
         packed=bool(dataset.get("packed")) if "packed" in dataset else None,
     )
