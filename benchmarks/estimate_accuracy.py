@@ -3,9 +3,11 @@
 Trains one calibration run (tiny 2×128 model), records it in a fresh history ledger, then plans
 held-out configurations (other batch sizes, ranks, packing and model sizes), trains each, and
 compares the plan's time with the job's measured wall time. Prints a table; the last line reads
-`median time error: X %`.
+`median time error: X %`. This is where the tight figure is asserted: the exit status is 1 when the
+median error exceeds --max-error (the CI test, tests/e2e/test_estimate_accuracy.py, keeps a wide 2x
+band on one configuration because a shared CI machine's load changes between two runs).
 
-    python benchmarks/estimate_accuracy.py [--out DIR]
+    python benchmarks/estimate_accuracy.py [--out DIR] [--max-error 15]
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ def train_timed(cfg) -> float:
     return time.monotonic() - t0
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--max-error", type=float, default=15.0,
+                    help="Exit 1 when the median time error is above this many percent (default 15).")
     args = ap.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-estimate-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -111,8 +115,12 @@ def main() -> None:
         errors.append(err)
         print(f"{cfg.name:34} {est.seconds:12.1f} {measured:11.1f} {100 * err:7.1f} %  {est.time_source}", flush=True)
     print(f"\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; experiment dir {out}")
-    print(f"median time error: {100 * statistics.median(errors):.1f} %")
+    median = 100 * statistics.median(errors)
+    if median > args.max_error:
+        print(f"FAILED: median time error above {args.max_error:g} %")
+    print(f"median time error: {median:.1f} %")
+    return 0 if median <= args.max_error else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
