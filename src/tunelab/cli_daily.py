@@ -72,7 +72,66 @@ def archive_cmd(
                      if manifest.bytes_removed != plan.remove_bytes else "") + ")", highlight=False, soft_wrap=True)
 
 
+def init_cmd(
+    model: Optional[list[Path]] = typer.Option(None, "--model", help="A base model directory (repeatable: "
+                                               "several models are compared)."),
+    dataset: Optional[list[Path]] = typer.Option(None, "--dataset", help="A dataset file (repeatable)."),
+    vary: Optional[list[str]] = typer.Option(None, "--vary", help="A factor and its levels, e.g. lora_rank=4,16 "
+                                             "(repeatable: the runs are every combination)."),
+    gpus_per_run: int = typer.Option(1, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
+    validation: bool = typer.Option(True, "--validation/--no-validation", help="Track validation loss during "
+                                    "training (about 4 times per epoch)."),
+    controls: bool = typer.Option(True, "--controls/--no-controls", help="Evaluate each base model without "
+                                  "fine-tuning, to measure what fine-tuning adds."),
+    epochs: int = typer.Option(1, "--epochs", help="Training epochs."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
+                                         "(field rows need one; chat and prompt/completion rows do not)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the directory's name)."),
+    out: Path = typer.Option(Path("."), "--out", help="Experiment directory, or the spec file (*.yaml) to write."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU the jobs will run on, for the estimates (e.g. "
+                                      "H100-80GB); detected when present, else this machine's CPU."),
+    models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Where to look for model "
+                                                    "directories (interactive; also $TUNELAB_MODELS)."),
+    interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive", help="Ask the questions "
+                                               "(default: when this is a terminal and no --model is given)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
+) -> None:
+    """Write experiment.yaml from answers: asked in a terminal (models and data found on disk offered, the
+    planned runs previewed, written only when confirmed), or given as flags. The spec written passes
+    `tunelab plan`."""
+    import sys
+
+    from tunelab.catalog import detect_gpu, resolve_gpu
+    from tunelab.cli import _print_plan
+    from tunelab.init.answers import InitAnswers, commit, draft, parse_vary, slug, spec_path
+
+    ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset)
+    target = spec_path(out)
+    if ask:
+        from tunelab.init.discover import models_roots
+        from tunelab.init.interactive import ask_answers
+
+        answers = ask_answers(out, models_roots(models_dir), Path.cwd())
+    else:
+        answers = InitAnswers(name=name or slug(target.resolve().parent.name), models=model or [],
+                              datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
+                              validation=validation, controls=controls, epochs=epochs, prompt=prompt)
+    tmp, plan = draft(answers, out, gpu=resolve_gpu(gpu) if gpu else detect_gpu(), force=force)
+    _print_plan(plan)
+    if ask:
+        from tunelab.init.interactive import confirm_write
+
+        if not confirm_write(target):
+            tmp.unlink(missing_ok=True)
+            console.print("nothing written")
+            return
+    path = commit(tmp, out)
+    console.print(f"wrote {path}; next: `tunelab scaffold {path}` then `tunelab run {path.parent}`",
+                  highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the daily-use commands to the main app."""
     app.command("export")(friendly(export_cmd))
     app.command("archive")(friendly(archive_cmd))
+    app.command("init")(friendly(init_cmd))

@@ -1,0 +1,148 @@
+"""The answers of `tunelab init` (from flags or prompts) → an experiment.yaml that `tunelab plan` accepts.
+
+The spec is validated, then planned from a temporary file beside its destination; only a spec that
+plans is moved into place, so a failed init never leaves a half-right experiment.yaml behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tunelab.errors import TunelabError
+from tunelab.fsutil import atomic_write_text, dump_yaml
+
+SPEC_FILE = "experiment.yaml"
+VALIDATIONS_PER_EPOCH = 4  # validation loss this often when tracked: enough points for a curve, little time
+
+
+@dataclass
+class InitAnswers:
+    name: str
+    models: list[Path]
+    datasets: list[Path]
+    vary: dict[str, list[Any]] = field(default_factory=dict)
+    gpus_per_run: int = 1
+    validation: bool = True
+    controls: bool = True
+    epochs: int = 1
+    prompt: str | None = None
+
+
+def parse_level(text: str) -> Any:
+    """'16' → 16, '2e-4' → 0.0002, 'true' → True, anything else stays text."""
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    """['lora_rank=4,16', 'learning_rate=1e-4,2e-4'] → {'lora_rank': [4, 16], 'learning_rate': [...]}."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, levels = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not levels.strip():
+            raise TunelabError(f"{item!r}: write FIELD=LEVEL,LEVEL, e.g. lora_rank=4,16", field="--vary")
+        if key in ("model", "dataset"):
+            raise TunelabError(f"{item!r}: name several models or datasets with --model/--dataset instead",
+                               field="--vary")
+        out[key] = [parse_level(v) for v in levels.split(",") if v.strip()]
+    return out
+
+
+def slug(text: str) -> str:
+    """A name usable in run names: letters, digits, '.', '_', '-'."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return s or "x"
+
+
+def _named(paths: list[Path], stem: bool) -> list[dict[str, str]]:
+    """[{name, path}] with unique names from the directory or file names."""
+    out, seen = [], set()
+    for p in paths:
+        base = slug(p.stem if stem else p.name)
+        name, i = base, 2
+        while name in seen:
+            name, i = f"{base}-{i}", i + 1
+        seen.add(name)
+        out.append({"name": name, "path": str(p.resolve())})
+    return out
+
+
+def build_spec(answers: InitAnswers, validation_every_steps: int | None = None) -> dict[str, Any]:
+    """The spec as plain data, in the order a person reads it."""
+    if not answers.models:
+        raise TunelabError("name at least one base model directory", field="--model")
+    if not answers.datasets:
+        raise TunelabError("name at least one dataset file", field="--dataset")
+    spec: dict[str, Any] = {"name": slug(answers.name), "models": _named(answers.models, stem=False),
+                            "datasets": _named(answers.datasets, stem=True)}
+    if answers.prompt:
+        spec["prompt"] = answers.prompt
+    spec["factors"] = dict(answers.vary)
+    spec["controls"] = answers.controls
+    training: dict[str, Any] = {"epochs": answers.epochs}
+    if answers.validation:
+        training["validation_every_steps"] = validation_every_steps or 50
+    spec["training"] = training
+    spec["resources"] = {"gpus_per_run": answers.gpus_per_run}
+    return spec
+
+
+def _check(spec: dict[str, Any], path: Path) -> None:
+    from tunelab.spec import ExperimentSpec
+
+    try:
+        ExperimentSpec.model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise TunelabError(f"{err['msg']} (from the answers given)", file=path, field=where) from None
+
+
+def spec_path(out: Path) -> Path:
+    """--out names the spec file (*.yaml) or the experiment directory that gets experiment.yaml."""
+    return out if out.suffix in (".yaml", ".yml") else out / SPEC_FILE
+
+
+def draft(answers: InitAnswers, out: Path, gpu=None, force: bool = False):
+    """Write the spec to a temporary file beside its destination and plan it; return (temp path, plan).
+    Validation steps are set from the planned steps per epoch. The caller moves or deletes the file."""
+    from tunelab.plan import make_plan
+
+    path = spec_path(out)
+    if path.exists() and not force:
+        raise TunelabError("already exists: pass --force to replace it", file=path)
+    tmp = path.with_name(f".{path.name}.init.yaml")
+    spec = build_spec(answers)
+    _check(spec, path)
+    atomic_write_text(tmp, dump_yaml(spec))
+    try:
+        plan = make_plan(tmp, path.parent, gpu=gpu)
+        if answers.validation:
+            steps = [e.steps // max(answers.epochs, 1) for e in plan.estimates.values() if e and e.steps]
+            every = max(1, min(steps) // VALIDATIONS_PER_EPOCH) if steps else None
+            if every:
+                atomic_write_text(tmp, dump_yaml(build_spec(answers, every)))
+                plan = make_plan(tmp, path.parent, gpu=gpu)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, plan
+
+
+def commit(tmp: Path, out: Path) -> Path:
+    """Move a planned draft into place."""
+    path = spec_path(out)
+    os.replace(tmp, path)
+    return path

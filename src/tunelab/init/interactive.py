@@ -1,0 +1,85 @@
+"""`tunelab init` in a terminal: the plan-runs questions, in order, with what is on disk as choices.
+
+Asks what to vary, GPUs per run, validation loss, controls and epochs; offers the model directories
+and dataset files found; then plans the draft and shows its runs and the planner's micro-batch,
+accumulation and packing (with where each figure comes from), and writes only when confirmed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.errors import TunelabError
+from tunelab.init.answers import InitAnswers, parse_level, slug
+from tunelab.init.discover import find_datasets, find_models
+
+OTHER = "another path…"
+# Factors offered by the first question, with suggested levels (models and datasets vary by choosing several).
+FACTORS = {"lora_rank": "4,16", "learning_rate": "1e-4,2e-4", "epochs": "1,3", "lora_alpha": "16,32",
+           "batch_size": "4,8", "seed": "0,1,2"}
+
+
+def _require(answer: Any) -> Any:
+    """questionary returns None when the user presses Ctrl-C: stop, writing nothing."""
+    if answer is None:
+        raise TunelabError("cancelled: nothing written")
+    return answer
+
+
+def _int(text: str) -> bool | str:
+    return text.strip().isdigit() and int(text) >= 0 or "a whole number, please"
+
+
+def _pick_paths(q, what: str, found: list[Path], exists: Callable[[Path], bool]) -> list[Path]:
+    """Checkbox of what was found (first one pre-selected), or a typed path when nothing was found or
+    'another path…' is chosen."""
+    chosen: list[str] = []
+    if found:
+        choices = [q.Choice(str(p), checked=i == 0) for i, p in enumerate(found)] + [q.Choice(OTHER)]
+        chosen = _require(q.checkbox(f"{what} (space selects, enter confirms):", choices=choices,
+                                     validate=lambda xs: bool(xs) or "choose at least one").ask())
+    paths = [Path(c) for c in chosen if c != OTHER]
+    if not found or OTHER in chosen:
+        typed = _require(q.path(f"{what}: path", validate=lambda t: exists(Path(t).expanduser())
+                                or "not found").ask())
+        paths.append(Path(typed).expanduser())
+    return paths
+
+
+def ask_answers(out: Path, model_roots: list[Path], data_root: Path) -> InitAnswers:
+    """The plan-runs conversation (questionary): returns the answers; writes nothing."""
+    import questionary as q
+
+    from tunelab.init.discover import is_model_dir
+
+    vary_keys = _require(q.checkbox(
+        "What do you want to vary? (several models or datasets: choose them below)",
+        choices=[q.Choice(k, checked=k == "lora_rank") for k in FACTORS]).ask())
+    vary = {}
+    for key in vary_keys:
+        text = _require(q.text(f"Levels of {key} (comma-separated):", default=FACTORS[key],
+                               validate=lambda t: len([v for v in t.split(",") if v.strip()]) >= 1
+                               or "at least one level").ask())
+        vary[key] = [parse_level(v) for v in text.split(",") if v.strip()]
+    models = _pick_paths(q, "Base models", find_models(model_roots), is_model_dir)
+    datasets = _pick_paths(q, "Datasets", find_datasets(data_root), Path.is_file)
+    prompt = _require(q.text("Prompt template ('{input}' is the row's input; empty for chat or "
+                             "prompt/completion rows):", default="{input}").ask())
+    gpus = int(_require(q.text("GPUs per run (0: CPU; 1: single device; more: distributed):", default="1",
+                               validate=_int).ask()))
+    validation = _require(q.confirm("Track validation loss during training?", default=True).ask())
+    controls = _require(q.confirm("Add controls (each base model evaluated without fine-tuning)?",
+                                  default=True).ask())
+    epochs = 1 if "epochs" in vary else int(_require(q.text(
+        "Epochs (1-3 suits most tasks):", default="1", validate=_int).ask()))
+    name = _require(q.text("Experiment name:", default=slug(out.resolve().name if out.suffix not in
+                                                             (".yaml", ".yml") else out.resolve().parent.name)).ask())
+    return InitAnswers(name=name, models=models, datasets=datasets, vary=vary, gpus_per_run=gpus,
+                       validation=validation, controls=controls, epochs=max(epochs, 1), prompt=prompt or None)
+
+
+def confirm_write(path: Path) -> bool:
+    import questionary as q
+
+    return bool(_require(q.confirm(f"Write {path}?", default=True).ask()))

@@ -1,0 +1,116 @@
+"""`tunelab init` as a user meets it: the interactive questions through a real pseudo-terminal (pexpect),
+and the flags; the spec written must pass `tunelab plan`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+pytestmark = pytest.mark.slow
+TUNELAB = str(Path(sys.executable).parent / "tunelab")
+DOWN, BACKSPACE = "\x1b[B", "\x7f"
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model, caps_dataset):
+    """cwd with a dataset file in data/; models under a directory named by $TUNELAB_MODELS."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(caps_dataset, tmp_path / "data" / "words.json")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_model)
+    env = {**os.environ, "TUNELAB_MODELS": str(models), "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1",
+           "COLUMNS": "200"}
+    return tmp_path, env
+
+
+def _spawn(cwd: Path, env: dict, *args: str):
+    import pexpect
+
+    return pexpect.spawn(TUNELAB, ["init", *args], cwd=str(cwd), env=env, encoding="utf-8", timeout=90,
+                         dimensions=(50, 200))
+
+
+def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
+    cwd, env = workspace
+    child = _spawn(cwd, env, "--out", "exp")
+    child.expect("What do you want to vary")
+    child.send(DOWN + " \r")  # lora_rank is pre-selected; add learning_rate
+    child.expect("Levels of lora_rank")
+    child.send("\r")  # suggested 4,16
+    child.expect("Levels of learning_rate")
+    child.send(BACKSPACE * 20 + "0.002\r")
+    child.expect("Base models")
+    child.expect("tiny")  # found under $TUNELAB_MODELS
+    child.send("\r")
+    child.expect("Datasets")
+    child.expect("words.json")  # found in the working directory
+    child.send("\r")
+    child.expect("Prompt template")
+    child.send(BACKSPACE * 10 + "Capitalize: {input}\r")
+    child.expect("GPUs per run")
+    child.send(BACKSPACE + "0\r")
+    child.expect("validation loss")
+    child.send("y")
+    child.expect("controls")
+    child.send("n")
+    child.expect("Epochs")
+    child.send(BACKSPACE + "2\r")
+    child.expect("Experiment name")
+    child.send(BACKSPACE * 10 + "caps-ranks\r")
+    child.expect("2 fine-tuned \\+ 0 controls")  # the plan previewed before anything is written
+    child.expect("Write .*experiment.yaml")
+    assert not (cwd / "exp" / "experiment.yaml").exists()
+    child.send("y")
+    child.expect("wrote")
+    child.expect(pexpect_eof())
+    spec = yaml.safe_load((cwd / "exp" / "experiment.yaml").read_text())
+    assert spec["name"] == "caps-ranks" and spec["factors"] == {"lora_rank": [4, 16], "learning_rate": [0.002]}
+    assert spec["controls"] is False and spec["training"]["epochs"] == 2 and spec["resources"]["gpus_per_run"] == 0
+    assert spec["training"]["validation_every_steps"] >= 1 and spec["prompt"] == "Capitalize: {input}"
+    assert Path(spec["models"][0]["path"]).resolve() == (cwd / "models" / "tiny").resolve()
+    assert not list((cwd / "exp").glob(".*init*"))  # no draft left behind
+    res = CliRunner().invoke(app, ["plan", str(cwd / "exp" / "experiment.yaml")])
+    assert res.exit_code == 0, res.output
+
+
+def test_interactive_init_cancelled_writes_nothing(workspace):
+    cwd, env = workspace
+    child = _spawn(cwd, env, "--out", "exp")
+    child.expect("What do you want to vary")
+    child.sendcontrol("c")
+    child.expect("nothing written")
+    child.expect(pexpect_eof())
+    child.close()
+    assert child.exitstatus == 1 and not (cwd / "exp").exists()
+
+
+def pexpect_eof():
+    import pexpect
+
+    return pexpect.EOF
+
+
+def test_init_flags_write_a_spec_that_plans(tmp_path, tiny_model, caps_dataset):
+    runner = CliRunner()
+    args = ["init", "--model", str(tiny_model), "--dataset", str(caps_dataset), "--vary", "lora_rank=4,16",
+            "--gpus-per-run", "0", "--no-validation", "--no-controls", "--epochs", "3", "--prompt",
+            "Capitalize: {input}", "--out", str(tmp_path / "exp")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())
+    assert spec["factors"] == {"lora_rank": [4, 16]} and spec["controls"] is False
+    assert "validation_every_steps" not in spec["training"] and spec["training"]["epochs"] == 3
+    assert runner.invoke(app, ["plan", str(tmp_path / "exp" / "experiment.yaml")]).exit_code == 0
+    again = runner.invoke(app, args)  # an existing spec is never replaced silently
+    assert again.exit_code == 1 and "--force" in again.output
+    bad = runner.invoke(app, [*args[:5], "--vary", "lora_rank", "--out", str(tmp_path / "other")])
+    assert bad.exit_code == 1 and "FIELD=LEVEL" in bad.output and not (tmp_path / "other").exists()
