@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS evals (   -- one row per run x checkpoint x task x me
     log_path TEXT,
     duration_s REAL,
     evaluated_at TEXT,
+    ci_low REAL,                     -- 95 % interval from the per-sample scores (NULL: none computed)
+    ci_high REAL,
+    ci_method TEXT,                  -- wilson | bootstrap-bca | bootstrap-percentile
+    ci_seed INTEGER,                 -- the bootstrap's seed
+    ci_resamples INTEGER,
     PRIMARY KEY (run, label, task, metric)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -137,11 +142,20 @@ def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
         yield conn
 
 
+CI_COLUMNS = {"ci_low": "REAL", "ci_high": "REAL", "ci_method": "TEXT", "ci_seed": "INTEGER",
+              "ci_resamples": "INTEGER"}
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Ledgers from before per-metric eval rows: drop the old evals table (ingest refills it from files)."""
+    """Ledgers from before per-metric eval rows: drop the old evals table (ingest refills it from files).
+    Ledgers from before intervals: add their columns (existing rows keep their values, intervals NULL)."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(evals)")}
     if cols and "is_primary" not in cols:
         conn.execute("DROP TABLE evals")
+    elif cols:
+        for name, kind in CI_COLUMNS.items():
+            if name not in cols:
+                conn.execute(f"ALTER TABLE evals ADD COLUMN {name} {kind}")
 
 
 def _control_state(cfg: RunConfig) -> str:
@@ -185,11 +199,13 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
     conn.execute("DELETE FROM evals WHERE run = ?", (cfg.name,))
     conn.executemany(
         """INSERT OR REPLACE INTO evals (run, label, epoch, task, metric, value, is_primary, greater_is_better, kind,
-           builtin, file, dataset, split, samples, log_path, duration_s, evaluated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+           builtin, file, dataset, split, samples, log_path, duration_s, evaluated_at, ci_low, ci_high, ci_method,
+           ci_seed, ci_resamples)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [(cfg.name, s.label, s.epoch, s.task, metric, value, int(metric == s.primary_metric), int(s.greater_is_better),
           s.kind, s.builtin, s.file, s.dataset, s.split, s.samples,
-          str(task_dir(run_dir, s.label, s.task) / s.log), s.duration_s, s.evaluated_at)
+          str(task_dir(run_dir, s.label, s.task) / s.log), s.duration_s, s.evaluated_at,
+          *((iv.low, iv.high, iv.method, iv.seed, iv.resamples) if (iv := s.intervals.get(metric)) else (None,) * 5))
          for s in read_scores(run_dir) for metric, value in s.metrics.items()],
     )
     return state

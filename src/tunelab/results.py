@@ -17,7 +17,7 @@ from tunelab.experiment import load_runs
 from tunelab.runconfig import RunConfig
 
 FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", "final_val_loss", "steps",
-          "duration_s", "tokens_per_s", "peak_memory_gib", "score", "eval")
+          "duration_s", "tokens_per_s", "peak_memory_gib", "score", "score_ci_low", "score_ci_high", "eval")
 TYPES = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
 EVAL_FIELDS = ("label", "epoch", "task", "builtin", "file", "dataset", "split", "samples", "log_path",
                "evaluated_at")
@@ -30,8 +30,11 @@ def eval_records(rows: list[dict[str, Any]], task_order: list[str]) -> list[dict
     for r in rows:
         rec = grouped.setdefault((r["label"], r["task"]), {
             **{k: r[k] for k in EVAL_FIELDS}, "primary_metric": None, "score": None,
-            "greater_is_better": bool(r["greater_is_better"]), "metrics": {}})
+            "greater_is_better": bool(r["greater_is_better"]), "metrics": {}, "intervals": {}})
         rec["metrics"][r["metric"]] = r["value"]
+        if r.get("ci_low") is not None:
+            rec["intervals"][r["metric"]] = {"low": r["ci_low"], "high": r["ci_high"], "method": r["ci_method"],
+                                             "seed": r["ci_seed"], "resamples": r["ci_resamples"]}
         if r["is_primary"]:
             rec["primary_metric"], rec["score"] = r["metric"], r["value"]
     order = {t: i for i, t in enumerate(task_order)}
@@ -46,6 +49,12 @@ def headline(evals: list[dict[str, Any]], task_order: list[str]) -> dict[str, An
     last = evals[-1]["label"]
     at_last = [e for e in evals if e["label"] == last]
     return next((e for t in task_order for e in at_last if e["task"] == t), at_last[0])
+
+
+def score_ci(rec: dict[str, Any] | None) -> list[float] | None:
+    """[low, high] of a record's primary metric (None without per-sample scores)."""
+    iv = rec["intervals"].get(rec["primary_metric"]) if rec else None
+    return [iv["low"], iv["high"]] if iv else None
 
 
 def _record(cfg: RunConfig, row: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -66,6 +75,7 @@ def _record(cfg: RunConfig, row: dict[str, Any], evals: list[dict[str, Any]]) ->
         "tokens_per_s": row["tokens_per_s"],
         "peak_memory_gib": row["peak_memory_gib"],
         "score": head["score"] if head else None,
+        "score_ci": score_ci(head),
         "score_task": head["task"] if head else None,
         "score_metric": head["primary_metric"] if head else None,
         "scores": {e["task"]: e["score"] for e in evals if e["label"] == last},  # primary, last checkpoint
@@ -89,19 +99,24 @@ def collect_results(experiment_dir: str | Path) -> list[dict[str, Any]]:
             for cfg in runs]
 
 
+def _ci_text(iv: dict[str, Any] | None) -> str:
+    return f"[{iv['low']:.6g},{iv['high']:.6g}]" if iv else ""
+
+
 def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """One row per run: its fields, `<task>.<metric>` of the last checkpoint, and `evals` holding every
-    checkpoint × task × metric as `label/task/metric=value` pairs."""
+    """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high` (its 95 %
+    interval), and `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`."""
     metric_cols: list[str] = []
     for r in rows:
         for e in r["eval"]:
             for m in e["metrics"]:
-                if f"{e['task']}.{m}" not in metric_cols:
-                    metric_cols.append(f"{e['task']}.{m}")
+                for col in (f"{e['task']}.{m}", f"{e['task']}.{m}.ci_low", f"{e['task']}.{m}.ci_high"):
+                    if col not in metric_cols:
+                        metric_cols.append(col)
     buf = io.StringIO()
     cols = [f for f in FIELDS if f != "eval"] + metric_cols + ["evals"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -109,10 +124,14 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         flat = dict(r)
         flat["factors"] = ";".join(f"{k}={v}" for k, v in r["factors"].items())
+        flat["score_ci_low"], flat["score_ci_high"] = r["score_ci"] or (None, None)
         last = r["eval"][-1]["label"] if r["eval"] else None
         for e in r["eval"]:
             if e["label"] == last:
                 flat.update({f"{e['task']}.{m}": v for m, v in e["metrics"].items()})
-        flat["evals"] = ";".join(f"{e['label']}/{e['task']}/{m}={v}" for e in r["eval"] for m, v in e["metrics"].items())
+                for m, iv in e["intervals"].items():
+                    flat.update({f"{e['task']}.{m}.ci_low": iv["low"], f"{e['task']}.{m}.ci_high": iv["high"]})
+        flat["evals"] = ";".join(f"{e['label']}/{e['task']}/{m}={v}{_ci_text(e['intervals'].get(m))}"
+                                 for e in r["eval"] for m, v in e["metrics"].items())
         w.writerow(flat)
     return buf.getvalue()

@@ -9,6 +9,9 @@ import re
 
 import pytest
 import yaml
+from scipy import stats
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
 from tunelab import ledger
 from tunelab.fsutil import atomic_write_json
@@ -16,6 +19,8 @@ from tunelab.report.build import build_report
 from tunelab.report.data import Point, gather
 from tunelab.report.findings import analyze, error_class, overfitting, still_falling
 from tunelab.scaffold import scaffold
+from tunelab.stats.intervals import task_intervals
+from tunelab.stats.records import SampleValue
 
 STEPS_PER_EPOCH = 10
 
@@ -85,19 +90,28 @@ def _checkpoints(run_dir, epochs, empty=None):
         (d / "tokenizer.json").write_text("{}")
 
 
-def _scores(run_dir, label, epoch, score, kind="finetune", task="exact_match", metrics=None, primary="accuracy"):
-    """eval/<label>/<task>/scores.json as the evaluator writes it."""
+def _scores(run_dir, label, epoch, score, kind="finetune", task="exact_match", metrics=None, primary="accuracy",
+            correct=None):
+    """eval/<label>/<task>/scores.json as the evaluator writes it; an accuracy task keeps its per-sample scores
+    (`correct`, or the first round(score * 40) of 40 samples right) and their intervals."""
     metrics = metrics or {primary: score, "stderr": 0.05}
+    per_sample = []
+    if primary == "accuracy" and score is not None:
+        correct = correct if correct is not None else [1] * round(40 * score) + [0] * (40 - round(40 * score))
+        assert sum(correct) / len(correct) == pytest.approx(score)
+        per_sample = [SampleValue(id=i, value=float(c)) for i, c in enumerate(correct)]
     atomic_write_json(run_dir / "eval" / label / task / "scores.json", {
         "run": run_dir.name, "kind": kind, "label": label, "epoch": epoch, "task": task, "builtin": task,
         "dataset": "caps", "split": "test", "metrics": metrics, "primary_metric": primary, "score": metrics[primary],
-        "greater_is_better": primary not in ("mae", "rmse", "brier", "ece"), "samples": 40, "log": "x.eval",
-        "model_path": "/m", "duration_s": 1.0, "evaluated_at": "2026-01-02T10:06:00+00:00"})
+        "greater_is_better": primary not in ("mae", "rmse", "brier", "ece"), "samples": len(per_sample) or 40,
+        "log": "x.eval", "model_path": "/m", "duration_s": 1.0, "evaluated_at": "2026-01-02T10:06:00+00:00",
+        "per_sample": [p.model_dump() for p in per_sample],
+        "intervals": {m: iv.model_dump() for m, iv in task_intervals(per_sample, metrics).items()}})
 
 
 def fake_run(exp, name, *, state="completed", epochs=3, losses=(2.0, 1.2, 0.8, 0.5, 0.3, 0.2),
              val=(1.5, 1.0, 0.7), score=None, saved=None, error=None, summary=None, nan_at=None, empty=None,
-             memory_kind="host_max_rss", peak=0.5):
+             memory_kind="host_max_rss", peak=0.5, correct=None):
     run_dir = exp / "runs" / name
     _metrics(run_dir, list(losses), list(val), epochs, memory_kind, peak, nan_at)
     _checkpoints(run_dir, range(epochs) if saved is None else saved, empty)
@@ -115,7 +129,7 @@ def fake_run(exp, name, *, state="completed", epochs=3, losses=(2.0, 1.2, 0.8, 0
             "overhead_s": 20.0, "epochs": epochs,
             "packing": {"packed": False}, "device": "cpu", **(summary or {})})
     if score is not None:
-        _scores(run_dir, f"epoch_{epochs - 1}", epochs - 1, score)
+        _scores(run_dir, f"epoch_{epochs - 1}", epochs - 1, score, correct=correct)
     return run_dir
 
 
@@ -162,9 +176,44 @@ def test_ties_are_named(exp):
     fake_run(exp, "tiny_r16", score=0.5)
     _control(exp)
     f = analyze(gather(exp))
-    assert [r.name for r in f.best] == ["tiny_r4", "tiny_r16"] and f.runner_up is None
+    assert [r.name for r in f.best] == ["tiny_r4", "tiny_r16"] and f.runner_up.name == "tiny_r16"
+    assert not f.best_vs["tiny_r16"].resolved
     md = build_report(exp).markdown.read_text()
-    assert "**Best runs (2 tied):** tiny_r4, tiny_r16 at 50.0 %." in md
+    assert "**Best runs (2 tied):** tiny_r4 at 50.0 % [" in md and "tied within noise" in md
+
+
+def _pattern(right: set[int], n: int = 40) -> list[int]:
+    return [int(i in right) for i in range(n)]
+
+
+def test_best_and_tied_are_decided_by_the_paired_interval_not_by_equal_numbers(exp):
+    """57.5 % vs 50.0 % on the same 40 samples: 3 samples only r4 gets right; the paired (exact McNemar)
+    interval of the 7.5 pp difference includes zero, so the runs are tied; 80 % vs 50 % is a win."""
+    base = set(range(20))
+    fake_run(exp, "tiny_r4", score=23 / 40, correct=_pattern(base | {20, 21, 22}))
+    fake_run(exp, "tiny_r16", score=0.5, correct=_pattern(base))
+    _control(exp)
+    f = analyze(gather(exp))
+    d = f.best_vs["tiny_r16"]
+    ci = stats.binomtest(3, 3).proportion_ci(method="exact")  # 3 discordant samples, all right in r4 only
+    assert (d.low, d.high) == (pytest.approx(3 / 40 * (2 * ci.low - 1)), pytest.approx(3 / 40 * (2 * ci.high - 1)))
+    assert d.estimate == pytest.approx(0.075) and d.low <= 0 < d.high and not d.resolved
+    assert [r.name for r in f.best] == ["tiny_r4", "tiny_r16"]
+    step = next(s for s in f.next_steps if s.startswith("Best run undecided"))
+    assert "tiny_r4 − tiny_r16: no detectable difference (+7.5 pp [" in step
+    need = math.ceil(NormalIndPower().solve_power(effect_size=proportion_effectsize(0.575, 0.5), alpha=0.05, power=0.8))
+    assert f"≈{need} test samples per evaluation" in step and "seed replicates" in step
+    effect = next(e for e in f.effects if e.metric == "score")
+    assert effect.diff is not None and not effect.diff.resolved
+    assert any(s.startswith("The choice of lora_rank hinges on a difference") for s in f.next_steps)
+    md = build_report(exp).markdown.read_text()
+    assert "**Best runs (tied within noise): tiny_r4, tiny_r16 — 57.5 % [" in md
+    assert "No detectable difference between levels (4 − 16: +7.5 pp [" in md
+
+    fake_run(exp, "tiny_r4", score=0.8, correct=_pattern(base | set(range(20, 32))))
+    f = analyze(gather(exp))
+    assert [r.name for r in f.best] == ["tiny_r4"] and f.best_vs["tiny_r16"].resolved
+    assert f.best_vs["tiny_r16"].low > 0 and not any("undecided" in s or "hinges" in s for s in f.next_steps)
 
 
 def test_failed_and_retried_run_is_reported_with_class_and_reason(exp):
@@ -268,13 +317,20 @@ def test_markdown_and_html_are_complete_and_self_contained(exp):
     assert "partial" not in md and "partial" not in html.lower()
     assert "2 of 2 fine-tuned runs completed" in md and "**Dates:** 2026-01-02 10:00:00 UTC" in md
     assert "**Question:** Does rank matter?" in md
-    assert "+75.0 pp** over the base-model control tiny_base (5.0 %)" in md
-    assert "+50.0 pp** over the runner-up tiny_r4 (30.0 %)" in md
-    assert "lora_rank: 16 beats 4 by **+50.0 pp** on mean accuracy." in md
-    assert "**lora_rank** on exact_match (accuracy): 4 → 30.0 % (n=1); 16 → 80.0 % (n=1). Best level **16**, " \
-           "+50.0 pp vs 4." in md
-    assert "| tiny_r16 | fine-tuned | epoch_2 | 80.0 % | +75.0 pp | 40 |" in md  # one table per task
-    assert "| tiny_base | control | base | 5.0 % | — | 40 |" in md
+    # every score and every stated difference carries its interval
+    lo, hi = proportion_confint(2, 40, method="wilson")
+    control = f"5.0 % [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert re.search(r"\*\*Best run: tiny_r16 — 80\.0 % \[\d+\.\d, \d+\.\d\]\*\*", md)
+    assert re.search(r"\*\*\+75\.0 pp \[\+\d+\.\d, \+\d+\.\d\], McNemar p = [\d.e-]+\*\* over the base-model "
+                     rf"control tiny_base \({re.escape(control)}\)", md)
+    assert re.search(r"\*\*\+50\.0 pp \[\+\d+\.\d, \+\d+\.\d\], McNemar p = [\d.e-]+\*\* over the runner-up "
+                     r"tiny_r4 \(30\.0 % \[", md)
+    assert re.search(r"lora_rank: 16 − 4 on mean accuracy: \*\*\+50\.0 pp \[", md)
+    assert re.search(r"\*\*lora_rank\*\* on exact_match \(accuracy\): 4 → 30\.0 % \(n=1\); 16 → 80\.0 % \(n=1\)\. "
+                     r"Best level \*\*16\*\*: 16 − 4 = \+50\.0 pp \[\+[\d.]+, \+[\d.]+\]", md)
+    assert re.search(r"\| tiny_r16 \| fine-tuned \| epoch_2 \| 80\.0 % \[[\d.]+, [\d.]+\] \| \+75\.0 pp \[\+[\d.]+, "
+                     r"\+[\d.]+\] \| 40 \|", md)  # one table per task
+    assert f"| tiny_base | control | base | {control} | — | 40 |" in md
     assert "tunelab train runs/tiny_r16/run.yaml" in md and f"tunelab eval {exp} --run tiny_r4 --force" in md
     # figures: on disk, linked from Markdown, embedded in HTML; nothing fetched from elsewhere
     names = sorted(p.name for p in files.figures)
@@ -357,7 +413,9 @@ def test_several_tasks_prompts_and_eval_only(multi):
     assert "| tiny_p2_r4 | fine-tuned | epoch_2 | 0.5 | 0.75 | 0.1 | 90.0 % | -3.5 | 40 |" in md
     assert "| shared | eval-only | checkpoint | 1 | 1 | 0.5 | 100.0 % | — | 40 |" in md
     assert "| p2 | `Upper: {input}` |" in md
-    assert "**prompt** on num (mae): p1 → 2 (n=1); p2 → 0.5 (n=1). Best level **p2**, -1.5 vs p1." in md
+    # scores.json without per-sample scores (written before tunelab kept them): values without intervals
+    assert "**prompt** on num (mae): p1 → 2 (n=1); p2 → 0.5 (n=1). Best level **p2**, -1.5 vs p1 (no interval: " \
+           "no per-sample scores or replicates)." in md
     names = {p.name for p in files.figures}
     assert {"score_by_prompt__exact_match__accuracy.png", "score_by_prompt__num__mae.png",
             "score_by_prompt__num__parse_rate.png"} <= names

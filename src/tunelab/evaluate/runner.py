@@ -26,6 +26,8 @@ from tunelab.evaluate.scores import (
 from tunelab.evaluate.targets import Target, select_targets
 from tunelab.runconfig import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
+from tunelab.stats.intervals import task_intervals
+from tunelab.stats.records import SampleValue
 
 
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
@@ -145,6 +147,7 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
         raise TunelabError(f"task '{spec.name}' produced no metrics (does its scorer declare any?)",
                            file=log.location)
     primary = PRIMARY[spec.builtin] if spec.builtin else next(iter(metrics))
+    samples = sample_values(log)
     stats = log.stats
     inspect_s = None
     if stats and stats.started_at and stats.completed_at:
@@ -160,4 +163,24 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
         samples=log.results.completed_samples if log.results else 0, log=Path(log.location).name,
         model_path=str(target.base_path), adapter_path=str(target.adapter_path) if target.adapter_path else None,
         max_tokens=spec.max_tokens or cfg.eval.max_tokens, duration_s=0.0, inspect_duration_s=inspect_s,
-        evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        per_sample=samples, intervals=task_intervals(samples, metrics))
+
+
+def sample_values(log: Any) -> list[SampleValue]:
+    """Each sample's score from the log: the first scorer's value as a number (inspect's own
+    value_to_float: correct 1, incorrect 0), and the target, prediction and option probabilities the
+    choice and numeric metrics are computed from."""
+    from inspect_ai.scorer import value_to_float
+
+    to_float = value_to_float()
+    out = []
+    for s in sorted(log.samples or [], key=lambda s: (str(type(s.id)), s.id, s.epoch)):
+        first = next(iter(s.scores.values())) if s.scores else None
+        meta = dict(first.metadata or {}) if first else {}
+        value = None
+        if first is not None and not isinstance(first.value, (dict, list)):
+            value = finite_or_none(to_float(first.value))
+        out.append(SampleValue(id=s.id, value=value, target=meta.get("target"), prediction=meta.get("prediction"),
+                               probs=meta.get("probs")))
+    return out

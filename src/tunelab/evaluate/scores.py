@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ValidationError
 
 from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.stats.records import Interval, SampleValue
 
 EVAL_DIR = "eval"
 SCORES_FILE = "scores.json"
@@ -44,6 +45,10 @@ class TaskScores(BaseModel):
     duration_s: float  # wall-clock of this task's evaluation (model loading included on the first task)
     inspect_duration_s: float | None = None  # inspect's own start-to-end time of the eval
     evaluated_at: str
+    # per-sample scores (what intervals and paired comparisons are computed from) and each metric's
+    # 95 % interval; empty in scores.json written before tunelab kept them
+    per_sample: list[SampleValue] = []
+    intervals: dict[str, Interval] = {}
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import ledger
+from tunelab.evaluate.scores import read_scores
 from tunelab.experiment import SPEC_FILE, load_runs
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
 from tunelab.results import collect_results
 from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, load_spec
+from tunelab.stats.records import SampleValue
 from tunelab.train import status as st
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -70,6 +72,7 @@ class RunData:
     error: str | None = None
     dir_bytes: int = 0
     record: dict[str, Any] = field(default_factory=dict)  # the results.collect_results record
+    samples: dict[tuple[str, str], list[SampleValue]] = field(default_factory=dict)  # (label, task) -> per sample
 
     @property
     def is_control(self) -> bool:
@@ -98,6 +101,17 @@ class RunData:
         if e is None:
             return None
         return e["score"] if metric is None else e["metrics"].get(metric)
+
+    def interval(self, task: str, metric: str | None = None, label: str | None = None) -> tuple[float, float] | None:
+        """The 95 % interval of a task's metric (default: primary) on a checkpoint (default: the last)."""
+        label = label or self.last_label
+        e = next((e for e in self.evals if e["task"] == task and e["label"] == label), None)
+        iv = e["intervals"].get(metric or e["primary_metric"]) if e else None
+        return (iv["low"], iv["high"]) if iv else None
+
+    def sample_scores(self, task: str, label: str | None = None) -> list[SampleValue]:
+        """Per-sample records of a task on a checkpoint (default: the last evaluated); [] when not kept."""
+        return self.samples.get((label or self.last_label or "", task), [])
 
     @property
     def planned_epochs(self) -> int | None:
@@ -248,6 +262,7 @@ def _run_data(cfg: RunConfig, rec: dict[str, Any], exp: Path, attempts: list[dic
     run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
     run.attempts = [a for a in attempts if a["run"] == cfg.name]
     run.dir_bytes = dir_size(cfg.run_dir)
+    run.samples = {(s.label, s.task): s.per_sample for s in read_scores(cfg.run_dir) if s.per_sample}
     if cfg.kind == "finetune":
         _read_metrics(run)
         run.checkpoints = verify_checkpoints(cfg.run_dir)

@@ -14,6 +14,7 @@ from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
+from tunelab.stats.paired import Difference, paired_difference
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
 
@@ -35,6 +36,37 @@ def show_delta(v: float | None, metric: str | None) -> str:
     return f"{100 * v:+.1f} pp" if is_fraction(metric) else f"{v:+.4g}"
 
 
+def show_ci(v: float | None, iv: tuple[float, float] | None, metric: str | None) -> str:
+    """A value with its 95 % interval: '80.0 % [71.2, 86.9]'; the value alone where none was computed."""
+    if v is None or iv is None:
+        return show(v, metric)
+    if is_fraction(metric):
+        return f"{100 * v:.1f} % [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+    return f"{v:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]"
+
+
+def _interval(d: Difference, metric: str | None) -> str:
+    lo, hi = (100 * d.low, 100 * d.high) if is_fraction(metric) else (d.low, d.high)  # type: ignore[operator]
+    return f"[{lo:+.1f}, {hi:+.1f}]" if is_fraction(metric) else f"[{lo:+.4g}, {hi:+.4g}]"
+
+
+def diff_text(d: Difference | None, metric: str | None, estimate: float | None = None) -> str:
+    """A stated difference with its interval: '+10.5 pp [+6.1, +15.2]' when the interval excludes zero,
+    'no detectable difference (+1.0 pp [−2.5, +4.5])' when it does not."""
+    if d is None or not d.known:
+        return f"{show_delta(estimate if d is None else d.estimate, metric)} (no interval: no per-sample scores)"
+    p = f", McNemar p = {d.p_value:.2g}" if d.p_value is not None and d.metric == "accuracy" else ""
+    core = f"{show_delta(d.estimate, metric)} {_interval(d, metric)}"
+    return f"{core}{p}" if d.resolved else f"no detectable difference ({core}{p})"
+
+
+def delta_cell(d: Difference | None, estimate: float | None, metric: str | None) -> str:
+    """A table cell: the difference and its interval, '(n.s.)' when the interval includes zero."""
+    if d is None or not d.known:
+        return show_delta(estimate, metric)
+    return f"{show_delta(d.estimate, metric)} {_interval(d, metric)}" + ("" if d.resolved else " (n.s.)")
+
+
 def _fig(f: FigureFile) -> Figure:
     return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
 
@@ -44,15 +76,26 @@ def task_metrics(task: TaskInfo) -> list[str]:
     return ([task.primary_metric] if task.primary_metric else []) + rest
 
 
-def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], base: float | None) -> list[list[str]]:
-    evals = run.task_evals(task.name) or [{"label": "—", "score": None, "samples": None, "metrics": {}}]
+def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], control: RunData | None) -> list[list[str]]:
+    evals = run.task_evals(task.name) or [{"label": "—", "score": None, "samples": None, "metrics": {},
+                                           "intervals": {}}]
+    base = control.value(task.name) if control else None
     rows = []
     for e in evals:
-        delta = None if e["score"] is None or base is None else e["score"] - base
-        rows.append([run.name, run.kind, e["label"], *[show(e["metrics"].get(m), m) for m in metrics],
-                     show_delta(delta, task.primary_metric) if run.kind == "fine-tuned" else "—",
+        delta, d = None if e["score"] is None or base is None else e["score"] - base, None
+        if delta is not None and control is not None and task.primary_metric:
+            d = paired_difference([run.sample_scores(task.name, e["label"])], [control.sample_scores(task.name)],
+                                  task.primary_metric)
+        cells = [show_ci(e["metrics"].get(m), _iv(e, m), m) for m in metrics]
+        rows.append([run.name, run.kind, e["label"], *cells,
+                     delta_cell(d, delta, task.primary_metric) if run.kind == "fine-tuned" else "—",
                      "—" if e["samples"] is None else str(e["samples"])])
     return rows
+
+
+def _iv(e: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    iv = e.get("intervals", {}).get(metric)
+    return (iv["low"], iv["high"]) if iv else None
 
 
 def task_table(data: ReportData, task: TaskInfo) -> Table:
@@ -60,8 +103,7 @@ def task_table(data: ReportData, task: TaskInfo) -> Table:
     metrics = task_metrics(task)
     rows = []
     for r in data.runs:
-        ctl = data.control_for(r)
-        rows += _rows_of(r, task, metrics, ctl.value(task.name) if ctl else None)
+        rows += _rows_of(r, task, metrics, data.control_for(r))
     for c in data.references:
         rows += _rows_of(c, task, metrics, None)
     where = f"{task.source}" + (f" on {task.dataset} / {task.split}" if task.dataset else "")
@@ -69,8 +111,10 @@ def task_table(data: ReportData, task: TaskInfo) -> Table:
     header = ["Run", "Type", "Checkpoint", *[m + (" ★" if m == task.primary_metric else "") for m in metrics],
               "Δ★ vs control", "Samples"]
     return Table(header, rows, f"Task **{task.name}** ({where}); ★ primary metric ({better} is better); from "
-                 f"`eval/<checkpoint>/{task.name}/scores.json` (inspect-ai `.eval` logs beside them); Δ = fine-tuned "
-                 "minus the same model's base-model control.")
+                 f"`eval/<checkpoint>/{task.name}/scores.json` (inspect-ai `.eval` logs beside them). [brackets]: 95 % "
+                 "interval from the per-sample scores (Wilson for proportions, seeded bootstrap otherwise); Δ = "
+                 "fine-tuned minus the same model's base-model control, paired on the same test samples "
+                 "(bootstrap interval; n.s. = the interval includes zero).")
 
 
 def epoch_table(data: ReportData) -> Table | None:
@@ -82,10 +126,11 @@ def epoch_table(data: ReportData) -> Table | None:
         return None
     rows = []
     for r in data.runs:
-        by = {e["epoch"]: e["score"] for e in r.task_evals(head.name) if e.get("epoch") is not None}
-        rows.append([r.name, *[show(by.get(e), head.primary_metric) for e in epochs]])
+        by = {e["epoch"]: e for e in r.task_evals(head.name) if e.get("epoch") is not None}
+        rows.append([r.name, *[show_ci(by[e]["score"], _iv(by[e], head.primary_metric or ""), head.primary_metric)
+                               if e in by else "—" for e in epochs]])
     return Table(["Run", *[f"epoch_{e}" for e in epochs]], rows,
-                 f"{head.name} ({head.primary_metric}) per evaluated epoch.")
+                 f"{head.name} ({head.primary_metric}) per evaluated epoch, [95 % interval].")
 
 
 def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Section:
@@ -98,13 +143,25 @@ def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Se
     if table is not None:
         blocks.append(table)
     if f.best and data.headline:
-        label = "Best run" if len(f.best) == 1 else f"Best runs ({len(f.best)} tied)"
-        blocks.append(Para(f"**{label}:** {', '.join(r.name for r in f.best)} at "
-                           f"{show(f.best_score, data.headline.primary_metric)}."))
+        blocks.append(Para(best_text(data, f)))
     for key in figs:
         if key.startswith("score_by_") or key == "score_per_epoch":
             blocks.append(_fig(figs[key]))
     return Section("Evaluation", blocks)
+
+
+def best_text(data: ReportData, f: Findings) -> str:
+    """'Best run: X at 80.0 % [71.2, 86.9]', or the runs tied with it (paired intervals including zero)."""
+    metric = data.headline.primary_metric if data.headline else None
+    top = f.best[0]
+    at = show_ci(f.best_score, top.interval(data.eval_task or ""), metric)
+    if len(f.best) == 1:
+        return f"**Best run:** {top.name} at {at}."
+    others = "; ".join(f"{r.name} ({show_ci(r.score, r.interval(data.eval_task or ''), metric)}; {top.name} − "
+                       f"{r.name}: {diff_text(f.best_vs.get(r.name), metric, (top.score or 0) - (r.score or 0))})"
+                       for r in f.best[1:])
+    return (f"**Best runs ({len(f.best)} tied):** {top.name} at {at}; tied within noise (paired 95 % interval of "
+            f"the difference includes zero): {others}.")
 
 
 def prompt_table(data: ReportData) -> Table | None:
@@ -125,8 +182,18 @@ def effect_text(eff: Any) -> str:
         what, fmt, diff = "final val loss", (lambda v: f"{v:.4g}"), (lambda v: f"{v:+.4g}")
     levels = "; ".join(f"{s.level} → {fmt(s.mean)} (n={s.n})" for s in eff.levels)
     text = f"**{eff.factor}** on {what}: {levels}"
-    if eff.spread == 0:
-        return text + ". No difference between levels."
     if eff.spread is None:
         return text + " (only one level measured so far)."
-    return text + f". Best level **{eff.best.level}**, {diff(eff.best.mean - eff.worst.mean)} vs {eff.worst.level}."
+    d: Difference | None = eff.diff
+    if d is None or not d.known:
+        if eff.spread == 0:
+            return text + ". No difference between levels."
+        return text + (f". Best level **{eff.best.level}**, {diff(eff.best.mean - eff.worst.mean)} vs "
+                       f"{eff.worst.level} (no interval: no per-sample scores or replicates).")
+    shown = diff_text(d, metric if eff.metric == "score" else None)
+    if eff.metric != "score":
+        shown = f"{d.estimate:+.4g} [{d.low:+.4g}, {d.high:+.4g}]" + ("" if d.resolved else " — not resolved")
+    if d.resolved:
+        return text + f". Best level **{eff.best.level}**: {eff.best.level} − {eff.worst.level} = {shown} ({d.method})."
+    return (text + f". No detectable difference between levels ({eff.best.level} − {eff.worst.level}: "
+            f"{shown.removeprefix('no detectable difference (').removesuffix(')')}; {d.method}).")

@@ -10,17 +10,31 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any, Iterable
 
-from tunelab.report.data import Point, ReportData, RunData
+from tunelab.report.checks import (  # noqa: F401  (the report's sections and tests import them from here)
+    MEMORY_MOSTLY_UNUSED,
+    OVERFIT_MIN_RISE,
+    STILL_FALLING_MIN_DROP,
+    Issue,
+    MemoryUse,
+    Overfit,
+    StillFalling,
+    error_class,
+    memory_use,
+    overfitting,
+    retries,
+    run_issues,
+    still_falling,
+)
+from tunelab.report.comparisons import best_runs, control_differences, level_difference, replicated
+from tunelab.report.data import ReportData, RunData
+from tunelab.stats.paired import Difference
+from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 from tunelab.train import status as st
 
-OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
-STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch
 SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a numeric factor
-MEMORY_MOSTLY_UNUSED = 0.5  # peak below half of the GPU's memory
-GPU_TOTAL_KEYS = ("gpu_memory_total_gib", "device_memory_gib", "device_total_memory_gib", "gpu_total_gib")
 
 
-# ---------------------------------------------------------------- factor effects and best run
+# ---------------------------------------------------------------- factor effects
 @dataclass
 class LevelStat:
     level: Any
@@ -37,6 +51,7 @@ class FactorEffect:
     task: str | None = None  # the task whose primary metric "score" is
     greater_is_better: bool = True
     score_metric: str | None = None  # that primary metric's name (accuracy, mae, ...)
+    diff: Difference | None = None  # best level minus worst level, with its interval
 
     @property
     def spread(self) -> float | None:
@@ -83,196 +98,36 @@ def factor_effect(runs: Iterable[RunData], factor: str, levels: list[Any], metri
     return FactorEffect(factor, metric, stats, task, greater)
 
 
+def _effect_difference(eff: FactorEffect, runs: list[RunData], replicated: bool) -> Difference | None:
+    """Best level minus worst level: paired on the test samples, or across seed replicates."""
+    if eff.best is None or eff.worst is None or eff.best is eff.worst:
+        return None
+    by = {r.name: r for r in runs}
+    best, worst = [by[n] for n in eff.best.runs], [by[n] for n in eff.worst.runs]
+    if eff.metric == "score" and eff.task and eff.score_metric:
+        return level_difference(best, worst, eff.task, eff.score_metric, replicated)
+    if replicated:  # final validation loss: only replicates give it an interval
+        return replicate_difference([r.get(eff.metric) for r in best if r.get(eff.metric) is not None],
+                                    [r.get(eff.metric) for r in worst if r.get(eff.metric) is not None], eff.metric)
+    return None
+
+
 def factor_effects(data: ReportData) -> list[FactorEffect]:
-    """Per swept factor: the effect on each task's primary metric, then on the final validation loss."""
+    """Per swept factor (seed excluded: it is replication): the effect on each task's primary metric, then
+    on the final validation loss; each with the best-minus-worst level difference and its interval."""
     out = []
+    reps = replicated(data)
     for factor, levels in data.factors.items():
-        if len(levels) < 2:
+        if len(levels) < 2 or factor == SEED_FACTOR:
             continue
         effects = [factor_effect(data.completed, factor, levels, "score", t.name, t.greater_is_better)
                    for t in data.tasks]
         for eff, t in zip(effects, data.tasks):
             eff.score_metric = t.primary_metric
         effects.append(factor_effect(data.completed, factor, levels, "final_val_loss"))
+        for eff in effects:
+            eff.diff = _effect_difference(eff, data.completed, reps)
         out += [e for e in effects if e.levels]
-    return out
-
-
-def best_runs(runs: Iterable[RunData], greater_is_better: bool = True) -> tuple[float | None, list[RunData]]:
-    """The top headline score and every run that reaches it (ties named)."""
-    scored = [r for r in runs if r.score is not None]
-    if not scored:
-        return None, []
-    top = (max if greater_is_better else min)(r.score for r in scored)
-    return top, [r for r in scored if r.score == top]
-
-
-def runner_up(runs: Iterable[RunData], top: float | None, greater_is_better: bool = True) -> RunData | None:
-    sign = 1 if greater_is_better else -1
-    below = [r for r in runs if r.score is not None and top is not None and sign * r.score < sign * top]
-    return max(below, key=lambda r: sign * r.score) if below else None
-
-
-# ---------------------------------------------------------------- training dynamics
-@dataclass
-class Overfit:
-    best_val: float
-    best_step: int
-    final_val: float
-    final_step: int
-    train_from: float
-    train_to: float
-
-    @property
-    def rise(self) -> float:
-        return self.final_val / self.best_val - 1 if self.best_val > 0 else math.inf
-
-
-def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> Overfit | None:
-    """Val loss rising while train loss falls over the last part of training.
-
-    The final `window` of steps is the last part. Overfitting: the best val loss lies before that
-    part, the final val loss is ≥ OVERFIT_MIN_RISE above it, and train loss at the end is below
-    train loss where the last part starts.
-    """
-    if len(val) < 2 or len(train) < 2:
-        return None
-    last_step = max(train[-1].step, val[-1].step)
-    start = last_step * (1 - window)
-    best = min(val, key=lambda p: p.value)
-    final = val[-1]
-    if best.step >= start or best.value <= 0 or final.value < best.value * (1 + OVERFIT_MIN_RISE):
-        return None
-    before = [p for p in train if p.step <= start] or train[:1]
-    t_from, t_to = before[-1].value, train[-1].value
-    if t_to >= t_from:
-        return None
-    return Overfit(best.value, best.step, final.value, final.step, t_from, t_to)
-
-
-@dataclass
-class StillFalling:
-    prev_val: float
-    prev_step: int
-    final_val: float
-    final_step: int
-
-    @property
-    def drop(self) -> float:
-        return 1 - self.final_val / self.prev_val if self.prev_val > 0 else 0.0
-
-
-def still_falling(val: list[Point]) -> StillFalling | None:
-    """Val loss still falling at the last epoch: the final value is ≥ STILL_FALLING_MIN_DROP below
-    the last value logged before the last epoch began (or the one before it, with one epoch)."""
-    if len(val) < 2:
-        return None
-    final = val[-1]
-    last_epoch = math.ceil(round(final.epoch, 6)) if final.epoch is not None else None
-    prev = None
-    if last_epoch is not None and last_epoch >= 2:
-        earlier = [p for p in val[:-1] if p.epoch is not None and p.epoch <= last_epoch - 1 + 1e-6]
-        prev = earlier[-1] if earlier else None
-    prev = prev or val[-2]
-    if prev.value <= 0 or final.value > prev.value * (1 - STILL_FALLING_MIN_DROP):
-        return None
-    return StillFalling(prev.value, prev.step, final.value, final.step)
-
-
-# ---------------------------------------------------------------- memory
-@dataclass
-class MemoryUse:
-    run: str
-    peak_gib: float | None
-    kind: str | None
-    total_gib: float | None
-    device: str | None
-
-    @property
-    def judgeable(self) -> bool:
-        return self.kind == "cuda_max_allocated" and bool(self.peak_gib) and bool(self.total_gib)
-
-    @property
-    def fraction(self) -> float | None:
-        return self.peak_gib / self.total_gib if self.judgeable else None
-
-
-def gpu_total_gib(summary: dict[str, Any]) -> float | None:
-    """The GPU's total memory, only where summary.json recorded it."""
-    for key in GPU_TOTAL_KEYS:
-        v = summary.get(key)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
-    dev = summary.get("device")
-    if isinstance(dev, dict):
-        for key in ("total_memory_gib", "memory_gib", "total_gib"):
-            v = dev.get(key)
-            if isinstance(v, (int, float)) and v > 0:
-                return float(v)
-    return None
-
-
-def memory_use(run: RunData) -> MemoryUse:
-    dev = run.summary.get("device")
-    return MemoryUse(run.name, run.get("peak_memory_gib"), run.get("memory_kind"), gpu_total_gib(run.summary),
-                     dev.get("name") if isinstance(dev, dict) else dev)
-
-
-# ---------------------------------------------------------------- issues
-@dataclass
-class Issue:
-    run: str
-    kind: str  # failed | interrupted | retried | nan-loss | empty-file | missing-epoch | never-logged | not-evaluated
-    detail: str
-
-
-def error_class(error: str | None) -> str:
-    """'OutOfMemoryError' from 'OutOfMemoryError: CUDA out of memory…'; '—' without an error."""
-    if not error:
-        return "—"
-    head = error.split(":", 1)[0].strip()
-    return head if head and " " not in head else "error"
-
-
-def retries(run: RunData) -> int:
-    """Extra attempts: ledger attempts beyond the first, or restarts the run's status counted."""
-    return max(len(run.attempts) - 1, int(run.status.get("restarts") or 0), run.config.attempt - 1, 0)
-
-
-def missing_epochs(run: RunData) -> list[int]:
-    """Epochs a completed run should have saved but did not (planned epochs without max_steps)."""
-    planned = run.planned_epochs
-    if run.state != st.COMPLETED or not planned:
-        return []
-    have = {c.epoch for c in run.checkpoints}
-    return [e for e in range(planned) if e not in have]
-
-
-def run_issues(run: RunData) -> list[Issue]:
-    out = []
-    if run.state in (st.FAILED, st.INTERRUPTED):
-        last = run.attempts[-1] if run.attempts else {}
-        reason = run.error or last.get("reason") or (
-            f"exit code {last['exit_code']}" if last.get("exit_code") is not None else "no reason recorded")
-        word = "failed" if run.state == st.FAILED else "interrupted (cancelled or killed)"
-        out.append(Issue(run.name, run.state, f"{word} — {error_class(reason)}: {reason}"))
-    n = retries(run)
-    if n:
-        states = ", ".join(f"#{a.get('attempt')} {a.get('state')} (exit {a.get('exit_code')})" for a in run.attempts)
-        out.append(Issue(run.name, "retried", f"{n} retr{'y' if n == 1 else 'ies'}" + (f": {states}" if states else "")))
-    if run.nan_rows:
-        steps = ", ".join(map(str, run.nan_rows[:5])) + (" …" if len(run.nan_rows) > 5 else "")
-        out.append(Issue(run.name, "nan-loss", f"non-finite loss in metrics.jsonl at step(s) {steps}"))
-    for c in run.checkpoints:
-        for p in c.problems:
-            out.append(Issue(run.name, "empty-file" if "0 bytes" in p else "bad-checkpoint", f"epoch_{c.epoch}: {p}"))
-    miss = missing_epochs(run)
-    if miss:
-        out.append(Issue(run.name, "missing-epoch", "no checkpoint for epoch(s) " + ", ".join(map(str, miss))))
-    if run.state != st.PENDING and run.metrics_rows == 0 and not run.is_control:
-        out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
-    if run.state == st.COMPLETED and not run.evals:
-        out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/*/scores.json yet"))
     return out
 
 
@@ -316,7 +171,7 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
         return []
     out = []
     for factor, levels in data.factors.items():
-        if factor in ("model", "dataset") or len(levels) < 2:
+        if factor in ("model", "dataset", SEED_FACTOR) or len(levels) < 2:
             continue
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
             continue
@@ -333,8 +188,10 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
 class Findings:
     effects: list[FactorEffect] = field(default_factory=list)
     best_score: float | None = None
-    best: list[RunData] = field(default_factory=list)
-    runner_up: RunData | None = None
+    best: list[RunData] = field(default_factory=list)  # the top run, then the runs tied with it by interval
+    runner_up: RunData | None = None  # the next run by point estimate (tied or not)
+    best_vs: dict[str, Difference | None] = field(default_factory=dict)  # run -> top run minus it (paired)
+    control_vs: dict[str, Difference | None] = field(default_factory=dict)  # run -> run minus its control
     overfit: dict[str, Overfit] = field(default_factory=dict)
     still_falling: dict[str, StillFalling] = field(default_factory=dict)
     memory: list[MemoryUse] = field(default_factory=list)
@@ -373,6 +230,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
         steps.append(f"Raise the micro-batch (`batch_size`) or sequence length: {len(unused)} run(s) used under "
                      f"{MEMORY_MOSTLY_UNUSED:.0%} of GPU memory (least: {worst.run}, {worst.peak_gib:.1f} of "
                      f"{worst.total_gib:.0f} GiB).")
+    steps += resolution_steps(data, f)
     for j in f.jumps:
         if j.suggest:
             steps.append(f"Try intermediate {j.factor} values {', '.join(map(str, j.suggest))} on {j.model}: the "
@@ -382,12 +240,49 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
     return steps
 
 
+def _more_data(diff: Difference, metric: str | None, n: int) -> str:
+    """What would resolve a difference: more test samples (how many, for accuracy-like metrics) or seeds."""
+    from tunelab.evaluate.metrics import FRACTIONS
+    from tunelab.stats.power import samples_needed
+
+    need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
+    more = (f"≈{need} test samples per evaluation would resolve a difference of {100 * abs(diff.estimate):.1f} pp "
+            "(alpha 0.05, power 0.8, unpaired — paired needs fewer)") if need and need > n else "more test samples"
+    return f"evaluate on {more}, or add seed replicates (`factors: {{seed: [1, 2, 3]}}`)"
+
+
+def resolution_steps(data: ReportData, f: Findings) -> list[str]:
+    """Decisions the data cannot make: a best run tied within noise, a factor whose effect is unresolved."""
+    from tunelab.report.evaluation import diff_text
+
+    head = data.headline
+    if head is None:
+        return []
+    metric = head.primary_metric
+    steps = []
+    if len(f.best) > 1 and f.runner_up is not None and (d := f.best_vs.get(f.runner_up.name)) is not None:
+        top = f.best[0]
+        steps.append(f"Best run undecided: {', '.join(r.name for r in f.best)} cannot be told apart on {d.n} test "
+                     f"samples ({top.name} − {f.runner_up.name}: {diff_text(d, metric)}); "
+                     + _more_data(d, metric, d.n) + ".")
+    for eff in f.effects:
+        d = eff.diff
+        if eff.metric == "score" and eff.task == head.name and d is not None and d.known and not d.resolved:
+            steps.append(f"The choice of {eff.factor} hinges on a difference the data cannot resolve on {eff.task} "
+                         f"({eff.best.level} − {eff.worst.level}: {diff_text(d, metric)}); "
+                         + _more_data(d, metric, d.n) + ".")
+    return steps
+
+
 def analyze(data: ReportData) -> Findings:
     f = Findings()
     f.effects = factor_effects(data)
-    greater = data.headline.greater_is_better if data.headline else True
-    f.best_score, f.best = best_runs(data.runs, greater)
-    f.runner_up = runner_up(data.runs, f.best_score, greater)
+    head = data.headline
+    best = best_runs(data.runs, head.name if head else None, head.primary_metric if head else None,
+                     head.greater_is_better if head else True)
+    f.best_score, f.best, f.runner_up, f.best_vs = best.score, best.runs, best.runner_up, best.vs
+    if head is not None and head.primary_metric:
+        f.control_vs = control_differences(data, head.name, head.primary_metric)
     for r in data.runs:
         o = overfitting(r.train_loss, r.val_loss)
         if o:

@@ -15,7 +15,8 @@ from tunelab.archive import read_manifest
 from tunelab.fsutil import human_bytes
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
-from tunelab.report.evaluation import effect_text, evaluation, prompt_table, show, show_delta
+from tunelab.report.evaluation import best_text, diff_text, effect_text, evaluation, prompt_table, show_ci, \
+    show_delta
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
     error_class, retries
@@ -89,23 +90,29 @@ def headline(data: ReportData, f: Findings) -> Headline:
     best, head = f.best[0], data.headline
     metric = head.primary_metric if head else None
     rec = next((e for e in best.evals if e["label"] == best.last_label and e["task"] == data.eval_task), {})
-    title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied)'}: {names} — {show(f.best_score, metric)}"
+    score = show_ci(f.best_score, best.interval(data.eval_task or ""), metric)
+    title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied within noise)'}: {names} — {score}"
     where = f"on the {rec.get('split')} split, " if rec.get("split") else ""
     lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {rec.get('label', best.last_label)}"
-             f" ({rec.get('samples')} samples); {factors_text(best)}, model {best.model}."]
+             f" ({rec.get('samples')} samples, [95 % interval]); {factors_text(best)}, model {best.model}."]
     ctl = data.control_for(best)
     word = "over" if head is None or head.greater_is_better else "vs"
     if ctl is not None and ctl.score is not None:
-        lines.append(f"**{show_delta(f.best_score - ctl.score, metric)}** {word} the base-model control {ctl.name} "
-                     f"({show(ctl.score, metric)}).")
+        d = f.control_vs.get(best.name)
+        lines.append(f"**{diff_text(d, metric, f.best_score - ctl.score)}** {word} the base-model control "
+                     f"{ctl.name} ({show_ci(ctl.score, ctl.interval(data.eval_task or ''), metric)}).")
     if f.runner_up is not None:
-        lines.append(f"**{show_delta(f.best_score - f.runner_up.score, metric)}** {word} the runner-up "
-                     f"{f.runner_up.name} ({show(f.runner_up.score, metric)}).")
+        d = f.best_vs.get(f.runner_up.name)
+        lines.append(f"**{diff_text(d, metric, f.best_score - f.runner_up.score)}** {word} the runner-up "
+                     f"{f.runner_up.name} ({show_ci(f.runner_up.score, f.runner_up.interval(data.eval_task or ''), metric)}).")
     for eff in f.effects:
         if eff.metric == "score" and eff.task == data.eval_task and eff.spread is not None:
-            if eff.spread > 0:
+            if eff.diff is not None and eff.diff.known:
+                lines.append(f"{eff.factor}: {eff.best.level} − {eff.worst.level} on mean {metric}: "
+                             f"**{diff_text(eff.diff, metric)}**.")
+            elif eff.spread > 0:
                 lines.append(f"{eff.factor}: {eff.best.level} beats {eff.worst.level} by "
-                             f"**{show_delta(eff.best.mean - eff.worst.mean, metric)}** on mean {metric}.")
+                             f"**{show_delta(eff.best.mean - eff.worst.mean, metric)}** on mean {metric} (no interval).")
             else:
                 lines.append(f"{eff.factor}: no difference in mean {metric} between its levels.")
     return Headline(title, lines, ok=True)
@@ -223,14 +230,19 @@ def key_findings(data: ReportData, f: Findings) -> Section:
     items = []
     metric = data.headline.primary_metric if data.headline else None
     if f.best:
-        items.append(f"**Best run:** {', '.join(r.name for r in f.best)} at {show(f.best_score, metric)}"
-                     + (f" ({len(f.best)} tied)." if len(f.best) > 1 else "."))
-    deltas = [(r, r.score - data.control_for(r).score) for r in data.runs
-              if r.score is not None and data.control_for(r) is not None and data.control_for(r).score is not None]
-    if deltas:
-        d = [v for _, v in deltas]
-        items.append(f"**Fine-tuned vs control** ({data.eval_task}, {metric}): mean {show_delta(mean(d), metric)} over "
-                     f"{len(d)} run(s) (from {show_delta(min(d), metric)} to {show_delta(max(d), metric)}).")
+        items.append(best_text(data, f))
+    if f.control_vs:
+        ds = [d for d in f.control_vs.values() if d is not None]
+        better = [n for n, d in f.control_vs.items() if d is not None and d.resolved and d.estimate > 0]
+        worse = [n for n, d in f.control_vs.items() if d is not None and d.resolved and d.estimate < 0]
+        same = [n for n, d in f.control_vs.items() if d is not None and d.known and not d.resolved]
+        text = (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
+                f"{show_delta(mean(d.estimate for d in ds), metric)} over {len(ds)} run(s); ") if ds else \
+            "**Fine-tuned vs control:** no per-sample scores to compare; "
+        parts = [f"{len(better)} above their control", f"{len(worse)} below", f"{len(same)} with no detectable "
+                 "difference (interval includes zero)"]
+        items.append(text + ", ".join(parts) + ": " + "; ".join(
+            f"{n} {diff_text(d, metric)}" for n, d in f.control_vs.items() if d is not None) + ".")
     if f.overfit:
         for name, o in f.overfit.items():
             items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "

@@ -1,0 +1,182 @@
+"""Checks of each run, computed (never hand-written): training dynamics (overfitting, still improving),
+GPU memory use and issues (failures, retries, NaN losses, missing or empty checkpoints).
+
+Thresholds are module constants so the rules are stated once and tested on hand-made cases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.report.data import Point, RunData
+from tunelab.train import status as st
+
+OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
+STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch
+MEMORY_MOSTLY_UNUSED = 0.5  # peak below half of the GPU's memory
+GPU_TOTAL_KEYS = ("gpu_memory_total_gib", "device_memory_gib", "device_total_memory_gib", "gpu_total_gib")
+
+
+# ---------------------------------------------------------------- training dynamics
+@dataclass
+class Overfit:
+    best_val: float
+    best_step: int
+    final_val: float
+    final_step: int
+    train_from: float
+    train_to: float
+
+    @property
+    def rise(self) -> float:
+        return self.final_val / self.best_val - 1 if self.best_val > 0 else math.inf
+
+
+def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> Overfit | None:
+    """Val loss rising while train loss falls over the last part of training.
+
+    The final `window` of steps is the last part. Overfitting: the best val loss lies before that
+    part, the final val loss is ≥ OVERFIT_MIN_RISE above it, and train loss at the end is below
+    train loss where the last part starts.
+    """
+    if len(val) < 2 or len(train) < 2:
+        return None
+    last_step = max(train[-1].step, val[-1].step)
+    start = last_step * (1 - window)
+    best = min(val, key=lambda p: p.value)
+    final = val[-1]
+    if best.step >= start or best.value <= 0 or final.value < best.value * (1 + OVERFIT_MIN_RISE):
+        return None
+    before = [p for p in train if p.step <= start] or train[:1]
+    t_from, t_to = before[-1].value, train[-1].value
+    if t_to >= t_from:
+        return None
+    return Overfit(best.value, best.step, final.value, final.step, t_from, t_to)
+
+
+@dataclass
+class StillFalling:
+    prev_val: float
+    prev_step: int
+    final_val: float
+    final_step: int
+
+    @property
+    def drop(self) -> float:
+        return 1 - self.final_val / self.prev_val if self.prev_val > 0 else 0.0
+
+
+def still_falling(val: list[Point]) -> StillFalling | None:
+    """Val loss still falling at the last epoch: the final value is ≥ STILL_FALLING_MIN_DROP below
+    the last value logged before the last epoch began (or the one before it, with one epoch)."""
+    if len(val) < 2:
+        return None
+    final = val[-1]
+    last_epoch = math.ceil(round(final.epoch, 6)) if final.epoch is not None else None
+    prev = None
+    if last_epoch is not None and last_epoch >= 2:
+        earlier = [p for p in val[:-1] if p.epoch is not None and p.epoch <= last_epoch - 1 + 1e-6]
+        prev = earlier[-1] if earlier else None
+    prev = prev or val[-2]
+    if prev.value <= 0 or final.value > prev.value * (1 - STILL_FALLING_MIN_DROP):
+        return None
+    return StillFalling(prev.value, prev.step, final.value, final.step)
+
+
+# ---------------------------------------------------------------- memory
+@dataclass
+class MemoryUse:
+    run: str
+    peak_gib: float | None
+    kind: str | None
+    total_gib: float | None
+    device: str | None
+
+    @property
+    def judgeable(self) -> bool:
+        return self.kind == "cuda_max_allocated" and bool(self.peak_gib) and bool(self.total_gib)
+
+    @property
+    def fraction(self) -> float | None:
+        return self.peak_gib / self.total_gib if self.judgeable else None
+
+
+def gpu_total_gib(summary: dict[str, Any]) -> float | None:
+    """The GPU's total memory, only where summary.json recorded it."""
+    for key in GPU_TOTAL_KEYS:
+        v = summary.get(key)
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    dev = summary.get("device")
+    if isinstance(dev, dict):
+        for key in ("total_memory_gib", "memory_gib", "total_gib"):
+            v = dev.get(key)
+            if isinstance(v, (int, float)) and v > 0:
+                return float(v)
+    return None
+
+
+def memory_use(run: RunData) -> MemoryUse:
+    dev = run.summary.get("device")
+    return MemoryUse(run.name, run.get("peak_memory_gib"), run.get("memory_kind"), gpu_total_gib(run.summary),
+                     dev.get("name") if isinstance(dev, dict) else dev)
+
+
+# ---------------------------------------------------------------- issues
+@dataclass
+class Issue:
+    run: str
+    kind: str  # failed | interrupted | retried | nan-loss | empty-file | missing-epoch | never-logged | not-evaluated
+    detail: str
+
+
+def error_class(error: str | None) -> str:
+    """'OutOfMemoryError' from 'OutOfMemoryError: CUDA out of memory…'; '—' without an error."""
+    if not error:
+        return "—"
+    head = error.split(":", 1)[0].strip()
+    return head if head and " " not in head else "error"
+
+
+def retries(run: RunData) -> int:
+    """Extra attempts: ledger attempts beyond the first, or restarts the run's status counted."""
+    return max(len(run.attempts) - 1, int(run.status.get("restarts") or 0), run.config.attempt - 1, 0)
+
+
+def missing_epochs(run: RunData) -> list[int]:
+    """Epochs a completed run should have saved but did not (planned epochs without max_steps)."""
+    planned = run.planned_epochs
+    if run.state != st.COMPLETED or not planned:
+        return []
+    have = {c.epoch for c in run.checkpoints}
+    return [e for e in range(planned) if e not in have]
+
+
+def run_issues(run: RunData) -> list[Issue]:
+    out = []
+    if run.state in (st.FAILED, st.INTERRUPTED):
+        last = run.attempts[-1] if run.attempts else {}
+        reason = run.error or last.get("reason") or (
+            f"exit code {last['exit_code']}" if last.get("exit_code") is not None else "no reason recorded")
+        word = "failed" if run.state == st.FAILED else "interrupted (cancelled or killed)"
+        out.append(Issue(run.name, run.state, f"{word} — {error_class(reason)}: {reason}"))
+    n = retries(run)
+    if n:
+        states = ", ".join(f"#{a.get('attempt')} {a.get('state')} (exit {a.get('exit_code')})" for a in run.attempts)
+        out.append(Issue(run.name, "retried", f"{n} retr{'y' if n == 1 else 'ies'}" + (f": {states}" if states else "")))
+    if run.nan_rows:
+        steps = ", ".join(map(str, run.nan_rows[:5])) + (" …" if len(run.nan_rows) > 5 else "")
+        out.append(Issue(run.name, "nan-loss", f"non-finite loss in metrics.jsonl at step(s) {steps}"))
+    for c in run.checkpoints:
+        for p in c.problems:
+            out.append(Issue(run.name, "empty-file" if "0 bytes" in p else "bad-checkpoint", f"epoch_{c.epoch}: {p}"))
+    miss = missing_epochs(run)
+    if miss:
+        out.append(Issue(run.name, "missing-epoch", "no checkpoint for epoch(s) " + ", ".join(map(str, miss))))
+    if run.state != st.PENDING and run.metrics_rows == 0 and not run.is_control:
+        out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
+    if run.state == st.COMPLETED and not run.evals:
+        out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/*/scores.json yet"))
+    return out

@@ -1,0 +1,37 @@
+"""The two records uncertainty is computed from and stored as: one sample's score and one interval.
+
+Kept free of heavy imports: the ledger reads scores.json (which holds both) on every ingest.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0  # every bootstrap is seeded; the seed is recorded with its interval
+BOOTSTRAP_RESAMPLES = 2000  # metrics computed for all resamples at once
+ROW_RESAMPLES = 1000  # metrics computed one resample per call (ECE, AUC): fewer resamples, recorded
+
+
+class SampleValue(BaseModel):
+    """One test sample's score, kept so a metric's interval and paired differences come from the samples."""
+
+    id: int | str
+    value: float | None = None  # the first scorer's value as a number (correct 1, incorrect 0)
+    target: str | float | None = None  # choice / numeric built-ins: what the metrics compare
+    prediction: str | float | None = None
+    probs: dict[str, float] | None = None  # choice: each option's probability
+
+
+class Interval(BaseModel):
+    """A 95 % confidence interval of one metric and how it was computed."""
+
+    low: float
+    high: float
+    method: str  # wilson | bootstrap-bca | bootstrap-percentile
+    confidence: float = CONFIDENCE
+    seed: int | None = None  # bootstrap only
+    resamples: int | None = None  # bootstrap only
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
