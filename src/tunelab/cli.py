@@ -29,6 +29,7 @@ register_daily(app)
 
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows
+    from tunelab.plan_markdown import resolution_notes
 
     rows = plan_rows(plan)
     table = Table(title=f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls")
@@ -38,6 +39,8 @@ def _print_plan(plan) -> None:
         table.add_row(*r.values())
     console.print(table)
     console.print(f"recipe: {plan.recipe}")
+    for note in resolution_notes(plan):
+        console.print(f"resolution: {note}", highlight=False)
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
         console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
     for w in plan.warnings:

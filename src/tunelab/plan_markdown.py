@@ -89,7 +89,8 @@ def render_plan_md(plan: Plan) -> str:
     for name, m in plan.models.items():
         lines.append(f"| {name} | `{m.path}` | {m.model_type} | {m.layers} × {m.hidden} | {m.vocab_size} | "
                      f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |")
-    lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _truncation_lines(plan)
+    lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _resolution_lines(plan)
+    lines += _truncation_lines(plan)
     lines += ["## Estimates", ""]
     target = plan.gpu.name if plan.gpu else "this machine's CPU"
     lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
@@ -156,6 +157,44 @@ def _eval_lines(plan: "Plan") -> list[str]:
     if plan.spec.eval_only:
         lines.append("- eval-only models: " + ", ".join(f"{e.name} (`{e.path}`)" for e in plan.spec.eval_only))
     return lines + [""]
+
+
+ACCURACY_BUILTINS = ("exact_match", "includes", "choice")
+
+
+def resolution_notes(plan: "Plan") -> list[str]:
+    """Per accuracy task and dataset: the smallest difference in accuracy its test split can resolve, so a lab
+    sizes its evaluation before spending GPU-hours (statsmodels power analysis; assumptions stated)."""
+    from tunelab.stats.power import detectable_difference
+
+    notes = []
+    for t in plan.spec.eval.resolved_tasks():
+        if t.builtin not in ACCURACY_BUILTINS:
+            continue
+        for name in [t.dataset] if t.dataset else plan.spec.dataset_levels():
+            info = plan.datasets.get(name)
+            n = info.counts.get(t.split) if info else None
+            limit = t.limit or plan.spec.eval.limit
+            if not n:
+                continue
+            n = min(n, limit) if limit else n
+            det = detectable_difference(n)
+            if det.paired is None or det.unpaired is None:
+                notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: too few to resolve any difference "
+                             "in accuracy between two runs (alpha 0.05, power 0.8)")
+                continue
+            notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: differences in accuracy under "
+                         f"~{100 * det.paired:.0f} pp between two runs are not resolvable (paired on the same "
+                         f"samples, assuming {det.discordant:.0%} of them change answer; ~{100 * det.unpaired:.0f} pp "
+                         f"unpaired at {det.baseline:.0%} accuracy); alpha {det.alpha}, power {det.power}")
+    return notes
+
+
+def _resolution_lines(plan: "Plan") -> list[str]:
+    notes = resolution_notes(plan)
+    if not notes:
+        return []
+    return ["Resolution (the smallest difference the evaluation can detect):", ""] + [f"- {n}" for n in notes] + [""]
 
 
 def _truncation_lines(plan: "Plan") -> list[str]:

@@ -32,6 +32,24 @@ def test_plan_cli_writes_plan_md_and_json(write_spec):
     assert "| tiny_r4 | fine-tuned | tiny | caps | lora_rank=4 |" in md and "## Estimates" in md
 
 
+def test_plan_states_the_smallest_resolvable_difference(write_spec):
+    from scipy.optimize import brentq
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    spec = write_spec()
+    res = runner.invoke(app, ["plan", str(spec)])
+    assert res.exit_code == 0, res.output
+    unpaired = brentq(lambda d: NormalIndPower().power(proportion_effectsize(0.5 + d, 0.5), nobs1=40, alpha=0.05)
+                      - 0.8, 0.01, 0.49)
+    text = "exact_match on caps / test, 40 test samples: differences in accuracy under ~"
+    md = (spec.parent / "plan.md").read_text()
+    line = next(line for line in md.splitlines() if text in line)
+    assert f"~{100 * unpaired:.0f} pp unpaired at 50% accuracy); alpha 0.05, power 0.8" in line
+    assert "paired on the same samples, assuming 20% of them change answer" in line
+    assert "resolution: " + text in " ".join(res.output.split())
+
+
 def test_scaffold_writes_self_contained_runs(write_spec):
     spec = write_spec()
     plan = scaffold(spec)
