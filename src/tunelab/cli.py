@@ -166,9 +166,11 @@ def results_cmd(
                                  "checkpoint, and `evals` with every checkpoint × task × metric."),
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
-    from tunelab.report.evaluation import show
+    from tunelab.evaluate.kinds import show
     from tunelab.results import collect_results, to_csv, to_json
 
+    if json_out and csv_out:
+        raise TunelabError("choose one of --json and --csv", field="--json/--csv")
     rows = collect_results(experiment_dir)
     if json_out:
         print(to_json(rows))
@@ -233,11 +235,12 @@ def estimate_cmd(
     max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
     packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
-    lora_rank: int = typer.Option(8, "--lora-rank"),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (adapter size and optimizer state)."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute "
+                                                  "activations in the backward pass: less memory, more time."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
-    epochs: int = typer.Option(1, "--epochs"),
+    epochs: int = typer.Option(1, "--epochs", help="Training epochs (for steps and time)."),
     effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -264,7 +267,7 @@ def estimate_cmd(
 def validate_cmd(
     path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
     """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""

@@ -130,8 +130,24 @@ def init_cmd(
                   highlight=False, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"tunelab {version('tunelab')}", highlight=False)
+        raise typer.Exit()
+
+
+def main_callback(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print tunelab's version and exit."),
+) -> None:
+    """Plan, run, evaluate and report sweeps of LoRA fine-tuning experiments."""
+
+
 def register(app: typer.Typer) -> None:
-    """Add the daily-use commands to the main app."""
+    """Add the daily-use commands (and --version) to the main app."""
+    app.callback()(main_callback)
     app.command("export")(friendly(export_cmd))
     app.command("archive")(friendly(archive_cmd))
     app.command("init")(friendly(init_cmd))

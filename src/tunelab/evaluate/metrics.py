@@ -15,10 +15,8 @@ import numpy as np
 from inspect_ai.scorer import Metric, SampleScore, metric
 
 ECE_BINS = 10
-# Metrics where a lower value is better; every other metric is read as "higher is better".
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "ece", "brier"})
-# Metrics that are fractions in [0, 1], shown as percentages in reports.
-FRACTIONS = frozenset({"accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "parse_rate", "ece"})
+# Which metrics are fractions or lower-is-better: defined in kinds.py (light), re-exported here.
+from tunelab.evaluate.kinds import FRACTIONS, LOWER_IS_BETTER  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- classification (choice)
