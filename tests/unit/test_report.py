@@ -438,3 +438,29 @@ def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
     assert {"exact_match.accuracy", "num.mae", "num.parse_rate", "evals"} <= set(header)
     row = next(line for line in lines if line.startswith("tiny_p2_r4,"))
     assert "epoch_2/num/mae=0.5" in row
+
+
+# ---------------------------------------------------------------- seeds as replicates
+def test_seed_is_replication_and_effects_are_set_against_seed_to_seed_spread(write_spec):
+    spec = write_spec(factors={"lora_rank": [4, 16], "seed": [1, 2]}, training={"epochs": 3})
+    plan = scaffold(spec)
+    exp = spec.parent
+    scores = {(4, 1): 0.50, (4, 2): 0.55, (16, 1): 0.80, (16, 2): 0.85}
+    for cfg in plan.finetune_runs:
+        fake_run(exp, cfg.name, score=scores[(cfg.factors["lora_rank"], cfg.factors["seed"])])
+    f = analyze(gather(exp))
+    assert [e.factor for e in f.effects if e.metric == "score"] == ["lora_rank"]  # seed is no factor to win
+    eff = next(e for e in f.effects if e.metric == "score")
+    welch = stats.ttest_ind([0.80, 0.85], [0.50, 0.55], equal_var=False)
+    ci = welch.confidence_interval()
+    assert eff.diff.estimate == pytest.approx(0.30) and "Welch" in eff.diff.method
+    assert (eff.diff.low, eff.diff.high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and eff.diff.resolved
+    assert not any("seed" in s and "intermediate" in s for s in f.next_steps)
+    md = build_report(exp).markdown.read_text()
+    assert "## Replicates (seeds)" in md
+    mean16 = stats.t.interval(0.95, 1, loc=0.825, scale=stats.sem([0.80, 0.85]))
+    assert (f"| model=tiny, lora_rank=16 | 2 | 82.5 % [{100 * mean16[0]:.1f}, {100 * mean16[1]:.1f}] | 3.5 pp | "
+            "80.0 % – 85.0 % |") in md
+    assert "**Seed-to-seed SD** (pooled over configurations, residual of a one-way model): 3.5 pp." in md
+    assert re.search(r"\*\*lora_rank:\*\* 16 − 4 = \+30\.0 pp \[\+\d+\.\d, \+\d+\.\d\].*8\.5× the seed-to-seed SD: the "
+                     r"effect exceeds seed-to-seed variation\.", md)

@@ -372,10 +372,11 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     rest = {k: v for k, v in figs.items() if k != key}
     from tunelab.report.gpu_use import gpu_section
     from tunelab.report.provenance import data_section
+    from tunelab.report.replicates import replicates
 
     sections = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
-                training(data, figs), gpu_section(data), evaluation(data, f, rest), key_findings(data, f),
-                storage(data), issues(data, f), next_steps(f), appendix(data)]
+                training(data, figs), gpu_section(data), evaluation(data, f, rest), replicates(data, f),
+                key_findings(data, f), storage(data), issues(data, f), next_steps(f), appendix(data)]
     sections = [s for s in sections if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
                     highlight=[r.name for r in f.best])
