@@ -130,6 +130,42 @@ def init_cmd(
                   highlight=False, soft_wrap=True)
 
 
+def compare_cmd(
+    paths: list[Path] = typer.Argument(..., help="Experiment directories (all their runs) or run directories."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Runs side by side: losses and each task's score on the last evaluated checkpoint, then the config
+    fields that differ between them (what can explain the differences)."""
+    import json
+
+    from rich.table import Table
+
+    from tunelab.compare import compare, to_dict
+    from tunelab.evaluate.kinds import show
+
+    c = compare(paths)
+    if json_out:
+        print(json.dumps(to_dict(c), indent=2))
+        return
+    table = Table(title="scores and losses")
+    for col in ("run", "type", "state", "final loss", "val loss", *c.tasks):
+        table.add_column(col, overflow="fold")
+    for r in c.runs:
+        table.add_row(r.label, r.kind, r.state, show(r.final_loss, None), show(r.final_val_loss, None),
+                      *[show(*r.scores.get(t, (None, None))) for t in c.tasks])
+    console.print(table)
+    if not c.differing:
+        console.print("no config difference: the runs are configured alike")
+        return
+    diff = Table(title="config differences")
+    diff.add_column("field", overflow="fold")
+    for r in c.runs:
+        diff.add_column(r.label, overflow="fold")
+    for key in c.differing:
+        diff.add_row(key, *[r.differences[key] for r in c.runs])
+    console.print(diff)
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -151,3 +187,4 @@ def register(app: typer.Typer) -> None:
     app.command("export")(friendly(export_cmd))
     app.command("archive")(friendly(archive_cmd))
     app.command("init")(friendly(init_cmd))
+    app.command("compare")(friendly(compare_cmd))

@@ -180,3 +180,16 @@ def test_archive_refuses_while_a_run_trains(sweep, tmp_path):
     res = runner.invoke(app, ["archive", str(exp), "--to", str(tmp_path / "arch")])
     assert res.exit_code == 1 and "tiny_r4 is training" in res.output
     assert _tree(exp) == before and not (tmp_path / "arch").exists()
+
+
+def test_compare_reports_the_runs_real_losses_and_scores(sweep):
+    res = runner.invoke(app, ["compare", str(sweep / "runs" / "tiny_r4"), str(sweep / "controls" / "tiny_base"),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    r4, base = json.loads(res.stdout)["runs"]
+    summary = json.loads((sweep / "runs/tiny_r4/summary.json").read_text())
+    assert (r4["final_loss"], r4["final_val_loss"]) == (summary["final_loss"], summary["final_val_loss"])
+    scores = json.loads((sweep / "runs/tiny_r4/eval/epoch_1/exact_match/scores.json").read_text())
+    assert r4["scores"]["exact_match"] == {"score": scores["score"], "metric": "accuracy"}
+    control = json.loads((sweep / "controls/tiny_base/eval/base/exact_match/scores.json").read_text())
+    assert base["scores"]["exact_match"]["score"] == control["score"] and base["final_loss"] is None

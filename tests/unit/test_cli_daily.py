@@ -108,3 +108,22 @@ def test_discovery_finds_model_dirs_and_data_files(tmp_path):
     found = find_datasets(tmp_path)
     assert (tmp_path / "data" / "rows.jsonl").resolve() in found
     assert not any("runs" in p.parts or "models" in p.parts for p in found)
+
+
+@pytest.mark.slow
+def test_compare_shows_exactly_the_config_that_differs(write_spec, tmp_path):
+    from tunelab.scaffold import scaffold
+
+    scaffold(write_spec(factors={"lora_rank": [4]}), tmp_path / "a")
+    scaffold(write_spec(factors={"lora_rank": [4]}, training={"learning_rate": 0.001}), tmp_path / "b")
+    res = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b" / "runs" / "tiny_r4"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert [r["run"] for r in out["runs"]] == ["a/tiny_r4", "a/tiny_base", "b/tiny_r4"]
+    assert out["differing"] == ["training.learning_rate"]  # the control has no training: not a difference
+    assert [r["differences"] for r in out["runs"]] == [{"training.learning_rate": "0.002"},
+                                                      {"training.learning_rate": "—"},
+                                                      {"training.learning_rate": "0.001"}]
+    assert all(r["state"] == "pending" and r["final_loss"] is None for r in out["runs"])
+    one = runner.invoke(app, ["compare", str(tmp_path / "a" / "runs" / "tiny_r4")])
+    assert one.exit_code == 1 and "at least two" in one.output
