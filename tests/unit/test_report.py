@@ -456,7 +456,10 @@ def test_seed_is_replication_and_effects_are_set_against_seed_to_seed_spread(wri
     assert eff.diff.estimate == pytest.approx(0.30) and "Welch" in eff.diff.method
     assert (eff.diff.low, eff.diff.high) == (pytest.approx(ci.low), pytest.approx(ci.high)) and eff.diff.resolved
     assert not any("seed" in s and "intermediate" in s for s in f.next_steps)
-    md = build_report(exp).markdown.read_text()
+    files = build_report(exp)
+    md = files.markdown.read_text()
+    assert {p.name for p in files.figures} >= {"score_by_lora_rank__exact_match__accuracy.png"}
+    assert not any("seed" in p.name for p in files.figures)  # no figure of a score against its seed
     assert "## Replicates (seeds)" in md
     mean16 = stats.t.interval(0.95, 1, loc=0.825, scale=stats.sem([0.80, 0.85]))
     assert (f"| model=tiny, lora_rank=16 | 2 | 82.5 % [{100 * mean16[0]:.1f}, {100 * mean16[1]:.1f}] | 3.5 pp | "

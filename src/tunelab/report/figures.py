@@ -75,6 +75,31 @@ def _value(r: RunData, task: str, metric: str | None) -> float | None:
     return r.value(task, metric)
 
 
+def _errors(ys: list[float], intervals: list[tuple[float, float] | None], k: float) -> list[list[float]]:
+    """matplotlib's asymmetric error bars (below, above) from 95 % intervals; 0 where none is known."""
+    below = [max(y - k * iv[0], 0.0) if iv else 0.0 for y, iv in zip(ys, intervals)]
+    above = [max(k * iv[1] - y, 0.0) if iv else 0.0 for y, iv in zip(ys, intervals)]
+    return [below, above]
+
+
+def level_interval(data: ReportData, runs: list[RunData], task: str, metric: str | None
+                   ) -> tuple[float, float] | None:
+    """A level's 95 % interval: one run's own; several runs': across seeds (t) when seeds are swept, else the
+    mean over the runs bootstrapped on their shared test samples."""
+    from tunelab.report.comparisons import replicated
+    from tunelab.stats.paired import mean_interval
+    from tunelab.stats.replicates import across_replicates
+
+    if not runs or metric is None:
+        return None
+    if len(runs) == 1:
+        return runs[0].interval(task, metric)
+    if replicated(data):
+        s = across_replicates([v for r in runs if (v := _value(r, task, metric)) is not None])
+        return (s.low, s.high) if s.low is not None and s.high is not None else None
+    return mean_interval([r.sample_scores(task) for r in runs], metric)
+
+
 def loss_curves(data: ReportData, out_dir: Path) -> FigureFile | None:
     runs = [r for r in data.runs if r.train_loss or r.val_loss]
     if not runs:
@@ -140,10 +165,14 @@ def _control_lines(ax, data: ReportData, colors: dict[str, str], task: str, metr
         v = _value(c, task, metric)
         if v is None:
             continue
-        line = ax.axvline if vertical else ax.axhline
+        line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
         what = "control" if c.is_control else "eval-only"
-        line(_scale(metric) * v, color=colors.get(c.model, "#555"), ls="--" if c.is_control else ":", lw=1.2,
+        color = colors.get(c.model, "#555")
+        line(_scale(metric) * v, color=color, ls="--" if c.is_control else ":", lw=1.2,
              alpha=0.8, label=f"{what} {c.name} ({_fmt(_scale(metric) * v, metric)})")
+        iv = c.interval(task, metric)
+        if iv is not None:  # its 95 % interval as a band
+            span(_scale(metric) * iv[0], _scale(metric) * iv[1], color=color, alpha=0.08, lw=0)
 
 
 def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None, out_dir: Path) -> FigureFile | None:
@@ -155,17 +184,19 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
     ax = fig.subplots()
     drew = False
     for model in data.models:
-        xs, ys = [], []
+        xs, ys, ivs = [], [], []
         for i, level in enumerate(levels):
-            vals = [v for r in data.completed if r.model == model and r.level(factor) == level
-                    and (v := _value(r, task, metric)) is not None]
-            if vals:
+            runs = [r for r in data.completed if r.model == model and r.level(factor) == level
+                    and _value(r, task, metric) is not None]
+            if runs:
                 xs.append(i)
-                ys.append(k * mean(vals))
+                ys.append(k * mean(_value(r, task, metric) for r in runs))  # type: ignore[misc]
+                ivs.append(level_interval(data, runs, task, metric))
         if not ys:
             continue
         drew = True
-        ax.plot(xs, ys, marker="o", ms=7, lw=2, color=colors[model], label=f"{model} (fine-tuned)")
+        ax.errorbar(xs, ys, yerr=_errors(ys, ivs, k), marker="o", ms=7, lw=2, capsize=4, color=colors[model],
+                    label=f"{model} (fine-tuned)")
         for x, y in zip(xs, ys):
             ax.annotate(_fmt(y, metric), (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=9,
                         color=colors[model])
@@ -178,12 +209,14 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
         ax.set_ylim(-3, 108)
     ax.set_xlabel(f"{factor} (level)")
     ax.set_ylabel(_axis_label(task, metric))
-    ax.set_title(f"{task} {metric} by {factor}, last evaluated checkpoint; references dashed/dotted", fontsize=10)
+    ax.set_title(f"{task} {metric} by {factor} (95 % intervals); references dashed/dotted", fontsize=10)
     _style(ax)
     ax.legend(fontsize=8, frameon=False, loc="best")
     return _save(fig, out_dir, f"score_by_{_slug(factor)}__{_slug(task)}__{_slug(metric or 'score')}",
-                 f"Task {task}, {metric} vs {factor}: one line per model (mean over runs at each level); base-model "
-                 "controls dashed, eval-only checkpoints dotted; from `eval/*/<task>/scores.json`.")
+                 f"Task {task}, {metric} vs {factor}: one line per model (mean over runs at each level), error bars "
+                 "and shaded bands: 95 % intervals (a run's own; several runs: across seeds when swept, else bootstrap "
+                 "on the shared test samples); base-model controls dashed, eval-only checkpoints dotted; from "
+                 "`eval/*/<task>/scores.json`.")
 
 
 def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path) -> FigureFile | None:
@@ -196,7 +229,8 @@ def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path)
     fig = _new(6.4, 1.4 + 0.32 * len(runs))
     ax = fig.subplots()
     ys = list(range(len(runs)))[::-1]
-    ax.barh(ys, vals, height=0.6, color=[colors.get(r.model, PALETTE[0]) for r in runs])
+    ax.barh(ys, vals, height=0.6, color=[colors.get(r.model, PALETTE[0]) for r in runs],
+            xerr=_errors(vals, [r.interval(task, metric) for r in runs], k), capsize=3, ecolor="#333")
     for y, v in zip(ys, vals):
         ax.annotate(_fmt(v, metric), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
     _control_lines(ax, data, colors, task, metric, vertical=True)
@@ -208,8 +242,8 @@ def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path)
     _style(ax)
     if data.references:
         ax.legend(fontsize=8, frameon=False)
-    return _save(fig, out_dir, f"score_by_run__{_slug(task)}", f"Task {task} ({metric}) per run; from "
-                 "`eval/*/<task>/scores.json`.")
+    return _save(fig, out_dir, f"score_by_run__{_slug(task)}", f"Task {task} ({metric}) per run with its 95 % "
+                 "interval (error bars); from `eval/*/<task>/scores.json`.")
 
 
 def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
@@ -224,10 +258,11 @@ def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
     fig = _new(6.4, 3.8)
     ax = fig.subplots()
     for i, r in enumerate(runs):
-        pts = [(e["epoch"], k * e["score"]) for e in r.task_evals(task)
+        pts = [(e["epoch"], k * e["score"], r.interval(task, metric, e["label"])) for e in r.task_evals(task)
                if e.get("epoch") is not None and e["score"] is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.8, color=PALETTE[i % len(PALETTE)],
-                label=r.name)
+        ys = [p[1] for p in pts]
+        ax.errorbar([p[0] for p in pts], ys, yerr=_errors(ys, [p[2] for p in pts], k), marker="o", lw=1.8,
+                    capsize=3, color=PALETTE[i % len(PALETTE)], label=r.name)
     _control_lines(ax, data, {m: "#555" for m in data.models}, task, metric)
     epochs = sorted({e["epoch"] for r in runs for e in r.task_evals(task) if e.get("epoch") is not None})
     ax.set_xticks(epochs, [str(e) for e in epochs])
@@ -238,8 +273,8 @@ def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
     ax.set_title(f"{task} per evaluated epoch; references dashed/dotted", fontsize=10)
     _style(ax)
     ax.legend(fontsize=8, frameon=False, ncols=2 if len(runs) > 6 else 1)
-    return _save(fig, out_dir, "score_per_epoch", f"Task {task} ({metric}) of each evaluated checkpoint; from "
-                 "`eval/epoch_N/<task>/scores.json`.")
+    return _save(fig, out_dir, "score_per_epoch", f"Task {task} ({metric}) of each evaluated checkpoint with its "
+                 "95 % interval; from `eval/epoch_N/<task>/scores.json`.")
 
 
 def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
@@ -287,7 +322,7 @@ def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]
         for old in out_dir.glob("*.png"):
             old.unlink()
     figs: list[FigureFile | None] = [loss_curves(data, out_dir)]
-    swept = [f for f in data.factors if f not in ("model", "dataset")]
+    swept = [f for f in data.factors if f not in ("model", "dataset", "seed")]  # seeds are replicates
     for factor in swept:
         for task in data.tasks:
             for metric in _figure_metrics(task.primary_metric, task.metrics):
