@@ -3,6 +3,8 @@ training and evaluation write them), and the Markdown + self-contained HTML it r
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -438,6 +440,17 @@ def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
     assert {"exact_match.accuracy", "num.mae", "num.parse_rate", "evals"} <= set(header)
     row = next(line for line in lines if line.startswith("tiny_p2_r4,"))
     assert "epoch_2/num/mae=0.5" in row
+    # intervals: in JSON per metric, in CSV beside each metric and the headline score
+    lo, hi = proportion_confint(16, 40, method="wilson")
+    acc = r["eval"][0]["intervals"]["accuracy"]
+    assert (acc["low"], acc["high"], acc["method"]) == (pytest.approx(lo), pytest.approx(hi), "wilson")
+    assert r["score_ci"] == [pytest.approx(lo), pytest.approx(hi)]
+    assert r["eval"][1]["intervals"] == {}  # the num task's scores.json has no per-sample scores
+    assert {"score_ci_low", "score_ci_high", "exact_match.accuracy.ci_low", "exact_match.accuracy.ci_high"} <= set(header)
+    parsed = next(csv.DictReader(io.StringIO(to_csv([r]))))
+    assert float(parsed["score_ci_low"]) == pytest.approx(lo) and float(parsed["exact_match.accuracy.ci_high"]) == \
+        pytest.approx(hi)
+    assert f"epoch_2/exact_match/accuracy=0.4[{lo:.6g},{hi:.6g}]" in parsed["evals"]
 
 
 # ---------------------------------------------------------------- seeds as replicates
