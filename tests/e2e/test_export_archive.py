@@ -193,3 +193,45 @@ def test_compare_reports_the_runs_real_losses_and_scores(sweep):
     assert r4["scores"]["exact_match"] == {"score": scores["score"], "metric": "accuracy"}
     control = json.loads((sweep / "controls/tiny_base/eval/base/exact_match/scores.json").read_text())
     assert base["scores"]["exact_match"]["score"] == control["score"] and base["final_loss"] is None
+
+
+def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, tmp_path):
+    """tiny_r4 made 'running at step 6 of 12' (this process as its live pid), then failing while watched."""
+    import io
+    import os
+    import socket
+    import threading
+    import time
+
+    from rich.console import Console
+
+    from tunelab.execute.progress import clock
+    from tunelab.execute.slurm import status_rows
+    from tunelab.execute.watch import watch
+
+    exp = tmp_path / "exp"
+    shutil.copytree(sweep, exp)
+    run = exp / "runs" / "tiny_r4"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if r["step"] <= 6]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (run / "summary.json").unlink()
+    status = json.loads((run / "status.json").read_text())
+    status.update(state="running", step=6, total_steps=12, host=socket.gethostname(), pid=os.getpid())
+    (run / "status.json").write_text(json.dumps(status))
+    train_rows = [r for r in kept if r.get("loss") is not None]
+    eta = clock(train_rows[-1]["elapsed_s"] / 6 * 6)
+
+    def fail_soon():
+        time.sleep(1.5)
+        (run / "status.json").write_text(json.dumps({**status, "state": "failed", "error": "CUDA out of memory"}))
+
+    out = io.StringIO()
+    threading.Thread(target=fail_soon, daemon=True).start()
+    start = time.perf_counter()
+    last = watch(exp, lambda: status_rows(exp), Console(file=out, width=200, force_terminal=True), interval_s=0.3)
+    text = out.getvalue()
+    assert time.perf_counter() - start < 30
+    assert "6/12" in text and f"{train_rows[-1]['loss']:.4f}" in text and eta in text  # the running frame
+    assert "tiny_r4: failed" in text and "1/2 completed, 1 failed" in text  # the failure, as it happened
+    assert {r["name"]: r["state"] for r in last}["tiny_r4"] == "failed"

@@ -7,6 +7,26 @@ from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 
 
+def eta_seconds(cfg: RunConfig, status: dict) -> float | None:
+    """Seconds left at the run's mean pace so far (elapsed / steps × steps left); None before a logged step
+    or once done."""
+    step, total = status.get("step"), status.get("total_steps")
+    if not step or not total or step >= total:
+        return None
+    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("elapsed_s") and r.get("step")]
+    if not rows:
+        return None
+    return rows[-1]["elapsed_s"] / rows[-1]["step"] * (total - step)
+
+
+def clock(secs: float | None) -> str:
+    """12m05s ('' when unknown)."""
+    if secs is None:
+        return ""
+    secs = int(secs)
+    return f"{secs // 60}m{secs % 60:02d}s"
+
+
 def run_progress(cfg: RunConfig, status: dict) -> tuple[str, str]:
     """("step S/T, epoch E/N", "ETA") or empty strings before the first logged step."""
     step, total = status.get("step"), status.get("total_steps")
@@ -14,10 +34,4 @@ def run_progress(cfg: RunConfig, status: dict) -> tuple[str, str]:
         return "", ""
     epoch = status.get("epoch")
     prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{cfg.training.epochs}" if epoch is not None and cfg.training else "")
-    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("elapsed_s") and r.get("step")]
-    eta = ""
-    if rows and step < total:
-        rate = rows[-1]["elapsed_s"] / rows[-1]["step"]
-        secs = int(rate * (total - step))
-        eta = f"{secs // 60}m{secs % 60:02d}s"
-    return prog, eta
+    return prog, clock(eta_seconds(cfg, status))

@@ -1,0 +1,112 @@
+"""`tunelab status --watch`: a live table of the sweep until nothing is queued or running.
+
+Per run: a progress bar, step, last loss, tokens/s and ETA (from the run's own files); for the sweep,
+an ETA; a failure is printed above the table the moment a refresh sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from tunelab.execute.progress import clock, eta_seconds
+from tunelab.experiment import load_runs
+from tunelab.fsutil import read_jsonl
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+
+ACTIVE = ("pending", "running", "submitted", "configuring", "completing", "suspended", "requeued")
+FAILED = ("failed", "interrupted", "oom", "timeout", "preempted", "node_fail", "cancelled")
+
+
+@dataclass
+class RunView:
+    name: str
+    kind: str
+    state: str
+    step: int | None
+    total: int | None
+    loss: float | None
+    tokens_per_s: float | None
+    eta_s: float | None
+    eval: str
+    detail: str
+
+
+def _last_train_row(cfg: RunConfig) -> dict:
+    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("loss") is not None]
+    return rows[-1] if rows else {}
+
+
+def run_view(cfg: RunConfig, row: dict) -> RunView:
+    status = st.read_status(cfg.run_dir) if cfg.kind == "finetune" else {}
+    last = _last_train_row(cfg) if status else {}
+    return RunView(row["name"], row["type"], row["state"], status.get("step"), status.get("total_steps"),
+                   last.get("loss"), last.get("tokens_per_s"),
+                   eta_seconds(cfg, status) if row["state"] == st.RUNNING else None, row.get("eval") or "",
+                   row.get("detail") or "")
+
+
+def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | None:
+    """Longest ETA of the running runs, plus the planned seconds of the runs not started spread over as
+    many slots as run now (at least one): a forecast, refreshed with every look."""
+    running = [v for v in views if v.state == st.RUNNING]
+    waiting = [v for v in views if v.state == st.PENDING and v.kind == "fine-tuned"]
+    planned = [(configs[v.name].estimate or {}).get("seconds") for v in waiting]
+    if any(p is None for p in planned) or any(v.eta_s is None for v in running):
+        return None
+    if not running and not waiting:
+        return 0.0
+    return max((v.eta_s or 0.0 for v in running), default=0.0) + sum(planned) / max(len(running), 1)
+
+
+def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
+    t = Table(title=title, title_justify="left")
+    for col in ("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"):
+        t.add_column(col, overflow="fold")
+    for v in views:
+        bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else Text("")
+        style = "red" if v.state in FAILED else "green" if v.state == st.COMPLETED else ""
+        t.add_row(v.name, Text(v.state, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
+                  f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
+                  clock(v.eta_s), v.eval, v.detail)
+    done = sum(v.state == st.COMPLETED for v in views)
+    failed = sum(v.state in FAILED for v in views)
+    eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
+    return Group(t, Text(f"{done}/{len(views)} completed, {failed} failed; sweep ETA {eta}"))
+
+
+def is_active(row: dict) -> bool:
+    return row["state"] in ACTIVE or (row.get("eval") or "") in ACTIVE
+
+
+def watch(experiment_dir: str | Path, rows_of: Callable[[], list[dict]], console: Console,
+          interval_s: float = 5.0) -> list[dict]:
+    """Show the live table until no run (or its evaluation) is queued or running; return the last rows."""
+    configs = {c.name: c for c in load_runs(experiment_dir)}
+    seen_failed: set[str] = set()
+
+    def frame(rows: list[dict]) -> Group:
+        views = [run_view(configs[r["name"]], r) for r in rows if r["name"] in configs]
+        for v in views:
+            if v.state in FAILED and v.name not in seen_failed:
+                seen_failed.add(v.name)
+                console.print(f"[red]{v.name}: {v.state}[/red] {v.detail}", highlight=False, soft_wrap=True)
+        return render(str(experiment_dir), views, sweep_eta_s(views, configs))
+
+    rows = rows_of()
+    seen_failed.update(r["name"] for r in rows if r["state"] in FAILED)  # failed before we looked: in the table
+    with Live(frame(rows), console=console, refresh_per_second=1) as live:
+        while any(is_active(r) for r in rows):
+            time.sleep(interval_s)
+            rows = rows_of()
+            live.update(frame(rows))
+    return rows
