@@ -480,3 +480,15 @@ def test_seed_is_replication_and_effects_are_set_against_seed_to_seed_spread(wri
     assert "**Seed-to-seed SD** (pooled over configurations, residual of a one-way model): 3.5 pp." in md
     assert re.search(r"\*\*lora_rank:\*\* 16 − 4 = \+30\.0 pp \[\+\d+\.\d, \+\d+\.\d\].*8\.5× the seed-to-seed SD: the "
                      r"effect exceeds seed-to-seed variation\.", md)
+
+
+def test_results_table_shows_each_score_with_its_interval(multi):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    res = CliRunner().invoke(app, ["results", str(multi)], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    lo, hi = proportion_confint(16, 40, method="wilson")
+    row = next(line for line in res.output.splitlines() if "tiny_p2_r4" in line)
+    assert f"40.0 % [{100 * lo:.1f}, {100 * hi:.1f}]" in row and "0.5" in row  # num (mae): no per-sample scores
