@@ -166,7 +166,7 @@ def results_cmd(
                                  "checkpoint, and `evals` with every checkpoint × task × metric."),
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
-    from tunelab.report.evaluation import show_ci
+    from tunelab.evaluate.kinds import show_ci
     from tunelab.results import collect_results, score_ci, to_csv, to_json
 
     if json_out and csv_out:
@@ -294,15 +294,13 @@ def validate_cmd(
 @friendly
 def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    watch: bool = typer.Option(False, "--watch", help="Refresh until no job is queued or running."),
+    watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run and "
+                               "for the sweep, failures as they happen) until no job is queued or running."),
     json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
+    interval: float = typer.Option(5.0, "--interval", min=0.1, help="--watch: seconds between two looks."),
 ) -> None:
     """State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
     failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
-    import time
-
-    from rich.live import Live
-
     from tunelab.execute.slurm import status_rows
 
     def table(rows):
@@ -321,12 +319,9 @@ def status_cmd(
     if not watch:
         console.print(table(rows))
         return
-    active = ("pending", "running", "submitted", "configuring", "completing", "suspended", "requeued")
-    with Live(table(rows), console=console, refresh_per_second=1) as live:
-        while any(r["state"] in active or r["eval"] in active for r in rows):
-            time.sleep(5)
-            rows = status_rows(experiment_dir)
-            live.update(table(rows))
+    from tunelab.execute.watch import watch as watch_live
+
+    watch_live(experiment_dir, lambda: status_rows(experiment_dir), console, interval)
 
 
 @app.command("cancel")

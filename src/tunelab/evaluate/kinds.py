@@ -20,3 +20,13 @@ def show(v: float | None, metric: str | None) -> str:
     if v is None:
         return "—"
     return f"{100 * v:.1f} %" if is_fraction(metric) else f"{v:.4g}"
+
+
+def show_ci(v: float | None, interval: tuple[float, float] | list[float] | None, metric: str | None) -> str:
+    """A value with its 95 % interval: '80.0 % [71.2, 86.9]'; the value alone where none was computed."""
+    if v is None or interval is None:
+        return show(v, metric)
+    low, high = interval
+    if is_fraction(metric):
+        return f"{100 * v:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{v:.4g} [{low:.4g}, {high:.4g}]"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.evaluate.kinds import show_ci  # noqa: F401  (sections and replicates import it from here)
 from tunelab.evaluate.metrics import FRACTIONS
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Figure, Para, Section, Table
@@ -34,15 +35,6 @@ def show_delta(v: float | None, metric: str | None) -> str:
     if v is None:
         return "—"
     return f"{100 * v:+.1f} pp" if is_fraction(metric) else f"{v:+.4g}"
-
-
-def show_ci(v: float | None, iv: tuple[float, float] | None, metric: str | None) -> str:
-    """A value with its 95 % interval: '80.0 % [71.2, 86.9]'; the value alone where none was computed."""
-    if v is None or iv is None:
-        return show(v, metric)
-    if is_fraction(metric):
-        return f"{100 * v:.1f} % [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
-    return f"{v:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]"
 
 
 def _interval(d: Difference, metric: str | None) -> str:
