@@ -72,10 +72,17 @@ def main() -> None:
     c_plan = cli("plan", str(path))
     c_scaffold = cli("scaffold", str(path))
     c_status = cli("status", str(path.parent))
+    # the commands typed between jobs (target ≤ 0.5 s each as a process), beside the interpreter's own start
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    c_python = time.perf_counter() - t
+    c_help, c_results, c_cancel = cli("--help"), cli("results", str(path.parent)), cli("cancel", str(path.parent))
     print(f"{n} fine-tuned runs + {len(plan.controls)} controls ({len(rows)} status rows)")
     print(f"in-process:   plan {t_plan:.2f} s, plan + scaffold {t_both:.2f} s (target ≤ 2 s), status {t_status:.2f} s (target ≤ 1 s)")
     print(f"CLI process:  plan {c_plan:.2f} s, scaffold {c_scaffold:.2f} s, status {c_status:.2f} s "
           "(interpreter start and imports included)")
+    print(f"CLI process:  --help {c_help:.2f} s, results {c_results:.2f} s, cancel {c_cancel:.2f} s, status "
+          f"{c_status:.2f} s (target ≤ 0.5 s each; `python -c pass` alone {c_python:.2f} s)")
 
 
 if __name__ == "__main__":
