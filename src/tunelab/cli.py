@@ -54,6 +54,8 @@ def plan_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for memory/time estimates (e.g. H100-80GB); "
                                       "detected when present, else this machine's CPU."),
+    write_md: Optional[bool] = typer.Option(None, "--md/--no-md", help="Write plan.md beside the spec "
+                                            "(default: yes, except with --json)."),
 ) -> None:
     """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
@@ -61,7 +63,9 @@ def plan_cmd(
     from tunelab.plan import make_plan, plan_rows, render_plan_md
 
     plan = make_plan(spec, gpu=_gpu_or_none(gpu))
-    path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
+    path = None
+    if write_md if write_md is not None else not json_out:
+        path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
     if json_out:
         print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe,
                           "gpu": plan.gpu.name if plan.gpu else None, "runs": plan_rows(plan),
@@ -69,7 +73,8 @@ def plan_cmd(
                           "totals": plan.totals(), "warnings": plan.warnings}, indent=2))
         return
     _print_plan(plan)
-    console.print(f"wrote {path}")
+    if path:
+        console.print(f"wrote {path}")
 
 
 @app.command("scaffold")

@@ -28,6 +28,8 @@ def test_plan_cli_writes_plan_md_and_json(write_spec):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert [r["type"] for r in data["runs"]] == ["fine-tuned", "fine-tuned", "control"]
+    assert not (spec.parent / "plan.md").exists()  # --json writes plan.md only when asked (--md)
+    assert runner.invoke(app, ["plan", str(spec), "--json", "--md"]).exit_code == 0
     md = (spec.parent / "plan.md").read_text()
     assert "| tiny_r4 | fine-tuned | tiny | caps | lora_rank=4 |" in md and "## Estimates" in md
 
