@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
@@ -42,6 +43,7 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+        kill_point("write", f"{path.parent.name}/{path.name}")  # the fault benchmark: written, not yet in place
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp and os.path.exists(tmp):

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from tunelab import history
 from tunelab.evaluate.scores import read_scores, task_dir
 from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
+from tunelab.faults import kill_point
 from tunelab.fsutil import read_json, read_jsonl, sqlite_session
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -196,6 +197,7 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
             if r.get("step") is not None
         ],
     )
+    kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
     conn.execute("DELETE FROM evals WHERE run = ?", (cfg.name,))
     conn.executemany(
         """INSERT OR REPLACE INTO evals (run, label, epoch, task, metric, value, is_primary, greater_is_better, kind,

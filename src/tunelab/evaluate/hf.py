@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
 
 _GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
 _GATHER_QUIET_S = 0.02  # stop gathering once no request arrived for this long
@@ -99,6 +100,7 @@ class LocalLM:
         import torch
         from transformers import GenerationConfig
 
+        kill_point("eval.generate")  # the fault benchmark: mid-evaluation
         ids, mask = self._left_padded(prompts)
         gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=stop_ids, pad_token_id=self.pad_id,

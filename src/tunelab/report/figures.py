@@ -11,6 +11,7 @@ from pathlib import Path
 from statistics import mean
 
 from tunelab.evaluate.metrics import FRACTIONS
+from tunelab.faults import kill_point
 from tunelab.report.data import ReportData, RunData
 
 DPI = 110
@@ -47,6 +48,7 @@ def _save(fig, out_dir: Path, key: str, caption: str) -> FigureFile:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{key}.png"
     fig.savefig(path, dpi=DPI, facecolor="white")
+    kill_point("report.figure", key)  # the fault benchmark: some figures written, the report not
     return FigureFile(key, path, caption)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.faults import kill_point
 from tunelab.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
@@ -115,7 +116,13 @@ def _make_trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.local.add(*count_batch(inputs))
             _record_seen(self.state.global_step + 1, inputs)
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
+            return loss
+
+        def _save_optimizer_and_scheduler(self, output_dir):
+            kill_point("train.save", str(self.state.global_step))  # mid-save: adapter written, trainer state not
+            super()._save_optimizer_and_scheduler(output_dir)
 
         def _save_checkpoint(self, model, trial):
             t0 = time.monotonic()
@@ -169,6 +176,7 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: L
                 return
             t0 = time.monotonic()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            kill_point("train.publish", str(state.global_step))  # trainer state saved; epoch_N, counters not
             dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
             st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
             writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
