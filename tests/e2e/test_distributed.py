@@ -124,3 +124,27 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     for r in (0, 1):
         for s in range(STEPS_PER_EPOCH + 1, killed_at + 1):
             assert after[r][s] == first[r][s], (r, s)
+
+
+def _collectives_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    from tunelab.train.distributed import agree, all_reduce
+
+    result = {"sum": all_reduce([rank + 1.0, 10.0 * rank]), "max": all_reduce([5.0 - rank], "max"),
+              "agree_one": agree(rank == 1), "agree_none": agree(False)}
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_collectives_over_two_gloo_processes(tmp_path):
+    """What the counters and a stop decision rely on: sums and maxima reach every rank, and a flag raised
+    on one rank is seen by all."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_collectives_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert r == {"sum": [3.0, 10.0], "max": [5.0], "agree_one": True, "agree_none": False}

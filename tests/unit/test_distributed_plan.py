@@ -65,3 +65,10 @@ def test_cpu_plan_with_two_processes_says_gloo(write_spec):
     e = plan.estimates["tiny_r4"]
     assert plan.recipe.startswith("distributed: 2 processes per run (torchrun; DDP over gloo on CPU)")
     assert e.processes == 2 and e.steps == 20 and e.effective_batch == 16 and e.gpu_hours is None
+
+
+def test_collectives_on_a_single_process_are_the_values_themselves():
+    from tunelab.train.distributed import agree, all_reduce, world
+
+    assert world().size == 1 and world().is_main
+    assert all_reduce([3.0, 4.0]) == [3.0, 4.0] and agree(True) and not agree(False)

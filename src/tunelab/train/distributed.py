@@ -199,6 +199,13 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
     return t.tolist()
 
 
+def agree(flag: bool) -> bool:
+    """True on every process when it is true on any; the flag itself on a single process. A collective: each
+    process calls it at the same step. Any decision that changes what the trainer does next (a stop signal
+    one rank received first, a save due by wall time) must go through it, or ranks diverge and hang."""
+    return all_reduce([1.0 if flag else 0.0], "max")[0] > 0
+
+
 def barrier() -> None:
     """Wait for every process (no-op on a single process)."""
     if is_initialized():
