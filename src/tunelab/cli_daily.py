@@ -109,14 +109,28 @@ def init_cmd(
     target = spec_path(out)
     if ask:
         from tunelab.init.discover import models_roots
-        from tunelab.init.interactive import ask_answers
+        from tunelab.init.interactive import ask_answers, confirm_batch
 
-        answers = ask_answers(out, models_roots(models_dir), Path.cwd())
+        answers = ask_answers(out, models_roots(models_dir), Path.cwd(), gpu_known=bool(gpu or detect_gpu()))
     else:
         answers = InitAnswers(name=name or slug(target.resolve().parent.name), models=model or [],
                               datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
                               validation=validation, controls=controls, epochs=epochs, prompt=prompt)
-    tmp, plan = draft(answers, out, gpu=resolve_gpu(gpu) if gpu else detect_gpu(), force=force)
+    target_gpu = resolve_gpu(gpu or answers.gpu) if gpu or answers.gpu else detect_gpu()
+    if target_gpu is None:
+        console.print("micro-batch: the spec's default (no GPU detected or named; --gpu NAME plans for one)")
+    elif answers.models and answers.datasets:
+        from tunelab.init.answers import propose_batch
+
+        proposal = propose_batch(answers, target_gpu)
+        console.print(f"planner for {target_gpu.name}: micro-batch {proposal.batch_size} × accumulation "
+                      f"{proposal.gradient_accumulation_steps}, packing {'on' if proposal.packing else 'off'}",
+                      highlight=False)
+        for reason in proposal.reasons:
+            console.print(f"  - {reason}", highlight=False, soft_wrap=True)
+        if not ask or confirm_batch():
+            answers.batch = proposal
+    tmp, plan = draft(answers, out, gpu=target_gpu, force=force)
     _print_plan(plan)
     if ask:
         from tunelab.init.interactive import confirm_write

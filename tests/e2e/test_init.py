@@ -3,6 +3,7 @@ and the flags; the spec written must pass `tunelab plan`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -57,7 +58,9 @@ def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
     child.expect("Prompt template")
     child.send(BACKSPACE * 10 + "Capitalize: {input}\r")
     child.expect("GPUs per run")
-    child.send(BACKSPACE + "0\r")
+    child.send("\r")  # 1
+    child.expect("which GPU will the jobs run on")  # none here: asked, not guessed
+    child.send(DOWN + DOWN + "\r")  # A100-40GB, A100-80GB, H100-80GB
     child.expect("validation loss")
     child.send("y")
     child.expect("controls")
@@ -66,6 +69,9 @@ def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
     child.send(BACKSPACE + "2\r")
     child.expect("Experiment name")
     child.send(BACKSPACE * 10 + "caps-ranks\r")
+    child.expect("planner for H100-80GB: micro-batch")  # proposed with its reasons
+    child.expect("Use the planner's micro-batch")
+    child.send("y")
     child.expect("2 fine-tuned \\+ 0 controls")  # the plan previewed before anything is written
     child.expect("Write .*experiment.yaml")
     assert not (cwd / "exp" / "experiment.yaml").exists()
@@ -74,11 +80,12 @@ def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
     child.expect(pexpect_eof())
     spec = yaml.safe_load((cwd / "exp" / "experiment.yaml").read_text())
     assert spec["name"] == "caps-ranks" and spec["factors"] == {"lora_rank": [4, 16], "learning_rate": [0.002]}
-    assert spec["controls"] is False and spec["training"]["epochs"] == 2 and spec["resources"]["gpus_per_run"] == 0
+    assert spec["controls"] is False and spec["training"]["epochs"] == 2 and spec["resources"]["gpus_per_run"] == 1
+    assert {"batch_size", "gradient_accumulation_steps", "packing"} <= set(spec["training"])
     assert spec["training"]["validation_every_steps"] >= 1 and spec["prompt"] == "Capitalize: {input}"
     assert Path(spec["models"][0]["path"]).resolve() == (cwd / "models" / "tiny").resolve()
     assert not list((cwd / "exp").glob(".*init*"))  # no draft left behind
-    res = CliRunner().invoke(app, ["plan", str(cwd / "exp" / "experiment.yaml")])
+    res = CliRunner().invoke(app, ["plan", str(cwd / "exp" / "experiment.yaml"), "--gpu", "H100-80GB"])
     assert res.exit_code == 0, res.output
 
 
@@ -114,3 +121,19 @@ def test_init_flags_write_a_spec_that_plans(tmp_path, tiny_model, caps_dataset):
     assert again.exit_code == 1 and "--force" in again.output
     bad = runner.invoke(app, [*args[:5], "--vary", "lora_rank", "--out", str(tmp_path / "other")])
     assert bad.exit_code == 1 and "FIELD=LEVEL" in bad.output and not (tmp_path / "other").exists()
+
+
+def test_init_for_a_named_gpu_writes_what_estimate_recommends(tmp_path, tiny_model, caps_dataset):
+    runner = CliRunner()
+    res = runner.invoke(app, ["init", "--model", str(tiny_model), "--dataset", str(caps_dataset), "--vary",
+                              "lora_rank=4,16", "--prompt", "Capitalize: {input}", "--gpu", "H100-80GB",
+                              "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    training = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())["training"]
+    est = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "512",
+                              "--dataset", str(caps_dataset), "--prompt", "Capitalize: {input}", "--lora-rank", "16",
+                              "--json"])
+    rec = json.loads(est.stdout)
+    assert (training["batch_size"], training["gradient_accumulation_steps"], training["packing"]) == (
+        rec["recommended_batch_size"], rec["recommended_gradient_accumulation_steps"], rec["packed"])
+    assert "planner for H100-80GB" in res.output and rec["reasons"][0] in " ".join(res.output.split())

@@ -32,6 +32,31 @@ class InitAnswers:
     controls: bool = True
     epochs: int = 1
     prompt: str | None = None
+    batch: "BatchProposal | None" = None  # the planner's micro-batch, accumulation and packing, when accepted
+    gpu: str | None = None  # the GPU the jobs will run on, when asked (none detected or named)
+
+
+@dataclass
+class BatchProposal:
+    """What `tunelab estimate` recommends for the first model and dataset on the target GPU."""
+
+    batch_size: int
+    gradient_accumulation_steps: int
+    packing: bool
+    reasons: list[str]
+
+
+def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
+    """Micro-batch, accumulation and packing for the largest LoRA rank swept, measured on the first
+    dataset with the first model's tokenizer (the memory model needs a GPU: named or detected)."""
+    from tunelab.estimate.api import estimate_config
+    from tunelab.spec import TrainingConfig
+
+    ranks = [r for r in answers.vary.get("lora_rank", []) if isinstance(r, int)] or [TrainingConfig().lora_rank]
+    out = estimate_config(answers.models[0], gpu, TrainingConfig().max_seq_len, lora_rank=max(ranks),
+                          dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs)
+    return BatchProposal(out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"],
+                         out["packed"], out["reasons"])
 
 
 def parse_level(text: str) -> Any:
@@ -92,6 +117,10 @@ def build_spec(answers: InitAnswers, validation_every_steps: int | None = None) 
     spec["factors"] = dict(answers.vary)
     spec["controls"] = answers.controls
     training: dict[str, Any] = {"epochs": answers.epochs}
+    if answers.batch:
+        training.update(batch_size=answers.batch.batch_size,
+                        gradient_accumulation_steps=answers.batch.gradient_accumulation_steps,
+                        packing=answers.batch.packing)
     if answers.validation:
         training["validation_every_steps"] = validation_every_steps or 50
     spec["training"] = training

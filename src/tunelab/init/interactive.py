@@ -47,8 +47,13 @@ def _pick_paths(q, what: str, found: list[Path], exists: Callable[[Path], bool])
     return paths
 
 
-def ask_answers(out: Path, model_roots: list[Path], data_root: Path) -> InitAnswers:
-    """The plan-runs conversation (questionary): returns the answers; writes nothing."""
+CPU_CHOICE = "none: plan for this machine's CPU"
+
+
+def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: bool) -> InitAnswers:
+    """The plan-runs conversation (questionary): returns the answers; writes nothing. Asks for the GPU the
+    jobs will run on when none is detected or named (a login node is not where jobs run)."""
+    from tunelab.catalog import GPUS
     import questionary as q
 
     from tunelab.init.discover import is_model_dir
@@ -68,6 +73,11 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path) -> InitAnsw
                              "prompt/completion rows):", default="{input}").ask())
     gpus = int(_require(q.text("GPUs per run (0: CPU; 1: single device; more: distributed):", default="1",
                                validate=_int).ask()))
+    gpu = None
+    if gpus > 0 and not gpu_known:
+        gpu = _require(q.select("No GPU here: which GPU will the jobs run on?",
+                                choices=[*(g.name for g in GPUS.values()), CPU_CHOICE]).ask())
+        gpu = None if gpu == CPU_CHOICE else gpu
     validation = _require(q.confirm("Track validation loss during training?", default=True).ask())
     controls = _require(q.confirm("Add controls (each base model evaluated without fine-tuning)?",
                                   default=True).ask())
@@ -76,10 +86,17 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path) -> InitAnsw
     name = _require(q.text("Experiment name:", default=slug(out.resolve().name if out.suffix not in
                                                              (".yaml", ".yml") else out.resolve().parent.name)).ask())
     return InitAnswers(name=name, models=models, datasets=datasets, vary=vary, gpus_per_run=gpus,
-                       validation=validation, controls=controls, epochs=max(epochs, 1), prompt=prompt or None)
+                       validation=validation, controls=controls, epochs=max(epochs, 1), prompt=prompt or None,
+                       gpu=gpu)
 
 
 def confirm_write(path: Path) -> bool:
     import questionary as q
 
     return bool(_require(q.confirm(f"Write {path}?", default=True).ask()))
+
+
+def confirm_batch() -> bool:
+    import questionary as q
+
+    return bool(_require(q.confirm("Use the planner's micro-batch, accumulation and packing?", default=True).ask()))
