@@ -144,7 +144,9 @@ def test_collectives_over_two_gloo_processes(tmp_path):
     on one rank is seen by all."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_collectives_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    # forked: the workers inherit this process's imports instead of importing torch again
+    mp.start_processes(_collectives_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
     for rank in (0, 1):
         r = json.loads((tmp_path / f"{rank}.json").read_text())
         assert r == {"sum": [3.0, 10.0], "max": [5.0], "agree_one": True, "agree_none": False}

@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.runconfig import RunConfig
 
 # Set by torchrun in every worker; its absence means "not launched by torchrun".
 _WORLD_ENV = "WORLD_SIZE"
@@ -131,7 +134,8 @@ def train_job(run_yaml: Path) -> None:
             _launch_run(cfg, run_yaml, nproc, gpus)
 
 
-def _launch_run(cfg, run_yaml: Path, nproc: int, gpus: int) -> None:
+def _launch_run(cfg: RunConfig, run_yaml: Path, nproc: int, gpus: int) -> None:
+    """torchrun with one process per GPU (gloo processes on CPU); a failure is one line, status.json says it."""
     if gpus and nproc > gpus:
         raise TunelabError(f"needs {nproc} processes, one per GPU, but {gpus} GPU(s) are visible "
                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
