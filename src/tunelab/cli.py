@@ -335,7 +335,8 @@ def cancel_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
 ) -> None:
-    """Cancel the queued or running Slurm jobs of some runs (scancel); the ledger and status say CANCELLED."""
+    """Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
+    first); the ledger and status say CANCELLED."""
     from tunelab.execute.slurm import cancel
 
     cancel(experiment_dir, runs or None, console=console)

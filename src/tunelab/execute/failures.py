@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from tunelab.train.interrupts import SAVED_BEFORE_LIMIT
+
 COMPLETED, OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED = (
     "completed", "oom", "timeout", "preempted", "node_fail", "cancelled", "failed")
 RETRYABLE = (OOM, TIMEOUT, PREEMPTED, NODE_FAIL)
@@ -18,6 +20,10 @@ RETRYABLE = (OOM, TIMEOUT, PREEMPTED, NODE_FAIL)
 ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
                            "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
                            "RESV_DEL_HOLD", "STOPPED"})
+
+# The state of a job its scheduler no longer knows (Slurm forgets finished jobs after MinJobAge; a local
+# job's process is gone and nobody saw it end): it has ended, and its log and run files say how.
+UNSEEN = "UNSEEN"
 
 GPU_OOM = re.compile(r"torch\.OutOfMemoryError|OutOfMemoryError:|CUDA out of memory|torch\.cuda\.OutOfMemoryError")
 HOST_OOM = re.compile(r"oom_kill event|oom-kill|Out Of Memory", re.I)
@@ -76,7 +82,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     rows = rows or []
     status = status or {}
     states = {base_state(job_state)} | {r.base_state for r in rows}
-    states.discard("")
+    states -= {"", UNSEEN}
     code, signal = exit_status(exit_code)
     if code is None:
         for r in rows:
@@ -91,6 +97,8 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
             return Failure(COMPLETED, f"completed, job exit {shown} ({what}): training outputs are complete",
                            code)
         return Failure(COMPLETED, "completed", 0)
+    if SAVED_BEFORE_LIMIT in error:
+        return Failure(TIMEOUT, "TIMEOUT: saved a checkpoint on the time-limit warning and stopped", code)
     if GPU_OOM.search(error) or GPU_OOM.search(log_text):
         line = _first_line(GPU_OOM, error) or _first_line(GPU_OOM, log_text)
         return Failure(OOM, f"GPU out of memory: {line}", code)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunelab import ledger
 from tunelab.execute import claims, retry
-from tunelab.execute.failures import classify
+from tunelab.execute.failures import CANCELLED, COMPLETED, Failure, classify
+from tunelab.execute.local_jobs import TRAIN_LOG, LocalExecutor, exit_state
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 
-TRAIN_LOG = "train.log"
 OUTPUTS = (st.TRAINER_STATE_DIR, st.CHECKPOINTS_DIR, "eval", st.METRICS_FILE, st.STATUS_FILE, st.SUMMARY_FILE,
            st.PACKING_FILE, TRAIN_LOG, "gpu_samples.jsonl")
 
@@ -37,10 +36,10 @@ OUTPUTS = (st.TRAINER_STATE_DIR, st.CHECKPOINTS_DIR, "eval", st.METRICS_FILE, st
 @dataclass
 class _Active:
     cfg: RunConfig
-    proc: subprocess.Popen
+    job_id: str  # the LocalExecutor's id (the job's pid), also in the ledger's jobs table (row `row`)
+    row: int
     task: int
     started: str
-    log: object
 
 
 CPU = Device("cpu")
@@ -99,43 +98,46 @@ def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[R
     return todo
 
 
-def _start(cfg: RunConfig, slot: str | None) -> tuple[subprocess.Popen, object]:
-    """slot: the job's GPUs as CUDA_VISIBLE_DEVICES ('2,3'), or None on CPU."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    if slot is not None:
-        env["CUDA_VISIBLE_DEVICES"] = slot
-    log = open(cfg.run_dir / TRAIN_LOG, "a", encoding="utf-8")
-    log.write(f"\n===== tunelab run: attempt {cfg.attempt} started {st.now_iso()} slot {slot or 'cpu'} =====\n")
-    log.flush()
-    proc = subprocess.Popen(["bash", str(cfg.run_dir / "job.sh")], cwd=cfg.run_dir, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
+def _start(exp: Path, ex: LocalExecutor, cfg: RunConfig, slot: str | None) -> tuple[str, int]:
+    """Start the run's job through the executor interface and record it in the ledger (so `status` and
+    `cancel` see it like a Slurm job). slot: the job's GPUs as CUDA_VISIBLE_DEVICES ('2,3'), or None on CPU."""
+    job_id = ex.submit(cfg.run_dir / "job.sh", env={"CUDA_VISIBLE_DEVICES": slot} if slot is not None else None)
+    row = ledger.record_job(exp, run=cfg.name, kind="train", job_id=job_id, attempt=cfg.attempt, executor=ex.name,
+                            submitted_at=st.now_iso(), state="RUNNING", reason=f"attempt {cfg.attempt}, "
+                            f"{'GPU ' + slot if slot is not None else 'cpu'}")
+    return job_id, row
 
 
-def _retry(cfg: RunConfig, state: str, code: int, status: dict) -> "retry.RetryDecision":
-    """The shared retry policy (execute/retry.py) applied to a local attempt that did not complete."""
+def _failure(cfg: RunConfig, state: str, code: int, status: dict) -> Failure:
+    """How a local attempt that did not complete ended (execute/failures.py, as for Slurm jobs)."""
     log = cfg.run_dir / TRAIN_LOG
     text = log.read_text(errors="replace")[-100_000:] if log.is_file() else ""
-    text = text[text.rfind("===== tunelab run: attempt"):]  # this attempt's lines only
+    text = text[text.rfind("===== tunelab run:"):]  # this attempt's lines only
     status = st.read_status(cfg.run_dir) or status
-    failure = classify("CANCELLED" if code is not None and code < 0 else "FAILED", f"{max(code or 0, 0)}:0", [],
-                       text, status if state != st.RUNNING else {}, False)
-    return retry.decide(cfg, failure, executor="local")
+    return classify(exit_state(code), f"{max(code or 0, 0)}:0", [], text, status if state != st.RUNNING else {},
+                    False)
 
 
 def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfig], console: Console) -> str:
-    """Judge an ended attempt and record it; queue its retry (the claim is kept) or release the claim."""
+    """Judge an ended attempt and record it; queue its retry (the claim is kept) or release the claim.
+    A job `tunelab cancel` stopped stays cancelled and is not retried."""
     state = training_state(a.cfg.run_dir)
     if state == st.RUNNING:  # the process is gone; it never got to say how it ended
         state = st.INTERRUPTED if code < 0 else st.FAILED
-    again = _retry(a.cfg, state, code, status) if state != st.COMPLETED else None
+    cancelled = any(j["id"] == a.row and j["failure"] == CANCELLED for j in ledger.query(
+        exp, "SELECT id, failure FROM jobs WHERE run = ?", (a.cfg.name,)))
+    failure = Failure(COMPLETED, "completed", code) if state == st.COMPLETED else _failure(a.cfg, state, code, status)
+    again = retry.decide(a.cfg, failure, executor="local") if state != st.COMPLETED and not cancelled else None
     reason = status.get("error")
     if again is not None:
         reason = f"{reason}; {again.reason}" if reason else again.reason
         console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
-    ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
-                          job_id=str(a.proc.pid), started_at=a.started, finished_at=st.now_iso(),
-                          exit_code=code, state=state, reason=reason)
+    if not cancelled:  # (`tunelab cancel` recorded the job's end and the attempt itself)
+        ledger.update_job(exp, a.row, state=exit_state(code), exit_code=f"{max(code, 0)}:{max(-code, 0)}",
+                          failure=failure.kind, detail=reason or failure.detail, handled=1)
+        ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
+                              job_id=a.job_id, started_at=a.started, finished_at=st.now_iso(),
+                              exit_code=code, state=state, reason=reason)
     if again is not None and again.retry:
         queue.append(retry.apply(again))
     else:
@@ -169,6 +171,7 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         queue.remove(cfg)
         claims.release(cfg.run_dir)
     active: dict[str, _Active] = {}
+    ex = LocalExecutor()
     touched = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -180,17 +183,16 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     if got is None:
                         continue
                     queue.remove(cfg)
-                    proc, log = _start(cfg, ",".join(got) if on_gpu else None)
+                    job_id, row = _start(exp, ex, cfg, ",".join(got) if on_gpu else None)
                     task = progress.add_task(f"  {cfg.name}" + (f" [GPU {','.join(got)}]" if on_gpu else ""), total=None)
-                    active[cfg.name] = _Active(cfg, proc, task, st.now_iso(), log)
+                    active[cfg.name] = _Active(cfg, job_id, row, task, st.now_iso())
                 for name, a in list(active.items()):
                     status = st.read_status(a.cfg.run_dir)
                     if status.get("total_steps"):
                         progress.update(a.task, total=status["total_steps"], completed=status.get("step", 0))
-                    code = a.proc.poll()
+                    code = ex.exit_code(a.job_id)
                     if code is None:
                         continue
-                    a.log.close()
                     queued = len(queue)
                     results[a.cfg.name] = state = _finish(exp, a, code, status, queue, console)
                     if len(queue) > queued:  # a retry
@@ -205,8 +207,7 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     touched = time.monotonic()
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        for a in active.values():
-            a.proc.terminate()
+        ex.cancel([a.job_id for a in active.values()])  # SIGTERM: each trainer saves, then stops
         raise
     finally:
         claims.release_all()

@@ -75,6 +75,12 @@ def format_time_limit(minutes: int) -> str:
     return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
 
 
+def warning_seconds(time_limit: str, wanted_s: int) -> int:
+    """Seconds before the limit at which Slurm sends SIGUSR1 (train/interrupts.py saves and requeues):
+    the wanted lead, at most half the limit so a short job still trains; 0 = no warning."""
+    return min(wanted_s, parse_time_limit(time_limit) * 60 // 2) if wanted_s > 0 else 0
+
+
 def job_name(cfg: RunConfig, kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", f"tl-{cfg.experiment}-{cfg.name}-{kind}")[:120]
 
@@ -98,6 +104,12 @@ def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
     gres = s.gres or (f"gpu:{cfg.resources.gpus_per_run}" if cfg.resources.gpus_per_run > 0 else None)
     if gres:
         opts.append(f"--gres={gres}")
+    if kind == "train":
+        # requeued (self, preemption, node failure) under the same id: its log continues, afterok holds
+        opts += ["--requeue", "--open-mode=append"]
+        warn = warning_seconds(limit, s.signal_before_limit_s)
+        if warn:
+            opts.append(f"--signal=B:USR1@{warn}")
     opts.extend(s.extra_sbatch)
     return opts
 

@@ -41,6 +41,13 @@ class SlurmSpec(_Strict):
     max_queued: int = Field(50, ge=2, description="Most of this experiment's jobs pending or running at once.")
     submit_delay_s: float = Field(0.2, ge=0, description="Pause between two sbatch calls.")
     poll_interval_s: float = Field(5.0, gt=0, description="How often --wait and status --watch ask squeue/sacct.")
+    signal_before_limit_s: int = Field(
+        120, ge=0, description="Training jobs get SIGUSR1 this long before their time limit (at most half the "
+        "limit): the trainer saves a complete checkpoint and requeues the job, which resumes. 0: off.")
+    array_max_running: int | None = Field(
+        None, ge=1, description="Submit the first training jobs of runs that share their sbatch options as one "
+        "job array, at most this many tasks running at once (Slurm's %N); each evaluation job waits on its task. "
+        "Unset: one job per run.")
 
     @field_validator("extra_sbatch")
     @classmethod

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tunelab.spec.base import _Strict
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
+_UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 
 
 class TrainingConfig(_Strict):
@@ -37,6 +42,34 @@ class TrainingConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
     train_on_input: bool = Field(False, description="Loss on the prompt tokens too (default: the answer only).")
+    checkpoint_every: int | str | None = Field(
+        None, description="Also save the trainer state every N optimizer steps (200) or every so many minutes "
+        "('30min', '2h'), beside the per-epoch checkpoints: a time limit, preemption or crash loses at most this.")
+    keep_checkpoints: int | None = Field(
+        None, ge=1, description="Trainer states kept on disk (the newest complete ones). Default: every epoch "
+        "end and only the newest mid-epoch one. Epoch adapters (checkpoints/epoch_N) are always kept.")
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("must be at least 1 step")
+            return v
+        if v is not None and _DURATION.match(v) is None:
+            raise ValueError(f"{v!r}: give optimizer steps (200) or a duration such as '30min', '2h', '90s'")
+        return v.strip() if v is not None else v
+
+    @property
+    def checkpoint_interval(self) -> tuple[int | None, float | None]:
+        """(every N steps, every S seconds) from checkpoint_every; (None, None) when unset."""
+        v = self.checkpoint_every
+        if v is None or isinstance(v, int):
+            return v, None
+        m = _DURATION.match(v)
+        return None, float(m.group(1)) * _UNIT_S[m.group(2)]
 
     @property
     def effective_lora_alpha(self) -> float:

@@ -4,6 +4,8 @@ The trainer keeps its full state (optimizer, scheduler, RNG) under trainer_state
 a killed job resumes exactly; epoch_N holds what people evaluate and ship: adapter + tokenizer.
 A checkpoint is complete only once tunelab's token counters are written into it, which is the last
 write of a save: a kill anywhere before leaves a checkpoint that is never resumed from.
+Saves between epoch ends (training.checkpoint_every, a stop signal: train/interrupts.py) are trainer
+states only; they publish no epoch_N. Retention (keep_checkpoints) deletes only after a save is complete.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path
     return dest
 
 
+def at_epoch_end(epoch: float | None, step: int, max_steps: int) -> bool:
+    """Does a save at this point end an epoch (or the run, when max_steps stops it mid-epoch)? Those saves
+    publish epoch_N; the others (checkpoint_every, a stop signal) exist only to resume from."""
+    whole = epoch is not None and round(epoch) >= 1 and abs(epoch - round(epoch)) < 1e-6
+    return whole or (max_steps > 0 and step >= max_steps)
+
+
+def checkpoint_at_epoch_end(ckpt: Path) -> bool:
+    """at_epoch_end for a trainer checkpoint on disk, from its trainer_state.json."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return at_epoch_end(state.get("epoch"), int(state.get("global_step") or 0), int(state.get("max_steps") or 0))
+
+
 def epoch_index(epoch: float | None) -> int:
     """0-based index of the epoch a save at this (fractional) trainer epoch ends."""
     return max(0, math.ceil(round(epoch or 0, 6)) - 1)
@@ -91,6 +109,24 @@ def last_trainer_checkpoint(state_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete trainer states no longer needed; call it once a save is complete. The newest complete
+    checkpoint always stays. keep=N: the N newest complete ones stay. Default: every epoch end stays and
+    mid-epoch ones only while newest. Incomplete checkpoints older than the newest complete one (a kill's
+    leftovers) go too. Returns what was deleted."""
+    complete = complete_trainer_checkpoints(state_dir)
+    if not complete:
+        return []
+    newest = int(complete[-1].name.removeprefix("checkpoint-"))
+    kept = set(complete[-keep:]) if keep else {c for c in complete if checkpoint_at_epoch_end(c)} | {complete[-1]}
+    dropped = []
+    for d in _trainer_checkpoints(state_dir, ()):
+        if int(d.name.removeprefix("checkpoint-")) < newest and d not in kept:
+            shutil.rmtree(d, ignore_errors=True)
+            dropped.append(d)
+    return dropped
+
+
 def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path) -> list[int]:
     """Publish epoch_N again from complete trainer checkpoints up to `upto` where it is missing (a save
     killed between its trainer state and its publish); returns the epochs republished."""
@@ -98,6 +134,8 @@ def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: P
     for ckpt in complete_trainer_checkpoints(state_dir):
         if int(ckpt.name.removeprefix("checkpoint-")) > int(upto.name.removeprefix("checkpoint-")):
             break
+        if not checkpoint_at_epoch_end(ckpt):
+            continue  # a mid-epoch save (checkpoint_every, a stop signal) is no epoch's checkpoint
         epoch = epoch_index(json.loads((ckpt / "trainer_state.json").read_text()).get("epoch"))
         if not is_complete_checkpoint(epoch_dir(run_dir, epoch)):
             publish_epoch_checkpoint(ckpt, run_dir, epoch)

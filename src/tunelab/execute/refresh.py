@@ -1,0 +1,89 @@
+"""Bring every open job in the ledger up to date from its executor, and judge the ones that ended
+(execute/failures.py: how; the run's files win over exit codes). Written once for every executor.
+
+Every open job reaches a verdict in bounded time: an executor that can say a job has ended does so
+(execute/slurm_cli.py: absence from squeue counts), and an ended job whose accounting record has not
+arrived within SETTLE_GRACE_S is judged without it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab import ledger
+from tunelab.execute.executor import UNSEEN, Executor, JobInfo, executor_named
+from tunelab.execute.failures import CANCELLED, base_state, classify
+from tunelab.execute.jobs import all_jobs, is_open
+from tunelab.experiment import is_evaluated, task_names, training_state
+from tunelab.runconfig import RunConfig
+from tunelab.train import status as st
+
+SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
+
+
+def executors_for(jobs: list[dict], known: dict[str, Executor] | None = None) -> dict[str, Executor]:
+    """One executor per name the jobs use, reusing `known` ones (a local executor holds its processes)."""
+    out = dict(known or {})
+    for name in {j["executor"] for j in jobs} - set(out):
+        out[name] = executor_named(name)
+    return out
+
+
+def waited_s(job: dict, info: JobInfo, now: datetime | None = None) -> float:
+    """How long the ledger has held this job in the state the executor reports now (0 if it changed)."""
+    if info.state != job["state"]:
+        return 0.0
+    now = now or datetime.now(timezone.utc)
+    return (now - datetime.fromisoformat(job["updated_at"])).total_seconds()
+
+
+def should_judge(job: dict, info: JobInfo, now: datetime | None = None) -> bool:
+    return info.ended and (info.settled or waited_s(job, info, now) >= SETTLE_GRACE_S)
+
+
+def refresh(exp: Path, runs: dict[str, RunConfig], executors: dict[str, Executor] | None = None) -> list[dict]:
+    """Update every open job's state; judge the ended ones. Returns the changed rows (with their fields)."""
+    open_jobs = [j for j in all_jobs(exp) if is_open(j)]
+    changed = []
+    for name, ex in executors_for(open_jobs, executors).items():
+        jobs = [j for j in open_jobs if j["executor"] == name]
+        seen = ex.poll([j["job_id"] for j in jobs]) if jobs else {}
+        for j in jobs:
+            info = (seen or {}).get(j["job_id"])
+            if info is None:
+                continue  # the executor cannot tell now: ask again later
+            fields: dict[str, Any] = {"state": info.state}
+            if info.exit_code is not None:
+                fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)
+            judge = should_judge(j, info)
+            if judge:
+                fields.update(judge_job(j, runs.get(j["run"]), info, ex))
+            if fields["state"] != j["state"] or judge:
+                ledger.update_job(exp, j["id"], **fields)
+                changed.append({**j, **fields})
+    return changed
+
+
+def judge_job(job: dict, cfg: RunConfig | None, info: JobInfo, ex: Executor) -> dict:
+    """{failure, detail} of an ended job, from the scheduler's view, its log and the run's files."""
+    rows = list(info.rows)
+    if cfg is None:
+        f = classify(info.state, info.exit_code, rows)
+        return {"failure": f.kind, "detail": f.detail}
+    log = ex.log(cfg.run_dir, job["kind"], job["job_id"])
+    text = log.read_text(errors="replace")[-200_000:] if log.is_file() else ""
+    if job["kind"] == "train":
+        status = st.read_status(cfg.run_dir)
+        complete = training_state(cfg.run_dir) == st.COMPLETED
+    else:
+        status = {}
+        complete = is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(info.state) in ("COMPLETED", UNSEEN)
+    f = classify(info.state, info.exit_code, rows, text, status, complete)
+    detail = f.detail
+    if f.kind == CANCELLED and info.reason and info.reason not in ("None", "NonZeroExitCode"):
+        detail = f"{detail} ({info.reason})"
+    if info.state == UNSEEN:
+        detail += f" ({ex.name} no longer knows job {job['job_id']}: judged from its log and the run's files)"
+    return {"failure": f.kind, "detail": detail}

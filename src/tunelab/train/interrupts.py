@@ -1,0 +1,106 @@
+"""Save before being stopped, so a time limit or a preemption loses at most one checkpoint interval.
+
+Slurm warns a training job with SIGUSR1 some time before its limit (`#SBATCH --signal=B:USR1@S`, see
+execute/slurm_jobs.py) and sends SIGTERM when it preempts, requeues or cancels it. Either signal only
+sets a flag here; at the next optimizer step the trainer saves a complete checkpoint (counters written
+last, train/checkpoints.py) and stops. After SIGUSR1 inside a Slurm job the job requeues itself (same job
+id: its evaluation job's afterok still holds) and the next start resumes from that checkpoint — only when
+this start made progress, so a run that cannot advance never loops. Between signals, `checkpoint_every`
+(steps or minutes) bounds what a kill without warning (SIGKILL, node failure) loses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tunelab.errors import TunelabError
+
+WARN_SIGNAL = signal.SIGUSR1  # Slurm's warning before the time limit
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SAVED_BEFORE_LIMIT = "saved before the time limit"  # in status.json's error: execute/failures.py reads it
+
+
+class TrainingStopped(TunelabError):
+    """Training stopped on a signal after saving a complete checkpoint at `step` (one line at the CLI)."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        why = SAVED_BEFORE_LIMIT if signum == WARN_SIGNAL else "saved on " + signal.Signals(signum).name
+        super().__init__(f"{why}: stopped at step {step} after checkpoint-{step}")
+
+
+@dataclass
+class SignalWatch:
+    """Remembers the first stop signal received (handlers only set a flag: saving happens at a step end)."""
+
+    received: int | None = None
+
+    def install(self) -> SignalWatch:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.received is None:
+            self.received = signum
+
+
+def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch: SignalWatch,
+                           agree: Callable[[bool], bool] | None = None):
+    """A TrainerCallback: save every N steps or S seconds, and save-then-stop once a stop signal came.
+    Epoch-end saves stay the Trainer's own (save_strategy='epoch'). In a distributed run `agree`
+    (train/distributed.py: true everywhere when true on any process) makes every process take the same
+    decision at the same step."""
+    from transformers import TrainerCallback
+
+    class CheckpointPolicy(TrainerCallback):
+        last_save = time.monotonic()
+        saved_step = -1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stop = watch.received is not None
+            due = bool(every_s) and time.monotonic() - self.last_save >= every_s
+            if agree is not None:  # a signal reaches processes at different steps; clocks differ
+                stop = agree(stop)
+                due = agree(due) if every_s else False
+            if stop:
+                control.should_save = True
+                control.should_training_stop = True
+            elif (every_steps and state.global_step % every_steps == 0) or due:
+                control.should_save = True
+            return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if self.saved_step == state.global_step:  # saved at this very step already (interval or signal)
+                control.should_save = False
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save, self.saved_step = time.monotonic(), state.global_step
+
+    return CheckpointPolicy()
+
+
+def requeue_self(log) -> bool:
+    """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or
+    when Slurm refuses. Slurm then ends this process; the caller exits anyway."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"could not requeue job {job}: {exc}")
+        return False
+    if proc.returncode != 0:
+        log(f"could not requeue job {job}: {(proc.stderr or proc.stdout).strip()}")
+        return False
+    log(f"requeued job {job}: it resumes from the checkpoint just saved")
+    return True

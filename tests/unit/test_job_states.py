@@ -1,0 +1,123 @@
+"""Every job reaches a verdict: squeue + sacct views merged (execute/slurm_cli.merge), the wait for a
+lagging sacct bounded (execute/refresh.should_judge), jobs the scheduler forgot judged from their files;
+the local executor's jobs (real processes) through the same interface."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tunelab import ledger
+from tunelab.execute.executor import UNSEEN, JobInfo
+from tunelab.execute.failures import FAILED, TIMEOUT, SacctRow, classify
+from tunelab.execute.jobs import all_jobs, is_active
+from tunelab.execute.local_jobs import LocalExecutor
+from tunelab.execute.refresh import SETTLE_GRACE_S, refresh, should_judge
+from tunelab.execute.slurm_cli import merge
+from tunelab.train.interrupts import SAVED_BEFORE_LIMIT
+
+
+def _rows(state: str, code: str = "0:0") -> list[SacctRow]:
+    return [SacctRow("7", state, code, "00:00:09", {"node": "n1"}), SacctRow("7.batch", state, code, "00:00:09")]
+
+
+def test_squeue_is_the_authority_on_live_jobs_and_sacct_settles_ended_ones():
+    running = merge(("RUNNING", "None"), True, _rows("RUNNING"), True)
+    assert not running.ended and running.settled
+    # squeue says it ended, sacct has not caught up: ended but not settled (wait a little for exit codes)
+    lag = merge(("COMPLETED", "None"), True, [], True)
+    assert lag.ended and not lag.settled and lag.state == "COMPLETED"
+    done = merge(("FAILED", "NonZeroExitCode"), True, _rows("FAILED", "1:0"), True)
+    assert done.ended and done.settled and done.exit_code == "1:0" and done.node == "n1"
+    # sacct missing or failing: nothing to wait for
+    assert merge(("COMPLETED", "None"), True, [], False).settled
+
+
+def test_a_job_squeue_forgot_has_ended_whatever_sacct_says():
+    # aged out of squeue (MinJobAge), sacct knows how it ended
+    gone = merge(None, True, _rows("TIMEOUT"), True)
+    assert gone.ended and gone.state == "TIMEOUT"
+    # aged out, sacct failing, missing, or stale (still says RUNNING): ended, judged from files
+    for rows, ok in (([], False), ([], True), (_rows("RUNNING"), True)):
+        info = merge(None, True, rows, ok)
+        assert info.ended and info.state == UNSEEN and info.settled, (rows, ok)
+    # squeue itself failed: absence means nothing; sacct alone when it knows the job
+    assert merge(None, False, [], True) is None and merge(None, False, [], False) is None
+    assert merge(None, False, _rows("COMPLETED"), True).state == "COMPLETED"
+
+
+def test_waiting_for_a_lagging_sacct_is_bounded():
+    now = datetime.now(timezone.utc)
+    lag = JobInfo("COMPLETED", settled=False)
+    fresh = {"state": "COMPLETED", "updated_at": now.isoformat(timespec="seconds")}
+    old = {"state": "COMPLETED", "updated_at": (now - timedelta(seconds=SETTLE_GRACE_S + 1)).isoformat()}
+    changed = {"state": "RUNNING", "updated_at": (now - timedelta(hours=1)).isoformat()}
+    assert not should_judge(fresh, lag, now) and not should_judge(changed, lag, now)
+    assert should_judge(old, lag, now)
+    assert should_judge(fresh, JobInfo("COMPLETED"), now) and not should_judge(old, JobInfo("RUNNING"), now)
+
+
+def test_unseen_job_is_judged_from_its_run_files_and_a_warning_stop_is_a_timeout():
+    assert classify(UNSEEN, None, [], "", {"state": "completed"}, True).detail == "completed"
+    assert classify(UNSEEN, None, [], "slurmstepd: error: *** JOB 9 ON n CANCELLED AT 2026-01-01T00:00:00 "
+                    "DUE TO TIME LIMIT ***").kind == TIMEOUT
+    assert classify(UNSEEN).kind == FAILED
+    stopped = classify("FAILED", "1:0", [], "", {"error": f"TrainingStopped: {SAVED_BEFORE_LIMIT}: stopped at "
+                                                          "step 13 after checkpoint-13"})
+    assert stopped.kind == TIMEOUT and stopped.retryable
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    d = tmp_path / "runs" / "r1"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "job.sh").write_text(f"#!/usr/bin/env bash\n{body}\n")
+    return d / "job.sh"
+
+
+def _wait_ended(ex, job: str, timeout: float = 20) -> JobInfo:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = ex.poll([job])[job]
+        if info.ended:
+            return info
+        time.sleep(0.05)
+    pytest.fail(f"job {job} did not end")
+
+
+def test_local_executor_submit_poll_cancel_log(tmp_path):
+    ex = LocalExecutor()
+    job = ex.submit(_script(tmp_path, "echo hello; exit 3"))
+    info = _wait_ended(ex, job)
+    assert (info.state, info.exit_code) == ("FAILED", "3:0")
+    assert "hello" in ex.log(tmp_path / "runs" / "r1", "train", job).read_text()
+    job = ex.submit(_script(tmp_path, "sleep 30"))
+    assert ex.poll([job])[job].state == "RUNNING"
+    time.sleep(0.3)  # the child has exec'd bash by now (before, its command line is still Python's)
+    assert LocalExecutor().poll([job])[job].state == "RUNNING"  # another coordinator sees it alive
+    LocalExecutor().cancel([job])  # ... and can stop it
+    info = _wait_ended(ex, job)
+    assert info.state == "CANCELLED" and info.exit_code == "0:15"
+    assert LocalExecutor().poll([job])[job].state == UNSEEN  # gone: nobody but its starter saw how it ended
+
+
+def test_refresh_judges_a_job_nobody_saw_end_so_the_throttle_moves_on(write_spec, tmp_path):
+    """The old hang: a job recorded as RUNNING whose process (or Slurm record) is gone counted as active
+    forever. After a refresh it has a verdict from its files and no longer counts."""
+    from tunelab.scaffold import scaffold
+
+    cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]
+    exp = cfg.run_dir.parents[1]
+    proc = os.popen("bash -c 'echo $$; exit 0'")  # a real pid that has certainly ended by now
+    pid = proc.read().strip()
+    proc.close()
+    ledger.record_job(exp, run=cfg.name, kind="train", job_id=pid, attempt=1, executor="local",
+                      submitted_at="2026-01-01T00:00:00+00:00", state="RUNNING", reason="test")
+    assert [is_active(j) for j in all_jobs(exp)] == [True]
+    changed = refresh(exp, {cfg.name: cfg})
+    (job,) = all_jobs(exp)
+    assert changed and not is_active(job) and job["state"] == UNSEEN
+    assert job["failure"] == FAILED and "local no longer knows job" in job["detail"]
