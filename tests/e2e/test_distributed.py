@@ -63,7 +63,8 @@ def _seen(seen_dir: Path) -> dict[int, dict[int, dict[int, list]]]:
 
 
 def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(write_spec, tmp_path, monkeypatch):
-    spec = write_spec(factors={"lora_rank": [4]}, controls=False, training={"epochs": 2, "logging_steps": 5},
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False,
+                      training={"epochs": 2, "logging_steps": 5, "validation_every_steps": STEPS_PER_EPOCH},
                       resources={"nproc_per_run": 2})
     cfg = scaffold(spec).runs[0]
     run_dir = cfg.run_dir
@@ -98,10 +99,12 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     assert summary["effective_batch_size"] == 8 * 1 * 2
     assert summary["steps"] == 2 * STEPS_PER_EPOCH and summary["checkpoints"] == ["epoch_0", "epoch_1"]
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(5, 41, 5))  # each logged step once: none lost, none twice
+    # each logged step once: none lost, none twice; validation (a collective) at 20 and at the end, once each
+    assert [r["step"] for r in rows if r["loss"] is not None] == list(range(5, 41, 5))
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [20, 40]
     # the counters are both processes' together, across the kill: the dataset twice, as an uninterrupted run
     assert summary["tokens"] == 2 * read_json(run_dir / "packing.json")["tokens"]
-    assert rows[-1]["examples"] == 2 * 320
+    assert [r for r in rows if r["loss"] is not None][-1]["examples"] == 2 * 320
     assert "launching 2 processes (torchrun, gloo)" in (run_dir / "train.log").read_text()
 
     seen = _seen(seen_dir)

@@ -23,7 +23,7 @@ from tunelab.train.checkpoints import (
     republish_missing_epochs,
 )
 from tunelab.train.device import resolve_dtype
-from tunelab.train.distributed import barrier, world
+from tunelab.train.distributed import agree, barrier, world
 from tunelab.train.metrics import (
     Counters,
     LocalCounts,
@@ -353,11 +353,12 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
 
 def _validate_at_end(trainer, run_dir: Path) -> None:
     """Validate at the last step unless that row exists: evaluate() writes it through on_log (writing it
-    here as well duplicated it), and the file, not memory, tells a resumed run it is there already."""
+    here as well duplicated it), and the file, not memory, tells a resumed run it is there already. The main
+    process (the file's writer) decides; evaluate() is a collective, so every process follows its decision."""
     step = trainer.state.global_step
-    barrier()  # every process reads the file after the main one wrote its last row: all decide alike
-    rows = read_jsonl(run_dir / st.METRICS_FILE)
-    if not any(r.get("step") == step and r.get("val_loss") is not None for r in rows):
+    missing = world().is_main and not any(r.get("step") == step and r.get("val_loss") is not None
+                                          for r in read_jsonl(run_dir / st.METRICS_FILE))
+    if agree(missing):
         trainer.evaluate()
 
 
