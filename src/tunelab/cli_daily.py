@@ -72,6 +72,30 @@ def archive_cmd(
                      if manifest.bytes_removed != plan.remove_bytes else "") + ")", highlight=False, soft_wrap=True)
 
 
+def _propose_batch(answers, target_gpu, ask: bool) -> None:
+    """Show the estimator's micro-batch, accumulation and packing for the target GPU (with its reasons) and
+    put them in the answers when accepted (always, without prompts)."""
+    if target_gpu is None:
+        console.print("micro-batch: the spec's default (no GPU detected or named; --gpu NAME plans for one)")
+        return
+    if not answers.models or not answers.datasets:
+        return  # draft() names what is missing
+    from tunelab.init.answers import propose_batch
+
+    proposal = propose_batch(answers, target_gpu)
+    console.print(f"planner for {target_gpu.name}: micro-batch {proposal.batch_size} × accumulation "
+                  f"{proposal.gradient_accumulation_steps}, packing {'on' if proposal.packing else 'off'}",
+                  highlight=False)
+    for reason in proposal.reasons:
+        console.print(f"  - {reason}", highlight=False, soft_wrap=True)
+    if ask:
+        from tunelab.init.interactive import confirm_batch
+
+        if not confirm_batch():
+            return
+    answers.batch = proposal
+
+
 def init_cmd(
     model: Optional[list[Path]] = typer.Option(None, "--model", help="A base model directory (repeatable: "
                                                "several models are compared)."),
@@ -109,7 +133,7 @@ def init_cmd(
     target = spec_path(out)
     if ask:
         from tunelab.init.discover import models_roots
-        from tunelab.init.interactive import ask_answers, confirm_batch
+        from tunelab.init.interactive import ask_answers
 
         answers = ask_answers(out, models_roots(models_dir), Path.cwd(), gpu_known=bool(gpu or detect_gpu()))
     else:
@@ -117,19 +141,7 @@ def init_cmd(
                               datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
                               validation=validation, controls=controls, epochs=epochs, prompt=prompt)
     target_gpu = resolve_gpu(gpu or answers.gpu) if gpu or answers.gpu else detect_gpu()
-    if target_gpu is None:
-        console.print("micro-batch: the spec's default (no GPU detected or named; --gpu NAME plans for one)")
-    elif answers.models and answers.datasets:
-        from tunelab.init.answers import propose_batch
-
-        proposal = propose_batch(answers, target_gpu)
-        console.print(f"planner for {target_gpu.name}: micro-batch {proposal.batch_size} × accumulation "
-                      f"{proposal.gradient_accumulation_steps}, packing {'on' if proposal.packing else 'off'}",
-                      highlight=False)
-        for reason in proposal.reasons:
-            console.print(f"  - {reason}", highlight=False, soft_wrap=True)
-        if not ask or confirm_batch():
-            answers.batch = proposal
+    _propose_batch(answers, target_gpu, ask)
     tmp, plan = draft(answers, out, gpu=target_gpu, force=force)
     _print_plan(plan)
     if ask:
