@@ -68,6 +68,16 @@ def control_differences(data: ReportData, task: str, metric: str) -> dict[str, D
     return out
 
 
+def control_mean_difference(data: ReportData, task: str, metric: str) -> Difference | None:
+    """The mean over fine-tuned runs minus the mean over their controls, paired on the shared test samples."""
+    pairs = [(r, c) for r in data.runs if r.score is not None and (c := data.control_for(r)) is not None
+             and c.score is not None]
+    if not pairs:
+        return None
+    return paired_difference([r.sample_scores(task) for r, _ in pairs], [c.sample_scores(task) for _, c in pairs],
+                             metric)
+
+
 def replicated(data: ReportData) -> bool:
     """Seeds swept with at least two levels: every configuration has replicate runs."""
     return len(data.factors.get(SEED_FACTOR, [])) >= 2

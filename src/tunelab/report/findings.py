@@ -25,7 +25,8 @@ from tunelab.report.checks import (  # noqa: F401  (the report's sections and te
     run_issues,
     still_falling,
 )
-from tunelab.report.comparisons import best_runs, control_differences, level_difference, replicated
+from tunelab.report.comparisons import best_runs, control_differences, control_mean_difference, level_difference, \
+    replicated
 from tunelab.report.data import ReportData, RunData
 from tunelab.stats.paired import Difference
 from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
@@ -141,6 +142,7 @@ class ScoreJump:
     score_low: float
     score_high: float
     suggest: list[Any]
+    diff: Difference | None = None  # high level minus low level, with its interval
 
     @property
     def delta(self) -> float:
@@ -163,7 +165,8 @@ def _between(a: Any, b: Any) -> list[Any]:
 
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
     """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
-    headline task, when its primary metric is a fraction such as accuracy)."""
+    headline task, when its primary metric is a fraction such as accuracy), unless the difference's
+    interval includes zero (a jump within noise is no reason to try levels in between)."""
     from tunelab.evaluate.metrics import FRACTIONS
 
     head = data.headline
@@ -178,9 +181,15 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
         for model in data.models:
             runs = [r for r in data.completed if r.model == model]
             eff = factor_effect(runs, factor, sorted(levels), "score")
+            by = {r.name: r for r in runs}
             for a, b in zip(eff.levels, eff.levels[1:]):
-                if abs(b.mean - a.mean) >= threshold:
-                    out.append(ScoreJump(factor, model, a.level, b.level, a.mean, b.mean, _between(a.level, b.level)))
+                if abs(b.mean - a.mean) < threshold:
+                    continue
+                d = level_difference([by[n] for n in b.runs], [by[n] for n in a.runs], head.name,
+                                     head.primary_metric or "", replicated(data))
+                if d is None or not d.known or d.resolved:
+                    out.append(ScoreJump(factor, model, a.level, b.level, a.mean, b.mean, _between(a.level, b.level),
+                                         d))
     return out
 
 
@@ -192,6 +201,7 @@ class Findings:
     runner_up: RunData | None = None  # the next run by point estimate (tied or not)
     best_vs: dict[str, Difference | None] = field(default_factory=dict)  # run -> top run minus it (paired)
     control_vs: dict[str, Difference | None] = field(default_factory=dict)  # run -> run minus its control
+    control_mean: Difference | None = None  # mean over runs minus mean over their controls (paired)
     overfit: dict[str, Overfit] = field(default_factory=dict)
     still_falling: dict[str, StillFalling] = field(default_factory=dict)
     memory: list[MemoryUse] = field(default_factory=list)
@@ -231,10 +241,14 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
                      f"{MEMORY_MOSTLY_UNUSED:.0%} of GPU memory (least: {worst.run}, {worst.peak_gib:.1f} of "
                      f"{worst.total_gib:.0f} GiB).")
     steps += resolution_steps(data, f)
+    from tunelab.report.evaluation import diff_text
+
+    metric = data.headline.primary_metric if data.headline else None
     for j in f.jumps:
         if j.suggest:
             steps.append(f"Try intermediate {j.factor} values {', '.join(map(str, j.suggest))} on {j.model}: the "
-                         f"score jumps {100 * j.delta:+.1f} pp between {j.factor}={j.low} and {j.factor}={j.high}.")
+                         f"score jumps {diff_text(j.diff, metric, j.delta)} between {j.factor}={j.low} and "
+                         f"{j.factor}={j.high}.")
     if not steps and data.completed:
         steps.append("Nothing flagged: every run completed and was evaluated, and no rule above fired.")
     return steps
@@ -283,6 +297,7 @@ def analyze(data: ReportData) -> Findings:
     f.best_score, f.best, f.runner_up, f.best_vs = best.score, best.runs, best.runner_up, best.vs
     if head is not None and head.primary_metric:
         f.control_vs = control_differences(data, head.name, head.primary_metric)
+        f.control_mean = control_mean_difference(data, head.name, head.primary_metric)
     for r in data.runs:
         o = overfitting(r.train_loss, r.val_loss)
         if o:

@@ -219,6 +219,21 @@ def _fig(f: FigureFile) -> Figure:
     return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
 
 
+def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:
+    """Fine-tuned vs control: the mean difference and each run's, all paired on the same test samples."""
+    ds = {n: d for n, d in f.control_vs.items() if d is not None}
+    if not ds:
+        return "**Fine-tuned vs control:** no per-sample scores to compare."
+    better = [n for n, d in ds.items() if d.resolved and d.estimate > 0]
+    worse = [n for n, d in ds.items() if d.resolved and d.estimate < 0]
+    same = [n for n, d in ds.items() if d.known and not d.resolved]
+    mean_d = diff_text(f.control_mean, metric, mean(d.estimate for d in ds.values()))
+    return (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
+            f"{mean_d} over {len(ds)} run(s); {len(better)} above their control, {len(worse)} below, {len(same)} "
+            "with no detectable difference (interval includes zero): "
+            + "; ".join(f"{n} {diff_text(d, metric)}" for n, d in ds.items()) + ".")
+
+
 def key_findings(data: ReportData, f: Findings) -> Section:
     blocks: list = []
     items = []
@@ -232,17 +247,7 @@ def key_findings(data: ReportData, f: Findings) -> Section:
     if f.best:
         items.append(best_text(data, f))
     if f.control_vs:
-        ds = [d for d in f.control_vs.values() if d is not None]
-        better = [n for n, d in f.control_vs.items() if d is not None and d.resolved and d.estimate > 0]
-        worse = [n for n, d in f.control_vs.items() if d is not None and d.resolved and d.estimate < 0]
-        same = [n for n, d in f.control_vs.items() if d is not None and d.known and not d.resolved]
-        text = (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
-                f"{show_delta(mean(d.estimate for d in ds), metric)} over {len(ds)} run(s); ") if ds else \
-            "**Fine-tuned vs control:** no per-sample scores to compare; "
-        parts = [f"{len(better)} above their control", f"{len(worse)} below", f"{len(same)} with no detectable "
-                 "difference (interval includes zero)"]
-        items.append(text + ", ".join(parts) + ": " + "; ".join(
-            f"{n} {diff_text(d, metric)}" for n, d in f.control_vs.items() if d is not None) + ".")
+        items.append(_control_item(data, f, metric))
     if f.overfit:
         for name, o in f.overfit.items():
             items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "

@@ -71,6 +71,7 @@ def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromi
     md = (report / "report.md").read_text()
     html = (report / "report.html").read_text()
     assert "2 of 2 fine-tuned runs completed" in md and "partial" not in md
+    _intervals_everywhere(exp, md)
     figures = sorted(p.name for p in (report / "figures").glob("*.png"))
     assert figures == ["loss_curves.png", "score_by_lora_rank__exact_match__accuracy.png", "score_per_epoch.png",
                        "throughput_memory.png"]
@@ -101,3 +102,33 @@ def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromi
     res = run_chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.as_uri())
     assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000, res.stderr[-2000:]
     shutil.copy(shot, SCREENSHOT_COPY)
+
+
+def _intervals_everywhere(exp, md: str) -> None:
+    """Issue 14 on a real sweep: the evaluator kept every sample's score (they recompute inspect's own
+    accuracy), each score carries its Wilson interval, and every score and difference the report states
+    carries its 95 % interval."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from tunelab.evaluate.scores import read_task_scores
+    from tunelab.stats.samples import arrays, metric_on
+
+    found = sorted(exp.glob("*/*/eval/*/*/scores.json"))
+    assert len(found) == 2 * 2 + 1  # two runs × two epochs + the control
+    for path in found:
+        s = read_task_scores(path)
+        assert len(s.per_sample) == s.samples and metric_on(arrays(s.per_sample), "accuracy") == s.score
+        right = sum(int(v.value) for v in s.per_sample)
+        low, high = proportion_confint(right, s.samples, method="wilson")
+        iv = s.intervals["accuracy"]
+        assert (iv.method, iv.low, iv.high) == ("wilson", pytest.approx(low), pytest.approx(high))
+    rows = [line for line in md.splitlines() if re.match(r"\| tiny_\w+ \| (fine-tuned|control) \| (epoch_\d|base) \|",
+                                                         line)]
+    assert len(rows) == 5
+    for row in rows:
+        assert re.search(r"\| \d+\.\d % \[\d+\.\d, \d+\.\d\] \|", row), row
+        if "fine-tuned" in row:  # the paired difference from the control, with its interval
+            assert re.search(r"\| [+-]\d+\.\d pp \[[+-]\d+\.\d, [+-]\d+\.\d\]( \(n\.s\.\))? \|", row), row
+    assert re.search(r"\*\*Best runs? .*— \d+\.\d % \[\d+\.\d, \d+\.\d\]\*\*", md)
+    bare = re.findall(r"[+-]\d+\.\d pp(?! \[)", md)  # a stated difference without its interval
+    assert not bare, bare
