@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -17,12 +18,21 @@ from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 from tunelab.train.checkpoints import (
     COUNTERS_FILE,
+    at_epoch_end,
     epoch_index,
     last_complete_checkpoint,
+    prune_trainer_checkpoints,
     publish_epoch_checkpoint,
     republish_missing_epochs,
 )
 from tunelab.train.device import resolve_dtype
+from tunelab.train.interrupts import (
+    WARN_SIGNAL,
+    SignalWatch,
+    TrainingStopped,
+    make_checkpoint_policy,
+    requeue_self,
+)
 from tunelab.train.distributed import agree, barrier, world
 from tunelab.train.metrics import (
     Counters,
@@ -139,7 +149,8 @@ def _make_trainer_class():
     return CountingSFTTrainer
 
 
-def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts):
+def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts,
+                   keep: int | None = None):
     from transformers import TrainerCallback
 
     main = world().is_main
@@ -177,10 +188,13 @@ def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: L
             t0 = time.monotonic()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             kill_point("train.publish", str(state.global_step))  # trainer state saved; epoch_N, counters not
-            dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
+            dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
+            if at_epoch_end(state.epoch, state.global_step, state.max_steps):
+                dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
             st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
             writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
             atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
+            prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
             _log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
 
     return TunelabCallback()
@@ -255,9 +269,11 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     try:
         summary = _train(cfg, run_dir, state_dir, resume_from, counters)
     except BaseException as exc:
-        state = st.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else st.FAILED
+        state = st.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, TrainingStopped)) else st.FAILED
         if main:
             st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
+        if main and isinstance(exc, TrainingStopped):
+            _after_stop(exc, resume_from)
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
@@ -267,6 +283,15 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     st.write_status(run_dir, state=st.COMPLETED, finished_at=st.now_iso(), step=summary["steps"])
     _log(f"completed: {summary['steps']} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']}")
     return summary
+
+
+def _after_stop(stop: TrainingStopped, resumed_from: Path | None) -> None:
+    """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
+    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
+    _log(str(stop))
+    start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
+    if stop.signum == WARN_SIGNAL and stop.step > start:
+        requeue_self(_log)
 
 
 def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None = None):
@@ -381,13 +406,18 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
     startup: dict[str, float | None] = {}
     local = LocalCounts()
-    trainer, train_ds, val_ds = build_trainer(cfg, counters, [_make_callback(run_dir, writer, startup, local)], local)
+    watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
+    callbacks = [_make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
+                 make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
+    trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local)
     pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
     if w.is_main:
         atomic_write_json(run_dir / st.PACKING_FILE, pstats)
     _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
     _inject_oom_fault(t.batch_size)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
+        raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
     if val_ds is not None:
         _validate_at_end(trainer, run_dir)
     if not w.is_main:

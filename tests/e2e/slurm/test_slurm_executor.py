@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -72,14 +73,17 @@ def timeout_submitted(tmp_path_factory, tiny_model, caps_dataset, slurm_cluster)
 
 
 def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
-    spec = write_spec(factors={"lora_rank": [4, 8]}, resources=SLURM, eval={"max_tokens": 8, "limit": 10})
+    # the two runs have one shape: their training jobs go as one job array, one task at a time (%1)
+    spec = write_spec(factors={"lora_rank": [4, 8]}, eval={"max_tokens": 8, "limit": 10},
+                      resources={**SLURM, "slurm": {**SLURM["slurm"], "array_max_running": 1}})
     exp = spec.parent
     _ok(["scaffold", str(spec)])
     for f in ("runs/tiny_r4/job.sbatch", "runs/tiny_r4/eval.sbatch", "controls/tiny_base/eval.sbatch"):
         assert (exp / f).is_file()
     assert "sbatch --parsable --dependency=afterok:$train" in (exp / "submit_all.sh").read_text()
     dry = _ok(["run", str(exp), "--dry-run"]).output
-    assert dry.count("would submit") == 5 and "afterok:<tiny_r4:train>" in dry
+    assert dry.count("would submit") == 4 and "--array=0-1%1" in dry
+    assert "afterok:<array>_0" in dry and "afterok:<array>_1" in dry
     assert _jobs(exp) == []
     _ok(["run", str(exp), "--wait"])
     jobs = _jobs(exp)
@@ -93,6 +97,14 @@ def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
         assert (exp / "runs" / run / f"slurm-train-{train['job_id']}.out").is_file()
         assert read_json(exp / "runs" / run / "eval" / "epoch_0" / "exact_match" / "scores.json")["samples"] == 10
     assert by[("tiny_base", "eval")]["depends_on"] is None
+    tasks = [by[(run, "train")]["job_id"] for run in ("tiny_r4", "tiny_r8")]
+    array = tasks[0].split("_")[0]
+    assert tasks == [f"{array}_0", f"{array}_1"]
+    assert "(array task)" in (exp / "runs" / "tiny_r8" / f"slurm-train-{tasks[1]}.out").read_text()
+    span = {r.split("|")[0]: r.split("|")[1:] for r in subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-S", "2000-01-01", "-j", ",".join(tasks), "--format=JobID,Start,End"],
+        capture_output=True, text=True, check=True).stdout.splitlines() if r.strip()}
+    assert span[tasks[1]][0] >= span[tasks[0]][1], span  # %1: the second task started after the first ended
     st = _status(exp)
     assert {k: v["state"] for k, v in st.items()} == {"tiny_r4": "completed", "tiny_r8": "completed",
                                                       "tiny_base": "completed"}

@@ -109,28 +109,3 @@ def test_sweep_beyond_max_queued_survives_warning_preemption_and_failing_sacct(w
     live = [len([k for k, (s, e) in spans.items() if s <= t < e]) for t, _ in spans.values()]
     assert max(live) == 2, spans
 
-
-def test_runs_of_one_shape_go_as_a_job_array_throttled_by_slurm(write_spec):
-    spec = write_spec(factors={"lora_rank": [4, 8]}, controls=False, eval={"max_tokens": 8, "limit": 2},
-                      training={"max_steps": 3},
-                      resources={**SLURM, "slurm": {**SLURM["slurm"], "array_max_running": 1}})
-    exp = spec.parent
-    runs = scaffold(spec).runs
-    res = subprocess.run([sys.executable, "-m", "tunelab", "run", str(exp), "--wait"], capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    jobs = ledger.query(exp, "SELECT * FROM jobs ORDER BY id")
-    trains = {j["run"]: j for j in jobs if j["kind"] == "train"}
-    array = trains[runs[0].name]["job_id"].split("_")[0]
-    assert [trains[c.name]["job_id"] for c in runs] == [f"{array}_0", f"{array}_1"]
-    for cfg in runs:  # each evaluation waited on its own task; each task's log is where tunelab looks
-        ev = next(j for j in jobs if j["kind"] == "eval" and j["run"] == cfg.name)
-        assert ev["depends_on"] == trains[cfg.name]["job_id"] and ev["failure"] == "completed"
-        assert trains[cfg.name]["failure"] == "completed" and trains[cfg.name]["exit_code"] == "0:0"
-        log = (cfg.run_dir / f"slurm-train-{trains[cfg.name]['job_id']}.out").read_text()
-        assert f"train job {trains[cfg.name]['job_id']} (array task)" in log and f"run {cfg.name}" in log
-    # %1: the second task started only after the first had ended
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-S", "2000-01-01", "-j", f"{array}_0,{array}_1",
-                          "--format=JobID,Start,End"], capture_output=True, text=True, check=True).stdout
-    times = {r.split("|")[0]: r.split("|")[1:] for r in out.splitlines() if r.strip()}
-    assert times[f"{array}_1"][0] >= times[f"{array}_0"][1], times
