@@ -158,3 +158,15 @@ def test_no_second_save_at_an_epoch_end_just_saved():
     control.should_save = True
     policy.on_epoch_end(None, TrainerState(global_step=41), control)
     assert control.should_save
+
+
+def test_a_process_without_the_signal_stops_with_the_others():
+    """In a distributed run the stop (and a wall-time save) is agreed: a rank the signal has not reached
+    yet saves and stops at the same step (agree stands in for train/distributed.agree's all-reduce)."""
+    from transformers import TrainerControl, TrainerState
+
+    seen = []
+    policy = make_checkpoint_policy(None, 3600.0, SignalWatch(), agree=lambda flag: seen.append(flag) or True)
+    control = TrainerControl()
+    policy.on_step_end(None, TrainerState(global_step=7), control)
+    assert control.should_save and control.should_training_stop and seen == [False, False]
