@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,11 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 register_daily(app)
+
+class ExecutorName(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
 
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows
@@ -109,8 +115,8 @@ def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local or slurm (default: the spec's "
-                                           "resources.executor)."),
+    executor: Optional[ExecutorName] = typer.Option(None, "--executor", help="local or slurm (default: the "
+                                                    "spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
 ) -> None:
@@ -118,7 +124,10 @@ def run_cmd(
     job after each (afterok). Completed, queued and running runs are skipped."""
     from tunelab.experiment import load_runs
 
-    executor = executor or load_runs(experiment_dir)[0].resources.executor
+    executor = executor.value if executor else load_runs(experiment_dir)[0].resources.executor
+    if executor == "local" and (dry_run or wait):
+        raise TunelabError("--dry-run and --wait apply to the slurm executor only (a local run trains here and "
+                           "returns when it has ended)", field="--dry-run" if dry_run else "--wait")
     if executor == "slurm":
         from tunelab.execute.slurm import run_slurm
 

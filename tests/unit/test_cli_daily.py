@@ -127,3 +127,11 @@ def test_compare_shows_exactly_the_config_that_differs(write_spec, tmp_path):
     assert all(r["state"] == "pending" and r["final_loss"] is None for r in out["runs"])
     one = runner.invoke(app, ["compare", str(tmp_path / "a" / "runs" / "tiny_r4")])
     assert one.exit_code == 1 and "at least two" in one.output
+
+
+def test_run_executor_is_a_choice_and_slurm_only_options_are_refused_locally(tmp_path):
+    bad = runner.invoke(app, ["run", str(tmp_path), "--executor", "kubernetes"])
+    assert bad.exit_code == 2 and "local" in bad.output and "slurm" in bad.output
+    for flag in ("--dry-run", "--wait"):
+        res = runner.invoke(app, ["run", str(tmp_path), "--executor", "local", flag])
+        assert res.exit_code == 1 and f"{flag}: --dry-run and --wait apply to the slurm executor only" in res.output
