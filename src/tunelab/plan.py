@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
 from tunelab.data.loading import DataFile
-from tunelab.data.splits import load_data
+from tunelab.data.splits import load_data, split_record_path
 from tunelab.estimate.runs import RunEstimate
 from tunelab.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
@@ -126,13 +126,18 @@ def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
 
 
 def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
-    data = load_data(d, experiment_dir, create_split=True)
+    """Every row of every split read converts. A new split is recorded only then: a record left by a failed
+    plan would refuse the corrected file as 'changed since its split was made'."""
+    recorded = d.split is None or split_record_path(d, experiment_dir).is_file()
+    data = load_data(d, experiment_dir if recorded else None)  # a new split is made in memory first
     fmt = None
     for template in spec.prompt_levels():
         reader = data.reader(template, spec.system_prompt)
         fmt = reader.format
         for split in sorted(splits):
             data.examples(split, reader)  # every row converts, or an error names it
+    if not recorded:
+        data = load_data(d, experiment_dir, create_split=True)  # the same seeded split, recorded now
     rec = str(data.split_record) if data.split_record else None
     return DatasetInfo(d.name, fmt or "?", data.counts(), data.files, rec, d.eval_only)
 

@@ -154,3 +154,30 @@ def test_chat_jsonl_split_by_the_spec_plans_with_provenance(write_spec, tmp_path
     before = record.read_bytes()
     scaffold(spec)  # a second scaffold reads the record, never re-splits
     assert record.read_bytes() == before
+
+
+def test_a_plan_failing_on_a_bad_row_records_no_split_so_the_fixed_file_plans(write_spec, tmp_path):
+    """A split is recorded only once every row converted: a record left by the failed plan would refuse the
+    corrected file ('changed since its split was made') and the user would have to find and delete it."""
+    from tunelab.data.splits import make_split
+    from tunelab.spec import SplitFractions
+
+    def chat_rows(bad_every: int | None) -> str:
+        rows = []
+        for i in range(40):
+            turns = [{"role": "user", "content": f"w{i}"}, {"role": "assistant", "content": f"W{i}"}]
+            rows.append({"messages": turns[:1] if bad_every and i % bad_every == 0 else turns})
+        return "".join(json.dumps(r) + "\n" for r in rows)
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(chat_rows(bad_every=3))  # some rows have no assistant turn
+    spec = write_spec(datasets=[{"name": "chat", "path": str(data), "split": {"validation": 0.25, "test": 0.25}}],
+                      prompt=None)
+    with pytest.raises(TunelabError, match="no assistant turn"):
+        make_plan(spec)
+    record = spec.parent / "data" / "chat.split.json"
+    assert not record.exists()
+    data.write_text(chat_rows(bad_every=None))
+    plan = make_plan(spec)
+    assert plan.datasets["chat"].counts == {"train": 20, "validation": 10, "test": 10}
+    assert json.loads(record.read_text())["indices"] == make_split(40, SplitFractions(validation=0.25, test=0.25))

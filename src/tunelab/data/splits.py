@@ -72,12 +72,17 @@ def load_data(spec: DatasetSpec, experiment_dir: str | Path | None, create_split
     source = read_source(spec)
     if spec.split is None:
         return LoadedData(spec, dict(source.splits), source.files)
-    record_path = Path(experiment_dir) / DATA_DIR / f"{spec.name}.split.json" if experiment_dir else None
+    record_path = split_record_path(spec, experiment_dir) if experiment_dir else None
     indices = _split_indices(spec, source, record_path, create_split)
     rows = source.splits["train"]
     splits = {s: v for s, v in source.splits.items() if s != "train"}
     splits.update({s: rows.select(idx) for s, idx in indices.items()})
     return LoadedData(spec, splits, source.files, record_path)
+
+
+def split_record_path(spec: DatasetSpec, experiment_dir: str | Path) -> Path:
+    """Where a split made by the spec is recorded."""
+    return Path(experiment_dir) / DATA_DIR / f"{spec.name}.split.json"
 
 
 def _split_indices(spec: DatasetSpec, source: SourceData, record_path: Path | None, create: bool) -> dict[str, list]:
