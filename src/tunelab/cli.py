@@ -257,13 +257,27 @@ def estimate_cmd(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
     epochs: int = typer.Option(1, "--epochs", help="Training epochs (for steps and time)."),
     effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights and activations: bfloat16, float16 or float32."),
+    modules_to_save: Optional[list[str]] = typer.Option(None, "--modules-to-save", help="Modules trained in full "
+                                                        "beside LoRA, as in the spec (repeatable), e.g. lm_head."),
+    chat_template: str = typer.Option("auto", "--chat-template", help="auto, always or never: the prompt format "
+                                      "measured (with --dataset), as the spec's chat_template."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message for rows without "
+                                                "one (with --dataset), as the spec's system_prompt."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict peak memory, the largest micro-batch that fits, packing and accumulation (memory in tokens)."""
     from tunelab.estimate.api import estimate_config
 
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise TunelabError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32", field="--dtype")
+    if chat_template not in ("auto", "always", "never"):
+        raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
+                           field="--chat-template")
     out = estimate_config(model, _gpu_option(gpu), max_seq_len, batch_size, packed, lora_rank,
-                          activation_checkpointing, dataset, prompt, epochs, effective_batch)
+                          activation_checkpointing, dataset, prompt, epochs, effective_batch, dtype=dtype,
+                          modules_to_save=tuple(modules_to_save or ()), chat_template=chat_template,
+                          system_prompt=system_prompt)
     if json_out:
         print(json.dumps(out, indent=2))
         return

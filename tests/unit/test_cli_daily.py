@@ -135,3 +135,21 @@ def test_run_executor_is_a_choice_and_slurm_only_options_are_refused_locally(tmp
     for flag in ("--dry-run", "--wait"):
         res = runner.invoke(app, ["run", str(tmp_path), "--executor", "local", flag])
         assert res.exit_code == 1 and f"{flag}: --dry-run and --wait apply to the slurm executor only" in res.output
+
+
+def test_estimate_measures_the_spec_s_prompt_format_dtype_and_modules(tiny_model, caps_dataset):
+    """Each option reaches the estimate: chat template tokens counted, fp32 and full modules cost memory."""
+    def est(*extra: str) -> dict:
+        res = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "128",
+                                  "--batch-size", "8", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    data = ["--dataset", str(caps_dataset), "--prompt", "Capitalize: {input}"]
+    assert est(*data, "--chat-template", "always")["tokens_per_epoch"] > est(*data, "--chat-template", "never")[
+        "tokens_per_epoch"]
+    assert est("--dtype", "float32")["peak_memory_gib"] > est("--dtype", "bfloat16")["peak_memory_gib"]
+    assert est("--modules-to-save", "lm_head")["peak_memory_gib"] > est()["peak_memory_gib"]
+    bad = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "128",
+                              "--dtype", "fp8"])
+    assert bad.exit_code == 1 and "--dtype" in bad.output

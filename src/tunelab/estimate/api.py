@@ -16,7 +16,9 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
                     packed: bool | None = None, lora_rank: int = 8, activation_checkpointing: bool = False,
                     dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
                     target_effective_batch: int = 16, dtype: str = "bfloat16",
-                    modules_to_save: tuple[str, ...] = ()) -> dict[str, Any]:
+                    modules_to_save: tuple[str, ...] = (), chat_template: str = "auto",
+                    system_prompt: str | None = None) -> dict[str, Any]:
+    """chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use."""
     arch = resolve_architecture(model)
     inputs = MemoryInputs(dtype=dtype, lora_rank=lora_rank, activation_checkpointing=activation_checkpointing,
                           modules_to_save=modules_to_save)
@@ -35,7 +37,10 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
 
         tok = AutoTokenizer.from_pretrained(model)
         spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
-        data = measure_dataset(spec, tok, PromptFormat(), prompt, max_seq_len, batch_size or 1)
+        from tunelab.spec import DEFAULT_TEMPLATE_DATE
+
+        fmt = PromptFormat(chat_template=chat_template, template_date=DEFAULT_TEMPLATE_DATE)
+        data = measure_dataset(spec, tok, fmt, prompt, max_seq_len, batch_size or 1, system_prompt=system_prompt)
     train = data["splits"]["train"] if data else None
     use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
     bp = plan_batch(arch, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
