@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
@@ -104,3 +105,12 @@ def requeue_self(log) -> bool:
         return False
     log(f"requeued job {job}: it resumes from the checkpoint just saved")
     return True
+
+
+def after_stop(stop: TrainingStopped, resumed_from: Path | None, log) -> None:
+    """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
+    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
+    log(str(stop))
+    start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
+    if stop.signum == WARN_SIGNAL and stop.step > start:
+        requeue_self(log)

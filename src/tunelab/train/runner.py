@@ -26,13 +26,7 @@ from tunelab.train.checkpoints import (
     republish_missing_epochs,
 )
 from tunelab.train.device import resolve_dtype
-from tunelab.train.interrupts import (
-    WARN_SIGNAL,
-    SignalWatch,
-    TrainingStopped,
-    make_checkpoint_policy,
-    requeue_self,
-)
+from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.distributed import agree, barrier, world
 from tunelab.train.metrics import (
     Counters,
@@ -273,7 +267,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         if main:
             st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
         if main and isinstance(exc, TrainingStopped):
-            _after_stop(exc, resume_from)
+            after_stop(exc, resume_from, _log)
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
@@ -283,15 +277,6 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     st.write_status(run_dir, state=st.COMPLETED, finished_at=st.now_iso(), step=summary["steps"])
     _log(f"completed: {summary['steps']} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']}")
     return summary
-
-
-def _after_stop(stop: TrainingStopped, resumed_from: Path | None) -> None:
-    """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
-    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
-    _log(str(stop))
-    start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
-    if stop.signum == WARN_SIGNAL and stop.step > start:
-        requeue_self(_log)
 
 
 def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None = None):
