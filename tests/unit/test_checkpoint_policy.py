@@ -170,3 +170,16 @@ def test_a_process_without_the_signal_stops_with_the_others():
     control = TrainerControl()
     policy.on_step_end(None, TrainerState(global_step=7), control)
     assert control.should_save and control.should_training_stop and seen == [False, False]
+
+
+
+def test_handlers_go_back_after_training():
+    """The watch must not outlive training: a process that trained in-process (the demo, a test) would
+    otherwise ignore SIGTERM for the rest of its life."""
+    before = signal.getsignal(signal.SIGTERM)
+    watch = SignalWatch().install()
+    assert signal.getsignal(signal.SIGTERM) != before
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert watch.received == signal.SIGTERM  # only a flag: this process is still here
+    watch.restore()
+    assert signal.getsignal(signal.SIGTERM) == before

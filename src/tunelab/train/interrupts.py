@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,15 +41,23 @@ class SignalWatch:
     """Remembers the first stop signal received (handlers only set a flag: saving happens at a step end)."""
 
     received: int | None = None
+    _previous: dict = field(default_factory=dict)
 
     def install(self) -> SignalWatch:
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
-                signal.signal(s, self._handle)
+                self._previous[s] = signal.signal(s, self._handle)
         return self
 
+    def restore(self) -> None:
+        """Put back the handlers found at install: after training a signal acts as usual again (a process
+        that trained in-process, e.g. a test or the demo, must not ignore SIGTERM for the rest of its life)."""
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - signal handler signature
-        if self.received is None:
+        if self.received is None:  # later ones change nothing (Slurm may deliver SIGTERM more than once)
             self.received = signum
 
 

@@ -392,15 +392,18 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     startup: dict[str, float | None] = {}
     local = LocalCounts()
     watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
-    callbacks = [_make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
-                 make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
-    trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local)
-    pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
-    if w.is_main:
-        atomic_write_json(run_dir / st.PACKING_FILE, pstats)
-    _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
-    _inject_oom_fault(t.batch_size)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:  # the handlers go back even when loading fails
+        callbacks = [_make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
+                     make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
+        trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local)
+        pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
+        if w.is_main:
+            atomic_write_json(run_dir / st.PACKING_FILE, pstats)
+        _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
+        _inject_oom_fault(t.batch_size)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        watch.restore()
     if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
         raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
     if val_ds is not None:
