@@ -18,6 +18,7 @@ from tunelab.data.splits import load_data, split_record_path
 from tunelab.estimate.runs import RunEstimate
 from tunelab.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
+from tunelab.train.quantize import check_plan as check_quantize
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (callers import them from here)
 from tunelab.runconfig import RunConfig
@@ -257,6 +258,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
     check_eval_tasks(spec, spec_path, runs)
+    check_quantize(runs, gpu is not None, spec_path)  # QLoRA needs a GPU and bitsandbytes: refused here
     res = spec.resources
     nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
     recipe = "single process" if nproc <= 1 else (

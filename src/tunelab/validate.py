@@ -47,7 +47,8 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     dtype = planned_dtype(t.dtype, gpu.compute_capability)
     inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=tuple(t.lora_target_modules)
                           if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
-                          modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)
+                          modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing,
+                          quantize=t.quantize)
     longest = max(lengths) if lengths else None
     tokens = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, longest)
     res = cfg.resources

@@ -52,6 +52,25 @@ def test_train_writes_metrics_checkpoints_and_summary(write_spec):
     cost = summary["step_cost"]
     step_s = cost["tokens_per_step"] / summary["tokens_per_s"]
     assert cost["per_token_s"] > 0 and 0 < cost["fixed_s"] < step_s, (cost, step_s)
+    # data wait: measured per logged row, never negative or longer than the row's training time, and the
+    # summary's total is the sum of the rows; CPU training defaults to no dataloader workers
+    prev = 0.0
+    for r in train_rows:
+        assert 0 <= r["data_wait_s"] <= r["train_time_s"] - prev, r
+        prev = r["train_time_s"]
+    assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in train_rows), abs=2e-3)
+    assert summary["data_wait_s"] > 0  # fetching 80 batches takes some time
+    assert summary["data_wait_fraction"] == pytest.approx(summary["data_wait_s"] / summary["train_time_s"], abs=1e-3)
+    assert (summary["dataloader_workers"], summary["dataloader_workers_source"]) == (0, "cpu training")
+    # shuffled (the default) draws a different seeded permutation each epoch, all recorded
+    orders = read_jsonl(run_dir / "data_order.jsonl")
+    assert [o["epoch"] for o in orders] == [0, 1] and orders[0]["order"] == "shuffled" and orders[0]["seed"] == 42
+    assert all(sorted(o["indices"]) == list(range(320)) for o in orders)
+    assert orders[0]["indices"] != orders[1]["indices"]
+    import torch  # today's shuffle: accelerate's seeded sampler, randperm seeded with seed + epoch
+
+    assert [o["indices"] for o in orders] == [torch.randperm(320, generator=torch.Generator().manual_seed(42 + e))
+                                              .tolist() for e in (0, 1)]
 
 
 def test_packing_bfd_packs_and_learns(write_spec):

@@ -7,6 +7,7 @@ Terms (bytes): frozen base weights; LoRA (and modules_to_save) weights, gradient
 states; activations per token per layer (all saved, or one layer input with activation
 checkpointing); logits (fp32 upcast for the loss, its softmax and its gradient: with a 128k
 vocabulary this is often the largest term) divided by the loss chunks; runtime overhead.
+With `quantize: 4bit` (QLoRA) the frozen linear weights are NF4 (see base_weight_bytes).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ H_COEF, I_COEF, KV_COEF = 10.0, 4.0, 2.0
 # fp32 logits, their log-softmax and their gradient live at once at the loss.
 LOGIT_COPIES = 3.0
 RUNTIME_OVERHEAD_GIB = 0.75  # CUDA context, allocator slack, kernels' workspaces
+# QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", §2-3): NF4 stores 4 bits per
+# weight; blocks of 64 weights share an absmax constant, and double quantization stores those as 8-bit values with
+# one fp32 constant per 256 blocks: 8/64 + 32/(64·256) = 0.127 bits per parameter. bitsandbytes quantizes the
+# Linear layers only: embeddings and lm_head stay in the compute dtype (norms too; they are negligible).
+NF4_BYTES_PER_PARAM = 0.5
+NF4_CONSTANT_BYTES_PER_PARAM = (8 / 64 + 32 / (64 * 256)) / 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class MemoryInputs:
     activation_checkpointing: bool = False
     loss_chunks: int = 1
     optimizer_bytes_per_param: int = 8  # AdamW: two fp32 moments
+    quantize: str | None = None  # "4bit": QLoRA's NF4 base
 
 
 @dataclass
@@ -79,6 +87,15 @@ def activation_bytes_per_token(arch: Architecture, dtype_bytes: int, checkpointi
     return arch.layers * per_layer
 
 
+def base_weight_bytes(arch: Architecture, dtype_bytes: int, quantize: str | None) -> float:
+    """Bytes of the frozen base: every parameter in the compute dtype, or with 4-bit NF4 the linear layers at
+    NF4_BYTES_PER_PARAM + NF4_CONSTANT_BYTES_PER_PARAM and the embeddings (and an untied lm_head) unquantized."""
+    if quantize != "4bit":
+        return arch.parameters * dtype_bytes
+    kept = arch.embedding_params * (1 if arch.tied_embeddings else 2)
+    return (arch.parameters - kept) * (NF4_BYTES_PER_PARAM + NF4_CONSTANT_BYTES_PER_PARAM) + kept * dtype_bytes
+
+
 # FSDP gathers one wrapped unit (a decoder layer) for compute while it prefetches the next.
 FSDP_GATHERED_UNITS = 2
 
@@ -95,7 +112,7 @@ def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calib
     full = full_module_params(arch, inputs.modules_to_save)
     # LoRA weights are kept in fp32 (PEFT autocasts adapters): weight + grad + optimizer states.
     trainable_bytes = lora * (4 + 4 + inputs.optimizer_bytes_per_param) + full * (b + b + inputs.optimizer_bytes_per_param)
-    weights = arch.parameters * b
+    weights = base_weight_bytes(arch, b, inputs.quantize)
     if shards > 1:
         layer = max(0, arch.parameters - arch.embedding_params) / max(1, arch.layers) * b
         weights = weights / shards + FSDP_GATHERED_UNITS * layer

@@ -185,7 +185,8 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         dtype = planned_dtype(t.dtype, gpu.compute_capability)
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
         inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets,
-                              modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing)
+                              modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing,
+                              quantize=t.quantize)
         calib_rows = [r for r in history if _same_device(r, gpu, None) and _same_model(r, arch)
                       and r.memory_kind == "cuda_max_allocated" and r.peak_memory_gib and r.tokens_per_step]
         calibration, mem_source = 1.0, "model"

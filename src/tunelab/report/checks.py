@@ -16,6 +16,7 @@ from tunelab.train import status as st
 OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
 STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch
 MEMORY_MOSTLY_UNUSED = 0.5  # peak below half of the GPU's memory
+DATA_WAIT_FLAG = 0.05  # the training loop waited for data more than 5 % of training time
 GPU_TOTAL_KEYS = ("gpu_memory_total_gib", "device_memory_gib", "device_total_memory_gib", "gpu_total_gib")
 
 
@@ -129,6 +130,7 @@ def memory_use(run: RunData) -> MemoryUse:
 class Issue:
     run: str
     kind: str  # failed | interrupted | retried | nan-loss | empty-file | missing-epoch | never-logged | not-evaluated
+    #            | data-wait
     detail: str
 
 
@@ -154,8 +156,22 @@ def missing_epochs(run: RunData) -> list[int]:
     return [e for e in range(planned) if e not in have]
 
 
+def data_wait_issue(run: str, summary: dict[str, Any]) -> Issue | None:
+    """The input pipeline starved training: data wait above DATA_WAIT_FLAG of training time (summary.json)."""
+    frac, wait = summary.get("data_wait_fraction"), summary.get("data_wait_s")
+    if not isinstance(frac, (int, float)) or frac <= DATA_WAIT_FLAG:
+        return None
+    workers = summary.get("dataloader_workers")
+    now = f" (now {workers}, {summary.get('dataloader_workers_source')})" if workers is not None else ""
+    return Issue(run, "data-wait", f"waited {frac:.0%} of training time for data ({wait} s): raise "
+                 f"training.dataloader_workers{now}, and give the job the CPUs for them")
+
+
 def run_issues(run: RunData) -> list[Issue]:
     out = []
+    wait = data_wait_issue(run.name, run.summary)
+    if wait:
+        out.append(wait)
     if run.state in (st.FAILED, st.INTERRUPTED):
         last = run.attempts[-1] if run.attempts else {}
         reason = run.error or last.get("reason") or (

@@ -5,13 +5,19 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelab.spec.base import _Strict
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+class ByField(_Strict):
+    """Curriculum order by a field of the source rows (ascending; ties keep the file's order)."""
+
+    by_field: str = Field(min_length=1)
 
 
 class TrainingConfig(_Strict):
@@ -48,6 +54,22 @@ class TrainingConfig(_Strict):
     keep_checkpoints: int | None = Field(
         None, ge=1, description="Trainer states kept on disk (the newest complete ones). Default: every epoch "
         "end and only the newest mid-epoch one. Epoch adapters (checkpoints/epoch_N) are always kept.")
+    dataloader_workers: int | None = Field(
+        None, ge=0, description="Dataloader worker processes per training process. Default: chosen in the job "
+        "from its CPUs (SLURM_CPUS_PER_TASK, else the CPU affinity) on a GPU, 0 on CPU; recorded in summary.json.")
+    order: Literal["shuffled", "as_given", "by_length"] | ByField = Field(
+        "shuffled", description="Order examples are fed in each epoch: shuffled (seeded by `seed`), as_given "
+        "(the file's order), by_length (shortest first), {by_field: NAME} (ascending); recorded per epoch in "
+        "data_order.jsonl.")
+    quantize: Literal["4bit"] | None = Field(
+        None, description="4bit: QLoRA, the base loaded in 4-bit NF4 (bitsandbytes, GPU only; the `qlora` extra).")
+
+    @model_validator(mode="after")
+    def _order_needs_unpacked(self) -> TrainingConfig:
+        if self.order != "shuffled" and self.packing:
+            raise ValueError("order: a curriculum order needs packing: false (packing regroups the examples "
+                             "into sequences by length, so their order cannot be kept)")
+        return self
 
     @field_validator("checkpoint_every")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class Counters:
     examples: int = 0
     overhead_s: float = 0.0  # time in evaluation and checkpoint saves
     elapsed_s: float = 0.0  # wall time of training (all attempts)
+    data_wait_s: float = 0.0  # time the training loop waited for its next batch (slowest process)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class LocalCounts:
     tokens: int = 0
     nonpad_tokens: int = 0
     examples: int = 0
+    data_wait: list[float] = field(default_factory=lambda: [0.0])  # seconds; a list so an iterator can add
 
     def add(self, tokens: int, nonpad: int, examples: int) -> None:
         self.tokens += tokens
@@ -53,7 +55,10 @@ def sync_counters(counters: Counters, local: LocalCounts) -> float:
     counters.nonpad_tokens += int(nonpad)
     counters.examples += int(examples)
     local.tokens = local.nonpad_tokens = local.examples = 0
-    return all_reduce([peak_memory()[0]], "max")[0]
+    peak, wait = all_reduce([peak_memory()[0], local.data_wait[0]], "max")
+    counters.data_wait_s += float(wait)
+    local.data_wait[0] = 0.0
+    return peak
 
 
 def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
@@ -123,7 +128,7 @@ class MetricsWriter:
         self.counters = counters
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s
-        self._last = {"tokens": counters.tokens, "time": self._train_time()}
+        self._last = {"tokens": counters.tokens, "time": self._train_time(), "wait": counters.data_wait_s}
         self.last_eval_step: int | None = None
 
     def _train_time(self) -> float:
@@ -154,6 +159,8 @@ class MetricsWriter:
             "examples": self.counters.examples,
             "tokens_per_s": None if is_eval or d_time <= 0 else round(d_tokens / d_time, 2),
             "train_time_s": round(train_time, 3),
+            # waited for data since the last training row (every process's wait, the slowest one's)
+            "data_wait_s": None if is_eval else round(self.counters.data_wait_s - self._last["wait"], 4),
             "peak_memory_gib": round(peak, 4),
             "memory_kind": kind,
             "elapsed_s": round(self.counters.elapsed_s, 3),
@@ -161,7 +168,7 @@ class MetricsWriter:
         if is_eval:
             self.last_eval_step = step
         else:
-            self._last = {"tokens": self.counters.tokens, "time": train_time}
+            self._last = {"tokens": self.counters.tokens, "time": train_time, "wait": self.counters.data_wait_s}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()

@@ -15,6 +15,7 @@ from tunelab.errors import TunelabError
 from tunelab.faults import kill_point
 from tunelab.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 from tunelab.runconfig import RunConfig
+from tunelab.train import quantize
 from tunelab.train import status as st
 from tunelab.train.checkpoints import (
     COUNTERS_FILE,
@@ -38,6 +39,8 @@ from tunelab.train.metrics import (
     steady_tokens_per_s,
     sync_counters,
 )
+from tunelab.train.dataloading import dataloader_args, pipeline_summary, resolve_workers
+from tunelab.train.ordering import ORDER_FILE, order_for
 from tunelab.train.summary import run_facts, summarize
 
 # Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
@@ -110,7 +113,9 @@ def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
 def _make_trainer_class():
     from trl import SFTTrainer
 
-    class CountingSFTTrainer(SFTTrainer):
+    from tunelab.train.feeding import FeedingMixin
+
+    class CountingSFTTrainer(FeedingMixin, SFTTrainer):
         """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
         and times evaluation and checkpoint saves."""
 
@@ -223,7 +228,7 @@ def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counte
     if not world().is_main:  # the main process tidies the files; the others only read the counters
         return last, Counters(**json.loads((last / COUNTERS_FILE).read_text())) if last else Counters()
     if last is None:
-        for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE):
+        for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE, run_dir / ORDER_FILE):
             stale.unlink(missing_ok=True)
         return None, Counters()
     for epoch in republish_missing_epochs(state_dir, run_dir, upto=last):
@@ -312,7 +317,8 @@ def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None 
         packing=t.packing,
         packing_strategy="bfd",
         completion_only_loss=True,
-        dataloader_num_workers=0,
+        **dataloader_args(resolve_workers(t.dataloader_workers, torch.cuda.is_available(), world().size),
+                          torch.cuda.is_available()),
         save_only_model=False,
         **trainer_args(strategy, torch.cuda.is_available()),
     )
@@ -335,7 +341,8 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, **quantize.load_kwargs(t.quantize, dtype))
+    model = quantize.prepare(model, t.quantize, t.gradient_checkpointing)  # QLoRA: peft's k-bit preparation
     train_ds, val_ds = build_datasets(cfg, tokenizer)
     lora = LoraConfig(
         r=t.lora_rank,
@@ -357,6 +364,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
     )
     trainer.counters = counters if counters is not None else Counters()
     trainer.local = local if local is not None else LocalCounts()
+    trainer.fixed_order, trainer.order_spec = order_for(t, cfg, trainer.train_dataset), t.order
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
     return trainer, train_ds, val_ds
 
@@ -401,6 +409,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
             atomic_write_json(run_dir / st.PACKING_FILE, pstats)
         _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
         _inject_oom_fault(t.batch_size)
+        trainer.order_log_dir = run_dir if w.is_main else None  # data_order.jsonl: the order each epoch drew
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         watch.restore()
@@ -425,5 +434,6 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         "train_examples": len(train_ds),
         "validation_examples": len(val_ds) if val_ds is not None else None,
         "packing": pstats,
+        **pipeline_summary(t, torch.cuda.is_available(), w.size, run_dir, elapsed - counters.overhead_s),
         **run_facts(trainer, t, dtype, run_dir, w.size, applied_strategy(trainer)),
     })

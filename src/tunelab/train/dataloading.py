@@ -1,0 +1,97 @@
+"""The input pipeline as a measured lever: how many dataloader workers a job gets, and how long the
+training loop waits for its next batch.
+
+The worker count is resolved in the job, not at scaffold time: the CPUs a job has
+(`SLURM_CPUS_PER_TASK`, else the process's CPU affinity) are only known on the node that runs it,
+and the login node that scaffolds usually has a different count. The resolved count and where it
+came from are recorded in summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The dataloader worker count of one process and the reason for it."""
+
+    count: int
+    source: str  # "training.dataloader_workers" | "SLURM_CPUS_PER_TASK=N" | "cpu affinity N" | "cpu training"
+    cpus: int | None  # CPUs the job has (None when the count was given)
+
+
+def job_cpus(env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """CPUs this job may use: Slurm's allocation when inside a Slurm job, else the CPU affinity mask."""
+    env = os.environ if env is None else env
+    raw = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw), f"SLURM_CPUS_PER_TASK={raw}"
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    return n, f"cpu affinity {n}"
+
+
+def resolve_workers(configured: int | None, cuda: bool, processes: int = 1,
+                    env: Mapping[str, str] | None = None) -> Workers:
+    """The configured count when given; else on a GPU one worker per CPU a process has beyond the one that
+    drives the GPU (capped at MAX_DEFAULT_WORKERS); on CPU training 0, because there the cores compute the
+    model and a worker only takes them away (benchmarks/dataloader.py measures it)."""
+    if configured is not None:
+        return Workers(configured, "training.dataloader_workers", None)
+    cpus, source = job_cpus(env)
+    if not cuda:
+        return Workers(0, "cpu training", cpus)
+    per_process = cpus // max(processes, 1)
+    return Workers(max(0, min(per_process - 1, MAX_DEFAULT_WORKERS)), source, cpus)
+
+
+def dataloader_args(workers: Workers, cuda: bool) -> dict[str, Any]:
+    """Trainer arguments: workers kept across epochs (no re-spawn per epoch), pinned memory on a GPU only."""
+    return {
+        "dataloader_num_workers": workers.count,
+        "dataloader_persistent_workers": workers.count > 0,
+        "dataloader_pin_memory": cuda,
+    }
+
+
+class TimedIterator:
+    """Wraps the trainer's epoch iterator; adds the seconds each `next()` blocks to `waited[0]`."""
+
+    def __init__(self, inner: Iterator, waited: list[float]):
+        self.inner, self.waited = inner, waited
+
+    def __iter__(self) -> TimedIterator:
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.inner)
+        finally:
+            self.waited[0] += time.perf_counter() - t0
+
+
+def wait_summary(rows: list[dict[str, Any]], train_time_s: float | None) -> dict[str, Any]:
+    """Total data wait of a run (the sum of its logged rows) and its fraction of training time."""
+    total = sum(r.get("data_wait_s") or 0.0 for r in rows if r.get("loss") is not None)
+    frac = total / train_time_s if train_time_s else None
+    return {"data_wait_s": round(total, 3), "data_wait_fraction": round(frac, 4) if frac is not None else None}
+
+
+def pipeline_summary(t, cuda: bool, processes: int, run_dir, train_time_s: float) -> dict[str, Any]:
+    """summary.json's input-pipeline facts: workers (and why that many), pinned memory, data wait."""
+    from tunelab.fsutil import read_jsonl
+    from tunelab.train import status as st
+
+    w = resolve_workers(t.dataloader_workers, cuda, processes)
+    return {"dataloader_workers": w.count, "dataloader_workers_source": w.source, "pin_memory": cuda,
+            **wait_summary(read_jsonl(run_dir / st.METRICS_FILE), train_time_s)}

@@ -1,0 +1,53 @@
+"""What the trainer feeds and how long it waits for it: a mixin for the SFTTrainer subclass of
+runner.py, so the runner stays about training and these hooks stay in one place."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tunelab.train.dataloading import TimedIterator
+from tunelab.train.ordering import FixedOrderSampler, append_order, order_record, record_draws
+
+
+def _innermost_sampler(dataloader) -> Any:
+    """The index sampler under accelerate's wrappers (a BatchSamplerShard in a distributed run)."""
+    bs = getattr(dataloader, "batch_sampler", None)
+    while getattr(bs, "batch_sampler", None) is not None and bs.batch_sampler is not bs:
+        bs = bs.batch_sampler
+    return getattr(bs, "sampler", None)
+
+
+def _epoch_index(epoch: float | None) -> int:
+    """The epoch a float state.epoch lies in (a value a hair below an integer is that integer)."""
+    e = float(epoch or 0.0)
+    return int(round(e)) if math.isclose(e, round(e), abs_tol=1e-6) else int(math.floor(e))
+
+
+class FeedingMixin:
+    """Times each fetch of a micro-batch into `local.data_wait`; feeds a fixed order when `fixed_order` is set;
+    records the order every epoch really drew in `order_log_dir`/data_order.jsonl (main process, when set)."""
+
+    fixed_order: list[int] | None = None
+    order_log_dir: Path | None = None
+    order_spec: Any = "shuffled"
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        return super().get_batch_samples(TimedIterator(epoch_iterator, self.local.data_wait), num_batches, device)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.fixed_order is not None:
+            return FixedOrderSampler(self.fixed_order)
+        return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        sampler = _innermost_sampler(dataloader)
+        if self.order_log_dir is not None and sampler is not None and self.args.process_index == 0:
+            record_draws(sampler, self._record_order)
+        return dataloader
+
+    def _record_order(self, indices: list[int]) -> None:
+        rec = order_record(_epoch_index(self.state.epoch), self.order_spec, self.args.data_seed, indices)
+        append_order(self.order_log_dir, rec)

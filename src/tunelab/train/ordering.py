@@ -1,0 +1,118 @@
+"""Curriculum ordering (`training.order`) and the record of the order each epoch really used.
+
+`shuffled` keeps the trainer's own seeded sampler untouched (the behaviour before orders existed);
+every other order is a fixed permutation fed by FixedOrderSampler. Whatever the sampler, the indices
+it yields are recorded as they are drawn (`<run>/data_order.jsonl`), so the file states what the
+trainer was fed, not what it should have been fed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Sampler
+
+from tunelab.errors import TunelabError
+from tunelab.spec.training import ByField, TrainingConfig
+
+ORDER_FILE = "data_order.jsonl"
+RECORD_ALL_UP_TO = 100_000  # longer orders are recorded as their hash and first indices
+FIRST_INDICES = 1000
+
+
+def order_name(order: str | ByField) -> str:
+    return f"by_field:{order.by_field}" if isinstance(order, ByField) else order
+
+
+def fixed_order(order: str | ByField, lengths: Sequence[int], field_values: Sequence[Any] | None = None
+                ) -> list[int] | None:
+    """The permutation of a non-random order (None for shuffled). Sorting is stable: ties keep file order."""
+    n = len(lengths)
+    if order == "shuffled":
+        return None
+    if order == "as_given":
+        return list(range(n))
+    if order == "by_length":
+        return sorted(range(n), key=lambda i: lengths[i])
+    assert isinstance(order, ByField)
+    if field_values is None or len(field_values) != n:
+        raise TunelabError("the training split's rows do not match the trained examples one to one",
+                           field=f"training.order.by_field: {order.by_field}")
+    missing = [i for i, v in enumerate(field_values) if v is None]
+    if missing:
+        raise TunelabError(f"train row {missing[0]} has no value for {order.by_field!r} "
+                           f"({len(missing)} row(s) without it)", field=f"training.order.by_field: {order.by_field}")
+    try:
+        return sorted(range(n), key=lambda i: field_values[i])
+    except TypeError:
+        raise TunelabError(f"values of {order.by_field!r} cannot be ordered (mixed types)",
+                           field=f"training.order.by_field: {order.by_field}") from None
+
+
+def field_values(cfg, name: str) -> list[Any]:
+    """One field of every train row, read through the same load_data the examples come from."""
+    from tunelab.data.splits import load_data
+
+    ds = load_data(cfg.dataset, cfg.experiment_dir).require("train")
+    if name not in ds.column_names:
+        raise TunelabError(f"the training data has no field {name!r} (fields: {', '.join(ds.column_names)})",
+                           field=f"training.order.by_field: {name}")
+    return list(ds[name])
+
+
+def order_for(t: TrainingConfig, cfg, train_dataset) -> list[int] | None:
+    """The fixed permutation of the trainer's train dataset for t.order (None: shuffled)."""
+    if t.order != "shuffled" and t.packing:
+        raise TunelabError("a curriculum order needs packing: false", field="training.order")
+    values = field_values(cfg, t.order.by_field) if isinstance(t.order, ByField) else None
+    lengths = [len(x) for x in train_dataset["input_ids"]] if t.order != "shuffled" else []
+    return fixed_order(t.order, lengths, values)
+
+
+class FixedOrderSampler(Sampler[int]):
+    """Yields the same given permutation every epoch."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def record_draws(sampler: Sampler, on_order: Callable[[list[int]], None]) -> None:
+    """Make `sampler` report every full order it yields. The object's class is swapped for a subclass, so
+    the sampler the trainer and accelerate prepared (state, seed, epoch counter) is the one that runs."""
+    base = type(sampler)
+
+    def __iter__(self):
+        order = [int(i) for i in base.__iter__(self)]
+        on_order(order)
+        return iter(order)
+
+    sampler.__class__ = type(f"Recorded{base.__name__}", (base,), {"__iter__": __iter__})
+
+
+def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]) -> dict[str, Any]:
+    digest = hashlib.sha256(json.dumps(indices).encode()).hexdigest()
+    full = len(indices) <= RECORD_ALL_UP_TO
+    return {"epoch": epoch, "order": order_name(order), "seed": seed if order == "shuffled" else None,
+            "examples": len(indices), "sha256": digest,
+            "indices": indices if full else indices[:FIRST_INDICES], "complete": full}
+
+
+def append_order(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's order; a resumed epoch that drew the same order again is not written twice."""
+    path = run_dir / ORDER_FILE
+    from tunelab.fsutil import read_jsonl
+
+    if any(r.get("epoch") == record["epoch"] and r.get("sha256") == record["sha256"] for r in read_jsonl(path)):
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")

@@ -1,0 +1,97 @@
+"""Dataloader workers, data wait, curriculum orders and their record (no training here: see e2e)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tunelab.errors import TunelabError
+from tunelab.fsutil import read_jsonl
+from tunelab.report.checks import DATA_WAIT_FLAG, data_wait_issue
+from tunelab.spec.training import ByField, TrainingConfig
+from tunelab.train.dataloading import TimedIterator, dataloader_args, resolve_workers, wait_summary
+from tunelab.train.ordering import append_order, fixed_order, order_record, record_draws
+
+
+def test_worker_default_from_slurm_cpus_per_task():
+    w = resolve_workers(None, cuda=True, processes=1, env={"SLURM_CPUS_PER_TASK": "6"})
+    assert (w.count, w.source, w.cpus) == (5, "SLURM_CPUS_PER_TASK=6", 6)  # one CPU drives the GPU
+    assert resolve_workers(None, True, 2, {"SLURM_CPUS_PER_TASK": "6"}).count == 2  # 3 CPUs per process
+    assert resolve_workers(None, True, 1, {"SLURM_CPUS_PER_TASK": "64"}).count == 8  # capped
+    assert resolve_workers(None, True, 1, {"SLURM_CPUS_PER_TASK": "1"}).count == 0
+
+
+def test_worker_default_without_slurm_is_the_affinity_and_given_count_wins():
+    n = len(os.sched_getaffinity(0))
+    w = resolve_workers(None, cuda=True, env={})
+    assert (w.count, w.source) == (min(max(n - 1, 0), 8), f"cpu affinity {n}")
+    assert resolve_workers(None, cuda=False, env={"SLURM_CPUS_PER_TASK": "8"}).count == 0  # CPU training
+    assert resolve_workers(3, cuda=False, env={}).count == 3
+    assert dataloader_args(resolve_workers(2, True, env={}), cuda=True) == {
+        "dataloader_num_workers": 2, "dataloader_persistent_workers": True, "dataloader_pin_memory": True}
+    assert dataloader_args(resolve_workers(0, False, env={}), cuda=False)["dataloader_pin_memory"] is False
+
+
+def test_timed_iterator_adds_the_time_next_blocks():
+    def slow():
+        for i in range(3):
+            time.sleep(0.02)
+            yield i
+
+    waited = [0.0]
+    t0 = time.perf_counter()
+    assert list(TimedIterator(slow(), waited)) == [0, 1, 2]
+    assert 0.06 <= waited[0] <= time.perf_counter() - t0
+
+
+def test_wait_summary_sums_training_rows():
+    rows = [{"loss": 1.0, "data_wait_s": 0.5}, {"val_loss": 1.0, "loss": None, "data_wait_s": None},
+            {"loss": 0.9, "data_wait_s": 1.5}]
+    assert wait_summary(rows, 20.0) == {"data_wait_s": 2.0, "data_wait_fraction": 0.1}
+
+
+def test_report_flags_data_wait_above_the_threshold_with_the_fix():
+    assert data_wait_issue("r", {"data_wait_fraction": DATA_WAIT_FLAG * 0.8, "data_wait_s": 4}) is None
+    assert data_wait_issue("r", {}) is None  # runs from before the measurement
+    issue = data_wait_issue("r", {"data_wait_fraction": 0.2, "data_wait_s": 12.5, "dataloader_workers": 0,
+                                  "dataloader_workers_source": "cpu training"})
+    assert issue.kind == "data-wait" and "20%" in issue.detail and "training.dataloader_workers" in issue.detail
+
+
+def test_fixed_orders():
+    lengths = [5, 3, 9, 3]
+    assert fixed_order("shuffled", lengths) is None
+    assert fixed_order("as_given", lengths) == [0, 1, 2, 3]
+    assert fixed_order("by_length", lengths) == [1, 3, 0, 2]  # stable: ties keep the file's order
+    assert fixed_order(ByField(by_field="d"), lengths, [0.5, 0.1, 0.3, 0.2]) == [1, 3, 2, 0]
+    with pytest.raises(TunelabError, match="row 2 has no value") as e:
+        fixed_order(ByField(by_field="d"), lengths, [1, 2, None, 3])
+    assert e.value.field == "training.order.by_field: d"
+    with pytest.raises(TunelabError, match="mixed types"):
+        fixed_order(ByField(by_field="d"), lengths, [1, "a", 2, 3])
+
+
+def test_order_spec_and_packing_refused():
+    assert TrainingConfig(order={"by_field": "difficulty"}).order == ByField(by_field="difficulty")
+    with pytest.raises(ValidationError, match="needs packing: false"):
+        TrainingConfig(order="by_length", packing=True)
+    with pytest.raises(ValidationError):
+        TrainingConfig(order="random")
+
+
+def test_record_draws_reports_what_a_seeded_sampler_yields(tmp_path):
+    sampler = torch.utils.data.RandomSampler(range(10), generator=torch.Generator().manual_seed(3))
+    seen: list[list[int]] = []
+    record_draws(sampler, seen.append)
+    first, second = list(sampler), list(sampler)
+    assert seen == [first, second] and sorted(first) == list(range(10)) and first != second
+    assert isinstance(sampler, torch.utils.data.RandomSampler)
+    # a resumed epoch drawing the same order is written once; another order for it is kept
+    for rec in (order_record(0, "shuffled", 3, first), order_record(0, "shuffled", 3, first),
+                order_record(1, "shuffled", 3, second)):
+        append_order(tmp_path, rec)
+    assert [(r["epoch"], r["indices"]) for r in read_jsonl(tmp_path / "data_order.jsonl")] == [(0, first), (1, second)]

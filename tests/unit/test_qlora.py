@@ -1,0 +1,67 @@
+"""QLoRA (training.quantize: 4bit): the memory term and the refusals where it cannot run."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.catalog import resolve_architecture, resolve_gpu
+from tunelab.cli import app
+from tunelab.errors import TunelabError
+from tunelab.estimate.memory import MemoryInputs, base_weight_bytes, estimate_memory
+from tunelab.plan import make_plan
+from tunelab.train import quantize
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.parametrize("name", ["Llama-3.2-1B", "Qwen2.5-0.5B", "Mistral-7B", "Llama-3.1-8B"])
+def test_4bit_base_is_smaller_by_about_1_5_bytes_per_quantized_param(name):
+    arch = resolve_architecture(name)
+    bf16, q4 = estimate_memory(arch, 2048, MemoryInputs()), estimate_memory(arch, 2048, MemoryInputs(quantize="4bit"))
+    assert q4.weights_gib < bf16.weights_gib and q4.peak_gib < bf16.peak_gib
+    # only the base weights change: adapters, optimizer, activations and logits are the same tensors
+    assert (q4.trainable_gib, q4.activations_gib, q4.logits_gib) == (bf16.trainable_gib, bf16.activations_gib,
+                                                                   bf16.logits_gib)
+    kept = arch.embedding_params * (1 if arch.tied_embeddings else 2)  # embeddings / lm_head stay bf16
+    quantized = arch.parameters - kept
+    diff_bytes = (bf16.weights_gib - q4.weights_gib) * 2**30
+    # bf16 2 bytes vs NF4 0.5 byte + 0.127 bit of double-quantized block constants (QLoRA paper, §3)
+    assert diff_bytes == pytest.approx(quantized * (2 - 0.5 - 0.127 / 8), rel=1e-3)
+    assert diff_bytes / quantized == pytest.approx(1.5, abs=0.02)
+
+
+def test_4bit_weights_of_a_7b_model_are_about_a_third_of_bf16():
+    arch = resolve_architecture("Mistral-7B")  # 7.24 B, untied 32k vocabulary: embeddings ~3 % of it
+    ratio = base_weight_bytes(arch, 2, "4bit") / base_weight_bytes(arch, 2, None)
+    assert 0.25 < ratio < 0.32  # 0.516/2 on 97 % of the weights, 1 on the rest
+
+
+def test_plan_refuses_qlora_without_a_gpu(write_spec):
+    spec = write_spec(training={"quantize": "4bit"})
+    with pytest.raises(TunelabError, match="needs a CUDA GPU") as e:
+        make_plan(spec)
+    assert e.value.field == "training.quantize" and str(spec) in str(e.value.file)
+    result = CliRunner().invoke(app, ["plan", str(spec)])
+    assert result.exit_code == 1 and "training.quantize" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(HAS_BNB, reason="bitsandbytes is installed here")
+def test_plan_refuses_qlora_without_bitsandbytes_even_for_a_gpu(write_spec):
+    with pytest.raises(TunelabError, match=r"needs bitsandbytes: install the qlora extra") as e:
+        make_plan(write_spec(training={"quantize": "4bit"}), gpu=resolve_gpu("H100"))
+    assert e.value.field == "training.quantize"
+
+
+def test_plain_lora_plans_unchanged_and_the_job_refuses_4bit_on_cpu(write_spec):
+    assert make_plan(write_spec()).runs  # quantize unset: no check
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(TunelabError, match="needs a CUDA GPU") as e:
+        quantize.load_kwargs("4bit", torch.bfloat16)
+    assert e.value.field == "training.quantize"
+    assert quantize.load_kwargs(None, torch.float32) == {}
