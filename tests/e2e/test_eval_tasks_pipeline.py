@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from inspect_ai.log import read_eval_log
 from typer.testing import CliRunner
 
 from tunelab.cli import app
+from tunelab.evaluate.scores import read_task_scores
+from tunelab.stats.samples import arrays, metric_on
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -69,7 +72,17 @@ def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, tr
         assert [(e["label"], e["task"]) for e in r["eval"]] == [(lab, t) for lab in labels for t in tasks]
         pick = next(e for e in r["eval"] if e["task"] == "pick")
         assert set(pick["metrics"]) == {"accuracy", "balanced_accuracy", "macro_f1", "ece", "brier"}
-        for e in r["eval"]:
+        for e in r["eval"]:  # issue 14: per-sample scores kept; they recompute inspect's metrics; intervals
+            kept = read_task_scores(Path(e["log_path"]).parent / "scores.json")
+            arr = arrays(kept.per_sample)
+            for metric, value in kept.metrics.items():
+                if metric == "stderr":
+                    assert metric not in e["intervals"]
+                    continue
+                assert metric_on(arr, metric) == pytest.approx(value), (name, e["task"], metric)
+                iv = e["intervals"][metric]
+                assert iv["low"] - 1e-9 <= value <= iv["high"] + 1e-9, (name, e["task"], metric, iv)  # float noise
+                assert iv["method"] in ("wilson", "bootstrap-bca", "bootstrap-percentile")
             if e["task"] != "letters":
                 assert e["samples"] == 6  # eval.limit
                 continue
