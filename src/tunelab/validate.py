@@ -116,8 +116,11 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     else:
         from tunelab.plan import make_plan
 
-        runs = make_plan(path, estimates=False).finetune_runs
+        runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
     from tunelab.plan import measure_lengths, truncation
+    from tunelab.train.quantize import check_plan
+
+    check_plan(runs, True, path)  # a GPU is named here: QLoRA still needs bitsandbytes
 
     # lengths need the model's tokenizer: a well-known model name without a local dir has none
     checks = []

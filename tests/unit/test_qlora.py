@@ -65,3 +65,14 @@ def test_plain_lora_plans_unchanged_and_the_job_refuses_4bit_on_cpu(write_spec):
         quantize.load_kwargs("4bit", torch.bfloat16)
     assert e.value.field == "training.quantize"
     assert quantize.load_kwargs(None, torch.float32) == {}
+
+
+@pytest.mark.skipif(HAS_BNB, reason="bitsandbytes is installed here")
+def test_validate_with_a_gpu_named_refuses_qlora_without_bitsandbytes(write_spec):
+    from tunelab.validate import validate_path
+
+    spec = write_spec(training={"quantize": "4bit"})
+    with pytest.raises(TunelabError, match="needs bitsandbytes") as e:
+        validate_path(spec, resolve_gpu("H100"))
+    assert e.value.field == "training.quantize"
+    assert validate_path(write_spec(), resolve_gpu("H100"))  # without quantize it validates
