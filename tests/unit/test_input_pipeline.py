@@ -95,3 +95,19 @@ def test_record_draws_reports_what_a_seeded_sampler_yields(tmp_path):
                 order_record(1, "shuffled", 3, second)):
         append_order(tmp_path, rec)
     assert [(r["epoch"], r["indices"]) for r in read_jsonl(tmp_path / "data_order.jsonl")] == [(0, first), (1, second)]
+
+
+def test_run_issues_lists_the_data_wait_of_a_starved_run(tmp_path):
+    from types import SimpleNamespace
+
+    from tunelab.report.checks import run_issues
+    from tunelab.report.data import RunData
+
+    def run(frac: float) -> RunData:
+        return RunData(name="r", kind="fine-tuned", model="m", dataset="d", factors={}, state="running",
+                       run_dir=tmp_path, rel_dir="runs/r", config=SimpleNamespace(attempt=1, training=None),
+                       summary={"data_wait_fraction": frac, "data_wait_s": 30.0, "dataloader_workers": 0},
+                       metrics_rows=3)
+
+    assert [i.kind for i in run_issues(run(0.12))] == ["data-wait"]
+    assert run_issues(run(0.01)) == []
