@@ -9,16 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunelab import ledger
+from tunelab.evaluate.kinds import show
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.train import status as st
-
-
-def _shown(value: float | None, metric: str) -> str:
-    from tunelab.evaluate.metrics import FRACTIONS
-
-    if value is None:
-        return "—"
-    return f"{100 * value:.1f} %" if metric.split("/")[-1] in FRACTIONS else f"{value:.4g}"
 
 
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
@@ -50,7 +43,7 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
                                              tasks=tasks)
                 for s in out[cfg.name]:
                     progress.console.print(f"  {cfg.name} {s.label} {s.task}: {s.primary_metric} "
-                                           f"{_shown(s.score, s.primary_metric)} ({s.samples} samples)",
+                                           f"{show(s.score, s.primary_metric)} ({s.samples} samples)",
                                            highlight=False)
                 progress.advance(bar)
     finally:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.evaluate.kinds import show_ci  # noqa: F401  (sections and replicates import it from here)
-from tunelab.evaluate.metrics import FRACTIONS
+# one way to show a metric (kinds.py, light for `tunelab results`); sections and replicates import from here
+from tunelab.evaluate.kinds import is_fraction, show, show_ci  # noqa: F401
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.figures import FigureFile
@@ -18,17 +18,6 @@ from tunelab.report.findings import Findings
 from tunelab.stats.paired import Difference, paired_difference
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
-
-
-def is_fraction(metric: str | None) -> bool:
-    return (metric or "").split("/")[-1] in FRACTIONS
-
-
-def show(v: float | None, metric: str | None) -> str:
-    """A metric value: '80.0 %' for fractions, '0.1234' otherwise, '—' when missing."""
-    if v is None:
-        return "—"
-    return f"{100 * v:.1f} %" if is_fraction(metric) else f"{v:.4g}"
 
 
 def show_delta(v: float | None, metric: str | None) -> str:
