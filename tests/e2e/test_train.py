@@ -53,7 +53,7 @@ def test_train_writes_metrics_checkpoints_and_summary(write_spec):
     step_s = cost["tokens_per_step"] / summary["tokens_per_s"]
     assert cost["per_token_s"] > 0 and 0 < cost["fixed_s"] < step_s, (cost, step_s)
     # data wait: measured per logged row, never negative or longer than the row's training time, and the
-    # summary's total is the sum of the rows; CPU training defaults to no dataloader workers
+    # summary's total (the run's counter, not the rows) equals their sum; CPU training has no dataloader workers
     prev = 0.0
     for r in train_rows:
         assert 0 <= r["data_wait_s"] <= r["train_time_s"] - prev, r
@@ -142,6 +142,11 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     assert summary["tokens"] == 4 * read_json(run_dir / "packing.json")["tokens"]
     log = (run_dir / "train.log").read_text()
     assert f"resuming from checkpoint-{resumed_step}" in log
+    # across the kill: each epoch's order recorded once (the resumed epoch drew the same seeded permutation
+    # again), and the data wait carried in the counters still sums the rows
+    assert [o["epoch"] for o in read_jsonl(run_dir / "data_order.jsonl")] == [0, 1, 2, 3]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["loss"] is not None]
+    assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in rows), abs=2e-3)
     # running again is a no-op
     assert run_local(run_dir.parent.parent) == {}
 

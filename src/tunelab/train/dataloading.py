@@ -80,18 +80,14 @@ class TimedIterator:
             self.waited[0] += time.perf_counter() - t0
 
 
-def wait_summary(rows: list[dict[str, Any]], train_time_s: float | None) -> dict[str, Any]:
-    """Total data wait of a run (the sum of its logged rows) and its fraction of training time."""
-    total = sum(r.get("data_wait_s") or 0.0 for r in rows if r.get("loss") is not None)
+def wait_summary(total: float, train_time_s: float | None) -> dict[str, Any]:
+    """Total data wait of a run (its counters, carried across resumes) and its fraction of training time."""
     frac = total / train_time_s if train_time_s else None
     return {"data_wait_s": round(total, 3), "data_wait_fraction": round(frac, 4) if frac is not None else None}
 
 
-def pipeline_summary(t, cuda: bool, processes: int, run_dir, train_time_s: float) -> dict[str, Any]:
+def pipeline_summary(t, cuda: bool, processes: int, data_wait_s: float, train_time_s: float) -> dict[str, Any]:
     """summary.json's input-pipeline facts: workers (and why that many), pinned memory, data wait."""
-    from tunelab.fsutil import read_jsonl
-    from tunelab.train import status as st
-
     w = resolve_workers(t.dataloader_workers, cuda, processes)
     return {"dataloader_workers": w.count, "dataloader_workers_source": w.source, "pin_memory": cuda,
-            **wait_summary(read_jsonl(run_dir / st.METRICS_FILE), train_time_s)}
+            **wait_summary(data_wait_s, train_time_s)}

@@ -434,6 +434,6 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
         "train_examples": len(train_ds),
         "validation_examples": len(val_ds) if val_ds is not None else None,
         "packing": pstats,
-        **pipeline_summary(t, torch.cuda.is_available(), w.size, run_dir, elapsed - counters.overhead_s),
+        **pipeline_summary(t, torch.cuda.is_available(), w.size, counters.data_wait_s, elapsed - counters.overhead_s),
         **run_facts(trainer, t, dtype, run_dir, w.size, applied_strategy(trainer)),
     })
