@@ -108,11 +108,12 @@ def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]
 
 
 def append_order(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's order; a resumed epoch that drew the same order again is not written twice."""
-    path = run_dir / ORDER_FILE
-    from tunelab.fsutil import read_jsonl
+    """Add one epoch's order; a resumed epoch that drew the same order again is not written twice. The file
+    is replaced atomically (a few lines per run), so a kill never leaves a half line in its middle."""
+    from tunelab.fsutil import atomic_write_text, read_jsonl
 
-    if any(r.get("epoch") == record["epoch"] and r.get("sha256") == record["sha256"] for r in read_jsonl(path)):
+    path = run_dir / ORDER_FILE
+    kept = read_jsonl(path)
+    if any(r.get("epoch") == record["epoch"] and r.get("sha256") == record["sha256"] for r in kept):
         return
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, record]))
