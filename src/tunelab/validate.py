@@ -93,6 +93,12 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     if lengths and not t.packing and should_pack(sum(lengths) / len(lengths), t.max_seq_len):
         check.warnings.append(f"{cfg.name}: packing is off although the mean example ({sum(lengths) / len(lengths):.0f} "
                               f"tokens) is short next to max_seq_len {t.max_seq_len}")
+    cpus = res.slurm.cpus_per_task if res.executor == "slurm" and res.slurm is not None else None
+    if cpus and t.dataloader_workers and t.dataloader_workers * nproc > cpus - nproc:
+        check.warnings.append(f"{cfg.name}: dataloader_workers {t.dataloader_workers} × {nproc} process(es) and the "
+                              f"processes themselves need more than the job's cpus_per_task {cpus}: workers would "
+                              f"share CPUs with training (raise resources.slurm.cpus_per_task or leave "
+                              f"dataloader_workers unset to fit them)")
     return check
 
 

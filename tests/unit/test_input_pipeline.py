@@ -110,3 +110,17 @@ def test_run_issues_lists_the_data_wait_of_a_starved_run(tmp_path):
 
     assert [i.kind for i in run_issues(run(0.12))] == ["data-wait"]
     assert run_issues(run(0.01)) == []
+
+
+def test_validate_warns_when_dataloader_workers_exceed_the_slurm_cpus(write_spec):
+    from tunelab.catalog import resolve_gpu
+    from tunelab.validate import validate_path
+
+    def warnings(workers: int | None, cpus: int) -> list[str]:
+        spec = write_spec(training={"dataloader_workers": workers},
+                          resources={"executor": "slurm", "slurm": {"cpus_per_task": cpus}})
+        return [w for c in validate_path(spec, resolve_gpu("H100")) for w in c.warnings]
+
+    assert any("dataloader_workers 4" in w and "cpus_per_task 4" in w for w in warnings(4, 4))  # 4 + 1 > 4
+    assert not any("dataloader_workers" in w for w in warnings(3, 4))  # 3 workers + the training process fit
+    assert not any("dataloader_workers" in w for w in warnings(None, 2))  # unset: chosen in the job to fit

@@ -76,3 +76,4 @@ def test_validate_with_a_gpu_named_refuses_qlora_without_bitsandbytes(write_spec
         validate_path(spec, resolve_gpu("H100"))
     assert e.value.field == "training.quantize"
     assert validate_path(write_spec(), resolve_gpu("H100"))  # without quantize it validates
+
