@@ -25,6 +25,8 @@ def _fmt_level(value: object) -> str:
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
         return "-".join(_fmt_level(v) for v in value)
+    if isinstance(value, dict):  # order: {by_field: difficulty} -> by_field-difficulty
+        return "-".join(f"{k}-{_fmt_level(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -87,9 +89,9 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         for dataset_name, (prompt_name, prompt) in itertools.product(spec.dataset_levels(), prompts.items()):
             for combo in itertools.product(*levels) if swept else [()]:
                 factors = dict(zip(swept, combo))
-                training = spec.training.model_copy(update=factors)
-                # Re-validate: model_copy(update=) skips validation.
-                training = type(training).model_validate(training.model_dump())
+                # validated as a whole (levels such as order: {by_field: X} become their models, and cross-field
+                # rules see the combination); model_copy(update=) would skip validation
+                training = type(spec.training).model_validate({**spec.training.model_dump(), **factors})
                 fields = {"model": model_name, "dataset": dataset_name, "prompt": prompt_name}
                 fields.update({k: _fmt_level(v) for k, v in factors.items()})
                 name = safe_name(pattern.format(**fields))

@@ -124,3 +124,12 @@ def test_validate_warns_when_dataloader_workers_exceed_the_slurm_cpus(write_spec
     assert any("dataloader_workers 4" in w and "cpus_per_task 4" in w for w in warnings(4, 4))  # 4 + 1 > 4
     assert not any("dataloader_workers" in w for w in warnings(3, 4))  # 3 workers + the training process fit
     assert not any("dataloader_workers" in w for w in warnings(None, 2))  # unset: chosen in the job to fit
+
+
+def test_order_swept_as_a_factor_names_runs_and_validates_each_level(write_spec):
+    from tunelab.plan import make_plan
+
+    spec = write_spec(factors={"lora_rank": [4], "order": ["shuffled", {"by_field": "input"}]}, controls=False)
+    runs = make_plan(spec, estimates=False).runs
+    assert [r.training.order for r in runs] == ["shuffled", ByField(by_field="input")]
+    assert runs[1].name.endswith("by_field-input") and "{" not in runs[1].name
