@@ -10,7 +10,8 @@ import pytest
 
 from tunelab.fsutil import read_jsonl
 from tunelab.scaffold import scaffold
-from tunelab.train.runner import DEBUG_SEEN_ENV, train_run
+from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
+from tunelab.train.runner import train_run
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 from tunelab.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold import scaffold
-from tunelab.train.runner import DEBUG_SEEN_ENV
+from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow
 

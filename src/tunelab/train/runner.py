@@ -12,63 +12,34 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.faults import kill_point
 from tunelab.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 from tunelab.runconfig import RunConfig
 from tunelab.train import quantize
 from tunelab.train import status as st
 from tunelab.train.checkpoints import (
     COUNTERS_FILE,
-    at_epoch_end,
-    epoch_index,
     last_complete_checkpoint,
-    prune_trainer_checkpoints,
-    publish_epoch_checkpoint,
     republish_missing_epochs,
 )
 from tunelab.train.device import resolve_dtype
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
-from tunelab.train.distributed import agree, barrier, world
+from tunelab.train.distributed import agree, world
 from tunelab.train.metrics import (
     Counters,
     LocalCounts,
     MetricsWriter,
-    count_batch,
     packing_stats,
-    process_age_s,
     steady_tokens_per_s,
-    sync_counters,
 )
 from tunelab.train.dataloading import dataloader_args, pipeline_summary, resolve_workers
 from tunelab.train.ordering import ORDER_FILE, order_for
+from tunelab.train.loop_hooks import make_callback, make_trainer_class
+from tunelab.train.loop_hooks import log as _log
 from tunelab.train.summary import run_facts, summarize
 
 # Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
 # retry policy (halve the micro-batch) can be proven end to end on machines without a GPU.
 FAULT_OOM_ENV = "TUNELAB_FAULT_OOM_ABOVE_BATCH"
-# Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
-# (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
-DEBUG_SEEN_ENV = "TUNELAB_DEBUG_SEEN_DIR"
-
-
-def _log(msg: str) -> None:
-    if world().is_main:  # one line per event, not one per process
-        print(f"[tunelab train] {msg}", flush=True)
-
-
-def _record_seen(step: int, inputs: dict[str, Any]) -> None:
-    """Append this process's micro-batch (non-padding token ids per row) to the debug file, if asked."""
-    where = os.environ.get(DEBUG_SEEN_ENV)
-    if not where:
-        return
-    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-    rows = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids.tolist(), mask.tolist())] if mask is not None \
-        else ids.tolist()
-    w = world()
-    with open(Path(where) / f"seen.rank{w.rank}.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"step": step, "rank": w.rank, "pid": os.getpid(), "rows": rows}) + "\n")
-
-
 def _inject_oom_fault(batch_size: int) -> None:
     limit = os.environ.get(FAULT_OOM_ENV, "").strip()
     if limit and batch_size > int(limit):
@@ -108,95 +79,6 @@ def build_datasets(cfg: RunConfig, tokenizer) -> tuple[Any, Any | None]:
 
     val = encode("validation") if cfg.training.validation_every_steps else None
     return encode("train"), val
-
-
-def _make_trainer_class():
-    from trl import SFTTrainer
-
-    from tunelab.train.feeding import FeedingMixin
-
-    class CountingSFTTrainer(FeedingMixin, SFTTrainer):
-        """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
-        and times evaluation and checkpoint saves."""
-
-        counters: Counters
-        local: LocalCounts
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.local.add(*count_batch(inputs))
-            _record_seen(self.state.global_step + 1, inputs)
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
-            return loss
-
-        def _save_optimizer_and_scheduler(self, output_dir):
-            kill_point("train.save", str(self.state.global_step))  # mid-save: adapter written, trainer state not
-            super()._save_optimizer_and_scheduler(output_dir)
-
-        def _save_checkpoint(self, model, trial):
-            t0 = time.monotonic()
-            super()._save_checkpoint(model, trial)
-            self.counters.overhead_s += time.monotonic() - t0
-
-        def evaluate(self, *args, **kwargs):
-            t0 = time.monotonic()
-            try:
-                return super().evaluate(*args, **kwargs)
-            finally:
-                self.counters.overhead_s += time.monotonic() - t0
-
-    return CountingSFTTrainer
-
-
-def _make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts,
-                   keep: int | None = None):
-    from transformers import TrainerCallback
-
-    main = world().is_main
-
-    class TunelabCallback(TrainerCallback):
-        """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
-        at the same steps: counters are summed over processes there, and only the main process writes."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if "startup_s" not in startup:
-                startup["startup_s"] = process_age_s()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" not in logs and "eval_loss" not in logs:
-                return
-            peak = sync_counters(writer.counters, local)
-            if not main:
-                return
-            row = writer.write(state.global_step, state.epoch, logs, peak)
-            st.write_status(run_dir, step=state.global_step, epoch=row["epoch"], total_steps=state.max_steps)
-            what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
-                f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
-            )
-            _log(f"step {state.global_step}/{state.max_steps} epoch {row['epoch']:.2f} {what}")
-
-        def on_save(self, args, state, control, **kwargs):
-            """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
-            before it resumes from the checkpoint before, which redoes this epoch and its publish. Every
-            process has saved its part (its RNG state) before the main one writes the counters."""
-            sync_counters(writer.counters, local)
-            barrier()
-            if not main:
-                return
-            t0 = time.monotonic()
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            kill_point("train.publish", str(state.global_step))  # trainer state saved; epoch_N, counters not
-            dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
-            if at_epoch_end(state.epoch, state.global_step, state.max_steps):
-                dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
-            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
-            writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
-            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
-            prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
-            _log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
-
-    return TunelabCallback()
 
 
 def _step_cost(trainer, t, run_dir: Path) -> dict[str, Any] | None:
@@ -352,7 +234,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
         modules_to_save=t.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
-    trainer = _make_trainer_class()(
+    trainer = make_trainer_class()(
         model=model,
         args=_sft_config(t, cfg.run_dir / st.TRAINER_STATE_DIR, dtype, val_ds is not None,
                          strategy_of(cfg.resources.distributed, world().size, torch.cuda.is_available())),
@@ -401,7 +283,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     local = LocalCounts()
     watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
     try:  # the handlers go back even when loading fails
-        callbacks = [_make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
+        callbacks = [make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
                      make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
         trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local)
         pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)

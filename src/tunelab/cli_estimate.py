@@ -1,0 +1,102 @@
+"""`tunelab estimate` and `tunelab validate`: the planner's numbers for one configuration, and the checks a
+spec or run.yaml must pass, each against a named or detected GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli_common import console, err_console, friendly
+from tunelab.errors import TunelabError
+
+
+def _gpu_option(name: str | None):
+    from tunelab.catalog import detect_gpu, resolve_gpu
+
+    if name:
+        return resolve_gpu(name)
+    gpu = detect_gpu()
+    if gpu is None:
+        raise TunelabError("no GPU here to detect: name the target with --gpu (e.g. H100-80GB)", field="--gpu")
+    return gpu
+
+
+def estimate_cmd(
+    model: str = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present."),
+    max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
+    packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
+    lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (adapter size and optimizer state)."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute "
+                                                  "activations in the backward pass: less memory, more time."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
+    epochs: int = typer.Option(1, "--epochs", help="Training epochs (for steps and time)."),
+    effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights and activations: bfloat16, float16 or float32."),
+    modules_to_save: Optional[list[str]] = typer.Option(None, "--modules-to-save", help="Modules trained in full "
+                                                        "beside LoRA, as in the spec (repeatable), e.g. lm_head."),
+    chat_template: str = typer.Option("auto", "--chat-template", help="auto, always or never: the prompt format "
+                                      "measured (with --dataset), as the spec's chat_template."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message for rows without "
+                                                "one (with --dataset), as the spec's system_prompt."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Predict peak memory, the largest micro-batch that fits, packing and accumulation (memory in tokens)."""
+    from tunelab.estimate.api import estimate_config
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise TunelabError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32", field="--dtype")
+    if chat_template not in ("auto", "always", "never"):
+        raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
+                           field="--chat-template")
+    out = estimate_config(model, _gpu_option(gpu), max_seq_len, batch_size, packed, lora_rank,
+                          activation_checkpointing, dataset, prompt, epochs, effective_batch, dtype=dtype,
+                          modules_to_save=tuple(modules_to_save or ()), chat_template=chat_template,
+                          system_prompt=system_prompt)
+    if json_out:
+        print(json.dumps(out, indent=2))
+        return
+    console.print(f"{out['model']} on {out['gpu']} ({out['gpu_memory_gib']:g} GiB), max_seq_len {max_seq_len}")
+    console.print(f"batch {out['batch_size']}{' packed' if out['packed'] else ''}: {out['tokens_per_microbatch']:,} "
+                  f"tokens/micro-batch → predicted peak {out['peak_memory_gib']:.1f} GiB "
+                  f"({'fits' if out['fits'] else '[red]does not fit[/red]'}) [source: {out['memory_source']}]")
+    console.print(f"max batch that fits: {out['max_batch_size']}; recommended: {out['recommended_batch_size']} × "
+                  f"accumulation {out['recommended_gradient_accumulation_steps']}")
+    for r in out["reasons"]:
+        console.print(f"  - {r}")
+
+
+def validate_cmd(
+    path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
+    json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
+    exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
+    from tunelab.validate import validate_path
+
+    checks = validate_path(path, _gpu_option(gpu))
+    errors = [e for c in checks for e in c.errors]
+    if json_out:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        for c in checks:
+            for e in c.errors:
+                err_console.print(f"[bold red]error:[/bold red] {path}: {e}", highlight=False, soft_wrap=True)
+            for w in c.warnings:
+                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        if not errors:
+            console.print(f"ok: {len(checks)} run(s) validated")
+    if errors:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add estimate and validate to the main app."""
+    app.command("estimate")(friendly(estimate_cmd))
+    app.command("validate")(friendly(validate_cmd))

@@ -1,0 +1,136 @@
+"""What tunelab adds to TRL's training loop: a trainer that counts every micro-batch's tokens and times its
+evaluations and saves, and a callback that writes metrics.jsonl, status.json and the epoch_N checkpoints.
+Kept apart from runner.py (which builds the trainer and drives a run) so each stays readable."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.faults import kill_point
+from tunelab.fsutil import atomic_write_json
+from tunelab.train import status as st
+from tunelab.train.checkpoints import (
+    COUNTERS_FILE,
+    at_epoch_end,
+    epoch_index,
+    prune_trainer_checkpoints,
+    publish_epoch_checkpoint,
+)
+from tunelab.train.distributed import barrier, world
+from tunelab.train.metrics import Counters, LocalCounts, MetricsWriter, count_batch, process_age_s, sync_counters
+
+# Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
+# (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
+DEBUG_SEEN_ENV = "TUNELAB_DEBUG_SEEN_DIR"
+
+
+
+def log(msg: str) -> None:
+    if world().is_main:  # one line per event, not one per process
+        print(f"[tunelab train] {msg}", flush=True)
+
+
+def record_seen(step: int, inputs: dict[str, Any]) -> None:
+    """Append this process's micro-batch (non-padding token ids per row) to the debug file, if asked."""
+    where = os.environ.get(DEBUG_SEEN_ENV)
+    if not where:
+        return
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    rows = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids.tolist(), mask.tolist())] if mask is not None \
+        else ids.tolist()
+    w = world()
+    with open(Path(where) / f"seen.rank{w.rank}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "rank": w.rank, "pid": os.getpid(), "rows": rows}) + "\n")
+
+
+def make_trainer_class():
+    from trl import SFTTrainer
+
+    from tunelab.train.feeding import FeedingMixin
+
+    class CountingSFTTrainer(FeedingMixin, SFTTrainer):
+        """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
+        and times evaluation and checkpoint saves."""
+
+        counters: Counters
+        local: LocalCounts
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.local.add(*count_batch(inputs))
+            record_seen(self.state.global_step + 1, inputs)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
+            return loss
+
+        def _save_optimizer_and_scheduler(self, output_dir):
+            kill_point("train.save", str(self.state.global_step))  # mid-save: adapter written, trainer state not
+            super()._save_optimizer_and_scheduler(output_dir)
+
+        def _save_checkpoint(self, model, trial):
+            t0 = time.monotonic()
+            super()._save_checkpoint(model, trial)
+            self.counters.overhead_s += time.monotonic() - t0
+
+        def evaluate(self, *args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.counters.overhead_s += time.monotonic() - t0
+
+    return CountingSFTTrainer
+
+
+def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts,
+                   keep: int | None = None):
+    from transformers import TrainerCallback
+
+    main = world().is_main
+
+    class TunelabCallback(TrainerCallback):
+        """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
+        at the same steps: counters are summed over processes there, and only the main process writes."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if "startup_s" not in startup:
+                startup["startup_s"] = process_age_s()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs and "eval_loss" not in logs:
+                return
+            peak = sync_counters(writer.counters, local)
+            if not main:
+                return
+            row = writer.write(state.global_step, state.epoch, logs, peak)
+            st.write_status(run_dir, step=state.global_step, epoch=row["epoch"], total_steps=state.max_steps)
+            what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
+                f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
+            )
+            log(f"step {state.global_step}/{state.max_steps} epoch {row['epoch']:.2f} {what}")
+
+        def on_save(self, args, state, control, **kwargs):
+            """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
+            before it resumes from the checkpoint before, which redoes this epoch and its publish. Every
+            process has saved its part (its RNG state) before the main one writes the counters."""
+            sync_counters(writer.counters, local)
+            barrier()
+            if not main:
+                return
+            t0 = time.monotonic()
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            kill_point("train.publish", str(state.global_step))  # trainer state saved; epoch_N, counters not
+            dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
+            if at_epoch_end(state.epoch, state.global_step, state.max_steps):
+                dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
+            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
+            writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
+            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
+            prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
+            log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
+
+    return TunelabCallback()
