@@ -121,3 +121,65 @@ def test_refresh_judges_a_job_nobody_saw_end_so_the_throttle_moves_on(write_spec
     (job,) = all_jobs(exp)
     assert changed and not is_active(job) and job["state"] == UNSEEN
     assert job["failure"] == FAILED and "local no longer knows job" in job["detail"]
+
+
+def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(write_spec):
+    """The race CI hit: a job that requeued itself on the time-limit warning looked ended for a moment
+    (its batch step's end, before it was pending again), was judged TIMEOUT and retried, and the retry
+    raced the requeued job. While status.json says this very job requeued itself (and not long ago) it
+    counts as active and gets no verdict; a requeue that never came back is judged after the grace."""
+    from tunelab.execute.refresh import REQUEUE_GRACE_S
+    from tunelab.scaffold import scaffold
+    from tunelab.train import status as st
+
+    cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]
+    exp = cfg.run_dir.parents[1]
+    proc = os.popen("bash -c 'echo $$; exit 0'")  # a real job that has ended, as the executor sees it
+    pid = proc.read().strip()
+    proc.close()
+    ledger.record_job(exp, run=cfg.name, kind="train", job_id=pid, attempt=1, executor="local",
+                      submitted_at="2026-01-01T00:00:00+00:00", state="RUNNING", reason="test")
+    error = f"TrainingStopped: {SAVED_BEFORE_LIMIT}: stopped at step 9 after checkpoint-9"
+    st.write_status(cfg.run_dir, state=st.INTERRUPTED, error=error, requeued_job=pid, requeued_at=st.now_iso())
+    refresh(exp, {cfg.name: cfg})
+    (job,) = all_jobs(exp)
+    assert job["state"] == "REQUEUED" and is_active(job) and job["failure"] is None
+    # another job of the same run is not covered by this job's requeue
+    st.write_status(cfg.run_dir, requeued_job=str(int(pid) + 1))
+    refresh(exp, {cfg.name: cfg})
+    (job,) = all_jobs(exp)
+    assert job["state"] == UNSEEN and job["failure"] == TIMEOUT
+    # a requeue older than the grace that still looks ended has ended
+    ledger.update_job(exp, job["id"], state="RUNNING", failure=None)
+    old = (datetime.now(timezone.utc) - timedelta(seconds=REQUEUE_GRACE_S + 5)).isoformat(timespec="seconds")
+    st.write_status(cfg.run_dir, requeued_job=pid, requeued_at=old)
+    refresh(exp, {cfg.name: cfg})
+    (job,) = all_jobs(exp)
+    assert job["failure"] == TIMEOUT and not is_active(job)
+
+
+def test_a_self_requeued_slurm_job_waits_for_slurm_to_end_it(tmp_path):
+    """The batch script must not end on its own after `scontrol requeue` (an early non-zero exit can be
+    recorded as FAILED and cancel the evaluation's afterok): it waits for Slurm's SIGTERM, and only for a
+    job that requeued itself."""
+    import signal
+    import subprocess
+    import sys
+
+    from tunelab.train import status as st
+
+    st.write_status(tmp_path, state=st.INTERRUPTED, requeued_job="41", requeued_at=st.now_iso())
+    code = ("import sys; from pathlib import Path; from tunelab.train.interrupts import await_requeue_kill; "
+            "await_requeue_kill(Path(sys.argv[1]), print, wait_s=float(sys.argv[2])); print('returned')")
+    env = dict(os.environ, SLURM_JOB_ID="41")
+    waiting = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), "60"], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    first = waiting.stdout.readline()
+    assert "waiting for Slurm to end job 41" in first
+    time.sleep(0.5)
+    assert waiting.poll() is None  # still waiting: the job does not end by itself
+    waiting.send_signal(signal.SIGTERM)  # Slurm ending it for the requeue
+    assert waiting.wait(10) == -signal.SIGTERM
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path), "60"], capture_output=True, text=True,
+                           env=dict(os.environ, SLURM_JOB_ID="42"), timeout=60)
+    assert other.stdout.strip() == "returned"  # not the job that requeued itself: no wait

@@ -21,6 +21,8 @@ from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
+REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
+REQUEUED = "REQUEUED"  # Slurm's state name: active (failures.ACTIVE_STATES)
 
 
 def executors_for(jobs: list[dict], known: dict[str, Executor] | None = None) -> dict[str, Executor]:
@@ -43,6 +45,19 @@ def should_judge(job: dict, info: JobInfo, now: datetime | None = None) -> bool:
     return info.ended and (info.settled or waited_s(job, info, now) >= SETTLE_GRACE_S)
 
 
+def requeued_itself(job: dict, cfg: RunConfig | None, now: datetime | None = None) -> bool:
+    """The trainer of this very job requeued it (train/interrupts.py) within REQUEUE_GRACE_S and has not
+    started again: Slurm is bringing it back under the same id, so an ended look is a transition (the
+    batch step's end, seen before the job is pending again), not the job's end."""
+    if job["kind"] != "train" or cfg is None:
+        return False
+    status = st.read_status(cfg.run_dir)
+    if status.get("requeued_job") != job["job_id"] or not status.get("requeued_at"):
+        return False
+    now = now or datetime.now(timezone.utc)
+    return (now - datetime.fromisoformat(status["requeued_at"])).total_seconds() < REQUEUE_GRACE_S
+
+
 def refresh(exp: Path, runs: dict[str, RunConfig], executors: dict[str, Executor] | None = None) -> list[dict]:
     """Update every open job's state; judge the ended ones. Returns the changed rows (with their fields)."""
     open_jobs = [j for j in all_jobs(exp) if is_open(j)]
@@ -54,6 +69,8 @@ def refresh(exp: Path, runs: dict[str, RunConfig], executors: dict[str, Executor
             info = (seen or {}).get(j["job_id"])
             if info is None:
                 continue  # the executor cannot tell now: ask again later
+            if info.ended and requeued_itself(j, runs.get(j["run"])):
+                info = JobInfo(REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
             if info.exit_code is not None:
                 fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)

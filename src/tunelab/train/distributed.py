@@ -127,11 +127,18 @@ def train_job(run_yaml: Path) -> None:
 
     gpus = torch.cuda.device_count()
     nproc = processes_per_run(cfg.resources.nproc_per_run, cfg.resources.gpus_per_run, gpus)
-    with GpuSampler(cfg.run_dir):  # NVML samples of the job's GPUs; nothing at all without NVML
-        if nproc == 1:
-            train_run(cfg)
-        else:
-            _launch_run(cfg, run_yaml, nproc, gpus)
+    from tunelab.train.interrupts import await_requeue_kill
+    from tunelab.train.loop_hooks import log
+
+    try:
+        with GpuSampler(cfg.run_dir):  # NVML samples of the job's GPUs; nothing at all without NVML
+            if nproc == 1:
+                train_run(cfg)
+            else:
+                _launch_run(cfg, run_yaml, nproc, gpus)
+    except BaseException:
+        await_requeue_kill(cfg.run_dir, log)  # a job that requeued itself ends by Slurm's hand, not its own
+        raise
 
 
 def _launch_run(cfg: RunConfig, run_yaml: Path, nproc: int, gpus: int) -> None:

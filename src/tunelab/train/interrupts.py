@@ -25,6 +25,7 @@ from tunelab.errors import TunelabError
 WARN_SIGNAL = signal.SIGUSR1  # Slurm's warning before the time limit
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 SAVED_BEFORE_LIMIT = "saved before the time limit"  # in status.json's error: execute/failures.py reads it
+REQUEUE_KILL_WAIT_S = 300.0  # Slurm ends a requeued job within KillWait (30 s by default)
 
 
 class TrainingStopped(TunelabError):
@@ -99,7 +100,7 @@ def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch
 
 def requeue_self(log) -> bool:
     """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or
-    when Slurm refuses. Slurm then ends this process; the caller exits anyway."""
+    when Slurm refuses. Slurm then ends the job (await_requeue_kill: the job must not end on its own)."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
@@ -115,10 +116,29 @@ def requeue_self(log) -> bool:
     return True
 
 
-def after_stop(stop: TrainingStopped, resumed_from: Path | None, log) -> None:
+def after_stop(stop: TrainingStopped, resumed_from: Path | None, run_dir: Path, log) -> None:
     """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
-    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
+    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT).
+    A requeue is recorded in status.json (execute/refresh.py: the job is not over while Slurm restarts it)."""
+    from tunelab.train import status as st
+
     log(str(stop))
     start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
-    if stop.signum == WARN_SIGNAL and stop.step > start:
-        requeue_self(log)
+    if stop.signum == WARN_SIGNAL and stop.step > start and requeue_self(log):
+        st.write_status(run_dir, requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=st.now_iso())
+
+
+def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:
+    """After this job requeued itself, let Slurm end it. A batch script that exits first (non-zero: the
+    trainer stopped) can be recorded as FAILED before the requeue lands, and `--kill-on-invalid-dep` then
+    cancels the run's evaluation job. Slurm's SIGTERM ends the wait (default handler); past `wait_s` the
+    job exits anyway. Outside a self-requeued Slurm job: returns at once."""
+    from tunelab.train import status as st
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or st.read_status(run_dir).get("requeued_job") != job:
+        return
+    log(f"waiting for Slurm to end job {job} for its requeue")
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        time.sleep(1.0)

@@ -146,6 +146,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
             resumed_from=resume_from.name if resume_from else None,
             restarts=(prev.get("restarts", 0) + 1) if resume_from else 0,
             error=None,
+            requeued_job=None,
         )
     try:
         summary = _train(cfg, run_dir, state_dir, resume_from, counters)
@@ -154,7 +155,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         if main:
             st.write_status(run_dir, state=state, error=f"{type(exc).__name__}: {exc}", finished_at=st.now_iso())
         if main and isinstance(exc, TrainingStopped):
-            after_stop(exc, resume_from, _log)
+            after_stop(exc, resume_from, run_dir, _log)
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
