@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runconfig import RunConfig
-from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, resolve_path
+from tunelab.runconfig import RunConfig, StageConfig
+from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TrainingConfig, factor_field, resolve_path
+from tunelab.spec.stages import split_stage_factor, stage_training
 from tunelab.userconfig import merge_resources
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -43,13 +44,16 @@ def prompt_names(spec: ExperimentSpec) -> dict[str, str | None]:
 def _common(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> dict:
     """What every run of the experiment shares (resolved paths, eval, resources)."""
     task_datasets = {t.dataset for t in spec.eval.resolved_tasks() if t.dataset}
+    eval_spec = spec.eval
+    if spec.stages and "epochs" not in eval_spec.model_fields_set:  # a staged run: evaluated after each stage
+        eval_spec = eval_spec.model_copy(update={"epochs": "stages"})
     return dict(
         experiment=spec.name,
         experiment_dir=str(experiment_dir),
         system_prompt=spec.system_prompt,
         chat_template=spec.chat_template,
         chat_template_date=spec.chat_template_date,
-        eval=spec.eval.model_copy(update={"tasks": [
+        eval=eval_spec.model_copy(update={"tasks": [
             t.model_copy(update={"file": str(resolve_path(spec_dir, t.file))}) if t.file else t
             for t in spec.eval.tasks]}),
         eval_datasets={n: resolve_dataset(spec.dataset(n), spec_dir) for n in sorted(task_datasets)},
@@ -89,11 +93,12 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         for dataset_name, (prompt_name, prompt) in itertools.product(spec.dataset_levels(), prompts.items()):
             for combo in itertools.product(*levels) if swept else [()]:
                 factors = dict(zip(swept, combo))
+                run_factors = {k: v for k, v in factors.items() if not split_stage_factor(k)}
                 # validated as a whole (levels such as order: {by_field: X} become their models, and cross-field
                 # rules see the combination); model_copy(update=) would skip validation
-                training = type(spec.training).model_validate({**spec.training.model_dump(), **factors})
+                training = type(spec.training).model_validate({**spec.training.model_dump(), **run_factors})
                 fields = {"model": model_name, "dataset": dataset_name, "prompt": prompt_name}
-                fields.update({k: _fmt_level(v) for k, v in factors.items()})
+                fields.update({factor_field(k): _fmt_level(v) for k, v in factors.items()})
                 name = safe_name(pattern.format(**fields))
                 all_factors = {"model": model_name, "dataset": dataset_name,
                                **({"prompt": prompt_name} if swept_prompt else {}), **factors}
@@ -113,6 +118,7 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
                         prompt=prompt,
                         factors=all_factors,
                         training=training,
+                        stages=resolve_stages(spec, training, factors, dataset_ref(dataset_name), dataset_ref),
                         **common,
                     )
                 )
@@ -120,6 +126,20 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         runs += _controls(spec, common, prompts, seen, model_ref, dataset_ref)
     runs += eval_only_runs(spec, spec_dir, common, seen)
     return runs
+
+
+def resolve_stages(spec: ExperimentSpec, training: TrainingConfig, factors: dict, run_dataset: DatasetSpec,
+                   dataset_ref) -> list[StageConfig]:
+    """The run's stages, resolved: each stage's training is the run's plus the stage's own fields plus this
+    run's `STAGE.FIELD` factor levels; its dataset is the stage's or the run's."""
+    out = []
+    for stage in spec.stages:
+        swept = {f: v for k, v in factors.items() if (sf := split_stage_factor(k)) and sf[0] == stage.name
+                 for f in [sf[1]]}
+        out.append(StageConfig(name=stage.name, optimizer=stage.optimizer,
+                               dataset=dataset_ref(stage.dataset) if stage.dataset else run_dataset,
+                               training=stage_training(training, {**stage.training, **swept})))
+    return out
 
 
 def _controls(spec: ExperimentSpec, common: dict, prompts: dict[str, str | None], seen: dict[str, dict],

@@ -28,6 +28,15 @@ RunKind = Literal["finetune", "control", "eval_only"]
 KIND_DIRS: dict[str, str] = {"finetune": "runs", "control": "controls", "eval_only": "eval_only"}
 
 
+class StageConfig(_Strict):
+    """One stage of a staged run, resolved: its dataset (paths absolute) and its whole training."""
+
+    name: str
+    dataset: DatasetSpec
+    optimizer: Literal["fresh", "carried"] = "fresh"
+    training: TrainingConfig
+
+
 class RunConfig(_Strict):
     name: str
     kind: RunKind
@@ -45,6 +54,9 @@ class RunConfig(_Strict):
         None, description="eval_only: the adapter or model directory evaluated (absolute).")
     factors: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig | None = Field(None, description="None for controls (evaluation only).")
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="A staged run's stages in order (train/stages.py); empty: one stage, "
+        "the run's own dataset and training.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     attempt: int = Field(1, ge=1)
@@ -55,6 +67,17 @@ class RunConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.experiment_dir) / KIND_DIRS[self.kind] / self.name
+
+    def stage_config(self, index: int) -> RunConfig:
+        """The run as its stage `index` trains it: the stage's dataset and training, no stages of its own."""
+        stage = self.stages[index]
+        return self.model_copy(update={"dataset": stage.dataset, "training": stage.training, "stages": []})
+
+    def trainings(self) -> list[TrainingConfig]:
+        """Every training this run does: its stages', or its own."""
+        if self.stages:
+            return [s.training for s in self.stages]
+        return [self.training] if self.training is not None else []
 
     def dataset_named(self, name: str | None) -> DatasetSpec:
         """The run's own dataset (None or its name) or one an eval task names."""

@@ -46,6 +46,11 @@ def select_targets(cfg: RunConfig, epochs: EpochChoice | None = None) -> list[Ta
                            + " and ".join(ADAPTER_FILES) + ")", file=ckpt_root)
     if epochs == "last":
         chosen = [available[-1]]
+    elif epochs == "stages":  # each stage's last epoch (an unstaged run: its last)
+        from tunelab.train.stages import read_stage_records
+
+        ends = {max(r.epochs) for r in read_stage_records(cfg.run_dir) if r.epochs}
+        chosen = sorted(ends & set(available)) or [available[-1]]
     elif epochs == "all":
         chosen = available
     else:
@@ -70,17 +75,17 @@ def eval_only_target(cfg: RunConfig) -> Target:
 
 
 def parse_epochs(text: str | None) -> EpochChoice | None:
-    """`--epochs`: last | all | a comma-separated list of epochs (0,2); None/'' = the spec's choice."""
+    """`--epochs`: last | all | stages | a comma-separated list of epochs (0,2); None/'' = the spec's choice."""
     if not text:
         return None
-    if text in ("last", "all"):
+    if text in ("last", "all", "stages"):
         return text  # type: ignore[return-value]
     try:
         epochs = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         epochs = []
     if not epochs or any(e < 0 for e in epochs):
-        raise TunelabError(f"'{text}' is not last, all, or a list of epochs such as 0,2", field="--epochs")
+        raise TunelabError(f"'{text}' is not last, all, stages, or a list of epochs such as 0,2", field="--epochs")
     return epochs
 
 

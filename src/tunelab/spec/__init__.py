@@ -17,18 +17,20 @@ from tunelab.spec.experiment import (
     FACTOR_ABBREVIATIONS,
     ExperimentSpec,
     ModelSpec,
+    factor_field,
     json_schema,
     load_spec,
     parse_spec,
     template_fields,
 )
 from tunelab.spec.resources import ResourcesSpec, SlurmSpec
+from tunelab.spec.stages import StageSpec
 from tunelab.spec.training import TrainingConfig
 
 __all__ = [
     "AXES", "BUILTIN_TASKS", "DEFAULT_TEMPLATE_DATE", "FACTOR_ABBREVIATIONS", "SLUG", "SPLIT_NAMES", "DatasetSpec",
     "EpochChoice", "EvalOnlySpec", "EvalSpec", "ExperimentSpec", "ModelSpec", "ResourcesSpec", "RowFormat",
-    "SlurmSpec", "Slug", "SplitFractions", "TaskSpec", "TrainingConfig", "_Strict", "format_validation_error",
+    "SlurmSpec", "Slug", "SplitFractions", "StageSpec", "TaskSpec", "TrainingConfig", "_Strict", "factor_field", "format_validation_error",
     "json_schema", "load_spec", "load_yaml_model", "parse_spec", "resolve_path", "template_fields",
     "validate_mapping",
 ]

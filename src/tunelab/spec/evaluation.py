@@ -52,7 +52,7 @@ class TaskSpec(_Strict):
         return self
 
 
-EpochChoice = Literal["last", "all"] | list[int]
+EpochChoice = Literal["last", "all", "stages"] | list[int]
 
 
 class EvalSpec(_Strict):
@@ -63,7 +63,8 @@ class EvalSpec(_Strict):
         "exact_match", description="Shorthand for one built-in task on the run's dataset, when `tasks` is unset.")
     split: SplitName = Field("test", description="The split of the shorthand task.")
     max_tokens: int = Field(16, ge=1)
-    epochs: EpochChoice = Field("last", description="Checkpoints to evaluate: last, all, or a list of epochs (0-based).")
+    epochs: EpochChoice = Field("last", description="Checkpoints to evaluate: last, all, stages (the last of each stage; "
+                                  "the default of a staged run), or a list of epochs (0-based, counted across stages).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
 
     @field_validator("tasks", mode="before")

@@ -16,6 +16,7 @@ from tunelab.spec.base import Slug, _Strict, load_yaml_model, validate_mapping
 from tunelab.spec.data import DatasetSpec
 from tunelab.spec.evaluation import EvalOnlySpec, EvalSpec
 from tunelab.spec.resources import ResourcesSpec
+from tunelab.spec.stages import StageSpec, check_stage_factor, check_stages, split_stage_factor
 from tunelab.spec.training import TrainingConfig
 
 # Llama 3.x chat templates print "Today Date: ..." from the clock unless given one: pinned, so a
@@ -77,6 +78,10 @@ class ExperimentSpec(_Strict):
     controls: bool = Field(True, description="Evaluate each base model without fine-tuning.")
     naming: str | None = Field(None, description="Run name pattern, e.g. '{model}_r{lora_rank}'.")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    stages: list[StageSpec] = Field(
+        default_factory=list, description="Train every run as a sequence of stages, each starting from the "
+        "previous stage's adapter, e.g. [{name: easy, dataset: easy, epochs: 1}, {name: hard, dataset: hard, "
+        "order: by_length}]; sweep one stage's field as factors: {hard.order: [shuffled, by_length]}.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
     eval_only: list[EvalOnlySpec] = Field(
         default_factory=list, description="Adapters or checkpoints trained elsewhere, evaluated beside the runs.")
@@ -99,7 +104,13 @@ class ExperimentSpec(_Strict):
             dupes = {n for n in names if names.count(n) > 1}
             if dupes:
                 raise ValueError(f"{label}: duplicate name(s) {sorted(dupes)}")
+        check_stages(self.stages, self.training, [d.name for d in self.datasets if not d.eval_only])
         for key, levels in self.factors.items():
+            if split_stage_factor(key):
+                check_stage_factor(key, levels, self.stages, self.training)
+                if len(set(map(repr, levels))) != len(levels):
+                    raise ValueError(f"factors.{key}: levels repeat")
+                continue
             self._check_factor(key, levels, model_names, dataset_names)
         if not self.dataset_levels():
             raise ValueError("datasets: every dataset is eval_only; at least one must be trained on")
@@ -123,8 +134,8 @@ class ExperimentSpec(_Strict):
     def _check_factor(self, key: str, levels: list[Any], model_names: list[str], dataset_names: list[str]) -> None:
         if key not in set(TrainingConfig.model_fields) | set(AXES):
             raise ValueError(
-                f"factors.{key}: unknown factor; use {', '.join(AXES)} or a training field "
-                f"({', '.join(sorted(TrainingConfig.model_fields))})")
+                f"factors.{key}: unknown factor; use {', '.join(AXES)}, a training field "
+                f"({', '.join(sorted(TrainingConfig.model_fields))}) or STAGE.FIELD for one stage's field")
         if not levels:
             raise ValueError(f"factors.{key}: needs at least one level")
         for i, level in enumerate(levels):
@@ -156,7 +167,7 @@ class ExperimentSpec(_Strict):
             names = set(template_fields(self.naming))
         except ValueError as exc:
             raise ValueError(f"naming: not a valid pattern ({exc})") from None
-        available = set(self.swept_factors()) | {"model", "dataset"}
+        available = {factor_field(k) for k in self.swept_factors()} | {"model", "dataset"}
         if "prompt" in self.factors:
             available.add("prompt")
         unknown = names - available
@@ -172,8 +183,16 @@ class ExperimentSpec(_Strict):
         return list(self.factors.get("model", [m.name for m in self.models]))
 
     def dataset_levels(self) -> list[str]:
-        """Datasets trained on: factors.dataset, else every dataset not marked eval_only."""
-        return list(self.factors.get("dataset", [d.name for d in self.datasets if not d.eval_only]))
+        """The runs' datasets: factors.dataset, else every dataset not marked eval_only. With stages, the datasets
+        no stage names (a stage without a dataset trains on the run's), else the last one a stage names: the
+        run's dataset is also the one it is evaluated on."""
+        if "dataset" in self.factors:
+            return list(self.factors["dataset"])
+        trainable = [d.name for d in self.datasets if not d.eval_only]
+        named = [s.dataset for s in self.stages if s.dataset]
+        if not named:
+            return trainable
+        return [n for n in trainable if n not in named] or [named[-1]]
 
     def prompt_levels(self) -> list[str | None]:
         """Prompt templates swept (factors.prompt), else the one prompt (None: rows bring their own)."""
@@ -192,8 +211,16 @@ class ExperimentSpec(_Strict):
         if len(self.prompt_levels()) > 1:
             parts.append("{prompt}")
         for key in self.swept_factors():
-            parts.append(f"{FACTOR_ABBREVIATIONS.get(key, key)}{{{key}}}")
+            stage_field = split_stage_factor(key)
+            label = f"{stage_field[0]}-{FACTOR_ABBREVIATIONS.get(stage_field[1], stage_field[1])}" if stage_field \
+                else FACTOR_ABBREVIATIONS.get(key, key)
+            parts.append(f"{label}{{{factor_field(key)}}}")
         return "_".join(parts)
+
+
+def factor_field(key: str) -> str:
+    """The naming-pattern placeholder of a factor: 'main.order' -> 'main_order' (a dot is attribute access)."""
+    return key.replace(".", "_")
 
 
 def parse_spec(data: Any, source: str | Path = "<spec>") -> ExperimentSpec:

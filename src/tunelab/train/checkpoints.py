@@ -127,16 +127,18 @@ def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[P
     return dropped
 
 
-def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path) -> list[int]:
+def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
+                             ) -> list[int]:
     """Publish epoch_N again from complete trainer checkpoints up to `upto` where it is missing (a save
-    killed between its trainer state and its publish); returns the epochs republished."""
+    killed between its trainer state and its publish); returns the epochs republished. epoch_offset: the
+    epochs of a staged run's earlier stages (train/stages.py)."""
     done = []
     for ckpt in complete_trainer_checkpoints(state_dir):
         if int(ckpt.name.removeprefix("checkpoint-")) > int(upto.name.removeprefix("checkpoint-")):
             break
         if not checkpoint_at_epoch_end(ckpt):
             continue  # a mid-epoch save (checkpoint_every, a stop signal) is no epoch's checkpoint
-        epoch = epoch_index(json.loads((ckpt / "trainer_state.json").read_text()).get("epoch"))
+        epoch = epoch_offset + epoch_index(json.loads((ckpt / "trainer_state.json").read_text()).get("epoch"))
         if not is_complete_checkpoint(epoch_dir(run_dir, epoch)):
             publish_epoch_checkpoint(ckpt, run_dir, epoch)
             done.append(epoch)

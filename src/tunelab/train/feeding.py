@@ -32,6 +32,7 @@ class FeedingMixin:
     fixed_order: list[int] | None = None
     order_log_dir: Path | None = None
     order_spec: Any = "shuffled"
+    order_tag: tuple[int, str | None] = (0, None)  # a staged run: (epochs of the stages before, this stage)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         return super().get_batch_samples(TimedIterator(epoch_iterator, self.local.data_wait), num_batches, device)
@@ -49,5 +50,6 @@ class FeedingMixin:
         return dataloader
 
     def _record_order(self, indices: list[int]) -> None:
-        rec = order_record(_epoch_index(self.state.epoch), self.order_spec, self.args.data_seed, indices)
-        append_order(self.order_log_dir, rec)
+        offset, stage = self.order_tag
+        rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, self.args.data_seed, indices)
+        append_order(self.order_log_dir, {**rec, "stage": stage} if stage else rec)

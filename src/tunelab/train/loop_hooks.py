@@ -22,6 +22,7 @@ from tunelab.train.checkpoints import (
 )
 from tunelab.train.distributed import barrier, world
 from tunelab.train.metrics import Counters, LocalCounts, MetricsWriter, count_batch, process_age_s, sync_counters
+from tunelab.train.stages import StageContext, load_optimizer_state
 
 # Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
 # (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
@@ -86,10 +87,12 @@ def make_trainer_class():
 
 
 def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts,
-                   keep: int | None = None):
+                   keep: int | None = None, ctx: StageContext | None = None):
     from transformers import TrainerCallback
 
     main = world().is_main
+    ctx = ctx or StageContext()
+    steps, epochs = ctx.step_offset, ctx.epoch_offset  # a staged run counts on from its earlier stages
 
     class TunelabCallback(TrainerCallback):
         """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
@@ -98,6 +101,9 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
         def on_train_begin(self, args, state, control, **kwargs):
             if "startup_s" not in startup:
                 startup["startup_s"] = process_age_s()
+            if ctx.init_optimizer is not None and state.global_step == 0:  # optimizer: carried, not a resume
+                load_optimizer_state(kwargs["optimizer"], ctx.init_optimizer)
+                log(f"optimizer state carried from {ctx.init_optimizer.relative_to(run_dir)}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -106,12 +112,13 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             peak = sync_counters(writer.counters, local)
             if not main:
                 return
-            row = writer.write(state.global_step, state.epoch, logs, peak)
-            st.write_status(run_dir, step=state.global_step, epoch=row["epoch"], total_steps=state.max_steps)
+            row = writer.write(steps + state.global_step, epochs + (state.epoch or 0.0), logs, peak)
+            st.write_status(run_dir, step=steps + state.global_step, epoch=row["epoch"],
+                            total_steps=steps + state.max_steps)
             what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
                 f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
             )
-            log(f"step {state.global_step}/{state.max_steps} epoch {row['epoch']:.2f} {what}")
+            log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row['epoch']:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
             """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
@@ -126,11 +133,11 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             kill_point("train.publish", str(state.global_step))  # trainer state saved; epoch_N, counters not
             dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
             if at_epoch_end(state.epoch, state.global_step, state.max_steps):
-                dest = publish_epoch_checkpoint(ckpt, run_dir, epoch_index(state.epoch))
-            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=state.global_step)
+                dest = publish_epoch_checkpoint(ckpt, run_dir, epochs + epoch_index(state.epoch))
+            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
             writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
             atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
             prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
-            log(f"saved {dest.relative_to(run_dir)} at step {state.global_step}")
+            log(f"saved {dest.relative_to(run_dir)} at step {steps + state.global_step}")
 
     return TunelabCallback()

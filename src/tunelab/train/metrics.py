@@ -123,9 +123,10 @@ def peak_memory() -> tuple[float, str]:
 class MetricsWriter:
     """Appends one JSON line per logging step (training) or evaluation (validation)."""
 
-    def __init__(self, path: Path, counters: Counters):
+    def __init__(self, path: Path, counters: Counters, tag: dict[str, Any] | None = None):
         self.path = path
         self.counters = counters
+        self.tag = tag or {}  # added to every row (a staged run's stage)
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s
         self._last = {"tokens": counters.tokens, "time": self._train_time(), "wait": counters.data_wait_s}
@@ -164,6 +165,7 @@ class MetricsWriter:
             "peak_memory_gib": round(peak, 4),
             "memory_kind": kind,
             "elapsed_s": round(self.counters.elapsed_s, 3),
+            **self.tag,
         }
         if is_eval:
             self.last_eval_step = step

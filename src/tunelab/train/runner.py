@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from tunelab.train.dataloading import dataloader_args, pipeline_summary, resolve
 from tunelab.train.ordering import ORDER_FILE, order_for
 from tunelab.train.loop_hooks import make_callback, make_trainer_class
 from tunelab.train.loop_hooks import log as _log
+from tunelab.train.stages import StageContext
 from tunelab.train.summary import run_facts, summarize
 
 # Test-only fault knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the
@@ -103,53 +105,52 @@ def _step_cost(trainer, t, run_dir: Path) -> dict[str, Any] | None:
     return cost
 
 
-def _prepare_resume(run_dir: Path, state_dir: Path) -> tuple[Path | None, Counters]:
-    """Find the checkpoint to resume from; drop metrics logged after it (they will be redone)."""
+def _prepare_resume(run_dir: Path, state_dir: Path, ctx: StageContext) -> tuple[Path | None, Counters]:
+    """Find the checkpoint to resume from; drop metrics logged after it (they will be redone). A later
+    stage with no checkpoint of its own starts where the stage before ended."""
     last = last_complete_checkpoint(state_dir)
     metrics_path = run_dir / st.METRICS_FILE
+    start = replace(ctx.counters) if ctx.counters is not None else Counters()
     if not world().is_main:  # the main process tidies the files; the others only read the counters
-        return last, Counters(**json.loads((last / COUNTERS_FILE).read_text())) if last else Counters()
-    if last is None:
+        return last, Counters(**json.loads((last / COUNTERS_FILE).read_text())) if last else start
+    if last is None and ctx.index == 0:
         for stale in (metrics_path, run_dir / st.SUMMARY_FILE, run_dir / st.PACKING_FILE, run_dir / ORDER_FILE):
             stale.unlink(missing_ok=True)
-        return None, Counters()
-    for epoch in republish_missing_epochs(state_dir, run_dir, upto=last):
-        _log(f"republished epoch_{epoch} from its trainer checkpoint")
-    step = int(last.name.removeprefix("checkpoint-"))
+        return None, start
+    if last is not None:
+        for epoch in republish_missing_epochs(state_dir, run_dir, upto=last, epoch_offset=ctx.epoch_offset):
+            _log(f"republished epoch_{epoch} from its trainer checkpoint")
+    step = ctx.step_offset + (int(last.name.removeprefix("checkpoint-")) if last else 0)
     kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
     atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    if last is None:  # a later stage starting afresh: its earlier partial epochs' orders go too
+        orders = [r for r in read_jsonl(run_dir / ORDER_FILE) if r.get("epoch", 0) < ctx.epoch_offset]
+        atomic_write_text(run_dir / ORDER_FILE, "".join(json.dumps(r) + "\n" for r in orders))
+        return None, start
     counters = Counters(**json.loads((last / COUNTERS_FILE).read_text()))  # complete: always there
     return last, counters
 
 
-def train_run(cfg: RunConfig) -> dict[str, Any]:
-    """Train one run in cfg.run_dir; return its summary. Raises on failure (status.json says why).
-    In a distributed run every process calls it; only the main one writes files and returns the summary
-    (the others return an empty dict)."""
+def train_run(cfg: RunConfig, stage: StageContext | None = None) -> dict[str, Any]:
+    """Train one run in cfg.run_dir (a staged run: one stage of it, train/stages.py); return its summary.
+    Raises on failure (status.json says why). In a distributed run every process calls it; only the main
+    one writes files and returns the summary (the others return an empty dict)."""
+    if cfg.stages:
+        from tunelab.train.stages import train_stages
+
+        return train_stages(cfg)
     run_dir = cfg.run_dir
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
+    ctx = stage or StageContext()
     main = world().is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_dir = run_dir / st.TRAINER_STATE_DIR
-    resume_from, counters = _prepare_resume(run_dir, state_dir)
+    state_dir = ctx.state_dir(run_dir)
+    resume_from, counters = _prepare_resume(run_dir, state_dir, ctx)
     if main:
-        prev = st.read_status(run_dir)
-        started = st.now_iso()
-        st.write_status(
-            run_dir,
-            run=cfg.name,
-            state=st.RUNNING,
-            attempt=cfg.attempt,
-            started_at=started,
-            first_started_at=prev.get("first_started_at") or started,
-            resumed_from=resume_from.name if resume_from else None,
-            restarts=(prev.get("restarts", 0) + 1) if resume_from else 0,
-            error=None,
-            requeued_job=None,
-        )
+        _write_start_status(cfg, run_dir, resume_from, ctx)
     try:
-        summary = _train(cfg, run_dir, state_dir, resume_from, counters)
+        summary = _train(cfg, run_dir, state_dir, resume_from, counters, ctx)
     except BaseException as exc:
         state = st.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, TrainingStopped)) else st.FAILED
         if main:
@@ -161,10 +162,40 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         raise
     if not main:
         return summary
+    if ctx.name:
+        from tunelab.train.stages import record_stage, stages_summary
+
+        record_stage(run_dir, ctx, cfg, summary, summary.pop("counters"))
+        _log(f"stage {ctx.name} completed at step {summary['steps']}")
+        if not ctx.last:
+            return summary
+        summary["stages"] = stages_summary(run_dir)
+    summary.pop("counters", None)
     atomic_write_json(run_dir / st.SUMMARY_FILE, summary)
     st.write_status(run_dir, state=st.COMPLETED, finished_at=st.now_iso(), step=summary["steps"])
     _log(f"completed: {summary['steps']} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']}")
     return summary
+
+
+def _write_start_status(cfg: RunConfig, run_dir: Path, resume_from: Path | None, ctx: StageContext) -> None:
+    """status.json at a (re)start: a restart is a resume from a checkpoint, counted over the whole run."""
+    prev = st.read_status(run_dir)
+    started = st.now_iso()
+    restarts = (prev.get("restarts", 0) + 1) if resume_from else (prev.get("restarts", 0) if ctx.index else 0)
+    stage = {"stage": ctx.name, "stage_index": ctx.index, "stage_count": ctx.count} if ctx.name else {}
+    st.write_status(
+        run_dir,
+        run=cfg.name,
+        state=st.RUNNING,
+        attempt=cfg.attempt,
+        started_at=started,
+        first_started_at=prev.get("first_started_at") or started,
+        resumed_from=resume_from.name if resume_from else None,
+        restarts=restarts,
+        error=None,
+        requeued_job=None,
+        **stage,
+    )
 
 
 def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None = None):
@@ -208,7 +239,7 @@ def _sft_config(t, state_dir: Path, dtype, validate: bool, strategy: str | None 
 
 
 def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=(),
-                  local: LocalCounts | None = None) -> tuple[Any, Any, Any]:
+                  local: LocalCounts | None = None, ctx: StageContext | None = None) -> tuple[Any, Any, Any]:
     """(trainer, train dataset, validation dataset) exactly as `tunelab train` runs them, so tests can
     read what the trainer really feeds (its dataloader) without training."""
     from tunelab.train.distributed import strategy_of
@@ -235,9 +266,14 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
         modules_to_save=t.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
+    ctx = ctx or StageContext()
+    if ctx.init_adapter is not None:  # a later stage: continue the previous stage's adapter (same shape)
+        from peft import PeftModel
+
+        model, lora = PeftModel.from_pretrained(model, str(ctx.init_adapter), is_trainable=True), None
     trainer = make_trainer_class()(
         model=model,
-        args=_sft_config(t, cfg.run_dir / st.TRAINER_STATE_DIR, dtype, val_ds is not None,
+        args=_sft_config(t, ctx.state_dir(cfg.run_dir), dtype, val_ds is not None,
                          strategy_of(cfg.resources.distributed, world().size, torch.cuda.is_available())),
         train_dataset=train_ds,
         eval_dataset=val_ds,
@@ -263,7 +299,8 @@ def _validate_at_end(trainer, run_dir: Path) -> None:
         trainer.evaluate()
 
 
-def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters) -> dict:
+def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters,
+           ctx: StageContext) -> dict:
     import torch
 
     from tunelab.compat import quiet_known_library_warnings
@@ -275,24 +312,27 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     strategy = strategy_of(cfg.resources.distributed, w.size, torch.cuda.is_available())
     dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
     _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+         + (f", {ctx.label()} on {cfg.dataset.name}" if ctx.name else "")
          + (f", {w.size} processes ({strategy})" if strategy else "")
          + (f", resuming from {resume_from.name}" if resume_from else ""))
     if cfg.resources.distributed == "fsdp" and strategy == "ddp":
         _log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
-    writer = MetricsWriter(run_dir / st.METRICS_FILE, counters)
+    writer = MetricsWriter(run_dir / st.METRICS_FILE, counters, {"stage": ctx.name} if ctx.name else None)
+    stage_start_s = counters.elapsed_s
     startup: dict[str, float | None] = {}
     local = LocalCounts()
     watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
     try:  # the handlers go back even when loading fails
-        callbacks = [make_callback(run_dir, writer, startup, local, t.keep_checkpoints),
+        callbacks = [make_callback(run_dir, writer, startup, local, t.keep_checkpoints, ctx),
                      make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
-        trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local)
+        trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local, ctx)
         pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
         if w.is_main:
             atomic_write_json(run_dir / st.PACKING_FILE, pstats)
         _log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.items()))
         _inject_oom_fault(t.batch_size)
         trainer.order_log_dir = run_dir if w.is_main else None  # data_order.jsonl: the order each epoch drew
+        trainer.order_tag = (ctx.epoch_offset, ctx.name)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         watch.restore()
@@ -305,9 +345,14 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
     # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
-    step_cost = _step_cost(trainer, t, run_dir) if w.size == 1 else None
+    # (and a staged run's counters span its stages: its steps and tokens do not pair up)
+    step_cost = _step_cost(trainer, t, run_dir) if w.size == 1 and not ctx.name else None
+    stage_rows = [r for r in read_jsonl(run_dir / st.METRICS_FILE)
+                  if r.get("loss") is not None and r.get("step", 0) > ctx.step_offset]
     return summarize(run_dir, cfg, {
-        "epochs": t.epochs,
+        "epochs": ctx.epoch_offset + t.epochs,
+        **({"counters": writer.snapshot(), "stage_final_loss": stage_rows[-1]["loss"] if stage_rows else None,
+            "stage_duration_s": round(elapsed - stage_start_s, 3)} if ctx.name else {}),
         "duration_s": round(elapsed, 3),
         "train_time_s": round(elapsed - counters.overhead_s, 3),
         "overhead_s": round(counters.overhead_s, 3),
