@@ -40,6 +40,7 @@ from tunelab.runconfig import RunConfig, save_run_config
 from tunelab.spec import SlurmSpec
 from tunelab.train import status as st
 from tunelab.train.checkpoints import last_trainer_checkpoint
+from tunelab.train.stages import current_stage, current_state_dir, restart_current_stage
 
 
 @dataclass
@@ -72,23 +73,31 @@ def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDe
     if cfg.attempt - 1 >= max_retries:
         return RetryDecision(False, f"{failure.kind}: gave up after {cfg.attempt - 1} retries "
                                     f"(resources.max_retries = {max_retries})")
-    t = cfg.training
-    if t is None:
+    if cfg.training is None:
         return RetryDecision(False, "a control has no training to retry")
     update: dict = {"attempt": cfg.attempt + 1}
     restart = False
     if failure.kind == OOM:
+        stage = current_stage(cfg)  # a staged run: only the stage that ran out of memory changes
+        t = cfg.stages[stage].training if stage is not None else cfg.training
         if t.batch_size <= 1:
             return RetryDecision(False, "oom at micro-batch 1: cannot shrink further; needs more memory or a "
                                         "shorter max_seq_len")
         b, g = shrink_micro_batch(t.batch_size, t.gradient_accumulation_steps)
-        new_t = t.model_copy(update={"batch_size": b, "gradient_accumulation_steps": g})
-        update["training"] = type(t).model_validate(new_t.model_dump())
+        new_t = type(t).model_validate({**t.model_dump(), "batch_size": b, "gradient_accumulation_steps": g})
+        if stage is None:
+            update["training"] = new_t
+        else:
+            update["stages"] = [s.model_copy(update={"training": new_t}) if i == stage else s
+                                for i, s in enumerate(cfg.stages)]
         restart = not _checkpoint_at_epoch_boundary(cfg)
-        reason = (f"oom: batch_size {t.batch_size}->{b}, gradient_accumulation_steps "
+        where = f"stage {cfg.stages[stage].name}: " if stage is not None else ""
+        then = "resume from the last checkpoint"
+        if restart:
+            then = "restart the stage from its first step" if stage is not None else "restart from step 0"
+        reason = (f"oom: {where}batch_size {t.batch_size}->{b}, gradient_accumulation_steps "
                   f"{t.gradient_accumulation_steps}->{g} (effective batch "
-                  f"{t.batch_size * t.gradient_accumulation_steps} unchanged); "
-                  + ("restart from step 0" if restart else "resume from the last checkpoint"))
+                  f"{t.batch_size * t.gradient_accumulation_steps} unchanged); {then}")
     elif failure.kind == TIMEOUT:
         from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, train_time_limit
 
@@ -108,7 +117,7 @@ def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDe
 
 
 def _checkpoint_at_epoch_boundary(cfg: RunConfig) -> bool:
-    last = last_trainer_checkpoint(cfg.run_dir / st.TRAINER_STATE_DIR)
+    last = last_trainer_checkpoint(current_state_dir(cfg))
     if last is None:
         return True  # nothing to resume: starting over is the same
     try:
@@ -123,8 +132,11 @@ def apply(decision: RetryDecision) -> RunConfig:
     assert decision.retry and decision.config is not None
     cfg = decision.config
     if decision.restart:
-        shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR, ignore_errors=True)
-        shutil.rmtree(cfg.run_dir / st.CHECKPOINTS_DIR, ignore_errors=True)
+        if cfg.stages:  # the stages already complete stay as they are
+            restart_current_stage(cfg)
+        else:
+            shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR, ignore_errors=True)
+            shutil.rmtree(cfg.run_dir / st.CHECKPOINTS_DIR, ignore_errors=True)
     save_run_config(cfg)
     return cfg
 
@@ -141,10 +153,13 @@ def differs_only_by_retries(old: dict, new: dict) -> bool:
 
     def strip(d: dict) -> dict:
         d = json.loads(json.dumps(d))
-        for path in RETRY_FIELDS:
+        stage_paths = [(("stages", i) + p[:-1] + (p[-1],)) for i in range(len(d.get("stages") or []))
+                       for p in RETRY_FIELDS if p[0] == "training"]
+        for path in [*RETRY_FIELDS, *stage_paths]:
             node = d
             for key in path[:-1]:
-                node = node.get(key) if isinstance(node, dict) else None
+                node = node[key] if isinstance(node, list) and isinstance(key, int) and key < len(node) else (
+                    node.get(key) if isinstance(node, dict) else None)
             if isinstance(node, dict):
                 node.pop(path[-1], None)
         d.pop("estimate", None)  # informational: moves with history, not a change of the run

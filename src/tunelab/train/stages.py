@@ -128,6 +128,37 @@ def next_stage(cfg: RunConfig, run_dir: Path) -> StageContext | None:
         counters=Counters(**prev.counters) if prev else None)
 
 
+def current_stage(cfg: RunConfig) -> int | None:
+    """The index of the first stage not yet complete (the one a failure happened in); None when unstaged
+    or every stage is complete."""
+    if not cfg.stages:
+        return None
+    done = len(read_stage_records(cfg.run_dir))
+    return done if done < len(cfg.stages) else None
+
+
+def current_state_dir(cfg: RunConfig) -> Path:
+    """The trainer-state directory a resume of this run would read."""
+    i = current_stage(cfg)
+    base = cfg.run_dir / st.TRAINER_STATE_DIR
+    return base / cfg.stages[i].name if i is not None else base
+
+
+def restart_current_stage(cfg: RunConfig) -> None:
+    """Drop the current stage's trainer state and the epochs it published: it starts again from the end of
+    the stage before (a retry that cannot resume exactly); earlier stages are kept."""
+    import shutil
+
+    i = current_stage(cfg)
+    if i is None:
+        return
+    shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR / cfg.stages[i].name, ignore_errors=True)
+    kept = {e for r in read_stage_records(cfg.run_dir) for e in r.epochs}
+    for e in complete_epochs(cfg.run_dir):
+        if e not in kept:
+            shutil.rmtree(epoch_dir(cfg.run_dir, e), ignore_errors=True)
+
+
 def train_stages(cfg: RunConfig) -> dict[str, Any]:
     """Train the stages not yet complete, in order; the last one writes the run's summary.json."""
     from tunelab.train.distributed import barrier, world
