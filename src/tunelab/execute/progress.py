@@ -33,5 +33,8 @@ def run_progress(cfg: RunConfig, status: dict) -> tuple[str, str]:
     if not step or not total:
         return "", ""
     epoch = status.get("epoch")
-    prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{cfg.training.epochs}" if epoch is not None and cfg.training else "")
+    epochs = sum(t.epochs for t in cfg.trainings())  # a staged run: its stages' epochs, counted on across them
+    prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{epochs}" if epoch is not None and epochs else "")
+    if status.get("stage") and cfg.stages:
+        prog += f", stage {status.get('stage_index', 0) + 1}/{len(cfg.stages)} ({status['stage']})"
     return prog, clock(eta_seconds(cfg, status))

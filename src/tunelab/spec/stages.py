@@ -49,22 +49,18 @@ class StageSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown stage field(s) {unknown}; a stage takes {', '.join(STAGE_KEYS)} and "
                              "training fields (epochs, learning_rate, order, …)")
-        return {**own, "training": {**(own.get("training") or {}), **rest}}
+        training = {**(own.get("training") or {}), **rest}
+        fixed = sorted(set(training) & set(FIXED_ACROSS_STAGES))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: the adapter's shape is the same in every stage (each stage "
+                             "continues the previous one's adapter); set it in training: or sweep it in factors:")
+        return {**own, "training": training}
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not STAGE_NAME.match(v):
             raise ValueError("must be a short name of letters, digits, '_' or '-' (no '.')")
-        return v
-
-    @field_validator("training")
-    @classmethod
-    def _training_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        fixed = sorted(set(v) & set(FIXED_ACROSS_STAGES))
-        if fixed:
-            raise ValueError(f"{', '.join(fixed)}: the adapter's shape is the same in every stage (each stage "
-                             "continues the previous one's adapter); set it in training: or sweep it in factors:")
         return v
 
 
