@@ -37,15 +37,18 @@ class ExecutorName(str, Enum):
 
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows
-    from tunelab.plan_markdown import resolution_notes
+    from tunelab.plan_markdown import resolution_notes, stage_rows
 
-    rows = plan_rows(plan)
-    table = Table(title=f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls")
-    for col in rows[0]:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*r.values())
-    console.print(table)
+    title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
+    for rows in (plan_rows(plan), stage_rows(plan)):
+        if rows:
+            table = Table(title=title)
+            for col in rows[0]:
+                table.add_column(col)
+            for r in rows:
+                table.add_row(*r.values())
+            console.print(table)
+        title = "stages (steps and time per stage; the run's are their sum)"
     console.print(f"recipe: {plan.recipe}")
     for note in resolution_notes(plan):
         console.print(f"resolution: {note}", highlight=False)
@@ -69,6 +72,7 @@ def plan_cmd(
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
     from tunelab.plan import make_plan, plan_rows, render_plan_md
+    from tunelab.plan_markdown import stage_rows
 
     plan = make_plan(spec, gpu=_gpu_or_none(gpu))
     path = None
@@ -77,6 +81,7 @@ def plan_cmd(
     if json_out:
         print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe,
                           "gpu": plan.gpu.name if plan.gpu else None, "runs": plan_rows(plan),
+                          "stages": stage_rows(plan),
                           "estimates": {k: e.to_dict() for k, e in plan.estimates.items()},
                           "totals": plan.totals(), "warnings": plan.warnings}, indent=2))
         return

@@ -6,7 +6,7 @@ plan says so instead of guessing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from tunelab.errors import TunelabError
 from tunelab.train.quantize import check_plan as check_quantize
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (callers import them from here)
+from tunelab.plan_stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.runconfig import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 from tunelab.train.distributed import processes_per_run
@@ -93,7 +94,7 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
         try:
             datasets[d.name] = _verify_dataset(spec, resolve_dataset(d, base), experiment_dir, needed[d.name])
         except TunelabError as exc:
-            raise TunelabError(str(exc), file=spec_path, field=f"datasets[{i}]") from None
+            raise dataset_error(spec, i, exc, spec_path) from None
     return models, datasets
 
 
@@ -112,8 +113,8 @@ def write_provenance(plan: "Plan") -> Path:
 
 
 def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
-    """Dataset -> the splits some run or task reads from it."""
-    needed: dict[str, set[str]] = {}
+    """Dataset -> the splits some run, stage or task reads from it."""
+    needed = stage_dataset_needs(spec)
     for name in spec.dataset_levels():
         needed.setdefault(name, {"train"})
         if spec.training.validation_every_steps or "validation_every_steps" in spec.factors:
@@ -194,10 +195,14 @@ class Truncation:
     cut: int
     no_answer_left: int
     longest: int
+    stage: str | None = None  # a staged run: the stage whose dataset and max_seq_len these are
 
 
 def truncation(cfg: RunConfig) -> list[Truncation]:
-    """Per split, the examples longer than the run's max_seq_len (never silent: plan shows it, validate fails)."""
+    """Per split, the examples longer than the run's max_seq_len (never silent: plan shows it, validate fails);
+    a staged run's per stage, on each stage's dataset at its max_seq_len."""
+    if cfg.stages:
+        return [replace(t, stage=s.name) for i, s in enumerate(cfg.stages) for t in truncation(cfg.stage_config(i))]
     assert cfg.training is not None
     limit = cfg.training.max_seq_len
     out = []
@@ -223,9 +228,10 @@ def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig
 
 
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
-    """Estimates for every fine-tuned run; datasets measured once per model x dataset x prompt."""
+    """Estimates for every fine-tuned run (a staged run's per stage, summed); datasets measured once per
+    model x dataset x prompt."""
     from tunelab import history
-    from tunelab.estimate.runs import estimate_run
+    from tunelab.estimate.stages import estimate_any_run
 
     past = history.load()
     threads = None
@@ -233,7 +239,7 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstima
         import torch
 
         threads = torch.get_num_threads()
-    return {cfg.name: estimate_run(cfg, gpu, *measure_lengths(cfg), past, threads)
+    return {cfg.name: estimate_any_run(cfg, gpu, measure_lengths, past, threads)
             for cfg in runs if cfg.training is not None}
 
 
@@ -258,6 +264,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
     check_eval_tasks(spec, spec_path, runs)
+    check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
     check_quantize(runs, gpu is not None, spec_path)  # QLoRA needs a GPU and bitsandbytes: refused here
     res = spec.resources
     nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
@@ -282,7 +289,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
         for name, rows in plan.truncation.items():
             for t in rows:
                 if t.cut and t.split in ("train", "validation"):
-                    plan.warnings.append(f"{name}: {t.cut} of {t.examples} {t.split} examples are longer than "
+                    plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.estimates = estimate_runs(runs, gpu)
         if spec.resources.executor == "local":

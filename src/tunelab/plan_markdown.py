@@ -23,8 +23,20 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _joined(values: list[str]) -> str:
+    """A value per stage, shown once when every stage has it (8×1, or 8×1→4×2)."""
+    return values[0] if len(set(values)) == 1 else "→".join(values)
+
+
+def _batch_text(r: RunConfig, processes: int) -> str:
+    shapes = [f"{t.batch_size}×{t.gradient_accumulation_steps}" + (f"×{processes}" if processes > 1 else "")
+              for t in r.trainings()]
+    return _joined(shapes) if shapes else "—"
+
+
 def plan_rows(plan: Plan) -> list[dict[str, str]]:
-    """One row per run: what the table in the terminal and in plan.md show."""
+    """One row per run: what the table in the terminal and in plan.md show (a staged run: its stages in
+    order, steps and time summed over them; a field that differs between stages shows each stage's value)."""
     swept = plan.spec.swept_factors() + (["prompt"] if "prompt" in plan.spec.factors else [])
     kinds = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
     placed = {p.run: p for p in plan.schedule.placements} if plan.schedule else {}
@@ -39,9 +51,9 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "model": r.model.name,
             "dataset": r.dataset.name,
             "factors": _factor_text(r, swept),
-            "batch": (f"{t.batch_size}×{t.gradient_accumulation_steps}"
-                      + (f"×{e.processes}" if e and e.processes > 1 else "")) if t else "—",
-            "packing": ("on" if t.packing else "off") if t else "—",
+            **({"stages": "→".join(s.name for s in r.stages) or "—"} if plan.spec.stages else {}),
+            "batch": _batch_text(r, e.processes if e else 1),
+            "packing": _joined(["on" if x.packing else "off" for x in r.trainings()]) if t else "—",
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
                                else "—"),
@@ -84,6 +96,7 @@ def render_plan_md(plan: Plan) -> str:
     rows = plan_rows(plan)
     lines += ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
+    lines += _stage_lines(plan)
     lines += ["", "## Resources verified", "", "| Model | Path | Type | Layers × hidden | Vocab | Weights | Chat template |",
               "|---|---|---|---|---|---|---|"]
     for name, m in plan.models.items():
@@ -120,12 +133,68 @@ def render_plan_md(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _order_text(order: object) -> str:
+    by_field = getattr(order, "by_field", None)
+    return f"by_field: {by_field}" if by_field else str(order)
+
+
+def stage_rows(plan: "Plan") -> list[dict[str, str]]:
+    """A staged run's stages in training order, then its total: what plan.md and `plan --json` show."""
+    rows = []
+    for r in plan.finetune_runs:
+        if not r.stages:
+            continue
+        e = plan.estimates.get(r.name)
+        est = e.stages if e else []
+        for i, s in enumerate(r.stages):
+            t = s.training
+            part = est[i] if i < len(est) else None
+            rows.append({"run": r.name, "stage": f"{i + 1}. {s.name}", "dataset": s.dataset.name,
+                         "epochs": str(t.epochs) + (f" (max {t.max_steps} steps)" if t.max_steps else ""),
+                         "steps": str(part.steps) if part else "—", "order": _order_text(t.order),
+                         "learning rate": f"{t.learning_rate:g}", "optimizer": s.optimizer,
+                         "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}",
+                         "est. time": _fmt_seconds(part.seconds) if part and part.seconds else "—"})
+        rows.append({"run": r.name, "stage": "total", "dataset": "", "epochs": "",
+                     "steps": str(e.steps) if e else "—", "order": "", "learning rate": "", "optimizer": "",
+                     "batch": "", "est. time": _fmt_seconds(e.seconds) if e and e.seconds else "—"})
+    return rows
+
+
+def _stage_lines(plan: "Plan") -> list[str]:
+    rows = stage_rows(plan)
+    if not rows:
+        return []
+    lines = ["", "## Stages", "", "Each run trains its stages in order in one job; a stage starts from the previous "
+             "stage's adapter (optimizer: fresh, or carried from the previous stage). Steps and time are each "
+             "stage's own; the run's are their sum.", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    for row in rows:
+        cells = list(row.values())
+        if row["stage"] == "total":
+            cells = [f"**{c}**" if c else "" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dataset_use(plan: "Plan", name: str, eval_only: bool) -> str:
+    """What a dataset is for: evaluation only, training + evaluation, or (staged) which stages train on it."""
+    if eval_only:
+        return "evaluation only"
+    spec = plan.spec
+    if not spec.stages:
+        return "training + evaluation"
+    runs_on = name in spec.dataset_levels()
+    stages = [s.name for s in spec.stages if s.dataset == name or (s.dataset is None and runs_on)]
+    parts = ([f"training (stage {', '.join(stages)})"] if stages else []) + (["evaluation"] if runs_on else [])
+    return " + ".join(parts) or "evaluation (tasks)"
+
+
 def _dataset_lines(plan: "Plan") -> list[str]:
     lines = ["", "| Dataset | Format | train | validation | test | Used for |", "|---|---|---|---|---|---|"]
     for d in plan.datasets.values():
         n = d.counts
         lines.append(f"| {d.name} | {d.format} | {n.get('train', '—')} | {n.get('validation', '—')} | "
-                     f"{n.get('test', '—')} | {'evaluation only' if d.eval_only else 'training + evaluation'} |")
+                     f"{n.get('test', '—')} | {_dataset_use(plan, d.name, d.eval_only)} |")
     lines += ["", "Data files (provenance):", "", "| Dataset | File | Rows | sha256 |", "|---|---|---|---|"]
     for d in plan.datasets.values():
         lines += [f"| {d.name} | `{f.path}` | {f.rows} | `{f.sha256}` |" for f in d.files]
@@ -205,9 +274,11 @@ def _truncation_lines(plan: "Plan") -> list[str]:
              "| Run | Split | Examples | Answer cut | No answer left | Longest (tokens) | max_seq_len |",
              "|---|---|---|---|---|---|---|"]
     for run in plan.finetune_runs:
+        limits = {s.name: s.training.max_seq_len for s in run.stages}
         for t in plan.truncation.get(run.name, []):
-            lines.append(f"| {run.name} | {t.split} | {t.examples} | {t.cut} | {t.no_answer_left} | {t.longest} | "
-                         f"{run.training.max_seq_len if run.training else '—'} |")
+            limit = limits[t.stage] if t.stage else run.training.max_seq_len if run.training else "—"
+            lines.append(f"| {run.name}{f' / {t.stage}' if t.stage else ''} | {t.split} | {t.examples} | {t.cut} | "
+                         f"{t.no_answer_left} | {t.longest} | {limit} |")
     return lines + [""]
 
 

@@ -102,6 +102,19 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     return check
 
 
+def check_staged_run(cfg: RunConfig, gpu: GPU, lengths: list[list[int] | None],
+                     truncated: list[list[Truncation] | None]) -> RunCheck:
+    """A staged run: each stage checked as the run it trains (its own steps, warm-up, data and batch), then one
+    check whose memory and batch advice are the worst stage's and whose steps are the sum."""
+    parts = [check_run(cfg.stage_config(i).model_copy(update={"name": f"{cfg.name} (stage {s.name})"}), gpu,
+                       lengths[i], truncated[i]) for i, s in enumerate(cfg.stages)]
+    worst = max(parts, key=lambda c: c.peak_memory_gib)
+    steps = [c.steps for c in parts]
+    return RunCheck(cfg.name, worst.tokens_per_microbatch, worst.peak_memory_gib, worst.gpu_memory_gib,
+                    sum(n for n in steps if n is not None) if None not in steps else None, worst.max_batch_size,
+                    [m for c in parts for m in c.errors], [m for c in parts for m in c.warnings])
+
+
 def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     """Validate an experiment.yaml (all its runs) or one run.yaml."""
     from tunelab.runconfig import load_run_config
@@ -134,6 +147,9 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
         if cfg.training is None:
             continue
         local = Path(cfg.model.path).is_dir()
-        checks.append(check_run(cfg, gpu, measure_lengths(cfg)[0] if local else None,
-                                truncation(cfg) if local else None))
+        parts = [cfg.stage_config(i) for i in range(len(cfg.stages))] or [cfg]
+        lengths = [measure_lengths(part)[0] if local else None for part in parts]
+        cuts = [truncation(part) if local else None for part in parts]
+        checks.append(check_staged_run(cfg, gpu, lengths, cuts) if cfg.stages else
+                      check_run(cfg, gpu, lengths[0], cuts[0]))
     return checks

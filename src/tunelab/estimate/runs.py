@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import effective_batch_size, optimizer_steps, tokens_per_microbatch
@@ -25,6 +25,9 @@ from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
 from tunelab.train.distributed import processes_per_run
 
+if TYPE_CHECKING:
+    from tunelab.estimate.stages import StageEstimate
+
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
@@ -38,7 +41,7 @@ class RunEstimate:
     gradient_accumulation_steps: int
     tokens_per_microbatch: int
     steps: int
-    tokens_per_epoch: int
+    tokens_per_epoch: int  # a staged run: one epoch of every stage, summed
     peak_memory_gib: float | None
     gpu_memory_gib: float | None
     memory_source: str
@@ -52,6 +55,9 @@ class RunEstimate:
     strategy: str | None = None  # "ddp" | "fsdp" with several processes
     effective_batch: int = 0  # micro-batch × accumulation × processes
     scaling_efficiency: float | None = None  # throughput of N devices / (N × one device's)
+    train_tokens: int = 0  # tokens the whole run trains on (every epoch, cut at max_steps)
+    # a staged run: each stage's own estimate, in order (steps and time above are their sums, memory their max)
+    stages: list["StageEstimate"] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,4 +253,5 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         strategy=strategy,
         effective_batch=effective_batch_size(t.batch_size, t.gradient_accumulation_steps, nproc),
         scaling_efficiency=efficiency if nproc > 1 else None,
+        train_tokens=round(train_tokens),
     )
