@@ -1,6 +1,6 @@
 """Daily-use commands (export to trackers, archive): registered on the main app by `register`.
 
-Kept apart from cli.py so each command stays a thin call into its module, and heavy libraries (mlflow)
+Kept apart from cli.py so each command stays a thin call into its module, and heavy libraries (mlflow, wandb)
 are imported only when the command runs.
 """
 
@@ -19,20 +19,30 @@ TRACKERS = ("mlflow", "wandb")
 
 def export_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    to: str = typer.Option(..., "--to", help="The tracker: mlflow (wandb is not supported yet)."),
+    to: str = typer.Option(..., "--to", help="The tracker: mlflow, or wandb (offline runs for `wandb sync`)."),
     tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri",
                                      help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
                                      "databricks."),
     mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
                                                     help="MLflow experiment name (default: the spec's name)."),
+    wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
+                                             "(default: <experiment>/wandb)."),
+    project: Optional[str] = typer.Option(None, "--project", help="W&B project (default: the spec's name)."),
 ) -> None:
-    """One tracker run per tunelab run (params: resolved config and factors; metrics per step; eval scores),
-    nested under one parent run for the sweep that holds the report. Exporting again adds only what is new."""
+    """One tracker run per tunelab run (params: resolved config and factors; metrics per step; eval scores).
+    MLflow: nested under one parent run for the sweep that holds the report; exporting again adds only what is new.
+    W&B: offline runs grouped as the sweep, each with the report; exporting again rewrites only changed runs."""
     if to not in TRACKERS:
         raise TunelabError(f"unknown tracker {to!r}: use {' or '.join(TRACKERS)}", field="--to")
     if to == "wandb":
-        raise TunelabError("W&B export is not supported yet: export to MLflow (--to mlflow), or use "
-                           "`tunelab results --json` with wandb's own API", field="--to")
+        from tunelab.export.wandb_offline import export_wandb
+
+        res = export_wandb(experiment_dir, wandb_dir, project)
+        console.print(f"W&B offline runs in {res.wandb_dir} (project {res.project}, group {res.group}): "
+                      f"{len(res.written)} run(s) written, {len(res.unchanged)} unchanged", highlight=False,
+                      soft_wrap=True)
+        console.print(f"upload them with: {res.sync_command}", highlight=False, soft_wrap=True)
+        return
     from tunelab.export.mlflow import export_mlflow
 
     result = export_mlflow(experiment_dir, tracking_uri, mlflow_experiment)

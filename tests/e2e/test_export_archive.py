@@ -1,6 +1,7 @@
 """Daily use on a real finished sweep (one tiny run trained 2 epochs + its base-model control, evaluated,
-reported): `tunelab export --to mlflow` read back through MLflow's own client from a SQLite store, and
-`tunelab archive` checked file by file, including a failed and a corrupted copy."""
+reported): `tunelab export --to mlflow` read back through MLflow's own client from a SQLite store, `--to wandb`
+read back from W&B's offline transaction logs, and `tunelab archive` checked file by file, including a failed and a
+corrupted copy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import errno
 import hashlib
 import json
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -100,10 +106,92 @@ def test_export_to_mlflow_sqlite_store_is_complete_and_idempotent(sweep, tmp_pat
     assert len(client.get_metric_history(r4.info.run_id, "loss")) == len(want)
 
 
-def test_export_refuses_unknown_and_unsupported_trackers(sweep):
-    for tracker, words in (("wandb", "not supported yet"), ("neptune", "unknown tracker")):
-        res = runner.invoke(app, ["export", str(sweep), "--to", tracker])
-        assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output
+def test_export_refuses_unknown_trackers(sweep):
+    res = runner.invoke(app, ["export", str(sweep), "--to", "neptune"])
+    assert res.exit_code == 1 and "unknown tracker" in res.output and "Traceback" not in res.output
+
+
+def _wandb_log(path: Path) -> Iterator[Any]:
+    """The records of a .wandb file, read by the format wandb-core writes (a 7-byte ':W&B' header, then a LevelDB
+    log: 32 KiB blocks of chunks, each crc32 | length | type, FULL=1 FIRST=2 MIDDLE=3 LAST=4) into wandb's own
+    protobuf Record: independent of the exporter, which only calls wandb's public API."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B"
+    pos, parts = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block  # a block's zero-filled tail
+            continue
+        crc, size, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if (crc, size, kind) == (0, 0, 0):
+            pos += block - pos % block
+            continue
+        payload = data[pos + 7:pos + 7 + size]
+        assert zlib.crc32(bytes([kind]) + payload) == crc
+        pos += 7 + size
+        parts = payload if kind in (1, 2) else parts + payload
+        if kind in (1, 4):
+            yield pb.Record.FromString(parts)
+
+
+def _offline_run(run_dir: Path) -> dict[str, Any]:
+    (log,) = run_dir.glob("run-*.wandb")
+    out: dict[str, Any] = {"history": [], "summary": {}, "files": set(), "exit": None}
+    for rec in _wandb_log(log):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out.update(id=rec.run.run_id, project=rec.run.project, group=rec.run.run_group,
+                       name=rec.run.display_name, config={i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in rec.summary.update})
+        elif kind == "files":
+            out["files"] |= {f.path for f in rec.files.files}
+        elif kind == "exit":
+            out["exit"] = rec.exit.exit_code
+    return out
+
+
+def test_export_to_wandb_offline_runs_read_back_and_idempotent(sweep, tmp_path):
+    dest = tmp_path / "wb"
+    out = _ok(["export", sweep, "--to", "wandb", "--wandb-dir", dest]).output
+    assert "2 run(s) written, 0 unchanged" in out and f"wandb sync {dest}" in out
+    dirs = sorted(dest.glob("offline-run-*"))
+    runs = {r["name"]: r for r in map(_offline_run, dirs)}
+    assert sorted(runs) == ["tiny_base", "tiny_r4"] and len({r["id"] for r in runs.values()}) == 2
+    assert {(r["project"], r["group"], r["exit"]) for r in runs.values()} == {("t", "t", 0)}
+    r4 = runs["tiny_r4"]
+    assert r4["config"]["training"]["lora_rank"] == 4 and r4["config"]["factors"]["lora_rank"] == 4
+    rows = [json.loads(line) for line in (sweep / "runs/tiny_r4/metrics.jsonl").read_text().splitlines()]
+    want = sorted((r["step"], r["loss"]) for r in rows if r.get("loss") is not None)
+    got = sorted((h["_step"], h["loss"]) for h in r4["history"] if "loss" in h)
+    assert got == want and len(got) >= 6
+    scores = json.loads((sweep / "runs/tiny_r4/eval/epoch_1/exact_match/scores.json").read_text())
+    assert r4["summary"]["eval.exact_match.accuracy"] == scores["metrics"]["accuracy"]
+    base = json.loads((sweep / "controls/tiny_base/eval/base/exact_match/scores.json").read_text())
+    assert runs["tiny_base"]["summary"]["eval.exact_match.accuracy"] == base["metrics"]["accuracy"]
+    assert {"report/report.md", "tunelab/run.yaml"} <= r4["files"]
+    r4_dir = next(d for d in dirs if d.name.endswith(r4["id"]))
+    assert (r4_dir / "files/report/report.md").read_bytes() == (sweep / "report/report.md").read_bytes()
+    # wandb's own `sync` finds exactly these runs to upload (--dry-run: no login, no network)
+    sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(dest)], capture_output=True,
+                          text=True, timeout=120)
+    assert "Would sync 2 run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
+
+    # again: nothing changed, nothing written
+    out = _ok(["export", sweep, "--to", "wandb", "--wandb-dir", dest]).output
+    assert "0 run(s) written, 2 unchanged" in out and sorted(dest.glob("offline-run-*")) == dirs
+    # again without the manifest: every run rewritten, in place of its previous directory (one per run id)
+    (dest / "wandb-export.json").unlink()
+    out = _ok(["export", sweep, "--to", "wandb", "--wandb-dir", dest]).output
+    assert "2 run(s) written" in out
+    again = {r["id"]: r for r in map(_offline_run, dest.glob("offline-run-*"))}
+    assert sorted(again) == sorted(r["id"] for r in runs.values()) and len(list(dest.iterdir())) == 3
+    assert sorted((h["_step"], h["loss"]) for h in again[r4["id"]]["history"] if "loss" in h) == want
 
 
 def test_archive_copies_verifies_then_frees_space(sweep, tmp_path):

@@ -19,7 +19,7 @@ from tunelab.init.answers import InitAnswers, build_spec, parse_vary
 from tunelab.init.discover import find_datasets, find_models
 
 runner = CliRunner()
-HEAVY = ("torch", "transformers", "datasets", "inspect_ai", "matplotlib", "mlflow", "peft", "trl", "numpy",
+HEAVY = ("torch", "transformers", "datasets", "inspect_ai", "matplotlib", "mlflow", "wandb", "peft", "trl", "numpy",
          "questionary", "sklearn", "scipy")
 
 
@@ -71,6 +71,13 @@ def test_export_without_mlflow_names_the_extra(tmp_path):
             f"app(['export', {str(tmp_path)!r}, '--to', 'mlflow'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "pip install 'tunelab[mlflow]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_export_without_wandb_names_the_extra(tmp_path):
+    code = ("import sys\nsys.modules['wandb'] = None  # as if not installed\nfrom tunelab.cli import app\n"
+            f"app(['export', {str(tmp_path)!r}, '--to', 'wandb'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "pip install 'tunelab[wandb]'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_parse_vary():

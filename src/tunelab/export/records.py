@@ -42,6 +42,8 @@ class RunRecord:
     run_dir: Path
     params: dict[str, str]
     metrics: list[MetricPoint] = field(default_factory=list)
+    # the same config nested and typed (factors under "factors"), for trackers that keep types (W&B)
+    config: dict[str, Any] = field(default_factory=dict)
     start_ms: int | None = None
     end_ms: int | None = None
     error: str | None = None
@@ -102,7 +104,8 @@ def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
     status = st.read_status(cfg.run_dir)
     start = _ms(status.get("first_started_at") or status.get("started_at"))
     base = start or int(cfg.run_dir.stat().st_mtime * 1000)
-    params = flatten(cfg.model_dump(mode="json", exclude={"factors", "estimate", "experiment_dir"}))
+    config = cfg.model_dump(mode="json", exclude={"factors", "estimate", "experiment_dir"})
+    params = flatten(config)
     params.update({f"factor.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
                    for k, v in cfg.factors.items()})
     summary = [MetricPoint(f"summary.{k}", float(result[k]), 0, base) for k in SUMMARY_FIELDS
@@ -110,7 +113,8 @@ def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
     return RunRecord(
         name=cfg.name, kind=result["type"], state=result["state"], run_dir=cfg.run_dir, params=params,
         metrics=_step_points(cfg, base) + summary + _eval_points(result, base),
-        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result["error"])
+        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result["error"],
+        config={**config, "factors": dict(cfg.factors)})
 
 
 def sweep_record(experiment_dir: str | Path) -> SweepRecord:
