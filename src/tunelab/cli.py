@@ -116,6 +116,22 @@ def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or it
     train_job(run_yaml)
 
 
+@app.command("pack-job", hidden=True)
+@friendly
+def pack_job_cmd(
+    experiment_dir: Path = typer.Argument(..., help="The experiment directory."),
+    runs: str = typer.Option(..., "--runs", help="Comma-separated run names this node job trains."),
+) -> None:
+    """Inside a Slurm node job (resources.slurm.pack: node): train these runs on the job's GPUs with the local
+    scheduler, then evaluate them; the coordinator's ledger, not this job, records jobs."""
+    from tunelab.evaluate.sweep import evaluate_experiment
+    from tunelab.execute.local import run_local
+
+    names = [n for n in runs.split(",") if n]
+    run_local(experiment_dir, names, console=console, record=False)
+    evaluate_experiment(experiment_dir, names, console=console, ingest=False)
+
+
 @app.command("run")
 @friendly
 def run_cmd(

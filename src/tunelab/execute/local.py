@@ -98,10 +98,13 @@ def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[R
     return todo
 
 
-def _start(exp: Path, ex: LocalExecutor, cfg: RunConfig, slot: str | None) -> tuple[str, int]:
+def _start(exp: Path, ex: LocalExecutor, cfg: RunConfig, slot: str | None, record: bool = True) -> tuple[str, int]:
     """Start the run's job through the executor interface and record it in the ledger (so `status` and
-    `cancel` see it like a Slurm job). slot: the job's GPUs as CUDA_VISIBLE_DEVICES ('2,3'), or None on CPU."""
+    `cancel` see it like a Slurm job). slot: the job's GPUs as CUDA_VISIBLE_DEVICES ('2,3'), or None on CPU.
+    record=False inside a Slurm node job: the coordinator's ledger holds that job, not these processes."""
     job_id = ex.submit(cfg.run_dir / "job.sh", env={"CUDA_VISIBLE_DEVICES": slot} if slot is not None else None)
+    if not record:
+        return job_id, -1
     row = ledger.record_job(exp, run=cfg.name, kind="train", job_id=job_id, attempt=cfg.attempt, executor=ex.name,
                             submitted_at=st.now_iso(), state="RUNNING", reason=f"attempt {cfg.attempt}, "
                             f"{'GPU ' + slot if slot is not None else 'cpu'}")
@@ -120,11 +123,12 @@ def _failure(cfg: RunConfig, state: str, code: int, status: dict) -> Failure:
 
 def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfig], console: Console) -> str:
     """Judge an ended attempt and record it; queue its retry (the claim is kept) or release the claim.
-    A job `tunelab cancel` stopped stays cancelled and is not retried."""
+    A job `tunelab cancel` stopped stays cancelled and is not retried. (a.row < 0: not in the ledger.)"""
     state = training_state(a.cfg.run_dir)
     if state == st.RUNNING:  # the process is gone; it never got to say how it ended
         state = st.INTERRUPTED if code < 0 else st.FAILED
-    cancelled = any(j["id"] == a.row and j["failure"] == CANCELLED for j in ledger.query(
+    record = a.row >= 0
+    cancelled = record and any(j["id"] == a.row and j["failure"] == CANCELLED for j in ledger.query(
         exp, "SELECT id, failure FROM jobs WHERE run = ?", (a.cfg.name,)))
     failure = Failure(COMPLETED, "completed", code) if state == st.COMPLETED else _failure(a.cfg, state, code, status)
     again = retry.decide(a.cfg, failure, executor="local") if state != st.COMPLETED and not cancelled else None
@@ -132,7 +136,7 @@ def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfi
     if again is not None:
         reason = f"{reason}; {again.reason}" if reason else again.reason
         console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
-    if not cancelled:  # (`tunelab cancel` recorded the job's end and the attempt itself)
+    if record and not cancelled:  # (`tunelab cancel` recorded the job's end and the attempt itself)
         ledger.update_job(exp, a.row, state=exit_state(code), exit_code=f"{max(code, 0)}:{max(-code, 0)}",
                           failure=failure.kind, detail=reason or failure.detail, handled=1)
         ledger.record_attempt(exp, run=a.cfg.name, attempt=a.cfg.attempt, executor="local",
@@ -142,13 +146,15 @@ def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfi
         queue.append(retry.apply(again))
     else:
         claims.release(a.cfg.run_dir)
-    ledger.ingest_all(exp, [a.cfg])
+    if record:
+        ledger.ingest_all(exp, [a.cfg])
     return state
 
 
 def run_local(experiment_dir: str | Path, names: list[str] | None = None, force: bool = False,
-              console: Console | None = None) -> dict[str, str]:
-    """Train every pending fine-tuned run; return {run: final state} of the runs it started."""
+              console: Console | None = None, record: bool = True) -> dict[str, str]:
+    """Train every pending fine-tuned run; return {run: final state} of the runs it started.
+    record=False: inside a Slurm node job (execute/slurm_pack.py), which leaves the ledger to the coordinator."""
     console = console or Console()
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)
@@ -158,7 +164,8 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
     results: dict[str, str] = {}
     if not todo:
         console.print("nothing to run: every selected run is completed, running or claimed by another coordinator")
-        ledger.ingest_all(exp, all_runs)
+        if record:
+            ledger.ingest_all(exp, all_runs)
         return results
     pool, on_gpu = device_pool(todo)
     visible = len(pool.devices) if on_gpu else 0
@@ -183,7 +190,7 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     if got is None:
                         continue
                     queue.remove(cfg)
-                    job_id, row = _start(exp, ex, cfg, ",".join(got) if on_gpu else None)
+                    job_id, row = _start(exp, ex, cfg, ",".join(got) if on_gpu else None, record)
                     task = progress.add_task(f"  {cfg.name}" + (f" [GPU {','.join(got)}]" if on_gpu else ""), total=None)
                     active[cfg.name] = _Active(cfg, job_id, row, task, st.now_iso())
                 for name, a in list(active.items()):
@@ -211,5 +218,6 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         raise
     finally:
         claims.release_all()
-        ledger.ingest_all(exp, all_runs)
+        if record:
+            ledger.ingest_all(exp, all_runs)
     return results

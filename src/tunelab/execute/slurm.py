@@ -20,6 +20,7 @@ from tunelab.execute.claims import experiment_lock, holder
 from tunelab.execute.follow import handle_ended, wait_for_jobs
 from tunelab.execute.jobs import RunJobs, is_active, latest_jobs
 from tunelab.execute.refresh import refresh
+from tunelab.execute.slurm_pack import is_packed, pack_groups
 from tunelab.execute.slurm_arrays import array_groups
 from tunelab.execute.slurm_cli import Slurm, SlurmExecutor
 from tunelab.execute.slurm_jobs import slurm_settings
@@ -97,13 +98,17 @@ def run_slurm(experiment_dir: str | Path, names: list[str] | None = None, force:
         todo = plan_submissions(exp, selected, force)
         if not todo:
             console.print("nothing to submit: every selected run is queued, running or done")
-        arrays, _ = array_groups([cfg for cfg, train, eval_, after, _ in todo if train and eval_ and after is None])
+        fresh = [cfg for cfg, train, eval_, after, _ in todo if train and eval_ and after is None]
+        packs = pack_groups([cfg for cfg in fresh if is_packed(cfg)])
+        arrays, _ = array_groups([cfg for cfg in fresh if not is_packed(cfg)])
         reasons = {cfg.name: reason for cfg, *_, reason in todo}
+        for group in packs:
+            sub.submit_pack(group, reasons[group[0].name])
         for group in arrays:
             sub.submit_array(group, reasons[group[0].name])
-        in_array = {cfg.name for group in arrays for cfg in group}
+        grouped = {cfg.name for group in arrays + packs for cfg in group}
         for cfg, train, eval_, after, reason in todo:
-            if cfg.name not in in_array:
+            if cfg.name not in grouped:
                 sub.submit_run(cfg, train, eval_, reason, after)
     if wait and not dry_run:
         poll = min((slurm_settings(c).poll_interval_s for c in runs.values()), default=5.0)

@@ -44,9 +44,10 @@ class Submitter:
         self._last = 0.0
 
     def active_count(self) -> int:
-        """This experiment's jobs queued or running on this executor, after a refresh."""
+        """This experiment's jobs queued or running on this executor, after a refresh (a node job holding
+        several runs' rows is one job)."""
         refresh(self.exp, self.runs, {self.ex.name: self.ex})
-        return sum(1 for j in all_jobs(self.exp) if j["executor"] == self.ex.name and is_active(j))
+        return len({j["job_id"] for j in all_jobs(self.exp) if j["executor"] == self.ex.name and is_active(j)})
 
     def _throttle(self, cfg: RunConfig, needed: int) -> None:
         s = slurm_settings(cfg)
@@ -105,6 +106,32 @@ class Submitter:
             self.submitted.append({"run": cfg.name, "kind": "train", "job_id": job_id, "depends_on": None})
             self._one(cfg, "eval", EVAL_SCRIPT, job_id, reason)
         return ids
+
+    def submit_pack(self, cfgs: list[RunConfig], reason: str) -> str:
+        """One node job training and evaluating these runs (execute/slurm_pack.py); each run gets a train and
+        an eval row with its id, so the job is polled, judged and cancelled per run like any other."""
+        from tunelab.execute.slurm_pack import write_pack_script
+
+        names = ", ".join(c.name for c in cfgs)
+        if self.dry_run:
+            script = Path(cfgs[0].experiment_dir) / "slurm" / f"node-{cfgs[0].name}.sbatch"
+            self.console.print(f"would submit: sbatch --parsable {script}  [dim]# node job: {names}; {reason}[/dim]",
+                               highlight=False, soft_wrap=True)
+            return "<node>"
+        for cfg in cfgs:
+            write_slurm_scripts(cfg)  # each run's own scripts, for retries as jobs of their own
+        self._throttle(cfgs[0], 1)
+        job_id = self.ex.submit(write_pack_script(cfgs))
+        self._last = time.monotonic()
+        for cfg in cfgs:
+            for kind in ("train", "eval"):
+                ledger.record_job(self.exp, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
+                                  executor=self.ex.name, time_limit=train_time_limit(cfg)[0] if kind == "train"
+                                  else None, submitted_at=st.now_iso(), state="SUBMITTED",
+                                  reason=f"{reason} (node job)")
+                self.submitted.append({"run": cfg.name, "kind": kind, "job_id": job_id, "depends_on": None})
+        self.console.print(f"submitted node job {job_id} for {len(cfgs)} runs: {names}", highlight=False)
+        return job_id
 
     def _one(self, cfg: RunConfig, kind: str, script: str, dep: str | None, reason: str) -> str:
         path = cfg.run_dir / script

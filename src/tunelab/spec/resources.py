@@ -49,6 +49,18 @@ class SlurmSpec(_Strict):
         "job array, at most this many tasks running at once (Slurm's %N); each evaluation job waits on its task. "
         "Unset: one job per run.")
 
+    pack: Literal["run", "node"] = Field(
+        "run", description="run: one training job and one evaluation job per run. node: one job holds a node's "
+        "GPUs (pack_gpus) and trains a group of runs on them with the local scheduler (longest first, "
+        "CUDA_VISIBLE_DEVICES per run, runs_per_gpu), then evaluates them; retries go out as jobs of their own.")
+    pack_gpus: int | None = Field(None, ge=0, description="GPUs a node job holds (pack: node); default 4 when "
+                                  "runs use GPUs, none on CPU.")
+    pack_runs: int | None = Field(None, ge=1, description="Most runs in one node job (pack: node); default: every "
+                                  "pending run of the same job shape in one job.")
+    pack_time_limit: TimeLimit = Field(
+        None, description="A node job's limit (pack: node); default: the predicted makespan of its runs' training "
+        "limits on pack_gpus GPUs, plus eval_time_limit.")
+
     @field_validator("extra_sbatch")
     @classmethod
     def _sbatch_lines(cls, v: list[str]) -> list[str]:

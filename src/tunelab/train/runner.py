@@ -350,6 +350,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     stage_rows = [r for r in read_jsonl(run_dir / st.METRICS_FILE)
                   if r.get("loss") is not None and r.get("step", 0) > ctx.step_offset]
     return summarize(run_dir, cfg, {
+        "steps": ctx.step_offset + trainer.state.global_step,  # the last logged row's step may be earlier
         "epochs": ctx.epoch_offset + t.epochs,
         **({"counters": writer.snapshot(), "stage_final_loss": stage_rows[-1]["loss"] if stage_rows else None,
             "stage_duration_s": round(elapsed - stage_start_s, 3)} if ctx.name else {}),

@@ -227,3 +227,31 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
     assert resumed > 0 and resumed >= max(logged) - 7, (resumed, max(logged))
     cancel(exp)
     assert _status(exp)[cfg.name]["state"] == "CANCELLED"
+
+
+def test_node_job_trains_and_evaluates_a_group_of_runs_in_one_allocation(write_spec):
+    """resources.slurm.pack: node: one sbatch job runs both runs (the local scheduler inside the allocation)
+    and evaluates them; each run's train and eval rows carry that job's id and are judged from its files."""
+    spec = write_spec(factors={"lora_rank": [4, 8]}, controls=False, eval={"max_tokens": 8, "limit": 4},
+                      training={"max_steps": 8},
+                      resources={**SLURM, "slurm": {**SLURM["slurm"], "pack": "node", "pack_time_limit": "20"}})
+    exp = spec.parent
+    _ok(["scaffold", str(spec)])
+    dry = _ok(["run", str(exp), "--dry-run"]).output
+    assert dry.count("would submit") == 1 and "node job: tiny_r4, tiny_r8" in dry
+    _ok(["run", str(exp), "--wait"])
+    jobs = _jobs(exp)
+    assert {(j["run"], j["kind"]) for j in jobs} == {(r, k) for r in ("tiny_r4", "tiny_r8") for k in ("train", "eval")}
+    (node,) = {j["job_id"] for j in jobs}  # one Slurm job for everything
+    assert all(j["failure"] == "completed" and j["state"] == "COMPLETED" for j in jobs), jobs
+    sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-S", "2000-01-01", "-j", node, "--format=JobID,State"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert sacct == [f"{node}|COMPLETED"]
+    for run in ("tiny_r4", "tiny_r8"):
+        assert read_json(exp / "runs" / run / "summary.json")["steps"] == 8
+        assert read_json(exp / "runs" / run / "eval" / "epoch_0" / "exact_match" / "scores.json")["samples"] == 4
+        assert (exp / "runs" / run / f"slurm-train-{node}.out").resolve() == exp / "slurm" / f"node-{node}.out"
+    script = (exp / "slurm" / "node-tiny_r4.sbatch").read_text()
+    assert "#SBATCH --time=20\n" in script and "--gres" not in script  # CPU runs: no GPUs asked for
+    assert ledger.query(exp, "SELECT COUNT(*) AS n FROM attempts")[0]["n"] == 2  # recorded by the coordinator
+    assert "nothing to submit" in _ok(["run", str(exp)]).output
