@@ -186,11 +186,13 @@ def run_issues(run: RunData) -> list[Issue]:
         steps = ", ".join(map(str, run.nan_rows[:5])) + (" …" if len(run.nan_rows) > 5 else "")
         out.append(Issue(run.name, "nan-loss", f"non-finite loss in metrics.jsonl at step(s) {steps}"))
     for c in run.checkpoints:
+        where = run.checkpoint_name(c.epoch, f"epoch_{c.epoch}")
         for p in c.problems:
-            out.append(Issue(run.name, "empty-file" if "0 bytes" in p else "bad-checkpoint", f"epoch_{c.epoch}: {p}"))
+            out.append(Issue(run.name, "empty-file" if "0 bytes" in p else "bad-checkpoint", f"{where}: {p}"))
     miss = missing_epochs(run)
     if miss:
-        out.append(Issue(run.name, "missing-epoch", "no checkpoint for epoch(s) " + ", ".join(map(str, miss))))
+        out.append(Issue(run.name, "missing-epoch", "no checkpoint for epoch(s) "
+                         + ", ".join(run.checkpoint_name(e, str(e)) for e in miss)))
     if run.state != st.PENDING and run.metrics_rows == 0 and not run.is_control:
         out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
     if run.state == st.COMPLETED and not run.evals:

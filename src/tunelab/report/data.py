@@ -23,6 +23,7 @@ from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, load_spec
 from tunelab.stats.records import SampleValue
 from tunelab.train import status as st
+from tunelab.train.stages import StageRecord, epoch_labels, read_stage_records
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -73,6 +74,8 @@ class RunData:
     dir_bytes: int = 0
     record: dict[str, Any] = field(default_factory=dict)  # the results.collect_results record
     samples: dict[tuple[str, str], list[SampleValue]] = field(default_factory=dict)  # (label, task) -> per sample
+    stages: list[StageRecord] = field(default_factory=list)  # a staged run's completed stages (stages.json)
+    epoch_stage: dict[int, str] = field(default_factory=dict)  # a staged run's global epoch -> 'STAGE/epoch_K'
 
     @property
     def is_control(self) -> bool:
@@ -115,8 +118,24 @@ class RunData:
 
     @property
     def planned_epochs(self) -> int | None:
-        t = self.config.training
-        return t.epochs if t is not None and t.max_steps is None else None
+        """Epochs the run should save: its own, or its stages' together (None when any stops at max_steps)."""
+        ts = self.config.trainings()
+        return sum(t.epochs for t in ts) if ts and all(t.max_steps is None for t in ts) else None
+
+    def checkpoint_name(self, epoch: int | None, label: str) -> str:
+        """A checkpoint as the report names it: its label, and for a staged run its stage's beside it
+        ('epoch_2 (hard/epoch_1)'); an unstaged run's label as it is."""
+        stage = self.epoch_stage.get(epoch) if epoch is not None else None
+        return f"{label} ({stage})" if stage else label
+
+    def stage_starts(self) -> list[tuple[int, str]]:
+        """(step before its first, name) of each stage begun: the completed ones (stages.json), and the next
+        one once the run logged a step beyond them."""
+        starts = [(r.first_step, r.name) for r in self.stages]
+        done, after = len(self.stages), self.stages[-1].last_step if self.stages else 0
+        if done < len(self.config.stages) and any(p.step > after for p in self.train_loss + self.val_loss):
+            starts.append((after, self.config.stages[done].name))
+        return starts
 
     def level(self, factor: str) -> Any:
         if factor == "model":
@@ -188,6 +207,12 @@ class ReportData:
         return any(r.state != st.COMPLETED for r in self.runs) or any(
             not r.evals for r in self.completed + self.references)
 
+    def shared_stage(self, epoch: int) -> str | None:
+        """The stage label every fine-tuned run gives a global epoch, for a table's header or a figure's tick;
+        None for unstaged runs, or where the runs' stages differ (a swept STAGE.epochs): each run's own then."""
+        labels = {r.epoch_stage.get(epoch) for r in self.runs}
+        return labels.pop() if len(labels) == 1 else None
+
     def control_for(self, run: RunData) -> RunData | None:
         """The base-model control of a run's model and dataset (and prompt, when prompts are swept)."""
         return next((c for c in self.controls if c.model == run.model and c.dataset == run.dataset
@@ -234,6 +259,23 @@ def _read_metrics(run: RunData) -> None:
             target.append(Point(int(step), r.get("epoch"), float(v)))
 
 
+def stage_epochs(cfg: RunConfig, records: list[StageRecord]) -> dict[int, str]:
+    """{global epoch: 'STAGE/epoch_K'}: the completed stages' as stages.json records them, then the stages still
+    to come as planned (each its training.epochs on from the last recorded epoch; none past a stage that stops
+    at max_steps, whose epochs are known only once it completes). {} for an unstaged run."""
+    done = [r.name for r in records]
+    if not cfg.stages or done != [s.name for s in cfg.stages[:len(done)]]:  # stages.json no longer matches
+        return {}
+    labels = epoch_labels(cfg.run_dir)
+    nxt = max(labels, default=-1) + 1
+    for s in cfg.stages[len(records):]:
+        if s.training.max_steps is not None:
+            break
+        labels.update({nxt + k: f"{s.name}/epoch_{k}" for k in range(s.training.epochs)})
+        nxt += s.training.epochs
+    return labels
+
+
 def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskInfo]:
     """The tasks of the experiment (spec order), with the metrics their scores carry."""
     infos: dict[str, TaskInfo] = {}
@@ -266,6 +308,8 @@ def _run_data(cfg: RunConfig, rec: dict[str, Any], exp: Path, attempts: list[dic
     if cfg.kind == "finetune":
         _read_metrics(run)
         run.checkpoints = verify_checkpoints(cfg.run_dir)
+        run.stages = read_stage_records(cfg.run_dir) if cfg.stages else []
+        run.epoch_stage = stage_epochs(cfg, run.stages)
     return run
 
 

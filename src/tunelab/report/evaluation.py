@@ -68,7 +68,7 @@ def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], control: RunData 
             d = paired_difference([run.sample_scores(task.name, e["label"])], [control.sample_scores(task.name)],
                                   task.primary_metric)
         cells = [show_ci(e["metrics"].get(m), _iv(e, m), m) for m in metrics]
-        rows.append([run.name, run.kind, e["label"], *cells,
+        rows.append([run.name, run.kind, run.checkpoint_name(e.get("epoch"), e["label"]), *cells,
                      delta_cell(d, delta, task.primary_metric) if run.kind == "fine-tuned" else "—",
                      "—" if e["samples"] is None else str(e["samples"])])
     return rows
@@ -106,12 +106,20 @@ def epoch_table(data: ReportData) -> Table | None:
     if len(epochs) < 2:
         return None
     rows = []
+    shared = {e: data.shared_stage(e) for e in epochs}  # a staged sweep's stage labels, in the header when shared
     for r in data.runs:
         by = {e["epoch"]: e for e in r.task_evals(head.name) if e.get("epoch") is not None}
-        rows.append([r.name, *[show_ci(by[e]["score"], _iv(by[e], head.primary_metric or ""), head.primary_metric)
-                               if e in by else "—" for e in epochs]])
-    return Table(["Run", *[f"epoch_{e}" for e in epochs]], rows,
-                 f"{head.name} ({head.primary_metric}) per evaluated epoch, [95 % interval].")
+        cells = []
+        for e in epochs:
+            cell = show_ci(by[e]["score"], _iv(by[e], head.primary_metric or ""), head.primary_metric) \
+                if e in by else "—"
+            own = r.epoch_stage.get(e) if e in by and not shared[e] else None  # stages differ: each run's own
+            cells.append(f"{cell} ({own})" if own else cell)
+        rows.append([r.name, *cells])
+    return Table(["Run", *[f"epoch_{e}" + (f" ({shared[e]})" if shared[e] else "") for e in epochs]], rows,
+                 f"{head.name} ({head.primary_metric}) per evaluated epoch, [95 % interval]"
+                 + ("; a staged run's checkpoints also read STAGE/epoch_K (`stages.json`)."
+                    if any(r.epoch_stage for r in data.runs) else "."))
 
 
 def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Section:

@@ -116,34 +116,56 @@ def loss_curves(data: ReportData, out_dir: Path) -> FigureFile | None:
             ax.set_visible(False)
             continue
         r = runs[i]
-        if r.train_loss:
-            ax.plot([p.step for p in r.train_loss], [p.value for p in r.train_loss], color=PALETTE[0], lw=1.4,
-                    label="train loss")
-        if r.val_loss:
-            ax.plot([p.step for p in r.val_loss], [p.value for p in r.val_loss], color=PALETTE[1], lw=1.6, ls="--",
-                    marker="o", ms=3, label="validation loss")
-        pts = r.train_loss + r.val_loss
-        last = max(pts, key=lambda p: p.step)
-        if last.epoch and last.epoch >= 1:
-            per_epoch = last.step / last.epoch
-            for e in range(1, int(last.epoch + 1e-6) + 1):
-                ax.axvline(e * per_epoch, color="#999", lw=0.7, ls=":", zorder=0)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_plain)
-        ax.yaxis.set_minor_formatter(_plain_minor)
-        title = r.name + ("" if r.state == "completed" else f" ({r.state})")
-        ax.set_title(title, fontsize=10)
-        _style(ax)
+        loss_axis(ax, r)
         if i % ncols == 0:
             ax.set_ylabel("loss (nats/token, log)")
         if i >= n - ncols:
             ax.set_xlabel("optimizer step")
             ax.tick_params(labelbottom=True)
     axes.flat[0].legend(fontsize=8, frameon=False, loc="upper right")
-    fig.suptitle("Training (solid) and validation (dashed) loss per run; dotted lines: epoch ends", fontsize=11)
+    staged = any(r.config.stages for r in runs)
+    fig.suptitle("Training (solid) and validation (dashed) loss per run; dotted lines: epoch ends"
+                 + ("; grey dashed: stage starts" if staged else ""), fontsize=11)
     return _save(fig, out_dir, "loss_curves",
                  "Training loss (solid) and validation loss (dashed) per run, log scale; from each run's "
-                 "`metrics.jsonl`.")
+                 "`metrics.jsonl`" + ("; a staged run's stages (named at their first step; steps count on across "
+                                      "stages) from its `stages.json`." if staged else "."))
+
+
+def loss_axis(ax, r: RunData) -> None:
+    """One run's losses on one axis, its epoch ends dotted (and a staged run's stage starts)."""
+    if r.train_loss:
+        ax.plot([p.step for p in r.train_loss], [p.value for p in r.train_loss], color=PALETTE[0], lw=1.4,
+                label="train loss")
+    if r.val_loss:
+        ax.plot([p.step for p in r.val_loss], [p.value for p in r.val_loss], color=PALETTE[1], lw=1.6, ls="--",
+                marker="o", ms=3, label="validation loss")
+    if r.config.stages:
+        _stage_marks(ax, r)
+    else:
+        last = max(r.train_loss + r.val_loss, key=lambda p: p.step)
+        if last.epoch and last.epoch >= 1:
+            per_epoch = last.step / last.epoch
+            for e in range(1, int(last.epoch + 1e-6) + 1):
+                ax.axvline(e * per_epoch, color="#999", lw=0.7, ls=":", zorder=0)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_plain)
+    ax.yaxis.set_minor_formatter(_plain_minor)
+    ax.set_title(r.name + ("" if r.state == "completed" else f" ({r.state})"), fontsize=10)
+    _style(ax)
+
+
+def _stage_marks(ax, r: RunData) -> None:
+    """A staged run: each stage's start (grey dashed, named) and the epoch ends of its completed stages, from
+    the steps stages.json records (stages may differ in steps per epoch: other data, another batch size)."""
+    for rec in r.stages:
+        per_epoch = (rec.last_step - rec.first_step) / len(rec.epochs) if rec.epochs else 0
+        for k in range(1, len(rec.epochs) + 1):
+            ax.axvline(rec.first_step + k * per_epoch, color="#999", lw=0.7, ls=":", zorder=0)
+    for step, name in r.stage_starts():
+        ax.axvline(step, color="#555", lw=1.1, ls="--", zorder=1, gid=f"stage:{name}")
+        ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                    ha="left", va="top", fontsize=8, color="#555")
 
 
 def _plain(v: float, _pos=None) -> str:
@@ -267,16 +289,35 @@ def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
                     capsize=3, color=PALETTE[i % len(PALETTE)], label=r.name)
     _control_lines(ax, data, {m: "#555" for m in data.models}, task, metric)
     epochs = sorted({e["epoch"] for r in runs for e in r.task_evals(task) if e.get("epoch") is not None})
-    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ticks = epoch_ticks(data, epochs)
+    ax.set_xticks(epochs, ticks)
+    for x, name in stage_changes(data, epochs):
+        ax.axvline(x, color="#555", lw=1.0, ls="-.", zorder=0, gid=f"stage:{name}")
+        ax.annotate(name, (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                    ha="left", va="top", fontsize=8, color="#555")
     if _is_fraction(metric):
         ax.set_ylim(-3, 105)
-    ax.set_xlabel("epoch (checkpoint epoch_N)")
+    ax.set_xlabel("epoch (checkpoint epoch_N" + ("; STAGE/epoch_K under it; dash-dot: a new stage)" if ticks != [
+        str(e) for e in epochs] else ")"))
     ax.set_ylabel(_axis_label(task, metric))
     ax.set_title(f"{task} per evaluated epoch; references dashed/dotted", fontsize=10)
     _style(ax)
     ax.legend(fontsize=8, frameon=False, ncols=2 if len(runs) > 6 else 1)
     return _save(fig, out_dir, "score_per_epoch", f"Task {task} ({metric}) of each evaluated checkpoint with its "
                  "95 % interval; from `eval/epoch_N/<task>/scores.json`.")
+
+
+def epoch_ticks(data: ReportData, epochs: list[int]) -> list[str]:
+    """Epoch tick labels: 'N', with the stage label under it where every run shares it ('2\\nhard/epoch_1')."""
+    return [str(e) + (f"\n{lab}" if (lab := data.shared_stage(e)) else "") for e in epochs]
+
+
+def stage_changes(data: ReportData, epochs: list[int]) -> list[tuple[float, str]]:
+    """(x, stage) where a stage every run shares begins between the evaluated epochs: half an epoch before
+    its first (a stage may be evaluated only at its end)."""
+    span = range(epochs[0], epochs[-1] + 1) if epochs else range(0)
+    stage = {e: lab.split("/")[0] for e in span if (lab := data.shared_stage(e))}
+    return [(e - 0.5, stage[e]) for e in span[1:] if e - 1 in stage and e in stage and stage[e - 1] != stage[e]]
 
 
 def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:

@@ -93,7 +93,8 @@ def headline(data: ReportData, f: Findings) -> Headline:
     score = show_ci(f.best_score, best.interval(data.eval_task or ""), metric)
     title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied within noise)'}: {names} — {score}"
     where = f"on the {rec.get('split')} split, " if rec.get("split") else ""
-    lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {rec.get('label', best.last_label)}"
+    ckpt = best.checkpoint_name(rec.get("epoch"), rec.get("label", best.last_label))
+    lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {ckpt}"
              f" ({rec.get('samples')} samples, [95 % interval]); {factors_text(best)}, model {best.model}."]
     ctl = data.control_for(best)
     word = "over" if head is None or head.greater_is_better else "vs"
@@ -148,6 +149,7 @@ def checkpoints(data: ReportData) -> Section:
                     | {e for r in data.runs if r.state == st.COMPLETED and r.planned_epochs
                        for e in range(r.planned_epochs)})
     rows = []
+    shared = {e: data.shared_stage(e) for e in epochs}  # a staged sweep's stage labels, in the header when shared
     for r in data.runs:
         by_epoch = {c.epoch: c for c in r.checkpoints}
         cells = []
@@ -157,7 +159,8 @@ def checkpoints(data: ReportData) -> Section:
                 expected = r.state == st.COMPLETED and r.planned_epochs and e < r.planned_epochs
                 cells.append("✗ missing" if expected or r.state != st.RUNNING else "…")
             else:
-                cells.append("✓ " + size(c.adapter_bytes) if c.ok else "✗ " + "; ".join(c.problems))
+                cell = "✓ " + size(c.adapter_bytes) if c.ok else "✗ " + "; ".join(c.problems)
+                cells.append(cell if shared[e] or e not in r.epoch_stage else f"{cell} ({r.epoch_stage[e]})")
         bad = [c for c in r.checkpoints if not c.ok]
         missing = r.state == st.COMPLETED and r.planned_epochs and len(by_epoch) < r.planned_epochs
         if not r.checkpoints:
@@ -172,7 +175,8 @@ def checkpoints(data: ReportData) -> Section:
     if epochs:
         saved = sorted({c.epoch for r in data.runs for c in r.checkpoints})
         blocks.append(Para(f"Epoch checkpoints found: **{', '.join(map(str, saved)) or 'none'}**."))
-        blocks.append(Table(["Run", *[f"Epoch {e}" for e in epochs], "Notes"], rows,
+        blocks.append(Table(["Run", *[f"Epoch {e}" + (f" ({shared[e]})" if shared[e] else "") for e in epochs],
+                             "Notes"], rows,
                             "Sizes are of `adapter_model.safetensors` in `runs/<run>/checkpoints/epoch_N/`; each "
                             "must also hold a non-empty `adapter_config.json` and a tokenizer. ✗ marks missing or "
                             "zero-byte files and epochs a completed run should have saved."))
@@ -378,10 +382,12 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     from tunelab.report.gpu_use import gpu_section
     from tunelab.report.provenance import data_section
     from tunelab.report.replicates import replicates
+    from tunelab.report.stages import stages_section
 
     sections = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
-                training(data, figs), gpu_section(data), evaluation(data, f, rest), replicates(data, f),
-                key_findings(data, f), storage(data), issues(data, f), next_steps(f), appendix(data)]
+                training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
+                replicates(data, f), key_findings(data, f), storage(data), issues(data, f), next_steps(f),
+                appendix(data)]
     sections = [s for s in sections if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
                     highlight=[r.name for r in f.best])
