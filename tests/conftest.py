@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's history ledger (subprocesses inherit this).
 os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-history-")) / "history.db")
+os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-cache-")  # nor the user's cache
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,8 +158,21 @@ def resolve_gpu(name: str) -> GPU:
     raise TunelabError(f"unknown GPU '{name}'; known: {', '.join(g.name for g in GPUS.values())}", field="--gpu")
 
 
+def nvidia_driver_present() -> bool:
+    """Could CUDA see a GPU here at all? Without the NVIDIA driver (Linux: /proc/driver/nvidia, /dev/nvidia0)
+    or with CUDA_VISIBLE_DEVICES empty it cannot, and importing torch to ask (about 2 s) is skipped."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if sys.platform != "linux":
+        return sys.platform != "darwin"  # Windows: ask torch; macOS has no CUDA
+    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def detect_gpu() -> GPU | None:
     """The local GPU, matched to the table by name and memory, or None without one."""
+    if not nvidia_driver_present():
+        return None
     try:
         import torch
     except ImportError:

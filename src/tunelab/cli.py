@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import sys
 from enum import Enum
 from pathlib import Path
@@ -35,6 +36,9 @@ class ExecutorName(str, Enum):
     slurm = "slurm"
 
 
+SHOWN_ROWS = 50  # rows of the plan's tables printed at the terminal
+
+
 def _print_plan(plan) -> None:
     from tunelab.plan import plan_rows
     from tunelab.plan_markdown import resolution_notes, stage_rows
@@ -45,9 +49,11 @@ def _print_plan(plan) -> None:
             table = Table(title=title)
             for col in rows[0]:
                 table.add_column(col)
-            for r in rows:
+            for r in rows[:SHOWN_ROWS]:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
                 table.add_row(*r.values())
             console.print(table)
+            if len(rows) > SHOWN_ROWS:
+                console.print(f"… and {len(rows) - SHOWN_ROWS} more rows: plan.md (or `plan --json`) lists them all")
         title = "stages (steps and time per stage; the run's are their sum)"
     console.print(f"recipe: {plan.recipe}")
     for note in resolution_notes(plan):
@@ -201,6 +207,8 @@ def results_cmd(
                                   "task × metric."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per run; <task>.<metric> columns of the last "
                                  "checkpoint, and `evals` with every checkpoint × task × metric."),
+    show_all: bool = typer.Option(False, "--all", help=f"List every run in the table (above {SHOWN_ROWS}, the "
+                                  f"first {SHOWN_ROWS}; --json and --csv always hold all)."),
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
     from tunelab.evaluate.kinds import show_ci
@@ -218,7 +226,7 @@ def results_cmd(
         table = Table(title=str(experiment_dir))
         for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
             table.add_column(col)
-        for r in rows:
+        for r in rows if show_all else rows[:SHOWN_ROWS]:
             last = r["eval"][-1]["label"] if r["eval"] else None
             cells = {e["task"]: show_ci(e["score"], score_ci(e), e["primary_metric"]) for e in r["eval"]
                      if e["label"] == last}
@@ -227,6 +235,8 @@ def results_cmd(
                           f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "—",
                           *[cells.get(t, "—") for t in tasks])
         console.print(table)
+        if len(rows) > SHOWN_ROWS and not show_all:
+            console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")
 
 
 @app.command("report")
@@ -262,10 +272,12 @@ def status_cmd(
                                "for the sweep, failures as they happen) until no job is queued or running."),
     json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="--watch: seconds between two looks."),
+    show_all: bool = typer.Option(False, "--all", help=f"List every run; above {SHOWN_ROWS} runs the table "
+                                  "lists the ones not completed (and counts every state)."),
 ) -> None:
     """State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
     failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
-    from tunelab.execute.slurm import status_rows
+    from tunelab.execute.status import status_rows
 
     def table(rows):
         t = Table(title=f"{experiment_dir}")
@@ -281,7 +293,13 @@ def status_cmd(
         print(json.dumps(rows, indent=2))
         return
     if not watch:
-        console.print(table(rows))
+        listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r["state"] != "completed"]
+        listed = listed if show_all else listed[:SHOWN_ROWS]
+        console.print(table(listed))
+        if len(listed) < len(rows):
+            counts = Counter(r["state"] for r in rows)
+            console.print(f"{len(rows)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.most_common())
+                          + f"; {len(rows) - len(listed)} not listed (--all lists every run)")
         return
     from tunelab.execute.watch import watch as watch_live
 
@@ -296,7 +314,7 @@ def cancel_cmd(
 ) -> None:
     """Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
     first); the ledger and status say CANCELLED."""
-    from tunelab.execute.slurm import cancel
+    from tunelab.execute.status import cancel
 
     cancel(experiment_dir, runs or None, console=console)
 

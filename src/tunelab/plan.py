@@ -6,6 +6,8 @@ plan says so instead of guessing.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -128,8 +130,25 @@ def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
 
 
 def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
-    """Every row of every split read converts. A new split is recorded only then: a record left by a failed
-    plan would refuse the corrected file as 'changed since its split was made'."""
+    """Every row of every split read converts (remembered for the same files, spec and split record:
+    plan_cache.py). A new split is recorded only then: a record left by a failed plan would refuse the
+    corrected file as 'changed since its split was made'."""
+    record = split_record_path(d, experiment_dir)
+    if d.split is not None and not record.is_file():
+        return _verify_rows(spec, d, experiment_dir, splits)
+    from tunelab.diskcache import file_stamps
+    from tunelab.plan_cache import dataset_stamps, verified_dataset
+
+    key = [d.model_dump_json(), spec.prompt_levels(), spec.system_prompt, sorted(splits), str(experiment_dir),
+           dataset_stamps(d, Path("/")), file_stamps([record])]
+    return verified_dataset(key, lambda: _verify_rows(spec, d, experiment_dir, splits), _dataset_info)
+
+
+def _dataset_info(d: dict) -> DatasetInfo:
+    return DatasetInfo(**{**d, "files": [DataFile(**{**f, "splits": tuple(f["splits"])}) for f in d["files"]]})
+
+
+def _verify_rows(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
     recorded = d.split is None or split_record_path(d, experiment_dir).is_file()
     data = load_data(d, experiment_dir if recorded else None)  # a new split is made in memory first
     fmt = None
@@ -154,9 +173,22 @@ def _length_key(cfg: RunConfig) -> tuple:
             cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), tuple(stamps))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+
+
 @lru_cache(maxsize=32)
 def _split_masks(key: tuple) -> dict[str, tuple[tuple[int, int], ...]]:
-    """Per split: (tokens, position of the first answer token) of every example, as training encodes it."""
+    """Per split: (tokens, position of the first answer token) of every example, as training encodes it;
+    kept on disk (diskcache.py) under the inputs and the tokenizer's files, so a second plan skips the tokenizer."""
+    from tunelab.diskcache import cached_json, file_stamps
+
+    tokenizer = file_stamps([Path(key[0]) / f for f in TOKENIZER_FILES])
+    measured = cached_json("token-lengths", [list(key), tokenizer], lambda: _measure_split_masks(key))
+    return {split: tuple((int(n), int(a)) for n, a in rows) for split, rows in measured.items()}
+
+
+def _measure_split_masks(key: tuple) -> dict[str, list[tuple[int, int]]]:
     from transformers import AutoTokenizer
 
     from tunelab.data.formatting import PromptFormat
@@ -171,7 +203,7 @@ def _split_masks(key: tuple) -> dict[str, tuple[tuple[int, int], ...]]:
     out = {}
     for split in data.splits:
         enc = [fmt.encode_example(e, tok) for e in data.examples(split, reader)]
-        out[split] = tuple((len(e["input_ids"]), first_answer_index(e["completion_mask"])) for e in enc)
+        out[split] = [(len(e["input_ids"]), first_answer_index(e["completion_mask"])) for e in enc]
     return out
 
 
@@ -213,18 +245,41 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
     return out
 
 
-def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig]) -> None:
+def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
     """Before any job: task files import and bind, built-ins build on their dataset split — once per
-    distinct dataset x prompt (the split records exist by now)."""
-    from tunelab.evaluate.usertasks import check_tasks
+    distinct dataset x prompt (the split records exist by now); skipped when they passed for the same inputs."""
+    from tunelab.plan_cache import tasks_checked
 
-    check_tasks(spec, spec_path.parent)
-    seen = set()
-    for cfg in runs:
-        key = (cfg.dataset.name, cfg.prompt)
-        if key not in seen:
-            seen.add(key)
-            check_tasks(cfg)
+    def check() -> None:
+        from tunelab.evaluate.usertasks import check_tasks
+
+        check_tasks(spec, spec_path.parent)
+        seen = set()
+        for cfg in runs:
+            key = (cfg.dataset.name, cfg.prompt)
+            if key not in seen:
+                seen.add(key)
+                check_tasks(cfg)
+
+    tasks_checked(spec, spec_path, experiment_dir, check)
+
+
+def cpu_threads() -> int:
+    """The threads torch trains with on this machine (CPU time estimates), remembered per host and setting:
+    importing torch to ask costs ~2 s of every plan."""
+    import socket
+    from importlib.metadata import version
+
+    from tunelab.diskcache import cached_json
+
+    def ask() -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    key = [socket.gethostname(), os.cpu_count(), affinity, os.environ.get("OMP_NUM_THREADS"), version("torch")]
+    return int(cached_json("torch-threads", key, ask))
 
 
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
@@ -234,11 +289,7 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstima
     from tunelab.estimate.stages import estimate_any_run
 
     past = history.load()
-    threads = None
-    if gpu is None:
-        import torch
-
-        threads = torch.get_num_threads()
+    threads = cpu_threads() if gpu is None else None
     return {cfg.name: estimate_any_run(cfg, gpu, measure_lengths, past, threads)
             for cfg in runs if cfg.training is not None}
 
@@ -263,7 +314,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
-    check_eval_tasks(spec, spec_path, runs)
+    check_eval_tasks(spec, spec_path, runs, exp_dir)
     check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
     check_quantize(runs, gpu is not None, spec_path)  # QLoRA needs a GPU and bitsandbytes: refused here
     res = spec.resources

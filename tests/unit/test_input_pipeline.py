@@ -104,7 +104,7 @@ def test_run_issues_lists_the_data_wait_of_a_starved_run(tmp_path):
 
     def run(frac: float) -> RunData:
         return RunData(name="r", kind="fine-tuned", model="m", dataset="d", factors={}, state="running",
-                       run_dir=tmp_path, rel_dir="runs/r", config=SimpleNamespace(attempt=1, training=None),
+                       run_dir=tmp_path, rel_dir="runs/r", config=SimpleNamespace(attempt=1, training=None, stages=[], trainings=lambda: []),
                        summary={"data_wait_fraction": frac, "data_wait_s": 30.0, "dataloader_workers": 0},
                        metrics_rows=3)
 

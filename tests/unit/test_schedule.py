@@ -73,6 +73,7 @@ def test_visible_gpus_are_named_as_cuda_visible_devices_names_them(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr("tunelab.catalog.nvidia_driver_present", lambda: True)  # this machine has no driver
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     devs = visible_gpus(memory_gib=[80.0, 80.0])
     assert [d.id for d in devs] == ["2", "3"]
@@ -116,3 +117,14 @@ def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch
     two = make_plan(write_spec(factors={"lora_rank": [4, 8]}, resources={"gpus_per_run": 2}), gpu=resolve_gpu("H100"))
     assert all(p.devices == ("2", "3") for p in two.schedule.placements)  # one after the other, both GPUs each
     assert two.schedule.makespan_s == pytest.approx(sum(e.seconds for e in two.estimates.values()))
+
+
+def test_no_visible_device_means_no_gpu_without_importing_torch():
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from tunelab.catalog import detect_gpu; print(detect_gpu(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout.split()
+    assert out == ["None", "False"]  # planning on a login node does not pay torch's import to learn that

@@ -82,6 +82,9 @@ class Pool:
             self.holders[dev][need.name] = need
         return chosen
 
+    def has_empty_device(self) -> bool:
+        return any(not held for held in self.holders.values())
+
     def release(self, run: str) -> None:
         for held in self.holders.values():
             held.pop(run, None)
@@ -101,6 +104,8 @@ def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1)
     now, unknown = 0.0, False
     while queue:
         for need in list(queue):
+            if runs_per_gpu <= 1 and not pool.has_empty_device():
+                break  # nothing more can start before a run ends (the O(n^2) scan of a long queue)
             got = pool.place(need)
             if got is None:
                 continue
@@ -128,6 +133,10 @@ def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1)
 def visible_gpus(memory_gib: list[float] | None = None) -> list[Device]:
     """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices 0..n-1 when unset),
     so a child given a subset of those names sees exactly those GPUs. memory_gib: per visible GPU."""
+    from tunelab.catalog import nvidia_driver_present
+
+    if not nvidia_driver_present():
+        return []
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -63,8 +63,12 @@ def detectable_difference(n: int, alpha: float = ALPHA, power: float = POWER, ba
     """The smallest accuracy difference n test samples resolve, unpaired and paired."""
     if n < 2:
         return Detectable(n, None, None, alpha, power, baseline, discordant)
-    return Detectable(n, _unpaired(n, alpha, power, baseline), _paired(n, alpha, power, discordant), alpha, power,
-                      baseline, discordant)
+    from tunelab.diskcache import cached_json
+
+    # statsmodels' import alone is ~2 s of every `plan`; the answer depends only on these numbers
+    unpaired, paired = cached_json("detectable-difference", [n, alpha, power, baseline, discordant], lambda: [
+        _unpaired(n, alpha, power, baseline), _paired(n, alpha, power, discordant)])
+    return Detectable(n, unpaired, paired, alpha, power, baseline, discordant)
 
 
 def samples_needed(difference: float, alpha: float = ALPHA, power: float = POWER, baseline: float = BASELINE

@@ -1,0 +1,53 @@
+"""A small on-disk cache of JSON results that are slow to compute and fully determined by their key (the
+token lengths a tokenizer measured for a dataset): a second `plan`/`scaffold` of the same inputs skips the
+tokenizer and its imports. Keys name every input, including the stamps (mtime, size) of the files read, so a
+changed file is measured again. Location: $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab, else ~/.cache/tunelab.
+A damaged or unreadable entry is recomputed; failing to write one only costs the next run the time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.fsutil import atomic_write_text
+
+FORMAT = 1  # bump when what an entry holds changes meaning
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TUNELAB_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
+
+
+def file_stamps(paths: list[str | Path]) -> list[tuple[str, int, int]]:
+    """(path, mtime_ns, size) of each existing file: part of a key, so a rewritten file misses."""
+    out = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+        except OSError:
+            continue
+        out.append((str(p), st.st_mtime_ns, st.st_size))
+    return out
+
+
+def cached_json(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
+    """compute()'s JSON-able result, from the cache when an entry for exactly this key exists."""
+    digest = hashlib.sha256(json.dumps([FORMAT, kind, key], sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir() / kind / f"{digest[:32]}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "value": value}, default=str), durable=False)
+    except OSError:
+        pass
+    return value
