@@ -169,6 +169,16 @@ def nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def planning_gpu(flag: str | None, named: str | None) -> GPU | None:
+    """The GPU to plan for: --gpu, else the one named in the spec or user config (resources.gpu), else the
+    one detected here, else None (this machine's CPU). A login node plans for where the jobs run."""
+    if flag:
+        return resolve_gpu(flag)
+    if named:
+        return resolve_gpu(named)
+    return detect_gpu()
+
+
 def detect_gpu() -> GPU | None:
     """The local GPU, matched to the table by name and memory, or None without one."""
     if not nvidia_driver_present():

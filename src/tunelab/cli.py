@@ -80,7 +80,7 @@ def plan_cmd(
     from tunelab.plan import make_plan, plan_rows, render_plan_md
     from tunelab.plan_markdown import stage_rows
 
-    plan = make_plan(spec, gpu=_gpu_or_none(gpu))
+    plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
     path = None
     if write_md if write_md is not None else not json_out:
         path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
@@ -108,7 +108,7 @@ def scaffold_cmd(
     """Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
     from tunelab.scaffold import scaffold
 
-    plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu))
+    plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
     console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
 
 
@@ -257,11 +257,19 @@ def report_cmd(
         console.print("[dim]no browser to open; open the file above yourself[/dim]")
 
 
-def _gpu_or_none(name: str | None):
-    """The named GPU, the detected one, or None (plan for this machine's CPU)."""
-    from tunelab.catalog import detect_gpu, resolve_gpu
+def _gpu_or_none(name: str | None, spec_path: Path | None = None):
+    """--gpu, else resources.gpu of the spec (or the user config), else the detected GPU, else None (CPU)."""
+    from tunelab.catalog import planning_gpu
 
-    return resolve_gpu(name) if name else detect_gpu()
+    return planning_gpu(name, None if name or spec_path is None else configured_gpu(spec_path))
+
+
+def configured_gpu(spec_path: Path) -> str | None:
+    """resources.gpu of a spec, merged with the user config file (the spec wins)."""
+    from tunelab.spec import load_spec
+    from tunelab.userconfig import merge_resources
+
+    return merge_resources(load_spec(spec_path).resources).gpu
 
 
 @app.command("status")

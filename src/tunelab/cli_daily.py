@@ -150,7 +150,9 @@ def init_cmd(
         answers = InitAnswers(name=name or slug(target.resolve().parent.name), models=model or [],
                               datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
                               validation=validation, controls=controls, epochs=epochs, prompt=prompt)
-    target_gpu = resolve_gpu(gpu or answers.gpu) if gpu or answers.gpu else detect_gpu()
+    if gpu:
+        answers.gpu = resolve_gpu(gpu).name  # the spec names it: plan and scaffold later plan for it too
+    target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()
     _propose_batch(answers, target_gpu, ask)
     tmp, plan = draft(answers, out, gpu=target_gpu, force=force)
     _print_plan(plan)

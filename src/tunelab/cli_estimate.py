@@ -24,6 +24,27 @@ def _gpu_option(name: str | None):
     return gpu
 
 
+def _validate_gpu(name: str | None, path: Path):
+    """--gpu, else resources.gpu of the run.yaml or spec (and user config), else the detected GPU."""
+    from tunelab.catalog import planning_gpu
+    from tunelab.runconfig import RUN_FILE, load_run_config
+
+    named = None
+    if not name:
+        if path.name == RUN_FILE or (path / RUN_FILE).is_file():
+            named = load_run_config(path).resources.gpu
+        elif path.is_file():
+            from tunelab.spec import load_spec
+            from tunelab.userconfig import merge_resources
+
+            named = merge_resources(load_spec(path).resources).gpu
+    gpu = planning_gpu(name, named)
+    if gpu is None:
+        raise TunelabError("no GPU here to detect: name the target with --gpu or resources.gpu (e.g. H100-80GB)",
+                           field="--gpu")
+    return gpu
+
+
 def estimate_cmd(
     model: str = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present."),
@@ -80,7 +101,7 @@ def validate_cmd(
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
     from tunelab.validate import validate_path
 
-    checks = validate_path(path, _gpu_option(gpu))
+    checks = validate_path(path, _validate_gpu(gpu, path))
     errors = [e for c in checks for e in c.errors]
     if json_out:
         print(json.dumps([c.to_dict() for c in checks], indent=2))

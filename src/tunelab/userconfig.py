@@ -3,6 +3,7 @@
 `$TUNELAB_CONFIG`, else `~/.config/tunelab/config.yaml`:
 
     executor: slurm            # optional: the default executor
+    gpu: H100-80GB             # optional: the GPU jobs run on, planned for where none is (a login node)
     slurm:                     # any key of resources.slurm in experiment.yaml
       account: my-lab
       partition: gpu
@@ -23,6 +24,7 @@ from tunelab.spec import ResourcesSpec, SlurmSpec, _Strict, load_yaml_model
 
 class UserConfig(_Strict):
     executor: Literal["local", "slurm"] | None = None
+    gpu: str | None = None
     slurm: SlurmSpec | None = None
 
 
@@ -48,6 +50,8 @@ def merge_resources(spec_resources: ResourcesSpec, user: UserConfig | None = Non
     data = spec_resources.model_dump(exclude_unset=True)
     if user.executor and "executor" not in spec_resources.model_fields_set:
         data["executor"] = user.executor
+    if user.gpu and "gpu" not in spec_resources.model_fields_set:
+        data["gpu"] = user.gpu
     if user.slurm is not None:
         slurm = user.slurm.model_dump(exclude_unset=True)
         if spec_resources.slurm is not None:

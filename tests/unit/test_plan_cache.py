@@ -73,3 +73,33 @@ def test_large_sweeps_print_short_tables_and_all_rows_on_request(write_spec):
     assert "not listed" not in listed
     plan = runner.invoke(app, ["plan", str(spec), "--no-md"], terminal_width=200).output
     assert "… and 10 more rows: plan.md (or `plan --json`) lists them all" in plan
+
+
+def test_a_login_node_plans_for_the_gpu_named_in_the_spec_or_user_config(write_spec, tmp_path, monkeypatch):
+    """No GPU here: plan, scaffold and validate use resources.gpu (spec, else the user config), --gpu wins."""
+    runner = CliRunner()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # as on a login node, whatever this machine has
+
+    def planned(spec, *flags):
+        res = runner.invoke(app, ["plan", str(spec), "--json", *flags])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        return out["gpu"], next(iter(out["estimates"].values()))["gpu_memory_gib"]
+
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False, resources={"gpu": "A100-40GB"})
+    assert planned(spec) == ("A100-40GB", 40.0)
+    assert planned(spec, "--gpu", "H100")[0] == "H100-80GB"
+    config = tmp_path / "user.yaml"
+    config.write_text("gpu: H100\n")
+    monkeypatch.setenv("TUNELAB_CONFIG", str(config))
+    assert planned(spec)[0] == "A100-40GB"  # the spec wins over the user's file
+    plain = write_spec(factors={"lora_rank": [4]}, controls=False)
+    assert planned(plain)[0] == "H100-80GB"
+    assert runner.invoke(app, ["scaffold", str(plain)]).exit_code == 0
+    run_yaml = plain.parent / "runs" / "tiny_r4" / "run.yaml"
+    assert "gpu: H100" in run_yaml.read_text()
+    assert runner.invoke(app, ["validate", str(run_yaml)]).exit_code == 0  # no --gpu needed: run.yaml names it
+    monkeypatch.delenv("TUNELAB_CONFIG")
+    bad = write_spec(factors={"lora_rank": [4]}, controls=False, resources={"gpu": "GTX-9000"})
+    res = runner.invoke(app, ["plan", str(bad)])
+    assert res.exit_code != 0 and "resources.gpu" in res.output and "unknown GPU 'GTX-9000'" in res.output

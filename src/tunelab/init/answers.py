@@ -124,7 +124,7 @@ def build_spec(answers: InitAnswers, validation_every_steps: int | None = None) 
     if answers.validation:
         training["validation_every_steps"] = validation_every_steps or 50
     spec["training"] = training
-    spec["resources"] = {"gpus_per_run": answers.gpus_per_run}
+    spec["resources"] = {"gpus_per_run": answers.gpus_per_run, **({"gpu": answers.gpu} if answers.gpu else {})}
     return spec
 
 

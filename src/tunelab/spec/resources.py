@@ -88,4 +88,21 @@ class ResourcesSpec(_Strict):
     max_retries: int = Field(
         2, ge=0, description="Automatic retries of a run (OOM: halve the micro-batch; timeout/preemption: resume)."
     )
+    gpu: str | None = Field(
+        None, description="The GPU the jobs run on (e.g. H100-80GB, A100-40GB): plan, scaffold and validate "
+        "estimate memory, batch and time for it on a machine without one (a login node). Default: `gpu` of the "
+        "user config file, else the GPU detected here, else this machine's CPU. `--gpu` overrides it.")
     slurm: SlurmSpec | None = None
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str | None) -> str | None:
+        if v is not None:
+            from tunelab.catalog import resolve_gpu
+            from tunelab.errors import TunelabError
+
+            try:
+                resolve_gpu(v)
+            except TunelabError as exc:
+                raise ValueError(str(exc)) from None
+        return v
