@@ -129,7 +129,9 @@ def test_init_for_a_named_gpu_writes_what_estimate_recommends(tmp_path, tiny_mod
                               "lora_rank=4,16", "--prompt", "Capitalize: {input}", "--gpu", "H100-80GB",
                               "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0, res.output
-    training = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())["training"]
+    written = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())
+    training = written["training"]
+    assert written["resources"]["gpu"] == "H100-80GB"  # plan and scaffold later plan for it too
     est = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "512",
                               "--dataset", str(caps_dataset), "--prompt", "Capitalize: {input}", "--lora-rank", "16",
                               "--json"])
