@@ -45,8 +45,11 @@ def _job_state(job: str) -> str:
 
 
 def _release(job: str) -> None:
-    """A requeued job waits out Slurm's BeginTime (cred_expire, 2 min); start it now (an admin's command)."""
+    """A requeued job waits out Slurm's BeginTime (cred_expire, 2 min); start it now (an admin's command).
+    Not within the second of the requeue: its old credential is revoked with a one-second resolution, and a
+    start in that second fails ("Killing non-startable batch job: Job credential revoked")."""
     assert _wait_for(lambda: _job_state(job) == "PENDING", 60), _job_state(job)
+    time.sleep(2.0)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
