@@ -151,6 +151,32 @@ def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfi
     return state
 
 
+def _queue(todo: list[RunConfig], pool: Pool, visible: int, console: Console) -> list[RunConfig]:
+    """The runs longest first; a run needing more GPUs than are visible is refused (and its claim released)."""
+    by_name = {c.name: c for c in todo}
+    queue = [by_name[need.name] for need in lpt_order([run_need(c, visible) for c in todo])]
+    for cfg in [c for c in queue if not pool.fits_ever(run_need(c, visible))]:
+        console.print(f"[red]{cfg.name}: needs {run_need(cfg, visible).gpus} GPUs, {visible} visible "
+                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not started[/red]",
+                      highlight=False)
+        queue.remove(cfg)
+        claims.release(cfg.run_dir)
+    return queue
+
+
+def _start_what_fits(exp: Path, ex: LocalExecutor, queue: list[RunConfig], pool: Pool, visible: int, on_gpu: bool,
+                     record: bool, progress, active: dict) -> None:
+    """Longest first: start each queued run that fits the free GPUs now."""
+    for cfg in list(queue):
+        got = pool.place(run_need(cfg, visible))
+        if got is None:
+            continue
+        queue.remove(cfg)
+        job_id, row = _start(exp, ex, cfg, ",".join(got) if on_gpu else None, record)
+        task = progress.add_task(f"  {cfg.name}" + (f" [GPU {','.join(got)}]" if on_gpu else ""), total=None)
+        active[cfg.name] = _Active(cfg, job_id, row, task, st.now_iso())
+
+
 def run_local(experiment_dir: str | Path, names: list[str] | None = None, force: bool = False,
               console: Console | None = None, record: bool = True) -> dict[str, str]:
     """Train every pending fine-tuned run; return {run: final state} of the runs it started.
@@ -169,14 +195,7 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         return results
     pool, on_gpu = device_pool(todo)
     visible = len(pool.devices) if on_gpu else 0
-    by_name = {c.name: c for c in todo}
-    queue = [by_name[need.name] for need in lpt_order([run_need(c, visible) for c in todo])]
-    for cfg in [c for c in queue if not pool.fits_ever(run_need(c, visible))]:
-        console.print(f"[red]{cfg.name}: needs {run_need(cfg, visible).gpus} GPUs, {visible} visible "
-                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not started[/red]",
-                      highlight=False)
-        queue.remove(cfg)
-        claims.release(cfg.run_dir)
+    queue = _queue(todo, pool, visible, console)
     active: dict[str, _Active] = {}
     ex = LocalExecutor()
     touched = time.monotonic()
@@ -185,14 +204,7 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         with Progress(*columns, console=console, transient=False) as progress:
             sweep = progress.add_task(f"sweep ({len(todo)} runs)", total=len(todo))
             while queue or active:
-                for cfg in list(queue):  # longest first; each run that fits the free GPUs now starts
-                    got = pool.place(run_need(cfg, visible))
-                    if got is None:
-                        continue
-                    queue.remove(cfg)
-                    job_id, row = _start(exp, ex, cfg, ",".join(got) if on_gpu else None, record)
-                    task = progress.add_task(f"  {cfg.name}" + (f" [GPU {','.join(got)}]" if on_gpu else ""), total=None)
-                    active[cfg.name] = _Active(cfg, job_id, row, task, st.now_iso())
+                _start_what_fits(exp, ex, queue, pool, visible, on_gpu, record, progress, active)
                 for name, a in list(active.items()):
                     status = st.read_status(a.cfg.run_dir)
                     if status.get("total_steps"):

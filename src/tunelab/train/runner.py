@@ -299,6 +299,25 @@ def _validate_at_end(trainer, run_dir: Path) -> None:
         trainer.evaluate()
 
 
+def _log_start(cfg: RunConfig, ctx: StageContext, dtype, strategy: str | None, resume_from: Path | None) -> None:
+    import torch
+
+    _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+         + (f", {ctx.label()} on {cfg.dataset.name}" if ctx.name else "")
+         + (f", {world().size} processes ({strategy})" if strategy else "")
+         + (f", resuming from {resume_from.name}" if resume_from else ""))
+    if cfg.resources.distributed == "fsdp" and strategy == "ddp":
+        _log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
+
+
+def _stage_facts(run_dir: Path, ctx: StageContext, writer: MetricsWriter, duration_s: float) -> dict[str, Any]:
+    """What stages.json keeps of a stage that just completed (train/stages.py record_stage)."""
+    rows = [r for r in read_jsonl(run_dir / st.METRICS_FILE)
+            if r.get("loss") is not None and r.get("step", 0) > ctx.step_offset]
+    return {"counters": writer.snapshot(), "stage_final_loss": rows[-1]["loss"] if rows else None,
+            "stage_duration_s": round(duration_s, 3)}
+
+
 def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters,
            ctx: StageContext) -> dict:
     import torch
@@ -311,12 +330,7 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     w = world()
     strategy = strategy_of(cfg.resources.distributed, w.size, torch.cuda.is_available())
     dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    _log(f"run {cfg.name}: model {cfg.model.path}, dtype {dtype}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
-         + (f", {ctx.label()} on {cfg.dataset.name}" if ctx.name else "")
-         + (f", {w.size} processes ({strategy})" if strategy else "")
-         + (f", resuming from {resume_from.name}" if resume_from else ""))
-    if cfg.resources.distributed == "fsdp" and strategy == "ddp":
-        _log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
+    _log_start(cfg, ctx, dtype, strategy, resume_from)
     writer = MetricsWriter(run_dir / st.METRICS_FILE, counters, {"stage": ctx.name} if ctx.name else None)
     stage_start_s = counters.elapsed_s
     startup: dict[str, float | None] = {}
@@ -347,13 +361,10 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
     # (and a staged run's counters span its stages: its steps and tokens do not pair up)
     step_cost = _step_cost(trainer, t, run_dir) if w.size == 1 and not ctx.name else None
-    stage_rows = [r for r in read_jsonl(run_dir / st.METRICS_FILE)
-                  if r.get("loss") is not None and r.get("step", 0) > ctx.step_offset]
     return summarize(run_dir, cfg, {
         "steps": ctx.step_offset + trainer.state.global_step,  # the last logged row's step may be earlier
         "epochs": ctx.epoch_offset + t.epochs,
-        **({"counters": writer.snapshot(), "stage_final_loss": stage_rows[-1]["loss"] if stage_rows else None,
-            "stage_duration_s": round(elapsed - stage_start_s, 3)} if ctx.name else {}),
+        **(_stage_facts(run_dir, ctx, writer, elapsed - stage_start_s) if ctx.name else {}),
         "duration_s": round(elapsed, 3),
         "train_time_s": round(elapsed - counters.overhead_s, 3),
         "overhead_s": round(counters.overhead_s, 3),
