@@ -160,3 +160,22 @@ def test_estimate_measures_the_spec_s_prompt_format_dtype_and_modules(tiny_model
     bad = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "128",
                               "--dtype", "fp8"])
     assert bad.exit_code == 1 and "--dtype" in bad.output
+
+
+def test_watching_a_sweep_nobody_started_ends_at_once_and_says_how_to_start_it(write_spec):
+    """All runs pending and no job behind any of them: nothing will change, so --watch does not wait forever."""
+    import io
+
+    from rich.console import Console
+
+    from tunelab.execute.status import status_rows
+    from tunelab.execute.watch import is_active, watch
+    from tunelab.scaffold import scaffold
+
+    exp = scaffold(write_spec(factors={"lora_rank": [4]})).experiment_dir
+    out = io.StringIO()
+    rows = watch(exp, lambda: status_rows(exp), Console(file=out, width=200), interval_s=60)
+    assert {r["state"] for r in rows} == {"pending"} and "`tunelab run" in out.getvalue()
+    assert is_active({"state": "pending", "job_id": "17", "eval": None})  # queued: watching it makes sense
+    assert not is_active({"state": "pending", "job_id": None, "eval": None})
+    assert is_active({"state": "completed", "job_id": "17", "eval": "pending"})  # its evaluation is queued

@@ -85,7 +85,12 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
 
 
 def is_active(row: dict) -> bool:
-    return row["state"] in ACTIVE or (row.get("eval") or "") in ACTIVE
+    """Queued or running: a pending run counts only with a job behind it (a sweep nobody started is not
+    active, and watching it would never end)."""
+    def live(state: str) -> bool:
+        return state in ACTIVE and (state != "pending" or bool(row.get("job_id")))
+
+    return live(row["state"]) or live(row.get("eval") or "")
 
 
 def watch(experiment_dir: str | Path, rows_of: Callable[[], list[dict]], console: Console,
@@ -104,6 +109,10 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[dict]], console
 
     rows = rows_of()
     seen_failed.update(r["name"] for r in rows if r["state"] in FAILED)  # failed before we looked: in the table
+    if not any(is_active(r) for r in rows):
+        console.print(frame(rows))
+        console.print(f"nothing is queued or running: `tunelab run {experiment_dir}` starts the sweep")
+        return rows
     with Live(frame(rows), console=console, refresh_per_second=1) as live:
         while any(is_active(r) for r in rows):
             time.sleep(interval_s)
