@@ -22,40 +22,45 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time_real_steps(trainer, batch: int) -> tuple[float, float, float | None] | None:
-    """(tokens, seconds, peak GiB) of the fastest of a few real steps at this micro-batch: collation,
-    forward, backward and optimizer step, on the run's own training data. The fastest, not the median:
-    other work on the machine only ever adds time, so the minimum is the least disturbed measurement."""
+def _time_real_steps(trainer, batches: list[int]) -> dict[int, tuple[float, float, float | None]]:
+    """{micro-batch: (tokens, seconds, peak GiB)} of the fastest of a few real steps at each size: collation,
+    forward, backward and optimizer step, on the run's own training data. The sizes take turns step by step,
+    so a burst of other work on the machine falls on both alike; and the fastest counts, not the median:
+    other work only ever adds time, so the minimum is the least disturbed measurement."""
     import torch
     from torch.utils.data import DataLoader
 
     from tunelab.train.metrics import count_batch
 
-    loader = DataLoader(trainer.train_dataset, batch_size=batch, shuffle=False, collate_fn=trainer.data_collator)
-    it = iter(loader)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    times, tokens = [], []
+    loaders = {b: iter(DataLoader(trainer.train_dataset, batch_size=b, shuffle=False,
+                                  collate_fn=trainer.data_collator)) for b in batches}
+    timed: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
+    peaks: dict[int, float | None] = {}
     for i in range(REPEATS + 1):
-        _sync()
-        t0 = time.perf_counter()
-        try:
-            inputs = trainer._prepare_inputs(next(it))
-        except StopIteration:
-            break
-        n = count_batch(inputs)[0]
-        trainer.training_step(trainer.model, inputs)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        _sync()
-        if i:  # the first is warm-up
-            times.append(time.perf_counter() - t0)
-            tokens.append(n)
-    if not times:
-        return None
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    fastest = min(range(len(times)), key=times.__getitem__)
-    return tokens[fastest], times[fastest], peak
+        for b in batches:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            _sync()
+            t0 = time.perf_counter()
+            try:
+                inputs = trainer._prepare_inputs(next(loaders[b]))
+            except StopIteration:
+                continue
+            n = count_batch(inputs)[0]
+            trainer.training_step(trainer.model, inputs)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            _sync()
+            if i:  # the first round is warm-up
+                timed[b].append((time.perf_counter() - t0, n))
+                peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+                peaks[b] = max(peaks.get(b) or 0.0, peak) if peak is not None else None
+    out = {}
+    for b, rows in timed.items():
+        if rows:
+            seconds, tokens = min(rows)
+            out[b] = (tokens, seconds, peaks.get(b))
+    return out
 
 
 def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
@@ -65,14 +70,12 @@ def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
     import torch
 
     rng_state = torch.get_rng_state()
-    points = []
     try:
-        for b in sorted({max(1, micro_batch // 2), micro_batch * 2}):
-            got = _time_real_steps(trainer, b)
-            if got:
-                points.append({"batch": b, "tokens": got[0], "seconds": round(got[1], 6), "peak_gib": got[2]})
+        measured = _time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}))
     finally:
         torch.set_rng_state(rng_state)
+    points = [{"batch": b, "tokens": t, "seconds": round(sec, 6), "peak_gib": peak}
+              for b, (t, sec, peak) in sorted(measured.items())]
     if len(points) < 2 or points[1]["tokens"] == points[0]["tokens"]:
         return None
     (t1, s1), (t2, s2) = ((p["tokens"], p["seconds"]) for p in points)
