@@ -45,11 +45,16 @@ class StageContext:
         return self.index == self.count - 1
 
     def state_dir(self, run_dir: Path) -> Path:
-        base = Path(run_dir) / st.TRAINER_STATE_DIR
-        return base / self.name if self.name else base
+        return stage_state_dir(run_dir, self.name)
 
     def label(self) -> str:
         return f"stage {self.index + 1}/{self.count} ({self.name})" if self.name else ""
+
+
+def stage_state_dir(run_dir: str | Path, stage: str | None) -> Path:
+    """Where a stage keeps its trainer state: trainer_state/STAGE/ (an unstaged run: trainer_state/)."""
+    base = Path(run_dir) / st.TRAINER_STATE_DIR
+    return base / stage if stage else base
 
 
 @dataclass
@@ -113,10 +118,10 @@ def next_stage(cfg: RunConfig, run_dir: Path) -> StageContext | None:
     prev = done[-1] if done else None
     init_optimizer = None
     if prev is not None and cfg.stages[i].optimizer == "carried":
-        init_optimizer = last_complete_checkpoint(Path(run_dir) / st.TRAINER_STATE_DIR / prev.name)
+        init_optimizer = last_complete_checkpoint(stage_state_dir(run_dir, prev.name))
         if init_optimizer is None:
             raise TunelabError(f"stage {cfg.stages[i].name}: optimizer: carried, but stage {prev.name} kept no "
-                               "complete trainer checkpoint", file=run_dir / st.TRAINER_STATE_DIR / prev.name)
+                               "complete trainer checkpoint", file=stage_state_dir(run_dir, prev.name))
     from tunelab.train.metrics import Counters
 
     return StageContext(
@@ -140,8 +145,7 @@ def current_stage(cfg: RunConfig) -> int | None:
 def current_state_dir(cfg: RunConfig) -> Path:
     """The trainer-state directory a resume of this run would read."""
     i = current_stage(cfg)
-    base = cfg.run_dir / st.TRAINER_STATE_DIR
-    return base / cfg.stages[i].name if i is not None else base
+    return stage_state_dir(cfg.run_dir, cfg.stages[i].name if i is not None else None)
 
 
 def restart_current_stage(cfg: RunConfig) -> None:
@@ -152,7 +156,7 @@ def restart_current_stage(cfg: RunConfig) -> None:
     i = current_stage(cfg)
     if i is None:
         return
-    shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR / cfg.stages[i].name, ignore_errors=True)
+    shutil.rmtree(stage_state_dir(cfg.run_dir, cfg.stages[i].name), ignore_errors=True)
     kept = {e for r in read_stage_records(cfg.run_dir) for e in r.epochs}
     for e in complete_epochs(cfg.run_dir):
         if e not in kept:
@@ -161,7 +165,7 @@ def restart_current_stage(cfg: RunConfig) -> None:
 
 def train_stages(cfg: RunConfig) -> dict[str, Any]:
     """Train the stages not yet complete, in order; the last one writes the run's summary.json."""
-    from tunelab.train.distributed import barrier, world
+    from tunelab.train.distributed import barrier
     from tunelab.train.runner import train_run
 
     summary: dict[str, Any] = {}
@@ -169,10 +173,8 @@ def train_stages(cfg: RunConfig) -> dict[str, Any]:
         ctx = next_stage(cfg, cfg.run_dir)
         if ctx is None:
             return summary or (read_json(cfg.run_dir / st.SUMMARY_FILE, default={}) or {})
-        summary = train_run(cfg.stage_config(ctx.index), ctx)
+        summary = train_run(cfg.stage_config(ctx.index), ctx)  # {} on processes other than the main one
         barrier()  # stage k+1 reads what the main process recorded for stage k
-        if world().size > 1 and not world().is_main:
-            summary = {}
 
 
 def stages_summary(run_dir: Path) -> list[dict[str, Any]]:
