@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tunelab.adapter import lora_config
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json, atomic_write_text, read_jsonl
 from tunelab.runconfig import RunConfig
@@ -245,7 +246,6 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
     from tunelab.train.distributed import strategy_of
 
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -258,14 +258,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks=()
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, **quantize.load_kwargs(t.quantize, dtype))
     model = quantize.prepare(model, t.quantize, t.gradient_checkpointing)  # QLoRA: peft's k-bit preparation
     train_ds, val_ds = build_datasets(cfg, tokenizer)
-    lora = LoraConfig(
-        r=t.lora_rank,
-        lora_alpha=t.effective_lora_alpha,
-        lora_dropout=t.lora_dropout,
-        target_modules=t.lora_target_modules,
-        modules_to_save=t.modules_to_save or None,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, t.lora_target_modules, t.modules_to_save)
     ctx = ctx or StageContext()
     if ctx.init_adapter is not None:  # a later stage: continue the previous stage's adapter (same shape)
         from peft import PeftModel

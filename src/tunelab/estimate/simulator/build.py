@@ -1,0 +1,92 @@
+"""Build the model a run trains, as the trainer builds it, with no weights: on the `meta` device first
+(transformers, PEFT and TRL's fused head all run their own code), then every parameter and buffer
+replaced by a fake tensor on the CPU, one per distinct tensor, so tied weights stay one storage.
+
+The order and calls mirror train/runner.py and TRL's SFTTrainer: `from_config` in the run's dtype with
+the attention implementation; for QLoRA the 4-bit layers (qlora.py) and peft's
+`prepare_model_for_kbit_training`; `gradient_checkpointing_enable(use_reentrant=False)`; `get_peft_model`
+with the run's LoraConfig (PEFT keeps the adapters in fp32 unless the base is quantized, where TRL casts
+them to bf16); `enable_input_require_grads` with checkpointing; TRL's fused LM head with the outputs
+SFTTrainer asks for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tunelab.adapter import lora_config
+from tunelab.estimate.simulator.attention import flash_attention_2
+from tunelab.estimate.simulator.qlora import quantize_linears
+from tunelab.estimate.simulator.spec import StepConfig
+
+FLASH_NAME = "tunelab_varlen_standin"
+
+
+def _register_flash() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(FLASH_NAME, flash_attention_2)
+    AttentionMaskInterface.register(FLASH_NAME, flash_attention_mask)
+
+
+def hf_config(model_config: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    cfg = dict(model_config)
+    model_type = cfg.pop("model_type")
+    for key in ("architectures", "transformers_version", "auto_map", "quantization_config", "torch_dtype", "dtype"):
+        cfg.pop(key, None)
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Module:
+    """The trained model (PEFT-wrapped, fused head added), all tensors on `meta`."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    dtype = getattr(torch, c.dtype)
+    attention = c.attention
+    if attention == "flash_attention_2":
+        _register_flash()
+        attention = FLASH_NAME
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
+    if c.quantize == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        quantize_linears(model, dtype)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=c.gradient_checkpointing)
+    if c.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, c.lora_targets, c.modules_to_save)
+    lora.use_dora = c.use_dora
+    model = get_peft_model(model, lora)
+    if c.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if c.quantize == "4bit":  # TRL: adapters of a quantized base in bf16
+        for name, p in model.named_parameters():
+            if p.requires_grad and "lora_magnitude_vector" not in name:
+                p.data = p.data.to(torch.bfloat16)
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    return model
+
+
+def materialize(model: torch.nn.Module) -> None:
+    """Give every parameter and buffer a fake CPU tensor (call inside FakeTensorMode): one per distinct meta
+    tensor, so a tied embedding and head share one storage as they do after loading."""
+    made: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                if id(p) not in made:
+                    made[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad)
+                module._parameters[name] = made[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                if id(b) not in made:
+                    made[id(b)] = torch.empty(b.shape, dtype=b.dtype)
+                module._buffers[name] = made[id(b)]

@@ -1,0 +1,71 @@
+"""A stand-in for bitsandbytes' 4-bit Linear (QLoRA), which has no CPU or fake-tensor kernel.
+
+What it stores is what `bnb.nn.Linear4bit` stores after transformers quantizes a layer with tunelab's
+BitsAndBytesConfig (NF4, double quantization, compute dtype = the run's dtype):
+- the packed weight: two 4-bit values per byte, `Params4bit` of shape (out·in/2, 1), uint8;
+- the quantization state: one absmax per block of 64 weights, itself quantized to uint8 (double
+  quantization), one fp32 absmax per 256 of those blocks, and the two 256-entry code tables.
+What its matmul allocates is what `bnb.matmul_4bit` allocates for a training batch
+(`MatMul4Bit`): the fp32 absmax dequantized, then the whole weight dequantized to the compute dtype,
+used for one `linear` and freed; the input is saved for backward, where the weight is dequantized again to
+compute the input's gradient. The frozen weight gets no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 64
+NESTED_BLOCK = 256
+
+
+class _MatMul4BitStandIn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        weight = layer.dequantized(x.dtype)
+        return torch.nn.functional.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight = ctx.layer.dequantized(grad_out.dtype)
+        return grad_out @ weight, None
+
+
+class NF4Linear(torch.nn.Linear):
+    """nn.Linear's interface (PEFT wraps it as it wraps any Linear) with Linear4bit's storage and matmul."""
+
+    def __init__(self, in_features: int, out_features: int, compute_dtype: torch.dtype, device=None):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features, self.compute_dtype = in_features, out_features, compute_dtype
+        n = in_features * out_features
+        blocks = -(-n // BLOCK)
+        self.weight = torch.nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=device),
+                                         requires_grad=False)
+        self.bias = None
+        self.register_buffer("absmax", torch.empty(blocks, dtype=torch.uint8, device=device))
+        self.register_buffer("nested_absmax", torch.empty(-(-blocks // NESTED_BLOCK), dtype=torch.float32,
+                                                          device=device))
+        self.register_buffer("code", torch.empty(256, dtype=torch.float32, device=device))
+        self.register_buffer("nested_code", torch.empty(256, dtype=torch.float32, device=device))
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        absmax = torch.empty(self.absmax.shape, dtype=torch.float32, device=self.weight.device)
+        weight = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self.weight.device)
+        del absmax
+        return weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MatMul4BitStandIn.apply(x.to(self.compute_dtype), self)
+
+
+def quantize_linears(model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+    """Replace every Linear but the output head with NF4Linear, as transformers' bnb loading does
+    (lm_head is kept in the compute dtype)."""
+    head = model.get_output_embeddings()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child is not head:
+                setattr(parent, name, NF4Linear(child.in_features, child.out_features, compute_dtype, device="meta"))
+    model.is_loaded_in_4bit = True

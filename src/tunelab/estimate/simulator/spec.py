@@ -1,0 +1,64 @@
+"""What a simulated step depends on: the memory-relevant fields of a run and the micro-batch's shape.
+Frozen and hashable: the cache key is made of these and the model's config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Attention = Literal["sdpa", "eager", "flash_attention_2"]
+ATTENTIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The training fields that change memory (everything else — learning rate, epochs — does not)."""
+
+    dtype: str = "bfloat16"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] | str = "all-linear"
+    modules_to_save: tuple[str, ...] = ()
+    gradient_checkpointing: bool = False
+    quantize: str | None = None
+    attention: str = "sdpa"
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    # How tunelab trains: TRL's fused LM head and autocast in `dtype`. Other stacks (for checking the simulator
+    # against what they measured) compute the loss from the full logits ("full_logits", transformers' own loss)
+    # or keep the weights in bf16 without autocast.
+    loss: str = "trl_fused"
+    autocast: bool = True
+    use_dora: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """One micro-batch. Packed (TRL's BFD, padding-free): `micro_batch` rows of up to `seq_len` tokens,
+    flattened into one row of micro_batch × seq_len with position ids. Unpacked: micro_batch rows padded to
+    `seq_len` (the longest example), with an attention mask; `padded` says some row is shorter (the worst
+    case whenever micro_batch > 1), which makes transformers build an explicit mask."""
+
+    micro_batch: int
+    seq_len: int
+    packed: bool = False
+    padded: bool | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.seq_len
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether transformers builds an explicit attention mask (sdpa/eager): packed rows hold several
+        sequences; padded rows have padding."""
+        if self.packed:
+            return True
+        return self.padded if self.padded is not None else self.micro_batch > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens": self.tokens}

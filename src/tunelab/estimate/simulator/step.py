@@ -1,0 +1,125 @@
+"""Run tunelab's training step on fake tensors and count its memory: two optimizer steps (the optimizer's
+state exists from the first one on), each with its micro-batches' forward and backward, as the HF Trainer
+under TRL's SFTTrainer runs them on a GPU:
+
+- inputs as TRL's collator makes them: padding-free packed rows flattened into one row with position ids,
+  or padded rows with an attention mask; labels for every position (the worst case of completion-only
+  loss: on a GPU TRL's fused head scores only positions with a label, here all are scored);
+- autocast in the run's dtype (bf16/fp16) as `bf16=True`/`fp16=True` set it (CPU autocast: its op lists
+  match CUDA's for every op a decoder uses; RMSNorm and rotary do their own fp32 math);
+- SFTTrainer.compute_loss's path: `model(..., fused_lm_head=True)`, the loss from its log-probs, and the
+  entropy / top-1 metrics; `backward`; gradient clipping at 1.0; fused AdamW (the Trainer's default
+  `adamw_torch_fused`); `zero_grad(set_to_none=True)`.
+
+GPU-only kernels get stand-ins (attention.py, qlora.py, and below TRL's Triton tile folds and fp32-output
+matmuls, which work in place on a GPU and allocate nothing; their torch fallback would allocate
+tile-sized temporaries a GPU never sees).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from tunelab.estimate.simulator.attention import gpu_sdpa
+from tunelab.estimate.simulator.spec import StepConfig, StepShape
+from tunelab.estimate.simulator.tracker import StorageTracker
+
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb default
+STEPS = 2
+
+
+@contextlib.contextmanager
+def gpu_kernels() -> Iterator[None]:
+    """Swap in the GPU kernels' stand-ins for the duration of a simulation."""
+    import transformers.masking_utils as masking
+    import trl.kernels.chunked_logprob as chunked
+
+    saved_sdpa, saved_tracing = torch.nn.functional.scaled_dot_product_attention, masking.is_tracing
+    # transformers treats fake tensors as a compile trace and then always builds the mask; eager training on a
+    # GPU reads the mask instead (the tracker answers those reads: see tracker.py)
+    masking.is_tracing = lambda tensor=None: saved_tracing()
+    saved = {name: getattr(chunked, name) for name in ("_forward_tile", "_backward_tile", "_addmm_fp32")}
+    torch.nn.functional.scaled_dot_product_attention = gpu_sdpa
+    chunked._forward_tile = chunked._backward_tile = _in_place_kernel
+    chunked._addmm_fp32 = _in_place_kernel
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention, masking.is_tracing = saved_sdpa, saved_tracing
+        for name, fn in saved.items():
+            setattr(chunked, name, fn)
+
+
+def _in_place_kernel(*args: Any, **kwargs: Any) -> None:
+    """A Triton fold or an fp32-output cuBLAS matmul: writes into buffers it is given, allocates nothing."""
+
+
+def make_inputs(shape: StepShape) -> dict[str, torch.Tensor]:
+    """The collator's output for one micro-batch (token values do not matter, shapes do)."""
+    if shape.packed:
+        ids = torch.zeros(1, shape.tokens, dtype=torch.long)
+        return {"input_ids": ids, "labels": torch.zeros_like(ids), "position_ids": torch.zeros_like(ids)}
+    ids = torch.zeros(shape.micro_batch, shape.seq_len, dtype=torch.long)
+    return {"input_ids": ids, "labels": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids)}
+
+
+def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker,
+                step: int) -> None:
+    inputs = make_inputs(shape)
+    autocast = (torch.autocast("cpu", dtype=getattr(torch, c.dtype))
+                if c.autocast and c.dtype in ("bfloat16", "float16") else contextlib.nullcontext())
+    tracker.set_phase(f"step {step}: forward")
+    with autocast:
+        if c.loss == "trl_fused":
+            out = model(**inputs, fused_lm_head=True, use_cache=False)
+            n = out.label_mask.sum().clamp(min=1)
+            loss = -out.log_probs.sum() / n / c.gradient_accumulation_steps
+            metrics = (out.entropy.detach().sum(), out.is_top1.sum())
+        else:  # transformers' loss inside the model: full logits, upcast to fp32 for cross-entropy
+            out = model(**inputs, use_cache=False)
+            loss, metrics = out.loss / c.gradient_accumulation_steps, None
+    tracker.set_phase(f"step {step}: backward")
+    loss.backward()
+    del out, loss, metrics, inputs
+
+
+def run_steps(model: torch.nn.Module, c: StepConfig, shape: StepShape, tracker: StorageTracker,
+              ddp: bool = False) -> dict[str, int]:
+    """Two optimizer steps; returns the live bytes at the points the breakdown needs."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    marks = {"model": tracker.allocated}
+    buckets = _ddp_buckets(trainable) if ddp else []
+    marks["ddp_buckets"] = tracker.allocated - marks["model"]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=c.weight_decay, fused=True)
+    model.train()
+    for step in range(1, STEPS + 1):
+        if step == STEPS:
+            marks["before_last_step"] = tracker.allocated
+        for _ in range(min(c.gradient_accumulation_steps, 2)):  # a second micro-batch meets the first's grads
+            _micro_step(model, shape, c, tracker, step)
+        tracker.set_phase(f"step {step}: optimizer")
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    marks["after"] = tracker.allocated
+    del buckets
+    return marks
+
+
+def _ddp_buckets(trainable: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """DDP's gradient buckets (gradient_as_bucket_view off, accelerate's default): flat copies of the
+    trainable gradients, up to 25 MiB each, held for the whole run."""
+    buckets, size, dtype = [], 0, None
+    for p in trainable:
+        nbytes = p.numel() * p.element_size()
+        if size and (size + nbytes > DDP_BUCKET_BYTES or p.dtype != dtype):
+            buckets.append(torch.empty(size, dtype=torch.uint8))
+            size = 0
+        size, dtype = size + nbytes, p.dtype
+    if size:
+        buckets.append(torch.empty(size, dtype=torch.uint8))
+    return buckets
