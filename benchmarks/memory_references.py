@@ -121,9 +121,9 @@ NOT_EXPRESSIBLE = {
 }
 
 
-def compare(ref: Reference) -> dict:
+def compare(ref: Reference, exact: bool = True) -> dict:
     t0 = time.perf_counter()
-    sim = simulate(ref.model, ref.config, ref.shape)
+    sim = simulate(ref.model, ref.config, ref.shape, exact=exact)
     predicted = sim.reserved_gib if ref.counter == "reserved" else sim.allocated_gib
     return {"row": ref.row, "label": ref.label, "stack": ref.stack, "counter": ref.counter,
             "published_gib": ref.published_gib, "predicted_gib": round(predicted, 2),
@@ -135,11 +135,13 @@ def compare(ref: Reference) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--extrapolated", action="store_true", help="simulate 2 and 4 layers and extrapolate, as "
+                        "the planner does (default: every layer)")
     args = parser.parse_args()
     rows = []
     print(f"{'row':>4} {'stack':9} {'counter':9} {'published':>9} {'simulated':>9} {'error':>7}  configuration")
     for ref in references():
-        r = compare(ref)
+        r = compare(ref, exact=not args.extrapolated)
         rows.append(r)
         print(f"{r['row']:>4} {r['stack']:9} {r['counter']:9} {r['published_gib']:>9.2f} {r['predicted_gib']:>9.2f} "
               f"{r['error_pct']:>+6.1f}%  {r['label']} ({r['seconds']} s)", flush=True)

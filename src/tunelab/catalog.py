@@ -59,6 +59,15 @@ class Architecture:
     def to_dict(self) -> dict:
         return {**asdict(self), "parameters": self.parameters}
 
+    def hf_config(self) -> dict:
+        """A transformers config.json with these facts, for building the model without its files (the memory
+        simulator). Family defaults fill the rest: Qwen2's q/k/v biases come with its model type."""
+        return {"model_type": self.family, "hidden_size": self.hidden, "intermediate_size": self.intermediate,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim, "vocab_size": self.vocab,
+                "tie_word_embeddings": self.tied_embeddings, "max_position_embeddings": 131072,
+                **({"sliding_window": None} if self.family in ("mistral", "qwen2") else {})}
+
 
 def architecture_from_config(config: dict, name: str) -> Architecture:
     """Parse a transformers config.json (text config of multimodal ones too)."""
@@ -144,6 +153,7 @@ GPUS: dict[str, GPU] = {
         GPU("V100-32GB", 32, 15.7, 900, (7, 0)),  # SXM2; its 125 TFLOPS are fp16 tensor cores only
         GPU("V100-16GB", 16, 15.7, 900, (7, 0)),
         GPU("L4", 24, 121, 300, (8, 9)),
+        GPU("A10G", 24, 125, 600, (8, 6)),  # AWS g5; the A10's dense bf16 peak (the A10G's own is unpublished)
     ]
 }
 _ALIASES = {"a100": "a100-80gb", "h100": "h100-80gb", "v100": "v100-32gb", "rtx-4090": "rtx4090", "4090": "rtx4090",

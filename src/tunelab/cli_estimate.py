@@ -45,15 +45,71 @@ def _validate_gpu(name: str | None, path: Path):
     return gpu
 
 
+def _estimate_gpu(name: str | None, memory_gib: float | None):
+    """--gpu from the table; with --gpu-memory-gib, any GPU (named or not) of that much memory."""
+    from tunelab.catalog import GPU, resolve_gpu
+
+    if memory_gib is not None:
+        if memory_gib <= 0:
+            raise TunelabError(f"--gpu-memory-gib must be positive, got {memory_gib:g}", field="--gpu-memory-gib")
+        try:
+            known = resolve_gpu(name) if name else None
+        except TunelabError:
+            known = None
+        return GPU(name or f"GPU ({memory_gib:g} GiB)", memory_gib, known.bf16_tflops if known else 0.0,
+                   known.bandwidth_gbs if known else 0.0, known.compute_capability if known else (8, 0))
+    try:
+        return _gpu_option(name)
+    except TunelabError as exc:
+        raise TunelabError(f"{exc.message}; for a GPU the table lacks give its memory with --gpu-memory-gib",
+                           field="--gpu") from None
+
+
+def _estimate_inputs(dtype: str, lora_rank: int, lora_alpha: float | None, lora_targets: list[str] | None,
+                     modules_to_save: list[str] | None, checkpointing: bool, quantize: str | None,
+                     attention: str):
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.estimate.simulator import ATTENTIONS
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise TunelabError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32", field="--dtype")
+    if quantize not in (None, "4bit"):
+        raise TunelabError(f"unknown quantization {quantize!r}: the only one is 4bit (QLoRA, NF4)", field="--quantize")
+    if attention not in ATTENTIONS:
+        raise TunelabError(f"unknown attention {attention!r}: use {', '.join(ATTENTIONS)}", field="--attention")
+    if lora_rank < 1 or (lora_alpha is not None and lora_alpha <= 0):
+        raise TunelabError("--lora-rank must be >= 1 and --lora-alpha > 0", field="--lora-rank")
+    targets: tuple[str, ...] | str = "all-linear"
+    if lora_targets and lora_targets != ["all-linear"]:
+        if "all-linear" in lora_targets:
+            raise TunelabError("all-linear stands alone: give it or module names", field="--lora-targets")
+        targets = tuple(lora_targets)
+    return MemoryInputs(dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets,
+                        modules_to_save=tuple(modules_to_save or ()), activation_checkpointing=checkpointing,
+                        quantize=quantize, attention=attention)
+
+
 def estimate_cmd(
     model: str = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present."),
+    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="The GPU's memory in GiB, for a "
+                                                   "GPU the table lacks (or to override it)."),
     max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
     packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (adapter size and optimizer state)."),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", help="Recompute "
-                                                  "activations in the backward pass: less memory, more time."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 × rank)."),
+    lora_targets: Optional[list[str]] = typer.Option(None, "--lora-targets", help="Modules LoRA adapts "
+                                                     "(repeatable, e.g. q_proj), or all-linear (default)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", "--activation-checkpointing",
+                                                help="Recompute activations in the backward pass: less memory, "
+                                                     "more time."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes)."),
+    attention: str = typer.Option("sdpa", "--attention", help="sdpa (what tunelab trains with), eager, or "
+                                  "flash_attention_2."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU)."),
+    strategy: str = typer.Option("ddp", "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
+                                 "(sharded)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
     epochs: int = typer.Option(1, "--epochs", help="Training epochs (for steps and time)."),
@@ -67,29 +123,46 @@ def estimate_cmd(
                                                 "one (with --dataset), as the spec's system_prompt."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Predict peak memory, the largest micro-batch that fits, packing and accumulation (memory in tokens)."""
+    """Predict peak memory per GPU by simulating tunelab's training step (no GPU needed), the largest
+    micro-batch that fits, packing and accumulation (memory in tokens per micro-batch)."""
     from tunelab.estimate.api import estimate_config
 
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise TunelabError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32", field="--dtype")
+    inputs = _estimate_inputs(dtype, lora_rank, lora_alpha, lora_targets, modules_to_save, gradient_checkpointing,
+                              quantize, attention)
     if chat_template not in ("auto", "always", "never"):
         raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
                            field="--chat-template")
-    out = estimate_config(model, _gpu_option(gpu), max_seq_len, batch_size, packed, lora_rank,
-                          activation_checkpointing, dataset, prompt, epochs, effective_batch, dtype=dtype,
-                          modules_to_save=tuple(modules_to_save or ()), chat_template=chat_template,
-                          system_prompt=system_prompt)
+    if strategy not in ("ddp", "fsdp"):
+        raise TunelabError(f"unknown strategy {strategy!r}: use ddp or fsdp", field="--strategy")
+    out = estimate_config(model, _estimate_gpu(gpu, gpu_memory_gib), max_seq_len, inputs, batch_size, packed,
+                          dataset, prompt, epochs, effective_batch, chat_template=chat_template,
+                          system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None)
     if json_out:
         print(json.dumps(out, indent=2))
         return
-    console.print(f"{out['model']} on {out['gpu']} ({out['gpu_memory_gib']:g} GiB), max_seq_len {max_seq_len}")
+    _print_estimate(out, max_seq_len)
+
+
+def _print_estimate(out: dict, max_seq_len: int) -> None:
+    from rich.markup import escape
+
+    console.print(f"{out['model']} on {out['gpu']} ({out['gpu_memory_gib']:g} GiB), max_seq_len {max_seq_len}"
+                  + (f", {out['processes']} GPUs ({out['strategy']})" if out["processes"] > 1 else ""),
+                  highlight=False)
+    alloc = out.get("peak_allocated_gib")
+    detail = (f" (allocated {alloc:.1f}, reserved {out['peak_reserved_gib']:.1f}, CUDA context "
+              f"{out['cuda_context_gib']:.1f})" if alloc is not None else "")
     console.print(f"batch {out['batch_size']}{' packed' if out['packed'] else ''}: {out['tokens_per_microbatch']:,} "
-                  f"tokens/micro-batch → predicted peak {out['peak_memory_gib']:.1f} GiB "
-                  f"({'fits' if out['fits'] else '[red]does not fit[/red]'}) [source: {out['memory_source']}]")
+                  f"tokens/micro-batch → peak {out['peak_memory_gib']:.1f} GiB{detail} "
+                  f"({'fits' if out['fits'] else '[red]does not fit[/red]'}) "
+                  f"\\[source: {escape(out['memory_source'])}]", highlight=False)
+    console.print("  where it goes (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
+                                                        for k, v in out["memory_breakdown_gib"].items()),
+                  highlight=False)
     console.print(f"max batch that fits: {out['max_batch_size']}; recommended: {out['recommended_batch_size']} × "
-                  f"accumulation {out['recommended_gradient_accumulation_steps']}")
+                  f"accumulation {out['recommended_gradient_accumulation_steps']}", highlight=False)
     for r in out["reasons"]:
-        console.print(f"  - {r}")
+        console.print(f"  - {escape(r)}", highlight=False)
 
 
 def validate_cmd(

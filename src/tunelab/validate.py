@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.catalog import GPU, resolve_architecture
+from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack, tokens_per_microbatch
-from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import fits, predict_peak, step_shape
 from tunelab.estimate.runs import choose_strategy
 from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
@@ -43,22 +44,21 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     t = cfg.training
     if t is None:
         raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
-    arch = resolve_architecture(cfg.model.path)
-    dtype = planned_dtype(t.dtype, gpu.compute_capability)
-    inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=tuple(t.lora_target_modules)
-                          if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
-                          modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing,
-                          quantize=t.quantize)
+    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
     longest = max(lengths) if lengths else None
-    tokens = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, longest)
+    shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
+    tokens = shape.tokens
     res = cfg.resources
     nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1)
-    peak = estimate_memory(arch, tokens, inputs).peak_gib
+    figure = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None)
+    strategy = None
     if nproc > 1:  # FSDP (chosen or auto because the whole model does not fit): per device, sharded
-        sharded = estimate_memory(arch, tokens, inputs, shards=nproc).peak_gib
-        if choose_strategy(res.distributed, nproc, peak, sharded, gpu.memory_gib) == "fsdp":
-            peak = sharded
-    max_b = largest_batch(arch, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
+        sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp")
+        strategy = choose_strategy(res.distributed, nproc, figure.required_gib, sharded.required_gib, gpu.memory_gib)
+        if strategy == "fsdp":
+            figure = sharded
+    peak = figure.required_gib
+    max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
     steps = None
     if lengths:
         if t.packing:
@@ -70,13 +70,14 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
         steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
     where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
-    if peak > gpu.memory_gib:
+    if not fits(figure, gpu.memory_gib):
         check.errors.append(
-            f"{where} = {tokens:,} tokens per micro-batch: predicted peak {peak:.1f} GiB exceeds the "
+            f"{where} = {tokens:,} tokens per micro-batch: peak {peak:.1f} GiB ({figure.source}; reserved + "
+            f"CUDA context) exceeds the "
             f"{gpu.name}'s {gpu.memory_gib:g} GiB; largest micro-batch that fits: {max_b}"
             + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
                if t.packing else ""))
-    elif peak > NEAR_LIMIT * gpu.memory_gib:
+    elif not fits(figure, gpu.memory_gib, NEAR_LIMIT):
         check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:g} GiB")
     elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
         check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "

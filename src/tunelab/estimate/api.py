@@ -7,23 +7,26 @@ from typing import Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import plan_batch, should_pack, tokens_per_microbatch
-from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.batch import plan_batch, should_pack
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import fits, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 
 
-def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: int | None = None,
-                    packed: bool | None = None, lora_rank: int = 8, activation_checkpointing: bool = False,
+def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: MemoryInputs,
+                    batch_size: int | None = None, packed: bool | None = None,
                     dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
-                    target_effective_batch: int = 16, dtype: str = "bfloat16",
-                    modules_to_save: tuple[str, ...] = (), chat_template: str = "auto",
-                    system_prompt: str | None = None) -> dict[str, Any]:
-    """chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use."""
+                    target_effective_batch: int = 16, chat_template: str = "auto",
+                    system_prompt: str | None = None, processes: int = 1, strategy: str | None = None) -> dict[str, Any]:
+    """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).
+    chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use.
+    processes/strategy: memory per device of an N-GPU run (DDP or FSDP)."""
     arch = resolve_architecture(model)
-    inputs = MemoryInputs(dtype=dtype, lora_rank=lora_rank, activation_checkpointing=activation_checkpointing,
-                          modules_to_save=modules_to_save)
     out: dict[str, Any] = {"model": arch.name, "parameters": arch.parameters, "gpu": gpu.name,
-                           "gpu_memory_gib": gpu.memory_gib, "max_seq_len": max_seq_len, "lora_rank": lora_rank}
+                           "gpu_memory_gib": gpu.memory_gib, "max_seq_len": max_seq_len, "lora_rank": inputs.lora_rank,
+                           "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
+                           "gradient_checkpointing": inputs.activation_checkpointing, "quantize": inputs.quantize,
+                           "attention": inputs.attention, "processes": processes, "strategy": strategy}
     data = None
     if dataset is not None:
         if not Path(model).is_dir():
@@ -43,7 +46,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
         data = measure_dataset(spec, tok, fmt, prompt, max_seq_len, batch_size or 1, system_prompt=system_prompt)
     train = data["splits"]["train"] if data else None
     use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
-    bp = plan_batch(arch, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
+    bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
                     longest=train["max_len"] if train else None,
                     density=data["packing"]["density"] if data else None,
                     sequences=(data["packing"]["sequences"] if use_packed else train["examples"]) if data else None)
@@ -51,17 +54,21 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, batch_size: i
         bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train['mean_len']:.0f} "
                              f"tokens vs max_seq_len {max_seq_len}")
     b = batch_size or bp.recommended_batch_size or 1
-    tokens = tokens_per_microbatch(b, max_seq_len, use_packed, train["max_len"] if train else None)
-    mem = estimate_memory(arch, tokens, inputs)
+    shape = step_shape(b, max_seq_len, use_packed, train["max_len"] if train else None)
+    mem = predict_peak(model, inputs, shape, processes, strategy, arch)
     out.update({
         "packed": use_packed,
         "batch_size": b,
-        "tokens_per_microbatch": tokens,
-        "peak_memory_gib": round(mem.peak_gib, 3),
-        "memory_breakdown_gib": {k: round(getattr(mem, k), 3) for k in
-                                 ("weights_gib", "trainable_gib", "activations_gib", "logits_gib", "overhead_gib")},
+        "tokens_per_microbatch": shape.tokens,
+        "peak_memory_gib": round(mem.required_gib, 3),
+        "peak_allocated_gib": round(mem.allocated_gib, 3) if mem.allocated_gib is not None else None,
+        "peak_reserved_gib": round(mem.reserved_gib, 3) if mem.reserved_gib is not None else None,
+        "cuda_context_gib": round(mem.context_gib, 3),
+        "memory_breakdown_gib": mem.breakdown(),
+        "analytic_peak_gib": round(mem.analytic.peak_gib, 3),
         "memory_source": mem.source,
-        "fits": mem.peak_gib <= gpu.memory_gib,
+        "simulation_s": mem.simulated.seconds if mem.simulated else None,
+        "fits": fits(mem, gpu.memory_gib),
         "max_batch_size": bp.max_batch_size,
         "recommended_batch_size": bp.recommended_batch_size,
         "recommended_gradient_accumulation_steps": bp.recommended_gradient_accumulation_steps,

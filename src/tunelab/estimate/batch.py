@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
-from tunelab.catalog import Architecture
-from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import largest_micro_batch, predict_peak, step_shape
 
 SAFETY_FRACTION = 0.85  # keep predicted peak under this share of GPU memory
 SHORT_EXAMPLE_FRACTION = 0.25  # packing pays off when the mean example is under this share of max_seq_len
@@ -23,6 +24,7 @@ class BatchPlan:
     budget_gib: float
     effective_batch_examples: float
     reasons: list[str] = field(default_factory=list)
+    memory_source: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,31 +41,18 @@ def should_pack(mean_len: float | None, max_seq_len: int) -> bool:
     return mean_len is not None and mean_len <= SHORT_EXAMPLE_FRACTION * max_seq_len
 
 
-def largest_batch(arch: Architecture, inputs: MemoryInputs, budget_gib: float, max_seq_len: int, packed: bool,
-                  longest: int | None, calibration: float = 1.0, limit: int = 4096) -> int:
-    """Largest micro-batch whose predicted peak fits the budget (0 when not even 1 fits)."""
-    def fits(b: int) -> bool:
-        return estimate_memory(arch, tokens_per_microbatch(b, max_seq_len, packed, longest), inputs,
-                               calibration).peak_gib <= budget_gib
-
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+def largest_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, max_seq_len: int, packed: bool,
+                  longest: int | None, limit: int = 4096) -> int:
+    """Largest micro-batch whose simulated requirement fits the budget (0 when not even 1 fits)."""
+    return largest_micro_batch(model, inputs, budget_gib, max_seq_len, packed, longest, limit)
 
 
-def plan_batch(arch: Architecture, inputs: MemoryInputs, gpu_memory_gib: float, max_seq_len: int,
-               target_effective_examples: int, packed: bool, longest: int | None = None, density: float | None = None, sequences: int | None = None,
-               calibration: float = 1.0, safety: float = SAFETY_FRACTION) -> BatchPlan:
+def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, max_seq_len: int,
+               target_effective_examples: int, packed: bool, longest: int | None = None, density: float | None = None,
+               sequences: int | None = None, safety: float = SAFETY_FRACTION) -> BatchPlan:
     reasons: list[str] = []
     budget = gpu_memory_gib * safety
-    max_b = largest_batch(arch, inputs, budget, max_seq_len, packed, longest, calibration)
+    max_b = largest_batch(model, inputs, budget, max_seq_len, packed, longest)
     rec = 1 << (max_b.bit_length() - 1) if max_b else 0  # a power of two at most max_b
     per_row = (density or 1.0) if packed else 1.0
     if rec and rec * per_row > target_effective_examples:
@@ -75,17 +64,17 @@ def plan_batch(arch: Architecture, inputs: MemoryInputs, gpu_memory_gib: float, 
             rec //= 2
     accum = max(1, round(target_effective_examples / (rec * per_row))) if rec else 1
     if rec:
-        reasons.append(f"micro-batch {rec}: largest power of two with predicted peak under {safety:.0%} of "
-                       f"{gpu_memory_gib:g} GiB (max that fits: {max_b})")
+        reasons.append(f"micro-batch {rec}: largest power of two with simulated peak (reserved + CUDA context) "
+                       f"under {safety:.0%} of {gpu_memory_gib:g} GiB (max that fits: {max_b})")
         reasons.append(f"gradient accumulation {accum}: effective batch ≈ {rec * per_row * accum:.0f} examples "
                        f"(target {target_effective_examples})")
     else:
         reasons.append("not even a micro-batch of 1 fits: enable activation checkpointing, shorten max_seq_len, "
                        "or use a larger GPU")
-    tokens = tokens_per_microbatch(max(rec, 1), max_seq_len, packed, longest)
-    peak = estimate_memory(arch, tokens, inputs, calibration).peak_gib
-    return BatchPlan(packed, max_b, rec, accum, tokens, round(peak, 3), round(budget, 3),
-                     round(rec * per_row * accum, 2), reasons)
+    shape = step_shape(max(rec, 1), max_seq_len, packed, longest)
+    figure = predict_peak(model, replace(inputs, gradient_accumulation_steps=accum), shape)
+    return BatchPlan(packed, max_b, rec, accum, shape.tokens, round(figure.required_gib, 3), round(budget, 3),
+                     round(rec * per_row * accum, 2), reasons, figure.source)
 
 
 def effective_batch_size(micro_batch: int, accumulation: int, processes: int) -> int:

@@ -13,8 +13,10 @@ With `quantize: 4bit` (QLoRA) the frozen linear weights are NF4 (see base_weight
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tunelab.catalog import Architecture
+from tunelab.estimate.simulator.spec import StepConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 2**30
@@ -44,6 +46,31 @@ class MemoryInputs:
     loss_chunks: int = 1
     optimizer_bytes_per_param: int = 8  # AdamW: two fp32 moments
     quantize: str | None = None  # "4bit": QLoRA's NF4 base
+    lora_alpha: float | None = None  # None: 2 × rank, as the spec's default
+    lora_dropout: float = 0.0
+    attention: str = "sdpa"
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+
+    def step_config(self) -> StepConfig:
+        """The simulator's view of the same run (estimate/simulator)."""
+        return StepConfig(
+            dtype=self.dtype, lora_rank=self.lora_rank,
+            lora_alpha=float(self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank),
+            lora_dropout=self.lora_dropout,
+            lora_targets=self.lora_targets if isinstance(self.lora_targets, str) else tuple(self.lora_targets),
+            modules_to_save=tuple(self.modules_to_save), gradient_checkpointing=self.activation_checkpointing,
+            quantize=self.quantize, attention=self.attention,
+            gradient_accumulation_steps=max(1, self.gradient_accumulation_steps), weight_decay=self.weight_decay)
+
+    @classmethod
+    def of_training(cls, t: Any, dtype: str) -> MemoryInputs:
+        """From a run's training config (spec/training.py) and the dtype it trains in on the target GPU."""
+        targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
+        return cls(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets, modules_to_save=tuple(t.modules_to_save),
+                   activation_checkpointing=t.gradient_checkpointing, quantize=t.quantize,
+                   lora_alpha=t.effective_lora_alpha, lora_dropout=t.lora_dropout,
+                   gradient_accumulation_steps=t.gradient_accumulation_steps, weight_decay=t.weight_decay)
 
 
 @dataclass

@@ -10,9 +10,10 @@ from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
-from tunelab.estimate.batch import effective_batch_size, optimizer_steps, tokens_per_microbatch
+from tunelab.estimate.batch import effective_batch_size, optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
-from tunelab.estimate.memory import MemoryInputs, estimate_memory
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import predict_peak, step_shape
 from tunelab.estimate.speed import (
     DEFAULT_MFU,
     SCALING_EFFICIENCY,
@@ -129,6 +130,43 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
     return None, "none: no history on this device and no FLOPs peak for it", []
 
 
+def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture, cfg: RunConfig,
+                  tokens_mb: int) -> HistoryRun | None:
+    """A measured peak (`max_memory_allocated`) of this configuration on this GPU: same model, LoRA rank,
+    packing, micro-batch and tokens per micro-batch. It wins over the simulation."""
+    t = cfg.training
+    for r in history:
+        if (_same_device(r, gpu, None) and _same_model(r, arch) and r.memory_kind == "cuda_max_allocated"
+                and r.peak_memory_gib and r.tokens_per_step and r.lora_rank == t.lora_rank
+                and r.batch_size == t.batch_size and r.packed == t.packing
+                and abs(r.tokens_per_step / (r.gradient_accumulation_steps or 1) - tokens_mb) <= 0.02 * tokens_mb):
+            return r
+    return None
+
+
+def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
+                history: list[HistoryRun]) -> tuple[float, str, str | None]:
+    """(peak GiB per device, its source, strategy): measured when the history has this configuration, else
+    simulated (DDP, or FSDP when the spec asks or only the sharded run fits)."""
+    t = cfg.training
+    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
+    whole = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None, arch)
+    sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp", arch) if nproc > 1 else None
+    strategy = choose_strategy(cfg.resources.distributed, nproc, whole.required_gib,
+                               sharded.required_gib if sharded else None, gpu.memory_gib)
+    figure = sharded if strategy == "fsdp" and sharded is not None else whole
+    source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
+                              "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
+    measured = measured_peak(history, gpu, arch, cfg, shape.tokens) if nproc == 1 else None
+    if measured is not None:
+        where = measured.run or measured.key
+        return (measured.peak_memory_gib + figure.context_gib,
+                f"measured: {where} (max_memory_allocated {measured.peak_memory_gib:.2f} GiB + CUDA context; "
+                f"simulated {figure.required_gib:.2f})", strategy)
+    return round(figure.required_gib, 2), source, strategy
+
+
 # A sweep repeats the same model, data and batch shape across many runs: compute each once.
 @lru_cache(maxsize=64)
 def _architecture(path: str) -> Architecture:
@@ -183,32 +221,13 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     full_steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, processes=nproc)
     steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     train_tokens = tokens_epoch * t.epochs * steps / full_steps
-    tokens_mb = tokens_per_microbatch(t.batch_size, t.max_seq_len, t.packing, max(lengths))
+    tokens_mb = step_shape(t.batch_size, t.max_seq_len, t.packing, max(lengths)).tokens
     peak = gpu_mem = None
     strategy = "ddp" if nproc > 1 else None
     mem_source = "not modelled on CPU"
     if gpu is not None:
-        dtype = planned_dtype(t.dtype, gpu.compute_capability)
-        targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
-        inputs = MemoryInputs(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets,
-                              modules_to_save=tuple(t.modules_to_save), activation_checkpointing=t.gradient_checkpointing,
-                              quantize=t.quantize)
-        calib_rows = [r for r in history if _same_device(r, gpu, None) and _same_model(r, arch)
-                      and r.memory_kind == "cuda_max_allocated" and r.peak_memory_gib and r.tokens_per_step]
-        calibration, mem_source = 1.0, "model"
-        if calib_rows:
-            ratios = [r.peak_memory_gib / estimate_memory(arch, int(r.tokens_per_step / (r.gradient_accumulation_steps or 1)),
-                                                          inputs).peak_gib for r in calib_rows]
-            calibration = median(ratios)
-            mem_source = f"model calibrated by {len(calib_rows)} measured peak(s) (×{calibration:.2f})"
-        peak = estimate_memory(arch, tokens_mb, inputs, calibration).peak_gib
-        sharded = estimate_memory(arch, tokens_mb, inputs, calibration, shards=nproc).peak_gib if nproc > 1 else None
-        strategy = choose_strategy(cfg.resources.distributed, nproc, peak, sharded, gpu.memory_gib)
-        if strategy == "fsdp":
-            peak, mem_source = sharded, mem_source + f", FSDP: sharded over {nproc} devices"
-        elif strategy == "ddp":
-            mem_source += ", DDP: the whole model on each device"
-        peak, gpu_mem = round(peak, 2), gpu.memory_gib
+        peak, mem_source, strategy = _run_memory(cfg, gpu, arch, nproc, max(lengths), history)
+        gpu_mem = gpu.memory_gib
     tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), history, cpu_threads)

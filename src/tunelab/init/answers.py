@@ -50,10 +50,14 @@ def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     """Micro-batch, accumulation and packing for the largest LoRA rank swept, measured on the first
     dataset with the first model's tokenizer (the memory model needs a GPU: named or detected)."""
     from tunelab.estimate.api import estimate_config
+    from tunelab.estimate.memory import MemoryInputs
     from tunelab.spec import TrainingConfig
+    from tunelab.train.device import planned_dtype
 
     ranks = [r for r in answers.vary.get("lora_rank", []) if isinstance(r, int)] or [TrainingConfig().lora_rank]
-    out = estimate_config(answers.models[0], gpu, TrainingConfig().max_seq_len, lora_rank=max(ranks),
+    t = TrainingConfig(lora_rank=max(ranks))
+    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    out = estimate_config(answers.models[0], gpu, t.max_seq_len, inputs,
                           dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs)
     return BatchProposal(out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"],
                          out["packed"], out["reasons"])

@@ -102,6 +102,9 @@ class CachingAllocatorModel:
                 block = self._merge(block, neighbour)
         self._put_free(block)
 
+    def block_size(self, handle: int) -> int:
+        return self._blocks[handle].size
+
     def reset_peaks(self) -> None:
         """As torch.cuda.reset_peak_memory_stats: peaks restart from the current figures."""
         self.peak_allocated, self.peak_reserved = self.allocated, self.reserved

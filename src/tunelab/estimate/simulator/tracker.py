@@ -82,6 +82,11 @@ class StorageTracker(TorchDispatchMode):
                 self._track(leaf)
         return out
 
+    def block_bytes(self, tensors: list[torch.Tensor]) -> int:
+        """Allocator block bytes of these tensors' distinct storages (what they count in `allocated`)."""
+        handles = {self._live[t.untyped_storage()._cdata] for t in tensors if t.untyped_storage()._cdata in self._live}
+        return sum(self.allocator.block_size(h) for h in handles)
+
     def peak_phase(self) -> PhasePeak:
         """The phase in which allocated memory peaked."""
         return max(self.peaks.values(), key=lambda p: p.allocated)
