@@ -155,8 +155,10 @@ def test_estimate_measures_the_spec_s_prompt_format_dtype_and_modules(tiny_model
     data = ["--dataset", str(caps_dataset), "--prompt", "Capitalize: {input}"]
     assert est(*data, "--chat-template", "always")["tokens_per_epoch"] > est(*data, "--chat-template", "never")[
         "tokens_per_epoch"]
-    assert est("--dtype", "float32")["peak_memory_gib"] > est("--dtype", "bfloat16")["peak_memory_gib"]
-    assert est("--modules-to-save", "lm_head")["peak_memory_gib"] > est()["peak_memory_gib"]
+    assert est("--dtype", "float32")["peak_allocated_bytes"] > est("--dtype", "bfloat16")["peak_allocated_bytes"]
+    plain, full_head = est(), est("--modules-to-save", "lm_head")
+    assert full_head["peak_allocated_bytes"] > plain["peak_allocated_bytes"]
+    assert plain["memory_source"] == full_head["memory_source"] == "simulated: tunelab's training step"
     bad = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "128",
                               "--dtype", "fp8"])
     assert bad.exit_code == 1 and "--dtype" in bad.output

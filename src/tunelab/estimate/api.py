@@ -64,6 +64,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
         "peak_allocated_gib": round(mem.allocated_gib, 3) if mem.allocated_gib is not None else None,
         "peak_reserved_gib": round(mem.reserved_gib, 3) if mem.reserved_gib is not None else None,
         "cuda_context_gib": round(mem.context_gib, 3),
+        "peak_allocated_bytes": mem.simulated.peak_allocated if mem.simulated else None,
         "memory_breakdown_gib": mem.breakdown(),
         "analytic_peak_gib": round(mem.analytic.peak_gib, 3),
         "memory_source": mem.source,

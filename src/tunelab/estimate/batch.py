@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import largest_micro_batch, predict_peak, step_shape
+from tunelab.estimate.peak import LIMIT_BATCH, largest_micro_batch, predict_peak, step_shape
 
 SAFETY_FRACTION = 0.85  # keep predicted peak under this share of GPU memory
 SHORT_EXAMPLE_FRACTION = 0.25  # packing pays off when the mean example is under this share of max_seq_len
@@ -42,7 +42,7 @@ def should_pack(mean_len: float | None, max_seq_len: int) -> bool:
 
 
 def largest_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, max_seq_len: int, packed: bool,
-                  longest: int | None, limit: int = 4096) -> int:
+                  longest: int | None, limit: int = LIMIT_BATCH) -> int:
     """Largest micro-batch whose simulated requirement fits the budget (0 when not even 1 fits)."""
     return largest_micro_batch(model, inputs, budget_gib, max_seq_len, packed, longest, limit)
 
@@ -65,7 +65,8 @@ def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, m
     accum = max(1, round(target_effective_examples / (rec * per_row))) if rec else 1
     if rec:
         reasons.append(f"micro-batch {rec}: largest power of two with simulated peak (reserved + CUDA context) "
-                       f"under {safety:.0%} of {gpu_memory_gib:g} GiB (max that fits: {max_b})")
+                       f"under {safety:.0%} of {gpu_memory_gib:g} GiB (max that fits: {max_b}"
+                       f"{' or more: the search stops there' if max_b >= LIMIT_BATCH else ''})")
         reasons.append(f"gradient accumulation {accum}: effective batch ≈ {rec * per_row * accum:.0f} examples "
                        f"(target {target_effective_examples})")
     else:

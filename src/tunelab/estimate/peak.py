@@ -20,7 +20,7 @@ from tunelab.estimate.memory import MemoryEstimate, MemoryInputs, estimate_memor
 from tunelab.estimate.simulator import SimulatedMemory, StepShape, simulate
 
 SIMULATED = "simulated: tunelab's training step"
-LIMIT_BATCH = 4096
+LIMIT_BATCH = 256  # micro-batches searched (rows); a plan never wants more, and huge shapes simulate slowly
 log = logging.getLogger("tunelab")
 
 
