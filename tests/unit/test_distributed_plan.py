@@ -57,6 +57,8 @@ def test_four_gpus_per_run_divide_steps_and_time_and_multiply_gpu_hours(write_sp
     assert "4 processes at 90% scaling efficiency (assumed)" in four.time_source
     md = render_plan_md(plan)
     assert "distributed: 4 processes per run (torchrun" in md
+    assert one.memory_source == "simulated: tunelab's training step"  # plan.md names where memory comes from
+    assert "simulated: tunelab's training step, DDP: the whole model on each device" in md
     assert "| tiny_r4 | 8 × 1 × 4 = 32 | ddp |" in md and "GPU-h = time × processes" in md
 
 
