@@ -16,6 +16,7 @@ from tunelab.cli_build import data_app, models_app
 from tunelab.cli_common import console, err_console, friendly
 from tunelab.cli_daily import register as register_daily
 from tunelab.cli_estimate import register as register_estimate
+from tunelab.cli_measure import register as register_measure
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 register_daily(app)
 register_estimate(app)
+register_measure(app)
 
 class ExecutorName(str, Enum):
     local = "local"
@@ -73,6 +75,8 @@ def plan_cmd(
                                       "detected when present, else this machine's CPU."),
     write_md: Optional[bool] = typer.Option(None, "--md/--no-md", help="Write plan.md beside the spec "
                                             "(default: yes, except with --json)."),
+    probe: bool = typer.Option(False, "--probe", help="First run `tunelab probe` here: a few real steps of each "
+                               "run shape, so the estimates are measured."),
 ) -> None:
     """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
@@ -80,6 +84,10 @@ def plan_cmd(
     from tunelab.plan import make_plan, plan_rows, render_plan_md
     from tunelab.plan_markdown import stage_rows
 
+    if probe:
+        from tunelab.cli_measure import run_probe
+
+        run_probe(spec, quiet=json_out)
     plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
     path = None
     if write_md if write_md is not None else not json_out:

@@ -89,6 +89,23 @@ class HistoryRun:
     startup_s: float | None = None
     finish_s: float | None = None
     recorded_at: str | None = None
+    # where the row came from: "measured" (a tunelab run), "probed" (`tunelab probe`), "ingested" (a foreign log
+    # or output dir), and the file, line or key it was read from
+    origin: str | None = None
+    origin_where: str | None = None
+    final_loss: float | None = None
+    final_val_loss: float | None = None
+    epochs: float | None = None
+    lora_targets: str | None = None  # comma-separated module names, or all-linear
+    dtype: str | None = None
+    gradient_checkpointing: bool | None = None
+    max_tokens_per_microbatch: int | None = None  # the largest micro-batch's tokens (memory depends on it)
+    missing: str | None = None  # fields the source did not have, comma-separated
+
+    @property
+    def kind(self) -> str:
+        """measured, probed or ingested (rows from before the column: by their source)."""
+        return self.origin or {"tunelab": "measured", "probe": "probed"}.get(self.source, "ingested")
 
 
 def history_path() -> Path:
@@ -129,12 +146,14 @@ def record(runs: list[HistoryRun], path: Path | None = None) -> None:
         )
 
 
-def load(path: Path | None = None) -> list[HistoryRun]:
+def load(path: Path | None = None, everything: bool = False) -> list[HistoryRun]:
+    """Rows the planner can use (a measured speed), or with `everything` all of them (`tunelab history`)."""
     p = path or history_path()
     if not p.is_file():
         return []
+    where = "" if everything else " WHERE tokens_per_s IS NOT NULL"
     with connect(p) as conn:
-        return [HistoryRun(**dict(r)) for r in conn.execute("SELECT * FROM history WHERE tokens_per_s IS NOT NULL")]
+        return [HistoryRun(**dict(r)) for r in conn.execute(f"SELECT * FROM history{where} ORDER BY recorded_at")]
 
 
 def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] | None = None) -> HistoryRun:
@@ -185,4 +204,13 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         startup_s=summary.get("startup_s"),
         finish_s=summary.get("finish_s"),
         recorded_at=now_iso(),
+        origin="measured",
+        origin_where=str(cfg.run_dir / "summary.json"),
+        final_loss=summary.get("final_loss"),
+        final_val_loss=summary.get("final_val_loss"),
+        epochs=summary.get("epochs"),
+        lora_targets=",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
+        dtype=summary.get("dtype"),
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_tokens_per_microbatch=t.batch_size * t.max_seq_len if t.packing else None,
     )

@@ -36,7 +36,7 @@ def test_heldout_time_predicted_from_one_calibration_run(write_spec, tmp_path, m
     assert row.per_token_s > 0 and row.step_fixed_s > 0 and row.startup_s > 0  # measured split (not clamped)
 
     est = make_plan(spec).estimates["r16_bs16"]
-    assert est.time_source.startswith("history: 1 run(s) of this model")
+    assert est.time_source.startswith("history: 1 measured run(s) of this model")
     measured = _train(runs["r16_bs16"])
     summary = json.loads((runs["r16_bs16"].run_dir / "summary.json").read_text())
     # A 2× band: wide enough for a shared CI machine whose load changes between the two runs, narrow

@@ -40,7 +40,7 @@ def test_time_from_history_of_the_same_model(write_spec, tiny_model):
     history.record([_hist(key="a", cpu_threads=torch.get_num_threads(), parameters=arch.parameters)])
     plan = make_plan(write_spec(training={"epochs": 2}))
     e = plan.estimates["tiny_r8"]
-    assert e.tokens_per_s == 5000.0 and e.time_source.startswith("history: 1 run(s) of this model on cpu")
+    assert e.tokens_per_s == 5000.0 and e.time_source.startswith("history: 1 measured run(s) of this model on cpu")
     train_s = 2 * 320 * 27 / 5000.0
     assert e.seconds == pytest.approx(6.0 + train_s * 1.1, rel=1e-3)  # start-up + training + 10 % overhead
     assert e.slurm_time_limit == "00:15:00"

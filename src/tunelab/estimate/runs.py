@@ -89,6 +89,14 @@ def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]
     return [r for r in rows if dist(r) <= best + 0.1]
 
 
+def _kinds(rows: list[HistoryRun]) -> str:
+    """'2 probed', '1 measured + 1 ingested': how the rows an estimate rests on were obtained."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " run(s)"
+
+
 def _row_flops_per_token(row: HistoryRun, seq_len: int) -> float:
     # history keeps hidden, not heads × head_dim: equal for the families in the catalog
     return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
@@ -112,11 +120,11 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
         near = _nearest(split, tokens_per_step)
         tps = median(tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len) for r in near)
         what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
-        return tps, f"history: {len(near)} run(s) of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
+        return tps, f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
     if same:
         near = _nearest(same, tokens_per_step)
         tps = median(r.tokens_per_s for r in near)
-        return tps, f"history: {len(near)} run(s) of this model on {device_key(gpu)}", near
+        return tps, f"history: {_kinds(near)} of this model on {device_key(gpu)}", near
     if on_device:
         near = _nearest(on_device, tokens_per_step)
         ref = near[0]

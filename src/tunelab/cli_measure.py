@@ -1,0 +1,97 @@
+"""`tunelab probe` (a few real steps of each run shape, into the history) and `tunelab history` (what the
+planner knows, and where each row came from)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli_common import console, friendly
+from tunelab.errors import TunelabError
+
+
+def run_probe(spec: Path, quiet: bool = False) -> list:
+    """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
+    from rich.markup import escape
+
+    from tunelab.estimate.probe import probe_runs
+    from tunelab.plan import make_plan
+
+    plan = make_plan(spec, estimates=False)
+
+    def progress(i: int, n: int, shape, result) -> None:
+        if quiet:
+            return
+        if result is None:
+            console.print(f"probe {i}/{n}: {escape(shape.label())} ({len(shape.runs)} run(s)) …", highlight=False)
+        else:
+            mem = f", peak {result.peak_memory_gib:.2f} GiB ({result.memory_kind})" if result.peak_memory_gib else ""
+            split = (f", step = {result.fixed_s * 1000:.1f} ms + {result.per_token_s * 1e6:.2f} µs/token"
+                     if result.fixed_s is not None and result.per_token_s is not None else "")
+            console.print(f"  {result.tokens_per_s:,.0f} tokens/s on {escape(result.device)}{split}{mem}",
+                          highlight=False)
+
+    return probe_runs(plan.finetune_runs, plan.spec_path, progress)
+
+
+def probe_cmd(
+    spec: Path = typer.Argument(..., help="experiment.yaml"),
+    json_out: bool = typer.Option(False, "--json", help="Print the probe rows as JSON."),
+) -> None:
+    """Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
+    packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
+    record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
+    measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
+    rows = run_probe(spec, quiet=json_out)
+    if json_out:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+    else:
+        console.print(f"{len(rows)} shape(s) probed; `tunelab plan {spec}` now uses them")
+
+
+def history_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Every row with every field, as JSON."),
+    model: Optional[str] = typer.Option(None, "--model", help="Only rows of this model (substring, any case)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Only rows of this device (substring, e.g. H100 or cpu)."),
+) -> None:
+    """What the planner knows: every run tunelab trained (measured), probed or ingested, with where it came
+    from (file, line or key), its speed, peak memory, final loss and the fields its source lacked."""
+    from tunelab.history import history_path, load
+
+    rows = [r for r in load(everything=True)
+            if (not model or model.lower() in (r.model or "").lower())
+            and (not gpu or gpu.lower() in (r.device or "").lower())]
+    if json_out:
+        print(json.dumps([{**r.__dict__, "kind": r.kind} for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        console.print(f"no history rows{' matching' if model or gpu else ''} in {history_path()}")
+        return
+    _history_table(rows)
+
+
+def _history_table(rows: list) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("kind", "model", "device", "tokens/s", "peak GiB", "final loss", "steps", "from")
+    for r in rows[-50:]:
+        table.add_row(r.kind, escape(r.model or "?"), escape(r.device or "?"),
+                      f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "—",
+                      f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib else "—",
+                      f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
+                      str(r.steps or "—"), escape(r.origin_where or r.key))
+    console.print(table)
+    if len(rows) > 50:
+        console.print(f"(last 50 of {len(rows)} rows; --json for all)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(friendly(probe_cmd))
+    app.command("history")(friendly(history_cmd))
+
+
+__all__ = ["register", "run_probe", "TunelabError"]

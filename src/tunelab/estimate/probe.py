@@ -1,0 +1,95 @@
+"""`tunelab probe`: measure each distinct run shape of a sweep with a few real steps, so a plan on a fresh
+machine has measured speed (and memory) instead of none.
+
+A shape is what speed and memory depend on: model, dataset and prompt (tokens per micro-batch), micro-batch,
+max_seq_len, packing, LoRA rank, targets and modules trained in full, checkpointing, dtype, quantization.
+Runs that differ only in learning rate, epochs or seed share one probe. Each shape's result becomes one
+history row (origin "probed", keyed by shape and device, replaced by a later probe of the same shape), which
+the planner's time model reads like any measured run (fixed + per-token step cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab import history
+from tunelab.catalog import resolve_architecture
+from tunelab.runconfig import RunConfig
+from tunelab.train.probe_steps import ProbeResult
+
+
+@dataclass
+class Shape:
+    key: str
+    cfg: RunConfig  # the first run of this shape
+    runs: list[str]
+
+    def label(self) -> str:
+        t = self.cfg.training
+        return (f"{self.cfg.model.name} r{t.lora_rank} b{t.batch_size}{' packed' if t.packing else ''} × "
+                f"{t.max_seq_len} on {self.cfg.dataset.name}")
+
+
+def shape_key(cfg: RunConfig) -> str:
+    first = cfg.stage_config(0) if cfg.stages else cfg
+    t = first.training
+    fields = [str(first.model.path), first.dataset.name, first.prompt, t.batch_size, t.max_seq_len, t.packing,
+              t.lora_rank, t.lora_target_modules, t.modules_to_save, t.gradient_checkpointing, t.dtype, t.quantize]
+    return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:12]
+
+
+def distinct_shapes(runs: list[RunConfig]) -> list[Shape]:
+    shapes: dict[str, Shape] = {}
+    for cfg in runs:
+        if cfg.training is None:
+            continue
+        key = shape_key(cfg)
+        if key in shapes:
+            shapes[key].runs.append(cfg.name)
+        else:
+            shapes[key] = Shape(key, cfg, [cfg.name])
+    return list(shapes.values())
+
+
+def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.HistoryRun:
+    cfg = shape.cfg.stage_config(0) if shape.cfg.stages else shape.cfg
+    t = cfg.training
+    arch = resolve_architecture(cfg.model.path)
+    at = next(p for p in result.points if p.micro_batch == result.micro_batch)
+    return history.HistoryRun(
+        key=f"probe:{shape.key}:{result.device}:{result.cpu_threads}", source="probe", origin="probed",
+        origin_where=f"{spec_path} ({', '.join(shape.runs)})", experiment=cfg.experiment, run=shape.runs[0],
+        model=cfg.model.name, layers=arch.layers, hidden=arch.hidden, parameters=arch.parameters,
+        device=result.device, cpu_threads=result.cpu_threads, packed=t.packing, batch_size=t.batch_size,
+        gradient_accumulation_steps=1, max_seq_len=t.max_seq_len, lora_rank=t.lora_rank,
+        tokens_per_step=at.tokens, tokens_per_s=result.tokens_per_s, steps_per_s=round(1 / at.seconds, 4),
+        per_token_s=result.per_token_s, step_fixed_s=result.fixed_s, peak_memory_gib=result.peak_memory_gib,
+        memory_kind=result.memory_kind, steps=len(result.points), recorded_at=history.now_iso(),
+        lora_targets=",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
+        dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
+        max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
+        missing="final_loss,final_val_loss,epochs")
+
+
+def probe_runs(runs: list[RunConfig], spec_path: Path,
+               progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None) -> list[history.HistoryRun]:
+    """Probe every distinct shape in turn; each result is recorded in the history as soon as it is measured,
+    so an interrupted probe keeps the shapes it finished."""
+    from tunelab.train.probe_steps import probe_run
+
+    shapes = distinct_shapes(runs)
+    rows = []
+    for i, shape in enumerate(shapes, 1):
+        if progress:
+            progress(i, len(shapes), shape, None)
+        result = probe_run(shape.cfg, shape.key)
+        row = to_history(shape, result, spec_path)
+        history.record([row])
+        rows.append(row)
+        if progress:
+            progress(i, len(shapes), shape, result)
+    return rows

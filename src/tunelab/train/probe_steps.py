@@ -1,0 +1,116 @@
+"""A few real optimizer steps of one run's shape, before the sweep: what `tunelab probe` measures.
+
+The trainer is the run's own (build_trainer: the same model, data, LoRA, collator and loop). It trains a
+couple of steps first (optimizer state created, kernels warmed up), then times real steps — collation,
+forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
+(train/step_cost.py), so a step's fixed cost separates from its cost per token. Peak memory is
+`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU.
+The trainer's scratch directory is removed afterwards, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunelab.runconfig import RunConfig
+
+WARMUP_STEPS = 2
+GIB = 2**30
+
+
+@dataclass
+class ProbePoint:
+    micro_batch: int
+    tokens: float
+    seconds: float
+    peak_allocated_gib: float | None = None
+
+
+@dataclass
+class ProbeResult:
+    """One shape's measurement; `tokens_per_s` and the peak are at the planned micro-batch."""
+
+    micro_batch: int
+    points: list[ProbePoint]
+    tokens_per_s: float
+    per_token_s: float | None
+    fixed_s: float | None
+    peak_memory_gib: float | None
+    memory_kind: str
+    device: str
+    cpu_threads: int
+    peak_reserved_gib: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rss_gib() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
+
+
+def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
+    """The run as the probe trains it: its first stage's shape, a few steps, no validation, a scratch dir."""
+    if cfg.stages:
+        cfg = cfg.stage_config(0)
+    t = cfg.training.model_copy(update={"max_steps": WARMUP_STEPS, "validation_every_steps": None, "epochs": 1})
+    return cfg.model_copy(update={"training": t, "name": f".probe-{tag}", "stages": []})
+
+
+def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = None) -> ProbeResult:
+    """Warm up, then time real steps at the run's micro-batch and twice it."""
+    import torch
+
+    from tunelab.train.runner import build_trainer
+    from tunelab.train.step_cost import _time_real_steps
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per shape is the probe's own progress
+    pcfg = probe_cfg(cfg, tag)
+    b = pcfg.training.batch_size
+    sizes = micro_batches or (b, 2 * b)
+    try:
+        trainer, _, _ = build_trainer(pcfg)
+        trainer.train()
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        measured = _time_real_steps(trainer, sorted(set(sizes)))
+        reserved = torch.cuda.max_memory_reserved() / GIB if cuda else None
+    finally:
+        shutil.rmtree(pcfg.run_dir, ignore_errors=True)
+    return _result(b, measured, reserved, cuda, _versions())
+
+
+def _result(b: int, measured: dict[int, tuple[float, float, float | None]], reserved: float | None, cuda: bool,
+            versions: dict[str, str]) -> ProbeResult:
+    import torch
+
+    points = [ProbePoint(mb, tokens, round(sec, 6), peak) for mb, (tokens, sec, peak) in sorted(measured.items())]
+    if not points:
+        raise RuntimeError("the training split is too small to time a single step")
+    at = next((p for p in points if p.micro_batch == b), points[0])
+    per_token = fixed = None
+    if len(points) >= 2 and points[-1].tokens != points[0].tokens:
+        per_token = max(0.0, (points[-1].seconds - points[0].seconds) / (points[-1].tokens - points[0].tokens))
+        fixed = max(0.0, at.seconds - per_token * at.tokens)
+    return ProbeResult(
+        micro_batch=b, points=points, tokens_per_s=round(at.tokens / at.seconds, 2), per_token_s=per_token,
+        fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(_rss_gib(), 3),
+        memory_kind="cuda_max_allocated" if cuda else "cpu_max_rss",
+        device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_threads=torch.get_num_threads(),
+        peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions)
