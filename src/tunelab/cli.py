@@ -338,10 +338,13 @@ def cancel_cmd(
 @app.command("ingest")
 @friendly
 def ingest_cmd(
-    paths: list[Path] = typer.Argument(..., help="Log files or directories (searched for *.out, *.log)."),
+    paths: list[Path] = typer.Argument(..., help="Log files or directories: searched for torchtune / SLURM logs "
+                                       "(*.out, *.log) and HF Trainer output dirs (trainer_state.json: TRL, "
+                                       "axolotl, LLaMA-Factory)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
 ) -> None:
-    """Import past torchtune / SLURM runs into the history ledger so plans learn from them.
+    """Import past torchtune / SLURM runs and HF Trainer output dirs into the history ledger so plans learn
+    from them (`tunelab history` lists them).
     Truncated, failed or unknown logs are reported and skipped, never half-imported."""
     from tunelab.catalog import resolve_gpu
     from tunelab.history import history_path

@@ -103,6 +103,26 @@ def _count(value: object, what: str) -> int:
         raise LogParseError(f"damaged log: {what} is {value!r}, not a whole number") from None
 
 
+def _training_memory(lines: list[str]) -> dict[str, float]:
+    """The largest memory figures logged during training. The block printed after model init is the weights
+    alone (often a fraction of the training peak) and is never taken for it."""
+    memory: dict[str, float] = {}
+    init_lines = 0
+    for line in lines:
+        if "after model init" in line:
+            init_lines = 3
+            continue
+        m = MEMORY.search(line)
+        if not m:
+            continue
+        if init_lines:
+            init_lines -= 1
+            continue
+        kind = "allocated" if m.group("kind").startswith("alloc") else m.group("kind")
+        memory[kind] = max(memory.get(kind, 0.0), _number(m.group("gib"), "GPU peak memory"))
+    return memory
+
+
 def parse_torchtune_log(text: str) -> ParsedRun:
     lines = _lines(text)
     recipe, config = _config(lines)
@@ -143,12 +163,7 @@ def parse_torchtune_log(text: str) -> ParsedRun:
             r = _number(m.group("rate"), "a progress bar's rate")
             rates.append(r if m.group("unit") == "it/s" else (1 / r if r else 0.0))
     losses = [_number(ms[-1].group("loss"), "a progress bar's loss") for _, ms in sorted(bars.items())]
-    memory = {}
-    for line in lines:
-        m = MEMORY.search(line)
-        if m:
-            kind = "allocated" if m.group("kind").startswith("alloc") else m.group("kind")
-            memory[kind] = max(memory.get(kind, 0.0), _number(m.group("gib"), "GPU peak memory"))
+    memory = _training_memory(lines)
     for key, kind in (("peak_memory_alloc", "allocated"), ("peak_memory_reserved", "reserved"),
                       ("peak_memory_active", "active")):
         if key in summary:
