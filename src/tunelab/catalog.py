@@ -102,6 +102,7 @@ KNOWN_MODELS: dict[str, Architecture] = {
         _known("Llama-3.2-1B", "llama", 16, 2048, 32, 8, 8192, 128256, True, 64),
         _known("Llama-3.2-3B", "llama", 28, 3072, 24, 8, 8192, 128256, True, 128),
         _known("Llama-3.1-8B", "llama", 32, 4096, 32, 8, 14336, 128256, False),
+        _known("Llama-3.1-70B", "llama", 80, 8192, 64, 8, 28672, 128256, False),
         _known("Qwen2.5-0.5B", "qwen2", 24, 896, 14, 2, 4864, 151936, True),
         _known("Qwen2.5-1.5B", "qwen2", 28, 1536, 12, 2, 8960, 151936, True),
         _known("Qwen2.5-3B", "qwen2", 36, 2048, 16, 2, 11008, 151936, True),

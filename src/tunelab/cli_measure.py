@@ -89,9 +89,33 @@ def _history_table(rows: list) -> None:
         console.print(f"(last 50 of {len(rows)} rows; --json for all)")
 
 
+def adopt_cmd(
+    sources: list[Path] = typer.Argument(..., help="Run directories trained elsewhere: HF Trainer output dirs "
+                                         "(TRL, axolotl, LLaMA-Factory) or torchtune output dirs (epoch_N/ + slurm-*.out)."),
+    out: Path = typer.Option(..., "--out", help="The experiment directory to create or add to."),
+    spec: Path = typer.Option(..., "--spec", help="experiment.yaml giving the base model(s), data, prompt and "
+                              "evaluation tasks (its factors are not expanded: the adopted runs are the design)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="The base model dir the adapters were trained on "
+                                         "(default: the spec's model)."),
+) -> None:
+    """Make runs trained elsewhere runs of a tunelab experiment: metrics, checkpoints (verified adapters, copied),
+    factors read from what differs between their configs, base-model controls. Then `tunelab eval OUT` and
+    `tunelab report OUT` work on them. Source directories are never modified."""
+    from rich.markup import escape
+
+    from tunelab.adopt.write import adopt
+
+    result = adopt(sources, out, spec, model)
+    for problem in result.problems:
+        console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", highlight=False)
+    console.print(f"adopted {len(result.adopted)} run(s) into {escape(str(result.experiment_dir))}: "
+                  f"{escape(', '.join(result.adopted))}; next: tunelab eval {escape(str(out))}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("probe")(friendly(probe_cmd))
     app.command("history")(friendly(history_cmd))
+    app.command("adopt")(friendly(adopt_cmd))
 
 
 __all__ = ["register", "run_probe", "TunelabError"]

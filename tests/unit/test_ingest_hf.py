@@ -93,3 +93,30 @@ def test_bad_dirs_are_named_and_the_rest_imported(tmp_path, monkeypatch):
     assert "damaged trainer_state.json" in flat and "no training losses" in flat
     rows = history_rows(monkeypatch, tmp_path)
     assert [r["run"] for r in rows] == [good.name]
+
+
+def test_hf_trainer_dirs_are_adopted_with_their_losses_and_factors(tmp_path, write_spec, tiny_model):
+    """Two TRL output dirs of different rank become runs of an experiment: per-step losses, the checkpoint's
+    adapter (copied; the source untouched), factors from what differs, the base-model control."""
+    import yaml
+
+    runs = []
+    for name, rank in (("sft-r16", 16), ("sft-r8", 8)):
+        root = trl_dir(tmp_path / "src" / name)
+        cfg_path = root / "checkpoint-20" / "adapter_config.json"
+        cfg_path.write_text(cfg_path.read_text().replace('"r": 16', f'"r": {rank}'))
+        (root / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"weights")
+        runs.append(root)
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["adopt", *map(str, runs), "--out", str(out), "--spec", str(write_spec()),
+                              "--model", str(tiny_model)])
+    assert res.exit_code == 0, res.output
+    run = out / "runs" / "sft-r8"
+    cfg = yaml.safe_load((run / "run.yaml").read_text())
+    assert cfg["factors"] == {"lora_rank": 8} and cfg["training"]["lora_rank"] == 8
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if "loss" in r] == [2.0, 1.9] and rows[-1]["val_loss"] == 1.75
+    assert (run / "checkpoints" / "epoch_0" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert (out / "controls" / "tiny_base" / "run.yaml").is_file()
+    assert yaml.safe_load((out / "experiment.yaml").read_text())["factors"] == {"lora_rank": [8, 16]}
+    assert sorted(p.name for p in runs[0].iterdir()) == ["all_results.json", "checkpoint-20"]  # untouched

@@ -51,6 +51,7 @@ class ParsedRun:
     summary: dict[str, float] = field(default_factory=dict)
     checkpoint_seconds: list[float] = field(default_factory=list)
     packed: bool | None = None
+    step_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, global step, loss)
 
 
 def _lines(text: str) -> list[str]:
@@ -183,4 +184,6 @@ def parse_torchtune_log(text: str) -> ParsedRun:
         summary=summary,
         checkpoint_seconds=[_number(x, "a checkpoint save time") for x in CKPT_TIME.findall("\n".join(lines))],
         packed=bool(dataset.get("packed")) if "packed" in dataset else None,
+        step_losses=sorted({(int(m.group("epoch")), int(m.group("step")), _number(m.group("loss"), "a loss"))
+                            for ms in bars.values() for m in ms}, key=lambda x: x[1]),
     )

@@ -1,0 +1,150 @@
+"""`tunelab adopt`: runs trained elsewhere become runs of a tunelab experiment, so `eval` and `report` work on
+them as on tunelab's own.
+
+The user's spec (experiment.yaml) gives what tunelab cannot read from the runs: the base model(s), the data,
+prompt and evaluation tasks; its factors are not expanded, the adopted runs are the design, and the training
+facts that differ between them (rank, learning rate, ...) are their factors. Each run directory is written
+under a temporary name and renamed into place when complete; sources are only read. A source that cannot be
+adopted is reported with its reason and the others are adopted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.adopt.sources import AdoptedRun, read_source
+from tunelab.errors import TunelabError
+from tunelab.fsutil import atomic_write_json, atomic_write_text, atomic_write_yaml
+from tunelab.runconfig import RUN_FILE, RunConfig, save_run_config
+from tunelab.spec import ModelSpec, TrainingConfig
+from tunelab.train import status as st
+
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+COPIED = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",
+          "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+@dataclass
+class AdoptResult:
+    experiment_dir: Path
+    adopted: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_all(sources: list[Path], problems: list[str]) -> list[AdoptedRun]:
+    runs: dict[str, AdoptedRun] = {}
+    for src in sources:
+        try:
+            run = read_source(src)
+        except TunelabError as exc:
+            problems.append(str(exc))
+            continue
+        if run.name in runs:
+            problems.append(f"{run.source}: a run named '{run.name}' is adopted already (from {runs[run.name].source});"
+                            " rename one of the directories")
+            continue
+        problems += run.problems
+        if not run.checkpoints:
+            problems.append(f"{run.source}: no checkpoint with an adapter: nothing to evaluate, not adopted")
+            continue
+        runs[run.name] = run
+    return list(runs.values())
+
+
+def _factors(runs: list[AdoptedRun]) -> list[str]:
+    """Training facts whose values differ between the adopted runs."""
+    keys = sorted({k for r in runs for k in r.config})
+    return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+
+
+def _run_config(template: RunConfig, run: AdoptedRun, factors: list[str], model: ModelSpec | None) -> RunConfig:
+    fields = TrainingConfig.model_fields
+    known = {k: v for k, v in run.config.items() if k in fields}
+    training = TrainingConfig.model_validate({**template.training.model_dump(), **known})
+    return template.model_copy(update={
+        "name": run.name, "training": training, "factors": {k: run.config.get(k) for k in factors},
+        **({"model": model} if model else {})})
+
+
+def _summary(run: AdoptedRun) -> dict:
+    losses = [r["loss"] for r in run.rows if r.get("loss") is not None]
+    vals = [r["val_loss"] for r in run.rows if r.get("val_loss") is not None]
+    return {"steps": run.steps, "epochs": run.epochs, "final_loss": losses[-1] if losses else None,
+            "best_loss": min(losses) if losses else None, "final_val_loss": vals[-1] if vals else None,
+            "best_val_loss": min(vals) if vals else None, "duration_s": run.duration_s,
+            "tokens_per_s": run.tokens_per_s, "peak_memory_gib": run.peak_memory_gib,
+            "memory_kind": run.memory_kind, "checkpoints": [f"epoch_{i}" for i in range(len(run.checkpoints))],
+            "adopted_from": str(run.source), "adopted_kind": run.kind}
+
+
+def _levels(runs: list[AdoptedRun], key: str) -> list:
+    values = []
+    for r in runs:
+        if r.config.get(key) not in values:
+            values.append(r.config.get(key))
+    return sorted(values, key=repr) if not all(isinstance(v, (int, float)) for v in values) else sorted(values)
+
+
+def _write_run(cfg: RunConfig, run: AdoptedRun, base_model: Path) -> None:
+    """The run's directory, complete, or nothing: written beside, renamed into place."""
+    final = cfg.run_dir
+    tmp = final.with_name(f".adopting-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_run_config(cfg, tmp / RUN_FILE)
+        atomic_write_text(tmp / st.METRICS_FILE, "".join(_jsonl(r) for r in run.rows))
+        for i, src in enumerate(run.checkpoints):
+            dest = tmp / "checkpoints" / f"epoch_{i}"
+            dest.mkdir(parents=True)
+            for name in COPIED:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, dest / name)
+                elif name in TOKENIZER and (base_model / name).is_file():  # torchtune saves none: the base's
+                    shutil.copy2(base_model / name, dest / name)
+        atomic_write_json(tmp / st.SUMMARY_FILE, _summary(run))
+        atomic_write_json(tmp / st.STATUS_FILE, {"run": cfg.name, "state": st.COMPLETED, "attempt": 1,
+                                                 "adopted_from": str(run.source), "finished_at": st.now_iso()})
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonl(row: dict) -> str:
+    import json
+
+    return json.dumps(row) + "\n"
+
+
+def adopt(sources: list[Path], out: Path, spec_path: Path, model: Path | None = None) -> AdoptResult:
+    """Adopt the runs in `sources` into the experiment `out`, planned from `spec_path` (data, prompt, tasks)."""
+    from tunelab import ledger
+    from tunelab.experiment import SPEC_FILE, load_runs
+    from tunelab.plan import make_plan
+    from tunelab.scaffold import _resolved_spec_dump
+
+    out = out.resolve()
+    result = AdoptResult(out)
+    runs = _read_all(sources, result.problems)
+    if not runs:
+        raise TunelabError("nothing adopted: " + "; ".join(result.problems or ["no sources"]), file=sources[0])
+    plan = make_plan(spec_path, experiment_dir=out, estimates=False)
+    template = plan.finetune_runs[0]
+    base = ModelSpec(name=model.name, path=str(model.resolve())) if model else None
+    factors = _factors(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_data = _resolved_spec_dump(plan)
+    spec_data["factors"] = {k: _levels(runs, k) for k in factors}  # what the report shows as the design
+    atomic_write_yaml(out / SPEC_FILE, spec_data)
+    for run in runs:
+        cfg = _run_config(template, run, factors, base)
+        _write_run(cfg, run, Path(cfg.model.path))
+        result.adopted.append(run.name)
+    for control in (c for c in plan.runs if c.kind == "control"):
+        save_run_config(control.model_copy(update={"model": base}) if base else control)
+    ledger.ingest_all(out, load_runs(out))
+    return result
