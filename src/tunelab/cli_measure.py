@@ -13,7 +13,7 @@ from tunelab.cli_common import console, friendly
 from tunelab.errors import TunelabError
 
 
-def run_probe(spec: Path, quiet: bool = False) -> list:
+def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
     from rich.markup import escape
 
@@ -31,21 +31,40 @@ def run_probe(spec: Path, quiet: bool = False) -> list:
             mem = f", peak {result.peak_memory_gib:.2f} GiB ({result.memory_kind})" if result.peak_memory_gib else ""
             split = (f", step = {result.fixed_s * 1000:.1f} ms + {result.per_token_s * 1e6:.2f} µs/token"
                      if result.fixed_s is not None and result.per_token_s is not None else "")
-            console.print(f"  {result.tokens_per_s:,.0f} tokens/s on {escape(result.device)}{split}{mem}",
+            largest = f", largest micro-batch that ran: {result.max_micro_batch}" if find_max_batch else ""
+            console.print(f"  {result.tokens_per_s:,.0f} tokens/s on {escape(result.device)}{split}{mem}{largest}",
                           highlight=False)
 
-    return probe_runs(plan.finetune_runs, plan.spec_path, progress)
+    if find_max_batch:
+        _check_find_max_batch()
+    return probe_runs(plan.finetune_runs, plan.spec_path, progress, find_max_batch)
+
+
+def _check_find_max_batch() -> None:
+    """--find-max-batch asks how much fits in GPU memory: refused without a GPU (the test knob aside)."""
+    import os
+
+    from tunelab.catalog import nvidia_driver_present
+    from tunelab.train.runner import FAULT_OOM_ENV
+
+    if not nvidia_driver_present() and not os.environ.get(FAULT_OOM_ENV):
+        raise TunelabError("--find-max-batch finds the largest micro-batch that fits in GPU memory: it needs a "
+                           "GPU (on a CPU memory is not the limit); run it on the GPU the jobs use, or use "
+                           "`tunelab estimate` for the simulated figure", field="--find-max-batch")
 
 
 def probe_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     json_out: bool = typer.Option(False, "--json", help="Print the probe rows as JSON."),
+    find_max_batch: bool = typer.Option(False, "--find-max-batch", help="On a GPU: also find the largest "
+                                        "micro-batch that really fits, by bisection with real steps (stored "
+                                        "beside the simulator's figure)."),
 ) -> None:
     """Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
     packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
-    rows = run_probe(spec, quiet=json_out)
+    rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch)
     if json_out:
         print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
     else:

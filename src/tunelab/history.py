@@ -101,6 +101,8 @@ class HistoryRun:
     gradient_checkpointing: bool | None = None
     max_tokens_per_microbatch: int | None = None  # the largest micro-batch's tokens (memory depends on it)
     missing: str | None = None  # fields the source did not have, comma-separated
+    max_micro_batch: int | None = None  # probe --find-max-batch: the largest micro-batch that ran a real step
+    simulated_max_micro_batch: int | None = None  # the simulator's figure for the same GPU, beside it
 
     @property
     def kind(self) -> str:

@@ -47,3 +47,19 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     again = runner.invoke(app, ["probe", str(spec)])  # a second probe replaces the rows of the same shapes
     assert again.exit_code == 0
     assert len(json.loads(runner.invoke(app, ["history", "--json"]).stdout)) == 2
+
+
+def test_find_max_batch_bisects_with_real_steps(write_spec, tmp_path, monkeypatch):
+    """Without a GPU it is refused; with the OOM test knob standing in for a GPU's limit (a step above 12 rows
+    fails as a CUDA OOM would), doubling then bisection with real steps finds exactly 12."""
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    spec = write_spec(factors={"lora_rank": [4]})
+    refused = runner.invoke(app, ["probe", str(spec), "--find-max-batch"])
+    assert refused.exit_code == 1 and "needs a GPU" in " ".join(refused.output.split())
+
+    monkeypatch.setenv("TUNELAB_FAULT_OOM_ABOVE_BATCH", "12")
+    res = runner.invoke(app, ["probe", str(spec), "--find-max-batch"])
+    assert res.exit_code == 0, res.output
+    assert "largest micro-batch that ran: 12" in " ".join(res.output.split())
+    (row,) = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
+    assert row["max_micro_batch"] == 12 and row["simulated_max_micro_batch"] is None  # no GPU: nothing simulated

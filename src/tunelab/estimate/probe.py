@@ -72,11 +72,32 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         lora_targets=",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
         dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
-        missing="final_loss,final_val_loss,epochs")
+        missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch)
+
+
+def simulated_max_batch(cfg: RunConfig, gpu_name: str) -> int | None:
+    """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory)."""
+    from tunelab.catalog import GPUS, resolve_gpu
+    from tunelab.errors import TunelabError
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.estimate.peak import largest_micro_batch
+    from tunelab.train.device import planned_dtype
+
+    try:
+        gpu = resolve_gpu(gpu_name)
+    except TunelabError:
+        gpu = next((g for g in GPUS.values() if g.name.split("-")[0].upper() in gpu_name.upper().replace(" ", "")),
+                   None)
+    if gpu is None:
+        return None
+    t = cfg.training
+    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024)
 
 
 def probe_runs(runs: list[RunConfig], spec_path: Path,
-               progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None) -> list[history.HistoryRun]:
+               progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None,
+               find_max_batch: bool = False) -> list[history.HistoryRun]:
     """Probe every distinct shape in turn; each result is recorded in the history as soon as it is measured,
     so an interrupted probe keeps the shapes it finished."""
     from tunelab.train.probe_steps import probe_run
@@ -86,8 +107,10 @@ def probe_runs(runs: list[RunConfig], spec_path: Path,
     for i, shape in enumerate(shapes, 1):
         if progress:
             progress(i, len(shapes), shape, None)
-        result = probe_run(shape.cfg, shape.key)
+        result = probe_run(shape.cfg, shape.key, max_batch=find_max_batch)
         row = to_history(shape, result, spec_path)
+        if find_max_batch and result.device != "cpu":
+            row.simulated_max_micro_batch = simulated_max_batch(shape.cfg, result.device)
         history.record([row])
         rows.append(row)
         if progress:

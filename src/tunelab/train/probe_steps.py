@@ -45,6 +45,7 @@ class ProbeResult:
     cpu_threads: int
     peak_reserved_gib: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,8 +71,43 @@ def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
     return cfg.model_copy(update={"training": t, "name": f".probe-{tag}", "stages": []})
 
 
-def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = None) -> ProbeResult:
-    """Warm up, then time real steps at the run's micro-batch and twice it."""
+def fits_step(trainer, batch: int) -> bool:
+    """Whether one real step at this micro-batch runs without running out of GPU memory."""
+    import torch
+
+    from tunelab.train.runner import _inject_oom_fault
+    from tunelab.train.step_cost import _time_real_steps
+
+    try:
+        _inject_oom_fault(batch)  # the test knob stands in for a GPU's limit on machines without one
+        return bool(_time_real_steps(trainer, [batch], repeats=1))
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def find_max_batch(trainer, start: int, limit: int = 1024) -> int:
+    """The largest micro-batch that runs a real step: doubling from `start` until one fails, then bisection
+    (the lab's adaptive batch sizing). 0 when not even 1 runs."""
+    lo, hi = 0, limit + 1
+    b = max(1, start)
+    while b <= limit:
+        if not fits_step(trainer, b):
+            hi = b
+            break
+        lo, b = b, b * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits_step(trainer, mid) else (lo, mid)
+    return lo
+
+
+def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = None,
+              max_batch: bool = False) -> ProbeResult:
+    """Warm up, then time real steps at the run's micro-batch and twice it (and with `max_batch` find the
+    largest micro-batch that runs)."""
     import torch
 
     from tunelab.train.runner import build_trainer
@@ -91,9 +127,12 @@ def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = 
             torch.cuda.reset_peak_memory_stats()
         measured = _time_real_steps(trainer, sorted(set(sizes)))
         reserved = torch.cuda.max_memory_reserved() / GIB if cuda else None
+        largest = find_max_batch(trainer, b) if max_batch else None
     finally:
         shutil.rmtree(pcfg.run_dir, ignore_errors=True)
-    return _result(b, measured, reserved, cuda, _versions())
+    result = _result(b, measured, reserved, cuda, _versions())
+    result.max_micro_batch = largest
+    return result
 
 
 def _result(b: int, measured: dict[int, tuple[float, float, float | None]], reserved: float | None, cuda: bool,

@@ -22,7 +22,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time_real_steps(trainer, batches: list[int]) -> dict[int, tuple[float, float, float | None]]:
+def _time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dict[int, tuple[float, float, float | None]]:
     """{micro-batch: (tokens, seconds, peak GiB)} of the fastest of a few real steps at each size: collation,
     forward, backward and optimizer step, on the run's own training data. The sizes take turns step by step,
     so a burst of other work on the machine falls on both alike; and the fastest counts, not the median:
@@ -36,7 +36,7 @@ def _time_real_steps(trainer, batches: list[int]) -> dict[int, tuple[float, floa
                                   collate_fn=trainer.data_collator)) for b in batches}
     timed: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
     peaks: dict[int, float | None] = {}
-    for i in range(REPEATS + 1):
+    for i in range(repeats + 1):
         for b in batches:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
