@@ -13,7 +13,8 @@ from tunelab.cli_common import console, friendly
 from tunelab.errors import TunelabError
 
 
-def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False) -> list:
+def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, executor: str = "local",
+              results: Path | None = None) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
     from rich.markup import escape
 
@@ -37,6 +38,21 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False) -> 
 
     if find_max_batch:
         _check_find_max_batch()
+    if results is not None:  # inside a probe job: measure and write the results, record nothing
+        from tunelab.estimate.probe import measure_shapes
+        from tunelab.estimate.probe_slurm import results_json
+        from tunelab.fsutil import atomic_write_text
+
+        pairs = list(measure_shapes(plan.finetune_runs, progress, find_max_batch))
+        atomic_write_text(results, results_json(pairs))
+        return []
+    if executor == "slurm":
+        from tunelab.estimate.probe_slurm import probe_on_slurm
+
+        return probe_on_slurm(plan.finetune_runs, plan.spec_path, plan.experiment_dir,
+                              say=lambda text: console.print(escape(text), highlight=False))
+    if executor != "local":
+        raise TunelabError(f"unknown executor {executor!r}: use local or slurm", field="--executor")
     return probe_runs(plan.finetune_runs, plan.spec_path, progress, find_max_batch)
 
 
@@ -59,16 +75,22 @@ def probe_cmd(
     find_max_batch: bool = typer.Option(False, "--find-max-batch", help="On a GPU: also find the largest "
                                         "micro-batch that really fits, by bisection with real steps (stored "
                                         "beside the simulator's figure)."),
+    executor: str = typer.Option("local", "--executor", help="local: here; slurm: one short job on the "
+                                 "partition the runs use (resources.slurm), recorded when it ends."),
+    results: Optional[Path] = typer.Option(None, "--results", hidden=True, help="Inside a probe job: write the "
+                                           "measurements here instead of recording them."),
 ) -> None:
     """Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
     packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
-    rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch)
-    if json_out:
+    rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch, executor=executor, results=results)
+    if results is not None:
+        console.print(f"wrote {results}", highlight=False)
+    elif json_out:
         print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
     else:
-        console.print(f"{len(rows)} shape(s) probed; `tunelab plan {spec}` now uses them")
+        console.print(f"{len(rows)} shape(s) probed; `tunelab plan {spec}` now uses them", highlight=False)
 
 
 def history_cmd(

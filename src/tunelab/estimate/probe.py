@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,24 +95,31 @@ def simulated_max_batch(cfg: RunConfig, gpu_name: str) -> int | None:
     return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024)
 
 
+def measure_shapes(runs: list[RunConfig], progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None,
+                   find_max_batch: bool = False) -> Iterator[tuple[Shape, ProbeResult]]:
+    """Each distinct shape's measurement, in turn (what a probe job does; it records nothing)."""
+    from tunelab.train.probe_steps import probe_run
+
+    shapes = distinct_shapes(runs)
+    for i, shape in enumerate(shapes, 1):
+        if progress:
+            progress(i, len(shapes), shape, None)
+        result = probe_run(shape.cfg, shape.key, max_batch=find_max_batch)
+        if progress:
+            progress(i, len(shapes), shape, result)
+        yield shape, result
+
+
 def probe_runs(runs: list[RunConfig], spec_path: Path,
                progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None,
                find_max_batch: bool = False) -> list[history.HistoryRun]:
     """Probe every distinct shape in turn; each result is recorded in the history as soon as it is measured,
     so an interrupted probe keeps the shapes it finished."""
-    from tunelab.train.probe_steps import probe_run
-
-    shapes = distinct_shapes(runs)
     rows = []
-    for i, shape in enumerate(shapes, 1):
-        if progress:
-            progress(i, len(shapes), shape, None)
-        result = probe_run(shape.cfg, shape.key, max_batch=find_max_batch)
+    for shape, result in measure_shapes(runs, progress, find_max_batch):
         row = to_history(shape, result, spec_path)
         if find_max_batch and result.device != "cpu":
             row.simulated_max_micro_batch = simulated_max_batch(shape.cfg, result.device)
         history.record([row])
         rows.append(row)
-        if progress:
-            progress(i, len(shapes), shape, result)
     return rows
