@@ -77,3 +77,21 @@ def test_scaffold_writes_the_estimate_into_run_yaml_and_the_slurm_time_limit(wri
     # the estimate moving with history is not a change of the run: re-scaffolding is allowed
     (cfg.run_dir / "status.json").write_text('{"state": "completed"}')
     scaffold(spec)
+
+
+def test_only_comparable_history_rows_time_a_run(write_spec, tiny_model):
+    """A measured row of the same model but with gradient checkpointing on (a recomputed forward) does not time
+    a run without it; a row that did not record the field still counts."""
+    import torch
+
+    from tunelab.catalog import resolve_architecture
+
+    arch = resolve_architecture(tiny_model)
+    threads = torch.get_num_threads()
+    history.record([_hist(key="ckpt", cpu_threads=threads, parameters=arch.parameters, gradient_checkpointing=True,
+                          tokens_per_s=100.0)])
+    e = make_plan(write_spec()).estimates["tiny_r8"]
+    assert e.seconds is None and e.time_source.startswith("none")
+    history.record([_hist(key="unknown", cpu_threads=threads, parameters=arch.parameters, tokens_per_s=5000.0)])
+    e = make_plan(write_spec()).estimates["tiny_r8"]
+    assert e.tokens_per_s == 5000.0

@@ -89,6 +89,15 @@ def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]
     return [r for r in rows if dist(r) <= best + 0.1]
 
 
+def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
+    """Rows whose recorded shape matches what speed depends on beyond tokens: gradient checkpointing (a
+    recomputed forward) and LoRA targets. A row that did not record a field is kept (unknown is not different)."""
+    targets = ",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
+    return [r for r in rows
+            if (r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing)
+            and (r.lora_targets is None or r.lora_targets == targets)]
+
+
 def _kinds(rows: list[HistoryRun]) -> str:
     """'2 probed', '1 measured + 1 ingested': how the rows an estimate rests on were obtained."""
     counts: dict[str, int] = {}
@@ -238,7 +247,8 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         gpu_mem = gpu.memory_gib
     tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
-    tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), history, cpu_threads)
+    tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t),
+                                                cpu_threads)
     seconds = startup = None
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     if tps:
