@@ -116,11 +116,12 @@ def _training_memory(lines: list[str]) -> dict[str, float]:
         m = MEMORY.search(line)
         if not m:
             continue
+        gib = _number(m.group("gib"), "GPU peak memory")  # a damaged figure anywhere makes the log unreadable
         if init_lines:
             init_lines -= 1
             continue
         kind = "allocated" if m.group("kind").startswith("alloc") else m.group("kind")
-        memory[kind] = max(memory.get(kind, 0.0), _number(m.group("gib"), "GPU peak memory"))
+        memory[kind] = max(memory.get(kind, 0.0), gib)
     return memory
 
 
