@@ -13,6 +13,24 @@ from tunelab.estimate.peak import fits, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 
 
+def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq_len: int, batch_size: int | None,
+             chat_template: str, system_prompt: str | None) -> dict[str, Any]:
+    """The dataset measured with the model's tokenizer in the prompt format runs use."""
+    if not Path(model).is_dir():
+        raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
+                           field="--model")
+    from transformers import AutoTokenizer
+
+    from tunelab.data.formatting import PromptFormat
+    from tunelab.estimate.dataset import measure_dataset
+    from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
+
+    tok = AutoTokenizer.from_pretrained(model)
+    spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
+    fmt = PromptFormat(chat_template=chat_template, template_date=DEFAULT_TEMPLATE_DATE)
+    return measure_dataset(spec, tok, fmt, prompt, max_seq_len, batch_size or 1, system_prompt=system_prompt)
+
+
 def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: MemoryInputs,
                     batch_size: int | None = None, packed: bool | None = None,
                     dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
@@ -27,23 +45,8 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                            "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
                            "gradient_checkpointing": inputs.activation_checkpointing, "quantize": inputs.quantize,
                            "attention": inputs.attention, "processes": processes, "strategy": strategy}
-    data = None
-    if dataset is not None:
-        if not Path(model).is_dir():
-            raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
-                               field="--model")
-        from transformers import AutoTokenizer
-
-        from tunelab.data.formatting import PromptFormat
-        from tunelab.estimate.dataset import measure_dataset
-        from tunelab.spec import DatasetSpec
-
-        tok = AutoTokenizer.from_pretrained(model)
-        spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
-        from tunelab.spec import DEFAULT_TEMPLATE_DATE
-
-        fmt = PromptFormat(chat_template=chat_template, template_date=DEFAULT_TEMPLATE_DATE)
-        data = measure_dataset(spec, tok, fmt, prompt, max_seq_len, batch_size or 1, system_prompt=system_prompt)
+    data = (_measure(model, dataset, prompt, max_seq_len, batch_size, chat_template, system_prompt)
+            if dataset is not None else None)
     train = data["splits"]["train"] if data else None
     use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
@@ -76,29 +79,35 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
         "reasons": bp.reasons,
     })
     if data:
-        from tunelab.estimate.dataset import simulate_padding
-
-        if use_packed:
-            sequences = data["packing"]["sequences"]
-            tokens_epoch = train["tokens"]  # padding-free: only real tokens are processed
-        else:
-            pad = simulate_padding(data["train_lengths"], b, max_seq_len)
-            sequences = train["examples"]
-            tokens_epoch = pad.padded_tokens
         accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
-        steps = -(-sequences // b) // accum or 1
-        tps = model_tokens_per_s(arch, gpu, max_seq_len if use_packed else int(train["mean_len"]))
-        out.update({
-            "dataset": {k: v for k, v in data.items() if k != "train_lengths"},
-            "packing_density": data["packing"]["density"],
-            "packing_efficiency": data["packing"]["fill_fraction"],
-            "tokens_per_epoch": tokens_epoch,
-            "steps_per_epoch": steps,
-            "epochs": epochs,
-            "est_tokens_per_s": round(tps, 1) if tps else None,
-            "est_seconds_per_epoch": round(tokens_epoch / tps, 1) if tps else None,
-            "est_source": "model",
-            "est_note": f"FLOPs model at {DEFAULT_MFU:.0%} MFU; measured history replaces it when present",
-        })
+        out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
     return out
 
+
+
+def _epoch_estimate(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, accum: int, max_seq_len: int,
+                    epochs: int) -> dict[str, Any]:
+    """Tokens, steps and (FLOPs-model) time of an epoch of the measured data at micro-batch b."""
+    from tunelab.estimate.dataset import simulate_padding
+
+    train = data["splits"]["train"]
+    if packed:
+        sequences = data["packing"]["sequences"]
+        tokens_epoch = train["tokens"]  # padding-free: only real tokens are processed
+    else:
+        sequences = train["examples"]
+        tokens_epoch = simulate_padding(data["train_lengths"], b, max_seq_len).padded_tokens
+    steps = -(-sequences // b) // accum or 1
+    tps = model_tokens_per_s(arch, gpu, max_seq_len if packed else int(train["mean_len"]))
+    return {
+        "dataset": {k: v for k, v in data.items() if k != "train_lengths"},
+        "packing_density": data["packing"]["density"],
+        "packing_efficiency": data["packing"]["fill_fraction"],
+        "tokens_per_epoch": tokens_epoch,
+        "steps_per_epoch": steps,
+        "epochs": epochs,
+        "est_tokens_per_s": round(tps, 1) if tps else None,
+        "est_seconds_per_epoch": round(tokens_epoch / tps, 1) if tps else None,
+        "est_source": "model",
+        "est_note": f"FLOPs model at {DEFAULT_MFU:.0%} MFU; measured history replaces it when present",
+    }
