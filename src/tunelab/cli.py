@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli_build import data_app, models_app
@@ -63,7 +64,7 @@ def _print_plan(plan) -> None:
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
         console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
     for w in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
 
 
 @app.command("plan")

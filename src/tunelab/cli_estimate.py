@@ -172,6 +172,8 @@ def validate_cmd(
 ) -> None:
     """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
+    from rich.markup import escape
+
     from tunelab.validate import validate_path
 
     checks = validate_path(path, _validate_gpu(gpu, path))
@@ -181,9 +183,10 @@ def validate_cmd(
     else:
         for c in checks:
             for e in c.errors:
-                err_console.print(f"[bold red]error:[/bold red] {path}: {e}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]error:[/bold red] {escape(f'{path}: {e}')}", highlight=False,
+                                  soft_wrap=True)
             for w in c.warnings:
-                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
         if not errors:
             console.print(f"ok: {len(checks)} run(s) validated")
     if errors:

@@ -151,3 +151,14 @@ def test_schema_is_json():
     res = runner.invoke(app, ["schema"])
     schema = json.loads(res.stdout)
     assert "training" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_plan_warning_keeps_its_square_brackets(write_spec):
+    """rich reads [..] as markup: a warning naming a list must reach the terminal whole."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    res = CliRunner().invoke(app, ["plan", str(write_spec(training={"modules_to_save": []})), "--no-md"])
+    assert res.exit_code == 0, res.output
+    assert "addmodules_to_save:[embed_tokens,lm_head]" in "".join(res.output.split())
