@@ -47,6 +47,18 @@ class Reference:
     differs: str  # what the source's step does that this one does not
 
 
+LITGPT = "LitGPT's own model; adapters bf16; peak includes model loading and validation"
+
+
+def litgpt(row: int, name: str, model: dict, batch: int, published: float, differs: str = LITGPT) -> Reference:
+    """LitGPT's config_hub LoRA rows: r32/alpha16 on query and value, pure bf16, micro-batch × 512, no
+    checkpointing; max_memory_allocated."""
+    return Reference(row, f"LitGPT, {name} r32 q,v, bs{batch}×512", "litgpt", model,
+                     StepConfig(dtype="bfloat16", lora_rank=32, lora_alpha=16, lora_dropout=0.05, lora_targets=QV,
+                                loss="full_logits", autocast=False),
+                     StepShape(batch, 512), published, "allocated", differs)
+
+
 def references() -> list[Reference]:
     bf16 = dict(dtype="bfloat16")
     return [
@@ -87,26 +99,11 @@ def references() -> list[Reference]:
                              gradient_checkpointing=True, loss="full_logits", autocast=False),
                   StepShape(2, 4096, packed=True), 8.5, "active",
                   "activation offloading to CPU, chunked cross-entropy, torch.compile"),
-        Reference(33, "LitGPT, Llama-3.2-1B r32 q,v, bs1×512", "litgpt", LLAMA_3_2_1B,
-                  StepConfig(**bf16, lora_rank=32, lora_alpha=16, lora_dropout=0.05, lora_targets=QV,
-                             loss="full_logits", autocast=False),
-                  StepShape(1, 512), 4.18, "allocated",
-                  "LitGPT's own model; adapters bf16; peak includes model loading and validation"),
-        Reference(35, "LitGPT, Llama-3.2-3B r32 q,v, bs1×512", "litgpt", LLAMA_3_2_3B,
-                  StepConfig(**bf16, lora_rank=32, lora_alpha=16, lora_dropout=0.05, lora_targets=QV,
-                             loss="full_logits", autocast=False),
-                  StepShape(1, 512), 9.01, "allocated",
-                  "LitGPT's own model; adapters bf16; peak includes model loading and validation"),
-        Reference(36, "LitGPT, Llama-3.1-8B r32 q,v, bs1×512", "litgpt", LLAMA_3_1_8B,
-                  StepConfig(**bf16, lora_rank=32, lora_alpha=16, lora_dropout=0.05, lora_targets=QV,
-                             loss="full_logits", autocast=False),
-                  StepShape(1, 512), 18.37, "allocated",
-                  "LitGPT's own model; adapters bf16; peak includes model loading and validation"),
-        Reference(38, "LitGPT, Mistral-7B r32 q,v, bs2×512", "litgpt", MISTRAL_7B_V01,
-                  StepConfig(**bf16, lora_rank=32, lora_alpha=16, lora_dropout=0.05, lora_targets=QV,
-                             loss="full_logits", autocast=False),
-                  StepShape(2, 512), 19.24, "allocated",
-                  "LitGPT's own model (no mask: padded rows attend causally); peak includes loading and validation"),
+        litgpt(33, "Llama-3.2-1B", LLAMA_3_2_1B, 1, 4.18),
+        litgpt(35, "Llama-3.2-3B", LLAMA_3_2_3B, 1, 9.01),
+        litgpt(36, "Llama-3.1-8B", LLAMA_3_1_8B, 1, 18.37),
+        litgpt(38, "Mistral-7B", MISTRAL_7B_V01, 2, 19.24,
+               "LitGPT's own model (no mask: padded rows attend causally); peak includes loading and validation"),
     ]
 
 

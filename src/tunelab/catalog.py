@@ -205,10 +205,14 @@ def detect_gpu() -> GPU | None:
     except (RuntimeError, AssertionError) as exc:  # a broken driver: plan as without a GPU, but say so
         logging.getLogger("tunelab").warning("warning: GPU detection failed (%s); planning without a GPU", exc)
         return None
-    name = props.name.upper()
     mem = props.total_memory / 2**30
+    return match_gpu(props.name, mem) or GPU(props.name, round(mem, 1), 0.0, 0.0, (props.major, props.minor))
+
+
+def match_gpu(device_name: str, memory_gib: float) -> GPU | None:
+    """The table's GPU for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') and its memory, or None."""
+    name = device_name.upper().replace(" ", "")
     for g in GPUS.values():
-        stem = g.name.split("-")[0].upper()
-        if stem in name.replace(" ", "") and abs(g.memory_gib - mem) < 0.15 * g.memory_gib:
+        if g.name.split("-")[0].upper() in name and abs(g.memory_gib - memory_gib) < 0.15 * g.memory_gib:
             return g
-    return GPU(props.name, round(mem, 1), 0.0, 0.0, (props.major, props.minor))
+    return None

@@ -12,6 +12,13 @@ def quiet_known_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"The 'initial' parameter is deprecated", category=DeprecationWarning)
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a training step's memory and speed depend on (cache keys, probe results)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
+
+
 def quiet_hf_progress_bars() -> None:
     """transformers' per-shard progress bars garble our own progress display."""
     from transformers.utils import logging as hf_logging

@@ -211,7 +211,7 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         final_loss=summary.get("final_loss"),
         final_val_loss=summary.get("final_val_loss"),
         epochs=summary.get("epochs"),
-        lora_targets=",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
+        lora_targets=t.lora_targets_text,
         dtype=summary.get("dtype"),
         gradient_checkpointing=t.gradient_checkpointing,
         max_tokens_per_microbatch=t.batch_size * t.max_seq_len if t.packing else None,

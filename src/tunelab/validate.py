@@ -11,8 +11,8 @@ from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import fits, predict_peak, step_shape
-from tunelab.estimate.runs import choose_strategy
+from tunelab.estimate.peak import fits, step_shape
+from tunelab.estimate.runs import device_peak
 from tunelab.runconfig import RunConfig
 from tunelab.train.device import planned_dtype
 from tunelab.train.distributed import processes_per_run
@@ -50,13 +50,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     tokens = shape.tokens
     res = cfg.resources
     nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1)
-    figure = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None)
-    strategy = None
-    if nproc > 1:  # FSDP (chosen or auto because the whole model does not fit): per device, sharded
-        sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp")
-        strategy = choose_strategy(res.distributed, nproc, figure.required_gib, sharded.required_gib, gpu.memory_gib)
-        if strategy == "fsdp":
-            figure = sharded
+    figure, _ = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
     peak = figure.required_gib
     max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
     steps = None

@@ -69,25 +69,20 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         tokens_per_step=at.tokens, tokens_per_s=result.tokens_per_s, steps_per_s=round(1 / at.seconds, 4),
         per_token_s=result.per_token_s, step_fixed_s=result.fixed_s, peak_memory_gib=result.peak_memory_gib,
         memory_kind=result.memory_kind, steps=len(result.points), recorded_at=history.now_iso(),
-        lora_targets=",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules,
+        lora_targets=t.lora_targets_text,
         dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
         missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch)
 
 
-def simulated_max_batch(cfg: RunConfig, gpu_name: str) -> int | None:
+def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
     """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory)."""
-    from tunelab.catalog import GPUS, resolve_gpu
-    from tunelab.errors import TunelabError
+    from tunelab.catalog import match_gpu
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.estimate.peak import largest_micro_batch
     from tunelab.train.device import planned_dtype
 
-    try:
-        gpu = resolve_gpu(gpu_name)
-    except TunelabError:
-        gpu = next((g for g in GPUS.values() if g.name.split("-")[0].upper() in gpu_name.upper().replace(" ", "")),
-                   None)
+    gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
         return None
     t = cfg.training
@@ -118,8 +113,8 @@ def probe_runs(runs: list[RunConfig], spec_path: Path,
     rows = []
     for shape, result in measure_shapes(runs, progress, find_max_batch):
         row = to_history(shape, result, spec_path)
-        if find_max_batch and result.device != "cpu":
-            row.simulated_max_micro_batch = simulated_max_batch(shape.cfg, result.device)
+        if find_max_batch:
+            row.simulated_max_micro_batch = simulated_max_batch(shape.cfg, result)
         history.record([row])
         rows.append(row)
     return rows

@@ -13,7 +13,8 @@ from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import effective_batch_size, optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import predict_peak, step_shape
+from tunelab.estimate.peak import MemoryFigure, predict_peak, step_shape
+from tunelab.estimate.simulator import StepShape
 from tunelab.estimate.speed import (
     DEFAULT_MFU,
     SCALING_EFFICIENCY,
@@ -92,10 +93,9 @@ def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]
 def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
     """Rows whose recorded shape matches what speed depends on beyond tokens: gradient checkpointing (a
     recomputed forward) and LoRA targets. A row that did not record a field is kept (unknown is not different)."""
-    targets = ",".join(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
     return [r for r in rows
             if (r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing)
-            and (r.lora_targets is None or r.lora_targets == targets)]
+            and (r.lora_targets is None or r.lora_targets == t.lora_targets_text)]
 
 
 def _kinds(rows: list[HistoryRun]) -> str:
@@ -161,18 +161,27 @@ def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture, cfg: 
     return None
 
 
+def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
+                arch: Architecture | None = None) -> tuple[MemoryFigure, str | None]:
+    """The simulated peak of one device and the strategy the run trains with on `nproc` devices: DDP (the whole
+    model on each), or FSDP when the spec asks for it or only the sharded run fits. Plan and validate share it."""
+    whole = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None, arch)
+    if nproc <= 1:
+        return whole, None
+    sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp", arch)
+    strategy = choose_strategy(cfg.resources.distributed, nproc, whole.required_gib, sharded.required_gib,
+                               gpu.memory_gib)
+    return (sharded if strategy == "fsdp" else whole), strategy
+
+
 def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
                 history: list[HistoryRun]) -> tuple[float, str, str | None]:
     """(peak GiB per device, its source, strategy): measured when the history has this configuration, else
-    simulated (DDP, or FSDP when the spec asks or only the sharded run fits)."""
+    simulated (device_peak)."""
     t = cfg.training
     inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
-    whole = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None, arch)
-    sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp", arch) if nproc > 1 else None
-    strategy = choose_strategy(cfg.resources.distributed, nproc, whole.required_gib,
-                               sharded.required_gib if sharded else None, gpu.memory_gib)
-    figure = sharded if strategy == "fsdp" and sharded is not None else whole
+    figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
                               "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
     measured = measured_peak(history, gpu, arch, cfg, shape.tokens) if nproc == 1 else None
@@ -219,6 +228,31 @@ def choose_strategy(distributed: str, processes: int, full_peak_gib: float | Non
     return "ddp"
 
 
+def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
+               t: Any, val_lengths: list[int]) -> tuple[float, float | None, str]:
+    """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
+    start-up and finish, from the reference runs when they measured them."""
+    efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
+    startup = None
+    train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
+    if nproc > 1:
+        time_source += f"; {nproc} processes at {efficiency:.0%} scaling efficiency (assumed)"
+    fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
+    overhead_frac = median(fracs) if fracs else 0.0
+    if not fracs and t.validation_every_steps:
+        n_val = steps // t.validation_every_steps + 1
+        overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens / nproc, 1)
+    startups = [r.startup_s for r in refs if r.startup_s is not None]
+    if startups:
+        startup = median(startups)
+    elif not refs:
+        startup = ASSUMED_STARTUP_S
+        time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
+    finishes = [r.finish_s for r in refs if r.finish_s is not None]
+    finish = median(finishes) if finishes else 0.0
+    return round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1), startup, time_source
+
+
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
                  history: list[HistoryRun], cpu_threads: int | None = None) -> RunEstimate:
     """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
@@ -252,23 +286,8 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     seconds = startup = None
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     if tps:
-        train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
-        if nproc > 1:
-            time_source += f"; {nproc} processes at {efficiency:.0%} scaling efficiency (assumed)"
-        fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
-        overhead_frac = median(fracs) if fracs else 0.0
-        if not fracs and t.validation_every_steps:
-            n_val = steps // t.validation_every_steps + 1
-            overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens / nproc, 1)
-        startups = [r.startup_s for r in refs if r.startup_s is not None]
-        if startups:
-            startup = median(startups)
-        elif not refs:
-            startup = ASSUMED_STARTUP_S
-            time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
-        finishes = [r.finish_s for r in refs if r.finish_s is not None]
-        finish = median(finishes) if finishes else 0.0
-        seconds = round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1)
+        seconds, startup, time_source = _wall_time(tps, refs, time_source, train_tokens, nproc, steps, t,
+                                                   val_lengths)
     return RunEstimate(
         run=cfg.name,
         packed=t.packing,

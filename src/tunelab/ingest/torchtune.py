@@ -125,6 +125,23 @@ def _training_memory(lines: list[str]) -> dict[str, float]:
     return memory
 
 
+def _run_summary(lines: list[str]) -> dict[str, float]:
+    """wandb's `Run summary:` block: the last logged value of each metric."""
+    summary: dict[str, float] = {}
+    in_summary = False
+    for line in lines:
+        if "Run summary:" in line:
+            in_summary = True
+            continue
+        if in_summary:
+            m = SUMMARY_LINE.match(line.strip())
+            if m:
+                summary[m.group("key")] = _number(m.group("value"), f"run summary {m.group('key')}")
+            elif not line.startswith("wandb:"):
+                in_summary = False
+    return summary
+
+
 def parse_torchtune_log(text: str) -> ParsedRun:
     lines = _lines(text)
     recipe, config = _config(lines)
@@ -140,18 +157,7 @@ def parse_torchtune_log(text: str) -> ParsedRun:
     for line in lines:
         for m in TQDM.finditer(line):
             bars.setdefault(int(m.group("epoch")), []).append(m)
-    summary: dict[str, float] = {}
-    in_summary = False
-    for line in lines:
-        if "Run summary:" in line:
-            in_summary = True
-            continue
-        if in_summary:
-            m = SUMMARY_LINE.match(line.strip())
-            if m:
-                summary[m.group("key")] = _number(m.group("value"), f"run summary {m.group('key')}")
-            elif not line.startswith("wandb:"):
-                in_summary = False
+    summary = _run_summary(lines)
     if not bars and not summary:
         raise LogParseError("no training progress (no progress bars and no run summary): truncated or failed early")
     epochs = _count(config.get("epochs", 0) or 0, "the config's epochs")

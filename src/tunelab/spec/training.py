@@ -94,5 +94,11 @@ class TrainingConfig(_Strict):
         return None, float(m.group(1)) * _UNIT_S[m.group(2)]
 
     @property
+    def lora_targets_text(self) -> str:
+        """The targets as history rows record them: comma-separated names, or all-linear."""
+        t = self.lora_target_modules
+        return ",".join(t) if isinstance(t, list) else t
+
+    @property
     def effective_lora_alpha(self) -> float:
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank

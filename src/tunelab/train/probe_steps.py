@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.runconfig import RunConfig
 
 WARMUP_STEPS = 2
@@ -46,6 +47,7 @@ class ProbeResult:
     peak_reserved_gib: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step
+    gpu_memory_gib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +57,6 @@ def _rss_gib() -> float:
     """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
 
 
 def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
@@ -113,9 +109,7 @@ def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = 
     from tunelab.train.runner import build_trainer
     from tunelab.train.step_cost import _time_real_steps
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one line per shape is the probe's own progress
+    quiet_hf_progress_bars()  # one line per shape is the probe's own progress
     pcfg = probe_cfg(cfg, tag)
     b = pcfg.training.batch_size
     sizes = micro_batches or (b, 2 * b)
@@ -130,7 +124,7 @@ def probe_run(cfg: RunConfig, tag: str, micro_batches: tuple[int, ...] | None = 
         largest = find_max_batch(trainer, b) if max_batch else None
     finally:
         shutil.rmtree(pcfg.run_dir, ignore_errors=True)
-    result = _result(b, measured, reserved, cuda, _versions())
+    result = _result(b, measured, reserved, cuda, library_versions())
     result.max_micro_batch = largest
     return result
 
@@ -152,4 +146,5 @@ def _result(b: int, measured: dict[int, tuple[float, float, float | None]], rese
         fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(_rss_gib(), 3),
         memory_kind="cuda_max_allocated" if cuda else "cpu_max_rss",
         device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_threads=torch.get_num_threads(),
-        peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions)
+        peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions,
+        gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / GIB, 2) if cuda else None)

@@ -60,8 +60,11 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
 
         quantize_linears(model, dtype)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=c.gradient_checkpointing)
-    if c.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if c.gradient_checkpointing:  # transformers 5 renamed it (train/runner.py picks the name the same way)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, c.lora_targets, c.modules_to_save)
     lora.use_dora = c.use_dora
     model = get_peft_model(model, lora)

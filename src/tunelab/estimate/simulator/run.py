@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunelab.compat import library_versions
 from tunelab.diskcache import cached_json
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 
@@ -63,12 +64,6 @@ class SimulatedMemory:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
 
 
 def _code_stamp() -> str:
