@@ -220,8 +220,7 @@ def results_cmd(
                                   f"first {SHOWN_ROWS}; --json and --csv always hold all)."),
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
-    from tunelab.evaluate.kinds import show_ci
-    from tunelab.results import collect_results, score_ci, to_csv, to_json
+    from tunelab.results import collect_results, table as results_table, to_csv, to_json
 
     if json_out and csv_out:
         raise TunelabError("choose one of --json and --csv", field="--json/--csv")
@@ -231,18 +230,12 @@ def results_cmd(
     elif csv_out:
         sys.stdout.write(to_csv(rows))
     else:
-        tasks = list(dict.fromkeys(e["task"] for r in rows for e in r["eval"]))
+        header, cells = results_table(rows, None if show_all else SHOWN_ROWS)
         table = Table(title=str(experiment_dir))
-        for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
+        for col in header:
             table.add_column(col)
-        for r in rows if show_all else rows[:SHOWN_ROWS]:
-            last = r["eval"][-1]["label"] if r["eval"] else None
-            cells = {e["task"]: show_ci(e["score"], score_ci(e), e["primary_metric"]) for e in r["eval"]
-                     if e["label"] == last}
-            table.add_row(r["name"], r["type"], r["state"], str(r["steps"] or "—"),
-                          f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "—",
-                          f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "—",
-                          *[cells.get(t, "—") for t in tasks])
+        for row in cells:
+            table.add_row(*row)
         console.print(table)
         if len(rows) > SHOWN_ROWS and not show_all:
             console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")

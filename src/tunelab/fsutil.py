@@ -228,6 +228,15 @@ def sqlite_session(path: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """A database from an older tunelab gains the columns added since ({name: SQL type}); existing rows read
+    NULL there. The one migration of the experiment ledger and the history ledger (nothing is dropped)."""
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    for name, sqltype in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sqltype}")
+
+
 def _sqlite_error(exc: sqlite3.Error, path: str | Path) -> TunelabError:
     text = str(exc)
     if "locked" in text or "busy" in text:

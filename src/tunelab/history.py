@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import sqlite_session
+from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.train.status import now_iso
 
 log = logging.getLogger("tunelab")
@@ -124,17 +124,14 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite_session(path) as conn:
         conn.executescript(SCHEMA)
-        _add_missing_columns(conn)
+        add_missing_columns(conn, "history", _columns())  # history is never dropped
         yield conn
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """A history file from an older tunelab gains the columns added since (history is never dropped)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(history)")}
-    for name, f in HistoryRun.__dataclass_fields__.items():
-        if name not in have:
-            sqltype = {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}.get(str(f.type).split(" ")[0], "TEXT")
-            conn.execute(f"ALTER TABLE history ADD COLUMN {name} {sqltype}")
+def _columns() -> dict[str, str]:
+    """{column: SQL type} of every HistoryRun field, for the rows of an older history file."""
+    return {name: {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}.get(str(f.type).split(" ")[0], "TEXT")
+            for name, f in HistoryRun.__dataclass_fields__.items()}
 
 
 def record(runs: list[HistoryRun], path: Path | None = None) -> None:

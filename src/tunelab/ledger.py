@@ -7,18 +7,21 @@ Ingesting is idempotent: it replaces what it knew of a run with what the files s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from tunelab import history
 from tunelab.evaluate.scores import read_scores, task_dir
 from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
-from tunelab.fsutil import read_json, read_jsonl, sqlite_session
+from tunelab.fsutil import add_missing_columns, read_json, read_jsonl, sqlite_session
 from tunelab.runconfig import RunConfig
+from tunelab.stats.records import Interval
 from tunelab.train import status as st
 
 SCHEMA = """
@@ -128,6 +131,149 @@ RUN_COLUMNS = (
 )
 
 
+# ---------------------------------------------------------------- typed rows, one class per table
+@dataclass(frozen=True)
+class RunRow:
+    """Table runs: one run as its directory read when last ingested."""
+
+    name: str
+    kind: str  # finetune | control | eval_only
+    experiment: str
+    model: str
+    dataset: str
+    factors: str  # JSON of run.yaml's factors
+    run_dir: str
+    config: str  # run.yaml, as JSON
+    state: str
+    attempt: int | None
+    steps: int | None
+    final_loss: float | None
+    best_loss: float | None
+    final_val_loss: float | None
+    best_val_loss: float | None
+    duration_s: float | None
+    tokens_per_s: float | None
+    nonpad_fraction: float | None
+    peak_memory_gib: float | None
+    memory_kind: str | None
+    error: str | None
+    summary: str | None  # summary.json, as JSON
+    updated_at: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluatedTask:
+    """One task evaluated on one checkpoint of a run: what every eval row of it shares."""
+
+    label: str  # epoch_N | base | checkpoint
+    epoch: int | None = None
+    task: str
+    builtin: str | None = None
+    file: str | None = None  # a user's task file
+    dataset: str | None = None
+    split: str | None = None
+    samples: int | None = None
+    log_path: str | None = None
+    evaluated_at: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRow(EvaluatedTask):
+    """Table evals: one metric of one task on one checkpoint of a run."""
+
+    run: str
+    metric: str
+    value: float | None  # None: undefined on these samples
+    is_primary: bool  # the task's headline metric
+    greater_is_better: bool
+    kind: str | None
+    duration_s: float | None
+    ci_low: float | None
+    ci_high: float | None
+    ci_method: str | None
+    ci_seed: int | None
+    ci_resamples: int | None
+
+    @property
+    def interval(self) -> Interval | None:
+        """The metric's 95 % interval (None where none was computed)."""
+        if self.ci_low is None or self.ci_high is None or self.ci_method is None:
+            return None
+        return Interval(low=self.ci_low, high=self.ci_high, method=self.ci_method, seed=self.ci_seed,
+                        resamples=self.ci_resamples)
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """Table attempts: one start of a run's job and how it ended."""
+
+    id: int
+    run: str
+    attempt: int | None = None
+    executor: str | None = None
+    job_id: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    state: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """Table jobs: one job handed to an executor (train or eval) and the scheduler's last word on it."""
+
+    id: int
+    run: str
+    kind: str  # train | eval
+    job_id: str  # the scheduler's id
+    attempt: int  # run.yaml's attempt when submitted
+    executor: str
+    depends_on: str | None
+    time_limit: str | None
+    submitted_at: str
+    state: str  # scheduler state: SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ...
+    exit_code: str | None  # Slurm 'EXIT:SIGNAL'
+    elapsed: str | None
+    node: str | None
+    failure: str | None  # class once ended: completed, oom, timeout, preempted, node_fail, cancelled, failed
+    detail: str | None
+    reason: str | None  # why it was submitted
+    handled: bool  # the retry policy has judged this ended job
+    updated_at: str
+
+
+Row = TypeVar("Row", RunRow, EvalRow, AttemptRow, JobRow)
+_BOOLS = {"is_primary", "greater_is_better", "handled"}  # stored as INTEGER 0/1
+
+
+def _read(experiment_dir: str | Path, cls: type[Row], sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    with connect(experiment_dir) as conn:
+        return [cls(**{k: bool(r[k]) if k in _BOOLS else r[k] for k in names})
+                for r in conn.execute(sql, params).fetchall()]
+
+
+def read_runs(experiment_dir: str | Path) -> list[RunRow]:
+    return _read(experiment_dir, RunRow, "SELECT * FROM runs")
+
+
+def read_evals(experiment_dir: str | Path) -> list[EvalRow]:
+    return _read(experiment_dir, EvalRow, "SELECT * FROM evals")
+
+
+def read_attempts(experiment_dir: str | Path) -> list[AttemptRow]:
+    """Every attempt, oldest first."""
+    return _read(experiment_dir, AttemptRow, "SELECT * FROM attempts ORDER BY id")
+
+
+def read_jobs(experiment_dir: str | Path, run: str | None = None) -> list[JobRow]:
+    """Every job (of one run), oldest first."""
+    if run is None:
+        return _read(experiment_dir, JobRow, "SELECT * FROM jobs ORDER BY id")
+    return _read(experiment_dir, JobRow, "SELECT * FROM jobs WHERE run = ? ORDER BY id", (run,))
+
+
 def ledger_path(experiment_dir: str | Path) -> Path:
     return Path(experiment_dir) / LEDGER_FILE
 
@@ -154,9 +300,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if cols and "is_primary" not in cols:
         conn.execute("DROP TABLE evals")
     elif cols:
-        for name, kind in CI_COLUMNS.items():
-            if name not in cols:
-                conn.execute(f"ALTER TABLE evals ADD COLUMN {name} {kind}")
+        add_missing_columns(conn, "evals", CI_COLUMNS)
 
 
 def _control_state(cfg: RunConfig) -> str:
@@ -218,29 +362,46 @@ def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, s
         return {cfg.name: ingest_run(conn, cfg) for cfg in runs}
 
 
-def record_attempt(experiment_dir: str | Path, **fields: Any) -> None:
-    cols = ", ".join(fields)
-    with connect(experiment_dir) as conn:
-        conn.execute(f"INSERT INTO attempts ({cols}) VALUES ({', '.join('?' * len(fields))})", tuple(fields.values()))
+def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None, executor: str | None,
+                   job_id: str | None, started_at: str | None, finished_at: str | None, exit_code: int | None,
+                   state: str | None, reason: str | None) -> None:
+    """One ended start of a run's job (table attempts)."""
+    _insert(experiment_dir, "attempts", dict(
+        run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
+        exit_code=exit_code, state=state, reason=reason))
 
 
-def query(experiment_dir: str | Path, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+def query(experiment_dir: str | Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Ad-hoc SQL, each row as {column: value}: for tests and debugging; code reads the typed rows above."""
     with connect(experiment_dir) as conn:
         return [dict(r) for r in conn.execute(sql, params).fetchall()]
 
 
-def record_job(experiment_dir: str | Path, **fields: Any) -> int:
+def record_job(experiment_dir: str | Path, *, run: str, kind: str, job_id: str, attempt: int, executor: str,
+               submitted_at: str, state: str, reason: str | None = None, depends_on: str | None = None,
+               time_limit: str | None = None) -> int:
     """A submitted scheduler job (table jobs); returns its row id."""
-    fields.setdefault("updated_at", st.now_iso())
-    cols = ", ".join(fields)
-    with connect(experiment_dir) as conn:
-        cur = conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(fields))})",
-                           tuple(fields.values()))
-        return int(cur.lastrowid)
+    return _insert(experiment_dir, "jobs", dict(
+        run=run, kind=kind, job_id=job_id, attempt=attempt, executor=executor, depends_on=depends_on,
+        time_limit=time_limit, submitted_at=submitted_at, state=state, reason=reason, updated_at=st.now_iso()))
 
 
-def update_job(experiment_dir: str | Path, row_id: int, **fields: Any) -> None:
-    fields["updated_at"] = st.now_iso()
+JOB_UPDATES = frozenset({"state", "exit_code", "elapsed", "node", "failure", "detail", "reason", "handled"})
+
+
+def update_job(experiment_dir: str | Path, row_id: int, **changes: str | int | None) -> None:
+    """What the scheduler (or the retry policy) says of a job now: JobRow fields in JOB_UPDATES."""
+    unknown = set(changes) - JOB_UPDATES
+    if unknown:
+        raise TypeError(f"not updatable fields of table jobs: {sorted(unknown)}")
+    values = {**changes, "updated_at": st.now_iso()}
     with connect(experiment_dir) as conn:
-        conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                     (*fields.values(), row_id))
+        conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                     (*values.values(), row_id))
+
+
+def _insert(experiment_dir: str | Path, table: str, values: dict[str, Any]) -> int:
+    with connect(experiment_dir) as conn:
+        cur = conn.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                           tuple(values.values()))
+        return int(cur.lastrowid or 0)

@@ -2,136 +2,217 @@
 
 Each record carries every evaluation: one entry per checkpoint × task with all its metrics. The
 headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
+`results --json` is `to_json` of these records; the CSV and the terminal table are made from them too.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab import ledger
+from tunelab.evaluate.kinds import show_ci
 from tunelab.experiment import load_runs
 from tunelab.runconfig import RunConfig
+from tunelab.stats.records import Interval
 
 FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", "final_val_loss", "steps",
           "duration_s", "tokens_per_s", "peak_memory_gib", "score", "score_ci_low", "score_ci_high", "eval")
 TYPES = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
-EVAL_FIELDS = ("label", "epoch", "task", "builtin", "file", "dataset", "split", "samples", "log_path",
-               "evaluated_at")
+INTERVAL_KEYS = {"low", "high", "method", "seed", "resamples"}  # an interval as results JSON shows it
+SHARED = [f.name for f in dataclasses.fields(ledger.EvaluatedTask)]  # what a task's eval rows have in common
 
 
-def eval_records(rows: list[dict[str, Any]], task_order: list[str]) -> list[dict[str, Any]]:
-    """Ledger eval rows (one per metric) → one record per checkpoint × task, with `metrics`,
-    `primary_metric` and `score`; ordered by checkpoint (base first, then epochs), then task."""
-    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+@dataclass(frozen=True, kw_only=True)
+class EvalRecord(ledger.EvaluatedTask):
+    """One task on one checkpoint of a run: every metric the task scored, each with its 95 % interval."""
+
+    primary_metric: str | None = None
+    score: float | None = None  # = metrics[primary_metric]
+    greater_is_better: bool = True
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+
+    def bounds(self, metric: str | None) -> tuple[float, float] | None:
+        """(low, high) of a metric's 95 % interval; None where none was computed."""
+        iv = self.intervals.get(metric) if metric else None
+        return (iv.low, iv.high) if iv else None
+
+    def score_bounds(self) -> tuple[float, float] | None:
+        """(low, high) of the primary metric's interval."""
+        return self.bounds(self.primary_metric)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "epoch": self.epoch, "task": self.task, "builtin": self.builtin,
+                "file": self.file, "dataset": self.dataset, "split": self.split, "samples": self.samples,
+                "log_path": self.log_path, "evaluated_at": self.evaluated_at, "primary_metric": self.primary_metric,
+                "score": self.score, "greater_is_better": self.greater_is_better, "metrics": dict(self.metrics),
+                "intervals": {m: iv.model_dump(include=INTERVAL_KEYS) for m, iv in self.intervals.items()}}
+
+
+@dataclass
+class RunRecord:
+    """One run, control or eval-only run as `tunelab results` shows it: ledger values and every evaluation."""
+
+    name: str
+    kind: str  # fine-tuned | control | eval-only (JSON: "type")
+    model: str
+    dataset: str
+    factors: dict[str, Any]  # swept values, model and dataset excluded
+    state: str
+    final_loss: float | None
+    final_val_loss: float | None
+    steps: int | None
+    duration_s: float | None
+    tokens_per_s: float | None
+    peak_memory_gib: float | None
+    evals: list[EvalRecord]  # base first, then by epoch; tasks in spec order
+    head: EvalRecord | None  # the headline: the first task on the last evaluated checkpoint
+    run_dir: str
+    error: str | None
+
+    @property
+    def score(self) -> float | None:
+        return self.head.score if self.head else None
+
+    @property
+    def score_ci(self) -> tuple[float, float] | None:
+        return self.head.score_bounds() if self.head else None
+
+    @property
+    def last_label(self) -> str | None:
+        return self.evals[-1].label if self.evals else None
+
+    def last_evals(self) -> list[EvalRecord]:
+        """Each task's record on the last evaluated checkpoint."""
+        return [e for e in self.evals if e.label == self.last_label]
+
+    def to_json(self) -> dict[str, Any]:
+        ci = self.score_ci
+        return {
+            "name": self.name, "type": self.kind, "model": self.model, "dataset": self.dataset,
+            "factors": dict(self.factors), "state": self.state, "final_loss": self.final_loss,
+            "final_val_loss": self.final_val_loss, "steps": self.steps, "duration_s": self.duration_s,
+            "tokens_per_s": self.tokens_per_s, "peak_memory_gib": self.peak_memory_gib, "score": self.score,
+            "score_ci": list(ci) if ci else None,
+            "score_task": self.head.task if self.head else None,
+            "score_metric": self.head.primary_metric if self.head else None,
+            "scores": {e.task: e.score for e in self.last_evals()},  # primary, last checkpoint
+            "eval": [e.to_json() for e in self.evals], "run_dir": self.run_dir, "error": self.error,
+        }
+
+
+def eval_records(rows: list[ledger.EvalRow], task_order: list[str]) -> list[EvalRecord]:
+    """Ledger eval rows (one per metric) → one record per checkpoint × task, ordered by checkpoint (base
+    first, then epochs), then task."""
+    grouped: dict[tuple[str, str], list[ledger.EvalRow]] = {}
     for r in rows:
-        rec = grouped.setdefault((r["label"], r["task"]), {
-            **{k: r[k] for k in EVAL_FIELDS}, "primary_metric": None, "score": None,
-            "greater_is_better": bool(r["greater_is_better"]), "metrics": {}, "intervals": {}})
-        rec["metrics"][r["metric"]] = r["value"]
-        if r.get("ci_low") is not None:
-            rec["intervals"][r["metric"]] = {"low": r["ci_low"], "high": r["ci_high"], "method": r["ci_method"],
-                                             "seed": r["ci_seed"], "resamples": r["ci_resamples"]}
-        if r["is_primary"]:
-            rec["primary_metric"], rec["score"] = r["metric"], r["value"]
+        grouped.setdefault((r.label, r.task), []).append(r)
+    records = [_eval_record(group) for group in grouped.values()]
     order = {t: i for i, t in enumerate(task_order)}
-    return sorted(grouped.values(), key=lambda e: (-1 if e["epoch"] is None else e["epoch"], e["label"],
-                                                   order.get(e["task"], len(order)), e["task"]))
+    return sorted(records, key=lambda e: (-1 if e.epoch is None else e.epoch, e.label,
+                                          order.get(e.task, len(order)), e.task))
 
 
-def headline(evals: list[dict[str, Any]], task_order: list[str]) -> dict[str, Any] | None:
+def _eval_record(rows: list[ledger.EvalRow]) -> EvalRecord:
+    """The metrics of one task on one checkpoint, one ledger row each, as one record."""
+    primary = next((r for r in rows if r.is_primary), None)
+    return EvalRecord(
+        **{f: getattr(rows[0], f) for f in SHARED}, greater_is_better=rows[0].greater_is_better,
+        primary_metric=primary.metric if primary else None, score=primary.value if primary else None,
+        metrics={r.metric: r.value for r in rows},
+        intervals={r.metric: iv for r in rows if (iv := r.interval) is not None})
+
+
+def headline(evals: list[EvalRecord], task_order: list[str]) -> EvalRecord | None:
     """The first task's record on the last evaluated checkpoint (None before any evaluation)."""
     if not evals:
         return None
-    last = evals[-1]["label"]
-    at_last = [e for e in evals if e["label"] == last]
-    return next((e for t in task_order for e in at_last if e["task"] == t), at_last[0])
+    at_last = [e for e in evals if e.label == evals[-1].label]
+    return next((e for t in task_order for e in at_last if e.task == t), at_last[0])
 
 
-def score_ci(rec: dict[str, Any] | None) -> list[float] | None:
-    """[low, high] of a record's primary metric (None without per-sample scores)."""
-    iv = rec["intervals"].get(rec["primary_metric"]) if rec else None
-    return [iv["low"], iv["high"]] if iv else None
+def _record(cfg: RunConfig, row: ledger.RunRow, evals: list[EvalRecord]) -> RunRecord:
+    return RunRecord(
+        name=cfg.name, kind=TYPES[cfg.kind], model=cfg.model.name, dataset=cfg.dataset.name,
+        factors={k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")}, state=row.state,
+        final_loss=row.final_loss, final_val_loss=row.final_val_loss, steps=row.steps, duration_s=row.duration_s,
+        tokens_per_s=row.tokens_per_s, peak_memory_gib=row.peak_memory_gib, evals=evals,
+        head=headline(evals, [t.name for t in cfg.eval.resolved_tasks()]), run_dir=row.run_dir, error=row.error)
 
 
-def _record(cfg: RunConfig, row: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
-    tasks = [t.name for t in cfg.eval.resolved_tasks()]
-    head = headline(evals, tasks)
-    last = evals[-1]["label"] if evals else None
-    return {
-        "name": cfg.name,
-        "type": TYPES[cfg.kind],
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "factors": {k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")},
-        "state": row["state"],
-        "final_loss": row["final_loss"],
-        "final_val_loss": row["final_val_loss"],
-        "steps": row["steps"],
-        "duration_s": row["duration_s"],
-        "tokens_per_s": row["tokens_per_s"],
-        "peak_memory_gib": row["peak_memory_gib"],
-        "score": head["score"] if head else None,
-        "score_ci": score_ci(head),
-        "score_task": head["task"] if head else None,
-        "score_metric": head["primary_metric"] if head else None,
-        "scores": {e["task"]: e["score"] for e in evals if e["label"] == last},  # primary, last checkpoint
-        "eval": evals,
-        "run_dir": row["run_dir"],
-        "error": row["error"],
-    }
-
-
-def collect_results(experiment_dir: str | Path) -> list[dict[str, Any]]:
+def collect_results(experiment_dir: str | Path) -> list[RunRecord]:
     """Ingest every run directory, then read one record per run back from the ledger."""
     exp = Path(experiment_dir)
     runs = load_runs(exp)
     ledger.ingest_all(exp, runs)
-    by_name = {r["name"]: r for r in ledger.query(exp, "SELECT * FROM runs")}
-    rows: dict[str, list[dict]] = {}
-    for e in ledger.query(exp, "SELECT * FROM evals"):
-        rows.setdefault(e["run"], []).append(e)
+    by_name = {r.name: r for r in ledger.read_runs(exp)}
+    rows: dict[str, list[ledger.EvalRow]] = {}
+    for e in ledger.read_evals(exp):
+        rows.setdefault(e.run, []).append(e)
     return [_record(cfg, by_name[cfg.name], eval_records(rows.get(cfg.name, []),
                                                          [t.name for t in cfg.eval.resolved_tasks()]))
             for cfg in runs]
 
 
-def _ci_text(iv: dict[str, Any] | None) -> str:
-    return f"[{iv['low']:.6g},{iv['high']:.6g}]" if iv else ""
+def to_json(records: list[RunRecord]) -> str:
+    return json.dumps([r.to_json() for r in records], indent=2)
 
 
-def to_json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2)
+def _ci_text(iv: Interval | None) -> str:
+    return f"[{iv.low:.6g},{iv.high:.6g}]" if iv else ""
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def _metric_columns(records: list[RunRecord]) -> list[str]:
+    cols: list[str] = []
+    for r in records:
+        for e in r.evals:
+            for m in e.metrics:
+                for col in (f"{e.task}.{m}", f"{e.task}.{m}.ci_low", f"{e.task}.{m}.ci_high"):
+                    if col not in cols:
+                        cols.append(col)
+    return cols
+
+
+def _csv_row(r: RunRecord) -> dict[str, Any]:
+    flat = r.to_json()
+    flat["factors"] = ";".join(f"{k}={v}" for k, v in r.factors.items())
+    flat["score_ci_low"], flat["score_ci_high"] = r.score_ci or (None, None)
+    for e in r.last_evals():
+        flat.update({f"{e.task}.{m}": v for m, v in e.metrics.items()})
+        for m, iv in e.intervals.items():
+            flat.update({f"{e.task}.{m}.ci_low": iv.low, f"{e.task}.{m}.ci_high": iv.high})
+    flat["evals"] = ";".join(f"{e.label}/{e.task}/{m}={v}{_ci_text(e.intervals.get(m))}"
+                             for e in r.evals for m, v in e.metrics.items())
+    return flat
+
+
+def to_csv(records: list[RunRecord]) -> str:
     """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high` (its 95 %
     interval), and `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`."""
-    metric_cols: list[str] = []
-    for r in rows:
-        for e in r["eval"]:
-            for m in e["metrics"]:
-                for col in (f"{e['task']}.{m}", f"{e['task']}.{m}.ci_low", f"{e['task']}.{m}.ci_high"):
-                    if col not in metric_cols:
-                        metric_cols.append(col)
     buf = io.StringIO()
-    cols = [f for f in FIELDS if f != "eval"] + metric_cols + ["evals"]
+    cols = [f for f in FIELDS if f != "eval"] + _metric_columns(records) + ["evals"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
-    for r in rows:
-        flat = dict(r)
-        flat["factors"] = ";".join(f"{k}={v}" for k, v in r["factors"].items())
-        flat["score_ci_low"], flat["score_ci_high"] = r["score_ci"] or (None, None)
-        last = r["eval"][-1]["label"] if r["eval"] else None
-        for e in r["eval"]:
-            if e["label"] == last:
-                flat.update({f"{e['task']}.{m}": v for m, v in e["metrics"].items()})
-                for m, iv in e["intervals"].items():
-                    flat.update({f"{e['task']}.{m}.ci_low": iv["low"], f"{e['task']}.{m}.ci_high": iv["high"]})
-        flat["evals"] = ";".join(f"{e['label']}/{e['task']}/{m}={v}{_ci_text(e['intervals'].get(m))}"
-                                 for e in r["eval"] for m, v in e["metrics"].items())
-        w.writerow(flat)
+    for r in records:
+        w.writerow(_csv_row(r))
     return buf.getvalue()
+
+
+def table(records: list[RunRecord], limit: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """The terminal table: header (every task of any run) and a row of cells for each of the first `limit`
+    runs (each task's score on the last checkpoint)."""
+    tasks = list(dict.fromkeys(e.task for r in records for e in r.evals))
+    rows = []
+    for r in records[:limit]:
+        cells = {e.task: show_ci(e.score, e.score_bounds(), e.primary_metric) for e in r.last_evals()}
+        rows.append([r.name, r.kind, r.state, str(r.steps or "—"),
+                     f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
+                     f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "—",
+                     *[cells.get(t, "—") for t in tasks]])
+    return ["run", "type", "state", "steps", "final loss", "val loss", *tasks], rows

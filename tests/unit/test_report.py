@@ -427,14 +427,15 @@ def test_several_tasks_prompts_and_eval_only(multi):
 def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
     from tunelab.results import collect_results, to_csv
 
-    rows = {r["name"]: r for r in collect_results(multi)}
+    records = collect_results(multi)
+    rows = {r.name: r.to_json() for r in records}  # what `results --json` prints
     r = rows["tiny_p2_r4"]
     assert r["score"] == 0.4 and r["score_task"] == "exact_match" and r["scores"] == {"exact_match": 0.4, "num": 0.5}
     assert [(e["label"], e["task"], e["primary_metric"]) for e in r["eval"]] == [
         ("epoch_2", "exact_match", "accuracy"), ("epoch_2", "num", "mae")]
     assert r["eval"][1]["metrics"] == {"mae": 0.5, "rmse": 0.75, "r2": 0.1, "parse_rate": 0.9}
     assert rows["shared"]["type"] == "eval-only" and rows["shared"]["state"] == "completed"
-    lines = to_csv(list(rows.values())).splitlines()
+    lines = to_csv(records).splitlines()
     header = lines[0].split(",")
     assert header[:3] == ["name", "type", "model"] and len(lines) == 1 + len(rows)
     assert {"exact_match.accuracy", "num.mae", "num.parse_rate", "evals"} <= set(header)
@@ -447,7 +448,7 @@ def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
     assert r["score_ci"] == [pytest.approx(lo), pytest.approx(hi)]
     assert r["eval"][1]["intervals"] == {}  # the num task's scores.json has no per-sample scores
     assert {"score_ci_low", "score_ci_high", "exact_match.accuracy.ci_low", "exact_match.accuracy.ci_high"} <= set(header)
-    parsed = next(csv.DictReader(io.StringIO(to_csv([r]))))
+    parsed = next(csv.DictReader(io.StringIO(to_csv([rec for rec in records if rec.name == "tiny_p2_r4"]))))
     assert float(parsed["score_ci_low"]) == pytest.approx(lo) and float(parsed["exact_match.accuracy.ci_high"]) == \
         pytest.approx(hi)
     assert f"epoch_2/exact_match/accuracy=0.4[{lo:.6g},{hi:.6g}]" in parsed["evals"]

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tunelab.errors import TunelabError
-from tunelab.export.records import RunRecord, SweepRecord, sweep_record
+from tunelab.export.records import TrackedRun, TrackedSweep, sweep_record
 
 TAG_DIR = "tunelab.experiment_dir"  # the resolved experiment directory: what makes a sweep the same sweep
 TAG_RUN = "tunelab.run"  # the tunelab run name; "" on the sweep's parent run
@@ -98,7 +98,7 @@ def _log(client, run_id: str, params: dict[str, str], metrics: list, known_param
     return len(entities)
 
 
-def _new_points(client, run_id: str, record: RunRecord) -> list:
+def _new_points(client, run_id: str, record: TrackedRun) -> list:
     """The record's points whose (key, step) the MLflow run does not hold yet."""
     have = {(m.key, m.step) for key in {p.key for p in record.metrics}
             for m in client.get_metric_history(run_id, key)}
@@ -113,7 +113,7 @@ def _set_status(client, run_id: str, state: str, end_ms: int | None) -> None:
         client.update_run(run_id, status=status)
 
 
-def _export_run(client, experiment_id: str, parent_id: str, sweep: SweepRecord, record: RunRecord,
+def _export_run(client, experiment_id: str, parent_id: str, sweep: TrackedSweep, record: TrackedRun,
                 existing) -> tuple[bool, int]:
     tags = {TAG_DIR: str(sweep.experiment_dir), TAG_RUN: record.name, TAG_ROLE: "run",
             "mlflow.parentRunId": parent_id, "tunelab.kind": record.kind, "tunelab.state": record.state}

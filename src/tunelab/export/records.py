@@ -14,7 +14,7 @@ from typing import Any
 
 from tunelab.experiment import load_runs
 from tunelab.fsutil import read_jsonl
-from tunelab.results import collect_results
+from tunelab.results import RunRecord, collect_results
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
 
@@ -33,7 +33,7 @@ class MetricPoint:
 
 
 @dataclass
-class RunRecord:
+class TrackedRun:
     """One tunelab run as a tracker sees it."""
 
     name: str
@@ -50,10 +50,10 @@ class RunRecord:
 
 
 @dataclass
-class SweepRecord:
+class TrackedSweep:
     name: str
     experiment_dir: Path
-    runs: list[RunRecord]
+    runs: list[TrackedRun]
     report_dir: Path | None  # report/ when `tunelab report` has written it
 
 
@@ -88,19 +88,19 @@ def _step_points(cfg: RunConfig, start_ms: int) -> list[MetricPoint]:
     return points
 
 
-def _eval_points(result: dict[str, Any], start_ms: int) -> list[MetricPoint]:
+def _eval_points(result: RunRecord, start_ms: int) -> list[MetricPoint]:
     """eval.<task>.<metric> at step = the checkpoint's epoch (0 for a base model or a given checkpoint)."""
     points = []
-    for e in result["eval"]:
-        stamp = _ms(e["evaluated_at"]) or start_ms
-        points += [MetricPoint(f"eval.{e['task']}.{m}", float(v), int(e["epoch"] or 0), stamp)
-                   for m, v in e["metrics"].items() if isinstance(v, (int, float))]
-    if result["score"] is not None:
-        points.append(MetricPoint("score", float(result["score"]), 0, start_ms))
+    for e in result.evals:
+        stamp = _ms(e.evaluated_at) or start_ms
+        points += [MetricPoint(f"eval.{e.task}.{m}", float(v), int(e.epoch or 0), stamp)
+                   for m, v in e.metrics.items() if isinstance(v, (int, float))]
+    if result.score is not None:
+        points.append(MetricPoint("score", float(result.score), 0, start_ms))
     return points
 
 
-def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
+def run_record(cfg: RunConfig, result: RunRecord) -> TrackedRun:
     status = st.read_status(cfg.run_dir)
     start = _ms(status.get("first_started_at") or status.get("started_at"))
     base = start or int(cfg.run_dir.stat().st_mtime * 1000)
@@ -108,20 +108,20 @@ def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
     params = flatten(config)
     params.update({f"factor.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
                    for k, v in cfg.factors.items()})
-    summary = [MetricPoint(f"summary.{k}", float(result[k]), 0, base) for k in SUMMARY_FIELDS
-               if isinstance(result.get(k), (int, float))]
-    return RunRecord(
-        name=cfg.name, kind=result["type"], state=result["state"], run_dir=cfg.run_dir, params=params,
+    summary = [MetricPoint(f"summary.{k}", float(v), 0, base) for k in SUMMARY_FIELDS
+               if isinstance(v := getattr(result, k), (int, float))]
+    return TrackedRun(
+        name=cfg.name, kind=result.kind, state=result.state, run_dir=cfg.run_dir, params=params,
         metrics=_step_points(cfg, base) + summary + _eval_points(result, base),
-        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result["error"],
+        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result.error,
         config={**config, "factors": dict(cfg.factors)})
 
 
-def sweep_record(experiment_dir: str | Path) -> SweepRecord:
+def sweep_record(experiment_dir: str | Path) -> TrackedSweep:
     exp = Path(experiment_dir).resolve()
     runs = load_runs(exp)
-    results = {r["name"]: r for r in collect_results(exp)}
+    results = {r.name: r for r in collect_results(exp)}
     report = exp / "report"
-    return SweepRecord(name=runs[0].experiment, experiment_dir=exp,
-                       runs=[run_record(cfg, results[cfg.name]) for cfg in runs],
-                       report_dir=report if (report / "report.md").is_file() else None)
+    return TrackedSweep(name=runs[0].experiment, experiment_dir=exp,
+                        runs=[run_record(cfg, results[cfg.name]) for cfg in runs],
+                        report_dir=report if (report / "report.md").is_file() else None)

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ValidationError
 
 from tunelab.errors import TunelabError
-from tunelab.export.records import STEP_FIELDS, RunRecord, SweepRecord, sweep_record
+from tunelab.export.records import STEP_FIELDS, TrackedRun, TrackedSweep, sweep_record
 from tunelab.fsutil import atomic_write_text
 
 MANIFEST = "wandb-export.json"
@@ -74,7 +74,7 @@ def run_id(experiment_dir: Path, run_name: str) -> str:
     return "tl-" + hashlib.sha256(f"{experiment_dir}\0{run_name}".encode()).hexdigest()[:16]
 
 
-def _files(record: RunRecord, sweep: SweepRecord) -> dict[str, Path]:
+def _files(record: TrackedRun, sweep: TrackedSweep) -> dict[str, Path]:
     """{path inside the W&B run's files: source file}."""
     files = {f"tunelab/{n}": record.run_dir / n for n in ("run.yaml", "summary.json") if (record.run_dir / n).is_file()}
     if sweep.report_dir is not None:
@@ -83,7 +83,7 @@ def _files(record: RunRecord, sweep: SweepRecord) -> dict[str, Path]:
     return files
 
 
-def _summary(record: RunRecord) -> dict[str, Any]:
+def _summary(record: TrackedRun) -> dict[str, Any]:
     """Points that are not per-step series, one value each; eval scores per epoch when several were evaluated."""
     by_key: dict[str, dict[int, float]] = defaultdict(dict)
     for p in record.metrics:
@@ -99,7 +99,7 @@ def _summary(record: RunRecord) -> dict[str, Any]:
     return out
 
 
-def _history(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
+def _history(record: TrackedRun) -> list[tuple[int, dict[str, float]]]:
     """metrics.jsonl's per-step fields as one row per training step, in step order (W&B needs steps increasing)."""
     rows: dict[int, dict[str, float]] = defaultdict(dict)
     for p in record.metrics:
@@ -108,7 +108,7 @@ def _history(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
     return sorted(rows.items())
 
 
-def _fingerprint(record: RunRecord, files: dict[str, Path], project: str, group: str) -> str:
+def _fingerprint(record: TrackedRun, files: dict[str, Path], project: str, group: str) -> str:
     digest = hashlib.sha256(json.dumps(
         [FORMAT, project, group, record.name, record.kind, record.state, record.error, record.config,
          [asdict(p) for p in record.metrics]], sort_keys=True).encode())
@@ -146,7 +146,7 @@ def _settings(wandb) -> Any:
                           x_disable_machine_info=True, x_save_requirements=False)
 
 
-def _log_run(run, record: RunRecord, files: dict[str, Path]) -> None:
+def _log_run(run, record: TrackedRun, files: dict[str, Path]) -> None:
     for step, row in _history(record):
         run.log(row, step=step)
     run.summary.update(_summary(record))
@@ -157,7 +157,7 @@ def _log_run(run, record: RunRecord, files: dict[str, Path]) -> None:
         run.save(str(dest), base_path=run.dir, policy="now")
 
 
-def _write_run(wandb, record: RunRecord, files: dict[str, Path], out: Path, rid: str, project: str,
+def _write_run(wandb, record: TrackedRun, files: dict[str, Path], out: Path, rid: str, project: str,
                group: str) -> str:
     """Write one offline run in a staging dir and move it in place of the id's previous directories."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:

@@ -173,14 +173,14 @@ def run_issues(run: RunData) -> list[Issue]:
     if wait:
         out.append(wait)
     if run.state in (st.FAILED, st.INTERRUPTED):
-        last = run.attempts[-1] if run.attempts else {}
-        reason = run.error or last.get("reason") or (
-            f"exit code {last['exit_code']}" if last.get("exit_code") is not None else "no reason recorded")
+        last = run.attempts[-1] if run.attempts else None
+        reason = run.error or (last and last.reason) or (
+            f"exit code {last.exit_code}" if last and last.exit_code is not None else "no reason recorded")
         word = "failed" if run.state == st.FAILED else "interrupted (cancelled or killed)"
         out.append(Issue(run.name, run.state, f"{word} — {error_class(reason)}: {reason}"))
     n = retries(run)
     if n:
-        states = ", ".join(f"#{a.get('attempt')} {a.get('state')} (exit {a.get('exit_code')})" for a in run.attempts)
+        states = ", ".join(f"#{a.attempt} {a.state} (exit {a.exit_code})" for a in run.attempts)
         out.append(Issue(run.name, "retried", f"{n} retr{'y' if n == 1 else 'ies'}" + (f": {states}" if states else "")))
     if run.nan_rows:
         steps = ", ".join(map(str, run.nan_rows[:5])) + (" …" if len(run.nan_rows) > 5 else "")

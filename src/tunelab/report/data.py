@@ -18,7 +18,7 @@ from tunelab.evaluate.scores import read_scores
 from tunelab.experiment import SPEC_FILE, load_runs
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
-from tunelab.results import collect_results
+from tunelab.results import EvalRecord, RunRecord, collect_results
 from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, load_spec
 from tunelab.stats.records import SampleValue
@@ -67,12 +67,12 @@ class RunData:
     val_loss: list[Point] = field(default_factory=list)
     nan_rows: list[int] = field(default_factory=list)  # steps whose loss or val_loss is not finite
     metrics_rows: int = 0
-    evals: list[dict[str, Any]] = field(default_factory=list)  # results' eval records: checkpoint x task
+    evals: list[EvalRecord] = field(default_factory=list)  # checkpoint x task, base first then by epoch
     checkpoints: list[EpochCheck] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # ledger attempts, oldest first
+    attempts: list[ledger.AttemptRow] = field(default_factory=list)  # oldest first
     error: str | None = None
     dir_bytes: int = 0
-    record: dict[str, Any] = field(default_factory=dict)  # the results.collect_results record
+    record: RunRecord | None = None  # what `tunelab results` shows of the run
     samples: dict[tuple[str, str], list[SampleValue]] = field(default_factory=dict)  # (label, task) -> per sample
     stages: list[StageRecord] = field(default_factory=list)  # a staged run's completed stages (stages.json)
     epoch_stage: dict[int, str] = field(default_factory=dict)  # a staged run's global epoch -> 'STAGE/epoch_K'
@@ -88,29 +88,32 @@ class RunData:
     @property
     def score(self) -> float | None:
         """Headline score: the first task's primary metric on the last evaluated checkpoint."""
-        return self.record.get("score") if self.record else None
+        return self.record.score if self.record else None
 
     @property
     def last_label(self) -> str | None:
-        return self.evals[-1]["label"] if self.evals else None
+        return self.evals[-1].label if self.evals else None
 
-    def task_evals(self, task: str) -> list[dict[str, Any]]:
+    def task_evals(self, task: str) -> list[EvalRecord]:
         """This task's records, one per evaluated checkpoint (base first, then by epoch)."""
-        return [e for e in self.evals if e["task"] == task]
+        return [e for e in self.evals if e.task == task]
+
+    def task_eval(self, task: str, label: str | None = None) -> EvalRecord | None:
+        """A task's record on a checkpoint (default: the last evaluated); None where it was not evaluated."""
+        label = label or self.last_label
+        return next((e for e in self.evals if e.task == task and e.label == label), None)
 
     def value(self, task: str, metric: str | None = None) -> float | None:
         """A task's metric (default: its primary) on the last evaluated checkpoint."""
-        e = next((e for e in self.evals if e["task"] == task and e["label"] == self.last_label), None)
+        e = self.task_eval(task)
         if e is None:
             return None
-        return e["score"] if metric is None else e["metrics"].get(metric)
+        return e.score if metric is None else e.metrics.get(metric)
 
     def interval(self, task: str, metric: str | None = None, label: str | None = None) -> tuple[float, float] | None:
         """The 95 % interval of a task's metric (default: primary) on a checkpoint (default: the last)."""
-        label = label or self.last_label
-        e = next((e for e in self.evals if e["task"] == task and e["label"] == label), None)
-        iv = e["intervals"].get(metric or e["primary_metric"]) if e else None
-        return (iv["low"], iv["high"]) if iv else None
+        e = self.task_eval(task, label)
+        return e.bounds(metric or e.primary_metric) if e else None
 
     def sample_scores(self, task: str, label: str | None = None) -> list[SampleValue]:
         """Per-sample records of a task on a checkpoint (default: the last evaluated); [] when not kept."""
@@ -160,7 +163,7 @@ class ReportData:
     factors: dict[str, list[Any]]  # swept factors with their levels (model/dataset when several)
     runs: list[RunData]
     controls: list[RunData]
-    attempts: list[dict[str, Any]]
+    attempts: list[ledger.AttemptRow]
     model_paths: dict[str, Path]
     tasks: list[TaskInfo]  # spec order; the first is the headline task
     generated_at: str
@@ -287,22 +290,21 @@ def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskIn
                                          t.split if t.builtin else None)
     for r in everything:
         for e in r.evals:
-            info = infos.setdefault(e["task"], TaskInfo(e["task"], e.get("builtin") or "file", e.get("dataset"),
-                                                        e.get("split")))
-            info.primary_metric = info.primary_metric or e["primary_metric"]
-            info.greater_is_better = bool(e.get("greater_is_better", True))
-            info.metrics += [m for m in e["metrics"] if m not in info.metrics]
+            info = infos.setdefault(e.task, TaskInfo(e.task, e.builtin or "file", e.dataset, e.split))
+            info.primary_metric = info.primary_metric or e.primary_metric
+            info.greater_is_better = e.greater_is_better
+            info.metrics += [m for m in e.metrics if m not in info.metrics]
     return list(infos.values())
 
 
-def _run_data(cfg: RunConfig, rec: dict[str, Any], exp: Path, attempts: list[dict[str, Any]]) -> RunData:
+def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[ledger.AttemptRow]) -> RunData:
     run = RunData(
-        name=cfg.name, kind=rec["type"], model=rec["model"], dataset=rec["dataset"], factors=rec["factors"],
-        state=rec["state"], run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
-        status=st.read_status(cfg.run_dir), evals=list(rec["eval"]), error=rec["error"], record=rec,
+        name=cfg.name, kind=rec.kind, model=rec.model, dataset=rec.dataset, factors=rec.factors,
+        state=rec.state, run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
+        status=st.read_status(cfg.run_dir), evals=list(rec.evals), error=rec.error, record=rec,
     )
     run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
-    run.attempts = [a for a in attempts if a["run"] == cfg.name]
+    run.attempts = [a for a in attempts if a.run == cfg.name]
     run.dir_bytes = dir_size(cfg.run_dir)
     run.samples = {(s.label, s.task): s.per_sample for s in read_scores(cfg.run_dir) if s.per_sample}
     if cfg.kind == "finetune":
@@ -336,10 +338,10 @@ def gather(experiment_dir: str | Path) -> ReportData:
     from tunelab.design import prompt_names
 
     exp = Path(experiment_dir).resolve()
-    results = {r["name"]: r for r in collect_results(exp)}  # ingests every run dir first
+    results = {r.name: r for r in collect_results(exp)}  # ingests every run dir first
     cfgs = load_runs(exp)
     spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
-    attempts = ledger.query(exp, "SELECT * FROM attempts ORDER BY id")
+    attempts = ledger.read_attempts(exp)
     by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": []}
     for cfg in cfgs:
         by_kind[cfg.kind].append(_run_data(cfg, results[cfg.name], exp, attempts))

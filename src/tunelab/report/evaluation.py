@@ -12,6 +12,7 @@ from typing import Any
 # one way to show a metric (kinds.py, light for `tunelab results`); sections and replicates import from here
 from tunelab.evaluate.kinds import is_fraction, show, show_ci  # noqa: F401
 from tunelab.report.data import ReportData, RunData, TaskInfo
+from tunelab.results import EvalRecord
 from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
@@ -58,25 +59,19 @@ def task_metrics(task: TaskInfo) -> list[str]:
 
 
 def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], control: RunData | None) -> list[list[str]]:
-    evals = run.task_evals(task.name) or [{"label": "—", "score": None, "samples": None, "metrics": {},
-                                           "intervals": {}}]
+    not_evaluated = EvalRecord(label="—", task=task.name)
     base = control.value(task.name) if control else None
     rows = []
-    for e in evals:
-        delta, d = None if e["score"] is None or base is None else e["score"] - base, None
+    for e in run.task_evals(task.name) or [not_evaluated]:
+        delta, d = None if e.score is None or base is None else e.score - base, None
         if delta is not None and control is not None and task.primary_metric:
-            d = paired_difference([run.sample_scores(task.name, e["label"])], [control.sample_scores(task.name)],
+            d = paired_difference([run.sample_scores(task.name, e.label)], [control.sample_scores(task.name)],
                                   task.primary_metric)
-        cells = [show_ci(e["metrics"].get(m), _iv(e, m), m) for m in metrics]
-        rows.append([run.name, run.kind, run.checkpoint_name(e.get("epoch"), e["label"]), *cells,
+        cells = [show_ci(e.metrics.get(m), e.bounds(m), m) for m in metrics]
+        rows.append([run.name, run.kind, run.checkpoint_name(e.epoch, e.label), *cells,
                      delta_cell(d, delta, task.primary_metric) if run.kind == "fine-tuned" else "—",
-                     "—" if e["samples"] is None else str(e["samples"])])
+                     "—" if e.samples is None else str(e.samples)])
     return rows
-
-
-def _iv(e: dict[str, Any], metric: str) -> tuple[float, float] | None:
-    iv = e.get("intervals", {}).get(metric)
-    return (iv["low"], iv["high"]) if iv else None
 
 
 def task_table(data: ReportData, task: TaskInfo) -> Table:
@@ -102,16 +97,16 @@ def epoch_table(data: ReportData) -> Table | None:
     head = data.headline
     if head is None:
         return None
-    epochs = sorted({e["epoch"] for r in data.runs for e in r.task_evals(head.name) if e.get("epoch") is not None})
+    epochs = sorted({e.epoch for r in data.runs for e in r.task_evals(head.name) if e.epoch is not None})
     if len(epochs) < 2:
         return None
     rows = []
     shared = {e: data.shared_stage(e) for e in epochs}  # a staged sweep's stage labels, in the header when shared
     for r in data.runs:
-        by = {e["epoch"]: e for e in r.task_evals(head.name) if e.get("epoch") is not None}
+        by = {e.epoch: e for e in r.task_evals(head.name) if e.epoch is not None}
         cells = []
         for e in epochs:
-            cell = show_ci(by[e]["score"], _iv(by[e], head.primary_metric or ""), head.primary_metric) \
+            cell = show_ci(by[e].score, by[e].bounds(head.primary_metric), head.primary_metric) \
                 if e in by else "—"
             own = r.epoch_stage.get(e) if e in by and not shared[e] else None  # stages differ: each run's own
             cells.append(f"{cell} ({own})" if own else cell)

@@ -275,20 +275,20 @@ def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
     if head is None:
         return None
     task, metric = head.name, head.primary_metric
-    runs = [r for r in data.runs if len([e for e in r.task_evals(task) if e.get("epoch") is not None]) > 1]
+    runs = [r for r in data.runs if len([e for e in r.task_evals(task) if e.epoch is not None]) > 1]
     if not runs:
         return None
     k = _scale(metric)
     fig = _new(6.4, 3.8)
     ax = fig.subplots()
     for i, r in enumerate(runs):
-        pts = [(e["epoch"], k * e["score"], r.interval(task, metric, e["label"])) for e in r.task_evals(task)
-               if e.get("epoch") is not None and e["score"] is not None]
+        pts = [(e.epoch, k * e.score, r.interval(task, metric, e.label)) for e in r.task_evals(task)
+               if e.epoch is not None and e.score is not None]
         ys = [p[1] for p in pts]
         ax.errorbar([p[0] for p in pts], ys, yerr=_errors(ys, [p[2] for p in pts], k), marker="o", lw=1.8,
                     capsize=3, color=PALETTE[i % len(PALETTE)], label=r.name)
     _control_lines(ax, data, {m: "#555" for m in data.models}, task, metric)
-    epochs = sorted({e["epoch"] for r in runs for e in r.task_evals(task) if e.get("epoch") is not None})
+    epochs = sorted({e.epoch for r in runs for e in r.task_evals(task) if e.epoch is not None})
     ticks = epoch_ticks(data, epochs)
     ax.set_xticks(epochs, ticks)
     for x, name in stage_changes(data, epochs):

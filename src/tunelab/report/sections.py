@@ -89,13 +89,13 @@ def headline(data: ReportData, f: Findings) -> Headline:
     names = ", ".join(r.name for r in f.best)
     best, head = f.best[0], data.headline
     metric = head.primary_metric if head else None
-    rec = next((e for e in best.evals if e["label"] == best.last_label and e["task"] == data.eval_task), {})
+    rec = best.task_eval(data.eval_task or "")
     score = show_ci(f.best_score, best.interval(data.eval_task or ""), metric)
     title = f"{'Best run' if len(f.best) == 1 else 'Best runs (tied within noise)'}: {names} — {score}"
-    where = f"on the {rec.get('split')} split, " if rec.get("split") else ""
-    ckpt = best.checkpoint_name(rec.get("epoch"), rec.get("label", best.last_label))
+    where = f"on the {rec.split} split, " if rec and rec.split else ""
+    ckpt = best.checkpoint_name(rec.epoch, rec.label) if rec else best.checkpoint_name(None, str(best.last_label))
     lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {ckpt}"
-             f" ({rec.get('samples')} samples, [95 % interval]); {factors_text(best)}, model {best.model}."]
+             f" ({rec.samples if rec else None} samples, [95 % interval]); {factors_text(best)}, model {best.model}."]
     ctl = data.control_for(best)
     word = "over" if head is None or head.greater_is_better else "vs"
     if ctl is not None and ctl.score is not None:
@@ -337,9 +337,8 @@ def issues(data: ReportData, f: Findings) -> Section:
     else:
         blocks.append(Para("✓ No failed, retried or cancelled runs; no NaN losses, empty files or silent runs."))
     if data.attempts:
-        rows = [[a["run"], fnum(a.get("attempt"), "{}"), a.get("executor") or "—", _when(a.get("started_at")),
-                 _when(a.get("finished_at")), fnum(a.get("exit_code"), "{}"), a.get("state") or "—",
-                 (error_class(a.get("reason")) + ": " + a["reason"]) if a.get("reason") else "—"]
+        rows = [[a.run, fnum(a.attempt, "{}"), a.executor or "—", _when(a.started_at), _when(a.finished_at),
+                 fnum(a.exit_code, "{}"), a.state or "—", (error_class(a.reason) + ": " + a.reason) if a.reason else "—"]
                 for a in data.attempts]
         blocks.append(Table(["Run", "Attempt", "Executor", "Started", "Finished", "Exit", "State", "Reason"], rows,
                             "Every job the executor started (ledger table `attempts` in `tunelab.db`)."))

@@ -45,10 +45,10 @@ def _score_after(run: RunData, rec: StageRecord | None, head: TaskInfo | None) -
     if rec is None or not rec.epochs or head is None:
         return "—"
     label = f"epoch_{max(rec.epochs)}"
-    e = next((e for e in run.task_evals(head.name) if e.get("epoch") == max(rec.epochs)), None)
-    if e is None or e["score"] is None:
+    e = next((e for e in run.task_evals(head.name) if e.epoch == max(rec.epochs)), None)
+    if e is None or e.score is None:
         return "—"
-    return show_ci(e["score"], run.interval(head.name, head.primary_metric, label), head.primary_metric)
+    return show_ci(e.score, run.interval(head.name, head.primary_metric, label), head.primary_metric)
 
 
 def stage_rows(run: RunData, head: TaskInfo | None) -> list[list[str]]:
