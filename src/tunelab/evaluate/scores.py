@@ -1,9 +1,5 @@
-"""scores.json: one finished evaluation of one task on one target, and reading them back.
-
-Layout: <run_dir>/eval/<label>/<task>/{*.eval, scores.json}. scores.json is written last and
-atomically, so its presence means "this task on this checkpoint finished"; an interrupted evaluation
-leaves none and is redone next time.
-"""
+"""An evaluation's samples read back from its inspect-ai log, and metric values made JSON-safe. The
+scores.json record itself is the run directory's (tunelab.rundir.scores, re-exported here)."""
 
 from __future__ import annotations
 
@@ -11,44 +7,11 @@ import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ValidationError
+from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE
+from tunelab.rundir.scores import TaskScores, is_scored, read_scores, read_task_scores, task_dir, write_scores
 
-from tunelab.fsutil import atomic_write_json, read_json
-from tunelab.stats.records import Interval, SampleValue
-
-EVAL_DIR = "eval"
-SCORES_FILE = "scores.json"
-
-
-class TaskScores(BaseModel):
-    """What one task scored on one target (scores.json)."""
-
-    run: str
-    kind: str
-    label: str  # epoch_N | base | checkpoint
-    epoch: int | None
-    task: str
-    builtin: str | None = None
-    file: str | None = None  # a user's task file
-    task_function: str | None = None  # its @task function
-    dataset: str | None = None
-    split: str | None = None
-    metrics: dict[str, float | None]
-    primary_metric: str
-    score: float | None  # = metrics[primary_metric]
-    greater_is_better: bool = True
-    samples: int
-    log: str  # the .eval file beside scores.json
-    model_path: str
-    adapter_path: str | None = None
-    max_tokens: int | None = None
-    duration_s: float  # wall-clock of this task's evaluation (model loading included on the first task)
-    inspect_duration_s: float | None = None  # inspect's own start-to-end time of the eval
-    evaluated_at: str
-    # per-sample scores (what intervals and paired comparisons are computed from) and each metric's
-    # 95 % interval; empty in scores.json written before tunelab kept them
-    per_sample: list[SampleValue] = []
-    intervals: dict[str, Interval] = {}
+__all__ = ["EVAL_DIR", "SCORES_FILE", "TaskScores", "is_scored", "read_scores", "read_task_scores", "task_dir",
+           "write_scores", "finite_or_none", "SampleRow", "load_samples"]
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -58,39 +21,6 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def task_dir(run_dir: str | Path, label: str, task: str) -> Path:
-    return Path(run_dir) / EVAL_DIR / label / task
-
-
-def write_scores(out_dir: Path, scores: TaskScores) -> Path:
-    return atomic_write_json(out_dir / SCORES_FILE, scores.model_dump(mode="json"))
-
-
-def read_task_scores(path: Path) -> TaskScores | None:
-    """One scores.json (None when absent, truncated or of an older layout)."""
-    data = read_json(path, default=None)
-    if not isinstance(data, dict):
-        return None
-    try:
-        return TaskScores.model_validate(data)
-    except ValidationError:
-        return None
-
-
-def read_scores(run_dir: str | Path, task_order: list[str] | None = None) -> list[TaskScores]:
-    """Every finished evaluation of a run: base/checkpoint first, then by epoch; tasks in task_order
-    (the spec's), others by name."""
-    root = Path(run_dir) / EVAL_DIR
-    found = [s for p in sorted(root.glob(f"*/*/{SCORES_FILE}")) if (s := read_task_scores(p)) is not None]
-    order = {name: i for i, name in enumerate(task_order or [])}
-    return sorted(found, key=lambda s: (-1 if s.epoch is None else s.epoch, s.label,
-                                        order.get(s.task, len(order)), s.task))
-
-
-def is_scored(run_dir: str | Path, label: str, task: str) -> bool:
-    return read_task_scores(task_dir(run_dir, label, task) / SCORES_FILE) is not None
 
 
 class SampleRow(NamedTuple):

@@ -15,32 +15,16 @@ import math
 import shutil
 from pathlib import Path
 
-from tunelab.train.status import CHECKPOINTS_DIR
-
-COUNTERS_FILE = "tunelab_counters.json"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-def epoch_dir(run_dir: str | Path, epoch: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR / f"epoch_{epoch}"
-
-
-def is_complete_checkpoint(path: str | Path) -> bool:
-    path = Path(path)
-    return all((path / f).is_file() and (path / f).stat().st_size > 0 for f in ADAPTER_FILES)
-
-
-def complete_epochs(run_dir: str | Path) -> list[int]:
-    """Epoch indices whose adapter checkpoint is complete, ascending."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    epochs = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("epoch_") and d.name[6:].isdigit() and is_complete_checkpoint(d):
-            epochs.append(int(d.name[6:]))
-    return sorted(epochs)
+from tunelab.rundir.checkpoints import (  # noqa: F401  (re-exported: readers still import them here)
+    complete_epochs,
+    complete_trainer_checkpoints,
+    epoch_dir,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    last_trainer_checkpoint,
+)
+from tunelab.rundir.checkpoints import trainer_checkpoints as _trainer_checkpoints
+from tunelab.rundir.layout import ADAPTER_FILES, COUNTERS_FILE, TOKENIZER_FILES  # noqa: F401
 
 
 def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path:
@@ -79,34 +63,12 @@ def epoch_index(epoch: float | None) -> int:
     return max(0, math.ceil(round(epoch or 0, 6)) - 1)
 
 
-def _trainer_checkpoints(state_dir: str | Path, needed: tuple[str, ...]) -> list[Path]:
-    """checkpoint-STEP directories holding all the `needed` files, by step ascending."""
-    state_dir = Path(state_dir)
-    if not state_dir.is_dir():
-        return []
-    found = []
-    for d in state_dir.iterdir():
-        step = d.name.removeprefix("checkpoint-")
-        if d.is_dir() and step.isdigit() and all((d / f).is_file() for f in needed):
-            found.append((int(step), d))
-    return [d for _, d in sorted(found)]
 
 
-def complete_trainer_checkpoints(state_dir: str | Path) -> list[Path]:
-    """Checkpoints whose save finished: trainer state and, written last, tunelab's counters."""
-    return _trainer_checkpoints(state_dir, ("trainer_state.json", COUNTERS_FILE))
 
 
-def last_complete_checkpoint(state_dir: str | Path) -> Path | None:
-    """The checkpoint a restarted job resumes from: the newest complete one."""
-    found = complete_trainer_checkpoints(state_dir)
-    return found[-1] if found else None
 
 
-def last_trainer_checkpoint(state_dir: str | Path) -> Path | None:
-    """The newest checkpoint with a trainer state, complete or not (what the retry policy reads)."""
-    found = _trainer_checkpoints(state_dir, ("trainer_state.json",))
-    return found[-1] if found else None
 
 
 def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[Path]:

@@ -12,22 +12,20 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-SAMPLES_FILE = "gpu_samples.jsonl"
+from tunelab.rundir.gpu import (  # noqa: F401  (re-exported: the report still imports them here)
+    LOW_UTILIZATION_PCT,
+    GpuSample,
+    Utilization,
+    utilization,
+)
+from tunelab.rundir.layout import SAMPLES_FILE
+
 INTERVAL_S = 5.0
 INTERVAL_ENV = "TUNELAB_GPU_SAMPLE_S"  # seconds between samples (tests and short runs set it lower)
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    time: float  # unix seconds
-    gpu: str  # the name CUDA_VISIBLE_DEVICES gave it (an index or a UUID), or the NVML index
-    util_pct: float  # NVML: share of the last sample period a kernel ran
-    mem_used_gib: float
-    power_w: float | None
 
 
 def _nvml() -> Any | None:
@@ -102,36 +100,3 @@ class GpuSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval_s + 5)
-
-
-@dataclass(frozen=True)
-class Utilization:
-    """What the report shows of a run's GPU use."""
-
-    samples: int
-    mean_pct: float
-    min_pct: float
-    max_pct: float
-    mean_power_w: float | None
-    max_mem_used_gib: float
-
-
-LOW_UTILIZATION_PCT = 50.0  # the report flags runs whose mean GPU utilization is below this
-
-
-def utilization(run_dir: Path) -> Utilization | None:
-    """Mean and min–max utilization over all samples of all the run's GPUs; None when nothing was sampled."""
-    from tunelab.fsutil import read_jsonl
-
-    samples = []
-    for row in read_jsonl(Path(run_dir) / SAMPLES_FILE):
-        try:
-            samples.append(GpuSample(**row))
-        except TypeError:  # a line of another shape: not a sample
-            continue
-    if not samples:
-        return None
-    utils = [x.util_pct for x in samples]
-    power = [x.power_w for x in samples if x.power_w is not None]
-    return Utilization(len(utils), round(sum(utils) / len(utils), 1), min(utils), max(utils),
-                       round(sum(power) / len(power), 1) if power else None, max(x.mem_used_gib for x in samples))

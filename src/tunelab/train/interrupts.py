@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
+from tunelab.rundir.layout import SAVED_BEFORE_LIMIT  # noqa: F401  (re-exported until execute/failures moves)
 
 WARN_SIGNAL = signal.SIGUSR1  # Slurm's warning before the time limit
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-SAVED_BEFORE_LIMIT = "saved before the time limit"  # in status.json's error: execute/failures.py reads it
 REQUEUE_KILL_WAIT_S = 300.0  # Slurm ends a requeued job within KillWait (30 s by default)
 
 

@@ -16,17 +16,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass
-class Counters:
-    """Cumulative over the whole run, carried across a resume."""
-
-    tokens: int = 0  # tokens the model processed (padding included)
-    nonpad_tokens: int = 0  # real tokens (padding excluded)
-    examples: int = 0
-    overhead_s: float = 0.0  # time in evaluation and checkpoint saves
-    elapsed_s: float = 0.0  # wall time of training (all attempts)
-    data_wait_s: float = 0.0  # time the training loop waited for its next batch (slowest process)
+from tunelab.rundir.checkpoints import Counters
 
 
 @dataclass

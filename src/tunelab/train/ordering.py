@@ -17,9 +17,9 @@ from typing import Any
 from torch.utils.data import Sampler
 
 from tunelab.errors import TunelabError
+from tunelab.rundir.layout import ORDER_FILE
 from tunelab.spec.training import ByField, TrainingConfig
 
-ORDER_FILE = "data_order.jsonl"
 RECORD_ALL_UP_TO = 100_000  # longer orders are recorded as their hash and first indices
 FIRST_INDICES = 1000
 

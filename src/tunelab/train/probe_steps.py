@@ -13,44 +13,13 @@ from __future__ import annotations
 import resource
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.runconfig import RunConfig
+from tunelab.rundir.probe import ProbePoint, ProbeResult
 
 WARMUP_STEPS = 2
 GIB = 2**30
-
-
-@dataclass
-class ProbePoint:
-    micro_batch: int
-    tokens: float
-    seconds: float
-    peak_allocated_gib: float | None = None
-
-
-@dataclass
-class ProbeResult:
-    """One shape's measurement; `tokens_per_s` and the peak are at the planned micro-batch."""
-
-    micro_batch: int
-    points: list[ProbePoint]
-    tokens_per_s: float
-    per_token_s: float | None
-    fixed_s: float | None
-    peak_memory_gib: float | None
-    memory_kind: str
-    device: str
-    cpu_threads: int
-    peak_reserved_gib: float | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-    max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step
-    gpu_memory_gib: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _rss_gib() -> float:
@@ -133,7 +102,7 @@ def _result(b: int, measured: dict[int, tuple[float, float, float | None]], rese
             versions: dict[str, str]) -> ProbeResult:
     import torch
 
-    points = [ProbePoint(mb, tokens, round(sec, 6), peak) for mb, (tokens, sec, peak) in sorted(measured.items())]
+    points = [ProbePoint(micro_batch=mb, tokens=tokens, seconds=round(sec, 6), peak_allocated_gib=peak) for mb, (tokens, sec, peak) in sorted(measured.items())]
     if not points:
         raise RuntimeError("the training split is too small to time a single step")
     at = next((p for p in points if p.micro_batch == b), points[0])

@@ -9,20 +9,25 @@ is recorded in stages.json only once complete: a failure in stage 3 resumes stag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.fsutil import read_json
+from tunelab.rundir import layout
+from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, last_complete_checkpoint, stage_state_dir
+from tunelab.rundir.layout import STAGES_FILE
+from tunelab.rundir.stages import (  # noqa: F401  (re-exported: readers still import them here)
+    StageRecord,
+    current_stage,
+    current_state_dir,
+    epoch_labels,
+    read_stage_records,
+    restart_current_stage,
+    write_stage_records,
+)
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
-from tunelab.train.checkpoints import complete_epochs, epoch_dir, last_complete_checkpoint
-
-if TYPE_CHECKING:  # the report reads stages.json through this module: no torch import for it
-    from tunelab.train.metrics import Counters
-
-STAGES_FILE = "stages.json"
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class StageContext:
     epoch_offset: int = 0
     init_adapter: Path | None = None  # the previous stage's final adapter
     init_optimizer: Path | None = None  # the previous stage's last trainer checkpoint (optimizer: carried)
-    counters: "Counters | None" = None  # the run's counters when the previous stage ended
+    counters: Counters | None = None  # the run's counters when the previous stage ended
 
     @property
     def last(self) -> bool:
@@ -51,55 +56,18 @@ class StageContext:
         return f"stage {self.index + 1}/{self.count} ({self.name})" if self.name else ""
 
 
-def stage_state_dir(run_dir: str | Path, stage: str | None) -> Path:
-    """Where a stage keeps its trainer state: trainer_state/STAGE/ (an unstaged run: trainer_state/)."""
-    base = Path(run_dir) / st.TRAINER_STATE_DIR
-    return base / stage if stage else base
-
-
-@dataclass
-class StageRecord:
-    """A completed stage, as stages.json keeps it."""
-
-    name: str
-    index: int
-    dataset: str
-    optimizer: str
-    epochs: list[int]  # global epoch indices (checkpoints/epoch_N) this stage published
-    first_step: int  # the run's step before the stage's first (its offset)
-    last_step: int
-    examples: int
-    counters: dict[str, Any]
-    final_loss: float | None = None
-    duration_s: float | None = None
-
-
-def read_stage_records(run_dir: str | Path) -> list[StageRecord]:
-    """The completed stages, in order ([] for an unstaged run or before stage 1 completes)."""
-    rows = read_json(Path(run_dir) / STAGES_FILE, default=None) or []
-    return [StageRecord(**r) for r in rows]
-
-
-def epoch_labels(run_dir: str | Path) -> dict[int, str]:
-    """{global epoch: 'STAGE/epoch_K'} of a staged run's completed stages ({} for an unstaged run)."""
-    out = {}
-    for rec in read_stage_records(run_dir):
-        for k, e in enumerate(rec.epochs):
-            out[e] = f"{rec.name}/epoch_{k}"
-    return out
-
-
 def record_stage(run_dir: Path, ctx: StageContext, cfg: RunConfig, summary: dict[str, Any],
-                 counters: dict[str, Any]) -> StageRecord:
+                 counters: dict[str, Any] | Counters) -> StageRecord:
     """Add the stage just completed to stages.json (main process; the record is what marks it complete)."""
     done = [r for r in read_stage_records(run_dir) if r.index < ctx.index]
     rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=cfg.dataset.name,
                       optimizer=ctx.optimizer,
                       epochs=[e for e in complete_epochs(run_dir) if e >= ctx.epoch_offset],
                       first_step=ctx.step_offset, last_step=int(summary.get("steps") or ctx.step_offset),
-                      examples=int(summary.get("train_examples") or 0), counters=counters,
+                      examples=int(summary.get("train_examples") or 0),
+                      counters=counters if isinstance(counters, Counters) else Counters.from_json(counters),
                       final_loss=summary.get("stage_final_loss"), duration_s=summary.get("stage_duration_s"))
-    atomic_write_json(run_dir / STAGES_FILE, [asdict(r) for r in [*done, rec]])
+    write_stage_records(run_dir, [*done, rec])
     return rec
 
 
@@ -122,45 +90,19 @@ def next_stage(cfg: RunConfig, run_dir: Path) -> StageContext | None:
         if init_optimizer is None:
             raise TunelabError(f"stage {cfg.stages[i].name}: optimizer: carried, but stage {prev.name} kept no "
                                "complete trainer checkpoint", file=stage_state_dir(run_dir, prev.name))
-    from tunelab.train.metrics import Counters
-
     return StageContext(
         name=names[i], index=i, count=len(names), optimizer=cfg.stages[i].optimizer,
         step_offset=prev.last_step if prev else 0,
         epoch_offset=(max(prev.epochs) + 1 if prev.epochs else 0) if prev else 0,
         init_adapter=epoch_dir(run_dir, max(prev.epochs)) if prev and prev.epochs else None,
         init_optimizer=init_optimizer,
-        counters=Counters(**prev.counters) if prev else None)
+        counters=replace(prev.counters) if prev and prev.counters else None)
 
 
-def current_stage(cfg: RunConfig) -> int | None:
-    """The index of the first stage not yet complete (the one a failure happened in); None when unstaged
-    or every stage is complete."""
-    if not cfg.stages:
-        return None
-    done = len(read_stage_records(cfg.run_dir))
-    return done if done < len(cfg.stages) else None
 
 
-def current_state_dir(cfg: RunConfig) -> Path:
-    """The trainer-state directory a resume of this run would read."""
-    i = current_stage(cfg)
-    return stage_state_dir(cfg.run_dir, cfg.stages[i].name if i is not None else None)
 
 
-def restart_current_stage(cfg: RunConfig) -> None:
-    """Drop the current stage's trainer state and the epochs it published: it starts again from the end of
-    the stage before (a retry that cannot resume exactly); earlier stages are kept."""
-    import shutil
-
-    i = current_stage(cfg)
-    if i is None:
-        return
-    shutil.rmtree(stage_state_dir(cfg.run_dir, cfg.stages[i].name), ignore_errors=True)
-    kept = {e for r in read_stage_records(cfg.run_dir) for e in r.epochs}
-    for e in complete_epochs(cfg.run_dir):
-        if e not in kept:
-            shutil.rmtree(epoch_dir(cfg.run_dir, e), ignore_errors=True)
 
 
 def train_stages(cfg: RunConfig) -> dict[str, Any]:
@@ -172,14 +114,14 @@ def train_stages(cfg: RunConfig) -> dict[str, Any]:
     while True:
         ctx = next_stage(cfg, cfg.run_dir)
         if ctx is None:
-            return summary or (read_json(cfg.run_dir / st.SUMMARY_FILE, default={}) or {})
+            return summary or (read_json(cfg.run_dir / layout.SUMMARY_FILE, default={}) or {})
         summary = train_run(cfg.stage_config(ctx.index), ctx)  # {} on processes other than the main one
         barrier()  # stage k+1 reads what the main process recorded for stage k
 
 
 def stages_summary(run_dir: Path) -> list[dict[str, Any]]:
     """The per-stage part of summary.json."""
-    return [{k: v for k, v in asdict(r).items() if k != "counters"} for r in read_stage_records(run_dir)]
+    return [r.without_counters() for r in read_stage_records(run_dir)]
 
 
 def load_optimizer_state(optimizer, checkpoint: Path) -> None:

@@ -1,40 +1,31 @@
-"""status.json of a run: replaced atomically, so a reader never sees half of it."""
+"""Deprecated: the run directory's names and status.json live in tunelab.rundir. This shim returns
+status.json as a dict, as before, until every reader uses tunelab.rundir's typed records."""
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab.fsutil import atomic_write_json, read_json
-
-STATUS_FILE = "status.json"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-PACKING_FILE = "packing.json"
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_DIR = "trainer_state"
-
-# Run states, as files and ledger show them.
-PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED = "pending", "running", "completed", "failed", "interrupted"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+from tunelab.rundir import status as _status
+from tunelab.rundir.layout import (  # noqa: F401  (re-exported)
+    CHECKPOINTS_DIR,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    METRICS_FILE,
+    PACKING_FILE,
+    PENDING,
+    RUNNING,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    TRAINER_STATE_DIR,
+)
+from tunelab.rundir.status import now_iso  # noqa: F401
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / STATUS_FILE, default={}) or {}
+    return _status.read_status(run_dir).to_json()
 
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields into status.json (atomic replace)."""
-    status = read_status(run_dir)
-    status.update(fields)
-    status["updated_at"] = now_iso()
-    status["host"] = socket.gethostname()  # with the pid below: a run resumed on another node names it
-    status["pid"] = os.getpid()
-    atomic_write_json(Path(run_dir) / STATUS_FILE, status)
-    return status
+    return _status.write_status(run_dir, **fields).to_json()

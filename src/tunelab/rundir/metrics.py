@@ -1,0 +1,82 @@
+"""metrics.jsonl: one row per logging step (training) or evaluation (validation), appended by the job.
+A kill may leave a truncated last line; reading skips it (fsutil.read_jsonl)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.fsutil import atomic_write_text, read_jsonl
+from tunelab.rundir.layout import METRICS_FILE
+from tunelab.rundir.record import JsonRecord
+
+
+@dataclass(kw_only=True)
+class MetricRow(JsonRecord):
+    """One line of metrics.jsonl. Token counts and times are cumulative over the run (resumes included)."""
+
+    omit_none = frozenset({"stage"})
+
+    step: int | None = None
+    epoch: float | None = None
+    loss: float | None = None  # None on a validation row
+    val_loss: float | None = None  # set on a validation row only
+    lr: float | None = None
+    grad_norm: float | None = None
+    tokens: int | None = None  # padding included
+    nonpad_tokens: int | None = None
+    examples: int | None = None
+    tokens_per_s: float | None = None  # since the previous training row, over training time
+    train_time_s: float | None = None
+    data_wait_s: float | None = None  # waited for data since the previous training row
+    peak_memory_gib: float | None = None  # the worst process's
+    memory_kind: str | None = None  # cuda_max_allocated | host_max_rss
+    elapsed_s: float | None = None
+    stage: str | None = None  # a staged run: the stage that logged it
+
+    @property
+    def is_train(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def is_validation(self) -> bool:
+        return self.val_loss is not None
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS_FILE
+
+
+def read_metrics(run_dir: str | Path) -> list[MetricRow]:
+    """Every complete row, in file order ([] without the file)."""
+    return [MetricRow.from_json(r) for r in read_jsonl(metrics_path(run_dir))]
+
+
+def append_metric(run_dir: str | Path, row: MetricRow) -> None:
+    """One row at the end of the file, flushed (a reader polls it while the run trains)."""
+    with open(metrics_path(run_dir), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row.to_json()) + "\n")
+        fh.flush()
+
+
+def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow]) -> Path:
+    """Replace the file with these rows, atomically (a resume dropping rows logged after its checkpoint)."""
+    return atomic_write_text(metrics_path(run_dir), "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+
+
+def steady_tokens_per_s(rows: list[MetricRow], warmup_rows: int = 1) -> float | None:
+    """Mean throughput after warm-up: tokens over training time between the first and last training rows
+    past warm-up (never the last logged value alone)."""
+    train = [r for r in rows if r.is_train and r.train_time_s is not None]
+    if len(train) > warmup_rows + 1:
+        first, last = train[warmup_rows], train[-1]
+    elif len(train) >= 2:
+        first, last = train[0], train[-1]
+    elif len(train) == 1 and train[0].train_time_s:
+        return (train[0].tokens or 0) / train[0].train_time_s
+    else:
+        return None
+    dt = (last.train_time_s or 0.0) - (first.train_time_s or 0.0)
+    return ((last.tokens or 0) - (first.tokens or 0)) / dt if dt > 0 else None

@@ -1,0 +1,61 @@
+"""What a probe measures of one run shape (a few real steps), and the file that carries it from the
+process that measured it to the one that records it: a probe job's probe/results.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.fsutil import atomic_write_text
+from tunelab.rundir.record import JsonRecord
+
+
+@dataclass(kw_only=True)
+class ProbePoint(JsonRecord):
+    micro_batch: int
+    tokens: float
+    seconds: float
+    peak_allocated_gib: float | None = None
+
+
+@dataclass(kw_only=True)
+class ProbeResult(JsonRecord):
+    """One shape's measurement; `tokens_per_s` and the peak are at the planned micro-batch."""
+
+    micro_batch: int
+    points: list[ProbePoint]
+    tokens_per_s: float
+    per_token_s: float | None
+    fixed_s: float | None
+    peak_memory_gib: float | None
+    memory_kind: str
+    device: str
+    cpu_threads: int
+    peak_reserved_gib: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step
+    gpu_memory_gib: float | None = None
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        return {**known, "points": [ProbePoint.from_json(p) for p in known.get("points") or []]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.to_json()
+
+
+def write_probe_results(path: Path, results: Iterable[tuple[str, ProbeResult]]) -> Path:
+    """[{"shape": key, "result": ProbeResult}, …], atomically: present means complete."""
+    return atomic_write_text(path, json.dumps([{"shape": k, "result": r.to_json()} for k, r in results], indent=1))
+
+
+def read_probe_results(path: Path) -> dict[str, ProbeResult]:
+    """{shape key: result}. Raises ValueError (or OSError) when the file is missing or damaged."""
+    try:
+        data = json.loads(path.read_text())
+        return {d["shape"]: ProbeResult.from_json(d["result"]) for d in data}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None

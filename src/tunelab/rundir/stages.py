@@ -1,0 +1,93 @@
+"""stages.json: the completed stages of a staged run, in order. A stage is recorded only once complete,
+so a failure in stage 3 resumes stage 3 and never reruns 1-2 (the job: train/stages.py).
+
+Epoch checkpoints are numbered across stages (checkpoints/epoch_N); a StageRecord maps them back.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, stage_state_dir
+from tunelab.rundir.layout import STAGES_FILE
+from tunelab.rundir.record import JsonRecord
+
+if TYPE_CHECKING:
+    from tunelab.runconfig import RunConfig
+
+
+@dataclass(kw_only=True)
+class StageRecord(JsonRecord):
+    """A completed stage, as stages.json keeps it (summary.json's `stages` holds the same without counters)."""
+
+    name: str
+    index: int
+    dataset: str
+    optimizer: str
+    epochs: list[int]  # global epoch indices (checkpoints/epoch_N) this stage published
+    first_step: int  # the run's step before the stage's first (its offset)
+    last_step: int
+    examples: int
+    counters: Counters | None = field(default=None)  # the run's counters when the stage ended
+    final_loss: float | None = None
+    duration_s: float | None = None
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        counters = known.get("counters")
+        return {**known, "counters": Counters.from_json(counters) if isinstance(counters, dict) else None}
+
+    def without_counters(self) -> dict[str, Any]:
+        """The stage as summary.json lists it."""
+        return {k: v for k, v in self.to_json().items() if k != "counters"}
+
+
+def read_stage_records(run_dir: str | Path) -> list[StageRecord]:
+    """The completed stages, in order ([] for an unstaged run or before stage 1 completes)."""
+    rows = read_json(Path(run_dir) / STAGES_FILE, default=None) or []
+    return [StageRecord.from_json(r) for r in rows]
+
+
+def write_stage_records(run_dir: str | Path, records: list[StageRecord]) -> Path:
+    return atomic_write_json(Path(run_dir) / STAGES_FILE, [r.to_json() for r in records])
+
+
+def epoch_labels(run_dir: str | Path) -> dict[int, str]:
+    """{global epoch: 'STAGE/epoch_K'} of a staged run's completed stages ({} for an unstaged run)."""
+    out = {}
+    for rec in read_stage_records(run_dir):
+        for k, e in enumerate(rec.epochs):
+            out[e] = f"{rec.name}/epoch_{k}"
+    return out
+
+
+def current_stage(cfg: RunConfig) -> int | None:
+    """The index of the first stage not yet complete (the one a failure happened in); None when unstaged
+    or every stage is complete."""
+    if not cfg.stages:
+        return None
+    done = len(read_stage_records(cfg.run_dir))
+    return done if done < len(cfg.stages) else None
+
+
+def current_state_dir(cfg: RunConfig) -> Path:
+    """The trainer-state directory a resume of this run would read."""
+    i = current_stage(cfg)
+    return stage_state_dir(cfg.run_dir, cfg.stages[i].name if i is not None else None)
+
+
+def restart_current_stage(cfg: RunConfig) -> None:
+    """Drop the current stage's trainer state and the epochs it published: it starts again from the end of
+    the stage before (a retry that cannot resume exactly); earlier stages are kept."""
+    i = current_stage(cfg)
+    if i is None:
+        return
+    shutil.rmtree(stage_state_dir(cfg.run_dir, cfg.stages[i].name), ignore_errors=True)
+    kept = {e for r in read_stage_records(cfg.run_dir) for e in r.epochs}
+    for e in complete_epochs(cfg.run_dir):
+        if e not in kept:
+            shutil.rmtree(epoch_dir(cfg.run_dir, e), ignore_errors=True)

@@ -1,0 +1,79 @@
+"""status.json: where a run is now. The job merges changes into it and replaces it atomically, so a
+reader never sees half of it; every other process only reads it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.layout import STATUS_FILE
+from tunelab.rundir.record import JsonRecord, plain
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(kw_only=True)
+class Status(JsonRecord):
+    """status.json. Every field may be absent (a run not started yet has no file: all None)."""
+
+    run: str | None = None
+    state: str | None = None  # layout's run states
+    attempt: int | None = None
+    started_at: str | None = None  # this start
+    first_started_at: str | None = None
+    resumed_from: str | None = None  # checkpoint-STEP this start resumed from
+    restarts: int | None = None  # resumes from a checkpoint, over the whole run
+    error: str | None = None  # "Type: message" of a failed or interrupted start
+    requeued_job: str | None = None  # the Slurm job id that requeued itself (execute/refresh.py)
+    requeued_at: str | None = None
+    stage: str | None = None  # a staged run: the stage training now
+    stage_index: int | None = None
+    stage_count: int | None = None
+    step: int | None = None
+    epoch: float | None = None
+    total_steps: int | None = None
+    last_checkpoint: str | None = None  # relative to the run dir
+    finished_at: str | None = None
+    adopted_from: str | None = None  # tunelab adopt: the output dir the run came from
+    updated_at: str | None = None
+    host: str | None = None  # with pid: the process that wrote it last (a resume on another node names it)
+    pid: int | None = None
+
+
+Status.omit_none = frozenset(Status.field_names())  # the file holds only the keys its writers gave it
+
+
+def read_status(run_dir: str | Path) -> Status:
+    data = read_json(Path(run_dir) / STATUS_FILE, default=None)
+    return Status.from_json(data if isinstance(data, dict) else {})
+
+
+def status_exists(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / STATUS_FILE).is_file()
+
+
+def write_status(run_dir: str | Path, **changes: Any) -> Status:
+    """Merge `changes` (Status fields) into status.json, stamped with the time, host and pid; atomic.
+    Keys already in the file stay as they are, so the file keeps exactly the keys it was given."""
+    unknown = set(changes) - set(Status.field_names())
+    if unknown:
+        raise TypeError(f"not fields of status.json: {sorted(unknown)}")
+    path = Path(run_dir) / STATUS_FILE
+    data = read_json(path, default=None)
+    merged: dict[str, Any] = data if isinstance(data, dict) else {}
+    merged.update({k: plain(v) for k, v in changes.items()})
+    merged.update(updated_at=now_iso(), host=socket.gethostname(), pid=os.getpid())
+    atomic_write_json(path, merged)
+    return Status.from_json(merged)
+
+
+def write_new_status(run_dir: str | Path, status: Status) -> Path:
+    """status.json written whole, as given (a run made complete elsewhere: tunelab adopt)."""
+    return atomic_write_json(Path(run_dir) / STATUS_FILE, status.to_json())

@@ -1,0 +1,150 @@
+"""summary.json: what a completed run measured and what it ran on, written once by the job (or by
+tunelab adopt for a run it did not train). packing.json holds the dataset's PackingStats on its own,
+written when training starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
+from tunelab.rundir.record import JsonRecord
+from tunelab.rundir.stages import StageRecord
+
+
+@dataclass(kw_only=True)
+class PackingStats(JsonRecord):
+    """The dataset the trainer iterates: examples per sequence (density) and how full sequences are."""
+
+    packed: bool | None = None
+    max_seq_len: int | None = None
+    examples: int | None = None
+    sequences: int | None = None
+    tokens: int | None = None
+    density: float | None = None  # examples per sequence
+    fill_fraction: float | None = None  # packed only: tokens / (sequences × max_seq_len)
+
+
+@dataclass(kw_only=True)
+class StepPoint(JsonRecord):
+    batch: int
+    tokens: float
+    seconds: float
+    peak_gib: float | None = None
+
+
+@dataclass(kw_only=True)
+class StepCost(JsonRecord):
+    """A step's fixed and per-token cost, measured after the last checkpoint (train/step_cost.py)."""
+
+    points: list[StepPoint] = field(default_factory=list)
+    per_token_s: float | None = None
+    fixed_s: float | None = None
+    tokens_per_step: float | None = None
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        return {**known, "points": [StepPoint.from_json(p) for p in known.get("points") or []]}
+
+
+@dataclass(kw_only=True)
+class Summary(JsonRecord):
+    """summary.json. Fields a reader may miss (older runs, adopted runs) read as None."""
+
+    omit_none = frozenset({"stage_final_loss", "stage_duration_s", "stages", "adopted_from", "adopted_kind"})
+
+    run: str | None = None
+    state: str | None = None
+    attempt: int | None = None
+    steps: int | None = None
+    final_loss: float | None = None
+    best_loss: float | None = None
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    tokens: int | None = None  # all processes together, padding included
+    nonpad_tokens: int | None = None
+    nonpad_fraction: float | None = None
+    tokens_per_s: float | None = None  # steady state, all processes together
+    nonpad_tokens_per_s: float | None = None
+    peak_memory_gib: float | None = None  # the worst process's
+    memory_kind: str | None = None  # cuda_max_allocated | host_max_rss
+    checkpoints: list[str] = field(default_factory=list)  # epoch_N names
+    epochs: int | float | None = None
+    stage_final_loss: float | None = None  # a staged run: its last stage's
+    stage_duration_s: float | None = None
+    duration_s: float | None = None  # training wall time, all attempts (evaluations and saves included)
+    train_time_s: float | None = None  # duration less overhead
+    overhead_s: float | None = None  # validation and checkpoint saves
+    step_cost: StepCost | None = None  # one-process unstaged runs only
+    finish_s: float | None = None  # after training: step cost, summary
+    startup_s: float | None = None  # process start to the first step (interpreter, imports, loading)
+    train_examples: int | None = None
+    validation_examples: int | None = None
+    packing: PackingStats | None = None
+    dataloader_workers: int | None = None
+    dataloader_workers_source: str | None = None
+    pin_memory: bool | None = None
+    data_wait_s: float | None = None
+    data_wait_fraction: float | None = None  # of training time
+    world_size: int | None = None
+    distributed: str | None = None  # ddp | fsdp | None (one process)
+    effective_batch_size: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    device: str | None = None  # the GPU's name, or "cpu"
+    gpu_memory_total_gib: float | None = None
+    cpu_threads: int | None = None
+    dtype: str | None = None
+    activation_checkpointing: bool | None = None
+    restarts: int | None = None
+    versions: dict[str, str] | None = None
+    pid: int | None = None
+    stages: list[StageRecord] | None = None  # a staged run: its stages (without counters)
+    adopted_from: str | None = None  # tunelab adopt: the output dir, and what kind of dir it was
+    adopted_kind: str | None = None
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        out = dict(known)
+        if isinstance(out.get("step_cost"), dict):
+            out["step_cost"] = StepCost.from_json(out["step_cost"])
+        if isinstance(out.get("packing"), dict):
+            out["packing"] = PackingStats.from_json(out["packing"])
+        if out.get("stages") is not None:
+            out["stages"] = [StageRecord.from_json(s) for s in out["stages"]]
+        if out.get("checkpoints") is None:
+            out.pop("checkpoints", None)
+        return out
+
+    def to_json(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        out = super().to_json(keys)
+        if self.stages is not None and "stages" in out:
+            out["stages"] = [s.without_counters() for s in self.stages]
+        return out
+
+
+def read_summary(run_dir: str | Path) -> Summary | None:
+    """summary.json, or None when the run has none (not completed) or it is unreadable."""
+    data = read_json(Path(run_dir) / SUMMARY_FILE, default=None)
+    return Summary.from_json(data) if isinstance(data, dict) else None
+
+
+def write_summary(run_dir: str | Path, summary: Summary, keys: Iterable[str] | None = None) -> Path:
+    """`keys`: only these fields (a writer that knows only some of them: tunelab adopt)."""
+    return atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary.to_json(keys))
+
+
+def has_summary(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / SUMMARY_FILE).is_file()
+
+
+def write_packing(run_dir: str | Path, stats: PackingStats) -> Path:
+    return atomic_write_json(Path(run_dir) / PACKING_FILE, stats.to_json())
+
+
+def read_packing(run_dir: str | Path) -> PackingStats | None:
+    data = read_json(Path(run_dir) / PACKING_FILE, default=None)
+    return PackingStats.from_json(data) if isinstance(data, dict) else None
