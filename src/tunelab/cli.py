@@ -140,10 +140,11 @@ def pack_job_cmd(
     """Inside a Slurm node job (resources.slurm.pack: node): train these runs on the job's GPUs with the local
     scheduler, then evaluate them; the coordinator's ledger, not this job, records jobs."""
     from tunelab.evaluate.sweep import evaluate_experiment
-    from tunelab.execute.local import run_local
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
 
     names = [n for n in runs.split(",") if n]
-    run_local(experiment_dir, names, console=console, record=False)
+    run_sweep(LocalExecutor(), experiment_dir, names, console=console, record=False)
     evaluate_experiment(experiment_dir, names, console=console, ingest=False)
 
 
@@ -160,30 +161,17 @@ def run_cmd(
 ) -> None:
     """Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
+    from tunelab.execute.executors import executor_named
+    from tunelab.execute.sweep import check_options, run_sweep
     from tunelab.experiment import load_runs
 
-    executor = executor.value if executor else load_runs(experiment_dir)[0].resources.executor
-    if executor == "local" and (dry_run or wait):
-        raise TunelabError("--dry-run and --wait apply to the slurm executor only (a local run trains here and "
-                           "returns when it has ended)", field="--dry-run" if dry_run else "--wait")
-    if executor == "slurm":
-        from tunelab.execute.slurm import run_slurm
-
-        results = run_slurm(experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
-        if wait and not dry_run:
-            bad = {k: v for k, v in results.items() if v != "completed"}
-            if bad:
-                err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see `tunelab status`[/red]")
-                raise typer.Exit(1)
-        return
-    if executor != "local":
-        raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
-    from tunelab.execute.local import run_local
-
-    results = run_local(experiment_dir, runs, force=force, console=console)
+    ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
+    check_options(ex, dry_run, wait)
+    results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
     bad = {k: v for k, v in results.items() if v != "completed"}
-    if bad:
-        err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see runs/<run>/train.log[/red]")
+    if bad and not dry_run and (wait or not ex.detached):
+        where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
+        err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see {where}[/red]")
         raise typer.Exit(1)
 
 
@@ -220,7 +208,8 @@ def results_cmd(
                                   f"first {SHOWN_ROWS}; --json and --csv always hold all)."),
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
-    from tunelab.results import collect_results, table as results_table, to_csv, to_json
+    from tunelab.evaluate.kinds import show_ci
+    from tunelab.results import collect_results, to_csv, to_json
 
     if json_out and csv_out:
         raise TunelabError("choose one of --json and --csv", field="--json/--csv")
@@ -230,12 +219,16 @@ def results_cmd(
     elif csv_out:
         sys.stdout.write(to_csv(rows))
     else:
-        header, cells = results_table(rows, None if show_all else SHOWN_ROWS)
+        tasks = list(dict.fromkeys(e.task for r in rows for e in r.evals))
         table = Table(title=str(experiment_dir))
-        for col in header:
+        for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
             table.add_column(col)
-        for row in cells:
-            table.add_row(*row)
+        for r in rows if show_all else rows[:SHOWN_ROWS]:
+            cells = {e.task: show_ci(e.score, e.score_bounds(), e.primary_metric) for e in r.last_evals()}
+            table.add_row(r.name, r.kind, r.state, str(r.steps or "—"),
+                          f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
+                          f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "—",
+                          *[cells.get(t, "—") for t in tasks])
         console.print(table)
         if len(rows) > SHOWN_ROWS and not show_all:
             console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")
@@ -294,20 +287,20 @@ def status_cmd(
         for col in ("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"):
             t.add_column(col, overflow="fold")
         for r in rows:
-            t.add_row(r["name"], r["type"], r["state"], r["job_id"] or "—", str(r["attempt"]), r["progress"],
-                      r["eta"], r["eval"] or "—", r["detail"])
+            t.add_row(r.name, r.type, r.state, r.job_id or "—", str(r.attempt), r.progress,
+                      r.eta, r.eval or "—", r.detail)
         return t
 
     rows = status_rows(experiment_dir)
     if json_out:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([r.to_json() for r in rows], indent=2))
         return
     if not watch:
-        listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r["state"] != "completed"]
+        listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != "completed"]
         listed = listed if show_all else listed[:SHOWN_ROWS]
         console.print(table(listed))
         if len(listed) < len(rows):
-            counts = Counter(r["state"] for r in rows)
+            counts = Counter(r.state for r in rows)
             console.print(f"{len(rows)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.most_common())
                           + f"; {len(rows) - len(listed)} not listed (--all lists every run)")
         return

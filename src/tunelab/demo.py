@@ -111,7 +111,7 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
              model: str = "tiny") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.local import run_local
-    from tunelab.report.markdown import write_report
+    from tunelab.report.build import write_report
     from tunelab.scaffold import scaffold
 
     console = console or Console()

@@ -219,32 +219,8 @@ class AttemptRow:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """Table jobs: one job handed to an executor (train or eval) and the scheduler's last word on it."""
-
-    id: int
-    run: str
-    kind: str  # train | eval
-    job_id: str  # the scheduler's id
-    attempt: int  # run.yaml's attempt when submitted
-    executor: str
-    depends_on: str | None
-    time_limit: str | None
-    submitted_at: str
-    state: str  # scheduler state: SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ...
-    exit_code: str | None  # Slurm 'EXIT:SIGNAL'
-    elapsed: str | None
-    node: str | None
-    failure: str | None  # class once ended: completed, oom, timeout, preempted, node_fail, cancelled, failed
-    detail: str | None
-    reason: str | None  # why it was submitted
-    handled: bool  # the retry policy has judged this ended job
-    updated_at: str
-
-
-Row = TypeVar("Row", RunRow, EvalRow, AttemptRow, JobRow)
-_BOOLS = {"is_primary", "greater_is_better", "handled"}  # stored as INTEGER 0/1
+Row = TypeVar("Row", RunRow, EvalRow, AttemptRow)
+_BOOLS = {"is_primary", "greater_is_better"}  # stored as INTEGER 0/1
 
 
 def _read(experiment_dir: str | Path, cls: type[Row], sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
@@ -265,13 +241,6 @@ def read_evals(experiment_dir: str | Path) -> list[EvalRow]:
 def read_attempts(experiment_dir: str | Path) -> list[AttemptRow]:
     """Every attempt, oldest first."""
     return _read(experiment_dir, AttemptRow, "SELECT * FROM attempts ORDER BY id")
-
-
-def read_jobs(experiment_dir: str | Path, run: str | None = None) -> list[JobRow]:
-    """Every job (of one run), oldest first."""
-    if run is None:
-        return _read(experiment_dir, JobRow, "SELECT * FROM jobs ORDER BY id")
-    return _read(experiment_dir, JobRow, "SELECT * FROM jobs WHERE run = ? ORDER BY id", (run,))
 
 
 def ledger_path(experiment_dir: str | Path) -> Path:
@@ -390,7 +359,7 @@ JOB_UPDATES = frozenset({"state", "exit_code", "elapsed", "node", "failure", "de
 
 
 def update_job(experiment_dir: str | Path, row_id: int, **changes: str | int | None) -> None:
-    """What the scheduler (or the retry policy) says of a job now: JobRow fields in JOB_UPDATES."""
+    """What the scheduler (or the retry policy) says of a job now: columns of table jobs in JOB_UPDATES."""
     unknown = set(changes) - JOB_UPDATES
     if unknown:
         raise TypeError(f"not updatable fields of table jobs: {sorted(unknown)}")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import ledger
-from tunelab.evaluate.kinds import show_ci
 from tunelab.experiment import load_runs
 from tunelab.runconfig import RunConfig
 from tunelab.stats.records import Interval
@@ -203,16 +202,3 @@ def to_csv(records: list[RunRecord]) -> str:
         w.writerow(_csv_row(r))
     return buf.getvalue()
 
-
-def table(records: list[RunRecord], limit: int | None = None) -> tuple[list[str], list[list[str]]]:
-    """The terminal table: header (every task of any run) and a row of cells for each of the first `limit`
-    runs (each task's score on the last checkpoint)."""
-    tasks = list(dict.fromkeys(e.task for r in records for e in r.evals))
-    rows = []
-    for r in records[:limit]:
-        cells = {e.task: show_ci(e.score, e.score_bounds(), e.primary_metric) for e in r.last_evals()}
-        rows.append([r.name, r.kind, r.state, str(r.steps or "—"),
-                     f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
-                     f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "—",
-                     *[cells.get(t, "—") for t in tasks]])
-    return ["run", "type", "state", "steps", "final loss", "val loss", *tasks], rows

@@ -10,6 +10,8 @@ from tunelab.report.data import ReportData, gather
 from tunelab.report.document import Document
 from tunelab.report.figures import FigureFile, make_figures
 from tunelab.report.findings import Findings, analyze
+from tunelab.report.html import render_html
+from tunelab.report.markdown import render_markdown
 from tunelab.report.sections import compose
 
 REPORT_DIR = "report"
@@ -32,14 +34,17 @@ def build_document(experiment_dir: str | Path) -> tuple[Document, ReportData, Fi
 
 
 def build_report(experiment_dir: str | Path) -> ReportFiles:
-    from tunelab.report.html import render_html
-    from tunelab.report.markdown import render_markdown
-
+    """Write report/report.md, report/report.html and report/figures/."""
     doc, data, _, figs = build_document(experiment_dir)
     out = data.experiment_dir / REPORT_DIR
     md = atomic_write_text(out / "report.md", render_markdown(doc))
     html = atomic_write_text(out / "report.html", render_html(doc, out))
     return ReportFiles(md, html, [f.path for f in figs.values()], data.partial)
+
+
+def write_report(experiment_dir: str | Path) -> Path:
+    """The Markdown report's path, once the report is written (`tunelab demo`)."""
+    return build_report(experiment_dir).markdown
 
 
 def open_in_browser(path: Path) -> bool:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# one way to show a metric (kinds.py, light for `tunelab results`); sections and replicates import from here
+# one way to show a metric (kinds.py, light for `tunelab results`) and a difference; sections and replicates
+# import them from here
 from tunelab.evaluate.kinds import is_fraction, show, show_ci  # noqa: F401
+from tunelab.report.differences import delta_cell, diff_text, show_delta
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.results import EvalRecord
 from tunelab.report.document import Figure, Para, Section, Table
@@ -19,34 +21,6 @@ from tunelab.report.findings import Findings
 from tunelab.stats.paired import Difference, paired_difference
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
-
-
-def show_delta(v: float | None, metric: str | None) -> str:
-    if v is None:
-        return "—"
-    return f"{100 * v:+.1f} pp" if is_fraction(metric) else f"{v:+.4g}"
-
-
-def _interval(d: Difference, metric: str | None) -> str:
-    lo, hi = (100 * d.low, 100 * d.high) if is_fraction(metric) else (d.low, d.high)  # type: ignore[operator]
-    return f"[{lo:+.1f}, {hi:+.1f}]" if is_fraction(metric) else f"[{lo:+.4g}, {hi:+.4g}]"
-
-
-def diff_text(d: Difference | None, metric: str | None, estimate: float | None = None) -> str:
-    """A stated difference with its interval: '+10.5 pp [+6.1, +15.2]' when the interval excludes zero,
-    'no detectable difference (+1.0 pp [−2.5, +4.5])' when it does not."""
-    if d is None or not d.known:
-        return f"{show_delta(estimate if d is None else d.estimate, metric)} (no interval: no per-sample scores)"
-    p = f", McNemar p = {d.p_value:.2g}" if d.p_value is not None and d.metric == "accuracy" else ""
-    core = f"{show_delta(d.estimate, metric)} {_interval(d, metric)}"
-    return f"{core}{p}" if d.resolved else f"no detectable difference ({core}{p})"
-
-
-def delta_cell(d: Difference | None, estimate: float | None, metric: str | None) -> str:
-    """A table cell: the difference and its interval, '(n.s.)' when the interval includes zero."""
-    if d is None or not d.known:
-        return show_delta(estimate, metric)
-    return f"{show_delta(d.estimate, metric)} {_interval(d, metric)}" + ("" if d.resolved else " (n.s.)")
 
 
 def _fig(f: FigureFile) -> Figure:

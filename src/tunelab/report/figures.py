@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from tunelab.evaluate.metrics import FRACTIONS
+from tunelab.evaluate.kinds import FRACTIONS
 from tunelab.faults import kill_point
 from tunelab.report.data import ReportData, RunData
 

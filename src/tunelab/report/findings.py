@@ -167,7 +167,7 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
     """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
     headline task, when its primary metric is a fraction such as accuracy), unless the difference's
     interval includes zero (a jump within noise is no reason to try levels in between)."""
-    from tunelab.evaluate.metrics import FRACTIONS
+    from tunelab.evaluate.kinds import FRACTIONS
 
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:
@@ -241,7 +241,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
                      f"{MEMORY_MOSTLY_UNUSED:.0%} of GPU memory (least: {worst.run}, {worst.peak_gib:.1f} of "
                      f"{worst.total_gib:.0f} GiB).")
     steps += resolution_steps(data, f)
-    from tunelab.report.evaluation import diff_text
+    from tunelab.report.differences import diff_text
 
     metric = data.headline.primary_metric if data.headline else None
     for j in f.jumps:
@@ -256,7 +256,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
 
 def _more_data(diff: Difference, metric: str | None, n: int) -> str:
     """What would resolve a difference: more test samples (how many, for accuracy-like metrics) or seeds."""
-    from tunelab.evaluate.metrics import FRACTIONS
+    from tunelab.evaluate.kinds import FRACTIONS
     from tunelab.stats.power import samples_needed
 
     need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
@@ -267,7 +267,7 @@ def _more_data(diff: Difference, metric: str | None, n: int) -> str:
 
 def resolution_steps(data: ReportData, f: Findings) -> list[str]:
     """Decisions the data cannot make: a best run tied within noise, a factor whose effect is unresolved."""
-    from tunelab.report.evaluation import diff_text
+    from tunelab.report.differences import diff_text
 
     head = data.headline
     if head is None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Table, md_cell
 
 
@@ -37,16 +35,3 @@ def render_markdown(doc: Document) -> str:
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 
-
-def render_report(experiment_dir: str | Path) -> str:
-    """The Markdown report of an experiment (figures written under report/figures/ as a side effect)."""
-    from tunelab.report.build import build_document
-
-    return render_markdown(build_document(experiment_dir)[0])
-
-
-def write_report(experiment_dir: str | Path) -> Path:
-    """Write report/report.md, report/report.html and report/figures/; return the Markdown path."""
-    from tunelab.report.build import build_report
-
-    return build_report(experiment_dir).markdown
