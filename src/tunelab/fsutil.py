@@ -37,7 +37,7 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; written files get the usual mode
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; written files get the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             if durable:
@@ -66,7 +66,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to probe
+UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to probe
 
 
 def atomic_write_json(path: str | Path, data: Any, durable: bool = True) -> Path:

