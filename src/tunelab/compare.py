@@ -67,15 +67,15 @@ def compare(paths: list[Path]) -> Comparison:
     short = len({d.name for d in dirs}) == len(dirs)  # experiment dir names tell them apart
     for exp, names in targets:
         configs = {c.name: c for c in load_runs(exp)}
-        for r in collect_results(exp):
-            key = (exp.resolve(), r.name)
-            if (names is not None and r.name not in names) or key in seen:
+        for rec in collect_results(exp):
+            key = (exp.resolve(), rec.name)
+            if (names is not None and rec.name not in names) or key in seen:
                 continue
             seen.add(key)
-            label = f"{exp.resolve().name if short else exp.resolve()}/{r.name}"
-            scores = {e.task: (e.score, e.primary_metric) for e in r.last_evals()}
-            runs.append(ComparedRun(label, r.kind, r.state, r.final_loss, r.final_val_loss, scores,
-                                    _config(configs[r.name])))
+            label = f"{exp.resolve().name if short else exp.resolve()}/{rec.name}"
+            scores = {e.task: (e.score, e.primary_metric) for e in rec.last_evals()}
+            runs.append(ComparedRun(label, rec.kind, rec.state, rec.final_loss, rec.final_val_loss, scores,
+                                    _config(configs[rec.name])))
     if len(runs) < 2:
         raise TunelabError(f"{len(runs)} run(s) found: name at least two runs or experiments to compare")
     keys = list(dict.fromkeys(k for r in runs for k in r.config))

@@ -13,11 +13,13 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
-from tunelab.train.status import now_iso
+from tunelab.rundir.status import now_iso
+from tunelab.rundir.summary import Summary
+from tunelab.runconfig import RunConfig
 
 log = logging.getLogger("tunelab")
 
@@ -155,11 +157,16 @@ def load(path: Path | None = None, everything: bool = False) -> list[HistoryRun]
         return [HistoryRun(**dict(r)) for r in conn.execute(f"SELECT * FROM history{where} ORDER BY recorded_at")]
 
 
-def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] | None = None) -> HistoryRun:
+def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
     """A history row from a completed tunelab run (its run.yaml and summary.json)."""
     from tunelab.catalog import resolve_architecture
 
     t = cfg.training
+    if t is None:
+        raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")
+    layers: int | None
+    hidden: int | None
+    params: int | None
     try:
         arch = resolve_architecture(cfg.model.path)
         layers, hidden, params = arch.layers, arch.hidden, arch.parameters
@@ -168,11 +175,11 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         log.warning("warning: history: %s: model %s unreadable (%s); recorded without layers, hidden size and "
                     "parameter count", cfg.run_dir, cfg.model.path, exc)
         layers = hidden = params = None
-    steps = summary.get("steps") or 0
-    cost = summary.get("step_cost") or {}
+    steps = summary.steps or 0
+    cost = summary.step_cost
     # per device, the planner's unit: a distributed run's tokens (and tokens/s) are all its processes'
-    world = max(1, int(summary.get("world_size") or 1))
-    tps, nonpad_tps = summary.get("tokens_per_s"), summary.get("nonpad_tokens_per_s")
+    world = max(1, int(summary.world_size or 1))
+    tps, nonpad_tps = summary.tokens_per_s, summary.nonpad_tokens_per_s
     return HistoryRun(
         key=str(cfg.run_dir),
         source="tunelab",
@@ -182,34 +189,34 @@ def from_run_dir(cfg: Any, summary: dict[str, Any], model_meta: dict[str, Any] |
         layers=layers,
         hidden=hidden,
         parameters=params,
-        device=summary.get("device"),
-        cpu_threads=summary.get("cpu_threads"),
+        device=summary.device,
+        cpu_threads=summary.cpu_threads,
         packed=t.packing,
         batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_seq_len=t.max_seq_len,
         lora_rank=t.lora_rank,
-        tokens_per_step=(summary.get("tokens") or 0) / steps / world if steps else None,
+        tokens_per_step=(summary.tokens or 0) / steps / world if steps else None,
         tokens_per_s=tps / world if tps else tps,
         nonpad_tokens_per_s=nonpad_tps / world if nonpad_tps else nonpad_tps,
-        per_token_s=cost.get("per_token_s"),
-        step_fixed_s=cost.get("fixed_s"),
-        peak_memory_gib=summary.get("peak_memory_gib"),
-        memory_kind=summary.get("memory_kind"),
+        per_token_s=cost.per_token_s if cost else None,
+        step_fixed_s=cost.fixed_s if cost else None,
+        peak_memory_gib=summary.peak_memory_gib,
+        memory_kind=summary.memory_kind,
         steps=steps,
-        duration_s=summary.get("duration_s"),
-        train_time_s=summary.get("train_time_s"),
-        overhead_s=summary.get("overhead_s"),
-        startup_s=summary.get("startup_s"),
-        finish_s=summary.get("finish_s"),
+        duration_s=summary.duration_s,
+        train_time_s=summary.train_time_s,
+        overhead_s=summary.overhead_s,
+        startup_s=summary.startup_s,
+        finish_s=summary.finish_s,
         recorded_at=now_iso(),
         origin="measured",
         origin_where=str(cfg.run_dir / "summary.json"),
-        final_loss=summary.get("final_loss"),
-        final_val_loss=summary.get("final_val_loss"),
-        epochs=summary.get("epochs"),
+        final_loss=summary.final_loss,
+        final_val_loss=summary.final_val_loss,
+        epochs=summary.epochs,
         lora_targets=t.lora_targets_text,
-        dtype=summary.get("dtype"),
+        dtype=summary.dtype,
         gradient_checkpointing=t.gradient_checkpointing,
         max_tokens_per_microbatch=t.batch_size * t.max_seq_len if t.packing else None,
     )

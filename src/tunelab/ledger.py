@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from tunelab import history
-from tunelab.evaluate.scores import read_scores, task_dir
 from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
-from tunelab.fsutil import add_missing_columns, read_json, read_jsonl, sqlite_session
+from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.runconfig import RunConfig
 from tunelab.stats.records import Interval
-from tunelab.train import status as st
+from tunelab.rundir.layout import COMPLETED, PENDING
+from tunelab.rundir.metrics import MetricRow, read_metrics
+from tunelab.rundir.scores import TaskScores, read_scores, task_dir
+from tunelab.rundir.status import Status, now_iso, read_status
+from tunelab.rundir.summary import Summary, read_summary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -226,8 +229,9 @@ _BOOLS = {"is_primary", "greater_is_better"}  # stored as INTEGER 0/1
 def _read(experiment_dir: str | Path, cls: type[Row], sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
     names = [f.name for f in dataclasses.fields(cls)]
     with connect(experiment_dir) as conn:
-        return [cls(**{k: bool(r[k]) if k in _BOOLS else r[k] for k in names})
-                for r in conn.execute(sql, params).fetchall()]
+        rows = conn.execute(sql, params).fetchall()
+    values: list[dict[str, Any]] = [{k: bool(r[k]) if k in _BOOLS else r[k] for k in names} for r in rows]
+    return [cls(**v) for v in values]
 
 
 def read_runs(experiment_dir: str | Path) -> list[RunRow]:
@@ -274,56 +278,61 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _control_state(cfg: RunConfig) -> str:
     """Controls and eval-only runs are done once a checkpoint has every task scored."""
-    return st.COMPLETED if is_evaluated(cfg.run_dir, task_names(cfg)) else st.PENDING
+    return COMPLETED if is_evaluated(cfg.run_dir, task_names(cfg)) else PENDING
 
 
 def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
     """Replace the ledger's view of one run with what its directory holds now; return its state."""
-    run_dir = cfg.run_dir
-    status = st.read_status(run_dir)
-    summary = read_json(run_dir / st.SUMMARY_FILE, default=None) or {}
-    state = training_state(run_dir) if cfg.kind == "finetune" else _control_state(cfg)
-    values: dict[str, Any] = {k: summary.get(k) for k in RUN_COLUMNS}
+    summary = read_summary(cfg.run_dir)
+    state = training_state(cfg.run_dir) if cfg.kind == "finetune" else _control_state(cfg)
+    _put_run(conn, cfg, state, read_status(cfg.run_dir), summary)
+    if state == COMPLETED and summary is not None and cfg.kind == "finetune":
+        # later plans, in any experiment, learn from every completed run
+        history.record([history.from_run_dir(cfg, summary)])
+    _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
+    kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
+    _put_evals(conn, cfg.name, cfg.run_dir, read_scores(cfg.run_dir))
+    return state
+
+
+def _put_run(conn: sqlite3.Connection, cfg: RunConfig, state: str, status: Status, summary: Summary | None) -> None:
+    values = [getattr(summary, k) if summary else None for k in RUN_COLUMNS]
     conn.execute(
         f"""INSERT OR REPLACE INTO runs (name, kind, experiment, model, dataset, factors, run_dir, config,
             state, attempt, {", ".join(RUN_COLUMNS)}, error, summary, updated_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {", ".join("?" * len(RUN_COLUMNS))}, ?, ?, ?)""",
         (
             cfg.name, cfg.kind, cfg.experiment, cfg.model.name, cfg.dataset.name,
-            json.dumps(cfg.factors), str(run_dir), json.dumps(cfg.model_dump(mode="json")),
-            state, status.get("attempt", cfg.attempt), *values.values(), status.get("error"),
-            json.dumps(summary) if summary else None, st.now_iso(),
+            json.dumps(cfg.factors), str(cfg.run_dir), json.dumps(cfg.model_dump(mode="json")),
+            state, cfg.attempt if status.attempt is None else status.attempt, *values, status.error,
+            json.dumps(summary.to_json()) if summary else None, now_iso(),
         ),
     )
-    if state == st.COMPLETED and summary and cfg.kind == "finetune":
-        # later plans, in any experiment, learn from every completed run
-        history.record([history.from_run_dir(cfg, summary)])
-    conn.execute("DELETE FROM metrics WHERE run = ?", (cfg.name,))
+
+
+def _put_metrics(conn: sqlite3.Connection, run: str, rows: list[MetricRow]) -> None:
+    conn.execute("DELETE FROM metrics WHERE run = ?", (run,))
     conn.executemany(
         """INSERT OR REPLACE INTO metrics (run, step, is_eval, epoch, loss, val_loss, lr, tokens, nonpad_tokens,
            tokens_per_s, peak_memory_gib, elapsed_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [
-            (cfg.name, r.get("step"), int(r.get("val_loss") is not None), r.get("epoch"), r.get("loss"),
-             r.get("val_loss"), r.get("lr"), r.get("tokens"), r.get("nonpad_tokens"), r.get("tokens_per_s"),
-             r.get("peak_memory_gib"), r.get("elapsed_s"))
-            for r in read_jsonl(run_dir / st.METRICS_FILE)
-            if r.get("step") is not None
-        ],
+        [(run, r.step, int(r.is_validation), r.epoch, r.loss, r.val_loss, r.lr, r.tokens, r.nonpad_tokens,
+          r.tokens_per_s, r.peak_memory_gib, r.elapsed_s) for r in rows if r.step is not None],
     )
-    kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
-    conn.execute("DELETE FROM evals WHERE run = ?", (cfg.name,))
+
+
+def _put_evals(conn: sqlite3.Connection, run: str, run_dir: Path, scores: list[TaskScores]) -> None:
+    conn.execute("DELETE FROM evals WHERE run = ?", (run,))
     conn.executemany(
         """INSERT OR REPLACE INTO evals (run, label, epoch, task, metric, value, is_primary, greater_is_better, kind,
            builtin, file, dataset, split, samples, log_path, duration_s, evaluated_at, ci_low, ci_high, ci_method,
            ci_seed, ci_resamples)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [(cfg.name, s.label, s.epoch, s.task, metric, value, int(metric == s.primary_metric), int(s.greater_is_better),
+        [(run, s.label, s.epoch, s.task, metric, value, int(metric == s.primary_metric), int(s.greater_is_better),
           s.kind, s.builtin, s.file, s.dataset, s.split, s.samples,
           str(task_dir(run_dir, s.label, s.task) / s.log), s.duration_s, s.evaluated_at,
           *((iv.low, iv.high, iv.method, iv.seed, iv.resamples) if (iv := s.intervals.get(metric)) else (None,) * 5))
-         for s in read_scores(run_dir) for metric, value in s.metrics.items()],
+         for s in scores for metric, value in s.metrics.items()],
     )
-    return state
 
 
 def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, str]:
@@ -352,7 +361,7 @@ def record_job(experiment_dir: str | Path, *, run: str, kind: str, job_id: str, 
     """A submitted scheduler job (table jobs); returns its row id."""
     return _insert(experiment_dir, "jobs", dict(
         run=run, kind=kind, job_id=job_id, attempt=attempt, executor=executor, depends_on=depends_on,
-        time_limit=time_limit, submitted_at=submitted_at, state=state, reason=reason, updated_at=st.now_iso()))
+        time_limit=time_limit, submitted_at=submitted_at, state=state, reason=reason, updated_at=now_iso()))
 
 
 JOB_UPDATES = frozenset({"state", "exit_code", "elapsed", "node", "failure", "detail", "reason", "handled"})
@@ -363,7 +372,7 @@ def update_job(experiment_dir: str | Path, row_id: int, **changes: str | int | N
     unknown = set(changes) - JOB_UPDATES
     if unknown:
         raise TypeError(f"not updatable fields of table jobs: {sorted(unknown)}")
-    values = {**changes, "updated_at": st.now_iso()}
+    values = {**changes, "updated_at": now_iso()}
     with connect(experiment_dir) as conn:
         conn.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                      (*values.values(), row_id))

@@ -15,6 +15,7 @@ from tunelab import history
 from tunelab.catalog import GPUS, resolve_gpu
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_text, read_jsonl
+from tunelab.rundir.summary import Summary
 
 # ---------------------------------------------------------------- read_jsonl
 
@@ -67,7 +68,7 @@ def test_a_history_row_without_architecture_warns_naming_run_and_model(tmp_path,
     (broken / "config.json").write_text("{not json")
     cfg = _run_config(tmp_path, broken)
     with caplog.at_level(logging.WARNING, logger="tunelab"):
-        row = history.from_run_dir(cfg, {"steps": 10, "tokens": 1000, "tokens_per_s": 50.0})
+        row = history.from_run_dir(cfg, Summary(steps=10, tokens=1000, tokens_per_s=50.0))
     assert row.layers is None and row.tokens_per_s == 50.0  # still recorded: the measured speed is worth keeping
     [msg] = [r.getMessage() for r in caplog.records]
     assert str(cfg.run_dir) in msg and str(broken) in msg

@@ -149,7 +149,9 @@ def export_mlflow(experiment_dir: str | Path, tracking_uri: str, experiment_name
             TAG_DIR: str(sweep.experiment_dir), TAG_RUN: "", TAG_ROLE: "sweep"}).info.run_id
     else:
         parent_id = parent.info.run_id
-    created, updated, points = [], [], 0
+    created: list[str] = []
+    updated: list[str] = []
+    points = 0
     for record in sweep.runs:
         is_new, n = _export_run(client, experiment_id, parent_id, sweep, record, existing.get(record.name))
         (created if is_new else updated).append(record.name)

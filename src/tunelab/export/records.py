@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.experiment import load_runs
-from tunelab.fsutil import read_jsonl
 from tunelab.results import RunRecord, collect_results
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
+from tunelab.rundir.metrics import read_metrics
+from tunelab.rundir.status import read_status
 
 # metrics.jsonl fields logged per step (others, such as cumulative token counts, are bookkeeping)
 STEP_FIELDS = ("loss", "val_loss", "lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gib")
@@ -78,13 +78,12 @@ def _ms(iso: str | None) -> int | None:
 def _step_points(cfg: RunConfig, start_ms: int) -> list[MetricPoint]:
     """One point per logged step and field, timestamped at the run's start + elapsed_s."""
     points = []
-    for row in read_jsonl(cfg.run_dir / st.METRICS_FILE):
-        step = row.get("step")
-        if step is None:
+    for row in read_metrics(cfg.run_dir):
+        if row.step is None:
             continue
-        stamp = start_ms + int(float(row.get("elapsed_s") or 0) * 1000)
-        points += [MetricPoint(k, float(row[k]), int(step), stamp) for k in STEP_FIELDS
-                   if isinstance(row.get(k), (int, float))]
+        stamp = start_ms + int(float(row.elapsed_s or 0) * 1000)
+        points += [MetricPoint(k, float(v), int(row.step), stamp) for k in STEP_FIELDS
+                   if isinstance(v := getattr(row, k), (int, float))]
     return points
 
 
@@ -101,8 +100,8 @@ def _eval_points(result: RunRecord, start_ms: int) -> list[MetricPoint]:
 
 
 def run_record(cfg: RunConfig, result: RunRecord) -> TrackedRun:
-    status = st.read_status(cfg.run_dir)
-    start = _ms(status.get("first_started_at") or status.get("started_at"))
+    status = read_status(cfg.run_dir)
+    start = _ms(status.first_started_at or status.started_at)
     base = start or int(cfg.run_dir.stat().st_mtime * 1000)
     config = cfg.model_dump(mode="json", exclude={"factors", "estimate", "experiment_dir"})
     params = flatten(config)
@@ -113,7 +112,7 @@ def run_record(cfg: RunConfig, result: RunRecord) -> TrackedRun:
     return TrackedRun(
         name=cfg.name, kind=result.kind, state=result.state, run_dir=cfg.run_dir, params=params,
         metrics=_step_points(cfg, base) + summary + _eval_points(result, base),
-        start_ms=start, end_ms=_ms(status.get("finished_at")), error=result.error,
+        start_ms=start, end_ms=_ms(status.finished_at), error=result.error,
         config={**config, "factors": dict(cfg.factors)})
 
 

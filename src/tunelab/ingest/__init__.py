@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab import history
 from tunelab.catalog import architecture_from_config, resolve_architecture
@@ -66,9 +67,9 @@ def to_history(path: Path, run: ParsedRun, device: str | None) -> history.Histor
     )
 
 
-def _torchtune_facts(run: ParsedRun, cfg: dict, path: Path) -> dict:
+def _torchtune_facts(run: ParsedRun, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     """What memory and speed depend on, and the final losses, from a torchtune config echo and summary."""
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    model: dict[str, Any] = cfg["model"] if isinstance(cfg.get("model"), dict) else {}
     targets = list(model.get("lora_attn_modules") or [])
     if model.get("apply_lora_to_mlp"):
         targets += ["gate_proj", "up_proj", "down_proj"]
@@ -116,7 +117,7 @@ def trainer_dir_to_history(run: TrainerRun, device: str | None) -> history.Histo
         except TunelabError:
             arch = None
     targets = ad.get("target_modules")
-    facts = {
+    facts: dict[str, Any] = {
         "final_loss": run.losses[-1][1], "final_val_loss": run.val_losses[-1][1] if run.val_losses else None,
         "epochs": run.epochs, "lora_targets": ",".join(sorted(targets)) if isinstance(targets, list) else targets,
         "peak_memory_gib": run.peak_memory_gib, "tokens_per_s": run.tokens_per_s, "batch_size": run.batch_size,

@@ -41,7 +41,7 @@ class TrainerRun:
 
 def _checkpoints(root: Path) -> list[Path]:
     found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT.search(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.search(p.name).group(1)))
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))  # checkpoint-STEP
 
 
 def find_trainer_dirs(paths: list[Path]) -> list[Path]:

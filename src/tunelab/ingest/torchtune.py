@@ -178,7 +178,7 @@ def parse_torchtune_log(text: str) -> ParsedRun:
             memory[kind] = max(memory.get(kind, 0.0), summary[key])
     steps = (_count(summary.get("global_step", 0), "run summary global_step")
              or sum(int(ms[-1].group("n")) for ms in bars.values()))
-    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    dataset: dict[str, Any] = config["dataset"] if isinstance(config.get("dataset"), dict) else {}
     return ParsedRun(
         recipe=recipe,
         config=config,

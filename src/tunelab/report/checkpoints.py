@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.models.check import TOKENIZER_FILES  # any one of them makes a loadable tokenizer
-from tunelab.train.checkpoints import ADAPTER_FILES
-from tunelab.train.status import CHECKPOINTS_DIR
-
+from tunelab.rundir.checkpoints import checkpoints_dir
+from tunelab.rundir.layout import ADAPTER_FILES, parse_epoch_name
 
 
 @dataclass
@@ -33,13 +32,13 @@ class EpochCheck:
 
 def verify_checkpoints(run_dir: str | Path) -> list[EpochCheck]:
     """One check per checkpoints/epoch_N directory, ascending by N."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    checks = []
+    root = checkpoints_dir(run_dir)
+    checks: list[EpochCheck] = []
     if not root.is_dir():
         return checks
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("epoch_") and d.name[6:].isdigit()]
-    for d in sorted(dirs, key=lambda p: int(p.name[6:])):
-        c = EpochCheck(epoch=int(d.name[6:]), path=d)
+    dirs = [(e, d) for d in root.iterdir() if d.is_dir() and (e := parse_epoch_name(d.name)) is not None]
+    for epoch, d in sorted(dirs):
+        c = EpochCheck(epoch=epoch, path=d)
         c.files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
         for req in ADAPTER_FILES:
             if req not in c.files:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from tunelab.report.data import Point, RunData
-from tunelab.train import status as st
+from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING
+from tunelab.rundir.summary import Summary
 
 OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
 STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch
 MEMORY_MOSTLY_UNUSED = 0.5  # peak below half of the GPU's memory
 DATA_WAIT_FLAG = 0.05  # the training loop waited for data more than 5 % of training time
-GPU_TOTAL_KEYS = ("gpu_memory_total_gib", "device_memory_gib", "device_total_memory_gib", "gpu_total_gib")
 
 
 # ---------------------------------------------------------------- training dynamics
@@ -101,28 +100,17 @@ class MemoryUse:
 
     @property
     def fraction(self) -> float | None:
-        return self.peak_gib / self.total_gib if self.judgeable else None
-
-
-def gpu_total_gib(summary: dict[str, Any]) -> float | None:
-    """The GPU's total memory, only where summary.json recorded it."""
-    for key in GPU_TOTAL_KEYS:
-        v = summary.get(key)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
-    dev = summary.get("device")
-    if isinstance(dev, dict):
-        for key in ("total_memory_gib", "memory_gib", "total_gib"):
-            v = dev.get(key)
-            if isinstance(v, (int, float)) and v > 0:
-                return float(v)
-    return None
+        """Peak over the GPU's total (None where it cannot be judged)."""
+        if not self.judgeable or self.peak_gib is None or self.total_gib is None:
+            return None
+        return self.peak_gib / self.total_gib
 
 
 def memory_use(run: RunData) -> MemoryUse:
-    dev = run.summary.get("device")
-    return MemoryUse(run.name, run.get("peak_memory_gib"), run.get("memory_kind"), gpu_total_gib(run.summary),
-                     dev.get("name") if isinstance(dev, dict) else dev)
+    """The run's peak against its GPU's total memory, where summary.json recorded it."""
+    s = run.summary
+    total = s.gpu_memory_total_gib if s.gpu_memory_total_gib and s.gpu_memory_total_gib > 0 else None
+    return MemoryUse(run.name, s.peak_memory_gib, s.memory_kind, total, s.device)
 
 
 # ---------------------------------------------------------------- issues
@@ -144,25 +132,25 @@ def error_class(error: str | None) -> str:
 
 def retries(run: RunData) -> int:
     """Extra attempts: ledger attempts beyond the first, or restarts the run's status counted."""
-    return max(len(run.attempts) - 1, int(run.status.get("restarts") or 0), run.config.attempt - 1, 0)
+    return max(len(run.attempts) - 1, int(run.status.restarts or 0), run.config.attempt - 1, 0)
 
 
 def missing_epochs(run: RunData) -> list[int]:
     """Epochs a completed run should have saved but did not (planned epochs without max_steps)."""
     planned = run.planned_epochs
-    if run.state != st.COMPLETED or not planned:
+    if run.state != COMPLETED or not planned:
         return []
     have = {c.epoch for c in run.checkpoints}
     return [e for e in range(planned) if e not in have]
 
 
-def data_wait_issue(run: str, summary: dict[str, Any]) -> Issue | None:
+def data_wait_issue(run: str, summary: Summary) -> Issue | None:
     """The input pipeline starved training: data wait above DATA_WAIT_FLAG of training time (summary.json)."""
-    frac, wait = summary.get("data_wait_fraction"), summary.get("data_wait_s")
+    frac, wait = summary.data_wait_fraction, summary.data_wait_s
     if not isinstance(frac, (int, float)) or frac <= DATA_WAIT_FLAG:
         return None
-    workers = summary.get("dataloader_workers")
-    now = f" (now {workers}, {summary.get('dataloader_workers_source')})" if workers is not None else ""
+    workers = summary.dataloader_workers
+    now = f" (now {workers}, {summary.dataloader_workers_source})" if workers is not None else ""
     return Issue(run, "data-wait", f"waited {frac:.0%} of training time for data ({wait} s): raise "
                  f"training.dataloader_workers{now}, and give the job the CPUs for them")
 
@@ -172,11 +160,11 @@ def run_issues(run: RunData) -> list[Issue]:
     wait = data_wait_issue(run.name, run.summary)
     if wait:
         out.append(wait)
-    if run.state in (st.FAILED, st.INTERRUPTED):
+    if run.state in (FAILED, INTERRUPTED):
         last = run.attempts[-1] if run.attempts else None
         reason = run.error or (last and last.reason) or (
             f"exit code {last.exit_code}" if last and last.exit_code is not None else "no reason recorded")
-        word = "failed" if run.state == st.FAILED else "interrupted (cancelled or killed)"
+        word = "failed" if run.state == FAILED else "interrupted (cancelled or killed)"
         out.append(Issue(run.name, run.state, f"{word} — {error_class(reason)}: {reason}"))
     n = retries(run)
     if n:
@@ -193,8 +181,8 @@ def run_issues(run: RunData) -> list[Issue]:
     if miss:
         out.append(Issue(run.name, "missing-epoch", "no checkpoint for epoch(s) "
                          + ", ".join(run.checkpoint_name(e, str(e)) for e in miss)))
-    if run.state != st.PENDING and run.metrics_rows == 0 and not run.is_control:
+    if run.state != PENDING and run.metrics_rows == 0 and not run.is_control:
         out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
-    if run.state == st.COMPLETED and not run.evals:
+    if run.state == COMPLETED and not run.evals:
         out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/*/scores.json yet"))
     return out

@@ -7,6 +7,7 @@ so a reader can trace any cell back to a run and a file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,16 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import ledger
-from tunelab.evaluate.scores import read_scores
 from tunelab.experiment import SPEC_FILE, load_runs
-from tunelab.fsutil import read_json, read_jsonl
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
 from tunelab.results import EvalRecord, RunRecord, collect_results
 from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, load_spec
 from tunelab.stats.records import SampleValue
-from tunelab.train import status as st
-from tunelab.train.stages import StageRecord, epoch_labels, read_stage_records
+from tunelab.rundir.layout import COMPLETED, RUNNING
+from tunelab.rundir.metrics import read_metrics
+from tunelab.rundir.scores import read_scores
+from tunelab.rundir.stages import StageRecord, epoch_labels, read_stage_records
+from tunelab.rundir.status import Status, read_status
+from tunelab.rundir.summary import Summary, read_summary
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -61,8 +64,8 @@ class RunData:
     run_dir: Path
     rel_dir: str  # runs/<name> or controls/<name>
     config: RunConfig
-    status: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
+    status: Status = field(default_factory=Status)
+    summary: Summary = field(default_factory=Summary)  # all None until the run completed; NaN read as None
     train_loss: list[Point] = field(default_factory=list)
     val_loss: list[Point] = field(default_factory=list)
     nan_rows: list[int] = field(default_factory=list)  # steps whose loss or val_loss is not finite
@@ -147,11 +150,6 @@ class RunData:
             return self.dataset
         return self.factors.get(factor)
 
-    def get(self, key: str) -> Any:
-        """A summary.json value (None when the run never finished)."""
-        v = self.summary.get(key)
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
 
 @dataclass
 class ReportData:
@@ -191,23 +189,23 @@ class ReportData:
 
     @property
     def completed(self) -> list[RunData]:
-        return [r for r in self.runs if r.state == st.COMPLETED]
+        return [r for r in self.runs if r.state == COMPLETED]
 
     @property
     def first_start(self) -> str | None:
-        starts = [r.status.get("first_started_at") or r.status.get("started_at") for r in self.runs]
+        starts = [r.status.first_started_at or r.status.started_at for r in self.runs]
         return min((s for s in starts if s), default=None)
 
     @property
     def last_finish(self) -> str | None:
-        ends = [r.status.get("finished_at") for r in self.runs if r.state != st.RUNNING]
+        ends = [r.status.finished_at for r in self.runs if r.state != RUNNING]
         return max((s for s in ends if s), default=None)
 
     @property
     def partial(self) -> bool:
         """True while something is still to come: runs not completed, or completed runs and controls
         without an evaluation."""
-        return any(r.state != st.COMPLETED for r in self.runs) or any(
+        return any(r.state != COMPLETED for r in self.runs) or any(
             not r.evals for r in self.completed + self.references)
 
     def shared_stage(self, epoch: int) -> str | None:
@@ -224,6 +222,13 @@ class ReportData:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def finite_summary(summary: Summary) -> Summary:
+    """summary.json with its non-finite numbers (a NaN loss) read as missing: the report shows '—'."""
+    nan: dict[str, Any] = {f.name: None for f in dataclasses.fields(summary)
+           if isinstance(v := getattr(summary, f.name), float) and not math.isfinite(v)}
+    return dataclasses.replace(summary, **nan) if nan else summary
 
 
 def dir_size(path: Path) -> int:
@@ -246,20 +251,18 @@ def weights_size(model_dir: Path) -> int:
 
 
 def _read_metrics(run: RunData) -> None:
-    rows = read_jsonl(run.run_dir / st.METRICS_FILE)
+    rows = read_metrics(run.run_dir)
     run.metrics_rows = len(rows)
     for r in rows:
-        step = r.get("step")
-        if step is None:
+        if r.step is None:
             continue
-        for key, target in (("loss", run.train_loss), ("val_loss", run.val_loss)):
-            v = r.get(key)
+        for v, target in ((r.loss, run.train_loss), (r.val_loss, run.val_loss)):
             if v is None:
                 continue
             if not _finite(v):
-                run.nan_rows.append(int(step))
+                run.nan_rows.append(int(r.step))
                 continue
-            target.append(Point(int(step), r.get("epoch"), float(v)))
+            target.append(Point(int(r.step), r.epoch, float(v)))
 
 
 def stage_epochs(cfg: RunConfig, records: list[StageRecord]) -> dict[int, str]:
@@ -301,9 +304,9 @@ def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[ledger.A
     run = RunData(
         name=cfg.name, kind=rec.kind, model=rec.model, dataset=rec.dataset, factors=rec.factors,
         state=rec.state, run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
-        status=st.read_status(cfg.run_dir), evals=list(rec.evals), error=rec.error, record=rec,
+        status=read_status(cfg.run_dir), evals=list(rec.evals), error=rec.error, record=rec,
     )
-    run.summary = read_json(cfg.run_dir / st.SUMMARY_FILE, default=None) or {}
+    run.summary = finite_summary(read_summary(cfg.run_dir) or Summary())
     run.attempts = [a for a in attempts if a.run == cfg.name]
     run.dir_bytes = dir_size(cfg.run_dir)
     run.samples = {(s.label, s.task): s.per_sample for s in read_scores(cfg.run_dir) if s.per_sample}

@@ -212,9 +212,10 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
         for i, level in enumerate(levels):
             runs = [r for r in data.completed if r.model == model and r.level(factor) == level
                     and _value(r, task, metric) is not None]
+            values = [v for r in runs if (v := _value(r, task, metric)) is not None]
             if runs:
                 xs.append(i)
-                ys.append(k * mean(_value(r, task, metric) for r in runs))  # type: ignore[misc]
+                ys.append(k * mean(values))
                 ivs.append(level_interval(data, runs, task, metric))
         if not ys:
             continue
@@ -321,7 +322,7 @@ def stage_changes(data: ReportData, epochs: list[int]) -> list[tuple[float, str]
 
 
 def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
-    runs = [r for r in data.runs if r.get("tokens_per_s") is not None or r.get("peak_memory_gib") is not None]
+    runs = [r for r in data.runs if r.summary.tokens_per_s is not None or r.summary.peak_memory_gib is not None]
     if not runs:
         return None
     colors = _model_colors(data)
@@ -329,8 +330,8 @@ def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
     ys = list(range(len(runs)))[::-1]
     cols = [colors.get(r.model, PALETTE[0]) for r in runs]
-    tps = [r.get("tokens_per_s") or 0 for r in runs]
-    mem = [r.get("peak_memory_gib") or 0 for r in runs]
+    tps = [r.summary.tokens_per_s or 0 for r in runs]
+    mem = [r.summary.peak_memory_gib or 0 for r in runs]
     ax1.barh(ys, tps, color=cols, height=0.6)
     ax2.barh(ys, mem, color=cols, alpha=0.85, height=0.6)
     for y, v in zip(ys, tps):
@@ -340,7 +341,7 @@ def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
     ax1.set_yticks(ys, [r.name for r in runs])
     ax1.set_xlim(0, max(tps + [1]) * 1.2)
     ax2.set_xlim(0, max(mem + [0.1]) * 1.25)
-    kinds = {r.get("memory_kind") for r in runs} - {None}
+    kinds = {k for r in runs if (k := r.summary.memory_kind) is not None}
     kind = {"cuda_max_allocated": "CUDA max allocated", "host_max_rss": "host max RSS"}
     ax1.set_xlabel("throughput (tokens/s, steady-state mean)")
     ax2.set_xlabel("peak memory (GiB, " + " / ".join(kind.get(k, k) for k in sorted(kinds)) + ")")

@@ -30,7 +30,7 @@ from tunelab.report.comparisons import best_runs, control_differences, control_m
 from tunelab.report.data import ReportData, RunData
 from tunelab.stats.paired import Difference
 from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
-from tunelab.train import status as st
+from tunelab.rundir import layout as st
 
 SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a numeric factor
 
@@ -77,11 +77,13 @@ class FactorEffect:
 
 
 def metric_of(run: RunData, metric: str, task: str | None = None) -> float | None:
-    """"score": the task's primary metric (the headline task's when None); else a summary.json value."""
+    """"score": the task's primary metric (the headline task's when None); "final_val_loss": summary.json's."""
     if metric == "score":
         v = run.value(task) if task is not None else run.score
+    elif metric == "final_val_loss":
+        v = run.summary.final_val_loss
     else:
-        v = run.get(metric)
+        raise ValueError(f"no factor effect on {metric!r}: only 'score' and 'final_val_loss'")
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
@@ -91,8 +93,7 @@ def factor_effect(runs: Iterable[RunData], factor: str, levels: list[Any], metri
     stats = []
     runs = list(runs)
     for level in levels:
-        vals = [(r.name, metric_of(r, metric, task)) for r in runs if r.level(factor) == level]
-        vals = [(n, v) for n, v in vals if v is not None]
+        vals = [(r.name, v) for r in runs if r.level(factor) == level and (v := metric_of(r, metric, task)) is not None]
         if vals:
             stats.append(LevelStat(level, mean(v for _, v in vals), len(vals), [n for n, _ in vals]))
     greater = (metric == "score") if greater_is_better is None else greater_is_better
@@ -108,8 +109,8 @@ def _effect_difference(eff: FactorEffect, runs: list[RunData], replicated: bool)
     if eff.metric == "score" and eff.task and eff.score_metric:
         return level_difference(best, worst, eff.task, eff.score_metric, replicated)
     if replicated:  # final validation loss: only replicates give it an interval
-        return replicate_difference([r.get(eff.metric) for r in best if r.get(eff.metric) is not None],
-                                    [r.get(eff.metric) for r in worst if r.get(eff.metric) is not None], eff.metric)
+        return replicate_difference([v for r in best if (v := metric_of(r, eff.metric)) is not None],
+                                    [v for r in worst if (v := metric_of(r, eff.metric)) is not None], eff.metric)
     return None
 
 
@@ -226,7 +227,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
         steps.append(f"Evaluate {', '.join(unevaluated)}: `tunelab eval {exp}`.")
     if f.still_falling:
         names = list(f.still_falling)
-        planned = {r.planned_epochs for r in data.runs if r.name in f.still_falling} - {None}
+        planned = {p for r in data.runs if r.name in f.still_falling and (p := r.planned_epochs) is not None}
         more = f" (e.g. {2 * max(planned)} instead of {max(planned)})" if planned else ""
         steps.append(f"Train longer{more}: validation loss was still falling at the last epoch in "
                      f"{', '.join(names)}.")
@@ -306,7 +307,7 @@ def analyze(data: ReportData) -> Findings:
             s = still_falling(r.val_loss)
             if s:
                 f.still_falling[r.name] = s
-        if r.get("peak_memory_gib") is not None:
+        if r.summary.peak_memory_gib is not None:
             f.memory.append(memory_use(r))
         f.issues += run_issues(r)
     for c in data.references:

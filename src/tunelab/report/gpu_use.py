@@ -1,12 +1,13 @@
 """The report's GPU utilization section: per run, mean and min–max utilization from the NVML samples the
-job wrote (train/gpu_sampling.py); runs below LOW_UTILIZATION_PCT are flagged. No samples (CPU runs, no
+job wrote (rundir/gpu.py); runs below LOW_UTILIZATION_PCT are flagged. No samples (CPU runs, no
 NVML): no section."""
 
 from __future__ import annotations
 
 from tunelab.report.data import ReportData
 from tunelab.report.document import Para, Section, Table
-from tunelab.train.gpu_sampling import LOW_UTILIZATION_PCT, SAMPLES_FILE, utilization
+from tunelab.rundir.gpu import LOW_UTILIZATION_PCT, utilization
+from tunelab.rundir.layout import SAMPLES_FILE
 
 
 def gpu_section(data: ReportData) -> Section | None:

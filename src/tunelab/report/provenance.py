@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.fsutil import read_json
-from tunelab.report.document import Para, Section, Table
+from tunelab.report.document import Block, Para, Section, Table
 
 
 def data_section(experiment_dir: Path) -> Section | None:
@@ -24,7 +24,7 @@ def data_section(experiment_dir: Path) -> Section | None:
                                                               ("train", "validation", "test")),
                        "evaluation only" if info.get("eval_only") else "training + evaluation"])
         rows += [[name, f"`{f['path']}`", str(f["rows"]), f"`{f['sha256']}`"] for f in info.get("files", [])]
-    blocks = [Table(["Dataset", "Format", "train", "validation", "test", "Used for"], splits),
+    blocks: list[Block] = [Table(["Dataset", "Format", "train", "validation", "test", "Used for"], splits),
               Table(["Dataset", "File", "Rows", "sha256"], rows, caption="Data files as they were when planned.")]
     made = [f"`{n}`: `{i['split_record']}`" for n, i in record.items() if i.get("split_record")]
     if made:

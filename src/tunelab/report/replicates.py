@@ -62,13 +62,14 @@ def replicates(data: ReportData, f: Findings) -> Section | None:
                        f"{_sd_text(sd, metric)}."))
     items = []
     for eff in f.effects:
-        if eff.metric != "score" or eff.task != head.name or eff.best is None or eff.diff is None:
+        best, worst = eff.best, eff.worst
+        if eff.metric != "score" or eff.task != head.name or best is None or worst is None or eff.diff is None:
             continue
         size = abs(eff.diff.estimate)
         ratio = f"{size / sd:.1f}× the seed-to-seed SD" if sd else "seed-to-seed SD unknown"
         verdict = ("exceeds seed-to-seed variation" if eff.diff.resolved
                    else "does not exceed seed-to-seed variation")
-        items.append(f"**{eff.factor}:** {eff.best.level} − {eff.worst.level} = {diff_text(eff.diff, metric)} "
+        items.append(f"**{eff.factor}:** {best.level} − {worst.level} = {diff_text(eff.diff, metric)} "
                      f"({eff.diff.method}); {ratio}: the effect {verdict}.")
     if items:
         blocks.append(Bullets(items))

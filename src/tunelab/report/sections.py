@@ -18,9 +18,9 @@ from tunelab.report.document import Bullets, Code, Document, Figure, Headline, P
 from tunelab.report.evaluation import best_text, diff_text, effect_text, evaluation, prompt_table, show_ci, \
     show_delta
 from tunelab.report.figures import FigureFile
-from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
-    error_class, retries
-from tunelab.train import status as st
+from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, FactorEffect, \
+    Findings, error_class, retries
+from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
 
 
 # ---------------------------------------------------------------- formatting
@@ -65,10 +65,10 @@ def status_line(data: ReportData) -> str:
     runs, done = data.runs, data.completed
     counts = Counter(r.state for r in runs)
     text = f"{len(done)} of {len(runs)} fine-tuned runs completed"
-    bad = [r.name for r in runs if r.state in (st.FAILED, st.INTERRUPTED)]
+    bad = [r.name for r in runs if r.state in (FAILED, INTERRUPTED)]
     if bad:
         text += f", {len(bad)} failed or interrupted ({', '.join(bad)})"
-    for state in (st.RUNNING, st.PENDING):
+    for state in (RUNNING, PENDING):
         if counts.get(state):
             text += f", {counts[state]} {state}"
     retried = [r.name for r in runs if retries(r)]
@@ -100,23 +100,32 @@ def headline(data: ReportData, f: Findings) -> Headline:
     word = "over" if head is None or head.greater_is_better else "vs"
     if ctl is not None and ctl.score is not None:
         d = f.control_vs.get(best.name)
-        lines.append(f"**{diff_text(d, metric, f.best_score - ctl.score)}** {word} the base-model control "
+        lines.append(f"**{diff_text(d, metric, _minus(f.best_score, ctl.score))}** {word} the base-model control "
                      f"{ctl.name} ({show_ci(ctl.score, ctl.interval(data.eval_task or ''), metric)}).")
     if f.runner_up is not None:
         d = f.best_vs.get(f.runner_up.name)
-        lines.append(f"**{diff_text(d, metric, f.best_score - f.runner_up.score)}** {word} the runner-up "
+        lines.append(f"**{diff_text(d, metric, _minus(f.best_score, f.runner_up.score))}** {word} the runner-up "
                      f"{f.runner_up.name} ({show_ci(f.runner_up.score, f.runner_up.interval(data.eval_task or ''), metric)}).")
-    for eff in f.effects:
-        if eff.metric == "score" and eff.task == data.eval_task and eff.spread is not None:
-            if eff.diff is not None and eff.diff.known:
-                lines.append(f"{eff.factor}: {eff.best.level} − {eff.worst.level} on mean {metric}: "
-                             f"**{diff_text(eff.diff, metric)}**.")
-            elif eff.spread > 0:
-                lines.append(f"{eff.factor}: {eff.best.level} beats {eff.worst.level} by "
-                             f"**{show_delta(eff.best.mean - eff.worst.mean, metric)}** on mean {metric} (no interval).")
-            else:
-                lines.append(f"{eff.factor}: no difference in mean {metric} between its levels.")
+    lines += [line for eff in f.effects if eff.metric == "score" and eff.task == data.eval_task
+              and (line := _effect_line(eff, metric)) is not None]
     return Headline(title, lines, ok=True)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _effect_line(eff: FactorEffect, metric: str | None) -> str | None:
+    """A factor's effect on the headline score in one line (None with fewer than two levels measured)."""
+    best, worst = eff.best, eff.worst
+    if best is None or worst is None:
+        return None
+    if eff.diff is not None and eff.diff.known:
+        return f"{eff.factor}: {best.level} − {worst.level} on mean {metric}: **{diff_text(eff.diff, metric)}**."
+    if best.mean != worst.mean:
+        return (f"{eff.factor}: {best.level} beats {worst.level} by **{show_delta(best.mean - worst.mean, metric)}** "
+                f"on mean {metric} (no interval).")
+    return f"{eff.factor}: no difference in mean {metric} between its levels."
 
 
 def overview(data: ReportData) -> Section:
@@ -130,7 +139,7 @@ def overview(data: ReportData) -> Section:
     if (table := prompt_table(data)) is not None:
         blocks.append(table)
     counts = Counter(r.state for r in data.runs)
-    states = [st.COMPLETED, st.FAILED, st.INTERRUPTED, st.RUNNING, st.PENDING]
+    states = [COMPLETED, FAILED, INTERRUPTED, RUNNING, PENDING]
     blocks.append(Table(
         ["", *states, "retried", "evaluated"],
         [["fine-tuned runs", *[str(counts.get(s, 0)) for s in states], str(sum(1 for r in data.runs if retries(r))),
@@ -146,7 +155,7 @@ def overview(data: ReportData) -> Section:
 def checkpoints(data: ReportData) -> Section:
     blocks: list = []
     epochs = sorted({c.epoch for r in data.runs for c in r.checkpoints}
-                    | {e for r in data.runs if r.state == st.COMPLETED and r.planned_epochs
+                    | {e for r in data.runs if r.state == COMPLETED and r.planned_epochs
                        for e in range(r.planned_epochs)})
     rows = []
     shared = {e: data.shared_stage(e) for e in epochs}  # a staged sweep's stage labels, in the header when shared
@@ -156,18 +165,18 @@ def checkpoints(data: ReportData) -> Section:
         for e in epochs:
             c = by_epoch.get(e)
             if c is None:
-                expected = r.state == st.COMPLETED and r.planned_epochs and e < r.planned_epochs
-                cells.append("✗ missing" if expected or r.state != st.RUNNING else "…")
+                expected = r.state == COMPLETED and r.planned_epochs and e < r.planned_epochs
+                cells.append("✗ missing" if expected or r.state != RUNNING else "…")
             else:
                 cell = "✓ " + size(c.adapter_bytes) if c.ok else "✗ " + "; ".join(c.problems)
                 cells.append(cell if shared[e] or e not in r.epoch_stage else f"{cell} ({r.epoch_stage[e]})")
         bad = [c for c in r.checkpoints if not c.ok]
-        missing = r.state == st.COMPLETED and r.planned_epochs and len(by_epoch) < r.planned_epochs
+        missing = r.state == COMPLETED and r.planned_epochs and len(by_epoch) < r.planned_epochs
         if not r.checkpoints:
-            note = "no checkpoints" + ("" if r.state == st.PENDING else f" ({r.state})")
+            note = "no checkpoints" + ("" if r.state == PENDING else f" ({r.state})")
         elif bad or missing:
             note = "problems"
-        elif r.state == st.COMPLETED:
+        elif r.state == COMPLETED:
             note = "complete"
         else:
             note = f"{r.state}, {len(by_epoch)} so far"
@@ -186,37 +195,40 @@ def checkpoints(data: ReportData) -> Section:
 
 
 def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
-    packed = any((r.summary.get("packing") or {}).get("packed") for r in data.runs)
+    packed = any(r.summary.packing and r.summary.packing.packed for r in data.runs)
     header = ["Run", "Model", "Factors", "State", "Steps", "Final loss", "Best loss", "Final val loss",
               "Duration", "Tokens/s", "Peak mem (GiB)"]
     if packed:
         header += ["Packing density", "Non-pad %"]
     rows = []
     for r in data.runs:
-        row = [r.name, r.model, factors_text(r), r.state, fnum(r.get("steps") or r.status.get("step"), "{}"),
-               fnum(r.get("final_loss")), fnum(r.get("best_loss")), fnum(r.get("final_val_loss")),
-               duration(r.get("duration_s")), fnum(r.get("tokens_per_s"), "{:,.0f}"),
-               fnum(r.get("peak_memory_gib"), "{:.2f}")]
+        s = r.summary
+        row = [r.name, r.model, factors_text(r), r.state, fnum(s.steps or r.status.step, "{}"),
+               fnum(s.final_loss), fnum(s.best_loss), fnum(s.final_val_loss), duration(s.duration_s),
+               fnum(s.tokens_per_s, "{:,.0f}"), fnum(s.peak_memory_gib, "{:.2f}")]
         if packed:
-            p = r.summary.get("packing") or {}
-            row += [fnum(p.get("density"), "{:.2f}") if p.get("packed") else "—",
-                    pct(r.get("nonpad_fraction"))]
+            p = s.packing
+            row += [fnum(p.density, "{:.2f}") if p and p.packed else "—", pct(s.nonpad_fraction)]
         rows.append(row)
-    kinds = sorted({r.get("memory_kind") for r in data.runs} - {None})
+    kinds = sorted({k for r in data.runs if (k := r.summary.memory_kind) is not None})
     caption = ("From `runs/<run>/summary.json` (steps, losses, duration, tokens/s: steady-state mean after the "
                "first logging interval, training time only; peak memory: " + (", ".join(f"`{k}`" for k in kinds)
                                                                                or "—") + ")")
     caption += "; packing density = examples per packed sequence (`summary.json` packing)." if packed else "."
     blocks: list = [Table(header, rows, caption)]
-    running = [r for r in data.runs if r.state == st.RUNNING]
+    running = [r for r in data.runs if r.state == RUNNING]
     if running:
         blocks.append(Para("Still running: " + ", ".join(
-            f"{r.name} (step {r.status.get('step', '?')} of {r.status.get('total_steps', '?')})" for r in running)
+            f"{r.name} (step {_or_unknown(r.status.step)} of {_or_unknown(r.status.total_steps)})" for r in running)
             + " — losses so far are in the figure."))
     for key in ("loss_curves", "throughput_memory"):
         if key in figs:
             blocks.append(_fig(figs[key]))
     return Section("Training results", blocks)
+
+
+def _or_unknown(v: int | None) -> str:
+    return "?" if v is None else str(v)
 
 
 def _fig(f: FigureFile) -> Figure:
@@ -267,12 +279,12 @@ def key_findings(data: ReportData, f: Findings) -> Section:
     elif data.completed:
         items.append(f"**Still improving:** no completed run's val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over "
                      "its last epoch.")
-    judged = [m for m in f.memory if m.judgeable]
+    judged = [(m, m.fraction) for m in f.memory if m.fraction is not None]
     if judged:
-        for m in judged:
+        for m, fraction in judged:
             items.append(f"**GPU memory — {m.run}:** peak {m.peak_gib:.2f} of {m.total_gib:.1f} GiB "
-                         f"({m.fraction:.0%}) on {m.device}" + (" — mostly unused." if m.fraction <
-                                                                 MEMORY_MOSTLY_UNUSED else "."))
+                         f"({fraction:.0%}) on {m.device}" + (" — mostly unused." if fraction <
+                                                               MEMORY_MOSTLY_UNUSED else "."))
     elif f.memory:
         kinds = {m.kind for m in f.memory}
         if kinds == {"cuda_max_allocated"}:
@@ -383,11 +395,11 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     from tunelab.report.replicates import replicates
     from tunelab.report.stages import stages_section
 
-    sections = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
-                training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
-                replicates(data, f), key_findings(data, f), storage(data), issues(data, f), next_steps(f),
-                appendix(data)]
-    sections = [s for s in sections if s is not None]
+    maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
+             training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
+             replicates(data, f), key_findings(data, f), storage(data), issues(data, f), next_steps(f),
+             appendix(data)]
+    sections = [s for s in maybe if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
                     highlight=[r.name for r in f.best])
 

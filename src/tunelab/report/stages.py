@@ -14,8 +14,8 @@ from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Para, Section, Table
 from tunelab.report.evaluation import show_ci
 from tunelab.runconfig import StageConfig
-from tunelab.train import status as st
-from tunelab.train.stages import STAGES_FILE, StageRecord
+from tunelab.rundir.layout import COMPLETED, PENDING, STAGES_FILE
+from tunelab.rundir.stages import StageRecord
 
 
 def order_text(order: Any) -> str:
@@ -35,7 +35,7 @@ def _epochs_text(rec: StageRecord | None, stage: StageConfig) -> str:
 
 def _not_done(run: RunData, index: int) -> str:
     """A stage stages.json does not list yet: the run's state for the stage it is in, else pending."""
-    if index == len(run.stages) and run.state not in (st.PENDING, st.COMPLETED):
+    if index == len(run.stages) and run.state not in (PENDING, COMPLETED):
         return run.state
     return "pending"
 
