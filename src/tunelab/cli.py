@@ -161,8 +161,8 @@ def run_cmd(
 ) -> None:
     """Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
-    from tunelab.execute.executors import executor_named
-    from tunelab.execute.sweep import check_options, run_sweep
+    from tunelab.execute.executors import check_options, executor_named
+    from tunelab.execute.sweep import run_sweep
     from tunelab.experiment import load_runs
 
     ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
@@ -368,8 +368,6 @@ def demo_cmd(
     """A real sweep on CPU: LoRA ranks {4, 16} + base-model controls, trained, evaluated, reported."""
     from tunelab.demo import run_demo
 
-    if executor not in ("local", "slurm"):
-        raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
     report = run_demo(out, force=force, console=console, executor=executor, model=model)
     console.print(f"\n[bold green]Report:[/bold green] {report}")
     if report.with_suffix(".html").is_file():

@@ -75,13 +75,15 @@ def _prepare_smollm2(out: Path, console: Console) -> dict:
 
 def prepare_inputs(out: Path, console: Console, executor: str = "local", model: str = "tiny") -> Path:
     """Build the models and the dataset (once), write experiment/experiment.yaml; return its path."""
+    from tunelab.execute.executors import executor_class
+
     if model not in DEMO_CHOICES:
         raise TunelabError(f"unknown demo model {model!r}: use {' or '.join(DEMO_CHOICES)}", field="--model")
     spec = _prepare_smollm2(out, console) if model == "smollm2" else _prepare_tiny(out, console)
     spec_path = out / "experiment" / "experiment.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    if executor == "slurm":  # CPU jobs: no GPU to ask for
-        spec["resources"] = {"executor": "slurm", "gpus_per_run": 0}
+    if executor_class(executor).detached:  # jobs on a cluster's nodes: CPU jobs, no GPU to ask for
+        spec["resources"] = {"executor": executor, "gpus_per_run": 0}
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 
@@ -110,33 +112,26 @@ def _prepare_tiny(out: Path, console: Console) -> dict:
 def run_demo(out: str | Path, force: bool = False, console: Console | None = None, executor: str = "local",
              model: str = "tiny") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
-    from tunelab.execute.local import run_local
+    from tunelab.execute.executors import executor_named
+    from tunelab.execute.sweep import run_sweep
     from tunelab.report.build import write_report
     from tunelab.scaffold import scaffold
 
     console = console or Console()
+    ex = executor_named(executor)
     out = Path(out).resolve()
     spec_path = prepare_inputs(out, console, executor, model)
     console.rule("plan + scaffold")
     plan = scaffold(spec_path, force=force)
     console.print(f"{len(plan.finetune_runs)} fine-tuned runs + {len(plan.controls)} controls in {plan.experiment_dir}")
-    if executor == "slurm":
-        from tunelab.execute.slurm import run_slurm
-
-        console.rule("submit to Slurm: train, then evaluate (afterok)")
-        results = run_slurm(plan.experiment_dir, force=force, wait=True, console=console)
-        failed = {k: v for k, v in results.items() if v != "completed"}
-        if failed:
-            raise TunelabError(f"runs did not complete: {failed}; see `tunelab status {plan.experiment_dir}`",
-                               file=plan.experiment_dir)
-        console.rule("report")
-        return write_report(plan.experiment_dir)
-    console.rule("train")
-    results = run_local(plan.experiment_dir, force=force, console=console)
+    console.rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train")
+    results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console)
     failed = {k: v for k, v in results.items() if v != "completed"}
     if failed:
-        raise TunelabError(f"runs did not complete: {failed}; see runs/<run>/train.log", file=plan.experiment_dir)
-    console.rule("evaluate")
-    evaluate_experiment(plan.experiment_dir, force=force, console=console)
+        where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
+        raise TunelabError(f"runs did not complete: {failed}; see {where}", file=plan.experiment_dir)
+    if not ex.detached:  # a scheduler evaluated each run after its training
+        console.rule("evaluate")
+        evaluate_experiment(plan.experiment_dir, force=force, console=console)
     console.rule("report")
     return write_report(plan.experiment_dir)

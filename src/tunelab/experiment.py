@@ -18,8 +18,11 @@ from tunelab.errors import TunelabError
 from pydantic import ValidationError
 
 from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.process import alive
 from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
-from tunelab.train import status as st
+from tunelab.rundir import layout
+from tunelab.rundir.metrics import MetricRow
+from tunelab.rundir.status import Status, read_status
 
 SPEC_FILE = "experiment.yaml"
 LEDGER_FILE = "tunelab.db"
@@ -94,43 +97,22 @@ def select_runs(runs: list[RunConfig], names: list[str] | None) -> list[RunConfi
 STALE_AFTER_S = 600.0
 
 
-def _pid_alive(pid: int | None) -> bool:
-    """On this host only: is the process still there? (A pid from another host means nothing here.)"""
-    if not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """Dead but not yet reaped (e.g. a distributed worker whose launcher was killed, waiting for init)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _running_alive(run_dir: Path, status: dict) -> bool:
+def _running_alive(run_dir: Path, status: Status) -> bool:
     """Is the job that wrote this `running` status alive? On this host its pid says. From another host
     (a compute node, another workstation) only a heartbeat can: the job rewrites status.json at every
     logging step and checkpoint, so silence longer than max(STALE_AFTER_S, 3 x the longest recent gap
     between metrics rows) means it is gone. The newer of the file's mtime and its `updated_at` counts,
     so one skewed clock cannot make a live job look dead. (Slurm: a job the scheduler lists wins.)"""
-    if status.get("host") == socket.gethostname():
-        return _pid_alive(status.get("pid"))
+    if status.host == socket.gethostname():
+        return alive(status.pid) if status.pid else True  # (no pid recorded: nothing says it is gone)
     stamps = []
     try:
-        stamps.append((run_dir / st.STATUS_FILE).stat().st_mtime)
+        stamps.append((run_dir / layout.STATUS_FILE).stat().st_mtime)
     except OSError:
         pass
     try:
-        stamps.append(datetime.fromisoformat(status["updated_at"]).timestamp())
-    except (KeyError, TypeError, ValueError):
+        stamps.append(datetime.fromisoformat(status.updated_at or "").timestamp())
+    except (TypeError, ValueError):
         pass
     silent = time.time() - max(stamps) if stamps else 0.0
     return silent <= STALE_AFTER_S or silent <= 3 * _log_interval_s(run_dir)
@@ -140,7 +122,7 @@ def _log_interval_s(run_dir: Path, tail_bytes: int = 16384) -> float:
     """The longest gap in elapsed_s between consecutive rows in the tail of metrics.jsonl (0 if unknown).
     Only the tail is read: this runs for every silent remote run of a large sweep."""
     try:
-        with open(run_dir / st.METRICS_FILE, "rb") as fh:
+        with open(run_dir / layout.METRICS_FILE, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - tail_bytes))
             lines = fh.read().decode("utf-8", errors="replace").splitlines()[1 if size > tail_bytes else 0:]
@@ -149,19 +131,21 @@ def _log_interval_s(run_dir: Path, tail_bytes: int = 16384) -> float:
     times = []
     for line in lines:
         try:
-            times.append(float(json.loads(line)["elapsed_s"]))
-        except (ValueError, KeyError, TypeError):
+            elapsed = MetricRow.from_json(json.loads(line)).elapsed_s
+        except (ValueError, TypeError, AttributeError):
             continue  # a cut or foreign line: the others suffice
+        if elapsed is not None:
+            times.append(float(elapsed))
     return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def is_evaluated(run_dir: str | Path, tasks: list[str] | None = None) -> bool:
     """Some checkpoint of this run has finished every named task (any task when None):
     eval/<label>/<task>/scores.json is written last, atomically."""
-    root = Path(run_dir) / "eval"
+    root = Path(run_dir) / layout.EVAL_DIR
     if not tasks:
-        return any(root.glob("*/*/scores.json"))
-    return any(all((label / t / "scores.json").is_file() for t in tasks) for label in root.glob("*/"))
+        return any(root.glob(f"*/*/{layout.SCORES_FILE}"))
+    return any(all((label / t / layout.SCORES_FILE).is_file() for t in tasks) for label in root.glob("*/"))
 
 
 def task_names(cfg: RunConfig) -> list[str]:
@@ -172,15 +156,12 @@ def task_names(cfg: RunConfig) -> list[str]:
 def training_state(run_dir: str | Path) -> str:
     """pending | running | completed | failed | interrupted, from the run directory's files."""
     run_dir = Path(run_dir)
-    status = st.read_status(run_dir)
-    summary_ok = (run_dir / st.SUMMARY_FILE).is_file()
-    state = status.get("state")
-    if state == st.COMPLETED and summary_ok:
-        return st.COMPLETED
-    if not status:
-        return st.PENDING
-    if state == st.RUNNING and not _running_alive(run_dir, status):
-        return st.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure, silent host)
-    if state in (st.FAILED, st.INTERRUPTED, st.RUNNING):
+    status = read_status(run_dir)
+    state = status.state
+    if state == layout.COMPLETED and (run_dir / layout.SUMMARY_FILE).is_file():
+        return layout.COMPLETED
+    if state == layout.RUNNING and not _running_alive(run_dir, status):
+        return layout.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure, silent host)
+    if state in (layout.FAILED, layout.INTERRUPTED, layout.RUNNING):
         return state
-    return st.PENDING
+    return layout.PENDING

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import ValidationError
 
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
@@ -14,8 +15,9 @@ from tunelab.execute.retry import differs_only_by_retries
 from tunelab.execute.slurm_jobs import slurm_settings, write_slurm_scripts
 from tunelab.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
-from tunelab.plan import Plan, make_plan, render_plan_md, write_provenance
-from tunelab.runconfig import RUN_FILE, load_run_config
+from tunelab.plan import Plan, make_plan, write_provenance
+from tunelab.plan_markdown import render_plan_md
+from tunelab.runconfig import RUN_FILE, RunConfig
 from tunelab.spec import resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
@@ -36,31 +38,33 @@ def _resolved_spec_dump(plan: Plan) -> dict:
     return data
 
 
-def _changed_configs(plan: Plan, texts: dict[str, str]) -> dict[str, dict]:
-    """run.yaml files on disk that differ from the newly designed ones, parsed (the rest are not
-    parsed at all: re-scaffolding a 1,000-run sweep stays fast)."""
-    changed = {}
+def _changed_configs(plan: Plan, texts: dict[str, str]) -> dict[str, RunConfig | None]:
+    """run.yaml files on disk that differ from the newly designed ones, parsed (None: not a valid run config
+    any more); the rest are not parsed at all: re-scaffolding a 1,000-run sweep stays fast."""
+    changed: dict[str, RunConfig | None] = {}
     for cfg in plan.runs:
         path = cfg.run_dir / RUN_FILE
         if path.is_file():
             text = path.read_text()
             if text != texts[cfg.name]:
-                changed[cfg.name] = load_yaml(text) or {}
+                try:
+                    changed[cfg.name] = RunConfig.model_validate(load_yaml(text) or {})
+                except ValidationError:
+                    changed[cfg.name] = None
     return changed
 
 
-def _check_not_clobbering(plan: Plan, changed: dict[str, dict], force: bool) -> None:
+def _check_not_clobbering(plan: Plan, changed: dict[str, RunConfig | None], force: bool) -> None:
     """A run that already has results keeps its config unless --force: results must match their config."""
     if force:
         return
     for cfg in plan.runs:
         if cfg.name not in changed:
             continue
-        old = dict(changed[cfg.name])
-        new = cfg.model_dump(mode="json")
-        old.pop("estimate", None)  # the estimate moves with history: not a change of the run
-        new.pop("estimate", None)
-        if old == new or differs_only_by_retries(old, new):
+        old = changed[cfg.name]
+        # the estimate moves with history: not a change of the run
+        if old is not None and (old.model_copy(update={"estimate": None}) == cfg.model_copy(update={"estimate": None})
+                                or differs_only_by_retries(old, cfg)):
             continue  # the same run, or as a retry left it (kept, see scaffold())
         if (cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists():
             raise TunelabError(
@@ -93,8 +97,8 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     # Generated files are written atomically but without fsync: a rerun rewrites them identically.
     for i, cfg in enumerate(plan.runs):
         old = changed.get(cfg.name)
-        if not force and old is not None and differs_only_by_retries(old, cfg.model_dump(mode="json")):
-            cfg = plan.runs[i] = load_run_config(cfg.run_dir / RUN_FILE)  # a retry's run.yaml (attempt > 1) stays
+        if not force and old is not None and differs_only_by_retries(old, cfg):
+            cfg = plan.runs[i] = old  # a retry's run.yaml (attempt > 1) stays
         else:
             atomic_write_text(cfg.run_dir / RUN_FILE, texts[cfg.name], durable=False)
         if cfg.kind == "finetune":

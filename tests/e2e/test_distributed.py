@@ -89,9 +89,10 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     assert STEPS_PER_EPOCH < killed_at < 2 * STEPS_PER_EPOCH
     assert training_state(run_dir) == "interrupted"
 
-    from tunelab.execute.local import run_local
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
 
-    assert run_local(spec.parent) == {cfg.name: "completed"}
+    assert run_sweep(LocalExecutor(), spec.parent) == {cfg.name: "completed"}
     status = read_json(run_dir / "status.json")
     assert status["resumed_from"] == f"checkpoint-{STEPS_PER_EPOCH}" and status["restarts"] == 1
     summary = read_json(run_dir / "summary.json")

@@ -294,7 +294,7 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, tmp_path):
     from rich.console import Console
 
     from tunelab.execute.progress import clock
-    from tunelab.execute.slurm import status_rows
+    from tunelab.execute.status import status_rows
     from tunelab.execute.watch import watch
 
     exp = tmp_path / "exp"
@@ -322,4 +322,4 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, tmp_path):
     assert time.perf_counter() - start < 30
     assert "6/12" in text and f"{train_rows[-1]['loss']:.4f}" in text and eta in text  # the running frame
     assert "tiny_r4: failed" in text and "1/2 completed, 1 failed" in text  # the failure, as it happened
-    assert {r["name"]: r["state"] for r in last}["tiny_r4"] == "failed"
+    assert {r.name: r.state for r in last}["tiny_r4"] == "failed"

@@ -29,12 +29,12 @@ def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec)
     while (read_json(cfg.run_dir / "status.json") or {}).get("step", 0) < 12 and time.monotonic() < end:
         time.sleep(0.1)
     (row,) = status_rows(exp)  # from another process than the coordinator, as `tunelab status` runs
-    assert (row["executor"], row["state"]) == ("local", "running") and row["job_id"].isdigit(), row
-    assert cancel(exp) == [row["job_id"]]
+    assert (row.executor, row.state) == ("local", "running") and row.job_id.isdigit(), row
+    assert cancel(exp) == [row.job_id]
     out = coordinator.communicate(timeout=120)[0]
     assert coordinator.returncode == 1, out
     (row,) = status_rows(exp)
-    assert row["state"] == "CANCELLED" and row["failure"] == "cancelled"
+    assert row.state == "CANCELLED" and row.failure == "cancelled"
     status = read_json(cfg.run_dir / "status.json")
     stopped = status["step"]
     assert status["state"] == "interrupted" and f"saved on SIGTERM: stopped at step {stopped}" in status["error"]

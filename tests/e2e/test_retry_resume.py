@@ -64,9 +64,10 @@ def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_
     cfg = _experiment(tmp_path / "retried", tiny_model, odd_dataset)
     _kill_during_second_epoch(cfg)
     monkeypatch.setenv(FAULT_OOM_ENV, "4")  # micro-batch 8 now fails as a GPU OOM would
-    from tunelab.execute.local import run_local
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
 
-    assert run_local(cfg.run_dir.parent.parent) == {cfg.name: "completed"}
+    assert run_sweep(LocalExecutor(), cfg.run_dir.parent.parent) == {cfg.name: "completed"}
     new = load_run_config(cfg.run_dir)
     assert (new.attempt, new.training.batch_size, new.training.gradient_accumulation_steps) == (2, 4, 2)
     status = read_json(cfg.run_dir / "status.json")

@@ -126,9 +126,10 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     killed_at = status["step"]
     assert 40 <= killed_at < 160
 
-    from tunelab.execute.local import run_local
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
 
-    results = run_local(run_dir.parent.parent)
+    results = run_sweep(LocalExecutor(), run_dir.parent.parent)
     assert results == {cfg.name: "completed"}
     status = read_json(run_dir / "status.json")
     assert status["resumed_from"].startswith("checkpoint-") and status["restarts"] == 1
@@ -148,7 +149,7 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["loss"] is not None]
     assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in rows), abs=2e-3)
     # running again is a no-op
-    assert run_local(run_dir.parent.parent) == {}
+    assert run_sweep(LocalExecutor(), run_dir.parent.parent) == {}
 
 
 def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):

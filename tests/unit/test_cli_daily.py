@@ -170,14 +170,23 @@ def test_watching_a_sweep_nobody_started_ends_at_once_and_says_how_to_start_it(w
 
     from rich.console import Console
 
-    from tunelab.execute.status import status_rows
-    from tunelab.execute.watch import is_active, watch
+    from tunelab.execute.jobs import JobRow, RunJobs
+    from tunelab.execute.status import status_row, status_rows
+    from tunelab.execute.watch import watch
     from tunelab.scaffold import scaffold
 
-    exp = scaffold(write_spec(factors={"lora_rank": [4]})).experiment_dir
+    plan = scaffold(write_spec(factors={"lora_rank": [4]}))
+    exp = plan.experiment_dir
     out = io.StringIO()
     rows = watch(exp, lambda: status_rows(exp), Console(file=out, width=200), interval_s=60)
-    assert {r["state"] for r in rows} == {"pending"} and "`tunelab run" in out.getvalue()
-    assert is_active({"state": "pending", "job_id": "17", "eval": None})  # queued: watching it makes sense
-    assert not is_active({"state": "pending", "job_id": None, "eval": None})
-    assert is_active({"state": "completed", "job_id": "17", "eval": "pending"})  # its evaluation is queued
+    assert {r.state for r in rows} == {"pending"} and "`tunelab run" in out.getvalue()
+
+    def job(kind: str, state: str) -> JobRow:
+        return JobRow(1, "tiny_r4", kind, "17", 1, "slurm", "2026-01-01T00:00:00+00:00", state, "2026-01-01T00:00:00+00:00")
+
+    cfg = plan.runs[0]
+    queued = status_row(cfg, RunJobs(train=job("train", "PENDING")))
+    assert queued.state == "pending" and queued.active  # queued: watching it makes sense
+    assert not status_row(cfg).active  # pending, no job behind it
+    done = job("train", "COMPLETED")
+    assert status_row(cfg, RunJobs(train=done, eval=job("eval", "PENDING"))).active  # its evaluation is queued

@@ -14,10 +14,11 @@ import pytest
 from tunelab import ledger
 from tunelab.execute.executor import UNSEEN, JobInfo
 from tunelab.execute.failures import FAILED, TIMEOUT, SacctRow, classify
-from tunelab.execute.jobs import all_jobs, is_active
+from tunelab.execute.jobs import JobRow, all_jobs, is_active
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.execute.refresh import SETTLE_GRACE_S, refresh, should_judge
 from tunelab.execute.slurm_cli import merge
+from tunelab.rundir import Status
 from tunelab.train.interrupts import SAVED_BEFORE_LIMIT
 
 
@@ -53,21 +54,24 @@ def test_a_job_squeue_forgot_has_ended_whatever_sacct_says():
 def test_waiting_for_a_lagging_sacct_is_bounded():
     now = datetime.now(timezone.utc)
     lag = JobInfo("COMPLETED", settled=False)
-    fresh = {"state": "COMPLETED", "updated_at": now.isoformat(timespec="seconds")}
-    old = {"state": "COMPLETED", "updated_at": (now - timedelta(seconds=SETTLE_GRACE_S + 1)).isoformat()}
-    changed = {"state": "RUNNING", "updated_at": (now - timedelta(hours=1)).isoformat()}
+    def job(state: str, updated_at: datetime) -> JobRow:
+        return JobRow(1, "r", "train", "7", 1, "slurm", updated_at.isoformat(), state, updated_at.isoformat())
+
+    fresh = job("COMPLETED", now)
+    old = job("COMPLETED", now - timedelta(seconds=SETTLE_GRACE_S + 1))
+    changed = job("RUNNING", now - timedelta(hours=1))
     assert not should_judge(fresh, lag, now) and not should_judge(changed, lag, now)
     assert should_judge(old, lag, now)
     assert should_judge(fresh, JobInfo("COMPLETED"), now) and not should_judge(old, JobInfo("RUNNING"), now)
 
 
 def test_unseen_job_is_judged_from_its_run_files_and_a_warning_stop_is_a_timeout():
-    assert classify(UNSEEN, None, [], "", {"state": "completed"}, True).detail == "completed"
+    assert classify(UNSEEN, None, [], "", Status(state="completed"), True).detail == "completed"
     assert classify(UNSEEN, None, [], "slurmstepd: error: *** JOB 9 ON n CANCELLED AT 2026-01-01T00:00:00 "
                     "DUE TO TIME LIMIT ***").kind == TIMEOUT
     assert classify(UNSEEN).kind == FAILED
-    stopped = classify("FAILED", "1:0", [], "", {"error": f"TrainingStopped: {SAVED_BEFORE_LIMIT}: stopped at "
-                                                          "step 13 after checkpoint-13"})
+    stopped = classify("FAILED", "1:0", [], "", Status(error=f"TrainingStopped: {SAVED_BEFORE_LIMIT}: stopped at "
+                                                          "step 13 after checkpoint-13"))
     assert stopped.kind == TIMEOUT and stopped.retryable
 
 
@@ -119,8 +123,8 @@ def test_refresh_judges_a_job_nobody_saw_end_so_the_throttle_moves_on(write_spec
     assert [is_active(j) for j in all_jobs(exp)] == [True]
     changed = refresh(exp, {cfg.name: cfg})
     (job,) = all_jobs(exp)
-    assert changed and not is_active(job) and job["state"] == UNSEEN
-    assert job["failure"] == FAILED and "local no longer knows job" in job["detail"]
+    assert changed and not is_active(job) and job.state == UNSEEN
+    assert job.failure == FAILED and "local no longer knows job" in job.detail
 
 
 def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(write_spec):
@@ -143,19 +147,19 @@ def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(writ
     st.write_status(cfg.run_dir, state=st.INTERRUPTED, error=error, requeued_job=pid, requeued_at=st.now_iso())
     refresh(exp, {cfg.name: cfg})
     (job,) = all_jobs(exp)
-    assert job["state"] == "REQUEUED" and is_active(job) and job["failure"] is None
+    assert job.state == "REQUEUED" and is_active(job) and job.failure is None
     # another job of the same run is not covered by this job's requeue
     st.write_status(cfg.run_dir, requeued_job=str(int(pid) + 1))
     refresh(exp, {cfg.name: cfg})
     (job,) = all_jobs(exp)
-    assert job["state"] == UNSEEN and job["failure"] == TIMEOUT
+    assert job.state == UNSEEN and job.failure == TIMEOUT
     # a requeue older than the grace that still looks ended has ended
-    ledger.update_job(exp, job["id"], state="RUNNING", failure=None)
+    ledger.update_job(exp, job.id, state="RUNNING", failure=None)
     old = (datetime.now(timezone.utc) - timedelta(seconds=REQUEUE_GRACE_S + 5)).isoformat(timespec="seconds")
     st.write_status(cfg.run_dir, requeued_job=pid, requeued_at=old)
     refresh(exp, {cfg.name: cfg})
     (job,) = all_jobs(exp)
-    assert job["failure"] == TIMEOUT and not is_active(job)
+    assert job.failure == TIMEOUT and not is_active(job)
 
 
 def test_a_self_requeued_slurm_job_waits_for_slurm_to_end_it(tmp_path):

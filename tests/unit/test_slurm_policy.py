@@ -9,6 +9,7 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.execute import retry
+from tunelab.rundir import Status
 from tunelab.execute.failures import (CANCELLED, COMPLETED, FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure,
                                       SacctRow, classify)
 from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, sbatch_options, train_time_limit
@@ -43,7 +44,7 @@ def rows(state: str, code: str = "0:0", batch_state: str | None = None) -> list[
      "FAILED with exit code 2: TunelabError: dataset file not found"),
 ])
 def test_classify(state, code, log, status, complete, kind, detail):
-    f = classify(state, code, rows(state, code), log, status, complete)
+    f = classify(state, code, rows(state, code), log, Status.from_json(status), complete)
     assert f.kind == kind and detail in f.detail, f
 
 
@@ -51,7 +52,7 @@ def test_step_row_state_counts_and_outputs_win_over_exit_code():
     # the job row says FAILED, its batch step OUT_OF_MEMORY: host OOM
     assert classify("FAILED", "0:125", rows("FAILED", "0:125", "OUT_OF_MEMORY")).kind == OOM
     # training finished, then a later line of the script failed: completed, and both are reported
-    f = classify("FAILED", "3:0", rows("FAILED", "3:0"), "", {"state": "completed"}, outputs_complete=True)
+    f = classify("FAILED", "3:0", rows("FAILED", "3:0"), "", Status(state="completed"), outputs_complete=True)
     assert f.kind == COMPLETED and f.detail.startswith("completed, job exit 3") and f.exit_code == 3
     # exit code from the sacct job row when none is given
     assert classify("FAILED", None, rows("FAILED", "4:0")).exit_code == 4

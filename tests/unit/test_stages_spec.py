@@ -89,8 +89,8 @@ def test_carried_optimizer_brings_the_moments_and_keeps_the_new_learning_rate(tm
 
 def test_status_shows_the_stage_and_the_epochs_of_all_stages(write_spec):
     from tunelab.execute.progress import run_progress
+    from tunelab.rundir import Status
 
     run = scaffold(write_spec(stages=STAGES, controls=False, factors={"lora_rank": [4]})).runs[0]
-    progress, _ = run_progress(run, {"step": 50, "total_steps": 120, "epoch": 1.5, "stage": "hard",
-                                     "stage_index": 1})
+    progress, _ = run_progress(run, Status(step=50, total_steps=120, epoch=1.5, stage="hard", stage_index=1))
     assert progress == "step 50/120, epoch 1.50/3, stage 2/2 (hard)"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.errors import TunelabError
+from tunelab.process import alive, proc_start
 
 LOCK_FILE = ".tunelab.lock"
 CLAIM_FILE = ".claim"
@@ -66,26 +67,9 @@ def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[b
         os.close(fd)  # releases the flock
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _alive_here(info: dict) -> bool:
     pid = info.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: alive
-    start = _proc_start(pid)
-    return not (start and info.get("start") and start != info["start"])
+    return isinstance(pid, int) and alive(pid, info.get("start"))
 
 
 def _read(path: Path) -> tuple[dict, float] | None:
@@ -133,7 +117,7 @@ def claim(run_dir: str | Path) -> str | None:
             path.unlink(missing_ok=True)  # stale (or just released): take it over
             continue
         token = uuid.uuid4().hex
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": proc_start(os.getpid()),
               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(me, fh)

@@ -1,8 +1,9 @@
 """One small interface for where jobs run (in the spirit of submitit's Executor): submit a job script,
-poll jobs, cancel them, find their log. The local executor (execute/local_jobs.py) and Slurm
-(execute/slurm_cli.py) implement it; the ledger's `jobs` table records every job with its executor's
-name, and refresh, retries, `--wait`, `status` and `cancel` (execute/refresh.py, execute/status.py) are
-written once against this interface.
+poll jobs, cancel them, find their log, and the few facts a sweep needs (does the executor outlive this
+process, do its jobs have time limits, how many may start now). The local executor
+(execute/local_jobs.py) and Slurm (execute/slurm_cli.py) implement it; execute/executors.py makes one
+from its name. The sweep (execute/sweep.py), refresh, retries, `status` and `cancel` are written once
+against this interface and never look behind it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Protocol
 
 from tunelab.execute.failures import ACTIVE_STATES, UNSEEN, SacctRow, base_state
+from tunelab.runconfig import RunConfig
 
-__all__ = ["UNSEEN", "Executor", "JobInfo", "executor_named"]
+__all__ = ["UNSEEN", "Capacity", "Executor", "JobGroup", "JobInfo"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,62 @@ class JobInfo:
         return base_state(self.state) not in ACTIVE_STATES
 
 
+@dataclass(frozen=True)
+class JobGroup:
+    """Several runs' training jobs submitted as one (a job array, or a node job that also evaluates them)."""
+
+    kind: str  # "array" | "node"
+    runs: tuple[RunConfig, ...]
+
+
+class Capacity(Protocol):
+    """How many of a sweep's jobs may run at once, and where (the local executor's devices, Slurm's
+    max_queued throttle)."""
+
+    def order(self, runs: list[RunConfig]) -> list[RunConfig]:
+        """The order to start runs in."""
+        ...
+
+    def never(self, cfg: RunConfig) -> str | None:
+        """Why this run can never start here (None: it can)."""
+        ...
+
+    def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
+        """Room for this run's `jobs` jobs now, with `active` of the executor's jobs queued or running: the
+        environment to start them with ({}: none), or None to wait."""
+        ...
+
+    def where(self, cfg: RunConfig) -> str:
+        """Where a run taken just now runs, in words ('GPU 0,1', 'cpu'; '' when the scheduler decides)."""
+        ...
+
+    def release(self, run: str) -> None:
+        """A run's job ended: its room is free again."""
+        ...
+
+    def waiting(self) -> str:
+        """Why runs wait, in words, once `take` has said no ('' when waiting is normal)."""
+        ...
+
+
 class Executor(Protocol):
     """Where jobs run. Job ids are strings chosen by the executor."""
 
     name: str
+    detached: bool  # jobs outlive this process and may wait on one another (a batch scheduler): a sweep
+    # submits each run's evaluation behind its training, returns once all is submitted unless told to wait,
+    # can be shown as a dry run, and leaves its jobs running on Ctrl-C
+    first_state: str  # a job's state once `submit` returned: RUNNING (started here) or SUBMITTED (queued)
+    time_limited: bool  # jobs run under a time limit (a TIMEOUT retry doubles it)
 
-    def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None) -> str:
-        """Start (or queue) a job script; with `dependency`, only once that job completed successfully."""
+    def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
+               array: str | None = None) -> str:
+        """Start (or queue) a job script; with `dependency`, only once that job completed successfully;
+        with `array`, as a job array of those task indices."""
+        ...
+
+    def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
+        """The command line `submit` runs, for a dry run."""
         ...
 
     def poll(self, ids: list[str]) -> dict[str, JobInfo] | None:
@@ -55,13 +106,35 @@ class Executor(Protocol):
         """The file a job's output goes to."""
         ...
 
+    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+        """The tail of this job's own output (what its failure is read from)."""
+        ...
 
-def executor_named(name: str) -> Executor:
-    """The executor a ledger job row names ('local' or 'slurm')."""
-    if name == "slurm":
-        from tunelab.execute.slurm_cli import SlurmExecutor
+    def poll_interval(self, runs: list[RunConfig]) -> float:
+        """Seconds between two looks at a sweep's jobs."""
+        ...
 
-        return SlurmExecutor()
-    from tunelab.execute.local_jobs import LocalExecutor
+    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
+        """The job script of a run's `kind` job (train | eval), written from run.yaml as it is now when the
+        executor derives it from there (write=False: only its path, for a dry run)."""
+        ...
 
-    return LocalExecutor()
+    def time_limit(self, cfg: RunConfig) -> str | None:
+        """The time limit a run's training job is submitted with (None: none)."""
+        ...
+
+    def capacity(self, runs: list[RunConfig]) -> Capacity:
+        """The room this executor has for these runs' jobs."""
+        ...
+
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        """Runs whose first training jobs go as one submission (the others go one job each)."""
+        ...
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        """A group's job script and array spec (None: not an array)."""
+        ...
+
+    def unanswered(self) -> tuple[float, str] | None:
+        """(seconds the scheduler has not answered for, its last error); None while it answers."""
+        ...

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tunelab.train.interrupts import SAVED_BEFORE_LIMIT
+from tunelab.rundir.layout import SAVED_BEFORE_LIMIT
+from tunelab.rundir.status import Status
 
 COMPLETED, OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED = (
     "completed", "oom", "timeout", "preempted", "node_fail", "cancelled", "failed")
@@ -75,12 +76,11 @@ class Failure:
 
 
 def classify(job_state: str | None, exit_code: str | None = None, rows: list[SacctRow] | None = None,
-             log_text: str = "", status: dict | None = None, outputs_complete: bool = False) -> Failure:
+             log_text: str = "", status: Status | None = None, outputs_complete: bool = False) -> Failure:
     """Judge one ended job. job_state: the job's Slurm state (sacct/squeue), exit_code 'N:S',
     rows: all its sacct rows (steps included), log_text: its output file, status: status.json,
     outputs_complete: the run's files say training completed (status completed + summary.json)."""
     rows = rows or []
-    status = status or {}
     states = {base_state(job_state)} | {r.base_state for r in rows}
     states -= {"", UNSEEN}
     code, signal = exit_status(exit_code)
@@ -88,7 +88,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
         for r in rows:
             if "." not in r.job_id:
                 code, signal = exit_status(r.exit_code)
-    error = status.get("error") or ""
+    error = (status.error if status is not None else None) or ""
 
     if outputs_complete:
         if code not in (None, 0) or (states - {"COMPLETED"}):

@@ -1,38 +1,87 @@
-"""Views of the ledger's `jobs` table (every job of every executor): the newest train/eval job of each
-run, and which jobs are still active (queued or running) or not yet judged."""
+"""Views of the ledger's `jobs` table (every job of every executor) as typed rows: the newest train/eval job
+of each run, and which jobs are still active (queued or running) or not yet judged.
+
+`book` is the directory whose ledger holds the jobs: the experiment, or (inside a Slurm node job, which
+leaves the experiment's ledger to the coordinator) a private one."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab import ledger
-from tunelab.execute.failures import ACTIVE_STATES, base_state
+from tunelab.execute.failures import ACTIVE_STATES, base_state, exit_status
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job some executor runs for a run (a row of the ledger's jobs table)."""
+
+    id: int
+    run: str
+    kind: str  # train | eval
+    job_id: str  # the executor's id
+    attempt: int  # run.yaml's attempt when submitted
+    executor: str
+    submitted_at: str
+    state: str  # the scheduler's state: SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ... or UNSEEN
+    updated_at: str
+    depends_on: str | None = None  # afterok job id (eval after train)
+    time_limit: str | None = None
+    exit_code: str | None = None  # 'EXIT:SIGNAL'
+    elapsed: str | None = None
+    node: str | None = None
+    failure: str | None = None  # the verdict once ended (execute/failures.py)
+    detail: str | None = None
+    reason: str | None = None  # why it was submitted
+    handled: bool = False  # the retry policy has judged this ended job
+
+    @classmethod
+    def from_ledger(cls, row: dict[str, Any]) -> JobRow:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in row.items() if k in names}, "handled": bool(row.get("handled"))})
+
+    @property
+    def active(self) -> bool:
+        """Queued or running, as last seen (what max_queued counts)."""
+        return base_state(self.state) in ACTIVE_STATES
+
+    @property
+    def open(self) -> bool:
+        """Not judged yet: active, or ended without a verdict (waiting for accounting). --wait waits for these."""
+        return self.failure is None
+
+    @property
+    def exit(self) -> int | None:
+        """The exit code ('1:0' -> 1), None when unknown."""
+        return exit_status(self.exit_code)[0]
 
 
 @dataclass
 class RunJobs:
-    train: dict | None
-    eval: dict | None
+    """A run's newest training and evaluation jobs."""
+
+    train: JobRow | None = None
+    eval: JobRow | None = None
 
 
-def all_jobs(exp: Path) -> list[dict]:
-    return ledger.query(exp, "SELECT * FROM jobs ORDER BY id")
+def all_jobs(book: Path) -> list[JobRow]:
+    return [JobRow.from_ledger(r) for r in ledger.query(book, "SELECT * FROM jobs ORDER BY id")]
 
 
-def latest_jobs(exp: Path) -> dict[str, RunJobs]:
+def latest_jobs(book: Path) -> dict[str, RunJobs]:
     out: dict[str, RunJobs] = {}
-    for j in all_jobs(exp):
-        rj = out.setdefault(j["run"], RunJobs(None, None))
-        setattr(rj, j["kind"], j)
+    for j in all_jobs(book):
+        rj = out.setdefault(j.run, RunJobs())
+        if j.kind == "train":
+            rj.train = j
+        else:
+            rj.eval = j
     return out
 
 
-def is_active(job: dict | None) -> bool:
-    """Queued or running, as last seen (what max_queued counts)."""
-    return job is not None and base_state(job["state"]) in ACTIVE_STATES
-
-
-def is_open(job: dict) -> bool:
-    """Not judged yet: active, or ended without a verdict (waiting for accounting). --wait waits for these."""
-    return job["failure"] is None
+def is_active(job: JobRow | None) -> bool:
+    """Queued or running, as last seen; False for no job."""
+    return job is not None and job.active

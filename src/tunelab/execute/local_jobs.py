@@ -2,6 +2,11 @@
 process group; its id is that process's pid. The executor that started a job knows its exit code;
 another process (a `tunelab status` or `cancel` beside a running `tunelab run`) sees it running while
 the pid is alive and running the run's script, and UNSEEN once it is gone (the run's files say how it ended).
+
+Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process
+see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
+GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
+its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tunelab.execute.executor import UNSEEN, JobInfo
-from tunelab.train import status as st
+from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
+from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
+from tunelab.runconfig import RunConfig
+from tunelab.rundir import now_iso
 
 TRAIN_LOG = "train.log"
+TRAIN_SCRIPT = "job.sh"
+ATTEMPT_MARK = "===== tunelab run:"  # starts each local attempt's lines in train.log
+CPU = Device("cpu")
 
 
 def exit_state(code: int) -> str:
@@ -28,23 +38,77 @@ def _runs_script(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    # bash running job.sh, or what job.sh exec'd: `python -m tunelab train run.yaml`
-    return b"tunelab" in cmdline or any(part.endswith((b".sh", b".sbatch")) for part in cmdline)
+    # bash running job.sh, or what job.sh exec'd: `python -m tunelab.train.job run.yaml` (or `-m tunelab ...`)
+    return any(part == b"tunelab" or part.startswith(b"tunelab.") or part.endswith((b".sh", b".sbatch"))
+               for part in cmdline)
+
+
+def run_need(cfg: RunConfig, gpus_visible: int) -> RunNeed:
+    """What the scheduler needs of a run: its GPUs (one per process), its estimated time and peak memory."""
+    est = cfg.estimate or {}
+    gpus = cfg.resources.processes_per_run(gpus_visible) if gpus_visible else 1
+    return RunNeed(cfg.name, gpus, est.get("seconds"), est.get("peak_memory_gib"))
+
+
+class Devices:
+    """This machine's devices as a sweep's capacity: the visible GPUs, or one CPU slot."""
+
+    def __init__(self, runs: list[RunConfig]) -> None:
+        gpus = visible_gpus()
+        self.on_gpu = bool(gpus)
+        # runs_per_gpu of the first run: one per sweep
+        self.pool = Pool(gpus, runs[0].resources.runs_per_gpu if runs else 1) if gpus else Pool([CPU])
+        self.visible = len(gpus)
+        self._where: dict[str, str] = {}
+
+    def order(self, runs: list[RunConfig]) -> list[RunConfig]:
+        by_name = {c.name: c for c in runs}
+        return [by_name[need.name] for need in lpt_order([run_need(c, self.visible) for c in runs])]
+
+    def never(self, cfg: RunConfig) -> str | None:
+        need = run_need(cfg, self.visible)
+        if self.pool.fits_ever(need):
+            return None
+        return (f"needs {need.gpus} GPUs, {self.visible} visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+    def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
+        got = self.pool.place(run_need(cfg, self.visible))
+        if got is None:
+            return None
+        slot = ",".join(got)
+        self._where[cfg.name] = f"GPU {slot}" if self.on_gpu else "cpu"
+        return {"CUDA_VISIBLE_DEVICES": slot} if self.on_gpu else {}
+
+    def where(self, cfg: RunConfig) -> str:
+        return self._where.get(cfg.name, "")
+
+    def release(self, run: str) -> None:
+        self.pool.release(run)
+
+    def waiting(self) -> str:
+        return ""  # runs wait for a free device: nothing to say
 
 
 class LocalExecutor:
+    """Job scripts as subprocesses of this process: the sweep follows them to their end."""
+
     name = "local"
+    detached = False
+    first_state = "RUNNING"  # a job's state once `submit` returned
+    time_limited = False
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen] = {}
 
-    def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None) -> str:
-        if dependency:
-            raise ValueError("the local executor starts jobs when asked: it has no dependencies")
+    def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
+               array: str | None = None) -> str:
+        if dependency or array:
+            raise ValueError("the local executor starts jobs when asked: it has no dependencies or arrays")
         run_dir = Path(script).parent
-        kind = "train" if Path(script).name in ("job.sh", "job.sbatch") else "eval"
+        kind = "train" if Path(script).name in (TRAIN_SCRIPT, "job.sbatch") else "eval"
         with open(self.log(run_dir, kind, ""), "a", encoding="utf-8") as log:
-            log.write(f"\n===== tunelab run: {kind} job started {st.now_iso()}"
+            log.write(f"\n{ATTEMPT_MARK} {kind} job started {now_iso()}"
                       + "".join(f" {k}={v}" for k, v in (env or {}).items()) + " =====\n")
             log.flush()
             proc = subprocess.Popen(["bash", str(script)], cwd=run_dir,
@@ -53,12 +117,15 @@ class LocalExecutor:
         self._procs[str(proc.pid)] = proc
         return str(proc.pid)
 
+    def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
+        return f"bash {script}"
+
     def exit_code(self, job_id: str) -> int | None:
         """The exit code of a job this executor started (negative: killed by that signal); None while running."""
         proc = self._procs.get(job_id)
         return proc.poll() if proc is not None else None
 
-    def poll(self, ids: list[str]) -> dict[str, JobInfo]:
+    def poll(self, ids: list[str]) -> dict[str, JobInfo] | None:
         out = {}
         for i in ids:
             proc = self._procs.get(i)
@@ -82,3 +149,33 @@ class LocalExecutor:
 
     def log(self, run_dir: Path, kind: str, job_id: str) -> Path:
         return Path(run_dir) / (TRAIN_LOG if kind == "train" else f"{kind}.log")
+
+    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+        """This attempt's lines: train.log holds every attempt of the run, each started by ATTEMPT_MARK."""
+        log = self.log(run_dir, kind, job_id)
+        text = log.read_text(errors="replace")[-100_000:] if log.is_file() else ""
+        start = text.rfind(ATTEMPT_MARK)
+        return text[start:] if start >= 0 else text
+
+    def poll_interval(self, runs: list[RunConfig]) -> float:
+        return 0.5
+
+    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
+        if kind != "train":
+            raise ValueError("the local executor trains; `tunelab eval` evaluates")
+        return cfg.run_dir / TRAIN_SCRIPT
+
+    def time_limit(self, cfg: RunConfig) -> str | None:
+        return None
+
+    def capacity(self, runs: list[RunConfig]) -> Capacity:
+        return Devices(runs)
+
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        return []
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        raise ValueError("the local executor runs each run as a job of its own")
+
+    def unanswered(self) -> tuple[float, str] | None:
+        return None

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from tunelab.fsutil import read_jsonl
+from tunelab.rundir import Status, read_metrics
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
 
 
-def eta_seconds(cfg: RunConfig, status: dict) -> float | None:
+def eta_seconds(cfg: RunConfig, status: Status) -> float | None:
     """Seconds left at the run's mean pace so far (elapsed / steps × steps left); None before a logged step
     or once done."""
-    step, total = status.get("step"), status.get("total_steps")
+    step, total = status.step, status.total_steps
     if not step or not total or step >= total:
         return None
-    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("elapsed_s") and r.get("step")]
-    if not rows:
+    rows = [r for r in read_metrics(cfg.run_dir) if r.elapsed_s and r.step]
+    if not rows or rows[-1].elapsed_s is None or rows[-1].step is None:
         return None
-    return rows[-1]["elapsed_s"] / rows[-1]["step"] * (total - step)
+    return rows[-1].elapsed_s / rows[-1].step * (total - step)
 
 
 def clock(secs: float | None) -> str:
@@ -27,14 +26,14 @@ def clock(secs: float | None) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
-def run_progress(cfg: RunConfig, status: dict) -> tuple[str, str]:
+def run_progress(cfg: RunConfig, status: Status) -> tuple[str, str]:
     """("step S/T, epoch E/N", "ETA") or empty strings before the first logged step."""
-    step, total = status.get("step"), status.get("total_steps")
+    step, total = status.step, status.total_steps
     if not step or not total:
         return "", ""
-    epoch = status.get("epoch")
+    epoch = status.epoch
     epochs = sum(t.epochs for t in cfg.trainings())  # a staged run: its stages' epochs, counted on across them
     prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{epochs}" if epoch is not None and epochs else "")
-    if status.get("stage") and cfg.stages:
-        prog += f", stage {status.get('stage_index', 0) + 1}/{len(cfg.stages)} ({status['stage']})"
+    if status.stage and cfg.stages:
+        prog += f", stage {(status.stage_index or 0) + 1}/{len(cfg.stages)} ({status.stage})"
     return prog, clock(eta_seconds(cfg, status))

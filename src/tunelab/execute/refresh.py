@@ -8,99 +8,109 @@ arrived within SETTLE_GRACE_S is judged without it.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tunelab import ledger
-from tunelab.execute.executor import UNSEEN, Executor, JobInfo, executor_named
-from tunelab.execute.failures import CANCELLED, base_state, classify
-from tunelab.execute.jobs import all_jobs, is_open
+from tunelab.errors import TunelabError
+from tunelab.execute.executor import UNSEEN, Executor, JobInfo
+from tunelab.execute.executors import executor_named
+from tunelab.execute.failures import CANCELLED, Failure, base_state, classify
+from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.experiment import is_evaluated, task_names, training_state
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
+from tunelab.rundir import COMPLETED, read_status
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
 REQUEUED = "REQUEUED"  # Slurm's state name: active (failures.ACTIVE_STATES)
 
 
-def executors_for(jobs: list[dict], known: dict[str, Executor] | None = None) -> dict[str, Executor]:
-    """One executor per name the jobs use, reusing `known` ones (a local executor holds its processes)."""
+def executors_for(jobs: list[JobRow], known: dict[str, Executor] | None = None,
+                  reachable_only: bool = False) -> dict[str, Executor]:
+    """One executor per name the jobs use, reusing `known` ones (a local executor holds its processes).
+    reachable_only: leave out executors that cannot be asked from here (no Slurm commands on this machine)."""
     out = dict(known or {})
-    for name in {j["executor"] for j in jobs} - set(out):
-        out[name] = executor_named(name)
+    for name in sorted({j.executor for j in jobs} - set(out)):
+        try:
+            out[name] = executor_named(name)
+        except TunelabError:
+            if not reachable_only:
+                raise
     return out
 
 
-def waited_s(job: dict, info: JobInfo, now: datetime | None = None) -> float:
+def waited_s(job: JobRow, info: JobInfo, now: datetime | None = None) -> float:
     """How long the ledger has held this job in the state the executor reports now (0 if it changed)."""
-    if info.state != job["state"]:
+    if info.state != job.state:
         return 0.0
     now = now or datetime.now(timezone.utc)
-    return (now - datetime.fromisoformat(job["updated_at"])).total_seconds()
+    return (now - datetime.fromisoformat(job.updated_at)).total_seconds()
 
 
-def should_judge(job: dict, info: JobInfo, now: datetime | None = None) -> bool:
+def should_judge(job: JobRow, info: JobInfo, now: datetime | None = None) -> bool:
     return info.ended and (info.settled or waited_s(job, info, now) >= SETTLE_GRACE_S)
 
 
-def requeued_itself(job: dict, cfg: RunConfig | None, now: datetime | None = None) -> bool:
+def requeued_itself(job: JobRow, cfg: RunConfig | None, now: datetime | None = None) -> bool:
     """The trainer of this very job requeued it (train/interrupts.py) within REQUEUE_GRACE_S and has not
     started again: Slurm is bringing it back under the same id, so an ended look is a transition (the
     batch step's end, seen before the job is pending again), not the job's end."""
-    if job["kind"] != "train" or cfg is None:
+    if job.kind != "train" or cfg is None:
         return False
-    status = st.read_status(cfg.run_dir)
-    if status.get("requeued_job") != job["job_id"] or not status.get("requeued_at"):
+    status = read_status(cfg.run_dir)
+    if status.requeued_job != job.job_id or not status.requeued_at:
         return False
     now = now or datetime.now(timezone.utc)
-    return (now - datetime.fromisoformat(status["requeued_at"])).total_seconds() < REQUEUE_GRACE_S
+    return (now - datetime.fromisoformat(status.requeued_at)).total_seconds() < REQUEUE_GRACE_S
 
 
-def refresh(exp: Path, runs: dict[str, RunConfig], executors: dict[str, Executor] | None = None) -> list[dict]:
-    """Update every open job's state; judge the ended ones. Returns the changed rows (with their fields)."""
-    open_jobs = [j for j in all_jobs(exp) if is_open(j)]
+def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executor] | None = None,
+            reachable_only: bool = False) -> list[JobRow]:
+    """Update every open job's state; judge the ended ones. Returns the changed rows (as they are now).
+    book: the directory whose ledger holds the jobs (the experiment's)."""
+    open_jobs = [j for j in all_jobs(book) if j.open]
     changed = []
-    for name, ex in executors_for(open_jobs, executors).items():
-        jobs = [j for j in open_jobs if j["executor"] == name]
-        seen = ex.poll([j["job_id"] for j in jobs]) if jobs else {}
+    for name, ex in executors_for(open_jobs, executors, reachable_only).items():
+        jobs = [j for j in open_jobs if j.executor == name]
+        seen = ex.poll([j.job_id for j in jobs]) if jobs else {}
         for j in jobs:
-            info = (seen or {}).get(j["job_id"])
+            info = (seen or {}).get(j.job_id)
             if info is None:
                 continue  # the executor cannot tell now: ask again later
-            if info.ended and requeued_itself(j, runs.get(j["run"])):
+            if info.ended and requeued_itself(j, runs.get(j.run)):
                 info = JobInfo(REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
             if info.exit_code is not None:
                 fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)
             judge = should_judge(j, info)
             if judge:
-                fields.update(judge_job(j, runs.get(j["run"]), info, ex))
-            if fields["state"] != j["state"] or judge:
-                ledger.update_job(exp, j["id"], **fields)
-                changed.append({**j, **fields})
+                verdict = judge_job(j, runs.get(j.run), info, ex)
+                fields.update(failure=verdict.kind, detail=verdict.detail)
+            if fields["state"] != j.state or judge:
+                ledger.update_job(book, j.id, **fields)
+                changed.append(dataclasses.replace(j, **fields))
     return changed
 
 
-def judge_job(job: dict, cfg: RunConfig | None, info: JobInfo, ex: Executor) -> dict:
-    """{failure, detail} of an ended job, from the scheduler's view, its log and the run's files."""
+def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor) -> Failure:
+    """The verdict on an ended job, from the scheduler's view, its output and the run's files."""
     rows = list(info.rows)
     if cfg is None:
-        f = classify(info.state, info.exit_code, rows)
-        return {"failure": f.kind, "detail": f.detail}
-    log = ex.log(cfg.run_dir, job["kind"], job["job_id"])
-    text = log.read_text(errors="replace")[-200_000:] if log.is_file() else ""
-    if job["kind"] == "train":
-        status = st.read_status(cfg.run_dir)
-        complete = training_state(cfg.run_dir) == st.COMPLETED
+        return classify(info.state, info.exit_code, rows)
+    text = ex.output(cfg.run_dir, job.kind, job.job_id)
+    status = None
+    if job.kind == "train":
+        status = read_status(cfg.run_dir)
+        complete = training_state(cfg.run_dir) == COMPLETED
     else:
-        status = {}
         complete = is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(info.state) in ("COMPLETED", UNSEEN)
     f = classify(info.state, info.exit_code, rows, text, status, complete)
     detail = f.detail
     if f.kind == CANCELLED and info.reason and info.reason not in ("None", "NonZeroExitCode"):
         detail = f"{detail} ({info.reason})"
     if info.state == UNSEEN:
-        detail += f" ({ex.name} no longer knows job {job['job_id']}: judged from its log and the run's files)"
-    return {"failure": f.kind, "detail": detail}
+        detail += f" ({ex.name} no longer knows job {job.job_id}: judged from its log and the run's files)"
+    return Failure(f.kind, detail, f.exit_code)

@@ -37,10 +37,11 @@ from dataclasses import dataclass
 
 from tunelab.execute.failures import NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure
 from tunelab.runconfig import RunConfig, save_run_config
-from tunelab.spec import SlurmSpec
-from tunelab.train import status as st
-from tunelab.train.checkpoints import last_trainer_checkpoint
-from tunelab.train.stages import current_stage, current_state_dir, restart_current_stage
+from tunelab.spec import SlurmSpec, TrainingConfig
+from tunelab.rundir import CHECKPOINTS_DIR, TRAINER_STATE_DIR
+from tunelab.rundir.checkpoints import last_trainer_checkpoint
+from tunelab.rundir.layout import TRAINER_STATE_FILE
+from tunelab.rundir.stages import current_stage, current_state_dir, restart_current_stage
 
 
 @dataclass
@@ -65,8 +66,9 @@ def shrink_micro_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     return batch_size // f, accumulation * f
 
 
-def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDecision:
-    """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing)."""
+def decide(cfg: RunConfig, failure: Failure, time_limited: bool = True) -> RetryDecision:
+    """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing).
+    time_limited: the job ran under a time limit (its executor's), which a TIMEOUT retry doubles."""
     max_retries = cfg.resources.max_retries
     if not failure.retryable:
         return RetryDecision(False, f"{failure.kind}: not retried automatically ({failure.detail})")
@@ -102,7 +104,7 @@ def decide(cfg: RunConfig, failure: Failure, executor: str = "slurm") -> RetryDe
         from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, train_time_limit
 
         reason = "timeout: resume from the last checkpoint"
-        if executor == "slurm":
+        if time_limited:
             old = train_time_limit(cfg)[0]
             new = format_time_limit(2 * parse_time_limit(old))
             slurm = (cfg.resources.slurm or SlurmSpec()).model_copy(update={"time_limit": new})
@@ -121,7 +123,7 @@ def _checkpoint_at_epoch_boundary(cfg: RunConfig) -> bool:
     if last is None:
         return True  # nothing to resume: starting over is the same
     try:
-        epoch = json.loads((last / "trainer_state.json").read_text())["epoch"]
+        epoch = json.loads((last / TRAINER_STATE_FILE).read_text())["epoch"]
     except (OSError, ValueError, KeyError):
         return False
     return abs(epoch - round(epoch)) < 1e-6
@@ -135,36 +137,30 @@ def apply(decision: RetryDecision) -> RunConfig:
         if cfg.stages:  # the stages already complete stay as they are
             restart_current_stage(cfg)
         else:
-            shutil.rmtree(cfg.run_dir / st.TRAINER_STATE_DIR, ignore_errors=True)
-            shutil.rmtree(cfg.run_dir / st.CHECKPOINTS_DIR, ignore_errors=True)
+            shutil.rmtree(cfg.run_dir / TRAINER_STATE_DIR, ignore_errors=True)
+            shutil.rmtree(cfg.run_dir / CHECKPOINTS_DIR, ignore_errors=True)
     save_run_config(cfg)
     return cfg
 
 
-RETRY_FIELDS = (("attempt",), ("training", "batch_size"), ("training", "gradient_accumulation_steps"),
-                ("resources", "slurm", "time_limit"))
+def _without_retry_changes(cfg: RunConfig) -> RunConfig:
+    """The run with what a retry may change set aside: the attempt, every training's micro-batch and
+    accumulation, the Slurm time limit (and a `slurm` block that only a retry's time limit put there), and
+    the estimate (informational: it moves with history, not a change of the run)."""
+    def neutral(t: TrainingConfig) -> TrainingConfig:
+        return t.model_copy(update={"batch_size": 1, "gradient_accumulation_steps": 1})
+
+    slurm = cfg.resources.slurm
+    if slurm is not None:
+        slurm = slurm.model_copy(update={"time_limit": None})
+        slurm = None if slurm == SlurmSpec() else slurm
+    return cfg.model_copy(update={
+        "attempt": 1, "estimate": None, "training": neutral(cfg.training) if cfg.training is not None else None,
+        "stages": [st.model_copy(update={"training": neutral(st.training)}) for st in cfg.stages],
+        "resources": cfg.resources.model_copy(update={"slurm": slurm})})
 
 
-def differs_only_by_retries(old: dict, new: dict) -> bool:
+def differs_only_by_retries(old: RunConfig, new: RunConfig) -> bool:
     """True when an existing run.yaml (`old`, attempt > 1) is the freshly designed one (`new`) plus
     what retries changed: scaffolding again must keep it, or the next job would OOM/time out again."""
-    if not old or old.get("attempt", 1) <= 1:
-        return False
-
-    def strip(d: dict) -> dict:
-        d = json.loads(json.dumps(d))
-        stage_paths = [(("stages", i) + p[:-1] + (p[-1],)) for i in range(len(d.get("stages") or []))
-                       for p in RETRY_FIELDS if p[0] == "training"]
-        for path in [*RETRY_FIELDS, *stage_paths]:
-            node = d
-            for key in path[:-1]:
-                node = node[key] if isinstance(node, list) and isinstance(key, int) and key < len(node) else (
-                    node.get(key) if isinstance(node, dict) else None)
-            if isinstance(node, dict):
-                node.pop(path[-1], None)
-        d.pop("estimate", None)  # informational: moves with history, not a change of the run
-        if isinstance(d.get("resources"), dict) and not any((d["resources"].get("slurm") or {}).values()):
-            d["resources"].pop("slurm", None)  # only a retry's time limit was there
-        return d
-
-    return strip(old) == strip(new)
+    return old.attempt > 1 and _without_retry_changes(old) == _without_retry_changes(new)

@@ -14,8 +14,18 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import UNSEEN, JobInfo
+from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
 from tunelab.execute.failures import ACTIVE_STATES, SacctRow, base_state
+from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, write_array_script
+from tunelab.execute.slurm_jobs import (
+    EVAL_SCRIPT,
+    TRAIN_SCRIPT,
+    slurm_settings,
+    train_time_limit,
+    write_slurm_scripts,
+)
+from tunelab.execute.slurm_pack import PACK_DIR, is_packed, pack_groups, write_pack_script
+from tunelab.runconfig import RunConfig
 
 SACCT_START = "2000-01-01"  # sacct shows only today's jobs without -S
 SACCT_FORMAT = "JobID,State,ExitCode,Elapsed,NodeList"
@@ -42,11 +52,49 @@ def merge(queued: tuple[str, str] | None, queue_ok: bool, rows: list[SacctRow], 
     return JobInfo(job.state, rows=tuple(rows), **extra) if job else None
 
 
+class Throttle:
+    """Slurm's room for a sweep: at most resources.slurm.max_queued of its jobs queued or running, submissions
+    submit_delay_s apart. (A job array is throttled by Slurm itself: %N.)"""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._full: int | None = None
+
+    def order(self, runs: list[RunConfig]) -> list[RunConfig]:
+        return list(runs)
+
+    def never(self, cfg: RunConfig) -> str | None:
+        return None
+
+    def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
+        s = slurm_settings(cfg)
+        if active + jobs > s.max_queued:
+            self._full = s.max_queued
+            return None
+        pause = s.submit_delay_s - (time.monotonic() - self._last)
+        if pause > 0:
+            time.sleep(pause)
+        self._last = time.monotonic()
+        return {}
+
+    def where(self, cfg: RunConfig) -> str:
+        return ""
+
+    def release(self, run: str) -> None:
+        pass
+
+    def waiting(self) -> str:
+        return f"{self._full} jobs queued or running (max_queued): waiting…" if self._full is not None else ""
+
+
 class SlurmExecutor:
     """sbatch / squeue / sacct / scancel. sacct is optional: without it jobs are judged from squeue and
     the run's files."""
 
     name = "slurm"
+    detached = True
+    first_state = "SUBMITTED"  # a job's state once `submit` returned
+    time_limited = True
 
     def __init__(self) -> None:
         missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
@@ -81,6 +129,10 @@ class SlurmExecutor:
             args.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in env.items()))
         out = self._run(args + [str(script)]).stdout.strip()
         return out.split(";")[0]  # "ID" or "ID;cluster"
+
+    def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
+        dep = f" --dependency=afterok:{dependency} --kill-on-invalid-dep=yes" if dependency else ""
+        return f"sbatch --parsable{dep}{f' --array={array}' if array else ''} {script}"
 
     def queue(self) -> dict[str, tuple[str, str]] | None:
         """{job id: (state, reason)} of every job squeue knows (finished ones for MinJobAge); None when
@@ -141,5 +193,42 @@ class SlurmExecutor:
     def log(self, run_dir: Path, kind: str, job_id: str) -> Path:
         return Path(run_dir) / f"slurm-{kind}-{job_id}.out"
 
+    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+        log = self.log(run_dir, kind, job_id)
+        return log.read_text(errors="replace")[-200_000:] if log.is_file() else ""
 
-Slurm = SlurmExecutor  # the name older code and tests use
+    def poll_interval(self, runs: list[RunConfig]) -> float:
+        return min((slurm_settings(c).poll_interval_s for c in runs), default=5.0)
+
+    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
+        if write:
+            write_slurm_scripts(cfg)  # from run.yaml, as it is now
+        return cfg.run_dir / (TRAIN_SCRIPT if kind == "train" else EVAL_SCRIPT)
+
+    def time_limit(self, cfg: RunConfig) -> str | None:
+        return train_time_limit(cfg)[0]
+
+    def capacity(self, runs: list[RunConfig]) -> Capacity:
+        return Throttle()
+
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        """Node jobs (resources.slurm.pack: node), then job arrays of runs of one shape."""
+        packs = pack_groups([cfg for cfg in runs if is_packed(cfg)])
+        arrays, _ = array_groups([cfg for cfg in runs if not is_packed(cfg)])
+        return ([JobGroup("node", tuple(g)) for g in packs] + [JobGroup("array", tuple(g)) for g in arrays])
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        cfgs = list(group.runs)
+        exp = Path(cfgs[0].experiment_dir)
+        if write:
+            for cfg in cfgs:
+                write_slurm_scripts(cfg)  # each run's own scripts: its evaluation, and retries as jobs of their own
+        if group.kind == "node":
+            return (write_pack_script(cfgs) if write else exp / PACK_DIR / f"node-{cfgs[0].name}.sbatch"), None
+        path = write_array_script(cfgs) if write else exp / ARRAY_DIR / f"train-array-{cfgs[0].name}.sbatch"
+        return path, array_spec(cfgs)
+
+    def unanswered(self) -> tuple[float, str] | None:
+        if self.unanswered_since is None:
+            return None
+        return time.monotonic() - self.unanswered_since, self.last_error

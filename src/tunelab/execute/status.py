@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,43 @@ from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
 from tunelab.execute.executor import Executor
 from tunelab.execute.failures import CANCELLED, COMPLETED, base_state
-from tunelab.execute.jobs import RunJobs, all_jobs, is_active, latest_jobs
+from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
 from tunelab.execute.progress import run_progress
 from tunelab.execute.refresh import executors_for, refresh
 from tunelab.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
 from tunelab.results import TYPES
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
+from tunelab.rundir import COMPLETED as DONE, PENDING, RUNNING, Status, now_iso, read_status
+
+
+@dataclass
+class StatusRow:
+    """One run or control as `tunelab status` shows it: its newest job (via the ledger) and its files."""
+
+    name: str
+    type: str  # fine-tuned | control | eval-only (results.TYPES)
+    attempt: int
+    files: str  # the state its files say (experiment.training_state)
+    job_id: str | None = None
+    job_state: str | None = None  # the scheduler's
+    executor: str | None = None
+    progress: str = ""
+    eta: str = ""
+    failure: str | None = None
+    detail: str = ""
+    eval: str | None = None  # scored | the evaluation job's verdict or state
+    state: str = ""  # what the table shows: the job's state while it is active, else completed or the verdict
+    active: bool = field(default=False, repr=False)  # queued or running (it or its evaluation): watched
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as `status --json` prints it."""
+        out = asdict(self)
+        del out["active"]
+        return out
 
 
 def _refresh_if_free(exp: Path, runs: dict[str, RunConfig]) -> None:
-    jobs = [j for j in all_jobs(exp) if j["failure"] is None]
+    jobs = [j for j in all_jobs(exp) if j.open]
     if not jobs:
         return
     with experiment_lock(exp, wait=False) as free:  # busy: a coordinator is refreshing right now
@@ -34,47 +61,52 @@ def _refresh_if_free(exp: Path, runs: dict[str, RunConfig]) -> None:
                 pass  # a scheduler that cannot be asked: status shows what the ledger and the files know
 
 
-def _row(cfg: RunConfig, rj: RunJobs) -> dict[str, Any]:
-    status = st.read_status(cfg.run_dir) if cfg.kind == "finetune" else {}
+def _state(row: StatusRow, job: JobRow | None) -> str:
+    if job is not None and job.active:
+        state = base_state(job.state).lower()
+        return "pending" if state in ("submitted", "requeued") else state
+    if row.files == DONE:
+        if job and job.failure == COMPLETED and (job.detail or "").startswith("completed, job exit"):
+            row.detail = job.detail or ""
+        row.eta = ""
+        return "completed"
+    if job and job.failure:
+        row.detail = job.detail or ""
+        return job.failure.upper()
+    return row.files
+
+
+def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
+    """One run's row from its newest jobs and its files."""
+    rj = rj or RunJobs()
+    status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
     evaluated = is_evaluated(cfg.run_dir, task_names(cfg))
-    files = training_state(cfg.run_dir) if cfg.kind == "finetune" else (st.COMPLETED if evaluated else st.PENDING)
-    row: dict[str, Any] = {"name": cfg.name, "type": TYPES[cfg.kind], "attempt": cfg.attempt, "files": files,
-                           "job_id": None, "job_state": None, "executor": None, "progress": "", "eta": "",
-                           "failure": None, "detail": "", "eval": None}
+    files = training_state(cfg.run_dir) if cfg.kind == "finetune" else (DONE if evaluated else PENDING)
+    row = StatusRow(cfg.name, TYPES[cfg.kind], cfg.attempt, files)
     job = rj.train if cfg.kind == "finetune" else rj.eval
     if job:
-        row.update(job_id=job["job_id"], job_state=job["state"], failure=job["failure"], executor=job["executor"])
+        row.job_id, row.job_state, row.failure, row.executor = job.job_id, job.state, job.failure, job.executor
     if rj.eval:
-        row["eval"] = "scored" if evaluated else (rj.eval["failure"] or rj.eval["state"].lower())
+        row.eval = "scored" if evaluated else (rj.eval.failure or rj.eval.state.lower())
     elif evaluated:
-        row["eval"] = "scored"
-    if cfg.kind == "finetune" and status.get("attempt", cfg.attempt) == cfg.attempt:
-        row["progress"], row["eta"] = run_progress(cfg, status)
-    if is_active(job):
-        state = base_state(job["state"]).lower()
-        state = "pending" if state in ("submitted", "requeued") else state
-    elif files == st.COMPLETED:
-        state = "completed"
-        if job and job["failure"] == COMPLETED and (job["detail"] or "").startswith("completed, job exit"):
-            row["detail"] = job["detail"]
-        row["eta"] = ""
-    elif job and job["failure"]:
-        state = job["failure"].upper()
-        row["detail"] = job["detail"] or ""
-    else:
-        state = files
-    row["state"] = state
+        row.eval = "scored"
+    if cfg.kind == "finetune" and (status.attempt is None or status.attempt == cfg.attempt):
+        row.progress, row.eta = run_progress(cfg, status)
+    row.state = _state(row, job)
+    # queued or running; a run training without a job of ours (by hand) counts, one nobody started does not
+    row.active = (is_active(job) or (rj.eval is not None and not evaluated and rj.eval.active)
+                  or (job is None and files == RUNNING))
     return row
 
 
-def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[dict]:
+def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[StatusRow]:
     """One merged record per run and control: its newest jobs (via the ledger) and its files."""
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)
     if refresh_jobs:
         _refresh_if_free(exp, {r.name: r for r in all_runs})
     latest = latest_jobs(exp)
-    return [_row(cfg, latest.get(cfg.name, RunJobs(None, None))) for cfg in all_runs]
+    return [status_row(cfg, latest.get(cfg.name)) for cfg in all_runs]
 
 
 def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: Console | None = None,
@@ -88,18 +120,18 @@ def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: 
     runs = {r.name: r for r in all_runs}
     known = executors_for(all_jobs(exp), executors)
     refresh(exp, runs, known)
-    jobs = [j for j in all_jobs(exp) if j["run"] in selected and is_active(j)]
+    jobs = [j for j in all_jobs(exp) if j.run in selected and j.active]
     for name, ex in known.items():
-        ex.cancel([j["job_id"] for j in jobs if j["executor"] == name])
+        ex.cancel([j.job_id for j in jobs if j.executor == name])
     for j in jobs:
-        ledger.update_job(exp, j["id"], state="CANCELLED", failure=CANCELLED, handled=1,
+        ledger.update_job(exp, j.id, state="CANCELLED", failure=CANCELLED, handled=1,
                           detail="CANCELLED by tunelab cancel")
-        if j["kind"] == "train":
-            ledger.record_attempt(exp, run=j["run"], attempt=j["attempt"], executor=j["executor"],
-                                  job_id=j["job_id"], started_at=j["submitted_at"], finished_at=st.now_iso(),
+        if j.kind == "train":
+            ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor,
+                                  job_id=j.job_id, started_at=j.submitted_at, finished_at=now_iso(),
                                   exit_code=None, state=CANCELLED, reason="cancelled by tunelab cancel")
-        console.print(f"cancelled {j['run']} {j['kind']} job {j['job_id']}", highlight=False)
+        console.print(f"cancelled {j.run} {j.kind} job {j.job_id}", highlight=False)
     if not jobs:
         console.print("nothing to cancel: no queued or running job for these runs")
     ledger.ingest_all(exp, all_runs)
-    return [j["job_id"] for j in jobs]
+    return [j.job_id for j in jobs]

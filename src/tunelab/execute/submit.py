@@ -1,153 +1,96 @@
-"""Submitting a run's jobs: its training job, then its evaluation job with afterok, throttled
-(resources.slurm.max_queued) and staggered (submit_delay_s); every job id goes to the ledger.
-
-The throttle counts this experiment's queued and running jobs after a refresh (execute/refresh.py), so
-a job that ended — even one Slurm has already forgotten, or while sacct is down — stops counting, and
-a sweep larger than max_queued always moves on.
+"""Submitting a run's jobs through the sweep's executor: its training job, then (a scheduler) its evaluation
+job with afterok; or several runs' first training jobs as one group (a job array, a node job). Every job
+goes to the ledger; a dry run only says what it would submit. Room (how many jobs at once, which GPUs)
+is the sweep's to decide before (execute/sweep.py, the executor's Capacity).
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-from rich.console import Console
-
 from tunelab import ledger
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import Executor
-from tunelab.execute.jobs import all_jobs, is_active
-from tunelab.execute.refresh import refresh
-from tunelab.execute.slurm_jobs import EVAL_SCRIPT, TRAIN_SCRIPT, slurm_settings, train_time_limit, write_slurm_scripts
+from tunelab.execute import claims
+from tunelab.execute.coordinator import Submission, Sweep
+from tunelab.execute.executor import Executor, JobGroup
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
+from tunelab.rundir import now_iso
 
-UNREACHABLE_S = 600.0  # a scheduler that has not answered for this long ends --wait and the throttle
+UNREACHABLE_S = 600.0  # a scheduler that has not answered for this long ends a sweep that waits on it
 
 
 def check_reachable(ex: Executor) -> None:
     """Raise when the scheduler has not answered for UNREACHABLE_S (instead of waiting forever)."""
-    since = getattr(ex, "unanswered_since", None)
-    if since is not None and time.monotonic() - since > UNREACHABLE_S:
+    silent = ex.unanswered()
+    if silent is not None and silent[0] > UNREACHABLE_S:
         raise TunelabError(f"{ex.name}: the scheduler has not answered for {UNREACHABLE_S:.0f} s "
-                           f"({getattr(ex, 'last_error', '') or 'no answer'}); jobs already submitted keep "
+                           f"({silent[1] or 'no answer'}); jobs already submitted keep "
                            "running: `tunelab run` again later follows them")
 
 
-class Submitter:
-    """sbatch with throttling and staggering; records each job in the ledger."""
+def _record(sweep: Sweep, cfg: RunConfig, kind: str, job_id: str, reason: str, dep: str | None = None) -> int:
+    row = ledger.record_job(sweep.book, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
+                            executor=sweep.ex.name, depends_on=dep,
+                            time_limit=sweep.ex.time_limit(cfg) if kind == "train" else None,
+                            submitted_at=now_iso(), state=sweep.ex.first_state, reason=reason)
+    sweep.started.add(cfg.name)
+    sweep.running[row] = cfg.name
+    return row
 
-    def __init__(self, exp: Path, ex: Executor, runs: dict[str, RunConfig], console: Console,
-                 dry_run: bool = False):
-        self.exp, self.ex, self.runs, self.console, self.dry_run = exp, ex, runs, console, dry_run
-        self.submitted: list[dict] = []
-        self._last = 0.0
 
-    def active_count(self) -> int:
-        """This experiment's jobs queued or running on this executor, after a refresh (a node job holding
-        several runs' rows is one job)."""
-        refresh(self.exp, self.runs, {self.ex.name: self.ex})
-        return len({j["job_id"] for j in all_jobs(self.exp) if j["executor"] == self.ex.name and is_active(j)})
+def _submitted(sweep: Sweep, cfg: RunConfig) -> None:
+    """The run's next job is the executor's now: where that job outlives us, so does nobody's claim."""
+    if sweep.ex.detached:
+        claims.release(cfg.run_dir)
 
-    def _throttle(self, cfg: RunConfig, needed: int) -> None:
-        s = slurm_settings(cfg)
-        if self.dry_run:
-            return
-        waited = False
-        while self.active_count() + needed > s.max_queued:
-            check_reachable(self.ex)
-            if not waited:
-                self.console.print(f"[dim]{s.max_queued} jobs queued or running (max_queued): waiting…[/dim]")
-                waited = True
-            time.sleep(s.poll_interval_s)
-        pause = s.submit_delay_s - (time.monotonic() - self._last)
-        if pause > 0:
-            time.sleep(pause)
 
-    def submit_run(self, cfg: RunConfig, train: bool, eval_: bool, reason: str,
-                   after: str | None = None) -> dict[str, str]:
-        """Submit a run's train job and/or eval job (afterok on the train job, or on `after`)."""
-        ids: dict[str, str] = {}
-        if not self.dry_run:
-            write_slurm_scripts(cfg)  # from run.yaml, as it is now
-        self._throttle(cfg, int(train) + int(eval_))
-        dep = after
-        if train:
-            ids["train"] = self._one(cfg, "train", TRAIN_SCRIPT, None, reason)
-            dep = ids["train"]
-        if eval_:
-            ids["eval"] = self._one(cfg, "eval", EVAL_SCRIPT, dep, reason)
-        return ids
-
-    def submit_array(self, cfgs: list[RunConfig], reason: str) -> list[str]:
-        """Submit these runs' training jobs as one job array (execute/slurm_arrays.py; Slurm's %N throttles
-        it, not max_queued), then each run's evaluation job with afterok on its own task."""
-        from tunelab.execute.slurm_arrays import ARRAY_DIR, array_spec, write_array_script
-
-        spec = array_spec(cfgs)
-        if self.dry_run:
-            script = Path(cfgs[0].experiment_dir) / ARRAY_DIR / f"train-array-{cfgs[0].name}.sbatch"
-            self.console.print(f"would submit: sbatch --parsable --array={spec} {script}  [dim]# {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
-            ids = [f"<array>_{i}" for i in range(len(cfgs))]
+def submit_run(sweep: Sweep, s: Submission, env: dict[str, str], where: str) -> dict[str, str]:
+    """Submit a run's train job and/or eval job (afterok on the train job, or on `s.after`)."""
+    ids: dict[str, str] = {}
+    dep = s.after
+    for kind in ("train", "eval"):
+        if not (s.train if kind == "train" else s.evaluate):
+            continue
+        script = sweep.ex.script(s.cfg, kind, write=not sweep.dry_run)
+        reason = f"{s.reason} ({where})" if where else s.reason
+        if sweep.dry_run:
+            job_id = f"<{s.cfg.name}:{kind}>"
+            sweep.view.say(f"would submit: {sweep.ex.command(script, dep)}  [dim]# {s.reason}[/dim]")
         else:
-            for cfg in cfgs:
-                write_slurm_scripts(cfg)  # each run's eval.sbatch (and job.sbatch for retries)
-            array = self.ex.submit(write_array_script(cfgs), array=spec)
-            self._last = time.monotonic()
-            ids = [f"{array}_{i}" for i in range(len(cfgs))]
-            for cfg, job_id in zip(cfgs, ids):
-                ledger.record_job(self.exp, run=cfg.name, kind="train", job_id=job_id, attempt=cfg.attempt,
-                                  executor=self.ex.name, time_limit=train_time_limit(cfg)[0],
-                                  submitted_at=st.now_iso(), state="SUBMITTED", reason=f"{reason} (job array)")
-            self.console.print(f"submitted job array {array} (--array={spec}): "
-                               + ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, ids)), highlight=False)
-        for cfg, job_id in zip(cfgs, ids):
-            self.submitted.append({"run": cfg.name, "kind": "train", "job_id": job_id, "depends_on": None})
-            self._one(cfg, "eval", EVAL_SCRIPT, job_id, reason)
-        return ids
+            job_id = sweep.ex.submit(script, dep, env or None)
+            _record(sweep, s.cfg, kind, job_id, reason, dep)
+            sweep.view.submitted(s.cfg, kind, job_id, dep, s.reason, where)
+        ids[kind] = dep = job_id
+    if not sweep.dry_run:
+        _submitted(sweep, s.cfg)
+    return ids
 
-    def submit_pack(self, cfgs: list[RunConfig], reason: str) -> str:
-        """One node job training and evaluating these runs (execute/slurm_pack.py); each run gets a train and
-        an eval row with its id, so the job is polled, judged and cancelled per run like any other."""
-        from tunelab.execute.slurm_pack import write_pack_script
 
-        names = ", ".join(c.name for c in cfgs)
-        if self.dry_run:
-            script = Path(cfgs[0].experiment_dir) / "slurm" / f"node-{cfgs[0].name}.sbatch"
-            self.console.print(f"would submit: sbatch --parsable {script}  [dim]# node job: {names}; {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
-            return "<node>"
-        for cfg in cfgs:
-            write_slurm_scripts(cfg)  # each run's own scripts, for retries as jobs of their own
-        self._throttle(cfgs[0], 1)
-        job_id = self.ex.submit(write_pack_script(cfgs))
-        self._last = time.monotonic()
-        for cfg in cfgs:
-            for kind in ("train", "eval"):
-                ledger.record_job(self.exp, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
-                                  executor=self.ex.name, time_limit=train_time_limit(cfg)[0] if kind == "train"
-                                  else None, submitted_at=st.now_iso(), state="SUBMITTED",
-                                  reason=f"{reason} (node job)")
-                self.submitted.append({"run": cfg.name, "kind": kind, "job_id": job_id, "depends_on": None})
-        self.console.print(f"submitted node job {job_id} for {len(cfgs)} runs: {names}", highlight=False)
-        return job_id
-
-    def _one(self, cfg: RunConfig, kind: str, script: str, dep: str | None, reason: str) -> str:
-        path = cfg.run_dir / script
-        if self.dry_run:
-            job_id = f"<{cfg.name}:{kind}>"
-            dep_txt = f" --dependency=afterok:{dep} --kill-on-invalid-dep=yes" if dep else ""
-            self.console.print(f"would submit: sbatch --parsable{dep_txt} {path}  [dim]# {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
+def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
+    """These runs' training jobs as one submission, then (an array) each run's evaluation job with afterok on
+    its own task; a node job trains and evaluates its runs itself (execute/slurm_pack.py), so each run gets
+    a train and an eval row with its id, polled, judged and cancelled per run like any other job."""
+    cfgs = list(group.runs)
+    script, array = sweep.ex.group_script(group, write=not sweep.dry_run)
+    names = ", ".join(c.name for c in cfgs)
+    if sweep.dry_run:
+        what = f"node job: {names}; {reason}" if group.kind == "node" else reason
+        sweep.view.say(f"would submit: {sweep.ex.command(script, None, array)}  [dim]# {what}[/dim]")
+        job_ids = ["<node>"] * len(cfgs) if group.kind == "node" else [f"<array>_{i}" for i in range(len(cfgs))]
+    else:
+        job_id = sweep.ex.submit(script, array=array)
+        job_ids = [job_id] * len(cfgs) if group.kind == "node" else [f"{job_id}_{i}" for i in range(len(cfgs))]
+        for cfg, jid in zip(cfgs, job_ids):
+            _record(sweep, cfg, "train", jid, f"{reason} ({'node job' if group.kind == 'node' else 'job array'})")
+            if group.kind == "node":
+                _record(sweep, cfg, "eval", jid, f"{reason} (node job)")
+        if group.kind == "node":
+            sweep.view.say(f"submitted node job {job_id} for {len(cfgs)} runs: {names}")
         else:
-            job_id = self.ex.submit(path, dep)
-            self._last = time.monotonic()
-            ledger.record_job(self.exp, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
-                              executor=self.ex.name, depends_on=dep,
-                              time_limit=train_time_limit(cfg)[0] if kind == "train" else None,
-                              submitted_at=st.now_iso(), state="SUBMITTED", reason=reason)
-            dep_txt = f" (afterok:{dep})" if dep else ""
-            self.console.print(f"submitted {cfg.name} {kind} job {job_id}{dep_txt}: {reason}", highlight=False)
-        self.submitted.append({"run": cfg.name, "kind": kind, "job_id": job_id, "depends_on": dep})
-        return job_id
+            sweep.view.say(f"submitted job array {job_id} (--array={array}): "
+                           + ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, job_ids)))
+    if group.kind == "array":
+        for cfg, jid in zip(cfgs, job_ids):
+            submit_run(sweep, Submission(cfg, False, True, reason, jid), {}, "")
+    elif not sweep.dry_run:
+        for cfg in cfgs:
+            _submitted(sweep, cfg)
+    return job_ids

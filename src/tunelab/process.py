@@ -1,0 +1,40 @@
+"""Is a process on this host still there? One rule for claims (execute/claims.py), run states (experiment.py)
+and build dirs left by killed builders (models/smollm2.py): a pid that does not exist, is a zombie (dead, not
+yet reaped) or is now another process (its start time differs from the one recorded) is gone; a process we may
+not signal is someone else's, and alive."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (Linux), None when unreadable."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def alive(pid: int, start: str | None = None) -> bool:
+    """Is process `pid` alive (and, given its recorded `start`, still the same process)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    fields = _stat_fields(pid)
+    if fields and fields[0] == "Z":
+        return False
+    now = fields[19] if fields and len(fields) > 19 else None
+    return not (start and now and now != start)
