@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.execute.retry import differs_only_by_retries
-from tunelab.execute.slurm_jobs import slurm_settings, write_slurm_scripts
+from tunelab.execute.executors import executor_class
 from tunelab.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
 from tunelab.plan import Plan, make_plan, write_provenance
@@ -105,17 +105,14 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
             job = cfg.run_dir / "job.sh"
             atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python), durable=False)
             job.chmod(0o755)
-        if cfg.resources.executor == "slurm":  # (`tunelab run --executor slurm` writes them when it submits)
-            write_slurm_scripts(cfg, python, durable=False)  # job.sbatch + eval.sbatch
+        # the executor's own job scripts (Slurm: job.sbatch + eval.sbatch; `tunelab run` rewrites them on submit)
+        executor_class(cfg.resources.executor).scaffold_scripts(cfg, python)
     submit = exp / "submit_all.sh"
-    if plan.runs and plan.runs[0].resources.executor == "slurm":
-        slurm = slurm_settings(plan.runs[0])
-        atomic_write_text(submit, _render("submit_all_slurm.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
-                                          runs=plan.finetune_runs, controls=plan.controls,
-                                          delay=slurm.submit_delay_s or None))
-    else:
-        atomic_write_text(submit, _render("submit_all.sh.j2", experiment=plan.spec.name, experiment_dir=exp,
-                                          runs=plan.finetune_runs, python=python))
+    # every step by hand, as the runs' executor would take them
+    executor = executor_class(plan.runs[0].resources.executor if plan.runs else plan.spec.resources.executor)
+    template, extra = executor.submit_all(plan.runs)
+    atomic_write_text(submit, _render(template, experiment=plan.spec.name, experiment_dir=exp,
+                                      runs=plan.finetune_runs, controls=plan.controls, python=python, **extra))
     submit.chmod(0o755)
     atomic_write_text(exp / "README.md", _render("README.md.j2", spec=plan.spec, n_ft=len(plan.finetune_runs),
                                                  n_ctl=len(plan.controls)))

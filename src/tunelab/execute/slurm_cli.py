@@ -208,6 +208,17 @@ class SlurmExecutor:
     def time_limit(self, cfg: RunConfig) -> str | None:
         return train_time_limit(cfg)[0]
 
+    @staticmethod
+    def scaffold_scripts(cfg: RunConfig, python: str) -> None:
+        """job.sbatch and eval.sbatch from run.yaml (not fsynced: a rerun of scaffold writes them again)."""
+        write_slurm_scripts(cfg, python, durable=False)
+
+    @staticmethod
+    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
+        """submit_all.sh's template: sbatch every training job and its evaluation (afterok), every control's."""
+        delay = slurm_settings(runs[0]).submit_delay_s if runs else None
+        return "submit_all_slurm.sh.j2", {"delay": delay or None}
+
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         return Throttle()
 
