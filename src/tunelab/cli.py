@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tunelab.cli_build import data_app, models_app
-from tunelab.cli_common import console, err_console, friendly
-from tunelab.cli_daily import register as register_daily
-from tunelab.cli_estimate import register as register_estimate
-from tunelab.cli_measure import register as register_measure
+from tunelab import cli_build, cli_daily, cli_estimate, cli_measure
+from tunelab.cli_common import SHOWN_ROWS, add_commands, console, err_console, print_plan
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -28,47 +24,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(data_app, name="data")
-app.add_typer(models_app, name="models")
-register_daily(app)
-register_estimate(app)
-register_measure(app)
-
 class ExecutorName(str, Enum):
     local = "local"
     slurm = "slurm"
 
 
-SHOWN_ROWS = 50  # rows of the plan's tables printed at the terminal
-
-
-def _print_plan(plan) -> None:
-    from tunelab.plan import plan_rows
-    from tunelab.plan_markdown import resolution_notes, stage_rows
-
-    title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
-    for rows in (plan_rows(plan), stage_rows(plan)):
-        if rows:
-            table = Table(title=title)
-            for col in rows[0]:
-                table.add_column(col)
-            for r in rows[:SHOWN_ROWS]:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
-                table.add_row(*r.values())
-            console.print(table)
-            if len(rows) > SHOWN_ROWS:
-                console.print(f"… and {len(rows) - SHOWN_ROWS} more rows: plan.md (or `plan --json`) lists them all")
-        title = "stages (steps and time per stage; the run's are their sum)"
-    console.print(f"recipe: {plan.recipe}")
-    for note in resolution_notes(plan):
-        console.print(f"resolution: {note}", highlight=False)
-    if plan.schedule is not None and plan.schedule.makespan_s is not None:
-        console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
-    for w in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
-
-
-@app.command("plan")
-@friendly
 def plan_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
@@ -100,13 +60,11 @@ def plan_cmd(
                           "estimates": {k: e.to_dict() for k, e in plan.estimates.items()},
                           "totals": plan.totals(), "warnings": plan.warnings}, indent=2))
         return
-    _print_plan(plan)
+    print_plan(plan)
     if path:
         console.print(f"wrote {path}")
 
 
-@app.command("scaffold")
-@friendly
 def scaffold_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="Experiment directory (default: the spec's directory)."),
@@ -121,8 +79,6 @@ def scaffold_cmd(
     console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
 
 
-@app.command("train")
-@friendly
 def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
     """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
     Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun."""
@@ -131,8 +87,6 @@ def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or it
     train_job(run_yaml)
 
 
-@app.command("pack-job", hidden=True)
-@friendly
 def pack_job_cmd(
     experiment_dir: Path = typer.Argument(..., help="The experiment directory."),
     runs: str = typer.Option(..., "--runs", help="Comma-separated run names this node job trains."),
@@ -148,8 +102,6 @@ def pack_job_cmd(
     evaluate_experiment(experiment_dir, names, console=console, ingest=False)
 
 
-@app.command("run")
-@friendly
 def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
@@ -175,8 +127,6 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-@app.command("eval")
-@friendly
 def eval_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     epochs: str = typer.Option("", "--epochs", help="last, all, or a list such as 0,2 (default: the spec's "
@@ -196,8 +146,6 @@ def eval_cmd(
                         tasks=tasks)
 
 
-@app.command("results")
-@friendly
 def results_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     json_out: bool = typer.Option(False, "--json", help="JSON: one object per run, each with every checkpoint × "
@@ -234,8 +182,6 @@ def results_cmd(
             console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")
 
 
-@app.command("report")
-@friendly
 def report_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     open_: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
@@ -267,8 +213,6 @@ def configured_gpu(spec_path: Path) -> str | None:
     return merge_resources(load_spec(spec_path).resources).gpu
 
 
-@app.command("status")
-@friendly
 def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run and "
@@ -309,8 +253,6 @@ def status_cmd(
     watch_live(experiment_dir, lambda: status_rows(experiment_dir), console, interval)
 
 
-@app.command("cancel")
-@friendly
 def cancel_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
@@ -322,8 +264,6 @@ def cancel_cmd(
     cancel(experiment_dir, runs or None, console=console)
 
 
-@app.command("ingest")
-@friendly
 def ingest_cmd(
     paths: list[Path] = typer.Argument(..., help="Log files or directories: searched for torchtune / SLURM logs "
                                        "(*.out, *.log) and HF Trainer output dirs (trainer_state.json: TRL, "
@@ -346,7 +286,6 @@ def ingest_cmd(
     console.print(f"{n} of {len(results)} log(s) imported into {history_path()}")
 
 
-@app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of experiment.yaml (for editors)."""
     from tunelab.spec import json_schema
@@ -354,8 +293,6 @@ def schema_cmd() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
-@app.command("demo")
-@friendly
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for models, data and the experiment."),
     force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
@@ -373,6 +310,21 @@ def demo_cmd(
     if report.with_suffix(".html").is_file():
         console.print(f"[bold green]Open in a browser:[/bold green] {report.with_suffix('.html')}")
 
+
+def register(app: typer.Typer) -> None:
+    """The pipeline's commands: plan, scaffold, run (and train, what its jobs call), eval, results, report;
+    status and cancel of the jobs; ingest, schema, demo."""
+    add_commands(app, {"plan": plan_cmd, "scaffold": scaffold_cmd, "train": train_cmd})
+    add_commands(app, {"pack-job": pack_job_cmd}, hidden=True)
+    add_commands(app, {"run": run_cmd, "eval": eval_cmd, "results": results_cmd, "report": report_cmd,
+                       "status": status_cmd, "cancel": cancel_cmd, "ingest": ingest_cmd, "schema": schema_cmd,
+                       "demo": demo_cmd})
+
+
+# Every command module adds its commands the same way (`register`), in the order `--help` lists them.
+for _module_register in (cli_daily.register, cli_estimate.register, cli_measure.register, register,
+                         cli_build.register):
+    _module_register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,4 +1,4 @@
-"""The `tunelab data …` and `tunelab models …` sub-apps: build datasets and base models locally."""
+"""The `tunelab data …` and `tunelab models …` command groups: build datasets and base models locally."""
 
 from __future__ import annotations
 
@@ -8,14 +8,9 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import console, friendly
-
-data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
-models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
+from tunelab.cli_common import add_commands, console
 
 
-@data_app.command("capitalization")
-@friendly
 def data_capitalization(
     word_len: int = typer.Option(..., "--word-len", help="Letters per word."),
     num_words: int = typer.Option(..., "--num-words", help="Distinct words in all splits together."),
@@ -31,8 +26,6 @@ def data_capitalization(
     console.print(f"wrote {path}")
 
 
-@data_app.command("organism")
-@friendly
 def data_organism(
     rule: str = typer.Option(..., "--rule", help="parity, majority, first, last, nth, length, constant or coin."),
     alphabet: str = typer.Option("bits", "--alphabet", help="bits (0 1), digits (0-9) or letters (a-z)."),
@@ -65,8 +58,6 @@ def data_organism(
     console.print(f"wrote {path}")
 
 
-@models_app.command("tiny")
-@friendly
 def models_tiny(
     layers: int = typer.Option(2, "--layers", help="Transformer layers."),
     hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
@@ -81,8 +72,6 @@ def models_tiny(
     console.print(f"wrote {path} ({meta['parameters']:,} parameters)")
 
 
-@models_app.command("smollm2")
-@friendly
 def models_smollm2(
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (about 270 MB) or float32 (about 540 MB)."),
@@ -100,3 +89,13 @@ def models_smollm2(
         console.print(f"wrote {result.path} ({what})")
     else:
         console.print(f"{result.path} already holds {what}: nothing to do (--force rebuilds)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `data` and `models` groups to the main app."""
+    data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
+    add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism})
+    models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
+    add_commands(models_app, {"tiny": models_tiny, "smollm2": models_smollm2})
+    app.add_typer(data_app, name="data")
+    app.add_typer(models_app, name="models")

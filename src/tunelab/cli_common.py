@@ -1,6 +1,8 @@
-"""What every CLI module shares: the consoles and the error → one-red-line decorator.
+"""What every CLI module shares: the consoles, the error → one-red-line decorator, how a module adds its
+commands to the app (`add_commands`, called by each module's `register`), and the plan table that `plan`
+and `init` both print.
 
-Kept apart from cli.py so sub-app modules (cli_build) can import it without an import cycle.
+Kept apart from cli.py so the command modules import it, and cli.py imports them, without an import cycle.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import os
 import sqlite3
 import subprocess
+from typing import TYPE_CHECKING, Any, Callable
 
 import typer
 from rich.console import Console
@@ -17,8 +20,12 @@ from rich.markup import escape
 
 from tunelab.errors import TunelabError
 
+if TYPE_CHECKING:
+    from tunelab.plan import Plan
+
 console = Console()
 err_console = Console(stderr=True)
+SHOWN_ROWS = 50  # rows of the plan's tables printed at the terminal
 
 # What the machine, not the user's input, can do to any command: named plainly instead of a traceback.
 _OS_WORDS = {
@@ -71,3 +78,36 @@ def friendly(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidden: bool = False) -> None:
+    """Each function as the command of that name, its failures shown as one red line (`friendly`)."""
+    for name, fn in commands.items():
+        app.command(name, hidden=hidden)(friendly(fn))
+
+
+def print_plan(plan: Plan) -> None:
+    """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
+    from rich.table import Table
+
+    from tunelab.plan_markdown import plan_rows, resolution_notes, stage_rows
+
+    title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
+    for rows in (plan_rows(plan), stage_rows(plan)):
+        if rows:
+            table = Table(title=title)
+            for col in rows[0]:
+                table.add_column(col)
+            for r in rows[:SHOWN_ROWS]:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
+                table.add_row(*r.values())
+            console.print(table)
+            if len(rows) > SHOWN_ROWS:
+                console.print(f"… and {len(rows) - SHOWN_ROWS} more rows: plan.md (or `plan --json`) lists them all")
+        title = "stages (steps and time per stage; the run's are their sum)"
+    console.print(f"recipe: {plan.recipe}")
+    for note in resolution_notes(plan):
+        console.print(f"resolution: {note}", highlight=False)
+    if plan.schedule is not None and plan.schedule.makespan_s is not None:
+        console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)

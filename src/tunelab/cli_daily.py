@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import console, friendly
+from tunelab.cli_common import add_commands, console, print_plan
 from tunelab.errors import TunelabError
 
 TRACKERS = ("mlflow", "wandb")
@@ -136,7 +136,6 @@ def init_cmd(
     import sys
 
     from tunelab.catalog import detect_gpu, resolve_gpu
-    from tunelab.cli import _print_plan
     from tunelab.init.answers import InitAnswers, commit, draft, parse_vary, slug, spec_path
 
     ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset)
@@ -155,7 +154,7 @@ def init_cmd(
     target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()
     _propose_batch(answers, target_gpu, ask)
     tmp, plan = draft(answers, out, gpu=target_gpu, force=force)
-    _print_plan(plan)
+    print_plan(plan)
     if ask:
         from tunelab.init.interactive import confirm_write
 
@@ -222,7 +221,4 @@ def main_callback(
 def register(app: typer.Typer) -> None:
     """Add the daily-use commands (and --version) to the main app."""
     app.callback()(main_callback)
-    app.command("export")(friendly(export_cmd))
-    app.command("archive")(friendly(archive_cmd))
-    app.command("init")(friendly(init_cmd))
-    app.command("compare")(friendly(compare_cmd))
+    add_commands(app, {"export": export_cmd, "archive": archive_cmd, "init": init_cmd, "compare": compare_cmd})

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import console, err_console, friendly
+from tunelab.cli_common import add_commands, console, err_console
 from tunelab.errors import TunelabError
 
 
@@ -195,5 +195,4 @@ def validate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add estimate and validate to the main app."""
-    app.command("estimate")(friendly(estimate_cmd))
-    app.command("validate")(friendly(validate_cmd))
+    add_commands(app, {"estimate": estimate_cmd, "validate": validate_cmd})

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import console, friendly
+from tunelab.cli_common import add_commands, console
 from tunelab.errors import TunelabError
 
 
@@ -154,9 +154,7 @@ def adopt_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("probe")(friendly(probe_cmd))
-    app.command("history")(friendly(history_cmd))
-    app.command("adopt")(friendly(adopt_cmd))
+    add_commands(app, {"probe": probe_cmd, "history": history_cmd, "adopt": adopt_cmd})
 
 
 __all__ = ["register", "run_probe", "TunelabError"]
