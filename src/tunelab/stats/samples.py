@@ -1,5 +1,5 @@
 """A metric recomputed on per-sample records, or on any resampled subset of them, with the very
-functions the evaluation used (`tunelab.evaluate.metrics`), so an interval is the stored metric's own.
+functions the evaluation used (`tunelab.stats.metrics`), so an interval is the stored metric's own.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def supported(arr: SampleArrays, metric: str) -> bool:
 
 def metric_on(arr: SampleArrays, metric: str) -> float:
     """The metric of these records, by the evaluation's own function (NaN where undefined)."""
-    from tunelab.evaluate import metrics as m
+    from tunelab.stats import metrics as m
 
     if metric in MEAN_OF_VALUES:
         finite = arr.values[~np.isnan(arr.values)]
@@ -94,7 +94,7 @@ def per_sample(arr: SampleArrays, metric: str) -> np.ndarray | None:
     if metric == "parse_rate":
         return np.array([p is not None for p in arr.predictions], float)
     if metric == "brier" and arr.probs is not None:
-        from tunelab.evaluate.metrics import brier_of
+        from tunelab.stats.metrics import brier_of
 
         truth = [arr.labels.index(t) for t in arr.targets]
         return np.array([brier_of(arr.probs[i:i + 1], truth[i:i + 1], arr.labels) for i in range(len(arr))])
