@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tunelab.evaluate.scores import read_scores
 from tunelab.fsutil import read_json, read_jsonl, sha256_of
-from tunelab.train.checkpoints import COUNTERS_FILE, complete_epochs
+from tunelab.rundir.checkpoints import complete_epochs
+from tunelab.rundir.layout import COUNTERS_FILE
 
 COUNTED = ("step", "tokens", "nonpad_tokens", "examples")  # what a resume must reproduce exactly
 # and, as the trainer restores optimizer, scheduler and RNG state, the very same losses (CPU, same threads)

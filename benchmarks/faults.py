@@ -127,13 +127,13 @@ def reference(setup: Setup) -> None:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.fsutil import read_json
     from tunelab.report.build import build_report
-    from tunelab.train.runner import train_run
+    from tunelab.train.job import train
 
     root = setup.out / "reference"
     with env(TUNELAB_HISTORY=str(root / "history.db"), HF_HUB_OFFLINE="1"), \
             open(setup.out / "reference.log", "w") as log, contextlib.redirect_stdout(log):
         cfg = scaffold_experiment(root, setup.spec)
-        train_run(cfg)
+        train(cfg)
         if not setup.short:  # (the short form kills no eval and no report: no figures to count)
             evaluate_experiment(cfg.experiment_dir, console=Console(file=log))
             setup.ref_figures = len(build_report(cfg.experiment_dir).figures)

@@ -22,7 +22,8 @@ from typing import Callable
 from tunelab.errors import TunelabError
 from tunelab.experiment import load_runs, training_state
 from tunelab.fsutil import atomic_write_json, read_json, sha256_of
-from tunelab.train import status as st
+from tunelab.rundir import layout
+from tunelab.rundir.status import now_iso
 
 KEEP = ("adapters", "last-epoch", "none")
 MANIFEST = "archive.json"
@@ -89,12 +90,12 @@ def plan_archive(experiment_dir: str | Path, archive_root: str | Path, keep: str
         if cfg.kind != "finetune":
             continue
         state = training_state(cfg.run_dir)
-        if state == st.RUNNING:
+        if state == layout.RUNNING:
             raise TunelabError(f"run {cfg.name} is training: archive once the sweep has ended", file=cfg.run_dir)
-        kept, dropped = _kept_epochs(cfg.run_dir / st.CHECKPOINTS_DIR, keep)
-        trainer = cfg.run_dir / st.TRAINER_STATE_DIR
+        kept, dropped = _kept_epochs(cfg.run_dir / layout.CHECKPOINTS_DIR, keep)
+        trainer = cfg.run_dir / layout.TRAINER_STATE_DIR
         heavy.update(dropped + ([trainer] if trainer.is_dir() else []))
-        if state != st.COMPLETED:
+        if state != layout.COMPLETED:
             plan.untouched[cfg.name] = f"{state}: its checkpoints and trainer state stay for a resume"
             continue
         for d in dropped + ([trainer] if trainer.is_dir() else []):
@@ -156,7 +157,7 @@ def run_archive(plan: ArchivePlan, copy_file: Callable[[Path, Path], object] = s
         previous = read_manifest(exp)
         if previous and previous.archive_dir == str(plan.archive_dir):
             removed = {**previous.removed, **removed}  # what an earlier archive removed is still gone
-        manifest = ArchiveManifest(st.now_iso(), str(exp), str(plan.archive_dir), plan.keep, files,
+        manifest = ArchiveManifest(now_iso(), str(exp), str(plan.archive_dir), plan.keep, files,
                                    plan.copy_bytes, removed, sum(removed.values()), plan.untouched)
         atomic_write_json(plan.archive_dir / MANIFEST, asdict(manifest))
         for rel in plan.remove:

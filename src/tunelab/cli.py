@@ -42,8 +42,8 @@ def plan_cmd(
     """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
-    from tunelab.plan import make_plan, plan_rows, render_plan_md
-    from tunelab.plan_markdown import stage_rows
+    from tunelab.plan import make_plan
+    from tunelab.plan_markdown import plan_rows, render_plan_md, stage_rows
 
     if probe:
         from tunelab.cli_measure import run_probe
@@ -81,10 +81,12 @@ def scaffold_cmd(
 
 def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
     """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
-    Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun."""
-    from tunelab.train.distributed import train_job
+    Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun.
+    The job is a program of its own (`python -m tunelab.train.job`): this process becomes it (same pid)."""
+    import os
+    import sys
 
-    train_job(run_yaml)
+    os.execv(sys.executable, [sys.executable, "-m", "tunelab.train.job", str(run_yaml)])
 
 
 def pack_job_cmd(

@@ -40,11 +40,10 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, exe
         _check_find_max_batch()
     if results is not None:  # inside a probe job: measure and write the results, record nothing
         from tunelab.estimate.probe import measure_shapes
-        from tunelab.estimate.probe_slurm import results_json
-        from tunelab.fsutil import atomic_write_text
+        from tunelab.rundir.probe import write_probe_results
 
         pairs = list(measure_shapes(plan.finetune_runs, progress, find_max_batch))
-        atomic_write_text(results, results_json(pairs))
+        write_probe_results(results, [(shape.key, result) for shape, result in pairs])
         return []
     if executor == "slurm":
         from tunelab.estimate.probe_slurm import probe_on_slurm
@@ -61,7 +60,7 @@ def _check_find_max_batch() -> None:
     import os
 
     from tunelab.catalog import nvidia_driver_present
-    from tunelab.train.runner import FAULT_OOM_ENV
+    from tunelab.faults import FAULT_OOM_ENV
 
     if not nvidia_driver_present() and not os.environ.get(FAULT_OOM_ENV):
         raise TunelabError("--find-max-batch finds the largest micro-batch that fits in GPU memory: it needs a "

@@ -49,3 +49,19 @@ def _die(point: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Test-only knob: a run whose micro-batch exceeds N fails as a GPU out-of-memory would, so the retry policy
+# (halve the micro-batch) and the probe's largest-batch search can be proven on machines without a GPU.
+FAULT_OOM_ENV = "TUNELAB_FAULT_OOM_ABOVE_BATCH"
+
+
+def inject_oom_fault(batch_size: int) -> None:
+    """Raise torch's OutOfMemoryError when FAULT_OOM_ENV is set below this micro-batch (no-op unset)."""
+    limit = os.environ.get(FAULT_OOM_ENV, "").strip()
+    if limit and batch_size > int(limit):
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate 1.95 GiB (injected: micro-batch {batch_size} > "
+            f"{FAULT_OOM_ENV}={limit})")

@@ -20,13 +20,10 @@ from tunelab.data.splits import load_data, split_record_path
 from tunelab.estimate.runs import RunEstimate
 from tunelab.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
-from tunelab.train.quantize import check_plan as check_quantize
 from tunelab.models.check import ModelInfo, check_model_dir
-from tunelab.plan_markdown import plan_rows, render_plan_md  # noqa: F401  (callers import them from here)
 from tunelab.plan_stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.runconfig import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
-from tunelab.train.distributed import processes_per_run
 
 if TYPE_CHECKING:
     from tunelab.execute.schedule import Schedule
@@ -316,9 +313,10 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     runs = expand_runs(spec, spec_path.parent, exp_dir)
     check_eval_tasks(spec, spec_path, runs, exp_dir)
     check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
-    check_quantize(runs, gpu is not None, spec_path)  # QLoRA needs a GPU and bitsandbytes: refused here
+    for cfg in runs:  # QLoRA needs a GPU and bitsandbytes: refused here
+        cfg.check_quantize(gpu is not None, spec_path)
     res = spec.resources
-    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
+    nproc = res.processes_per_run(1 if gpu is not None else 0)
     recipe = "single process" if nproc <= 1 else (
         f"distributed: {nproc} processes per run (torchrun; "
         + (f"{res.distributed.upper() if res.distributed != 'auto' else 'DDP, or FSDP where a run does not fit one GPU'}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.data.ordering import field_values, fixed_order
 from tunelab.errors import TunelabError
 from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, TrainingConfig
@@ -60,8 +61,6 @@ def check_orders(runs: list[RunConfig], spec_path: Path) -> None:
             if not isinstance(t.order, ByField) or (part.dataset.name, t.order.by_field) in seen:
                 continue
             seen.add((part.dataset.name, t.order.by_field))
-            from tunelab.train.ordering import field_values, fixed_order  # torch: only when an order needs it
-
             try:
                 values = field_values(part, t.order.by_field)
                 fixed_order(t.order, [0] * len(values), values)

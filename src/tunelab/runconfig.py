@@ -26,6 +26,7 @@ from tunelab.spec import (
 RUN_FILE = "run.yaml"
 RunKind = Literal["finetune", "control", "eval_only"]
 KIND_DIRS: dict[str, str] = {"finetune": "runs", "control": "controls", "eval_only": "eval_only"}
+QUANTIZE_FIELD = "training.quantize"
 
 
 class StageConfig(_Strict):
@@ -78,6 +79,15 @@ class RunConfig(_Strict):
         if self.stages:
             return [s.training for s in self.stages]
         return [self.training] if self.training is not None else []
+
+    def check_quantize(self, cuda: bool, spec_path: Path) -> None:
+        """Refuse a quantized run (QLoRA) where its jobs have no GPU (`cuda` False: none named for them) or
+        bitsandbytes is missing: at plan time, with the field named, rather than as a traceback in a job."""
+        problem = self.training.quantize_problem(cuda) if self.training is not None else None
+        if problem:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(f"{self.name}: {problem}", file=spec_path, field=QUANTIZE_FIELD)
 
     def dataset_named(self, name: str | None) -> DatasetSpec:
         """The run's own dataset (None or its name) or one an eval task names."""

@@ -14,8 +14,6 @@ from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
 from tunelab.estimate.runs import device_peak
 from tunelab.runconfig import RunConfig
-from tunelab.train.device import planned_dtype
-from tunelab.train.distributed import processes_per_run
 
 if TYPE_CHECKING:
     from tunelab.plan import Truncation
@@ -44,12 +42,12 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     t = cfg.training
     if t is None:
         raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
-    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     longest = max(lengths) if lengths else None
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     tokens = shape.tokens
     res = cfg.resources
-    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1)
+    nproc = res.processes_per_run(1)
     figure, _ = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
     peak = figure.required_gib
     max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
@@ -132,9 +130,8 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
 
         runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
     from tunelab.plan import measure_lengths, truncation
-    from tunelab.train.quantize import check_plan
-
-    check_plan(runs, True, path)  # a GPU is named here: QLoRA still needs bitsandbytes
+    for cfg in runs:  # a GPU is named here: QLoRA still needs bitsandbytes
+        cfg.check_quantize(True, path)
 
     # lengths need the model's tokenizer: a well-known model name without a local dir has none
     checks = []

@@ -11,7 +11,7 @@ import pytest
 from tunelab.fsutil import read_jsonl
 from tunelab.scaffold import scaffold
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
-from tunelab.train.runner import train_run
+from tunelab.train.job import train as train_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_by_field_order_is_what_the_trainer_fed(tmp_path, write_spec, tiny_model
     seen_dir = tmp_path / "seen"
     seen_dir.mkdir()
     monkeypatch.setenv(DEBUG_SEEN_ENV, str(seen_dir))
-    steps = train_run(cfg)["steps"]
+    steps = train_job(cfg).steps
 
     expected = [WORDS[i] for i in sorted(range(len(WORDS)), key=lambda i: train[i]["difficulty"])]
     from transformers import AutoTokenizer

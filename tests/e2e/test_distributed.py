@@ -46,7 +46,7 @@ def _dataset_rows(cfg) -> Counter:
     """The training examples as token id sequences (the encoding the trainer is given)."""
     from transformers import AutoTokenizer
 
-    from tunelab.train.runner import build_datasets
+    from tunelab.train.trainer import build_datasets
 
     train, _ = build_datasets(cfg, AutoTokenizer.from_pretrained(cfg.model.path))
     return Counter(tuple(ids) for ids in train["input_ids"])

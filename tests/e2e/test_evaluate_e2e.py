@@ -51,7 +51,7 @@ def _fed_sequences(batch):
 
 def _trainer_prompts(cfg) -> dict[str, list[int]]:
     """answer -> prompt tokens (the loss-free prefix) of every sequence the trainer's dataloader feeds."""
-    from tunelab.train.runner import build_trainer
+    from tunelab.train.trainer import build_trainer
 
     trainer = build_trainer(cfg)[0]
     tok = trainer.processing_class

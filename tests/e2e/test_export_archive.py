@@ -40,7 +40,7 @@ def sweep(tmp_path_factory, tiny_model) -> Path:
     from tunelab.experiment import load_runs
     from tunelab.report.build import build_report
     from tunelab.scaffold import scaffold
-    from tunelab.train.runner import train_run
+    from tunelab.train.job import train
 
     root = tmp_path_factory.mktemp("daily")
     data = make_capitalization_dataset(5, 60, root / "data", 0.8, seed=0)
@@ -56,7 +56,7 @@ def sweep(tmp_path_factory, tiny_model) -> Path:
     scaffold(path)
     for cfg in load_runs(path.parent):
         if cfg.kind == "finetune":
-            train_run(cfg)
+            train(cfg)
     evaluate_experiment(path.parent)
     build_report(path.parent)
     return path.parent

@@ -29,7 +29,7 @@ def test_packed_batch_loss_equals_examples_run_apart(write_spec, forced):
     """`as-loaded` is the implementation tunelab's trainer gets here (sdpa on CPU for the tiny Llama)."""
     import torch
 
-    from tunelab.train.runner import build_trainer
+    from tunelab.train.trainer import build_trainer
 
     spec = write_spec(factors={"lora_rank": [8]}, controls=False,
                       training={"packing": True, "max_seq_len": 128, "batch_size": 2})

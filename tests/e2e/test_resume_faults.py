@@ -10,7 +10,7 @@ import pytest
 
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold import scaffold
-from tunelab.train.runner import train_run
+from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,12 @@ def test_resume_after_kill_inside_a_checkpoint_save(write_spec, counters_written
     spec = write_spec(factors={"lora_rank": [4]}, controls=False, training={"epochs": 3, "logging_steps": 10})
     cfg = scaffold(spec).runs[0]
     run_dir = cfg.run_dir
-    expected = _outcome(run_dir, train_run(cfg))
+    expected = _outcome(run_dir, train(cfg).to_json())
     assert expected["summary"]["checkpoints"] == ["epoch_0", "epoch_1", "epoch_2"]
     assert expected["counters"]["tokens"] == 3 * read_json(run_dir / "packing.json")["tokens"]
 
     _kill_after(run_dir, 80, counters_written, published)
-    resumed = _outcome(run_dir, train_run(cfg))
+    resumed = _outcome(run_dir, train(cfg).to_json())
     assert resumed == expected
     status = read_json(run_dir / "status.json")
     # a checkpoint without its counters is not complete: resume from the one before it

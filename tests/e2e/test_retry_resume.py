@@ -16,7 +16,8 @@ import yaml
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.runconfig import load_run_config
 from tunelab.scaffold import scaffold
-from tunelab.train.runner import FAULT_OOM_ENV, train_run
+from tunelab.faults import FAULT_OOM_ENV
+from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def _kill_during_second_epoch(cfg) -> None:
 
 def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_model, odd_dataset, monkeypatch):
     ref_cfg = _experiment(tmp_path / "ref", tiny_model, odd_dataset)
-    ref = train_run(ref_cfg)
+    ref = train(ref_cfg).to_json()
     assert ref["train_examples"] == 330 and 330 % 8 and ref["steps"] == 2 * 42  # ceil(330 / 8) per epoch
 
     cfg = _experiment(tmp_path / "retried", tiny_model, odd_dataset)

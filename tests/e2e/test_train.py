@@ -13,7 +13,7 @@ import pytest
 from tunelab.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold import scaffold
-from tunelab.train.runner import train_run
+from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_train_writes_metrics_checkpoints_and_summary(write_spec):
                       training={"epochs": 2, "validation_every_steps": 20, "logging_steps": 10})
     plan = scaffold(spec)
     cfg = plan.runs[0]
-    summary = train_run(cfg)
+    summary = train(cfg).to_json()
     run_dir = cfg.run_dir
     rows = read_jsonl(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if r["loss"] is not None]
@@ -77,7 +77,7 @@ def test_packing_bfd_packs_and_learns(write_spec):
     spec = write_spec(factors={"lora_rank": [8]}, controls=False,
                       training={"epochs": 2, "packing": True, "max_seq_len": 128, "batch_size": 2})
     cfg = scaffold(spec).runs[0]
-    summary = train_run(cfg)
+    summary = train(cfg).to_json()
     p = summary["packing"]
     assert p["packed"] and p["examples"] == 320
     assert p["density"] > 3  # ~27-token examples, 128-token sequences
@@ -184,9 +184,9 @@ def test_final_validation_is_logged_once(write_spec):
     spec = write_spec(factors={"lora_rank": [4]}, controls=False,
                       training={"epochs": 1, "validation_every_steps": 15, "logging_steps": 10})
     cfg = scaffold(spec).runs[0]
-    first = train_run(cfg)
+    first = train(cfg).to_json()
     (cfg.run_dir / "summary.json").unlink()
-    summary = train_run(cfg)  # resumes from checkpoint-40, the end: nothing left but the final validation
+    summary = train(cfg).to_json()  # resumes from checkpoint-40, the end: nothing left but the final validation
     assert read_json(cfg.run_dir / "status.json")["resumed_from"] == "checkpoint-40"
     rows = read_jsonl(cfg.run_dir / "metrics.jsonl")
     keys = [(r["step"], r["val_loss"] is not None) for r in rows]

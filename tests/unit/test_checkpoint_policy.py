@@ -14,13 +14,9 @@ from tunelab.errors import TunelabError
 from tunelab.execute.slurm_jobs import sbatch_options, warning_seconds
 from tunelab.scaffold import scaffold
 from tunelab.spec import TrainingConfig
-from tunelab.train.checkpoints import (
-    COUNTERS_FILE,
-    checkpoint_at_epoch_end,
-    complete_epochs,
-    prune_trainer_checkpoints,
-    republish_missing_epochs,
-)
+from tunelab.rundir.checkpoints import complete_epochs
+from tunelab.rundir.layout import COUNTERS_FILE
+from tunelab.train.checkpoints import checkpoint_at_epoch_end, prune_trainer_checkpoints, republish_missing_epochs
 from tunelab.train.interrupts import SignalWatch, make_checkpoint_policy
 
 

@@ -7,8 +7,9 @@ from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.estimate.runs import choose_strategy
 from tunelab.estimate.speed import SCALING_EFFICIENCY
-from tunelab.plan import make_plan, render_plan_md
-from tunelab.train.distributed import processes_per_run, strategy_of
+from tunelab.plan import make_plan
+from tunelab.plan_markdown import render_plan_md
+from tunelab.spec import ResourcesSpec
 
 
 @pytest.fixture(autouse=True)
@@ -17,13 +18,14 @@ def fresh_history(tmp_path, monkeypatch):
 
 
 def test_processes_per_run_defaults():
-    assert processes_per_run(None, 4, cuda_devices=8) == 4  # one per GPU of the run
-    assert processes_per_run(None, 4, cuda_devices=0) == 1  # CPU: one unless asked
-    assert processes_per_run(2, 1, cuda_devices=0) == 2  # nproc_per_run wins (gloo on CPU)
-    assert processes_per_run(None, 0, cuda_devices=2) == 1
-    assert strategy_of("auto", 1, cuda=True) is None
-    assert strategy_of("auto", 2, cuda=True) == "ddp" and strategy_of("fsdp", 2, cuda=True) == "fsdp"
-    assert strategy_of("fsdp", 2, cuda=False) == "ddp"  # accelerate shards on accelerators only
+    res = ResourcesSpec
+    assert res(gpus_per_run=4).processes_per_run(cuda_devices=8) == 4  # one per GPU of the run
+    assert res(gpus_per_run=4).processes_per_run(cuda_devices=0) == 1  # CPU: one unless asked
+    assert res(nproc_per_run=2).processes_per_run(cuda_devices=0) == 2  # nproc_per_run wins (gloo on CPU)
+    assert res(gpus_per_run=0).processes_per_run(cuda_devices=2) == 1
+    assert res().strategy(1, cuda=True) is None
+    assert res().strategy(2, cuda=True) == "ddp" and res(distributed="fsdp").strategy(2, cuda=True) == "fsdp"
+    assert res(distributed="fsdp").strategy(2, cuda=False) == "ddp"  # accelerate shards on accelerators only
 
 
 def test_fsdp_memory_is_sharded_and_chosen_only_when_the_whole_model_does_not_fit():

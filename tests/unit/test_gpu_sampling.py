@@ -10,7 +10,9 @@ import pytest
 
 from tunelab.report.gpu_use import gpu_section
 from tunelab.train import gpu_sampling
-from tunelab.train.gpu_sampling import SAMPLES_FILE, GpuSampler, utilization
+from tunelab.rundir.gpu import utilization
+from tunelab.rundir.layout import SAMPLES_FILE
+from tunelab.train.gpu_sampling import GpuSampler
 
 
 def test_without_nvml_nothing_is_written_and_nothing_fails(tmp_path):

@@ -54,8 +54,8 @@ def test_a_resumed_run_records_its_new_host_with_its_new_pid(tmp_path):
     import os
     import socket
 
-    from tunelab.train.status import write_status
+    from tunelab.rundir.status import write_status
 
     (tmp_path / "status.json").write_text(json.dumps({"state": "running", "host": "old-node", "pid": 1}))
     status = write_status(tmp_path, state="running")
-    assert (status["host"], status["pid"]) == (socket.gethostname(), os.getpid())
+    assert (status.host, status.pid) == (socket.gethostname(), os.getpid())

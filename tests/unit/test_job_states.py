@@ -134,7 +134,7 @@ def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(writ
     counts as active and gets no verdict; a requeue that never came back is judged after the grace."""
     from tunelab.execute.refresh import REQUEUE_GRACE_S
     from tunelab.scaffold import scaffold
-    from tunelab.train import status as st
+    from tunelab import rundir as st
 
     cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]
     exp = cfg.run_dir.parents[1]
@@ -170,7 +170,7 @@ def test_a_self_requeued_slurm_job_waits_for_slurm_to_end_it(tmp_path):
     import subprocess
     import sys
 
-    from tunelab.train import status as st
+    from tunelab import rundir as st
 
     st.write_status(tmp_path, state=st.INTERRUPTED, requeued_job="41", requeued_at=st.now_iso())
     code = ("import sys; from pathlib import Path; from tunelab.train.interrupts import await_requeue_kill; "

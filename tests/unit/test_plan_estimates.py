@@ -5,7 +5,8 @@ import pytest
 from tunelab import history
 from tunelab.catalog import resolve_gpu
 from tunelab.estimate.runs import slurm_time_limit
-from tunelab.plan import make_plan, render_plan_md
+from tunelab.plan import make_plan
+from tunelab.plan_markdown import render_plan_md
 
 
 @pytest.fixture(autouse=True)

@@ -61,7 +61,7 @@ def test_scaffold_writes_self_contained_runs(write_spec):
         assert cfg.kind == "finetune" and cfg.training.lora_rank == int(name[-1])
         assert cfg.model.path.startswith("/") and cfg.dataset.path.startswith("/")
         job = (exp / "runs" / name / "job.sh").read_text()
-        assert "-m tunelab train run.yaml" in job
+        assert "-m tunelab.train.job run.yaml" in job
     assert load_run_config(exp / "controls" / "tiny_base").training is None
     assert "runs/tiny_r8/job.sh" in (exp / "submit_all.sh").read_text()
     assert (exp / "README.md").is_file() and (exp / "plan.md").is_file()

@@ -109,7 +109,7 @@ def test_a_write_failing_midway_names_the_target_and_leaves_no_temp_file(tmp_pat
     ((10, 0), "bfloat16"),  # B200
 ])
 def test_auto_dtype_is_bf16_only_from_ampere_on(capability, expected):
-    from tunelab.train.device import auto_dtype_name
+    from tunelab.device import auto_dtype_name
 
     assert auto_dtype_name(capability) == expected
 
@@ -117,7 +117,7 @@ def test_auto_dtype_is_bf16_only_from_ampere_on(capability, expected):
 def test_explicit_dtypes_and_cpu_auto():
     import torch
 
-    from tunelab.train.device import resolve_dtype
+    from tunelab.device import resolve_dtype
 
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float16", "cuda") == torch.float16 and resolve_dtype("bfloat16", "cpu") == torch.bfloat16
@@ -125,7 +125,7 @@ def test_explicit_dtypes_and_cpu_auto():
 
 def test_gpu_table_has_no_bf16_tensor_core_figure_before_ampere():
     """V100's published 125 TFLOPS are fp16 tensor cores; it has no bf16 tensor cores, and auto trains fp32 there."""
-    from tunelab.train.device import auto_dtype_name
+    from tunelab.device import auto_dtype_name
 
     assert resolve_gpu("V100").bf16_tflops == pytest.approx(15.7)
     assert resolve_gpu("V100-16GB").bf16_tflops == pytest.approx(15.7)
@@ -140,8 +140,8 @@ def test_gpu_table_has_no_bf16_tensor_core_figure_before_ampere():
 def test_plan_models_the_dtype_the_run_will_train_in():
     """auto = bf16 on an H100, fp32 on a V100: validate's weight memory follows (2 vs 4 bytes a weight)."""
     from tunelab.catalog import resolve_gpu as lookup_gpu
-    from tunelab.train.device import planned_dtype
+    from tunelab.spec import TrainingConfig
 
-    assert planned_dtype("auto", lookup_gpu("H100").compute_capability) == "bfloat16"
-    assert planned_dtype("auto", lookup_gpu("V100").compute_capability) == "float32"
-    assert planned_dtype("float16", lookup_gpu("V100").compute_capability) == "float16"
+    assert TrainingConfig(dtype="auto").planned_dtype(lookup_gpu("H100").compute_capability) == "bfloat16"
+    assert TrainingConfig(dtype="auto").planned_dtype(lookup_gpu("V100").compute_capability) == "float32"
+    assert TrainingConfig(dtype="float16").planned_dtype(lookup_gpu("V100").compute_capability) == "float16"

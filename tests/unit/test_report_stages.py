@@ -21,7 +21,11 @@ from tunelab.report.findings import analyze
 from tunelab.scaffold import scaffold
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
-from tunelab.train.stages import StageContext, record_stage, stages_summary
+from tunelab.rundir.checkpoints import Counters
+from tunelab.rundir.stages import read_stage_records
+from tunelab.rundir.summary import Summary
+from tunelab.train.context import StageContext
+from tunelab.train.stages import record_stage
 
 STAGES = [{"name": "easy", "dataset": "easy", "epochs": 1},
           {"name": "hard", "dataset": "hard", "optimizer": "carried", "epochs": 2, "learning_rate": 0.001}]
@@ -82,9 +86,9 @@ def train_like(cfg, stages, state="completed", partial=None, empty=None):
             _checkpoint(run_dir, epoch + e, empty=empty == epoch + e)
         step, epoch = step + n_steps, epoch + n_epochs
         if i < len(stages):  # complete: recorded, as the trainer records it
-            record_stage(run_dir, ctx, cfg.stage_config(i), {"steps": step, "train_examples": 80,
-                                                             "stage_final_loss": rows[-1]["loss"],
-                                                             "stage_duration_s": 5.0}, {"tokens": 1})
+            record_stage(run_dir, ctx, cfg.stage_config(i), Summary(steps=step, train_examples=80,
+                                                                    stage_final_loss=rows[-1]["loss"],
+                                                                    stage_duration_s=5.0), Counters(tokens=1))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(run_dir / "status.json", {
         "run": cfg.name, "state": state, "attempt": 1, "started_at": "2026-01-02T10:00:00+00:00",
@@ -94,7 +98,7 @@ def train_like(cfg, stages, state="completed", partial=None, empty=None):
         atomic_write_json(run_dir / "summary.json", {
             "run": cfg.name, "state": "completed", "steps": step, "final_loss": rows[-1]["loss"], "epochs": epoch,
             "tokens_per_s": 1000.0, "peak_memory_gib": 0.5, "memory_kind": "host_max_rss", "duration_s": 10.0,
-            "stages": stages_summary(run_dir)})
+            "stages": [r.without_counters() for r in read_stage_records(run_dir)]})
     return run_dir
 
 

@@ -36,7 +36,7 @@ def test_array_script_trains_each_task_s_run_and_links_its_log(write_spec):
     text = write_array_script(runs).read_text()
     assert "runs=(tiny_r4 tiny_r8 )" in text and 'run=${runs[$SLURM_ARRAY_TASK_ID]}' in text
     assert f"#SBATCH --output={spec.parent}/slurm/train-%A_%a.out" in text and "#SBATCH --time=15" in text
-    assert "#SBATCH --requeue" in text and text.rstrip().endswith("-m tunelab train run.yaml")
+    assert "#SBATCH --requeue" in text and text.rstrip().endswith("-m tunelab.train.job run.yaml")
     assert 'ln -sf' in text and '"slurm-train-$task.out"' in text
     if shutil.which("sbatch") is None:
         pytest.skip("the dry run asks for Slurm's commands on PATH")

@@ -154,7 +154,7 @@ def test_spec_slurm_section_strict_and_sbatch_options(write_spec):
         assert o in opts
     job = (cfg.run_dir / "job.sbatch").read_text()
     assert "module load cuda/12\nsource /opt/env/bin/activate\n" in job
-    assert job.rstrip().endswith("-m tunelab train run.yaml") and "#SBATCH --time=02:00:00" in job
+    assert job.rstrip().endswith("-m tunelab.train.job run.yaml") and "#SBATCH --time=02:00:00" in job
     ev = (plan.controls[0].run_dir / "eval.sbatch").read_text()
     assert f"tunelab eval {plan.experiment_dir} --run tiny_base --no-ledger" in ev
     assert not (plan.controls[0].run_dir / "job.sbatch").exists()

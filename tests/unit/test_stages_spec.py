@@ -68,7 +68,7 @@ def test_the_runs_dataset_is_one_no_stage_names_else_the_last_named(write_spec, 
 def test_carried_optimizer_brings_the_moments_and_keeps_the_new_learning_rate(tmp_path):
     import torch
 
-    from tunelab.train.stages import load_optimizer_state
+    from tunelab.train.loop_hooks import load_optimizer_state
 
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(3, 3))

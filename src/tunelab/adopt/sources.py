@@ -12,6 +12,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.ingest.hf_trainer import CHECKPOINT, STATE, parse_trainer_dir
 from tunelab.ingest.torchtune import LogParseError, parse_torchtune_log
+from tunelab.rundir.metrics import MetricRow
 
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -24,7 +25,7 @@ class AdoptedRun:
     name: str
     source: Path
     kind: str  # "hf-trainer" | "torchtune"
-    rows: list[dict[str, Any]]  # metrics.jsonl rows: step, epoch, loss / val_loss
+    rows: list[MetricRow]  # metrics.jsonl rows: step, epoch, loss / val_loss
     steps: int
     epochs: float | None
     duration_s: float | None
@@ -75,12 +76,12 @@ def _hf(path: Path) -> AdoptedRun:
     ckpts = sorted((p for p in path.iterdir() if p.is_dir() and CHECKPOINT.search(p.name)),
                    key=lambda p: int(CHECKPOINT.search(p.name).group(1)))
     good, problems = _adapters(ckpts)
-    rows = [{"step": s, "loss": v} for s, v in run.losses] + [{"step": s, "val_loss": v} for s, v in run.val_losses]
+    rows = [MetricRow(step=s, loss=v) for s, v in run.losses] + [MetricRow(step=s, val_loss=v) for s, v in run.val_losses]
     ad = run.adapter
     config = {"lora_rank": ad.get("r"), "lora_alpha": ad.get("lora_alpha"), "batch_size": run.batch_size,
               "lora_target_modules": sorted(ad["target_modules"]) if isinstance(ad.get("target_modules"), list)
               else ad.get("target_modules")}
-    return AdoptedRun(path.name, path, "hf-trainer", sorted(rows, key=lambda r: r["step"]), run.steps, run.epochs,
+    return AdoptedRun(path.name, path, "hf-trainer", sorted(rows, key=lambda r: r.step or 0), run.steps, run.epochs,
                       run.runtime_s, run.tokens_per_s, run.peak_memory_gib,
                       "cuda_max_allocated" if run.peak_memory_gib else None, good,
                       {k: v for k, v in config.items() if v is not None}, ad.get("base_model_name_or_path"), problems)
@@ -98,9 +99,9 @@ def _torchtune(path: Path) -> AdoptedRun:
                     key=lambda p: int(EPOCH_DIR.match(p.name).group(1)))
     good, problems = _adapters(epochs)
     cfg, model = parsed.config, parsed.config.get("model") if isinstance(parsed.config.get("model"), dict) else {}
-    rows = [{"step": step, "epoch": epoch, "loss": loss} for epoch, step, loss in parsed.step_losses]
+    rows = [MetricRow(step=step, epoch=epoch, loss=loss) for epoch, step, loss in parsed.step_losses]
     if "val_loss" in parsed.summary:
-        rows.append({"step": parsed.steps, "val_loss": parsed.summary["val_loss"]})
+        rows.append(MetricRow(step=parsed.steps, val_loss=parsed.summary["val_loss"]))
     opt = cfg.get("optimizer") if isinstance(cfg.get("optimizer"), dict) else {}
     config = {"lora_rank": model.get("lora_rank") or cfg.get("lora_rank"), "lora_alpha": model.get("lora_alpha"),
               "batch_size": cfg.get("batch_size"), "learning_rate": opt.get("lr"),

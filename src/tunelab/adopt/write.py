@@ -16,10 +16,14 @@ from pathlib import Path
 
 from tunelab.adopt.sources import AdoptedRun, read_source
 from tunelab.errors import TunelabError
-from tunelab.fsutil import atomic_write_json, atomic_write_text, atomic_write_yaml
+from tunelab.fsutil import atomic_write_yaml
 from tunelab.runconfig import RUN_FILE, RunConfig, save_run_config
 from tunelab.spec import ModelSpec, TrainingConfig
-from tunelab.train import status as st
+from tunelab.rundir import layout
+from tunelab.rundir.checkpoints import epoch_dir
+from tunelab.rundir.metrics import write_metrics
+from tunelab.rundir.status import Status, now_iso, write_new_status
+from tunelab.rundir.summary import Summary, write_summary
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 COPIED = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",
@@ -68,15 +72,20 @@ def _run_config(template: RunConfig, run: AdoptedRun, factors: list[str], model:
         **({"model": model} if model else {})})
 
 
-def _summary(run: AdoptedRun) -> dict:
-    losses = [r["loss"] for r in run.rows if r.get("loss") is not None]
-    vals = [r["val_loss"] for r in run.rows if r.get("val_loss") is not None]
-    return {"steps": run.steps, "epochs": run.epochs, "final_loss": losses[-1] if losses else None,
-            "best_loss": min(losses) if losses else None, "final_val_loss": vals[-1] if vals else None,
-            "best_val_loss": min(vals) if vals else None, "duration_s": run.duration_s,
-            "tokens_per_s": run.tokens_per_s, "peak_memory_gib": run.peak_memory_gib,
-            "memory_kind": run.memory_kind, "checkpoints": [f"epoch_{i}" for i in range(len(run.checkpoints))],
-            "adopted_from": str(run.source), "adopted_kind": run.kind}
+# What an adopted run's summary.json holds: what another trainer's output dir tells.
+ADOPTED_SUMMARY = ("steps", "epochs", "final_loss", "best_loss", "final_val_loss", "best_val_loss", "duration_s",
+                   "tokens_per_s", "peak_memory_gib", "memory_kind", "checkpoints", "adopted_from", "adopted_kind")
+
+
+def _summary(run: AdoptedRun) -> Summary:
+    losses = [r.loss for r in run.rows if r.loss is not None]
+    vals = [r.val_loss for r in run.rows if r.val_loss is not None]
+    return Summary(steps=run.steps, epochs=run.epochs, final_loss=losses[-1] if losses else None,
+                   best_loss=min(losses) if losses else None, final_val_loss=vals[-1] if vals else None,
+                   best_val_loss=min(vals) if vals else None, duration_s=run.duration_s,
+                   tokens_per_s=run.tokens_per_s, peak_memory_gib=run.peak_memory_gib, memory_kind=run.memory_kind,
+                   checkpoints=[layout.epoch_name(i) for i in range(len(run.checkpoints))],
+                   adopted_from=str(run.source), adopted_kind=run.kind)
 
 
 def _levels(runs: list[AdoptedRun], key: str) -> list:
@@ -95,29 +104,23 @@ def _write_run(cfg: RunConfig, run: AdoptedRun, base_model: Path) -> None:
     tmp.mkdir(parents=True)
     try:
         save_run_config(cfg, tmp / RUN_FILE)
-        atomic_write_text(tmp / st.METRICS_FILE, "".join(_jsonl(r) for r in run.rows))
+        write_metrics(tmp, run.rows, drop_none=True)
         for i, src in enumerate(run.checkpoints):
-            dest = tmp / "checkpoints" / f"epoch_{i}"
+            dest = epoch_dir(tmp, i)
             dest.mkdir(parents=True)
             for name in COPIED:
                 if (src / name).is_file():
                     shutil.copy2(src / name, dest / name)
                 elif name in TOKENIZER and (base_model / name).is_file():  # torchtune saves none: the base's
                     shutil.copy2(base_model / name, dest / name)
-        atomic_write_json(tmp / st.SUMMARY_FILE, _summary(run))
-        atomic_write_json(tmp / st.STATUS_FILE, {"run": cfg.name, "state": st.COMPLETED, "attempt": 1,
-                                                 "adopted_from": str(run.source), "finished_at": st.now_iso()})
+        write_summary(tmp, _summary(run), keys=ADOPTED_SUMMARY)
+        write_new_status(tmp, Status(run=cfg.name, state=layout.COMPLETED, attempt=1, adopted_from=str(run.source),
+                                     finished_at=now_iso()))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _jsonl(row: dict) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
 
 
 def adopt(sources: list[Path], out: Path, spec_path: Path, model: Path | None = None) -> AdoptResult:

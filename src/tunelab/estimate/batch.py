@@ -78,10 +78,6 @@ def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, m
                      round(rec * per_row * accum, 2), reasons, figure.source)
 
 
-def effective_batch_size(micro_batch: int, accumulation: int, processes: int) -> int:
-    """Examples (or packed sequences) per optimizer step: micro-batch × accumulation × processes.
-    The one formula plan.md and summary.json both state."""
-    return micro_batch * accumulation * max(1, processes)
 
 
 def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None,

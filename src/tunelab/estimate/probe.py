@@ -18,8 +18,13 @@ from pathlib import Path
 
 from tunelab import history
 from tunelab.catalog import resolve_architecture
+from tunelab.errors import TunelabError
 from tunelab.runconfig import RunConfig
-from tunelab.train.probe_steps import ProbeResult
+from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
+from tunelab.rundir.probe import ProbeResult, read_probe_results
+
+WARMUP_STEPS = 2  # steps trained before any is timed: optimizer state created, kernels warmed up
+PROBE_MODULE = "tunelab.train.probe_steps"  # the probe's job: the run's own trainer, a few timed steps
 
 
 @dataclass
@@ -80,26 +85,63 @@ def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
     from tunelab.catalog import match_gpu
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.estimate.peak import largest_micro_batch
-    from tunelab.train.device import planned_dtype
 
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
         return None
     t = cfg.training
-    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024)
+
+
+def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
+    """The run as the probe trains it: its first stage's shape, a few steps, no validation, a scratch dir."""
+    if cfg.stages:
+        cfg = cfg.stage_config(0)
+    assert cfg.training is not None
+    t = cfg.training.model_copy(update={"max_steps": WARMUP_STEPS, "validation_every_steps": None, "epochs": 1})
+    return cfg.model_copy(update={"training": t, "name": f"{PROBE_RUN_PREFIX}{tag}", "stages": []})
+
+
+def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
+    """One shape measured the way a job trains: in a process of its own (`python -m tunelab.train.probe_steps`)
+    on a scratch run directory, read back from the result file it writes there. The scratch directory is
+    removed afterwards, also on Ctrl-C."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tunelab.runconfig import save_run_config
+
+    pcfg = probe_cfg(shape.cfg, shape.key)
+    run_dir = pcfg.run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_yaml = save_run_config(pcfg, durable=False)
+        cmd = [sys.executable, "-m", PROBE_MODULE, str(run_yaml), *(["--max-batch"] if max_batch else [])]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        results = run_dir / PROBE_RESULTS_FILE
+        if proc.returncode != 0 or not results.is_file():
+            raise TunelabError(f"probe of {shape.label()} failed: {_last_line(proc.stderr)}", field=shape.runs[0])
+        return read_probe_results(results)[shape.key]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _last_line(text: str) -> str:
+    """What a failed probe process said last (its error line, or its traceback's last line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("error: ") if lines else "no output"
 
 
 def measure_shapes(runs: list[RunConfig], progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None,
                    find_max_batch: bool = False) -> Iterator[tuple[Shape, ProbeResult]]:
     """Each distinct shape's measurement, in turn (what a probe job does; it records nothing)."""
-    from tunelab.train.probe_steps import probe_run
-
     shapes = distinct_shapes(runs)
     for i, shape in enumerate(shapes, 1):
         if progress:
             progress(i, len(shapes), shape, None)
-        result = probe_run(shape.cfg, shape.key, max_batch=find_max_batch)
+        result = probe_shape(shape, max_batch=find_max_batch)
         if progress:
             progress(i, len(shapes), shape, result)
         yield shape, result

@@ -8,33 +8,27 @@ with writers on many nodes is fragile). The coordinator waits for the job, then 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tunelab import history
 from tunelab.errors import TunelabError
-from tunelab.estimate.probe import Shape, distinct_shapes, to_history
+from tunelab.estimate.probe import distinct_shapes, to_history
 from tunelab.fsutil import atomic_write_text
 from tunelab.runconfig import RunConfig
-from tunelab.train.probe_steps import ProbePoint, ProbeResult
+from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
+from tunelab.rundir.probe import ProbeResult, read_probe_results
 
 PROBE_TIME_LIMIT = "00:30:00"
 POLL_S = 2.0
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
-def results_json(pairs: list[tuple[Shape, ProbeResult]]) -> str:
-    return json.dumps([{"shape": s.key, "result": r.to_dict()} for s, r in pairs], indent=1)
-
-
 def read_results(path: Path) -> dict[str, ProbeResult]:
     try:
-        data = json.loads(path.read_text())
-        return {d["shape"]: ProbeResult(**{**d["result"], "points": [ProbePoint(**p) for p in d["result"]["points"]]})
-                for d in data}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return read_probe_results(path)
+    except (OSError, ValueError) as exc:
         raise TunelabError(f"probe results unreadable ({type(exc).__name__}: {exc})", file=path) from None
 
 
@@ -63,9 +57,9 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
     shapes = distinct_shapes(runs)
     if not shapes:
         return []
-    probe_dir = experiment_dir / "probe"
+    probe_dir = experiment_dir / PROBE_DIR
     probe_dir.mkdir(parents=True, exist_ok=True)
-    results = probe_dir / "results.json"
+    results = probe_dir / PROBE_RESULTS_FILE
     results.unlink(missing_ok=True)
     script = probe_dir / "probe.sbatch"
     atomic_write_text(script, probe_script(spec_path, shapes[0].cfg, probe_dir, results, sys.executable))

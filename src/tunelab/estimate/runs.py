@@ -7,10 +7,10 @@ import math
 from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from statistics import median
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
-from tunelab.estimate.batch import effective_batch_size, optimizer_steps
+from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, predict_peak, step_shape
@@ -24,15 +24,24 @@ from tunelab.estimate.speed import (
 )
 from tunelab.history import HistoryRun
 from tunelab.runconfig import RunConfig
-from tunelab.train.device import planned_dtype
-from tunelab.train.distributed import processes_per_run
-
-if TYPE_CHECKING:
-    from tunelab.estimate.stages import StageEstimate
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
+
+
+@dataclass
+class StageEstimate:
+    """One stage's share of its run's estimate (recorded in run.yaml's estimate.stages)."""
+
+    name: str
+    dataset: str
+    steps: int
+    train_tokens: int
+    tokens_per_microbatch: int
+    peak_memory_gib: float | None
+    seconds: float | None
+    time_source: str
 
 
 @dataclass
@@ -59,7 +68,7 @@ class RunEstimate:
     scaling_efficiency: float | None = None  # throughput of N devices / (N × one device's)
     train_tokens: int = 0  # tokens the whole run trains on (every epoch, cut at max_steps)
     # a staged run: each stage's own estimate, in order (steps and time above are their sums, memory their max)
-    stages: list["StageEstimate"] = field(default_factory=list)
+    stages: list[StageEstimate] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +188,7 @@ def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longes
     """(peak GiB per device, its source, strategy): measured when the history has this configuration, else
     simulated (device_peak)."""
     t = cfg.training
-    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
@@ -261,7 +270,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     assert t is not None, "controls have nothing to estimate"
     arch = _architecture(cfg.model.path)
     res = cfg.resources
-    nproc = processes_per_run(res.nproc_per_run, res.gpus_per_run, 1 if gpu is not None else 0)
+    nproc = res.processes_per_run(1 if gpu is not None else 0)
     key = tuple(lengths)
     if t.packing:
         rows = _packed_rows(key, t.max_seq_len)
@@ -307,7 +316,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,
         strategy=strategy,
-        effective_batch=effective_batch_size(t.batch_size, t.gradient_accumulation_steps, nproc),
+        effective_batch=t.effective_batch_size(nproc),
         scaling_efficiency=efficiency if nproc > 1 else None,
         train_tokens=round(train_tokens),
     )

@@ -8,28 +8,13 @@ must fit every stage; the SLURM time limit is derived from the total.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tunelab.catalog import GPU
-from tunelab.estimate.runs import RunEstimate, estimate_run, slurm_time_limit
+from tunelab.estimate.runs import RunEstimate, StageEstimate, estimate_run, slurm_time_limit
 from tunelab.history import HistoryRun
 from tunelab.runconfig import RunConfig
 
 Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]  # train and validation token lengths of a run
-
-
-@dataclass
-class StageEstimate:
-    """One stage's share of its run's estimate (recorded in run.yaml's estimate.stages)."""
-
-    name: str
-    dataset: str
-    steps: int
-    train_tokens: int
-    tokens_per_microbatch: int
-    peak_memory_gib: float | None
-    seconds: float | None
-    time_source: str
 
 
 def stage_runs(cfg: RunConfig) -> list[RunConfig]:

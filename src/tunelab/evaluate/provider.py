@@ -39,7 +39,7 @@ from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.errors import TunelabError
 from tunelab.evaluate.hf import Batcher, Generation, LocalLM, local_lm
 from tunelab.spec import template_fields
-from tunelab.train.device import resolve_device, resolve_dtype
+from tunelab.device import resolve_device, resolve_dtype
 
 PROVIDER = "tunelab"
 DEFAULT_BATCH_SIZE = 16

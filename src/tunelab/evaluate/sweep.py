@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunelab import ledger
 from tunelab.evaluate.kinds import show
 from tunelab.experiment import load_runs, select_runs, training_state
-from tunelab.train import status as st
+from tunelab.rundir import layout
 
 
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
@@ -28,7 +28,7 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
     all_runs = load_runs(exp)
     todo = []
     for cfg in select_runs(all_runs, names):
-        if cfg.kind == "finetune" and training_state(cfg.run_dir) != st.COMPLETED:
+        if cfg.kind == "finetune" and training_state(cfg.run_dir) != layout.COMPLETED:
             console.print(f"[yellow]skip {cfg.name}: training not completed[/yellow]")
             continue
         todo.append(cfg)

@@ -13,8 +13,9 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
 from tunelab.spec import EpochChoice
-from tunelab.train.checkpoints import ADAPTER_FILES, complete_epochs, epoch_dir, is_complete_checkpoint
-from tunelab.train.status import CHECKPOINTS_DIR
+from tunelab.rundir.checkpoints import complete_epochs, epoch_dir, is_complete_checkpoint
+from tunelab.rundir.layout import ADAPTER_FILES, CHECKPOINTS_DIR, epoch_name, parse_epoch_name
+from tunelab.rundir.stages import read_stage_records
 
 BASE_LABEL = "base"
 CHECKPOINT_LABEL = "checkpoint"
@@ -47,8 +48,6 @@ def select_targets(cfg: RunConfig, epochs: EpochChoice | None = None) -> list[Ta
     if epochs == "last":
         chosen = [available[-1]]
     elif epochs == "stages":  # each stage's last epoch (an unstaged run: its last)
-        from tunelab.train.stages import read_stage_records
-
         ends = {max(r.epochs) for r in read_stage_records(cfg.run_dir) if r.epochs}
         chosen = sorted(ends & set(available)) or [available[-1]]
     elif epochs == "all":
@@ -59,7 +58,7 @@ def select_targets(cfg: RunConfig, epochs: EpochChoice | None = None) -> list[Ta
             raise TunelabError(f"no complete checkpoint for epoch(s) {missing}; complete: {list(available)}",
                                file=ckpt_root)
         chosen = sorted(set(epochs))
-    return [Target(f"epoch_{e}", e, base, epoch_dir(cfg.run_dir, e)) for e in chosen]
+    return [Target(epoch_name(e), e, base, epoch_dir(cfg.run_dir, e)) for e in chosen]
 
 
 def eval_only_target(cfg: RunConfig) -> Target:
@@ -96,13 +95,12 @@ def resolve_model_dir(path: str | Path) -> tuple[RunConfig, Target]:
     if (p / RUN_FILE).is_file():
         cfg = _load_at(p)
         return cfg, select_targets(cfg, "last")[0]
-    parent = p.parent
-    if p.name.startswith("epoch_") and p.name[6:].isdigit() and parent.name == CHECKPOINTS_DIR \
-            and (parent.parent / RUN_FILE).is_file():
+    parent, epoch = p.parent, parse_epoch_name(p.name)
+    if epoch is not None and parent.name == CHECKPOINTS_DIR and (parent.parent / RUN_FILE).is_file():
         cfg = _load_at(parent.parent)
         if not is_complete_checkpoint(p):
             raise TunelabError("incomplete checkpoint (expected " + " and ".join(ADAPTER_FILES) + ")", file=p)
-        return cfg, Target(p.name, int(p.name[6:]), Path(cfg.model.path), p)
+        return cfg, Target(p.name, epoch, Path(cfg.model.path), p)
     raise TunelabError("not a tunelab run, control or eval-only directory (no run.yaml), nor a checkpoint "
                        "runs/<run>/checkpoints/epoch_N", file=p)
 

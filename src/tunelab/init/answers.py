@@ -52,11 +52,10 @@ def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     from tunelab.estimate.api import estimate_config
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.spec import TrainingConfig
-    from tunelab.train.device import planned_dtype
 
     ranks = [r for r in answers.vary.get("lora_rank", []) if isinstance(r, int)] or [TrainingConfig().lora_rank]
     t = TrainingConfig(lora_rank=max(ranks))
-    inputs = MemoryInputs.of_training(t, planned_dtype(t.dtype, gpu.compute_capability))
+    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     out = estimate_config(answers.models[0], gpu, t.max_seq_len, inputs,
                           dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs)
     return BatchProposal(out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"],

@@ -32,7 +32,8 @@ TRAINER_STATE_FILE: Final = "trainer_state.json"  # transformers' own, inside ea
 EVAL_DIR: Final = "eval"
 SCORES_FILE: Final = "scores.json"
 PROBE_DIR: Final = "probe"
-PROBE_RESULTS_FILE: Final = "results.json"  # {shape key: ProbeResult}, what a probe job hands back (probe.py)
+PROBE_RESULTS_FILE: Final = "results.json"  # {shape key: ProbeResult}, what a probe hands back (probe.py)
+PROBE_RUN_PREFIX: Final = ".probe-"  # a probe's scratch run is runs/.probe-SHAPE: SHAPE keys its result
 
 ADAPTER_FILES: Final = ("adapter_model.safetensors", "adapter_config.json")
 TOKENIZER_FILES: Final = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

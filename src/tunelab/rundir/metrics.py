@@ -61,9 +61,11 @@ def append_metric(run_dir: str | Path, row: MetricRow) -> None:
         fh.flush()
 
 
-def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow]) -> Path:
-    """Replace the file with these rows, atomically (a resume dropping rows logged after its checkpoint)."""
-    return atomic_write_text(metrics_path(run_dir), "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow], drop_none: bool = False) -> Path:
+    """Replace the file with these rows, atomically (a resume dropping rows logged after its checkpoint).
+    `drop_none`: each row with only the fields it has (rows read from another trainer's logs)."""
+    text = "".join(json.dumps(r.to_json(drop_none=drop_none)) + "\n" for r in rows)
+    return atomic_write_text(metrics_path(run_dir), text)
 
 
 def steady_tokens_per_s(rows: list[MetricRow], warmup_rows: int = 1) -> float | None:

@@ -45,13 +45,14 @@ class JsonRecord:
         """Nested records from their JSON (a subclass with nested records overrides this)."""
         return known
 
-    def to_json(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
-        """The record as its file holds it; `keys`: only these fields (a writer that records a subset)."""
+    def to_json(self, keys: Iterable[str] | None = None, drop_none: bool = False) -> dict[str, Any]:
+        """The record as its file holds it; `keys`: only these fields, `drop_none`: only fields with a value
+        (a writer that knows only some of them: tunelab adopt)."""
         only = set(keys) if keys is not None else None
         out: dict[str, Any] = {}
         for name in self.field_names():
             value = getattr(self, name)
-            if (only is not None and name not in only) or (value is None and name in self.omit_none):
+            if (only is not None and name not in only) or (value is None and (drop_none or name in self.omit_none)):
                 continue
             out[name] = plain(value)
         out.update(self.extra)

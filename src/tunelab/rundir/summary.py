@@ -119,8 +119,8 @@ class Summary(JsonRecord):
             out.pop("checkpoints", None)
         return out
 
-    def to_json(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
-        out = super().to_json(keys)
+    def to_json(self, keys: Iterable[str] | None = None, drop_none: bool = False) -> dict[str, Any]:
+        out = super().to_json(keys, drop_none)
         if self.stages is not None and "stages" in out:
             out["stages"] = [s.without_counters() for s in self.stages]
         return out

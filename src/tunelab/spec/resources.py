@@ -94,6 +94,21 @@ class ResourcesSpec(_Strict):
         "user config file, else the GPU detected here, else this machine's CPU. `--gpu` overrides it.")
     slurm: SlurmSpec | None = None
 
+    def processes_per_run(self, cuda_devices: int) -> int:
+        """How many processes train one run: nproc_per_run when set, else one per GPU of the run on a
+        machine with GPUs (`cuda_devices` > 0), else 1 (CPU)."""
+        if self.nproc_per_run is not None:
+            return self.nproc_per_run
+        return max(1, self.gpus_per_run) if cuda_devices > 0 else 1
+
+    def strategy(self, world_size: int, cuda: bool) -> str | None:
+        """None on one process; else "fsdp" when `distributed` says so (the plan resolves `auto` at scaffold
+        time, see estimate.runs) and the processes have GPUs — accelerate shards with FSDP on accelerators
+        only, so CPU processes train with DDP over gloo — and "ddp" otherwise."""
+        if world_size <= 1:
+            return None
+        return "fsdp" if self.distributed == "fsdp" and cuda else "ddp"
+
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, v: str | None) -> str | None:

@@ -12,6 +12,7 @@ from tunelab.spec.base import _Strict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+QLORA_EXTRA_HINT = "install the qlora extra (pip install 'tunelab[qlora]')"
 
 
 class ByField(_Strict):
@@ -102,3 +103,34 @@ class TrainingConfig(_Strict):
     @property
     def effective_lora_alpha(self) -> float:
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+    def effective_batch_size(self, processes: int) -> int:
+        """Examples (or packed sequences) per optimizer step: micro-batch × accumulation × processes.
+        The one formula plan.md and summary.json both state."""
+        return self.batch_size * self.gradient_accumulation_steps * max(1, processes)
+
+    def planned_dtype(self, capability: tuple[int, int] | None) -> str:
+        """The dtype the run will train in on a GPU of this compute capability (None: no GPU): what plan and
+        validate model, and what the job resolves `auto` to (tunelab.device)."""
+        from tunelab.device import auto_dtype_name
+
+        return auto_dtype_name(capability) if self.dtype == "auto" else self.dtype
+
+    def quantize_problem(self, cuda: bool) -> str | None:
+        """Why a process with (or without) a CUDA GPU cannot train this run (None: it can)."""
+        return quantize_problem(self.quantize, cuda)
+
+
+def quantize_problem(quantize: str | None, cuda: bool) -> str | None:
+    """Why a process with (or without) a CUDA GPU cannot train with `quantize` (None: it can, or nothing is
+    quantized). bitsandbytes' 4-bit kernels need a CUDA GPU and the package itself."""
+    import importlib.util
+
+    if quantize is None:
+        return None
+    if not cuda:
+        return (f"quantize: {quantize} (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on CPU; "
+                "name the GPU the jobs run on (--gpu) or remove quantize")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return f"quantize: {quantize} (QLoRA) needs bitsandbytes: {QLORA_EXTRA_HINT}"
+    return None

@@ -1,4 +1,5 @@
-"""Per-epoch adapter checkpoints (checkpoints/epoch_N/) and the trainer state to resume from.
+"""Writing checkpoints: per-epoch adapter checkpoints (checkpoints/epoch_N/) published from the trainer state
+to resume from, and the retention of trainer states (reading them: tunelab.rundir.checkpoints).
 
 The trainer keeps its full state (optimizer, scheduler, RNG) under trainer_state/checkpoint-STEP so
 a killed job resumes exactly; epoch_N holds what people evaluate and ship: adapter + tokenizer.
@@ -15,16 +16,14 @@ import math
 import shutil
 from pathlib import Path
 
-from tunelab.rundir.checkpoints import (  # noqa: F401  (re-exported: readers still import them here)
-    complete_epochs,
+from tunelab.rundir.checkpoints import (
+    checkpoint_step,
     complete_trainer_checkpoints,
     epoch_dir,
     is_complete_checkpoint,
-    last_complete_checkpoint,
-    last_trainer_checkpoint,
+    trainer_checkpoints,
 )
-from tunelab.rundir.checkpoints import trainer_checkpoints as _trainer_checkpoints
-from tunelab.rundir.layout import ADAPTER_FILES, COUNTERS_FILE, TOKENIZER_FILES  # noqa: F401
+from tunelab.rundir.layout import ADAPTER_FILES, TOKENIZER_FILES, TRAINER_STATE_FILE
 
 
 def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path:
@@ -52,7 +51,7 @@ def at_epoch_end(epoch: float | None, step: int, max_steps: int) -> bool:
 def checkpoint_at_epoch_end(ckpt: Path) -> bool:
     """at_epoch_end for a trainer checkpoint on disk, from its trainer_state.json."""
     try:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = json.loads((ckpt / TRAINER_STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
     return at_epoch_end(state.get("epoch"), int(state.get("global_step") or 0), int(state.get("max_steps") or 0))
@@ -63,14 +62,6 @@ def epoch_index(epoch: float | None) -> int:
     return max(0, math.ceil(round(epoch or 0, 6)) - 1)
 
 
-
-
-
-
-
-
-
-
 def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[Path]:
     """Delete trainer states no longer needed; call it once a save is complete. The newest complete
     checkpoint always stays. keep=N: the N newest complete ones stay. Default: every epoch end stays and
@@ -79,11 +70,11 @@ def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[P
     complete = complete_trainer_checkpoints(state_dir)
     if not complete:
         return []
-    newest = int(complete[-1].name.removeprefix("checkpoint-"))
+    newest = checkpoint_step(complete[-1])
     kept = set(complete[-keep:]) if keep else {c for c in complete if checkpoint_at_epoch_end(c)} | {complete[-1]}
     dropped = []
-    for d in _trainer_checkpoints(state_dir, ()):
-        if int(d.name.removeprefix("checkpoint-")) < newest and d not in kept:
+    for d in trainer_checkpoints(state_dir):
+        if checkpoint_step(d) < newest and d not in kept:
             shutil.rmtree(d, ignore_errors=True)
             dropped.append(d)
     return dropped
@@ -96,11 +87,11 @@ def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: P
     epochs of a staged run's earlier stages (train/stages.py)."""
     done = []
     for ckpt in complete_trainer_checkpoints(state_dir):
-        if int(ckpt.name.removeprefix("checkpoint-")) > int(upto.name.removeprefix("checkpoint-")):
+        if checkpoint_step(ckpt) > checkpoint_step(upto):
             break
         if not checkpoint_at_epoch_end(ckpt):
             continue  # a mid-epoch save (checkpoint_every, a stop signal) is no epoch's checkpoint
-        epoch = epoch_offset + epoch_index(json.loads((ckpt / "trainer_state.json").read_text()).get("epoch"))
+        epoch = epoch_offset + epoch_index(json.loads((ckpt / TRAINER_STATE_FILE).read_text()).get("epoch"))
         if not is_complete_checkpoint(epoch_dir(run_dir, epoch)):
             publish_epoch_checkpoint(ckpt, run_dir, epoch)
             done.append(epoch)

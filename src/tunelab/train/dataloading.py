@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.spec import TrainingConfig
+
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
 
 
@@ -86,8 +88,18 @@ def wait_summary(total: float, train_time_s: float | None) -> dict[str, Any]:
     return {"data_wait_s": round(total, 3), "data_wait_fraction": round(frac, 4) if frac is not None else None}
 
 
-def pipeline_summary(t, cuda: bool, processes: int, data_wait_s: float, train_time_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Pipeline:
     """summary.json's input-pipeline facts: workers (and why that many), pinned memory, data wait."""
-    w = resolve_workers(t.dataloader_workers, cuda, processes)
-    return {"dataloader_workers": w.count, "dataloader_workers_source": w.source, "pin_memory": cuda,
-            **wait_summary(data_wait_s, train_time_s)}
+
+    workers: Workers
+    pin_memory: bool
+    data_wait_s: float
+    data_wait_fraction: float | None
+
+
+def pipeline_summary(t: TrainingConfig, cuda: bool, processes: int, data_wait_s: float, train_time_s: float
+                     ) -> Pipeline:
+    wait = wait_summary(data_wait_s, train_time_s)
+    return Pipeline(resolve_workers(t.dataloader_workers, cuda, processes), cuda, wait["data_wait_s"],
+                    wait["data_wait_fraction"])

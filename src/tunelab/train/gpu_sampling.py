@@ -16,12 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tunelab.rundir.gpu import (  # noqa: F401  (re-exported: the report still imports them here)
-    LOW_UTILIZATION_PCT,
-    GpuSample,
-    Utilization,
-    utilization,
-)
+from tunelab.rundir.gpu import GpuSample
 from tunelab.rundir.layout import SAMPLES_FILE
 
 INTERVAL_S = 5.0

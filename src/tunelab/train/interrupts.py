@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.rundir.layout import SAVED_BEFORE_LIMIT  # noqa: F401  (re-exported until execute/failures moves)
+from tunelab.rundir.layout import SAVED_BEFORE_LIMIT
+from tunelab.rundir.status import now_iso, read_status, write_status
 
 WARN_SIGNAL = signal.SIGUSR1  # Slurm's warning before the time limit
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -120,12 +121,10 @@ def after_stop(stop: TrainingStopped, resumed_from: Path | None, run_dir: Path, 
     """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
     when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT).
     A requeue is recorded in status.json (execute/refresh.py: the job is not over while Slurm restarts it)."""
-    from tunelab.train import status as st
-
     log(str(stop))
     start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
     if stop.signum == WARN_SIGNAL and stop.step > start and requeue_self(log):
-        st.write_status(run_dir, requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=st.now_iso())
+        write_status(run_dir, requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=now_iso())
 
 
 def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:
@@ -133,10 +132,8 @@ def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) 
     trainer stopped) can be recorded as FAILED before the requeue lands, and `--kill-on-invalid-dep` then
     cancels the run's evaluation job. Slurm's SIGTERM ends the wait (default handler); past `wait_s` the
     job exits anyway. Outside a self-requeued Slurm job: returns at once."""
-    from tunelab.train import status as st
-
     job = os.environ.get("SLURM_JOB_ID")
-    if not job or st.read_status(run_dir).get("requeued_job") != job:
+    if not job or read_status(run_dir).requeued_job != job:
         return
     log(f"waiting for Slurm to end job {job} for its requeue")
     end = time.monotonic() + wait_s

@@ -11,28 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.faults import kill_point
-from tunelab.fsutil import atomic_write_json
-from tunelab.train import status as st
+from tunelab.rundir.checkpoints import Counters, write_counters
+from tunelab.rundir.status import write_status
 from tunelab.train.checkpoints import (
-    COUNTERS_FILE,
     at_epoch_end,
     epoch_index,
     prune_trainer_checkpoints,
     publish_epoch_checkpoint,
 )
+from tunelab.train.console import log
+from tunelab.train.context import StageContext
 from tunelab.train.distributed import barrier, world
-from tunelab.train.metrics import Counters, LocalCounts, MetricsWriter, count_batch, process_age_s, sync_counters
-from tunelab.train.stages import StageContext, load_optimizer_state
+from tunelab.train.metrics import LocalCounts, MetricsWriter, count_batch, process_age_s, sync_counters
 
 # Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
 # (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
 DEBUG_SEEN_ENV = "TUNELAB_DEBUG_SEEN_DIR"
-
-
-
-def log(msg: str) -> None:
-    if world().is_main:  # one line per event, not one per process
-        print(f"[tunelab train] {msg}", flush=True)
 
 
 def record_seen(step: int, inputs: dict[str, Any]) -> None:
@@ -113,12 +107,11 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             if not main:
                 return
             row = writer.write(steps + state.global_step, epochs + (state.epoch or 0.0), logs, peak)
-            st.write_status(run_dir, step=steps + state.global_step, epoch=row["epoch"],
-                            total_steps=steps + state.max_steps)
-            what = f"val_loss {row['val_loss']:.4f}" if row["val_loss"] is not None else (
-                f"loss {row['loss']:.4f} tok/s {row['tokens_per_s'] or 0:.0f}"
+            write_status(run_dir, step=steps + state.global_step, epoch=row.epoch, total_steps=steps + state.max_steps)
+            what = f"val_loss {row.val_loss:.4f}" if row.val_loss is not None else (
+                f"loss {row.loss:.4f} tok/s {row.tokens_per_s or 0:.0f}"
             )
-            log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row['epoch']:.2f} {what}")
+            log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row.epoch or 0.0:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
             """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
@@ -134,10 +127,24 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
             if at_epoch_end(state.epoch, state.global_step, state.max_steps):
                 dest = publish_epoch_checkpoint(ckpt, run_dir, epochs + epoch_index(state.epoch))
-            st.write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
+            write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
             writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
-            atomic_write_json(ckpt / COUNTERS_FILE, writer.snapshot())
+            write_counters(ckpt, writer.snapshot())
             prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
             log(f"saved {dest.relative_to(run_dir)} at step {steps + state.global_step}")
 
     return TunelabCallback()
+
+
+def load_optimizer_state(optimizer, checkpoint: Path) -> None:
+    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's
+    learning rates (its schedule was built with them; the loaded groups would bring the old ones)."""
+    import torch
+
+    lrs = [(g.get("lr"), g.get("initial_lr")) for g in optimizer.param_groups]
+    state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state)
+    for g, (lr, initial) in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+        if initial is not None:
+            g["initial_lr"] = initial

@@ -7,16 +7,17 @@ micro-batch, and packed and unpacked runs are only comparable that way.
 
 from __future__ import annotations
 
-import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.rundir.checkpoints import Counters
+from tunelab.rundir.metrics import MetricRow, append_metric
+from tunelab.rundir.summary import PackingStats
 
 
 @dataclass
@@ -68,7 +69,7 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
     return tokens, nonpad, examples
 
 
-def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:
+def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
     """Examples, sequences, density and fill of the dataset the trainer actually iterates."""
     if packed and "seq_lengths" in dataset.column_names:
         lengths = dataset["seq_lengths"]
@@ -79,15 +80,10 @@ def packing_stats(dataset, max_seq_len: int, packed: bool) -> dict[str, Any]:
         examples = len(dataset)
         sequences = examples
         tokens = sum(len(x) for x in dataset["input_ids"])
-    return {
-        "packed": packed,
-        "max_seq_len": max_seq_len,
-        "examples": examples,
-        "sequences": sequences,
-        "tokens": tokens,
-        "density": round(examples / sequences, 4) if sequences else None,
-        "fill_fraction": round(tokens / (sequences * max_seq_len), 4) if packed and sequences else None,
-    }
+    return PackingStats(
+        packed=packed, max_seq_len=max_seq_len, examples=examples, sequences=sequences, tokens=tokens,
+        density=round(examples / sequences, 4) if sequences else None,
+        fill_fraction=round(tokens / (sequences * max_seq_len), 4) if packed and sequences else None)
 
 
 def process_age_s() -> float | None:
@@ -111,15 +107,15 @@ def peak_memory() -> tuple[float, str]:
 
 
 class MetricsWriter:
-    """Appends one JSON line per logging step (training) or evaluation (validation)."""
+    """Appends one metrics.jsonl row per logging step (training) or evaluation (validation)."""
 
-    def __init__(self, path: Path, counters: Counters, tag: dict[str, Any] | None = None):
-        self.path = path
+    def __init__(self, run_dir: Path, counters: Counters, stage: str | None = None):
+        self.run_dir = run_dir
         self.counters = counters
-        self.tag = tag or {}  # added to every row (a staged run's stage)
+        self.stage = stage  # named on every row of a staged run
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s
-        self._last = {"tokens": counters.tokens, "time": self._train_time(), "wait": counters.data_wait_s}
+        self._last = (counters.tokens, self._train_time(), counters.data_wait_s)  # at the last training row
         self.last_eval_step: int | None = None
 
     def _train_time(self) -> float:
@@ -129,59 +125,35 @@ class MetricsWriter:
         return self.base_elapsed + (time.monotonic() - self.started)
 
     def write(self, step: int, epoch: float | None, logs: dict[str, Any], peak_gib: float | None = None
-              ) -> dict[str, Any]:
-        """One row; peak_gib: the worst process's peak (sync_counters), else this process's."""
-        self.counters.elapsed_s = self.elapsed()
+              ) -> MetricRow:
+        """One row from the trainer's logs; peak_gib: the worst process's peak (sync_counters), else this
+        process's."""
+        c = self.counters
+        c.elapsed_s = self.elapsed()
         train_time = self._train_time()
-        d_tokens = self.counters.tokens - self._last["tokens"]
-        d_time = train_time - self._last["time"]
+        last_tokens, last_time, last_wait = self._last
+        d_time = train_time - last_time
         is_eval = "eval_loss" in logs
         peak, kind = peak_memory()
-        peak = peak if peak_gib is None else peak_gib
-        row = {
-            "step": step,
-            "epoch": round(epoch, 4) if epoch is not None else None,
-            "loss": None if is_eval else logs.get("loss"),
-            "val_loss": logs.get("eval_loss"),
-            "lr": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
-            "tokens": self.counters.tokens,
-            "nonpad_tokens": self.counters.nonpad_tokens,
-            "examples": self.counters.examples,
-            "tokens_per_s": None if is_eval or d_time <= 0 else round(d_tokens / d_time, 2),
-            "train_time_s": round(train_time, 3),
+        row = MetricRow(
+            step=step, epoch=round(epoch, 4) if epoch is not None else None,
+            loss=None if is_eval else logs.get("loss"), val_loss=logs.get("eval_loss"),
+            lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+            tokens=c.tokens, nonpad_tokens=c.nonpad_tokens, examples=c.examples,
+            tokens_per_s=None if is_eval or d_time <= 0 else round((c.tokens - last_tokens) / d_time, 2),
+            train_time_s=round(train_time, 3),
             # waited for data since the last training row (every process's wait, the slowest one's)
-            "data_wait_s": None if is_eval else round(self.counters.data_wait_s - self._last["wait"], 4),
-            "peak_memory_gib": round(peak, 4),
-            "memory_kind": kind,
-            "elapsed_s": round(self.counters.elapsed_s, 3),
-            **self.tag,
-        }
+            data_wait_s=None if is_eval else round(c.data_wait_s - last_wait, 4),
+            peak_memory_gib=round(peak if peak_gib is None else peak_gib, 4), memory_kind=kind,
+            elapsed_s=round(c.elapsed_s, 3), stage=self.stage)
         if is_eval:
             self.last_eval_step = step
         else:
-            self._last = {"tokens": self.counters.tokens, "time": train_time, "wait": self.counters.data_wait_s}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
+            self._last = (c.tokens, train_time, c.data_wait_s)
+        append_metric(self.run_dir, row)
         return row
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Counters:
+        """The counters now (elapsed time brought up to date), as a checkpoint records them."""
         self.counters.elapsed_s = self.elapsed()
-        return asdict(self.counters)
-
-
-def steady_tokens_per_s(rows: list[dict], warmup_rows: int = 1) -> float | None:
-    """Mean throughput after warm-up: tokens over training time between the first and last
-    training rows past warm-up (never the last logged value alone)."""
-    train = [r for r in rows if r.get("loss") is not None and r.get("train_time_s") is not None]
-    if len(train) > warmup_rows + 1:
-        first, last = train[warmup_rows], train[-1]
-    elif len(train) >= 2:
-        first, last = train[0], train[-1]
-    elif len(train) == 1 and train[0]["train_time_s"]:
-        return train[0]["tokens"] / train[0]["train_time_s"]
-    else:
-        return None
-    dt = last["train_time_s"] - first["train_time_s"]
-    return (last["tokens"] - first["tokens"]) / dt if dt > 0 else None
+        return replace(self.counters)

@@ -10,58 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Sampler
 
+from tunelab.data.ordering import field_values, fixed_order, order_name
 from tunelab.errors import TunelabError
 from tunelab.rundir.layout import ORDER_FILE
 from tunelab.spec.training import ByField, TrainingConfig
 
 RECORD_ALL_UP_TO = 100_000  # longer orders are recorded as their hash and first indices
 FIRST_INDICES = 1000
-
-
-def order_name(order: str | ByField) -> str:
-    return f"by_field:{order.by_field}" if isinstance(order, ByField) else order
-
-
-def fixed_order(order: str | ByField, lengths: Sequence[int], field_values: Sequence[Any] | None = None
-                ) -> list[int] | None:
-    """The permutation of a non-random order (None for shuffled). Sorting is stable: ties keep file order."""
-    n = len(lengths)
-    if order == "shuffled":
-        return None
-    if order == "as_given":
-        return list(range(n))
-    if order == "by_length":
-        return sorted(range(n), key=lambda i: lengths[i])
-    assert isinstance(order, ByField)
-    if field_values is None or len(field_values) != n:
-        raise TunelabError("the training split's rows do not match the trained examples one to one",
-                           field=f"training.order.by_field: {order.by_field}")
-    missing = [i for i, v in enumerate(field_values) if v is None]
-    if missing:
-        raise TunelabError(f"train row {missing[0]} has no value for {order.by_field!r} "
-                           f"({len(missing)} row(s) without it)", field=f"training.order.by_field: {order.by_field}")
-    try:
-        return sorted(range(n), key=lambda i: field_values[i])
-    except TypeError:
-        raise TunelabError(f"values of {order.by_field!r} cannot be ordered (mixed types)",
-                           field=f"training.order.by_field: {order.by_field}") from None
-
-
-def field_values(cfg, name: str) -> list[Any]:
-    """One field of every train row, read through the same load_data the examples come from."""
-    from tunelab.data.splits import load_data
-
-    ds = load_data(cfg.dataset, cfg.experiment_dir).require("train")
-    if name not in ds.column_names:
-        raise TunelabError(f"the training data has no field {name!r} (fields: {', '.join(ds.column_names)})",
-                           field=f"training.order.by_field: {name}")
-    return list(ds[name])
 
 
 def order_for(t: TrainingConfig, cfg, train_dataset) -> list[int] | None:
@@ -117,3 +78,12 @@ def append_order(run_dir: Path, record: dict[str, Any]) -> None:
     if any(r.get("epoch") == record["epoch"] and r.get("sha256") == record["sha256"] for r in kept):
         return
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, record]))
+
+
+def drop_orders_from(run_dir: Path, epoch: int) -> None:
+    """Keep only the orders of epochs before `epoch` (a later stage starting afresh redraws its own)."""
+    from tunelab.fsutil import atomic_write_text, read_jsonl
+
+    path = run_dir / ORDER_FILE
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -8,35 +8,12 @@ is loaded. The memory term is estimate/memory.py's base_weight_bytes.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.runconfig import QUANTIZE_FIELD
+from tunelab.spec.training import quantize_problem
 
-FIELD = "training.quantize"
-EXTRA_HINT = "install the qlora extra (pip install 'tunelab[qlora]')"
-
-
-def quantize_problem(quantize: str | None, cuda: bool) -> str | None:
-    """Why this process cannot train with `quantize` (None: it can, or nothing is quantized)."""
-    if quantize is None:
-        return None
-    if not cuda:
-        return (f"quantize: {quantize} (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on CPU; "
-                "name the GPU the jobs run on (--gpu) or remove quantize")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return f"quantize: {quantize} (QLoRA) needs bitsandbytes: {EXTRA_HINT}"
-    return None
-
-
-def check_plan(runs: list, gpu_named: bool, spec_path: Path) -> None:
-    """Refuse a plan whose runs quantize while the jobs have no GPU or bitsandbytes is missing."""
-    for cfg in runs:
-        t = cfg.training
-        problem = quantize_problem(t.quantize if t is not None else None, gpu_named)
-        if problem:
-            raise TunelabError(f"{cfg.name}: {problem}", file=spec_path, field=FIELD)
 
 
 def load_kwargs(quantize: str | None, dtype) -> dict[str, Any]:
@@ -45,7 +22,7 @@ def load_kwargs(quantize: str | None, dtype) -> dict[str, Any]:
         return {}
     problem = quantize_problem(quantize, _cuda())
     if problem:
-        raise TunelabError(problem, field=FIELD)
+        raise TunelabError(problem, field=QUANTIZE_FIELD)
     from transformers import BitsAndBytesConfig
 
     return {"quantization_config": BitsAndBytesConfig(

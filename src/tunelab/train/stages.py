@@ -5,68 +5,52 @@ from the stages before (each row names its stage), epoch checkpoints are numbere
 (checkpoints/epoch_N, so evaluation, the report and archiving see one sequence), and stages.json maps them
 back (stage, its epochs, its steps). Each stage keeps its own trainer state (trainer_state/STAGE/) and
 is recorded in stages.json only once complete: a failure in stage 3 resumes stage 3 and never reruns 1-2.
+
+This module is the staged loop: it picks the next incomplete stage and calls the runner for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import read_json
-from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, last_complete_checkpoint, stage_state_dir
 from tunelab.rundir.layout import STAGES_FILE
-from tunelab.rundir.stages import (  # noqa: F401  (re-exported: readers still import them here)
-    StageRecord,
-    current_stage,
-    current_state_dir,
-    epoch_labels,
-    read_stage_records,
-    restart_current_stage,
-    write_stage_records,
-)
+from tunelab.rundir.stages import StageRecord, read_stage_records, write_stage_records
+from tunelab.rundir.summary import Summary, read_summary
 from tunelab.runconfig import RunConfig
+from tunelab.train.console import log
+from tunelab.train.context import StageContext
+from tunelab.train.distributed import barrier
+from tunelab.train.runner import complete_run, train_run
 
 
-@dataclass(frozen=True)
-class StageContext:
-    """Where one stage sits in its run: offsets of its steps and epochs, its trainer-state directory, and
-    what it starts from. An unstaged run is the single stage with no name and no offsets."""
-
-    name: str | None = None
-    index: int = 0
-    optimizer: str = "fresh"
-    count: int = 1
-    step_offset: int = 0
-    epoch_offset: int = 0
-    init_adapter: Path | None = None  # the previous stage's final adapter
-    init_optimizer: Path | None = None  # the previous stage's last trainer checkpoint (optimizer: carried)
-    counters: Counters | None = None  # the run's counters when the previous stage ended
-
-    @property
-    def last(self) -> bool:
-        return self.index == self.count - 1
-
-    def state_dir(self, run_dir: Path) -> Path:
-        return stage_state_dir(run_dir, self.name)
-
-    def label(self) -> str:
-        return f"stage {self.index + 1}/{self.count} ({self.name})" if self.name else ""
+def train_stages(cfg: RunConfig) -> Summary | None:
+    """Train the stages not yet complete, in order; the last one completes the run (summary.json).
+    Returns the run's summary on the main process (None on the others)."""
+    summary: Summary | None = None
+    while (ctx := next_stage(cfg, cfg.run_dir)) is not None:
+        trained = train_run(cfg.stage_config(ctx.index), ctx)  # None on processes other than the main one
+        if trained is not None:
+            record_stage(cfg.run_dir, ctx, cfg, trained.summary, trained.counters)
+            log(f"stage {ctx.name} completed at step {trained.summary.steps}")
+            summary = trained.summary
+            if ctx.last:
+                summary = complete_run(cfg.run_dir, replace(summary, stages=read_stage_records(cfg.run_dir)))
+        barrier()  # stage k+1 reads what the main process recorded for stage k
+    return summary or read_summary(cfg.run_dir)
 
 
-def record_stage(run_dir: Path, ctx: StageContext, cfg: RunConfig, summary: dict[str, Any],
-                 counters: dict[str, Any] | Counters) -> StageRecord:
+def record_stage(run_dir: Path, ctx: StageContext, cfg: RunConfig, summary: Summary,
+                 counters: Counters) -> StageRecord:
     """Add the stage just completed to stages.json (main process; the record is what marks it complete)."""
     done = [r for r in read_stage_records(run_dir) if r.index < ctx.index]
-    rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=cfg.dataset.name,
-                      optimizer=ctx.optimizer,
+    rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=cfg.dataset.name, optimizer=ctx.optimizer,
                       epochs=[e for e in complete_epochs(run_dir) if e >= ctx.epoch_offset],
-                      first_step=ctx.step_offset, last_step=int(summary.get("steps") or ctx.step_offset),
-                      examples=int(summary.get("train_examples") or 0),
-                      counters=counters if isinstance(counters, Counters) else Counters.from_json(counters),
-                      final_loss=summary.get("stage_final_loss"), duration_s=summary.get("stage_duration_s"))
+                      first_step=ctx.step_offset, last_step=int(summary.steps or ctx.step_offset),
+                      examples=int(summary.train_examples or 0), counters=counters,
+                      final_loss=summary.stage_final_loss, duration_s=summary.stage_duration_s)
     write_stage_records(run_dir, [*done, rec])
     return rec
 
@@ -97,43 +81,3 @@ def next_stage(cfg: RunConfig, run_dir: Path) -> StageContext | None:
         init_adapter=epoch_dir(run_dir, max(prev.epochs)) if prev and prev.epochs else None,
         init_optimizer=init_optimizer,
         counters=replace(prev.counters) if prev and prev.counters else None)
-
-
-
-
-
-
-
-
-def train_stages(cfg: RunConfig) -> dict[str, Any]:
-    """Train the stages not yet complete, in order; the last one writes the run's summary.json."""
-    from tunelab.train.distributed import barrier
-    from tunelab.train.runner import train_run
-
-    summary: dict[str, Any] = {}
-    while True:
-        ctx = next_stage(cfg, cfg.run_dir)
-        if ctx is None:
-            return summary or (read_json(cfg.run_dir / layout.SUMMARY_FILE, default={}) or {})
-        summary = train_run(cfg.stage_config(ctx.index), ctx)  # {} on processes other than the main one
-        barrier()  # stage k+1 reads what the main process recorded for stage k
-
-
-def stages_summary(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-stage part of summary.json."""
-    return [r.without_counters() for r in read_stage_records(run_dir)]
-
-
-def load_optimizer_state(optimizer, checkpoint: Path) -> None:
-    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's
-    learning rates (its schedule was built with them; the loaded groups would bring the old ones)."""
-    import torch
-
-    lrs = [(g.get("lr"), g.get("initial_lr")) for g in optimizer.param_groups]
-    state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
-    for g, (lr, initial) in zip(optimizer.param_groups, lrs):
-        g["lr"] = lr
-        if initial is not None:
-            g["initial_lr"] = initial
-

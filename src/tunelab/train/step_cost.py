@@ -10,7 +10,8 @@ predict other batch sizes and other model sizes.
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from tunelab.rundir.summary import StepCost, StepPoint
 
 REPEATS = 4
 
@@ -22,7 +23,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dict[int, tuple[float, float, float | None]]:
+def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dict[int, tuple[float, float, float | None]]:
     """{micro-batch: (tokens, seconds, peak GiB)} of the fastest of a few real steps at each size: collation,
     forward, backward and optimizer step, on the run's own training data. The sizes take turns step by step,
     so a burst of other work on the machine falls on both alike; and the fastest counts, not the median:
@@ -64,23 +65,24 @@ def _time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dic
 
 
 def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
-                      tokens_per_step: float | None) -> dict[str, Any] | None:
+                      tokens_per_step: float | None) -> StepCost | None:
     """Per-token cost from real steps at two micro-batch sizes (after the last checkpoint is saved:
     the weights they change are never saved); the fixed part from the run's own steady step time."""
     import torch
 
     rng_state = torch.get_rng_state()
     try:
-        measured = _time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}))
+        measured = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}))
     finally:
         torch.set_rng_state(rng_state)
-    points = [{"batch": b, "tokens": t, "seconds": round(sec, 6), "peak_gib": peak}
+    points = [StepPoint(batch=b, tokens=t, seconds=round(sec, 6), peak_gib=peak)
               for b, (t, sec, peak) in sorted(measured.items())]
-    if len(points) < 2 or points[1]["tokens"] == points[0]["tokens"]:
+    if len(points) < 2 or points[1].tokens == points[0].tokens:
         return None
-    (t1, s1), (t2, s2) = ((p["tokens"], p["seconds"]) for p in points)
+    (t1, s1), (t2, s2) = ((p.tokens, p.seconds) for p in points)
     per_token = max(0.0, (s2 - s1) / (t2 - t1))
     fixed = None
     if steady_step_s is not None and tokens_per_step is not None:
         fixed = max(0.0, steady_step_s - per_token * tokens_per_step)
-    return {"points": points, "per_token_s": per_token, "fixed_s": fixed}
+    return StepCost(points=points, per_token_s=per_token, fixed_s=fixed,
+                    tokens_per_step=round(tokens_per_step, 2) if tokens_per_step is not None else None)

@@ -3,48 +3,104 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.estimate.batch import effective_batch_size
-from tunelab.fsutil import read_jsonl
+from tunelab.rundir import layout
+from tunelab.rundir.checkpoints import complete_epochs
+from tunelab.rundir.metrics import MetricRow, read_metrics, steady_tokens_per_s
+from tunelab.rundir.status import read_status
+from tunelab.rundir.summary import PackingStats, StepCost, Summary
 from tunelab.runconfig import RunConfig
-from tunelab.train import status as st
-from tunelab.train.checkpoints import complete_epochs
-from tunelab.train.metrics import steady_tokens_per_s
+from tunelab.spec import TrainingConfig
+from tunelab.train.dataloading import Pipeline
 
 
-def summarize(run_dir: Path, cfg: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    """Loss, tokens, throughput (all processes together) and the worst process's peak memory."""
-    rows = read_jsonl(run_dir / st.METRICS_FILE)
-    train_rows = [r for r in rows if r.get("loss") is not None]
-    val_rows = [r for r in rows if r.get("val_loss") is not None]
-    last = rows[-1] if rows else {}
+@dataclass(frozen=True)
+class Timing:
+    """Where a run's (or a stage's) time went, from its counters."""
+
+    duration_s: float
+    overhead_s: float
+    finish_s: float
+    startup_s: float | None
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    """What a staged run's stage adds to the summary (its last stage's land in summary.json)."""
+
+    final_loss: float | None
+    duration_s: float
+
+
+def _losses_and_tokens(rows: list[MetricRow]) -> dict[str, Any]:
+    train = [r.loss for r in rows if r.loss is not None]
+    val = [r.val_loss for r in rows if r.val_loss is not None]
+    last = rows[-1] if rows else MetricRow()
     tps = steady_tokens_per_s(rows)
-    nonpad_frac = (last.get("nonpad_tokens", 0) / last["tokens"]) if last.get("tokens") else None
+    nonpad_frac = (last.nonpad_tokens or 0) / last.tokens if last.tokens else None
     return {
-        "run": cfg.name,
-        "state": st.COMPLETED,
-        "attempt": cfg.attempt,
-        "steps": last.get("step"),
-        "final_loss": train_rows[-1]["loss"] if train_rows else None,
-        "best_loss": min(r["loss"] for r in train_rows) if train_rows else None,
-        "final_val_loss": val_rows[-1]["val_loss"] if val_rows else None,
-        "best_val_loss": min(r["val_loss"] for r in val_rows) if val_rows else None,
-        "tokens": last.get("tokens"),
-        "nonpad_tokens": last.get("nonpad_tokens"),
+        "final_loss": train[-1] if train else None, "best_loss": min(train) if train else None,
+        "final_val_loss": val[-1] if val else None, "best_val_loss": min(val) if val else None,
+        "tokens": last.tokens, "nonpad_tokens": last.nonpad_tokens,
         "nonpad_fraction": round(nonpad_frac, 4) if nonpad_frac is not None else None,
         "tokens_per_s": round(tps, 2) if tps else None,
         "nonpad_tokens_per_s": round(tps * nonpad_frac, 2) if tps and nonpad_frac else None,
-        "peak_memory_gib": max((r["peak_memory_gib"] for r in rows), default=None),  # worst process
-        "memory_kind": last.get("memory_kind"),
-        "checkpoints": [f"epoch_{e}" for e in complete_epochs(run_dir)],
-        **extra,
+        "peak_memory_gib": max((r.peak_memory_gib for r in rows if r.peak_memory_gib is not None), default=None),
+        "memory_kind": last.memory_kind,
     }
 
 
-def run_facts(trainer, t, dtype, run_dir: Path, world_size: int, strategy: str | None) -> dict[str, Any]:
+def summarize(run_dir: Path, cfg: RunConfig, *, steps: int, epochs: int, timing: Timing, train_examples: int,
+              validation_examples: int | None, packing: PackingStats, pipeline: Pipeline, facts: RunFacts,
+              step_cost: StepCost | None, stage: StageFacts | None) -> Summary:
+    """Loss, tokens, throughput (all processes together) and the worst process's peak memory, with what the
+    run ran on."""
+    return Summary(
+        run=cfg.name, state=layout.COMPLETED, attempt=cfg.attempt, steps=steps,
+        **_losses_and_tokens(read_metrics(run_dir)),
+        checkpoints=[layout.epoch_name(e) for e in complete_epochs(run_dir)],
+        epochs=epochs,
+        stage_final_loss=stage.final_loss if stage else None,
+        stage_duration_s=round(stage.duration_s, 3) if stage else None,
+        duration_s=round(timing.duration_s, 3), train_time_s=round(timing.duration_s - timing.overhead_s, 3),
+        overhead_s=round(timing.overhead_s, 3), step_cost=step_cost, finish_s=round(timing.finish_s, 3),
+        startup_s=round(timing.startup_s, 3) if timing.startup_s is not None else None,
+        train_examples=train_examples, validation_examples=validation_examples, packing=packing,
+        dataloader_workers=pipeline.workers.count, dataloader_workers_source=pipeline.workers.source,
+        pin_memory=pipeline.pin_memory, data_wait_s=pipeline.data_wait_s,
+        data_wait_fraction=pipeline.data_wait_fraction,
+        world_size=facts.world_size, distributed=facts.distributed,
+        effective_batch_size=facts.effective_batch_size, trainable_params=facts.trainable_params,
+        total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
+        cpu_threads=facts.cpu_threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
+        restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
+    )
+
+
+@dataclass(frozen=True)
+class RunFacts:
     """What the run ran on: processes, batch, parameters, device, library versions."""
+
+    world_size: int
+    distributed: str | None
+    effective_batch_size: int
+    trainable_params: int
+    total_params: int
+    device: str
+    gpu_memory_total_gib: float | None
+    cpu_threads: int
+    dtype: str
+    activation_checkpointing: bool
+    restarts: int
+    versions: dict[str, str]
+    pid: int
+
+
+def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, run_dir: Path, world_size: int,
+              strategy: str | None) -> RunFacts:
     import peft
     import torch
     import transformers
@@ -52,19 +108,13 @@ def run_facts(trainer, t, dtype, run_dir: Path, world_size: int, strategy: str |
 
     cuda = torch.cuda.is_available()
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    return {
-        "world_size": world_size,
-        "distributed": strategy,
-        "effective_batch_size": effective_batch_size(t.batch_size, t.gradient_accumulation_steps, world_size),
-        "trainable_params": int(trainable),
-        "total_params": int(total),
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "gpu_memory_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
-        "cpu_threads": torch.get_num_threads(),
-        "dtype": str(dtype).removeprefix("torch."),
-        "activation_checkpointing": t.gradient_checkpointing,
-        "restarts": st.read_status(run_dir).get("restarts", 0),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "trl": trl.__version__},
-        "pid": os.getpid(),
-    }
+    return RunFacts(
+        world_size=world_size, distributed=strategy, effective_batch_size=t.effective_batch_size(world_size),
+        trainable_params=int(trainable), total_params=int(total),
+        device=torch.cuda.get_device_name(0) if cuda else "cpu",
+        gpu_memory_total_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
+        cpu_threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
+        activation_checkpointing=t.gradient_checkpointing, restarts=read_status(run_dir).restarts or 0,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "peft": peft.__version__, "trl": trl.__version__},
+        pid=os.getpid())

@@ -1,4 +1,5 @@
-"""Device and dtype rules shared by training and evaluation (one rule, so both load weights alike)."""
+"""Device and dtype rules shared by training, evaluation and the plan (one rule, so all load weights alike).
+Kept outside the job's package: evaluation and the planner use it without importing the trainer."""
 
 from __future__ import annotations
 
@@ -24,11 +25,6 @@ def auto_dtype_name(capability: tuple[int, int] | None) -> str:
     if capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY:
         return "bfloat16"
     return "float32"
-
-
-def planned_dtype(name: str, capability: tuple[int, int] | None) -> str:
-    """The dtype a run will train in on a GPU of this capability: what plan and validate model."""
-    return auto_dtype_name(capability) if name == "auto" else name
 
 
 def resolve_dtype(name: str, device: str) -> Any:

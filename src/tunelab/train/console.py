@@ -1,0 +1,10 @@
+"""The job's one-line progress messages on stdout (the job's log: train.log, slurm-*.out)."""
+
+from __future__ import annotations
+
+from tunelab.train.distributed import world
+
+
+def log(msg: str) -> None:
+    if world().is_main:  # one line per event, not one per process
+        print(f"[tunelab train] {msg}", flush=True)

@@ -1,0 +1,78 @@
+"""The training job's entry point: `python -m tunelab.train.job RUN_YAML` (what job.sh, job.sbatch and
+`tunelab train` run). What a job does:
+
+1. read run.yaml;
+2. as a worker that torchrun started: train (this process is one rank of the run);
+3. otherwise decide how many processes train the run (run.yaml and the GPUs visible) and either train
+   here or launch them under torchrun (launch.py; each comes back here as a worker), sampling the GPUs
+   meanwhile;
+4. training is the staged loop for a staged run (stages.py), else one call of the runner (runner.py)
+   followed by the run's completion (summary.json, status completed).
+A job that requeued itself on Slurm's time-limit warning waits for Slurm to end it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.rundir.summary import Summary
+from tunelab.runconfig import RunConfig, load_run_config
+from tunelab.train.console import log
+from tunelab.train.distributed import is_worker
+from tunelab.train.launch import die_with_launcher, launch_run
+from tunelab.train.runner import complete_run, train_run
+from tunelab.train.stages import train_stages
+
+
+def train(cfg: RunConfig) -> Summary | None:
+    """Train the run in this process (a staged run: every stage still to do) and complete it. Returns its
+    summary on the main process (None on the others of a distributed run)."""
+    if cfg.stages:
+        return train_stages(cfg)
+    trained = train_run(cfg)
+    return complete_run(cfg.run_dir, trained.summary) if trained is not None else None
+
+
+def train_job(run_yaml: Path) -> None:
+    """Train here on one process, or launch the run's processes under torchrun."""
+    cfg = load_run_config(run_yaml)
+    if is_worker():
+        die_with_launcher()
+        train(cfg)
+        return
+    import torch
+
+    from tunelab.train.gpu_sampling import GpuSampler
+    from tunelab.train.interrupts import await_requeue_kill
+
+    gpus = torch.cuda.device_count()
+    nproc = cfg.resources.processes_per_run(gpus)
+    try:
+        with GpuSampler(cfg.run_dir):  # NVML samples of the job's GPUs; nothing at all without NVML
+            if nproc == 1:
+                train(cfg)
+            else:
+                launch_run(cfg.run_dir, Path(run_yaml), nproc, gpus)
+    except BaseException:
+        await_requeue_kill(cfg.run_dir, log)  # a job that requeued itself ends by Slurm's hand, not its own
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tunelab.train.job RUN_YAML`: a TunelabError is one line on stderr and exit status 1."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
+        return 2
+    try:
+        train_job(Path(args[0]))
+    except TunelabError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The trainer a run trains with, built exactly as the job builds it: TRL SFTTrainer + PEFT LoRA on the
+run's model, prompt/completion examples tokenized by the shared PromptFormat (loss on the completion only),
+optional BFD packing, the run's order, DDP/FSDP arguments. Tests and the probe build it too, so they read
+and time what a job really feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunelab.adapter import lora_config
+from tunelab.device import resolve_dtype
+from tunelab.rundir.checkpoints import Counters
+from tunelab.runconfig import RunConfig
+from tunelab.spec import TrainingConfig
+from tunelab.train import quantize
+from tunelab.train.context import StageContext
+from tunelab.train.dataloading import dataloader_args, resolve_workers
+from tunelab.train.distributed import trainer_args, world
+from tunelab.train.loop_hooks import make_trainer_class
+from tunelab.train.metrics import LocalCounts
+from tunelab.train.ordering import order_for
+
+
+def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: Sequence[Any] = (),
+                  local: LocalCounts | None = None, ctx: StageContext | None = None) -> tuple[Any, Any, Any]:
+    """(trainer, train dataset, validation dataset) exactly as `tunelab train` runs them, so tests can
+    read what the trainer really feeds (its dataloader) without training."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    t = cfg.training
+    assert t is not None, "a control trains nothing"
+    set_seed(t.seed)
+    dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype,
+                                                      **quantize.load_kwargs(t.quantize, dtype))
+    model = quantize.prepare(model, t.quantize, t.gradient_checkpointing)  # QLoRA: peft's k-bit preparation
+    train_ds, val_ds = build_datasets(cfg, tokenizer)
+    lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, t.lora_target_modules, t.modules_to_save)
+    ctx = ctx or StageContext()
+    if ctx.init_adapter is not None:  # a later stage: continue the previous stage's adapter (same shape)
+        from peft import PeftModel
+
+        model, lora = PeftModel.from_pretrained(model, str(ctx.init_adapter), is_trainable=True), None
+    trainer = make_trainer_class()(
+        model=model,
+        args=_sft_config(t, ctx.state_dir(cfg.run_dir), dtype, val_ds is not None,
+                         cfg.resources.strategy(world().size, torch.cuda.is_available())),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+    trainer.counters = counters if counters is not None else Counters()
+    trainer.local = local if local is not None else LocalCounts()
+    trainer.fixed_order, trainer.order_spec = order_for(t, cfg, trainer.train_dataset), t.order
+    trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
+    return trainer, train_ds, val_ds
+
+
+def build_datasets(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any | None]:
+    """Tokenize train (and validation) with the shared PromptFormat: input_ids + completion_mask."""
+    from datasets import Dataset
+
+    from tunelab.data.formatting import prompt_format_of
+    from tunelab.data.splits import load_data
+
+    data = load_data(cfg.dataset, cfg.experiment_dir)
+    reader = data.reader(cfg.prompt, cfg.system_prompt)
+    fmt = prompt_format_of(cfg)
+
+    def encode(split: str) -> Dataset:
+        return Dataset.from_list([fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)])
+
+    val = encode("validation") if cfg.training is not None and cfg.training.validation_every_steps else None
+    return encode("train"), val
+
+
+def _sft_config(t: TrainingConfig, state_dir: Path, dtype: Any, validate: bool, strategy: str | None = None) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(state_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_strategy="epoch",
+        eval_strategy="steps" if validate else "no",
+        eval_steps=t.validation_every_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        **_checkpointing_args(t.gradient_checkpointing),
+        report_to="none",
+        disable_tqdm=True,
+        max_length=t.max_seq_len,
+        packing=t.packing,
+        packing_strategy="bfd",
+        completion_only_loss=True,
+        **dataloader_args(resolve_workers(t.dataloader_workers, torch.cuda.is_available(), world().size),
+                          torch.cuda.is_available()),
+        save_only_model=False,
+        **trainer_args(strategy, torch.cuda.is_available()),
+    )
+
+
+def _checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """Always explicit: TRL's SFTConfig turns activation checkpointing on by default, which costs
+    speed and makes a run's throughput depend on a library default. transformers 5 renamed it."""
+    from trl import SFTConfig
+
+    name = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else (
+        "gradient_checkpointing")
+    args: dict[str, Any] = {name: enabled}
+    if enabled:
+        args[f"{name}_kwargs"] = {"use_reentrant": False}
+    return args
