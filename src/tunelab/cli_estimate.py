@@ -3,14 +3,20 @@ spec or run.yaml must pass, each against a named or detected GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from tunelab.cli_common import add_commands, console, err_console
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.catalog import GPU
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.spec import TrainingConfig
 
 
 def _gpu_option(name: str | None):
@@ -65,28 +71,42 @@ def _estimate_gpu(name: str | None, memory_gib: float | None):
                            field="--gpu") from None
 
 
-def _estimate_inputs(dtype: str, lora_rank: int, lora_alpha: float | None, lora_targets: list[str] | None,
-                     modules_to_save: list[str] | None, checkpointing: bool, quantize: str | None,
-                     attention: str):
+# estimate's options that are fields of the spec's `training:` (their defaults are the spec's)
+TRAINING_FLAGS = {"dtype": "--dtype", "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha",
+                  "lora_target_modules": "--lora-targets", "modules_to_save": "--modules-to-save",
+                  "gradient_checkpointing": "--gradient-checkpointing", "quantize": "--quantize", "epochs": "--epochs"}
+
+
+def _training(given: dict[str, Any]) -> TrainingConfig:
+    """The spec's training config of the options given (the rest at the spec's defaults), checked as the spec
+    checks it; an error names the option."""
+    from pydantic import ValidationError
+
+    from tunelab.spec import TrainingConfig
+
+    targets = given.get("lora_target_modules")
+    if targets and targets != ["all-linear"] and "all-linear" in targets:
+        raise TunelabError("all-linear stands alone: give it or module names", field="--lora-targets")
+    if targets == ["all-linear"]:
+        given["lora_target_modules"] = "all-linear"
+    try:
+        return TrainingConfig.model_validate({k: v for k, v in given.items() if v not in (None, [])})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else ""
+        flag = TRAINING_FLAGS.get(name, f"--{name.replace('_', '-')}")
+        raise TunelabError(f"{err['msg']} (got {err.get('input')!r})", field=flag) from None
+
+
+def _estimate_inputs(training: TrainingConfig, gpu: GPU, attention: str) -> MemoryInputs:
+    """What the simulator needs, exactly as `plan` derives it from a run: the dtype `auto` trains in on that GPU."""
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.estimate.simulator import ATTENTIONS
 
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise TunelabError(f"unknown dtype {dtype!r}: use bfloat16, float16 or float32", field="--dtype")
-    if quantize not in (None, "4bit"):
-        raise TunelabError(f"unknown quantization {quantize!r}: the only one is 4bit (QLoRA, NF4)", field="--quantize")
     if attention not in ATTENTIONS:
         raise TunelabError(f"unknown attention {attention!r}: use {', '.join(ATTENTIONS)}", field="--attention")
-    if lora_rank < 1 or (lora_alpha is not None and lora_alpha <= 0):
-        raise TunelabError("--lora-rank must be >= 1 and --lora-alpha > 0", field="--lora-rank")
-    targets: tuple[str, ...] | str = "all-linear"
-    if lora_targets and lora_targets != ["all-linear"]:
-        if "all-linear" in lora_targets:
-            raise TunelabError("all-linear stands alone: give it or module names", field="--lora-targets")
-        targets = tuple(lora_targets)
-    return MemoryInputs(dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets,
-                        modules_to_save=tuple(modules_to_save or ()), activation_checkpointing=checkpointing,
-                        quantize=quantize, attention=attention)
+    inputs = MemoryInputs.of_training(training, training.planned_dtype(gpu.compute_capability))
+    return dataclasses.replace(inputs, attention=attention)
 
 
 def estimate_cmd(
@@ -97,7 +117,8 @@ def estimate_cmd(
     max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
     packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
-    lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (adapter size and optimizer state)."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank (adapter size and optimizer "
+                                            "state; default: the spec's, 8)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 × rank)."),
     lora_targets: Optional[list[str]] = typer.Option(None, "--lora-targets", help="Modules LoRA adapts "
                                                      "(repeatable, e.g. q_proj), or all-linear (default)."),
@@ -112,9 +133,12 @@ def estimate_cmd(
                                  "(sharded)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
-    epochs: int = typer.Option(1, "--epochs", help="Training epochs (for steps and time)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs, for steps and time (default: the "
+                                         "spec's, 3)."),
     effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights and activations: bfloat16, float16 or float32."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights and activations: auto (the spec's default: "
+                                        "bfloat16 on a GPU with bf16 tensor cores, else float32), bfloat16, "
+                                        "float16 or float32."),
     modules_to_save: Optional[list[str]] = typer.Option(None, "--modules-to-save", help="Modules trained in full "
                                                         "beside LoRA, as in the spec (repeatable), e.g. lm_head."),
     chat_template: str = typer.Option("auto", "--chat-template", help="auto, always or never: the prompt format "
@@ -127,15 +151,19 @@ def estimate_cmd(
     micro-batch that fits, packing and accumulation (memory in tokens per micro-batch)."""
     from tunelab.estimate.api import estimate_config
 
-    inputs = _estimate_inputs(dtype, lora_rank, lora_alpha, lora_targets, modules_to_save, gradient_checkpointing,
-                              quantize, attention)
+    training = _training({"dtype": dtype, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
+                          "lora_target_modules": lora_targets, "modules_to_save": modules_to_save,
+                          "gradient_checkpointing": gradient_checkpointing or None, "quantize": quantize,
+                          "epochs": epochs})
+    target_gpu = _estimate_gpu(gpu, gpu_memory_gib)
+    inputs = _estimate_inputs(training, target_gpu, attention)
     if chat_template not in ("auto", "always", "never"):
         raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
                            field="--chat-template")
     if strategy not in ("ddp", "fsdp"):
         raise TunelabError(f"unknown strategy {strategy!r}: use ddp or fsdp", field="--strategy")
-    out = estimate_config(model, _estimate_gpu(gpu, gpu_memory_gib), max_seq_len, inputs, batch_size, packed,
-                          dataset, prompt, epochs, effective_batch, chat_template=chat_template,
+    out = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
+                          dataset, prompt, training.epochs, effective_batch, chat_template=chat_template,
                           system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None)
     if json_out:
         print(json.dumps(out, indent=2))
