@@ -19,6 +19,7 @@ from pathlib import Path
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.runconfig import RunConfig
+from tunelab.spec import ResourcesSpec
 from tunelab.rundir import now_iso
 
 TRAIN_LOG = "train.log"
@@ -166,6 +167,11 @@ class LocalExecutor:
         return cfg.run_dir / TRAIN_SCRIPT
 
     def time_limit(self, cfg: RunConfig) -> str | None:
+        return None
+
+    @staticmethod
+    def job_cpus(resources: ResourcesSpec) -> int | None:
+        """The CPUs a job gets: this machine's (None: not set by tunelab)."""
         return None
 
     @staticmethod

@@ -26,6 +26,7 @@ from tunelab.execute.slurm_jobs import (
 )
 from tunelab.execute.slurm_pack import PACK_DIR, is_packed, pack_groups, write_pack_script
 from tunelab.runconfig import RunConfig
+from tunelab.spec import ResourcesSpec
 
 SACCT_START = "2000-01-01"  # sacct shows only today's jobs without -S
 SACCT_FORMAT = "JobID,State,ExitCode,Elapsed,NodeList"
@@ -207,6 +208,11 @@ class SlurmExecutor:
 
     def time_limit(self, cfg: RunConfig) -> str | None:
         return train_time_limit(cfg)[0]
+
+    @staticmethod
+    def job_cpus(resources: ResourcesSpec) -> int | None:
+        """The CPUs a job gets: resources.slurm.cpus_per_task (None: Slurm's default)."""
+        return resources.slurm.cpus_per_task if resources.slurm is not None else None
 
     @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
