@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -67,35 +68,47 @@ def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[b
         os.close(fd)  # releases the flock
 
 
-def _alive_here(info: dict) -> bool:
-    pid = info.get("pid")
-    return isinstance(pid, int) and alive(pid, info.get("start"))
+@dataclass(frozen=True)
+class Claim:
+    """A run's claim file: which coordinator holds the run, since when; `token` tells our own claim apart."""
+
+    host: str | None = None
+    pid: int | None = None
+    start: str | None = None  # the process's start time (process.proc_start): a reused pid is not the holder
+    since: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> Claim:
+        """A claim being written (no lock on this filesystem) or cut reads as empty: judged by age alone."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    def describe(self) -> str:
+        return f"pid {self.pid or '?'} on {self.host or '?'} since {self.since or '?'}"
 
 
-def _read(path: Path) -> tuple[dict, float] | None:
+def _read(path: Path) -> tuple[Claim, float] | None:
     try:
         mtime = path.stat().st_mtime
         text = path.read_text()
     except FileNotFoundError:
         return None
     try:
-        info = json.loads(text)
+        data = json.loads(text)
     except ValueError:
-        info = {}  # being written (no lock on this filesystem) or cut: judged by age alone
-    return (info if isinstance(info, dict) else {}), mtime
+        data = None
+    return Claim.from_json(data), mtime
 
 
-def _stale(info: dict, mtime: float) -> bool:
-    if info.get("host") == socket.gethostname():
-        return not _alive_here(info)
+def _stale(claim: Claim, mtime: float) -> bool:
+    if claim.host == socket.gethostname():
+        return not (isinstance(claim.pid, int) and alive(claim.pid, claim.start))
     return time.time() - mtime > STALE_AFTER_S
 
 
-def describe(info: dict) -> str:
-    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
-
-
-def holder(run_dir: str | Path) -> dict | None:
+def holder(run_dir: str | Path) -> Claim | None:
     """The live claim on a run (someone else's or ours), or None when unclaimed or stale."""
     got = _read(Path(run_dir) / CLAIM_FILE)
     return None if got is None or _stale(*got) else got[0]
@@ -113,14 +126,14 @@ def claim(run_dir: str | Path) -> str | None:
         except FileExistsError:
             got = _read(path)
             if got is not None and not _stale(*got):
-                return describe(got[0])
+                return got[0].describe()
             path.unlink(missing_ok=True)  # stale (or just released): take it over
             continue
         token = uuid.uuid4().hex
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": proc_start(os.getpid()),
-              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
+        me = Claim(socket.gethostname(), os.getpid(), proc_start(os.getpid()), time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   token)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
+            json.dump(asdict(me), fh)
         _HELD[path] = token
         return None
     return "another coordinator (the claim kept changing hands)"
@@ -131,7 +144,7 @@ def release(run_dir: str | Path) -> None:
     path = Path(run_dir) / CLAIM_FILE
     token = _HELD.pop(path, None)
     got = _read(path) if token else None
-    if got is not None and got[0].get("token") == token:
+    if got is not None and got[0].token == token:
         path.unlink(missing_ok=True)
 
 
