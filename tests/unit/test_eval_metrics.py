@@ -94,3 +94,16 @@ def test_pure_ece_bins_are_equal_width():
     probs = np.array([[0.05, 0.95], [0.5, 0.5], [1.0, 0.0]])
     # confidences 0.95 (right: truth 1), 0.5 (argmax 0, truth 1: wrong), 1.0 (right); bins (0.9,1.0] x2, (0.4,0.5]
     assert m.ece_of(probs, [1, 1, 0]) == pytest.approx(2 / 3 * abs(1 - 0.975) + 1 / 3 * abs(0 - 0.5))
+
+
+def test_the_metric_math_and_the_report_load_no_inspect_ai():
+    """`tunelab report` recomputes intervals with the evaluation's own functions (stats.metrics) without
+    loading inspect-ai: checked in a fresh interpreter, since this test module imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import tunelab.report.build, tunelab.stats.samples; from tunelab.stats import metrics; "
+            "assert metrics.balanced_accuracy_of(['a', 'b'], ['a', 'a']) == 0.5; "
+            "print(sorted(m for m in sys.modules if m.startswith('inspect_ai')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,5 +1,8 @@
-"""The in-job entry point: `tunelab train run.yaml` (TRL SFTTrainer + PEFT LoRA).
+"""The training job: `python -m tunelab.train.job RUN_YAML` (job.py; `tunelab train run.yaml` runs it),
+TRL SFTTrainer + PEFT LoRA.
 
-It writes only into its run directory (metrics.jsonl, status.json, checkpoints/, summary.json);
-the coordinating process ingests those files into the ledger.
+It writes only into its run directory, through tunelab.rundir (status.json, metrics.jsonl, checkpoints/,
+stages.json, summary.json); the coordinating process ingests those files into the ledger. Nothing outside
+this package imports it: what both sides share is tunelab.rundir, the configs (spec/, runconfig.py) and
+tunelab.device.
 """
