@@ -3,7 +3,7 @@
 The training job (tunelab.train) is the only writer of status.json, metrics.jsonl, summary.json,
 stages.json and the checkpoints; evaluation writes eval/*/scores.json; the coordinator (ledger, status,
 report, export, archive, retries) only reads. Each file's name is in `layout`, its record and its read and
-write functions in one module: `status`, `metrics`, `summary`, `stages`, `checkpoints`, `scores`, `gpu`,
+write functions in one module: `status`, `metrics`, `summary`, `stages`, `checkpoints`, `order`, `scores`, `gpu`,
 `probe`. Records keep the exact JSON keys on disk, so experiments written before stay readable.
 """
 

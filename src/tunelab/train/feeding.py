@@ -4,6 +4,7 @@ runner.py, so the runner stays about training and these hooks stay in one place.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,4 +53,4 @@ class FeedingMixin:
     def _record_order(self, indices: list[int]) -> None:
         offset, stage = self.order_tag
         rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, self.args.data_seed, indices)
-        append_order(self.order_log_dir, {**rec, "stage": stage} if stage else rec)
+        append_order(self.order_log_dir, replace(rec, stage=stage))

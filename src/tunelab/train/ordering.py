@@ -12,13 +12,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import Sampler
 
 from tunelab.data.ordering import field_values, fixed_order, order_name
 from tunelab.errors import TunelabError
-from tunelab.rundir.layout import ORDER_FILE
+from tunelab.rundir.order import OrderRecord, read_orders, write_orders
 from tunelab.spec.training import ByField, TrainingConfig
 
 RECORD_ALL_UP_TO = 100_000  # longer orders are recorded as their hash and first indices
@@ -60,30 +59,23 @@ def record_draws(sampler: Sampler, on_order: Callable[[list[int]], None]) -> Non
     sampler.__class__ = type(f"Recorded{base.__name__}", (base,), {"__iter__": __iter__})
 
 
-def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]) -> dict[str, Any]:
+def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]) -> OrderRecord:
     digest = hashlib.sha256(json.dumps(indices).encode()).hexdigest()
     full = len(indices) <= RECORD_ALL_UP_TO
-    return {"epoch": epoch, "order": order_name(order), "seed": seed if order == "shuffled" else None,
-            "examples": len(indices), "sha256": digest,
-            "indices": indices if full else indices[:FIRST_INDICES], "complete": full}
+    return OrderRecord(epoch=epoch, order=order_name(order), seed=seed if order == "shuffled" else None,
+                       examples=len(indices), sha256=digest, indices=indices if full else indices[:FIRST_INDICES],
+                       complete=full)
 
 
-def append_order(run_dir: Path, record: dict[str, Any]) -> None:
+def append_order(run_dir: Path, record: OrderRecord) -> None:
     """Add one epoch's order; a resumed epoch that drew the same order again is not written twice. The file
     is replaced atomically (a few lines per run), so a kill never leaves a half line in its middle."""
-    from tunelab.fsutil import atomic_write_text, read_jsonl
-
-    path = run_dir / ORDER_FILE
-    kept = read_jsonl(path)
-    if any(r.get("epoch") == record["epoch"] and r.get("sha256") == record["sha256"] for r in kept):
+    kept = read_orders(run_dir)
+    if any(r.epoch == record.epoch and r.sha256 == record.sha256 for r in kept):
         return
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, record]))
+    write_orders(run_dir, [*kept, record])
 
 
 def drop_orders_from(run_dir: Path, epoch: int) -> None:
     """Keep only the orders of epochs before `epoch` (a later stage starting afresh redraws its own)."""
-    from tunelab.fsutil import atomic_write_text, read_jsonl
-
-    path = run_dir / ORDER_FILE
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) < epoch]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    write_orders(run_dir, [r for r in read_orders(run_dir) if r.epoch < epoch])
