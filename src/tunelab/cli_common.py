@@ -48,7 +48,7 @@ def environment_error(exc: BaseException) -> str | None:
         return f"SQLite: {exc}" + ("; another tunelab command is writing the database" if "locked" in str(exc)
                                    else "")
     if isinstance(exc, OSError):
-        words = _OS_WORDS.get(exc.errno) or (exc.strerror or str(exc)).lower()
+        words = (_OS_WORDS.get(exc.errno) if exc.errno is not None else None) or (exc.strerror or str(exc)).lower()
         files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
         return f"{' → '.join(files)}: {words}" if files else words
     return None

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from tunelab.execute.executor import Executor
 from tunelab.execute.jobs import JobRow, all_jobs
+from tunelab.execute.sweep_view import SweepView
 from tunelab.runconfig import RunConfig
-
-if TYPE_CHECKING:
-    from tunelab.execute.sweep_view import SweepView
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class Schedule:
 
 def lpt_order(needs: list[RunNeed]) -> list[RunNeed]:
     """Longest estimated run first; runs without an estimate last (in their given order)."""
-    known = sorted((n for n in needs if n.seconds is not None), key=lambda n: -n.seconds)
+    known = sorted((n for n in needs if n.seconds is not None), key=lambda n: -(n.seconds or 0.0))
     return known + [n for n in needs if n.seconds is None]
 
 
@@ -67,9 +67,10 @@ class Pool:
         if need.gpus != 1 or len(held) >= self.runs_per_gpu or device.memory_gib is None:
             return False
         mems = [need.memory_gib] + [h.memory_gib for h in held.values()]
-        if any(m is None for m in mems) or any(h.gpus != 1 for h in held.values()):
+        known = [m for m in mems if m is not None]
+        if len(known) < len(mems) or any(h.gpus != 1 for h in held.values()):
             return False
-        return sum(mems) <= SHARE_FRACTION * device.memory_gib
+        return sum(known) <= SHARE_FRACTION * device.memory_gib
 
     def place(self, need: RunNeed) -> tuple[str, ...] | None:
         """Reserve GPUs for this run if it fits now (emptiest GPUs first); None if it must wait."""

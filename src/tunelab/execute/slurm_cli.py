@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
@@ -40,17 +41,20 @@ def merge(queued: tuple[str, str] | None, queue_ok: bool, rows: list[SacctRow], 
       ended state if it has one, else UNSEEN (the run's files and log will say how it ended).
     - squeue failed: sacct alone, if it knows the job."""
     job = rows[0] if rows else None
-    extra = dict(exit_code=job.exit_code, elapsed=job.elapsed, node=job.extra.get("node")) if job else {}
     acct_ended = job is not None and base_state(job.state) not in ACTIVE_STATES
+
+    def info(state: str, with_acct: bool, **more: Any) -> JobInfo:
+        if job is None or not with_acct:
+            return JobInfo(state, **more)
+        return JobInfo(state, job.exit_code, job.elapsed, job.extra.get("node"), rows=tuple(rows), **more)
+
     if queued is not None:
         state, reason = queued
         ended = base_state(state) not in ACTIVE_STATES
-        return JobInfo(state, reason=reason, rows=tuple(rows), settled=not ended or acct_ended or not acct_ok,
-                       **extra)
+        return info(state, True, reason=reason, settled=not ended or acct_ended or not acct_ok)
     if queue_ok:
-        return JobInfo(job.state if acct_ended else UNSEEN, rows=tuple(rows) if acct_ended else (),
-                       **(extra if acct_ended else {}))
-    return JobInfo(job.state, rows=tuple(rows), **extra) if job else None
+        return info(job.state if job is not None and acct_ended else UNSEEN, acct_ended)
+    return info(job.state, True) if job is not None else None
 
 
 class Throttle:

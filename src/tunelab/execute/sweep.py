@@ -117,7 +117,7 @@ def _loop(sweep: Sweep, capacity: Capacity, followed: set[str], follow: bool) ->
                 _look(sweep, capacity)
             _start_what_fits(sweep, capacity)
         first = False
-        sweep.view.tick(sweep)
+        sweep.view.tick(sweep.runs)
         if not sweep.queue and not (follow and (sweep.open_jobs(followed | sweep.started) or sweep.running)):
             return
         check_reachable(sweep.ex)
@@ -132,7 +132,7 @@ def _look(sweep: Sweep, capacity: Capacity | None) -> None:
     retry policy (retries join the queue)."""
     for job in refresh(sweep.book, sweep.runs, {sweep.ex.name: sweep.ex}, reachable_only=True):
         if job.failure is not None and job.id not in sweep.running:
-            sweep.view.ended(sweep, job)
+            sweep.view.ended(job)
     if sweep.running:
         rows = {j.id: j for j in all_jobs(sweep.book)}
         judged = [rows[row] for row in sweep.running if not rows[row].open]  # here, or by `status`/`cancel`
@@ -142,7 +142,7 @@ def _look(sweep: Sweep, capacity: Capacity | None) -> None:
             if info is not None and not info.ended:
                 continue  # cancelled, and still stopping (a trainer saves first): its room is not free yet
             del sweep.running[job.id]
-            sweep.view.ended(sweep, job)
+            sweep.view.ended(job)
             if capacity is not None:
                 capacity.release(job.run)
     if not sweep.dry_run:

@@ -4,7 +4,7 @@ this terminal), one line per event when a scheduler runs them (submissions, verd
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -14,9 +14,6 @@ from tunelab.execute.failures import COMPLETED
 from tunelab.execute.jobs import JobRow
 from tunelab.runconfig import RunConfig
 from tunelab.rundir import read_status
-
-if TYPE_CHECKING:
-    from tunelab.execute.coordinator import Sweep
 
 
 class SweepView:
@@ -36,13 +33,13 @@ class SweepView:
         dep_txt = f" (afterok:{dep})" if dep else ""
         self.say(f"submitted {cfg.name} {kind} job {job_id}{dep_txt}: {reason}")
 
-    def ended(self, sweep: Sweep, job: JobRow) -> None:
+    def ended(self, job: JobRow) -> None:
         self.say(f"{job.run} {job.kind} job {job.job_id}: {job.detail}")
 
     def retrying(self, cfg: RunConfig) -> None:
         pass
 
-    def tick(self, sweep: Sweep) -> None:
+    def tick(self, runs: dict[str, RunConfig]) -> None:
         pass
 
 
@@ -73,7 +70,7 @@ class BarsView(SweepView):
             self.tasks[cfg.name] = self.progress.add_task(f"  {cfg.name}" + (f" [{where}]" if where else ""),
                                                           total=None)
 
-    def ended(self, sweep: Sweep, job: JobRow) -> None:
+    def ended(self, job: JobRow) -> None:
         task = self.tasks.pop(job.run, None)
         if self.progress is None or task is None or job.kind != "train":
             return
@@ -88,11 +85,11 @@ class BarsView(SweepView):
             total = self.progress.tasks[self.sweep_task].total or 0
             self.progress.update(self.sweep_task, total=total + 1)
 
-    def tick(self, sweep: Sweep) -> None:
+    def tick(self, runs: dict[str, RunConfig]) -> None:
         if self.progress is None:
             return
         for name, task in self.tasks.items():
-            status = read_status(sweep.runs[name].run_dir)
+            status = read_status(runs[name].run_dir)
             if status.total_steps:
                 self.progress.update(task, total=status.total_steps, completed=status.step or 0)
 

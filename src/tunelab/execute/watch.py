@@ -58,11 +58,12 @@ def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | 
     running = [v for v in views if v.state == RUNNING]
     waiting = [v for v in views if v.state == PENDING and v.kind == "fine-tuned"]
     planned = [(configs[v.name].estimate or {}).get("seconds") for v in waiting]
-    if any(p is None for p in planned) or any(v.eta_s is None for v in running):
+    known = [float(p) for p in planned if p is not None]
+    if len(known) < len(planned) or any(v.eta_s is None for v in running):
         return None
     if not running and not waiting:
         return 0.0
-    return max((v.eta_s or 0.0 for v in running), default=0.0) + sum(planned) / max(len(running), 1)
+    return max((v.eta_s or 0.0 for v in running), default=0.0) + sum(known) / max(len(running), 1)
 
 
 def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
