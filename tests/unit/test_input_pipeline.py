@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tunelab.errors import TunelabError
 from tunelab.fsutil import read_jsonl
 from tunelab.report.checks import DATA_WAIT_FLAG, data_wait_issue
+from tunelab.rundir.summary import Summary
 from tunelab.spec.training import ByField, TrainingConfig
 from tunelab.train.dataloading import TimedIterator, dataloader_args, resolve_workers, wait_summary
 from tunelab.train.ordering import append_order, fixed_order, order_record, record_draws
@@ -54,10 +55,10 @@ def test_wait_summary_is_the_fraction_of_training_time():
 
 
 def test_report_flags_data_wait_above_the_threshold_with_the_fix():
-    assert data_wait_issue("r", {"data_wait_fraction": DATA_WAIT_FLAG * 0.8, "data_wait_s": 4}) is None
-    assert data_wait_issue("r", {}) is None  # runs from before the measurement
-    issue = data_wait_issue("r", {"data_wait_fraction": 0.2, "data_wait_s": 12.5, "dataloader_workers": 0,
-                                  "dataloader_workers_source": "cpu training"})
+    assert data_wait_issue("r", Summary(data_wait_fraction=DATA_WAIT_FLAG * 0.8, data_wait_s=4)) is None
+    assert data_wait_issue("r", Summary()) is None  # runs from before the measurement
+    issue = data_wait_issue("r", Summary(data_wait_fraction=0.2, data_wait_s=12.5, dataloader_workers=0,
+                                         dataloader_workers_source="cpu training"))
     assert issue.kind == "data-wait" and "20%" in issue.detail and "training.dataloader_workers" in issue.detail
 
 
@@ -105,7 +106,7 @@ def test_run_issues_lists_the_data_wait_of_a_starved_run(tmp_path):
     def run(frac: float) -> RunData:
         return RunData(name="r", kind="fine-tuned", model="m", dataset="d", factors={}, state="running",
                        run_dir=tmp_path, rel_dir="runs/r", config=SimpleNamespace(attempt=1, training=None, stages=[], trainings=lambda: []),
-                       summary={"data_wait_fraction": frac, "data_wait_s": 30.0, "dataloader_workers": 0},
+                       summary=Summary(data_wait_fraction=frac, data_wait_s=30.0, dataloader_workers=0),
                        metrics_rows=3)
 
     assert [i.kind for i in run_issues(run(0.12))] == ["data-wait"]
