@@ -20,12 +20,12 @@ from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_s
 from tunelab.faults import kill_point
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.runconfig import RunConfig
-from tunelab.stats.records import Interval
 from tunelab.rundir.layout import COMPLETED, PENDING
 from tunelab.rundir.metrics import MetricRow, read_metrics
 from tunelab.rundir.scores import TaskScores, read_scores, task_dir
 from tunelab.rundir.status import Status, now_iso, read_status
 from tunelab.rundir.summary import Summary, read_summary
+from tunelab.stats.records import Interval
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -19,14 +19,14 @@ from tunelab.experiment import SPEC_FILE, load_runs
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
 from tunelab.results import EvalRecord, RunRecord, collect_results
 from tunelab.runconfig import RunConfig
-from tunelab.spec import ExperimentSpec, load_spec
-from tunelab.stats.records import SampleValue
 from tunelab.rundir.layout import COMPLETED, RUNNING
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.scores import read_scores
 from tunelab.rundir.stages import StageRecord, epoch_labels, read_stage_records
 from tunelab.rundir.status import Status, read_status
 from tunelab.rundir.summary import Summary, read_summary
+from tunelab.spec import ExperimentSpec, load_spec
+from tunelab.stats.records import SampleValue
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
