@@ -97,12 +97,11 @@ def slug(text: str) -> str:
 
 def _named(paths: list[Path], stem: bool) -> list[dict[str, str]]:
     """[{name, path}] with unique names from the directory or file names."""
+    from tunelab.spec.base import unique_name
+
     out, seen = [], set()
     for p in paths:
-        base = slug(p.stem if stem else p.name)
-        name, i = base, 2
-        while name in seen:
-            name, i = f"{base}-{i}", i + 1
+        name = unique_name(slug(p.stem if stem else p.name), seen)
         seen.add(name)
         out.append({"name": name, "path": str(p.resolve())})
     return out
