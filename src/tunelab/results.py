@@ -1,6 +1,7 @@
 """results: one record per run, control and eval-only run, from the ledger (after ingesting the run dirs).
 
-Each record carries every evaluation: one entry per checkpoint × task with all its metrics. The
+Each record carries every evaluation: one entry per checkpoint × task with all its metrics (and, for a
+staged run, the checkpoint's stage and whether the stage ends on it, as the report labels it). The
 headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from tunelab import ledger
 from tunelab.experiment import load_runs
 from tunelab.runconfig import RunConfig
+from tunelab.train.stages import NO_STAGE, CheckpointStage, checkpoint_stages
 
 FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", "final_val_loss", "steps",
           "duration_s", "tokens_per_s", "peak_memory_gib", "score", "score_ci_low", "score_ci_high", "eval")
@@ -57,8 +59,15 @@ def score_ci(rec: dict[str, Any] | None) -> list[float] | None:
     return [iv["low"], iv["high"]] if iv else None
 
 
+def _with_stages(cfg: RunConfig, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record with its checkpoint's `stage`, `stage_epoch` and `ends_stage` (None: unstaged, or a base model)."""
+    stages = checkpoint_stages(cfg) if cfg.kind == "finetune" else {}
+    return [{**e, **(stages[e["epoch"]].to_dict() if e["epoch"] in stages else NO_STAGE)} for e in evals]
+
+
 def _record(cfg: RunConfig, row: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
     tasks = [t.name for t in cfg.eval.resolved_tasks()]
+    evals = _with_stages(cfg, evals)
     head = headline(evals, tasks)
     last = evals[-1]["label"] if evals else None
     return {
@@ -107,9 +116,18 @@ def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2)
 
 
+def _stages_text(evals: list[dict[str, Any]]) -> str:
+    """A staged run's evaluated checkpoints and their stages: `epoch_2=hard/epoch_1(end)`, `;`-separated."""
+    at = {e["label"]: CheckpointStage(e["stage"], e["stage_epoch"], e["ends_stage"]).label
+          + ("(end)" if e["ends_stage"] else "") for e in evals if e["stage"] is not None}
+    return ";".join(f"{label}={text}" for label, text in at.items())
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high` (its 95 %
-    interval), and `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`."""
+    interval), `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`, and
+    `checkpoint_stages` a staged run's evaluated checkpoints as `epoch_N=STAGE/epoch_K` (`(end)`: the stage ends
+    on it)."""
     metric_cols: list[str] = []
     for r in rows:
         for e in r["eval"]:
@@ -118,7 +136,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
                     if col not in metric_cols:
                         metric_cols.append(col)
     buf = io.StringIO()
-    cols = [f for f in FIELDS if f != "eval"] + metric_cols + ["evals"]
+    cols = [f for f in FIELDS if f != "eval"] + metric_cols + ["evals", "checkpoint_stages"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
@@ -133,5 +151,6 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
                     flat.update({f"{e['task']}.{m}.ci_low": iv["low"], f"{e['task']}.{m}.ci_high": iv["high"]})
         flat["evals"] = ";".join(f"{e['label']}/{e['task']}/{m}={v}{_ci_text(e['intervals'].get(m))}"
                                  for e in r["eval"] for m, v in e["metrics"].items())
+        flat["checkpoint_stages"] = _stages_text(r["eval"])
         w.writerow(flat)
     return buf.getvalue()

@@ -17,6 +17,7 @@ from tunelab.fsutil import read_jsonl
 from tunelab.results import collect_results
 from tunelab.runconfig import RunConfig
 from tunelab.train import status as st
+from tunelab.train.stages import STAGE_FIELDS
 
 # metrics.jsonl fields logged per step (others, such as cumulative token counts, are bookkeeping)
 STEP_FIELDS = ("loss", "val_loss", "lr", "grad_norm", "epoch", "tokens_per_s", "peak_memory_gib")
@@ -100,6 +101,12 @@ def _eval_points(result: dict[str, Any], start_ms: int) -> list[MetricPoint]:
     return points
 
 
+def _checkpoint_stages(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A staged run's evaluated checkpoints → {label: {stage, stage_epoch, ends_stage}}, as `results` records them
+    (params `checkpoint_stages.epoch_N.stage`…: the eval metrics' step N read as the report reads it)."""
+    return {e["label"]: {k: e[k] for k in STAGE_FIELDS} for e in result["eval"] if e["stage"] is not None}
+
+
 def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
     status = st.read_status(cfg.run_dir)
     start = _ms(status.get("first_started_at") or status.get("started_at"))
@@ -108,13 +115,15 @@ def run_record(cfg: RunConfig, result: dict[str, Any]) -> RunRecord:
     params = flatten(config)
     params.update({f"factor.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
                    for k, v in cfg.factors.items()})
+    stages = _checkpoint_stages(result)
+    params.update(flatten({"checkpoint_stages": stages}))
     summary = [MetricPoint(f"summary.{k}", float(result[k]), 0, base) for k in SUMMARY_FIELDS
                if isinstance(result.get(k), (int, float))]
     return RunRecord(
         name=cfg.name, kind=result["type"], state=result["state"], run_dir=cfg.run_dir, params=params,
         metrics=_step_points(cfg, base) + summary + _eval_points(result, base),
         start_ms=start, end_ms=_ms(status.get("finished_at")), error=result["error"],
-        config={**config, "factors": dict(cfg.factors)})
+        config={**config, "factors": dict(cfg.factors), **({"checkpoint_stages": stages} if stages else {})})
 
 
 def sweep_record(experiment_dir: str | Path) -> SweepRecord:

@@ -23,7 +23,7 @@ from tunelab.runconfig import RunConfig
 from tunelab.spec import ExperimentSpec, load_spec
 from tunelab.stats.records import SampleValue
 from tunelab.train import status as st
-from tunelab.train.stages import StageRecord, epoch_labels, read_stage_records
+from tunelab.train.stages import StageRecord, checkpoint_stages, read_stage_records
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -259,23 +259,6 @@ def _read_metrics(run: RunData) -> None:
             target.append(Point(int(step), r.get("epoch"), float(v)))
 
 
-def stage_epochs(cfg: RunConfig, records: list[StageRecord]) -> dict[int, str]:
-    """{global epoch: 'STAGE/epoch_K'}: the completed stages' as stages.json records them, then the stages still
-    to come as planned (each its training.epochs on from the last recorded epoch; none past a stage that stops
-    at max_steps, whose epochs are known only once it completes). {} for an unstaged run."""
-    done = [r.name for r in records]
-    if not cfg.stages or done != [s.name for s in cfg.stages[:len(done)]]:  # stages.json no longer matches
-        return {}
-    labels = epoch_labels(cfg.run_dir)
-    nxt = max(labels, default=-1) + 1
-    for s in cfg.stages[len(records):]:
-        if s.training.max_steps is not None:
-            break
-        labels.update({nxt + k: f"{s.name}/epoch_{k}" for k in range(s.training.epochs)})
-        nxt += s.training.epochs
-    return labels
-
-
 def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskInfo]:
     """The tasks of the experiment (spec order), with the metrics their scores carry."""
     infos: dict[str, TaskInfo] = {}
@@ -309,7 +292,7 @@ def _run_data(cfg: RunConfig, rec: dict[str, Any], exp: Path, attempts: list[dic
         _read_metrics(run)
         run.checkpoints = verify_checkpoints(cfg.run_dir)
         run.stages = read_stage_records(cfg.run_dir) if cfg.stages else []
-        run.epoch_stage = stage_epochs(cfg, run.stages)
+        run.epoch_stage = {e: at.label for e, at in checkpoint_stages(cfg, run.stages).items()}
     return run
 
 
