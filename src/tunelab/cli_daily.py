@@ -13,6 +13,7 @@ import typer
 
 from tunelab.cli_common import console, friendly
 from tunelab.errors import TunelabError
+from tunelab.init.answers import DEFAULTS
 
 TRACKERS = ("mlflow", "wandb")
 
@@ -20,9 +21,9 @@ TRACKERS = ("mlflow", "wandb")
 def export_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     to: str = typer.Option(..., "--to", help="The tracker: mlflow, or wandb (offline runs for `wandb sync`)."),
-    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri",
-                                     help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
-                                     "databricks."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
+                                               help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
+                                               "databricks (default: sqlite:///<experiment>/mlflow/mlflow.db)."),
     mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
                                                     help="MLflow experiment name (default: the spec's name)."),
     wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
@@ -112,14 +113,14 @@ def init_cmd(
     dataset: Optional[list[Path]] = typer.Option(None, "--dataset", help="A dataset file (repeatable)."),
     vary: Optional[list[str]] = typer.Option(None, "--vary", help="A factor and its levels, e.g. lora_rank=4,16 "
                                              "(repeatable: the runs are every combination)."),
-    gpus_per_run: int = typer.Option(1, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
-    validation: bool = typer.Option(True, "--validation/--no-validation", help="Track validation loss during "
+    gpus_per_run: int = typer.Option(DEFAULTS.gpus_per_run, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
+    validation: bool = typer.Option(DEFAULTS.validation, "--validation/--no-validation", help="Track validation loss during "
                                     "training (about 4 times per epoch)."),
-    controls: bool = typer.Option(True, "--controls/--no-controls", help="Evaluate each base model without "
+    controls: bool = typer.Option(DEFAULTS.controls, "--controls/--no-controls", help="Evaluate each base model without "
                                   "fine-tuning, to measure what fine-tuning adds."),
-    epochs: int = typer.Option(1, "--epochs", help="Training epochs."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
-                                         "(field rows need one; chat and prompt/completion rows do not)."),
+    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="Training epochs."),
+    prompt: str = typer.Option(DEFAULTS.prompt, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
+                               "(field rows need one; chat and prompt/completion rows do not: '' for none)."),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the directory's name)."),
     out: Path = typer.Option(Path("."), "--out", help="Experiment directory, or the spec file (*.yaml) to write."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU the jobs will run on, for the estimates (e.g. "
@@ -137,7 +138,7 @@ def init_cmd(
 
     from tunelab.catalog import detect_gpu, resolve_gpu
     from tunelab.cli import _print_plan
-    from tunelab.init.answers import InitAnswers, commit, draft, parse_vary, slug, spec_path
+    from tunelab.init.answers import InitAnswers, commit, default_name, draft, parse_vary, spec_path
 
     ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset)
     target = spec_path(out)
@@ -147,9 +148,9 @@ def init_cmd(
 
         answers = ask_answers(out, models_roots(models_dir), Path.cwd(), gpu_known=bool(gpu or detect_gpu()))
     else:
-        answers = InitAnswers(name=name or slug(target.resolve().parent.name), models=model or [],
-                              datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
-                              validation=validation, controls=controls, epochs=epochs, prompt=prompt)
+        answers = InitAnswers(name=name or default_name(out), models=model or [], datasets=dataset or [],
+                              vary=parse_vary(vary or []) or dict(DEFAULTS.vary), gpus_per_run=gpus_per_run,
+                              validation=validation, controls=controls, epochs=epochs, prompt=prompt or None)
     if gpu:
         answers.gpu = resolve_gpu(gpu).name  # the spec names it: plan and scaffold later plan for it too
     target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()

@@ -106,6 +106,31 @@ def test_export_to_mlflow_sqlite_store_is_complete_and_idempotent(sweep, tmp_pat
     assert len(client.get_metric_history(r4.info.run_id, "loss")) == len(want)
 
 
+def test_export_to_mlflow_defaults_to_a_sqlite_store_in_the_experiment_and_names_file_stores(sweep, tmp_path,
+                                                                                               monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # the default store lives with the experiment, not where the command runs
+    store = sweep / "mlflow"
+    try:
+        out = _ok(["export", sweep, "--to", "mlflow"]).output
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        assert uri in " ".join(out.split()) and "2 run(s) created" in out and not list(tmp_path.iterdir())
+        client = MlflowClient(tracking_uri=uri)
+        (experiment,) = [e for e in client.search_experiments() if e.name == "t"]
+        runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+        assert sorted(runs) == ["t", "tiny_base", "tiny_r4"]
+        assert {a.path for a in client.list_artifacts(runs["t"].info.run_id, "report")} >= {"report/report.md"}
+        assert (store / "mlartifacts" / "t").is_dir()
+    finally:
+        shutil.rmtree(store, ignore_errors=True)  # the archive tests below see the sweep as trained
+    for uri in ((tmp_path / "mlruns").as_uri(), "mlruns"):  # MLflow >= 3.10 refuses file stores: one line
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+        res = runner.invoke(app, ["export", str(sweep), "--to", "mlflow", "--tracking-uri", uri])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "sqlite:///" in res.output and uri in res.output
+
+
 def test_export_refuses_unknown_trackers(sweep):
     res = runner.invoke(app, ["export", str(sweep), "--to", "neptune"])
     assert res.exit_code == 1 and "unknown tracker" in res.output and "Traceback" not in res.output
