@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from tunelab.cli_build import data_app, models_app
-from tunelab.cli_common import console, err_console, friendly
+from tunelab.cli_common import friendly
+from tunelab.console import console, data_table, error, say, show, warn
 from tunelab.cli_daily import register as register_daily
 from tunelab.cli_estimate import register as register_estimate
 from tunelab.cli_measure import register as register_measure
@@ -48,23 +47,18 @@ def _print_plan(plan) -> None:
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):
-        if rows:
-            table = Table(title=title)
-            for col in rows[0]:
-                table.add_column(col)
-            for r in rows[:SHOWN_ROWS]:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
-                table.add_row(*r.values())
-            console.print(table)
+        if rows:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
+            show(data_table(rows[0], [r.values() for r in rows[:SHOWN_ROWS]], title=title))
             if len(rows) > SHOWN_ROWS:
-                console.print(f"… and {len(rows) - SHOWN_ROWS} more rows: plan.md (or `plan --json`) lists them all")
+                say("… and {} more rows: plan.md (or `plan --json`) lists them all", len(rows) - SHOWN_ROWS)
         title = "stages (steps and time per stage; the run's are their sum)"
-    console.print(f"recipe: {plan.recipe}")
+    say("recipe: {}", plan.recipe)
     for note in resolution_notes(plan):
-        console.print(f"resolution: {note}", highlight=False)
+        say("resolution: {}", note)
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
-        console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
+        say("local schedule: longest first, predicted makespan {:.1f} min", plan.schedule.makespan_s / 60)
     for w in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+        warn(w)
 
 
 @app.command("plan")
@@ -102,7 +96,7 @@ def plan_cmd(
         return
     _print_plan(plan)
     if path:
-        console.print(f"wrote {path}")
+        say("wrote {}", path)
 
 
 @app.command("scaffold")
@@ -118,7 +112,7 @@ def scaffold_cmd(
     from tunelab.scaffold import scaffold
 
     plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
-    console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
+    say("scaffolded {} runs and {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir)
 
 
 @app.command("train")
@@ -173,7 +167,7 @@ def run_cmd(
         if wait and not dry_run:
             bad = {k: v for k, v in results.items() if v != "completed"}
             if bad:
-                err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see `tunelab status`[/red]")
+                error(f"{len(bad)} run(s) did not complete: {bad}; see `tunelab status`")
                 raise typer.Exit(1)
         return
     if executor != "local":
@@ -183,7 +177,7 @@ def run_cmd(
     results = run_local(experiment_dir, runs, force=force, console=console)
     bad = {k: v for k, v in results.items() if v != "completed"}
     if bad:
-        err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see runs/<run>/train.log[/red]")
+        error(f"{len(bad)} run(s) did not complete: {bad}; see runs/<run>/train.log")
         raise typer.Exit(1)
 
 
@@ -232,20 +226,19 @@ def results_cmd(
         sys.stdout.write(to_csv(rows))
     else:
         tasks = list(dict.fromkeys(e["task"] for r in rows for e in r["eval"]))
-        table = Table(title=str(experiment_dir))
-        for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
-            table.add_column(col)
+        table = []
         for r in rows if show_all else rows[:SHOWN_ROWS]:
             last = r["eval"][-1]["label"] if r["eval"] else None
             cells = {e["task"]: show_ci(e["score"], score_ci(e), e["primary_metric"]) for e in r["eval"]
                      if e["label"] == last}
-            table.add_row(r["name"], r["type"], r["state"], str(r["steps"] or "—"),
+            table.append([r["name"], r["type"], r["state"], str(r["steps"] or "—"),
                           f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "—",
                           f"{r['final_val_loss']:.4f}" if r["final_val_loss"] is not None else "—",
-                          *[cells.get(t, "—") for t in tasks])
-        console.print(table)
+                          *[cells.get(t, "—") for t in tasks]])
+        show(data_table(("run", "type", "state", "steps", "final loss", "val loss", *tasks), table,
+                        title=str(experiment_dir)))
         if len(rows) > SHOWN_ROWS and not show_all:
-            console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")
+            say("… and {} more runs (--all, --json or --csv for all)", len(rows) - SHOWN_ROWS)
 
 
 @app.command("report")
@@ -259,11 +252,11 @@ def report_cmd(
     from tunelab.report.build import build_report, open_in_browser
 
     files = build_report(experiment_dir)
-    console.print(f"report: {files.markdown}", soft_wrap=True)
-    console.print(f"report: {files.html}" + (" [yellow](partial: the sweep is not finished)[/yellow]"
-                                             if files.partial else ""), soft_wrap=True)
+    say("report: {}", files.markdown)
+    say("report: {}" + (" [yellow](partial: the sweep is not finished)[/yellow]" if files.partial else ""),
+        files.html)
     if open_ and not open_in_browser(files.html):
-        console.print("[dim]no browser to open; open the file above yourself[/dim]")
+        say("[dim]no browser to open; open the file above yourself[/dim]")
 
 
 def _gpu_or_none(name: str | None, spec_path: Path | None = None):
@@ -297,13 +290,10 @@ def status_cmd(
     from tunelab.execute.status import status_rows
 
     def table(rows):
-        t = Table(title=f"{experiment_dir}")
-        for col in ("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"):
-            t.add_column(col, overflow="fold")
-        for r in rows:
-            t.add_row(r["name"], r["type"], r["state"], r["job_id"] or "—", str(r["attempt"]), r["progress"],
-                      r["eta"], r["eval"] or "—", r["detail"])
-        return t
+        return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
+                          [(r["name"], r["type"], r["state"], r["job_id"] or "—", r["attempt"], r["progress"],
+                            r["eta"], r["eval"] or "—", r["detail"]) for r in rows],
+                          title=str(experiment_dir), overflow="fold")
 
     rows = status_rows(experiment_dir)
     if json_out:
@@ -312,11 +302,11 @@ def status_cmd(
     if not watch:
         listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r["state"] != "completed"]
         listed = listed if show_all else listed[:SHOWN_ROWS]
-        console.print(table(listed))
+        show(table(listed))
         if len(listed) < len(rows):
             counts = Counter(r["state"] for r in rows)
-            console.print(f"{len(rows)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.most_common())
-                          + f"; {len(rows) - len(listed)} not listed (--all lists every run)")
+            say("{} runs: {}; {} not listed (--all lists every run)", len(rows),
+                ", ".join(f"{n} {k}" for k, n in counts.most_common()), len(rows) - len(listed))
         return
     from tunelab.execute.watch import watch as watch_live
 
@@ -355,9 +345,9 @@ def ingest_cmd(
     results = ingest_logs(paths, device)
     for r in results:
         mark = "[green]imported[/green]" if r.imported else "[yellow]skipped[/yellow]"
-        console.print(f"{mark} {r.path}: {r.reason}", highlight=False, soft_wrap=True)
+        say(mark + " {}: {}", r.path, r.reason)
     n = sum(r.imported for r in results)
-    console.print(f"{n} of {len(results)} log(s) imported into {history_path()}")
+    say("{} of {} log(s) imported into {}", n, len(results), history_path())
 
 
 @app.command("schema")
@@ -385,9 +375,9 @@ def demo_cmd(
     if executor not in ("local", "slurm"):
         raise TunelabError(f"unknown executor {executor!r}: use 'local' or 'slurm'", field="--executor")
     report = run_demo(out, force=force, console=console, executor=executor, model=model)
-    console.print(f"\n[bold green]Report:[/bold green] {report}")
+    say("\n[bold green]Report:[/bold green] {}", report)
     if report.with_suffix(".html").is_file():
-        console.print(f"[bold green]Open in a browser:[/bold green] {report.with_suffix('.html')}")
+        say("[bold green]Open in a browser:[/bold green] {}", report.with_suffix(".html"))
 
 
 if __name__ == "__main__":  # pragma: no cover

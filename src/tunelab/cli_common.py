@@ -1,4 +1,4 @@
-"""What every CLI module shares: the consoles and the error → one-red-line decorator.
+"""What every CLI module shares: the error → one-red-line decorator (printing itself: tunelab.console).
 
 Kept apart from cli.py so sub-app modules (cli_build) can import it without an import cycle.
 """
@@ -12,13 +12,9 @@ import sqlite3
 import subprocess
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from tunelab.console import error
 from tunelab.errors import TunelabError
-
-console = Console()
-err_console = Console(stderr=True)
 
 # What the machine, not the user's input, can do to any command: named plainly instead of a traceback.
 _OS_WORDS = {
@@ -47,10 +43,6 @@ def environment_error(exc: BaseException) -> str | None:
     return None
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-
-
 def friendly(fn):
     """TunelabError, and any failure of the environment (permission denied, disk full, locked database,
     scheduler timeout), become one red line on stderr and exit code 1, no traceback. TUNELAB_DEBUG=1
@@ -61,13 +53,13 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except TunelabError as exc:
-            _fail(str(exc))
+            error(str(exc))
             raise typer.Exit(1) from None
         except (OSError, sqlite3.OperationalError, subprocess.TimeoutExpired) as exc:
             message = environment_error(exc)
             if message is None or os.environ.get("TUNELAB_DEBUG"):
                 raise
-            _fail(message)
+            error(message)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab import ledger
+from tunelab.console import say
 from tunelab.execute import retry
 from tunelab.execute.claims import experiment_lock
 from tunelab.execute.failures import COMPLETED, Failure
@@ -60,7 +61,7 @@ def handle_ended(exp: Path, sub: Submitter, runs: dict[str, RunConfig], console:
                               state=j["failure"], reason=note)
         ledger.update_job(exp, j["id"], handled=1, detail=note)
         if new_cfg is not None:
-            console.print(f"[yellow]{j['run']}: {note}[/yellow]", highlight=False)
+            say("[yellow]{}: {}[/yellow]", j["run"], note, console=console)
             sub.submit_run(new_cfg, train=True, eval_=True, reason=decision.reason)
 
 
@@ -70,7 +71,7 @@ def wait_for_jobs(exp: Path, sub: Submitter, runs: dict[str, RunConfig], console
         with experiment_lock(exp):
             for j in refresh(exp, runs, {sub.ex.name: sub.ex}):
                 if j.get("failure"):
-                    console.print(f"{j['run']} {j['kind']} job {j['job_id']}: {j['detail']}", highlight=False)
+                    say("{} {} job {}: {}", j["run"], j["kind"], j["job_id"], j["detail"], console=console)
             handle_ended(exp, sub, runs, console)
         if not any(is_open(j) for j in all_jobs(exp) if j["executor"] == sub.ex.name):
             return

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from tunelab import ledger
+from tunelab.console import markup, progress_columns, say
 from tunelab.execute import claims, retry
 from tunelab.execute.failures import CANCELLED, COMPLETED, Failure, classify
 from tunelab.execute.local_jobs import TRAIN_LOG, LocalExecutor, exit_state
@@ -80,18 +81,19 @@ def pending_runs(runs: list[RunConfig], force: bool, console: Console) -> list[R
     for cfg in runs:
         held_by = claims.claim(cfg.run_dir)
         if held_by is not None:
-            console.print(f"[yellow]skip {cfg.name}: claimed by another coordinator ({held_by})[/yellow]")
+            say("[yellow]skip {}: claimed by another coordinator ({})[/yellow]", cfg.name, held_by, console=console)
             continue
         state = training_state(cfg.run_dir)
         if state == st.COMPLETED and not force:
-            console.print(f"[dim]skip {cfg.name}: completed[/dim]")
+            say("[dim]skip {}: completed[/dim]", cfg.name, console=console)
         elif state == st.RUNNING:  # even with --force: clearing a live job's files would corrupt it
-            console.print(f"[yellow]skip {cfg.name}: running elsewhere (its job is alive)[/yellow]")
+            say("[yellow]skip {}: running elsewhere (its job is alive)[/yellow]", cfg.name, console=console)
         else:
             if force:
                 clear_outputs(cfg.run_dir)
             elif state in (st.INTERRUPTED, st.FAILED):
-                console.print(f"{cfg.name}: was {state}; starting again (resumes from its last checkpoint)")
+                say("{}: was {}; starting again (resumes from its last checkpoint)", cfg.name, state,
+                    console=console)
             todo.append(cfg)
             continue
         claims.release(cfg.run_dir)
@@ -135,7 +137,7 @@ def _finish(exp: Path, a: _Active, code: int, status: dict, queue: list[RunConfi
     reason = status.get("error")
     if again is not None:
         reason = f"{reason}; {again.reason}" if reason else again.reason
-        console.print(f"[yellow]{a.cfg.name}: {again.reason}[/yellow]", highlight=False)
+        say("[yellow]{}: {}[/yellow]", a.cfg.name, again.reason, console=console)
     if record and not cancelled:  # (`tunelab cancel` recorded the job's end and the attempt itself)
         ledger.update_job(exp, a.row, state=exit_state(code), exit_code=f"{max(code, 0)}:{max(-code, 0)}",
                           failure=failure.kind, detail=reason or failure.detail, handled=1)
@@ -156,9 +158,8 @@ def _queue(todo: list[RunConfig], pool: Pool, visible: int, console: Console) ->
     by_name = {c.name: c for c in todo}
     queue = [by_name[need.name] for need in lpt_order([run_need(c, visible) for c in todo])]
     for cfg in [c for c in queue if not pool.fits_ever(run_need(c, visible))]:
-        console.print(f"[red]{cfg.name}: needs {run_need(cfg, visible).gpus} GPUs, {visible} visible "
-                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); not started[/red]",
-                      highlight=False)
+        say("[red]{}: needs {} GPUs, {} visible (CUDA_VISIBLE_DEVICES={}); not started[/red]", cfg.name,
+            run_need(cfg, visible).gpus, visible, os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), console=console)
         queue.remove(cfg)
         claims.release(cfg.run_dir)
     return queue
@@ -189,7 +190,8 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
         todo = pending_runs(runs, force, console)
     results: dict[str, str] = {}
     if not todo:
-        console.print("nothing to run: every selected run is completed, running or claimed by another coordinator")
+        say("nothing to run: every selected run is completed, running or claimed by another coordinator",
+            console=console)
         if record:
             ledger.ingest_all(exp, all_runs)
         return results
@@ -199,9 +201,8 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
     active: dict[str, _Active] = {}
     ex = LocalExecutor()
     touched = time.monotonic()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*progress_columns(), console=console, transient=False) as progress:
             sweep = progress.add_task(f"sweep ({len(todo)} runs)", total=len(todo))
             while queue or active:
                 _start_what_fits(exp, ex, queue, pool, visible, on_gpu, record, progress, active)
@@ -216,8 +217,8 @@ def run_local(experiment_dir: str | Path, names: list[str] | None = None, force:
                     results[a.cfg.name] = state = _finish(exp, a, code, status, queue, console)
                     if len(queue) > queued:  # a retry
                         progress.update(sweep, total=progress.tasks[sweep].total + 1)
-                    mark = "[green]completed[/green]" if state == st.COMPLETED else f"[red]{state} (exit {code})[/red]"
-                    progress.update(a.task, description=f"  {a.cfg.name}: {mark}")
+                    mark = "[green]completed[/green]" if state == st.COMPLETED else "[red]{} (exit {})[/red]"
+                    progress.update(a.task, description=markup("  {}: " + mark, a.cfg.name, state, code))
                     progress.advance(sweep)
                     del active[name]
                     pool.release(name)

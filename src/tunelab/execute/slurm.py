@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab import ledger
+from tunelab.console import say
 from tunelab.execute.claims import experiment_lock, holder
 from tunelab.execute.follow import handle_ended, wait_for_jobs
 from tunelab.execute.jobs import RunJobs, is_active, latest_jobs
@@ -86,7 +87,8 @@ def run_slurm(experiment_dir: str | Path, names: list[str] | None = None, force:
     selected = select_runs(all_runs, names)
     ex = SlurmExecutor()
     if not ex.has_sacct:
-        console.print("[yellow]sacct not found: job ends are judged from squeue, job logs and run files[/yellow]")
+        say("[yellow]sacct not found: job ends are judged from squeue, job logs and run files[/yellow]",
+            console=console)
     runs = {r.name: r for r in all_runs}
     sub = Submitter(exp, ex, runs, console, dry_run=dry_run)
     with experiment_lock(exp):  # one coordinator at a time judges, retries and submits (execute/claims.py)
@@ -97,7 +99,7 @@ def run_slurm(experiment_dir: str | Path, names: list[str] | None = None, force:
             _clear_forced(exp, selected)
         todo = plan_submissions(exp, selected, force)
         if not todo:
-            console.print("nothing to submit: every selected run is queued, running or done")
+            say("nothing to submit: every selected run is queued, running or done", console=console)
         fresh = [cfg for cfg, train, eval_, after, _ in todo if train and eval_ and after is None]
         packs = pack_groups([cfg for cfg in fresh if is_packed(cfg)])
         arrays, _ = array_groups([cfg for cfg in fresh if not is_packed(cfg)])

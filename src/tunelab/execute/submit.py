@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab import ledger
+from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor
 from tunelab.execute.jobs import all_jobs, is_active
@@ -57,7 +58,7 @@ class Submitter:
         while self.active_count() + needed > s.max_queued:
             check_reachable(self.ex)
             if not waited:
-                self.console.print(f"[dim]{s.max_queued} jobs queued or running (max_queued): waiting…[/dim]")
+                say("[dim]{} jobs queued or running (max_queued): waiting…[/dim]", s.max_queued, console=self.console)
                 waited = True
             time.sleep(s.poll_interval_s)
         pause = s.submit_delay_s - (time.monotonic() - self._last)
@@ -87,8 +88,8 @@ class Submitter:
         spec = array_spec(cfgs)
         if self.dry_run:
             script = Path(cfgs[0].experiment_dir) / ARRAY_DIR / f"train-array-{cfgs[0].name}.sbatch"
-            self.console.print(f"would submit: sbatch --parsable --array={spec} {script}  [dim]# {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
+            say("would submit: sbatch --parsable --array={} {}  [dim]# {}[/dim]", spec, script, reason,
+                console=self.console)
             ids = [f"<array>_{i}" for i in range(len(cfgs))]
         else:
             for cfg in cfgs:
@@ -100,8 +101,8 @@ class Submitter:
                 ledger.record_job(self.exp, run=cfg.name, kind="train", job_id=job_id, attempt=cfg.attempt,
                                   executor=self.ex.name, time_limit=train_time_limit(cfg)[0],
                                   submitted_at=st.now_iso(), state="SUBMITTED", reason=f"{reason} (job array)")
-            self.console.print(f"submitted job array {array} (--array={spec}): "
-                               + ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, ids)), highlight=False)
+            say("submitted job array {} (--array={}): {}", array, spec,
+                ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, ids)), console=self.console)
         for cfg, job_id in zip(cfgs, ids):
             self.submitted.append({"run": cfg.name, "kind": "train", "job_id": job_id, "depends_on": None})
             self._one(cfg, "eval", EVAL_SCRIPT, job_id, reason)
@@ -115,8 +116,8 @@ class Submitter:
         names = ", ".join(c.name for c in cfgs)
         if self.dry_run:
             script = Path(cfgs[0].experiment_dir) / "slurm" / f"node-{cfgs[0].name}.sbatch"
-            self.console.print(f"would submit: sbatch --parsable {script}  [dim]# node job: {names}; {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
+            say("would submit: sbatch --parsable {}  [dim]# node job: {}; {}[/dim]", script, names, reason,
+                console=self.console)
             return "<node>"
         for cfg in cfgs:
             write_slurm_scripts(cfg)  # each run's own scripts, for retries as jobs of their own
@@ -130,7 +131,7 @@ class Submitter:
                                   else None, submitted_at=st.now_iso(), state="SUBMITTED",
                                   reason=f"{reason} (node job)")
                 self.submitted.append({"run": cfg.name, "kind": kind, "job_id": job_id, "depends_on": None})
-        self.console.print(f"submitted node job {job_id} for {len(cfgs)} runs: {names}", highlight=False)
+        say("submitted node job {} for {} runs: {}", job_id, len(cfgs), names, console=self.console)
         return job_id
 
     def _one(self, cfg: RunConfig, kind: str, script: str, dep: str | None, reason: str) -> str:
@@ -138,8 +139,7 @@ class Submitter:
         if self.dry_run:
             job_id = f"<{cfg.name}:{kind}>"
             dep_txt = f" --dependency=afterok:{dep} --kill-on-invalid-dep=yes" if dep else ""
-            self.console.print(f"would submit: sbatch --parsable{dep_txt} {path}  [dim]# {reason}[/dim]",
-                               highlight=False, soft_wrap=True)
+            say("would submit: sbatch --parsable{} {}  [dim]# {}[/dim]", dep_txt, path, reason, console=self.console)
         else:
             job_id = self.ex.submit(path, dep)
             self._last = time.monotonic()
@@ -148,6 +148,6 @@ class Submitter:
                               time_limit=train_time_limit(cfg)[0] if kind == "train" else None,
                               submitted_at=st.now_iso(), state="SUBMITTED", reason=reason)
             dep_txt = f" (afterok:{dep})" if dep else ""
-            self.console.print(f"submitted {cfg.name} {kind} job {job_id}{dep_txt}: {reason}", highlight=False)
+            say("submitted {} {} job {}{}: {}", cfg.name, kind, job_id, dep_txt, reason, console=self.console)
         self.submitted.append({"run": cfg.name, "kind": kind, "job_id": job_id, "depends_on": dep})
         return job_id
