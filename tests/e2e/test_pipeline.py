@@ -53,6 +53,7 @@ def test_sweep_end_to_end(write_spec):
         assert section in report
     assert "2 of 2 fine-tuned runs completed" in report and "partial" not in report
     assert "| tiny_r16 | ✓" in report
+    _findings_state_their_evidence(exp, report)
 
     # idempotent: nothing new to train, nothing new to evaluate
     scores = sorted((exp / "runs").glob("*/eval/*/*/scores.json"))
@@ -61,3 +62,29 @@ def test_sweep_end_to_end(write_spec):
     assert "nothing to run" in _ok(["run", str(exp)]).output
     _ok(["eval", str(exp)])
     assert [p.stat().st_mtime_ns for p in scores] == mtimes
+
+
+def _findings_state_their_evidence(exp, report: str) -> None:
+    """Issue 22: one training run per rank, so the rank's effect is an observation kept out of the headline,
+    naming its runs per level and the noise its interval leaves out; next steps price 3 seeds per configuration
+    from the runs' measured wall times (summary.json); a still-falling val loss names its noise."""
+    from tunelab.plan_markdown import _fmt_seconds
+
+    glance = report.split("## At a glance", 1)[1].split("\n## ", 1)[0]
+    key = report.split("## Key findings", 1)[1].split("\n## ", 1)[0]
+    steps = report.split("## Next steps", 1)[1].split("\n## ", 1)[0]
+    assert "lora_rank: 16 − 4" not in glance and "lora_rank: 4 − 16" not in glance
+    assert "Effects of lora_rank: observations only" in glance
+    assert "**Observations per swept factor**" in key and "Best level" not in key
+    line = next(x for x in key.splitlines() if x.startswith("- **lora_rank** on exact_match"))
+    assert "an observation: 1 run per level, no seed replicates" in line and "not training noise" in line
+    seconds = sum(json.loads((exp / "runs" / n / "summary.json").read_text())["duration_s"]
+                  for n in ("tiny_r4", "tiny_r16"))
+    step = next(x for x in steps.splitlines() if x.startswith("- Replicate before choosing lora_rank"))
+    assert "`seed: [1, 2, 3]`" in step and "3 × 2 = 6 runs" in step
+    assert f"≈ {_fmt_seconds(3 * seconds)} of training: 3 × {_fmt_seconds(seconds)}" in step
+    for x in key.splitlines():
+        if x.startswith("- **Still improving"):
+            assert "beyond checkpoint-to-checkpoint noise" in x, x
+        if x.startswith("- **Val loss lower at the end (observation)"):
+            assert "noise" in x and ("not yet evidence" in x or "so not evidence" in x), x
