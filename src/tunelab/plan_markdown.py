@@ -216,10 +216,13 @@ def _prompt_lines(plan: "Plan") -> list[str]:
 
 def _eval_lines(plan: "Plan") -> list[str]:
     ev = plan.spec.eval
-    lines = [f"Evaluation (inspect-ai, greedy, max {ev.max_tokens} tokens, epochs: {ev.epochs}):", ""]
+    lines = [f"Evaluation (inspect-ai; built-ins greedy, max {ev.max_tokens} tokens; task files with their own "
+             f"generation settings; epochs: {ev.epochs}):", ""]
     for t in ev.resolved_tasks():
         if t.file:
             what = f"task file `{t.file}`" + (f", @task `{t.task}`" if t.task else "")
+            if t.grader is not None:
+                what += f", graded by `{t.grader if isinstance(t.grader, str) else t.grader.path}`"
         else:
             what = f"built-in `{t.builtin}` on `{t.dataset or 'each run’s dataset'}` / {t.split}"
         lines.append(f"- **{t.name}**: {what}" + (f", prompt `{t.prompt!r}`" if t.prompt else ""))
