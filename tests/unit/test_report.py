@@ -208,7 +208,7 @@ def test_best_and_tied_are_decided_by_the_paired_interval_not_by_equal_numbers(e
     step = next(s for s in f.next_steps if s.startswith("Best run undecided"))
     assert "tiny_r4 − tiny_r16: no detectable difference (+7.5 pp [" in step
     need = math.ceil(NormalIndPower().solve_power(effect_size=proportion_effectsize(0.575, 0.5), alpha=0.05, power=0.8))
-    assert f"≈{need} test samples per evaluation" in step and "seed replicates" in step
+    assert f"evaluate on ≈{need} test samples (now 40)" in step and "seed replicates" in step
     effect = next(e for e in f.effects if e.metric == "score")
     assert effect.diff is not None and not effect.diff.resolved
     assert any(s.startswith("The choice of lora_rank hinges on a difference") for s in f.next_steps)

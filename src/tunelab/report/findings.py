@@ -301,10 +301,11 @@ def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> st
     from tunelab.stats.power import samples_needed
 
     need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
-    more = (f"≈{need} test samples per evaluation would resolve a difference of {100 * abs(diff.estimate):.1f} pp "
-            "(alpha 0.05, power 0.8, unpaired — paired needs fewer)") if need and need > n else "more test samples"
+    more = (f"evaluate on ≈{need} test samples (now {n}): that many resolve a difference of "
+            f"{100 * abs(diff.estimate):.1f} pp (alpha 0.05, power 0.8, unpaired — paired needs fewer)"
+            ) if need and need > n else "evaluate on more test samples"
     seeds = "more seeds" if seeded else "seed replicates (priced in a step below)"
-    return f"evaluate on {more}, or add {seeds}"
+    return f"{more}, or add {seeds}"
 
 
 def resolution_steps(data: ReportData, f: Findings) -> list[str]:
