@@ -49,17 +49,23 @@ def base_spec(model_path: Path, data_path: Path, **overrides) -> dict:
     return spec
 
 
-@pytest.fixture
-def write_spec(tmp_path, tiny_model, caps_dataset):
-    """write_spec(**overrides) -> path of experiment.yaml in a fresh experiment dir."""
+@pytest.fixture(scope="session")
+def spec_in(tiny_model, caps_dataset):
+    """spec_in(directory, **overrides) -> path of experiment.yaml written there (fixtures wider than a test)."""
 
-    def _write(**overrides) -> Path:
-        path = tmp_path / "exp" / "experiment.yaml"
+    def _write(directory: Path, **overrides) -> Path:
+        path = directory / "experiment.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(base_spec(tiny_model, caps_dataset, **overrides), sort_keys=False))
         return path
 
     return _write
+
+
+@pytest.fixture
+def write_spec(tmp_path, spec_in):
+    """write_spec(**overrides) -> path of experiment.yaml in a fresh experiment dir."""
+    return lambda **overrides: spec_in(tmp_path / "exp", **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from tunelab import cli_build, cli_daily, cli_estimate, cli_measure
-from tunelab.cli_common import SHOWN_ROWS, add_commands, console, err_console, print_plan
+from tunelab.cli_common import SHOWN_ROWS, add_commands, print_plan
+from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -62,7 +62,7 @@ def plan_cmd(
         return
     print_plan(plan)
     if path:
-        console.print(f"wrote {path}")
+        say("wrote {}", path)
 
 
 def scaffold_cmd(
@@ -76,7 +76,7 @@ def scaffold_cmd(
     from tunelab.scaffold import scaffold
 
     plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
-    console.print(f"scaffolded {len(plan.finetune_runs)} runs and {len(plan.controls)} controls in {plan.experiment_dir}")
+    say("scaffolded {} runs and {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir)
 
 
 def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
@@ -125,7 +125,7 @@ def run_cmd(
     bad = {k: v for k, v in results.items() if v != "completed"}
     if bad and not dry_run and (wait or not ex.detached):
         where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
-        err_console.print(f"[red]{len(bad)} run(s) did not complete: {bad}; see {where}[/red]")
+        error(f"{len(bad)} run(s) did not complete: {bad}; see {where}")
         raise typer.Exit(1)
 
 
@@ -170,18 +170,17 @@ def results_cmd(
         sys.stdout.write(to_csv(rows))
     else:
         tasks = list(dict.fromkeys(e.task for r in rows for e in r.evals))
-        table = Table(title=str(experiment_dir))
-        for col in ("run", "type", "state", "steps", "final loss", "val loss", *tasks):
-            table.add_column(col)
+        table = []
         for r in rows if show_all else rows[:SHOWN_ROWS]:
             cells = {e.task: show_ci(e.score, e.score_bounds(), e.primary_metric) for e in r.last_evals()}
-            table.add_row(r.name, r.kind, r.state, str(r.steps or "—"),
+            table.append([r.name, r.kind, r.state, str(r.steps or "—"),
                           f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
                           f"{r.final_val_loss:.4f}" if r.final_val_loss is not None else "—",
-                          *[cells.get(t, "—") for t in tasks])
-        console.print(table)
+                          *[cells.get(t, "—") for t in tasks]])
+        show(data_table(("run", "type", "state", "steps", "final loss", "val loss", *tasks), table,
+                        title=str(experiment_dir)))
         if len(rows) > SHOWN_ROWS and not show_all:
-            console.print(f"… and {len(rows) - SHOWN_ROWS} more runs (--all, --json or --csv for all)")
+            say("… and {} more runs (--all, --json or --csv for all)", len(rows) - SHOWN_ROWS)
 
 
 def report_cmd(
@@ -193,11 +192,11 @@ def report_cmd(
     from tunelab.report.build import build_report, open_in_browser
 
     files = build_report(experiment_dir)
-    console.print(f"report: {files.markdown}", soft_wrap=True)
-    console.print(f"report: {files.html}" + (" [yellow](partial: the sweep is not finished)[/yellow]"
-                                             if files.partial else ""), soft_wrap=True)
+    say("report: {}", files.markdown)
+    say("report: {}" + (" [yellow](partial: the sweep is not finished)[/yellow]" if files.partial else ""),
+        files.html)
     if open_ and not open_in_browser(files.html):
-        console.print("[dim]no browser to open; open the file above yourself[/dim]")
+        say("[dim]no browser to open; open the file above yourself[/dim]")
 
 
 def _gpu_or_none(name: str | None, spec_path: Path | None = None):
@@ -229,13 +228,9 @@ def status_cmd(
     from tunelab.execute.status import status_rows
 
     def table(rows):
-        t = Table(title=f"{experiment_dir}")
-        for col in ("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"):
-            t.add_column(col, overflow="fold")
-        for r in rows:
-            t.add_row(r.name, r.type, r.state, r.job_id or "—", str(r.attempt), r.progress,
-                      r.eta, r.eval or "—", r.detail)
-        return t
+        return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
+                          [(r.name, r.type, r.state, r.job_id or "—", r.attempt, r.progress, r.eta, r.eval or "—",
+                            r.detail) for r in rows], title=str(experiment_dir), overflow="fold")
 
     rows = status_rows(experiment_dir)
     if json_out:
@@ -244,11 +239,11 @@ def status_cmd(
     if not watch:
         listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != "completed"]
         listed = listed if show_all else listed[:SHOWN_ROWS]
-        console.print(table(listed))
+        show(table(listed))
         if len(listed) < len(rows):
             counts = Counter(r.state for r in rows)
-            console.print(f"{len(rows)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.most_common())
-                          + f"; {len(rows) - len(listed)} not listed (--all lists every run)")
+            say("{} runs: {}; {} not listed (--all lists every run)", len(rows),
+                ", ".join(f"{n} {k}" for k, n in counts.most_common()), len(rows) - len(listed))
         return
     from tunelab.execute.watch import watch as watch_live
 
@@ -283,9 +278,9 @@ def ingest_cmd(
     results = ingest_logs(paths, device)
     for r in results:
         mark = "[green]imported[/green]" if r.imported else "[yellow]skipped[/yellow]"
-        console.print(f"{mark} {r.path}: {r.reason}", highlight=False, soft_wrap=True)
+        say(mark + " {}: {}", r.path, r.reason)
     n = sum(r.imported for r in results)
-    console.print(f"{n} of {len(results)} log(s) imported into {history_path()}")
+    say("{} of {} log(s) imported into {}", n, len(results), history_path())
 
 
 def schema_cmd() -> None:
@@ -308,9 +303,9 @@ def demo_cmd(
     from tunelab.demo import run_demo
 
     report = run_demo(out, force=force, console=console, executor=executor, model=model)
-    console.print(f"\n[bold green]Report:[/bold green] {report}")
+    say("\n[bold green]Report:[/bold green] {}", report)
     if report.with_suffix(".html").is_file():
-        console.print(f"[bold green]Open in a browser:[/bold green] {report.with_suffix('.html')}")
+        say("[bold green]Open in a browser:[/bold green] {}", report.with_suffix(".html"))
 
 
 def register(app: typer.Typer) -> None:

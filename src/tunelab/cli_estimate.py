@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from tunelab.cli_common import add_commands, console, err_console
+from tunelab.cli_common import add_commands
+from tunelab.console import error, say, warn
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -172,25 +173,21 @@ def estimate_cmd(
 
 
 def _print_estimate(out: dict, max_seq_len: int) -> None:
-    from rich.markup import escape
-
-    console.print(f"{out['model']} on {out['gpu']} ({out['gpu_memory_gib']:g} GiB), max_seq_len {max_seq_len}"
-                  + (f", {out['processes']} GPUs ({out['strategy']})" if out["processes"] > 1 else ""),
-                  highlight=False)
+    say("{} on {} ({:g} GiB), max_seq_len {}{}", out["model"], out["gpu"], out["gpu_memory_gib"], max_seq_len,
+        f", {out['processes']} GPUs ({out['strategy']})" if out["processes"] > 1 else "")
     alloc = out.get("peak_allocated_gib")
     detail = (f" (allocated {alloc:.1f}, reserved {out['peak_reserved_gib']:.1f}, CUDA context "
               f"{out['cuda_context_gib']:.1f})" if alloc is not None else "")
-    console.print(f"batch {out['batch_size']}{' packed' if out['packed'] else ''}: {out['tokens_per_microbatch']:,} "
-                  f"tokens/micro-batch → peak {out['peak_memory_gib']:.1f} GiB{detail} "
-                  f"({'fits' if out['fits'] else '[red]does not fit[/red]'}) "
-                  f"\\[source: {escape(out['memory_source'])}]", highlight=False)
-    console.print("  where it goes (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
-                                                        for k, v in out["memory_breakdown_gib"].items()),
-                  highlight=False)
-    console.print(f"max batch that fits: {out['max_batch_size']}; recommended: {out['recommended_batch_size']} × "
-                  f"accumulation {out['recommended_gradient_accumulation_steps']}", highlight=False)
+    say("batch {}{}: {:,} tokens/micro-batch → peak {:.1f} GiB{} ("
+        + ("fits" if out["fits"] else "[red]does not fit[/red]") + ") \\[source: {}]", out["batch_size"],
+        " packed" if out["packed"] else "", out["tokens_per_microbatch"], out["peak_memory_gib"], detail,
+        out["memory_source"])
+    say("  where it goes (GiB): {}", ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
+                                              for k, v in out["memory_breakdown_gib"].items()))
+    say("max batch that fits: {}; recommended: {} × accumulation {}", out["max_batch_size"],
+        out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"])
     for r in out["reasons"]:
-        console.print(f"  - {escape(r)}", highlight=False)
+        say("  - {}", r)
 
 
 def validate_cmd(
@@ -200,8 +197,6 @@ def validate_cmd(
 ) -> None:
     """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
-    from rich.markup import escape
-
     from tunelab.validate import validate_path
 
     checks = validate_path(path, _validate_gpu(gpu, path))
@@ -211,12 +206,11 @@ def validate_cmd(
     else:
         for c in checks:
             for e in c.errors:
-                err_console.print(f"[bold red]error:[/bold red] {escape(f'{path}: {e}')}", highlight=False,
-                                  soft_wrap=True)
+                error(f"{path}: {e}")
             for w in c.warnings:
-                console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
+                warn(w)
         if not errors:
-            console.print(f"ok: {len(checks)} run(s) validated")
+            say("ok: {} run(s) validated", len(checks))
     if errors:
         raise typer.Exit(1)
 

@@ -9,15 +9,14 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands, console
+from tunelab.cli_common import add_commands
+from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 
 
 def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, executor: str = "local",
               results: Path | None = None) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
-    from rich.markup import escape
-
     from tunelab.estimate.probe import probe_runs
     from tunelab.plan import make_plan
 
@@ -27,14 +26,13 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, exe
         if quiet:
             return
         if result is None:
-            console.print(f"probe {i}/{n}: {escape(shape.label())} ({len(shape.runs)} run(s)) …", highlight=False)
+            say("probe {}/{}: {} ({} run(s)) …", i, n, shape.label(), len(shape.runs))
         else:
             mem = f", peak {result.peak_memory_gib:.2f} GiB ({result.memory_kind})" if result.peak_memory_gib else ""
             split = (f", step = {result.fixed_s * 1000:.1f} ms + {result.per_token_s * 1e6:.2f} µs/token"
                      if result.fixed_s is not None and result.per_token_s is not None else "")
             largest = f", largest micro-batch that ran: {result.max_micro_batch}" if find_max_batch else ""
-            console.print(f"  {result.tokens_per_s:,.0f} tokens/s on {escape(result.device)}{split}{mem}{largest}",
-                          highlight=False)
+            say("  {:,.0f} tokens/s on {}{}{}{}", result.tokens_per_s, result.device, split, mem, largest)
 
     if find_max_batch:
         _check_find_max_batch()
@@ -49,7 +47,7 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, exe
         from tunelab.estimate.probe_slurm import probe_on_slurm
 
         return probe_on_slurm(plan.finetune_runs, plan.spec_path, plan.experiment_dir,
-                              say=lambda text: console.print(escape(text), highlight=False))
+                              say=lambda text: say("{}", text))
     if executor != "local":
         raise TunelabError(f"unknown executor {executor!r}: use local or slurm", field="--executor")
     return probe_runs(plan.finetune_runs, plan.spec_path, progress, find_max_batch)
@@ -85,11 +83,11 @@ def probe_cmd(
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
     rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch, executor=executor, results=results)
     if results is not None:
-        console.print(f"wrote {results}", highlight=False)
+        say("wrote {}", results)
     elif json_out:
         print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
     else:
-        console.print(f"{len(rows)} shape(s) probed; `tunelab plan {spec}` now uses them", highlight=False)
+        say("{} shape(s) probed; `tunelab plan {}` now uses them", len(rows), spec)
 
 
 def history_cmd(
@@ -108,25 +106,19 @@ def history_cmd(
         print(json.dumps([{**r.__dict__, "kind": r.kind} for r in rows], indent=2, default=str))
         return
     if not rows:
-        console.print(f"no history rows{' matching' if model or gpu else ''} in {history_path()}")
+        say("no history rows{} in {}", " matching" if model or gpu else "", history_path())
         return
     _history_table(rows)
 
 
 def _history_table(rows: list) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table("kind", "model", "device", "tokens/s", "peak GiB", "final loss", "steps", "from")
-    for r in rows[-50:]:
-        table.add_row(r.kind, escape(r.model or "?"), escape(r.device or "?"),
-                      f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "—",
+    show(data_table(("kind", "model", "device", "tokens/s", "peak GiB", "final loss", "steps", "from"),
+                    [(r.kind, r.model or "?", r.device or "?", f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "—",
                       f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib else "—",
-                      f"{r.final_loss:.4f}" if r.final_loss is not None else "—",
-                      str(r.steps or "—"), escape(r.origin_where or r.key))
-    console.print(table)
+                      f"{r.final_loss:.4f}" if r.final_loss is not None else "—", str(r.steps or "—"),
+                      r.origin_where or r.key) for r in rows[-50:]]))
     if len(rows) > 50:
-        console.print(f"(last 50 of {len(rows)} rows; --json for all)")
+        say("(last 50 of {} rows; --json for all)", len(rows))
 
 
 def adopt_cmd(
@@ -141,15 +133,13 @@ def adopt_cmd(
     """Make runs trained elsewhere runs of a tunelab experiment: metrics, checkpoints (verified adapters, copied),
     factors read from what differs between their configs, base-model controls. Then `tunelab eval OUT` and
     `tunelab report OUT` work on them. Source directories are never modified."""
-    from rich.markup import escape
-
     from tunelab.adopt.write import adopt
 
     result = adopt(sources, out, spec, model)
     for problem in result.problems:
-        console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", highlight=False)
-    console.print(f"adopted {len(result.adopted)} run(s) into {escape(str(result.experiment_dir))}: "
-                  f"{escape(', '.join(result.adopted))}; next: tunelab eval {escape(str(out))}", highlight=False)
+        say("[yellow]skipped:[/yellow] {}", problem)
+    say("adopted {} run(s) into {}: {}; next: tunelab eval {}", len(result.adopted), result.experiment_dir,
+        ", ".join(result.adopted), out)
 
 
 def register(app: typer.Typer) -> None:

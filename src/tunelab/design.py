@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.runconfig import RunConfig, StageConfig
-from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TrainingConfig, factor_field, resolve_path
+from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainingConfig, factor_field, resolve_path
+from tunelab.spec.evaluation import GraderSpec
 from tunelab.spec.stages import split_stage_factor, stage_training
 from tunelab.userconfig import merge_resources
 
@@ -41,6 +42,16 @@ def prompt_names(spec: ExperimentSpec) -> dict[str, str | None]:
     return {f"p{i}": t for i, t in enumerate(levels, 1)}
 
 
+def _task_paths(task: TaskSpec, spec_dir: Path) -> TaskSpec:
+    """A task with its file and its grader's model directory resolved against the spec file."""
+    if not task.file:
+        return task
+    update: dict = {"file": str(resolve_path(spec_dir, task.file))}
+    if isinstance(task.grader, GraderSpec):
+        update["grader"] = task.grader.model_copy(update={"path": str(resolve_path(spec_dir, task.grader.path))})
+    return task.model_copy(update=update)
+
+
 def _common(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> dict:
     """What every run of the experiment shares (resolved paths, eval, resources)."""
     task_datasets = {t.dataset for t in spec.eval.resolved_tasks() if t.dataset}
@@ -53,9 +64,7 @@ def _common(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> dict:
         system_prompt=spec.system_prompt,
         chat_template=spec.chat_template,
         chat_template_date=spec.chat_template_date,
-        eval=eval_spec.model_copy(update={"tasks": [
-            t.model_copy(update={"file": str(resolve_path(spec_dir, t.file))}) if t.file else t
-            for t in spec.eval.tasks]}),
+        eval=eval_spec.model_copy(update={"tasks": [_task_paths(t, spec_dir) for t in spec.eval.tasks]}),
         eval_datasets={n: resolve_dataset(spec.dataset(n), spec_dir) for n in sorted(task_datasets)},
         resources=merge_resources(spec.resources),  # + the user's config file; the spec wins
     )

@@ -267,3 +267,12 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def human_seconds(s: float) -> str:
+    """95 -> '1.6 min': the one way tunelab writes a duration it estimates (plans, batch reasons, next steps)."""
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"

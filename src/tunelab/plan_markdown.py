@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tunelab.design import prompt_names
+from tunelab.fsutil import human_seconds
 
 if TYPE_CHECKING:
     from tunelab.plan import Plan
@@ -13,14 +14,6 @@ if TYPE_CHECKING:
 
 def _factor_text(run: RunConfig, swept: list[str]) -> str:
     return ", ".join(f"{k}={run.factors[k]}" for k in swept if k in run.factors) or "—"
-
-
-def _fmt_seconds(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _joined(values: list[str]) -> str:
@@ -57,7 +50,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
                                else "—"),
-            "est. time": (_fmt_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
+            "est. time": (human_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
         })
         if plan.schedule is not None:
             rows[-1]["where (start)"] = _placement_text(placed.get(r.name))
@@ -68,7 +61,7 @@ def _placement_text(p) -> str:
     if p is None:
         return "—"
     where = ",".join("CPU" if d == "cpu" else d for d in p.devices) or "later"
-    return f"{'GPU ' if p.devices and p.devices[0] != 'cpu' else ''}{where} ({_fmt_seconds(p.start_s)})"
+    return f"{'GPU ' if p.devices and p.devices[0] != 'cpu' else ''}{where} ({human_seconds(p.start_s)})"
 
 
 def render_plan_md(plan: Plan) -> str:
@@ -121,10 +114,10 @@ def render_plan_md(plan: Plan) -> str:
                 f"{e.tokens_per_microbatch:,} | "
                 + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
                 + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
-                f"{_fmt_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
+                f"{human_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
                 f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
         tot = plan.totals()
-        lines += ["", f"**Total:** {_fmt_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
+        lines += ["", f"**Total:** {human_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
                   + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
                   + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
     lines += _schedule_lines(plan)
@@ -154,10 +147,10 @@ def stage_rows(plan: "Plan") -> list[dict[str, str]]:
                          "steps": str(part.steps) if part else "—", "order": _order_text(t.order),
                          "learning rate": f"{t.learning_rate:g}", "optimizer": s.optimizer,
                          "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}",
-                         "est. time": _fmt_seconds(part.seconds) if part and part.seconds else "—"})
+                         "est. time": human_seconds(part.seconds) if part and part.seconds else "—"})
         rows.append({"run": r.name, "stage": "total", "dataset": "", "epochs": "",
                      "steps": str(e.steps) if e else "—", "order": "", "learning rate": "", "optimizer": "",
-                     "batch": "", "est. time": _fmt_seconds(e.seconds) if e and e.seconds else "—"})
+                     "batch": "", "est. time": human_seconds(e.seconds) if e and e.seconds else "—"})
     return rows
 
 
@@ -216,10 +209,13 @@ def _prompt_lines(plan: "Plan") -> list[str]:
 
 def _eval_lines(plan: "Plan") -> list[str]:
     ev = plan.spec.eval
-    lines = [f"Evaluation (inspect-ai, greedy, max {ev.max_tokens} tokens, epochs: {ev.epochs}):", ""]
+    lines = [f"Evaluation (inspect-ai; built-ins greedy, max {ev.max_tokens} tokens; task files with their own "
+             f"generation settings; epochs: {ev.epochs}):", ""]
     for t in ev.resolved_tasks():
         if t.file:
             what = f"task file `{t.file}`" + (f", @task `{t.task}`" if t.task else "")
+            if t.grader is not None:
+                what += f", graded by `{t.grader if isinstance(t.grader, str) else t.grader.path}`"
         else:
             what = f"built-in `{t.builtin}` on `{t.dataset or 'each run’s dataset'}` / {t.split}"
         lines.append(f"- **{t.name}**: {what}" + (f", prompt `{t.prompt!r}`" if t.prompt else ""))
@@ -291,13 +287,13 @@ def _schedule_lines(plan: "Plan") -> list[str]:
     if sched is None:
         return lines + ["No GPU of the plan's target is visible here: `tunelab run` places runs on the GPUs it "
                         "sees when it starts (longest first).", ""]
-    span = _fmt_seconds(sched.makespan_s) if sched.makespan_s is not None else "unknown (runs without a time estimate)"
+    span = human_seconds(sched.makespan_s) if sched.makespan_s is not None else "unknown (runs without a time estimate)"
     lines += [f"Longest estimated run first over the visible devices, at most {plan.spec.resources.runs_per_gpu} "
               f"run(s) per GPU where memory allows. **Predicted makespan: {span}.**", "",
               "| Run | Devices | Start | End |", "|---|---|---|---|"]
     for p in sched.placements:
         where = ", ".join("CPU" if d == "cpu" else f"GPU {d}" for d in p.devices) or "after runs of unknown length"
-        end = _fmt_seconds(p.end_s) if p.end_s is not None else "—"
-        lines.append(f"| {p.run} | {where} | {_fmt_seconds(p.start_s)} | {end} |")
+        end = human_seconds(p.end_s) if p.end_s is not None else "—"
+        lines.append(f"| {p.run} | {where} | {human_seconds(p.start_s)} | {end} |")
     lines += [f"| {name} | needs more GPUs than are visible: not started | — | — |" for name in sched.unplaceable]
     return lines + [""]

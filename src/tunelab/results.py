@@ -1,6 +1,7 @@
 """results: one record per run, control and eval-only run, from the ledger (after ingesting the run dirs).
 
-Each record carries every evaluation: one entry per checkpoint × task with all its metrics. The
+Each record carries every evaluation: one entry per checkpoint × task with all its metrics (and, for a
+staged run, the checkpoint's stage and whether the stage ends on it, as the report labels it). The
 headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
 `results --json` is `to_json` of these records; the CSV and the terminal table are made from them too.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from tunelab import ledger
 from tunelab.experiment import load_runs
 from tunelab.runconfig import RunConfig
+from tunelab.rundir.stages import NO_STAGE, CheckpointStage, checkpoint_stages
 from tunelab.stats.records import Interval
 
 FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", "final_val_loss", "steps",
@@ -36,6 +38,7 @@ class EvalRecord(ledger.EvaluatedTask):
     greater_is_better: bool = True
     metrics: dict[str, float | None] = field(default_factory=dict)
     intervals: dict[str, Interval] = field(default_factory=dict)
+    stage: CheckpointStage | None = None  # a staged run's checkpoint: its stage (None: unstaged, or a base model)
 
     def bounds(self, metric: str | None) -> tuple[float, float] | None:
         """(low, high) of a metric's 95 % interval; None where none was computed."""
@@ -51,7 +54,8 @@ class EvalRecord(ledger.EvaluatedTask):
                 "file": self.file, "dataset": self.dataset, "split": self.split, "samples": self.samples,
                 "log_path": self.log_path, "evaluated_at": self.evaluated_at, "primary_metric": self.primary_metric,
                 "score": self.score, "greater_is_better": self.greater_is_better, "metrics": dict(self.metrics),
-                "intervals": {m: iv.model_dump(include=INTERVAL_KEYS) for m, iv in self.intervals.items()}}
+                "intervals": {m: iv.model_dump(include=INTERVAL_KEYS) for m, iv in self.intervals.items()},
+                **(self.stage.to_dict() if self.stage else NO_STAGE)}
 
 
 @dataclass
@@ -136,7 +140,14 @@ def headline(evals: list[EvalRecord], task_order: list[str]) -> EvalRecord | Non
     return next((e for t in task_order for e in at_last if e.task == t), at_last[0])
 
 
+def _with_stages(cfg: RunConfig, evals: list[EvalRecord]) -> list[EvalRecord]:
+    """Each record with its checkpoint's stage (None: unstaged, or a base model)."""
+    stages = checkpoint_stages(cfg) if cfg.kind == "finetune" else {}
+    return [dataclasses.replace(e, stage=stages.get(e.epoch)) if e.epoch is not None else e for e in evals]
+
+
 def _record(cfg: RunConfig, row: ledger.RunRow, evals: list[EvalRecord]) -> RunRecord:
+    evals = _with_stages(cfg, evals)
     return RunRecord(
         name=cfg.name, kind=TYPES[cfg.kind], model=cfg.model.name, dataset=cfg.dataset.name,
         factors={k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")}, state=row.state,
@@ -178,6 +189,12 @@ def _metric_columns(records: list[RunRecord]) -> list[str]:
     return cols
 
 
+def _stages_text(evals: list[EvalRecord]) -> str:
+    """A staged run's evaluated checkpoints and their stages: `epoch_2=hard/epoch_1(end)`, `;`-separated."""
+    at = {e.label: e.stage.label + ("(end)" if e.stage.ends_stage else "") for e in evals if e.stage is not None}
+    return ";".join(f"{label}={text}" for label, text in at.items())
+
+
 def _csv_row(r: RunRecord) -> dict[str, Any]:
     flat = r.to_json()
     flat["factors"] = ";".join(f"{k}={v}" for k, v in r.factors.items())
@@ -188,14 +205,17 @@ def _csv_row(r: RunRecord) -> dict[str, Any]:
             flat.update({f"{e.task}.{m}.ci_low": iv.low, f"{e.task}.{m}.ci_high": iv.high})
     flat["evals"] = ";".join(f"{e.label}/{e.task}/{m}={v}{_ci_text(e.intervals.get(m))}"
                              for e in r.evals for m, v in e.metrics.items())
+    flat["checkpoint_stages"] = _stages_text(r.evals)
     return flat
 
 
 def to_csv(records: list[RunRecord]) -> str:
     """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high` (its 95 %
-    interval), and `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`."""
+    interval), `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`, and
+    `checkpoint_stages` a staged run's evaluated checkpoints as `epoch_N=STAGE/epoch_K` (`(end)`: the stage ends
+    on it)."""
     buf = io.StringIO()
-    cols = [f for f in FIELDS if f != "eval"] + _metric_columns(records) + ["evals"]
+    cols = [f for f in FIELDS if f != "eval"] + _metric_columns(records) + ["evals", "checkpoint_stages"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in records:

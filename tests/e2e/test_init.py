@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tunelab.cli import app
+from tunelab.init.answers import DEFAULTS
 
 pytestmark = pytest.mark.slow
 TUNELAB = str(Path(sys.executable).parent / "tunelab")
@@ -44,7 +45,7 @@ def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
     cwd, env = workspace
     child = _spawn(cwd, env, "--out", "exp")
     child.expect("What do you want to vary")
-    child.send(DOWN + " \r")  # lora_rank is pre-selected; add learning_rate
+    child.send(" " + DOWN + " \r")  # nothing is pre-selected (as without --vary): lora_rank and learning_rate
     child.expect("Levels of lora_rank")
     child.send("\r")  # suggested 4,16
     child.expect("Levels of learning_rate")
@@ -60,7 +61,7 @@ def test_interactive_init_asks_previews_and_writes_when_confirmed(workspace):
     child.expect("GPUs per run")
     child.send("\r")  # 1
     child.expect("which GPU will the jobs run on")  # none here: asked, not guessed
-    child.send(DOWN + DOWN + "\r")  # A100-40GB, A100-80GB, H100-80GB
+    child.send(DOWN * 3 + "\r")  # CPU (proposed, as without --gpu), A100-40GB, A100-80GB, H100-80GB
     child.expect("validation loss")
     child.send("y")
     child.expect("controls")
@@ -139,3 +140,39 @@ def test_init_for_a_named_gpu_writes_what_estimate_recommends(tmp_path, tiny_mod
     assert (training["batch_size"], training["gradient_accumulation_steps"], training["packing"]) == (
         rec["recommended_batch_size"], rec["recommended_gradient_accumulation_steps"], rec["packed"])
     assert "planner for H100-80GB" in res.output and rec["reasons"][0] in " ".join(res.output.split())
+
+
+def test_init_flags_without_prompt_plan_a_dataset_of_input_output_fields(tmp_path, tiny_model, caps_dataset):
+    assert {"input", "output"} <= set(json.loads(caps_dataset.read_text())["train"][0])
+    runner = CliRunner()
+    res = runner.invoke(app, ["init", "--model", str(tiny_model), "--dataset", str(caps_dataset), "--vary",
+                              "lora_rank=4", "--gpus-per-run", "0", "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    spec = tmp_path / "exp" / "experiment.yaml"
+    assert yaml.safe_load(spec.read_text())["prompt"] == DEFAULTS.prompt
+    res = runner.invoke(app, ["plan", str(spec)])
+    assert res.exit_code == 0, res.output
+
+
+def test_the_wizard_proposes_what_the_flags_assume(workspace):
+    """Enter at every question writes the spec that flags naming only the model and dataset write."""
+    cwd, env = workspace
+    child = _spawn(cwd / "data", env, "--out", str(cwd / "wizard" / "exp"))
+    for question in ("What do you want to vary", "Base models", "Datasets", "Prompt template", "GPUs per run",
+                     "which GPU will the jobs run on", "validation loss", "controls", "Epochs", "Experiment name"):
+        child.expect(question)
+        child.send("\r")
+    child.expect("Write .*experiment.yaml")
+    child.send("y")
+    child.expect("wrote")
+    child.expect(pexpect_eof())
+    wizard = yaml.safe_load((cwd / "wizard" / "exp" / "experiment.yaml").read_text())
+    res = CliRunner().invoke(app, ["init", "--model", str(cwd / "models" / "tiny"), "--dataset",
+                                   str(cwd / "data" / "words.json"), "--out", str(cwd / "flags" / "exp")])
+    assert res.exit_code == 0, res.output
+    flags = yaml.safe_load((cwd / "flags" / "exp" / "experiment.yaml").read_text())
+    assert wizard == flags
+    proposed = (wizard["factors"], wizard["prompt"], wizard["resources"], wizard["controls"],
+                wizard["training"]["epochs"], "validation_every_steps" in wizard["training"])
+    assert proposed == (DEFAULTS.vary, DEFAULTS.prompt, {"gpus_per_run": DEFAULTS.gpus_per_run}, DEFAULTS.controls,
+                        DEFAULTS.epochs, DEFAULTS.validation)

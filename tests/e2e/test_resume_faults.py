@@ -1,6 +1,7 @@
 """A kill can land between any two writes of a checkpoint save. Each moment is simulated on the files
-of a real finished run (what the kill would have left), then the run is resumed: its token counters,
-logged steps and published epoch_N must equal those of the uninterrupted run."""
+of a real finished run (what the kill would have left, on a copy of the one uninterrupted run this module
+trains), then the run is resumed: its token counters, logged steps and published epoch_N must equal those of
+the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 
 import pytest
 
+from tunelab.experiment import load_runs
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold import scaffold
 from tunelab.train.job import train
@@ -41,15 +43,25 @@ def _kill_after(run_dir, step: int, counters_written: bool, published: bool) -> 
     (run_dir / "summary.json").unlink()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, spec_in):
+    """(experiment dir, its outcome): one run of 3 epochs, trained to the end without a kill."""
+    spec = spec_in(tmp_path_factory.mktemp("uninterrupted") / "exp", factors={"lora_rank": [4]}, controls=False,
+                   training={"epochs": 3, "logging_steps": 10})
+    cfg = scaffold(spec).runs[0]
+    outcome = _outcome(cfg.run_dir, train(cfg).to_json())
+    assert outcome["summary"]["checkpoints"] == ["epoch_0", "epoch_1", "epoch_2"]
+    assert outcome["counters"]["tokens"] == 3 * read_json(cfg.run_dir / "packing.json")["tokens"]
+    return spec.parent, outcome
+
+
 @pytest.mark.parametrize("counters_written,published", [(False, True), (False, False), (True, False)],
                          ids=["before-counters", "before-counters-and-publish", "before-publish"])
-def test_resume_after_kill_inside_a_checkpoint_save(write_spec, counters_written, published):
-    spec = write_spec(factors={"lora_rank": [4]}, controls=False, training={"epochs": 3, "logging_steps": 10})
-    cfg = scaffold(spec).runs[0]
+def test_resume_after_kill_inside_a_checkpoint_save(uninterrupted, tmp_path, counters_written, published):
+    finished, expected = uninterrupted
+    shutil.copytree(finished, tmp_path / "exp")  # each kill on its own copy of the finished run
+    (cfg,) = load_runs(tmp_path / "exp")
     run_dir = cfg.run_dir
-    expected = _outcome(run_dir, train(cfg).to_json())
-    assert expected["summary"]["checkpoints"] == ["epoch_0", "epoch_1", "epoch_2"]
-    assert expected["counters"]["tokens"] == 3 * read_json(run_dir / "packing.json")["tokens"]
 
     _kill_after(run_dir, 80, counters_written, published)
     resumed = _outcome(run_dir, train(cfg).to_json())

@@ -101,3 +101,15 @@ def test_two_stage_run_resumes_in_stage_two_without_redoing_stage_one(tmp_path, 
     assert res.exit_code == 0, res.output
     report = (cfg.run_dir.parents[1] / "report" / "report.md").read_text()
     assert "words/epoch_0" in report and "animals/epoch_1" in report
+    # results --json and the export records say which stage each evaluated checkpoint ends, as stages.json does
+    from tunelab.export.records import sweep_record
+
+    res = CliRunner().invoke(app, ["results", str(cfg.run_dir.parents[1]), "--json"])
+    assert res.exit_code == 0, res.output
+    (record,) = [r for r in json.loads(res.stdout) if r["name"] == cfg.name]
+    where = {f"epoch_{e}": (s["name"], k, k == len(s["epochs"]) - 1) for s in stages for k, e in enumerate(s["epochs"])}
+    assert {(e["label"], e["stage"], e["stage_epoch"], e["ends_stage"]) for e in record["eval"]} == {
+        (label, *where[label]) for label in evaluated}
+    params = next(r for r in sweep_record(cfg.run_dir.parents[1]).runs if r.name == cfg.name).params
+    assert [(params[f"checkpoint_stages.{label}.stage"], params[f"checkpoint_stages.{label}.ends_stage"])
+            for label in evaluated] == [("words", "True"), ("animals", "True")]

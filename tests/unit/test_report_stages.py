@@ -203,3 +203,48 @@ def test_unstaged_sweep_has_no_stage_labels_section_or_marks(write_spec):
     assert "| Run | epoch_0 | epoch_2 |" in md and "| Run | Epoch 0 | Epoch 1 | Epoch 2 | Notes |" in md
     assert f"| {cfg.name} | fine-tuned | epoch_2 | {_ci(30)} |" in md
     assert "per evaluated epoch, [95 % interval]." in md
+
+
+def test_results_json_csv_and_export_records_name_each_checkpoint_s_stage_as_the_report(write_spec):
+    """results --json, --csv and the export records carry each evaluated checkpoint's stage and whether the stage
+    ends on it: from stages.json for completed stages, as planned for the stage a failure stopped."""
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.export.records import sweep_record
+
+    plan = _plan(write_spec, {"hard.order": ["shuffled", "by_length"]})
+    done, failed = plan.finetune_runs
+    train_like(done, [(10, 1), (10, 2)])
+    train_like(failed, [(10, 1)], state="failed", partial=(5, 1))  # killed in hard: its epoch_1 not recorded
+    for run_dir, epochs in ((done.run_dir, (0, 1, 2)), (failed.run_dir, (0, 1))):
+        for epoch in epochs:
+            _scores(run_dir, epoch, 10 + epoch)
+    _scores(plan.controls[0].run_dir, None, 4, kind="control", label="base")
+    runner = CliRunner()
+    res = runner.invoke(app, ["results", str(plan.experiment_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    got = {r["name"]: [(e["label"], e["stage"], e["stage_epoch"], e["ends_stage"]) for e in r["eval"]]
+           for r in json.loads(res.stdout)}
+    assert got == {done.name: [("epoch_0", "easy", 0, True), ("epoch_1", "hard", 0, False),
+                               ("epoch_2", "hard", 1, True)],
+                   failed.name: [("epoch_0", "easy", 0, True), ("epoch_1", "hard", 0, False)],
+                   plan.controls[0].name: [("base", None, None, None)]}
+    report = {r.name: r for r in gather(plan.experiment_dir).runs}
+    for name in (done.name, failed.name):  # the report's labels, checkpoint by checkpoint
+        assert {int(label[6:]): f"{stage}/epoch_{k}" for label, stage, k, _ in got[name]} == {
+            e: report[name].epoch_stage[e] for e in range(len(got[name]))}
+    res = runner.invoke(app, ["results", str(plan.experiment_dir), "--csv"])
+    rows = {r["name"]: r["checkpoint_stages"] for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert rows[done.name] == "epoch_0=easy/epoch_0(end);epoch_1=hard/epoch_0;epoch_2=hard/epoch_1(end)"
+    assert rows[plan.controls[0].name] == ""
+    records = {r.name: r for r in sweep_record(plan.experiment_dir).runs}
+    params = records[done.name].params
+    assert (params["checkpoint_stages.epoch_1.stage"], params["checkpoint_stages.epoch_1.ends_stage"]) == (
+        "hard", "False")
+    assert records[done.name].config["checkpoint_stages"]["epoch_2"] == {"stage": "hard", "stage_epoch": 1,
+                                                                          "ends_stage": True}
+    assert not any(k.startswith("checkpoint_stages") for k in records[plan.controls[0].name].params)

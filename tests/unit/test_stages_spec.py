@@ -94,3 +94,25 @@ def test_status_shows_the_stage_and_the_epochs_of_all_stages(write_spec):
     run = scaffold(write_spec(stages=STAGES, controls=False, factors={"lora_rank": [4]})).runs[0]
     progress, _ = run_progress(run, Status(step=50, total_steps=120, epoch=1.5, stage="hard", stage_index=1))
     assert progress == "step 50/120, epoch 1.50/3, stage 2/2 (hard)"
+
+
+def test_unnamed_stages_are_named_after_their_dataset_else_their_position_in_plan_md(write_spec, caps_dataset):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    both = [{"name": "caps", "path": str(caps_dataset)}, {"name": "more", "path": str(caps_dataset)}]
+    stages = [{"dataset": "caps", "epochs": 1}, {"dataset": "caps"}, {"epochs": 1}, {"name": "caps-2", "dataset": "more"}]
+    spec = write_spec(datasets=both, controls=False, factors={"lora_rank": [4], "stage3.order": ["by_length"]},
+                      stages=stages)
+    res = CliRunner().invoke(app, ["plan", str(spec), "--md"])
+    assert res.exit_code == 0, res.output
+    md = (spec.parent / "plan.md").read_text()
+    table = md[md.index("## Stages"):].split("\n\n")[2]  # heading, intro, then the table
+    shown = [line.split("|")[2].strip() for line in table.splitlines()[2:]]
+    # the second stage on caps takes the next free suffix: caps-2 is the fourth stage's own name
+    assert shown == ["1. caps", "2. caps-3", "3. stage3", "4. caps-2", "**total**"]
+    (run,) = scaffold(spec).runs
+    assert [(s.name, s.dataset.name) for s in run.stages] == [("caps", "caps"), ("caps-3", "caps"),
+                                                              ("stage3", "more"), ("caps-2", "more")]
+    assert run.stages[2].training.order == "by_length"  # a factor reaches a stage by its default name

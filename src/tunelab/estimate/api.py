@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import plan_batch, should_pack
+from tunelab.estimate.batch import optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
@@ -52,7 +53,9 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
                     longest=train["max_len"] if train else None,
                     density=data["packing"]["density"] if data else None,
-                    sequences=(data["packing"]["sequences"] if use_packed else train["examples"]) if data else None)
+                    sequences=(data["packing"]["sequences"] if use_packed else train["examples"]) if data else None,
+                    epoch_seconds=(lambda b, _accum: _epoch_work(data, arch, gpu, use_packed, b, max_seq_len).seconds)
+                    if data else None)
     if packed is None and train:
         bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train['mean_len']:.0f} "
                              f"tokens vs max_seq_len {max_seq_len}")
@@ -85,29 +88,45 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
 
 
 
-def _epoch_estimate(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, accum: int, max_seq_len: int,
-                    epochs: int) -> dict[str, Any]:
-    """Tokens, steps and (FLOPs-model) time of an epoch of the measured data at micro-batch b."""
+@dataclass(frozen=True)
+class _EpochWork:
+    sequences: int  # rows of an epoch: packed sequences when packed
+    tokens: int  # tokens processed: padding-free when packed, padded to each micro-batch's longest otherwise
+    tokens_per_s: float | None  # FLOPs model
+
+    @property
+    def seconds(self) -> float | None:
+        return self.tokens / self.tokens_per_s if self.tokens_per_s else None
+
+
+def _epoch_work(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, max_seq_len: int) -> _EpochWork:
+    """Rows, tokens and (FLOPs-model) speed of an epoch of the measured data at micro-batch b."""
     from tunelab.estimate.dataset import simulate_padding
 
     train = data["splits"]["train"]
     if packed:
-        sequences = data["packing"]["sequences"]
-        tokens_epoch = train["tokens"]  # padding-free: only real tokens are processed
+        sequences, tokens = data["packing"]["sequences"], train["tokens"]
     else:
         sequences = train["examples"]
-        tokens_epoch = simulate_padding(data["train_lengths"], b, max_seq_len).padded_tokens
-    steps = -(-sequences // b) // accum or 1
-    tps = model_tokens_per_s(arch, gpu, max_seq_len if packed else int(train["mean_len"]))
+        tokens = simulate_padding(data["train_lengths"], b, max_seq_len).padded_tokens
+    tokens_per_s = model_tokens_per_s(arch, gpu, max_seq_len if packed else int(train["mean_len"]))
+    return _EpochWork(sequences, tokens, tokens_per_s)
+
+
+def _epoch_estimate(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, accum: int, max_seq_len: int,
+                    epochs: int) -> dict[str, Any]:
+    """Tokens, steps and (FLOPs-model) time of an epoch of the measured data at micro-batch b."""
+    work = _epoch_work(data, arch, gpu, packed, b, max_seq_len)
+    tps = work.tokens_per_s
     return {
         "dataset": {k: v for k, v in data.items() if k != "train_lengths"},
         "packing_density": data["packing"]["density"],
         "packing_efficiency": data["packing"]["fill_fraction"],
-        "tokens_per_epoch": tokens_epoch,
-        "steps_per_epoch": steps,
+        "tokens_per_epoch": work.tokens,
+        "steps_per_epoch": optimizer_steps(work.sequences, b, accum, 1),
         "epochs": epochs,
         "est_tokens_per_s": round(tps, 1) if tps else None,
-        "est_seconds_per_epoch": round(tokens_epoch / tps, 1) if tps else None,
+        "est_seconds_per_epoch": round(work.seconds, 1) if work.seconds is not None else None,
         "est_source": "model",
         "est_note": f"FLOPs model at {DEFAULT_MFU:.0%} MFU; measured history replaces it when present",
     }

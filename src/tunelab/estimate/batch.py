@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import LIMIT_BATCH, largest_micro_batch, predict_peak, step_shape
+from tunelab.fsutil import human_seconds
 
 SAFETY_FRACTION = 0.85  # keep predicted peak under this share of GPU memory
 SHORT_EXAMPLE_FRACTION = 0.25  # packing pays off when the mean example is under this share of max_seq_len
+MIN_MICRO_BATCHES_PER_EPOCH = 4  # the epoch's size caps the micro-batch so an epoch keeps this many
 
 
 @dataclass
@@ -25,6 +28,8 @@ class BatchPlan:
     effective_batch_examples: float
     reasons: list[str] = field(default_factory=list)
     memory_source: str = ""
+    decided_by: str = "memory"  # what set the micro-batch: memory, target (effective batch), epoch (its size), none
+    memory_batch_size: int = 0  # what memory alone allows: the largest power of two that fits (throughput)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,33 +54,106 @@ def largest_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, ma
 
 def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, max_seq_len: int,
                target_effective_examples: int, packed: bool, longest: int | None = None, density: float | None = None,
-               sequences: int | None = None, safety: float = SAFETY_FRACTION) -> BatchPlan:
-    reasons: list[str] = []
+               sequences: int | None = None, safety: float = SAFETY_FRACTION,
+               epoch_seconds: Callable[[int, int], float | None] | None = None) -> BatchPlan:
+    """The micro-batch memory allows, capped by the effective-batch target and the epoch's size; its reasons
+    name the rule that decided and, when it is not memory, what the largest batch that fits would give.
+    sequences: rows of an epoch (packed sequences when packed); epoch_seconds(micro_batch, accumulation):
+    predicted seconds per epoch, when there is a time model."""
     budget = gpu_memory_gib * safety
     max_b = largest_batch(model, inputs, budget, max_seq_len, packed, longest)
-    rec = 1 << (max_b.bit_length() - 1) if max_b else 0  # a power of two at most max_b
     per_row = (density or 1.0) if packed else 1.0
-    if rec and rec * per_row > target_effective_examples:
-        # a micro-batch above the effective batch would change the experiment: cap it at the target
-        rec = max(1, 1 << (int(target_effective_examples / per_row).bit_length() - 1)) if target_effective_examples >= per_row else 1
-    if rec and sequences:
-        # no point in a micro-batch larger than the epoch; keep at least a few steps per epoch
-        while rec > 1 and rec * 4 > sequences:
-            rec //= 2
-    accum = max(1, round(target_effective_examples / (rec * per_row))) if rec else 1
-    if rec:
-        reasons.append(f"micro-batch {rec}: largest power of two with simulated peak (reserved + CUDA context) "
-                       f"under {safety:.0%} of {gpu_memory_gib:g} GiB (max that fits: {max_b}"
-                       f"{' or more: the search stops there' if max_b >= LIMIT_BATCH else ''})")
-        reasons.append(f"gradient accumulation {accum}: effective batch ≈ {rec * per_row * accum:.0f} examples "
-                       f"(target {target_effective_examples})")
+    choice = _choose(max_b, per_row, target_effective_examples, sequences)
+    accum = _accumulation(choice.batch, per_row, target_effective_examples)
+    if choice.batch:
+        why = _BatchWhy(gpu_memory_gib, safety, max_b, per_row, target_effective_examples, packed, sequences,
+                        epoch_seconds)
+        reasons = [why.micro_batch(choice, accum),
+                   f"gradient accumulation {accum}: effective batch ≈ {choice.batch * per_row * accum:.0f} "
+                   f"examples (target {target_effective_examples})"]
     else:
-        reasons.append("not even a micro-batch of 1 fits: enable activation checkpointing, shorten max_seq_len, "
-                       "or use a larger GPU")
-    shape = step_shape(max(rec, 1), max_seq_len, packed, longest)
+        reasons = ["not even a micro-batch of 1 fits: enable activation checkpointing, shorten max_seq_len, "
+                   "or use a larger GPU"]
+    shape = step_shape(max(choice.batch, 1), max_seq_len, packed, longest)
     figure = predict_peak(model, replace(inputs, gradient_accumulation_steps=accum), shape)
-    return BatchPlan(packed, max_b, rec, accum, shape.tokens, round(figure.required_gib, 3), round(budget, 3),
-                     round(rec * per_row * accum, 2), reasons, figure.source)
+    return BatchPlan(packed, max_b, choice.batch, accum, shape.tokens, round(figure.required_gib, 3),
+                     round(budget, 3), round(choice.batch * per_row * accum, 2), reasons, figure.source,
+                     choice.rule, choice.memory_batch)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    batch: int  # the micro-batch chosen (0: not even 1 fits)
+    rule: str  # what set it: memory, target or epoch (see BatchPlan.decided_by)
+    memory_batch: int  # what memory alone allows: the largest power of two that fits
+
+
+def _choose(max_b: int, per_row: float, target: int, sequences: int | None) -> _Choice:
+    """Memory first (the largest power of two that fits: throughput), then the effective-batch target caps it
+    (a micro-batch above the effective batch would change the experiment), then the epoch's size (no point in
+    a micro-batch larger than the epoch: keep MIN_MICRO_BATCHES_PER_EPOCH)."""
+    memory_b = 1 << (max_b.bit_length() - 1) if max_b else 0
+    batch, rule = memory_b, "memory" if memory_b else "none"
+    if batch and batch * per_row > target:
+        capped = 1 << (int(target / per_row).bit_length() - 1) if target >= per_row else 1
+        if capped < batch:
+            batch, rule = capped, "target"
+    while sequences and batch > 1 and batch * MIN_MICRO_BATCHES_PER_EPOCH > sequences:
+        batch, rule = batch // 2, "epoch"
+    return _Choice(batch, rule, memory_b)
+
+
+def _accumulation(batch: int, per_row: float, target: int) -> int:
+    """Micro-batches per optimizer step that bring the effective batch nearest the target (at least 1)."""
+    return max(1, round(target / (batch * per_row))) if batch else 1
+
+
+@dataclass(frozen=True)
+class _BatchWhy:
+    """What the micro-batch reason says: the rule that decided and, when memory did not, what the largest
+    batch that fits would have given instead."""
+
+    gpu_memory_gib: float
+    safety: float
+    max_b: int
+    per_row: float
+    target: int
+    packed: bool
+    sequences: int | None
+    epoch_seconds: Callable[[int, int], float | None] | None
+
+    def memory_rule(self, detail: str = "") -> str:
+        more = " or more: the search stops there" if self.max_b >= LIMIT_BATCH else ""
+        return (f"largest power of two with simulated peak{detail} under {self.safety:.0%} of "
+                f"{self.gpu_memory_gib:g} GiB (max that fits: {self.max_b}{more})")
+
+    def gives(self, batch: int, accum: int) -> str:
+        """Examples per optimizer step, optimizer steps per epoch and time per epoch (those known)."""
+        parts = [f"≈ {batch * self.per_row * accum:,.0f} examples per optimizer step"]
+        if self.sequences:
+            steps = optimizer_steps(self.sequences, batch, accum, 1)
+            parts.append(f"{steps} optimizer step{'s' if steps != 1 else ''} per epoch")
+        seconds = self.epoch_seconds(batch, accum) if self.epoch_seconds else None
+        if seconds is not None:
+            parts.append(f"≈ {human_seconds(seconds)} per epoch")
+        return ", ".join(parts)
+
+    def micro_batch(self, choice: _Choice, accum: int) -> str:
+        if choice.rule == "memory":
+            return (f"micro-batch {choice.batch}: memory decides: "
+                    f"{self.memory_rule(' (reserved + CUDA context)')}")
+        if choice.rule == "target":
+            row = f"a packed row holds ≈ {self.per_row:.1f} examples, so " if self.packed else ""
+            why = (f"the effective-batch target ({self.target} examples per optimizer step) decides: {row}a "
+                   f"larger micro-batch would overshoot it")
+        else:
+            unit = "packed sequences" if self.packed else "examples"
+            why = (f"the epoch's size decides: its {self.sequences} {unit} keep at least "
+                   f"{MIN_MICRO_BATCHES_PER_EPOCH} micro-batches per epoch")
+        alt = choice.memory_batch
+        return (f"micro-batch {choice.batch}: {why} (× accumulation {accum}: {self.gives(choice.batch, accum)}); "
+                f"memory alone would allow {alt} ({self.memory_rule()}), which would give "
+                f"{self.gives(alt, _accumulation(alt, self.per_row, self.target))}")
 
 
 

@@ -1,10 +1,12 @@
-"""A local HF causal LM (+ optional LoRA adapter) for evaluation: greedy batched generation with
-optional per-token log-probabilities, and log-probabilities of given continuations.
+"""A local HF causal LM (+ optional LoRA adapter) for evaluation: batched generation (greedy, or sampling
+seeded per row, see decoding.py) with optional per-token log-probabilities, and log-probabilities of
+given continuations.
 
-Decoding is always greedy (sampling settings are ignored): an evaluation of a checkpoint must give the
-same answer every time. Rows are left-padded and the padding masked, so on fp32 an answer does not
-depend on its batch-mates. Weights are cached per (base, adapter, dtype, device) so that several tasks
-on one checkpoint load it once; `release_weights()` frees them.
+Greedy unless a task asks for sampling; either way an evaluation of a checkpoint gives the same answer
+every time (the model's own generation_config never turns sampling on). Rows are left-padded and the
+padding masked, so on fp32 an answer does not depend on its batch-mates. Weights are cached per (base,
+adapter, dtype, device) so that several tasks on one checkpoint load it once; `release_weights()` frees
+them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import anyio
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
 from tunelab.faults import kill_point
 
 _GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
@@ -94,29 +97,49 @@ class LocalLM:
         return ids.to(self.device), mask.to(self.device)
 
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
-                       top_logprobs: int | None = None) -> list[Generation]:
-        """Greedy-decode a batch, each row cut at its first stop token. top_logprobs: None = no
+                       top_logprobs: int | None = None, *, sampling: Sampling | None = None,
+                       seeds: list[int] | None = None, stop_seqs: tuple[str, ...] = ()) -> list[Generation]:
+        """Decode a batch, each row cut at its first stop token or stop sequence. Greedy unless `sampling`
+        (then row i draws from its own generator seeded with seeds[i]). top_logprobs: None = no
         log-probabilities; 0 = the chosen token's only; k = also the k most likely tokens."""
         import torch
-        from transformers import GenerationConfig
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
         ids, mask = self._left_padded(prompts)
-        gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      eos_token_id=stop_ids, pad_token_id=self.pad_id,
-                                      return_dict_in_generate=True, output_logits=top_logprobs is not None)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+            out = self.model.generate(input_ids=ids, attention_mask=mask,
+                                      **self._generate_args(max_new_tokens, stop_ids, top_logprobs is not None,
+                                                            sampling, seeds, stop_seqs))
         new = out.sequences[:, ids.shape[1]:].tolist()
         logps = torch.stack(out.logits, 1).float().log_softmax(-1) if top_logprobs is not None else None
         results = []
         for row, tokens in enumerate(new):
             cut = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-            kept = tokens if cut is None else tokens[:cut]
+            kept, text, hit_seq = cut_at_stop(tokens if cut is None else tokens[:cut], self._decode, stop_seqs)
             lp = self._token_logprobs(logps[row], kept, top_logprobs) if logps is not None else None
-            results.append(Generation(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
-                                      cut is not None, lp))
+            results.append(Generation(kept, text, cut is not None or hit_seq, lp))
         return results
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _generate_args(self, max_new_tokens: int, stop_ids: list[int], logits: bool, sampling: Sampling | None,
+                       seeds: list[int] | None, stop_seqs: tuple[str, ...]) -> dict[str, Any]:
+        """model.generate's arguments. HF's own sampling is never on: a seeded sampler (a logits processor)
+        picks each sampled token, so the model's generation_config cannot turn greedy into sampling."""
+        from transformers import GenerationConfig
+        from transformers.generation import StopStringCriteria
+
+        args: dict[str, Any] = dict(generation_config=GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids,
+            pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=logits))
+        if sampling is not None:
+            if seeds is None:
+                raise TunelabError("sampling needs one seed per row")
+            args["logits_processor"] = [seeded_sampler(sampling, seeds, self.device)]
+        if stop_seqs:  # stops a row early; the text is cut at the stop sequence afterwards
+            args["stopping_criteria"] = [StopStringCriteria(self.tokenizer, list(stop_seqs))]
+        return args
 
     def _token_logprobs(self, logps: Any, tokens: list[int], k: int | None) -> list[TokenLogprob]:
         out = []
@@ -179,37 +202,43 @@ def release_weights() -> None:
 
 
 # ---------------------------------------------------------------- batching concurrent requests
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every row of one batch shares (requests with other settings wait for a batch of their own)."""
+
+    max_new_tokens: int
+    top_logprobs: int | None = None
+    sampling: Sampling | None = None
+    stop_seqs: tuple[str, ...] = ()
+
+
 @dataclass
 class _Request:
     prompt_ids: list[int]
-    max_new_tokens: int
-    top_logprobs: int | None
+    settings: BatchSettings
+    seed: int | None  # the row's generator seed when sampling
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Generation | None = None
     error: BaseException | None = None
-
-    @property
-    def group(self) -> tuple[int, int | None]:
-        return self.max_new_tokens, self.top_logprobs
 
 
 class Batcher:
     """Groups concurrent generate() calls into one batched forward pass.
 
     No background task: whichever waiting caller holds the lock lets concurrent samples queue up
-    for a moment, cuts the next batch (same max_new_tokens and logprobs setting) from the front of
-    the queue and runs it. Within a batch, rows are sorted by their tokens, so the batch tensor does
-    not depend on the order in which inspect happened to deliver the samples.
+    for a moment, cuts the next batch (same BatchSettings) from the front of the queue and runs it.
+    Within a batch, rows are sorted by their tokens (and seeds), so the batch tensor does not depend
+    on the order in which inspect happened to deliver the samples.
     """
 
     def __init__(self, run_batch: Any, batch_size: int):
-        self._run_batch = run_batch  # (prompts, max_new_tokens, top_logprobs) -> list[Generation]
+        self._run_batch = run_batch  # (prompts, seeds, BatchSettings) -> list[Generation]
         self._batch_size = max(1, batch_size)
         self._pending: list[_Request] = []
         self._lock: anyio.Lock | None = None  # made inside the eval's event loop, on first use
 
-    async def submit(self, prompt_ids: list[int], max_new_tokens: int, top_logprobs: int | None) -> Generation:
-        req = _Request(prompt_ids, max_new_tokens, top_logprobs)
+    async def submit(self, prompt_ids: list[int], settings: BatchSettings, seed: int | None = None) -> Generation:
+        req = _Request(prompt_ids, settings, seed)
         self._pending.append(req)
         if self._lock is None:
             self._lock = anyio.Lock()
@@ -233,15 +262,16 @@ class Batcher:
             seen = len(self._pending)
 
     def _run_next(self) -> None:
-        head = self._pending[0].group
-        batch = [r for r in self._pending if r.group == head][: self._batch_size]
+        head = self._pending[0].settings
+        batch = [r for r in self._pending if r.settings == head][: self._batch_size]
         self._pending = [r for r in self._pending if not any(r is b for b in batch)]
-        batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids))
+        batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids, r.seed or 0))
         try:
             # Inline on the event loop, not in a worker thread: on CPU a worker thread gets its own
             # OpenMP team and contends with the loop's (measured ~2x slower per batch). Nothing else
             # needs the loop meanwhile: every sample waits on us.
-            results = self._run_batch([r.prompt_ids for r in batch], *head)
+            seeds = [r.seed for r in batch] if head.sampling is not None else None
+            results = self._run_batch([r.prompt_ids for r in batch], seeds, head)
         except Exception as exc:  # each caller in the batch raises it from its own submit()
             for r in batch:
                 r.error = exc

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
@@ -37,7 +38,15 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 from tunelab.data.conversation import Example, Message, with_system
 from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.errors import TunelabError
-from tunelab.evaluate.hf import Batcher, Generation, LocalLM, local_lm
+from tunelab.evaluate.decoding import (
+    Sampling,
+    check_generate_config,
+    current_sample,
+    describe,
+    row_seed,
+    sampling_of,
+)
+from tunelab.evaluate.hf import BatchSettings, Batcher, Generation, LocalLM, load_model, local_lm
 from tunelab.spec import template_fields
 from tunelab.device import resolve_device, resolve_dtype
 
@@ -67,7 +76,15 @@ class TunelabModelAPI(ModelAPI):
 
     model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path,
     prompt_template (None: messages used as they are), system_prompt, chat_template, template_date,
-    train_on_input, device (cuda if available), dtype ('auto'|'float32'|'bfloat16'|'float16'), batch_size.
+    train_on_input, device (cuda if available), dtype ('auto'|'float32'|'bfloat16'|'float16'), batch_size,
+    max_tokens (when the config sets none), cache_weights (False: load privately, e.g. a grader).
+
+    GenerateConfig (see decoding.py for the field-by-field decision): max_tokens, temperature, top_p,
+    top_k, seed, stop_seqs, num_choices, logprobs and top_logprobs are honoured; inspect-ai itself handles
+    retries, timeouts, connections, system_message, cache and batch; any other setting, and tools, are
+    refused with a TunelabError naming them. Greedy unless temperature > 0 (or top_p/top_k alone);
+    sampling is seeded per answer (config seed, default 0), and each output's metadata records
+    `decoding`, `seed` and the per-choice generator seeds.
     """
 
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
@@ -75,7 +92,8 @@ class TunelabModelAPI(ModelAPI):
                  adapter_path: str | None = None, prompt_template: str | None = None,
                  system_prompt: str | None = None, chat_template: ChatMode | None = None,
                  template_date: str | None = None, train_on_input: bool | str = False, device: str | None = None,
-                 dtype: str | None = None, batch_size: int | str = DEFAULT_BATCH_SIZE) -> None:
+                 dtype: str | None = None, batch_size: int | str = DEFAULT_BATCH_SIZE,
+                 max_tokens: int | str = DEFAULT_MAX_TOKENS, cache_weights: bool | str = True) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if base_path is None:  # by hand: the model name is a directory of this experiment
             from tunelab.evaluate.targets import resolve_model_dir
@@ -95,13 +113,18 @@ class TunelabModelAPI(ModelAPI):
         self.format = PromptFormat(chat_template=chat_template or "auto", template_date=template_date,
                                    train_on_input=str(train_on_input).lower() in ("true", "1"))
         self.device = resolve_device(device)
-        self.lm: LocalLM = local_lm(base_path, adapter_path, resolve_dtype(dtype or "auto", self.device), self.device)
+        torch_dtype = resolve_dtype(dtype or "auto", self.device)
+        if str(cache_weights).lower() in ("true", "1"):
+            self.lm: LocalLM = local_lm(base_path, adapter_path, torch_dtype, self.device)
+        else:  # a grader beside the model under evaluation: the cache keeps that one
+            self.lm = LocalLM(*load_model(base_path, adapter_path, torch_dtype, self.device), self.device)
         self.tokenizer = self.lm.tokenizer
         self.stop_ids = self.format.stop_token_ids(self.tokenizer)
         if not self.stop_ids:
             raise TunelabError("the tokenizer has no eos or end-of-turn token; cannot tell where an answer ends",
                                file=Path(base_path))
         self.batch_size = max(1, int(batch_size))
+        self._max_tokens = int(max_tokens)
         self._batcher = Batcher(self._run_batch, self.batch_size)
 
     # ---- prompt building ------------------------------------------------------------------------
@@ -124,24 +147,51 @@ class TunelabModelAPI(ModelAPI):
         return self.format.encode_prompt(self.messages_of(input), self.tokenizer)
 
     # ---- generation -----------------------------------------------------------------------------
-    def _run_batch(self, prompts: list[list[int]], max_new_tokens: int, top_logprobs: int | None) -> list[Generation]:
-        return self.lm.generate_batch(prompts, max_new_tokens, self.stop_ids, top_logprobs)
+    def _run_batch(self, prompts: list[list[int]], seeds: list[int] | None,
+                   settings: BatchSettings) -> list[Generation]:
+        return self.lm.generate_batch(prompts, settings.max_new_tokens, self.stop_ids, settings.top_logprobs,
+                                      sampling=settings.sampling, seeds=seeds, stop_seqs=settings.stop_seqs)
 
     async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
                        config: GenerateConfig) -> ModelOutput:
+        if tools:
+            raise TunelabError(f"the tunelab model provider cannot offer tools to the model "
+                               f"({', '.join(t.name for t in tools)})")
+        check_generate_config(config)
         ids = self.prompt_ids(input)
         want = bool(config.logprobs) or bool(config.top_logprobs)
-        gen = await self._batcher.submit(ids, config.max_tokens or DEFAULT_MAX_TOKENS,
-                                         (config.top_logprobs or 0) if want else None)
-        choice = ChatCompletionChoice(
-            message=ChatMessageAssistant(content=gen.text, model=self.model_name, source="generate"),
-            stop_reason="stop" if gen.hit_stop else "max_tokens",
-            logprobs=_inspect_logprobs(gen) if want else None)
-        output = ModelOutput(model=self.model_name, choices=[choice])
-        output.usage = ModelUsage(input_tokens=len(ids), output_tokens=len(gen.new_ids),
-                                  total_tokens=len(ids) + len(gen.new_ids))
-        # The exact prompt the model saw, so a log proves train/eval parity after the fact.
-        output.metadata = {"prompt": self.tokenizer.decode(ids), "prompt_ids": ids}
+        sampling = sampling_of(config)
+        settings = BatchSettings(config.max_tokens or self._max_tokens, (config.top_logprobs or 0) if want else None,
+                                 sampling, tuple(config.stop_seqs or ()))
+        n = config.num_choices or 1
+        seeds = [row_seed(sampling.seed, ids, i, current_sample()) for i in range(n)] if sampling else []
+        if sampling:
+            gens = [None] * n
+
+            async def one(i: int) -> None:
+                gens[i] = await self._batcher.submit(ids, settings, seeds[i])
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+        else:  # greedy: every choice is the same answer
+            gens = [await self._batcher.submit(ids, settings)] * n
+        return self._output(ids, [g for g in gens if g is not None], want, sampling, seeds)
+
+    def _output(self, ids: list[int], gens: list[Generation], want: bool, sampling: Sampling | None,
+                seeds: list[int]) -> ModelOutput:
+        choices = [ChatCompletionChoice(
+            message=ChatMessageAssistant(content=g.text, model=self.model_name, source="generate"),
+            stop_reason="stop" if g.hit_stop else "max_tokens",
+            logprobs=_inspect_logprobs(g) if want else None) for g in gens]
+        output = ModelOutput(model=self.model_name, choices=choices)
+        new = sum(len(g.new_ids) for g in gens)
+        output.usage = ModelUsage(input_tokens=len(ids), output_tokens=new, total_tokens=len(ids) + new)
+        # The exact prompt the model saw, so a log proves train/eval parity after the fact; how the
+        # tokens were chosen, and with which seeds, so a sampled answer can be reproduced.
+        output.metadata = {"prompt": self.tokenizer.decode(ids), "prompt_ids": ids, "decoding": describe(sampling)}
+        if sampling:
+            output.metadata.update(seed=sampling.seed, choice_seeds=seeds)
         return output
 
     # ---- scoring given continuations -------------------------------------------------------------
@@ -163,7 +213,7 @@ class TunelabModelAPI(ModelAPI):
 
     # ---- inspect settings ------------------------------------------------------------------------
     def max_tokens(self) -> int | None:
-        return DEFAULT_MAX_TOKENS
+        return self._max_tokens
 
     def max_connections(self) -> int:
         # Two batches' worth of samples in flight: when one batch finishes, the next is queued.

@@ -88,10 +88,12 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
     import inspect_ai
     from inspect_ai.model import get_model
 
+    from tunelab.evaluate.decoding import describe, sampling_of
     from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE, PROVIDER, model_args_of
 
     started = time.monotonic()
     task, template, function = build_task(cfg, spec)  # a task that cannot be built leaves old results alone
+    _check_task_config(spec, function, task)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Old results of this task are void from here on: scores first, so a crash can't pair stale
     # scores with a new log.
@@ -99,23 +101,64 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
     for old in out_dir.glob("*.eval"):
         old.unlink()
     batch_size = batch_size or DEFAULT_BATCH_SIZE
+    decoding = describe(sampling_of(task.config))
+    grader = grader_model(spec, batch_size)
     # memoize=False: a re-evaluation after retraining must not reuse a cached Model.
     model = get_model(f"{PROVIDER}/{cfg.name}/{target.label}", memoize=False,
                       **model_args_of(cfg, target, template, batch_size))
     try:
         [log] = inspect_ai.eval(
-            task, model=model, log_dir=str(out_dir), log_format="eval", display="none", score_display=False,
-            max_connections=2 * batch_size, max_samples=2 * batch_size, fail_on_error=True,
+            task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
+            log_format="eval", display="none", score_display=False, max_connections=2 * batch_size,
+            max_samples=2 * batch_size, fail_on_error=True,
             metadata={"run": cfg.name, "kind": cfg.kind, "label": target.label, "epoch": target.epoch,
-                      "task": spec.name})
+                      "task": spec.name, "decoding": decoding, "grader": str(grader) if grader else None})
     finally:
         model.api.close()
+        if grader is not None:
+            grader.api.close()
     if log.status != "success":
         raise _failure(cfg, target, spec, function, log)
     scores = _scores_record(cfg, target, spec, function, log)
     scores.duration_s = round(time.monotonic() - started, 3)
+    scores.decoding, scores.grader = decoding, str(grader) if grader else None
     write_scores(out_dir, scores)
     return scores
+
+
+def _check_task_config(spec: TaskSpec, function: str | None, task: Any) -> None:
+    """The task's own GenerateConfig, before any weights load: what the provider cannot honour is named."""
+    from tunelab.evaluate.decoding import check_generate_config
+
+    where = f"task '{spec.name}'" + (f" (@task {function})" if function else "")
+    try:
+        check_generate_config(task.config, where)
+    except TunelabError as exc:
+        raise TunelabError(exc.message, file=spec.file) from None
+
+
+def grader_model(spec: TaskSpec, batch_size: int) -> Any:
+    """The model bound to inspect's `grader` role (None: model-graded scorers use the model under
+    evaluation). A local directory loads through the tunelab provider, beside (not instead of) the
+    evaluated weights; a string is any inspect model."""
+    from inspect_ai.model import get_model
+
+    from tunelab.evaluate.provider import PROVIDER
+    from tunelab.evaluate.usertasks import check_grader_dir
+
+    if spec.grader is None:
+        return None
+    field = f"eval.tasks.{spec.name}.grader"
+    if isinstance(spec.grader, str):
+        try:
+            return get_model(spec.grader, memoize=False)
+        except Exception as exc:  # an unknown provider, a missing API key or package: inspect's own message
+            raise TunelabError(f"task '{spec.name}': grader {spec.grader!r} cannot be loaded: {exc}",
+                               field=field) from None
+    path = Path(spec.grader.path)
+    check_grader_dir(path, spec.name)
+    return get_model(f"{PROVIDER}/{path}", memoize=False, base_path=str(path), batch_size=batch_size,
+                     max_tokens=spec.grader.max_tokens, cache_weights=False)
 
 
 def _failure(cfg: RunConfig, target: Target, spec: TaskSpec, function: str | None, log: Any) -> TunelabError:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from tunelab import ledger
+from tunelab.console import progress_columns, say
 from tunelab.evaluate.kinds import show
 from tunelab.experiment import load_runs, select_runs, training_state
 from tunelab.rundir import layout
@@ -29,22 +30,20 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
     todo = []
     for cfg in select_runs(all_runs, names):
         if cfg.kind == "finetune" and training_state(cfg.run_dir) != layout.COMPLETED:
-            console.print(f"[yellow]skip {cfg.name}: training not completed[/yellow]")
+            say("[yellow]skip {}: training not completed[/yellow]", cfg.name, console=console)
             continue
         todo.append(cfg)
     out: dict[str, list] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*progress_columns(), console=console) as progress:
             bar = progress.add_task("evaluating", total=len(todo))
             for cfg in todo:
                 progress.update(bar, description=f"evaluating {cfg.name}")
                 out[cfg.name] = evaluate_run(cfg, epochs=chosen if cfg.kind == "finetune" else None, force=force,
                                              tasks=tasks)
                 for s in out[cfg.name]:
-                    progress.console.print(f"  {cfg.name} {s.label} {s.task}: {s.primary_metric} "
-                                           f"{show(s.score, s.primary_metric)} ({s.samples} samples)",
-                                           highlight=False)
+                    say("  {} {} {}: {} {} ({} samples)", cfg.name, s.label, s.task, s.primary_metric,
+                        show(s.score, s.primary_metric), s.samples, console=progress.console)
                 progress.advance(bar)
     finally:
         if ingest:  # a cluster job leaves the ledger to the coordinator

@@ -147,6 +147,7 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
             if spec.file:
                 ut = resolve_user_task(spec)
                 check_input_template(spec.prompt if spec.prompt is not None else source.prompt, ut.where)
+                _check_grader(spec, None)
             else:
                 build_builtin_task(source, spec)
         return
@@ -155,5 +156,22 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
     for spec in source.eval.resolved_tasks():
         if spec.file:
             ut = resolve_user_task(spec, base)
+            _check_grader(spec, base)
             for template in [spec.prompt] if spec.prompt is not None else prompts:
                 check_input_template(template, ut.where)
+
+
+def _check_grader(spec: TaskSpec, base: Path | None) -> None:
+    """A grader given as a local model directory must be one (a model string is only known at eval time)."""
+    from tunelab.spec.evaluation import GraderSpec
+
+    if isinstance(spec.grader, GraderSpec):
+        path = Path(spec.grader.path)
+        check_grader_dir(path if path.is_absolute() or base is None else base / path, spec.name)
+
+
+def check_grader_dir(path: Path, task: str) -> None:
+    """A grader's local model directory holds a model (checked at validate time and before an eval loads it)."""
+    if not (path / "config.json").is_file():
+        raise TunelabError(f"task '{task}': the grader's model directory has no config.json", file=path,
+                           field=f"eval.tasks.{task}.grader.path")

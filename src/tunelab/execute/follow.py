@@ -57,7 +57,7 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
                           state=j.failure, reason=note)
     ledger.update_job(sweep.book, j.id, handled=1, detail=note)
     if queued is not None:
-        sweep.view.say(f"[yellow]{j.run}: {note}[/yellow]")
+        sweep.view.say("[yellow]{}: {}[/yellow]", j.run, note)
         sweep.queue.append(queued)
         sweep.view.retrying(queued.cfg)
     return queued is not None

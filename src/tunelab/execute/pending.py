@@ -47,7 +47,7 @@ def pending(sweep: Sweep, selected: list[str], force: bool) -> list[Submission]:
             continue
         held_by = claims.claim(cfg.run_dir)
         if held_by is not None:
-            sweep.view.say(f"[yellow]skip {name}: claimed by another coordinator ({held_by})[/yellow]")
+            sweep.view.say("[yellow]skip {}: claimed by another coordinator ({})[/yellow]", name, held_by)
             continue
         sub = _next_jobs(sweep, cfg, latest.get(name, RunJobs()), force)
         if sub is None:
@@ -72,8 +72,8 @@ def _next_jobs(sweep: Sweep, cfg: RunConfig, rj: RunJobs, force: bool) -> Submis
         return Submission(cfg, False, True, f"{cfg.kind.replace('_', '-')} evaluation")
     if rj.train is not None and rj.train.active:
         if rj.train.executor != sweep.ex.name or not evaluates:
-            sweep.view.say(f"[yellow]skip {cfg.name}: running elsewhere ({rj.train.executor} job "
-                           f"{rj.train.job_id})[/yellow]")
+            sweep.view.say("[yellow]skip {}: running elsewhere ({} job {})[/yellow]", cfg.name, rj.train.executor,
+                           rj.train.job_id)
             return None
         if not is_active(rj.eval) and not (rj.eval and rj.eval.depends_on == rj.train.job_id):
             return Submission(cfg, False, True, "evaluation after the queued training job", rj.train.job_id)
@@ -81,11 +81,11 @@ def _next_jobs(sweep: Sweep, cfg: RunConfig, rj: RunJobs, force: bool) -> Submis
     state = training_state(cfg.run_dir)
     # a live process here, or a job nobody recorded; a scheduler's verdict wins over another host's status
     if state == layout.RUNNING and (rj.train is None or _written_here(cfg)):
-        sweep.view.say(f"[yellow]skip {cfg.name}: running elsewhere (its job is alive)[/yellow]")
+        sweep.view.say("[yellow]skip {}: running elsewhere (its job is alive)[/yellow]", cfg.name)
         return None
     if state == layout.COMPLETED and not force:
         if not evaluates or is_evaluated(cfg.run_dir, task_names(cfg)) or is_active(rj.eval):
-            sweep.view.say(f"[dim]skip {cfg.name}: completed[/dim]")
+            sweep.view.say("[dim]skip {}: completed[/dim]", cfg.name)
             return None
         return Submission(cfg, False, True, "evaluation of the completed run")
     if force and not sweep.dry_run and not is_active(rj.eval):

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 
 from tunelab import ledger
+from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
 from tunelab.execute.executor import Executor
@@ -130,8 +131,8 @@ def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: 
             ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor,
                                   job_id=j.job_id, started_at=j.submitted_at, finished_at=now_iso(),
                                   exit_code=None, state=CANCELLED, reason="cancelled by tunelab cancel")
-        console.print(f"cancelled {j.run} {j.kind} job {j.job_id}", highlight=False)
+        say("cancelled {} {} job {}", j.run, j.kind, j.job_id, console=console)
     if not jobs:
-        console.print("nothing to cancel: no queued or running job for these runs")
+        say("nothing to cancel: no queued or running job for these runs", console=console)
     ledger.ingest_all(exp, all_runs)
     return [j.job_id for j in jobs]

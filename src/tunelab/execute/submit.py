@@ -53,7 +53,7 @@ def submit_run(sweep: Sweep, s: Submission, env: dict[str, str], where: str) -> 
         reason = f"{s.reason} ({where})" if where else s.reason
         if sweep.dry_run:
             job_id = f"<{s.cfg.name}:{kind}>"
-            sweep.view.say(f"would submit: {sweep.ex.command(script, dep)}  [dim]# {s.reason}[/dim]")
+            sweep.view.say("would submit: {}  [dim]# {}[/dim]", sweep.ex.command(script, dep), s.reason)
         else:
             job_id = sweep.ex.submit(script, dep, env or None)
             _record(sweep, s.cfg, kind, job_id, reason, dep)
@@ -73,7 +73,7 @@ def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
     names = ", ".join(c.name for c in cfgs)
     if sweep.dry_run:
         what = f"node job: {names}; {reason}" if group.kind == "node" else reason
-        sweep.view.say(f"would submit: {sweep.ex.command(script, None, array)}  [dim]# {what}[/dim]")
+        sweep.view.say("would submit: {}  [dim]# {}[/dim]", sweep.ex.command(script, None, array), what)
         job_ids = ["<node>"] * len(cfgs) if group.kind == "node" else [f"<array>_{i}" for i in range(len(cfgs))]
     else:
         job_id = sweep.ex.submit(script, array=array)
@@ -83,10 +83,10 @@ def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
             if group.kind == "node":
                 _record(sweep, cfg, "eval", jid, f"{reason} (node job)")
         if group.kind == "node":
-            sweep.view.say(f"submitted node job {job_id} for {len(cfgs)} runs: {names}")
+            sweep.view.say("submitted node job {} for {} runs: {}", job_id, len(cfgs), names)
         else:
-            sweep.view.say(f"submitted job array {job_id} (--array={array}): "
-                           + ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, job_ids)))
+            sweep.view.say("submitted job array {} (--array={}): {}", job_id, array,
+                           ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, job_ids)))
     if group.kind == "array":
         for cfg, jid in zip(cfgs, job_ids):
             submit_run(sweep, Submission(cfg, False, True, reason, jid), {}, "")

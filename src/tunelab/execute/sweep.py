@@ -72,8 +72,8 @@ def _run(sweep: Sweep, selected: list[str], force: bool, wait: bool) -> dict[str
         sweep.queue += pending(sweep, selected, force)
     followed = {name for name in selected if sweep.open_jobs([name])} if wait else set()
     if not sweep.queue:
-        sweep.view.say(f"nothing to {'submit' if sweep.ex.detached else 'run'}: every selected run is completed, "
-                       "queued, running or claimed by another coordinator")
+        sweep.view.say("nothing to {}: every selected run is completed, queued, running or claimed by another "
+                       "coordinator", "submit" if sweep.ex.detached else "run")
         if not followed:
             return {}
     if sweep.dry_run:
@@ -100,7 +100,7 @@ def _refuse_impossible(sweep: Sweep, capacity: Capacity) -> None:
     for s in list(sweep.queue):
         why = capacity.never(s.cfg)
         if why is not None:
-            sweep.view.say(f"[red]{s.cfg.name}: {why}; not started[/red]")
+            sweep.view.say("[red]{}: {}; not started[/red]", s.cfg.name, why)
             sweep.queue.remove(s)
             claims.release(s.cfg.run_dir)
     rank = {cfg.name: i for i, cfg in enumerate(capacity.order([s.cfg for s in sweep.queue]))}
@@ -175,7 +175,7 @@ def _start_what_fits(sweep: Sweep, capacity: Capacity) -> None:
         submit_run(sweep, s, env, capacity.where(s.cfg))
         active += s.jobs
     if waited and capacity.waiting() and not sweep.said_waiting:
-        sweep.view.say(f"[dim]{capacity.waiting()}[/dim]")
+        sweep.view.say("[dim]{}[/dim]", capacity.waiting())
         sweep.said_waiting = True
 
 

@@ -1,14 +1,16 @@
 """What a sweep shows while it runs: live progress bars when its jobs run here (the person waits for them at
-this terminal), one line per event when a scheduler runs them (submissions, verdicts)."""
+this terminal), one line per event when a scheduler runs them (submissions, verdicts). Every line goes
+through tunelab.console: values (run names, reasons, paths) are printed as plain text."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
+from tunelab.console import markup, progress_columns, say
 from tunelab.execute.executor import Executor
 from tunelab.execute.failures import COMPLETED
 from tunelab.execute.jobs import JobRow
@@ -22,8 +24,9 @@ class SweepView:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def say(self, text: str) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True)
+    def say(self, template: str, *values: Any) -> None:
+        """One line: the template's markup styles it, the values stay plain text (tunelab.console.say)."""
+        say(template, *values, console=self.console)
 
     @contextlib.contextmanager
     def live(self, runs: int) -> Iterator[None]:
@@ -31,10 +34,10 @@ class SweepView:
 
     def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
         dep_txt = f" (afterok:{dep})" if dep else ""
-        self.say(f"submitted {cfg.name} {kind} job {job_id}{dep_txt}: {reason}")
+        self.say("submitted {} {} job {}{}: {}", cfg.name, kind, job_id, dep_txt, reason)
 
     def ended(self, job: JobRow) -> None:
-        self.say(f"{job.run} {job.kind} job {job.job_id}: {job.detail}")
+        self.say("{} {} job {}: {}", job.run, job.kind, job.job_id, job.detail)
 
     def retrying(self, cfg: RunConfig) -> None:
         pass
@@ -52,20 +55,16 @@ class BarsView(SweepView):
         self.sweep_task: TaskID | None = None
         self.tasks: dict[str, TaskID] = {}
 
-    def say(self, text: str) -> None:
-        self.console.print(text, highlight=False)
-
     @contextlib.contextmanager
     def live(self, runs: int) -> Iterator[None]:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        with Progress(*progress_columns(), console=self.console, transient=False) as progress:
             self.progress = progress
             self.sweep_task = progress.add_task(f"sweep ({runs} runs)", total=runs)
             yield
 
     def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
         if reason != "first submission" and not reason.startswith("attempt "):
-            self.say(f"{cfg.name}: {reason}")
+            self.say("{}: {}", cfg.name, reason)
         if self.progress is not None:
             self.tasks[cfg.name] = self.progress.add_task(f"  {cfg.name}" + (f" [{where}]" if where else ""),
                                                           total=None)
@@ -74,9 +73,12 @@ class BarsView(SweepView):
         task = self.tasks.pop(job.run, None)
         if self.progress is None or task is None or job.kind != "train":
             return
-        mark = ("[green]completed[/green]" if job.failure == COMPLETED
-                else f"[red]{job.failure} (exit {job.exit if job.exit is not None else '?'})[/red]")
-        self.progress.update(task, description=f"  {job.run}: {mark}")
+        if job.failure == COMPLETED:
+            mark = markup("  {}: [green]completed[/green]", job.run)
+        else:
+            mark = markup("  {}: [red]{} (exit {})[/red]", job.run, job.failure,
+                          job.exit if job.exit is not None else "?")
+        self.progress.update(task, description=mark)  # type: ignore[arg-type]  # a Text: progress_columns
         if self.sweep_task is not None:
             self.progress.advance(self.sweep_task)
 

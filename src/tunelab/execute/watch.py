@@ -14,9 +14,9 @@ from typing import Callable
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
+from tunelab.console import data_table, say, show
 from tunelab.execute.progress import clock, eta_seconds
 from tunelab.execute.status import StatusRow
 from tunelab.experiment import load_runs
@@ -67,15 +67,15 @@ def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | 
 
 
 def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
-    t = Table(title=title, title_justify="left")
-    for col in ("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"):
-        t.add_column(col, overflow="fold")
+    rows: list[tuple[object, ...]] = []
     for v in views:
-        bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else Text("")
+        bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else ""
         style = "red" if v.state in FAILED else "green" if v.state == COMPLETED else ""
-        t.add_row(v.name, Text(v.state, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
-                  f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
-                  clock(v.eta_s), v.eval, v.detail)
+        rows.append((v.name, Text(v.state, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
+                     f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
+                     clock(v.eta_s), v.eval, v.detail))
+    t = data_table(("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"), rows, title=title,
+                   overflow="fold", title_justify="left")
     done = sum(v.state == COMPLETED for v in views)
     failed = sum(v.state in FAILED for v in views)
     eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
@@ -93,14 +93,14 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], co
         for v in views:
             if v.state in FAILED and v.name not in seen_failed:
                 seen_failed.add(v.name)
-                console.print(f"[red]{v.name}: {v.state}[/red] {v.detail}", highlight=False, soft_wrap=True)
+                say("[red]{}: {}[/red] {}", v.name, v.state, v.detail, console=console)
         return render(str(experiment_dir), views, sweep_eta_s(views, configs))
 
     rows = rows_of()
     seen_failed.update(r.name for r in rows if r.state in FAILED)  # failed before we looked: in the table
     if not any(r.active for r in rows):
-        console.print(frame(rows))
-        console.print(f"nothing is queued or running: `tunelab run {experiment_dir}` starts the sweep")
+        show(frame(rows), console)
+        say("nothing is queued or running: `tunelab run {}` starts the sweep", experiment_dir, console=console)
         return rows
     with Live(frame(rows), console=console, refresh_per_second=1) as live:
         while any(r.active for r in rows):

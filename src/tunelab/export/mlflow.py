@@ -24,6 +24,7 @@ STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", 
           "pending": "SCHEDULED"}
 BATCH = 1000  # MLflow's log_batch limit on metrics (params: 100)
 MISSING = "MLflow is not installed: pip install 'tunelab[mlflow]' (mlflow-skinny with SQLite support)"
+STORE = Path("mlflow") / "mlflow.db"  # the default store, in the experiment directory (artifacts beside it)
 
 
 @dataclass
@@ -36,17 +37,43 @@ class ExportResult:
     points_logged: int
 
 
-def _client(tracking_uri: str):
+def _is_file_store(tracking_uri: str) -> bool:
+    """file://… or a plain path: MLflow's file store (MLflow reads a bare 'databricks' as Databricks)."""
+    scheme = urlparse(tracking_uri).scheme
+    return scheme == "file" or (scheme == "" and tracking_uri != "databricks")
+
+
+def _client_class():
+    """MlflowClient, or an error naming the extra to install."""
     try:
         from mlflow.tracking import MlflowClient
     except ImportError as exc:
         raise TunelabError(MISSING, field="--to mlflow") from exc
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    return MlflowClient
+
+
+def _client(client_class, tracking_uri: str):
+    """A client on the store, opened (and a SQLite file created with its directory) here."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        return MlflowClient(tracking_uri=tracking_uri)
+        return client_class(tracking_uri=tracking_uri)
     except ImportError as exc:  # the SQL store needs sqlalchemy + alembic
         raise TunelabError(f"{MISSING}: {exc}", field="--tracking-uri") from exc
+    except MlflowException as exc:
+        if not _is_file_store(tracking_uri):
+            raise
+        raise TunelabError(f"MLflow (3.10 on) refuses file stores such as {tracking_uri!r}: a SQLite store works, "
+                           f"e.g. sqlite:///path/to/mlflow.db (the default: <experiment>/{STORE.as_posix()})",
+                           field="--tracking-uri") from exc
+
+
+def default_tracking_uri(experiment_dir: Path) -> str:
+    """sqlite:///<experiment>/mlflow/mlflow.db: the sweep's tracking data kept with the sweep, wherever the
+    command runs from (and archived with it)."""
+    return f"sqlite:///{Path(experiment_dir).resolve() / STORE}"
 
 
 def _artifact_location(tracking_uri: str, name: str) -> str | None:
@@ -136,10 +163,14 @@ def _export_run(client, experiment_id: str, parent_id: str, sweep: TrackedSweep,
     return existing is None, n
 
 
-def export_mlflow(experiment_dir: str | Path, tracking_uri: str, experiment_name: str | None = None) -> ExportResult:
-    """Export (or bring up to date) every run of the experiment under one parent run of the sweep."""
-    client = _client(tracking_uri)
-    sweep = sweep_record(experiment_dir)
+def export_mlflow(experiment_dir: str | Path, tracking_uri: str | None = None,
+                  experiment_name: str | None = None) -> ExportResult:
+    """Export (or bring up to date) every run of the experiment under one parent run of the sweep (default store:
+    default_tracking_uri)."""
+    client_class = _client_class()
+    sweep = sweep_record(experiment_dir)  # an experiment directory: only then is a default store created in it
+    tracking_uri = tracking_uri or default_tracking_uri(sweep.experiment_dir)
+    client = _client(client_class, tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment_name or sweep.name)
     existing = _existing(client, experiment_id, sweep.experiment_dir)
     parent = existing.get("")

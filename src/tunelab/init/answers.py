@@ -21,17 +21,43 @@ SPEC_FILE = "experiment.yaml"
 VALIDATIONS_PER_EPOCH = 4  # validation loss this often when tracked: enough points for a curve, little time
 
 
+@dataclass(frozen=True)
+class InitDefaults:
+    """What `tunelab init` takes for a question left unanswered, in one place: the wizard proposes these and the
+    flags assume them, so the same answers write the same spec either way."""
+
+    vary: dict[str, list[Any]] = field(default_factory=dict)  # no factor: one run per model × dataset
+    # field rows read their input column; prompt/completion rows: '{input}' is the prompt; chat rows: unused
+    prompt: str = "{input}"
+    gpus_per_run: int = 1
+    validation: bool = True
+    controls: bool = True
+    epochs: int = 1
+    # the levels the wizard suggests for a factor once it is chosen (--vary always names its levels)
+    levels: dict[str, str] = field(default_factory=lambda: {
+        "lora_rank": "4,16", "learning_rate": "1e-4,2e-4", "epochs": "1,3", "lora_alpha": "16,32",
+        "batch_size": "4,8", "seed": "0,1,2"})
+
+
+DEFAULTS = InitDefaults()
+
+
+def default_name(out: Path) -> str:
+    """The experiment's name when none is given: its directory's."""
+    return slug(spec_path(out).resolve().parent.name)
+
+
 @dataclass
 class InitAnswers:
     name: str
     models: list[Path]
     datasets: list[Path]
-    vary: dict[str, list[Any]] = field(default_factory=dict)
-    gpus_per_run: int = 1
-    validation: bool = True
-    controls: bool = True
-    epochs: int = 1
-    prompt: str | None = None
+    vary: dict[str, list[Any]] = field(default_factory=lambda: dict(DEFAULTS.vary))
+    gpus_per_run: int = DEFAULTS.gpus_per_run
+    validation: bool = DEFAULTS.validation
+    controls: bool = DEFAULTS.controls
+    epochs: int = DEFAULTS.epochs
+    prompt: str | None = DEFAULTS.prompt
     batch: "BatchProposal | None" = None  # the planner's micro-batch, accumulation and packing, when accepted
     gpu: str | None = None  # the GPU the jobs will run on, when asked (none detected or named)
 
@@ -96,12 +122,11 @@ def slug(text: str) -> str:
 
 def _named(paths: list[Path], stem: bool) -> list[dict[str, str]]:
     """[{name, path}] with unique names from the directory or file names."""
+    from tunelab.spec.base import unique_name
+
     out, seen = [], set()
     for p in paths:
-        base = slug(p.stem if stem else p.name)
-        name, i = base, 2
-        while name in seen:
-            name, i = f"{base}-{i}", i + 1
+        name = unique_name(slug(p.stem if stem else p.name), seen)
         seen.add(name)
         out.append({"name": name, "path": str(p.resolve())})
     return out

@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.errors import TunelabError
-from tunelab.init.answers import InitAnswers, parse_level, slug
+from tunelab.init.answers import DEFAULTS, InitAnswers, default_name, parse_level
 from tunelab.init.discover import find_datasets, find_models
 
 OTHER = "another path…"
-# Factors offered by the first question, with suggested levels (models and datasets vary by choosing several).
-FACTORS = {"lora_rank": "4,16", "learning_rate": "1e-4,2e-4", "epochs": "1,3", "lora_alpha": "16,32",
-           "batch_size": "4,8", "seed": "0,1,2"}
 
 
 def _require(answer: Any) -> Any:
@@ -52,7 +49,8 @@ CPU_CHOICE = "none: plan for this machine's CPU"
 
 def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: bool) -> InitAnswers:
     """The plan-runs conversation (questionary): returns the answers; writes nothing. Asks for the GPU the
-    jobs will run on when none is detected or named (a login node is not where jobs run)."""
+    jobs will run on when none is detected or named (a login node is not where jobs run). Every proposed
+    answer is the flags' default (answers.DEFAULTS); models and datasets vary by choosing several."""
     from tunelab.catalog import GPUS
     import questionary as q
 
@@ -60,31 +58,30 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: 
 
     vary_keys = _require(q.checkbox(
         "What do you want to vary? (several models or datasets: choose them below)",
-        choices=[q.Choice(k, checked=k == "lora_rank") for k in FACTORS]).ask())
+        choices=[q.Choice(k, checked=k in DEFAULTS.vary) for k in DEFAULTS.levels]).ask())
     vary = {}
     for key in vary_keys:
-        text = _require(q.text(f"Levels of {key} (comma-separated):", default=FACTORS[key],
+        text = _require(q.text(f"Levels of {key} (comma-separated):", default=DEFAULTS.levels[key],
                                validate=lambda t: len([v for v in t.split(",") if v.strip()]) >= 1
                                or "at least one level").ask())
         vary[key] = [parse_level(v) for v in text.split(",") if v.strip()]
     models = _pick_paths(q, "Base models", find_models(model_roots), is_model_dir)
     datasets = _pick_paths(q, "Datasets", find_datasets(data_root), Path.is_file)
     prompt = _require(q.text("Prompt template ('{input}' is the row's input; empty for chat or "
-                             "prompt/completion rows):", default="{input}").ask())
-    gpus = int(_require(q.text("GPUs per run (0: CPU; 1: single device; more: distributed):", default="1",
-                               validate=_int).ask()))
+                             "prompt/completion rows):", default=DEFAULTS.prompt).ask())
+    gpus = int(_require(q.text("GPUs per run (0: CPU; 1: single device; more: distributed):",
+                               default=str(DEFAULTS.gpus_per_run), validate=_int).ask()))
     gpu = None
-    if gpus > 0 and not gpu_known:
+    if gpus > 0 and not gpu_known:  # proposed: what no --gpu means, this machine's CPU
         gpu = _require(q.select("No GPU here: which GPU will the jobs run on?",
-                                choices=[*(g.name for g in GPUS.values()), CPU_CHOICE]).ask())
+                                choices=[CPU_CHOICE, *(g.name for g in GPUS.values())]).ask())
         gpu = None if gpu == CPU_CHOICE else gpu
-    validation = _require(q.confirm("Track validation loss during training?", default=True).ask())
+    validation = _require(q.confirm("Track validation loss during training?", default=DEFAULTS.validation).ask())
     controls = _require(q.confirm("Add controls (each base model evaluated without fine-tuning)?",
-                                  default=True).ask())
-    epochs = 1 if "epochs" in vary else int(_require(q.text(
-        "Epochs (1-3 suits most tasks):", default="1", validate=_int).ask()))
-    name = _require(q.text("Experiment name:", default=slug(out.resolve().name if out.suffix not in
-                                                             (".yaml", ".yml") else out.resolve().parent.name)).ask())
+                                  default=DEFAULTS.controls).ask())
+    epochs = DEFAULTS.epochs if "epochs" in vary else int(_require(q.text(
+        "Epochs (1-3 suits most tasks):", default=str(DEFAULTS.epochs), validate=_int).ask()))
+    name = _require(q.text("Experiment name:", default=default_name(out)).ask())
     return InitAnswers(name=name, models=models, datasets=datasets, vary=vary, gpus_per_run=gpus,
                        validation=validation, controls=controls, epochs=max(epochs, 1), prompt=prompt or None,
                        gpu=gpu)

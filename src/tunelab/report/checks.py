@@ -14,7 +14,7 @@ from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING
 from tunelab.rundir.summary import Summary
 
 OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
-STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch
+STILL_FALLING_MIN_DROP = 0.01  # val loss fell ≥ 1 % over the last epoch (then set against its noise)
 MEMORY_MOSTLY_UNUSED = 0.5  # peak below half of the GPU's memory
 DATA_WAIT_FLAG = 0.05  # the training loop waited for data more than 5 % of training time
 
@@ -58,19 +58,44 @@ def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> 
 
 @dataclass
 class StillFalling:
+    """Val loss lower at the end of the last epoch than at its start. A finding only when the fall exceeds
+    its noise: the scatter of the last epoch's validations about a straight line (checkpoint-to-checkpoint
+    variation); with fewer than three validations there, the noise is unknown and it is an observation."""
+
     prev_val: float
     prev_step: int
     final_val: float
     final_step: int
+    points: int = 2  # validations from the last epoch's start (the value logged before it) to the end
+    fitted_fall: float | None = None  # the fall along a least-squares line through those validations
+    margin: float | None = None  # 95 % half-width of fitted_fall (t interval from the residual scatter)
 
     @property
     def drop(self) -> float:
         return 1 - self.final_val / self.prev_val if self.prev_val > 0 else 0.0
 
+    @property
+    def beyond_noise(self) -> bool:
+        """The fitted fall's 95 % interval excludes zero: a trend, not checkpoint-to-checkpoint wobble."""
+        return self.fitted_fall is not None and self.margin is not None and self.fitted_fall > self.margin
+
+
+def _fitted_fall(points: list[Point]) -> tuple[float | None, float | None]:
+    """(fall over the window along a fitted line, its 95 % half-width); (None, None) under three points."""
+    from scipy import stats
+
+    if len(points) < 3 or len({p.step for p in points}) < 2:
+        return None, None
+    fit = stats.linregress([p.step for p in points], [p.value for p in points])
+    span = points[-1].step - points[0].step
+    t = float(stats.t.ppf(0.975, len(points) - 2))
+    return float(-fit.slope * span), float(t * fit.stderr * span)
+
 
 def still_falling(val: list[Point]) -> StillFalling | None:
     """Val loss still falling at the last epoch: the final value is ≥ STILL_FALLING_MIN_DROP below
-    the last value logged before the last epoch began (or the one before it, with one epoch)."""
+    the last value logged before the last epoch began (or the one before it, with one epoch); the fall
+    is then set against the scatter of the validations in between (StillFalling.beyond_noise)."""
     if len(val) < 2:
         return None
     final = val[-1]
@@ -82,7 +107,9 @@ def still_falling(val: list[Point]) -> StillFalling | None:
     prev = prev or val[-2]
     if prev.value <= 0 or final.value > prev.value * (1 - STILL_FALLING_MIN_DROP):
         return None
-    return StillFalling(prev.value, prev.step, final.value, final.step)
+    window = [p for p in val if prev.step <= p.step <= final.step]
+    fall, margin = _fitted_fall(window)
+    return StillFalling(prev.value, prev.step, final.value, final.step, len(window), fall, margin)
 
 
 # ---------------------------------------------------------------- memory

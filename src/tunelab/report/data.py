@@ -22,7 +22,7 @@ from tunelab.runconfig import RunConfig
 from tunelab.rundir.layout import COMPLETED, RUNNING
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.scores import read_scores
-from tunelab.rundir.stages import StageRecord, epoch_labels, read_stage_records
+from tunelab.rundir.stages import StageRecord, checkpoint_stages, read_stage_records
 from tunelab.rundir.status import Status, read_status
 from tunelab.rundir.summary import Summary, read_summary
 from tunelab.spec import ExperimentSpec, load_spec
@@ -265,23 +265,6 @@ def _read_metrics(run: RunData) -> None:
             target.append(Point(int(r.step), r.epoch, float(v)))
 
 
-def stage_epochs(cfg: RunConfig, records: list[StageRecord]) -> dict[int, str]:
-    """{global epoch: 'STAGE/epoch_K'}: the completed stages' as stages.json records them, then the stages still
-    to come as planned (each its training.epochs on from the last recorded epoch; none past a stage that stops
-    at max_steps, whose epochs are known only once it completes). {} for an unstaged run."""
-    done = [r.name for r in records]
-    if not cfg.stages or done != [s.name for s in cfg.stages[:len(done)]]:  # stages.json no longer matches
-        return {}
-    labels = epoch_labels(cfg.run_dir)
-    nxt = max(labels, default=-1) + 1
-    for s in cfg.stages[len(records):]:
-        if s.training.max_steps is not None:
-            break
-        labels.update({nxt + k: f"{s.name}/epoch_{k}" for k in range(s.training.epochs)})
-        nxt += s.training.epochs
-    return labels
-
-
 def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskInfo]:
     """The tasks of the experiment (spec order), with the metrics their scores carry."""
     infos: dict[str, TaskInfo] = {}
@@ -314,7 +297,7 @@ def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[ledger.A
         _read_metrics(run)
         run.checkpoints = verify_checkpoints(cfg.run_dir)
         run.stages = read_stage_records(cfg.run_dir) if cfg.stages else []
-        run.epoch_stage = stage_epochs(cfg, run.stages)
+        run.epoch_stage = {e: at.label for e, at in checkpoint_stages(cfg, run.stages).items()}
     return run
 
 

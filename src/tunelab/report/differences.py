@@ -27,7 +27,9 @@ def diff_text(d: Difference | None, metric: str | None, estimate: float | None =
     'no detectable difference (+1.0 pp [−2.5, +4.5])' when it does not."""
     if d is None or not d.known:
         return f"{show_delta(estimate if d is None else d.estimate, metric)} (no interval: no per-sample scores)"
-    p = f", McNemar p = {d.p_value:.2g}" if d.p_value is not None and d.metric == "accuracy" else ""
+    welch = "Welch" in d.method  # across seed replicates; else McNemar (accuracy of two single evaluations)
+    p = f", {'Welch' if welch else 'McNemar'} p = {d.p_value:.2g}" \
+        if d.p_value is not None and (welch or d.metric == "accuracy") else ""
     core = f"{show_delta(d.estimate, metric)} {_interval(d, metric)}"
     return f"{core}{p}" if d.resolved else f"no detectable difference ({core}{p})"
 

@@ -131,7 +131,10 @@ def prompt_table(data: ReportData) -> Table | None:
 
 
 def effect_text(eff: Any) -> str:
-    """One finding line: a factor's effect on a task's primary metric or on the final validation loss."""
+    """One line: a factor's effect on a task's primary metric or on the final validation loss, with what it rests
+    on (seed replicates, or one training run per configuration: an observation)."""
+    from tunelab.report.evidence import evidence_note
+
     if eff.metric == "score":
         what, metric = f"{eff.task} ({eff.score_metric})", eff.score_metric
         fmt = lambda v: show(v, metric)  # noqa: E731
@@ -142,16 +145,20 @@ def effect_text(eff: Any) -> str:
     text = f"**{eff.factor}** on {what}: {levels}"
     if eff.spread is None:
         return text + " (only one level measured so far)."
+    note = evidence_note(eff)
+    if eff.replicated:
+        best = f"Best level **{eff.best.level}**"
+    else:  # an observation names where the mean is best, not a level to choose
+        best = f"{'Highest' if eff.greater_is_better else 'Lowest'} at {eff.best.level}"
     d: Difference | None = eff.diff
     if d is None or not d.known:
         if eff.spread == 0:
-            return text + ". No difference between levels."
-        return text + (f". Best level **{eff.best.level}**, {diff(eff.best.mean - eff.worst.mean)} vs "
-                       f"{eff.worst.level} (no interval: no per-sample scores or replicates).")
+            return text + f". No difference between levels ({note})."
+        return text + f". {best}, {diff(eff.best.mean - eff.worst.mean)} vs {eff.worst.level} ({note})."
     shown = diff_text(d, metric if eff.metric == "score" else None)
     if eff.metric != "score":
         shown = f"{d.estimate:+.4g} [{d.low:+.4g}, {d.high:+.4g}]" + ("" if d.resolved else " — not resolved")
     if d.resolved:
-        return text + f". Best level **{eff.best.level}**: {eff.best.level} − {eff.worst.level} = {shown} ({d.method})."
+        return text + f". {best}: {eff.best.level} − {eff.worst.level} = {shown} ({d.method}; {note})."
     return (text + f". No detectable difference between levels ({eff.best.level} − {eff.worst.level}: "
-            f"{shown.removeprefix('no detectable difference (').removesuffix(')')}; {d.method}).")
+            f"{shown.removeprefix('no detectable difference (').removesuffix(')')}; {d.method}; {note}).")

@@ -28,6 +28,8 @@ from tunelab.report.checks import (  # noqa: F401  (the report's sections and te
 from tunelab.report.comparisons import best_runs, control_differences, control_mean_difference, level_difference, \
     replicated
 from tunelab.report.data import ReportData, RunData
+from tunelab.report.effects import FactorEffect, LevelStat
+from tunelab.report.evidence import ReplicationPlan, replication_plan, replication_step
 from tunelab.stats.paired import Difference
 from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 from tunelab.rundir import layout as st
@@ -36,46 +38,6 @@ SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a n
 
 
 # ---------------------------------------------------------------- factor effects
-@dataclass
-class LevelStat:
-    level: Any
-    mean: float
-    n: int
-    runs: list[str]
-
-
-@dataclass
-class FactorEffect:
-    factor: str
-    metric: str  # "score" (a task's primary metric) | "final_val_loss"
-    levels: list[LevelStat]
-    task: str | None = None  # the task whose primary metric "score" is
-    greater_is_better: bool = True
-    score_metric: str | None = None  # that primary metric's name (accuracy, mae, ...)
-    diff: Difference | None = None  # best level minus worst level, with its interval
-
-    @property
-    def spread(self) -> float | None:
-        """Highest minus lowest level mean (None with fewer than two levels measured)."""
-        if len(self.levels) < 2:
-            return None
-        return max(s.mean for s in self.levels) - min(s.mean for s in self.levels)
-
-    @property
-    def best(self) -> LevelStat | None:
-        if len(self.levels) < 2:
-            return None
-        pick = max if self.greater_is_better else min
-        return pick(self.levels, key=lambda s: s.mean)
-
-    @property
-    def worst(self) -> LevelStat | None:
-        if len(self.levels) < 2:
-            return None
-        pick = min if self.greater_is_better else max
-        return pick(self.levels, key=lambda s: s.mean)
-
-
 def metric_of(run: RunData, metric: str, task: str | None = None) -> float | None:
     """"score": the task's primary metric (the headline task's when None); "final_val_loss": summary.json's."""
     if metric == "score":
@@ -129,6 +91,7 @@ def factor_effects(data: ReportData) -> list[FactorEffect]:
         effects.append(factor_effect(data.completed, factor, levels, "final_val_loss"))
         for eff in effects:
             eff.diff = _effect_difference(eff, data.completed, reps)
+            eff.replicated = reps
         out += [e for e in effects if e.levels]
     return out
 
@@ -144,10 +107,21 @@ class ScoreJump:
     score_high: float
     suggest: list[Any]
     diff: Difference | None = None  # high level minus low level, with its interval
+    replicated: bool = False  # seeds are swept: diff is across seed replicates (training noise included)
 
     @property
     def delta(self) -> float:
         return self.score_high - self.score_low
+
+    @property
+    def finding(self) -> bool:
+        """The jump exceeds training and test-sample noise: seed replicates and an interval excluding zero."""
+        return self.replicated and self.diff is not None and self.diff.resolved
+
+    @property
+    def worth_between(self) -> bool:
+        """Trying levels in between is worth it unless the jump lies within its interval's noise."""
+        return self.diff is None or not self.diff.known or self.diff.resolved
 
 
 def _between(a: Any, b: Any) -> list[Any]:
@@ -166,14 +140,15 @@ def _between(a: Any, b: Any) -> list[Any]:
 
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
     """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
-    headline task, when its primary metric is a fraction such as accuracy), unless the difference's
-    interval includes zero (a jump within noise is no reason to try levels in between)."""
+    headline task, when its primary metric is a fraction such as accuracy), each with the difference's
+    interval: a finding only across seed replicates with an interval excluding zero (ScoreJump.finding)."""
     from tunelab.evaluate.kinds import FRACTIONS
 
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:
         return []
     out = []
+    reps = replicated(data)
     for factor, levels in data.factors.items():
         if factor in ("model", "dataset", SEED_FACTOR) or len(levels) < 2:
             continue
@@ -187,10 +162,9 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
                 if abs(b.mean - a.mean) < threshold:
                     continue
                 d = level_difference([by[n] for n in b.runs], [by[n] for n in a.runs], head.name,
-                                     head.primary_metric or "", replicated(data))
-                if d is None or not d.known or d.resolved:
-                    out.append(ScoreJump(factor, model, a.level, b.level, a.mean, b.mean, _between(a.level, b.level),
-                                         d))
+                                     head.primary_metric or "", reps)
+                out.append(ScoreJump(factor, model, a.level, b.level, a.mean, b.mean, _between(a.level, b.level),
+                                     d, reps))
     return out
 
 
@@ -208,6 +182,7 @@ class Findings:
     memory: list[MemoryUse] = field(default_factory=list)
     jumps: list[ScoreJump] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    replication: ReplicationPlan | None = None  # seeds that would settle effects measured on one run each
     next_steps: list[str] = field(default_factory=list)
 
 
@@ -225,12 +200,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
     unevaluated = [r.name for r in data.completed + data.references if not r.evals]
     if unevaluated:
         steps.append(f"Evaluate {', '.join(unevaluated)}: `tunelab eval {exp}`.")
-    if f.still_falling:
-        names = list(f.still_falling)
-        planned = {p for r in data.runs if r.name in f.still_falling and (p := r.planned_epochs) is not None}
-        more = f" (e.g. {2 * max(planned)} instead of {max(planned)})" if planned else ""
-        steps.append(f"Train longer{more}: validation loss was still falling at the last epoch in "
-                     f"{', '.join(names)}.")
+    steps += falling_steps(data, f)
     if f.overfit:
         names = list(f.overfit)
         steps.append(f"Use an earlier checkpoint or fewer epochs for {', '.join(names)}: validation loss rose "
@@ -245,25 +215,58 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
     from tunelab.report.differences import diff_text
 
     metric = data.headline.primary_metric if data.headline else None
+    if f.replication is not None:
+        steps.append(replication_step(f.replication, data.experiment_dir))
     for j in f.jumps:
-        if j.suggest:
+        if j.suggest and j.worth_between:
             steps.append(f"Try intermediate {j.factor} values {', '.join(map(str, j.suggest))} on {j.model}: the "
                          f"score jumps {diff_text(j.diff, metric, j.delta)} between {j.factor}={j.low} and "
-                         f"{j.factor}={j.high}.")
+                         f"{j.factor}={j.high}" + _jump_caveat(j))
     if not steps and data.completed:
         steps.append("Nothing flagged: every run completed and was evaluated, and no rule above fired.")
     return steps
 
 
-def _more_data(diff: Difference, metric: str | None, n: int) -> str:
+def _jump_caveat(j: ScoreJump) -> str:
+    if j.finding:
+        return "."
+    if j.replicated:
+        return " (no interval across seed replicates: an observation)."
+    return " (one training run per level: an observation until replicated)."
+
+
+def falling_steps(data: ReportData, f: Findings) -> list[str]:
+    """Train longer where val loss fell beyond its noise; validate more often where too few validations
+    measure that noise. A fall within measured noise is a plateau: no step."""
+    steps = []
+    sure = [n for n, s in f.still_falling.items() if s.beyond_noise]
+    unsure = [n for n, s in f.still_falling.items() if s.margin is None]
+    planned = {p for r in data.runs if r.name in f.still_falling and (p := r.planned_epochs) is not None}
+    more = f" (e.g. {2 * max(planned)} instead of {max(planned)})" if planned else ""
+    if sure:
+        steps.append(f"Train longer{more}: validation loss was still falling at the last epoch, beyond its "
+                     f"checkpoint-to-checkpoint noise, in {', '.join(sure)}.")
+    if unsure:
+        per_epoch = [n // e for r in data.runs if r.name in unsure
+                     for n, e in [(r.summary.steps, r.planned_epochs)] if isinstance(n, int) and e]
+        every = f" ≤ {max(min(per_epoch) // 3, 1)}" if per_epoch else ""
+        steps.append(f"Validate at least 3 times an epoch (`training.validation_every_steps`{every}) before "
+                     f"training longer{more}: validation loss fell over the last epoch in {', '.join(unsure)}, but "
+                     "too few validations span it to tell a trend from checkpoint-to-checkpoint noise.")
+    return steps
+
+
+def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> str:
     """What would resolve a difference: more test samples (how many, for accuracy-like metrics) or seeds."""
     from tunelab.evaluate.kinds import FRACTIONS
     from tunelab.stats.power import samples_needed
 
     need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
-    more = (f"≈{need} test samples per evaluation would resolve a difference of {100 * abs(diff.estimate):.1f} pp "
-            "(alpha 0.05, power 0.8, unpaired — paired needs fewer)") if need and need > n else "more test samples"
-    return f"evaluate on {more}, or add seed replicates (`factors: {{seed: [1, 2, 3]}}`)"
+    more = (f"evaluate on ≈{need} test samples (now {n}): that many resolve a difference of "
+            f"{100 * abs(diff.estimate):.1f} pp (alpha 0.05, power 0.8, unpaired — paired needs fewer)"
+            ) if need and need > n else "evaluate on more test samples"
+    seeds = "more seeds" if seeded else "seed replicates (priced in a step below)"
+    return f"{more}, or add {seeds}"
 
 
 def resolution_steps(data: ReportData, f: Findings) -> list[str]:
@@ -279,13 +282,13 @@ def resolution_steps(data: ReportData, f: Findings) -> list[str]:
         top = f.best[0]
         steps.append(f"Best run undecided: {', '.join(r.name for r in f.best)} cannot be told apart on {d.n} test "
                      f"samples ({top.name} − {f.runner_up.name}: {diff_text(d, metric)}); "
-                     + _more_data(d, metric, d.n) + ".")
+                     + _more_data(d, metric, d.n, replicated(data)) + ".")
     for eff in f.effects:
         d = eff.diff
         if eff.metric == "score" and eff.task == head.name and d is not None and d.known and not d.resolved:
             steps.append(f"The choice of {eff.factor} hinges on a difference the data cannot resolve on {eff.task} "
                          f"({eff.best.level} − {eff.worst.level}: {diff_text(d, metric)}); "
-                         + _more_data(d, metric, d.n) + ".")
+                         + _more_data(d, metric, d.n, replicated(data)) + ".")
     return steps
 
 
@@ -315,5 +318,6 @@ def analyze(data: ReportData) -> Findings:
             what = "control" if c.is_control else "eval-only checkpoint"
             f.issues.append(Issue(c.name, "not-evaluated", f"{what} has no eval/*/*/scores.json yet"))
     f.jumps = score_jumps(data)
+    f.replication = replication_plan(data, f.effects)
     f.next_steps = next_steps(data, f)
     return f

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 from tunelab.archive import read_manifest
 from tunelab.fsutil import human_bytes
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
-from tunelab.report.evaluation import best_text, diff_text, effect_text, evaluation, prompt_table, show_ci, \
-    show_delta
+from tunelab.report.evaluation import diff_text, evaluation, prompt_table, show_ci
 from tunelab.report.figures import FigureFile
-from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, FactorEffect, \
-    Findings, error_class, retries
+from tunelab.report.effects import FactorEffect
+from tunelab.report.findings import Findings, error_class, retries
+from tunelab.report.key_findings import key_findings
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
 
 
@@ -106,8 +105,7 @@ def headline(data: ReportData, f: Findings) -> Headline:
         d = f.best_vs.get(f.runner_up.name)
         lines.append(f"**{diff_text(d, metric, _minus(f.best_score, f.runner_up.score))}** {word} the runner-up "
                      f"{f.runner_up.name} ({show_ci(f.runner_up.score, f.runner_up.interval(data.eval_task or ''), metric)}).")
-    lines += [line for eff in f.effects if eff.metric == "score" and eff.task == data.eval_task
-              and (line := _effect_line(eff, metric)) is not None]
+    lines += _headline_effects(data, f, metric)
     return Headline(title, lines, ok=True)
 
 
@@ -115,17 +113,28 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def _headline_effects(data: ReportData, f: Findings, metric: str | None) -> list[str]:
+    """Factor effects measured across seed replicates; the others are observations, named but not stated."""
+    lines = [line for eff in f.effects if eff.metric == "score" and eff.task == data.eval_task and eff.replicated
+             and (line := _effect_line(eff, metric)) is not None]
+    if f.replication is not None:
+        lines.append(f"Effects of {', '.join(f.replication.factors)}: observations only — one training run per "
+                     "configuration, no seed replicates (Key findings; Next steps price the replicates).")
+    return lines
+
+
 def _effect_line(eff: FactorEffect, metric: str | None) -> str | None:
-    """A factor's effect on the headline score in one line (None with fewer than two levels measured)."""
+    """A replicated factor's effect on the headline score in one line (None with fewer than two levels measured,
+    or levels that differ with no interval to state the difference by)."""
     best, worst = eff.best, eff.worst
     if best is None or worst is None:
         return None
     if eff.diff is not None and eff.diff.known:
-        return f"{eff.factor}: {best.level} − {worst.level} on mean {metric}: **{diff_text(eff.diff, metric)}**."
-    if best.mean != worst.mean:
-        return (f"{eff.factor}: {best.level} beats {worst.level} by **{show_delta(best.mean - worst.mean, metric)}** "
-                f"on mean {metric} (no interval).")
-    return f"{eff.factor}: no difference in mean {metric} between its levels."
+        return (f"{eff.factor}: {best.level} − {worst.level} on mean {metric}: **{diff_text(eff.diff, metric)}** "
+                "(across seed replicates: training noise included).")
+    if best.mean == worst.mean:
+        return f"{eff.factor}: no difference in mean {metric} between its levels."
+    return None
 
 
 def overview(data: ReportData) -> Section:
@@ -235,68 +244,6 @@ def _fig(f: FigureFile) -> Figure:
     return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
 
 
-def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:
-    """Fine-tuned vs control: the mean difference and each run's, all paired on the same test samples."""
-    ds = {n: d for n, d in f.control_vs.items() if d is not None}
-    if not ds:
-        return "**Fine-tuned vs control:** no per-sample scores to compare."
-    better = [n for n, d in ds.items() if d.resolved and d.estimate > 0]
-    worse = [n for n, d in ds.items() if d.resolved and d.estimate < 0]
-    same = [n for n, d in ds.items() if d.known and not d.resolved]
-    mean_d = diff_text(f.control_mean, metric, mean(d.estimate for d in ds.values()))
-    return (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
-            f"{mean_d} over {len(ds)} run(s); {len(better)} above their control, {len(worse)} below, {len(same)} "
-            "with no detectable difference (interval includes zero): "
-            + "; ".join(f"{n} {diff_text(d, metric)}" for n, d in ds.items()) + ".")
-
-
-def key_findings(data: ReportData, f: Findings) -> Section:
-    blocks: list = []
-    items = []
-    items = [effect_text(eff) for eff in f.effects]
-    blocks.append(Para("**Effect of each swept factor** (mean over completed runs at each level; "
-                       "other factors averaged over):"))
-    blocks.append(Bullets(items or ["No factor with two or more measured levels yet."]))
-
-    items = []
-    metric = data.headline.primary_metric if data.headline else None
-    if f.best:
-        items.append(best_text(data, f))
-    if f.control_vs:
-        items.append(_control_item(data, f, metric))
-    if f.overfit:
-        for name, o in f.overfit.items():
-            items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "
-                         f"{o.best_step}) to {o.final_val:.4g} (step {o.final_step}, +{100 * o.rise:.1f} %) while "
-                         f"train loss fell {o.train_from:.4g} → {o.train_to:.4g}.")
-    else:
-        items.append(f"**Overfitting:** none detected (rule: val loss ends ≥ {OVERFIT_MIN_RISE:.0%} above a best "
-                     "reached before the last third of training while train loss falls).")
-    if f.still_falling:
-        for name, s in f.still_falling.items():
-            items.append(f"**Still improving — {name}:** val loss fell {s.prev_val:.4g} → {s.final_val:.4g} "
-                         f"(−{100 * s.drop:.1f} %) over the last epoch (steps {s.prev_step}–{s.final_step}).")
-    elif data.completed:
-        items.append(f"**Still improving:** no completed run's val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over "
-                     "its last epoch.")
-    judged = [(m, m.fraction) for m in f.memory if m.fraction is not None]
-    if judged:
-        for m, fraction in judged:
-            items.append(f"**GPU memory — {m.run}:** peak {m.peak_gib:.2f} of {m.total_gib:.1f} GiB "
-                         f"({fraction:.0%}) on {m.device}" + (" — mostly unused." if fraction <
-                                                               MEMORY_MOSTLY_UNUSED else "."))
-    elif f.memory:
-        kinds = {m.kind for m in f.memory}
-        if kinds == {"cuda_max_allocated"}:
-            items.append("**GPU memory:** the GPU's total memory is not recorded in `summary.json`, so unused "
-                         "memory cannot be judged.")
-        else:
-            items.append("**GPU memory:** cannot be judged — these runs trained on CPU (peak memory is the "
-                         "process's max RSS, `host_max_rss`).")
-    blocks.append(Bullets(items))
-    return Section("Key findings", blocks)
-
-
 def storage(data: ReportData) -> Section:
     blocks: list = []
     base = {m: weights_size(p) for m, p in data.model_paths.items()}
@@ -386,7 +333,7 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
             meta.append((k, ", ".join(map(str, v))))
     meta.append(("Status", status_line(data)))
     at_a_glance = Section("At a glance", [headline(data, f)])
-    key = next((k for k in figs if k.startswith("score_by_")), None)
+    key = next((k for k in figs if k.startswith("score_by_")), None) if f.replication is None else None
     if key:
         at_a_glance.blocks.append(_fig(figs[key]))
     rest = {k: v for k, v in figs.items() if k != key}

@@ -38,6 +38,8 @@ class TaskScores(BaseModel):
     model_path: str
     adapter_path: str | None = None
     max_tokens: int | None = None
+    decoding: str | None = None  # 'greedy' or 'sampling, temperature=…, seed=…' (the task's own config)
+    grader: str | None = None  # the model bound to the grader role; None: the evaluated model grades itself
     duration_s: float  # wall-clock of this task's evaluation (model loading included on the first task)
     inspect_duration_s: float | None = None  # inspect's own start-to-end time of the eval
     evaluated_at: str

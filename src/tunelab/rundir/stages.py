@@ -56,12 +56,45 @@ def write_stage_records(run_dir: str | Path, records: list[StageRecord]) -> Path
     return atomic_write_json(Path(run_dir) / STAGES_FILE, [r.to_json() for r in records])
 
 
-def epoch_labels(run_dir: str | Path) -> dict[int, str]:
-    """{global epoch: 'STAGE/epoch_K'} of a staged run's completed stages ({} for an unstaged run)."""
-    out = {}
-    for rec in read_stage_records(run_dir):
-        for k, e in enumerate(rec.epochs):
-            out[e] = f"{rec.name}/epoch_{k}"
+STAGE_FIELDS = ("stage", "stage_epoch", "ends_stage")  # to_dict's keys, in results and export records
+NO_STAGE: dict[str, Any] = dict.fromkeys(STAGE_FIELDS)  # an unstaged checkpoint's
+
+
+@dataclass(frozen=True)
+class CheckpointStage:
+    """Where a staged run's checkpoint epoch_N sits: its stage, its epoch within the stage, and whether the
+    stage ends on it (the checkpoint scored "after the stage")."""
+
+    stage: str
+    epoch: int
+    ends_stage: bool
+
+    @property
+    def label(self) -> str:
+        """'STAGE/epoch_K', as the report writes it beside epoch_N."""
+        return f"{self.stage}/epoch_{self.epoch}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(zip(STAGE_FIELDS, (self.stage, self.epoch, self.ends_stage)))
+
+
+def checkpoint_stages(cfg: RunConfig, records: list[StageRecord] | None = None) -> dict[int, CheckpointStage]:
+    """{global epoch: its stage}: the completed stages' as stages.json records them (default: read from the run
+    directory), then the stages still to come as planned (each its training.epochs on from the last recorded
+    epoch; none past a stage that stops at max_steps, whose epochs are known only once it completes). {} for
+    an unstaged run, or when stages.json no longer matches run.yaml. The report and every machine-readable
+    output (results, export) read a checkpoint's stage from here."""
+    records = read_stage_records(cfg.run_dir) if records is None else records
+    if not cfg.stages or [r.name for r in records] != [s.name for s in cfg.stages[:len(records)]]:
+        return {}
+    out = {e: CheckpointStage(r.name, k, k == len(r.epochs) - 1) for r in records for k, e in enumerate(r.epochs)}
+    nxt = max(out, default=-1) + 1
+    for s in cfg.stages[len(records):]:
+        if s.training.max_steps is not None:
+            break
+        n = s.training.epochs
+        out.update({nxt + k: CheckpointStage(s.name, k, k == n - 1) for k in range(n)})
+        nxt += n
     return out
 
 

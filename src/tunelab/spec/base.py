@@ -27,6 +27,14 @@ def _check_slug(v: str) -> str:
 Slug = Annotated[str, AfterValidator(_check_slug)]
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """base, else base-2, base-3, …: the first not in taken (two things named alike stay apart)."""
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

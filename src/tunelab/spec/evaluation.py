@@ -17,6 +17,13 @@ BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
 SplitName = Literal["train", "validation", "test"]
 
 
+class GraderSpec(_Strict):
+    """A local HF model directory that grades a task file's model-graded scorers (through the tunelab provider)."""
+
+    path: str = Field(description="The grader's HF model directory (config.json; relative to the spec file).")
+    max_tokens: int = Field(256, ge=1, description="The most tokens of one grading answer.")
+
+
 class TaskSpec(_Strict):
     """One evaluation task: a built-in on a dataset split, or an inspect-ai task file."""
 
@@ -35,6 +42,17 @@ class TaskSpec(_Strict):
         None, description="A prompt template for this task ('{input}' = the sample's input); default: the run's own.")
     max_tokens: int | None = Field(None, ge=1, description="Default: eval.max_tokens.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples; default: eval.limit.")
+    grader: GraderSpec | str | None = Field(
+        None, description="file: the model bound to inspect's `grader` role (model_graded_fact/qa grade with it): "
+        "{path: DIR} (a local HF model) or an inspect model string 'provider/model'. Default: the model under "
+        "evaluation grades its own answers.")
+
+    @field_validator("grader")
+    @classmethod
+    def _model_string(cls, v: GraderSpec | str | None) -> GraderSpec | str | None:
+        if isinstance(v, str) and "/" not in v.strip("/"):
+            raise ValueError(f"grader {v!r}: give an inspect model string 'provider/model' or {{path: DIR}}")
+        return v
 
     @model_validator(mode="after")
     def _builtin_or_file(self) -> "TaskSpec":
@@ -45,8 +63,8 @@ class TaskSpec(_Strict):
                 raise ValueError(f"task '{self.name}': not a built-in ({', '.join(BUILTIN_TASKS)}); "
                                  "set builtin: or file:")
             self.builtin = self.name  # type: ignore[assignment]
-        if self.file is None and (self.task or self.args):
-            raise ValueError(f"task '{self.name}': task: and args: belong to a task file (file:)")
+        if self.file is None and (self.task or self.args or self.grader):
+            raise ValueError(f"task '{self.name}': task:, args: and grader: belong to a task file (file:)")
         if self.options is not None and self.builtin != "choice":
             raise ValueError(f"task '{self.name}': options: is for the choice built-in")
         return self

@@ -16,7 +16,8 @@ from tunelab.spec.base import Slug, _Strict, load_yaml_model, validate_mapping
 from tunelab.spec.data import DatasetSpec
 from tunelab.spec.evaluation import EvalOnlySpec, EvalSpec
 from tunelab.spec.resources import ResourcesSpec
-from tunelab.spec.stages import StageSpec, check_stage_factor, check_stages, split_stage_factor
+from tunelab.spec.stages import (StageSpec, check_stage_factor, check_stages, default_stage_names,
+                                 split_stage_factor)
 from tunelab.spec.training import TrainingConfig
 
 # Llama 3.x chat templates print "Today Date: ..." from the clock unless given one: pinned, so a
@@ -81,11 +82,20 @@ class ExperimentSpec(_Strict):
     stages: list[StageSpec] = Field(
         default_factory=list, description="Train every run as a sequence of stages, each starting from the "
         "previous stage's adapter, e.g. [{name: easy, dataset: easy, epochs: 1}, {name: hard, dataset: hard, "
-        "order: by_length}]; sweep one stage's field as factors: {hard.order: [shuffled, by_length]}.")
+        "order: by_length}]; sweep one stage's field as factors: {hard.order: [shuffled, by_length]}. A stage "
+        "without a name is named after its dataset, else stageN.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
     eval_only: list[EvalOnlySpec] = Field(
         default_factory=list, description="Adapters or checkpoints trained elsewhere, evaluated beside the runs.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_stages(cls, data: Any) -> Any:
+        """Stages written without `name:` are named before they are read (names depend on the other stages)."""
+        if isinstance(data, dict) and "stages" in data:
+            return {**data, "stages": default_stage_names(data["stages"])}
+        return data
 
     @field_validator("prompt")
     @classmethod

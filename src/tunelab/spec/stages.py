@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tunelab.spec.base import _Strict
+from tunelab.spec.base import _Strict, unique_name
 from tunelab.spec.training import TrainingConfig
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # no '.': `STAGE.FIELD` factor keys split on it
@@ -29,7 +29,8 @@ class StageSpec(_Strict):
     fields that differ from the run's (written beside the name, e.g. `{name: easy, epochs: 1, order:
     by_length}`)."""
 
-    name: str = Field(description="Short name (letters, digits, '_' or '-'): checkpoints read STAGE/epoch_N.")
+    name: str = Field(description="Short name (letters, digits, '_' or '-'): checkpoints read STAGE/epoch_N. "
+                      "Default: the stage's dataset, else stageN (N: its position); -2, -3… when taken.")
     dataset: str | None = Field(None, description="A dataset of `datasets:` to train this stage on; default: "
                                 "the run's dataset.")
     optimizer: Literal["fresh", "carried"] = Field(
@@ -62,6 +63,24 @@ class StageSpec(_Strict):
         if not STAGE_NAME.match(v):
             raise ValueError("must be a short name of letters, digits, '_' or '-' (no '.')")
         return v
+
+
+def default_stage_names(stages: Any) -> Any:
+    """The raw `stages:` with a name given to each stage written without one: its dataset's name ('.' as '-'),
+    else stageN (N: its position), made unique with -2, -3… (never taking a name another stage was given)."""
+    if not isinstance(stages, list):
+        return stages
+    unnamed = [isinstance(s, dict) and s.get("name") is None for s in stages]
+    taken = {s["name"] for s, u in zip(stages, unnamed) if isinstance(s, dict) and not u}
+    out = []
+    for i, (stage, needs) in enumerate(zip(stages, unnamed)):
+        if needs:
+            dataset = stage.get("dataset")
+            base = re.sub(r"[^A-Za-z0-9_-]", "-", dataset) if isinstance(dataset, str) and dataset else f"stage{i + 1}"
+            stage = {**stage, "name": unique_name(base, taken)}
+            taken.add(stage["name"])
+        out.append(stage)
+    return out
 
 
 def stage_training(run: TrainingConfig, stage: dict[str, Any]) -> TrainingConfig:

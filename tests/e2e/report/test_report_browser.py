@@ -1,5 +1,5 @@
-"""The report of a real tiny sweep (scaffold → run → eval → report), loaded in headless Chromium:
-no console errors, every figure decoded and drawn at a nonzero size, one screenshot kept."""
+"""The report of a real tiny sweep (the shared finished_sweep: plan → scaffold → run → eval → report), loaded in
+headless Chromium: no console errors, every figure decoded and drawn at a nonzero size, one screenshot kept."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import re
 import shutil
 
 import pytest
-import yaml
-from typer.testing import CliRunner
-
-from tunelab.cli import app
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
 SCREENSHOT_COPY = "/tmp/tunelab-report-screenshot.png"
 
 # Appended to a copy of the report: records each image's decoded and rendered size and any page error
@@ -33,45 +28,16 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.fixture(scope="module")
-def small_caps(tmp_path_factory):
-    from tunelab.data.capitalization import make_capitalization_dataset
-
-    return make_capitalization_dataset(5, 120, tmp_path_factory.mktemp("small-data"), 0.8, seed=0)
-
-
-def _ok(args):
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, f"{args}: {res.output}"
-    return res
-
-
-def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromium):
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    spec = {
-        "name": "report-e2e", "description": "Does LoRA rank matter for capitalization on a tiny model?",
-        "models": [{"name": "tiny", "path": str(tiny_model)}],
-        "datasets": [{"name": "caps", "path": str(small_caps)}],
-        "prompt": "Capitalize: {input}",
-        "factors": {"lora_rank": [4, 16]},
-        "training": {"epochs": 2, "learning_rate": 0.005, "batch_size": 8, "max_seq_len": 64,
-                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 3,
-                     "validation_every_steps": 6},
-        "eval": {"max_tokens": 8, "epochs": "all"},
-    }
-    (exp / "experiment.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    _ok(["scaffold", str(exp / "experiment.yaml")])
-    _ok(["run", str(exp)])
-    _ok(["eval", str(exp)])
-    out = _ok(["report", str(exp)]).output
+def test_report_renders_in_chromium(tmp_path, finished_sweep, run_chromium):
+    exp = finished_sweep.exp
+    out = finished_sweep.output["report"]  # the shared sweep's `tunelab report` (tests/e2e/conftest.py)
     assert "report.html" in out and "partial" not in out
 
     report = exp / "report"
     md = (report / "report.md").read_text()
     html = (report / "report.html").read_text()
     assert "2 of 2 fine-tuned runs completed" in md and "partial" not in md
-    _intervals_everywhere(exp, md)
+    _intervals_everywhere(finished_sweep, md)
     figures = sorted(p.name for p in (report / "figures").glob("*.png"))
     assert figures == ["loss_curves.png", "score_by_lora_rank__exact_match__accuracy.png", "score_per_epoch.png",
                        "throughput_memory.png"]
@@ -104,7 +70,7 @@ def test_report_renders_in_chromium(tmp_path, tiny_model, small_caps, run_chromi
     shutil.copy(shot, SCREENSHOT_COPY)
 
 
-def _intervals_everywhere(exp, md: str) -> None:
+def _intervals_everywhere(sweep, md: str) -> None:
     """Issue 14 on a real sweep: the evaluator kept every sample's score (they recompute inspect's own
     accuracy), each score carries its Wilson interval, and every score and difference the report states
     carries its 95 % interval."""
@@ -113,8 +79,9 @@ def _intervals_everywhere(exp, md: str) -> None:
     from tunelab.evaluate.scores import read_task_scores
     from tunelab.stats.samples import arrays, metric_on
 
-    found = sorted(exp.glob("*/*/eval/*/*/scores.json"))
-    assert len(found) == 2 * 2 + 1  # two runs × two epochs + the control
+    evaluated = len(sweep.runs) * sweep.epochs + 1  # every epoch of each run + the control
+    found = sorted(sweep.exp.glob("*/*/eval/*/*/scores.json"))
+    assert len(found) == evaluated
     for path in found:
         s = read_task_scores(path)
         assert len(s.per_sample) == s.samples and metric_on(arrays(s.per_sample), "accuracy") == s.score
@@ -124,7 +91,7 @@ def _intervals_everywhere(exp, md: str) -> None:
         assert (iv.method, iv.low, iv.high) == ("wilson", pytest.approx(low), pytest.approx(high))
     rows = [line for line in md.splitlines() if re.match(r"\| tiny_\w+ \| (fine-tuned|control) \| (epoch_\d|base) \|",
                                                          line)]
-    assert len(rows) == 5
+    assert len(rows) == evaluated
     for row in rows:
         assert re.search(r"\| \d+\.\d % \[\d+\.\d, \d+\.\d\] \|", row), row
         if "fine-tuned" in row:  # the paired difference from the control, with its interval

@@ -1,0 +1,112 @@
+"""The report's Key findings section: each finding with the evidence it rests on.
+
+A factor's effect is stated when it rests on seed replicates (its interval then includes training noise);
+measured on one training run per configuration it is listed, after the other findings, as an observation.
+"Still improving" and score jumps name the noise they were set against, or read as observations.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from tunelab.report.comparisons import replicated
+from tunelab.report.data import ReportData
+from tunelab.report.document import Bullets, Para, Section
+from tunelab.report.evaluation import best_text, diff_text, effect_text, show_ci
+from tunelab.report.evidence import jump_noise
+from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
+    ScoreJump, StillFalling
+
+
+def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:
+    """Fine-tuned vs control: the mean difference and each run's, all paired on the same test samples."""
+    ds = {n: d for n, d in f.control_vs.items() if d is not None}
+    if not ds:
+        return "**Fine-tuned vs control:** no per-sample scores to compare."
+    better = [n for n, d in ds.items() if d.resolved and d.estimate > 0]
+    worse = [n for n, d in ds.items() if d.resolved and d.estimate < 0]
+    same = [n for n, d in ds.items() if d.known and not d.resolved]
+    mean_d = diff_text(f.control_mean, metric, mean(d.estimate for d in ds.values()))
+    return (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
+            f"{mean_d} over {len(ds)} run(s); {len(better)} above their control, {len(worse)} below, {len(same)} "
+            "with no detectable difference (interval includes zero): "
+            + "; ".join(f"{n} {diff_text(d, metric)}" for n, d in ds.items()) + ".")
+
+
+def _effect_blocks(data: ReportData, f: Findings) -> list:
+    """Each factor's effect: stated when measured across seed replicates, else listed as an observation."""
+    items = [effect_text(eff) for eff in f.effects]
+    if f.replication is None:
+        head = ("**Effect of each swept factor** (mean over completed runs at each level; other factors averaged "
+                "over" + ("; intervals across seed replicates include training noise):" if replicated(data) else "):"))
+    else:
+        head = ("**Observations per swept factor** (mean over completed runs at each level; other factors averaged "
+                "over). One training run per configuration and no seed replicates: each interval covers test-sample "
+                "noise only, not training noise, so none of these is established as an effect (Next steps: the "
+                "replicates that would settle them).")
+    return [Para(head), Bullets(items or ["No factor with two or more measured levels yet."])]
+
+
+def key_findings(data: ReportData, f: Findings) -> Section:
+    blocks: list = [] if f.replication is not None else _effect_blocks(data, f)
+    items = []
+    metric = data.headline.primary_metric if data.headline else None
+    if f.best:
+        items.append(best_text(data, f))
+    if f.control_vs:
+        items.append(_control_item(data, f, metric))
+    if f.overfit:
+        for name, o in f.overfit.items():
+            items.append(f"**Overfitting — {name}:** val loss rose from its best {o.best_val:.4g} (step "
+                         f"{o.best_step}) to {o.final_val:.4g} (step {o.final_step}, +{100 * o.rise:.1f} %) while "
+                         f"train loss fell {o.train_from:.4g} → {o.train_to:.4g}.")
+    else:
+        items.append(f"**Overfitting:** none detected (rule: val loss ends ≥ {OVERFIT_MIN_RISE:.0%} above a best "
+                     "reached before the last third of training while train loss falls).")
+    if f.still_falling:
+        items += [falling_text(name, s) for name, s in f.still_falling.items()]
+    elif data.completed:
+        items.append(f"**Still improving:** no completed run's val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over "
+                     "its last epoch.")
+    items += [jump_text(j, metric) for j in f.jumps]
+    judged = [(m, m.fraction) for m in f.memory if m.fraction is not None]
+    if judged:
+        for m, fraction in judged:
+            items.append(f"**GPU memory — {m.run}:** peak {m.peak_gib:.2f} of {m.total_gib:.1f} GiB "
+                         f"({fraction:.0%}) on {m.device}" + (" — mostly unused." if fraction <
+                                                               MEMORY_MOSTLY_UNUSED else "."))
+    elif f.memory:
+        kinds = {m.kind for m in f.memory}
+        if kinds == {"cuda_max_allocated"}:
+            items.append("**GPU memory:** the GPU's total memory is not recorded in `summary.json`, so unused "
+                         "memory cannot be judged.")
+        else:
+            items.append("**GPU memory:** cannot be judged — these runs trained on CPU (peak memory is the "
+                         "process's max RSS, `host_max_rss`).")
+    blocks.append(Bullets(items))
+    if f.replication is not None:
+        blocks += _effect_blocks(data, f)
+    return Section("Key findings", blocks)
+
+
+def falling_text(name: str, s: StillFalling) -> str:
+    """Still improving, set against the scatter of the last epoch's validations (or an observation)."""
+    fell = (f"val loss {s.prev_val:.4g} → {s.final_val:.4g} (−{100 * s.drop:.1f} %) over the last epoch "
+            f"(steps {s.prev_step}–{s.final_step})")
+    seen = f"**Val loss lower at the end (observation) — {name}:** {fell}"
+    if s.fitted_fall is None or s.margin is None:
+        return (f"{seen}; only {s.points} validations span that epoch, too few to measure their checkpoint-to-"
+                "checkpoint noise: not yet evidence that training longer helps.")
+    fit = (f"the fall along a line fitted to its {s.points} validations is {s.fitted_fall:.3g} ± {s.margin:.2g} "
+           "(95 %, from their scatter about the line)")
+    if s.beyond_noise:
+        return f"**Still improving — {name}:** {fell}; {fit}: beyond checkpoint-to-checkpoint noise."
+    return f"{seen}; {fit}: within checkpoint-to-checkpoint noise, so not evidence that training longer helps."
+
+
+def jump_text(j: ScoreJump, metric: str | None) -> str:
+    """A score jump between adjacent levels, with the noise it was set against."""
+    what = "Score jump" if j.finding else "Score jump (observation)"
+    return (f"**{what} — {j.factor} {j.low} → {j.high} on {j.model}:** {show_ci(j.score_low, None, metric)} → "
+            f"{show_ci(j.score_high, None, metric)}, {diff_text(j.diff, metric, j.delta)}; against "
+            f"{jump_noise(j.replicated, j.diff)}.")
