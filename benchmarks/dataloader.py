@@ -22,7 +22,7 @@ def run_sweep(out: Path, workers: list[int], layers: int, hidden: int) -> dict[i
 
     from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     model = out / "models" / f"tiny-{layers}x{hidden}"
     if not (model / "config.json").is_file():

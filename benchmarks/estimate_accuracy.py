@@ -78,12 +78,12 @@ def main() -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     (out / "history.db").unlink(missing_ok=True)
 
-    from tunelab import ledger
+    from tunelab.ledger import store as ledger
     from tunelab.data.capitalization import make_capitalization_dataset
-    from tunelab.experiment import load_runs
+    from tunelab.rundir.experiment import load_runs
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.plan import make_plan
-    from tunelab.scaffold import scaffold
+    from tunelab.plan.planner import make_plan
+    from tunelab.scaffold.write import scaffold
 
     for name, (layers, hidden, seed) in MODELS.items():
         if not (out / "models" / name / "config.json").is_file():

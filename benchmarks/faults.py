@@ -112,7 +112,7 @@ def make_spec(out: Path, short: bool) -> dict:
 
 
 def scaffold_experiment(root: Path, spec: dict):
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     path = root / "exp" / "experiment.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -202,7 +202,7 @@ def spec_file(work: Path, content: bytes) -> Path:
 
 def load_spec_input(path: Path) -> None:
     """What every command does first: read experiment.yaml, then design its runs (names, resolved paths)."""
-    from tunelab.design import expand_runs
+    from tunelab.plan.design import expand_runs
     from tunelab.spec import load_spec
 
     expand_runs(load_spec(path), path.parent, path.parent)
@@ -214,7 +214,7 @@ _RUN_BASE: dict | None = None
 def valid_run_config() -> dict:
     global _RUN_BASE
     if _RUN_BASE is None:
-        from tunelab.design import expand_runs
+        from tunelab.plan.design import expand_runs
         from tunelab.spec import parse_spec
 
         spec = parse_spec(valid_spec())
@@ -232,7 +232,7 @@ def run_yaml_file(work: Path, content: bytes) -> Path:
 
 
 def load_run_yaml_input(path: Path) -> None:
-    from tunelab.runconfig import load_run_config
+    from tunelab.rundir.config import load_run_config
 
     load_run_config(path)
 
@@ -345,7 +345,7 @@ def log_file(work: Path, content: bytes) -> Path:
 def ingest_log_input(log: Path) -> bool:
     """`tunelab ingest` of one log into a fresh history: imported whole, or skipped with a reason (False);
     a skipped log adds no row."""
-    from tunelab import history
+    from tunelab.ledger import history
     from tunelab.ingest import ingest_logs
 
     db = log.parent.parent / "history.db"

@@ -29,8 +29,8 @@ def main() -> None:
 
     from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.plan import make_plan
-    from tunelab.scaffold import scaffold
+    from tunelab.plan.planner import make_plan
+    from tunelab.scaffold.write import scaffold
 
     model = build_tiny_model(out / "model", layers=2, hidden=128, seed=0)
     data = make_capitalization_dataset(5, 1000, out / "data", 0.8, seed=0)

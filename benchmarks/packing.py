@@ -60,7 +60,7 @@ def measured_ratio(out: Path) -> None:
     import yaml
 
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     model = out / "models" / "tiny-2x128"
     if not (model / "config.json").is_file():

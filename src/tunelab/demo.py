@@ -116,7 +116,7 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
     from tunelab.execute.executors import executor_named
     from tunelab.execute.sweep import run_sweep
     from tunelab.report.build import write_report
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     console = console or Console()
     ex = executor_named(executor)

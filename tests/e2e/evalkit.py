@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.data.formatting import prompt_format_of
 from tunelab.data.splits import load_data
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 WORDS = ["apple", "banana", "cherry", "delta", "echo", "forest", "guitar", "harbor"]
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tunelab.experiment import training_state
-from tunelab.scaffold import scaffold
+from tunelab.rundir.experiment import training_state
+from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 

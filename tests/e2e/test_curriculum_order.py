@@ -9,7 +9,7 @@ import random
 import pytest
 
 from tunelab.fsutil import read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 from tunelab.train.job import train as train_job
 

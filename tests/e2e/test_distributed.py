@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.experiment import training_state
+from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow

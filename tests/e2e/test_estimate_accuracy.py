@@ -10,10 +10,12 @@ import time
 
 import pytest
 
-from tunelab import history, ledger
-from tunelab.experiment import load_runs
-from tunelab.plan import make_plan
-from tunelab.scaffold import scaffold
+from tunelab.ledger import history
+
+from tunelab.ledger import store as ledger
+from tunelab.rundir.experiment import load_runs
+from tunelab.plan.planner import make_plan
+from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 

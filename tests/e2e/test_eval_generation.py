@@ -239,7 +239,7 @@ def test_a_model_graded_task_is_graded_by_the_local_grader_the_spec_names(write_
 def test_without_a_grader_the_model_grades_itself_and_any_inspect_model_can_grade(tmp_path, tiny_model):
     """No grader: the random model under evaluation grades its own answers (never a valid grade). A model
     string: here `tunelab/<control dir>` (by hand's provider form) of a model that always grades C."""
-    from tunelab.runconfig import save_run_config
+    from tunelab.rundir.config import save_run_config
 
     task_file = tmp_path / "graded.py"
     task_file.write_text(textwrap.dedent(GRADED))

@@ -243,7 +243,7 @@ def test_archive_copies_verifies_then_frees_space(sweep, finished_sweep, tmp_pat
 
 @pytest.mark.parametrize("fault", ["disk_full", "corrupt"])
 def test_failed_copy_leaves_the_working_dir_intact(sweep, tmp_path, fault):
-    from tunelab.archive import plan_archive, run_archive
+    from tunelab.export.archive import plan_archive, run_archive
     from tunelab.errors import TunelabError
 
     exp = tmp_path / "exp"

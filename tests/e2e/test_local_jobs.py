@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.execute.status import cancel, status_rows
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 

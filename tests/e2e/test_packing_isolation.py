@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.plan import make_plan
-from tunelab.plan_markdown import render_plan_md
+from tunelab.plan.planner import make_plan
+from tunelab.plan.markdown import render_plan_md
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from tunelab.experiment import load_runs
+from tunelab.rundir.experiment import load_runs
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.runconfig import load_run_config
-from tunelab.scaffold import scaffold
+from tunelab.rundir.config import load_run_config
+from tunelab.scaffold.write import scaffold
 from tunelab.faults import FAULT_OOM_ENV
 from tunelab.train.job import train
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from tunelab.cli import app
 from tunelab.faults import KILL_ENV
 from tunelab.fsutil import read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 

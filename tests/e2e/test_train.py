@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tunelab.experiment import training_state
+from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_packing_bfd_packs_and_learns(write_spec):
     assert rows[-1]["loss"] < rows[0]["loss"]
     # the planner's packing simulation predicts exactly what the trainer packed
     from tunelab.estimate.dataset import simulate_bfd_packing
-    from tunelab.plan import measure_lengths
+    from tunelab.plan.planner import measure_lengths
 
     predicted = simulate_bfd_packing(measure_lengths(cfg)[0], 128)
     assert (predicted.sequences, predicted.examples) == (p["sequences"], p["examples"])
@@ -155,14 +155,14 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
 def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
     from typer.testing import CliRunner
 
-    from tunelab import ledger
+    from tunelab.ledger import store as ledger
     from tunelab.cli import app
 
     spec = write_spec(factors={"lora_rank": [4]}, controls=False)
     cfg = scaffold(spec).runs[0]
     # the dataset disappears after scaffolding: the job must fail, say why, and be marked failed
     broken = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"path": str(tmp_path / "gone.json")})})
-    from tunelab.runconfig import save_run_config
+    from tunelab.rundir.config import save_run_config
 
     save_run_config(broken)
     res = CliRunner().invoke(app, ["run", str(spec.parent)])

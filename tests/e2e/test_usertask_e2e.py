@@ -91,7 +91,7 @@ def setup(trained_adapter, tiny_model, tmp_path_factory):
     run = with_checkpoint(make_cfg(root, tiny_model, name="tuned", eval=tasks), adapter)
     control = make_cfg(root, tiny_model, kind="control", name="tiny_base", eval=tasks)
     for cfg in (run, control):
-        from tunelab.runconfig import save_run_config
+        from tunelab.rundir.config import save_run_config
 
         save_run_config(cfg)
     return run, control, task_file

@@ -12,7 +12,7 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.execute.slurm_jobs import sbatch_options, warning_seconds
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.spec import TrainingConfig
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.layout import COUNTERS_FILE

@@ -10,9 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tunelab import fsutil, ledger
+from tunelab import fsutil
+
+from tunelab.ledger import store as ledger
 from tunelab.cli import app
-from tunelab.cli_common import friendly
+from tunelab.cli.common import friendly
 
 runner = CliRunner()
 
@@ -43,7 +45,7 @@ def _one_error_line(res, *words: str) -> str:
 
 
 def test_a_locked_ledger_is_one_line_naming_it(write_spec, monkeypatch):
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     scaffold(spec := write_spec())
     exp = spec.parent

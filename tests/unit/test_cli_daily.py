@@ -51,7 +51,7 @@ def test_results_refuses_json_and_csv_together(tmp_path):
 def test_prompt_commands_import_no_heavy_library(write_spec):
     """--help, status, results and cancel of a real scaffolded experiment, in one fresh interpreter (modules
     only accumulate, so none heavy after all four means none for each)."""
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     spec = write_spec()
     scaffold(spec)
@@ -119,7 +119,7 @@ def test_discovery_finds_model_dirs_and_data_files(tmp_path):
 
 @pytest.mark.slow
 def test_compare_shows_exactly_the_config_that_differs(write_spec, tmp_path):
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     scaffold(write_spec(factors={"lora_rank": [4]}), tmp_path / "a")
     scaffold(write_spec(factors={"lora_rank": [4]}, training={"learning_rate": 0.001}), tmp_path / "b")
@@ -173,7 +173,7 @@ def test_watching_a_sweep_nobody_started_ends_at_once_and_says_how_to_start_it(w
     from tunelab.execute.jobs import JobRow, RunJobs
     from tunelab.execute.status import status_row, status_rows
     from tunelab.execute.watch import watch
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     plan = scaffold(write_spec(factors={"lora_rank": [4]}))
     exp = plan.experiment_dir

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.design import expand_runs
+from tunelab.plan.design import expand_runs
 from tunelab.errors import TunelabError
 from tunelab.spec import parse_spec
 

@@ -167,7 +167,7 @@ def test_packing_measurement_equals_what_training_packs(tiny_model, caps_dataset
 
 
 def _seed_run_yaml(tmp_path, **training):
-    from tunelab.runconfig import RunConfig, save_run_config
+    from tunelab.rundir.config import RunConfig, save_run_config
 
     data = tmp_path / "d.json"
     data.write_text(json.dumps({s: [{"input": "a", "output": "A"}] for s in ("train", "validation", "test")}))

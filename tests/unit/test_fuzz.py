@@ -48,7 +48,7 @@ def test_the_fuzzers_valid_base_inputs_are_accepted(target, tmp_path):
 
 @pytest.mark.parametrize("name", ["experiment.yaml", "run.yaml"])
 def test_yaml_that_is_not_utf8_is_one_clear_error(tmp_path, name):
-    from tunelab.runconfig import load_run_config
+    from tunelab.rundir.config import load_run_config
     from tunelab.spec import load_spec
 
     path = tmp_path / name
@@ -60,7 +60,7 @@ def test_yaml_that_is_not_utf8_is_one_clear_error(tmp_path, name):
 
 @pytest.mark.parametrize("damage", [b"Loss: 1.2.3:", b"Loss: +:", b"Loss: e:"])
 def test_a_log_with_a_damaged_number_is_skipped_with_its_reason(tmp_path, monkeypatch, damage):
-    from tunelab import history
+    from tunelab.ledger import history
     from tunelab.ingest import ingest_logs
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tunelab.experiment import STALE_AFTER_S, training_state
+from tunelab.rundir.experiment import STALE_AFTER_S, training_state
 
 
 def _status(run_dir, age_s: float, host: str = "node-elsewhere-17", pid: int = 4242, rows: list | None = None):

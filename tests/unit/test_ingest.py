@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.cli import app
 from tunelab.ingest.torchtune import LogParseError, parse_torchtune_log
 

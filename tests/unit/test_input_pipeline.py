@@ -115,7 +115,7 @@ def test_run_issues_lists_the_data_wait_of_a_starved_run(tmp_path):
 
 def test_validate_warns_when_dataloader_workers_exceed_the_slurm_cpus(write_spec):
     from tunelab.catalog import resolve_gpu
-    from tunelab.validate import validate_path
+    from tunelab.plan.validate import validate_path
 
     def warnings(workers: int | None, cpus: int) -> list[str]:
         spec = write_spec(training={"dataloader_workers": workers},
@@ -128,7 +128,7 @@ def test_validate_warns_when_dataloader_workers_exceed_the_slurm_cpus(write_spec
 
 
 def test_order_swept_as_a_factor_names_runs_and_validates_each_level(write_spec):
-    from tunelab.plan import make_plan
+    from tunelab.plan.planner import make_plan
 
     spec = write_spec(factors={"lora_rank": [4], "order": ["shuffled", {"by_field": "input"}]}, controls=False)
     runs = make_plan(spec, estimates=False).runs

@@ -36,7 +36,7 @@ def test_nothing_outside_train_imports_train():
 
 
 def test_the_job_entry_point_refuses_a_control_in_one_line(write_spec):
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     control = next(c for c in scaffold(write_spec()).runs if c.kind == "control")
     proc = subprocess.run([sys.executable, "-m", "tunelab.train.job", str(control.run_dir / "run.yaml")],

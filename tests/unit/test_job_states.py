@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.execute.executor import UNSEEN, JobInfo
 from tunelab.execute.failures import FAILED, TIMEOUT, SacctRow, classify
 from tunelab.execute.jobs import JobRow, all_jobs, is_active
@@ -111,7 +111,7 @@ def test_local_executor_submit_poll_cancel_log(tmp_path):
 def test_refresh_judges_a_job_nobody_saw_end_so_the_throttle_moves_on(write_spec, tmp_path):
     """The old hang: a job recorded as RUNNING whose process (or Slurm record) is gone counted as active
     forever. After a refresh it has a verdict from its files and no longer counts."""
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]
     exp = cfg.run_dir.parents[1]
@@ -133,7 +133,7 @@ def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(writ
     raced the requeued job. While status.json says this very job requeued itself (and not long ago) it
     counts as active and gets no verdict; a requeue that never came back is judged after the grace."""
     from tunelab.execute.refresh import REQUEUE_GRACE_S
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
     from tunelab import rundir as st
 
     cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]

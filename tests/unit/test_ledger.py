@@ -7,11 +7,15 @@ import sys
 
 import pytest
 
-from tunelab import fsutil, history, ledger
+from tunelab import fsutil
+
+from tunelab.ledger import history
+
+from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
-from tunelab.experiment import load_runs, training_state
+from tunelab.rundir.experiment import load_runs, training_state
 from tunelab.fsutil import atomic_write_json
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 
 def _fake_outputs(run_dir, state="completed", pid=None, truncated=False):

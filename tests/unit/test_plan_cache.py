@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tunelab import diskcache
-from tunelab.cli import SHOWN_ROWS, app
+from tunelab.cli.main import SHOWN_ROWS, app
 from tunelab.errors import TunelabError
-from tunelab.plan import make_plan
+from tunelab.plan.planner import make_plan
 
 
 def test_cached_json_computes_once_per_key_and_recomputes_damaged_entries(tmp_path, monkeypatch):

@@ -2,11 +2,11 @@
 
 import pytest
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.catalog import resolve_gpu
 from tunelab.estimate.runs import slurm_time_limit
-from tunelab.plan import make_plan
-from tunelab.plan_markdown import render_plan_md
+from tunelab.plan.planner import make_plan
+from tunelab.plan.markdown import render_plan_md
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +66,8 @@ def test_slurm_time_limit_rounds_up_with_margin():
 
 
 def test_scaffold_writes_the_estimate_into_run_yaml_and_the_slurm_time_limit(write_spec):
-    from tunelab.runconfig import load_run_config
-    from tunelab.scaffold import scaffold
+    from tunelab.rundir.config import load_run_config
+    from tunelab.scaffold.write import scaffold
 
     spec = write_spec(resources={"executor": "slurm"})
     scaffold(spec, gpu=resolve_gpu("H100"))

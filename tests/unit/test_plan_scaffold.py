@@ -6,9 +6,9 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.errors import TunelabError
-from tunelab.plan import make_plan
-from tunelab.runconfig import load_run_config
-from tunelab.scaffold import scaffold
+from tunelab.plan.planner import make_plan
+from tunelab.rundir.config import load_run_config
+from tunelab.scaffold.write import scaffold
 
 runner = CliRunner()
 

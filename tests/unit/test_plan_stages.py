@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.catalog import resolve_gpu
 from tunelab.errors import TunelabError
 from tunelab.estimate.runs import slurm_time_limit
-from tunelab.plan import make_plan
-from tunelab.plan_markdown import render_plan_md
+from tunelab.plan.planner import make_plan
+from tunelab.plan.markdown import render_plan_md
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +73,8 @@ def test_staged_steps_are_the_sum_over_stages_each_on_its_own_data(write_spec, h
 
 def test_staged_time_is_the_sum_and_the_slurm_limit_covers_every_stage(write_spec, hard_dataset, caps_dataset,
                                                                          tiny_model):
-    from tunelab.runconfig import load_run_config
-    from tunelab.scaffold import scaffold
+    from tunelab.rundir.config import load_run_config
+    from tunelab.scaffold.write import scaffold
 
     _record_history(tiny_model, tokens_per_s=20.0)
     spec = _staged(write_spec, hard_dataset, caps_dataset, resources={"executor": "slurm"})
@@ -146,7 +146,7 @@ def test_plan_md_and_json_list_the_stages(write_spec, hard_dataset, caps_dataset
 
 
 def test_truncation_and_validate_check_each_stage_at_its_own_limits(write_spec, hard_dataset, caps_dataset):
-    from tunelab.validate import validate_path
+    from tunelab.plan.validate import validate_path
 
     stages = [{"name": "short", "dataset": "caps", "max_seq_len": 16},
               {"name": "hard", "dataset": "hard", "warmup_steps": 10}]  # 12 steps in all, 2 of them in this stage

@@ -11,7 +11,7 @@ from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.estimate.memory import MemoryInputs, base_weight_bytes, estimate_memory
-from tunelab.plan import make_plan
+from tunelab.plan.planner import make_plan
 from tunelab.train import quantize
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -69,7 +69,7 @@ def test_plain_lora_plans_unchanged_and_the_job_refuses_4bit_on_cpu(write_spec):
 
 @pytest.mark.skipif(HAS_BNB, reason="bitsandbytes is installed here")
 def test_validate_with_a_gpu_named_refuses_qlora_without_bitsandbytes(write_spec):
-    from tunelab.validate import validate_path
+    from tunelab.plan.validate import validate_path
 
     spec = write_spec(training={"quantize": "4bit"})
     with pytest.raises(TunelabError, match="needs bitsandbytes") as e:

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.catalog import GPUS, resolve_gpu
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_text, read_jsonl
@@ -53,7 +53,7 @@ def test_read_jsonl_still_skips_a_cut_off_last_line_and_blank_lines(tmp_path):
 
 
 def _run_config(tmp_path, model_path):
-    from tunelab.runconfig import RunConfig
+    from tunelab.rundir.config import RunConfig
 
     data = tmp_path / "d.json"
     data.write_text(json.dumps({s: [{"input": "a", "output": "A"}] for s in ("train", "validation", "test")}))

@@ -15,12 +15,12 @@ from scipy import stats
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.fsutil import atomic_write_json
 from tunelab.report.build import build_report
 from tunelab.report.data import Point, gather
 from tunelab.report.findings import analyze, error_class, overfitting, still_falling
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 
@@ -429,7 +429,7 @@ def test_several_tasks_prompts_and_eval_only(multi):
 
 
 def test_results_json_and_csv_carry_every_task_metric_and_checkpoint(multi):
-    from tunelab.results import collect_results, to_csv
+    from tunelab.ledger.results import collect_results, to_csv
 
     records = collect_results(multi)
     rows = {r.name: r.to_json() for r in records}  # what `results --json` prints

@@ -20,7 +20,7 @@ from tunelab.fsutil import human_seconds
 from tunelab.report.build import build_report
 from tunelab.report.data import gather
 from tunelab.report.findings import analyze, still_falling
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 exp, _own_history = test_report.exp, test_report._own_history  # its fixtures: a lora_rank [4, 16] sweep, own history
 

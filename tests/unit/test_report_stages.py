@@ -18,7 +18,7 @@ from tunelab.report.build import build_report
 from tunelab.report.data import gather
 from tunelab.report.figures import _new, epoch_ticks, loss_axis, stage_changes
 from tunelab.report.findings import analyze
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 from tunelab.rundir.checkpoints import Counters

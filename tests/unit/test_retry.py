@@ -52,7 +52,7 @@ def test_oom_in_a_later_stage_shrinks_that_stage_and_restarts_only_it(write_spec
 
     from tunelab.execute import retry
     from tunelab.execute.failures import OOM, Failure
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     spec = write_spec(controls=False, factors={"lora_rank": [4]},
                       stages=[{"name": "one", "epochs": 1}, {"name": "two", "epochs": 2, "batch_size": 6}])

@@ -101,8 +101,8 @@ def test_forecast_never_overcommits_a_gpu(n_gpus):
 def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch, tmp_path):
     from tunelab.catalog import resolve_gpu
     from tunelab.execute import schedule
-    from tunelab.plan import make_plan
-    from tunelab.plan_markdown import plan_rows, render_plan_md
+    from tunelab.plan.planner import make_plan
+    from tunelab.plan.markdown import plan_rows, render_plan_md
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setattr(schedule, "visible_gpus", lambda: [Device("2", 80.0), Device("3", 80.0)])

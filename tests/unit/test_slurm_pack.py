@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tunelab.catalog import resolve_gpu
 from tunelab.execute.slurm_pack import pack_groups, pack_options, pack_time_limit
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 
 def _runs(write_spec, ranks, **slurm):

@@ -13,7 +13,7 @@ from tunelab.rundir import Status
 from tunelab.execute.failures import (CANCELLED, COMPLETED, FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure,
                                       SacctRow, classify)
 from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, sbatch_options, train_time_limit
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 
 def rows(state: str, code: str = "0:0", batch_state: str | None = None) -> list[SacctRow]:
@@ -79,7 +79,7 @@ def test_oom_halves_micro_batch_keeps_effective_batch(run_cfg):
     assert (t.batch_size, t.gradient_accumulation_steps) == (4, 4) and d.config.attempt == 2
     assert "effective batch 16 unchanged" in d.reason
     new = retry.apply(d)
-    from tunelab.runconfig import load_run_config
+    from tunelab.rundir.config import load_run_config
 
     assert load_run_config(cfg.run_dir) == new
     # odd micro-batch: divided by its smallest factor, effective batch still exact
@@ -178,7 +178,7 @@ def test_user_config_file_fills_what_the_spec_leaves_out(write_spec, tmp_path, m
 
 
 def test_scaffolding_again_keeps_a_retried_run_yaml(run_cfg, write_spec):
-    from tunelab.runconfig import load_run_config
+    from tunelab.rundir.config import load_run_config
 
     cfg = run_cfg()
     retry.apply(retry.decide(cfg, Failure(OOM, "")))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 STAGES = [{"name": "easy", "epochs": 1, "order": "by_length"},
           {"name": "hard", "epochs": 2, "learning_rate": 0.0005, "optimizer": "carried"}]

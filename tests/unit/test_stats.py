@@ -158,7 +158,7 @@ def test_detectable_difference_has_the_stated_power():
 
 
 def test_ledger_of_before_intervals_stays_readable(tmp_path):
-    from tunelab import ledger
+    from tunelab.ledger import store as ledger
 
     with sqlite3.connect(tmp_path / ledger.LEDGER_FILE) as conn:
         conn.execute("CREATE TABLE evals (run TEXT NOT NULL, label TEXT NOT NULL, epoch INTEGER, task TEXT NOT NULL, "

@@ -9,7 +9,7 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.usertasks import check_tasks, resolve_user_task
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import TaskSpec, load_spec
 
 GOOD = """

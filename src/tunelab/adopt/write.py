@@ -17,7 +17,7 @@ from pathlib import Path
 from tunelab.adopt.sources import AdoptedRun, read_source
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_yaml
-from tunelab.runconfig import RUN_FILE, RunConfig, save_run_config
+from tunelab.rundir.config import RUN_FILE, RunConfig, save_run_config
 from tunelab.spec import ModelSpec, TrainingConfig
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import epoch_dir
@@ -125,10 +125,10 @@ def _write_run(cfg: RunConfig, run: AdoptedRun, base_model: Path) -> None:
 
 def adopt(sources: list[Path], out: Path, spec_path: Path, model: Path | None = None) -> AdoptResult:
     """Adopt the runs in `sources` into the experiment `out`, planned from `spec_path` (data, prompt, tasks)."""
-    from tunelab import ledger
-    from tunelab.experiment import SPEC_FILE, load_runs
-    from tunelab.plan import make_plan
-    from tunelab.scaffold import _resolved_spec_dump
+    from tunelab.ledger import store as ledger
+    from tunelab.rundir.experiment import SPEC_FILE, load_runs
+    from tunelab.plan.planner import make_plan
+    from tunelab.scaffold.write import _resolved_spec_dump
 
     out = out.resolve()
     result = AdoptResult(out)

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.probe import ProbeResult, read_probe_results
 
@@ -111,7 +111,7 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     import subprocess
     import sys
 
-    from tunelab.runconfig import save_run_config
+    from tunelab.rundir.config import save_run_config
 
     pcfg = probe_cfg(shape.cfg, shape.key)
     run_dir = pcfg.run_dir

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.errors import TunelabError
 from tunelab.estimate.probe import distinct_shapes, to_history
 from tunelab.fsutil import atomic_write_text
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
 from tunelab.rundir.probe import ProbeResult, read_probe_results
 

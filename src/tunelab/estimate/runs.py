@@ -22,8 +22,8 @@ from tunelab.estimate.speed import (
     flops_per_token,
     model_tokens_per_s,
 )
-from tunelab.history import HistoryRun
-from tunelab.runconfig import RunConfig
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.config import RunConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from tunelab.catalog import GPU
 from tunelab.estimate.runs import RunEstimate, StageEstimate, estimate_run, slurm_time_limit
-from tunelab.history import HistoryRun
-from tunelab.runconfig import RunConfig
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.config import RunConfig
 
 Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]  # train and validation token lengths of a run
 

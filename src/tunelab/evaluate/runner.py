@@ -24,7 +24,7 @@ from tunelab.evaluate.scores import (
     write_scores,
 )
 from tunelab.evaluate.targets import Target, select_targets
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue

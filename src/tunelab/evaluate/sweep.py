@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.console import progress_columns, say
 from tunelab.evaluate.kinds import show
-from tunelab.experiment import load_runs, select_runs, training_state
+from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir import layout
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.spec import EpochChoice
 from tunelab.rundir.checkpoints import complete_epochs, epoch_dir, is_complete_checkpoint
 from tunelab.rundir.layout import ADAPTER_FILES, CHECKPOINTS_DIR, epoch_name, parse_epoch_name

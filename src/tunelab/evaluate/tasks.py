@@ -28,7 +28,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 from tunelab.data.conversation import Example
 from tunelab.errors import TunelabError
 from tunelab.evaluate import metrics as m
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import TaskSpec
 
 # The metric each built-in's `score` is.

@@ -138,7 +138,7 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
     or every task file of an ExperimentSpec (paths relative to spec_dir; templates of all prompts).
     Raises the first problem as a TunelabError naming the file (and task)."""
     from tunelab.evaluate.provider import check_input_template
-    from tunelab.runconfig import RunConfig
+    from tunelab.rundir.config import RunConfig
 
     if isinstance(source, RunConfig):
         from tunelab.evaluate.tasks import build_builtin_task

@@ -8,7 +8,7 @@ from pathlib import Path
 from tunelab.execute.executor import Executor
 from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.execute.sweep_view import SweepView
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 
 @dataclass(frozen=True)

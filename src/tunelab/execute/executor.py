@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tunelab.execute.failures import ACTIVE_STATES, UNSEEN, SacctRow, base_state
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 __all__ = ["UNSEEN", "Capacity", "Executor", "JobGroup", "JobInfo"]
 

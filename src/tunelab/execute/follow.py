@@ -7,13 +7,13 @@ ends a sweep that waits on it with an error (execute/submit.py, check_reachable)
 
 from __future__ import annotations
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.execute import claims, retry
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executors import executor_class
 from tunelab.execute.failures import COMPLETED, Failure
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, latest_jobs
-from tunelab.runconfig import load_run_config
+from tunelab.rundir.config import load_run_config
 from tunelab.rundir import now_iso
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.execute.failures import ACTIVE_STATES, base_state, exit_status
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 from tunelab.rundir import now_iso
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunelab.rundir import Status, read_metrics
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 
 def eta_seconds(cfg: RunConfig, status: Status) -> float | None:

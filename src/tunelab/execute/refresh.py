@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo
 from tunelab.execute.executors import executor_named
 from tunelab.execute.failures import CANCELLED, Failure, base_state, classify
 from tunelab.execute.jobs import JobRow, all_jobs
-from tunelab.experiment import is_evaluated, task_names, training_state
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.experiment import is_evaluated, task_names, training_state
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED, read_status
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it

@@ -36,7 +36,7 @@ import shutil
 from dataclasses import dataclass
 
 from tunelab.execute.failures import NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure
-from tunelab.runconfig import RunConfig, save_run_config
+from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.spec import SlurmSpec, TrainingConfig
 from tunelab.rundir import CHECKPOINTS_DIR, TRAINER_STATE_DIR
 from tunelab.rundir.checkpoints import last_trainer_checkpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunelab.execute.slurm_jobs import _env, sbatch_options, slurm_settings
 from tunelab.fsutil import atomic_write_text
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 ARRAY_DIR = "slurm"  # <experiment>/slurm/: array scripts and their tasks' logs
 _PER_RUN = ("--job-name=", "--chdir=", "--output=")

@@ -26,7 +26,7 @@ from tunelab.execute.slurm_jobs import (
     write_slurm_scripts,
 )
 from tunelab.execute.slurm_pack import PACK_DIR, is_packed, pack_groups, write_pack_script
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
 SACCT_START = "2000-01-01"  # sacct shows only today's jobs without -S

@@ -1,4 +1,4 @@
-"""Slurm job scripts of a run, rendered from its run.yaml (jinja2 templates in tunelab/templates/).
+"""Slurm job scripts of a run, rendered from its run.yaml (jinja2 templates in tunelab/scaffold/templates/).
 
 `job.sbatch` trains (`tunelab train run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
 controls get only `eval.sbatch`. The scripts hold nothing that run.yaml does not: they are
@@ -15,14 +15,14 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from tunelab.fsutil import atomic_write_text
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import SlurmSpec
 
 TRAIN_SCRIPT, EVAL_SCRIPT = "job.sbatch", "eval.sbatch"
 DEFAULT_TRAIN_TIME_LIMIT = "04:00:00"
 DEFAULT_EVAL_TIME_LIMIT = "01:00:00"
 
-_env = Environment(loader=PackageLoader("tunelab", "templates"), undefined=StrictUndefined,
+_env = Environment(loader=PackageLoader("tunelab.scaffold", "templates"), undefined=StrictUndefined,
                    keep_trailing_newline=True)
 _env.filters["q"] = lambda v: shlex.quote(str(v))
 

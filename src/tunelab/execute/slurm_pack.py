@@ -25,7 +25,7 @@ from tunelab.execute.slurm_jobs import (
     train_time_limit,
 )
 from tunelab.fsutil import atomic_write_text
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 PACK_DIR = "slurm"  # <experiment>/slurm/: node-job scripts and logs (beside the array scripts)
 DEFAULT_PACK_GPUS = 4

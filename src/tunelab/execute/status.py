@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
@@ -18,9 +18,9 @@ from tunelab.execute.failures import CANCELLED, COMPLETED, base_state
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
 from tunelab.execute.progress import run_progress
 from tunelab.execute.refresh import executors_for, refresh
-from tunelab.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
-from tunelab.results import TYPES
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
+from tunelab.ledger.results import TYPES
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED as DONE, PENDING, RUNNING, Status, now_iso, read_status
 
 

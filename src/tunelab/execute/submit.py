@@ -6,12 +6,12 @@ is the sweep's to decide before (execute/sweep.py, the executor's Capacity).
 
 from __future__ import annotations
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executor import Executor, JobGroup
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir import now_iso
 
 UNREACHABLE_S = 600.0  # a scheduler that has not answered for this long ends a sweep that waits on it

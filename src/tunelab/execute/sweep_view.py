@@ -14,7 +14,7 @@ from tunelab.console import markup, progress_columns, say
 from tunelab.execute.executor import Executor
 from tunelab.execute.failures import COMPLETED
 from tunelab.execute.jobs import JobRow
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir import read_status
 
 

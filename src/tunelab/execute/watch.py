@@ -19,8 +19,8 @@ from rich.text import Text
 from tunelab.console import data_table, say, show
 from tunelab.execute.progress import clock, eta_seconds
 from tunelab.execute.status import StatusRow
-from tunelab.experiment import load_runs
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.experiment import load_runs
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED, PENDING, RUNNING, MetricRow, Status, read_metrics, read_status
 
 FAILED = ("failed", "interrupted", "oom", "timeout", "preempted", "node_fail", "cancelled")

@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.experiment import load_runs
-from tunelab.results import RunRecord, collect_results
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.experiment import load_runs
+from tunelab.ledger.results import RunRecord, collect_results
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab import history
+from tunelab.ledger import history
 from tunelab.catalog import architecture_from_config, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.ingest.hf_trainer import TrainerRun, find_trainer_dirs, parse_trainer_dir

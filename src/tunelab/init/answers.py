@@ -175,7 +175,7 @@ def spec_path(out: Path) -> Path:
 def draft(answers: InitAnswers, out: Path, gpu=None, force: bool = False):
     """Write the spec to a temporary file beside its destination and plan it; return (temp path, plan).
     Validation steps are set from the planned steps per epoch. The caller moves or deletes the file."""
-    from tunelab.plan import make_plan
+    from tunelab.plan.planner import make_plan
 
     path = spec_path(out)
     if path.exists() and not force:

@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab import ledger
-from tunelab.experiment import SPEC_FILE, load_runs
+from tunelab.ledger import store as ledger
+from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
-from tunelab.results import EvalRecord, RunRecord, collect_results
-from tunelab.runconfig import RunConfig
+from tunelab.ledger.results import EvalRecord, RunRecord, collect_results
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import COMPLETED, RUNNING
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.scores import read_scores
@@ -321,7 +321,7 @@ def _factors(spec: ExperimentSpec | None, models: list[str], datasets: list[str]
 
 def gather(experiment_dir: str | Path) -> ReportData:
     """Ingest the run directories into the ledger, then read everything a report needs."""
-    from tunelab.design import prompt_names
+    from tunelab.plan.design import prompt_names
 
     exp = Path(experiment_dir).resolve()
     results = {r.name: r for r in collect_results(exp)}  # ingests every run dir first

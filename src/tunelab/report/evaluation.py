@@ -17,7 +17,7 @@ from tunelab.report.differences import delta_cell, diff_text, show_delta
 from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
-from tunelab.results import EvalRecord
+from tunelab.ledger.results import EvalRecord
 from tunelab.stats.paired import Difference, paired_difference
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.experiment import SPEC_FILE
+from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.fsutil import human_seconds
 from tunelab.report.comparisons import replicated
 from tunelab.report.data import ReportData, RunData

@@ -13,7 +13,7 @@ from typing import Any
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Para, Section, Table
 from tunelab.report.evaluation import show_ci
-from tunelab.runconfig import StageConfig
+from tunelab.rundir.config import StageConfig
 from tunelab.rundir.layout import COMPLETED, PENDING, STAGES_FILE
 from tunelab.rundir.stages import StageRecord
 

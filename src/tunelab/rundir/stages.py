@@ -17,7 +17,7 @@ from tunelab.rundir.layout import STAGES_FILE
 from tunelab.rundir.record import JsonRecord
 
 if TYPE_CHECKING:
-    from tunelab.runconfig import RunConfig
+    from tunelab.rundir.config import RunConfig
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.summary import Summary
-from tunelab.runconfig import RunConfig, load_run_config
+from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.train.console import log
 from tunelab.train.distributed import is_worker
 from tunelab.train.launch import die_with_launcher, launch_run

@@ -20,7 +20,7 @@ from typing import Any
 from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
-from tunelab.runconfig import RunConfig, load_run_config
+from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.probe import ProbePoint, ProbeResult, write_probe_results
 from tunelab.train.step_cost import time_real_steps

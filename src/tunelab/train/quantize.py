@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.runconfig import QUANTIZE_FIELD
+from tunelab.rundir.config import QUANTIZE_FIELD
 from tunelab.spec.training import quantize_problem
 
 

@@ -28,7 +28,7 @@ from tunelab.rundir.checkpoints import Counters, checkpoint_step, last_complete_
 from tunelab.rundir.metrics import read_metrics, steady_tokens_per_s, write_metrics
 from tunelab.rundir.status import now_iso, read_status, write_status
 from tunelab.rundir.summary import StepCost, Summary, write_packing, write_summary
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
 from tunelab.train.checkpoints import republish_missing_epochs
 from tunelab.train.console import log

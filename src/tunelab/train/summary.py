@@ -12,7 +12,7 @@ from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, read_metrics, steady_tokens_per_s
 from tunelab.rundir.status import read_status
 from tunelab.rundir.summary import PackingStats, StepCost, Summary
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
 from tunelab.train.dataloading import Pipeline
 

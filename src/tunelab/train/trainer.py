@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunelab.adapter import lora_config
+from tunelab.models.lora import lora_config
 from tunelab.device import resolve_dtype
 from tunelab.rundir.checkpoints import Counters
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
 from tunelab.train import quantize
 from tunelab.train.context import StageContext

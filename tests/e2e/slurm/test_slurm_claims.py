@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.execute.status import cancel
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 SLURM = {"executor": "slurm", "gpus_per_run": 0,

@@ -16,14 +16,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.cli import app
 from tunelab.execute.slurm_cli import SlurmExecutor
 from tunelab.execute.status import StatusRow, cancel, status_rows
 from tunelab.execute.sweep import run_sweep
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.runconfig import load_run_config
-from tunelab.scaffold import scaffold
+from tunelab.rundir.config import load_run_config
+from tunelab.scaffold.write import scaffold
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 runner = CliRunner()
@@ -125,7 +125,7 @@ def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
 def test_failed_job_reports_exit_code_and_its_eval_never_runs(write_spec, tmp_path):
     spec = write_spec(factors={"lora_rank": [4]}, controls=False, resources=SLURM)
     cfg = scaffold(spec).runs[0]
-    from tunelab.runconfig import save_run_config
+    from tunelab.rundir.config import save_run_config
 
     # the dataset disappears after scaffolding: the job fails with exit code 1
     save_run_config(cfg.model_copy(update={"dataset": cfg.dataset.model_copy(

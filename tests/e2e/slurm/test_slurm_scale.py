@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import ledger
+from tunelab.ledger import store as ledger
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold import scaffold
+from tunelab.scaffold.write import scaffold
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 SLURM = {"executor": "slurm", "gpus_per_run": 0,

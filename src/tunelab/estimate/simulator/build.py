@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunelab.adapter import lora_config
+from tunelab.models.lora import lora_config
 from tunelab.estimate.simulator.attention import flash_attention_2
 from tunelab.estimate.simulator.qlora import quantize_linears
 from tunelab.estimate.simulator.spec import StepConfig

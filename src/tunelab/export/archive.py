@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.experiment import load_runs, training_state
+from tunelab.rundir.experiment import load_runs, training_state
 from tunelab.fsutil import atomic_write_json, read_json, sha256_of
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-from tunelab import history
-from tunelab.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
+from tunelab.ledger import history
+from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
 from tunelab.fsutil import add_missing_columns, sqlite_session
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import COMPLETED, PENDING
 from tunelab.rundir.metrics import MetricRow, read_metrics
 from tunelab.rundir.scores import TaskScores, read_scores, task_dir

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab import ledger
-from tunelab.experiment import load_runs
-from tunelab.runconfig import RunConfig
+from tunelab.ledger import store as ledger
+from tunelab.rundir.experiment import load_runs
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.stages import NO_STAGE, CheckpointStage, checkpoint_stages
 from tunelab.stats.records import Interval
 

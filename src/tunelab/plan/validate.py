@@ -13,10 +13,10 @@ from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
 from tunelab.estimate.runs import device_peak
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 
 if TYPE_CHECKING:
-    from tunelab.plan import Truncation
+    from tunelab.plan.planner import Truncation
 
 NEAR_LIMIT = 0.90
 IDLE_BELOW = 0.25
@@ -110,7 +110,7 @@ def check_staged_run(cfg: RunConfig, gpu: GPU, lengths: list[list[int] | None],
 
 def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     """Validate an experiment.yaml (all its runs) or one run.yaml."""
-    from tunelab.runconfig import load_run_config
+    from tunelab.rundir.config import load_run_config
 
     path = Path(path)
     if path.is_dir():
@@ -126,10 +126,10 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     if isinstance(head, dict) and "kind" in head and "experiment_dir" in head:
         runs = [load_run_config(path)]
     else:
-        from tunelab.plan import make_plan
+        from tunelab.plan.planner import make_plan
 
         runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
-    from tunelab.plan import measure_lengths, truncation
+    from tunelab.plan.planner import measure_lengths, truncation
     for cfg in runs:  # a GPU is named here: QLoRA still needs bitsandbytes
         cfg.check_quantize(True, path)
 

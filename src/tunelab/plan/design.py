@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runconfig import RunConfig, StageConfig
+from tunelab.rundir.config import RunConfig, StageConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainingConfig, factor_field, resolve_path
 from tunelab.spec.evaluation import GraderSpec
 from tunelab.spec.stages import split_stage_factor, stage_training

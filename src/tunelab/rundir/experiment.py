@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.process import alive
-from tunelab.runconfig import RUN_FILE, RunConfig, load_run_config
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir import layout
 from tunelab.rundir.metrics import MetricRow
 from tunelab.rundir.status import Status, read_status

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 

@@ -11,8 +11,14 @@ from typing import Optional
 
 import typer
 
-from tunelab import cli_build, cli_daily, cli_estimate, cli_measure
-from tunelab.cli_common import SHOWN_ROWS, add_commands, print_plan
+from tunelab.cli import build as cli_build
+
+from tunelab.cli import daily as cli_daily
+
+from tunelab.cli import estimate as cli_estimate
+
+from tunelab.cli import measure as cli_measure
+from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
 
@@ -42,11 +48,11 @@ def plan_cmd(
     """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
-    from tunelab.plan import make_plan
-    from tunelab.plan_markdown import plan_rows, render_plan_md, stage_rows
+    from tunelab.plan.planner import make_plan
+    from tunelab.plan.markdown import plan_rows, render_plan_md, stage_rows
 
     if probe:
-        from tunelab.cli_measure import run_probe
+        from tunelab.cli.measure import run_probe
 
         run_probe(spec, quiet=json_out)
     plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
@@ -73,7 +79,7 @@ def scaffold_cmd(
                                       "(SLURM time limits); detected when present, else this machine's CPU."),
 ) -> None:
     """Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
-    from tunelab.scaffold import scaffold
+    from tunelab.scaffold.write import scaffold
 
     plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
     say("scaffolded {} runs and {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir)
@@ -117,7 +123,7 @@ def run_cmd(
     job after each (afterok). Completed, queued and running runs are skipped."""
     from tunelab.execute.executors import check_options, executor_named
     from tunelab.execute.sweep import run_sweep
-    from tunelab.experiment import load_runs
+    from tunelab.rundir.experiment import load_runs
 
     ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
     check_options(ex, dry_run, wait)
@@ -159,7 +165,7 @@ def results_cmd(
 ) -> None:
     """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
     from tunelab.evaluate.kinds import show_ci
-    from tunelab.results import collect_results, to_csv, to_json
+    from tunelab.ledger.results import collect_results, to_csv, to_json
 
     if json_out and csv_out:
         raise TunelabError("choose one of --json and --csv", field="--json/--csv")
@@ -271,7 +277,7 @@ def ingest_cmd(
     from them (`tunelab history` lists them).
     Truncated, failed or unknown logs are reported and skipped, never half-imported."""
     from tunelab.catalog import resolve_gpu
-    from tunelab.history import history_path
+    from tunelab.ledger.history import history_path
     from tunelab.ingest import ingest_logs
 
     device = resolve_gpu(gpu).name if gpu else None

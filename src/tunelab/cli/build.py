@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands
+from tunelab.cli.common import add_commands
 from tunelab.console import say
 
 

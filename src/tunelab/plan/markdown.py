@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.design import prompt_names
+from tunelab.plan.design import prompt_names
 from tunelab.fsutil import human_seconds
 
 if TYPE_CHECKING:
-    from tunelab.plan import Plan
-    from tunelab.runconfig import RunConfig
+    from tunelab.plan.planner import Plan
+    from tunelab.rundir.config import RunConfig
 
 
 def _factor_text(run: RunConfig, swept: list[str]) -> str:

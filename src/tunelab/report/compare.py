@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.experiment import load_runs
+from tunelab.rundir.experiment import load_runs
 from tunelab.export.records import flatten
-from tunelab.results import collect_results
-from tunelab.runconfig import RUN_FILE, RunConfig
+from tunelab.ledger.results import collect_results
+from tunelab.rundir.config import RUN_FILE, RunConfig
 
 # Fields that differ between any two runs without explaining anything.
 IGNORED = ("name", "experiment", "experiment_dir", "attempt", "estimate", "kind")

@@ -18,11 +18,11 @@ from tunelab.catalog import GPU
 from tunelab.data.loading import DataFile
 from tunelab.data.splits import load_data, split_record_path
 from tunelab.estimate.runs import RunEstimate
-from tunelab.design import expand_runs, resolve_dataset
+from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.models.check import ModelInfo, check_model_dir
-from tunelab.plan_stages import check_orders, dataset_error, stage_dataset_needs
-from tunelab.runconfig import RunConfig
+from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, 
     if d.split is not None and not record.is_file():
         return _verify_rows(spec, d, experiment_dir, splits)
     from tunelab.diskcache import file_stamps
-    from tunelab.plan_cache import dataset_stamps, verified_dataset
+    from tunelab.plan.cache import dataset_stamps, verified_dataset
 
     key = [d.model_dump_json(), spec.prompt_levels(), spec.system_prompt, sorted(splits), str(experiment_dir),
            dataset_stamps(d, Path("/")), file_stamps([record])]
@@ -245,7 +245,7 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
 def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
     """Before any job: task files import and bind, built-ins build on their dataset split — once per
     distinct dataset x prompt (the split records exist by now); skipped when they passed for the same inputs."""
-    from tunelab.plan_cache import tasks_checked
+    from tunelab.plan.cache import tasks_checked
 
     def check() -> None:
         from tunelab.evaluate.usertasks import check_tasks
@@ -282,7 +282,7 @@ def cpu_threads() -> int:
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
     """Estimates for every fine-tuned run (a staged run's per stage, summed); datasets measured once per
     model x dataset x prompt."""
-    from tunelab import history
+    from tunelab.ledger import history
     from tunelab.estimate.stages import estimate_any_run
 
     past = history.load()

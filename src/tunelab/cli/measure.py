@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands
+from tunelab.cli.common import add_commands
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 
@@ -18,7 +18,7 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, exe
               results: Path | None = None) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
     from tunelab.estimate.probe import probe_runs
-    from tunelab.plan import make_plan
+    from tunelab.plan.planner import make_plan
 
     plan = make_plan(spec, estimates=False)
 
@@ -97,7 +97,7 @@ def history_cmd(
 ) -> None:
     """What the planner knows: every run tunelab trained (measured), probed or ingested, with where it came
     from (file, line or key), its speed, peak memory, final loss and the fields its source lacked."""
-    from tunelab.history import history_path, load
+    from tunelab.ledger.history import history_path, load
 
     rows = [r for r in load(everything=True)
             if (not model or model.lower() in (r.model or "").lower())

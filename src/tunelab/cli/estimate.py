@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from tunelab.cli_common import add_commands
+from tunelab.cli.common import add_commands
 from tunelab.console import error, say, warn
 from tunelab.errors import TunelabError
 
@@ -34,7 +34,7 @@ def _gpu_option(name: str | None):
 def _validate_gpu(name: str | None, path: Path):
     """--gpu, else resources.gpu of the run.yaml or spec (and user config), else the detected GPU."""
     from tunelab.catalog import planning_gpu
-    from tunelab.runconfig import RUN_FILE, load_run_config
+    from tunelab.rundir.config import RUN_FILE, load_run_config
 
     named = None
     if not name:
@@ -197,7 +197,7 @@ def validate_cmd(
 ) -> None:
     """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
-    from tunelab.validate import validate_path
+    from tunelab.plan.validate import validate_path
 
     checks = validate_path(path, _validate_gpu(gpu, path))
     errors = [e for c in checks for e in c.errors]

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli_common import add_commands, print_plan
+from tunelab.cli.common import add_commands, print_plan
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 from tunelab.init.answers import DEFAULTS
@@ -62,7 +62,7 @@ def archive_cmd(
     """Copy what must be kept (spec, run configs, metrics, summaries, logs, eval scores and logs, ledger, report,
     the kept adapters) to the archive, verify every copy by sha256, and only then remove trainer state and the
     checkpoints not kept from finished runs here. Prints the storage saved; archive.json records it all."""
-    from tunelab.archive import plan_archive, run_archive
+    from tunelab.export.archive import plan_archive, run_archive
     from tunelab.fsutil import human_bytes as size
 
     plan = plan_archive(experiment_dir, to, keep)
@@ -174,7 +174,7 @@ def compare_cmd(
     fields that differ between them (what can explain the differences)."""
     import json
 
-    from tunelab.compare import compare, to_dict
+    from tunelab.report.compare import compare, to_dict
     from tunelab.evaluate.kinds import show as score
 
     c = compare(paths)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tunelab.data.ordering import field_values, fixed_order
 from tunelab.errors import TunelabError
-from tunelab.runconfig import RunConfig
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import ExperimentSpec, TrainingConfig
 from tunelab.spec.training import ByField
 

@@ -20,7 +20,7 @@ from tunelab.console import data_table, error, say, show, warn
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
-    from tunelab.plan import Plan
+    from tunelab.plan.planner import Plan
 
 SHOWN_ROWS = 50  # rows of the plan's tables printed at the terminal
 
@@ -81,7 +81,7 @@ def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidd
 
 def print_plan(plan: Plan) -> None:
     """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
-    from tunelab.plan_markdown import plan_rows, resolution_notes, stage_rows
+    from tunelab.plan.markdown import plan_rows, resolution_notes, stage_rows
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):

@@ -1,0 +1,1 @@
+"""scaffold: see docs/architecture.md."""
