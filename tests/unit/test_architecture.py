@@ -104,7 +104,7 @@ def test_the_run_directory_contract_reads_nothing_above_it(graph):
         assert chains == set(), f"rundir reaches {layer}: {sorted(chains)}"
 
 
-@pytest.mark.parametrize("module", ["tunelab.report.build", "tunelab.ledger.store.results"])
+@pytest.mark.parametrize("module", ["tunelab.report.build", "tunelab.ledger.results"])
 def test_reading_results_does_not_load_inspect_ai_or_torch(module):
     code = (f"import sys, {module}; "
             "print(sorted(m for m in ('inspect_ai', 'torch') if m in sys.modules))")
