@@ -135,6 +135,10 @@ class Executor(Protocol):
         """A group's job script and array spec (None: not an array)."""
         ...
 
+    def notices(self) -> list[str]:
+        """What a person should know before a sweep on this executor starts (e.g. a missing tool)."""
+        ...
+
     def unanswered(self) -> tuple[float, str] | None:
         """(seconds the scheduler has not answered for, its last error); None while it answers."""
         ...

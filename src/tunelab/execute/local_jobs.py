@@ -192,5 +192,8 @@ class LocalExecutor:
     def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
         raise ValueError("the local executor runs each run as a job of its own")
 
+    def notices(self) -> list[str]:
+        return []
+
     def unanswered(self) -> tuple[float, str] | None:
         return None

@@ -249,6 +249,11 @@ class SlurmExecutor:
         path = write_array_script(cfgs) if write else exp / ARRAY_DIR / f"train-array-{cfgs[0].name}.sbatch"
         return path, array_spec(cfgs)
 
+    def notices(self) -> list[str]:
+        if self.has_sacct:
+            return []
+        return ["[yellow]sacct not found: job ends are judged from squeue, job logs and run files[/yellow]"]
+
     def unanswered(self) -> tuple[float, str] | None:
         if self.unanswered_since is None:
             return None

@@ -56,6 +56,8 @@ def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None 
         runs = {r.name: r for r in load_runs(exp)}
         selected = [r.name for r in select_runs(list(runs.values()), names)]
         sweep = Sweep(exp, book, ex, runs, view_for(ex, console or Console()), dry_run)
+        for notice in ex.notices():
+            sweep.view.say(notice)
         try:
             return _run(sweep, selected, force, wait)
         finally:
@@ -70,7 +72,7 @@ def _run(sweep: Sweep, selected: list[str], force: bool, wait: bool) -> dict[str
     with claims.experiment_lock(sweep.exp):  # before torch is imported: a second coordinator skips at once
         _look(sweep, None)
         sweep.queue += pending(sweep, selected, force)
-    followed = {name for name in selected if sweep.open_jobs([name])} if wait else set()
+    followed = {j.run for j in sweep.open_jobs(selected)} if wait else set()
     if not sweep.queue:
         sweep.view.say("nothing to {}: every selected run is completed, queued, running or claimed by another "
                        "coordinator", "submit" if sweep.ex.detached else "run")
