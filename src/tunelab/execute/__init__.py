@@ -1,1 +1,1 @@
-"""Executors: hand run directories to something that runs them (local subprocesses; SLURM later)."""
+"""Executors: hand run directories to something that runs them (local processes, Slurm) behind one interface."""

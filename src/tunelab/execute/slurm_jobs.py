@@ -1,6 +1,6 @@
 """Slurm job scripts of a run, rendered from its run.yaml (jinja2 templates in tunelab/scaffold/templates/).
 
-`job.sbatch` trains (`tunelab train run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
+`job.sbatch` trains (`python -m tunelab.train.job run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
 controls get only `eval.sbatch`. The scripts hold nothing that run.yaml does not: they are
 rendered again before every submission, never patched.
 """

@@ -1,7 +1,7 @@
 """Node jobs (`resources.slurm.pack: node`): one Slurm job holds a node's GPUs and runs a group of runs on
 them — the lab's "mega job" — instead of one job per run.
 
-Inside the job, `tunelab pack-job` trains the group with the local executor's scheduler (execute/local.py:
+Inside the job, `tunelab pack-job` trains the group with the local executor's scheduler (execute/local_jobs.py and execute/schedule.py:
 longest first, CUDA_VISIBLE_DEVICES per run, runs_per_gpu), then evaluates them, leaving the ledger's jobs
 to the coordinator. To the coordinator each run of the group has a train and an eval job row with the
 node job's id: polled, cancelled and judged (from each run's own files) like any job; a run that did not

@@ -1,6 +1,6 @@
 """The fully resolved per-run config (run.yaml): the single source of truth for one run.
 
-The job script only calls `tunelab train run.yaml`; training and evaluation read everything from
+The job script only calls `python -m tunelab.train.job run.yaml`; training and evaluation read everything from
 here. A retry writes a new run.yaml (attempt + 1); nothing ever patches it with regexes.
 """
 

@@ -1,7 +1,7 @@
 """Names in a run directory and the run states: the one place that says where the job writes what.
 
 <run_dir>/
-  run.yaml             the resolved run (runconfig.py)
+  run.yaml             the resolved run (rundir/config.py)
   status.json          Status, replaced atomically at every change (status.py)
   metrics.jsonl        one MetricRow per log or validation (metrics.py)
   summary.json         Summary, written once the run completed (summary.py)
