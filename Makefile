@@ -41,6 +41,7 @@ demo-smollm2: $(SMOLLM2STAMP)
 
 test: $(DEVSTAMP)
 	$(BIN)/ruff check --select F,E9 src tests
+	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)

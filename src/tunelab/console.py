@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 from typing import Any, Iterable
 
-from rich.console import Console, RenderableType
+from rich.console import Console, OverflowMethod, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TimeElapsedColumn
 from rich.protocol import is_renderable
 from rich.table import Table
@@ -82,12 +82,16 @@ def cell(value: Any) -> RenderableType:
     return value if is_renderable(value) else Text(str(value))
 
 
-def data_table(columns: Iterable[Any], rows: Iterable[Iterable[Any]], title: Any = None,
-               overflow: str | None = None, **options: Any) -> Table:
-    """A rich table whose title, headers and cells are all `cell`s. overflow: of every column (e.g. "fold")."""
-    table = Table(title=cell(title) if title is not None else None, **options)
+def data_table(columns: Iterable[Any], rows: Iterable[Iterable[Any]], title: str | Text | None = None,
+               overflow: OverflowMethod | None = None, **options: Any) -> Table:
+    """A rich table whose title (plain text or a Text), headers and cells are all `cell`s. overflow: of every
+    column (e.g. "fold")."""
+    table = Table(title=Text(title) if isinstance(title, str) else title, **options)
     for col in columns:
-        table.add_column(cell(col), **({"overflow": overflow} if overflow else {}))
+        if overflow:
+            table.add_column(cell(col), overflow=overflow)
+        else:
+            table.add_column(cell(col))
     for row in rows:
         table.add_row(*map(cell, row))
     return table

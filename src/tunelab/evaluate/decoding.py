@@ -126,7 +126,7 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
         TopPLogitsWarper,
     )
 
-    warpers = [TemperatureLogitsWarper(sampling.temperature)]
+    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(sampling.temperature)]
     warpers += [TopKLogitsWarper(sampling.top_k)] if sampling.top_k is not None else []
     warpers += [TopPLogitsWarper(sampling.top_p)] if sampling.top_p is not None else []
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]

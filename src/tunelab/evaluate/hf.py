@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
 from tunelab.faults import kill_point
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 _GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
 _GATHER_QUIET_S = 0.02  # stop gathering once no request arrived for this long
@@ -60,17 +65,21 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        model: PreTrainedModel | PeftModel = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         if adapter_path is not None:
             from peft import PeftModel
 
-            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # transformers types the input embeddings as any nn.Module; a causal LM's are an nn.Embedding
+            embeddings = cast("torch.nn.Embedding", model.get_input_embeddings())
+            if len(tokenizer) > embeddings.num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))
             model = PeftModel.from_pretrained(model, str(adapter_path))
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(device)
+    # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), which mypy reads as an unbound
+    # function (the device taken for `self`)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
 

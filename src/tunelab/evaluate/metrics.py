@@ -7,9 +7,12 @@ undefined on the data is NaN, which scores.json stores as null.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from inspect_ai.scorer import Metric, SampleScore, metric
 
+from tunelab.errors import TunelabError
 # Which metrics are fractions or lower-is-better: defined in kinds.py (light), re-exported here.
 from tunelab.evaluate.kinds import FRACTIONS, LOWER_IS_BETTER  # noqa: F401
 # The math itself (no inspect-ai), re-exported for the tasks and their tests.
@@ -25,13 +28,21 @@ from tunelab.stats.metrics import (  # noqa: F401
 
 
 # ---------------------------------------------------------------- inspect-ai metrics
+def _meta(s: SampleScore) -> dict[str, Any]:
+    """What the built-in scorer put in the score's metadata (it always puts some)."""
+    if s.score.metadata is None:
+        raise TunelabError(f"sample {s.sample_id}: the score has no metadata (not a score of a built-in scorer)")
+    return s.score.metadata
+
+
 def choice_arrays(scores: list[SampleScore]) -> tuple[np.ndarray, list[int], list[str], list[str], list[str]]:
     """(probabilities with columns in sorted-label order, true index, labels, targets, predictions)."""
-    labels = sorted(scores[0].score.metadata["probs"]) if scores else []
-    probs = np.array([[s.score.metadata["probs"][lab] for lab in labels] for s in scores], float).reshape(
+    metas = [_meta(s) for s in scores]
+    labels = sorted(metas[0]["probs"]) if metas else []
+    probs = np.array([[m["probs"][lab] for lab in labels] for m in metas], float).reshape(
         len(scores), len(labels))
-    targets = [s.score.metadata["target"] for s in scores]
-    preds = [s.score.metadata["prediction"] for s in scores]
+    targets = [m["target"] for m in metas]
+    preds = [m["prediction"] for m in metas]
     return probs, [labels.index(t) for t in targets], labels, targets, preds
 
 
@@ -84,8 +95,8 @@ def roc_auc() -> Metric:
 
 def _regression_metric(name: str) -> Metric:
     def compute(scores: list[SampleScore]) -> float:  # typed: inspect reads the annotation
-        return regression_of([s.score.metadata["target"] for s in scores],
-                             [s.score.metadata["prediction"] for s in scores])[name]
+        metas = [_meta(s) for s in scores]
+        return regression_of([m["target"] for m in metas], [m["prediction"] for m in metas])[name]
 
     return compute
 

@@ -166,7 +166,7 @@ class TunelabModelAPI(ModelAPI):
         n = config.num_choices or 1
         seeds = [row_seed(sampling.seed, ids, i, current_sample()) for i in range(n)] if sampling else []
         if sampling:
-            gens = [None] * n
+            gens: list[Generation | None] = [None] * n
 
             async def one(i: int) -> None:
                 gens[i] = await self._batcher.submit(ids, settings, seeds[i])

@@ -136,8 +136,9 @@ def choice_options(spec: TaskSpec, examples: list[Example], split: list[Example]
     return options
 
 
-def choice_metrics(n_options: int) -> list[Metric]:
-    out = [accuracy(), m.balanced_accuracy(), m.macro_f1(), m.ece(), m.brier()]
+def choice_metrics(n_options: int) -> list[Metric | dict[str, list[Metric]]]:
+    """The metrics of a choice task, in the form Task(metrics=...) takes."""
+    out: list[Metric | dict[str, list[Metric]]] = [accuracy(), m.balanced_accuracy(), m.macro_f1(), m.ece(), m.brier()]
     return out + [m.roc_auc()] if n_options == 2 else out
 
 

@@ -284,10 +284,11 @@ def resolution_steps(data: ReportData, f: Findings) -> list[str]:
                      f"samples ({top.name} − {f.runner_up.name}: {diff_text(d, metric)}); "
                      + _more_data(d, metric, d.n, replicated(data)) + ".")
     for eff in f.effects:
-        d = eff.diff
-        if eff.metric == "score" and eff.task == head.name and d is not None and d.known and not d.resolved:
+        d, best, worst = eff.diff, eff.best, eff.worst
+        if eff.metric == "score" and eff.task == head.name and d is not None and d.known and not d.resolved \
+                and best is not None and worst is not None:
             steps.append(f"The choice of {eff.factor} hinges on a difference the data cannot resolve on {eff.task} "
-                         f"({eff.best.level} − {eff.worst.level}: {diff_text(d, metric)}); "
+                         f"({best.level} − {worst.level}: {diff_text(d, metric)}); "
                          + _more_data(d, metric, d.n, replicated(data)) + ".")
     return steps
 

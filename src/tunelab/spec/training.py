@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunelab.errors import TunelabError
 from tunelab.spec.base import _Strict
 
 
@@ -92,6 +93,9 @@ class TrainingConfig(_Strict):
         if v is None or isinstance(v, int):
             return v, None
         m = _DURATION.match(v)
+        if m is None:  # the validator admits only durations; a model built without validation may not
+            raise TunelabError(f"checkpoint_every {v!r}: give optimizer steps (200) or a duration such as "
+                               "'30min', '2h', '90s'")
         return None, float(m.group(1)) * _UNIT_S[m.group(2)]
 
     @property

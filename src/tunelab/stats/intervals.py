@@ -61,7 +61,7 @@ def arrays_interval(arr: SampleArrays, metric: str, seed: int = BOOTSTRAP_SEED,
         return None
     x = per_sample(arr, metric)
     if metric in PROPORTIONS and is_binary(x):
-        return wilson(int(x.sum()), len(x), confidence)  # type: ignore[union-attr]
+        return wilson(int(x.sum()), len(x), confidence)
     resamples = resamples or (BOOTSTRAP_RESAMPLES if vectorized(metric) else ROW_RESAMPLES)
     if x is not None:  # a mean of per-sample numbers, computed once
         return bootstrap_indices(len(x), lambda idx: x[idx].mean(axis=-1), seed=seed, resamples=resamples,

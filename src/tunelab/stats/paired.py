@@ -93,8 +93,9 @@ def paired_difference(a: list[list[SampleValue]], b: list[list[SampleValue]], me
         return None
 
     xs_a, xs_b = [per_sample(x, metric) for x in side_a], [per_sample(x, metric) for x in side_b]
-    if all(x is not None for x in xs_a + xs_b):  # a mean of per-sample numbers: resample their differences
-        d = np.mean(xs_a, axis=0) - np.mean(xs_b, axis=0)
+    per_a, per_b = [x for x in xs_a if x is not None], [x for x in xs_b if x is not None]
+    if len(per_a) == len(xs_a) and len(per_b) == len(xs_b):  # a mean of per-sample numbers: resample their differences
+        d = np.mean(per_a, axis=0) - np.mean(per_b, axis=0)
 
         def stat(idx: np.ndarray) -> np.ndarray:
             return d[idx].mean(axis=-1)
@@ -104,7 +105,7 @@ def paired_difference(a: list[list[SampleValue]], b: list[list[SampleValue]], me
                     - np.mean([batch_metric(x, metric, idx) for x in side_b], axis=0))
 
     if metric == "accuracy" and len(side_a) == len(side_b) == 1 and is_binary(xs_a[0]) and is_binary(xs_b[0]):
-        low, high, p, m = mcnemar_difference(xs_a[0].astype(int), xs_b[0].astype(int), confidence)  # type: ignore
+        low, high, p, m = mcnemar_difference(xs_a[0].astype(int), xs_b[0].astype(int), confidence)
         return Difference(metric, estimate, low, high, n, f"exact McNemar on {m} discordant of {n} test samples",
                           p, confidence)
     resamples = BOOTSTRAP_RESAMPLES if vectorized(metric) else ROW_RESAMPLES

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -41,10 +42,12 @@ class SampleArrays:
 def arrays(samples: list[SampleValue]) -> SampleArrays:
     rows = sorted(samples, key=lambda s: (str(type(s.id)), s.id))
     values = np.array([math.nan if s.value is None else s.value for s in rows], float)
-    probs, labels = None, []
-    if rows and all(s.probs for s in rows):
-        labels = sorted(rows[0].probs)  # type: ignore[arg-type]
-        probs = np.array([[s.probs[lab] for lab in labels] for s in rows], float)  # type: ignore[index]
+    probs: np.ndarray | None = None
+    labels: list[str] = []
+    dists = [s.probs for s in rows if s.probs]
+    if rows and len(dists) == len(rows):  # every sample has its options' probabilities
+        labels = sorted(dists[0])
+        probs = np.array([[d[lab] for lab in labels] for d in dists], float)
     return SampleArrays([s.id for s in rows], values, [s.target for s in rows], [s.prediction for s in rows],
                         probs, labels)
 
@@ -156,5 +159,5 @@ def vectorized(metric: str) -> bool:
                                                   "macro_f1")
 
 
-def is_binary(x: np.ndarray | None) -> bool:
+def is_binary(x: np.ndarray | None) -> TypeGuard[np.ndarray]:
     return x is not None and len(x) > 0 and bool(np.isin(x, (0.0, 1.0)).all())

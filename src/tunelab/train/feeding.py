@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.train.dataloading import TimedIterator
 from tunelab.train.ordering import FixedOrderSampler, append_order, order_record, record_draws
 
+if TYPE_CHECKING:
+    from transformers import TrainerState, TrainingArguments
+
 
 def _innermost_sampler(dataloader) -> Any:
     """The index sampler under accelerate's wrappers (a BatchSamplerShard in a distributed run)."""
-    bs = getattr(dataloader, "batch_sampler", None)
+    bs: Any = getattr(dataloader, "batch_sampler", None)
     while getattr(bs, "batch_sampler", None) is not None and bs.batch_sampler is not bs:
         bs = bs.batch_sampler
     return getattr(bs, "sampler", None)
@@ -34,6 +37,9 @@ class FeedingMixin:
     order_log_dir: Path | None = None
     order_spec: Any = "shuffled"
     order_tag: tuple[int, str | None] = (0, None)  # a staged run: (epochs of the stages before, this stage)
+    # the Trainer's own, which the class this mixes into has (declared here for the type checker only)
+    state: TrainerState
+    args: TrainingArguments
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         return super().get_batch_samples(TimedIterator(epoch_iterator, self.local.data_wait), num_batches, device)
@@ -51,6 +57,11 @@ class FeedingMixin:
         return dataloader
 
     def _record_order(self, indices: list[int]) -> None:
+        log_dir = self.order_log_dir
+        if log_dir is None:  # registered only when set (get_train_dataloader)
+            return
         offset, stage = self.order_tag
-        rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, self.args.data_seed, indices)
-        append_order(self.order_log_dir, replace(rec, stage=stage))
+        # the seed the sampler shuffled with: data_seed (the runner sets it), else the Trainer's seed, as in HF
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, seed, indices)
+        append_order(log_dir, replace(rec, stage=stage))
