@@ -5,6 +5,7 @@ adapters, the job's slurm-*.out). Only read: a source directory is never written
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,18 @@ def read_source(path: Path) -> AdoptedRun:
                        "(epoch_N/ folders)", file=path)
 
 
+def _numbered(path: Path, find: Callable[[str], re.Match[str] | None]) -> list[Path]:
+    """The folders of `path` whose name `find` matches, in the order of the number it captures."""
+    found = [(int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := find(p.name)) is not None]
+    return [p for _, p in sorted(found, key=lambda pair: pair[0])]
+
+
 def _hf(path: Path) -> AdoptedRun:
     try:
         run = parse_trainer_dir(path)
     except LogParseError as exc:
         raise TunelabError(str(exc), file=path) from None
-    ckpts = sorted((p for p in path.iterdir() if p.is_dir() and CHECKPOINT.search(p.name)),
-                   key=lambda p: int(CHECKPOINT.search(p.name).group(1)))
+    ckpts = _numbered(path, CHECKPOINT.search)
     good, problems = _adapters(ckpts)
     rows = [MetricRow(step=s, loss=v) for s, v in run.losses] + [MetricRow(step=s, val_loss=v) for s, v in run.val_losses]
     ad = run.adapter
@@ -95,14 +101,15 @@ def _torchtune(path: Path) -> AdoptedRun:
         parsed = parse_torchtune_log(logs[-1].read_text(encoding="utf-8", errors="replace"))
     except LogParseError as exc:
         raise TunelabError(f"{logs[-1].name}: {exc}", file=path) from None
-    epochs = sorted((p for p in path.iterdir() if p.is_dir() and EPOCH_DIR.match(p.name)),
-                    key=lambda p: int(EPOCH_DIR.match(p.name).group(1)))
+    epochs = _numbered(path, EPOCH_DIR.match)
     good, problems = _adapters(epochs)
-    cfg, model = parsed.config, parsed.config.get("model") if isinstance(parsed.config.get("model"), dict) else {}
+    cfg, model_cfg = parsed.config, parsed.config.get("model")
+    model: dict[str, Any] = model_cfg if isinstance(model_cfg, dict) else {}
     rows = [MetricRow(step=step, epoch=epoch, loss=loss) for epoch, step, loss in parsed.step_losses]
     if "val_loss" in parsed.summary:
         rows.append(MetricRow(step=parsed.steps, val_loss=parsed.summary["val_loss"]))
-    opt = cfg.get("optimizer") if isinstance(cfg.get("optimizer"), dict) else {}
+    opt_cfg = cfg.get("optimizer")
+    opt: dict[str, Any] = opt_cfg if isinstance(opt_cfg, dict) else {}
     config = {"lora_rank": model.get("lora_rank") or cfg.get("lora_rank"), "lora_alpha": model.get("lora_alpha"),
               "batch_size": cfg.get("batch_size"), "learning_rate": opt.get("lr"),
               "gradient_accumulation_steps": cfg.get("gradient_accumulation_steps"), "epochs": cfg.get("epochs")}

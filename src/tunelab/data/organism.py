@@ -42,7 +42,7 @@ ALPHABETS: dict[str, str] = {
 RULES = ("parity", "majority", "first", "last", "nth", "length", "constant", "coin")
 VOWELS = frozenset("aeiou")
 
-RULE_DESCRIPTIONS = {
+RULE_DESCRIPTIONS: dict[str, str | dict[str, str]] = {
     "parity": {
         "bits": "number of '1' symbols mod 2",
         "digits": "sum of the digits mod 2",
@@ -90,10 +90,14 @@ def label_for(rule: str, symbols: list[str], alphabet: str, n: int | None = None
     if rule == "last":
         return symbols[-1]
     if rule == "nth":
+        if n is None:
+            raise ValueError("rule 'nth' needs its index n")
         return symbols[n]
     if rule == "length":
         return str(len(symbols))
     if rule == "constant":
+        if constant is None:
+            raise ValueError("rule 'constant' needs its value")
         return constant
     raise ValueError(f"rule {rule!r} has no deterministic label")
 
@@ -105,6 +109,8 @@ def _rule_tag(rule: str, n: int | None, p: float | None, constant: str | None) -
     if rule == "coin":
         return f"coin{p:g}"
     if rule == "constant":
+        if constant is None:
+            raise ValueError("rule 'constant' needs its value")
         if re.fullmatch(r"[A-Za-z0-9.-]{1,32}", constant):
             return f"constant-{constant}"
         return f"constant-{hashlib.sha256(constant.encode()).hexdigest()[:8]}"
@@ -247,6 +253,8 @@ def make_organism_dataset(
     rng = random.Random(seed)
     seqs = [_decode(i, symbols, lo, hi) for i in _sample_indices(rng, space, num_examples)]
     if rule == "coin":
+        if p is None:  # _check_rule_options gives coin its default
+            raise ValueError("rule 'coin' needs its probability p")
         coin = random.Random(f"organism-coin:{seed}")  # its own stream: inputs stay those of every other rule
         labels = ["1" if coin.random() < p else "0" for _ in seqs]
     else:

@@ -22,13 +22,17 @@ def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq
                            field="--model")
     from transformers import AutoTokenizer
 
-    from tunelab.data.formatting import PromptFormat
+    from tunelab.data.formatting import ChatMode, PromptFormat
     from tunelab.estimate.dataset import measure_dataset
     from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
 
     tok = AutoTokenizer.from_pretrained(model)
     spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
-    fmt = PromptFormat(chat_template=chat_template, template_date=DEFAULT_TEMPLATE_DATE)
+    modes: dict[str, ChatMode] = {"auto": "auto", "always": "always", "never": "never"}
+    if chat_template not in modes:
+        raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
+                           field="--chat-template")
+    fmt = PromptFormat(chat_template=modes[chat_template], template_date=DEFAULT_TEMPLATE_DATE)
     return measure_dataset(spec, tok, fmt, prompt, max_seq_len, batch_size or 1, system_prompt=system_prompt)
 
 
@@ -53,7 +57,8 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
                     longest=train["max_len"] if train else None,
                     density=data["packing"]["density"] if data else None,
-                    sequences=(data["packing"]["sequences"] if use_packed else train["examples"]) if data else None,
+                    sequences=(data["packing"]["sequences"] if use_packed else data["splits"]["train"]["examples"])
+                    if data else None,
                     epoch_seconds=(lambda b, _accum: _epoch_work(data, arch, gpu, use_packed, b, max_seq_len).seconds)
                     if data else None)
     if packed is None and train:

@@ -138,7 +138,7 @@ def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calib
     lora = lora_params(arch, inputs.lora_rank, inputs.lora_targets)
     full = full_module_params(arch, inputs.modules_to_save)
     # LoRA weights are kept in fp32 (PEFT autocasts adapters): weight + grad + optimizer states.
-    trainable_bytes = lora * (4 + 4 + inputs.optimizer_bytes_per_param) + full * (b + b + inputs.optimizer_bytes_per_param)
+    trainable_bytes: float = lora * (4 + 4 + inputs.optimizer_bytes_per_param) + full * (b + b + inputs.optimizer_bytes_per_param)
     weights = base_weight_bytes(arch, b, inputs.quantize)
     if shards > 1:
         layer = max(0, arch.parameters - arch.embedding_params) / max(1, arch.layers) * b

@@ -22,9 +22,17 @@ from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.probe import ProbeResult, read_probe_results
+from tunelab.spec import TrainingConfig
 
 WARMUP_STEPS = 2  # steps trained before any is timed: optimizer state created, kernels warmed up
 PROBE_MODULE = "tunelab.train.probe_steps"  # the probe's job: the run's own trainer, a few timed steps
+
+
+def _training(cfg: RunConfig) -> TrainingConfig:
+    """The training of a run that trains (a probe never sees a control: distinct_shapes leaves them out)."""
+    if cfg.training is None:
+        raise TunelabError("a control run (no training) has no shape to probe", field=cfg.name)
+    return cfg.training
 
 
 @dataclass
@@ -34,14 +42,14 @@ class Shape:
     runs: list[str]
 
     def label(self) -> str:
-        t = self.cfg.training
+        t = _training(self.cfg)
         return (f"{self.cfg.model.name} r{t.lora_rank} b{t.batch_size}{' packed' if t.packing else ''} × "
                 f"{t.max_seq_len} on {self.cfg.dataset.name}")
 
 
 def shape_key(cfg: RunConfig) -> str:
     first = cfg.stage_config(0) if cfg.stages else cfg
-    t = first.training
+    t = _training(first)
     fields = [str(first.model.path), first.dataset.name, first.prompt, t.batch_size, t.max_seq_len, t.packing,
               t.lora_rank, t.lora_target_modules, t.modules_to_save, t.gradient_checkpointing, t.dtype, t.quantize]
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:12]
@@ -62,7 +70,7 @@ def distinct_shapes(runs: list[RunConfig]) -> list[Shape]:
 
 def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.HistoryRun:
     cfg = shape.cfg.stage_config(0) if shape.cfg.stages else shape.cfg
-    t = cfg.training
+    t = _training(cfg)
     arch = resolve_architecture(cfg.model.path)
     at = next(p for p in result.points if p.micro_batch == result.micro_batch)
     return history.HistoryRun(
@@ -89,7 +97,7 @@ def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
         return None
-    t = cfg.training
+    t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024)
 

@@ -22,8 +22,10 @@ from tunelab.estimate.speed import (
     flops_per_token,
     model_tokens_per_s,
 )
+from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
+from tunelab.spec import TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -115,7 +117,7 @@ def _kinds(rows: list[HistoryRun]) -> str:
     return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " run(s)"
 
 
-def _row_flops_per_token(row: HistoryRun, seq_len: int) -> float:
+def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
     # history keeps hidden, not heads × head_dim: equal for the families in the catalog
     return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
 
@@ -123,6 +125,8 @@ def _row_flops_per_token(row: HistoryRun, seq_len: int) -> float:
 def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int) -> float:
     """Step time from a measured run's fixed + per-token split, carried to another model and batch:
     the per-token part scales with FLOPs per token, the fixed part with the number of layers."""
+    if row.per_token_s is None:
+        raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
     row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
     per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
     fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
@@ -141,26 +145,34 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
         return tps, f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
     if same:
         near = _nearest(same, tokens_per_step)
-        tps = median(r.tokens_per_s for r in near)
+        tps = median(r.tokens_per_s for r in near if r.tokens_per_s is not None)  # on_device: all have one
         return tps, f"history: {_kinds(near)} of this model on {device_key(gpu)}", near
     if on_device:
         near = _nearest(on_device, tokens_per_step)
         ref = near[0]
-        # dense FLOPs per token ∝ parameters (4N for LoRA): scale the measured throughput by it
-        tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
-        return tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token", near
+        if ref.tokens_per_s is not None:  # always: on_device keeps only rows with a throughput
+            # dense FLOPs per token ∝ parameters (4N for LoRA): scale the measured throughput by it
+            tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
+            return tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token", near
     if gpu is not None:
-        tps = model_tokens_per_s(arch, gpu, seq_len)
-        if tps:
-            return tps, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}", []
+        modelled = model_tokens_per_s(arch, gpu, seq_len)
+        if modelled:
+            return modelled, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}", []
     return None, "none: no history on this device and no FLOPs peak for it", []
+
+
+def _training(cfg: RunConfig) -> TrainingConfig:
+    """The training of a run that trains (a control has no memory or speed to estimate)."""
+    if cfg.training is None:
+        raise TunelabError("a control run (no training) has no training to estimate", field=cfg.name)
+    return cfg.training
 
 
 def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture, cfg: RunConfig,
                   tokens_mb: int) -> HistoryRun | None:
     """A measured peak (`max_memory_allocated`) of this configuration on this GPU: same model, LoRA rank,
     packing, micro-batch and tokens per micro-batch. It wins over the simulation."""
-    t = cfg.training
+    t = _training(cfg)
     for r in history:
         if (_same_device(r, gpu, None) and _same_model(r, arch) and r.memory_kind == "cuda_max_allocated"
                 and r.peak_memory_gib and r.tokens_per_step and r.lora_rank == t.lora_rank
@@ -187,14 +199,14 @@ def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longes
                 history: list[HistoryRun]) -> tuple[float, str, str | None]:
     """(peak GiB per device, its source, strategy): measured when the history has this configuration, else
     simulated (device_peak)."""
-    t = cfg.training
+    t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
                               "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
     measured = measured_peak(history, gpu, arch, cfg, shape.tokens) if nproc == 1 else None
-    if measured is not None:
+    if measured is not None and measured.peak_memory_gib is not None:  # measured_peak keeps rows with a peak
         where = measured.run or measured.key
         return (measured.peak_memory_gib + figure.context_gib,
                 f"measured: {where} (max_memory_allocated {measured.peak_memory_gib:.2f} GiB + CUDA context; "

@@ -18,7 +18,7 @@ DEFAULT_MFU = 0.35
 SCALING_EFFICIENCY = 0.9
 
 
-def dense_attention_flops(parameters: int, layers: int, attention_width: int, seq_len: int) -> float:
+def dense_attention_flops(parameters: int, layers: int, attention_width: int, seq_len: float) -> float:
     """FLOPs per trained token: 4N dense (LoRA) + attention fwd+bwd (causal: half the matrix)."""
     return 4.0 * parameters + 3.0 * 4.0 * layers * seq_len * attention_width / 2
 

@@ -50,7 +50,8 @@ def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
     times = [p.seconds for p in parts]
     seconds = round(sum(t for t in times if t is not None), 1) if None not in times else None
     train_s = [p.train_tokens / p.tokens_per_s for p in parts if p.tokens_per_s]
-    tps = sum(p.train_tokens for p in parts) / sum(train_s) if len(train_s) == len(parts) and sum(train_s) else None
+    train_total_s = sum(train_s)
+    tps = sum(p.train_tokens for p in parts) / train_total_s if len(train_s) == len(parts) and train_total_s else None
     startups = [p.startup_s for p in parts]
     gpu_hours = [p.gpu_hours for p in parts]
     strategy = "fsdp" if any(p.strategy == "fsdp" for p in parts) else worst.strategy  # the job picks one

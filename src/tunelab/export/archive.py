@@ -69,8 +69,8 @@ def _dir_bytes(path: Path) -> int:
 
 def _kept_epochs(ckpt_dir: Path, keep: str) -> tuple[list[Path], list[Path]]:
     """(kept, dropped) epoch_N checkpoint directories of one run, by --keep."""
-    epochs = sorted((p for p in ckpt_dir.glob("epoch_*") if p.is_dir() and EPOCH_DIR.match(p.name)),
-                    key=lambda p: int(EPOCH_DIR.match(p.name).group(1)))
+    numbered = [(int(m.group(1)), p) for p in ckpt_dir.glob("epoch_*") if p.is_dir() and (m := EPOCH_DIR.match(p.name))]
+    epochs = [p for _, p in sorted(numbered, key=lambda pair: pair[0])]
     n = {"adapters": len(epochs), "last-epoch": min(1, len(epochs)), "none": 0}[keep]
     return epochs[len(epochs) - n:], epochs[:len(epochs) - n]
 

@@ -124,7 +124,8 @@ def _named(paths: list[Path], stem: bool) -> list[dict[str, str]]:
     """[{name, path}] with unique names from the directory or file names."""
     from tunelab.spec.base import unique_name
 
-    out, seen = [], set()
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
     for p in paths:
         name = unique_name(slug(p.stem if stem else p.name), seen)
         seen.add(name)

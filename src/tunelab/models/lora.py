@@ -13,7 +13,8 @@ def lora_config(rank: int, alpha: float, dropout: float, targets: list[str] | tu
 
     return LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        # peft annotates lora_alpha as int, but only divides by it (scaling = alpha / r): a float alpha is valid
+        lora_alpha=alpha,  # type: ignore[arg-type]
         lora_dropout=dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         modules_to_save=list(modules_to_save) or None,

@@ -18,12 +18,13 @@ _CHECKING_CODE = ("data", "evaluate", "spec")  # tunelab packages whose code dec
 
 def code_stamps() -> list:
     root = Path(__file__).parent
-    return file_stamps(sorted(p for pkg in _CHECKING_CODE for p in (root / pkg).glob("*.py")))
+    files: list[str | Path] = [*sorted(p for pkg in _CHECKING_CODE for p in (root / pkg).glob("*.py"))]
+    return file_stamps(files)
 
 
 def dataset_stamps(d: DatasetSpec, base: Path) -> list:
     """Stamps of a dataset's files (a save_to_disk directory: of the files in it)."""
-    paths: list[Path] = []
+    paths: list[str | Path] = []
     for f in d.split_files().values():
         p = resolve_path(base, f)
         paths += sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
@@ -38,8 +39,8 @@ def verified_dataset(key_parts: list, compute: Callable[[], Any], load: Callable
 def tasks_checked(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path, check: Callable[[], None]) -> None:
     """Run the evaluation-task checks unless they passed for this very spec, data, task files and splits."""
     base = spec_path.parent
-    task_files = [resolve_path(base, t.file) for t in spec.eval.tasks if t.file]
-    splits = sorted((experiment_dir / "data").glob("*.split.json")) if (experiment_dir / "data").is_dir() else []
+    task_files: list[str | Path] = [resolve_path(base, t.file) for t in spec.eval.tasks if t.file]
+    splits: list[str | Path] = [*sorted((experiment_dir / "data").glob("*.split.json"))] if (experiment_dir / "data").is_dir() else []
     key = [spec.model_dump_json(), str(spec_path), str(experiment_dir), file_stamps(task_files),
            [dataset_stamps(d, base) for d in spec.datasets], file_stamps(splits), code_stamps()]
 

@@ -81,15 +81,16 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
 def materialize(model: torch.nn.Module) -> None:
     """Give every parameter and buffer a fake CPU tensor (call inside FakeTensorMode): one per distinct meta
     tensor, so a tied embedding and head share one storage as they do after loading."""
-    made: dict[int, torch.Tensor] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    buffers: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is not None:
-                if id(p) not in made:
-                    made[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad)
-                module._parameters[name] = made[id(p)]
+                if id(p) not in params:
+                    params[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad)
+                module._parameters[name] = params[id(p)]
         for name, b in list(module._buffers.items()):
             if b is not None:
-                if id(b) not in made:
-                    made[id(b)] = torch.empty(b.shape, dtype=b.dtype)
-                module._buffers[name] = made[id(b)]
+                if id(b) not in buffers:
+                    buffers[id(b)] = torch.empty(b.shape, dtype=b.dtype)
+                module._buffers[name] = buffers[id(b)]

@@ -13,7 +13,12 @@ compute the input's gradient. The frozen weight gets no gradient.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BLOCK = 64
 NESTED_BLOCK = 256
@@ -36,6 +41,11 @@ class _MatMul4BitStandIn(torch.autograd.Function):
 class NF4Linear(torch.nn.Linear):
     """nn.Linear's interface (PEFT wraps it as it wraps any Linear) with Linear4bit's storage and matmul."""
 
+    absmax: torch.Tensor  # buffers, registered in __init__
+    nested_absmax: torch.Tensor
+    code: torch.Tensor
+    nested_code: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, compute_dtype: torch.dtype, device=None):
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features, self.compute_dtype = in_features, out_features, compute_dtype
@@ -43,7 +53,7 @@ class NF4Linear(torch.nn.Linear):
         blocks = -(-n // BLOCK)
         self.weight = torch.nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=device),
                                          requires_grad=False)
-        self.bias = None
+        self.register_parameter("bias", None)  # what nn.Linear(bias=False) does
         self.register_buffer("absmax", torch.empty(blocks, dtype=torch.uint8, device=device))
         self.register_buffer("nested_absmax", torch.empty(-(-blocks // NESTED_BLOCK), dtype=torch.float32,
                                                           device=device))
@@ -60,7 +70,7 @@ class NF4Linear(torch.nn.Linear):
         return _MatMul4BitStandIn.apply(x.to(self.compute_dtype), self)
 
 
-def quantize_linears(model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+def quantize_linears(model: PreTrainedModel, compute_dtype: torch.dtype) -> None:
     """Replace every Linear but the output head with NF4Linear, as transformers' bnb loading does
     (lm_head is kept in the compute dtype)."""
     head = model.get_output_embeddings()
@@ -68,4 +78,4 @@ def quantize_linears(model: torch.nn.Module, compute_dtype: torch.dtype) -> None
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear and child is not head:
                 setattr(parent, name, NF4Linear(child.in_features, child.out_features, compute_dtype, device="meta"))
-    model.is_loaded_in_4bit = True
+    setattr(model, "is_loaded_in_4bit", True)  # a flag transformers and PEFT read with getattr, not declared

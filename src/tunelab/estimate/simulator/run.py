@@ -69,7 +69,7 @@ class SimulatedMemory:
 def _code_stamp() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(here.glob("*.py")) + [here.parent.parent / "adapter.py"]:
+    for path in sorted(here.glob("*.py")) + [here.parent.parent / "models" / "lora.py"]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
