@@ -63,6 +63,10 @@ class TrainingConfig(_Strict):
         "shuffled", description="Order examples are fed in each epoch: shuffled (seeded by `seed`), as_given "
         "(the file's order), by_length (shortest first), {by_field: NAME} (ascending); recorded per epoch in "
         "data_order.jsonl.")
+    attention: Literal["auto", "varlen", "flex_attention", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="The attention kernel the run trains with. auto: per-sequence variable-length attention "
+        "for packed rows (never a dense mask over the whole packed row), SDPA's fused kernels for unpacked ones; "
+        "resolved once per run into run.yaml. sdpa/eager with packing build the dense (batch x length)^2 mask.")
     quantize: Literal["4bit"] | None = Field(
         None, description="4bit: QLoRA, the base loaded in 4-bit NF4 (bitsandbytes, GPU only; the `qlora` extra).")
 
