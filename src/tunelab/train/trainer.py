@@ -38,7 +38,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype,
+    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, attn_implementation=attention_of(cfg),
                                                       **quantize.load_kwargs(t.quantize, dtype))
     model = quantize.prepare(model, t.quantize, t.gradient_checkpointing)  # QLoRA: peft's k-bit preparation
     train_ds, val_ds = build_datasets(cfg, tokenizer)
@@ -63,6 +63,23 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     trainer.fixed_order, trainer.order_spec = order_for(t, cfg, trainer.train_dataset), t.order
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
     return trainer, train_ds, val_ds
+
+
+def attention_of(cfg: RunConfig) -> str:
+    """The `attn_implementation` of the run's resolved attention (run.yaml's training.attention; `auto` is resolved
+    here as plan resolves it), tunelab's varlen function registered with transformers when it is the one."""
+    import json
+
+    from tunelab.models.attention import AttentionKind, register_attention, resolve_attention
+
+    t = cfg.training
+    assert t is not None
+    config_file = Path(cfg.model.path) / "config.json"
+    model_config = json.loads(config_file.read_text()) if config_file.is_file() else None
+    choice = resolve_attention(t.attention, t.packing, model_config)
+    if choice.kind is AttentionKind.VARLEN:
+        register_attention()
+    return choice.implementation
 
 
 def build_datasets(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any | None]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tunelab.models.attention import AttentionKind, register_attention
 from tunelab.models.lora import lora_config
 from tunelab.estimate.simulator.attention import flash_attention_2
 from tunelab.estimate.simulator.qlora import quantize_linears
@@ -53,6 +54,8 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
     if attention == "flash_attention_2":
         _register_flash()
         attention = FLASH_NAME
+    elif attention == AttentionKind.VARLEN:  # the job's own function; run under as_if_on("cuda") (run.py)
+        attention = register_attention()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
     if c.quantize == "4bit":

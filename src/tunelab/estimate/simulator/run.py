@@ -151,11 +151,12 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
     from tunelab.estimate.simulator.tracker import StorageTracker
+    from tunelab.models.varlen import as_if_on
 
     quiet_known_library_warnings()
     model = build_on_meta(model_config, c)
     tracker = StorageTracker(uniform=not shape.needs_mask)
-    with gpu_kernels(), FakeTensorMode(allow_non_fake_inputs=True), tracker:
+    with gpu_kernels(), as_if_on("cuda"), FakeTensorMode(allow_non_fake_inputs=True), tracker:
         materialize(model)
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
         layer = _largest_layer_bytes(model)

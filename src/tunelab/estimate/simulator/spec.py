@@ -4,10 +4,13 @@ Frozen and hashable: the cache key is made of these and the model's config.json.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-Attention = Literal["sdpa", "eager", "flash_attention_2"]
-ATTENTIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
+if TYPE_CHECKING:
+    import torch
+
+Attention = Literal["varlen", "sdpa", "eager", "flash_attention_2"]
+ATTENTIONS: tuple[str, ...] = ("varlen", "sdpa", "eager", "flash_attention_2")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,15 @@ class StepShape:
     @property
     def tokens(self) -> int:
         return self.micro_batch * self.seq_len
+
+    def cu_seqlens(self) -> torch.Tensor:
+        """Packed rows' boundaries as TRL's collator gives them to varlen kernels: a real tensor even inside
+        fake-tensor mode (a fallback path reads the lengths), worst case: every row full."""
+        import torch
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():
+            return torch.arange(0, self.tokens + 1, self.seq_len, dtype=torch.int32)
 
     @property
     def needs_mask(self) -> bool:

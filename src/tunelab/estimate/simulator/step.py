@@ -60,9 +60,10 @@ def _in_place_kernel(*args: Any, **kwargs: Any) -> None:
 
 def make_inputs(shape: StepShape) -> dict[str, torch.Tensor]:
     """The collator's output for one micro-batch (token values do not matter, shapes do)."""
-    if shape.packed:
+    if shape.packed:  # TRL's padding-free collator: one row, position ids, and the boundaries for varlen kernels
         ids = torch.zeros(1, shape.tokens, dtype=torch.long)
-        return {"input_ids": ids, "labels": torch.zeros_like(ids), "position_ids": torch.zeros_like(ids)}
+        return {"input_ids": ids, "labels": torch.zeros_like(ids), "position_ids": torch.zeros_like(ids),
+                "cu_seq_lens_q": shape.cu_seqlens(), "max_length_q": shape.seq_len}
     ids = torch.zeros(shape.micro_batch, shape.seq_len, dtype=torch.long)
     return {"input_ids": ids, "labels": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids)}
 
