@@ -51,7 +51,8 @@ def shape_key(cfg: RunConfig) -> str:
     first = cfg.stage_config(0) if cfg.stages else cfg
     t = _training(first)
     fields = [str(first.model.path), first.dataset.name, first.prompt, t.batch_size, t.max_seq_len, t.packing,
-              t.lora_rank, t.lora_target_modules, t.modules_to_save, t.gradient_checkpointing, t.dtype, t.quantize]
+              t.lora_rank, t.lora_target_modules, t.modules_to_save, t.gradient_checkpointing, t.dtype, t.quantize,
+              t.attention, t.lora_dropout]  # everything memory and speed depend on (estimate/measured.py)
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:12]
 
 
@@ -82,10 +83,22 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         tokens_per_step=at.tokens, tokens_per_s=result.tokens_per_s, steps_per_s=round(1 / at.seconds, 4),
         per_token_s=result.per_token_s, step_fixed_s=result.fixed_s, peak_memory_gib=result.peak_memory_gib,
         memory_kind=result.memory_kind, steps=len(result.points), recorded_at=history.now_iso(),
-        lora_targets=t.lora_targets_text,
-        dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
+        dtype=_probed_dtype(t, result), processes=1, **history.training_memory_fields(t),
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
         missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch)
+
+
+def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
+    """The dtype the probe trained in: `auto` resolved for the GPU it ran on (left `auto` on a GPU the catalog
+    lacks, whose compute capability is unknown here)."""
+    from tunelab.catalog import match_gpu
+
+    if t.dtype != "auto":
+        return t.dtype
+    if result.device == "cpu":
+        return t.planned_dtype(None)
+    gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
+    return t.planned_dtype(gpu.compute_capability) if gpu is not None and gpu.compute_capability else t.dtype
 
 
 def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:

@@ -12,6 +12,7 @@ from typing import Any
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
+from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
@@ -168,20 +169,6 @@ def _training(cfg: RunConfig) -> TrainingConfig:
     return cfg.training
 
 
-def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture, cfg: RunConfig,
-                  tokens_mb: int) -> HistoryRun | None:
-    """A measured peak (`max_memory_allocated`) of this configuration on this GPU: same model, LoRA rank,
-    packing, micro-batch and tokens per micro-batch. It wins over the simulation."""
-    t = _training(cfg)
-    for r in history:
-        if (_same_device(r, gpu, None) and _same_model(r, arch) and r.memory_kind == "cuda_max_allocated"
-                and r.peak_memory_gib and r.tokens_per_step and r.lora_rank == t.lora_rank
-                and r.batch_size == t.batch_size and r.packed == t.packing
-                and abs(r.tokens_per_step / (r.gradient_accumulation_steps or 1) - tokens_mb) <= 0.02 * tokens_mb):
-            return r
-    return None
-
-
 def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
                 arch: Architecture | None = None) -> tuple[MemoryFigure, str | None]:
     """The simulated peak of one device and the strategy the run trains with on `nproc` devices: DDP (the whole
@@ -197,20 +184,20 @@ def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape
 
 def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
                 history: list[HistoryRun]) -> tuple[float, str, str | None]:
-    """(peak GiB per device, its source, strategy): measured when the history has this configuration, else
-    simulated (device_peak)."""
+    """(GiB per device that must fit, its source, strategy): simulated (device_peak), or on one process the
+    history's measured peak of exactly this configuration in place of the simulated figure it measured
+    (estimate/measured.py: an allocated peak + the simulated reserved − allocated slack + CUDA context)."""
     t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
                               "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
-    measured = measured_peak(history, gpu, arch, cfg, shape.tokens) if nproc == 1 else None
-    if measured is not None and measured.peak_memory_gib is not None:  # measured_peak keeps rows with a peak
-        where = measured.run or measured.key
-        return (measured.peak_memory_gib + figure.context_gib,
-                f"measured: {where} (max_memory_allocated {measured.peak_memory_gib:.2f} GiB + CUDA context; "
-                f"simulated {figure.required_gib:.2f})", strategy)
+    if nproc == 1:
+        row = measured_peak(history, gpu, arch, MemoryConfig.planned(t, inputs, shape.tokens))
+        measured = measured_requirement(row, figure) if row is not None else None
+        if measured is not None:
+            return round(measured[0], 2), measured[1], strategy
     return round(figure.required_gib, 2), source, strategy
 
 

@@ -13,13 +13,14 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
+from tunelab.spec import TrainingConfig
 
 log = logging.getLogger("tunelab")
 
@@ -105,6 +106,13 @@ class HistoryRun:
     missing: str | None = None  # fields the source did not have, comma-separated
     max_micro_batch: int | None = None  # probe --find-max-batch: the largest micro-batch that ran a real step
     simulated_max_micro_batch: int | None = None  # the simulator's figure for the same GPU, beside it
+    # the rest of what the peak depends on (estimate/measured.py compares every one); None: not recorded.
+    # "No quantization" and "no modules_to_save" are recorded as "none" and "", so that None means unknown.
+    quantize: str | None = None  # 4bit | none
+    attention: str | None = None  # the run's training.attention as run.yaml holds it (resolved: varlen, sdpa, ...)
+    modules_to_save: str | None = None  # comma-separated, sorted; "" for none
+    lora_dropout: float | None = None  # dropout > 0 keeps a mask per LoRA layer for the backward pass
+    processes: int | None = None  # training processes: a DDP or FSDP peak is not a one-device peak
 
     @property
     def kind(self) -> str:
@@ -215,8 +223,24 @@ def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
         final_loss=summary.final_loss,
         final_val_loss=summary.final_val_loss,
         epochs=summary.epochs,
-        lora_targets=t.lora_targets_text,
         dtype=summary.dtype,
-        gradient_checkpointing=t.gradient_checkpointing,
-        max_tokens_per_microbatch=t.batch_size * t.max_seq_len if t.packing else None,
+        max_tokens_per_microbatch=_tokens_per_microbatch(cfg, t),
+        processes=summary.world_size,
+        **training_memory_fields(t),
     )
+
+
+def training_memory_fields(t: TrainingConfig) -> dict[str, Any]:
+    """The memory-relevant fields of a run's training config, as history rows record them."""
+    return {"lora_targets": t.lora_targets_text, "gradient_checkpointing": t.gradient_checkpointing,
+            "quantize": t.quantize or "none", "attention": t.attention,
+            "modules_to_save": ",".join(sorted(t.modules_to_save)), "lora_dropout": t.lora_dropout}
+
+
+def _tokens_per_microbatch(cfg: RunConfig, t: TrainingConfig) -> int | None:
+    """The largest micro-batch's tokens: packed rows are max_seq_len long; unpacked ones are padded to the
+    longest example, which the plan measured (run.yaml's estimate); unknown without it."""
+    if t.packing:
+        return t.batch_size * t.max_seq_len
+    planned = (cfg.estimate or {}).get("tokens_per_microbatch")
+    return int(planned) if isinstance(planned, (int, float)) else None
