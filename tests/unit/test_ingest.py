@@ -51,3 +51,35 @@ def test_ingest_cli_imports_only_complete_logs(tmp_path, monkeypatch):
     # importing again replaces, never duplicates
     CliRunner().invoke(app, ["ingest", str(LOGS)])
     assert sum(1 for r in history.load() if r.run == "torchtune_ok") == 1
+
+
+def _without(lines_with: tuple[str, ...]) -> str:
+    """torchtune_ok.out with the lines holding any of `lines_with` dropped: the log a run whose wandb summary
+    lacks those counters prints."""
+    text = (LOGS / "torchtune_ok.out").read_text()
+    return "\n".join(ln for ln in text.splitlines() if not any(s in ln for s in lines_with)) + "\n"
+
+
+@pytest.mark.parametrize("dropped, peak, kind", [
+    ((), 5.12, "cuda_max_allocated"),
+    (("peak_memory_alloc",), 6.01, "cuda_max_reserved"),  # the planner compares it with the simulated reserved
+    (("peak_memory_alloc", "peak_memory_reserved"), 5.12, "cuda_max_active"),  # recorded, never priced with
+])
+def test_the_training_peak_comes_from_whichever_counter_the_log_has(tmp_path, monkeypatch, dropped, peak, kind):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    log = tmp_path / "slurm-123.out"
+    log.write_text(_without(dropped))
+    run = parse_torchtune_log(log.read_text())
+    assert "allocated" not in run.peak_memory_gib or not dropped  # the after-init figures are never the peak
+    assert run.training_peak() == (peak, kind)
+    from tunelab.ingest import ingest_logs
+
+    assert [r.imported for r in ingest_logs([log], device="NVIDIA A100-SXM4-80GB")] == [True]
+    row = next(r for r in history.load() if r.run == "slurm-123")
+    assert (row.peak_memory_gib, row.memory_kind) == (peak, kind)
+    assert "peak_memory_gib" not in (row.missing or "")
+
+
+def test_a_log_without_any_training_peak_records_none(tmp_path):
+    run = parse_torchtune_log(_without(("peak_memory_",)))
+    assert run.training_peak() == (None, None)  # only the after-init block: weights, not a training peak

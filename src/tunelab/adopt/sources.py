@@ -116,6 +116,5 @@ def _torchtune(path: Path) -> AdoptedRun:
     tps = parsed.summary.get("tokens_per_second_per_gpu")
     return AdoptedRun(path.name, path, "torchtune", rows, parsed.steps, cfg.get("epochs"),
                       round(parsed.steps / parsed.steps_per_s, 1) if parsed.steps_per_s else None, tps,
-                      parsed.peak_memory_gib.get("allocated"),
-                      "cuda_max_allocated" if parsed.peak_memory_gib else None, good,
+                      *parsed.training_peak(), good,
                       {k: v for k, v in config.items() if v is not None}, None, problems)

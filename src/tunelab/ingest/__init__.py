@@ -39,6 +39,7 @@ def to_history(path: Path, run: ParsedRun, device: str | None) -> history.Histor
     arch = resolve_architecture(run.model) if run.model else None
     cfg = run.config
     tps = run.summary.get("tokens_per_second_per_gpu")
+    peak, kind = run.training_peak()
     return history.HistoryRun(
         key=str(path.resolve()),
         source="torchtune-log",
@@ -58,8 +59,8 @@ def to_history(path: Path, run: ParsedRun, device: str | None) -> history.Histor
         tokens_per_step=round(tps / run.steps_per_s, 2) if tps and run.steps_per_s else None,
         tokens_per_s=tps,
         steps_per_s=run.steps_per_s,
-        peak_memory_gib=run.peak_memory_gib.get("allocated"),
-        memory_kind="cuda_max_allocated" if run.peak_memory_gib else None,
+        peak_memory_gib=peak,
+        memory_kind=kind,
         steps=run.steps,
         duration_s=round(run.steps / run.steps_per_s, 1) if run.steps_per_s else None,
         overhead_s=sum(run.checkpoint_seconds) or None,
@@ -89,7 +90,7 @@ def _torchtune_facts(run: ParsedRun, cfg: dict[str, Any], path: Path) -> dict[st
         # packed rows are max_seq_len long: the largest micro-batch's tokens; unpacked ones depend on the data
         "max_tokens_per_microbatch": batch * seq if run.packed and batch and seq else None,
     }
-    return {**facts, "missing": missing_fields({**facts, "peak_memory_gib": run.peak_memory_gib.get("allocated"),
+    return {**facts, "missing": missing_fields({**facts, "peak_memory_gib": run.training_peak()[0],
                                                 "tokens_per_s": run.summary.get("tokens_per_second_per_gpu"),
                                                 "max_seq_len": seq, "batch_size": batch,
                                                 "lora_rank": model.get("lora_rank") or cfg.get("lora_rank")})}

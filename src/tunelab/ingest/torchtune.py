@@ -26,6 +26,8 @@ SUMMARY_LINE = re.compile(r"^wandb:\s+(?P<key>[\w/]+)\s+(?P<value>[-\d.eE+]+|nan
 CKPT_TIME = re.compile(r"Checkpoint saved in ([\d.]+) seconds")
 SLURM_CANCEL = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+ DUE TO (TIME LIMIT|PREEMPTION)")
 OOM = re.compile(r"OutOfMemoryError|CUDA out of memory|oom_kill event")
+# torchtune's memory counters (log lines and wandb's peak_memory_*) and the memory_kind each is recorded as
+PEAK_KINDS = (("allocated", "cuda_max_allocated"), ("reserved", "cuda_max_reserved"), ("active", "cuda_max_active"))
 MODEL_NAMES = [
     (re.compile(r"llama3_2_1b"), "Llama-3.2-1B"), (re.compile(r"llama3_2_3b"), "Llama-3.2-3B"),
     (re.compile(r"llama3_1_8b"), "Llama-3.1-8B"), (re.compile(r"qwen2_5_0_5b"), "Qwen2.5-0.5B"),
@@ -52,6 +54,16 @@ class ParsedRun:
     checkpoint_seconds: list[float] = field(default_factory=list)
     packed: bool | None = None
     step_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, global step, loss)
+
+    def training_peak(self) -> tuple[float | None, str | None]:
+        """(GiB, memory_kind) of the training peak, from whichever of torch's counters the log has: allocated
+        first (the planner compares it with the simulated allocated figure), then reserved (with the simulated
+        reserved one), then active (allocated plus blocks freed but not yet reusable: no simulated counterpart,
+        recorded all the same). (None, None) when the log has none."""
+        for counter, kind in PEAK_KINDS:
+            if counter in self.peak_memory_gib:
+                return self.peak_memory_gib[counter], kind
+        return None, None
 
 
 def _lines(text: str) -> list[str]:
