@@ -131,8 +131,16 @@ def resolve_architecture(model: str | Path) -> Architecture:
 
 @dataclass(frozen=True)
 class GPU:
+    """A GPU model. `memory_mib` is the total the device reports (nvidia-smi's `memory.total`, NVML's total),
+    never the nominal GB read as GiB: an "80GB" H100 reports 81,559 MiB = 79.65 GiB, not 80 GiB. "Fits"
+    compares the simulated reserved memory plus the CUDA context with it (estimate/peak.py).
+
+    CUDA itself sees a little less: the driver keeps part of the total for itself (an H100's `nvidia-smi -q`:
+    Total 81559 MiB, Reserved 551 MiB, Free 81007 MiB; torch's out-of-memory message says "total capacity of
+    79.11 GiB"), so the last ~0.5 GiB below the total is not allocatable."""
+
     name: str
-    memory_gib: float
+    memory_mib: float
     # Dense peak TFLOPS of bf16, the precision `dtype: auto` trains in (train/device.py), used by the FLOPs
     # time model. Before Ampere (compute capability < 8.0) there are no bf16 tensor cores and auto trains
     # fp32, so the figure is the fp32 peak of the CUDA cores, never the fp16 tensor-core one.
@@ -140,21 +148,37 @@ class GPU:
     bandwidth_gbs: float
     compute_capability: tuple[int, int] | None = None
 
+    @property
+    def memory_gib(self) -> float:
+        """The reported total in GiB (derived: `memory_mib` is the one figure kept)."""
+        return self.memory_mib / 1024
 
+
+# memory_mib: nvidia-smi's total of each model on current drivers (R535 and later), as pasted in public issues:
+#  - A100-40GB 40960, A100-80GB 81920, H100 81559, L40S 46068, L4 23034: modal-labs/modal-client#2797 (a table
+#    of nvidia-smi totals across Modal's fleet); H100 also NVIDIA/nccl#1264 (NVIDIA H100 80GB HBM3, 81559MiB).
+#    Drivers before R510 printed the total less the driver's reservation (A100-SXM4-40GB: 40536MiB,
+#    nanopool/phoenix-miner#17).
+#  - H200 143771: nvidia-smi of 8 × NVIDIA H200, driver 570.158.01 (and others, 550–570), public READMEs.
+#  - RTX A6000 49140: nvidia-smi tables of the NVIDIA RTX A6000 in public READMEs and issues.
+#  - RTX 4090 24564: RLinf/RLinf#255 (NVIDIA GeForce RTX 4090, driver 550.163.01).
+#  - V100-32GB 32768, V100-16GB 16384: Tesla V100-SXM2-32GB / -16GB on drivers 535–550; older drivers printed
+#    32480 / 16130 (godweiyang/GrabGPU#5, yangjianxin1/GPT2-chitchat#19: driver 418).
+#  - A10G 23028: NVIDIA/DCGM#232 (NVIDIA A10G, driver 535.247.01).
 GPUS: dict[str, GPU] = {
     g.name.lower(): g
     for g in [
-        GPU("A100-40GB", 40, 312, 1555, (8, 0)),
-        GPU("A100-80GB", 80, 312, 2039, (8, 0)),
-        GPU("H100-80GB", 80, 989, 3350, (9, 0)),
-        GPU("H200", 141, 989, 4800, (9, 0)),
-        GPU("L40S", 48, 362, 864, (8, 9)),
-        GPU("A6000", 48, 155, 768, (8, 6)),
-        GPU("RTX4090", 24, 165, 1008, (8, 9)),
-        GPU("V100-32GB", 32, 15.7, 900, (7, 0)),  # SXM2; its 125 TFLOPS are fp16 tensor cores only
-        GPU("V100-16GB", 16, 15.7, 900, (7, 0)),
-        GPU("L4", 24, 121, 300, (8, 9)),
-        GPU("A10G", 24, 125, 600, (8, 6)),  # AWS g5; the A10's dense bf16 peak (the A10G's own is unpublished)
+        GPU("A100-40GB", 40960, 312, 1555, (8, 0)),
+        GPU("A100-80GB", 81920, 312, 2039, (8, 0)),
+        GPU("H100-80GB", 81559, 989, 3350, (9, 0)),
+        GPU("H200", 143771, 989, 4800, (9, 0)),
+        GPU("L40S", 46068, 362, 864, (8, 9)),
+        GPU("A6000", 49140, 155, 768, (8, 6)),
+        GPU("RTX4090", 24564, 165, 1008, (8, 9)),
+        GPU("V100-32GB", 32768, 15.7, 900, (7, 0)),  # SXM2; its 125 TFLOPS are fp16 tensor cores only
+        GPU("V100-16GB", 16384, 15.7, 900, (7, 0)),
+        GPU("L4", 23034, 121, 300, (8, 9)),
+        GPU("A10G", 23028, 125, 600, (8, 6)),  # AWS g5; the A10's dense bf16 peak (the A10G's own is unpublished)
     ]
 }
 _ALIASES = {"a100": "a100-80gb", "h100": "h100-80gb", "v100": "v100-32gb", "rtx-4090": "rtx4090", "4090": "rtx4090",
@@ -206,11 +230,14 @@ def detect_gpu() -> GPU | None:
         logging.getLogger("tunelab").warning("warning: GPU detection failed (%s); planning without a GPU", exc)
         return None
     mem = props.total_memory / 2**30
-    return match_gpu(props.name, mem) or GPU(props.name, round(mem, 1), 0.0, 0.0, (props.major, props.minor))
+    return match_gpu(props.name, mem) or GPU(props.name, props.total_memory / 2**20, 0.0, 0.0,
+                                              (props.major, props.minor))
 
 
 def match_gpu(device_name: str, memory_gib: float) -> GPU | None:
-    """The table's GPU for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') and its memory, or None."""
+    """The table's GPU for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') and its memory in GiB as torch
+    reports it (`total_memory / 2**30`, a few hundred MiB under the table's total: the driver's reservation),
+    or None. The memory tells the 40 and 80 GB A100s (and the V100s) apart."""
     name = device_name.upper().replace(" ", "")
     for g in GPUS.values():
         if g.name.split("-")[0].upper() in name and abs(g.memory_gib - memory_gib) < 0.15 * g.memory_gib:

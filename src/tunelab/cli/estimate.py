@@ -63,7 +63,7 @@ def _estimate_gpu(name: str | None, memory_gib: float | None):
             known = resolve_gpu(name) if name else None
         except TunelabError:
             known = None
-        return GPU(name or f"GPU ({memory_gib:g} GiB)", memory_gib, known.bf16_tflops if known else 0.0,
+        return GPU(name or f"GPU ({memory_gib:g} GiB)", memory_gib * 1024, known.bf16_tflops if known else 0.0,
                    known.bandwidth_gbs if known else 0.0, known.compute_capability if known else (8, 0))
     try:
         return _gpu_option(name)

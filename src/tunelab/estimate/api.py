@@ -46,7 +46,9 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     processes/strategy: memory per device of an N-GPU run (DDP or FSDP)."""
     arch = resolve_architecture(model)
     out: dict[str, Any] = {"model": arch.name, "parameters": arch.parameters, "gpu": gpu.name,
-                           "gpu_memory_gib": gpu.memory_gib, "max_seq_len": max_seq_len, "lora_rank": inputs.lora_rank,
+                           "gpu_memory_mib": gpu.memory_mib,
+                           "gpu_memory_gib": round(gpu.memory_gib, 3), "max_seq_len": max_seq_len,
+                           "lora_rank": inputs.lora_rank,
                            "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
                            "gradient_checkpointing": inputs.activation_checkpointing, "quantize": inputs.quantize,
                            "attention": inputs.attention, "processes": processes, "strategy": strategy}
