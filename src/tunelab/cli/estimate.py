@@ -102,12 +102,12 @@ def _training(given: dict[str, Any]) -> TrainingConfig:
 def _estimate_inputs(training: TrainingConfig, gpu: GPU, attention: str) -> MemoryInputs:
     """What the simulator needs, exactly as `plan` derives it from a run: the dtype `auto` trains in on that GPU."""
     from tunelab.estimate.memory import MemoryInputs
-    from tunelab.estimate.simulator import ATTENTIONS
+    from tunelab.models.attention import AttentionKind
 
-    if attention not in ATTENTIONS:
-        raise TunelabError(f"unknown attention {attention!r}: use {', '.join(ATTENTIONS)}", field="--attention")
+    if attention not in set(AttentionKind):
+        raise TunelabError(f"unknown attention {attention!r}: use {', '.join(AttentionKind)}", field="--attention")
     inputs = MemoryInputs.of_training(training, training.planned_dtype(gpu.compute_capability))
-    return dataclasses.replace(inputs, attention=attention)
+    return dataclasses.replace(inputs, attention=attention)  # auto: resolved once packing is decided
 
 
 def estimate_cmd(
@@ -127,8 +127,9 @@ def estimate_cmd(
                                                 help="Recompute activations in the backward pass: less memory, "
                                                      "more time."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes)."),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa (what tunelab trains with), eager, or "
-                                  "flash_attention_2."),
+    attention: str = typer.Option("auto", "--attention", help="The kernel the run trains with, as the spec's "
+                                  "training.attention: auto (varlen per example when packed, sdpa unpacked), varlen, "
+                                  "sdpa (a dense mask over a packed row), eager, flash_attention_2 or flex_attention."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU)."),
     strategy: str = typer.Option("ddp", "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
                                  "(sharded)."),
@@ -182,6 +183,7 @@ def _print_estimate(out: dict, max_seq_len: int) -> None:
         + ("fits" if out["fits"] else "[red]does not fit[/red]") + ") \\[source: {}]", out["batch_size"],
         " packed" if out["packed"] else "", out["tokens_per_microbatch"], out["peak_memory_gib"], detail,
         out["memory_source"])
+    say("  attention: {}", out["attention_kernel"])
     say("  where it goes (GiB): {}", ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
                                               for k, v in out["memory_breakdown_gib"].items()))
     say("max batch that fits: {}; recommended: {} × accumulation {}", out["max_batch_size"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +10,9 @@ from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import fits, predict_peak, step_shape
+from tunelab.estimate.peak import fits, model_config_of, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
+from tunelab.models.attention import resolve_attention
 
 
 def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq_len: int, batch_size: int | None,
@@ -51,11 +52,14 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                            "lora_rank": inputs.lora_rank,
                            "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
                            "gradient_checkpointing": inputs.activation_checkpointing, "quantize": inputs.quantize,
-                           "attention": inputs.attention, "processes": processes, "strategy": strategy}
+                           "processes": processes, "strategy": strategy}
     data = (_measure(model, dataset, prompt, max_seq_len, batch_size, chat_template, system_prompt)
             if dataset is not None else None)
     train = data["splits"]["train"] if data else None
     use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
+    attention = resolve_attention(inputs.attention, use_packed, model_config_of(model))
+    inputs = replace(inputs, attention=attention.kind.value)
+    out.update({"attention": attention.kind.value, "attention_kernel": attention.describe()})
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
                     longest=train["max_len"] if train else None,
                     density=data["packing"]["density"] if data else None,

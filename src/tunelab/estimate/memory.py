@@ -66,8 +66,11 @@ class MemoryInputs:
     @classmethod
     def of_training(cls, t: Any, dtype: str) -> MemoryInputs:
         """From a run's training config (spec/training.py) and the dtype it trains in on the target GPU."""
+        from tunelab.models.attention import resolve_attention
+
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
-        return cls(dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets, modules_to_save=tuple(t.modules_to_save),
+        return cls(attention=resolve_attention(t.attention, t.packing).kind.value,
+                   dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets, modules_to_save=tuple(t.modules_to_save),
                    activation_checkpointing=t.gradient_checkpointing, quantize=t.quantize,
                    lora_alpha=t.effective_lora_alpha, lora_dropout=t.lora_dropout,
                    gradient_accumulation_steps=t.gradient_accumulation_steps, weight_decay=t.weight_decay)

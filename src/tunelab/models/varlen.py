@@ -93,6 +93,11 @@ def _kernel_serves(query: torch.Tensor, softcap: float | None) -> str | None:
     return None
 
 
+def kernels_used() -> str | None:
+    """The paths this process's varlen layers took, for summary.json (None: the function never ran)."""
+    return "; ".join(f"{p} ({why})" if why else p for p, why in KERNELS_USED.items()) or None
+
+
 def _note_kernel(path: str, reason: str | None, on_cuda: bool = False) -> None:
     """Record the path once; a GPU layer that could not use varlen_attn says why, once, in the log."""
     if path not in KERNELS_USED:

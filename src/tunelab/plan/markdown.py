@@ -47,6 +47,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             **({"stages": "→".join(s.name for s in r.stages) or "—"} if plan.spec.stages else {}),
             "batch": _batch_text(r, e.processes if e else 1),
             "packing": _joined(["on" if x.packing else "off" for x in r.trainings()]) if t else "—",
+            "attention": _joined([x.attention for x in r.trainings()]) if t else "—",
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
                                else "—"),

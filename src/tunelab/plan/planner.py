@@ -18,6 +18,7 @@ from tunelab.catalog import GPU
 from tunelab.data.loading import DataFile
 from tunelab.data.splits import load_data, split_record_path
 from tunelab.estimate.runs import RunEstimate
+from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.models.check import ModelInfo, check_model_dir
@@ -311,6 +312,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
+    attention = resolve_runs_attention(runs)  # auto → the kernel for each run's batches, written into run.yaml
     check_eval_tasks(spec, spec_path, runs, exp_dir)
     check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
     for cfg in runs:  # QLoRA needs a GPU and bitsandbytes: refused here
@@ -332,6 +334,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     tiny = any((Path(i.path) / "tunelab_tiny.json").is_file() for i in models.values())
     if tiny and any(r.training and not r.training.modules_to_save for r in runs):
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
+    warnings += attention_notes(attention)
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu)
     if estimates:
         plan.truncation = {cfg.name: truncation(cfg) for cfg in plan.finetune_runs}

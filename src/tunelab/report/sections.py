@@ -206,7 +206,7 @@ def checkpoints(data: ReportData) -> Section:
 def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
     packed = any(r.summary.packing and r.summary.packing.packed for r in data.runs)
     header = ["Run", "Model", "Factors", "State", "Steps", "Final loss", "Best loss", "Final val loss",
-              "Duration", "Tokens/s", "Peak mem (GiB)"]
+              "Duration", "Tokens/s", "Peak mem (GiB)", "Attention"]
     if packed:
         header += ["Packing density", "Non-pad %"]
     rows = []
@@ -214,7 +214,7 @@ def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
         s = r.summary
         row = [r.name, r.model, factors_text(r), r.state, fnum(s.steps or r.status.step, "{}"),
                fnum(s.final_loss), fnum(s.best_loss), fnum(s.final_val_loss), duration(s.duration_s),
-               fnum(s.tokens_per_s, "{:,.0f}"), fnum(s.peak_memory_gib, "{:.2f}")]
+               fnum(s.tokens_per_s, "{:,.0f}"), fnum(s.peak_memory_gib, "{:.2f}"), s.attention or "—"]
         if packed:
             p = s.packing
             row += [fnum(p.density, "{:.2f}") if p and p.packed else "—", pct(s.nonpad_fraction)]
@@ -223,6 +223,8 @@ def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
     caption = ("From `runs/<run>/summary.json` (steps, losses, duration, tokens/s: steady-state mean after the "
                "first logging interval, training time only; peak memory: " + (", ".join(f"`{k}`" for k in kinds)
                                                                                or "—") + ")")
+    caption += "; attention = the kernel the run trained with (`summary.json` attention, run.yaml's resolved "\
+               "`training.attention`)"
     caption += "; packing density = examples per packed sequence (`summary.json` packing)." if packed else "."
     blocks: list = [Table(header, rows, caption)]
     running = [r for r in data.runs if r.state == RUNNING]

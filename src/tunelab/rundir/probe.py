@@ -22,6 +22,16 @@ class ProbePoint(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class ProbeStep(JsonRecord):
+    """One timed step of a `--steps` probe (the GPU kit): its tokens, time and memory after it (the step's peak
+    reserved on a GPU, resident memory on a CPU), so drift over many steps shows."""
+
+    tokens: float
+    seconds: float
+    memory_gib: float
+
+
+@dataclass(kw_only=True)
 class ProbeResult(JsonRecord):
     """One shape's measurement; `tokens_per_s` and the peak are at the planned micro-batch."""
 
@@ -38,10 +48,16 @@ class ProbeResult(JsonRecord):
     versions: dict[str, str] = field(default_factory=dict)
     max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step
     gpu_memory_gib: float | None = None
+    # device-level readings (train/device_memory.py; None without a GPU or without NVML)
+    nvml_used_gib: float | None = None  # NVML used by this process after the timed steps
+    cuda_context_gib: float | None = None  # NVML used − torch's reserved after a first matmul
+    cuda_context_after_gib: float | None = None  # the same after the timed steps (kernels load lazily)
+    steps: list[ProbeStep] = field(default_factory=list)  # --steps: every timed step in order
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
-        return {**known, "points": [ProbePoint.from_json(p) for p in known.get("points") or []]}
+        return {**known, "points": [ProbePoint.from_json(p) for p in known.get("points") or []],
+                "steps": [ProbeStep.from_json(p) for p in known.get("steps") or []]}
 
     def to_dict(self) -> dict[str, Any]:
         return self.to_json()

@@ -99,6 +99,8 @@ class Summary(JsonRecord):
     cpu_threads: int | None = None
     dtype: str | None = None
     activation_checkpointing: bool | None = None
+    attention: str | None = None  # run.yaml's resolved training.attention (varlen, sdpa, ...)
+    attention_kernel: str | None = None  # what the layers really ran, e.g. "varlen_attn" or "per-sequence sdpa (...)"
     restarts: int | None = None
     versions: dict[str, str] | None = None
     pid: int | None = None

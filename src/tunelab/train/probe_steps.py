@@ -8,11 +8,15 @@ couple of steps first (optimizer state created, kernels warmed up), then times r
 forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
 (train/step_cost.py), so a step's fixed cost separates from its cost per token. Peak memory is
 `torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU.
+
+`--steps=N` (the GPU kit, benchmarks/gpu_truth.py): N timed steps at the planned micro-batch only, each one's
+tokens, time and memory kept in order, plus what the device says beside torch's counters (NVML used, the CUDA
+context: train/device_memory.py); the OOM test knob applies to the planned micro-batch as it does to
+--max-batch's.
 """
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,17 +26,12 @@ from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
-from tunelab.rundir.probe import ProbePoint, ProbeResult, write_probe_results
+from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe_results
+from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.step_cost import time_real_steps
 from tunelab.train.trainer import build_trainer
 
-GIB = 2**30
-
-
-def _rss_gib() -> float:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
+USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
 
 
 def fits_step(trainer: Any, batch: int) -> bool:
@@ -65,25 +64,47 @@ def find_max_batch(trainer: Any, start: int, limit: int = 1024) -> int:
     return lo
 
 
-def probe_run(pcfg: RunConfig, max_batch: bool = False) -> ProbeResult:
+def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None) -> ProbeResult:
     """Warm up, then time real steps at the run's micro-batch and twice it (and with `max_batch` find the
-    largest micro-batch that runs). `pcfg`: the probe's scratch run (a few steps, no validation)."""
+    largest micro-batch that runs). `pcfg`: the probe's scratch run (a few steps, no validation). `steps`: time
+    that many steps at the run's micro-batch alone, each one recorded (the GPU kit)."""
     import torch
 
     quiet_hf_progress_bars()  # one line per shape is the probe's own progress
     assert pcfg.training is not None
     b = pcfg.training.batch_size
-    trainer, _, _ = build_trainer(pcfg)
-    trainer.train()
     cuda = torch.cuda.is_available()
+    device = DeviceMemory.start(cuda)  # before the model: the NVML baseline, then the context
+    trainer, _, _ = build_trainer(pcfg)
+    if steps:
+        inject_oom_fault(b)
+    trainer.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    measured = time_real_steps(trainer, sorted({b, 2 * b}))
-    reserved = torch.cuda.max_memory_reserved() / GIB if cuda else None
+    trace: list[ProbeStep] = []
+
+    def record(_mb: int, tokens: float, seconds: float) -> None:
+        trace.append(ProbeStep(tokens=tokens, seconds=round(seconds, 6), memory_gib=round(device.step_gib(), 4)))
+
+    if steps:
+        measured = time_real_steps(trainer, [b], repeats=steps, on_step=record)
+    else:
+        measured = time_real_steps(trainer, sorted({b, 2 * b}))
+    reserved = max(s.memory_gib for s in trace) if cuda and trace else (
+        torch.cuda.max_memory_reserved() / GIB if cuda else None)
+    used, context = device.used_gib(), device.context_now_gib() if cuda else None
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
-    result.max_micro_batch = largest
+    result.max_micro_batch, result.steps = largest, trace
+    result.nvml_used_gib, result.cuda_context_gib = _gib(used), _gib(device.context_gib)
+    result.cuda_context_after_gib = _gib(context)
+    if trace:  # tokens/s over every timed step, not the fastest one
+        result.tokens_per_s = round(sum(s.tokens for s in trace) / sum(s.seconds for s in trace), 2)
     return result
+
+
+def _gib(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
 
 
 def _result(b: int, measured: dict[int, tuple[float, float, float | None]], reserved: float | None, cuda: bool,
@@ -101,7 +122,7 @@ def _result(b: int, measured: dict[int, tuple[float, float, float | None]], rese
         fixed = max(0.0, at.seconds - per_token * at.tokens)
     return ProbeResult(
         micro_batch=b, points=points, tokens_per_s=round(at.tokens / at.seconds, 2), per_token_s=per_token,
-        fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(_rss_gib(), 3),
+        fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(peak_rss_gib(), 3),
         memory_kind="cuda_max_allocated" if cuda else "cpu_max_rss",
         device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_threads=torch.get_num_threads(),
         peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions,
@@ -112,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     """Probe the scratch run RUN_YAML names and write its result beside it; a failure is one line on stderr."""
     args = sys.argv[1:] if argv is None else argv
     paths = [a for a in args if not a.startswith("-")]
-    if len(paths) != 1 or set(args) - {*paths, "--max-batch"}:
-        print("usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch]", file=sys.stderr)
+    steps = [a.removeprefix("--steps=") for a in args if a.startswith("--steps=")]
+    if (len(paths) != 1 or len(steps) > 1 or not all(s.isdigit() and int(s) > 0 for s in steps)
+            or set(args) - {*paths, "--max-batch", *(f"--steps={s}" for s in steps)}):
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         pcfg = load_run_config(Path(paths[0]))
-        result = probe_run(pcfg, max_batch="--max-batch" in args)
+        result = probe_run(pcfg, max_batch="--max-batch" in args, steps=int(steps[0]) if steps else None)
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -10,6 +10,7 @@ predict other batch sizes and other model sizes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from tunelab.rundir.summary import StepCost, StepPoint
 
@@ -23,11 +24,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dict[int, tuple[float, float, float | None]]:
+def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
+                    on_step: Callable[[int, float, float], None] | None = None,
+                    ) -> dict[int, tuple[float, float, float | None]]:
     """{micro-batch: (tokens, seconds, peak GiB)} of the fastest of a few real steps at each size: collation,
     forward, backward and optimizer step, on the run's own training data. The sizes take turns step by step,
     so a burst of other work on the machine falls on both alike; and the fastest counts, not the median:
-    other work only ever adds time, so the minimum is the least disturbed measurement."""
+    other work only ever adds time, so the minimum is the least disturbed measurement. `on_step(micro-batch,
+    tokens, seconds)` is called after each timed step (the GPU kit's per-step trace; peaks are still those
+    of that step)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -54,6 +59,8 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS) -> dict
             _sync()
             if i:  # the first round is warm-up
                 timed[b].append((time.perf_counter() - t0, n))
+                if on_step is not None:
+                    on_step(b, n, timed[b][-1][0])
                 peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
                 peaks[b] = max(peaks.get(b) or 0.0, peak) if peak is not None else None
     out = {}

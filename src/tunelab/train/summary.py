@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.models.attention import VARLEN_IMPLEMENTATION
+from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, read_metrics, steady_tokens_per_s
@@ -76,7 +78,7 @@ def summarize(run_dir: Path, cfg: RunConfig, *, steps: int, epochs: int, timing:
         effective_batch_size=facts.effective_batch_size, trainable_params=facts.trainable_params,
         total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
         cpu_threads=facts.cpu_threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
-        restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
+        attention=facts.attention, attention_kernel=facts.attention_kernel, restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
     )
 
 
@@ -94,6 +96,8 @@ class RunFacts:
     cpu_threads: int
     dtype: str
     activation_checkpointing: bool
+    attention: str
+    attention_kernel: str | None
     restarts: int
     versions: dict[str, str]
     pid: int
@@ -114,7 +118,9 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, run_dir: Path, world_
         device=torch.cuda.get_device_name(0) if cuda else "cpu",
         gpu_memory_total_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
         cpu_threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
-        activation_checkpointing=t.gradient_checkpointing, restarts=read_status(run_dir).restarts or 0,
+        activation_checkpointing=t.gradient_checkpointing,
+        attention=str(trainer.model.config._attn_implementation).replace(VARLEN_IMPLEMENTATION, "varlen"),
+        attention_kernel=kernels_used(), restarts=read_status(run_dir).restarts or 0,
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "peft": peft.__version__, "trl": trl.__version__},
         pid=os.getpid())

@@ -58,7 +58,7 @@ def _in_place_kernel(*args: Any, **kwargs: Any) -> None:
     """A Triton fold or an fp32-output cuBLAS matmul: writes into buffers it is given, allocates nothing."""
 
 
-def make_inputs(shape: StepShape) -> dict[str, torch.Tensor]:
+def make_inputs(shape: StepShape) -> dict[str, Any]:
     """The collator's output for one micro-batch (token values do not matter, shapes do)."""
     if shape.packed:  # TRL's padding-free collator: one row, position ids, and the boundaries for varlen kernels
         ids = torch.zeros(1, shape.tokens, dtype=torch.long)

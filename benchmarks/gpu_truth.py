@@ -1,0 +1,229 @@
+"""GPU truth in one command: a fixed grid of run shapes measured through tunelab's own trainer, each one also
+simulated, written as one JSON file plus a markdown table.
+
+    python benchmarks/gpu_truth.py --out DIR [--budget-s 540] [--only NAME ...] [--cache DIR] [--cpu-smoke]
+    python benchmarks/gpu_truth.py --table FILE.json     # README's "measured on a GPU" table from a result
+
+Each row (gpu_truth_grid.py) builds its random-init model once under --cache (`tunelab models random`, the real
+architecture and vocabulary), writes examples longer than max_seq_len (every packed row full), and runs
+tunelab's probe in a process of its own (`python -m tunelab.train.probe_steps RUN_YAML --steps=N`: the trainer's
+two warm-up steps, `torch.cuda` peak counters reset, then N timed steps; NVML used and the CUDA context beside
+them). Then the planner's simulator and FLOPs model predict the same shape (gpu_truth_predict.py); the row keeps
+both and the error of each (gpu_truth_records.py; MFU's formula: gpu_truth_shape.py).
+
+- Resumable: the result is DIR/gpu-<gpu>-<date>.json (the newest one of this GPU in DIR is continued); rows
+  already in it are skipped, each row is saved as soon as it is measured.
+- Budget: rows go in order of value per expected second; a row whose expected time does not fit in what is left
+  is not started, and a running one is killed at the budget (then not recorded, and expected to take longer
+  next time), so a 10-minute window is never overrun.
+- An out-of-memory row is a result (status oom, beside the simulator's verdict), not a crash.
+- The kit's own process hides the GPU from itself (the simulator needs none), so it holds no CUDA context
+  while the probes measure.
+- --cpu-smoke: the same path on the CPU with 2-layer copies and short sequences (gpu_truth_grid.py), for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_truth_grid import SMOKE_ROWS, Case, expected_seconds, gpu_grid, smoke_grid, value_order  # noqa: E402
+from gpu_truth_predict import (architecture, errors, flops_per_token, resolved_attention,  # noqa: E402
+                               simulate, weight_bytes)
+from gpu_truth_records import (KitFile, Measured, ShapeResult, load_kit, readme_table, save_kit,  # noqa: E402
+                               shapes_table)
+from gpu_truth_shape import Env, build_model, is_built, measure  # noqa: E402
+
+MARGIN_S = 10.0  # kept back from the budget: killing a row's processes and the final writes
+MFU_FORMULA = "FLOPs/token = 4N + 3·4·layers·seq·width/2 (estimate/speed.py); gpu_truth_shape.py says why"
+
+
+@dataclass(frozen=True)
+class Device:
+    cuda: bool
+    name: str
+    gpu: Any | None  # catalog.GPU
+
+    @property
+    def slug(self) -> str:
+        if not self.cuda:
+            return "cpu"
+        return (self.gpu.name if self.gpu else re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-")).lower()
+
+    @property
+    def dtype(self) -> str:
+        from tunelab.device import auto_dtype_name
+
+        if not self.cuda:
+            return auto_dtype_name(None)
+        return auto_dtype_name(self.gpu.compute_capability if self.gpu else (9, 0))  # unlisted: a recent GPU
+
+
+def detect_device(smoke: bool, visible: str | None) -> Device:
+    """The GPU the probes will see, from nvidia-smi (no CUDA context is created here)."""
+    from tunelab.catalog import match_gpu, nvidia_driver_present
+
+    if smoke or not nvidia_driver_present():
+        return Device(False, "cpu", None)
+    first = (visible or "0").split(",")[0].strip() or "0"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits",
+                              "-i", first], capture_output=True, text=True, timeout=60, check=True).stdout
+        name, mib = out.strip().splitlines()[0].rsplit(",", 1)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return Device(True, "unknown GPU", None)
+    return Device(True, name.strip(), match_gpu(name.strip(), float(mib) / 1024))
+
+
+def kit_path(out: Path, slug: str) -> Path:
+    """The newest result of this GPU in `out` (continued), else a new one dated today."""
+    existing = sorted(out.glob(f"gpu-{slug}-*.json"))
+    return existing[-1] if existing else out / f"gpu-{slug}-{datetime.date.today().isoformat()}.json"
+
+
+def new_kit(device: Device, smoke: bool) -> KitFile:
+    from tunelab.compat import library_versions
+
+    return KitFile(gpu=device.gpu.name if device.gpu else None, device=device.name,
+                   bf16_peak_tflops=device.gpu.bf16_tflops if device.gpu else None, mfu_formula=MFU_FORMULA,
+                   cpu_smoke=smoke, started_at=now(), versions=library_versions())
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Planner:
+    """Expected seconds per row, scaled by how long this kit's finished rows took against their estimates."""
+
+    def __init__(self, kit: KitFile, env: Env, device: Device) -> None:
+        self.kit, self.env, self.device = kit, env, device
+        ratios = [s.elapsed_s / s.estimated_s for s in kit.shapes if s.measured.status == "ok" and s.estimated_s]
+        self.scale = max(1.0, statistics.median(ratios)) if ratios else 1.0
+
+    def seconds(self, case: Case, built: bool | None = None) -> float:
+        built = is_built(self.env.model_dir(case)) if built is None else built
+        peak = self.device.gpu.bf16_tflops * 1e12 if self.device.gpu else (800e12 if self.device.cuda else None)
+        est = expected_seconds(case, flops_per_token(case), weight_bytes(case), built, self.device.cuda, peak)
+        return max(est * self.scale, 1.5 * self.kit.killed_s.get(case.name, 0.0))
+
+    def order(self, cases: list[Case]) -> list[Case]:
+        model_of = {c.name: str(self.env.model_dir(c)) for c in cases}
+        cost = {c.name: self.seconds(c, built=True) for c in cases}
+        build = {model_of[c.name]: self.seconds(c) - cost[c.name] for c in cases}
+        return value_order(cases, cost, build, model_of)
+
+
+def run_row(case: Case, env: Env, device: Device, estimated: float, deadline: float) -> ShapeResult | None:
+    """Build (once), simulate, measure one row; None when the budget stopped it. The measurement comes last, so
+    its process can be given all the time left (a simulation cannot be stopped midway; it is cached on disk)."""
+    from tunelab.spec.training import quantize_problem
+
+    t0 = time.monotonic()
+    fpt = flops_per_token(case)
+    reason = quantize_problem(case.quantize, device.cuda) if case.quantize else None
+    problem = None if reason else build_model(case, env, deadline - time.monotonic())
+    if problem is not None and time.monotonic() >= deadline:
+        return None  # stopped at the budget, not failed
+    simulated = simulate(case, env.cache, device.dtype if device.cuda else "bfloat16", device.gpu)
+    if reason or problem:
+        measured: Measured | None = Measured(status="skipped" if reason else "failed", error=reason or problem)
+    else:
+        measured = measure(case, env, fpt, device.gpu.bf16_tflops if device.gpu else None,
+                           deadline - time.monotonic())
+    if measured is None:
+        return None
+    return ShapeResult(
+        name=case.name, case=case.case, title=case.title, arch=case.arch, layers=architecture(case).layers,
+        lora_rank=case.lora_rank, lora_targets=case.targets, batch=case.batch, seq_len=case.seq_len,
+        packed=case.packed, lengths=case.lengths, attention=case.attention,
+        attention_resolved=resolved_attention(case, None), checkpointing=case.checkpointing,
+        quantize=case.quantize, dtype=device.dtype, steps=case.steps, flops_per_token=fpt,
+        estimated_s=round(estimated, 1), elapsed_s=round(time.monotonic() - t0, 1), measured=measured,
+        simulated=simulated, errors=errors(measured, simulated), finished_at=now())
+
+
+def select(grid: list[Case], only: list[str] | None, smoke: bool) -> list[Case]:
+    names = only or (list(SMOKE_ROWS) if smoke else [c.name for c in grid])
+    known = {c.name: c for c in grid}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown shape(s) {', '.join(unknown)}; the grid: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, help="directory of the result (JSON + markdown) and each row's log")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="stop cleanly before this many seconds")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="these rows only (default: the whole grid)")
+    ap.add_argument("--cache", type=Path, help="where random-init models are built once and rows' scratch runs go "
+                    "(default: $TUNELAB_CACHE/gpu-truth, else ~/.cache/tunelab/gpu-truth)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="the same path on the CPU: 2-layer copies, short rows")
+    ap.add_argument("--table", type=Path, metavar="JSON", help="print README's table of a result and exit")
+    args = ap.parse_args(argv)
+    if args.table is None and args.out is None:
+        ap.error("--out is required (or --table JSON)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tunelab.console import say
+
+    args = parse(argv)
+    if args.table is not None:
+        say("{}", readme_table(load_kit(args.table)))
+        return 0
+    start = time.monotonic()
+    deadline = start + args.budget_s - MARGIN_S
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    device = detect_device(args.cpu_smoke, visible)
+    from tunelab.diskcache import cache_dir
+
+    env = Env(out=args.out, cache=args.cache or cache_dir() / "gpu-truth", cuda=device.cuda, smoke=args.cpu_smoke,
+              visible=visible)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # this process simulates only: no CUDA context of its own
+    cases = select(smoke_grid() if args.cpu_smoke else gpu_grid(), args.only, args.cpu_smoke)
+    path = kit_path(args.out, device.slug)
+    kit = load_kit(path) if path.is_file() else new_kit(device, args.cpu_smoke)
+    done = kit.finished()
+    todo = [c for c in cases if c.name not in done]
+    say("gpu truth on {} ({}): {} row(s) to measure, {} already in {}", device.name, device.gpu.name if device.gpu
+        else "not in the catalog", len(todo), len(cases) - len(todo), path)
+    planner = Planner(kit, env, device)
+    for case in planner.order(todo):
+        expected, left = planner.seconds(case), deadline - time.monotonic()
+        if expected > left:
+            say("  {}: not started (expected {:.0f} s, {:.0f} s left)", case.name, expected, left)
+            continue
+        say("  {}: {} (expected {:.0f} s)", case.name, case.title, expected)
+        t0 = time.monotonic()
+        row = run_row(case, env, device, expected, deadline)
+        if row is None:
+            kit.killed_s[case.name] = round(time.monotonic() - t0, 1)
+            save_kit(path, kit)
+            say("  {}: stopped at the budget after {:.0f} s", case.name, time.monotonic() - t0)
+            break
+        kit.put(row)
+        save_kit(path, kit)
+        path.with_suffix(".md").write_text(shapes_table(kit))
+        say("  {}: {} in {:.0f} s", case.name, row.measured.status, row.elapsed_s)
+    left_over = [c.name for c in cases if c.name not in kit.finished()]
+    say("rows measured: {}/{}{}; {}", len(cases) - len(left_over), len(cases),
+        f" (left: {', '.join(left_over)})" if left_over else "", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
