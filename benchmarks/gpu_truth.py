@@ -149,7 +149,7 @@ def run_row(case: Case, env: Env, device: Device, estimated: float, deadline: fl
         lora_rank=case.lora_rank, lora_targets=case.targets, batch=case.batch, seq_len=case.seq_len,
         packed=case.packed, lengths=case.lengths, attention=case.attention,
         attention_resolved=resolved_attention(case, None), checkpointing=case.checkpointing,
-        quantize=case.quantize, dtype=device.dtype, steps=case.steps, flops_per_token=fpt,
+        quantize=case.quantize, qlora_frozen_dtype=case.qlora_frozen_dtype, dtype=device.dtype, steps=case.steps, flops_per_token=fpt,
         estimated_s=round(estimated, 1), elapsed_s=round(time.monotonic() - t0, 1), measured=measured,
         simulated=simulated, errors=errors(measured, simulated), finished_at=now())
 

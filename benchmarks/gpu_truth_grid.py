@@ -42,6 +42,17 @@ class Case:
     max_batch: bool = False  # also find the largest micro-batch that runs a real step
     value: float = 2.0
     layers: int | None = None  # None: the model's own depth
+    qlora_frozen_dtype: str | None = None  # QLoRA's frozen embeddings, head, norms: compute | float32
+
+
+def qlora_both_ways() -> bool:
+    """Whether runs and the simulator take `qlora_frozen_dtype` (models/kbit.py): then the QLoRA row is measured
+    both ways, peft's fp32 casts and the frozen parameters kept in bf16."""
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.spec import TrainingConfig
+
+    return "qlora_frozen_dtype" in TrainingConfig.model_fields and "qlora_frozen_dtype" in (
+        MemoryInputs.__dataclass_fields__)
 
 
 def gpu_grid() -> list[Case]:
@@ -60,8 +71,10 @@ def gpu_grid() -> list[Case]:
              one_b, 64, 1, 2048, packed=True, steps=1, max_batch=True, value=3),
         Case("5-ckpt-8b-4x4096", 5, "checkpointing: 8B r16 all-linear packed 4 × 4096", eight_b, 16, 4, 4096,
              packed=True, checkpointing=True, steps=3, value=3),
-        Case("6-qlora-8b-4x4096", 6, "QLoRA: 8B r16 packed 4 × 4096, checkpointing (bitsandbytes)", eight_b, 16, 4,
-             4096, packed=True, checkpointing=True, quantize="4bit", steps=3, value=2),
+        *(Case(f"6-qlora-8b-4x4096{'-' + f if f else ''}", 6, f"QLoRA: 8B r16 packed 4 × 4096, checkpointing "
+               f"(bitsandbytes){', frozen parameters in ' + f if f else ''}", eight_b, 16, 4, 4096, packed=True,
+               checkpointing=True, quantize="4bit", steps=3, value=2, qlora_frozen_dtype=f)
+          for f in (("compute", "float32") if qlora_both_ways() else (None,))),
         Case("7-padded-3b-4x768", 7, "padded: 3B r32 q,v, 4 × 768 unpacked (PEFT's row 17)", "Llama-3.2-3B", 32, 4,
              768, targets="q_proj,v_proj", lengths="padded", value=3),
         Case("8-drift", 8, "drift: 1B r8 packed 4 × 2048, mixed lengths, 200 steps, reserved over time", one_b, 8,

@@ -43,9 +43,10 @@ def memory_inputs(case: Case, dtype: str, model_config: dict[str, Any] | None) -
     from tunelab.estimate.memory import MemoryInputs
 
     targets: str | tuple[str, ...] = case.targets if case.targets == "all-linear" else tuple(case.targets.split(","))
+    frozen = {"qlora_frozen_dtype": case.qlora_frozen_dtype} if case.qlora_frozen_dtype else {}
     return MemoryInputs(dtype=dtype, lora_rank=case.lora_rank, lora_targets=targets,
                         activation_checkpointing=case.checkpointing, quantize=case.quantize,
-                        attention=resolved_attention(case, model_config))
+                        attention=resolved_attention(case, model_config), **frozen)
 
 
 def step_shape(case: Case) -> Any:

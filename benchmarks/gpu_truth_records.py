@@ -88,6 +88,7 @@ class ShapeResult(_Record):
     attention_resolved: str  # the kernel it trained with
     checkpointing: bool
     quantize: str | None
+    qlora_frozen_dtype: str | None = None
     dtype: str
     steps: int
     flops_per_token: float

@@ -120,7 +120,8 @@ def run_config(case: Case, env: Env, data: Path):
     targets: str | list[str] = case.targets if case.targets == "all-linear" else case.targets.split(",")
     training = {"epochs": 1, "batch_size": case.batch, "max_seq_len": case.seq_len, "packing": case.packed,
                 "lora_rank": case.lora_rank, "lora_target_modules": targets, "attention": case.attention,
-                "gradient_checkpointing": case.checkpointing, "quantize": case.quantize, "logging_steps": 1}
+                "gradient_checkpointing": case.checkpointing, "quantize": case.quantize, "logging_steps": 1,
+                **({"qlora_frozen_dtype": case.qlora_frozen_dtype} if case.qlora_frozen_dtype else {})}
     cfg = RunConfig(name=case.name, kind="finetune", experiment="gpu-truth", experiment_dir=str(env.cache / "work"),
                     model={"name": case.arch, "path": str(env.model_dir(case))},
                     dataset={"name": "synthetic", "path": str(data)}, prompt=PROMPT, training=training)

@@ -82,3 +82,17 @@ def test_readme_table_gives_median_errors_per_term():
     assert "| max_memory_reserved | 2 | -3.0 % | 7.0 % | -10.0 % … +4.0 % |" in table
     assert "CUDA context" not in table  # a term no row measured gets no row
     assert "verdicts agreeing: 1/2; median MFU 0.400 against 989 TFLOPS" in table
+
+
+def test_rows_go_by_value_per_second_a_build_paid_once():
+    from gpu_truth_grid import Case, value_order
+
+    a, b, c = (Case(n, 2, n, "m", 8, 1, 16, value=v) for n, v in (("a", 2.0), ("b", 3.0), ("c", 2.5)))
+    # b: 3/50 = 0.060 beats c: 2.5/(10 + 100) = 0.023 and a: 2/110 = 0.018; then c (it pays X's build), then a
+    order = value_order([a, b, c], cost={"a": 10, "b": 50, "c": 10}, build={"X": 100, "Y": 0},
+                        model_of={"a": "X", "b": "Y", "c": "X"})
+    assert [x.name for x in order] == ["b", "c", "a"]
+    # with X built already, a and c come first: 2.5/10 and 2/10 beat 3/50
+    order = value_order([a, b, c], cost={"a": 10, "b": 50, "c": 10}, build={"X": 0, "Y": 0},
+                        model_of={"a": "X", "b": "Y", "c": "X"})
+    assert [x.name for x in order] == ["c", "a", "b"]
