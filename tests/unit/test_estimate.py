@@ -179,12 +179,17 @@ def _seed_run_yaml(tmp_path, **training):
 
 
 def test_validate_flags_the_seed_oom_and_passes_the_fix(tmp_path):
-    bad = _seed_run_yaml(tmp_path, batch_size=16, packing=True)
+    """The lab's OOM (packed 16 × 2048, r64, 1B) is the dense packed mask: with `attention: sdpa` validate
+    flags it; tunelab's default (auto → varlen per example) trains the same batch within the GPU."""
+    bad = _seed_run_yaml(tmp_path, batch_size=16, packing=True, attention="sdpa")
     res = runner.invoke(app, ["validate", str(bad), "--gpu", "A100-80GB"])
     assert res.exit_code == 1
-    assert "exceeds the A100-80GB's 80 GiB" in res.stderr and "largest micro-batch that fits" in res.stderr
-    good = _seed_run_yaml(tmp_path, batch_size=4, packing=True, gradient_accumulation_steps=4)
+    assert "exceeds the A100-80GB's" in res.stderr and "largest micro-batch that fits" in res.stderr
+    good = _seed_run_yaml(tmp_path, batch_size=4, packing=True, gradient_accumulation_steps=4, attention="sdpa")
     res = runner.invoke(app, ["validate", str(good), "--gpu", "A100-80GB"])
+    assert res.exit_code == 0, res.stderr
+    default = _seed_run_yaml(tmp_path, batch_size=16, packing=True)
+    res = runner.invoke(app, ["validate", str(default), "--gpu", "A100-80GB"])
     assert res.exit_code == 0, res.stderr
 
 
