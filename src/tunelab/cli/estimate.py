@@ -174,7 +174,7 @@ def estimate_cmd(
 
 
 def _print_estimate(out: dict, max_seq_len: int) -> None:
-    say("{} on {} ({:g} GiB), max_seq_len {}{}", out["model"], out["gpu"], out["gpu_memory_gib"], max_seq_len,
+    say("{} on {} ({:.1f} GiB), max_seq_len {}{}", out["model"], out["gpu"], out["gpu_memory_gib"], max_seq_len,
         f", {out['processes']} GPUs ({out['strategy']})" if out["processes"] > 1 else "")
     alloc = out.get("peak_allocated_gib")
     detail = (f" (allocated {alloc:.1f}, reserved {out['peak_reserved_gib']:.1f}, CUDA context "

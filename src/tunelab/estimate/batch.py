@@ -125,7 +125,7 @@ class _BatchWhy:
     def memory_rule(self, detail: str = "") -> str:
         more = " or more: the search stops there" if self.max_b >= LIMIT_BATCH else ""
         return (f"largest power of two with simulated peak{detail} under {self.safety:.0%} of "
-                f"{self.gpu_memory_gib:g} GiB (max that fits: {self.max_b}{more})")
+                f"{self.gpu_memory_gib:.1f} GiB (max that fits: {self.max_b}{more})")
 
     def gives(self, batch: int, accum: int) -> str:
         """Examples per optimizer step, optimizer steps per epoch and time per epoch (those known)."""

@@ -151,7 +151,8 @@ def _per_sequence(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, s
     for a, b in segs.spans():
         n = b - a
         mask = _band(n, window, query.device) if window and n > window else None
-        parts.append(_attend(q[:, a:b], k[:, a:b], v[:, a:b], mask, scaling, dropout, softcap, causal=mask is None))
+        one = (t[None, :, a:b] for t in (q, k, v))  # (1, H, T, D): the 4-D layout every SDPA path takes
+        parts.append(_attend(*one, mask, scaling, dropout, softcap, causal=mask is None)[0])
     return torch.cat(parts, dim=1).transpose(0, 1)
 
 

@@ -49,7 +49,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "packing": _joined(["on" if x.packing else "off" for x in r.trainings()]) if t else "—",
             "attention": _joined([x.attention for x in r.trainings()]) if t else "—",
             "steps": str(e.steps) if e else "—",
-            "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:g}" if e and e.peak_memory_gib is not None
+            "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:.1f}" if e and e.peak_memory_gib is not None
                                else "—"),
             "est. time": (human_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
         })
@@ -113,7 +113,7 @@ def render_plan_md(plan: Plan) -> str:
                 f"| {e.run} | {e.micro_batch} × {e.gradient_accumulation_steps} × {e.processes} = {e.effective_batch} | "
                 f"{e.strategy or 'single process'} | {'on' if e.packed else 'off'} | "
                 f"{e.tokens_per_microbatch:,} | "
-                + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:g}" if e.peak_memory_gib is not None else "—")
+                + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:.1f}" if e.peak_memory_gib is not None else "—")
                 + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
                 f"{human_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
                 f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")

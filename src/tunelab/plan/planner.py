@@ -350,5 +350,5 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
             if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
                     and e.peak_memory_gib > e.gpu_memory_gib):
                 plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
-                                     f"{e.gpu_memory_gib:g} GiB (run `tunelab validate` for a batch that fits)")
+                                     f"{e.gpu_memory_gib:.1f} GiB (run `tunelab validate` for a batch that fits)")
     return plan

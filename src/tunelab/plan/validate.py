@@ -66,11 +66,11 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
         check.errors.append(
             f"{where} = {tokens:,} tokens per micro-batch: peak {peak:.1f} GiB ({figure.source}; reserved + "
             f"CUDA context) exceeds the "
-            f"{gpu.name}'s {gpu.memory_gib:g} GiB; largest micro-batch that fits: {max_b}"
+            f"{gpu.name}'s {gpu.memory_gib:.1f} GiB; largest micro-batch that fits: {max_b}"
             + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
                if t.packing else ""))
     elif not fits(figure, gpu.memory_gib, NEAR_LIMIT):
-        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:g} GiB")
+        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:.1f} GiB")
     elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
         check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "
                               f"a micro-batch up to {max_b} fits (keep the effective batch with accumulation)")
