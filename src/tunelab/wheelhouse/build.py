@@ -1,0 +1,83 @@
+"""One wheelhouse, start to end: read the node's freeze, check its torch, let pip resolve tunelab for the node
+under the node's versions, sort the result, download what the node must get, and write `requirements.txt` and
+`manifest.json` beside the wheels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelab.wheelhouse.plan import Installed, Plan, applicable, check_torch, classify, constraints, parse_freeze
+from tunelab.wheelhouse.resolve import build_wheel, download, resolve, sha256, wheel_metadata
+from tunelab.wheelhouse.target import Target, platform_tags
+
+PROJECT = Path(__file__).resolve().parents[3]  # the checkout: src/tunelab/wheelhouse/build.py
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A wheel in the folder: what it is, its file and digest, and why the node needs it."""
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    why: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    python: str
+    platform: str
+    platforms: list[str]  # the tags accepted for that platform
+    extras: list[str]
+    torch: Installed  # the node's, kept
+    wheels: list[Carried]
+    kept: list[Installed]  # tunelab's dependencies the node has in range: not carried
+    torch_own: list[Installed]  # what comes with torch (version: the node's, or 'absent'): never carried
+    install: str
+    check: str
+
+
+def install_command(folder: str) -> str:
+    return f"python -m pip install --no-index --find-links {folder} -r {folder}/requirements.txt"
+
+
+CHECK = ("python -m pip check && tunelab --version && "
+         "python -c \"import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())\"")
+
+
+def build_wheelhouse(have_file: Path, out: Path, target: Target, extras: tuple[str, ...] = (),
+                     project: Path = PROJECT) -> Manifest:
+    """Write the wheelhouse for the node whose `pip freeze` is have_file into out; returns its manifest."""
+    have = parse_freeze(have_file.read_text(), file=have_file)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wheelhouse-") as tmp:
+        work = Path(tmp)
+        wheel = build_wheel(project, work)
+        meta = wheel_metadata(wheel)
+        requires = applicable(meta.requires, extras, target.markers())
+        torch = check_torch(have, requires, have_file)
+        pins, out_of_range = constraints(have, requires)
+        resolved, conflicts = resolve(wheel, extras, target, pins, work)
+        plan = classify(resolved, have, torch, target.markers(), root=meta.name, reasons={**out_of_range, **conflicts})
+        fetched = [r for r in resolved if r.name in {w.name for w in plan.wheels} and r.name != plan.root]
+        files = download(fetched, target, out, work)
+        files[plan.root] = Path(shutil.copy2(wheel, out / wheel.name))
+    return _write(plan, files, out, target, extras)
+
+
+def _write(plan: Plan, files: dict[str, Path], out: Path, target: Target, extras: tuple[str, ...]) -> Manifest:
+    carried = [Carried(w.name, w.version, files[w.name].name, sha256(files[w.name]), w.why, w.detail)
+               for w in plan.wheels]
+    manifest = Manifest(target.python, target.platform, platform_tags(target.platform), sorted(extras), plan.torch,
+                        carried, plan.kept, plan.torch_own, install_command(out.name), CHECK)
+    lines = [f"{c.name}[{','.join(sorted(extras))}]=={c.version}" if c.name == plan.root and extras
+             else f"{c.name}=={c.version}" for c in carried]
+    (out / "requirements.txt").write_text("\n".join(lines) + "\n")
+    (out / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest
