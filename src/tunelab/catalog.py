@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.models.architectures import KNOWN_FACTS, ModelFacts, known_key
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class Architecture:
     intermediate: int
     vocab: int
     tied_embeddings: bool
+    biases: tuple[str, ...] = ()  # the linear layers (linear_shapes' names) that carry a bias
+    qk_norm: bool = False  # an RMSNorm over q and k per head (Qwen3)
+    facts: ModelFacts | None = field(default=None, compare=False, repr=False)  # a known model's config.json
 
     @property
     def embedding_params(self) -> int:
@@ -38,8 +41,9 @@ class Architecture:
     def params_per_layer(self) -> int:
         attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
         mlp = 3 * self.hidden * self.intermediate
-        norms = 2 * self.hidden
-        return attn + mlp + norms
+        norms = 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
+        shapes = self.linear_shapes()
+        return attn + mlp + norms + sum(shapes[name][1] for name in self.biases)
 
     @property
     def parameters(self) -> int:
@@ -57,11 +61,14 @@ class Architecture:
         }
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "parameters": self.parameters}
+        return {**{k: v for k, v in asdict(self).items() if k != "facts"}, "parameters": self.parameters}
 
     def hf_config(self) -> dict:
         """A transformers config.json with these facts, for building the model without its files (the memory
-        simulator). Family defaults fill the rest: Qwen2's q/k/v biases come with its model type."""
+        simulator, `models random`): a known model's own config.json facts (models/architectures.py); else
+        these shapes, family defaults filling the rest (Qwen2's q/k/v biases come with its model type)."""
+        if self.facts is not None:
+            return self.facts.to_config()
         return {"model_type": self.family, "hidden_size": self.hidden, "intermediate_size": self.intermediate,
                 "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
                 "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim, "vocab_size": self.vocab,
@@ -72,12 +79,13 @@ class Architecture:
 def architecture_from_config(config: dict, name: str) -> Architecture:
     """Parse a transformers config.json (text config of multimodal ones too)."""
     c = config.get("text_config", config)
+    family = str(c.get("model_type", config.get("model_type", "unknown")))
     try:
         hidden = int(c["hidden_size"])
         heads = int(c["num_attention_heads"])
         return Architecture(
             name=name,
-            family=str(c.get("model_type", config.get("model_type", "unknown"))),
+            family=family,
             layers=int(c["num_hidden_layers"]),
             hidden=hidden,
             heads=heads,
@@ -86,30 +94,31 @@ def architecture_from_config(config: dict, name: str) -> Architecture:
             intermediate=int(c["intermediate_size"]),
             vocab=int(c["vocab_size"]),
             tied_embeddings=bool(c.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+            biases=_biases(family, c),
+            qk_norm=family == "qwen3",
         )
     except KeyError as exc:
         raise TunelabError(f"config.json lacks {exc.args[0]!r}: cannot model this architecture", field=name) from None
 
 
-def _known(name, family, layers, hidden, heads, kv, inter, vocab, tied, head_dim=None) -> Architecture:
-    return Architecture(name, family, layers, hidden, heads, kv, head_dim or hidden // heads, inter, vocab, tied)
+def _biases(family: str, c: dict) -> tuple[str, ...]:
+    """Which linear layers carry a bias, as transformers builds the family: Qwen2 always on q, k and v;
+    Llama-like models on q, k, v and o with `attention_bias`, on the MLP with `mlp_bias`."""
+    attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj") if family == "qwen2" else ()
+    if family != "qwen2" and c.get("attention_bias"):
+        attention = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return attention + (("gate_proj", "up_proj", "down_proj") if c.get("mlp_bias") else ())
 
 
-# Public config.json facts of well-known models (no weights needed to plan for them).
+# Public config.json facts of well-known models (no weights needed to plan for them): models/architectures.py.
 KNOWN_MODELS: dict[str, Architecture] = {
-    a.name.lower(): a
-    for a in [
-        _known("Llama-3.2-1B", "llama", 16, 2048, 32, 8, 8192, 128256, True, 64),
-        _known("Llama-3.2-3B", "llama", 28, 3072, 24, 8, 8192, 128256, True, 128),
-        _known("Llama-3.1-8B", "llama", 32, 4096, 32, 8, 14336, 128256, False),
-        _known("Llama-3.1-70B", "llama", 80, 8192, 64, 8, 28672, 128256, False),
-        _known("Qwen2.5-0.5B", "qwen2", 24, 896, 14, 2, 4864, 151936, True),
-        _known("Qwen2.5-1.5B", "qwen2", 28, 1536, 12, 2, 8960, 151936, True),
-        _known("Qwen2.5-3B", "qwen2", 36, 2048, 16, 2, 11008, 151936, True),
-        _known("Qwen2.5-7B", "qwen2", 28, 3584, 28, 4, 18944, 152064, False),
-        _known("Mistral-7B", "mistral", 32, 4096, 32, 8, 14336, 32768, False),
-    ]
+    f.name.lower(): replace(architecture_from_config(f.to_config(), f.name), facts=f) for f in KNOWN_FACTS
 }
+
+
+def known_architecture(model: str) -> Architecture | None:
+    """A well-known model by name, with or without -Instruct / -vN / org/; None when it is not one."""
+    return KNOWN_MODELS.get(known_key(model))
 
 
 def resolve_architecture(model: str | Path) -> Architecture:
@@ -120,9 +129,9 @@ def resolve_architecture(model: str | Path) -> Architecture:
         if not cfg.is_file():
             raise TunelabError("no config.json: not a Hugging Face model directory", file=path)
         return architecture_from_config(json.loads(cfg.read_text()), path.name)
-    key = re.sub(r"-(instruct|v\d+(\.\d+)*)", "", str(model).split("/")[-1].lower())
-    if key in KNOWN_MODELS:
-        return KNOWN_MODELS[key]
+    known = known_architecture(str(model))
+    if known is not None:
+        return known
     raise TunelabError(
         f"'{model}' is neither a model directory nor a known model ({', '.join(a.name for a in KNOWN_MODELS.values())})",
         field="--model",

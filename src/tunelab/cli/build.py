@@ -91,11 +91,42 @@ def models_smollm2(
         say("{} already holds {}: nothing to do (--force rebuilds)", result.path, what)
 
 
+def models_random(
+    arch: str = typer.Option(..., "--arch", help="A known model (Llama-3.2-1B, Qwen2.5-7B, Mistral-7B…; an unknown "
+                             "name lists them all), a model directory holding config.json, or a config.json file."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (must be new or empty, unless --force)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Keep only the first K transformer layers: a "
+                                         "shallow copy for CPU tests (default: the model's real depth)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16: the weights on disk."),
+    seed: int = typer.Option(0, "--seed", help="Weight seed: the same seed writes the same bytes."),
+    force: bool = typer.Option(False, "--force", help="Replace what --out holds."),
+) -> None:
+    """A model with a real architecture and random weights: the exact config.json of a known model (or of the
+    one given), safetensors drawn from --seed, and a byte-level tokenizer of the real vocabulary size with a
+    chat template, offline. Memory and speed per token are the real model's, so plan, estimate, probe and GPU
+    measurements run on it without downloading weights; what it says is noise. Weights are streamed to disk
+    (an 8B model never sits in memory); tunelab_random.json records what was built."""
+    from rich.progress import Progress
+
+    from tunelab.console import console, progress_columns
+    from tunelab.models.random_init import build_random_model
+
+    mib = 2**20
+    with Progress(*progress_columns(), console=console, transient=True) as bar:
+        task = bar.add_task("writing weights (MiB)", total=None)
+        result = build_random_model(arch, out, layers=layers, dtype=dtype, seed=seed, force=force,
+                                    progress=lambda done, total: bar.update(task, completed=done // mib,
+                                                                            total=max(1, total // mib)))
+    p = result.provenance
+    say("wrote {} ({}, {} of {} layers, {}, {:,} parameters, seed {}) in {:.0f} s", result.path, p.arch, p.layers,
+        p.real_layers, p.dtype, p.parameters, p.seed, result.seconds)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `data` and `models` groups to the main app."""
     data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
     add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism})
     models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
-    add_commands(models_app, {"tiny": models_tiny, "smollm2": models_smollm2})
+    add_commands(models_app, {"tiny": models_tiny, "smollm2": models_smollm2, "random": models_random})
     app.add_typer(data_app, name="data")
     app.add_typer(models_app, name="models")

