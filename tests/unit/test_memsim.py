@@ -199,12 +199,20 @@ def nf4_linear_bytes(out_features: int, in_features: int) -> int:
             + 2 * r512(256 * FP32))                           # the code tables of both quantizations
 
 
-def test_qlora_weights_are_nf4_linears_plus_fp32_embeddings_norms_and_head(sim):
+def qlora_kept_bytes(m: dict, frozen_bytes: int) -> int:
+    """The parameters a 4-bit base keeps unquantized, untied: embedding, lm_head, the 2 RMSNorms of each layer
+    and the final norm (frozen_bytes each), plus the rotary buffers."""
+    h, v, n = m["hidden_size"], m["vocab_size"], m["num_hidden_layers"]
+    return 2 * r512(v * h * frozen_bytes) + (2 * n + 1) * r512(h * frozen_bytes) + rotary_bytes(m)
+
+
+@pytest.mark.parametrize("frozen, frozen_bytes", [("float32", FP32), ("compute", BF16), ("auto", BF16)])
+def test_qlora_weights_are_nf4_linears_plus_embeddings_norms_and_head(sim, frozen, frozen_bytes):
     m = model(tie_word_embeddings=False)
-    s = sim(m, config(quantize="4bit"), StepShape(2, 32))
-    # peft's prepare_model_for_kbit_training casts every bf16 parameter that is not 4-bit to fp32:
-    # embedding, lm_head (kept unquantized), the 2 RMSNorms of each layer and the final norm
-    kept = 2 * r512(VOCAB * H * FP32) + (2 * LAYERS + 1) * r512(H * FP32) + rotary_bytes(m)
+    s = sim(m, config(quantize="4bit", qlora_frozen_dtype=frozen), StepShape(2, 32))
+    # float32: peft's prepare_model_for_kbit_training casts every bf16 parameter that is not 4-bit to fp32;
+    # compute (what auto resolves to for bf16): they stay bf16, as loaded
+    kept = qlora_kept_bytes(m, frozen_bytes)
     quantized = LAYERS * sum(nf4_linear_bytes(o, i) for o, i in linears(m))
     # by hand for one layer (packed + absmax + nested absmax + code tables): q and o (4096 weights)
     # 2048 + 512 + 512 + 2048 = 5120; k and v (2048) 1024 + 512 + 512 + 2048 = 4096; gate, up and down

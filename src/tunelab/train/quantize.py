@@ -1,9 +1,10 @@
 """QLoRA (`training.quantize: 4bit`): the frozen base in 4-bit NF4 through transformers'
-BitsAndBytesConfig, LoRA on top after peft's prepare_model_for_kbit_training.
+BitsAndBytesConfig, LoRA on top after the k-bit preparation of models/kbit.py (peft's, with the frozen
+non-quantized parameters kept in the compute dtype when that is bf16; peft's fp32 casts otherwise).
 
 bitsandbytes' 4-bit kernels need a CUDA GPU, so the refusal is made where it is cheap and clear: at
 plan time (no GPU for the jobs, or bitsandbytes not installed), and again in the job before any weight
-is loaded. The memory term is estimate/memory.py's base_weight_bytes.
+is loaded. The memory term is the simulator's (estimate/simulator/), which runs the same preparation.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.models.kbit import prepare_kbit
 from tunelab.rundir.config import QUANTIZE_FIELD
 from tunelab.spec.training import quantize_problem
 
+# What the frozen embeddings, head and norms of a 4-bit base are kept in: auto | compute | float32
+# (models/kbit.py). A module default until the run field `training.qlora_frozen_dtype` exists.
+QLORA_FROZEN_DTYPE = "auto"
 
 
 def load_kwargs(quantize: str | None, dtype) -> dict[str, Any]:
@@ -30,13 +35,12 @@ def load_kwargs(quantize: str | None, dtype) -> dict[str, Any]:
         bnb_4bit_compute_dtype=dtype), "device_map": {"": _local_device()}}
 
 
-def prepare(model, quantize: str | None, activation_checkpointing: bool):
-    """peft's preparation of a k-bit base (norms in fp32, input grads for checkpointing); others unchanged."""
+def prepare(model, quantize: str | None, activation_checkpointing: bool, frozen_dtype: str = QLORA_FROZEN_DTYPE):
+    """The k-bit preparation of a 4-bit base (frozen, input grads for checkpointing, the frozen non-quantized
+    parameters in the compute dtype or fp32: models/kbit.py); a model that is not quantized is unchanged."""
     if quantize is None:
         return model
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
+    return prepare_kbit(model, frozen_dtype, activation_checkpointing)
 
 
 def _cuda() -> bool:

@@ -3,10 +3,11 @@
 replaced by a fake tensor on the CPU, one per distinct tensor, so tied weights stay one storage.
 
 The order and calls mirror train/runner.py and TRL's SFTTrainer: `from_config` in the run's dtype with
-the attention implementation; for QLoRA the 4-bit layers (qlora.py) and peft's
-`prepare_model_for_kbit_training`; `gradient_checkpointing_enable(use_reentrant=False)`; `get_peft_model`
-with the run's LoraConfig (PEFT keeps the adapters in fp32 unless the base is quantized, where TRL casts
-them to bf16); `enable_input_require_grads` with checkpointing; TRL's fused LM head with the outputs
+the attention implementation; for QLoRA the 4-bit layers (qlora.py) and the job's k-bit preparation
+(models/kbit.py: peft's, frozen parameters in the compute dtype or fp32);
+`gradient_checkpointing_enable(use_reentrant=False)`; `get_peft_model` with the run's LoraConfig (PEFT
+keeps the adapters in fp32 unless the base is quantized, where TRL casts them to bf16);
+`enable_input_require_grads` with checkpointing; TRL's fused LM head with the outputs
 SFTTrainer asks for.
 """
 
@@ -58,11 +59,11 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
         attention = register_attention()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
-    if c.quantize == "4bit":
-        from peft import prepare_model_for_kbit_training
+    if c.quantize == "4bit":  # the job's k-bit preparation (train/quantize.py), frozen dtype resolved alike
+        from tunelab.models.kbit import prepare_kbit
 
         quantize_linears(model, dtype)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=c.gradient_checkpointing)
+        model = prepare_kbit(model, c.qlora_frozen_dtype, c.gradient_checkpointing)
     if c.gradient_checkpointing:  # transformers 5 renamed it (train/runner.py picks the name the same way)
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

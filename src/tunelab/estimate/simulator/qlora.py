@@ -5,10 +5,12 @@ BitsAndBytesConfig (NF4, double quantization, compute dtype = the run's dtype):
 - the packed weight: two 4-bit values per byte, `Params4bit` of shape (out·in/2, 1), uint8;
 - the quantization state: one absmax per block of 64 weights, itself quantized to uint8 (double
   quantization), one fp32 absmax per 256 of those blocks, and the two 256-entry code tables.
-What its matmul allocates is what `bnb.matmul_4bit` allocates for a training batch
-(`MatMul4Bit`): the fp32 absmax dequantized, then the whole weight dequantized to the compute dtype,
-used for one `linear` and freed; the input is saved for backward, where the weight is dequantized again to
-compute the input's gradient. The frozen weight gets no gradient.
+What its forward allocates is what `Linear4bit.forward` and `bnb.matmul_4bit` (`MatMul4Bit`) allocate for
+a training batch: the input cast to the compute dtype (a copy unless it is in it already); the fp32 absmax
+dequantized, then the whole weight dequantized to the compute dtype, used for one `linear` and freed; the
+output cast back to the *input's* dtype (`.to(inp_dtype)`: an fp32 input, as peft's fp32 casts make the
+residual stream, gives an fp32 output). Nothing of the input is saved (the frozen weight gets no gradient:
+`ctx.tensors = (None, B)`); backward dequantizes the weight again to compute the input's gradient.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ NESTED_BLOCK = 256
 class _MatMul4BitStandIn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer):
-        ctx.layer = layer
-        ctx.save_for_backward(x)
+        ctx.layer = layer  # the packed weight and its quantization state only, as MatMul4Bit keeps them
         weight = layer.dequantized(x.dtype)
         return torch.nn.functional.linear(x, weight)
 
@@ -67,7 +68,7 @@ class NF4Linear(torch.nn.Linear):
         return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _MatMul4BitStandIn.apply(x.to(self.compute_dtype), self)
+        return _MatMul4BitStandIn.apply(x.to(self.compute_dtype), self).to(x.dtype)
 
 
 def quantize_linears(model: PreTrainedModel, compute_dtype: torch.dtype) -> None:

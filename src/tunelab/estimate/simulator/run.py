@@ -69,7 +69,8 @@ class SimulatedMemory:
 def _code_stamp() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(here.glob("*.py")) + [here.parent.parent / "models" / "lora.py"]:
+    # the simulator runs models/ too (the LoRA config, the k-bit preparation, the attention functions)
+    for path in sorted(here.glob("*.py")) + sorted((here.parent.parent / "models").glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -25,6 +25,7 @@ class StepConfig:
     modules_to_save: tuple[str, ...] = ()
     gradient_checkpointing: bool = False
     quantize: str | None = None
+    qlora_frozen_dtype: str = "auto"  # QLoRA's frozen embeddings/head/norms: auto|compute|float32 (models/kbit.py)
     attention: str = "sdpa"
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
