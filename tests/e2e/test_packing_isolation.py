@@ -26,7 +26,7 @@ def _example_losses(logits, labels, starts):
 
 @pytest.mark.parametrize("forced", [None, "eager"], ids=["as-loaded", "eager"])
 def test_packed_batch_loss_equals_examples_run_apart(write_spec, forced):
-    """`as-loaded` is the implementation tunelab's trainer gets here (sdpa on CPU for the tiny Llama)."""
+    """`as-loaded` is the implementation tunelab's trainer gets for a packed run (tunelab_varlen)."""
     import torch
 
     from tunelab.train.trainer import build_trainer
@@ -38,6 +38,7 @@ def test_packed_batch_loss_equals_examples_run_apart(write_spec, forced):
     if forced:
         model.get_base_model().set_attn_implementation(forced)
     attn = model.get_base_model().config._attn_implementation
+    assert forced or attn == "tunelab_varlen"  # what `attention: auto` loads for a packed run
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # padding-free, as trained
     pos = batch["position_ids"][0]
