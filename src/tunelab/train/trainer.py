@@ -15,6 +15,7 @@ from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
 from tunelab.train import quantize
+from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import dataloader_args, resolve_workers
 from tunelab.train.distributed import trainer_args, world
@@ -68,8 +69,10 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
 def attention_of(cfg: RunConfig) -> str:
     """The `attn_implementation` of the run's resolved attention (run.yaml's training.attention; `auto` is resolved
     here as plan resolves it), tunelab's varlen function registered with transformers when it is the one."""
+    import importlib.util
     import json
 
+    from tunelab.errors import TunelabError
     from tunelab.models.attention import AttentionKind, register_attention, resolve_attention
 
     t = cfg.training
@@ -77,8 +80,13 @@ def attention_of(cfg: RunConfig) -> str:
     config_file = Path(cfg.model.path) / "config.json"
     model_config = json.loads(config_file.read_text()) if config_file.is_file() else None
     choice = resolve_attention(t.attention, t.packing, model_config)
+    if choice.kind is AttentionKind.FLASH_ATTENTION_2 and importlib.util.find_spec("flash_attn") is None:
+        raise TunelabError("training.attention: flash_attention_2 needs the flash-attn package (or use auto: varlen "
+                           "per example needs nothing beyond PyTorch)", file=cfg.run_dir / "run.yaml",
+                           field="training.attention")
     if choice.kind is AttentionKind.VARLEN:
         register_attention()
+    log(f"attention: {choice.describe()}")  # a fallback the kernel needs is named here, once, in train.log
     return choice.implementation
 
 
