@@ -1,0 +1,50 @@
+"""`tunelab mcp` (the server an assistant drives the lab with) and `tunelab skills install` (the Agent Skills
+that tell it how). Imported lazily: the mcp SDK loads only when these commands run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli.common import add_commands
+from tunelab.console import say
+
+
+def mcp_cmd(
+    root: Path = typer.Option(Path("."), "--root", help="Workspace root: every path argument must resolve inside "
+                              "it (symlinks included)."),
+    http: Optional[int] = typer.Option(None, "--http", help="Serve streamable HTTP on 127.0.0.1:PORT (path /mcp) "
+                                       "instead of stdio."),
+    read_only: bool = typer.Option(False, "--read-only", help="Expose only the tools that change nothing."),
+    models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Model stores list_models and "
+                                                    "init_spec may read outside the root (also $TUNELAB_MODELS)."),
+) -> None:
+    """Serve tunelab to an AI assistant over the Model Context Protocol: typed tools for the whole pipeline
+    (init_spec, plan, scaffold, run, status, eval, results, report, ...) and each experiment's plan.md,
+    report.md and results as resources."""
+    from tunelab.mcp.server import serve
+
+    serve(root, read_only=read_only, http_port=http, model_dirs=models_dir)
+
+
+skills_app = typer.Typer(help="The Agent Skills for assistants (plan, run, summarize, adopt).", no_args_is_help=True)
+
+
+def skills_install_cmd(
+    dir: Path = typer.Option(Path(".claude/skills"), "--dir", help="Where the assistant looks for skills "
+                             "(one folder per skill, each with SKILL.md)."),
+    force: bool = typer.Option(False, "--force", help="Replace skills already installed there."),
+) -> None:
+    """Copy tunelab's skills (plan-experiment, run-experiment, summarize-experiment, adopt-runs) into DIR."""
+    from tunelab.mcp.skills import install_skills
+
+    for path in install_skills(dir, force=force):
+        say("installed {}", path)
+
+
+def register(app: typer.Typer) -> None:
+    add_commands(app, {"mcp": mcp_cmd})
+    add_commands(skills_app, {"install": skills_install_cmd})
+    app.add_typer(skills_app, name="skills")

@@ -1,0 +1,52 @@
+"""Sweeps started by the server: the same `tunelab run` the CLI runs, as a detached process, so the tool call
+returns at once and the server keeps answering while runs train; `status` follows it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+LOG_DIR = ".tunelab-mcp"  # inside the experiment directory
+TAIL_LINES = 5
+
+
+@dataclass
+class Sweeps:
+    """The background sweeps of this server, by experiment directory (Popen objects, so ended ones are reaped)."""
+
+    running: dict[Path, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, experiment_dir: Path, runs: list[str], force: bool) -> tuple[int, Path]:
+        """Start `python -m tunelab run EXP [--run R ...] [--force]`, its output in EXP/.tunelab-mcp/run.log."""
+        if self.alive(experiment_dir):
+            raise TunelabError("a sweep this server started is still running; follow it with status, or cancel "
+                               "it", file=experiment_dir)
+        log = experiment_dir / LOG_DIR / "run.log"
+        log.parent.mkdir(exist_ok=True)
+        args = [sys.executable, "-m", "tunelab", "run", str(experiment_dir)]
+        args += [a for r in runs for a in ("--run", r)] + (["--force"] if force else [])
+        with open(log, "wb") as out:  # the child holds its own descriptor; ours closes here
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=experiment_dir, start_new_session=True)
+        self.running[experiment_dir] = proc
+        return proc.pid, log
+
+    def alive(self, experiment_dir: Path) -> bool:
+        proc = self.running.get(experiment_dir)
+        return proc is not None and proc.poll() is None
+
+    def tail(self, experiment_dir: Path) -> list[str]:
+        """The last lines of the sweep's log (why it stopped, when it stopped early)."""
+        log = experiment_dir / LOG_DIR / "run.log"
+        if not log.is_file():
+            return []
+        return log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+
+    def stop_all(self) -> None:
+        """Leave the sweeps running when the server ends (they are the lab's jobs); only reap the ended ones."""
+        for proc in self.running.values():
+            proc.poll()

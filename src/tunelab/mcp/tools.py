@@ -1,0 +1,234 @@
+"""The pipeline's tools: each calls the module function its CLI command calls and returns a typed model.
+Every path argument goes through Workspace.inside; a TunelabError becomes a tool error with the CLI's line."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import sqlite3
+import subprocess
+from typing import Annotated, Any, Callable, TypeVar
+
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+from tunelab.mcp.models import (CancelOut, EvalOut, PlanOut, ProbeOut, ReportOut, ResultRow, ResultsOut, RunOut,
+                                ScaffoldOut, SpecDraft, StatusOut, ValidateOut)
+from tunelab.mcp.paths import Workspace
+from tunelab.mcp.sweeps import Sweeps
+
+F = TypeVar("F", bound=Callable[..., Any])
+Exp = Annotated[str, Field(description="Experiment directory (relative to the workspace root).")]
+Spec = Annotated[str, Field(description="experiment.yaml (relative to the workspace root).")]
+Gpu = Annotated[str | None, Field(description="Target GPU for estimates, e.g. H100-80GB (default: the spec's, "
+                                              "else detected, else this machine's CPU).")]
+RunNames = Annotated[list[str] | None, Field(description="Only these runs or controls (default: all).")]
+
+
+def one_line(fn: F) -> F:
+    """User errors and failures of the environment as tool errors carrying the CLI's one line, no traceback."""
+    from tunelab.cli.common import environment_error
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunelabError as exc:
+            raise ToolError(str(exc)) from None
+        except (OSError, sqlite3.OperationalError, subprocess.TimeoutExpired) as exc:
+            message = environment_error(exc)
+            if message is None:
+                raise
+            raise ToolError(message) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def quiet() -> Console:
+    """Where the library's progress lines go: not stdout (the stdio transport's), and not kept."""
+    return Console(file=io.StringIO(), width=120)
+
+
+def plan_out(ws: Workspace, plan: Any, plan_md: str | None) -> PlanOut:
+    from tunelab.plan.markdown import plan_rows
+
+    return PlanOut(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
+                   runs=plan_rows(plan), estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
+                   totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
+                   plan_md=plan_md)
+
+
+class PipelineTools:
+    """init_spec → validate → plan/estimate/probe → scaffold → run → status/cancel → eval → results → report."""
+
+    def __init__(self, ws: Workspace, sweeps: Sweeps):
+        self.ws = ws
+        self.sweeps = sweeps
+
+    def _gpu(self, name: str | None, spec_path: Any) -> Any:
+        from tunelab.cli.main import _gpu_or_none
+
+        return _gpu_or_none(name, spec_path)
+
+    @one_line
+    def init_spec(
+        self,
+        models: Annotated[list[str], Field(description="Base model directories (several: compared).")],
+        datasets: Annotated[list[str], Field(description="Dataset files (jsonl, csv, ...).")],
+        out: Annotated[str, Field(description="Experiment directory (gets experiment.yaml) or a *.yaml path.")],
+        vary: Annotated[dict[str, list[Any]] | None, Field(description="Factor → levels, e.g. "
+                                                           "{\"lora_rank\": [4, 64]}; runs are every combination.")] = None,
+        name: str | None = None,
+        epochs: int = 1,
+        controls: Annotated[bool, Field(description="Evaluate each base model untuned.")] = True,
+        validation: bool = True,
+        gpus_per_run: Annotated[int, Field(description="0: CPU; 1: one device; more: distributed.")] = 1,
+        prompt: Annotated[str | None, Field(description="Prompt template with {input}.")] = "{input}",
+        gpu: Gpu = None,
+        force: Annotated[bool, Field(description="Replace an existing experiment.yaml.")] = False,
+    ) -> SpecDraft:
+        """Draft experiment.yaml from answers (models and data verified, the runs planned) and write it."""
+        from tunelab.catalog import detect_gpu, resolve_gpu
+        from tunelab.init.answers import InitAnswers, commit, default_name, draft
+
+        target = self.ws.inside(out, "out")
+        answers = InitAnswers(
+            name=name or default_name(target), vary=dict(vary or {}), gpus_per_run=gpus_per_run,
+            models=[self.ws.existing_model(m, f"models[{i}]") for i, m in enumerate(models)],
+            datasets=[self.ws.existing_dataset(d, f"datasets[{i}]") for i, d in enumerate(datasets)],
+            validation=validation, controls=controls, epochs=epochs, prompt=prompt or None,
+            gpu=resolve_gpu(gpu).name if gpu else None)
+        tmp, plan = draft(answers, target, gpu=resolve_gpu(gpu) if gpu else detect_gpu(), force=force)
+        path = commit(tmp, target)
+        return SpecDraft(spec=self.ws.shown(path), runs=[r.name for r in plan.finetune_runs],
+                         controls=[r.name for r in plan.controls], warnings=list(plan.warnings))
+
+    @one_line
+    def validate(self, path: Annotated[str, Field(description="experiment.yaml or a run's run.yaml.")],
+                 gpu: Gpu = None) -> ValidateOut:
+        """Check every run: predicted OOM, missing splits or fields, prompt without {input}, warm-up."""
+        from tunelab.cli.estimate import _validate_gpu
+        from tunelab.plan.validate import validate_path
+
+        target = self.ws.inside(path, "path")
+        checks = validate_path(target, _validate_gpu(gpu, target))
+        return ValidateOut(ok=not any(c.errors for c in checks), checks=checks)
+
+    @one_line
+    def plan(self, spec: Spec, gpu: Gpu = None,
+             write_md: Annotated[bool, Field(description="Write plan.md beside the spec.")] = True) -> PlanOut:
+        """Verify models, data and eval task; every run with its estimates and their sources; writes plan.md."""
+        from tunelab.fsutil import atomic_write_text
+        from tunelab.plan.markdown import render_plan_md
+        from tunelab.plan.planner import make_plan
+
+        path = self.ws.inside(spec, "spec")
+        plan = make_plan(path, gpu=self._gpu(gpu, path))
+        md = atomic_write_text(path.parent / "plan.md", render_plan_md(plan)) if write_md else None
+        return plan_out(self.ws, plan, self.ws.shown(md) if md else None)
+
+    @one_line
+    def estimate(self, spec: Spec, gpu: Gpu = None) -> PlanOut:
+        """The plan's estimates for another GPU (or this one), writing nothing."""
+        from tunelab.plan.planner import make_plan
+
+        path = self.ws.inside(spec, "spec")
+        return plan_out(self.ws, make_plan(path, gpu=self._gpu(gpu, path)), None)
+
+    @one_line
+    def probe(self, spec: Spec) -> ProbeOut:
+        """A few real optimizer steps of each run shape here; records speed and memory in the history."""
+        from tunelab.cli.measure import run_probe
+
+        rows = run_probe(self.ws.inside(spec, "spec"), quiet=True)
+        return ProbeOut(shapes=[json.loads(json.dumps(r.__dict__, default=str)) for r in rows])
+
+    @one_line
+    def scaffold(self, spec: Spec, out: Annotated[str | None, Field(description="Experiment directory "
+                                                                    "(default: the spec's).")] = None,
+                 force: Annotated[bool, Field(description="Overwrite run configs even where runs have "
+                                              "results (destructive).")] = False,
+                 gpu: Gpu = None) -> ScaffoldOut:
+        """Write runs/<run>/ (run.yaml, job scripts), controls/, submit_all.sh, plan.md, README.md."""
+        from tunelab.scaffold.write import scaffold
+
+        path = self.ws.inside(spec, "spec")
+        plan = scaffold(path, self.ws.inside(out, "out") if out else None, force=force, gpu=self._gpu(gpu, path))
+        return ScaffoldOut(experiment_dir=self.ws.shown(plan.experiment_dir),
+                           runs=[r.name for r in plan.finetune_runs], controls=[r.name for r in plan.controls])
+
+    @one_line
+    def run(self, experiment_dir: Exp, runs: RunNames = None,
+            force: Annotated[bool, Field(description="Rerun completed runs from scratch (destructive).")] = False
+            ) -> RunOut:
+        """Start the sweep in the background (`tunelab run`) and return at once; follow it with status."""
+        from tunelab.execute.status import status_rows
+        from tunelab.rundir.experiment import load_runs, select_runs
+
+        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        chosen = {r.name for r in select_runs(load_runs(exp), runs) if r.kind == "finetune"}
+        todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != "completed")]
+        if not todo:
+            return RunOut(experiment_dir=self.ws.shown(exp), submitted=[], pid=None, log=None)
+        pid, log = self.sweeps.start(exp, list(runs or []), force)
+        return RunOut(experiment_dir=self.ws.shown(exp), submitted=todo, pid=pid, log=self.ws.shown(log))
+
+    @one_line
+    def status(self, experiment_dir: Exp) -> StatusOut:
+        """State, progress and ETA of every run and control; why a job failed; whether the sweep is done."""
+        from tunelab.execute.status import status_rows
+
+        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        rows = status_rows(exp)
+        running = self.sweeps.alive(exp)
+        return StatusOut(experiment_dir=self.ws.shown(exp), sweep_running=running, runs=rows,
+                         done=not running and not any(r.active for r in rows), sweep_log_tail=self.sweeps.tail(exp))
+
+    @one_line
+    def cancel(self, experiment_dir: Exp, runs: Annotated[list[str] | None, Field(
+                   description="Runs or controls to cancel.")] = None,
+               all_runs: Annotated[bool, Field(description="Cancel every run's jobs (must be explicit).")] = False
+               ) -> CancelOut:
+        """Cancel the queued or running jobs of the named runs (or all, with all_runs=true)."""
+        from tunelab.execute.status import cancel
+
+        if not runs and not all_runs:
+            raise TunelabError("name the runs to cancel, or pass all_runs=true to cancel every run", field="runs")
+        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        return CancelOut(cancelled_jobs=cancel(exp, None if all_runs else runs, console=quiet()))
+
+    @one_line
+    def eval(self, experiment_dir: Exp, runs: RunNames = None,
+             epochs: Annotated[str | None, Field(description="last, all, or e.g. 0,2 (default: the spec's).")] = None,
+             force: Annotated[bool, Field(description="Re-evaluate checkpoints that have scores.")] = False
+             ) -> EvalOut:
+        """Evaluate fine-tuned checkpoints, controls and eval-only runs with inspect-ai (waits until scored)."""
+        from tunelab.evaluate.sweep import evaluate_experiment
+
+        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        done = evaluate_experiment(exp, runs, epochs, force=force, console=quiet())
+        return EvalOut(evaluated={k: [str(x) for x in v] for k, v in done.items()})
+
+    @one_line
+    def results(self, experiment_dir: Exp) -> ResultsOut:
+        """State, training metrics and every eval score (with 95 % intervals) of every run, from the ledger."""
+        from tunelab.ledger.results import collect_results
+
+        rows = collect_results(self.ws.inside(experiment_dir, "experiment_dir"))
+        return ResultsOut(runs=[ResultRow.model_validate(json.loads(json.dumps(r.to_json(), default=str)))
+                                for r in rows])
+
+    @one_line
+    def report(self, experiment_dir: Exp) -> ReportOut:
+        """Write report/report.md and report.html (works mid-sweep: partial); also the resource report.md."""
+        from tunelab.mcp.resources import report_uri
+        from tunelab.report.build import build_report
+
+        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        files = build_report(exp)
+        return ReportOut(markdown=self.ws.shown(files.markdown), html=self.ws.shown(files.html),
+                         figures=[self.ws.shown(f) for f in files.figures], partial=files.partial,
+                         resource=report_uri(self.ws, exp))
