@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli import build as cli_build
+from tunelab.cli import assistant as cli_assistant
 
 from tunelab.cli import daily as cli_daily
 
@@ -326,7 +327,7 @@ def register(app: typer.Typer) -> None:
 
 # Every command module adds its commands the same way (`register`), in the order `--help` lists them.
 for _module_register in (cli_daily.register, cli_estimate.register, cli_measure.register, register,
-                         cli_build.register):
+                         cli_build.register, cli_assistant.register):
     _module_register(app)
 
 if __name__ == "__main__":  # pragma: no cover
