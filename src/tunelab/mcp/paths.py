@@ -12,6 +12,7 @@ from tunelab.errors import TunelabError
 from tunelab.init.discover import DATA_SUFFIXES, find_models, is_model_dir, models_roots
 
 NEAREST = 3  # names offered when a model or dataset is missing
+SKIPPED = {"runs", "controls", "report", "eval_logs"}  # experiment outputs, not data
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,15 @@ class Workspace:
         return find_models([self.root, *self.model_dirs])
 
     def datasets(self) -> list[Path]:
-        """Data files under the root (at most a few levels down, hidden and run directories skipped)."""
+        """Data files under the root (at most a few levels down; model, run, hidden directories skipped)."""
         found: list[Path] = []
         for dirpath, dirnames, files in os.walk(self.root):
             here = Path(dirpath)
+            if is_model_dir(here):  # its config.json and tokenizer files are not data
+                dirnames.clear()
+                continue
             depth = len(here.relative_to(self.root).parts)
-            dirnames[:] = [] if depth >= 3 else [d for d in dirnames if not d.startswith(".") and d != "runs"]
+            dirnames[:] = [] if depth >= 3 else [d for d in dirnames if not d.startswith(".") and d not in SKIPPED]
             found += [here / f for f in files if Path(f).suffix in DATA_SUFFIXES and not f.startswith(".")]
         return sorted(found)
 

@@ -33,7 +33,7 @@ INSTRUCTIONS = ("tunelab plans, runs, evaluates and reports sweeps of LoRA fine-
 
 def build_server(root: str | Path, read_only: bool = False, model_dirs: list[Path] | None = None) -> MCPServer:
     ws = Workspace.at(root, model_dirs)
-    server: MCPServer = MCPServer("tunelab", instructions=INSTRUCTIONS)
+    server: MCPServer = MCPServer("tunelab", instructions=INSTRUCTIONS, log_level="WARNING")
     pipeline, lab = PipelineTools(ws, Sweeps()), LabTools(ws)
     for name in (*READ_ONLY, *WRITES):
         if read_only and name not in READ_ONLY:

@@ -1,0 +1,125 @@
+"""`tunelab mcp` driven by the MCP SDK's own stdio client, as an assistant would: list the tools and check their
+schemas, then init_spec → plan → scaffold → run → status until done → eval → results → report on the tiny
+model, read report.md as a resource; bad input is refused with one line and the server keeps answering."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from tunelab.execute.status import StatusRow
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "run", "status", "cancel", "eval",
+            "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model, caps_dataset) -> Path:
+    """A lab's workspace: models/tiny, data/<caps file>; the experiment is drafted into exp/."""
+    root = tmp_path / "lab"
+    shutil.copytree(tiny_model, root / "models" / "tiny")
+    (root / "data").mkdir()
+    shutil.copy(caps_dataset, root / "data" / caps_dataset.name)
+    return root
+
+
+def server(root: Path) -> StdioServerParameters:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return StdioServerParameters(command=sys.executable, args=["-m", "tunelab", "mcp", "--root", str(root)],
+                                 env=env, cwd=str(root))
+
+
+async def call(client: Client, name: str, args: dict) -> dict:
+    result = await client.call_tool(name, args)
+    assert not result.is_error, (name, result.content)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def refused(client: Client, name: str, args: dict) -> str:
+    result = await client.call_tool(name, args)
+    assert result.is_error, (name, result.structured_content)
+    text = result.content[0].text
+    assert "Traceback" not in text
+    return text
+
+
+async def check_tools(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == PIPELINE
+    for t in tools.values():
+        assert t.output_schema and t.output_schema["type"] == "object", t.name
+        assert t.input_schema["type"] == "object", t.name
+    status_row = tools["status"].output_schema["$defs"]["StatusRow"]["properties"]
+    assert {f.name for f in dataclasses.fields(StatusRow)} <= set(status_row)
+    assert tools["plan"].input_schema["required"] == ["spec"]
+    assert tools["cancel"].input_schema["properties"]["all_runs"]["type"] == "boolean"
+    assert tools["status"].annotations.read_only_hint and not tools["run"].annotations.read_only_hint
+    assert "Changes files" in tools["scaffold"].description
+
+
+async def bad_input(client: Client, root: Path, caps: str) -> None:
+    text = await refused(client, "plan", {"spec": "../outside/experiment.yaml"})
+    assert "outside the workspace root" in text
+    (root / "escape").symlink_to(root.parent)  # a link inside the root pointing out of it
+    assert "outside the workspace root" in await refused(client, "validate", {"path": "escape/x.yaml"})
+    text = await refused(client, "init_spec", {"models": ["models/tiyn"], "datasets": [caps], "out": "bad"})
+    assert "models[0]" in text and "nearest: models/tiny" in text
+    (root / "broken").mkdir()
+    (root / "broken" / "experiment.yaml").write_text("name: x\nmodels: 3\n")
+    text = await refused(client, "plan", {"spec": "broken/experiment.yaml"})
+    assert "broken/experiment.yaml" in text and "models" in text
+    assert "all_runs" in await refused(client, "cancel", {"experiment_dir": "exp"})
+    assert (await call(client, "list_models", {}))["paths"] == ["models/tiny"]  # still answering
+
+
+async def drive(root: Path) -> None:
+    caps = f"data/{next((root / 'data').iterdir()).name}"
+    async with Client(server(root), read_timeout_seconds=600) as client:
+        await check_tools(client)
+        spec = await call(client, "init_spec", {"models": ["models/tiny"], "datasets": [caps], "out": "exp",
+                                                "vary": {"lora_rank": [4, 8]}, "epochs": 1, "gpus_per_run": 0,
+                                                "validation": False, "prompt": "Capitalize: {input}"})
+        assert spec["spec"] == "exp/experiment.yaml" and len(spec["runs"]) == 2 and len(spec["controls"]) == 1
+        plan = await call(client, "plan", {"spec": spec["spec"]})
+        assert [r["run"] for r in plan["runs"]] == spec["runs"] + spec["controls"]
+        assert plan["plan_md"] == "exp/plan.md"
+        made = await call(client, "scaffold", {"spec": spec["spec"]})
+        assert made["runs"] == spec["runs"]
+        started = time.monotonic()
+        run = await call(client, "run", {"experiment_dir": "exp"})
+        assert time.monotonic() - started < 30 and run["pid"] and sorted(run["submitted"]) == sorted(spec["runs"])
+        await bad_input(client, root, caps)  # while the sweep trains: the server answers
+        status = await call(client, "status", {"experiment_dir": "exp"})
+        while not status["done"]:
+            assert time.monotonic() - started < 900, status
+            await anyio.sleep(2)
+            status = await call(client, "status", {"experiment_dir": "exp"})
+        states = {r["name"]: r["state"] for r in status["runs"]}
+        assert all(states[r] == "completed" for r in spec["runs"]), (states, status["sweep_log_tail"])
+        evaluated = await call(client, "eval", {"experiment_dir": "exp"})
+        assert set(spec["runs"] + spec["controls"]) <= set(evaluated["evaluated"])
+        results = {r["name"]: r for r in (await call(client, "results", {"experiment_dir": "exp"}))["runs"]}
+        for name in spec["runs"]:
+            assert results[name]["state"] == "completed" and results[name]["type"] == "fine-tuned"
+            assert results[name]["steps"] > 0 and results[name]["score"] is not None
+        report = await call(client, "report", {"experiment_dir": "exp"})
+        assert report["markdown"] == "exp/report/report.md" and not report["partial"]
+        page = await client.read_resource(report["resource"])
+        assert page.contents[0].text == (root / "exp" / "report" / "report.md").read_text()
+        assert "# " in page.contents[0].text
+
+
+def test_assistant_drives_the_demo(workspace):
+    anyio.run(drive, workspace)

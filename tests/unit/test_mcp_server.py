@@ -1,0 +1,144 @@
+"""The MCP server in process (the SDK's in-memory client): path safety, nearest names, read-only mode, the
+one-line tool errors, resources; and `tunelab skills install`. No training: fast."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+from tunelab.errors import TunelabError
+from tunelab.mcp.paths import Workspace
+from tunelab.mcp.server import build_server
+
+
+def fake_model(path: Path) -> Path:
+    """What list_models recognizes: config.json and a weights file (nothing loads it here)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    lab = tmp_path / "lab"
+    for name in ("llama-3.2-1b", "llama-3.2-3b", "qwen2.5-7b"):
+        fake_model(lab / "models" / name)
+    (lab / "data").mkdir()
+    (lab / "data" / "caps_train.jsonl").write_text("{}\n")
+    (tmp_path / "secret").mkdir()
+    return lab
+
+
+def tool(root: Path, name: str, args: dict, read_only: bool = False):
+    async def go():
+        async with Client(build_server(root, read_only=read_only)) as client:
+            return await client.call_tool(name, args)
+
+    return anyio.run(go)
+
+
+def test_paths_outside_the_root_are_refused(root):
+    ws = Workspace.at(root)
+    assert ws.inside("data/caps_train.jsonl", "f") == root / "data" / "caps_train.jsonl"
+    assert ws.inside(str(root / "models"), "f") == root / "models"
+    (root / "link").symlink_to(root.parent / "secret")  # inside by name, outside once resolved
+    for given in ("../secret", str(root.parent / "secret"), "link", "link/x.yaml", "data/../../secret", "/etc"):
+        with pytest.raises(TunelabError, match="outside the workspace root"):
+            ws.inside(given, "spec")
+
+
+def test_missing_model_names_the_nearest(root):
+    result = tool(root, "init_spec", {"models": ["models/llama-3.2-1"], "datasets": ["data/caps_train.jsonl"],
+                                      "out": "exp"})
+    text = result.content[0].text
+    assert result.is_error and "\n" not in text
+    assert re.search(r"models\[0\]: no model directory at models/llama-3.2-1 .*nearest: models/llama-3.2-1b, "
+                     r"models/llama-3.2-3b", text), text
+    result = tool(root, "init_spec", {"models": ["models/qwen2.5-7b"], "datasets": ["data/caps_trian.jsonl"],
+                                      "out": "exp"})
+    assert "datasets[0]: no dataset file" in result.content[0].text
+    assert "nearest: data/caps_train.jsonl" in result.content[0].text
+
+
+def test_malformed_spec_names_file_and_field(root):
+    (root / "exp").mkdir()
+    (root / "exp" / "experiment.yaml").write_text("name: x\nmodels: []\ndatasets: []\ntraining: {epochs: many}\n")
+    result = tool(root, "plan", {"spec": "exp/experiment.yaml"})
+    text = result.content[0].text
+    assert result.is_error and "Traceback" not in text
+    # the CLI's lines: one per problem, each naming the file and the field
+    assert f"{root}/exp/experiment.yaml: training.epochs: Input should be a valid integer" in text
+    assert all(line.split(": ")[-3].endswith("exp/experiment.yaml") for line in text.splitlines()[1:])
+
+
+def test_cancel_needs_run_names_or_all_runs(root):
+    result = tool(root, "cancel", {"experiment_dir": "exp"})
+    assert result.is_error and "all_runs=true" in result.content[0].text
+
+
+def test_read_only_exposes_only_tools_that_change_nothing(root):
+    async def names(read_only):
+        async with Client(build_server(root, read_only=read_only)) as client:
+            return {t.name: t for t in (await client.list_tools()).tools}
+
+    every, safe = anyio.run(names, False), anyio.run(names, True)
+    assert {"run", "scaffold", "cancel", "eval", "init_spec", "report", "adopt", "ingest"} <= set(every) - set(safe)
+    assert {"status", "results", "validate", "list_models", "list_datasets"} <= set(safe)
+    assert all(t.annotations.read_only_hint for t in safe.values())
+    assert "scaffold" not in [t for t in safe]
+    assert tool(root, "run", {"experiment_dir": "exp"}, read_only=True).is_error
+
+
+def test_list_models_and_datasets(root):
+    models = tool(root, "list_models", {}).structured_content
+    assert models == {"paths": ["models/llama-3.2-1b", "models/llama-3.2-3b", "models/qwen2.5-7b"]}
+    assert tool(root, "list_datasets", {}).structured_content == {"paths": ["data/caps_train.jsonl"]}
+
+
+def test_resources_read_files_inside_the_root_only(root):
+    (root / "exp").mkdir()
+    (root / "exp" / "experiment.yaml").write_text("name: x\n")
+    (root / "exp" / "plan.md").write_text("# the plan\n")
+
+    async def go():
+        async with Client(build_server(root)) as client:
+            page = await client.read_resource("tunelab://experiment/exp/plan.md")
+            listing = await client.read_resource("tunelab://experiments")
+            with pytest.raises(Exception):
+                await client.read_resource("tunelab://experiment/../secret/plan.md")
+            return page.contents[0].text, json.loads(listing.contents[0].text)
+
+    text, listing = anyio.run(go)
+    assert text == "# the plan\n"
+    assert listing == [{"experiment": "exp", "plan.md": "tunelab://experiment/exp/plan.md",
+                        "report.md": "tunelab://experiment/exp/report.md",
+                        "results.json": "tunelab://experiment/exp/results.json"}]
+
+
+def test_skills_install(tmp_path):
+    runner = CliRunner()
+    target = tmp_path / "skills"
+    res = runner.invoke(app, ["skills", "install", "--dir", str(target)])
+    assert res.exit_code == 0, res.output
+    installed = sorted(p.name for p in target.iterdir())
+    assert installed == ["adopt-runs", "plan-experiment", "run-experiment", "summarize-experiment"]
+    tools = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "run", "status", "cancel", "eval",
+             "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
+    for name in installed:
+        text = (target / name / "SKILL.md").read_text()
+        front = text.split("---")[1]
+        assert f"\nname: {name}\n" in front and "\ndescription: " in front
+        steps = text.split("## Steps", 1)[1]
+        named = set(re.findall(r"`([a-z_]+)`", steps)) & tools
+        assert named and "tunelab " in steps, name  # each names MCP tools and CLI commands
+    again = runner.invoke(app, ["skills", "install", "--dir", str(target)])
+    assert again.exit_code == 1 and "--force" in again.output
+    assert runner.invoke(app, ["skills", "install", "--dir", str(target), "--force"]).exit_code == 0
