@@ -5,7 +5,12 @@ cannot and why, and the median absolute error separately for rows of tunelab's o
 (transformers + PEFT) and for the others (torchtune, LitGPT). Nothing here is fitted: each row is the
 simulated step of that configuration, compared with the counter the source reports.
 
-    python benchmarks/memory_references.py [--json OUT]
+Where a row's published figure spans more than training (PEFT's MetaMathQA peak is the whole run's
+max_memory_reserved, validation generation at batch 50 included) and the source also records the training
+steps' own figure (the 99th percentile of memory_reserved after each step), both are compared and printed;
+the medians use the training-step figure, the one that measures what is simulated.
+
+    python benchmarks/memory_references.py [--extrapolated] [--json OUT] [--markdown]
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from tunelab.estimate.simulator import StepConfig, StepShape, simulate
 
@@ -45,6 +50,12 @@ class Reference:
     published_gib: float
     counter: str  # "allocated" | "reserved" | "active"
     differs: str  # what the source's step does that this one does not
+    training_step_gib: float | None = None  # the source's training-step figure, where the published one spans more
+
+    @property
+    def compared_gib(self) -> float:
+        """The figure the medians use: the training-step one where the source records it."""
+        return self.training_step_gib if self.training_step_gib is not None else self.published_gib
 
 
 LITGPT = "LitGPT's own model; adapters bf16; peak includes model loading and validation"
@@ -59,19 +70,28 @@ def litgpt(row: int, name: str, model: dict, batch: int, published: float, diffe
                      StepShape(batch, 512), published, "allocated", differs)
 
 
+# PEFT's MetaMathQA runs: 768 tokens is the truncation limit, not the batches' length. The data are filtered to
+# <= 1300 characters a sample (~210 tokens on average), batches are length-bucketed (longest first in each
+# bucket of 20) and padded to their longest row, and memory_reserved is read after each step, with empty_cache
+# every 10 steps: the training-step figure is the 99th percentile of those reads over 5000 steps of changing
+# lengths; the whole run's peak also spans validation generation at batch 50. The script also keeps the
+# previous step's outputs (logits, and the KV cache that use_cache builds without checkpointing) alive into
+# the next forward; the simulated step does not.
+PEFT_METAMATH = ("4 × 768 is the truncation limit: the source's batches are bucketed by length and shorter; "
+                 "empty_cache every 10 steps; its outputs and KV cache live across steps")
+
+
 def references() -> list[Reference]:
     bf16 = dict(dtype="bfloat16")
     return [
         Reference(17, "PEFT MetaMathQA, Llama-3.2-3B r32 q,v, bs4×768 padded", "hf", LLAMA_3_2_3B,
                   StepConfig(**bf16, lora_rank=32, lora_alpha=64, lora_targets=QV, loss="full_logits",
                              autocast=False, weight_decay=0.1),
-                  StepShape(4, 768), 20.76, "reserved",
-                  "peak spans validation generation at batch 50; empty_cache every 10 steps (training-step p99: 18.74)"),
+                  StepShape(4, 768), 20.76, "reserved", PEFT_METAMATH, training_step_gib=18.74),
         Reference(19, "PEFT MetaMathQA, Llama-3.2-3B r32 q,v DoRA, bs4×768 padded", "hf", LLAMA_3_2_3B,
                   StepConfig(**bf16, lora_rank=32, lora_alpha=64, lora_targets=QV, loss="full_logits",
                              autocast=False, weight_decay=0.1, use_dora=True),
-                  StepShape(4, 768), 22.85, "reserved",
-                  "peak spans validation generation at batch 50 (training-step p99: 20.66)"),
+                  StepShape(4, 768), 22.85, "reserved", PEFT_METAMATH, training_step_gib=20.66),
         Reference(22, "fms-acceleration, Mistral-7B r16 q,k,v,o, packed 4×4096, ckpt, FA2", "hf", MISTRAL_7B_V01,
                   StepConfig(**bf16, lora_rank=16, lora_alpha=16, lora_dropout=0.1, lora_targets=ATTN_MLP[:4],
                              gradient_checkpointing=True, attention="flash_attention_2", loss="full_logits",
@@ -80,9 +100,10 @@ def references() -> list[Reference]:
         Reference(24, "fms-acceleration, Mistral-7B QLoRA r16 q,k,v,o, packed 4×4096, ckpt, FA2", "hf",
                   MISTRAL_7B_V01,
                   StepConfig(**bf16, lora_rank=16, lora_alpha=16, lora_targets=ATTN_MLP[:4], quantize="4bit",
-                             gradient_checkpointing=True, attention="flash_attention_2", loss="full_logits",
-                             weight_decay=0.01),
-                  StepShape(4, 4096, packed=True), 19.25, "allocated", "TRL of early 2025: full logits"),
+                             qlora_frozen_dtype="float32", gradient_checkpointing=True,
+                             attention="flash_attention_2", loss="full_logits", weight_decay=0.01),
+                  StepShape(4, 4096, packed=True), 19.25, "allocated",
+                  "TRL of early 2025: full logits; peft's k-bit preparation (frozen embeddings, head, norms in fp32)"),
         Reference(3, "torchtune, Llama-3.1-8B r8 q,v, packed 2×2048, ckpt", "torchtune", LLAMA_3_1_8B,
                   StepConfig(**bf16, lora_rank=8, lora_alpha=16, lora_targets=QV, gradient_checkpointing=True,
                              loss="full_logits", autocast=False, weight_decay=0.01),
@@ -90,9 +111,10 @@ def references() -> list[Reference]:
                   "chunked cross-entropy, torch.compile, fp32 adapters not kept, flex/SDPA on packed rows"),
         Reference(5, "torchtune, Llama-3.1-8B QLoRA r8 attn+MLP, packed 2×2048, ckpt", "torchtune", LLAMA_3_1_8B,
                   StepConfig(**bf16, lora_rank=8, lora_alpha=16, lora_targets=ATTN_MLP, quantize="4bit",
-                             gradient_checkpointing=True, loss="full_logits", weight_decay=0.01),
+                             qlora_frozen_dtype="compute", gradient_checkpointing=True, loss="full_logits",
+                             weight_decay=0.01),
                   StepShape(2, 2048, packed=True), 7.4, "unstated",
-                  "torchao NF4 (no bnb prepare: embeddings stay bf16), chunked cross-entropy, torch.compile"),
+                  "torchao NF4 (frozen embeddings stay bf16, as simulated), chunked cross-entropy, torch.compile"),
         Reference(12, "torchtune, Llama-3.2-3B r64 q,v,o+MLP, packed 2×4096, ckpt", "torchtune", LLAMA_3_2_3B,
                   StepConfig(**bf16, lora_rank=64, lora_alpha=128,
                              lora_targets=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
@@ -118,42 +140,134 @@ NOT_EXPRESSIBLE = {
 }
 
 
-def compare(ref: Reference, exact: bool = True) -> dict:
+# PEFT's MetaMathQA Llama-3.2-3B runs of one script, one data order (so the same batch lengths) and one
+# commit (51c2ff666, method_comparison/MetaMathQA/results/lora--llama-3.2-3B-*.json): training-step p99
+# reserved bytes. Rows 17 and 19 and two more configurations whose per-token costs differ.
+PEFT_SAME_RUN: tuple[tuple[str, dict, int], ...] = (
+    ("r32 q,v", dict(lora_rank=32, lora_alpha=64, lora_targets=QV), 20120076288),
+    ("r32 q,v DoRA", dict(lora_rank=32, lora_alpha=64, lora_targets=QV, use_dora=True), 22179479552),
+    ("r64 q,v", dict(lora_rank=64, lora_alpha=128, lora_targets=QV), 20369637376),
+    ("r10 gate,up,down", dict(lora_rank=10, lora_alpha=20, lora_targets=("gate_proj", "up_proj", "down_proj")),
+     22064136192),
+)
+
+
+def same_run_lengths(lengths: list[int], exact: bool) -> list[str]:
+    """The four PEFT configurations simulated at 4 × L, each against its own training-step figure. A diagnosis,
+    not a comparison (L is chosen, not published): if the per-step terms are right, one L matches all four,
+    whose per-token costs differ; a wrong term would leave no such L."""
+    lines = [f"{'4 × L':>7}  " + "  ".join(f"{name:>22}" for name, _, _ in PEFT_SAME_RUN)]
+    for length in lengths:
+        cells = []
+        for _, fields, measured in PEFT_SAME_RUN:
+            c = StepConfig(dtype="bfloat16", loss="full_logits", autocast=False, weight_decay=0.1, **fields)
+            got = simulate(LLAMA_3_2_3B, c, StepShape(4, length), exact=exact).reserved_gib
+            cells.append(f"{got:6.2f} vs {measured / GIB:5.2f} {error_pct(got, measured / GIB):+5.1f}%")
+        lines.append(f"{length:>7}  " + "  ".join(f"{cell:>22}" for cell in cells))
+    return lines
+
+
+def error_pct(predicted: float, measured: float) -> float:
+    return round(100 * (predicted - measured) / measured, 1)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One row's simulated figure against the source's published one (and its training-step one, if any)."""
+
+    row: int
+    label: str
+    stack: str
+    counter: str
+    published_gib: float
+    training_step_gib: float | None
+    predicted_gib: float
+    allocated_gib: float
+    reserved_gib: float
+    error_pct: float  # against the published figure
+    training_step_error_pct: float | None
+    compared_error_pct: float  # what the medians use: the training-step error where there is one
+    differs: str
+    seconds: float
+
+
+def compare(ref: Reference, exact: bool = True) -> Compared:
     t0 = time.perf_counter()
     sim = simulate(ref.model, ref.config, ref.shape, exact=exact)
-    predicted = sim.reserved_gib if ref.counter == "reserved" else sim.allocated_gib
-    return {"row": ref.row, "label": ref.label, "stack": ref.stack, "counter": ref.counter,
-            "published_gib": ref.published_gib, "predicted_gib": round(predicted, 2),
-            "allocated_gib": round(sim.allocated_gib, 2), "reserved_gib": round(sim.reserved_gib, 2),
-            "error_pct": round(100 * (predicted - ref.published_gib) / ref.published_gib, 1),
-            "differs": ref.differs, "seconds": round(time.perf_counter() - t0, 1)}
+    predicted = round(sim.reserved_gib if ref.counter == "reserved" else sim.allocated_gib, 2)
+    step = ref.training_step_gib
+    return Compared(ref.row, ref.label, ref.stack, ref.counter, ref.published_gib, step, predicted,
+                    round(sim.allocated_gib, 2), round(sim.reserved_gib, 2), error_pct(predicted, ref.published_gib),
+                    None if step is None else error_pct(predicted, step), error_pct(predicted, ref.compared_gib),
+                    ref.differs, round(time.perf_counter() - t0, 1))
+
+
+STACKS = (("hf", "same stack (transformers + PEFT)"), ("other", "other stacks (torchtune, LitGPT)"))
+
+
+def medians(rows: list[Compared]) -> list[str]:
+    """Median |error| per stack, on the figures compared (training-step where recorded), and on the published
+    figures alone."""
+    lines = []
+    for stack, name in STACKS:
+        mine = [r for r in rows if (r.stack == "hf") == (stack == "hf")]
+        used = statistics.median(abs(r.compared_error_pct) for r in mine)
+        published = statistics.median(abs(r.error_pct) for r in mine)
+        note = "" if used == published else f" (against the published figures alone: {published:.1f} %)"
+        lines.append(f"median |error|, {name}: {used:.1f} % over {len(mine)} rows{note}")
+    return lines
+
+
+def markdown(rows: list[Compared]) -> str:
+    """README's table, from this run's figures."""
+    out = ["| row | source | published GiB (counter) | simulated GiB | error | training-step GiB | error |",
+           "|---|---|---|---|---|---|---|"]
+    def signed(pct: float | None) -> str:
+        return "—" if pct is None else f"{pct:+.1f} %".replace("-", "−")
+
+    for r in rows:
+        step = "—" if r.training_step_gib is None else f"{r.training_step_gib:.2f}"
+        out.append(f"| {r.row} | {r.label} | {r.published_gib} ({r.counter}) | {r.predicted_gib:.2f} | "
+                   f"{signed(r.error_pct)} | {step} | {signed(r.training_step_error_pct)} |")
+    return "\n".join(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--markdown", action="store_true", help="also print README's table")
+    parser.add_argument("--lengths", type=int, nargs="*", default=[], metavar="L",
+                        help="also simulate PEFT's four MetaMathQA configurations at 4 × L (a diagnosis of rows 17/19)")
     parser.add_argument("--extrapolated", action="store_true", help="simulate 2 and 4 layers and extrapolate, as "
                         "the planner does (default: every layer)")
     args = parser.parse_args()
     rows = []
-    print(f"{'row':>4} {'stack':9} {'counter':9} {'published':>9} {'simulated':>9} {'error':>7}  configuration")
+    print(f"{'row':>4} {'stack':9} {'counter':9} {'published':>9} {'simulated':>9} {'error':>7} "
+          f"{'train-step':>10} {'error':>7}  configuration")
     for ref in references():
         r = compare(ref, exact=not args.extrapolated)
         rows.append(r)
-        print(f"{r['row']:>4} {r['stack']:9} {r['counter']:9} {r['published_gib']:>9.2f} {r['predicted_gib']:>9.2f} "
-              f"{r['error_pct']:>+6.1f}%  {r['label']} ({r['seconds']} s)", flush=True)
-    for stack, name in (("hf", "same stack (transformers + PEFT)"), (None, "other stacks (torchtune, LitGPT)")):
-        errs = [abs(r["error_pct"]) for r in rows if (r["stack"] == "hf") == (stack == "hf")]
-        print(f"median |error|, {name}: {statistics.median(errs):.1f} % over {len(errs)} rows")
+        step = (f"{r.training_step_gib:>10.2f} {r.training_step_error_pct:>+6.1f}%" if r.training_step_gib is not None
+                else f"{'-':>10} {'-':>7}")
+        print(f"{r.row:>4} {r.stack:9} {r.counter:9} {r.published_gib:>9.2f} {r.predicted_gib:>9.2f} "
+              f"{r.error_pct:>+6.1f}% {step}  {r.label} ({r.seconds} s)", flush=True)
+    print("\n".join(medians(rows)))
+    print("(the medians use the training-step figure where the source records one: rows "
+          f"{', '.join(str(r.row) for r in rows if r.training_step_gib is not None)})")
     print("\nwhat differs per row:")
     for r in rows:
-        print(f"  {r['row']}: {r['differs']}")
+        print(f"  {r.row}: {r.differs}")
     print("\nnot expressible:")
     for key, why in NOT_EXPRESSIBLE.items():
         print(f"  {key}: {why}")
+    if args.lengths:
+        print("\nPEFT MetaMathQA, Llama-3.2-3B, simulated reserved GiB at 4 × L vs each run's training-step p99:")
+        print("\n".join(same_run_lengths(args.lengths, exact=not args.extrapolated)))
+    if args.markdown:
+        print("\n" + markdown(rows))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+            json.dump([asdict(r) for r in rows], fh, indent=1)
     return 0
 
 
