@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.rundir.memory import MemoryKind
+
 SCHEMA = 1
 Status = Literal["ok", "oom", "failed", "skipped"]
 FINAL: tuple[str, ...] = ("ok", "oom", "failed")  # a row with one of these is not measured again
@@ -28,7 +30,7 @@ class Measured(_Record):
     status: Status
     error: str | None = None  # the out-of-memory or failure line, the reason a row was skipped
     device: str | None = None
-    memory_kind: str | None = None  # cuda_max_allocated | cpu_max_rss
+    memory_kind: str | None = None  # a tunelab MemoryKind (older records: cpu_max_rss for host_max_rss)
     allocated_gib: float | None = None  # torch.cuda.max_memory_allocated over the timed steps
     reserved_gib: float | None = None  # torch.cuda.max_memory_reserved over the timed steps
     nvml_used_gib: float | None = None  # NVML used by the probe process after the timed steps
@@ -162,7 +164,8 @@ def shapes_table(kit: KitFile) -> str:
         m, p, e = s.measured, s.simulated, s.errors
         status = m.status if m.error is None else f"{m.status}: {m.error[:60]}"
         fits = "" if p.fits is None else (" (sim: fits)" if p.fits else " (sim: OOM)")
-        memory = (_cell(m.allocated_gib, p.allocated_gib, e.allocated) if m.memory_kind != "cpu_max_rss"
+        on_host = MemoryKind.read(m.memory_kind) is MemoryKind.HOST_MAX_RSS
+        memory = (_cell(m.allocated_gib, p.allocated_gib, e.allocated) if not on_host
                   else f"RSS {_num(m.rss_peak_gib)} / {_num(p.allocated_gib)}")
         lines.append(
             f"| {s.name} | {status}{fits} | {memory} | {_cell(m.reserved_gib, p.reserved_gib, e.reserved)} "

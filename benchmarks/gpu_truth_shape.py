@@ -149,6 +149,7 @@ def measure(case: Case, env: Env, flops_per_token: float, peak_tflops: float | N
     from tunelab.estimate.probe import PROBE_MODULE
     from tunelab.rundir.config import save_run_config
     from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
+    from tunelab.rundir.memory import MemoryKind
     from tunelab.rundir.probe import read_probe_results
 
     pcfg = run_config(case, env, write_data(case, env))
@@ -169,7 +170,7 @@ def measure(case: Case, env: Env, flops_per_token: float, peak_tflops: float | N
         r = read_probe_results(results)[pcfg.name.removeprefix(PROBE_RUN_PREFIX)]
     finally:
         shutil.rmtree(pcfg.run_dir, ignore_errors=True)
-    cpu = r.memory_kind == "cpu_max_rss"
+    cpu = r.memory_kind is MemoryKind.HOST_MAX_RSS
     mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12) if peak_tflops and not cpu else None
     return Measured(
         status="ok", device=r.device, memory_kind=r.memory_kind,

@@ -33,7 +33,7 @@ def test_cpu_smoke_measures_simulates_and_resumes(tmp_path, capsys):
     params = built["parameters"]  # counted from the tensors written
     assert built["layers"] == 2
     m = ran.measured
-    assert m.status == "ok" and m.memory_kind == "cpu_max_rss" and m.allocated_gib is None
+    assert m.status == "ok" and m.memory_kind == "host_max_rss" and m.allocated_gib is None
     assert m.rss_peak_gib * GIB > params * 4  # the process held the model in float32 (CPU training)
     assert m.tokens_per_step == 16 and len(m.memory_trace_gib) == ran.steps  # examples past max_seq_len: rows full
     assert m.tokens_per_s > 0 and all(x > 0 for x in m.memory_trace_gib)

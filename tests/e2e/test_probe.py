@@ -39,7 +39,7 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     rows = json.loads(out.stdout)
     assert len(rows) == 2 and {r["kind"] for r in rows} == {"probed"}
     for r in rows:
-        assert r["device"] == "cpu" and r["memory_kind"] == "cpu_max_rss" and r["peak_memory_gib"] > 0
+        assert r["device"] == "cpu" and r["memory_kind"] == "host_max_rss" and r["peak_memory_gib"] > 0
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] > 0 and str(spec) in r["origin_where"]
         assert r["lora_rank"] in (4, 8) and r["batch_size"] == 8
     # the scratch trainer dirs are gone

@@ -497,3 +497,13 @@ def test_results_table_shows_each_score_with_its_interval(multi):
     lo, hi = proportion_confint(16, 40, method="wilson")
     row = next(line for line in res.output.splitlines() if "tiny_p2_r4" in line)
     assert f"40.0 % [{100 * lo:.1f}, {100 * hi:.1f}]" in row and "0.5" in row  # num (mae): no per-sample scores
+
+
+def test_a_probe_recorded_and_a_job_recorded_host_peak_are_labelled_alike(exp):
+    # the probe wrote the host peak as cpu_max_rss before the names were one; the job writes host_max_rss
+    fake_run(exp, "tiny_r4", memory_kind="cpu_max_rss", score=0.5)
+    fake_run(exp, "tiny_r16", memory_kind="host_max_rss", score=0.5)
+    md = build_report(exp).markdown.read_text()
+    assert "peak memory: host max RSS)" in md
+    assert "cpu_max_rss" not in md
+    assert "cannot be judged — these runs trained on CPU" in md

@@ -13,6 +13,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.ingest.hf_trainer import CHECKPOINT, STATE, parse_trainer_dir
 from tunelab.ingest.torchtune import LogParseError, parse_torchtune_log
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.metrics import MetricRow
 
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -32,7 +33,7 @@ class AdoptedRun:
     duration_s: float | None
     tokens_per_s: float | None
     peak_memory_gib: float | None
-    memory_kind: str | None
+    memory_kind: MemoryKind | None
     checkpoints: list[Path]  # adapter dirs in training order; their index becomes epoch_N
     config: dict[str, Any]  # training facts that may differ between runs (lora_rank, learning_rate, ...)
     base_model: str | None
@@ -89,7 +90,7 @@ def _hf(path: Path) -> AdoptedRun:
               else ad.get("target_modules")}
     return AdoptedRun(path.name, path, "hf-trainer", sorted(rows, key=lambda r: r.step or 0), run.steps, run.epochs,
                       run.runtime_s, run.tokens_per_s, run.peak_memory_gib,
-                      "cuda_max_allocated" if run.peak_memory_gib else None, good,
+                      MemoryKind.CUDA_MAX_ALLOCATED if run.peak_memory_gib else None, good,
                       {k: v for k, v in config.items() if v is not None}, ad.get("base_model_name_or_path"), problems)
 
 

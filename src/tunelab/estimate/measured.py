@@ -26,10 +26,11 @@ from tunelab.catalog import GPUS, GPU, Architecture
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure
 from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.memory import MemoryKind
 from tunelab.spec import TrainingConfig
 
-ALLOCATED = "cuda_max_allocated"
-RESERVED = "cuda_max_reserved"
+ALLOCATED = MemoryKind.CUDA_MAX_ALLOCATED
+RESERVED = MemoryKind.CUDA_MAX_RESERVED
 COMPARABLE_KINDS = (ALLOCATED, RESERVED)
 
 

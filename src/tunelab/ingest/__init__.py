@@ -11,6 +11,7 @@ from tunelab.catalog import architecture_from_config, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.ingest.hf_trainer import TrainerRun, find_trainer_dirs, parse_trainer_dir
 from tunelab.ingest.torchtune import LogParseError, ParsedRun, parse_torchtune_log
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 
 LOG_PATTERNS = ("*.out", "*.log")
@@ -133,7 +134,7 @@ def trainer_dir_to_history(run: TrainerRun, device: str | None) -> history.Histo
         parameters=arch.parameters if arch else None, device=device, gradient_accumulation_steps=None,
         tokens_per_step=round(run.tokens / run.steps, 2) if run.tokens and run.steps else None,
         steps_per_s=round(run.steps / run.runtime_s, 4) if run.runtime_s else None,
-        memory_kind="cuda_max_allocated" if run.peak_memory_gib else None, steps=run.steps,
+        memory_kind=MemoryKind.CUDA_MAX_ALLOCATED if run.peak_memory_gib else None, steps=run.steps,
         duration_s=run.runtime_s, recorded_at=now_iso(), missing=missing_fields(facts),
         **{k: v for k, v in facts.items() if k in history.HistoryRun.__dataclass_fields__})
 

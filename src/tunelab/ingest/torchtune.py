@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tunelab.rundir.memory import MemoryKind
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CONFIG_START = re.compile(r"Running (\w+) with resolved config:")
 LOG_PREFIX = re.compile(r"^(INFO|WARNING|DEBUG|ERROR|CRITICAL)[: ]|^\d{4}-\d\d-\d\d|^wandb:|^\s*\d+\|\d+\|")
@@ -27,7 +29,8 @@ CKPT_TIME = re.compile(r"Checkpoint saved in ([\d.]+) seconds")
 SLURM_CANCEL = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+ DUE TO (TIME LIMIT|PREEMPTION)")
 OOM = re.compile(r"OutOfMemoryError|CUDA out of memory|oom_kill event")
 # torchtune's memory counters (log lines and wandb's peak_memory_*) and the memory_kind each is recorded as
-PEAK_KINDS = (("allocated", "cuda_max_allocated"), ("reserved", "cuda_max_reserved"), ("active", "cuda_max_active"))
+PEAK_KINDS = (("allocated", MemoryKind.CUDA_MAX_ALLOCATED), ("reserved", MemoryKind.CUDA_MAX_RESERVED),
+              ("active", MemoryKind.CUDA_MAX_ACTIVE))
 MODEL_NAMES = [
     (re.compile(r"llama3_2_1b"), "Llama-3.2-1B"), (re.compile(r"llama3_2_3b"), "Llama-3.2-3B"),
     (re.compile(r"llama3_1_8b"), "Llama-3.1-8B"), (re.compile(r"qwen2_5_0_5b"), "Qwen2.5-0.5B"),
@@ -55,7 +58,7 @@ class ParsedRun:
     packed: bool | None = None
     step_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, global step, loss)
 
-    def training_peak(self) -> tuple[float | None, str | None]:
+    def training_peak(self) -> tuple[float | None, MemoryKind | None]:
         """(GiB, memory_kind) of the training peak, from whichever of torch's counters the log has: allocated
         first (the planner compares it with the simulated allocated figure), then reserved (with the simulated
         reserved one), then active (allocated plus blocks freed but not yet reusable: no simulated counterpart,

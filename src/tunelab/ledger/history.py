@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 from tunelab.spec import TrainingConfig
@@ -84,7 +85,7 @@ class HistoryRun:
     step_fixed_s: float | None = None
     nonpad_tokens_per_s: float | None = None
     peak_memory_gib: float | None = None
-    memory_kind: str | None = None
+    memory_kind: MemoryKind | None = None
     steps: int | None = None
     duration_s: float | None = None
     train_time_s: float | None = None
@@ -113,6 +114,10 @@ class HistoryRun:
     modules_to_save: str | None = None  # comma-separated, sorted; "" for none
     lora_dropout: float | None = None  # dropout > 0 keeps a mask per LoRA layer for the backward pass
     processes: int | None = None  # training processes: a DDP or FSDP peak is not a one-device peak
+
+    def __post_init__(self) -> None:
+        # rows recorded before the vocabulary was one (a probe's cpu_max_rss) read as today's kind
+        self.memory_kind = MemoryKind.read(self.memory_kind)
 
     @property
     def kind(self) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tunelab.report.data import Point, RunData
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.summary import Summary
 
 OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
@@ -117,13 +118,13 @@ def still_falling(val: list[Point]) -> StillFalling | None:
 class MemoryUse:
     run: str
     peak_gib: float | None
-    kind: str | None
+    kind: MemoryKind | None
     total_gib: float | None
     device: str | None
 
     @property
     def judgeable(self) -> bool:
-        return self.kind == "cuda_max_allocated" and bool(self.peak_gib) and bool(self.total_gib)
+        return self.kind == MemoryKind.CUDA_MAX_ALLOCATED and bool(self.peak_gib) and bool(self.total_gib)
 
     @property
     def fraction(self) -> float | None:

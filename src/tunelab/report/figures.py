@@ -13,6 +13,7 @@ from statistics import mean
 from tunelab.evaluate.kinds import FRACTIONS
 from tunelab.faults import kill_point
 from tunelab.report.data import ReportData, RunData
+from tunelab.rundir.memory import memory_labels
 
 DPI = 110
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -342,9 +343,8 @@ def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
     ax1.set_xlim(0, max(tps + [1]) * 1.2)
     ax2.set_xlim(0, max(mem + [0.1]) * 1.25)
     kinds = {k for r in runs if (k := r.summary.memory_kind) is not None}
-    kind = {"cuda_max_allocated": "CUDA max allocated", "host_max_rss": "host max RSS"}
     ax1.set_xlabel("throughput (tokens/s, steady-state mean)")
-    ax2.set_xlabel("peak memory (GiB, " + " / ".join(kind.get(k, k) for k in sorted(kinds)) + ")")
+    ax2.set_xlabel("peak memory (GiB, " + memory_labels(kinds) + ")")
     ax1.set_title("Throughput per run", fontsize=11)
     ax2.set_title("Peak memory per run", fontsize=11)
     _style(ax1)

@@ -12,6 +12,7 @@ from statistics import mean
 from tunelab.report.comparisons import replicated
 from tunelab.report.data import ReportData
 from tunelab.report.document import Bullets, Para, Section
+from tunelab.rundir.memory import MemoryKind
 from tunelab.report.evaluation import best_text, diff_text, effect_text, show_ci
 from tunelab.report.evidence import jump_noise
 from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
@@ -77,12 +78,12 @@ def key_findings(data: ReportData, f: Findings) -> Section:
                                                                MEMORY_MOSTLY_UNUSED else "."))
     elif f.memory:
         kinds = {m.kind for m in f.memory}
-        if kinds == {"cuda_max_allocated"}:
+        if kinds == {MemoryKind.CUDA_MAX_ALLOCATED}:
             items.append("**GPU memory:** the GPU's total memory is not recorded in `summary.json`, so unused "
                          "memory cannot be judged.")
         else:
             items.append("**GPU memory:** cannot be judged — these runs trained on CPU (peak memory is the "
-                         "process's max RSS, `host_max_rss`).")
+                         f"process's max RSS, {MemoryKind.HOST_MAX_RSS.label}).")
     blocks.append(Bullets(items))
     if f.replication is not None:
         blocks += _effect_blocks(data, f)

@@ -20,6 +20,7 @@ from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import Findings, error_class, retries
 from tunelab.report.key_findings import key_findings
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
+from tunelab.rundir.memory import memory_labels
 
 
 # ---------------------------------------------------------------- formatting
@@ -221,7 +222,7 @@ def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
         rows.append(row)
     kinds = sorted({k for r in data.runs if (k := r.summary.memory_kind) is not None})
     caption = ("From `runs/<run>/summary.json` (steps, losses, duration, tokens/s: steady-state mean after the "
-               "first logging interval, training time only; peak memory: " + (", ".join(f"`{k}`" for k in kinds)
+               "first logging interval, training time only; peak memory: " + (memory_labels(kinds, ", ")
                                                                                or "—") + ")")
     caption += "; attention = the kernel the run trained with (`summary.json` attention, run.yaml's resolved "\
                "`training.attention`)"

@@ -7,9 +7,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab.fsutil import atomic_write_text, read_jsonl
 from tunelab.rundir.layout import METRICS_FILE
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
 
 
@@ -32,9 +34,13 @@ class MetricRow(JsonRecord):
     train_time_s: float | None = None
     data_wait_s: float | None = None  # waited for data since the previous training row
     peak_memory_gib: float | None = None  # the worst process's
-    memory_kind: str | None = None  # cuda_max_allocated | host_max_rss
+    memory_kind: MemoryKind | None = None
     elapsed_s: float | None = None
     stage: str | None = None  # a staged run: the stage that logged it
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        return {**known, "memory_kind": MemoryKind.read(known.get("memory_kind"))}
 
     @property
     def is_train(self) -> bool:

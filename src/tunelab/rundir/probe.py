@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.fsutil import atomic_write_text
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
 
 
@@ -41,7 +42,7 @@ class ProbeResult(JsonRecord):
     per_token_s: float | None
     fixed_s: float | None
     peak_memory_gib: float | None
-    memory_kind: str
+    memory_kind: MemoryKind | None
     device: str
     cpu_threads: int
     peak_reserved_gib: float | None = None
@@ -56,7 +57,8 @@ class ProbeResult(JsonRecord):
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
-        return {**known, "points": [ProbePoint.from_json(p) for p in known.get("points") or []],
+        return {**known, "memory_kind": MemoryKind.read(known.get("memory_kind")),
+                "points": [ProbePoint.from_json(p) for p in known.get("points") or []],
                 "steps": [ProbeStep.from_json(p) for p in known.get("steps") or []]}
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar, Self
 
 
 def plain(value: Any) -> Any:
-    """A value as JSON holds it: records and dataclasses become dicts, tuples lists."""
+    """A value as JSON holds it: records and dataclasses become dicts, tuples lists, enums their values."""
     if isinstance(value, JsonRecord):
         return value.to_json()
+    if isinstance(value, Enum):
+        return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, (list, tuple)):

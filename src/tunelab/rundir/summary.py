@@ -11,6 +11,7 @@ from typing import Any
 
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
 from tunelab.rundir.stages import StageRecord
 
@@ -70,7 +71,7 @@ class Summary(JsonRecord):
     tokens_per_s: float | None = None  # steady state, all processes together
     nonpad_tokens_per_s: float | None = None
     peak_memory_gib: float | None = None  # the worst process's
-    memory_kind: str | None = None  # cuda_max_allocated | host_max_rss
+    memory_kind: MemoryKind | None = None
     checkpoints: list[str] = field(default_factory=list)  # epoch_N names
     epochs: int | float | None = None
     stage_final_loss: float | None = None  # a staged run: its last stage's
@@ -111,6 +112,8 @@ class Summary(JsonRecord):
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
         out = dict(known)
+        if "memory_kind" in out:
+            out["memory_kind"] = MemoryKind.read(out["memory_kind"])
         if isinstance(out.get("step_cost"), dict):
             out["step_cost"] = StepCost.from_json(out["step_cost"])
         if isinstance(out.get("packing"), dict):

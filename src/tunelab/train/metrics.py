@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.rundir.checkpoints import Counters
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.metrics import MetricRow, append_metric
 from tunelab.rundir.summary import PackingStats
 
@@ -99,11 +100,11 @@ def process_age_s() -> float | None:
         return None
 
 
-def peak_memory() -> tuple[float, str]:
+def peak_memory() -> tuple[float, MemoryKind]:
     """Peak memory in GiB and what it measures: CUDA allocated on a GPU, process RSS on CPU."""
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host_max_rss"
+        return torch.cuda.max_memory_allocated() / 2**30, MemoryKind.CUDA_MAX_ALLOCATED
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, MemoryKind.HOST_MAX_RSS
 
 
 class MetricsWriter:

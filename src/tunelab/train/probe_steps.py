@@ -26,6 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
+from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe_results
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.step_cost import time_real_steps
@@ -123,7 +124,7 @@ def _result(b: int, measured: dict[int, tuple[float, float, float | None]], rese
     return ProbeResult(
         micro_batch=b, points=points, tokens_per_s=round(at.tokens / at.seconds, 2), per_token_s=per_token,
         fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(peak_rss_gib(), 3),
-        memory_kind="cuda_max_allocated" if cuda else "cpu_max_rss",
+        memory_kind=MemoryKind.CUDA_MAX_ALLOCATED if cuda else MemoryKind.HOST_MAX_RSS,
         device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_threads=torch.get_num_threads(),
         peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions,
         gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / GIB, 2) if cuda else None)
