@@ -49,6 +49,7 @@ class MemoryInputs:
     lora_alpha: float | None = None  # None: 2 × rank, as the spec's default
     lora_dropout: float = 0.0
     attention: str = "sdpa"
+    qlora_frozen_dtype: str = "auto"
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
 
@@ -60,7 +61,7 @@ class MemoryInputs:
             lora_dropout=self.lora_dropout,
             lora_targets=self.lora_targets if isinstance(self.lora_targets, str) else tuple(self.lora_targets),
             modules_to_save=tuple(self.modules_to_save), gradient_checkpointing=self.activation_checkpointing,
-            quantize=self.quantize, attention=self.attention,
+            quantize=self.quantize, attention=self.attention, qlora_frozen_dtype=self.qlora_frozen_dtype,
             gradient_accumulation_steps=max(1, self.gradient_accumulation_steps), weight_decay=self.weight_decay)
 
     @classmethod
@@ -69,7 +70,7 @@ class MemoryInputs:
         from tunelab.models.attention import resolve_attention
 
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
-        return cls(attention=resolve_attention(t.attention, t.packing).kind.value,
+        return cls(attention=resolve_attention(t.attention, t.packing).kind.value, qlora_frozen_dtype=t.qlora_frozen_dtype,
                    dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets, modules_to_save=tuple(t.modules_to_save),
                    activation_checkpointing=t.gradient_checkpointing, quantize=t.quantize,
                    lora_alpha=t.effective_lora_alpha, lora_dropout=t.lora_dropout,

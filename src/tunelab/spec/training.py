@@ -67,6 +67,10 @@ class TrainingConfig(_Strict):
         "auto", description="The attention kernel the run trains with. auto: per-sequence variable-length attention "
         "for packed rows (never a dense mask over the whole packed row), SDPA's fused kernels for unpacked ones; "
         "resolved once per run into run.yaml. sdpa/eager with packing build the dense (batch x length)^2 mask.")
+    qlora_frozen_dtype: Literal["auto", "compute", "float32"] = Field(
+        "auto", description="QLoRA: the dtype of the frozen embeddings, LM head and norms. float32 is peft's k-bit "
+        "preparation (3.9 GiB instead of 2.0 for an 8B's embeddings and head); compute keeps them as loaded; auto: "
+        "compute when training in bfloat16 (numerically safe: bf16 weights gain nothing in fp32), else float32.")
     quantize: Literal["4bit"] | None = Field(
         None, description="4bit: QLoRA, the base loaded in 4-bit NF4 (bitsandbytes, GPU only; the `qlora` extra).")
 

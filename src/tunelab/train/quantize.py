@@ -17,7 +17,7 @@ from tunelab.rundir.config import QUANTIZE_FIELD
 from tunelab.spec.training import quantize_problem
 
 # What the frozen embeddings, head and norms of a 4-bit base are kept in: auto | compute | float32
-# (models/kbit.py). A module default until the run field `training.qlora_frozen_dtype` exists.
+# (models/kbit.py). The default of the run field `training.qlora_frozen_dtype`.
 QLORA_FROZEN_DTYPE = "auto"
 
 

@@ -41,7 +41,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
         tokenizer.pad_token = tokenizer.eos_token
     model: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, attn_implementation=attention_of(cfg),
                                                       **quantize.load_kwargs(t.quantize, dtype))
-    model = quantize.prepare(model, t.quantize, t.gradient_checkpointing)  # QLoRA: peft's k-bit preparation
+    model = quantize.prepare(model, t.quantize, t.gradient_checkpointing, t.qlora_frozen_dtype)  # QLoRA: peft's k-bit preparation
     train_ds, val_ds = build_datasets(cfg, tokenizer)
     lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, t.lora_target_modules, t.modules_to_save)
     ctx = ctx or StageContext()
