@@ -102,7 +102,8 @@ def check_torch(have: Mapping[str, Installed], requires: Iterable[Requirement], 
     return got
 
 
-def constraints(have: Mapping[str, Installed], requires: Iterable[Requirement]) -> tuple[dict[str, str], dict[str, str]]:
+def constraints(have: Mapping[str, Installed],
+                requires: Iterable[Requirement]) -> tuple[dict[str, str], dict[str, str]]:
     """(pins, out_of_range). pins: name -> `name==version` for pip, so that its resolution keeps what the node
     has; every package of the node except tunelab's direct requirements it has out of range (out_of_range: name
     -> why) and torch's family besides torch (never carried, so never worth a conflict). torch is pinned to its
@@ -228,7 +229,8 @@ def _needed(root: str, nodes: Mapping[str, Resolved], edges: Mapping[str, list[t
 
 def _why_replaced(got: Installed, nodes: Mapping[str, Resolved], parents: Iterable[tuple[str, Requirement]],
                   reasons: Mapping[str, str] | None) -> str:
-    excluding = [f"{nodes[p].name} {nodes[p].version} requires {req}" for p, req in parents if _excludes(req, got.version)]
+    excluding = [f"{nodes[p].name} {nodes[p].version} requires {req}"
+                 for p, req in parents if _excludes(req, got.version)]
     if excluding:
         return f"the node has {got.version}; " + "; ".join(excluding)
     why = (reasons or {}).get(canonicalize_name(got.name))
