@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
@@ -90,8 +91,13 @@ async def drive(root: Path) -> None:
         await check_tools(client)
         spec = await call(client, "init_spec", {"models": ["models/tiny"], "datasets": [caps], "out": "exp",
                                                 "vary": {"lora_rank": [4, 8]}, "epochs": 1, "gpus_per_run": 0,
-                                                "validation": False, "prompt": "Capitalize: {input}"})
+                                                "validation": False, "prompt": "Capitalize: {input}",
+                                                "overrides": {"training": {"max_seq_len": 64, "batch_size": 16},
+                                                              "eval": {"max_tokens": 8}}})
         assert spec["spec"] == "exp/experiment.yaml" and len(spec["runs"]) == 2 and len(spec["controls"]) == 1
+        drafted = yaml.safe_load((root / spec["spec"]).read_text())
+        assert drafted["training"]["batch_size"] == 16 and drafted["eval"]["max_tokens"] == 8
+        assert drafted["models"] == [{"name": "tiny", "path": str(root / "models" / "tiny")}]
         plan = await call(client, "plan", {"spec": spec["spec"]})
         assert [r["run"] for r in plan["runs"]] == spec["runs"] + spec["controls"]
         assert plan["plan_md"] == "exp/plan.md"

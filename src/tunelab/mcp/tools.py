@@ -8,6 +8,7 @@ import io
 import json
 import sqlite3
 import subprocess
+from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -61,6 +62,22 @@ def plan_out(ws: Workspace, plan: Any, plan_md: str | None) -> PlanOut:
                    plan_md=plan_md)
 
 
+def with_overrides(draft_path: Path, overrides: dict[str, Any], gpu: Any) -> Any:
+    """Merge the overrides into the drafted spec (a dict section into the draft's section) and plan it again:
+    the spec written is still one `tunelab plan` accepts."""
+    import yaml
+
+    from tunelab.fsutil import atomic_write_text, dump_yaml
+    from tunelab.plan.planner import make_plan
+
+    spec = yaml.safe_load(draft_path.read_text())
+    for key, value in overrides.items():
+        merged = isinstance(value, dict) and isinstance(spec.get(key), dict)
+        spec[key] = {**spec[key], **value} if merged else value
+    atomic_write_text(draft_path, dump_yaml(spec))
+    return make_plan(draft_path, draft_path.parent, gpu=gpu)
+
+
 class PipelineTools:
     """init_spec → validate → plan/estimate/probe → scaffold → run → status/cancel → eval → results → report."""
 
@@ -89,6 +106,9 @@ class PipelineTools:
         prompt: Annotated[str | None, Field(description="Prompt template with {input}.")] = "{input}",
         gpu: Gpu = None,
         force: Annotated[bool, Field(description="Replace an existing experiment.yaml.")] = False,
+        overrides: Annotated[dict[str, Any] | None, Field(description="Spec fields set over the draft, merged "
+                                                          "section by section, e.g. {\"training\": {\"batch_size\": "
+                                                          "16}, \"eval\": {\"max_tokens\": 8}}.")] = None,
     ) -> SpecDraft:
         """Draft experiment.yaml from answers (models and data verified, the runs planned) and write it."""
         from tunelab.catalog import detect_gpu, resolve_gpu
@@ -101,7 +121,13 @@ class PipelineTools:
             datasets=[self.ws.existing_dataset(d, f"datasets[{i}]") for i, d in enumerate(datasets)],
             validation=validation, controls=controls, epochs=epochs, prompt=prompt or None,
             gpu=resolve_gpu(gpu).name if gpu else None)
-        tmp, plan = draft(answers, target, gpu=resolve_gpu(gpu) if gpu else detect_gpu(), force=force)
+        target_gpu = resolve_gpu(gpu) if gpu else detect_gpu()
+        tmp, plan = draft(answers, target, gpu=target_gpu, force=force)
+        try:
+            plan = with_overrides(tmp, overrides, target_gpu) if overrides else plan
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         path = commit(tmp, target)
         return SpecDraft(spec=self.ws.shown(path), runs=[r.name for r in plan.finetune_runs],
                          controls=[r.name for r in plan.controls], warnings=list(plan.warnings))
