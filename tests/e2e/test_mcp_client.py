@@ -129,3 +129,38 @@ async def drive(root: Path) -> None:
 
 def test_assistant_drives_the_demo(workspace):
     anyio.run(drive, workspace)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_streamable_http_on_loopback_read_only(tmp_path):
+    """`tunelab mcp --http PORT --read-only`: the SDK's HTTP client lists only the tools that change nothing."""
+    import subprocess
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "mcp", "--root", str(tmp_path), "--http", str(port),
+                             "--read-only"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    async def names() -> set[str]:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                    return {t.name for t in (await client.list_tools()).tools}
+            except Exception:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                await anyio.sleep(1)
+
+    try:
+        assert anyio.run(names) == {"validate", "estimate", "status", "results", "history", "list_models",
+                                    "list_datasets"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
