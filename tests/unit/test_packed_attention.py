@@ -149,3 +149,17 @@ def test_auto_resolves_by_packing_and_model():
     assert dense.dense_packed_mask and "dense" in (dense.note or "")
     assert resolve_attention("varlen", packed=True).implementation == "tunelab_varlen"
     assert not resolve_attention("auto", packed=True).dense_packed_mask
+
+
+def test_under_autocast_fp32_inputs_are_cast_as_sdpa_casts_them():
+    """QLoRA with peft's fp32 casts hands attention fp32 q/k/v under bf16 autocast: SDPA (an autocast
+    lower-precision op) would compute in bf16, and so does the varlen function (on a GPU: varlen_attn)."""
+    from tunelab.models.varlen import varlen_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 12, 16, generator=gen) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = varlen_attention(torch.nn.Module(), q, k, v, None, position_ids=torch.arange(12)[None])
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert got.dtype == torch.bfloat16 == want.dtype
+    assert torch.equal(got, want.transpose(1, 2))

@@ -112,6 +112,10 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      position_ids: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: query (B, H, S, D), key/value (B, Hkv, S, D) → (B, S, H, D), None."""
     rows, heads, length, dim = query.shape
+    device = query.device.type
+    if torch.is_autocast_enabled(device) and query.dtype == torch.float32:  # as autocast casts SDPA's inputs
+        low = torch.get_autocast_dtype(device)
+        query, key, value = query.to(low), key.to(low), value.to(low)
     if attention_mask is not None or key.shape[2] != length:  # padded rows, or decoding against a cache
         _note_kernel("masked", None)
         return _masked(module, query, key, value, attention_mask, scaling, dropout, softcap, kwargs), None
@@ -151,8 +155,9 @@ def _per_sequence(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, s
     for a, b in segs.spans():
         n = b - a
         mask = _band(n, window, query.device) if window and n > window else None
-        one = (t[None, :, a:b] for t in (q, k, v))  # (1, H, T, D): the 4-D layout every SDPA path takes
-        parts.append(_attend(*one, mask, scaling, dropout, softcap, causal=mask is None)[0])
+        # (1, H, T, D): the 4-D layout every SDPA path takes
+        parts.append(_attend(q[None, :, a:b], k[None, :, a:b], v[None, :, a:b], mask, scaling, dropout, softcap,
+                             causal=mask is None)[0])
     return torch.cat(parts, dim=1).transpose(0, 1)
 
 
