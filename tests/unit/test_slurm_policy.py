@@ -9,6 +9,8 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.execute import retry
+from tunelab.execute.local_jobs import LocalExecutor
+from tunelab.execute.slurm_cli import SlurmExecutor
 from tunelab.rundir import Status
 from tunelab.execute.failures import (CANCELLED, COMPLETED, FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure,
                                       SacctRow, classify)
@@ -109,7 +111,7 @@ def test_oom_restarts_when_the_checkpoint_is_mid_epoch(run_cfg):
 def test_timeout_doubles_the_limit_preemption_keeps_it_others_not_retried(run_cfg):
     cfg = run_cfg()
     assert train_time_limit(cfg) == ("04:00:00", train_time_limit(cfg)[1])
-    d = retry.decide(cfg, Failure(TIMEOUT, "TIMEOUT"))
+    d = retry.decide(cfg, Failure(TIMEOUT, "TIMEOUT"), SlurmExecutor)
     assert d.retry and d.config.resources.slurm.time_limit == "08:00:00" and d.config.training == cfg.training
     assert "resume" in d.reason
     p = retry.decide(cfg, Failure(PREEMPTED, "PREEMPTED"))
@@ -120,7 +122,10 @@ def test_timeout_doubles_the_limit_preemption_keeps_it_others_not_retried(run_cf
     # a planner estimate that proved short is doubled the same way
     est = cfg.model_copy(update={"estimate": {"slurm_time_limit": "00:15:00"}})
     assert train_time_limit(est) == ("00:15:00", "planner estimate")
-    assert retry.decide(est, Failure(TIMEOUT, "TIMEOUT")).config.resources.slurm.time_limit == "00:30:00"
+    assert retry.decide(est, Failure(TIMEOUT, "TIMEOUT"), SlurmExecutor).config.resources.slurm.time_limit == "00:30:00"
+    # an executor without time limits (local) resumes with the resources unchanged
+    local = retry.decide(cfg, Failure(TIMEOUT, "TIMEOUT"), LocalExecutor)
+    assert local.retry and local.config.resources == cfg.resources
 
 
 @pytest.mark.parametrize("text,minutes", [("1", 1), ("90", 90), ("1:30", 2), ("04:00:00", 240), ("1-00:00:00", 1440),

@@ -43,13 +43,13 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, exe
         pairs = list(measure_shapes(plan.finetune_runs, progress, find_max_batch))
         write_probe_results(results, [(shape.key, result) for shape, result in pairs])
         return []
-    if executor == "slurm":
+    from tunelab.execute.executors import executor_class, executor_named
+
+    if executor_class(executor).detached:  # a scheduler's: one short job where the runs' jobs will run
         from tunelab.estimate.probe_slurm import probe_on_slurm
 
-        return probe_on_slurm(plan.finetune_runs, plan.spec_path, plan.experiment_dir,
+        return probe_on_slurm(plan.finetune_runs, plan.spec_path, plan.experiment_dir, executor_named(executor),
                               say=lambda text: say("{}", text))
-    if executor != "local":
-        raise TunelabError(f"unknown executor {executor!r}: use local or slurm", field="--executor")
     return probe_runs(plan.finetune_runs, plan.spec_path, progress, find_max_batch)
 
 

@@ -22,6 +22,7 @@ from tunelab.spec import SPLIT_NAMES, DatasetSpec, SplitFractions
 
 SPLITS = SPLIT_NAMES
 DATA_DIR = "data"
+PROVENANCE_FILE = "provenance.json"  # data/provenance.json: every data file a plan read (plan writes, report reads)
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""`tunelab probe --executor slurm`: the probe as one short Slurm job on the partition the runs will use, so
-the measured speed and memory are those of the jobs' device, not of the login node.
+"""`tunelab probe --executor slurm`: the probe as one short job of the runs' executor (a batch scheduler:
+Slurm), on the partition the runs will use, so the measured speed and memory are those of the jobs' device,
+not of the login node. The script, the submission, the polling and the job's output all go through the
+Executor interface (execute/executor.py: side_job_script, submit, poll, output).
 
 The job runs `tunelab probe SPEC --results FILE`: it measures every shape and writes the results as JSON in
 `<experiment>/probe/`, nothing else (jobs never write the history: a SQLite file on a network filesystem
@@ -15,14 +17,13 @@ from pathlib import Path
 from tunelab.ledger import history
 from tunelab.errors import TunelabError
 from tunelab.estimate.probe import distinct_shapes, to_history
-from tunelab.fsutil import atomic_write_text
+from tunelab.execute.executor import Executor
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
 from tunelab.rundir.probe import ProbeResult, read_probe_results
 
 PROBE_TIME_LIMIT = "00:30:00"
 POLL_S = 2.0
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
 def read_results(path: Path) -> dict[str, ProbeResult]:
@@ -32,27 +33,10 @@ def read_results(path: Path) -> dict[str, ProbeResult]:
         raise TunelabError(f"probe results unreadable ({type(exc).__name__}: {exc})", file=path) from None
 
 
-def probe_script(spec_path: Path, cfg: RunConfig, probe_dir: Path, results: Path, python: str) -> str:
-    from tunelab.execute.slurm_jobs import sbatch_options
-
-    keep = ("--account", "--partition", "--qos", "--constraint", "--cpus-per-task", "--mem", "--gres")
-    opts = [o for o in sbatch_options(cfg, "eval") if o.startswith(keep)]
-    opts = [f"--job-name=tl-{cfg.experiment}-probe"[:120], f"--chdir={probe_dir}",
-            f"--output={probe_dir}/slurm-probe-%j.out", f"--time={PROBE_TIME_LIMIT}", "--nodes=1", "--ntasks=1",
-            *opts]
-    lines = ["#!/usr/bin/env bash", f"# tunelab probe of {spec_path}: a few real steps of each run shape",
-             *(f"#SBATCH {o}" for o in opts), "set -euo pipefail",
-             'export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
-             f'exec "${{TUNELAB_PYTHON:-{python}}}" -m tunelab probe "{spec_path}" --results "{results}"']
-    return "\n".join(lines) + "\n"
-
-
-def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
+def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path, executor: Executor,
                    say: Callable[[str], None] = print, timeout_s: float = 3600) -> list[history.HistoryRun]:
-    """Submit the probe job, wait for it, record its results in the history."""
+    """Submit the probe job through `executor` (the Slurm one), wait for it, record its results in the history."""
     import sys
-
-    from tunelab.execute.slurm_cli import SlurmExecutor
 
     shapes = distinct_shapes(runs)
     if not shapes:
@@ -61,15 +45,13 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
     probe_dir.mkdir(parents=True, exist_ok=True)
     results = probe_dir / PROBE_RESULTS_FILE
     results.unlink(missing_ok=True)
-    script = probe_dir / "probe.sbatch"
-    atomic_write_text(script, probe_script(spec_path, shapes[0].cfg, probe_dir, results, sys.executable))
-    executor = SlurmExecutor()
+    command = f'"${{TUNELAB_PYTHON:-{sys.executable}}}" -m tunelab probe "{spec_path}" --results "{results}"'
+    script = executor.side_job_script(shapes[0].cfg, "probe", probe_dir, command, PROBE_TIME_LIMIT)
     job = executor.submit(script)
     say(f"probe job {job} submitted ({len(shapes)} shape(s)); waiting for it …")
     _wait(executor, job, timeout_s)
     if not results.is_file():
-        logs = sorted(probe_dir.glob(f"slurm-probe-{job}.out"))
-        tail = logs[0].read_text(errors="replace").strip().splitlines()[-5:] if logs else []
+        tail = executor.output(probe_dir, "probe", job).strip().splitlines()[-5:]
         raise TunelabError(f"probe job {job} ended without results" + (": " + " | ".join(tail) if tail else ""),
                            file=probe_dir)
     measured = read_results(results)
@@ -78,12 +60,14 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
     return rows
 
 
-def _wait(executor, job: str, timeout_s: float) -> None:
+def _wait(executor: Executor, job: str, timeout_s: float, poll_s: float = POLL_S) -> None:
+    """Until the job has ended: a state outside the active ones (failures.ACTIVE_STATES, through JobInfo.ended;
+    a job squeue no longer lists is UNSEEN, ended). A poll that could say nothing of the job concludes nothing."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        queue = executor.queue()
-        state = (queue or {}).get(job, ("", ""))[0]
-        if queue is not None and state not in ACTIVE:
+        info = (executor.poll([job]) or {}).get(job)
+        if info is not None and info.ended:
             return
-        time.sleep(POLL_S)
-    raise TunelabError(f"probe job {job} still queued or running after {timeout_s:.0f} s (scancel {job} to stop it)")
+        time.sleep(poll_s)
+    raise TunelabError(f"probe job {job} still queued or running after {timeout_s:.0f} s (cancel it through the "
+                       "scheduler to stop it)")

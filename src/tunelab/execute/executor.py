@@ -1,9 +1,11 @@
 """One small interface for where jobs run (in the spirit of submitit's Executor): submit a job script,
-poll jobs, cancel them, find their log, and the few facts a sweep needs (does the executor outlive this
-process, do its jobs have time limits, how many may start now). The local executor
+poll jobs, cancel them, find their log, and the few facts the core needs (does the executor outlive this
+process, how many may start now, the CPUs a job gets, the scripts scaffold writes for it, a one-off job's
+script (the probe), the longer time limit a TIMEOUT retry asks for). The local executor
 (execute/local_jobs.py) and Slurm (execute/slurm_cli.py) implement it; execute/executors.py makes one
 from its name. The sweep (execute/sweep.py), refresh, retries, `status` and `cancel` are written once
-against this interface and never look behind it.
+against this interface and never look behind it; plan, scaffold and the probe reach an executor through
+execute/executors.py by the name the spec gives and never compare that name themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Protocol
 
 from tunelab.execute.failures import ACTIVE_STATES, UNSEEN, SacctRow, base_state
 from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
 
 __all__ = ["UNSEEN", "Capacity", "Executor", "JobGroup", "JobInfo"]
 
@@ -81,7 +84,34 @@ class Executor(Protocol):
     # submits each run's evaluation behind its training, returns once all is submitted unless told to wait,
     # can be shown as a dry run, and leaves its jobs running on Ctrl-C
     first_state: str  # a job's state once `submit` returned: RUNNING (started here) or SUBMITTED (queued)
-    time_limited: bool  # jobs run under a time limit (a TIMEOUT retry doubles it)
+
+    # Facts of the executor's class, asked of it by name before any job exists (plan, scaffold, retries).
+    @staticmethod
+    def job_cpus(resources: ResourcesSpec) -> int | None:
+        """The CPUs a job gets (None: not set by tunelab), which plan/validate sets dataloader workers against."""
+        ...
+
+    @staticmethod
+    def scaffold_scripts(cfg: RunConfig, python: str) -> None:
+        """Write the executor's own job scripts of a run beside the job.sh scaffold writes for every run."""
+        ...
+
+    @staticmethod
+    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
+        """submit_all.sh's template (scaffold/templates/) and the values it needs beyond the runs."""
+        ...
+
+    @staticmethod
+    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+        """Write a one-off job script into `work_dir` that runs `command` where `cfg`'s jobs run (its partition,
+        account, GPUs), under `time_limit`: the probe's job. Its output goes to `log(work_dir, kind, id)`."""
+        ...
+
+    @staticmethod
+    def longer_time_limit(cfg: RunConfig) -> tuple[ResourcesSpec, str] | None:
+        """A TIMEOUT retry's resources, the training time limit doubled, and the change in words; None where
+        jobs run under no time limit (then the retry only resumes)."""
+        ...
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:

@@ -8,11 +8,10 @@ from tunelab.execute.executor import Executor
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.execute.slurm_cli import SlurmExecutor
 
-EXECUTORS: dict[str, type[LocalExecutor] | type[SlurmExecutor]] = {
-    LocalExecutor.name: LocalExecutor, SlurmExecutor.name: SlurmExecutor}
+EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor, SlurmExecutor.name: SlurmExecutor}
 
 
-def executor_class(name: str) -> type[LocalExecutor] | type[SlurmExecutor]:
+def executor_class(name: str) -> type[Executor]:
     """The class of the executor named `name` (its facts, e.g. `detached`, without starting it)."""
     try:
         return EXECUTORS[name]

@@ -43,8 +43,7 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
     note = j.detail
     queued = None
     if j.failure != COMPLETED and rj.train is not None and rj.train.id == j.id:
-        decision = retry.decide(cfg, Failure(j.failure or "", j.detail or "", j.exit),
-                                time_limited=executor_class(j.executor).time_limited)
+        decision = retry.decide(cfg, Failure(j.failure or "", j.detail or "", j.exit), executor_class(j.executor))
         note = f"{j.detail}; {decision.reason}"
         if decision.retry:
             if rj.eval is not None and rj.eval.active:  # its afterok can never be satisfied now

@@ -97,7 +97,6 @@ class LocalExecutor:
     name = "local"
     detached = False
     first_state = "RUNNING"  # a job's state once `submit` returned
-    time_limited = False
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen] = {}
@@ -172,6 +171,18 @@ class LocalExecutor:
     @staticmethod
     def job_cpus(resources: ResourcesSpec) -> int | None:
         """The CPUs a job gets: this machine's (None: not set by tunelab)."""
+        return None
+
+    @staticmethod
+    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+        """work_dir/<kind>.sh running `command` here (no time limit: local jobs run until they end)."""
+        path = work_dir / f"{kind}.sh"
+        path.write_text(f"#!/usr/bin/env bash\nset -euo pipefail\nexec {command}\n")
+        return path
+
+    @staticmethod
+    def longer_time_limit(cfg: RunConfig) -> tuple[ResourcesSpec, str] | None:
+        """Local jobs run until they end: no limit to lengthen."""
         return None
 
     @staticmethod

@@ -22,7 +22,8 @@ ledger with the attempt.
   from the last checkpoint with the new micro-batch is exact; the HF Trainer restores the old
   micro-batch from a checkpoint only with auto_find_batch_size, which we never set. A checkpoint
   not at an epoch boundary (someone else's) is dropped and the run restarts from step 0.
-- TIMEOUT: resume from the last checkpoint with the time limit doubled (the limit was short).
+- TIMEOUT: resume from the last checkpoint with the time limit doubled (the limit was short) where the
+  executor runs jobs under one (Executor.longer_time_limit; Slurm: resources.slurm.time_limit).
 - PREEMPTED, NODE_FAIL: resume from the last checkpoint, same limit.
 - CANCELLED (a person did it), FAILED with an exit code (a bug or bad data: the same again would
   fail the same way): no automatic retry.
@@ -35,6 +36,7 @@ import json
 import shutil
 from dataclasses import dataclass
 
+from tunelab.execute.executor import Executor
 from tunelab.execute.failures import NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.spec import SlurmSpec, TrainingConfig
@@ -66,9 +68,9 @@ def shrink_micro_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     return batch_size // f, accumulation * f
 
 
-def decide(cfg: RunConfig, failure: Failure, time_limited: bool = True) -> RetryDecision:
+def decide(cfg: RunConfig, failure: Failure, executor: type[Executor] | None = None) -> RetryDecision:
     """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing).
-    time_limited: the job ran under a time limit (its executor's), which a TIMEOUT retry doubles."""
+    executor: the one the job ran on, asked for the longer time limit a TIMEOUT retry gets (None: none)."""
     max_retries = cfg.resources.max_retries
     if not failure.retryable:
         return RetryDecision(False, f"{failure.kind}: not retried automatically ({failure.detail})")
@@ -101,15 +103,11 @@ def decide(cfg: RunConfig, failure: Failure, time_limited: bool = True) -> Retry
                   f"{t.gradient_accumulation_steps}->{g} (effective batch "
                   f"{t.batch_size * t.gradient_accumulation_steps} unchanged); {then}")
     elif failure.kind == TIMEOUT:
-        from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, train_time_limit
-
         reason = "timeout: resume from the last checkpoint"
-        if time_limited:
-            old = train_time_limit(cfg)[0]
-            new = format_time_limit(2 * parse_time_limit(old))
-            slurm = (cfg.resources.slurm or SlurmSpec()).model_copy(update={"time_limit": new})
-            update["resources"] = cfg.resources.model_copy(update={"slurm": slurm})
-            reason += f" with time limit {old} -> {new}"
+        longer = executor.longer_time_limit(cfg) if executor is not None else None
+        if longer is not None:
+            update["resources"], change = longer
+            reason += f" with {change}"
     elif failure.kind in (PREEMPTED, NODE_FAIL):
         reason = f"{failure.kind}: resume from the last checkpoint"
     else:  # pragma: no cover - RETRYABLE lists the kinds above

@@ -21,13 +21,16 @@ from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, wr
 from tunelab.execute.slurm_jobs import (
     EVAL_SCRIPT,
     TRAIN_SCRIPT,
+    format_time_limit,
+    parse_time_limit,
     slurm_settings,
     train_time_limit,
+    write_side_job_script,
     write_slurm_scripts,
 )
 from tunelab.execute.slurm_pack import PACK_DIR, is_packed, pack_groups, write_pack_script
 from tunelab.rundir.config import RunConfig
-from tunelab.spec import ResourcesSpec
+from tunelab.spec import ResourcesSpec, SlurmSpec
 
 SACCT_START = "2000-01-01"  # sacct shows only today's jobs without -S
 SACCT_FORMAT = "JobID,State,ExitCode,Elapsed,NodeList"
@@ -99,7 +102,6 @@ class SlurmExecutor:
     name = "slurm"
     detached = True
     first_state = "SUBMITTED"  # a job's state once `submit` returned
-    time_limited = True
 
     def __init__(self) -> None:
         missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
@@ -217,6 +219,18 @@ class SlurmExecutor:
     def job_cpus(resources: ResourcesSpec) -> int | None:
         """The CPUs a job gets: resources.slurm.cpus_per_task (None: Slurm's default)."""
         return resources.slurm.cpus_per_task if resources.slurm is not None else None
+
+    @staticmethod
+    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+        return write_side_job_script(cfg, kind, work_dir, command, time_limit)
+
+    @staticmethod
+    def longer_time_limit(cfg: RunConfig) -> tuple[ResourcesSpec, str] | None:
+        """resources.slurm.time_limit set to twice the limit the job ran under (given or estimated)."""
+        old = train_time_limit(cfg)[0]
+        new = format_time_limit(2 * parse_time_limit(old))
+        slurm = (cfg.resources.slurm or SlurmSpec()).model_copy(update={"time_limit": new})
+        return cfg.resources.model_copy(update={"slurm": slurm}), f"time limit {old} -> {new}"
 
     @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:

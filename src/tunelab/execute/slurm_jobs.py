@@ -114,6 +114,22 @@ def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
     return opts
 
 
+def write_side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+    """A one-off sbatch script (work_dir/<kind>.sbatch) on the run's partition, account, CPUs, memory and GPUs,
+    one node, its output in work_dir/slurm-<kind>-<id>.out."""
+    keep = ("--account", "--partition", "--qos", "--constraint", "--cpus-per-task", "--mem", "--gres")
+    opts = [o for o in sbatch_options(cfg, "eval") if o.startswith(keep)]
+    opts = [f"--job-name=tl-{cfg.experiment}-{kind}"[:120], f"--chdir={work_dir}",
+            f"--output={work_dir}/slurm-{kind}-%j.out", f"--time={time_limit}", "--nodes=1", "--ntasks=1", *opts]
+    lines = ["#!/usr/bin/env bash", f"# tunelab {kind} job of experiment {cfg.experiment}",
+             *(f"#SBATCH {o}" for o in opts), "set -euo pipefail",
+             'export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+             f"exec {command}"]
+    path = work_dir / f"{kind}.sbatch"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def write_slurm_scripts(cfg: RunConfig, python: str | None = None, durable: bool = True) -> list[Path]:
     """(Re)write the run's job.sbatch (fine-tuned runs) and eval.sbatch from its run.yaml."""
     python = python or sys.executable

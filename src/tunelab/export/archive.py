@@ -21,12 +21,12 @@ from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.experiment import load_runs, training_state
-from tunelab.fsutil import atomic_write_json, read_json, sha256_of
+from tunelab.fsutil import atomic_write_json, sha256_of
 from tunelab.rundir import layout
+from tunelab.rundir.archive import MANIFEST, ArchiveManifest, read_manifest
 from tunelab.rundir.status import now_iso
 
 KEEP = ("adapters", "last-epoch", "none")
-MANIFEST = "archive.json"
 TRANSIENT = {".tunelab.lock", ".runs-cache.json", ".claim", MANIFEST}  # never copied
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
@@ -48,19 +48,6 @@ class ArchivePlan:
     @property
     def remove_bytes(self) -> int:
         return sum(self.sizes[p] for p in self.remove)
-
-
-@dataclass
-class ArchiveManifest:
-    archived_at: str
-    experiment_dir: str
-    archive_dir: str
-    keep: str
-    files: dict[str, str]  # relative path -> sha256 (verified in the archive)
-    bytes_archived: int
-    removed: dict[str, int]  # relative directory -> bytes freed in the working directory
-    bytes_removed: int
-    untouched: dict[str, str]
 
 
 def _dir_bytes(path: Path) -> int:
@@ -164,9 +151,3 @@ def run_archive(plan: ArchivePlan, copy_file: Callable[[Path, Path], object] = s
             shutil.rmtree(exp / rel)
         atomic_write_json(exp / MANIFEST, asdict(manifest))
     return manifest
-
-
-def read_manifest(experiment_dir: str | Path) -> ArchiveManifest | None:
-    """The last archive of this experiment (None if never archived)."""
-    data = read_json(Path(experiment_dir) / MANIFEST, default=None)
-    return ArchiveManifest(**data) if data else None

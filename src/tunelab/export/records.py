@@ -15,6 +15,7 @@ from typing import Any
 from tunelab.rundir.experiment import load_runs
 from tunelab.ledger.results import RunRecord, collect_results
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.flat import flatten
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 
@@ -55,17 +56,6 @@ class TrackedSweep:
     experiment_dir: Path
     runs: list[TrackedRun]
     report_dir: Path | None  # report/ when `tunelab report` has written it
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Nested config → {"training.learning_rate": "0.002", ...}; lists as JSON; None left out."""
-    out: dict[str, str] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif data is not None:
-        out[prefix] = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
-    return out
 
 
 def _ms(iso: str | None) -> int | None:

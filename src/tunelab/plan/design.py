@@ -36,12 +36,6 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-") or "run"
 
 
-def prompt_names(spec: ExperimentSpec) -> dict[str, str | None]:
-    """Short names of the swept prompt templates (p1, p2, …) for run names; the mapping goes to plan.md."""
-    levels = spec.prompt_levels()
-    return {f"p{i}": t for i, t in enumerate(levels, 1)}
-
-
 def _task_paths(task: TaskSpec, spec_dir: Path) -> TaskSpec:
     """A task with its file and its grader's model directory resolved against the spec file."""
     if not task.file:
@@ -93,7 +87,7 @@ def expand_runs(spec: ExperimentSpec, spec_dir: Path, experiment_dir: Path) -> l
         return resolve_dataset(datasets[name], spec_dir)
 
     common = _common(spec, spec_dir, experiment_dir)
-    prompts = prompt_names(spec)
+    prompts = spec.prompt_names()
     swept_prompt = "prompt" in spec.factors
     runs: list[RunConfig] = []
     seen: dict[str, dict] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.plan.design import prompt_names
+from tunelab.execute.executors import executor_class
 from tunelab.fsutil import human_seconds
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def render_plan_md(plan: Plan) -> str:
         f"| model | {', '.join(spec.model_levels())} |",
         f"| dataset | {', '.join(spec.dataset_levels())} |",
     ]
-    lines += [f"| {k} | {', '.join(prompt_names(spec)) if k == 'prompt' else ', '.join(map(str, v))} |"
+    lines += [f"| {k} | {', '.join(spec.prompt_names()) if k == 'prompt' else ', '.join(map(str, v))} |"
               for k, v in spec.factors.items() if k not in ("model", "dataset")]
     rows = plan_rows(plan)
     lines += ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -200,7 +200,7 @@ def _dataset_lines(plan: "Plan") -> list[str]:
 
 
 def _prompt_lines(plan: "Plan") -> list[str]:
-    names = prompt_names(plan.spec)
+    names = plan.spec.prompt_names()
     if len(names) < 2:
         return []
     lines = ["Prompts swept:", "", "| Name | Template |", "|---|---|"]
@@ -281,8 +281,8 @@ def _truncation_lines(plan: "Plan") -> list[str]:
 
 def _schedule_lines(plan: "Plan") -> list[str]:
     """Local executor: which run goes where and when (longest first), and the predicted makespan."""
-    if plan.spec.resources.executor != "local" or not plan.estimates:
-        return []
+    if executor_class(plan.spec.resources.executor).detached or not plan.estimates:
+        return []  # a scheduler places the runs (or nothing is estimated)
     lines = ["## Schedule (local executor)", ""]
     sched = plan.schedule
     if sched is None:

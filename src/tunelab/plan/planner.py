@@ -21,6 +21,7 @@ from tunelab.estimate.runs import RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
+from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.rundir.config import RunConfig
@@ -98,14 +99,11 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
     return models, datasets
 
 
-PROVENANCE_FILE = "provenance.json"
-
-
 def write_provenance(plan: "Plan") -> Path:
     """<experiment>/data/provenance.json: every data file used (path, sha256, rows), for the report."""
     from dataclasses import asdict
 
-    from tunelab.data.splits import DATA_DIR
+    from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
     from tunelab.fsutil import atomic_write_json
 
     return atomic_write_json(plan.experiment_dir / DATA_DIR / PROVENANCE_FILE,
@@ -344,7 +342,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                     plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.estimates = estimate_runs(runs, gpu)
-        if spec.resources.executor == "local":
+        if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
         for e in plan.estimates.values():
             if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
+from tunelab.execute.executors import executor_class
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
@@ -86,7 +87,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     if lengths and not t.packing and should_pack(sum(lengths) / len(lengths), t.max_seq_len):
         check.warnings.append(f"{cfg.name}: packing is off although the mean example ({sum(lengths) / len(lengths):.0f} "
                               f"tokens) is short next to max_seq_len {t.max_seq_len}")
-    cpus = res.slurm.cpus_per_task if res.executor == "slurm" and res.slurm is not None else None
+    cpus = executor_class(res.executor).job_cpus(res)
     if cpus and t.dataloader_workers and t.dataloader_workers * nproc > cpus - nproc:
         check.warnings.append(f"{cfg.name}: dataloader_workers {t.dataloader_workers} × {nproc} process(es) and the "
                               f"processes themselves need more than the job's cpus_per_task {cpus}: workers would "

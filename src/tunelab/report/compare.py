@@ -14,7 +14,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.experiment import load_runs
-from tunelab.export.records import flatten
+from tunelab.rundir.flat import flatten
 from tunelab.ledger.results import collect_results
 from tunelab.rundir.config import RUN_FILE, RunConfig
 

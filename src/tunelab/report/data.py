@@ -321,8 +321,6 @@ def _factors(spec: ExperimentSpec | None, models: list[str], datasets: list[str]
 
 def gather(experiment_dir: str | Path) -> ReportData:
     """Ingest the run directories into the ledger, then read everything a report needs."""
-    from tunelab.plan.design import prompt_names
-
     exp = Path(experiment_dir).resolve()
     results = {r.name: r for r in collect_results(exp)}  # ingests every run dir first
     cfgs = load_runs(exp)
@@ -335,7 +333,7 @@ def gather(experiment_dir: str | Path) -> ReportData:
     everything = runs + controls + eval_only
     models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
     datasets = spec.dataset_levels() if spec else sorted({r.dataset for r in runs + controls})
-    prompts = prompt_names(spec) if spec and "prompt" in spec.factors else {}
+    prompts = spec.prompt_names() if spec and "prompt" in spec.factors else {}
     return ReportData(
         name=spec.name if spec else exp.name,
         experiment_dir=exp,

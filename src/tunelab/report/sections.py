@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunelab.export.archive import read_manifest
+from tunelab.rundir.archive import read_manifest
 from tunelab.fsutil import human_bytes
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table

@@ -208,6 +208,10 @@ class ExperimentSpec(_Strict):
         """Prompt templates swept (factors.prompt), else the one prompt (None: rows bring their own)."""
         return list(self.factors.get("prompt", [self.prompt]))
 
+    def prompt_names(self) -> dict[str, str | None]:
+        """Short names of the swept prompt templates (p1, p2, …): run names, plan.md and the report use them."""
+        return {f"p{i}": t for i, t in enumerate(self.prompt_levels(), 1)}
+
     def dataset(self, name: str) -> DatasetSpec:
         return next(d for d in self.datasets if d.name == name)
 
