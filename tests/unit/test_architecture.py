@@ -1,6 +1,7 @@
 """The shape docs/architecture.md promises, checked on the import graph (grimp reads every import
-statement, function-level ones included): no cycles, the job package used by nobody else, the run
-directory contract below everything that reads it, and the report free of inspect-ai."""
+statement, function-level ones included): packages import one way (LAYERS), no cycles, the job package
+used by nobody else, the run directory contract below everything that reads it, the core reaching the
+executors only through their interface, and the report free of inspect-ai."""
 
 import subprocess
 import sys
@@ -81,6 +82,86 @@ def test_no_package_cycle(graph):
         edges.setdefault(package_of(module), set()).update(
             package_of(t) for t in targets if package_of(t) != package_of(module))
     assert cycles(edges) == []
+
+
+# The direction, top to bottom: a package imports only packages of the layers below its own (and the
+# foundation); packages of one layer are independent of one another. It follows the pipeline (spec -> plan
+# -> scaffold -> execute -> train -> rundir -> ledger -> evaluate -> report) the way the code uses it: a
+# stage imports what it consumes or calls, never what consumes it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("__main__",),
+    ("cli",),  # the commands
+    ("mcp",),  # the assistant's server (`tunelab mcp`)
+    ("demo", "adopt", "init"),  # drive several stages for a person
+    ("report", "export"),  # read what a sweep left: the ledger's results and the run directories
+    ("scaffold",),  # writes what plan laid out, and the executor's job scripts
+    ("plan",),  # designs and checks the runs: their estimates, tasks and the executor's facts (job CPUs, forecast)
+    ("estimate", "evaluate"),  # the planner's estimates (and the probe, a job through an executor); the evaluator
+    ("execute", "ingest"),  # jobs through the Executor interface, the coordinator fills the ledger; foreign logs
+    ("ledger", "train"),  # the experiment ledger and the user's history; the job (which never writes SQLite)
+    ("rundir",),  # the run directory contract
+)
+# Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
+FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "device", "errors", "fsutil", "console",
+                        "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "__init__"})
+
+
+def package_edges(graph: grimp.ImportGraph) -> dict[tuple[str, str], list[str]]:
+    """(importing package, imported package) -> the module imports behind it, as 'a.b -> c.d'."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, targets in imports_of(graph).items():
+        for target in targets:
+            a, b = short_package(module), short_package(target)
+            if a != b:
+                edges.setdefault((a, b), []).append(f"{module} -> {target}")
+    return edges
+
+
+def short_package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def illegal_imports(edges: dict[tuple[str, str], list[str]]) -> list[str]:
+    """Every import against LAYERS: upward, sideways within a layer, or from the foundation into a layer."""
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    bad = []
+    for (a, b), where in sorted(edges.items()):
+        if b in FOUNDATION:
+            continue
+        if a in FOUNDATION or rank[b] <= rank[a]:
+            bad += where
+    return bad
+
+
+def test_every_package_has_its_place(graph):
+    placed = {pkg for layer in LAYERS for pkg in layer} | FOUNDATION
+    assert {short_package(m) for m in graph.modules} - placed == set()
+    assert not {pkg for layer in LAYERS for pkg in layer} & FOUNDATION
+
+
+def test_the_layer_rule_catches_an_upward_and_a_sideways_import():
+    edges = {("plan", "spec"): ["ok"], ("plan", "execute"): ["ok too"], ("report", "plan"): ["ok: lower"],
+             ("execute", "plan"): ["up"], ("report", "export"): ["sideways"], ("fsutil", "rundir"): ["foundation up"]}
+    assert illegal_imports(edges) == ["up", "foundation up", "sideways"]
+
+
+def test_packages_import_one_way(graph):
+    assert illegal_imports(package_edges(graph)) == []
+
+
+# What the core (plan, scaffold, estimate, export, report, evaluate) may import of execute/: the interface, the
+# registry by name, and the policies it shares with it; never an executor's implementation.
+EXECUTE_SEAM = frozenset({"tunelab.execute.executor", "tunelab.execute.executors", "tunelab.execute.schedule",
+                          "tunelab.execute.retry", "tunelab.execute.claims", "tunelab.execute.failures"})
+CORE = ("plan", "scaffold", "estimate", "export", "report", "evaluate")
+
+
+def test_the_core_reaches_executors_only_through_the_interface(graph):
+    peeking = sorted(f"{m} -> {t}" for m in graph.modules if short_package(m) in CORE
+                     for t in graph.find_modules_directly_imported_by(m)
+                     if t.startswith("tunelab.execute.") and t not in EXECUTE_SEAM)
+    assert peeking == []
 
 
 def test_nothing_outside_train_imports_train(graph):
