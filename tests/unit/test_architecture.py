@@ -164,6 +164,35 @@ def test_the_core_reaches_executors_only_through_the_interface(graph):
     assert peeking == []
 
 
+def executor_name_comparisons(source: str, names: set[str]) -> list[int]:
+    """Lines of `source` comparing something with an executor's name (==, !=, in a literal tuple/list/set)."""
+    import ast
+
+    def constants(node: ast.expr) -> list[object]:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [c for e in node.elts for c in constants(e)]
+        return [node.value] if isinstance(node, ast.Constant) else []
+
+    return sorted(node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+                  and any(c in names for side in (node.left, *node.comparators) for c in constants(side)))
+
+
+def test_the_name_finder_finds_comparisons_and_only_those():
+    code = 'a = x == "slurm"\nb = "local" != y\nc = z in ("slurm", "k")\nd = f("slurm")\ne = {"local": 1}\n'
+    assert executor_name_comparisons(code, {"slurm", "local"}) == [1, 2, 3]
+
+
+def test_no_executor_name_is_compared_outside_execute():
+    from pathlib import Path
+
+    from tunelab.execute.executors import EXECUTORS
+
+    root = Path(__import__(PACKAGE).__file__).parent
+    found = {str(path.relative_to(root)): lines for path in sorted(root.rglob("*.py"))
+             if path.parent.name != "execute" and (lines := executor_name_comparisons(path.read_text(), set(EXECUTORS)))}
+    assert found == {}
+
+
 def test_nothing_outside_train_imports_train(graph):
     outside = {m for m in graph.modules if not m.startswith(f"{PACKAGE}.train")}
     importers = sorted(m for m in outside
