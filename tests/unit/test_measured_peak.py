@@ -119,7 +119,7 @@ def test_a_finished_run_in_the_history_prices_its_own_configuration_and_no_other
     cfg = next(c for c in before.runs if c.name == "tiny_r4")
     simulated = before.estimates["tiny_r4"]
     assert simulated.memory_source == "simulated: tunelab's training step"
-    finished = cfg.model_copy(update={"estimate": simulated.to_dict()})  # run.yaml as scaffold writes it
+    finished = cfg.model_copy(update={"estimate": simulated})  # run.yaml as scaffold writes it
     summary = Summary(steps=40, tokens=40 * 216, tokens_per_s=5000.0, peak_memory_gib=0.25,
                       memory_kind="cuda_max_allocated", device="NVIDIA H100 80GB HBM3", world_size=1, dtype="bfloat16")
     row = history.from_run_dir(finished, summary)

@@ -72,7 +72,7 @@ def test_scaffold_writes_the_estimate_into_run_yaml_and_the_slurm_time_limit(wri
     spec = write_spec(resources={"executor": "slurm"})
     scaffold(spec, gpu=resolve_gpu("H100"))
     cfg = load_run_config(spec.parent / "runs" / "tiny_r4")
-    assert cfg.estimate["steps"] == 40 and cfg.estimate["slurm_time_limit"] == "00:15:00"
+    assert cfg.estimate is not None and cfg.estimate.steps == 40 and cfg.estimate.slurm_time_limit == "00:15:00"
     sbatch = (spec.parent / "runs" / "tiny_r4" / "job.sbatch").read_text()
     assert "--time=00:15:00" in sbatch and "planner estimate" in sbatch
     # the estimate moving with history is not a change of the run: re-scaffolding is allowed

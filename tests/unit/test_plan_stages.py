@@ -85,11 +85,12 @@ def test_staged_time_is_the_sum_and_the_slurm_limit_covers_every_stage(write_spe
     alone = make_plan(write_spec(datasets=[{"name": "hard", "path": str(hard_dataset)}],
                                  training={"batch_size": 4, "gradient_accumulation_steps": 3, "learning_rate": 0.001,
                                            "order": {"by_field": "difficulty"}})).estimates["tiny_r4"]
-    assert (est["stages"][1]["steps"], est["stages"][1]["seconds"]) == (alone.steps, alone.seconds)
-    stage_s = [s["seconds"] for s in est["stages"]]
-    assert est["seconds"] == pytest.approx(sum(stage_s), abs=0.11)
-    assert est["slurm_time_limit"] == slurm_time_limit(sum(stage_s)) != slurm_time_limit(max(stage_s))
-    assert f"--time={est['slurm_time_limit']}" in (cfg.run_dir / "job.sbatch").read_text()
+    assert est is not None
+    assert (est.stages[1].steps, est.stages[1].seconds) == (alone.steps, alone.seconds)
+    stage_s = [s.seconds or 0.0 for s in est.stages]
+    assert est.seconds == pytest.approx(sum(stage_s), abs=0.11)
+    assert est.slurm_time_limit == slurm_time_limit(sum(stage_s)) != slurm_time_limit(max(stage_s))
+    assert f"--time={est.slurm_time_limit}" in (cfg.run_dir / "job.sbatch").read_text()
 
 
 def test_memory_is_the_worst_stage(write_spec, hard_dataset, caps_dataset):

@@ -12,6 +12,7 @@ from tunelab.execute import retry
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.execute.slurm_cli import SlurmExecutor
 from tunelab.rundir import Status
+from tunelab.rundir.estimate import RunEstimate
 from tunelab.execute.failures import (CANCELLED, COMPLETED, FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure,
                                       SacctRow, classify)
 from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, sbatch_options, train_time_limit
@@ -120,7 +121,7 @@ def test_timeout_doubles_the_limit_preemption_keeps_it_others_not_retried(run_cf
     for kind in (CANCELLED, FAILED):
         assert not retry.decide(cfg, Failure(kind, "x")).retry
     # a planner estimate that proved short is doubled the same way
-    est = cfg.model_copy(update={"estimate": {"slurm_time_limit": "00:15:00"}})
+    est = cfg.model_copy(update={"estimate": RunEstimate(slurm_time_limit="00:15:00")})
     assert train_time_limit(est) == ("00:15:00", "planner estimate")
     assert retry.decide(est, Failure(TIMEOUT, "TIMEOUT"), SlurmExecutor).config.resources.slurm.time_limit == "00:30:00"
     # an executor without time limits (local) resumes with the resources unchanged

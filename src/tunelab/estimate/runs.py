@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
 
@@ -26,55 +25,12 @@ from tunelab.estimate.speed import (
 from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
-
-
-@dataclass
-class StageEstimate:
-    """One stage's share of its run's estimate (recorded in run.yaml's estimate.stages)."""
-
-    name: str
-    dataset: str
-    steps: int
-    train_tokens: int
-    tokens_per_microbatch: int
-    peak_memory_gib: float | None
-    seconds: float | None
-    time_source: str
-
-
-@dataclass
-class RunEstimate:
-    run: str
-    packed: bool
-    micro_batch: int
-    gradient_accumulation_steps: int
-    tokens_per_microbatch: int
-    steps: int
-    tokens_per_epoch: int  # a staged run: one epoch of every stage, summed
-    peak_memory_gib: float | None
-    gpu_memory_gib: float | None
-    memory_source: str
-    tokens_per_s: float | None
-    startup_s: float | None
-    seconds: float | None
-    time_source: str
-    gpu_hours: float | None
-    slurm_time_limit: str | None
-    processes: int = 1  # training processes (devices) of the run
-    strategy: str | None = None  # "ddp" | "fsdp" with several processes
-    effective_batch: int = 0  # micro-batch × accumulation × processes
-    scaling_efficiency: float | None = None  # throughput of N devices / (N × one device's)
-    train_tokens: int = 0  # tokens the whole run trains on (every epoch, cut at max_steps)
-    # a staged run: each stage's own estimate, in order (steps and time above are their sums, memory their max)
-    stages: list[StageEstimate] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def device_key(gpu: GPU | None) -> str:

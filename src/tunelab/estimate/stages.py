@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tunelab.catalog import GPU
-from tunelab.estimate.runs import RunEstimate, StageEstimate, estimate_run, slurm_time_limit
+from tunelab.estimate.runs import estimate_run, slurm_time_limit
+from tunelab.rundir.estimate import RunEstimate, StageEstimate
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 
@@ -78,6 +79,7 @@ def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
         effective_batch=worst.effective_batch,
         scaling_efficiency=worst.scaling_efficiency,
         train_tokens=sum(p.train_tokens for p in parts),
-        stages=[StageEstimate(s.name, s.dataset.name, p.steps, p.train_tokens, p.tokens_per_microbatch,
-                              p.peak_memory_gib, p.seconds, p.time_source) for s, p in zip(cfg.stages, parts)],
+        stages=[StageEstimate(name=s.name, dataset=s.dataset.name, steps=p.steps, train_tokens=p.train_tokens,
+                              tokens_per_microbatch=p.tokens_per_microbatch, peak_memory_gib=p.peak_memory_gib,
+                              seconds=p.seconds, time_source=p.time_source) for s, p in zip(cfg.stages, parts)],
     )

@@ -46,9 +46,9 @@ def _runs_script(pid: int) -> bool:
 
 def run_need(cfg: RunConfig, gpus_visible: int) -> RunNeed:
     """What the scheduler needs of a run: its GPUs (one per process), its estimated time and peak memory."""
-    est = cfg.estimate or {}
+    est = cfg.estimate
     gpus = cfg.resources.processes_per_run(gpus_visible) if gpus_visible else 1
-    return RunNeed(cfg.name, gpus, est.get("seconds"), est.get("peak_memory_gib"))
+    return RunNeed(cfg.name, gpus, est.seconds if est else None, est.peak_memory_gib if est else None)
 
 
 class Devices:

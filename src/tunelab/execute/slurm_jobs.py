@@ -34,7 +34,7 @@ def slurm_settings(cfg: RunConfig) -> SlurmSpec:
 def estimated_time_limit(cfg: RunConfig) -> str | None:
     """The planner's time limit (estimate × margin, rounded up) that scaffold wrote into run.yaml,
     or None when there was no time estimate. Used when the user sets none."""
-    return (cfg.estimate or {}).get("slurm_time_limit")
+    return cfg.estimate.slurm_time_limit if cfg.estimate else None
 
 
 def train_time_limit(cfg: RunConfig) -> tuple[str, str]:

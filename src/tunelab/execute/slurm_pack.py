@@ -52,7 +52,7 @@ def _need(cfg: RunConfig) -> RunNeed:
     """A run's claim on the node: its GPUs, and its training limit as the time it may hold them."""
     minutes = parse_time_limit(train_time_limit(cfg)[0])
     gpus = max(1, cfg.resources.gpus_per_run) if pack_gpus(cfg) else 1
-    return RunNeed(cfg.name, gpus, minutes * 60.0, (cfg.estimate or {}).get("peak_memory_gib"))
+    return RunNeed(cfg.name, gpus, minutes * 60.0, cfg.estimate.peak_memory_gib if cfg.estimate else None)
 
 
 def _devices(cfg: RunConfig) -> list[Device]:

@@ -57,7 +57,7 @@ def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | 
     many slots as run now (at least one): a forecast, refreshed with every look."""
     running = [v for v in views if v.state == RUNNING]
     waiting = [v for v in views if v.state == PENDING and v.kind == "fine-tuned"]
-    planned = [(configs[v.name].estimate or {}).get("seconds") for v in waiting]
+    planned = [est.seconds if (est := configs[v.name].estimate) else None for v in waiting]
     known = [float(p) for p in planned if p is not None]
     if len(known) < len(planned) or any(v.eta_s is None for v in running):
         return None

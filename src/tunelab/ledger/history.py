@@ -247,5 +247,4 @@ def _tokens_per_microbatch(cfg: RunConfig, t: TrainingConfig) -> int | None:
     longest example, which the plan measured (run.yaml's estimate); unknown without it."""
     if t.packing:
         return t.batch_size * t.max_seq_len
-    planned = (cfg.estimate or {}).get("tokens_per_microbatch")
-    return int(planned) if isinstance(planned, (int, float)) else None
+    return (cfg.estimate.tokens_per_microbatch or None) if cfg.estimate else None

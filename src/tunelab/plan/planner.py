@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.catalog import GPU
 from tunelab.data.loading import DataFile
 from tunelab.data.splits import load_data, split_record_path
-from tunelab.estimate.runs import RunEstimate
+from tunelab.rundir.estimate import RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError

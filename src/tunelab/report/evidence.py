@@ -69,7 +69,7 @@ def run_seconds(run: RunData) -> tuple[float | None, str | None]:
     measured = run.summary.duration_s
     if isinstance(measured, (int, float)) and measured > 0:
         return float(measured), "measured"
-    planned = (run.config.estimate or {}).get("seconds")
+    planned = run.config.estimate.seconds if run.config.estimate else None
     if isinstance(planned, (int, float)) and planned > 0:
         return float(planned), "planned"
     return None, None

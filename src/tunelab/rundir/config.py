@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tunelab.fsutil import atomic_write_yaml
+from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import (
     DEFAULT_TEMPLATE_DATE,
     DatasetSpec,
@@ -61,7 +62,7 @@ class RunConfig(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     attempt: int = Field(1, ge=1)
-    estimate: dict[str, Any] | None = Field(
+    estimate: RunEstimate | None = Field(
         None, description="The planner's estimate at scaffold time (steps, seconds, source, slurm_time_limit); "
         "informational, and the SLURM time limit when resources.slurm.time_limit is unset.")
 

@@ -80,7 +80,7 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     for i, cfg in enumerate(plan.runs):
         if cfg.name in plan.estimates:
             est = plan.estimates[cfg.name]
-            update: dict = {"estimate": est.to_dict()}
+            update: dict = {"estimate": est}
             if cfg.resources.distributed == "auto" and est.strategy == "fsdp":  # the plan's choice, for the job
                 update["resources"] = cfg.resources.model_copy(update={"distributed": "fsdp"})
             plan.runs[i] = cfg.model_copy(update=update)
