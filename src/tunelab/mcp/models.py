@@ -27,6 +27,7 @@ class PlanOut(BaseModel):
     recipe: str
     gpu: str | None
     runs: list[dict[str, str]] = Field(description="One row per run, the columns of `tunelab plan`.")
+    stages: list[dict[str, str]] = Field(default_factory=list, description="A staged run's stages, one row each.")
     estimates: dict[str, dict[str, Any] | None] = Field(description="Per run: micro-batch, peak memory, steps, "
                                                          "time and where each figure came from.")
     totals: dict[str, Any]

@@ -31,19 +31,17 @@ RunNames = Annotated[list[str] | None, Field(description="Only these runs or con
 
 def one_line(fn: F) -> F:
     """User errors and failures of the environment as tool errors carrying the CLI's one line, no traceback."""
-    from tunelab.cli.common import environment_error
-
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except TunelabError as exc:
             raise ToolError(str(exc)) from None
-        except (OSError, sqlite3.OperationalError, subprocess.TimeoutExpired) as exc:
-            message = environment_error(exc)
-            if message is None:
-                raise
-            raise ToolError(message) from None
+        except OSError as exc:  # what the machine did (permission, disk full): named, not a traceback
+            where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+            raise ToolError(f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)) from None
+        except (sqlite3.OperationalError, subprocess.TimeoutExpired) as exc:
+            raise ToolError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -54,10 +52,10 @@ def quiet() -> Console:
 
 
 def plan_out(ws: Workspace, plan: Any, plan_md: str | None) -> PlanOut:
-    from tunelab.plan.markdown import plan_rows
+    from tunelab.plan.markdown import plan_rows, stage_rows
 
     return PlanOut(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
-                   runs=plan_rows(plan), estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
+                   runs=plan_rows(plan), stages=stage_rows(plan), estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
                    totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
                    plan_md=plan_md)
 
@@ -85,10 +83,19 @@ class PipelineTools:
         self.ws = ws
         self.sweeps = sweeps
 
-    def _gpu(self, name: str | None, spec_path: Any) -> Any:
-        from tunelab.cli.main import _gpu_or_none
+    def _gpu(self, name: str | None, path: Path) -> Any:
+        """The named GPU, else resources.gpu of the run.yaml or spec (merged with the user config), else the
+        detected one, else None (this machine's CPU)."""
+        from tunelab.catalog import planning_gpu
+        from tunelab.rundir.config import RUN_FILE, load_run_config
+        from tunelab.spec import load_spec
+        from tunelab.userconfig import merge_resources
 
-        return _gpu_or_none(name, spec_path)
+        if name:
+            return planning_gpu(name, None)
+        if path.name == RUN_FILE or (path / RUN_FILE).is_file():
+            return planning_gpu(None, load_run_config(path).resources.gpu)
+        return planning_gpu(None, merge_resources(load_spec(path).resources).gpu)
 
     @one_line
     def init_spec(
@@ -136,11 +143,14 @@ class PipelineTools:
     def validate(self, path: Annotated[str, Field(description="experiment.yaml or a run's run.yaml.")],
                  gpu: Gpu = None) -> ValidateOut:
         """Check every run: predicted OOM, missing splits or fields, prompt without {input}, warm-up."""
-        from tunelab.cli.estimate import _validate_gpu
         from tunelab.plan.validate import validate_path
 
         target = self.ws.inside(path, "path")
-        checks = validate_path(target, _validate_gpu(gpu, target))
+        device = self._gpu(gpu, target)
+        if device is None:
+            raise TunelabError("no GPU here to detect: name the target with gpu or resources.gpu (e.g. H100-80GB)",
+                               field="gpu")
+        checks = validate_path(target, device)
         return ValidateOut(ok=not any(c.errors for c in checks), checks=checks)
 
     @one_line
@@ -167,9 +177,11 @@ class PipelineTools:
     @one_line
     def probe(self, spec: Spec) -> ProbeOut:
         """A few real optimizer steps of each run shape here; records speed and memory in the history."""
-        from tunelab.cli.measure import run_probe
+        from tunelab.estimate.probe import probe_runs
+        from tunelab.plan.planner import make_plan
 
-        rows = run_probe(self.ws.inside(spec, "spec"), quiet=True)
+        plan = make_plan(self.ws.inside(spec, "spec"), estimates=False)
+        rows = probe_runs(plan.finetune_runs, plan.spec_path, lambda *_: None, False)
         return ProbeOut(shapes=[json.loads(json.dumps(r.__dict__, default=str)) for r in rows])
 
     @one_line
