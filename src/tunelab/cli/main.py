@@ -290,10 +290,18 @@ def ingest_cmd(
     say("{} of {} log(s) imported into {}", n, len(results), history_path())
 
 
-def schema_cmd() -> None:
-    """Print the JSON Schema of experiment.yaml (for editors)."""
+def schema_cmd(
+    output: Optional[str] = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
+                                         "output (plan, validate, status, results, history)."),
+) -> None:
+    """Print the JSON Schema of experiment.yaml (for editors), or of a command's --json output."""
     from tunelab.spec import json_schema
 
+    if output:
+        from tunelab.cli.outputs import output_schema
+
+        print(json.dumps(output_schema(output), indent=2))
+        return
     print(json.dumps(json_schema(), indent=2))
 
 
