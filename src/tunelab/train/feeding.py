@@ -12,7 +12,13 @@ from tunelab.train.dataloading import TimedIterator
 from tunelab.train.ordering import FixedOrderSampler, append_order, order_record, record_draws
 
 if TYPE_CHECKING:
-    from transformers import TrainerState, TrainingArguments
+    from transformers import Trainer
+
+    from tunelab.train.metrics import LocalCounts
+
+    _TrainerBase = Trainer  # the class this mixes into, for the type checker: super() calls resolve there
+else:
+    _TrainerBase = object
 
 
 def _innermost_sampler(dataloader) -> Any:
@@ -29,7 +35,7 @@ def _epoch_index(epoch: float | None) -> int:
     return int(round(e)) if math.isclose(e, round(e), abs_tol=1e-6) else int(math.floor(e))
 
 
-class FeedingMixin:
+class FeedingMixin(_TrainerBase):
     """Times each fetch of a micro-batch into `local.data_wait`; feeds a fixed order when `fixed_order` is set;
     records the order every epoch really drew in `order_log_dir`/data_order.jsonl (main process, when set)."""
 
@@ -37,9 +43,7 @@ class FeedingMixin:
     order_log_dir: Path | None = None
     order_spec: Any = "shuffled"
     order_tag: tuple[int, str | None] = (0, None)  # a staged run: (epochs of the stages before, this stage)
-    # the Trainer's own, which the class this mixes into has (declared here for the type checker only)
-    state: TrainerState
-    args: TrainingArguments
+    local: LocalCounts  # set by the runner on the trainer it builds
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         return super().get_batch_samples(TimedIterator(epoch_iterator, self.local.data_wait), num_batches, device)

@@ -77,7 +77,7 @@ def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch
 
         def on_step_end(self, args, state, control, **kwargs):
             stop = watch.received is not None
-            due = bool(every_s) and time.monotonic() - self.last_save >= every_s
+            due = bool(every_s and time.monotonic() - self.last_save >= every_s)
             if agree is not None:  # a signal reaches processes at different steps; clocks differ
                 stop = agree(stop)
                 due = agree(due) if every_s else False

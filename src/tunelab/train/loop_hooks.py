@@ -85,8 +85,8 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
     from transformers import TrainerCallback
 
     main = world().is_main
-    ctx = ctx or StageContext()
-    steps, epochs = ctx.step_offset, ctx.epoch_offset  # a staged run counts on from its earlier stages
+    stage = ctx or StageContext()
+    steps, epochs = stage.step_offset, stage.epoch_offset  # a staged run counts on from its earlier stages
 
     class TunelabCallback(TrainerCallback):
         """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
@@ -95,9 +95,9 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
         def on_train_begin(self, args, state, control, **kwargs):
             if "startup_s" not in startup:
                 startup["startup_s"] = process_age_s()
-            if ctx.init_optimizer is not None and state.global_step == 0:  # optimizer: carried, not a resume
-                load_optimizer_state(kwargs["optimizer"], ctx.init_optimizer)
-                log(f"optimizer state carried from {ctx.init_optimizer.relative_to(run_dir)}")
+            if stage.init_optimizer is not None and state.global_step == 0:  # optimizer: carried, not a resume
+                load_optimizer_state(kwargs["optimizer"], stage.init_optimizer)
+                log(f"optimizer state carried from {stage.init_optimizer.relative_to(run_dir)}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
