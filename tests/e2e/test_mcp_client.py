@@ -114,7 +114,15 @@ async def drive(root: Path) -> None:
             status = await call(client, "status", {"experiment_dir": "exp"})
         states = {r["name"]: r["state"] for r in status["runs"]}
         assert all(states[r] == "completed" for r in spec["runs"]), (states, status["sweep_log_tail"])
-        evaluated = await call(client, "eval", {"experiment_dir": "exp"})
+        progress: list[tuple[float, float | None]] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append((done, total))
+
+        result = await client.call_tool("eval", {"experiment_dir": "exp"}, progress_callback=on_progress)
+        assert not result.is_error, result.content
+        evaluated = result.structured_content
+        assert progress == [(1, 3), (2, 3), (3, 3)]  # a notification after each run and the control
         assert set(spec["runs"] + spec["controls"]) <= set(evaluated["evaluated"])
         results = {r["name"]: r for r in (await call(client, "results", {"experiment_dir": "exp"}))["runs"]}
         for name in spec["runs"]:

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
+import anyio.from_thread
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from rich.console import Console
@@ -241,13 +243,20 @@ class PipelineTools:
     @one_line
     def eval(self, experiment_dir: Exp, runs: RunNames = None,
              epochs: Annotated[str | None, Field(description="last, all, or e.g. 0,2 (default: the spec's).")] = None,
-             force: Annotated[bool, Field(description="Re-evaluate checkpoints that have scores.")] = False
-             ) -> EvalOut:
-        """Evaluate fine-tuned checkpoints, controls and eval-only runs with inspect-ai (waits until scored)."""
+             force: Annotated[bool, Field(description="Re-evaluate checkpoints that have scores.")] = False,
+             ctx: Context | None = None) -> EvalOut:
+        """Evaluate fine-tuned checkpoints, controls and eval-only runs with inspect-ai (waits until scored;
+        reports progress run by run)."""
         from tunelab.evaluate.sweep import evaluate_experiment
+        from tunelab.rundir.experiment import load_runs, select_runs
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
-        done = evaluate_experiment(exp, runs, epochs, force=force, console=quiet())
+        names = [r.name for r in select_runs(load_runs(exp), runs)]
+        done: dict[str, list[Any]] = {}
+        for i, name in enumerate(names, 1):  # one run at a time: a progress notification after each
+            done.update(evaluate_experiment(exp, [name], epochs, force=force, console=quiet()))
+            if ctx is not None:
+                anyio.from_thread.run(ctx.report_progress, i, len(names), f"evaluated {name}")
         return EvalOut(evaluated={k: [str(x) for x in v] for k, v in done.items()})
 
     @one_line
