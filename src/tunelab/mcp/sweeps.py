@@ -1,5 +1,6 @@
 """Sweeps started by the server: the same `tunelab run` the CLI runs, as a detached process, so the tool call
-returns at once and the server keeps answering while runs train; `status` follows it."""
+returns at once and the server keeps answering while runs train; `status` follows it. A sweep outlives the
+server (its own session): the lab's jobs do not stop when the assistant disconnects; `cancel` stops them."""
 
 from __future__ import annotations
 
@@ -45,8 +46,3 @@ class Sweeps:
         if not log.is_file():
             return []
         return log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-
-    def stop_all(self) -> None:
-        """Leave the sweeps running when the server ends (they are the lab's jobs); only reap the ended ones."""
-        for proc in self.running.values():
-            proc.poll()
