@@ -142,3 +142,15 @@ def test_skills_install(tmp_path):
     again = runner.invoke(app, ["skills", "install", "--dir", str(target)])
     assert again.exit_code == 1 and "--force" in again.output
     assert runner.invoke(app, ["skills", "install", "--dir", str(target), "--force"]).exit_code == 0
+
+
+def test_ingest_and_adopt_read_only_inside_the_root(root):
+    (root / "logs").mkdir()
+    (root / "logs" / "slurm-1.out").write_text("no torchtune here\n")
+    out = tool(root, "ingest", {"paths": ["logs"]}).structured_content
+    assert [(r["path"], r["imported"]) for r in out["logs"]] == [("logs/slurm-1.out", False)]
+    assert out["logs"][0]["reason"]
+    refused = tool(root, "ingest", {"paths": ["../secret"]})
+    assert refused.is_error and "paths[0]: '../secret' resolves to" in refused.content[0].text
+    refused = tool(root, "adopt", {"sources": ["../secret"], "out": "adopted", "spec": "exp/experiment.yaml"})
+    assert refused.is_error and "sources[0]" in refused.content[0].text and not (root / "adopted").exists()
