@@ -68,6 +68,17 @@ def test_missing_model_names_the_nearest(root):
     assert "nearest: data/caps_train.jsonl" in result.content[0].text
 
 
+def test_a_spec_naming_a_missing_model_gets_the_nearest(root):
+    (root / "exp").mkdir()
+    (root / "exp" / "experiment.yaml").write_text(
+        "name: x\nmodels: [{name: m, path: ../models/llama-3.2-3B}]\n"
+        "datasets: [{name: d, path: ../data/caps_train.jsonl}]\nprompt: '{input}'\n")
+    for name in ("plan", "estimate"):
+        text = tool(root, name, {"spec": "exp/experiment.yaml"}).content[0].text
+        assert "experiment.yaml: models[0].path: no model directory at ../models/llama-3.2-3B" in text, text
+        assert "nearest: models/llama-3.2-3b, models/llama-3.2-1b" in text, text
+
+
 def test_malformed_spec_names_file_and_field(root):
     (root / "exp").mkdir()
     (root / "exp" / "experiment.yaml").write_text("name: x\nmodels: []\ndatasets: []\ntraining: {epochs: many}\n")

@@ -80,6 +80,18 @@ class Workspace:
         raise TunelabError(f"no dataset file at {given!s}; nearest: {nearest(path, self.datasets(), self)}",
                            field=field)
 
+    def spec_models(self, spec_path: Path) -> None:
+        """Every model directory the spec names exists, else an error naming the nearest ones (before planning,
+        whose own error does not know the workspace)."""
+        from tunelab.spec import load_spec
+
+        for i, model in enumerate(load_spec(spec_path).models):
+            path = (spec_path.parent / os.path.expanduser(model.path)).resolve()
+            if not is_model_dir(path):
+                raise TunelabError(f"no model directory at {model.path} (config.json and weights); "
+                                   f"nearest: {nearest(path, self.models(), self)}", file=spec_path,
+                                   field=f"models[{i}].path")
+
 
 def nearest(missing: Path, candidates: list[Path], ws: Workspace) -> str:
     """The closest existing names (by name, then by the whole path), or what exists when none is close."""

@@ -164,6 +164,7 @@ class PipelineTools:
         from tunelab.plan.planner import make_plan
 
         path = self.ws.inside(spec, "spec")
+        self.ws.spec_models(path)
         plan = make_plan(path, gpu=self._gpu(gpu, path))
         md = atomic_write_text(path.parent / "plan.md", render_plan_md(plan)) if write_md else None
         return plan_out(self.ws, plan, self.ws.shown(md) if md else None)
@@ -174,6 +175,7 @@ class PipelineTools:
         from tunelab.plan.planner import make_plan
 
         path = self.ws.inside(spec, "spec")
+        self.ws.spec_models(path)
         return plan_out(self.ws, make_plan(path, gpu=self._gpu(gpu, path)), None)
 
     @one_line
@@ -196,6 +198,7 @@ class PipelineTools:
         from tunelab.scaffold.write import scaffold
 
         path = self.ws.inside(spec, "spec")
+        self.ws.spec_models(path)
         plan = scaffold(path, self.ws.inside(out, "out") if out else None, force=force, gpu=self._gpu(gpu, path))
         return ScaffoldOut(experiment_dir=self.ws.shown(plan.experiment_dir),
                            runs=[r.name for r in plan.finetune_runs], controls=[r.name for r in plan.controls])
