@@ -74,21 +74,47 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
 
 
-def chunks(plan: TensorPlan, dtype: str, seed: int, std: float):
-    """The tensor's values, in row blocks of at most CHUNK_VALUES, already in `dtype`."""
+class Scratch:
+    """The two chunk buffers (float32 draws, their cast), reused across chunks and tensors: fresh 64 MB
+    allocations per chunk would cost as much kernel time (page faults) as the drawing itself."""
+
+    def __init__(self, dtype: str) -> None:
+        import torch
+
+        self.target = getattr(torch, dtype)
+        self.draws = torch.empty(0)
+        self.cast = torch.empty(0, dtype=self.target)
+
+    def views(self, shape: tuple[int, ...]):
+        import torch
+
+        n = 1
+        for d in shape:
+            n *= d
+        if self.draws.numel() < n:
+            self.draws = torch.empty(max(n, CHUNK_VALUES))
+            self.cast = torch.empty(self.draws.numel(), dtype=self.target)
+        return self.draws[:n].view(shape), self.cast[:n].view(shape)
+
+
+def chunks(plan: TensorPlan, seed: int, std: float, scratch: Scratch):
+    """The tensor's values, in row blocks of at most CHUNK_VALUES, in the scratch's dtype (valid until the
+    next chunk)."""
     import torch
 
-    target = getattr(torch, dtype)
     rows = plan.shape[0] if plan.shape else 1
     row = plan.numel // max(rows, 1)
     step = max(1, CHUNK_VALUES // max(row, 1))
     generator = torch.Generator().manual_seed(tensor_seed(seed, plan.name))
     for start in range(0, rows, step):
         shape = (min(step, rows - start), *plan.shape[1:]) if plan.shape else ()
+        draws, cast = scratch.views(shape)
         if plan.init == "normal":
-            yield torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std).to(target)
+            torch.randn(shape, generator=generator, out=draws).mul_(std)
+            cast.copy_(draws)
         else:
-            yield (torch.ones if plan.init == "ones" else torch.zeros)(shape, dtype=target)
+            cast.fill_(1.0 if plan.init == "ones" else 0.0)
+        yield cast
 
 
 def _header(plans: list[TensorPlan], dtype: str) -> bytes:
@@ -110,11 +136,12 @@ def write_file(path: Path, plans: list[TensorPlan], dtype: str, seed: int, std: 
     if sys.byteorder != "little":
         raise RuntimeError("safetensors data is little-endian; this machine is not")
     header = _header(plans, dtype)
+    scratch = Scratch(dtype)
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         for p in plans:
-            for block in chunks(p, dtype, seed, std):
+            for block in chunks(p, seed, std, scratch):
                 data = block.contiguous().view(-1).view(torch.uint8).numpy()
                 f.write(memoryview(data))
                 advance(data.nbytes)
