@@ -3,6 +3,7 @@
 Real HF format (config.json, safetensors, tokenizer with chat template), so every code path that
 loads Llama-3.2 from disk is exercised on CPU in seconds. The tokenizer is byte-level with no
 merges: one token per byte, so any word is representable and capitalization is learnable.
+The same tokenizer, padded to a real vocabulary size, serves `tunelab models random` (random_init.py).
 """
 
 from __future__ import annotations
