@@ -161,9 +161,9 @@ def test_packing_measurement_equals_what_training_packs(tiny_model, caps_dataset
     m = measure_dataset(DatasetSpec(name="caps", path=str(caps_dataset)), tok, PromptFormat(), "Capitalize: {input}",
                         128, 2)
     # measured by test_train.py::test_packing_bfd_packs_and_learns for the same data and settings
-    assert m["packing"]["examples"] == 320
-    assert m["packing"]["sequences"] == -(-320 // (128 // 27))
-    assert m["padding"]["nonpad_fraction"] == 1.0  # all 5-letter words: no padding at all
+    assert m.packing.examples == 320
+    assert m.packing.sequences == -(-320 // (128 // 27))
+    assert m.padding.nonpad_fraction == 1.0  # all 5-letter words: no padding at all
 
 
 def _seed_run_yaml(tmp_path, **training):

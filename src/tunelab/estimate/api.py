@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
@@ -14,9 +14,12 @@ from tunelab.estimate.peak import fits, model_config_of, predict_peak, step_shap
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
 
+if TYPE_CHECKING:
+    from tunelab.estimate.dataset import DatasetMeasurement
+
 
 def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq_len: int, batch_size: int | None,
-             chat_template: str, system_prompt: str | None) -> dict[str, Any]:
+             chat_template: str, system_prompt: str | None) -> DatasetMeasurement:
     """The dataset measured with the model's tokenizer in the prompt format runs use."""
     if not Path(model).is_dir():
         raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
@@ -55,23 +58,22 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                            "processes": processes, "strategy": strategy}
     data = (_measure(model, dataset, prompt, max_seq_len, batch_size, chat_template, system_prompt)
             if dataset is not None else None)
-    train = data["splits"]["train"] if data else None
-    use_packed = packed if packed is not None else should_pack(train["mean_len"] if train else None, max_seq_len)
+    train = data.train if data else None
+    use_packed = packed if packed is not None else should_pack(train.mean_len if train else None, max_seq_len)
     attention = resolve_attention(inputs.attention, use_packed, model_config_of(model))
     inputs = replace(inputs, attention=attention.kind.value)
     out.update({"attention": attention.kind.value, "attention_kernel": attention.describe()})
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
-                    longest=train["max_len"] if train else None,
-                    density=data["packing"]["density"] if data else None,
-                    sequences=(data["packing"]["sequences"] if use_packed else data["splits"]["train"]["examples"])
-                    if data else None,
+                    longest=train.max_len if train else None,
+                    density=data.packing.density if data else None,
+                    sequences=(data.packing.sequences if use_packed else data.train.examples) if data else None,
                     epoch_seconds=(lambda b, _accum: _epoch_work(data, arch, gpu, use_packed, b, max_seq_len).seconds)
                     if data else None)
     if packed is None and train:
-        bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train['mean_len']:.0f} "
+        bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train.mean_len:.0f} "
                              f"tokens vs max_seq_len {max_seq_len}")
     b = batch_size or bp.recommended_batch_size or 1
-    shape = step_shape(b, max_seq_len, use_packed, train["max_len"] if train else None)
+    shape = step_shape(b, max_seq_len, use_packed, train.max_len if train else None)
     mem = predict_peak(model, inputs, shape, processes, strategy, arch)
     out.update({
         "packed": use_packed,
@@ -110,29 +112,29 @@ class _EpochWork:
         return self.tokens / self.tokens_per_s if self.tokens_per_s else None
 
 
-def _epoch_work(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, max_seq_len: int) -> _EpochWork:
+def _epoch_work(data: DatasetMeasurement, arch: Any, gpu: GPU, packed: bool, b: int, max_seq_len: int) -> _EpochWork:
     """Rows, tokens and (FLOPs-model) speed of an epoch of the measured data at micro-batch b."""
     from tunelab.estimate.dataset import simulate_padding
 
-    train = data["splits"]["train"]
+    train = data.train
     if packed:
-        sequences, tokens = data["packing"]["sequences"], train["tokens"]
+        sequences, tokens = data.packing.sequences, train.tokens
     else:
-        sequences = train["examples"]
-        tokens = simulate_padding(data["train_lengths"], b, max_seq_len).padded_tokens
-    tokens_per_s = model_tokens_per_s(arch, gpu, max_seq_len if packed else int(train["mean_len"]))
+        sequences = train.examples
+        tokens = simulate_padding(data.train_lengths, b, max_seq_len).padded_tokens
+    tokens_per_s = model_tokens_per_s(arch, gpu, max_seq_len if packed else int(train.mean_len))
     return _EpochWork(sequences, tokens, tokens_per_s)
 
 
-def _epoch_estimate(data: dict[str, Any], arch: Any, gpu: GPU, packed: bool, b: int, accum: int, max_seq_len: int,
+def _epoch_estimate(data: DatasetMeasurement, arch: Any, gpu: GPU, packed: bool, b: int, accum: int, max_seq_len: int,
                     epochs: int) -> dict[str, Any]:
     """Tokens, steps and (FLOPs-model) time of an epoch of the measured data at micro-batch b."""
     work = _epoch_work(data, arch, gpu, packed, b, max_seq_len)
     tps = work.tokens_per_s
     return {
-        "dataset": {k: v for k, v in data.items() if k != "train_lengths"},
-        "packing_density": data["packing"]["density"],
-        "packing_efficiency": data["packing"]["fill_fraction"],
+        "dataset": data.to_json(),
+        "packing_density": data.packing.density,
+        "packing_efficiency": data.packing.fill_fraction,
         "tokens_per_epoch": work.tokens,
         "steps_per_epoch": optimizer_steps(work.sequences, b, accum, 1),
         "epochs": epochs,

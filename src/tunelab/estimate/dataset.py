@@ -47,6 +47,26 @@ class PaddingStats:
     max_tokens_per_microbatch: int
 
 
+@dataclass
+class DatasetMeasurement:
+    """A dataset as training sees it: token statistics per split present, and for train the packing and
+    padding simulations and every example's length (which `estimate` prices an epoch with)."""
+
+    splits: dict[str, SplitStats]
+    packing: PackingStats
+    padding: PaddingStats
+    train_lengths: list[int]
+
+    @property
+    def train(self) -> SplitStats:
+        return self.splits["train"]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `estimate --json` reports under "dataset" (the lengths left out)."""
+        return {"splits": {k: asdict(v) for k, v in self.splits.items()}, "packing": asdict(self.packing),
+                "padding": asdict(self.padding)}
+
+
 def _pct(sorted_vals: list[int], q: float) -> int:
     return sorted_vals[min(len(sorted_vals) - 1, int(q * (len(sorted_vals) - 1) + 0.5))]
 
@@ -112,21 +132,19 @@ def simulate_padding(lengths: list[int], batch_size: int, max_seq_len: int, seed
 
 def measure_dataset(dataset: DatasetSpec, tokenizer: Any, fmt: PromptFormat, template: str | None,
                     max_seq_len: int, batch_size: int, system_prompt: str | None = None,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0) -> DatasetMeasurement:
     """Per split present: token statistics; for train: packing and padding simulations."""
     data = load_data(dataset, None)
     reader = data.reader(template, system_prompt)
-    out: dict[str, Any] = {"splits": {}}
+    splits: dict[str, SplitStats] = {}
     train_lengths: list[int] = []
     for split in SPLITS:
         if split not in data.splits:
             continue
         enc = [fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)]
-        out["splits"][split] = asdict(split_stats(enc, max_seq_len))
+        splits[split] = split_stats(enc, max_seq_len)
         if split == "train":
             train_lengths = [len(e["input_ids"]) for e in enc]
     data.require("train")
-    out["packing"] = asdict(simulate_bfd_packing(train_lengths, max_seq_len))
-    out["padding"] = asdict(simulate_padding(train_lengths, batch_size, max_seq_len, seed))
-    out["train_lengths"] = train_lengths
-    return out
+    return DatasetMeasurement(splits, simulate_bfd_packing(train_lengths, max_seq_len),
+                              simulate_padding(train_lengths, batch_size, max_seq_len, seed), train_lengths)

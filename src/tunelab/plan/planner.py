@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 
 if TYPE_CHECKING:
+    from tunelab.data.formatting import ChatMode
     from tunelab.execute.schedule import Schedule
 
 
@@ -159,14 +160,27 @@ def _verify_rows(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, spl
     return DatasetInfo(d.name, fmt or "?", data.counts(), data.files, rec, d.eval_only)
 
 
-def _length_key(cfg: RunConfig) -> tuple:
-    stamps = []
-    for p in cfg.dataset.split_files().values():
-        stat = Path(p).stat()  # a rewritten dataset file is measured again
-        stamps.append((p, stat.st_mtime_ns, stat.st_size))
-    t = cfg.training
-    return (cfg.model.path, cfg.dataset.model_dump_json(), cfg.experiment_dir, cfg.prompt, cfg.system_prompt,
-            cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), tuple(stamps))
+@dataclass(frozen=True)
+class LengthKey:
+    """Everything a run's token lengths depend on: the tokenizer's model, the data (and its files' stamps, so a
+    rewritten file is measured again) and the prompt format. Hashable: the in-process cache's key."""
+
+    model: str
+    dataset_json: str
+    experiment_dir: str
+    prompt: str | None
+    system_prompt: str | None
+    chat_template: ChatMode
+    chat_template_date: str
+    train_on_input: bool
+    stamps: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> LengthKey:
+        stamps = tuple((p, (st := Path(p).stat()).st_mtime_ns, st.st_size) for p in cfg.dataset.split_files().values())
+        t = cfg.training
+        return cls(cfg.model.path, cfg.dataset.model_dump_json(), cfg.experiment_dir, cfg.prompt, cfg.system_prompt,
+                   cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), stamps)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -174,28 +188,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 @lru_cache(maxsize=32)
-def _split_masks(key: tuple) -> dict[str, tuple[tuple[int, int], ...]]:
+def _split_masks(key: LengthKey) -> dict[str, tuple[tuple[int, int], ...]]:
     """Per split: (tokens, position of the first answer token) of every example, as training encodes it;
     kept on disk (diskcache.py) under the inputs and the tokenizer's files, so a second plan skips the tokenizer."""
     from tunelab.diskcache import cached_json, file_stamps
 
-    tokenizer = file_stamps([Path(key[0]) / f for f in TOKENIZER_FILES])
-    measured = cached_json("token-lengths", [list(key), tokenizer], lambda: _measure_split_masks(key))
+    tokenizer = file_stamps([Path(key.model) / f for f in TOKENIZER_FILES])
+    measured = cached_json("token-lengths", [list(astuple(key)), tokenizer], lambda: _measure_split_masks(key))
     return {split: tuple((int(n), int(a)) for n, a in rows) for split, rows in measured.items()}
 
 
-def _measure_split_masks(key: tuple) -> dict[str, list[tuple[int, int]]]:
+def _measure_split_masks(key: LengthKey) -> dict[str, list[tuple[int, int]]]:
     from transformers import AutoTokenizer
 
     from tunelab.data.formatting import PromptFormat
     from tunelab.estimate.dataset import first_answer_index
     from tunelab.spec import DatasetSpec
 
-    model, dataset_json, exp_dir, prompt, system, chat, date, on_input = key[:8]
-    tok = AutoTokenizer.from_pretrained(model)
-    fmt = PromptFormat(chat, date, on_input)
-    data = load_data(DatasetSpec.model_validate_json(dataset_json), exp_dir)
-    reader = data.reader(prompt, system)
+    tok = AutoTokenizer.from_pretrained(key.model)
+    fmt = PromptFormat(key.chat_template, key.chat_template_date, key.train_on_input)
+    data = load_data(DatasetSpec.model_validate_json(key.dataset_json), key.experiment_dir)
+    reader = data.reader(key.prompt, key.system_prompt)
     out = {}
     for split in data.splits:
         enc = [fmt.encode_example(e, tok) for e in data.examples(split, reader)]
@@ -205,7 +218,7 @@ def _measure_split_masks(key: tuple) -> dict[str, list[tuple[int, int]]]:
 
 def split_lengths(cfg: RunConfig) -> dict[str, tuple[tuple[int, int], ...]]:
     """(tokens, first answer position) per example and split, measured once per model x data x format."""
-    return _split_masks(_length_key(cfg))
+    return _split_masks(LengthKey.of(cfg))
 
 
 def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
