@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 STATUS_FILE: Final = "status.json"
@@ -41,12 +42,23 @@ TOKENIZER_FILES: Final = ("tokenizer.json", "tokenizer_config.json", "special_to
 EPOCH_PREFIX: Final = "epoch_"
 TRAINER_CHECKPOINT_PREFIX: Final = "checkpoint-"
 
-# Run states, as files and ledger show them.
-PENDING: Final = "pending"
-RUNNING: Final = "running"
-COMPLETED: Final = "completed"
-FAILED: Final = "failed"
-INTERRUPTED: Final = "interrupted"
+
+class RunState(StrEnum):
+    """A run's state, as status.json, summary.json and the ledger hold it (the values are the strings on disk)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+# the states by name, as modules import them
+PENDING: Final = RunState.PENDING
+RUNNING: Final = RunState.RUNNING
+COMPLETED: Final = RunState.COMPLETED
+FAILED: Final = RunState.FAILED
+INTERRUPTED: Final = RunState.INTERRUPTED
 
 # In status.json's error of a run stopped by Slurm's time-limit warning: execute/failures.py reads it.
 SAVED_BEFORE_LIMIT: Final = "saved before the time limit"
