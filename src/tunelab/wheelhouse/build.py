@@ -55,7 +55,6 @@ def build_wheelhouse(have_file: Path, out: Path, target: Target, extras: tuple[s
                      project: Path = PROJECT) -> Manifest:
     """Write the wheelhouse for the node whose `pip freeze` is have_file into out; returns its manifest."""
     have = parse_freeze(have_file.read_text(), file=have_file)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheelhouse-") as tmp:
         work = Path(tmp)
         wheel = build_wheel(project, work)
@@ -66,6 +65,7 @@ def build_wheelhouse(have_file: Path, out: Path, target: Target, extras: tuple[s
         resolved, conflicts = resolve(wheel, extras, target, pins, work)
         plan = classify(resolved, have, torch, target.markers(), root=meta.name, reasons={**out_of_range, **conflicts})
         fetched = [r for r in resolved if r.name in {w.name for w in plan.wheels} and r.name != plan.root]
+        out.mkdir(parents=True, exist_ok=True)  # only once there is something to put in it
         files = download(fetched, target, out, work)
         files[plan.root] = Path(shutil.copy2(wheel, out / wheel.name))
     return _write(plan, files, out, target, extras)
