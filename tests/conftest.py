@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +15,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's history ledger (subprocesses inherit this).
 os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-history-")) / "history.db")
-os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-cache-")  # nor the user's cache
+# nor the user's cache. pytest-xdist's workers (`make test`) share one: its entries are keyed by everything
+# they depend on and written atomically, so a memory simulation one worker ran is not run again by the other.
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _XDIST_RUN:
+    os.environ["TUNELAB_CACHE"] = str(Path(tempfile.gettempdir()) / f"tunelab-cache-{_XDIST_RUN}")
+    # two workers on CI's 2 cores: one torch thread each (and in the jobs they start), not two each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # a worker starts with COLUMNS=80, which would fix tunelab.console's width for good (rich reads it once)
+    os.environ.pop("COLUMNS", None)
+else:
+    os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-cache-")
+
+# Session fixtures several files share (the slow ones). Under pytest-xdist's `--dist loadfile` (`make test`)
+# the files naming one of them go to the same worker as one unit, so it is built once; every other file is a
+# unit of its own, as loadfile has it. (xdist's loadgroup marks do not group under pytest 9.2.)
+SHARED_FIXTURES = ("finished_sweep", "trained_adapter", "smollm2_dir", "slurm_cluster")
+
+
+@functools.cache
+def xdist_unit(path: Path) -> str:
+    """The shared fixture the test file names, else the file itself."""
+    text = path.read_text() if path.is_file() else ""
+    return next((name for name in SHARED_FIXTURES if name in text), str(path))
+
+
+if importlib.util.find_spec("xdist"):
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class SharedFixtureScheduling(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return xdist_unit(config.rootpath / nodeid.split("::", 1)[0])
+
+        return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
