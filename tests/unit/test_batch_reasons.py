@@ -72,7 +72,7 @@ def test_memory_decides_when_the_fitting_batch_stays_under_the_target(tiny_model
     assert (plan.decided_by, plan.recommended_batch_size) == ("memory", memory_b)
     assert plan.recommended_gradient_accumulation_steps == round(TARGET / (memory_b * density))
     assert plan.reasons[0] == (f"micro-batch {memory_b}: memory decides: largest power of two with simulated peak "
-                               f"(reserved + CUDA context) under {SAFETY_FRACTION:.0%} of {GPU_GIB:g} GiB "
+                               f"(reserved + CUDA context) under {SAFETY_FRACTION:.0%} of {GPU_GIB:.1f} GiB "
                                f"(max that fits: {max_b})")
 
 
