@@ -127,9 +127,8 @@ def estimate_cmd(
                                                 help="Recompute activations in the backward pass: less memory, "
                                                      "more time."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes)."),
-    attention: str = typer.Option("auto", "--attention", help="The kernel the run trains with, as the spec's "
-                                  "training.attention: auto (varlen per example when packed, sdpa unpacked), varlen, "
-                                  "sdpa (a dense mask over a packed row), eager, flash_attention_2 or flex_attention."),
+    attention: str = typer.Option("auto", "--attention", help="As training.attention: auto (varlen when packed, else "
+                                  "sdpa), varlen, sdpa (dense mask when packed), eager, flash_attention_2, flex_attention."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU)."),
     strategy: str = typer.Option("ddp", "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
                                  "(sharded)."),

@@ -170,24 +170,26 @@ def load(path: Path | None = None, everything: bool = False) -> list[HistoryRun]
         return [HistoryRun(**dict(r)) for r in conn.execute(f"SELECT * FROM history{where} ORDER BY recorded_at")]
 
 
-def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
-    """A history row from a completed tunelab run (its run.yaml and summary.json)."""
+def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | None]:
+    """(layers, hidden size, parameters) of the run's model; all None when its config cannot be read."""
     from tunelab.catalog import resolve_architecture
 
-    t = cfg.training
-    if t is None:
-        raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")
-    layers: int | None
-    hidden: int | None
-    params: int | None
     try:
         arch = resolve_architecture(cfg.model.path)
-        layers, hidden, params = arch.layers, arch.hidden, arch.parameters
     except (TunelabError, OSError, ValueError) as exc:  # model dir moved or its config.json damaged
         # the measured speed is still worth keeping, but plans cannot scale it to other models: say so
         log.warning("warning: history: %s: model %s unreadable (%s); recorded without layers, hidden size and "
                     "parameter count", cfg.run_dir, cfg.model.path, exc)
-        layers = hidden = params = None
+        return None, None, None
+    return arch.layers, arch.hidden, arch.parameters
+
+
+def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
+    """A history row from a completed tunelab run (its run.yaml and summary.json)."""
+    t = cfg.training
+    if t is None:
+        raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")
+    layers, hidden, params = _architecture_facts(cfg)
     steps = summary.steps or 0
     cost = summary.step_cost
     # per device, the planner's unit: a distributed run's tokens (and tokens/s) are all its processes'

@@ -3,11 +3,11 @@ and the memory estimate then read the same kernel, and plan.md says which and wh
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tunelab.estimate.peak import model_config_of
 from tunelab.models.attention import AttentionChoice, resolve_attention
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
@@ -15,8 +15,8 @@ from tunelab.spec import TrainingConfig
 
 @cache
 def _model_config(path: str) -> dict[str, Any] | None:
-    file = Path(path) / "config.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+    """The model's config.json, read once per plan however many runs share the model."""
+    return model_config_of(path) if (Path(path) / "config.json").is_file() else None
 
 
 def _resolved(t: TrainingConfig, model_path: str) -> tuple[TrainingConfig, AttentionChoice]:
