@@ -16,8 +16,9 @@ from tunelab.scaffold.write import scaffold
 from tunelab.spec import TrainingConfig
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.layout import COUNTERS_FILE
-from tunelab.train.checkpoints import checkpoint_at_epoch_end, prune_trainer_checkpoints, republish_missing_epochs
+from tunelab.train.checkpoints import checkpoint_at_epoch_end, prune_trainer_checkpoints
 from tunelab.train.interrupts import SignalWatch, make_checkpoint_policy
+from tunelab.train.resume import republish_missing_epochs
 
 
 @pytest.mark.parametrize("value,interval", [(200, (200, None)), ("200", (200, None)), ("30min", (None, 1800.0)),

@@ -15,7 +15,7 @@ from tunelab.report.checks import DATA_WAIT_FLAG, data_wait_issue
 from tunelab.rundir.summary import Summary
 from tunelab.spec.training import ByField, TrainingConfig
 from tunelab.train.dataloading import TimedIterator, dataloader_args, resolve_workers, wait_summary
-from tunelab.train.ordering import append_order, fixed_order, order_record, record_draws
+from tunelab.train.ordering import OrderLog, fixed_order, order_record, record_draws
 
 
 def test_worker_default_from_slurm_cpus_per_task():
@@ -91,9 +91,10 @@ def test_record_draws_reports_what_a_seeded_sampler_yields(tmp_path):
     assert seen == [first, second] and sorted(first) == list(range(10)) and first != second
     assert isinstance(sampler, torch.utils.data.RandomSampler)
     # a resumed epoch drawing the same order is written once; another order for it is kept
+    log = OrderLog(tmp_path, [])
     for rec in (order_record(0, "shuffled", 3, first), order_record(0, "shuffled", 3, first),
                 order_record(1, "shuffled", 3, second)):
-        append_order(tmp_path, rec)
+        log.append(rec)
     assert [(r["epoch"], r["indices"]) for r in read_jsonl(tmp_path / "data_order.jsonl")] == [(0, first), (1, second)]
 
 

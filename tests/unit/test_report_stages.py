@@ -74,7 +74,7 @@ def train_like(cfg, stages, state="completed", partial=None, empty=None):
     """A staged run's files: `stages` = (steps, epochs) of each completed stage; `partial` = (steps, epochs
     published) of the stage a failure stopped; loss falls 0.02 per step from 2.0."""
     run_dir = cfg.run_dir
-    rows, step, epoch = [], 0, 0
+    rows, step, epoch, done = [], 0, 0, []
     for i, (n_steps, n_epochs) in enumerate(stages + ([partial] if partial else [])):
         name, per_epoch = cfg.stages[i].name, n_steps / max(n_epochs, 1)
         ctx = StageContext(name=name, index=i, optimizer=cfg.stages[i].optimizer, count=len(cfg.stages),
@@ -86,9 +86,9 @@ def train_like(cfg, stages, state="completed", partial=None, empty=None):
             _checkpoint(run_dir, epoch + e, empty=empty == epoch + e)
         step, epoch = step + n_steps, epoch + n_epochs
         if i < len(stages):  # complete: recorded, as the trainer records it
-            record_stage(run_dir, ctx, cfg.stage_config(i), Summary(steps=step, train_examples=80,
-                                                                    stage_final_loss=rows[-1]["loss"],
-                                                                    stage_duration_s=5.0), Counters(tokens=1))
+            done = record_stage(run_dir, done, ctx, cfg.stage_config(i),
+                                Summary(steps=step, train_examples=80, stage_final_loss=rows[-1]["loss"],
+                                        stage_duration_s=5.0), Counters(tokens=1))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(run_dir / "status.json", {
         "run": cfg.name, "state": state, "attempt": 1, "started_at": "2026-01-02T10:00:00+00:00",

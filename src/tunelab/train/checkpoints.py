@@ -7,6 +7,7 @@ A checkpoint is complete only once tunelab's token counters are written into it,
 write of a save: a kill anywhere before leaves a checkpoint that is never resumed from.
 Saves between epoch ends (training.checkpoint_every, a stop signal: train/interrupts.py) are trainer
 states only; they publish no epoch_N. Retention (keep_checkpoints) deletes only after a save is complete.
+What a restart resumes from, and the epochs it publishes again, is train/resume.py's.
 """
 
 from __future__ import annotations
@@ -16,13 +17,7 @@ import math
 import shutil
 from pathlib import Path
 
-from tunelab.rundir.checkpoints import (
-    checkpoint_step,
-    complete_trainer_checkpoints,
-    epoch_dir,
-    is_complete_checkpoint,
-    trainer_checkpoints,
-)
+from tunelab.rundir.checkpoints import checkpoint_step, complete_trainer_checkpoints, epoch_dir, trainer_checkpoints
 from tunelab.rundir.layout import ADAPTER_FILES, TOKENIZER_FILES, TRAINER_STATE_FILE
 
 
@@ -78,21 +73,3 @@ def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[P
             shutil.rmtree(d, ignore_errors=True)
             dropped.append(d)
     return dropped
-
-
-def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
-                             ) -> list[int]:
-    """Publish epoch_N again from complete trainer checkpoints up to `upto` where it is missing (a save
-    killed between its trainer state and its publish); returns the epochs republished. epoch_offset: the
-    epochs of a staged run's earlier stages (train/stages.py)."""
-    done = []
-    for ckpt in complete_trainer_checkpoints(state_dir):
-        if checkpoint_step(ckpt) > checkpoint_step(upto):
-            break
-        if not checkpoint_at_epoch_end(ckpt):
-            continue  # a mid-epoch save (checkpoint_every, a stop signal) is no epoch's checkpoint
-        epoch = epoch_offset + epoch_index(json.loads((ckpt / TRAINER_STATE_FILE).read_text()).get("epoch"))
-        if not is_complete_checkpoint(epoch_dir(run_dir, epoch)):
-            publish_epoch_checkpoint(ckpt, run_dir, epoch)
-            done.append(epoch)
-    return done

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.train.dataloading import TimedIterator
-from tunelab.train.ordering import FixedOrderSampler, append_order, order_record, record_draws
+from tunelab.train.ordering import FixedOrderSampler, OrderLog, order_record, record_draws
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -37,10 +36,10 @@ def _epoch_index(epoch: float | None) -> int:
 
 class FeedingMixin(_TrainerBase):
     """Times each fetch of a micro-batch into `local.data_wait`; feeds a fixed order when `fixed_order` is set;
-    records the order every epoch really drew in `order_log_dir`/data_order.jsonl (main process, when set)."""
+    records the order every epoch really drew in `order_log` (data_order.jsonl; main process, when set)."""
 
     fixed_order: list[int] | None = None
-    order_log_dir: Path | None = None
+    order_log: OrderLog | None = None
     order_spec: Any = "shuffled"
     order_tag: tuple[int, str | None] = (0, None)  # a staged run: (epochs of the stages before, this stage)
     local: LocalCounts  # set by the runner on the trainer it builds
@@ -56,16 +55,16 @@ class FeedingMixin(_TrainerBase):
     def get_train_dataloader(self):
         dataloader = super().get_train_dataloader()
         sampler = _innermost_sampler(dataloader)
-        if self.order_log_dir is not None and sampler is not None and self.args.process_index == 0:
+        if self.order_log is not None and sampler is not None and self.args.process_index == 0:
             record_draws(sampler, self._record_order)
         return dataloader
 
     def _record_order(self, indices: list[int]) -> None:
-        log_dir = self.order_log_dir
-        if log_dir is None:  # registered only when set (get_train_dataloader)
+        log = self.order_log
+        if log is None:  # registered only when set (get_train_dataloader)
             return
         offset, stage = self.order_tag
         # the seed the sampler shuffled with: data_seed (the runner sets it), else the Trainer's seed, as in HF
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, seed, indices)
-        append_order(log_dir, replace(rec, stage=stage))
+        log.append(replace(rec, stage=stage))

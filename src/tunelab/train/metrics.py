@@ -108,11 +108,14 @@ def peak_memory() -> tuple[float, MemoryKind]:
 
 
 class MetricsWriter:
-    """Appends one metrics.jsonl row per logging step (training) or evaluation (validation)."""
+    """Appends one metrics.jsonl row per logging step (training) or evaluation (validation), and keeps the
+    file's rows (those kept at resume, then each one written) so the job never reads it back."""
 
-    def __init__(self, run_dir: Path, counters: Counters, stage: str | None = None):
+    def __init__(self, run_dir: Path, counters: Counters, stage: str | None = None,
+                 kept: list[MetricRow] | None = None):
         self.run_dir = run_dir
         self.counters = counters
+        self.rows: list[MetricRow] = list(kept or [])  # metrics.jsonl as it is now
         self.stage = stage  # named on every row of a staged run
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s
@@ -152,6 +155,7 @@ class MetricsWriter:
         else:
             self._last = (c.tokens, train_time, c.data_wait_s)
         append_metric(self.run_dir, row)
+        self.rows.append(row)
         return row
 
     def snapshot(self) -> Counters:

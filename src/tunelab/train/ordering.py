@@ -17,7 +17,7 @@ from torch.utils.data import Sampler
 
 from tunelab.data.ordering import field_values, fixed_order, order_name
 from tunelab.errors import TunelabError
-from tunelab.rundir.order import OrderRecord, read_orders, write_orders
+from tunelab.rundir.order import OrderRecord, write_orders
 from tunelab.spec.training import ByField, TrainingConfig
 
 RECORD_ALL_UP_TO = 100_000  # longer orders are recorded as their hash and first indices
@@ -67,15 +67,18 @@ def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]
                        complete=full)
 
 
-def append_order(run_dir: Path, record: OrderRecord) -> None:
-    """Add one epoch's order; a resumed epoch that drew the same order again is not written twice. The file
-    is replaced atomically (a few lines per run), so a kill never leaves a half line in its middle."""
-    kept = read_orders(run_dir)
-    if any(r.epoch == record.epoch and r.sha256 == record.sha256 for r in kept):
-        return
-    write_orders(run_dir, [*kept, record])
+class OrderLog:
+    """data_order.jsonl as this start keeps it (main process): the orders kept at resume (train/resume.py)
+    plus those drawn since, held here so the file is written, never read back. Each new order replaces the
+    file atomically (a few lines per run), so a kill never leaves a half line in its middle."""
 
+    def __init__(self, run_dir: Path, kept: list[OrderRecord]):
+        self.run_dir = run_dir
+        self.records = list(kept)
 
-def drop_orders_from(run_dir: Path, epoch: int) -> None:
-    """Keep only the orders of epochs before `epoch` (a later stage starting afresh redraws its own)."""
-    write_orders(run_dir, [r for r in read_orders(run_dir) if r.epoch < epoch])
+    def append(self, record: OrderRecord) -> None:
+        """Add one epoch's order; a resumed epoch that drew the same order again is not written twice."""
+        if any(r.epoch == record.epoch and r.sha256 == record.sha256 for r in self.records):
+            return
+        self.records.append(record)
+        write_orders(self.run_dir, self.records)

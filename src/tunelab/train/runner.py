@@ -1,12 +1,14 @@
 """Train one run (or one stage of a staged run) in its run directory; resume after a kill.
 
 What a run does, in order:
-1. find the newest complete trainer checkpoint to resume from, and drop what was logged after it;
+1. resume (resume.py, called once here): where this start begins — the newest complete trainer
+   checkpoint, the epochs to republish, the metrics rows and orders kept — and the files brought back to it;
 2. say in status.json that the run is running (a restart counts as one);
 3. build the trainer the run trains with (trainer.py) and train: the callback (loop_hooks.py) writes
    metrics.jsonl, status.json progress and the epoch checkpoints; a stop signal saves and stops
    (interrupts.py);
-4. validate at the last step, measure the step cost (one process, unstaged), summarize.
+4. validate at the last step, measure the step cost (one process, unstaged), summarize — from the rows the
+   job holds (metrics.MetricsWriter), never reading back a file it wrote.
 A failure says why in status.json and raises. Completing the run (summary.json, status completed) is
 complete_run's: the job calls it after an unstaged run, the staged loop (stages.py) after the last stage.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import signal
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,12 @@ from tunelab.device import resolve_dtype
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.rundir import layout
-from tunelab.rundir.checkpoints import Counters, checkpoint_step, last_complete_checkpoint, read_counters
-from tunelab.rundir.metrics import read_metrics, steady_tokens_per_s, write_metrics
-from tunelab.rundir.status import now_iso, read_status, write_status
+from tunelab.rundir.checkpoints import Counters
+from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
+from tunelab.rundir.status import now_iso, write_status
 from tunelab.rundir.summary import StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
-from tunelab.train.checkpoints import republish_missing_epochs
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import pipeline_summary
@@ -38,7 +39,8 @@ from tunelab.train.distributed import agree, applied_strategy, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats
-from tunelab.train.ordering import drop_orders_from
+from tunelab.train.ordering import OrderLog
+from tunelab.train.resume import Resume, resume
 from tunelab.train.summary import StageFacts, Timing, run_facts, summarize
 from tunelab.train.trainer import build_trainer
 
@@ -63,15 +65,14 @@ def train_run(cfg: RunConfig, stage: StageContext | None = None) -> Trained | No
     ctx = stage or StageContext()
     main = world().is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_dir = ctx.state_dir(run_dir)
-    resume_from, counters = _prepare_resume(run_dir, state_dir, ctx)
+    start = resume(run_dir, ctx, main)
     if main:
-        _write_start_status(cfg, run_dir, resume_from, ctx)
+        _write_start_status(cfg, run_dir, start, ctx)
     try:
-        return _train(cfg, run_dir, state_dir, resume_from, counters, ctx)
+        return _train(cfg, run_dir, start, ctx)
     except BaseException as exc:
         if main:
-            _record_stop(exc, run_dir, resume_from)
+            _record_stop(exc, run_dir, start.checkpoint)
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
@@ -85,39 +86,14 @@ def complete_run(run_dir: Path, summary: Summary) -> Summary:
     return summary
 
 
-def _prepare_resume(run_dir: Path, state_dir: Path, ctx: StageContext) -> tuple[Path | None, Counters]:
-    """Find the checkpoint to resume from; drop metrics logged after it (they will be redone). A later
-    stage with no checkpoint of its own starts where the stage before ended."""
-    last = last_complete_checkpoint(state_dir)
-    start = replace(ctx.counters) if ctx.counters is not None else Counters()
-    if not world().is_main:  # the main process tidies the files; the others only read the counters
-        return last, read_counters(last) if last else start
-    if last is None and ctx.index == 0:
-        for stale in (layout.METRICS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, layout.ORDER_FILE):
-            (run_dir / stale).unlink(missing_ok=True)
-        return None, start
-    if last is not None:
-        for epoch in republish_missing_epochs(state_dir, run_dir, upto=last, epoch_offset=ctx.epoch_offset):
-            log(f"republished epoch_{epoch} from its trainer checkpoint")
-    step = ctx.step_offset + (checkpoint_step(last) if last else 0)
-    write_metrics(run_dir, [r for r in read_metrics(run_dir) if (r.step or 0) <= step])
-    if last is None:  # a later stage starting afresh: its earlier partial epochs' orders go too
-        drop_orders_from(run_dir, ctx.epoch_offset)
-        return None, start
-    return last, read_counters(last)  # complete: always there
-
-
-def _write_start_status(cfg: RunConfig, run_dir: Path, resume_from: Path | None, ctx: StageContext) -> None:
+def _write_start_status(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> None:
     """status.json at a (re)start: a restart is a resume from a checkpoint, counted over the whole run."""
-    prev = read_status(run_dir)
     started = now_iso()
-    restarts = prev.restarts or 0
-    restarts = restarts + 1 if resume_from else (restarts if ctx.index else 0)
     stage: dict[str, Any] = {"stage": ctx.name, "stage_index": ctx.index, "stage_count": ctx.count} if ctx.name else {}
     write_status(run_dir, run=cfg.name, state=layout.RUNNING, attempt=cfg.attempt, started_at=started,
-                 first_started_at=prev.first_started_at or started,
-                 resumed_from=resume_from.name if resume_from else None, restarts=restarts, error=None,
-                 requeued_job=None, **stage)
+                 first_started_at=start.first_started_at or started,
+                 resumed_from=start.checkpoint.name if start.checkpoint else None, restarts=start.restarts,
+                 error=None, requeued_job=None, **stage)
 
 
 def _record_stop(exc: BaseException, run_dir: Path, resume_from: Path | None) -> None:
@@ -129,8 +105,7 @@ def _record_stop(exc: BaseException, run_dir: Path, resume_from: Path | None) ->
         after_stop(exc, resume_from, run_dir, log)
 
 
-def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | None, counters: Counters,
-           ctx: StageContext) -> Trained | None:
+def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> Trained | None:
     import torch
 
     from tunelab.compat import quiet_known_library_warnings
@@ -142,8 +117,9 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
     cuda = torch.cuda.is_available()
     strategy = cfg.resources.strategy(w.size, cuda)
     dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
-    _log_start(cfg, ctx, dtype, strategy, resume_from)
-    writer = MetricsWriter(run_dir, counters, ctx.name)
+    _log_start(cfg, ctx, dtype, strategy, start.checkpoint)
+    counters = start.counters
+    writer = MetricsWriter(run_dir, counters, ctx.name, start.metrics)  # holds metrics.jsonl's rows from here on
     stage_start_s = counters.elapsed_s
     startup: dict[str, float | None] = {}
     local = LocalCounts()
@@ -157,31 +133,31 @@ def _train(cfg: RunConfig, run_dir: Path, state_dir: Path, resume_from: Path | N
             write_packing(run_dir, pstats)
         log("dataset: " + ", ".join(f"{k} {v}" for k, v in pstats.to_json().items()))
         inject_oom_fault(t.batch_size)
-        trainer.order_log_dir = run_dir if w.is_main else None  # data_order.jsonl: the order each epoch drew
+        trainer.order_log = OrderLog(run_dir, start.orders) if w.is_main else None  # the order each epoch drew
         trainer.order_tag = (ctx.epoch_offset, ctx.name)
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
     finally:
         watch.restore()
     if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
         raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
     if val_ds is not None:
-        _validate_at_end(trainer, run_dir)
+        _validate_at_end(trainer, writer.rows)
     if not w.is_main:
         return None
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
     # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
     # (and a staged run's counters span its stages: its steps and tokens do not pair up)
-    step_cost = _step_cost(trainer, t, run_dir) if w.size == 1 and not ctx.name else None
-    stage = StageFacts(_stage_final_loss(run_dir, ctx), elapsed - stage_start_s) if ctx.name else None
+    step_cost = _step_cost(trainer, t, writer.rows) if w.size == 1 and not ctx.name else None
+    stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - stage_start_s) if ctx.name else None
     end_counters = writer.snapshot()
     timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, startup.get("startup_s"))
     summary = summarize(
-        run_dir, cfg, steps=ctx.step_offset + trainer.state.global_step,  # the last logged row's may be earlier
+        run_dir, cfg, writer.rows, steps=ctx.step_offset + trainer.state.global_step,  # the last logged row's may be earlier
         epochs=ctx.epoch_offset + t.epochs, timing=timing, train_examples=len(train_ds),
         validation_examples=len(val_ds) if val_ds is not None else None, packing=pstats,
         pipeline=pipeline_summary(t, cuda, w.size, counters.data_wait_s, elapsed - counters.overhead_s),
-        facts=run_facts(trainer, t, dtype, run_dir, w.size, applied_strategy(trainer)),
+        facts=run_facts(trainer, t, dtype, start.restarts, w.size, applied_strategy(trainer)),
         step_cost=step_cost, stage=stage)
     return Trained(summary, end_counters)
 
@@ -198,27 +174,27 @@ def _log_start(cfg: RunConfig, ctx: StageContext, dtype: Any, strategy: str | No
         log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
 
 
-def _validate_at_end(trainer: Any, run_dir: Path) -> None:
+def _validate_at_end(trainer: Any, rows: list[MetricRow]) -> None:
     """Validate at the last step unless that row exists: evaluate() writes it through on_log (writing it
-    here as well duplicated it), and the file, not memory, tells a resumed run it is there already. The main
+    here as well duplicated it), and a resumed run may have it already (the rows kept at resume). The main
     process (the file's writer) decides; evaluate() is a collective, so every process follows its decision."""
     step = trainer.state.global_step
-    missing = world().is_main and not any(r.step == step and r.is_validation for r in read_metrics(run_dir))
+    missing = world().is_main and not any(r.step == step and r.is_validation for r in rows)
     if agree(missing):
         trainer.evaluate()
 
 
-def _stage_final_loss(run_dir: Path, ctx: StageContext) -> float | None:
+def _stage_final_loss(rows: list[MetricRow], ctx: StageContext) -> float | None:
     """The last training loss logged by this stage (stages.json keeps it)."""
-    rows = [r for r in read_metrics(run_dir) if r.is_train and (r.step or 0) > ctx.step_offset]
-    return rows[-1].loss if rows else None
+    mine = [r for r in rows if r.is_train and (r.step or 0) > ctx.step_offset]
+    return mine[-1].loss if mine else None
 
 
-def _step_cost(trainer: Any, t: TrainingConfig, run_dir: Path) -> StepCost | None:
+def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> StepCost | None:
     """Fixed vs per-token step cost (for the planner), measured after the last checkpoint is saved."""
     from tunelab.train.step_cost import measure_step_cost
 
-    rows = [r for r in read_metrics(run_dir) if r.is_train]
+    rows = [r for r in metrics if r.is_train]
     tps = steady_tokens_per_s(rows)
     steps = trainer.state.global_step
     tokens = rows[-1].tokens if rows else None

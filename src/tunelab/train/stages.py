@@ -6,7 +6,9 @@ from the stages before (each row names its stage), epoch checkpoints are numbere
 back (stage, its epochs, its steps). Each stage keeps its own trainer state (trainer_state/STAGE/) and
 is recorded in stages.json only once complete: a failure in stage 3 resumes stage 3 and never reruns 1-2.
 
-This module is the staged loop: it picks the next incomplete stage and calls the runner for it.
+This module is the staged loop: it picks the next incomplete stage and calls the runner for it. stages.json
+is read once, for what earlier starts completed; the main process keeps the records it adds (the others
+read the main process's file after each stage).
 """
 
 from __future__ import annotations
@@ -30,35 +32,40 @@ def train_stages(cfg: RunConfig) -> Summary | None:
     """Train the stages not yet complete, in order; the last one completes the run (summary.json).
     Returns the run's summary on the main process (None on the others)."""
     summary: Summary | None = None
-    while (ctx := next_stage(cfg, cfg.run_dir)) is not None:
+    done = read_stage_records(cfg.run_dir)  # the stages earlier starts completed
+    while (ctx := next_stage(cfg, done)) is not None:
         trained = train_run(cfg.stage_config(ctx.index), ctx)  # None on processes other than the main one
         if trained is not None:
-            record_stage(cfg.run_dir, ctx, cfg, trained.summary, trained.counters)
+            done = record_stage(cfg.run_dir, done, ctx, cfg, trained.summary, trained.counters)
             log(f"stage {ctx.name} completed at step {trained.summary.steps}")
             summary = trained.summary
             if ctx.last:
-                summary = complete_run(cfg.run_dir, replace(summary, stages=read_stage_records(cfg.run_dir)))
-        barrier()  # stage k+1 reads what the main process recorded for stage k
+                summary = complete_run(cfg.run_dir, replace(summary, stages=done))
+        barrier()  # stage k+1 starts from what the main process recorded for stage k
+        if trained is None:  # another process: the record is in the main process's file
+            done = read_stage_records(cfg.run_dir)
     return summary or read_summary(cfg.run_dir)
 
 
-def record_stage(run_dir: Path, ctx: StageContext, cfg: RunConfig, summary: Summary,
-                 counters: Counters) -> StageRecord:
-    """Add the stage just completed to stages.json (main process; the record is what marks it complete)."""
-    done = [r for r in read_stage_records(run_dir) if r.index < ctx.index]
+def record_stage(run_dir: Path, done: list[StageRecord], ctx: StageContext, cfg: RunConfig, summary: Summary,
+                 counters: Counters) -> list[StageRecord]:
+    """Add the stage just completed to the records of the stages before it and write them to stages.json
+    (main process; the record is what marks it complete). Returns the records written."""
+    done = [r for r in done if r.index < ctx.index]
     rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=cfg.dataset.name, optimizer=ctx.optimizer,
                       epochs=[e for e in complete_epochs(run_dir) if e >= ctx.epoch_offset],
                       first_step=ctx.step_offset, last_step=int(summary.steps or ctx.step_offset),
                       examples=int(summary.train_examples or 0), counters=counters,
                       final_loss=summary.stage_final_loss, duration_s=summary.stage_duration_s)
     write_stage_records(run_dir, [*done, rec])
-    return rec
+    return [*done, rec]
 
 
-def next_stage(cfg: RunConfig, run_dir: Path) -> StageContext | None:
-    """The first stage not yet complete (None when every stage is), with its offsets and starting point.
-    Raises when the recorded stages no longer match run.yaml's (a spec changed after training began)."""
-    done = read_stage_records(run_dir)
+def next_stage(cfg: RunConfig, done: list[StageRecord]) -> StageContext | None:
+    """The first stage not yet complete (None when every stage is), given the stages recorded complete,
+    with its offsets and starting point. Raises when the recorded stages no longer match run.yaml's (a spec
+    changed after training began)."""
+    run_dir = cfg.run_dir
     names = [s.name for s in cfg.stages]
     if [r.name for r in done] != names[:len(done)]:
         raise TunelabError(f"stages.json records stages {[r.name for r in done]} but run.yaml has {names}: "

@@ -1,4 +1,4 @@
-"""summary.json of a finished run: results from metrics.jsonl plus what the run ran on."""
+"""summary.json of a finished run: results from its metrics rows (as the job wrote them) plus what the run ran on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from tunelab.models.attention import VARLEN_IMPLEMENTATION
 from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
-from tunelab.rundir.metrics import MetricRow, read_metrics, steady_tokens_per_s
-from tunelab.rundir.status import read_status
+from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.summary import PackingStats, StepCost, Summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
@@ -55,14 +54,14 @@ def _losses_and_tokens(rows: list[MetricRow]) -> dict[str, Any]:
     }
 
 
-def summarize(run_dir: Path, cfg: RunConfig, *, steps: int, epochs: int, timing: Timing, train_examples: int,
-              validation_examples: int | None, packing: PackingStats, pipeline: Pipeline, facts: RunFacts,
-              step_cost: StepCost | None, stage: StageFacts | None) -> Summary:
-    """Loss, tokens, throughput (all processes together) and the worst process's peak memory, with what the
-    run ran on."""
+def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: int, epochs: int, timing: Timing,
+              train_examples: int, validation_examples: int | None, packing: PackingStats, pipeline: Pipeline,
+              facts: RunFacts, step_cost: StepCost | None, stage: StageFacts | None) -> Summary:
+    """Loss, tokens, throughput (all processes together) and the worst process's peak memory, from the run's
+    metrics rows (metrics.jsonl as the job holds it), with what the run ran on."""
     return Summary(
         run=cfg.name, state=layout.COMPLETED, attempt=cfg.attempt, steps=steps,
-        **_losses_and_tokens(read_metrics(run_dir)),
+        **_losses_and_tokens(rows),
         checkpoints=[layout.epoch_name(e) for e in complete_epochs(run_dir)],
         epochs=epochs,
         stage_final_loss=stage.final_loss if stage else None,
@@ -103,7 +102,7 @@ class RunFacts:
     pid: int
 
 
-def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, run_dir: Path, world_size: int,
+def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,
               strategy: str | None) -> RunFacts:
     import peft
     import torch
@@ -120,7 +119,7 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, run_dir: Path, world_
         cpu_threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
         activation_checkpointing=t.gradient_checkpointing,
         attention=str(trainer.model.config._attn_implementation).replace(VARLEN_IMPLEMENTATION, "varlen"),
-        attention_kernel=kernels_used(), restarts=read_status(run_dir).restarts or 0,
+        attention_kernel=kernels_used(), restarts=restarts,
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "peft": peft.__version__, "trl": trl.__version__},
         pid=os.getpid())

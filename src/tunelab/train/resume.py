@@ -1,0 +1,100 @@
+"""Resume: where this start of a run (or of one stage) begins, decided once, before anything trains.
+
+A restarted job resumes from the newest complete trainer checkpoint of its stage (complete: tunelab's
+counters written into it, the last write of a save). Before training, the main process brings the run
+directory back to that point, so nothing is counted twice:
+- an epoch_N a kill left unpublished (killed between its trainer state and its publish) is published again
+  from its trainer checkpoint;
+- metrics.jsonl keeps only the rows logged up to the checkpoint's step (the others are logged again);
+- a stage starting afresh drops the orders its epochs drew before (it draws them again);
+- a run starting afresh (its first stage, no checkpoint) drops every result an earlier start left.
+The other processes of a distributed run only read the checkpoint's counters. The runner calls `resume`
+once and trains from what it returns; the files it reads here are what earlier starts left.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tunelab.rundir import layout
+from tunelab.rundir.checkpoints import (
+    Counters,
+    checkpoint_step,
+    complete_trainer_checkpoints,
+    epoch_dir,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    read_counters,
+)
+from tunelab.rundir.metrics import MetricRow, read_metrics, write_metrics
+from tunelab.rundir.order import OrderRecord, read_orders, write_orders
+from tunelab.rundir.status import read_status
+from tunelab.train.checkpoints import checkpoint_at_epoch_end, epoch_index, publish_epoch_checkpoint
+from tunelab.train.console import log
+from tunelab.train.context import StageContext
+
+STALE_RESULTS = (layout.METRICS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, layout.ORDER_FILE)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What this start trains from. `metrics` and `orders` are the run's files as kept (main process only):
+    the job appends to them in memory as it writes, and never reads them back."""
+
+    checkpoint: Path | None  # the trainer checkpoint to resume from; None: this stage's start
+    counters: Counters  # the run's counters at that point (cumulative over stages and starts)
+    metrics: list[MetricRow] = field(default_factory=list)
+    orders: list[OrderRecord] = field(default_factory=list)
+    restarts: int = 0  # resumes from a checkpoint over the whole run, this one included
+    first_started_at: str | None = None  # the run's first start, if an earlier start recorded it
+
+    @property
+    def step(self) -> int:
+        """The trainer step this stage resumes at (0: its start)."""
+        return checkpoint_step(self.checkpoint) if self.checkpoint else 0
+
+
+def resume(run_dir: Path, ctx: StageContext, main: bool) -> Resume:
+    """Decide where this start begins and (main process) bring the run directory back to it."""
+    last = last_complete_checkpoint(ctx.state_dir(run_dir))
+    counters = read_counters(last) if last else (replace(ctx.counters) if ctx.counters else Counters())
+    if not main:  # the main process tidies the files; the others only need the counters
+        return Resume(last, counters)
+    before = read_status(run_dir)  # what the previous start (or stage) said
+    restarts = (before.restarts or 0) + 1 if last else ((before.restarts or 0) if ctx.index else 0)
+    if last is None and ctx.index == 0:
+        for stale in STALE_RESULTS:
+            (run_dir / stale).unlink(missing_ok=True)
+        return Resume(None, counters, restarts=restarts, first_started_at=before.first_started_at)
+    if last is not None:
+        for epoch in republish_missing_epochs(ctx.state_dir(run_dir), run_dir, upto=last,
+                                              epoch_offset=ctx.epoch_offset):
+            log(f"republished epoch_{epoch} from its trainer checkpoint")
+    step = ctx.step_offset + (checkpoint_step(last) if last else 0)
+    metrics = [r for r in read_metrics(run_dir) if (r.step or 0) <= step]
+    write_metrics(run_dir, metrics)
+    orders = read_orders(run_dir)
+    if last is None:  # a later stage starting afresh: its earlier partial epochs' orders go too
+        orders = [r for r in orders if r.epoch < ctx.epoch_offset]
+        write_orders(run_dir, orders)
+    return Resume(last, counters, metrics, orders, restarts, before.first_started_at)
+
+
+def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
+                             ) -> list[int]:
+    """Publish epoch_N again from complete trainer checkpoints up to `upto` where it is missing (a save
+    killed between its trainer state and its publish); returns the epochs republished. epoch_offset: the
+    epochs of a staged run's earlier stages (train/stages.py)."""
+    done = []
+    for ckpt in complete_trainer_checkpoints(state_dir):
+        if checkpoint_step(ckpt) > checkpoint_step(upto):
+            break
+        if not checkpoint_at_epoch_end(ckpt):
+            continue  # a mid-epoch save (checkpoint_every, a stop signal) is no epoch's checkpoint
+        epoch = epoch_offset + epoch_index(json.loads((ckpt / layout.TRAINER_STATE_FILE).read_text()).get("epoch"))
+        if not is_complete_checkpoint(epoch_dir(run_dir, epoch)):
+            publish_epoch_checkpoint(ckpt, run_dir, epoch)
+            done.append(epoch)
+    return done
