@@ -93,6 +93,24 @@ def models_tiny(
     say("wrote {} ({:,} parameters)", path, meta["parameters"])
 
 
+def models_tiny_vl(
+    arch: str = typer.Option("qwen2_5_vl", "--arch", help="qwen2_5_vl or qwen3_vl: the real architecture, tiny."),
+    layers: int = typer.Option(2, "--layers", help="Language-model layers."),
+    hidden: int = typer.Option(128, "--hidden", help="Language-model hidden size (multiple of 64)."),
+    vision_depth: int = typer.Option(2, "--vision-depth", help="Vision-tower blocks."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
+) -> None:
+    """A random-init vision-language model (tiny vision tower + tiny language model) of a real Qwen-VL
+    architecture, with its image processor and a byte tokenizer carrying the family's special tokens and real
+    chat template, in HF format, offline."""
+    from tunelab.models.tiny_vl import build_tiny_vl
+
+    path = build_tiny_vl(out, arch=arch, layers=layers, hidden=hidden, vision_depth=vision_depth, seed=seed)
+    meta = json.loads((path / "tunelab_tiny.json").read_text())
+    say("wrote {} ({}, {:,} parameters)", path, arch, meta["parameters"])
+
+
 def models_smollm2(
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (about 270 MB) or float32 (about 540 MB)."),
@@ -152,6 +170,6 @@ def register(app: typer.Typer) -> None:
     add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism,
                             "shapes": data_shapes})
     models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
-    add_commands(models_app, {"tiny": models_tiny, "smollm2": models_smollm2, "random": models_random})
+    add_commands(models_app, {"tiny": models_tiny, "tiny-vl": models_tiny_vl, "smollm2": models_smollm2, "random": models_random})
     app.add_typer(data_app, name="data")
     app.add_typer(models_app, name="models")

@@ -18,6 +18,13 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 class Message:
     role: Role
     content: str
+    images: tuple[str, ...] = ()  # image files (absolute paths) shown before the text; data/images.py
+
+    def parts(self) -> str | list[dict]:
+        """The content as a chat template reads it: the text, or image parts then a text part."""
+        if not self.images:
+            return self.content
+        return [*({"type": "image"} for _ in self.images), {"type": "text", "text": self.content}]
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def render_chat(tokenizer: Any, messages: Sequence[Message], generation_prompt: 
     extra = {"date_string": date} if date else {}
     try:
         return tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
+            [{"role": m.role, "content": m.parts()} for m in messages],
             add_generation_prompt=generation_prompt, tokenize=False, **extra)
     except Exception as exc:  # jinja2's TemplateError from raise_exception(), or a missing variable
         raise TunelabError(f"the chat template refused the conversation: {exc}", file=_tok_name(tokenizer)) from None

@@ -28,6 +28,7 @@ class RowReader:
     input_field: str = "input"
     output_field: str = "output"
     system_prompt: str | None = None
+    image_dir: str | None = None  # where image parts' relative paths start: the dataset file's folder
 
     def columns_needed(self) -> list[str]:
         if self.format == "chat":
@@ -40,7 +41,7 @@ class RowReader:
     def example(self, row: dict[str, Any], where: str) -> Example:
         """The row as a conversation; `where` ('file: train row 3') prefixes every error."""
         if self.format == "chat":
-            messages = _turns(row.get("messages"), where, "messages")
+            messages = _turns(row.get("messages"), where, "messages", self.image_dir)
             if not any(m.role == "assistant" for m in messages):
                 raise TunelabError(f"{where}: the conversation has no assistant turn to learn or score")
             if messages[-1].role != "assistant":
@@ -66,7 +67,7 @@ class RowReader:
             text = self.fill({**row, self.input_field: prompt}, where) if self.template else prompt
             head: tuple[Message, ...] = (Message("user", text),)
         else:
-            head = _turns(prompt, where, "prompt")
+            head = _turns(prompt, where, "prompt", self.image_dir)
         if isinstance(completion, str):
             tail: tuple[Message, ...] = (Message("assistant", completion),)
         else:
@@ -85,16 +86,23 @@ def _text(row: dict[str, Any], column: str, where: str) -> str:
     return str(value)
 
 
-def _turns(value: Any, where: str, column: str) -> tuple[Message, ...]:
+def _turns(value: Any, where: str, column: str, image_dir: str | None = None) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise TunelabError(f"{where}: '{column}' must be a non-empty list of {{role, content}} turns")
     out = []
     for i, turn in enumerate(value):
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            raise TunelabError(f"{where}: {column}[{i}] needs a role and a text content")
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if not isinstance(content, (str, list)):
+            raise TunelabError(f"{where}: {column}[{i}] needs a role and a text content (or a list of parts)")
         if turn.get("role") not in ROLES:
             raise TunelabError(f"{where}: {column}[{i}].role is {turn.get('role')!r}; use one of {', '.join(ROLES)}")
-        out.append(Message(turn["role"], turn["content"]))
+        if isinstance(content, list):  # content parts: text and images (a vision-language row)
+            from tunelab.data.images import parse_parts
+
+            text, images = parse_parts(content, f"{where}: {column}[{i}]", image_dir)
+            out.append(Message(turn["role"], text, images))
+        else:
+            out.append(Message(turn["role"], content))
     return tuple(out)
 
 

@@ -9,7 +9,7 @@ changed source file is an error, not a silent re-split.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,14 @@ class LoadedData:
     def examples(self, split: str, reader: RowReader, limit: int | None = None) -> list[Example]:
         ds = self.require(split)
         n = len(ds) if limit is None else min(limit, len(ds))
+        reader = replace(reader, image_dir=reader.image_dir or self.image_dir(split))
         return [reader.example(self._row(ds, split, i), where(self.spec, split, i)) for i in range(n)]
+
+    def image_dir(self, split: str) -> str:
+        """Where the split's image paths start: the folder of the file (or the directory) it came from."""
+        files = self.spec.split_files()
+        source = Path(files.get(split) or files.get("*") or next(iter(files.values())))
+        return str(source if source.is_dir() else source.parent)
 
     def _row(self, ds: Any, split: str, index: int) -> dict[str, Any]:
         """One row; arrow checks text only when a row is read, so damaged bytes surface here."""

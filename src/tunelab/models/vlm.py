@@ -1,0 +1,65 @@
+"""Vision-language models on disk: telling one from a text model, and loading its weights and its processor.
+
+A model directory is a VLM when its config.json has a `vision_config` (Qwen2.5-VL, Qwen3-VL and the other
+image-text-to-text families). Its processor is loaded as its two parts, tokenizer and image processor, rather
+than through the family's Processor class: in transformers 5 those classes also build a video processor,
+which needs torchvision, and tunelab sends no video.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.images import VisionProcessor
+from tunelab.errors import TunelabError
+
+# The modules of a Qwen-VL model that are the vision tower (frozen unless lora_target_modules names them).
+VISION_PREFIXES = ("visual", "vision_tower", "vision_model")
+# LoRA on the language model only: PEFT matches this regex against full module names.
+LANGUAGE_LINEAR = (r"^(?!.*\b(?:visual|vision_tower|vision_model)\b).*\."
+                   r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
+
+
+def model_config(path: str | Path) -> dict[str, Any] | None:
+    file = Path(path) / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def is_vision_language(path: str | Path) -> bool:
+    """Whether the model directory holds a vision-language model (config.json has a vision_config)."""
+    config = model_config(path)
+    return bool(config and config.get("vision_config"))
+
+
+def load_vision_processor(path: str | Path, min_pixels: int | None = None,
+                          max_pixels: int | None = None) -> VisionProcessor:
+    """Tokenizer + image processor of a VLM directory; min/max_pixels override the saved pixel bounds."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    config = model_config(path) or {}
+    token_id = config.get("image_token_id")
+    if token_id is None:
+        raise TunelabError("config.json names no image_token_id: not a Qwen-style vision-language model",
+                           file=Path(path) / "config.json")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
+    except TypeError:  # an image processor class without a backend choice
+        image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+    return VisionProcessor(tokenizer, image_processor, int(token_id))
+
+
+def load_vlm(path: str | Path, dtype: Any, **kwargs: Any) -> Any:
+    """The image-text-to-text model of the directory (transformers' AutoModelForImageTextToText)."""
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+def lora_targets(requested: list[str] | str) -> list[str] | str:
+    """`all-linear` on a VLM means the language model's linear layers (the vision tower stays frozen);
+    a list of module names (e.g. the merger's) is used as given."""
+    return LANGUAGE_LINEAR if requested == "all-linear" else requested
