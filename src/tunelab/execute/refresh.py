@@ -104,7 +104,7 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor) -
     status = None
     if job.kind == "train":
         status = read_status(cfg.run_dir)
-        complete = training_state(cfg.run_dir) == COMPLETED
+        complete = training_state(cfg.run_dir, status) == COMPLETED
     else:
         complete = is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(info.state) in ("COMPLETED", UNSEEN)
     f = classify(info.state, info.exit_code, rows, text, status, complete)

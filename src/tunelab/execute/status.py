@@ -82,7 +82,7 @@ def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
     rj = rj or RunJobs()
     status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
     evaluated = is_evaluated(cfg.run_dir, task_names(cfg))
-    files = training_state(cfg.run_dir) if cfg.kind == "finetune" else (DONE if evaluated else PENDING)
+    files = training_state(cfg.run_dir, status) if cfg.kind == "finetune" else (DONE if evaluated else PENDING)
     row = StatusRow(cfg.name, TYPES[cfg.kind], cfg.attempt, files)
     job = rj.train if cfg.kind == "finetune" else rj.eval
     if job:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.ledger import store as ledger
+from tunelab.ledger.rows import EvaluatedTask
 from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.stages import NO_STAGE, CheckpointStage, checkpoint_stages
@@ -26,11 +27,11 @@ FIELDS = ("name", "type", "model", "dataset", "factors", "state", "final_loss", 
           "duration_s", "tokens_per_s", "peak_memory_gib", "score", "score_ci_low", "score_ci_high", "eval")
 TYPES = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
 INTERVAL_KEYS = {"low", "high", "method", "seed", "resamples"}  # an interval as results JSON shows it
-SHARED = [f.name for f in dataclasses.fields(ledger.EvaluatedTask)]  # what a task's eval rows have in common
+SHARED = [f.name for f in dataclasses.fields(EvaluatedTask)]  # what a task's eval rows have in common
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalRecord(ledger.EvaluatedTask):
+class EvalRecord(EvaluatedTask):
     """One task on one checkpoint of a run: every metric the task scored, each with its 95 % interval."""
 
     primary_metric: str | None = None
@@ -157,7 +158,8 @@ def _record(cfg: RunConfig, row: ledger.RunRow, evals: list[EvalRecord]) -> RunR
 
 
 def collect_results(experiment_dir: str | Path) -> list[RunRecord]:
-    """Ingest every run directory, then read one record per run back from the ledger."""
+    """Ingest every run directory that changed since its last ingest, then read one record per run back from
+    the ledger."""
     exp = Path(experiment_dir)
     runs = load_runs(exp)
     ledger.ingest_all(exp, runs)

@@ -2,7 +2,8 @@
 
 Jobs write files in their run directory; `ingest_run` reads them back. Many jobs on many nodes
 never write to one SQLite file on a shared filesystem, where concurrent writers are fragile.
-Ingesting is idempotent: it replaces what it knew of a run with what the files say now.
+Ingesting is idempotent: it replaces what it knew of a run with what the files say now, and happens once
+per change: `ingest_all` skips a run whose files and config carry the stamps of its last ingest (stamps.py).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from tunelab.ledger import history
+from tunelab.ledger.rows import AttemptRow, EvalRow, RunRow
+from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.layout import COMPLETED, PENDING
+from tunelab.rundir.layout import COMPLETED, PENDING, RUNNING
 from tunelab.rundir.metrics import MetricRow, read_metrics
 from tunelab.rundir.scores import TaskScores, read_scores, task_dir
 from tunelab.rundir.status import Status, now_iso, read_status
 from tunelab.rundir.summary import Summary, read_summary
-from tunelab.stats.records import Interval
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -134,94 +136,7 @@ RUN_COLUMNS = (
 )
 
 
-# ---------------------------------------------------------------- typed rows, one class per table
-@dataclass(frozen=True)
-class RunRow:
-    """Table runs: one run as its directory read when last ingested."""
-
-    name: str
-    kind: str  # finetune | control | eval_only
-    experiment: str
-    model: str
-    dataset: str
-    factors: str  # JSON of run.yaml's factors
-    run_dir: str
-    config: str  # run.yaml, as JSON
-    state: str
-    attempt: int | None
-    steps: int | None
-    final_loss: float | None
-    best_loss: float | None
-    final_val_loss: float | None
-    best_val_loss: float | None
-    duration_s: float | None
-    tokens_per_s: float | None
-    nonpad_fraction: float | None
-    peak_memory_gib: float | None
-    memory_kind: str | None
-    error: str | None
-    summary: str | None  # summary.json, as JSON
-    updated_at: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvaluatedTask:
-    """One task evaluated on one checkpoint of a run: what every eval row of it shares."""
-
-    label: str  # epoch_N | base | checkpoint
-    epoch: int | None = None
-    task: str
-    builtin: str | None = None
-    file: str | None = None  # a user's task file
-    dataset: str | None = None
-    split: str | None = None
-    samples: int | None = None
-    log_path: str | None = None
-    evaluated_at: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalRow(EvaluatedTask):
-    """Table evals: one metric of one task on one checkpoint of a run."""
-
-    run: str
-    metric: str
-    value: float | None  # None: undefined on these samples
-    is_primary: bool  # the task's headline metric
-    greater_is_better: bool
-    kind: str | None
-    duration_s: float | None
-    ci_low: float | None
-    ci_high: float | None
-    ci_method: str | None
-    ci_seed: int | None
-    ci_resamples: int | None
-
-    @property
-    def interval(self) -> Interval | None:
-        """The metric's 95 % interval (None where none was computed)."""
-        if self.ci_low is None or self.ci_high is None or self.ci_method is None:
-            return None
-        return Interval(low=self.ci_low, high=self.ci_high, method=self.ci_method, seed=self.ci_seed,
-                        resamples=self.ci_resamples)
-
-
-@dataclass(frozen=True)
-class AttemptRow:
-    """Table attempts: one start of a run's job and how it ended."""
-
-    id: int
-    run: str
-    attempt: int | None = None
-    executor: str | None = None
-    job_id: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-    state: str | None = None
-    reason: str | None = None
-
-
+# ---------------------------------------------------------------- typed rows (rows.py), read by table
 Row = TypeVar("Row", RunRow, EvalRow, AttemptRow)
 _BOOLS = {"is_primary", "greater_is_better"}  # stored as INTEGER 0/1
 
@@ -258,7 +173,7 @@ def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
     Rollback journal and a busy timeout (fsutil.sqlite_session): experiments live on NFS/Lustre/GPFS."""
     with sqlite_session(ledger_path(experiment_dir)) as conn:
         _migrate(conn)
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + STAMPS_SCHEMA)
         yield conn
 
 
@@ -281,11 +196,24 @@ def _control_state(cfg: RunConfig) -> str:
     return COMPLETED if is_evaluated(cfg.run_dir, task_names(cfg)) else PENDING
 
 
-def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
-    """Replace the ledger's view of one run with what its directory holds now; return its state."""
+@dataclass
+class IngestCount:
+    """Runs this process has read from their files into a ledger: what shows that unchanged runs are skipped."""
+
+    runs: int = 0
+
+
+INGESTED = IngestCount()
+
+
+def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None = None) -> str:
+    """Replace the ledger's view of one run with what its directory holds now; return its state.
+    config_json: the run's config as the ledger stores it, when the caller has it already."""
+    INGESTED.runs += 1
     summary = read_summary(cfg.run_dir)
-    state = training_state(cfg.run_dir) if cfg.kind == "finetune" else _control_state(cfg)
-    _put_run(conn, cfg, state, read_status(cfg.run_dir), summary)
+    status = read_status(cfg.run_dir)
+    state = training_state(cfg.run_dir, status) if cfg.kind == "finetune" else _control_state(cfg)
+    _put_run(conn, cfg, state, status, summary, config_json or _config_json(cfg))
     if state == COMPLETED and summary is not None and cfg.kind == "finetune":
         # later plans, in any experiment, learn from every completed run
         history.record([history.from_run_dir(cfg, summary)])
@@ -295,7 +223,12 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig) -> str:
     return state
 
 
-def _put_run(conn: sqlite3.Connection, cfg: RunConfig, state: str, status: Status, summary: Summary | None) -> None:
+def _config_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.model_dump(mode="json"))
+
+
+def _put_run(conn: sqlite3.Connection, cfg: RunConfig, state: str, status: Status, summary: Summary | None,
+             config_json: str) -> None:
     values = [getattr(summary, k) if summary else None for k in RUN_COLUMNS]
     conn.execute(
         f"""INSERT OR REPLACE INTO runs (name, kind, experiment, model, dataset, factors, run_dir, config,
@@ -303,7 +236,7 @@ def _put_run(conn: sqlite3.Connection, cfg: RunConfig, state: str, status: Statu
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {", ".join("?" * len(RUN_COLUMNS))}, ?, ?, ?)""",
         (
             cfg.name, cfg.kind, cfg.experiment, cfg.model.name, cfg.dataset.name,
-            json.dumps(cfg.factors), str(cfg.run_dir), json.dumps(cfg.model_dump(mode="json")),
+            json.dumps(cfg.factors), str(cfg.run_dir), config_json,
             state, cfg.attempt if status.attempt is None else status.attempt, *values, status.error,
             json.dumps(summary.to_json()) if summary else None, now_iso(),
         ),
@@ -336,8 +269,22 @@ def _put_evals(conn: sqlite3.Connection, run: str, run_dir: Path, scores: list[T
 
 
 def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, str]:
+    """Bring the ledger's view of these runs up to date and return each one's state. A run is read again only
+    when its files or config changed since its last ingest, or while it is running (a job that died changes
+    its state without changing a file)."""
     with connect(experiment_dir) as conn:
-        return {cfg.name: ingest_run(conn, cfg) for cfg in runs}
+        known = read_ingested(conn)
+        states = {}
+        for cfg in runs:
+            config_json = _config_json(cfg)
+            stamps = run_stamps(cfg, config_json)  # before reading: a change while reading is caught next time
+            last = known.get(cfg.name)
+            if last is not None and last.stamps == stamps and last.state != RUNNING:
+                states[cfg.name] = last.state
+                continue
+            states[cfg.name] = ingest_run(conn, cfg, config_json)
+            write_stamps(conn, cfg.name, stamps)
+        return states
 
 
 def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None, executor: str | None,

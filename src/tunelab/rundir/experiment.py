@@ -153,10 +153,11 @@ def task_names(cfg: RunConfig) -> list[str]:
     return [t.name for t in cfg.eval.resolved_tasks()]
 
 
-def training_state(run_dir: str | Path) -> str:
-    """pending | running | completed | failed | interrupted, from the run directory's files."""
+def training_state(run_dir: str | Path, status: Status | None = None) -> str:
+    """pending | running | completed | failed | interrupted, from the run directory's files. `status`:
+    status.json as the caller has just read it (read here otherwise)."""
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
+    status = read_status(run_dir) if status is None else status
     state = status.state
     if state == layout.COMPLETED and (run_dir / layout.SUMMARY_FILE).is_file():
         return layout.COMPLETED
