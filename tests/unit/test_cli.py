@@ -1,7 +1,6 @@
 import ctypes
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -19,19 +18,7 @@ from tunelab.cli.common import friendly
 runner = CliRunner()
 
 
-def _help_commands(output: str) -> list[str]:
-    """Command names as the help's Commands panel lists them (first word of a row), in order."""
-    panel = output.split("Commands")[1]
-    return re.findall(r"^│ (\w+)\s{2,}", panel, flags=re.MULTILINE)
-
-
-def test_help_lists_the_pipeline():
-    res = runner.invoke(app, ["--help"])
-    assert res.exit_code == 0
-    listed = _help_commands(res.output)
-    pipeline = ["plan", "scaffold", "train", "run", "eval", "results", "report"]
-    assert [c for c in listed if c in pipeline] == pipeline  # each one listed, in pipeline order
-    assert {"demo", "data", "models", "estimate", "validate", "status", "ingest"} <= set(listed)
+# `tunelab --help` (panels, order, one line per command): tests/unit/test_cli_help.py
 
 
 def _one_error_line(res, *words: str) -> str:

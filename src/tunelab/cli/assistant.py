@@ -21,9 +21,10 @@ def mcp_cmd(
     models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Model stores list_models and "
                                                     "init_spec may read outside the root (also $TUNELAB_MODELS)."),
 ) -> None:
-    """Serve tunelab to an AI assistant over the Model Context Protocol: typed tools for the whole pipeline
-    (init_spec, plan, scaffold, run, status, eval, results, report, ...) and each experiment's plan.md,
-    report.md and results as resources."""
+    """Serve tunelab to an AI assistant over the Model Context Protocol.
+
+    Typed tools for the whole pipeline (init_spec, plan, scaffold, run, status, eval, results, report, ...)
+    and each experiment's plan.md, report.md and results as resources."""
     from tunelab.mcp.server import serve
 
     serve(root, read_only=read_only, http_port=http, model_dirs=models_dir)
@@ -37,7 +38,9 @@ def skills_install_cmd(
                              "(one folder per skill, each with SKILL.md)."),
     force: bool = typer.Option(False, "--force", help="Replace skills already installed there."),
 ) -> None:
-    """Copy tunelab's skills (plan-experiment, run-experiment, summarize-experiment, adopt-runs) into DIR."""
+    """Copy tunelab's four Agent Skills into DIR.
+
+    plan-experiment, run-experiment, summarize-experiment and adopt-runs, one folder each with its SKILL.md."""
     from tunelab.mcp.skills import install_skills
 
     for path in install_skills(dir, force=force):

@@ -70,7 +70,9 @@ def data_shapes(
     size: int = typer.Option(56, "--size", help="Picture side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Drawing seed (recorded in the file)."),
 ) -> None:
-    """PIL-drawn pictures of shapes with a question (chat rows with an image part): a vision-language organism."""
+    """Pictures of shapes with a question about them: a vision-language organism.
+
+    PIL-drawn pictures of shapes with a question (chat rows with an image part): a vision-language organism."""
     from tunelab.data.shapes import make_shapes_dataset
 
     path = make_shapes_dataset(task, num_examples, out, train_fraction, seed, size)
@@ -101,7 +103,9 @@ def models_tiny_vl(
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
 ) -> None:
-    """A random-init vision-language model (tiny vision tower + tiny language model) of a real Qwen-VL
+    """A tiny random-init vision-language model of a real Qwen-VL architecture, in HF format.
+
+    A random-init vision-language model (tiny vision tower + tiny language model) of a real Qwen-VL
     architecture, with its image processor and a byte tokenizer carrying the family's special tokens and real
     chat template, in HF format, offline."""
     from tunelab.models.tiny_vl import build_tiny_vl

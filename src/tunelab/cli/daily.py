@@ -31,7 +31,9 @@ def export_cmd(
                                              "(default: <experiment>/wandb)."),
     project: Optional[str] = typer.Option(None, "--project", help="W&B project (default: the spec's name)."),
 ) -> None:
-    """One tracker run per tunelab run (params: resolved config and factors; metrics per step; eval scores).
+    """Export the runs to MLflow, or as offline W&B runs.
+
+    One tracker run per tunelab run (params: resolved config and factors; metrics per step; eval scores).
     MLflow: nested under one parent run for the sweep that holds the report; exporting again adds only what is new.
     W&B: offline runs grouped as the sweep, each with the report; exporting again rewrites only changed runs."""
     if to not in TRACKERS:
@@ -59,7 +61,9 @@ def archive_cmd(
                              "(every epoch), last-epoch, or none."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be copied and removed; touch nothing."),
 ) -> None:
-    """Copy what must be kept (spec, run configs, metrics, summaries, logs, eval scores and logs, ledger, report,
+    """Copy what must be kept to an archive, verified, then free the disk here.
+
+    Copy what must be kept (spec, run configs, metrics, summaries, logs, eval scores and logs, ledger, report,
     the kept adapters) to the archive, verify every copy by sha256, and only then remove trainer state and the
     checkpoints not kept from finished runs here. Prints the storage saved; archive.json records it all."""
     from tunelab.export.archive import plan_archive, run_archive
@@ -130,7 +134,9 @@ def init_cmd(
                                                "(default: when this is a terminal and no --model is given)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
 ) -> None:
-    """Write experiment.yaml from answers: asked in a terminal (models and data found on disk offered, the
+    """Write an experiment.yaml from answers, asked in a terminal or given as flags.
+
+    Write experiment.yaml from answers: asked in a terminal (models and data found on disk offered, the
     planned runs previewed, written only when confirmed), or given as flags. The spec written passes
     `tunelab plan`."""
     import sys
@@ -170,7 +176,9 @@ def compare_cmd(
     paths: list[Path] = typer.Argument(..., help="Experiment directories (all their runs) or run directories."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Runs side by side: losses and each task's score on the last evaluated checkpoint, then the config
+    """Show runs side by side: losses, scores and the config fields that differ.
+
+    Runs side by side: losses and each task's score on the last evaluated checkpoint, then the config
     fields that differ between them (what can explain the differences)."""
     import json
 

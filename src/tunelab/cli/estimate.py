@@ -148,7 +148,9 @@ def estimate_cmd(
                                                 "one (with --dataset), as the spec's system_prompt."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Predict peak memory per GPU by simulating tunelab's training step (no GPU needed), the largest
+    """Predict peak GPU memory and the micro-batch that fits for one configuration.
+
+    Predict peak memory per GPU by simulating tunelab's training step (no GPU needed), the largest
     micro-batch that fits, packing and accumulation (memory in tokens per micro-batch)."""
     from tunelab.estimate.api import estimate_config
 
@@ -196,7 +198,9 @@ def validate_cmd(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
     json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
 ) -> None:
-    """Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
+    """Exit 1 when a run would not fit on the GPU or its data or prompt is wrong.
+
+    Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
     exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
     from tunelab.plan.validate import validate_path
 

@@ -20,6 +20,7 @@ from tunelab.cli import estimate as cli_estimate
 
 from tunelab.cli import measure as cli_measure
 from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
+from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
 
@@ -78,11 +79,18 @@ def scaffold_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite run configs even where runs have results."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for the estimates written into run.yaml "
                                       "(SLURM time limits); detected when present, else this machine's CPU."),
+    json_out: bool = json_option("what was written"),
 ) -> None:
     """Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
     from tunelab.scaffold.write import scaffold
 
-    plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
+    from tunelab.mcp.models import ScaffoldOut
+
+    with stdout_to_stderr(json_out):
+        plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
+    if json_out:
+        emit(ScaffoldOut.of(plan, str))
+        return
     say("scaffolded {} runs and {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir)
 
 
@@ -119,6 +127,7 @@ def run_cmd(
                                                     "spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
+    json_out: bool = json_option("each run started and its state when the command returns"),
 ) -> None:
     """Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
@@ -128,7 +137,13 @@ def run_cmd(
 
     ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
     check_options(ex, dry_run, wait)
-    results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
+    with stdout_to_stderr(json_out):
+        results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
+    if json_out:
+        from tunelab.mcp.models import RunOut
+
+        emit(RunOut(experiment_dir=str(experiment_dir), submitted=list(results), pid=None, log=None,
+                    states={run: str(state) for run, state in results.items()}))
     bad = {k: v for k, v in results.items() if v != "completed"}
     if bad and not dry_run and (wait or not ex.detached):
         where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
@@ -146,13 +161,19 @@ def eval_cmd(
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
     no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
                                    "coordinator (what cluster jobs do)."),
+    json_out: bool = json_option("every task scored now on each checkpoint"),
 ) -> None:
     """Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
-    evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console, ingest=not no_ledger,
-                        tasks=tasks)
+    with stdout_to_stderr(json_out):
+        done = evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console,
+                                   ingest=not no_ledger, tasks=tasks)
+    if json_out:
+        from tunelab.mcp.models import EvalOut
+
+        emit(EvalOut.of(done))
 
 
 def results_cmd(
@@ -193,12 +214,19 @@ def results_cmd(
 def report_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     open_: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
+    json_out: bool = json_option("the files written"),
 ) -> None:
     """Write report/report.md and a self-contained report/report.html (+ report/figures/): status,
     checkpoints, training, evaluation, findings, storage, issues, next steps. Works mid-sweep (partial)."""
     from tunelab.report.build import build_report, open_in_browser
 
-    files = build_report(experiment_dir)
+    with stdout_to_stderr(json_out):
+        files = build_report(experiment_dir)
+    if json_out:
+        from tunelab.mcp.models import ReportOut
+
+        emit(ReportOut.of(files, str))
+        return
     say("report: {}", files.markdown)
     say("report: {}" + (" [yellow](partial: the sweep is not finished)[/yellow]" if files.partial else ""),
         files.html)
@@ -260,12 +288,18 @@ def status_cmd(
 def cancel_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
+    json_out: bool = json_option("the job ids cancelled"),
 ) -> None:
     """Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
     first); the ledger and status say CANCELLED."""
     from tunelab.execute.status import cancel
 
-    cancel(experiment_dir, runs or None, console=console)
+    from tunelab.mcp.models import CancelOut
+
+    with stdout_to_stderr(json_out):
+        jobs = cancel(experiment_dir, runs or None, console=console)
+    if json_out:
+        emit(CancelOut(cancelled_jobs=jobs))
 
 
 def ingest_cmd(
@@ -273,6 +307,7 @@ def ingest_cmd(
                                        "(*.out, *.log) and HF Trainer output dirs (trainer_state.json: TRL, "
                                        "axolotl, LLaMA-Factory)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
+    json_out: bool = json_option("every log found, imported or skipped"),
 ) -> None:
     """Import past torchtune / SLURM runs and HF Trainer output dirs into the history ledger so plans learn
     from them (`tunelab history` lists them).
@@ -282,7 +317,13 @@ def ingest_cmd(
     from tunelab.ingest import ingest_logs
 
     device = resolve_gpu(gpu).name if gpu else None
-    results = ingest_logs(paths, device)
+    with stdout_to_stderr(json_out):
+        results = ingest_logs(paths, device)
+    if json_out:
+        from tunelab.mcp.models import IngestOut
+
+        emit(IngestOut.of(results, str))
+        return
     for r in results:
         mark = "[green]imported[/green]" if r.imported else "[yellow]skipped[/yellow]"
         say(mark + " {}: {}", r.path, r.reason)
@@ -292,7 +333,7 @@ def ingest_cmd(
 
 def schema_cmd(
     output: Optional[str] = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
-                                         "output (plan, validate, status, results, history)."),
+                                         "output (any command with --json, e.g. plan, run, results)."),
 ) -> None:
     """Print the JSON Schema of experiment.yaml (for editors), or of a command's --json output."""
     from tunelab.spec import json_schema

@@ -77,7 +77,9 @@ def probe_cmd(
     results: Optional[Path] = typer.Option(None, "--results", hidden=True, help="Inside a probe job: write the "
                                            "measurements here instead of recording them."),
 ) -> None:
-    """Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
+    """Time a few real training steps of each run shape and record them in the history.
+
+    Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
     packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
@@ -95,7 +97,9 @@ def history_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Only rows of this model (substring, any case)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only rows of this device (substring, e.g. H100 or cpu)."),
 ) -> None:
-    """What the planner knows: every run tunelab trained (measured), probed or ingested, with where it came
+    """List what the planner knows from past runs, and where each row came from.
+
+    What the planner knows: every run tunelab trained (measured), probed or ingested, with where it came
     from (file, line or key), its speed, peak memory, final loss and the fields its source lacked."""
     from tunelab.ledger.history import history_path, load
 
@@ -130,7 +134,9 @@ def adopt_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="The base model dir the adapters were trained on "
                                          "(default: the spec's model)."),
 ) -> None:
-    """Make runs trained elsewhere runs of a tunelab experiment: metrics, checkpoints (verified adapters, copied),
+    """Make runs trained elsewhere runs of a tunelab experiment.
+
+    Make runs trained elsewhere runs of a tunelab experiment: metrics, checkpoints (verified adapters, copied),
     factors read from what differs between their configs, base-model controls. Then `tunelab eval OUT` and
     `tunelab report OUT` work on them. Source directories are never modified."""
     from tunelab.adopt.write import adopt
