@@ -44,7 +44,7 @@ class Resume:
     the job appends to them in memory as it writes, and never reads them back."""
 
     checkpoint: Path | None  # the trainer checkpoint to resume from; None: this stage's start
-    counters: Counters  # the run's counters at that point (cumulative over stages and starts)
+    counters: Counters  # the run's counters at that point (cumulative over stages and starts); training counts on in it
     metrics: list[MetricRow] = field(default_factory=list)
     orders: list[OrderRecord] = field(default_factory=list)
     restarts: int = 0  # resumes from a checkpoint over the whole run, this one included

@@ -29,7 +29,7 @@ from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import now_iso, write_status
-from tunelab.rundir.summary import StepCost, Summary, write_packing, write_summary
+from tunelab.rundir.summary import PackingStats, StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
 from tunelab.train.console import log
@@ -106,6 +106,7 @@ def _record_stop(exc: BaseException, run_dir: Path, resume_from: Path | None) ->
 
 
 def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> Trained | None:
+    """Build the trainer and train it from `start`, validate at the last step; the main process summarizes."""
     import torch
 
     from tunelab.compat import quiet_known_library_warnings
@@ -113,21 +114,45 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> T
     quiet_known_library_warnings()
     t = cfg.training
     assert t is not None
-    w = world()
     cuda = torch.cuda.is_available()
-    strategy = cfg.resources.strategy(w.size, cuda)
+    strategy = cfg.resources.strategy(world().size, cuda)
     dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
     _log_start(cfg, ctx, dtype, strategy, start.checkpoint)
-    counters = start.counters
-    writer = MetricsWriter(run_dir, counters, ctx.name, start.metrics)  # holds metrics.jsonl's rows from here on
-    stage_start_s = counters.elapsed_s
+    writer = MetricsWriter(run_dir, start.counters, ctx.name, start.metrics)  # holds metrics.jsonl's rows from here on
+    fitted = _fit(cfg, t, run_dir, start, ctx, writer)
+    if fitted.validates:
+        _validate_at_end(fitted.trainer, writer.rows)
+    if not world().is_main:
+        return None
+    return _summarize(cfg, t, run_dir, start, ctx, fitted, writer, dtype, cuda)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What training left for the summary."""
+
+    trainer: Any
+    train_examples: int
+    validation_examples: int | None
+    packing: PackingStats
+    startup_s: float | None
+
+    @property
+    def validates(self) -> bool:
+        return self.validation_examples is not None
+
+
+def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: StageContext,
+         writer: MetricsWriter) -> _Fitted:
+    """Build the trainer and train until max_steps; a stop signal saves, then raises TrainingStopped."""
+    w = world()
     startup: dict[str, float | None] = {}
     local = LocalCounts()
     watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
     try:  # the handlers go back even when loading fails
         callbacks = [make_callback(run_dir, writer, startup, local, t.keep_checkpoints, ctx),
                      make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
-        trainer, train_ds, val_ds = build_trainer(cfg, counters, callbacks, local, ctx)
+        trainer, train_ds, val_ds = build_trainer(cfg, start.counters, callbacks, local, ctx)
         pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
         if w.is_main:
             write_packing(run_dir, pstats)
@@ -140,22 +165,27 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> T
         watch.restore()
     if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
         raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
-    if val_ds is not None:
-        _validate_at_end(trainer, writer.rows)
-    if not w.is_main:
-        return None
+    return _Fitted(trainer, len(train_ds), len(val_ds) if val_ds is not None else None, pstats,
+                   startup.get("startup_s"))
+
+
+def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: StageContext,
+               fitted: _Fitted, writer: MetricsWriter, dtype: Any, cuda: bool) -> Trained:
+    """The run's (or stage's) summary and counters, from the rows the writer holds and the trainer."""
+    trainer, w = fitted.trainer, world()
+    counters = writer.counters  # start.counters, carried on by training (the writer and the trainer count into it)
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
     # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
     # (and a staged run's counters span its stages: its steps and tokens do not pair up)
     step_cost = _step_cost(trainer, t, writer.rows) if w.size == 1 and not ctx.name else None
-    stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - stage_start_s) if ctx.name else None
+    stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - writer.base_elapsed) if ctx.name else None
     end_counters = writer.snapshot()
-    timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, startup.get("startup_s"))
+    timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, fitted.startup_s)
     summary = summarize(
-        run_dir, cfg, writer.rows, steps=ctx.step_offset + trainer.state.global_step,  # the last logged row's may be earlier
-        epochs=ctx.epoch_offset + t.epochs, timing=timing, train_examples=len(train_ds),
-        validation_examples=len(val_ds) if val_ds is not None else None, packing=pstats,
+        run_dir, cfg, writer.rows, steps=ctx.step_offset + trainer.state.global_step,  # the last row's may be earlier
+        epochs=ctx.epoch_offset + t.epochs, timing=timing, train_examples=fitted.train_examples,
+        validation_examples=fitted.validation_examples, packing=fitted.packing,
         pipeline=pipeline_summary(t, cuda, w.size, counters.data_wait_s, elapsed - counters.overhead_s),
         facts=run_facts(trainer, t, dtype, start.restarts, w.size, applied_strategy(trainer)),
         step_cost=step_cost, stage=stage)
