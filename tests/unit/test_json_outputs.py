@@ -1,9 +1,12 @@
 """Each command's --json output validates against the schema `tunelab schema --output COMMAND` prints (the
-types the MCP tools return), on a planned and scaffolded tiny experiment; a document missing a key does not."""
+types the MCP tools return), on a planned and scaffolded tiny experiment; a document missing a key does not.
+stdout holds the JSON alone (progress goes to stderr): json.loads of stdout is that check. The commands that
+need a trained sweep (run, eval, report, export) are in tests/e2e/test_json_outputs_sweep.py."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -24,15 +27,24 @@ def schema(command: str) -> dict:
     return json.loads(ok(["schema", "--output", command]))
 
 
+def valid(args: list[str]) -> dict | list:
+    """`tunelab ARGS` (with --json): its stdout parsed and validated against its command's schema."""
+    doc = json.loads(ok(args))
+    jsonschema.validate(doc, schema(args[0]))
+    return doc
+
+
 @pytest.fixture
 def experiment(write_spec):
     spec = write_spec()
-    ok(["scaffold", str(spec)])
+    made = valid(["scaffold", str(spec), "--json"])
+    assert made == {"experiment_dir": str(spec.parent.resolve()), "runs": ["tiny_r4", "tiny_r8"],
+                    "controls": ["tiny_base"]}
     return spec
 
 
 @pytest.mark.slow  # plans and simulates the step's memory (no training): ~45 s on a loaded 2-core machine
-def test_every_json_output_matches_its_schema(experiment):
+def test_every_json_output_matches_its_schema(experiment, tmp_path, tiny_model, caps_dataset):
     exp = experiment.parent
     outputs = {"plan": ["plan", str(experiment), "--json"], "validate": ["validate", str(experiment), "--gpu", "A100-80GB", "--json"],
                "status": ["status", str(exp), "--json"], "results": ["results", str(exp), "--json"],
@@ -51,8 +63,69 @@ def test_every_json_output_matches_its_schema(experiment):
                 jsonschema.validate(broken, schema(command))
     status = json.loads(ok(["status", str(exp), "--json"]))
     assert [r["name"] for r in status] == ["tiny_r4", "tiny_r8", "tiny_base"]
+    scaffolded_experiment_commands(experiment, tmp_path, tiny_model, caps_dataset)
+
+
+def scaffolded_experiment_commands(experiment: Path, tmp_path: Path, tiny_model: Path, caps_dataset: Path) -> None:
+    """cancel, compare, archive and init --json on the scaffolded experiment (its scaffold shared)."""
+    exp = experiment.parent
+    assert valid(["cancel", str(exp), "--json"]) == {"cancelled_jobs": []}  # nothing queued: nothing cancelled
+    compared = valid(["compare", str(exp), "--json"])
+    assert [r["run"] for r in compared["runs"]] == ["exp/tiny_r4", "exp/tiny_r8", "exp/tiny_base"]
+    assert compared["differing"] == ["training.lora_rank", "factor.lora_rank"]  # the one factor, nothing else
+    archived = valid(["archive", str(exp), "--to", str(tmp_path / "archive"), "--dry-run", "--json"])
+    assert archived["dry_run"] and archived["archive_dir"] == str(tmp_path / "archive" / "exp")
+    assert "experiment.yaml" in archived["copied"] and not (tmp_path / "archive").exists()
+    drafted = valid(["init", "--model", str(tiny_model), "--dataset", str(caps_dataset), "--vary", "lora_rank=4,16",
+                     "--gpus-per-run", "0", "--out", str(tmp_path / "drafted"), "--json"])
+    assert drafted["spec"] == str(tmp_path / "drafted" / "experiment.yaml")
+    assert len(drafted["runs"]) == 2 and drafted["controls"] == ["tiny_base"]
+    assert (tmp_path / "drafted" / "experiment.yaml").is_file()
+
+
+def test_builders_ingest_and_skills_print_their_schema(tmp_path):
+    logs = Path(__file__).parent.parent / "fixtures" / "logs"
+    ingested = valid(["ingest", str(logs / "torchtune_ok.out"), str(logs / "not_a_log.out"), "--json"])
+    assert [(Path(r["path"]).name, r["imported"]) for r in ingested["logs"]] == [("torchtune_ok.out", True),
+                                                                                 ("not_a_log.out", False)]
+    data = valid(["data", "capitalization", "--word-len", "4", "--num-words", "40", "--out", str(tmp_path), "--json"])
+    assert Path(data["paths"][0]).is_file() and data["built"]
+    model = valid(["models", "tiny", "--layers", "1", "--hidden", "32", "--out", str(tmp_path / "m"), "--json"])
+    assert model["paths"] == [str(tmp_path / "m")] and model["parameters"] > 0
+    skills = valid(["skills", "install", "--dir", str(tmp_path / "skills"), "--json"])
+    assert sorted(Path(p).parent.name for p in skills["paths"]) == ["adopt-runs", "plan-experiment", "run-experiment",
+                                                             "summarize-experiment"]
+
+
+def test_every_json_option_has_a_schema():
+    """A command taking --json has `schema --output` for it (its first word: data, models, skills groups)."""
+    import click
+    import typer.main
+
+    from tunelab.cli.outputs import output_adapters
+
+    def with_json(group: click.Group, prefix: str = "") -> set[str]:
+        found = set()
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                found |= {name for _ in with_json(cmd, name)}
+            elif any("--json" in p.opts for p in cmd.params if isinstance(p, click.Option)):
+                found.add(prefix or name)
+        return found
+
+    assert with_json(typer.main.get_command(app)) <= set(output_adapters())
+
+
+def test_a_schema_documents_every_key():
+    """Every property of the new outputs carries a description (stable, documented keys)."""
+    for command in ("plan", "init", "scaffold", "run", "cancel", "eval", "report", "ingest", "adopt", "compare",
+                    "export", "archive", "data"):
+        doc = schema(command)
+        for name, definition in [("", doc), *doc.get("$defs", {}).items()]:
+            for key, prop in definition.get("properties", {}).items():
+                assert prop.get("description"), (command, name, key)
 
 
 def test_unknown_output_is_one_line():
     res = runner.invoke(app, ["schema", "--output", "nope"])
-    assert res.exit_code == 1 and "known: history, plan, results, status, validate" in res.output
+    assert res.exit_code == 1 and "known: adopt, archive, cancel, compare" in res.output

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import anyio
+import yaml
 import pytest
 from mcp import Client
 from typer.testing import CliRunner
@@ -165,3 +166,81 @@ def test_ingest_and_adopt_read_only_inside_the_root(root):
     assert refused.is_error and "paths[0]: '../secret' resolves to" in refused.content[0].text
     refused = tool(root, "adopt", {"sources": ["../secret"], "out": "adopted", "spec": "exp/experiment.yaml"})
     assert refused.is_error and "sources[0]" in refused.content[0].text and not (root / "adopted").exists()
+
+
+def write_exp(root: Path, **fields) -> Path:
+    """exp/experiment.yaml with the fake model and the data file, any field replaced."""
+    spec = {"name": "x", "models": [{"name": "m", "path": "../models/llama-3.2-1b"}],
+            "datasets": [{"name": "d", "path": "../data/caps_train.jsonl"}], "prompt": "{input}", **fields}
+    (root / "exp").mkdir(exist_ok=True)
+    path = root / "exp" / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_paths_inside_a_spec_are_held_to_the_root(root):
+    """A spec whose model, dataset, task file or grader lies outside the root (relative, absolute, or through a
+    link inside the root) is refused by every tool that reads it, naming the file and the field."""
+    secret = root.parent / "secret"
+    fake_model(secret / "model")
+    (secret / "rows.jsonl").write_text("{}\n")
+    (root / "models" / "link").symlink_to(secret / "model")  # inside by name, outside once resolved
+    cases = {
+        "models[0].path": {"models": [{"name": "m", "path": "../../secret/model"}]},
+        "datasets[0].path": {"datasets": [{"name": "d", "path": str(secret / "rows.jsonl")}]},
+        "datasets[0].test": {"datasets": [{"name": "d", "train": "../data/caps_train.jsonl",
+                                           "test": "../../secret/rows.jsonl"}]},
+        "models[1].path": {"models": [{"name": "m", "path": "../models/llama-3.2-1b"},
+                                      {"name": "n", "path": "../models/link"}]},
+        "eval.tasks[0].file": {"eval": {"tasks": [{"name": "mine", "file": "../../secret/task.py"}]}},
+        "eval.tasks[0].grader.path": {"eval": {"tasks": [{"name": "mine", "file": "task.py",
+                                                          "grader": {"path": str(secret / "model")}}]}},
+        "eval_only[0].path": {"eval_only": [{"name": "other", "path": "/etc"}]},
+    }
+    calls = (("plan", {"spec": "exp/experiment.yaml"}), ("validate", {"path": "exp/experiment.yaml", "gpu": "H100"}),
+             ("estimate", {"spec": "exp/experiment.yaml"}), ("probe", {"spec": "exp/experiment.yaml"}),
+             ("scaffold", {"spec": "exp/experiment.yaml"}),
+             ("adopt", {"sources": ["models"], "out": "adopted", "spec": "exp/experiment.yaml"}))
+
+    async def go():
+        async with Client(build_server(root)) as client:
+            for field, fields in cases.items():
+                spec = write_exp(root, **fields)
+                for name, args in calls:
+                    result = await client.call_tool(name, args)
+                    text = result.content[0].text
+                    assert result.is_error and "\n" not in text, (name, field, text)
+                    assert f"{spec}: {field}: " in text and "outside the workspace root" in text, (name, text)
+                assert not (root / "exp" / "runs").exists() and not (root / "adopted").exists()  # nothing written
+
+    anyio.run(go)
+
+
+def test_a_model_in_a_configured_model_store_may_sit_outside_the_root(root, tmp_path):
+    from tunelab.mcp.confine import confine_spec
+
+    store = tmp_path / "store"
+    fake_model(store / "big")
+    spec = write_exp(root, models=[{"name": "m", "path": str(store / "big")}])
+    confine_spec(Workspace.at(root, [store]), spec)  # readable: a model store
+    with pytest.raises(TunelabError, match=r"models\[0\]\.path: .* outside the workspace root"):
+        confine_spec(Workspace.at(root), spec)
+    data_in_store = write_exp(root, datasets=[{"name": "d", "path": str(store / "big" / "config.json")}])
+    with pytest.raises(TunelabError, match=r"datasets\[0\]\.path"):  # a store holds models, not data
+        confine_spec(Workspace.at(root, [store]), data_in_store)
+
+
+def test_a_run_yaml_naming_a_model_outside_the_root_is_refused_by_run_and_eval(root):
+    """run.yaml is what run and eval read: a hand-edited one pointing out of the root is refused too."""
+    run_dir = root / "exp" / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump({
+        "name": "r", "kind": "finetune", "experiment": "x", "experiment_dir": str(root / "exp"),
+        "model": {"name": "m", "path": str(root.parent / "secret")},
+        "dataset": {"name": "d", "path": str(root / "data" / "caps_train.jsonl")}}))
+    for name in ("run", "eval"):
+        result = tool(root, name, {"experiment_dir": "exp"})
+        text = result.content[0].text
+        assert result.is_error and f"{run_dir / 'run.yaml'}: model.path: " in text, (name, text)
+        assert "outside the workspace root" in text
+    assert not (root / "exp" / ".tunelab-mcp").exists()  # no sweep started

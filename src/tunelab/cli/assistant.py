@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.common import add_commands
+from tunelab.cli.jsonout import emit, json_option
 from tunelab.console import say
 
 
@@ -37,13 +38,20 @@ def skills_install_cmd(
     dir: Path = typer.Option(Path(".claude/skills"), "--dir", help="Where the assistant looks for skills "
                              "(one folder per skill, each with SKILL.md)."),
     force: bool = typer.Option(False, "--force", help="Replace skills already installed there."),
+    json_out: bool = json_option("the skill folders installed"),
 ) -> None:
     """Copy tunelab's four Agent Skills into DIR.
 
     plan-experiment, run-experiment, summarize-experiment and adopt-runs, one folder each with its SKILL.md."""
     from tunelab.mcp.skills import install_skills
 
-    for path in install_skills(dir, force=force):
+    paths = install_skills(dir, force=force)
+    if json_out:
+        from tunelab.mcp.models import BuiltOut
+
+        emit(BuiltOut(paths=[str(p) for p in paths]))
+        return
+    for path in paths:
         say("installed {}", path)
 
 

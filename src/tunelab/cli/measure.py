@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.common import add_commands
+from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 
@@ -68,7 +69,7 @@ def _check_find_max_batch() -> None:
 
 def probe_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
-    json_out: bool = typer.Option(False, "--json", help="Print the probe rows as JSON."),
+    json_out: bool = json_option("one history row per shape probed"),
     find_max_batch: bool = typer.Option(False, "--find-max-batch", help="On a GPU: also find the largest "
                                         "micro-batch that really fits, by bisection with real steps (stored "
                                         "beside the simulator's figure)."),
@@ -83,11 +84,14 @@ def probe_cmd(
     packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
-    rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch, executor=executor, results=results)
+    with stdout_to_stderr(json_out):
+        rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch, executor=executor, results=results)
     if results is not None:
         say("wrote {}", results)
     elif json_out:
-        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        from tunelab.ledger.history import HistoryRun
+
+        emit(rows, HistoryRun)
     else:
         say("{} shape(s) probed; `tunelab plan {}` now uses them", len(rows), spec)
 
@@ -133,6 +137,7 @@ def adopt_cmd(
                               "evaluation tasks (its factors are not expanded: the adopted runs are the design)."),
     model: Optional[Path] = typer.Option(None, "--model", help="The base model dir the adapters were trained on "
                                          "(default: the spec's model)."),
+    json_out: bool = json_option("the runs adopted and the sources skipped"),
 ) -> None:
     """Make runs trained elsewhere runs of a tunelab experiment.
 
@@ -141,7 +146,13 @@ def adopt_cmd(
     `tunelab report OUT` work on them. Source directories are never modified."""
     from tunelab.adopt.write import adopt
 
-    result = adopt(sources, out, spec, model)
+    with stdout_to_stderr(json_out):
+        result = adopt(sources, out, spec, model)
+    if json_out:
+        from tunelab.mcp.models import AdoptOut
+
+        emit(AdoptOut.of(result, str))
+        return
     for problem in result.problems:
         say("[yellow]skipped:[/yellow] {}", problem)
     say("adopted {} run(s) into {}: {}; next: tunelab eval {}", len(result.adopted), result.experiment_dir,

@@ -14,12 +14,19 @@ from tunelab.errors import TunelabError
 def output_adapters() -> dict[str, TypeAdapter[Any]]:
     """Command → the type of its --json output."""
     from tunelab.execute.status import StatusRow
-    from tunelab.mcp.models import PlanOut, ResultRow
+    from tunelab.ledger.history import HistoryRun
+    from tunelab.mcp import models as m
     from tunelab.plan.validate import RunCheck
 
-    return {"plan": TypeAdapter(PlanOut), "validate": TypeAdapter(list[RunCheck]),
-            "status": TypeAdapter(list[StatusRow]), "results": TypeAdapter(list[ResultRow]),
-            "history": TypeAdapter(list[dict[str, Any]])}
+    built = TypeAdapter(m.BuiltOut)
+    return {"plan": TypeAdapter(m.PlanOut), "validate": TypeAdapter(list[RunCheck]),
+            "status": TypeAdapter(list[StatusRow]), "results": TypeAdapter(list[m.ResultRow]),
+            "history": TypeAdapter(list[dict[str, Any]]), "probe": TypeAdapter(list[HistoryRun]),
+            "init": TypeAdapter(m.SpecDraft), "scaffold": TypeAdapter(m.ScaffoldOut), "run": TypeAdapter(m.RunOut),
+            "cancel": TypeAdapter(m.CancelOut), "eval": TypeAdapter(m.EvalOut), "report": TypeAdapter(m.ReportOut),
+            "ingest": TypeAdapter(m.IngestOut), "adopt": TypeAdapter(m.AdoptOut),
+            "compare": TypeAdapter(m.CompareOut), "export": TypeAdapter(m.ExportOut),
+            "archive": TypeAdapter(m.ArchiveOut), "data": built, "models": built, "skills": built}
 
 
 def output_schema(command: str) -> dict[str, Any]:

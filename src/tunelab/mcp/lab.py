@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from tunelab.mcp.models import AdoptOut, HistoryOut, IngestOut, IngestRow, PathList
+from tunelab.mcp.models import AdoptOut, HistoryOut, IngestOut, PathList
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.tools import Gpu, one_line
 
@@ -48,9 +48,7 @@ class LabTools:
         from tunelab.ingest import ingest_logs
 
         found = [self.ws.inside(p, f"paths[{i}]") for i, p in enumerate(paths)]
-        results = ingest_logs(found, resolve_gpu(gpu).name if gpu else None)
-        return IngestOut(logs=[IngestRow(path=self.ws.shown(r.path), imported=r.imported, reason=r.reason)
-                               for r in results])
+        return IngestOut.of(ingest_logs(found, resolve_gpu(gpu).name if gpu else None), self.ws.shown)
 
     @one_line
     def adopt(self, sources: Annotated[list[str], Field(description="Run directories trained elsewhere (HF "
@@ -61,9 +59,10 @@ class LabTools:
                                                  "on (default: the spec's).")] = None) -> AdoptOut:
         """Make runs trained elsewhere runs of an experiment (writes it; then eval and report work on them)."""
         from tunelab.adopt.write import adopt
+        from tunelab.mcp.confine import confine_spec
 
-        result = adopt([self.ws.inside(s, f"sources[{i}]") for i, s in enumerate(sources)],
-                       self.ws.inside(out, "out"), self.ws.inside(spec, "spec"),
-                       self.ws.existing_model(model, "model") if model else None)
-        return AdoptOut(experiment_dir=self.ws.shown(result.experiment_dir), adopted=list(result.adopted),
-                        problems=list(result.problems))
+        found = [self.ws.inside(s, f"sources[{i}]") for i, s in enumerate(sources)]
+        target, spec_path = self.ws.inside(out, "out"), self.ws.inside(spec, "spec")
+        confine_spec(self.ws, spec_path)
+        result = adopt(found, target, spec_path, self.ws.existing_model(model, "model") if model else None)
+        return AdoptOut.of(result, self.ws.shown)

@@ -3,36 +3,54 @@ Rows the CLI already types (StatusRow, RunCheck, AdoptResult's fields) are reuse
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, Field
 
 from tunelab.execute.status import StatusRow
+from tunelab.ledger.history import HistoryRun
 from tunelab.plan.validate import RunCheck
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tunelab.adopt.write import AdoptResult
+    from tunelab.ingest import IngestResult
+    from tunelab.plan.planner import Plan
+    from tunelab.report.compare import Comparison
+    from tunelab.report.build import ReportFiles
+    from tunelab.rundir.scores import TaskScores
+
+Shown = Callable[["Path"], str]  # how a path is written: relative to the root (MCP), as it is (CLI)
 
 
 class SpecDraft(BaseModel):
-    """init_spec: the experiment.yaml written and the runs it plans."""
+    """init_spec / `init --json`: the experiment.yaml written and the runs it plans."""
 
-    spec: str = Field(description="Path of experiment.yaml, relative to the root.")
-    runs: list[str]
-    controls: list[str]
-    warnings: list[str]
+    spec: str = Field(description="Path of experiment.yaml written (relative to the root under MCP).")
+    runs: list[str] = Field(description="The fine-tuned runs it plans, in design order.")
+    controls: list[str] = Field(description="The base-model controls it plans.")
+    warnings: list[str] = Field(description="The plan's warnings, one line each.")
+
+    @classmethod
+    def of(cls, spec: str, plan: Plan) -> SpecDraft:
+        return cls(spec=spec, runs=[r.name for r in plan.finetune_runs], controls=[r.name for r in plan.controls],
+                   warnings=list(plan.warnings))
 
 
 class PlanOut(BaseModel):
     """plan / estimate: every run with its estimates (each with its source), and plan.md when written."""
 
-    experiment: str
-    recipe: str
-    gpu: str | None
+    experiment: str = Field(description="The spec's name.")
+    recipe: str = Field(description="How the runs train (device, processes, precision), in words.")
+    gpu: str | None = Field(description="The GPU estimated for (None: this machine's CPU).")
     runs: list[dict[str, str]] = Field(description="One row per run, the columns of `tunelab plan`.")
     stages: list[dict[str, str]] = Field(default_factory=list, description="A staged run's stages, one row each.")
     estimates: dict[str, dict[str, Any] | None] = Field(description="Per run: micro-batch, peak memory, steps, "
                                                          "time and where each figure came from.")
-    totals: dict[str, Any]
-    warnings: list[str]
-    plan_md: str | None = None
+    totals: dict[str, Any] = Field(description="The sweep's totals: runs, steps, GPU-hours, time, forecast.")
+    warnings: list[str] = Field(description="The plan's warnings, one line each.")
+    plan_md: str | None = Field(default=None, description="plan.md written (MCP plan; None when not written).")
 
 
 class ValidateOut(BaseModel):
@@ -41,22 +59,33 @@ class ValidateOut(BaseModel):
 
 
 class ProbeOut(BaseModel):
-    shapes: list[dict[str, Any]] = Field(description="One row per run shape probed, as `probe --json` prints.")
+    shapes: list[HistoryRun] = Field(description="One history row per run shape probed (`probe --json` prints "
+                                               "this list).")
 
 
 class ScaffoldOut(BaseModel):
-    experiment_dir: str
-    runs: list[str]
-    controls: list[str]
+    """scaffold / `scaffold --json`: what was written."""
+
+    experiment_dir: str = Field(description="The experiment directory the runs were written in.")
+    runs: list[str] = Field(description="Fine-tuned runs scaffolded (runs/<run>/), in design order.")
+    controls: list[str] = Field(description="Base-model controls scaffolded (controls/<control>/).")
+
+    @classmethod
+    def of(cls, plan: Plan, shown: Shown) -> ScaffoldOut:
+        return cls(experiment_dir=shown(plan.experiment_dir), runs=[r.name for r in plan.finetune_runs],
+                   controls=[r.name for r in plan.controls])
 
 
 class RunOut(BaseModel):
-    """run: the sweep started in the background; follow it with status."""
+    """run: the sweep started in the background; follow it with status. `run --json`: the sweep run here."""
 
-    experiment_dir: str
+    experiment_dir: str = Field(description="The experiment directory.")
     submitted: list[str] = Field(description="Runs the sweep will train (pending ones; completed are skipped).")
-    pid: int | None = Field(description="The background `tunelab run` process (None: nothing to run).")
-    log: str | None = Field(description="Its output, relative to the root.")
+    pid: int | None = Field(description="The background `tunelab run` process (None: nothing to run, or "
+                                        "`run --json`, which is that process).")
+    log: str | None = Field(description="Its output, relative to the root (None from `run --json`).")
+    states: dict[str, str] = Field(default_factory=dict, description="`run --json`: run → its state when the "
+                                   "command returned, as `status` names it (the MCP tool returns at once: empty).")
 
 
 class StatusOut(BaseModel):
@@ -68,11 +97,34 @@ class StatusOut(BaseModel):
 
 
 class CancelOut(BaseModel):
-    cancelled_jobs: list[str]
+    cancelled_jobs: list[str] = Field(description="Job ids cancelled (empty: nothing was queued or running).")
+
+
+class EvalScore(BaseModel):
+    """One task scored on one checkpoint (or a control's base model) by this evaluation."""
+
+    label: str = Field(description="epoch_N, base (a control) or checkpoint (an eval-only run).")
+    epoch: int | None = Field(description="The checkpoint's epoch (None: base model or eval-only).")
+    task: str = Field(description="The task of eval.tasks.")
+    metric: str = Field(description="The task's primary metric.")
+    score: float | None = Field(description="The primary metric's value (None: not computable).")
+    samples: int = Field(description="Samples scored.")
+
+    @classmethod
+    def of(cls, s: TaskScores) -> EvalScore:
+        return cls(label=s.label, epoch=s.epoch, task=s.task, metric=s.primary_metric, score=s.score,
+                   samples=s.samples)
 
 
 class EvalOut(BaseModel):
-    evaluated: dict[str, list[str]] = Field(description="Run → the checkpoints evaluated now.")
+    """eval / `eval --json`: what this call evaluated (checkpoints that already had scores are skipped)."""
+
+    evaluated: dict[str, list[EvalScore]] = Field(description="Run → every task scored now on each of its "
+                                                  "checkpoints.")
+
+    @classmethod
+    def of(cls, done: dict[str, list[TaskScores]]) -> EvalOut:
+        return cls(evaluated={run: [EvalScore.of(s) for s in scores] for run, scores in done.items()})
 
 
 class ResultRow(BaseModel):
@@ -105,11 +157,19 @@ class ResultsOut(BaseModel):
 
 
 class ReportOut(BaseModel):
-    markdown: str
-    html: str
-    figures: list[str]
+    """report / `report --json`: the files written."""
+
+    markdown: str = Field(description="report/report.md.")
+    html: str = Field(description="report/report.html (self-contained).")
+    figures: list[str] = Field(description="The figures under report/figures/.")
     partial: bool = Field(description="The sweep is not finished; the report says so.")
-    resource: str = Field(description="The MCP resource URI of report.md.")
+    resource: str | None = Field(default=None, description="The MCP resource URI of report.md (None from the "
+                                 "CLI).")
+
+    @classmethod
+    def of(cls, files: ReportFiles, shown: Shown, resource: str | None = None) -> ReportOut:
+        return cls(markdown=shown(files.markdown), html=shown(files.html), figures=[shown(f) for f in files.figures],
+                   partial=files.partial, resource=resource)
 
 
 class HistoryOut(BaseModel):
@@ -117,22 +177,110 @@ class HistoryOut(BaseModel):
 
 
 class IngestRow(BaseModel):
-    path: str
-    imported: bool
-    reason: str
+    path: str = Field(description="A log file or output directory found.")
+    imported: bool = Field(description="Recorded in the history (False: skipped, whole).")
+    reason: str = Field(description="What was imported, or why it was skipped.")
 
 
 class IngestOut(BaseModel):
-    logs: list[IngestRow]
+    """ingest / `ingest --json`: every log found, imported or skipped."""
+
+    logs: list[IngestRow] = Field(description="One row per log found.")
+
+    @classmethod
+    def of(cls, results: list[IngestResult], shown: Shown) -> IngestOut:
+        return cls(logs=[IngestRow(path=shown(r.path), imported=r.imported, reason=r.reason) for r in results])
 
 
 class AdoptOut(BaseModel):
-    experiment_dir: str
-    adopted: list[str]
-    problems: list[str]
+    """adopt / `adopt --json`: the runs brought into the experiment."""
+
+    experiment_dir: str = Field(description="The experiment directory created or added to.")
+    adopted: list[str] = Field(description="Runs adopted (names in the experiment).")
+    problems: list[str] = Field(description="Sources skipped, each with why.")
+
+    @classmethod
+    def of(cls, result: AdoptResult, shown: Shown) -> AdoptOut:
+        return cls(experiment_dir=shown(result.experiment_dir), adopted=list(result.adopted),
+                   problems=list(result.problems))
 
 
 class PathList(BaseModel):
     """list_models / list_datasets: paths relative to the root where inside it."""
 
     paths: list[str]
+
+
+# ---- outputs of the commands no tool has (yet): `--json` of compare, export, archive and the builders --------
+
+class ComparedScore(BaseModel):
+    score: float | None = Field(description="The task's primary metric on the run's last evaluated checkpoint.")
+    metric: str | None = Field(description="Which metric that is.")
+
+
+class ComparedRunOut(BaseModel):
+    run: str = Field(description="<experiment dir name>/<run> (the full path where two compared dirs share a name).")
+    type: str = Field(description="finetune, control or eval_only.")
+    state: str = Field(description="The run's state, as `status` names it.")
+    final_loss: float | None = Field(description="Last training loss.")
+    final_val_loss: float | None = Field(description="Last validation loss.")
+    scores: dict[str, ComparedScore] = Field(description="Task → its primary score.")
+    differences: dict[str, str] = Field(description="Config field → this run's value, for every field in "
+                                        "`differing` (— where the run has no such field).")
+
+
+class CompareOut(BaseModel):
+    """`compare --json`: runs side by side and the resolved config fields that differ between them."""
+
+    tasks: list[str] = Field(description="Tasks any compared run was scored on.")
+    differing: list[str] = Field(description="Flat run.yaml fields (section.field) whose values differ.")
+    runs: list[ComparedRunOut] = Field(description="One row per run, in the order given.")
+
+    @classmethod
+    def of(cls, c: Comparison) -> CompareOut:
+        return cls(tasks=c.tasks, differing=c.differing, runs=[
+            ComparedRunOut(run=r.label, type=r.kind, state=r.state, final_loss=r.final_loss,
+                           final_val_loss=r.final_val_loss, differences=r.differences,
+                           scores={t: ComparedScore(score=s, metric=m) for t, (s, m) in r.scores.items()})
+            for r in c.runs])
+
+
+class ExportOut(BaseModel):
+    """`export --json`: what one export wrote to the tracker (fields of the other tracker are null)."""
+
+    tracker: str = Field(description="mlflow or wandb.")
+    written: list[str] = Field(description="Runs given a new tracker run or rewritten (MLflow: created; W&B: "
+                                           "new or changed).")
+    unchanged: list[str] = Field(description="Runs already exported (MLflow: brought up to date with new points "
+                                             "only; W&B: identical, skipped).")
+    tracking_uri: str | None = Field(default=None, description="MLflow: the tracking URI written to.")
+    experiment_id: str | None = Field(default=None, description="MLflow: the experiment's id.")
+    parent_run_id: str | None = Field(default=None, description="MLflow: the sweep's parent run.")
+    points_logged: int | None = Field(default=None, description="MLflow: metric points logged by this export.")
+    wandb_dir: str | None = Field(default=None, description="W&B: the directory of the offline runs.")
+    project: str | None = Field(default=None, description="W&B: the project.")
+    group: str | None = Field(default=None, description="W&B: the group (the sweep).")
+    sync_command: str | None = Field(default=None, description="W&B: the command that uploads them.")
+
+
+class ArchiveOut(BaseModel):
+    """`archive --json`: what was (with dry_run: would be) copied, verified and removed."""
+
+    experiment_dir: str = Field(description="The experiment archived.")
+    archive_dir: str = Field(description="<ARCHIVE>/<experiment dir name>.")
+    keep: str = Field(description="Checkpoints kept: adapters, last-epoch or none.")
+    dry_run: bool = Field(description="True: nothing was copied or removed.")
+    copied: list[str] = Field(description="Files copied (and verified by sha256 unless dry_run), relative to the "
+                                          "experiment directory.")
+    bytes_copied: int = Field(description="Their total size.")
+    removed: dict[str, int] = Field(description="Directory (relative) → bytes freed here (would be, with dry_run).")
+    bytes_removed: int = Field(description="Bytes freed here by this archive (would be, with dry_run).")
+    untouched: dict[str, str] = Field(description="Run → why nothing of it is removed.")
+
+
+class BuiltOut(BaseModel):
+    """`--json` of data capitalization / organism, models tiny / smollm2 / random and skills install."""
+
+    paths: list[str] = Field(description="What was written (a dataset file, a model directory, skill folders).")
+    built: bool = Field(default=True, description="False: the path already held it and nothing was written.")
+    parameters: int | None = Field(default=None, description="A model's parameter count.")

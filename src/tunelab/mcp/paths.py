@@ -29,18 +29,20 @@ class Workspace:
             raise TunelabError("is not a directory", file=path, field="--root")
         return cls(path, tuple(p.resolve() for p in models_roots(model_dirs)))
 
-    def inside(self, given: str | Path, field: str, readable_outside: bool = False) -> Path:
-        """The argument as an absolute path (relative ones from the root), refused unless it resolves, links
-        followed, inside the root (or, for reading a model, inside a configured model directory)."""
+    def inside(self, given: str | Path, field: str, readable_outside: bool = False, base: Path | None = None,
+               file: Path | None = None) -> Path:
+        """The argument as an absolute path (relative ones from the root, or from `base`: a spec's directory),
+        refused unless it resolves, links followed, inside the root (or, for reading a model, inside a
+        configured model directory). `file`: the spec naming it, for the error."""
         text = str(given)
         if not text or "\x00" in text:
-            raise TunelabError("is empty or not a path", field=field)
+            raise TunelabError("is empty or not a path", file=file, field=field)
         raw = Path(os.path.expanduser(text)) if text.startswith("~") else Path(text)
-        path = (raw if raw.is_absolute() else self.root / raw).resolve()
+        path = (raw if raw.is_absolute() else (base or self.root) / raw).resolve()
         allowed = (self.root, *self.model_dirs) if readable_outside else (self.root,)
-        if not any(path == base or path.is_relative_to(base) for base in allowed):
+        if not any(path == top or path.is_relative_to(top) for top in allowed):
             raise TunelabError(f"{text!r} resolves to {path}, outside the workspace root {self.root}; refused",
-                               field=field)
+                               file=file, field=field)
         return path
 
     def shown(self, path: Path) -> str:

@@ -48,6 +48,12 @@ def one_line(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def report_progress(ctx: Context | None, done: float, total: float, message: str) -> None:
+    """An MCP progress notification from a tool's worker thread (nothing when the client asked for none)."""
+    if ctx is not None:
+        anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+
 def quiet() -> Console:
     """Where the library's progress lines go: not stdout (the stdio transport's), and not kept."""
     return Console(file=io.StringIO(), width=120)
@@ -84,6 +90,22 @@ class PipelineTools:
     def __init__(self, ws: Workspace, sweeps: Sweeps):
         self.ws = ws
         self.sweeps = sweeps
+
+    def _spec(self, given: str, field: str = "spec") -> Path:
+        """A spec (or run.yaml) argument inside the root, and every path it names inside it too."""
+        from tunelab.mcp.confine import confine_spec
+
+        path = self.ws.inside(given, field)
+        confine_spec(self.ws, path)
+        return path
+
+    def _experiment(self, given: str) -> Path:
+        """An experiment directory inside the root whose run.yaml files name paths inside it only."""
+        from tunelab.mcp.confine import confine_experiment
+
+        exp = self.ws.inside(given, "experiment_dir")
+        confine_experiment(self.ws, exp)
+        return exp
 
     def _gpu(self, name: str | None, path: Path) -> Any:
         """The named GPU, else resources.gpu of the run.yaml or spec (merged with the user config), else the
@@ -122,6 +144,7 @@ class PipelineTools:
         """Draft experiment.yaml from answers (models and data verified, the runs planned) and write it."""
         from tunelab.catalog import detect_gpu, resolve_gpu
         from tunelab.init.answers import InitAnswers, commit, default_name, draft
+        from tunelab.mcp.confine import confine_spec
 
         target = self.ws.inside(out, "out")
         answers = InitAnswers(
@@ -134,12 +157,12 @@ class PipelineTools:
         tmp, plan = draft(answers, target, gpu=target_gpu, force=force)
         try:
             plan = with_overrides(tmp, overrides, target_gpu) if overrides else plan
+            confine_spec(self.ws, tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         path = commit(tmp, target)
-        return SpecDraft(spec=self.ws.shown(path), runs=[r.name for r in plan.finetune_runs],
-                         controls=[r.name for r in plan.controls], warnings=list(plan.warnings))
+        return SpecDraft.of(self.ws.shown(path), plan)
 
     @one_line
     def validate(self, path: Annotated[str, Field(description="experiment.yaml or a run's run.yaml.")],
@@ -147,7 +170,7 @@ class PipelineTools:
         """Check every run: predicted OOM, missing splits or fields, prompt without {input}, warm-up."""
         from tunelab.plan.validate import validate_path
 
-        target = self.ws.inside(path, "path")
+        target = self._spec(path, "path")
         device = self._gpu(gpu, target)
         if device is None:
             raise TunelabError("no GPU here to detect: name the target with gpu or resources.gpu (e.g. H100-80GB)",
@@ -163,30 +186,41 @@ class PipelineTools:
         from tunelab.plan.markdown import render_plan_md
         from tunelab.plan.planner import make_plan
 
-        path = self.ws.inside(spec, "spec")
+        path = self._spec(spec)
         self.ws.spec_models(path)
         plan = make_plan(path, gpu=self._gpu(gpu, path))
         md = atomic_write_text(path.parent / "plan.md", render_plan_md(plan)) if write_md else None
         return plan_out(self.ws, plan, self.ws.shown(md) if md else None)
 
     @one_line
-    def estimate(self, spec: Spec, gpu: Gpu = None) -> PlanOut:
-        """The plan's estimates for another GPU (or this one), writing nothing."""
+    def estimate(self, spec: Spec, gpu: Gpu = None, ctx: Context | None = None) -> PlanOut:
+        """The plan's estimates for another GPU (or this one), writing nothing (a first estimate simulates each
+        run shape's step: progress reported at the start and the end)."""
         from tunelab.plan.planner import make_plan
 
-        path = self.ws.inside(spec, "spec")
+        path = self._spec(spec)
         self.ws.spec_models(path)
-        return plan_out(self.ws, make_plan(path, gpu=self._gpu(gpu, path)), None)
+        report_progress(ctx, 0, 1, "planning: simulating each run shape's training step")
+        plan = make_plan(path, gpu=self._gpu(gpu, path))
+        report_progress(ctx, 1, 1, f"estimated {len(plan.finetune_runs)} run(s)")
+        return plan_out(self.ws, plan, None)
 
     @one_line
-    def probe(self, spec: Spec) -> ProbeOut:
-        """A few real optimizer steps of each run shape here; records speed and memory in the history."""
+    def probe(self, spec: Spec, ctx: Context | None = None) -> ProbeOut:
+        """A few real optimizer steps of each run shape here; records speed and memory in the history (reports
+        progress shape by shape)."""
         from tunelab.estimate.probe import probe_runs
         from tunelab.plan.planner import make_plan
 
-        plan = make_plan(self.ws.inside(spec, "spec"), estimates=False)
-        rows = probe_runs(plan.finetune_runs, plan.spec_path, lambda *_: None, False)
-        return ProbeOut(shapes=[json.loads(json.dumps(r.__dict__, default=str)) for r in rows])
+        plan = make_plan(self._spec(spec), estimates=False)
+
+        def progress(i: int, n: int, shape: Any, result: Any) -> None:
+            if result is None:
+                report_progress(ctx, i - 1, n, f"probing {shape.label()}")
+            else:
+                report_progress(ctx, i, n, f"probed {shape.label()}: {result.tokens_per_s:,.0f} tokens/s")
+
+        return ProbeOut(shapes=probe_runs(plan.finetune_runs, plan.spec_path, progress, False))
 
     @one_line
     def scaffold(self, spec: Spec, out: Annotated[str | None, Field(description="Experiment directory "
@@ -197,11 +231,10 @@ class PipelineTools:
         """Write runs/<run>/ (run.yaml, job scripts), controls/, submit_all.sh, plan.md, README.md."""
         from tunelab.scaffold.write import scaffold
 
-        path = self.ws.inside(spec, "spec")
+        path = self._spec(spec)
         self.ws.spec_models(path)
         plan = scaffold(path, self.ws.inside(out, "out") if out else None, force=force, gpu=self._gpu(gpu, path))
-        return ScaffoldOut(experiment_dir=self.ws.shown(plan.experiment_dir),
-                           runs=[r.name for r in plan.finetune_runs], controls=[r.name for r in plan.controls])
+        return ScaffoldOut.of(plan, self.ws.shown)
 
     @one_line
     def run(self, experiment_dir: Exp, runs: RunNames = None,
@@ -211,7 +244,7 @@ class PipelineTools:
         from tunelab.execute.status import status_rows
         from tunelab.rundir.experiment import load_runs, select_runs
 
-        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        exp = self._experiment(experiment_dir)
         chosen = {r.name for r in select_runs(load_runs(exp), runs) if r.kind == "finetune"}
         todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != "completed")]
         if not todo:
@@ -253,14 +286,13 @@ class PipelineTools:
         from tunelab.evaluate.sweep import evaluate_experiment
         from tunelab.rundir.experiment import load_runs, select_runs
 
-        exp = self.ws.inside(experiment_dir, "experiment_dir")
+        exp = self._experiment(experiment_dir)
         names = [r.name for r in select_runs(load_runs(exp), runs)]
         done: dict[str, list[Any]] = {}
         for i, name in enumerate(names, 1):  # one run at a time: a progress notification after each
             done.update(evaluate_experiment(exp, [name], epochs, force=force, console=quiet()))
-            if ctx is not None:
-                anyio.from_thread.run(ctx.report_progress, i, len(names), f"evaluated {name}")
-        return EvalOut(evaluated={k: [str(x) for x in v] for k, v in done.items()})
+            report_progress(ctx, i, len(names), f"evaluated {name}")
+        return EvalOut.of(done)
 
     @one_line
     def results(self, experiment_dir: Exp) -> ResultsOut:
@@ -279,6 +311,4 @@ class PipelineTools:
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
         files = build_report(exp)
-        return ReportOut(markdown=self.ws.shown(files.markdown), html=self.ws.shown(files.html),
-                         figures=[self.ws.shown(f) for f in files.figures], partial=files.partial,
-                         resource=report_uri(self.ws, exp))
+        return ReportOut.of(files, self.ws.shown, report_uri(self.ws, exp))
