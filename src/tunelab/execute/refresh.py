@@ -21,7 +21,7 @@ from tunelab.execute.failures import CANCELLED, Failure, base_state, classify
 from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir import COMPLETED, read_status
+from tunelab.rundir import COMPLETED, Status, read_status
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
@@ -54,13 +54,12 @@ def should_judge(job: JobRow, info: JobInfo, now: datetime | None = None) -> boo
     return info.ended and (info.settled or waited_s(job, info, now) >= SETTLE_GRACE_S)
 
 
-def requeued_itself(job: JobRow, cfg: RunConfig | None, now: datetime | None = None) -> bool:
+def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) -> bool:
     """The trainer of this very job requeued it (train/interrupts.py) within REQUEUE_GRACE_S and has not
     started again: Slurm is bringing it back under the same id, so an ended look is a transition (the
-    batch step's end, seen before the job is pending again), not the job's end."""
-    if job.kind != "train" or cfg is None:
+    batch step's end, seen before the job is pending again), not the job's end. `status`: its run's."""
+    if job.kind != "train":
         return False
-    status = read_status(cfg.run_dir)
     if status.requeued_job != job.job_id or not status.requeued_at:
         return False
     now = now or datetime.now(timezone.utc)
@@ -80,14 +79,17 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
             info = (seen or {}).get(j.job_id)
             if info is None:
                 continue  # the executor cannot tell now: ask again later
-            if info.ended and requeued_itself(j, runs.get(j.run)):
+            cfg = runs.get(j.run)
+            # an ended training job: its run's status.json, read once (did it requeue itself? the verdict)
+            status = read_status(cfg.run_dir) if info.ended and cfg is not None and j.kind == "train" else None
+            if status is not None and requeued_itself(j, status):
                 info = JobInfo(REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
             if info.exit_code is not None:
                 fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)
             judge = should_judge(j, info)
             if judge:
-                verdict = judge_job(j, runs.get(j.run), info, ex)
+                verdict = judge_job(j, cfg, info, ex, status)
                 fields.update(failure=verdict.kind, detail=verdict.detail)
             if fields["state"] != j.state or judge:
                 ledger.update_job(book, j.id, **fields)
@@ -95,15 +97,16 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
     return changed
 
 
-def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor) -> Failure:
-    """The verdict on an ended job, from the scheduler's view, its output and the run's files."""
+def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, status: Status | None = None
+              ) -> Failure:
+    """The verdict on an ended job, from the scheduler's view, its output and the run's files (`status`: a
+    training job's status.json, when the caller has read it)."""
     rows = list(info.rows)
     if cfg is None:
         return classify(info.state, info.exit_code, rows)
     text = ex.output(cfg.run_dir, job.kind, job.job_id)
-    status = None
     if job.kind == "train":
-        status = read_status(cfg.run_dir)
+        status = read_status(cfg.run_dir) if status is None else status
         complete = training_state(cfg.run_dir, status) == COMPLETED
     else:
         complete = is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(info.state) in ("COMPLETED", UNSEEN)
