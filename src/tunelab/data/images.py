@@ -10,13 +10,13 @@ emit), so the prompt of an evaluation is still the exact token prefix of the tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from tunelab.data.conversation import Example, Message
 from tunelab.data.formatting import PromptFormat
 from tunelab.errors import TunelabError
+from tunelab.models.vlm import VisionProcessor
 
 
 def parse_parts(parts: list, where: str, image_dir: str | None) -> tuple[str, tuple[str, ...]]:
@@ -50,10 +50,20 @@ def load_image(path: str, where: str = "") -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(_data_uri(path) or path) as im:
             return im.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise TunelabError(f"{where + ': ' if where else ''}image cannot be read: {exc}", file=path) from None
+
+
+def _data_uri(path: str) -> Any:
+    """A base64 data URI (how inspect-ai may carry an image) as a file object; None for a path."""
+    if not path.startswith("data:"):
+        return None
+    import base64
+    import io
+
+    return io.BytesIO(base64.b64decode(path.split(",", 1)[1]))
 
 
 def example_images(messages: Sequence[Message]) -> list[str]:
@@ -71,20 +81,12 @@ def check_readable(examples: Sequence[Example], where: Any) -> int:
     return n
 
 
-@dataclass(frozen=True)
-class VisionProcessor:
-    """A VLM's tokenizer and image processor, and the token each image's patches stand in for."""
-
-    tokenizer: Any
-    image_processor: Any
-    image_token_id: int
-
-    def pixels(self, paths: Sequence[str]) -> tuple[Any, Any, list[int]]:
-        """(pixel_values, image_grid_thw, image tokens per image) of these image files."""
-        out = self.image_processor(images=[load_image(p) for p in paths], return_tensors="pt")
-        grid = out["image_grid_thw"]
-        merge = int(getattr(self.image_processor, "merge_size", 1) or 1)
-        return out["pixel_values"], grid, [int(g.prod()) // merge ** 2 for g in grid]
+def image_pixels(proc: VisionProcessor, paths: Sequence[str]) -> tuple[Any, Any, list[int]]:
+    """(pixel_values, image_grid_thw, image tokens per image) of these image files, by the model's processor."""
+    out = proc.image_processor(images=[load_image(p) for p in paths], return_tensors="pt")
+    grid = out["image_grid_thw"]
+    merge = int(getattr(proc.image_processor, "merge_size", 1) or 1)
+    return out["pixel_values"], grid, [int(g.prod()) // merge ** 2 for g in grid]
 
 
 def expand_image_tokens(ids: list[int], mask: list[int], image_token_id: int, counts: Sequence[int]
@@ -103,13 +105,18 @@ def expand_image_tokens(ids: list[int], mask: list[int], image_token_id: int, co
     return out_ids, out_mask
 
 
-@dataclass(frozen=True)
-class VisionPrompt:
-    """An evaluation prompt: the token ids, and the pixels of its images (None when it has none)."""
+class VisionPrompt(list):
+    """An evaluation prompt: the token ids (it is that list, so batching and seeding treat it as any prompt),
+    carrying the pixels of its images (None when it has none)."""
 
-    ids: list[int]
-    pixel_values: Any = None
-    image_grid_thw: Any = None
+    def __init__(self, ids: list[int], pixel_values: Any = None, image_grid_thw: Any = None,
+                 image_token_id: int | None = None):
+        super().__init__(ids)
+        self.pixel_values, self.image_grid_thw, self.image_token_id = pixel_values, image_grid_thw, image_token_id
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self)
 
 
 def encode_vision_example(fmt: PromptFormat, example: Example, proc: VisionProcessor) -> dict[str, Any]:
@@ -118,7 +125,7 @@ def encode_vision_example(fmt: PromptFormat, example: Example, proc: VisionProce
     paths = example_images(example.messages)
     if not paths:
         return {**enc, "pixel_values": [], "image_grid_thw": []}
-    pixel_values, grid, counts = proc.pixels(paths)
+    pixel_values, grid, counts = image_pixels(proc, paths)
     ids, mask = expand_image_tokens(enc["input_ids"], enc["completion_mask"], proc.image_token_id, counts)
     return {"input_ids": ids, "completion_mask": mask, "pixel_values": pixel_values.tolist(),
             "image_grid_thw": grid.tolist()}
@@ -130,6 +137,6 @@ def encode_vision_prompt(fmt: PromptFormat, messages: Sequence[Message], proc: V
     paths = example_images(messages)
     if not paths:
         return VisionPrompt(ids)
-    pixel_values, grid, counts = proc.pixels(paths)
+    pixel_values, grid, counts = image_pixels(proc, paths)
     ids, _ = expand_image_tokens(ids, [0] * len(ids), proc.image_token_id, counts)
-    return VisionPrompt(ids, pixel_values, grid)
+    return VisionPrompt(ids, pixel_values, grid, proc.image_token_id)

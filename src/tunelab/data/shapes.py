@@ -66,7 +66,7 @@ def draw_example(task: str, rng: random.Random, size: int):
     kind = rng.choice(KINDS)
     if task == "colour":
         colour = rng.choice(sorted(COLOURS))
-        _draw(draw, kind, _box_in(rng, (2, 2, size - 2, size - 2), size // 4, size // 2), COLOURS[colour])
+        _draw(draw, kind, _box_in(rng, (2, 2, size - 2, size - 2), size // 3, 3 * size // 4), COLOURS[colour])
         return image, colour
     if task == "position":
         q = rng.randrange(4)

@@ -65,7 +65,10 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
     try:
-        model: PreTrainedModel | PeftModel = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        from tunelab.models.vlm import is_vision_language, load_vlm
+
+        load = load_vlm if is_vision_language(base) else AutoModelForCausalLM.from_pretrained
+        model: PreTrainedModel | PeftModel = load(base, dtype=dtype)
         if adapter_path is not None:
             from peft import PeftModel
 
@@ -116,7 +119,7 @@ class LocalLM:
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
         ids, mask = self._left_padded(prompts)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask,
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **vision_inputs(prompts, ids, self.device),
                                       **self._generate_args(max_new_tokens, stop_ids, top_logprobs is not None,
                                                             sampling, seeds, stop_seqs))
         new = out.sequences[:, ids.shape[1]:].tolist()
@@ -174,8 +177,10 @@ class LocalLM:
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, :len(r)] = 1
+        repeated = [prompt] * len(rows)  # each row shows the prompt's images (if any) once
         with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                **vision_inputs(repeated, ids.to(self.device), self.device)).logits
         logps = logits.float().log_softmax(-1).cpu()
         start = len(prompt)
         sums = []
@@ -183,6 +188,20 @@ class LocalLM:
             positions = torch.arange(start - 1, start - 1 + len(cont))  # position t predicts token t + 1
             sums.append(float(logps[row, positions, torch.tensor(cont)].sum()))
         return sums
+
+
+def vision_inputs(prompts: list[Any], ids: Any, device: str) -> dict[str, Any]:
+    """A VLM's extra inputs for a batch whose prompts carry pixels (data.images.VisionPrompt): every image's
+    patches and grid rows in row order, and the image-token marks M-RoPE reads; nothing for text prompts."""
+    import torch
+
+    with_pixels = [p for p in prompts if getattr(p, "pixel_values", None) is not None]
+    if not with_pixels:
+        return {}
+    token = with_pixels[0].image_token_id
+    return {"pixel_values": torch.cat([p.pixel_values for p in with_pixels]).to(device),
+            "image_grid_thw": torch.cat([p.image_grid_thw for p in with_pixels]).to(device),
+            "mm_token_type_ids": (ids == token).long()}
 
 
 # ---------------------------------------------------------------- weights cache

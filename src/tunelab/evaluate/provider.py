@@ -93,7 +93,8 @@ class TunelabModelAPI(ModelAPI):
                  system_prompt: str | None = None, chat_template: ChatMode | None = None,
                  template_date: str | None = None, train_on_input: bool | str = False, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str = DEFAULT_BATCH_SIZE,
-                 max_tokens: int | str = DEFAULT_MAX_TOKENS, cache_weights: bool | str = True) -> None:
+                 max_tokens: int | str = DEFAULT_MAX_TOKENS, cache_weights: bool | str = True,
+                 min_pixels: int | str | None = None, max_pixels: int | str | None = None) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if base_path is None:  # by hand: the model name is a directory of this experiment
             from tunelab.evaluate.targets import resolve_model_dir
@@ -119,6 +120,7 @@ class TunelabModelAPI(ModelAPI):
         else:  # a grader beside the model under evaluation: the cache keeps that one
             self.lm = LocalLM(*load_model(base_path, adapter_path, torch_dtype, self.device), self.device)
         self.tokenizer = self.lm.tokenizer
+        self.vision = vision_processor_of(base_path, self.tokenizer, min_pixels, max_pixels)  # None: a text model
         self.stop_ids = self.format.stop_token_ids(self.tokenizer)
         if not self.stop_ids:
             raise TunelabError("the tokenizer has no eos or end-of-turn token; cannot tell where an answer ends",
@@ -134,17 +136,24 @@ class TunelabModelAPI(ModelAPI):
         for m in input:
             if m.role not in ("system", "user", "assistant"):
                 raise TunelabError(f"the tunelab provider cannot send a '{m.role}' message (no tool use)")
-            out.append(Message(m.role, m.text))
+            out.append(Message(m.role, m.text, images_of(m)))
         if self.prompt_template is not None:
             last = max((i for i, m in enumerate(out) if m.role == "user"), default=None)
             if last is None:
                 raise TunelabError("the prompt template needs a user message to put the sample's input into")
-            out[last] = Message("user", self.prompt_template.format(input=out[last].content))
+            out[last] = Message("user", self.prompt_template.format(input=out[last].content), out[last].images)
         return with_system(tuple(out), self.system_prompt)
 
     def prompt_ids(self, input: list[ChatMessage]) -> list[int]:
-        """The prompt tokens: exactly what training built before the answer."""
-        return self.format.encode_prompt(self.messages_of(input), self.tokenizer)
+        """The prompt tokens: exactly what training built before the answer (a VLM's carry their pixels)."""
+        return self._encode_prompt(self.messages_of(input))
+
+    def _encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
+        if self.vision is not None:
+            from tunelab.data.images import encode_vision_prompt
+
+            return encode_vision_prompt(self.format, messages, self.vision)
+        return self.format.encode_prompt(messages, self.tokenizer)
 
     # ---- generation -----------------------------------------------------------------------------
     def _run_batch(self, prompts: list[list[int]], seeds: list[int] | None,
@@ -197,8 +206,13 @@ class TunelabModelAPI(ModelAPI):
     # ---- scoring given continuations -------------------------------------------------------------
     def continuation_ids(self, messages: tuple[Message, ...], prompt: list[int], answer: str) -> list[int]:
         """The tokens training would learn for `answer` after these messages (with its end-of-turn)."""
-        ids = self.format.encode_example(Example((*messages, Message("assistant", answer))), self.tokenizer)[
-            "input_ids"]
+        example = Example((*messages, Message("assistant", answer)))
+        if self.vision is not None:
+            from tunelab.data.images import encode_vision_example
+
+            ids = encode_vision_example(self.format, example, self.vision)["input_ids"]
+        else:
+            ids = self.format.encode_example(example, self.tokenizer)["input_ids"]
         if ids[: len(prompt)] != prompt:
             raise TunelabError(f"the answer {answer!r} changes how the prompt is tokenized; cannot score it")
         cont = ids[len(prompt):]
@@ -208,7 +222,7 @@ class TunelabModelAPI(ModelAPI):
     def score_continuations(self, input: list[ChatMessage], answers: list[str]) -> list[float]:
         """Summed log-probability of each answer (its tokens and its end-of-turn) after the prompt."""
         messages = self.messages_of(input)
-        prompt = self.format.encode_prompt(messages, self.tokenizer)
+        prompt = self._encode_prompt(messages)
         return self.lm.continuation_logprobs(prompt, [self.continuation_ids(messages, prompt, a) for a in answers])
 
     # ---- inspect settings ------------------------------------------------------------------------
@@ -224,6 +238,27 @@ class TunelabModelAPI(ModelAPI):
         self.lm = None  # type: ignore[assignment]
 
 
+def images_of(message: ChatMessage) -> tuple[str, ...]:
+    """The images of an inspect message (ContentImage parts: a file path or a data URI), in order."""
+    from inspect_ai.model import ContentImage
+
+    if isinstance(message.content, str):
+        return ()
+    return tuple(c.image for c in message.content if isinstance(c, ContentImage))
+
+
+def vision_processor_of(base_path: str, tokenizer: Any, min_pixels: Any, max_pixels: Any) -> Any:
+    """A VLM's processor around the tokenizer the provider already holds; None for a text model."""
+    from dataclasses import replace
+
+    from tunelab.models.vlm import is_vision_language, load_vision_processor
+
+    if not is_vision_language(base_path):
+        return None
+    lo, hi = (int(v) if v not in (None, "None", "") else None for v in (min_pixels, max_pixels))
+    return replace(load_vision_processor(base_path, lo, hi), tokenizer=tokenizer)
+
+
 def _inspect_logprobs(gen: Generation) -> Logprobs:
     return Logprobs(content=[
         Logprob(token=t.token, logprob=t.logprob,
@@ -237,7 +272,8 @@ def model_args_of(cfg: Any, target: Any, prompt_template: str | None, batch_size
         base_path=str(target.base_path), adapter_path=str(target.adapter_path) if target.adapter_path else None,
         prompt_template=prompt_template, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
         template_date=cfg.chat_template_date, train_on_input=bool(cfg.training and cfg.training.train_on_input),
-        dtype=cfg.training.dtype if cfg.training is not None else "auto", batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        dtype=cfg.training.dtype if cfg.training is not None else "auto", batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        **({"min_pixels": cfg.training.min_pixels, "max_pixels": cfg.training.max_pixels} if cfg.training else {}))
 
 
 # Registered under the plain name so `get_model("tunelab/...")` finds it; the class itself stays

@@ -53,7 +53,11 @@ def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Exa
 
 
 def as_chat(example: Example) -> list[ChatMessage]:
-    return [_MESSAGE[msg.role](content=msg.content) for msg in example.prompt]
+    """The prompt as inspect messages; a message's images become ContentImage parts before its text."""
+    from inspect_ai.model import ContentImage, ContentText
+
+    return [_MESSAGE[msg.role](content=[*(ContentImage(image=p) for p in msg.images), ContentText(text=msg.content)]
+                               if msg.images else msg.content) for msg in example.prompt]
 
 
 def build_samples(examples: list[Example]) -> list[Sample]:

@@ -1,7 +1,7 @@
 """Vision-language models on disk: telling one from a text model, and loading its weights and its processor.
 
-A model directory is a VLM when its config.json has a `vision_config` (Qwen2.5-VL, Qwen3-VL and the other
-image-text-to-text families). Its processor is loaded as its two parts, tokenizer and image processor, rather
+A model directory is a VLM when its config.json is one of the families models/vision.py counts image tokens
+for (Qwen2-VL, Qwen2.5-VL, Qwen3-VL). Its processor is loaded as its two parts, tokenizer and image processor, rather
 than through the family's Processor class: in transformers 5 those classes also build a video processor,
 which needs torchvision, and tunelab sends no video.
 """
@@ -9,10 +9,10 @@ which needs torchvision, and tunelab sends no video.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.images import VisionProcessor
 from tunelab.errors import TunelabError
 
 # The modules of a Qwen-VL model that are the vision tower (frozen unless lora_target_modules names them).
@@ -22,15 +22,26 @@ LANGUAGE_LINEAR = (r"^(?!.*\b(?:visual|vision_tower|vision_model)\b).*\."
                    r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
 
 
+@dataclass(frozen=True)
+class VisionProcessor:
+    """A VLM's tokenizer and image processor, and the token each image's patches stand in for."""
+
+    tokenizer: Any
+    image_processor: Any
+    image_token_id: int
+
+
 def model_config(path: str | Path) -> dict[str, Any] | None:
     file = Path(path) / "config.json"
     return json.loads(file.read_text()) if file.is_file() else None
 
 
 def is_vision_language(path: str | Path) -> bool:
-    """Whether the model directory holds a vision-language model (config.json has a vision_config)."""
+    """Whether the model directory holds a vision-language model of a family tunelab counts image tokens for."""
+    from tunelab.models.vision import is_vision_config
+
     config = model_config(path)
-    return bool(config and config.get("vision_config"))
+    return bool(config and is_vision_config(config))
 
 
 def load_vision_processor(path: str | Path, min_pixels: int | None = None,

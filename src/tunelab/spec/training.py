@@ -36,6 +36,11 @@ class TrainingConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_seq_len: int = Field(512, ge=8)
     packing: bool = Field(False, description="Best-fit-decreasing packing, padding-free, examples isolated.")
+    min_pixels: int | None = Field(None, ge=1, description="Vision-language models: each image is resized to at "
+                                   "least this many pixels (default: the model's image processor's).")
+    max_pixels: int | None = Field(None, ge=1, description="Vision-language models: each image is resized to at "
+                                   "most this many pixels, which bounds its image tokens and memory (default: the "
+                                   "model's image processor's).")
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float | None = Field(None, gt=0, description="Defaults to 2 x lora_rank.")
     lora_dropout: float = Field(0.0, ge=0, lt=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.models.lora import lora_config
+from tunelab.models.vlm import is_vision_language, lora_targets
 from tunelab.device import resolve_dtype
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.config import RunConfig
@@ -22,6 +23,7 @@ from tunelab.train.distributed import trainer_args, world
 from tunelab.train.loop_hooks import make_trainer_class
 from tunelab.train.metrics import LocalCounts
 from tunelab.train.ordering import order_for
+from tunelab.train.vision import vision_parts
 
 
 def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: Sequence[Any] = (),
@@ -36,23 +38,28 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     assert t is not None, "a control trains nothing"
     set_seed(t.seed)
     dtype = resolve_dtype(t.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    vision = vision_parts(cfg) if is_vision_language(cfg.model.path) else None  # a VLM: train/vision.py
+    tokenizer = vision.tokenizer if vision else AutoTokenizer.from_pretrained(cfg.model.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype, attn_implementation=attention_of(cfg),
-                                                      **quantize.load_kwargs(t.quantize, dtype))
+    load = vision.load_model if vision else AutoModelForCausalLM.from_pretrained
+    model: Any = load(cfg.model.path, dtype=dtype, attn_implementation=attention_of(cfg),
+                      **quantize.load_kwargs(t.quantize, dtype))
     model = quantize.prepare(model, t.quantize, t.gradient_checkpointing, t.qlora_frozen_dtype)  # QLoRA: peft's k-bit preparation
-    train_ds, val_ds = build_datasets(cfg, tokenizer)
-    lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, t.lora_target_modules, t.modules_to_save)
+    train_ds, val_ds = vision.datasets(cfg) if vision else build_datasets(cfg, tokenizer)
+    targets = lora_targets(t.lora_target_modules) if vision else t.lora_target_modules
+    lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, targets, t.modules_to_save)
     ctx = ctx or StageContext()
     if ctx.init_adapter is not None:  # a later stage: continue the previous stage's adapter (same shape)
         from peft import PeftModel
 
         model, lora = PeftModel.from_pretrained(model, str(ctx.init_adapter), is_trainable=True), None
+    args = _sft_config(t, ctx.state_dir(cfg.run_dir), dtype, val_ds is not None,
+                       cfg.resources.strategy(world().size, torch.cuda.is_available()))
     trainer = make_trainer_class()(
         model=model,
-        args=_sft_config(t, ctx.state_dir(cfg.run_dir), dtype, val_ds is not None,
-                         cfg.resources.strategy(world().size, torch.cuda.is_available())),
+        args=vision.configure(args) if vision else args,
+        data_collator=vision.collator() if vision else None,
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
