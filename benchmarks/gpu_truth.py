@@ -2,7 +2,7 @@
 simulated, written as one JSON file plus a markdown table.
 
     python benchmarks/gpu_truth.py --out DIR [--budget-s 540] [--only NAME ...] [--cache DIR] [--cpu-smoke]
-    python benchmarks/gpu_truth.py --table FILE.json     # README's "measured on a GPU" table from a result
+    python benchmarks/gpu_truth.py --table FILE.json     # docs/benchmarks.md's "Measured on a GPU" table from a result
 
 Each row (gpu_truth_grid.py) builds its random-init model once under --cache (`tunelab models random`, the real
 architecture and vocabulary), writes examples longer than max_seq_len (every packed row full), and runs
@@ -171,7 +171,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache", type=Path, help="where random-init models are built once and rows' scratch runs go "
                     "(default: $TUNELAB_CACHE/gpu-truth, else ~/.cache/tunelab/gpu-truth)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the same path on the CPU: 2-layer copies, short rows")
-    ap.add_argument("--table", type=Path, metavar="JSON", help="print README's table of a result and exit")
+    ap.add_argument("--table", type=Path, metavar="JSON", help="print docs/benchmarks.md's table of a result and exit")
     args = ap.parse_args(argv)
     if args.table is None and args.out is None:
         ap.error("--out is required (or --table JSON)")

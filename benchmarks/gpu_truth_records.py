@@ -1,5 +1,5 @@
 """The GPU kit's result file (benchmarks/gpu_truth.py): one JSON document per GPU and date, typed here and
-read back by the kit (to skip finished shapes), by its test, and by the README table renderer.
+read back by the kit (to skip finished shapes), by its test, and by the table renderer (docs/benchmarks.md).
 
 Every shape row holds what the device measured, what the simulator and the FLOPs model predicted for the same
 shape, and the error of each prediction: (predicted − measured) / measured.
@@ -184,8 +184,8 @@ TERMS = (("max_memory_allocated", "allocated"), ("max_memory_reserved", "reserve
 
 
 def readme_table(kit: KitFile) -> str:
-    """README's "measured on a GPU" table: per term, the median error of the simulator over the shapes that
-    measured it (and its spread), the OOM verdicts, and the median MFU."""
+    """docs/benchmarks.md's "Measured on a GPU" table: per term, the median error of the simulator over the
+    shapes that measured it (and its spread), the OOM verdicts, and the median MFU."""
     lines = [f"Measured on {kit.device} ({kit.gpu or 'not in the catalog'}), {kit.started_at[:10]}, "
              f"torch {kit.versions.get('torch', '?')}, transformers {kit.versions.get('transformers', '?')}:", "",
              "| term | shapes | median error | median abs error | range |", "|---|---|---|---|---|"]
