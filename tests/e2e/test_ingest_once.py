@@ -28,7 +28,8 @@ def test_results_ingests_only_runs_whose_files_changed(finished_sweep, tmp_path,
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))  # the copy's runs stay out of the session's
     exp = tmp_path / "exp"
     shutil.copytree(finished_sweep.exp, exp, symlinks=True)  # the shared sweep is only read
-    every_run = sorted(p.parent.name for kind in ("runs", "controls", "eval_only") for p in exp.glob(f"{kind}/*/run.yaml"))
+    every_run = sorted(p.parent.name for kind in ("runs", "controls", "eval_only")
+                       for p in exp.glob(f"{kind}/*/run.yaml"))
     assert every_run == sorted([*finished_sweep.runs, finished_sweep.control])
 
     ingested, first = _results(exp)  # moved: every run's config names another directory, so each is read

@@ -61,17 +61,41 @@ def status_exists(run_dir: str | Path) -> bool:
 
 def write_status(run_dir: str | Path, **changes: Any) -> Status:
     """Merge `changes` (Status fields) into status.json, stamped with the time, host and pid; atomic.
-    Keys already in the file stay as they are, so the file keeps exactly the keys it was given."""
-    unknown = set(changes) - set(Status.field_names())
-    if unknown:
-        raise TypeError(f"not fields of status.json: {sorted(unknown)}")
-    path = Path(run_dir) / STATUS_FILE
-    data = read_json(path, default=None)
-    merged: dict[str, Any] = data if isinstance(data, dict) else {}
-    merged.update({k: plain(v) for k, v in changes.items()})
-    merged.update(updated_at=now_iso(), host=socket.gethostname(), pid=os.getpid())
-    atomic_write_json(path, merged)
-    return Status.from_json(merged)
+    Keys already in the file stay as they are, so the file keeps exactly the keys it was given. A process
+    that writes it again and again holds it instead (StatusWriter)."""
+    return StatusWriter(run_dir).write(**changes)
+
+
+class StatusWriter:
+    """status.json held by its writer: read once (what earlier writers left), then each change merged in
+    memory and the file replaced whole, so the writer never reads back what it wrote. The training job's
+    main process holds one for the whole job."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / STATUS_FILE
+        self._held: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._held is None:
+            data = read_json(self.path, default=None)
+            self._held = data if isinstance(data, dict) else {}
+        return self._held
+
+    @property
+    def status(self) -> Status:
+        """The status as earlier writers left it, with this writer's changes."""
+        return Status.from_json(self._data())
+
+    def write(self, **changes: Any) -> Status:
+        """Merge `changes` (Status fields), stamped with the time, host and pid; replace the file atomically."""
+        unknown = set(changes) - set(Status.field_names())
+        if unknown:
+            raise TypeError(f"not fields of status.json: {sorted(unknown)}")
+        merged = self._data()
+        merged.update({k: plain(v) for k, v in changes.items()})
+        merged.update(updated_at=now_iso(), host=socket.gethostname(), pid=os.getpid())
+        atomic_write_json(self.path, merged)
+        return Status.from_json(merged)
 
 
 def write_new_status(run_dir: str | Path, status: Status) -> Path:

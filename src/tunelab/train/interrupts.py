@@ -22,7 +22,7 @@ from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.layout import SAVED_BEFORE_LIMIT
-from tunelab.rundir.status import now_iso, read_status, write_status
+from tunelab.rundir.status import StatusWriter, now_iso, read_status
 
 WARN_SIGNAL = signal.SIGUSR1  # Slurm's warning before the time limit
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -117,14 +117,14 @@ def requeue_self(log) -> bool:
     return True
 
 
-def after_stop(stop: TrainingStopped, resumed_from: Path | None, run_dir: Path, log) -> None:
+def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusWriter, log) -> None:
     """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
     when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT).
     A requeue is recorded in status.json (execute/refresh.py: the job is not over while Slurm restarts it)."""
     log(str(stop))
     start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
     if stop.signum == WARN_SIGNAL and stop.step > start and requeue_self(log):
-        write_status(run_dir, requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=now_iso())
+        status.write(requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=now_iso())
 
 
 def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tunelab.faults import kill_point
 from tunelab.rundir.checkpoints import Counters, write_counters
-from tunelab.rundir.status import write_status
+from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import (
     at_epoch_end,
     epoch_index,
@@ -80,7 +80,7 @@ def make_trainer_class():
     return CountingSFTTrainer
 
 
-def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: LocalCounts,
+def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, startup: dict, local: LocalCounts,
                    keep: int | None = None, ctx: StageContext | None = None):
     from transformers import TrainerCallback
 
@@ -107,7 +107,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             if not main:
                 return
             row = writer.write(steps + state.global_step, epochs + (state.epoch or 0.0), logs, peak)
-            write_status(run_dir, step=steps + state.global_step, epoch=row.epoch, total_steps=steps + state.max_steps)
+            status.write(step=steps + state.global_step, epoch=row.epoch, total_steps=steps + state.max_steps)
             what = f"val_loss {row.val_loss:.4f}" if row.val_loss is not None else (
                 f"loss {row.loss:.4f} tok/s {row.tokens_per_s or 0:.0f}"
             )
@@ -127,7 +127,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, startup: dict, local: Lo
             dest = ckpt  # a mid-epoch save (checkpoint_every, a stop signal) publishes no epoch_N
             if at_epoch_end(state.epoch, state.global_step, state.max_steps):
                 dest = publish_epoch_checkpoint(ckpt, run_dir, epochs + epoch_index(state.epoch))
-            write_status(run_dir, last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
+            status.write(last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
             writer.counters.overhead_s += time.monotonic() - t0  # the publish is part of the save
             write_counters(ckpt, writer.snapshot())
             prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete

@@ -30,7 +30,7 @@ from tunelab.rundir.checkpoints import (
 )
 from tunelab.rundir.metrics import MetricRow, read_metrics, write_metrics
 from tunelab.rundir.order import OrderRecord, read_orders, write_orders
-from tunelab.rundir.status import read_status
+from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import checkpoint_at_epoch_end, epoch_index, publish_epoch_checkpoint
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
@@ -56,13 +56,14 @@ class Resume:
         return checkpoint_step(self.checkpoint) if self.checkpoint else 0
 
 
-def resume(run_dir: Path, ctx: StageContext, main: bool) -> Resume:
-    """Decide where this start begins and (main process) bring the run directory back to it."""
+def resume(run_dir: Path, ctx: StageContext, main: bool, status: StatusWriter) -> Resume:
+    """Decide where this start begins and (main process) bring the run directory back to it. status: the
+    job's status.json writer, holding what the previous start (or stage) said."""
     last = last_complete_checkpoint(ctx.state_dir(run_dir))
     counters = read_counters(last) if last else (replace(ctx.counters) if ctx.counters else Counters())
     if not main:  # the main process tidies the files; the others only need the counters
         return Resume(last, counters)
-    before = read_status(run_dir)  # what the previous start (or stage) said
+    before = status.status  # what the previous start (or stage) said
     restarts = (before.restarts or 0) + 1 if last else ((before.restarts or 0) if ctx.index else 0)
     if last is None and ctx.index == 0:
         for stale in STALE_RESULTS:

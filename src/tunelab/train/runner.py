@@ -28,7 +28,7 @@ from tunelab.faults import inject_oom_fault
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
-from tunelab.rundir.status import now_iso, write_status
+from tunelab.rundir.status import StatusWriter, now_iso
 from tunelab.rundir.summary import PackingStats, StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
@@ -53,10 +53,11 @@ class Trained:
     counters: Counters
 
 
-def train_run(cfg: RunConfig, stage: StageContext | None = None) -> Trained | None:
+def train_run(cfg: RunConfig, stage: StageContext | None = None, status: StatusWriter | None = None
+              ) -> Trained | None:
     """Train cfg (a staged run: the stage `stage`) in cfg.run_dir. Raises on failure (status.json says why).
     In a distributed run every process calls it; only the main one writes files and returns what it trained
-    (the others return None)."""
+    (the others return None). status: the job's status.json writer (one for the whole job)."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
     if cfg.stages:
@@ -65,47 +66,48 @@ def train_run(cfg: RunConfig, stage: StageContext | None = None) -> Trained | No
     ctx = stage or StageContext()
     main = world().is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    start = resume(run_dir, ctx, main)
+    status = status or StatusWriter(run_dir)
+    start = resume(run_dir, ctx, main, status)
     if main:
-        _write_start_status(cfg, run_dir, start, ctx)
+        _write_start_status(cfg, status, start, ctx)
     try:
-        return _train(cfg, run_dir, start, ctx)
+        return _train(cfg, run_dir, start, ctx, status)
     except BaseException as exc:
         if main:
-            _record_stop(exc, run_dir, start.checkpoint)
+            _record_stop(exc, status, start.checkpoint)
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
 
 
-def complete_run(run_dir: Path, summary: Summary) -> Summary:
+def complete_run(run_dir: Path, summary: Summary, status: StatusWriter) -> Summary:
     """summary.json, then status.json says completed (a reader needs both: the state alone is not enough)."""
     write_summary(run_dir, summary)
-    write_status(run_dir, state=layout.COMPLETED, finished_at=now_iso(), step=summary.steps)
+    status.write(state=layout.COMPLETED, finished_at=now_iso(), step=summary.steps)
     log(f"completed: {summary.steps} steps, final loss {summary.final_loss}, checkpoints {summary.checkpoints}")
     return summary
 
 
-def _write_start_status(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> None:
+def _write_start_status(cfg: RunConfig, status: StatusWriter, start: Resume, ctx: StageContext) -> None:
     """status.json at a (re)start: a restart is a resume from a checkpoint, counted over the whole run."""
     started = now_iso()
     stage: dict[str, Any] = {"stage": ctx.name, "stage_index": ctx.index, "stage_count": ctx.count} if ctx.name else {}
-    write_status(run_dir, run=cfg.name, state=layout.RUNNING, attempt=cfg.attempt, started_at=started,
+    status.write(run=cfg.name, state=layout.RUNNING, attempt=cfg.attempt, started_at=started,
                  first_started_at=start.first_started_at or started,
                  resumed_from=start.checkpoint.name if start.checkpoint else None, restarts=start.restarts,
                  error=None, requeued_job=None, **stage)
 
 
-def _record_stop(exc: BaseException, run_dir: Path, resume_from: Path | None) -> None:
+def _record_stop(exc: BaseException, status: StatusWriter, resume_from: Path | None) -> None:
     """Why training ended early, in status.json; after Slurm's warning, the job's requeue (interrupts.py)."""
     stopped = isinstance(exc, (KeyboardInterrupt, TrainingStopped))
-    write_status(run_dir, state=layout.INTERRUPTED if stopped else layout.FAILED,
-                 error=f"{type(exc).__name__}: {exc}", finished_at=now_iso())
+    status.write(state=layout.INTERRUPTED if stopped else layout.FAILED, error=f"{type(exc).__name__}: {exc}",
+                 finished_at=now_iso())
     if isinstance(exc, TrainingStopped):
-        after_stop(exc, resume_from, run_dir, log)
+        after_stop(exc, resume_from, status, log)
 
 
-def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> Trained | None:
+def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext, status: StatusWriter) -> Trained | None:
     """Build the trainer and train it from `start`, validate at the last step; the main process summarizes."""
     import torch
 
@@ -119,7 +121,7 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext) -> T
     dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
     _log_start(cfg, ctx, dtype, strategy, start.checkpoint)
     writer = MetricsWriter(run_dir, start.counters, ctx.name, start.metrics)  # holds metrics.jsonl's rows from here on
-    fitted = _fit(cfg, t, run_dir, start, ctx, writer)
+    fitted = _fit(cfg, t, run_dir, start, ctx, writer, status)
     if fitted.validates:
         _validate_at_end(fitted.trainer, writer.rows)
     if not world().is_main:
@@ -143,14 +145,14 @@ class _Fitted:
 
 
 def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: StageContext,
-         writer: MetricsWriter) -> _Fitted:
+         writer: MetricsWriter, status: StatusWriter) -> _Fitted:
     """Build the trainer and train until max_steps; a stop signal saves, then raises TrainingStopped."""
     w = world()
     startup: dict[str, float | None] = {}
     local = LocalCounts()
     watch = SignalWatch().install()  # before the slow loading: a signal then stops at the first step
     try:  # the handlers go back even when loading fails
-        callbacks = [make_callback(run_dir, writer, startup, local, t.keep_checkpoints, ctx),
+        callbacks = [make_callback(run_dir, writer, status, startup, local, t.keep_checkpoints, ctx),
                      make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
         trainer, train_ds, val_ds = build_trainer(cfg, start.counters, callbacks, local, ctx)
         pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
