@@ -80,3 +80,30 @@ def test_readme_quick_start_commands_are_makefile_targets():
     for heading in ("## Assistants", "## Benchmarks", "### Measured on a GPU"):
         assert f"\n{heading}\n" in readme  # kept in README: issue 30 and the GPU kit point here
     assert '"mcpServers"' in readme.split("## Assistants", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_tour_commands_parse():
+    """Each line of the README's tour names a real command with options it accepts (parsed as the CLI parses
+    them, not run; the tour was run end to end by hand)."""
+    import shlex
+
+    import typer
+
+    from tunelab.cli import app
+
+    tour = (ROOT / "README.md").read_text().split("## A ten-line tour", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", tour, flags=re.DOTALL)
+    assert block is not None
+    lines = [shlex.split(line.split("  #")[0]) for line in block.group(1).splitlines() if line.strip()]
+    assert len(lines) == 10 and all(words[0] == "tunelab" for words in lines)
+    assert [words[1] for words in lines[2:]] == ["init", "plan", "scaffold", "run", "status", "eval", "results",
+                                                 "report"]
+    root = typer.main.get_command(app)
+    for words in lines:
+        command, ctx, args = root, root.context_class(root, info_name="tunelab"), words[1:]
+        while hasattr(command, "list_commands"):
+            name, args = args[0], args[1:]
+            command = command.get_command(ctx, name)
+            assert command is not None, words
+            ctx = command.context_class(command, info_name=name, parent=ctx)
+        command.make_context(name, list(args), parent=ctx.parent)  # a wrong option or argument raises
