@@ -114,7 +114,7 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
              model: str = "tiny") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.executors import executor_named
-    from tunelab.execute.sweep import run_sweep
+    from tunelab.execute.sweep import RowState, run_sweep
     from tunelab.report.build import write_report
     from tunelab.scaffold.write import scaffold
 
@@ -128,7 +128,7 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
         console=console)
     rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train", console)
     results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console)
-    failed = {k: v for k, v in results.items() if v != "completed"}
+    failed = {k: v.label for k, v in results.items() if v != RowState.COMPLETED}
     if failed:
         where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
         raise TunelabError(f"runs did not complete: {failed}; see {where}", file=plan.experiment_dir)

@@ -34,7 +34,7 @@ def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec)
     out = coordinator.communicate(timeout=120)[0]
     assert coordinator.returncode == 1, out
     (row,) = status_rows(exp)
-    assert row.state == "CANCELLED" and row.failure == "cancelled"
+    assert row.state == "cancelled" and row.shown == "CANCELLED" and row.failure == "cancelled"
     status = read_json(cfg.run_dir / "status.json")
     stopped = status["step"]
     assert status["state"] == "interrupted" and f"saved on SIGTERM: stopped at step {stopped}" in status["error"]

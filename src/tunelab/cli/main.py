@@ -142,7 +142,7 @@ def run_cmd(
     Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
     from tunelab.execute.executors import check_options, executor_named
-    from tunelab.execute.sweep import run_sweep
+    from tunelab.execute.sweep import RowState, run_sweep
     from tunelab.rundir.experiment import load_runs
 
     ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
@@ -154,7 +154,7 @@ def run_cmd(
 
         emit(RunOut(experiment_dir=str(experiment_dir), submitted=list(results), pid=None, log=None,
                     states={run: str(state) for run, state in results.items()}))
-    bad = {k: v for k, v in results.items() if v != "completed"}
+    bad = {k: v.label for k, v in results.items() if v != RowState.COMPLETED}
     if bad and not dry_run and (wait or not ex.detached):
         where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
         error(f"{len(bad)} run(s) did not complete: {bad}; see {where}")
@@ -278,11 +278,11 @@ def status_cmd(
 
     State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
     failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
-    from tunelab.execute.status import status_rows
+    from tunelab.execute.status import RowState, status_rows
 
     def table(rows):
         return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
-                          [(r.name, r.type, r.state, r.job_id or "—", r.attempt, r.progress, r.eta, r.eval or "—",
+                          [(r.name, r.type, r.shown, r.job_id or "—", r.attempt, r.progress, r.eta, r.eval or "—",
                             r.detail) for r in rows], title=str(experiment_dir), overflow="fold")
 
     rows = status_rows(experiment_dir)
@@ -290,11 +290,11 @@ def status_cmd(
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return
     if not watch:
-        listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != "completed"]
+        listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != RowState.COMPLETED]
         listed = listed if show_all else listed[:SHOWN_ROWS]
         show(table(listed))
         if len(listed) < len(rows):
-            counts = Counter(r.state for r in rows)
+            counts = Counter(r.state.label for r in rows)
             say("{} runs: {}; {} not listed (--all lists every run)", len(rows),
                 ", ".join(f"{n} {k}" for k, n in counts.most_common()), len(rows) - len(listed))
         return

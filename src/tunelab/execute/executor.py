@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from tunelab.execute.failures import ACTIVE_STATES, UNSEEN, SacctRow, base_state
+from tunelab.execute.failures import SacctRow
+from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
@@ -25,7 +26,7 @@ __all__ = ["UNSEEN", "Capacity", "Executor", "JobGroup", "JobInfo"]
 class JobInfo:
     """What an executor knows of one job now."""
 
-    state: str  # the scheduler's state (Slurm's names), or UNSEEN
+    state: str  # the scheduler's state as it says it ('CANCELLED by 0'; job_states.JobState's words), or UNSEEN
     exit_code: str | None = None  # 'EXIT:SIGNAL'
     elapsed: str | None = None
     node: str | None = None
@@ -35,7 +36,12 @@ class JobInfo:
 
     @property
     def ended(self) -> bool:
-        return base_state(self.state) not in ACTIVE_STATES
+        return not is_active_state(self.state)
+
+    @property
+    def job_state(self) -> JobState | None:
+        """The state as a JobState (None: a word tunelab does not know, which counts as ended)."""
+        return JobState.of(self.state)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class Executor(Protocol):
     detached: bool  # jobs outlive this process and may wait on one another (a batch scheduler): a sweep
     # submits each run's evaluation behind its training, returns once all is submitted unless told to wait,
     # can be shown as a dry run, and leaves its jobs running on Ctrl-C
-    first_state: str  # a job's state once `submit` returned: RUNNING (started here) or SUBMITTED (queued)
+    first_state: JobState  # a job's state once `submit` returned: RUNNING (started here) or SUBMITTED (queued)
 
     # Facts of the executor's class, asked of it by name before any job exists (plan, scaffold, retries).
     @staticmethod

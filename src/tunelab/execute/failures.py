@@ -2,29 +2,50 @@
 run's own files. The run's outputs win over the exit code: a job that finished training and then
 failed in a later line is "completed, job exit N", not a failure.
 
-Classes: completed | oom | timeout | preempted | node_fail | cancelled | failed (with exit code).
+Verdicts: FailureKind (completed | oom | timeout | preempted | node_fail | cancelled | failed, with exit code).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
 
+from tunelab.execute.job_states import UNSEEN, JobState, base_state
 from tunelab.rundir.layout import SAVED_BEFORE_LIMIT
 from tunelab.rundir.status import Status
 
-COMPLETED, OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED = (
-    "completed", "oom", "timeout", "preempted", "node_fail", "cancelled", "failed")
-RETRYABLE = (OOM, TIMEOUT, PREEMPTED, NODE_FAIL)
 
-# Slurm job states of a job that has not ended yet.
-ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
-                           "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
-                           "RESV_DEL_HOLD", "STOPPED"})
+class FailureKind(StrEnum):
+    """The verdict on an ended job (the ledger's `jobs.failure` and `attempts.state`: the values are the
+    strings stored there). `completed` is a verdict too: the run's files say training completed."""
 
-# The state of a job its scheduler no longer knows (Slurm forgets finished jobs after MinJobAge; a local
-# job's process is gone and nobody saw it end): it has ended, and its log and run files say how.
-UNSEEN = "UNSEEN"
+    COMPLETED = "completed"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    PREEMPTED = "preempted"
+    NODE_FAIL = "node_fail"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def retryable(self) -> bool:
+        """The retry policy may try again (execute/retry.py says how)."""
+        return self in RETRYABLE
+
+
+# the verdicts by name, as modules import them
+COMPLETED: Final = FailureKind.COMPLETED
+OOM: Final = FailureKind.OOM
+TIMEOUT: Final = FailureKind.TIMEOUT
+PREEMPTED: Final = FailureKind.PREEMPTED
+NODE_FAIL: Final = FailureKind.NODE_FAIL
+CANCELLED: Final = FailureKind.CANCELLED
+FAILED: Final = FailureKind.FAILED
+RETRYABLE = frozenset({OOM, TIMEOUT, PREEMPTED, NODE_FAIL})
+
+__all__ = ["Failure", "FailureKind", "SacctRow", "classify", "exit_status"]
 
 GPU_OOM = re.compile(r"torch\.OutOfMemoryError|OutOfMemoryError:|CUDA out of memory|torch\.cuda\.OutOfMemoryError")
 HOST_OOM = re.compile(r"oom_kill event|oom-kill|Out Of Memory", re.I)
@@ -48,11 +69,6 @@ class SacctRow:
         return base_state(self.state)
 
 
-def base_state(state: str | None) -> str:
-    """'CANCELLED by 0' -> 'CANCELLED'; None -> ''."""
-    return (state or "").split(" ")[0].rstrip("+").upper()
-
-
 def exit_status(exit_code: str | None) -> tuple[int | None, int | None]:
     """Slurm 'EXIT:SIGNAL' -> (exit, signal)."""
     if not exit_code:
@@ -66,13 +82,13 @@ def exit_status(exit_code: str | None) -> tuple[int | None, int | None]:
 
 @dataclass
 class Failure:
-    kind: str  # one of the classes above
+    kind: FailureKind
     detail: str  # one line for people
     exit_code: int | None = None
 
     @property
     def retryable(self) -> bool:
-        return self.kind in RETRYABLE
+        return self.kind.retryable
 
 
 def classify(job_state: str | None, exit_code: str | None = None, rows: list[SacctRow] | None = None,
@@ -81,8 +97,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     rows: all its sacct rows (steps included), log_text: its output file, status: status.json,
     outputs_complete: the run's files say training completed (status completed + summary.json)."""
     rows = rows or []
-    states = {base_state(job_state)} | {r.base_state for r in rows}
-    states -= {"", UNSEEN}
+    states = ({base_state(job_state)} | {r.base_state for r in rows}) - {"", UNSEEN}  # base words, known or not
     code, signal = exit_status(exit_code)
     if code is None:
         for r in rows:
@@ -91,7 +106,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     error = (status.error if status is not None else None) or ""
 
     if outputs_complete:
-        if code not in (None, 0) or (states - {"COMPLETED"}):
+        if code not in (None, 0) or (states - {JobState.COMPLETED}):
             shown = code if code not in (None, 0) else (signal or "?")
             what = base_state(job_state) or "?"
             return Failure(COMPLETED, f"completed, job exit {shown} ({what}): training outputs are complete",
@@ -102,17 +117,17 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     if GPU_OOM.search(error) or GPU_OOM.search(log_text):
         line = _first_line(GPU_OOM, error) or _first_line(GPU_OOM, log_text)
         return Failure(OOM, f"GPU out of memory: {line}", code)
-    if "OUT_OF_MEMORY" in states or HOST_OOM.search(log_text):
+    if JobState.OUT_OF_MEMORY in states or HOST_OOM.search(log_text):
         return Failure(OOM, "host out of memory (Slurm OUT_OF_MEMORY / oom_kill event)", code)
-    if "TIMEOUT" in states or TIME_LIMIT.search(log_text):
+    if JobState.TIMEOUT in states or TIME_LIMIT.search(log_text):
         return Failure(TIMEOUT, "TIMEOUT: the job reached its time limit", code)
-    if "PREEMPTED" in states or PREEMPTION.search(log_text):
+    if JobState.PREEMPTED in states or PREEMPTION.search(log_text):
         return Failure(PREEMPTED, "PREEMPTED by a higher-priority job", code)
-    if {"NODE_FAIL", "BOOT_FAIL"} & states or NODE_FAILURE.search(log_text):
+    if {JobState.NODE_FAIL, JobState.BOOT_FAIL} & states or NODE_FAILURE.search(log_text):
         return Failure(NODE_FAIL, "NODE_FAIL: the node failed under the job", code)
-    if "CANCELLED" in states or "DEADLINE" in states:
-        reason = next((r.state for r in rows if r.base_state == "CANCELLED"), job_state or "CANCELLED")
-        return Failure(CANCELLED, reason if reason.startswith("CANCELLED") else f"CANCELLED ({reason})", code)
+    if JobState.CANCELLED in states or JobState.DEADLINE in states:
+        reason = next((r.state for r in rows if r.base_state == JobState.CANCELLED), job_state or JobState.CANCELLED)
+        return Failure(CANCELLED, reason if reason.startswith(JobState.CANCELLED) else f"CANCELLED ({reason})", code)
     detail = f"FAILED with exit code {code if code is not None else '?'}"
     if signal:
         detail += f" (signal {signal})"

@@ -42,8 +42,8 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
     cfg = load_run_config(sweep.runs[j.run].run_dir)  # the newest run.yaml
     note = j.detail
     queued = None
-    if j.failure != COMPLETED and rj.train is not None and rj.train.id == j.id:
-        decision = retry.decide(cfg, Failure(j.failure or "", j.detail or "", j.exit), executor_class(j.executor))
+    if j.failure is not None and j.failure != COMPLETED and rj.train is not None and rj.train.id == j.id:
+        decision = retry.decide(cfg, Failure(j.failure, j.detail or "", j.exit), executor_class(j.executor))
         note = f"{j.detail}; {decision.reason}"
         if decision.retry:
             if rj.eval is not None and rj.eval.active:  # its afterok can never be satisfied now

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.ledger import store as ledger
-from tunelab.execute.failures import ACTIVE_STATES, base_state, exit_status
+from tunelab.execute.failures import FailureKind, exit_status
+from tunelab.execute.job_states import JobState, is_active_state
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,14 @@ class JobRow:
     attempt: int  # run.yaml's attempt when submitted
     executor: str
     submitted_at: str
-    state: str  # the scheduler's state: SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ... or UNSEEN
+    state: str  # the scheduler's state as it said it (job_states.JobState's words: PENDING, ..., UNSEEN)
     updated_at: str
     depends_on: str | None = None  # afterok job id (eval after train)
     time_limit: str | None = None
     exit_code: str | None = None  # 'EXIT:SIGNAL'
     elapsed: str | None = None
     node: str | None = None
-    failure: str | None = None  # the verdict once ended (execute/failures.py)
+    failure: FailureKind | None = None  # the verdict once ended (execute/failures.py)
     detail: str | None = None
     reason: str | None = None  # why it was submitted
     handled: bool = False  # the retry policy has judged this ended job
@@ -41,12 +42,19 @@ class JobRow:
     @classmethod
     def from_ledger(cls, row: dict[str, Any]) -> JobRow:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in row.items() if k in names}, "handled": bool(row.get("handled"))})
+        failure = row.get("failure")
+        return cls(**{**{k: v for k, v in row.items() if k in names}, "handled": bool(row.get("handled")),
+                      "failure": FailureKind(failure) if failure is not None else None})
 
     @property
     def active(self) -> bool:
         """Queued or running, as last seen (what max_queued counts)."""
-        return base_state(self.state) in ACTIVE_STATES
+        return is_active_state(self.state)
+
+    @property
+    def job_state(self) -> JobState | None:
+        """The state as a JobState (None: a word tunelab does not know)."""
+        return JobState.of(self.state)
 
     @property
     def open(self) -> bool:

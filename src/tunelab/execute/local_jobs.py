@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
+from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
@@ -28,9 +29,9 @@ ATTEMPT_MARK = "===== tunelab run:"  # starts each local attempt's lines in trai
 CPU = Device("cpu")
 
 
-def exit_state(code: int) -> str:
+def exit_state(code: int) -> JobState:
     """A finished process's exit status in the scheduler's words (signal = someone stopped it)."""
-    return "COMPLETED" if code == 0 else ("CANCELLED" if code < 0 else "FAILED")
+    return JobState.COMPLETED if code == 0 else (JobState.CANCELLED if code < 0 else JobState.FAILED)
 
 
 def _runs_script(pid: int) -> bool:
@@ -96,7 +97,7 @@ class LocalExecutor:
 
     name = "local"
     detached = False
-    first_state = "RUNNING"  # a job's state once `submit` returned
+    first_state = JobState.RUNNING  # a job's state once `submit` returned
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen] = {}
@@ -133,7 +134,7 @@ class LocalExecutor:
             if proc is not None and code is not None:
                 out[i] = JobInfo(exit_state(code), exit_code=f"{max(code, 0)}:{max(-code, 0)}")
             elif proc is not None or (i.isdigit() and _runs_script(int(i))):
-                out[i] = JobInfo("RUNNING")
+                out[i] = JobInfo(JobState.RUNNING)
             else:
                 out[i] = JobInfo(UNSEEN)
         return out

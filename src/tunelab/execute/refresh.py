@@ -17,7 +17,8 @@ from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo
 from tunelab.execute.executors import executor_named
-from tunelab.execute.failures import CANCELLED, Failure, base_state, classify
+from tunelab.execute.failures import CANCELLED, Failure, classify
+from tunelab.execute.job_states import JobState
 from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.config import RunConfig
@@ -25,7 +26,6 @@ from tunelab.rundir import COMPLETED, Status, read_status
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
-REQUEUED = "REQUEUED"  # Slurm's state name: active (failures.ACTIVE_STATES)
 
 
 def executors_for(jobs: list[JobRow], known: dict[str, Executor] | None = None,
@@ -83,7 +83,7 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
             # an ended training job: its run's status.json, read once (did it requeue itself? the verdict)
             status = read_status(cfg.run_dir) if info.ended and cfg is not None and j.kind == "train" else None
             if status is not None and requeued_itself(j, status):
-                info = JobInfo(REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
+                info = JobInfo(JobState.REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
             if info.exit_code is not None:
                 fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)
@@ -109,7 +109,7 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, s
         status = read_status(cfg.run_dir) if status is None else status
         complete = training_state(cfg.run_dir, status) == COMPLETED
     else:
-        complete = is_evaluated(cfg.run_dir, task_names(cfg)) and base_state(info.state) in ("COMPLETED", UNSEEN)
+        complete = is_evaluated(cfg.run_dir, task_names(cfg)) and info.job_state in (JobState.COMPLETED, UNSEEN)
     f = classify(info.state, info.exit_code, rows, text, status, complete)
     detail = f.detail
     if f.kind == CANCELLED and info.reason and info.reason not in ("None", "NonZeroExitCode"):

@@ -16,7 +16,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
-from tunelab.execute.failures import ACTIVE_STATES, SacctRow, base_state
+from tunelab.execute.failures import SacctRow
+from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, write_array_script
 from tunelab.execute.slurm_jobs import (
     EVAL_SCRIPT,
@@ -44,7 +45,7 @@ def merge(queued: tuple[str, str] | None, queue_ok: bool, rows: list[SacctRow], 
       ended state if it has one, else UNSEEN (the run's files and log will say how it ended).
     - squeue failed: sacct alone, if it knows the job."""
     job = rows[0] if rows else None
-    acct_ended = job is not None and base_state(job.state) not in ACTIVE_STATES
+    acct_ended = job is not None and not is_active_state(job.state)
 
     def info(state: str, with_acct: bool, **more: Any) -> JobInfo:
         if job is None or not with_acct:
@@ -53,7 +54,7 @@ def merge(queued: tuple[str, str] | None, queue_ok: bool, rows: list[SacctRow], 
 
     if queued is not None:
         state, reason = queued
-        ended = base_state(state) not in ACTIVE_STATES
+        ended = not is_active_state(state)
         return info(state, True, reason=reason, settled=not ended or acct_ended or not acct_ok)
     if queue_ok:
         return info(job.state if job is not None and acct_ended else UNSEEN, acct_ended)
@@ -101,7 +102,7 @@ class SlurmExecutor:
 
     name = "slurm"
     detached = True
-    first_state = "SUBMITTED"  # a job's state once `submit` returned
+    first_state = JobState.SUBMITTED  # a job's state once `submit` returned
 
     def __init__(self) -> None:
         missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
 from tunelab.execute.executor import Executor
-from tunelab.execute.failures import CANCELLED, COMPLETED, base_state
+from tunelab.execute.failures import CANCELLED, COMPLETED, FailureKind
+from tunelab.execute.job_states import JobState
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
 from tunelab.execute.progress import run_progress
 from tunelab.execute.refresh import executors_for, refresh
@@ -22,6 +24,50 @@ from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task
 from tunelab.ledger.results import TYPES
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED as DONE, PENDING, RUNNING, Status, now_iso, read_status
+from tunelab.rundir.layout import RunState
+
+
+class RowState(StrEnum):
+    """What `tunelab status` says of a run, in one vocabulary: pending or running while its job is queued or
+    running (or its files say so and no job judged otherwise), completed, or how it ended otherwise — the
+    verdict on its job (FailureKind) or its files' state. The values are RunState's and FailureKind's strings
+    (`status --json`, the MCP status tool); `label` is the table's word."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    PREEMPTED = "preempted"
+    NODE_FAIL = "node_fail"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def of_run(cls, state: RunState) -> RowState:
+        return cls(state.value)
+
+    @classmethod
+    def of_failure(cls, kind: FailureKind) -> RowState:
+        return cls(kind.value)
+
+    @classmethod
+    def of_job(cls, state: JobState | None) -> RowState:
+        """An active job's row: pending while it waits for a start (first or again), running once it holds
+        its allocation (configuring, completing, suspended, ... included: the job column says which)."""
+        return cls.PENDING if state is None or state.queued else cls.RUNNING
+
+    @property
+    def ended_badly(self) -> bool:
+        """Stopped without completing: a failure verdict, or failed/interrupted files."""
+        return self not in (RowState.PENDING, RowState.RUNNING, RowState.COMPLETED)
+
+    @property
+    def label(self) -> str:
+        """The table's word: a job's verdict in the scheduler's capitals (OOM, TIMEOUT, CANCELLED, FAILED), the
+        run states in lower case."""
+        return self.value.upper() if self.ended_badly and self is not RowState.INTERRUPTED else self.value
 
 
 @dataclass
@@ -31,16 +77,16 @@ class StatusRow:
     name: str
     type: str  # fine-tuned | control | eval-only (results.TYPES)
     attempt: int
-    files: str  # the state its files say (experiment.training_state)
+    files: RunState  # the state its files say (experiment.training_state)
     job_id: str | None = None
-    job_state: str | None = None  # the scheduler's
+    job_state: str | None = None  # the scheduler's, as it said it
     executor: str | None = None
     progress: str = ""
     eta: str = ""
-    failure: str | None = None
+    failure: FailureKind | None = None
     detail: str = ""
-    eval: str | None = None  # scored | the evaluation job's verdict or state
-    state: str = ""  # what the table shows: the job's state while it is active, else completed or the verdict
+    eval: str | None = None  # scored | the evaluation job's verdict or state, as words for people
+    state: RowState = RowState.PENDING  # the job's while it is active, else completed, the verdict or the files'
     active: bool = field(default=False, repr=False)  # queued or running (it or its evaluation): watched
 
     def to_json(self) -> dict[str, Any]:
@@ -48,6 +94,16 @@ class StatusRow:
         out = asdict(self)
         del out["active"]
         return out
+
+    @property
+    def shown(self) -> str:
+        """The state as the table shows it: its label, and an active job's own word when it says more than
+        pending or running ('running (suspended)', 'pending (requeue_hold)')."""
+        job = JobState.of(self.job_state)
+        if self.state in (RowState.PENDING, RowState.RUNNING) and job is not None and job.active and job not in (
+                JobState.PENDING, JobState.RUNNING, JobState.SUBMITTED):
+            return f"{self.state.label} ({job.value.lower()})"
+        return self.state.label
 
 
 def _refresh_if_free(exp: Path, runs: dict[str, RunConfig]) -> None:
@@ -62,19 +118,18 @@ def _refresh_if_free(exp: Path, runs: dict[str, RunConfig]) -> None:
                 pass  # a scheduler that cannot be asked: status shows what the ledger and the files know
 
 
-def _state(row: StatusRow, job: JobRow | None) -> str:
+def _state(row: StatusRow, job: JobRow | None) -> RowState:
     if job is not None and job.active:
-        state = base_state(job.state).lower()
-        return "pending" if state in ("submitted", "requeued") else state
+        return RowState.of_job(job.job_state)
     if row.files == DONE:
         if job and job.failure == COMPLETED and (job.detail or "").startswith("completed, job exit"):
             row.detail = job.detail or ""
         row.eta = ""
-        return "completed"
+        return RowState.COMPLETED
     if job and job.failure:
         row.detail = job.detail or ""
-        return job.failure.upper()
-    return row.files
+        return RowState.of_failure(job.failure)
+    return RowState.of_run(row.files)
 
 
 def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
@@ -125,7 +180,7 @@ def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: 
     for name, ex in known.items():
         ex.cancel([j.job_id for j in jobs if j.executor == name])
     for j in jobs:
-        ledger.update_job(exp, j.id, state="CANCELLED", failure=CANCELLED, handled=1,
+        ledger.update_job(exp, j.id, state=JobState.CANCELLED, failure=CANCELLED, handled=1,
                           detail="CANCELLED by tunelab cancel")
         if j.kind == "train":
             ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor,

@@ -35,7 +35,7 @@ from tunelab.execute.follow import handle_ended
 from tunelab.execute.jobs import all_jobs, latest_jobs
 from tunelab.execute.pending import pending
 from tunelab.execute.refresh import refresh
-from tunelab.execute.status import status_row
+from tunelab.execute.status import RowState, status_row
 from tunelab.execute.submit import check_reachable, submit_group, submit_run
 from tunelab.execute.sweep_view import view_for
 from tunelab.rundir.experiment import load_runs, select_runs
@@ -45,9 +45,9 @@ HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts
 
 def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None = None, *, force: bool = False,
               dry_run: bool = False, wait: bool = False, console: Console | None = None,
-              record: bool = True) -> dict[str, str]:
+              record: bool = True) -> dict[str, RowState]:
     """Start what is pending on `ex` and follow it (always where jobs run here; with `wait` on a scheduler).
-    Returns {run: state} of the runs this sweep started or followed, states as `tunelab status` shows them.
+    Returns {run: state} of the runs this sweep started or followed, as `tunelab status` judges them (RowState).
     record=False: inside a Slurm node job, which leaves the experiment's ledger to the coordinator."""
     check_options(ex, dry_run, wait)
     exp = Path(experiment_dir).resolve()
@@ -66,7 +66,7 @@ def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None 
                 ledger.ingest_all(exp, list(sweep.runs.values()))
 
 
-def _run(sweep: Sweep, selected: list[str], force: bool, wait: bool) -> dict[str, str]:
+def _run(sweep: Sweep, selected: list[str], force: bool, wait: bool) -> dict[str, RowState]:
     """wait: also follow the selected runs' jobs that earlier sweeps submitted (this sweep's own are followed
     wherever they cannot outlive it)."""
     with claims.experiment_lock(sweep.exp):  # before torch is imported: a second coordinator skips at once
@@ -181,4 +181,4 @@ def _start_what_fits(sweep: Sweep, capacity: Capacity) -> None:
         sweep.said_waiting = True
 
 
-__all__ = ["Submission", "check_options", "run_sweep"]
+__all__ = ["RowState", "Submission", "check_options", "run_sweep"]

@@ -18,19 +18,19 @@ from rich.text import Text
 
 from tunelab.console import data_table, say, show
 from tunelab.execute.progress import clock, eta_seconds
-from tunelab.execute.status import StatusRow
+from tunelab.execute.status import RowState, StatusRow
+from tunelab.ledger.results import TYPES
 from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir import COMPLETED, PENDING, RUNNING, MetricRow, Status, read_metrics, read_status
-
-FAILED = ("failed", "interrupted", "oom", "timeout", "preempted", "node_fail", "cancelled")
+from tunelab.rundir import MetricRow, Status, read_metrics, read_status
 
 
 @dataclass
 class RunView:
     name: str
     kind: str
-    state: str
+    state: RowState
+    shown: str  # the state as the table says it (StatusRow.shown)
     step: int | None
     total: int | None
     loss: float | None
@@ -48,15 +48,15 @@ def _last_train_row(cfg: RunConfig) -> MetricRow:
 def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
     status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
     last = _last_train_row(cfg) if status.to_json() else MetricRow()
-    return RunView(row.name, row.type, row.state, status.step, status.total_steps, last.loss, last.tokens_per_s,
-                   eta_seconds(cfg, status) if row.state == RUNNING else None, row.eval or "", row.detail or "")
+    return RunView(row.name, row.type, row.state, row.shown, status.step, status.total_steps, last.loss, last.tokens_per_s,
+                   eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval or "", row.detail or "")
 
 
 def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | None:
     """Longest ETA of the running runs, plus the planned seconds of the runs not started spread over as
     many slots as run now (at least one): a forecast, refreshed with every look."""
-    running = [v for v in views if v.state == RUNNING]
-    waiting = [v for v in views if v.state == PENDING and v.kind == "fine-tuned"]
+    running = [v for v in views if v.state == RowState.RUNNING]
+    waiting = [v for v in views if v.state == RowState.PENDING and v.kind == TYPES["finetune"]]
     planned = [est.seconds if (est := configs[v.name].estimate) else None for v in waiting]
     known = [float(p) for p in planned if p is not None]
     if len(known) < len(planned) or any(v.eta_s is None for v in running):
@@ -70,14 +70,14 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
     rows: list[tuple[object, ...]] = []
     for v in views:
         bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else ""
-        style = "red" if v.state in FAILED else "green" if v.state == COMPLETED else ""
-        rows.append((v.name, Text(v.state, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
+        style = "red" if v.state.ended_badly else "green" if v.state == RowState.COMPLETED else ""
+        rows.append((v.name, Text(v.shown, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
                      f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
                      clock(v.eta_s), v.eval, v.detail))
     t = data_table(("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"), rows, title=title,
                    overflow="fold", title_justify="left")
-    done = sum(v.state == COMPLETED for v in views)
-    failed = sum(v.state in FAILED for v in views)
+    done = sum(v.state == RowState.COMPLETED for v in views)
+    failed = sum(v.state.ended_badly for v in views)
     eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
     return Group(t, Text(f"{done}/{len(views)} completed, {failed} failed; sweep ETA {eta}"))
 
@@ -91,13 +91,13 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], co
     def frame(rows: list[StatusRow]) -> Group:
         views = [run_view(configs[r.name], r) for r in rows if r.name in configs]
         for v in views:
-            if v.state in FAILED and v.name not in seen_failed:
+            if v.state.ended_badly and v.name not in seen_failed:
                 seen_failed.add(v.name)
-                say("[red]{}: {}[/red] {}", v.name, v.state, v.detail, console=console)
+                say("[red]{}: {}[/red] {}", v.name, v.shown, v.detail, console=console)
         return render(str(experiment_dir), views, sweep_eta_s(views, configs))
 
     rows = rows_of()
-    seen_failed.update(r.name for r in rows if r.state in FAILED)  # failed before we looked: in the table
+    seen_failed.update(r.name for r in rows if r.state.ended_badly)  # failed before we looked: in the table
     if not any(r.active for r in rows):
         show(frame(rows), console)
         say("nothing is queued or running: `tunelab run {}` starts the sweep", experiment_dir, console=console)

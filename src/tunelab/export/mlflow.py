@@ -16,12 +16,15 @@ from urllib.parse import urlparse
 
 from tunelab.errors import TunelabError
 from tunelab.export.records import TrackedRun, TrackedSweep, sweep_record
+from tunelab.rundir.layout import RunState
 
 TAG_DIR = "tunelab.experiment_dir"  # the resolved experiment directory: what makes a sweep the same sweep
 TAG_RUN = "tunelab.run"  # the tunelab run name; "" on the sweep's parent run
 TAG_ROLE = "tunelab.role"  # sweep | run
-STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "running": "RUNNING",
-          "pending": "SCHEDULED"}
+# tunelab's run state -> MLflow's RunStatus name
+STATUS: dict[str, str] = {RunState.COMPLETED: "FINISHED", RunState.FAILED: "FAILED", RunState.INTERRUPTED: "KILLED",
+                          RunState.RUNNING: "RUNNING", RunState.PENDING: "SCHEDULED"}
+MLFLOW_ENDED = frozenset({"FINISHED", "FAILED", "KILLED"})  # MLflow's terminal RunStatus names
 BATCH = 1000  # MLflow's log_batch limit on metrics (params: 100)
 MISSING = "MLflow is not installed: pip install 'tunelab[mlflow]' (mlflow-skinny with SQLite support)"
 STORE = Path("mlflow") / "mlflow.db"  # the default store, in the experiment directory (artifacts beside it)
@@ -134,7 +137,7 @@ def _new_points(client, run_id: str, record: TrackedRun) -> list:
 
 def _set_status(client, run_id: str, state: str, end_ms: int | None) -> None:
     status = STATUS.get(state, "SCHEDULED")
-    if status in ("FINISHED", "FAILED", "KILLED"):
+    if status in MLFLOW_ENDED:
         client.set_terminated(run_id, status=status, end_time=end_ms)
     else:
         client.update_run(run_id, status=status)
@@ -190,8 +193,9 @@ def export_mlflow(experiment_dir: str | Path, tracking_uri: str | None = None,
     if sweep.report_dir is not None:
         client.log_artifacts(parent_id, str(sweep.report_dir), artifact_path="report")
     states = {r.state for r in sweep.runs}
-    done = states <= {"completed", "failed", "interrupted"}
+    ended_badly = {RunState.FAILED, RunState.INTERRUPTED}
+    done = states <= {RunState.COMPLETED} | ended_badly
     end = max((r.end_ms for r in sweep.runs if r.end_ms), default=None)
-    _set_status(client, parent_id, ("failed" if states & {"failed", "interrupted"} else "completed")
-                if done else "running", end)
+    _set_status(client, parent_id, (RunState.FAILED if states & ended_badly else RunState.COMPLETED)
+                if done else RunState.RUNNING, end)
     return ExportResult(tracking_uri, experiment_id, parent_id, created, updated, points)

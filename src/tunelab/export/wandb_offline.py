@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from tunelab.errors import TunelabError
 from tunelab.export.records import STEP_FIELDS, TrackedRun, TrackedSweep, sweep_record
 from tunelab.fsutil import atomic_write_text
+from tunelab.rundir.layout import RunState
 
 MANIFEST = "wandb-export.json"
 FORMAT = 1  # bump when what a run holds changes, so the next export rewrites every run
@@ -169,7 +170,7 @@ def _write_run(wandb, record: TrackedRun, files: dict[str, Path], out: Path, rid
             _log_run(run, record, files)
             failed = False
         finally:
-            run.finish(exit_code=1 if failed or record.state in ("failed", "interrupted") else 0)
+            run.finish(exit_code=1 if failed or record.state in (RunState.FAILED, RunState.INTERRUPTED) else 0)
         (written,) = Path(staging, "wandb").glob(f"offline-run-*-{rid}")
         if (out / written.name).exists():
             shutil.rmtree(out / written.name)

@@ -241,12 +241,12 @@ class PipelineTools:
             force: Annotated[bool, Field(description="Rerun completed runs from scratch (destructive).")] = False
             ) -> RunOut:
         """Start the sweep in the background (`tunelab run`) and return at once; follow it with status."""
-        from tunelab.execute.status import status_rows
+        from tunelab.execute.status import RowState, status_rows
         from tunelab.rundir.experiment import load_runs, select_runs
 
         exp = self._experiment(experiment_dir)
         chosen = {r.name for r in select_runs(load_runs(exp), runs) if r.kind == "finetune"}
-        todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != "completed")]
+        todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != RowState.COMPLETED)]
         if not todo:
             return RunOut(experiment_dir=self.ws.shown(exp), submitted=[], pid=None, log=None)
         pid, log = self.sweeps.start(exp, list(runs or []), force)

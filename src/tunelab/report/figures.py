@@ -13,6 +13,7 @@ from statistics import mean
 from tunelab.evaluate.kinds import FRACTIONS
 from tunelab.faults import kill_point
 from tunelab.report.data import ReportData, RunData
+from tunelab.rundir.layout import RunState
 from tunelab.rundir.memory import memory_labels
 
 DPI = 110
@@ -152,7 +153,7 @@ def loss_axis(ax, r: RunData) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_plain)
     ax.yaxis.set_minor_formatter(_plain_minor)
-    ax.set_title(r.name + ("" if r.state == "completed" else f" ({r.state})"), fontsize=10)
+    ax.set_title(r.name + ("" if r.state == RunState.COMPLETED else f" ({r.state})"), fontsize=10)
     _style(ax)
 
 

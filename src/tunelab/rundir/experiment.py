@@ -153,7 +153,7 @@ def task_names(cfg: RunConfig) -> list[str]:
     return [t.name for t in cfg.eval.resolved_tasks()]
 
 
-def training_state(run_dir: str | Path, status: Status | None = None) -> str:
+def training_state(run_dir: str | Path, status: Status | None = None) -> layout.RunState:
     """pending | running | completed | failed | interrupted, from the run directory's files. `status`:
     status.json as the caller has just read it (read here otherwise)."""
     run_dir = Path(run_dir)
@@ -164,5 +164,5 @@ def training_state(run_dir: str | Path, status: Status | None = None) -> str:
     if state == layout.RUNNING and not _running_alive(run_dir, status):
         return layout.INTERRUPTED  # killed without a chance to say so (SIGKILL, node failure, silent host)
     if state in (layout.FAILED, layout.INTERRUPTED, layout.RUNNING):
-        return state
+        return layout.RunState(state)
     return layout.PENDING

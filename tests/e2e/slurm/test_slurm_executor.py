@@ -138,9 +138,9 @@ def test_failed_job_reports_exit_code_and_its_eval_never_runs(write_spec, tmp_pa
     assert "not retried" in train["detail"]
     assert ev["failure"] == "cancelled" and "DependencyNeverSatisfied" in ev["detail"]
     st = _status(spec.parent)[cfg.name]
-    assert st.state == "FAILED" and "exit code 1" in st.detail
+    assert st.state == "failed" and st.shown == "FAILED" and "exit code 1" in st.detail
     out = json.loads(_ok(["status", str(spec.parent), "--json"]).stdout)
-    assert out[0]["state"] == "FAILED"
+    assert out[0]["state"] == "failed"  # the value (RowState); the table shows FAILED
     assert ledger.query(spec.parent, "SELECT state, exit_code FROM attempts") == [{"state": "failed", "exit_code": 1}]
 
 
@@ -178,7 +178,7 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
     assert "cancelled tiny_r8 train job" in res.output
     train = _jobs(exp, cfg.name)[0]
     assert train["state"] == "CANCELLED" and train["failure"] == "cancelled"
-    assert _status(exp)[cfg.name].state == "CANCELLED"
+    assert _status(exp)[cfg.name].state == "cancelled"
     assert _wait_for(lambda: read_json(cfg.run_dir / "status.json").get("pid") is None or
                      not Path(f"/proc/{read_json(cfg.run_dir / 'status.json')['pid']}").exists(), 60)
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
@@ -226,7 +226,7 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
                                          (cfg.run_dir / f"slurm-train-{first['job_id']}.out").read_text())]
     assert resumed > 0 and resumed >= max(logged) - 7, (resumed, max(logged))
     cancel(exp)
-    assert _status(exp)[cfg.name].state == "CANCELLED"
+    assert _status(exp)[cfg.name].state == "cancelled"
 
 
 def test_node_job_trains_and_evaluates_a_group_of_runs_in_one_allocation(write_spec):
