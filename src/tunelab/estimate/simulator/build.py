@@ -47,7 +47,7 @@ def hf_config(model_config: dict[str, Any]) -> Any:
 def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Module:
     """The trained model (PEFT-wrapped, fused head added), all tensors on `meta`."""
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from trl.trainer.utils import add_fused_lm_head
 
     dtype = getattr(torch, c.dtype)
@@ -57,8 +57,10 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
         attention = FLASH_NAME
     elif attention == AttentionKind.VARLEN:  # the job's own function; run under as_if_on("cuda") (run.py)
         attention = register_attention()
+    vision = isinstance(model_config.get("vision_config"), dict)  # a VLM, built as the job loads it (models/vlm.py)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
+        model = auto.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
     if c.quantize == "4bit":  # the job's k-bit preparation (train/quantize.py), frozen dtype resolved alike
         from tunelab.models.kbit import prepare_kbit
 
@@ -69,7 +71,12 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, c.lora_targets, c.modules_to_save)
+    targets: list[str] | tuple[str, ...] | str = c.lora_targets
+    if vision:  # all-linear means the language model's linears; the vision tower stays frozen
+        from tunelab.models.vlm import lora_targets
+
+        targets = lora_targets(targets if isinstance(targets, str) else list(targets))
+    lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, targets, c.modules_to_save)
     lora.use_dora = c.use_dora
     model = get_peft_model(model, lora)
     if c.gradient_checkpointing:

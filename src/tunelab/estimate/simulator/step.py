@@ -70,7 +70,12 @@ def make_inputs(shape: StepShape) -> dict[str, Any]:
 
 def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker,
                 step: int) -> None:
-    inputs = make_inputs(shape)
+    if shape.images_per_row:
+        from tunelab.estimate.simulator.images import image_inputs
+
+        inputs = image_inputs(shape, model.config, tracker.values)
+    else:
+        inputs = make_inputs(shape)
     autocast = (torch.autocast("cpu", dtype=getattr(torch, c.dtype))
                 if c.autocast and c.dtype in ("bfloat16", "float16") else contextlib.nullcontext())
     tracker.set_phase(f"step {step}: forward")

@@ -9,7 +9,8 @@ Each allocation goes through the caching-allocator model, so both `max_memory_al
 Fake tensors carry no values, so code that reads one (`.item()`, `bool(t)`) gets an answer from the
 tracker instead (`_local_scalar_dense`): booleans answer `uniform`, the fact that decides every such
 question in a training step (transformers' "is the mask all ones / is there a single sequence per row",
-TRL's "is any label valid"), numbers answer 1. The answers are counted in `scalar_queries`.
+TRL's "is any label valid"), numbers answer 1. The answers are counted in `scalar_queries`. Tensors whose
+real values were given (a vision-language step's input_ids and image grids: values.py) answer those values.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from tunelab.estimate.simulator.allocator import CachingAllocatorModel
+from tunelab.estimate.simulator.values import KnownValues
 
 
 @dataclass
@@ -38,6 +40,7 @@ class StorageTracker(TorchDispatchMode):
     phase: str = "setup"
     peaks: dict[str, PhasePeak] = field(default_factory=dict)
     scalar_queries: int = 0
+    values: KnownValues = field(default_factory=KnownValues)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -73,13 +76,34 @@ class StorageTracker(TorchDispatchMode):
             self.allocator.free(handle)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default:
+            known = self.values.scalar(args[0])
+            if known is not None:
+                return known
             self.scalar_queries += 1
             return self.uniform if args[0].dtype == torch.bool else 1
-        out = func(*args, **(kwargs or {}))
+        out = self._call(func, args, kwargs) if self.values else func(*args, **kwargs)
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self._track(leaf)
+        return out
+
+    def _call(self, func, args, kwargs):
+        """The op, with known values carried along (values.py)."""
+        from torch._subclasses.fake_tensor import DynamicOutputShapeException
+
+        args = self.values.rewrite_index(func, args, kwargs)
+        real = self.values.run_known(func, args, kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except DynamicOutputShapeException:
+            if real is None:
+                raise
+            like = next(t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+            return self.values.fake_of(real, like)
+        if real is not None:
+            self.values.pair(out, real)
         return out
 
     def block_bytes(self, tensors: list[torch.Tensor]) -> int:
