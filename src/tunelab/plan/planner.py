@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
-from tunelab.data.loading import DataFile
+from tunelab.data.images import check_readable, example_images
+from tunelab.data.loading import DataFile, where
 from tunelab.data.splits import load_data, split_record_path
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
@@ -23,6 +24,8 @@ from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
+from tunelab.models.vlm import is_vision_language
+from tunelab.plan.images import SplitImages, image_facts, image_token_delta
 from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
@@ -45,6 +48,7 @@ class Plan:
     gpu: GPU | None = None
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
     truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
+    images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/images.py)
     schedule: "Schedule | None" = None  # local executor: which run goes where, and the makespan
 
     def totals(self) -> dict[str, Any]:
@@ -153,7 +157,8 @@ def _verify_rows(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, spl
         reader = data.reader(template, spec.system_prompt)
         fmt = reader.format
         for split in sorted(splits):
-            data.examples(split, reader)  # every row converts, or an error names it
+            examples = data.examples(split, reader)  # every row converts, or an error names it
+            check_readable(examples, lambda i: where(d, split, i))  # and every image opens (rows with images)
     if not recorded:
         data = load_data(d, experiment_dir, create_split=True)  # the same seeded split, recorded now
     rec = str(data.split_record) if data.split_record else None
@@ -174,13 +179,16 @@ class LengthKey:
     chat_template_date: str
     train_on_input: bool
     stamps: tuple[tuple[str, int, int], ...]
+    min_pixels: int | None = None  # a VLM's image tokens depend on these (training.min_pixels / max_pixels)
+    max_pixels: int | None = None
 
     @classmethod
     def of(cls, cfg: RunConfig) -> LengthKey:
         stamps = tuple((p, (st := Path(p).stat()).st_mtime_ns, st.st_size) for p in cfg.dataset.split_files().values())
         t = cfg.training
         return cls(cfg.model.path, cfg.dataset.model_dump_json(), cfg.experiment_dir, cfg.prompt, cfg.system_prompt,
-                   cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), stamps)
+                   cfg.chat_template, cfg.chat_template_date, bool(t and t.train_on_input), stamps,
+                   t.min_pixels if t else None, t.max_pixels if t else None)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -211,8 +219,13 @@ def _measure_split_masks(key: LengthKey) -> dict[str, list[tuple[int, int]]]:
     reader = data.reader(key.prompt, key.system_prompt)
     out = {}
     for split in data.splits:
-        enc = [fmt.encode_example(e, tok) for e in data.examples(split, reader)]
+        examples = data.examples(split, reader)
+        enc = [fmt.encode_example(e, tok) for e in examples]
         out[split] = [(len(e["input_ids"]), first_answer_index(e["completion_mask"])) for e in enc]
+        if is_vision_language(key.model):  # each image's placeholder becomes its image tokens (in the prompt)
+            extra = [image_token_delta(example_images(e.messages), key.model, key.min_pixels, key.max_pixels)
+                     for e in examples]
+            out[split] = [(n + x, a + x) for (n, a), x in zip(out[split], extra)]
     return out
 
 
@@ -354,6 +367,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                 if t.cut and t.split in ("train", "validation"):
                     plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
+        plan.images = {cfg.name: image_facts(cfg, split_lengths(cfg)) for cfg in plan.finetune_runs
+                       if not cfg.stages and is_vision_language(cfg.model.path)}
         plan.estimates = estimate_runs(runs, gpu)
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
