@@ -1,10 +1,13 @@
 """Step time and time waiting for data vs dataloader workers (0, 1, 2) on this machine: the same real
 tiny run three times through its job script, numbers read from each run's summary.json.
 
-    python benchmarks/dataloader.py [--out DIR] [--workers 0 1 2] [--model-layers 2 --hidden 128] [--reuse]
+    python benchmarks/dataloader.py [--out DIR] [--workers 0 1 2] [--model-layers 2 --hidden 128] [--reuse] [--smoke]
 
 Step time is the steady one (tokens per step ÷ the summary's tokens/s, past the first logging interval);
 the wait share is the summary's data_wait_fraction (data wait ÷ the run's whole training time).
+
+--smoke: one run, 1 dataloader worker, on 40 words (32 training rows: 4 steps, logged each step), for
+tests/e2e/test_benchmark_smoke.py (a training process mostly imports: about 15 s).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import tempfile
 from pathlib import Path
 
 
-def run_sweep(out: Path, workers: list[int], layers: int, hidden: int) -> dict[int, dict]:
+WORDS, SMOKE_WORDS = 1000, 40
+
+
+def run_sweep(out: Path, workers: list[int], layers: int, hidden: int, smoke: bool = False) -> dict[int, dict]:
     import yaml
 
     from tunelab.data.capitalization import make_capitalization_dataset
@@ -27,7 +33,7 @@ def run_sweep(out: Path, workers: list[int], layers: int, hidden: int) -> dict[i
     model = out / "models" / f"tiny-{layers}x{hidden}"
     if not (model / "config.json").is_file():
         build_tiny_model(model, layers=layers, hidden=hidden, seed=0)
-    data = make_capitalization_dataset(6, 1000, out / "data", 0.8, seed=0)
+    data = make_capitalization_dataset(6, SMOKE_WORDS if smoke else WORDS, out / "data", 0.8, seed=0)
     spec = {
         "name": "dataloader-bench",
         "models": [{"name": "tiny", "path": str(model)}],
@@ -37,7 +43,7 @@ def run_sweep(out: Path, workers: list[int], layers: int, hidden: int) -> dict[i
         "factors": {"dataloader_workers": workers},
         "naming": "workers_{dataloader_workers}",
         "training": {"epochs": 1, "batch_size": 8, "max_seq_len": 64, "learning_rate": 0.002,
-                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 10},
+                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 1 if smoke else 10},
     }
     path = out / "experiment" / "experiment.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +63,7 @@ def main() -> None:
     ap.add_argument("--model-layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--reuse", action="store_true", help="Only print the table of the runs already in --out.")
+    ap.add_argument("--smoke", action="store_true", help=f"one run, 1 worker, {SMOKE_WORDS} words (seconds)")
     args = ap.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-dataloader-"))).resolve()
     os.environ.setdefault("TUNELAB_HISTORY", str(out / "history.db"))
@@ -65,7 +72,7 @@ def main() -> None:
         found = [json.loads(p.read_text()) for p in sorted((out / "experiment" / "runs").glob("*/summary.json"))]
         summaries = {s["dataloader_workers"]: s for s in found}
     else:
-        summaries = run_sweep(out, args.workers, args.model_layers, args.hidden)
+        summaries = run_sweep(out, [1] if args.smoke else args.workers, args.model_layers, args.hidden, args.smoke)
     print_table(summaries, args.model_layers, args.hidden, out)
 
 

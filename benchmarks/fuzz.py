@@ -9,7 +9,9 @@ One line per target; the last line reads `bad inputs tried: M, tracebacks: T, ha
 (M: inputs rejected); exit 1 if T or H is not 0. The targets live in benchmarks/fuzz_targets.py;
 tests/unit/test_fuzz.py runs them briefly in CI.
 
-    python benchmarks/fuzz.py [--examples 1000] [--seed 0] [--target spec ...]
+    python benchmarks/fuzz.py [--examples 1000] [--seed 0] [--target spec ...] [--smoke]
+
+--smoke: 5 inputs per target (seconds), for tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=1000, help="Inputs per target.")
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed (recorded in the output).")
     ap.add_argument("--target", action="append", choices=list(ft.TARGETS), help="Only these targets.")
+    ap.add_argument("--smoke", action="store_true", help="5 inputs per target (seconds)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.examples = 5
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = Path(tempfile.mkdtemp(prefix="tunelab-fuzz-cache-"))
     import datasets

@@ -10,7 +10,10 @@ max_memory_reserved, validation generation at batch 50 included) and the source 
 steps' own figure (the 99th percentile of memory_reserved after each step), both are compared and printed;
 the medians use the training-step figure, the one that measures what is simulated.
 
-    python benchmarks/memory_references.py [--extrapolated] [--json OUT] [--markdown]
+    python benchmarks/memory_references.py [--extrapolated] [--json OUT] [--markdown] [--smoke]
+
+--smoke: two rows only (SMOKE_ROWS: one of tunelab's stack with a training-step figure, one of another stack),
+extrapolated, with the markdown table: seconds, for tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass
 from tunelab.estimate.simulator import StepConfig, StepShape, simulate
 
 GIB = 2**30
+SMOKE_ROWS = (17, 33)
 # Public config.json facts (num_hidden_layers, hidden_size, ...) of the models the rows trained.
 LLAMA_3_2_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
@@ -240,11 +244,16 @@ def main() -> int:
                         help="also simulate PEFT's four MetaMathQA configurations at 4 × L (a diagnosis of rows 17/19)")
     parser.add_argument("--extrapolated", action="store_true", help="simulate 2 and 4 layers and extrapolate, as "
                         "the planner does (default: every layer)")
+    parser.add_argument("--smoke", action="store_true", help=f"rows {SMOKE_ROWS} only, extrapolated, with --markdown")
     args = parser.parse_args()
+    if args.smoke:
+        args.extrapolated = args.markdown = True
     rows = []
     print(f"{'row':>4} {'stack':9} {'counter':9} {'published':>9} {'simulated':>9} {'error':>7} "
           f"{'train-step':>10} {'error':>7}  configuration")
     for ref in references():
+        if args.smoke and ref.row not in SMOKE_ROWS:
+            continue
         r = compare(ref, exact=not args.extrapolated)
         rows.append(r)
         step = (f"{r.training_step_gib:>10.2f} {r.training_step_error_pct:>+6.1f}%" if r.training_step_gib is not None

@@ -4,7 +4,10 @@ no packing (dynamic padding at the recommended micro-batch); on the capitalizati
 long-tailed length distribution. Then the measured packed ÷ unpacked throughput of one real tiny
 run each.
 
-    python benchmarks/packing.py [--out DIR]
+    python benchmarks/packing.py [--out DIR] [--no-train] [--smoke]
+
+--smoke: the same on 40 words (32 training rows) and 500 long-tailed lengths, each tiny run 1 epoch logged every
+step: seconds of work (each training process mostly imports, about 15 s), for tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 MAX_SEQ_LEN = 256
+WORDS, SMOKE_WORDS = 1000, 40
 
 
 def greedy_sequential_fill(lengths: list[int], max_seq_len: int) -> tuple[int, float]:
@@ -55,37 +59,44 @@ def long_tailed(n: int, seed: int = 0) -> list[int]:
     return [max(8, min(MAX_SEQ_LEN, int(rng.lognormvariate(4.1, 0.9)))) for _ in range(n)]
 
 
-def measured_ratio(out: Path) -> None:
-    """Train the same tiny run packed and unpacked; compare throughput from their summaries."""
+def scaffolded(out: Path, smoke: bool) -> list:
+    """The tiny packed and unpacked runs on the capitalization set, scaffolded (their run.yaml and job.sh)."""
     import yaml
 
+    from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.tiny import build_tiny_model
     from tunelab.scaffold.write import scaffold
 
+    data = make_capitalization_dataset(6, SMOKE_WORDS if smoke else WORDS, out / "data", 0.8, seed=0)
     model = out / "models" / "tiny-2x128"
     if not (model / "config.json").is_file():
         build_tiny_model(model, layers=2, hidden=128, seed=0)
     spec = {
         "name": "packing-bench",
         "models": [{"name": "tiny", "path": str(model)}],
-        "datasets": [{"name": "caps", "path": str(out / "data" / "words_6L_80P_1000.json")}],
+        "datasets": [{"name": "caps", "path": str(data)}],
         "prompt": "Capitalize the word: {input}",
         "controls": False,
         "factors": {"packing": [False, True]},
         "naming": "packing_{packing}",
         "training": {"epochs": 1, "batch_size": 8, "max_seq_len": MAX_SEQ_LEN, "learning_rate": 0.002,
-                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 5},
+                     "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 1 if smoke else 5},
     }
     path = out / "experiment" / "experiment.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
+    return scaffold(path, force=True).runs
+
+
+def measured_ratio(runs: list) -> None:
+    """Train the same tiny run packed and unpacked; compare throughput from their summaries."""
     summaries = {}
-    for cfg in scaffold(path, force=True).runs:
+    for cfg in runs:
         with open(cfg.run_dir / "train.log", "w") as log:
             subprocess.run(["bash", str(cfg.run_dir / "job.sh")], stdout=log, stderr=subprocess.STDOUT, check=True)
         summaries[cfg.training.packing] = json.loads((cfg.run_dir / "summary.json").read_text())
     p, u = summaries[True], summaries[False]
-    print("\nmeasured, one real tiny run each (2×128, batch 8, 800 examples, 1 epoch):")
+    print(f"\nmeasured, one real tiny run each (2×128, batch 8, {p['train_examples']} examples, 1 epoch):")
     for label, s in (("unpacked", u), ("packed", p)):
         print(f"  {label:9} steps {s['steps']:4d}  tokens/s {s['tokens_per_s']:9.0f}  non-pad tokens/s "
               f"{s['nonpad_tokens_per_s']:9.0f}  train time {s['train_time_s']:.1f} s")
@@ -98,24 +109,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-train", action="store_true", help="Only the packing simulations.")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_WORDS} words, 500 long-tailed lengths (seconds)")
     args = ap.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-packing-"))).resolve()
     os.environ.setdefault("TUNELAB_HISTORY", str(out / "history.db"))
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from tunelab.data.capitalization import make_capitalization_dataset
-    from tunelab.data.formatting import PromptFormat
-    from tunelab.data.splits import load_splits
-    from tunelab.models.tiny import build_tokenizer
+    from tunelab.plan.planner import measure_lengths
 
-    data = make_capitalization_dataset(6, 1000, out / "data", 0.8, seed=0)
-    tok = build_tokenizer()
-    fmt = PromptFormat("Capitalize the word: {input}")
-    caps = [len(fmt.encode_example(r["input"], r["output"], tok)["input_ids"]) for r in load_splits(data)["train"]]
+    runs = scaffolded(out, args.smoke)
+    caps, _ = measure_lengths(runs[0])  # the training split's token lengths, as training encodes them
     compare("capitalization (6-letter words, chat format)", caps, micro_batch=8)
-    compare("long-tailed (log-normal lengths)", long_tailed(5000), micro_batch=8)
+    compare("long-tailed (log-normal lengths)", long_tailed(500 if args.smoke else 5000), micro_batch=8)
     if not args.no_train:
-        measured_ratio(out)
+        measured_ratio(runs)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ random-init 4-layer Llama with LoRA r16 on every linear layer (tunelab's LoraCon
 labels, fp32, one thread. Each variant runs in a process of its own: peak RSS above the process's RSS before
 the first step (ru_maxrss), seconds per step as the mean of the timed steps after one warm-up step.
 
-    python benchmarks/packing_attention.py [--rows 8] [--length 1024] [--steps 2] [--no-simulate]
+    python benchmarks/packing_attention.py [--rows 8] [--length 1024] [--steps 2] [--no-simulate] [--smoke]
+
+--smoke: 2 rows × 128 tokens, 1 timed step, no simulation (largest_micro_batch's search takes minutes without
+the cache): seconds of work (each variant's process mostly imports), for tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -109,8 +112,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-simulate", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="2 rows × 128 tokens, 1 step, no simulation (seconds)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # a child process: measure one variant, print JSON
     a = ap.parse_args()
+    if a.smoke:
+        a.rows, a.length, a.steps, a.no_simulate = 2, 128, 1, True
     if a.variant:
         print(json.dumps(measure(a.variant, a.rows, a.length, a.steps, a.seed)))
         return
@@ -127,7 +133,7 @@ def main() -> None:
     print("| attention | s/step | peak RSS above start (MiB) | loss |")
     print("|---|---|---|---|")
     for label, r in cpu.items():
-        print(f"| {label} | {r['seconds_per_step']:.2f} | {r['peak_rss_mib']:,.0f} | {r['loss']:.5f} |")
+        print(f"| {label} | {r['seconds_per_step']:.3f} | {r['peak_rss_mib']:,.0f} | {r['loss']:.5f} |")
     print(f"| ratio auto / dense | {auto['seconds_per_step'] / dense['seconds_per_step']:.2f} | "
           f"{auto['peak_rss_mib'] / dense['peak_rss_mib']:.2f} | |")
     if a.no_simulate:

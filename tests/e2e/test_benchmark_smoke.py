@@ -1,0 +1,171 @@
+"""Every benchmark script in its smoke form (`--smoke`: tiny sizes, the real code paths), run as a user runs it
+(`python benchmarks/X.py --smoke`, a process of its own), so that a refactor that breaks a benchmark breaks the
+build. Each test checks what the output must contain: its rows, and that the printed figures parse and agree
+with one another and with what they were computed from (a ratio with the two figures it divides, an error with
+its predicted and measured values, a step count with the dataset's rows). The GPU kit and the fault benchmark
+have smoke tests of their own (COVERED_ELSEWHERE)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+SMOKED = ("overhead.py", "memory_references.py", "fuzz.py", "packing_attention.py", "dataloader.py",
+          "packing.py", "estimate_accuracy.py")
+COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
+                     "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
+NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
+
+
+def smoke(script: str, *args: str) -> str:
+    """stdout of `python benchmarks/<script> --smoke ARGS`, which must exit 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, f"{script} --smoke exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def line(text: str, pattern: str) -> tuple[float, ...]:
+    """The numbers of the one line matching pattern (groups: NUM)."""
+    found = re.findall(pattern, text, re.MULTILINE)
+    assert len(found) == 1, f"{len(found)} lines match {pattern!r} in:\n{text}"
+    groups = found[0] if isinstance(found[0], tuple) else (found[0],)
+    return tuple(float(g.replace(",", "")) for g in groups)
+
+
+def ratio_bound(a: float, b: float, step_a: float, step_b: float) -> float:
+    """How far a / b can move when a and b are printed rounded to step_a and step_b."""
+    return (step_a / 2) / b + a * (step_b / 2) / b**2
+
+
+def test_every_benchmark_script_has_a_smoke_run_by_a_test():
+    scripts = {p.name for p in BENCH.glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
+    assert scripts == set(SMOKED) | set(COVERED_ELSEWHERE), "a new benchmark needs a smoke test here"
+    for name in SMOKED:
+        assert '"--smoke"' in (BENCH / name).read_text(), name
+    for name, (flag, test) in COVERED_ELSEWHERE.items():
+        assert f'"{flag}"' in (BENCH / name).read_text() and flag in (ROOT / test).read_text(), (name, test)
+
+
+def test_overhead_smoke_plans_scaffolds_and_reads_status(tmp_path):
+    out = smoke("overhead.py", "--out", str(tmp_path))
+    # 2 ranks × 2 learning rates × 2 seeds, and the one model's base-model control
+    assert line(out, r"^(\d+) fine-tuned runs \+ (\d+) controls \((\d+) status rows\)$") == (8, 1, 9)
+    t_plan, t_both, t_status = line(out, rf"^in-process: +plan {NUM} s, plan \+ scaffold {NUM} s .*, status {NUM} s")
+    assert 0 < t_plan <= t_both and t_status >= 0  # plan + scaffold is the plan's time plus the scaffold's
+    assert line(out, rf"^CLI process, 9 runs: status {NUM} s$")
+    assert len(list((tmp_path / "exp" / "runs").glob("*/run.yaml"))) == 8
+
+
+def test_memory_references_smoke_errors_agree_with_their_figures():
+    out = smoke("memory_references.py")
+    rows = {}
+    for row in (17, 33):
+        published, simulated, err = line(out, rf"^ +{row} \w+ +\w+ +{NUM} +{NUM} +{NUM}%")
+        assert err == pytest.approx(100 * (simulated - published) / published, abs=0.051)  # printed to 0.1 %
+        rows[row] = (published, simulated, err)
+        assert f"| {row} | " in out  # the markdown table has the row
+    step, step_err = line(out, rf"^ +17 hf .*% +{NUM} +{NUM}%")  # row 17's training-step figure
+    assert step_err == pytest.approx(100 * (rows[17][1] - step) / step, abs=0.051)
+    # the medians of one row each: tunelab's stack on the training-step figure, the published one beside it
+    assert line(out, rf"^median \|error\|, same stack .*: {NUM} % over 1 rows \(.*alone: {NUM} %\)$") == (
+        abs(step_err), abs(rows[17][2]))
+    assert line(out, rf"^median \|error\|, other stacks .*: {NUM} % over 1 rows$") == (abs(rows[33][2]),)
+
+
+def test_fuzz_smoke_counts_add_up():
+    out = smoke("fuzz.py")
+    rejected = 0
+    for target in ("spec", "run.yaml", "data", "ingest"):
+        tried, rej, accepted, bad = line(out, rf"^{re.escape(target)} +(\d+) inputs, +(\d+) rejected .*, +(\d+) "
+                                              r"accepted, (\d+) bad outcome")
+        assert tried == 5 and rej + accepted == tried and bad == 0
+        rejected += rej
+    assert line(out, r"^bad inputs tried: (\d+), tracebacks: (\d+), half-written dirs: (\d+)$") == (rejected, 0, 0)
+
+
+@pytest.mark.slow
+def test_packing_attention_smoke_measures_both_variants():
+    out = smoke("packing_attention.py")
+    (examples,) = line(out, r"^CPU, 2 × 128 packed \((\d+) examples, 256 tokens\)")
+    assert examples >= 2  # each row holds examples of 32 tokens or more, the last cut to fit
+    dense = line(out, rf"^\| dense mask \(sdpa\) \| {NUM} \| {NUM} \| {NUM} \|$")
+    auto = line(out, rf"^\| auto \(varlen\) \| {NUM} \| {NUM} \| {NUM} \|$")
+    assert dense[2] == auto[2]  # same weights, same batch: each example attended alone either way, same loss
+    s_ratio, rss_ratio = line(out, rf"^\| ratio auto / dense \| {NUM} \| {NUM} \| \|$")
+    assert s_ratio == pytest.approx(auto[0] / dense[0], abs=0.005 + ratio_bound(auto[0], dense[0], 0.001, 0.001))
+    assert rss_ratio == pytest.approx(auto[1] / dense[1], abs=0.005 + ratio_bound(auto[1], dense[1], 1, 1))
+
+
+def train_rows(data_dir: Path) -> int:
+    (path,) = data_dir.glob("words_*.json")
+    return len(json.loads(path.read_text())["train"])
+
+
+@pytest.mark.slow
+def test_dataloader_smoke_table_is_its_runs_summary(tmp_path):
+    out = smoke("dataloader.py", "--out", str(tmp_path))
+    n = train_rows(tmp_path / "data")
+    (steps,) = line(out, r"batch 8, (\d+) steps, 1 epoch$")
+    assert steps == math.ceil(n / 8)
+    step_ms, wait_ms, share, wait_s, train_s, tps = line(
+        out, rf"^ +1 +{NUM} +{NUM} +{NUM}% +{NUM} +{NUM} +{NUM}$")
+    summary = json.loads((tmp_path / "experiment" / "runs" / "workers_1" / "summary.json").read_text())
+    assert summary["steps"] == steps and summary["dataloader_workers"] == 1 and summary["train_examples"] == n
+    assert step_ms == pytest.approx(1000 * summary["tokens"] / steps / summary["tokens_per_s"], abs=0.051)
+    assert wait_ms == pytest.approx(1000 * summary["data_wait_s"] / steps, abs=0.006)
+    assert wait_s == pytest.approx(summary["data_wait_s"], abs=0.0006)
+    assert share == pytest.approx(100 * summary["data_wait_fraction"], abs=0.006)
+    assert train_s == pytest.approx(summary["train_time_s"], abs=0.051) and tps == pytest.approx(summary["tokens_per_s"], abs=0.5)
+
+
+@pytest.mark.slow
+def test_packing_smoke_simulations_and_measured_ratio(tmp_path):
+    out = smoke("packing.py", "--out", str(tmp_path))
+    n = train_rows(tmp_path / "data")
+    sections = [s.strip() for s in out.split("\n\n")]
+    bfd_rows = {}
+    for title, count in (("capitalization", n), ("long-tailed", 500)):
+        (text,) = [s for s in sections if s.startswith(title)]
+        examples, mean = line(text, rf"^{title}.*: (\d+) examples, mean {NUM} tokens")
+        assert examples == count
+        rows, fill, share = line(text, rf"^  tunelab BFD packing \(padding-free\) +(\d+) +{NUM} +{NUM}$")
+        assert share == 1.0 and rows >= math.ceil(examples * mean / 256)
+        # every real token is in some row: rows × fill × max_seq_len is the examples' total
+        assert rows * fill * 256 == pytest.approx(examples * mean, abs=rows * 256 * 0.0005 + examples * 0.05)
+        g_rows, g_fill, g_share = line(text, rf"^  greedy sequential packing \(padded packs\) +(\d+) +{NUM} +{NUM}$")
+        assert g_rows * g_fill * 256 == pytest.approx(examples * mean, abs=g_rows * 256 * 0.0005 + examples * 0.05)
+        assert g_share == g_fill  # padded packs process their padding
+        (batches,) = line(text, r"^  no packing, dynamic padding, micro-batch 8 +(\d+) ")
+        assert batches == math.ceil(examples / 8)
+        bfd_rows[title] = rows
+    unpacked = line(out, rf"^  unpacked  steps +(\d+)  tokens/s +{NUM}  non-pad tokens/s +{NUM}")
+    packed = line(out, rf"^  packed    steps +(\d+)  tokens/s +{NUM}  non-pad tokens/s +{NUM}")
+    assert unpacked[0] == math.ceil(n / 8) and packed[0] == math.ceil(bfd_rows["capitalization"] / 8)
+    tps_ratio, nonpad_ratio, p_steps, u_steps = line(
+        out, rf"packed ÷ unpacked tokens/s: {NUM}; non-pad tokens/s: {NUM}; optimizer steps: (\d+) vs (\d+)$")
+    assert (p_steps, u_steps) == (packed[0], unpacked[0])
+    assert tps_ratio == pytest.approx(packed[1] / unpacked[1], abs=0.005 + ratio_bound(packed[1], unpacked[1], 1, 1))
+    assert nonpad_ratio == pytest.approx(packed[2] / unpacked[2],
+                                         abs=0.005 + ratio_bound(packed[2], unpacked[2], 1, 1))
+
+
+@pytest.mark.slow
+def test_estimate_accuracy_smoke_error_is_predicted_against_measured(tmp_path):
+    out = smoke("estimate_accuracy.py", "--out", str(tmp_path))
+    (calibration_s,) = line(out, rf"^calibration: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s$")
+    predicted, measured, err = line(out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} %  history: 1 measured")
+    assert calibration_s > 0 and measured > 0
+    bound = 100 * ratio_bound(abs(predicted - measured), measured, 0.2, 0.1)  # both printed to 0.1 s
+    assert err == pytest.approx(100 * abs(predicted - measured) / measured, abs=0.051 + bound)
+    assert line(out, rf"^median time error: {NUM} %$") == (err,)  # the median of one row
