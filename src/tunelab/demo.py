@@ -84,7 +84,7 @@ def prepare_inputs(out: Path, console: Console, executor: str = "local", model: 
     spec_path = out / "experiment" / "experiment.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     if executor_class(executor).detached:  # jobs on a cluster's nodes: CPU jobs, no GPU to ask for
-        spec["resources"] = {"executor": executor, "gpus_per_run": 0}
+        spec["resources"] = {"executor": executor_class(executor).name, "gpus_per_run": 0}  # plain text: YAML
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 

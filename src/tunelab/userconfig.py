@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
-
-from tunelab.spec import ResourcesSpec, SlurmSpec, _Strict, load_yaml_model
+from tunelab.spec import ExecutorKind, ResourcesSpec, SlurmSpec, _Strict, load_yaml_model
 
 
 class UserConfig(_Strict):
-    executor: Literal["local", "slurm"] | None = None
+    executor: ExecutorKind | None = None
     gpu: str | None = None
     slurm: SlurmSpec | None = None
 

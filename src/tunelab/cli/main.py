@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +23,7 @@ from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.cli.panels import PipelineGroup
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
+from tunelab.spec.resources import ExecutorKind
 
 app = typer.Typer(
     help="Plan, run, evaluate and report sweeps of LoRA fine-tuning experiments.\n\n"
@@ -34,9 +34,6 @@ app = typer.Typer(
     add_completion=False,
     cls=PipelineGroup,  # --help: the commands in panels, in pipeline order
 )
-class ExecutorName(str, Enum):
-    local = "local"
-    slurm = "slurm"
 
 
 def plan_cmd(
@@ -131,7 +128,7 @@ def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
-    executor: Optional[ExecutorName] = typer.Option(None, "--executor", help="local or slurm (default: the "
+    executor: Optional[ExecutorKind] = typer.Option(None, "--executor", help="local or slurm (default: the "
                                                     "spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),

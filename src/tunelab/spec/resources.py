@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
@@ -73,8 +74,17 @@ class SlurmSpec(_Strict):
         return out
 
 
+class ExecutorKind(StrEnum):
+    """The executors a spec (or `--executor`) may name. execute/executors.py registers one class per member
+    (tests/unit/test_vocabularies.py holds the two equal); the names live here because the spec sits below
+    execute/ and cannot import its registry."""
+
+    LOCAL = "local"
+    SLURM = "slurm"
+
+
 class ResourcesSpec(_Strict):
-    executor: Literal["local", "slurm"] = "local"
+    executor: ExecutorKind = ExecutorKind.LOCAL
     gpus_per_run: int = Field(1, ge=0)
     nproc_per_run: int | None = Field(
         None, ge=1, description="Training processes per run (torchrun; gloo on CPU). Default: gpus_per_run on a "
