@@ -1,3 +1,7 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,10 +35,28 @@ def test_full_factorial_plus_one_control_per_model(tmp_path):
     assert ctl[0].training is None and ctl[0].run_dir.parent.name == "controls"
 
 
-def test_deterministic(tmp_path):
-    a = expand_runs(parse_spec(SPEC), Path("/spec"), tmp_path)
-    b = expand_runs(parse_spec(SPEC), Path("/spec"), tmp_path)
-    assert [r.model_dump() for r in a] == [r.model_dump() for r in b]
+DESIGN_IN_A_PROCESS = """
+import json, sys
+from pathlib import Path
+from tunelab.plan.design import expand_runs
+from tunelab.spec import parse_spec
+runs = expand_runs(parse_spec(json.loads(sys.argv[1])), Path("/spec"), Path(sys.argv[2]))
+print(json.dumps([r.model_dump(mode="json") for r in runs]))
+"""
+
+
+def test_the_same_spec_designs_the_same_runs_in_any_process(tmp_path):
+    """Names, order and every field, in two interpreters whose str hashes (set and dict-of-set order) differ."""
+    spec = {**SPEC, "factors": {**SPEC["factors"], "model": ["big", "small"], "seed": [3, 1]}}
+    outs = [subprocess.run([sys.executable, "-c", DESIGN_IN_A_PROCESS, json.dumps(spec), str(tmp_path)],
+                           capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2")]
+    assert outs[0] == outs[1]
+    runs = json.loads(outs[0])
+    # the model varies slowest, the other factors in the order written (values too), the last fastest; then the
+    # controls, one per model
+    assert [r["name"] for r in runs][:3] == ["big_r4_lr0.001_s3", "big_r4_lr0.001_s1", "big_r4_lr0.002_s3"]
+    assert len(runs) == 2 * 2 * 2 * 2 + 2
 
 
 def test_naming_collision_is_an_error(tmp_path):
