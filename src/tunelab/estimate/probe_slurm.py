@@ -61,7 +61,7 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
 
 
 def _wait(executor: Executor, job: str, timeout_s: float, poll_s: float = POLL_S) -> None:
-    """Until the job has ended: a state outside the active ones (failures.ACTIVE_STATES, through JobInfo.ended;
+    """Until the job has ended: a state outside the active ones (job_states.ACTIVE_STATES, through JobInfo.ended;
     a job squeue no longer lists is UNSEEN, ended). A poll that could say nothing of the job concludes nothing."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
