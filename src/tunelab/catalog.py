@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.models.architectures import KNOWN_FACTS, ModelFacts, known_key
+from tunelab.models.vlm_architectures import VLM_CONFIGS
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Architecture:
     biases: tuple[str, ...] = ()  # the linear layers (linear_shapes' names) that carry a bias
     qk_norm: bool = False  # an RMSNorm over q and k per head (Qwen3)
     facts: ModelFacts | None = field(default=None, compare=False, repr=False)  # a known model's config.json
+    config: dict | None = field(default=None, compare=False, repr=False)  # a known VLM's whole config.json
 
     @property
     def embedding_params(self) -> int:
@@ -61,7 +63,8 @@ class Architecture:
         }
 
     def to_dict(self) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "facts"}, "parameters": self.parameters}
+        return {**{k: v for k, v in asdict(self).items() if k not in ("facts", "config")},
+                "parameters": self.parameters}
 
     def hf_config(self) -> dict:
         """A transformers config.json with these facts, for building the model without its files (the memory
@@ -69,6 +72,8 @@ class Architecture:
         these shapes, family defaults filling the rest (Qwen2's q/k/v biases come with its model type)."""
         if self.facts is not None:
             return self.facts.to_config()
+        if self.config is not None:  # a known vision-language model (models/vlm_architectures.py)
+            return json.loads(json.dumps(self.config))
         return {"model_type": self.family, "hidden_size": self.hidden, "intermediate_size": self.intermediate,
                 "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
                 "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim, "vocab_size": self.vocab,
@@ -113,7 +118,7 @@ def _biases(family: str, c: dict) -> tuple[str, ...]:
 # Public config.json facts of well-known models (no weights needed to plan for them): models/architectures.py.
 KNOWN_MODELS: dict[str, Architecture] = {
     f.name.lower(): replace(architecture_from_config(f.to_config(), f.name), facts=f) for f in KNOWN_FACTS
-}
+} | {name.lower(): replace(architecture_from_config(c, name), config=c) for name, c in VLM_CONFIGS.items()}
 
 
 def known_architecture(model: str) -> Architecture | None:

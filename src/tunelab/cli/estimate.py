@@ -146,6 +146,12 @@ def estimate_cmd(
                                       "measured (with --dataset), as the spec's chat_template."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message for rows without "
                                                 "one (with --dataset), as the spec's system_prompt."),
+    images_per_example: int = typer.Option(0, "--images-per-example", min=0, help="Vision-language models: "
+                                           "images in every example (their tokens count in --max-seq-len)."),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", min=1, help="With images: each image resized to "
+                                             "at least this many pixels (default: the model's processor's)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="With images: each image resized to "
+                                             "at most this many pixels, the budget memory is planned for."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict peak GPU memory and the micro-batch that fits for one configuration.
@@ -167,7 +173,8 @@ def estimate_cmd(
         raise TunelabError(f"unknown strategy {strategy!r}: use ddp or fsdp", field="--strategy")
     out = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
                           dataset, prompt, training.epochs, effective_batch, chat_template=chat_template,
-                          system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None)
+                          system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None,
+                          images_per_example=images_per_example, min_pixels=min_pixels, max_pixels=max_pixels)
     if json_out:
         print(json.dumps(out, indent=2))
         return
@@ -185,6 +192,13 @@ def _print_estimate(out: dict, max_seq_len: int) -> None:
         " packed" if out["packed"] else "", out["tokens_per_microbatch"], out["peak_memory_gib"], detail,
         out["memory_source"])
     say("  attention: {}", out["attention_kernel"])
+    if out.get("images"):
+        im = out["images"]
+        say("  images: {} per example, each up to {}x{} px → grid {} → {} tokens ({} per example, in max_seq_len)",
+            im["images_per_example"], *im["image_size"], "x".join(map(str, im["image_grid_thw"])),
+            im["tokens_per_image"], im["image_tokens_per_example"])
+        if out.get("est_seconds_per_micro_batch") is not None:
+            say("  time: {:.2f} s per micro-batch ({})", out["est_seconds_per_micro_batch"], out["est_note"])
     say("  where it goes (GiB): {}", ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
                                               for k, v in out["memory_breakdown_gib"].items()))
     say("max batch that fits: {}; recommended: {} × accumulation {}", out["max_batch_size"],

@@ -44,11 +44,23 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                     batch_size: int | None = None, packed: bool | None = None,
                     dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
                     target_effective_batch: int = 16, chat_template: str = "auto",
-                    system_prompt: str | None = None, processes: int = 1, strategy: str | None = None) -> dict[str, Any]:
+                    system_prompt: str | None = None, processes: int = 1, strategy: str | None = None,
+                    images_per_example: int = 0, min_pixels: int | None = None,
+                    max_pixels: int | None = None) -> dict[str, Any]:
     """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).
     chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use.
-    processes/strategy: memory per device of an N-GPU run (DDP or FSDP)."""
+    processes/strategy: memory per device of an N-GPU run (DDP or FSDP).
+    images_per_example (a vision-language model): that many images at the min/max_pixels budget in every row,
+    their tokens inside max_seq_len; image rows are not packed."""
     arch = resolve_architecture(model)
+    images = None
+    if images_per_example:
+        from tunelab.estimate.images import image_plan
+
+        if packed:
+            raise TunelabError("image rows are not packed (the simulator and the job refuse it)", field="--packed")
+        images = image_plan(model, model_config_of(model), images_per_example, min_pixels, max_pixels, max_seq_len)
+        inputs, packed = images.apply(inputs), False
     out: dict[str, Any] = {"model": arch.name, "parameters": arch.parameters, "gpu": gpu.name,
                            "gpu_memory_mib": gpu.memory_mib,
                            "gpu_memory_gib": round(gpu.memory_gib, 3), "max_seq_len": max_seq_len,
@@ -94,11 +106,24 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
         "recommended_gradient_accumulation_steps": bp.recommended_gradient_accumulation_steps,
         "reasons": bp.reasons,
     })
+    if images:
+        out.update(_image_estimate(images, arch, gpu, b, max_seq_len))
     if data:
         accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
         out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
     return out
 
+
+def _image_estimate(images: Any, arch: Any, gpu: GPU, b: int, max_seq_len: int) -> dict[str, Any]:
+    """The image facts and the time of a micro-batch: the FLOPs model over its language-model tokens (image
+    tokens included; the frozen vision tower's forward is not counted: a lower bound)."""
+    tps = model_tokens_per_s(arch, gpu, max_seq_len)
+    return {"images": images.to_json(),
+            "est_tokens_per_s": round(tps, 1) if tps else None,
+            "est_seconds_per_micro_batch": round(b * max_seq_len / tps, 3) if tps else None,
+            "est_source": "model",
+            "est_note": f"FLOPs model at {DEFAULT_MFU:.0%} MFU over the language model's tokens (image tokens "
+                        "included, the vision tower's forward not counted); measured history replaces it"}
 
 
 @dataclass(frozen=True)

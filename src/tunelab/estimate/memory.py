@@ -52,6 +52,10 @@ class MemoryInputs:
     qlora_frozen_dtype: str = "auto"
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
+    # Vision-language runs: images in each example and the patch grid (t, h, w) of one at the pixel budget
+    # (models/vision.py); the simulator runs them through the vision tower (the analytic model ignores them)
+    images_per_example: int = 0
+    image_grid: tuple[int, int, int] = (0, 0, 0)
 
     def step_config(self) -> StepConfig:
         """The simulator's view of the same run (estimate/simulator)."""

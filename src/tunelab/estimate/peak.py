@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ def predict_peak(model: str | Path, inputs: MemoryInputs, shape: StepShape, proc
                  strategy: str | None = None, arch: Architecture | None = None) -> MemoryFigure:
     """Simulated peak of one device (the analytic model as explanation, or as fallback with the reason)."""
     arch = arch or resolve_architecture(model)
+    if inputs.images_per_example:  # the images ride in every row (their tokens inside the row's length)
+        shape = replace(shape, images_per_row=inputs.images_per_example, image_grid=inputs.image_grid)
     shards = processes if strategy == "fsdp" else 1
     analytic = estimate_memory(arch, shape.tokens, inputs, shards=shards)
     try:

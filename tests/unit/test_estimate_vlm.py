@@ -1,0 +1,56 @@
+"""estimate for vision-language models: the catalog's full-size configs against their published sizes, the
+pixel budget's tokens by hand, and `tunelab estimate --images-per-example` on a tiny VLM directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.catalog import resolve_architecture
+from tunelab.errors import TunelabError
+from tunelab.estimate.images import image_plan
+
+
+@pytest.mark.parametrize("name, published", [("Qwen/Qwen2.5-VL-7B-Instruct", 8_292_166_656),
+                                             ("Qwen/Qwen3-VL-8B-Instruct", 8_767_123_696)])
+def test_catalog_vlm_configs_build_the_published_parameter_count(name, published):
+    """The model card's safetensors total (BF16 parameters) of each, against the model transformers builds
+    from the transcribed config.json (vision tower, merger and language model)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tunelab.estimate.simulator.build import hf_config
+
+    config = resolve_architecture(name).hf_config()
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(hf_config(config))
+    assert sum(p.numel() for p in model.parameters()) == published
+
+
+def test_pixel_budget_tokens_by_hand():
+    # Qwen2.5-VL: 802816 = 896^2 px; 896 / 14 = 64 patches a side, 32 x 32 = 1024 merged tokens (+2 delimiters)
+    q25 = image_plan("qwen2.5-vl-7b", resolve_architecture("qwen2.5-vl-7b").hf_config(), 2, None, 802816, 4096)
+    assert q25.image.grid_thw == (1, 64, 64) and q25.image.tokens == 1024 and q25.tokens_per_example == 2052
+    # Qwen3-VL: patch 16; 1024^2 px -> 64 x 64 patches -> 1024 tokens; its processor's default max is 4096^2
+    q3 = image_plan("qwen3-vl-8b", resolve_architecture("qwen3-vl-8b").hf_config(), 1, None, 1024 * 1024, 2048)
+    assert q3.image.grid_thw == (1, 64, 64) and q3.image.tokens == 1024
+    with pytest.raises(TunelabError, match="truncation would cut image tokens"):
+        image_plan("qwen3-vl-8b", resolve_architecture("qwen3-vl-8b").hf_config(), 2, None, 1024 * 1024, 2048)
+
+
+def test_estimate_cli_with_images_on_a_tiny_vlm(tmp_path):
+    from tests.unit.test_memsim_vlm import tiny_config
+    from tunelab.cli.main import app
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config("qwen3_vl")))
+    result = CliRunner().invoke(app, ["estimate", "--model", str(tmp_path), "--gpu-memory-gib", "0.5",
+                                      "--max-seq-len", "300", "--batch-size", "2", "--images-per-example", "1",
+                                      "--max-pixels", str(256 * 256), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # 256x256 px at patch 16: 16 x 16 patches, 64 merged tokens, 66 with start/end
+    assert out["images"]["image_grid_thw"] == [1, 16, 16] and out["images"]["image_tokens_per_example"] == 66
+    assert out["memory_source"].startswith("simulated") and out["packed"] is False
+    assert out["max_batch_size"] == 0 and out["fits"] is False  # 0.5 GiB: the CUDA context alone
