@@ -58,6 +58,8 @@ def _type_name(t: Any) -> str:
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
     if isinstance(t, type) and issubclass(t, BaseModel):
         return f"[{t.__name__}](#{t.__name__.lower()})"
+    if isinstance(t, type) and issubclass(t, Enum):
+        return " | ".join(json.dumps(member.value) for member in t)
     return getattr(t, "__name__", str(t))
 
 
