@@ -21,15 +21,17 @@ from tunelab.errors import TunelabError
 from tunelab.faults import kill_point
 
 
-def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
+def atomic_write_text(path: str | Path, text: str, durable: bool = True, check_unchanged: bool = True) -> Path:
     """Write via a temp file in the same directory and os.replace, so readers see old or new, never half.
 
     durable=False skips the fsync: for generated files that a rerun rewrites (scaffold writes
-    thousands of them), atomicity is what matters. A file that already holds `text` is left alone.
+    thousands of them), atomicity is what matters. A file that already holds `text` is left alone, unless
+    check_unchanged=False (a writer that holds the file and knows it changed: no reading it back).
     """
     path = Path(path)
     try:
-        if path.stat().st_size == len(text.encode("utf-8")) and path.read_text(encoding="utf-8") == text:
+        if check_unchanged and path.stat().st_size == len(text.encode("utf-8")) \
+                and path.read_text(encoding="utf-8") == text:
             return path
     except (FileNotFoundError, UnicodeDecodeError):
         pass
@@ -69,8 +71,9 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to probe
 
 
-def atomic_write_json(path: str | Path, data: Any, durable: bool = True) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", durable)
+def atomic_write_json(path: str | Path, data: Any, durable: bool = True, check_unchanged: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", durable,
+                             check_unchanged)
 
 
 # libyaml's C loader and dumper when PyYAML has them (10× faster: a 1,000-run sweep is 1,000 run.yaml files).

@@ -94,7 +94,7 @@ class StatusWriter:
         merged = self._data()
         merged.update({k: plain(v) for k, v in changes.items()})
         merged.update(updated_at=now_iso(), host=socket.gethostname(), pid=os.getpid())
-        atomic_write_json(self.path, merged)
+        atomic_write_json(self.path, merged, check_unchanged=False)  # a change: nothing to compare, no read back
         return Status.from_json(merged)
 
 
