@@ -57,5 +57,16 @@ def test_vlm_sweep_plans_trains_evaluates_and_reports(tmp_path):
     assert control["samples"] == tuned["samples"] == 20
     # Wilson intervals (stats.intervals) of the test accuracy: the best fine-tuned run's lies above the control's.
     assert tuned["intervals"]["accuracy"]["low"] > control["intervals"]["accuracy"]["high"], (tuned, control)
+    # scores.json keeps image samples' files and answers; the report shows them as thumbnails with the answers
+    tuned_samples = {s["id"]: s for s in tuned["per_sample"]}
+    for s in control["per_sample"]:
+        assert Path(s["images"][0]).is_file() and s["expected"] == tuned_samples[s["id"]]["expected"]
+        assert s["expected"] in {"red", "green", "blue", "yellow"}
+        assert (s["answer"] == s["expected"]) == (s["value"] == 1.0)
     report = (exp / "report" / "report.md").read_text()
-    assert "tvl_base" in report and "tvl_r16" in report
+    assert "## Image answers" in report and "![image answers](figures/image_answers.png)" in report
+    first = min(tuned_samples)
+    row = f"| `{Path(tuned_samples[first]['images'][0]).name}` | {tuned_samples[first]['expected']} |"
+    assert row in report
+    html = (exp / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # the thumbnails' figure beside the score figures

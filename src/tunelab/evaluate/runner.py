@@ -224,6 +224,9 @@ def sample_values(log: Any) -> list[SampleValue]:
         value = None
         if first is not None and not isinstance(first.value, (dict, list)):
             value = finite_or_none(to_float(first.value))
+        images = (s.metadata or {}).get("images")  # image samples: the answer and the files, for the report
         out.append(SampleValue(id=s.id, value=value, target=meta.get("target"), prediction=meta.get("prediction"),
-                               probs=meta.get("probs")))
+                               probs=meta.get("probs"), images=images or None,
+                               expected=str(s.target) if images else None,
+                               answer=first.answer if images and first else None))
     return out

@@ -61,7 +61,13 @@ def as_chat(example: Example) -> list[ChatMessage]:
 
 
 def build_samples(examples: list[Example]) -> list[Sample]:
-    return [Sample(input=as_chat(e), target=e.answer, id=i) for i, e in enumerate(examples)]
+    return [Sample(input=as_chat(e), target=e.answer, id=i, metadata=image_metadata(e)) for i, e in enumerate(examples)]
+
+
+def image_metadata(example: Example) -> dict | None:
+    """An image sample's files (scores.json keeps them, with the answer, for the report); None without images."""
+    images = [p for m in example.prompt for p in m.images]
+    return {"images": images} if images else None
 
 
 # ---------------------------------------------------------------- exact_match / includes
@@ -174,7 +180,7 @@ def numeric_targets(spec: TaskSpec, examples: list[Example]) -> list[Sample]:
             value = math.nan
         if not math.isfinite(value):
             raise TunelabError(f"task '{spec.name}': the answer {e.answer!r} of {spec.split} row {i} is not a number")
-        samples.append(Sample(input=as_chat(e), target=repr(value), id=i))
+        samples.append(Sample(input=as_chat(e), target=repr(value), id=i, metadata=image_metadata(e)))
     return samples
 
 

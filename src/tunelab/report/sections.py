@@ -341,12 +341,14 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
         at_a_glance.blocks.append(_fig(figs[key]))
     rest = {k: v for k, v in figs.items() if k != key}
     from tunelab.report.gpu_use import gpu_section
+    from tunelab.report.images import image_answers
     from tunelab.report.provenance import data_section
     from tunelab.report.replicates import replicates
     from tunelab.report.stages import stages_section
 
     maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
              training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
+             image_answers(data, f.best, report_dir(data) / "figures"),
              replicates(data, f), key_findings(data, f), storage(data), issues(data, f), next_steps(f),
              appendix(data)]
     sections = [s for s in maybe if s is not None]

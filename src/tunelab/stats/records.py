@@ -5,7 +5,9 @@ Kept free of heavy imports: the ledger reads scores.json (which holds both) on e
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, model_serializer
 
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0  # every bootstrap is seeded; the seed is recorded with its interval
@@ -21,6 +23,19 @@ class SampleValue(BaseModel):
     target: str | float | None = None  # choice / numeric built-ins: what the metrics compare
     prediction: str | float | None = None
     probs: dict[str, float] | None = None  # choice: each option's probability
+    # image samples only (left out of the JSON otherwise): the sample's image files, the expected and the model's
+    # answer, which the report shows side by side
+    images: list[str] | None = None
+    expected: str | None = None
+    answer: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_image_fields(self, handler: Any) -> Any:
+        out = handler(self)
+        for key in ("images", "expected", "answer"):
+            if isinstance(out, dict) and out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class Interval(BaseModel):
