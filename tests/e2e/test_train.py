@@ -41,10 +41,17 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
         assert (d / "tokenizer.json").is_file()
     assert read_json(run_dir / "status.json")["state"] == "completed"
     assert training_state(run_dir) == "completed"
-    assert summary["tokens_per_s"] > 0 and summary["final_val_loss"] is not None
-    # 5-letter words in one prompt format: all the same length, so no padding at all
+    assert summary["final_loss"] == train_rows[-1]["loss"] and summary["final_val_loss"] == val_rows[-1]["val_loss"]
+    # 5-letter words in one prompt format: all the same length, so no padding at all, and each logged row has
+    # counted step × 8 examples of that length
     assert summary["nonpad_fraction"] == 1.0
     assert summary["tokens"] == summary["nonpad_tokens"] == epochs * read_json(run_dir / "packing.json")["tokens"]
+    per_example = read_json(run_dir / "packing.json")["tokens"] / 320
+    assert [r["tokens"] for r in train_rows] == [r["step"] * 8 * per_example for r in train_rows]
+    # steady throughput: the tokens over the training time from the first row past warm-up to the last
+    first, last = train_rows[1], train_rows[-1]
+    assert summary["tokens_per_s"] == pytest.approx(
+        (last["tokens"] - first["tokens"]) / (last["train_time_s"] - first["train_time_s"]), rel=1e-3)
     # step cost: the fixed part is what is left of the run's steady step time after the per-token part, so it
     # is strictly positive and below the step time (a clamped or inconsistent split fails here)
     cost = summary["step_cost"]

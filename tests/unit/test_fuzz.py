@@ -68,7 +68,12 @@ def test_a_log_with_a_damaged_number_is_skipped_with_its_reason(tmp_path, monkey
     log.write_bytes((ft.FIXTURE_LOGS / "torchtune_ok.out").read_bytes().replace(b"Loss: 0.1000:", damage))
     [result] = ingest_logs([log])
     assert not result.imported and "damaged log" in result.reason and "not a number" in result.reason
-    assert not (tmp_path / "history.db").exists() or history.load(tmp_path / "history.db") == []
+    # the same log undamaged is imported: one row in the history, so the damaged one added none
+    good = tmp_path / "slurm-2.out"
+    good.write_bytes((ft.FIXTURE_LOGS / "torchtune_ok.out").read_bytes())
+    [ok] = ingest_logs([good])
+    assert ok.imported, ok.reason
+    assert [r.origin_where for r in history.load(tmp_path / "history.db", everything=True)] == [str(good)]
 
 
 def test_damaged_memory_and_summary_numbers_are_skipped_not_crashes(tmp_path):

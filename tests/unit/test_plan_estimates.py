@@ -51,10 +51,20 @@ def test_time_from_history_of_the_same_model(write_spec, tiny_model):
     assert e.tokens_per_s == 10000.0 and "scaled by FLOPs per token" in e.time_source
 
 
-def test_gpu_target_uses_memory_model_and_flops_without_history(write_spec):
+def test_gpu_target_uses_memory_model_and_flops_without_history(write_spec, tiny_model):
+    import json
+
+    from tunelab.estimate.simulator import StepConfig, StepShape, simulate
+
     plan = make_plan(write_spec(), gpu=resolve_gpu("H100"))
     e = plan.estimates["tiny_r4"]
-    assert e.peak_memory_gib is not None and e.gpu_memory_gib == 81559 / 1024  # what nvidia-smi reports, not 80
+    # the simulator's step for the same fields, written out by hand: bf16 on an H100, rank 4 (alpha 2 × rank),
+    # every linear layer, embeddings and head trained, sdpa (unpacked); 8 rows padded to the longest, 27 tokens
+    sim = simulate(json.loads((tiny_model / "config.json").read_text()),
+                   StepConfig(dtype="bfloat16", lora_rank=4, lora_alpha=8.0, lora_targets="all-linear",
+                              modules_to_save=("embed_tokens", "lm_head"), attention="sdpa"), StepShape(8, 27))
+    assert e.peak_memory_gib == round(sim.required_gib, 2) and e.memory_source.startswith("simulated")
+    assert e.gpu_memory_gib == 81559 / 1024  # what nvidia-smi reports, not 80
     assert e.time_source.startswith("model: FLOPs at 35% MFU") and e.gpu_hours is not None
     md = render_plan_md(plan)
     assert "Target: H100-80GB" in md and "| tiny_r4 | 8 × 1 × 1 = 8 | single process | off | 216 |" in md
