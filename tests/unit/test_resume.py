@@ -9,8 +9,11 @@ from pathlib import Path
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.rundir.checkpoints import Counters, complete_epochs
 from tunelab.rundir.layout import COUNTERS_FILE
+from tunelab.rundir.metrics import MetricRow
+from tunelab.rundir.order import OrderRecord
 from tunelab.rundir.status import StatusWriter
 from tunelab.train.context import StageContext
+from tunelab.train.held import HeldFiles
 from tunelab.train.resume import resume
 
 
@@ -38,7 +41,7 @@ def test_a_restart_resumes_from_the_newest_complete_checkpoint_and_rewinds_the_f
     _lines(tmp_path / "data_order.jsonl", [{"epoch": 0, "sha256": "a"}, {"epoch": 1, "sha256": "b"}])
     (tmp_path / "status.json").write_text(json.dumps({"restarts": 1, "first_started_at": "2026-01-01T00:00:00"}))
 
-    start = resume(tmp_path, StageContext(), main=True, status=StatusWriter(tmp_path))
+    start = resume(tmp_path, StageContext(), main=True, held=HeldFiles.of(tmp_path))
 
     assert start.checkpoint == state / "checkpoint-40" and start.step == 40
     assert start.counters == Counters(tokens=4000)
@@ -55,7 +58,7 @@ def test_a_later_stage_starting_afresh_keeps_what_the_stages_before_logged(tmp_p
     (tmp_path / "status.json").write_text(json.dumps({"restarts": 3}))
     ctx = StageContext(name="hard", index=1, count=2, step_offset=80, epoch_offset=2, counters=Counters(tokens=9))
 
-    start = resume(tmp_path, ctx, main=True, status=StatusWriter(tmp_path))
+    start = resume(tmp_path, ctx, main=True, held=HeldFiles.of(tmp_path))
 
     assert start.checkpoint is None and start.step == 0 and start.counters == Counters(tokens=9)
     assert [r.step for r in start.metrics] == [40, 80]
@@ -63,11 +66,23 @@ def test_a_later_stage_starting_afresh_keeps_what_the_stages_before_logged(tmp_p
     assert start.restarts == 3  # a stage's fresh start is no restart; the run's count carries on
 
 
+
+def test_a_later_stage_of_the_same_job_starts_from_the_rows_the_job_holds(tmp_path):
+    held = HeldFiles.of(tmp_path)
+    held.metrics = [MetricRow(step=s, loss=1.0) for s in (40, 80)]  # what stage 1 of this job wrote
+    held.orders = [OrderRecord(epoch=0), OrderRecord(epoch=1)]
+    ctx = StageContext(name="hard", index=1, count=2, step_offset=80, epoch_offset=2)
+    start = resume(tmp_path, ctx, main=True, held=held)  # no metrics.jsonl here: a read would find no rows
+    assert [r.step for r in start.metrics] == [40, 80] and [r.epoch for r in start.orders] == [0, 1]
+    assert start.metrics is held.metrics and start.orders is held.orders  # the writers append to the job's lists
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing dropped: nothing rewritten
+
+
 def test_a_first_start_drops_an_earlier_starts_results(tmp_path):
     for name in ("metrics.jsonl", "summary.json", "packing.json", "data_order.jsonl"):
         (tmp_path / name).write_text("{}\n")
     (tmp_path / "status.json").write_text(json.dumps({"restarts": 2}))
-    start = resume(tmp_path, StageContext(), main=True, status=StatusWriter(tmp_path))
+    start = resume(tmp_path, StageContext(), main=True, held=HeldFiles.of(tmp_path))
     assert (start.checkpoint, start.metrics, start.orders, start.restarts) == (None, [], [], 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
 

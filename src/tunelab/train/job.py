@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.rundir.status import StatusWriter
 from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.train.console import log
 from tunelab.train.distributed import is_worker
+from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.runner import complete_run, train_run
 from tunelab.train.stages import train_stages
@@ -30,11 +30,11 @@ from tunelab.train.stages import train_stages
 def train(cfg: RunConfig) -> Summary | None:
     """Train the run in this process (a staged run: every stage still to do) and complete it. Returns its
     summary on the main process (None on the others of a distributed run)."""
-    status = StatusWriter(cfg.run_dir)  # status.json, held by this job from its first read to its last write
+    held = HeldFiles.of(cfg.run_dir)  # the run files this job writes, each read at most once
     if cfg.stages:
-        return train_stages(cfg, status)
-    trained = train_run(cfg, status=status)
-    return complete_run(cfg.run_dir, trained.summary, status) if trained is not None else None
+        return train_stages(cfg, held)
+    trained = train_run(cfg, held=held)
+    return complete_run(cfg.run_dir, trained.summary, held.status) if trained is not None else None
 
 
 def train_job(run_yaml: Path) -> None:

@@ -108,14 +108,14 @@ def peak_memory() -> tuple[float, MemoryKind]:
 
 
 class MetricsWriter:
-    """Appends one metrics.jsonl row per logging step (training) or evaluation (validation), and keeps the
-    file's rows (those kept at resume, then each one written) so the job never reads it back."""
+    """Appends one metrics.jsonl row per logging step (training) or evaluation (validation), and to `rows`,
+    the file's rows as the job holds them (kept at resume: train/held.py), so the job never reads it back."""
 
     def __init__(self, run_dir: Path, counters: Counters, stage: str | None = None,
-                 kept: list[MetricRow] | None = None):
+                 rows: list[MetricRow] | None = None):
         self.run_dir = run_dir
         self.counters = counters
-        self.rows: list[MetricRow] = list(kept or [])  # metrics.jsonl as it is now
+        self.rows: list[MetricRow] = [] if rows is None else rows  # metrics.jsonl as it is now
         self.stage = stage  # named on every row of a staged run
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s

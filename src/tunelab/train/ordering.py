@@ -68,13 +68,13 @@ def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]
 
 
 class OrderLog:
-    """data_order.jsonl as this start keeps it (main process): the orders kept at resume (train/resume.py)
-    plus those drawn since, held here so the file is written, never read back. Each new order replaces the
+    """data_order.jsonl as the job holds it (main process): the orders kept at resume (train/held.py), to
+    which those drawn since are added, so the file is written, never read back. Each new order replaces the
     file atomically (a few lines per run), so a kill never leaves a half line in its middle."""
 
-    def __init__(self, run_dir: Path, kept: list[OrderRecord]):
+    def __init__(self, run_dir: Path, records: list[OrderRecord]):
         self.run_dir = run_dir
-        self.records = list(kept)
+        self.records = records
 
     def append(self, record: OrderRecord) -> None:
         """Add one epoch's order; a resumed epoch that drew the same order again is not written twice."""

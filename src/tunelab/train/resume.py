@@ -9,7 +9,8 @@ directory back to that point, so nothing is counted twice:
 - a stage starting afresh drops the orders its epochs drew before (it draws them again);
 - a run starting afresh (its first stage, no checkpoint) drops every result an earlier start left.
 The other processes of a distributed run only read the checkpoint's counters. The runner calls `resume`
-once and trains from what it returns; the files it reads here are what earlier starts left.
+once and trains from what it returns. The files are read once per job (train/held.py): a later stage of the
+same job starts from the rows and orders the job holds.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ from tunelab.rundir.checkpoints import (
 )
 from tunelab.rundir.metrics import MetricRow, read_metrics, write_metrics
 from tunelab.rundir.order import OrderRecord, read_orders, write_orders
-from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import checkpoint_at_epoch_end, epoch_index, publish_epoch_checkpoint
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
+from tunelab.train.held import HeldFiles
 
 STALE_RESULTS = (layout.METRICS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, layout.ORDER_FILE)
 
 
 @dataclass(frozen=True)
 class Resume:
-    """What this start trains from. `metrics` and `orders` are the run's files as kept (main process only):
-    the job appends to them in memory as it writes, and never reads them back."""
+    """What this start trains from. `metrics` and `orders` are the run's files as kept, the lists the job holds
+    (main process only): its writers append to them as they write."""
 
     checkpoint: Path | None  # the trainer checkpoint to resume from; None: this stage's start
     counters: Counters  # the run's counters at that point (cumulative over stages and starts); training counts on in it
@@ -56,31 +57,43 @@ class Resume:
         return checkpoint_step(self.checkpoint) if self.checkpoint else 0
 
 
-def resume(run_dir: Path, ctx: StageContext, main: bool, status: StatusWriter) -> Resume:
-    """Decide where this start begins and (main process) bring the run directory back to it. status: the
-    job's status.json writer, holding what the previous start (or stage) said."""
+def resume(run_dir: Path, ctx: StageContext, main: bool, held: HeldFiles) -> Resume:
+    """Decide where this start begins and (main process) bring the run directory back to it. held: the files
+    the job holds (status.json says what the previous start or stage said)."""
     last = last_complete_checkpoint(ctx.state_dir(run_dir))
     counters = read_counters(last) if last else (replace(ctx.counters) if ctx.counters else Counters())
     if not main:  # the main process tidies the files; the others only need the counters
         return Resume(last, counters)
-    before = status.status  # what the previous start (or stage) said
+    before = held.status.status  # what the previous start (or stage) said
     restarts = (before.restarts or 0) + 1 if last else ((before.restarts or 0) if ctx.index else 0)
     if last is None and ctx.index == 0:
         for stale in STALE_RESULTS:
             (run_dir / stale).unlink(missing_ok=True)
-        return Resume(None, counters, restarts=restarts, first_started_at=before.first_started_at)
+        held.metrics, held.orders = [], []
+        return Resume(None, counters, held.metrics, held.orders, restarts, before.first_started_at)
     if last is not None:
         for epoch in republish_missing_epochs(ctx.state_dir(run_dir), run_dir, upto=last,
                                               epoch_offset=ctx.epoch_offset):
             log(f"republished epoch_{epoch} from its trainer checkpoint")
-    step = ctx.step_offset + (checkpoint_step(last) if last else 0)
-    metrics = [r for r in read_metrics(run_dir) if (r.step or 0) <= step]
-    write_metrics(run_dir, metrics)
-    orders = read_orders(run_dir)
-    if last is None:  # a later stage starting afresh: its earlier partial epochs' orders go too
-        orders = [r for r in orders if r.epoch < ctx.epoch_offset]
-        write_orders(run_dir, orders)
-    return Resume(last, counters, metrics, orders, restarts, before.first_started_at)
+    _rewind(run_dir, held, ctx.step_offset + (checkpoint_step(last) if last else 0),
+            ctx.epoch_offset if last is None else None)
+    assert held.metrics is not None and held.orders is not None
+    return Resume(last, counters, held.metrics, held.orders, restarts, before.first_started_at)
+
+
+def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | None) -> None:
+    """Keep the metrics rows logged up to `step` and (a later stage starting afresh) the orders of the epochs
+    before `drop_orders_from`. Read from the files when the job holds none yet; a file read is rewritten (a
+    kill may have cut its last line), a held one only when something goes."""
+    read = held.metrics is None
+    rows = read_metrics(run_dir) if held.metrics is None else held.metrics
+    held.metrics = [r for r in rows if (r.step or 0) <= step]
+    if read or len(held.metrics) < len(rows):
+        write_metrics(run_dir, held.metrics)
+    orders = read_orders(run_dir) if held.orders is None else held.orders
+    held.orders = [r for r in orders if drop_orders_from is None or r.epoch < drop_orders_from]
+    if len(held.orders) < len(orders):
+        write_orders(run_dir, held.orders)
 
 
 def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0

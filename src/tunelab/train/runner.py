@@ -29,6 +29,7 @@ from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import StatusWriter, now_iso
+from tunelab.train.held import HeldFiles
 from tunelab.rundir.summary import PackingStats, StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TrainingConfig
@@ -53,11 +54,11 @@ class Trained:
     counters: Counters
 
 
-def train_run(cfg: RunConfig, stage: StageContext | None = None, status: StatusWriter | None = None
+def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None
               ) -> Trained | None:
     """Train cfg (a staged run: the stage `stage`) in cfg.run_dir. Raises on failure (status.json says why).
     In a distributed run every process calls it; only the main one writes files and returns what it trained
-    (the others return None). status: the job's status.json writer (one for the whole job)."""
+    (the others return None). held: the files the job holds (one for the whole job: train/held.py)."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
     if cfg.stages:
@@ -66,8 +67,9 @@ def train_run(cfg: RunConfig, stage: StageContext | None = None, status: StatusW
     ctx = stage or StageContext()
     main = world().is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    status = status or StatusWriter(run_dir)
-    start = resume(run_dir, ctx, main, status)
+    held = held or HeldFiles.of(run_dir)
+    status = held.status
+    start = resume(run_dir, ctx, main, held)
     if main:
         _write_start_status(cfg, status, start, ctx)
     try:

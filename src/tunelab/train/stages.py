@@ -20,28 +20,28 @@ from tunelab.errors import TunelabError
 from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, last_complete_checkpoint, stage_state_dir
 from tunelab.rundir.layout import STAGES_FILE
 from tunelab.rundir.stages import StageRecord, read_stage_records, write_stage_records
-from tunelab.rundir.status import StatusWriter
 from tunelab.rundir.summary import Summary, read_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.distributed import barrier
+from tunelab.train.held import HeldFiles
 from tunelab.train.runner import complete_run, train_run
 
 
-def train_stages(cfg: RunConfig, status: StatusWriter) -> Summary | None:
+def train_stages(cfg: RunConfig, held: HeldFiles) -> Summary | None:
     """Train the stages not yet complete, in order; the last one completes the run (summary.json).
     Returns the run's summary on the main process (None on the others)."""
     summary: Summary | None = None
     done = read_stage_records(cfg.run_dir)  # the stages earlier starts completed
     while (ctx := next_stage(cfg, done)) is not None:
-        trained = train_run(cfg.stage_config(ctx.index), ctx, status)  # None on processes other than the main one
+        trained = train_run(cfg.stage_config(ctx.index), ctx, held)  # None on processes other than the main one
         if trained is not None:
             done = record_stage(cfg.run_dir, done, ctx, cfg, trained.summary, trained.counters)
             log(f"stage {ctx.name} completed at step {trained.summary.steps}")
             summary = trained.summary
             if ctx.last:
-                summary = complete_run(cfg.run_dir, replace(summary, stages=done), status)
+                summary = complete_run(cfg.run_dir, replace(summary, stages=done), held.status)
         barrier()  # stage k+1 starts from what the main process recorded for stage k
         if trained is None:  # another process: the record is in the main process's file
             done = read_stage_records(cfg.run_dir)
