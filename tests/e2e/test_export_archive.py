@@ -345,5 +345,5 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, names, tmp_pa
     assert time.perf_counter() - start < 30
     assert f"{step}/{total}" in text and f"{train_rows[-1]['loss']:.4f}" in text and eta in text  # the running frame
     n = len(names)
-    assert "tiny_r4: failed" in text and f"{n - 1}/{n} completed, 1 failed" in text  # the failure, as it happened
+    assert "tiny_r4: FAILED" in text and f"{n - 1}/{n} completed, 1 failed" in text  # the failure, as it happened
     assert {r.name: r.state for r in last}["tiny_r4"] == "failed"
