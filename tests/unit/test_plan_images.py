@@ -81,3 +81,20 @@ def test_max_seq_len_cutting_the_image_is_an_error(tmp_path, vl_model):
     with pytest.raises(TunelabError) as err:
         make_plan(path)
     assert err.value.field == "training.max_seq_len" and "image" in str(err.value)
+
+
+def test_a_curriculum_of_image_tasks_reports_each_stage(tmp_path, vl_model):
+    colour = make_shapes_dataset("colour", 10, tmp_path / "data", seed=0)
+    position = make_shapes_dataset("position", 10, tmp_path / "data", seed=0)
+    spec = {"name": "c", "models": [{"name": "tvl", "path": str(vl_model)}],
+            "datasets": [{"name": "colour", "path": str(colour)}, {"name": "position", "path": str(position)}],
+            "training": {"epochs": 1, "batch_size": 4, "max_seq_len": 200},
+            "stages": [{"name": "first", "dataset": "colour"},
+                       {"name": "then", "dataset": "position", "max_pixels": 112 * 112, "min_pixels": 112 * 112}]}
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    images = make_plan(path).images
+    by_stage = {run: {f.split: f.image_tokens_max for f in rows} for run, rows in images.items()}
+    # each stage on its own dataset and pixel budget: 56x56 -> 4 tokens; scaled up to 112x112 -> 16 tokens
+    assert by_stage == {"tvl / first": {"train": 4, "validation": 4, "test": 4},
+                        "tvl / then": {"train": 16, "validation": 16, "test": 16}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
@@ -28,6 +29,7 @@ class SplitImages:
     image_tokens_mean: float  # per example
     image_tokens_max: int
     longest_tokens: int  # the longest example, image tokens included
+    max_seq_len: int
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -66,7 +68,8 @@ def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]])
                     "max_pixels", field="training.max_seq_len")
         if counts:
             out.append(SplitImages(split, len(counts), sum(counts) / len(counts), max(counts), max(pixels),
-                                   sum(tokens) / len(tokens), max(tokens), max(n for n, _ in rows) if rows else 0))
+                                   sum(tokens) / len(tokens), max(tokens), max(n for n, _ in rows) if rows else 0,
+                                   t.max_seq_len))
     return out
 
 
@@ -79,7 +82,16 @@ def image_token_delta(paths: list[str], model_dir: str | Path, min_pixels: int |
     return sum(image_tokens(*image_size(p), geometry).tokens - 1 for p in paths)
 
 
-def image_lines(facts: dict[str, list[SplitImages]], max_len: dict[str, int]) -> list[str]:
+def run_image_facts(cfg: RunConfig, lengths: Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]
+                    ) -> dict[str, list[SplitImages]]:
+    """{run (or 'run / stage'): facts}; a staged run's per stage, on each stage's dataset and settings."""
+    if cfg.stages:
+        return {f"{cfg.name} / {s.name}": image_facts(cfg.stage_config(i), lengths(cfg.stage_config(i)))
+                for i, s in enumerate(cfg.stages)}
+    return {cfg.name: image_facts(cfg, lengths(cfg))}
+
+
+def image_lines(facts: dict[str, list[SplitImages]]) -> list[str]:
     """plan.md's section."""
     if not facts:
         return []
@@ -91,5 +103,5 @@ def image_lines(facts: dict[str, list[SplitImages]], max_len: dict[str, int]) ->
     for run, rows in facts.items():
         for f in rows:
             lines.append(f"| {run} | {f.split} | {f.examples} | {f.images_mean:.2f}, {f.images_max} | {f.pixels_max:,} | "
-                         f"{f.image_tokens_mean:.1f}, {f.image_tokens_max} | {f.longest_tokens} | {max_len[run]} |")
+                         f"{f.image_tokens_mean:.1f}, {f.image_tokens_max} | {f.longest_tokens} | {f.max_seq_len} |")
     return lines + [""]

@@ -99,7 +99,7 @@ def render_plan_md(plan: Plan) -> str:
                      f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |")
     lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _resolution_lines(plan)
     lines += _truncation_lines(plan)
-    lines += image_lines(plan.images, {r.name: r.training.max_seq_len for r in plan.finetune_runs if r.training})
+    lines += image_lines(plan.images)
     lines += ["## Estimates", ""]
     target = plan.gpu.name if plan.gpu else "this machine's CPU"
     lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "

@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.models.vlm import is_vision_language
-from tunelab.plan.images import SplitImages, image_facts, image_token_delta
+from tunelab.plan.images import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
@@ -367,8 +367,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                 if t.cut and t.split in ("train", "validation"):
                     plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
-        plan.images = {cfg.name: image_facts(cfg, split_lengths(cfg)) for cfg in plan.finetune_runs
-                       if not cfg.stages and is_vision_language(cfg.model.path)}
+        plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
+                       for k, v in run_image_facts(cfg, split_lengths).items()}
         plan.estimates = estimate_runs(runs, gpu)
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
