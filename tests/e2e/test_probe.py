@@ -4,7 +4,9 @@ fresh machine has a measured time for every run; `tunelab history` shows the row
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -23,10 +25,13 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     before = make_plan(spec)
     assert all(e.seconds is None and e.time_source.startswith("none") for e in before.estimates.values())
 
-    res = runner.invoke(app, ["probe", str(spec)])
+    res = runner.invoke(app, ["probe", str(spec), "--json"])
     assert res.exit_code == 0, res.output
-    assert res.output.count("probe ") == 2 and "probe 2/2" in res.output  # a progress line per shape
-    assert "tokens/s on cpu" in res.output
+    assert res.stderr.count("probe ") == 2 and "probe 2/2" in res.stderr  # a progress line per shape, on stderr
+    assert "tokens/s on cpu" in res.stderr
+    probed = json.loads(res.stdout)  # the JSON alone on stdout, valid against `schema --output probe`
+    jsonschema.validate(probed, json.loads(runner.invoke(app, ["schema", "--output", "probe"]).stdout))
+    assert sorted(r["lora_rank"] for r in probed) == [4, 8] and all(r["tokens_per_s"] > 0 for r in probed)
 
     after = make_plan(spec)
     assert len(after.estimates) == 4
@@ -40,14 +45,50 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     assert len(rows) == 2 and {r["kind"] for r in rows} == {"probed"}
     for r in rows:
         assert r["device"] == "cpu" and r["memory_kind"] == "host_max_rss" and r["peak_memory_gib"] > 0
-        assert r["tokens_per_s"] > 0 and r["tokens_per_step"] > 0 and str(spec) in r["origin_where"]
+        # 8 rows of the capitalization set's 27 tokens each (its words are of one length: no padding)
+        assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 8 * 27 and str(spec) in r["origin_where"]
         assert r["lora_rank"] in (4, 8) and r["batch_size"] == 8
-    # the scratch trainer dirs are gone
-    assert not list((spec.parent / "runs").glob(".probe-*")) if (spec.parent / "runs").exists() else True
+    # the probe trained in scratch run dirs (runs/.probe-SHAPE, next to where the runs will be): all gone
+    assert (spec.parent / "runs").is_dir() and not list((spec.parent / "runs").glob(".probe-*"))
 
-    again = runner.invoke(app, ["probe", str(spec)])  # a second probe replaces the rows of the same shapes
-    assert again.exit_code == 0
+    # a second probe, through the MCP tool, replaces the rows of the same shapes and reports its progress
+    progress, estimated = probe_through_mcp(tmp_path.parent, spec)  # the session's temporary root: model, data
+    assert [(done, total) for done, total, _ in progress] == [(0, 2), (1, 2), (1, 2), (2, 2)]  # start, end per shape
+    assert [m.split()[0] for _, _, m in progress] == ["probing", "probed", "probing", "probed"]
+    assert progress[1][2].startswith(f"probed {progress[0][2].removeprefix('probing ')}: ")
+    assert progress[1][2].endswith("tokens/s")
+    assert estimated == [(0, 1, "planning: simulating each run shape's training step"), (1, 1, "estimated 4 run(s)")]
     assert len(json.loads(runner.invoke(app, ["history", "--json"]).stdout)) == 2
+
+
+Progress = list[tuple[float, float | None, str | None]]
+
+
+def probe_through_mcp(root: Path, spec: Path) -> tuple[Progress, Progress]:
+    """The MCP probe and estimate tools called by the SDK's in-memory client; the progress notifications each
+    sent."""
+    import anyio
+    from mcp import Client
+
+    from tunelab.mcp.server import build_server
+
+    seen: dict[str, Progress] = {"probe": [], "estimate": []}
+
+    async def go() -> None:
+        async with Client(build_server(root)) as client:
+            for tool, progress in seen.items():
+                async def on_progress(done: float, total: float | None, message: str | None,
+                                      progress: Progress = progress) -> None:
+                    progress.append((done, total, message))
+
+                result = await client.call_tool(tool, {"spec": str(spec.relative_to(root))},
+                                                progress_callback=on_progress)
+                assert not result.is_error, result.content
+                if tool == "probe":
+                    assert sorted(s["lora_rank"] for s in result.structured_content["shapes"]) == [4, 8]
+
+    anyio.run(go)
+    return seen["probe"], seen["estimate"]
 
 
 def test_find_max_batch_bisects_with_real_steps(write_spec, tmp_path, monkeypatch):
