@@ -21,6 +21,7 @@ from tunelab.estimate.simulator import SimulatedMemory, StepShape, simulate
 
 SIMULATED = "simulated: tunelab's training step"
 LIMIT_BATCH = 256  # micro-batches searched (rows); a plan never wants more, and huge shapes simulate slowly
+REFITS = 3  # rounds of fit-and-confirm before bisecting
 log = logging.getLogger("tunelab")
 
 
@@ -100,8 +101,9 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
     Memory grows with the micro-batch as a polynomial of degree two at most (activations linearly, a
     packed row's attention mask quadratically), so three simulations (1, 2, 4) predict where the budget is
-    crossed; simulations at and next to the prediction confirm it, and a bisection between confirmed
-    points settles any miss (allocator rounding is not polynomial)."""
+    crossed; simulations at and next to the prediction confirm it. A miss refits on every point seen (the
+    new ones lie near the crossing), and after REFITS rounds a bisection between confirmed points settles
+    it (allocator rounding is not polynomial)."""
     arch = resolve_architecture(model)
     seen: dict[int, float] = {}
 
@@ -113,15 +115,19 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
     if need(1) > budget_gib:
         return 0
-    guess = _predicted_crossing([(b, need(b)) for b in (1, 2, 4) if b <= limit], budget_gib, limit)
+    for b in (2, 4):
+        if b <= limit:
+            need(b)
     lo, hi = 1, limit + 1
-    for b in sorted({1, 2, 4, guess, guess + 1}):
-        if 1 <= b <= limit:
-            if need(b) <= budget_gib:
-                lo = max(lo, b)
-            else:
-                hi = min(hi, b)
-    lo = max([b for b, v in seen.items() if v <= budget_gib and b < hi], default=lo)
+    for _ in range(REFITS):  # each round fits every point seen so far: the guesses close in on the crossing
+        hi = min([b for b, v in seen.items() if v > budget_gib], default=hi)
+        lo = max([b for b, v in seen.items() if v <= budget_gib and b < hi], default=lo)
+        if hi - lo <= 1:
+            return lo
+        guess = min(max(_predicted_crossing(sorted(seen.items()), budget_gib, limit), lo), hi - 1)
+        for b in (guess, guess + 1):
+            if lo <= b < hi:
+                lo, hi = (max(lo, b), hi) if need(b) <= budget_gib else (lo, min(hi, b))
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if need(mid) <= budget_gib else (lo, mid)
