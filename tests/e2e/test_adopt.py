@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -73,6 +74,14 @@ def test_torchtune_runs_are_adopted_evaluated_and_reported(tmp_path, tiny_model,
         assert [r["step"] for r in rows if "loss" in r] == [1, 54, 109, 110, 163, 218]  # losses per step
         for e in (0, 1):
             assert (run / "checkpoints" / f"epoch_{e}" / "adapter_model.safetensors").is_file()
+
+    res = runner.invoke(app, ["adopt", str(a), str(broken), "--out", str(tmp_path / "again"), "--spec", str(spec),
+                              "--model", str(tiny_model), "--json"])
+    assert res.exit_code == 0, res.output
+    adopted = json.loads(res.stdout)  # the JSON alone on stdout, valid against `schema --output adopt`
+    jsonschema.validate(adopted, json.loads(runner.invoke(app, ["schema", "--output", "adopt"]).stdout))
+    assert adopted["experiment_dir"] == str(tmp_path / "again") and adopted["adopted"] == ["ck-out-r4"]
+    assert len(adopted["problems"]) == 1 and "ck-out-broken" in adopted["problems"][0]
 
     ev = runner.invoke(app, ["eval", str(out)])
     assert ev.exit_code == 0, ev.output

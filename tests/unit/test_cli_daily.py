@@ -9,6 +9,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import jsonschema
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -150,8 +151,11 @@ def test_estimate_measures_the_spec_s_prompt_format_dtype_and_modules(tiny_model
         res = runner.invoke(app, ["estimate", "--model", str(tiny_model), "--gpu", "H100-80GB", "--max-seq-len", "128",
                                   "--batch-size", "8", "--json", *extra])
         assert res.exit_code == 0, res.output
-        return json.loads(res.stdout)
+        out = json.loads(res.stdout)
+        jsonschema.validate(out, schema)  # what `schema --output estimate` documents
+        return out
 
+    schema = json.loads(runner.invoke(app, ["schema", "--output", "estimate"]).stdout)
     data = ["--dataset", str(caps_dataset), "--prompt", "Capitalize: {input}"]
     assert est(*data, "--chat-template", "always")["tokens_per_epoch"] > est(*data, "--chat-template", "never")[
         "tokens_per_epoch"]

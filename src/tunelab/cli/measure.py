@@ -85,7 +85,7 @@ def probe_cmd(
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
     measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
     with stdout_to_stderr(json_out):
-        rows = run_probe(spec, quiet=json_out, find_max_batch=find_max_batch, executor=executor, results=results)
+        rows = run_probe(spec, find_max_batch=find_max_batch, executor=executor, results=results)
     if results is not None:
         say("wrote {}", results)
     elif json_out:

@@ -26,7 +26,8 @@ def output_adapters() -> dict[str, TypeAdapter[Any]]:
             "cancel": TypeAdapter(m.CancelOut), "eval": TypeAdapter(m.EvalOut), "report": TypeAdapter(m.ReportOut),
             "ingest": TypeAdapter(m.IngestOut), "adopt": TypeAdapter(m.AdoptOut),
             "compare": TypeAdapter(m.CompareOut), "export": TypeAdapter(m.ExportOut),
-            "archive": TypeAdapter(m.ArchiveOut), "data": built, "models": built, "skills": built}
+            "archive": TypeAdapter(m.ArchiveOut), "estimate": TypeAdapter(m.EstimateOut), "data": built,
+            "models": built, "skills": built}
 
 
 def output_schema(command: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.experiment import load_runs
@@ -85,11 +84,3 @@ def compare(paths: list[Path]) -> Comparison:
         r.differences = {k: r.config.get(k, "—") for k in differing}
     tasks = list(dict.fromkeys(t for r in runs for t in r.scores))
     return Comparison(runs, tasks, differing)
-
-
-def to_dict(c: Comparison) -> dict[str, Any]:
-    return {"tasks": c.tasks, "differing": c.differing,
-            "runs": [{"run": r.label, "type": r.kind, "state": r.state, "final_loss": r.final_loss,
-                      "final_val_loss": r.final_val_loss,
-                      "scores": {t: {"score": s, "metric": m} for t, (s, m) in r.scores.items()},
-                      "differences": r.differences} for r in c.runs]}
