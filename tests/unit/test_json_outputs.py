@@ -119,8 +119,8 @@ def test_every_json_option_has_a_schema():
 
 def test_a_schema_documents_every_key():
     """Every property of the new outputs carries a description (stable, documented keys)."""
-    for command in ("plan", "init", "scaffold", "run", "cancel", "eval", "report", "ingest", "adopt", "compare",
-                    "export", "archive", "data"):
+    for command in ("plan", "results", "init", "scaffold", "run", "cancel", "eval", "report", "ingest", "adopt",
+                    "compare", "export", "archive", "estimate", "data"):
         doc = schema(command)
         for name, definition in [("", doc), *doc.get("$defs", {}).items()]:
             for key, prop in definition.get("properties", {}).items():

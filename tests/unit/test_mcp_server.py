@@ -231,15 +231,17 @@ def test_a_model_in_a_configured_model_store_may_sit_outside_the_root(root, tmp_
 
 
 def test_a_run_yaml_naming_a_model_outside_the_root_is_refused_by_run_and_eval(root):
-    """run.yaml is what run and eval read: a hand-edited one pointing out of the root is refused too."""
+    """run.yaml is what run and eval read (and validate may): a hand-edited one pointing out of the root is
+    refused too."""
     run_dir = root / "exp" / "runs" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump({
         "name": "r", "kind": "finetune", "experiment": "x", "experiment_dir": str(root / "exp"),
         "model": {"name": "m", "path": str(root.parent / "secret")},
         "dataset": {"name": "d", "path": str(root / "data" / "caps_train.jsonl")}}))
-    for name in ("run", "eval"):
-        result = tool(root, name, {"experiment_dir": "exp"})
+    for name, args in (("run", {"experiment_dir": "exp"}), ("eval", {"experiment_dir": "exp"}),
+                       ("validate", {"path": "exp/runs/r/run.yaml", "gpu": "H100"})):
+        result = tool(root, name, args)
         text = result.content[0].text
         assert result.is_error and f"{run_dir / 'run.yaml'}: model.path: " in text, (name, text)
         assert "outside the workspace root" in text

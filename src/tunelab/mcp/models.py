@@ -130,26 +130,28 @@ class EvalOut(BaseModel):
 class ResultRow(BaseModel):
     """One run as `results --json` prints it (keys stable); `eval` holds every checkpoint × task × metric."""
 
-    name: str
-    type: str
-    model: str
-    dataset: str
-    factors: dict[str, Any]
-    state: str
-    final_loss: float | None
-    final_val_loss: float | None
-    steps: int | None
-    duration_s: float | None
-    tokens_per_s: float | None
-    peak_memory_gib: float | None
-    score: float | None
-    score_ci: list[float] | None
-    score_task: str | None
-    score_metric: str | None
-    scores: dict[str, float | None]
-    eval: list[dict[str, Any]]
-    run_dir: str
-    error: str | None
+    name: str = Field(description="The run, control or eval-only run.")
+    type: str = Field(description="fine-tuned, control or eval-only.")
+    model: str = Field(description="Its base model's name in the spec.")
+    dataset: str = Field(description="Its dataset's name in the spec.")
+    factors: dict[str, Any] = Field(description="The swept values that made it (model and dataset excluded).")
+    state: str = Field(description="As `status` names it (completed, failed, oom, ...).")
+    final_loss: float | None = Field(description="Last training loss.")
+    final_val_loss: float | None = Field(description="Last validation loss.")
+    steps: int | None = Field(description="Optimizer steps trained.")
+    duration_s: float | None = Field(description="Training wall-clock, seconds.")
+    tokens_per_s: float | None = Field(description="Training throughput.")
+    peak_memory_gib: float | None = Field(description="Peak memory measured by the job.")
+    score: float | None = Field(description="The headline: the first task's primary metric on the last evaluated "
+                                            "checkpoint.")
+    score_ci: list[float] | None = Field(description="Its 95 % interval [low, high].")
+    score_task: str | None = Field(description="The headline's task.")
+    score_metric: str | None = Field(description="The headline's metric.")
+    scores: dict[str, float | None] = Field(description="Task → primary metric on the last evaluated checkpoint.")
+    eval: list[dict[str, Any]] = Field(description="Every checkpoint × task: label, epoch, task, samples, "
+                                                   "primary_metric, score, metrics, intervals, stage.")
+    run_dir: str = Field(description="The run's directory.")
+    error: str | None = Field(description="Why it failed, when it did.")
 
 
 class ResultsOut(BaseModel):
