@@ -98,3 +98,38 @@ def test_a_curriculum_of_image_tasks_reports_each_stage(tmp_path, vl_model):
     # each stage on its own dataset and pixel budget: 56x56 -> 4 tokens; scaled up to 112x112 -> 16 tokens
     assert by_stage == {"tvl / first": {"train": 4, "validation": 4, "test": 4},
                         "tvl / then": {"train": 16, "validation": 16, "test": 16}}
+
+
+def test_image_field_beside_the_fields_format(tmp_path, vl_model):
+    """image_field: a column of paths (JSON rows) or a datasets Image column (save_to_disk) feeds the image."""
+    import datasets
+    import json
+
+    from tunelab.data.formatting import PromptFormat
+    from tunelab.data.images import encode_vision_example
+    from tunelab.data.splits import load_data
+    from tunelab.models.vlm import load_vision_processor
+    from tunelab.spec import DatasetSpec
+
+    src = json.loads(make_shapes_dataset("colour", 10, tmp_path / "shapes", seed=0).read_text())
+    rows = {split: [{"question": r["messages"][0]["content"][1]["text"], "picture": r["messages"][0]["content"][0]["image"],
+                     "colour": r["messages"][1]["content"][0]["text"]} for r in src[split]]
+            for split in ("train", "validation", "test")}
+    (tmp_path / "shapes" / "rows.json").write_text(json.dumps(rows))
+    table = datasets.Dataset.from_dict({"question": [r["question"] for r in rows["train"]],
+                                        "picture": [str(tmp_path / "shapes" / r["picture"]) for r in rows["train"]],
+                                        "colour": [r["colour"] for r in rows["train"]]}).cast_column("picture",
+                                                                                                    datasets.Image())
+    table.save_to_disk(str(tmp_path / "saved"))
+    proc = load_vision_processor(vl_model)
+    pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    pixels = []
+    for path in (tmp_path / "shapes" / "rows.json", tmp_path / "saved"):
+        spec = DatasetSpec(name="d", path=str(path), format="fields", output_field="colour", image_field="picture")
+        data = load_data(spec, None)
+        [first, *_] = data.examples("train", data.reader("{question}", None))
+        assert len(first.messages[0].images) == 1 and first.answer == rows["train"][0]["colour"]
+        enc = encode_vision_example(PromptFormat(), first, proc)
+        assert enc["input_ids"].count(pad) == 4
+        pixels.append(enc["pixel_values"])
+    assert pixels[0] == pixels[1]  # the path and the Image column (PNG bytes) give the model the same pixels

@@ -45,21 +45,45 @@ def resolve_image(path: str, image_dir: str | None, where: str) -> str:
     return str(p.resolve())
 
 
+def image_value(value: Any, image_dir: str | None, where: str) -> str:
+    """A column's image as a path or data URI: a path string (relative to the dataset file), a datasets Image
+    value ({'bytes', 'path'} undecoded, or a decoded PIL image)."""
+    if isinstance(value, str):
+        return value if value.startswith("data:") else resolve_image(value, image_dir, where)
+    if isinstance(value, dict) and value.get("bytes"):
+        return _as_uri(value["bytes"])
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return resolve_image(value["path"], image_dir, where)
+    if hasattr(value, "save"):  # a PIL image (a datasets Image column, decoded)
+        import io
+
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return _as_uri(buf.getvalue())
+    raise TunelabError(f"{where}: an image is a path, or a datasets Image value, not {type(value).__name__}")
+
+
+def _as_uri(data: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
 def load_image(path: str, where: str = "") -> Any:
     """The picture as RGB; an unreadable file is an error naming it (and the row, when given)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(_data_uri(path) or path) as im:
+        with Image.open(image_source(path)) as im:
             return im.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise TunelabError(f"{where + ': ' if where else ''}image cannot be read: {exc}", file=path) from None
 
 
-def _data_uri(path: str) -> Any:
-    """A base64 data URI (how inspect-ai may carry an image) as a file object; None for a path."""
+def image_source(path: str) -> Any:
+    """What PIL opens: the path, or a base64 data URI's bytes (an image column, or inspect-ai's encoding)."""
     if not path.startswith("data:"):
-        return None
+        return path
     import base64
     import io
 

@@ -29,6 +29,7 @@ class RowReader:
     output_field: str = "output"
     system_prompt: str | None = None
     image_dir: str | None = None  # where image parts' relative paths start: the dataset file's folder
+    image_field: str | None = None  # fields format: the column holding the row's image
 
     def columns_needed(self) -> list[str]:
         if self.format == "chat":
@@ -36,7 +37,8 @@ class RowReader:
         if self.format == "prompt_completion":
             return ["prompt", "completion"]
         names = template_fields(self.template or "")
-        return [self.input_field if n == "input" else n for n in names] + [self.output_field]
+        image = [self.image_field] if self.image_field else []
+        return [self.input_field if n == "input" else n for n in names] + image + [self.output_field]
 
     def example(self, row: dict[str, Any], where: str) -> Example:
         """The row as a conversation; `where` ('file: train row 3') prefixes every error."""
@@ -50,7 +52,8 @@ class RowReader:
         elif self.format == "prompt_completion":
             messages = self._prompt_completion(row, where)
         else:
-            messages = (Message("user", self.fill(row, where)), Message("assistant", _text(row, self.output_field, where)))
+            messages = (Message("user", self.fill(row, where), self._image(row, where)),
+                        Message("assistant", _text(row, self.output_field, where)))
         return Example(with_system(messages, self.system_prompt))
 
     def fill(self, row: dict[str, Any], where: str, template: str | None = None) -> str:
@@ -60,6 +63,16 @@ class RowReader:
             raise TunelabError(f"{where}: rows of the fields format need a prompt template (prompt:)")
         values = {n: _text(row, self.input_field if n == "input" else n, where) for n in template_fields(template)}
         return template.format(**values)
+
+    def _image(self, row: dict[str, Any], where: str) -> tuple[str, ...]:
+        """The row's image (image_field), as a file path or a data URI; none without image_field."""
+        if not self.image_field:
+            return ()
+        from tunelab.data.images import image_value
+
+        if row.get(self.image_field) is None:
+            raise TunelabError(f"{where}: no image in '{self.image_field}' (image_field)")
+        return (image_value(row[self.image_field], self.image_dir, f"{where}: {self.image_field}"),)
 
     def _prompt_completion(self, row: dict[str, Any], where: str) -> tuple[Message, ...]:
         prompt, completion = row.get("prompt"), row.get("completion")

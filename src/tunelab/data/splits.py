@@ -51,7 +51,8 @@ class LoadedData:
         columns = list(next(iter(self.splits.values())).column_names)
         fmt = detect_format(columns, self.spec.format, template, self.spec.input_field, self.spec.output_field,
                             f"dataset {self.spec.name} ({self.files[0].path})")
-        return RowReader(fmt, template, self.spec.input_field, self.spec.output_field, system_prompt)
+        return RowReader(fmt, template, self.spec.input_field, self.spec.output_field, system_prompt,
+                         image_field=self.spec.image_field)
 
     def examples(self, split: str, reader: RowReader, limit: int | None = None) -> list[Example]:
         ds = self.require(split)

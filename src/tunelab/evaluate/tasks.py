@@ -66,7 +66,7 @@ def build_samples(examples: list[Example]) -> list[Sample]:
 
 def image_metadata(example: Example) -> dict | None:
     """An image sample's files (scores.json keeps them, with the answer, for the report); None without images."""
-    images = [p for m in example.prompt for p in m.images]
+    images = [p if not p.startswith("data:") else "(embedded image)" for m in example.prompt for p in m.images]
     return {"images": images} if images else None
 
 

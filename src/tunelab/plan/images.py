@@ -36,7 +36,9 @@ def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    from tunelab.data.images import image_source
+
+    with Image.open(image_source(path)) as im:
         return im.size
 
 

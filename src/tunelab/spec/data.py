@@ -47,6 +47,9 @@ class DatasetSpec(_Strict):
         "prompt template's placeholders name columns; output_field is the answer); auto detects it.")
     input_field: str = Field("input", description="The column that the prompt's '{input}' placeholder reads.")
     output_field: str = Field("output", description="fields format: the column holding the answer.")
+    image_field: str | None = Field(
+        None, description="fields format: the column holding each row's image (a path relative to the dataset "
+        "file, or a datasets Image column), shown before the prompt's text (vision-language models).")
     split: SplitFractions | None = Field(
         None, description="Split the rows by the spec, e.g. {validation: 0.1, test: 0.1, seed: 0}.")
     eval_only: bool = Field(False, description="Only evaluated on (by eval tasks), never trained on.")
