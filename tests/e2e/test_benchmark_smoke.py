@@ -3,7 +3,8 @@
 build. Each test checks what the output must contain: its rows, and that the printed figures parse and agree
 with one another and with what they were computed from (a ratio with the two figures it divides, an error with
 its predicted and measured values, a step count with the dataset's rows). The GPU kit and the fault benchmark
-have smoke tests of their own (COVERED_ELSEWHERE)."""
+have smoke tests of their own (COVERED_ELSEWHERE). Marked slow: every smoke but the fuzzer's (seconds) spends
+10-40 s in a process of its own, most of it importing torch and transformers."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def test_every_benchmark_script_has_a_smoke_run_by_a_test():
         assert f'"{flag}"' in (BENCH / name).read_text() and flag in (ROOT / test).read_text(), (name, test)
 
 
+@pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
 def test_overhead_smoke_plans_scaffolds_and_reads_status(tmp_path):
     out = smoke("overhead.py", "--out", str(tmp_path))
     # 2 ranks × 2 learning rates × 2 seeds, and the one model's base-model control
@@ -67,6 +69,7 @@ def test_overhead_smoke_plans_scaffolds_and_reads_status(tmp_path):
     assert len(list((tmp_path / "exp" / "runs").glob("*/run.yaml"))) == 8
 
 
+@pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
 def test_memory_references_smoke_errors_agree_with_their_figures():
     out = smoke("memory_references.py")
     rows = {}

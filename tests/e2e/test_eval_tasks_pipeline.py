@@ -5,6 +5,7 @@ tiny fine-tune, its control and an eval-only adapter: plan → scaffold → run 
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -80,9 +81,7 @@ def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, tr
                     assert metric not in e["intervals"]
                     continue
                 assert metric_on(arr, metric) == pytest.approx(value), (name, e["task"], metric)
-                iv = e["intervals"][metric]
-                assert iv["low"] - 1e-9 <= value <= iv["high"] + 1e-9, (name, e["task"], metric, iv)  # float noise
-                assert iv["method"] in ("wilson", "bootstrap-bca", "bootstrap-percentile")
+                _check_interval(arr, metric, value, e["intervals"][metric], (name, e["task"], metric))
             if e["task"] != "letters":
                 assert e["samples"] == 6  # eval.limit
                 continue
@@ -106,3 +105,34 @@ def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, tr
     figures = {p.name for p in (exp / "report" / "figures").glob("*.png")}
     assert {"score_by_lora_rank__exact_match__accuracy.png", "score_by_lora_rank__pick__brier.png",
             "score_by_lora_rank__letters__mean.png"} <= figures
+
+
+def _check_interval(arr, metric: str, value: float, iv: dict, where: tuple) -> None:
+    """A proportion's interval is Wilson's (worked by hand); a mean of per-sample numbers (a task's mean, the
+    Brier score) is scipy's bootstrap of those numbers, drawn with the recorded seed and resamples; the other
+    choice metrics (resampled as whole metrics) are only checked for a bootstrap that holds their value."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    n = len(arr)
+    if metric == "accuracy":  # 0/1 per sample: Wilson, z = 1.959964 for 95 %
+        z, p = 1.959964, arr.values.mean()
+        centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert iv["method"] == "wilson", where
+        assert (iv["low"], iv["high"]) == pytest.approx(((centre - half) / (1 + z * z / n),
+                                                         (centre + half) / (1 + z * z / n)), abs=1e-6), where
+        return
+    assert iv["method"] in ("bootstrap-bca", "bootstrap-percentile") and iv["seed"] == 0, (where, iv)
+    if metric in ("mean", "brier"):
+        if metric == "mean":
+            x = arr.values
+        else:  # scikit-learn's Brier: squared error summed over the options (the positive one alone with two)
+            onehot = np.array([[float(t == lab) for lab in arr.labels] for t in arr.targets])
+            x = ((arr.probs - onehot) ** 2).sum(axis=1) / (2 if len(arr.labels) == 2 else 1)
+        assert x.mean() == pytest.approx(value), where
+        method = {"bootstrap-bca": "BCa", "bootstrap-percentile": "percentile"}[iv["method"]]
+        ci = bootstrap((x,), np.mean, n_resamples=iv["resamples"], method=method, confidence_level=0.95,
+                       rng=np.random.default_rng(iv["seed"])).confidence_interval
+        assert (iv["low"], iv["high"]) == pytest.approx((ci.low, ci.high), abs=1e-9), (where, iv)
+        return
+    assert iv["low"] - 1e-9 <= value <= iv["high"] + 1e-9, (where, iv)
