@@ -5,6 +5,8 @@ model, read report.md as a resource; bad input is refused with one line and the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import shutil
 import sys
@@ -125,9 +127,11 @@ async def drive(root: Path) -> None:
         assert progress == [(1, 3), (2, 3), (3, 3)]  # a notification after each run and the control
         assert set(spec["runs"] + spec["controls"]) <= set(evaluated["evaluated"])
         results = {r["name"]: r for r in (await call(client, "results", {"experiment_dir": "exp"}))["runs"]}
+        train_rows = len(json.loads((root / caps).read_text())["train"])
         for name in spec["runs"]:
             assert results[name]["state"] == "completed" and results[name]["type"] == "fine-tuned"
-            assert results[name]["steps"] > 0 and results[name]["score"] is not None
+            # one epoch at batch 16 (the overrides above)
+            assert results[name]["steps"] == math.ceil(train_rows / 16) and results[name]["score"] is not None
         report = await call(client, "report", {"experiment_dir": "exp"})
         assert report["markdown"] == "exp/report/report.md" and not report["partial"]
         page = await client.read_resource(report["resource"])
