@@ -14,26 +14,56 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-SMOKED = ("overhead.py", "memory_references.py", "fuzz.py", "packing_attention.py", "dataloader.py",
-          "packing.py", "estimate_accuracy.py")
+SMOKED = {  # script -> its test, longest first (the order the smokes start in)
+    "packing.py": "test_packing_smoke_simulations_and_measured_ratio",
+    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",
+    "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",
+    "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",
+    "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",
+    "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",
+    "fuzz.py": "test_fuzz_smoke_counts_add_up",
+}
+WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 
-def smoke(script: str, *args: str) -> str:
-    """stdout of `python benchmarks/<script> --smoke ARGS`, which must exit 0."""
+def run_smoke(script: str, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
+    extra = ["--out", str(out)] if script in WITH_OUT else []
+    return subprocess.run([sys.executable, str(BENCH / script), "--smoke", *extra], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smokes(request, tmp_path_factory) -> Iterator[dict[str, tuple[Future, Path]]]:
+    """The smokes of the tests selected in this module, started two at a time (each is one process, mostly
+    single-threaded imports: two keep 2 cores busy), longest first; each test waits for its own."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        started = {}
+        for script, test in SMOKED.items():
+            if test in selected:
+                out = tmp_path_factory.mktemp(script.removesuffix(".py"))
+                started[script] = (pool.submit(run_smoke, script, out), out)
+        yield started
+
+
+def smoke(smokes: dict[str, tuple[Future, Path]], script: str) -> tuple[str, Path]:
+    """(stdout, --out dir) of `python benchmarks/<script> --smoke`, which must exit 0."""
+    future, out = smokes[script]
+    proc = future.result()
     assert proc.returncode == 0, f"{script} --smoke exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    return proc.stdout, out
 
 
 def line(text: str, pattern: str) -> tuple[float, ...]:
@@ -52,26 +82,26 @@ def ratio_bound(a: float, b: float, step_a: float, step_b: float) -> float:
 def test_every_benchmark_script_has_a_smoke_run_by_a_test():
     scripts = {p.name for p in BENCH.glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
     assert scripts == set(SMOKED) | set(COVERED_ELSEWHERE), "a new benchmark needs a smoke test here"
-    for name in SMOKED:
-        assert '"--smoke"' in (BENCH / name).read_text(), name
+    for name, test in SMOKED.items():
+        assert '"--smoke"' in (BENCH / name).read_text() and f"def {test}(" in Path(__file__).read_text(), name
     for name, (flag, test) in COVERED_ELSEWHERE.items():
         assert f'"{flag}"' in (BENCH / name).read_text() and flag in (ROOT / test).read_text(), (name, test)
 
 
 @pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
-def test_overhead_smoke_plans_scaffolds_and_reads_status(tmp_path):
-    out = smoke("overhead.py", "--out", str(tmp_path))
+def test_overhead_smoke_plans_scaffolds_and_reads_status(smokes):
+    out, out_dir = smoke(smokes, "overhead.py")
     # 2 ranks × 2 learning rates × 2 seeds, and the one model's base-model control
     assert line(out, r"^(\d+) fine-tuned runs \+ (\d+) controls \((\d+) status rows\)$") == (8, 1, 9)
     t_plan, t_both, t_status = line(out, rf"^in-process: +plan {NUM} s, plan \+ scaffold {NUM} s .*, status {NUM} s")
     assert 0 < t_plan <= t_both and t_status >= 0  # plan + scaffold is the plan's time plus the scaffold's
     assert line(out, rf"^CLI process, 9 runs: status {NUM} s$")
-    assert len(list((tmp_path / "exp" / "runs").glob("*/run.yaml"))) == 8
+    assert len(list((out_dir / "exp" / "runs").glob("*/run.yaml"))) == 8
 
 
 @pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
-def test_memory_references_smoke_errors_agree_with_their_figures():
-    out = smoke("memory_references.py")
+def test_memory_references_smoke_errors_agree_with_their_figures(smokes):
+    out, _ = smoke(smokes, "memory_references.py")
     rows = {}
     for row in (17, 33):
         published, simulated, err = line(out, rf"^ +{row} \w+ +\w+ +{NUM} +{NUM} +{NUM}%")
@@ -86,8 +116,8 @@ def test_memory_references_smoke_errors_agree_with_their_figures():
     assert line(out, rf"^median \|error\|, other stacks .*: {NUM} % over 1 rows$") == (abs(rows[33][2]),)
 
 
-def test_fuzz_smoke_counts_add_up():
-    out = smoke("fuzz.py")
+def test_fuzz_smoke_counts_add_up(smokes):
+    out, _ = smoke(smokes, "fuzz.py")
     rejected = 0
     for target in ("spec", "run.yaml", "data", "ingest"):
         tried, rej, accepted, bad = line(out, rf"^{re.escape(target)} +(\d+) inputs, +(\d+) rejected .*, +(\d+) "
@@ -98,8 +128,8 @@ def test_fuzz_smoke_counts_add_up():
 
 
 @pytest.mark.slow
-def test_packing_attention_smoke_measures_both_variants():
-    out = smoke("packing_attention.py")
+def test_packing_attention_smoke_measures_both_variants(smokes):
+    out, _ = smoke(smokes, "packing_attention.py")
     (examples,) = line(out, r"^CPU, 2 × 128 packed \((\d+) examples, 256 tokens\)")
     assert examples >= 2  # each row holds examples of 32 tokens or more, the last cut to fit
     dense = line(out, rf"^\| dense mask \(sdpa\) \| {NUM} \| {NUM} \| {NUM} \|$")
@@ -116,14 +146,14 @@ def train_rows(data_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_dataloader_smoke_table_is_its_runs_summary(tmp_path):
-    out = smoke("dataloader.py", "--out", str(tmp_path))
-    n = train_rows(tmp_path / "data")
+def test_dataloader_smoke_table_is_its_runs_summary(smokes):
+    out, out_dir = smoke(smokes, "dataloader.py")
+    n = train_rows(out_dir / "data")
     (steps,) = line(out, r"batch 8, (\d+) steps, 1 epoch$")
     assert steps == math.ceil(n / 8)
     step_ms, wait_ms, share, wait_s, train_s, tps = line(
         out, rf"^ +1 +{NUM} +{NUM} +{NUM}% +{NUM} +{NUM} +{NUM}$")
-    summary = json.loads((tmp_path / "experiment" / "runs" / "workers_1" / "summary.json").read_text())
+    summary = json.loads((out_dir / "experiment" / "runs" / "workers_1" / "summary.json").read_text())
     assert summary["steps"] == steps and summary["dataloader_workers"] == 1 and summary["train_examples"] == n
     assert step_ms == pytest.approx(1000 * summary["tokens"] / steps / summary["tokens_per_s"], abs=0.051)
     assert wait_ms == pytest.approx(1000 * summary["data_wait_s"] / steps, abs=0.006)
@@ -133,9 +163,9 @@ def test_dataloader_smoke_table_is_its_runs_summary(tmp_path):
 
 
 @pytest.mark.slow
-def test_packing_smoke_simulations_and_measured_ratio(tmp_path):
-    out = smoke("packing.py", "--out", str(tmp_path))
-    n = train_rows(tmp_path / "data")
+def test_packing_smoke_simulations_and_measured_ratio(smokes):
+    out, out_dir = smoke(smokes, "packing.py")
+    n = train_rows(out_dir / "data")
     sections = [s.strip() for s in out.split("\n\n")]
     bfd_rows = {}
     for title, count in (("capitalization", n), ("long-tailed", 500)):
@@ -164,8 +194,8 @@ def test_packing_smoke_simulations_and_measured_ratio(tmp_path):
 
 
 @pytest.mark.slow
-def test_estimate_accuracy_smoke_error_is_predicted_against_measured(tmp_path):
-    out = smoke("estimate_accuracy.py", "--out", str(tmp_path))
+def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
+    out, out_dir = smoke(smokes, "estimate_accuracy.py")
     (calibration_s,) = line(out, rf"^calibration: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s$")
     predicted, measured, err = line(out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} %  history: 1 measured")
     assert calibration_s > 0 and measured > 0
