@@ -52,22 +52,21 @@ def plan_cmd(
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
     from tunelab.plan.planner import make_plan
-    from tunelab.plan.markdown import plan_rows, render_plan_md, stage_rows
+    from tunelab.plan.markdown import render_plan_md
 
-    if probe:
-        from tunelab.cli.measure import run_probe
+    with stdout_to_stderr(json_out):
+        if probe:
+            from tunelab.cli.measure import run_probe
 
-        run_probe(spec, quiet=json_out)
-    plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
+            run_probe(spec)
+        plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
     path = None
     if write_md if write_md is not None else not json_out:
         path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
     if json_out:
-        print(json.dumps({"experiment": plan.spec.name, "recipe": plan.recipe,
-                          "gpu": plan.gpu.name if plan.gpu else None, "runs": plan_rows(plan),
-                          "stages": stage_rows(plan),
-                          "estimates": {k: e.to_dict() for k, e in plan.estimates.items()},
-                          "totals": plan.totals(), "warnings": plan.warnings}, indent=2))
+        from tunelab.mcp.models import PlanOut
+
+        emit(PlanOut.of(plan, str(path) if path else None))
         return
     print_plan(plan)
     if path:

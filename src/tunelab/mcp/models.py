@@ -50,7 +50,19 @@ class PlanOut(BaseModel):
                                                          "time and where each figure came from.")
     totals: dict[str, Any] = Field(description="The sweep's totals: runs, steps, GPU-hours, time, forecast.")
     warnings: list[str] = Field(description="The plan's warnings, one line each.")
-    plan_md: str | None = Field(default=None, description="plan.md written (MCP plan; None when not written).")
+    plan_md: str | None = Field(default=None, description="plan.md written (None when not written).")
+
+    @classmethod
+    def of(cls, plan: Plan, plan_md: str | None = None) -> PlanOut:
+        import json
+
+        from tunelab.plan.markdown import plan_rows, stage_rows
+
+        return cls(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
+                   runs=plan_rows(plan), stages=stage_rows(plan),
+                   estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
+                   totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
+                   plan_md=plan_md)
 
 
 class ValidateOut(BaseModel):

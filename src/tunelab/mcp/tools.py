@@ -59,15 +59,6 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=120)
 
 
-def plan_out(ws: Workspace, plan: Any, plan_md: str | None) -> PlanOut:
-    from tunelab.plan.markdown import plan_rows, stage_rows
-
-    return PlanOut(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
-                   runs=plan_rows(plan), stages=stage_rows(plan), estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
-                   totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
-                   plan_md=plan_md)
-
-
 def with_overrides(draft_path: Path, overrides: dict[str, Any], gpu: Any) -> Any:
     """Merge the overrides into the drafted spec (a dict section into the draft's section) and plan it again:
     the spec written is still one `tunelab plan` accepts."""
@@ -190,7 +181,7 @@ class PipelineTools:
         self.ws.spec_models(path)
         plan = make_plan(path, gpu=self._gpu(gpu, path))
         md = atomic_write_text(path.parent / "plan.md", render_plan_md(plan)) if write_md else None
-        return plan_out(self.ws, plan, self.ws.shown(md) if md else None)
+        return PlanOut.of(plan, self.ws.shown(md) if md else None)
 
     @one_line
     def estimate(self, spec: Spec, gpu: Gpu = None, ctx: Context | None = None) -> PlanOut:
@@ -203,7 +194,7 @@ class PipelineTools:
         report_progress(ctx, 0, 1, "planning: simulating each run shape's training step")
         plan = make_plan(path, gpu=self._gpu(gpu, path))
         report_progress(ctx, 1, 1, f"estimated {len(plan.finetune_runs)} run(s)")
-        return plan_out(self.ws, plan, None)
+        return PlanOut.of(plan)
 
     @one_line
     def probe(self, spec: Spec, ctx: Context | None = None) -> ProbeOut:
