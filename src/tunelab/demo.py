@@ -15,6 +15,7 @@ from rich.console import Console
 
 from tunelab.console import rule, say
 from tunelab.errors import TunelabError
+from tunelab.spec.resources import ExecutorKind
 
 DEMO_MODELS = (("tiny-2x128", 2, 128, 0), ("tiny-4x256", 4, 256, 1))
 WORD_LEN, NUM_WORDS, DATA_SEED = 5, 2000, 0
@@ -74,7 +75,8 @@ def _prepare_smollm2(out: Path, console: Console) -> dict:
     return smollm2_spec("../models/smollm2", f"../data/{data.name}")
 
 
-def prepare_inputs(out: Path, console: Console, executor: str = "local", model: str = "tiny") -> Path:
+def prepare_inputs(out: Path, console: Console, executor: ExecutorKind = ExecutorKind.LOCAL,
+                   model: str = "tiny") -> Path:
     """Build the models and the dataset (once), write experiment/experiment.yaml; return its path."""
     from tunelab.execute.executors import executor_class
 
@@ -84,7 +86,7 @@ def prepare_inputs(out: Path, console: Console, executor: str = "local", model: 
     spec_path = out / "experiment" / "experiment.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     if executor_class(executor).detached:  # jobs on a cluster's nodes: CPU jobs, no GPU to ask for
-        spec["resources"] = {"executor": executor_class(executor).name, "gpus_per_run": 0}  # plain text: YAML
+        spec["resources"] = {"executor": executor.value, "gpus_per_run": 0}  # the value: plain text for YAML
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 
@@ -110,8 +112,8 @@ def _prepare_tiny(out: Path, console: Console) -> dict:
     return demo_spec(models, f"../data/{data.name}")
 
 
-def run_demo(out: str | Path, force: bool = False, console: Console | None = None, executor: str = "local",
-             model: str = "tiny") -> Path:
+def run_demo(out: str | Path, force: bool = False, console: Console | None = None,
+             executor: ExecutorKind = ExecutorKind.LOCAL, model: str = "tiny") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.executors import executor_named
     from tunelab.execute.sweep import RowState, run_sweep

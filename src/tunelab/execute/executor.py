@@ -11,6 +11,7 @@ execute/executors.py by the name the spec gives and never compare that name them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +20,23 @@ from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
-__all__ = ["UNSEEN", "Capacity", "Executor", "JobGroup", "JobInfo"]
+__all__ = ["UNSEEN", "Capacity", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind"]
+
+
+class JobKind(StrEnum):
+    """What a job does: a run's training or its evaluation (the ledger's `jobs.kind`: the values are the strings
+    stored there), or the probe's one-off job (never in the ledger). It names the job's script and log."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+    PROBE = "probe"
+
+
+class GroupKind(StrEnum):
+    """How several runs' training jobs go as one submission: a Slurm job array, or one node job running them."""
+
+    ARRAY = "array"
+    NODE = "node"
 
 
 @dataclass(frozen=True)
@@ -48,7 +65,7 @@ class JobInfo:
 class JobGroup:
     """Several runs' training jobs submitted as one (a job array, or a node job that also evaluates them)."""
 
-    kind: str  # "array" | "node"
+    kind: GroupKind
     runs: tuple[RunConfig, ...]
 
 
@@ -108,7 +125,7 @@ class Executor(Protocol):
         ...
 
     @staticmethod
-    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+    def side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
         """Write a one-off job script into `work_dir` that runs `command` where `cfg`'s jobs run (its partition,
         account, GPUs), under `time_limit`: the probe's job. Its output goes to `log(work_dir, kind, id)`."""
         ...
@@ -138,11 +155,11 @@ class Executor(Protocol):
         """Stop these jobs (a training job saves a checkpoint first when it gets the time: SIGTERM)."""
         ...
 
-    def log(self, run_dir: Path, kind: str, job_id: str) -> Path:
+    def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
         """The file a job's output goes to."""
         ...
 
-    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+    def output(self, run_dir: Path, kind: JobKind, job_id: str) -> str:
         """The tail of this job's own output (what its failure is read from)."""
         ...
 
@@ -150,7 +167,7 @@ class Executor(Protocol):
         """Seconds between two looks at a sweep's jobs."""
         ...
 
-    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
+    def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
         """The job script of a run's `kind` job (train | eval), written from run.yaml as it is now when the
         executor derives it from there (write=False: only its path, for a dry run)."""
         ...

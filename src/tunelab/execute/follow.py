@@ -10,6 +10,7 @@ from __future__ import annotations
 from tunelab.ledger import store as ledger
 from tunelab.execute import claims, retry
 from tunelab.execute.coordinator import Submission, Sweep
+from tunelab.execute.executor import JobKind
 from tunelab.execute.executors import executor_class
 from tunelab.execute.failures import COMPLETED, Failure
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, latest_jobs
@@ -25,7 +26,7 @@ def handle_ended(sweep: Sweep) -> None:
         if j.handled or j.failure is None:
             continue
         cfg = sweep.runs.get(j.run)
-        if j.kind != "train" or cfg is None:
+        if j.kind != JobKind.TRAIN or cfg is None:
             ledger.update_job(sweep.book, j.id, handled=1)
             continue
         if claims.claim(cfg.run_dir) is not None:

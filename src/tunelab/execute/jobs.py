@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.ledger import store as ledger
+from tunelab.execute.executor import JobKind
 from tunelab.execute.failures import FailureKind, exit_status
 from tunelab.execute.job_states import JobState, is_active_state
 
@@ -22,7 +23,7 @@ class JobRow:
 
     id: int
     run: str
-    kind: str  # train | eval
+    kind: JobKind  # train | eval (the ledger's TEXT read back as the member)
     job_id: str  # the executor's id
     attempt: int  # run.yaml's attempt when submitted
     executor: str
@@ -44,7 +45,7 @@ class JobRow:
         names = {f.name for f in dataclasses.fields(cls)}
         failure = row.get("failure")
         return cls(**{**{k: v for k, v in row.items() if k in names}, "handled": bool(row.get("handled")),
-                      "failure": FailureKind(failure) if failure is not None else None})
+                      "kind": JobKind(row["kind"]), "failure": FailureKind(failure) if failure is not None else None})
 
     @property
     def active(self) -> bool:
@@ -83,7 +84,7 @@ def latest_jobs(book: Path) -> dict[str, RunJobs]:
     out: dict[str, RunJobs] = {}
     for j in all_jobs(book):
         rj = out.setdefault(j.run, RunJobs())
-        if j.kind == "train":
+        if j.kind == JobKind.TRAIN:
             rj.train = j
         else:
             rj.eval = j

@@ -16,7 +16,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
+from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo, JobKind
 from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.rundir.config import RunConfig
@@ -107,7 +107,7 @@ class LocalExecutor:
         if dependency or array:
             raise ValueError("the local executor starts jobs when asked: it has no dependencies or arrays")
         run_dir = Path(script).parent
-        kind = "train" if Path(script).name in (TRAIN_SCRIPT, "job.sbatch") else "eval"
+        kind = JobKind.TRAIN if Path(script).name in (TRAIN_SCRIPT, "job.sbatch") else JobKind.EVAL
         with open(self.log(run_dir, kind, ""), "a", encoding="utf-8") as log:
             log.write(f"\n{ATTEMPT_MARK} {kind} job started {now_iso()}"
                       + "".join(f" {k}={v}" for k, v in (env or {}).items()) + " =====\n")
@@ -148,10 +148,10 @@ class LocalExecutor:
                 except (ProcessLookupError, PermissionError):
                     pass
 
-    def log(self, run_dir: Path, kind: str, job_id: str) -> Path:
-        return Path(run_dir) / (TRAIN_LOG if kind == "train" else f"{kind}.log")
+    def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
+        return Path(run_dir) / (TRAIN_LOG if kind == JobKind.TRAIN else f"{kind}.log")
 
-    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+    def output(self, run_dir: Path, kind: JobKind, job_id: str) -> str:
         """This attempt's lines: train.log holds every attempt of the run, each started by ATTEMPT_MARK."""
         log = self.log(run_dir, kind, job_id)
         text = log.read_text(errors="replace")[-100_000:] if log.is_file() else ""
@@ -161,8 +161,8 @@ class LocalExecutor:
     def poll_interval(self, runs: list[RunConfig]) -> float:
         return 0.5
 
-    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
-        if kind != "train":
+    def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
+        if kind != JobKind.TRAIN:
             raise ValueError("the local executor trains; `tunelab eval` evaluates")
         return cfg.run_dir / TRAIN_SCRIPT
 
@@ -175,7 +175,7 @@ class LocalExecutor:
         return None
 
     @staticmethod
-    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+    def side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
         """work_dir/<kind>.sh running `command` here (no time limit: local jobs run until they end)."""
         path = work_dir / f"{kind}.sh"
         path.write_text(f"#!/usr/bin/env bash\nset -euo pipefail\nexec {command}\n")

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import UNSEEN, Executor, JobInfo
+from tunelab.execute.executor import UNSEEN, Executor, JobInfo, JobKind
 from tunelab.execute.executors import executor_named
 from tunelab.execute.failures import CANCELLED, Failure, classify
 from tunelab.execute.job_states import JobState
@@ -58,7 +58,7 @@ def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) ->
     """The trainer of this very job requeued it (train/interrupts.py) within REQUEUE_GRACE_S and has not
     started again: Slurm is bringing it back under the same id, so an ended look is a transition (the
     batch step's end, seen before the job is pending again), not the job's end. `status`: its run's."""
-    if job.kind != "train":
+    if job.kind != JobKind.TRAIN:
         return False
     if status.requeued_job != job.job_id or not status.requeued_at:
         return False
@@ -81,7 +81,7 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
                 continue  # the executor cannot tell now: ask again later
             cfg = runs.get(j.run)
             # an ended training job: its run's status.json, read once (did it requeue itself? the verdict)
-            status = read_status(cfg.run_dir) if info.ended and cfg is not None and j.kind == "train" else None
+            status = read_status(cfg.run_dir) if info.ended and cfg is not None and j.kind == JobKind.TRAIN else None
             if status is not None and requeued_itself(j, status):
                 info = JobInfo(JobState.REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
@@ -105,7 +105,7 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, s
     if cfg is None:
         return classify(info.state, info.exit_code, rows)
     text = ex.output(cfg.run_dir, job.kind, job.job_id)
-    if job.kind == "train":
+    if job.kind == JobKind.TRAIN:
         status = read_status(cfg.run_dir) if status is None else status
         complete = training_state(cfg.run_dir, status) == COMPLETED
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tunelab.execute.executor import JobKind
 from tunelab.execute.slurm_jobs import _env, sbatch_options, slurm_settings
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
@@ -20,7 +21,7 @@ _PER_RUN = ("--job-name=", "--chdir=", "--output=")
 
 def shape(cfg: RunConfig) -> tuple[str, ...]:
     """A training job's sbatch options without what names its run: equal shapes can share one array."""
-    return tuple(o for o in sbatch_options(cfg, "train") if not o.startswith(_PER_RUN))
+    return tuple(o for o in sbatch_options(cfg, JobKind.TRAIN) if not o.startswith(_PER_RUN))
 
 
 def array_groups(cfgs: list[RunConfig]) -> tuple[list[list[RunConfig]], list[RunConfig]]:

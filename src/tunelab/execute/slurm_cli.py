@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo
+from tunelab.execute.executor import UNSEEN, Capacity, GroupKind, JobGroup, JobInfo, JobKind
 from tunelab.execute.failures import SacctRow
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, write_array_script
@@ -198,20 +198,20 @@ class SlurmExecutor:
         if ids:
             self._run(["scancel", *ids], check=False)
 
-    def log(self, run_dir: Path, kind: str, job_id: str) -> Path:
+    def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
         return Path(run_dir) / f"slurm-{kind}-{job_id}.out"
 
-    def output(self, run_dir: Path, kind: str, job_id: str) -> str:
+    def output(self, run_dir: Path, kind: JobKind, job_id: str) -> str:
         log = self.log(run_dir, kind, job_id)
         return log.read_text(errors="replace")[-200_000:] if log.is_file() else ""
 
     def poll_interval(self, runs: list[RunConfig]) -> float:
         return min((slurm_settings(c).poll_interval_s for c in runs), default=5.0)
 
-    def script(self, cfg: RunConfig, kind: str, write: bool = True) -> Path:
+    def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
         if write:
             write_slurm_scripts(cfg)  # from run.yaml, as it is now
-        return cfg.run_dir / (TRAIN_SCRIPT if kind == "train" else EVAL_SCRIPT)
+        return cfg.run_dir / (TRAIN_SCRIPT if kind == JobKind.TRAIN else EVAL_SCRIPT)
 
     def time_limit(self, cfg: RunConfig) -> str | None:
         return train_time_limit(cfg)[0]
@@ -222,7 +222,7 @@ class SlurmExecutor:
         return resources.slurm.cpus_per_task if resources.slurm is not None else None
 
     @staticmethod
-    def side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+    def side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
         return write_side_job_script(cfg, kind, work_dir, command, time_limit)
 
     @staticmethod
@@ -251,7 +251,8 @@ class SlurmExecutor:
         """Node jobs (resources.slurm.pack: node), then job arrays of runs of one shape."""
         packs = pack_groups([cfg for cfg in runs if is_packed(cfg)])
         arrays, _ = array_groups([cfg for cfg in runs if not is_packed(cfg)])
-        return ([JobGroup("node", tuple(g)) for g in packs] + [JobGroup("array", tuple(g)) for g in arrays])
+        return ([JobGroup(GroupKind.NODE, tuple(g)) for g in packs]
+                + [JobGroup(GroupKind.ARRAY, tuple(g)) for g in arrays])
 
     def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
         cfgs = list(group.runs)
@@ -259,7 +260,7 @@ class SlurmExecutor:
         if write:
             for cfg in cfgs:
                 write_slurm_scripts(cfg)  # each run's own scripts: its evaluation, and retries as jobs of their own
-        if group.kind == "node":
+        if group.kind == GroupKind.NODE:
             return (write_pack_script(cfgs) if write else exp / PACK_DIR / f"node-{cfgs[0].name}.sbatch"), None
         path = write_array_script(cfgs) if write else exp / ARRAY_DIR / f"train-array-{cfgs[0].name}.sbatch"
         return path, array_spec(cfgs)

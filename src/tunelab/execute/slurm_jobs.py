@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from tunelab.execute.executor import JobKind
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import SlurmSpec
@@ -81,14 +82,14 @@ def warning_seconds(time_limit: str, wanted_s: int) -> int:
     return min(wanted_s, parse_time_limit(time_limit) * 60 // 2) if wanted_s > 0 else 0
 
 
-def job_name(cfg: RunConfig, kind: str) -> str:
+def job_name(cfg: RunConfig, kind: JobKind) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", f"tl-{cfg.experiment}-{cfg.name}-{kind}")[:120]
 
 
-def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
+def sbatch_options(cfg: RunConfig, kind: JobKind) -> list[str]:
     """The #SBATCH options of a run's train or eval job, from run.yaml alone."""
     s = slurm_settings(cfg)
-    limit = train_time_limit(cfg)[0] if kind == "train" else (s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT)
+    limit = train_time_limit(cfg)[0] if kind == JobKind.TRAIN else (s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT)
     opts = [
         f"--job-name={job_name(cfg, kind)}",
         f"--chdir={cfg.run_dir}",
@@ -104,7 +105,7 @@ def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
     gres = s.gres or (f"gpu:{cfg.resources.gpus_per_run}" if cfg.resources.gpus_per_run > 0 else None)
     if gres:
         opts.append(f"--gres={gres}")
-    if kind == "train":
+    if kind == JobKind.TRAIN:
         # requeued (self, preemption, node failure) under the same id: its log continues, afterok holds
         opts += ["--requeue", "--open-mode=append"]
         warn = warning_seconds(limit, s.signal_before_limit_s)
@@ -114,11 +115,11 @@ def sbatch_options(cfg: RunConfig, kind: str) -> list[str]:
     return opts
 
 
-def write_side_job_script(cfg: RunConfig, kind: str, work_dir: Path, command: str, time_limit: str) -> Path:
+def write_side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
     """A one-off sbatch script (work_dir/<kind>.sbatch) on the run's partition, account, CPUs, memory and GPUs,
     one node, its output in work_dir/slurm-<kind>-<id>.out."""
     keep = ("--account", "--partition", "--qos", "--constraint", "--cpus-per-task", "--mem", "--gres")
-    opts = [o for o in sbatch_options(cfg, "eval") if o.startswith(keep)]
+    opts = [o for o in sbatch_options(cfg, JobKind.EVAL) if o.startswith(keep)]
     opts = [f"--job-name=tl-{cfg.experiment}-{kind}"[:120], f"--chdir={work_dir}",
             f"--output={work_dir}/slurm-{kind}-%j.out", f"--time={time_limit}", "--nodes=1", "--ntasks=1", *opts]
     lines = ["#!/usr/bin/env bash", f"# tunelab {kind} job of experiment {cfg.experiment}",
@@ -140,12 +141,12 @@ def write_slurm_scripts(cfg: RunConfig, python: str | None = None, durable: bool
         limit, source = train_time_limit(cfg)
         path = cfg.run_dir / TRAIN_SCRIPT
         atomic_write_text(path, _env.get_template("job.sbatch.j2").render(
-            sbatch=sbatch_options(cfg, "train"), time_limit=limit, time_limit_source=source, **common), durable)
+            sbatch=sbatch_options(cfg, JobKind.TRAIN), time_limit=limit, time_limit_source=source, **common), durable)
         path.chmod(0o755)
         written.append(path)
     path = cfg.run_dir / EVAL_SCRIPT
     atomic_write_text(path, _env.get_template("eval.sbatch.j2").render(
-        sbatch=sbatch_options(cfg, "eval"), experiment_dir=cfg.experiment_dir, **common), durable)
+        sbatch=sbatch_options(cfg, JobKind.EVAL), experiment_dir=cfg.experiment_dir, **common), durable)
     path.chmod(0o755)
     written.append(path)
     return written

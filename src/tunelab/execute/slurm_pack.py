@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tunelab.execute.executor import JobKind
 from tunelab.execute.schedule import Device, RunNeed, forecast, lpt_order
 from tunelab.execute.slurm_jobs import (
     DEFAULT_EVAL_TIME_LIMIT,
@@ -45,7 +46,7 @@ def pack_gpus(cfg: RunConfig) -> int:
 
 def _shape(cfg: RunConfig) -> tuple:
     """What must be equal for runs to share a node job: the cluster options and the node's size."""
-    return tuple(o for o in sbatch_options(cfg, "train") if not o.startswith(_PER_JOB)) + (pack_gpus(cfg),)
+    return tuple(o for o in sbatch_options(cfg, JobKind.TRAIN) if not o.startswith(_PER_JOB)) + (pack_gpus(cfg),)
 
 
 def _need(cfg: RunConfig) -> RunNeed:
@@ -93,7 +94,7 @@ def pack_options(cfgs: list[RunConfig]) -> list[str]:
     s = slurm_settings(first)
     opts = [f"--job-name=tl-{first.experiment}-node"[:120], f"--chdir={exp}",
             f"--output={exp / PACK_DIR}/node-%j.out", f"--time={pack_time_limit(cfgs)}",
-            *(o for o in sbatch_options(first, "train") if not o.startswith(_PER_JOB))]
+            *(o for o in sbatch_options(first, JobKind.TRAIN) if not o.startswith(_PER_JOB))]
     if gpus:
         opts.append(f"--gres={s.gres.rsplit(':', 1)[0] + ':' + str(gpus) if s.gres else f'gpu:{gpus}'}")
     return opts

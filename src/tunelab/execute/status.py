@@ -14,7 +14,7 @@ from tunelab.ledger import store as ledger
 from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
-from tunelab.execute.executor import Executor
+from tunelab.execute.executor import Executor, JobKind
 from tunelab.execute.failures import CANCELLED, COMPLETED, FailureKind
 from tunelab.execute.job_states import JobState
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
@@ -70,6 +70,41 @@ class RowState(StrEnum):
         return self.value.upper() if self.ended_badly and self is not RowState.INTERRUPTED else self.value
 
 
+class EvalState(StrEnum):
+    """Where a run's evaluation stands short of a verdict (`StatusRow.eval`, where the verdict on its job is the
+    FailureKind itself): scored once every task's scores.json is written; else its newest evaluation job's
+    state — pending or running while active, ended until the verdict is in. The values are what `status
+    --json` says; `eval_label` makes the tables' word."""
+
+    SCORED = "scored"
+    PENDING = "pending"
+    RUNNING = "running"
+    ENDED = "ended"
+
+    @classmethod
+    def of(cls, job: JobRow | None, evaluated: bool) -> EvalState | FailureKind | None:
+        """From the run's files (every task scored) and its newest evaluation job; None: neither says anything."""
+        if evaluated:
+            return cls.SCORED
+        if job is None:
+            return None
+        if job.failure is not None:
+            return job.failure
+        return cls(RowState.of_job(job.job_state).value) if job.active else cls.ENDED
+
+
+def eval_failed(state: EvalState | FailureKind | None) -> bool:
+    """The evaluation job ended on a failure verdict (oom, timeout, ..., failed)."""
+    return isinstance(state, FailureKind) and RowState.of_failure(state).ended_badly
+
+
+def eval_label(state: EvalState | FailureKind | None) -> str:
+    """StatusRow.eval as the tables write it: a verdict as the state column writes it (OOM, CANCELLED, ...)."""
+    if isinstance(state, FailureKind):
+        return RowState.of_failure(state).label
+    return state.value if state is not None else ""
+
+
 @dataclass
 class StatusRow:
     """One run or control as `tunelab status` shows it: its newest job (via the ledger) and its files."""
@@ -85,7 +120,7 @@ class StatusRow:
     eta: str = ""
     failure: FailureKind | None = None
     detail: str = ""
-    eval: str | None = None  # scored | the evaluation job's verdict or state, as words for people
+    eval: EvalState | FailureKind | None = None  # scored, its evaluation job's state or verdict (None: neither)
     state: RowState = RowState.PENDING  # the job's while it is active, else completed, the verdict or the files'
     active: bool = field(default=False, repr=False)  # queued or running (it or its evaluation): watched
 
@@ -142,10 +177,7 @@ def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
     job = rj.train if cfg.kind == "finetune" else rj.eval
     if job:
         row.job_id, row.job_state, row.failure, row.executor = job.job_id, job.state, job.failure, job.executor
-    if rj.eval:
-        row.eval = "scored" if evaluated else (rj.eval.failure or rj.eval.state.lower())
-    elif evaluated:
-        row.eval = "scored"
+    row.eval = EvalState.of(rj.eval, evaluated)
     if cfg.kind == "finetune" and (status.attempt is None or status.attempt == cfg.attempt):
         row.progress, row.eta = run_progress(cfg, status)
     row.state = _state(row, job)
@@ -182,7 +214,7 @@ def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: 
     for j in jobs:
         ledger.update_job(exp, j.id, state=JobState.CANCELLED, failure=CANCELLED, handled=1,
                           detail="CANCELLED by tunelab cancel")
-        if j.kind == "train":
+        if j.kind == JobKind.TRAIN:
             ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor,
                                   job_id=j.job_id, started_at=j.submitted_at, finished_at=now_iso(),
                                   exit_code=None, state=CANCELLED, reason="cancelled by tunelab cancel")

@@ -10,7 +10,7 @@ from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Executor, JobGroup
+from tunelab.execute.executor import Executor, GroupKind, JobGroup, JobKind
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import now_iso
 
@@ -26,10 +26,10 @@ def check_reachable(ex: Executor) -> None:
                            "running: `tunelab run` again later follows them")
 
 
-def _record(sweep: Sweep, cfg: RunConfig, kind: str, job_id: str, reason: str, dep: str | None = None) -> int:
+def _record(sweep: Sweep, cfg: RunConfig, kind: JobKind, job_id: str, reason: str, dep: str | None = None) -> int:
     row = ledger.record_job(sweep.book, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
                             executor=sweep.ex.name, depends_on=dep,
-                            time_limit=sweep.ex.time_limit(cfg) if kind == "train" else None,
+                            time_limit=sweep.ex.time_limit(cfg) if kind == JobKind.TRAIN else None,
                             submitted_at=now_iso(), state=sweep.ex.first_state, reason=reason)
     sweep.started.add(cfg.name)
     sweep.running[row] = cfg.name
@@ -42,12 +42,12 @@ def _submitted(sweep: Sweep, cfg: RunConfig) -> None:
         claims.release(cfg.run_dir)
 
 
-def submit_run(sweep: Sweep, s: Submission, env: dict[str, str], where: str) -> dict[str, str]:
+def submit_run(sweep: Sweep, s: Submission, env: dict[str, str], where: str) -> dict[JobKind, str]:
     """Submit a run's train job and/or eval job (afterok on the train job, or on `s.after`)."""
-    ids: dict[str, str] = {}
+    ids: dict[JobKind, str] = {}
     dep = s.after
-    for kind in ("train", "eval"):
-        if not (s.train if kind == "train" else s.evaluate):
+    for kind in (JobKind.TRAIN, JobKind.EVAL):
+        if not (s.train if kind == JobKind.TRAIN else s.evaluate):
             continue
         script = sweep.ex.script(s.cfg, kind, write=not sweep.dry_run)
         reason = f"{s.reason} ({where})" if where else s.reason
@@ -72,22 +72,23 @@ def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
     script, array = sweep.ex.group_script(group, write=not sweep.dry_run)
     names = ", ".join(c.name for c in cfgs)
     if sweep.dry_run:
-        what = f"node job: {names}; {reason}" if group.kind == "node" else reason
+        what = f"node job: {names}; {reason}" if group.kind == GroupKind.NODE else reason
         sweep.view.say("would submit: {}  [dim]# {}[/dim]", sweep.ex.command(script, None, array), what)
-        job_ids = ["<node>"] * len(cfgs) if group.kind == "node" else [f"<array>_{i}" for i in range(len(cfgs))]
+        job_ids = ["<node>"] * len(cfgs) if group.kind == GroupKind.NODE else [f"<array>_{i}" for i in range(len(cfgs))]
     else:
         job_id = sweep.ex.submit(script, array=array)
-        job_ids = [job_id] * len(cfgs) if group.kind == "node" else [f"{job_id}_{i}" for i in range(len(cfgs))]
+        job_ids = [job_id] * len(cfgs) if group.kind == GroupKind.NODE else [f"{job_id}_{i}" for i in range(len(cfgs))]
         for cfg, jid in zip(cfgs, job_ids):
-            _record(sweep, cfg, "train", jid, f"{reason} ({'node job' if group.kind == 'node' else 'job array'})")
-            if group.kind == "node":
-                _record(sweep, cfg, "eval", jid, f"{reason} (node job)")
-        if group.kind == "node":
+            _record(sweep, cfg, JobKind.TRAIN, jid,
+                    f"{reason} ({'node job' if group.kind == GroupKind.NODE else 'job array'})")
+            if group.kind == GroupKind.NODE:
+                _record(sweep, cfg, JobKind.EVAL, jid, f"{reason} (node job)")
+        if group.kind == GroupKind.NODE:
             sweep.view.say("submitted node job {} for {} runs: {}", job_id, len(cfgs), names)
         else:
             sweep.view.say("submitted job array {} (--array={}): {}", job_id, array,
                            ", ".join(f"{c.name} {i}" for c, i in zip(cfgs, job_ids)))
-    if group.kind == "array":
+    if group.kind == GroupKind.ARRAY:
         for cfg, jid in zip(cfgs, job_ids):
             submit_run(sweep, Submission(cfg, False, True, reason, jid), {}, "")
     elif not sweep.dry_run:

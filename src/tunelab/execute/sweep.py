@@ -29,7 +29,7 @@ from rich.console import Console
 from tunelab.ledger import store as ledger
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Capacity, Executor
+from tunelab.execute.executor import Capacity, Executor, GroupKind
 from tunelab.execute.executors import check_options
 from tunelab.execute.follow import handle_ended
 from tunelab.execute.jobs import all_jobs, latest_jobs
@@ -154,7 +154,7 @@ def _look(sweep: Sweep, capacity: Capacity | None) -> None:
 def _submit_groups(sweep: Sweep, capacity: Capacity | None) -> None:
     """Runs whose first jobs go as one submission (a job array, a node job), when there is room."""
     for group in sweep.ex.groups([s.cfg for s in sweep.queue if s.groupable]):
-        jobs = 1 if group.kind == "node" else 0  # an array is throttled by Slurm itself (%N)
+        jobs = 1 if group.kind == GroupKind.NODE else 0  # an array is throttled by Slurm itself (%N)
         if capacity is not None and jobs and capacity.take(group.runs[0], jobs, sweep.active_count()) is None:
             continue
         names = {c.name for c in group.runs}

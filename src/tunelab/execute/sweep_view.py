@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from tunelab.console import markup, progress_columns, say
-from tunelab.execute.executor import Executor
+from tunelab.execute.executor import Executor, JobKind
 from tunelab.execute.failures import COMPLETED
 from tunelab.execute.jobs import JobRow
 from tunelab.rundir.config import RunConfig
@@ -32,7 +32,7 @@ class SweepView:
     def live(self, runs: int) -> Iterator[None]:
         yield
 
-    def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
+    def submitted(self, cfg: RunConfig, kind: JobKind, job_id: str, dep: str | None, reason: str, where: str) -> None:
         dep_txt = f" (afterok:{dep})" if dep else ""
         self.say("submitted {} {} job {}{}: {}", cfg.name, kind, job_id, dep_txt, reason)
 
@@ -62,7 +62,7 @@ class BarsView(SweepView):
             self.sweep_task = progress.add_task(f"sweep ({runs} runs)", total=runs)
             yield
 
-    def submitted(self, cfg: RunConfig, kind: str, job_id: str, dep: str | None, reason: str, where: str) -> None:
+    def submitted(self, cfg: RunConfig, kind: JobKind, job_id: str, dep: str | None, reason: str, where: str) -> None:
         if reason != "first submission" and not reason.startswith("attempt "):
             self.say("{}: {}", cfg.name, reason)
         if self.progress is not None:
@@ -71,7 +71,7 @@ class BarsView(SweepView):
 
     def ended(self, job: JobRow) -> None:
         task = self.tasks.pop(job.run, None)
-        if self.progress is None or task is None or job.kind != "train":
+        if self.progress is None or task is None or job.kind != JobKind.TRAIN:
             return
         if job.failure == COMPLETED:
             mark = markup("  {}: [green]completed[/green]", job.run)

@@ -18,7 +18,8 @@ from rich.text import Text
 
 from tunelab.console import data_table, say, show
 from tunelab.execute.progress import clock, eta_seconds
-from tunelab.execute.status import RowState, StatusRow
+from tunelab.execute.failures import FailureKind
+from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed, eval_label
 from tunelab.ledger.results import TYPES
 from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
@@ -36,7 +37,7 @@ class RunView:
     loss: float | None
     tokens_per_s: float | None
     eta_s: float | None
-    eval: str
+    eval: EvalState | FailureKind | None
     detail: str
 
 
@@ -49,7 +50,7 @@ def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
     status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
     last = _last_train_row(cfg) if status.to_json() else MetricRow()
     return RunView(row.name, row.type, row.state, row.shown, status.step, status.total_steps, last.loss, last.tokens_per_s,
-                   eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval or "", row.detail or "")
+                   eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval, row.detail or "")
 
 
 def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | None:
@@ -66,6 +67,11 @@ def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | 
     return max((v.eta_s or 0.0 for v in running), default=0.0) + sum(known) / max(len(running), 1)
 
 
+def _eval_cell(state: EvalState | FailureKind | None) -> Text:
+    """The eval column: its word, a failure verdict in red like the state column's."""
+    return Text(eval_label(state), style="red" if eval_failed(state) else "")
+
+
 def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
     rows: list[tuple[object, ...]] = []
     for v in views:
@@ -73,7 +79,7 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
         style = "red" if v.state.ended_badly else "green" if v.state == RowState.COMPLETED else ""
         rows.append((v.name, Text(v.shown, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
                      f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
-                     clock(v.eta_s), v.eval, v.detail))
+                     clock(v.eta_s), _eval_cell(v.eval), v.detail))
     t = data_table(("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"), rows, title=title,
                    overflow="fold", title_justify="left")
     done = sum(v.state == RowState.COMPLETED for v in views)

@@ -16,6 +16,7 @@ from tunelab.rundir.experiment import load_runs
 from tunelab.ledger.results import RunRecord, collect_results
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.flat import flatten
+from tunelab.rundir.layout import RunState
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 
@@ -39,7 +40,7 @@ class TrackedRun:
 
     name: str
     kind: str  # fine-tuned | control | eval-only
-    state: str  # pending | running | completed | failed | interrupted
+    state: RunState  # the ledger's; trackers get its value
     run_dir: Path
     params: dict[str, str]
     metrics: list[MetricPoint] = field(default_factory=list)

@@ -20,6 +20,7 @@ from tunelab.ledger import store as ledger
 from tunelab.ledger.rows import EvaluatedTask
 from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.layout import RunState
 from tunelab.rundir.stages import NO_STAGE, CheckpointStage, checkpoint_stages
 from tunelab.stats.records import Interval
 
@@ -68,7 +69,7 @@ class RunRecord:
     model: str
     dataset: str
     factors: dict[str, Any]  # swept values, model and dataset excluded
-    state: str
+    state: RunState  # the ledger's (JSON: its value)
     final_loss: float | None
     final_val_loss: float | None
     steps: int | None

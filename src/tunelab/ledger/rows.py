@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.rundir.layout import RunState
 from tunelab.stats.records import Interval
 
 
@@ -19,7 +20,7 @@ class RunRow:
     factors: str  # JSON of run.yaml's factors
     run_dir: str
     config: str  # run.yaml, as JSON
-    state: str
+    state: RunState  # stored as its value; read back as the member
     attempt: int | None
     steps: int | None
     final_loss: float | None
@@ -34,6 +35,9 @@ class RunRow:
     error: str | None
     summary: str | None  # summary.json, as JSON
     updated_at: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RunState(self.state))  # the ledger's TEXT column -> the member
 
 
 @dataclass(frozen=True, kw_only=True)

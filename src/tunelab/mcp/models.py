@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.execute.status import StatusRow
+from tunelab.execute.status import RowState, StatusRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.plan.validate import RunCheck
+from tunelab.rundir.layout import RunState
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -96,7 +97,7 @@ class RunOut(BaseModel):
     pid: int | None = Field(description="The background `tunelab run` process (None: nothing to run, or "
                                         "`run --json`, which is that process).")
     log: str | None = Field(description="Its output, relative to the root (None from `run --json`).")
-    states: dict[str, str] = Field(default_factory=dict, description="`run --json`: run → its state when the "
+    states: dict[str, RowState] = Field(default_factory=dict, description="`run --json`: run → its state when the "
                                    "command returned, as `status` names it (the MCP tool returns at once: empty).")
 
 
@@ -147,7 +148,8 @@ class ResultRow(BaseModel):
     model: str = Field(description="Its base model's name in the spec.")
     dataset: str = Field(description="Its dataset's name in the spec.")
     factors: dict[str, Any] = Field(description="The swept values that made it (model and dataset excluded).")
-    state: str = Field(description="As `status` names it (completed, failed, oom, ...).")
+    state: RunState = Field(description="The state its files say (the ledger's): completed, failed, interrupted, "
+                                        "... (`status` adds the verdict on its job: oom, timeout, ...).")
     final_loss: float | None = Field(description="Last training loss.")
     final_val_loss: float | None = Field(description="Last validation loss.")
     steps: int | None = Field(description="Optimizer steps trained.")
@@ -235,7 +237,7 @@ class ComparedScore(BaseModel):
 class ComparedRunOut(BaseModel):
     run: str = Field(description="<experiment dir name>/<run> (the full path where two compared dirs share a name).")
     type: str = Field(description="finetune, control or eval_only.")
-    state: str = Field(description="The run's state, as `status` names it.")
+    state: RunState = Field(description="The run's state, as its files say it (the ledger's).")
     final_loss: float | None = Field(description="Last training loss.")
     final_val_loss: float | None = Field(description="Last validation loss.")
     scores: dict[str, ComparedScore] = Field(description="Task → its primary score.")

@@ -16,6 +16,7 @@ from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.flat import flatten
 from tunelab.ledger.results import collect_results
 from tunelab.rundir.config import RUN_FILE, RunConfig
+from tunelab.rundir.layout import RunState
 
 # Fields that differ between any two runs without explaining anything.
 IGNORED = ("name", "experiment", "experiment_dir", "attempt", "estimate", "kind")
@@ -25,7 +26,7 @@ IGNORED = ("name", "experiment", "experiment_dir", "attempt", "estimate", "kind"
 class ComparedRun:
     label: str  # <experiment dir name>/<run> (the full path where two compared dirs share a name)
     kind: str
-    state: str
+    state: RunState  # the ledger's (JSON: its value)
     final_loss: float | None
     final_val_loss: float | None
     scores: dict[str, tuple[float | None, str | None]]  # task -> (score, primary metric), last checkpoint

@@ -19,7 +19,7 @@ from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
 from tunelab.ledger.results import EvalRecord, RunRecord, collect_results
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.layout import COMPLETED, RUNNING
+from tunelab.rundir.layout import COMPLETED, RUNNING, RunState
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.scores import read_scores
 from tunelab.rundir.stages import StageRecord, checkpoint_stages, read_stage_records
@@ -60,7 +60,7 @@ class RunData:
     model: str
     dataset: str
     factors: dict[str, Any]  # swept values, model and dataset excluded
-    state: str
+    state: RunState
     run_dir: Path
     rel_dir: str  # runs/<name> or controls/<name>
     config: RunConfig
