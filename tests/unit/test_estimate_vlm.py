@@ -54,3 +54,22 @@ def test_estimate_cli_with_images_on_a_tiny_vlm(tmp_path):
     assert out["images"]["image_grid_thw"] == [1, 16, 16] and out["images"]["image_tokens_per_example"] == 66
     assert out["memory_source"].startswith("simulated") and out["packed"] is False
     assert out["max_batch_size"] == 0 and out["fits"] is False  # 0.5 GiB: the CUDA context alone
+
+
+def test_plan_gives_a_vlm_row_one_image_that_fits_its_longest_row(tmp_path):
+    """plan's memory (estimate/runs.py) runs the longest row with one image at the run's budget, or the largest
+    that row can hold; a text model's inputs are untouched."""
+    from tests.unit.test_memsim_vlm import tiny_config
+    from tunelab.estimate.images import run_images
+    from tunelab.estimate.memory import MemoryInputs
+
+    config = tiny_config("qwen3_vl")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    base = MemoryInputs()
+    budget = 512 * 512  # 32 x 32 patches of 16 px: 256 tokens
+    assert run_images(base, tmp_path, config, None, budget, 1000).image_grid == (1, 32, 32)
+    # a 100-token row holds 98 image tokens: 98 * 32^2 px, a 316 px square, resized to 288 (9 merged a side)
+    small = run_images(base, tmp_path, config, None, budget, 100)
+    assert small.images_per_example == 1 and small.image_grid == (1, 18, 18)
+    assert run_images(base, tmp_path, config, None, budget, 50) == base  # below min_pixels' 64 tokens
+    assert run_images(base, tmp_path, {"model_type": "llama"}, None, None, 1000) == base

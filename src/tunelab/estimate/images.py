@@ -42,12 +42,36 @@ class ImagePlan:
 def image_plan(model: str | Path, model_config: dict[str, Any], images_per_example: int,
                min_pixels: int | None, max_pixels: int | None, max_seq_len: int) -> ImagePlan:
     """The plan for `images_per_example` images at the budget; refused when they do not fit max_seq_len."""
-    path = Path(model).expanduser()
-    geometry = (read_geometry(path) if path.is_dir() and (path / "config.json").is_file()
-                else geometry_from_config(model_config)).with_pixels(min_pixels, max_pixels)
+    geometry = _geometry(model, model_config).with_pixels(min_pixels, max_pixels)
     plan = ImagePlan(images_per_example, geometry, budget_image(geometry))
     if plan.tokens_per_example >= max_seq_len:
         raise TunelabError(f"{images_per_example} image(s) of up to {geometry.max_pixels:,} pixels take "
                            f"{plan.tokens_per_example} tokens, not less than max_seq_len {max_seq_len}: truncation "
                            "would cut image tokens (lower max_pixels or raise max_seq_len)", field="max_seq_len")
     return plan
+
+
+def run_images(inputs: MemoryInputs, model: str | Path, model_config: dict[str, Any], min_pixels: int | None,
+               max_pixels: int | None, longest: int) -> MemoryInputs:
+    """A planned VLM run's images for the simulator: one image at the run's pixel budget (smaller when the
+    longest row cannot hold its tokens) in the longest row. The language model's cost is in that row's length,
+    which counts every image's tokens (plan's lengths); the tower's own (its input and its passing forward,
+    small beside the LM at full size) is one image's. Text models: inputs unchanged."""
+    from tunelab.models.vision import is_vision_config
+
+    if not is_vision_config(model_config):
+        return inputs
+    geometry = _geometry(model, model_config).with_pixels(min_pixels, max_pixels)
+    image = budget_image(geometry)
+    if image.sequence_tokens > longest:  # the data's images are smaller than the budget: the largest that fits
+        fit = (longest - 2) * geometry.factor**2
+        if fit < geometry.min_pixels:
+            return inputs  # no image fits the longest row: a text step
+        image = budget_image(replace(geometry, max_pixels=fit))
+    return ImagePlan(1, geometry, image).apply(inputs)
+
+
+def _geometry(model: str | Path, model_config: dict[str, Any]) -> VisionGeometry:
+    path = Path(model).expanduser()
+    return (read_geometry(path) if path.is_dir() and (path / "config.json").is_file()
+            else geometry_from_config(model_config))

@@ -13,7 +13,7 @@ from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import MemoryFigure, predict_peak, step_shape
+from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
 from tunelab.estimate.speed import (
     DEFAULT_MFU,
@@ -146,6 +146,11 @@ def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longes
     t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
+    if not t.packing:  # a VLM's rows carry an image through the vision tower (estimate/images.py)
+        from tunelab.estimate.images import run_images
+
+        inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
+                            shape.seq_len)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
                               "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
