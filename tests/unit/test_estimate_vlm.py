@@ -73,3 +73,32 @@ def test_plan_gives_a_vlm_row_one_image_that_fits_its_longest_row(tmp_path):
     assert small.images_per_example == 1 and small.image_grid == (1, 18, 18)
     assert run_images(base, tmp_path, config, None, budget, 50) == base  # below min_pixels' 64 tokens
     assert run_images(base, tmp_path, {"model_type": "llama"}, None, None, 1000) == base
+
+
+@pytest.mark.slow
+def test_full_size_qwen3_vl_8b_qlora_is_simulated():
+    """Qwen3-VL-8B QLoRA, one 1024x1024 image (1024 tokens) in a 2048-token row: the simulator (not the analytic
+    fallback) answers, and its frozen weights are what bitsandbytes' NF4 layout stores for these parameters:
+    every Linear but the head at 4 bits + one uint8 absmax per 64 weights + one fp32 per 256 blocks, the rest
+    (embeddings, head, norms, patch embedding, position table) in bf16 (cached; ~1-2 min on two cores)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.estimate.peak import SIMULATED, predict_peak, step_shape
+    from tunelab.estimate.simulator.build import hf_config
+
+    config = resolve_architecture("qwen3-vl-8b").hf_config()
+    plan = image_plan("qwen3-vl-8b", config, 1, None, 1024 * 1024, 2048)
+    inputs = plan.apply(MemoryInputs(quantize="4bit", lora_rank=16, activation_checkpointing=True))
+    figure = predict_peak("qwen3-vl-8b", inputs, step_shape(1, 2048, False, None))
+    assert figure.source == SIMULATED and figure.simulated is not None
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(hf_config(config))
+    head = model.get_output_embeddings()
+    linear = [m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear and m is not head]
+    nf4 = sum(n / 2 + n / 64 + 4 * n / 64 / 256 for n in linear)
+    other = sum(p.numel() for p in model.parameters()) - sum(linear)
+    biases = sum(m.bias.numel() for m in model.modules() if type(m) is torch.nn.Linear and m.bias is not None)
+    expected = nf4 + 2 * (other - biases)  # the NF4 stand-in drops Linear biases (vision tower: ~0.01 %)
+    assert figure.simulated.weights == pytest.approx(expected, rel=0.005)
