@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
+from torch._subclasses.fake_tensor import DynamicOutputShapeException
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -91,8 +92,6 @@ class StorageTracker(TorchDispatchMode):
 
     def _call(self, func, args, kwargs):
         """The op, with known values carried along (values.py)."""
-        from torch._subclasses.fake_tensor import DynamicOutputShapeException
-
         args = self.values.rewrite_index(func, args, kwargs)
         real = self.values.run_known(func, args, kwargs)
         try:

@@ -87,6 +87,8 @@ class KnownValues:
         """The op on real values when every tensor input is known and small; None otherwise."""
         if not self._values or torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):
             return None
+        if args and isinstance(args[0], torch.Tensor) and self.value(args[0]) is None:
+            return None  # the common case, decided before flattening: an activation or a weight
         flat, spec = tree_flatten((args, kwargs))
         tensors = [x for x in flat if isinstance(x, torch.Tensor)]
         if not tensors:
