@@ -21,6 +21,8 @@ def mcp_cmd(
     read_only: bool = typer.Option(False, "--read-only", help="Expose only the tools that change nothing."),
     models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Model stores list_models and "
                                                     "init_spec may read outside the root (also $TUNELAB_MODELS)."),
+    allow_job_shell: bool = typer.Option(False, "--allow-job-shell", help="Accept specs whose resources.slurm "
+                                         "setup, modules or extra_sbatch put lines into job scripts."),
 ) -> None:
     """Serve tunelab to an AI assistant over the Model Context Protocol.
 
@@ -28,7 +30,7 @@ def mcp_cmd(
     and each experiment's plan.md, report.md and results as resources."""
     from tunelab.mcp.server import serve
 
-    serve(root, read_only=read_only, http_port=http, model_dirs=models_dir)
+    serve(root, read_only=read_only, http_port=http, model_dirs=models_dir, allow_job_shell=allow_job_shell)
 
 
 skills_app = typer.Typer(help="The Agent Skills for assistants (plan, run, summarize, adopt).", no_args_is_help=True)

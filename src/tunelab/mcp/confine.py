@@ -1,6 +1,8 @@
 """Paths named inside a spec or a run.yaml (models, datasets, task files, graders, eval-only checkpoints) held
 to the workspace like path arguments: a spec handed to the server whose model is `../../etc`, an absolute
-path or a link out of the root is refused before anything reads it, the error naming the file and field."""
+path or a link out of the root is refused before anything reads it, the error naming the file and field.
+Likewise the spec's fields that put shell lines into job scripts (no tool runs a shell unless the person
+starting the server allowed it: `--allow-job-shell`; the user config's `slurm:` section is theirs and stays)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ from typing import TYPE_CHECKING, Iterator
 
 from tunelab.mcp.paths import Workspace
 
+from tunelab.errors import TunelabError
+
 if TYPE_CHECKING:
     from tunelab.rundir.config import RunConfig
-    from tunelab.spec import DatasetSpec, EvalSpec, ExperimentSpec
+    from tunelab.spec import DatasetSpec, EvalSpec, ExperimentSpec, ResourcesSpec
+
+# resources.slurm fields whose text a job script runs or obeys: shell lines, module names, sbatch options
+JOB_SHELL_FIELDS = ("setup", "modules", "extra_sbatch")
 
 
 @dataclass(frozen=True)
@@ -67,16 +74,32 @@ def check(ws: Workspace, named: Iterator[Named], file: Path) -> None:
         ws.inside(n.value, n.field, readable_outside=n.model, base=file.parent, file=file)
 
 
+def check_job_shell(ws: Workspace, resources: ResourcesSpec, file: Path) -> None:
+    """Refused unless the server was started with --allow-job-shell: a spec's lines a job script would run."""
+    if ws.allow_job_shell or resources.slurm is None:
+        return
+    for name in JOB_SHELL_FIELDS:
+        if getattr(resources.slurm, name):
+            raise TunelabError("puts lines into job scripts, which this server does not run: keep them in your "
+                               "user config's slurm: section, or start `tunelab mcp --allow-job-shell`",
+                               file=file, field=f"resources.slurm.{name}")
+
+
 def confine_spec(ws: Workspace, path: Path) -> None:
-    """experiment.yaml, or a run.yaml (a file, or a run directory holding one): every path it names."""
+    """experiment.yaml, or a run.yaml (a file, or a run directory holding one): every path it names, and no
+    job-script lines unless allowed."""
     from tunelab.rundir.config import RUN_FILE, load_run_config
     from tunelab.spec import load_spec
 
     if path.name == RUN_FILE or (path / RUN_FILE).is_file():
         run_file = path if path.name == RUN_FILE else path / RUN_FILE
-        check(ws, run_paths(load_run_config(run_file)), run_file)
+        cfg = load_run_config(run_file)
+        check(ws, run_paths(cfg), run_file)
+        check_job_shell(ws, cfg.resources, run_file)
     else:
-        check(ws, spec_paths(load_spec(path)), path)
+        spec = load_spec(path)
+        check(ws, spec_paths(spec), path)
+        check_job_shell(ws, spec.resources, path)
 
 
 def confine_experiment(ws: Workspace, experiment_dir: Path) -> None:
@@ -86,3 +109,4 @@ def confine_experiment(ws: Workspace, experiment_dir: Path) -> None:
 
     for cfg in load_runs(experiment_dir):
         check(ws, run_paths(cfg), cfg.run_dir / RUN_FILE)
+        check_job_shell(ws, cfg.resources, cfg.run_dir / RUN_FILE)

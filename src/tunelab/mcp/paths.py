@@ -21,13 +21,14 @@ class Workspace:
 
     root: Path
     model_dirs: tuple[Path, ...] = ()
+    allow_job_shell: bool = False  # specs may put shell lines into job scripts (`tunelab mcp --allow-job-shell`)
 
     @classmethod
-    def at(cls, root: str | Path, model_dirs: list[Path] | None = None) -> Workspace:
+    def at(cls, root: str | Path, model_dirs: list[Path] | None = None, allow_job_shell: bool = False) -> Workspace:
         path = Path(root).resolve()
         if not path.is_dir():
             raise TunelabError("is not a directory", file=path, field="--root")
-        return cls(path, tuple(p.resolve() for p in models_roots(model_dirs)))
+        return cls(path, tuple(p.resolve() for p in models_roots(model_dirs)), allow_job_shell)
 
     def inside(self, given: str | Path, field: str, readable_outside: bool = False, base: Path | None = None,
                file: Path | None = None) -> Path:

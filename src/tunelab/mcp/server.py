@@ -28,11 +28,13 @@ WRITES = {"init_spec": "writes experiment.yaml (force replaces it)",
           "adopt": "writes the experiment directory given as out"}
 INSTRUCTIONS = ("tunelab plans, runs, evaluates and reports sweeps of LoRA fine-tuning experiments. Pipeline: "
                 "init_spec -> plan -> scaffold -> run (returns at once) -> status (until done) -> eval -> results "
-                "-> report. Paths are relative to the workspace root; nothing outside it is touched.")
+                "-> report. Paths are relative to the workspace root; nothing outside it is touched. A spec's "
+                "resources.slurm setup/modules/extra_sbatch lines are refused unless the server allows them.")
 
 
-def build_server(root: str | Path, read_only: bool = False, model_dirs: list[Path] | None = None) -> MCPServer:
-    ws = Workspace.at(root, model_dirs)
+def build_server(root: str | Path, read_only: bool = False, model_dirs: list[Path] | None = None,
+                 allow_job_shell: bool = False) -> MCPServer:
+    ws = Workspace.at(root, model_dirs, allow_job_shell)
     server: MCPServer = MCPServer("tunelab", instructions=INSTRUCTIONS, log_level="WARNING")
     pipeline, lab = PipelineTools(ws, Sweeps()), LabTools(ws)
     for name in (*READ_ONLY, *WRITES):
@@ -52,9 +54,9 @@ def build_server(root: str | Path, read_only: bool = False, model_dirs: list[Pat
 
 
 def serve(root: str | Path, read_only: bool = False, http_port: int | None = None,
-          model_dirs: list[Path] | None = None) -> None:
+          model_dirs: list[Path] | None = None, allow_job_shell: bool = False) -> None:
     """Serve until the client goes away (stdio) or the process is stopped (HTTP, 127.0.0.1 only)."""
-    server = build_server(root, read_only, model_dirs)
+    server = build_server(root, read_only, model_dirs, allow_job_shell)
     if http_port is None:
         server.run("stdio")
     else:
