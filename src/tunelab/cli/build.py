@@ -164,11 +164,13 @@ def models_smollm2(
 
 
 def models_random(
-    arch: str = typer.Option(..., "--arch", help="A known model (Llama-3.2-1B, Qwen2.5-7B, Mistral-7B…; an unknown "
-                             "name lists them all), a model directory holding config.json, or a config.json file."),
+    arch: str = typer.Option(..., "--arch", help="A known model (Llama-3.2-1B, Qwen2.5-7B, Mistral-7B, Qwen2.5-VL-7B, "
+                             "Qwen3-VL-8B…; an unknown name lists them all), a model directory holding config.json, "
+                             "or a config.json file."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (must be new or empty, unless --force)."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Keep only the first K transformer layers: a "
-                                         "shallow copy for CPU tests (default: the model's real depth)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Keep only the first K transformer layers (a "
+                                         "VLM: and vision blocks): a shallow copy for CPU tests (default: the "
+                                         "real depth)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16: the weights on disk."),
     seed: int = typer.Option(0, "--seed", help="Weight seed: the same seed writes the same bytes."),
     force: bool = typer.Option(False, "--force", help="Replace what --out holds."),
@@ -179,7 +181,8 @@ def models_random(
     A model with a real architecture and random weights: the exact config.json of a known model (or of the
     one given), safetensors drawn from --seed, and a byte-level tokenizer of the real vocabulary size with a
     chat template, offline. Memory and speed per token are the real model's, so plan, estimate, probe and GPU
-    measurements run on it without downloading weights; what it says is noise. Weights are streamed to disk
+    measurements run on it without downloading weights; what it says is noise. A vision-language model also gets
+    its family's image processor and special tokens. Weights are streamed to disk
     (an 8B model never sits in memory); tunelab_random.json records what was built."""
     from rich.progress import Progress
 

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.errors import TunelabError
-from tunelab.models.architectures import KNOWN_FACTS, known_facts
+from tunelab.models.architectures import KNOWN_FACTS, known_facts, known_key
 from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
-from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, tensor_plans, write_weights
+from tunelab.models.vision import is_vision_config
+from tunelab.models.vlm_architectures import VLM_CONFIGS
+from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, TensorPlan, tensor_plans, write_weights
 
 PROVENANCE_FILE = "tunelab_random.json"
 DTYPES = tuple(ITEM_BYTES)
@@ -64,7 +66,7 @@ class RandomBuild:
 
 
 def known_names() -> str:
-    return ", ".join(f.name for f in KNOWN_FACTS)
+    return ", ".join([f.name for f in KNOWN_FACTS] + list(VLM_CONFIGS))
 
 
 def resolve_source(arch: str | Path) -> Source:
@@ -85,6 +87,9 @@ def resolve_source(arch: str | Path) -> Source:
             raise TunelabError("not a transformers config.json (no model_type)", file=path)
         return Source(str(path), config, hashlib.sha256(text).hexdigest())
     known = known_facts(str(arch))
+    vlm = next((name for name in VLM_CONFIGS if name.lower() == known_key(str(arch))), None)
+    if vlm is not None:
+        return Source(vlm, VLM_CONFIGS[vlm] | {}, "catalog")
     if known is None:
         raise TunelabError(f"'{arch}' is neither a config.json, a directory holding one, nor a known model "
                            f"({known_names()})", field="--arch")
@@ -113,9 +118,10 @@ def shallow_config(config: dict[str, Any], layers: int | None, dtype: str) -> di
 
 
 def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
-    """The transformers causal LM of `config`, every tensor on `meta`: its shapes, no memory."""
+    """The transformers causal LM (a VLM: image-text-to-text model) of `config`, every tensor on `meta`: its
+    shapes, no memory."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     # a deep copy: transformers 5 rewrites a rope_scaling dict in place (adds rope_theta to it)
     kwargs = copy.deepcopy({k: v for k, v in config.items()
@@ -123,9 +129,10 @@ def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
     try:
         hf = AutoConfig.for_model(config["model_type"], **kwargs)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(hf, dtype=getattr(torch, dtype))
+            auto = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
+            return auto.from_config(hf, dtype=getattr(torch, dtype))
     except (ValueError, KeyError, TypeError) as exc:
-        raise TunelabError(f"transformers cannot build a causal LM from this config: {exc}", field="--arch") from None
+        raise TunelabError(f"transformers cannot build a model from this config: {exc}", field="--arch") from None
 
 
 def _tokenizer(config: dict[str, Any]):
@@ -152,17 +159,71 @@ def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None
     """Write the random-init model dir; `progress(bytes_written, bytes_total)` as weights are written."""
     start = time.monotonic()
     source = resolve_source(arch)
-    config = shallow_config(source.config, layers, dtype)
     out = Path(out_dir)
+    if is_vision_config(source.config):  # Qwen-VL: nested config, processor files (models/random_vl.py)
+        shallow_config(source.config["text_config"], layers, dtype)  # the checks of --layers and --dtype
+        return _build_vlm(source, out, layers, WeightSpec(dtype, seed, 0.02, shard_bytes), force, progress, start)
+    config = shallow_config(source.config, layers, dtype)
     _check_out(out, force)
     from tunelab.compat import quiet_hf_progress_bars
 
     quiet_hf_progress_bars()
     plans = tensor_plans(meta_model(config, dtype))
     tokenizer = _tokenizer(config)
+    record = write_build(out, force, config, [_generation_config(config, tokenizer), tokenizer], plans,
+                         WeightSpec(dtype, seed, float(config.get("initializer_range") or 0.02), shard_bytes),
+                         progress, lambda files: _provenance(source, config, seed, dtype,
+                                                             sum(p.numel for p in plans), files))
+    return RandomBuild(out, record, time.monotonic() - start)
+
+
+def _build_vlm(source: Source, out: Path, layers: int | None, spec: WeightSpec, force: bool,
+               progress: Callable[[int, int], None], start: float) -> RandomBuild:
+    """A Qwen-VL source: the nested config cut to `layers`, the family's tokenizer and image processor."""
+    from transformers import GenerationConfig
+
+    from tunelab.models.random_vl import shallow_vlm_config, vl_processor
+    from tunelab.models.tiny_vl import FAMILIES
+
+    if source.config.get("model_type") not in FAMILIES:
+        raise TunelabError(f"model type {source.config.get('model_type')} is not one tunelab builds "
+                           f"({', '.join(FAMILIES)})", field="--arch")
+    config = shallow_vlm_config({k: v for k, v in source.config.items() if k not in DROPPED_KEYS}, layers,
+                                spec.dtype)
+    _check_out(out, force)
+    from tunelab.compat import quiet_hf_progress_bars
+
+    quiet_hf_progress_bars()
+    plans = tensor_plans(meta_model(config, spec.dtype))
+    tokenizer, image_processor = vl_processor(config)
+    text = config["text_config"]
+    generation = GenerationConfig(bos_token_id=text.get("bos_token_id"), eos_token_id=text.get("eos_token_id"),
+                                  pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    real = int(source.config["text_config"]["num_hidden_layers"])
+    record = write_build(out, force, config, [generation, tokenizer, image_processor], plans, spec, progress,
+                         lambda files: _provenance(source, text, spec.seed, spec.dtype,
+                                                   sum(p.numel for p in plans), files, real_layers=real))
+    return RandomBuild(out, record, time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How the weights are drawn and laid out: dtype, seed, std of the normal draws, shard size."""
+
+    dtype: str
+    seed: int
+    std: float
+    shard_bytes: int
+
+
+def write_build(out: Path, force: bool, config: dict[str, Any], savers: list[Any], plans: list[TensorPlan],
+                spec: WeightSpec, progress: Callable[[int, int], None],
+                record_of: Callable[[list[str]], Provenance]) -> Provenance:
+    """The model dir, built beside `out` and moved into place: config.json, what each saver's save_pretrained
+    writes (tokenizer, processor, generation config), the weights, and the provenance record."""
     tmp = new_build_dir(out)
     try:
-        total = sum(p.numel for p in plans) * ITEM_BYTES[dtype]
+        total = sum(p.numel for p in plans) * ITEM_BYTES[spec.dtype]
         done = [0]
 
         def advance(n: int) -> None:
@@ -171,18 +232,17 @@ def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None
 
         progress(0, total)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _generation_config(config, tokenizer).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        files = write_weights(tmp, plans, dtype, seed, float(config.get("initializer_range") or 0.02), advance,
-                              shard_bytes)
-        record = _provenance(source, config, seed, dtype, sum(p.numel for p in plans), files)
+        for saver in savers:
+            saver.save_pretrained(tmp)
+        files = write_weights(tmp, plans, spec.dtype, spec.seed, spec.std, advance, spec.shard_bytes)
+        record = record_of(files)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         usual_modes(tmp)
         move_into_place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return RandomBuild(out, record, time.monotonic() - start)
+    return record
 
 
 def _generation_config(config: dict[str, Any], tokenizer):
@@ -193,13 +253,13 @@ def _generation_config(config: dict[str, Any], tokenizer):
 
 
 def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, parameters: int,
-                files: list[str]) -> Provenance:
+                files: list[str], real_layers: int | None = None) -> Provenance:
     import torch
     import transformers
 
     from tunelab import __version__
 
     return Provenance(arch=source.name, origin=source.origin, layers=int(config["num_hidden_layers"]),
-                      real_layers=int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,
+                      real_layers=real_layers or int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,
                       tunelab_version=__version__, torch_version=torch.__version__,
                       transformers_version=transformers.__version__)
