@@ -63,7 +63,7 @@ def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, tr
     _ok(["scaffold", spec])
     _ok(["run", exp])
     _ok(["eval", exp])
-    rows = {r["name"]: r for r in json.loads(_ok(["results", exp, "--json"]).stdout)}
+    rows = {r["name"]: r for r in json.loads(_ok(["results", exp, "--json"]).stdout)["runs"]}
     assert list(rows) == ["tiny_r4", "tiny_base", "shared"]
     tasks = ["exact_match", "pick", "letters"]
     expected_labels = {"tiny_r4": ["epoch_0", "epoch_1"], "tiny_base": ["base"], "shared": ["checkpoint"]}

@@ -21,7 +21,7 @@ def _results(exp) -> tuple[int, dict[str, dict]]:
     before = store.INGESTED.runs
     res = CliRunner().invoke(app, ["results", "--json", str(exp)])
     assert res.exit_code == 0, res.output
-    return store.INGESTED.runs - before, {r["name"]: r for r in json.loads(res.output)}
+    return store.INGESTED.runs - before, {r["name"]: r for r in json.loads(res.stdout)["runs"]}
 
 
 def test_results_ingests_only_runs_whose_files_changed(finished_sweep, tmp_path, monkeypatch):

@@ -58,6 +58,7 @@ def test_sweep_commands_print_one_valid_document(finished_sweep, tmp_path):
     assert exported["tracking_uri"] == f"sqlite:///{exp / 'mlflow' / 'mlflow.db'}" and exported["points_logged"] > 0
 
     results = valid(["results", str(exp), "--json"])
-    assert {r["name"]: r["state"] for r in results} == {n: "completed" for n in names}
+    assert {r["name"]: r["state"] for r in results["runs"]} == {n: "completed" for n in names}
     status = valid(["status", str(exp), "--json"])
-    assert [r["name"] for r in status] == names
+    assert [r["name"] for r in status["runs"]] == names and status["done"]
+    assert {r["state"] for r in status["runs"]} == {"completed"} and not any(r["active"] for r in status["runs"])

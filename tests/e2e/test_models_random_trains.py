@@ -41,5 +41,5 @@ def test_a_random_model_plans_estimates_and_trains(tmp_path, spec_in, monkeypatc
     probed = runner.invoke(app, ["probe", str(spec)])
     assert probed.exit_code == 0, probed.output
     assert "tokens/s on cpu" in probed.output
-    rows = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
+    rows = json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]
     assert len(rows) == 1 and rows[0]["kind"] == "probed" and rows[0]["tokens_per_s"] > 0

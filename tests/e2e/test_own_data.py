@@ -85,7 +85,7 @@ def test_provenance_and_the_recorded_split(own_data_experiment):
 
 def test_scores_of_both_tasks_in_results_and_report(own_data_experiment):
     root, everything = own_data_experiment
-    records = json.loads(_cli("results", str(root), "--json"))
+    records = json.loads(_cli("results", str(root), "--json"))["runs"]
     by_name = {r["name"]: r for r in records}
     assert set(by_name) >= {"tiny_chat", "tiny_table", "tiny_chat_base", "tiny_table_base"}
     text = json.dumps(records)

@@ -33,9 +33,9 @@ def test_packed_run_trains_per_example_and_learns(tmp_path, spec_in, finished_sw
     assert summary["attention"] == "varlen" and summary["packing"]["packed"]
     assert summary["attention_kernel"] == "per-sequence sdpa (not on a CUDA GPU)"  # the CPU path, no dense mask
 
-    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["results", str(exp), "--json"]).stdout)}
+    rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["results", str(exp), "--json"]).stdout)["runs"]}
     swept = {r["name"]: r for r in json.loads(CliRunner().invoke(
-        app, ["results", str(finished_sweep.exp), "--json"]).stdout)}
+        app, ["results", str(finished_sweep.exp), "--json"]).stdout)["runs"]}
     control, unpacked = swept["tiny_base"]["score"], swept["tiny_r16"]["score"]
     packed = rows["tiny_r16"]["score"]
     assert packed >= control + 0.5, (packed, control)  # the bar the unpacked sweep's runs meet (test_pipeline)

@@ -25,7 +25,7 @@ def test_sweep_end_to_end(finished_sweep):
     """plan → scaffold → run → eval → report ran in the finished_sweep fixture (e2e/conftest.py), each exiting 0;
     rank 4 and 16, 4 epochs, every epoch evaluated."""
     exp = finished_sweep.exp
-    rows = json.loads(_ok(["results", str(exp), "--json"]).stdout)
+    rows = json.loads(_ok(["results", str(exp), "--json"]).stdout)["runs"]
     by = {r["name"]: r for r in rows}
     assert [r["name"] for r in rows] == ["tiny_r4", "tiny_r16", "tiny_base"]  # design order, not lexical
     control = by["tiny_base"]

@@ -29,8 +29,9 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     assert res.stderr.count("probe ") == 2 and "probe 2/2" in res.stderr  # a progress line per shape, on stderr
     assert "tokens/s on cpu" in res.stderr
-    probed = json.loads(res.stdout)  # the JSON alone on stdout, valid against `schema --output probe`
-    jsonschema.validate(probed, json.loads(runner.invoke(app, ["schema", "--output", "probe"]).stdout))
+    doc = json.loads(res.stdout)  # the JSON alone on stdout, valid against `schema --output probe`
+    jsonschema.validate(doc, json.loads(runner.invoke(app, ["schema", "--output", "probe"]).stdout))
+    probed = doc["shapes"]
     assert sorted(r["lora_rank"] for r in probed) == [4, 8] and all(r["tokens_per_s"] > 0 for r in probed)
 
     after = make_plan(spec)
@@ -41,7 +42,7 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     assert "without a time estimate" not in render_plan_md(after)
 
     out = runner.invoke(app, ["history", "--json"])
-    rows = json.loads(out.stdout)
+    rows = json.loads(out.stdout)["rows"]
     assert len(rows) == 2 and {r["kind"] for r in rows} == {"probed"}
     for r in rows:
         assert r["device"] == "cpu" and r["memory_kind"] == "host_max_rss" and r["peak_memory_gib"] > 0
@@ -58,7 +59,7 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     assert progress[1][2].startswith(f"probed {progress[0][2].removeprefix('probing ')}: ")
     assert progress[1][2].endswith("tokens/s")
     assert estimated == [(0, 1, "planning: simulating each run shape's training step"), (1, 1, "estimated 4 run(s)")]
-    assert len(json.loads(runner.invoke(app, ["history", "--json"]).stdout)) == 2
+    assert len(json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]) == 2
 
 
 Progress = list[tuple[float, float | None, str | None]]
@@ -103,5 +104,5 @@ def test_find_max_batch_bisects_with_real_steps(write_spec, tmp_path, monkeypatc
     res = runner.invoke(app, ["probe", str(spec), "--find-max-batch"])
     assert res.exit_code == 0, res.output
     assert "largest micro-batch that ran: 12" in " ".join(res.output.split())
-    (row,) = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
+    (row,) = json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]
     assert row["max_micro_batch"] == 12 and row["simulated_max_micro_batch"] is None  # no GPU: nothing simulated

@@ -106,7 +106,7 @@ def test_two_stage_run_resumes_in_stage_two_without_redoing_stage_one(tmp_path, 
 
     res = CliRunner().invoke(app, ["results", str(cfg.run_dir.parents[1]), "--json"])
     assert res.exit_code == 0, res.output
-    (record,) = [r for r in json.loads(res.stdout) if r["name"] == cfg.name]
+    (record,) = [r for r in json.loads(res.stdout)["runs"] if r["name"] == cfg.name]
     where = {f"epoch_{e}": (s["name"], k, k == len(s["epochs"]) - 1) for s in stages for k, e in enumerate(s["epochs"])}
     assert {(e["label"], e["stage"], e["stage_epoch"], e["ends_stage"]) for e in record["eval"]} == {
         (label, *where[label]) for label in evaluated}

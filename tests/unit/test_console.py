@@ -113,7 +113,7 @@ def test_plan_and_validate_print_every_warning_and_error_whole(bracketed_spec):
         assert _flat(f"warning: {w}") in _flat(res.output)
     assert f"wrote {spec.parent / 'plan.md'}" in res.output
 
-    checks = json.loads(runner.invoke(app, ["validate", str(spec), "--gpu", "H100-80GB", "--json"]).stdout)
+    checks = json.loads(runner.invoke(app, ["validate", str(spec), "--gpu", "H100-80GB", "--json"]).stdout)["checks"]
     messages = [f"error: {spec}: {e}" for c in checks for e in c["errors"]]
     messages += [f"warning: {w}" for c in checks for w in c["warnings"]]
     assert any(m.startswith("error:") for m in messages) and any(m.startswith("warning:") for m in messages)

@@ -200,7 +200,7 @@ def test_validate_experiment_warns_on_waste_and_errors_on_warmup(write_spec):
     spec = write_spec(training={"max_seq_len": 512})
     res = runner.invoke(app, ["validate", str(spec), "--gpu", "H100", "--json"])
     assert res.exit_code == 0
-    warnings = [w for c in json.loads(res.stdout) for w in c["warnings"]]
+    warnings = [w for c in json.loads(res.stdout)["checks"] for w in c["warnings"]]
     assert any("packing is off" in w for w in warnings) and any("uses 1%" in w or "a micro-batch up to" in w for w in warnings)
     spec = write_spec(training={"max_seq_len": 20})
     res = runner.invoke(app, ["validate", str(spec), "--gpu", "H100"])

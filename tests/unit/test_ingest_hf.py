@@ -42,7 +42,7 @@ def trl_dir(root: Path, steps: int = 20, with_results: bool = True) -> Path:
 def history_rows(monkeypatch, tmp_path) -> list[dict]:
     out = runner.invoke(app, ["history", "--json"])
     assert out.exit_code == 0, out.output
-    return json.loads(out.stdout)
+    return json.loads(out.stdout)["rows"]
 
 
 def test_trl_output_dir_and_torchtune_log_show_up_in_history(tmp_path, monkeypatch):

@@ -49,20 +49,27 @@ def test_every_json_output_matches_its_schema(experiment, tmp_path, tiny_model, 
     outputs = {"plan": ["plan", str(experiment), "--json"], "validate": ["validate", str(experiment), "--gpu", "A100-80GB", "--json"],
                "status": ["status", str(exp), "--json"], "results": ["results", str(exp), "--json"],
                "history": ["history", "--json"]}
+    rows_key = {"plan": "runs", "validate": "checks", "status": "runs", "results": "runs", "history": "rows"}
     for command, args in outputs.items():
         doc = json.loads(ok(args))
         jsonschema.validate(doc, schema(command))
+        assert set(doc) == set(schema(command)["properties"]), command  # one object, every key its schema's
         if command != "history":  # a run or check without its name is not the documented output
             broken = json.loads(json.dumps(doc))
-            rows = broken["runs"] if command == "plan" else broken
+            rows = broken[rows_key[command]]
             assert rows, command
             del rows[0]["run" if command in ("plan", "validate") else "name"]
-            if command == "plan":
+            if command == "plan":  # its rows are the table's columns, untyped: break the list itself
                 broken["runs"] = 3
             with pytest.raises(jsonschema.ValidationError):
                 jsonschema.validate(broken, schema(command))
+        with pytest.raises(jsonschema.ValidationError):  # the bare list these commands printed before
+            jsonschema.validate(doc[rows_key[command]], schema(command))
     status = json.loads(ok(["status", str(exp), "--json"]))
-    assert [r["name"] for r in status] == ["tiny_r4", "tiny_r8", "tiny_base"]
+    assert [r["name"] for r in status["runs"]] == ["tiny_r4", "tiny_r8", "tiny_base"]
+    assert status["done"] and not status["sweep_running"] and status["experiment_dir"] == str(exp)  # nothing queued
+    checks = json.loads(ok(outputs["validate"]))
+    assert checks["ok"] and [c["run"] for c in checks["checks"]] == ["tiny_r4", "tiny_r8"]  # the controls train nothing
     scaffolded_experiment_commands(experiment, tmp_path, tiny_model, caps_dataset)
 
 
@@ -83,11 +90,14 @@ def scaffolded_experiment_commands(experiment: Path, tmp_path: Path, tiny_model:
     assert (tmp_path / "drafted" / "experiment.yaml").is_file()
 
 
-def test_builders_ingest_and_skills_print_their_schema(tmp_path):
+def test_builders_ingest_and_skills_print_their_schema(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))  # this test's rows alone
     logs = Path(__file__).parent.parent / "fixtures" / "logs"
     ingested = valid(["ingest", str(logs / "torchtune_ok.out"), str(logs / "not_a_log.out"), "--json"])
     assert [(Path(r["path"]).name, r["imported"]) for r in ingested["logs"]] == [("torchtune_ok.out", True),
                                                                                  ("not_a_log.out", False)]
+    (row,) = valid(["history", "--json"])["rows"]  # the row just ingested, typed
+    assert row["kind"] == "ingested" and row["origin_where"].startswith(str(logs / "torchtune_ok.out"))
     data = valid(["data", "capitalization", "--word-len", "4", "--num-words", "40", "--out", str(tmp_path), "--json"])
     assert Path(data["paths"][0]).is_file() and data["built"]
     model = valid(["models", "tiny", "--layers", "1", "--hidden", "32", "--out", str(tmp_path / "m"), "--json"])
@@ -118,13 +128,21 @@ def test_every_json_option_has_a_schema():
 
 
 def test_a_schema_documents_every_key():
-    """Every property of the new outputs carries a description (stable, documented keys)."""
-    for command in ("plan", "results", "init", "scaffold", "run", "cancel", "eval", "report", "ingest", "adopt",
-                    "compare", "export", "archive", "estimate", "data"):
+    """Every property of every output carries a description (stable, documented keys), the rows' keys too
+    (status, validate, history and probe rows are dataclasses of their packages, described field by field)."""
+    from tunelab.cli.outputs import output_adapters
+
+    for command in output_adapters():
         doc = schema(command)
+        assert doc["type"] == "object", command  # one object per output, as the MCP tool returns it
         for name, definition in [("", doc), *doc.get("$defs", {}).items()]:
             for key, prop in definition.get("properties", {}).items():
                 assert prop.get("description"), (command, name, key)
+    for command, row, keys in (("status", "StatusRow", {"name", "state", "failure", "eval", "progress", "active"}),
+                               ("validate", "RunCheck", {"run", "peak_memory_gib", "errors", "warnings"}),
+                               ("history", "HistoryRun", {"key", "kind", "tokens_per_s", "origin_where"}),
+                               ("probe", "HistoryRun", {"key", "kind", "lora_rank", "packed"})):
+        assert keys <= set(schema(command)["$defs"][row]["properties"]), command  # the rows are walked
 
 
 def test_unknown_output_is_one_line():

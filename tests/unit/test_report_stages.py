@@ -228,7 +228,7 @@ def test_results_json_csv_and_export_records_name_each_checkpoint_s_stage_as_the
     res = runner.invoke(app, ["results", str(plan.experiment_dir), "--json"])
     assert res.exit_code == 0, res.output
     got = {r["name"]: [(e["label"], e["stage"], e["stage_epoch"], e["ends_stage"]) for e in r["eval"]]
-           for r in json.loads(res.stdout)}
+           for r in json.loads(res.stdout)["runs"]}
     assert got == {done.name: [("epoch_0", "easy", 0, True), ("epoch_1", "hard", 0, False),
                                ("epoch_2", "hard", 1, True)],
                    failed.name: [("epoch_0", "easy", 0, True), ("epoch_1", "hard", 0, False)],

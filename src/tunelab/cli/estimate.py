@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from tunelab.cli.common import add_commands
+from tunelab.cli.jsonout import emit, json_option
 from tunelab.console import error, say, warn
 from tunelab.errors import TunelabError
 
@@ -210,7 +211,7 @@ def _print_estimate(out: dict, max_seq_len: int) -> None:
 def validate_cmd(
     path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
-    json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    json_out: bool = json_option("every run's checks"),
 ) -> None:
     """Exit 1 when a run would not fit on the GPU or its data or prompt is wrong.
 
@@ -221,7 +222,9 @@ def validate_cmd(
     checks = validate_path(path, _validate_gpu(gpu, path))
     errors = [e for c in checks for e in c.errors]
     if json_out:
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
+        from tunelab.mcp.models import ValidateOut
+
+        emit(ValidateOut.of(checks))
     else:
         for c in checks:
             for e in c.errors:

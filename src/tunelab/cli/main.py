@@ -186,8 +186,7 @@ def eval_cmd(
 
 def results_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run, each with every checkpoint × "
-                                  "task × metric."),
+    json_out: bool = json_option("every run with every checkpoint × task × metric"),
     csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per run; <task>.<metric> columns of the last "
                                  "checkpoint, and `evals` with every checkpoint × task × metric."),
     show_all: bool = typer.Option(False, "--all", help=f"List every run in the table (above {SHOWN_ROWS}, the "
@@ -197,13 +196,15 @@ def results_cmd(
 
     State, training metrics and eval scores of every run, control and eval-only run (from the ledger)."""
     from tunelab.evaluate.kinds import show_ci
-    from tunelab.ledger.results import collect_results, to_csv, to_json
+    from tunelab.ledger.results import collect_results, to_csv
 
     if json_out and csv_out:
         raise TunelabError("choose one of --json and --csv", field="--json/--csv")
     rows = collect_results(experiment_dir)
     if json_out:
-        print(to_json(rows))
+        from tunelab.mcp.models import ResultsOut
+
+        emit(ResultsOut.of(rows))
     elif csv_out:
         sys.stdout.write(to_csv(rows))
     else:
@@ -265,7 +266,7 @@ def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run and "
                                "for the sweep, failures as they happen) until no job is queued or running."),
-    json_out: bool = typer.Option(False, "--json", help="JSON: one object per run and control."),
+    json_out: bool = json_option("every run and control (and whether the sweep is done)"),
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="--watch: seconds between two looks."),
     show_all: bool = typer.Option(False, "--all", help=f"List every run; above {SHOWN_ROWS} runs the table "
                                   "lists the ones not completed (and counts every state)."),
@@ -284,7 +285,9 @@ def status_cmd(
 
     rows = status_rows(experiment_dir)
     if json_out:
-        print(json.dumps([r.to_json() for r in rows], indent=2))
+        from tunelab.mcp.models import StatusOut
+
+        emit(StatusOut.of(str(experiment_dir), rows))
         return
     if not watch:
         listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != RowState.COMPLETED]

@@ -3,7 +3,6 @@ planner knows, and where each row came from)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -91,15 +90,15 @@ def probe_cmd(
     if results is not None:
         say("wrote {}", results)
     elif json_out:
-        from tunelab.ledger.history import HistoryRun
+        from tunelab.mcp.models import ProbeOut
 
-        emit(rows, HistoryRun)
+        emit(ProbeOut(shapes=rows))
     else:
         say("{} shape(s) probed; `tunelab plan {}` now uses them", len(rows), spec)
 
 
 def history_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Every row with every field, as JSON."),
+    json_out: bool = json_option("every row with every field"),
     model: Optional[str] = typer.Option(None, "--model", help="Only rows of this model (substring, any case)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only rows of this device (substring, e.g. H100 or cpu)."),
 ) -> None:
@@ -113,7 +112,9 @@ def history_cmd(
             if (not model or model.lower() in (r.model or "").lower())
             and (not gpu or gpu.lower() in (r.device or "").lower())]
     if json_out:
-        print(json.dumps([{**r.__dict__, "kind": r.kind} for r in rows], indent=2, default=str))
+        from tunelab.mcp.models import HistoryOut
+
+        emit(HistoryOut(rows=rows))
         return
     if not rows:
         say("no history rows{} in {}", " matching" if model or gpu else "", history_path())

@@ -13,15 +13,12 @@ from tunelab.errors import TunelabError
 
 def output_adapters() -> dict[str, TypeAdapter[Any]]:
     """Command → the type of its --json output."""
-    from tunelab.execute.status import StatusRow
-    from tunelab.ledger.history import HistoryRun
     from tunelab.mcp import models as m
-    from tunelab.plan.validate import RunCheck
 
     built = TypeAdapter(m.BuiltOut)
-    return {"plan": TypeAdapter(m.PlanOut), "validate": TypeAdapter(list[RunCheck]),
-            "status": TypeAdapter(list[StatusRow]), "results": TypeAdapter(list[m.ResultRow]),
-            "history": TypeAdapter(list[dict[str, Any]]), "probe": TypeAdapter(list[HistoryRun]),
+    return {"plan": TypeAdapter(m.PlanOut), "validate": TypeAdapter(m.ValidateOut),
+            "status": TypeAdapter(m.StatusOut), "results": TypeAdapter(m.ResultsOut),
+            "history": TypeAdapter(m.HistoryOut), "probe": TypeAdapter(m.ProbeOut),
             "init": TypeAdapter(m.SpecDraft), "scaffold": TypeAdapter(m.ScaffoldOut), "run": TypeAdapter(m.RunOut),
             "cancel": TypeAdapter(m.CancelOut), "eval": TypeAdapter(m.EvalOut), "report": TypeAdapter(m.ReportOut),
             "ingest": TypeAdapter(m.IngestOut), "adopt": TypeAdapter(m.AdoptOut),
@@ -31,9 +28,9 @@ def output_adapters() -> dict[str, TypeAdapter[Any]]:
 
 
 def output_schema(command: str) -> dict[str, Any]:
-    """The JSON Schema of `tunelab COMMAND --json`."""
+    """The JSON Schema of `tunelab COMMAND --json` (as serialized: computed keys such as history's kind included)."""
     adapters = output_adapters()
     if command not in adapters:
         raise TunelabError(f"no JSON output schema for {command!r}; known: {', '.join(sorted(adapters))}",
                            field="--output")
-    return adapters[command].json_schema()
+    return adapters[command].json_schema(mode="serialization")

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict
 from rich.console import Console
 
 from tunelab.ledger import store as ledger
@@ -109,23 +110,40 @@ def eval_label(state: EvalState | FailureKind | None) -> str:
 class StatusRow:
     """One run or control as `tunelab status` shows it: its newest job (via the ledger) and its files."""
 
+    # each field's docstring is its key's description in `status --json`'s schema (pydantic reads them)
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)
+
     name: str
-    type: str  # fine-tuned | control | eval-only (results.TYPES)
+    """The run, control or eval-only run."""
+    type: str
+    """fine-tuned, control or eval-only (results.TYPES)."""
     attempt: int
-    files: RunState  # the state its files say (experiment.training_state)
+    """Its run.yaml's attempt: 1, plus one per retry after a failure."""
+    files: RunState
+    """The state its files say (status.json): pending, running, completed, failed, interrupted."""
     job_id: str | None = None
-    job_state: str | None = None  # the scheduler's, as it said it
+    """Its newest job's id (None: never submitted)."""
+    job_state: str | None = None
+    """That job's state, as the scheduler said it (e.g. RUNNING, COMPLETED, OUT_OF_MEMORY)."""
     executor: str | None = None
+    """Where the job runs: local or slurm."""
     progress: str = ""
+    """Steps and epoch reached, e.g. 'step 12/40, epoch 0.60/2' (empty: no step logged yet)."""
     eta: str = ""
+    """Time left, estimated from its steps so far (empty: unknown)."""
     failure: FailureKind | None = None
+    """The verdict on its ended job: completed, oom, timeout, preempted, node_fail, cancelled or failed."""
     detail: str = ""
-    eval: EvalState | FailureKind | None = None  # scored, its evaluation job's state or verdict (None: neither)
-    state: RowState = RowState.PENDING  # the job's while it is active, else completed, the verdict or the files'
-    active: bool = field(default=False, repr=False)  # queued or running (it or its evaluation): watched
+    """The failure's evidence, e.g. an exit code or the line that says why (empty: nothing to say)."""
+    eval: EvalState | FailureKind | None = None
+    """Its evaluation: scored, pending, running, ended, or its eval job's failure verdict (None: neither)."""
+    state: RowState = RowState.PENDING
+    """The one state to act on: the job's while it is active, else completed, the failure verdict or the files'."""
+    active: bool = field(default=False, repr=False)
+    """Queued or running (it or its evaluation): something will still change."""
 
     def to_json(self) -> dict[str, Any]:
-        """The row as `status --json` prints it."""
+        """The row as a plain dict, without `active` (`status --json` prints it in StatusOut, `active` included)."""
         out = asdict(self)
         del out["active"]
         return out

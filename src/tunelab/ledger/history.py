@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import ConfigDict, computed_field
+
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
@@ -63,65 +65,116 @@ CREATE TABLE IF NOT EXISTS history (
 
 @dataclass
 class HistoryRun:
+    """One history row: a run trained, probed or ingested, with where its figures came from."""
+
+    # each field's docstring is its key's description in `history --json`'s schema (pydantic reads them)
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)
+
     key: str
+    """The row's identity: the run directory, or the source log (and its line or key)."""
     source: str
+    """What recorded it: tunelab, probe, or the foreign format ingested (torchtune, hf_trainer, ...)."""
     experiment: str | None = None
+    """The experiment's name (None: not known)."""
     run: str | None = None
+    """The run's name."""
     model: str | None = None
+    """The model's name."""
     layers: int | None = None
+    """The model's decoder layers (None: its config unreadable)."""
     hidden: int | None = None
+    """The model's hidden size."""
     parameters: int | None = None
+    """The model's parameter count."""
     device: str | None = None
+    """The device it ran on, e.g. 'NVIDIA H100 80GB HBM3' or cpu."""
     cpu_threads: int | None = None
+    """Torch threads on a CPU run."""
     packed: bool | None = None
+    """Sequences packed (padding-free)."""
     batch_size: int | None = None
+    """The micro-batch per device."""
     gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimizer step."""
     max_seq_len: int | None = None
+    """Tokens per sequence at most."""
     lora_rank: int | None = None
+    """The LoRA rank."""
     tokens_per_step: float | None = None
+    """Tokens per optimizer step, per device."""
     tokens_per_s: float | None = None
+    """Training throughput per device, tokens/s (padding included)."""
     steps_per_s: float | None = None
-    per_token_s: float | None = None  # step time = step_fixed_s + per_token_s × tokens per step
+    """Optimizer steps per second."""
+    per_token_s: float | None = None
+    """Step time = step_fixed_s + per_token_s x tokens per step: the per-token part, seconds."""
     step_fixed_s: float | None = None
+    """The fixed part of a step's time, seconds."""
     nonpad_tokens_per_s: float | None = None
+    """Throughput counting real (non-padding) tokens only."""
     peak_memory_gib: float | None = None
+    """Peak memory measured, GiB (memory_kind says which counter)."""
     memory_kind: MemoryKind | None = None
+    """Which counter the peak is: cuda_max_allocated, cuda_max_reserved, cuda_max_active, nvml_used, host_max_rss."""
     steps: int | None = None
+    """Optimizer steps trained."""
     duration_s: float | None = None
+    """Wall-clock of the whole run, seconds."""
     train_time_s: float | None = None
+    """Seconds spent in training steps."""
     overhead_s: float | None = None
+    """Seconds outside training steps (loading, evaluation, saving)."""
     startup_s: float | None = None
+    """Seconds before the first step."""
     finish_s: float | None = None
+    """Seconds after the last step."""
     recorded_at: str | None = None
-    # where the row came from: "measured" (a tunelab run), "probed" (`tunelab probe`), "ingested" (a foreign log
-    # or output dir), and the file, line or key it was read from
+    """When the row was recorded (ISO 8601, UTC)."""
     origin: str | None = None
+    """measured (a tunelab run), probed (`tunelab probe`) or ingested (a foreign log or output dir)."""
     origin_where: str | None = None
+    """The file, line or key it was read from."""
     final_loss: float | None = None
+    """Last training loss."""
     final_val_loss: float | None = None
+    """Last validation loss."""
     epochs: float | None = None
-    lora_targets: str | None = None  # comma-separated module names, or all-linear
+    """Epochs trained."""
+    lora_targets: str | None = None
+    """LoRA's target modules, comma-separated, or all-linear."""
     dtype: str | None = None
+    """The training dtype."""
     gradient_checkpointing: bool | None = None
-    max_tokens_per_microbatch: int | None = None  # the largest micro-batch's tokens (memory depends on it)
-    missing: str | None = None  # fields the source did not have, comma-separated
-    max_micro_batch: int | None = None  # probe --find-max-batch: the largest micro-batch that ran a real step
-    simulated_max_micro_batch: int | None = None  # the simulator's figure for the same GPU, beside it
+    """Activation checkpointing on."""
+    max_tokens_per_microbatch: int | None = None
+    """The largest micro-batch's tokens (memory depends on it)."""
+    missing: str | None = None
+    """Fields its source did not have, comma-separated."""
+    max_micro_batch: int | None = None
+    """probe --find-max-batch: the largest micro-batch that ran a real step."""
+    simulated_max_micro_batch: int | None = None
+    """The simulator's largest micro-batch for the same GPU, beside it."""
     # the rest of what the peak depends on (estimate/measured.py compares every one); None: not recorded.
     # "No quantization" and "no modules_to_save" are recorded as "none" and "", so that None means unknown.
-    quantize: str | None = None  # 4bit | none
-    attention: str | None = None  # the run's training.attention as run.yaml holds it (resolved: varlen, sdpa, ...)
-    modules_to_save: str | None = None  # comma-separated, sorted; "" for none
-    lora_dropout: float | None = None  # dropout > 0 keeps a mask per LoRA layer for the backward pass
-    processes: int | None = None  # training processes: a DDP or FSDP peak is not a one-device peak
+    quantize: str | None = None
+    """4bit or none (None: unknown)."""
+    attention: str | None = None
+    """training.attention as run.yaml holds it (varlen, sdpa, ...)."""
+    modules_to_save: str | None = None
+    """Modules trained in full, comma-separated and sorted ('' : none; None: unknown)."""
+    lora_dropout: float | None = None
+    """LoRA dropout (above 0 keeps a mask per LoRA layer for the backward pass)."""
+    processes: int | None = None
+    """Training processes (a DDP or FSDP peak is not a one-device peak)."""
 
     def __post_init__(self) -> None:
         # rows recorded before the vocabulary was one (a probe's cpu_max_rss) read as today's kind
         self.memory_kind = MemoryKind.read(self.memory_kind)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def kind(self) -> str:
-        """measured, probed or ingested (rows from before the column: by their source)."""
+        """measured, probed or ingested (rows from before the origin column: by their source)."""
         return self.origin or {"tunelab": "measured", "probe": "probed"}.get(self.source, "ingested")
 
 
@@ -149,6 +202,9 @@ def _columns() -> dict[str, str]:
             for name, f in HistoryRun.__dataclass_fields__.items()}
 
 
+_BOOLS = {name for name, f in HistoryRun.__dataclass_fields__.items() if str(f.type).startswith("bool")}
+
+
 def record(runs: list[HistoryRun], path: Path | None = None) -> None:
     if not runs:
         return
@@ -167,7 +223,13 @@ def load(path: Path | None = None, everything: bool = False) -> list[HistoryRun]
         return []
     where = "" if everything else " WHERE tokens_per_s IS NOT NULL"
     with connect(p) as conn:
-        return [HistoryRun(**dict(r)) for r in conn.execute(f"SELECT * FROM history{where} ORDER BY recorded_at")]
+        rows = [dict(r) for r in conn.execute(f"SELECT * FROM history{where} ORDER BY recorded_at")]
+    return [HistoryRun(**_read_bools(r)) for r in rows]
+
+
+def _read_bools(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite stores a bool as 0/1: read back as the bool it was, so --json prints true/false as its schema says."""
+    return {k: bool(v) if k in _BOOLS and v is not None else v for k, v in row.items()}
 
 
 def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | None]:

@@ -3,7 +3,8 @@
 Each record carries every evaluation: one entry per checkpoint × task with all its metrics (and, for a
 staged run, the checkpoint's stage and whether the stage ends on it, as the report labels it). The
 headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
-`results --json` is `to_json` of these records; the CSV and the terminal table are made from them too.
+`results --json` is ResultsOut (mcp/models.py) of their `to_json`; the CSV and the terminal table are made from
+them too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,10 +171,6 @@ def collect_results(experiment_dir: str | Path) -> list[RunRecord]:
     return [_record(cfg, by_name[cfg.name], eval_records(rows.get(cfg.name, []),
                                                          [t.name for t in cfg.eval.resolved_tasks()]))
             for cfg in runs]
-
-
-def to_json(records: list[RunRecord]) -> str:
-    return json.dumps([r.to_json() for r in records], indent=2)
 
 
 def _ci_text(iv: Interval | None) -> str:

@@ -3,7 +3,6 @@ bringing in runs trained elsewhere (ingest, adopt)."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from pydantic import Field
@@ -37,7 +36,7 @@ class LabTools:
         rows = [r for r in load(everything=True)
                 if (not model or model.lower() in (r.model or "").lower())
                 and (not gpu or gpu.lower() in (r.device or "").lower())]
-        return HistoryOut(rows=[json.loads(json.dumps({**r.__dict__, "kind": r.kind}, default=str)) for r in rows])
+        return HistoryOut(rows=rows)
 
     @one_line
     def ingest(self, paths: Annotated[list[str], Field(description="Log files or directories (torchtune / SLURM "

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from tunelab.adopt.write import AdoptResult
     from tunelab.ingest import IngestResult
+    from tunelab.ledger.results import RunRecord
     from tunelab.plan.planner import Plan
     from tunelab.report.compare import Comparison
     from tunelab.report.build import ReportFiles
@@ -67,13 +68,20 @@ class PlanOut(BaseModel):
 
 
 class ValidateOut(BaseModel):
+    """validate / `validate --json`: every run's checks (the CLI exits 1 when ok is false)."""
+
     ok: bool = Field(description="False when any run has an error (would OOM, missing field, ...).")
-    checks: list[RunCheck]
+    checks: list[RunCheck] = Field(description="One per run checked (a spec's fine-tuned runs, in design order).")
+
+    @classmethod
+    def of(cls, checks: list[RunCheck]) -> ValidateOut:
+        return cls(ok=not any(c.errors for c in checks), checks=checks)
 
 
 class ProbeOut(BaseModel):
-    shapes: list[HistoryRun] = Field(description="One history row per run shape probed (`probe --json` prints "
-                                               "this list).")
+    """probe / `probe --json`: the history rows recorded."""
+
+    shapes: list[HistoryRun] = Field(description="One history row per run shape probed.")
 
 
 class ScaffoldOut(BaseModel):
@@ -102,11 +110,21 @@ class RunOut(BaseModel):
 
 
 class StatusOut(BaseModel):
-    experiment_dir: str
-    sweep_running: bool = Field(description="A sweep this server started is still running.")
+    """status / `status --json`: every run and control, and whether anything is still queued or running."""
+
+    experiment_dir: str = Field(description="The experiment directory.")
+    sweep_running: bool = Field(description="A sweep this MCP server started is still running (always false "
+                                            "from the CLI, which starts none in the background).")
     done: bool = Field(description="Nothing is queued or running: no active job and no background sweep.")
-    runs: list[StatusRow]
-    sweep_log_tail: list[str] = Field(default_factory=list, description="Last lines of the background sweep's log.")
+    runs: list[StatusRow] = Field(description="One row per run and control, in design order.")
+    sweep_log_tail: list[str] = Field(default_factory=list, description="Last lines of the background sweep's log "
+                                      "(empty from the CLI).")
+
+    @classmethod
+    def of(cls, experiment_dir: str, rows: list[StatusRow], running: bool = False,
+           log_tail: list[str] | None = None) -> StatusOut:
+        return cls(experiment_dir=experiment_dir, sweep_running=running, runs=rows,
+                   done=not running and not any(r.active for r in rows), sweep_log_tail=log_tail or [])
 
 
 class CancelOut(BaseModel):
@@ -169,7 +187,16 @@ class ResultRow(BaseModel):
 
 
 class ResultsOut(BaseModel):
-    runs: list[ResultRow]
+    """results / `results --json` (and each experiment's results.json resource)."""
+
+    runs: list[ResultRow] = Field(description="One row per run, control and eval-only run, in design order.")
+
+    @classmethod
+    def of(cls, records: list[RunRecord]) -> ResultsOut:
+        import json
+
+        return cls(runs=[ResultRow.model_validate(json.loads(json.dumps(r.to_json(), default=str)))
+                         for r in records])
 
 
 class ReportOut(BaseModel):
@@ -189,7 +216,9 @@ class ReportOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
-    rows: list[dict[str, Any]] = Field(description="Every history row, as `history --json` prints them.")
+    """history / `history --json`: what the planner knows from past runs."""
+
+    rows: list[HistoryRun] = Field(description="Every history row (measured, probed or ingested), oldest first.")
 
 
 class IngestRow(BaseModel):

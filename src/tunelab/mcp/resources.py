@@ -50,10 +50,11 @@ def add_resources(server: MCPServer, ws: Workspace) -> None:
     @server.resource(PREFIX + "{+experiment}/results.json", mime_type="application/json",
                      description="Every run's state, metrics and eval scores (what the results tool returns).")
     def results_json(experiment: str) -> str:
-        from tunelab.ledger.results import collect_results, to_json
+        from tunelab.ledger.results import collect_results
+        from tunelab.mcp.models import ResultsOut
 
         try:
-            return to_json(collect_results(ws.inside(experiment, "experiment")))
+            return ResultsOut.of(collect_results(ws.inside(experiment, "experiment"))).model_dump_json(indent=2)
         except TunelabError as exc:
             raise ResourceError(str(exc)) from None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ from pydantic import Field
 from rich.console import Console
 
 from tunelab.errors import TunelabError
-from tunelab.mcp.models import (CancelOut, EvalOut, PlanOut, ProbeOut, ReportOut, ResultRow, ResultsOut, RunOut,
+from tunelab.mcp.models import (CancelOut, EvalOut, PlanOut, ProbeOut, ReportOut, ResultsOut, RunOut,
                                 ScaffoldOut, SpecDraft, StatusOut, ValidateOut)
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.sweeps import Sweeps
@@ -167,7 +166,7 @@ class PipelineTools:
             raise TunelabError("no GPU here to detect: name the target with gpu or resources.gpu (e.g. H100-80GB)",
                                field="gpu")
         checks = validate_path(target, device)
-        return ValidateOut(ok=not any(c.errors for c in checks), checks=checks)
+        return ValidateOut.of(checks)
 
     @one_line
     def plan(self, spec: Spec, gpu: Gpu = None,
@@ -251,8 +250,7 @@ class PipelineTools:
         exp = self.ws.inside(experiment_dir, "experiment_dir")
         rows = status_rows(exp)
         running = self.sweeps.alive(exp)
-        return StatusOut(experiment_dir=self.ws.shown(exp), sweep_running=running, runs=rows,
-                         done=not running and not any(r.active for r in rows), sweep_log_tail=self.sweeps.tail(exp))
+        return StatusOut.of(self.ws.shown(exp), rows, running, self.sweeps.tail(exp))
 
     @one_line
     def cancel(self, experiment_dir: Exp, runs: Annotated[list[str] | None, Field(
@@ -290,9 +288,7 @@ class PipelineTools:
         """State, training metrics and every eval score (with 95 % intervals) of every run, from the ledger."""
         from tunelab.ledger.results import collect_results
 
-        rows = collect_results(self.ws.inside(experiment_dir, "experiment_dir"))
-        return ResultsOut(runs=[ResultRow.model_validate(json.loads(json.dumps(r.to_json(), default=str)))
-                                for r in rows])
+        return ResultsOut.of(collect_results(self.ws.inside(experiment_dir, "experiment_dir")))
 
     @one_line
     def report(self, experiment_dir: Exp) -> ReportOut:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ConfigDict
+
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.execute.executors import executor_class
@@ -25,14 +27,27 @@ IDLE_BELOW = 0.25
 
 @dataclass
 class RunCheck:
+    """One run's checks: its predicted memory against the GPU's, what would fail and what would waste it."""
+
+    # each field's docstring is its key's description in `validate --json`'s schema (pydantic reads them)
+    __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)
+
     run: str
+    """The run checked."""
     tokens_per_microbatch: int
+    """Tokens in its largest micro-batch (what memory depends on)."""
     peak_memory_gib: float
+    """Predicted peak per GPU: reserved + CUDA context, GiB."""
     gpu_memory_gib: float
+    """The GPU's memory, GiB."""
     steps: int | None
+    """Optimizer steps it will train (None: the data's lengths unknown)."""
     max_batch_size: int
+    """The largest micro-batch that fits within 90 % of the GPU's memory."""
     errors: list[str] = field(default_factory=list)
+    """What would fail (predicted OOM, a missing split or field, ...): validate exits 1."""
     warnings: list[str] = field(default_factory=list)
+    """What would waste the GPU or come near its limit (exit 0)."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()

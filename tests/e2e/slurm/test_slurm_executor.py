@@ -111,7 +111,7 @@ def test_sweep_train_then_eval_afterok_report_and_idempotent_rerun(write_spec):
     assert {k: v.state for k, v in st.items()} == {"tiny_r4": "completed", "tiny_r8": "completed",
                                                       "tiny_base": "completed"}
     assert st["tiny_r4"].eval == "scored" and st["tiny_r4"].progress.startswith("step 40/40")
-    results = json.loads(_ok(["results", str(exp), "--json"]).stdout)
+    results = json.loads(_ok(["results", str(exp), "--json"]).stdout)["runs"]
     assert all(r["state"] == "completed" and r["score"] is not None for r in results)
     _ok(["report", str(exp)])
     assert (exp / "report" / "report.md").is_file()
@@ -140,7 +140,7 @@ def test_failed_job_reports_exit_code_and_its_eval_never_runs(write_spec, tmp_pa
     st = _status(spec.parent)[cfg.name]
     assert st.state == "failed" and st.shown == "FAILED" and "exit code 1" in st.detail
     out = json.loads(_ok(["status", str(spec.parent), "--json"]).stdout)
-    assert out[0]["state"] == "failed"  # the value (RowState); the table shows FAILED
+    assert out["runs"][0]["state"] == "failed"  # the value (RowState); the table shows FAILED
     assert ledger.query(spec.parent, "SELECT state, exit_code FROM attempts") == [{"state": "failed", "exit_code": 1}]
 
 

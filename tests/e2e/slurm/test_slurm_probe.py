@@ -24,6 +24,6 @@ def test_probe_as_a_slurm_job_records_the_jobs_measurements(write_spec, tmp_path
     probe_dir = spec.parent / "probe"
     assert json.loads((probe_dir / "results.json").read_text())  # what the job wrote
     assert list(probe_dir.glob("slurm-probe-*.out"))
-    rows = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
+    rows = json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]
     assert sorted(r["lora_rank"] for r in rows) == [4, 8]
     assert all(r["kind"] == "probed" and r["device"] == "cpu" and r["tokens_per_s"] > 0 for r in rows)
