@@ -53,7 +53,8 @@ def record_stage(run_dir: Path, done: list[StageRecord], ctx: StageContext, cfg:
     """Add the stage just completed to the records of the stages before it and write them to stages.json
     (main process; the record is what marks it complete). Returns the records written."""
     done = [r for r in done if r.index < ctx.index]
-    rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=cfg.dataset.name, optimizer=ctx.optimizer,
+    dataset = cfg.stages[ctx.index].dataset if cfg.stages else cfg.dataset  # the run's or the stage's own cfg
+    rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=dataset.name, optimizer=ctx.optimizer,
                       epochs=[e for e in complete_epochs(run_dir) if e >= ctx.epoch_offset],
                       first_step=ctx.step_offset, last_step=int(summary.steps or ctx.step_offset),
                       examples=int(summary.train_examples or 0), counters=counters,
