@@ -89,6 +89,9 @@ def test_narrow_build_loads_with_the_vlm_loader(tmp_path, name, patch, pixels):
     geometry = read_geometry(out)
     assert (geometry.patch_size, geometry.merge_size, geometry.temporal_patch_size) == (patch, 2, 2)
     assert (geometry.min_pixels, geometry.max_pixels) == pixels
+    saved = json.loads((out / "preprocessor_config.json").read_text())  # the published normalisation
+    clip = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    assert (saved["image_mean"], saved["image_std"]) == (clip if patch == 14 else ([0.5] * 3, [0.5] * 3))
 
     # an image of 4×2 merge cells (factor = patch·2) within the bounds stays that size: 8×4 patches, one frame
     from PIL import Image

@@ -24,6 +24,8 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
 TOKEN_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
              "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
 BLOCK_INDEX_KEYS = ("fullatt_block_indexes", "deepstack_visual_indexes")
+# Qwen3-VL's published preprocessor normalises with mean = std = 0.5; Qwen2.5-VL keeps the processor's CLIP values
+NORMALIZATION = {"qwen3_vl": [0.5, 0.5, 0.5]}
 
 
 def shallow_vlm_config(config: dict[str, Any], layers: int | None, dtype: str) -> dict[str, Any]:
@@ -89,4 +91,7 @@ def vl_processor(config: dict[str, Any]) -> tuple[Any, Any]:
         if key in config and tokenizer.convert_tokens_to_ids(token) != config[key]:
             raise TunelabError(f"{key} is {config[key]}, not {token}'s id in the Qwen vocabulary", field=key)
     pixels = FAMILY_PIXELS[family.arch]
-    return tokenizer, build_image_processor(family, pixels.min_pixels, pixels.max_pixels)
+    image_processor = build_image_processor(family, pixels.min_pixels, pixels.max_pixels)
+    if family.arch in NORMALIZATION:
+        image_processor.image_mean = image_processor.image_std = NORMALIZATION[family.arch]
+    return tokenizer, image_processor
