@@ -146,8 +146,6 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
 
 def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
                     strategy: str | None) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from tunelab.compat import quiet_known_library_warnings
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
@@ -157,7 +155,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
     quiet_known_library_warnings()
     model = build_on_meta(model_config, c)
     tracker = StorageTracker(uniform=not shape.needs_mask)
-    with gpu_kernels(), as_if_on("cuda"), FakeTensorMode(allow_non_fake_inputs=True), tracker:
+    with gpu_kernels(), as_if_on("cuda"), tracker:
         materialize(model)
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
         layer = _largest_layer_bytes(model)

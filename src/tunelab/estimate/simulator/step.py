@@ -76,6 +76,9 @@ def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker
         inputs = image_inputs(shape, model.config, tracker.values)
     else:
         inputs = make_inputs(shape)
+        for t in inputs.values():  # the real boundaries tensor too: the Trainer moves it to the GPU
+            if isinstance(t, torch.Tensor):
+                tracker.track(t)
     autocast = (torch.autocast("cpu", dtype=getattr(torch, c.dtype))
                 if c.autocast and c.dtype in ("bfloat16", "float16") else contextlib.nullcontext())
     tracker.set_phase(f"step {step}: forward")

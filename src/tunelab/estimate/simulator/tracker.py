@@ -1,8 +1,12 @@
 """Live storage bytes of a step run on fake tensors, seen at the dispatcher.
 
-Every op's outputs pass through `StorageTracker.__torch_dispatch__`. A storage not seen before is an
-allocation (views and in-place results share their input's storage and cost nothing); a finalizer on the
-storage frees it when the last tensor using it dies, exactly when PyTorch's allocator would get it back.
+`StorageTracker` is the fake-tensor mode itself (a `FakeTensorMode` that also counts): every op of the step
+is dispatched once, to it, and its outputs are looked at there. (A separate mode stacked above the fake one
+cost as much again per op: each op, and each device query PyTorch's C++ makes of a fake tensor, passed
+through both.) Only the step's own ops are counted, not those the fake mode runs inside one (its
+decompositions), as a GPU allocates for the op, not for how it is computed here. A storage not seen before
+is an allocation (views and in-place results share their input's storage and cost nothing); a finalizer on
+the storage frees it when the last tensor using it dies, exactly when PyTorch's allocator would get it back.
 Each allocation goes through the caching-allocator model, so both `max_memory_allocated` and
 `max_memory_reserved` are known. Peaks are labelled with the phase of the step they happened in.
 
@@ -16,15 +20,17 @@ real values were given (a vision-language step's input_ids and image grids: valu
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from torch._subclasses.fake_tensor import DynamicOutputShapeException
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensor, FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
 from tunelab.estimate.simulator.allocator import CachingAllocatorModel
 from tunelab.estimate.simulator.values import KnownValues
+
+_SCALAR = torch.ops.aten._local_scalar_dense.default
+_DEVICE = torch.ops.prim.device.default
 
 
 @dataclass
@@ -34,18 +40,23 @@ class PhasePeak:
     reserved: int
 
 
-@dataclass
-class StorageTracker(TorchDispatchMode):
-    uniform: bool = False
-    allocator: CachingAllocatorModel = field(default_factory=CachingAllocatorModel)
-    phase: str = "setup"
-    peaks: dict[str, PhasePeak] = field(default_factory=dict)
-    scalar_queries: int = 0
-    values: KnownValues = field(default_factory=KnownValues)
+class StorageTracker(FakeTensorMode):
+    """Fake tensors whose storages are counted through the caching-allocator model (use it as the mode)."""
 
-    def __post_init__(self) -> None:
-        super().__init__()
+    def __init__(self, uniform: bool = False) -> None:
+        super().__init__(allow_non_fake_inputs=True)
+        self.uniform = uniform
+        self.allocator = CachingAllocatorModel()
+        self.phase = "setup"
+        self.peaks: dict[str, PhasePeak] = {}
+        self.scalar_queries = 0
+        self.values = KnownValues()
         self._live: dict[int, int] = {}  # storage address -> allocator handle
+        self._depth = 0  # > 0 inside an op: what the fake mode runs for it is not counted
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:  # no dynamo guard around every dispatch (nothing here is compiled)
+        return False
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -55,7 +66,8 @@ class StorageTracker(TorchDispatchMode):
     def allocated(self) -> int:
         return self.allocator.allocated
 
-    def _track(self, t: torch.Tensor) -> None:
+    def track(self, t: torch.Tensor) -> None:
+        """Count t's storage if it is new (an allocation)."""
         storage = t.untyped_storage()
         nbytes = storage.nbytes()
         key = storage._cdata
@@ -77,29 +89,35 @@ class StorageTracker(TorchDispatchMode):
             self.allocator.free(handle)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self._depth or func is _DEVICE:
+            return self.dispatch(func, types, args, kwargs)
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if func is _SCALAR:
             known = self.values.scalar(args[0])
             if known is not None:
                 return known
             self.scalar_queries += 1
             return self.uniform if args[0].dtype == torch.bool else 1
-        out = self._call(func, args, kwargs) if self.values else func(*args, **kwargs)
+        self._depth += 1
+        try:
+            out = self._call(func, types, args, kwargs) if self.values else self.dispatch(func, types, args, kwargs)
+        finally:
+            self._depth -= 1
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self._track(leaf)
+                self.track(leaf)
         return out
 
-    def _call(self, func, args, kwargs):
+    def _call(self, func, types, args, kwargs):
         """The op, with known values carried along (values.py)."""
         args = self.values.rewrite_index(func, args, kwargs)
         real = self.values.run_known(func, args, kwargs)
         try:
-            out = func(*args, **kwargs)
+            out = self.dispatch(func, types, args, kwargs)
         except DynamicOutputShapeException:
             if real is None:
                 raise
-            like = next(t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+            like = next(t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor))
             return self.values.fake_of(real, like)
         if real is not None:
             self.values.pair(out, real)

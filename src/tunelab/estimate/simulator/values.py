@@ -110,7 +110,7 @@ class KnownValues:
             if isinstance(f, FakeTensor) and isinstance(r, torch.Tensor) and _small_exact(r):
                 self.remember(f, r)
 
-    def fake_of(self, real_out: Any, like: torch.Tensor) -> Any:
+    def fake_of(self, real_out: Any, like: FakeTensor) -> Any:
         """Fake tensors of a real result's shapes (for ops fake tensors cannot shape), remembered."""
         def make(r: Any) -> Any:
             if not isinstance(r, torch.Tensor):
@@ -122,6 +122,8 @@ class KnownValues:
         return tree_map(make, real_out)
 
 
-def _fake_like(real: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A fresh fake tensor of `real`'s shape and dtype (called inside dispatch, under the fake mode)."""
-    return torch.empty(real.shape, dtype=real.dtype, device=like.device)
+def _fake_like(real: torch.Tensor, like: FakeTensor) -> torch.Tensor:
+    """A fresh fake tensor of `real`'s shape and dtype, made by `like`'s fake mode (called inside its dispatch,
+    where the mode is off)."""
+    with like.fake_mode:
+        return torch.empty(real.shape, dtype=real.dtype, device=like.device)
