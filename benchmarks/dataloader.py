@@ -6,8 +6,9 @@ tiny run three times through its job script, numbers read from each run's summar
 Step time is the steady one (tokens per step ÷ the summary's tokens/s, past the first logging interval);
 the wait share is the summary's data_wait_fraction (data wait ÷ the run's whole training time).
 
---smoke: one run, 1 dataloader worker, on 40 words (32 training rows: 4 steps, logged each step), for
-tests/e2e/test_benchmark_smoke.py (a training process mostly imports: about 15 s).
+--smoke: one run, 1 dataloader worker, on 40 words (32 training rows: 4 steps, logged each step), its job forked
+from this process (forking.py: a fresh training process mostly imports, about 10 s CPU), for
+tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
+
+from forking import preload_training, run_job
 
 
 WORDS, SMOKE_WORDS = 1000, 40
@@ -49,9 +51,10 @@ def run_sweep(out: Path, workers: list[int], layers: int, hidden: int, smoke: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     summaries = {}
+    if smoke:
+        preload_training()
     for cfg in scaffold(path, force=True).runs:
-        with open(cfg.run_dir / "train.log", "w") as log:
-            subprocess.run(["bash", str(cfg.run_dir / "job.sh")], stdout=log, stderr=subprocess.STDOUT, check=True)
+        run_job(cfg.run_dir, fork=smoke)
         summaries[cfg.training.dataloader_workers] = json.loads((cfg.run_dir / "summary.json").read_text())
     return summaries
 

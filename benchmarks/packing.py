@@ -7,7 +7,8 @@ run each.
     python benchmarks/packing.py [--out DIR] [--no-train] [--smoke]
 
 --smoke: the same on 40 words (32 training rows) and 500 long-tailed lengths, each tiny run 1 epoch logged every
-step: seconds of work (each training process mostly imports, about 15 s), for tests/e2e/test_benchmark_smoke.py.
+step, its job forked from this process (forking.py: the imports paid once, not per job): seconds of work, for
+tests/e2e/test_benchmark_smoke.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import tempfile
 from pathlib import Path
+
+from forking import preload_training, run_job
 
 MAX_SEQ_LEN = 256
 WORDS, SMOKE_WORDS = 1000, 40
@@ -88,12 +90,14 @@ def scaffolded(out: Path, smoke: bool) -> list:
     return scaffold(path, force=True).runs
 
 
-def measured_ratio(runs: list) -> None:
-    """Train the same tiny run packed and unpacked; compare throughput from their summaries."""
+def measured_ratio(runs: list, smoke: bool) -> None:
+    """Train the same tiny run packed and unpacked; compare throughput from their summaries. The smoke forks
+    each job from this process, its imports done once (forking.py); the full benchmark runs job.sh."""
     summaries = {}
+    if smoke:
+        preload_training()
     for cfg in runs:
-        with open(cfg.run_dir / "train.log", "w") as log:
-            subprocess.run(["bash", str(cfg.run_dir / "job.sh")], stdout=log, stderr=subprocess.STDOUT, check=True)
+        run_job(cfg.run_dir, fork=smoke)
         summaries[cfg.training.packing] = json.loads((cfg.run_dir / "summary.json").read_text())
     p, u = summaries[True], summaries[False]
     print(f"\nmeasured, one real tiny run each (2×128, batch 8, {p['train_examples']} examples, 1 epoch):")
@@ -122,7 +126,7 @@ def main() -> None:
     compare("capitalization (6-letter words, chat format)", caps, micro_batch=8)
     compare("long-tailed (log-normal lengths)", long_tailed(500 if args.smoke else 5000), micro_batch=8)
     if not args.no_train:
-        measured_ratio(runs)
+        measured_ratio(runs, args.smoke)
 
 
 if __name__ == "__main__":
