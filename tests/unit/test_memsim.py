@@ -277,8 +277,10 @@ def test_deep_models_are_extrapolated_from_two_depths_exactly(tmp_path, monkeypa
 
 
 def test_largest_micro_batch_matches_a_linear_scan(tmp_path, monkeypatch):
-    """The search (three simulations, a fitted crossing, confirmation) finds the same micro-batch as trying
-    every micro-batch in turn against the budget."""
+    """The search (three simulations, a fitted crossing, confirmation; or the limit tried at once when rows cost
+    little next to the budget) finds the same micro-batch as trying every micro-batch in turn against the
+    budget, for budgets and limits that take each path (the scan's simulations answer the searches from the
+    cache)."""
     import json
 
     from tunelab.estimate.memory import MemoryInputs
@@ -293,6 +295,10 @@ def test_largest_micro_batch_matches_a_linear_scan(tmp_path, monkeypatch):
     two = predict_peak(model, inputs, step_shape(2, 512, True, None)).required_gib
     budget = one + 5.5 * (two - one)  # somewhere past micro-batch 6
     found = largest_micro_batch(model, inputs, budget, 512, True, None, limit=16)
-    scan = max(b for b in range(1, 17)
-               if predict_peak(model, inputs, step_shape(b, 512, True, None)).required_gib <= budget)
+    needs = {b: predict_peak(model, inputs, step_shape(b, 512, True, None)).required_gib for b in range(1, 17)}
+    scan = max(b for b in range(1, 17) if needs[b] <= budget)
     assert found == scan and found >= 2
+    for limit in (4, 8, 16):
+        for budget in (needs[3], needs[8], needs[16], (needs[15] + needs[16]) / 2):
+            scan = max(b for b in range(1, limit + 1) if needs[b] <= budget)
+            assert largest_micro_batch(model, inputs, budget, 512, True, None, limit=limit) == scan, (limit, budget)

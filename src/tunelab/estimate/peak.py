@@ -22,6 +22,7 @@ from tunelab.estimate.simulator import SimulatedMemory, StepShape, simulate
 SIMULATED = "simulated: tunelab's training step"
 LIMIT_BATCH = 256  # micro-batches searched (rows); a plan never wants more, and huge shapes simulate slowly
 REFITS = 3  # rounds of fit-and-confirm before bisecting
+FAR_BEYOND = 1.5  # the line through batches 1 and 2 crossing the budget past this × the limit: try the limit
 log = logging.getLogger("tunelab")
 
 
@@ -101,9 +102,10 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
     Memory grows with the micro-batch as a polynomial of degree two at most (activations linearly, a
     packed row's attention mask quadratically), so three simulations (1, 2, 4) predict where the budget is
-    crossed; simulations at and next to the prediction confirm it. A miss refits on every point seen (the
-    new ones lie near the crossing), and after REFITS rounds a bisection between confirmed points settles
-    it (allocator rounding is not polynomial)."""
+    crossed; simulations at and next to the prediction confirm it. When rows cost little next to the budget
+    (1 and 2 on a line that stays under it well past the limit) the limit is tried right after 2. A miss
+    refits on every point seen (the new ones lie near the crossing), and after REFITS rounds a bisection
+    between confirmed points settles it (allocator rounding is not polynomial)."""
     arch = resolve_architecture(model)
     seen: dict[int, float] = {}
 
@@ -115,9 +117,10 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
     if need(1) > budget_gib:
         return 0
-    for b in (2, 4):
-        if b <= limit:
-            need(b)
+    if limit >= 2 and _far_below(need(1), need(2), budget_gib, limit) and need(limit) <= budget_gib:
+        return limit  # rows cost little next to the budget: the limit fits, nothing between needs simulating
+    if limit >= 4:
+        need(4)
     lo, hi = 1, limit + 1
     for _ in range(REFITS):  # each round fits every point seen so far: the guesses close in on the crossing
         hi = min([b for b, v in seen.items() if v > budget_gib], default=hi)
@@ -132,6 +135,13 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if need(mid) <= budget_gib else (lo, mid)
     return lo
+
+
+def _far_below(one: float, two: float, budget: float, limit: int) -> bool:
+    """Whether the line through micro-batches 1 and 2 stays within the budget to FAR_BEYOND × the limit: then
+    the limit itself is simulated next (one simulation settles the search when it fits, as it does unless
+    memory grows much faster than linearly; when it does not, the search goes on with it as a point seen)."""
+    return one + (two - one) * (FAR_BEYOND * limit - 1) <= budget
 
 
 def _predicted_crossing(points: list[tuple[int, float]], budget: float, limit: int) -> int:
