@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 KILL_ENV = "TUNELAB_FAULT_KILL"
 FIRED_ENV = "TUNELAB_FAULT_FIRED"
@@ -65,3 +66,16 @@ def inject_oom_fault(batch_size: int) -> None:
         raise torch.OutOfMemoryError(
             f"CUDA out of memory. Tried to allocate 1.95 GiB (injected: micro-batch {batch_size} > "
             f"{FAULT_OOM_ENV}={limit})")
+
+
+# Test-only knob: every training micro-batch lasts at least this many seconds (the rest is slept), as a step
+# waiting on a GPU does. A test that needs a job to be running for a while (to reach a Slurm time limit, or to
+# be cancelled, warned or requeued mid-epoch) then spends that time idle, not training on a CPU it shares.
+FAULT_STEP_S_ENV = "TUNELAB_FAULT_STEP_S"
+_STEP_S = float(os.environ.get(FAULT_STEP_S_ENV, "").strip() or 0)
+
+
+def pace_step(started: float) -> None:
+    """Sleep out the rest of FAULT_STEP_S_ENV seconds since `started` (time.monotonic()); no-op unset."""
+    if _STEP_S > 0:
+        time.sleep(max(0.0, started + _STEP_S - time.monotonic()))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.faults import kill_point
+from tunelab.faults import kill_point, pace_step
 from tunelab.rundir.checkpoints import Counters, write_counters
 from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import (
@@ -55,10 +55,12 @@ def make_trainer_class():
         local: LocalCounts
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            started = time.monotonic()
             self.local.add(*count_batch(inputs))
             record_seen(self.state.global_step + 1, inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
+            pace_step(started)
             return loss
 
         def _save_optimizer_and_scheduler(self, output_dir):

@@ -29,6 +29,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slur
 runner = CliRunner()
 SLURM = {"executor": "slurm", "gpus_per_run": 0,
          "slurm": {"time_limit": "15", "submit_delay_s": 0.1, "poll_interval_s": 1}}
+# A job that must still be training when Slurm or the test stops it takes steps of at least this long
+# (tunelab.faults.pace_step: the rest of each step idle, as on a GPU), not training flat out on a shared CPU.
+PACED_STEP_S = "0.25"
 
 
 def _ok(args):
@@ -70,7 +73,9 @@ def timeout_submitted(tmp_path_factory, tiny_model, caps_dataset, slurm_cluster)
     }
     (exp / "experiment.yaml").write_text(yaml.safe_dump(spec))
     scaffold(exp / "experiment.yaml")
-    run_sweep(SlurmExecutor(), exp)
+    with pytest.MonkeyPatch.context() as mp:  # sbatch exports it to the job: it waits out its limit mostly idle
+        mp.setenv("TUNELAB_FAULT_STEP_S", PACED_STEP_S)
+        run_sweep(SlurmExecutor(), exp)
     return exp
 
 
@@ -167,10 +172,11 @@ def test_injected_oom_is_healed_by_halving_the_micro_batch(write_spec, monkeypat
     assert _status(exp)[cfg.name].eval == "scored"
 
 
-def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
+def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec, monkeypatch):
     spec = write_spec(factors={"lora_rank": [8]}, controls=False, resources=SLURM,
-                      training={"epochs": 4, "logging_steps": 5}, eval={"limit": 5})
+                      training={"epochs": 2, "logging_steps": 5}, eval={"limit": 5})
     exp = spec.parent
+    monkeypatch.setenv("TUNELAB_FAULT_STEP_S", PACED_STEP_S)  # epoch 1 lasts 10 s or more: cancelled inside it
     cfg = scaffold(spec).runs[0]
     run_sweep(SlurmExecutor(), exp)
     assert _wait_for(lambda: (cfg.run_dir / "checkpoints" / "epoch_0").is_dir(), 240), "no epoch_0 checkpoint"
@@ -182,7 +188,7 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
     assert _wait_for(lambda: read_json(cfg.run_dir / "status.json").get("pid") is None or
                      not Path(f"/proc/{read_json(cfg.run_dir / 'status.json')['pid']}").exists(), 60)
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
-    assert 40 <= killed_at < 160
+    assert 40 <= killed_at < 80
     # sacct agrees (asynchronously)
     assert _wait_for(lambda: (SlurmExecutor().acct([train["job_id"]]) or {}).get(train["job_id"], [None])[0] is not None
                      and SlurmExecutor().acct([train["job_id"]])[train["job_id"]][0].base_state == "CANCELLED", 60)
@@ -193,15 +199,16 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec):
     resumed = int(status["resumed_from"].split("-")[1])
     assert resumed == killed_at  # scancel's SIGTERM made the trainer save where it was (train/interrupts.py)
     steps = [r["step"] for r in read_jsonl(cfg.run_dir / "metrics.jsonl") if r["loss"] is not None]
-    assert steps == sorted(set(steps)) and steps[-1] == 160
+    assert steps == sorted(set(steps)) and steps[-1] == 80
     jobs = [j for j in _jobs(exp) if j["kind"] == "train"]
     assert len(jobs) == 2 and "resubmission after cancelled" in jobs[1]["reason"]
     log = (cfg.run_dir / f"slurm-train-{jobs[1]['job_id']}.out").read_text()
     assert f"resuming from checkpoint-{resumed}" in log
 
 
-def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(timeout_submitted):
+def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(timeout_submitted, monkeypatch):
     exp = timeout_submitted
+    monkeypatch.setenv("TUNELAB_FAULT_STEP_S", PACED_STEP_S)  # the resubmitted job too
     cfg = load_run_config(exp / "runs" / "tiny_r4")
 
     def retried() -> bool:
