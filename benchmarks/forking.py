@@ -22,6 +22,7 @@ from typing import Any, Callable
 def in_child(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) in a forked child, its JSON-able result sent back through a pipe; SystemExit with the exit
     status when the child fails (its traceback on its stderr)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # what tokenizers falls back to in a fork anyway
     sys.stdout.flush()
     sys.stderr.flush()
     read, write = os.pipe()

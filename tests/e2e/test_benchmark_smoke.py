@@ -4,7 +4,8 @@ build. Each test checks what the output must contain: its rows, and that the pri
 with one another and with what they were computed from (a ratio with the two figures it divides, an error with
 its predicted and measured values, a step count with the dataset's rows). The GPU kit and the fault benchmark
 have smoke tests of their own (COVERED_ELSEWHERE). Marked slow: every smoke but the fuzzer's (seconds) spends
-10-40 s in a process of its own, most of it importing torch and transformers."""
+10-25 s CPU in a process of its own, most of it importing torch and transformers, once: the smokes' training jobs
+and packing_attention's variants run in processes forked after the imports (benchmarks/forking.py)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-SMOKED = {  # script -> its test, longest first (the order the smokes start in)
-    "packing.py": "test_packing_smoke_simulations_and_measured_ratio",
-    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",
-    "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",
-    "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",
-    "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",
-    "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",
-    "fuzz.py": "test_fuzz_smoke_counts_add_up",
+SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each, measured alone)
+    "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 24
+    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 22
+    "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",  # 19
+    "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 17
+    "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",  # 14
+    "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 11
+    "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 3
 }
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
@@ -88,7 +89,7 @@ def test_every_benchmark_script_has_a_smoke_run_by_a_test():
         assert f'"{flag}"' in (BENCH / name).read_text() and flag in (ROOT / test).read_text(), (name, test)
 
 
-@pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
+@pytest.mark.slow  # a subprocess of ~20 s CPU: imports, a tiny model built, simulations
 def test_overhead_smoke_plans_scaffolds_and_reads_status(smokes):
     out, out_dir = smoke(smokes, "overhead.py")
     # 2 ranks × 2 learning rates × 2 seeds, and the one model's base-model control
@@ -99,7 +100,7 @@ def test_overhead_smoke_plans_scaffolds_and_reads_status(smokes):
     assert len(list((out_dir / "exp" / "runs").glob("*/run.yaml"))) == 8
 
 
-@pytest.mark.slow  # a subprocess of 15-40 s: imports, a tiny model built, simulations
+@pytest.mark.slow  # a subprocess of ~20 s CPU: imports, a tiny model built, simulations
 def test_memory_references_smoke_errors_agree_with_their_figures(smokes):
     out, _ = smoke(smokes, "memory_references.py")
     rows = {}
