@@ -1,6 +1,7 @@
 """Estimators: architecture facts, memory in tokens per micro-batch, batch plans, dataset measurement."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -126,8 +127,12 @@ def test_seed_oom_case_flagged_and_a_fitting_batch_recommended():
                       packed=True)
     assert 1 <= plan.recommended_batch_size <= plan.max_batch_size < 16
     assert plan.memory_source == SIMULATED
-    # the recommendation fits by the simulator's own account, and one more row than the maximum does not
-    fitting = predict_peak("Llama-3.2-1B-Instruct", inputs, step_shape(plan.recommended_batch_size, 2048, True, None))
+    # the recommendation as the plan runs it (with its accumulation: a second micro-batch meets the first's
+    # gradients) fits by the simulator's own account, and is the peak the plan reports; one more row than the
+    # maximum does not fit
+    run = replace(inputs, gradient_accumulation_steps=plan.recommended_gradient_accumulation_steps)
+    fitting = predict_peak("Llama-3.2-1B-Instruct", run, step_shape(plan.recommended_batch_size, 2048, True, None))
+    assert fitting.required_gib == pytest.approx(plan.predicted_peak_gib, abs=1e-3)
     too_many = predict_peak("Llama-3.2-1B-Instruct", inputs, step_shape(plan.max_batch_size + 1, 2048, True, None))
     assert fitting.required_gib < 0.85 * gpu.memory_gib < too_many.required_gib
     assert plan.recommended_batch_size * plan.recommended_gradient_accumulation_steps == 16  # effective batch kept
