@@ -25,6 +25,7 @@ from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.runner import complete_run, train_run
 from tunelab.train.stages import train_stages
+from tunelab.train.trackers import skip_unused_tracker_sdks
 
 
 def train(cfg: RunConfig) -> Summary | None:
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
+    skip_unused_tracker_sdks()  # before TRL is imported
     try:
         train_job(Path(args[0]))
     except TunelabError as exc:

@@ -31,6 +31,7 @@ from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.step_cost import time_real_steps
 from tunelab.train.trainer import build_trainer
+from tunelab.train.trackers import skip_unused_tracker_sdks
 
 USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
 
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             or set(args) - {*paths, "--max-batch", *(f"--steps={s}" for s in steps)}):
         print(USAGE, file=sys.stderr)
         return 2
+    skip_unused_tracker_sdks()  # before TRL is imported
     try:
         pcfg = load_run_config(Path(paths[0]))
         result = probe_run(pcfg, max_batch="--max-batch" in args, steps=int(steps[0]) if steps else None)
