@@ -61,7 +61,8 @@ def node_env() -> dict[str, str]:
 TAKEN_AWAY = {"typer", "pyyaml", "questionary", "prompt-toolkit"}
 
 
-def test_a_wheelhouse_installs_tunelab_offline_beside_the_nodes_packages_and_it_trains(tmp_path, index_reachable):
+def test_a_wheelhouse_installs_tunelab_offline_beside_the_nodes_packages_and_it_trains(tmp_path, index_reachable,
+                                                                                    tiny_model, caps_dataset):
     """The node: this venv's packages but tunelab and TAKEN_AWAY, its torch (2.13.0+cpu) included; its frozen
     list written from them. scripts/wheelhouse plans and downloads for this machine's Python and platform; the
     node installs with the README's line (--no-index: nothing but the folder), and then tunelab imports from the
@@ -101,16 +102,18 @@ def test_a_wheelhouse_installs_tunelab_offline_beside_the_nodes_packages_and_it_
 
     node_site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                     capture_output=True, text=True, check=True).stdout.strip())
-    where = subprocess.run([str(python), "-c", "import tunelab, typer, yaml, questionary, transformers, torch\n"
-                            "for m in (tunelab, typer, yaml, questionary, transformers, torch): print(m.__file__)"],
+    # where the node's python imports each from (find_spec locates a package without importing it)
+    where = subprocess.run([str(python), "-c", "import importlib.util\nfor m in ('tunelab', 'typer', 'yaml', "
+                            "'questionary', 'transformers', 'torch'): print(importlib.util.find_spec(m).origin)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path, env=node_env()).stdout.split()
     assert all(Path(f).is_relative_to(node_site) for f in where[:4]), where  # from the wheelhouse
     assert all(Path(f).resolve().is_relative_to(sysconfig.get_paths()["purelib"]) for f in where[4:]), where  # kept
-    _train_two_steps(python.parent / "tunelab", tmp_path / "exp")
+    _train_two_steps(python.parent / "tunelab", tmp_path / "exp", tiny_model, caps_dataset)
 
 
-def _train_two_steps(tunelab: Path, exp: Path) -> None:
-    """`tunelab models tiny`, `data capitalization`, `scaffold` and `train`, as a user on the node runs them."""
+def _train_two_steps(tunelab: Path, exp: Path, model: Path, data: Path) -> None:
+    """`tunelab scaffold` and `train`, as a user on the node runs them, on the session's tiny model and
+    capitalization set (made here: `tunelab models tiny` and `data capitalization` have tests of their own)."""
     exp.mkdir()
 
     def run(*args: str) -> str:
@@ -118,11 +121,9 @@ def _train_two_steps(tunelab: Path, exp: Path) -> None:
         assert done.returncode == 0, f"tunelab {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
-    run("models", "tiny", "--layers", "1", "--hidden", "32", "--out", "m")
-    run("data", "capitalization", "--word-len", "5", "--num-words", "40", "--out", "d")
     (exp / "experiment.yaml").write_text(json.dumps({
-        "name": "wh", "models": [{"name": "tiny", "path": "m"}],
-        "datasets": [{"name": "caps", "path": str(next((exp / "d").glob("*.json")))}],
+        "name": "wh", "models": [{"name": "tiny", "path": str(model)}],
+        "datasets": [{"name": "caps", "path": str(data)}],
         "prompt": "Capitalize: {input}", "controls": False, "factors": {"lora_rank": [4]},
         "training": {"epochs": 1, "max_steps": 2, "batch_size": 4, "max_seq_len": 32}}))
     run("scaffold", "experiment.yaml")
@@ -150,8 +151,11 @@ def local_torch_wheel(other_than: str) -> Path | None:
 def test_pip_install_tunelab_keeps_the_torch_the_node_has(tmp_path, index_reachable):
     """A node with a CUDA PyTorch other than CI's 2.13.0 (the real torch 2.14.1 wheel, installed; its CUDA
     runtime packages are not, to keep this to one 1.1 GB unpack) and everything else tunelab needs: pip's
-    resolver, asked to install tunelab from this checkout, keeps that torch. pip's --dry-run report is its
-    decision without GBs of CUDA libraries written; the control asks for another torch and sees it reported."""
+    resolver, asked to install tunelab's wheel built from this checkout (once: both resolutions read its metadata),
+    keeps that torch. pip's --dry-run report is its decision without GBs of CUDA libraries written; the control
+    asks for another torch and sees it reported."""
+    from tunelab.wheelhouse.resolve import build_wheel
+
     installed_torch = here_distributions()["torch"].version
     wheel = local_torch_wheel(other_than=installed_torch)
     if wheel is None:
@@ -163,9 +167,10 @@ def test_pip_install_tunelab_keeps_the_torch_the_node_has(tmp_path, index_reacha
     python = view_env(tmp_path / "node", set(here_distributions()) - NOT_ON_NODE - {"torch"})
     put = pip(python, "install", "--no-deps", "--no-compile", "-q", str(wheel))
     assert put.returncode == 0, put.stderr
+    tunelab_wheel = build_wheel(ROOT, tmp_path)  # from a copy of the checkout's sources, as scripts/wheelhouse does
 
     def would_install(*extra: str) -> dict[str, str]:
-        done = pip(python, "install", "--dry-run", "--report", str(tmp_path / "r.json"), str(ROOT), *extra)
+        done = pip(python, "install", "--dry-run", "--report", str(tmp_path / "r.json"), str(tunelab_wheel), *extra)
         assert done.returncode == 0, done.stdout + done.stderr
         return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
                 for i in json.loads((tmp_path / "r.json").read_text())["install"]}
