@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
-def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch):
+def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     # two ranks and two learning rates: 4 runs, 2 shapes (the learning rate changes neither speed nor memory)
     spec = write_spec(factors={"lora_rank": [4, 8], "learning_rate": [0.001, 0.002]})
@@ -52,14 +52,19 @@ def test_probe_gives_every_run_a_measured_time(write_spec, tmp_path, monkeypatch
     # the probe trained in scratch run dirs (runs/.probe-SHAPE, next to where the runs will be): all gone
     assert (spec.parent / "runs").is_dir() and not list((spec.parent / "runs").glob(".probe-*"))
 
-    # a second probe, through the MCP tool, replaces the rows of the same shapes and reports its progress
-    progress, estimated = probe_through_mcp(tmp_path.parent, spec)  # the session's temporary root: model, data
-    assert [(done, total) for done, total, _ in progress] == [(0, 2), (1, 2), (1, 2), (2, 2)]  # start, end per shape
-    assert [m.split()[0] for _, _, m in progress] == ["probing", "probed", "probing", "probed"]
+    # a second probe, through the MCP tool, of one of those shapes (rank 4: the two runs of another spec)
+    # replaces its row, keeps the other, and reports its progress
+    one_shape = spec_in(tmp_path / "exp_r4", factors={"lora_rank": [4], "learning_rate": [0.001, 0.002]})
+    progress, estimated = probe_through_mcp(tmp_path.parent, one_shape)  # the session's temporary root
+    assert [(done, total) for done, total, _ in progress] == [(0, 1), (1, 1)]  # the shape's start and end
+    assert [m.split()[0] for _, _, m in progress] == ["probing", "probed"]
     assert progress[1][2].startswith(f"probed {progress[0][2].removeprefix('probing ')}: ")
     assert progress[1][2].endswith("tokens/s")
-    assert estimated == [(0, 1, "planning: simulating each run shape's training step"), (1, 1, "estimated 4 run(s)")]
-    assert len(json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]) == 2
+    assert estimated == [(0, 1, "planning: simulating each run shape's training step"), (1, 1, "estimated 2 run(s)")]
+    reprobed = json.loads(runner.invoke(app, ["history", "--json"]).stdout)["rows"]
+    assert sorted(r["lora_rank"] for r in reprobed) == [4, 8]
+    where = {r["lora_rank"]: r["origin_where"] for r in reprobed}
+    assert str(one_shape) in where[4] and str(spec) in where[8]  # the rank-4 row is the new probe's
 
 
 Progress = list[tuple[float, float | None, str | None]]
@@ -86,7 +91,7 @@ def probe_through_mcp(root: Path, spec: Path) -> tuple[Progress, Progress]:
                                                 progress_callback=on_progress)
                 assert not result.is_error, result.content
                 if tool == "probe":
-                    assert sorted(s["lora_rank"] for s in result.structured_content["shapes"]) == [4, 8]
+                    assert [s["lora_rank"] for s in result.structured_content["shapes"]] == [4]
 
     anyio.run(go)
     return seen["probe"], seen["estimate"]
