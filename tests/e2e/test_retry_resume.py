@@ -16,7 +16,7 @@ import yaml
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
-from tunelab.faults import FAULT_OOM_ENV
+from tunelab.faults import FAULT_OOM_ENV, FAULT_STEP_S_ENV
 from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def odd_dataset(tmp_path_factory):
     from tunelab.data.capitalization import make_capitalization_dataset
 
-    return make_capitalization_dataset(5, 412, tmp_path_factory.mktemp("odd"), 0.8, seed=1)  # 330 train rows
+    return make_capitalization_dataset(5, 102, tmp_path_factory.mktemp("odd"), 0.8, seed=1)  # 82 train rows
 
 
 def _experiment(root, model, data):
@@ -42,12 +42,14 @@ def _experiment(root, model, data):
 
 
 def _kill_during_second_epoch(cfg) -> None:
+    # paced steps (>= 0.2 s a micro-batch, the rest slept): still training when the kill comes, 2 steps past the save
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(cfg.run_dir / "run.yaml")],
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", **{FAULT_STEP_S_ENV: "0.2"}),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         end = time.monotonic() + 300
-        while (read_json(cfg.run_dir / "status.json", default={}) or {}).get("step", 0) <= 43:  # past epoch 0's save
+        while (read_json(cfg.run_dir / "status.json", default={}) or {}).get("step", 0) <= 12:  # past epoch 0's save
             assert proc.poll() is None and time.monotonic() < end, "no progress past the first epoch"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -60,7 +62,7 @@ def _kill_during_second_epoch(cfg) -> None:
 def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_model, odd_dataset, monkeypatch):
     ref_cfg = _experiment(tmp_path / "ref", tiny_model, odd_dataset)
     ref = train(ref_cfg).to_json()
-    assert ref["train_examples"] == 330 and 330 % 8 and ref["steps"] == 2 * 42  # ceil(330 / 8) per epoch
+    assert ref["train_examples"] == 82 and 82 % 8 and ref["steps"] == 2 * 11  # ceil(82 / 8) per epoch
 
     cfg = _experiment(tmp_path / "retried", tiny_model, odd_dataset)
     _kill_during_second_epoch(cfg)
@@ -72,12 +74,12 @@ def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_
     new = load_run_config(cfg.run_dir)
     assert (new.attempt, new.training.batch_size, new.training.gradient_accumulation_steps) == (2, 4, 2)
     status = read_json(cfg.run_dir / "status.json")
-    assert status["resumed_from"] == "checkpoint-42"  # the epoch boundary, under the new micro-batch
+    assert status["resumed_from"] == "checkpoint-11"  # the epoch boundary, under the new micro-batch
     got = read_json(cfg.run_dir / "summary.json")
     assert (got["steps"], got["checkpoints"], got["tokens"]) == (ref["steps"], ref["checkpoints"], ref["tokens"])
     rows = {r["step"]: r for r in read_jsonl(cfg.run_dir / "metrics.jsonl") if r.get("loss") is not None}
     ref_rows = {r["step"]: r for r in read_jsonl(ref_cfg.run_dir / "metrics.jsonl") if r.get("loss") is not None}
-    assert sorted(rows) == sorted(ref_rows) == list(range(1, 85))  # every step once, same total
+    assert sorted(rows) == sorted(ref_rows) == list(range(1, 23))  # every step once, same total
     for step, r in ref_rows.items():
         assert rows[step]["lr"] == pytest.approx(r["lr"], rel=1e-9, abs=1e-12), step  # same warm-up and decay
         assert rows[step]["loss"] == pytest.approx(r["loss"], rel=1e-4), step  # same examples in each step
