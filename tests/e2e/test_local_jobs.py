@@ -4,6 +4,7 @@ save where it is (SIGTERM), recorded once and not retried."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +24,10 @@ def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec)
                       training={"epochs": 1, "logging_steps": 1, "checkpoint_every": 10})
     exp = spec.parent
     cfg = scaffold(spec).runs[0]
+    # steps of at least 0.2 s (tunelab.faults.pace_step): the 40-step epoch lasts 8 s or more, cancelled inside it
     coordinator = subprocess.Popen([sys.executable, "-m", "tunelab", "run", str(exp)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, TUNELAB_FAULT_STEP_S="0.2"))
     end = time.monotonic() + 180
     while (read_json(cfg.run_dir / "status.json") or {}).get("step", 0) < 12 and time.monotonic() < end:
         time.sleep(0.1)

@@ -57,6 +57,7 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     cost = summary["step_cost"]
     step_s = cost["tokens_per_step"] / summary["tokens_per_s"]
     assert cost["per_token_s"] > 0 and 0 < cost["fixed_s"] < step_s, (cost, step_s)
+    assert cost["repeats"] == 4  # 160 steps: the full 4 timed repeats (one per 20 steps, at most 4)
     # data wait: measured per logged row, never negative or longer than the row's training time, and the
     # summary's total (the run's counter, not the rows) equals their sum; CPU training has no dataloader workers
     prev = 0.0

@@ -45,6 +45,7 @@ class StepCost(JsonRecord):
     per_token_s: float | None = None
     fixed_s: float | None = None
     tokens_per_step: float | None = None
+    repeats: int | None = None  # timed steps per point (the fastest is kept); fewer after a short run
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:

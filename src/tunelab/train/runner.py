@@ -226,7 +226,7 @@ def _stage_final_loss(rows: list[MetricRow], ctx: StageContext) -> float | None:
 
 def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> StepCost | None:
     """Fixed vs per-token step cost (for the planner), measured after the last checkpoint is saved."""
-    from tunelab.train.step_cost import measure_step_cost
+    from tunelab.train.step_cost import STEPS_PER_REPEAT, measure_step_cost, repeats_after
 
     rows = [r for r in metrics if r.is_train]
     tps = steady_tokens_per_s(rows)
@@ -234,9 +234,12 @@ def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> Ste
     tokens = rows[-1].tokens if rows else None
     if not tps or not steps or not tokens:
         return None
+    if not repeats_after(steps):
+        log(f"step cost not measured: {steps} steps (it is measured after {STEPS_PER_REPEAT} or more)")
+        return None
     tokens_per_step = tokens / steps
     try:
-        return measure_step_cost(trainer, t.batch_size, tokens_per_step / tps, tokens_per_step)
+        return measure_step_cost(trainer, t.batch_size, tokens_per_step / tps, tokens_per_step, repeats_after(steps))
     except Exception as exc:  # a measurement must never fail a finished run
         log(f"step cost not measured: {type(exc).__name__}: {exc}")
         return None

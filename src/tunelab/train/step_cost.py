@@ -15,6 +15,15 @@ from collections.abc import Callable
 from tunelab.rundir.summary import StepCost, StepPoint
 
 REPEATS = 4
+STEPS_PER_REPEAT = 20  # after training: one timed repeat per this many steps the run took, up to REPEATS
+
+
+def repeats_after(steps: int) -> int:
+    """Timed repeats worth their cost after a run of `steps` steps. A repeat is a step at half and one at twice
+    the micro-batch (~2.5 of the run's steps), so one per 20 steps keeps the measurement within ~1/5 of the
+    training it follows: a long GPU run gets all REPEATS, a short one fewer, and one of under 20 steps none (its
+    steady step time, which the split divides, is too rough to split)."""
+    return min(REPEATS, steps // STEPS_PER_REPEAT)
 
 
 def _sync() -> None:
@@ -72,14 +81,14 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
 
 
 def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
-                      tokens_per_step: float | None) -> StepCost | None:
+                      tokens_per_step: float | None, repeats: int = REPEATS) -> StepCost | None:
     """Per-token cost from real steps at two micro-batch sizes (after the last checkpoint is saved:
     the weights they change are never saved); the fixed part from the run's own steady step time."""
     import torch
 
     rng_state = torch.get_rng_state()
     try:
-        measured = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}))
+        measured = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}), repeats)
     finally:
         torch.set_rng_state(rng_state)
     points = [StepPoint(batch=b, tokens=t, seconds=round(sec, 6), peak_gib=peak)
@@ -91,5 +100,5 @@ def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
     fixed = None
     if steady_step_s is not None and tokens_per_step is not None:
         fixed = max(0.0, steady_step_s - per_token * tokens_per_step)
-    return StepCost(points=points, per_token_s=per_token, fixed_s=fixed,
+    return StepCost(points=points, per_token_s=per_token, fixed_s=fixed, repeats=repeats,
                     tokens_per_step=round(tokens_per_step, 2) if tokens_per_step is not None else None)
