@@ -1,5 +1,8 @@
 """A new user's own data, as they would bring it: a chat JSONL split by the spec and a CSV with its own
-column names, through plan -> scaffold -> run -> eval -> results -> report with the CLI, on a tiny model."""
+column names, through plan -> scaffold -> run -> eval -> results -> report with the CLI, on a tiny model.
+One run trains (on the chat JSONL: a training job is a fresh process, ~15 s of imports); the CSV is read by
+plan (provenance) and by eval (its own task on the run and its control). Training reads a dataset through the
+same loader as eval (tunelab.data; CSV columns renamed by output_field: tests/unit/test_data.py)."""
 
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def own_data_experiment(tmp_path_factory, tiny_model, caps_dataset):
              "output_field": "capitalized"},
         ],
         "prompt": "Capitalize: {word}",
-        "factors": {"dataset": ["chat", "table"]},
+        "factors": {"dataset": ["chat"]},
         # one epoch: what is checked is how the data is read, split, recorded and scored, not how well it is learnt
         "training": {"epochs": 1, "learning_rate": 0.002, "batch_size": 8, "max_seq_len": 64,
                      "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 10},
@@ -77,7 +80,7 @@ def test_provenance_and_the_recorded_split(own_data_experiment):
     # The chat run was evaluated on exactly the recorded test rows (the .eval log's targets, in order).
     from inspect_ai.log import read_eval_log
 
-    (log_path,) = (root / "runs" / "tiny_chat" / "eval").glob("*/exact_match/*.eval")
+    (log_path,) = (root / "runs" / "tiny" / "eval").glob("*/exact_match/*.eval")
     log = read_eval_log(str(log_path))
     targets = [s.target for s in sorted(log.samples, key=lambda s: s.id)]
     assert targets == [everything[i]["output"] for i in idx["test"]]
@@ -87,9 +90,10 @@ def test_scores_of_both_tasks_in_results_and_report(own_data_experiment):
     root, everything = own_data_experiment
     records = json.loads(_cli("results", str(root), "--json"))["runs"]
     by_name = {r["name"]: r for r in records}
-    assert set(by_name) >= {"tiny_chat", "tiny_table", "tiny_chat_base", "tiny_table_base"}
-    text = json.dumps(records)
-    assert "table_test" in text and "exact_match" in text
+    assert set(by_name) == {"tiny", "tiny_base"}  # one level of one factor: no suffix
+    for r in by_name.values():  # both tasks scored on the run and on its control: the table's own test rows
+        scored = {(e["task"], e["samples"]) for e in r["eval"]}
+        assert scored == {("exact_match", 40), ("table_test", 40)}, (r["name"], scored)
     report = (root / "report" / "report.md").read_text()
     assert "table_test" in report and "exact_match" in report
     digest = hashlib.sha256((root / "data" / "caps_chat.jsonl").read_bytes()).hexdigest()
