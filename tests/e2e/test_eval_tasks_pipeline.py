@@ -49,9 +49,16 @@ def _ok(args):
     return res
 
 
-def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, trained_adapter):
+def test_tasks_checkpoints_controls_and_eval_only_through_the_cli(write_spec, trained_adapter, tmp_path):
+    from tunelab.data.capitalization import make_capitalization_dataset
+
+    # what is checked is how tasks score checkpoints, not how well they learnt: a 60-word set (48 train rows,
+    # 6 steps an epoch; 6 test rows, all evaluated at eval.limit 6, each a choice option of `pick`)
+    small = make_capitalization_dataset(5, 60, tmp_path / "data", 0.8, seed=0)
+    assert len(json.loads(small.read_text())["test"]) == 6
     spec = write_spec(
-        factors={"lora_rank": [4]}, training={"epochs": 2, "logging_steps": 10},
+        datasets=[{"name": "caps", "path": str(small)}],
+        factors={"lora_rank": [4]}, training={"epochs": 2, "logging_steps": 2},
         eval={"max_tokens": 8, "epochs": "all", "limit": 6, "tasks": [
             "exact_match", {"name": "pick", "builtin": "choice"},
             {"name": "letters", "file": "tasks/letters.py", "args": {"words": "apple,banana,cherry,delta"}}]},
