@@ -19,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from forking import preload_training, run_job
+from forking import run_job
 
 
 WORDS, SMOKE_WORDS = 1000, 40
@@ -51,8 +51,6 @@ def run_sweep(out: Path, workers: list[int], layers: int, hidden: int, smoke: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     summaries = {}
-    if smoke:
-        preload_training()
     for cfg in scaffold(path, force=True).runs:
         run_job(cfg.run_dir, fork=smoke)
         summaries[cfg.training.dataloader_workers] = json.loads((cfg.run_dir / "summary.json").read_text())

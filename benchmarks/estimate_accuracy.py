@@ -141,7 +141,7 @@ def main() -> int:
     data = make_capitalization_dataset(6, SMOKE_WORDS if args.smoke else WORDS, out / "data", 0.8, seed=0)
     logging_steps = 1 if args.smoke else 10  # the speed is read from the logged steps: the smoke has 8
     if args.smoke:
-        preload_training()
+        preload_training()  # before the first timed job: the calibration and the held-out times leave it out alike
     calibrate(out, data, logging_steps, args.smoke)
     errors = held_out_errors(out, data, held_out, logging_steps, args.smoke)
     print(f"\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; experiment dir {out}")

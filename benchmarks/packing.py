@@ -20,7 +20,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from forking import preload_training, run_job
+from forking import run_job
 
 MAX_SEQ_LEN = 256
 WORDS, SMOKE_WORDS = 1000, 40
@@ -94,8 +94,6 @@ def measured_ratio(runs: list, smoke: bool) -> None:
     """Train the same tiny run packed and unpacked; compare throughput from their summaries. The smoke forks
     each job from this process, its imports done once (forking.py); the full benchmark runs job.sh."""
     summaries = {}
-    if smoke:
-        preload_training()
     for cfg in runs:
         run_job(cfg.run_dir, fork=smoke)
         summaries[cfg.training.packing] = json.loads((cfg.run_dir / "summary.json").read_text())

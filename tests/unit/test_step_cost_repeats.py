@@ -12,4 +12,3 @@ from tunelab.train.step_cost import repeats_after
                                             (80, 4), (160, 4), (100_000, 4)])
 def test_repeats_grow_with_the_run_up_to_the_cap(steps, repeats):
     assert repeats_after(steps) == repeats
-

@@ -234,12 +234,13 @@ def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> Ste
     tokens = rows[-1].tokens if rows else None
     if not tps or not steps or not tokens:
         return None
-    if not repeats_after(steps):
+    repeats = repeats_after(steps)
+    if not repeats:
         log(f"step cost not measured: {steps} steps (it is measured after {STEPS_PER_REPEAT} or more)")
         return None
     tokens_per_step = tokens / steps
     try:
-        return measure_step_cost(trainer, t.batch_size, tokens_per_step / tps, tokens_per_step, repeats_after(steps))
+        return measure_step_cost(trainer, t.batch_size, tokens_per_step / tps, tokens_per_step, repeats)
     except Exception as exc:  # a measurement must never fail a finished run
         log(f"step cost not measured: {type(exc).__name__}: {exc}")
         return None

@@ -1,5 +1,6 @@
 """Slurm at scale on the real cluster, in one sweep (the slow part is each job's start): more jobs than
-max_queued (two runs, a training and an evaluation job each, two queued at most) finish while sacct fails, and a training job warned before its time limit (SIGUSR1) and then
+max_queued (two runs, a training and an evaluation job each, two queued at most) finish while sacct fails,
+and a training job warned before its time limit (SIGUSR1) and then
 requeued as preemption does (SIGTERM) saves where it is each time, comes back under the same job id
 and resumes mid-epoch, every step trained and logged once."""
 
