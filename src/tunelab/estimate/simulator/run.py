@@ -145,7 +145,7 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
 
 
 def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
-                    strategy: str | None) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
+                    strategy: str | None, replay: bool = True) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
     from tunelab.compat import quiet_known_library_warnings
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
@@ -160,7 +160,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
         layer = _largest_layer_bytes(model)
         tracker.allocator.reset_peaks()
-        marks = run_steps(model, c, shape, tracker, ddp=strategy == "ddp" and processes > 1)
+        marks = run_steps(model, c, shape, tracker, ddp=strategy == "ddp" and processes > 1, replay=replay)
     peak = tracker.peak_phase()
     weights = marks["model"] - trainable
     optimizer = marks["before_last_step"] - marks["model"] - marks["ddp_buckets"]

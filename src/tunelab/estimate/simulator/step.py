@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tunelab.estimate.simulator.attention import gpu_sdpa
+from tunelab.estimate.simulator.replay import FirstStep
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.estimate.simulator.tracker import StorageTracker
 
@@ -97,19 +98,26 @@ def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker
 
 
 def run_steps(model: torch.nn.Module, c: StepConfig, shape: StepShape, tracker: StorageTracker,
-              ddp: bool = False) -> dict[str, int]:
-    """Two optimizer steps; returns the live bytes at the points the breakdown needs."""
+              ddp: bool = False, replay: bool = True) -> dict[str, int]:
+    """Two optimizer steps; returns the live bytes at the points the breakdown needs. replay: the second
+    step's forward and backward are the first's allocations fed to the allocator again (replay.py)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     marks = {"model": tracker.allocated}
     buckets = _ddp_buckets(trainable) if ddp else []
     marks["ddp_buckets"] = tracker.allocated - marks["model"]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=c.weight_decay, fused=True)
     model.train()
+    first: FirstStep | None = None
     for step in range(1, STEPS + 1):
         if step == STEPS:
             marks["before_last_step"] = tracker.allocated
-        for _ in range(min(c.gradient_accumulation_steps, 2)):  # a second micro-batch meets the first's grads
-            _micro_step(model, shape, c, tracker, step)
+        if first is not None:
+            first.replay_as(step)
+        else:
+            with tracker.recording() as rec:
+                for _ in range(min(c.gradient_accumulation_steps, 2)):  # a second micro-batch meets the first's grads
+                    _micro_step(model, shape, c, tracker, step)
+            first = FirstStep.of(rec, tracker, trainable) if replay and step == 1 else None
         tracker.set_phase(f"step {step}: optimizer")
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()

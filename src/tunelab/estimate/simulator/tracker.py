@@ -15,12 +15,17 @@ tracker instead (`_local_scalar_dense`): booleans answer `uniform`, the fact tha
 question in a training step (transformers' "is the mask all ones / is there a single sequence per row",
 TRL's "is any label valid"), numbers answer 1. The answers are counted in `scalar_queries`. Tensors whose
 real values were given (a vision-language step's input_ids and image grids: values.py) answer those values.
+
+What the allocator saw can be recorded (`recording`) and fed to it again (`replay`): the last step's forward
+and backward are the first one's ops on the same shapes (replay.py).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensor, FakeTensorMode
@@ -40,6 +45,15 @@ class PhasePeak:
     reserved: int
 
 
+@dataclass
+class Recording:
+    """The allocator's events in order (("malloc", handle, bytes), ("free", handle), ("phase", name)) and the
+    scalar queries answered meanwhile."""
+
+    events: list[tuple] = field(default_factory=list)
+    scalar_queries: int = 0
+
+
 class StorageTracker(FakeTensorMode):
     """Fake tensors whose storages are counted through the caching-allocator model (use it as the mode)."""
 
@@ -53,6 +67,7 @@ class StorageTracker(FakeTensorMode):
         self.values = KnownValues()
         self._live: dict[int, int] = {}  # storage address -> allocator handle
         self._depth = 0  # > 0 inside an op: what the fake mode runs for it is not counted
+        self._recording: Recording | None = None
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:  # no dynamo guard around every dispatch (nothing here is compiled)
@@ -61,6 +76,8 @@ class StorageTracker(FakeTensorMode):
     def set_phase(self, phase: str) -> None:
         self.phase = phase
         self.peaks.setdefault(phase, PhasePeak(phase, self.allocator.allocated, self.allocator.reserved))
+        if self._recording is not None:
+            self._recording.events.append(("phase", phase))
 
     @property
     def allocated(self) -> int:
@@ -73,20 +90,71 @@ class StorageTracker(FakeTensorMode):
         key = storage._cdata
         if nbytes == 0 or key in self._live:
             return
+        self._bind(storage, self._malloc(nbytes))
+
+    def _malloc(self, nbytes: int) -> int:
         handle = self.allocator.malloc(nbytes)
-        self._live[key] = handle
-        weakref.finalize(storage, self._release, key, handle)
+        if self._recording is not None:
+            self._recording.events.append(("malloc", handle, nbytes))
         peak = self.peaks.get(self.phase)
         if peak is None:
             self.peaks[self.phase] = PhasePeak(self.phase, self.allocator.allocated, self.allocator.reserved)
         else:
             peak.allocated = max(peak.allocated, self.allocator.allocated)
             peak.reserved = max(peak.reserved, self.allocator.reserved)
+        return handle
+
+    def _bind(self, storage: torch.UntypedStorage, handle: int) -> None:
+        """The storage holds this allocation until it dies."""
+        key = storage._cdata
+        self._live[key] = handle
+        weakref.finalize(storage, self._release, key, handle)
 
     def _release(self, key: int, handle: int) -> None:
         if self._live.get(key) == handle:
             del self._live[key]
             self.allocator.free(handle)
+            if self._recording is not None:
+                self._recording.events.append(("free", handle))
+
+    @contextmanager
+    def recording(self) -> Iterator[Recording]:
+        """Record the allocator's events (and count the scalar queries) inside the block."""
+        rec, queries = Recording(), self.scalar_queries
+        self._recording = rec
+        try:
+            yield rec
+        finally:
+            self._recording = None
+            rec.scalar_queries = self.scalar_queries - queries
+
+    def replay(self, rec: Recording, phases: dict[str, str]) -> dict[int, int]:
+        """Feed a recording's events to the allocator again, phases renamed; returns recorded handle -> new
+        handle of the allocations still live at its end. (Every free must be of an allocation it made.)"""
+        new: dict[int, int] = {}
+        for event in rec.events:
+            if event[0] == "malloc":
+                new[event[1]] = self._malloc(event[2])
+            elif event[0] == "free":
+                self.allocator.free(new.pop(event[1]))
+            else:
+                self.set_phase(phases[event[1]])
+        self.scalar_queries += rec.scalar_queries
+        return new
+
+    def handle_of(self, t: torch.Tensor) -> int | None:
+        """The allocation holding t's storage, if counted."""
+        return self._live.get(t.untyped_storage()._cdata)
+
+    def adopt(self, make: Callable[[], torch.Tensor], handle: int) -> torch.Tensor:
+        """A tensor made uncounted whose storage then holds an allocation already made (by replay)."""
+        self._depth += 1
+        try:
+            t = make()
+        finally:
+            self._depth -= 1
+        self._bind(t.untyped_storage(), handle)
+        return t
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self._depth or func is _DEVICE:
