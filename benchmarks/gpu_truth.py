@@ -5,11 +5,12 @@ simulated, written as one JSON file plus a markdown table.
     python benchmarks/gpu_truth.py --table FILE.json     # docs/benchmarks.md's "Measured on a GPU" table from a result
 
 Each row (gpu_truth_grid.py) builds its random-init model once under --cache (`tunelab models random`, the real
-architecture and vocabulary), writes examples longer than max_seq_len (every packed row full), and runs
-tunelab's probe in a process of its own (`python -m tunelab.train.probe_steps RUN_YAML --steps=N`: the trainer's
-two warm-up steps, `torch.cuda` peak counters reset, then N timed steps; NVML used and the CUDA context beside
-them). Then the planner's simulator and FLOPs model predict the same shape (gpu_truth_predict.py); the row keeps
-both and the error of each (gpu_truth_records.py; MFU's formula: gpu_truth_shape.py).
+architecture and vocabulary, in a process forked from this one after its imports: forking.py), writes examples
+longer than max_seq_len (every packed row full), and runs tunelab's probe in a process of its own (`python -m
+tunelab.train.probe_steps RUN_YAML --steps=N`: the trainer's two warm-up steps, `torch.cuda` peak counters reset,
+then N timed steps; NVML used and the CUDA context beside them). Then the planner's simulator and FLOPs model
+predict the same shape (gpu_truth_predict.py); the row keeps both and the error of each (gpu_truth_records.py;
+MFU's formula: gpu_truth_shape.py).
 
 - Resumable: the result is DIR/gpu-<gpu>-<date>.json (the newest one of this GPU in DIR is continued); rows
   already in it are skipped, each row is saved as soon as it is measured.

@@ -1,6 +1,8 @@
-"""One row of the GPU kit: its model (built once under the cache), its data, its run, its measurement (a
-process of its own: tunelab's probe, `python -m tunelab.train.probe_steps RUN_YAML --steps=N`, so an OOM or a
-crash ends that process and not the kit) and its simulation.
+"""One row of the GPU kit: its model (built once under the cache: `tunelab models random` in a process forked
+from the kit's after torch and transformers are imported, which the kit's simulation imports anyway), its data,
+its run, its measurement (a process of its own, started afresh: tunelab's probe, `python -m
+tunelab.train.probe_steps RUN_YAML --steps=N`, so an OOM or a crash ends that process and not the kit, and the
+host RSS it records is its own, not the kit's pages a fork would share) and its simulation.
 
 FLOPs per trained token, for MFU (estimate/speed.py `flops_per_token`, the planner's one formula):
     4·N + 3 · 4 · layers · seq · (heads · head_dim) / 2
@@ -28,7 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu_truth_grid import Case, SMOKE_OOM_ABOVE_BATCH
+from forking import run_python, start, wait
+from gpu_truth_grid import SMOKE_OOM_ABOVE_BATCH, Case
 from gpu_truth_records import Measured
 
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -70,9 +73,15 @@ def build_model(case: Case, env: Env, timeout: float) -> str | None:
     model = env.model_dir(case)
     if is_built(model):
         return None
+    import torch  # noqa: F401  (the kit's simulation imports them next anyway; the build's fork starts with them)
+    import transformers  # noqa: F401
+
+    from tunelab.cli import build  # noqa: F401
+    from tunelab.models import random_init  # noqa: F401
+
     cmd = [sys.executable, "-m", "tunelab", "models", "random", "--arch", case.arch, "--out", str(model),
            "--dtype", "bfloat16", "--seed", "0", *(["--layers", str(case.layers)] if case.layers else [])]
-    code, tail = run_process(cmd, env, env.out / "logs" / f"build-{model.name}.log", timeout)
+    code, tail = run_process(cmd, env, env.out / "logs" / f"build-{model.name}.log", timeout, fork=True)
     if code is None:  # killed at the budget: its half-written build directory goes too
         for tmp in model.parent.glob(f".{model.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -128,9 +137,21 @@ def run_config(case: Case, env: Env, data: Path):
     return probe_cfg(cfg, case.name)
 
 
-def run_process(cmd: list[str], env: Env, log: Path, timeout: float) -> tuple[int | None, str]:
-    """Run in a session of its own, output to `log`; (exit code, last line). None: killed at the timeout."""
+def run_process(cmd: list[str], env: Env, log: Path, timeout: float, fork: bool = False) -> tuple[int | None, str]:
+    """Run in a session of its own, output to `log`; (exit code, last line). None: killed at the timeout.
+    fork: what `cmd` ([python, ARGV...]) runs, in a process forked from this one after its imports (forking.py)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    if fork:
+        child = wait(start(run_python, cmd[1:], Path.cwd(), env.child_env(), out=log, err=log, timeout=max(1.0, timeout)))
+        code = child.code
+    else:
+        code = _popen(cmd, env, log, timeout)
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    return code, (lines[-1].removeprefix("error: ")[:300] if lines else "no output")
+
+
+def _popen(cmd: list[str], env: Env, log: Path, timeout: float) -> int | None:
+    """`cmd` as a process of its own (a new session, killed whole at the timeout); None: killed."""
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env.child_env(), start_new_session=True)
         try:
@@ -139,8 +160,7 @@ def run_process(cmd: list[str], env: Env, log: Path, timeout: float) -> tuple[in
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code = None
-    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
-    return code, (lines[-1].removeprefix("error: ")[:300] if lines else "no output")
+    return code
 
 
 def measure(case: Case, env: Env, flops_per_token: float, peak_tflops: float | None, timeout: float

@@ -1,36 +1,39 @@
 """Every benchmark script in its smoke form (`--smoke`: tiny sizes, the real code paths), run as a user runs it
-(`python benchmarks/X.py --smoke`, a process of its own), so that a refactor that breaks a benchmark breaks the
-build. Each test checks what the output must contain: its rows, and that the printed figures parse and agree
-with one another and with what they were computed from (a ratio with the two figures it divides, an error with
-its predicted and measured values, a step count with the dataset's rows). The GPU kit and the fault benchmark
-have smoke tests of their own (COVERED_ELSEWHERE). Marked slow: every smoke but the fuzzer's (seconds) spends
-10-25 s CPU in a process of its own, most of it importing torch and transformers, once: the smokes' training jobs
-and packing_attention's variants run in processes forked after the imports (benchmarks/forking.py)."""
+(`python benchmarks/X.py --smoke`: as __main__, its own sys.argv, cwd, environment, stdout and stderr, a process
+of its own), so that a refactor that breaks a benchmark breaks the build. Each test checks what the output must
+contain: its rows, and that the printed figures parse and agree with one another and with what they were
+computed from (a ratio with the two figures it divides, an error with its predicted and measured values, a step
+count with the dataset's rows). The GPU kit and the fault benchmark have smoke tests of their own
+(COVERED_ELSEWHERE). Each smoke's process is forked from this one after torch, transformers, PEFT and TRL are
+imported here once (benchmarks/forking.py run_python): a fresh interpreter spends ~10 s CPU on those imports
+alone, more than most smokes' own work. Marked slow: every smoke but the fuzzer's trains or builds a model."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each, measured alone)
-    "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 24
-    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 22
-    "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",  # 19
-    "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 17
-    "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",  # 14
-    "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 11
-    "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 3
+sys.path.insert(0, str(BENCH))
+import forking  # noqa: E402
+
+SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
+    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
+    "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
+    "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
+    "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",  # 3.5
+    "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",  # 2.3
+    "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 2.0
+    "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
@@ -38,33 +41,46 @@ COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_s
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 
-def run_smoke(script: str, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    extra = ["--out", str(out)] if script in WITH_OUT else []
-    return subprocess.run([sys.executable, str(BENCH / script), "--smoke", *extra], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=900)
+# imported before the smokes are forked, beside the training job's imports (forking.preload_training): what the
+# scripts and their jobs import lazily (inspect-ai through tunelab.evaluate, statsmodels through tunelab.stats)
+PRELOADED = ("transformers.models.llama.modeling_llama", "tunelab.models.attention", "tunelab.models.lora",
+             "tunelab.models.tiny", "tunelab.data.capitalization", "tunelab.plan.planner", "tunelab.scaffold.write",
+             "tunelab.execute.status", "tunelab.estimate.simulator", "tunelab.estimate.runs", "tunelab.evaluate.tasks",
+             "tunelab.evaluate.hf", "tunelab.stats.power", "tunelab.train.step_cost", "tunelab.train.feeding")
+SMOKE_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="module")
-def smokes(request, tmp_path_factory) -> Iterator[dict[str, tuple[Future, Path]]]:
-    """The smokes of the tests selected in this module, started two at a time (each is one process, mostly
-    single-threaded imports: two keep 2 cores busy), longest first; each test waits for its own."""
+def smokes(request, tmp_path_factory) -> Iterator[tuple[forking.Forks, dict[str, tuple[Path, Path]]]]:
+    """The smokes of the tests selected in this module, forked from this process once the training stack is
+    imported, two running at a time (each mostly single-threaded: two keep 2 cores busy), longest first; each
+    test waits for its own. Per script: its --out dir and the dir of its stdout and stderr."""
     selected = {item.originalname for item in request.session.items if item.module is request.module}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        started = {}
-        for script, test in SMOKED.items():
-            if test in selected:
-                out = tmp_path_factory.mktemp(script.removesuffix(".py"))
-                started[script] = (pool.submit(run_smoke, script, out), out)
-        yield started
+    wanted = [script for script, test in SMOKED.items() if test in selected]
+    if any(script != "fuzz.py" for script in wanted):
+        forking.preload_training()
+        for module in PRELOADED:
+            importlib.import_module(module)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    forks, dirs = forking.Forks(parallel=2), {}
+    for script in wanted:
+        name = script.removesuffix(".py")
+        out, logs = dirs[script] = tmp_path_factory.mktemp(name), tmp_path_factory.mktemp(f"{name}-output")
+        argv = [str(BENCH / script), "--smoke", *(["--out", str(out)] if script in WITH_OUT else [])]
+        forks.add(script, forking.run_python, argv, ROOT, env, out=logs / "stdout", err=logs / "stderr",
+                  timeout=SMOKE_TIMEOUT_S)
+    yield forks, dirs
+    forks.close()
 
 
-def smoke(smokes: dict[str, tuple[Future, Path]], script: str) -> tuple[str, Path]:
+def smoke(smokes: tuple[forking.Forks, dict[str, tuple[Path, Path]]], script: str) -> tuple[str, Path]:
     """(stdout, --out dir) of `python benchmarks/<script> --smoke`, which must exit 0."""
-    future, out = smokes[script]
-    proc = future.result()
-    assert proc.returncode == 0, f"{script} --smoke exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc.stdout, out
+    forks, dirs = smokes
+    child, (out, logs) = forks.result(script), dirs[script]
+    stdout, stderr = ((logs / name).read_text(encoding="utf-8", errors="replace") for name in ("stdout", "stderr"))
+    ended = f"timed out after {SMOKE_TIMEOUT_S} s" if child.timed_out else f"exited {child.code}"
+    assert child.code == 0, f"{script} --smoke {ended}:\n{stdout}\n{stderr[-4000:]}"
+    return stdout, out
 
 
 def line(text: str, pattern: str) -> tuple[float, ...]:
@@ -89,7 +105,7 @@ def test_every_benchmark_script_has_a_smoke_run_by_a_test():
         assert f'"{flag}"' in (BENCH / name).read_text() and flag in (ROOT / test).read_text(), (name, test)
 
 
-@pytest.mark.slow  # a subprocess of ~20 s CPU: imports, a tiny model built, simulations
+@pytest.mark.slow  # a tiny model built, 8 runs planned and scaffolded, a CLI process
 def test_overhead_smoke_plans_scaffolds_and_reads_status(smokes):
     out, out_dir = smoke(smokes, "overhead.py")
     # 2 ranks × 2 learning rates × 2 seeds, and the one model's base-model control
@@ -100,7 +116,7 @@ def test_overhead_smoke_plans_scaffolds_and_reads_status(smokes):
     assert len(list((out_dir / "exp" / "runs").glob("*/run.yaml"))) == 8
 
 
-@pytest.mark.slow  # a subprocess of ~20 s CPU: imports, a tiny model built, simulations
+@pytest.mark.slow  # two memory simulations
 def test_memory_references_smoke_errors_agree_with_their_figures(smokes):
     out, _ = smoke(smokes, "memory_references.py")
     rows = {}
