@@ -1,0 +1,70 @@
+"""benchmarks/forking.py's script runner, which the benchmark smoke tests rely on to fail when a smoke fails: a
+forked `python SCRIPT ARGS` exits as the interpreter would (an exception: 1 and its traceback; sys.exit(n): n),
+its output in its own files, a child past its timeout killed with its own children, two at a time."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import forking  # noqa: E402
+
+SCRIPT = """import logging, os, sys, time
+print("argv", sys.argv[1:], os.getcwd(), __name__, os.environ["WHO"], sys.path[0] == os.path.dirname(__file__))
+logging.getLogger("tunelab.x").warning("logged")
+if sys.argv[1] == "raise":
+    raise ValueError("boom")
+if sys.argv[1] == "sleep":
+    pid = os.fork()  # a grandchild, which the timeout must kill too
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(sys.argv[2], "w") as f:
+        f.write(str(pid))
+    time.sleep(60)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def run(tmp_path: Path, *cases: list[str], timeout: float = 60) -> dict[str, tuple[forking.Child, str, str]]:
+    script = tmp_path / "s.py"
+    script.write_text(SCRIPT)
+    forks = forking.Forks(parallel=2)
+    for i, argv in enumerate(cases):
+        forks.add(str(i), forking.run_python, [str(script), *argv], tmp_path, {**os.environ, "WHO": f"w{i}"},
+                  out=tmp_path / f"{i}.out", err=tmp_path / f"{i}.err", timeout=timeout)
+    results = {}
+    for i, argv in enumerate(cases):
+        child = forks.result(str(i))
+        results[argv[0]] = (child, (tmp_path / f"{i}.out").read_text(), (tmp_path / f"{i}.err").read_text())
+    forks.close()
+    return results
+
+
+def test_a_forked_script_exits_as_python_would_with_its_own_output(tmp_path):
+    got = run(tmp_path, ["raise"], ["0"], ["3"])
+    child, out, err = got["raise"]
+    assert child.code == 1 and not child.timed_out
+    assert out == f"argv ['raise'] {tmp_path} __main__ w0 True\n"
+    assert "logged" in err and err.rstrip().endswith("ValueError: boom")  # the log line and the traceback
+    assert got["0"][0].code == 0 and got["0"][1].startswith("argv ['0'] ") and " w1 " in got["0"][1]
+    assert got["3"][0].code == 3
+
+
+def test_a_forked_script_past_its_timeout_is_killed_with_its_children(tmp_path):
+    t0 = time.monotonic()
+    (child, _, _), = run(tmp_path, ["sleep", str(tmp_path / "grandchild")], timeout=2.0).values()  # the script forks in milliseconds
+    assert child.timed_out and child.code is None and time.monotonic() - t0 < 30
+    grandchild = int((tmp_path / "grandchild").read_text())
+    for _ in range(100):  # killed with its session; reaped by init, which may take a moment
+        try:
+            if Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":  # dead, unreaped
+                break
+        except FileNotFoundError:  # gone
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"grandchild {grandchild} outlived the timeout")
