@@ -142,8 +142,8 @@ def run_process(cmd: list[str], env: Env, log: Path, timeout: float, fork: bool 
     fork: what `cmd` ([python, ARGV...]) runs, in a process forked from this one after its imports (forking.py)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     if fork:
-        child = wait(start(run_python, cmd[1:], Path.cwd(), env.child_env(), out=log, err=log, timeout=max(1.0, timeout)))
-        code = child.code
+        code = wait(start(run_python, cmd[1:], Path.cwd(), env.child_env(), out=log, err=log,
+                          timeout=max(1.0, timeout))).code
     else:
         code = _popen(cmd, env, log, timeout)
     lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
