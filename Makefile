@@ -17,8 +17,10 @@ XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile -
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned; everything else under a constraints file so torch is never upgraded.
+# pip first (the venv's own may be years old: pip 23.2 takes three times as long as 26.2 to resolve a wheelhouse,
+# scripts/wheelhouse), then torch, pinned; everything else under a constraints file so torch is never upgraded.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt pip
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
 	touch $@

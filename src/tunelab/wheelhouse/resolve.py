@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import email.parser
 import hashlib
+import importlib.metadata
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -45,16 +48,38 @@ def _failed(what: str, done: subprocess.CompletedProcess[str]) -> TunelabError:
 
 def build_wheel(project: Path, work: Path) -> Path:
     """tunelab's wheel, built from a copy of pyproject.toml, README.md and src/ (caches left out), so a stale
-    build/ folder of the checkout can never slip a removed module into it."""
+    build/ folder of the checkout can never slip a removed module into it. Built with the build backend this
+    environment has when it meets [build-system] requires, since pip's isolated build environment would install
+    that same backend again first (most of the build's time)."""
     copy = work / "project"
     shutil.copytree(project / "src", copy / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(project / name, copy / name)
-    done = _pip(["wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(copy)])
+    isolation = ["--no-build-isolation"] if build_requirements_met(copy / "pyproject.toml") else []
+    done = _pip(["wheel", "--no-deps", "-q", *isolation, "-w", str(work / "dist"), str(copy)])
     if done.returncode != 0:
         raise _failed("building tunelab's wheel", done)
     return next((work / "dist").glob("*.whl"))
+
+
+def build_requirements_met(pyproject: Path) -> bool:
+    """Whether the running environment has every requirement of pyproject's [build-system] (each installed at a
+    version its specifier allows; markers evaluated here, where the build runs)."""
+    requires = tomllib.loads(pyproject.read_text()).get("build-system", {}).get("requires")
+    if requires is None:  # no [build-system] table: pip would fall back to a legacy setuptools build
+        return False
+    for text in requires:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if not req.specifier.contains(installed, prereleases=True):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
