@@ -80,7 +80,7 @@ def _status(value: Any) -> int:
 def _streams_to(out: Path, err: Path) -> None:
     """This (forked) process's stdout and stderr into the files (one file when out is err), as a fresh process
     started with them would have: fds 1 and 2, new sys.stdout/sys.stderr, the log handlers that wrote to the old
-    streams rebound, and handlers a test runner left on the root logger (its log capture) dropped."""
+    streams rebound, and the root logger's other handlers dropped."""
     root = logging.getLogger()
     loggers = [root, *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]
     files = {path: open(path, "wb") for path in (out, err)}
@@ -93,8 +93,12 @@ def _streams_to(out: Path, err: Path) -> None:
                 handler.setStream(new)
     for f in files.values():
         f.close()
-    for handler in [h for h in root.handlers if type(h).__module__.startswith("_pytest")]:
+    # a fresh process's root logger has no handlers: those of this one (a test runner's log capture, inspect-ai's
+    # handler once an evaluation ran here) would take the child's records away from its stderr
+    for handler in [h for h in root.handlers
+                    if not (isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr))]:
         root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def poll(child: Child) -> bool:

@@ -45,6 +45,9 @@ def run(tmp_path: Path, *cases: list[str], timeout: float = 60) -> dict[str, tup
 
 
 def test_a_forked_script_exits_as_python_would_with_its_own_output(tmp_path):
+    from inspect_ai._util.logger import init_logger
+
+    init_logger(None)  # as an evaluation run earlier in this process leaves it: inspect-ai's handler on the root logger
     got = run(tmp_path, ["raise"], ["0"], ["3"])
     child, out, err = got["raise"]
     assert child.code == 1 and not child.timed_out
