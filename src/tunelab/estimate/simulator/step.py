@@ -114,10 +114,11 @@ def run_steps(model: torch.nn.Module, c: StepConfig, shape: StepShape, tracker: 
         if first is not None:
             first.replay_as(step)
         else:
-            with tracker.recording() as rec:
+            record = replay and step == 1  # the last step replays the first's recording
+            with tracker.recording() if record else contextlib.nullcontext() as rec:
                 for _ in range(min(c.gradient_accumulation_steps, 2)):  # a second micro-batch meets the first's grads
                     _micro_step(model, shape, c, tracker, step)
-            first = FirstStep.of(rec, tracker, trainable) if replay and step == 1 else None
+            first = FirstStep.of(rec, tracker, trainable) if rec is not None else None
         tracker.set_phase(f"step {step}: optimizer")
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
