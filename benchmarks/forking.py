@@ -204,13 +204,11 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def preload_training() -> None:
-    """What a training job imports, imported here once (before forking its jobs)."""
-    import peft  # noqa: F401
-    import trl  # noqa: F401
-    from transformers import Trainer, TrainerCallback  # noqa: F401
-    from trl import SFTConfig, SFTTrainer  # noqa: F401
+    """What a training job imports (tunelab.train.TRAINING_STACK), imported here once (before forking its jobs)."""
+    from tunelab.startup import import_stack
+    from tunelab.train import TRAINING_STACK
 
-    import tunelab.train.job  # noqa: F401
+    import_stack("tunelab.train.job", *TRAINING_STACK)
 
 
 def _job(run_dir: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.util
 import os
 import tempfile
@@ -38,6 +39,22 @@ def xdist_unit(path: Path) -> str:
     """The shared fixture the test file names, else the file itself."""
     text = path.read_text() if path.is_file() else ""
     return next((name for name in SHARED_FIXTURES if name in text), str(path))
+
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """Collecting imports torch, transformers, inspect-ai…: with the garbage collector paused, then frozen, as a
+    job imports its stack (tunelab/startup.py), so that no later full collection walks it again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 if importlib.util.find_spec("xdist"):

@@ -19,6 +19,10 @@ _LAZY = {
     "read_scores": "tunelab.evaluate.scores",
 }
 __all__ = sorted(_LAZY)
+# What an evaluation imports, imported first thing by `tunelab eval` with the garbage collector paused
+# (tunelab/startup.py).
+EVALUATION_STACK = ("torch", "transformers", "peft", "inspect_ai", "inspect_ai.model", "statsmodels.stats.proportion",
+                    "tunelab.evaluate.runner", "tunelab.evaluate.provider")
 
 
 def __getattr__(name: str) -> Any:

@@ -6,3 +6,8 @@ stages.json, summary.json); the coordinating process ingests those files into th
 this package imports it: what both sides share is tunelab.rundir, the configs (spec/, rundir/config.py) and
 tunelab.device.
 """
+
+# What a training process (the job, the probe's steps) imports, imported first thing in its `main` with the
+# garbage collector paused (tunelab/startup.py); their modules import none of it at the top, so `main` decides.
+TRAINING_STACK = ("torch", "transformers", "transformers.trainer", "peft", "datasets", "trl", "trl.trainer.sft_trainer",
+                  "tunelab.train.runner", "tunelab.train.stages", "tunelab.train.trainer")

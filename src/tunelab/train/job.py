@@ -21,16 +21,19 @@ from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.train.console import log
 from tunelab.train.distributed import is_worker
+from tunelab.startup import import_stack
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
-from tunelab.train.runner import complete_run, train_run
-from tunelab.train.stages import train_stages
+from tunelab.train import TRAINING_STACK
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 
 def train(cfg: RunConfig) -> Summary | None:
     """Train the run in this process (a staged run: every stage still to do) and complete it. Returns its
     summary on the main process (None on the others of a distributed run)."""
+    from tunelab.train.runner import complete_run, train_run
+    from tunelab.train.stages import train_stages
+
     held = HeldFiles.of(cfg.run_dir)  # the run files this job writes, each read at most once
     if cfg.stages:
         return train_stages(cfg, held)
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
     skip_unused_tracker_sdks()  # before TRL is imported
+    import_stack(*TRAINING_STACK)
     try:
         train_job(Path(args[0]))
     except TunelabError as exc:

@@ -30,7 +30,8 @@ from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe_results
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.step_cost import time_real_steps
-from tunelab.train.trainer import build_trainer
+from tunelab.train import TRAINING_STACK
+from tunelab.startup import import_stack
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
@@ -71,6 +72,8 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     largest micro-batch that runs). `pcfg`: the probe's scratch run (a few steps, no validation). `steps`: time
     that many steps at the run's micro-batch alone, each one recorded (the GPU kit)."""
     import torch
+
+    from tunelab.train.trainer import build_trainer
 
     quiet_hf_progress_bars()  # one line per shape is the probe's own progress
     assert pcfg.training is not None
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     skip_unused_tracker_sdks()  # before TRL is imported
+    import_stack(*TRAINING_STACK)
     try:
         pcfg = load_run_config(Path(paths[0]))
         result = probe_run(pcfg, max_batch="--max-batch" in args, steps=int(steps[0]) if steps else None)
