@@ -3,8 +3,8 @@ frozen.
 
 Importing torch, transformers, peft, trl, datasets or inspect-ai creates a million long-lived objects and
 next to no garbage. With the collector on, that growth sets off full collections that walk every object
-imported so far, again and again: a tiny training job spent 12 of its CPU-seconds on a 2-core machine with
-the collector on throughout, 9.3 with it paused while importing (same run, same loss). After the imports the
+imported so far, again and again: a tiny training job took 12.1 user CPU-seconds on a 2-core machine with
+the collector on throughout, 7.5 with it paused while importing (same run, same loss). After the imports the
 objects are frozen (`gc.freeze`: later collections skip them) and collection resumes for what the process
 itself makes. Modules already imported are not imported again and nothing is frozen then, so a long-lived
 process (a notebook, the MCP server, a test session) that calls a command twice keeps its collector as it is.
