@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import importlib.util
 import os
 import tempfile
@@ -41,20 +40,14 @@ def xdist_unit(path: Path) -> str:
     return next((name for name in SHARED_FIXTURES if name in text), str(path))
 
 
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_collection(session):
     """Collecting imports torch, transformers, inspect-ai…: with the garbage collector paused, then frozen, as a
     job imports its stack (tunelab/startup.py), so that no later full collection walks it again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    from tunelab.startup import collector_paused
+
+    with collector_paused():
         return (yield)
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 if importlib.util.find_spec("xdist"):

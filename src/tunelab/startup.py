@@ -15,6 +15,21 @@ from __future__ import annotations
 import gc
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The collector off inside; afterwards everything that exists frozen and the collector back as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def import_stack(*modules: str) -> None:
@@ -22,12 +37,6 @@ def import_stack(*modules: str) -> None:
     missing = [m for m in modules if m not in sys.modules]
     if not missing:
         return
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         for module in missing:
             importlib.import_module(module)
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()

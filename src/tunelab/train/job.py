@@ -19,12 +19,12 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.startup import import_stack
+from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
 from tunelab.train.distributed import is_worker
-from tunelab.startup import import_stack
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
-from tunelab.train import TRAINING_STACK
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 

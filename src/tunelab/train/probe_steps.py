@@ -28,10 +28,10 @@ from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe_results
+from tunelab.startup import import_stack
+from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.step_cost import time_real_steps
-from tunelab.train import TRAINING_STACK
-from tunelab.startup import import_stack
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
