@@ -202,3 +202,6 @@ def test_final_validation_is_logged_once(write_spec):
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [15, 30, 40]
     assert [r["step"] for r in rows if r["loss"] is not None] == [10, 20, 30, 40]
     assert summary["final_val_loss"] == first["final_val_loss"] == rows[-1]["val_loss"]
+    # the restarted job trained no step, and still times half and twice the micro-batch for the planner
+    b = cfg.training.batch_size
+    assert [[p["batch"] for p in s["step_cost"]["points"]] for s in (first, summary)] == [[b // 2, 2 * b]] * 2

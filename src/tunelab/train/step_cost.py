@@ -49,6 +49,10 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
 
     loaders = {b: iter(DataLoader(trainer.train_dataset, batch_size=b, shuffle=False,
                                   collate_fn=trainer.data_collator)) for b in batches}
+    if not hasattr(trainer, "current_gradient_accumulation_steps"):
+        # the trainer's loop ran no step in this process (a finished run's job started again resumes at its
+        # end): it never set the accumulation window training_step divides the loss by; a timed step is its own
+        trainer.current_gradient_accumulation_steps = 1
     timed: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
     peaks: dict[int, float | None] = {}
     for i in range(repeats + 1):
