@@ -173,10 +173,6 @@ def eval_cmd(
 
     Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training)."""
-    from tunelab.evaluate import EVALUATION_STACK
-    from tunelab.startup import import_stack
-
-    import_stack(*EVALUATION_STACK)
     from tunelab.evaluate.sweep import evaluate_experiment
 
     with stdout_to_stderr(json_out):

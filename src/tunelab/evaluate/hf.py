@@ -222,12 +222,12 @@ def release_weights() -> None:
     """Drop the cached weights (an evaluation of several checkpoints loads them one after another). A full
     garbage collection runs only when a dropped model outlives its last reference (held in a reference cycle):
     in a long-lived process (a notebook, the MCP server, a test session) one costs ~0.5 s, three per checkpoint."""
+    if not _CACHE:
+        return
     import gc
 
     import torch
 
-    if not _CACHE:
-        return
     dropped = [weakref.ref(lm.model) for lm in _CACHE.values()]
     _CACHE.clear()
     if any(model() is not None for model in dropped):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate import EVALUATION_STACK
 from tunelab.evaluate.scores import (
     SCORES_FILE,
     TaskScores,
@@ -26,6 +27,7 @@ from tunelab.evaluate.scores import (
 from tunelab.evaluate.targets import Target, select_targets
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
+from tunelab.startup import import_stack
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 
@@ -85,6 +87,7 @@ def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | N
 def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                   batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
+    import_stack(*EVALUATION_STACK)  # a process's first evaluation: its stack imported with the collector paused
     import inspect_ai
     from inspect_ai.model import get_model
 
