@@ -222,6 +222,18 @@ def _check_space(alphabet: str, lo: int, hi: int, num_examples: int) -> int:
     return space
 
 
+def _labels(rule: str, seqs: list[list[str]], alphabet: str, n: int | None, p: float | None, constant: str | None,
+            seed: int) -> list[str]:
+    """Each sequence's label by `rule`; coin's flips come from their own seeded stream, so the inputs stay
+    those of every other rule."""
+    if rule != "coin":
+        return [label_for(rule, s, alphabet, n=n, constant=constant) for s in seqs]
+    if p is None:  # _check_rule_options gives coin its default
+        raise ValueError("rule 'coin' needs its probability p")
+    coin = random.Random(f"organism-coin:{seed}")
+    return ["1" if coin.random() < p else "0" for _ in seqs]
+
+
 def make_organism_dataset(
     rule: str,
     alphabet: str,
@@ -252,13 +264,7 @@ def make_organism_dataset(
 
     rng = random.Random(seed)
     seqs = [_decode(i, symbols, lo, hi) for i in _sample_indices(rng, space, num_examples)]
-    if rule == "coin":
-        if p is None:  # _check_rule_options gives coin its default
-            raise ValueError("rule 'coin' needs its probability p")
-        coin = random.Random(f"organism-coin:{seed}")  # its own stream: inputs stay those of every other rule
-        labels = ["1" if coin.random() < p else "0" for _ in seqs]
-    else:
-        labels = [label_for(rule, s, alphabet, n=n, constant=constant) for s in seqs]
+    labels = _labels(rule, seqs, alphabet, n, p, constant, seed)
     examples = [{"input": " ".join(s), "output": y} for s, y in zip(seqs, labels)]
     data = {
         **split_lists(examples, n_train, n_val),

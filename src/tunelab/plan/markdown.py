@@ -100,7 +100,16 @@ def render_plan_md(plan: Plan) -> str:
     lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _resolution_lines(plan)
     lines += _truncation_lines(plan)
     lines += image_lines(plan.images)
-    lines += ["## Estimates", ""]
+    lines += _estimate_lines(plan)
+    lines += _schedule_lines(plan)
+    if plan.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
+    return "\n".join(lines)
+
+
+def _estimate_lines(plan: Plan) -> list[str]:
+    """The estimates table (each figure with its source) and the sweep's total."""
+    lines = ["## Estimates", ""]
     target = plan.gpu.name if plan.gpu else "this machine's CPU"
     lines += [f"Target: {target}. Each figure names its source: measured history (the user-level history "
               "ledger) or a model.", ""]
@@ -123,10 +132,7 @@ def render_plan_md(plan: Plan) -> str:
         lines += ["", f"**Total:** {human_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
                   + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
                   + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
-    lines += _schedule_lines(plan)
-    if plan.warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
-    return "\n".join(lines)
+    return lines
 
 
 def _order_text(order: object) -> str:
