@@ -252,7 +252,7 @@ def medians(rows: list[Compared]) -> list[str]:
 
 
 def markdown(rows: list[Compared]) -> str:
-    """README's table, from this run's figures."""
+    """The table in docs/benchmarks.md (README links it), from this run's figures."""
     out = ["| row | source | published GiB (counter) | simulated GiB | error | training-step GiB | error |",
            "|---|---|---|---|---|---|---|"]
     def signed(pct: float | None) -> str:
@@ -268,7 +268,7 @@ def markdown(rows: list[Compared]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write the rows as JSON here")
-    parser.add_argument("--markdown", action="store_true", help="also print README's table")
+    parser.add_argument("--markdown", action="store_true", help="also print the table of docs/benchmarks.md")
     parser.add_argument("--lengths", type=int, nargs="*", default=[], metavar="L",
                         help="also simulate PEFT's four MetaMathQA configurations at 4 × L (a diagnosis of rows 17/19)")
     parser.add_argument("--extrapolated", action="store_true", help="simulate 2 and 4 layers and extrapolate, as "
