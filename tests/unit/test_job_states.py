@@ -187,3 +187,48 @@ def test_a_self_requeued_slurm_job_waits_for_slurm_to_end_it(tmp_path):
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path), "60"], capture_output=True, text=True,
                            env=dict(os.environ, SLURM_JOB_ID="42"), timeout=60)
     assert other.stdout.strip() == "returned"  # not the job that requeued itself: no wait
+
+
+def _after_warning_stop(tmp_path, scontrol: str):
+    """A trainer stopped by Slurm's time-limit warning at step 9 of a fresh start, run in its own process
+    as job 41 with `scontrol` on PATH doing what the given script does. Returns (process, status.json)."""
+    import subprocess
+    import sys
+
+    from tunelab import rundir as st
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\n" + scontrol)
+    (bin_dir / "scontrol").chmod(0o755)
+    run_dir = tmp_path / "run"
+    st.write_status(run_dir, state=st.INTERRUPTED)
+    code = ("import signal, sys; from tunelab.rundir.status import StatusWriter; "
+            "from tunelab.train.interrupts import TrainingStopped, after_stop; "
+            "after_stop(TrainingStopped(signal.SIGUSR1, 9), None, StatusWriter(sys.argv[1]), "
+            "lambda m: print(m, flush=True)); print('returned', flush=True)")
+    env = dict(os.environ, SLURM_JOB_ID="41", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], env=env, capture_output=True, text=True,
+                          check=False, timeout=60)
+    return proc, st.read_status(run_dir)
+
+
+def test_a_requeue_is_on_record_before_slurm_ends_the_job(tmp_path):
+    """The race CI hit: Slurm's SIGTERM for the requeue can end the trainer before `scontrol requeue`
+    returns. Whatever the job says of its requeue (status.json's mark that keeps the coordinator from
+    judging it, the log line) is written before the call, so the kill loses none of it."""
+    import signal
+
+    proc, status = _after_warning_stop(tmp_path, "kill -TERM $PPID\nsleep 1\nexit 0\n")  # Slurm's kill, first
+    assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
+    assert "saved before the time limit: stopped at step 9" in proc.stdout
+    assert "requeuing job 41: it resumes from the checkpoint just saved" in proc.stdout
+    assert status.requeued_job == "41" and status.requeued_at is not None
+
+
+def test_a_refused_requeue_takes_its_mark_back(tmp_path):
+    """Slurm refusing the requeue: the job ends as it is (the coordinator judges it), its log says why."""
+    proc, status = _after_warning_stop(tmp_path, "echo 'Requested operation is presently disabled' >&2\nexit 1\n")
+    assert proc.returncode == 0 and "returned" in proc.stdout, proc.stderr
+    assert "could not requeue job 41: Requested operation is presently disabled" in proc.stdout
+    assert status.requeued_job is None and status.requeued_at is None

@@ -99,32 +99,36 @@ def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch
     return CheckpointPolicy()
 
 
-def requeue_self(log) -> bool:
+def requeue_self(status: StatusWriter, log) -> bool:
     """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or
-    when Slurm refuses. Slurm then ends the job (await_requeue_kill: the job must not end on its own)."""
+    when Slurm refuses. Slurm then ends the job (await_requeue_kill: the job must not end on its own).
+    Everything is written before the call: Slurm's SIGTERM for the requeue can end this process before
+    `scontrol` returns, and status.json must already say that the job requeued itself (execute/refresh.py:
+    the job is not over while Slurm restarts it). A refused requeue takes that back."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
+    status.write(requeued_job=job, requeued_at=now_iso())
+    log(f"requeuing job {job}: it resumes from the checkpoint just saved")
     try:
         proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        refused = (proc.stderr or proc.stdout).strip() if proc.returncode != 0 else None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log(f"could not requeue job {job}: {exc}")
-        return False
-    if proc.returncode != 0:
-        log(f"could not requeue job {job}: {(proc.stderr or proc.stdout).strip()}")
-        return False
-    log(f"requeued job {job}: it resumes from the checkpoint just saved")
-    return True
+        refused = str(exc)
+    if refused is None:
+        return True
+    status.write(requeued_job=None, requeued_at=None)
+    log(f"could not requeue job {job}: {refused}")
+    return False
 
 
 def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusWriter, log) -> None:
     """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
-    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT).
-    A requeue is recorded in status.json (execute/refresh.py: the job is not over while Slurm restarts it)."""
+    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
     log(str(stop))
     start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
-    if stop.signum == WARN_SIGNAL and stop.step > start and requeue_self(log):
-        status.write(requeued_job=os.environ["SLURM_JOB_ID"], requeued_at=now_iso())
+    if stop.signum == WARN_SIGNAL and stop.step > start:
+        requeue_self(status, log)
 
 
 def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:

@@ -103,7 +103,7 @@ def test_sweep_beyond_max_queued_survives_warning_preemption_and_failing_sacct(w
     assert steps == list(range(1, 41))
     log = (cfg.run_dir / f"slurm-train-{job}.out").read_text()
     assert log.count("[tunelab job]") == 3  # one log, appended by each start of the same job
-    assert f"saved before the time limit: stopped at step {first}" in log and f"requeued job {job}" in log
+    assert f"saved before the time limit: stopped at step {first}" in log and f"requeuing job {job}" in log
     assert f"saved on SIGTERM: stopped at step {second}" in log
     assert [j["depends_on"] for j in jobs if j["kind"] == "eval"][0] == job  # afterok held over the requeues
     assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["epoch_0"]
