@@ -95,3 +95,30 @@ def test_the_detail_stays_in_the_commands_own_help():
         assert len(own) > len(squash(summaries[name])) + 200  # ... and the detail follows
     assert "Ctrl-C keeps the shapes done" in squash(_help("probe"))
     assert "exporting again adds only what is new" in squash(_help("export"))
+
+
+def _every_command(cmd=None, path=()):
+    cmd = cmd or typer.main.get_command(app)
+    for name, sub in getattr(cmd, "commands", {}).items():
+        if not sub.hidden:
+            yield (*path, name)
+            yield from _every_command(sub, (*path, name))
+
+
+def test_a_commands_help_breaks_lines_only_where_the_terminal_is_full(monkeypatch):
+    """The prose of every command's --help is wrapped by the terminal, not by the docstring's source lines
+    (which ended printed lines mid-sentence): within a paragraph a line ends only when the next word would
+    not fit on it."""
+    wide = 200
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", wide)
+    checked = 0
+    for path in _every_command():
+        lines = _help(*path).splitlines()
+        start = next(i for i, line in enumerate(lines) if line.strip().startswith("Usage:")) + 1
+        end = next((i for i, line in enumerate(lines) if line.startswith("╭")), len(lines))
+        prose = [line.strip() for line in lines[start:end]]
+        for line, after in zip(prose, prose[1:]):
+            if line and after:  # two lines of one paragraph
+                assert len(line) + 1 + len(after.split()[0]) > wide - 4, f"{' '.join(path)}: {line!r} / {after!r}"
+                checked += 1
+    assert len(list(_every_command())) >= 30 and checked >= 1  # some paragraph is long enough to wrap

@@ -1,4 +1,6 @@
-"""How `tunelab --help` is laid out: the commands in panels, the panels in the order of the pipeline.
+"""How `tunelab --help` is laid out: the commands in panels, the panels in the order of the pipeline, and
+every command's help text reflowed (typer's rich help keeps a docstring's line breaks inside a paragraph, so
+each wrapped source line would end a printed line mid-sentence).
 
 One table instead of a `rich_help_panel=` per command, because the order matters as much as the grouping and
 the commands are registered by several modules; a command missing here is listed last, in no panel
@@ -7,6 +9,7 @@ the commands are registered by several modules; a command missing here is listed
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from typer import _click  # typer's own copy of click, which TyperGroup is built on
@@ -35,6 +38,22 @@ class PipelineGroup(TyperGroup):
         for name, command in self.commands.items():
             if name in _PANEL_OF and not getattr(command, "rich_help_panel", None):
                 setattr(command, "rich_help_panel", _PANEL_OF[name])
+        reflow_help(self)
 
     def list_commands(self, ctx: _click.Context) -> list[str]:
         return sorted(super().list_commands(ctx), key=lambda name: _POSITION.get(name, len(_POSITION)))
+
+
+def reflowed(text: str) -> str:
+    """Each paragraph of a docstring on one line, so the terminal wraps it at its own width. A paragraph
+    opened by click's `\\b` marker keeps its lines, as click's own help does."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def reflow_help(command: _click.Command) -> None:
+    """The help of this command and of every command under it, reflowed (sub-apps: data, models, skills)."""
+    if command.help:
+        command.help = reflowed(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        reflow_help(sub)

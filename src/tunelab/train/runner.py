@@ -97,7 +97,7 @@ def _write_start_status(cfg: RunConfig, status: StatusWriter, start: Resume, ctx
     status.write(run=cfg.name, state=layout.RUNNING, attempt=cfg.attempt, started_at=started,
                  first_started_at=start.first_started_at or started,
                  resumed_from=start.checkpoint.name if start.checkpoint else None, restarts=start.restarts,
-                 error=None, requeued_job=None, **stage)
+                 error=None, requeued_job=None, requeued_at=None, **stage)
 
 
 def _record_stop(exc: BaseException, status: StatusWriter, resume_from: Path | None) -> None:
