@@ -12,6 +12,8 @@ import time
 import pytest
 
 from tunelab.ledger import store as ledger
+from tunelab.execute.failures import FailureKind
+from tunelab.execute.attempts import all_attempts
 from tunelab.execute.status import cancel, status_rows
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
@@ -44,6 +46,8 @@ def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec)
     assert (cfg.run_dir / "trainer_state" / f"checkpoint-{stopped}" / "tunelab_counters.json").is_file()
     attempts = ledger.query(exp, "SELECT state FROM attempts")
     assert attempts == [{"state": "cancelled"}]  # recorded once, not retried
+    (attempt,) = all_attempts(exp)  # the typed view the report reads: the verdict as its member
+    assert attempt.state is FailureKind.CANCELLED and (attempt.run, attempt.executor) == (cfg.name, "local")
     steps = [r["step"] for r in read_jsonl(cfg.run_dir / "metrics.jsonl") if r.get("loss") is not None]
     assert steps == list(range(1, stopped + 1))  # (resuming from there: test_slurm_executor's cancel test)
     jobs = ledger.query(exp, "SELECT executor, failure FROM jobs ORDER BY id")

@@ -153,7 +153,8 @@ def test_packages_import_one_way(graph):
 # What the core (plan, scaffold, estimate, export, report, evaluate) may import of execute/: the interface, the
 # registry by name, and the policies it shares with it; never an executor's implementation.
 EXECUTE_SEAM = frozenset({"tunelab.execute.executor", "tunelab.execute.executors", "tunelab.execute.schedule",
-                          "tunelab.execute.retry", "tunelab.execute.claims", "tunelab.execute.failures"})
+                          "tunelab.execute.retry", "tunelab.execute.claims", "tunelab.execute.failures",
+                          "tunelab.execute.attempts"})  # the verdicts recorded (the report's retries)
 CORE = ("plan", "scaffold", "estimate", "export", "report", "evaluate")
 
 

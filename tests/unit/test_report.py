@@ -238,6 +238,8 @@ def test_failed_and_retried_run_is_reported_with_class_and_reason(exp):
     assert {("tiny_r16", "failed"), ("tiny_r16", "retried")} <= kinds
     failed = next(i for i in f.issues if i.kind == "failed")
     assert "OutOfMemoryError" in failed.detail and "CUDA out of memory" in failed.detail
+    retried = next(i for i in f.issues if i.kind == "retried")  # the verdicts read back typed, shown as stored
+    assert retried.detail.endswith(": #1 failed (exit 1), #2 failed (exit 1)"), retried.detail
     assert any("tunelab run" in s and "--run tiny_r16" in s for s in f.next_steps)
     md = build_report(exp).markdown.read_text()
     assert "⚠ partial — 1 of 2 fine-tuned runs completed, 1 failed or interrupted (tiny_r16)" in md

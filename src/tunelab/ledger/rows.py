@@ -80,19 +80,3 @@ class EvalRow(EvaluatedTask):
             return None
         return Interval(low=self.ci_low, high=self.ci_high, method=self.ci_method, seed=self.ci_seed,
                         resamples=self.ci_resamples)
-
-
-@dataclass(frozen=True)
-class AttemptRow:
-    """Table attempts: one start of a run's job and how it ended."""
-
-    id: int
-    run: str
-    attempt: int | None = None
-    executor: str | None = None
-    job_id: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-    state: str | None = None
-    reason: str | None = None

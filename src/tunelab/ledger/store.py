@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from tunelab.ledger import history
-from tunelab.ledger.rows import AttemptRow, EvalRow, RunRow
+from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
@@ -137,7 +137,7 @@ RUN_COLUMNS = (
 
 
 # ---------------------------------------------------------------- typed rows (rows.py), read by table
-Row = TypeVar("Row", RunRow, EvalRow, AttemptRow)
+Row = TypeVar("Row", RunRow, EvalRow)
 _BOOLS = {"is_primary", "greater_is_better"}  # stored as INTEGER 0/1
 
 
@@ -155,11 +155,6 @@ def read_runs(experiment_dir: str | Path) -> list[RunRow]:
 
 def read_evals(experiment_dir: str | Path) -> list[EvalRow]:
     return _read(experiment_dir, EvalRow, "SELECT * FROM evals")
-
-
-def read_attempts(experiment_dir: str | Path) -> list[AttemptRow]:
-    """Every attempt, oldest first."""
-    return _read(experiment_dir, AttemptRow, "SELECT * FROM attempts ORDER BY id")
 
 
 def ledger_path(experiment_dir: str | Path) -> Path:
@@ -290,7 +285,8 @@ def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, s
 def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None, executor: str | None,
                    job_id: str | None, started_at: str | None, finished_at: str | None, exit_code: int | None,
                    state: str | None, reason: str | None) -> None:
-    """One ended start of a run's job (table attempts)."""
+    """One ended start of a run's job (table attempts; `state`: the verdict, execute/failures.FailureKind's
+    value; read back as typed rows by execute/jobs.all_attempts)."""
     _insert(experiment_dir, "attempts", dict(
         run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
         exit_code=exit_code, state=state, reason=reason))

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunelab.ledger import store as ledger
+from tunelab.execute.attempts import AttemptRow, all_attempts
 from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
 from tunelab.ledger.results import EvalRecord, RunRecord, collect_results
@@ -72,7 +72,7 @@ class RunData:
     metrics_rows: int = 0
     evals: list[EvalRecord] = field(default_factory=list)  # checkpoint x task, base first then by epoch
     checkpoints: list[EpochCheck] = field(default_factory=list)
-    attempts: list[ledger.AttemptRow] = field(default_factory=list)  # oldest first
+    attempts: list[AttemptRow] = field(default_factory=list)  # oldest first
     error: str | None = None
     dir_bytes: int = 0
     record: RunRecord | None = None  # what `tunelab results` shows of the run
@@ -161,7 +161,7 @@ class ReportData:
     factors: dict[str, list[Any]]  # swept factors with their levels (model/dataset when several)
     runs: list[RunData]
     controls: list[RunData]
-    attempts: list[ledger.AttemptRow]
+    attempts: list[AttemptRow]
     model_paths: dict[str, Path]
     tasks: list[TaskInfo]  # spec order; the first is the headline task
     generated_at: str
@@ -283,7 +283,7 @@ def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskIn
     return list(infos.values())
 
 
-def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[ledger.AttemptRow]) -> RunData:
+def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[AttemptRow]) -> RunData:
     run = RunData(
         name=cfg.name, kind=rec.kind, model=rec.model, dataset=rec.dataset, factors=rec.factors,
         state=rec.state, run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
@@ -325,7 +325,7 @@ def gather(experiment_dir: str | Path) -> ReportData:
     results = {r.name: r for r in collect_results(exp)}  # ingests every run dir first
     cfgs = load_runs(exp)
     spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
-    attempts = ledger.read_attempts(exp)
+    attempts = all_attempts(exp)
     by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": []}
     for cfg in cfgs:
         by_kind[cfg.kind].append(_run_data(cfg, results[cfg.name], exp, attempts))
