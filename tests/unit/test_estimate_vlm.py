@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -54,6 +55,10 @@ def test_estimate_cli_with_images_on_a_tiny_vlm(tmp_path):
     assert out["images"]["image_grid_thw"] == [1, 16, 16] and out["images"]["image_tokens_per_example"] == 66
     assert out["memory_source"].startswith("simulated") and out["packed"] is False
     assert out["max_batch_size"] == 0 and out["fits"] is False  # 0.5 GiB: the CUDA context alone
+    schema = json.loads(CliRunner().invoke(app, ["schema", "--output", "estimate"]).stdout)
+    jsonschema.validate(out, schema)  # every key printed is declared there (the image ones too)
+    assert schema["additionalProperties"] is False and "images" not in schema["required"]
+    assert "tokens_per_epoch" not in out and "dataset" not in out  # no dataset: its epoch left out, not null
 
 
 def test_plan_gives_a_vlm_row_one_image_that_fits_its_longest_row(tmp_path):

@@ -17,6 +17,7 @@ from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
     from tunelab.catalog import GPU
+    from tunelab.estimate.config_estimate import ConfigEstimate
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.spec import TrainingConfig
 
@@ -172,39 +173,38 @@ def estimate_cmd(
                            field="--chat-template")
     if strategy not in ("ddp", "fsdp"):
         raise TunelabError(f"unknown strategy {strategy!r}: use ddp or fsdp", field="--strategy")
-    out = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
+    est = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
                           dataset, prompt, training.epochs, effective_batch, chat_template=chat_template,
                           system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None,
                           images_per_example=images_per_example, min_pixels=min_pixels, max_pixels=max_pixels)
     if json_out:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(est.to_json(), indent=2))
         return
-    _print_estimate(out, max_seq_len)
+    _print_estimate(est)
 
 
-def _print_estimate(out: dict, max_seq_len: int) -> None:
-    say("{} on {} ({:.1f} GiB), max_seq_len {}{}", out["model"], out["gpu"], out["gpu_memory_gib"], max_seq_len,
-        f", {out['processes']} GPUs ({out['strategy']})" if out["processes"] > 1 else "")
-    alloc = out.get("peak_allocated_gib")
-    detail = (f" (allocated {alloc:.1f}, reserved {out['peak_reserved_gib']:.1f}, CUDA context "
-              f"{out['cuda_context_gib']:.1f})" if alloc is not None else "")
+def _print_estimate(est: ConfigEstimate) -> None:
+    say("{} on {} ({:.1f} GiB), max_seq_len {}{}", est.model, est.gpu, est.gpu_memory_gib, est.max_seq_len,
+        f", {est.processes} GPUs ({est.strategy})" if est.processes > 1 else "")
+    simulated = est.peak_allocated_gib is not None and est.peak_reserved_gib is not None
+    detail = (f" (allocated {est.peak_allocated_gib:.1f}, reserved {est.peak_reserved_gib:.1f}, CUDA context "
+              f"{est.cuda_context_gib:.1f})" if simulated else "")
     say("batch {}{}: {:,} tokens/micro-batch → peak {:.1f} GiB{} ("
-        + ("fits" if out["fits"] else "[red]does not fit[/red]") + ") \\[source: {}]", out["batch_size"],
-        " packed" if out["packed"] else "", out["tokens_per_microbatch"], out["peak_memory_gib"], detail,
-        out["memory_source"])
-    say("  attention: {}", out["attention_kernel"])
-    if out.get("images"):
-        im = out["images"]
+        + ("fits" if est.fits else "[red]does not fit[/red]") + ") \\[source: {}]", est.batch_size,
+        " packed" if est.packed else "", est.tokens_per_microbatch, est.peak_memory_gib, detail, est.memory_source)
+    say("  attention: {}", est.attention_kernel)
+    if est.images:
+        im = est.images
         say("  images: {} per example, each up to {}x{} px → grid {} → {} tokens ({} per example, in max_seq_len)",
             im["images_per_example"], *im["image_size"], "x".join(map(str, im["image_grid_thw"])),
             im["tokens_per_image"], im["image_tokens_per_example"])
-        if out.get("est_seconds_per_micro_batch") is not None:
-            say("  time: {:.2f} s per micro-batch ({})", out["est_seconds_per_micro_batch"], out["est_note"])
+        if est.est_seconds_per_micro_batch is not None:
+            say("  time: {:.2f} s per micro-batch ({})", est.est_seconds_per_micro_batch, est.est_note)
     say("  where it goes (GiB): {}", ", ".join(f"{k.removesuffix('_gib')} {v:.2f}"
-                                              for k, v in out["memory_breakdown_gib"].items()))
-    say("max batch that fits: {}; recommended: {} × accumulation {}", out["max_batch_size"],
-        out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"])
-    for r in out["reasons"]:
+                                              for k, v in est.memory_breakdown_gib.items()))
+    say("max batch that fits: {}; recommended: {} × accumulation {}", est.max_batch_size,
+        est.recommended_batch_size, est.recommended_gradient_accumulation_steps)
+    for r in est.reasons:
         say("  - {}", r)
 
 

@@ -13,6 +13,7 @@ from tunelab.errors import TunelabError
 
 def output_adapters() -> dict[str, TypeAdapter[Any]]:
     """Command → the type of its --json output."""
+    from tunelab.estimate.config_estimate import ConfigEstimate
     from tunelab.mcp import models as m
 
     built = TypeAdapter(m.BuiltOut)
@@ -23,7 +24,7 @@ def output_adapters() -> dict[str, TypeAdapter[Any]]:
             "cancel": TypeAdapter(m.CancelOut), "eval": TypeAdapter(m.EvalOut), "report": TypeAdapter(m.ReportOut),
             "ingest": TypeAdapter(m.IngestOut), "adopt": TypeAdapter(m.AdoptOut),
             "compare": TypeAdapter(m.CompareOut), "export": TypeAdapter(m.ExportOut),
-            "archive": TypeAdapter(m.ArchiveOut), "estimate": TypeAdapter(m.EstimateOut), "data": built,
+            "archive": TypeAdapter(m.ArchiveOut), "estimate": TypeAdapter(ConfigEstimate), "data": built,
             "models": built, "skills": built}
 
 

@@ -1,4 +1,4 @@
-"""`tunelab estimate`: memory, batch size, packing and time for one configuration, machine-readable."""
+"""`tunelab estimate`: memory, batch size, packing and time for one configuration (a ConfigEstimate)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
+from tunelab.estimate.config_estimate import ConfigEstimate
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
@@ -47,7 +48,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                     target_effective_batch: int = 16, chat_template: str = "auto",
                     system_prompt: str | None = None, processes: int = 1, strategy: str | None = None,
                     images_per_example: int = 0, min_pixels: int | None = None,
-                    max_pixels: int | None = None) -> dict[str, Any]:
+                    max_pixels: int | None = None) -> ConfigEstimate:
     """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).
     chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use.
     processes/strategy: memory per device of an N-GPU run (DDP or FSDP).
@@ -94,7 +95,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     if data:
         accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
         out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
-    return out
+    return ConfigEstimate(**out)
 
 
 def _memory_fields(mem: MemoryFigure, gpu: GPU, bp: BatchPlan, b: int, shape: StepShape,

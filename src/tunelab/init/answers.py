@@ -82,10 +82,10 @@ def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     ranks = [r for r in answers.vary.get("lora_rank", []) if isinstance(r, int)] or [TrainingConfig().lora_rank]
     t = TrainingConfig(lora_rank=max(ranks))
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
-    out = estimate_config(answers.models[0], gpu, t.max_seq_len, inputs,
+    est = estimate_config(answers.models[0], gpu, t.max_seq_len, inputs,
                           dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs)
-    return BatchProposal(out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"],
-                         out["packed"], out["reasons"])
+    return BatchProposal(est.recommended_batch_size, est.recommended_gradient_accumulation_steps, est.packed,
+                         est.reasons)
 
 
 def parse_level(text: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tunelab.execute.status import RowState, StatusRow
 from tunelab.ledger.history import HistoryRun
@@ -329,27 +329,3 @@ class BuiltOut(BaseModel):
     paths: list[str] = Field(description="What was written (a dataset file, a model directory, skill folders).")
     built: bool = Field(default=True, description="False: the path already held it and nothing was written.")
     parameters: int | None = Field(default=None, description="A model's parameter count.")
-
-
-class EstimateOut(BaseModel):
-    """`estimate --json`: one configuration's memory, micro-batch and (with a dataset) time estimate. The keys
-    below are stable; the rest (the breakdown's parts, dataset and image measurements) are kept as they come."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(description="The architecture estimated (a known name or the model directory's).")
-    gpu: str = Field(description="The GPU estimated for.")
-    gpu_memory_gib: float = Field(description="Its memory, as the device reports its total.")
-    max_seq_len: int = Field(description="Tokens per sequence.")
-    processes: int = Field(description="GPUs one run trains on (memory is per GPU).")
-    batch_size: int = Field(description="The micro-batch the peak is for.")
-    packed: bool = Field(description="Sequences packed (padding-free).")
-    tokens_per_microbatch: int = Field(description="Tokens in the largest micro-batch (what memory depends on).")
-    peak_memory_gib: float = Field(description="Predicted peak per GPU: reserved + CUDA context (what must fit).")
-    memory_source: str = Field(description="Where the peak came from (simulated step, or the analytic model).")
-    memory_breakdown_gib: dict[str, float] = Field(description="Where the memory goes, GiB per part.")
-    fits: bool = Field(description="The peak fits the GPU's memory.")
-    max_batch_size: int | None = Field(description="The largest micro-batch that fits.")
-    recommended_batch_size: int = Field(description="The micro-batch the planner would choose.")
-    recommended_gradient_accumulation_steps: int = Field(description="Accumulation keeping the effective batch.")
-    reasons: list[str] = Field(description="The rule that decided the micro-batch, and what the largest would give.")
