@@ -9,7 +9,9 @@ from tunelab.estimate.runs import choose_strategy
 from tunelab.estimate.speed import SCALING_EFFICIENCY
 from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
-from tunelab.spec import ResourcesSpec
+from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.summary import Summary
+from tunelab.spec import ResourcesSpec, Strategy
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +28,23 @@ def test_processes_per_run_defaults():
     assert res().strategy(1, cuda=True) is None
     assert res().strategy(2, cuda=True) == "ddp" and res(distributed="fsdp").strategy(2, cuda=True) == "fsdp"
     assert res(distributed="fsdp").strategy(2, cuda=False) == "ddp"  # accelerate shards on accelerators only
+
+
+def test_a_strategy_is_one_vocabulary_from_the_spec_to_run_yaml_and_back():
+    """The spec's word, the plan's choice and run.yaml's estimate are Strategy members; their files keep the
+    words (a spec or run.yaml written by hand or by an older version reads the same)."""
+    spec = ResourcesSpec(distributed="fsdp")
+    assert spec.distributed is Strategy.FSDP and ResourcesSpec().distributed == "auto"
+    assert spec.model_dump(mode="json")["distributed"] == "fsdp"
+    assert choose_strategy("ddp", 2, None, None, None) is Strategy.DDP
+    back = RunEstimate.model_validate(RunEstimate(strategy=Strategy.FSDP).to_dict())
+    assert back.to_dict()["strategy"] == "fsdp" and back.strategy is Strategy.FSDP
+    with pytest.raises(ValueError, match="distributed"):
+        ResourcesSpec(distributed="zero3")
+    # what the trainer applied, in summary.json: a word this version does not know reads as unknown
+    assert Summary.from_json({"distributed": "ddp"}).distributed is Strategy.DDP
+    assert Summary.from_json({"distributed": "deepspeed"}).distributed is None
+    assert Summary(distributed=Strategy.FSDP).to_json()["distributed"] == "fsdp"
 
 
 def test_fsdp_memory_is_sharded_and_chosen_only_when_the_whole_model_does_not_fit():
@@ -48,7 +67,7 @@ def test_four_gpus_per_run_divide_steps_and_time_and_multiply_gpu_hours(write_sp
     one = make_plan(write_spec(), gpu=gpu).estimates["tiny_r4"]
     plan = make_plan(write_spec(resources={"gpus_per_run": 4}), gpu=gpu)
     four = plan.estimates["tiny_r4"]
-    assert (one.processes, four.processes) == (1, 4) and four.strategy == "ddp"
+    assert (one.processes, four.processes) == (1, 4) and four.strategy is Strategy.DDP
     assert one.steps == 40 and four.steps == 10  # 320 examples / (8 × 4) per optimizer step
     assert (one.effective_batch, four.effective_batch) == (8, 32)
     assert four.peak_memory_gib == one.peak_memory_gib  # DDP: the whole model on each device

@@ -1,7 +1,7 @@
 """One StrEnum per vocabulary (docs/architecture.md, Vocabularies), compared as members outside its owner:
 run states (rundir/layout.py), job states (execute/job_states.py), failure verdicts (execute/failures.py),
 status rows and evaluation states (execute/status.py), memory counters (rundir/memory.py), executor names
-(spec/resources.py), job and group kinds (execute/executor.py).
+and distributed strategies (spec/resources.py), job and group kinds (execute/executor.py).
 Each enum's logic is checked against an expectation written by hand: Slurm's documented state list, the
 retry policy's table, a status row built from real run files and jobs."""
 
@@ -36,9 +36,9 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.experiment import task_names
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.memory import MemoryKind
-from tunelab.spec import ExecutorKind, ResourcesSpec
+from tunelab.spec import ExecutorKind, ResourcesSpec, Strategy
 
-VOCABULARIES: tuple[type[StrEnum], ...] = (RunState, JobState, FailureKind, RowState, EvalState, MemoryKind)
+VOCABULARIES: tuple[type[StrEnum], ...] = (RunState, JobState, FailureKind, RowState, EvalState, MemoryKind, Strategy)
 # Vocabularies whose words are other things' words too (a split is "train", `slurm.pack` may be "node"): a
 # comparison with one of their words counts where the other side is named `kind` (kind, job.kind, group.kind).
 KINDS: tuple[type[StrEnum], ...] = (JobKind, GroupKind)

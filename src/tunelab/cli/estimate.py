@@ -14,6 +14,7 @@ from tunelab.cli.common import add_commands
 from tunelab.cli.jsonout import emit, json_option
 from tunelab.console import error, say, warn
 from tunelab.errors import TunelabError
+from tunelab.spec.resources import Strategy
 
 if TYPE_CHECKING:
     from tunelab.catalog import GPU
@@ -132,8 +133,8 @@ def estimate_cmd(
     attention: str = typer.Option("auto", "--attention", help="As training.attention: auto (varlen when packed, else "
                                   "sdpa), varlen, sdpa (dense mask when packed), eager, flash_attention_2, flex_attention."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU)."),
-    strategy: str = typer.Option("ddp", "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
-                                 "(sharded)."),
+    strategy: Strategy = typer.Option(Strategy.DDP, "--strategy", help="With --gpus > 1: ddp (a replica per GPU) "
+                                      "or fsdp (sharded)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs, for steps and time (default: the "
@@ -171,8 +172,6 @@ def estimate_cmd(
     if chat_template not in ("auto", "always", "never"):
         raise TunelabError(f"unknown chat template mode {chat_template!r}: use auto, always or never",
                            field="--chat-template")
-    if strategy not in ("ddp", "fsdp"):
-        raise TunelabError(f"unknown strategy {strategy!r}: use ddp or fsdp", field="--strategy")
     est = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
                           dataset, prompt, training.epochs, effective_batch, chat_template=chat_template,
                           system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None,

@@ -14,6 +14,7 @@ from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
+from tunelab.spec.resources import Strategy
 
 if TYPE_CHECKING:
     from tunelab.estimate.dataset import DatasetMeasurement
@@ -46,7 +47,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                     batch_size: int | None = None, packed: bool | None = None,
                     dataset: str | Path | None = None, prompt: str | None = None, epochs: int = 1,
                     target_effective_batch: int = 16, chat_template: str = "auto",
-                    system_prompt: str | None = None, processes: int = 1, strategy: str | None = None,
+                    system_prompt: str | None = None, processes: int = 1, strategy: Strategy | None = None,
                     images_per_example: int = 0, min_pixels: int | None = None,
                     max_pixels: int | None = None) -> ConfigEstimate:
     """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.spec.resources import Strategy
+
 
 class ConfigEstimate(BaseModel):
     """One configuration's memory, micro-batch and (with a dataset) time estimate."""
@@ -31,7 +33,7 @@ class ConfigEstimate(BaseModel):
     gradient_checkpointing: bool = Field(description="Activations recomputed in the backward pass.")
     quantize: str | None = Field(description="4bit: QLoRA's NF4 base (None: not quantized).")
     processes: int = Field(description="GPUs one run trains on (memory is per GPU).")
-    strategy: str | None = Field(description="ddp or fsdp with several GPUs (None: one).")
+    strategy: Strategy | None = Field(description="ddp or fsdp with several GPUs (None: one).")
     attention: str = Field(description="The attention implementation resolved for this configuration.")
     attention_kernel: str = Field(description="That implementation in words (kernel, mask).")
     # the micro-batch's memory

@@ -18,6 +18,7 @@ from typing import Any
 from tunelab.catalog import Architecture, resolve_architecture
 from tunelab.estimate.memory import MemoryEstimate, MemoryInputs, estimate_memory
 from tunelab.estimate.simulator import SimulatedMemory, StepShape, simulate
+from tunelab.spec.resources import Strategy
 
 SIMULATED = "simulated: tunelab's training step"
 LIMIT_BATCH = 256  # micro-batches searched (rows); a plan never wants more, and huge shapes simulate slowly
@@ -72,12 +73,12 @@ def step_shape(batch: int, max_seq_len: int, packed: bool, longest: int | None) 
 
 
 def predict_peak(model: str | Path, inputs: MemoryInputs, shape: StepShape, processes: int = 1,
-                 strategy: str | None = None, arch: Architecture | None = None) -> MemoryFigure:
+                 strategy: Strategy | None = None, arch: Architecture | None = None) -> MemoryFigure:
     """Simulated peak of one device (the analytic model as explanation, or as fallback with the reason)."""
     arch = arch or resolve_architecture(model)
     if inputs.images_per_example:  # the images ride in every row (their tokens inside the row's length)
         shape = replace(shape, images_per_row=inputs.images_per_example, image_grid=inputs.image_grid)
-    shards = processes if strategy == "fsdp" else 1
+    shards = processes if strategy == Strategy.FSDP else 1
     analytic = estimate_memory(arch, shape.tokens, inputs, shards=shards)
     try:
         sim = simulate(model_config_of(model), inputs.step_config(), shape, processes, strategy)
@@ -97,7 +98,7 @@ def fits(figure: MemoryFigure, gpu_memory_gib: float, safety: float = 1.0) -> bo
 
 def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, max_seq_len: int,
                         packed: bool, longest: int | None, limit: int = LIMIT_BATCH, processes: int = 1,
-                        strategy: str | None = None) -> int:
+                        strategy: Strategy | None = None) -> int:
     """Largest micro-batch whose simulated requirement fits `budget_gib` (0 if not even 1 does).
 
     Memory grows with the micro-batch as a polynomial of degree two at most (activations linearly, a

@@ -26,7 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
-from tunelab.spec import TrainingConfig
+from tunelab.spec import Strategy, TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -126,20 +126,20 @@ def _training(cfg: RunConfig) -> TrainingConfig:
 
 
 def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
-                arch: Architecture | None = None) -> tuple[MemoryFigure, str | None]:
+                arch: Architecture | None = None) -> tuple[MemoryFigure, Strategy | None]:
     """The simulated peak of one device and the strategy the run trains with on `nproc` devices: DDP (the whole
     model on each), or FSDP when the spec asks for it or only the sharded run fits. Plan and validate share it."""
-    whole = predict_peak(cfg.model.path, inputs, shape, nproc, "ddp" if nproc > 1 else None, arch)
+    whole = predict_peak(cfg.model.path, inputs, shape, nproc, Strategy.DDP if nproc > 1 else None, arch)
     if nproc <= 1:
         return whole, None
-    sharded = predict_peak(cfg.model.path, inputs, shape, nproc, "fsdp", arch)
+    sharded = predict_peak(cfg.model.path, inputs, shape, nproc, Strategy.FSDP, arch)
     strategy = choose_strategy(cfg.resources.distributed, nproc, whole.required_gib, sharded.required_gib,
                                gpu.memory_gib)
-    return (sharded if strategy == "fsdp" else whole), strategy
+    return (sharded if strategy == Strategy.FSDP else whole), strategy
 
 
 def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
-                history: list[HistoryRun]) -> tuple[float, str, str | None]:
+                history: list[HistoryRun]) -> tuple[float, str, Strategy | None]:
     """(GiB per device that must fit, its source, strategy): simulated (device_peak), or on one process the
     history's measured peak of exactly this configuration in place of the simulated figure it measured
     (estimate/measured.py: an allocated peak + the simulated reserved − allocated slack + CUDA context)."""
@@ -152,8 +152,8 @@ def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longes
         inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
                             shape.seq_len)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
-    source = figure.source + {"fsdp": f", FSDP: sharded over {nproc} devices",
-                              "ddp": ", DDP: the whole model on each device"}.get(strategy or "", "")
+    source = figure.source + {Strategy.FSDP: f", FSDP: sharded over {nproc} devices",
+                              Strategy.DDP: ", DDP: the whole model on each device", None: ""}[strategy]
     if nproc == 1:
         row = measured_peak(history, gpu, arch, MemoryConfig.planned(t, inputs, shape.tokens))
         measured = measured_requirement(row, figure) if row is not None else None
@@ -184,17 +184,17 @@ def slurm_time_limit(seconds: float) -> str:
 
 
 def choose_strategy(distributed: str, processes: int, full_peak_gib: float | None, sharded_peak_gib: float | None,
-                    gpu_memory_gib: float | None) -> str | None:
+                    gpu_memory_gib: float | None) -> Strategy | None:
     """How N processes train: the spec's choice, or (auto) DDP unless the whole model does not fit one
     device and the sharded one does (FSDP). None on one process."""
     if processes <= 1:
         return None
     if distributed != "auto":
-        return distributed
+        return Strategy(distributed)
     if full_peak_gib is not None and gpu_memory_gib and full_peak_gib > gpu_memory_gib \
             and sharded_peak_gib is not None and sharded_peak_gib <= gpu_memory_gib:
-        return "fsdp"
-    return "ddp"
+        return Strategy.FSDP
+    return Strategy.DDP
 
 
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
@@ -243,7 +243,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     train_tokens = tokens_epoch * t.epochs * steps / full_steps
     tokens_mb = step_shape(t.batch_size, t.max_seq_len, t.packing, max(lengths)).tokens
     peak = gpu_mem = None
-    strategy = "ddp" if nproc > 1 else None
+    strategy = Strategy.DDP if nproc > 1 else None
     mem_source = "not modelled on CPU"
     if gpu is not None:
         peak, mem_source, strategy = _run_memory(cfg, gpu, arch, nproc, max(lengths), history)

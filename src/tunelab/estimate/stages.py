@@ -14,6 +14,7 @@ from tunelab.estimate.runs import estimate_run, slurm_time_limit
 from tunelab.rundir.estimate import RunEstimate, StageEstimate
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
+from tunelab.spec.resources import Strategy
 
 Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]  # train and validation token lengths of a run
 
@@ -55,7 +56,7 @@ def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
     tps = sum(p.train_tokens for p in parts) / train_total_s if len(train_s) == len(parts) and train_total_s else None
     startups = [p.startup_s for p in parts]
     gpu_hours = [p.gpu_hours for p in parts]
-    strategy = "fsdp" if any(p.strategy == "fsdp" for p in parts) else worst.strategy  # the job picks one
+    strategy = Strategy.FSDP if any(p.strategy == Strategy.FSDP for p in parts) else worst.strategy  # the job picks one
     where = next(s.name for s, p in zip(cfg.stages, parts) if p is worst)
     return RunEstimate(
         run=cfg.name,

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from tunelab.spec.resources import Strategy
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -51,7 +53,7 @@ class RunEstimate(_Record):
     gpu_hours: float | None = None
     slurm_time_limit: str | None = None  # estimate × margin, rounded up; used when the user sets none
     processes: int = 1  # training processes (devices) of the run
-    strategy: str | None = None  # "ddp" | "fsdp" with several processes
+    strategy: Strategy | None = None  # with several processes
     effective_batch: int = 0  # micro-batch × accumulation × processes
     scaling_efficiency: float | None = None  # throughput of N devices / (N × one device's)
     train_tokens: int = 0  # tokens the whole run trains on (every epoch, cut at max_steps)

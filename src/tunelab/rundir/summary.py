@@ -14,6 +14,7 @@ from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
 from tunelab.rundir.stages import StageRecord
+from tunelab.spec.resources import Strategy
 
 
 @dataclass(kw_only=True)
@@ -92,7 +93,7 @@ class Summary(JsonRecord):
     data_wait_s: float | None = None
     data_wait_fraction: float | None = None  # of training time
     world_size: int | None = None
-    distributed: str | None = None  # ddp | fsdp | None (one process)
+    distributed: Strategy | None = None  # what the trainer applied (None: one process)
     effective_batch_size: int | None = None
     trainable_params: int | None = None
     total_params: int | None = None
@@ -115,6 +116,8 @@ class Summary(JsonRecord):
         out = dict(known)
         if "memory_kind" in out:
             out["memory_kind"] = MemoryKind.read(out["memory_kind"])
+        if "distributed" in out:
+            out["distributed"] = Strategy.read(out["distributed"])
         if isinstance(out.get("step_cost"), dict):
             out["step_cost"] = StepCost.from_json(out["step_cost"])
         if isinstance(out.get("packing"), dict):

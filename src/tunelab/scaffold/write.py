@@ -18,7 +18,7 @@ from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load
 from tunelab.plan.planner import Plan, make_plan, write_provenance
 from tunelab.plan.markdown import render_plan_md
 from tunelab.rundir.config import RUN_FILE, RunConfig
-from tunelab.spec import resolve_path
+from tunelab.spec import Strategy, resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab.scaffold", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
 
@@ -81,8 +81,8 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
         if cfg.name in plan.estimates:
             est = plan.estimates[cfg.name]
             update: dict = {"estimate": est}
-            if cfg.resources.distributed == "auto" and est.strategy == "fsdp":  # the plan's choice, for the job
-                update["resources"] = cfg.resources.model_copy(update={"distributed": "fsdp"})
+            if cfg.resources.distributed == "auto" and est.strategy == Strategy.FSDP:  # the plan's choice, for the job
+                update["resources"] = cfg.resources.model_copy(update={"distributed": Strategy.FSDP})
             plan.runs[i] = cfg.model_copy(update=update)
     texts = {cfg.name: dump_yaml(cfg.model_dump(mode="json")) for cfg in plan.runs}
     changed = _changed_configs(plan, texts)

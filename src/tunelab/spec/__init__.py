@@ -23,14 +23,14 @@ from tunelab.spec.experiment import (
     parse_spec,
     template_fields,
 )
-from tunelab.spec.resources import ExecutorKind, ResourcesSpec, SlurmSpec
+from tunelab.spec.resources import ExecutorKind, ResourcesSpec, SlurmSpec, Strategy
 from tunelab.spec.stages import StageSpec
 from tunelab.spec.training import TrainingConfig
 
 __all__ = [
     "AXES", "BUILTIN_TASKS", "DEFAULT_TEMPLATE_DATE", "FACTOR_ABBREVIATIONS", "SLUG", "SPLIT_NAMES", "DatasetSpec",
     "EpochChoice", "EvalOnlySpec", "EvalSpec", "ExecutorKind", "ExperimentSpec", "ModelSpec", "ResourcesSpec", "RowFormat",
-    "SlurmSpec", "Slug", "SplitFractions", "StageSpec", "TaskSpec", "TrainingConfig", "_Strict", "factor_field", "format_validation_error",
+    "SlurmSpec", "Slug", "SplitFractions", "StageSpec", "Strategy", "TaskSpec", "TrainingConfig", "_Strict", "factor_field", "format_validation_error",
     "json_schema", "load_spec", "load_yaml_model", "parse_spec", "resolve_path", "template_fields",
     "validate_mapping",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
@@ -74,6 +74,22 @@ class SlurmSpec(_Strict):
         return out
 
 
+class Strategy(StrEnum):
+    """How several processes train one run (resources.distributed; the plan's and the job's choice): DDP, a
+    full model per device, or FSDP, the model sharded across them."""
+
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+    @classmethod
+    def read(cls, value: Any) -> Strategy | None:
+        """The strategy a file's value names; None for no value or a word this version does not know."""
+        try:
+            return cls(value) if value is not None else None
+        except ValueError:
+            return None
+
+
 class ExecutorKind(StrEnum):
     """The executors a spec (or `--executor`) may name. execute/executors.py registers one class per member
     (tests/unit/test_vocabularies.py holds the two equal); the names live here because the spec sits below
@@ -89,7 +105,7 @@ class ResourcesSpec(_Strict):
     nproc_per_run: int | None = Field(
         None, ge=1, description="Training processes per run (torchrun; gloo on CPU). Default: gpus_per_run on a "
         "machine with GPUs, 1 on CPU.")
-    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+    distributed: Literal["auto"] | Strategy = Field(
         "auto", description="How a run with several processes trains: DDP (a full model per device) or FSDP "
         "(sharded). auto: FSDP when the plan predicts the model does not fit one device, else DDP.")
     runs_per_gpu: int = Field(
@@ -111,13 +127,13 @@ class ResourcesSpec(_Strict):
             return self.nproc_per_run
         return max(1, self.gpus_per_run) if cuda_devices > 0 else 1
 
-    def strategy(self, world_size: int, cuda: bool) -> str | None:
-        """None on one process; else "fsdp" when `distributed` says so (the plan resolves `auto` at scaffold
+    def strategy(self, world_size: int, cuda: bool) -> Strategy | None:
+        """None on one process; else FSDP when `distributed` says so (the plan resolves `auto` at scaffold
         time, see estimate.runs) and the processes have GPUs — accelerate shards with FSDP on accelerators
-        only, so CPU processes train with DDP over gloo — and "ddp" otherwise."""
+        only, so CPU processes train with DDP over gloo — and DDP otherwise."""
         if world_size <= 1:
             return None
-        return "fsdp" if self.distributed == "fsdp" and cuda else "ddp"
+        return Strategy.FSDP if self.distributed == Strategy.FSDP and cuda else Strategy.DDP
 
     @field_validator("gpu")
     @classmethod

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tunelab.spec.resources import Strategy
+
 # Set by torchrun in every worker; its absence means "not launched by torchrun".
 _WORLD_ENV = "WORLD_SIZE"
 
@@ -34,7 +36,7 @@ def is_worker() -> bool:
     return _WORLD_ENV in os.environ
 
 
-def trainer_args(strategy: str | None, cuda: bool) -> dict[str, Any]:
+def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
     """Trainer arguments of a strategy: the Trainer (through accelerate) wraps the model in DDP or FSDP
     itself once torchrun started the processes; CPU processes talk over gloo, GPUs over NCCL."""
     if strategy is None:
@@ -42,7 +44,7 @@ def trainer_args(strategy: str | None, cuda: bool) -> dict[str, Any]:
     args: dict[str, Any] = {"ddp_find_unused_parameters": False}
     if not cuda:
         args["ddp_backend"] = "gloo"
-    if strategy == "fsdp":
+    if strategy == Strategy.FSDP:
         # PyTorch FSDP (version 2, per-parameter sharding): each decoder layer is one unit, the frozen base
         # weights and the LoRA weights sharded alike across the run's processes.
         # A full state dict at saves: the adapter files of a checkpoint look as on one device (epoch_N, resume).
@@ -52,13 +54,13 @@ def trainer_args(strategy: str | None, cuda: bool) -> dict[str, Any]:
     return args
 
 
-def applied_strategy(trainer) -> str | None:
-    """What the trainer really wrapped the model in (not what was asked): "fsdp", "ddp" or None."""
+def applied_strategy(trainer) -> Strategy | None:
+    """What the trainer really wrapped the model in (not what was asked): FSDP, DDP or None."""
     from torch.nn.parallel import DistributedDataParallel
 
     if getattr(trainer, "is_fsdp_enabled", False):
-        return "fsdp"
-    return "ddp" if isinstance(getattr(trainer, "model_wrapped", None), DistributedDataParallel) else None
+        return Strategy.FSDP
+    return Strategy.DDP if isinstance(getattr(trainer, "model_wrapped", None), DistributedDataParallel) else None
 
 
 def is_initialized() -> bool:

@@ -32,7 +32,7 @@ from tunelab.rundir.status import StatusWriter, now_iso
 from tunelab.train.held import HeldFiles
 from tunelab.rundir.summary import PackingStats, StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
-from tunelab.spec import TrainingConfig
+from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import pipeline_summary
@@ -196,7 +196,7 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
     return Trained(summary, end_counters)
 
 
-def _log_start(cfg: RunConfig, ctx: StageContext, dtype: Any, strategy: str | None, resume_from: Path | None
+def _log_start(cfg: RunConfig, ctx: StageContext, dtype: Any, strategy: Strategy | None, resume_from: Path | None
                ) -> None:
     import torch
 
@@ -204,7 +204,7 @@ def _log_start(cfg: RunConfig, ctx: StageContext, dtype: Any, strategy: str | No
         + (f", {ctx.label()} on {cfg.dataset.name}" if ctx.name else "")
         + (f", {world().size} processes ({strategy})" if strategy else "")
         + (f", resuming from {resume_from.name}" if resume_from else ""))
-    if cfg.resources.distributed == "fsdp" and strategy == "ddp":
+    if cfg.resources.distributed == Strategy.FSDP and strategy == Strategy.DDP:
         log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
 
 

@@ -14,7 +14,7 @@ from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.summary import PackingStats, StepCost, Summary
 from tunelab.rundir.config import RunConfig
-from tunelab.spec import TrainingConfig
+from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.dataloading import Pipeline
 
 
@@ -86,7 +86,7 @@ class RunFacts:
     """What the run ran on: processes, batch, parameters, device, library versions."""
 
     world_size: int
-    distributed: str | None
+    distributed: Strategy | None
     effective_batch_size: int
     trainable_params: int
     total_params: int
@@ -103,7 +103,7 @@ class RunFacts:
 
 
 def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,
-              strategy: str | None) -> RunFacts:
+              strategy: Strategy | None) -> RunFacts:
     import peft
     import torch
     import transformers

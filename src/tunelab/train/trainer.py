@@ -14,7 +14,7 @@ from tunelab.models.vlm import is_vision_language, lora_targets
 from tunelab.device import resolve_dtype
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.config import RunConfig
-from tunelab.spec import TrainingConfig
+from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train import quantize
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
@@ -115,7 +115,8 @@ def build_datasets(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any | None]:
     return encode("train"), val
 
 
-def _sft_config(t: TrainingConfig, state_dir: Path, dtype: Any, validate: bool, strategy: str | None = None) -> Any:
+def _sft_config(t: TrainingConfig, state_dir: Path, dtype: Any, validate: bool, strategy: Strategy | None = None
+                ) -> Any:
     import torch
     from trl import SFTConfig
 

@@ -17,6 +17,7 @@ from typing import Any
 from tunelab.compat import library_versions
 from tunelab.diskcache import cached_json
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
+from tunelab.spec.resources import Strategy
 
 GIB = 2**30
 # The CUDA context (driver, kernels loaded lazily, cuBLAS handle) sits outside PyTorch's allocator; about
@@ -44,7 +45,7 @@ class SimulatedMemory:
     tokens: int
     trainable_params: int
     processes: int = 1
-    strategy: str | None = None
+    strategy: Strategy | None = None
     seconds: float = 0.0
     scalar_queries: int = 0
     versions: dict[str, str] = field(default_factory=dict)
@@ -76,18 +77,18 @@ def _code_stamp() -> str:
 
 
 def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int = 1,
-             strategy: str | None = None, exact: bool = False) -> SimulatedMemory:
+             strategy: Strategy | None = None, exact: bool = False) -> SimulatedMemory:
     """Simulated peak memory of one device for this model, configuration and micro-batch (cached).
     exact: simulate every layer instead of extrapolating from two depths (slower; same allocated peak)."""
     c = replace(c, gradient_accumulation_steps=min(c.gradient_accumulation_steps, 2))  # 2 or more: alike
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "processes": processes,
            "strategy": strategy, "exact": exact, "versions": library_versions(), "code": _code_stamp()}
     value = cached_json("memsim", key, lambda: _simulate(model_config, c, shape, processes, strategy, exact).to_dict())
-    return SimulatedMemory(**value)
+    return SimulatedMemory(**{**value, "strategy": Strategy(value["strategy"]) if value["strategy"] else None})
 
 
 def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
-              strategy: str | None, exact: bool = False) -> SimulatedMemory:
+              strategy: Strategy | None, exact: bool = False) -> SimulatedMemory:
     """Decoder layers are alike, so every byte count is an affine function of their number at each moment of
     the step: deep models are simulated at 2 and 4 layers and each phase's peak extrapolated linearly (the
     peak is the largest extrapolated phase peak). Exact for identical layers; tests compare it with full
@@ -145,7 +146,7 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
 
 
 def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
-                    strategy: str | None, replay: bool = True) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
+                    strategy: Strategy | None, replay: bool = True) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
     from tunelab.compat import quiet_known_library_warnings
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
@@ -160,7 +161,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
         layer = _largest_layer_bytes(model)
         tracker.allocator.reset_peaks()
-        marks = run_steps(model, c, shape, tracker, ddp=strategy == "ddp" and processes > 1, replay=replay)
+        marks = run_steps(model, c, shape, tracker, ddp=strategy == Strategy.DDP and processes > 1, replay=replay)
     peak = tracker.peak_phase()
     weights = marks["model"] - trainable
     optimizer = marks["before_last_step"] - marks["model"] - marks["ddp_buckets"]
@@ -174,7 +175,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         processes=processes, strategy=strategy, scalar_queries=tracker.scalar_queries,
         versions=library_versions())
     phases = {p.phase: (p.allocated, p.reserved) for p in tracker.peaks.values()}
-    if strategy == "fsdp" and processes > 1:
+    if strategy == Strategy.FSDP and processes > 1:
         saved = _shard(sim, processes, layer)
         phases = {p: (al - saved, re - saved) for p, (al, re) in phases.items()}
     return sim, phases
