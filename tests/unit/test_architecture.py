@@ -103,7 +103,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
 FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "device", "errors", "fsutil", "console",
-                        "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup", "__init__"})
+                        "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup", "vocabulary",
+                        "__init__"})
 
 
 def package_edges(graph: grimp.ImportGraph) -> dict[tuple[str, str], list[str]]:

@@ -3,15 +3,15 @@ history and the report, so a figure recorded by one is labelled and compared lik
 
 from __future__ import annotations
 
-from enum import StrEnum
 from collections.abc import Iterable
-from typing import Any
+
+from tunelab.vocabulary import Vocabulary
 
 # names older tunelab versions wrote for a counter, read as today's
 _OLD_NAMES = {"cpu_max_rss": "host_max_rss"}
 
 
-class MemoryKind(StrEnum):
+class MemoryKind(Vocabulary):  # read(): old names included (_missing_)
     CUDA_MAX_ALLOCATED = "cuda_max_allocated"  # torch.cuda.max_memory_allocated: tensors live at the peak
     CUDA_MAX_RESERVED = "cuda_max_reserved"  # torch.cuda.max_memory_reserved: the caching allocator's pool
     CUDA_MAX_ACTIVE = "cuda_max_active"  # allocated plus blocks freed but not yet reusable (torchtune)
@@ -22,14 +22,6 @@ class MemoryKind(StrEnum):
     def _missing_(cls, value: object) -> MemoryKind | None:
         old = _OLD_NAMES.get(value) if isinstance(value, str) else None
         return cls(old) if old else None
-
-    @classmethod
-    def read(cls, value: Any) -> MemoryKind | None:
-        """The kind a file's value names (old names included); None for no value or one this version does not know."""
-        try:
-            return cls(value) if value is not None else None
-        except ValueError:
-            return None
 
     @property
     def label(self) -> str:

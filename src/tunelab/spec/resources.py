@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
 from tunelab.spec.base import _Strict
+from tunelab.vocabulary import Vocabulary
 
 
 _TIME_LIMIT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -74,20 +75,12 @@ class SlurmSpec(_Strict):
         return out
 
 
-class Strategy(StrEnum):
+class Strategy(Vocabulary):
     """How several processes train one run (resources.distributed; the plan's and the job's choice): DDP, a
     full model per device, or FSDP, the model sharded across them."""
 
     DDP = "ddp"
     FSDP = "fsdp"
-
-    @classmethod
-    def read(cls, value: Any) -> Strategy | None:
-        """The strategy a file's value names; None for no value or a word this version does not know."""
-        try:
-            return cls(value) if value is not None else None
-        except ValueError:
-            return None
 
 
 class ExecutorKind(StrEnum):
