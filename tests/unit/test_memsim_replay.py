@@ -13,7 +13,7 @@ from test_memsim_vlm import GRID, tiny_config
 from tunelab.estimate.simulator import StepConfig, StepShape
 from tunelab.estimate.simulator import replay as replay_module
 from tunelab.estimate.simulator import run
-from tunelab.estimate.simulator.tracker import StorageTracker
+from tunelab.estimate.simulator.tracker import Malloc, StorageTracker
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 258, "tie_word_embeddings": False,
@@ -73,7 +73,7 @@ def _first_step(keep: bool = False, free_older: bool = False):
 def test_only_a_step_that_leaves_exactly_its_gradients_is_replayed():
     first, rec = _first_step()
     assert first is not None and [g.size for g in first.grads] == [(8, 8)]
-    mallocs = [e for e in rec.events if e[0] == "malloc"]
-    assert mallocs[-1][2] == 8 * 8 * 4  # the fp32 gradient, allocated last and kept
+    mallocs = [e for e in rec.events if isinstance(e, Malloc)]
+    assert mallocs[-1].nbytes == 8 * 8 * 4  # the fp32 gradient, allocated last and kept
     assert _first_step(keep=True)[0] is None  # a tensor kept past the step: the steps could differ
     assert _first_step(free_older=True)[0] is None  # it freed what an earlier phase allocated

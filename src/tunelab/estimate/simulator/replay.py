@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.estimate.simulator.tracker import Recording, StorageTracker
+from tunelab.estimate.simulator.tracker import Free, Malloc, Phase, Recording, StorageTracker
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ class FirstStep:
         """The first step, when it can be replayed (see the module docstring); else None."""
         made: set[int] = set()
         for event in rec.events:
-            if event[0] == "malloc":
-                made.add(event[1])
-            elif event[0] == "free":
-                if event[1] not in made:
+            if isinstance(event, Malloc):
+                made.add(event.handle)
+            elif isinstance(event, Free):
+                if event.handle not in made:
                     return None
-                made.discard(event[1])
+                made.discard(event.handle)
         grads = []
         for p in trainable:
             if p.grad is None:
@@ -65,8 +65,8 @@ class FirstStep:
 
     def replay_as(self, step: int) -> None:
         """Step `step`'s micro-batches: the recorded events under this step's phase names, then the gradients."""
-        phases = {e[1]: e[1].replace("step 1:", f"step {step}:", 1) for e in self.recording.events
-                  if e[0] == "phase"}
+        phases = {e.name: e.name.replace("step 1:", f"step {step}:", 1) for e in self.recording.events
+                  if isinstance(e, Phase)}
         live = self.tracker.replay(self.recording, phases)
         for g in self.grads:
             g.param.grad = self.tracker.adopt(g.empty, live[g.handle])

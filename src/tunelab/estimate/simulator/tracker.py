@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensor, FakeTensorMode
@@ -45,12 +46,33 @@ class PhasePeak:
     reserved: int
 
 
+class Malloc(NamedTuple):
+    """An allocation the allocator model made: its handle and size."""
+
+    handle: int
+    nbytes: int
+
+
+class Free(NamedTuple):
+    """An allocation given back."""
+
+    handle: int
+
+
+class Phase(NamedTuple):
+    """The step entered a phase (the peaks are kept per phase)."""
+
+    name: str
+
+
+Event = Malloc | Free | Phase
+
+
 @dataclass
 class Recording:
-    """The allocator's events in order (("malloc", handle, bytes), ("free", handle), ("phase", name)) and the
-    scalar queries answered meanwhile."""
+    """The allocator's events in order and the scalar queries answered meanwhile."""
 
-    events: list[tuple] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     scalar_queries: int = 0
 
 
@@ -77,7 +99,7 @@ class StorageTracker(FakeTensorMode):
         self.phase = phase
         self.peaks.setdefault(phase, PhasePeak(phase, self.allocator.allocated, self.allocator.reserved))
         if self._recording is not None:
-            self._recording.events.append(("phase", phase))
+            self._recording.events.append(Phase(phase))
 
     @property
     def allocated(self) -> int:
@@ -95,7 +117,7 @@ class StorageTracker(FakeTensorMode):
     def _malloc(self, nbytes: int) -> int:
         handle = self.allocator.malloc(nbytes)
         if self._recording is not None:
-            self._recording.events.append(("malloc", handle, nbytes))
+            self._recording.events.append(Malloc(handle, nbytes))
         peak = self.peaks.get(self.phase)
         if peak is None:
             self.peaks[self.phase] = PhasePeak(self.phase, self.allocator.allocated, self.allocator.reserved)
@@ -115,7 +137,7 @@ class StorageTracker(FakeTensorMode):
             del self._live[key]
             self.allocator.free(handle)
             if self._recording is not None:
-                self._recording.events.append(("free", handle))
+                self._recording.events.append(Free(handle))
 
     @contextmanager
     def recording(self) -> Iterator[Recording]:
@@ -133,12 +155,13 @@ class StorageTracker(FakeTensorMode):
         handle of the allocations still live at its end. (Every free must be of an allocation it made.)"""
         new: dict[int, int] = {}
         for event in rec.events:
-            if event[0] == "malloc":
-                new[event[1]] = self._malloc(event[2])
-            elif event[0] == "free":
-                self.allocator.free(new.pop(event[1]))
-            else:
-                self.set_phase(phases[event[1]])
+            match event:
+                case Malloc(handle, nbytes):
+                    new[handle] = self._malloc(nbytes)
+                case Free(handle):
+                    self.allocator.free(new.pop(handle))
+                case Phase(name):
+                    self.set_phase(phases[name])
         self.scalar_queries += rec.scalar_queries
         return new
 
