@@ -113,49 +113,76 @@ def _estimate_inputs(training: TrainingConfig, gpu: GPU, attention: str) -> Memo
     return dataclasses.replace(inputs, attention=attention)  # auto: resolved once packing is decided
 
 
+# `tunelab estimate`'s options, one per line in its signature below
+_MODEL = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B).")
+_GPU = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present.")
+_GPU_MEMORY_GIB = typer.Option(None, "--gpu-memory-gib", help="The GPU's memory in GiB, for a GPU the table lacks "
+                               "(or to override it).")
+_MAX_SEQ_LEN = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence.")
+_BATCH_SIZE = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for.")
+_PACKED = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data.")
+_LORA_RANK = typer.Option(None, "--lora-rank", help="LoRA rank (adapter size and optimizer state; default: the "
+                          "spec's, 8).")
+_LORA_ALPHA = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 × rank).")
+_LORA_TARGETS = typer.Option(None, "--lora-targets", help="Modules LoRA adapts (repeatable, e.g. q_proj), or "
+                             "all-linear (default).")
+_GRADIENT_CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", "--activation-checkpointing",
+                                       help="Recompute activations in the backward pass: less memory, more time.")
+_QUANTIZE = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes).")
+_ATTENTION = typer.Option("auto", "--attention", help="As training.attention: auto (varlen when packed, else sdpa), "
+                          "varlen, sdpa (dense mask when packed), eager, flash_attention_2, flex_attention.")
+_GPUS = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU).")
+_STRATEGY = typer.Option(Strategy.DDP, "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
+                         "(sharded).")
+_DATASET = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer.")
+_PROMPT = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with "
+                       "--dataset; chat and prompt/completion rows need none).")
+_EPOCHS = typer.Option(None, "--epochs", help="Training epochs, for steps and time (default: the spec's, 3).")
+_EFFECTIVE_BATCH = typer.Option(16, "--effective-batch", help="Target examples per optimizer step.")
+_DTYPE = typer.Option(None, "--dtype", help="Weights and activations: auto (the spec's default: bfloat16 on a GPU "
+                      "with bf16 tensor cores, else float32), bfloat16, float16 or float32.")
+_MODULES_TO_SAVE = typer.Option(None, "--modules-to-save", help="Modules trained in full beside LoRA, as in the "
+                                "spec (repeatable), e.g. lm_head.")
+_CHAT_TEMPLATE = typer.Option("auto", "--chat-template", help="auto, always or never: the prompt format measured "
+                              "(with --dataset), as the spec's chat_template.")
+_SYSTEM_PROMPT = typer.Option(None, "--system-prompt", help="System message for rows without one (with "
+                              "--dataset), as the spec's system_prompt.")
+_IMAGES_PER_EXAMPLE = typer.Option(0, "--images-per-example", min=0, help="Vision-language models: images in "
+                                   "every example (their tokens count in --max-seq-len).")
+_MIN_PIXELS = typer.Option(None, "--min-pixels", min=1, help="With images: each image resized to at least this "
+                           "many pixels (default: the model's processor's).")
+_MAX_PIXELS = typer.Option(None, "--max-pixels", min=1, help="With images: each image resized to at most this "
+                           "many pixels, the budget memory is planned for.")
+_JSON_OUT = typer.Option(False, "--json", help="Machine-readable output.")
+
+
 def estimate_cmd(
-    model: str = typer.Option(..., "--model", help="Local HF model dir or a known name (e.g. Llama-3.2-1B)."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. H100-80GB); detected when present."),
-    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="The GPU's memory in GiB, for a "
-                                                   "GPU the table lacks (or to override it)."),
-    max_seq_len: int = typer.Option(..., "--max-seq-len", help="Maximum tokens per sequence."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Micro-batch to predict memory for."),
-    packed: Optional[bool] = typer.Option(None, "--packed/--no-packed", help="Default: recommend from the data."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank (adapter size and optimizer "
-                                            "state; default: the spec's, 8)."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 × rank)."),
-    lora_targets: Optional[list[str]] = typer.Option(None, "--lora-targets", help="Modules LoRA adapts "
-                                                     "(repeatable, e.g. q_proj), or all-linear (default)."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", "--activation-checkpointing",
-                                                help="Recompute activations in the backward pass: less memory, "
-                                                     "more time."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit: QLoRA (NF4 base, bitsandbytes)."),
-    attention: str = typer.Option("auto", "--attention", help="As training.attention: auto (varlen when packed, else "
-                                  "sdpa), varlen, sdpa (dense mask when packed), eager, flash_attention_2, flex_attention."),
-    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU)."),
-    strategy: Strategy = typer.Option(Strategy.DDP, "--strategy", help="With --gpus > 1: ddp (a replica per GPU) "
-                                      "or fsdp (sharded)."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with --dataset; chat and prompt/completion rows need none)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs, for steps and time (default: the "
-                                         "spec's, 3)."),
-    effective_batch: int = typer.Option(16, "--effective-batch", help="Target examples per optimizer step."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Weights and activations: auto (the spec's default: "
-                                        "bfloat16 on a GPU with bf16 tensor cores, else float32), bfloat16, "
-                                        "float16 or float32."),
-    modules_to_save: Optional[list[str]] = typer.Option(None, "--modules-to-save", help="Modules trained in full "
-                                                        "beside LoRA, as in the spec (repeatable), e.g. lm_head."),
-    chat_template: str = typer.Option("auto", "--chat-template", help="auto, always or never: the prompt format "
-                                      "measured (with --dataset), as the spec's chat_template."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message for rows without "
-                                                "one (with --dataset), as the spec's system_prompt."),
-    images_per_example: int = typer.Option(0, "--images-per-example", min=0, help="Vision-language models: "
-                                           "images in every example (their tokens count in --max-seq-len)."),
-    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", min=1, help="With images: each image resized to "
-                                             "at least this many pixels (default: the model's processor's)."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="With images: each image resized to "
-                                             "at most this many pixels, the budget memory is planned for."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    model: str = _MODEL,
+    gpu: Optional[str] = _GPU,
+    gpu_memory_gib: Optional[float] = _GPU_MEMORY_GIB,
+    max_seq_len: int = _MAX_SEQ_LEN,
+    batch_size: Optional[int] = _BATCH_SIZE,
+    packed: Optional[bool] = _PACKED,
+    lora_rank: Optional[int] = _LORA_RANK,
+    lora_alpha: Optional[float] = _LORA_ALPHA,
+    lora_targets: Optional[list[str]] = _LORA_TARGETS,
+    gradient_checkpointing: bool = _GRADIENT_CHECKPOINTING,
+    quantize: Optional[str] = _QUANTIZE,
+    attention: str = _ATTENTION,
+    gpus: int = _GPUS,
+    strategy: Strategy = _STRATEGY,
+    dataset: Optional[Path] = _DATASET,
+    prompt: Optional[str] = _PROMPT,
+    epochs: Optional[int] = _EPOCHS,
+    effective_batch: int = _EFFECTIVE_BATCH,
+    dtype: Optional[str] = _DTYPE,
+    modules_to_save: Optional[list[str]] = _MODULES_TO_SAVE,
+    chat_template: str = _CHAT_TEMPLATE,
+    system_prompt: Optional[str] = _SYSTEM_PROMPT,
+    images_per_example: int = _IMAGES_PER_EXAMPLE,
+    min_pixels: Optional[int] = _MIN_PIXELS,
+    max_pixels: Optional[int] = _MAX_PIXELS,
+    json_out: bool = _JSON_OUT,
 ) -> None:
     """Predict peak GPU memory and the micro-batch that fits for one configuration.
 
