@@ -286,7 +286,7 @@ def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None,
                    job_id: str | None, started_at: str | None, finished_at: str | None, exit_code: int | None,
                    state: str | None, reason: str | None) -> None:
     """One ended start of a run's job (table attempts; `state`: the verdict, execute/failures.FailureKind's
-    value; read back as typed rows by execute/jobs.all_attempts)."""
+    value; read back as typed rows by execute/attempts.all_attempts)."""
     _insert(experiment_dir, "attempts", dict(
         run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
         exit_code=exit_code, state=state, reason=reason))

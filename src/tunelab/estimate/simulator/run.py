@@ -84,7 +84,7 @@ def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, proc
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "processes": processes,
            "strategy": strategy, "exact": exact, "versions": library_versions(), "code": _code_stamp()}
     value = cached_json("memsim", key, lambda: _simulate(model_config, c, shape, processes, strategy, exact).to_dict())
-    return SimulatedMemory(**{**value, "strategy": Strategy(value["strategy"]) if value["strategy"] else None})
+    return SimulatedMemory(**{**value, "strategy": Strategy.read(value["strategy"])})
 
 
 def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
