@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tunelab.spec.base import _Strict
 from tunelab.vocabulary import Vocabulary
@@ -97,7 +97,18 @@ class ResourcesSpec(_Strict):
     gpus_per_run: int = Field(1, ge=0)
     nproc_per_run: int | None = Field(
         None, ge=1, description="Training processes per run (torchrun; gloo on CPU). Default: gpus_per_run on a "
-        "machine with GPUs, 1 on CPU.")
+        "machine with GPUs, 1 on CPU (one per node when the run spans nodes). All the run's processes, over all "
+        "its nodes.")
+    nodes_per_run: int = Field(
+        1, ge=1, description="Nodes one run spans (Slurm: --nodes=N --ntasks-per-node=1, one torchrun per node, "
+        "c10d rendezvous on the allocation's first node; rank 0 alone writes run files). gpus_per_run and "
+        "nproc_per_run are the run's totals, split evenly over its nodes. The local executor runs one node. The "
+        "plan raises it, and says so, when a run needs more GPUs than one node has.")
+    node_gpus: int | None = Field(
+        None, ge=1, description="GPUs one node of the cluster has: the plan spreads a run whose gpus_per_run exceeds "
+        "it over nodes (raising nodes_per_run) and counts the nodes a model too large for one GPU needs. Default: "
+        "node_gpus of the user config file, else 8 (assumed: the 8-GPU servers, DGX/HGX, most clusters of "
+        "datacenter GPUs are built from; the plan says when it assumes it).")
     distributed: Literal["auto"] | Strategy = Field(
         "auto", description="How a run with several processes trains: DDP (a full model per device) or FSDP "
         "(sharded). auto: FSDP when the plan predicts the model does not fit one device, else DDP.")
@@ -114,19 +125,35 @@ class ResourcesSpec(_Strict):
     slurm: SlurmSpec | None = None
 
     def processes_per_run(self, cuda_devices: int) -> int:
-        """How many processes train one run: nproc_per_run when set, else one per GPU of the run on a
-        machine with GPUs (`cuda_devices` > 0), else 1 (CPU)."""
+        """How many processes train one run, over all its nodes: nproc_per_run when set, else one per GPU of
+        the run on a machine with GPUs (`cuda_devices` > 0), else one per node (CPU)."""
         if self.nproc_per_run is not None:
             return self.nproc_per_run
-        return max(1, self.gpus_per_run) if cuda_devices > 0 else 1
+        return max(1, self.gpus_per_run) if cuda_devices > 0 else self.nodes_per_run
 
-    def strategy(self, world_size: int, cuda: bool) -> Strategy | None:
-        """None on one process; else FSDP when `distributed` says so (the plan resolves `auto` at scaffold
-        time, see estimate.runs) and the processes have GPUs — accelerate shards with FSDP on accelerators
-        only, so CPU processes train with DDP over gloo — and DDP otherwise."""
+    def processes_per_node(self, cuda_devices: int) -> int:
+        """The processes one node's torchrun starts: the run's processes split evenly over its nodes."""
+        return self.processes_per_run(cuda_devices) // self.nodes_per_run
+
+    def run_gpus_per_node(self) -> int:
+        """The GPUs a run asks of each of its nodes (Slurm's gres per node)."""
+        return self.gpus_per_run // self.nodes_per_run
+
+    def strategy(self, world_size: int) -> Strategy | None:
+        """None on one process; else what `distributed` says (the plan resolves `auto` at scaffold time, see
+        estimate.runs), on GPUs and CPU alike: FSDP shards over gloo as over NCCL (train/sharding.py)."""
         if world_size <= 1:
             return None
-        return Strategy.FSDP if self.distributed == Strategy.FSDP and cuda else Strategy.DDP
+        return Strategy.FSDP if self.distributed == Strategy.FSDP else Strategy.DDP
+
+    @model_validator(mode="after")
+    def _split_over_nodes(self) -> "ResourcesSpec":
+        n = self.nodes_per_run
+        if n > 1 and self.gpus_per_run % n:
+            raise ValueError(f"gpus_per_run ({self.gpus_per_run}) must split evenly over nodes_per_run ({n})")
+        if n > 1 and self.nproc_per_run is not None and self.nproc_per_run % n:
+            raise ValueError(f"nproc_per_run ({self.nproc_per_run}) must split evenly over nodes_per_run ({n})")
+        return self
 
     @field_validator("gpu")
     @classmethod

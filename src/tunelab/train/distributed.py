@@ -37,28 +37,25 @@ def is_worker() -> bool:
 
 
 def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
-    """Trainer arguments of a strategy: the Trainer (through accelerate) wraps the model in DDP or FSDP
-    itself once torchrun started the processes; CPU processes talk over gloo, GPUs over NCCL."""
+    """Trainer arguments of a strategy: the Trainer (through accelerate) wraps the model in DDP itself once
+    torchrun started the processes; FSDP is applied by tunelab (train/sharding.py), not through the Trainer's
+    arguments, which accelerate honours on accelerators only. CPU processes talk over gloo, GPUs over NCCL."""
     if strategy is None:
         return {}
     args: dict[str, Any] = {"ddp_find_unused_parameters": False}
     if not cuda:
         args["ddp_backend"] = "gloo"
-    if strategy == Strategy.FSDP:
-        # PyTorch FSDP (version 2, per-parameter sharding): each decoder layer is one unit, the frozen base
-        # weights and the LoRA weights sharded alike across the run's processes.
-        # A full state dict at saves: the adapter files of a checkpoint look as on one device (epoch_N, resume).
-        args["fsdp"] = True
-        args["fsdp_config"] = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                               "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}
     return args
 
 
 def applied_strategy(trainer) -> Strategy | None:
-    """What the trainer really wrapped the model in (not what was asked): FSDP, DDP or None."""
+    """What the trainer really trains with (not what was asked): FSDP when the model is sharded, DDP when the
+    Trainer wrapped it in DistributedDataParallel, else None."""
     from torch.nn.parallel import DistributedDataParallel
 
-    if getattr(trainer, "is_fsdp_enabled", False):
+    from tunelab.train.sharding import is_sharded
+
+    if is_sharded(getattr(trainer, "model", None)):
         return Strategy.FSDP
     return Strategy.DDP if isinstance(getattr(trainer, "model_wrapped", None), DistributedDataParallel) else None
 

@@ -46,10 +46,11 @@ def make_trainer_class():
     from trl import SFTTrainer
 
     from tunelab.train.feeding import FeedingMixin
+    from tunelab.train.sharding import ShardingMixin
 
-    class CountingSFTTrainer(FeedingMixin, SFTTrainer):
+    class CountingSFTTrainer(FeedingMixin, ShardingMixin, SFTTrainer):
         """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
-        and times evaluation and checkpoint saves."""
+        and times evaluation and checkpoint saves; saves and resumes a model sharded by train/sharding.py."""
 
         counters: Counters
         local: LocalCounts
@@ -98,7 +99,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             if "startup_s" not in startup:
                 startup["startup_s"] = process_age_s()
             if stage.init_optimizer is not None and state.global_step == 0:  # optimizer: carried, not a resume
-                load_optimizer_state(kwargs["optimizer"], stage.init_optimizer)
+                load_optimizer_state(kwargs["optimizer"], stage.init_optimizer, kwargs["model"])
                 log(f"optimizer state carried from {stage.init_optimizer.relative_to(run_dir)}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -138,14 +139,20 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
     return TunelabCallback()
 
 
-def load_optimizer_state(optimizer, checkpoint: Path) -> None:
+def load_optimizer_state(optimizer, checkpoint: Path, model=None) -> None:
     """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's
-    learning rates (its schedule was built with them; the loaded groups would bring the old ones)."""
+    learning rates (its schedule was built with them; the loaded groups would bring the old ones). A sharded
+    model's optimizer takes the whole state (keyed by parameter name) into its shards."""
     import torch
+
+    from tunelab.train.sharding import is_sharded, load_full_optimizer_state
 
     lrs = [(g.get("lr"), g.get("initial_lr")) for g in optimizer.param_groups]
     state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    if model is not None and is_sharded(model):
+        load_full_optimizer_state(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
     for g, (lr, initial) in zip(optimizer.param_groups, lrs):
         g["lr"] = lr
         if initial is not None:

@@ -42,6 +42,7 @@ from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats
 from tunelab.train.ordering import OrderLog
 from tunelab.train.resume import Resume, resume
+from tunelab.train.sharding import shard_trainer
 from tunelab.train.summary import StageFacts, Timing, run_facts, summarize
 from tunelab.train.trainer import build_trainer
 
@@ -119,7 +120,7 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext, stat
     t = cfg.training
     assert t is not None
     cuda = torch.cuda.is_available()
-    strategy = cfg.resources.strategy(world().size, cuda)
+    strategy = cfg.resources.strategy(world().size)
     dtype = resolve_dtype(t.dtype, "cuda" if cuda else "cpu")
     _log_start(cfg, ctx, dtype, strategy, start.checkpoint)
     writer = MetricsWriter(run_dir, start.counters, ctx.name, start.metrics)  # holds metrics.jsonl's rows from here on
@@ -157,6 +158,9 @@ def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: S
         callbacks = [make_callback(run_dir, writer, status, startup, local, t.keep_checkpoints, ctx),
                      make_checkpoint_policy(*t.checkpoint_interval, watch, agree if w.size > 1 else None)]
         trainer, train_ds, val_ds = build_trainer(cfg, start.counters, callbacks, local, ctx)
+        strategy = cfg.resources.strategy(w.size)
+        if strategy == Strategy.FSDP:
+            shard_trainer(trainer, start.checkpoint)  # before the optimizer is built; a resume's adapter first
         pstats = packing_stats(trainer.train_dataset, t.max_seq_len, t.packing)
         if w.is_main:
             write_packing(run_dir, pstats)
@@ -167,6 +171,7 @@ def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: S
         trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
     finally:
         watch.restore()
+    _check_applied(strategy, applied_strategy(trainer))
     if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
         raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
     return _Fitted(trainer, len(train_ds), len(val_ds) if val_ds is not None else None, pstats,
@@ -204,8 +209,13 @@ def _log_start(cfg: RunConfig, ctx: StageContext, dtype: Any, strategy: Strategy
         + (f", {ctx.label()} on {cfg.dataset.name}" if ctx.name else "")
         + (f", {world().size} processes ({strategy})" if strategy else "")
         + (f", resuming from {resume_from.name}" if resume_from else ""))
-    if cfg.resources.distributed == Strategy.FSDP and strategy == Strategy.DDP:
-        log("FSDP shards on GPUs only (accelerate): these CPU processes train with DDP over gloo")
+
+
+def _check_applied(asked: Strategy | None, applied: Strategy | None) -> None:
+    """No silent fallback: a run trains with the strategy its run.yaml asks for, or fails saying what it got."""
+    if asked != applied:
+        raise TunelabError(f"asked for {asked or 'one process'} but the trainer applied {applied or 'none'}",
+                           field="resources.distributed")
 
 
 def _validate_at_end(trainer: Any, rows: list[MetricRow]) -> None:

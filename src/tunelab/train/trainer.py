@@ -55,7 +55,7 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
 
         model, lora = PeftModel.from_pretrained(model, str(ctx.init_adapter), is_trainable=True), None
     args = _sft_config(t, ctx.state_dir(cfg.run_dir), dtype, val_ds is not None,
-                       cfg.resources.strategy(world().size, torch.cuda.is_available()))
+                       cfg.resources.strategy(world().size))
     trainer = make_trainer_class()(
         model=model,
         args=vision.configure(args) if vision else args,

@@ -1,0 +1,167 @@
+"""FSDP2 applied by tunelab itself, on GPUs (NCCL) and CPU (gloo) alike.
+
+Why not the Trainer's FSDP arguments: accelerate applies FSDP on accelerators only — with CPU processes the
+Trainer drops them silently and trains DDP (../shared/reference/past-one-node.md) — so the sharded path could
+never run anywhere but a GPU node. PyTorch's `fully_shard` needs no GPU: tunelab shards the PEFT model here
+(each decoder layer a unit, then the root) after the Trainer built it and before it builds the optimizer, and
+tells accelerate to leave the model unwrapped. One path, the same on every device, is the one the suite runs.
+
+What a sharded model changes in the Trainer (ShardingMixin): checkpoints gather a full state dict, so their files
+are exactly a one-process run's (adapter_model.safetensors + adapter_config.json, loadable by PEFT alone; the
+optimizer state keyed by parameter name, world-size independent); a resume loads the adapter into the model
+before it is sharded (PEFT's own loader, as on one process) and the optimizer state into the shards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from tunelab.train.console import log
+from tunelab.train.distributed import world
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
+
+OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's names for them
+
+
+def shard_units(model: Any) -> list[Any]:
+    """The modules FSDP shards as units: the base model's decoder layers (its `_no_split_modules` classes, the
+    blocks transformers itself never splits), outermost first; the root takes the rest."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    units: list[Any] = []
+    for module in base.modules():
+        if type(module).__name__ in names and not any(_contains(u, module) for u in units):
+            units.append(module)
+    return units
+
+
+def _contains(outer: Any, inner: Any) -> bool:
+    return any(m is inner for m in outer.modules())
+
+
+def shard_trainer(trainer: Any, resume_from: Path | None) -> None:
+    """Shard trainer.model over the run's processes with FSDP2. A resume's adapter is loaded first, into the
+    whole model, by PEFT (the Trainer's own resume would copy full tensors into shards). Raises when the model
+    has no decoder layers to shard."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = trainer.model
+    if resume_from is not None:
+        model.load_adapter(str(resume_from), model.active_adapter, is_trainable=True)
+    units = shard_units(model)
+    if not units:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"{type(model.get_base_model()).__name__} names no decoder layer class "
+                           "(_no_split_modules): FSDP has no units to shard", field="resources.distributed")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mesh = init_device_mesh(device, (world().size,))
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    trainer.sharded = True
+    _leave_unwrapped(trainer.accelerator)
+    log(f"FSDP2: {len(units)} decoder layers and the root sharded over {world().size} processes ({device})")
+
+
+def _leave_unwrapped(accelerator: Any) -> None:
+    """accelerate wraps every multi-process model in DDP (and refuses DTensor parameters there): a model sharded
+    here is prepared as an evaluation-mode model is — autocast where asked, no wrapper, no move."""
+    prepare = accelerator.prepare_model
+
+    def prepare_model(model: Any, device_placement: bool | None = None, evaluation_mode: bool = False) -> Any:
+        return prepare(model, device_placement=False, evaluation_mode=True)
+
+    accelerator.prepare_model = prepare_model
+
+
+def is_sharded(model: Any) -> bool:
+    """Whether FSDP2 manages the model (what summary.json's `distributed` reports)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def local_parameter_bytes(model: Any) -> tuple[int, int]:
+    """(frozen, trainable) bytes this process holds of the model's parameters: each shard's storage as FSDP2
+    allocated it (padded to an even split), the whole tensor for a parameter it does not shard."""
+    frozen = trainable = 0
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        n = local.untyped_storage().nbytes()
+        if p.requires_grad:
+            trainable += n
+        else:
+            frozen += n
+    return frozen, trainable
+
+
+def full_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer state gathered whole, keyed by parameter name (a collective: every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Put a whole optimizer state (full_optimizer_state's) into this process's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, _torch_optimizer(optimizer), optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def _torch_optimizer(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+class ShardingMixin(_TrainerBase):
+    """The Trainer's saves and resume for a model shard_trainer sharded; a no-op otherwise."""
+
+    sharded: bool = False
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # the trainable parameters gathered whole (frozen base weights are not part of an adapter checkpoint)
+        state = get_model_state_dict(cast(Any, self.model), options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        import torch
+
+        state = full_optimizer_state(self.model, self.optimizer)
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, OPTIMIZER_FILE))
+            torch.save(cast(Any, self.lr_scheduler).state_dict(), os.path.join(output_dir, SCHEDULER_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.sharded or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        import torch
+
+        state = torch.load(os.path.join(checkpoint, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
+        load_full_optimizer_state(self.model, self.optimizer, state)
+        cast(Any, self.lr_scheduler).load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_FILE), weights_only=True))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if not self.sharded:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # shard_trainer loaded the checkpoint's adapter into the whole model before sharding it
