@@ -25,9 +25,21 @@ def test_processes_per_run_defaults():
     assert res(gpus_per_run=4).processes_per_run(cuda_devices=0) == 1  # CPU: one unless asked
     assert res(nproc_per_run=2).processes_per_run(cuda_devices=0) == 2  # nproc_per_run wins (gloo on CPU)
     assert res(gpus_per_run=0).processes_per_run(cuda_devices=2) == 1
-    assert res().strategy(1, cuda=True) is None
-    assert res().strategy(2, cuda=True) == "ddp" and res(distributed="fsdp").strategy(2, cuda=True) == "fsdp"
-    assert res(distributed="fsdp").strategy(2, cuda=False) == "ddp"  # accelerate shards on accelerators only
+    assert res().strategy(1) is None
+    assert res().strategy(2) == "ddp" and res(distributed="fsdp").strategy(2) == "fsdp"  # on CPU as on GPUs
+
+
+def test_a_run_over_nodes_splits_its_processes_and_gpus_evenly():
+    res = ResourcesSpec
+    assert res(nodes_per_run=2, gpus_per_run=0).processes_per_run(cuda_devices=0) == 2  # CPU: one per node
+    assert res(nodes_per_run=2, gpus_per_run=0).processes_per_node(cuda_devices=0) == 1
+    two = res(nodes_per_run=2, gpus_per_run=16)
+    assert two.processes_per_run(cuda_devices=8) == 16 and two.processes_per_node(cuda_devices=8) == 8
+    assert two.run_gpus_per_node() == 8
+    with pytest.raises(ValueError, match="gpus_per_run \\(3\\) must split evenly over nodes_per_run \\(2\\)"):
+        res(nodes_per_run=2, gpus_per_run=3)
+    with pytest.raises(ValueError, match="nproc_per_run \\(3\\)"):
+        res(nodes_per_run=2, nproc_per_run=3, gpus_per_run=0)
 
 
 def test_a_strategy_is_one_vocabulary_from_the_spec_to_run_yaml_and_back():
@@ -86,7 +98,7 @@ def test_four_gpus_per_run_divide_steps_and_time_and_multiply_gpu_hours(write_sp
 def test_cpu_plan_with_two_processes_says_gloo(write_spec):
     plan = make_plan(write_spec(resources={"nproc_per_run": 2}))
     e = plan.estimates["tiny_r4"]
-    assert plan.recipe.startswith("distributed: 2 processes per run (torchrun; DDP over gloo on CPU)")
+    assert plan.recipe.startswith("distributed: 2 processes per run (torchrun over gloo on CPU: DDP")
     assert e.processes == 2 and e.steps == 20 and e.effective_batch == 16 and e.gpu_hours is None
 
 

@@ -54,10 +54,23 @@ class StepCost(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class ProcessMemory(JsonRecord):
+    """What one process of a distributed run held at the end of training: its parameters' storage (a shard's
+    under FSDP, the whole model's under DDP), its optimizer state's, and its peak resident memory."""
+
+    rank: int
+    frozen_param_bytes: int
+    trainable_param_bytes: int
+    optimizer_bytes: int
+    peak_rss_bytes: int
+
+
+@dataclass(kw_only=True)
 class Summary(JsonRecord):
     """summary.json. Fields a reader may miss (older runs, adopted runs) read as None."""
 
-    omit_none = frozenset({"stage_final_loss", "stage_duration_s", "stages", "adopted_from", "adopted_kind"})
+    omit_none = frozenset({"stage_final_loss", "stage_duration_s", "stages", "adopted_from", "adopted_kind",
+                           "processes"})
 
     run: str | None = None
     state: str | None = None
@@ -94,6 +107,7 @@ class Summary(JsonRecord):
     data_wait_fraction: float | None = None  # of training time
     world_size: int | None = None
     distributed: Strategy | None = None  # what the trainer applied (None: one process)
+    processes: list[ProcessMemory] | None = None  # a distributed run: what each process held, by rank
     effective_batch_size: int | None = None
     trainable_params: int | None = None
     total_params: int | None = None
@@ -122,6 +136,8 @@ class Summary(JsonRecord):
             out["step_cost"] = StepCost.from_json(out["step_cost"])
         if isinstance(out.get("packing"), dict):
             out["packing"] = PackingStats.from_json(out["packing"])
+        if out.get("processes") is not None:
+            out["processes"] = [ProcessMemory.from_json(p) for p in out["processes"]]
         if out.get("stages") is not None:
             out["stages"] = [StageRecord.from_json(s) for s in out["stages"]]
         if out.get("checkpoints") is None:

@@ -110,16 +110,28 @@ def requeue_self(status: StatusWriter, log) -> bool:
         return False
     status.write(requeued_job=job, requeued_at=now_iso())
     log(f"requeuing job {job}: it resumes from the checkpoint just saved")
-    try:
-        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-        refused = (proc.stderr or proc.stdout).strip() if proc.returncode != 0 else None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        refused = str(exc)
+    refused = None
+    for command in _requeue_commands(job):
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            refused = (proc.stderr or proc.stdout).strip() if proc.returncode != 0 else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            refused = str(exc)
+        if refused is not None:
+            break
     if refused is None:
         return True
     status.write(requeued_job=None, requeued_at=None)
     log(f"could not requeue job {job}: {refused}")
     return False
+
+
+def _requeue_commands(job: str) -> list[list[str]]:
+    """`scontrol requeue`, preceded in a job spanning nodes by allowing it: such a job runs with --no-requeue, so
+    that a node failure ends it (NODE_FAIL, tunelab's retry) rather than Slurm requeueing it silently, and Slurm
+    refuses to requeue it until its Requeue flag is set (its script clears the flag again at the next start)."""
+    allow = [["scontrol", "update", f"JobId={job}", "Requeue=1"]]
+    return (allow if int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) > 1 else []) + [["scontrol", "requeue", job]]
 
 
 def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusWriter, log) -> None:

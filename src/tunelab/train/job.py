@@ -3,9 +3,10 @@
 
 1. read run.yaml;
 2. as a worker that torchrun started: train (this process is one rank of the run);
-3. otherwise decide how many processes train the run (run.yaml and the GPUs visible) and either train
-   here or launch them under torchrun (launch.py; each comes back here as a worker), sampling the GPUs
-   meanwhile;
+3. otherwise decide how many processes train the run on this node (run.yaml and the GPUs visible) and
+   either train here or launch them under torchrun (launch.py; each comes back here as a worker), sampling
+   the GPUs meanwhile. A run that spans nodes (resources.nodes_per_run) always launches: this process is its
+   node's job process, one per node (srun in job.sbatch), and only the first node's samples GPUs;
 4. training is the staged loop for a staged run (stages.py), else one call of the runner (runner.py)
    followed by the run's completion (summary.json, status completed).
 A job that requeued itself on Slurm's time-limit warning waits for Slurm to end it.
@@ -13,7 +14,9 @@ A job that requeued itself on Slurm's time-limit warning waits for Slurm to end 
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -25,6 +28,7 @@ from tunelab.train.console import log
 from tunelab.train.distributed import is_worker
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
+from tunelab.train.nodes import node_place
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 
@@ -42,7 +46,7 @@ def train(cfg: RunConfig) -> Summary | None:
 
 
 def train_job(run_yaml: Path) -> None:
-    """Train here on one process, or launch the run's processes under torchrun."""
+    """Train here on one process, or launch this node's processes of the run under torchrun."""
     cfg = load_run_config(run_yaml)
     if is_worker():
         die_with_launcher()
@@ -53,14 +57,17 @@ def train_job(run_yaml: Path) -> None:
     from tunelab.train.gpu_sampling import GpuSampler
     from tunelab.train.interrupts import await_requeue_kill
 
+    place = node_place(os.environ, cfg.resources.nodes_per_run, Path(run_yaml))  # None: the run has one node
     gpus = torch.cuda.device_count()
-    nproc = cfg.resources.processes_per_run(gpus)
+    nproc = cfg.resources.processes_per_node(gpus)
+    # NVML samples of the job's GPUs (nothing at all without NVML), by one job process: gpu_samples.jsonl is one file
+    sampler = GpuSampler(cfg.run_dir) if place is None or place.is_first else nullcontext()
     try:
-        with GpuSampler(cfg.run_dir):  # NVML samples of the job's GPUs; nothing at all without NVML
-            if nproc == 1:
+        with sampler:
+            if nproc == 1 and place is None:
                 train(cfg)
             else:
-                launch_run(cfg.run_dir, Path(run_yaml), nproc, gpus)
+                launch_run(cfg.run_dir, Path(run_yaml), nproc, gpus, place)
     except BaseException:
         await_requeue_kill(cfg.run_dir, log)  # a job that requeued itself ends by Slurm's hand, not its own
         raise

@@ -7,47 +7,79 @@ re-launches itself under torchrun (in this process: the elastic agent spawns the
 torchrun in the job script: the number of processes is decided from run.yaml (and whether this machine
 has GPUs) in one place, so job.sh, job.sbatch and the local executor never need to know it, and the agent
 outlives a crashed worker to say in status.json why the run failed.
+
+A run that spans nodes (resources.nodes_per_run) has one job process per node, started by srun in job.sbatch;
+each launches its node's processes, and the nodes meet at a c10d rendezvous (nodes.py: the arguments, pure).
+Worker rank 0 alone writes run files, wherever torch's rendezvous placed it; of the job processes only the first
+node's says in status.json why a launch failed. Each node prints its launch line and its rendezvous (torch's
+own messages: which node joined as which rank) on its own stdout, which srun gathers into the job's log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import sys
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso, read_status, write_status
+from tunelab.train.nodes import NodePlace, torchrun_args
 
-JOB_MODULE = "tunelab.train.job"  # what the workers run: the job's own entry point
+RENDEZVOUS_LOGGER = "torch.distributed.elastic.rendezvous.dynamic_rendezvous"
 
 # torchrun's agent passes these on to its workers (which run in sessions of their own): its defaults plus
 # SIGUSR1, Slurm's warning before the time limit, on which the trainer saves and stops (train/interrupts.py).
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
-def launch(argv: list[str], nproc: int) -> None:
-    """Run `python -m tunelab.train.job <argv>` on `nproc` local processes through torchrun (standalone
-    rendezvous on a free local port). Raises torch's ChildFailedError when a worker fails."""
+def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
+    """Run `python -m tunelab.train.job <argv>` on `nproc` processes of this node through torchrun: alone, a
+    standalone rendezvous on a free local port; one node of several (`place`), the run's c10d rendezvous.
+    Raises torch's ChildFailedError when a worker fails."""
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
-    args = get_args_parser().parse_args(
-        ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
-         "--module", JOB_MODULE, *argv])
-    run(args)
+    if place is not None:
+        _show_rendezvous()
+    run(get_args_parser().parse_args(torchrun_args(place, nproc, argv)))
 
 
-def launch_run(run_dir: Path, run_yaml: Path, nproc: int, gpus: int) -> None:
-    """torchrun with one process per GPU (gloo processes on CPU); a failure is one line, status.json says it."""
+def _show_rendezvous() -> None:
+    """torch's rendezvous messages (this node joining, as which rank, in which world) on stdout, as the job's own
+    lines: which nodes met is the first thing to know of a run that spans nodes, and the agent logs it at INFO,
+    below its default. Not propagated: torch's own handler would print each line a second time."""
+    logger = logging.getLogger(RENDEZVOUS_LOGGER)
+    if not any(getattr(h, "_tunelab", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[tunelab train] rendezvous: %(message)s"))
+        handler._tunelab = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def launch_run(run_dir: Path, run_yaml: Path, nproc: int, gpus: int, place: NodePlace | None = None) -> None:
+    """torchrun with one process per GPU of this node (gloo processes on CPU); a failure is one line, and
+    status.json says it (the first node's job process alone writes it)."""
     if gpus and nproc > gpus:
         raise TunelabError(f"needs {nproc} processes, one per GPU, but {gpus} GPU(s) are visible "
                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
                            file=run_yaml, field="resources.nproc_per_run")
-    print(f"[tunelab train] launching {nproc} processes (torchrun, {'nccl' if gpus else 'gloo'})", flush=True)
+    backend = "nccl" if gpus else "gloo"
+    if place is None:
+        print(f"[tunelab train] launching {nproc} processes (torchrun, {backend})", flush=True)
+    else:
+        print(f"[tunelab train] node {place.node_rank} of {place.nodes} ({socket.gethostname()}): launching "
+              f"{nproc} process(es) (torchrun, {backend}), c10d rendezvous {place.endpoint} id {place.job_id}",
+              flush=True)
     try:
-        launch([str(run_yaml)], nproc)
+        launch([str(run_yaml)], nproc, place)
     except Exception as exc:  # torch's ChildFailedError: the workers printed their tracebacks already
-        _mark_failed(run_dir, exc)
+        if place is None or place.is_first:
+            _mark_failed(run_dir, exc)
         raise TunelabError(f"distributed training failed: {_first_line(exc)}", file=run_yaml) from None
 
 

@@ -30,7 +30,7 @@ from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import StatusWriter, now_iso
 from tunelab.train.held import HeldFiles
-from tunelab.rundir.summary import PackingStats, StepCost, Summary, write_packing, write_summary
+from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, write_packing, write_summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.console import log
@@ -42,7 +42,7 @@ from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats
 from tunelab.train.ordering import OrderLog
 from tunelab.train.resume import Resume, resume
-from tunelab.train.sharding import shard_trainer
+from tunelab.train.sharding import gather_process_memory, shard_trainer
 from tunelab.train.summary import StageFacts, Timing, run_facts, summarize
 from tunelab.train.trainer import build_trainer
 
@@ -127,9 +127,10 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext, stat
     fitted = _fit(cfg, t, run_dir, start, ctx, writer, status)
     if fitted.validates:
         _validate_at_end(fitted.trainer, writer.rows)
+    processes = gather_process_memory(fitted.trainer) if world().size > 1 else None  # a collective
     if not world().is_main:
         return None
-    return _summarize(cfg, t, run_dir, start, ctx, fitted, writer, dtype, cuda)
+    return _summarize(cfg, t, run_dir, start, ctx, fitted, writer, dtype, cuda, processes)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: S
 
 
 def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: StageContext,
-               fitted: _Fitted, writer: MetricsWriter, dtype: Any, cuda: bool) -> Trained:
+               fitted: _Fitted, writer: MetricsWriter, dtype: Any, cuda: bool,
+               processes: list[ProcessMemory] | None) -> Trained:
     """The run's (or stage's) summary and counters, from the rows the writer holds and the trainer."""
     trainer, w = fitted.trainer, world()
     counters = writer.counters  # start.counters, carried on by training (the writer and the trainer count into it)
@@ -196,7 +198,7 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
         epochs=ctx.epoch_offset + t.epochs, timing=timing, train_examples=fitted.train_examples,
         validation_examples=fitted.validation_examples, packing=fitted.packing,
         pipeline=pipeline_summary(t, cuda, w.size, counters.data_wait_s, elapsed - counters.overhead_s),
-        facts=run_facts(trainer, t, dtype, start.restarts, w.size, applied_strategy(trainer)),
+        facts=run_facts(trainer, t, dtype, start.restarts, w.size, applied_strategy(trainer), processes),
         step_cost=step_cost, stage=stage)
     return Trained(summary, end_counters)
 

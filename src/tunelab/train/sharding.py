@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from tunelab.rundir.summary import ProcessMemory
 from tunelab.train.console import log
 from tunelab.train.distributed import world
 
@@ -97,13 +98,36 @@ def local_parameter_bytes(model: Any) -> tuple[int, int]:
     allocated it (padded to an even split), the whole tensor for a parameter it does not shard."""
     frozen = trainable = 0
     for p in model.parameters():
-        local = p.to_local() if hasattr(p, "to_local") else p
-        n = local.untyped_storage().nbytes()
+        n = _local_storage_bytes(p)
         if p.requires_grad:
             trainable += n
         else:
             frozen += n
     return frozen, trainable
+
+
+def gather_process_memory(trainer: Any) -> list[ProcessMemory]:
+    """What every process holds (parameters, optimizer state, peak RSS), gathered to all of them: a collective,
+    every process calls it at the same point. The figures the simulator's per-device terms are checked against."""
+    import resource
+
+    from tunelab.train.distributed import all_reduce
+
+    w = world()
+    frozen, trainable = local_parameter_bytes(trainer.model)
+    optimizer = sum(_local_storage_bytes(v) for state in _torch_optimizer(trainer.optimizer).state.values()
+                    for v in state.values() if hasattr(v, "untyped_storage"))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    mine = [float(frozen), float(trainable), float(optimizer), float(rss)]
+    table = all_reduce([v if r == w.rank else 0.0 for r in range(w.size) for v in mine])  # one row per rank
+    return [ProcessMemory(rank=r, frozen_param_bytes=int(table[4 * r]), trainable_param_bytes=int(table[4 * r + 1]),
+                          optimizer_bytes=int(table[4 * r + 2]), peak_rss_bytes=int(table[4 * r + 3]))
+            for r in range(w.size)]
+
+
+def _local_storage_bytes(tensor: Any) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return int(local.untyped_storage().nbytes())
 
 
 def full_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
-from tunelab.rundir.summary import PackingStats, StepCost, Summary
+from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.dataloading import Pipeline
@@ -73,7 +73,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         dataloader_workers=pipeline.workers.count, dataloader_workers_source=pipeline.workers.source,
         pin_memory=pipeline.pin_memory, data_wait_s=pipeline.data_wait_s,
         data_wait_fraction=pipeline.data_wait_fraction,
-        world_size=facts.world_size, distributed=facts.distributed,
+        world_size=facts.world_size, distributed=facts.distributed, processes=facts.processes,
         effective_batch_size=facts.effective_batch_size, trainable_params=facts.trainable_params,
         total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
         cpu_threads=facts.cpu_threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
@@ -100,10 +100,11 @@ class RunFacts:
     restarts: int
     versions: dict[str, str]
     pid: int
+    processes: list[ProcessMemory] | None = None
 
 
 def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,
-              strategy: Strategy | None) -> RunFacts:
+              strategy: Strategy | None, processes: list[ProcessMemory] | None = None) -> RunFacts:
     import peft
     import torch
     import transformers
@@ -122,4 +123,4 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_
         attention_kernel=kernels_used(), restarts=restarts,
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "peft": peft.__version__, "trl": trl.__version__},
-        pid=os.getpid())
+        pid=os.getpid(), processes=processes)

@@ -1,9 +1,10 @@
 """One simulation: build, materialize on fake tensors, run the steps, read the tracker; cached.
 
 Per device with several processes: DDP runs the same step on every device plus its gradient buckets
-(simulated). FSDP (FULL_SHARD) is derived from the simulated step, not simulated: the frozen weights,
-the trainable parameters and the optimizer state are divided by the number of devices, and two decoder
-layers' full weights are added (the one computing and the one prefetched).
+(simulated). FSDP (FULL_SHARD) is derived from the simulated step, not simulated: each parameter is split as
+FSDP2 splits it (fsdp_parameter_bytes: its first dimension in equal padded chunks, one per device), the
+optimizer state with the trainable parameters, buffers stay whole, and two decoder layers' full weights are
+added (the one computing and the one prefetched).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class SimulatedMemory:
     trainable_params: int
     processes: int = 1
     strategy: Strategy | None = None
+    # FSDP: the parameter bytes one device holds, frozen and trainable, exactly as FSDP2 allocates its shards
+    sharded_frozen: int | None = None
+    sharded_trainable: int | None = None
     seconds: float = 0.0
     scalar_queries: int = 0
     versions: dict[str, str] = field(default_factory=dict)
@@ -134,6 +138,9 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
     out = SimulatedMemory(**a.to_dict())
     for name in ("weights", "trainable", "optimizer", "ddp_buckets", "trainable_params"):
         setattr(out, name, line(getattr(a, name), getattr(b, name)))
+    if a.sharded_frozen is not None and b.sharded_frozen is not None:  # layers alike: exact in depth
+        out.sharded_frozen = line(a.sharded_frozen, b.sharded_frozen)
+        out.sharded_trainable = line(a.sharded_trainable or 0, b.sharded_trainable or 0)
     out.peak_allocated, out.peak_phase = phases[top][0], top
     # reserved is not affine in depth (segments are reused differently): the larger of the per-phase linear
     # extrapolation and the extrapolated allocated peak plus the larger sample's slack; against full
@@ -160,6 +167,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         materialize(model)
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
         layer = _largest_layer_bytes(model)
+        shards = fsdp_parameter_bytes(model, processes)
         tracker.allocator.reset_peaks()
         marks = run_steps(model, c, shape, tracker, ddp=strategy == Strategy.DDP and processes > 1, replay=replay)
     peak = tracker.peak_phase()
@@ -176,7 +184,7 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         versions=library_versions())
     phases = {p.phase: (p.allocated, p.reserved) for p in tracker.peaks.values()}
     if strategy == Strategy.FSDP and processes > 1:
-        saved = _shard(sim, processes, layer)
+        saved = _shard(sim, processes, layer, shards)
         phases = {p: (al - saved, re - saved) for p, (al, re) in phases.items()}
     return sim, phases
 
@@ -192,11 +200,41 @@ def _largest_layer_bytes(model: Any) -> int:
     return max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
 
 
-def _shard(sim: SimulatedMemory, n: int, layer_bytes: int) -> int:
-    """FSDP FULL_SHARD per device, derived from the one-device step (see the module docstring)."""
-    sharded = sim.weights + sim.trainable + sim.optimizer
-    saved = int(sharded * (1 - 1 / n)) - FSDP_GATHERED_LAYERS * layer_bytes
+@dataclass(frozen=True)
+class ShardBytes:
+    """Parameter bytes of the whole model and of one device's FSDP2 shards, frozen and trainable."""
+
+    frozen_whole: int
+    trainable_whole: int
+    frozen: int
+    trainable: int
+
+
+def fsdp_parameter_bytes(model: Any, n: int) -> ShardBytes:
+    """What FSDP2's fully_shard allocates on each of n devices: every parameter split on its first dimension
+    into chunks of ceil(rows / n) rows, each device's chunk stored at that padded size (so all devices hold
+    the same bytes); a tensor with no dimension is one row. Tied parameters count once."""
+    frozen_whole = trainable_whole = frozen = trainable = 0
+    for p in model.parameters():
+        rows = p.shape[0] if p.dim() else 1
+        whole = p.numel() * p.element_size()
+        shard = -(-rows // n) * (p.numel() // rows if rows else 0) * p.element_size()
+        if p.requires_grad:
+            trainable_whole, trainable = trainable_whole + whole, trainable + shard
+        else:
+            frozen_whole, frozen = frozen_whole + whole, frozen + shard
+    return ShardBytes(frozen_whole, trainable_whole, frozen, trainable)
+
+
+def _shard(sim: SimulatedMemory, n: int, layer_bytes: int, shards: ShardBytes) -> int:
+    """FSDP FULL_SHARD per device, derived from the one-device step (see the module docstring): returns the
+    bytes it saves at every moment of the step."""
+    before = sim.weights + sim.trainable + sim.optimizer
+    sim.weights += shards.frozen - shards.frozen_whole  # buffers stay whole
+    sim.optimizer = int(sim.optimizer * shards.trainable / shards.trainable_whole) if shards.trainable_whole else 0
+    sim.trainable += shards.trainable - shards.trainable_whole
+    sim.sharded_frozen, sim.sharded_trainable = shards.frozen, shards.trainable
+    saved = before - (sim.weights + sim.trainable + sim.optimizer) - FSDP_GATHERED_LAYERS * layer_bytes
     sim.peak_allocated -= saved
     sim.peak_reserved -= saved
-    sim.weights, sim.trainable, sim.optimizer = (int(x / n) for x in (sim.weights, sim.trainable, sim.optimizer))
     return saved

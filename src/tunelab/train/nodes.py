@@ -1,0 +1,102 @@
+"""Where this job process sits when a run spans nodes, and the torchrun arguments that follow from it.
+
+A run with `resources.nodes_per_run: N > 1` trains inside a Slurm allocation of N nodes: job.sbatch starts one
+job process per node with srun, and each starts torchrun for its node's processes. The nodes meet at a c10d
+rendezvous hosted by the allocation's first node, on a port derived from the job id, so every node computes
+the same endpoint from its own environment with nothing exchanged beforehand, and two jobs sharing a first
+node (almost always) get different ports. Everything here is pure — the environment in, torchrun's argv out —
+so the arguments a node builds are tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from tunelab.errors import TunelabError
+
+JOB_MODULE = "tunelab.train.job"  # what the workers run: the job's own entry point
+RDZV_PORT_BASE, RDZV_PORT_SPAN = 20000, 10000  # unprivileged, below Linux's ephemeral range (32768-60999)
+FIELD = "resources.nodes_per_run"
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """This job process's node among the run's nodes (one Slurm job step spanning all of them)."""
+
+    nodes: int
+    node_rank: int  # SLURM_NODEID: 0 is the allocation's first node, which hosts the rendezvous
+    first_host: str
+    job_id: str
+
+    @property
+    def is_first(self) -> bool:
+        """The first node's job process alone does the job-level writes (GPU samples, a launch failure)."""
+        return self.node_rank == 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.first_host}:{rdzv_port(self.job_id)}"
+
+
+def rdzv_port(job_id: str) -> int:
+    """The rendezvous port of a Slurm job: fixed by its id (a requeued job keeps its port), in a range no
+    ephemeral port takes."""
+    return RDZV_PORT_BASE + int(job_id) % RDZV_PORT_SPAN
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist expression ('tl-node[1-2]' -> 'tl-node1', 'gpu[007-009,012],cpu1' ->
+    'gpu007', 'a1,b2' -> 'a1'): Slurm lists an allocation's nodes in node-id order, so it is node 0."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            end = i
+            break
+    first = re.sub(r"\[([^\]\-,]+)[^\]]*\]", r"\1", nodelist[:end].strip())
+    if not first or any(c in first for c in "[],"):
+        raise ValueError(f"not a Slurm hostlist: {nodelist!r}")
+    return first
+
+
+def node_place(env: Mapping[str, str], nodes: int, run_yaml: Path) -> NodePlace | None:
+    """None for a one-node run; else this process's place, from the Slurm job step srun started (one task per
+    node). A run that spans nodes trains nowhere else: outside such a step it is an error naming the field."""
+    if nodes <= 1:
+        return None
+    job, step_nodes = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_NUM_NODES")
+    if not job:
+        raise TunelabError(f"this run spans {nodes} nodes and trains only inside a Slurm allocation of {nodes} "
+                           "nodes (`tunelab run --executor slurm`; the local executor runs one node)",
+                           file=run_yaml, field=FIELD)
+    if step_nodes is None or "SLURM_NODEID" not in env:
+        raise TunelabError(f"this run spans {nodes} nodes: start one job process per node with srun (as "
+                           "job.sbatch does), not in the batch script alone", file=run_yaml, field=FIELD)
+    if int(step_nodes) != nodes:
+        raise TunelabError(f"the Slurm job step spans {step_nodes} node(s), the run {nodes}", file=run_yaml,
+                           field=FIELD)
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    try:
+        place = NodePlace(nodes, int(env["SLURM_NODEID"]), first_host(nodelist), job)
+        rdzv_port(job)
+    except ValueError as exc:  # no node list, one this parser cannot read, a job id that is not a number
+        raise TunelabError(f"cannot read the Slurm allocation (SLURM_JOB_ID, SLURM_NODEID, SLURM_JOB_NODELIST): "
+                           f"{exc}", file=run_yaml, field=FIELD) from None
+    return place
+
+
+def torchrun_args(place: NodePlace | None, nproc_per_node: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments for this node: one node alone, a standalone rendezvous on a free local port; several,
+    the c10d rendezvous at the first node (which hosts its store: is_host, not guessed from hostnames), the job id
+    as the rendezvous id. No restarts: a failed worker ends the job, and Slurm's verdict goes to tunelab's retry.
+    No --node-rank: c10d ignores it (torchrun warns so) and ranks the nodes in the order of their names; rank 0 is
+    whichever node that puts first, and only it writes run files."""
+    head = ["--nproc-per-node", str(nproc_per_node), "--max-restarts", "0"]
+    if place is None:
+        return ["--standalone", "--nnodes", "1", *head, "--module", JOB_MODULE, *argv]
+    return ["--nnodes", str(place.nodes), *head, "--rdzv-backend", "c10d", "--rdzv-endpoint", place.endpoint,
+            "--rdzv-id", place.job_id, "--rdzv-conf", f"is_host={1 if place.is_first else 0}",
+            "--module", JOB_MODULE, *argv]

@@ -1,0 +1,179 @@
+"""FSDP that really shards, on CPU (two gloo processes under torchrun), checked against independent expectations:
+a one-process run with the same effective batch and data order, an uninterrupted run for a killed-and-resumed
+one, and the planner's simulated per-device parameter bytes for what each process really holds.
+
+Tolerance: the runs are float32 and see the same examples in the same order, so they differ only in the order
+of reductions (the gradient reduce-scatter over two processes, each process's loss sum over its half of the
+batch): a few ulps per operation, ~1e-7 relative as measured, growing slowly over 20 AdamW steps. rtol 1e-5
+leaves two orders of magnitude for that and still fails on any real difference (a lost or repeated micro-batch
+moves the loss in the third digit, a wrong learning rate or an unsynchronised gradient far more). The adapters'
+weights get atol 1e-5 besides: AdamW divides each gradient by its running RMS, so an element whose gradient sits
+at rounding level takes a rounding-sized difference up to a full-sized one (measured: 1.3e-6 on one element of
+30 tensors); 1e-5 is 1/200 of one Adam step (lr 0.002), which any lost, repeated or unsynchronised step exceeds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.rundir.experiment import training_state
+from tunelab.scaffold.write import scaffold
+
+pytestmark = pytest.mark.slow
+
+STEPS = 20  # 320 training examples / (4 a micro-batch × 2 processes × 2 accumulated)
+RTOL, ATOL = 1e-5, 1e-5
+TRAINING = {"epochs": 1, "gradient_accumulation_steps": 2, "logging_steps": 1, "validation_every_steps": 10,
+            "checkpoint_every": 5}  # no dropout: its masks depend on how the batch is split over processes
+
+
+def _spec(spec_in, directory: Path, **resources) -> Path:
+    processes = resources.get("nproc_per_run", 1)
+    return spec_in(directory, factors={"lora_rank": [4]}, controls=False,
+                   training={**TRAINING, "batch_size": 8 // processes}, resources={"gpus_per_run": 0, **resources})
+
+
+def _train(run_yaml: Path, **env: str) -> subprocess.Popen:
+    """`tunelab train run.yaml`, its output in train.log (as a job script keeps it)."""
+    with open(run_yaml.parent / "train.log", "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_yaml)],
+                                env=dict(os.environ, HF_HUB_OFFLINE="1", **env), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def runs(spec_in, tmp_path_factory):
+    """An uninterrupted 2-process FSDP run and a 1-process run of the same effective batch, trained side by side."""
+    root = tmp_path_factory.mktemp("fsdp")
+    fsdp = scaffold(_spec(spec_in, root / "fsdp", nproc_per_run=2, distributed="fsdp")).runs[0]
+    one = scaffold(_spec(spec_in, root / "one")).runs[0]
+    procs = [_train(cfg.run_dir / "run.yaml") for cfg in (fsdp, one)]
+    assert [p.wait(600) for p in procs] == [0, 0], (fsdp.run_dir / "train.log").read_text()[-3000:]
+    return fsdp, one
+
+
+def _losses(run_dir: Path, key: str) -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_jsonl(run_dir / "metrics.jsonl") if r[key] is not None}
+
+
+def _adapter(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def _assert_same_adapter(a: dict, b: dict) -> None:
+    import torch
+
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert torch.allclose(a[key], b[key], rtol=RTOL, atol=ATOL), key
+
+
+def test_two_sharded_processes_train_as_one_process_with_the_same_batch(runs):
+    fsdp, one = runs
+    summary = read_json(fsdp.run_dir / "summary.json")
+    assert summary["distributed"] == "fsdp" and summary["world_size"] == 2
+    assert summary["effective_batch_size"] == read_json(one.run_dir / "summary.json")["effective_batch_size"] == 16
+    assert "FSDP2: 2 decoder layers and the root sharded over 2 processes (cpu)" in (fsdp.run_dir / "train.log").read_text()
+    for key in ("loss", "val_loss", "grad_norm"):
+        sharded, single = _losses(fsdp.run_dir, key), _losses(one.run_dir, key)
+        assert sorted(sharded) == sorted(single) and len(single) == (STEPS if key != "val_loss" else 2)
+        assert sharded == pytest.approx(single, rel=RTOL), key
+    # the checkpoint files are a one-process run's: same names, same full tensors (not shards)
+    assert sorted(p.name for p in (fsdp.run_dir / "checkpoints" / "epoch_0").iterdir()) == \
+        sorted(p.name for p in (one.run_dir / "checkpoints" / "epoch_0").iterdir())
+    _assert_same_adapter(_adapter(fsdp.run_dir / "checkpoints" / "epoch_0"),
+                         _adapter(one.run_dir / "checkpoints" / "epoch_0"))
+
+
+def test_the_sharded_adapter_loads_in_peft_alone(runs):
+    """PEFT alone, no tunelab and no process group, loads the sharded run's adapter onto the base model and
+    computes the same logits as with the one-process run's adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    fsdp, one = runs
+    ids = torch.tensor([[5, 70, 71, 72, 9, 40]])
+    logits = []
+    for cfg in (fsdp, one):
+        base = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(cfg.run_dir / "checkpoints" / "epoch_0")).eval()
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    base_logits = AutoModelForCausalLM.from_pretrained(fsdp.model.path, dtype=torch.float32)(input_ids=ids).logits
+    assert not torch.allclose(logits[0], base_logits, atol=1e-3)  # the adapter changed the model
+    assert torch.allclose(logits[0], logits[1], rtol=RTOL, atol=1e-5)
+
+
+def test_each_process_holds_the_simulated_shard_of_the_parameters(runs):
+    """Each rank's parameter storage, as FSDP2 allocated it, equals the planner's simulated sharded term."""
+    from tunelab.estimate.memory import MemoryInputs
+    from tunelab.estimate.peak import predict_peak, step_shape
+    from tunelab.spec import Strategy
+
+    fsdp, _ = runs
+    t = fsdp.training
+    inputs = MemoryInputs.of_training(t, "float32")
+    sim = predict_peak(fsdp.model.path, inputs, step_shape(t.batch_size, t.max_seq_len, False, None), 2,
+                       Strategy.FSDP).simulated
+    one = predict_peak(fsdp.model.path, inputs, step_shape(t.batch_size, t.max_seq_len, False, None)).simulated
+    assert sim is not None and one is not None
+    processes = read_json(fsdp.run_dir / "summary.json")["processes"]
+    assert [p["rank"] for p in processes] == [0, 1]
+    for p in processes:
+        assert p["frozen_param_bytes"] == sim.sharded_frozen
+        assert p["trainable_param_bytes"] == sim.sharded_trainable
+    # and it is a shard: about half of the whole model's frozen bytes on each of the two
+    assert sim.sharded_frozen is not None and 0.45 < sim.sharded_frozen / one.weights < 0.55
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(runs, spec_in, tmp_path):
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
+
+    fsdp, _ = runs
+    spec = _spec(spec_in, tmp_path / "killed", nproc_per_run=2, distributed="fsdp")
+    cfg = scaffold(spec).runs[0]
+    proc = _train(cfg.run_dir / "run.yaml", TUNELAB_FAULT_STEP_S="0.4")  # paced, so the kill lands mid-epoch
+    try:  # after the mid-epoch save at step 10 is complete and two more steps are logged
+        status = lambda: read_json(cfg.run_dir / "status.json", default={})  # noqa: E731
+        assert _wait_for(lambda: status().get("step", 0) >= 12 and "last_checkpoint" in status(), 300)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, with no warning
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = read_json(cfg.run_dir / "status.json")["step"]
+    assert 10 < killed_at < STEPS and training_state(cfg.run_dir) == "interrupted"
+
+    assert run_sweep(LocalExecutor(), spec.parent) == {cfg.name: "completed"}
+    status_after = read_json(cfg.run_dir / "status.json")
+    assert status_after["restarts"] == 1 and status_after["resumed_from"] in ("checkpoint-10", "checkpoint-15")
+    summary = read_json(cfg.run_dir / "summary.json")
+    assert summary["distributed"] == "fsdp" and summary["steps"] == STEPS
+    # every step logged once, with the uninterrupted run's losses: data position, optimizer, scheduler, RNG restored
+    resumed, straight = _losses(cfg.run_dir, "loss"), _losses(fsdp.run_dir, "loss")
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert resumed == pytest.approx(straight, rel=RTOL)
+    _assert_same_adapter(_adapter(cfg.run_dir / "checkpoints" / "epoch_0"),
+                         _adapter(fsdp.run_dir / "checkpoints" / "epoch_0"))
