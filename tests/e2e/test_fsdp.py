@@ -29,7 +29,7 @@ from tunelab.scaffold.write import scaffold
 
 pytestmark = pytest.mark.slow
 
-STEPS = 20  # 320 training examples / (4 a micro-batch × 2 processes × 2 accumulated)
+STEPS = 20  # 320 training examples / 16 a step (4 a micro-batch × 2 processes × 2 accumulated, or 8 × 1 × 2)
 RTOL, ATOL = 1e-5, 1e-5
 TRAINING = {"epochs": 1, "gradient_accumulation_steps": 2, "logging_steps": 1, "validation_every_steps": 10,
             "checkpoint_every": 5}  # no dropout: its masks depend on how the batch is split over processes
@@ -52,12 +52,24 @@ def _train(run_yaml: Path, **env: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def runs(spec_in, tmp_path_factory):
     """An uninterrupted 2-process FSDP run and a 1-process run of the same effective batch, trained side by side."""
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.execute.sweep import run_sweep
+    from tunelab.faults import FAULT_OOM_ENV
+    from tunelab.rundir.config import load_run_config
+
     root = tmp_path_factory.mktemp("fsdp")
-    fsdp = scaffold(_spec(spec_in, root / "fsdp", nproc_per_run=2, distributed="fsdp")).runs[0]
+    spec = _spec(spec_in, root / "fsdp", nproc_per_run=2, distributed="fsdp")
+    fsdp = scaffold(spec).runs[0]
     one = scaffold(_spec(spec_in, root / "one")).runs[0]
-    procs = [_train(cfg.run_dir / "run.yaml") for cfg in (fsdp, one)]
-    assert [p.wait(600) for p in procs] == [0, 0], (fsdp.run_dir / "train.log").read_text()[-3000:]
-    return fsdp, one
+    single = _train(one.run_dir / "run.yaml")
+    with pytest.MonkeyPatch.context() as mp:  # the sharded run's first job runs out of memory at micro-batch 4
+        mp.setenv(FAULT_OOM_ENV, "2")
+        assert run_sweep(LocalExecutor(), spec.parent) == {fsdp.name: "completed"}
+    assert single.wait(600) == 0, (one.run_dir / "train.log").read_text()[-3000:]
+    retried = load_run_config(fsdp.run_dir / "run.yaml")  # the OOM retry's: micro-batch halved, accumulation doubled
+    assert retried.training is not None and retried.attempt == 2
+    assert (retried.training.batch_size, retried.training.gradient_accumulation_steps) == (2, 4)
+    return retried, one
 
 
 def _losses(run_dir: Path, key: str) -> dict[int, float]:
@@ -83,6 +95,7 @@ def test_two_sharded_processes_train_as_one_process_with_the_same_batch(runs):
     fsdp, one = runs
     summary = read_json(fsdp.run_dir / "summary.json")
     assert summary["distributed"] == "fsdp" and summary["world_size"] == 2
+    # the OOM retry kept the effective batch: 2 a micro-batch × 4 accumulated × 2 processes = 8 × 2 × 1
     assert summary["effective_batch_size"] == read_json(one.run_dir / "summary.json")["effective_batch_size"] == 16
     assert "FSDP2: 2 decoder layers and the root sharded over 2 processes (cpu)" in (fsdp.run_dir / "train.log").read_text()
     for key in ("loss", "val_loss", "grad_norm"):
@@ -170,7 +183,7 @@ def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(run
     status_after = read_json(cfg.run_dir / "status.json")
     assert status_after["restarts"] == 1 and status_after["resumed_from"] in ("checkpoint-10", "checkpoint-15")
     summary = read_json(cfg.run_dir / "summary.json")
-    assert summary["distributed"] == "fsdp" and summary["steps"] == STEPS
+    assert summary["distributed"] == "fsdp" and summary["steps"] == STEPS and summary["effective_batch_size"] == 16
     # every step logged once, with the uninterrupted run's losses: data position, optimizer, scheduler, RNG restored
     resumed, straight = _losses(cfg.run_dir, "loss"), _losses(fsdp.run_dir, "loss")
     assert sorted(resumed) == list(range(1, STEPS + 1))

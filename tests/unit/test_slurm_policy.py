@@ -80,7 +80,7 @@ def test_oom_halves_micro_batch_keeps_effective_batch(run_cfg):
     assert d.retry and not d.restart
     t = d.config.training
     assert (t.batch_size, t.gradient_accumulation_steps) == (4, 4) and d.config.attempt == 2
-    assert "effective batch 16 unchanged" in d.reason
+    assert "examples per optimizer step and process 16 unchanged" in d.reason
     new = retry.apply(d)
     from tunelab.rundir.config import load_run_config
 

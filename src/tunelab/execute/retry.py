@@ -100,8 +100,8 @@ def decide(cfg: RunConfig, failure: Failure, executor: type[Executor] | None = N
         if restart:
             then = "restart the stage from its first step" if stage is not None else "restart from step 0"
         reason = (f"oom: {where}batch_size {t.batch_size}->{b}, gradient_accumulation_steps "
-                  f"{t.gradient_accumulation_steps}->{g} (effective batch "
-                  f"{t.batch_size * t.gradient_accumulation_steps} unchanged); {then}")
+                  f"{t.gradient_accumulation_steps}->{g} (examples per optimizer step and process "
+                  f"{t.batch_size * t.gradient_accumulation_steps} unchanged, so the effective batch too); {then}")
     elif failure.kind == TIMEOUT:
         reason = "timeout: resume from the last checkpoint"
         longer = executor.longer_time_limit(cfg) if executor is not None else None

@@ -168,7 +168,7 @@ def test_injected_oom_is_healed_by_halving_the_micro_batch(write_spec, monkeypat
     summary = read_json(cfg.run_dir / "summary.json")
     assert summary["effective_batch_size"] == 8 and summary["attempt"] == 2 and summary["steps"] == 40
     reasons = [a["reason"] for a in ledger.query(exp, "SELECT * FROM attempts ORDER BY id")]
-    assert "oom" in reasons[0] and "effective batch 8 unchanged" in reasons[0]
+    assert "oom" in reasons[0] and "examples per optimizer step and process 8 unchanged" in reasons[0]
     assert _status(exp)[cfg.name].eval == "scored"
 
 
