@@ -27,6 +27,7 @@ sys.path.insert(0, str(BENCH))
 import forking  # noqa: E402
 
 SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
+    "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
@@ -35,7 +36,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 2.0
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
-WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py")  # they take --out DIR
+WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
@@ -219,3 +220,31 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     bound = 100 * ratio_bound(abs(predicted - measured), measured, 0.2, 0.1)  # both printed to 0.1 s
     assert err == pytest.approx(100 * abs(predicted - measured) / measured, abs=0.051 + bound)
     assert line(out, rf"^median time error: {NUM} %$") == (err,)  # the median of one row
+
+
+@pytest.mark.slow
+def test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds(smokes):
+    """The table is each run's summary.json, and the shards are what FSDP promises: every byte column of a
+    FSDP rank half of the one-process figure (up to the padding of odd first dimensions), DDP's equal to it."""
+    out, out_dir = smoke(smokes, "distributed.py")
+    runs = {name: json.loads(next((out_dir / name.replace(" ", "_")).glob("runs/*/summary.json")).read_text())
+            for name in ("one process", "DDP x2", "FSDP x2")}
+    assert [len(s["processes"]) for s in runs.values()] == [1, 2, 2]
+    assert len({s["effective_batch_size"] for s in runs.values()}) == 1 and len({s["steps"] for s in runs.values()}) == 1
+    assert runs["FSDP x2"]["distributed"] == "fsdp" and runs["DDP x2"]["distributed"] == "ddp"
+    for name, s in runs.items():
+        for p in s["processes"]:
+            frozen, trainable, optim, rss, step = line(
+                out, rf"^  {re.escape(name)} +{p['rank']} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$")
+            assert frozen == pytest.approx(p["frozen_param_bytes"] / 2**20, abs=0.0006)
+            assert optim == pytest.approx(p["optimizer_bytes"] / 2**20, abs=0.0006)
+            assert rss == pytest.approx(p["peak_rss_bytes"] / 2**20, abs=0.06)
+            assert step == pytest.approx(s["tokens"] / s["steps"] / s["tokens_per_s"], abs=0.0006)
+    one = runs["one process"]["processes"][0]
+    for name, share in (("DDP x2", 1.0), ("FSDP x2", 0.5)):
+        for p in runs[name]["processes"]:
+            for key in ("frozen_param_bytes", "trainable_param_bytes", "optimizer_bytes"):
+                assert p[key] / one[key] == pytest.approx(share, abs=0.01), (name, key)
+    (fsdp_frozen,) = line(out, rf"^  FSDP x2 +{NUM} +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$")
+    assert fsdp_frozen == pytest.approx(runs["FSDP x2"]["processes"][0]["frozen_param_bytes"] / one["frozen_param_bytes"],
+                                        abs=0.0006)

@@ -55,7 +55,7 @@ class StepCost(JsonRecord):
 
 @dataclass(kw_only=True)
 class ProcessMemory(JsonRecord):
-    """What one process of a distributed run held at the end of training: its parameters' storage (a shard's
+    """What one process of a run held at the end of training: its parameters' storage (a shard's
     under FSDP, the whole model's under DDP), its optimizer state's, and its peak resident memory."""
 
     rank: int
@@ -107,7 +107,7 @@ class Summary(JsonRecord):
     data_wait_fraction: float | None = None  # of training time
     world_size: int | None = None
     distributed: Strategy | None = None  # what the trainer applied (None: one process)
-    processes: list[ProcessMemory] | None = None  # a distributed run: what each process held, by rank
+    processes: list[ProcessMemory] | None = None  # what each process held, by rank (one for one process)
     effective_batch_size: int | None = None
     trainable_params: int | None = None
     total_params: int | None = None

@@ -127,7 +127,7 @@ def _train(cfg: RunConfig, run_dir: Path, start: Resume, ctx: StageContext, stat
     fitted = _fit(cfg, t, run_dir, start, ctx, writer, status)
     if fitted.validates:
         _validate_at_end(fitted.trainer, writer.rows)
-    processes = gather_process_memory(fitted.trainer) if world().size > 1 else None  # a collective
+    processes = gather_process_memory(fitted.trainer)  # a collective: every process at this point
     if not world().is_main:
         return None
     return _summarize(cfg, t, run_dir, start, ctx, fitted, writer, dtype, cuda, processes)
