@@ -4,6 +4,7 @@
 
     executor: slurm            # optional: the default executor
     gpu: H100-80GB             # optional: the GPU jobs run on, planned for where none is (a login node)
+    node_gpus: 4               # optional: GPUs one node of your cluster has (default: 8, assumed)
     slurm:                     # any key of resources.slurm in experiment.yaml
       account: my-lab
       partition: gpu
@@ -17,12 +18,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from pydantic import Field
+
 from tunelab.spec import ExecutorKind, ResourcesSpec, SlurmSpec, _Strict, load_yaml_model
 
 
 class UserConfig(_Strict):
     executor: ExecutorKind | None = None
     gpu: str | None = None
+    node_gpus: int | None = Field(None, ge=1)
     slurm: SlurmSpec | None = None
 
 
@@ -50,6 +55,8 @@ def merge_resources(spec_resources: ResourcesSpec, user: UserConfig | None = Non
         data["executor"] = user.executor
     if user.gpu and "gpu" not in spec_resources.model_fields_set:
         data["gpu"] = user.gpu
+    if user.node_gpus and "node_gpus" not in spec_resources.model_fields_set:
+        data["node_gpus"] = user.node_gpus
     if user.slurm is not None:
         slurm = user.slurm.model_dump(exclude_unset=True)
         if spec_resources.slurm is not None:

@@ -227,3 +227,47 @@ def test_optimizer_steps_counts_partial_windows_like_the_trainer(rows, b, g):
     walked = sum(1 for k in range(len(micro)) if (k + 1) % g == 0 or k == len(micro) - 1)
     assert optimizer_steps(rows, b, g, epochs=3) == 3 * walked
     assert optimizer_steps(rows, b, g, epochs=3, max_steps=2) == min(2, 3 * walked)
+
+
+def test_the_micro_batch_search_shards_as_the_peak_does():
+    """Issue 38, as a new user met it: Llama-3.1-70B on 4 H100s, FSDP, activation checkpointing. Micro-batch 1's
+    sharded peak fits (41.5 GiB), so the search for the largest micro-batch must shard too — it used to simulate
+    one unsharded GPU (138 GiB) and answer 0. The answer is checked against the simulator run directly with the
+    same 4 processes and FSDP: the recommendation (with its accumulation) and the maximum fit the planner's
+    budget, one row more than the maximum does not."""
+    from tunelab.estimate.peak import LIMIT_BATCH
+    from tunelab.spec import Strategy, TrainingConfig
+
+    res = runner.invoke(app, ["estimate", "--model", "Llama-3.1-70B", "--gpu", "H100-80GB", "--batch-size", "1",
+                              "--max-seq-len", "2048", "--lora-rank", "16", "--gpus", "4", "--strategy", "fsdp",
+                              "--activation-checkpointing", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["fits"] and out["processes"] == 4 and out["strategy"] == "fsdp"
+    assert out["max_batch_size"] >= 1 and 1 <= out["recommended_batch_size"] <= out["max_batch_size"]
+    assert "gpus_needed" not in out  # it fits its 4 GPUs
+
+    model, budget = "Llama-3.1-70B", 0.85 * resolve_gpu("H100-80GB").memory_gib  # batch.SAFETY_FRACTION
+    inputs = replace(MemoryInputs.of_training(TrainingConfig(lora_rank=16, gradient_checkpointing=True), "bfloat16"),
+                     attention=out["attention"])
+
+    def peak(b: int, accumulation: int = 1) -> float:
+        return predict_peak(model, replace(inputs, gradient_accumulation_steps=accumulation),
+                            step_shape(b, 2048, False, None), 4, Strategy.FSDP).required_gib
+
+    assert peak(1) == pytest.approx(out["peak_memory_gib"], abs=1e-3)
+    top = out["max_batch_size"]
+    assert peak(top) <= budget and (top == LIMIT_BATCH or peak(top + 1) > budget)
+    assert peak(out["recommended_batch_size"], out["recommended_gradient_accumulation_steps"]) <= budget
+    # one process holding the whole model: not even micro-batch 1 fits (what the search used to simulate)
+    assert largest_batch(model, inputs, budget, 2048, False, None) == 0
+    # on one GPU, estimate says so and names the fewest GPUs whose sharded peak fits: 2 (one does not)
+    res = runner.invoke(app, ["estimate", "--model", "Llama-3.1-70B", "--gpu", "H100-80GB", "--batch-size", "1",
+                              "--max-seq-len", "2048", "--lora-rank", "16", "--activation-checkpointing",
+                              "--node-gpus", "4", "--json"])
+    need = json.loads(res.stdout)["gpus_needed"]
+    two = predict_peak(model, inputs, step_shape(1, 2048, False, None), 2, Strategy.FSDP).required_gib
+    one = predict_peak(model, inputs, step_shape(1, 2048, False, None)).required_gib
+    assert one > resolve_gpu("H100-80GB").memory_gib >= two
+    assert (need["gpus"], need["nodes"], need["node_gpus_source"]) == (2, 1, "--node-gpus")
+    assert need["peak_memory_gib"] == round(two, 2) and need["fewer_peak_memory_gib"] == round(one, 2)

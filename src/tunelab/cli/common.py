@@ -101,7 +101,7 @@ def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidd
 
 def print_plan(plan: Plan) -> None:
     """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
-    from tunelab.plan.markdown import plan_rows, resolution_notes, stage_rows
+    from tunelab.plan.markdown import gpu_notes, plan_rows, resolution_notes, stage_rows
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):
@@ -113,6 +113,8 @@ def print_plan(plan: Plan) -> None:
     say("recipe: {}", plan.recipe)
     for note in resolution_notes(plan):
         say("resolution: {}", note)
+    for note in gpu_notes(plan):
+        say("GPUs and nodes: {}", note)
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
         say("local schedule: longest first, predicted makespan {:.1f} min", plan.schedule.makespan_s / 60)
     for w in plan.warnings:

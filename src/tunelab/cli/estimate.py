@@ -134,6 +134,8 @@ _ATTENTION = typer.Option("auto", "--attention", help="As training.attention: au
 _GPUS = typer.Option(1, "--gpus", min=1, help="GPUs one run trains on (memory is per GPU).")
 _STRATEGY = typer.Option(Strategy.DDP, "--strategy", help="With --gpus > 1: ddp (a replica per GPU) or fsdp "
                          "(sharded).")
+_NODE_GPUS = typer.Option(None, "--node-gpus", min=1, help="GPUs one node has, for the nodes a model too large "
+                          "for --gpus needs (default: node_gpus of the user config, else 8, assumed).")
 _DATASET = typer.Option(None, "--dataset", help="Dataset JSON to measure with the real tokenizer.")
 _PROMPT = typer.Option(None, "--prompt", help="Prompt template naming the rows' fields, e.g. 'Q: {input}' (with "
                        "--dataset; chat and prompt/completion rows need none).")
@@ -171,6 +173,7 @@ def estimate_cmd(
     attention: str = _ATTENTION,
     gpus: int = _GPUS,
     strategy: Strategy = _STRATEGY,
+    node_gpus: Optional[int] = _NODE_GPUS,
     dataset: Optional[Path] = _DATASET,
     prompt: Optional[str] = _PROMPT,
     epochs: Optional[int] = _EPOCHS,
@@ -202,11 +205,23 @@ def estimate_cmd(
     est = estimate_config(model, target_gpu, max_seq_len, inputs, batch_size, packed,
                           dataset, prompt, training.epochs, effective_batch, chat_template=chat_template,
                           system_prompt=system_prompt, processes=gpus, strategy=strategy if gpus > 1 else None,
-                          images_per_example=images_per_example, min_pixels=min_pixels, max_pixels=max_pixels)
+                          images_per_example=images_per_example, min_pixels=min_pixels, max_pixels=max_pixels,
+                          node=_node_size(node_gpus))
     if json_out:
         print(json.dumps(est.to_json(), indent=2))
         return
     _print_estimate(est)
+
+
+def _node_size(flag: int | None):
+    """GPUs a node has: --node-gpus, else the user config's node_gpus, else the assumption (and its source)."""
+    from tunelab.estimate.gpus import NodeSize
+    from tunelab.userconfig import load_user_config, user_config_path
+
+    if flag is not None:
+        return NodeSize(flag, "--node-gpus")
+    user = load_user_config().node_gpus
+    return NodeSize(user, f"node_gpus in {user_config_path()}") if user else NodeSize.assumed()
 
 
 def _print_estimate(est: ConfigEstimate) -> None:
@@ -232,6 +247,11 @@ def _print_estimate(est: ConfigEstimate) -> None:
         est.recommended_batch_size, est.recommended_gradient_accumulation_steps)
     for r in est.reasons:
         say("  - {}", r)
+    if not est.fits:
+        from tunelab.estimate.gpus import MAX_GPUS, describe
+
+        say("GPUs needed: {}", describe(est.gpus_needed) if est.gpus_needed is not None else
+            f"the FSDP-sharded peak does not fit even {MAX_GPUS} GPUs: the activations alone nearly fill one")
 
 
 def validate_cmd(

@@ -10,10 +10,12 @@ from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.config_estimate import ConfigEstimate
+from tunelab.estimate.gpus import NodeSize, fewest_gpus, gpus_needed, scaled_time
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
 from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
+from tunelab.rundir.estimate import GpusNeeded
 from tunelab.spec.resources import Strategy
 
 if TYPE_CHECKING:
@@ -49,12 +51,14 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                     target_effective_batch: int = 16, chat_template: str = "auto",
                     system_prompt: str | None = None, processes: int = 1, strategy: Strategy | None = None,
                     images_per_example: int = 0, min_pixels: int | None = None,
-                    max_pixels: int | None = None) -> ConfigEstimate:
+                    max_pixels: int | None = None, node: NodeSize | None = None) -> ConfigEstimate:
     """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).
     chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use.
-    processes/strategy: memory per device of an N-GPU run (DDP or FSDP).
+    processes/strategy: memory per device of an N-GPU run (DDP or FSDP; None: auto, as the plan chooses), the
+    micro-batch search's too.
     images_per_example (a vision-language model): that many images at the min/max_pixels budget in every row,
-    their tokens inside max_seq_len; image rows are not packed."""
+    their tokens inside max_seq_len; image rows are not packed. node: GPUs one node has, for the nodes a
+    configuration that does not fit its GPUs needs (default: assumed, NodeSize.assumed)."""
     arch = resolve_architecture(model)
     images = None
     if images_per_example:
@@ -78,12 +82,15 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     attention = resolve_attention(inputs.attention, use_packed, model_config_of(model))
     inputs = replace(inputs, attention=attention.kind.value)
     out.update({"attention": attention.kind.value, "attention_kernel": attention.describe()})
+    if processes > 1 and strategy is None:  # auto, as the plan decides it (at micro-batch 1)
+        one = step_shape(1, max_seq_len, use_packed, train.max_len if train else None)
+        strategy = out["strategy"] = _auto_strategy(model, inputs, one, processes, gpu, arch)
     bp = plan_batch(model, inputs, gpu.memory_gib, max_seq_len, target_effective_batch, packed=use_packed,
                     longest=train.max_len if train else None,
                     density=data.packing.density if data else None,
                     sequences=(data.packing.sequences if use_packed else data.train.examples) if data else None,
                     epoch_seconds=(lambda b, _accum: _epoch_work(data, arch, gpu, use_packed, b, max_seq_len).seconds)
-                    if data else None)
+                    if data else None, processes=processes, strategy=strategy)
     if packed is None and train:
         bp.reasons.insert(0, f"packing {'on' if use_packed else 'off'}: mean example {train.mean_len:.0f} "
                              f"tokens vs max_seq_len {max_seq_len}")
@@ -96,7 +103,39 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     if data:
         accum = bp.recommended_gradient_accumulation_steps if batch_size is None else 1
         out.update(_epoch_estimate(data, arch, gpu, use_packed, b, accum, max_seq_len, epochs))
+    if not fits(mem, gpu.memory_gib):  # set only where it does not fit (the JSON holds the fields set)
+        out.update(_gpus_needed(model, inputs, shape, gpu, arch, b, node or NodeSize.assumed(), out))
     return ConfigEstimate(**out)
+
+
+def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, processes: int, gpu: GPU,
+                   arch: Any) -> Strategy | None:
+    """resources.distributed: auto on `processes` GPUs: DDP unless only the FSDP-sharded step fits
+    (estimate/runs.py choose_strategy, the plan's rule)."""
+    from tunelab.estimate.runs import choose_strategy
+
+    whole = predict_peak(model, inputs, shape, processes, Strategy.DDP, arch)
+    sharded = predict_peak(model, inputs, shape, processes, Strategy.FSDP, arch)
+    return choose_strategy("auto", processes, whole.required_gib, sharded.required_gib, gpu.memory_gib)
+
+
+def _gpus_needed(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu: GPU, arch: Any, b: int,
+                 node: NodeSize, out: dict[str, Any]) -> dict[str, GpusNeeded]:
+    """{"gpus_needed": …}: the fewest GPUs on which micro-batch b's FSDP-sharded peak fits, their nodes, and
+    (with a dataset) the epochs' time on them, the one-GPU FLOPs-model time at the plan's scaling assumption.
+    Empty when no count fits."""
+    search = fewest_gpus(model, inputs, shape, gpu.memory_gib, arch)
+    if search is None:
+        return {}
+    need = gpus_needed(search, b, gpu.memory_gib, node)
+    per_epoch, epochs = out.get("est_seconds_per_epoch"), out.get("epochs") or 1
+    if per_epoch is None:
+        return {"gpus_needed": need.model_copy(update={"time_source": "none: the time needs a dataset "
+                                                                      "(--dataset) and a GPU with a FLOPs figure"})}
+    time = scaled_time(per_epoch * epochs, need.gpus_per_run,
+                       f"{epochs} epoch(s), FLOPs model at {DEFAULT_MFU:.0%} MFU")
+    return {"gpus_needed": need.model_copy(update={"seconds": time.seconds, "time_source": time.source,
+                                                   "gpu_hours": time.gpu_hours})}
 
 
 def _memory_fields(mem: MemoryFigure, gpu: GPU, bp: BatchPlan, b: int, shape: StepShape,

@@ -10,6 +10,7 @@ from typing import Callable
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import LIMIT_BATCH, largest_micro_batch, predict_peak, step_shape
 from tunelab.fsutil import human_seconds
+from tunelab.spec.resources import Strategy
 
 SAFETY_FRACTION = 0.85  # keep predicted peak under this share of GPU memory
 SHORT_EXAMPLE_FRACTION = 0.25  # packing pays off when the mean example is under this share of max_seq_len
@@ -47,21 +48,27 @@ def should_pack(mean_len: float | None, max_seq_len: int) -> bool:
 
 
 def largest_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, max_seq_len: int, packed: bool,
-                  longest: int | None, limit: int = LIMIT_BATCH) -> int:
-    """Largest micro-batch whose simulated requirement fits the budget (0 when not even 1 fits)."""
-    return largest_micro_batch(model, inputs, budget_gib, max_seq_len, packed, longest, limit)
+                  longest: int | None, limit: int = LIMIT_BATCH, processes: int = 1,
+                  strategy: Strategy | None = None) -> int:
+    """Largest micro-batch whose simulated requirement per device fits the budget (0 when not even 1 fits), on
+    `processes` devices with `strategy` — the step the peak is predicted for, so an FSDP run's search shards
+    as its peak does."""
+    return largest_micro_batch(model, inputs, budget_gib, max_seq_len, packed, longest, limit, processes, strategy)
 
 
 def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, max_seq_len: int,
                target_effective_examples: int, packed: bool, longest: int | None = None, density: float | None = None,
                sequences: int | None = None, safety: float = SAFETY_FRACTION,
-               epoch_seconds: Callable[[int, int], float | None] | None = None) -> BatchPlan:
+               epoch_seconds: Callable[[int, int], float | None] | None = None, processes: int = 1,
+               strategy: Strategy | None = None) -> BatchPlan:
     """The micro-batch memory allows, capped by the effective-batch target and the epoch's size; its reasons
     name the rule that decided and, when it is not memory, what the largest batch that fits would give.
     sequences: rows of an epoch (packed sequences when packed); epoch_seconds(micro_batch, accumulation):
-    predicted seconds per epoch, when there is a time model."""
+    predicted seconds per epoch, when there is a time model. processes/strategy: memory per device of an
+    N-device run (the search and the reported peak both simulate that step)."""
     budget = gpu_memory_gib * safety
-    max_b = largest_batch(model, inputs, budget, max_seq_len, packed, longest)
+    max_b = largest_batch(model, inputs, budget, max_seq_len, packed, longest, processes=processes,
+                          strategy=strategy)
     per_row = (density or 1.0) if packed else 1.0
     choice = _choose(max_b, per_row, target_effective_examples, sequences)
     accum = _accumulation(choice.batch, per_row, target_effective_examples)
@@ -72,13 +79,23 @@ def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, m
                    f"gradient accumulation {accum}: effective batch ≈ {choice.batch * per_row * accum:.0f} "
                    f"examples (target {target_effective_examples})"]
     else:
-        reasons = ["not even a micro-batch of 1 fits: enable activation checkpointing, shorten max_seq_len, "
-                   "or use a larger GPU"]
+        reasons = [_none_fits(inputs, processes, strategy)]
     shape = step_shape(max(choice.batch, 1), max_seq_len, packed, longest)
-    figure = predict_peak(model, replace(inputs, gradient_accumulation_steps=accum), shape)
+    figure = predict_peak(model, replace(inputs, gradient_accumulation_steps=accum), shape, processes, strategy)
     return BatchPlan(packed, max_b, choice.batch, accum, shape.tokens, round(figure.required_gib, 3),
                      round(budget, 3), round(choice.batch * per_row * accum, 2), reasons, figure.source,
                      choice.rule, choice.memory_batch)
+
+
+def _none_fits(inputs: MemoryInputs, processes: int, strategy: Strategy | None) -> str:
+    """What is left to try when not even a micro-batch of 1 fits (only what is not already on)."""
+    fixes = ([] if inputs.activation_checkpointing else ["enable activation checkpointing"])
+    fixes += ["shorten max_seq_len"]
+    if strategy != Strategy.FSDP or processes <= 1:
+        fixes += ["shard the model over several GPUs (FSDP)"]
+    else:
+        fixes += [f"shard it over more than {processes} GPUs"]
+    return f"not even a micro-batch of 1 fits: {', '.join(fixes)}, or use a larger GPU"
 
 
 @dataclass(frozen=True)

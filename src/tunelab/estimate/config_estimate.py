@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.rundir.estimate import GpusNeeded
 from tunelab.spec.resources import Strategy
 
 
@@ -54,6 +55,10 @@ class ConfigEstimate(BaseModel):
     recommended_batch_size: int = Field(description="The micro-batch the planner would choose.")
     recommended_gradient_accumulation_steps: int = Field(description="Accumulation keeping the effective batch.")
     reasons: list[str] = Field(description="The rule that decided the micro-batch, and what the largest would give.")
+    # a configuration that does not fit its GPUs
+    gpus_needed: GpusNeeded | None = Field(default=None, description="Set when the micro-batch does not fit: the "
+                                           "fewest GPUs whose FSDP-sharded peak fits, the nodes they take and the "
+                                           "time on them.")
     # a vision-language model's images
     images: dict[str, Any] | None = Field(default=None, description="Images per example, their size, grid and "
                                           "tokens (set for a vision-language configuration).")

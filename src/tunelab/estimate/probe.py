@@ -102,7 +102,9 @@ def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
 
 
 def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
-    """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory)."""
+    """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory), for
+    the step the probe measured: one process (probe_steps trains in the probe's own process, never under
+    torchrun), so the search is the single-device one whatever the run's gpus_per_run."""
     from tunelab.catalog import match_gpu
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.estimate.peak import largest_micro_batch
@@ -112,7 +114,8 @@ def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
         return None
     t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
-    return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024)
+    return largest_micro_batch(cfg.model.path, inputs, gpu.memory_gib, t.max_seq_len, t.packing, None, limit=1024,
+                               processes=1, strategy=None)
 
 
 def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:

@@ -128,21 +128,23 @@ def _training(cfg: RunConfig) -> TrainingConfig:
 def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
                 arch: Architecture | None = None) -> tuple[MemoryFigure, Strategy | None]:
     """The simulated peak of one device and the strategy the run trains with on `nproc` devices: DDP (the whole
-    model on each), or FSDP when the spec asks for it or only the sharded run fits. Plan and validate share it."""
-    whole = predict_peak(cfg.model.path, inputs, shape, nproc, Strategy.DDP if nproc > 1 else None, arch)
+    model on each), or FSDP when the spec asks for it or only the sharded run fits. Plan and validate share it.
+    A strategy the spec names is simulated alone; auto simulates both and chooses."""
     if nproc <= 1:
-        return whole, None
+        return predict_peak(cfg.model.path, inputs, shape, 1, None, arch), None
+    if cfg.resources.distributed != "auto":
+        named = Strategy(cfg.resources.distributed)
+        return predict_peak(cfg.model.path, inputs, shape, nproc, named, arch), named
+    whole = predict_peak(cfg.model.path, inputs, shape, nproc, Strategy.DDP, arch)
     sharded = predict_peak(cfg.model.path, inputs, shape, nproc, Strategy.FSDP, arch)
     strategy = choose_strategy(cfg.resources.distributed, nproc, whole.required_gib, sharded.required_gib,
                                gpu.memory_gib)
     return (sharded if strategy == Strategy.FSDP else whole), strategy
 
 
-def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
-                history: list[HistoryRun]) -> tuple[float, str, Strategy | None]:
-    """(GiB per device that must fit, its source, strategy): simulated (device_peak), or on one process the
-    history's measured peak of exactly this configuration in place of the simulated figure it measured
-    (estimate/measured.py: an allocated peak + the simulated reserved − allocated slack + CUDA context)."""
+def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInputs, StepShape]:
+    """What the simulator runs for a run on this GPU: its memory inputs (a VLM's images in its rows) and its
+    worst micro-batch (packed rows of max_seq_len, or rows padded to the longest example)."""
     t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
@@ -151,6 +153,16 @@ def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longes
 
         inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
                             shape.seq_len)
+    return inputs, shape
+
+
+def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
+                history: list[HistoryRun]) -> tuple[float, str, Strategy | None]:
+    """(GiB per device that must fit, its source, strategy): simulated (device_peak), or on one process the
+    history's measured peak of exactly this configuration in place of the simulated figure it measured
+    (estimate/measured.py: an allocated peak + the simulated reserved − allocated slack + CUDA context)."""
+    t = _training(cfg)
+    inputs, shape = run_step(cfg, gpu, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
     source = figure.source + {Strategy.FSDP: f", FSDP: sharded over {nproc} devices",
                               Strategy.DDP: ", DDP: the whole model on each device", None: ""}[strategy]
@@ -275,6 +287,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,
+        nodes=res.nodes_per_run,
         strategy=strategy,
         effective_batch=t.effective_batch_size(nproc),
         scaling_efficiency=efficiency if nproc > 1 else None,

@@ -76,6 +76,7 @@ def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
         gpu_hours=round(sum(g for g in gpu_hours if g is not None), 4) if None not in gpu_hours else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=worst.processes,
+        nodes=worst.nodes,
         strategy=strategy,
         effective_batch=worst.effective_batch,
         scaling_efficiency=worst.scaling_efficiency,

@@ -83,7 +83,8 @@ def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     t = TrainingConfig(lora_rank=max(ranks))
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     est = estimate_config(answers.models[0], gpu, t.max_seq_len, inputs,
-                          dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs)
+                          dataset=answers.datasets[0], prompt=answers.prompt, epochs=answers.epochs,
+                          processes=max(1, answers.gpus_per_run))  # per GPU of the run; strategy: auto
     return BatchProposal(est.recommended_batch_size, est.recommended_gradient_accumulation_steps, est.packed,
                          est.reasons)
 

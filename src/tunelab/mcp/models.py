@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from tunelab.execute.status import RowState, StatusRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.plan.validate import RunCheck
+from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
 if TYPE_CHECKING:
@@ -48,8 +49,10 @@ class PlanOut(BaseModel):
     gpu: str | None = Field(description="The GPU estimated for (None: this machine's CPU).")
     runs: list[dict[str, str]] = Field(description="One row per run, the columns of `tunelab plan`.")
     stages: list[dict[str, str]] = Field(default_factory=list, description="A staged run's stages, one row each.")
-    estimates: dict[str, dict[str, Any] | None] = Field(description="Per run: micro-batch, peak memory, steps, "
-                                                         "time and where each figure came from.")
+    estimates: dict[str, RunEstimate | None] = Field(description="Per run: micro-batch, peak memory, steps, time "
+                                                     "and where each figure came from; processes and nodes; where "
+                                                     "the run does not fit its GPUs, gpus_needed: the fewest GPUs "
+                                                     "that fit, their nodes and the time on them.")
     totals: dict[str, Any] = Field(description="The sweep's totals: runs, steps, GPU-hours, time, forecast.")
     warnings: list[str] = Field(description="The plan's warnings, one line each.")
     plan_md: str | None = Field(default=None, description="plan.md written (None when not written).")
@@ -62,7 +65,7 @@ class PlanOut(BaseModel):
 
         return cls(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
                    runs=plan_rows(plan), stages=stage_rows(plan),
-                   estimates={k: e.to_dict() if e else None for k, e in plan.estimates.items()},
+                   estimates=dict(plan.estimates),
                    totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
                    plan_md=plan_md)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tunelab.estimate.gpus import describe
 from tunelab.execute.executors import executor_class
 from tunelab.fsutil import human_seconds
 from tunelab.plan.images import image_lines
@@ -101,6 +102,7 @@ def render_plan_md(plan: Plan) -> str:
     lines += _truncation_lines(plan)
     lines += image_lines(plan.images)
     lines += _estimate_lines(plan)
+    lines += gpu_lines(plan)
     lines += _schedule_lines(plan)
     if plan.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
@@ -306,3 +308,32 @@ def _schedule_lines(plan: "Plan") -> list[str]:
         lines.append(f"| {p.run} | {where} | {human_seconds(p.start_s)} | {end} |")
     lines += [f"| {name} | needs more GPUs than are visible: not started | — | — |" for name in sched.unplaceable]
     return lines + [""]
+
+
+def gpu_notes(plan: "Plan") -> list[str]:
+    """One line per fact about GPUs and nodes: the node size (when it counted), runs spread over nodes, runs
+    that do not fit the GPUs they ask for."""
+    needs = [(name, e.gpus_needed) for name, e in plan.estimates.items() if e.gpus_needed is not None]
+    if not plan.node_raises and not needs:
+        return []
+    notes = [f"a node has {plan.node.gpus} GPUs ({plan.node.source})"]
+    notes += [r.text() for r in plan.node_raises]
+    for name, need in needs:
+        e = plan.estimates[name]
+        notes.append(f"{name} does not fit its {e.processes} GPU(s) (peak {e.peak_memory_gib:.1f} GiB per GPU); "
+                     f"{describe(need)}: set resources.gpus_per_run: {need.gpus_per_run}")
+    return notes
+
+
+def gpu_lines(plan: "Plan") -> list[str]:
+    """plan.md's "GPUs and nodes" section (nothing when every run fits the one node it asks for)."""
+    notes = gpu_notes(plan)
+    if not notes:
+        return []
+    return ["## GPUs and nodes", "",
+            "A run that needs more GPUs than a node has spans nodes (resources.nodes_per_run, raised by the plan). "
+            "A model that does not fit the GPUs a run asks for is planned on the fewest GPUs whose simulated "
+            "FSDP-sharded peak fits: sharding divides the weights, LoRA parameters and optimizer state over the "
+            "GPUs, while each GPU keeps its micro-batch's activations. Times on more GPUs assume the scaling "
+            "efficiency stated beside them; measured history replaces the per-GPU speed where it exists.", ""] + \
+        [f"- {n}" for n in notes] + [""]

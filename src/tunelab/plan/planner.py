@@ -22,10 +22,12 @@ from tunelab.rundir.estimate import RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
+from tunelab.estimate.gpus import NodeSize
 from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.models.vlm import is_vision_language
 from tunelab.plan.images import SplitImages, image_token_delta, run_image_facts
+from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
 from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
@@ -50,6 +52,8 @@ class Plan:
     truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
     images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/images.py)
     schedule: "Schedule | None" = None  # local executor: which run goes where, and the makespan
+    node: NodeSize = field(default_factory=NodeSize.assumed)  # GPUs a node has, and where that came from
+    node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -304,15 +308,17 @@ def cpu_threads() -> int:
     return int(cached_json("torch-threads", key, ask))
 
 
-def estimate_runs(runs: list[RunConfig], gpu: GPU | None) -> dict[str, RunEstimate]:
-    """Estimates for every fine-tuned run (a staged run's per stage, summed); datasets measured once per
-    model x dataset x prompt."""
+def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None = None) -> dict[str, RunEstimate]:
+    """Estimates for every fine-tuned run (a staged run's per stage, summed), with the fewest GPUs that fit a
+    run that does not fit its own (nodes counted at `node`); datasets measured once per model x dataset x
+    prompt."""
+    from tunelab.estimate.gpus import sized_estimate
     from tunelab.ledger import history
-    from tunelab.estimate.stages import estimate_any_run
 
     past = history.load()
     threads = cpu_threads() if gpu is None else None
-    return {cfg.name: estimate_any_run(cfg, gpu, measure_lengths, past, threads)
+    node = node or NodeSize.assumed()
+    return {cfg.name: sized_estimate(cfg, gpu, measure_lengths, past, node, threads)
             for cfg in runs if cfg.training is not None}
 
 
@@ -341,16 +347,17 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
     for cfg in runs:  # QLoRA needs a GPU and bitsandbytes: refused here
         cfg.check_quantize(gpu is not None, spec_path)
+    node = node_size(spec.resources)
+    node_raises, warnings = spread_over_nodes(runs, node)  # before estimates and scaffold: run.yaml says it
     res = spec.resources
     nproc = res.processes_per_run(1 if gpu is not None else 0)
+    how = res.distributed.upper() if res.distributed != "auto" else "DDP, or FSDP where a run does not fit one GPU"
     recipe = "single process" if nproc <= 1 else (
-        f"distributed: {nproc} processes per run (torchrun; "
-        + (f"{res.distributed.upper() if res.distributed != 'auto' else 'DDP, or FSDP where a run does not fit one GPU'}"
-           f", NCCL on {gpu.name})" if gpu is not None else "DDP over gloo on CPU)"))
+        f"distributed: {nproc} processes per run (torchrun over "
+        + (f"NCCL on {gpu.name}: {how})" if gpu is not None else f"gloo on CPU: {how})"))
     recipe += ", validation loss every " + (
         f"{spec.training.validation_every_steps} steps" if spec.training.validation_every_steps else "— (off)"
     )
-    warnings = []
     for name, info in models.items():
         if spec.chat_template == "always" and not info.has_chat_template:
             raise TunelabError(f"chat_template is 'always' but model '{name}' has no chat template", file=spec_path,
@@ -359,7 +366,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     if tiny and any(r.training and not r.training.modules_to_save for r in runs):
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
     warnings += attention_notes(attention)
-    plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu)
+    plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
+                node_raises=node_raises)
     if estimates:
         plan.truncation = {cfg.name: truncation(cfg) for cfg in plan.finetune_runs}
         for name, rows in plan.truncation.items():
@@ -369,12 +377,15 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
                        for k, v in run_image_facts(cfg, split_lengths).items()}
-        plan.estimates = estimate_runs(runs, gpu)
+        plan.estimates = estimate_runs(runs, gpu, node)
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
         for e in plan.estimates.values():
             if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
                     and e.peak_memory_gib > e.gpu_memory_gib):
+                fewest = (f"; it fits {e.gpus_needed.gpus} GPUs FSDP-sharded: set resources.gpus_per_run: "
+                          f"{e.gpus_needed.gpus_per_run}" if e.gpus_needed is not None else "")
                 plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
-                                     f"{e.gpu_memory_gib:.1f} GiB (run `tunelab validate` for a batch that fits)")
+                                     f"{e.gpu_memory_gib:.1f} GiB (run `tunelab validate` for a batch that fits)"
+                                     + fewest)
     return plan

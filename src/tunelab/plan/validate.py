@@ -13,9 +13,11 @@ from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.execute.executors import executor_class
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
+from tunelab.estimate.gpus import NodeSize, describe, fewest_gpus, gpus_needed
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
 from tunelab.estimate.runs import device_peak
+from tunelab.estimate.simulator import StepShape
 from tunelab.rundir.config import RunConfig
 
 if TYPE_CHECKING:
@@ -43,7 +45,9 @@ class RunCheck:
     steps: int | None
     """Optimizer steps it will train (None: the data's lengths unknown)."""
     max_batch_size: int
-    """The largest micro-batch that fits within 90 % of the GPU's memory."""
+    """The largest micro-batch that fits within 90 % of the GPU's memory (per GPU, on the run's GPUs)."""
+    gpus_needed: int | None = None
+    """The fewest GPUs whose FSDP-sharded peak fits, when the run does not fit its own (None: it fits)."""
     errors: list[str] = field(default_factory=list)
     """What would fail (predicted OOM, a missing split or field, ...): validate exits 1."""
     warnings: list[str] = field(default_factory=list)
@@ -64,9 +68,10 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     tokens = shape.tokens
     res = cfg.resources
     nproc = res.processes_per_run(1)
-    figure, _ = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
+    figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
     peak = figure.required_gib
-    max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest)
+    max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest,
+                          processes=nproc, strategy=strategy)  # the same step as the peak's
     steps = None
     if lengths:
         if t.packing:
@@ -78,6 +83,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
         steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
     where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
+    check.errors += _node_errors(cfg)
     if not fits(figure, gpu.memory_gib):
         check.errors.append(
             f"{where} = {tokens:,} tokens per micro-batch: peak {peak:.1f} GiB ({figure.source}; reserved + "
@@ -85,6 +91,7 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
             f"{gpu.name}'s {gpu.memory_gib:.1f} GiB; largest micro-batch that fits: {max_b}"
             + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
                if t.packing else ""))
+        check.errors += _gpu_count_errors(check, cfg, gpu, inputs, shape, nproc)
     elif not fits(figure, gpu.memory_gib, NEAR_LIMIT):
         check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:.1f} GiB")
     elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
@@ -111,6 +118,31 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     return check
 
 
+def _node_errors(cfg: RunConfig) -> list[str]:
+    """A run over several nodes where its executor runs jobs on this machine (not detached): one node only."""
+    res = cfg.resources
+    if res.nodes_per_run > 1 and not executor_class(res.executor).detached:
+        node = NodeSize.of(res)
+        return [f"{cfg.name}: resources.nodes_per_run is {res.nodes_per_run}, but the {res.executor} executor runs "
+                f"every job on this machine, one node: use a scheduler (resources.executor) or at most "
+                f"{node.gpus} GPUs per run (resources.gpus_per_run; {node.gpus} GPUs a node, {node.source})"]
+    return []
+
+
+def _gpu_count_errors(check: RunCheck, cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape,
+                      nproc: int) -> list[str]:
+    """The run asks for fewer GPUs than the fewest whose FSDP-sharded peak fits its micro-batch: name the field
+    and the count (recorded in the check)."""
+    search = fewest_gpus(cfg.model.path, inputs, shape, gpu.memory_gib)
+    if search is None or search.gpus <= nproc:
+        return []
+    check.gpus_needed = search.gpus
+    need = gpus_needed(search, shape.micro_batch, gpu.memory_gib, NodeSize.of(cfg.resources))
+    return [f"{cfg.name}: resources.gpus_per_run is {cfg.resources.gpus_per_run}, below the fewest GPUs that fit "
+            f"({search.gpus}): {describe(need)}; set resources.gpus_per_run: {need.gpus_per_run}"
+            + (f" (the plan spreads it over {need.nodes} nodes)" if need.nodes > 1 else "")]
+
+
 def check_staged_run(cfg: RunConfig, gpu: GPU, lengths: list[list[int] | None],
                      truncated: list[list[Truncation] | None]) -> RunCheck:
     """A staged run: each stage checked as the run it trains (its own steps, warm-up, data and batch), then one
@@ -119,8 +151,10 @@ def check_staged_run(cfg: RunConfig, gpu: GPU, lengths: list[list[int] | None],
                        lengths[i], truncated[i]) for i, s in enumerate(cfg.stages)]
     worst = max(parts, key=lambda c: c.peak_memory_gib)
     steps = [c.steps for c in parts]
+    needed = [c.gpus_needed for c in parts if c.gpus_needed is not None]
     return RunCheck(cfg.name, worst.tokens_per_microbatch, worst.peak_memory_gib, worst.gpu_memory_gib,
                     sum(n for n in steps if n is not None) if None not in steps else None, worst.max_batch_size,
+                    max(needed) if needed else None,
                     [m for c in parts for m in c.errors], [m for c in parts for m in c.warnings])
 
 

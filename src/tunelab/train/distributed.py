@@ -48,17 +48,6 @@ def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
     return args
 
 
-def applied_strategy(trainer) -> Strategy | None:
-    """What the trainer really trains with (not what was asked): FSDP when the model is sharded, DDP when the
-    Trainer wrapped it in DistributedDataParallel, else None."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    from tunelab.train.sharding import is_sharded
-
-    if is_sharded(getattr(trainer, "model", None)):
-        return Strategy.FSDP
-    return Strategy.DDP if isinstance(getattr(trainer, "model_wrapped", None), DistributedDataParallel) else None
-
 
 def is_initialized() -> bool:
     import torch.distributed as dist

@@ -36,13 +36,13 @@ from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import pipeline_summary
-from tunelab.train.distributed import agree, applied_strategy, world
+from tunelab.train.distributed import agree, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats
 from tunelab.train.ordering import OrderLog
 from tunelab.train.resume import Resume, resume
-from tunelab.train.sharding import gather_process_memory, shard_trainer
+from tunelab.train.sharding import applied_strategy, gather_process_memory, shard_trainer
 from tunelab.train.summary import StageFacts, Timing, run_facts, summarize
 from tunelab.train.trainer import build_trainer
 

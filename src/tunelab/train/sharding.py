@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tunelab.rundir.summary import ProcessMemory
+from tunelab.spec.resources import Strategy
 from tunelab.train.console import log
 from tunelab.train.distributed import world
 
@@ -84,6 +85,16 @@ def _leave_unwrapped(accelerator: Any) -> None:
         return prepare(model, device_placement=False, evaluation_mode=True)
 
     accelerator.prepare_model = prepare_model
+
+
+def applied_strategy(trainer: Any) -> Strategy | None:
+    """What the trainer really trains with (not what was asked): FSDP when the model is sharded, DDP when the
+    Trainer wrapped it in DistributedDataParallel, else None."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if is_sharded(getattr(trainer, "model", None)):
+        return Strategy.FSDP
+    return Strategy.DDP if isinstance(getattr(trainer, "model_wrapped", None), DistributedDataParallel) else None
 
 
 def is_sharded(model: Any) -> bool:
