@@ -206,3 +206,15 @@ def test_paired_difference_interval_covers_the_true_difference():
         d = paired_difference([_binary(a)], [_binary(b)], "accuracy", seed=k)
         hits += d.low <= 0.05 <= d.high
     assert abs(hits / sims - 0.95) < 0.04
+
+
+def test_detectable_difference_answers_every_test_size(tmp_path, monkeypatch):
+    """statsmodels' solve_power answers a 1-element array for some sizes (120 did: plan failed with a TypeError on a
+    split of 120 test samples); every size answers a number, smaller as the split grows."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))  # computed here, not read from an earlier cache
+    found = [detectable_difference(n) for n in range(10, 301, 5)]
+    unpaired = [d.unpaired for d in found]
+    assert all(isinstance(u, float) for u in unpaired)
+    assert all(a > b for a, b in zip(unpaired, unpaired[1:]))
+    paired = [d.paired for d in found if d.paired is not None]
+    assert len(paired) > 50 and all(a > b for a, b in zip(paired, paired[1:]))

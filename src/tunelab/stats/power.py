@@ -33,7 +33,8 @@ def _unpaired(n: int, alpha: float, power: float, baseline: float) -> float | No
     from statsmodels.stats.power import NormalIndPower
     from statsmodels.stats.proportion import proportion_effectsize
 
-    h = NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=alpha, power=power, ratio=1.0)
+    # solve_power answers a 1-element array for some n (its fallback root finder): a number from here on
+    h = _number(NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=alpha, power=power, ratio=1.0))
     top = 1.0 - 1e-12
     if proportion_effectsize(top, baseline) < h:
         return None
@@ -42,20 +43,25 @@ def _unpaired(n: int, alpha: float, power: float, baseline: float) -> float | No
 
 def _paired(n: int, alpha: float, power: float, discordant: float) -> float | None:
     from scipy.optimize import brentq
-    from scipy.stats import rv_discrete
     from statsmodels.stats.power import TTestPower
 
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
+    d = _number(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power))
 
-    def effect(delta: float) -> float:  # mean / SD of a per-sample difference in {-1, 0, +1}
-        up, down = (discordant + delta) / 2, (discordant - delta) / 2
-        dist = rv_discrete(values=([-1, 0, 1], [down, 1 - discordant, up]))
-        return dist.mean() / dist.std()
+    def effect(delta: float) -> float:
+        """Mean / SD of a per-sample difference in {-1, 0, +1} that is +1 with probability (discordant + delta)/2
+        and -1 with (discordant - delta)/2: mean delta, variance discordant - delta²."""
+        return delta / math.sqrt(discordant - delta * delta)
 
     top = discordant * (1 - 1e-9)
     if effect(top) < d:
         return None
     return float(brentq(lambda x: effect(x) - d, 1e-9, top))
+
+
+def _number(value: object) -> float:
+    import numpy as np
+
+    return float(np.asarray(value, dtype=float).reshape(-1)[0])
 
 
 def detectable_difference(n: int, alpha: float = ALPHA, power: float = POWER, baseline: float = BASELINE,
