@@ -6,7 +6,8 @@ the pid is alive and running the run's script, and UNSEEN once it is gone (the r
 Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process
 see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
 GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
-its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU.
+its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU. A run spanning nodes
+(resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def run_need(cfg: RunConfig, gpus_visible: int) -> RunNeed:
     return RunNeed(cfg.name, gpus, est.seconds if est else None, est.peak_memory_gib if est else None)
 
 
+def spans_nodes(cfg: RunConfig) -> str:
+    """Why the local executor refuses a run spanning nodes: it runs jobs on this one machine."""
+    return (f"{cfg.run_dir / 'run.yaml'}: resources.nodes_per_run is {cfg.resources.nodes_per_run}, and the local "
+            "executor runs a run on this machine alone: use the Slurm executor (--executor slurm), or set "
+            "resources.nodes_per_run: 1")
+
+
 class Devices:
     """This machine's devices as a sweep's capacity: the visible GPUs, or one CPU slot."""
 
@@ -68,6 +76,8 @@ class Devices:
         return [by_name[need.name] for need in lpt_order([run_need(c, self.visible) for c in runs])]
 
     def never(self, cfg: RunConfig) -> str | None:
+        if cfg.resources.nodes_per_run > 1:
+            return spans_nodes(cfg)
         need = run_need(cfg, self.visible)
         if self.pool.fits_ever(need):
             return None

@@ -3,6 +3,8 @@ their names, directories and logs) go to Slurm as one array, throttled by Slurm 
 (`--array=0-(n-1)%N`, N = resources.slurm.array_max_running). Each task is a job of its own to the rest of
 tunelab: its id ARRAYID_i is in the ledger, squeue -r / sacct / scancel take it, and the run's evaluation
 job waits on it (afterok:ARRAYID_i). Retries and later submissions use the run's own job.sbatch.
+A run that spans nodes (resources.nodes_per_run > 1) never goes into an array: the array script starts one job
+process, and such a run needs its own job.sbatch (srun, one job process per node).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tunelab.execute.executor import JobKind
-from tunelab.execute.slurm_jobs import _env, sbatch_options, slurm_settings
+from tunelab.execute.slurm_jobs import _env, nodes, sbatch_options, slurm_settings
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
 
@@ -26,11 +28,11 @@ def shape(cfg: RunConfig) -> tuple[str, ...]:
 
 def array_groups(cfgs: list[RunConfig]) -> tuple[list[list[RunConfig]], list[RunConfig]]:
     """(arrays, singles): runs with array_max_running set, grouped by shape (groups of two or more become
-    arrays, in the order given); every other run is submitted alone."""
+    arrays, in the order given); every other run is submitted alone, and so is every run spanning nodes."""
     groups: dict[tuple, list[RunConfig]] = {}
     singles = []
     for cfg in cfgs:
-        if slurm_settings(cfg).array_max_running:
+        if slurm_settings(cfg).array_max_running and nodes(cfg) == 1:
             groups.setdefault(shape(cfg), []).append(cfg)
         else:
             singles.append(cfg)

@@ -248,7 +248,8 @@ class SlurmExecutor:
         return Throttle()
 
     def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
-        """Node jobs (resources.slurm.pack: node), then job arrays of runs of one shape."""
+        """Node jobs (resources.slurm.pack: node), then job arrays of runs of one shape. A run spanning nodes
+        (resources.nodes_per_run > 1) joins neither: it goes as a job of its own (slurm_pack, slurm_arrays)."""
         packs = pack_groups([cfg for cfg in runs if is_packed(cfg)])
         arrays, _ = array_groups([cfg for cfg in runs if not is_packed(cfg)])
         return ([JobGroup(GroupKind.NODE, tuple(g)) for g in packs]

@@ -3,6 +3,13 @@
 `job.sbatch` trains (`python -m tunelab.train.job run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
 controls get only `eval.sbatch`. The scripts hold nothing that run.yaml does not: they are
 rendered again before every submission, never patched.
+
+A run that spans nodes (resources.nodes_per_run = N > 1) asks for N nodes, one task and its share of the GPUs on
+each, and its job.sbatch starts one job process per node with srun (train/nodes.py: the rendezvous they meet at).
+A failure on any node ends the job: srun's --kill-on-bad-exit ends every node's processes when one exits non-zero,
+and the job runs with --no-requeue, so a lost node ends it NODE_FAIL for tunelab's retry (resume from the last
+checkpoint, bounded by resources.max_retries) instead of Slurm requeueing it unseen. The job still requeues
+itself on the time-limit warning (train/interrupts.py allows it first). Its evaluation job runs on one node.
 """
 
 from __future__ import annotations
@@ -82,32 +89,40 @@ def warning_seconds(time_limit: str, wanted_s: int) -> int:
     return min(wanted_s, parse_time_limit(time_limit) * 60 // 2) if wanted_s > 0 else 0
 
 
+def nodes(cfg: RunConfig) -> int:
+    """The nodes the run's training job spans (resources.nodes_per_run)."""
+    return cfg.resources.nodes_per_run
+
+
 def job_name(cfg: RunConfig, kind: JobKind) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", f"tl-{cfg.experiment}-{cfg.name}-{kind}")[:120]
 
 
 def sbatch_options(cfg: RunConfig, kind: JobKind) -> list[str]:
-    """The #SBATCH options of a run's train or eval job, from run.yaml alone."""
+    """The #SBATCH options of a run's train or eval job, from run.yaml alone. Slurm's gres, cpus-per-task and
+    mem are per node (one task per node): a run spanning nodes asks each node for its share of the GPUs."""
     s = slurm_settings(cfg)
     limit = train_time_limit(cfg)[0] if kind == JobKind.TRAIN else (s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT)
+    spans = kind == JobKind.TRAIN and nodes(cfg) > 1
     opts = [
         f"--job-name={job_name(cfg, kind)}",
         f"--chdir={cfg.run_dir}",
         f"--output={cfg.run_dir}/slurm-{kind}-%j.out",
         f"--time={limit}",
-        "--nodes=1",
-        "--ntasks=1",
+        *([f"--nodes={nodes(cfg)}", "--ntasks-per-node=1"] if spans else ["--nodes=1", "--ntasks=1"]),
     ]
     for flag, value in (("account", s.account), ("partition", s.partition), ("qos", s.qos),
                         ("constraint", s.constraint), ("cpus-per-task", s.cpus_per_task), ("mem", s.mem)):
         if value is not None:
             opts.append(f"--{flag}={value}")
-    gres = s.gres or (f"gpu:{cfg.resources.gpus_per_run}" if cfg.resources.gpus_per_run > 0 else None)
+    gpus = cfg.resources.run_gpus_per_node()
+    gres = s.gres or (f"gpu:{gpus}" if gpus > 0 else None)
     if gres:
         opts.append(f"--gres={gres}")
     if kind == JobKind.TRAIN:
-        # requeued (self, preemption, node failure) under the same id: its log continues, afterok holds
-        opts += ["--requeue", "--open-mode=append"]
+        # requeued (self, preemption, node failure) under the same id: its log continues, afterok holds. A job
+        # spanning nodes only requeues itself: a lost node ends it NODE_FAIL, for tunelab's retry (module docstring)
+        opts += ["--no-requeue" if spans else "--requeue", "--open-mode=append"]
         warn = warning_seconds(limit, s.signal_before_limit_s)
         if warn:
             opts.append(f"--signal=B:USR1@{warn}")
@@ -141,7 +156,8 @@ def write_slurm_scripts(cfg: RunConfig, python: str | None = None, durable: bool
         limit, source = train_time_limit(cfg)
         path = cfg.run_dir / TRAIN_SCRIPT
         atomic_write_text(path, _env.get_template("job.sbatch.j2").render(
-            sbatch=sbatch_options(cfg, JobKind.TRAIN), time_limit=limit, time_limit_source=source, **common), durable)
+            sbatch=sbatch_options(cfg, JobKind.TRAIN), time_limit=limit, time_limit_source=source,
+            nodes=nodes(cfg), **common), durable)
         path.chmod(0o755)
         written.append(path)
     path = cfg.run_dir / EVAL_SCRIPT

@@ -6,7 +6,8 @@ longest first, CUDA_VISIBLE_DEVICES per run, runs_per_gpu), then evaluates them,
 to the coordinator. To the coordinator each run of the group has a train and an eval job row with the
 node job's id: polled, cancelled and judged (from each run's own files) like any job; a run that did not
 complete is retried as a job of its own. A node failure requeues the node job, which skips what completed
-and resumes the rest.
+and resumes the rest. A run that spans nodes (resources.nodes_per_run > 1) is never packed: a node job is one
+node's allocation, so such a run goes as a training job of its own (and its evaluation job), whatever `pack` says.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tunelab.execute.slurm_jobs import (
     DEFAULT_EVAL_TIME_LIMIT,
     _env,
     format_time_limit,
+    nodes,
     parse_time_limit,
     sbatch_options,
     slurm_settings,
@@ -34,7 +36,8 @@ _PER_JOB = ("--job-name=", "--chdir=", "--output=", "--time=", "--gres=", "--sig
 
 
 def is_packed(cfg: RunConfig) -> bool:
-    return cfg.kind == "finetune" and slurm_settings(cfg).pack == "node"
+    """Trained in a node job: a fine-tuned run of one node with pack: node."""
+    return cfg.kind == "finetune" and slurm_settings(cfg).pack == "node" and nodes(cfg) == 1
 
 
 def pack_gpus(cfg: RunConfig) -> int:

@@ -32,7 +32,10 @@ RENDEZVOUS_LOGGER = "torch.distributed.elastic.rendezvous.dynamic_rendezvous"
 
 # torchrun's agent passes these on to its workers (which run in sessions of their own): its defaults plus
 # SIGUSR1, Slurm's warning before the time limit, on which the trainer saves and stops (train/interrupts.py).
+# torch reads them from TORCHELASTIC_SIGNALS_TO_HANDLE, and since its --signals-to-handle option (whose default
+# overwrites that variable) from PET_SIGNALS_TO_HANDLE, the option's environment form: both are set.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+SIGNALS_ENV = ("TORCHELASTIC_SIGNALS_TO_HANDLE", "PET_SIGNALS_TO_HANDLE")
 
 
 def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
@@ -41,10 +44,16 @@ def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
     Raises torch's ChildFailedError when a worker fails."""
     from torch.distributed.run import get_args_parser, run
 
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
+    forward_signals()
     if place is not None:
         _show_rendezvous()
     run(get_args_parser().parse_args(torchrun_args(place, nproc, argv)))
+
+
+def forward_signals() -> None:
+    """Have torchrun's agent pass FORWARDED_SIGNALS on to the workers (unless the environment says otherwise)."""
+    for name in SIGNALS_ENV:
+        os.environ.setdefault(name, FORWARDED_SIGNALS)
 
 
 def _show_rendezvous() -> None:

@@ -11,9 +11,9 @@ so the arguments a node builds are tested without a cluster.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from tunelab.errors import TunelabError
 

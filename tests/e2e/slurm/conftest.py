@@ -1,19 +1,37 @@
-"""A real single-node Slurm cluster for tests marked `slurm`, started once per session with
-scripts/slurm-dev-cluster (which installs the Debian packages when missing: CI is a fresh Debian
-machine running as root). A cluster that already answers is used as it is and left running;
-one started here is stopped at the end (the script stops only the daemons it started)."""
+"""A real Slurm cluster for tests marked `slurm`, started once per session with scripts/slurm-dev-cluster (which
+installs the Debian packages when missing: CI is a fresh Debian machine running as root). A cluster that already
+answers is used as it is and left running; one started here is stopped at the end (the script stops only the
+daemons, namespaces and links it started).
+
+The cluster started here has NODES=2: the host's node alone in the default partition `debug`, where the tests
+that need one node run as before, and two more nodes, each a slurmd in a network namespace of its own, in
+partition `multinode` (`slurm_nodes`), for runs that span nodes."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "slurm-dev-cluster"
+PARTITION = "multinode"  # the script's partition of namespace nodes
+NODES = 2
+USABLE = ("idle", "mixed", "allocated", "completing")
+
+
+def _env() -> dict[str, str]:
+    """The script's settings, the same for every call of a session: another CPUS_OVERRIDE or NODES would rewrite
+    the cluster's config (and restart slurmctld) under the tests."""
+    return dict(os.environ, CPUS_OVERRIDE=os.environ.get("CPUS_OVERRIDE", "8"), NODES=str(NODES))
+
+
+def _script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _cluster_answers() -> bool:
@@ -26,6 +44,13 @@ def _cluster_answers() -> bool:
     return any(s.strip().rstrip("*") in ("idle", "mixed", "allocated") for s in node.splitlines())
 
 
+def partition_nodes(partition: str = PARTITION) -> list[str]:
+    """The nodes of a partition that can run jobs, as Slurm lists them."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", partition, "-o", "%N %T"], capture_output=True, text=True)
+    return sorted({line.split()[0] for line in out.stdout.splitlines()
+                   if len(line.split()) == 2 and line.split()[1].rstrip("*~#") in USABLE})
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     if _cluster_answers():
@@ -33,12 +58,46 @@ def slurm_cluster():
         return
     if os.geteuid() != 0:
         pytest.fail("the slurm tests start a local cluster and need root (or a running cluster)")
-    env = dict(os.environ, CPUS_OVERRIDE=os.environ.get("CPUS_OVERRIDE", "8"))
-    proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
+    proc = _script("start")
     if proc.returncode != 0:
-        subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True)
+        _script("stop", timeout=300)
         pytest.fail(f"scripts/slurm-dev-cluster start failed:\n{proc.stdout}\n{proc.stderr}")
     try:
         yield "started"
     finally:
-        subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
+        _script("stop", timeout=300)
+
+
+@dataclass(frozen=True)
+class NamespaceNodes:
+    """The nodes of partition `multinode`: names as Slurm knows them (and as each node's hostname says), and the
+    script's ways to lose one as a power cut would and to bring it back."""
+
+    names: tuple[str, ...]
+    partition: str = PARTITION
+
+    def fail(self, node: str) -> None:
+        proc = _script("fail-node", node, timeout=120)
+        assert proc.returncode == 0, f"fail-node {node}:\n{proc.stdout}\n{proc.stderr}"
+
+    def restore(self) -> None:
+        """`start` again (idempotent): the lost node's slurmd restarts in its namespace and the node returns."""
+        proc = _script("start", timeout=300)
+        assert proc.returncode == 0, f"start:\n{proc.stdout}\n{proc.stderr}"
+        assert len(partition_nodes(self.partition)) == len(self.names), proc.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes(slurm_cluster) -> NamespaceNodes:
+    """Two namespace nodes: those of a cluster started here, or added to one found running (the script is
+    idempotent; they stay, in a partition of their own) when this is root."""
+    names = partition_nodes()
+    if len(names) < NODES:
+        if os.geteuid() != 0:
+            pytest.skip(f"the running cluster has no partition {PARTITION} of {NODES} nodes, and adding one "
+                        "(scripts/slurm-dev-cluster with NODES=2) needs root")
+        proc = _script("start")
+        assert proc.returncode == 0, f"NODES={NODES} scripts/slurm-dev-cluster start:\n{proc.stdout}\n{proc.stderr}"
+        names = partition_nodes()
+    assert len(names) == NODES, names
+    return NamespaceNodes(tuple(names))
