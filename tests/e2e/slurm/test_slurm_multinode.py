@@ -12,7 +12,6 @@ The runs go one after the other: both need both nodes, and losing a node would e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -30,8 +29,7 @@ from tunelab.ledger import store as ledger
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 runner = CliRunner()
-# FSDP shards over gloo once tunelab applies it itself (train/sharding.py); DDP where that module is absent
-STRATEGY = "fsdp" if importlib.util.find_spec("tunelab.train.sharding") else "ddp"
+STRATEGY = "fsdp"  # sharded over gloo: tunelab applies FSDP2 itself on CPU too (train/sharding.py)
 STEPS_PER_EPOCH = 20  # 320 training examples / (micro-batch 8 x 2 processes, one per node)
 PACED_STEP_S = "0.5"  # the node-loss run's first job's steps (tunelab.faults.pace_step): its second epoch lasts 10 s
 # torch's rendezvous line, which each node's job process prints (train/launch.py)
