@@ -71,8 +71,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     out: dict[str, Any] = {"model": arch.name, "parameters": arch.parameters, "gpu": gpu.name,
                            "gpu_memory_mib": gpu.memory_mib,
                            "gpu_memory_gib": round(gpu.memory_gib, 3), "max_seq_len": max_seq_len,
-                           "lora_rank": inputs.lora_rank,
-                           "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
+                           "lora_rank": inputs.lora_rank, "lora_targets": inputs.lora_targets, "dtype": inputs.dtype,
                            "gradient_checkpointing": inputs.activation_checkpointing, "quantize": inputs.quantize,
                            "processes": processes, "strategy": strategy}
     data = (_measure(model, dataset, prompt, max_seq_len, batch_size, chat_template, system_prompt)
