@@ -160,6 +160,16 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    """A process that exists and is no zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and "Z" not in stat.read_text().split(")")[1][:3]
+
+
 def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(runs, spec_in, tmp_path):
     from tunelab.execute.local_jobs import LocalExecutor
     from tunelab.execute.sweep import run_sweep
@@ -176,6 +186,8 @@ def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(run
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    rank0 = read_json(cfg.run_dir / "status.json")["pid"]  # a worker: it dies with its launcher (PDEATHSIG), soon after
+    assert _wait_for(lambda: not _alive(rank0), 30), "a worker outlived its launcher"
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
     assert 10 < killed_at < STEPS and training_state(cfg.run_dir) == "interrupted"
 
