@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from waiting import alive, wait_for
 
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
@@ -23,23 +23,6 @@ from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 pytestmark = pytest.mark.slow
 
 STEPS_PER_EPOCH = 20  # 320 training examples / (micro-batch 8 × 2 processes)
-
-
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").is_dir() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
 
 
 def _dataset_rows(cfg) -> Counter:
@@ -77,14 +60,14 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:  # mid-epoch 1: after the epoch-0 checkpoint is complete and a step of epoch 1 is logged
         mid = lambda: read_json(run_dir / "status.json", default={}).get("step", 0) > STEPS_PER_EPOCH  # noqa: E731
-        assert _wait_for(mid, 240), "never got past the first epoch"
+        assert wait_for(mid, 240), "never got past the first epoch"
         rank0 = read_json(run_dir / "status.json")["pid"]
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything in its group, with no warning
         proc.wait(30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert _wait_for(lambda: not _alive(rank0), 30), "a worker outlived its launcher"
+    assert wait_for(lambda: not alive(rank0), 30), "a worker outlived its launcher"
     killed_at = read_json(run_dir / "status.json")["step"]
     assert STEPS_PER_EPOCH < killed_at < 2 * STEPS_PER_EPOCH
     assert training_state(run_dir) == "interrupted"
@@ -113,7 +96,7 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     first = {rank: steps for per_rank in seen.values() for rank, steps in per_rank.items() if min(steps) == 1}
     after = {rank: steps for per_rank in seen.values() for rank, steps in per_rank.items() if min(steps) > 1}
     assert sorted(first) == sorted(after) == [0, 1]
-    assert not any(_alive(pid) for pid in seen)  # no worker of either attempt is left behind
+    assert not any(alive(pid) for pid in seen)  # no worker of either attempt is left behind
     assert all(min(after[r]) == STEPS_PER_EPOCH + 1 for r in after)  # resumed at the epoch-1 boundary
     final = {r: {**{s: v for s, v in first[r].items() if s <= STEPS_PER_EPOCH}, **after[r]} for r in (0, 1)}
     want = _dataset_rows(cfg)

@@ -18,10 +18,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import alive, wait_for
 
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.rundir.experiment import training_state
@@ -151,25 +151,6 @@ def test_each_process_holds_the_simulated_shard_of_the_parameters(runs):
     assert sim.sharded_frozen is not None and 0.45 < sim.sharded_frozen / one.weights < 0.55
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is no zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.is_file() and "Z" not in stat.read_text().split(")")[1][:3]
-
-
 def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(runs, spec_in, tmp_path):
     from tunelab.execute.local_jobs import LocalExecutor
     from tunelab.execute.sweep import run_sweep
@@ -180,14 +161,14 @@ def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(run
     proc = _train(cfg.run_dir / "run.yaml", TUNELAB_FAULT_STEP_S="0.4")  # paced, so the kill lands mid-epoch
     try:  # after the mid-epoch save at step 10 is complete and two more steps are logged
         status = lambda: read_json(cfg.run_dir / "status.json", default={})  # noqa: E731
-        assert _wait_for(lambda: status().get("step", 0) >= 12 and "last_checkpoint" in status(), 300)
+        assert wait_for(lambda: status().get("step", 0) >= 12 and "last_checkpoint" in status(), 300)
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, with no warning
         proc.wait(30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     rank0 = read_json(cfg.run_dir / "status.json")["pid"]  # a worker: it dies with its launcher (PDEATHSIG), soon after
-    assert _wait_for(lambda: not _alive(rank0), 30), "a worker outlived its launcher"
+    assert wait_for(lambda: not alive(rank0), 30), "a worker outlived its launcher"
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
     assert 10 < killed_at < STEPS and training_state(cfg.run_dir) == "interrupted"
 

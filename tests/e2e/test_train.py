@@ -6,9 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from waiting import wait_for
 
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
@@ -102,15 +102,6 @@ def test_packing_bfd_packs_and_learns(write_spec):
     assert predicted.fill_fraction == p["fill_fraction"]
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_killed_job_resumes_from_last_checkpoint(write_spec):
     spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"epochs": 2, "logging_steps": 5})
     cfg = scaffold(spec).runs[0]
@@ -123,7 +114,7 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec):
         # the counters file is the last write of a checkpoint save: from then on it is one to resume from
         saved = lambda: (run_dir / "checkpoints" / "epoch_0").is_dir() and any(  # noqa: E731
             (run_dir / "trainer_state").glob("checkpoint-*/tunelab_counters.json"))
-        assert _wait_for(saved, 180), "no complete checkpoint of epoch 0"
+        assert wait_for(saved, 180), "no complete checkpoint of epoch 0"
         proc.send_signal(signal.SIGKILL)  # no chance to clean up, as on a node failure
         proc.wait(30)
     finally:
