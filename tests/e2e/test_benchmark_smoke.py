@@ -28,6 +28,7 @@ import forking  # noqa: E402
 
 SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
+    "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
     "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
@@ -248,3 +249,29 @@ def test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds(smokes):
     (fsdp_frozen,) = line(out, rf"^  FSDP x2 +{NUM} +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$")
     assert fsdp_frozen == pytest.approx(runs["FSDP x2"]["processes"][0]["frozen_param_bytes"] / one["frozen_param_bytes"],
                                         abs=0.0006)
+
+
+@pytest.mark.slow  # tiny models built, two sweeps of random adapters evaluated both ways with inspect-ai
+def test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up(smokes):
+    """Every sweep: both ways gave each sample the same answer and score; one at a time loads the base once per
+    target, the pass once per base model (the demo has two), the adapters once each either way; the ratio row
+    divides the figures above it; samples/s is samples over wall seconds."""
+    out, _ = smoke(smokes, "eval_sweep.py")
+    for name, targets, samples, bases, adapters in (("demo", 6, 36, 2, 4), ("larger", 5, 30, 1, 4)):
+        section = out.split(f"\n{name}: {targets} targets, {samples} samples, 1 thread\n", 1)[1].split("\n\n")[0]
+        rows = {}
+        for way, pass_bases in (("one target at a time", targets), ("one pass", bases)):
+            wall, cpu, rate, rss, base_loads, adapter_loads = line(
+                section, rf"^\| {way} \| {NUM} \| {NUM} \| {NUM} \| {NUM} \| (\d+) \| (\d+) \|$")
+            assert (base_loads, adapter_loads) == (pass_bases, adapters)
+            assert rate == pytest.approx(samples / wall, abs=0.005 + ratio_bound(samples, wall, 0, 0.1))
+            assert wall > 0 and cpu > 0 and rss > 0
+            rows[way] = (wall, cpu, rss)
+        (apart, together) = rows.values()
+        wall_ratio, cpu_ratio, rss_ratio = line(section, rf"^\| one at a time ÷ one pass \| {NUM} \| {NUM} \| \| {NUM} \| \| \|$")
+        assert wall_ratio == pytest.approx(apart[0] / together[0], abs=0.005 + ratio_bound(apart[0], together[0], 0.1, 0.1))
+        assert cpu_ratio == pytest.approx(apart[1] / together[1], abs=0.005 + ratio_bound(apart[1], together[1], 0.1, 0.1))
+        assert rss_ratio == pytest.approx(apart[2] / together[2], abs=0.005 + ratio_bound(apart[2], together[2], 1, 1))
+        assert line(section, rf"^{re.escape(name)}: same answers and scores on (\d+) of (\d+) target × tasks "
+                             rf"\((\d+) samples\)") == (targets, targets, samples)
+        assert len(re.findall(rf"^{re.escape(name)}: pass  \d+ batches", section, re.MULTILINE)) == bases  # a pass each

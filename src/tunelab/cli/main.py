@@ -167,17 +167,22 @@ def eval_cmd(
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
     no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
                                    "coordinator (what cluster jobs do)."),
+    one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Load the weights for each checkpoint "
+                                       "alone (default: one pass per base model, adapters side by side; the "
+                                       "scores are the same)."),
     json_out: bool = json_option("every task scored now on each checkpoint"),
 ) -> None:
     """Evaluate checkpoints, controls and eval-only models on every task with inspect-ai.
 
     Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
-    checkpoints (greedy, prompts formatted exactly as in training)."""
+    checkpoints (greedy, prompts formatted exactly as in training). The checkpoints of one base model go in
+    one pass: the base loaded once, each checkpoint's adapter beside it; a target that cannot join one goes
+    alone, with the reason printed."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
     with stdout_to_stderr(json_out):
         done = evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console,
-                                   ingest=not no_ledger, tasks=tasks)
+                                   ingest=not no_ledger, tasks=tasks, one_pass=not one_at_a_time)
     if json_out:
         from tunelab.mcp.models import EvalOut
 

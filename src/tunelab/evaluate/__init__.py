@@ -19,8 +19,8 @@ _LAZY = {
     "read_scores": "tunelab.evaluate.scores",
 }
 __all__ = sorted(_LAZY)
-# What an evaluation imports, imported by a process's first evaluation (runner.evaluate_task: `tunelab eval`, a
-# node job, the demo, the MCP server) with the garbage collector paused (tunelab/startup.py); a `tunelab eval` with
+# What an evaluation imports, imported by a process's first evaluation (runner.evaluate_task, passes.evaluate_runs:
+# `tunelab eval`, a node job, the demo, the MCP server) with the garbage collector paused (tunelab/startup.py); a `tunelab eval` with
 # every score already there imports none of it.
 EVALUATION_STACK = ("torch", "transformers", "peft", "inspect_ai", "inspect_ai.model", "statsmodels.stats.proportion",
                     "tunelab.evaluate.provider")

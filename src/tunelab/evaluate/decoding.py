@@ -119,16 +119,9 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
     """A logits processor that samples each row with its own generator and leaves only that token
     possible, so HF's greedy step picks it (the raw logits, hence logprobs, stay the model's own)."""
     import torch
-    from transformers.generation import (
-        LogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from transformers.generation import LogitsProcessor
 
-    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(sampling.temperature)]
-    warpers += [TopKLogitsWarper(sampling.top_k)] if sampling.top_k is not None else []
-    warpers += [TopPLogitsWarper(sampling.top_p)] if sampling.top_p is not None else []
+    warpers = _warpers(sampling)
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
     class SeededSampler(LogitsProcessor):
@@ -143,6 +136,42 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
             return picked
 
     return SeededSampler()
+
+
+def row_sampler(samplings: list[Sampling | None], seeds: list[int | None], device: str) -> Any:
+    """seeded_sampler for a batch whose rows decode differently (a sweep evaluated in one pass): a sampled
+    row draws exactly as seeded_sampler draws it (its own warpers on its own logits, its own generator), a
+    greedy row (None) keeps its logits for HF's greedy step."""
+    import torch
+    from transformers.generation import LogitsProcessor
+
+    rows = [(row, _warpers(s), torch.Generator(device=device).manual_seed(seed))
+            for row, (s, seed) in enumerate(zip(samplings, seeds)) if s is not None and seed is not None]
+    if len(rows) != sum(s is not None for s in samplings):
+        raise TunelabError("sampling needs one seed per sampled row")
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            out = scores.clone()
+            for row, warpers, gen in rows:
+                own = scores[row: row + 1]
+                for w in warpers:
+                    own = w(input_ids[row: row + 1], own)
+                token = torch.multinomial(own.float().softmax(-1)[0], 1, generator=gen)
+                out[row] = float("-inf")
+                out[row, token] = 0.0
+            return out
+
+    return RowSampler()
+
+
+def _warpers(sampling: Sampling) -> list[Any]:
+    from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = [TemperatureLogitsWarper(sampling.temperature)]
+    warpers += [TopKLogitsWarper(sampling.top_k)] if sampling.top_k is not None else []
+    warpers += [TopPLogitsWarper(sampling.top_p)] if sampling.top_p is not None else []
+    return warpers
 
 
 def cut_at_stop(tokens: list[int], decode: Any, stop_seqs: tuple[str, ...]) -> tuple[list[int], str, bool]:

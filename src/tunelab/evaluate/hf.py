@@ -12,6 +12,7 @@ them.
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
+# Weights loaded by this process: base models and adapters (the evaluation benchmark compares the counts).
+WEIGHT_LOADS: Counter[str] = Counter()
 _GATHER_STEP_S = 0.005  # how often the batch leader looks for more requests
 _GATHER_QUIET_S = 0.02  # stop gathering once no request arrived for this long
 
@@ -47,45 +50,63 @@ class Generation:
     logprobs: list[TokenLogprob] | None = None
 
 
-def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
-    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def tokenizer_dir(base_path: str | Path, adapter_path: str | Path | None) -> Path:
+    """Where a target's tokenizer comes from: the adapter dir when training saved one there, else the base."""
+    if adapter_path is not None and (Path(adapter_path) / "tokenizer_config.json").is_file():
+        return Path(adapter_path)
+    return Path(base_path)
 
+
+def check_model_dirs(base_path: str | Path, adapter_path: str | Path | None) -> None:
     base = Path(base_path)
     if not (base / "config.json").is_file():
         raise TunelabError("base model directory not found (no config.json)", file=base)
-    tok_dir = base
+    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").is_file():
+        raise TunelabError("not a PEFT adapter directory (no adapter_config.json)", file=Path(adapter_path))
+
+
+def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
+    from transformers import AutoTokenizer
+
+    check_model_dirs(base_path, adapter_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(base_path, adapter_path))
+    model: PreTrainedModel | PeftModel = load_base(base_path, tokenizer, dtype, resize=adapter_path is not None)
     if adapter_path is not None:
-        adapter = Path(adapter_path)
-        if not (adapter / "adapter_config.json").is_file():
-            raise TunelabError("not a PEFT adapter directory (no adapter_config.json)", file=adapter)
-        if (adapter / "tokenizer_config.json").is_file():
-            tok_dir = adapter
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
-    try:
-        from tunelab.models.vlm import is_vision_language, load_vlm
+        from peft import PeftModel
 
-        load = load_vlm if is_vision_language(base) else AutoModelForCausalLM.from_pretrained
-        model: PreTrainedModel | PeftModel = load(base, dtype=dtype)
-        if adapter_path is not None:
-            from peft import PeftModel
-
-            # transformers types the input embeddings as any nn.Module; a causal LM's are an nn.Embedding
-            embeddings = cast("torch.nn.Embedding", model.get_input_embeddings())
-            if len(tokenizer) > embeddings.num_embeddings:
-                model.resize_token_embeddings(len(tokenizer))
-            model = PeftModel.from_pretrained(model, str(adapter_path))
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+        WEIGHT_LOADS["adapter"] += 1
     # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), which mypy reads as an unbound
     # function (the device taken for `self`)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
+
+
+def load_base(base_path: str | Path, tokenizer: Any, dtype: Any, resize: bool) -> Any:
+    """The base model's weights (a VLM's through its own class); with `resize` (an adapter goes on it), its
+    embeddings grown to the tokenizer's vocabulary when training added tokens. Counted in WEIGHT_LOADS."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from tunelab.models.vlm import is_vision_language, load_vlm
+
+    base = Path(base_path)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display
+    try:
+        load = load_vlm if is_vision_language(base) else AutoModelForCausalLM.from_pretrained
+        model = load(base, dtype=dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    WEIGHT_LOADS["base"] += 1
+    # transformers types the input embeddings as any nn.Module; a causal LM's are an nn.Embedding
+    embeddings = cast("torch.nn.Embedding", model.get_input_embeddings())
+    if resize and len(tokenizer) > embeddings.num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
 
 
 class LocalLM:
@@ -125,13 +146,22 @@ class LocalLM:
                                                             sampling, seeds, stop_seqs))
         new = out.sequences[:, ids.shape[1]:].tolist()
         logps = torch.stack(out.logits, 1).float().log_softmax(-1) if top_logprobs is not None else None
-        results = []
-        for row, tokens in enumerate(new):
-            cut = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-            kept, text, hit_seq = cut_at_stop(tokens if cut is None else tokens[:cut], self._decode, stop_seqs)
-            lp = self._token_logprobs(logps[row], kept, top_logprobs) if logps is not None else None
-            results.append(Generation(kept, text, cut is not None or hit_seq, lp))
-        return results
+        return [self.generation(tokens, stop_ids, stop_seqs, logps[row] if logps is not None else None, top_logprobs)
+                for row, tokens in enumerate(new)]
+
+    def generation(self, tokens: list[int], stop_ids: list[int], stop_seqs: tuple[str, ...], logps: Any,
+                   top_logprobs: int | None) -> Generation:
+        """One row's answer: cut at its first stop token, then at its first stop sequence; its log-probabilities
+        when `logps` (the row's log-softmaxed logits) are given."""
+        cut = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+        kept, text, hit_seq = cut_at_stop(tokens if cut is None else tokens[:cut], self._decode, stop_seqs)
+        lp = self._token_logprobs(logps, kept, top_logprobs) if logps is not None else None
+        return Generation(kept, text, cut is not None or hit_seq, lp)
+
+    def adapter_args(self, rows: int) -> dict[str, Any]:
+        """Extra arguments of a forward pass over `rows` rows: none for these weights (shared.SharedWeights
+        names each row's adapter)."""
+        return {}
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -181,7 +211,8 @@ class LocalLM:
         repeated = [prompt] * len(rows)  # each row shows the prompt's images (if any) once
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                **vision_inputs(repeated, ids.to(self.device), self.device)).logits
+                                **vision_inputs(repeated, ids.to(self.device), self.device),
+                                **self.adapter_args(len(rows))).logits
         logps = logits.float().log_softmax(-1).cpu()
         start = len(prompt)
         sums = []
@@ -308,10 +339,17 @@ class Batcher:
             seeds = [r.seed for r in batch] if head.sampling is not None else None
             results = self._run_batch([r.prompt_ids for r in batch], seeds, head)
         except Exception as exc:  # each caller in the batch raises it from its own submit()
-            for r in batch:
-                r.error = exc
-                r.done.set()
+            deliver(batch, error=exc)
             return
-        for r, res in zip(batch, results):
-            r.result = res
-            r.done.set()
+        deliver(batch, results)
+
+
+def deliver(batch: list[_Request], results: list[Generation] | None = None, error: Exception | None = None) -> None:
+    """Wake each caller of a batch with its answer, or with the batch's error (raised from its own submit())."""
+    for i, r in enumerate(batch):
+        if error is not None:
+            r.error = error
+        else:
+            assert results is not None
+            r.result = results[i]
+        r.done.set()

@@ -47,6 +47,8 @@ from tunelab.evaluate.decoding import (
     sampling_of,
 )
 from tunelab.evaluate.hf import BatchSettings, Batcher, Generation, LocalLM, load_model, local_lm
+from tunelab.evaluate.mixbatch import AdapterQueue
+from tunelab.evaluate.shared import AdapterView, shared_view
 from tunelab.spec import template_fields
 from tunelab.device import resolve_device, resolve_dtype
 
@@ -115,8 +117,13 @@ class TunelabModelAPI(ModelAPI):
                                    train_on_input=str(train_on_input).lower() in ("true", "1"))
         self.device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype or "auto", self.device)
-        if str(cache_weights).lower() in ("true", "1"):
-            self.lm: LocalLM = local_lm(base_path, adapter_path, torch_dtype, self.device)
+        cached = str(cache_weights).lower() in ("true", "1")
+        # a target of a one-pass evaluation (evaluate/onepass.py): the pass's shared weights, nothing loaded here
+        view = shared_view(base_path, adapter_path, torch_dtype, self.device) if cached else None
+        if view is not None:
+            self.lm: LocalLM | AdapterView = view
+        elif cached:
+            self.lm = local_lm(base_path, adapter_path, torch_dtype, self.device)
         else:  # a grader beside the model under evaluation: the cache keeps that one
             self.lm = LocalLM(*load_model(base_path, adapter_path, torch_dtype, self.device), self.device)
         self.tokenizer = self.lm.tokenizer
@@ -127,7 +134,8 @@ class TunelabModelAPI(ModelAPI):
                                file=Path(base_path))
         self.batch_size = max(1, int(batch_size))
         self._max_tokens = int(max_tokens)
-        self._batcher = Batcher(self._run_batch, self.batch_size)
+        self._batcher: Batcher | AdapterQueue = (
+            view.queue(self.stop_ids) if view is not None else Batcher(self._run_batch, self.batch_size))
 
     # ---- prompt building ------------------------------------------------------------------------
     def messages_of(self, input: list[ChatMessage]) -> tuple[Message, ...]:

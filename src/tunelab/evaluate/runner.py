@@ -1,15 +1,19 @@
-"""Evaluate one run: every task of its eval spec on every chosen target, with inspect-ai.
+"""Evaluate one run: every task of its eval spec on every chosen target, with inspect-ai, one target at a time.
 
 Per target the weights load once (the provider caches them) and each task writes
 <run_dir>/eval/<label>/<task>/{*.eval, scores.json}; a task whose scores.json exists is skipped
 unless forced. A failure raises one TunelabError naming the task (and its file) and leaves no
-scores.json for that task, so it is redone next time.
+scores.json for that task, so it is redone next time. `tunelab eval` evaluates a sweep's targets of one base
+model in one pass instead (passes.py, onepass.py); it builds, checks and finishes each task with the same
+functions (prepare_task, clear_outputs, eval_metadata, finish_task), and goes one at a time through
+evaluate_task where a pass cannot serve a target.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,7 @@ def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool 
     base = Path(cfg.model.path)
     if not (base / "config.json").is_file():
         raise TunelabError("base model directory not found (no config.json)", file=base)
-    specs = _chosen_tasks(cfg, tasks)
+    specs = chosen_tasks(cfg, tasks)
     for spec in specs:  # a broken task file fails here, before any model loads or file is written
         if spec.file:
             resolve_user_task(spec)
@@ -60,7 +64,7 @@ def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool 
     return results
 
 
-def _chosen_tasks(cfg: RunConfig, names: list[str] | None) -> list[TaskSpec]:
+def chosen_tasks(cfg: RunConfig, names: list[str] | None) -> list[TaskSpec]:
     specs = cfg.eval.resolved_tasks()
     if not names:
         return specs
@@ -84,47 +88,81 @@ def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | N
     return build_builtin_task(cfg, spec), None, None
 
 
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task built for one target, its settings checked, before any weights load."""
+
+    task: Any  # inspect Task
+    template: str | None  # the provider's prompt_template
+    function: str | None  # the task file's @task function
+    decoding: str  # how its tokens are chosen ('greedy' or 'sampling, …')
+
+
+def prepare_task(cfg: RunConfig, spec: TaskSpec) -> PreparedTask:
+    """Build and check one task (a task that cannot be built leaves old results alone)."""
+    from tunelab.evaluate.decoding import describe, sampling_of
+
+    task, template, function = build_task(cfg, spec)
+    _check_task_config(spec, function, task)
+    return PreparedTask(task, template, function, describe(sampling_of(task.config)))
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Old results of a task are void from here on: scores first, so a crash can't pair stale scores with a
+    new log."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SCORES_FILE).unlink(missing_ok=True)
+    for old in out_dir.glob("*.eval"):
+        old.unlink()
+
+
+def eval_metadata(cfg: RunConfig, target: Target, spec: TaskSpec, prepared: PreparedTask, grader: Any) -> dict[str, Any]:
+    """The .eval log's metadata: the task's own, and what was evaluated (run, label, task: a one-pass
+    evaluation finds each log's target × task by them, so they win over a task file's keys of those names)."""
+    return {**(prepared.task.metadata or {}),
+            "run": cfg.name, "kind": cfg.kind, "label": target.label, "epoch": target.epoch, "task": spec.name,
+            "decoding": prepared.decoding, "grader": str(grader) if grader else None}
+
+
 def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                   batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
     import_stack(*EVALUATION_STACK)  # a process's first evaluation: its stack imported with the collector paused
     import inspect_ai
+    from inspect_ai import task_with
     from inspect_ai.model import get_model
 
-    from tunelab.evaluate.decoding import describe, sampling_of
     from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE, PROVIDER, model_args_of
 
     started = time.monotonic()
-    task, template, function = build_task(cfg, spec)  # a task that cannot be built leaves old results alone
-    _check_task_config(spec, function, task)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Old results of this task are void from here on: scores first, so a crash can't pair stale
-    # scores with a new log.
-    (out_dir / SCORES_FILE).unlink(missing_ok=True)
-    for old in out_dir.glob("*.eval"):
-        old.unlink()
+    prepared = prepare_task(cfg, spec)
+    clear_outputs(out_dir)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
-    decoding = describe(sampling_of(task.config))
     grader = grader_model(spec, batch_size)
     # memoize=False: a re-evaluation after retraining must not reuse a cached Model.
     model = get_model(f"{PROVIDER}/{cfg.name}/{target.label}", memoize=False,
-                      **model_args_of(cfg, target, template, batch_size))
+                      **model_args_of(cfg, target, prepared.template, batch_size))
+    task = task_with(prepared.task, metadata=eval_metadata(cfg, target, spec, prepared, grader))
     try:
         [log] = inspect_ai.eval(
             task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
             log_format="eval", display="none", score_display=False, max_connections=2 * batch_size,
-            max_samples=2 * batch_size, fail_on_error=True,
-            metadata={"run": cfg.name, "kind": cfg.kind, "label": target.label, "epoch": target.epoch,
-                      "task": spec.name, "decoding": decoding, "grader": str(grader) if grader else None})
+            max_samples=2 * batch_size, fail_on_error=True)
     finally:
         model.api.close()
         if grader is not None:
             grader.api.close()
+    return finish_task(cfg, target, spec, out_dir, prepared, log, grader, round(time.monotonic() - started, 3))
+
+
+def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, prepared: PreparedTask, log: Any,
+                grader: Any, duration_s: float) -> TaskScores:
+    """scores.json from a task's finished log (written last, atomically); a failed log raises its error."""
     if log.status != "success":
-        raise _failure(cfg, target, spec, function, log)
-    scores = _scores_record(cfg, target, spec, function, log)
-    scores.duration_s = round(time.monotonic() - started, 3)
-    scores.decoding, scores.grader = decoding, str(grader) if grader else None
+        raise _failure(cfg, target, spec, prepared.function, log)
+    scores = _scores_record(cfg, target, spec, prepared.function, log)
+    scores.duration_s = duration_s
+    scores.decoding, scores.grader = prepared.decoding, str(grader) if grader else None
     write_scores(out_dir, scores)
     return scores
 
@@ -194,11 +232,7 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
                            file=log.location)
     primary = PRIMARY[spec.builtin] if spec.builtin else next(iter(metrics))
     samples = sample_values(log)
-    stats = log.stats
-    inspect_s = None
-    if stats and stats.started_at and stats.completed_at:
-        inspect_s = round((datetime.fromisoformat(stats.completed_at)
-                           - datetime.fromisoformat(stats.started_at)).total_seconds(), 3)
+    inspect_s = inspect_seconds(log)
     return TaskScores(
         run=cfg.name, kind=cfg.kind, label=target.label, epoch=target.epoch, task=spec.name, builtin=spec.builtin,
         file=spec.file, task_function=function,
@@ -211,6 +245,15 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
         max_tokens=spec.max_tokens or cfg.eval.max_tokens, duration_s=0.0, inspect_duration_s=inspect_s,
         evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         per_sample=samples, intervals=task_intervals(samples, metrics))
+
+
+def inspect_seconds(log: Any) -> float | None:
+    """inspect's own start-to-end time of the eval (None when the log does not say)."""
+    stats = log.stats
+    if not (stats and stats.started_at and stats.completed_at):
+        return None
+    return round((datetime.fromisoformat(stats.completed_at) - datetime.fromisoformat(stats.started_at))
+                 .total_seconds(), 3)
 
 
 def sample_values(log: Any) -> list[SampleValue]:

@@ -1,26 +1,35 @@
 """Evaluate a whole experiment: every fine-tuned run's chosen checkpoints, every control and every
-eval-only checkpoint, on every task of the spec."""
+eval-only checkpoint, on every task of the spec; the targets of one base model in one pass (passes.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
 
 from tunelab.ledger import store as ledger
 from tunelab.console import progress_columns, say
+from tunelab.errors import TunelabError
 from tunelab.evaluate.kinds import show
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir import layout
 
+if TYPE_CHECKING:
+    from tunelab.evaluate.work import Outcome, WorkItem
+
 
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
                         force: bool = False, console: Console | None = None, ingest: bool = True,
-                        tasks: list[str] | None = None) -> dict[str, list]:
+                        tasks: list[str] | None = None, one_pass: bool = True,
+                        progress: Callable[[int, int, str], None] | None = None) -> dict[str, list]:
     """Evaluate completed fine-tuned runs, controls and eval-only runs; skip what already has scores
-    (unless force). epochs: 'last' | 'all' | '0,2' (default: each run's eval.epochs)."""
-    from tunelab.evaluate import evaluate_run
+    (unless force). epochs: 'last' | 'all' | '0,2' (default: each run's eval.epochs). The targets of one base
+    model go in one pass (passes.py); `one_pass=False` evaluates every target one at a time. `progress`:
+    called (done, total, what) as each target × task ends."""
+    from tunelab.evaluate.passes import evaluate_runs
     from tunelab.evaluate.targets import parse_epochs
 
     chosen = parse_epochs(epochs)
@@ -33,19 +42,33 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
             say("[yellow]skip {}: training not completed[/yellow]", cfg.name, console=console)
             continue
         todo.append(cfg)
-    out: dict[str, list] = {}
     try:
-        with Progress(*progress_columns(), console=console) as progress:
-            bar = progress.add_task("evaluating", total=len(todo))
-            for cfg in todo:
-                progress.update(bar, description=f"evaluating {cfg.name}")
-                out[cfg.name] = evaluate_run(cfg, epochs=chosen if cfg.kind == "finetune" else None, force=force,
-                                             tasks=tasks)
-                for s in out[cfg.name]:
-                    say("  {} {} {}: {} {} ({} samples)", cfg.name, s.label, s.task, s.primary_metric,
-                        show(s.score, s.primary_metric), s.samples, console=progress.console)
-                progress.advance(bar)
+        with Progress(*progress_columns(), console=console) as bar:
+            task = bar.add_task("evaluating", total=None)
+            counts = [0, 0]  # done, total
+
+            def planned(total: int) -> None:
+                counts[1] = total
+                bar.update(task, total=total)
+
+            def report(item: WorkItem, outcome: Outcome) -> None:
+                counts[0] += 1
+                bar.update(task, completed=counts[0], description=f"evaluated {item.cfg.name} {item.target.label}")
+                _say_outcome(item, outcome, bar.console)
+                if progress is not None:
+                    progress(counts[0], counts[1], item.where())
+
+            return evaluate_runs(todo, chosen, force, tasks=tasks, planned=planned, report=report,
+                                 console=bar.console, one_pass=one_pass)
     finally:
         if ingest:  # a cluster job leaves the ledger to the coordinator
             ledger.ingest_all(exp, all_runs)
-    return out
+
+
+def _say_outcome(item: WorkItem, outcome: Outcome, console: Console) -> None:
+    if isinstance(outcome, TunelabError):
+        say("  [red]{} {} {}: failed[/red]: {}", item.cfg.name, item.target.label, item.spec.name, outcome.message,
+            console=console)
+    else:
+        say("  {} {} {}: {} {} ({} samples)", item.cfg.name, item.target.label, item.spec.name, outcome.primary_metric,
+            show(outcome.score, outcome.primary_metric), outcome.samples, console=console)

@@ -271,16 +271,15 @@ class PipelineTools:
              force: Annotated[bool, Field(description="Re-evaluate checkpoints that have scores.")] = False,
              ctx: Context | None = None) -> EvalOut:
         """Evaluate fine-tuned checkpoints, controls and eval-only runs with inspect-ai (waits until scored;
-        reports progress run by run)."""
+        reports progress task by task)."""
         from tunelab.evaluate.sweep import evaluate_experiment
         from tunelab.rundir.experiment import load_runs, select_runs
 
         exp = self._experiment(experiment_dir)
         names = [r.name for r in select_runs(load_runs(exp), runs)]
-        done: dict[str, list[Any]] = {}
-        for i, name in enumerate(names, 1):  # one run at a time: a progress notification after each
-            done.update(evaluate_experiment(exp, [name], epochs, force=force, console=quiet()))
-            report_progress(ctx, i, len(names), f"evaluated {name}")
+        # all at once, so that the targets of one base model go in one pass: a notification as each task ends
+        done = evaluate_experiment(exp, names, epochs, force=force, console=quiet(),
+                                   progress=lambda i, n, what: report_progress(ctx, i, n, f"evaluated {what}"))
         return EvalOut.of(done)
 
     @one_line

@@ -1,0 +1,105 @@
+"""Evaluate several runs as one job: one pass per base model (onepass.py), one target at a time where a
+pass cannot serve it (evaluate/runner.py), each with the reason said.
+
+What `tunelab eval`, the Slurm eval and node jobs, the demo and the MCP `eval` tool run (through
+sweep.evaluate_experiment). The results are those of evaluate_run, run by run: a task whose scores.json
+exists is skipped unless forced, each target × task writes its own .eval log and scores.json, and a task
+that fails fails alone: the others' results are written first, then one error names every failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from tunelab.console import say
+from tunelab.errors import TunelabError
+from tunelab.evaluate import EVALUATION_STACK
+from tunelab.evaluate.scores import TaskScores
+from tunelab.evaluate.work import (
+    ItemKey,
+    Outcome,
+    Report,
+    TargetWork,
+    plan_work,
+    results_by_run,
+)
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import EpochChoice
+from tunelab.startup import import_stack
+
+
+def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, force: bool = False, *,
+                  tasks: list[str] | None = None, planned: Callable[[int], None] | None = None,
+                  report: Report | None = None, console: Console | None = None,
+                  batch_size: int | None = None, one_pass: bool = True, adapter_room: int | None = None,
+                  fill_batches: bool | None = None) -> dict[str, list[TaskScores]]:
+    """Every run's scores, fresh or read back, by target then task. `one_pass=False`: every target one at a
+    time (the reference the passes are compared with); `adapter_room`: bytes for adapters beside a base
+    (None: measured); `fill_batches`: fill every short batch with other adapters' rows (None: on a GPU; on a CPU
+    only batches under half full; True mixes adapters on a CPU as a GPU would); `planned` is told how many target × tasks are to evaluate, `report` of each as it ends."""
+    work = plan_work(cfgs, epochs, force, tasks)
+    if planned is not None:
+        planned(sum(len(w.items) for w in work.pending))
+    if not work.pending:  # every score there: nothing heavy imported
+        return results_by_run(work, {})
+    import_stack(*EVALUATION_STACK)  # the evaluation stack, imported with the collector paused
+    from tunelab.device import resolve_device
+    from tunelab.evaluate.grouping import Alone, group_targets
+    from tunelab.evaluate.onepass import PassOptions, evaluate_group
+    from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE
+
+    report = report or (lambda item, outcome: None)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    if one_pass:
+        groups, alone = group_targets(work.pending, resolve_device(None))
+    else:
+        groups, alone = [], [Alone(w, "asked for") for w in work.pending]
+    outcomes: dict[ItemKey, Outcome] = {}
+    for group in groups:
+        adapters = sum(m.target.adapter_path is not None for m in group.members)
+        say("one pass over {} targets of {} ({}): the base model loaded once, {} adapters beside it", len(group.members),
+            group.base_path.name, str(group.dtype).removeprefix("torch."), adapters, console=console)
+        result = evaluate_group(group, PassOptions(batch_size, adapter_room, fill_batches), report)
+        outcomes.update(result.outcomes)
+        alone += result.fallback
+        say("  {} batches, {} of them mixing adapters; adapters in {} chunks", result.batches, result.mixed,
+            result.chunks, console=console)
+    for one in alone:
+        if one_pass:
+            say("one at a time: {}: {}", one.work.where(), one.reason, console=console)
+        outcomes.update(evaluate_alone(one.work, batch_size, report))
+    failures = [o for o in outcomes.values() if isinstance(o, TunelabError)]
+    results = results_by_run(work, {k: o for k, o in outcomes.items() if isinstance(o, TaskScores)})
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise TunelabError(f"{len(failures)} evaluations failed (every other one's scores are written):\n"
+                           + "\n".join(f"  {f}" for f in failures))
+    return results
+
+
+def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[ItemKey, Outcome]:
+    """One target, every pending task, as evaluate_run evaluates it (its weights loaded for it alone); a task
+    that fails is recorded, the next one runs."""
+    from tunelab.evaluate.hf import release_weights
+    from tunelab.evaluate.runner import evaluate_task
+
+    out: dict[ItemKey, Outcome] = {}
+    try:
+        for item in work.items:
+            outcome: Outcome
+            try:
+                outcome = evaluate_task(item.cfg, item.target, item.spec, item.out_dir, batch_size)
+            except TunelabError as exc:
+                outcome = exc
+            except Exception as exc:  # e.g. a checkpoint that does not load: this target's failure, named
+                outcome = TunelabError(f"task '{item.spec.name}' failed on {work.where()}: {type(exc).__name__}: "
+                                       f"{exc}", file=work.target.adapter_path or Path(item.cfg.model.path))
+            out[item.key] = outcome
+            report(item, outcome)
+    finally:
+        release_weights()
+    return out

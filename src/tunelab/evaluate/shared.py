@@ -1,0 +1,269 @@
+"""One base model with many adapters beside it: the weights of a one-pass evaluation (onepass.py).
+
+A sweep's checkpoints are adapters of one base model. Loaded one target at a time, the base is read again for
+each; here it is loaded once, each checkpoint's adapter goes beside it under a name of its own (a control is
+the base with no adapter), and a batch may hold rows of several adapters: PEFT runs the base layers once for
+the batch and each adapter's low-rank update on its own rows (`adapter_names=`, mixgen.py); a batch of one
+adapter runs PEFT's plain path with that adapter active.
+
+While a pass runs, `serving(weights)` registers the weights, and the tunelab provider, asked for one of its
+targets (same base path, dtype, device and adapter), takes an `AdapterView` instead of loading anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.evaluate.hf import (
+    WEIGHT_LOADS,
+    BatchSettings,
+    Generation,
+    LocalLM,
+    check_model_dirs,
+    load_base,
+)
+from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
+from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
+from tunelab.faults import kill_point
+
+
+class SharedWeights(LocalLM):
+    """The base model, loaded once, and the adapters attached beside it (by resolved path → PEFT name)."""
+
+    def __init__(self, base_path: Path, tokenizer_dir: Path, dtype: Any, device: str, resize: bool):
+        from transformers import AutoTokenizer
+
+        check_model_dirs(base_path, None)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = load_base(base_path, tokenizer, dtype, resize)
+        model.to(device)
+        model.eval()
+        super().__init__(model, tokenizer, device)
+        self.base_path, self.dtype = base_path.resolve(), dtype
+        self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch
+        self.batcher: MixedBatcher | None = None
+        self._count = 0
+        self._answering = BASE
+
+    # ---- what is attached ------------------------------------------------------------------------
+    def serve_base(self) -> None:
+        """Controls of this base model are served too (rows with no adapter)."""
+        self.served[None] = BASE
+
+    def attach(self, adapters: list[Path]) -> dict[Path, str]:
+        """Load these adapters beside the base, replacing those attached before (the first new one goes on
+        before the old ones go, so the model always holds an adapter); returns the ones that failed to load,
+        with why."""
+        old = [name for key, name in self.served.items() if key is not None]
+        failed: dict[Path, str] = {}
+        for path in adapters:
+            name = f"t{self._count}"
+            self._count += 1
+            try:
+                self._load_adapter(path, name)
+            except Exception as exc:  # a broken checkpoint fails its own target only
+                failed[path] = f"cannot load the adapter: {type(exc).__name__}: {exc}"
+                continue
+            self.served[str(path.resolve())] = name
+            if old:  # the active adapter goes last
+                self.model.set_adapter(name, inference_mode=True)
+                for gone in old:
+                    self.model.delete_adapter(gone)
+                self.served = {k: v for k, v in self.served.items() if v not in old}
+                old = []
+        return failed
+
+    def _load_adapter(self, path: Path, name: str) -> None:
+        from peft import PeftModel
+
+        check_model_dirs(self.base_path, path)
+        # low_cpu_mem_usage: the adapter's layers are made on the meta device and filled from its file, not
+        # initialised first; the values are the file's either way
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name, low_cpu_mem_usage=True)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, low_cpu_mem_usage=True)
+        self.model.eval()
+        WEIGHT_LOADS["adapter"] += 1
+
+    def adapters(self) -> list[str]:
+        return [name for key, name in self.served.items() if key is not None]
+
+    def mixing_refused(self) -> str | None:
+        """Why PEFT refuses a batch mixing these adapters (a forward pass of one token per adapter and the
+        base with `adapter_names=`), or None."""
+        import torch
+
+        if not self.adapters():
+            return None
+        names = [*self.adapters(), BASE]
+        ids = torch.full((len(names), 1), self.pad_id, dtype=torch.long, device=self.device)
+        try:
+            with torch.inference_mode(), _quiet_peft_hooks():
+                self.model(input_ids=ids, adapter_names=names)
+        except Exception as exc:
+            return f"PEFT cannot mix these adapters in one batch ({type(exc).__name__}: {exc})"
+        return None
+
+    # ---- running a batch -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def answering(self, adapter: str) -> Iterator[None]:
+        """Forward passes (LocalLM.continuation_logprobs) answer with this adapter (BASE: none) meanwhile."""
+        before, self._answering = self._answering, adapter
+        try:
+            yield
+        finally:
+            self._answering = before
+
+    def adapter_args(self, rows: int) -> dict[str, Any]:
+        return self._names([self._answering] * rows)
+
+    def _names(self, adapters: list[str]) -> dict[str, Any]:
+        """generate()'s or forward()'s argument for rows answered by these adapters. One adapter: PEFT's plain
+        path with it active (switched only when another was; PeftModel.set_adapter walks every layer); the
+        base alone or several adapters: the mixed path, naming each row's (a row's values are the same either
+        way; the mixed path costs ~11 % more a SmolLM2 batch of one adapter, ~87 % with eight)."""
+        if not self.adapters():
+            return {}
+        if len(set(adapters)) == 1 and adapters[0] != BASE:
+            if self.model.active_adapter != adapters[0]:
+                self.model.set_adapter(adapters[0], inference_mode=True)
+            return {}
+        return {"adapter_names": adapters}
+
+    def generate_rows(self, rows: list[Row], stop_ids: list[int]) -> list[Generation]:
+        """Decode a batch of rows (each its own adapter and settings; mixgen.py), each cut as
+        LocalLM.generate_batch cuts a row."""
+        import torch
+
+        kill_point("eval.generate")  # the fault benchmark: mid-evaluation
+        ids, mask = self._left_padded([r.prompt_ids for r in rows])
+        width = ids.shape[1]
+        args = generate_args(rows, stop_ids, self.pad_id, self.tokenizer, width, self.device)
+        with torch.inference_mode(), _quiet_peft_hooks():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._names([r.adapter for r in rows]),
+                                      **args)
+        logps = torch.stack(out.logits, 1).float().log_softmax(-1) if out.logits is not None else None
+        return [self.generation(tokens, stop_ids, r.settings.stop_seqs,
+                                logps[i] if logps is not None and r.settings.top_logprobs is not None else None,
+                                r.settings.top_logprobs)
+                for i, (tokens, r) in enumerate(zip(row_tokens(out.sequences, width, rows), rows))]
+
+    def start_batching(self, batch_size: int, fill: bool | None = None) -> MixedBatcher:
+        """A fresh queue for one inspect run (its lock lives in that run's event loop). A short batch is filled
+        with other adapters' rows: always with `fill`; by default on a GPU always, on a CPU when under half a
+        batch (mixbatch.py says why)."""
+        fill = str(self.device).startswith("cuda") if fill is None else fill
+        self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=batch_size if fill else batch_size // 2)
+        return self.batcher
+
+    def release(self) -> None:
+        import gc
+
+        import torch
+
+        self.model, self.served, self.batcher = None, {}, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class AdapterView:
+    """One target's weights as the provider uses them (LocalLM's interface): the shared base with its
+    adapter; its generations go into the pass's mixed batches (`queue`)."""
+
+    def __init__(self, shared: SharedWeights, adapter: str):
+        self.shared, self.adapter = shared, adapter
+        self.tokenizer, self.device, self.pad_id = shared.tokenizer, shared.device, shared.pad_id
+
+    def queue(self, stop_ids: list[int]) -> AdapterQueue:
+        if self.shared.batcher is None:
+            raise TunelabError("the shared weights of this evaluation are not batching (no pass is running)")
+        return AdapterQueue(self.shared.batcher, self.adapter, stop_ids)
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
+                       top_logprobs: int | None = None, *, sampling: Any = None, seeds: list[int] | None = None,
+                       stop_seqs: tuple[str, ...] = ()) -> list[Generation]:
+        """LocalLM.generate_batch on this adapter, unqueued."""
+        settings = BatchSettings(max_new_tokens, top_logprobs, sampling, stop_seqs)
+        rows = [Row(p, self.adapter, settings, seeds[i] if seeds else None) for i, p in enumerate(prompts)]
+        return self.shared.generate_rows(rows, stop_ids)
+
+    def continuation_logprobs(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+        with self.shared.answering(self.adapter), _quiet_peft_hooks():
+            return self.shared.continuation_logprobs(prompt, continuations)
+
+
+@contextlib.contextmanager
+def _quiet_peft_hooks() -> Iterator[None]:
+    """PEFT's adapter_names hooks ask transformers' deprecated `is_gradient_checkpointing` (transformers 5.23)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+# ---------------------------------------------------------------- the weights a pass is serving
+_SERVING: list[SharedWeights] = []
+
+
+@contextlib.contextmanager
+def serving(shared: SharedWeights) -> Iterator[SharedWeights]:
+    _SERVING.append(shared)
+    try:
+        yield shared
+    finally:
+        _SERVING.remove(shared)
+
+
+def shared_view(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> AdapterView | None:
+    """The view of a target that a running pass serves (same base, dtype, device; its adapter attached)."""
+    key = str(Path(adapter_path).resolve()) if adapter_path is not None else None
+    for shared in _SERVING:
+        if (shared.base_path == Path(base_path).resolve() and str(shared.dtype) == str(dtype)
+                and shared.device == device and key in shared.served):
+            return AdapterView(shared, shared.served[key])
+    return None
+
+
+# ---------------------------------------------------------------- memory
+def adapter_bytes(path: Path) -> int:
+    """An adapter's weights in memory, from its safetensors header: every value counted as float32 (PEFT
+    upcasts 16-bit adapter weights), an upper bound. A file without a readable header counts 4 × its size
+    (its load will fail and say why)."""
+    weights = path / "adapter_model.safetensors"
+    try:
+        with open(weights, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > weights.stat().st_size:
+                raise ValueError("not a safetensors header")
+            header = json.loads(f.read(size))
+        return sum(4 * math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return 4 * weights.stat().st_size if weights.is_file() else 0
+
+
+def free_bytes(device: str) -> int:
+    """Memory free for more weights now: the GPU's free bytes, or the host's available memory."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,152 @@
+"""A wave of a one-pass evaluation (onepass.py): whole targets' tasks, each its own inspect Task bound to its own
+model, run by one `inspect_ai.eval` all at once on the pass's shared weights; then each log moved from the
+staging directory beside its scores.json.
+
+inspect-ai writes every log of an eval into one directory; a target × task's log belongs in
+`<run>/eval/<label>/<task>/`, so the wave's logs go to a staging directory in the experiment
+(`.tunelab-eval-pass-*`, removed after) and are moved when the eval returns, each matched to its target × task
+by the log's metadata (run, label, task). The log's samples are read before the move: inspect reads them from
+the file lazily. (inspect's task-end hook would write each task as it ends, but a registered hook makes
+inspect print a banner on stdout, the MCP server's protocol channel.)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.evaluate.runner import (
+    PreparedTask,
+    clear_outputs,
+    eval_metadata,
+    finish_task,
+    grader_model,
+    inspect_seconds,
+)
+from tunelab.evaluate.shared import SharedWeights, serving
+from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
+from tunelab.spec import TaskSpec
+
+
+def wave_items(items: list[WorkItem], prepared: dict[ItemKey, PreparedTask], samples: int) -> list[list[WorkItem]]:
+    """Whole targets' items, in order, each wave filled up to `samples` samples (at least one target): one
+    inspect eval runs a wave, and its results are written when it ends, so a pass killed half way keeps
+    every wave it finished, and a wave's tasks still fill each other's batches."""
+    waves: list[list[WorkItem]] = []
+    count = samples
+    for item in items:
+        new_target = not waves or waves[-1][-1].target != item.target or waves[-1][-1].cfg.name != item.cfg.name
+        if new_target and count >= samples:
+            waves.append([])
+            count = 0
+        waves[-1].append(item)
+        count += _samples_of(prepared[item.key].task, samples)
+    return waves
+
+
+def _samples_of(task: Any, unknown: int) -> int:
+    """The samples a task generates for (its dataset × epochs); `unknown` for a dataset of no known length."""
+    try:
+        return len(task.dataset) * int(getattr(task, "epochs", None) or 1)
+    except TypeError:
+        return unknown
+
+
+def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKey, PreparedTask],
+             batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
+    """One inspect-ai eval of these items, all at once; each log moved to its task's directory after, and what
+    became of each item recorded in `outcomes` and reported."""
+    import inspect_ai
+
+    state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
+    staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))
+    crash: Exception | None = None
+    try:
+        with serving(shared):
+            tasks = [state.bind(item, batch_size) for item in items]
+            for item in items:
+                clear_outputs(item.out_dir)
+            try:
+                logs = inspect_ai.eval(
+                    tasks, model=None, log_dir=str(staging), log_format="eval", display="none", score_display=False,
+                    max_tasks=len(tasks), max_samples=2 * batch_size, max_connections=2 * batch_size * len(tasks),
+                    fail_on_error=True)
+            except Exception as exc:  # the wave's tasks fail with this; the pass goes on
+                logs, crash = [], exc
+        for log in logs:
+            state.ended(log)
+    finally:
+        state.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    for item in items:
+        if item.key not in outcomes:
+            why = f"{type(crash).__name__}: {crash}" if crash else "the evaluation ended without its log"
+            outcome = TunelabError(f"task '{item.spec.name}' failed on {item.cfg.name} {item.target.label}: {why}")
+            outcomes[item.key] = outcome
+            report(item, outcome)
+
+
+class _PassState:
+    """The items of one inspect eval: their models and graders, and what happened to each."""
+
+    def __init__(self, items: dict[ItemKey, WorkItem], prepared: dict[ItemKey, PreparedTask], report: Report,
+                 outcomes: dict[ItemKey, Outcome]):
+        self.items, self.prepared, self.report, self.outcomes = items, prepared, report, outcomes
+        self.models: list[Any] = []
+        self.graders: dict[str, Any] = {}  # one grader model per distinct grader of the pass's tasks
+        self.grader_of: dict[ItemKey, Any] = {}
+
+    def bind(self, item: WorkItem, batch_size: int) -> Any:
+        """The item's inspect Task with its own model (the provider finds the shared weights) and grader."""
+        from inspect_ai import task_with
+        from inspect_ai.model import get_model
+
+        from tunelab.evaluate.provider import PROVIDER, model_args_of
+
+        p = self.prepared[item.key]
+        grader = self.grader_of[item.key] = self._grader(item.spec, batch_size)
+        # memoize=False: a re-evaluation after retraining must not reuse a cached Model.
+        model = get_model(f"{PROVIDER}/{item.cfg.name}/{item.target.label}", memoize=False,
+                          **model_args_of(item.cfg, item.target, p.template, batch_size))
+        self.models.append(model)
+        task = task_with(p.task, model=model, metadata=eval_metadata(item.cfg, item.target, item.spec, p, grader))
+        return task if grader is None else task_with(task, model_roles={"grader": grader})
+
+    def _grader(self, spec: TaskSpec, batch_size: int) -> Any:
+        if spec.grader is None:
+            return None
+        key = spec.grader if isinstance(spec.grader, str) else spec.grader.model_dump_json()
+        if key not in self.graders:
+            self.graders[key] = grader_model(spec, batch_size)
+        return self.graders[key]
+
+    def ended(self, log: Any) -> None:
+        """A task's log is complete: move it beside its scores.json and write that (or record its failure)."""
+        meta = log.eval.metadata or {}
+        key = (meta.get("run"), meta.get("label"), meta.get("task"))
+        item = self.items.get(key)  # type: ignore[arg-type]
+        if item is None or item.key in self.outcomes:
+            return
+        outcome: Outcome
+        try:
+            for lazy in (log.samples, log.reductions):  # read from the file while it is where inspect wrote it
+                len(lazy or [])
+            moved = item.out_dir / Path(log.location).name
+            shutil.move(log.location, moved)
+            log.location = str(moved)
+            outcome = finish_task(item.cfg, item.target, item.spec, item.out_dir, self.prepared[item.key], log,
+                                  self.grader_of.get(item.key), inspect_seconds(log) or 0.0)
+        except TunelabError as exc:
+            outcome = exc
+        except Exception as exc:  # this task's failure, named; the others go on
+            outcome = TunelabError(f"task '{item.spec.name}' on {item.cfg.name} {item.target.label}: "
+                                   f"{type(exc).__name__}: {exc}")
+        self.outcomes[item.key] = outcome
+        self.report(item, outcome)
+
+    def close(self) -> None:
+        for model in [*self.models, *self.graders.values()]:
+            model.api.close()
