@@ -60,11 +60,16 @@ class Fault:
     point: str = ""  # the TUNELAB_FAULT_KILL value
     fired: bool = False
     problems: list[str] = field(default_factory=list)
+    unreached: list[str] = field(default_factory=list)  # planned points its command never reached (re-planned)
 
     def line(self, total: int) -> str:
-        verdict = ("survived" if not self.problems else "NOT survived: " + checks.describe(self.problems))
+        if not self.fired and not self.problems:
+            verdict = "NOT REACHED (no kill happened, nothing was lost)"
+        else:
+            verdict = "survived" if not self.problems else "NOT survived: " + checks.describe(self.problems)
+        replanned = f" (re-planned: {', '.join(self.unreached)} not reached)" if self.unreached else ""
         return (f"fault {self.number:2d}/{total} [scenario {self.scenario}] {self.stage:6} {self.kind:9} "
-                f"kill -9 at {self.point}: {verdict}")
+                f"kill -9 at {self.point}{replanned}: {verdict}")
 
 
 @dataclass
@@ -203,11 +208,20 @@ def arm(fault: Fault, rng: random.Random, setup: Setup, run_dir: Path) -> None:
         nth = rng.randint(1, max(1, remaining_targets(run_dir, setup.spec["training"]["epochs"])))
         fault.point = ("eval.generate" if fault.kind == "generate" else "write:exact_match/scores.json") + f"#{nth}"
     elif fault.stage == "report":
-        fault.kind = rng.choice(REPORT_KINDS)
+        fault.kind = rng.choice(reachable_report_kinds(run_dir.parent.parent / "report"))
         fault.point = {"figure": f"report.figure#{rng.randint(1, max(1, setup.ref_figures))}",
                        "markdown": "write:report/report.md", "html": "write:report/report.html"}[fault.kind]
     else:
         fault.point = f"ledger.ingest:{run_dir.name}"
+
+
+def reachable_report_kinds(report_dir: Path) -> list[str]:
+    """The report's kill points that `tunelab report` will reach now. Figures are drawn on every build; report.md
+    and report.html are written only when their text changed (fsutil.atomic_write_text leaves a file that holds
+    it alone), and the report stage runs after every evaluation, so a file a killed build already published
+    will not be written again."""
+    return [kind for kind in REPORT_KINDS
+            if kind == "figure" or not (report_dir / f"report.{'md' if kind == 'markdown' else kind}").is_file()]
 
 
 def plan_launches(faults: list[Fault], short: bool, rng: random.Random) -> dict[str, list[list[Fault]]]:
@@ -244,14 +258,7 @@ def run_scenario(number: int, faults: list[Fault], setup: Setup, seed: int) -> N
             if stage == "eval" and setup.short:
                 continue
             for group in stages[stage]:
-                for fault in group:
-                    if not fault.point:
-                        arm(fault, rng, setup, run_dir)
-                code, fired = launch(commands[stage], root, [f.point for f in group], log)
-                for fault in group:
-                    fault.fired = fault.point.split("#")[0] in fired  # a kill records its point, not the count
-                    if not fault.fired:
-                        fault.problems.append(f"the kill did not happen (exit {code})")
+                killed_launch(commands[stage], group, rng, setup, run_dir, root, log)
             if stage == "report" and setup.short and not stages[stage]:
                 _report_in_process(exp, root)  # nothing killed there: the command's function, minus a start-up
             else:
@@ -259,6 +266,35 @@ def run_scenario(number: int, faults: list[Fault], setup: Setup, seed: int) -> N
     problems += verify(setup, exp, run_dir, root)
     for fault in faults:
         fault.problems += problems
+
+
+REPLANS = 3  # a kill whose point its command did not reach is planned again this many times
+
+
+def killed_launch(command: list[str], group: list[Fault], rng: random.Random, setup: Setup, run_dir: Path,
+                  root: Path, log) -> None:
+    """One launch killed at each fault of `group`. A command that ended well without reaching an eval, report or
+    ingest point lost nothing there: the point is recorded as not reached and another is drawn from the state
+    now. A train point is reachable by construction (draw_train), so missing one is a problem, as is a command
+    that fails without its kill."""
+    for attempt in range(REPLANS):
+        for fault in group:
+            if not fault.point:
+                arm(fault, rng, setup, run_dir)
+        code, fired = launch(command, root, [f.point for f in group if not f.fired], log)
+        for fault in (f for f in group if not f.fired):
+            fault.fired = fault.point.split("#")[0] in fired  # a kill records its point, not the count
+        missed = [f for f in group if not f.fired]
+        if code != 0 and fired and missed:  # one kill ended the launch before the others' points: again
+            continue
+        for fault in missed:
+            if code != 0 or fault.stage == "train":
+                fault.problems.append(f"the kill did not happen (exit {code})")
+            elif attempt + 1 < REPLANS:
+                fault.unreached.append(fault.point)
+                fault.point = ""
+        if not any(f.point == "" for f in group):  # nothing to plan again
+            return
 
 
 def _report_in_process(exp: Path, root: Path) -> None:
@@ -318,10 +354,15 @@ def _run_all(out: Path, n: int, short: bool, seed: int) -> int:
         print(f"scenario {number}: {len(leftovers)} temp file(s) of interrupted writes left (never read)",
               flush=True)
         faults += group
-    survived = sum(not f.problems for f in faults)
+    tried = [f for f in faults if f.fired or f.problems]
+    survived = sum(not f.problems for f in tried)
+    unreached = len(faults) - len(tried)
     print(f"time: {time.monotonic() - t0:.0f} s")
-    print(f"faults survived: {survived}/{len(faults)}")
-    return 0 if survived == len(faults) else 1
+    print(f"replanned kill points (not reached, nothing lost): {sum(len(f.unreached) for f in faults)}")
+    if unreached:
+        print(f"faults not reached after {REPLANS} plans: {unreached} (not counted below)")
+    print(f"faults survived: {survived}/{len(tried)}")
+    return 0 if survived == len(tried) and not unreached else 1
 
 
 if __name__ == "__main__":
