@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.errors import NoSpaceError
 from tunelab.fsutil import atomic_write_text
 
 FORMAT = 1  # bump when what an entry holds changes meaning
@@ -48,6 +49,6 @@ def cached_json(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": key, "value": value}, default=str), durable=False)
-    except OSError:
+    except (OSError, NoSpaceError):  # a cache that cannot be written is only slower
         pass
     return value

@@ -3,6 +3,7 @@ config or report behind, and a damaged file or a locked database is reported, ne
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
 import json
@@ -17,7 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from tunelab.errors import TunelabError
+from tunelab.diskspace import free_bytes
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import kill_point
 
 
@@ -50,10 +52,75 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True, check_u
     except BaseException as exc:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            raise no_space_error(path, len(text.encode("utf-8"))) from exc
         if isinstance(exc, OSError) and (tmp is None or exc.filename in (None, tmp)):  # tmp None: mkstemp failed
             raise oserror_naming(exc, path) from exc
         raise
     return path
+
+
+# ---------------------------------------------------------------- a full disk or quota
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# what libraries that do not raise OSError say about a full disk (safetensors: "No space left on device (os
+# error 28)") and about a write that failed without saying why (torch.save: "unexpected pos", "file write failed")
+_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded|os error (28|122)\b|database or disk is full",
+                        re.IGNORECASE)
+_WRITE_FAILED = re.compile(r"file write failed|unexpected pos|PytorchStreamWriter", re.IGNORECASE)
+FULL_BELOW = 1 << 20  # a write that failed without a reason, on a filesystem with less than this free: full
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def is_disk_full(exc: BaseException, path: str | Path) -> bool:
+    """Did this error come from a full filesystem or quota? ENOSPC/EDQUOT anywhere in its chain, a library's
+    words for them, or a write that failed unexplained (torch.save) while path's filesystem is (nearly) full."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS or _FULL_TEXT.search(str(e)):
+            return True
+    if any(_WRITE_FAILED.search(str(e)) for e in _chain(exc)):
+        free = free_bytes(path)
+        return free is not None and free < FULL_BELOW
+    return False
+
+
+def no_space_error(path: str | Path, needed: int | None,
+                   next_step: str = "free space, then run the command again") -> NoSpaceError:
+    """The one-line error of a write that did not fit: the path, what it needed, what is free now."""
+    free = free_bytes(path)
+    sizes = (f"needs ~{human_bytes(needed)}, " if needed else "") + f"{human_bytes(free)} free"
+    return NoSpaceError(path, needed, free, sizes, next_step)
+
+
+@contextmanager
+def space_guard(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Writes under `path` that find the disk (or the quota) full raise NoSpaceError naming it; anything else
+    passes unchanged. The one catch point of writers whose libraries do not raise OSError (the trainer's
+    save, a figure); fsutil's own writes raise it themselves."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc, path):
+            raise
+        raise no_space_error(path, needed) from exc
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append and flush (a reader polls the file). A full disk raises NoSpaceError; what was cut off is one
+    last line without its newline, which read_jsonl skips."""
+    with space_guard(path, len(text.encode("utf-8"))), open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
 
 
 def oserror_naming(exc: OSError, path: str | Path) -> OSError:
@@ -242,6 +309,8 @@ def add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str,
 
 def _sqlite_error(exc: sqlite3.Error, path: str | Path) -> TunelabError:
     text = str(exc)
+    if is_disk_full(exc, path):
+        return no_space_error(path, None)
     if "locked" in text or "busy" in text:
         text = (f"the database is locked: another tunelab command (run, status --watch, ingest) is writing it; "
                 f"waited {SQLITE_TIMEOUT_S:g} s, retry when it has finished")

@@ -28,6 +28,7 @@ import forking  # noqa: E402
 
 SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
+    "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
     "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
@@ -37,7 +38,8 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 2.0
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
-WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py")  # they take --out DIR
+WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
+            "deadline.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
@@ -275,3 +277,47 @@ def test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up(smokes):
         assert line(section, rf"^{re.escape(name)}: same answers and scores on (\d+) of (\d+) target × tasks "
                              rf"\((\d+) samples\)") == (targets, targets, samples)
         assert len(re.findall(rf"^{re.escape(name)}: pass  \d+ batches", section, re.MULTILINE)) == bases  # a pass each
+
+
+THREE_FIGURES = r" \| ".join([rf"{NUM} \| {NUM} \| {NUM} %"] * 3) + r" \|$"  # predicted, measured, error ×3
+
+
+def _pct(predicted: float, measured: float) -> float:
+    return 100 * (predicted - measured) / measured
+
+
+@pytest.mark.slow  # a tiny model built, 4 shapes probed, 2 × 2 runs trained and evaluated (forked)
+def test_deadline_smoke_predicted_and_measured_add_up(smokes):
+    """Each row's errors are (predicted − measured) / measured of its printed figures and its totals the sum of
+    its parts; a sweep's figures are its runs' sums (the predicted makespan: the forecast on one CPU slot, the
+    runs in turn); before ÷ auto divides the printed sweep figures; the effective batch is 16 both ways."""
+    out, out_dir = smoke(smokes, "deadline.py")
+    sweeps = {}
+    for way in ("before", "auto"):
+        rows = []
+        for run in ("r4", "r16"):
+            f = line(out, rf"^\| {way} \| {run} \| [^|]+ \| {THREE_FIGURES}")
+            for i in (0, 3, 6):
+                assert f[i + 2] == pytest.approx(_pct(f[i], f[i + 1]), abs=0.051), (way, run, i)
+            assert f[7] == pytest.approx(f[1] + f[4], abs=0.051)  # measured total: training + evaluation
+            assert f[6] == pytest.approx(f[0] + f[3], abs=0.151)  # predicted total: its parts (each rounded)
+            rows.append(f)
+        s = line(out, rf"^\| {way} \| sweep \(makespan\) \| \| {THREE_FIGURES}")
+        for i in (0, 1, 3, 4, 7):
+            assert s[i] == pytest.approx(sum(r[i] for r in rows), abs=0.051 * len(rows)), (way, i)
+        assert s[6] == pytest.approx(sum(r[6] for r in rows), abs=0.051 * len(rows))  # one slot: runs in turn
+        for i in (0, 3, 6):
+            assert s[i + 2] == pytest.approx(_pct(s[i], s[i + 1]), abs=0.051), (way, i)
+        sweeps[way] = (s[1], s[4], s[7])
+    ratios = line(out, rf"^measured before ÷ auto: training {NUM}, evaluation {NUM}, makespan {NUM}$")
+    for ratio, b, a in zip(ratios, sweeps["before"], sweeps["auto"]):
+        assert ratio == pytest.approx(b / a, abs=0.0051)
+    split = r": micro-batch × accumulation = effective batch (\d+) × (\d+) = (\d+) \(checkpointing "
+    before, auto = line(out, rf"^before{split}on"), line(out, rf"^auto{split}off")
+    assert before == (1, 16, 16) and auto[2] == 16 and auto[0] * auto[1] == 16
+    for way in ("before", "auto"):  # what the jobs trained with, from their summary.json
+        assert line(out, rf"^{way}: micro-batch .*; summary.json effective_batch_size \[(\d+)\]$") == (16,)
+    for run in ("r4", "r16"):
+        lb, la, diff = line(out, rf"^  {run}: before {NUM}, auto {NUM}, auto − before {NUM}$")
+        assert diff == pytest.approx(la - lb, abs=0.00011)
+    assert len(list((out_dir / "auto" / "runs").glob("*/eval/*/*/scores.json"))) == 2

@@ -261,8 +261,9 @@ def validate_cmd(
 ) -> None:
     """Exit 1 when a run would not fit on the GPU or its data or prompt is wrong.
 
-    Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, or warm-up
-    exceeds training; warn (exit 0) near the memory limit or on a wasteful choice."""
+    Exit 1 when a run would OOM (predicted), a split/field is missing, the prompt lacks {input}, warm-up
+    exceeds training, or the sweep's predicted disk use exceeds its filesystem's free space or quota; warn
+    (exit 0) near the memory limit or on a wasteful choice."""
     from tunelab.plan.validate import validate_path
 
     checks = validate_path(path, _validate_gpu(gpu, path))

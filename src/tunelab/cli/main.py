@@ -45,6 +45,9 @@ def plan_cmd(
                                             "(default: yes, except with --json)."),
     probe: bool = typer.Option(False, "--probe", help="First run `tunelab probe` here: a few real steps of each "
                                "run shape, so the estimates are measured."),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="Wall-clock budget of the whole sweep (6h, "
+                                           "90m, 1d): the verdict, makespan and levers in plan.md; overrides "
+                                           "resources.deadline."),
 ) -> None:
     """Check models, data and tasks, estimate every run and write plan.md.
 
@@ -59,7 +62,7 @@ def plan_cmd(
             from tunelab.cli.measure import run_probe
 
             run_probe(spec)
-        plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec))
+        plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec), deadline=deadline)
     path = None
     if write_md if write_md is not None else not json_out:
         path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))

@@ -34,6 +34,10 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False,
                      if result.fixed_s is not None and result.per_token_s is not None else "")
             largest = f", largest micro-batch that ran: {result.max_micro_batch}" if find_max_batch else ""
             say("  {:,.0f} tokens/s on {}{}{}{}", result.tokens_per_s, result.device, split, mem, largest)
+            if result.generation is not None:
+                g, batch = result.generation, max(p.batch for p in result.generation.points)
+                say("  generation: prefill {:,.0f} tokens/s, decode {:,.0f} tokens/s at batch {}",
+                    g.prefill_tokens_per_s, g.decode_tokens_per_s(batch), batch)
 
     if find_max_batch:
         _check_find_max_batch()
@@ -84,7 +88,9 @@ def probe_cmd(
     Run a few real optimizer steps of each distinct run shape (model, data, micro-batch, max_seq_len,
     packing, LoRA shape, checkpointing, dtype) on this machine, at the planned micro-batch and twice it, and
     record tokens/s, the fixed and per-token step cost and peak memory in the history: plans then have a
-    measured time on a fresh machine. Seconds per shape on the demo's CPU; Ctrl-C keeps the shapes done."""
+    measured time on a fresh machine. Each model's batched generation is timed too (prefill tokens/s, a
+    decode step's cost): evaluation's predicted time uses it. Seconds per shape on the demo's CPU; Ctrl-C keeps
+    the shapes done."""
     with stdout_to_stderr(json_out):
         rows = run_probe(spec, find_max_batch=find_max_batch, executor=executor, results=results)
     if results is not None:
@@ -105,7 +111,8 @@ def history_cmd(
     """List what the planner knows from past runs, and where each row came from.
 
     What the planner knows: every run tunelab trained (measured), probed or ingested, with where it came
-    from (file, line or key), its speed, peak memory, final loss and the fields its source lacked."""
+    from (file, line or key), its speed, peak memory, final loss and the fields its source lacked; then the
+    generation rows evaluation's predicted time rests on (probed generations, finished evaluations)."""
     from tunelab.ledger.history import history_path, load
 
     rows = [r for r in load(everything=True)
@@ -118,8 +125,9 @@ def history_cmd(
         return
     if not rows:
         say("no history rows{} in {}", " matching" if model or gpu else "", history_path())
-        return
-    _history_table(rows)
+    else:
+        _history_table(rows)
+    _generation_table(model, gpu)
 
 
 def _history_table(rows: list) -> None:
@@ -130,6 +138,29 @@ def _history_table(rows: list) -> None:
                       r.origin_where or r.key) for r in rows[-50:]]))
     if len(rows) > 50:
         say("(last 50 of {} rows; --json for all)", len(rows))
+
+
+def _generation_table(model: str | None, gpu: str | None) -> None:
+    """The history's generation rows (ledger/generation.py): what evaluation's predicted time rests on."""
+    from tunelab.ledger.generation import load
+
+    rows = [r for r in load() if (not model or model.lower() in r.model_path.lower())
+            and (not gpu or gpu.lower() in (r.device or "").lower())]
+    if not rows:
+        return
+    say("generation (evaluation's predicted time rests on these):")
+
+    def speed(r) -> str:
+        g = r.speed()
+        if g is not None:
+            return (f"prefill {g.prefill_tokens_per_s:,.0f} tok/s, step {g.decode_fixed_s * 1e3:.2f} ms + "
+                    f"{g.decode_row_s * 1e3:.3f} ms/row")
+        return f"{r.samples} samples, {r.generated_tokens} tokens in {r.wall_share_s() or 0:.1f} s" + (
+            f" ({r.task})" if r.task else "")
+
+    show(data_table(("kind", "model", "device", "measured", "from"),
+                    [(str(r.origin), r.model_path, r.device or "?", speed(r), r.origin_where or r.key)
+                     for r in rows[-50:]]))
 
 
 def adopt_cmd(

@@ -5,7 +5,9 @@ A shape is what speed and memory depend on: model, dataset and prompt (tokens pe
 max_seq_len, packing, LoRA rank, targets and modules trained in full, checkpointing, dtype, quantization.
 Runs that differ only in learning rate, epochs or seed share one probe. Each shape's result becomes one
 history row (origin "probed", keyed by shape and device, replaced by a later probe of the same shape), which
-the planner's time model reads like any measured run (fixed + per-token step cost).
+the planner's time model reads like any measured run (fixed + per-token step cost). The probe also times a
+few batched generations of each model (train/probe_generate.py), recorded as the history's generation row of
+that model and device, which evaluation's predicted time reads (estimate/evaltime.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.ledger import history
+from tunelab.ledger import generation, history
 from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
@@ -182,5 +184,14 @@ def probe_runs(runs: list[RunConfig], spec_path: Path,
         if find_max_batch:
             row.simulated_max_micro_batch = simulated_max_batch(shape.cfg, result)
         history.record([row])
+        record_generation(shape, result, spec_path)
         rows.append(row)
     return rows
+
+
+def record_generation(shape: Shape, result: ProbeResult, spec_path: Path) -> None:
+    """The shape's timed generation (if the probe measured one) as the history's generation row of its model
+    on this device, which evaluation's predictions read (estimate/evaltime.py)."""
+    row = generation.probed_row(str(shape.cfg.model.path), result, f"{spec_path} ({', '.join(shape.runs)})")
+    if row is not None:
+        generation.record([row])

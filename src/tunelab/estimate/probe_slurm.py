@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunelab.ledger import history
 from tunelab.errors import TunelabError
-from tunelab.estimate.probe import distinct_shapes, to_history
+from tunelab.estimate.probe import distinct_shapes, record_generation, to_history
 from tunelab.execute.executor import Executor, JobKind
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
@@ -57,6 +57,9 @@ def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path,
     measured = read_results(results)
     rows = [to_history(s, measured[s.key], spec_path) for s in shapes if s.key in measured]
     history.record(rows)
+    for shape in shapes:
+        if shape.key in measured:
+            record_generation(shape, measured[shape.key], spec_path)
     return rows
 
 

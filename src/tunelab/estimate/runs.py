@@ -4,6 +4,7 @@ each number with its source (measured history, or a model when there is none).""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from statistics import median
 from typing import Any
@@ -31,6 +32,9 @@ from tunelab.spec import Strategy, TrainingConfig
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
+# Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
+# input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
+RECOMPUTE_FACTOR = 1.5
 
 
 def device_key(gpu: GPU | None) -> str:
@@ -79,25 +83,35 @@ def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
     return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
 
 
-def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int) -> float:
+def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
+                     micro_batches: int | None = None) -> float:
     """Step time from a measured run's fixed + per-token split, carried to another model and batch:
-    the per-token part scales with FLOPs per token, the fixed part with the number of layers."""
+    the per-token part scales with FLOPs per token, the fixed part with the number of layers and, given
+    `micro_batches` (the accumulation), with the micro-batches an optimizer step runs (each a forward and a
+    backward of its own: the row's fixed part was measured over its own accumulation)."""
     if row.per_token_s is None:
         raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
     row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
     per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
     fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
+    if micro_batches is not None:
+        fixed *= micro_batches / (row.gradient_accumulation_steps or 1)
     return fixed + per_token * tokens_per_step
 
 
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
-                       history: list[HistoryRun], cpu_threads: int | None = None) -> tuple[float | None, str, list[HistoryRun]]:
+                       history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
+                       recompute: bool = False) -> tuple[float | None, str, list[HistoryRun]]:
+    """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
+    part of a split row is paid per micro-batch); recompute: gradient checkpointing, priced by the FLOPs model
+    (history rows are compared like with like, `comparable_rows`)."""
     on_device = [r for r in history if _same_device(r, gpu, cpu_threads) and r.tokens_per_s]
     same = [r for r in on_device if _same_model(r, arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
     if split:
         near = _nearest(split, tokens_per_step)
-        tps = median(tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len) for r in near)
+        tps = median(tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches)
+                     for r in near)
         what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
         return tps, f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
     if same:
@@ -113,6 +127,9 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
             return tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token", near
     if gpu is not None:
         modelled = model_tokens_per_s(arch, gpu, seq_len)
+        if modelled and recompute:
+            return (modelled / RECOMPUTE_FACTOR, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}, gradient "
+                    f"checkpointing ×{RECOMPUTE_FACTOR:g} (a recomputed forward: 6N vs 4N FLOPs per token)", [])
         if modelled:
             return modelled, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}", []
     return None, "none: no history on this device and no FLOPs peak for it", []
@@ -234,15 +251,29 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
     return round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1), startup, time_source
 
 
-def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
-                 history: list[HistoryRun], cpu_threads: int | None = None) -> RunEstimate:
-    """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
-    time is the wall time of all the run's processes together."""
-    t = cfg.training
-    assert t is not None, "controls have nothing to estimate"
+@dataclass(frozen=True)
+class RunTime:
+    """What a run's training time rests on: steps and tokens (padding included), the speed and its source,
+    the wall time (None: no speed known). The levers (plan/levers.py) price candidate settings with it."""
+
+    steps: int
+    tokens_per_epoch: int
+    train_tokens: float
+    tokens_per_microbatch: int
+    tokens_per_s: float | None
+    seconds: float | None
+    startup_s: float | None
+    source: str
+    processes: int
+
+
+def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
+             history: list[HistoryRun], cpu_threads: int | None = None) -> RunTime:
+    """The training time of one run (no memory): steps from its rows, tokens from packing or the padding of
+    its micro-batch, speed from comparable history (the fixed part per micro-batch) or the FLOPs model."""
+    t = _training(cfg)
     arch = _architecture(cfg.model.path)
-    res = cfg.resources
-    nproc = res.processes_per_run(1 if gpu is not None else 0)
+    nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)
     key = tuple(lengths)
     if t.packing:
         rows = _packed_rows(key, t.max_seq_len)
@@ -254,36 +285,48 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
     steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     train_tokens = tokens_epoch * t.epochs * steps / full_steps
     tokens_mb = step_shape(t.batch_size, t.max_seq_len, t.packing, max(lengths)).tokens
+    tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
+    seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
+    tps, source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t),
+                                           cpu_threads, t.gradient_accumulation_steps, t.gradient_checkpointing)
+    seconds = startup = None
+    if tps:
+        seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths)
+    return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc)
+
+
+def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
+                 history: list[HistoryRun], cpu_threads: int | None = None) -> RunEstimate:
+    """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
+    time is the wall time of all the run's processes together."""
+    t = cfg.training
+    assert t is not None, "controls have nothing to estimate"
+    arch = _architecture(cfg.model.path)
+    res = cfg.resources
+    time = run_time(cfg, gpu, lengths, val_lengths, history, cpu_threads)
+    nproc, seconds, tps = time.processes, time.seconds, time.tokens_per_s
     peak = gpu_mem = None
     strategy = Strategy.DDP if nproc > 1 else None
     mem_source = "not modelled on CPU"
     if gpu is not None:
         peak, mem_source, strategy = _run_memory(cfg, gpu, arch, nproc, max(lengths), history)
         gpu_mem = gpu.memory_gib
-    tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
-    seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
-    tps, time_source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t),
-                                                cpu_threads)
-    seconds = startup = None
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
-    if tps:
-        seconds, startup, time_source = _wall_time(tps, refs, time_source, train_tokens, nproc, steps, t,
-                                                   val_lengths)
     return RunEstimate(
         run=cfg.name,
         packed=t.packing,
         micro_batch=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        tokens_per_microbatch=tokens_mb,
-        steps=steps,
-        tokens_per_epoch=tokens_epoch,
+        tokens_per_microbatch=time.tokens_per_microbatch,
+        steps=time.steps,
+        tokens_per_epoch=time.tokens_per_epoch,
         peak_memory_gib=peak,
         gpu_memory_gib=gpu_mem,
         memory_source=mem_source,
         tokens_per_s=round(tps, 1) if tps else None,
-        startup_s=round(startup, 1) if startup is not None else None,
+        startup_s=round(time.startup_s, 1) if time.startup_s is not None else None,
         seconds=seconds,
-        time_source=time_source,
+        time_source=time.source,
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,
@@ -291,5 +334,5 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         strategy=strategy,
         effective_batch=t.effective_batch_size(nproc),
         scaling_efficiency=efficiency if nproc > 1 else None,
-        train_tokens=round(train_tokens),
+        train_tokens=round(time.train_tokens),
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tunelab.console import say
-from tunelab.errors import TunelabError
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate import EVALUATION_STACK
 from tunelab.evaluate.scores import TaskScores
 from tunelab.evaluate.work import (
@@ -93,6 +93,8 @@ def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[It
             outcome: Outcome
             try:
                 outcome = evaluate_task(item.cfg, item.target, item.spec, item.out_dir, batch_size)
+            except NoSpaceError:  # the next task's results could not be written either: stop, one line
+                raise
             except TunelabError as exc:
                 outcome = exc
             except Exception as exc:  # e.g. a checkpoint that does not load: this target's failure, named

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.fsutil import is_disk_full, no_space_error, space_guard
 from tunelab.evaluate import EVALUATION_STACK
 from tunelab.evaluate.scores import (
     SCORES_FILE,
@@ -144,10 +145,11 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                       **model_args_of(cfg, target, prepared.template, batch_size))
     task = task_with(prepared.task, metadata=eval_metadata(cfg, target, spec, prepared, grader))
     try:
-        [log] = inspect_ai.eval(
-            task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
-            log_format="eval", display="none", score_display=False, max_connections=2 * batch_size,
-            max_samples=2 * batch_size, fail_on_error=True)
+        with space_guard(out_dir):  # a full disk under the .eval log: one NoSpaceError naming the directory
+            [log] = inspect_ai.eval(
+                task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
+                log_format="eval", display="none", score_display=False, max_connections=2 * batch_size,
+                max_samples=2 * batch_size, fail_on_error=True)
     finally:
         model.api.close()
         if grader is not None:
@@ -159,6 +161,8 @@ def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, p
                 grader: Any, duration_s: float) -> TaskScores:
     """scores.json from a task's finished log (written last, atomically); a failed log raises its error."""
     if log.status != "success":
+        if log.error is not None and is_disk_full(RuntimeError(log.error.message), out_dir):
+            raise no_space_error(out_dir, None)  # inspect caught the write's ENOSPC into its log: one line
         raise _failure(cfg, target, spec, prepared.function, log)
     scores = _scores_record(cfg, target, spec, prepared.function, log)
     scores.duration_s = duration_s
@@ -244,7 +248,21 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
         model_path=str(target.base_path), adapter_path=str(target.adapter_path) if target.adapter_path else None,
         max_tokens=spec.max_tokens or cfg.eval.max_tokens, duration_s=0.0, inspect_duration_s=inspect_s,
         evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        per_sample=samples, intervals=task_intervals(samples, metrics))
+        per_sample=samples, intervals=task_intervals(samples, metrics), **throughput(log))
+
+
+def throughput(log: Any) -> dict[str, Any]:
+    """What the evaluation's time depends on, for predicting the next one (ledger/generation.py): the evaluated
+    model's prompt and generated tokens (its usage; a grader's apart), the batch, the device, and how many
+    target × tasks shared the wall time (a one-pass wave runs them together: its max_tasks)."""
+    import torch
+
+    usage = (log.stats.model_usage if log.stats else {}).get(str(log.eval.model))
+    cuda = torch.cuda.is_available()
+    return dict(prompt_tokens=usage.input_tokens if usage else None,
+                generated_tokens=usage.output_tokens if usage else None,
+                batch_size=(log.eval.model_args or {}).get("batch_size"), concurrent=log.eval.config.max_tasks or 1,
+                device=torch.cuda.get_device_name(0) if cuda else "cpu")
 
 
 def inspect_seconds(log: Any) -> float | None:

@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from tunelab.ledger import store as ledger
 from tunelab.console import progress_columns, say
-from tunelab.errors import TunelabError
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.kinds import show
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir import layout
@@ -60,6 +60,9 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
 
             return evaluate_runs(todo, chosen, force, tasks=tasks, planned=planned, report=report,
                                  console=bar.console, one_pass=one_pass)
+    except NoSpaceError:
+        ingest = False  # the ledger has no room either; the next command ingests what was written
+        raise
     finally:
         if ingest:  # a cluster job leaves the ledger to the coordinator
             ledger.ingest_all(exp, all_runs)

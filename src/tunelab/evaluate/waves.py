@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import TunelabError
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.runner import (
     PreparedTask,
     clear_outputs,
@@ -27,6 +27,7 @@ from tunelab.evaluate.runner import (
     inspect_seconds,
 )
 from tunelab.evaluate.shared import SharedWeights, serving
+from tunelab.fsutil import space_guard
 from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.spec import TaskSpec
 
@@ -70,10 +71,13 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
             for item in items:
                 clear_outputs(item.out_dir)
             try:
-                logs = inspect_ai.eval(
-                    tasks, model=None, log_dir=str(staging), log_format="eval", display="none", score_display=False,
-                    max_tasks=len(tasks), max_samples=2 * batch_size, max_connections=2 * batch_size * len(tasks),
-                    fail_on_error=True)
+                with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop
+                    logs = inspect_ai.eval(
+                        tasks, model=None, log_dir=str(staging), log_format="eval", display="none",
+                        score_display=False, max_tasks=len(tasks), max_samples=2 * batch_size,
+                        max_connections=2 * batch_size * len(tasks), fail_on_error=True)
+            except NoSpaceError:
+                raise
             except Exception as exc:  # the wave's tasks fail with this; the pass goes on
                 logs, crash = [], exc
         for log in logs:
@@ -139,6 +143,8 @@ class _PassState:
             log.location = str(moved)
             outcome = finish_task(item.cfg, item.target, item.spec, item.out_dir, self.prepared[item.key], log,
                                   self.grader_of.get(item.key), inspect_seconds(log) or 0.0)
+        except NoSpaceError:  # no other task's results could be written either: stop here, with one line
+            raise
         except TunelabError as exc:
             outcome = exc
         except Exception as exc:  # this task's failure, named; the others go on

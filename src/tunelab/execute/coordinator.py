@@ -43,6 +43,7 @@ class Sweep:
     started: set[str] = field(default_factory=set)  # runs this sweep submitted jobs for
     running: dict[int, str] = field(default_factory=dict)  # ledger row -> run: its jobs not yet judged
     said_waiting: bool = False
+    said_unreachable: bool = False  # told that the scheduler did not take a job (until one is taken again)
 
     @property
     def record(self) -> bool:

@@ -15,12 +15,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from tunelab.errors import TunelabError
 from tunelab.execute.failures import SacctRow
 from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
-__all__ = ["UNSEEN", "Capacity", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind"]
+__all__ = ["UNSEEN", "Capacity", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind", "SchedulerUnavailable"]
+
+
+class SchedulerUnavailable(TunelabError):
+    """`submit` could not hand the job to the scheduler now (its controller restarting, unreachable): the
+    sweep keeps the submission queued and tries again at its next look, instead of ending a `--wait` that
+    follows jobs which keep running. The executor guarantees that the next try cannot make a second job
+    (Slurm: a submission whose answer was lost is found by its token before anything is submitted again)."""
 
 
 class JobKind(StrEnum):
@@ -50,6 +58,8 @@ class JobInfo:
     reason: str = ""  # why it is pending or how it ended, as the scheduler says it
     rows: tuple[SacctRow, ...] = field(default_factory=tuple)  # accounting rows, job first, then steps
     settled: bool = True  # False: ended, but the accounting record may still arrive (sacct is asynchronous)
+    restarts: int = 0  # the scheduler started it again this many times under the same id (Slurm's requeue)
+    earlier: tuple[str, ...] = ()  # how its earlier starts ended, oldest first, as accounting says (or unknown)
 
     @property
     def ended(self) -> bool:

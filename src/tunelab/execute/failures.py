@@ -45,13 +45,16 @@ CANCELLED: Final = FailureKind.CANCELLED
 FAILED: Final = FailureKind.FAILED
 RETRYABLE = frozenset({OOM, TIMEOUT, PREEMPTED, NODE_FAIL})
 
-__all__ = ["Failure", "FailureKind", "SacctRow", "classify", "exit_status"]
+__all__ = ["Failure", "FailureKind", "SacctRow", "classify", "exit_status", "requeue_verdict"]
 
 GPU_OOM = re.compile(r"torch\.OutOfMemoryError|OutOfMemoryError:|CUDA out of memory|torch\.cuda\.OutOfMemoryError")
 HOST_OOM = re.compile(r"oom_kill event|oom-kill|Out Of Memory", re.I)
 TIME_LIMIT = re.compile(r"CANCELLED AT \S+ DUE TO TIME LIMIT")
 PREEMPTION = re.compile(r"CANCELLED AT \S+ DUE TO PREEMPTION")
 NODE_FAILURE = re.compile(r"DUE TO NODE FAILURE|NODE_FAIL")
+JOB_START = "[tunelab job]"  # the job script's first line, once per start of the job (its log is appended)
+SELF_REQUEUE = "requeuing job"  # train/interrupts.py's line when the trainer requeues its job before the limit
+REQUEUED_NOTE = "started again by Slurm under the same job id, resuming from its last checkpoint: no retry spent"
 
 
 @dataclass
@@ -134,6 +137,24 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     if error:
         detail += f": {error.splitlines()[0][:200]}"
     return Failure(FAILED, detail, code)
+
+
+def requeue_verdict(earlier_state: str | None, log_text: str = "", start: int = 0) -> Failure:
+    """The verdict on start `start` (0: the first) of a job that Slurm then started again under the same id.
+    Slurm requeued it — its own doing, or the trainer's, never the run's failure — so the retry policy spends
+    nothing on it; the verdict only says what the run lived through (the attempts table). earlier_state: how
+    accounting says that start ended (sacct -D; None when unknown), log_text: the job's log, one section per
+    start. A lost node is node_fail; the trainer's own requeue on the time-limit warning is a timeout; anything
+    else Slurm requeued (`scontrol requeue`, preemption in REQUEUE mode) is a preemption."""
+    state = base_state(earlier_state)
+    sections = log_text.split(JOB_START)[1:]
+    text = sections[start] if start < len(sections) else ""
+    if state in (JobState.NODE_FAIL, JobState.BOOT_FAIL) or NODE_FAILURE.search(text):
+        return Failure(NODE_FAIL, f"NODE_FAIL: the node failed under the job; {REQUEUED_NOTE}")
+    if SELF_REQUEUE in text:
+        return Failure(TIMEOUT, f"TIMEOUT: saved on the time-limit warning and requeued itself; {REQUEUED_NOTE}")
+    how = "PREEMPTED" if state == JobState.PREEMPTED or PREEMPTION.search(text) else "requeued"
+    return Failure(PREEMPTED, f"PREEMPTED ({how} by Slurm); {REQUEUED_NOTE}")
 
 
 def _first_line(pattern: re.Pattern, text: str) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from tunelab.ledger import store as ledger
 from tunelab.execute import claims, retry
+from tunelab.execute.attempts import all_attempts
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executor import JobKind
 from tunelab.execute.executors import executor_class
-from tunelab.execute.failures import COMPLETED, Failure
+from tunelab.execute.failures import COMPLETED, PREEMPTED, Failure
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, latest_jobs
 from tunelab.rundir.config import load_run_config
 from tunelab.rundir import now_iso
@@ -44,7 +45,10 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
     note = j.detail
     queued = None
     if j.failure is not None and j.failure != COMPLETED and rj.train is not None and rj.train.id == j.id:
-        decision = retry.decide(cfg, Failure(j.failure, j.detail or "", j.exit), executor_class(j.executor))
+        preempted = sum(1 for o in all_jobs(sweep.book)  # earlier attempts' preemptions: no budget spent
+                        if o.run == j.run and o.kind == JobKind.TRAIN and o.id != j.id and o.failure == PREEMPTED)
+        decision = retry.decide(cfg, Failure(j.failure, j.detail or "", j.exit), executor_class(j.executor),
+                                preempted)
         note = f"{j.detail}; {decision.reason}"
         if decision.retry:
             if rj.eval is not None and rj.eval.active:  # its afterok can never be satisfied now
@@ -52,8 +56,10 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
             new_cfg = retry.apply(decision)
             sweep.runs[cfg.name] = new_cfg
             queued = Submission(new_cfg, True, sweep.ex.detached, decision.reason)
+    requeued = [a for a in all_attempts(sweep.book) if a.run == j.run and a.job_id == j.job_id]  # requeues.py
     ledger.record_attempt(sweep.book, run=j.run, attempt=j.attempt, executor=j.executor, job_id=j.job_id,
-                          started_at=j.submitted_at, finished_at=now_iso(), exit_code=j.exit,
+                          started_at=requeued[-1].finished_at if requeued else j.submitted_at,
+                          finished_at=now_iso(), exit_code=j.exit,
                           state=j.failure, reason=note)
     ledger.update_job(sweep.book, j.id, handled=1, detail=note)
     if queued is not None:

@@ -3,7 +3,9 @@
 
 Every open job reaches a verdict in bounded time: an executor that can say a job has ended does so
 (execute/slurm_cli.py: absence from squeue counts), and an ended job whose accounting record has not
-arrived within SETTLE_GRACE_S is judged without it.
+arrived within SETTLE_GRACE_S is judged without it. A job the executor cannot tell about now (Slurm's
+controller restarting: squeue and sacct both failing) keeps its state until it can: unknown is never "ended".
+A start Slurm requeued is recorded as an attempt (execute/requeues.py) and the job followed on.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo, JobKind
 from tunelab.execute.executors import executor_named
-from tunelab.execute.failures import CANCELLED, Failure, classify
-from tunelab.execute.job_states import JobState
+from tunelab.execute.failures import CANCELLED, COMPLETED as JUDGED_COMPLETED, FAILED, Failure, classify
+from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.jobs import JobRow, all_jobs
+from tunelab.execute.requeues import record_restarts
 from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED, Status, read_status
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
+RECHECK_S = 86_400.0  # a verdict given without accounting is judged again when it answers, for this long
 
 
 def executors_for(jobs: list[JobRow], known: dict[str, Executor] | None = None,
@@ -70,16 +74,24 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
             reachable_only: bool = False) -> list[JobRow]:
     """Update every open job's state; judge the ended ones. Returns the changed rows (as they are now).
     book: the directory whose ledger holds the jobs (the experiment's)."""
-    open_jobs = [j for j in all_jobs(book) if j.open]
+    every = all_jobs(book)
+    open_jobs = [j for j in every if j.open]
+    again = [j for j in every if judged_without_accounting(j)]
     changed = []
-    for name, ex in executors_for(open_jobs, executors, reachable_only).items():
+    for name, ex in executors_for(open_jobs + again, executors, reachable_only).items():
         jobs = [j for j in open_jobs if j.executor == name]
-        seen = ex.poll([j.job_id for j in jobs]) if jobs else {}
+        redo = [j for j in again if j.executor == name]
+        seen = ex.poll([j.job_id for j in jobs + redo]) if jobs or redo else {}
+        for j in redo:
+            row = judge_again(book, j, (seen or {}).get(j.job_id), runs.get(j.run), ex)
+            if row is not None:
+                changed.append(row)
         for j in jobs:
             info = (seen or {}).get(j.job_id)
             if info is None:
                 continue  # the executor cannot tell now: ask again later
             cfg = runs.get(j.run)
+            record_restarts(book, j, info, cfg.run_dir if cfg is not None else None, ex)  # requeued starts
             # an ended training job: its run's status.json, read once (did it requeue itself? the verdict)
             status = read_status(cfg.run_dir) if info.ended and cfg is not None and j.kind == JobKind.TRAIN else None
             if status is not None and requeued_itself(j, status):
@@ -95,6 +107,38 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
                 ledger.update_job(book, j.id, **fields)
                 changed.append(dataclasses.replace(j, **fields))
     return changed
+
+
+def judged_without_accounting(job: JobRow, now: datetime | None = None) -> bool:
+    """Judged with no accounting record (no exit code: sacct failing, or not yet there), within RECHECK_S."""
+    if job.open or job.exit_code is not None:
+        return False
+    now = now or datetime.now(timezone.utc)
+    return (now - datetime.fromisoformat(job.updated_at)).total_seconds() < RECHECK_S
+
+
+def judge_again(book: Path, job: JobRow, info: JobInfo | None, cfg: RunConfig | None, ex: Executor
+                ) -> JobRow | None:
+    """Accounting answers for a job judged without it: its exit code, elapsed time, node and final state go to
+    the ledger, and a generic verdict (failed, cancelled: all squeue's state could say) becomes the specific one
+    accounting shows (oom, timeout, preempted, node_fail) in the job's row and its attempt. A verdict the run's
+    files gave stands (they were the job's own then; a retry may have changed them since), and so does the retry
+    policy's decision. Returns the row when its verdict changed."""
+    if info is None or not info.ended or not info.rows or info.exit_code is None or is_active_state(info.rows[0].state):
+        return None  # squeue may still say COMPLETING after accounting's end: the row never goes back to active
+    fields: dict[str, Any] = {"state": info.state, "exit_code": info.exit_code, "elapsed": info.elapsed,
+                              "node": info.node}
+    log = ex.output(cfg.run_dir, job.kind, job.job_id) if cfg is not None else ""
+    verdict = classify(info.state, info.exit_code, list(info.rows), log)
+    sharper = job.failure in (FAILED, CANCELLED) and verdict.kind not in (FAILED, CANCELLED, JUDGED_COMPLETED)
+    if sharper:
+        fields.update(failure=verdict.kind, detail=f"{verdict.detail} (judged again with accounting: was "
+                                                   f"{job.failure})")
+        if job.kind == JobKind.TRAIN:
+            ledger.amend_attempt(book, run=job.run, job_id=job.job_id, state=verdict.kind,
+                                 reason=fields["detail"], exit_code=verdict.exit_code)
+    ledger.update_job(book, job.id, **fields)
+    return dataclasses.replace(job, **fields) if sharper else None
 
 
 def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, status: Status | None = None

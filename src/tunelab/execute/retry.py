@@ -24,10 +24,13 @@ ledger with the attempt.
   not at an epoch boundary (someone else's) is dropped and the run restarts from step 0.
 - TIMEOUT: resume from the last checkpoint with the time limit doubled (the limit was short) where the
   executor runs jobs under one (Executor.longer_time_limit; Slurm: resources.slurm.time_limit).
-- PREEMPTED, NODE_FAIL: resume from the last checkpoint, same limit.
+- PREEMPTED, NODE_FAIL: resume from the last checkpoint, same limit. A preemption is the scheduler's
+  choice, not the run's failure: its retry spends none of the budget (the run may be preempted any number
+  of times; each costs the work since its last checkpoint). A start Slurm itself requeued under the same id
+  is no retry at all (execute/requeues.py).
 - CANCELLED (a person did it), FAILED with an exit code (a bug or bad data: the same again would
   fail the same way): no automatic retry.
-At most `resources.max_retries` automatic retries per run (attempt - 1 counts them).
+At most `resources.max_retries` automatic retries per run (attempt - 1, less the preemptions' retries).
 """
 
 from __future__ import annotations
@@ -68,14 +71,17 @@ def shrink_micro_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     return batch_size // f, accumulation * f
 
 
-def decide(cfg: RunConfig, failure: Failure, executor: type[Executor] | None = None) -> RetryDecision:
+def decide(cfg: RunConfig, failure: Failure, executor: type[Executor] | None = None,
+           preempted: int = 0) -> RetryDecision:
     """What to do after a run's job ended with `failure` (pure: reads the run dir, writes nothing).
-    executor: the one the job ran on, asked for the longer time limit a TIMEOUT retry gets (None: none)."""
+    executor: the one the job ran on, asked for the longer time limit a TIMEOUT retry gets (None: none).
+    preempted: the run's earlier attempts that ended PREEMPTED (their retries spent nothing)."""
     max_retries = cfg.resources.max_retries
     if not failure.retryable:
         return RetryDecision(False, f"{failure.kind}: not retried automatically ({failure.detail})")
-    if cfg.attempt - 1 >= max_retries:
-        return RetryDecision(False, f"{failure.kind}: gave up after {cfg.attempt - 1} retries "
+    spent = cfg.attempt - 1 - preempted
+    if failure.kind != PREEMPTED and spent >= max_retries:
+        return RetryDecision(False, f"{failure.kind}: gave up after {spent} retries "
                                     f"(resources.max_retries = {max_retries})")
     if cfg.training is None:
         return RetryDecision(False, "a control has no training to retry")
@@ -108,7 +114,9 @@ def decide(cfg: RunConfig, failure: Failure, executor: type[Executor] | None = N
         if longer is not None:
             update["resources"], change = longer
             reason += f" with {change}"
-    elif failure.kind in (PREEMPTED, NODE_FAIL):
+    elif failure.kind == PREEMPTED:
+        reason = f"{failure.kind}: resume from the last checkpoint (a preemption spends no retry)"
+    elif failure.kind == NODE_FAIL:
         reason = f"{failure.kind}: resume from the last checkpoint"
     else:  # pragma: no cover - RETRYABLE lists the kinds above
         return RetryDecision(False, failure.kind)

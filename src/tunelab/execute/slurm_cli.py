@@ -3,19 +3,28 @@
 squeue is the authority on live jobs; sacct tells how ended jobs ended (exit codes of every step) but
 updates asynchronously, may be missing (no accounting) or failing (slurmdbd down). `merge` turns both
 views into one JobInfo per job, so that no job stays "active" forever: a job squeue answered for and no
-longer lists has ended, whatever sacct says or fails to say.
+longer lists has ended, whatever sacct says or fails to say. A failing query means "unknown, look again",
+never "the job is gone" (slurmctld restarting answers nothing for seconds).
+
+A job Slurm started again under the same id (requeue, preemption in REQUEUE mode, a lost node) carries its
+restart count (squeue) and how its earlier starts ended (sacct -D), so the coordinator records each of them
+(execute/requeues.py). Every sbatch carries a token in --comment: a submission whose answer was lost (the
+controller went away mid-call) is looked up by it before anything is submitted again, so no run gets two jobs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import UNSEEN, Capacity, GroupKind, JobGroup, JobInfo, JobKind
+from tunelab.fsutil import atomic_write_text
+from tunelab.execute.executor import UNSEEN, Capacity, GroupKind, JobGroup, JobInfo, JobKind, SchedulerUnavailable
 from tunelab.execute.failures import SacctRow
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, write_array_script
@@ -35,30 +44,59 @@ from tunelab.spec import ResourcesSpec, SlurmSpec
 
 SACCT_START = "2000-01-01"  # sacct shows only today's jobs without -S
 SACCT_FORMAT = "JobID,State,ExitCode,Elapsed,NodeList"
+SQUEUE_FORMAT = "JobArrayID:|,State:|,Reason:|,RestartCnt:"  # array tasks as ARRAYID_TASK (with -r)
+# What Slurm's clients say when the controller does not answer (restarting, failing over, overloaded)
+UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes were transmitted",
+               "backup controller in standby mode", "Transport endpoint is not connected")
+NEVER_SENT = "(connect failure)"  # no connection was made: the controller never saw the request
+TOKEN = "tunelab:"  # --comment=tunelab:<token> names one submission
 
 
-def merge(queued: tuple[str, str] | None, queue_ok: bool, rows: list[SacctRow], acct_ok: bool) -> JobInfo | None:
+def merge(queued: tuple[str, str] | tuple[str, str, int] | None, queue_ok: bool, rows: list[SacctRow],
+          acct_ok: bool) -> JobInfo | None:
     """One job's state from squeue's (state, reason) and sacct's rows; None when nothing can be said.
     - squeue lists it: its state; once ended, `settled` only when sacct has the ended job too (or is
       unavailable: then there is nothing to wait for).
     - squeue answered without it: it has ended (Slurm forgets finished jobs after MinJobAge); sacct's
       ended state if it has one, else UNSEEN (the run's files and log will say how it ended).
-    - squeue failed: sacct alone, if it knows the job."""
+    - squeue failed: sacct alone, if it knows the job.
+    Exit code, elapsed time and node come from an ended accounting record only: a live one's are not the job's
+    end, and a verdict given without them is judged again when they arrive (execute/refresh.py)."""
     job = rows[0] if rows else None
     acct_ended = job is not None and not is_active_state(job.state)
 
     def info(state: str, with_acct: bool, **more: Any) -> JobInfo:
         if job is None or not with_acct:
             return JobInfo(state, **more)
+        if not acct_ended:  # a live record's exit code and elapsed time say nothing of how the job ends
+            return JobInfo(state, rows=tuple(rows), **more)
         return JobInfo(state, job.exit_code, job.elapsed, job.extra.get("node"), rows=tuple(rows), **more)
 
     if queued is not None:
-        state, reason = queued
+        state, reason = queued[0], queued[1]
         ended = not is_active_state(state)
         return info(state, True, reason=reason, settled=not ended or acct_ended or not acct_ok)
     if queue_ok:
         return info(job.state if job is not None and acct_ended else UNSEEN, acct_ended)
     return info(job.state, True) if job is not None else None
+
+
+def unsure_token(script: Path, key: str | None, token: str | None = None) -> str | None:
+    """The token of an sbatch of `script` whose answer was lost, kept in a file beside it so that it outlives
+    the process that submitted: read it (`key`: the dependency and array it was submitted with; another
+    key's token is no longer this submission's), keep one (`token`), or forget it (`key` None)."""
+    path = script.with_name(f".{script.name}.sbatch-token")
+    if key is None:
+        path.unlink(missing_ok=True)
+        return None
+    if token is not None:
+        atomic_write_text(path, f"{key}\n{token}\n")
+        return token
+    try:
+        kept, _, rest = path.read_text().partition("\n")
+    except FileNotFoundError:
+        return None
+    return (rest.strip() or None) if kept == key else None
 
 
 class Throttle:
@@ -128,68 +166,120 @@ class SlurmExecutor:
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
-        args = ["sbatch", "--parsable"]
+        """sbatch, tagged with a token. SchedulerUnavailable when the controller did not answer; when it may
+        have taken the job all the same, the token is kept beside the script (unsure_token: this process or a
+        later `tunelab run` may be the next to submit it), and the next submission of that script with the
+        same dependency finds that job by its token (squeue) instead of submitting a second one."""
+        key = f"{dependency}|{array}"
+        token = unsure_token(script, key)
+        if token is not None:
+            found = self._find(token)
+            if found is not None:
+                unsure_token(script, None)
+                return found
+        token = token or uuid.uuid4().hex[:16]
+        args = ["sbatch", "--parsable", f"--comment={TOKEN}{token}"]
         if dependency:
             args += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
         if array:
             args.append(f"--array={array}")
         if env:
             args.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in env.items()))
-        out = self._run(args + [str(script)]).stdout.strip()
-        return out.split(";")[0]  # "ID" or "ID;cluster"
+        proc = self._run(args + [str(script)], check=False)
+        said = (proc.stderr or proc.stdout).strip()
+        if proc.returncode == 0:
+            unsure_token(script, None)
+            return proc.stdout.strip().split(";")[0]  # "ID" or "ID;cluster"
+        if proc.returncode == 124 or any(word in said for word in UNREACHABLE):
+            if NEVER_SENT not in said:
+                unsure_token(script, key, token)  # it may exist: look for it before submitting again
+            self._silent(f"sbatch: {said[:200]}")
+            raise SchedulerUnavailable(f"sbatch could not reach the Slurm controller ({said[:200]}); "
+                                       "tried again at the next look")
+        raise TunelabError(f"`{' '.join(args + [str(script)])}` failed (exit {proc.returncode}): {said}")
+
+    def _find(self, token: str) -> str | None:
+        """The job (array) an earlier sbatch with this token made, if any; SchedulerUnavailable when squeue
+        cannot say (then nothing may be submitted yet)."""
+        proc = self._run(["squeue", "-h", "-t", "all", "-o", "%F|%k"], check=False)
+        if proc.returncode != 0:
+            self._silent(f"squeue exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")
+            raise SchedulerUnavailable("squeue could not say whether an unanswered sbatch made a job")
+        for line in proc.stdout.splitlines():
+            job, _, comment = line.strip().partition("|")
+            if comment == f"{TOKEN}{token}":
+                return job
+        return None
+
+    def _silent(self, error: str) -> None:
+        """The controller did not answer: remember since when (check_reachable ends a wait after too long)."""
+        self.last_error = error
+        if self.unanswered_since is None:
+            self.unanswered_since = time.monotonic()
 
     def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
         dep = f" --dependency=afterok:{dependency} --kill-on-invalid-dep=yes" if dependency else ""
         return f"sbatch --parsable{dep}{f' --array={array}' if array else ''} {script}"
 
-    def queue(self) -> dict[str, tuple[str, str]] | None:
-        """{job id: (state, reason)} of every job squeue knows (finished ones for MinJobAge); None when
-        squeue failed. Array tasks are listed as ARRAYID_TASK (%i), pending ranges as ARRAYID_[1-4]."""
-        proc = self._run(["squeue", "-h", "-t", "all", "-r", "-o", "%i|%T|%r"], check=False)
+    def queue(self) -> dict[str, tuple[str, str, int]] | None:
+        """{job id: (state, reason, restarts)} of every job squeue knows (finished ones for MinJobAge); None
+        when squeue failed. Array tasks are listed as ARRAYID_TASK, pending ranges as ARRAYID_[1-4]."""
+        proc = self._run(["squeue", "-h", "-t", "all", "-r", "-O", SQUEUE_FORMAT], check=False)
         if proc.returncode != 0:
-            self.last_error = f"squeue exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}"
-            if self.unanswered_since is None:
-                self.unanswered_since = time.monotonic()
+            self._silent(f"squeue exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")
             return None
         self.unanswered_since = None
         out = {}
         for line in proc.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3:
-                out[parts[0]] = (parts[1], parts[2])
+            if len(parts) == 4:
+                out[parts[0]] = (parts[1], parts[2], int(parts[3]) if parts[3].isdigit() else 0)
         return out
 
     def acct(self, ids: list[str]) -> dict[str, list[SacctRow]] | None:
         """{job id: its sacct rows (job first, then steps)}; None where accounting is missing or failing."""
+        records = self.acct_records(ids)
+        return None if records is None else records[0]
+
+    def acct_records(self, ids: list[str]) -> tuple[dict[str, list[SacctRow]], dict[str, list[str]]] | None:
+        """({job id: its newest start's rows, job first}, {job id: how its earlier starts ended, oldest
+        first}) from `sacct -D` (every start of a requeued job); None where accounting is missing or failing."""
         if not ids:
-            return {}
+            return {}, {}
         if not self.has_sacct:
             return None
-        proc = self._run(["sacct", "-n", "-P", "-S", SACCT_START, "-j", ",".join(ids),
+        proc = self._run(["sacct", "-n", "-P", "-D", "-S", SACCT_START, "-j", ",".join(ids),
                           f"--format={SACCT_FORMAT}"], check=False)
         if proc.returncode != 0:
             return None
         out: dict[str, list[SacctRow]] = {}
+        earlier: dict[str, list[str]] = {}
         for line in proc.stdout.splitlines():
             parts = line.split("|")
             if len(parts) < 5:
                 continue
             base = parts[0].split(".")[0]
             if "." not in parts[0]:
-                out[base] = []  # ids can be reused after a state wipe: the newest job wins
+                if out.get(base):  # a start before this one (a requeue), or a job before an id reuse
+                    earlier.setdefault(base, []).append(out[base][0].state)
+                out[base] = []  # the newest start wins
             out.setdefault(base, []).append(SacctRow(parts[0], parts[1], parts[2], parts[3], {"node": parts[4]}))
-        return out
+        return out, earlier
 
     def poll(self, ids: list[str]) -> dict[str, JobInfo] | None:
         if not ids:
             return {}
         queue = self.queue()
-        acct = self.acct(ids)
-        if queue is None and acct is None:
+        records = self.acct_records(ids)
+        if queue is None and records is None:
             return None
+        acct, earlier = records if records is not None else (None, {})
         out = {}
         for i in ids:
-            info = merge((queue or {}).get(i), queue is not None, (acct or {}).get(i, []), acct is not None)
+            queued = (queue or {}).get(i)
+            info = merge(queued, queue is not None, (acct or {}).get(i, []), acct is not None)
+            if info is not None and queued is not None and queued[2] > 0:
+                info = dataclasses.replace(info, restarts=queued[2], earlier=tuple(earlier.get(i, [])[-queued[2]:]))
             if info is not None:
                 out[i] = info
         return out

@@ -45,6 +45,17 @@ def estimated_time_limit(cfg: RunConfig) -> str | None:
     return cfg.estimate.slurm_time_limit if cfg.estimate else None
 
 
+def eval_time_limit(cfg: RunConfig) -> tuple[str, str]:
+    """(time limit, where it came from) of the run's evaluation job: the user's slurm.eval_time_limit, else the
+    plan's prediction (its worst case × margin, estimate/evalrun.py, in run.yaml), else the default hour."""
+    s = slurm_settings(cfg)
+    if s.eval_time_limit:
+        return s.eval_time_limit, "slurm.eval_time_limit"
+    if cfg.estimate is not None and cfg.estimate.eval_slurm_time_limit:
+        return cfg.estimate.eval_slurm_time_limit, "the plan's evaluation prediction"
+    return DEFAULT_EVAL_TIME_LIMIT, "default (no evaluation prediction)"
+
+
 def train_time_limit(cfg: RunConfig) -> tuple[str, str]:
     """(time limit, where it came from): the user's resources.slurm.time_limit (a TIMEOUT retry
     writes a longer one into the new run.yaml), else the planner's estimate, else a default."""
@@ -102,7 +113,7 @@ def sbatch_options(cfg: RunConfig, kind: JobKind) -> list[str]:
     """The #SBATCH options of a run's train or eval job, from run.yaml alone. Slurm's gres, cpus-per-task and
     mem are per node (one task per node): a run spanning nodes asks each node for its share of the GPUs."""
     s = slurm_settings(cfg)
-    limit = train_time_limit(cfg)[0] if kind == JobKind.TRAIN else (s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT)
+    limit = train_time_limit(cfg)[0] if kind == JobKind.TRAIN else eval_time_limit(cfg)[0]
     spans = kind == JobKind.TRAIN and nodes(cfg) > 1
     opts = [
         f"--job-name={job_name(cfg, kind)}",

@@ -18,8 +18,8 @@ from pathlib import Path
 from tunelab.execute.executor import JobKind
 from tunelab.execute.schedule import Device, RunNeed, forecast, lpt_order
 from tunelab.execute.slurm_jobs import (
-    DEFAULT_EVAL_TIME_LIMIT,
     _env,
+    eval_time_limit,
     format_time_limit,
     nodes,
     parse_time_limit,
@@ -81,13 +81,15 @@ def pack_groups(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
 
 def pack_time_limit(cfgs: list[RunConfig]) -> str:
     """The node job's limit: the user's pack_time_limit, else the forecast makespan of the runs' training
-    limits on the node's GPUs (the local scheduler's own policy), plus one evaluation limit."""
+    limits on the node's GPUs (the local scheduler's own policy), plus the longest of its runs' evaluation limits
+    (slurm.eval_time_limit, else each run's predicted evaluation, slurm_jobs.eval_time_limit)."""
     s = slurm_settings(cfgs[0])
     if s.pack_time_limit:
         return s.pack_time_limit
     sched = forecast(_devices(cfgs[0]), [_need(c) for c in cfgs], cfgs[0].resources.runs_per_gpu)
     train_min = (sched.makespan_s or 0.0) / 60.0
-    return format_time_limit(int(train_min + 0.999) + parse_time_limit(s.eval_time_limit or DEFAULT_EVAL_TIME_LIMIT))
+    evaluation = max(parse_time_limit(eval_time_limit(c)[0]) for c in cfgs)  # the longest run's evaluation
+    return format_time_limit(int(train_min + 0.999) + evaluation)
 
 
 def pack_options(cfgs: list[RunConfig]) -> list[str]:

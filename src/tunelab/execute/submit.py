@@ -2,6 +2,11 @@
 job with afterok; or several runs' first training jobs as one group (a job array, a node job). Every job
 goes to the ledger; a dry run only says what it would submit. Room (how many jobs at once, which GPUs)
 is the sweep's to decide before (execute/sweep.py, the executor's Capacity).
+
+A scheduler that cannot take a job now (SchedulerUnavailable: Slurm's controller restarting) ends nothing:
+what was not submitted goes back to the sweep's queue — a run whose training job was taken keeps it, and
+only its evaluation waits — and is submitted at the next look (the executor makes sure a lost answer does
+not become a second job).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Executor, GroupKind, JobGroup, JobKind
+from tunelab.execute.executor import Executor, GroupKind, JobGroup, JobKind, SchedulerUnavailable
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import now_iso
 
@@ -55,13 +60,27 @@ def submit_run(sweep: Sweep, s: Submission, env: dict[str, str], where: str) -> 
             job_id = f"<{s.cfg.name}:{kind}>"
             sweep.view.say("would submit: {}  [dim]# {}[/dim]", sweep.ex.command(script, dep), s.reason)
         else:
-            job_id = sweep.ex.submit(script, dep, env or None)
+            try:
+                job_id = sweep.ex.submit(script, dep, env or None)
+            except SchedulerUnavailable as exc:
+                _later(sweep, s, kind, dep, exc)
+                return ids
+            sweep.said_unreachable = False
             _record(sweep, s.cfg, kind, job_id, reason, dep)
             sweep.view.submitted(s.cfg, kind, job_id, dep, s.reason, where)
         ids[kind] = dep = job_id
     if not sweep.dry_run:
         _submitted(sweep, s.cfg)
     return ids
+
+
+def _later(sweep: Sweep, s: Submission, kind: JobKind, dep: str | None, exc: SchedulerUnavailable) -> None:
+    """The scheduler did not take `s`'s `kind` job: queue what is left of `s` for the next look."""
+    rest = s if kind == JobKind.TRAIN else Submission(s.cfg, False, True, s.reason, dep)
+    sweep.queue.insert(0, rest)
+    if not sweep.said_unreachable:
+        sweep.view.say("[yellow]{}: {}[/yellow]", s.cfg.name, exc.message)
+        sweep.said_unreachable = True
 
 
 def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:

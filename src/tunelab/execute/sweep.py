@@ -29,7 +29,7 @@ from rich.console import Console
 from tunelab.ledger import store as ledger
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Capacity, Executor, GroupKind
+from tunelab.execute.executor import Capacity, Executor, GroupKind, SchedulerUnavailable
 from tunelab.execute.executors import check_options
 from tunelab.execute.follow import handle_ended
 from tunelab.execute.jobs import all_jobs, latest_jobs
@@ -159,8 +159,16 @@ def _submit_groups(sweep: Sweep, capacity: Capacity | None) -> None:
             continue
         names = {c.name for c in group.runs}
         reason = next(s.reason for s in sweep.queue if s.cfg.name == group.runs[0].name)
+        waiting = sweep.queue
         sweep.queue = [s for s in sweep.queue if s.cfg.name not in names]
-        submit_group(sweep, group, reason)
+        try:
+            submit_group(sweep, group, reason)
+        except SchedulerUnavailable as exc:  # nothing submitted: the group waits for the next look
+            sweep.queue = waiting
+            if not sweep.said_unreachable:
+                sweep.view.say("[yellow]{}[/yellow]", exc.message)
+                sweep.said_unreachable = True
+            return
 
 
 def _start_what_fits(sweep: Sweep, capacity: Capacity) -> None:

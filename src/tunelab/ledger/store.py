@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-from tunelab.ledger import history
+from tunelab.ledger import generation, history
 from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
@@ -214,7 +214,10 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
         history.record([history.from_run_dir(cfg, summary)])
     _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
     kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
-    _put_evals(conn, cfg.name, cfg.run_dir, read_scores(cfg.run_dir))
+    scores = read_scores(cfg.run_dir)
+    _put_evals(conn, cfg.name, cfg.run_dir, scores)
+    # later predictions of evaluation time learn from every finished evaluation's throughput
+    generation.record([row for s in scores if (row := generation.measured_row(cfg.run_dir, s)) is not None])
     return state
 
 
@@ -290,6 +293,16 @@ def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None,
     _insert(experiment_dir, "attempts", dict(
         run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
         exit_code=exit_code, state=state, reason=reason))
+
+
+def amend_attempt(experiment_dir: str | Path, *, run: str, job_id: str, state: str, reason: str,
+                  exit_code: int | None) -> None:
+    """A verdict judged again (execute/refresh.py: the accounting record arrived after it): the newest attempt
+    row of this run's job says it."""
+    with connect(experiment_dir) as conn:
+        conn.execute("UPDATE attempts SET state = ?, reason = ?, exit_code = ? WHERE id = "
+                     "(SELECT MAX(id) FROM attempts WHERE run = ? AND job_id = ?)",
+                     (state, reason, exit_code, run, job_id))
 
 
 def query(experiment_dir: str | Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

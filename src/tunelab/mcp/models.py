@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from tunelab.execute.status import RowState, StatusRow
 from tunelab.ledger.history import HistoryRun
+from tunelab.plan.deadline import DeadlinePlan
 from tunelab.plan.validate import RunCheck
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
@@ -56,6 +57,10 @@ class PlanOut(BaseModel):
     totals: dict[str, Any] = Field(description="The sweep's totals: runs, steps, GPU-hours, time, forecast.")
     warnings: list[str] = Field(description="The plan's warnings, one line each.")
     plan_md: str | None = Field(default=None, description="plan.md written (None when not written).")
+    deadline: DeadlinePlan | None = Field(default=None, description="With resources.deadline or --deadline: the "
+                                          "sweep's predicted makespan against it (training with the levers, "
+                                          "evaluation, start-up, placement), the verdict, every figure's source and "
+                                          "what would have to give.")
 
     @classmethod
     def of(cls, plan: Plan, plan_md: str | None = None) -> PlanOut:
@@ -67,7 +72,7 @@ class PlanOut(BaseModel):
                    runs=plan_rows(plan), stages=stage_rows(plan),
                    estimates=dict(plan.estimates),
                    totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
-                   plan_md=plan_md)
+                   plan_md=plan_md, deadline=plan.deadline)
 
 
 class ValidateOut(BaseModel):

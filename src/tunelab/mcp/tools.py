@@ -170,15 +170,18 @@ class PipelineTools:
 
     @one_line
     def plan(self, spec: Spec, gpu: Gpu = None,
-             write_md: Annotated[bool, Field(description="Write plan.md beside the spec.")] = True) -> PlanOut:
-        """Verify models, data and eval task; every run with its estimates and their sources; writes plan.md."""
+             write_md: Annotated[bool, Field(description="Write plan.md beside the spec.")] = True,
+             deadline: Annotated[str | None, Field(description="Wall-clock budget of the whole sweep ('6h', '90m', "
+                                                   "'1d'); overrides resources.deadline.")] = None) -> PlanOut:
+        """Verify models, data and eval task; every run with its estimates and their sources; writes plan.md.
+        With a deadline: the sweep's verdict against it, its makespan and the levers chosen per run."""
         from tunelab.fsutil import atomic_write_text
         from tunelab.plan.markdown import render_plan_md
         from tunelab.plan.planner import make_plan
 
         path = self._spec(spec)
         self.ws.spec_models(path)
-        plan = make_plan(path, gpu=self._gpu(gpu, path))
+        plan = make_plan(path, gpu=self._gpu(gpu, path), deadline=deadline)
         md = atomic_write_text(path.parent / "plan.md", render_plan_md(plan)) if write_md else None
         return PlanOut.of(plan, self.ws.shown(md) if md else None)
 

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from tunelab.estimate.gpus import describe
 from tunelab.execute.executors import executor_class
 from tunelab.fsutil import human_seconds
+from tunelab.plan.deadline_md import deadline_lines
 from tunelab.plan.images import image_lines
+from tunelab.plan.storage import storage_lines
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -104,6 +106,8 @@ def render_plan_md(plan: Plan) -> str:
     lines += _estimate_lines(plan)
     lines += gpu_lines(plan)
     lines += _schedule_lines(plan)
+    lines += deadline_lines(plan.deadline, plan.levers)
+    lines += storage_lines(plan)
     if plan.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
     return "\n".join(lines)

@@ -7,19 +7,18 @@ plan says so instead of guessing.
 from __future__ import annotations
 
 import os
-
 from dataclasses import astuple, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
 from tunelab.data.images import check_readable, example_images
 from tunelab.data.loading import DataFile, where
 from tunelab.data.splits import load_data, split_record_path
-from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
+from tunelab.plan import levers, sweeptime
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
 from tunelab.estimate.gpus import NodeSize
@@ -29,11 +28,13 @@ from tunelab.models.vlm import is_vision_language
 from tunelab.plan.images import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
 from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
+from tunelab.plan.storage import plan_storage
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
+    from tunelab.plan.deadline import DeadlinePlan
     from tunelab.execute.schedule import Schedule
 
 
@@ -54,6 +55,8 @@ class Plan:
     schedule: "Schedule | None" = None  # local executor: which run goes where, and the makespan
     node: NodeSize = field(default_factory=NodeSize.assumed)  # GPUs a node has, and where that came from
     node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
+    levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (plan/levers.py)
+    deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (plan/deadline.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -336,12 +339,14 @@ def local_schedule(plan: Plan) -> "Schedule | None":
 
 
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
-              estimates: bool = True) -> Plan:
+              estimates: bool = True, deadline: str | None = None) -> Plan:
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)
+    deadline, deadline_s = sweeptime.sweep_deadline(spec, deadline)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = expand_runs(spec, spec_path.parent, exp_dir)
+    levers.resolve_effective_batches(runs, spec, spec_path, gpu is not None)
     attention = resolve_runs_attention(runs)  # auto → the kernel for each run's batches, written into run.yaml
     check_eval_tasks(spec, spec_path, runs, exp_dir)
     check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
@@ -377,7 +382,10 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
                                          f"max_seq_len (longest {t.longest} tokens): their answers are cut")
         plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
                        for k, v in run_image_facts(cfg, split_lengths).items()}
-        plan.estimates = estimate_runs(runs, gpu, node)
+        plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
+            sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
+                runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
+        plan.warnings += plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
         for e in plan.estimates.values():

@@ -194,4 +194,18 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
         cuts = [truncation(part) if local else None for part in parts]
         checks.append(check_staged_run(cfg, gpu, lengths, cuts) if cfg.stages else
                       check_run(cfg, gpu, lengths[0], cuts[0]))
+    _check_storage(runs, checks, gpu)
     return checks
+
+
+def _check_storage(runs: list[RunConfig], checks: list[RunCheck], gpu: GPU) -> None:
+    """The sweep against its filesystem's free space and quota (plan/storage.py): a sweep that cannot fit is an
+    error, on the check of the run that needs most, naming the runs and the field that would make it fit."""
+    from tunelab.plan.planner import split_lengths
+    from tunelab.plan.storage import dtype_rule, sweep_storage
+
+    storage = sweep_storage(runs, dtype_rule(gpu), split_lengths, None, gpu_job=True)
+    problem = storage.problem() if storage is not None else None
+    if storage is not None and problem:
+        biggest = max(storage.runs, key=lambda r: r.needs).run
+        next(c for c in checks if c.run == biggest).errors.append(problem)

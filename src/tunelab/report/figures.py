@@ -12,6 +12,7 @@ from statistics import mean
 
 from tunelab.evaluate.kinds import FRACTIONS
 from tunelab.faults import kill_point
+from tunelab.fsutil import space_guard
 from tunelab.report.data import ReportData, RunData
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.memory import memory_labels
@@ -49,7 +50,8 @@ def _style(ax) -> None:
 def _save(fig, out_dir: Path, key: str, caption: str) -> FigureFile:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{key}.png"
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    with space_guard(path):  # a full disk: one NoSpaceError naming the figure
+        fig.savefig(path, dpi=DPI, facecolor="white")
     kill_point("report.figure", key)  # the fault benchmark: some figures written, the report not
     return FigureFile(key, path, caption)
 

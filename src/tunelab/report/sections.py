@@ -19,6 +19,7 @@ from tunelab.report.figures import FigureFile
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import Findings, error_class, retries
 from tunelab.report.key_findings import key_findings
+from tunelab.report.storage import predicted_blocks
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
 from tunelab.rundir.memory import memory_labels
 
@@ -275,6 +276,7 @@ def storage(data: ReportData) -> Section:
                          "If merged (≈ base × epochs)", "Run dir total"], rows,
                         "Run dir total is every file under `runs/<run>/` (incl. `trainer_state/` optimizer state "
                         "for resuming, which can be deleted once a run is final)."))
+    blocks += predicted_blocks(data)  # plan's storage estimate beside what the run directories hold
     total_ad = sum(sum(c.adapter_bytes for c in r.checkpoints) for r in data.runs)
     total_merged = sum(base.get(r.model, 0) * len(r.checkpoints) for r in data.runs)
     if total_ad:
@@ -340,6 +342,7 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     if key:
         at_a_glance.blocks.append(_fig(figs[key]))
     rest = {k: v for k, v in figs.items() if k != key}
+    from tunelab.report.checked import checked_section
     from tunelab.report.gpu_use import gpu_section
     from tunelab.report.images import image_answers
     from tunelab.report.provenance import data_section
@@ -349,8 +352,8 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
              training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
              image_answers(data, f.best, report_dir(data) / "figures"),
-             replicates(data, f), key_findings(data, f), storage(data), issues(data, f), next_steps(f),
-             appendix(data)]
+             replicates(data, f), key_findings(data, f), storage(data), checked_section(data), issues(data, f),
+             next_steps(f), appendix(data)]
     sections = [s for s in maybe if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,
                     highlight=[r.name for r in f.best])

@@ -7,6 +7,7 @@ and their output schema documents every key."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,37 @@ class StageEstimate(_Record):
     time_source: str = Field("", description="Where its time came from.")
 
 
+class LeverSource(StrEnum):
+    """Where a lever's choice (and its predicted effect) came from: the memory simulator, a probe's or a past
+    run's measured costs, a stated assumption, the spec (a field the user set wins), or the job itself (chosen
+    from what it finds where it runs)."""
+
+    SIMULATED = "simulated"
+    PROBED = "probed"
+    HISTORY = "history"
+    ASSUMED = "assumed"
+    SPEC = "spec"
+    JOB = "job"
+
+
+class LeverChoice(_Record):
+    """One lever the plan set for a run (training.levers: auto, plan/levers.py): the value, whether run.yaml
+    carries it, its predicted effect on time and memory against the spec's own setting, and its source."""
+
+    lever: str = Field("", description="micro_batch_split, gradient_checkpointing, packing, dataloader_workers, "
+                       "eval_batch, checkpoint_every or placement.")
+    value: str = Field("", description="The setting chosen, in the spec's words (e.g. '4 × 4 × 1').")
+    applied: bool = Field(False, description="Written into run.yaml (the job uses it); False: shown only — a "
+                          "setting that would change results, or one no run.yaml field carries.")
+    seconds_delta: float | None = Field(None, description="Predicted change of the run's training time against "
+                                        "the spec's own setting, s (negative: faster; None: not predicted).")
+    peak_memory_gib: float | None = Field(None, description="Predicted peak per device with the choice, GiB "
+                                          "(None: not modelled, e.g. on CPU).")
+    effect: str = Field("", description="The predicted effect on time and memory, in words.")
+    source: LeverSource = Field(LeverSource.ASSUMED, description="Where the choice and its effect came from.")
+    why: str = Field("", description="The rule that decided, in words.")
+
+
 class GpusNeeded(_Record):
     """A run (or one `tunelab estimate` configuration) that does not fit the GPUs it has: the fewest GPUs whose
     simulated FSDP-sharded peak fits, the nodes they take, and the time on them. Set only where it does not fit."""
@@ -56,6 +88,32 @@ class GpusNeeded(_Record):
     time_source: str = Field("", description="Where that time came from, the scaling efficiency assumed where "
                              "no history measured it.")
     gpu_hours: float | None = Field(None, description="That time × gpus_per_run.")
+
+
+class DiskEstimate(_Record):
+    """What a run will write to disk (estimate/storage.py), each part with how it was found. Sizes in bytes."""
+
+    adapter_bytes: int = Field(0, description="One adapter_model.safetensors: exact, from the LoRA shapes (and "
+                               "modules_to_save) on the model's config.json, the rank and the training dtype.")
+    epoch_checkpoint_bytes: int = Field(0, description="One checkpoints/epoch_N: the adapter, its config and the "
+                                        "tokenizer files (the model directory's sizes).")
+    epoch_checkpoints: int = Field(0, description="epoch_N directories the run keeps (every epoch trained).")
+    optimizer_bytes: int = Field(0, description="optimizer.pt of one trainer checkpoint: AdamW's two moments per "
+                                 "trainable parameter in its dtype, plus torch's per-tensor file overhead.")
+    trainer_state_bytes: int = Field(0, description="One trainer_state/checkpoint-STEP: adapter, optimizer, "
+                                     "scheduler, RNG and trainer state, tokenizer.")
+    trainer_states_kept: int = Field(0, description="Trainer checkpoints on disk when the run ends "
+                                     "(training.keep_checkpoints, else one per epoch).")
+    trainer_states_peak: int = Field(0, description="The most at once: during a save, before the retention "
+                                     "drops the oldest.")
+    log_bytes: int = Field(0, description="metrics.jsonl, the job's log, data_order.jsonl, status and summary: an "
+                           "estimate per logged row, line and example.")
+    eval_bytes: int = Field(0, description="eval/: an .eval log and scores.json per target and task, an estimate "
+                            "per sample scored.")
+    total_bytes: int = Field(0, description="The run directory when the run and its evaluation are done.")
+    peak_bytes: int = Field(0, description="The most the run directory holds at once (total + the extra trainer "
+                            "state of a save in progress).")
+    source: str = Field("", description="How the figures were found, and what is only estimated.")
 
 
 class RunEstimate(_Record):
@@ -93,3 +151,20 @@ class RunEstimate(_Record):
                                         "(steps and time above are their sums, memory their max).")
     gpus_needed: GpusNeeded | None = Field(None, description="Set when the run does not fit its GPUs: the fewest "
                                            "that fit, their nodes and the time on them.")
+    disk: DiskEstimate | None = Field(None, description="What the run will write to disk (plan's storage "
+                                      "check: plan/storage.py).")
+    levers: list[LeverChoice] = Field([], description="training.levers: auto: each lever the plan set for this "
+                                      "run, its predicted effect and its source (empty: levers off).")
+    eval_seconds: float | None = Field(None, description="Predicted evaluation of every target × task on loaded "
+                                       "weights, s (estimate/evaltime.py; None: not predicted).")
+    eval_load_s: float | None = Field(None, description="Predicted weights' load of the evaluation, once per "
+                                      "target, s.")
+    eval_upper_s: float | None = Field(None, description="The evaluation if every batch decodes to max_tokens, "
+                                       "load included, s: what its time limit allows for.")
+    eval_source: str = Field("", description="Where the evaluation's speed came from: history, probed or assumed.")
+    eval_time_source: str = Field("", description="The evaluation's source in words.")
+    eval_slurm_time_limit: str | None = Field(None, description="eval_upper_s × margin, rounded up: the Slurm "
+                                              "evaluation job's limit when slurm.eval_time_limit is unset.")
+    makespan_s: float | None = Field(None, description="The plan's predicted wall time of the whole sweep, s (the "
+                                     "same in every run of a plan; the report checks it).")
+    makespan_source: str = Field("", description="Where the makespan came from.")

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tunelab.errors import TunelabError
+from tunelab.errors import NoSpaceError, TunelabError
 from pydantic import ValidationError
 
 from tunelab.fsutil import atomic_write_json, read_json
@@ -55,8 +55,8 @@ def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
     if fresh != cache:
         try:
             atomic_write_json(cache_path, fresh, durable=False)
-        except OSError:
-            pass  # a read-only experiment dir still works, only slower
+        except (OSError, NoSpaceError):
+            pass  # a read-only (or full) experiment dir still works, only slower
     return runs
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.fsutil import atomic_write_text, read_jsonl
+from tunelab.fsutil import append_text, atomic_write_text, read_jsonl
 from tunelab.rundir.layout import METRICS_FILE
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
@@ -61,10 +61,9 @@ def read_metrics(run_dir: str | Path) -> list[MetricRow]:
 
 
 def append_metric(run_dir: str | Path, row: MetricRow) -> None:
-    """One row at the end of the file, flushed (a reader polls it while the run trains)."""
-    with open(metrics_path(run_dir), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row.to_json()) + "\n")
-        fh.flush()
+    """One row at the end of the file, flushed (a reader polls it while the run trains); a full disk raises
+    NoSpaceError (a cut-off row is skipped by readers and dropped at resume)."""
+    append_text(metrics_path(run_dir), json.dumps(row.to_json()) + "\n")
 
 
 def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow], drop_none: bool = False) -> Path:

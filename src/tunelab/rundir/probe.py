@@ -32,6 +32,57 @@ class ProbeStep(JsonRecord):
     memory_gib: float
 
 
+EVAL_PROBE_BATCH = 16  # the batch generation is timed at besides 1: evaluation's default (evaluate/provider.py)
+
+
+@dataclass(kw_only=True)
+class GenerationPoint(JsonRecord):
+    """Batched generation of `batch` rows of `prompt_tokens` each, timed twice: with one new token (the prefill)
+    and with `new_tokens` (prefill + decode steps)."""
+
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    total_s: float
+
+    @property
+    def step_s(self) -> float:
+        """One decode step of this batch: the time past the prefill over the steps after the first token."""
+        return max(0.0, self.total_s - self.prefill_s) / max(1, self.new_tokens - 1)
+
+
+@dataclass(kw_only=True)
+class GenerationSpeed(JsonRecord):
+    """How fast a model generates on a device, as evaluation's time depends on it: prompt tokens per second of
+    the prefill, and a decode step's time as a fixed part plus a part per row of the batch (two batch sizes
+    measured separate them). What the probe records and estimate/evaltime.py prices evaluations with."""
+
+    prefill_tokens_per_s: float
+    decode_fixed_s: float
+    decode_row_s: float
+    points: list[GenerationPoint] = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        return {**known, "points": [GenerationPoint.from_json(p) for p in known.get("points") or []]}
+
+    @classmethod
+    def fit(cls, points: list[GenerationPoint]) -> GenerationSpeed:
+        """The speed from timed points: prefill tokens/s at the largest batch; decode step = fixed + row × batch
+        through the smallest and largest batch (one batch only: all of it fixed)."""
+        lo, hi = min(points, key=lambda p: p.batch), max(points, key=lambda p: p.batch)
+        row = max(0.0, (hi.step_s - lo.step_s) / (hi.batch - lo.batch)) if hi.batch > lo.batch else 0.0
+        fixed = max(0.0, lo.step_s - row * lo.batch)
+        prefill = hi.batch * hi.prompt_tokens / max(hi.prefill_s, 1e-9)
+        return cls(prefill_tokens_per_s=round(prefill, 2), decode_fixed_s=round(fixed, 6),
+                   decode_row_s=round(row, 6), points=points)
+
+    def decode_tokens_per_s(self, batch: int) -> float:
+        """Tokens generated per second by decode steps of `batch` rows."""
+        return batch / max(self.decode_fixed_s + self.decode_row_s * batch, 1e-9)
+
+
 @dataclass(kw_only=True)
 class ProbeResult(JsonRecord):
     """One shape's measurement; `tokens_per_s` and the peak are at the planned micro-batch."""
@@ -54,12 +105,15 @@ class ProbeResult(JsonRecord):
     cuda_context_gib: float | None = None  # NVML used − torch's reserved after a first matmul
     cuda_context_after_gib: float | None = None  # the same after the timed steps (kernels load lazily)
     steps: list[ProbeStep] = field(default_factory=list)  # --steps: every timed step in order
+    generation: GenerationSpeed | None = None  # batched generation timed after the steps (None: not measured)
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
+        gen = known.get("generation")
         return {**known, "memory_kind": MemoryKind.read(known.get("memory_kind")),
                 "points": [ProbePoint.from_json(p) for p in known.get("points") or []],
-                "steps": [ProbeStep.from_json(p) for p in known.get("steps") or []]}
+                "steps": [ProbeStep.from_json(p) for p in known.get("steps") or []],
+                "generation": GenerationSpeed.from_json(gen) if isinstance(gen, dict) else None}
 
     def to_dict(self) -> dict[str, Any]:
         return self.to_json()

@@ -42,6 +42,12 @@ class TaskScores(BaseModel):
     grader: str | None = None  # the model bound to the grader role; None: the evaluated model grades itself
     duration_s: float  # wall-clock of this task's evaluation (model loading included on the first task)
     inspect_duration_s: float | None = None  # inspect's own start-to-end time of the eval
+    # throughput, for predicting evaluations (ledger/generation.py; None: written before they were kept)
+    prompt_tokens: int | None = None  # every sample's prompt tokens, summed (the model's usage)
+    generated_tokens: int | None = None  # every sample's generated tokens, summed
+    batch_size: int | None = None  # generation's batch
+    device: str | None = None  # 'cpu' or the GPU's name
+    concurrent: int | None = None  # target × tasks evaluated at once, sharing duration_s (1: alone)
     evaluated_at: str
     # per-sample scores (what intervals and paired comparisons are computed from) and each metric's
     # 95 % interval; empty in scores.json written before tunelab kept them

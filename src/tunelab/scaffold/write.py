@@ -17,6 +17,7 @@ from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
 from tunelab.plan.planner import Plan, make_plan, write_provenance
 from tunelab.plan.markdown import render_plan_md
+from tunelab.scaffold.predictions import with_predictions
 from tunelab.rundir.config import RUN_FILE, RunConfig
 from tunelab.spec import Strategy, resolve_path
 
@@ -77,13 +78,13 @@ def _check_not_clobbering(plan: Plan, changed: dict[str, RunConfig | None], forc
 def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False,
              gpu: GPU | None = None) -> Plan:
     plan = make_plan(spec_path, out_dir, gpu=gpu)
+    predicted = with_predictions(plan)  # + each run's evaluation and the sweep's makespan (the report checks them)
     for i, cfg in enumerate(plan.runs):
-        if cfg.name in plan.estimates:
-            est = plan.estimates[cfg.name]
-            update: dict = {"estimate": est}
-            if cfg.resources.distributed == "auto" and est.strategy == Strategy.FSDP:  # the plan's choice, for the job
-                update["resources"] = cfg.resources.model_copy(update={"distributed": Strategy.FSDP})
-            plan.runs[i] = cfg.model_copy(update=update)
+        est = predicted[cfg.name]
+        update: dict = {"estimate": est}
+        if cfg.resources.distributed == "auto" and est.strategy == Strategy.FSDP:  # the plan's choice, for the job
+            update["resources"] = cfg.resources.model_copy(update={"distributed": Strategy.FSDP})
+        plan.runs[i] = cfg.model_copy(update=update)
     texts = {cfg.name: dump_yaml(cfg.model_dump(mode="json")) for cfg in plan.runs}
     changed = _changed_configs(plan, texts)
     _check_not_clobbering(plan, changed, force)

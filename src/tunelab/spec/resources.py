@@ -23,6 +23,33 @@ def _check_time_limit(v: str | None) -> str | None:
 
 TimeLimit = Annotated[str | None, AfterValidator(_check_time_limit)]
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|min|m|s)")
+_DURATION_UNIT_S = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+DURATION_HINT = "a duration such as '6h', '90m', '1d' or '1h30m'"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a wall-clock duration ('6h', '90m', '90min', '1d', '1h30m', '45s'); ValueError naming the
+    accepted forms otherwise. One parser for `resources.deadline` and `plan --deadline`."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not {DURATION_HINT}")
+    seconds = sum(float(n) * _DURATION_UNIT_S[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a deadline must be longer than zero")
+    return seconds
+
+
+def _check_duration(v: str | None) -> str | None:
+    if v is not None:
+        parse_duration(v)
+        return v.strip()
+    return v
+
+
+Duration = Annotated[str | None, AfterValidator(_check_duration)]
+
 
 class SlurmSpec(_Strict):
     """Cluster settings for `executor: slurm`; any of them can also come from the user config file
@@ -123,6 +150,16 @@ class ResourcesSpec(_Strict):
         "estimate memory, batch and time for it on a machine without one (a login node). Default: `gpu` of the "
         "user config file, else the GPU detected here, else this machine's CPU. `--gpu` overrides it.")
     slurm: SlurmSpec | None = None
+    deadline: Duration = Field(
+        None, description="Wall-clock budget of the whole sweep, training and evaluation ('6h', '90m', '1d'): "
+        "plan predicts the sweep's makespan on the GPUs it may use and says whether it fits (with its margin) or "
+        "what would have to give; training.levers defaults to auto with a deadline. `plan --deadline` overrides "
+        "it.")
+
+    @property
+    def deadline_s(self) -> float | None:
+        """The deadline in seconds (None: no deadline)."""
+        return parse_duration(self.deadline) if self.deadline is not None else None
 
     def processes_per_run(self, cuda_devices: int) -> int:
         """How many processes train one run, over all its nodes: nproc_per_run when set, else one per GPU of

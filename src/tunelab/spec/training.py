@@ -34,6 +34,16 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(8, ge=1, description="Micro-batch size per device (examples or packed sequences).")
     gradient_accumulation_steps: int = Field(1, ge=1)
+    effective_batch: int | None = Field(
+        None, ge=1, description="Examples (or packed sequences) per optimizer step over all processes: the "
+        "scientific parameter. With levers: auto the plan splits it into micro-batch x accumulation x processes "
+        "exactly; given beside batch_size and gradient_accumulation_steps it must equal their product.")
+    levers: Literal["auto", "off"] | None = Field(
+        None, description="auto: the plan chooses, per run, settings that keep the results the same and cut the "
+        "time (the micro-batch x accumulation split holding the effective batch, gradient checkpointing only "
+        "where the simulated peak needs it, checkpoint frequency from the save cost), each shown in plan.md "
+        "with its predicted effect and source; fields set in the spec always win. Default: auto when "
+        "resources.deadline is set, else off.")
     max_seq_len: int = Field(512, ge=8)
     packing: bool = Field(False, description="Best-fit-decreasing packing, padding-free, examples isolated.")
     min_pixels: int | None = Field(None, ge=1, description="Vision-language models: each image is resized to at "

@@ -17,19 +17,33 @@ import math
 import shutil
 from pathlib import Path
 
-from tunelab.rundir.checkpoints import checkpoint_step, complete_trainer_checkpoints, epoch_dir, trainer_checkpoints
+from tunelab.fsutil import space_guard
+from tunelab.rundir.checkpoints import (
+    checkpoint_step,
+    checkpoints_dir,
+    complete_trainer_checkpoints,
+    epoch_dir,
+    last_complete_checkpoint,
+    trainer_checkpoints,
+)
 from tunelab.rundir.layout import ADAPTER_FILES, TOKENIZER_FILES, TRAINER_STATE_FILE
 
 
 def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path:
-    """Copy adapter + tokenizer files from a trainer checkpoint into checkpoints/epoch_N, atomically."""
+    """Copy adapter + tokenizer files from a trainer checkpoint into checkpoints/epoch_N, atomically. A full
+    disk raises NoSpaceError naming epoch_N, leaving no half copy."""
     dest = epoch_dir(run_dir, epoch)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ADAPTER_FILES + TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
+    names = [name for name in ADAPTER_FILES + TOKENIZER_FILES if (src / name).is_file()]
+    try:
+        with space_guard(dest, sum((src / name).stat().st_size for name in names)):
+            tmp.mkdir(parents=True)
+            for name in names:
+                shutil.copy2(src / name, tmp / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -72,4 +86,23 @@ def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[P
         if checkpoint_step(d) < newest and d not in kept:
             shutil.rmtree(d, ignore_errors=True)
             dropped.append(d)
+    return dropped
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under path (a checkpoint's size, for the space a save needs)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def drop_unfinished_saves(state_dir: str | Path, run_dir: str | Path) -> list[Path]:
+    """After a save that did not fit: delete what it left — trainer checkpoints newer than the newest complete
+    one (no counters: never resumed from) and half-copied epoch dirs — so the space is free again and the
+    newest complete checkpoint stays the resume point. Returns what was deleted."""
+    last = last_complete_checkpoint(state_dir)
+    after = checkpoint_step(last) if last else -1
+    dropped = [d for d in trainer_checkpoints(state_dir) if checkpoint_step(d) > after]
+    root = checkpoints_dir(run_dir)
+    dropped += [d for d in root.glob(".epoch_*.tmp")] if root.is_dir() else []
+    for d in dropped:
+        shutil.rmtree(d, ignore_errors=True)
     return dropped

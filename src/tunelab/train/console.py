@@ -7,4 +7,7 @@ from tunelab.train.distributed import world
 
 def log(msg: str) -> None:
     if world().is_main:  # one line per event, not one per process
-        print(f"[tunelab train] {msg}", flush=True)
+        try:
+            print(f"[tunelab train] {msg}", flush=True)
+        except OSError:  # the log's disk is full: the run's own writes say so (NoSpaceError), not a progress line
+            pass

@@ -88,8 +88,11 @@ class GpuSampler:
                 rows = sample_once(nvml, handles)
             except Exception:  # a sampling hiccup never touches training
                 continue
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+            except OSError:  # a full disk: the training's own writes stop the job with one line, not this thread
+                continue
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

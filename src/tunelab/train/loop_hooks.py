@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.faults import kill_point, pace_step
-from tunelab.rundir.checkpoints import Counters, write_counters
+from tunelab.fsutil import space_guard
+from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint, write_counters
 from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import (
     at_epoch_end,
+    directory_bytes,
     epoch_index,
     prune_trainer_checkpoints,
     publish_epoch_checkpoint,
@@ -70,8 +72,21 @@ def make_trainer_class():
 
         def _save_checkpoint(self, model, trial):
             t0 = time.monotonic()
-            super()._save_checkpoint(model, trial)
+            with space_guard(self.checkpoint_path(), self.checkpoint_bytes()):  # a full disk: one NoSpaceError
+                super()._save_checkpoint(model, trial)
             self.counters.overhead_s += time.monotonic() - t0
+
+        def checkpoint_path(self) -> Path:
+            return Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
+
+        def checkpoint_bytes(self) -> int:
+            """What a save writes, about: the newest complete checkpoint's size, else the trainable weights and
+            their two Adam moments (what the first save is mostly made of)."""
+            last = last_complete_checkpoint(str(self.args.output_dir))
+            if last is not None:
+                return directory_bytes(last)
+            params = self.model.parameters() if self.model is not None else []
+            return 3 * sum(int(p.numel()) * int(p.element_size()) for p in params if p.requires_grad)
 
         def evaluate(self, *args, **kwargs):
             t0 = time.monotonic()

@@ -7,7 +7,8 @@ The trainer is the run's own (build_trainer: the same model, data, LoRA, collato
 couple of steps first (optimizer state created, kernels warmed up), then times real steps — collation,
 forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
 (train/step_cost.py), so a step's fixed cost separates from its cost per token. Peak memory is
-`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU.
+`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. Then,
+the trainer freed, a few batched generations are timed as evaluation runs them (train/probe_generate.py).
 
 `--steps=N` (the GPU kit, benchmarks/gpu_truth.py): N timed steps at the planned micro-batch only, each one's
 tokens, time and memory kept in order, plus what the device says beside torch's counters (NVML used, the CUDA
@@ -27,7 +28,7 @@ from tunelab.faults import inject_oom_fault
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
-from tunelab.rundir.probe import ProbePoint, ProbeResult, ProbeStep, write_probe_results
+from tunelab.rundir.probe import GenerationSpeed, ProbePoint, ProbeResult, ProbeStep, write_probe_results
 from tunelab.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
@@ -105,7 +106,27 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     result.cuda_context_after_gib = _gib(context)
     if trace:  # tokens/s over every timed step, not the fastest one
         result.tokens_per_s = round(sum(s.tokens for s in trace) / sum(s.seconds for s in trace), 2)
+    del trainer  # the trainer's model and optimizer state go before evaluation's model loads
+    result.generation = _generation(pcfg, cuda)
     return result
+
+
+def _generation(pcfg: RunConfig, cuda: bool) -> GenerationSpeed | None:
+    """Batched generation timed as evaluation runs it (train/probe_generate.py); None for a vision-language
+    model, whose evaluation generates from images the probe does not have."""
+    import gc
+
+    import torch
+
+    from tunelab.models.vlm import is_vision_language
+    from tunelab.train.probe_generate import time_generation
+
+    if is_vision_language(pcfg.model.path):
+        return None
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return time_generation(pcfg, "cuda" if cuda else "cpu")
 
 
 def _gib(value: float | None) -> float | None:

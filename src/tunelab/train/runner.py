@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.device import resolve_dtype
-from tunelab.errors import TunelabError
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import inject_oom_fault
+from tunelab.fsutil import is_disk_full, no_space_error
 from tunelab.rundir import layout
-from tunelab.rundir.checkpoints import Counters
+from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import StatusWriter, now_iso
 from tunelab.train.held import HeldFiles
@@ -35,6 +36,7 @@ from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
+from tunelab.train.checkpoints import drop_unfinished_saves
 from tunelab.train.dataloading import pipeline_summary
 from tunelab.train.distributed import agree, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
@@ -76,8 +78,14 @@ def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles
     try:
         return _train(cfg, run_dir, start, ctx, status)
     except BaseException as exc:
+        full = _no_space(exc, run_dir, ctx) if main else None
         if main:
-            _record_stop(exc, status, start.checkpoint)
+            try:
+                _record_stop(full or exc, status, start.checkpoint)
+            except NoSpaceError:  # status.json cannot be written either: the dead process reads as interrupted
+                pass
+        if full is not None:
+            raise full from exc
         if not isinstance(exc, (KeyboardInterrupt, TunelabError)):
             traceback.print_exc()
         raise
@@ -89,6 +97,19 @@ def complete_run(run_dir: Path, summary: Summary, status: StatusWriter) -> Summa
     status.write(state=layout.COMPLETED, finished_at=now_iso(), step=summary.steps)
     log(f"completed: {summary.steps} steps, final loss {summary.final_loss}, checkpoints {summary.checkpoints}")
     return summary
+
+
+def _no_space(exc: BaseException, run_dir: Path, ctx: StageContext) -> NoSpaceError | None:
+    """A write that found the disk full, as one line saying where `tunelab run` resumes from, once what the
+    failed save left is deleted (its space freed); None for any other error."""
+    if not isinstance(exc, NoSpaceError) and not (isinstance(exc, Exception) and is_disk_full(exc, run_dir)):
+        return None
+    state_dir = ctx.state_dir(run_dir)
+    drop_unfinished_saves(state_dir, run_dir)
+    last = last_complete_checkpoint(state_dir)
+    path, needed = (exc.path, exc.needed) if isinstance(exc, NoSpaceError) else (str(run_dir), None)
+    return no_space_error(path, needed, "free space, then `tunelab run` resumes from "
+                          + (last.name if last else "the start" if not ctx.name else f"stage {ctx.name}'s start"))
 
 
 def _write_start_status(cfg: RunConfig, status: StatusWriter, start: Resume, ctx: StageContext) -> None:

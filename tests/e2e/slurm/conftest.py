@@ -101,3 +101,38 @@ def slurm_nodes(slurm_cluster) -> NamespaceNodes:
         names = partition_nodes()
     assert len(names) == NODES, names
     return NamespaceNodes(tuple(names))
+
+
+@dataclass(frozen=True)
+class ClusterAdmin:
+    """What a cluster's admins do to the daemons under a running sweep, through the script (which touches only the
+    daemons it started): slurmctld stopped and started again from its saved state (maintenance), slurmctld hung
+    (SIGSTOP: clients time out, unsure what it did), slurmdbd stopped and started (sacct fails meanwhile)."""
+
+    def _do(self, *args: str) -> None:
+        proc = _script(*args, timeout=120)
+        assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
+
+    def restart_ctld(self, pause_s: float = 0) -> None:
+        self._do("restart-ctld", str(pause_s))
+
+    def pause_ctld(self) -> None:
+        self._do("pause-ctld")
+
+    def resume_ctld(self) -> None:
+        self._do("resume-ctld")
+
+    def stop_dbd(self) -> None:
+        self._do("stop-dbd")
+
+    def start_dbd(self) -> None:
+        self._do("start-dbd")
+
+
+@pytest.fixture(scope="session")
+def slurm_admin(slurm_cluster) -> ClusterAdmin:
+    """The daemons' faults; needs a cluster this script started (its pid files), as the one started here is."""
+    if os.geteuid() != 0 or subprocess.run([str(SCRIPT), "status"], env=_env(), capture_output=True,
+                                           text=True).stdout.find("slurmctld: running") < 0:
+        pytest.skip("restarting Slurm's daemons needs root and a cluster started by scripts/slurm-dev-cluster")
+    return ClusterAdmin()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 import yaml
 from typer.testing import CliRunner
 
@@ -48,14 +48,6 @@ def _jobs(exp: Path, run: str | None = None) -> list[dict]:
 def _status(exp: Path) -> dict[str, StatusRow]:
     return {r.name: r for r in status_rows(exp)}
 
-
-def _wait_for(predicate, timeout: float, every: float = 0.5) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -179,19 +171,19 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec, 
     monkeypatch.setenv("TUNELAB_FAULT_STEP_S", PACED_STEP_S)  # epoch 1 lasts 10 s or more: cancelled inside it
     cfg = scaffold(spec).runs[0]
     run_sweep(SlurmExecutor(), exp)
-    assert _wait_for(lambda: (cfg.run_dir / "checkpoints" / "epoch_0").is_dir(), 240), "no epoch_0 checkpoint"
+    assert wait_for(lambda: (cfg.run_dir / "checkpoints" / "epoch_0").is_dir(), 240), "no epoch_0 checkpoint"
     res = _ok(["cancel", str(exp), cfg.name])
     assert "cancelled tiny_r8 train job" in res.output
     train = _jobs(exp, cfg.name)[0]
     assert train["state"] == "CANCELLED" and train["failure"] == "cancelled"
     assert _status(exp)[cfg.name].state == "cancelled"
-    assert _wait_for(lambda: read_json(cfg.run_dir / "status.json").get("pid") is None or
+    assert wait_for(lambda: read_json(cfg.run_dir / "status.json").get("pid") is None or
                      not Path(f"/proc/{read_json(cfg.run_dir / 'status.json')['pid']}").exists(), 60)
     killed_at = read_json(cfg.run_dir / "status.json")["step"]
     assert 40 <= killed_at < 80
     # sacct agrees (asynchronously)
-    assert _wait_for(lambda: (SlurmExecutor().acct([train["job_id"]]) or {}).get(train["job_id"], [None])[0] is not None
-                     and SlurmExecutor().acct([train["job_id"]])[train["job_id"]][0].base_state == "CANCELLED", 60)
+    assert wait_for(lambda: (SlurmExecutor().acct([train["job_id"]]) or {}).get(train["job_id"], [None])[0] is not None
+                     and SlurmExecutor().acct([train["job_id"]])[train["job_id"]][0].base_state == "CANCELLED", 60, every=0.5)
     # a new `tunelab run` resubmits the cancelled run; it resumes instead of restarting
     assert run_sweep(SlurmExecutor(), exp, wait=True) == {cfg.name: "completed"}
     status = read_json(cfg.run_dir / "status.json")
@@ -215,7 +207,7 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
         run_sweep(SlurmExecutor(), exp)  # refresh + retry policy, as a person re-running `tunelab run` would
         return len([j for j in _jobs(exp) if j["kind"] == "train"]) >= 2
 
-    assert _wait_for(retried, 240, every=3), _jobs(exp)
+    assert wait_for(retried, 240, every=3), _jobs(exp)
     first, second = [j for j in _jobs(exp) if j["kind"] == "train"][:2]
     assert first["state"] == "TIMEOUT" and first["failure"] == "timeout"
     assert "time limit 1 -> 00:02:00" in first["detail"]
@@ -225,7 +217,7 @@ def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(time
     assert new.attempt == 2 and new.resources.slurm.time_limit == "00:02:00"
     assert "#SBATCH --time=00:02:00" in (cfg.run_dir / "job.sbatch").read_text()
     # the resubmitted job resumes from the last checkpoint of the timed-out one
-    assert _wait_for(lambda: (read_json(cfg.run_dir / "status.json") or {}).get("attempt") == 2 and
+    assert wait_for(lambda: (read_json(cfg.run_dir / "status.json") or {}).get("attempt") == 2 and
                      read_json(cfg.run_dir / "status.json").get("resumed_from"), 120)
     # it lost at most one checkpoint interval (7 steps) of the timed-out job's training, not the epoch
     resumed = int(read_json(cfg.run_dir / "status.json")["resumed_from"].split("-")[1])

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 from typer.testing import CliRunner
 
 from tunelab.cli import app
@@ -54,14 +55,6 @@ def _ok(args: list[str]):
 def _jobs(exp: Path, kind: str = "train") -> list[dict]:
     return [j for j in ledger.query(exp, "SELECT * FROM jobs ORDER BY id") if j["kind"] == kind]
 
-
-def _wait_for(predicate, timeout: float, every: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def _adapter(run_dir: Path, epoch: int) -> dict:
@@ -122,7 +115,7 @@ def test_a_lost_node_ends_the_job_node_fail_and_the_retry_resumes_to_the_same_ad
         return ((run_dir / "checkpoints" / "epoch_0").is_dir()
                 and read_json(run_dir / "status.json", default={}).get("step", 0) > STEPS_PER_EPOCH)
 
-    assert _wait_for(in_second_epoch, 300), read_json(run_dir / "status.json")
+    assert wait_for(in_second_epoch, 300), read_json(run_dir / "status.json")
     lost = slurm_nodes.names[-1]  # not the first node: the rendezvous' host survives, its peer goes
     slurm_nodes.fail(lost)
     monkeypatch.delenv("TUNELAB_FAULT_STEP_S")  # the retry trains at full speed
@@ -131,7 +124,7 @@ def test_a_lost_node_ends_the_job_node_fail_and_the_retry_resumes_to_the_same_ad
             run_sweep(SlurmExecutor(), exp)  # refresh, judge, retry: as a person re-running `tunelab run`
             return len(_jobs(exp)) >= 2
 
-        assert _wait_for(retried, 180, every=2), _jobs(exp)
+        assert wait_for(retried, 180, every=2), _jobs(exp)
         first, second = _jobs(exp)
         assert first["state"] == "NODE_FAIL" and first["failure"] == "node_fail", first
         assert second["attempt"] == 2 and second["reason"] == "attempt 2: node_fail: resume from the last checkpoint"

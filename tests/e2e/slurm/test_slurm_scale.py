@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from tunelab.ledger import store as ledger
 from tunelab.fsutil import read_json, read_jsonl
@@ -23,14 +24,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slur
 SLURM = {"executor": "slurm", "gpus_per_run": 0,
          "slurm": {"time_limit": "15", "submit_delay_s": 0.1, "poll_interval_s": 0.5}}
 
-
-def _wait_for(predicate, timeout: float, every: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def _sacct_ends(ids: list[str]) -> dict[str, datetime]:
@@ -49,7 +42,7 @@ def _release(job: str) -> None:
     """A requeued job waits out Slurm's BeginTime (cred_expire, 2 min); start it now (an admin's command).
     Not within the second of the requeue: its old credential is revoked with a one-second resolution, and a
     start in that second fails ("Killing non-startable batch job: Job credential revoked")."""
-    assert _wait_for(lambda: _job_state(job) == "PENDING", 60), _job_state(job)
+    assert wait_for(lambda: _job_state(job) == "PENDING", 60, every=0.2), _job_state(job)
     time.sleep(2.0)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
@@ -75,17 +68,17 @@ def test_sweep_beyond_max_queued_survives_warning_preemption_and_failing_sacct(w
     coordinator = subprocess.Popen([sys.executable, "-m", "tunelab", "run", str(exp), "--wait"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert _wait_for(lambda: ledger.query(exp, "SELECT job_id FROM jobs WHERE kind = 'train'"), 120)
+        assert wait_for(lambda: ledger.query(exp, "SELECT job_id FROM jobs WHERE kind = 'train'"), 120, every=0.2)
         job = ledger.query(exp, "SELECT job_id FROM jobs WHERE kind = 'train'")[0]["job_id"]
         # 1. the time-limit warning as Slurm delivers it (to the batch shell, which is the trainer)
-        assert _wait_for(lambda: (_status(cfg.run_dir).get("step") or 0) >= 8, 180)
+        assert wait_for(lambda: (_status(cfg.run_dir).get("step") or 0) >= 8, 180)
         subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
         _release(job)
-        assert _wait_for(lambda: _status(cfg.run_dir).get("restarts") == 1 and
+        assert wait_for(lambda: _status(cfg.run_dir).get("restarts") == 1 and
                          _status(cfg.run_dir)["state"] == "running", 120)
         first = int(_status(cfg.run_dir)["resumed_from"].split("-")[1])
         # 2. preemption-style requeue: Slurm sends SIGTERM, the trainer saves at its next step
-        assert _wait_for(lambda: (_status(cfg.run_dir).get("step") or 0) >= first + 3, 120)
+        assert wait_for(lambda: (_status(cfg.run_dir).get("step") or 0) >= first + 3, 120)
         subprocess.run(["scontrol", "requeue", job], check=True)
         _release(job)
         out = coordinator.communicate(timeout=600)[0]

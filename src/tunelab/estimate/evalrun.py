@@ -1,0 +1,98 @@
+"""A run's evaluation, predicted: every target (checkpoint) × task priced by estimate/evaltime.py and summed,
+with the weights' load once per target and a Slurm limit from the worst case (every batch decoding to
+max_tokens) × the stated margin. Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
+evaluation job's limit and the report's predicted-vs-measured check read it.
+
+The samples a built-in task evaluates come from the plan's measured split rows (`split_rows`: plan.planner's
+split_lengths, passed in: estimate sits below plan); a task file's samples are not known before it runs, so a
+run with one is not predicted (said so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tunelab.catalog import GPU
+from tunelab.estimate.evaltime import EVAL_TIME_MARGIN, EvalSource, eval_time_limit, predict_eval_time
+from tunelab.ledger.generation import GenerationRow
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate
+
+SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
+EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
+_RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.ASSUMED: 2}
+
+
+@dataclass(frozen=True)
+class RunEvalPrediction:
+    """Every target × task of one run: seconds on loaded weights, the loads, the worst case, the sources."""
+
+    seconds: float | None  # None: a task's samples unknown (a task file)
+    load_s: float
+    upper_s: float | None  # loads + every batch to max_tokens
+    source: EvalSource | None  # the weakest source of its tasks
+    detail: str
+    targets: int
+
+    @property
+    def total_s(self) -> float | None:
+        return None if self.seconds is None else round(self.seconds + self.load_s, 3)
+
+    def into(self, est: RunEstimate) -> RunEstimate:
+        """The estimate with the prediction in its eval_* fields (a copy)."""
+        limit = eval_time_limit(self.upper_s) if self.upper_s is not None else None
+        return est.model_copy(update=dict(
+            eval_seconds=self.seconds, eval_load_s=self.load_s, eval_upper_s=self.upper_s,
+            eval_source=self.source.value if self.source else "", eval_time_source=self.detail,
+            eval_slurm_time_limit=limit))
+
+
+def eval_targets(cfg: RunConfig) -> int:
+    """Checkpoints evaluated: the last, every epoch, the listed epochs, or each stage's last (one for a
+    control or an eval-only model)."""
+    if cfg.kind != "finetune":
+        return 1
+    epochs = cfg.eval.epochs
+    if isinstance(epochs, list):
+        return len(epochs)
+    if epochs == "all":
+        return sum(t.epochs for t in cfg.trainings())
+    if epochs == "stages":
+        return max(1, len(cfg.stages))
+    return 1
+
+
+def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, history: Sequence[HistoryRun] = (),
+                     generation: Sequence[GenerationRow] | None = None,
+                     batch_size: int = EVAL_BATCH) -> RunEvalPrediction:
+    """The run's evaluation: each task once per target; `generation` None reads the history's rows."""
+    if generation is None:
+        from tunelab.ledger.generation import load
+
+        generation = load()
+    targets = eval_targets(cfg)
+    seconds = upper = load_s = 0.0
+    sources: list[EvalSource] = []
+    details: list[str] = []
+    for task in cfg.eval.resolved_tasks():
+        if task.builtin is None:
+            return RunEvalPrediction(None, 0.0, None, None, f"task {task.name}: a task file's samples are not "
+                                     "known before it runs", targets)
+        on = cfg.model_copy(update={"dataset": cfg.dataset_named(task.dataset)})
+        rows = split_rows(on).get(task.split, ())
+        limit = task.limit or cfg.eval.limit
+        rows = rows[:limit] if limit else rows
+        got = predict_eval_time(
+            model=cfg.model.path, gpu=gpu, samples=len(rows), prompt_tokens=[a for _, a in rows],
+            answer_tokens=[max(0, n - a) for n, a in rows], max_tokens=task.max_tokens or cfg.eval.max_tokens,
+            batch_size=batch_size, history=history, task=task.name, generation=generation)
+        seconds += got.seconds * targets
+        upper += got.upper_s * targets
+        load_s = max(load_s, got.load_s * targets)  # one load per target serves every task
+        sources.append(got.source)
+        details.append(f"{task.name}: {got.detail}")
+    weakest = max(sources, key=lambda s: _RANK[s]) if sources else None
+    detail = "; ".join(dict.fromkeys(details)) + f" (limit: worst case × {EVAL_TIME_MARGIN:g} + 5 min)"
+    return RunEvalPrediction(round(seconds, 3), round(load_s, 3), round(upper + load_s, 3), weakest, detail, targets)

@@ -1,0 +1,277 @@
+"""Evaluation, predicted: the time one target × task takes, from what decides it — the samples, their prompt
+tokens (left-padded to a batch's longest), the tokens generated (each batch decodes until its longest answer:
+the reference's length + the end of turn, at most the task's `max_tokens`, or the lengths measured on earlier
+evaluations of the same task), the evaluation batch, and a generation speed:
+
+- history: finished evaluations of the same model and task (ledger/generation.py, measured rows) calibrate the
+  speed below to what they really took, and give the generated lengths;
+- probed: `tunelab probe` timed batched generations of the model on this device (prefill tokens/s, a decode
+  step's fixed and per-row cost);
+- assumed: a training speed of the model from the history (a forward is a third of a training step), else a
+  FLOPs model (prefill at DEFAULT_MFU, a decode step reading every weight once at the GPU's bandwidth plus the
+  generation loop's own work per layer).
+
+The source is always said. `seconds` is prefill + generation on loaded weights + the evaluator's own work per
+sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the weights' load) is
+apart, because one load serves every task of a target (and a one-pass evaluation every target of a base).
+`upper_s` has every batch decode to max_tokens: what a time limit must allow for (a model that never stops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from statistics import median
+
+from tunelab.catalog import GPU, Architecture, resolve_architecture
+from tunelab.errors import TunelabError
+from tunelab.estimate.runs import ASSUMED_STARTUP_S, TIME_LIMIT_MARGIN, device_key, slurm_time_limit
+from tunelab.estimate.speed import DEFAULT_MFU
+from tunelab.ledger.generation import GenerationOrigin, GenerationRow
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.probe import GenerationSpeed
+
+FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (estimate/runs.py VALIDATION_COST)
+ASSUMED_CPU_FLOPS = 2e10  # a CPU's sustained FLOP/s for the FLOPs model when nothing measured it
+ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight
+ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and decode step (kernel launches, Python)
+# inspect-ai's own work per sample (its solver, scorer, transcript and log; tunelab's prompt encoding): measured
+# on this CPU as ~15 ms a sample beyond the tiny model's generation (a one-pass sweep, tests/e2e); an assumption
+# until an evaluation of the model and task is in the history, whose measured time includes it
+SAMPLE_OVERHEAD_S = 0.015
+HISTORY_ROWS = 3  # the most recent measured evaluations of a model + task that calibrate a prediction
+EVAL_TIME_MARGIN = TIME_LIMIT_MARGIN  # an evaluation job's limit: upper_s × margin + 5 min, rounded up to 15 min
+
+
+class EvalSource(StrEnum):
+    """Where an evaluation's predicted time came from (best first)."""
+
+    HISTORY = "history"
+    PROBED = "probed"
+    ASSUMED = "assumed"
+
+
+@dataclass(frozen=True)
+class EvalWorkload:
+    """One target × task to evaluate: what its time depends on. `prompt_tokens`/`answer_tokens`: per sample, in
+    evaluation order (answers: the reference's tokens; empty: unknown, every row runs to max_tokens)."""
+
+    model: str
+    samples: int
+    prompt_tokens: tuple[int, ...]
+    answer_tokens: tuple[int, ...]
+    max_tokens: int
+    batch_size: int
+    task: str | None = None
+    device: str = "cpu"  # 'cpu' or the GPU's name (estimate.runs.device_key)
+
+
+@dataclass(frozen=True)
+class EvalTimeEstimate:
+    """A predicted evaluation of one target × task: seconds on loaded weights (prefill + generation + the
+    evaluator's work per sample), the load apart, the worst case for a time limit, and where the figures came from."""
+
+    seconds: float
+    source: EvalSource
+    detail: str  # the source in words (what was measured, when, how it was carried over)
+    load_s: float
+    prefill_s: float
+    generation_s: float
+    overhead_s: float  # the evaluator's own work per sample (solver, scorer, log)
+    upper_s: float  # every batch decoding to max_tokens
+    decode_steps: int
+    batches: int
+    speed: GenerationSpeed = field(repr=False)
+
+    @property
+    def total_s(self) -> float:
+        """Load + prefill + generation + the evaluator's work: one target × task evaluated alone."""
+        return self.load_s + self.seconds
+
+
+def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, prompt_tokens: Sequence[int] = (),
+                      answer_tokens: Sequence[int] = (), max_tokens: int, batch_size: int,
+                      history: Sequence[HistoryRun] = (), task: str | None = None,
+                      generation: Sequence[GenerationRow] | None = None,
+                      cpu_threads: int | None = None) -> EvalTimeEstimate:
+    """The predicted time of one target × task (keyword arguments; see EvalWorkload). `history`: training rows
+    (the assumed speed and load); `generation`: the history's generation rows (None: read from the history)."""
+    if generation is None:
+        from tunelab.ledger.generation import load
+
+        generation = load()
+    work = EvalWorkload(model=str(model), samples=samples, prompt_tokens=tuple(prompt_tokens),
+                        answer_tokens=tuple(answer_tokens), max_tokens=max_tokens, batch_size=max(1, batch_size),
+                        task=task, device=device_key(gpu))
+    return predict_workload(work, gpu, generation, history, cpu_threads)
+
+
+def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[GenerationRow],
+                     history: Sequence[HistoryRun] = (), cpu_threads: int | None = None) -> EvalTimeEstimate:
+    """The prediction itself: the best speed available (history > probed > assumed), priced over the batches,
+    plus the evaluator's own work per sample."""
+    arch = _architecture(work.model)
+    base, source, detail = _base_speed(work, gpu, generation, history, arch, cpu_threads)
+    measured = _measured_rows(work, gpu, generation)
+    speed, per_sample, lengths = base, SAMPLE_OVERHEAD_S, _reference_lengths(work)
+    if measured:
+        ratio = median(_calibration(r, base) for r in measured)
+        speed, per_sample = _scaled(base, ratio), SAMPLE_OVERHEAD_S * ratio
+        mean_generated = sum((r.generated_tokens or 0) / max(1, r.samples or 1) for r in measured) / len(measured)
+        lengths = [max(1, min(work.max_tokens, round(mean_generated)))] * work.samples
+        source = EvalSource.HISTORY
+        detail = (f"history: {len(measured)} evaluation(s) of this model on task {work.task} took ×{ratio:.2f} of "
+                  f"{detail} + {SAMPLE_OVERHEAD_S * 1e3:.0f} ms per sample; {mean_generated:.1f} tokens generated "
+                  "per sample")
+    else:
+        detail += f"; + {SAMPLE_OVERHEAD_S * 1e3:.0f} ms per sample for the evaluator (assumed)"
+    prefill, steps, generation_s, batches = _price(work, speed, lengths)
+    _, _, upper_gen, _ = _price(work, speed, [work.max_tokens] * work.samples)
+    overhead = per_sample * work.samples
+    load_s, _ = _load_seconds(work, gpu, history, arch)
+    return EvalTimeEstimate(
+        seconds=round(prefill + generation_s + overhead, 3), source=source, detail=detail, load_s=load_s,
+        prefill_s=round(prefill, 3), generation_s=round(generation_s, 3), overhead_s=round(overhead, 3),
+        upper_s=round(prefill + upper_gen + overhead, 3), decode_steps=steps, batches=batches, speed=speed)
+
+
+def eval_time_limit(seconds: float) -> str:
+    """A Slurm limit for an evaluation job predicted to take `seconds` at worst: × EVAL_TIME_MARGIN + 5 min,
+    rounded up to 15 minutes (the training limit's rule, estimate/runs.py)."""
+    return slurm_time_limit(seconds)
+
+
+def _architecture(model: str) -> Architecture | None:
+    try:
+        return resolve_architecture(model)
+    except (TunelabError, OSError, ValueError):
+        return None
+
+
+def _reference_lengths(work: EvalWorkload) -> list[int]:
+    """Tokens each sample generates: its reference answer + the end of turn, at most max_tokens; max_tokens
+    where the references are not known."""
+    if not work.answer_tokens:
+        return [work.max_tokens] * work.samples
+    answers = _per_sample(work.answer_tokens, work.samples)
+    return [max(1, min(work.max_tokens, a + 1)) for a in answers]
+
+
+def _per_sample(values: tuple[int, ...], samples: int) -> list[int]:
+    """`values` for `samples` samples: cut, or continued with their mean (0 when there are none)."""
+    if len(values) >= samples:
+        return list(values[:samples])
+    fill = round(sum(values) / len(values)) if values else 0
+    return list(values) + [fill] * (samples - len(values))
+
+
+def _price(work: EvalWorkload, speed: GenerationSpeed, lengths: list[int]) -> tuple[float, int, float, int]:
+    """(prefill s, decode steps, generation s, batches) over the samples in batches of work.batch_size: each
+    batch prefills its rows left-padded to its longest prompt, then decodes until its longest answer."""
+    prompts = _per_sample(work.prompt_tokens, work.samples)
+    prefill = generation = 0.0
+    steps = batches = 0
+    for start in range(0, work.samples, work.batch_size):
+        rows = min(work.batch_size, work.samples - start)
+        longest_prompt = max(prompts[start:start + rows], default=0)
+        batch_steps = max(lengths[start:start + rows], default=0)
+        prefill += rows * longest_prompt / speed.prefill_tokens_per_s
+        generation += batch_steps * (speed.decode_fixed_s + speed.decode_row_s * rows)
+        steps += batch_steps
+        batches += 1
+    return prefill, steps, generation, batches
+
+
+def _measured_rows(work: EvalWorkload, gpu: GPU | None, generation: Sequence[GenerationRow]) -> list[GenerationRow]:
+    """The most recent finished evaluations of this model and task with a throughput, on this device."""
+    if work.task is None:
+        return []
+    rows = [r for r in generation if r.origin == GenerationOrigin.MEASURED and r.task == work.task
+            and _same_model(r.model_path, work.model) and (r.device is None or _same_device(r.device, gpu))
+            and r.generated_tokens is not None and r.samples and r.wall_s]
+    return rows[-HISTORY_ROWS:]
+
+
+def _same_device(recorded: str | None, gpu: GPU | None) -> bool:
+    """A recorded device ('cpu', or torch's name of a GPU) is the planned one (estimate/runs.py's rule)."""
+    dev = (recorded or "").lower()
+    if gpu is None:
+        return dev == "cpu"
+    return dev != "cpu" and gpu.name.split("-")[0].lower() in dev.replace(" ", "")
+
+
+def _same_architecture(row: HistoryRun, arch: Architecture | None) -> bool:
+    """A training row of this model (estimate/runs.py's rule: layers, hidden size and parameters)."""
+    return arch is not None and (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
+
+
+def _same_model(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() if a and b else False
+
+
+def _calibration(row: GenerationRow, speed: GenerationSpeed) -> float:
+    """Measured wall time ÷ what `speed` (and the evaluator's assumed work per sample) predicts for the row's own
+    workload (its mean prompt and answer)."""
+    samples = row.samples or 1
+    past = EvalWorkload(model=row.model_path, samples=samples, prompt_tokens=(round((row.prompt_tokens or 0)
+                        / samples),), answer_tokens=(), max_tokens=max(1, round((row.generated_tokens or 0) / samples)),
+                        batch_size=row.batch_size or 1)
+    prefill, _, generation, _ = _price(past, speed, [past.max_tokens] * samples)
+    return (row.wall_share_s() or 0.0) / max(prefill + generation + SAMPLE_OVERHEAD_S * samples, 1e-9)
+
+
+def _scaled(speed: GenerationSpeed, ratio: float) -> GenerationSpeed:
+    """The same speed, every part taking `ratio` times as long."""
+    return GenerationSpeed(prefill_tokens_per_s=speed.prefill_tokens_per_s / max(ratio, 1e-9),
+                           decode_fixed_s=speed.decode_fixed_s * ratio, decode_row_s=speed.decode_row_s * ratio)
+
+
+def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[GenerationRow],
+                history: Sequence[HistoryRun], arch: Architecture | None,
+                cpu_threads: int | None) -> tuple[GenerationSpeed, EvalSource, str]:
+    """The probe's speed of this model on this device, else an assumed one."""
+    probed = [r for r in generation if r.origin == GenerationOrigin.PROBED and _same_model(r.model_path, work.model)
+              and _same_device(r.device, gpu) and (cpu_threads is None or r.cpu_threads in (None, cpu_threads))]
+    speed = probed[-1].speed() if probed else None
+    if speed is not None:
+        return speed, EvalSource.PROBED, (
+            f"probed on {work.device} ({probed[-1].recorded_at}): prefill {speed.prefill_tokens_per_s:,.0f} tokens/s, "
+            f"decode step {speed.decode_fixed_s * 1e3:.2f} ms + {speed.decode_row_s * 1e3:.2f} ms per row")
+    speed, detail = _assumed_speed(work, gpu, history, arch)
+    return speed, EvalSource.ASSUMED, detail
+
+
+def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
+                   arch: Architecture | None) -> tuple[GenerationSpeed, str]:
+    """From a measured training step of this model on this device (a forward = a third of a step), else FLOPs."""
+    trained = [r for r in history if r.per_token_s and _same_device(r.device, gpu) and _same_architecture(r, arch)]
+    if trained:
+        row = trained[-1]
+        per_token = (row.per_token_s or 0.0) * FORWARD_SHARE
+        fixed = (row.step_fixed_s or 0.0) * FORWARD_SHARE
+        return (GenerationSpeed(prefill_tokens_per_s=1 / max(per_token, 1e-12), decode_fixed_s=fixed,
+                                decode_row_s=per_token),
+                f"assumed from training ({row.kind} run {row.run}): a forward = {FORWARD_SHARE:.2f} of its step")
+    params = arch.parameters if arch is not None else 1e9
+    flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU if gpu is not None else ASSUMED_CPU_FLOPS
+    weight_bytes = params * (2 if gpu is not None else 4)
+    bandwidth = (gpu.bandwidth_gbs if gpu is not None else ASSUMED_CPU_BANDWIDTH_GBS) * 1e9
+    per_token = 2 * params / flops
+    where = gpu.name if gpu is not None else f"a CPU ({ASSUMED_CPU_FLOPS / 1e9:.0f} GFLOP/s)"
+    layers = arch.layers if arch is not None else 32
+    return (GenerationSpeed(prefill_tokens_per_s=1 / per_token,
+                            decode_fixed_s=weight_bytes / bandwidth + layers * ASSUMED_LAYER_STEP_S,
+                            decode_row_s=per_token),
+            f"assumed: FLOPs of {params / 1e6:,.1f}M parameters on {where}, a decode step reading every weight "
+            f"+ {ASSUMED_LAYER_STEP_S * 1e3:.1f} ms per layer")
+
+
+def _load_seconds(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
+                  arch: Architecture | None) -> tuple[float, str]:
+    """The weights' load: the model's measured start-up in training (history), else assumed."""
+    same = [r for r in history if r.startup_s is not None and _same_architecture(r, arch)]
+    if same:
+        return round(median(r.startup_s or 0.0 for r in same), 1), "the model's training start-up (history)"
+    return ASSUMED_STARTUP_S, f"{ASSUMED_STARTUP_S:.0f} s (assumed)"

@@ -1,0 +1,192 @@
+"""The deadline verdict: does the whole sweep — training with the chosen levers, evaluation of every target ×
+task, each job's start and model load — fit the wall-clock budget on the devices it may use?
+
+Each run is one job's worth of time on its devices: training (the plan's estimate, plus its mid-epoch saves),
+then the evaluation job's start and its targets × tasks. The runs are placed longest first by the scheduler
+the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan. It fits with
+its margin, fits without it, does not fit — then what would have to give: the runs to drop, the share of
+epochs or of evaluation samples that would fit —, or cannot be told (a figure not predicted). Every figure
+names its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from tunelab.execute.schedule import Device, RunNeed, forecast
+
+MARGIN = 0.10  # a sweep fits when its makespan × (1 + MARGIN) is within the deadline
+SEARCH_STEPS = 30  # bisection steps of a fraction (epochs, eval samples) that fits
+
+
+class DeadlineVerdict(StrEnum):
+    """fits (with the margin), fits without the margin, does not fit, unknown (a figure is not predicted)."""
+
+    FITS = "fits"
+    NO_MARGIN = "fits_without_margin"
+    DOES_NOT_FIT = "does_not_fit"
+    UNKNOWN = "unknown"
+
+
+class RunTimeline(BaseModel):
+    """One run's time on its devices, each part with its source, and where the forecast places it."""
+
+    run: str = Field(description="The run, control or eval-only model.")
+    kind: str = Field(description="finetune, control or eval_only.")
+    gpus: int = Field(1, description="Devices it holds.")
+    peak_memory_gib: float | None = Field(None, description="Its predicted peak per device (runs share a GPU "
+                                          "only where their peaks fit together).")
+    train_start_s: float = Field(0.0, description="The training job's start and model load where the training "
+                                 "estimate leaves it out, s.")
+    train_start_source: str = Field("", description="Where that came from.")
+    train_s: float | None = Field(None, description="Training wall time with the chosen levers, s (0: none).")
+    train_source: str = Field("", description="Where the training time came from.")
+    saves_s: float = Field(0.0, description="Mid-epoch checkpoint saves, s.")
+    saves_source: str = Field("", description="Where the save cost came from.")
+    eval_start_s: float = Field(0.0, description="The evaluation job's start and model load, s.")
+    eval_start_source: str = Field("", description="Where that came from.")
+    eval_s: float | None = Field(None, description="Evaluation of every target × task, s.")
+    eval_source: str = Field("", description="Where the evaluation time came from.")
+    eval_targets: int = Field(0, description="Checkpoints (or models) evaluated.")
+    eval_samples: int = Field(0, description="Samples of one target over all tasks.")
+    total_s: float | None = Field(None, description="train start + train + saves + eval start + eval, s.")
+    devices: list[str] = Field([], description="Where the forecast places it.")
+    start_s: float | None = Field(None, description="When it starts in the forecast, s.")
+    end_s: float | None = Field(None, description="When it ends in the forecast, s.")
+
+
+class GiveOption(BaseModel):
+    """One way to make the sweep fit, and the makespan it gives."""
+
+    what: str = Field(description="runs, epochs or eval_samples.")
+    change: str = Field(description="What would change, in words.")
+    makespan_s: float | None = Field(None, description="The predicted makespan with it, s.")
+
+
+class DeadlinePlan(BaseModel):
+    """The sweep against its deadline: the verdict, the makespan and every figure with its source."""
+
+    deadline: str = Field(description="The deadline as given ('6h').")
+    deadline_s: float = Field(description="The deadline, s.")
+    margin: float = Field(MARGIN, description="The share of the makespan kept in reserve.")
+    verdict: DeadlineVerdict = Field(description="fits, fits_without_margin, does_not_fit or unknown.")
+    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep, s.")
+    slack_s: float | None = Field(None, description="deadline − makespan, s (negative: over).")
+    longest_run_s: float | None = Field(None, description="The longest run's time: no placement goes below it.")
+    devices: list[str] = Field([], description="The devices runs are placed on.")
+    devices_source: str = Field("", description="Where the devices came from (visible GPUs, slurm.pack_gpus, …).")
+    runs_per_device: int = Field(1, description="Runs sharing one device at most (resources.runs_per_gpu).")
+    runs: list[RunTimeline] = Field([], description="Every run's time and placement.")
+    unknown: list[str] = Field([], description="Runs whose time is not predicted, and why.")
+    gives: list[GiveOption] = Field([], description="Where it does not fit: what would have to give.")
+    notes: list[str] = Field([], description="What the forecast leaves out.")
+
+
+def makespan(lines: list[RunTimeline], devices: list[Device], per_device: int,
+             seconds: Callable[[RunTimeline], float | None] | None = None) -> float | None:
+    """The forecast's makespan of these runs (their total_s, or `seconds` of each)."""
+    needs = [RunNeed(r.run, r.gpus, (seconds or (lambda x: x.total_s))(r), r.peak_memory_gib) for r in lines]
+    return forecast(devices, needs, per_device).makespan_s
+
+
+def judge(deadline: str, deadline_s: float, lines: list[RunTimeline], devices: list[Device], devices_source: str,
+          per_device: int = 1, notes: list[str] | None = None) -> DeadlinePlan:
+    """The verdict on these runs (their times known or not) placed on `devices`."""
+    schedule = forecast(devices, [RunNeed(r.run, r.gpus, r.total_s, r.peak_memory_gib) for r in lines], per_device)
+    placed = {p.run: p for p in schedule.placements}
+    for r in lines:
+        if (p := placed.get(r.run)) is not None:
+            r.devices, r.start_s, r.end_s = list(p.devices), p.start_s, p.end_s
+    unknown = [f"{r.run}: {r.train_source if r.train_s is None else r.eval_source}" for r in lines
+               if r.total_s is None]
+    unknown += [f"{name}: needs more devices than the sweep may use" for name in schedule.unplaceable]
+    span = schedule.makespan_s if not unknown else None
+    out = DeadlinePlan(deadline=deadline, deadline_s=deadline_s, verdict=_verdict(span, deadline_s),
+                       makespan_s=span, slack_s=round(deadline_s - span, 1) if span is not None else None,
+                       longest_run_s=max((r.total_s for r in lines if r.total_s is not None), default=None),
+                       devices=[d.id for d in devices], devices_source=devices_source, runs_per_device=per_device,
+                       runs=lines, unknown=unknown, notes=list(notes or []))
+    if out.verdict == DeadlineVerdict.DOES_NOT_FIT:
+        out.gives = what_gives(lines, devices, per_device, deadline_s)
+    return out
+
+
+def _verdict(span: float | None, deadline_s: float) -> DeadlineVerdict:
+    if span is None:
+        return DeadlineVerdict.UNKNOWN
+    if span * (1 + MARGIN) <= deadline_s:
+        return DeadlineVerdict.FITS
+    return DeadlineVerdict.NO_MARGIN if span <= deadline_s else DeadlineVerdict.DOES_NOT_FIT
+
+
+def what_gives(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
+               ) -> list[GiveOption]:
+    """Three ways to fit (each alone): drop the longest fine-tuned runs, train a share of the epochs, evaluate
+    a share of the samples — each the least change that brings the makespan within the deadline."""
+    gives = [g for g in (_drop_runs(lines, devices, per_device, deadline_s),
+                         _fewer_epochs(lines, devices, per_device, deadline_s),
+                         _fewer_samples(lines, devices, per_device, deadline_s)) if g is not None]
+    return gives
+
+
+def _drop_runs(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
+               ) -> GiveOption | None:
+    kept = list(lines)
+    dropped: list[str] = []
+    for r in sorted((r for r in lines if r.kind == "finetune"), key=lambda r: -(r.total_s or 0.0)):
+        span = makespan(kept, devices, per_device)
+        if span is not None and span <= deadline_s:
+            break
+        kept.remove(r)
+        dropped.append(r.run)
+    span = makespan(kept, devices, per_device)
+    if not dropped or span is None or span > deadline_s:
+        return None
+    return GiveOption(what="runs", change=f"drop {len(dropped)} run(s), longest first: {', '.join(dropped)}",
+                      makespan_s=round(span, 1))
+
+
+def _largest_share(span_at: Callable[[float], float | None], deadline_s: float) -> float | None:
+    """The largest share in (0, 1] whose makespan fits (bisection); None when even a tiny share does not."""
+    tiny = span_at(1e-3)
+    if tiny is None or tiny > deadline_s:
+        return None
+    lo, hi = 1e-3, 1.0
+    for _ in range(SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        span = span_at(mid)
+        lo, hi = (mid, hi) if span is not None and span <= deadline_s else (lo, mid)
+    return lo
+
+
+def _fewer_epochs(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
+                  ) -> GiveOption | None:
+    """Training scales with epochs past its start-up (taken as the eval start's figure)."""
+    def at(share: float) -> Callable[[RunTimeline], float | None]:
+        def seconds(r: RunTimeline) -> float | None:
+            if r.total_s is None or not r.train_s:
+                return r.total_s
+            fixed = min(r.eval_start_s, r.train_s)
+            return r.total_s - (r.train_s + r.saves_s - fixed) * (1 - share)
+        return seconds
+
+    share = _largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
+    if share is None:
+        return None
+    return GiveOption(what="epochs", change=f"train {share:.0%} of each run's epochs (training.epochs × "
+                      f"{share:.2f}, or max_steps)", makespan_s=makespan(lines, devices, per_device, at(share)))
+
+
+def _fewer_samples(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
+                   ) -> GiveOption | None:
+    def at(share: float) -> Callable[[RunTimeline], float | None]:
+        return lambda r: None if r.total_s is None else r.total_s - (r.eval_s or 0.0) * (1 - share)
+
+    share = _largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
+    if share is None:
+        return None
+    return GiveOption(what="eval_samples", change=f"evaluate {share:.0%} of each task's samples (eval.limit)",
+                      makespan_s=makespan(lines, devices, per_device, at(share)))

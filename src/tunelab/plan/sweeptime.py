@@ -1,0 +1,137 @@
+"""A plan's runs as the deadline verdict sees them: each run's training (its estimate, the chosen levers),
+its saves, its evaluation (plan/evalcost.py), and the devices the sweep may use — local: the GPUs visible
+here (or this machine's CPU, one run at a time); a scheduler: a node job's GPUs (slurm.pack_gpus) or the
+concurrent jobs it allows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tunelab.catalog import GPU
+from tunelab.estimate.gpus import NodeSize
+from tunelab.execute.executors import executor_class
+from tunelab.execute.schedule import Device
+from tunelab.ledger.history import HistoryRun
+from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
+from tunelab.plan.evalcost import SplitRows, eval_cost, job_start
+from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
+from tunelab.plan.split import Lengths
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import LeverChoice, RunEstimate
+from tunelab.errors import TunelabError
+from tunelab.spec import ExperimentSpec
+from tunelab.spec.resources import parse_duration
+
+NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
+NOTES = ["evaluation follows each run's training on the same devices",
+         "a scheduler's queue wait is not predicted"]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What the verdict reads of a plan (plan/planner.py's Plan, without importing it: it imports this)."""
+
+    spec: ExperimentSpec
+    runs: list[RunConfig]
+    estimates: dict[str, RunEstimate]
+    gpu: GPU | None
+    node: NodeSize
+    levered: bool = False  # some run's levers chose its settings
+    history: list[HistoryRun] | None = None  # None: the user's history, loaded here
+    spec_path: Path = Path("experiment.yaml")  # what errors name
+
+
+def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
+    """One run's parts: training and saves (fine-tuned runs), evaluation start and evaluation (every run); a
+    control or eval-only model generates at the speed a fine-tuned run of the same model trains at."""
+    history = plan.history or []
+    speed = est or next((e for r in plan.runs if r.model.path == cfg.model.path
+                         and (e := plan.estimates.get(r.name)) is not None), None)
+    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed)
+    line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
+                       eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
+                       eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
+                       train_s=0.0, train_source="no training",
+                       peak_memory_gib=est.peak_memory_gib if est is not None else None)
+    if cfg.training is not None:
+        line.train_s = est.seconds if est is not None else None
+        line.train_source = est.time_source if est is not None else "not estimated"
+        if est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
+            line.train_start_s, line.train_start_source = job_start(None, history, plan.gpu)
+        if est is not None and not cfg.stages:
+            saves = mid_epoch_saves(cfg.training, est.seconds, est.steps)
+            line.saves_s = round(saves * save_cost_s(cfg), 1)
+            line.saves_source = f"{saves} mid-epoch saves (save cost assumed)" if saves else "epoch ends only"
+    if line.train_s is not None and line.eval_s is not None:
+        line.total_s = round(line.train_start_s + line.train_s + line.saves_s + line.eval_start_s + line.eval_s, 1)
+    return line
+
+
+def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:
+    """The devices the sweep's runs are placed on, and where that came from."""
+    res = plan.spec.resources
+    if executor_class(res.executor).detached:
+        s = res.slurm
+        if s is not None and s.pack == "node":
+            n = s.pack_gpus if s.pack_gpus is not None else (NODE_JOB_GPUS if plan.gpu is not None else 0)
+            return ([Device(str(i)) for i in range(n)] or [Device("cpu")],
+                    f"a node job's {n} GPUs (slurm.pack_gpus)" if n else "a node job on CPU: one run at a time")
+        cap = (s.array_max_running if s is not None and s.array_max_running else None)
+        slots = cap or (s.max_queued if s is not None else 50) // 2
+        return ([Device(f"job{i}") for i in range(max(1, slots))],
+                f"{slots} runs at once (" + ("slurm.array_max_running" if cap else "slurm.max_queued / 2: a "
+                                             "training and an evaluation job each") + "), queue wait not predicted")
+    if plan.gpu is None:
+        return [Device("cpu")], "this machine's CPU: one run at a time"
+    from tunelab.execute.schedule import visible_gpus
+
+    gpus = visible_gpus()
+    if gpus:
+        return gpus, f"{len(gpus)} GPU(s) visible here"
+    n = plan.node.gpus
+    return ([Device(str(i), plan.gpu.memory_gib) for i in range(n)],
+            f"{n} GPUs assumed (none visible here; {plan.node.source})")
+
+
+def sweep_deadline(spec: ExperimentSpec, given: str | None) -> tuple[str | None, float | None]:
+    """(text, seconds) of the sweep's deadline: `--deadline` over resources.deadline; a bad one names --deadline."""
+    if given is None:
+        return spec.resources.deadline, spec.resources.deadline_s
+    try:
+        return given.strip(), parse_duration(given)
+    except ValueError as exc:
+        raise TunelabError(str(exc), field="--deadline") from None
+
+
+def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows) -> DeadlinePlan:
+    """The verdict on the plan's runs against `deadline`."""
+    if plan.history is None:
+        from tunelab.ledger import history
+
+        plan = replace(plan, history=history.load())
+    lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
+    devices, source = sweep_devices(plan)
+    per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
+    notes = list(NOTES)
+    if not plan.levered:
+        notes.append("levers off: training.levers: auto may shorten the training")
+    return judge(deadline, deadline_s, lines, devices, source, per_device, notes)
+
+
+def fitted_estimates(sweep: Sweep, deadline: tuple[str | None, float | None],
+                     estimate: Callable[[], dict[str, RunEstimate]], lengths: Lengths, split_rows: SplitRows,
+                     cpu_threads: int | None = None
+                     ) -> tuple[dict[str, list[LeverChoice]], dict[str, RunEstimate], DeadlinePlan | None]:
+    """The plan's step, in order: the levers (written into the runs), the estimates of the runs as they will
+    train (each carrying its levers), and the verdict against the deadline (None without one)."""
+    text, seconds = deadline
+    levers = choose_levers(sweep.runs, sweep.spec, sweep.spec_path, sweep.gpu, seconds, lengths, cpu_threads)
+    estimates = estimate()
+    for name, choices in levers.items():
+        estimates[name].levers = choices
+    if text is None or seconds is None:
+        return levers, estimates, None
+    done = replace(sweep, estimates=estimates, levered=bool(levers))
+    return levers, estimates, deadline_plan(done, text, seconds, split_rows)

@@ -1,0 +1,69 @@
+"""The report's "Predicted, then checked" section: per run and for the sweep, each prediction the plan recorded
+in run.yaml (training time, evaluation time, peak memory, the makespan) beside its measurement, the ratio, and
+every overrun (more than OVERRUN_MARGIN over) with its likely causes from recorded measurements
+(report/predicted.py measures, report/overruns.py explains)."""
+
+from __future__ import annotations
+
+from tunelab.report.data import ReportData
+from tunelab.report.document import Bullets, Para, Section, Table
+from tunelab.report.overruns import with_causes
+from tunelab.report.predicted import OVERRUN_MARGIN, Check, SweepChecks, submissions, sweep_checks
+
+CAPTION = ("Predicted: run.yaml's `estimate` (written by scaffold from the plan). Measured: `summary.json` (training: "
+           "start-up + duration + finish; peak), each `eval/*/*/scores.json` (duration, shared evenly among the "
+           "target × tasks run at once), the ledger's `jobs` and the runs' `status.json` (makespan: first submission "
+           "to the last training end or evaluation written).")
+
+
+def _value(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f} GiB" if unit == "GiB" else f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def _verdict(c: Check) -> str:
+    if c.ratio is None:
+        return "not predicted" if c.predicted is None else "not measured"
+    if not c.judged:
+        return "shown only (not like with like)"
+    return "**overran**" if c.overran else "within margin"
+
+
+def _row(who: str, c: Check) -> list[str]:
+    ratio = f"{c.ratio:.2f}×" if c.ratio is not None else "—"
+    return [who, c.what, _value(c.predicted, c.unit), _value(c.measured, c.unit), ratio, _verdict(c), c.source or "—"]
+
+
+def overrun_lines(sweep: SweepChecks) -> list[str]:
+    """One line per overrun: the run (or the sweep), the figure, by how much, and its likely causes."""
+    out = []
+    for r in sweep.runs:
+        for c in r.checks:
+            if c.overran and c.ratio is not None:
+                out.append(f"**{r.run.name}** {c.what}: {c.ratio:.2f}× its prediction — likely: "
+                           + "; ".join(r.causes.get(c.what, [])))
+    for c in sweep.totals:
+        if c.overran and c.ratio is not None and c.what in sweep.causes:
+            why = "; ".join(sweep.causes[c.what])
+            out.append(f"**sweep** {c.what}: {c.ratio:.2f}× its prediction — likely: {why}")
+    return out
+
+
+def checked_section(data: ReportData) -> Section | None:
+    """None when no run carries a prediction (an experiment planned before predictions were recorded)."""
+    if not any(r.config.estimate is not None for r in data.all):
+        return None
+    submitted = submissions(data)
+    sweep = with_causes(data, sweep_checks(data, submitted), submitted)
+    rows = [_row(r.run.name, c) for r in sweep.runs for c in r.checks]
+    rows += [_row("sweep", c) for c in sweep.totals]
+    blocks: list = [
+        Para(f"What the plan predicted, against what was measured; a figure more than {OVERRUN_MARGIN:.0%} over its "
+             "prediction overran, and its likely causes are read from what the runs recorded."),
+        Table(["Run", "Figure", "Predicted", "Measured", "Measured ÷ predicted", "Verdict", "Prediction's source"],
+              rows, CAPTION)]
+    lines = overrun_lines(sweep)
+    blocks.append(Bullets(lines) if lines else Para(f"✓ Nothing overran its prediction by more than "
+                                                    f"{OVERRUN_MARGIN:.0%}."))
+    return Section("Predicted, then checked", blocks)

@@ -1,0 +1,146 @@
+"""Predicted, then checked: what the plan predicted of each run and of the sweep (run.yaml's estimate, written
+at scaffold: training time, evaluation time, peak memory, the sweep's makespan) against what the run's files
+and the ledger measured. A figure over its prediction by more than OVERRUN_MARGIN is an overrun; its likely
+causes come from recorded measurements (report/overruns.py), never from a guess.
+
+Measured figures, each from one file:
+- training: summary.json's start-up + duration + finish (the estimate's own parts: start-up, training with its
+  validations and saves, the step-cost timing after it);
+- evaluation: each eval/<label>/<task>/scores.json's duration_s, shared evenly where several target × tasks
+  ran at once (a one-pass evaluation: its `concurrent`), summed over the run's targets and tasks; predicted:
+  the evaluation on loaded weights (estimate.eval_seconds);
+- peak memory: summary.json's peak against the simulated one, compared only like with like (a GPU's reserved
+  peak; a CPU run's resident memory is shown, not judged);
+- makespan: the first job's submission (ledger table jobs), else the first training start, to the last
+  training end or scores.json written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tunelab.ledger import store
+from tunelab.report.data import ReportData, RunData
+from tunelab.rundir.memory import MemoryKind
+from tunelab.rundir.scores import read_scores
+
+OVERRUN_MARGIN = 0.25  # a measured figure more than 25 % over its prediction is an overrun
+JUDGED_MEMORY = (MemoryKind.CUDA_MAX_RESERVED, MemoryKind.NVML_USED)  # comparable with the simulated peak
+
+
+@dataclass(frozen=True)
+class Check:
+    """One predicted figure against its measurement."""
+
+    what: str  # training, evaluation, peak memory, makespan
+    predicted: float | None
+    measured: float | None
+    unit: str  # s or GiB
+    source: str = ""  # where the prediction came from
+    judged: bool = True  # False: shown only (not like with like)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.predicted is None or self.measured is None or self.predicted <= 0:
+            return None
+        return self.measured / self.predicted
+
+    @property
+    def overran(self) -> bool:
+        return self.judged and self.ratio is not None and self.ratio > 1 + OVERRUN_MARGIN
+
+
+@dataclass
+class RunChecks:
+    """Every check of one run, and the causes found for its overruns."""
+
+    run: RunData
+    checks: list[Check]
+    causes: dict[str, list[str]] = field(default_factory=dict)  # check's `what` -> likely causes, largest first
+
+
+@dataclass
+class SweepChecks:
+    runs: list[RunChecks]
+    totals: list[Check]  # training and evaluation summed, the makespan
+    causes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def measured_training_s(run: RunData) -> float | None:
+    s = run.summary
+    if s.duration_s is None:
+        return None
+    return round((s.startup_s or 0.0) + s.duration_s + (s.finish_s or 0.0), 3)
+
+
+def eval_shares(run: RunData) -> list[tuple[str, str, float, int]]:
+    """(label, task, seconds this target × task accounts for, target × tasks sharing its wall time)."""
+    return [(s.label, s.task, s.duration_s / max(1, s.concurrent or 1), s.concurrent or 1)
+            for s in read_scores(run.run_dir)]
+
+
+def measured_eval_s(run: RunData) -> float | None:
+    shares = eval_shares(run)
+    return round(sum(s for _, _, s, _ in shares), 3) if shares else None
+
+
+def run_checks(run: RunData) -> RunChecks:
+    est = run.config.estimate
+    checks = []
+    if run.config.kind == "finetune":
+        checks.append(Check("training", est.seconds if est else None, measured_training_s(run), "s",
+                            est.time_source if est else "no estimate in run.yaml"))
+    checks.append(Check("evaluation", est.eval_seconds if est else None, measured_eval_s(run), "s",
+                        est.eval_time_source if est else "no estimate in run.yaml"))
+    if run.config.kind == "finetune":
+        kind = run.summary.memory_kind
+        checks.append(Check("peak memory", est.peak_memory_gib if est else None, run.summary.peak_memory_gib, "GiB",
+                            (est.memory_source if est else "") + (f"; measured: {kind}" if kind else ""),
+                            judged=kind in JUDGED_MEMORY))
+    return RunChecks(run, checks)
+
+
+def parse_time(iso: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None
+
+
+def submissions(data: ReportData) -> dict[tuple[str, str], datetime]:
+    """(run, job kind) -> its first submission (ledger table jobs; empty for a ledger without one)."""
+    out: dict[tuple[str, str], datetime] = {}
+    for row in store.query(data.experiment_dir, "SELECT run, kind, submitted_at FROM jobs ORDER BY id"):
+        when = parse_time(row["submitted_at"])
+        if when is not None:
+            out.setdefault((row["run"], row["kind"]), when)
+    return out
+
+
+def measured_makespan_s(data: ReportData, submitted: dict[tuple[str, str], datetime]) -> float | None:
+    """First submission (or training start) to the last training end or evaluation written."""
+    starts = [t for t in submitted.values()]
+    starts += [t for r in data.runs if (t := parse_time(r.status.first_started_at or r.status.started_at))]
+    ends = [t for r in data.runs if (t := parse_time(r.status.finished_at))]
+    ends += [t for r in data.all for s in read_scores(r.run_dir) if (t := parse_time(s.evaluated_at))]
+    if not starts or not ends:
+        return None
+    return round((max(ends) - min(starts)).total_seconds(), 1)
+
+
+def _total(what: str, runs: list[RunChecks]) -> Check:
+    pairs = [(c.predicted, c.measured) for r in runs for c in r.checks if c.what == what and c.measured is not None]
+    if not pairs or any(p is None for p, _ in pairs):
+        return Check(what, None, sum(m or 0.0 for _, m in pairs) if pairs else None, "s", "a run without a prediction")
+    return Check(what, round(sum(p or 0.0 for p, _ in pairs), 1), round(sum(m or 0.0 for _, m in pairs), 1), "s",
+                 "the runs' predictions, summed")
+
+
+def sweep_checks(data: ReportData, submitted: dict[tuple[str, str], datetime]) -> SweepChecks:
+    """Every run's checks, their totals and the makespan (causes: report/overruns.py's with_causes)."""
+    runs = [run_checks(r) for r in data.all]
+    est = next((r.config.estimate for r in data.all if r.config.estimate is not None), None)
+    span = Check("makespan", est.makespan_s if est else None, measured_makespan_s(data, submitted), "s",
+                 est.makespan_source if est else "no estimate in run.yaml")
+    return SweepChecks(runs, [_total("training", runs), _total("evaluation", runs), span])
