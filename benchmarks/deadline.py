@@ -204,9 +204,9 @@ def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
         print(f"| {way} | sweep (makespan) | | " + " | ".join(f"{a:.1f} | {b:.1f} | {_err(a, b)}" for a, b in figures)
               + " |")
         sweeps[way] = {"train": figures[0][1], "eval": figures[1][1], "makespan": figures[2][1]}
-    b, a = sweeps["before"], sweeps["auto"]
-    print(f"\nmeasured before ÷ auto: training {round(b['train'], 1) / round(a['train'], 1):.2f}, evaluation "
-          f"{round(b['eval'], 1) / round(a['eval'], 1):.2f}, makespan {round(b['makespan'], 1) / round(a['makespan'], 1):.2f}")
+    ratios = {k: round(sweeps["before"][k], 1) / round(sweeps["auto"][k], 1) for k in ("train", "eval", "makespan")}
+    print(f"\nmeasured before ÷ auto: training {ratios['train']:.2f}, evaluation {ratios['eval']:.2f}, "
+          f"makespan {ratios['makespan']:.2f}")
     return sweeps
 
 
@@ -221,10 +221,11 @@ def print_parts(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
             ("training past the start + saves", sum((r.train_s or 0.0) + r.saves_s for r in lines),
              sum(m["train_s"] - (m["startup_s"] or 0.0) for m in runs),
              f"{lines[0].train_source}; saves: {lines[0].saves_source}", "job wall − start-up"),
-            ("evaluation start + load", sum(r.eval_start_s for r in lines), sum(m["eval_s"] - m["scored_s"] for m in runs),
+            ("evaluation start + load", sum(r.eval_start_s for r in lines),
+             sum(m["eval_s"] - m["scored_s"] for m in runs),
              lines[0].eval_start_source, "eval wall − scores.json duration_s"),
             ("evaluation on loaded weights", sum(r.eval_s or 0.0 for r in lines), sum(m["scored_s"] for m in runs),
-             lines[0].eval_source, "scores.json duration_s"),
+             lines[0].eval_source, "scores.json duration_s (the first task's load included)"),
         ]
         print(f"\n{way}, the sweep's parts: predicted s, measured s, error — predicted from | measured as")
         for name, pred, meas, source, how in parts:
@@ -247,7 +248,8 @@ def print_batches_and_losses(plans: dict[str, Any], measured: dict[str, dict[str
 
 
 def print_plans(plans: dict[str, Any], probed: dict[str, list[str]], probe_s: float) -> None:
-    print(f"probed first (tunelab probe, {probe_s:.1f} s): " + "; ".join(f"{w}: {', '.join(s)}" for w, s in probed.items()))
+    shapes = "; ".join(f"{w}: {', '.join(s)}" for w, s in probed.items())
+    print(f"probed first (tunelab probe, {probe_s:.1f} s): {shapes}")
     for way in WAYS:
         d = plans[way].deadline
         print(f"{way}: deadline {d.deadline}, verdict {d.verdict.value}, predicted makespan {d.makespan_s:.1f} s on "

@@ -150,6 +150,7 @@ def measure(exp: str, one_pass: bool) -> dict[str, Any]:
     from tunelab.evaluate.sweep import evaluate_experiment
 
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded = dict(WEIGHT_LOADS)  # a fork inherits its parent's counts (a test process may have loaded weights)
     printed = io.StringIO()
     cpu0, t0 = _cpu_s(), time.perf_counter()
     done = evaluate_experiment(exp, force=True, console=Console(file=printed, width=200), ingest=False,
@@ -164,8 +165,8 @@ def measure(exp: str, one_pass: bool) -> dict[str, Any]:
     batches = [line for line in printed.getvalue().splitlines() if "batches" in line]
     return {"wall_s": wall, "cpu_s": cpu, "samples": sum(len(v) for v in answers.values()), "answers": answers,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "start_rss_mib": start_rss / 1024, "base_loads": WEIGHT_LOADS["base"],
-            "adapter_loads": WEIGHT_LOADS["adapter"], "batches": batches}
+            "start_rss_mib": start_rss / 1024, "base_loads": WEIGHT_LOADS["base"] - loaded.get("base", 0),
+            "adapter_loads": WEIGHT_LOADS["adapter"] - loaded.get("adapter", 0), "batches": batches}
 
 
 def _cpu_s() -> float:

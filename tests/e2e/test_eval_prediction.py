@@ -58,14 +58,24 @@ def test_probe_records_generation_speed_and_predictions_use_it(write_spec, tiny_
     assert row.prefill_tokens_per_s and row.prefill_tokens_per_s > 0 and row.batch_size == 16
     speed = row.speed()
     assert speed is not None and speed.decode_fixed_s + 16 * speed.decode_row_s > 0
-    # the probe's speed prices a generation timed here independently within a factor of 4 (a shared CPU: a formula
-    # off by the batch or the steps would be 12 or 16 × off; the probe's own timings are each a best of 3)
+    # the probe's speed prices a generation timed here independently within a factor of 6. A formula off by the
+    # batch or the steps is 12 or 16 × off every time; this shared CPU's bursts (other jobs, seconds long) slow
+    # some of a probe's timings now and then (seen: 4–12 × under a load of 5 on 2 cores, 1–2 × when quiet): a
+    # probe that disagrees is repeated, at most twice
     batch, prompt, new = 16, 40, 12
-    measured = _hf_generation_s(tiny_model, batch, prompt, new)
-    step = speed.decode_fixed_s + batch * speed.decode_row_s
-    priced = batch * prompt / speed.prefill_tokens_per_s + (new - 1) * step
-    print(f"probe prices {priced:.3f} s, transformers alone took {measured:.3f} s")
-    assert measured / 4 < priced < measured * 4, (priced, measured)
+    seen = []
+    for _ in range(3):
+        measured = _hf_generation_s(tiny_model, batch, prompt, new)
+        step = speed.decode_fixed_s + batch * speed.decode_row_s
+        priced = batch * prompt / speed.prefill_tokens_per_s + (new - 1) * step
+        seen.append((round(priced, 3), round(measured, 3)))
+        if measured / 6 < priced < measured * 6:
+            break
+        assert runner.invoke(app, ["probe", str(spec)]).exit_code == 0
+        [row] = generation.load()  # the new probe replaced the row
+        speed = row.speed()
+        assert speed is not None
+    assert measured / 6 < priced < measured * 6, seen  # (probe's price, transformers alone) per attempt
     got = predict_eval_time(model=tiny_model, gpu=None, samples=32, prompt_tokens=[prompt] * 32, max_tokens=new,
                             batch_size=batch, task="caps")
     assert got.source == EvalSource.PROBED and got.batches == 2 and got.decode_steps == 2 * new

@@ -4,6 +4,7 @@ fresh machine has a measured time for every run; `tunelab history` shows the row
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -25,7 +26,9 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
     before = make_plan(spec)
     assert all(e.seconds is None and e.time_source.startswith("none") for e in before.estimates.values())
 
+    started = time.monotonic()
     res = runner.invoke(app, ["probe", str(spec), "--json"])
+    probe_wall_s = time.monotonic() - started
     assert res.exit_code == 0, res.output
     assert res.stderr.count("probe ") == 2 and "probe 2/2" in res.stderr  # a progress line per shape, on stderr
     assert "tokens/s on cpu" in res.stderr
@@ -39,6 +42,7 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
     for e in after.estimates.values():
         assert e.seconds is not None and e.seconds > 0
         assert e.time_source.startswith("history: ") and "probed run(s) of this model on cpu" in e.time_source
+        assert "start-up (assumed)" not in e.time_source  # the probe's processes measured their start-up
     assert "without a time estimate" not in render_plan_md(after)
 
     out = runner.invoke(app, ["history", "--json"])
@@ -49,6 +53,7 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         # 8 rows of the capitalization set's 27 tokens each (its words are of one length: no padding)
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 8 * 27 and str(spec) in r["origin_where"]
         assert r["lora_rank"] in (4, 8) and r["batch_size"] == 8
+        assert 0 < r["startup_s"] < probe_wall_s  # its process's age once its trainer was built, within the command
     # the probe trained in scratch run dirs (runs/.probe-SHAPE, next to where the runs will be): all gone
     assert (spec.parent / "runs").is_dir() and not list((spec.parent / "runs").glob(".probe-*"))
 

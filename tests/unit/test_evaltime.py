@@ -133,10 +133,12 @@ def test_fit_separates_fixed_and_per_row_decode_cost():
     assert again.generation == speed  # the probe's results.json carries it
 
 
-def test_eval_time_limit_is_the_worst_case_times_the_margin():
-    assert eval_time_limit(10.0) == "00:15:00"  # 10 × 1.5 + 300 s → 15 min, rounded up to 15
-    assert eval_time_limit(1000.0) == "00:30:00"  # 1500 + 300 = 1800 s
-    assert eval_time_limit(3000.0) == "01:30:00"  # 4500 + 300 = 4800 s = 80 min → 90
+def test_eval_time_limit_is_the_worst_case_times_the_margin_of_its_source():
+    assert eval_time_limit(10.0, EvalSource.HISTORY) == "00:15:00"  # 10 × 1.5 + 300 s → 15 min, rounded up to 15
+    assert eval_time_limit(1000.0, EvalSource.HISTORY) == "00:30:00"  # 1500 + 300 = 1800 s
+    assert eval_time_limit(3000.0, EvalSource.HISTORY) == "01:30:00"  # 4500 + 300 = 4800 s = 80 min → 90
+    assert eval_time_limit(3000.0, EvalSource.PROBED) == "01:45:00"  # 6000 + 300 = 6300 s = 105 min
+    assert eval_time_limit(3000.0, EvalSource.ASSUMED) == "02:45:00"  # 9000 + 300 = 9300 s = 155 min → 165
 
 
 def test_generation_table_round_trip_and_an_old_history_file_gains_it(tmp_path):
@@ -155,8 +157,8 @@ def test_generation_table_round_trip_and_an_old_history_file_gains_it(tmp_path):
 
 
 def _expected_limit(upper_s: float) -> str:
-    """The rule worked by hand: × 1.5 + 5 min, rounded up to a quarter hour."""
-    quarters = -(-(upper_s * 1.5 + 300) // 900)
+    """The rule worked by hand for an assumed speed: × 3 + 5 min, rounded up to a quarter hour."""
+    quarters = -(-(upper_s * 3 + 300) // 900)
     minutes = int(quarters * 15)
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 

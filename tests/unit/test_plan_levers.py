@@ -27,19 +27,16 @@ def fresh_history(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def write_spec(tmp_path, tiny_model, caps_dataset):
+def write_spec(tmp_path, spec_in):
     """write_spec(training=..., **top) -> experiment.yaml: the suite's tiny spec with no factors and no micro-batch
     of its own (so a lever may choose it), the training fields given set."""
     import yaml
 
-    from conftest import base_spec
-
     def write(training: dict | None = None, **top) -> Path:
-        spec = base_spec(tiny_model, caps_dataset, **top)
+        path = spec_in(tmp_path / "exp", **top)
+        spec = yaml.safe_load(path.read_text())
         spec["factors"] = top.get("factors", {})
         spec["training"] = {k: v for k, v in spec["training"].items() if k != "batch_size"} | (training or {})
-        path = tmp_path / "exp" / "experiment.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         return path
 

@@ -1,6 +1,6 @@
 """A run's evaluation, predicted: every target (checkpoint) × task priced by estimate/evaltime.py and summed,
 with the weights' load once per target and a Slurm limit from the worst case (every batch decoding to
-max_tokens) × the stated margin. Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
+max_tokens) × the margin of its weakest source (estimate/evaltime.py EVAL_TIME_MARGINS). Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
 evaluation job's limit and the report's predicted-vs-measured check read it.
 
 The samples a built-in task evaluates come from the plan's measured split rows (`split_rows`: plan.planner's
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunelab.catalog import GPU
-from tunelab.estimate.evaltime import EVAL_TIME_MARGIN, EvalSource, eval_time_limit, predict_eval_time
+from tunelab.estimate.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
@@ -35,6 +35,7 @@ class RunEvalPrediction:
     source: EvalSource | None  # the weakest source of its tasks
     detail: str
     targets: int
+    samples: int = 0  # samples of one target, every task
 
     @property
     def total_s(self) -> float | None:
@@ -42,7 +43,8 @@ class RunEvalPrediction:
 
     def into(self, est: RunEstimate) -> RunEstimate:
         """The estimate with the prediction in its eval_* fields (a copy)."""
-        limit = eval_time_limit(self.upper_s) if self.upper_s is not None else None
+        known = self.upper_s is not None and self.source is not None
+        limit = eval_time_limit(self.upper_s or 0.0, self.source or EvalSource.ASSUMED) if known else None
         return est.model_copy(update=dict(
             eval_seconds=self.seconds, eval_load_s=self.load_s, eval_upper_s=self.upper_s,
             eval_source=self.source.value if self.source else "", eval_time_source=self.detail,
@@ -74,6 +76,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         generation = load()
     targets = eval_targets(cfg)
     seconds = upper = load_s = 0.0
+    samples = 0
     sources: list[EvalSource] = []
     details: list[str] = []
     for task in cfg.eval.resolved_tasks():
@@ -84,6 +87,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         rows = split_rows(on).get(task.split, ())
         limit = task.limit or cfg.eval.limit
         rows = rows[:limit] if limit else rows
+        samples += len(rows)
         got = predict_eval_time(
             model=cfg.model.path, gpu=gpu, samples=len(rows), prompt_tokens=[a for _, a in rows],
             answer_tokens=[max(0, n - a) for n, a in rows], max_tokens=task.max_tokens or cfg.eval.max_tokens,
@@ -94,5 +98,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         sources.append(got.source)
         details.append(f"{task.name}: {got.detail}")
     weakest = max(sources, key=lambda s: _RANK[s]) if sources else None
-    detail = "; ".join(dict.fromkeys(details)) + f" (limit: worst case × {EVAL_TIME_MARGIN:g} + 5 min)"
-    return RunEvalPrediction(round(seconds, 3), round(load_s, 3), round(upper + load_s, 3), weakest, detail, targets)
+    margin = EVAL_TIME_MARGINS[weakest] if weakest else None
+    detail = "; ".join(dict.fromkeys(details)) + (f" (limit: worst case × {margin:g} + 5 min)" if margin else "")
+    return RunEvalPrediction(round(seconds, 3), round(load_s, 3), round(upper + load_s, 3), weakest, detail, targets,
+                             samples)

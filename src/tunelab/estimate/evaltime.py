@@ -19,6 +19,7 @@ apart, because one load serves every task of a target (and a one-pass evaluation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,7 +28,7 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.runs import ASSUMED_STARTUP_S, TIME_LIMIT_MARGIN, device_key, slurm_time_limit
+from tunelab.estimate.runs import ASSUMED_STARTUP_S, device_key
 from tunelab.estimate.speed import DEFAULT_MFU
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
@@ -42,7 +43,6 @@ ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and deco
 # until an evaluation of the model and task is in the history, whose measured time includes it
 SAMPLE_OVERHEAD_S = 0.015
 HISTORY_ROWS = 3  # the most recent measured evaluations of a model + task that calibrate a prediction
-EVAL_TIME_MARGIN = TIME_LIMIT_MARGIN  # an evaluation job's limit: upper_s × margin + 5 min, rounded up to 15 min
 
 
 class EvalSource(StrEnum):
@@ -51,6 +51,12 @@ class EvalSource(StrEnum):
     HISTORY = "history"
     PROBED = "probed"
     ASSUMED = "assumed"
+
+
+# An evaluation job's limit: its worst case × the margin of the prediction's source + 5 min, rounded up to a quarter
+# hour. The less of it was measured, the wider: an assumed speed can be several times off (a decode step's loop
+# overhead is a guess), a probed one misses the evaluator's own work, the history has seen this very task.
+EVAL_TIME_MARGINS = {EvalSource.HISTORY: 1.5, EvalSource.PROBED: 2.0, EvalSource.ASSUMED: 3.0}
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,11 @@ def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[G
         upper_s=round(prefill + upper_gen + overhead, 3), decode_steps=steps, batches=batches, speed=speed)
 
 
-def eval_time_limit(seconds: float) -> str:
-    """A Slurm limit for an evaluation job predicted to take `seconds` at worst: × EVAL_TIME_MARGIN + 5 min,
-    rounded up to 15 minutes (the training limit's rule, estimate/runs.py)."""
-    return slurm_time_limit(seconds)
+def eval_time_limit(seconds: float, source: EvalSource) -> str:
+    """A Slurm limit for an evaluation job predicted to take `seconds` at worst: × the source's margin
+    (EVAL_TIME_MARGINS) + 5 min, rounded up to 15 minutes (as the training limit, estimate/runs.py)."""
+    minutes = math.ceil((seconds * EVAL_TIME_MARGINS[source] + 300) / 60 / 15) * 15
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def _architecture(model: str) -> Architecture | None:

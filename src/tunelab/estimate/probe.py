@@ -87,7 +87,8 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         memory_kind=result.memory_kind, steps=len(result.points), recorded_at=history.now_iso(),
         dtype=_probed_dtype(t, result), processes=1, **history.training_memory_fields(t),
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
-        missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch)
+        missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch,
+        startup_s=result.startup_s)
 
 
 def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from tunelab.catalog import GPU, resolve_architecture
+from tunelab.estimate.evalrun import EVAL_BATCH
 from tunelab.estimate.memory import DTYPE_BYTES, full_module_params, lora_params
 from tunelab.fsutil import human_seconds
 from tunelab.models.vlm import is_vision_language
@@ -30,7 +31,6 @@ SAVED_BYTES_PER_PARAM = 12  # fp32 trainable weight + AdamW's two fp32 moments
 MTBI_SCHEDULER_S = 8 * 3600.0  # assumed: mean time between interruptions (preemption, node failure) of a job
 MTBI_LOCAL_S = 24 * 3600.0  # assumed: the same for a local process
 PACKING_GAIN = 0.05  # packing is proposed when it raises the non-pad share of tokens by at least this
-EVAL_BATCH = 16  # the batch evaluation generates with (evaluate/provider.py DEFAULT_BATCH_SIZE)
 EVAL_BATCH_LIMIT = 256
 
 

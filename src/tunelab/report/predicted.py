@@ -9,8 +9,8 @@ Measured figures, each from one file:
 - evaluation: each eval/<label>/<task>/scores.json's duration_s, shared evenly where several target × tasks
   ran at once (a one-pass evaluation: its `concurrent`), summed over the run's targets and tasks; predicted:
   the evaluation on loaded weights (estimate.eval_seconds);
-- peak memory: summary.json's peak against the simulated one, compared only like with like (a GPU's reserved
-  peak; a CPU run's resident memory is shown, not judged);
+- peak memory: summary.json's peak against the simulated one, judged on a GPU only (an allocated peak is never
+  above the reserved one the prediction is, so one over it overran); a CPU run's resident memory is shown;
 - makespan: the first job's submission (ledger table jobs), else the first training start, to the last
   training end or scores.json written.
 """
@@ -26,7 +26,9 @@ from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.scores import read_scores
 
 OVERRUN_MARGIN = 0.25  # a measured figure more than 25 % over its prediction is an overrun
-JUDGED_MEMORY = (MemoryKind.CUDA_MAX_RESERVED, MemoryKind.NVML_USED)  # comparable with the simulated peak
+# measured peaks judged against the simulated one (reserved + CUDA context): a GPU's reserved or NVML figure, and its
+# allocated peak too — never above reserved, so one 25 % over the prediction is an overrun for certain
+JUDGED_MEMORY = (MemoryKind.CUDA_MAX_RESERVED, MemoryKind.NVML_USED, MemoryKind.CUDA_MAX_ALLOCATED)
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ class RunEstimate(_Record):
                                        "load included, s: what its time limit allows for.")
     eval_source: str = Field("", description="Where the evaluation's speed came from: history, probed or assumed.")
     eval_time_source: str = Field("", description="The evaluation's source in words.")
-    eval_slurm_time_limit: str | None = Field(None, description="eval_upper_s × margin, rounded up: the Slurm "
+    eval_slurm_time_limit: str | None = Field(None, description="eval_upper_s × the margin of its source (history "
+                                              "1.5, probed 2, assumed 3) + 5 min, rounded up to 15 min: the Slurm "
                                               "evaluation job's limit when slurm.eval_time_limit is unset.")
     makespan_s: float | None = Field(None, description="The plan's predicted wall time of the whole sweep, s (the "
                                      "same in every run of a plan; the report checks it).")

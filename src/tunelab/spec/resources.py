@@ -63,7 +63,7 @@ class SlurmSpec(_Strict):
     cpus_per_task: int | None = Field(None, ge=1)
     mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="e.g. '32G'.")
     time_limit: TimeLimit = Field(None, description="Training job limit; default: the plan's estimate, else 4 h.")
-    eval_time_limit: TimeLimit = Field(None, description="Evaluation job limit; default 1 h.")
+    eval_time_limit: TimeLimit = Field(None, description="Evaluation job limit; default: the plan's predicted evaluation time (its worst case × a margin by source, + 5 min), else 1 h.")
     modules: list[str] = Field(default_factory=list, description="`module load` these in every job.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before tunelab, e.g. activating an env.")
     extra_sbatch: list[str] = Field(default_factory=list, description="Extra '#SBATCH' options, e.g. '--exclusive'.")

@@ -23,7 +23,7 @@ GENERATE_TOKENS = 16  # decode steps timed per batch
 PROMPT_TOKENS = 128  # a prompt's tokens (at most half the run's max_seq_len)
 # each timing is the best of REPEATS runs at least, more while under TIMING_S (at most MAX_REPEATS): the first call
 # of a shape warms kernels and caches, and on a shared CPU only the fastest run shows the generation itself
-REPEATS, TIMING_S, MAX_REPEATS = 3, 1.0, 20
+REPEATS, TIMING_S, MAX_REPEATS = 3, 2.0, 50
 
 
 def time_generation(cfg: RunConfig, device: str) -> GenerationSpeed:

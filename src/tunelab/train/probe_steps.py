@@ -32,6 +32,7 @@ from tunelab.rundir.probe import GenerationSpeed, ProbePoint, ProbeResult, Probe
 from tunelab.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
+from tunelab.train.metrics import process_age_s
 from tunelab.train.step_cost import time_real_steps
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
@@ -82,6 +83,7 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     cuda = torch.cuda.is_available()
     device = DeviceMemory.start(cuda)  # before the model: the NVML baseline, then the context
     trainer, _, _ = build_trainer(pcfg)
+    startup = process_age_s()  # as a run measures its start-up: the process's age when it could take a step
     if steps:
         inject_oom_fault(b)
     trainer.train()
@@ -102,6 +104,7 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
     result.max_micro_batch, result.steps = largest, trace
+    result.startup_s = round(startup, 3) if startup is not None else None
     result.nvml_used_gib, result.cuda_context_gib = _gib(used), _gib(device.context_gib)
     result.cuda_context_after_gib = _gib(context)
     if trace:  # tokens/s over every timed step, not the fastest one
