@@ -356,6 +356,9 @@ def _run_all(out: Path, n: int, short: bool, seed: int) -> int:
         faults += group
     tried = [f for f in faults if f.fired or f.problems]
     survived = sum(not f.problems for f in tried)
+    for kind in sorted({(f.stage, f.kind) for f in tried}):  # one line per kind of fault
+        of_kind = [f for f in tried if (f.stage, f.kind) == kind]
+        print(f"kind {kind[0]}/{kind[1]}: survived {sum(not f.problems for f in of_kind)}/{len(of_kind)}")
     unreached = len(faults) - len(tried)
     print(f"time: {time.monotonic() - t0:.0f} s")
     print(f"replanned kill points (not reached, nothing lost): {sum(len(f.unreached) for f in faults)}")
