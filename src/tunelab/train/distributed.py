@@ -89,3 +89,15 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def close_process_group() -> None:
+    """End a worker's process group once every rank has finished (no-op on a single process). Left to interpreter
+    exit, gloo's threads can be torn down while still joinable: the C++ runtime aborts the process (SIGABRT,
+    "terminate called without an active exception") after training completed, and the launcher reports the run
+    failed — seen once on the two-node Slurm run."""
+    if is_initialized():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()

@@ -25,7 +25,7 @@ from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
-from tunelab.train.distributed import is_worker
+from tunelab.train.distributed import close_process_group, is_worker
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.nodes import node_place
@@ -51,6 +51,7 @@ def train_job(run_yaml: Path) -> None:
     if is_worker():
         die_with_launcher()
         train(cfg)
+        close_process_group()
         return
     import torch
 
