@@ -216,10 +216,10 @@ def arm(fault: Fault, rng: random.Random, setup: Setup, run_dir: Path) -> None:
 
 
 def reachable_report_kinds(report_dir: Path) -> list[str]:
-    """The report's kill points that `tunelab report` will reach now. Figures are drawn on every build; report.md
-    and report.html are written only when their text changed (fsutil.atomic_write_text leaves a file that holds
-    it alone), and the report stage runs after every evaluation, so a file a killed build already published
-    will not be written again."""
+    """The report's kill points that `tunelab report` surely reaches now. Figures are drawn on every build;
+    report.md and report.html are written only when their text changed (fsutil.atomic_write_text leaves a file
+    that holds it alone): once a killed build published one, a rebuild writes it again only if the minute in its
+    "Generated" line moved on (the report stage runs after every evaluation), so no kill is planned there."""
     return [kind for kind in REPORT_KINDS
             if kind == "figure" or not (report_dir / f"report.{'md' if kind == 'markdown' else kind}").is_file()]
 
