@@ -9,11 +9,13 @@ run's measured start-up, else the history's on this device, else assumed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunelab.catalog import GPU
 from tunelab.estimate.evalrun import SplitRows, predict_run_eval
 from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
@@ -34,10 +36,11 @@ class EvalCost:
 
 
 def eval_cost(cfg: RunConfig, gpu: GPU | None, history: list[HistoryRun], split_rows: SplitRows,
-              estimate: RunEstimate | None) -> EvalCost:
+              estimate: RunEstimate | None, generation: Sequence[GenerationRow] | None = None) -> EvalCost:
     """Every target × task of the run (estimate/evalrun.py, the prediction scaffold writes into run.yaml), with
-    the evaluation job's start; None seconds when a task is unpriced (a task file's samples)."""
-    predicted = predict_run_eval(cfg, gpu, split_rows, history)
+    the evaluation job's start; None seconds when a task is unpriced (a task file's samples). `generation`: the
+    history's generation speeds (None: read here)."""
+    predicted = predict_run_eval(cfg, gpu, split_rows, history, generation)
     return EvalCost(predicted.seconds, predicted.detail, predicted.targets, len(cfg.eval.resolved_tasks()),
                     predicted.samples, *job_start(estimate, history, gpu))
 

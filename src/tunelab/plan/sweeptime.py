@@ -13,6 +13,7 @@ from tunelab.catalog import GPU
 from tunelab.estimate.gpus import NodeSize
 from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device
+from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.plan.evalcost import SplitRows, eval_cost, job_start
@@ -40,6 +41,7 @@ class Sweep:
     node: NodeSize
     levered: bool = False  # some run's levers chose its settings
     history: list[HistoryRun] | None = None  # None: the user's history, loaded here
+    generation: list[GenerationRow] | None = None  # the history's generation speeds; None: loaded here
     spec_path: Path = Path("experiment.yaml")  # what errors name
 
 
@@ -49,7 +51,7 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
     history = plan.history or []
     speed = est or next((e for r in plan.runs if r.model.path == cfg.model.path
                          and (e := plan.estimates.get(r.name)) is not None), None)
-    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed)
+    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed, plan.generation)
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
                        eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
@@ -107,10 +109,11 @@ def sweep_deadline(spec: ExperimentSpec, given: str | None) -> tuple[str | None,
 
 def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows) -> DeadlinePlan:
     """The verdict on the plan's runs against `deadline`."""
-    if plan.history is None:
-        from tunelab.ledger import history
+    from tunelab.ledger import generation, history
 
-        plan = replace(plan, history=history.load())
+    # read once for every run's timeline (each run's evaluation prices its tasks with them)
+    plan = replace(plan, history=history.load() if plan.history is None else plan.history,
+                   generation=generation.load() if plan.generation is None else plan.generation)
     lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
