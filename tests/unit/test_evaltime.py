@@ -12,7 +12,6 @@ import pytest
 from tunelab.catalog import KNOWN_MODELS
 from tunelab.estimate.evaltime import (
     ASSUMED_CPU_BANDWIDTH_GBS,
-    ASSUMED_CPU_FLOPS,
     ASSUMED_LAYER_STEP_S,
     SAMPLE_OVERHEAD_S,
     EvalSource,
@@ -97,10 +96,15 @@ def test_a_probe_of_another_model_or_device_is_not_used():
     arch = KNOWN_MODELS[MODEL]
     got = predict_eval_time(model=MODEL, gpu=None, samples=2, prompt_tokens=[100, 100], max_tokens=10, batch_size=2,
                             generation=[probed(model="qwen3-0.6b"), probed(device="NVIDIA H100 80GB HBM3")])
-    assert got.source == EvalSource.ASSUMED and "FLOPs" in got.detail
-    # FLOPs model on a CPU: 2N FLOPs per token at ASSUMED_CPU_FLOPS; a decode step reads 4N bytes (fp32) and
-    # runs the loop's own work per layer
-    per_token = 2 * arch.parameters / ASSUMED_CPU_FLOPS
+    assert got.source == EvalSource.TIMED and "FLOPs" in got.detail and "timed here" in got.detail
+    # FLOPs model on a CPU: 2N FLOPs per token at the rate timed on this CPU (a matmul at the model's hidden size,
+    # cached: the same figure the prediction read) × the share a model reaches; a decode step reads 4N bytes
+    # (fp32) and runs the loop's own work per layer
+    from tunelab.estimate.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
+
+    rate = cpu_flops(arch.hidden, None) * MATMUL_EFFICIENCY
+    assert f"{rate / 1e9:,.1f} GFLOP/s" in got.detail
+    per_token = 2 * arch.parameters / rate
     fixed = 4 * arch.parameters / (ASSUMED_CPU_BANDWIDTH_GBS * 1e9) + arch.layers * ASSUMED_LAYER_STEP_S
     assert got.prefill_s == pytest.approx(200 * per_token, rel=1e-3)
     assert got.generation_s == pytest.approx(10 * (fixed + 2 * per_token), rel=1e-3)
@@ -175,7 +179,7 @@ def test_slurm_evaluation_and_node_jobs_take_their_limit_from_the_prediction(wri
     for cfg in (run, control):
         est = cfg.estimate
         assert est is not None and est.eval_seconds and est.eval_upper_s and est.eval_upper_s > est.eval_seconds
-        assert est.eval_source == "assumed" and est.eval_slurm_time_limit == _expected_limit(est.eval_upper_s)
+        assert est.eval_source == "timed" and est.eval_slurm_time_limit == _expected_limit(est.eval_upper_s)
         assert f"#SBATCH --time={est.eval_slurm_time_limit}\n" in (cfg.run_dir / "eval.sbatch").read_text()
     assert run.estimate is not None and run.estimate.eval_slurm_time_limit != "01:00:00"
     # a node job: its runs' training limits placed on the node, plus its longest evaluation's limit

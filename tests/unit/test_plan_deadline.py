@@ -1,5 +1,5 @@
 """The deadline: a typed duration in the spec (file + field errors) and on the command line, the verdict on a
-sweep placed on its devices (fits, fits without the margin, does not fit with what would have to give, unknown),
+sweep placed on its devices (fits at P90, fits at P50 only, does not fit with what would have to give, unknown),
 and `plan --deadline --json` end to end through the CLI."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.execute.schedule import Device
-from tunelab.plan.deadline import MARGIN, DeadlineVerdict, RunTimeline, judge
+from tunelab.plan.deadline import DeadlineVerdict, RunTimeline, judge
 from tunelab.spec import load_spec
 from tunelab.spec.resources import parse_duration
 
@@ -45,22 +45,33 @@ def test_a_bad_deadline_in_the_spec_names_the_file_and_the_field(write_spec):
         load_spec(write_spec(training={"levers": "sometimes"}))
 
 
-def _line(name: str, total: float | None, kind: str = "finetune", train: float = 0.0, evaluation: float = 0.0
-          ) -> RunTimeline:
+def _line(name: str, total: float | None, kind: str = "finetune", train: float = 0.0, evaluation: float = 0.0,
+          spread: float = 0.0) -> RunTimeline:
+    """A run whose parts sum to `total`; its P10–P90 is total × (1 ∓ spread)."""
     return RunTimeline(run=name, kind=kind, train_s=train, eval_s=evaluation, eval_start_s=0.0, total_s=total,
+                       total_p10_s=None if total is None else total * (1 - spread),
+                       total_p90_s=None if total is None else total * (1 + spread),
                        train_source="test", eval_source="test")
 
 
-def test_a_sweep_that_fits_with_its_margin_and_one_without():
-    lines = [_line("a", 100.0, train=100.0), _line("b", 60.0, train=60.0), _line("c", 40.0, train=40.0)]
+def test_a_sweep_that_fits_at_p90_and_one_that_fits_only_at_p50():
+    lines = [_line("a", 100.0, train=100.0, spread=0.2), _line("b", 60.0, train=60.0, spread=0.2),
+             _line("c", 40.0, train=40.0, spread=0.2)]
     devices = [Device("0"), Device("1")]
     d = judge("4m", 240.0, lines, devices, "two GPUs")
-    # longest first on two devices: a on 0 (0-100), b on 1 (0-60), c on 1 (60-100): makespan 100
-    assert d.makespan_s == 100.0 and d.verdict == DeadlineVerdict.FITS and d.slack_s == 140.0
+    # longest first on two devices: a on 0 (0-100), b on 1 (0-60), c on 1 (60-100): makespan 100; at P90 every
+    # run 1.2x: 120, at P10 0.8x: 80; slack is the deadline less the P90
+    assert d.makespan_s == 100.0 and d.verdict == DeadlineVerdict.FITS and d.slack_s == 120.0
+    assert (d.makespan_p10_s, d.makespan_p90_s) == (pytest.approx(80.0), pytest.approx(120.0))
     assert {r.run: (r.devices, r.start_s) for r in d.runs} == {"a": (["0"], 0.0), "b": (["1"], 0.0),
                                                                 "c": (["1"], 60.0)}
-    tight = judge("x", 100.0 * (1 + MARGIN / 2), lines, devices, "two GPUs")
-    assert tight.verdict == DeadlineVerdict.NO_MARGIN and not tight.gives
+    tight = judge("x", 110.0, lines, devices, "two GPUs")  # 100 at P50 fits, 120 at P90 does not
+    assert tight.verdict == DeadlineVerdict.FITS_P50 and tight.slack_s == pytest.approx(-10.0)
+    # what would have to give aims at the P90: dropping a (120 at P90) leaves b + c = 100 x 1.2 = 120 on one... no:
+    # b and c on two devices: 72 at P90 <= 110
+    gives = {g.what: g for g in tight.gives}
+    assert gives["runs"].change.endswith(": a") and gives["runs"].makespan_s == pytest.approx(72.0)
+    assert judge("x", 99.0, lines, devices, "two GPUs").verdict == DeadlineVerdict.DOES_NOT_FIT
 
 
 def test_a_sweep_that_does_not_fit_says_what_would_have_to_give():
@@ -104,5 +115,11 @@ def test_plan_with_a_deadline_end_to_end(write_spec, tmp_path):
     assert split["value"] == "8 × 1 × 1" and "batch_size set in the spec is kept" in split["why"]  # it wins
     md = (spec.parent / "plan.md").read_text()
     assert "## Deadline" in md and "**Deadline 90m:" in md and "### Levers" in md
+    # a CPU plan with no history still answers: the run shapes timed here, each time with its interval
+    assert d["verdict"] != "unknown" and d["makespan_p10_s"] < d["makespan_s"] < d["makespan_p90_s"]
+    est = out["estimates"]["tiny_r4"]
+    assert est["time_kind"] == "timed" and "timed here" in est["time_source"]
+    assert est["time_range"]["p10_s"] < est["seconds"] < est["time_range"]["p90_s"]
+    assert "P10–P90" in md
     bad = runner.invoke(app, ["plan", str(spec), "--deadline", "6 hours", "--json"])
     assert bad.exit_code == 1 and "--deadline" in bad.stderr and "6 hours" in bad.stderr

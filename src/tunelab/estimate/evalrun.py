@@ -14,15 +14,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunelab.catalog import GPU
+from tunelab.estimate.interval import ranged_eval
+from tunelab.estimate.speedhistory import device_key
 from tunelab.estimate.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.predictions import PredictionRecord
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.estimate import RunEstimate, TimeRange
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
-_RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.ASSUMED: 2}
+_RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.TIMED: 2, EvalSource.ASSUMED: 3}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class RunEvalPrediction:
     detail: str
     targets: int
     samples: int = 0  # samples of one target, every task
+    raw_seconds: float | None = None  # before the source's recorded errors corrected it
+    range: TimeRange | None = None  # the interval of `seconds`
 
     @property
     def total_s(self) -> float | None:
@@ -48,7 +53,7 @@ class RunEvalPrediction:
         return est.model_copy(update=dict(
             eval_seconds=self.seconds, eval_load_s=self.load_s, eval_upper_s=self.upper_s,
             eval_source=self.source.value if self.source else "", eval_time_source=self.detail,
-            eval_slurm_time_limit=limit))
+            eval_slurm_time_limit=limit, eval_raw_s=self.raw_seconds, eval_range=self.range))
 
 
 def eval_targets(cfg: RunConfig) -> int:
@@ -67,13 +72,19 @@ def eval_targets(cfg: RunConfig) -> int:
 
 
 def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, history: Sequence[HistoryRun] = (),
-                     generation: Sequence[GenerationRow] | None = None,
-                     batch_size: int = EVAL_BATCH) -> RunEvalPrediction:
-    """The run's evaluation: each task once per target; `generation` None reads the history's rows."""
+                     generation: Sequence[GenerationRow] | None = None, batch_size: int = EVAL_BATCH,
+                     errors: Sequence[PredictionRecord] | None = None) -> RunEvalPrediction:
+    """The run's evaluation: each task once per target, corrected by its source's recorded errors on this device
+    (`errors`, the history's prediction records), with its interval; `generation`/`errors` None read the
+    history's rows."""
     if generation is None:
         from tunelab.ledger.generation import load
 
         generation = load()
+    if errors is None:
+        from tunelab.ledger import predictions
+
+        errors = predictions.load()
     targets = eval_targets(cfg)
     seconds = upper = load_s = 0.0
     samples = 0
@@ -100,5 +111,11 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     weakest = max(sources, key=lambda s: _RANK[s]) if sources else None
     margin = EVAL_TIME_MARGINS[weakest] if weakest else None
     detail = "; ".join(dict.fromkeys(details)) + (f" (limit: worst case × {margin:g} + 5 min)" if margin else "")
+    if batch_size == EVAL_BATCH:
+        detail += f"; batches of {EVAL_BATCH} (evaluation's default)"
+    raw, span = round(seconds, 3), None
+    if weakest is not None and seconds > 0:
+        seconds, span, note = ranged_eval(seconds, weakest.value, errors, device_key(gpu))
+        detail += f"; {note}" if note else ""
     return RunEvalPrediction(round(seconds, 3), round(load_s, 3), round(upper + load_s, 3), weakest, detail, targets,
-                             samples)
+                             samples, raw, span)

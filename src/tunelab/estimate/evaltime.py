@@ -28,14 +28,14 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.runs import ASSUMED_STARTUP_S, device_key
+from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.estimate.speedhistory import device_key
 from tunelab.estimate.speed import DEFAULT_MFU
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
 
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (estimate/runs.py VALIDATION_COST)
-ASSUMED_CPU_FLOPS = 2e10  # a CPU's sustained FLOP/s for the FLOPs model when nothing measured it
 ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight
 ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and decode step (kernel launches, Python)
 # inspect-ai's own work per sample (its solver, scorer, transcript and log; tunelab's prompt encoding): measured
@@ -50,13 +50,14 @@ class EvalSource(StrEnum):
 
     HISTORY = "history"
     PROBED = "probed"
+    TIMED = "timed"  # this CPU's speed timed by the plan (estimate/cpuspeed.py), carried by FLOPs
     ASSUMED = "assumed"
 
 
 # An evaluation job's limit: its worst case × the margin of the prediction's source + 5 min, rounded up to a quarter
 # hour. The less of it was measured, the wider: an assumed speed can be several times off (a decode step's loop
 # overhead is a guess), a probed one misses the evaluator's own work, the history has seen this very task.
-EVAL_TIME_MARGINS = {EvalSource.HISTORY: 1.5, EvalSource.PROBED: 2.0, EvalSource.ASSUMED: 3.0}
+EVAL_TIME_MARGINS = {EvalSource.HISTORY: 1.5, EvalSource.PROBED: 2.0, EvalSource.TIMED: 3.0, EvalSource.ASSUMED: 3.0}
 
 
 @dataclass(frozen=True)
@@ -246,12 +247,12 @@ def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Genera
         return speed, EvalSource.PROBED, (
             f"probed on {work.device} ({probed[-1].recorded_at}): prefill {speed.prefill_tokens_per_s:,.0f} tokens/s, "
             f"decode step {speed.decode_fixed_s * 1e3:.2f} ms + {speed.decode_row_s * 1e3:.2f} ms per row")
-    speed, detail = _assumed_speed(work, gpu, history, arch)
-    return speed, EvalSource.ASSUMED, detail
+    speed, detail = _assumed_speed(work, gpu, history, arch, cpu_threads)
+    return speed, EvalSource.TIMED if detail.startswith("timed") else EvalSource.ASSUMED, detail
 
 
 def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
-                   arch: Architecture | None) -> tuple[GenerationSpeed, str]:
+                   arch: Architecture | None, cpu_threads: int | None = None) -> tuple[GenerationSpeed, str]:
     """From a measured training step of this model on this device (a forward = a third of a step), else FLOPs."""
     trained = [r for r in history if r.per_token_s and _same_device(r.device, gpu) and _same_architecture(r, arch)]
     if trained:
@@ -262,17 +263,25 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
                                 decode_row_s=per_token),
                 f"assumed from training ({row.kind} run {row.run}): a forward = {FORWARD_SHARE:.2f} of its step")
     params = arch.parameters if arch is not None else 1e9
-    flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU if gpu is not None else ASSUMED_CPU_FLOPS
+    if gpu is not None:
+        flops, where = gpu.bf16_tflops * 1e12 * DEFAULT_MFU, f"{gpu.name} at {DEFAULT_MFU:.0%} MFU (assumed)"
+    else:  # this CPU's speed timed here (estimate/cpuspeed.py), the same measurement training's plan takes
+        from tunelab.estimate.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
+
+        flops = cpu_flops(arch.hidden if arch is not None else 1024, cpu_threads) * MATMUL_EFFICIENCY
+        where = f"this CPU (timed here: {flops / 1e9:,.1f} GFLOP/s at {MATMUL_EFFICIENCY:.0%} of a matmul's, assumed)"
     weight_bytes = params * (2 if gpu is not None else 4)
     bandwidth = (gpu.bandwidth_gbs if gpu is not None else ASSUMED_CPU_BANDWIDTH_GBS) * 1e9
     per_token = 2 * params / flops
-    where = gpu.name if gpu is not None else f"a CPU ({ASSUMED_CPU_FLOPS / 1e9:.0f} GFLOP/s)"
     layers = arch.layers if arch is not None else 32
+    size = (f"{params / 1e6:,.1f}M parameters" if arch is not None else
+            "1,000M parameters and 32 layers (assumed: the model's config is unreadable)")
+    memory = f"{gpu.bandwidth_gbs:,.0f} GB/s" if gpu is not None else f"{ASSUMED_CPU_BANDWIDTH_GBS:g} GB/s (assumed)"
     return (GenerationSpeed(prefill_tokens_per_s=1 / per_token,
                             decode_fixed_s=weight_bytes / bandwidth + layers * ASSUMED_LAYER_STEP_S,
                             decode_row_s=per_token),
-            f"assumed: FLOPs of {params / 1e6:,.1f}M parameters on {where}, a decode step reading every weight "
-            f"+ {ASSUMED_LAYER_STEP_S * 1e3:.1f} ms per layer")
+            f"{'timed' if gpu is None else 'assumed'}: FLOPs of {size} on {where}, a decode step reading every "
+            f"weight at {memory} + {ASSUMED_LAYER_STEP_S * 1e3:.1f} ms per layer (assumed)")
 
 
 def _load_seconds(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],

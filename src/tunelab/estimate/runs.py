@@ -16,123 +16,17 @@ from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requ
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
-from tunelab.estimate.speed import (
-    DEFAULT_MFU,
-    SCALING_EFFICIENCY,
-    dense_attention_flops,
-    flops_per_token,
-    model_tokens_per_s,
-)
+from tunelab.estimate.speed import SCALING_EFFICIENCY
+from tunelab.estimate.speedhistory import Speed, comparable_rows, origin_kind, speed_from_history
 from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.spec import Strategy, TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
-# Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
-# input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
-RECOMPUTE_FACTOR = 1.5
-
-
-def device_key(gpu: GPU | None) -> str:
-    return gpu.name if gpu else "cpu"
-
-
-def _same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
-    dev = (row.device or "").lower()
-    if gpu is None:
-        return dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
-    stem = gpu.name.split("-")[0].lower()
-    return stem in dev.replace(" ", "") and dev != "cpu"
-
-
-def _same_model(row: HistoryRun, arch: Architecture) -> bool:
-    return (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
-
-
-def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]:
-    """The past runs closest in tokens per optimizer step (throughput depends on it)."""
-    def dist(r: HistoryRun) -> float:
-        return abs(math.log((r.tokens_per_step or 1) / max(tokens_per_step, 1)))
-
-    best = min(dist(r) for r in rows)
-    return [r for r in rows if dist(r) <= best + 0.1]
-
-
-def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
-    """Rows whose recorded shape matches what speed depends on beyond tokens: gradient checkpointing (a
-    recomputed forward) and LoRA targets. A row that did not record a field is kept (unknown is not different)."""
-    return [r for r in rows
-            if (r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing)
-            and (r.lora_targets is None or r.lora_targets == t.lora_targets_text)]
-
-
-def _kinds(rows: list[HistoryRun]) -> str:
-    """'2 probed', '1 measured + 1 ingested': how the rows an estimate rests on were obtained."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " run(s)"
-
-
-def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
-    # history keeps hidden, not heads × head_dim: equal for the families in the catalog
-    return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
-
-
-def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
-                     micro_batches: int | None = None) -> float:
-    """Step time from a measured run's fixed + per-token split, carried to another model and batch:
-    the per-token part scales with FLOPs per token, the fixed part with the number of layers and, given
-    `micro_batches` (the accumulation), with the micro-batches an optimizer step runs (each a forward and a
-    backward of its own: the row's fixed part was measured over its own accumulation)."""
-    if row.per_token_s is None:
-        raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
-    row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
-    per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
-    fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
-    if micro_batches is not None:
-        fixed *= micro_batches / (row.gradient_accumulation_steps or 1)
-    return fixed + per_token * tokens_per_step
-
-
-def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
-                       history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
-                       recompute: bool = False) -> tuple[float | None, str, list[HistoryRun]]:
-    """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
-    part of a split row is paid per micro-batch); recompute: gradient checkpointing, priced by the FLOPs model
-    (history rows are compared like with like, `comparable_rows`)."""
-    on_device = [r for r in history if _same_device(r, gpu, cpu_threads) and r.tokens_per_s]
-    same = [r for r in on_device if _same_model(r, arch)]
-    split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
-    if split:
-        near = _nearest(split, tokens_per_step)
-        tps = median(tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches)
-                     for r in near)
-        what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
-        return tps, f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token step cost)", near
-    if same:
-        near = _nearest(same, tokens_per_step)
-        tps = median(r.tokens_per_s for r in near if r.tokens_per_s is not None)  # on_device: all have one
-        return tps, f"history: {_kinds(near)} of this model on {device_key(gpu)}", near
-    if on_device:
-        near = _nearest(on_device, tokens_per_step)
-        ref = near[0]
-        if ref.tokens_per_s is not None:  # always: on_device keeps only rows with a throughput
-            # dense FLOPs per token ∝ parameters (4N for LoRA): scale the measured throughput by it
-            tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
-            return tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token", near
-    if gpu is not None:
-        modelled = model_tokens_per_s(arch, gpu, seq_len)
-        if modelled and recompute:
-            return (modelled / RECOMPUTE_FACTOR, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}, gradient "
-                    f"checkpointing ×{RECOMPUTE_FACTOR:g} (a recomputed forward: 6N vs 4N FLOPs per token)", [])
-        if modelled:
-            return modelled, f"model: FLOPs at {DEFAULT_MFU:.0%} MFU of {gpu.name}", []
-    return None, "none: no history on this device and no FLOPs peak for it", []
 
 
 def _training(cfg: RunConfig) -> TrainingConfig:
@@ -227,7 +121,8 @@ def choose_strategy(distributed: str, processes: int, full_peak_gib: float | Non
 
 
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
-               t: Any, val_lengths: list[int]) -> tuple[float, float | None, str]:
+               t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None
+               ) -> tuple[float, float | None, str]:
     """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
     start-up and finish, from the reference runs when they measured them."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
@@ -243,9 +138,17 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
     startups = [r.startup_s for r in refs if r.startup_s is not None]
     if startups:
         startup = median(startups)
+    elif not refs and timed_start is not None:
+        startup = timed_start[0]
+        time_source += f" + {timed_start[1]}"
     elif not refs:
         startup = ASSUMED_STARTUP_S
         time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
+    if fracs:
+        time_source += " + validation and saves as the reference runs measured them"
+    elif t.validation_every_steps:
+        time_source += (f" + {n_val} validation(s) at a forward = {VALIDATION_COST:.2f} of a training step "
+                        "(assumed)")
     finishes = [r.finish_s for r in refs if r.finish_s is not None]
     finish = median(finishes) if finishes else 0.0
     return round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1), startup, time_source
@@ -265,6 +168,16 @@ class RunTime:
     startup_s: float | None
     source: str
     processes: int
+    kind: SourceKind = SourceKind.ASSUMED  # the speed's
+    startup_kind: SourceKind = SourceKind.ASSUMED
+    spread: float = 0.0
+    contention: str = ""
+
+
+def startup_kind(refs: list[HistoryRun]) -> SourceKind:
+    """The kind of a start-up taken from these rows (assumed without any that measured it)."""
+    timed = [r for r in refs if r.startup_s is not None]
+    return origin_kind(timed) if timed else SourceKind.ASSUMED
 
 
 def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
@@ -287,12 +200,26 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     tokens_mb = step_shape(t.batch_size, t.max_seq_len, t.packing, max(lengths)).tokens
     tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
-    tps, source, refs = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t),
-                                           cpu_threads, t.gradient_accumulation_steps, t.gradient_checkpointing)
+    speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
+                               t.gradient_accumulation_steps, t.gradient_checkpointing)
+    if speed.tokens_per_s is None and gpu is None:
+        from tunelab.estimate.cpuspeed import timed_cpu_speed
+
+        timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
+        speed = Speed(timed.tokens_per_s, timed.source, [], SourceKind.TIMED, timed.spread)
+    tps, source, refs = speed.tokens_per_s, speed.source, speed.rows
     seconds = startup = None
+    timed_start = None
+    if speed.kind == SourceKind.TIMED:
+        from tunelab.estimate.cpuspeed import timed_startup
+
+        timed_start = timed_startup(cfg.model.path, arch.parameters)
     if tps:
-        seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths)
-    return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc)
+        seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
+                                              timed_start)
+    kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
+    return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
+                   kind, speed.spread, speed.contention)
 
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
@@ -335,4 +262,9 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         effective_batch=t.effective_batch_size(nproc),
         scaling_efficiency=efficiency if nproc > 1 else None,
         train_tokens=round(time.train_tokens),
+        time_kind=time.kind.value if seconds is not None else "",
+        startup_kind=time.startup_kind.value if time.startup_s is not None else "",
+        time_spread=round(time.spread, 4),
+        seconds_raw=seconds,
+        startup_raw_s=round(time.startup_s, 1) if time.startup_s is not None else None,
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from tunelab.catalog import GPU
 from tunelab.estimate.runs import estimate_run, slurm_time_limit
-from tunelab.rundir.estimate import RunEstimate, StageEstimate
+from tunelab.rundir.estimate import RunEstimate, SourceKind, StageEstimate
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.spec.resources import Strategy
@@ -29,6 +29,9 @@ def estimate_any_run(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history:
     """The run's estimate: estimate_run on the run itself, or on each stage and combined."""
     parts = [estimate_run(part, gpu, *lengths(part), history, cpu_threads) for part in stage_runs(cfg)]
     return combine_stages(cfg, parts) if cfg.stages else parts[0]
+
+
+_KIND_ORDER = ["", *SourceKind]
 
 
 def _worst(parts: list[RunEstimate]) -> RunEstimate:
@@ -81,6 +84,12 @@ def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
         effective_batch=worst.effective_batch,
         scaling_efficiency=worst.scaling_efficiency,
         train_tokens=sum(p.train_tokens for p in parts),
+        # the weakest stage's kind prices the whole (its interval is the widest)
+        time_kind=max((p.time_kind for p in parts), key=lambda k: _KIND_ORDER.index(k)) if seconds is not None else "",
+        startup_kind=next((p.startup_kind for p in parts if p.startup_kind), ""),
+        time_spread=max(p.time_spread for p in parts),
+        seconds_raw=seconds,
+        startup_raw_s=round(sum(s for s in startups if s is not None), 1) if None not in startups else None,
         stages=[StageEstimate(name=s.name, dataset=s.dataset.name, steps=p.steps, train_tokens=p.train_tokens,
                               tokens_per_microbatch=p.tokens_per_microbatch, peak_memory_gib=p.peak_memory_gib,
                               seconds=p.seconds, time_source=p.time_source) for s, p in zip(cfg.stages, parts)],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-from tunelab.ledger import generation, history
+from tunelab.ledger import generation, history, predictions
 from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
@@ -212,12 +212,14 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
     if state == COMPLETED and summary is not None and cfg.kind == "finetune":
         # later plans, in any experiment, learn from every completed run
         history.record([history.from_run_dir(cfg, summary)])
+        predictions.record(predictions.training_records(cfg, summary))  # the loop closed: each part's error
     _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
     kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
     scores = read_scores(cfg.run_dir)
     _put_evals(conn, cfg.name, cfg.run_dir, scores)
     # later predictions of evaluation time learn from every finished evaluation's throughput
     generation.record([row for s in scores if (row := generation.measured_row(cfg.run_dir, s)) is not None])
+    predictions.record(predictions.eval_records(cfg, scores, summary))
     return state
 
 

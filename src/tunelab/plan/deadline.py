@@ -1,12 +1,13 @@
 """The deadline verdict: does the whole sweep — training with the chosen levers, evaluation of every target ×
-task, each job's start and model load — fit the wall-clock budget on the devices it may use?
+task, each job's start and model load — fit the wall-clock budget on the devices it may use, and how surely?
 
 Each run is one job's worth of time on its devices: training (the plan's estimate, plus its mid-epoch saves),
 then the evaluation job's start and its targets × tasks. The runs are placed longest first by the scheduler
-the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan. It fits with
-its margin, fits without it, does not fit — then what would have to give: the runs to drop, the share of
-epochs or of evaluation samples that would fit —, or cannot be told (a figure not predicted). Every figure
-names its source.
+the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan — three times:
+with every part at its P10, its median and its P90 (estimate/interval.py; the parts' errors taken as going the
+same way, as one machine's load slows them all). It fits at P90, fits at P50 but not at P90, does not fit — then
+what would have to give for the P90 to fit: the runs to drop, the share of epochs or of evaluation samples —,
+or cannot be told (a figure not predicted). Every figure names its source.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from pydantic import BaseModel, Field
 
 from tunelab.execute.schedule import Device, RunNeed, forecast
 
-MARGIN = 0.10  # a sweep fits when its makespan × (1 + MARGIN) is within the deadline
 SEARCH_STEPS = 30  # bisection steps of a fraction (epochs, eval samples) that fits
 
 
 class DeadlineVerdict(StrEnum):
-    """fits (with the margin), fits without the margin, does not fit, unknown (a figure is not predicted)."""
+    """fits at P90 (nine times in ten), fits at P50 but not at P90, does not fit (not even at P50), unknown (a
+    figure is not predicted)."""
 
     FITS = "fits"
-    NO_MARGIN = "fits_without_margin"
+    FITS_P50 = "fits_at_p50"
     DOES_NOT_FIT = "does_not_fit"
     UNKNOWN = "unknown"
 
@@ -53,6 +54,8 @@ class RunTimeline(BaseModel):
     eval_targets: int = Field(0, description="Checkpoints (or models) evaluated.")
     eval_samples: int = Field(0, description="Samples of one target over all tasks.")
     total_s: float | None = Field(None, description="train start + train + saves + eval start + eval, s.")
+    total_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
+    total_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
     devices: list[str] = Field([], description="Where the forecast places it.")
     start_s: float | None = Field(None, description="When it starts in the forecast, s.")
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
@@ -71,10 +74,11 @@ class DeadlinePlan(BaseModel):
 
     deadline: str = Field(description="The deadline as given ('6h').")
     deadline_s: float = Field(description="The deadline, s.")
-    margin: float = Field(MARGIN, description="The share of the makespan kept in reserve.")
-    verdict: DeadlineVerdict = Field(description="fits, fits_without_margin, does_not_fit or unknown.")
-    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep, s.")
-    slack_s: float | None = Field(None, description="deadline − makespan, s (negative: over).")
+    verdict: DeadlineVerdict = Field(description="fits (at P90), fits_at_p50, does_not_fit or unknown.")
+    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50), s.")
+    makespan_p10_s: float | None = Field(None, description="The makespan with every part at its P10, s.")
+    makespan_p90_s: float | None = Field(None, description="The makespan with every part at its P90, s.")
+    slack_s: float | None = Field(None, description="deadline − P90 makespan, s (negative: over at P90).")
     longest_run_s: float | None = Field(None, description="The longest run's time: no placement goes below it.")
     devices: list[str] = Field([], description="The devices runs are placed on.")
     devices_source: str = Field("", description="Where the devices came from (visible GPUs, slurm.pack_gpus, …).")
@@ -83,6 +87,14 @@ class DeadlinePlan(BaseModel):
     unknown: list[str] = Field([], description="Runs whose time is not predicted, and why.")
     gives: list[GiveOption] = Field([], description="Where it does not fit: what would have to give.")
     notes: list[str] = Field([], description="What the forecast leaves out.")
+
+
+def p10(r: RunTimeline) -> float | None:
+    return r.total_p10_s if r.total_p10_s is not None else r.total_s
+
+
+def p90(r: RunTimeline) -> float | None:
+    return r.total_p90_s if r.total_p90_s is not None else r.total_s
 
 
 def makespan(lines: list[RunTimeline], devices: list[Device], per_device: int,
@@ -104,32 +116,48 @@ def judge(deadline: str, deadline_s: float, lines: list[RunTimeline], devices: l
                if r.total_s is None]
     unknown += [f"{name}: needs more devices than the sweep may use" for name in schedule.unplaceable]
     span = schedule.makespan_s if not unknown else None
-    out = DeadlinePlan(deadline=deadline, deadline_s=deadline_s, verdict=_verdict(span, deadline_s),
-                       makespan_s=span, slack_s=round(deadline_s - span, 1) if span is not None else None,
+    low = makespan(lines, devices, per_device, p10) if span is not None else None
+    high = makespan(lines, devices, per_device, p90) if span is not None else None
+    out = DeadlinePlan(deadline=deadline, deadline_s=deadline_s, verdict=_verdict(span, high, deadline_s),
+                       makespan_s=span, makespan_p10_s=low, makespan_p90_s=high,
+                       slack_s=round(deadline_s - high, 1) if high is not None else None,
                        longest_run_s=max((r.total_s for r in lines if r.total_s is not None), default=None),
                        devices=[d.id for d in devices], devices_source=devices_source, runs_per_device=per_device,
                        runs=lines, unknown=unknown, notes=list(notes or []))
-    if out.verdict == DeadlineVerdict.DOES_NOT_FIT:
+    if out.verdict in (DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.FITS_P50):
         out.gives = what_gives(lines, devices, per_device, deadline_s)
     return out
 
 
-def _verdict(span: float | None, deadline_s: float) -> DeadlineVerdict:
-    if span is None:
+def _verdict(span: float | None, high: float | None, deadline_s: float) -> DeadlineVerdict:
+    if span is None or high is None:
         return DeadlineVerdict.UNKNOWN
-    if span * (1 + MARGIN) <= deadline_s:
+    if high <= deadline_s:
         return DeadlineVerdict.FITS
-    return DeadlineVerdict.NO_MARGIN if span <= deadline_s else DeadlineVerdict.DOES_NOT_FIT
+    return DeadlineVerdict.FITS_P50 if span <= deadline_s else DeadlineVerdict.DOES_NOT_FIT
 
 
 def what_gives(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
                ) -> list[GiveOption]:
     """Three ways to fit (each alone): drop the longest fine-tuned runs, train a share of the epochs, evaluate
-    a share of the samples — each the least change that brings the makespan within the deadline."""
+    a share of the samples — each the least change that brings the P90 makespan within the deadline (each run's
+    parts scaled by its P90 ÷ P50)."""
+    lines = [_at_p90(r) for r in lines]
     gives = [g for g in (_drop_runs(lines, devices, per_device, deadline_s),
                          _fewer_epochs(lines, devices, per_device, deadline_s),
                          _fewer_samples(lines, devices, per_device, deadline_s)) if g is not None]
     return gives
+
+
+def _at_p90(r: RunTimeline) -> RunTimeline:
+    """The run with every part at its P90 (each scaled by the run's P90 ÷ P50)."""
+    if r.total_s is None or r.total_p90_s is None or not r.total_s:
+        return r
+    k = r.total_p90_s / r.total_s
+    return r.model_copy(update=dict(
+        train_start_s=r.train_start_s * k, train_s=None if r.train_s is None else r.train_s * k,
+        saves_s=r.saves_s * k, eval_start_s=r.eval_start_s * k, eval_s=None if r.eval_s is None else r.eval_s * k,
+        total_s=r.total_p90_s))
 
 
 def _drop_runs(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float

@@ -8,8 +8,8 @@ from tunelab.plan.deadline import DeadlinePlan, DeadlineVerdict, RunTimeline
 from tunelab.rundir.estimate import LeverChoice
 
 VERDICT_WORDS = {
-    DeadlineVerdict.FITS: "fits",
-    DeadlineVerdict.NO_MARGIN: "fits, but without the margin",
+    DeadlineVerdict.FITS: "fits at P90",
+    DeadlineVerdict.FITS_P50: "fits at P50, not at P90",
     DeadlineVerdict.DOES_NOT_FIT: "does not fit",
     DeadlineVerdict.UNKNOWN: "cannot be told",
 }
@@ -29,17 +29,18 @@ def verdict_line(d: DeadlinePlan) -> str:
     if d.makespan_s is None:
         return f"{head} — the makespan is not predicted ({len(d.unknown)} run(s) without a time)"
     slack = d.slack_s or 0.0
-    spare = f"{_t(slack)} to spare" if slack >= 0 else f"{_t(-slack)} over"
-    return (f"{head} — predicted makespan {_t(d.makespan_s)} of {_t(d.deadline_s)} ({spare}; margin "
-            f"{d.margin:.0%})")
+    spare = f"{_t(slack)} to spare at P90" if slack >= 0 else f"{_t(-slack)} over at P90"
+    return (f"{head} — predicted makespan {_t(d.makespan_s)} (P10–P90 {_t(d.makespan_p10_s)}–"
+            f"{_t(d.makespan_p90_s)}) of {_t(d.deadline_s)} ({spare})")
 
 
 def _run_row(r: RunTimeline) -> str:
     where = ",".join(r.devices) or "—"
     start = f" ({_t(r.start_s)})" if r.start_s is not None else ""
     train = _t((r.train_s or 0.0) + r.train_start_s if r.train_s is not None else None)
+    span = f" ({_t(r.total_p10_s)}–{_t(r.total_p90_s)})" if r.total_p10_s is not None else ""
     return (f"| {r.run} | {train if r.kind == 'finetune' else '—'} | {_t(r.saves_s) if r.saves_s else '—'} "
-            f"| {_t(r.eval_start_s)} | {_t(r.eval_s)} ({r.eval_targets} target(s)) | {_t(r.total_s)} "
+            f"| {_t(r.eval_start_s)} | {_t(r.eval_s)} ({r.eval_targets} target(s)) | {_t(r.total_s)}{span} "
             f"| {where}{start} |")
 
 
@@ -63,12 +64,17 @@ def deadline_lines(d: DeadlinePlan | None, levers: dict[str, list[LeverChoice]])
     lines = ["## Deadline", "", verdict_line(d), "",
              f"Placed longest first on {d.devices_source}, up to {d.runs_per_device} run(s) per device; each run "
              "is its training, its saves, its evaluation job's start and its evaluation.", "",
-             "| Run | Training | Saves | Eval start | Evaluation | Total | Where (start) |",
+             "| Run | Training | Saves | Eval start | Evaluation | Total (P10–P90) | Where (start) |",
              "|---|---|---|---|---|---|---|"]
     lines += [_run_row(r) for r in d.runs]
     lines += _sources(d)
+    if d.verdict in (DeadlineVerdict.FITS_P50, DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.UNKNOWN) \
+            and any("timed here" in r.train_source or "assumed" in r.train_source for r in d.runs):
+        lines += ["", "`tunelab probe EXPERIMENT.yaml` measures the runs' real steps on this machine and narrows the "
+                  "interval (a timed or assumed speed is wide)."]
     if d.gives:
-        lines += ["", f"What would have to give (each alone; longest run {_t(d.longest_run_s)} is the floor):", ""]
+        lines += ["", f"What would have to give for the P90 to fit (each alone; longest run {_t(d.longest_run_s)} "
+                  "is the floor):", ""]
         lines += [f"- {g.what}: {g.change} → makespan {_t(g.makespan_s)}" for g in d.gives]
     elif d.verdict == DeadlineVerdict.DOES_NOT_FIT:
         lines += ["", f"Nothing short of fewer runs fits: the longest run alone takes {_t(d.longest_run_s)}."]

@@ -10,6 +10,7 @@ from tunelab.fsutil import human_seconds
 from tunelab.plan.deadline_md import deadline_lines
 from tunelab.plan.images import image_lines
 from tunelab.plan.storage import storage_lines
+from tunelab.rundir.estimate import RunEstimate
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -55,11 +56,33 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:.1f}" if e and e.peak_memory_gib is not None
                                else "—"),
-            "est. time": (human_seconds(e.seconds) if e and e.seconds else "—") if t else "eval only",
+            "est. time (P10–P90)": time_text(e) if t else "eval only",
         })
         if plan.schedule is not None:
             rows[-1]["where (start)"] = _placement_text(placed.get(r.name))
     return rows
+
+
+def time_text(e: RunEstimate | None) -> str:
+    """A run's predicted time with its interval ('4.1 min (3.0–5.6 min)'), or — without one."""
+    if e is None or not e.seconds:
+        return "—"
+    r = e.time_range
+    return human_seconds(e.seconds) + (f" ({human_seconds(r.p10_s)}–{human_seconds(r.p90_s)})" if r else "")
+
+
+def _basis(e: RunEstimate) -> str:
+    return f"; interval: {e.time_range.basis}" if e.time_range is not None else ""
+
+
+def contention_lines(plan: Plan) -> list[str]:
+    """One line per plan whose times rest on measurements taken under contention, and what it changed."""
+    hit = [e.run for e in plan.estimates.values() if "under contention" in e.time_source]
+    if not hit:
+        return []
+    return [f"{len(hit)} run(s) priced from measurements timed under contention ({', '.join(hit[:4])}"
+            + ("…" if len(hit) > 4 else "") + "): their speed was corrected by the share of the cores they had; "
+            "see each run's time source"]
 
 
 def _placement_text(p) -> str:
@@ -132,7 +155,7 @@ def _estimate_lines(plan: Plan) -> list[str]:
                 f"{e.tokens_per_microbatch:,} | "
                 + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:.1f}" if e.peak_memory_gib is not None else "—")
                 + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
-                f"{human_seconds(e.seconds) if e.seconds else '—'} | {e.time_source} | "
+                f"{time_text(e)} | {e.time_source}{_basis(e)} | "
                 f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
         tot = plan.totals()
         lines += ["", f"**Total:** {human_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"

@@ -318,10 +318,14 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
     from tunelab.estimate.gpus import sized_estimate
     from tunelab.ledger import history
 
-    past = history.load()
+    from tunelab.estimate.ranged import ranged_training
+    from tunelab.ledger import predictions
+
+    past, errors = history.load(), predictions.load()
     threads = cpu_threads() if gpu is None else None
     node = node or NodeSize.assumed()
-    return {cfg.name: sized_estimate(cfg, gpu, measure_lengths, past, node, threads)
+    device = gpu.name if gpu is not None else "cpu"
+    return {cfg.name: ranged_training(sized_estimate(cfg, gpu, measure_lengths, past, node, threads), errors, device)
             for cfg in runs if cfg.training is not None}
 
 

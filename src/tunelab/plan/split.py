@@ -20,7 +20,8 @@ from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import SAFETY_FRACTION
 from tunelab.estimate.peak import MemoryFigure, fits
-from tunelab.estimate.runs import RECOMPUTE_FACTOR, RunTime, device_peak, run_step, run_time
+from tunelab.estimate.runs import RunTime, device_peak, run_step, run_time
+from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR
 from tunelab.fsutil import human_seconds
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig

@@ -5,6 +5,7 @@ concurrent jobs it allows."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,12 +16,14 @@ from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.predictions import PredictionRecord
+from tunelab.estimate.interval import time_range
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.plan.evalcost import SplitRows, eval_cost, job_start
 from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
 from tunelab.plan.split import Lengths
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.estimate import LeverChoice, RunEstimate
+from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
 from tunelab.errors import TunelabError
 from tunelab.spec import ExperimentSpec
 from tunelab.spec.resources import parse_duration
@@ -42,32 +45,43 @@ class Sweep:
     levered: bool = False  # some run's levers chose its settings
     history: list[HistoryRun] | None = None  # None: the user's history, loaded here
     generation: list[GenerationRow] | None = None  # the history's generation speeds; None: loaded here
+    errors: list[PredictionRecord] | None = None  # the history's recorded prediction errors; None: loaded here
     spec_path: Path = Path("experiment.yaml")  # what errors name
 
 
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
     """One run's parts: training and saves (fine-tuned runs), evaluation start and evaluation (every run); a
-    control or eval-only model generates at the speed a fine-tuned run of the same model trains at."""
+    control or eval-only model generates at the speed a fine-tuned run of the same model trains at. Each part
+    has its interval; the run's P10 and P90 are the parts' summed (estimate/interval.py)."""
     history = plan.history or []
     speed = est or next((e for r in plan.runs if r.model.path == cfg.model.path
                          and (e := plan.estimates.get(r.name)) is not None), None)
-    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed, plan.generation)
+    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed, plan.generation, plan.errors)
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
                        eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
                        train_s=0.0, train_source="no training",
                        peak_memory_gib=est.peak_memory_gib if est is not None else None)
+    ranges: list[TimeRange | None] = [ev.start.range(), ev.range]
     if cfg.training is not None:
         line.train_s = est.seconds if est is not None else None
         line.train_source = est.time_source if est is not None else "not estimated"
+        if est is not None:
+            ranges.append(est.time_range or (time_range(est.seconds, SourceKind.ASSUMED) if est.seconds else None))
         if est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
-            line.train_start_s, line.train_start_source = job_start(None, history, plan.gpu)
+            start = job_start(cfg, None, history, plan.gpu)
+            line.train_start_s, line.train_start_source = start.seconds, start.source
+            ranges.append(start.range())
         if est is not None and not cfg.stages:
             saves = mid_epoch_saves(cfg.training, est.seconds, est.steps)
             line.saves_s = round(saves * save_cost_s(cfg), 1)
             line.saves_source = f"{saves} mid-epoch saves (save cost assumed)" if saves else "epoch ends only"
+            ranges.append(time_range(line.saves_s, SourceKind.ASSUMED) if line.saves_s else None)
     if line.train_s is not None and line.eval_s is not None:
         line.total_s = round(line.train_start_s + line.train_s + line.saves_s + line.eval_start_s + line.eval_s, 1)
+        known = [r for r in ranges if r is not None]
+        line.total_p10_s = round(sum(r.p10_s for r in known), 1)
+        line.total_p90_s = round(sum(r.p90_s for r in known), 1)
     return line
 
 
@@ -78,8 +92,9 @@ def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:
         s = res.slurm
         if s is not None and s.pack == "node":
             n = s.pack_gpus if s.pack_gpus is not None else (NODE_JOB_GPUS if plan.gpu is not None else 0)
+            said = "slurm.pack_gpus" if s.pack_gpus is not None else f"assumed: slurm.pack_gpus unset, {NODE_JOB_GPUS}"
             return ([Device(str(i)) for i in range(n)] or [Device("cpu")],
-                    f"a node job's {n} GPUs (slurm.pack_gpus)" if n else "a node job on CPU: one run at a time")
+                    f"a node job's {n} GPUs ({said})" if n else "a node job on CPU: one run at a time")
         cap = (s.array_max_running if s is not None and s.array_max_running else None)
         slots = cap or (s.max_queued if s is not None else 50) // 2
         return ([Device(f"job{i}") for i in range(max(1, slots))],
@@ -109,11 +124,12 @@ def sweep_deadline(spec: ExperimentSpec, given: str | None) -> tuple[str | None,
 
 def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows) -> DeadlinePlan:
     """The verdict on the plan's runs against `deadline`."""
-    from tunelab.ledger import generation, history
+    from tunelab.ledger import generation, history, predictions
 
     # read once for every run's timeline (each run's evaluation prices its tasks with them)
     plan = replace(plan, history=history.load() if plan.history is None else plan.history,
-                   generation=generation.load() if plan.generation is None else plan.generation)
+                   generation=generation.load() if plan.generation is None else plan.generation,
+                   errors=predictions.load() if plan.errors is None else plan.errors)
     lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
@@ -121,6 +137,12 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
     return judge(deadline, deadline_s, lines, devices, source, per_device, notes)
+
+
+def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
+    """The sweep's makespan and its interval without a deadline: the verdict's own forecast (one formula), judged
+    against none."""
+    return deadline_plan(plan, "none", math.inf, split_rows)
 
 
 def fitted_estimates(sweep: Sweep, deadline: tuple[str | None, float | None],

@@ -134,7 +134,30 @@ def sweep_causes(data: ReportData, sweep: SweepChecks, submitted: dict[tuple[str
 def with_causes(data: ReportData, sweep: SweepChecks, submitted: dict[tuple[str, str], datetime]) -> SweepChecks:
     """The sweep's checks with the likely causes of every overrun filled in."""
     for r in sweep.runs:
-        r.causes = {c.what: run_causes(r.run, c) for c in r.checks if c.overran}
+        r.causes = {c.what: run_causes(r.run, c) if c.overran else under_causes(r.run, c)
+                    for c in r.checks if c.outside}
     if sweep.totals[-1].overran:
         sweep.causes["makespan"] = sweep_causes(data, sweep, submitted)
+    elif sweep.totals[-1].underran:
+        sweep.causes["makespan"] = [c for r in sweep.runs for c in
+                                    (f"{r.run.name}'s {k}: {'; '.join(v)}" for k, v in r.causes.items())] or [UNEXPLAINED]
     return sweep
+
+
+def under_causes(run: RunData, check: Check) -> list[str]:
+    """Why a time came in under its interval: what its prediction rested on, against what the run measured."""
+    est, s = run.config.estimate, run.summary
+    out = []
+    source = (est.time_source if check.what == "training" else est.eval_time_source) if est else ""
+    if "under contention" in source or "contended" in source:
+        out.append(f"the prediction rests on measurements timed under contention ({source})")
+    if check.what == "training" and est is not None:
+        if est.startup_s and s.startup_s is not None and s.startup_s < est.startup_s / (1 + OVERRUN_MARGIN):
+            out.append(f"start-up predicted {est.startup_s:.1f} s, measured {s.startup_s:.1f} s ({est.startup_kind})")
+        predicted = (est.tokens_per_s or 0.0) * max(1, est.processes) * (est.scaling_efficiency or 1.0)
+        if predicted and s.tokens_per_s and s.tokens_per_s > predicted * (1 + OVERRUN_MARGIN):
+            out.append(f"training speed under-predicted: {s.tokens_per_s:,.0f} tokens/s measured, {predicted:,.0f} "
+                       f"predicted ({est.time_kind}: {est.time_source})")
+    if check.what == "evaluation" and est is not None and est.eval_source not in ("", "history"):
+        out.append(f"generation speed {est.eval_source}, not measured on this model and task")
+    return out or [UNEXPLAINED]

@@ -1,7 +1,8 @@
 """Predicted, then checked: what the plan predicted of each run and of the sweep (run.yaml's estimate, written
 at scaffold: training time, evaluation time, peak memory, the sweep's makespan) against what the run's files
-and the ledger measured. A figure over its prediction by more than OVERRUN_MARGIN is an overrun; its likely
-causes come from recorded measurements (report/overruns.py), never from a guess.
+and the ledger measured. A time outside its predicted P10–P90 either way is flagged (without an interval: more
+than OVERRUN_MARGIN over or under); its likely causes come from recorded measurements (report/overruns.py),
+never from a guess.
 
 Measured figures, each from one file:
 - training: summary.json's start-up + duration + finish (the estimate's own parts: start-up, training with its
@@ -22,6 +23,7 @@ from datetime import datetime
 
 from tunelab.ledger import store
 from tunelab.report.data import ReportData, RunData
+from tunelab.rundir.estimate import TimeRange
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.scores import read_scores
 
@@ -41,6 +43,7 @@ class Check:
     unit: str  # s or GiB
     source: str = ""  # where the prediction came from
     judged: bool = True  # False: shown only (not like with like)
+    span: TimeRange | None = None  # the prediction's P10–P90 (None: judged by OVERRUN_MARGIN either way)
 
     @property
     def ratio(self) -> float | None:
@@ -50,7 +53,22 @@ class Check:
 
     @property
     def overran(self) -> bool:
-        return self.judged and self.ratio is not None and self.ratio > 1 + OVERRUN_MARGIN
+        """Above its interval's P90 (without one: more than OVERRUN_MARGIN over)."""
+        if not self.judged or self.ratio is None or self.measured is None:
+            return False
+        return self.measured > self.span.p90_s if self.span is not None else self.ratio > 1 + OVERRUN_MARGIN
+
+    @property
+    def underran(self) -> bool:
+        """Below its interval's P10 (without one: under 1 / (1 + OVERRUN_MARGIN) of it): a plan too slow sets time
+        limits, deadlines and packing as wrongly as one too fast."""
+        if not self.judged or self.ratio is None or self.measured is None:
+            return False
+        return self.measured < self.span.p10_s if self.span is not None else self.ratio < 1 / (1 + OVERRUN_MARGIN)
+
+    @property
+    def outside(self) -> bool:
+        return self.overran or self.underran
 
 
 @dataclass
@@ -92,9 +110,11 @@ def run_checks(run: RunData) -> RunChecks:
     checks = []
     if run.config.kind == "finetune":
         checks.append(Check("training", est.seconds if est else None, measured_training_s(run), "s",
-                            est.time_source if est else "no estimate in run.yaml"))
+                            est.time_source if est else "no estimate in run.yaml",
+                            span=est.time_range if est else None))
     checks.append(Check("evaluation", est.eval_seconds if est else None, measured_eval_s(run), "s",
-                        est.eval_time_source if est else "no estimate in run.yaml"))
+                        est.eval_time_source if est else "no estimate in run.yaml",
+                        span=est.eval_range if est else None))
     if run.config.kind == "finetune":
         kind = run.summary.memory_kind
         checks.append(Check("peak memory", est.peak_memory_gib if est else None, run.summary.peak_memory_gib, "GiB",
@@ -132,11 +152,17 @@ def measured_makespan_s(data: ReportData, submitted: dict[tuple[str, str], datet
 
 
 def _total(what: str, runs: list[RunChecks]) -> Check:
-    pairs = [(c.predicted, c.measured) for r in runs for c in r.checks if c.what == what and c.measured is not None]
-    if not pairs or any(p is None for p, _ in pairs):
-        return Check(what, None, sum(m or 0.0 for _, m in pairs) if pairs else None, "s", "a run without a prediction")
-    return Check(what, round(sum(p or 0.0 for p, _ in pairs), 1), round(sum(m or 0.0 for _, m in pairs), 1), "s",
-                 "the runs' predictions, summed")
+    mine = [c for r in runs for c in r.checks if c.what == what and c.measured is not None]
+    if not mine or any(c.predicted is None for c in mine):
+        return Check(what, None, sum(c.measured or 0.0 for c in mine) if mine else None, "s",
+                     "a run without a prediction")
+    span = None
+    if all(c.span is not None for c in mine):
+        span = TimeRange(p10_s=round(sum(c.span.p10_s for c in mine if c.span), 1),
+                         p50_s=round(sum(c.predicted or 0.0 for c in mine), 1),
+                         p90_s=round(sum(c.span.p90_s for c in mine if c.span), 1))
+    return Check(what, round(sum(c.predicted or 0.0 for c in mine), 1), round(sum(c.measured or 0.0 for c in mine), 1),
+                 "s", "the runs' predictions, summed", span=span)
 
 
 def sweep_checks(data: ReportData, submitted: dict[tuple[str, str], datetime]) -> SweepChecks:
@@ -144,5 +170,5 @@ def sweep_checks(data: ReportData, submitted: dict[tuple[str, str], datetime]) -
     runs = [run_checks(r) for r in data.all]
     est = next((r.config.estimate for r in data.all if r.config.estimate is not None), None)
     span = Check("makespan", est.makespan_s if est else None, measured_makespan_s(data, submitted), "s",
-                 est.makespan_source if est else "no estimate in run.yaml")
+                 est.makespan_source if est else "no estimate in run.yaml", span=est.makespan_range if est else None)
     return SweepChecks(runs, [_total("training", runs), _total("evaluation", runs), span])

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.fsutil import human_seconds
 from tunelab.spec.resources import Strategy
 
 
@@ -116,6 +117,47 @@ class DiskEstimate(_Record):
     source: str = Field("", description="How the figures were found, and what is only estimated.")
 
 
+class SourceKind(StrEnum):
+    """How a predicted time was obtained, best first: what its interval's width starts from
+    (estimate/interval.py) and what the history's recorded errors are kept by (ledger/predictions.py)."""
+
+    MEASURED = "measured"  # finished runs (or evaluations) of this model on this device
+    CARRIED = "carried"  # runs of another model or shape on this device, carried over by FLOPs and layers
+    PROBED = "probed"  # `tunelab probe`'s few real steps (or timed generations) of this shape
+    TIMED = "timed"  # the plan's own few seconds of this shape's forward and backward (or a matmul) here
+    MODEL = "model"  # a FLOPs model at an assumed utilisation or bandwidth
+    ASSUMED = "assumed"  # a stated constant
+
+    @classmethod
+    def of_eval_source(cls, source: str) -> "SourceKind":
+        """An evaluation's source (estimate/evaltime.py EvalSource's words) as a kind."""
+        return {"history": cls.MEASURED, "probed": cls.PROBED, "timed": cls.TIMED}.get(source, cls.MODEL)
+
+
+class TimeRange(_Record):
+    """A predicted time as an interval (estimate/interval.py): the P10, P50 and P90 seconds — a measured time
+    falls below P10 or above P90 one time in ten each, if the interval is honest — and what its width rests on."""
+
+    p10_s: float = Field(0.0, description="10th percentile, s.")
+    p50_s: float = Field(0.0, description="Median, s: the prediction itself.")
+    p90_s: float = Field(0.0, description="90th percentile, s.")
+    basis: str = Field("", description="What the width rests on: the source's kind, the spread of its "
+                       "measurements, the recorded errors of that source on this device.")
+
+    def plus(self, other: "TimeRange | None") -> "TimeRange":
+        """Both together, their errors taken as going the same way (one machine's load slows every part alike)."""
+        if other is None:
+            return self
+        return TimeRange(p10_s=round(self.p10_s + other.p10_s, 1), p50_s=round(self.p50_s + other.p50_s, 1),
+                         p90_s=round(self.p90_s + other.p90_s, 1), basis=self.basis)
+
+    def covers(self, seconds: float) -> bool:
+        return self.p10_s <= seconds <= self.p90_s
+
+    def text(self) -> str:
+        return f"{human_seconds(self.p50_s)} (P10–P90 {human_seconds(self.p10_s)}–{human_seconds(self.p90_s)})"
+
+
 class RunEstimate(_Record):
     """Steps, tokens, peak memory, time and a SLURM limit for one run, each with its source."""
 
@@ -169,3 +211,16 @@ class RunEstimate(_Record):
     makespan_s: float | None = Field(None, description="The plan's predicted wall time of the whole sweep, s (the "
                                      "same in every run of a plan; the report checks it).")
     makespan_source: str = Field("", description="Where the makespan came from.")
+    time_kind: str = Field("", description="The kind of the training time's source (estimate/interval.py "
+                           "SourceKind): measured, carried, probed, timed, model or assumed.")
+    startup_kind: str = Field("", description="The kind of the start-up's source.")
+    time_spread: float = Field(0.0, description="The spread of the measurements the speed came from (a log-space "
+                               "standard deviation; 0: one measurement).")
+    seconds_raw: float | None = Field(None, description="The training time before the recorded errors of its "
+                                      "source corrected it, s (what the history compares with the measured "
+                                      "time: corrections never compound).")
+    startup_raw_s: float | None = Field(None, description="The start-up before correction, s.")
+    time_range: TimeRange | None = Field(None, description="The training time's interval (start-up included).")
+    eval_raw_s: float | None = Field(None, description="The evaluation before correction, s.")
+    eval_range: TimeRange | None = Field(None, description="The evaluation's interval (on loaded weights).")
+    makespan_range: TimeRange | None = Field(None, description="The sweep's makespan as an interval.")

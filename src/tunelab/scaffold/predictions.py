@@ -2,18 +2,17 @@
 the jobs (the Slurm evaluation job's limit) and, after the sweep, the report's predicted-vs-measured check read
 the very figures the plan showed: each run's evaluation (estimate/evalrun.py) and the sweep's makespan.
 
-The makespan is the deadline verdict's forecast (training and evaluation placed on the sweep's devices) when
-the plan has one; else the local forecast of the trainings followed by every run's evaluation in turn (what
-`tunelab run` then `tunelab eval` do here); under a scheduler without a deadline it is not predicted (a queue).
+The makespan is the sweep's forecast (plan/sweeptime.py `sweep_forecast`: training and evaluation placed on
+the sweep's devices, with its P10–P90 interval) — the deadline verdict's own when the plan has one: one formula.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.estimate.evalrun import RunEvalPrediction, predict_run_eval
-from tunelab.ledger import generation, history
-from tunelab.rundir.estimate import RunEstimate
+from tunelab.estimate.evalrun import predict_run_eval
+from tunelab.ledger import generation, history, predictions
+from tunelab.rundir.estimate import RunEstimate, TimeRange
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -23,24 +22,26 @@ def with_predictions(plan: Plan) -> dict[str, RunEstimate]:
     """Every run's estimate (a control's made for it) with its evaluation and the sweep's makespan."""
     from tunelab.plan.planner import split_lengths
 
-    past, gen = history.load(), generation.load()
-    evals = {cfg.name: predict_run_eval(cfg, plan.gpu, split_lengths, past, gen) for cfg in plan.runs}
-    span, source = _makespan(plan, evals)
+    past, gen, errors = history.load(), generation.load(), predictions.load()
+    evals = {cfg.name: predict_run_eval(cfg, plan.gpu, split_lengths, past, gen, errors=errors) for cfg in plan.runs}
+    span, source = _makespan(plan)
     out = {}
     for cfg in plan.runs:
         est = plan.estimates.get(cfg.name) or RunEstimate(run=cfg.name)
-        out[cfg.name] = evals[cfg.name].into(est).model_copy(update={"makespan_s": span, "makespan_source": source})
+        out[cfg.name] = evals[cfg.name].into(est).model_copy(update={
+            "makespan_s": span.p50_s if span else None, "makespan_range": span, "makespan_source": source})
     return out
 
 
-def _makespan(plan: Plan, evals: dict[str, RunEvalPrediction]) -> tuple[float | None, str]:
-    deadline = plan.deadline
-    if deadline is not None and deadline.makespan_s is not None:
-        return deadline.makespan_s, f"the deadline verdict's forecast on {deadline.devices_source}"
-    if plan.schedule is None:
-        return None, "not predicted: jobs wait in a scheduler's queue"
-    totals = [e.total_s for e in evals.values()]
-    if plan.schedule.makespan_s is None or None in totals:
-        return None, "not predicted: a run's training or evaluation has no estimate"
-    span = plan.schedule.makespan_s + sum(t or 0.0 for t in totals)
-    return round(span, 1), "the local forecast of the trainings, then every run's evaluation in turn"
+def _makespan(plan: Plan) -> tuple[TimeRange | None, str]:
+    from tunelab.plan.planner import split_lengths
+    from tunelab.plan.sweeptime import Sweep, sweep_forecast
+
+    forecast = plan.deadline or sweep_forecast(Sweep(plan.spec, plan.runs, plan.estimates, plan.gpu, plan.node,
+                                                     levered=bool(plan.levers), spec_path=plan.spec_path),
+                                               split_lengths)
+    if forecast.makespan_s is None or forecast.makespan_p10_s is None or forecast.makespan_p90_s is None:
+        return None, "not predicted: " + "; ".join(forecast.unknown)
+    span = TimeRange(p10_s=forecast.makespan_p10_s, p50_s=forecast.makespan_s, p90_s=forecast.makespan_p90_s,
+                     basis="every run's parts at their P10 / P90, placed as the median is")
+    return span, f"the sweep's forecast on {forecast.devices_source}"

@@ -1,0 +1,167 @@
+"""A plan always answers: with no history and no probe of this CPU, the plan times a few of the run shape's own
+training micro-batches here — the model built from its config.json with random weights (speed does not depend
+on their values), the run's LoRA adapters, its micro-batch of random tokens, forward, backward and AdamW — and
+prices the run at that speed. A large model, whose step would take the plan minutes, gets a matrix product at
+its hidden size instead, priced by the FLOPs model. Either way it is a measurement of this machine (kind
+`timed`), with a wide interval; `tunelab probe` narrows it.
+
+Timings are cached per machine, thread count, model config and shape (diskcache.py), so a second plan does not
+time again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from tunelab.catalog import resolve_architecture
+from tunelab.diskcache import cached_json, file_stamps
+from tunelab.estimate.speed import flops_per_token
+from tunelab.rundir.config import RunConfig
+
+TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
+MIN_STEPS = 3
+MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
+MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
+
+
+@dataclass(frozen=True)
+class TimedSpeed:
+    """Training tokens/s timed on this CPU, in words, and the spread of the timed steps (log-space σ)."""
+
+    tokens_per_s: float
+    source: str
+    spread: float
+
+
+def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
+    """The run shape's training speed on this CPU, timed here."""
+    t = cfg.training
+    assert t is not None
+    arch = resolve_architecture(cfg.model.path)
+    batch = max(1, t.batch_size)
+    seq = max(8, tokens_per_microbatch // batch)
+    key = [socket.gethostname(), os.cpu_count(), threads, file_stamps([f"{cfg.model.path}/config.json"]), batch,
+           seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing]
+    if arch.parameters <= MAX_TIMED_PARAMETERS:
+        got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads))
+        tps = batch * seq / got["median_s"]
+        source = (f"timed here: {got['steps']} training micro-batches of {batch} × {seq} tokens of this model "
+                  f"(random weights, its LoRA) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
+                  f"{got['spread']:.0%}); `tunelab probe` measures the real run")
+        return TimedSpeed(tps, source, got["spread"] / 2)
+    flops = cpu_flops(arch.hidden, threads)
+    rate = flops * MATMUL_EFFICIENCY
+    tps = rate / (flops_per_token(arch, seq) * (1.5 if t.gradient_checkpointing else 1.0))
+    source = (f"timed here: a {arch.hidden}² matrix product ran at {flops / 1e9:,.1f} GFLOP/s; training "
+              f"at {MATMUL_EFFICIENCY:.0%} of it (assumed) over the FLOPs per token; `tunelab probe` measures the "
+              "real run")
+    return TimedSpeed(tps, source, 0.0)
+
+
+def cpu_flops(hidden: int, threads: int | None) -> float:
+    """This CPU's float32 FLOP/s on a product at this hidden size, timed once per machine and thread count."""
+    key = [socket.gethostname(), os.cpu_count(), threads, hidden]
+    return float(cached_json("cpu-matmul", key, lambda: _time_matmul(hidden, threads))["flops"])
+
+
+def _threads(threads: int | None) -> tuple[Any, int]:
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    return torch, before
+
+
+def _time_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, float]:
+    """Median seconds of one micro-batch's forward, backward and optimizer step, and their spread."""
+    with warnings.catch_warnings():
+        return _timed_steps(cfg, batch, seq, threads)
+
+
+def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, float]:
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.models.lora import lora_config
+
+    t = cfg.training
+    assert t is not None
+    torch, before = _threads(threads)
+    try:
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(cfg.model.path)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        if t.gradient_checkpointing:  # transformers' current name where it has one (the old one warns)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            model.enable_input_require_grads()
+        model = get_peft_model(model, lora_config(t.lora_rank, t.effective_lora_alpha, 0.0, t.lora_target_modules,
+                                                  list(t.modules_to_save)))
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ids = torch.randint(0, config.vocab_size, (batch, seq))
+        times: list[float] = []
+        spent = 0.0
+        for i in range(64):
+            t0 = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            took = time.perf_counter() - t0
+            if i:  # the first is warm-up
+                times.append(took)
+                spent += took
+            if len(times) >= MIN_STEPS and spent >= TIME_BUDGET_S:
+                break
+    finally:
+        torch.set_num_threads(before)
+    mid = median(times)
+    return {"median_s": mid, "spread": (max(times) - min(times)) / mid, "steps": len(times)}
+
+
+def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:
+    """FLOP/s of float32 products of 512 × hidden by hidden × hidden matrices."""
+    torch, before = _threads(threads)
+    try:
+        a, b = torch.randn(512, hidden), torch.randn(hidden, hidden)
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < TIME_BUDGET_S / 2:
+            a @ b
+            n += 1
+        seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    return {"flops": 2 * 512 * hidden * hidden * n / seconds}
+
+
+IMPORTED = "torch, transformers, peft, trl, datasets"  # what a training job imports before it loads anything
+ASSUMED_LOAD_GBS = 1.0  # reading a model's weights from disk, GB/s (assumed)
+
+
+def timed_startup(model_path: str, parameters: int) -> tuple[float, str]:
+    """A job's start-up with nothing measured: a fresh interpreter importing the training stack, timed here
+    (cached per machine and versions), plus the model's weights read at ASSUMED_LOAD_GBS."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    def run() -> dict[str, float]:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {IMPORTED}"], check=True, capture_output=True)
+        return {"seconds": time.perf_counter() - t0}
+
+    key = [socket.gethostname(), os.cpu_count(), sys.executable, version("torch"), version("transformers")]
+    imports = float(cached_json("job-imports", key, run)["seconds"])
+    load = parameters * 4 / (ASSUMED_LOAD_GBS * 1e9)
+    return imports + load, (f"start-up: a fresh interpreter importing {IMPORTED} took {imports:.1f} s here, + "
+                            f"{load:.1f} s reading the weights at {ASSUMED_LOAD_GBS:g} GB/s (assumed)")

@@ -1,0 +1,38 @@
+"""Each predicted time of a plan corrected by what its source's earlier predictions measured on this device
+(ledger/predictions.py), with its interval (estimate/interval.py): the training (start-up and the rest apart)
+and the evaluation. The raw figures stay in run.yaml beside the corrected ones, for the next record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tunelab.estimate.interval import corrected
+from tunelab.estimate.runs import slurm_time_limit
+from tunelab.ledger.predictions import PredictedPart, PredictionRecord
+from tunelab.rundir.estimate import RunEstimate
+
+
+def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], device: str) -> RunEstimate:
+    """A run's training estimate with its start-up and the rest each corrected by their source's recorded errors
+    on this device, and the interval of their sum (a copy; the raw figures kept for the next record)."""
+    if est.seconds is None or not est.time_kind:
+        return est
+    raw_start = est.startup_raw_s or 0.0
+    notes = []
+    start, start_range = raw_start, None
+    if est.startup_kind and raw_start:
+        start, start_range, note = corrected(raw_start, records, device, PredictedPart.TRAIN_START, est.startup_kind)
+        notes.append(note)
+    rest = max(0.0, (est.seconds_raw if est.seconds_raw is not None else est.seconds) - raw_start)
+    rest_p50, rest_range, note = corrected(rest, records, device, PredictedPart.TRAIN, est.time_kind, est.time_spread)
+    notes.append(note)
+    seconds = round(start + rest_p50, 1)
+    both = rest_range.plus(start_range)
+    basis = rest_range.basis + (f"; start-up: {start_range.basis}" if start_range is not None else "")
+    source = est.time_source + "".join(f"; {n}" for n in notes if n)
+    return est.model_copy(update=dict(
+        seconds=seconds, startup_s=round(start, 1) if est.startup_s is not None else None, time_source=source,
+        time_range=both.model_copy(update={"p50_s": seconds, "basis": basis}),
+        slurm_time_limit=slurm_time_limit(seconds),
+        gpu_hours=round(seconds * est.processes / 3600, 4) if est.gpu_hours is not None else None))
+

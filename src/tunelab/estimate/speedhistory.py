@@ -1,0 +1,163 @@
+"""A run's training speed from the history: the past runs of this device closest in shape (this model's, or
+another's carried over by FLOPs and layers), their fixed + per-token step cost, the kind of source they are and
+the spread of their measurements; rows timed under contention used only when nothing else was, corrected by
+their slowdown and said so. The FLOPs model where the history has nothing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from statistics import median
+from typing import Any
+
+from tunelab.catalog import GPU, Architecture
+from tunelab.estimate.interval import log_spread
+from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.estimate import SourceKind
+
+# Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
+# input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
+RECOMPUTE_FACTOR = 1.5
+
+
+def device_key(gpu: GPU | None) -> str:
+    return gpu.name if gpu else "cpu"
+
+
+def _same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
+    dev = (row.device or "").lower()
+    if gpu is None:
+        return dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
+    stem = gpu.name.split("-")[0].lower()
+    return stem in dev.replace(" ", "") and dev != "cpu"
+
+
+def _same_model(row: HistoryRun, arch: Architecture) -> bool:
+    return (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
+
+
+def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]:
+    """The past runs closest in tokens per optimizer step (throughput depends on it)."""
+    def dist(r: HistoryRun) -> float:
+        return abs(math.log((r.tokens_per_step or 1) / max(tokens_per_step, 1)))
+
+    best = min(dist(r) for r in rows)
+    return [r for r in rows if dist(r) <= best + 0.1]
+
+
+def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
+    """Rows whose recorded shape matches what speed depends on beyond tokens: gradient checkpointing (a
+    recomputed forward) and LoRA targets. A row that did not record a field is kept (unknown is not different)."""
+    return [r for r in rows
+            if (r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing)
+            and (r.lora_targets is None or r.lora_targets == t.lora_targets_text)]
+
+
+def _kinds(rows: list[HistoryRun]) -> str:
+    """'2 probed', '1 measured + 1 ingested': how the rows an estimate rests on were obtained."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " run(s)"
+
+
+def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
+    # history keeps hidden, not heads × head_dim: equal for the families in the catalog
+    return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
+
+
+def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
+                     micro_batches: int | None = None) -> float:
+    """Step time from a measured run's fixed + per-token split, carried to another model and batch:
+    the per-token part scales with FLOPs per token, the fixed part with the number of layers and, given
+    `micro_batches` (the accumulation), with the micro-batches an optimizer step runs (each a forward and a
+    backward of its own: the row's fixed part was measured over its own accumulation)."""
+    if row.per_token_s is None:
+        raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
+    row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
+    per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
+    fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
+    if micro_batches is not None:
+        fixed *= micro_batches / (row.gradient_accumulation_steps or 1)
+    return fixed + per_token * tokens_per_step
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A training speed per device, where it came from (in words and as a kind), the rows it rests on, the
+    spread of their measurements (log-space σ) and, where they were timed under contention, what was done."""
+
+    tokens_per_s: float | None
+    source: str
+    rows: list[HistoryRun]
+    kind: SourceKind = SourceKind.ASSUMED
+    spread: float = 0.0
+    contention: str = ""  # one line when the rows were timed under contention (corrected by their slowdown)
+
+
+def origin_kind(rows: list[HistoryRun]) -> SourceKind:
+    return SourceKind.PROBED if rows and all(r.kind == "probed" for r in rows) else SourceKind.MEASURED
+
+
+def _spread(rows: list[HistoryRun], values: list[float]) -> float:
+    """The rows' disagreement and the spread each recorded of its own repeated timings (the probe's)."""
+    own = [s for r in rows if (s := getattr(r, "time_spread", None))]
+    return max([log_spread(values), *(math.log1p(s) / 2 for s in own)], default=0.0)
+
+
+def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
+    """The rows timed without contention; when there are none, the contended rows with their throughput
+    corrected by the slowdown their load predicts (a lower bound: oversubscribed threads are worse) and one
+    line saying so and by how much."""
+    clean = [r for r in rows if not getattr(r, "contended", None)]
+    if clean or not rows:
+        return clean, ""
+    worst = max((getattr(r, "slowdown", None) or 1.0) for r in rows)
+    fixed = [replace(r, tokens_per_s=(r.tokens_per_s or 0.0) * (getattr(r, "slowdown", None) or 1.0),
+                     per_token_s=None, step_fixed_s=None) for r in rows]
+    return fixed, (f"timed under contention (others held the cores: up to ×{worst:.1f} slower): their speed "
+                   f"corrected by it; uncorrected the time is ×{worst:.1f} — run `tunelab probe` on a quiet "
+                   "machine")
+
+
+def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
+                       history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
+                       recompute: bool = False) -> Speed:
+    """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
+    part of a split row is paid per micro-batch); recompute: gradient checkpointing, priced by the FLOPs model
+    (history rows are compared like with like, `comparable_rows`). Rows timed under contention are used only
+    where no other row is (`uncontended`)."""
+    on_device, contention = uncontended([r for r in history if _same_device(r, gpu, cpu_threads) and r.tokens_per_s])
+    same = [r for r in on_device if _same_model(r, arch)]
+    split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
+    note = f"; {contention}" if contention else ""
+    if split:
+        near = _nearest(split, tokens_per_step)
+        each = [tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches) for r in near]
+        what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
+        return Speed(median(each), f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token "
+                     f"step cost){note}", near, origin_kind(near) if same else SourceKind.CARRIED,
+                     _spread(near, each), contention)
+    if same:
+        near = _nearest(same, tokens_per_step)
+        each = [r.tokens_per_s for r in near if r.tokens_per_s is not None]  # on_device: all have one
+        return Speed(median(each), f"history: {_kinds(near)} of this model on {device_key(gpu)}{note}", near,
+                     origin_kind(near), _spread(near, each), contention)
+    if on_device:
+        near = _nearest(on_device, tokens_per_step)
+        ref = near[0]
+        if ref.tokens_per_s is not None:  # always: on_device keeps only rows with a throughput
+            # dense FLOPs per token ∝ parameters (4N for LoRA): scale the measured throughput by it
+            tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
+            return Speed(tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token{note}", near,
+                         SourceKind.CARRIED, _spread(near, [r.tokens_per_s or 0.0 for r in near]), contention)
+    if gpu is not None:
+        modelled = model_tokens_per_s(arch, gpu, seq_len)
+        mfu = f"FLOPs at {DEFAULT_MFU:.0%} MFU (assumed) of {gpu.name}"
+        if modelled and recompute:
+            return Speed(modelled / RECOMPUTE_FACTOR, f"model: {mfu}, gradient checkpointing ×{RECOMPUTE_FACTOR:g} "
+                         "(a recomputed forward: 6N vs 4N FLOPs per token)", [], SourceKind.MODEL)
+        if modelled:
+            return Speed(modelled, f"model: {mfu}", [], SourceKind.MODEL)
+    return Speed(None, "none: no history on this device and no FLOPs peak for it", [])

@@ -1,0 +1,141 @@
+"""The loop closed: every finished run's predicted times beside what it measured, part by part, kept in the
+history ledger (table `predictions`) so that the next plan on the same device corrects each source by the
+errors it made (estimate/interval.py `correction`).
+
+A row compares the prediction *before* any correction (run.yaml's `seconds_raw`, `startup_raw_s`,
+`eval_raw_s`) with the measurement, so corrections never compound. A measurement taken under contention
+(summary.json's load, when recorded) is kept but marked: its error is the load's, not the source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from tunelab.ledger.history import connect, history_path
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import SourceKind
+from tunelab.rundir.scores import TaskScores
+from tunelab.rundir.status import now_iso
+from tunelab.rundir.summary import Summary
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    key TEXT PRIMARY KEY,
+    part TEXT NOT NULL,
+    device TEXT,
+    source TEXT,
+    predicted_s REAL,
+    measured_s REAL,
+    contended INTEGER,
+    experiment TEXT,
+    run TEXT,
+    recorded_at TEXT
+);
+"""
+
+
+class PredictedPart(StrEnum):
+    """Which part of a run's time a prediction is of."""
+
+    TRAIN_START = "train_start"  # process start to the first step (imports, model load, tokenization)
+    TRAIN = "train"  # the first step to the end of the job (validations, saves, the finish)
+    EVAL = "eval"  # every target × task on loaded weights
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One part of one run: predicted (before correction) and measured, with the source's kind."""
+
+    key: str
+    part: PredictedPart
+    device: str
+    source: str  # estimate/interval.py SourceKind's word
+    predicted_s: float
+    measured_s: float
+    contended: bool | None = None
+    experiment: str | None = None
+    run: str | None = None
+    recorded_at: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_s / self.predicted_s
+
+
+def record(rows: list[PredictionRecord], path: Path | None = None) -> None:
+    if not rows:
+        return
+    cols = list(asdict(rows[0]))
+    with connect(path) as conn:
+        conn.executescript(SCHEMA)
+        conn.executemany(f"INSERT OR REPLACE INTO predictions ({', '.join(cols)}) VALUES "
+                         f"({', '.join('?' * len(cols))})", [tuple(asdict(r).values()) for r in rows])
+
+
+def load(path: Path | None = None) -> list[PredictionRecord]:
+    p = path or history_path()
+    if not p.is_file():
+        return []
+    with connect(p) as conn:
+        conn.executescript(SCHEMA)
+        rows = [dict(r) for r in conn.execute("SELECT * FROM predictions ORDER BY recorded_at")]
+    return [PredictionRecord(**{**r, "part": PredictedPart(r["part"]),
+                                "contended": None if r["contended"] is None else bool(r["contended"])})
+            for r in rows]
+
+
+def _device(summary: Summary | None) -> str:
+    return (summary.device if summary is not None and summary.device else "cpu").lower()
+
+
+def training_records(cfg: RunConfig, summary: Summary) -> list[PredictionRecord]:
+    """The training job's parts: its start-up and the rest, where run.yaml predicted them."""
+    est = cfg.estimate
+    if est is None or cfg.training is None or summary.duration_s is None:
+        return []
+    contended = _contended(summary)
+    base = dict(device=_device(summary), contended=contended, experiment=cfg.experiment, run=cfg.name,
+                recorded_at=now_iso())
+    out = []
+    startup = est.startup_raw_s if est.startup_raw_s is not None else est.startup_s
+    if startup and summary.startup_s is not None and est.startup_kind:
+        out.append(PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.TRAIN_START}", part=PredictedPart.TRAIN_START,
+                                    source=est.startup_kind, predicted_s=startup, measured_s=summary.startup_s,
+                                    **base))  # type: ignore[arg-type]
+    seconds = est.seconds_raw if est.seconds_raw is not None else est.seconds
+    if seconds and est.time_kind:
+        train = seconds - (startup or 0.0)
+        measured = summary.duration_s + (summary.finish_s or 0.0)
+        if train > 0 and measured > 0:
+            out.append(PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.TRAIN}", part=PredictedPart.TRAIN,
+                                        source=est.time_kind, predicted_s=round(train, 3), measured_s=measured,
+                                        **base))  # type: ignore[arg-type]
+    return out
+
+
+def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None) -> list[PredictionRecord]:
+    """The evaluation's part, once every target × task it predicted is scored: their wall time (shared evenly
+    where several ran at once, as the report measures it) against run.yaml's prediction on loaded weights."""
+    est = cfg.estimate
+    if est is None or not est.eval_source or not scores:
+        return []
+    predicted = est.eval_raw_s if est.eval_raw_s is not None else est.eval_seconds
+    tasks = len(cfg.eval.resolved_tasks())
+    targets = {s.label for s in scores}
+    measured = sum(s.duration_s / max(1, s.concurrent or 1) for s in scores)
+    if not predicted or not measured or len(scores) < tasks * len(targets):
+        return []
+    device = getattr(scores[0], "device", None) or _device(summary)
+    return [PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.EVAL}", part=PredictedPart.EVAL, device=device.lower(),
+                             source=SourceKind.of_eval_source(est.eval_source), predicted_s=predicted,
+                             measured_s=round(measured, 3), experiment=cfg.experiment, run=cfg.name,
+                             recorded_at=now_iso())]
+
+
+def _contended(summary: Summary) -> bool | None:
+    load = getattr(summary, "load", None)
+    if load is None:
+        return None
+    return bool(getattr(load, "contended", False))
