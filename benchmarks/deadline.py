@@ -166,10 +166,20 @@ def measured_run(exp: Path, cfg: Any, fork: bool) -> dict[str, Any]:
 
 
 def predicted_run(line: Any) -> dict[str, float]:
-    """The deadline verdict's parts of one run (plan/deadline.py RunTimeline), in the table's three figures."""
+    """The deadline verdict's parts of one run (plan/deadline.py RunTimeline), in the table's three figures, and
+    the total's P10–P90."""
     train = line.train_start_s + (line.train_s or 0.0) + line.saves_s
     ev = line.eval_start_s + (line.eval_s or 0.0)
-    return {"train_s": train, "eval_s": ev, "total_s": line.total_s}
+    return {"train_s": train, "eval_s": ev, "total_s": line.total_s, "p10_s": line.total_p10_s or line.total_s,
+            "p90_s": line.total_p90_s or line.total_s}
+
+
+COVERED: list[bool] = []  # every total and makespan: measured inside its predicted P10–P90
+
+
+def _inside(low: float, high: float, measured: float) -> str:
+    COVERED.append(low <= measured <= high)
+    return f"{low:.1f}–{high:.1f} | {'yes' if COVERED[-1] else '**no**'}"
 
 
 def _err(pred: float, meas: float) -> str:
@@ -181,8 +191,8 @@ def _err(pred: float, meas: float) -> str:
 def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
     """Each run's and each sweep's predicted vs measured seconds and errors; returns the sweeps' figures."""
     print("\n| way | run | split | predicted train s | measured train s | error | predicted eval s | measured eval s "
-          "| error | predicted total s | measured total s | error |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| error | predicted total s | measured total s | error | total P10–P90 s | measured inside |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     sweeps: dict[str, dict[str, float]] = {}
     for way in WAYS:
         plan, lines = plans[way], {r.run: r for r in plans[way].deadline.runs}
@@ -194,19 +204,22 @@ def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
             row.append((round(p["total_s"], 1), row[0][1] + row[1][1]))
             split = f"{t.batch_size} × {t.gradient_accumulation_steps}{' ckpt' if t.gradient_checkpointing else ''}"
             print(f"| {way} | {cfg.name} | {split} | " + " | ".join(f"{a:.1f} | {b:.1f} | {_err(a, b)}" for a, b in row)
-                  + " |")
+                  + f" | {_inside(p['p10_s'], p['p90_s'], row[2][1])} |")
             for k, (a, b) in zip(("train_s", "eval_s"), row):
                 pred_sum[k] += a
                 meas_sum[k] += b
         span = round(plan.deadline.makespan_s, 1)
         figures = [(pred_sum["train_s"], meas_sum["train_s"]), (pred_sum["eval_s"], meas_sum["eval_s"]),
                    (span, meas_sum["train_s"] + meas_sum["eval_s"])]
+        d = plan.deadline
         print(f"| {way} | sweep (makespan) | | " + " | ".join(f"{a:.1f} | {b:.1f} | {_err(a, b)}" for a, b in figures)
-              + " |")
+              + f" | {_inside(d.makespan_p10_s or span, d.makespan_p90_s or span, figures[2][1])} |")
         sweeps[way] = {"train": figures[0][1], "eval": figures[1][1], "makespan": figures[2][1]}
     ratios = {k: round(sweeps["before"][k], 1) / round(sweeps["auto"][k], 1) for k in ("train", "eval", "makespan")}
     print(f"\nmeasured before ÷ auto: training {ratios['train']:.2f}, evaluation {ratios['eval']:.2f}, "
           f"makespan {ratios['makespan']:.2f}")
+    print(f"interval coverage: {sum(COVERED)} of {len(COVERED)} measured totals and makespans inside their predicted "
+          f"P10–P90 ({100 * sum(COVERED) / max(1, len(COVERED)):.0f} %; a calibrated 80 % interval covers about 80 %)")
     return sweeps
 
 
@@ -252,8 +265,8 @@ def print_plans(plans: dict[str, Any], probed: dict[str, list[str]], probe_s: fl
     print(f"probed first (tunelab probe, {probe_s:.1f} s): {shapes}")
     for way in WAYS:
         d = plans[way].deadline
-        print(f"{way}: deadline {d.deadline}, verdict {d.verdict.value}, predicted makespan {d.makespan_s:.1f} s on "
-              f"{d.devices_source}")
+        print(f"{way}: deadline {d.deadline}, verdict {d.verdict.value}, predicted makespan {d.makespan_s:.1f} s "
+              f"(P10–P90 {d.makespan_p10_s:.1f}–{d.makespan_p90_s:.1f}) on {d.devices_source}")
     first = plans["auto"].runs[0].name
     for c in plans["auto"].levers.get(first, []):
         print(f"  auto lever {c.lever}: {c.value} ({c.source.value}) {c.effect}")

@@ -109,6 +109,34 @@ def test_a_finished_evaluation_records_its_throughput_and_the_next_prediction_re
     assert min(shares) / 2 < got.seconds < max(shares) * 2, (got.seconds, shares)
 
 
+def test_a_finished_sweep_records_each_parts_prediction_beside_its_measurement(finished_sweep):
+    """The loop closed: ingesting the completed sweep recorded, per run, the training job's start-up, the training
+    past it and the evaluation — each prediction as run.yaml had it before correction, each measurement as the
+    run's own files have it — under the source's kind and the device; the next plan's corrections read them."""
+    from tunelab.ledger import predictions
+    from tunelab.ledger.predictions import PredictedPart
+    from tunelab.rundir.config import load_run_config
+
+    exp = finished_sweep.exp
+    records = {r.key: r for r in predictions.load() if str(exp) in r.key}
+    for run in finished_sweep.runs:
+        cfg = load_run_config(exp / "runs" / run / "run.yaml")
+        est, summary = cfg.estimate, read_summary(exp / "runs" / run)
+        assert est is not None and summary is not None and summary.duration_s is not None
+        assert est.seconds_raw and est.time_kind and est.time_range is not None
+        train = records[f"{cfg.run_dir}#{PredictedPart.TRAIN}"]
+        start = est.startup_raw_s or 0.0
+        assert train.source == est.time_kind and train.device == "cpu"
+        assert train.predicted_s == pytest.approx(est.seconds_raw - start, abs=1e-3)
+        assert train.measured_s == pytest.approx(summary.duration_s + (summary.finish_s or 0.0))
+        if est.startup_kind and start:
+            first = records[f"{cfg.run_dir}#{PredictedPart.TRAIN_START}"]
+            assert (first.predicted_s, first.measured_s) == (start, summary.startup_s)
+        ev = records[f"{cfg.run_dir}#{PredictedPart.EVAL}"]
+        shares = sum(sc.duration_s / (sc.concurrent or 1) for sc in read_scores(cfg.run_dir))
+        assert ev.predicted_s == est.eval_raw_s and ev.measured_s == pytest.approx(shares, abs=1e-3)
+
+
 def _checked_rows(report: str) -> dict[tuple[str, str], list[str]]:
     """The 'Predicted, then checked' table: (run, figure) -> its cells."""
     part = report.split("## Predicted, then checked", 1)[1].split("\n## ", 1)[0]
@@ -124,7 +152,8 @@ def test_report_checks_every_prediction_and_flags_an_overrun_with_its_cause(fini
     for run in (*finished_sweep.runs, finished_sweep.control):
         ev = table[(run, "evaluation")]
         predicted, measured = ev[2], ev[3]
-        assert predicted.endswith(" s") and measured.endswith(" s"), ev  # predicted at plan time, measured after
+        # predicted at plan time with its P10–P90, measured after
+        assert re.fullmatch(r"[\d.]+ s \([\d.]+ (s|min)–[\d.]+ (s|min)\)", predicted) and measured.endswith(" s"), ev
         shares = sum(s.duration_s / (s.concurrent or 1) for s in read_scores(finished_sweep.exp / _dir(run)))
         assert measured == f"{shares:.1f} s"
     for run in finished_sweep.runs:
@@ -141,22 +170,39 @@ def test_report_checks_every_prediction_and_flags_an_overrun_with_its_cause(fini
     summary = read_summary(exp / "runs" / "tiny_r4")
     assert summary is not None and summary.tokens_per_s and summary.duration_s
     measured_s = (summary.startup_s or 0) + summary.duration_s + (summary.finish_s or 0)
-    cfg["estimate"].update(seconds=round(measured_s / 3, 1), tokens_per_s=summary.tokens_per_s * 3,
-                           startup_s=summary.startup_s, time_source="history: a test's expectation")
+    third = round(measured_s / 3, 1)
+    cfg["estimate"].update(seconds=third, tokens_per_s=summary.tokens_per_s * 3, startup_s=summary.startup_s,
+                           time_source="history: a test's expectation",
+                           time_range={"p10_s": third * 0.8, "p50_s": third, "p90_s": third * 1.2})
     run_yaml.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # and tiny_r16 expected to train 3 × as slow as it did: a plan too slow is flagged too, below its P10
+    slow_yaml = exp / "runs" / "tiny_r16" / "run.yaml"
+    slow = yaml.safe_load(slow_yaml.read_text())
+    s16 = read_summary(exp / "runs" / "tiny_r16")
+    assert s16 is not None and s16.tokens_per_s and s16.duration_s
+    m16 = (s16.startup_s or 0) + s16.duration_s + (s16.finish_s or 0)
+    slow["estimate"].update(seconds=round(m16 * 3, 1), tokens_per_s=s16.tokens_per_s / 3, time_kind="timed",
+                            time_source="timed here: a test's expectation",
+                            time_range={"p10_s": m16 * 2, "p50_s": m16 * 3, "p90_s": m16 * 4})
+    slow_yaml.write_text(yaml.safe_dump(slow, sort_keys=False))
     span = _measured_span(table)  # and a sweep expected in a third of the time it took
     for path in [*(exp / "runs").glob("*/run.yaml"), *(exp / "controls").glob("*/run.yaml")]:
         other = yaml.safe_load(path.read_text())
-        other["estimate"].update(makespan_s=round(span / 3, 1), makespan_source="a test's expectation")
+        other["estimate"].update(makespan_s=round(span / 3, 1), makespan_source="a test's expectation",
+                                 makespan_range=None)
         path.write_text(yaml.safe_dump(other, sort_keys=False))
     res = runner.invoke(app, ["report", str(exp)])
     assert res.exit_code == 0, res.output
     report = (exp / "report" / "report.md").read_text()
     row = _checked_rows(report)[("tiny_r4", "training")]
-    assert row[4] == f"{round(measured_s, 3) / round(measured_s / 3, 1):.2f}×" and row[5] == "**overran**"
+    assert row[4] == f"{round(measured_s, 3) / round(measured_s / 3, 1):.2f}×" and row[5] == "**over its P90**"
     line = next(ln for ln in report.splitlines() if ln.startswith("- **tiny_r4** training"))
     assert f"training speed mis-predicted: {summary.tokens_per_s:,.0f} tokens/s measured, " \
            f"{summary.tokens_per_s * 3:,.0f} predicted (history: a test's expectation)" in line
+    assert _checked_rows(report)[("tiny_r16", "training")][5] == "**under its P10**"
+    line = next(ln for ln in report.splitlines() if ln.startswith("- **tiny_r16** training"))
+    assert "(under)" in line and f"training speed under-predicted: {s16.tokens_per_s:,.0f} tokens/s measured, " \
+           f"{s16.tokens_per_s / 3:,.0f} predicted (timed: timed here: a test's expectation)" in line
     sweep = _checked_rows(report)[("sweep", "makespan")]
     assert sweep[5] == "**overran**" and sweep[6] == "a test's expectation"
     line = next(ln for ln in report.splitlines() if ln.startswith("- **sweep** makespan"))

@@ -24,12 +24,21 @@ def _hist(**kw) -> history.HistoryRun:
     return history.HistoryRun(**base)
 
 
-def test_no_history_on_cpu_says_so(write_spec):
+def test_no_history_on_cpu_times_the_shape_here(write_spec):
+    """Nothing measured on this CPU: the plan times the run shape's own micro-batches (estimate/cpuspeed.py) and
+    prices the run at that speed — a wide interval, and `tunelab probe` named."""
+    import re
+
     plan = make_plan(write_spec())
     e = plan.estimates["tiny_r4"]
     assert e.steps == 40 and e.tokens_per_epoch == 320 * 27
-    assert e.seconds is None and e.time_source.startswith("none")
-    assert "2 run(s) without a time estimate" in render_plan_md(plan)
+    assert e.time_kind == "timed" and "timed here" in e.time_source and "`tunelab probe`" in e.time_source
+    got = re.search(r"micro-batches of (\d+) × (\d+) tokens .* took ([\d.]+) ms each", e.time_source)
+    assert got is not None, e.time_source
+    batch, seq, ms = int(got[1]), int(got[2]), float(got[3])
+    assert batch == 8 and e.tokens_per_s == pytest.approx(batch * seq / (ms / 1e3), rel=0.01)
+    assert e.time_range is not None and e.time_range.p10_s < e.seconds < e.time_range.p90_s
+    assert "without a time estimate" not in render_plan_md(plan)
 
 
 def test_time_from_history_of_the_same_model(write_spec, tiny_model):

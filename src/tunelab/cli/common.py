@@ -101,7 +101,7 @@ def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidd
 
 def print_plan(plan: Plan) -> None:
     """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
-    from tunelab.plan.markdown import contention_lines, gpu_notes, plan_rows, resolution_notes, stage_rows
+    from tunelab.plan.markdown import gpu_notes, plan_rows, resolution_notes, stage_rows
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):
@@ -121,7 +121,5 @@ def print_plan(plan: Plan) -> None:
         from tunelab.plan.deadline_md import verdict_line
 
         say("{}", verdict_line(plan.deadline).replace("**", ""))
-    for note in contention_lines(plan):
-        warn(note)
     for w in plan.warnings:
         warn(w)

@@ -36,3 +36,14 @@ def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], devic
         slurm_time_limit=slurm_time_limit(seconds),
         gpu_hours=round(seconds * est.processes / 3600, 4) if est.gpu_hours is not None else None))
 
+
+
+def contention_warnings(estimates: dict[str, RunEstimate]) -> list[str]:
+    """One line for a plan whose times rest on measurements timed under contention, and what was done."""
+    hit = [e.run for e in estimates.values() if "under contention" in e.time_source]
+    if not hit:
+        return []
+    return [f"{len(hit)} run(s) priced from measurements timed under contention ({', '.join(hit[:4])}"
+            + ("…" if len(hit) > 4 else "") + "): their speed was corrected by the share of the cores the "
+            "measurement had (see each run's time source, which gives the factor); `tunelab probe` on a quiet "
+            "machine measures it cleanly"]

@@ -75,16 +75,6 @@ def _basis(e: RunEstimate) -> str:
     return f"; interval: {e.time_range.basis}" if e.time_range is not None else ""
 
 
-def contention_lines(plan: Plan) -> list[str]:
-    """One line per plan whose times rest on measurements taken under contention, and what it changed."""
-    hit = [e.run for e in plan.estimates.values() if "under contention" in e.time_source]
-    if not hit:
-        return []
-    return [f"{len(hit)} run(s) priced from measurements timed under contention ({', '.join(hit[:4])}"
-            + ("…" if len(hit) > 4 else "") + "): their speed was corrected by the share of the cores they had; "
-            "see each run's time source"]
-
-
 def _placement_text(p) -> str:
     if p is None:
         return "—"

@@ -21,6 +21,7 @@ from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.errors import TunelabError
+from tunelab.estimate.ranged import contention_warnings
 from tunelab.estimate.gpus import NodeSize
 from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
@@ -390,6 +391,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
             sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
                 runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
         plan.warnings += plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
+        plan.warnings += contention_warnings(plan.estimates)
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)
         for e in plan.estimates.values():

@@ -152,8 +152,8 @@ class ResourcesSpec(_Strict):
     slurm: SlurmSpec | None = None
     deadline: Duration = Field(
         None, description="Wall-clock budget of the whole sweep, training and evaluation ('6h', '90m', '1d'): "
-        "plan predicts the sweep's makespan on the GPUs it may use and says whether it fits (with its margin) or "
-        "what would have to give; training.levers defaults to auto with a deadline. `plan --deadline` overrides "
+        "plan predicts the sweep's makespan (P10–P90) on the GPUs it may use and says whether it fits at P90, at "
+        "P50 only, or not, and what would have to give; training.levers defaults to auto with a deadline. `plan --deadline` overrides "
         "it.")
 
     @property
