@@ -78,17 +78,17 @@ def _probe_result(load: LoadWindow | None, spread: float | None, rounds: int) ->
     return ProbeResult(micro_batch=4, points=[ProbePoint(micro_batch=4, tokens=64, seconds=0.1, timings=timings,
                                                          median_s=0.12)],
                        tokens_per_s=640.0, per_token_s=None, fixed_s=None, peak_memory_gib=None, memory_kind=None,
-                       device="cpu", cpu_threads=2, spread=spread, rounds=rounds, load=load)
+                       device="cpu", cpu_threads=2, spread=spread, rounds=rounds, load=load, settled=False)
 
 
 def test_the_probe_result_keeps_every_timing_its_spread_and_load(tmp_path):
     path = write_probe_results(tmp_path / "results.json", [("k", _probe_result(BUSY, 0.41, 3))])
     back = read_probe_results(path)["k"]
     assert back.points[0].timings == [0.1, 0.141, 0.12] and back.points[0].median_s == 0.12
-    assert (back.spread, back.rounds, back.load) == (0.41, 3, BUSY)
+    assert (back.spread, back.rounds, back.load, back.settled) == (0.41, 3, BUSY, False)
     old = ProbeResult.from_json({k: v for k, v in _probe_result(None, None, 1).to_json().items()
-                                 if k not in ("spread", "rounds", "load")})
-    assert (old.spread, old.rounds, old.load) == (None, None, None)
+                                 if k not in ("spread", "rounds", "load", "settled")})
+    assert (old.spread, old.rounds, old.load, old.settled) == (None, None, None, None)
 
 
 def test_the_probe_says_one_line_for_a_contended_or_spread_shape_and_none_otherwise(tmp_path):
@@ -99,6 +99,9 @@ def test_the_probe_says_one_line_for_a_contended_or_spread_shape_and_none_otherw
     assert caveat(shape, _probe_result(IDLE, 0.3, 3)) == (
         "probe: tiny r16 bs4 timed with disagreeing steps; repeated 3 times, spread 30 %")
     assert caveat(shape, _probe_result(IDLE, 0.05, 1)) is None
+    settled = _probe_result(BUSY, 0.41, 2)
+    settled.settled = True  # the repeat agreed: the figure (the fastest step) is taken as it is
+    assert caveat(shape, settled) is None
     assert caveat(shape, _probe_result(None, 0.1, 1)) is None
 
 

@@ -92,12 +92,13 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
 
 
 def caveat(shape: Shape, result: ProbeResult) -> str | None:
-    """One line when a shape's timings stayed contended or spread after the probe's repeats (None: neither):
+    """One line when a shape's timings stayed contended or spread after the probe's repeats (None: neither, or
+    its last round agreed):
     'probe: tiny r16 bs4 timed under contention (others held 1.3 of 2 cores): ×2.4; repeated 3 times, spread
     41 %'."""
     load, spread = result.load, result.spread
     contended = load is not None and load.contended
-    if not contended and (spread is None or spread <= SPREAD_LIMIT):
+    if result.settled or (not contended and (spread is None or spread <= SPREAD_LIMIT)):
         return None
     t = _training(shape.cfg.stage_config(0) if shape.cfg.stages else shape.cfg)
     what = f"probe: {shape.cfg.model.name} r{t.lora_rank} bs{t.batch_size} timed"

@@ -121,6 +121,7 @@ class ProbeResult(JsonRecord):
     # SPREAD_LIMIT, or timed under contention, is timed again (train/probe_steps.py)
     spread: float | None = None  # max/min − 1 of one micro-batch's timings, the largest over the micro-batches
     rounds: int | None = None  # rounds of timed steps taken (1: none repeated)
+    settled: bool | None = None  # the last round's timings agreed and were not contended (False: it stayed so)
     load: LoadWindow | None = None  # over every timed round (cpuload.py; None: unknown)
 
     @classmethod

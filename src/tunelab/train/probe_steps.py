@@ -98,15 +98,18 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     def record(_mb: int, tokens: float, seconds: float) -> None:
         trace.append(ProbeStep(tokens=tokens, seconds=round(seconds, 6), memory_gib=round(device.step_gib(), 4)))
 
-    measured = (time_real_steps(trainer, [b], repeats=steps, on_step=record) if steps
-                else timed_rounds(trainer, sorted({b, 2 * b})))
+    if steps:
+        measured = time_real_steps(trainer, [b], repeats=steps, on_step=record)
+        settled = not disagrees(measured)
+    else:
+        measured, settled = timed_rounds(trainer, sorted({b, 2 * b}))
     reserved = max(s.memory_gib for s in trace) if cuda and trace else (
         torch.cuda.max_memory_reserved() / GIB if cuda else None)
     used, context = device.used_gib(), device.context_now_gib() if cuda else None
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
     result.spread = round(spread, 4) if (spread := measured.spread()) is not None else None
-    result.load, result.rounds = measured.load, measured.rounds
+    result.load, result.rounds, result.settled = measured.load, measured.rounds, settled
     result.max_micro_batch, result.steps = largest, trace
     result.startup_s = round(startup, 3) if startup is not None else None
     result.nvml_used_gib, result.cuda_context_gib = _gib(used), _gib(device.context_gib)
@@ -124,15 +127,16 @@ def disagrees(timed: TimedSteps) -> bool:
     return (spread is not None and spread > SPREAD_LIMIT) or (timed.load is not None and timed.load.contended)
 
 
-def timed_rounds(trainer: Any, batches: list[int]) -> TimedSteps:
-    """A round of timed steps at each size, and up to MORE_ROUNDS more while the timings disagree (every timing
-    kept: the fastest is the figure, the rest its spread)."""
-    timed = time_real_steps(trainer, batches)
+def timed_rounds(trainer: Any, batches: list[int]) -> tuple[TimedSteps, bool]:
+    """A round of timed steps at each size, and up to MORE_ROUNDS more while the latest round disagrees: every
+    timing kept (the fastest is the figure, the rest its spread), and whether the last round agreed."""
+    timed = last = time_real_steps(trainer, batches)
     for _ in range(MORE_ROUNDS):
-        if not disagrees(timed):
+        if not disagrees(last):
             break
-        timed = timed.then(time_real_steps(trainer, batches, warmup=False))
-    return timed
+        last = time_real_steps(trainer, batches, warmup=False)
+        timed = timed.then(last)
+    return timed, not disagrees(last)
 
 
 def _generation(pcfg: RunConfig, cuda: bool) -> GenerationSpeed | None:
