@@ -15,6 +15,9 @@ import pytest
 
 from tunelab.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: estimate_accuracy.py --contend's hogs)
+
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat")
 
 HOG = "import time\nend = time.process_time() + float({cpu})\nwhile time.process_time() < end: pass\n"
@@ -50,15 +53,10 @@ def test_others_share_rises_with_a_hog_above_the_measured_baseline():
     assert meter is not None
     time.sleep(0.8)
     baseline = meter.lap()
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
-    try:
+    with hogs(cores):
         meter.lap()
         time.sleep(0.8)
         loaded = meter.lap()
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
     assert baseline is not None and loaded is not None
     assert loaded.others_share > 0.85  # hogs on every core: the cores are others', whatever else ran
     assert loaded.others_share >= baseline.others_share - 2 * TICK / baseline.wall_s
@@ -133,3 +131,38 @@ def test_busy_seconds_are_read_from_the_cores_lines(tmp_path):
     assert machine_busy_s([0], stat) == pytest.approx((100 + 10 + 50 + 1 + 2 + 3) / ticks)
     assert machine_busy_s([0, 1], stat) == pytest.approx((166 + 200) / ticks)
     assert machine_busy_s([5], stat) is None
+
+
+def test_the_benchmark_hogs_are_gone_after_their_block_even_on_an_error():
+    with pytest.raises(RuntimeError):
+        with hogs(2) as procs:
+            assert all(p.poll() is None for p in procs)  # spinning
+            raise RuntimeError("the benchmark failed")
+    assert all(p.returncode is not None for p in procs)  # killed and reaped
+
+
+def test_a_hog_stops_by_itself_when_its_time_is_up():
+    with hogs(1, max_s=0.2) as [proc]:
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_hog_stops_by_itself_when_the_benchmark_is_killed_outright():
+    """SIGKILL runs no `finally`: the hog sees its parent gone and exits (a zombie at most, awaiting a reaper)."""
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    code = "import sys, time\nfrom hogs import hogs\nwith hogs(1) as [p]:\n    print(p.pid, flush=True)\n    time.sleep(60)\n"
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=bench, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+
+    deadline = time.monotonic() + 20
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone()
