@@ -30,7 +30,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
-    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
+    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6 (2 jobs; 3 now)
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
     "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",  # 3.5
@@ -225,7 +225,8 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
              r" +history: 1 measured")
     assert calibration_s > 0 and 0 < low <= measured <= high
     line(out, r"^measurements: 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
-    load = json.loads((out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse" / "summary.json").read_text())["load"]
+    held_out = out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse"
+    load = json.loads((held_out / "summary.json").read_text())["load"]
     assert 0 < load["wall_s"] < high and load["contended"] == (load["slowdown"] > 1.15)  # what the row's load read
     bound = 100 * ratio_bound(abs(predicted - measured), measured, 0.2, 0.1)  # both printed to 0.1 s
     assert err == pytest.approx(100 * abs(predicted - measured) / measured, abs=0.051 + bound)

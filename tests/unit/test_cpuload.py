@@ -149,7 +149,8 @@ def test_a_hog_stops_by_itself_when_its_time_is_up():
 def test_a_hog_stops_by_itself_when_the_benchmark_is_killed_outright():
     """SIGKILL runs no `finally`: the hog sees its parent gone and exits (a zombie at most, awaiting a reaper)."""
     bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    code = "import sys, time\nfrom hogs import hogs\nwith hogs(1) as [p]:\n    print(p.pid, flush=True)\n    time.sleep(60)\n"
+    code = ("import time\nfrom hogs import hogs\n"
+            "with hogs(1) as [p]:\n    print(p.pid, flush=True)\n    time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=bench, stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
