@@ -7,7 +7,13 @@ compares the plan's time with the job's measured wall time. Prints a table; the 
 median error exceeds --max-error (the CI test, tests/e2e/test_estimate_accuracy.py, keeps a wide 2x
 band on one configuration because a shared CI machine's load changes between two runs).
 
-    python benchmarks/estimate_accuracy.py [--out DIR] [--max-error 15] [--smoke]
+    python benchmarks/estimate_accuracy.py [--out DIR] [--max-error 15] [--smoke] [--repeats 3] [--contend N]
+
+--repeats R (default 3; --smoke: 2): each held-out run is trained R times; the table has the median measured
+time beside the predicted one, and the min–max of the R. --contend N: N CPU-hog processes (hogs.py, pure-Python
+busy loops) run beside the calibration and every held-out run alike, started and stopped by the benchmark. Each
+row says whether its measurements were contended (their summary.json's `load`, tunelab/cpuload.py), and so
+does the calibration.
 
 --smoke: the calibration run and the first held-out one (the same model) on 40 words, no bound on the error
 unless --max-error is given, each job forked from this process (forking.py: a fresh training process mostly
@@ -19,15 +25,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from forking import preload_training, run_job
+from hogs import hogs
 
 WORDS, SMOKE_WORDS = 1000, 40
 MODELS = {"tiny-2x128": (2, 128, 0), "tiny-3x192": (3, 192, 2), "tiny-4x256": (4, 256, 1)}
@@ -77,6 +87,81 @@ def train_timed(cfg, smoke: bool) -> float:
     return time.monotonic() - t0
 
 
+SCAFFOLDED = {"run.yaml", "job.sh", "job.sbatch"}  # what a run dir holds before its job ran
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    """The run dir as scaffold left it: a repeat trains from the start, not resumes a completed run."""
+    for path in run_dir.iterdir():
+        if path.name not in SCAFFOLDED:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def load_of(run_dir: Path):
+    """The load window over the job's training steps (summary.json's `load`; None: not measured)."""
+    from tunelab.rundir.summary import read_summary
+
+    summary = read_summary(run_dir)
+    return summary.load if summary is not None else None
+
+
+def load_text(load) -> str:
+    """'idle', 'contended ×2.4 (others held 1.3 of 2 cores)', or 'unknown' (no /proc/stat)."""
+    if load is None:
+        return "unknown"
+    held = f"others held {load.cores - load.free_cores:.1f} of {load.cores} cores"
+    return f"{load.describe()} ({held})"
+
+
+@dataclass
+class Row:
+    """One held-out configuration: the plan's prediction and every measurement of it, with each one's load."""
+
+    run: str
+    predicted_s: float
+    source: str
+    measured_s: list[float] = field(default_factory=list)
+    loads: list = field(default_factory=list)  # each measurement's LoadWindow (None: unknown)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.measured_s)
+
+    @property
+    def error(self) -> float:
+        """|predicted − median measured| / median measured."""
+        return abs(self.predicted_s - self.median_s) / self.median_s
+
+    @property
+    def contended(self) -> int:
+        """How many of the measurements were taken under contention."""
+        return sum(1 for w in self.loads if w is not None and w.contended)
+
+    @property
+    def load(self) -> str:
+        if any(w is None for w in self.loads):
+            return "unknown"
+        worst = max(self.loads, key=lambda w: w.slowdown)
+        return f"{self.contended}/{len(self.loads)} contended, ×{worst.slowdown:.1f}" if self.contended else "idle"
+
+
+# the table: (header, width, the cell of a row); a column is one entry (the lead adds p10/p90 and coverage here)
+COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
+    ("run", -34, lambda r: r.run),
+    ("predicted s", 12, lambda r: f"{r.predicted_s:.1f}"),
+    ("measured s", 11, lambda r: f"{r.median_s:.1f}"),
+    ("error", 8, lambda r: f"{100 * r.error:.1f} %"),
+    ("min–max s", 12, lambda r: f"{min(r.measured_s):.1f}–{max(r.measured_s):.1f}"),
+    ("load", 24, lambda r: r.load),
+    ("source", 0, lambda r: r.source),
+]
+
+
+def table_line(cells: list[str]) -> str:
+    return "  ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" if w else c
+                     for c, (_, w, _) in zip(cells, COLUMNS)).rstrip()
+
+
 def write_spec(out: Path, name: str, runs: list[dict], data: Path, logging_steps: int) -> Path:
     path = out / name / "experiment.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,26 +179,33 @@ def calibrate(out: Path, data: Path, logging_steps: int, smoke: bool) -> None:
     cal = [c for c in scaffold(cal_spec, force=True).runs if wanted(c, [CALIBRATION])]
     print(f"calibration: {cal[0].name} ... ", end="", flush=True)
     print(f"{train_timed(cal[0], smoke):.1f} s")
+    print(f"calibration load: {load_text(load_of(cal[0].run_dir))}")
     ledger.ingest_all(cal_spec.parent, load_runs(cal_spec.parent))
 
 
-def held_out_errors(out: Path, data: Path, held_out: list[dict], logging_steps: int, smoke: bool) -> list[float]:
-    """2. Held-out configurations: planned first (history = the calibration run only), then trained and timed."""
+def held_out_rows(out: Path, data: Path, held_out: list[dict], logging_steps: int, smoke: bool,
+                  repeats: int) -> list[Row]:
+    """2. Held-out configurations: planned first (history = the calibration run only), then each trained and
+    timed `repeats` times from a fresh run dir."""
     from tunelab.plan.planner import make_plan
     from tunelab.scaffold.write import scaffold
 
     ho_spec = write_spec(out, "held-out", held_out, data, logging_steps)
     plan = make_plan(ho_spec)
     scaffold(ho_spec, force=True)
-    errors = []
-    print(f"\n{'run':34} {'predicted s':>12} {'measured s':>11} {'error':>8}  source")
+    rows = []
+    print("\n" + table_line([header for header, _, _ in COLUMNS]))
     for cfg in (c for c in plan.runs if wanted(c, held_out)):
         est = plan.estimates[cfg.name]
-        measured = train_timed(cfg, smoke)
-        errors.append(abs(est.seconds - measured) / measured)
-        print(f"{cfg.name:34} {est.seconds:12.1f} {measured:11.1f} {100 * errors[-1]:7.1f} %  {est.time_source}",
-              flush=True)
-    return errors
+        row = Row(cfg.name, est.seconds, est.time_source)
+        for i in range(repeats):
+            if i:
+                fresh_run_dir(cfg.run_dir)
+            row.measured_s.append(train_timed(cfg, smoke))
+            row.loads.append(load_of(cfg.run_dir))
+        print(table_line([cell(row) for _, _, cell in COLUMNS]), flush=True)
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -122,7 +214,14 @@ def main() -> int:
     ap.add_argument("--max-error", type=float, default=None,
                     help="Exit 1 when the median time error is above this many percent (default 15; --smoke: none).")
     ap.add_argument("--smoke", action="store_true", help=f"calibration + 1 held-out run on {SMOKE_WORDS} words")
+    ap.add_argument("--repeats", type=int, default=None, help="Measurements of each held-out run (default 3; "
+                    "--smoke: 2): the median is compared, the min–max shown.")
+    ap.add_argument("--contend", type=int, default=0, metavar="N",
+                    help="N CPU-hog processes beside the calibration and the held-out runs alike (default 0).")
     args = ap.parse_args()
+    repeats = args.repeats if args.repeats is not None else (2 if args.smoke else 3)
+    if repeats < 1 or args.contend < 0:
+        ap.error("--repeats must be 1 or more, --contend 0 or more")
     held_out = HELD_OUT[:1] if args.smoke else HELD_OUT
     max_error = args.max_error if args.max_error is not None else (float("inf") if args.smoke else 15.0)
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-estimate-"))).resolve()
@@ -142,10 +241,15 @@ def main() -> int:
     logging_steps = 1 if args.smoke else 10  # the speed is read from the logged steps: the smoke has 8
     if args.smoke:
         preload_training()  # before the first timed job: the calibration and the held-out times leave it out alike
-    calibrate(out, data, logging_steps, args.smoke)
-    errors = held_out_errors(out, data, held_out, logging_steps, args.smoke)
+    if args.contend:
+        print(f"contention: {args.contend} CPU-hog process(es) beside every timed job")
+    with hogs(args.contend):
+        calibrate(out, data, logging_steps, args.smoke)
+        rows = held_out_rows(out, data, held_out, logging_steps, args.smoke, repeats)
     print(f"\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; experiment dir {out}")
-    median = 100 * statistics.median(errors)
+    print(f"measurements: {repeats} per held-out run, {sum(r.contended for r in rows)} of "
+          f"{sum(len(r.loads) for r in rows)} contended; {args.contend} hog(s)")
+    median = 100 * statistics.median(r.error for r in rows)
     if median > max_error:
         print(f"FAILED: median time error above {max_error:g} %")
     print(f"median time error: {median:.1f} %")

@@ -30,7 +30,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
-    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6
+    "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6 (2 jobs; 3 now)
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
     "memory_references.py": "test_memory_references_smoke_errors_agree_with_their_figures",  # 3.5
@@ -218,8 +218,16 @@ def test_packing_smoke_simulations_and_measured_ratio(smokes):
 def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     out, out_dir = smoke(smokes, "estimate_accuracy.py")
     (calibration_s,) = line(out, rf"^calibration: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s$")
-    predicted, measured, err = line(out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} %  history: 1 measured")
-    assert calibration_s > 0 and measured > 0
+    assert re.search(r"^calibration load: (idle|contended ×[\d.]+) \(others held [\d.]+ of \d+ cores\)$", out, re.M)
+    # the median of the smoke's 2 measurements beside the prediction, their min–max, and their load
+    predicted, measured, err, low, high = line(
+        out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} % +{NUM}–{NUM} +(?:idle|[12]/2 contended, ×[\d.]+)"
+             r" +history: 1 measured")
+    assert calibration_s > 0 and 0 < low <= measured <= high
+    line(out, r"^measurements: 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
+    held_out = out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse"
+    load = json.loads((held_out / "summary.json").read_text())["load"]
+    assert 0 < load["wall_s"] < high and load["contended"] == (load["slowdown"] > 1.15)  # what the row's load read
     bound = 100 * ratio_bound(abs(predicted - measured), measured, 0.2, 0.1)  # both printed to 0.1 s
     assert err == pytest.approx(100 * abs(predicted - measured) / measured, abs=0.051 + bound)
     assert line(out, rf"^median time error: {NUM} %$") == (err,)  # the median of one row

@@ -54,6 +54,10 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 8 * 27 and str(spec) in r["origin_where"]
         assert r["lora_rank"] in (4, 8) and r["batch_size"] == 8
         assert 0 < r["startup_s"] < probe_wall_s  # its process's age once its trainer was built, within the command
+        # the load over its timed steps (cpuload.py) and how far its timings disagreed (all of them kept)
+        assert 0 <= r["others_share"] <= 1 and r["slowdown"] >= 1 and r["contended"] == (r["slowdown"] > 1.15)
+        assert r["time_spread"] >= 0
+    assert "load" in runner.invoke(app, ["history"]).output  # the table's load column
     # the probe trained in scratch run dirs (runs/.probe-SHAPE, next to where the runs will be): all gone
     assert (spec.parent / "runs").is_dir() and not list((spec.parent / "runs").glob(".probe-*"))
 

@@ -58,6 +58,18 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     step_s = cost["tokens_per_step"] / summary["tokens_per_s"]
     assert cost["per_token_s"] > 0 and 0 < cost["fixed_s"] < step_s, (cost, step_s)
     assert cost["repeats"] == 4  # 160 steps: the full 4 timed repeats (one per 20 steps, at most 4)
+    # the machine's load (tunelab/cpuload.py): each row has the process's CPU seconds so far (never falling) and the
+    # share of the cores others held since the previous row; summary.json the window over the training steps, the
+    # step cost the window over its timed steps
+    cpu = [r["cpu_s"] for r in rows]
+    assert cpu[0] > 0 and all(b >= a for a, b in zip(cpu, cpu[1:]))
+    assert all(0 <= r["others_share"] <= 1 for r in rows)
+    load = summary["load"]
+    assert 0 < load["wall_s"] < summary["duration_s"] and 0 < load["cpu_s"]
+    assert load["cores"] == len(os.sched_getaffinity(0))
+    assert load["threads"] == summary["cpu_threads"] and load["slowdown"] >= 1 and 0 <= load["others_share"] <= 1
+    assert load["contended"] == (load["slowdown"] > 1.15)
+    assert 0 < cost["load"]["wall_s"] < summary["finish_s"]
     # data wait: measured per logged row, never negative or longer than the row's training time, and the
     # summary's total (the run's counter, not the rows) equals their sum; CPU training has no dataloader workers
     prev = 0.0

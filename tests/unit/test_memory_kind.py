@@ -12,10 +12,11 @@ from tunelab.rundir.probe import read_probe_results, write_probe_results
 from tunelab.rundir.summary import Summary
 from tunelab.train.metrics import peak_memory
 from tunelab.train.probe_steps import _result
+from tunelab.train.step_cost import TimedSteps
 
 
 def test_the_probe_and_the_job_record_a_cpu_peak_as_the_same_kind():
-    probe = _result(2, {2: (100.0, 0.5, None)}, None, cuda=False, versions={})
+    probe = _result(2, TimedSteps({2: [(0.5, 100.0)]}), None, cuda=False, versions={})
     _, job_kind = peak_memory()  # no GPU in the tests: the process's RSS
     assert probe.memory_kind is MemoryKind.HOST_MAX_RSS and job_kind is MemoryKind.HOST_MAX_RSS
     assert probe.to_json()["memory_kind"] == "host_max_rss"
@@ -23,7 +24,7 @@ def test_the_probe_and_the_job_record_a_cpu_peak_as_the_same_kind():
 
 
 def test_old_files_with_cpu_max_rss_read_as_host_max_rss(tmp_path):
-    probe = _result(2, {2: (100.0, 0.5, None)}, None, cuda=False, versions={}).to_json()
+    probe = _result(2, TimedSteps({2: [(0.5, 100.0)]}), None, cuda=False, versions={}).to_json()
     old = tmp_path / "results.json"
     old.write_text(json.dumps([{"shape": "s", "result": {**probe, "memory_kind": "cpu_max_rss"}}]))
     assert read_probe_results(old)["s"].memory_kind is MemoryKind.HOST_MAX_RSS

@@ -18,7 +18,7 @@ from tunelab.spec.resources import ExecutorKind
 def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False,
               executor: ExecutorKind = ExecutorKind.LOCAL, results: Path | None = None) -> list:
     """Probe every distinct run shape of the spec on this machine; one progress line per shape."""
-    from tunelab.estimate.probe import probe_runs
+    from tunelab.estimate.probe import caveat, probe_runs
     from tunelab.plan.planner import make_plan
 
     plan = make_plan(spec, estimates=False)
@@ -38,6 +38,8 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False,
                 g, batch = result.generation, max(p.batch for p in result.generation.points)
                 say("  generation: prefill {:,.0f} tokens/s, decode {:,.0f} tokens/s at batch {}",
                     g.prefill_tokens_per_s, g.decode_tokens_per_s(batch), batch)
+            if (line := caveat(shape, result)) is not None:
+                say("{}", line)
 
     if find_max_batch:
         _check_find_max_batch()
@@ -131,9 +133,11 @@ def history_cmd(
 
 
 def _history_table(rows: list) -> None:
-    show(data_table(("kind", "model", "device", "tokens/s", "peak GiB", "final loss", "steps", "from"),
+    from tunelab.ledger.history import load_label
+
+    show(data_table(("kind", "model", "device", "tokens/s", "load", "peak GiB", "final loss", "steps", "from"),
                     [(r.kind, r.model or "?", r.device or "?", f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "—",
-                      f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib else "—",
+                      load_label(r), f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib else "—",
                       f"{r.final_loss:.4f}" if r.final_loss is not None else "—", str(r.steps or "—"),
                       r.origin_where or r.key) for r in rows[-50:]]))
     if len(rows) > 50:

@@ -23,7 +23,7 @@ from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
-from tunelab.rundir.probe import ProbeResult, read_probe_results
+from tunelab.rundir.probe import SPREAD_LIMIT, ProbeResult, read_probe_results
 from tunelab.spec import TrainingConfig
 
 WARMUP_STEPS = 2  # steps trained before any is timed: optimizer state created, kernels warmed up
@@ -88,7 +88,28 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         dtype=_probed_dtype(t, result), processes=1, **history.training_memory_fields(t),
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
         missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch,
-        startup_s=result.startup_s)
+        startup_s=result.startup_s, time_spread=result.spread, **history.load_fields(result.load))
+
+
+def caveat(shape: Shape, result: ProbeResult) -> str | None:
+    """One line when a shape's timings stayed contended or spread after the probe's repeats (None: neither, or
+    its last round agreed):
+    'probe: tiny r16 bs4 timed under contention (others held 1.3 of 2 cores): ×2.4; repeated 3 times, spread
+    41 %'."""
+    load, spread = result.load, result.spread
+    contended = load is not None and load.contended
+    if result.settled or (not contended and (spread is None or spread <= SPREAD_LIMIT)):
+        return None
+    t = _training(shape.cfg.stage_config(0) if shape.cfg.stages else shape.cfg)
+    what = f"probe: {shape.cfg.model.name} r{t.lora_rank} bs{t.batch_size} timed"
+    if load is not None and contended:
+        what += (f" under contention (others held {load.cores - load.free_cores:.1f} of {load.cores} cores): "
+                 f"×{load.slowdown:.1f}")
+    else:
+        what += " with disagreeing steps"
+    rounds = result.rounds or 1
+    return what + (f"; repeated {rounds} times" if rounds > 1 else "") + (
+        f", spread {100 * spread:.0f} %" if spread is not None else "")
 
 
 def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from pydantic import ConfigDict, computed_field
 
+from tunelab.cpuload import LoadWindow
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
@@ -166,6 +167,16 @@ class HistoryRun:
     """LoRA dropout (above 0 keeps a mask per LoRA layer for the backward pass)."""
     processes: int | None = None
     """Training processes (a DDP or FSDP peak is not a one-device peak)."""
+    # the machine's load while it was timed (tunelab/cpuload.py): None where it was not measured (older rows,
+    # ingested runs, not Linux), which is unknown, never idle
+    others_share: float | None = None
+    """The share of its cores other processes held while it was timed (0..1)."""
+    slowdown: float | None = None
+    """How much slower than alone the share of the cores it had predicts (≥ 1; a lower bound)."""
+    contended: bool | None = None
+    """Timed under contention: the slowdown above 1.15."""
+    time_spread: float | None = None
+    """How far its repeated step timings disagreed: slowest/fastest − 1 at one micro-batch (a probe's rows)."""
 
     def __post_init__(self) -> None:
         # rows recorded before the vocabulary was one (a probe's cpu_max_rss) read as today's kind
@@ -296,7 +307,23 @@ def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
         max_tokens_per_microbatch=_tokens_per_microbatch(cfg, t),
         processes=summary.world_size,
         **training_memory_fields(t),
+        **load_fields(summary.load),
     )
+
+
+def load_fields(load: LoadWindow | None) -> dict[str, Any]:
+    """others_share, slowdown and contended of a measurement's load window (all None: unknown)."""
+    if load is None:
+        return {"others_share": None, "slowdown": None, "contended": None}
+    return {"others_share": round(load.others_share, 4), "slowdown": round(load.slowdown, 3),
+            "contended": load.contended}
+
+
+def load_label(row: HistoryRun) -> str:
+    """'contended ×3.1', 'idle', or '—' (not measured): the history table's load column."""
+    if row.contended is None:
+        return "—"
+    return f"contended ×{row.slowdown or 1:.1f}" if row.contended else "idle"
 
 
 def training_memory_fields(t: TrainingConfig) -> dict[str, Any]:

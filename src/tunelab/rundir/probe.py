@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
@@ -16,10 +17,15 @@ from tunelab.rundir.record import JsonRecord
 
 @dataclass(kw_only=True)
 class ProbePoint(JsonRecord):
+    """One micro-batch's timed steps: `seconds` the fastest (the least disturbed), every timing in order and
+    their median beside it."""
+
     micro_batch: int
     tokens: float
     seconds: float
     peak_allocated_gib: float | None = None
+    timings: list[float] = field(default_factory=list)  # every timed step at this micro-batch, seconds
+    median_s: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -32,6 +38,8 @@ class ProbeStep(JsonRecord):
     memory_gib: float
 
 
+SPREAD_LIMIT = 0.2  # timings of one micro-batch further apart than this (slowest/fastest − 1) are timed again
+MORE_ROUNDS = 2  # rounds of timed steps the probe adds at most, when the first disagrees or was contended
 EVAL_PROBE_BATCH = 16  # the batch generation is timed at besides 1: evaluation's default (evaluate/provider.py)
 
 
@@ -109,11 +117,18 @@ class ProbeResult(JsonRecord):
     # process start to the trainer built (interpreter, imports, model load, tokenization): what a job's start-up
     # is in the history (a run measures it at its first step)
     startup_s: float | None = None
+    # the timed steps' disagreement and the machine's load over them: a shape whose timings spread by more than
+    # SPREAD_LIMIT, or timed under contention, is timed again (train/probe_steps.py)
+    spread: float | None = None  # max/min − 1 of one micro-batch's timings, the largest over the micro-batches
+    rounds: int | None = None  # rounds of timed steps taken (1: none repeated)
+    settled: bool | None = None  # the last round's timings agreed and were not contended (False: it stayed so)
+    load: LoadWindow | None = None  # over every timed round (cpuload.py; None: unknown)
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
         gen = known.get("generation")
         return {**known, "memory_kind": MemoryKind.read(known.get("memory_kind")),
+                "load": LoadWindow.from_json(known.get("load")),
                 "points": [ProbePoint.from_json(p) for p in known.get("points") or []],
                 "steps": [ProbeStep.from_json(p) for p in known.get("steps") or []],
                 "generation": GenerationSpeed.from_json(gen) if isinstance(gen, dict) else None}

@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Self
 
 def plain(value: Any) -> Any:
     """A value as JSON holds it: records and dataclasses become dicts, tuples lists, enums their values."""
-    if isinstance(value, JsonRecord):
-        return value.to_json()
+    if isinstance(value, JsonRecord) or callable(getattr(value, "to_json", None)):
+        return value.to_json()  # a record of its own making (cpuload.LoadWindow) too
     if isinstance(value, Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

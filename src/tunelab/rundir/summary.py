@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
 from tunelab.rundir.memory import MemoryKind
@@ -47,10 +48,12 @@ class StepCost(JsonRecord):
     fixed_s: float | None = None
     tokens_per_step: float | None = None
     repeats: int | None = None  # timed steps per point (the fastest is kept); fewer after a short run
+    load: LoadWindow | None = None  # the machine's load over the timed steps (None: unknown)
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
-        return {**known, "points": [StepPoint.from_json(p) for p in known.get("points") or []]}
+        return {**known, "points": [StepPoint.from_json(p) for p in known.get("points") or []],
+                "load": LoadWindow.from_json(known.get("load"))}
 
 
 @dataclass(kw_only=True)
@@ -124,6 +127,7 @@ class Summary(JsonRecord):
     stages: list[StageRecord] | None = None  # a staged run: its stages (without counters)
     adopted_from: str | None = None  # tunelab adopt: the output dir, and what kind of dir it was
     adopted_kind: str | None = None
+    load: LoadWindow | None = None  # the machine's load over the training steps (cpuload.py; None: unknown)
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +144,8 @@ class Summary(JsonRecord):
             out["processes"] = [ProcessMemory.from_json(p) for p in out["processes"]]
         if out.get("stages") is not None:
             out["stages"] = [StageRecord.from_json(s) for s in out["stages"]]
+        if "load" in out:
+            out["load"] = LoadWindow.from_json(out["load"])
         if out.get("checkpoints") is None:
             out.pop("checkpoints", None)
         return out

@@ -7,6 +7,7 @@ micro-batch, and packed and unpacked runs are only comparable that way.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tunelab.cpuload import LoadMeter, process_cpu_s
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.metrics import MetricRow, append_metric
@@ -90,14 +92,20 @@ def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux /proc), so start-up includes interpreter and imports."""
     try:
-        import os
-
         ticks = os.sysconf("SC_CLK_TCK")
         start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
         boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
         return time.time() - (boot + start_ticks / ticks)
     except (OSError, ValueError, StopIteration, IndexError):
         return None
+
+
+def sibling_ranks() -> int:
+    """The other processes of this run on this machine (torchrun's local world), which the load meter counts as
+    this run's, not as others' (cpuload.py)."""
+    from tunelab.train.distributed import world
+
+    return max(0, int(os.environ.get("LOCAL_WORLD_SIZE", world().size)) - 1)
 
 
 def peak_memory() -> tuple[float, MemoryKind]:
@@ -121,6 +129,7 @@ class MetricsWriter:
         self.base_elapsed = counters.elapsed_s
         self._last = (counters.tokens, self._train_time(), counters.data_wait_s)  # at the last training row
         self.last_eval_step: int | None = None
+        self.load = LoadMeter.start(siblings=sibling_ranks())  # others' share of the cores, row to row
 
     def _train_time(self) -> float:
         return self.elapsed() - self.counters.overhead_s
@@ -149,7 +158,8 @@ class MetricsWriter:
             # waited for data since the last training row (every process's wait, the slowest one's)
             data_wait_s=None if is_eval else round(c.data_wait_s - last_wait, 4),
             peak_memory_gib=round(peak if peak_gib is None else peak_gib, 4), memory_kind=kind,
-            elapsed_s=round(c.elapsed_s, 3), stage=self.stage)
+            elapsed_s=round(c.elapsed_s, 3), stage=self.stage, cpu_s=round(process_cpu_s(), 3),
+            others_share=self._others_share())
         if is_eval:
             self.last_eval_step = step
         else:
@@ -157,6 +167,11 @@ class MetricsWriter:
         append_metric(self.run_dir, row)
         self.rows.append(row)
         return row
+
+    def _others_share(self) -> float | None:
+        """The share of the cores other processes held since the previous row (None: the load is unknown)."""
+        window = self.load.lap() if self.load is not None else None
+        return round(window.others_share, 4) if window is not None else None
 
     def snapshot(self) -> Counters:
         """The counters now (elapsed time brought up to date), as a checkpoint records them."""

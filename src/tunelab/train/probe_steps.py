@@ -6,7 +6,10 @@ is the probe's scratch run (estimate/probe.py: probe_cfg). The result goes into 
 The trainer is the run's own (build_trainer: the same model, data, LoRA, collator and loop). It trains a
 couple of steps first (optimizer state created, kernels warmed up), then times real steps — collation,
 forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
-(train/step_cost.py), so a step's fixed cost separates from its cost per token. Peak memory is
+(train/step_cost.py), so a step's fixed cost separates from its cost per token. The machine's load over the timed
+steps is measured (tunelab/cpuload.py); when one micro-batch's timings disagree by more than SPREAD_LIMIT
+(slowest/fastest) or the window was contended, up to MORE_ROUNDS more rounds are timed, and every timing is kept
+with its median and spread. Peak memory is
 `torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. Then,
 the trainer freed, a few batched generations are timed as evaluation runs them (train/probe_generate.py).
 
@@ -28,12 +31,13 @@ from tunelab.faults import inject_oom_fault
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
-from tunelab.rundir.probe import GenerationSpeed, ProbePoint, ProbeResult, ProbeStep, write_probe_results
+from tunelab.rundir.probe import (MORE_ROUNDS, SPREAD_LIMIT, GenerationSpeed, ProbePoint, ProbeResult, ProbeStep,
+                                  write_probe_results)
 from tunelab.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s
-from tunelab.train.step_cost import time_real_steps
+from tunelab.train.step_cost import TimedSteps, time_real_steps
 from tunelab.train.trackers import skip_unused_tracker_sdks
 
 USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
@@ -96,13 +100,16 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
 
     if steps:
         measured = time_real_steps(trainer, [b], repeats=steps, on_step=record)
+        settled = not disagrees(measured)
     else:
-        measured = time_real_steps(trainer, sorted({b, 2 * b}))
+        measured, settled = timed_rounds(trainer, sorted({b, 2 * b}))
     reserved = max(s.memory_gib for s in trace) if cuda and trace else (
         torch.cuda.max_memory_reserved() / GIB if cuda else None)
     used, context = device.used_gib(), device.context_now_gib() if cuda else None
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
+    result.spread = round(spread, 4) if (spread := measured.spread()) is not None else None
+    result.load, result.rounds, result.settled = measured.load, measured.rounds, settled
     result.max_micro_batch, result.steps = largest, trace
     result.startup_s = round(startup, 3) if startup is not None else None
     result.nvml_used_gib, result.cuda_context_gib = _gib(used), _gib(device.context_gib)
@@ -112,6 +119,24 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     del trainer  # the trainer's model and optimizer state go before evaluation's model loads
     result.generation = _generation(pcfg, cuda)
     return result
+
+
+def disagrees(timed: TimedSteps) -> bool:
+    """Timings worth taking again: spread past SPREAD_LIMIT, or timed while others held the cores."""
+    spread = timed.spread()
+    return (spread is not None and spread > SPREAD_LIMIT) or (timed.load is not None and timed.load.contended)
+
+
+def timed_rounds(trainer: Any, batches: list[int]) -> tuple[TimedSteps, bool]:
+    """A round of timed steps at each size, and up to MORE_ROUNDS more while the latest round disagrees: every
+    timing kept (the fastest is the figure, the rest its spread), and whether the last round agreed."""
+    timed = last = time_real_steps(trainer, batches)
+    for _ in range(MORE_ROUNDS):
+        if not disagrees(last):
+            break
+        last = time_real_steps(trainer, batches, warmup=False)
+        timed = timed.then(last)
+    return timed, not disagrees(last)
 
 
 def _generation(pcfg: RunConfig, cuda: bool) -> GenerationSpeed | None:
@@ -136,12 +161,16 @@ def _gib(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def _result(b: int, measured: dict[int, tuple[float, float, float | None]], reserved: float | None, cuda: bool,
-            versions: dict[str, str]) -> ProbeResult:
+def _result(b: int, measured: TimedSteps, reserved: float | None, cuda: bool, versions: dict[str, str]
+            ) -> ProbeResult:
+    import statistics
+
     import torch
 
-    points = [ProbePoint(micro_batch=mb, tokens=tokens, seconds=round(sec, 6), peak_allocated_gib=peak)
-              for mb, (tokens, sec, peak) in sorted(measured.items())]
+    points = [ProbePoint(micro_batch=mb, tokens=tokens, seconds=round(sec, 6), peak_allocated_gib=peak,
+                         timings=[round(t, 6) for t, _ in measured.steps[mb]],
+                         median_s=round(statistics.median(t for t, _ in measured.steps[mb]), 6))
+              for mb, (tokens, sec, peak) in sorted(measured.fastest().items())]
     if not points:
         raise TunelabError("the training split is too small to time a single step")
     at = next((p for p in points if p.micro_batch == b), points[0])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.cpuload import LoadMeter, LoadWindow
 from tunelab.device import resolve_dtype
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import inject_oom_fault
@@ -41,7 +42,7 @@ from tunelab.train.dataloading import pipeline_summary
 from tunelab.train.distributed import agree, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
-from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats
+from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats, sibling_ranks
 from tunelab.train.ordering import OrderLog
 from tunelab.train.resume import Resume, resume
 from tunelab.train.sharding import applied_strategy, gather_process_memory, shard_trainer
@@ -163,6 +164,7 @@ class _Fitted:
     validation_examples: int | None
     packing: PackingStats
     startup_s: float | None
+    load: LoadWindow | None  # the machine's load over trainer.train() (None: unknown)
 
     @property
     def validates(self) -> bool:
@@ -190,14 +192,16 @@ def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: S
         inject_oom_fault(t.batch_size)
         trainer.order_log = OrderLog(run_dir, start.orders) if w.is_main else None  # the order each epoch drew
         trainer.order_tag = (ctx.epoch_offset, ctx.name)
+        meter = LoadMeter.start(siblings=sibling_ranks())
         trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
+        load = meter.window() if meter is not None else None
     finally:
         watch.restore()
     _check_applied(strategy, applied_strategy(trainer))
     if trainer.state.global_step < trainer.state.max_steps:  # only a stop signal ends training early
         raise TrainingStopped(watch.received or signal.SIGTERM, trainer.state.global_step)  # saved: interrupts.py
     return _Fitted(trainer, len(train_ds), len(val_ds) if val_ds is not None else None, pstats,
-                   startup.get("startup_s"))
+                   startup.get("startup_s"), load)
 
 
 def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: StageContext,
@@ -220,7 +224,7 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
         validation_examples=fitted.validation_examples, packing=fitted.packing,
         pipeline=pipeline_summary(t, cuda, w.size, counters.data_wait_s, elapsed - counters.overhead_s),
         facts=run_facts(trainer, t, dtype, start.restarts, w.size, applied_strategy(trainer), processes),
-        step_cost=step_cost, stage=stage)
+        step_cost=step_cost, stage=stage, load=fitted.load)
     return Trained(summary, end_counters)
 
 

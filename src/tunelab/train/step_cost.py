@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from tunelab.cpuload import LoadMeter, LoadWindow
 from tunelab.rundir.summary import StepCost, StepPoint
 
 REPEATS = 4
@@ -33,15 +35,47 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+@dataclass
+class TimedSteps:
+    """Every timed step per micro-batch ((seconds, tokens) in order), each size's peak, and the machine's load
+    over the timed steps (cpuload.py: None where it cannot be read)."""
+
+    steps: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    peaks: dict[int, float | None] = field(default_factory=dict)
+    load: LoadWindow | None = None
+    rounds: int = 1  # calls of time_real_steps these steps come from
+
+    def __bool__(self) -> bool:
+        return any(self.steps.values())
+
+    def fastest(self) -> dict[int, tuple[float, float, float | None]]:
+        """{micro-batch: (tokens, seconds, peak GiB)} of the fastest step at each size: other work only ever adds
+        time, so the minimum is the least disturbed measurement."""
+        return {b: (min(rows)[1], min(rows)[0], self.peaks.get(b)) for b, rows in self.steps.items() if rows}
+
+    def spread(self) -> float | None:
+        """How far the timings of one size disagree: the largest max/min − 1 over the sizes (0.41: the slowest
+        step took 41 % longer than the fastest); None with fewer than two steps at every size."""
+        spreads = [max(r)[0] / min(r)[0] - 1 for r in self.steps.values() if len(r) >= 2 and min(r)[0] > 0]
+        return max(spreads) if spreads else None
+
+    def then(self, more: TimedSteps) -> TimedSteps:
+        """These steps and a later round's, as one measurement (the loads summed)."""
+        steps = {b: [*self.steps.get(b, []), *more.steps.get(b, [])] for b in {*self.steps, *more.steps}}
+        peaks = {b: max((p for p in (self.peaks.get(b), more.peaks.get(b)) if p is not None), default=None)
+                 for b in steps}
+        loads = [w for w in (self.load, more.load) if w is not None]
+        unknown = self.load is None and bool(self) or more.load is None and bool(more)
+        return TimedSteps(steps, peaks, None if unknown else LoadWindow.combined(loads), self.rounds + more.rounds)
+
+
 def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
-                    on_step: Callable[[int, float, float], None] | None = None,
-                    ) -> dict[int, tuple[float, float, float | None]]:
-    """{micro-batch: (tokens, seconds, peak GiB)} of the fastest of a few real steps at each size: collation,
-    forward, backward and optimizer step, on the run's own training data. The sizes take turns step by step,
-    so a burst of other work on the machine falls on both alike; and the fastest counts, not the median:
-    other work only ever adds time, so the minimum is the least disturbed measurement. `on_step(micro-batch,
-    tokens, seconds)` is called after each timed step (the GPU kit's per-step trace; peaks are still those
-    of that step)."""
+                    on_step: Callable[[int, float, float], None] | None = None, warmup: bool = True) -> TimedSteps:
+    """A few real steps at each size, every one timed: collation, forward, backward and optimizer step, on the
+    run's own training data. The sizes take turns step by step, so a burst of other work on the machine falls on
+    both alike; the load over the timed steps is measured (cpuload.py) so a burst is seen, not only suffered.
+    `warmup`: one untimed round first. `on_step(micro-batch, tokens, seconds)` is called after each timed step
+    (the GPU kit's per-step trace; peaks are still those of that step)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -53,9 +87,11 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
         # the trainer's loop ran no step in this process (a finished run's job started again resumes at its
         # end): it never set the accumulation window training_step divides the loss by; a timed step is its own
         trainer.current_gradient_accumulation_steps = 1
-    timed: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
-    peaks: dict[int, float | None] = {}
-    for i in range(repeats + 1):
+    out = TimedSteps({b: [] for b in batches})
+    meter = None
+    for i in range(0 if warmup else 1, repeats + 1):
+        if i == 1:  # the first round is warm-up: the load is measured over the timed ones
+            meter = LoadMeter.start()
         for b in batches:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
@@ -70,17 +106,13 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
             _sync()
-            if i:  # the first round is warm-up
-                timed[b].append((time.perf_counter() - t0, n))
+            if i:
+                out.steps[b].append((time.perf_counter() - t0, n))
                 if on_step is not None:
-                    on_step(b, n, timed[b][-1][0])
+                    on_step(b, n, out.steps[b][-1][0])
                 peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-                peaks[b] = max(peaks.get(b) or 0.0, peak) if peak is not None else None
-    out = {}
-    for b, rows in timed.items():
-        if rows:
-            seconds, tokens = min(rows)
-            out[b] = (tokens, seconds, peaks.get(b))
+                out.peaks[b] = max(out.peaks.get(b) or 0.0, peak) if peak is not None else None
+    out.load = meter.window() if meter is not None else None
     return out
 
 
@@ -92,11 +124,11 @@ def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
 
     rng_state = torch.get_rng_state()
     try:
-        measured = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}), repeats)
+        timed = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}), repeats)
     finally:
         torch.set_rng_state(rng_state)
     points = [StepPoint(batch=b, tokens=t, seconds=round(sec, 6), peak_gib=peak)
-              for b, (t, sec, peak) in sorted(measured.items())]
+              for b, (t, sec, peak) in sorted(timed.fastest().items())]
     if len(points) < 2 or points[1].tokens == points[0].tokens:
         return None
     (t1, s1), (t2, s2) = ((p.tokens, p.seconds) for p in points)
@@ -104,5 +136,5 @@ def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
     fixed = None
     if steady_step_s is not None and tokens_per_step is not None:
         fixed = max(0.0, steady_step_s - per_token * tokens_per_step)
-    return StepCost(points=points, per_token_s=per_token, fixed_s=fixed, repeats=repeats,
+    return StepCost(points=points, per_token_s=per_token, fixed_s=fixed, repeats=repeats, load=timed.load,
                     tokens_per_step=round(tokens_per_step, 2) if tokens_per_step is not None else None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.cpuload import LoadWindow
 from tunelab.models.attention import VARLEN_IMPLEMENTATION
 from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
@@ -56,7 +57,8 @@ def _losses_and_tokens(rows: list[MetricRow]) -> dict[str, Any]:
 
 def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: int, epochs: int, timing: Timing,
               train_examples: int, validation_examples: int | None, packing: PackingStats, pipeline: Pipeline,
-              facts: RunFacts, step_cost: StepCost | None, stage: StageFacts | None) -> Summary:
+              facts: RunFacts, step_cost: StepCost | None, stage: StageFacts | None,
+              load: LoadWindow | None = None) -> Summary:
     """Loss, tokens, throughput (all processes together) and the worst process's peak memory, from the run's
     metrics rows (metrics.jsonl as the job holds it), with what the run ran on."""
     return Summary(
@@ -78,6 +80,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
         cpu_threads=facts.cpu_threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
         attention=facts.attention, attention_kernel=facts.attention_kernel, restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
+        load=load,
     )
 
 

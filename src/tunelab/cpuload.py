@@ -1,0 +1,189 @@
+"""How much of the machine a timed measurement had: the process's CPU time beside its wall time, and what every
+other process on its cores used meanwhile (/proc/stat), so a step timed while others held the cores is known
+as such instead of being learned from as this machine's speed.
+
+Machine busy CPU-seconds are user + nice + system + irq + softirq + steal of the `cpuN` lines of /proc/stat
+for the cores this process may run on (os.sched_getaffinity), in clock ticks (10 ms: a window of a fraction
+of a second is coarse). The process's own CPU is getrusage(RUSAGE_SELF) user + system, which counts all its
+threads but not its child processes: a dataloader worker's time reads as another process's. A distributed
+run's rank cannot see its sibling ranks' CPU: it counts them as (world − 1) × its own (`siblings`), the
+ranks doing the same work. Where /proc/stat is absent (not Linux) `LoadMeter.start` returns None and every
+reader treats the load as unknown, never as idle.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROC_STAT = Path("/proc/stat")
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system [idle iowait] irq softirq steal (guest is inside user)
+CONTENDED_SLOWDOWN = 1.15  # a window whose predicted slowdown is above this is contended
+MIN_FREE_CORES = 0.1  # free cores never read below this (a slowdown stays finite)
+
+
+def _ticks_per_s() -> int:
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def _cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def machine_busy_s(cores: list[int], stat: Path = PROC_STAT) -> float | None:
+    """CPU-seconds every process used on these cores since boot (None: no /proc/stat, or none of them in it)."""
+    try:
+        text = stat.read_text()
+    except OSError:
+        return None
+    wanted = {f"cpu{c}" for c in cores}
+    ticks = 0
+    found = False
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if name in wanted:
+            values = rest.split()
+            ticks += sum(int(values[i]) for i in BUSY_FIELDS if i < len(values))
+            found = True
+    return ticks / _ticks_per_s() if found else None
+
+
+def process_cpu_s() -> float:
+    """This process's user + system CPU seconds, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def torch_threads() -> int:
+    """Torch's intra-op threads when torch is loaded (1 otherwise: a process without torch runs one)."""
+    torch = sys.modules.get("torch")
+    try:
+        return int(torch.get_num_threads()) if torch is not None else 1
+    except Exception:  # a partly imported torch
+        return 1
+
+
+@dataclass(frozen=True)
+class LoadWindow:
+    """One timed window: this process's wall and CPU seconds, the CPU-seconds others used on its cores meanwhile,
+    its cores and torch threads. What it predicts: how much slower than alone the share of the cores it had
+    makes it (`slowdown`, a lower bound: oversubscribed threads spin far worse than their share)."""
+
+    wall_s: float
+    cpu_s: float  # this process (and, counted as such, its sibling ranks: see the module)
+    others_cpu_s: float  # every other process on its cores, never below 0
+    cores: int
+    threads: int
+
+    @property
+    def others_share(self) -> float:
+        """The share of the cores others held, 0..1."""
+        if self.wall_s <= 0 or self.cores <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.others_cpu_s / (self.wall_s * self.cores)))
+
+    @property
+    def free_cores(self) -> float:
+        """Cores left to this process on average over the window."""
+        return self.cores - (self.others_cpu_s / self.wall_s if self.wall_s > 0 else 0.0)
+
+    @property
+    def slowdown(self) -> float:
+        """How much slower than alone: the cores its threads could use over the cores others left it (≥ 1)."""
+        wanted = min(max(self.threads, 1), self.cores)
+        return max(1.0, wanted / max(self.free_cores, MIN_FREE_CORES))
+
+    @property
+    def contended(self) -> bool:
+        return self.slowdown > CONTENDED_SLOWDOWN
+
+    def describe(self) -> str:
+        """'contended ×3.1' or 'idle': the history's load column, a warning's words."""
+        return f"contended ×{self.slowdown:.1f}" if self.contended else "idle"
+
+    def to_json(self) -> dict[str, Any]:
+        """The measured fields, then the derived ones (for a reader of the file; from_json ignores them)."""
+        return {"wall_s": round(self.wall_s, 3), "cpu_s": round(self.cpu_s, 3),
+                "others_cpu_s": round(self.others_cpu_s, 3), "cores": self.cores, "threads": self.threads,
+                "others_share": round(self.others_share, 4), "slowdown": round(self.slowdown, 3),
+                "contended": self.contended}
+
+    @classmethod
+    def from_json(cls, data: Any) -> LoadWindow | None:
+        """The window a file holds; None for anything else (an older file without it, a damaged value)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(wall_s=float(data["wall_s"]), cpu_s=float(data["cpu_s"]),
+                       others_cpu_s=float(data["others_cpu_s"]), cores=int(data["cores"]),
+                       threads=int(data["threads"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def combined(cls, windows: list[LoadWindow]) -> LoadWindow | None:
+        """Several windows as one (summed times; the most cores and threads any had)."""
+        if not windows:
+            return None
+        return cls(wall_s=sum(w.wall_s for w in windows), cpu_s=sum(w.cpu_s for w in windows),
+                   others_cpu_s=sum(w.others_cpu_s for w in windows), cores=max(w.cores for w in windows),
+                   threads=max(w.threads for w in windows))
+
+
+@dataclass(frozen=True)
+class _Reading:
+    wall: float
+    busy: float
+    own: float
+
+
+class LoadMeter:
+    """Started at the beginning of what is timed: `window()` is the load since the start, `lap()` since the
+    previous lap (or the start). `threads`: the torch threads the process runs (None: read from torch at each
+    window); `siblings`: the other ranks of a distributed run, counted as doing what this process does."""
+
+    def __init__(self, cores: list[int], first: _Reading, threads: int | None, siblings: int, stat: Path):
+        self._cores, self._start, self._last = cores, first, first
+        self._threads, self._siblings, self._stat = threads, max(0, siblings), stat
+
+    @classmethod
+    def start(cls, threads: int | None = None, siblings: int = 0, stat: Path = PROC_STAT) -> LoadMeter | None:
+        """A meter from now; None where the machine's load cannot be read (no /proc/stat)."""
+        cores = _cores()
+        reading = cls._read(cores, stat)
+        return cls(cores, reading, threads, siblings, stat) if reading is not None else None
+
+    @staticmethod
+    def _read(cores: list[int], stat: Path) -> _Reading | None:
+        busy = machine_busy_s(cores, stat)
+        return _Reading(time.monotonic(), busy, process_cpu_s()) if busy is not None else None
+
+    def _between(self, a: _Reading, b: _Reading) -> LoadWindow:
+        own = max(0.0, b.own - a.own)
+        others = max(0.0, (b.busy - a.busy) - own * (1 + self._siblings))
+        return LoadWindow(wall_s=max(0.0, b.wall - a.wall), cpu_s=own, others_cpu_s=others, cores=len(self._cores),
+                          threads=self._threads if self._threads is not None else torch_threads())
+
+    def window(self) -> LoadWindow | None:
+        """The load since the start (None: /proc/stat went away)."""
+        now = self._read(self._cores, self._stat)
+        return self._between(self._start, now) if now is not None else None
+
+    def lap(self) -> LoadWindow | None:
+        """The load since the previous lap (or the start)."""
+        now = self._read(self._cores, self._stat)
+        if now is None:
+            return None
+        window, self._last = self._between(self._last, now), now
+        return window

@@ -1,0 +1,169 @@
+"""cpuload: a timed window's load read from the real /proc/stat against a real CPU hog the test starts. The
+machine is shared, so nothing here assumes it idle: the hog's own CPU time (from the kernel, via wait4) is the
+independent expectation, and others' CPU in the window must hold at least that much."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunelab.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: estimate_accuracy.py --contend's hogs)
+
+pytestmark = pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc/stat")
+
+HOG = "import time\nend = time.process_time() + float({cpu})\nwhile time.process_time() < end: pass\n"
+TICK = 0.02  # /proc/stat counts 10 ms ticks: two of slack per reading
+
+
+def hog_cpu_s(cpu: float) -> float:
+    """Start a child that burns `cpu` CPU-seconds and exits; its CPU time as the kernel accounted it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOG.format(cpu=cpu)])
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0  # reaped here
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_hog_beside_the_process_is_counted_as_others_and_not_as_its_own():
+    meter = LoadMeter.start(threads=1)
+    assert meter is not None
+    hog = hog_cpu_s(0.6)
+    window = meter.window()
+    assert window is not None
+    assert window.others_cpu_s >= hog - 2 * TICK  # the hog's seconds, at least: other load only adds
+    assert window.cpu_s < 0.3  # this process waited; the hog is not its CPU
+    assert window.others_share >= (hog - 2 * TICK) / (window.wall_s * window.cores)
+    assert window.cores == len(os.sched_getaffinity(0)) and window.threads == 1
+
+
+def test_others_share_rises_with_a_hog_above_the_measured_baseline():
+    """Two windows of equal length, the test sleeping in both: the first with the machine's load as it is now
+    (measured, not assumed idle), the second with a hog spinning on every core. With every core taken the
+    second reads nearly all the cores as others', at least the baseline's share (less two ticks)."""
+    cores = len(os.sched_getaffinity(0))
+    meter = LoadMeter.start(threads=1)
+    assert meter is not None
+    time.sleep(0.8)
+    baseline = meter.lap()
+    with hogs(cores):
+        meter.lap()
+        time.sleep(0.8)
+        loaded = meter.lap()
+    assert baseline is not None and loaded is not None
+    assert loaded.others_share > 0.85  # hogs on every core: the cores are others', whatever else ran
+    assert loaded.others_share >= baseline.others_share - 2 * TICK / baseline.wall_s
+    assert LoadWindow(**{**vars(loaded), "threads": cores}).contended
+
+
+def test_the_process_own_cpu_is_not_others():
+    meter = LoadMeter.start(threads=1)
+    assert meter is not None
+    before = process_cpu_s()
+    end = time.process_time() + 0.4
+    while time.process_time() < end:
+        pass
+    window = meter.window()
+    assert window is not None
+    assert window.cpu_s == pytest.approx(process_cpu_s() - before, abs=0.05)
+    assert window.cpu_s >= 0.38
+
+
+def test_sibling_ranks_are_counted_as_the_run_not_as_others():
+    """A rank counts its siblings as doing its own work: with one sibling its own CPU is taken twice from the
+    machine's busy seconds (never below 0)."""
+    meter = LoadMeter.start(threads=1, siblings=1)
+    assert meter is not None
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    window = meter.window()
+    assert window is not None and window.others_cpu_s >= 0.0
+
+
+def test_the_slowdown_is_the_cores_its_threads_wanted_over_the_cores_left():
+    idle = LoadWindow(wall_s=10.0, cpu_s=20.0, others_cpu_s=0.0, cores=2, threads=2)
+    assert (idle.others_share, idle.free_cores, idle.slowdown, idle.contended) == (0.0, 2.0, 1.0, False)
+    half = LoadWindow(wall_s=10.0, cpu_s=10.0, others_cpu_s=10.0, cores=2, threads=2)  # others held 1 of 2
+    assert (half.others_share, half.free_cores, half.slowdown, half.contended) == (0.5, 1.0, 2.0, True)
+    one_thread = LoadWindow(wall_s=10.0, cpu_s=10.0, others_cpu_s=10.0, cores=2, threads=1)  # 1 core left: enough
+    assert one_thread.slowdown == 1.0 and not one_thread.contended
+    full = LoadWindow(wall_s=10.0, cpu_s=0.0, others_cpu_s=25.0, cores=2, threads=2)  # more than the cores
+    assert full.others_share == 1.0 and full.slowdown == 2 / 0.1
+    assert half.describe() == "contended ×2.0" and idle.describe() == "idle"
+
+
+def test_a_window_round_trips_through_json_and_garbage_reads_as_unknown():
+    window = LoadWindow(wall_s=3.25, cpu_s=5.5, others_cpu_s=1.3, cores=2, threads=2)
+    data = json.loads(json.dumps(window.to_json()))
+    assert data["others_share"] == pytest.approx(0.2) and data["contended"] is True
+    assert LoadWindow.from_json(data) == window
+    assert LoadWindow.from_json(None) is None
+    assert LoadWindow.from_json({"wall_s": 1.0}) is None
+    assert LoadWindow.from_json({**data, "cores": "many"}) is None
+
+
+def test_combined_windows_add_their_seconds():
+    a = LoadWindow(wall_s=1.0, cpu_s=1.0, others_cpu_s=0.5, cores=2, threads=1)
+    b = LoadWindow(wall_s=2.0, cpu_s=1.5, others_cpu_s=1.5, cores=2, threads=2)
+    assert LoadWindow.combined([a, b]) == LoadWindow(wall_s=3.0, cpu_s=2.5, others_cpu_s=2.0, cores=2, threads=2)
+    assert LoadWindow.combined([]) is None
+
+
+def test_without_proc_stat_the_load_is_unknown(tmp_path):
+    assert LoadMeter.start(stat=tmp_path / "absent") is None
+    assert machine_busy_s([0], tmp_path / "absent") is None
+
+
+def test_busy_seconds_are_read_from_the_cores_lines(tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice (ticks); the aggregate line is ignored
+    stat.write_text("cpu  999 0 0 0 0 0 0 0 0 0\ncpu0 100 10 50 1000 40 1 2 3 7 0\ncpu1 200 0 0 5 0 0 0 0 0 0\n"
+                    "intr 1 2 3\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert machine_busy_s([0], stat) == pytest.approx((100 + 10 + 50 + 1 + 2 + 3) / ticks)
+    assert machine_busy_s([0, 1], stat) == pytest.approx((166 + 200) / ticks)
+    assert machine_busy_s([5], stat) is None
+
+
+def test_the_benchmark_hogs_are_gone_after_their_block_even_on_an_error():
+    with pytest.raises(RuntimeError):
+        with hogs(2) as procs:
+            assert all(p.poll() is None for p in procs)  # spinning
+            raise RuntimeError("the benchmark failed")
+    assert all(p.returncode is not None for p in procs)  # killed and reaped
+
+
+def test_a_hog_stops_by_itself_when_its_time_is_up():
+    with hogs(1, max_s=0.2) as [proc]:
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_hog_stops_by_itself_when_the_benchmark_is_killed_outright():
+    """SIGKILL runs no `finally`: the hog sees its parent gone and exits (a zombie at most, awaiting a reaper)."""
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    code = ("import time\nfrom hogs import hogs\n"
+            "with hogs(1) as [p]:\n    print(p.pid, flush=True)\n    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=bench, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+
+    deadline = time.monotonic() + 20
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone()
