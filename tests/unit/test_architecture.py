@@ -103,7 +103,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
 FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "device", "errors", "fsutil", "diskspace",
-                        "console", "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup",
+                        "console", "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup", "threads",
                         "vocabulary", "__init__"})
 
 
