@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 CPUS_ENV = "TUNELAB_CPUS"  # the cores a job was given by the local executor: "0,1" (it pins itself to them)
 MARK_ENV = "TUNELAB_OMP_NUM_THREADS"  # OMP_NUM_THREADS as tunelab set it (equal: tunelab's, not the user's)
@@ -65,29 +66,46 @@ def usable_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def cores_given(env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """The cores this job may use and why: the local executor's share, Slurm's allocation, the affinity mask."""
+def physical_cores(cpus: list[int]) -> int:
+    """How many physical cores `cpus` (logical CPUs) sit on: two hyperthreads of a core are one compute thread's
+    worth to torch, whose own default is the physical cores. len(cpus) where Linux's topology is unreadable."""
+    seen = set()
+    for cpu in cpus:
+        top = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            seen.add((top.joinpath("physical_package_id").read_text().strip(), top.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(seen) or len(cpus)
+
+
+def cores_given(env: Mapping[str, str] | None = None, physical: bool = False) -> tuple[int, str]:
+    """The CPUs this job may use and why: the local executor's share, Slurm's allocation, the affinity mask.
+    `physical`: a mask's physical cores rather than its logical CPUs (compute threads; Slurm's count is kept)."""
     env = os.environ if env is None else env
     share = env.get(CPUS_ENV, "").strip()
+    cpus: list[int] = []
     if share:
         try:
             cpus = parse_cpus(share)
         except ValueError:
             cpus = []
-        if cpus:
-            return len(cpus), f"{CPUS_ENV}={share} (the local executor's share)"
+    where = f"{CPUS_ENV}={share} (the local executor's share)" if cpus else ""
     raw = env.get("SLURM_CPUS_PER_TASK", "").strip()
-    if raw.isdigit() and int(raw) > 0:
+    if not cpus and raw.isdigit() and int(raw) > 0:
         return int(raw), f"SLURM_CPUS_PER_TASK={raw}"
-    n = len(usable_cpus())
-    return n, f"cpu affinity {n}"
+    if not cpus:
+        cpus = usable_cpus()
+        where = f"cpu affinity {len(cpus)}"
+    n = physical_cores(cpus) if physical else len(cpus)
+    return n, where + (f" ({n} physical cores)" if n != len(cpus) else "")
 
 
 def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPlan:
     """The threads of each of `processes` processes sharing this job's cores: the user's OMP_NUM_THREADS when
     they set one, torch's default under TUNELAB_THREAD_RULE=torch, else the budget."""
     env = os.environ if env is None else env
-    cores, source = cores_given(env)
+    cores, source = cores_given(env, physical=True)
     processes = max(1, processes)
     if env.get(RULE_ENV, "").strip().lower() == TORCH_DEFAULT:
         return ThreadPlan(None, cores, processes, f"{TORCH_DEFAULT}'s default ({RULE_ENV}={TORCH_DEFAULT})")
