@@ -25,6 +25,7 @@ CPUS_ENV = "TUNELAB_CPUS"  # the cores a job was given by the local executor: "0
 MARK_ENV = "TUNELAB_OMP_NUM_THREADS"  # OMP_NUM_THREADS as tunelab set it (equal: tunelab's, not the user's)
 RULE_ENV = "TUNELAB_THREAD_RULE"  # "torch": set nothing (torch's default in each process, the old behaviour)
 TORCH_DEFAULT = "torch"
+OLD_BEHAVIOUR = f"torch's default ({RULE_ENV}={TORCH_DEFAULT})"  # the source of a plan that sets nothing
 LIBRARY_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -37,11 +38,7 @@ class ThreadPlan:
     cores_given: int
     processes: int
     source: str
-
-    @property
-    def explicit(self) -> bool:
-        """Chosen by the user (their OMP_NUM_THREADS) or left to torch: tunelab sets nothing."""
-        return self.source.startswith(("OMP_NUM_THREADS", TORCH_DEFAULT))
+    explicit: bool = False  # the user's OMP_NUM_THREADS, or torch's default asked for: tunelab sets no count
 
 
 def thread_budget(cores: int, processes: int) -> int:
@@ -108,11 +105,11 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
     cores, source = cores_given(env, physical=True)
     processes = max(1, processes)
     if env.get(RULE_ENV, "").strip().lower() == TORCH_DEFAULT:
-        return ThreadPlan(None, cores, processes, f"{TORCH_DEFAULT}'s default ({RULE_ENV}={TORCH_DEFAULT})")
+        return ThreadPlan(None, cores, processes, OLD_BEHAVIOUR, True)
     omp = env.get("OMP_NUM_THREADS", "").strip()
     if omp and omp != env.get(MARK_ENV, "").strip():
         n = int(omp) if omp.isdigit() and int(omp) > 0 else None
-        return ThreadPlan(n, cores, processes, f"OMP_NUM_THREADS={omp}, set before tunelab: respected")
+        return ThreadPlan(n, cores, processes, f"OMP_NUM_THREADS={omp}, set before tunelab: respected", True)
     return ThreadPlan(thread_budget(cores, processes), cores, processes, f"{source} / {processes} process(es)")
 
 
@@ -121,7 +118,7 @@ def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None
     OMP/MKL threads set and marked as tunelab's, torch's threads if torch is loaded, tokenizers' own
     parallelism off when several processes share the cores. A user's choice is left as it is."""
     env = os.environ if env is None else env
-    if plan.source.startswith(TORCH_DEFAULT):
+    if plan.source == OLD_BEHAVIOUR:
         return
     if env is os.environ:
         pin(env)
