@@ -27,6 +27,7 @@ sys.path.insert(0, str(BENCH))
 import forking  # noqa: E402
 
 SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
+    "threads.py": "test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up",  # ~55 (8 fresh ranks)
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
@@ -39,7 +40,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
-            "deadline.py")  # they take --out DIR
+            "deadline.py", "threads.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
@@ -259,6 +260,36 @@ def test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds(smokes):
     (fsdp_frozen,) = line(out, rf"^  FSDP x2 +{NUM} +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$")
     assert fsdp_frozen == pytest.approx(runs["FSDP x2"]["processes"][0]["frozen_param_bytes"] / one["frozen_param_bytes"],
                                         abs=0.0006)
+
+
+@pytest.mark.slow  # two 2-process DDP runs side by side, twice
+def test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up(smokes):
+    """Two jobs each way, each row its run's summary.json (the last pass, after, is left in --out): after, the
+    jobs' shares of the cores are disjoint and add up to this machine's, each rank running its share's threads;
+    before, torch's default (torchrun's one thread per rank). The ratio row divides the medians above it."""
+    from tunelab.threads import physical_cores, thread_budget, usable_cpus
+
+    out, out_dir = smoke(smokes, "threads.py")
+    rows = re.findall(rf"^  (before|after) +(tiny_s[12]) +{NUM} +{NUM} +{NUM}  (\S+) x (\d+) on (\d+) cores", out,
+                      re.MULTILINE)
+    assert sorted((mode, run) for mode, run, *_ in rows) == [("after", "tiny_s1"), ("after", "tiny_s2"),
+                                                             ("before", "tiny_s1"), ("before", "tiny_s2")]
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in (out_dir / "ddp").glob("runs/*/summary.json")}
+    cores = physical_cores(usable_cpus())
+    after = [r for r in rows if r[0] == "after"]
+    assert sum(int(r[7]) for r in after) == cores and all(r[6] == "2" for r in rows)
+    for mode, run, wall, cpu, tps, torch, _, given in after:
+        t = summaries[run]["threads"]
+        assert (t["torch"], t["cores_given"], t["processes"]) == (int(torch), int(given), 2)
+        assert t["torch"] == thread_budget(int(given), 2) and "TUNELAB_CPUS" in t["source"]
+        assert float(tps) == pytest.approx(summaries[run]["tokens_per_s"], abs=0.06) and float(wall) > 0
+    assert all(r[5] == "1" for r in rows if r[0] == "before")  # torchrun's OMP_NUM_THREADS=1 for each rank
+    medians = {mode: line(out, rf"^  2 x 2-process DDP +{mode} +{NUM} +{NUM} +{NUM}$") for mode in ("before", "after")}
+    ratio = line(out, rf"^  2 x 2-process DDP +ratio +{NUM} +{NUM} +{NUM}$")
+    for i, step in enumerate((0.01, 0.01, 0.1)):
+        assert ratio[i] == pytest.approx(medians["before"][i] / medians["after"][i],
+                                         abs=0.006 + ratio_bound(medians["before"][i], medians["after"][i], step, step))
+    assert len(re.findall(r"\d+\.\d+ \d+\.\d+ \d+\.\d+ \d+/\d+", out)) >= 9  # /proc/loadavg with every pass
 
 
 @pytest.mark.slow  # tiny models built, two sweeps of random adapters evaluated both ways with inspect-ai

@@ -18,6 +18,7 @@ from waiting import alive, wait_for
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
+from tunelab.threads import MARK_ENV, cores_given, thread_budget
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow
@@ -55,6 +56,8 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     seen_dir = tmp_path / "seen"
     seen_dir.mkdir()
     monkeypatch.setenv(DEBUG_SEEN_ENV, str(seen_dir))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", MARK_ENV):  # tunelab's thread rule, not a test's setting
+        monkeypatch.delenv(name, raising=False)
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")],
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -90,6 +93,11 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     assert summary["tokens"] == 2 * read_json(run_dir / "packing.json")["tokens"]
     assert [r for r in rows if r["loss"] is not None][-1]["examples"] == 2 * 320
     assert "launching 2 processes (torchrun, gloo)" in (run_dir / "train.log").read_text()
+    # each rank ran its share of the job's cores: together, the cores given (one thread each at the least)
+    cores, source = cores_given(physical=True)
+    assert summary["threads"] == {"torch": thread_budget(cores, 2), "cores_given": cores, "processes": 2,
+                                  "source": f"{source} / 2 process(es)"}
+    assert summary["cpu_threads"] * 2 == (cores if cores % 2 == 0 else cores - 1) or cores < 2
 
     seen = _seen(seen_dir)
     assert len(seen) == 4  # two processes before the kill, two after

@@ -104,7 +104,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
 FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "device", "errors", "fsutil", "diskspace",
                         "console", "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup",
-                        "vocabulary", "cpuload", "__init__"})
+                        "threads", "vocabulary", "cpuload", "__init__"})
 
 
 def package_edges(graph: grimp.ImportGraph) -> dict[tuple[str, str], list[str]]:

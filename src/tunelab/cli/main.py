@@ -138,7 +138,7 @@ def run_cmd(
 ) -> None:
     """Train the pending runs, locally or as Slurm jobs.
 
-    Train pending runs: locally (one at a time on CPU, one per GPU), or as Slurm jobs with an evaluation
+    Train pending runs: locally (one at a time on CPU or resources.runs_per_gpu side by side, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped."""
     from tunelab.execute.executors import check_options, executor_named
     from tunelab.execute.sweep import RowState, run_sweep

@@ -159,6 +159,7 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     import subprocess
     import sys
 
+    from tunelab import threads
     from tunelab.rundir.config import save_run_config
 
     pcfg = probe_cfg(shape.cfg, shape.key)
@@ -167,7 +168,8 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     try:
         run_yaml = save_run_config(pcfg, durable=False)
         cmd = [sys.executable, "-m", PROBE_MODULE, str(run_yaml), *(["--max-batch"] if max_batch else [])]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # its threads by the rule a one-process job gets, so its rows match what the plan looks up (threads.py)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=threads.child_env(1))
         results = run_dir / PROBE_RESULTS_FILE
         if proc.returncode != 0 or not results.is_file():
             raise TunelabError(f"probe of {shape.label()} failed: {_last_line(proc.stderr)}", field=shape.runs[0])

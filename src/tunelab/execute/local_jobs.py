@@ -6,7 +6,10 @@ the pid is alive and running the run's script, and UNSEEN once it is gone (the r
 Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process
 see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
 GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
-its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU. A run spanning nodes
+its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU, or up to resources.runs_per_gpu
+side by side, each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
+divides them among its processes: tunelab/threads.py), so runs side by side never spin more threads than
+there are cores. A run spanning nodes
 (resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.
 """
 
@@ -22,6 +25,7 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
+from tunelab.threads import CPUS_ENV, cpu_list, split_cores, usable_cpus
 from tunelab.rundir import now_iso
 
 TRAIN_LOG = "train.log"
@@ -60,14 +64,22 @@ def spans_nodes(cfg: RunConfig) -> str:
             "resources.nodes_per_run: 1")
 
 
+def cpu_slots(runs_at_once: int) -> dict[str, list[int]]:
+    """The CPU as slots for runs side by side: each a share of this process's cores (one slot: all of them)."""
+    shares = split_cores(usable_cpus(), runs_at_once)
+    return {CPU.id if len(shares) == 1 else f"cpu:{cpu_list(share)}": share for share in shares}
+
+
 class Devices:
-    """This machine's devices as a sweep's capacity: the visible GPUs, or one CPU slot."""
+    """This machine's devices as a sweep's capacity: the visible GPUs, or CPU slots (resources.runs_per_gpu runs
+    side by side, each on its share of the cores)."""
 
     def __init__(self, runs: list[RunConfig]) -> None:
         gpus = visible_gpus()
         self.on_gpu = bool(gpus)
-        # runs_per_gpu of the first run: one per sweep
-        self.pool = Pool(gpus, runs[0].resources.runs_per_gpu if runs else 1) if gpus else Pool([CPU])
+        per_device = runs[0].resources.runs_per_gpu if runs else 1  # runs_per_gpu of the first run: one per sweep
+        self.cpus = {} if gpus else cpu_slots(per_device)
+        self.pool = Pool(gpus, per_device) if gpus else Pool([Device(slot) for slot in self.cpus])
         self.visible = len(gpus)
         self._where: dict[str, str] = {}
 
@@ -89,8 +101,11 @@ class Devices:
         if got is None:
             return None
         slot = ",".join(got)
-        self._where[cfg.name] = f"GPU {slot}" if self.on_gpu else "cpu"
-        return {"CUDA_VISIBLE_DEVICES": slot} if self.on_gpu else {}
+        if self.on_gpu:
+            self._where[cfg.name] = f"GPU {slot}"
+            return {"CUDA_VISIBLE_DEVICES": slot}
+        self._where[cfg.name] = slot
+        return {CPUS_ENV: cpu_list(self.cpus[slot])} if len(self.cpus) > 1 else {}
 
     def where(self, cfg: RunConfig) -> str:
         return self._where.get(cfg.name, "")

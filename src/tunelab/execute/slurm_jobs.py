@@ -150,7 +150,8 @@ def write_side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command
             f"--output={work_dir}/slurm-{kind}-%j.out", f"--time={time_limit}", "--nodes=1", "--ntasks=1", *opts]
     lines = ["#!/usr/bin/env bash", f"# tunelab {kind} job of experiment {cfg.experiment}",
              *(f"#SBATCH {o}" for o in opts), "set -euo pipefail",
-             'export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+             'export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" '
+             'TUNELAB_OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',  # tunelab's: the job divides it (threads.py)
              f"exec {command}"]
     path = work_dir / f"{kind}.sbatch"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -69,6 +69,17 @@ class ProcessMemory(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class ThreadUse(JsonRecord):
+    """The CPU threads each of the run's processes computed with, and why (tunelab/threads.py): `torch` threads
+    in each of `processes` processes on this node, which share `cores_given` cores."""
+
+    torch: int | None = None
+    cores_given: int | None = None
+    processes: int | None = None
+    source: str | None = None
+
+
+@dataclass(kw_only=True)
 class Summary(JsonRecord):
     """summary.json. Fields a reader may miss (older runs, adopted runs) read as None."""
 
@@ -116,7 +127,8 @@ class Summary(JsonRecord):
     total_params: int | None = None
     device: str | None = None  # the GPU's name, or "cpu"
     gpu_memory_total_gib: float | None = None
-    cpu_threads: int | None = None
+    cpu_threads: int | None = None  # torch's threads in each process (threads: how they were chosen)
+    threads: ThreadUse | None = None
     dtype: str | None = None
     activation_checkpointing: bool | None = None
     attention: str | None = None  # run.yaml's resolved training.attention (varlen, sdpa, ...)
@@ -140,6 +152,8 @@ class Summary(JsonRecord):
             out["step_cost"] = StepCost.from_json(out["step_cost"])
         if isinstance(out.get("packing"), dict):
             out["packing"] = PackingStats.from_json(out["packing"])
+        if isinstance(out.get("threads"), dict):
+            out["threads"] = ThreadUse.from_json(out["threads"])
         if out.get("processes") is not None:
             out["processes"] = [ProcessMemory.from_json(p) for p in out["processes"]]
         if out.get("stages") is not None:

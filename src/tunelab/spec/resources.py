@@ -141,7 +141,8 @@ class ResourcesSpec(_Strict):
         "(sharded). auto: FSDP when the plan predicts the model does not fit one device, else DDP.")
     runs_per_gpu: int = Field(
         1, ge=1, description="Local executor: at most this many runs share one GPU, when the plan's memory "
-        "estimates say they fit together.")
+        "estimates say they fit together. Without GPUs: this many runs side by side on the CPU, each pinned to its "
+        "share of the cores, its processes' threads dividing that share.")
     max_retries: int = Field(
         2, ge=0, description="Automatic retries of a run (OOM: halve the micro-batch; timeout/preemption: resume)."
     )

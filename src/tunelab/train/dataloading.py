@@ -2,20 +2,20 @@
 training loop waits for its next batch.
 
 The worker count is resolved in the job, not at scaffold time: the CPUs a job has
-(`SLURM_CPUS_PER_TASK`, else the process's CPU affinity) are only known on the node that runs it,
+(the local executor's share, `SLURM_CPUS_PER_TASK`, else the process's CPU affinity: tunelab/threads.py) are only known on the node that runs it,
 and the login node that scaffolds usually has a different count. The resolved count and where it
 came from are recorded in summary.json.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tunelab.spec import TrainingConfig
+from tunelab.threads import cores_given
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
 
@@ -29,19 +29,6 @@ class Workers:
     cpus: int | None  # CPUs the job has (None when the count was given)
 
 
-def job_cpus(env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """CPUs this job may use: Slurm's allocation when inside a Slurm job, else the CPU affinity mask."""
-    env = os.environ if env is None else env
-    raw = env.get("SLURM_CPUS_PER_TASK", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw), f"SLURM_CPUS_PER_TASK={raw}"
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        n = os.cpu_count() or 1
-    return n, f"cpu affinity {n}"
-
-
 def resolve_workers(configured: int | None, cuda: bool, processes: int = 1,
                     env: Mapping[str, str] | None = None) -> Workers:
     """The configured count when given; else on a GPU one worker per CPU a process has beyond the one that
@@ -49,7 +36,7 @@ def resolve_workers(configured: int | None, cuda: bool, processes: int = 1,
     model and a worker only takes them away (benchmarks/dataloader.py measures it)."""
     if configured is not None:
         return Workers(configured, "training.dataloader_workers", None)
-    cpus, source = job_cpus(env)
+    cpus, source = cores_given(env)
     if not cuda:
         return Workers(0, "cpu training", cpus)
     per_process = cpus // max(processes, 1)

@@ -31,6 +31,12 @@ def world() -> World:
                  int(os.environ.get(_WORLD_ENV, 1)))
 
 
+def local_processes() -> int:
+    """The run's processes on this node (torchrun's LOCAL_WORLD_SIZE; 1 when not launched by torchrun): they
+    share the node's cores (tunelab/threads.py)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
 def is_worker() -> bool:
     """True inside a process that torchrun started (it must train, never launch again)."""
     return _WORLD_ENV in os.environ

@@ -23,6 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
+from tunelab import threads
 from tunelab.errors import TunelabError
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso, read_status, write_status
@@ -45,6 +46,8 @@ def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
     from torch.distributed.run import get_args_parser, run
 
     forward_signals()
+    # each worker's threads, a share of this job's cores, before torchrun would set OMP_NUM_THREADS=1 for them
+    threads.apply(threads.decide(nproc))
     if place is not None:
         _show_rendezvous()
     run(get_args_parser().parse_args(torchrun_args(place, nproc, argv)))

@@ -13,10 +13,12 @@ from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
-from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary
+from tunelab import threads
+from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, ThreadUse
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.dataloading import Pipeline
+from tunelab.train.distributed import local_processes
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         world_size=facts.world_size, distributed=facts.distributed, processes=facts.processes,
         effective_batch_size=facts.effective_batch_size, trainable_params=facts.trainable_params,
         total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
-        cpu_threads=facts.cpu_threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
+        cpu_threads=facts.cpu_threads, threads=facts.threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
         attention=facts.attention, attention_kernel=facts.attention_kernel, restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
         load=load,
     )
@@ -104,6 +106,14 @@ class RunFacts:
     versions: dict[str, str]
     pid: int
     processes: list[ProcessMemory] | None = None
+    threads: ThreadUse | None = None
+
+
+def thread_use(torch_threads: int) -> ThreadUse:
+    """This process's threads as the rule chose them (tunelab/threads.py), with the count torch really runs."""
+    plan = threads.decide(local_processes())
+    return ThreadUse(torch=torch_threads, cores_given=plan.cores_given, processes=plan.processes,
+                     source=plan.source)
 
 
 def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,
@@ -126,4 +136,4 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_
         attention_kernel=kernels_used(), restarts=restarts,
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "peft": peft.__version__, "trl": trl.__version__},
-        pid=os.getpid(), processes=processes)
+        pid=os.getpid(), processes=processes, threads=thread_use(torch.get_num_threads()))

@@ -1,0 +1,106 @@
+"""The thread rule (tunelab/threads.py): every process tunelab starts runs its share of the cores it was given,
+a user's OMP_NUM_THREADS wins, and a child tells tunelab's OMP_NUM_THREADS from the user's. The local executor
+gives CPU runs side by side disjoint shares, and a job started with one runs pinned to it with its threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
+
+from tunelab import threads
+from tunelab.threads import (CPUS_ENV, MARK_ENV, RULE_ENV, ThreadPlan, cores_given, decide, parse_cpus,
+                             physical_cores, split_cores, thread_budget, usable_cpus)
+
+
+@pytest.mark.parametrize("cores, processes, want", [(2, 1, 2), (2, 2, 1), (2, 4, 1), (8, 3, 2), (16, 2, 8),
+                                                    (1, 1, 1), (0, 1, 1)])
+def test_the_budget_is_the_cores_shared_by_the_processes_at_least_one_each(cores, processes, want):
+    assert thread_budget(cores, processes) == want
+    assert want * processes <= max(cores, processes)  # never more threads than cores, unless one each is more
+
+
+def test_cores_given_prefer_the_executors_share_then_slurm_then_the_affinity_mask():
+    assert cores_given({CPUS_ENV: "0,2-3", "SLURM_CPUS_PER_TASK": "16"})[0] == 3
+    assert cores_given({"SLURM_CPUS_PER_TASK": "16"}) == (16, "SLURM_CPUS_PER_TASK=16")
+    n, source = cores_given({})
+    assert n == len(os.sched_getaffinity(0)) and source == f"cpu affinity {n}"
+    assert 1 <= physical_cores(usable_cpus()) <= len(usable_cpus())
+    assert parse_cpus("0,2-3") == [0, 2, 3]
+
+
+def test_a_two_process_job_divides_its_cores_and_its_ranks_decide_the_same():
+    parent: dict[str, str] = {"SLURM_CPUS_PER_TASK": "8"}
+    threads.apply(decide(1, parent), parent)  # the job process alone: all 8
+    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent[MARK_ENV]) == ("8", "8", "8")
+    assert "TOKENIZERS_PARALLELISM" not in parent  # one process: tokenizers may use its threads
+    plan = decide(2, parent)  # launching 2 ranks: tunelab's own OMP_NUM_THREADS is divided again
+    assert plan == ThreadPlan(4, 8, 2, "SLURM_CPUS_PER_TASK=8 / 2 process(es)") and not plan.explicit
+    threads.apply(plan, parent)
+    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent["TOKENIZERS_PARALLELISM"]) == ("4", "4", "false")
+    assert decide(2, dict(parent)) == plan  # what each rank decides from the environment it inherited
+
+
+def test_the_users_omp_num_threads_is_respected_and_said():
+    env = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "5", "SLURM_CPUS_PER_TASK": "8"}
+    plan = decide(2, env)
+    assert plan.torch == 3 and plan.explicit and "OMP_NUM_THREADS=3" in plan.source and "respected" in plan.source
+    threads.apply(plan, env)
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TOKENIZERS_PARALLELISM"]) == ("3", "5", "false")
+    assert MARK_ENV not in env
+    # a value the user set after tunelab marked its own is the user's
+    assert decide(1, {"OMP_NUM_THREADS": "6", MARK_ENV: "2"}).explicit
+
+
+def test_the_old_behaviour_sets_nothing():
+    env = {RULE_ENV: "torch", "SLURM_CPUS_PER_TASK": "8"}
+    plan = decide(2, env)
+    assert plan.torch is None and plan.source.startswith("torch's default")
+    threads.apply(plan, env)
+    assert env == {RULE_ENV: "torch", "SLURM_CPUS_PER_TASK": "8"}
+
+
+def test_cores_split_into_even_contiguous_shares():
+    assert split_cores([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert split_cores([0, 1], 4) == [[0], [1]]  # never an empty share
+    assert split_cores([5, 7], 1) == [[5, 7]]
+
+
+def _run(name: str, exp: Path) -> RunConfig:
+    """What the executor reads of a run (its name, directory, resources), without planning a sweep."""
+    (exp / "runs" / name).mkdir(parents=True)
+    return RunConfig.model_construct(name=name, kind="finetune", experiment_dir=str(exp), estimate=None,
+                                     resources=ResourcesSpec(runs_per_gpu=2))
+
+
+def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share(tmp_path):
+    """resources.runs_per_gpu: 2 on a machine without GPUs: two jobs at once, each started by the executor with
+    its own share of the cores, pinned to it, its threads that share's."""
+    from tunelab.execute.local_jobs import Devices, LocalExecutor
+
+    runs = [_run(name, tmp_path) for name in ("a", "b")]
+    devices = Devices(runs)
+    if devices.on_gpu or len(usable_cpus()) < 2:
+        pytest.skip("needs a machine without visible GPUs and with at least 2 cores")
+    envs = [devices.take(cfg, 0, i) for i, cfg in enumerate(runs)]
+    assert devices.take(_run("c", tmp_path), 0, 2) is None  # two slots only
+    shares = [parse_cpus(env[CPUS_ENV]) for env in envs if env]
+    assert len(shares) == 2 and not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == usable_cpus()
+    code = ("import json, os; from tunelab import threads; threads.apply(threads.decide(1)); import torch; "
+            "print(json.dumps([sorted(os.sched_getaffinity(0)), torch.get_num_threads()]))")
+    ex, ids = LocalExecutor(), []
+    for cfg, env in zip(runs, envs):  # a stand-in for job.sh: the job's first lines, then what it got
+        script = cfg.run_dir / "job.sh"
+        script.write_text(f"exec {sys.executable} -c {code!r} > {cfg.run_dir / 'got.json'}\n")
+        ids.append(ex.submit(script, env={**(env or {}), "OMP_NUM_THREADS": "", MARK_ENV: ""}))
+    for job in ids:
+        ex._procs[job].wait(60)
+    for cfg, share in zip(runs, shares):
+        affinity, torch_threads = json.loads((cfg.run_dir / "got.json").read_text())
+        assert affinity == share and torch_threads == thread_budget(physical_cores(share), 1)
