@@ -72,7 +72,9 @@ def _eval_cell(state: EvalState | FailureKind | None) -> Text:
     return Text(eval_label(state), style="red" if eval_failed(state) else "")
 
 
-def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
+def render(title: str, views: list[RunView], sweep_eta: float | None, replan: str = "") -> Group:
+    """The table and its footer: the counts, and the sweep's re-plan (`replan`, plan/remaining.py's line) or,
+    without one, a rough ETA."""
     rows: list[tuple[object, ...]] = []
     for v in views:
         bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else ""
@@ -85,14 +87,20 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
     done = sum(v.state == RowState.COMPLETED for v in views)
     failed = sum(v.state.ended_badly for v in views)
     eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
-    return Group(t, Text(f"{done}/{len(views)} completed, {failed} failed; sweep ETA {eta}"))
+    counts = f"{done}/{len(views)} completed, {failed} failed"
+    return Group(t, Text(f"{counts}; {replan}" if replan else f"{counts}; sweep ETA {eta}"))
+
+
+Replan = Callable[[list[StatusRow]], tuple[str, str]]  # rows -> (the sweep's re-plan line, its warning or '')
 
 
 def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], console: Console,
-          interval_s: float = 5.0) -> list[StatusRow]:
-    """Show the live table until no run (or its evaluation) is queued or running; return the last rows."""
+          interval_s: float = 5.0, replan: Replan | None = None) -> list[StatusRow]:
+    """Show the live table until no run (or its evaluation) is queued or running; return the last rows. `replan`:
+    the sweep re-planned at each look (its warning printed above the table when it first says something new)."""
     configs = {c.name: c for c in load_runs(experiment_dir)}
     seen_failed: set[str] = set()
+    warned = [""]
 
     def frame(rows: list[StatusRow]) -> Group:
         views = [run_view(configs[r.name], r) for r in rows if r.name in configs]
@@ -100,7 +108,11 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], co
             if v.state.ended_badly and v.name not in seen_failed:
                 seen_failed.add(v.name)
                 say("[red]{}: {}[/red] {}", v.name, v.shown, v.detail, console=console)
-        return render(str(experiment_dir), views, sweep_eta_s(views, configs))
+        line, warning = replan(rows) if replan is not None else ("", "")
+        if warning and not warned[0]:
+            say("[yellow]{}[/yellow]", warning, console=console)
+        warned[0] = warning
+        return render(str(experiment_dir), views, sweep_eta_s(views, configs), line)
 
     rows = rows_of()
     seen_failed.update(r.name for r in rows if r.state.ended_badly)  # failed before we looked: in the table
