@@ -272,8 +272,9 @@ def configured_gpu(spec_path: Path) -> str | None:
 
 def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run and "
-                               "for the sweep, failures as they happen) until no job is queued or running."),
+    watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run, the "
+                               "sweep's time left against its deadline, failures and the deadline's warning as they "
+                               "happen) until no job is queued or running."),
     json_out: bool = json_option("every run and control (and whether the sweep is done)"),
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="--watch: seconds between two looks."),
     show_all: bool = typer.Option(False, "--all", help=f"List every run; above {SHOWN_ROWS} runs the table "
