@@ -161,3 +161,15 @@ def test_watch_shows_the_replan_at_each_look_and_warns_once(write_spec):
     text = out.getvalue()
     assert len(looks) == 2 and text.count("deadline 8m no longer met at P90") == 1
     assert "deadline 8m: does not fit" in text and "sweep ETA" not in text
+
+
+def test_a_finished_sweep_stops_its_clock_at_its_last_end_and_one_not_started_says_so(write_spec):
+    exp = _sweep(write_spec)
+    done = sweep_remaining(exp, dict.fromkeys(PHASES, Phase.DONE), now=START + timedelta(hours=5))
+    assert done.remaining_s == 0 and done.elapsed_s == 130  # r1's training end; no later evaluation written
+    assert done.line.startswith("sweep: done in") and done.verdict == DeadlineVerdict.FITS and not done.warning
+    for name in ("r1", "r2"):  # nothing started yet
+        (exp / "runs" / name / "status.json").unlink()
+    fresh = sweep_remaining(exp, dict.fromkeys(PHASES, Phase.WAITING))
+    assert fresh.started_at is None and fresh.elapsed_s == 0 and fresh.line.startswith("sweep: not started")
+    assert fresh.remaining_s == pytest.approx(3 * 130)

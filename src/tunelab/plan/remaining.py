@@ -31,6 +31,7 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.rundir.metrics import seconds_left, seconds_per_step, step_paces
+from tunelab.rundir.scores import read_scores
 from tunelab.spec import load_spec
 
 NO_DEADLINE = float("inf")
@@ -114,7 +115,8 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
             lines.append(line)
     devices, source = sweep_devices(Sweep(spec, runs, estimates, gpu, NodeSize.of(resources)))
     start = sweep_start(exp, runs)
-    elapsed = max(0.0, (now - start).total_seconds()) if start is not None else 0.0
+    until = (sweep_end(runs) or now) if not lines else now  # a finished sweep's makespan stops at its end
+    elapsed = max(0.0, (until - start).total_seconds()) if start is not None else 0.0
     left_s = deadline_s - elapsed if deadline_s is not None else NO_DEADLINE
     judged = judge(deadline or "none", left_s, lines, devices, source,
                    resources.runs_per_gpu if gpu is not None else 1)
@@ -161,6 +163,14 @@ def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
         starts.append(_when(status.first_started_at or status.started_at))
     known = [t for t in starts if t is not None]
     return min(known) if known else None
+
+
+def sweep_end(runs: list[RunConfig]) -> datetime | None:
+    """The last training end or evaluation written (report/predicted.py's makespan ends at the same)."""
+    ends = [_when(read_status(cfg.run_dir).finished_at) for cfg in runs]
+    ends += [_when(s.evaluated_at) for cfg in runs for s in read_scores(cfg.run_dir)]
+    known = [t for t in ends if t is not None]
+    return max(known) if known else None
 
 
 def _when(iso: str | None) -> datetime | None:
@@ -267,6 +277,9 @@ def _words(r: SweepRemaining) -> tuple[str, str]:
         return "sweep: time left cannot be told (" + "; ".join(r.unknown) + ")", ""
     if r.remaining_s == 0:
         line = f"sweep: done in {human_seconds(r.elapsed_s)}"
+    elif r.started_at is None:
+        line = (f"sweep: not started; {human_seconds(r.remaining_s)} to run (P10–P90 "
+                f"{human_seconds(r.remaining_p10_s)}–{human_seconds(r.remaining_p90_s)})")
     else:
         line = (f"sweep: {human_seconds(r.remaining_s)} left (P10–P90 {human_seconds(r.remaining_p10_s)}–"
                 f"{human_seconds(r.remaining_p90_s)}) after {human_seconds(r.elapsed_s)}")
