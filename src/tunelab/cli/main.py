@@ -272,18 +272,26 @@ def configured_gpu(spec_path: Path) -> str | None:
 
 def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run and "
-                               "for the sweep, failures as they happen) until no job is queued or running."),
+    watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run, the "
+                               "sweep's time left against its deadline, failures and the deadline's warning as they "
+                               "happen) until no job is queued or running."),
     json_out: bool = json_option("every run and control (and whether the sweep is done)"),
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="--watch: seconds between two looks."),
     show_all: bool = typer.Option(False, "--all", help=f"List every run; above {SHOWN_ROWS} runs the table "
                                   "lists the ones not completed (and counts every state)."),
 ) -> None:
-    """Show each run's state, progress and ETA, and why a job failed.
+    """Show each run's state, progress and ETA, the sweep's time left, and why a job failed.
 
-    State of every run: scheduler (squeue + sacct), progress and ETA from the run's files, and why a job
-    failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code)."""
+    State of every run: scheduler (squeue + sacct), progress and ETA from the run's files (its live pace), and
+    why a job failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code). The sweep is
+    re-planned at every look: its remaining makespan (P10–P90) on its devices against resources.deadline, and as
+    soon as the deadline is no longer met at P90, what would have to give."""
     from tunelab.execute.status import RowState, eval_label, status_rows
+
+    def replan(rows) -> tuple[str, str]:
+        """The sweep re-planned from these rows: its line and, once the deadline's P90 misses, its warning."""
+        remaining = replanned(experiment_dir, rows)
+        return (remaining.line, remaining.warning) if remaining is not None else ("", "")
 
     def table(rows):
         return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
@@ -291,11 +299,11 @@ def status_cmd(
                             eval_label(r.eval) or "—",
                             r.detail) for r in rows], title=str(experiment_dir), overflow="fold")
 
+    from tunelab.mcp.models import StatusOut, replanned
+
     rows = status_rows(experiment_dir)
     if json_out:
-        from tunelab.mcp.models import StatusOut
-
-        emit(StatusOut.of(str(experiment_dir), rows))
+        emit(StatusOut.of(str(experiment_dir), rows, remaining=replanned(experiment_dir, rows)))
         return
     if not watch:
         listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != RowState.COMPLETED]
@@ -305,10 +313,15 @@ def status_cmd(
             counts = Counter(r.state.label for r in rows)
             say("{} runs: {}; {} not listed (--all lists every run)", len(rows),
                 ", ".join(f"{n} {k}" for k, n in counts.most_common()), len(rows) - len(listed))
+        line, warning = replan(rows)
+        if line:
+            say("{}", line)
+        if warning:
+            say("[yellow]{}[/yellow]", warning)
         return
     from tunelab.execute.watch import watch as watch_live
 
-    watch_live(experiment_dir, lambda: status_rows(experiment_dir), console, interval)
+    watch_live(experiment_dir, lambda: status_rows(experiment_dir), console, interval, replan)
 
 
 def cancel_cmd(

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from tunelab.rundir import Status, read_metrics
+from tunelab.rundir.metrics import seconds_left
 from tunelab.rundir.config import RunConfig
 
 
 def eta_seconds(cfg: RunConfig, status: Status) -> float | None:
-    """Seconds left at the run's mean pace so far (elapsed / steps × steps left); None before a logged step
-    or once done."""
-    step, total = status.step, status.total_steps
-    if not step or not total or step >= total:
+    """Seconds left at the run's live pace (rundir/metrics.py `seconds_left`: its recent rows); None before a
+    logged step or once done."""
+    if not status.step or not status.total_steps or status.step >= status.total_steps:
         return None
-    rows = [r for r in read_metrics(cfg.run_dir) if r.elapsed_s and r.step]
-    if not rows or rows[-1].elapsed_s is None or rows[-1].step is None:
-        return None
-    return rows[-1].elapsed_s / rows[-1].step * (total - step)
+    return seconds_left(read_metrics(cfg.run_dir), status.step, status.total_steps)
 
 
 def clock(secs: float | None) -> str:

@@ -1,7 +1,8 @@
 """`tunelab status --watch`: a live table of the sweep until nothing is queued or running.
 
-Per run: a progress bar, step, last loss, tokens/s and ETA (from the run's own files); for the sweep,
-an ETA; a failure is printed above the table the moment a refresh sees it.
+Per run: a progress bar, step, last loss, tokens/s and ETA (from the run's own files); for the sweep, the
+caller's re-plan (plan/remaining.py: what is left against the deadline); a failure, and the deadline's warning,
+are printed above the table the moment a look sees them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from tunelab.console import data_table, say, show
 from tunelab.execute.progress import clock, eta_seconds
 from tunelab.execute.failures import FailureKind
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed, eval_label
-from tunelab.ledger.results import TYPES
 from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import MetricRow, Status, read_metrics, read_status
@@ -53,26 +53,14 @@ def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
                    eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval, row.detail or "")
 
 
-def sweep_eta_s(views: list[RunView], configs: dict[str, RunConfig]) -> float | None:
-    """Longest ETA of the running runs, plus the planned seconds of the runs not started spread over as
-    many slots as run now (at least one): a forecast, refreshed with every look."""
-    running = [v for v in views if v.state == RowState.RUNNING]
-    waiting = [v for v in views if v.state == RowState.PENDING and v.kind == TYPES["finetune"]]
-    planned = [est.seconds if (est := configs[v.name].estimate) else None for v in waiting]
-    known = [float(p) for p in planned if p is not None]
-    if len(known) < len(planned) or any(v.eta_s is None for v in running):
-        return None
-    if not running and not waiting:
-        return 0.0
-    return max((v.eta_s or 0.0 for v in running), default=0.0) + sum(known) / max(len(running), 1)
-
-
 def _eval_cell(state: EvalState | FailureKind | None) -> Text:
     """The eval column: its word, a failure verdict in red like the state column's."""
     return Text(eval_label(state), style="red" if eval_failed(state) else "")
 
 
-def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
+def render(title: str, views: list[RunView], replan: str | None = None) -> Group:
+    """The table and its footer: the counts, and the sweep's re-plan (`replan`: plan/remaining.py's line — the
+    plan's own forecast of what is left, the one makespan formula)."""
     rows: list[tuple[object, ...]] = []
     for v in views:
         bar = ProgressBar(total=v.total, completed=v.step or 0, width=20) if v.total else ""
@@ -84,15 +72,20 @@ def render(title: str, views: list[RunView], sweep_eta: float | None) -> Group:
                    overflow="fold", title_justify="left")
     done = sum(v.state == RowState.COMPLETED for v in views)
     failed = sum(v.state.ended_badly for v in views)
-    eta = "done" if sweep_eta == 0 else (f"≈ {clock(sweep_eta)}" if sweep_eta is not None else "unknown")
-    return Group(t, Text(f"{done}/{len(views)} completed, {failed} failed; sweep ETA {eta}"))
+    counts = f"{done}/{len(views)} completed, {failed} failed"
+    return Group(t, Text(f"{counts}; {replan}" if replan else counts))
+
+
+Replan = Callable[[list[StatusRow]], tuple[str, str]]  # rows -> (the sweep's re-plan line, its warning or '')
 
 
 def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], console: Console,
-          interval_s: float = 5.0) -> list[StatusRow]:
-    """Show the live table until no run (or its evaluation) is queued or running; return the last rows."""
+          interval_s: float = 5.0, replan: Replan | None = None) -> list[StatusRow]:
+    """Show the live table until no run (or its evaluation) is queued or running; return the last rows. `replan`:
+    the sweep re-planned at each look (its warning printed above the table when it first says something new)."""
     configs = {c.name: c for c in load_runs(experiment_dir)}
     seen_failed: set[str] = set()
+    warned = [""]
 
     def frame(rows: list[StatusRow]) -> Group:
         views = [run_view(configs[r.name], r) for r in rows if r.name in configs]
@@ -100,7 +93,11 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], co
             if v.state.ended_badly and v.name not in seen_failed:
                 seen_failed.add(v.name)
                 say("[red]{}: {}[/red] {}", v.name, v.shown, v.detail, console=console)
-        return render(str(experiment_dir), views, sweep_eta_s(views, configs))
+        line, warning = replan(rows) if replan is not None else ("", "")
+        if warning and not warned[0]:
+            say("[yellow]{}[/yellow]", warning, console=console)
+        warned[0] = warning
+        return render(str(experiment_dir), views, line)
 
     rows = rows_of()
     seen_failed.update(r.name for r in rows if r.state.ended_badly)  # failed before we looked: in the table

@@ -3,19 +3,21 @@ Rows the CLI already types (StatusRow, RunCheck, AdoptResult's fields) are reuse
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, Field
 
-from tunelab.execute.status import RowState, StatusRow
+from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed
 from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.results import TYPES
 from tunelab.plan.deadline import DeadlinePlan
+from tunelab.plan.remaining import Phase, SweepRemaining
 from tunelab.plan.validate import RunCheck
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     from tunelab.adopt.write import AdoptResult
     from tunelab.ingest import IngestResult
@@ -127,12 +129,42 @@ class StatusOut(BaseModel):
     runs: list[StatusRow] = Field(description="One row per run and control, in design order.")
     sweep_log_tail: list[str] = Field(default_factory=list, description="Last lines of the background sweep's log "
                                       "(empty from the CLI).")
+    remaining: SweepRemaining | None = Field(None, description="The sweep re-planned now: each run's time left "
+                                             "(live pace), the remaining makespan P10–P90 on the sweep's devices, "
+                                             "the deadline's verdict and, once its P90 misses, what would have to "
+                                             "give (None: no experiment.yaml to re-plan from).")
 
     @classmethod
     def of(cls, experiment_dir: str, rows: list[StatusRow], running: bool = False,
-           log_tail: list[str] | None = None) -> StatusOut:
+           log_tail: list[str] | None = None, remaining: SweepRemaining | None = None) -> StatusOut:
         return cls(experiment_dir=experiment_dir, sweep_running=running, runs=rows,
-                   done=not running and not any(r.active for r in rows), sweep_log_tail=log_tail or [])
+                   done=not running and not any(r.active for r in rows), sweep_log_tail=log_tail or [],
+                   remaining=remaining)
+
+
+def phase_of(row: StatusRow) -> Phase:
+    """A status row as the re-plan reads it: done once trained (or a control) and scored; evaluating once trained;
+    training while its job runs; stopped when it ended badly; else waiting."""
+    if row.state == RowState.COMPLETED:
+        if row.eval == EvalState.SCORED:
+            return Phase.DONE
+        return Phase.STOPPED if eval_failed(row.eval) else Phase.EVALUATING
+    if row.state.ended_badly:
+        return Phase.STOPPED
+    if row.state == RowState.RUNNING:
+        return Phase.TRAINING if row.type == TYPES["finetune"] else Phase.EVALUATING
+    return Phase.WAITING
+
+
+def replanned(experiment_dir: Path, rows: list[StatusRow]) -> SweepRemaining | None:
+    """The sweep's remaining time from these rows (None where the experiment has no spec to re-plan from)."""
+    from tunelab.errors import TunelabError
+    from tunelab.plan.remaining import sweep_remaining
+
+    try:
+        return sweep_remaining(experiment_dir, {r.name: phase_of(r) for r in rows})
+    except TunelabError:
+        return None
 
 
 class CancelOut(BaseModel):

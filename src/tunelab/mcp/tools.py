@@ -247,13 +247,16 @@ class PipelineTools:
 
     @one_line
     def status(self, experiment_dir: Exp) -> StatusOut:
-        """State, progress and ETA of every run and control; why a job failed; whether the sweep is done."""
+        """State, progress and ETA of every run and control; why a job failed; whether the sweep is done; the
+        sweep re-planned now: its remaining makespan (P10–P90) against the deadline, and what would have to give
+        once the deadline is no longer met at P90."""
         from tunelab.execute.status import status_rows
+        from tunelab.mcp.models import replanned
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
         rows = status_rows(exp)
         running = self.sweeps.alive(exp)
-        return StatusOut.of(self.ws.shown(exp), rows, running, self.sweeps.tail(exp))
+        return StatusOut.of(self.ws.shown(exp), rows, running, self.sweeps.tail(exp), replanned(exp, rows))
 
     @one_line
     def cancel(self, experiment_dir: Exp, runs: Annotated[list[str] | None, Field(

@@ -90,3 +90,41 @@ def steady_tokens_per_s(rows: list[MetricRow], warmup_rows: int = 1) -> float | 
         return None
     dt = (last.train_time_s or 0.0) - (first.train_time_s or 0.0)
     return ((last.tokens or 0) - (first.tokens or 0)) / dt if dt > 0 else None
+
+
+RECENT_ROWS = 5  # the live pace: over the last few logged rows (start-up and warm-up drop out as the run goes)
+
+
+def _timed(rows: list[MetricRow]) -> list[MetricRow]:
+    return [r for r in rows if r.step and r.elapsed_s]
+
+
+def seconds_per_step(rows: list[MetricRow]) -> float | None:
+    """A run's live pace: wall seconds per optimizer step over its last RECENT_ROWS logged rows (validations and
+    saves between them included: they are part of what is left); with one row, its mean pace so far."""
+    timed = _timed(rows)
+    if not timed:
+        return None
+    first, last = timed[max(0, len(timed) - 1 - RECENT_ROWS)], timed[-1]
+    steps = (last.step or 0) - (first.step or 0)
+    seconds = (last.elapsed_s or 0.0) - (first.elapsed_s or 0.0)
+    if steps <= 0 or seconds <= 0:
+        return (last.elapsed_s or 0.0) / (last.step or 1)
+    return seconds / steps
+
+
+def step_paces(rows: list[MetricRow]) -> list[float]:
+    """Seconds per step between each two consecutive rows of the recent window (their spread: how steady the
+    pace is)."""
+    timed = _timed(rows)[-1 - RECENT_ROWS:]
+    return [(b.elapsed_s - a.elapsed_s) / (b.step - a.step) for a, b in zip(timed, timed[1:])
+            if b.step and a.step and b.step > a.step and b.elapsed_s and a.elapsed_s and b.elapsed_s > a.elapsed_s]
+
+
+def seconds_left(rows: list[MetricRow], step: int | None, total: int | None) -> float | None:
+    """The steps left at the live pace (`tunelab status`'s ETA and the sweep's re-plan: one formula); None before
+    a logged step or once done."""
+    if not step or not total or step >= total:
+        return None
+    pace = seconds_per_step(rows)
+    return None if pace is None else pace * (total - step)

@@ -1,0 +1,297 @@
+"""The sweep re-planned while it runs (`tunelab status`, `status --watch`, the MCP status tool): what is left of
+every run — nothing once trained and evaluated; a training run's steps left at its live pace (rundir/metrics.py
+`seconds_left`, the status table's own ETA), then its evaluation; a run not started, its run.yaml estimate —
+placed on the sweep's devices by the plan's own forecast (plan/deadline.py `judge`: one makespan formula),
+against what the deadline leaves since the sweep started (its first job's submission, else its first training
+start, as the report measures the makespan). As soon as the P90 no longer fits, one line says so and what would
+have to give, long before the end.
+
+Intervals: a part still to come keeps the one run.yaml gives it (estimate/interval.py); a run's remaining steps
+are priced from its own live pace, so their interval is a measured one (SourceKind.MEASURED's width, widened by
+the spread of the pace over its recent rows) — not the plan's width for a time it no longer has to guess.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tunelab.estimate.gpus import NodeSize
+from tunelab.estimate.interval import PRIOR_SIGMA, log_spread, time_range
+from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.fsutil import human_seconds
+from tunelab.ledger import store
+from tunelab.plan.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
+from tunelab.plan.sweeptime import Sweep, sweep_devices
+from tunelab.rundir import read_metrics, read_status
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
+from tunelab.rundir.experiment import SPEC_FILE, load_runs
+from tunelab.rundir.metrics import seconds_left, seconds_per_step, step_paces
+from tunelab.rundir.scores import read_scores
+from tunelab.spec import load_spec
+
+NO_DEADLINE = float("inf")
+
+
+class Phase(StrEnum):
+    """Where a run stands for the re-plan (`tunelab status`'s row state and evaluation, read in mcp/models.py)."""
+
+    DONE = "done"  # trained (or a control) and evaluated: nothing left
+    EVALUATING = "evaluating"  # trained; its evaluation queued or running: the evaluation left
+    TRAINING = "training"  # its steps left at its live pace, then its evaluation
+    WAITING = "waiting"  # not started: its whole estimate
+    STOPPED = "stopped"  # ended without completing (failed, OOM, cancelled, ...): not counted; a retry adds it
+
+
+class RunLeft(BaseModel):
+    """One run's time left, and where it came from."""
+
+    run: str = Field(description="The run, control or eval-only run.")
+    phase: Phase = Field(description="done, evaluating, training, waiting or stopped.")
+    eta_s: float | None = Field(None, description="Training left at the run's live pace, s (training only; None: "
+                                "no step logged yet).")
+    seconds_per_step: float | None = Field(None, description="That live pace: seconds per step over its recent "
+                                           "logged rows.")
+    left_s: float | None = Field(None, description="Everything left of it (training, evaluation's start, "
+                                 "evaluation), s (None: not predicted).")
+    left_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
+    left_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
+    source: str = Field("", description="Where the figures came from.")
+
+
+class SweepRemaining(BaseModel):
+    """The sweep as it now looks: elapsed, what is left (P10–P90), the makespan it makes, the deadline's verdict."""
+
+    deadline: str | None = Field(None, description="resources.deadline as given (None: no deadline).")
+    deadline_s: float | None = Field(None, description="The deadline, s.")
+    started_at: str | None = Field(None, description="The sweep's start: its first job's submission, else its "
+                                   "first training start (None: nothing started).")
+    elapsed_s: float = Field(0.0, description="Since that start, s.")
+    time_left_s: float | None = Field(None, description="deadline − elapsed, s (negative: already past).")
+    remaining_s: float | None = Field(None, description="What is left of the sweep (P50), placed on its devices "
+                                      "by the plan's forecast, s (None: some run's time is not predicted).")
+    remaining_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
+    remaining_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
+    makespan_s: float | None = Field(None, description="elapsed + remaining: the sweep's makespan as it now "
+                                     "looks (P50), s.")
+    makespan_p10_s: float | None = Field(None, description="elapsed + remaining at P10, s.")
+    makespan_p90_s: float | None = Field(None, description="elapsed + remaining at P90, s.")
+    planned: TimeRange | None = Field(None, description="The makespan the plan predicted (run.yaml's "
+                                      "estimate.makespan_range).")
+    verdict: DeadlineVerdict | None = Field(None, description="Against the deadline: fits (at P90), fits_at_p50, "
+                                            "does_not_fit or unknown (None: no deadline).")
+    gives: list[GiveOption] = Field([], description="Where the P90 no longer fits: what would have to give of the "
+                                    "runs not finished (each alone).")
+    line: str = Field("", description="The sweep's remaining time and verdict in one line.")
+    warning: str = Field("", description="Set once the deadline is no longer met at P90: says so, and what would "
+                         "have to give.")
+    devices_source: str = Field("", description="The devices runs are placed on, and where that came from.")
+    runs: list[RunLeft] = Field([], description="Every run's time left.")
+    unknown: list[str] = Field([], description="Runs whose time left is not predicted, and why.")
+    notes: list[str] = Field([], description="What the re-plan leaves out.")
+
+
+def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: datetime | None = None,
+                    runs: list[RunConfig] | None = None) -> SweepRemaining:
+    """The sweep's remaining time against its deadline, from its runs' `phases` (runs not named: waiting)."""
+    exp = Path(experiment_dir).resolve()
+    runs = runs if runs is not None else load_runs(exp)
+    now = now or datetime.now(timezone.utc)
+    spec = load_spec(exp / SPEC_FILE)
+    deadline, deadline_s = spec.resources.deadline, spec.resources.deadline_s
+    resources = runs[0].resources if runs else spec.resources  # as the plan resolved them (the user config merged)
+    spec = spec.model_copy(update={"resources": resources})
+    estimates = {c.name: c.estimate for c in runs if c.estimate is not None}
+    gpu = _planned_gpu(estimates, resources.gpu)
+    lefts, lines = [], []
+    for cfg in runs:
+        left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None)
+        lefts.append(left)
+        if line is not None:
+            lines.append(line)
+    devices, source = sweep_devices(Sweep(spec, runs, estimates, gpu, NodeSize.of(resources)))
+    start = sweep_start(exp, runs)
+    until = (sweep_end(runs) or now) if not lines else now  # a finished sweep's makespan stops at its end
+    elapsed = max(0.0, (until - start).total_seconds()) if start is not None else 0.0
+    left_s = deadline_s - elapsed if deadline_s is not None else NO_DEADLINE
+    judged = judge(deadline or "none", left_s, lines, devices, source,
+                   resources.runs_per_gpu if gpu is not None else 1)
+    planned = next((e.makespan_range for e in estimates.values() if e.makespan_range is not None), None)
+    out = _summed(judged, elapsed, deadline_s)
+    out = out.model_copy(update=dict(
+        deadline=deadline, started_at=start.isoformat(timespec="seconds") if start else None,
+        planned=planned, devices_source=source, runs=lefts, unknown=judged.unknown,
+        notes=_notes(lefts, len(devices))))
+    out.line, out.warning = _words(out)
+    return out
+
+
+def _planned_gpu(estimates: dict[str, RunEstimate], named: str | None):
+    """The GPU the plan priced the runs on (None: planned for this machine's CPU)."""
+    if all(e.gpu_memory_gib is None for e in estimates.values()):
+        return None
+    from tunelab.catalog import planning_gpu
+
+    return planning_gpu(None, named)
+
+
+def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> SweepRemaining:
+    """The judged forecast of what is left, and the makespan it makes with the time already spent."""
+    def plus(x: float | None) -> float | None:
+        return None if x is None else round(elapsed + x, 1)
+
+    return SweepRemaining(
+        deadline_s=deadline_s, elapsed_s=round(elapsed, 1),
+        time_left_s=round(deadline_s - elapsed, 1) if deadline_s is not None else None,
+        remaining_s=judged.makespan_s, remaining_p10_s=judged.makespan_p10_s, remaining_p90_s=judged.makespan_p90_s,
+        makespan_s=plus(judged.makespan_s), makespan_p10_s=plus(judged.makespan_p10_s),
+        makespan_p90_s=plus(judged.makespan_p90_s), verdict=judged.verdict if deadline_s is not None else None,
+        gives=judged.gives if deadline_s is not None else [])
+
+
+def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
+    """The first job's submission (the ledger's jobs), else the first training start (status.json): when the
+    sweep's makespan began (report/predicted.py measures it from the same)."""
+    rows = store.query(exp, "SELECT MIN(submitted_at) AS first FROM jobs")
+    starts = [_when(rows[0]["first"]) if rows else None]
+    for cfg in runs:
+        status = read_status(cfg.run_dir)
+        starts.append(_when(status.first_started_at or status.started_at))
+    known = [t for t in starts if t is not None]
+    return min(known) if known else None
+
+
+def sweep_end(runs: list[RunConfig]) -> datetime | None:
+    """The last training end or evaluation written (report/predicted.py's makespan ends at the same)."""
+    ends = [_when(read_status(cfg.run_dir).finished_at) for cfg in runs]
+    ends += [_when(s.evaluated_at) for cfg in runs for s in read_scores(cfg.run_dir)]
+    known = [t for t in ends if t is not None]
+    return max(known) if known else None
+
+
+def _when(iso: str | None) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool) -> tuple[RunLeft, RunTimeline | None]:
+    """One run's time left (and its line for the forecast; None once nothing is left of it)."""
+    est = cfg.estimate
+    if phase in (Phase.DONE, Phase.STOPPED):
+        return RunLeft(run=cfg.name, phase=phase, left_s=0.0, left_p10_s=0.0, left_p90_s=0.0,
+                       source="finished" if phase == Phase.DONE else "ended without completing: not counted"), None
+    line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est is not None and on_gpu else 1,
+                       peak_memory_gib=est.peak_memory_gib if est is not None else None, train_s=0.0,
+                       train_source="no training left")
+    parts: list[TimeRange | None] = []
+    pace = eta = None
+    if phase in (Phase.TRAINING, Phase.WAITING) and cfg.training is not None:
+        train, pace, eta = _training_left(cfg, est, phase)
+        line.train_s, line.train_source = (train.p50_s if train else None), _train_source(train, eta, est)
+        parts.append(train)
+    start, evaluation = _evaluation(est)
+    line.eval_start_s, line.eval_start_source = (start.p50_s if start else 0.0), (start.basis if start else "")
+    line.eval_s, line.eval_source = (evaluation.p50_s if evaluation else None), (
+        est.eval_time_source if est is not None and evaluation else "not predicted in run.yaml")
+    parts += [start, evaluation]
+    if line.train_s is not None and line.eval_s is not None:
+        known = [p for p in parts if p is not None]
+        line.total_s = round(sum(p.p50_s for p in known), 1)
+        line.total_p10_s = round(sum(p.p10_s for p in known), 1)
+        line.total_p90_s = round(sum(p.p90_s for p in known), 1)
+    left = RunLeft(run=cfg.name, phase=phase, eta_s=None if eta is None else round(eta, 1),
+                   seconds_per_step=None if pace is None else round(pace, 3), left_s=line.total_s,
+                   left_p10_s=line.total_p10_s, left_p90_s=line.total_p90_s,
+                   source=line.train_source if phase == Phase.TRAINING else "run.yaml's estimate")
+    return left, line
+
+
+def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase
+                   ) -> tuple[TimeRange | None, float | None, float | None]:
+    """(interval of the training left, live seconds per step, live seconds left): a running run's steps left at
+    its live pace; one not started (or with no step logged yet), its whole estimate."""
+    if phase == Phase.TRAINING:
+        status = read_status(cfg.run_dir)
+        rows = read_metrics(cfg.run_dir)
+        eta = seconds_left(rows, status.step, status.total_steps)
+        if eta is not None:
+            paces = step_paces(rows)
+            spread = log_spread(paces)
+            basis = (f"its live pace over its last {len(paces) + 1} logged rows: the measured kind's width "
+                     f"(σ {PRIOR_SIGMA[SourceKind.MEASURED]:.2f})" + (f", the pace's spread σ {spread:.2f}"
+                                                                     if spread else ""))
+            live = time_range(eta, SourceKind.MEASURED, spread).model_copy(update={"basis": basis})
+            return live, seconds_per_step(rows), eta
+        if status.step and status.total_steps and status.step >= status.total_steps:
+            return TimeRange(basis="its last step is done"), None, 0.0
+    if est is None or est.seconds is None:
+        return None, None, None
+    whole = est.time_range or time_range(est.seconds, est.time_kind or SourceKind.ASSUMED, est.time_spread)
+    if est.startup_s is None:  # the estimate's speed came without a start-up: the job's start, as the plan adds
+        whole = whole.plus(time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)"))
+    return whole, None, None
+
+
+def _train_source(train: TimeRange | None, eta: float | None, est: RunEstimate | None) -> str:
+    if train is None:
+        return "not estimated in run.yaml"
+    if eta is not None:
+        return f"steps left at {train.basis}"
+    return est.time_source if est is not None else train.basis
+
+
+def _evaluation(est: RunEstimate | None) -> tuple[TimeRange | None, TimeRange | None]:
+    """(the evaluation job's start, the evaluation on loaded weights) from run.yaml's estimate."""
+    if est is None or est.eval_seconds is None:
+        return None, None
+    evaluation = est.eval_range or time_range(est.eval_seconds, SourceKind.of_eval_source(est.eval_source))
+    if est.startup_s is not None and est.startup_kind and est.startup_kind != SourceKind.ASSUMED:
+        start = time_range(est.startup_s, est.startup_kind, what="the run's measured start-up")
+    else:
+        start = time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)")
+    return start, evaluation
+
+
+def _notes(lefts: list[RunLeft], devices: int) -> list[str]:
+    notes = ["an evaluation under way counts whole (its progress is not read)",
+             "mid-epoch saves of runs not started are not counted (run.yaml's estimate leaves them out)"]
+    if devices > 1:
+        notes.append("runs are placed longest first, as the plan places them (a running run is not pinned to "
+                     "its devices)")
+    stopped = [r.run for r in lefts if r.phase == Phase.STOPPED]
+    if stopped:
+        notes.append(f"not counted, ended without completing: {', '.join(stopped)} (a retry adds its time)")
+    return notes
+
+
+def _words(r: SweepRemaining) -> tuple[str, str]:
+    """(the one line, the warning once the P90 misses the deadline)."""
+    if r.remaining_s is None or r.remaining_p10_s is None or r.remaining_p90_s is None:
+        return "sweep: time left cannot be told (" + "; ".join(r.unknown) + ")", ""
+    if r.remaining_s == 0:
+        line = f"sweep: done in {human_seconds(r.elapsed_s)}"
+    elif r.started_at is None:
+        line = (f"sweep: not started; {human_seconds(r.remaining_s)} to run (P10–P90 "
+                f"{human_seconds(r.remaining_p10_s)}–{human_seconds(r.remaining_p90_s)})")
+    else:
+        line = (f"sweep: {human_seconds(r.remaining_s)} left (P10–P90 {human_seconds(r.remaining_p10_s)}–"
+                f"{human_seconds(r.remaining_p90_s)}) after {human_seconds(r.elapsed_s)}")
+    if r.deadline is None or r.time_left_s is None:
+        return line, ""
+    verdict = {DeadlineVerdict.FITS: "fits at P90", DeadlineVerdict.FITS_P50: "fits at P50, not at P90",
+               DeadlineVerdict.DOES_NOT_FIT: "does not fit"}.get(r.verdict or DeadlineVerdict.UNKNOWN, "unknown")
+    line += f"; deadline {r.deadline}: {verdict}"
+    if r.verdict not in (DeadlineVerdict.FITS_P50, DeadlineVerdict.DOES_NOT_FIT):
+        return line, ""
+    over = (r.makespan_p90_s or 0.0) - (r.deadline_s or 0.0)
+    gives = "; or ".join(g.change for g in r.gives) or "nothing left to give makes it fit"
+    return line, (f"deadline {r.deadline} no longer met at P90: the sweep ends {human_seconds(over)} late at P90 "
+                  f"({human_seconds(max(0.0, r.time_left_s))} to the deadline, {human_seconds(r.remaining_p90_s)} "
+                  f"still to run); to fit, of the runs not finished: {gives}")
