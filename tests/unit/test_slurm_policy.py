@@ -110,8 +110,8 @@ def test_oom_restarts_when_the_checkpoint_is_mid_epoch(run_cfg):
 
 
 def test_timeout_doubles_the_limit_preemption_keeps_it_others_not_retried(run_cfg):
-    cfg = run_cfg()
-    # no time_limit in the spec and an empty history (no estimate): the default, said to be one
+    cfg = run_cfg().model_copy(update={"estimate": None})
+    # no time_limit in the spec and no estimate: the default, said to be one
     assert train_time_limit(cfg) == ("04:00:00", "tunelab default; set resources.slurm.time_limit")
     d = retry.decide(cfg, Failure(TIMEOUT, "TIMEOUT"), SlurmExecutor)
     assert d.retry and d.config.resources.slurm.time_limit == "08:00:00" and d.config.training == cfg.training

@@ -48,7 +48,9 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     seq = max(8, tokens_per_microbatch // batch)
     key = [socket.gethostname(), os.cpu_count(), threads, file_stamps([f"{cfg.model.path}/config.json"]), batch,
            seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing]
-    if arch.parameters <= MAX_TIMED_PARAMETERS:
+    from tunelab.models.vlm import is_vision_language
+
+    if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
         got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads))
         tps = batch * seq / got["median_s"]
         source = (f"timed here: {got['steps']} training micro-batches of {batch} × {seq} tokens of this model "

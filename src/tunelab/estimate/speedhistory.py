@@ -25,7 +25,7 @@ def device_key(gpu: GPU | None) -> str:
     return gpu.name if gpu else "cpu"
 
 
-def _same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
+def same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
     dev = (row.device or "").lower()
     if gpu is None:
         return dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
@@ -128,7 +128,7 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
     part of a split row is paid per micro-batch); recompute: gradient checkpointing, priced by the FLOPs model
     (history rows are compared like with like, `comparable_rows`). Rows timed under contention are used only
     where no other row is (`uncontended`)."""
-    on_device, contention = uncontended([r for r in history if _same_device(r, gpu, cpu_threads) and r.tokens_per_s])
+    on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if _same_model(r, arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
     note = f"; {contention}" if contention else ""
