@@ -229,7 +229,8 @@ class PipelineTools:
     def run(self, experiment_dir: Exp, runs: RunNames = None,
             force: Annotated[bool, Field(description="Rerun completed runs from scratch (destructive).")] = False
             ) -> RunOut:
-        """Start the sweep in the background (`tunelab run`) and return at once; follow it with status."""
+        """Start the sweep in the background (`tunelab run`) and return at once; follow it with status. Refused
+        first, with validate's one line, where a run to start would fail its checks (data, OOM, disk space)."""
         from tunelab.execute.status import RowState, status_rows
         from tunelab.plan.validate import checks_before_run
         from tunelab.rundir.experiment import load_runs, select_runs
