@@ -165,7 +165,8 @@ def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
 
     save_run_config(broken)
     res = CliRunner().invoke(app, ["run", str(spec.parent)])  # run's checks see it before any job starts
-    assert res.exit_code == 1 and "dataset file not found" in res.stderr and "Traceback" not in res.output
+    assert res.exit_code == 1 and res.stderr.splitlines() == [f"error: {tmp_path / 'gone.json'}: no such file or "
+                                                               "directory"], res.output
     assert not (cfg.run_dir / "status.json").exists()
     # past the checks (as when the file goes while the sweep runs), the job fails and says why
     res = CliRunner().invoke(app, ["run", str(spec.parent), "--no-checks"])
