@@ -172,10 +172,12 @@ def run_cmd(
 
         emit(RunOut(experiment_dir=str(experiment_dir), submitted=list(results), pid=None, log=None,
                     states=dict(results)))
+    if dry_run or (ex.detached and not wait):
+        return  # nothing ended here to judge
     lines = not_completed(experiment_dir, results, "`tunelab status`" if ex.detached else "runs/<run>/train.log")
-    if lines and not dry_run and (wait or not ex.detached):
-        for line in lines:  # each run's own reason, then the count
-            error(line)
+    for line in lines:  # each run's own reason, then the count
+        error(line)
+    if lines:
         raise typer.Exit(1)
 
 
