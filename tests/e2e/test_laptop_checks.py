@@ -115,3 +115,27 @@ def test_scaffold_and_run_check_the_filesystem_the_runs_write_to(cpu_only, write
     _refusal(res.output, out, needs - held, shutil.disk_usage(mnt).free)
     for run in ("tiny_r4", "tiny_r16"):
         assert not (out / "runs" / run / "status.json").exists()  # no job started
+
+
+def test_an_assistant_meets_the_same_checks(cpu_only, tmp_path, tiny_model, caps_dataset, spec_in):
+    """The MCP tools on that laptop: validate answers for the CPU, run refuses with validate's line."""
+    import yaml
+    from mcp_tool import tool
+
+    root = tmp_path / "lab"  # the assistant's workspace holds the model and the data
+    shutil.copytree(tiny_model, root / "models" / "tiny")
+    (root / "data").mkdir()
+    shutil.copy(caps_dataset, root / "data" / caps_dataset.name)
+    spec = spec_in(root / "exp", factors={"lora_rank": [4]}, training={"warmup_steps": 1000})
+    doc = yaml.safe_load(spec.read_text())
+    doc["models"][0]["path"], doc["datasets"][0]["path"] = "../models/tiny", f"../data/{caps_dataset.name}"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    expected = f"tiny_r4: warmup_steps 1000 exceeds the run's {TRAIN_ROWS // BATCH} optimizer steps"
+    checked = tool(root, "validate", {"path": "exp/experiment.yaml"})
+    assert not checked.is_error, checked.content
+    (check,) = checked.structured_content["checks"]
+    assert (check["device"], check["errors"]) == ("cpu", [expected])
+    assert _tunelab("scaffold", spec).exit_code == 0
+    refused = tool(root, "run", {"experiment_dir": "exp"})
+    assert refused.is_error and refused.content[0].text.endswith(expected), refused.content
+    assert not (root / "exp" / "runs" / "tiny_r4" / "status.json").exists()  # no sweep started
