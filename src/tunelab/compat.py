@@ -6,7 +6,10 @@ import warnings
 
 
 def quiet_known_library_warnings() -> None:
-    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every model wrap.
+    """Installed by every tunelab process at its start (cli/main.py, the job's runner): no tunelab code reads
+    these deprecated names (it uses the current ones); the libraries below do, inside their own code."""
+    # peft 0.21 (every model wrap: PeftModel.from_pretrained in evaluation) and trl 0.16 read transformers 5's
+    # deprecated `is_gradient_checkpointing`; its current name is `is_activation_checkpointing`.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     # inspect-ai 0.3.285 passes a deprecated argument to tenacity.
     warnings.filterwarnings("ignore", message=r"The 'initial' parameter is deprecated", category=DeprecationWarning)

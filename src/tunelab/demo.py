@@ -116,7 +116,8 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
              executor: ExecutorKind = ExecutorKind.LOCAL, model: str = "tiny") -> Path:
     from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.executors import executor_named
-    from tunelab.execute.sweep import RowState, run_sweep
+    from tunelab.execute.status import not_completed
+    from tunelab.execute.sweep import run_sweep
     from tunelab.report.build import write_report
     from tunelab.scaffold.write import scaffold
 
@@ -130,10 +131,12 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
         console=console)
     rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train", console)
     results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console)
-    failed = {k: v.label for k, v in results.items() if v != RowState.COMPLETED}
-    if failed:
-        where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
-        raise TunelabError(f"runs did not complete: {failed}; see {where}", file=plan.experiment_dir)
+    where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
+    lines = not_completed(plan.experiment_dir, results, where)
+    if lines:
+        for line in lines[:-1]:  # each run's own reason; the count is the error
+            say("[red]{}[/red]", line, console=console)
+        raise TunelabError(lines[-1], file=plan.experiment_dir)
     if not ex.detached:  # a scheduler evaluated each run after its training
         rule("evaluate", console)
         evaluate_experiment(plan.experiment_dir, force=force, console=console)

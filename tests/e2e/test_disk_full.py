@@ -51,8 +51,8 @@ def _experiment(root, model, data):
     return root / "runs" / "tiny_r4"
 
 
-def _tunelab_run(exp):
-    return CliRunner().invoke(app, ["run", str(exp)])
+def _tunelab_run(exp, *flags):
+    return CliRunner().invoke(app, ["run", str(exp), *flags])
 
 
 def _blocks(path) -> int:
@@ -87,6 +87,20 @@ def _check_predicted_storage(run_dir) -> None:
     assert disk.total_bytes - disk.eval_bytes == pytest.approx(_bytes(run_dir), rel=0.1)  # not evaluated here
 
 
+def _check_reason_shown(exp, run_output: str, reason: str) -> None:
+    """The job's own line is what run's summary, `tunelab status` and the MCP status tool say of the run."""
+    from mcp_tool import tool
+
+    lines = [line for line in run_output.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: tiny_r4 FAILED: {reason}", "error: 1 run(s) did not complete; see runs/<run>/train.log"]
+    res = CliRunner().invoke(app, ["status", str(exp)])
+    assert res.exit_code == 0 and f"tiny_r4 FAILED: {reason}" in res.output.splitlines(), res.output
+    answer = tool(exp.parent, "status", {"experiment_dir": exp.name})
+    assert not answer.is_error, answer.content
+    row = next(r for r in answer.structured_content["runs"] if r["name"] == "tiny_r4")
+    assert (row["state"], row["reason"]) == ("failed", reason)
+
+
 def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("loss") is not None}
 
@@ -104,7 +118,9 @@ def test_full_disk_in_a_checkpoint_save_stops_cleanly_and_resumes_equal(tmp_path
 
     run = _experiment(small_fs / "exp", tiny_model, small_dataset)
     save_bytes = _fill(small_fs, ref)
-    res = _tunelab_run(run.parent.parent)
+    # the disk fills while the run trains (another writer, here the filler): run's own check of the free space
+    # before the first job would refuse the sweep already, so it is skipped, as a person expecting room would
+    res = _tunelab_run(run.parent.parent, "--no-checks")
     assert res.exit_code == 1, res.output
     failed = run / "trainer_state" / f"checkpoint-{2 * EPOCH_STEPS}"
     log = (run / "train.log").read_text()
@@ -112,6 +128,7 @@ def test_full_disk_in_a_checkpoint_save_stops_cleanly_and_resumes_equal(tmp_path
     assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
     assert errors[0].startswith(f"error: no space left on {failed} (needs ~"), errors[0]
     assert errors[0].endswith(f"free space, then `tunelab run` resumes from checkpoint-{EPOCH_STEPS}")
+    _check_reason_shown(run.parent.parent, res.output, errors[0].removeprefix("error: "))
     number, unit = errors[0].split("needs ~")[1].split(",")[0].split()
     assert float(number) * UNITS[unit] == pytest.approx(save_bytes, rel=0.1)  # the size of the save that failed
     status = read_json(run / "status.json")

@@ -176,10 +176,16 @@ def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
     from tunelab.rundir.config import save_run_config
 
     save_run_config(broken)
-    res = CliRunner().invoke(app, ["run", str(spec.parent)])
+    res = CliRunner().invoke(app, ["run", str(spec.parent)])  # run's checks see it before any job starts
+    assert res.exit_code == 1 and res.stderr.splitlines() == [f"error: {tmp_path / 'gone.json'}: no such file or "
+                                                               "directory"], res.output
+    assert not (cfg.run_dir / "status.json").exists()
+    # past the checks (as when the file goes while the sweep runs), the job fails and says why
+    res = CliRunner().invoke(app, ["run", str(spec.parent), "--no-checks"])
     assert res.exit_code == 1 and "did not complete" in res.stderr
     status = read_json(cfg.run_dir / "status.json")
     assert status["state"] == "failed" and "dataset file not found" in status["error"]
+    assert f"error: {cfg.name} FAILED: " in res.stderr and "dataset file not found" in res.stderr  # its reason
     assert training_state(cfg.run_dir) == "failed"
     attempts = ledger.query(spec.parent, "SELECT * FROM attempts")
     assert attempts[0]["exit_code"] == 1 and attempts[0]["state"] == "failed"

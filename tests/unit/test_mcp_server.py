@@ -17,6 +17,7 @@ from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.server import build_server
+from mcp_tool import tool
 
 
 def fake_model(path: Path) -> Path:
@@ -36,14 +37,6 @@ def root(tmp_path) -> Path:
     (lab / "data" / "caps_train.jsonl").write_text("{}\n")
     (tmp_path / "secret").mkdir()
     return lab
-
-
-def tool(root: Path, name: str, args: dict, read_only: bool = False):
-    async def go():
-        async with Client(build_server(root, read_only=read_only)) as client:
-            return await client.call_tool(name, args)
-
-    return anyio.run(go)
 
 
 def test_paths_outside_the_root_are_refused(root):

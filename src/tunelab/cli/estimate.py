@@ -35,7 +35,8 @@ def _gpu_option(name: str | None):
 
 
 def _validate_gpu(name: str | None, path: Path):
-    """--gpu, else resources.gpu of the run.yaml or spec (and user config), else the detected GPU."""
+    """--gpu, else resources.gpu of the run.yaml or spec (and user config), else the detected GPU, else None:
+    the sweep trains on this machine's CPU (as plan and run take it)."""
     from tunelab.catalog import planning_gpu
     from tunelab.rundir.config import RUN_FILE, load_run_config
 
@@ -48,11 +49,7 @@ def _validate_gpu(name: str | None, path: Path):
             from tunelab.userconfig import merge_resources
 
             named = merge_resources(load_spec(path).resources).gpu
-    gpu = planning_gpu(name, named)
-    if gpu is None:
-        raise TunelabError("no GPU here to detect: name the target with --gpu or resources.gpu (e.g. H100-80GB)",
-                           field="--gpu")
-    return gpu
+    return planning_gpu(name, named)  # None: no GPU named or here, a sweep for this machine's CPU
 
 
 def _estimate_gpu(name: str | None, memory_gib: float | None):
@@ -256,7 +253,8 @@ def _print_estimate(est: ConfigEstimate) -> None:
 
 def validate_cmd(
     path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present, "
+                                      "else this machine's CPU."),
     json_out: bool = json_option("every run's checks"),
 ) -> None:
     """Exit 1 when a run would not fit on the GPU or its data or prompt is wrong.
@@ -279,9 +277,17 @@ def validate_cmd(
             for w in c.warnings:
                 warn(w)
         if not errors:
-            say("ok: {} run(s) validated", len(checks))
+            say("ok: {} run(s) validated for {}", len(checks), _checked_for(checks))
     if errors:
         raise typer.Exit(1)
+
+
+def _checked_for(checks: list) -> str:
+    """The device the checks were made for: the GPU's name, or this machine's CPU and its RAM."""
+    if not checks or checks[0].device != "cpu":
+        return checks[0].device if checks else "this machine"
+    return (f"this machine's CPU ({checks[0].gpu_memory_gib:.1f} GiB RAM; host memory is not modelled, "
+            "so no memory check)")
 
 
 def register(app: typer.Typer) -> None:

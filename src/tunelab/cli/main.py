@@ -21,9 +21,15 @@ from tunelab.cli import start as cli_start
 from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.cli.panels import PipelineGroup
+from tunelab.compat import quiet_known_library_warnings
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
 from tunelab.spec.resources import ExecutorKind
+
+# every command's process, whatever module it enters through (`eval` and the demo import tunelab.evaluate.sweep
+# directly, never tunelab.evaluate's lazy names that used to install this): a known deprecation inside peft and
+# trl, which read transformers' old name, is no message for the person at the terminal
+quiet_known_library_warnings()
 
 app = typer.Typer(
     help="Plan, run, evaluate and report sweeps of LoRA fine-tuning experiments.\n\n"
@@ -134,18 +140,31 @@ def run_cmd(
                                                     "spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
+    no_checks: bool = typer.Option(False, "--no-checks", help="Start without validate's checks (memory, data, the "
+                                   "disk space the runs need): e.g. where space will be freed while they train."),
     json_out: bool = json_option("each run started and its state when the command returns"),
 ) -> None:
     """Train the pending runs, locally or as Slurm jobs.
 
     Train pending runs: locally (one at a time on CPU or resources.runs_per_gpu side by side, one per GPU), or as Slurm jobs with an evaluation
-    job after each (afterok). Completed, queued and running runs are skipped."""
+    job after each (afterok). Completed, queued and running runs are skipped. Before the first job starts,
+    the runs to start pass `tunelab validate`'s checks (predicted OOM, data, warm-up, the free space and
+    quota of the experiment's filesystem), or nothing starts."""
     from tunelab.execute.executors import check_options, executor_named
-    from tunelab.execute.sweep import RowState, run_sweep
+    from tunelab.execute.status import not_completed
+    from tunelab.execute.sweep import run_sweep
     from tunelab.rundir.experiment import load_runs
 
     ex = executor_named(executor.value if executor else load_runs(experiment_dir)[0].resources.executor)
     check_options(ex, dry_run, wait)
+    if not no_checks:
+        from tunelab.plan.validate import checks_before_run
+
+        problems = checks_before_run(experiment_dir, runs, force)
+        for line in problems:
+            error(line)
+        if problems:
+            raise typer.Exit(1)
     with stdout_to_stderr(json_out):
         results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
     if json_out:
@@ -153,10 +172,12 @@ def run_cmd(
 
         emit(RunOut(experiment_dir=str(experiment_dir), submitted=list(results), pid=None, log=None,
                     states=dict(results)))
-    bad = {k: v.label for k, v in results.items() if v != RowState.COMPLETED}
-    if bad and not dry_run and (wait or not ex.detached):
-        where = "`tunelab status`" if ex.detached else "runs/<run>/train.log"
-        error(f"{len(bad)} run(s) did not complete: {bad}; see {where}")
+    if dry_run or (ex.detached and not wait):
+        return  # nothing ended here to judge
+    lines = not_completed(experiment_dir, results, "`tunelab status`" if ex.detached else "runs/<run>/train.log")
+    for line in lines:  # each run's own reason, then the count
+        error(line)
+    if lines:
         raise typer.Exit(1)
 
 
@@ -286,7 +307,7 @@ def status_cmd(
     why a job failed (OOM, TIMEOUT, PREEMPTED, NODE_FAIL, CANCELLED, FAILED with exit code). The sweep is
     re-planned at every look: its remaining makespan (P10–P90) on its devices against resources.deadline, and as
     soon as the deadline is no longer met at P90, what would have to give."""
-    from tunelab.execute.status import RowState, eval_label, status_rows
+    from tunelab.execute.status import RowState, eval_label, failure_lines, status_rows
 
     def replan(rows) -> tuple[str, str]:
         """The sweep re-planned from these rows: its line and, once the deadline's P90 misses, its warning."""
@@ -309,6 +330,8 @@ def status_cmd(
         listed = rows if show_all or len(rows) <= SHOWN_ROWS else [r for r in rows if r.state != RowState.COMPLETED]
         listed = listed if show_all else listed[:SHOWN_ROWS]
         show(table(listed))
+        for line in failure_lines(rows):  # why each run that ended badly did: its own one line
+            say("[red]{}[/red]", line)
         if len(listed) < len(rows):
             counts = Counter(r.state.label for r in rows)
             say("{} runs: {}; {} not listed (--all lists every run)", len(rows),

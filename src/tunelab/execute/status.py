@@ -135,6 +135,9 @@ class StatusRow:
     """The verdict on its ended job: completed, oom, timeout, preempted, node_fail, cancelled or failed."""
     detail: str = ""
     """The failure's evidence, e.g. an exit code or the line that says why (empty: nothing to say)."""
+    reason: str = ""
+    """Why it did not complete, in one line: the job's own words from status.json ('no space left on …'), else
+    the verdict's detail (empty: it completed, or has not ended)."""
     eval: EvalState | FailureKind | None = None
     """Its evaluation: scored, pending, running, ended, or its eval job's failure verdict (None: neither)."""
     state: RowState = RowState.PENDING
@@ -157,6 +160,23 @@ class StatusRow:
                 JobState.PENDING, JobState.RUNNING, JobState.SUBMITTED):
             return f"{self.state.label} ({job.value.lower()})"
         return self.state.label
+
+
+def failure_lines(rows: list[StatusRow]) -> list[str]:
+    """One line per run that ended badly: its name, its state's word and its reason ('tiny_r4 FAILED: no space
+    left on …'): what `run`'s summary and `status` print under their tables."""
+    return [f"{r.name} {r.state.label}" + (f": {r.reason}" if r.reason else "") for r in rows if r.state.ended_badly]
+
+
+def not_completed(experiment_dir: str | Path, results: dict[str, RowState], where: str) -> list[str]:
+    """What a sweep that left runs not completed says at its end: each such run's line with its own reason,
+    then the count and where to look; [] when every run completed."""
+    bad = {name for name, state in results.items() if state != RowState.COMPLETED}
+    if not bad:
+        return []
+    rows = [r for r in status_rows(experiment_dir, refresh_jobs=False) if r.name in bad]
+    shown = failure_lines(rows) + [f"{r.name} {r.state.label}" for r in rows if not r.state.ended_badly]
+    return [*shown, f"{len(bad)} run(s) did not complete; see {where}"]
 
 
 def _refresh_if_free(exp: Path, runs: dict[str, RunConfig]) -> None:
@@ -199,6 +219,8 @@ def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
     if cfg.kind == "finetune" and (status.attempt is None or status.attempt == cfg.attempt):
         row.progress, row.eta = run_progress(cfg, status)
     row.state = _state(row, job)
+    if row.state.ended_badly:
+        row.reason = (status.reason if status.attempt in (None, cfg.attempt) else "") or row.detail
     # queued or running; a run training without a job of ours (by hand) counts, one nobody started does not
     row.active = (is_active(job) or (rj.eval is not None and not evaluated and rj.eval.active)
                   or (job is None and files == RUNNING))

@@ -54,6 +54,7 @@ class BarsView(SweepView):
         self.progress: Progress | None = None
         self.sweep_task: TaskID | None = None
         self.tasks: dict[str, TaskID] = {}
+        self.run_dirs: dict[str, str] = {}  # each started run's directory: its last status.json fills its bar
 
     @contextlib.contextmanager
     def live(self, runs: int) -> Iterator[None]:
@@ -66,6 +67,7 @@ class BarsView(SweepView):
         if reason != "first submission" and not reason.startswith("attempt "):
             self.say("{}: {}", cfg.name, reason)
         if self.progress is not None:
+            self.run_dirs[cfg.name] = str(cfg.run_dir)
             self.tasks[cfg.name] = self.progress.add_task(f"  {cfg.name}" + (f" [{where}]" if where else ""),
                                                           total=None)
 
@@ -73,6 +75,7 @@ class BarsView(SweepView):
         task = self.tasks.pop(job.run, None)
         if self.progress is None or task is None or job.kind != JobKind.TRAIN:
             return
+        self._fill(task, job.run)  # the last tick saw the last logged step, not the step the job ended at
         if job.failure == COMPLETED:
             mark = markup("  {}: [green]completed[/green]", job.run)
         else:
@@ -91,9 +94,13 @@ class BarsView(SweepView):
         if self.progress is None:
             return
         for name, task in self.tasks.items():
-            status = read_status(runs[name].run_dir)
-            if status.total_steps:
-                self.progress.update(task, total=status.total_steps, completed=status.step or 0)
+            self._fill(task, name)
+
+    def _fill(self, task: TaskID, run: str) -> None:
+        """The run's bar at the step its status.json says (a completed run's: its last step)."""
+        status = read_status(self.run_dirs[run])
+        if self.progress is not None and status.total_steps:
+            self.progress.update(task, total=status.total_steps, completed=status.step or 0)
 
 
 def view_for(ex: Executor, console: Console) -> SweepView:

@@ -39,6 +39,7 @@ class RunView:
     eta_s: float | None
     eval: EvalState | FailureKind | None
     detail: str
+    reason: str = ""  # StatusRow.reason: the run's own line why it did not complete
 
 
 def _last_train_row(cfg: RunConfig) -> MetricRow:
@@ -50,7 +51,8 @@ def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
     status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
     last = _last_train_row(cfg) if status.to_json() else MetricRow()
     return RunView(row.name, row.type, row.state, row.shown, status.step, status.total_steps, last.loss, last.tokens_per_s,
-                   eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval, row.detail or "")
+                   eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval, row.detail or "",
+                   row.reason)
 
 
 def _eval_cell(state: EvalState | FailureKind | None) -> Text:
@@ -92,7 +94,7 @@ def watch(experiment_dir: str | Path, rows_of: Callable[[], list[StatusRow]], co
         for v in views:
             if v.state.ended_badly and v.name not in seen_failed:
                 seen_failed.add(v.name)
-                say("[red]{}: {}[/red] {}", v.name, v.shown, v.detail, console=console)
+                say("[red]{}: {}[/red] {}", v.name, v.shown, v.reason or v.detail, console=console)
         line, warning = replan(rows) if replan is not None else ("", "")
         if warning and not warned[0]:
             say("[yellow]{}[/yellow]", warning, console=console)

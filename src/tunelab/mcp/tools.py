@@ -161,11 +161,7 @@ class PipelineTools:
         from tunelab.plan.validate import validate_path
 
         target = self._spec(path, "path")
-        device = self._gpu(gpu, target)
-        if device is None:
-            raise TunelabError("no GPU here to detect: name the target with gpu or resources.gpu (e.g. H100-80GB)",
-                               field="gpu")
-        checks = validate_path(target, device)
+        checks = validate_path(target, self._gpu(gpu, target))  # None: no GPU named or here, this machine's CPU
         return ValidateOut.of(checks)
 
     @one_line
@@ -233,8 +229,10 @@ class PipelineTools:
     def run(self, experiment_dir: Exp, runs: RunNames = None,
             force: Annotated[bool, Field(description="Rerun completed runs from scratch (destructive).")] = False
             ) -> RunOut:
-        """Start the sweep in the background (`tunelab run`) and return at once; follow it with status."""
+        """Start the sweep in the background (`tunelab run`) and return at once; follow it with status. Refused
+        first, with validate's one line, where a run to start would fail its checks (data, OOM, disk space)."""
         from tunelab.execute.status import RowState, status_rows
+        from tunelab.plan.validate import checks_before_run
         from tunelab.rundir.experiment import load_runs, select_runs
 
         exp = self._experiment(experiment_dir)
@@ -242,6 +240,10 @@ class PipelineTools:
         todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != RowState.COMPLETED)]
         if not todo:
             return RunOut(experiment_dir=self.ws.shown(exp), submitted=[], pid=None, log=None)
+        problems = checks_before_run(exp, list(runs or []), force)  # `tunelab run`'s own checks, answered now
+        if problems:
+            more = f" (and {len(problems) - 1} more: validate lists them)" if len(problems) > 1 else ""
+            raise TunelabError(problems[0] + more)
         pid, log = self.sweeps.start(exp, list(runs or []), force)
         return RunOut(experiment_dir=self.ws.shown(exp), submitted=todo, pid=pid, log=self.ws.shown(log))
 

@@ -58,6 +58,7 @@ class Plan:
     node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
     levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (plan/levers.py)
     deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (plan/deadline.py)
+    storage_problem: str | None = None  # the sweep does not fit its filesystem: why (plan/storage.py); scaffold refuses
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -397,7 +398,9 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
         plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
             sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
                 runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
-        plan.warnings += plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
+        storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
+        plan.storage_problem = storage[0] if storage else None
+        plan.warnings += storage
         plan.warnings += contention_warnings(plan.estimates)
         if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
             plan.schedule = local_schedule(plan)

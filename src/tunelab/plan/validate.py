@@ -1,8 +1,11 @@
 """validate: catch before submission what would fail or waste a GPU: predicted OOM, warm-up longer
-than training, packing off on short examples, a GPU left mostly idle."""
+than training, packing off on short examples, a GPU left mostly idle. A sweep for this machine's CPU (no GPU
+named or here) gets every check but the GPU's memory ones: host memory is not modelled, the RAM is reported.
+`tunelab run` makes the same checks of the runs it is about to start (`check_runs`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,40 +41,35 @@ class RunCheck:
     """The run checked."""
     tokens_per_microbatch: int
     """Tokens in its largest micro-batch (what memory depends on)."""
-    peak_memory_gib: float
-    """Predicted peak per GPU: reserved + CUDA context, GiB."""
+    peak_memory_gib: float | None
+    """Predicted peak per GPU: reserved + CUDA context, GiB (None on CPU: host memory is not modelled)."""
     gpu_memory_gib: float
-    """The GPU's memory, GiB."""
+    """The GPU's memory, GiB; on CPU the machine's RAM."""
     steps: int | None
     """Optimizer steps it will train (None: the data's lengths unknown)."""
-    max_batch_size: int
-    """The largest micro-batch that fits within 90 % of the GPU's memory (per GPU, on the run's GPUs)."""
+    max_batch_size: int | None
+    """The largest micro-batch that fits within 90 % of the GPU's memory (per GPU, on the run's GPUs; None on
+    CPU)."""
     gpus_needed: int | None = None
     """The fewest GPUs whose FSDP-sharded peak fits, when the run does not fit its own (None: it fits)."""
     errors: list[str] = field(default_factory=list)
     """What would fail (predicted OOM, a missing split or field, ...): validate exits 1."""
     warnings: list[str] = field(default_factory=list)
     """What would waste the GPU or come near its limit (exit 0)."""
+    device: str = "cpu"
+    """What it was checked for: the GPU's name, or cpu (this machine's CPU, no GPU named or here)."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
-def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
+def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
               truncated: list[Truncation] | None = None) -> RunCheck:
+    """One run's checks on this GPU (None: this machine's CPU, without the memory checks)."""
     t = cfg.training
     if t is None:
         raise TunelabError("is a control: nothing to validate for training", field=cfg.name)
-    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
-    longest = max(lengths) if lengths else None
-    shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
-    tokens = shape.tokens
-    res = cfg.resources
-    nproc = res.processes_per_run(1)
-    figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
-    peak = figure.required_gib
-    max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing, longest,
-                          processes=nproc, strategy=strategy)  # the same step as the peak's
+    nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)
     steps = None
     if lengths:
         if t.packing:
@@ -81,22 +79,11 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
         else:
             rows = len(lengths)
         steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
-    check = RunCheck(cfg.name, tokens, round(peak, 2), gpu.memory_gib, steps, max_b)
-    where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
-    check.errors += _node_errors(cfg)
-    if not fits(figure, gpu.memory_gib):
-        check.errors.append(
-            f"{where} = {tokens:,} tokens per micro-batch: peak {peak:.1f} GiB ({figure.source}; reserved + "
-            f"CUDA context) exceeds the "
-            f"{gpu.name}'s {gpu.memory_gib:.1f} GiB; largest micro-batch that fits: {max_b}"
-            + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
-               if t.packing else ""))
-        check.errors += _gpu_count_errors(check, cfg, gpu, inputs, shape, nproc)
-    elif not fits(figure, gpu.memory_gib, NEAR_LIMIT):
-        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:.1f} GiB")
-    elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
-        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "
-                              f"a micro-batch up to {max_b} fits (keep the effective batch with accumulation)")
+    longest = max(lengths) if lengths else None
+    shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
+    check = (_memory_check(cfg, gpu, shape, nproc, steps, longest) if gpu is not None else
+             RunCheck(cfg.name, shape.tokens, None, round(host_memory_gib(), 1), steps, None))
+    check.errors[:0] = _node_errors(cfg)
     for cut in truncated or []:
         if cut.cut and cut.split in ("train", "validation"):
             check.errors.append(
@@ -109,12 +96,49 @@ def check_run(cfg: RunConfig, gpu: GPU, lengths: list[int] | None = None,
     if lengths and not t.packing and should_pack(sum(lengths) / len(lengths), t.max_seq_len):
         check.warnings.append(f"{cfg.name}: packing is off although the mean example ({sum(lengths) / len(lengths):.0f} "
                               f"tokens) is short next to max_seq_len {t.max_seq_len}")
-    cpus = executor_class(res.executor).job_cpus(res)
+    cpus = executor_class(cfg.resources.executor).job_cpus(cfg.resources)
     if cpus and t.dataloader_workers and t.dataloader_workers * nproc > cpus - nproc:
         check.warnings.append(f"{cfg.name}: dataloader_workers {t.dataloader_workers} × {nproc} process(es) and the "
                               f"processes themselves need more than the job's cpus_per_task {cpus}: workers would "
                               f"share CPUs with training (raise resources.slurm.cpus_per_task or leave "
                               f"dataloader_workers unset to fit them)")
+    return check
+
+
+def host_memory_gib() -> float:
+    """This machine's RAM, GiB (what a CPU run's memory is set against; 0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def _memory_check(cfg: RunConfig, gpu: GPU, shape: StepShape, nproc: int, steps: int | None,
+                  longest: int | None) -> RunCheck:
+    """The run's predicted peak per GPU against the GPU's memory: an OOM is an error (with the fewest GPUs that
+    fit), near the limit or a mostly idle GPU a warning."""
+    t = cfg.training
+    assert t is not None
+    inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
+    figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc)  # per device: sharded when FSDP is chosen
+    peak = figure.required_gib
+    max_b = largest_batch(cfg.model.path, inputs, gpu.memory_gib * NEAR_LIMIT, t.max_seq_len, t.packing,
+                          longest, processes=nproc, strategy=strategy)  # the same step as the peak's
+    check = RunCheck(cfg.name, shape.tokens, round(peak, 2), gpu.memory_gib, steps, max_b, device=gpu.name)
+    where = f"{cfg.name}: batch_size {t.batch_size}{' packed' if t.packing else ''} × max_seq_len {t.max_seq_len}"
+    if not fits(figure, gpu.memory_gib):
+        check.errors.append(
+            f"{where} = {shape.tokens:,} tokens per micro-batch: peak {peak:.1f} GiB ({figure.source}; reserved + "
+            f"CUDA context) exceeds the "
+            f"{gpu.name}'s {gpu.memory_gib:.1f} GiB; largest micro-batch that fits: {max_b}"
+            + (" (packing multiplies tokens per row: lower batch_size and raise gradient_accumulation_steps)"
+               if t.packing else ""))
+        check.errors += _gpu_count_errors(check, cfg, gpu, inputs, shape, nproc)
+    elif not fits(figure, gpu.memory_gib, NEAR_LIMIT):
+        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB is within 10 % of {gpu.memory_gib:.1f} GiB")
+    elif peak < IDLE_BELOW * gpu.memory_gib and max_b > t.batch_size:
+        check.warnings.append(f"{where}: predicted peak {peak:.1f} GiB uses {peak / gpu.memory_gib:.0%} of the GPU; "
+                              f"a micro-batch up to {max_b} fits (keep the effective batch with accumulation)")
     return check
 
 
@@ -143,23 +167,23 @@ def _gpu_count_errors(check: RunCheck, cfg: RunConfig, gpu: GPU, inputs: MemoryI
             + (f" (the plan spreads it over {need.nodes} nodes)" if need.nodes > 1 else "")]
 
 
-def check_staged_run(cfg: RunConfig, gpu: GPU, lengths: list[list[int] | None],
+def check_staged_run(cfg: RunConfig, gpu: GPU | None, lengths: list[list[int] | None],
                      truncated: list[list[Truncation] | None]) -> RunCheck:
     """A staged run: each stage checked as the run it trains (its own steps, warm-up, data and batch), then one
     check whose memory and batch advice are the worst stage's and whose steps are the sum."""
     parts = [check_run(cfg.stage_config(i).model_copy(update={"name": f"{cfg.name} (stage {s.name})"}), gpu,
                        lengths[i], truncated[i]) for i, s in enumerate(cfg.stages)]
-    worst = max(parts, key=lambda c: c.peak_memory_gib)
+    worst = max(parts, key=lambda c: c.peak_memory_gib or 0.0)
     steps = [c.steps for c in parts]
     needed = [c.gpus_needed for c in parts if c.gpus_needed is not None]
     return RunCheck(cfg.name, worst.tokens_per_microbatch, worst.peak_memory_gib, worst.gpu_memory_gib,
                     sum(n for n in steps if n is not None) if None not in steps else None, worst.max_batch_size,
                     max(needed) if needed else None,
-                    [m for c in parts for m in c.errors], [m for c in parts for m in c.warnings])
+                    [m for c in parts for m in c.errors], [m for c in parts for m in c.warnings], worst.device)
 
 
-def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
-    """Validate an experiment.yaml (all its runs) or one run.yaml."""
+def validate_path(path: str | Path, gpu: GPU | None) -> list[RunCheck]:
+    """Validate an experiment.yaml (all its runs) or one run.yaml, for this GPU (None: this machine's CPU)."""
     from tunelab.rundir.config import load_run_config
 
     path = Path(path)
@@ -179,10 +203,17 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
         from tunelab.plan.planner import make_plan
 
         runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
-    from tunelab.plan.planner import measure_lengths, truncation
-    for cfg in runs:  # a GPU is named here: QLoRA still needs bitsandbytes
-        cfg.check_quantize(True, path)
+    return check_runs(runs, gpu, path)
 
+
+def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool | None = None) -> list[RunCheck]:
+    """Every fine-tuned run's checks and the sweep's storage (validate; `tunelab run` before its first job).
+    QLoRA where the jobs have no GPU (`cuda`, default: a GPU is named or here) or bitsandbytes is missing is
+    refused here, naming the source file."""
+    from tunelab.plan.planner import measure_lengths, truncation
+
+    for cfg in runs:
+        cfg.check_quantize(gpu is not None if cuda is None else cuda, source)
     # lengths need the model's tokenizer: a well-known model name without a local dir has none
     checks = []
     for cfg in runs:
@@ -198,14 +229,34 @@ def validate_path(path: str | Path, gpu: GPU) -> list[RunCheck]:
     return checks
 
 
-def _check_storage(runs: list[RunConfig], checks: list[RunCheck], gpu: GPU) -> None:
+def _check_storage(runs: list[RunConfig], checks: list[RunCheck], gpu: GPU | None) -> None:
     """The sweep against its filesystem's free space and quota (plan/storage.py): a sweep that cannot fit is an
     error, on the check of the run that needs most, naming the runs and the field that would make it fit."""
     from tunelab.plan.planner import split_lengths
     from tunelab.plan.storage import dtype_rule, sweep_storage
 
-    storage = sweep_storage(runs, dtype_rule(gpu), split_lengths, None, gpu_job=True)
+    storage = sweep_storage(runs, dtype_rule(gpu), split_lengths, None, gpu_job=gpu is not None)
     problem = storage.problem() if storage is not None else None
     if storage is not None and problem:
         biggest = max(storage.runs, key=lambda r: r.needs).run
         next(c for c in checks if c.run == biggest).errors.append(problem)
+
+
+def checks_before_run(experiment_dir: str | Path, names: list[str] | None, force: bool) -> list[str]:
+    """validate's errors for the runs `tunelab run` is about to start (fine-tuned, neither completed nor
+    running; with force the completed too), for the GPU their run.yaml names or this machine has, else this
+    machine's CPU: the same checks as `tunelab validate`, made before the first job starts. [] when all pass."""
+    from tunelab.catalog import planning_gpu
+    from tunelab.rundir.experiment import load_runs, select_runs, training_state
+    from tunelab.rundir.layout import RunState
+
+    skip = {RunState.RUNNING} | (set() if force else {RunState.COMPLETED})
+    runs = [c for c in select_runs(load_runs(experiment_dir), names)
+            if c.kind == "finetune" and training_state(c.run_dir) not in skip]
+    if not runs:
+        return []
+    gpu = planning_gpu(None, runs[0].resources.gpu)
+    # a scheduler's jobs get the GPUs they ask for, wherever this coordinator runs (a login node has none)
+    elsewhere = executor_class(runs[0].resources.executor).detached and runs[0].resources.gpus_per_run > 0
+    checks = check_runs(runs, gpu, Path(experiment_dir), cuda=gpu is not None or elsewhere)
+    return [e for c in checks for e in c.errors]

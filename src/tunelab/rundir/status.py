@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.layout import STATUS_FILE
 from tunelab.rundir.record import JsonRecord, plain
@@ -45,6 +46,19 @@ class Status(JsonRecord):
     updated_at: str | None = None
     host: str | None = None  # with pid: the process that wrote it last (a resume on another node names it)
     pid: int | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why this start ended early, as one line for people: the error's first line, without the type of
+        tunelab's own errors (their messages are written for people: 'no space left on …'); '' when none."""
+        line = (self.error or "").strip().splitlines()[0] if (self.error or "").strip() else ""
+        kind, sep, message = line.partition(": ")
+        return message if sep and kind in _error_names(TunelabError) else line
+
+
+def _error_names(cls: type[TunelabError]) -> set[str]:
+    """The class and its subclasses loaded now (asked at each read: a subclass may be imported later)."""
+    return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))
 
 
 Status.omit_none = frozenset(Status.field_names())  # the file holds only the keys its writers gave it

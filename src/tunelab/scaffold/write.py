@@ -1,5 +1,6 @@
 """scaffold: one self-contained directory per run (run.yaml + job script), a submit-all script
-and a README. Everything is checked before anything is written, so a bad spec writes nothing."""
+and a README. Everything is checked before anything is written, so a bad spec writes nothing — a sweep that
+does not fit the free space or quota of the experiment directory's filesystem (--out) included."""
 
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def _check_not_clobbering(plan: Plan, changed: dict[str, RunConfig | None], forc
 def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bool = False,
              gpu: GPU | None = None) -> Plan:
     plan = make_plan(spec_path, out_dir, gpu=gpu)
+    if plan.storage_problem:  # where the runs will write (--out): refused before anything is written
+        raise TunelabError(plan.storage_problem)
     predicted = with_predictions(plan)  # + each run's evaluation and the sweep's makespan (the report checks them)
     for i, cfg in enumerate(plan.runs):
         est = predicted[cfg.name]
