@@ -122,6 +122,15 @@ class Row:
     source: str
     measured_s: list[float] = field(default_factory=list)
     loads: list = field(default_factory=list)  # each measurement's LoadWindow (None: unknown)
+    p10_s: float | None = None  # the prediction's interval (run.yaml's time_range)
+    p90_s: float | None = None
+
+    @property
+    def inside(self) -> list[bool]:
+        """Each measurement: within the predicted P10–P90."""
+        if self.p10_s is None or self.p90_s is None:
+            return []
+        return [self.p10_s <= m <= self.p90_s for m in self.measured_s]
 
     @property
     def median_s(self) -> float:
@@ -145,13 +154,15 @@ class Row:
         return f"{self.contended}/{len(self.loads)} contended, ×{worst.slowdown:.1f}" if self.contended else "idle"
 
 
-# the table: (header, width, the cell of a row); a column is one entry (the lead adds p10/p90 and coverage here)
+# the table: (header, width, the cell of a row); a column is one entry
 COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
     ("run", -34, lambda r: r.run),
     ("predicted s", 12, lambda r: f"{r.predicted_s:.1f}"),
     ("measured s", 11, lambda r: f"{r.median_s:.1f}"),
     ("error", 8, lambda r: f"{100 * r.error:.1f} %"),
     ("min–max s", 12, lambda r: f"{min(r.measured_s):.1f}–{max(r.measured_s):.1f}"),
+    ("P10–P90 s", 12, lambda r: f"{r.p10_s:.1f}–{r.p90_s:.1f}" if r.p10_s is not None else "—"),
+    ("inside", 7, lambda r: f"{sum(r.inside)}/{len(r.inside)}" if r.inside else "—"),
     ("load", 24, lambda r: r.load),
     ("source", 0, lambda r: r.source),
 ]
@@ -197,7 +208,9 @@ def held_out_rows(out: Path, data: Path, held_out: list[dict], logging_steps: in
     print("\n" + table_line([header for header, _, _ in COLUMNS]))
     for cfg in (c for c in plan.runs if wanted(c, held_out)):
         est = plan.estimates[cfg.name]
-        row = Row(cfg.name, est.seconds, est.time_source)
+        span = est.time_range
+        row = Row(cfg.name, est.seconds, est.time_source, p10_s=span.p10_s if span else None,
+                  p90_s=span.p90_s if span else None)
         for i in range(repeats):
             if i:
                 fresh_run_dir(cfg.run_dir)
@@ -249,6 +262,9 @@ def main() -> int:
     print(f"\nmachine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; experiment dir {out}")
     print(f"measurements: {repeats} per held-out run, {sum(r.contended for r in rows)} of "
           f"{sum(len(r.loads) for r in rows)} contended; {args.contend} hog(s)")
+    covered = [x for r in rows for x in r.inside]
+    print(f"interval coverage: {sum(covered)} of {len(covered)} measurements inside their predicted P10–P90 "
+          f"({100 * sum(covered) / max(1, len(covered)):.0f} %; a calibrated 80 % interval covers about 80 %)")
     median = 100 * statistics.median(r.error for r in rows)
     if median > max_error:
         print(f"FAILED: median time error above {max_error:g} %")
