@@ -134,6 +134,10 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
     notes = list(NOTES)
+    if plan.gpu is None and plan.spec.resources.runs_per_gpu > 1:
+        notes.append(f"the local executor runs {plan.spec.resources.runs_per_gpu} CPU runs side by side, each on "
+                     "its share of the cores: placed here one at a time at the speed of all the cores (the same "
+                     "CPU-seconds; their sharing is not modelled)")
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
     return judge(deadline, deadline_s, lines, devices, source, per_device, notes)
