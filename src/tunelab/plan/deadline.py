@@ -192,13 +192,12 @@ def _largest_share(span_at: Callable[[float], float | None], deadline_s: float) 
 
 def _fewer_epochs(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
                   ) -> GiveOption | None:
-    """Training scales with epochs past its start-up (taken as the eval start's figure)."""
+    """Training past its start-up (train_start_s, apart) and its saves scale with the epochs."""
     def at(share: float) -> Callable[[RunTimeline], float | None]:
         def seconds(r: RunTimeline) -> float | None:
             if r.total_s is None or not r.train_s:
                 return r.total_s
-            fixed = min(r.eval_start_s, r.train_s)
-            return r.total_s - (r.train_s + r.saves_s - fixed) * (1 - share)
+            return r.total_s - (r.train_s + r.saves_s) * (1 - share)
         return seconds
 
     share = _largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)

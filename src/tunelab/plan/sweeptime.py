@@ -68,7 +68,11 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         line.train_source = est.time_source if est is not None else "not estimated"
         if est is not None:
             ranges.append(est.time_range or (time_range(est.seconds, SourceKind.ASSUMED) if est.seconds else None))
-        if est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
+        if est is not None and est.seconds is not None and est.startup_s is not None:  # its start-up apart
+            line.train_start_s = est.startup_s
+            line.train_start_source = f"the estimate's start-up ({est.startup_kind or 'its source'})"
+            line.train_s = round(est.seconds - est.startup_s, 1)
+        elif est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
             start = job_start(cfg, None, history, plan.gpu)
             line.train_start_s, line.train_start_source = start.seconds, start.source
             ranges.append(start.range())
