@@ -44,13 +44,13 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("log writing", "inspect_ai/log/_recorders/buffer/", ()),
     ("log writing", "inspect_ai/log/", ()),
     ("log writing", "inspect_ai/_eval/task/log.py", ()),
-    ("batch gathering (event loop idle)", "selectors.py", ("select",)),
+    ("event loop idle (batch gathering, waits)", "selectors.py", ("select",)),
     ("inspect-ai sample loop", "inspect_ai/_eval/task/run.py", ("task_run_sample", "_task_run_sample_attempt")),
     ("inspect-ai task and log setup", "inspect_ai/", ()),
     ("inspect-ai task and log setup", "tunelab/evaluate/waves.py", ("bind",)),
 )
 ORDER = ("process start and imports", "inspect-ai task and log setup", "dataset and task building",
-         "prompt formatting", "weights and adapters", "generation", "batch gathering (event loop idle)",
+         "prompt formatting", "weights and adapters", "generation", "event loop idle (batch gathering, waits)",
          "inspect-ai sample loop", "scoring", "log writing", "logs read back, scores.json", "ledger ingest",
          "other")
 

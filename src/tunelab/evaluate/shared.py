@@ -48,6 +48,7 @@ class SharedWeights(LocalLM):
         super().__init__(model, tokenizer, device)
         self.base_path, self.dtype = base_path.resolve(), dtype
         self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch
+        self.prompts = {}  # every target of the pass formats the same samples: each prompt is encoded once
         self.batcher: MixedBatcher | None = None
         self._count = 0
         self._answering = BASE
@@ -187,6 +188,7 @@ class AdapterView:
     def __init__(self, shared: SharedWeights, adapter: str):
         self.shared, self.adapter = shared, adapter
         self.tokenizer, self.device, self.pad_id = shared.tokenizer, shared.device, shared.pad_id
+        self.prompts = shared.prompts
 
     def queue(self, stop_ids: list[int]) -> AdapterQueue:
         if self.shared.batcher is None:
