@@ -19,23 +19,35 @@ seconds move less with other work than wall seconds), samples/s (samples of ever
 the process's peak RSS (ru_maxrss, the imported stack included: its RSS at the fork is printed beside), the
 weights loaded (base models, adapters) and, for the pass, the batches it ran and how many mixed adapters.
 
-    python benchmarks/eval_sweep.py [--out DIR] [--few 8] [--runs 8] [--epochs 3] [--smoke]
+Then the demo's evaluation phase by phase (benchmarks/eval_phases.py): one pass in a fresh process, as `tunelab
+eval` runs it (ledger ingest included), its wall and CPU seconds by phase — process start and imports, inspect-ai's
+task and log setup, dataset and task building, prompt formatting, weights and adapters, generation, batch
+gathering, inspect-ai's sample loop, scoring, log writing, logs read back and scores.json, ledger ingest — and a
+pure generation loop over the same tokens through the same models (plain HF generate, the pass's batches and
+max_tokens) timed in the same process after it: the evaluation's time over the pure loop's is issue 45's measure.
+
+    python benchmarks/eval_sweep.py [--out DIR] [--few 8] [--runs 8] [--epochs 3] [--smoke] [--phases-only]
 
 --smoke: both sweeps on the tiny models (the larger one: tiny-2x128, 2 runs × 2 epochs and the control), 6 samples
-a target, the larger sweep once, for tests/e2e/test_benchmark_smoke.py.
+a target, the larger sweep once, the phases in a process forked after the imports (not timed), for
+tests/e2e/test_benchmark_smoke.py. --phases-only: the demo's phases alone (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from eval_phases import ORDER, breakdown, fresh
 from forking import in_child
 
 RANKS = (4, 8, 16, 32)
@@ -202,6 +214,34 @@ def report(name: str, targets: int, ways: dict[str, dict[str, Any]]) -> bool:
     return same == len(apart["answers"]) and apart["answers"].keys() == together["answers"].keys()
 
 
+def phases(exp: Path, smoke: bool) -> dict[str, Any]:
+    """The demo's one pass phase by phase: in a fresh process (its start and imports timed), or, smoke, forked."""
+    if smoke:
+        return in_child(breakdown, str(exp), (0.0, 0.0))
+    done = subprocess.run([sys.executable, __file__, "--phases-child", str(exp), repr(time.time())],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report_phases(r: dict[str, Any], targets: int, smoke: bool) -> None:
+    """The phase table, the pure generation loop and the ratio of the two."""
+    pure, start = r["pure"], "forked after the imports: not timed" if smoke else "a fresh process"
+    print(f"\ndemo, phase by phase: one pass over {targets} targets, {start}, 1 thread; {pure['batches']} batches, "
+          f"{pure['tokens']:,} tokens generated")
+    print("| phase | wall s | share | CPU s |")  # CPU: the evaluating thread's in each phase; the total's: the process's
+    print("|---|---|---|---|")
+    for phase in ORDER:
+        wall, cpu = r["phases"].get(phase, 0.0), r["phases_cpu"].get(phase, 0.0)
+        print(f"| {phase} | {wall:.2f} | {100 * wall / r['wall_s']:.1f} % | {cpu:.2f} |")
+    print(f"| total | {r['wall_s']:.2f} | 100 % | {r['cpu_s']:.2f} |")
+    print(f"| generation, timed around each batch | {r['generate_rows_s']:.2f} | | {r['generate_rows_cpu_s']:.2f} |")
+    print(f"| pure generation: HF generate, the same batches | {pure['seconds']:.2f} | | {pure['cpu_s']:.2f} |")
+    print(f"| evaluate_experiment (from its call) ÷ pure generation | {r['eval_wall_s'] / pure['seconds']:.2f} | | "
+          f"{r['eval_cpu_s'] / pure['cpu_s']:.2f} |")
+    print(f"demo phases: evaluation {r['eval_wall_s']:.2f} s wall, {r['eval_cpu_s']:.2f} CPU s; "
+          f"load {open('/proc/loadavg').read().split()[0]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="where the models and sweeps are written (default: a temp dir)")
@@ -209,13 +249,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="tiny models only, 6 samples a target (seconds)")
+    ap.add_argument("--phases-only", action="store_true", help="only the demo's evaluation phase by phase")
+    ap.add_argument("--phases-child", nargs=2, help=argparse.SUPPRESS)  # EXPERIMENT LAUNCHED_AT: phases()'s process
     a = ap.parse_args()
+    if a.phases_child:
+        return fresh(a.phases_child[0], float(a.phases_child[1]))
     if a.smoke:
         a.runs, a.epochs = 2, 2
     os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # before torch is imported: one thread
     out = a.out or Path(tempfile.mkdtemp(prefix="eval-sweep-"))
+    os.environ.setdefault("TUNELAB_HISTORY", str(out / "history.db"))  # the phases' ingest records evaluations there
     preload()
     demo, demo_targets = demo_sweep(out, a.smoke)
+    if a.phases_only:
+        return report_phases(phases(demo, a.smoke), demo_targets, a.smoke)
     larger, larger_targets = larger_sweep(out, a.runs, a.epochs, a.smoke)
     sweeps = [("demo", demo, demo_targets, None), ("larger", larger, larger_targets, None)]
     sweeps += [] if a.smoke else [(f"larger, {a.few} rows", larger, larger_targets, a.few)]
@@ -226,6 +273,7 @@ def main() -> None:
         ways = {way: in_child(measure, str(exp), one_pass) for way, one_pass in
                 (("one target at a time", False), ("one pass", True))}
         same.append(report(name, targets, ways))
+    report_phases(phases(demo, a.smoke), demo_targets, a.smoke)
     raise SystemExit(0 if all(same) else 1)  # a sample answered differently: the pass is wrong
 
 

@@ -316,6 +316,17 @@ def test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up(smokes):
         assert line(section, rf"^{re.escape(name)}: same answers and scores on (\d+) of (\d+) target × tasks "
                              rf"\((\d+) samples\)") == (targets, targets, samples)
         assert len(re.findall(rf"^{re.escape(name)}: pass  \d+ batches", section, re.MULTILINE)) == bases  # a pass each
+    phases = out.split("\ndemo, phase by phase: one pass over 6 targets, ", 1)[1].split("\n\n")[0]
+    rows = [tuple(float(v) for v in row) for row in re.findall(rf"^\| (?!total )[a-z][^|]* \| {NUM} \| {NUM} % \| {NUM} \|$", phases,
+                                                                re.MULTILINE)]
+    wall, cpu = line(phases, rf"^\| total \| {NUM} \| 100 % \| {NUM} \|$")
+    assert len(rows) == 13 and sum(r[0] for r in rows) == pytest.approx(wall, abs=0.005 * 14)  # the phases add up
+    assert sum(r[1] for r in rows) == pytest.approx(100, abs=0.05 * 14) and cpu > 0
+    pure, = line(phases, rf"^\| pure generation: HF generate, the same batches \| {NUM} \| \| {NUM} \|$")[:1]
+    ratio, _ = line(phases, rf"^\| evaluate_experiment \(from its call\) ÷ pure generation \| {NUM} \| \| {NUM} \|$")
+    evaluation, _ = line(phases, rf"^demo phases: evaluation {NUM} s wall, {NUM} CPU s")
+    assert ratio == pytest.approx(evaluation / pure, abs=0.005 + ratio_bound(evaluation, pure, 0.01, 0.01))
+    assert line(phases, r"; (\d+) batches, ([\d,]+) tokens generated$")[1] > 0
 
 
 THREE_FIGURES = r" \| ".join([rf"{NUM} \| {NUM} \| {NUM} %"] * 3) + r" \|$"  # predicted, measured, error ×3

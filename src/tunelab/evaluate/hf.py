@@ -112,6 +112,10 @@ def load_base(base_path: str | Path, tokenizer: Any, dtype: Any, resize: bool) -
 class LocalLM:
     """Loaded weights + tokenizer, and the two things evaluation asks of them."""
 
+    # prompt ids by (PromptFormat, messages), where weights serve several targets that ask the same prompts
+    # (shared.SharedWeights: a sweep's targets of one base); None: not kept (one target asks each prompt once)
+    prompts: dict[Any, list[int]] | None = None
+
     def __init__(self, model: Any, tokenizer: Any, device: str):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         pad = tokenizer.pad_token_id

@@ -153,8 +153,16 @@ class TunelabModelAPI(ModelAPI):
         return with_system(tuple(out), self.system_prompt)
 
     def prompt_ids(self, input: list[ChatMessage]) -> list[int]:
-        """The prompt tokens: exactly what training built before the answer (a VLM's carry their pixels)."""
-        return self._encode_prompt(self.messages_of(input))
+        """The prompt tokens: exactly what training built before the answer (a VLM's carry their pixels). Weights
+        that serve several targets keep them: each prompt is formatted once per pass, not once per target."""
+        messages = self.messages_of(input)
+        kept = self.lm.prompts if self.vision is None else None
+        if kept is None:
+            return self._encode_prompt(messages)
+        key = (self.format, messages)
+        if key not in kept:
+            kept[key] = self._encode_prompt(messages)
+        return list(kept[key])
 
     def _encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
         if self.vision is not None:

@@ -37,6 +37,13 @@ from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 
 
+# What every inspect eval of tunelab's is run with. log_realtime=False: inspect's realtime sample buffer (a SQLite
+# database beside the log, written at every event of every sample, for `inspect view` to follow a running eval)
+# goes; the .eval log is written as before. It was ~9 % of the demo's evaluation (cProfile: its log_events under
+# inspect's sample loop, 4.6 of 53 profiled s; docs/evaluation.md).
+INSPECT_OPTIONS: dict[str, Any] = dict(log_format="eval", display="none", score_display=False, log_realtime=False)
+
+
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
                  batch_size: int | None = None, tasks: list[str] | None = None) -> list[TaskScores]:
     """Evaluate each target × task of a run (skipping finished ones unless force); returns every
@@ -148,8 +155,7 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
         with space_guard(out_dir):  # a full disk under the .eval log: one NoSpaceError naming the directory
             [log] = inspect_ai.eval(
                 task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
-                log_format="eval", display="none", score_display=False, max_connections=2 * batch_size,
-                max_samples=2 * batch_size, fail_on_error=True)
+                max_connections=2 * batch_size, max_samples=2 * batch_size, fail_on_error=True, **INSPECT_OPTIONS)
     finally:
         model.api.close()
         if grader is not None:
@@ -280,9 +286,11 @@ def sample_values(log: Any) -> list[SampleValue]:
     choice and numeric metrics are computed from."""
     from inspect_ai.scorer import value_to_float
 
+    from tunelab.evaluate.scores import scored_samples
+
     to_float = value_to_float()
     out = []
-    for s in sorted(log.samples or [], key=lambda s: (str(type(s.id)), s.id, s.epoch)):
+    for s in scored_samples(log.location):
         first = next(iter(s.scores.values())) if s.scores else None
         meta = dict(first.metadata or {}) if first else {}
         value = None

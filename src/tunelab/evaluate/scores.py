@@ -11,7 +11,7 @@ from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE
 from tunelab.rundir.scores import TaskScores, is_scored, read_scores, read_task_scores, task_dir, write_scores
 
 __all__ = ["EVAL_DIR", "SCORES_FILE", "TaskScores", "is_scored", "read_scores", "read_task_scores", "task_dir",
-           "write_scores", "finite_or_none", "SampleRow", "load_samples"]
+           "write_scores", "finite_or_none", "SampleRow", "load_samples", "scored_samples"]
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -46,3 +46,28 @@ def load_samples(log_path: str | Path, n: int | None = None) -> list[SampleRow]:
         rows.append(SampleRow(s.id, text, target, s.output.completion, first.value if first else None,
                               dict(first.metadata or {}) if first else {}))
     return rows
+
+
+def scored_samples(log_path: str | Path) -> list[Any]:
+    """A finished log's samples as scores.json reads them (id, epoch, scores, metadata, target), by sample id.
+
+    From the log's sample summaries where they hold all of it: reading the samples themselves validates every
+    event of every sample (the demo: 1.2 CPU-s for its 1,200 samples, 0.06 from the summaries). A summary is
+    thinned (strings in metadata shortened, values over 1k dropped), so the samples are read instead when any
+    summary has a string, or a value it may have dropped, among what scores.json takes from a sample: its first
+    score's metadata, and the sample's images."""
+    from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
+
+    samples: list[Any] = read_eval_log_sample_summaries(str(log_path))
+    if not all(_whole(s) for s in samples):
+        samples = read_eval_log(str(log_path)).samples or []
+    return sorted(samples, key=lambda s: (str(type(s.id)), s.id, s.epoch))
+
+
+def _whole(summary: Any) -> bool:
+    """Whether thinning left what scores.json reads of this summary as the sample has it: no images, and its first
+    score's metadata of numbers, or of lists and dicts (kept whole, or replaced by a string when over 1k)."""
+    if (summary.metadata or {}).get("images"):
+        return False
+    first = next(iter(summary.scores.values())) if summary.scores else None
+    return first is None or all(not isinstance(v, str) for v in (first.metadata or {}).values())

@@ -48,6 +48,7 @@ class SharedWeights(LocalLM):
         super().__init__(model, tokenizer, device)
         self.base_path, self.dtype = base_path.resolve(), dtype
         self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch
+        self.prompts = {}  # every target of the pass formats the same samples: each prompt is encoded once
         self.batcher: MixedBatcher | None = None
         self._count = 0
         self._answering = BASE
@@ -165,12 +166,17 @@ class SharedWeights(LocalLM):
         return self.batcher
 
     def release(self) -> None:
+        """Drop the weights. A full collection (~0.3 s a pass in a process holding inspect-ai and torch) runs only
+        when the model outlives its last reference, held in a reference cycle (hf.release_weights' rule)."""
         import gc
+        import weakref
 
         import torch
 
+        model = weakref.ref(self.model) if self.model is not None else None
         self.model, self.served, self.batcher = None, {}, None
-        gc.collect()
+        if model is not None and model() is not None:
+            gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -182,6 +188,7 @@ class AdapterView:
     def __init__(self, shared: SharedWeights, adapter: str):
         self.shared, self.adapter = shared, adapter
         self.tokenizer, self.device, self.pad_id = shared.tokenizer, shared.device, shared.pad_id
+        self.prompts = shared.prompts
 
     def queue(self, stop_ids: list[int]) -> AdapterQueue:
         if self.shared.batcher is None:

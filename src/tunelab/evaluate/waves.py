@@ -5,9 +5,10 @@ staging directory beside its scores.json.
 inspect-ai writes every log of an eval into one directory; a target × task's log belongs in
 `<run>/eval/<label>/<task>/`, so the wave's logs go to a staging directory in the experiment
 (`.tunelab-eval-pass-*`, removed after) and are moved when the eval returns, each matched to its target × task
-by the log's metadata (run, label, task). The log's samples are read before the move: inspect reads them from
-the file lazily. (inspect's task-end hook would write each task as it ends, but a registered hook makes
-inspect print a banner on stdout, the MCP server's protocol channel.)
+by the log's metadata (run, label, task). scores.json reads the samples from the moved file (the log object's
+own sample lists would read the staged one, lazily: they are left unread). (inspect's task-end hook would write
+each task as it ends, but a registered hook makes inspect print a banner on stdout, the MCP server's protocol
+channel.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.runner import (
+    INSPECT_OPTIONS,
     PreparedTask,
     clear_outputs,
     eval_metadata,
@@ -73,9 +75,8 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
             try:
                 with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop
                     logs = inspect_ai.eval(
-                        tasks, model=None, log_dir=str(staging), log_format="eval", display="none",
-                        score_display=False, max_tasks=len(tasks), max_samples=2 * batch_size,
-                        max_connections=2 * batch_size * len(tasks), fail_on_error=True)
+                        tasks, model=None, log_dir=str(staging), max_tasks=len(tasks), max_samples=2 * batch_size,
+                        max_connections=2 * batch_size * len(tasks), fail_on_error=True, **INSPECT_OPTIONS)
             except NoSpaceError:
                 raise
             except Exception as exc:  # the wave's tasks fail with this; the pass goes on
@@ -136,8 +137,6 @@ class _PassState:
             return
         outcome: Outcome
         try:
-            for lazy in (log.samples, log.reductions):  # read from the file while it is where inspect wrote it
-                len(lazy or [])
             moved = item.out_dir / Path(log.location).name
             shutil.move(log.location, moved)
             log.location = str(moved)
