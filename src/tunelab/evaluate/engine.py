@@ -62,13 +62,14 @@ def resolve_engine(cfgs: list[RunConfig], override: str | None = None) -> tuple[
     if engine == Engine.HF:
         return engine, None
     home = vllm_home(spec.vllm)
+    client = importlib.util.find_spec("openai") is not None
     if engine == Engine.AUTO:
-        return (Engine.VLLM, home) if home is not None and gpu_visible() else (Engine.HF, None)
+        return (Engine.VLLM, home) if home is not None and client and gpu_visible() else (Engine.HF, None)
     if home is None:
         raise TunelabError("engine vllm, but no vLLM is at hand: `pip install tunelab[vllm]` (GPU nodes), or "
                            "make an environment with scripts/vllm-env and name its interpreter in eval.vllm.python "
                            f"(or ${VLLM_PYTHON_ENV}), or a running server in eval.vllm.url", field="eval.engine")
-    if importlib.util.find_spec("openai") is None:
+    if not client:
         raise TunelabError("engine vllm needs the OpenAI client inspect-ai's vLLM provider talks through: "
                            "pip install 'tunelab[vllm-client]' (or tunelab[vllm])", field="eval.engine")
     return engine, home

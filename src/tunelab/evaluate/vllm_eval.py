@@ -139,10 +139,11 @@ def server_args(model: Path, served: list[Served]) -> ServerArgs:
     ranks = [int(adapter_config(Path(a)).get("r") or 1) for a in adapters]
     loras = min(len(adapters), spec.max_loras or MAX_LORAS)
     # the GPUs the plan gives a run of this base on one node: what its Slurm eval job holds (slurm_jobs.sbatch_options)
-    tp = max((c.resources.run_gpus_per_node() for c in cfgs), default=1) if gpu_visible() else 1
+    gpu = gpu_visible()
+    tp = max((c.resources.run_gpus_per_node() for c in cfgs), default=1) if gpu else 1
     return ServerArgs(model=str(model), dtype=_dtype(cfgs[0]), max_loras=loras, max_lora_rank=max(ranks, default=1),
                       max_cpu_loras=spec.max_cpu_loras or len(adapters), tensor_parallel_size=max(tp, 1),
-                      gpu_memory_utilization=spec.gpu_memory_utilization, adapters=tuple(adapters))
+                      gpu_memory_utilization=spec.gpu_memory_utilization, adapters=tuple(adapters), eager=not gpu)
 
 
 def _dtype(cfg: Any) -> str:

@@ -11,6 +11,7 @@ greedy unless the task samples, so answers are comparable sample for sample with
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import check_generate_config, describe, sampling_of
 
 PROVIDER = "tunelab-vllm"
+# the prompt's token ids as the server tokenized them ("prompt") and each choice's generated ids ("choices"), of
+# the response this generate() call got: a dict made by generate(), filled by on_response (a copied context still
+# holds the same dict)
+_TOKEN_IDS: ContextVar[dict[str, Any] | None] = ContextVar("tunelab_vllm_ids", default=None)
 
 
 class TunelabVLLMAPI(VLLMAPI):
@@ -69,7 +74,7 @@ class TunelabVLLMAPI(VLLMAPI):
         """The request's settings: the run's stop tokens, no special tokens added, greedy unless sampling."""
         sampling = sampling_of(config)
         extra = {**(config.extra_body or {}), "stop_token_ids": self.stop_ids, "skip_special_tokens": True,
-                 "add_special_tokens": False, "add_generation_prompt": False}
+                 "add_special_tokens": False, "add_generation_prompt": False, "return_token_ids": True}
         update: dict[str, Any] = {"extra_body": extra, "max_tokens": config.max_tokens or self._max_tokens}
         if sampling is None:
             update.update(temperature=0.0, top_p=None, top_k=None, seed=None)
@@ -81,15 +86,38 @@ class TunelabVLLMAPI(VLLMAPI):
             raise TunelabError("the tunelab-vllm provider cannot offer tools to the model")
         check_generate_config(config)
         ids = self.prompt_ids(input)
+        got: dict[str, Any] = {}
+        _TOKEN_IDS.set(got)
         result = await super().generate([ChatMessageUser(content=self.prompt_text(ids))], [], "none",
                                         self.request_config(config))
         output = result[0] if isinstance(result, tuple) else result
+        seen = got.get("prompt")
+        if seen is not None and list(seen) != ids:
+            raise TunelabError(f"the vLLM server tokenized this prompt into other tokens than training built "
+                               f"({len(seen)} against {len(ids)}); evaluate with --engine hf")
         if isinstance(output, ModelOutput):
+            if not config.stop_seqs:  # vLLM cut text at a stop sequence itself: its text stands
+                self._decode_as_hf(output, got.get("choices") or [])
             output.metadata = {**(output.metadata or {}), "prompt_ids": ids,
                                "decoding": describe(sampling_of(config))}
             if output.usage is not None:  # the prompt training built, as the HF path counts it
                 output.usage.input_tokens = len(ids)
         return result
+
+    def on_response(self, response: dict[str, Any]) -> None:
+        got = _TOKEN_IDS.get()
+        if got is not None:
+            got.update(prompt=response.get("prompt_token_ids"),
+                       choices=[c.get("token_ids") for c in response.get("choices") or []])
+
+    def _decode_as_hf(self, output: ModelOutput, ids: list[list[int] | None]) -> None:
+        """Each answer's text decoded from its tokens as the HF path decodes them (the whole answer at once: vLLM's
+        incremental detokenizer drops a last incomplete UTF-8 sequence that HF writes as U+FFFD)."""
+        for choice, tokens in zip(output.choices, ids):
+            if tokens is not None:
+                ints = [int(t) for t in tokens]
+                kept = ints[:next((i for i, t in enumerate(ints) if t in self.stop_ids), len(ints))]
+                choice.message.content = str(self.tokenizer.decode(kept, skip_special_tokens=True))
 
     def max_tokens(self) -> int | None:
         return self._max_tokens

