@@ -79,3 +79,32 @@ def test_which_adapters_vllm_serves_unmerged(tmp_path, config, reason):
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     got = unservable(tmp_path)
     assert got is None if reason is None else reason in (got or "")
+
+
+def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_server_start(tmp_path):
+    from tunelab.estimate.evalrun import predict_run_eval
+    from tunelab.estimate.evaltime import VLLM_SERVER_START_S, predict_eval_time
+    from tunelab.ledger.generation import GenerationOrigin, GenerationRow
+    from tunelab.rundir.config import RunConfig
+
+    model = "qwen2.5-0.5b"  # a catalog model: its architecture is known without a directory
+    probe = GenerationRow(key=f"probe:{model}", origin=GenerationOrigin.PROBED, model_path=model, device="cpu",
+                          cpu_threads=2, prefill_tokens_per_s=1000.0, decode_fixed_s=0.01, decode_row_s=0.002,
+                          recorded_at="2026-01-01T00:00:00")
+    rows = tuple((30, 25) for _ in range(10))  # 10 test rows: 30 tokens, the answer from token 25
+
+    def cfg(engine: str) -> RunConfig:
+        return RunConfig(name="r", kind="finetune", experiment="e", experiment_dir=str(tmp_path),  # type: ignore[arg-type]
+                         model={"name": "q", "path": model}, dataset={"name": "d", "path": str(tmp_path)},
+                         training={"epochs": 4}, eval={"epochs": "all", "max_tokens": 8, "engine": engine})
+
+    hf = predict_run_eval(cfg("hf"), None, lambda c: {"test": rows}, generation=[probe], batch_size=16)
+    vllm = predict_run_eval(cfg("vllm"), None, lambda c: {"test": rows}, generation=[probe], batch_size=16)
+    one = predict_eval_time(model=model, gpu=None, samples=10, prompt_tokens=[25] * 10, answer_tokens=[5] * 10,
+                            max_tokens=8, batch_size=16, generation=[probe])
+    together = predict_eval_time(model=model, gpu=None, samples=40, prompt_tokens=[25] * 40, answer_tokens=[5] * 40,
+                                 max_tokens=8, batch_size=64, generation=[probe])
+    assert hf.targets == vllm.targets == 4
+    assert hf.seconds == pytest.approx(4 * one.seconds) and hf.load_s == pytest.approx(4 * one.load_s)
+    assert vllm.seconds == pytest.approx(together.seconds) and vllm.load_s == VLLM_SERVER_START_S
+    assert vllm.seconds < hf.seconds  # four checkpoints' rows share their batches

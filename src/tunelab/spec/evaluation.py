@@ -92,7 +92,7 @@ class VllmSpec(_Strict):
         "scripts/vllm-env); default: $TUNELAB_VLLM_PYTHON, else this environment's when vllm imports here.")
     url: str | None = Field(
         None, description="A running vLLM server of the sweep's one base model (http://host:port/v1): tunelab "
-        "starts none; it must serve LoRA (--enable-lora) at a rank of at least the sweep's largest.")
+        "starts none; start it as tunelab would (docs/evaluation.md: LoRA at runtime, the pass-through chat template).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of each GPU's memory.")
     max_loras: int | None = Field(
         None, ge=1, description="Adapters resident (and evaluated) at once; default: every adapter of the base, "
