@@ -72,8 +72,9 @@ def measure(exp: Path, engine: str) -> dict[str, Any]:
         for s in scores:
             generated += s.generated_tokens or 0
             log = read_eval_log(str(next(exp.glob(f"*/{run}/eval/{s.label}/{s.task}")) / s.log))
-            answers[f"{run}/{s.label}/{s.task}"] = [(str(x.id), x.output.completion, str(next(iter(x.scores.values())).value))
-                                                    for x in sorted(log.samples or [], key=lambda x: str(x.id))]
+            answers[f"{run}/{s.label}/{s.task}"] = [
+                (str(x.id), x.output.completion, str(next(iter(x.scores.values())).value))
+                for x in sorted(log.samples or [], key=lambda x: str(x.id))]
     return {"wall_s": wall, "samples": sum(len(v) for v in answers.values()), "generated": generated,
             "answers": answers, "printed": printed.getvalue()}
 
@@ -89,8 +90,8 @@ def report(targets: int, results: dict[str, dict[str, Any]]) -> bool:
     for engine, r in results.items():
         same = sum(r["answers"].get(k) == v for k, v in hf["answers"].items())
         same_all &= same == len(hf["answers"]) and r["answers"].keys() == hf["answers"].keys()
-        print(f"| {engine} | {r['wall_s']:.1f} | {r['samples'] / r['wall_s']:.2f} | {r['generated'] / r['wall_s']:.1f} | "
-              f"{same}/{len(hf['answers'])} target × tasks |")
+        print(f"| {engine} | {r['wall_s']:.1f} | {r['samples'] / r['wall_s']:.2f} | "
+              f"{r['generated'] / r['wall_s']:.1f} | {same}/{len(hf['answers'])} target × tasks |")
     print(f"| hf ÷ vllm (wall) | {hf['wall_s'] / results['vllm']['wall_s']:.2f} | | | |")
     for line in results["vllm"]["printed"].splitlines():
         if line.startswith(("vLLM:", "  merged", "HF path")):

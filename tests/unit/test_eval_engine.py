@@ -60,7 +60,8 @@ def test_server_arguments_come_from_the_sweep(tmp_path):
     argv = " ".join(args.argv(8123, tmp_path / "t.jinja"))
     for part in ("--model /m/base", "--port 8123", "--dtype bfloat16", "--enable-lora --max-loras 3",
                  "--max-lora-rank 16", "--max-cpu-loras 3", "--tensor-parallel-size 2", "--gpu-memory-utilization 0.8",
-                 "--lora-modules /r/a=/r/a /r/b=/r/b", "--generation-config vllm", f"--chat-template {tmp_path}/t.jinja"):
+                 "--lora-modules /r/a=/r/a /r/b=/r/b", "--generation-config vllm",
+                 f"--chat-template {tmp_path}/t.jinja"):
         assert part in argv
     assert "--enable-lora" not in " ".join(ServerArgs("/m", "float32", 0, 1, 0).argv(1, tmp_path / "t"))
     assert [lora_rank_bound(r) for r in (1, 4, 8, 9, 33, 300)] == [1, 8, 8, 16, 64, 320]
@@ -94,7 +95,8 @@ def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_serve
     rows = tuple((30, 25) for _ in range(10))  # 10 test rows: 30 tokens, the answer from token 25
 
     def cfg(engine: str) -> RunConfig:
-        return RunConfig(name="r", kind="finetune", experiment="e", experiment_dir=str(tmp_path),  # type: ignore[arg-type]
+        return RunConfig(name="r", kind="finetune", experiment="e",  # type: ignore[arg-type]
+                         experiment_dir=str(tmp_path),
                          model={"name": "q", "path": model}, dataset={"name": "d", "path": str(tmp_path)},
                          training={"epochs": 4}, eval={"epochs": "all", "max_tokens": 8, "engine": engine})
 
