@@ -110,3 +110,38 @@ def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_serve
     assert hf.seconds == pytest.approx(4 * one.seconds) and hf.load_s == pytest.approx(4 * one.load_s)
     assert vllm.seconds == pytest.approx(together.seconds) and vllm.load_s == VLLM_SERVER_START_S
     assert vllm.seconds < hf.seconds  # four checkpoints' rows share their batches
+
+
+def test_what_vllm_serves_as_an_adapter_merges_or_leaves_to_hf_each_with_its_reason(tmp_path):
+    from tunelab.evaluate.engine import VllmHome
+    from tunelab.evaluate.targets import Target
+    from tunelab.evaluate.vllm_eval import plan_serving
+    from tunelab.evaluate.work import TargetWork, WorkItem
+    from tunelab.spec import TaskSpec
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 262}))
+
+    def work(name: str, adapter_config: dict | None, task: str = "exact_match") -> TargetWork:
+        adapter = None
+        if adapter_config is not None:
+            adapter = tmp_path / name
+            adapter.mkdir()
+            (adapter / "adapter_config.json").write_text(json.dumps(adapter_config))
+        cfg = SimpleNamespace(name=name, experiment_dir=str(tmp_path))
+        target = Target("epoch_0" if adapter else "base", 0 if adapter else None, base, adapter)
+        return TargetWork(cfg, target, (WorkItem(cfg, target, TaskSpec(name=task)),))  # type: ignore[arg-type]
+
+    plain, saved, control, choice = (work("plain", {"r": 8}), work("saved", {"r": 8, "modules_to_save": ["lm_head"]}),
+                                     work("control", None), work("choice", {"r": 8}, task="choice"))
+    servers, left = plan_serving([plain, saved, control, choice], VllmHome("/v/bin/python", None))
+    merged = tmp_path / "eval" / "vllm-merged" / "saved-epoch_0"
+    assert list(servers) == [base, merged]
+    assert [(s.work, s.adapter) for s in servers[base]] == [(plain, tmp_path / "plain"), (control, None)]
+    [one] = servers[merged]
+    assert one.adapter is None and one.merge_reason and "modules_to_save ['lm_head']" in one.merge_reason
+    assert [(w, "choice" in why) for w, why in left] == [(choice, True)]
+    # a running server named by URL serves one base: the checkpoint to merge goes to HF instead, saying why
+    servers, left = plan_serving([plain, saved], VllmHome(None, "http://h:1/v1"))
+    assert list(servers) == [base] and [w for w, _ in left] == [saved] and "eval.vllm.url" in left[0][1]
