@@ -142,6 +142,13 @@ def test_vllm_scores_reach_the_ledger_as_hf_scores_do(both_engines):
     records = {engine: {(r.name, e.label, e.task): e.score for r in collect_results(both_engines[engine][0])
                         for e in r.evals} for engine in ("hf", "vllm")}
     assert len(records["vllm"]) == 5 and records["vllm"] == records["hf"]
+    for engine in ("hf", "vllm"):  # the throughput the history learns from: the same tokens either way
+        exp = both_engines[engine][0]
+        tokens = {(p.parts[-5], p.parts[-3]): (s.prompt_tokens, s.generated_tokens) for p in
+                  exp.glob("*/*/eval/*/*/scores.json") for s in [read_task_scores(p)]}
+        records[f"{engine} tokens"] = tokens
+    assert len(records["hf tokens"]) == 5 and records["vllm tokens"] == records["hf tokens"]
+    assert all(prompt and generated for prompt, generated in records["vllm tokens"].values())
 
 
 def test_the_engines_benchmark_smoke_agrees_and_prints_its_table(tmp_path):

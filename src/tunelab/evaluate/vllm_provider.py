@@ -48,6 +48,13 @@ class TunelabVLLMAPI(VLLMAPI):
         self.stop_ids = self.format.stop_token_ids(self.tokenizer)
         self._max_tokens, self.batch_size = int(max_tokens), int(batch_size)
 
+    def _resolve_server(self) -> None:
+        """inspect names the API by its base once the server is resolved; the whole `<base>:<adapter>` name is kept,
+        so that the log's usage is filed under the model the log names (runner.throughput reads it there)."""
+        name = self.model_name
+        super()._resolve_server()
+        self.model_name = name
+
     def prompt_ids(self, input: list[ChatMessage]) -> list[int]:
         out = []
         for m in input:
@@ -102,6 +109,7 @@ class TunelabVLLMAPI(VLLMAPI):
                                "decoding": describe(sampling_of(config))}
             if output.usage is not None:  # the prompt training built, as the HF path counts it
                 output.usage.input_tokens = len(ids)
+                output.usage.total_tokens = output.usage.input_tokens + output.usage.output_tokens
         return result
 
     def on_response(self, response: dict[str, Any]) -> None:
@@ -113,13 +121,17 @@ class TunelabVLLMAPI(VLLMAPI):
     def _decode_as_hf(self, output: ModelOutput, ids: list[list[int] | None]) -> None:
         """Each answer's text decoded from its tokens as the HF path decodes them (the whole answer at once: vLLM's
         incremental detokenizer drops a last incomplete UTF-8 sequence that HF writes as U+FFFD)."""
+        counted = 0
         for choice, tokens in zip(output.choices, ids):
             if tokens is not None:
                 ints = [int(t) for t in tokens]
                 kept = ints[:next((i for i, t in enumerate(ints) if t in self.stop_ids), len(ints))]
                 choice.message.content = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+                counted += len(kept)
         if output.choices:
             output.completion = output.choices[0].message.text  # a field, set when the output was made
+        if output.usage is not None and ids and all(t is not None for t in ids):  # counted as HF counts: no stop
+            output.usage.output_tokens = counted
 
     def max_tokens(self) -> int | None:
         return self._max_tokens
