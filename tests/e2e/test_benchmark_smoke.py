@@ -42,7 +42,8 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
             "deadline.py", "threads.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
-                     "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py")}
+                     "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
+                     "eval_engines.py": ("--smoke", "tests/e2e/test_eval_vllm.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 

@@ -194,6 +194,9 @@ def eval_cmd(
     one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Load the weights for each checkpoint "
                                        "alone (default: one pass per base model, adapters side by side; the "
                                        "scores are the same)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="hf or vllm: what generates, for this call "
+                                         "(default: the spec's eval.engine; auto = vllm where vLLM is at hand "
+                                         "and a GPU is visible, else hf)."),
     json_out: bool = json_option("every task scored now on each checkpoint"),
 ) -> None:
     """Evaluate checkpoints, controls and eval-only models on every task with inspect-ai.
@@ -206,7 +209,7 @@ def eval_cmd(
 
     with stdout_to_stderr(json_out):
         done = evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console,
-                                   ingest=not no_ledger, tasks=tasks, one_pass=not one_at_a_time)
+                                   ingest=not no_ledger, tasks=tasks, one_pass=not one_at_a_time, engine=engine)
     if json_out:
         from tunelab.mcp.models import EvalOut
 

@@ -22,6 +22,7 @@ from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
+from tunelab.spec.evaluation import Engine
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
@@ -86,6 +87,10 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
 
         errors = predictions.load()
     targets = eval_targets(cfg)
+    engine = cfg.eval.planned_engine(gpu is not None)
+    # engine vllm: the run's checkpoints are resident adapters of one server, their rows batched together: priced as
+    # one workload of every target's samples, the server started once
+    together = min(targets, cfg.eval.vllm.max_loras or targets) if engine == Engine.VLLM else 1
     seconds = upper = load_s = 0.0
     samples = 0
     sources: list[EvalSource] = []
@@ -100,12 +105,13 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         rows = rows[:limit] if limit else rows
         samples += len(rows)
         got = predict_eval_time(
-            model=cfg.model.path, gpu=gpu, samples=len(rows), prompt_tokens=[a for _, a in rows],
-            answer_tokens=[max(0, n - a) for n, a in rows], max_tokens=task.max_tokens or cfg.eval.max_tokens,
-            batch_size=batch_size, history=history, task=task.name, generation=generation)
-        seconds += got.seconds * targets
-        upper += got.upper_s * targets
-        load_s = max(load_s, got.load_s * targets)  # one load per target serves every task
+            model=cfg.model.path, gpu=gpu, samples=len(rows) * together, prompt_tokens=[a for _, a in rows] * together,
+            answer_tokens=[max(0, n - a) for n, a in rows] * together, max_tokens=task.max_tokens or cfg.eval.max_tokens,
+            batch_size=batch_size * together, history=history, task=task.name, generation=generation, engine=engine)
+        seconds += got.seconds * targets / together
+        upper += got.upper_s * targets / together
+        loads = 1 if engine == Engine.VLLM else targets  # HF: one load per target serves every task; vLLM: one server
+        load_s = max(load_s, got.load_s * loads)
         sources.append(got.source)
         details.append(f"{task.name}: {got.detail}")
     weakest = max(sources, key=lambda s: _RANK[s]) if sources else None

@@ -34,6 +34,7 @@ from tunelab.estimate.speed import DEFAULT_MFU
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
+from tunelab.spec.evaluation import Engine
 
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (estimate/runs.py VALIDATION_COST)
 ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight
@@ -42,6 +43,9 @@ ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and deco
 # on this CPU as ~15 ms a sample beyond the tiny model's generation (a one-pass sweep, tests/e2e); an assumption
 # until an evaluation of the model and task is in the history, whose measured time includes it
 SAMPLE_OVERHEAD_S = 0.015
+# eval.engine vllm: the server's start (import, engine build, weights; 10-60 s measured on CPUs) in place of the HF
+# load, once per base model; the speed is the device's as for HF (no vLLM measurement in the history yet)
+VLLM_SERVER_START_S = 60.0
 HISTORY_ROWS = 3  # the most recent measured evaluations of a model + task that calibrate a prediction
 
 
@@ -73,6 +77,7 @@ class EvalWorkload:
     batch_size: int
     task: str | None = None
     device: str = "cpu"  # 'cpu' or the GPU's name (estimate.runs.device_key)
+    engine: Engine = Engine.HF  # vllm: a server's start for the load; its batch is every resident adapter's rows
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
                       answer_tokens: Sequence[int] = (), max_tokens: int, batch_size: int,
                       history: Sequence[HistoryRun] = (), task: str | None = None,
                       generation: Sequence[GenerationRow] | None = None,
-                      cpu_threads: int | None = None) -> EvalTimeEstimate:
+                      cpu_threads: int | None = None, engine: Engine = Engine.HF) -> EvalTimeEstimate:
     """The predicted time of one target × task (keyword arguments; see EvalWorkload). `history`: training rows
     (the assumed speed and load); `generation`: the history's generation rows (None: read from the history)."""
     if generation is None:
@@ -111,7 +116,7 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
         generation = load()
     work = EvalWorkload(model=str(model), samples=samples, prompt_tokens=tuple(prompt_tokens),
                         answer_tokens=tuple(answer_tokens), max_tokens=max_tokens, batch_size=max(1, batch_size),
-                        task=task, device=device_key(gpu))
+                        task=task, device=device_key(gpu), engine=engine)
     return predict_workload(work, gpu, generation, history, cpu_threads)
 
 
@@ -138,6 +143,8 @@ def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[G
     _, _, upper_gen, _ = _price(work, speed, [work.max_tokens] * work.samples)
     overhead = per_sample * work.samples
     load_s, _ = _load_seconds(work, gpu, history, arch)
+    if work.engine == Engine.VLLM:
+        load_s, detail = VLLM_SERVER_START_S, detail + f"; engine vllm: {VLLM_SERVER_START_S:.0f} s server start"
     return EvalTimeEstimate(
         seconds=round(prefill + generation_s + overhead, 3), source=source, detail=detail, load_s=load_s,
         prefill_s=round(prefill, 3), generation_s=round(generation_s, 3), overhead_s=round(overhead, 3),

@@ -35,11 +35,12 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
                   tasks: list[str] | None = None, planned: Callable[[int], None] | None = None,
                   report: Report | None = None, console: Console | None = None,
                   batch_size: int | None = None, one_pass: bool = True, adapter_room: int | None = None,
-                  fill_batches: bool | None = None) -> dict[str, list[TaskScores]]:
+                  fill_batches: bool | None = None, engine: str | None = None) -> dict[str, list[TaskScores]]:
     """Every run's scores, fresh or read back, by target then task. `one_pass=False`: every target one at a
     time (the reference the passes are compared with); `adapter_room`: bytes for adapters beside a base
     (None: measured); `fill_batches`: fill every short batch with other adapters' rows (None: on a GPU; on a CPU
-    only batches under half full; True mixes adapters on a CPU as a GPU would); `planned` is told how many target × tasks are to evaluate, `report` of each as it ends."""
+    only batches under half full; True mixes adapters on a CPU as a GPU would); `engine`: hf | vllm (default: the
+    spec's eval.engine; vLLM serves what it can, the rest comes back here with its reason); `planned` is told how many target × tasks are to evaluate, `report` of each as it ends."""
     work = plan_work(cfgs, epochs, force, tasks)
     if planned is not None:
         planned(sum(len(w.items) for w in work.pending))
@@ -53,11 +54,12 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
 
     report = report or (lambda item, outcome: None)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
-    if one_pass:
-        groups, alone = group_targets(work.pending, resolve_device(None))
-    else:
-        groups, alone = [], [Alone(w, "asked for") for w in work.pending]
     outcomes: dict[ItemKey, Outcome] = {}
+    pending = _through_vllm(cfgs, work.pending, engine, batch_size, report, console, outcomes)
+    if one_pass:
+        groups, alone = group_targets(pending, resolve_device(None))
+    else:
+        groups, alone = [], [Alone(w, "asked for") for w in pending]
     for group in groups:
         adapters = sum(m.target.adapter_path is not None for m in group.members)
         say("one pass over {} targets of {} ({}): the base model loaded once, {} adapters beside it", len(group.members),
@@ -79,6 +81,19 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
         raise TunelabError(f"{len(failures)} evaluations failed (every other one's scores are written):\n"
                            + "\n".join(f"  {f}" for f in failures))
     return results
+
+
+def _through_vllm(cfgs: list[RunConfig], pending: list[TargetWork], engine: str | None, batch_size: int,
+                  report: Report, console: Console | None, outcomes: dict[ItemKey, Outcome]) -> list[TargetWork]:
+    """With engine vllm (evaluate/engine.py), what vLLM serves is evaluated there; the targets left for HF."""
+    from tunelab.evaluate.engine import Engine, resolve_engine
+
+    chosen, home = resolve_engine(cfgs, engine)
+    if chosen != Engine.VLLM or home is None:
+        return pending
+    from tunelab.evaluate.vllm_eval import evaluate_vllm
+
+    return evaluate_vllm(pending, home, batch_size, report, console, outcomes)
 
 
 def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[ItemKey, Outcome]:

@@ -7,6 +7,7 @@ scorer.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -71,6 +72,34 @@ class TaskSpec(_Strict):
 
 
 EpochChoice = Literal["last", "all", "stages"] | list[int]
+EngineChoice = Literal["auto", "hf", "vllm"]
+
+
+class Engine(StrEnum):
+    """What generates an evaluation's answers (eval.engine; evaluate/engine.py resolves auto)."""
+
+    AUTO = "auto"
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class VllmSpec(_Strict):
+    """Where vLLM lives and how its server is sized (evaluation.engine: vllm). tunelab starts one server per base
+    model with this interpreter (or uses the running server at `url`) and talks to it over HTTP."""
+
+    python: str | None = Field(
+        None, description="The interpreter of an environment with vLLM (e.g. .venv-vllm/bin/python made by "
+        "scripts/vllm-env); default: $TUNELAB_VLLM_PYTHON, else this environment's when vllm imports here.")
+    url: str | None = Field(
+        None, description="A running vLLM server of the sweep's one base model (http://host:port/v1): tunelab "
+        "starts none; start it as tunelab would (docs/evaluation.md: LoRA at runtime, the pass-through chat template).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM's share of each GPU's memory.")
+    max_loras: int | None = Field(
+        None, ge=1, description="Adapters resident (and evaluated) at once; default: every adapter of the base, "
+        "at most 16.")
+    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters cached in host memory; default: every "
+                                      "adapter of the base.")
+    start_timeout_s: int = Field(600, ge=1, description="How long a server may take to answer its health check.")
 
 
 class EvalSpec(_Strict):
@@ -84,6 +113,11 @@ class EvalSpec(_Strict):
     epochs: EpochChoice = Field("last", description="Checkpoints to evaluate: last, all, stages (the last of each stage; "
                                   "the default of a staged run), or a list of epochs (0-based, counted across stages).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
+    engine: EngineChoice = Field(
+        "auto", description="What generates: hf (transformers + PEFT, the tunelab provider), vllm (one vLLM "
+        "server per base model, every checkpoint a LoRA adapter on it), auto (vllm where vLLM is installed or "
+        "named in `vllm:` and a GPU is visible, else hf). `tunelab eval --engine` overrides it.")
+    vllm: VllmSpec = Field(default_factory=VllmSpec, description="engine vllm: where vLLM lives, its server's sizes.")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -107,6 +141,13 @@ class EvalSpec(_Strict):
         if dupes:
             raise ValueError(f"duplicate task name(s) {dupes}")
         return self
+
+    def planned_engine(self, gpu: bool) -> Engine:
+        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named in `vllm:` (whether
+        the node can import vllm is not known at plan time; evaluate/engine.py decides when it runs)."""
+        if self.engine == Engine.VLLM or (self.engine == Engine.AUTO and gpu and (self.vllm.python or self.vllm.url)):
+            return Engine.VLLM
+        return Engine.HF
 
     def resolved_tasks(self) -> list[TaskSpec]:
         """The tasks to run: `tasks`, or the shorthand `task` on `split`."""
