@@ -24,7 +24,8 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
     # two ranks and two learning rates: 4 runs, 2 shapes (the learning rate changes neither speed nor memory)
     spec = write_spec(factors={"lora_rank": [4, 8], "learning_rate": [0.001, 0.002]})
     before = make_plan(spec)
-    assert all(e.seconds is None and e.time_source.startswith("none") for e in before.estimates.values())
+    # nothing measured here: the plan times the shapes itself, a wide interval, and names the probe
+    assert all(e.time_kind == "timed" and "`tunelab probe`" in e.time_source for e in before.estimates.values())
 
     started = time.monotonic()
     res = runner.invoke(app, ["probe", str(spec), "--json"])
@@ -43,6 +44,10 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         assert e.seconds is not None and e.seconds > 0
         assert e.time_source.startswith("history: ") and "probed run(s) of this model on cpu" in e.time_source
         assert "start-up (assumed)" not in e.time_source  # the probe's processes measured their start-up
+        assert e.time_kind == "probed" and e.startup_kind == "probed" and e.time_range is not None
+        # a probed time is narrower than the timed one it replaces (its kind's width, the probe's spread)
+        was = before.estimates[e.run].time_range
+        assert was is not None and e.time_range.p90_s / e.seconds < was.p90_s / was.p50_s
     assert "without a time estimate" not in render_plan_md(after)
 
     out = runner.invoke(app, ["history", "--json"])
