@@ -222,10 +222,14 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     (calibration_s,) = line(out, rf"^calibration: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s$")
     assert re.search(r"^calibration load: (idle|contended ×[\d.]+) \(others held [\d.]+ of \d+ cores\)$", out, re.M)
     # the median of the smoke's 2 measurements beside the prediction, their min–max, and their load
-    predicted, measured, err, low, high = line(
-        out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} % +{NUM}–{NUM} +(?:idle|[12]/2 contended, ×[\d.]+)"
+    predicted, measured, err, low, high, p10, p90, inside = line(
+        out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} % +{NUM}–{NUM} +{NUM}–{NUM} +(\d)/2 "
+        rf"+(?:idle|[12]/2 contended, ×[\d.]+)"
              r" +history: 1 measured")
     assert calibration_s > 0 and 0 < low <= measured <= high
+    # the interval holds the prediction; "inside" counts the two measurements (the min and the max) within it
+    assert p10 <= predicted <= p90 and inside == (p10 <= low <= p90) + (p10 <= high <= p90)
+    line(out, r"^interval coverage: (\d) of 2 measurements inside their predicted P10–P90 \((\d+) %; a calibrated")
     line(out, r"^measurements: 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
     held_out = out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse"
     load = json.loads((held_out / "summary.json").read_text())["load"]
@@ -330,7 +334,8 @@ def test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up(smokes):
     assert line(phases, r"; (\d+) batches, ([\d,]+) tokens generated$")[1] > 0
 
 
-THREE_FIGURES = r" \| ".join([rf"{NUM} \| {NUM} \| {NUM} %"] * 3) + r" \|$"  # predicted, measured, error ×3
+# predicted, measured, error ×3, then the total's P10–P90 and whether the measured total is inside it
+THREE_FIGURES = r" \| ".join([rf"{NUM} \| {NUM} \| {NUM} %"] * 3) + rf" \| {NUM}–{NUM} \| (?:yes|\*\*no\*\*) \|$"
 
 
 def _pct(predicted: float, measured: float) -> float:
@@ -352,6 +357,7 @@ def test_deadline_smoke_predicted_and_measured_add_up(smokes):
                 assert f[i + 2] == pytest.approx(_pct(f[i], f[i + 1]), abs=0.051), (way, run, i)
             assert f[7] == pytest.approx(f[1] + f[4], abs=0.051)  # measured total: training + evaluation
             assert f[6] == pytest.approx(f[0] + f[3], abs=0.151)  # predicted total: its parts (each rounded)
+            assert f[9] <= f[6] <= f[10]  # the prediction inside its own interval
             rows.append(f)
         s = line(out, rf"^\| {way} \| sweep \(makespan\) \| \| {THREE_FIGURES}")
         for i in (0, 1, 3, 4, 7):

@@ -127,7 +127,11 @@ def test_failed_job_reports_exit_code_and_its_eval_never_runs(write_spec, tmp_pa
     # the dataset disappears after scaffolding: the job fails with exit code 1
     save_run_config(cfg.model_copy(update={"dataset": cfg.dataset.model_copy(
         update={"path": str(tmp_path / "gone.json")})}))
-    res = runner.invoke(app, ["run", str(spec.parent), "--wait"])
+    # `tunelab run` refuses it up front (its checks read the dataset) ...
+    refused = runner.invoke(app, ["run", str(spec.parent), "--wait"])
+    assert refused.exit_code == 1 and "gone.json" in refused.output
+    # ... and with --no-checks the job itself fails, exit code 1
+    res = runner.invoke(app, ["run", str(spec.parent), "--wait", "--no-checks"])
     assert res.exit_code == 1 and "did not complete" in res.output
     train, ev = _jobs(spec.parent)
     assert train["state"] == "FAILED" and train["exit_code"] == "1:0" and train["failure"] == "failed"
