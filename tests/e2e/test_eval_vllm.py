@@ -149,19 +149,3 @@ def test_vllm_scores_reach_the_ledger_as_hf_scores_do(both_engines):
         records[f"{engine} tokens"] = tokens
     assert len(records["hf tokens"]) == 5 and records["vllm tokens"] == records["hf tokens"]
     assert all(prompt and generated for prompt, generated in records["vllm tokens"].values())
-
-
-def test_the_engines_benchmark_smoke_agrees_and_prints_its_table(tmp_path):
-    """benchmarks/eval_engines.py --smoke: the tiny model's LoRA-only sweep by both engines, the same answers."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TUNELAB_VLLM_PYTHON": vllm_python(), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_engines.py"), "--smoke", "--out",
-                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert lines[-1] == "same answers: yes"
-    rows = [line for line in lines if line.startswith(("| hf |", "| vllm |"))]
-    assert len(rows) == 2 and all("3/3 target × tasks" in row for row in rows)
-    assert "vllm: vLLM: 3 targets on tiny-2x128" in done.stdout
