@@ -100,7 +100,7 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
         torch.manual_seed(0)
         config = AutoConfig.from_pretrained(cfg.model.path)
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if t.gradient_checkpointing:  # transformers' current name where it has one (the old one warns)
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
