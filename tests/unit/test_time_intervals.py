@@ -77,6 +77,13 @@ def test_contended_rows_are_used_only_when_nothing_else_was_measured():
     assert rows == [quiet] and note == ""
     rows, note = uncontended([loud])
     assert rows[0].tokens_per_s == pytest.approx(900.0) and "under contention" in note and "×3.0" in note
+    # every time it measured, divided by its slowdown: the step's split, its start-up and finish
+    split = HistoryRun(key="c", source="tunelab", tokens_per_s=300.0, per_token_s=3e-4, step_fixed_s=0.3,
+                       startup_s=12.0, finish_s=1.5)
+    object.__setattr__(split, "contended", True)
+    object.__setattr__(split, "slowdown", 3.0)
+    [row], _ = uncontended([split])
+    assert (row.per_token_s, row.step_fixed_s, row.startup_s, row.finish_s) == pytest.approx((1e-4, 0.1, 4.0, 0.5))
 
 
 def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, monkeypatch):

@@ -114,11 +114,19 @@ def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
     if clean or not rows:
         return clean, ""
     worst = max((getattr(r, "slowdown", None) or 1.0) for r in rows)
-    fixed = [replace(r, tokens_per_s=(r.tokens_per_s or 0.0) * (getattr(r, "slowdown", None) or 1.0),
-                     per_token_s=None, step_fixed_s=None) for r in rows]
-    return fixed, (f"timed under contention (others held the cores: up to ×{worst:.1f} slower): their speed "
-                   f"corrected by it; uncorrected the time is ×{worst:.1f} — run `tunelab probe` on a quiet "
-                   "machine")
+    return [_sped_up(r, getattr(r, "slowdown", None) or 1.0) for r in rows], (
+        f"timed under contention (others held the cores: up to ×{worst:.1f} slower): its times divided by it (a "
+        f"lower bound of the load's effect); uncorrected the time is up to ×{worst:.1f} — run `tunelab probe` on a "
+        "quiet machine")
+
+
+def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
+    """A contended row as if it had had the cores: every time it measured divided by its slowdown."""
+    def less(v: float | None) -> float | None:
+        return None if v is None else v / slowdown
+
+    return replace(r, tokens_per_s=(r.tokens_per_s or 0.0) * slowdown, per_token_s=less(r.per_token_s),
+                   step_fixed_s=less(r.step_fixed_s), startup_s=less(r.startup_s), finish_s=less(r.finish_s))
 
 
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
