@@ -44,6 +44,17 @@ from tunelab.stats.records import SampleValue
 INSPECT_OPTIONS: dict[str, Any] = dict(log_format="eval", display="none", score_display=False, log_realtime=False)
 
 
+def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
+    """inspect_ai.eval as every tunelab evaluation runs it: INSPECT_OPTIONS, and each sample's log member
+    compressed in the calling thread (logcompression.py)."""
+    import inspect_ai
+
+    from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+
+    compress_logs_in_one_thread()
+    return list(inspect_ai.eval(tasks, **INSPECT_OPTIONS, **options))
+
+
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
                  batch_size: int | None = None, tasks: list[str] | None = None) -> list[TaskScores]:
     """Evaluate each target × task of a run (skipping finished ones unless force); returns every
@@ -136,7 +147,6 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                   batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
     import_stack(*EVALUATION_STACK)  # a process's first evaluation: its stack imported with the collector paused
-    import inspect_ai
     from inspect_ai import task_with
     from inspect_ai.model import get_model
 
@@ -153,9 +163,9 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
     task = task_with(prepared.task, metadata=eval_metadata(cfg, target, spec, prepared, grader))
     try:
         with space_guard(out_dir):  # a full disk under the .eval log: one NoSpaceError naming the directory
-            [log] = inspect_ai.eval(
+            [log] = inspect_eval(
                 task, model=model, model_roles={"grader": grader} if grader else None, log_dir=str(out_dir),
-                max_connections=2 * batch_size, max_samples=2 * batch_size, fail_on_error=True, **INSPECT_OPTIONS)
+                max_connections=2 * batch_size, max_samples=2 * batch_size, fail_on_error=True)
     finally:
         model.api.close()
         if grader is not None:

@@ -25,7 +25,7 @@ from tunelab.console import say
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.engine import VllmHome, gpu_visible
 from tunelab.evaluate.merge import merge_adapter, merged_dir, not_mergeable, unservable
-from tunelab.evaluate.runner import PreparedTask, clear_outputs, eval_metadata, prepare_task
+from tunelab.evaluate.runner import PreparedTask, clear_outputs, eval_metadata, inspect_eval, prepare_task
 from tunelab.evaluate.vllm_server import ServerArgs, VllmServer
 from tunelab.evaluate.waves import _PassState
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
@@ -186,7 +186,6 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
                report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
     """One inspect eval of a wave's every target × task against the server at url; logs moved beside their
     scores.json as the HF one-pass waves move theirs (waves.py)."""
-    import inspect_ai
 
     from inspect_ai.model._providers._vllm_lora import _vllm_servers
 
@@ -204,9 +203,8 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
         adapters = max(1, sum(s.adapter is not None for s in wave))
         try:
             with space_guard(items[0].cfg.experiment_dir):
-                logs = inspect_ai.eval(
-                    tasks, model=None, log_dir=str(staging), log_format="eval", display="none",
-                    score_display=False, max_tasks=len(tasks), max_samples=2 * batch_size,
+                logs = inspect_eval(
+                    tasks, model=None, log_dir=str(staging), max_tasks=len(tasks), max_samples=2 * batch_size,
                     max_connections=batch_size * adapters, fail_on_error=True)
         except NoSpaceError:
             raise

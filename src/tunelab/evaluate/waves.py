@@ -20,12 +20,12 @@ from typing import Any
 
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.runner import (
-    INSPECT_OPTIONS,
     PreparedTask,
     clear_outputs,
     eval_metadata,
     finish_task,
     grader_model,
+    inspect_eval,
     inspect_seconds,
 )
 from tunelab.evaluate.shared import SharedWeights, serving
@@ -62,7 +62,6 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
              batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
     """One inspect-ai eval of these items, all at once; each log moved to its task's directory after, and what
     became of each item recorded in `outcomes` and reported."""
-    import inspect_ai
 
     state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
     staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))
@@ -74,9 +73,9 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
                 clear_outputs(item.out_dir)
             try:
                 with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop
-                    logs = inspect_ai.eval(
+                    logs = inspect_eval(
                         tasks, model=None, log_dir=str(staging), max_tasks=len(tasks), max_samples=2 * batch_size,
-                        max_connections=2 * batch_size * len(tasks), fail_on_error=True, **INSPECT_OPTIONS)
+                        max_connections=2 * batch_size * len(tasks), fail_on_error=True)
             except NoSpaceError:
                 raise
             except Exception as exc:  # the wave's tasks fail with this; the pass goes on

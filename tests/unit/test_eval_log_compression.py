@@ -1,0 +1,36 @@
+"""The `.eval` log's members are compressed in the calling thread (evaluate/logcompression.py) and stay zstd
+members that inspect-ai reads back."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+from tunelab.evaluate.logcompression import LOG_ZSTD_THREADS, compress_logs_in_one_thread
+
+
+def test_inspect_still_has_the_setting_and_it_is_set():
+    from inspect_ai._util import zipfile as inspect_zipfile
+
+    before = inspect_zipfile._ZSTD_THREADS  # an inspect-ai upgrade that renames it fails here, not silently
+    try:
+        inspect_zipfile._ZSTD_THREADS = 12
+        compress_logs_in_one_thread()
+        assert inspect_zipfile._ZSTD_THREADS == LOG_ZSTD_THREADS == 0
+    finally:
+        inspect_zipfile._ZSTD_THREADS = before
+
+
+def test_a_member_written_after_it_is_a_zstd_member_read_back_whole(tmp_path):
+    from inspect_ai._util.zipfile import zipfile_compress_kwargs
+
+    compress_logs_in_one_thread()
+    sample = {"id": 7, "output": "Hello " * 500, "scores": {"exact_match": {"value": "C"}}}
+    path = tmp_path / "log.eval"
+    with zipfile.ZipFile(path, "w", **zipfile_compress_kwargs) as zf:
+        zf.writestr("samples/7_epoch_1.json", json.dumps(sample))
+    with zipfile.ZipFile(path) as zf:
+        [info] = zf.infolist()
+        assert info.compress_type == zipfile_compress_kwargs["compression"]  # zstd, as inspect writes it
+        assert info.compress_size < info.file_size / 10  # compressed, not stored
+        assert json.loads(zf.read(info)) == sample
