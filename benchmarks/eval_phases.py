@@ -49,6 +49,9 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("inspect-ai task and log setup", "inspect_ai/", ()),
     ("inspect-ai task and log setup", "tunelab/evaluate/waves.py", ("bind",)),
 )
+# eval_sweep.py --log-zstd-threads N: the child compresses each .eval member on N threads (inspect-ai's own 12: the
+# figure before evaluate/logcompression.py), for a side-by-side run
+LOG_ZSTD_THREADS_ENV = "EVAL_PHASES_LOG_ZSTD_THREADS"
 ORDER = ("process start and imports", "inspect-ai task and log setup", "dataset and task building",
          "prompt formatting", "weights and adapters", "generation", "event loop idle (batch gathering, waits)",
          "inspect-ai sample loop", "scoring", "log writing", "logs read back, scores.json", "ledger ingest",
@@ -221,6 +224,10 @@ def fresh(exp: str, launched: float) -> None:
     """A fresh process's part (`eval_sweep.py --phases-child`): its start and imports timed from `launched` (the
     parent's clock, time.time()), then the breakdown, printed as one JSON line."""
     os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if threads := os.environ.get(LOG_ZSTD_THREADS_ENV):  # --log-zstd-threads: the before of an A/B
+        from tunelab.evaluate import logcompression
+
+        logcompression.LOG_ZSTD_THREADS = int(threads)
     from tunelab.evaluate import EVALUATION_STACK
     from tunelab.startup import import_stack
 

@@ -26,7 +26,7 @@ gathering, inspect-ai's sample loop, scoring, log writing, logs read back and sc
 pure generation loop over the same tokens through the same models (plain HF generate, the pass's batches and
 max_tokens) timed in the same process after it: the evaluation's time over the pure loop's is issue 45's measure.
 
-    python benchmarks/eval_sweep.py [--out DIR] [--few 8] [--runs 8] [--epochs 3] [--smoke] [--phases-only]
+    python benchmarks/eval_sweep.py [--out DIR] [--few 8] [--runs 8] [--epochs 3] [--smoke] [--phases-only] [--log-zstd-threads N]
 
 --smoke: both sweeps on the tiny models (the larger one: tiny-2x128, 2 runs × 2 epochs and the control), 6 samples
 a target, the larger sweep once, the phases in a process forked after the imports (not timed), for
@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval_phases import ORDER, breakdown, fresh
+from eval_phases import LOG_ZSTD_THREADS_ENV, ORDER, breakdown, fresh
 from forking import in_child
 
 RANKS = (4, 8, 16, 32)
@@ -250,6 +250,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="tiny models only, 6 samples a target (seconds)")
     ap.add_argument("--phases-only", action="store_true", help="only the demo's evaluation phase by phase")
+    ap.add_argument("--log-zstd-threads", type=int, default=None, help="the phases' .eval members compressed on N "
+                    "threads (12: inspect-ai's default, the before of an A/B; default: tunelab's one thread)")
     ap.add_argument("--phases-child", nargs=2, help=argparse.SUPPRESS)  # EXPERIMENT LAUNCHED_AT: phases()'s process
     a = ap.parse_args()
     if a.phases_child:
@@ -261,6 +263,8 @@ def main() -> None:
     os.environ.setdefault("TUNELAB_HISTORY", str(out / "history.db"))  # the phases' ingest records evaluations there
     preload()
     demo, demo_targets = demo_sweep(out, a.smoke)
+    if a.log_zstd_threads is not None:
+        os.environ[LOG_ZSTD_THREADS_ENV] = str(a.log_zstd_threads)
     if a.phases_only:
         return report_phases(phases(demo, a.smoke), demo_targets, a.smoke)
     larger, larger_targets = larger_sweep(out, a.runs, a.epochs, a.smoke)
