@@ -219,8 +219,8 @@ def test_packing_smoke_simulations_and_measured_ratio(smokes):
 @pytest.mark.slow
 def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     out, out_dir = smoke(smokes, "estimate_accuracy.py")
-    (calibration_s,) = line(out, rf"^calibration: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s$")
-    assert re.search(r"^calibration load: (idle|contended ×[\d.]+) \(others held [\d.]+ of \d+ cores\)$", out, re.M)
+    (calibration_s,) = line(out, rf"^calibration 1/1: tiny-2x128_r8_bs8_pfalse \.\.\. {NUM} s; load: "
+                                 r"(?:idle|contended ×[\d.]+) \(others held [\d.]+ of \d+ cores\)$")
     # the median of the smoke's 2 measurements beside the prediction, their min–max, and their load
     predicted, measured, err, low, high, p10, p90, inside = line(
         out, rf"^tiny-2x128_r16_bs16_pfalse +{NUM} +{NUM} +{NUM} % +{NUM}–{NUM} +{NUM}–{NUM} +(\d)/2 "
@@ -230,7 +230,7 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     # the interval holds the prediction; "inside" counts the two measurements (the min and the max) within it
     assert p10 <= predicted <= p90 and inside == (p10 <= low <= p90) + (p10 <= high <= p90)
     line(out, r"^interval coverage: (\d) of 2 measurements inside their predicted P10–P90 \((\d+) %; a calibrated")
-    line(out, r"^measurements: 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
+    line(out, r"^measurements: 1 calibration run\(s\), 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
     held_out = out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse"
     load = json.loads((held_out / "summary.json").read_text())["load"]
     assert 0 < load["wall_s"] < high and load["contended"] == (load["slowdown"] > 1.15)  # what the row's load read
