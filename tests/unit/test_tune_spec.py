@@ -34,8 +34,8 @@ def test_a_tune_block_loads_with_its_defaults(tmp_path):
     tune = spec.tune
     assert tune is not None and tune.learning_rate.log and tune.trials == 8 and tune.budget == 0.25
     assert tune.objective == "val_loss" and tune.per is None
-    assert tune.per_factors(spec) == ["model", "lora_rank"] and tune.sampler_seed(spec) == 7
-    assert load_spec(_spec(tmp_path, tune=_tune(seed=3))).tune.sampler_seed(spec) == 3  # type: ignore[union-attr]
+    assert tune.per_factors(spec.factors) == ["model", "lora_rank"] and tune.sampler_seed(spec.training.seed) == 7
+    assert load_spec(_spec(tmp_path, tune=_tune(seed=3))).tune.sampler_seed(spec.training.seed) == 3  # type: ignore[union-attr]
     assert load_spec(_spec(tmp_path, tune=None)).tune is None
 
 
@@ -68,6 +68,7 @@ def test_a_task_files_metric_is_accepted_under_its_name(tmp_path):
         ({"factors": {"learning_rate": [1e-4, 1e-3]}, "tune": _tune(per=[])}, "tune.learning_rate",
          "factor of the sweep"),
         ({"tune": {"per": []}}, "tune.learning_rate", "Field required"),
+        ({"stages": [{"name": "one"}, {"name": "two"}]}, "tune.learning_rate", "a learning rate per stage"),
     ],
 )
 def test_a_bad_tune_block_names_file_and_field(tmp_path, patch, field, words):
@@ -77,6 +78,11 @@ def test_a_bad_tune_block_names_file_and_field(tmp_path, patch, field, words):
     msg = str(exc.value)
     assert msg.startswith(f"{path}: {field}: ") and "\n" not in msg, msg
     assert words in msg, msg
+
+
+def test_per_may_name_the_model_and_dataset_axes(tmp_path):
+    spec = load_spec(_spec(tmp_path, factors={"lora_rank": [4, 16]}, tune=_tune(per=["model", "dataset"])))
+    assert spec.tune is not None and spec.tune.per_factors(spec.factors) == ["model", "dataset"]
 
 
 def test_a_linear_range_may_start_at_zero(tmp_path):

@@ -143,7 +143,7 @@ class ExperimentSpec(_Strict):
             if e.model is not None and e.model not in model_names:
                 raise ValueError(f"eval_only[{i}].model: '{e.model}' is not one of models {model_names}")
         self._check_naming()
-        check_tune(self)
+        check_tune(self.tune, self.factors, self.eval, bool(self.stages))
         return self
 
     def _check_factor(self, key: str, levels: list[Any], model_names: list[str], dataset_names: list[str]) -> None:

@@ -7,14 +7,12 @@ that learning_rate is not also a factor) is checked by `check_tune` with the who
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from tunelab.spec.base import _Strict
-
-if TYPE_CHECKING:
-    from tunelab.spec.experiment import ExperimentSpec
+from tunelab.spec.evaluation import EvalSpec
 
 VAL_LOSS = "val_loss"
 # What each built-in task reports (evaluate/tasks.py's scorers; `choice` adds roc_auc with two options).
@@ -57,53 +55,63 @@ class TuneSpec(_Strict):
                            "task's metric: METRIC or TASK/METRIC.")
     seed: int | None = Field(None, description="The sampler's seed (default: training.seed).")
 
-    def sampler_seed(self, spec: ExperimentSpec) -> int:
+    def sampler_seed(self, training_seed: int) -> int:
         """The seed the search's sampler takes: the block's own, else the spec's training seed."""
-        return self.seed if self.seed is not None else spec.training.seed
+        return self.seed if self.seed is not None else training_seed
 
-    def per_factors(self, spec: ExperimentSpec) -> list[str]:
+    def per_factors(self, factors: dict[str, Any]) -> list[str]:
         """The factors a search is made per: `per`, else every factor of the sweep (in the spec's order)."""
-        return list(self.per) if self.per is not None else list(spec.factors)
+        return list(self.per) if self.per is not None else list(factors)
 
 
-def objective_choices(spec: ExperimentSpec) -> set[str]:
+def combination_name(levels: dict[str, object], per: list[str]) -> str:
+    """A combination's name in directories and tune/best.json: its levels of the `per` factors ('all' when per is
+    empty), e.g. 'tiny_lora_rank-4'. Plan, tune and scaffold name a run's combination by this one rule."""
+    parts = [f"{levels[k]}" if k in ("model", "dataset", "prompt") else f"{k.replace('.', '_')}-{levels[k]}"
+             for k in per]
+    name = "_".join(parts) or "all"
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+def objective_choices(evaluation: EvalSpec) -> set[str]:
     """The objectives a spec's evaluation produces: val_loss, each built-in task's metrics (bare and as TASK/METRIC)."""
     out = {VAL_LOSS}
-    for task in spec.eval.resolved_tasks():
+    for task in evaluation.resolved_tasks():
         for metric in BUILTIN_METRICS.get(task.builtin or "", ()):
             out |= {metric, f"{task.name}/{metric}"}
     return out
 
 
-def _objective_problem(spec: ExperimentSpec, objective: str) -> str | None:
+def _objective_problem(evaluation: EvalSpec, objective: str) -> str | None:
     """Why the objective names nothing the spec produces (None: it does). A task file's metrics are known only once
     it ran: TASK/anything of a file task is accepted."""
-    if objective in objective_choices(spec):
+    if objective in objective_choices(evaluation):
         return None
     task, sep, _ = objective.partition("/")
-    if sep and any(t.name == task and t.file for t in spec.eval.resolved_tasks()):
+    if sep and any(t.name == task and t.file for t in evaluation.resolved_tasks()):
         return None
     return (f"tune.objective: '{objective}' is neither val_loss nor a metric an eval task produces; "
-            f"choose from {sorted(objective_choices(spec))}")
+            f"choose from {sorted(objective_choices(evaluation))}")
 
 
-def check_tune(spec: ExperimentSpec) -> None:
-    """The block against the rest of the spec: one ValueError 'tune.FIELD: …' naming the field at fault."""
-    tune = spec.tune
+def check_tune(tune: TuneSpec | None, factors: dict[str, Any], evaluation: EvalSpec, staged: bool) -> None:
+    """The block against the rest of the spec (its factors, evaluation, whether runs are staged): one ValueError
+    'tune.FIELD: …' naming the field at fault."""
     if tune is None:
         return
-    if "learning_rate" in spec.factors:
+    if "learning_rate" in factors:
         raise ValueError("tune.learning_rate: learning_rate is a factor of the sweep; a swept value cannot also be "
                          "tuned (remove it from factors or from tune)")
-    if spec.stages:
+    if staged:
         raise ValueError("tune.learning_rate: a staged run has a learning rate per stage; tune supports runs of "
                          "one stage")
+    known = set(factors) | {"model", "dataset"}  # every run has a model and a dataset level
     for i, name in enumerate(tune.per or []):
-        if name not in spec.factors:
-            raise ValueError(f"tune.per[{i}]: '{name}' is not a factor of the sweep; factors: {sorted(spec.factors)}")
+        if name not in known:
+            raise ValueError(f"tune.per[{i}]: '{name}' is not a factor of the sweep; factors: {sorted(known)}")
     if len(set(tune.per or [])) != len(tune.per or []):
         raise ValueError("tune.per: a factor is named twice")
-    problem = _objective_problem(spec, tune.objective)
+    problem = _objective_problem(evaluation, tune.objective)
     if problem:
         raise ValueError(problem)
 
