@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.tune.progress import progress_lines
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +87,9 @@ def test_the_search_trains_trials_and_the_run_takes_the_best_rate(searched):
     assert run["tuned"] == (f"tuned: best of {TRIALS} trials, val loss {best.value:.4g} at "
                             f"{best.params['learning_rate']:.3g}, trial {best.number}")
     assert read_json(exp / "tune" / "best.json")["lora_rank-4"]["trial"] == best.number
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    states = ", ".join(f"{n} {s}" for s, n in sorted({"completed": len(completed), "pruned": pruned}.items()) if n)
+    assert progress_lines(exp, TRIALS) == [f"lora_rank-4: {TRIALS}/{TRIALS} trials ({states}); {run['tuned']}"]
 
 
 def test_a_pruned_trial_stopped_cleanly_where_an_earlier_trial_was_better(searched):
