@@ -9,10 +9,10 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.plan.planner import Plan
+from tunelab.plan.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.tuned import trial_dir
 from tunelab.spec import TuneSpec
-from tunelab.spec.tune import combination_name
 
 VALIDATIONS_PER_TRIAL = 4  # where the spec sets no validation interval: the pruner sees about this many
 
@@ -45,11 +45,8 @@ def run_steps(plan: Plan, cfg: RunConfig) -> int:
 def combinations(plan: Plan, tune: TuneSpec) -> list[Combination]:
     """The fine-tuned runs grouped by their `per` levels, in the plan's order (controls never train: never tuned)."""
     per = tune.per_factors(plan.spec.factors)
-    groups: dict[str, list[RunConfig]] = {}
-    for cfg in plan.finetune_runs:
-        groups.setdefault(combination_name(cfg.factors, per), []).append(cfg)
     return [Combination(name, {k: runs[0].factors[k] for k in per}, tuple(runs), run_steps(plan, runs[0]))
-            for name, runs in groups.items()]
+            for name, runs in combination_runs(plan.spec, plan.runs).items()]
 
 
 def trial_steps(combo: Combination, budget: float) -> int:
