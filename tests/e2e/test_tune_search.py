@@ -89,7 +89,11 @@ def test_the_search_trains_trials_and_the_run_takes_the_best_rate(searched):
     assert read_json(exp / "tune" / "best.json")["lora_rank-4"]["trial"] == best.number
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     states = ", ".join(f"{n} {s}" for s, n in sorted({"completed": len(completed), "pruned": pruned}.items()) if n)
-    assert progress_lines(exp, TRIALS) == [f"lora_rank-4: {TRIALS}/{TRIALS} trials ({states}); {run['tuned']}"]
+    line = f"lora_rank-4: {TRIALS}/{TRIALS} trials ({states}); {run['tuned']}"
+    assert progress_lines(exp, TRIALS) == [line]
+    shown = subprocess.run([sys.executable, "-m", "tunelab", "status", str(exp)], capture_output=True, text=True,
+                           env=dict(os.environ, COLUMNS="400"), check=True).stdout
+    assert f"tune {line}" in shown
 
 
 def test_a_pruned_trial_stopped_cleanly_where_an_earlier_trial_was_better(searched):

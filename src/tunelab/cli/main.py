@@ -295,20 +295,6 @@ def configured_gpu(spec_path: Path) -> str | None:
     return merge_resources(load_spec(spec_path).resources).gpu
 
 
-def tuning_lines(experiment_dir: Path) -> None:
-    """The learning-rate search's progress (`tunelab tune`), a line per combination, where one was started."""
-    from tunelab.rundir.experiment import SPEC_FILE
-    from tunelab.spec import load_spec
-    from tunelab.rundir.tuned import tune_dir
-    from tunelab.tune.progress import progress_lines
-
-    if not tune_dir(experiment_dir).is_dir():
-        return
-    tune = load_spec(experiment_dir / SPEC_FILE).tune
-    for line in progress_lines(experiment_dir, tune.trials if tune else None):
-        say("tune {}", line)
-
-
 def status_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     watch: bool = typer.Option(False, "--watch", help="Live table (progress bar, loss, tokens/s, ETA per run, the "
@@ -350,7 +336,7 @@ def status_cmd(
         show(table(listed))
         for line in failure_lines(rows):  # why each run that ended badly did: its own one line
             say("[red]{}[/red]", line)
-        tuning_lines(experiment_dir)
+        cli_tune.tuning_lines(experiment_dir)
         if len(listed) < len(rows):
             counts = Counter(r.state.label for r in rows)
             say("{} runs: {}; {} not listed (--all lists every run)", len(rows),

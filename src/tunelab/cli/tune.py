@@ -49,5 +49,18 @@ def tune_cmd(
     say("scaffolded {} runs at their tuned learning rates in {}", len(plan.finetune_runs), plan.experiment_dir)
 
 
+def tuning_lines(experiment_dir: Path) -> None:
+    """The learning-rate search's progress (`tunelab tune`), a line per combination, where one was started."""
+    from tunelab.spec import load_spec
+    from tunelab.rundir.tuned import tune_dir
+    from tunelab.tune.progress import progress_lines
+
+    if not tune_dir(experiment_dir).is_dir():
+        return
+    tune = load_spec(experiment_dir / SPEC_FILE).tune
+    for line in progress_lines(experiment_dir, tune.trials if tune else None):
+        say("tune {}", line)
+
+
 def register(app: typer.Typer) -> None:
     add_commands(app, {"tune": tune_cmd})
