@@ -128,3 +128,32 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(searched):
     again = [line for line in seen["output"].splitlines() if line.startswith("lora_rank-4 trial ")]
     assert [line.split(" (")[0] for line in again] == ["lora_rank-4 trial 1", "lora_rank-4 trial 2"], again
     assert again[-1].startswith(f"lora_rank-4 trial 2 ({TRIALS}/{TRIALS})")
+
+
+def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, spec_in):
+    spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4]}, controls=False, training=TRAINING,
+                   tune={**TUNE, "trials": 1})
+    exp = spec.parent
+    trial0 = exp / "tune" / "lora_rank-4" / "trial-0"
+    # steps of at least 0.3 s (tunelab.faults.pace_step): interrupted inside its 10 steps
+    env = dict(os.environ, TUNELAB_FAULT_STEP_S="0.3")
+    first = subprocess.Popen([sys.executable, "-m", "tunelab", "tune", str(exp)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    end = time.monotonic() + 240
+    while (read_json(trial0 / "status.json") or {}).get("step", 0) < 4 and time.monotonic() < end:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGINT)
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode != 0, out
+    status = read_json(trial0 / "status.json")
+    job = read_json(trial0 / "tune_job.json")["job"]
+    assert status["state"] == "interrupted" and "SIGTERM" in status["error"], status
+    assert not Path(f"/proc/{job}").exists()  # the trial's job stopped with the search, not left training
+    second = subprocess.run([sys.executable, "-m", "tunelab", "tune", str(exp)], capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    (trial,) = study_of(exp).get_trials()
+    resumed = read_json(trial0 / "status.json")
+    assert trial.state == TrialState.COMPLETE and resumed["state"] == "completed"
+    assert resumed["resumed_from"] == status["last_checkpoint"].rsplit("/", 1)[-1]  # resumed, not started over
+    assert trial.value == final_val_loss(trial0)

@@ -90,7 +90,12 @@ class TrialRun:
         for attempt in range(ATTEMPTS):
             done = read_status(self.cfg.run_dir).state == COMPLETED
             job = None if done else (live_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg))
-            pruned = self._follow(job)
+            try:
+                pruned = self._follow(job)
+            except KeyboardInterrupt:  # Ctrl-C: a local job would train on unwatched; it saves and stops instead,
+                if not self.ex.detached:  # and the search started again resumes it (a queued job stays queued)
+                    stop(self.ex, job, self.interval)
+                raise
             if pruned is not None:
                 return pruned
             if read_status(self.cfg.run_dir).state == COMPLETED:
