@@ -73,3 +73,22 @@ def test_a_trial_left_running_is_taken_up_again_with_what_it_reported(tmp_path, 
     assert trial.number == left.number and trial.params == left.params and reported == {3}
     again.tell(trial, 2.0)
     assert again.get_trials()[0].state == TrialState.COMPLETE and len(again.get_trials()) == 1
+
+
+def test_a_trial_marked_pruned_by_a_killed_search_is_told_pruned_without_training_again(write_spec):
+    from tunelab.execute.local_jobs import LocalExecutor
+    from tunelab.rundir.tuned import Pruned, write_pruned
+    from tunelab.tune.trial import JOB_FILE, TrialRun
+
+    spec_path = write_spec(factors={"lora_rank": [4]}, tune=TUNE)
+    plan = make_plan(spec_path, estimates=False)
+    study = optuna.create_study(study_name="c", storage=journal(plan.experiment_dir))
+    assert plan.spec.tune is not None
+    trial, _ = _next_trial(study, plan.spec.tune, 7, 4)
+    combo = Combination("lora_rank-4", {"lora_rank": 4}, (plan.finetune_runs[0],), steps=40)
+    cfg = trial_config(combo, plan.experiment_dir, trial.number, trial.params[PARAM], 0.25)
+    cfg.run_dir.mkdir(parents=True)
+    write_pruned(cfg.run_dir, Pruned(step=3, value=4.4, at="2026-01-01T00:00:00+00:00"))
+    outcome = TrialRun(LocalExecutor(), cfg, trial, set()).run()
+    assert (outcome.state, outcome.value, outcome.step) == (TrialState.PRUNED, 4.4, 3)
+    assert not (cfg.run_dir / JOB_FILE).exists()  # no job started

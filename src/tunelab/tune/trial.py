@@ -21,7 +21,7 @@ from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir import now_iso, read_metrics, read_status
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.layout import COMPLETED
-from tunelab.rundir.tuned import Pruned, write_pruned
+from tunelab.rundir.tuned import Pruned, read_pruned, write_pruned
 from tunelab.scaffold.write import write_job_script
 
 JOB_FILE = "tune_job.json"  # {executor, job}: the trial's job, so a search started again follows it
@@ -87,7 +87,10 @@ class TrialRun:
 
     def run(self) -> TrialOutcome:
         """Start or follow the job to its end (restarting it once if it stopped early) or to its pruning."""
-        for attempt in range(ATTEMPTS):
+        marked = read_pruned(self.cfg.run_dir)
+        if marked is not None:  # pruned by a search killed before it told Optuna so
+            return TrialOutcome(TrialState.PRUNED, marked.value, marked.step)
+        for _ in range(ATTEMPTS):
             done = read_status(self.cfg.run_dir).state == COMPLETED
             job = None if done else (live_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg))
             try:
