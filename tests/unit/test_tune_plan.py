@@ -7,6 +7,7 @@ import math
 
 import yaml
 
+from tunelab.fsutil import human_seconds
 from tunelab.mcp.models import PlanOut
 from tunelab.plan.planner import make_plan
 from tunelab.rundir.tuned import TunedRate, write_best
@@ -53,4 +54,6 @@ def test_the_plan_prices_each_combinations_search(write_spec):
     from tunelab.plan.markdown import render_plan_md
 
     text = render_plan_md(plan)
-    assert "## Learning-rate search" in text and "| lora_rank-8 |" in text and "**Search total:**" in text
+    assert "## Learning-rate search" in text and "| lora_rank-8 |" in text
+    total = sum(c.seconds for c in plan.search if c.seconds is not None)
+    assert f"**Search total:** 2 combination(s), 12 trials: {human_seconds(total)} if every trial" in text

@@ -80,7 +80,13 @@ def search_lines(costs: list[SearchCost]) -> list[str]:
     for c in costs:
         time = c.time_range.text() if c.time_range else (human_seconds(c.seconds) if c.seconds is not None else "—")
         lines.append(f"| {c.combination} | {c.run} | {c.trials} | {c.budget:g} | {c.steps_per_trial} | {time} |")
+    return lines + ["", f"**Search total:** {search_summary(costs)}", ""]
+
+
+def search_summary(costs: list[SearchCost]) -> str:
+    """The whole search in words: its combinations, trials and total time (one trial at a time, before the sweep)."""
+    trials = sum(c.trials for c in costs)
     known = [c.seconds for c in costs if c.seconds is not None]
-    if known:
-        lines += ["", f"**Search total:** {human_seconds(sum(known))} (one trial at a time), before the sweep."]
-    return lines + [""]
+    total = human_seconds(sum(known)) if len(known) == len(costs) else "not predicted (a run has no predicted time)"
+    return (f"{len(costs)} combination(s), {trials} trials: {total} if every trial trains to its budget (pruned "
+            "ones stop earlier), one trial at a time, before the sweep")
