@@ -125,6 +125,7 @@ def search(spec_path: str | Path, trials: int | None = None,
     plan = tunable_plan(spec_path)
     tune = plan.spec.tune
     assert tune is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is shown by on_trial, in tunelab's words
     ex = executor_named(plan.spec.resources.executor)
     best = read_best(plan.experiment_dir)
     for combo in combinations(plan, tune):
