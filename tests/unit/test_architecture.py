@@ -93,7 +93,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),  # the commands
     ("mcp",),  # the assistant's server (`tunelab mcp`)
     ("demo", "adopt", "init"),  # drive several stages for a person
-    ("report", "export"),  # read what a sweep left: the ledger's results and the run directories
+    ("report", "export", "tune"),  # read what a sweep left (ledger results, run directories); the LR search
     ("scaffold",),  # writes what plan laid out, and the executor's job scripts
     ("plan",),  # designs and checks the runs: their estimates, tasks and the executor's facts (job CPUs, forecast)
     ("estimate", "evaluate"),  # the planner's estimates (and the probe, a job through an executor); the evaluator

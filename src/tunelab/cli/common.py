@@ -117,6 +117,10 @@ def print_plan(plan: Plan) -> None:
         say("GPUs and nodes: {}", note)
     if plan.schedule is not None and plan.schedule.makespan_s is not None:
         say("local schedule: longest first, predicted makespan {:.1f} min", plan.schedule.makespan_s / 60)
+    if plan.search:
+        from tunelab.plan.tunecost import search_summary
+
+        say("learning-rate search (tunelab tune): {}", search_summary(plan.search))
     if plan.deadline is not None:
         from tunelab.plan.deadline_md import verdict_line
 

@@ -18,6 +18,7 @@ from tunelab.cli import estimate as cli_estimate
 
 from tunelab.cli import measure as cli_measure
 from tunelab.cli import start as cli_start
+from tunelab.cli import tune as cli_tune
 from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
 from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
 from tunelab.cli.panels import PipelineGroup
@@ -335,6 +336,7 @@ def status_cmd(
         show(table(listed))
         for line in failure_lines(rows):  # why each run that ended badly did: its own one line
             say("[red]{}[/red]", line)
+        cli_tune.tuning_lines(experiment_dir)
         if len(listed) < len(rows):
             counts = Counter(r.state.label for r in rows)
             say("{} runs: {}; {} not listed (--all lists every run)", len(rows),
@@ -410,7 +412,7 @@ def register(app: typer.Typer) -> None:
 
 
 # Every command module adds its commands the same way (`register`), in the order `--help` lists them.
-for _module_register in (cli_daily.register, cli_estimate.register, cli_measure.register, register,
+for _module_register in (cli_daily.register, cli_estimate.register, cli_measure.register, cli_tune.register, register,
                          cli_start.register, cli_build.register, cli_assistant.register):
     _module_register(app)
 

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 # Panel → its commands, both in the order a newcomer meets them: spec → plan → scaffold → run → eval → report.
 PANELS: dict[str, tuple[str, ...]] = {
     "Start": ("init", "demo", "schema"),
-    "Plan": ("plan", "estimate", "validate", "probe"),
+    "Plan": ("plan", "estimate", "validate", "probe", "tune"),
     "Run": ("scaffold", "run", "status", "cancel", "train"),
     "Results": ("eval", "results", "report", "compare", "export"),
     "History": ("history", "ingest", "adopt", "archive"),

@@ -14,6 +14,7 @@ from tunelab.ledger.results import TYPES
 from tunelab.plan.deadline import DeadlinePlan
 from tunelab.plan.remaining import Phase, SweepRemaining
 from tunelab.plan.validate import RunCheck
+from tunelab.plan.tunecost import SearchCost
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
@@ -63,6 +64,9 @@ class PlanOut(BaseModel):
                                           "sweep's predicted makespan against it (training with the levers, "
                                           "evaluation, start-up, placement), the verdict, every figure's source and "
                                           "what would have to give.")
+    search: list[SearchCost] = Field(default_factory=list, description="With tune: each combination's learning-rate "
+                                     "search priced: trials × budget × the run's predicted training time (an upper "
+                                     "bound: pruned trials stop early).")
 
     @classmethod
     def of(cls, plan: Plan, plan_md: str | None = None) -> PlanOut:
@@ -74,7 +78,7 @@ class PlanOut(BaseModel):
                    runs=plan_rows(plan), stages=stage_rows(plan),
                    estimates=dict(plan.estimates),
                    totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
-                   plan_md=plan_md, deadline=plan.deadline)
+                   plan_md=plan_md, deadline=plan.deadline, search=plan.search)
 
 
 class ValidateOut(BaseModel):

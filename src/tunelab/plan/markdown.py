@@ -10,6 +10,7 @@ from tunelab.fsutil import human_seconds
 from tunelab.plan.deadline_md import deadline_lines
 from tunelab.plan.images import image_lines
 from tunelab.plan.storage import storage_lines
+from tunelab.plan.tunecost import search_lines
 from tunelab.rundir.estimate import RunEstimate
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def render_plan_md(plan: Plan) -> str:
     lines += _estimate_lines(plan)
     lines += gpu_lines(plan)
     lines += _schedule_lines(plan)
+    lines += search_lines(plan.search)
     lines += deadline_lines(plan.deadline, plan.levers)
     lines += storage_lines(plan)
     if plan.warnings:

@@ -20,6 +20,8 @@ from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
 from tunelab.plan.design import expand_runs, resolve_dataset
+from tunelab.plan.tuned import with_tuned_rates
+from tunelab.plan.tunecost import SearchCost, search_costs
 from tunelab.errors import TunelabError
 from tunelab.estimate.ranged import contention_warnings
 from tunelab.estimate.gpus import NodeSize
@@ -59,6 +61,7 @@ class Plan:
     levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (plan/levers.py)
     deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (plan/deadline.py)
     storage_problem: str | None = None  # the sweep does not fit its filesystem: why (plan/storage.py); scaffold refuses
+    search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (plan/tunecost.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -358,7 +361,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     deadline, deadline_s = sweeptime.sweep_deadline(spec, deadline)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
-    runs = expand_runs(spec, spec_path.parent, exp_dir)
+    runs = with_tuned_rates(spec, expand_runs(spec, spec_path.parent, exp_dir), exp_dir)  # tunelab tune's rates
     levers.resolve_effective_batches(runs, spec, spec_path, gpu is not None)
     attention = resolve_runs_attention(runs)  # auto → the kernel for each run's batches, written into run.yaml
     check_eval_tasks(spec, spec_path, runs, exp_dir)
@@ -398,6 +401,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
         plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
             sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
                 runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
+        plan.search = search_costs(spec, runs, plan.estimates)
         storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
         plan.storage_problem = storage[0] if storage else None
         plan.warnings += storage

@@ -62,12 +62,20 @@ class RunConfig(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     attempt: int = Field(1, ge=1)
+    directory: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="The run's directory when it is not the experiment's "
+        "<kind dir>/<name>: a tuning trial's <experiment>/tune/<combination>/trial-N (absolute).")
+    tuned: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="Where training.learning_rate came from when `tunelab "
+        "tune` chose it, e.g. 'tuned: best of 8 trials, val loss 0.412 at 3.2e-4, trial 5'.")
     estimate: RunEstimate | None = Field(
         None, description="The planner's estimate at scaffold time (steps, seconds, source, slurm_time_limit); "
         "informational, and the SLURM time limit when resources.slurm.time_limit is unset.")
 
     @property
     def run_dir(self) -> Path:
+        if self.directory is not None:
+            return Path(self.directory)
         return Path(self.experiment_dir) / KIND_DIRS[self.kind] / self.name
 
     def stage_config(self, index: int) -> RunConfig:

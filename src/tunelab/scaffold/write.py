@@ -29,6 +29,15 @@ def _render(name: str, **ctx) -> str:
     return _env.get_template(name).render(**ctx)
 
 
+def write_job_script(cfg: RunConfig, python: str) -> Path:
+    """A fine-tuned run's job.sh (every executor's job runs it) and the executor's own scripts beside it."""
+    job = cfg.run_dir / "job.sh"
+    atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python), durable=False)
+    job.chmod(0o755)
+    executor_class(cfg.resources.executor).scaffold_scripts(cfg, python)
+    return job
+
+
 def _resolved_spec_dump(plan: Plan) -> dict:
     """The spec as run, with model and dataset paths made absolute (so the copy works anywhere)."""
     data = plan.spec.model_dump(mode="json", exclude_none=True)
@@ -105,12 +114,10 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
             cfg = plan.runs[i] = old  # a retry's run.yaml (attempt > 1) stays
         else:
             atomic_write_text(cfg.run_dir / RUN_FILE, texts[cfg.name], durable=False)
-        if cfg.kind == "finetune":
-            job = cfg.run_dir / "job.sh"
-            atomic_write_text(job, _render("job.sh.j2", run=cfg, python=python), durable=False)
-            job.chmod(0o755)
-        # the executor's own job scripts (Slurm: job.sbatch + eval.sbatch; `tunelab run` rewrites them on submit)
-        executor_class(cfg.resources.executor).scaffold_scripts(cfg, python)
+        if cfg.kind == "finetune":  # + the executor's own job scripts (Slurm: job.sbatch + eval.sbatch)
+            write_job_script(cfg, python)
+        else:  # (`tunelab run` rewrites them on submit)
+            executor_class(cfg.resources.executor).scaffold_scripts(cfg, python)
     submit = exp / "submit_all.sh"
     # every step by hand, as the runs' executor would take them
     executor = executor_class(plan.runs[0].resources.executor if plan.runs else plan.spec.resources.executor)

@@ -26,11 +26,12 @@ from tunelab.spec.experiment import (
 from tunelab.spec.resources import ExecutorKind, ResourcesSpec, SlurmSpec, Strategy
 from tunelab.spec.stages import StageSpec
 from tunelab.spec.training import TrainingConfig
+from tunelab.spec.tune import VAL_LOSS, RateRange, TuneSpec
 
 __all__ = [
     "AXES", "BUILTIN_TASKS", "DEFAULT_TEMPLATE_DATE", "FACTOR_ABBREVIATIONS", "SLUG", "SPLIT_NAMES", "DatasetSpec",
     "EpochChoice", "EvalOnlySpec", "EvalSpec", "ExecutorKind", "ExperimentSpec", "ModelSpec", "ResourcesSpec", "RowFormat",
-    "SlurmSpec", "Slug", "SplitFractions", "StageSpec", "Strategy", "TaskSpec", "TrainingConfig", "_Strict", "factor_field", "format_validation_error",
+    "SlurmSpec", "Slug", "SplitFractions", "StageSpec", "Strategy", "TaskSpec", "TrainingConfig", "TuneSpec", "RateRange", "VAL_LOSS", "_Strict", "factor_field", "format_validation_error",
     "json_schema", "load_spec", "load_yaml_model", "parse_spec", "resolve_path", "template_fields",
     "validate_mapping",
 ]

@@ -19,6 +19,7 @@ from tunelab.spec.resources import ResourcesSpec
 from tunelab.spec.stages import (StageSpec, check_stage_factor, check_stages, default_stage_names,
                                  split_stage_factor)
 from tunelab.spec.training import TrainingConfig
+from tunelab.spec.tune import TuneSpec, check_tune
 
 # Llama 3.x chat templates print "Today Date: ..." from the clock unless given one: pinned, so a
 # run trained today and evaluated next month sees the same tokens.
@@ -88,6 +89,9 @@ class ExperimentSpec(_Strict):
     eval_only: list[EvalOnlySpec] = Field(
         default_factory=list, description="Adapters or checkpoints trained elsewhere, evaluated beside the runs.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tune: TuneSpec | None = Field(
+        None, description="A learning-rate search per combination of factor levels before the sweep trains "
+        "(`tunelab tune`); each combination's runs then train at its best rate.")
 
     @model_validator(mode="before")
     @classmethod
@@ -139,6 +143,7 @@ class ExperimentSpec(_Strict):
             if e.model is not None and e.model not in model_names:
                 raise ValueError(f"eval_only[{i}].model: '{e.model}' is not one of models {model_names}")
         self._check_naming()
+        check_tune(self.tune, self.factors, self.eval, bool(self.stages))
         return self
 
     def _check_factor(self, key: str, levels: list[Any], model_names: list[str], dataset_names: list[str]) -> None:

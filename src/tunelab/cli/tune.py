@@ -1,0 +1,66 @@
+"""`tunelab tune`: the learning-rate search of the spec's `tune:` block, then the runs scaffolded at their
+combination's best rate (a line per trial as it ends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli.common import add_commands
+from tunelab.console import say
+from tunelab.rundir.experiment import SPEC_FILE
+
+STATE_MARKUP = {"COMPLETE": "[green]completed[/green]", "PRUNED": "[yellow]pruned[/yellow]",
+                "FAIL": "[red]failed[/red]"}
+
+
+def spec_of(path: Path) -> Path:
+    """experiment.yaml itself, or the experiment directory holding it."""
+    return path / SPEC_FILE if path.is_dir() else path
+
+
+def tune_cmd(
+    experiment: Path = typer.Argument(..., help="The experiment directory (or its experiment.yaml)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per combination (default: "
+                                         "tune.trials of the spec)."),
+) -> None:
+    """Search each combination's learning rate, then scaffold the runs at it.
+
+    Per combination of the tune.per factors' levels: Optuna trials, each a real run of budget x the run's steps
+    under tune/<combination>/trial-N on the sweep's executor, pruned on their validation loss (successive
+    halving). Resumable: run it again after a stop or a kill and it goes on where it was. Then every run of
+    the combination gets the best trial's rate in its run.yaml, with its source (`tuned:`)."""
+    from tunelab.scaffold.write import scaffold
+    from tunelab.tune.search import TrialDone, search
+
+    def line(done: TrialDone) -> None:
+        outcome = done.outcome
+        value = f"val loss {outcome.value:.4g} at step {outcome.step}" if outcome.value is not None else "no value"
+        say("{} trial {} ({}/{}): lr {} " + STATE_MARKUP.get(outcome.state.name, outcome.state.name) + ", {}",
+            done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", value)
+
+    spec = spec_of(experiment)
+    best = search(spec, trials, on_trial=line)
+    plan = scaffold(spec)
+    for name, rate in sorted(best.items()):
+        say("[bold]{}[/bold]: {}", name, rate.source)
+    say("scaffolded {} runs at their tuned learning rates in {}", len(plan.finetune_runs), plan.experiment_dir)
+
+
+def tuning_lines(experiment_dir: Path) -> None:
+    """The learning-rate search's progress (`tunelab tune`), a line per combination, where one was started."""
+    from tunelab.spec import load_spec
+    from tunelab.rundir.tuned import tune_dir
+    from tunelab.tune.progress import progress_lines
+
+    if not tune_dir(experiment_dir).is_dir():
+        return
+    tune = load_spec(experiment_dir / SPEC_FILE).tune
+    for line in progress_lines(experiment_dir, tune.trials if tune else None):
+        say("tune {}", line)
+
+
+def register(app: typer.Typer) -> None:
+    add_commands(app, {"tune": tune_cmd})

@@ -1,0 +1,81 @@
+"""What a learning-rate search leaves under the experiment (`tunelab tune`), the contract between the search that
+writes it and the scaffold and status that read it:
+
+<experiment>/tune/
+  journal.log                 Optuna's journal: every combination's study (survives a kill; the search resumes it)
+  best.json                   {combination: TunedRate}: the rate each combination's runs train at
+  <combination>/trial-N/      a trial: a run directory of its own (run.yaml, status.json, metrics.jsonl, …)
+  <combination>/trial-N/pruned.json   Pruned: the pruner stopped the trial there
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.record import JsonRecord
+
+TUNE_DIR = "tune"
+JOURNAL_FILE = "journal.log"
+BEST_FILE = "best.json"
+PRUNED_FILE = "pruned.json"
+TRIAL_PREFIX = "trial-"
+
+
+def tune_dir(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / TUNE_DIR
+
+
+def trial_dir(experiment_dir: str | Path, combination: str, number: int) -> Path:
+    return tune_dir(experiment_dir) / combination / f"{TRIAL_PREFIX}{number}"
+
+
+@dataclass(kw_only=True)
+class TunedRate(JsonRecord):
+    """The rate a combination's search chose, with what it rests on (written into its runs' run.yaml)."""
+
+    combination: str
+    learning_rate: float
+    objective: str
+    value: float  # the best trial's objective
+    trial: int  # the best trial's number
+    trials: int  # the trials the search ran (pruned and failed ones included)
+    pruned: int = 0
+
+    @property
+    def source(self) -> str:
+        """The source string run.yaml's `tuned` carries."""
+        objective = "val loss" if self.objective == "val_loss" else self.objective
+        return (f"tuned: best of {self.trials} trials, {objective} {self.value:.4g} at {self.learning_rate:.3g}, "
+                f"trial {self.trial}")
+
+
+@dataclass(kw_only=True)
+class Pruned(JsonRecord):
+    """pruned.json: the pruner stopped this trial after the validation at `step` (its objective there: `value`);
+    `stopped`: its job was still training and was cancelled (False: it had ended before that validation was read)."""
+
+    step: int
+    value: float
+    at: str
+    stopped: bool = True
+
+
+def read_best(experiment_dir: str | Path) -> dict[str, TunedRate]:
+    """tune/best.json by combination ({} before any search finished)."""
+    data = read_json(tune_dir(experiment_dir) / BEST_FILE, default=None)
+    return {k: TunedRate.from_json(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_best(experiment_dir: str | Path, best: dict[str, TunedRate]) -> Path:
+    return atomic_write_json(tune_dir(experiment_dir) / BEST_FILE, {k: v.to_json() for k, v in sorted(best.items())})
+
+
+def read_pruned(run_dir: str | Path) -> Pruned | None:
+    data = read_json(Path(run_dir) / PRUNED_FILE, default=None)
+    return Pruned.from_json(data) if isinstance(data, dict) else None
+
+
+def write_pruned(run_dir: str | Path, pruned: Pruned) -> Path:
+    return atomic_write_json(Path(run_dir) / PRUNED_FILE, pruned.to_json())

@@ -1,0 +1,69 @@
+"""The sweep's runs grouped into the combinations a search is made for (one per level combination of tune.per),
+and a trial's run derived from its combination's run: the trial's learning rate, a budget of its steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.plan.planner import Plan
+from tunelab.plan.tuned import combination_runs
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.tuned import trial_dir
+from tunelab.spec import TuneSpec
+
+VALIDATIONS_PER_TRIAL = 4  # where the spec sets no validation interval: the pruner sees about this many
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One search: the runs sharing their levels of the `per` factors, and the steps a full run trains."""
+
+    name: str
+    levels: dict[str, object]
+    runs: tuple[RunConfig, ...]
+    steps: int  # the representative run's optimizer steps (the plan's estimate, or max_steps)
+
+    @property
+    def run(self) -> RunConfig:
+        """The run its trials are derived from (the first: the levels not in `per` are the spec's first ones)."""
+        return self.runs[0]
+
+
+def run_steps(plan: Plan, cfg: RunConfig) -> int:
+    """The optimizer steps a run trains: the plan's estimate, else training.max_steps."""
+    est = plan.estimates.get(cfg.name)
+    steps = est.steps if est is not None and est.steps else (cfg.training.max_steps if cfg.training else None)
+    if not steps:
+        raise TunelabError(f"{cfg.name}: the plan could not count its steps, so a trial's budget is unknown; set "
+                           "training.max_steps", file=plan.spec_path, field="tune.budget")
+    return steps
+
+
+def combinations(plan: Plan, tune: TuneSpec) -> list[Combination]:
+    """The fine-tuned runs grouped by their `per` levels, in the plan's order (controls never train: never tuned)."""
+    per = tune.per_factors(plan.spec.factors)
+    return [Combination(name, {k: runs[0].factors[k] for k in per}, tuple(runs), run_steps(plan, runs[0]))
+            for name, runs in combination_runs(plan.spec, plan.runs).items()]
+
+
+def trial_steps(combo: Combination, budget: float) -> int:
+    return max(1, math.floor(budget * combo.steps))
+
+
+def trial_config(combo: Combination, experiment_dir: Path, number: int, learning_rate: float,
+                 budget: float) -> RunConfig:
+    """Trial `number`'s run: the combination's run at `learning_rate`, stopped after budget x its steps, validated
+    often enough for the pruner (the spec's interval, else about VALIDATIONS_PER_TRIAL times), in its own
+    directory."""
+    base = combo.run
+    assert base.training is not None  # a fine-tuned run
+    steps = trial_steps(combo, budget)
+    every = base.training.validation_every_steps or max(1, steps // VALIDATIONS_PER_TRIAL)
+    training = base.training.model_copy(update={
+        "learning_rate": learning_rate, "max_steps": steps, "validation_every_steps": every})
+    return base.model_copy(update={
+        "name": f"{combo.name}-trial-{number}", "training": type(training).model_validate(training.model_dump()),
+        "directory": str(trial_dir(experiment_dir, combo.name, number)), "estimate": None, "tuned": None})

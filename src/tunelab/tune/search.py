@@ -1,0 +1,137 @@
+"""`tunelab tune`: one Optuna study per combination, its trials real runs on the sweep's executor, one at a time.
+
+The studies live in one journal file under the experiment (tune/journal.log: appended, so a kill -9 loses at most
+the line being written, and it works on the shared filesystems clusters have). Run again, the search goes on where
+it stopped: finished trials stay, a trial left running is followed (its job may still run) or started again at the
+same learning rate, and new trials are asked until the combination has its count. The sampler is seeded anew before
+each ask from the spec's seed and the trial's number, so the rates asked do not depend on where a search stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from tunelab.errors import TunelabError
+from tunelab.execute.executor import Executor
+from tunelab.execute.executors import executor_named
+from tunelab.plan.planner import Plan, make_plan
+from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
+from tunelab.spec import VAL_LOSS, TuneSpec
+from tunelab.tune.combos import Combination, combinations, trial_config
+from tunelab.tune.trial import TrialOutcome, TrialRun
+
+PARAM = "learning_rate"
+REDUCTION_FACTOR = 3  # successive halving keeps the best third of the trials at each rung
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class TrialDone:
+    """One trial's end, as the command shows it."""
+
+    combination: str
+    number: int
+    learning_rate: float
+    outcome: TrialOutcome
+    finished: int  # the combination's finished trials, this one included
+    trials: int  # the count asked for
+
+
+def journal(experiment_dir: Path) -> JournalStorage:
+    path = tune_dir(experiment_dir) / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(storage: JournalStorage, combo: Combination, min_resource: int) -> optuna.Study:
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=REDUCTION_FACTOR)
+    return optuna.create_study(study_name=combo.name, storage=storage, direction="minimize", pruner=pruner,
+                               load_if_exists=True)
+
+
+def seeded_sampler(seed: int, number: int, trials: int) -> optuna.samplers.TPESampler:
+    """The sampler for trial `number`: TPE once a few trials are in (random before), seeded by both numbers."""
+    return optuna.samplers.TPESampler(seed=seed * 100_003 + number, n_startup_trials=max(2, min(10, trials // 2)))
+
+
+def _next_trial(study: optuna.Study, tune: TuneSpec, seed: int, trials: int) -> tuple[optuna.Trial, set[int]]:
+    """The trial to run now: one left running by an earlier search (with the steps it reported), else a new one."""
+    running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    if running:
+        left: FrozenTrial = running[0]
+        return optuna.Trial(study, left._trial_id), set(left.intermediate_values)
+    study.sampler = seeded_sampler(seed, len(study.get_trials(deepcopy=False)), trials)
+    trial = study.ask()
+    rates = tune.learning_rate
+    trial.suggest_float(PARAM, rates.low, rates.high, log=rates.log)
+    return trial, set()
+
+
+def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int,
+                       on_trial: Callable[[TrialDone], None]) -> optuna.Study:
+    """Trials of one combination until `trials` of them finished (completed, pruned or failed)."""
+    tune = plan.spec.tune
+    assert tune is not None
+    first = trial_config(combo, plan.experiment_dir, 0, tune.learning_rate.high, tune.budget).training
+    assert first is not None and first.validation_every_steps is not None  # every trial validates at this interval
+    study = open_study(journal(plan.experiment_dir), combo, first.validation_every_steps)
+    seed = tune.sampler_seed(plan.spec.training.seed)
+    while (finished := sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))) < trials:
+        trial, reported = _next_trial(study, tune, seed, trials)
+        rate = float(trial.params[PARAM])
+        cfg = trial_config(combo, plan.experiment_dir, trial.number, rate, tune.budget)
+        outcome = TrialRun(ex, cfg, trial, reported).run()
+        study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None, state=outcome.state)
+        on_trial(TrialDone(combo.name, trial.number, rate, outcome, finished + 1, trials))
+    return study
+
+
+def best_rate(study: optuna.Study, combo: Combination, objective: str) -> TunedRate | None:
+    """The completed trial with the lowest objective (None: no trial completed)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    best = min(done, key=lambda t: (t.value, t.number))
+    pruned = sum(t.state == TrialState.PRUNED for t in study.get_trials(deepcopy=False))
+    return TunedRate(combination=combo.name, learning_rate=float(best.params[PARAM]), objective=objective,
+                     value=float(best.value or 0.0), trial=best.number, trials=len(study.get_trials(deepcopy=False)),
+                     pruned=pruned)
+
+
+def tunable_plan(spec_path: str | Path) -> Plan:
+    """The sweep's plan, refused unless its spec has a `tune:` block the search can run."""
+    plan = make_plan(spec_path)
+    tune = plan.spec.tune
+    if tune is None:
+        raise TunelabError("no tune: block: add one to search learning rates (see docs/spec-reference.md)",
+                           file=plan.spec_path, field="tune")
+    if tune.objective != VAL_LOSS:
+        raise TunelabError(f"'{tune.objective}': the search reads validation loss only (an eval metric as objective "
+                           "is not supported yet); use objective: val_loss", file=plan.spec_path,
+                           field="tune.objective")
+    return plan
+
+
+def search(spec_path: str | Path, trials: int | None = None,
+           on_trial: Callable[[TrialDone], None] = lambda done: None) -> dict[str, TunedRate]:
+    """Every combination's search, then tune/best.json; returns the rates chosen by combination."""
+    plan = tunable_plan(spec_path)
+    tune = plan.spec.tune
+    assert tune is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is shown by on_trial, in tunelab's words
+    ex = executor_named(plan.spec.resources.executor)
+    best = read_best(plan.experiment_dir)
+    for combo in combinations(plan, tune):
+        study = search_combination(ex, plan, combo, trials or tune.trials, on_trial)
+        rate = best_rate(study, combo, tune.objective)
+        if rate is not None:
+            best[combo.name] = rate
+            write_best(plan.experiment_dir, best)
+    return best

@@ -1,0 +1,59 @@
+"""The plan and the search: a combination's runs take its tuned rate from tune/best.json (with the source in
+run.yaml), and plan.md and `plan --json` price each combination's search."""
+
+from __future__ import annotations
+
+import math
+
+import yaml
+
+from tunelab.fsutil import human_seconds
+from tunelab.mcp.models import PlanOut
+from tunelab.plan.planner import make_plan
+from tunelab.rundir.tuned import TunedRate, write_best
+from tunelab.scaffold.write import scaffold
+
+TUNE = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "per": ["lora_rank"], "trials": 6, "budget": 0.25}
+
+
+def test_each_combinations_runs_take_its_tuned_rate_with_the_source(write_spec):
+    spec = write_spec(factors={"lora_rank": [4, 8]}, tune=TUNE)
+    exp = spec.parent
+    rate = TunedRate(combination="lora_rank-8", learning_rate=3.2e-4, objective="val_loss", value=0.412, trial=5,
+                     trials=8, pruned=3)
+    write_best(exp, {"lora_rank-8": rate})
+    runs = {r.factors["lora_rank"]: r for r in make_plan(spec, estimates=False).finetune_runs}
+    assert runs[8].training.learning_rate == 3.2e-4  # type: ignore[union-attr]
+    assert runs[8].tuned == "tuned: best of 8 trials, val loss 0.412 at 0.00032, trial 5"
+    assert runs[4].training.learning_rate == 0.002 and runs[4].tuned is None  # type: ignore[union-attr]
+    for cfg in scaffold(spec).finetune_runs:  # what the job reads
+        written = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
+        assert written["training"]["learning_rate"] == (3.2e-4 if cfg.factors["lora_rank"] == 8 else 0.002)
+        assert written.get("tuned") == (rate.source if cfg.factors["lora_rank"] == 8 else None)
+
+
+def test_a_run_without_tune_writes_no_new_keys(write_spec):
+    cfg = scaffold(write_spec(factors={"lora_rank": [4]})).finetune_runs[0]
+    written = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
+    assert "tuned" not in written and "directory" not in written
+
+
+def test_the_plan_prices_each_combinations_search(write_spec):
+    plan = make_plan(write_spec(factors={"lora_rank": [4, 8]}, tune=TUNE))
+    assert [c.combination for c in plan.search] == ["lora_rank-4", "lora_rank-8"]
+    for cost in plan.search:
+        est = plan.estimates[cost.run]
+        assert est.seconds is not None and est.startup_s is not None and 0 < est.startup_s < est.seconds
+        total = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s))  # each trial starts in full
+        assert cost.seconds == round(total, 1)
+        assert cost.steps_per_trial == math.floor(0.25 * est.steps) and cost.trials == 6
+        if est.time_range is not None:
+            p90 = est.time_range.p90_s * total / est.seconds
+            assert cost.time_range is not None and cost.time_range.p90_s == round(p90, 1)
+    assert PlanOut.of(plan).search == plan.search
+    from tunelab.plan.markdown import render_plan_md
+
+    text = render_plan_md(plan)
+    assert "## Learning-rate search" in text and "| lora_rank-8 |" in text
+    total = sum(c.seconds for c in plan.search if c.seconds is not None)
+    assert f"**Search total:** 2 combination(s), 12 trials: {human_seconds(total)} if every trial" in text
