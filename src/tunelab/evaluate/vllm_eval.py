@@ -27,7 +27,7 @@ from tunelab.evaluate.engine import VllmHome, gpu_visible
 from tunelab.evaluate.merge import merge_adapter, merged_dir, not_mergeable, unservable
 from tunelab.evaluate.runner import PreparedTask, clear_outputs, eval_metadata, inspect_eval, prepare_task
 from tunelab.evaluate.vllm_server import ServerArgs, VllmServer
-from tunelab.evaluate.waves import _PassState
+from tunelab.evaluate.waves import _PassState, fail_unended
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
 from tunelab.fsutil import space_guard
 
@@ -217,12 +217,7 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
         for model in {str(s.model) for s in wave}:
             _vllm_servers.pop(model, None)
         shutil.rmtree(staging, ignore_errors=True)
-    for item in items:
-        if item.key not in outcomes:
-            why = f"{type(crash).__name__}: {crash}" if crash else "the evaluation ended without its log"
-            outcome = TunelabError(f"task '{item.spec.name}' failed on {item.cfg.name} {item.target.label}: {why}")
-            outcomes[item.key] = outcome
-            report(item, outcome)
+    fail_unended(items, outcomes, crash, report)
 
 
 class _ServedState(_PassState):

@@ -85,6 +85,12 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
     finally:
         state.close()
         shutil.rmtree(staging, ignore_errors=True)
+    fail_unended(items, outcomes, crash, report)
+
+
+def fail_unended(items: list[WorkItem], outcomes: dict[ItemKey, Outcome], crash: Exception | None,
+                 report: Report) -> None:
+    """Every item of an eval that left no outcome fails, named, with the eval's crash (or the missing log)."""
     for item in items:
         if item.key not in outcomes:
             why = f"{type(crash).__name__}: {crash}" if crash else "the evaluation ended without its log"
