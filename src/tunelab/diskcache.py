@@ -37,15 +37,20 @@ def file_stamps(paths: list[str | Path]) -> list[tuple[str, int, int]]:
     return out
 
 
-def cached_json(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
-    """compute()'s JSON-able result, from the cache when an entry for exactly this key exists."""
+def cached_json(kind: str, key: Any, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
+    """compute()'s JSON-able result, from the cache when an entry for exactly this key exists. `keep`: whether a
+    value is worth keeping (a timing taken while other work held the machine is not: the next call times again)."""
     digest = hashlib.sha256(json.dumps([FORMAT, kind, key], sort_keys=True, default=str).encode()).hexdigest()
     path = cache_dir() / kind / f"{digest[:32]}.json"
     try:
-        return json.loads(path.read_text())["value"]
+        stored = json.loads(path.read_text())["value"]
+        if keep is None or keep(stored):
+            return stored
     except (OSError, ValueError, KeyError, TypeError):
         pass
     value = compute()
+    if keep is not None and not keep(value):
+        return value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": key, "value": value}, default=str), durable=False)

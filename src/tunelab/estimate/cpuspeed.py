@@ -5,8 +5,11 @@ prices the run at that speed. A large model, whose step would take the plan minu
 its hidden size instead, priced by the FLOPs model. Either way it is a measurement of this machine (kind
 `timed`), with a wide interval; `tunelab probe` narrows it.
 
-Timings are cached per machine, thread count, model config and shape (diskcache.py), so a second plan does not
-time again.
+The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree by more than the
+probe's SPREAD_LIMIT, or that others' work slowed, is timed again (up to MORE_ROUNDS more, as the probe does), and
+the round that had most of the cores is the figure; still contended, its time is divided by the slowdown the load
+predicts and the source says so (and plan's warnings). Timings are cached per machine, thread count, model config
+and shape (diskcache.py), so a second plan does not time again — a contended one only for CONTENDED_KEEP_S.
 """
 
 from __future__ import annotations
@@ -20,23 +23,29 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import resolve_architecture
+from tunelab.cpuload import LoadMeter, LoadWindow
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.estimate.speed import flops_per_token
+from tunelab.estimate.speedhistory import contention_note
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3
 MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
 MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
+CONTENDED_KEEP_S = 600.0  # a timing taken under contention is reused this long, then timed again
 
 
 @dataclass(frozen=True)
 class TimedSpeed:
-    """Training tokens/s timed on this CPU, in words, and the spread of the timed steps (log-space σ)."""
+    """Training tokens/s timed on this CPU, in words, the spread of the timed steps (log-space σ) and, where other
+    work held the cores while they were timed, the line that says so (the speed is then corrected by it)."""
 
     tokens_per_s: float
     source: str
     spread: float
+    contention: str = ""
 
 
 def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
@@ -51,12 +60,16 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     from tunelab.models.vlm import is_vision_language
 
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
-        got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads))
-        tps = batch * seq / got["median_s"]
+        got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads), keep=_uncontended)
+        slowdown = float(got.get("slowdown") or 1.0)
+        contention = contention_note(slowdown) if got.get("contended") else ""
+        tps = batch * seq / got["median_s"] * (slowdown if contention else 1.0)
+        rounds = int(got.get("rounds") or 1)
         source = (f"timed here: {got['steps']} training micro-batches of {batch} × {seq} tokens of this model "
                   f"(random weights, its LoRA) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
-                  f"{got['spread']:.0%}); `tunelab probe` measures the real run")
-        return TimedSpeed(tps, source, got["spread"] / 2)
+                  f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''})"
+                  f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
+        return TimedSpeed(tps, source, got["spread"] / 2, contention)
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
     tps = rate / (flops_per_token(arch, seq) * (1.5 if t.gradient_checkpointing else 1.0))
@@ -81,13 +94,19 @@ def _threads(threads: int | None) -> tuple[Any, int]:
     return torch, before
 
 
-def _time_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, float]:
+def _time_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
     """Median seconds of one micro-batch's forward, backward and optimizer step, and their spread."""
     with warnings.catch_warnings():
         return _timed_steps(cfg, batch, seq, threads)
 
 
-def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, float]:
+def _uncontended(timing: dict[str, Any]) -> bool:
+    """A timing worth keeping: an uncontended one for good; one taken while others held the cores for
+    CONTENDED_KEEP_S (the plans of those minutes share it, corrected; a later plan times again)."""
+    return not timing.get("contended") or time.time() - float(timing.get("timed_at") or 0) < CONTENDED_KEEP_S
+
+
+def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -100,6 +119,7 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
         torch.manual_seed(0)
         config = AutoConfig.from_pretrained(cfg.model.path)
+        config.use_cache = False  # training's setting (a KV cache is for generation; with checkpointing it warns)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if t.gradient_checkpointing:  # transformers' current name where it has one (the old one warns)
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -110,24 +130,63 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         ids = torch.randint(0, config.vocab_size, (batch, seq))
-        times: list[float] = []
-        spent = 0.0
-        for i in range(64):
+
+        def step() -> float:
             t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
+            model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            took = time.perf_counter() - t0
-            if i:  # the first is warm-up
-                times.append(took)
-                spent += took
-            if len(times) >= MIN_STEPS and spent >= TIME_BUDGET_S:
-                break
+            return time.perf_counter() - t0
+
+        step()  # warm-up: the optimizer's state, the kernels
+        rounds = [_round(step)]
+        while len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees:  # as the probe does (train/probe_steps.py)
+            rounds.append(_round(step))
     finally:
         torch.set_num_threads(before)
-    mid = median(times)
-    return {"median_s": mid, "spread": (max(times) - min(times)) / mid, "steps": len(times)}
+    best = min(rounds, key=lambda r: (r.slowdown, r.median_s))  # the round that had the most of the cores
+    return {"median_s": best.median_s, "spread": best.spread, "steps": len(best.times), "rounds": len(rounds),
+            "timed_at": time.time(),
+            "slowdown": round(best.slowdown, 3), "contended": best.contended,
+            "others_share": round(best.load.others_share, 4) if best.load else None}
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One round of timed steps and the machine's load over them (None: not readable here)."""
+
+    times: list[float]
+    load: LoadWindow | None
+
+    @property
+    def median_s(self) -> float:
+        return median(self.times)
+
+    @property
+    def spread(self) -> float:
+        return (max(self.times) - min(self.times)) / self.median_s
+
+    @property
+    def slowdown(self) -> float:
+        return self.load.slowdown if self.load is not None else 1.0
+
+    @property
+    def contended(self) -> bool:
+        return self.load is not None and self.load.contended
+
+    @property
+    def disagrees(self) -> bool:
+        """Worth timing again: slowest/fastest past the probe's SPREAD_LIMIT, or others held the cores."""
+        return max(self.times) / min(self.times) - 1 > SPREAD_LIMIT or self.contended
+
+
+def _round(step: Any) -> _Round:
+    """Steps timed until MIN_STEPS of them and TIME_BUDGET_S, with the load over them."""
+    meter = LoadMeter.start()
+    times: list[float] = []
+    while len(times) < MIN_STEPS or (sum(times) < TIME_BUDGET_S and len(times) < 64):
+        times.append(step())
+    return _Round(times, meter.window() if meter is not None else None)
 
 
 def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:

@@ -207,7 +207,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         from tunelab.estimate.cpuspeed import timed_cpu_speed
 
         timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
-        speed = Speed(timed.tokens_per_s, timed.source, [], SourceKind.TIMED, timed.spread)
+        speed = Speed(timed.tokens_per_s, timed.source, [], SourceKind.TIMED, timed.spread, timed.contention)
     tps, source, refs = speed.tokens_per_s, speed.source, speed.rows
     seconds = startup = None
     timed_start = None

@@ -114,10 +114,14 @@ def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
     if clean or not rows:
         return clean, ""
     worst = max((getattr(r, "slowdown", None) or 1.0) for r in rows)
-    return [_sped_up(r, getattr(r, "slowdown", None) or 1.0) for r in rows], (
-        f"timed under contention (others held the cores: up to ×{worst:.1f} slower): its times divided by it (a "
-        f"lower bound of the load's effect); uncorrected the time is up to ×{worst:.1f} — run `tunelab probe` on a "
-        "quiet machine")
+    return [_sped_up(r, getattr(r, "slowdown", None) or 1.0) for r in rows], contention_note(worst)
+
+
+def contention_note(slowdown: float) -> str:
+    """The one line a time timed under contention carries (plan's warnings find it by "under contention")."""
+    return (f"timed under contention (others held the cores: up to ×{slowdown:.1f} slower): its times divided by it "
+            f"(a lower bound of the load's effect); uncorrected the time is up to ×{slowdown:.1f} — run `tunelab "
+            "probe` on a quiet machine")
 
 
 def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
