@@ -254,10 +254,8 @@ class PipelineTools:
         once the deadline is no longer met at P90."""
         from tunelab.execute.status import status_rows
         from tunelab.mcp.models import replanned
-
-        from tunelab.tune.progress import progress_lines
-
         from tunelab.rundir.tuned import tune_dir
+        from tunelab.tune.progress import progress_lines
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
         running = self.sweeps.alive(exp)
