@@ -117,6 +117,25 @@ def write_spec(tmp_path, spec_in):
     return lambda **overrides: spec_in(tmp_path / "exp", **overrides)
 
 
+@pytest.fixture(scope="session")
+def workspace_spec(tiny_model, caps_dataset, spec_in):
+    """workspace_spec(root, **overrides) -> root/exp/experiment.yaml naming copies of the tiny model and the data
+    under root/models and root/data (the MCP server holds every path a spec names to its root)."""
+    import shutil
+
+    def _write(root: Path, **overrides) -> Path:
+        shutil.copytree(tiny_model, root / "models" / "tiny")
+        (root / "data").mkdir()
+        data = shutil.copy(caps_dataset, root / "data" / caps_dataset.name)
+        path = spec_in(root / "exp", **overrides)
+        spec = yaml.safe_load(path.read_text())
+        spec["models"][0]["path"], spec["datasets"][0]["path"] = str(root / "models" / "tiny"), str(data)
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return _write
+
+
 # What transformers de-quantized from the GGUF file while smollm2_dir was built, kept for the tests that compare
 # the build with it (tests/unit/test_smollm2.py's gguf_reference takes it): reading the file costs ~35 s a time.
 SMOLLM2_GGUF_LOADS: list = []

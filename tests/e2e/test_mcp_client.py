@@ -23,8 +23,8 @@ from tunelab.execute.status import StatusRow
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "run", "status", "cancel", "eval",
-            "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
+PIPELINE = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "tune", "run", "status", "cancel",
+            "eval", "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
 
 
 @pytest.fixture

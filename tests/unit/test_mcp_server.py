@@ -135,8 +135,8 @@ def test_skills_install(tmp_path):
     assert res.exit_code == 0, res.output
     installed = sorted(p.name for p in target.iterdir())
     assert installed == ["adopt-runs", "plan-experiment", "run-experiment", "summarize-experiment"]
-    tools = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "run", "status", "cancel", "eval",
-             "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
+    tools = {"init_spec", "validate", "plan", "estimate", "probe", "scaffold", "tune", "run", "status", "cancel",
+             "eval", "results", "report", "history", "ingest", "adopt", "list_models", "list_datasets"}
     for name in installed:
         text = (target / name / "SKILL.md").read_text()
         front = text.split("---")[1]

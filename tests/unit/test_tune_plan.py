@@ -22,11 +22,12 @@ def test_each_combinations_runs_take_its_tuned_rate_with_the_source(write_spec):
     rate = TunedRate(combination="lora_rank-8", learning_rate=3.2e-4, objective="val_loss", value=0.412, trial=5,
                      trials=8, pruned=3)
     write_best(exp, {"lora_rank-8": rate})
-    runs = {r.factors["lora_rank"]: r for r in make_plan(spec, estimates=False).finetune_runs}
+    runs = {r.factors["lora_rank"]: r for r in make_plan(spec, estimates=False).finetune_runs
+            if r.default_lr_of is None}  # the default-lr twins: tests/unit/test_tune_twins.py
     assert runs[8].training.learning_rate == 3.2e-4  # type: ignore[union-attr]
     assert runs[8].tuned == "tuned: best of 8 trials, val loss 0.412 at 0.00032, trial 5"
     assert runs[4].training.learning_rate == 0.002 and runs[4].tuned is None  # type: ignore[union-attr]
-    for cfg in scaffold(spec).finetune_runs:  # what the job reads
+    for cfg in [c for c in scaffold(spec).finetune_runs if c.default_lr_of is None]:  # what the job reads
         written = yaml.safe_load((cfg.run_dir / "run.yaml").read_text())
         assert written["training"]["learning_rate"] == (3.2e-4 if cfg.factors["lora_rank"] == 8 else 0.002)
         assert written.get("tuned") == (rate.source if cfg.factors["lora_rank"] == 8 else None)

@@ -137,13 +137,26 @@ class StatusOut(BaseModel):
                                              "(live pace), the remaining makespan P10–P90 on the sweep's devices, "
                                              "the deadline's verdict and, once its P90 misses, what would have to "
                                              "give (None: no experiment.yaml to re-plan from).")
+    tuning: list[str] = Field(default_factory=list, description="The learning-rate search's progress (`tune`), a "
+                              "line per combination: its trials by state and the rate chosen (empty: no search).")
 
     @classmethod
     def of(cls, experiment_dir: str, rows: list[StatusRow], running: bool = False,
-           log_tail: list[str] | None = None, remaining: SweepRemaining | None = None) -> StatusOut:
+           log_tail: list[str] | None = None, remaining: SweepRemaining | None = None,
+           tuning: list[str] | None = None) -> StatusOut:
         return cls(experiment_dir=experiment_dir, sweep_running=running, runs=rows,
                    done=not running and not any(r.active for r in rows), sweep_log_tail=log_tail or [],
-                   remaining=remaining)
+                   remaining=remaining, tuning=tuning or [])
+
+
+class TuneOut(BaseModel):
+    """tune: the learning-rate search started in the background; follow it with status (its `tuning` lines)."""
+
+    experiment_dir: str = Field(description="The experiment directory.")
+    pid: int = Field(description="The background `tunelab tune` process.")
+    log: str = Field(description="Its output, relative to the root.")
+    tuning: list[str] = Field(description="The search's progress when it started (a resumed search: its trials so "
+                              "far), a line per combination.")
 
 
 def phase_of(row: StatusRow) -> Phase:

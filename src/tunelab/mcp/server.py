@@ -21,13 +21,14 @@ WRITES = {"init_spec": "writes experiment.yaml (force replaces it)",
           "probe": "trains a few steps; records measurements in the history ledger",
           "scaffold": "writes the experiment's run directories (force overwrites run configs)",
           "run": "starts training in the background (force reruns completed runs from scratch)",
+          "tune": "starts the learning-rate search in the background (trials under tune/, then scaffolds the runs)",
           "cancel": "cancels jobs (all_runs cancels every run's)",
           "eval": "writes scores and the ledger (force re-evaluates)",
           "report": "writes report/",
           "ingest": "writes the history ledger",
           "adopt": "writes the experiment directory given as out"}
 INSTRUCTIONS = ("tunelab plans, runs, evaluates and reports sweeps of LoRA fine-tuning experiments. Pipeline: "
-                "init_spec -> plan -> scaffold -> run (returns at once) -> status (until done) -> eval -> results "
+                "init_spec -> plan -> [tune (returns at once; when the spec has a tune: block)] -> scaffold -> run (returns at once) -> status (until done) -> eval -> results "
                 "-> report. Paths are relative to the workspace root; nothing outside it is touched. A spec's "
                 "resources.slurm setup/modules/extra_sbatch lines are refused unless the server allows them.")
 

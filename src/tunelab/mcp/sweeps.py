@@ -1,6 +1,8 @@
-"""Sweeps started by the server: the same `tunelab run` the CLI runs, as a detached process, so the tool call
-returns at once and the server keeps answering while runs train; `status` follows it. A sweep outlives the
-server (its own session): the lab's jobs do not stop when the assistant disconnects; `cancel` stops them."""
+"""Sweeps started by the server: the same `tunelab run` (or `tunelab tune`, the learning-rate search) the CLI runs,
+as a detached process, so the tool call returns at once and the server keeps answering while runs train; `status`
+follows it. One at a time per experiment: a search and its sweep would train the same runs' rates apart. A sweep
+outlives the server (its own session): the lab's jobs do not stop when the assistant disconnects; `cancel` stops
+them."""
 
 from __future__ import annotations
 
@@ -20,16 +22,22 @@ class Sweeps:
     """The background sweeps of this server, by experiment directory (Popen objects, so ended ones are reaped)."""
 
     running: dict[Path, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[Path, Path] = field(default_factory=dict)  # the log of the last command started, by experiment
 
     def start(self, experiment_dir: Path, runs: list[str], force: bool) -> tuple[int, Path]:
         """Start `python -m tunelab run EXP [--run R ...] [--force]`, its output in EXP/.tunelab-mcp/run.log."""
+        args = [a for r in runs for a in ("--run", r)] + (["--force"] if force else [])
+        return self.start_command("run", experiment_dir, args)
+
+    def start_command(self, command: str, experiment_dir: Path, args: list[str]) -> tuple[int, Path]:
+        """Start `python -m tunelab COMMAND EXP ARGS…`, its output in EXP/.tunelab-mcp/COMMAND.log."""
         if self.alive(experiment_dir):
-            raise TunelabError("a sweep this server started is still running; follow it with status, or cancel "
-                               "it", file=experiment_dir)
-        log = experiment_dir / LOG_DIR / "run.log"
+            raise TunelabError("a sweep or search this server started is still running; follow it with status, or "
+                               "cancel it", file=experiment_dir)
+        log = experiment_dir / LOG_DIR / f"{command}.log"
         log.parent.mkdir(exist_ok=True)
-        args = [sys.executable, "-m", "tunelab", "run", str(experiment_dir)]
-        args += [a for r in runs for a in ("--run", r)] + (["--force"] if force else [])
+        args = [sys.executable, "-m", "tunelab", command, str(experiment_dir), *args]
+        self.logs[experiment_dir] = log
         with open(log, "wb") as out:  # the child holds its own descriptor; ours closes here
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=experiment_dir, start_new_session=True)
@@ -41,8 +49,8 @@ class Sweeps:
         return proc is not None and proc.poll() is None
 
     def tail(self, experiment_dir: Path) -> list[str]:
-        """The last lines of the sweep's log (why it stopped, when it stopped early)."""
-        log = experiment_dir / LOG_DIR / "run.log"
+        """The last lines of the sweep's (or search's) log (why it stopped, when it stopped early)."""
+        log = self.logs.get(experiment_dir, experiment_dir / LOG_DIR / "run.log")
         if not log.is_file():
             return []
         return log.read_text(errors="replace").splitlines()[-TAIL_LINES:]

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from tunelab.errors import TunelabError
 from tunelab.mcp.models import (CancelOut, EvalOut, PlanOut, ProbeOut, ReportOut, ResultsOut, RunOut,
-                                ScaffoldOut, SpecDraft, StatusOut, ValidateOut)
+                                ScaffoldOut, SpecDraft, StatusOut, TuneOut, ValidateOut)
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.sweeps import Sweeps
 
@@ -254,11 +254,48 @@ class PipelineTools:
         once the deadline is no longer met at P90."""
         from tunelab.execute.status import status_rows
         from tunelab.mcp.models import replanned
+        from tunelab.rundir.tuned import tune_dir
+        from tunelab.tune.progress import progress_lines
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
-        rows = status_rows(exp)
         running = self.sweeps.alive(exp)
-        return StatusOut.of(self.ws.shown(exp), rows, running, self.sweeps.tail(exp), replanned(exp, rows))
+        try:
+            rows = status_rows(exp)
+        except TunelabError:  # no runs yet: a search (`tune`) scaffolds them once it ends
+            if not tune_dir(exp).is_dir() and not running:
+                raise
+            return StatusOut.of(self.ws.shown(exp), [], running, self.sweeps.tail(exp),
+                                tuning=progress_lines(exp, self._trials(exp)))
+        return StatusOut.of(self.ws.shown(exp), rows, running, self.sweeps.tail(exp), replanned(exp, rows),
+                            progress_lines(exp, self._trials(exp)))
+
+    @staticmethod
+    def _trials(exp: Path) -> int | None:
+        """tune.trials of the experiment's spec (None: no spec or no tune: block)."""
+        from tunelab.rundir.experiment import SPEC_FILE
+        from tunelab.spec import load_spec
+
+        tune = load_spec(exp / SPEC_FILE).tune if (exp / SPEC_FILE).is_file() else None
+        return tune.trials if tune is not None else None
+
+    @one_line
+    def tune(self, experiment_dir: Exp, trials: Annotated[int | None, Field(
+                 ge=1, description="Trials per combination (default: tune.trials of the spec).")] = None) -> TuneOut:
+        """Start (or resume) the learning-rate search of the spec's tune: block in the background (`tunelab tune`)
+        and return at once; follow it with status (its `tuning` lines). Each trial is a real run under
+        tune/<combination>/trial-N; at the end every run is scaffolded at its combination's best rate (and its
+        default-lr twin beside it). Refused where the spec has no tune: block."""
+        from tunelab.rundir.experiment import SPEC_FILE
+        from tunelab.tune.progress import progress_lines
+
+        exp = self.ws.inside(experiment_dir, "experiment_dir")  # its runs may not be scaffolded yet: the spec's
+        spec = self._spec(self.ws.shown(exp / SPEC_FILE), "experiment_dir")  # paths are held to the root
+        if self._trials(exp) is None:
+            raise TunelabError("no tune: block: add one to search learning rates (see docs/spec-reference.md)",
+                               file=spec, field="tune")
+        pid, log = self.sweeps.start_command("tune", exp, ["--trials", str(trials)] if trials else [])
+        return TuneOut(experiment_dir=self.ws.shown(exp), pid=pid, log=self.ws.shown(log),
+                       tuning=progress_lines(exp, trials or self._trials(exp)))
 
     @one_line
     def cancel(self, experiment_dir: Exp, runs: Annotated[list[str] | None, Field(

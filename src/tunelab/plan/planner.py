@@ -20,7 +20,7 @@ from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
 from tunelab.plan.design import expand_runs, resolve_dataset
-from tunelab.plan.tuned import with_tuned_rates
+from tunelab.plan.tuned import with_default_twins, with_tuned_rates
 from tunelab.plan.tunecost import SearchCost, search_costs
 from tunelab.errors import TunelabError
 from tunelab.estimate.ranged import contention_warnings
@@ -361,7 +361,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     deadline, deadline_s = sweeptime.sweep_deadline(spec, deadline)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)
-    runs = with_tuned_rates(spec, expand_runs(spec, spec_path.parent, exp_dir), exp_dir)  # tunelab tune's rates
+    runs = with_tuned_rates(spec, with_default_twins(spec, expand_runs(spec, spec_path.parent, exp_dir)),
+                            exp_dir)  # tunelab tune's rates; each tuned run's twin at the default rate beside it
     levers.resolve_effective_batches(runs, spec, spec_path, gpu is not None)
     attention = resolve_runs_attention(runs)  # auto → the kernel for each run's batches, written into run.yaml
     check_eval_tasks(spec, spec_path, runs, exp_dir)

@@ -168,6 +168,7 @@ class ReportData:
     spec: ExperimentSpec | None = None
     eval_only: list[RunData] = field(default_factory=list)
     prompts: dict[str, str | None] = field(default_factory=dict)  # p1 -> template, when prompts are swept
+    twins: list[RunData] = field(default_factory=list)  # tuned runs' default-lr twins (tune.compare_default)
 
     @property
     def all(self) -> list[RunData]:
@@ -326,9 +327,10 @@ def gather(experiment_dir: str | Path) -> ReportData:
     cfgs = load_runs(exp)
     spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
     attempts = all_attempts(exp)
-    by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": []}
-    for cfg in cfgs:
-        by_kind[cfg.kind].append(_run_data(cfg, results[cfg.name], exp, attempts))
+    by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": [], "twin": []}
+    for cfg in cfgs:  # a default-lr twin is kept apart: the findings are the tuned runs'; the Tuning section compares
+        kind = "twin" if cfg.default_lr_of is not None else cfg.kind
+        by_kind[kind].append(_run_data(cfg, results[cfg.name], exp, attempts))
     runs, controls, eval_only = by_kind["finetune"], by_kind["control"], by_kind["eval_only"]
     everything = runs + controls + eval_only
     models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
@@ -350,4 +352,5 @@ def gather(experiment_dir: str | Path) -> ReportData:
         spec=spec,
         eval_only=eval_only,
         prompts=prompts,
+        twins=by_kind["twin"],
     )

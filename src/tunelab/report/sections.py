@@ -348,11 +348,13 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     from tunelab.report.provenance import data_section
     from tunelab.report.replicates import replicates
     from tunelab.report.stages import stages_section
+    from tunelab.report.tuning import tuning_section
 
     maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
              training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),
              image_answers(data, f.best, report_dir(data) / "figures"),
-             replicates(data, f), key_findings(data, f), storage(data), checked_section(data), issues(data, f),
+             replicates(data, f), key_findings(data, f), tuning_section(data, report_dir(data) / "figures"),
+             storage(data), checked_section(data), issues(data, f),
              next_steps(f), appendix(data)]
     sections = [s for s in maybe if s is not None]
     return Document(f"Experiment report: {data.name}", meta, sections, partial=data.partial,

@@ -68,6 +68,9 @@ class RunConfig(_Strict):
     tuned: str | None = Field(
         None, exclude_if=lambda v: v is None, description="Where training.learning_rate came from when `tunelab "
         "tune` chose it, e.g. 'tuned: best of 8 trials, val loss 0.412 at 3.2e-4, trial 5'.")
+    default_lr_of: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="The tuned run this one is the default-learning-rate "
+        "twin of (tune.compare_default): it trains at the spec's training.learning_rate and is never tuned.")
     estimate: RunEstimate | None = Field(
         None, description="The planner's estimate at scaffold time (steps, seconds, source, slurm_time_limit); "
         "informational, and the SLURM time limit when resources.slurm.time_limit is unset.")

@@ -54,6 +54,9 @@ class TuneSpec(_Strict):
     objective: str = Field(VAL_LOSS, description="val_loss (the last validation loss, lower is better) or an eval "
                            "task's metric: METRIC or TASK/METRIC.")
     seed: int | None = Field(None, description="The sampler's seed (default: training.seed).")
+    compare_default: bool = Field(
+        True, description="Also train each tuned run's twin at training.learning_rate (`RUN_lr-default`, never "
+        "tuned), so the report can say whether each finding holds at the tuned rates and at the one default.")
 
     def sampler_seed(self, training_seed: int) -> int:
         """The seed the search's sampler takes: the block's own, else the spec's training seed."""

@@ -1,0 +1,96 @@
+"""The learning-rate search as the report shows it: every trial of every combination, read from its own run
+directory under tune/ (run.yaml's rate, metrics.jsonl's validation losses, pruned.json) and tune/best.json, and a
+figure per combination of the objective against the rate — so a reader sees what the chosen rate rests on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.report.figures import FigureFile, _new, _save, _slug, _style
+from tunelab.rundir.config import load_run_config
+from tunelab.rundir.metrics import read_metrics
+from tunelab.rundir.status import read_status
+from tunelab.rundir.tuned import TRIAL_PREFIX, read_best, read_pruned, tune_dir
+
+PRUNED = "pruned"
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial: its rate, how it ended, its objective (the validation loss the search judged it by: pruned.json's
+    for a pruned trial, else the last one it logged) and whether the search chose it."""
+
+    combination: str
+    number: int
+    learning_rate: float
+    state: str  # pruned, or the run's own state (completed, failed, interrupted, running; pending before it began)
+    value: float | None
+    step: int | None
+    chosen: bool
+
+
+def _last_val_loss(run_dir: Path) -> tuple[float | None, int | None]:
+    rows = [(r.val_loss, r.step) for r in read_metrics(run_dir) if r.val_loss is not None]
+    if not rows or not math.isfinite(rows[-1][0]):
+        return None, rows[-1][1] if rows else None
+    return float(rows[-1][0]), rows[-1][1]
+
+
+def read_trials(experiment_dir: str | Path) -> dict[str, list[TrialPoint]]:
+    """Every combination's trials by number ({} without a search)."""
+    root = tune_dir(experiment_dir)
+    best = read_best(experiment_dir)
+    out: dict[str, list[TrialPoint]] = {}
+    for combo in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        points = []
+        for d in combo.iterdir():
+            number = d.name.removeprefix(TRIAL_PREFIX)
+            if not d.name.startswith(TRIAL_PREFIX) or not number.isdigit() or not (d / "run.yaml").is_file():
+                continue
+            cfg = load_run_config(d)
+            pruned = read_pruned(d)
+            value, step = (pruned.value, pruned.step) if pruned is not None else _last_val_loss(d)
+            chosen = combo.name in best and best[combo.name].trial == int(number)
+            points.append(TrialPoint(combo.name, int(number), cfg.training.learning_rate if cfg.training else math.nan,
+                                     PRUNED if pruned is not None else read_status(d).state or "pending",
+                                     value, step, chosen))
+        if points:
+            out[combo.name] = sorted(points, key=lambda p: p.number)
+    return out
+
+
+def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path) -> FigureFile | None:
+    """The objective against the learning rate (log axis): completed trials as dots, pruned ones as crosses at the
+    loss they were stopped at, the chosen one ringed. None when no trial has a value yet."""
+    shown = [p for p in points if p.value is not None and p.learning_rate > 0]
+    if not shown:
+        return None
+    fig = _new(5.5, 3.4)
+    ax = fig.add_subplot()
+    for state, marker, color, label in ((None, "o", "#1f77b4", "trial (final val loss)"),
+                                        (PRUNED, "x", "#7f7f7f", "pruned (val loss when stopped)")):
+        group = [p for p in shown if (p.state == PRUNED) == (state == PRUNED)]
+        if group:
+            ax.scatter([p.learning_rate for p in group], [p.value for p in group], marker=marker, color=color,
+                       label=label, zorder=3)
+    for p in shown:
+        ax.annotate(str(p.number), (p.learning_rate, p.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    chosen = [p for p in shown if p.chosen]
+    if chosen:
+        ax.scatter([chosen[0].learning_rate], [chosen[0].value], s=180, facecolors="none", edgecolors="#d62728",
+                   linewidths=2, label=f"chosen: trial {chosen[0].number}", zorder=4)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁻⁴, 3×10⁻⁴, … overlap: the decades alone are labelled
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"Learning-rate search: {combination}", fontsize=10)
+    ax.legend(fontsize=7)
+    _style(ax)
+    key = f"tuning_{_slug(combination)}"
+    caption = (f"{combination}: each trial's validation loss against its learning rate (tune/{combination}/trial-N: "
+               "run.yaml, metrics.jsonl, pruned.json); the ringed trial is the rate its runs train at (tune/best.json).")
+    return _save(fig, out_dir, key, caption)
