@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor
 from tunelab.execute.executors import executor_named
+from tunelab.plan.halving import REDUCTION_FACTOR
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import VAL_LOSS, TuneSpec
@@ -28,7 +29,6 @@ from tunelab.tune.combos import Combination, combinations, trial_config
 from tunelab.tune.trial import TrialOutcome, TrialRun
 
 PARAM = "learning_rate"
-REDUCTION_FACTOR = 3  # successive halving keeps the best third of the trials at each rung
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
