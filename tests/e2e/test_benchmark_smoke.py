@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
@@ -27,6 +28,7 @@ sys.path.insert(0, str(BENCH))
 import forking  # noqa: E402
 
 SMOKED = {  # script -> its test, longest first (the order the smokes start in; CPU s each in its fork, measured alone)
+    "tuning.py": "test_tuning_smoke_tables_agree_with_the_trials_and_runs",  # ~60 (4 trials: fresh interpreters)
     "threads.py": "test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up",  # ~55 (8 fresh ranks)
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
@@ -40,7 +42,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
-            "deadline.py", "threads.py")  # they take --out DIR
+            "deadline.py", "threads.py", "tuning.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py")}
@@ -378,3 +380,53 @@ def test_deadline_smoke_predicted_and_measured_add_up(smokes):
         lb, la, diff = line(out, rf"^  {run}: before {NUM}, auto {NUM}, auto − before {NUM}$")
         assert diff == pytest.approx(la - lb, abs=0.00011)
     assert len(list((out_dir / "auto" / "runs").glob("*/eval/*/*/scores.json"))) == 2
+
+
+def _last_val_loss(run_dir: Path) -> float:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [r["val_loss"] for r in rows if r.get("val_loss") is not None][-1]
+
+
+@pytest.mark.slow  # 6 tiny runs forked, 4 trials through the local executor (each a fresh interpreter)
+def test_tuning_smoke_tables_agree_with_the_trials_and_runs(smokes):
+    """The rate sweep's losses are its runs' own last validation losses and the default is the rate where the
+    ranks' regrets differ most; the tuned rates are tune/best.json's and their losses the tuned runs'; the search
+    row counts the trial directories (pruned.json, status.json steps, run.yaml budgets) and the journal agrees."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    out, out_dir = smoke(smokes, "tuning.py")
+    sweep = {rate: line(out, rf"^\| {rate} \| {NUM} \| {NUM} \|$") for rate in ("0.001", "0.03")}
+    for rate, losses in sweep.items():
+        for rank, loss in zip((4, 64), losses):
+            assert loss == pytest.approx(_last_val_loss(out_dir / "sweep" / "runs" / f"r{rank}-lr{rate}"), abs=5e-5)
+    best = [min(v[i] for v in sweep.values()) for i in (0, 1)]
+    gap = {rate: abs((v[0] - best[0]) - (v[1] - best[1])) for rate, v in sweep.items()}
+    (default,) = line(out, rf"^Default learning rate chosen: {NUM} — ")
+    assert gap[f"{default:g}"] == pytest.approx(max(gap.values()), abs=2e-4)
+    row = line(out, rf"^\| default lr \| {NUM}, {NUM} \| {NUM}, {NUM} \| rank (\d+) \|$")
+    assert row[0] == row[2] == default and (row[1], row[3]) == sweep[f"{default:g}"]
+    rates = json.loads((out_dir / "tuned" / "tune" / "best.json").read_text())
+    tuned = line(out, rf"^\| tuned lr \| {NUM}, {NUM} \| {NUM}, {NUM} \| rank (\d+) \|$")
+    for i, rank in enumerate((4, 64)):
+        assert tuned[2 * i] == pytest.approx(rates[f"lora_rank-{rank}"]["learning_rate"], rel=5e-3)
+        assert tuned[2 * i + 1] == pytest.approx(_last_val_loss(out_dir / "tuned" / "whole" / f"tuned-r{rank}"),
+                                                 abs=5e-5)
+    assert row[4] == (4 if row[1] < row[3] else 64) and tuned[4] == (4 if tuned[1] < tuned[3] else 64)
+    assert f"Ranking changed: {'no' if row[4] == tuned[4] else 'yes'}" in out
+    trials = sorted((out_dir / "tuned" / "tune").glob("*/trial-*"))
+    steps = sum(json.loads((t / "status.json").read_text())["step"] for t in trials)
+    budget = sum(yaml.safe_load((t / "run.yaml").read_text())["training"]["max_steps"] for t in trials)
+    pruned = sum((t / "pruned.json").is_file() for t in trials)
+    n, p, trained, of, wall, price, low, high = line(
+        out, rf"^\| successive halving \| (\d+) \| (\d+) \| (\d+) / (\d+) \| {NUM} \| {NUM} \({NUM}–{NUM}\) \|$")
+    assert (n, p, trained, of) == (len(trials), pruned, steps, budget) and n == 4 and wall > 0
+    assert low <= price <= high
+    storage = JournalStorage(JournalFileBackend(str(out_dir / "tuned" / "tune" / "journal.log")))
+    states = [t.state for s in optuna.get_all_study_summaries(storage) for t in
+              optuna.load_study(study_name=s.study_name, storage=storage).get_trials()]
+    assert len(states) == n and sum(s == optuna.trial.TrialState.PRUNED for s in states) == pruned
+    left, pace, saved = line(out, rf"^Pruner saved \(estimate: steps not trained × measured step time\): (\d+) "
+                                  rf"steps × {NUM} s = {NUM} s;")
+    assert left == budget - steps and saved == pytest.approx(left * pace, abs=0.051 + left * 0.0005)

@@ -173,3 +173,17 @@ def test_a_finished_sweep_stops_its_clock_at_its_last_end_and_one_not_started_sa
     fresh = sweep_remaining(exp, dict.fromkeys(PHASES, Phase.WAITING))
     assert fresh.started_at is None and fresh.elapsed_s == 0 and fresh.line.startswith("sweep: not started")
     assert fresh.remaining_s == pytest.approx(3 * 130)
+
+
+def test_a_learning_rate_searchs_first_trial_starts_the_sweeps_clock(write_spec):
+    """The plan's verdict counts the search before the runs, so the deadline's clock starts at its first trial."""
+    from tunelab.rundir.tuned import trial_dir
+
+    exp = _sweep(write_spec)
+    earlier = START - timedelta(minutes=3)
+    write_status(trial_dir(exp, "lora_rank-4", 0), state="completed", first_started_at=earlier.isoformat(),
+                 started_at=earlier.isoformat())
+    now = START + timedelta(seconds=200)
+    r = sweep_remaining(exp, PHASES, now=now)
+    assert r.started_at == earlier.isoformat(timespec="seconds") and r.elapsed_s == 380.0
+    assert r.time_left_s == DEADLINE_S - 380.0

@@ -9,6 +9,7 @@ import yaml
 
 from tunelab.fsutil import human_seconds
 from tunelab.mcp.models import PlanOut
+from tunelab.plan.halving import spent_share
 from tunelab.plan.planner import make_plan
 from tunelab.rundir.tuned import TunedRate, write_best
 from tunelab.scaffold.write import scaffold
@@ -45,7 +46,12 @@ def test_the_plan_prices_each_combinations_search(write_spec):
     for cost in plan.search:
         est = plan.estimates[cost.run]
         assert est.seconds is not None and est.startup_s is not None and 0 < est.startup_s < est.seconds
-        total = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s))  # each trial starts in full
+        full = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s))  # each trial starts in full
+        assert cost.unpruned_s == round(full, 1)
+        steps = math.floor(0.25 * est.steps)  # the trials' validation interval: a quarter of their steps
+        share = spent_share(6, steps, max(1, steps // 4))  # checked against Optuna in test_tune_halving.py
+        assert 0 < share < 1 and cost.spent_share == round(share, 4)
+        total = 6 * (est.startup_s + share * 0.25 * (est.seconds - est.startup_s))  # as the pruner spends it
         assert cost.seconds == round(total, 1)
         assert cost.steps_per_trial == math.floor(0.25 * est.steps) and cost.trials == 6
         if est.time_range is not None:
@@ -57,4 +63,4 @@ def test_the_plan_prices_each_combinations_search(write_spec):
     text = render_plan_md(plan)
     assert "## Learning-rate search" in text and "| lora_rank-8 |" in text
     total = sum(c.seconds for c in plan.search if c.seconds is not None)
-    assert f"**Search total:** 2 combination(s), 12 trials: {human_seconds(total)} if every trial" in text
+    assert f"**Search total:** 2 combination(s), 12 trials: {human_seconds(total)} as successive halving" in text

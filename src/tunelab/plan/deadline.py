@@ -8,6 +8,10 @@ with every part at its P10, its median and its P90 (estimate/interval.py; the pa
 same way, as one machine's load slows them all). It fits at P90, fits at P50 but not at P90, does not fit — then
 what would have to give for the P90 to fit: the runs to drop, the share of epochs or of evaluation samples —,
 or cannot be told (a figure not predicted). Every figure names its source.
+
+With a `tune:` block the learning-rate search comes first, one trial at a time (plan/searchline.py prices it with
+plan/tunecost.py's formula): the makespan is the search's time plus the runs' (each at P10, P50 and P90), and what
+would have to give may also be fewer trials or a smaller budget fraction.
 """
 
 from __future__ import annotations
@@ -61,10 +65,23 @@ class RunTimeline(BaseModel):
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
 
 
+class SearchLine(BaseModel):
+    """The learning-rate search on the sweep's timeline: before the runs, one trial at a time."""
+
+    combinations: int = Field(description="Combinations still to search (searched ones are not counted).")
+    trials: int = Field(description="Trials per combination (tune.trials).")
+    budget: float = Field(description="The fraction of a run's steps a trial trains at most (tune.budget).")
+    seconds: float | None = Field(None, description="The search's predicted time (P50), s (None: not predicted).")
+    p10_s: float | None = Field(None, description="The same at P10, s.")
+    p90_s: float | None = Field(None, description="The same at P90, s.")
+    source: str = Field("", description="Where the figures came from.")
+    searched: list[str] = Field([], description="Combinations already searched (tune/best.json): not counted.")
+
+
 class GiveOption(BaseModel):
     """One way to make the sweep fit, and the makespan it gives."""
 
-    what: str = Field(description="runs, epochs or eval_samples.")
+    what: str = Field(description="runs, epochs, eval_samples, or with a search: trials or budget.")
     change: str = Field(description="What would change, in words.")
     makespan_s: float | None = Field(None, description="The predicted makespan with it, s.")
 
@@ -75,7 +92,8 @@ class DeadlinePlan(BaseModel):
     deadline: str = Field(description="The deadline as given ('6h').")
     deadline_s: float = Field(description="The deadline, s.")
     verdict: DeadlineVerdict = Field(description="fits (at P90), fits_at_p50, does_not_fit or unknown.")
-    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50), s.")
+    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50; a search "
+                                     "included), s.")
     makespan_p10_s: float | None = Field(None, description="The makespan with every part at its P10, s.")
     makespan_p90_s: float | None = Field(None, description="The makespan with every part at its P90, s.")
     slack_s: float | None = Field(None, description="deadline − P90 makespan, s (negative: over at P90).")
@@ -83,6 +101,8 @@ class DeadlinePlan(BaseModel):
     devices: list[str] = Field([], description="The devices runs are placed on.")
     devices_source: str = Field("", description="Where the devices came from (visible GPUs, slurm.pack_gpus, …).")
     runs_per_device: int = Field(1, description="Runs sharing one device at most (resources.runs_per_gpu).")
+    search: SearchLine | None = Field(None, description="With tune: the learning-rate search before the runs "
+                                      "(its time is in the makespan).")
     runs: list[RunTimeline] = Field([], description="Every run's time and placement.")
     unknown: list[str] = Field([], description="Runs whose time is not predicted, and why.")
     gives: list[GiveOption] = Field([], description="Where it does not fit: what would have to give.")
@@ -104,9 +124,13 @@ def makespan(lines: list[RunTimeline], devices: list[Device], per_device: int,
     return forecast(devices, needs, per_device).makespan_s
 
 
+SearchGives = Callable[[float, float], list[GiveOption]]  # (P90 time left for the search, runs' P90) → options
+
+
 def judge(deadline: str, deadline_s: float, lines: list[RunTimeline], devices: list[Device], devices_source: str,
-          per_device: int = 1, notes: list[str] | None = None) -> DeadlinePlan:
-    """The verdict on these runs (their times known or not) placed on `devices`."""
+          per_device: int = 1, notes: list[str] | None = None, search: SearchLine | None = None,
+          search_gives: SearchGives | None = None) -> DeadlinePlan:
+    """The verdict on these runs (their times known or not) placed on `devices`, after the search if any."""
     schedule = forecast(devices, [RunNeed(r.run, r.gpus, r.total_s, r.peak_memory_gib) for r in lines], per_device)
     placed = {p.run: p for p in schedule.placements}
     for r in lines:
@@ -115,18 +139,34 @@ def judge(deadline: str, deadline_s: float, lines: list[RunTimeline], devices: l
     unknown = [f"{r.run}: {r.train_source if r.train_s is None else r.eval_source}" for r in lines
                if r.total_s is None]
     unknown += [f"{name}: needs more devices than the sweep may use" for name in schedule.unplaceable]
+    if search is not None and search.seconds is None:
+        unknown.append(f"learning-rate search: {search.source}")
     span = schedule.makespan_s if not unknown else None
     low = makespan(lines, devices, per_device, p10) if span is not None else None
     high = makespan(lines, devices, per_device, p90) if span is not None else None
-    out = DeadlinePlan(deadline=deadline, deadline_s=deadline_s, verdict=_verdict(span, high, deadline_s),
-                       makespan_s=span, makespan_p10_s=low, makespan_p90_s=high,
-                       slack_s=round(deadline_s - high, 1) if high is not None else None,
+    before = _search_times(search) if span is not None else (0.0, 0.0, 0.0)
+    total = [None if x is None else round(x + b, 1) for x, b in zip((low, span, high), before)]
+    out = DeadlinePlan(deadline=deadline, deadline_s=deadline_s, verdict=_verdict(total[1], total[2], deadline_s),
+                       makespan_s=total[1], makespan_p10_s=total[0], makespan_p90_s=total[2],
+                       slack_s=round(deadline_s - total[2], 1) if total[2] is not None else None,
                        longest_run_s=max((r.total_s for r in lines if r.total_s is not None), default=None),
                        devices=[d.id for d in devices], devices_source=devices_source, runs_per_device=per_device,
-                       runs=lines, unknown=unknown, notes=list(notes or []))
-    if out.verdict in (DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.FITS_P50):
-        out.gives = what_gives(lines, devices, per_device, deadline_s)
+                       search=search, runs=lines, unknown=unknown, notes=list(notes or []))
+    if out.verdict in (DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.FITS_P50) and high is not None:
+        out.gives = [g.model_copy(update={"makespan_s": None if g.makespan_s is None
+                                          else round(g.makespan_s + before[2], 1)})
+                     for g in what_gives(lines, devices, per_device, deadline_s - before[2])]
+        if search_gives is not None and search is not None:
+            out.gives += search_gives(deadline_s - high, high)
     return out
+
+
+def _search_times(search: SearchLine | None) -> tuple[float, float, float]:
+    """The search's (P10, P50, P90), s (0 without one); a bound not given is its P50."""
+    if search is None or search.seconds is None:
+        return 0.0, 0.0, 0.0
+    mid = search.seconds
+    return (search.p10_s if search.p10_s is not None else mid, mid, search.p90_s if search.p90_s is not None else mid)
 
 
 def _verdict(span: float | None, high: float | None, deadline_s: float) -> DeadlineVerdict:
@@ -177,7 +217,7 @@ def _drop_runs(lines: list[RunTimeline], devices: list[Device], per_device: int,
                       makespan_s=round(span, 1))
 
 
-def _largest_share(span_at: Callable[[float], float | None], deadline_s: float) -> float | None:
+def largest_share(span_at: Callable[[float], float | None], deadline_s: float) -> float | None:
     """The largest share in (0, 1] whose makespan fits (bisection); None when even a tiny share does not."""
     tiny = span_at(1e-3)
     if tiny is None or tiny > deadline_s:
@@ -200,7 +240,7 @@ def _fewer_epochs(lines: list[RunTimeline], devices: list[Device], per_device: i
             return r.total_s - (r.train_s + r.saves_s) * (1 - share)
         return seconds
 
-    share = _largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
+    share = largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
     if share is None:
         return None
     return GiveOption(what="epochs", change=f"train {share:.0%} of each run's epochs (training.epochs × "
@@ -212,7 +252,7 @@ def _fewer_samples(lines: list[RunTimeline], devices: list[Device], per_device: 
     def at(share: float) -> Callable[[RunTimeline], float | None]:
         return lambda r: None if r.total_s is None else r.total_s - (r.eval_s or 0.0) * (1 - share)
 
-    share = _largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
+    share = largest_share(lambda s: makespan(lines, devices, per_device, at(s)), deadline_s)
     if share is None:
         return None
     return GiveOption(what="eval_samples", change=f"evaluate {share:.0%} of each task's samples (eval.limit)",

@@ -57,6 +57,17 @@ def _sources(d: DeadlinePlan) -> list[str]:
     return lines
 
 
+def _search_lines(d: DeadlinePlan) -> list[str]:
+    """The learning-rate search, first on the timeline (its time is in the makespan)."""
+    s = d.search
+    if s is None:
+        return []
+    span = f" (P10–P90 {_t(s.p10_s)}–{_t(s.p90_s)})" if s.p10_s is not None else ""
+    done = f"; already searched, not counted: {', '.join(s.searched)}" if s.searched else ""
+    return ["", f"Before the runs, the learning-rate search (`tunelab tune`): {_t(s.seconds)}{span} — {s.source}"
+            f"{done}. The makespan above includes it."]
+
+
 def deadline_lines(d: DeadlinePlan | None, levers: dict[str, list[LeverChoice]]) -> list[str]:
     """The section (nothing without a deadline)."""
     if d is None:
@@ -67,6 +78,7 @@ def deadline_lines(d: DeadlinePlan | None, levers: dict[str, list[LeverChoice]])
              "| Run | Training | Saves | Eval start | Evaluation | Total (P10–P90) | Where (start) |",
              "|---|---|---|---|---|---|---|"]
     lines += [_run_row(r) for r in d.runs]
+    lines += _search_lines(d)
     lines += _sources(d)
     if d.verdict in (DeadlineVerdict.FITS_P50, DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.UNKNOWN) \
             and any("timed here" in r.train_source or "assumed" in r.train_source for r in d.runs):

@@ -32,6 +32,7 @@ from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.rundir.metrics import seconds_left, seconds_per_step, step_paces
 from tunelab.rundir.scores import read_scores
+from tunelab.rundir.tuned import TRIAL_PREFIX, tune_dir
 from tunelab.spec import load_spec
 
 NO_DEADLINE = float("inf")
@@ -154,12 +155,14 @@ def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> S
 
 
 def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
-    """The first job's submission (the ledger's jobs), else the first training start (status.json): when the
-    sweep's makespan began (report/predicted.py measures it from the same)."""
+    """The first job's submission (the ledger's jobs), else the first training start (status.json) — a learning-rate
+    search's first trial's included, as the plan's deadline verdict counts the search: when the sweep's makespan
+    began (report/predicted.py measures the runs' from the same)."""
     rows = store.query(exp, "SELECT MIN(submitted_at) AS first FROM jobs")
     starts = [_when(rows[0]["first"]) if rows else None]
-    for cfg in runs:
-        status = read_status(cfg.run_dir)
+    trials = sorted(tune_dir(exp).glob(f"*/{TRIAL_PREFIX}*"))
+    for run_dir in [cfg.run_dir for cfg in runs] + trials:
+        status = read_status(run_dir)
         starts.append(_when(status.first_started_at or status.started_at))
     known = [t for t in starts if t is not None]
     return min(known) if known else None

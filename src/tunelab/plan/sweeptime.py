@@ -21,6 +21,7 @@ from tunelab.estimate.interval import time_range
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.plan.evalcost import SplitRows, eval_cost, job_start
 from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
+from tunelab.plan.searchline import pending_search, search_gives, search_line
 from tunelab.plan.split import Lengths
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
@@ -126,8 +127,10 @@ def sweep_deadline(spec: ExperimentSpec, given: str | None) -> tuple[str | None,
         raise TunelabError(str(exc), field="--deadline") from None
 
 
-def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows) -> DeadlinePlan:
-    """The verdict on the plan's runs against `deadline`."""
+def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows,
+                  with_search: bool = True) -> DeadlinePlan:
+    """The verdict on the plan's runs against `deadline`, after the learning-rate search still to run (unless
+    `with_search` is off: the runs alone)."""
     from tunelab.ledger import generation, history, predictions
 
     # read once for every run's timeline (each run's evaluation prices its tasks with them)
@@ -144,13 +147,18 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
                      "CPU-seconds; their sharing is not modelled)")
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
+    pending = pending_search(plan.spec, plan.runs, plan.estimates) if with_search else None
+    if pending is not None and pending.combos:
+        return judge(deadline, deadline_s, lines, devices, source, per_device, notes, search_line(pending),
+                     search_gives(pending))
     return judge(deadline, deadline_s, lines, devices, source, per_device, notes)
 
 
 def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
-    """The sweep's makespan and its interval without a deadline: the verdict's own forecast (one formula), judged
-    against none."""
-    return deadline_plan(plan, "none", math.inf, split_rows)
+    """The runs' makespan and its interval without a deadline: the verdict's own forecast (one formula), judged
+    against none — the runs alone, as the report measures the sweep from its first job (the search's trials are
+    not the sweep's jobs)."""
+    return deadline_plan(plan, "none", math.inf, split_rows, with_search=False)
 
 
 def fitted_estimates(sweep: Sweep, deadline: tuple[str | None, float | None],

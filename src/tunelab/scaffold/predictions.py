@@ -3,7 +3,8 @@ the jobs (the Slurm evaluation job's limit) and, after the sweep, the report's p
 the very figures the plan showed: each run's evaluation (estimate/evalrun.py) and the sweep's makespan.
 
 The makespan is the sweep's forecast (plan/sweeptime.py `sweep_forecast`: training and evaluation placed on
-the sweep's devices, with its P10–P90 interval) — the deadline verdict's own when the plan has one: one formula.
+the sweep's devices, with its P10–P90 interval) — the deadline verdict's own when the plan has one: one formula. The
+runs alone: the report measures the sweep from its first job, and a learning-rate search's trials are not its jobs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _makespan(plan: Plan) -> tuple[TimeRange | None, str]:
     from tunelab.plan.planner import split_lengths
     from tunelab.plan.sweeptime import Sweep, sweep_forecast
 
-    forecast = plan.deadline or sweep_forecast(Sweep(plan.spec, plan.runs, plan.estimates, plan.gpu, plan.node,
+    verdict = plan.deadline if plan.deadline is not None and plan.deadline.search is None else None
+    forecast = verdict or sweep_forecast(Sweep(plan.spec, plan.runs, plan.estimates, plan.gpu, plan.node,
                                                      levered=bool(plan.levers), spec_path=plan.spec_path),
                                                split_lengths)
     if forecast.makespan_s is None or forecast.makespan_p10_s is None or forecast.makespan_p90_s is None:

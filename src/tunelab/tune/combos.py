@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.plan.halving import validation_interval
 from tunelab.plan.planner import Plan
 from tunelab.plan.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.tuned import trial_dir
 from tunelab.spec import TuneSpec
-
-VALIDATIONS_PER_TRIAL = 4  # where the spec sets no validation interval: the pruner sees about this many
 
 
 @dataclass(frozen=True)
@@ -56,12 +55,12 @@ def trial_steps(combo: Combination, budget: float) -> int:
 def trial_config(combo: Combination, experiment_dir: Path, number: int, learning_rate: float,
                  budget: float) -> RunConfig:
     """Trial `number`'s run: the combination's run at `learning_rate`, stopped after budget x its steps, validated
-    often enough for the pruner (the spec's interval, else about VALIDATIONS_PER_TRIAL times), in its own
+    often enough for the pruner (plan/halving.py `validation_interval`: the price counts the same rungs), in its own
     directory."""
     base = combo.run
     assert base.training is not None  # a fine-tuned run
     steps = trial_steps(combo, budget)
-    every = base.training.validation_every_steps or max(1, steps // VALIDATIONS_PER_TRIAL)
+    every = validation_interval(base.training.validation_every_steps, steps)
     training = base.training.model_copy(update={
         "learning_rate": learning_rate, "max_steps": steps, "validation_every_steps": every})
     return base.model_copy(update={

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor
 from tunelab.execute.executors import executor_named
+from tunelab.plan.halving import REDUCTION_FACTOR
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import VAL_LOSS, TuneSpec
@@ -28,7 +29,6 @@ from tunelab.tune.combos import Combination, combinations, trial_config
 from tunelab.tune.trial import TrialOutcome, TrialRun
 
 PARAM = "learning_rate"
-REDUCTION_FACTOR = 3  # successive halving keeps the best third of the trials at each rung
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -50,8 +50,11 @@ def journal(experiment_dir: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def open_study(storage: JournalStorage, combo: Combination, min_resource: int) -> optuna.Study:
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=REDUCTION_FACTOR)
+def open_study(storage: JournalStorage, combo: Combination, min_resource: int, prune: bool = True) -> optuna.Study:
+    """The combination's study; `prune` off: every trial trains its budget (benchmarks/tuning.py measures what the
+    pruner saves against that)."""
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=REDUCTION_FACTOR)
+              if prune else optuna.pruners.NopPruner())
     return optuna.create_study(study_name=combo.name, storage=storage, direction="minimize", pruner=pruner,
                                load_if_exists=True)
 
@@ -75,13 +78,13 @@ def _next_trial(study: optuna.Study, tune: TuneSpec, seed: int, trials: int) -> 
 
 
 def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int,
-                       on_trial: Callable[[TrialDone], None]) -> optuna.Study:
+                       on_trial: Callable[[TrialDone], None], prune: bool = True) -> optuna.Study:
     """Trials of one combination until `trials` of them finished (completed, pruned or failed)."""
     tune = plan.spec.tune
     assert tune is not None
     first = trial_config(combo, plan.experiment_dir, 0, tune.learning_rate.high, tune.budget).training
     assert first is not None and first.validation_every_steps is not None  # every trial validates at this interval
-    study = open_study(journal(plan.experiment_dir), combo, first.validation_every_steps)
+    study = open_study(journal(plan.experiment_dir), combo, first.validation_every_steps, prune)
     seed = tune.sampler_seed(plan.spec.training.seed)
     while (finished := sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))) < trials:
         trial, reported = _next_trial(study, tune, seed, trials)
@@ -120,8 +123,9 @@ def tunable_plan(spec_path: str | Path) -> Plan:
 
 
 def search(spec_path: str | Path, trials: int | None = None,
-           on_trial: Callable[[TrialDone], None] = lambda done: None) -> dict[str, TunedRate]:
-    """Every combination's search, then tune/best.json; returns the rates chosen by combination."""
+           on_trial: Callable[[TrialDone], None] = lambda done: None, prune: bool = True) -> dict[str, TunedRate]:
+    """Every combination's search, then tune/best.json; returns the rates chosen by combination (`prune` off: no
+    trial stopped early)."""
     plan = tunable_plan(spec_path)
     tune = plan.spec.tune
     assert tune is not None
@@ -129,7 +133,7 @@ def search(spec_path: str | Path, trials: int | None = None,
     ex = executor_named(plan.spec.resources.executor)
     best = read_best(plan.experiment_dir)
     for combo in combinations(plan, tune):
-        study = search_combination(ex, plan, combo, trials or tune.trials, on_trial)
+        study = search_combination(ex, plan, combo, trials or tune.trials, on_trial, prune)
         rate = best_rate(study, combo, tune.objective)
         if rate is not None:
             best[combo.name] = rate

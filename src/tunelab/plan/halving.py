@@ -1,0 +1,86 @@
+"""What successive halving spends: the steps a search's trials are expected to train once the pruner
+(`tunelab tune`: Optuna's SuccessiveHalvingPruner, min_resource = the trials' validation interval, reduction factor
+η) has stopped the ones it stops — so the plan prices the search as the pruner will spend it, not as if every trial
+trained to its budget.
+
+The rule is Optuna's own (asynchronous successive halving): rungs at r·η^k steps (k = 0, 1, … while within the
+trial's budget S); a trial reaching rung k is kept when its validation loss is among the best ⌊m/η⌋ of the m trials
+that reached rung k so far, itself included (the best one when ⌊m/η⌋ is 0); else it stops there, having trained
+r·η^k steps. A trial kept at every rung trains all S steps. Trials run one at a time (`tunelab tune`).
+
+Which trials are good is not known before they train, so the spend is an expectation over their order: every order
+of the trials' quality equally likely, and a trial's rank the same at every rung (learning curves that do not
+cross). Exact over every order up to EXACT_UP_TO trials, else the mean of SAMPLED_ORDERS seeded random orders.
+A sampler that improves as it learns (TPE) makes later trials better, so kept more often: the price leans low then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import lru_cache
+
+REDUCTION_FACTOR = 3  # successive halving keeps the best third of the trials at each rung (tune/search.py)
+VALIDATIONS_PER_TRIAL = 4  # where the spec sets no validation interval: the pruner sees about this many
+EXACT_UP_TO = 6  # trials: every order enumerated (6! = 720)
+SAMPLED_ORDERS = 2000  # orders drawn, seeded, for more trials
+ORDER_SEED = 0
+
+
+def validation_interval(every: int | None, steps: int) -> int:
+    """A trial's validation interval (the pruner's min_resource): the spec's, else about VALIDATIONS_PER_TRIAL per
+    trial of `steps` steps."""
+    return every or max(1, steps // VALIDATIONS_PER_TRIAL)
+
+
+def rungs(min_resource: int, steps: int, eta: int = REDUCTION_FACTOR) -> list[int]:
+    """The steps at which the pruner judges a trial of `steps` steps: r, r·η, r·η², … up to `steps`."""
+    out, at = [], max(1, min_resource)
+    while at <= steps:
+        out.append(at)
+        at *= eta
+    return out
+
+
+def kept(rank: int, earlier: list[int], eta: int) -> bool:
+    """Optuna's promotion rule: `rank` (lower is better) among the m ranks that reached the rung (it included)."""
+    competing = sorted(earlier + [rank])
+    return rank <= competing[max(1, len(competing) // eta) - 1]
+
+
+def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: int) -> int:
+    """The steps all trials train when their quality ranks arrive in `order`, one trial after another."""
+    reached: list[list[int]] = [[] for _ in rung_steps]
+    total = 0
+    for rank in order:
+        spent = steps
+        for k, at in enumerate(rung_steps):
+            promoted = kept(rank, reached[k], eta)
+            reached[k].append(rank)
+            if not promoted:
+                spent = at
+                break
+        total += spent
+    return total
+
+
+@lru_cache(maxsize=256)
+def expected_steps(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:
+    """The mean steps a trial trains in a search of `trials` trials of at most `steps` steps each."""
+    if trials < 1 or steps < 1:
+        return 0.0
+    rung_steps = rungs(min_resource, steps, eta)
+    if not rung_steps:
+        return float(steps)
+    if trials <= EXACT_UP_TO:
+        orders = list(itertools.permutations(range(trials)))
+    else:
+        rng = random.Random(ORDER_SEED)
+        orders = [tuple(rng.sample(range(trials), trials)) for _ in range(SAMPLED_ORDERS)]
+    mean = sum(order_steps(o, rung_steps, steps, eta) for o in orders) / len(orders)
+    return mean / trials
+
+
+def spent_share(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:
+    """The share of the trials' budgets the pruner is expected to let them train (1.0: nothing pruned)."""
+    return expected_steps(trials, steps, min_resource, eta) / steps if steps >= 1 else 1.0
