@@ -89,7 +89,8 @@ def test_a_plan_with_a_search_and_a_deadline_counts_it_and_names_fewer_trials_or
     left = seconds - runs.makespan_p90_s
     # the price is not monotone in the budget (a trial's rungs move as it gains a step): every budget tried by hand
     largest = max(b / 1e4 for b in range(1, 2500) if _search_p90(plan, 6, b / 1e4) <= left)
-    assert budget == pytest.approx(largest, abs=1.5e-4) and 0.15 <= budget < 0.16
+    # (not necessarily near 0.15: the price is not monotone, so a larger budget far below may fit too)
+    assert budget == pytest.approx(largest, abs=1.5e-4) and 0 < budget < 1
     assert _search_p90(plan, 6, budget) <= left and "tune.budget" in gives["budget"].change
     md = render_plan_md(plan)
     assert "Before the runs, the learning-rate search (`tunelab tune`)" in md

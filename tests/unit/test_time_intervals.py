@@ -104,5 +104,5 @@ def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, m
     assert again.seconds_raw == pytest.approx(first.seconds_raw, rel=1e-6)  # the same timing (cached)
     factor = 2.0 ** (4 / 6)
     assert again.seconds == pytest.approx(start + (again.seconds_raw - start) * factor, abs=0.2)
-    assert "history says timed predictions of this ran 100 % slow here over 4 run(s)" in again.time_source
+    assert "history says timed predictions of this (training) ran 100 % slow here over 4 run(s)" in again.time_source
     assert "4 recorded errors" in again.time_range.basis

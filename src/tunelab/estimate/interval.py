@@ -38,6 +38,10 @@ PRIOR_SIGMA = {
 }
 
 
+# each part as a correction names it (several parts of one run are corrected, each by its own records)
+PART_WORDS = {PredictedPart.TRAIN_START: "start-up", PredictedPart.TRAIN: "training", PredictedPart.EVAL: "evaluation"}
+
+
 @dataclass(frozen=True)
 class Correction:
     """A source's recorded errors on a device for one part: the factor applied, the width they show, how many."""
@@ -48,10 +52,11 @@ class Correction:
     median_ratio: float  # measured / predicted, the median of the records
     contended_left_out: int = 0
 
-    def text(self, kind: SourceKind | str) -> str:
+    def text(self, kind: SourceKind | str, part: PredictedPart | None = None) -> str:
         pct = (self.median_ratio - 1) * 100
         way = "slow" if pct >= 0 else "fast"
-        out = (f"history says {kind} predictions of this ran {abs(pct):.0f} % {way} here over {self.n} run(s): "
+        what = f" ({PART_WORDS[part]})" if part is not None else ""
+        out = (f"history says {kind} predictions of this{what} ran {abs(pct):.0f} % {way} here over {self.n} run(s): "
                f"×{self.factor:.2f} applied")
         if self.contended_left_out:
             out += f" ({self.contended_left_out} measured under contention left out)"
@@ -114,7 +119,7 @@ def corrected(seconds: float, records: Sequence[PredictionRecord], device: str, 
     """(corrected seconds, interval, what the correction says — '' without records) of one part."""
     fix = correction(records, device, part, kind)
     p50 = seconds * fix.factor if fix is not None else seconds
-    return p50, time_range(p50, kind, spread, fix), fix.text(kind) if fix is not None else ""
+    return p50, time_range(p50, kind, spread, fix), fix.text(kind, part) if fix is not None else ""
 
 
 def ranged_eval(seconds: float, source: str, records: Sequence[PredictionRecord], device: str

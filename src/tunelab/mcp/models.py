@@ -62,11 +62,13 @@ class PlanOut(BaseModel):
     plan_md: str | None = Field(default=None, description="plan.md written (None when not written).")
     deadline: DeadlinePlan | None = Field(default=None, description="With resources.deadline or --deadline: the "
                                           "sweep's predicted makespan against it (training with the levers, "
-                                          "evaluation, start-up, placement), the verdict, every figure's source and "
-                                          "what would have to give.")
+                                          "evaluation, start-up, placement; with tune: the search still to run, "
+                                          "first), the verdict, every figure's source and what would have to give "
+                                          "(fewer trials or a smaller budget among them).")
     search: list[SearchCost] = Field(default_factory=list, description="With tune: each combination's learning-rate "
-                                     "search priced: trials × budget × the run's predicted training time (an upper "
-                                     "bound: pruned trials stop early).")
+                                     "search priced: trials × (start-up + the share of the budget successive "
+                                     "halving is expected to train × the run's predicted training time), with its "
+                                     "interval; unpruned_s: every trial to its budget.")
 
     @classmethod
     def of(cls, plan: Plan, plan_md: str | None = None) -> PlanOut:
