@@ -93,7 +93,8 @@ def rate_sweep(spec: Path, rates: list[float], out: Path) -> dict[int, dict[floa
     """(a): every rate × rank trained whole; {rank: {rate: final val loss}}."""
     from tunelab.plan.planner import make_plan
 
-    runs = {cfg.factors["lora_rank"]: cfg for cfg in make_plan(spec, estimates=False).finetune_runs}
+    runs = {cfg.factors["lora_rank"]: cfg for cfg in make_plan(spec, estimates=False).finetune_runs
+            if cfg.default_lr_of is None}  # a default-lr twin shares its run's factors
     return {rank: {rate: train_at(runs[rank], rate, out / f"r{rank}-lr{rate:g}") for rate in rates}
             for rank in RANKS}
 
@@ -157,7 +158,8 @@ def tuned_losses(spec: Path, out: Path) -> dict[int, tuple[float, float]]:
     """(b): each rank trained whole at its tuned rate (the plan reads tune/best.json); {rank: (rate, loss)}."""
     from tunelab.plan.planner import make_plan
 
-    runs = {cfg.factors["lora_rank"]: cfg for cfg in make_plan(spec, estimates=False).finetune_runs}
+    runs = {cfg.factors["lora_rank"]: cfg for cfg in make_plan(spec, estimates=False).finetune_runs
+            if cfg.default_lr_of is None}  # a default-lr twin shares its run's factors
     return {r: (runs[r].training.learning_rate, train_at(runs[r], runs[r].training.learning_rate,
                                                          out / f"tuned-r{r}")) for r in RANKS}
 
@@ -231,8 +233,9 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     t0 = time.perf_counter()
     model, data = build_inputs(out, a.words)
+    # compare_default off: the benchmark trains each rank at the default rate itself, (a) and (b)
     tune = {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}, "per": ["lora_rank"], "trials": a.trials,
-            "budget": a.budget}
+            "budget": a.budget, "compare_default": False}
     rates = [float(x) for x in a.rates.split(",")]
     losses = rate_sweep(write_spec(out / "sweep", model, data, None), rates, out / "sweep" / "runs")
     default, why = choose_default(losses)
