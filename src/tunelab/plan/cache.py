@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.diskcache import cached_json, file_stamps
+from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, resolve_path
 
 _CHECKING_CODE = ("data", "evaluate", "spec")  # tunelab packages whose code decides what passes
@@ -49,3 +50,20 @@ def tasks_checked(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path, c
         return True
 
     cached_json("eval-tasks-checked", key, run)
+
+
+def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
+    """Before any job: task files import and bind, built-ins build on their dataset split — once per
+    distinct dataset x prompt (the split records exist by now); skipped when they passed for the same inputs."""
+    def check() -> None:
+        from tunelab.evaluate.usertasks import check_tasks
+
+        check_tasks(spec, spec_path.parent)
+        seen = set()
+        for cfg in runs:
+            key = (cfg.dataset.name, cfg.prompt)
+            if key not in seen:
+                seen.add(key)
+                check_tasks(cfg)
+
+    tasks_checked(spec, spec_path, experiment_dir, check)

@@ -19,6 +19,7 @@ from tunelab.data.splits import load_data, split_record_path
 from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
+from tunelab.plan.cache import check_eval_tasks
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
 from tunelab.plan.tunecost import SearchCost, search_costs
@@ -279,25 +280,6 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
     return out
 
 
-def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
-    """Before any job: task files import and bind, built-ins build on their dataset split — once per
-    distinct dataset x prompt (the split records exist by now); skipped when they passed for the same inputs."""
-    from tunelab.plan.cache import tasks_checked
-
-    def check() -> None:
-        from tunelab.evaluate.usertasks import check_tasks
-
-        check_tasks(spec, spec_path.parent)
-        seen = set()
-        for cfg in runs:
-            key = (cfg.dataset.name, cfg.prompt)
-            if key not in seen:
-                seen.add(key)
-                check_tasks(cfg)
-
-    tasks_checked(spec, spec_path, experiment_dir, check)
-
-
 def cpu_threads() -> int:
     """The threads a one-process job trains with on this machine (CPU time estimates, history lookups): the
     same rule the job applies (tunelab/threads.py), so the plan looks up rows timed with what the job will get.
@@ -391,30 +373,37 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
                 node_raises=node_raises)
     if estimates:
-        plan.truncation = {cfg.name: truncation(cfg) for cfg in plan.finetune_runs}
-        for name, rows in plan.truncation.items():
-            for t in rows:
-                if t.cut and t.split in ("train", "validation"):
-                    plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
-                                         f"max_seq_len (longest {t.longest} tokens): their answers are cut")
-        plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
-                       for k, v in run_image_facts(cfg, split_lengths).items()}
-        plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
-            sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
-                runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
-        plan.search = search_costs(spec, runs, plan.estimates)
-        storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
-        plan.storage_problem = storage[0] if storage else None
-        plan.warnings += storage
-        plan.warnings += contention_warnings(plan.estimates)
-        if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
-            plan.schedule = local_schedule(plan)
-        for e in plan.estimates.values():
-            if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
-                    and e.peak_memory_gib > e.gpu_memory_gib):
-                fewest = (f"; it fits {e.gpus_needed.gpus} GPUs FSDP-sharded: set resources.gpus_per_run: "
-                          f"{e.gpus_needed.gpus_per_run}" if e.gpus_needed is not None else "")
-                plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
-                                     f"{e.gpu_memory_gib:.1f} GiB (run `tunelab validate` for a batch that fits)"
-                                     + fewest)
+        _estimate(plan, deadline, deadline_s)
     return plan
+
+
+def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> None:
+    """A plan's estimates and what follows from them: truncation, images, levers, times, the deadline verdict,
+    the search's price, storage, the local schedule and their warnings."""
+    spec, runs, gpu, node, spec_path = plan.spec, plan.runs, plan.gpu, plan.node, plan.spec_path
+    plan.truncation = {cfg.name: truncation(cfg) for cfg in plan.finetune_runs}
+    for name, rows in plan.truncation.items():
+        for t in rows:
+            if t.cut and t.split in ("train", "validation"):
+                plan.warnings.append(f"{name}{f' (stage {t.stage})' if t.stage else ''}: {t.cut} of {t.examples} {t.split} examples are longer than "
+                                     f"max_seq_len (longest {t.longest} tokens): their answers are cut")
+    plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
+                   for k, v in run_image_facts(cfg, split_lengths).items()}
+    plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
+        sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
+            runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
+    plan.search = search_costs(spec, runs, plan.estimates)
+    storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
+    plan.storage_problem = storage[0] if storage else None
+    plan.warnings += storage
+    plan.warnings += contention_warnings(plan.estimates)
+    if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
+        plan.schedule = local_schedule(plan)
+    for e in plan.estimates.values():
+        if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
+                and e.peak_memory_gib > e.gpu_memory_gib):
+            fewest = (f"; it fits {e.gpus_needed.gpus} GPUs FSDP-sharded: set resources.gpus_per_run: "
+                      f"{e.gpus_needed.gpus_per_run}" if e.gpus_needed is not None else "")
+            plan.warnings.append(f"{e.run}: predicted peak {e.peak_memory_gib} GiB exceeds {gpu.name}'s "
+                                 f"{e.gpu_memory_gib:.1f} GiB (run `tunelab validate` for a batch that fits)"
+                                 + fewest)
