@@ -305,7 +305,6 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, names, tmp_pa
     import os
     import re
     import socket
-    import threading
     import time
 
     from rich.console import Console
@@ -313,6 +312,7 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, names, tmp_pa
     from tunelab.execute.progress import clock
     from tunelab.execute.status import status_rows
     from tunelab.execute.watch import watch
+    from tunelab.rundir.metrics import RECENT_ROWS
 
     exp = tmp_path / "exp"
     shutil.copytree(sweep, exp)
@@ -331,16 +331,23 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, names, tmp_pa
     status.update(state="running", step=step, total_steps=total, host=socket.gethostname(), pid=os.getpid())
     (run / "status.json").write_text(json.dumps(status))
     train_rows = [r for r in kept if r.get("loss") is not None]
-    eta = clock(train_rows[-1]["elapsed_s"] / step * (total - step))
+    timed = [r for r in kept if r.get("step") and r.get("elapsed_s")]
+    first, last_row = timed[-1 - RECENT_ROWS], timed[-1]  # the live pace: over the last logged rows, not the mean
+    eta = clock((last_row["elapsed_s"] - first["elapsed_s"]) / (last_row["step"] - first["step"]) * (total - step))
 
-    def fail_soon():
-        time.sleep(1.5)
-        (run / "status.json").write_text(json.dumps({**status, "state": "failed", "error": "CUDA out of memory"}))
+    looks = [0]
+
+    def rows_then_fail():
+        """The run fails between the watch's second and third look: once the running frame was drawn, however slow
+        a look is on a loaded machine (a fixed sleep here failed on CI when the first look alone took longer)."""
+        looks[0] += 1
+        if looks[0] == 3:
+            (run / "status.json").write_text(json.dumps({**status, "state": "failed", "error": "CUDA out of memory"}))
+        return status_rows(exp)
 
     out = io.StringIO()
-    threading.Thread(target=fail_soon, daemon=True).start()
     start = time.perf_counter()
-    last = watch(exp, lambda: status_rows(exp), Console(file=out, width=200, force_terminal=True), interval_s=0.3)
+    last = watch(exp, rows_then_fail, Console(file=out, width=200, force_terminal=True), interval_s=0.3)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the words, without the terminal's styling
     assert time.perf_counter() - start < 30
     assert f"{step}/{total}" in text and f"{train_rows[-1]['loss']:.4f}" in text and eta in text  # the running frame
