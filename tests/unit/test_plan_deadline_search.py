@@ -22,7 +22,11 @@ TUNE = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "per": ["lora_rank"], "tri
 
 @pytest.fixture(autouse=True)
 def fresh_history(tmp_path, monkeypatch):
+    """A history and a timing cache of this test's own: its plans all price with the one CPU timing the first one
+    took (the suite's shared cache re-times a contended timing after CONTENDED_KEEP_S, which may fall between two
+    plans of one test, and the test's hand prices are made from the first plan's estimates)."""
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
 
 
 def _line(name: str, total: float, spread: float = 0.2) -> RunTimeline:

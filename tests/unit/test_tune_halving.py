@@ -8,16 +8,18 @@ import itertools
 import optuna
 import pytest
 
-from tunelab.plan.halving import expected_steps, order_steps, rungs, spent_share, validation_interval
+from tunelab.plan.halving import (expected_finished, expected_spend, expected_steps, order_steps, rungs, spent_share,
+                                  validation_interval)
 
 
-def optuna_steps(order: tuple[int, ...], every: int, steps: int, eta: int) -> int:
-    """The steps Optuna's SuccessiveHalvingPruner lets trials train, one after another, each reporting its rank as
-    its loss at every validation (a trial's rank the same at every step: curves that do not cross)."""
+def optuna_steps(order: tuple[int, ...], every: int, steps: int, eta: int) -> tuple[int, int]:
+    """(the steps Optuna's SuccessiveHalvingPruner lets trials train, the trials it lets finish), one after another,
+    each reporting its rank as its loss at every validation (a trial's rank the same at every step: curves that do
+    not cross)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=eta)
     study = optuna.create_study(direction="minimize", pruner=pruner)
-    total = 0
+    total = finished = 0
     for rank in order:
         trial = study.ask()
         trained = steps
@@ -29,7 +31,8 @@ def optuna_steps(order: tuple[int, ...], every: int, steps: int, eta: int) -> in
         study.tell(trial, None if trained < steps else float(rank),
                    state=optuna.trial.TrialState.PRUNED if trained < steps else optuna.trial.TrialState.COMPLETE)
         total += trained
-    return total
+        finished += trained == steps
+    return total, finished
 
 
 def test_the_rungs_are_the_validation_interval_times_powers_of_eta():
@@ -58,8 +61,17 @@ def test_the_expected_spend_matches_a_hand_computation():
     assert expected_steps(4, 8, 10) == 8.0 and spent_share(4, 8, 10) == 1.0
 
 
+def test_the_trials_expected_to_finish_match_a_hand_computation():
+    # the same search as above: the first trial always finishes, the second with 1/2, the third with 1/3 (as the
+    # best of three at rung 10, then the best at rung 30 too): what an eval-metric objective evaluates
+    assert expected_finished(1, 40, 10) == 1.0
+    assert expected_finished(2, 40, 10) == pytest.approx(1.5)
+    assert expected_finished(3, 40, 10) == pytest.approx(1 + 1 / 2 + 1 / 3)
+    assert expected_finished(4, 8, 10) == 4.0  # nothing pruned: every trial finishes
+
+
 def test_more_trials_spend_a_smaller_share_and_the_sampled_price_is_seeded():
     shares = [spent_share(n, 40, 10) for n in (2, 4, 6, 8, 16)]
     assert shares == sorted(shares, reverse=True) and shares[-1] < 0.6
-    expected_steps.cache_clear()
+    expected_spend.cache_clear()
     assert spent_share(16, 40, 10) == shares[-1]  # the same seeded orders: the same price

@@ -30,16 +30,16 @@ def tune_cmd(
 
     Per combination of the tune.per factors' levels: Optuna trials, each a real run of budget x the run's steps
     under tune/<combination>/trial-N on the sweep's executor, pruned on their validation loss (successive
-    halving). Resumable: run it again after a stop or a kill and it goes on where it was. Then every run of
+    halving) and judged by tune.objective (the last validation loss, or an eval task's metric: each trained
+    trial then evaluated by a job of its own). Resumable: run it again after a stop or a kill and it goes on where it was. Then every run of
     the combination gets the best trial's rate in its run.yaml, with its source (`tuned:`)."""
     from tunelab.scaffold.write import scaffold
     from tunelab.tune.search import TrialDone, search
 
     def line(done: TrialDone) -> None:
-        outcome = done.outcome
-        value = f"val loss {outcome.value:.4g} at step {outcome.step}" if outcome.value is not None else "no value"
-        say("{} trial {} ({}/{}): lr {} " + STATE_MARKUP.get(outcome.state.name, outcome.state.name) + ", {}",
-            done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", value)
+        state = done.outcome.state.name
+        say("{} trial {} ({}/{}): lr {} " + STATE_MARKUP.get(state, state) + ", {}",
+            done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", done.value_text)
 
     spec = spec_of(experiment)
     best = search(spec, trials, on_trial=line)

@@ -283,8 +283,11 @@ class PipelineTools:
                  ge=1, description="Trials per combination (default: tune.trials of the spec).")] = None) -> TuneOut:
         """Start (or resume) the learning-rate search of the spec's tune: block in the background (`tunelab tune`)
         and return at once; follow it with status (its `tuning` lines). Each trial is a real run under
-        tune/<combination>/trial-N; at the end every run is scaffolded at its combination's best rate (and its
-        default-lr twin beside it). Refused where the spec has no tune: block."""
+        tune/<combination>/trial-N, pruned on its validation loss and judged by tune.objective (val_loss, or an
+        eval task's metric: each trial that trains its whole budget is then evaluated by a job of its own); an
+        out-of-memory trial is retried at a smaller micro-batch like any run. At the end every run is scaffolded at
+        its combination's best rate (and its default-lr twin beside it). Refused where the spec has no tune:
+        block."""
         from tunelab.rundir.experiment import SPEC_FILE
         from tunelab.tune.progress import progress_lines
 

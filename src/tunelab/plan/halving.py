@@ -48,10 +48,11 @@ def kept(rank: int, earlier: list[int], eta: int) -> bool:
     return rank <= competing[max(1, len(competing) // eta) - 1]
 
 
-def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: int) -> int:
-    """The steps all trials train when their quality ranks arrive in `order`, one trial after another."""
+def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: int) -> tuple[int, int]:
+    """(the steps all trials train, how many of them train all `steps`) when their quality ranks arrive in
+    `order`, one trial after another."""
     reached: list[list[int]] = [[] for _ in rung_steps]
-    total = 0
+    total = finished = 0
     for rank in order:
         spent = steps
         for k, at in enumerate(rung_steps):
@@ -61,24 +62,36 @@ def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: 
                 spent = at
                 break
         total += spent
-    return total
+        finished += spent == steps
+    return total, finished
 
 
 @lru_cache(maxsize=256)
-def expected_steps(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:
-    """The mean steps a trial trains in a search of `trials` trials of at most `steps` steps each."""
+def expected_spend(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> tuple[float, float]:
+    """(the mean steps a trial trains, the expected trials that train their whole budget) in a search of `trials`
+    trials of at most `steps` steps each — the trials an eval-metric objective then evaluates."""
     if trials < 1 or steps < 1:
-        return 0.0
+        return 0.0, 0.0
     rung_steps = rungs(min_resource, steps, eta)
     if not rung_steps:
-        return float(steps)
+        return float(steps), float(trials)
     if trials <= EXACT_UP_TO:
         orders = list(itertools.permutations(range(trials)))
     else:
         rng = random.Random(ORDER_SEED)
         orders = [tuple(rng.sample(range(trials), trials)) for _ in range(SAMPLED_ORDERS)]
-    mean = sum(order_steps(o, rung_steps, steps, eta) for o in orders) / len(orders)
-    return mean / trials
+    spends = [order_steps(o, rung_steps, steps, eta) for o in orders]
+    return sum(t for t, _ in spends) / len(orders) / trials, sum(f for _, f in spends) / len(orders)
+
+
+def expected_steps(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:
+    """The mean steps a trial trains in a search of `trials` trials of at most `steps` steps each."""
+    return expected_spend(trials, steps, min_resource, eta)[0]
+
+
+def expected_finished(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:
+    """The trials expected to train their whole budget (never pruned)."""
+    return expected_spend(trials, steps, min_resource, eta)[1]
 
 
 def spent_share(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> float:

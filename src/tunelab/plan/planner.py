@@ -392,7 +392,8 @@ def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> Non
     plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
         sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
             runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
-    plan.search = search_costs(spec, runs, plan.estimates)
+    plan.search = search_costs(spec, runs, plan.estimates, sweeptime.search_evaluations(sweeptime.Sweep(
+        spec, runs, plan.estimates, gpu, node, spec_path=spec_path), split_lengths))
     storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
     plan.storage_problem = storage[0] if storage else None
     plan.warnings += storage

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.plan.deadline import SEARCH_STEPS, GiveOption, SearchLine
+from tunelab.plan.evalcost import EvalCost
 from tunelab.plan.tunecost import SearchCost, search_cost
 from tunelab.plan.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
@@ -21,24 +22,28 @@ BUDGET_PLACES = 4  # a smaller budget is said to this many decimals
 
 @dataclass(frozen=True)
 class PendingSearch:
-    """The combinations not searched yet, each with the run its trials derive from and that run's estimate."""
+    """The combinations not searched yet, each with the run its trials derive from and that run's estimate (and one
+    trial's evaluation, for an eval-metric objective)."""
 
     combos: list[tuple[str, RunConfig, RunEstimate | None]]
     trials: int
     budget: float
     searched: list[str]
+    evaluations: dict[str, EvalCost] = field(default_factory=dict)
 
     def costs(self, trials: int, budget: float) -> list[SearchCost]:
-        return [search_cost(name, run, est, trials, budget) for name, run, est in self.combos]
+        return [search_cost(name, run, est, trials, budget, self.evaluations.get(name))
+                for name, run, est in self.combos]
 
     def p90(self, trials: int, budget: float) -> float | None:
         """The search's P90 with `trials` trials at `budget` (None: not predicted)."""
         return _summed(self.costs(trials, budget))[2]
 
 
-def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate]
-                   ) -> PendingSearch | None:
-    """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done."""
+def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
+                   evaluations: dict[str, EvalCost] | None = None) -> PendingSearch | None:
+    """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done.
+    `evaluations`: one trial's evaluation by combination (plan/tunecost.py trial_evaluations)."""
     tune = spec.tune
     if tune is None:
         return None
@@ -48,7 +53,7 @@ def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[
             searched.append(name)
         else:
             combos.append((name, group[0], estimates.get(group[0].name)))
-    return PendingSearch(combos, tune.trials, tune.budget, searched)
+    return PendingSearch(combos, tune.trials, tune.budget, searched, evaluations or {})
 
 
 def _summed(costs: list[SearchCost]) -> tuple[float | None, float | None, float | None]:

@@ -19,14 +19,16 @@ from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
 from tunelab.estimate.interval import time_range
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
-from tunelab.plan.evalcost import SplitRows, eval_cost, job_start
+from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, job_start
 from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
 from tunelab.plan.searchline import pending_search, search_gives, search_line
+from tunelab.plan.tunecost import trial_evaluations
 from tunelab.plan.split import Lengths
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
 from tunelab.errors import TunelabError
 from tunelab.spec import ExperimentSpec
+from tunelab.spec.tune import objective_task
 from tunelab.spec.resources import parse_duration
 
 NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
@@ -131,12 +133,7 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
                   with_search: bool = True) -> DeadlinePlan:
     """The verdict on the plan's runs against `deadline`, after the learning-rate search still to run (unless
     `with_search` is off: the runs alone)."""
-    from tunelab.ledger import generation, history, predictions
-
-    # read once for every run's timeline (each run's evaluation prices its tasks with them)
-    plan = replace(plan, history=history.load() if plan.history is None else plan.history,
-                   generation=generation.load() if plan.generation is None else plan.generation,
-                   errors=predictions.load() if plan.errors is None else plan.errors)
+    plan = with_history(plan)  # read once for every run's timeline (each run's evaluation prices its tasks with it)
     lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
@@ -147,11 +144,32 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
                      "CPU-seconds; their sharing is not modelled)")
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
-    pending = pending_search(plan.spec, plan.runs, plan.estimates) if with_search else None
+    pending = (pending_search(plan.spec, plan.runs, plan.estimates, search_evaluations(plan, split_rows))
+               if with_search else None)
     if pending is not None and pending.combos:
         return judge(deadline, deadline_s, lines, devices, source, per_device, notes, search_line(pending),
                      search_gives(pending))
     return judge(deadline, deadline_s, lines, devices, source, per_device, notes)
+
+
+def with_history(plan: Sweep) -> Sweep:
+    """The sweep with the history's runs, generation speeds and recorded errors read (where not read yet)."""
+    from tunelab.ledger import generation, history, predictions
+
+    return replace(plan, history=history.load() if plan.history is None else plan.history,
+                   generation=generation.load() if plan.generation is None else plan.generation,
+                   errors=predictions.load() if plan.errors is None else plan.errors)
+
+
+def search_evaluations(plan: Sweep, split_rows: SplitRows) -> dict[str, EvalCost]:
+    """One trial's evaluation job by combination, priced like the runs' evaluations (an eval-metric objective;
+    {} otherwise): the plan's search costs and the deadline's search line price it alike."""
+    tune = plan.spec.tune
+    if tune is None or objective_task(tune.objective, plan.spec.eval) is None:
+        return {}
+    plan = with_history(plan)
+    return trial_evaluations(plan.spec, plan.runs, lambda cfg: eval_cost(
+        cfg, plan.gpu, plan.history or [], split_rows, plan.estimates.get(cfg.name), plan.generation, plan.errors))
 
 
 def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:

@@ -2,24 +2,31 @@
 
     trials × (start-up + share × budget × the rest of the run's predicted training time)
 
+    + finished × one trial's evaluation job            (an eval task's metric as objective)
+
 where every trial is a job of its own and pays its start-up in full, and `share` is the part of its budget a trial
 is expected to train once successive halving has stopped the ones it stops (plan/halving.py: Optuna's rule over
 rungs r, r·η, r·η², … with r the trials' validation interval, averaged over the orders the trials' quality may
-come in). The interval is the run's, scaled by the same factor.
+come in); `finished` the trials expected to train their whole budget, each then evaluated on the objective's task
+(its last checkpoint: the job's start and the task, plan/evalcost.py). The interval is the run's, scaled by the
+same factor, plus the evaluations' own.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.fsutil import human_seconds
-from tunelab.plan.halving import REDUCTION_FACTOR, spent_share, validation_interval
+from tunelab.plan.evalcost import EvalCost
+from tunelab.plan.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
 from tunelab.plan.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.spec import ExperimentSpec
+from tunelab.spec.tune import objective_task
 
 
 class SearchCost(BaseModel):
@@ -37,6 +44,10 @@ class SearchCost(BaseModel):
     seconds: float | None = Field(description="trials × (start-up + spent_share × budget × the rest of the run's "
                                   "predicted training time), s (None: the run has no predicted time).")
     unpruned_s: float | None = Field(None, description="The same if every trial trained to its budget, s.")
+    evaluated: float = Field(0.0, description="Trials expected to be evaluated: those that train their whole "
+                             "budget (an eval task's metric as objective; 0: judged by validation loss).")
+    eval_s: float | None = Field(None, description="One trial's evaluation job (its start and the objective's task on "
+                                 "its last checkpoint), s (None: not evaluated, or not predicted).")
     time_range: TimeRange | None = Field(None, description="The same as an interval (the run's, scaled).")
     source: str = Field(description="How the price was made, in words.")
 
@@ -48,30 +59,76 @@ def _scaled(r: TimeRange | None, factor: float) -> TimeRange | None:
                      p90_s=round(r.p90_s * factor, 1), basis=r.basis)
 
 
-def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate]) -> list[SearchCost]:
-    """Every combination's search priced ([] without `tune:`)."""
+def trial_eval_config(run: RunConfig, task: str) -> RunConfig:
+    """What one trial's evaluation job evaluates, as a run: the objective's task on the last checkpoint."""
+    tasks = [t for t in run.eval.resolved_tasks() if t.name == task]
+    return run.model_copy(update={"eval": run.eval.model_copy(update={"tasks": tasks, "epochs": "last"}),
+                                  "stages": []})
+
+
+def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callable[[RunConfig], EvalCost]
+                      ) -> dict[str, EvalCost]:
+    """One trial's evaluation per combination, priced by `price` (plan/evalcost.py `eval_cost` with the plan's
+    history); {} where the objective is the validation loss."""
+    task = objective_task(spec.tune.objective, spec.eval) if spec.tune is not None else None
+    if task is None:
+        return {}
+    return {name: price(trial_eval_config(group[0], task)) for name, group in combination_runs(spec, runs).items()}
+
+
+def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
+                 evaluations: dict[str, EvalCost] | None = None) -> list[SearchCost]:
+    """Every combination's search priced ([] without `tune:`); `evaluations`: one trial's evaluation by combination
+    (trial_evaluations)."""
     tune = spec.tune
     if tune is None:
         return []
-    return [search_cost(name, group[0], estimates.get(group[0].name), tune.trials, tune.budget)
-            for name, group in combination_runs(spec, runs).items()]
+    return [search_cost(name, group[0], estimates.get(group[0].name), tune.trials, tune.budget,
+                        (evaluations or {}).get(name)) for name, group in combination_runs(spec, runs).items()]
 
 
-def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float) -> SearchCost:
-    """One combination's search of `trials` trials at `budget`: the one formula the plan, the deadline verdict and
-    its fewer-trials or smaller-budget options all price with."""
+def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float,
+                evaluation: EvalCost | None = None) -> SearchCost:
+    """One combination's search of `trials` trials at `budget` (`evaluation`: one trial's evaluation job, for an
+    eval-metric objective): the one formula the plan, the deadline verdict and its fewer-trials or smaller-budget
+    options all price with."""
     every = run.training.validation_every_steps if run.training is not None else None
     steps = trial_steps(est, budget)
-    share = spent_share(trials, steps, validation_interval(every, steps)) if steps else 1.0
+    interval = validation_interval(every, steps)
+    share = spent_share(trials, steps, interval) if steps else 1.0
     seconds = search_seconds(est, trials, budget, share) if est is not None else None
     unpruned = search_seconds(est, trials, budget) if est is not None else None
     factor = seconds / est.seconds if est is not None and seconds is not None and est.seconds else 0.0
+    span = _scaled(est.time_range if est is not None else None, factor)
+    finished = (expected_finished(trials, steps, interval) if steps else float(trials)) if evaluation else 0.0
+    one = _one_evaluation(evaluation)
+    if one is not None and seconds is not None:
+        seconds, unpruned = seconds + finished * one.p50_s, (unpruned or 0.0) + trials * one.p50_s
+        span = _plus(span, one, finished)
     return SearchCost(
         combination=combination, run=run.name, trials=trials, budget=budget, steps_per_trial=steps,
         spent_share=round(share, 4), seconds=round(seconds, 1) if seconds is not None else None,
-        unpruned_s=round(unpruned, 1) if unpruned is not None else None,
-        time_range=_scaled(est.time_range if est is not None else None, factor),
-        source=_source(run.name, est, trials, budget, share, bool(steps)))
+        unpruned_s=round(unpruned, 1) if unpruned is not None else None, time_range=span,
+        evaluated=round(finished, 3), eval_s=round(one.p50_s, 1) if one is not None else None,
+        source=_source(run.name, est, trials, budget, share, bool(steps)) + _eval_source(evaluation, finished))
+
+
+def _one_evaluation(evaluation: EvalCost | None) -> TimeRange | None:
+    """One trial's evaluation job, start included, as an interval (None: none, or its task is not priced)."""
+    if evaluation is None or evaluation.seconds is None:
+        return None
+    start = evaluation.start.range()
+    gen = evaluation.range or TimeRange(p10_s=evaluation.seconds, p50_s=evaluation.seconds,
+                                        p90_s=evaluation.seconds, basis="")
+    return TimeRange(p10_s=start.p10_s + gen.p10_s, p50_s=evaluation.start_s + evaluation.seconds,
+                     p90_s=start.p90_s + gen.p90_s, basis=gen.basis)
+
+
+def _plus(span: TimeRange | None, one: TimeRange, times: float) -> TimeRange | None:
+    if span is None:
+        return None
+    return TimeRange(p10_s=round(span.p10_s + times * one.p10_s, 1), p50_s=round(span.p50_s + times * one.p50_s, 1),
+                     p90_s=round(span.p90_s + times * one.p90_s, 1), basis=span.basis)
 
 
 def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share: float, steps_known: bool) -> str:
@@ -81,6 +138,15 @@ def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share
            if steps_known else "the run's steps are not known: priced as if every trial trained its budget")
     return (f"{trials} trials × (start-up {startup} s + {share:.2f} × {budget:g} × the rest of {run}'s predicted "
             f"training time ({time})); {how}")
+
+
+def _eval_source(evaluation: EvalCost | None, finished: float) -> str:
+    if evaluation is None:
+        return ""
+    if evaluation.seconds is None:
+        return f"; the {finished:.2f} trials expected to finish are each evaluated, not priced ({evaluation.source})"
+    return (f"; + {finished:.2f} trials expected to finish × one evaluation job ({human_seconds(evaluation.start_s)} "
+            f"start, {human_seconds(evaluation.seconds)} on the objective's task: {evaluation.source})")
 
 
 def trial_steps(est: RunEstimate | None, budget: float) -> int:
@@ -112,6 +178,13 @@ def search_lines(costs: list[SearchCost]) -> list[str]:
         full = human_seconds(c.unpruned_s) if c.unpruned_s is not None else "—"
         lines.append(f"| {c.combination} | {c.run} | {c.trials} | {c.budget:g} | {c.steps_per_trial} "
                      f"| {c.spent_share:.0%} | {time} | {full} |")
+    evaluated = [c for c in costs if c.evaluated]
+    if evaluated:
+        lines += ["", "An eval task's metric judges the trials: each trial that trains its whole budget is then "
+                  "evaluated by a job of its own, in the time above (" + "; ".join(
+                      f"{c.combination}: {c.evaluated:.2f} of {c.trials} expected, "
+                      + (f"{human_seconds(c.eval_s)} each" if c.eval_s is not None else "not priced")
+                      for c in evaluated) + ")."]
     return lines + ["", f"**Search total:** {search_summary(costs)}", ""]
 
 

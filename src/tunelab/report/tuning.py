@@ -14,7 +14,8 @@ from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import factor_effects
-from tunelab.report.tuning_trials import TrialPoint, read_trials, trials_figure
+from tunelab.report.tuning_trials import TrialPoint, read_trials, search_objective, trials_figure
+from tunelab.tune.objective import Objective
 
 
 @dataclass
@@ -115,17 +116,24 @@ def _comparison_table(comparisons: list[RateComparison]) -> Table:
                          "default-lr twins (runs/<run>_lr-default), each a mean over the level's completed runs.")
 
 
-def _trials_table(trials: dict[str, list[TrialPoint]]) -> Table:
+def _trials_table(trials: dict[str, list[TrialPoint]], objective: Objective) -> Table:
+    scored = objective.evaluated
     rows = [[p.combination, str(p.number), f"{p.learning_rate:.3g}", p.state,
              f"{p.value:.4g}" if p.value is not None else "—", str(p.step) if p.step is not None else "—",
+             *([f"{p.score:.4g}" if p.score is not None else "—"] if scored else []),
              "chosen" if p.chosen else ""] for points in trials.values() for p in points]
-    return Table(["Combination", "Trial", "Learning rate", "State", "Val loss", "At step", ""], rows,
-                 caption="tune/<combination>/trial-N: run.yaml, metrics.jsonl, pruned.json; chosen: tune/best.json.")
+    return Table(["Combination", "Trial", "Learning rate", "State", "Val loss", "At step",
+                  *([objective.words] if scored else []), ""], rows,
+                 caption="tune/<combination>/trial-N: run.yaml, metrics.jsonl, pruned.json"
+                 + (", eval/epoch_N/<task>/scores.json" if scored else "") + "; chosen: tune/best.json.")
 
 
 def tuning_section(data: ReportData, figures_dir: Path) -> Section | None:
     """The section (None without a search and without twins)."""
-    trials = read_trials(data.experiment_dir)
+    tune = data.spec.tune if data.spec is not None else None
+    objective = search_objective(data.experiment_dir, Objective.of(tune.objective, data.spec.eval)
+                                 if tune is not None and data.spec is not None else None)
+    trials = read_trials(data.experiment_dir, objective)
     comparisons = rate_comparisons(data)
     if not trials and not comparisons:
         return None
@@ -136,9 +144,9 @@ def tuning_section(data: ReportData, figures_dir: Path) -> Section | None:
         blocks += [Para(c.sentence) for c in comparisons]
         blocks.append(_comparison_table(comparisons))
     for combination, points in trials.items():
-        fig = trials_figure(combination, points, figures_dir)
+        fig = trials_figure(combination, points, figures_dir, objective)
         if fig is not None:
             blocks.append(Figure(f"figures/{fig.path.name}", fig.caption, alt=fig.key.replace("_", " ")))
     if trials:
-        blocks.append(_trials_table(trials))
+        blocks.append(_trials_table(trials, objective))
     return Section("Tuning", blocks)

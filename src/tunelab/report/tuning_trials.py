@@ -1,6 +1,7 @@
 """The learning-rate search as the report shows it: every trial of every combination, read from its own run
-directory under tune/ (run.yaml's rate, metrics.jsonl's validation losses, pruned.json) and tune/best.json, and a
-figure per combination of the objective against the rate — so a reader sees what the chosen rate rests on."""
+directory under tune/ (run.yaml's rate, metrics.jsonl's validation losses, pruned.json, and — an eval task's metric
+as objective — its scores.json) and tune/best.json, and a figure per combination of the objective against the rate —
+so a reader sees what the chosen rate rests on."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from tunelab.rundir.config import load_run_config
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 from tunelab.rundir.tuned import TRIAL_PREFIX, read_best, read_pruned, tune_dir
+from tunelab.tune.objective import Objective
 
 PRUNED = "pruned"
 
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """One trial: its rate, how it ended, its objective (the validation loss the search judged it by: pruned.json's
-    for a pruned trial, else the last one it logged) and whether the search chose it."""
+    """One trial: its rate, how it ended, its validation loss (pruned.json's for a pruned trial, else the last one
+    it logged), its score on an eval-metric objective (None: judged by the loss, or not evaluated) and whether the
+    search chose it."""
 
     combination: str
     number: int
@@ -29,6 +32,7 @@ class TrialPoint:
     value: float | None
     step: int | None
     chosen: bool
+    score: float | None = None
 
 
 def _last_val_loss(run_dir: Path) -> tuple[float | None, int | None]:
@@ -38,10 +42,18 @@ def _last_val_loss(run_dir: Path) -> tuple[float | None, int | None]:
     return float(rows[-1][0]), rows[-1][1]
 
 
-def read_trials(experiment_dir: str | Path) -> dict[str, list[TrialPoint]]:
-    """Every combination's trials by number ({} without a search)."""
+def search_objective(experiment_dir: str | Path, spec_objective: Objective | None = None) -> Objective:
+    """What the search judged its trials by: tune/best.json's objective, else the spec's, else the validation loss."""
+    named = {b.objective for b in read_best(experiment_dir).values()}
+    return Objective.parse(min(named)) if named else spec_objective or Objective.parse("val_loss")
+
+
+def read_trials(experiment_dir: str | Path, objective: Objective | None = None) -> dict[str, list[TrialPoint]]:
+    """Every combination's trials by number ({} without a search); `objective`: what they were judged by
+    (search_objective)."""
     root = tune_dir(experiment_dir)
     best = read_best(experiment_dir)
+    objective = objective or search_objective(experiment_dir)
     out: dict[str, list[TrialPoint]] = {}
     for combo in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         points = []
@@ -55,42 +67,73 @@ def read_trials(experiment_dir: str | Path) -> dict[str, list[TrialPoint]]:
             chosen = combo.name in best and best[combo.name].trial == int(number)
             points.append(TrialPoint(combo.name, int(number), cfg.training.learning_rate if cfg.training else math.nan,
                                      PRUNED if pruned is not None else read_status(d).state or "pending",
-                                     value, step, chosen))
+                                     value, step, chosen, objective.read(d) if objective.evaluated else None))
         if points:
             out[combo.name] = sorted(points, key=lambda p: p.number)
     return out
 
 
-def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path) -> FigureFile | None:
-    """The objective against the learning rate (log axis): completed trials as dots, pruned ones as crosses at the
-    loss they were stopped at, the chosen one ringed. None when no trial has a value yet."""
-    shown = [p for p in points if p.value is not None and p.learning_rate > 0]
-    if not shown:
-        return None
-    fig = _new(5.5, 3.4)
-    ax = fig.add_subplot()
+def _loss_panel(ax, shown: list[TrialPoint]) -> None:
+    """Every trial's validation loss: completed ones as dots, pruned ones as crosses where they stopped."""
     for state, marker, color, label in ((None, "o", "#1f77b4", "trial (final val loss)"),
                                         (PRUNED, "x", "#7f7f7f", "pruned (val loss when stopped)")):
         group = [p for p in shown if (p.state == PRUNED) == (state == PRUNED)]
         if group:
             ax.scatter([p.learning_rate for p in group], [p.value for p in group], marker=marker, color=color,
                        label=label, zorder=3)
-    for p in shown:
-        ax.annotate(str(p.number), (p.learning_rate, p.value), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    chosen = [p for p in shown if p.chosen]
+    ax.set_ylabel("validation loss (nats/token)")
+
+
+def _score_panel(ax, scored: list[TrialPoint], objective: Objective) -> None:
+    """The evaluated trials' objective (those that trained their whole budget)."""
+    ax.scatter([p.learning_rate for p in scored], [p.score for p in scored], marker="o", color="#2ca02c",
+               label="evaluated trial", zorder=3)
+    ax.set_ylabel(f"{objective.words} ({'lower' if objective.lower_is_better else 'higher'} is better)")
+
+
+def _mark(ax, points: list[TrialPoint], y: str) -> None:
+    """Each trial's number beside it, the chosen one ringed; the log rate axis, decades labelled."""
+    for p in points:
+        ax.annotate(str(p.number), (p.learning_rate, getattr(p, y)), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    chosen = [p for p in points if p.chosen]
     if chosen:
-        ax.scatter([chosen[0].learning_rate], [chosen[0].value], s=180, facecolors="none", edgecolors="#d62728",
-                   linewidths=2, label=f"chosen: trial {chosen[0].number}", zorder=4)
+        ax.scatter([chosen[0].learning_rate], [getattr(chosen[0], y)], s=180, facecolors="none",
+                   edgecolors="#d62728", linewidths=2, label=f"chosen: trial {chosen[0].number}", zorder=4)
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 
     ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁻⁴, 3×10⁻⁴, … overlap: the decades alone are labelled
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"Learning-rate search: {combination}", fontsize=10)
     ax.legend(fontsize=7)
     _style(ax)
+
+
+def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path,
+                  objective: Objective | None = None) -> FigureFile | None:
+    """The objective against the learning rate (log axis): every trial's validation loss (pruned ones as crosses
+    at the loss they were stopped at) and, an eval task's metric as objective, the evaluated trials' metric beside
+    it; the chosen one ringed. None when no trial has a value yet."""
+    shown = [p for p in points if p.value is not None and p.learning_rate > 0]
+    scored = [p for p in points if p.score is not None and p.learning_rate > 0]
+    if not shown and not scored:
+        return None
+    evaluated = objective is not None and objective.evaluated
+    fig = _new(10.0 if evaluated else 5.5, 3.4)
+    loss_ax = fig.add_subplot(1, 2 if evaluated else 1, 1)
+    _loss_panel(loss_ax, shown)
+    _mark(loss_ax, shown, "value")
+    loss_ax.set_title(f"Learning-rate search: {combination}", fontsize=10)
+    judged = "validation loss"
+    if evaluated:
+        assert objective is not None
+        score_ax = fig.add_subplot(1, 2, 2)
+        _score_panel(score_ax, scored, objective)
+        _mark(score_ax, scored, "score")
+        score_ax.set_title(f"judged by {objective.words}", fontsize=10)
+        judged = f"validation loss (left; what the pruner stops trials on) and {objective.words} (right; what the " \
+                 "search chose by, on each trial that trained its whole budget: its scores.json)"
     key = f"tuning_{_slug(combination)}"
-    caption = (f"{combination}: each trial's validation loss against its learning rate (tune/{combination}/trial-N: "
+    caption = (f"{combination}: each trial's {judged} against its learning rate (tune/{combination}/trial-N: "
                "run.yaml, metrics.jsonl, pruned.json); the ringed trial is the rate its runs train at (tune/best.json).")
     return _save(fig, out_dir, key, caption)

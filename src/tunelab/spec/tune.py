@@ -52,7 +52,9 @@ class TuneSpec(_Strict):
     trials: int = Field(8, ge=1, description="Trials per combination.")
     budget: float = Field(0.25, gt=0, le=1, description="A trial trains at most this fraction of the run's steps.")
     objective: str = Field(VAL_LOSS, description="val_loss (the last validation loss, lower is better) or an eval "
-                           "task's metric: METRIC or TASK/METRIC.")
+                           "task's metric: METRIC or TASK/METRIC (each trial that trains its whole budget is then "
+                           "evaluated on that task by a job of its own; accuracy-like metrics are chosen highest, "
+                           "errors lowest).")
     seed: int | None = Field(None, description="The sampler's seed (default: training.seed).")
     compare_default: bool = Field(
         True, description="Also train each tuned run's twin at training.learning_rate (`RUN_lr-default`, never "
@@ -83,6 +85,18 @@ def objective_choices(evaluation: EvalSpec) -> set[str]:
         for metric in BUILTIN_METRICS.get(task.builtin or "", ()):
             out |= {metric, f"{task.name}/{metric}"}
     return out
+
+
+def objective_task(objective: str, evaluation: EvalSpec) -> str | None:
+    """The eval task an objective is a metric of: TASK of 'TASK/METRIC', the first task (in the spec's order) that
+    reports a bare METRIC, None for val_loss (or a name no task reports: `check_tune` refuses it)."""
+    if objective == VAL_LOSS:
+        return None
+    task, sep, _ = objective.partition("/")
+    if sep:
+        return task
+    return next((t.name for t in evaluation.resolved_tasks() if objective in BUILTIN_METRICS.get(t.builtin or "", ())),
+                None)
 
 
 def _objective_problem(evaluation: EvalSpec, objective: str) -> str | None:

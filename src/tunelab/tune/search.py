@@ -9,6 +9,7 @@ each ask from the spec's seed and the trial's number, so the rates asked do not 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ from tunelab.execute.executors import executor_named
 from tunelab.plan.halving import REDUCTION_FACTOR
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
-from tunelab.spec import VAL_LOSS, TuneSpec
+from tunelab.spec import TuneSpec
 from tunelab.tune.combos import Combination, combinations, trial_config
+from tunelab.tune.objective import Objective
 from tunelab.tune.trial import TrialOutcome, TrialRun
+from tunelab.tune.trial_eval import TrialEvaluation
 
 PARAM = "learning_rate"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -42,6 +45,17 @@ class TrialDone:
     outcome: TrialOutcome
     finished: int  # the combination's finished trials, this one included
     trials: int  # the count asked for
+    objective: str = "val loss"  # what a completed trial's value is (Objective.words)
+
+    @property
+    def value_text(self) -> str:
+        """'val loss 0.412 at step 9' (pruned: always the validation loss), 'exact_match accuracy 0.25 at step 10',
+        or why it failed."""
+        o = self.outcome
+        if o.value is None:
+            return o.error or "no value"
+        what = "val loss" if o.state == TrialState.PRUNED else self.objective
+        return f"{what} {o.value:.4g} at step {o.step}"
 
 
 def journal(experiment_dir: Path) -> JournalStorage:
@@ -79,9 +93,12 @@ def _next_trial(study: optuna.Study, tune: TuneSpec, seed: int, trials: int) -> 
 
 def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int,
                        on_trial: Callable[[TrialDone], None], prune: bool = True) -> optuna.Study:
-    """Trials of one combination until `trials` of them finished (completed, pruned or failed)."""
+    """Trials of one combination until `trials` of them finished (completed, pruned or failed). Optuna is told
+    each completed trial's objective as it minimises it (objective.py `told`)."""
     tune = plan.spec.tune
     assert tune is not None
+    objective = Objective.of(tune.objective, plan.spec.eval)
+    evaluation = TrialEvaluation.of(objective, combo.run)
     first = trial_config(combo, plan.experiment_dir, 0, tune.learning_rate.high, tune.budget).training
     assert first is not None and first.validation_every_steps is not None  # every trial validates at this interval
     study = open_study(journal(plan.experiment_dir), combo, first.validation_every_steps, prune)
@@ -90,22 +107,29 @@ def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int
         trial, reported = _next_trial(study, tune, seed, trials)
         rate = float(trial.params[PARAM])
         cfg = trial_config(combo, plan.experiment_dir, trial.number, rate, tune.budget)
-        outcome = TrialRun(ex, cfg, trial, reported).run()
-        study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None, state=outcome.state)
-        on_trial(TrialDone(combo.name, trial.number, rate, outcome, finished + 1, trials))
+        outcome = TrialRun(ex, cfg, trial, reported, evaluation).run()
+        done = outcome.state == TrialState.COMPLETE and outcome.value is not None
+        study.tell(trial, objective.told(outcome.value) if done else None,  # type: ignore[arg-type]
+                   state=outcome.state)
+        on_trial(TrialDone(combo.name, trial.number, rate, outcome, finished + 1, trials, objective.words))
     return study
 
 
-def best_rate(study: optuna.Study, combo: Combination, objective: str) -> TunedRate | None:
-    """The completed trial with the lowest objective (None: no trial completed)."""
+def best_rate(study: optuna.Study, combo: Combination, objective: Objective) -> TunedRate | None:
+    """The completed trial with the best objective (Optuna's lowest told value; None: no trial completed). Trials
+    tied on it (an accuracy over few samples often is) are told apart by their last validation loss, then by number."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
     if not done:
         return None
-    best = min(done, key=lambda t: (t.value, t.number))
+
+    def last_loss(t: FrozenTrial) -> float:
+        return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else math.inf
+
+    best = min(done, key=lambda t: (t.value, last_loss(t), t.number))
     pruned = sum(t.state == TrialState.PRUNED for t in study.get_trials(deepcopy=False))
-    return TunedRate(combination=combo.name, learning_rate=float(best.params[PARAM]), objective=objective,
-                     value=float(best.value or 0.0), trial=best.number, trials=len(study.get_trials(deepcopy=False)),
-                     pruned=pruned)
+    value = objective.value_of(float(best.value or 0.0)) + 0.0  # + 0.0: a negated 0 reads 0, not -0
+    return TunedRate(combination=combo.name, learning_rate=float(best.params[PARAM]), objective=objective.name,
+                     value=value, trial=best.number, trials=len(study.get_trials(deepcopy=False)), pruned=pruned)
 
 
 def tunable_plan(spec_path: str | Path) -> Plan:
@@ -115,10 +139,6 @@ def tunable_plan(spec_path: str | Path) -> Plan:
     if tune is None:
         raise TunelabError("no tune: block: add one to search learning rates (see docs/spec-reference.md)",
                            file=plan.spec_path, field="tune")
-    if tune.objective != VAL_LOSS:
-        raise TunelabError(f"'{tune.objective}': the search reads validation loss only (an eval metric as objective "
-                           "is not supported yet); use objective: val_loss", file=plan.spec_path,
-                           field="tune.objective")
     return plan
 
 
@@ -134,7 +154,7 @@ def search(spec_path: str | Path, trials: int | None = None,
     best = read_best(plan.experiment_dir)
     for combo in combinations(plan, tune):
         study = search_combination(ex, plan, combo, trials or tune.trials, on_trial, prune)
-        rate = best_rate(study, combo, tune.objective)
+        rate = best_rate(study, combo, Objective.of(tune.objective, plan.spec.eval))
         if rate is not None:
             best[combo.name] = rate
             write_best(plan.experiment_dir, best)

@@ -1,6 +1,8 @@
 """One trial as a real run on the sweep's executor: its run directory written, its training job submitted (or the
 job a killed search left running followed again), its validation losses reported to Optuna as metrics.jsonl gains
-them, and the job cancelled (SIGTERM: the trainer stops cleanly) once the pruner says so.
+them, and the job cancelled (SIGTERM: the trainer stops cleanly) once the pruner says so. A trial that trained its
+budget is judged by its last validation loss, or — an eval task's metric as objective — by its evaluation job
+(tune/trial_eval.py).
 
 Each reported validation is judged in file order whether the search reads it live or after the job ended, so the
 outcome depends on the losses, never on when they were read."""
@@ -11,31 +13,47 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor, JobKind
-from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir import now_iso, read_metrics, read_status
-from tunelab.rundir.config import RunConfig, save_run_config
+from tunelab.execute.failures import OOM, Failure, classify
+from tunelab.execute.retry import apply, decide, differs_only_by_retries
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config, save_run_config
 from tunelab.rundir.layout import COMPLETED
 from tunelab.rundir.tuned import Pruned, read_pruned, write_pruned
 from tunelab.scaffold.write import write_job_script
+from tunelab.tune.trial_eval import JOB_FILE, TrialEvaluation, evaluate_trial, record_job, recorded_job
 
-JOB_FILE = "tune_job.json"  # {executor, job}: the trial's job, so a search started again follows it
+__all__ = ["JOB_FILE", "TrialOutcome", "TrialRun", "submit", "stop"]
+
 STOP_WAIT_S = 120.0  # how long a cancelled job may take to save and stop
-ATTEMPTS = 2  # a trial whose job ended without completing is started again once (the trainer resumes it)
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended for Optuna: its state, and its objective (the last validation loss it reached)."""
+    """How a trial ended for Optuna: its state, its objective (the last validation loss it reached; for an
+    evaluated objective, the metric on its last checkpoint) and why it failed ('' otherwise)."""
 
     state: TrialState
     value: float | None
     step: int | None
+    error: str = ""
+
+
+def healed_config(cfg: RunConfig) -> RunConfig:
+    """The trial's run as its directory has it when only a retry changed it (a smaller micro-batch after an OOM,
+    attempt > 1): a search started again goes on from the healed run, not from the one that failed."""
+    if not (cfg.run_dir / RUN_FILE).is_file():
+        return cfg
+    try:
+        there = load_run_config(cfg.run_dir)
+    except (OSError, ValueError, TunelabError):
+        return cfg
+    return there if there.attempt > 1 and differs_only_by_retries(there, cfg) else cfg
 
 
 def submit(ex: Executor, cfg: RunConfig) -> str:
@@ -46,18 +64,8 @@ def submit(ex: Executor, cfg: RunConfig) -> str:
     room = ex.capacity([cfg])
     env = room.take(cfg, 1, 0)
     job = ex.submit(script, env=env or {})
-    atomic_write_json(cfg.run_dir / JOB_FILE, {"executor": ex.name, "job": job})
+    record_job(ex, cfg.run_dir, "job", job)
     return job
-
-
-def live_job(ex: Executor, run_dir: Path) -> str | None:
-    """The job a previous search started for this trial, while the executor still sees it queued or running."""
-    record = read_json(run_dir / JOB_FILE, default=None)
-    if not isinstance(record, dict) or record.get("executor") != ex.name or not record.get("job"):
-        return None
-    job = str(record["job"])
-    info = (ex.poll([job]) or {}).get(job)
-    return job if info is not None and not info.ended else None
 
 
 def _ended(ex: Executor, job: str | None) -> bool:
@@ -78,21 +86,26 @@ def stop(ex: Executor, job: str | None, interval: float) -> None:
 
 
 class TrialRun:
-    """Follows one trial's job, reporting each new validation loss to Optuna in step order."""
+    """Follows one trial's job, reporting each new validation loss to Optuna in step order; `evaluation`: how a
+    trained trial is evaluated (None: judged by its validation loss)."""
 
-    def __init__(self, ex: Executor, cfg: RunConfig, trial: optuna.Trial, reported: set[int]):
-        self.ex, self.cfg, self.trial = ex, cfg, trial
+    def __init__(self, ex: Executor, cfg: RunConfig, trial: optuna.Trial, reported: set[int],
+                 evaluation: TrialEvaluation | None = None):
+        self.ex, self.cfg, self.trial, self.evaluation = ex, healed_config(cfg), trial, evaluation
         self.reported = set(reported)  # steps Optuna already has (a resumed trial)
         self.interval = ex.poll_interval([cfg])
 
     def run(self) -> TrialOutcome:
-        """Start or follow the job to its end (restarting it once if it stopped early) or to its pruning."""
+        """Start or follow the job to its end or to its pruning. A job that ended early is retried as the sweep's
+        runs are (execute/retry.py: out of memory → a smaller micro-batch, same effective batch; a time limit →
+        a longer one; preempted or a lost node → resumed), anything else started again once."""
         marked = read_pruned(self.cfg.run_dir)
         if marked is not None:  # pruned by a search killed before it told Optuna so
             return TrialOutcome(TrialState.PRUNED, marked.value, marked.step)
-        for _ in range(ATTEMPTS):
+        restarted = False
+        while True:
             done = read_status(self.cfg.run_dir).state == COMPLETED
-            job = None if done else (live_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg))
+            job = None if done else (recorded_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg))
             try:
                 pruned = self._follow(job)
             except KeyboardInterrupt:  # Ctrl-C: a local job would train on unwatched; it saves and stops instead,
@@ -103,7 +116,21 @@ class TrialRun:
                 return pruned
             if read_status(self.cfg.run_dir).state == COMPLETED:
                 return self._finished()
-        return TrialOutcome(TrialState.FAIL, None, None)
+            failure = self._failure(job)
+            decision = decide(self.cfg, failure, type(self.ex))
+            if decision.retry:
+                self.cfg = apply(decision)  # a new run.yaml (attempt + 1); its job starts from it
+                print(f"{self.cfg.name}: {decision.reason}", flush=True)
+            elif restarted or failure.kind == OOM:
+                return TrialOutcome(TrialState.FAIL, None, None, decision.reason)
+            restarted = True
+
+    def _failure(self, job: str | None) -> Failure:
+        """How the trial's last job ended: the scheduler's word, its log and the run's status.json."""
+        info = (self.ex.poll([job]) or {}).get(job) if job is not None else None
+        log = self.ex.output(self.cfg.run_dir, JobKind.TRAIN, job) if job is not None else ""
+        return classify(info.state if info else None, info.exit_code if info else None,
+                        list(info.rows) if info else [], log, read_status(self.cfg.run_dir))
 
     def _follow(self, job: str | None) -> TrialOutcome | None:
         """Report validations until the job ends; the pruned outcome if the pruner stopped it."""
@@ -138,5 +165,11 @@ class TrialRun:
     def _finished(self) -> TrialOutcome:
         rows = [r for r in read_metrics(self.cfg.run_dir) if r.is_validation and r.val_loss is not None]
         if not rows or not math.isfinite(rows[-1].val_loss or math.nan):
-            return TrialOutcome(TrialState.FAIL, None, None)
-        return TrialOutcome(TrialState.COMPLETE, rows[-1].val_loss, rows[-1].step)
+            return TrialOutcome(TrialState.FAIL, None, None, "no finite validation loss")
+        if self.evaluation is None:
+            return TrialOutcome(TrialState.COMPLETE, rows[-1].val_loss, rows[-1].step)
+        value, error = evaluate_trial(self.ex, self.cfg, self.evaluation, self.interval)
+        if value is None or not math.isfinite(value):
+            return TrialOutcome(TrialState.FAIL, None, rows[-1].step, error or f"{self.evaluation.objective.name} "
+                                "is undefined on its samples")
+        return TrialOutcome(TrialState.COMPLETE, value, rows[-1].step)
