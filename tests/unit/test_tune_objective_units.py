@@ -14,7 +14,7 @@ from tunelab.plan.sweeptime import Sweep, sweep_forecast
 from tunelab.rundir.scores import TaskScores, task_dir, write_scores
 from tunelab.spec import EvalSpec
 from tunelab.tune.combos import Combination
-from tunelab.tune.objective import Objective
+from tunelab.evaluate.objective import Objective
 from tunelab.tune.search import PARAM, best_rate
 
 TASKS = EvalSpec.model_validate({"tasks": [{"name": "qa", "builtin": "exact_match"},
@@ -102,3 +102,18 @@ def test_trials_tied_on_the_metric_are_told_apart_by_their_last_validation_loss(
         study.tell(trial, target.told(0.5), state=TrialState.COMPLETE)
     rate = best_rate(study, Combination("all", {}, (), 40), target)
     assert rate is not None and (rate.trial, rate.value) == (1, 0.5)
+
+
+def test_status_says_a_trained_trial_is_being_evaluated_until_its_scores_exist(tmp_path):
+    import json
+
+    from tunelab.tune.progress import progress_lines
+
+    trial = tmp_path / "tune" / "all" / "trial-0"
+    trial.mkdir(parents=True)
+    (trial / "status.json").write_text(json.dumps({"state": "completed"}))
+    assert progress_lines(tmp_path, 2) == ["all: 1/2 trials (1 completed)"]  # judged by its loss: no evaluation
+    (trial / "tune_job.json").write_text(json.dumps({"executor": "local", "job": "1", "eval_job": "2"}))
+    assert progress_lines(tmp_path, 2) == ["all: 1/2 trials (1 evaluating)"]
+    _scores(trial, "epoch_0", 0, "qa", {"accuracy": 0.5})
+    assert progress_lines(tmp_path, 2) == ["all: 1/2 trials (1 completed)"]

@@ -15,7 +15,7 @@ from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import factor_effects
 from tunelab.report.tuning_trials import TrialPoint, read_trials, search_objective, trials_figure
-from tunelab.tune.objective import Objective
+from tunelab.evaluate.objective import Objective
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tunelab.rundir.config import load_run_config
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 from tunelab.rundir.tuned import TRIAL_PREFIX, read_best, read_pruned, tune_dir
-from tunelab.tune.objective import Objective
+from tunelab.evaluate.objective import Objective
 
 PRUNED = "pruned"
 

@@ -6,6 +6,8 @@ writes it and the scaffold and status that read it:
   best.json                   {combination: TunedRate}: the rate each combination's runs train at
   <combination>/trial-N/      a trial: a run directory of its own (run.yaml, status.json, metrics.jsonl, …)
   <combination>/trial-N/pruned.json   Pruned: the pruner stopped the trial there
+  <combination>/trial-N/tune_job.json {executor, job, eval_job}: the trial's training job and (an eval metric as
+                                      objective) its evaluation job, so a search started again follows them
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE
 from tunelab.rundir.record import JsonRecord
 
 TUNE_DIR = "tune"
@@ -21,6 +24,8 @@ JOURNAL_FILE = "journal.log"
 BEST_FILE = "best.json"
 PRUNED_FILE = "pruned.json"
 TRIAL_PREFIX = "trial-"
+JOB_FILE = "tune_job.json"
+EVAL_JOB = "eval_job"  # tune_job.json's key of the evaluation job
 
 
 def tune_dir(experiment_dir: str | Path) -> Path:
@@ -70,6 +75,13 @@ def read_best(experiment_dir: str | Path) -> dict[str, TunedRate]:
 
 def write_best(experiment_dir: str | Path, best: dict[str, TunedRate]) -> Path:
     return atomic_write_json(tune_dir(experiment_dir) / BEST_FILE, {k: v.to_json() for k, v in sorted(best.items())})
+
+
+def evaluating(run_dir: str | Path) -> bool:
+    """Whether the trial's evaluation job was started and has written no scores yet (status shows it)."""
+    record = read_json(Path(run_dir) / JOB_FILE, default=None)
+    return isinstance(record, dict) and bool(record.get(EVAL_JOB)) and \
+        not any((Path(run_dir) / EVAL_DIR).glob(f"*/*/{SCORES_FILE}"))
 
 
 def read_pruned(run_dir: str | Path) -> Pruned | None:

@@ -7,14 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 from tunelab.rundir.status import read_status
-from tunelab.rundir.tuned import TRIAL_PREFIX, read_best, read_pruned, tune_dir
+from tunelab.rundir.tuned import TRIAL_PREFIX, evaluating, read_best, read_pruned, tune_dir
 
 
 def trial_state(run_dir: Path) -> str:
-    """pruned, or the run's own state (completed, running, interrupted, failed; pending before it started)."""
+    """pruned, evaluating (trained; its evaluation job has written no scores yet), or the run's own state
+    (completed, running, interrupted, failed; pending before it started)."""
     if read_pruned(run_dir) is not None:
         return "pruned"
-    return read_status(run_dir).state or "pending"
+    state = read_status(run_dir).state or "pending"
+    return "evaluating" if state == "completed" and evaluating(run_dir) else state
 
 
 def progress_lines(experiment_dir: str | Path, trials: int | None = None) -> list[str]:

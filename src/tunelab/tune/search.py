@@ -27,7 +27,7 @@ from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import TuneSpec
 from tunelab.tune.combos import Combination, combinations, trial_config
-from tunelab.tune.objective import Objective
+from tunelab.evaluate.objective import Objective
 from tunelab.tune.trial import TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation
 
@@ -94,7 +94,7 @@ def _next_trial(study: optuna.Study, tune: TuneSpec, seed: int, trials: int) -> 
 def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int,
                        on_trial: Callable[[TrialDone], None], prune: bool = True) -> optuna.Study:
     """Trials of one combination until `trials` of them finished (completed, pruned or failed). Optuna is told
-    each completed trial's objective as it minimises it (objective.py `told`)."""
+    each completed trial's objective as it minimises it (evaluate/objective.py `told`)."""
     tune = plan.spec.tune
     assert tune is not None
     objective = Objective.of(tune.objective, plan.spec.eval)

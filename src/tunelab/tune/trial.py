@@ -24,9 +24,9 @@ from tunelab.execute.failures import OOM, Failure, classify
 from tunelab.execute.retry import apply, decide, differs_only_by_retries
 from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config, save_run_config
 from tunelab.rundir.layout import COMPLETED
-from tunelab.rundir.tuned import Pruned, read_pruned, write_pruned
+from tunelab.rundir.tuned import JOB_FILE, Pruned, read_pruned, write_pruned
 from tunelab.scaffold.write import write_job_script
-from tunelab.tune.trial_eval import JOB_FILE, TrialEvaluation, evaluate_trial, record_job, recorded_job
+from tunelab.tune.trial_eval import TrialEvaluation, evaluate_trial, record_job, recorded_job
 
 __all__ = ["JOB_FILE", "TrialOutcome", "TrialRun", "submit", "stop"]
 

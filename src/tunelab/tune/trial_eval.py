@@ -17,10 +17,9 @@ from pathlib import Path
 from tunelab.execute.executor import Executor, JobKind
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.config import RunConfig
-from tunelab.tune.objective import Objective
+from tunelab.rundir.tuned import EVAL_JOB, JOB_FILE
+from tunelab.evaluate.objective import Objective
 
-JOB_FILE = "tune_job.json"  # {executor, job, eval_job}: the trial's jobs, so a search started again follows them
-EVAL_JOB = "eval_job"
 DEFAULT_EVAL_LIMIT = "01:00:00"  # a trial's evaluation job's time limit when the plan predicted none
 
 

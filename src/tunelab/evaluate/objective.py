@@ -1,6 +1,7 @@
-"""What a search judges a trial by (`tune.objective`): its last validation loss, or one metric of one eval task on
-its last checkpoint — resolved once, so the search, the trials' evaluation jobs, tune/best.json and the report all
-name the same task and metric.
+"""What a learning-rate search judges a trial by (`tune.objective`): its last validation loss, or one metric of one
+eval task on its last checkpoint — resolved once, so the search (tune/), the trials' evaluation jobs, tune/best.json
+and the report all name the same task and metric. Here, beside the metrics' kinds, so the search and the report
+(one layer) both read it.
 
 Optuna's studies minimise: a metric where higher is better is told negated (`told`), and read back as itself
 (`value_of`). The pruner judges trials by validation loss whatever the objective (it is reported during training;
