@@ -1,14 +1,11 @@
-"""`tunelab tune` judged by an eval task's metric, on a machine where micro-batch 8 runs out of memory: each trial's
+"""`tunelab tune` judged by an eval task's metric, on a machine where micro-batch 8 runs out of memory: trial 0's
 first job fails out of memory (injected, tunelab/faults.py) and is retried at micro-batch 4 with twice the
-accumulation, as the sweep's runs are; every trial that trains its whole budget is evaluated by a job of its own,
+accumulation, as the sweep's runs are, and trial 1 starts there; every trial that trains its whole budget is evaluated by a job of its own,
 and the search chooses by the accuracy in those scores.json files (higher is better) — read back here from the
 files, independently of the search's journal."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -17,7 +14,9 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
+from tunelab.cli import app
 from tunelab.faults import FAULT_OOM_ENV
 from tunelab.fsutil import read_json, read_jsonl
 
@@ -33,13 +32,14 @@ TRAINING = {"validation_every_steps": 3, "logging_steps": 1}
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, spec_in) -> tuple[Path, str]:
+    """`tunelab tune` (in this process; its trials' training and evaluation jobs are processes of their own)."""
     spec = spec_in(tmp_path_factory.mktemp("tune-objective"), factors={"lora_rank": [4]}, controls=False,
                    training=TRAINING, tune=TUNE, eval={"max_tokens": 8, "limit": 24})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", FAULT_OOM_ENV: "4"}  # micro-batches above 4 run out of memory
-    done = subprocess.run([sys.executable, "-m", "tunelab", "tune", str(spec.parent)], env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-    assert done.returncode == 0, done.stdout
-    return spec.parent, done.stdout
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(FAULT_OOM_ENV, "4")  # the jobs' micro-batches above 4 run out of memory
+        done = CliRunner().invoke(app, ["tune", str(spec.parent)])
+    assert done.exit_code == 0, done.output
+    return spec.parent, done.output
 
 
 def trial_dirs(exp: Path) -> list[Path]:
@@ -56,14 +56,16 @@ def last_val_loss(run_dir: Path) -> float:
     return [r["val_loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val_loss") is not None][-1]
 
 
-def test_an_out_of_memory_trial_is_retried_at_a_smaller_micro_batch(searched):
+def test_an_out_of_memory_trial_is_retried_at_a_smaller_micro_batch_and_later_trials_start_there(searched):
     exp, out = searched
-    first = trial_dirs(exp)[0]  # trial 0 is never pruned: the first at every rung
+    first, second = trial_dirs(exp)  # trial 0 is never pruned: the first at every rung
     run = yaml.safe_load((first / "run.yaml").read_text())
     assert run["attempt"] == 2, out
     assert (run["training"]["batch_size"], run["training"]["gradient_accumulation_steps"]) == (4, 2)
     assert read_json(first / "status.json")["state"] == "completed"
-    assert "oom: batch_size 8->4, gradient_accumulation_steps 1->2" in out
+    assert out.count("oom: batch_size 8->4, gradient_accumulation_steps 1->2") == 1, out
+    run = yaml.safe_load((second / "run.yaml").read_text())  # started at the micro-batch trial 0 was healed to
+    assert (run["attempt"], run["training"]["batch_size"], run["training"]["gradient_accumulation_steps"]) == (1, 4, 2)
 
 
 def test_finished_trials_are_evaluated_and_the_best_accuracy_is_chosen(searched):
@@ -92,9 +94,8 @@ def test_finished_trials_are_evaluated_and_the_best_accuracy_is_chosen(searched)
 
 def test_the_report_shows_each_trials_accuracy(searched):
     exp, _ = searched
-    done = subprocess.run([sys.executable, "-m", "tunelab", "report", str(exp)], text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stdout
+    done = CliRunner().invoke(app, ["report", str(exp)])
+    assert done.exit_code == 0, done.output
     text = (exp / "report" / "report.md").read_text()
     tuning = text[text.index("## Tuning"):]
     header = next(line for line in tuning.splitlines() if line.startswith("| Combination | Trial |"))

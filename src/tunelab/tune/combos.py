@@ -11,8 +11,8 @@ from tunelab.errors import TunelabError
 from tunelab.plan.halving import validation_interval
 from tunelab.plan.planner import Plan
 from tunelab.plan.tuned import combination_runs
-from tunelab.rundir.config import RunConfig
-from tunelab.rundir.tuned import trial_dir
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
+from tunelab.rundir.tuned import TRIAL_PREFIX, trial_dir
 from tunelab.spec import TuneSpec
 
 
@@ -52,17 +52,33 @@ def trial_steps(combo: Combination, budget: float) -> int:
     return max(1, math.floor(budget * combo.steps))
 
 
+def healed_micro_batch(combo: Combination, experiment_dir: Path) -> tuple[int, int] | None:
+    """(micro-batch, accumulation) of the combination's trials that ran out of memory and were retried smaller
+    (their run.yaml, attempt > 1): the smallest, so later trials start where the earlier ones fit (None: none was)."""
+    healed = []
+    for path in trial_dir(experiment_dir, combo.name, 0).parent.glob(f"{TRIAL_PREFIX}*/{RUN_FILE}"):
+        try:
+            cfg = load_run_config(path)
+        except (OSError, ValueError, TunelabError):
+            continue
+        if cfg.attempt > 1 and cfg.training is not None and combo.run.training is not None \
+                and cfg.training.batch_size < combo.run.training.batch_size:
+            healed.append((cfg.training.batch_size, cfg.training.gradient_accumulation_steps))
+    return min(healed) if healed else None
+
+
 def trial_config(combo: Combination, experiment_dir: Path, number: int, learning_rate: float,
-                 budget: float) -> RunConfig:
+                 budget: float, micro: tuple[int, int] | None = None) -> RunConfig:
     """Trial `number`'s run: the combination's run at `learning_rate`, stopped after budget x its steps, validated
     often enough for the pruner (plan/halving.py `validation_interval`: the price counts the same rungs), in its own
-    directory."""
+    directory; `micro`: the (micro-batch, accumulation) an earlier trial was healed to (healed_micro_batch)."""
     base = combo.run
     assert base.training is not None  # a fine-tuned run
     steps = trial_steps(combo, budget)
     every = validation_interval(base.training.validation_every_steps, steps)
     training = base.training.model_copy(update={
-        "learning_rate": learning_rate, "max_steps": steps, "validation_every_steps": every})
+        "learning_rate": learning_rate, "max_steps": steps, "validation_every_steps": every,
+        **({"batch_size": micro[0], "gradient_accumulation_steps": micro[1]} if micro else {})})
     return base.model_copy(update={
         "name": f"{combo.name}-trial-{number}", "training": type(training).model_validate(training.model_dump()),
         "directory": str(trial_dir(experiment_dir, combo.name, number)), "estimate": None, "tuned": None})

@@ -26,7 +26,7 @@ from tunelab.plan.halving import REDUCTION_FACTOR
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import TuneSpec
-from tunelab.tune.combos import Combination, combinations, trial_config
+from tunelab.tune.combos import Combination, combinations, healed_micro_batch, trial_config
 from tunelab.evaluate.objective import Objective
 from tunelab.tune.trial import TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation
@@ -106,7 +106,8 @@ def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int
     while (finished := sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))) < trials:
         trial, reported = _next_trial(study, tune, seed, trials)
         rate = float(trial.params[PARAM])
-        cfg = trial_config(combo, plan.experiment_dir, trial.number, rate, tune.budget)
+        micro = healed_micro_batch(combo, plan.experiment_dir)  # an earlier trial ran out of memory: start there
+        cfg = trial_config(combo, plan.experiment_dir, trial.number, rate, tune.budget, micro)
         outcome = TrialRun(ex, cfg, trial, reported, evaluation).run()
         done = outcome.state == TrialState.COMPLETE and outcome.value is not None
         study.tell(trial, objective.told(outcome.value) if done else None,  # type: ignore[arg-type]
