@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from tunelab.rundir.layout import COMPLETED, PENDING
 from tunelab.rundir.status import read_status
 from tunelab.rundir.tuned import TRIAL_PREFIX, evaluating, read_best, read_pruned, tune_dir
 
@@ -15,8 +16,8 @@ def trial_state(run_dir: Path) -> str:
     (completed, running, interrupted, failed; pending before it started)."""
     if read_pruned(run_dir) is not None:
         return "pruned"
-    state = read_status(run_dir).state or "pending"
-    return "evaluating" if state == "completed" and evaluating(run_dir) else state
+    state = read_status(run_dir).state or PENDING
+    return "evaluating" if state == COMPLETED and evaluating(run_dir) else str(state)
 
 
 def progress_lines(experiment_dir: str | Path, trials: int | None = None) -> list[str]:
