@@ -26,7 +26,7 @@ from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
-from tunelab.train.distributed import close_process_group, is_worker, local_processes
+from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.nodes import node_place
@@ -53,7 +53,7 @@ def train_job(run_yaml: Path) -> None:
         die_with_launcher()
         train(cfg)
         close_process_group()
-        return
+        exit_finished_worker()
     import torch
 
     from tunelab.train.gpu_sampling import GpuSampler
