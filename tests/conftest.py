@@ -20,7 +20,7 @@ os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-histor
 _XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 if _XDIST_RUN:
     os.environ["TUNELAB_CACHE"] = str(Path(tempfile.gettempdir()) / f"tunelab-cache-{_XDIST_RUN}")
-    # two workers on CI's 2 cores: one torch thread each (and in the jobs they start), not two each
+    # three workers on CI's 2 cores (Makefile): one torch thread each (and in the jobs they start), not two each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # a worker starts with COLUMNS=80, which would fix tunelab.console's width for good (rich reads it once)
     os.environ.pop("COLUMNS", None)
