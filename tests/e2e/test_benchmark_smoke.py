@@ -229,8 +229,12 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
         rf"+(?:idle|[12]/2 contended, ×[\d.]+)"
              r" +history: 1 measured")
     assert calibration_s > 0 and 0 < low <= measured <= high
-    # the interval holds the prediction; "inside" counts the two measurements (the min and the max) within it
-    assert p10 <= predicted <= p90 and inside == (p10 <= low <= p90) + (p10 <= high <= p90)
+    # the interval holds the prediction; "inside" counts the two measurements (the min and the max) within it —
+    # each figure printed to 0.1 s, so a measurement within 0.1 of an edge may be counted either way
+    assert p10 <= predicted <= p90
+    surely = sum(p10 + 0.1 <= m <= p90 - 0.1 for m in (low, high))
+    maybe = sum(p10 - 0.1 <= m <= p90 + 0.1 for m in (low, high))
+    assert surely <= inside <= maybe, (low, high, p10, p90, inside)
     line(out, r"^interval coverage: (\d) of 2 measurements inside their predicted P10–P90 \((\d+) %; a calibrated")
     line(out, r"^measurements: 1 calibration run\(s\), 2 per held-out run, (\d) of 2 contended; 0 hog\(s\)$")
     held_out = out_dir / "held-out" / "runs" / "tiny-2x128_r16_bs16_pfalse"
