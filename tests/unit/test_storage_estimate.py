@@ -98,3 +98,10 @@ def test_validate_fails_when_the_sweep_cannot_fit_its_filesystem_and_passes_with
     spec = spec_in(mnt / "exp", training={"epochs": 6, "keep_checkpoints": 1})
     res = CliRunner().invoke(app, ["validate", str(spec), "--gpu", "A100-80GB"])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("examples", [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 12345])
+def test_the_data_order_line_is_sized_as_the_indices_written_one_by_one(examples):
+    from tunelab.estimate.storage import order_bytes
+
+    assert order_bytes(examples) == 80 + len("".join(f"{i}, " for i in range(examples)))

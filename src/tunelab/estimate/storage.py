@@ -172,7 +172,7 @@ def run_disk(cfg: RunConfig, parts: list[Part], dtype: str, est: RunEstimate | N
     epochs = sum(s.epochs for s in sched)
     epoch_dir = adapter + ADAPTER_CONFIG_BYTES + tokenizer
     logs = (RUN_FILES_BYTES + rows * (METRICS_ROW_BYTES + LOG_LINE_BYTES)
-            + sum(s.epochs * (_order_bytes(s.examples) + 2 * LOG_LINE_BYTES) for s in sched)
+            + sum(s.epochs * (order_bytes(s.examples) + 2 * LOG_LINE_BYTES) for s in sched)
             + (int((seconds or 0) / 5) * GPU_SAMPLE_BYTES if gpu_job else 0))
     evals = eval_targets(cfg, epochs) * (len(cfg.eval.resolved_tasks()) * EVAL_LOG_FIXED_BYTES
                                          + eval_samples * EVAL_SAMPLE_BYTES)
@@ -185,6 +185,13 @@ def run_disk(cfg: RunConfig, parts: list[Part], dtype: str, est: RunEstimate | N
                "moments per parameter + torch's file overhead; logs and eval logs estimated per row and sample")
 
 
-def _order_bytes(examples: int) -> int:
-    """One epoch's line of data_order.jsonl: the example indices, comma-separated."""
-    return 80 + sum(len(str(i)) + 2 for i in range(examples))
+def order_bytes(examples: int) -> int:
+    """One epoch's line of data_order.jsonl: the example indices, comma-separated — 80 bytes and, per index
+    0 … examples − 1, its digits and a separator. Counted by digit count, not index by index: plan sizes every
+    run twice, and a sweep of 1,000 runs over 800 examples spent 0.45 s of its 2 s plan summing indices."""
+    total, width, low = 80 + 2 * examples, 1, 0
+    while low < examples:
+        high = min(examples, 10**width)  # indices low … high − 1 have `width` digits
+        total += width * (high - low)
+        low, width = high, width + 1
+    return total
