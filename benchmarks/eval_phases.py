@@ -40,12 +40,15 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("dataset and task building", "tunelab/evaluate/runner.py", ("prepare_task",)),
     ("prompt formatting", "tunelab/evaluate/provider.py", ("prompt_ids",)),
     ("scoring", "inspect_ai/scorer/", ()),
+    ("scoring", "tunelab/evaluate/batched.py", ("_score",)),
+    ("log writing", "tunelab/evaluate/evallog.py", ()),
     ("scoring", "tunelab/evaluate/tasks.py", ("score",)),
     ("log writing", "inspect_ai/log/_recorders/buffer/", ()),
     ("log writing", "inspect_ai/log/", ()),
     ("log writing", "inspect_ai/_eval/task/log.py", ()),
     ("event loop idle (batch gathering, waits)", "selectors.py", ("select",)),
     ("inspect-ai sample loop", "inspect_ai/_eval/task/run.py", ("task_run_sample", "_task_run_sample_attempt")),
+    ("tunelab's batched loop (outputs, states)", "tunelab/evaluate/batched.py", ()),
     ("inspect-ai task and log setup", "inspect_ai/", ()),
     ("inspect-ai task and log setup", "tunelab/evaluate/waves.py", ("bind",)),
 )
@@ -54,7 +57,7 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 LOG_ZSTD_THREADS_ENV = "EVAL_PHASES_LOG_ZSTD_THREADS"
 ORDER = ("process start and imports", "inspect-ai task and log setup", "dataset and task building",
          "prompt formatting", "weights and adapters", "generation", "event loop idle (batch gathering, waits)",
-         "inspect-ai sample loop", "scoring", "log writing", "logs read back, scores.json", "ledger ingest",
+         "inspect-ai sample loop", "tunelab's batched loop (outputs, states)", "scoring", "log writing", "logs read back, scores.json", "ledger ingest",
          "other")
 
 

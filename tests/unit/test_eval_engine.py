@@ -84,7 +84,12 @@ def test_which_adapters_vllm_serves_unmerged(tmp_path, config, reason):
 
 def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_server_start(tmp_path):
     from tunelab.estimate.evalrun import predict_run_eval
-    from tunelab.estimate.evaltime import VLLM_SERVER_START_S, predict_eval_time
+    from tunelab.estimate.evaltime import (
+        BATCHED_SAMPLE_OVERHEAD_S,
+        SAMPLE_OVERHEAD_S,
+        VLLM_SERVER_START_S,
+        predict_eval_time,
+    )
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 
@@ -102,14 +107,18 @@ def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_serve
 
     hf = predict_run_eval(cfg("hf"), None, lambda c: {"test": rows}, generation=[probe], batch_size=16)
     vllm = predict_run_eval(cfg("vllm"), None, lambda c: {"test": rows}, generation=[probe], batch_size=16)
+    # HF evaluates the built-in exact_match with tunelab's own loop (evaluate/batched.py): its lighter work per sample
     one = predict_eval_time(model=model, gpu=None, samples=10, prompt_tokens=[25] * 10, answer_tokens=[5] * 10,
-                            max_tokens=8, batch_size=16, generation=[probe])
+                            max_tokens=8, batch_size=16, generation=[probe], batched=True)
     together = predict_eval_time(model=model, gpu=None, samples=40, prompt_tokens=[25] * 40, answer_tokens=[5] * 40,
                                  max_tokens=8, batch_size=64, generation=[probe])
     assert hf.targets == vllm.targets == 4
+    assert one.overhead_s == pytest.approx(10 * BATCHED_SAMPLE_OVERHEAD_S) and BATCHED_SAMPLE_OVERHEAD_S == 0.001
+    assert together.overhead_s == pytest.approx(40 * SAMPLE_OVERHEAD_S)  # vLLM: inspect-ai's loop
     assert hf.seconds == pytest.approx(4 * one.seconds) and hf.load_s == pytest.approx(4 * one.load_s)
     assert vllm.seconds == pytest.approx(together.seconds) and vllm.load_s == VLLM_SERVER_START_S
-    assert vllm.seconds < hf.seconds  # four checkpoints' rows share their batches
+    # four checkpoints' rows share their batches: less generation time than four targets' apart
+    assert together.generation_s < 4 * one.generation_s
 
 
 def test_what_vllm_serves_as_an_adapter_merges_or_leaves_to_hf_each_with_its_reason(tmp_path):

@@ -22,7 +22,7 @@ from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.spec.evaluation import Engine
+from tunelab.spec.evaluation import BATCHED_BUILTINS, Engine
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
@@ -107,7 +107,8 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         got = predict_eval_time(
             model=cfg.model.path, gpu=gpu, samples=len(rows) * together, prompt_tokens=[a for _, a in rows] * together,
             answer_tokens=[max(0, n - a) for n, a in rows] * together, max_tokens=task.max_tokens or cfg.eval.max_tokens,
-            batch_size=batch_size * together, history=history, task=task.name, generation=generation, engine=engine)
+            batch_size=batch_size * together, history=history, task=task.name, generation=generation, engine=engine,
+            batched=engine == Engine.HF and task.builtin in BATCHED_BUILTINS and task.grader is None)
         seconds += got.seconds * targets / together
         upper += got.upper_s * targets / together
         loads = 1 if engine == Engine.VLLM else targets  # HF: one load per target serves every task; vLLM: one server

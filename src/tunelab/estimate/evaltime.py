@@ -43,6 +43,10 @@ ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and deco
 # on this CPU as ~15 ms a sample beyond the tiny model's generation (a one-pass sweep, tests/e2e); an assumption
 # until an evaluation of the model and task is in the history, whose measured time includes it
 SAMPLE_OVERHEAD_S = 0.015
+# tunelab's own loop (evaluate/batched.py: the built-ins exact_match, includes, numeric on the HF engine): its prompt
+# formatting, outputs, scoring, log writing and read-back measured at 0.65 s over the demo's 1,200 samples on this CPU
+# (benchmarks/eval_sweep.py --phases-only); 1 ms a sample, an assumption until the history measures it
+BATCHED_SAMPLE_OVERHEAD_S = 0.001
 # eval.engine vllm: the server's start (import, engine build, weights; 10-60 s measured on CPUs) in place of the HF
 # load, once per base model; the speed is the device's as for HF (no vLLM measurement in the history yet)
 VLLM_SERVER_START_S = 60.0
@@ -78,6 +82,11 @@ class EvalWorkload:
     task: str | None = None
     device: str = "cpu"  # 'cpu' or the GPU's name (estimate.runs.device_key)
     engine: Engine = Engine.HF  # vllm: a server's start for the load; its batch is every resident adapter's rows
+    batched: bool = False  # evaluated by tunelab's own loop, not inspect-ai's per-sample one (evaluate/batched.py)
+
+    def sample_overhead_s(self) -> float:
+        """The evaluator's own work per sample, assumed: its loop's (batched or inspect-ai's)."""
+        return BATCHED_SAMPLE_OVERHEAD_S if self.batched else SAMPLE_OVERHEAD_S
 
 
 @dataclass(frozen=True)
@@ -107,16 +116,18 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
                       answer_tokens: Sequence[int] = (), max_tokens: int, batch_size: int,
                       history: Sequence[HistoryRun] = (), task: str | None = None,
                       generation: Sequence[GenerationRow] | None = None,
-                      cpu_threads: int | None = None, engine: Engine = Engine.HF) -> EvalTimeEstimate:
+                      cpu_threads: int | None = None, engine: Engine = Engine.HF,
+                      batched: bool = False) -> EvalTimeEstimate:
     """The predicted time of one target × task (keyword arguments; see EvalWorkload). `history`: training rows
-    (the assumed speed and load); `generation`: the history's generation rows (None: read from the history)."""
+    (the assumed speed and load); `generation`: the history's generation rows (None: read from the history);
+    `batched`: tunelab's own loop evaluates it (a lighter evaluator's work per sample)."""
     if generation is None:
         from tunelab.ledger.generation import load
 
         generation = load()
     work = EvalWorkload(model=str(model), samples=samples, prompt_tokens=tuple(prompt_tokens),
                         answer_tokens=tuple(answer_tokens), max_tokens=max_tokens, batch_size=max(1, batch_size),
-                        task=task, device=device_key(gpu), engine=engine)
+                        task=task, device=device_key(gpu), engine=engine, batched=batched)
     return predict_workload(work, gpu, generation, history, cpu_threads)
 
 
@@ -127,18 +138,19 @@ def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[G
     arch = _architecture(work.model)
     base, source, detail = _base_speed(work, gpu, generation, history, arch, cpu_threads)
     measured = _measured_rows(work, gpu, generation)
-    speed, per_sample, lengths = base, SAMPLE_OVERHEAD_S, _reference_lengths(work)
+    overhead_s = work.sample_overhead_s()
+    speed, per_sample, lengths = base, overhead_s, _reference_lengths(work)
     if measured:
-        ratio = median(_calibration(r, base) for r in measured)
-        speed, per_sample = _scaled(base, ratio), SAMPLE_OVERHEAD_S * ratio
+        ratio = median(_calibration(r, base, overhead_s) for r in measured)
+        speed, per_sample = _scaled(base, ratio), overhead_s * ratio
         mean_generated = sum((r.generated_tokens or 0) / max(1, r.samples or 1) for r in measured) / len(measured)
         lengths = [max(1, min(work.max_tokens, round(mean_generated)))] * work.samples
         source = EvalSource.HISTORY
         detail = (f"history: {len(measured)} evaluation(s) of this model on task {work.task} took ×{ratio:.2f} of "
-                  f"{detail} + {SAMPLE_OVERHEAD_S * 1e3:.0f} ms per sample; {mean_generated:.1f} tokens generated "
+                  f"{detail} + {overhead_s * 1e3:.0f} ms per sample; {mean_generated:.1f} tokens generated "
                   "per sample")
     else:
-        detail += f"; + {SAMPLE_OVERHEAD_S * 1e3:.0f} ms per sample for the evaluator (assumed)"
+        detail += f"; + {overhead_s * 1e3:.0f} ms per sample for the evaluator (assumed)"
     prefill, steps, generation_s, batches = _price(work, speed, lengths)
     _, _, upper_gen, _ = _price(work, speed, [work.max_tokens] * work.samples)
     overhead = per_sample * work.samples
@@ -226,15 +238,15 @@ def _same_model(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() if a and b else False
 
 
-def _calibration(row: GenerationRow, speed: GenerationSpeed) -> float:
-    """Measured wall time ÷ what `speed` (and the evaluator's assumed work per sample) predicts for the row's own
-    workload (its mean prompt and answer)."""
+def _calibration(row: GenerationRow, speed: GenerationSpeed, overhead_s: float) -> float:
+    """Measured wall time ÷ what `speed` (and the evaluator's assumed work per sample, `overhead_s`) predicts for the
+    row's own workload (its mean prompt and answer)."""
     samples = row.samples or 1
     past = EvalWorkload(model=row.model_path, samples=samples, prompt_tokens=(round((row.prompt_tokens or 0)
                         / samples),), answer_tokens=(), max_tokens=max(1, round((row.generated_tokens or 0) / samples)),
                         batch_size=row.batch_size or 1)
     prefill, _, generation, _ = _price(past, speed, [past.max_tokens] * samples)
-    return (row.wall_share_s() or 0.0) / max(prefill + generation + SAMPLE_OVERHEAD_S * samples, 1e-9)
+    return (row.wall_share_s() or 0.0) / max(prefill + generation + overhead_s * samples, 1e-9)
 
 
 def _scaled(speed: GenerationSpeed, ratio: float) -> GenerationSpeed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 
@@ -38,6 +39,7 @@ class RowKey(BatchSettings):
 _GATHER_STEP_S = 0.005  # a batch leader waits while requests keep arriving, one step at a time,
 _GATHER_MAX_S = 0.1  # at most this long
 
+T = TypeVar("T")
 RunRows = Callable[[list[Row], list[int]], list[Generation]]  # (rows, their shared stop tokens) -> answers
 
 
@@ -61,42 +63,77 @@ class MixedBatcher(Batcher):
             waited += _GATHER_STEP_S
 
     def _run_next(self) -> None:
-        batch = self._cut()
+        batch = cut_batch(self._pending, lambda r: r.prompt_ids, _key, self._batch_size, self._fill_below)
         self._pending = [r for r in self._pending if not any(r is b for b in batch)]
         # a batch tensor that does not depend on the order in which inspect delivered the samples
-        batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids, _key(r).adapter, r.seed or 0))
-        self.batches += 1
-        self.mixed += len({_key(r).adapter for r in batch}) > 1
-        self._run(batch, isolate=True)
-
-    def _cut(self) -> list[_Request]:
-        head = max(self._pending, key=lambda r: len(r.prompt_ids))
-        stops, adapter = _key(head).stop_ids, _key(head).adapter
-        longest_first = sorted((r for r in self._pending if _key(r).stop_ids == stops),
-                               key=lambda r: -len(r.prompt_ids))
-        own = [r for r in longest_first if _key(r).adapter == adapter]
-        if len(own) >= self._fill_below:
-            return own[: self._batch_size]
-        return (own + [r for r in longest_first if _key(r).adapter != adapter])[: self._batch_size]
-
-    def _run(self, batch: list[_Request], isolate: bool) -> None:
+        batch.sort(key=lambda r: _row_order(r.prompt_ids, _key(r), r.seed))
         rows = [Row(r.prompt_ids, _key(r).adapter, _key(r), r.seed) for r in batch]
+        for request, result in zip(batch, self._generate(rows)):
+            if isinstance(result, BaseException):
+                deliver([request], error=result)  # type: ignore[arg-type]
+            else:
+                deliver([request], [result])
+
+    def generate_now(self, rows: list[Row]) -> list[Generation | BaseException]:
+        """Every row answered now, in the batches the queue would cut from them all waiting at once, with no event
+        loop (batched.py: a wave's rows are all known before the first batch); each row's answer, or the error of
+        the batch (its adapter's) it was in."""
+        pending = list(range(len(rows)))
+        out: list[Generation | BaseException | None] = [None] * len(rows)
+        while pending:
+            batch = cut_batch(pending, lambda i: rows[i].prompt_ids, lambda i: _settings(rows[i]), self._batch_size, self._fill_below)
+            chosen = set(batch)
+            pending = [i for i in pending if i not in chosen]
+            batch.sort(key=lambda i: _row_order(rows[i].prompt_ids, _settings(rows[i]), rows[i].seed))
+            for i, result in zip(batch, self._generate([rows[i] for i in batch])):
+                out[i] = result
+        return [r for r in out if r is not None]  # every row was in one batch
+
+    def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
+        """One batch's answers; a failed batch of several adapters is run again adapter by adapter, so that an
+        error reaches only the rows (the target) that cause it."""
+        self.batches += isolate
+        self.mixed += isolate and len({row.adapter for row in rows}) > 1
         try:
-            results = self._run_rows(rows, list(_key(batch[0]).stop_ids))
+            return list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
         except Exception as exc:
             adapters = sorted({row.adapter for row in rows})
-            if isolate and len(adapters) > 1:  # whose rows fail? each adapter's alone
-                for adapter in adapters:
-                    self._run([r for r in batch if _key(r).adapter == adapter], isolate=False)
-                return
-            deliver(batch, error=exc)
-            return
-        deliver(batch, results)
+            if not (isolate and len(adapters) > 1):
+                return [exc] * len(rows)
+            out: list[Generation | BaseException] = list(rows)  # type: ignore[arg-type]
+            for adapter in adapters:
+                mine = [i for i, row in enumerate(rows) if row.adapter == adapter]
+                for i, result in zip(mine, self._generate([rows[i] for i in mine], isolate=False)):
+                    out[i] = result
+            return out
+
+
+def cut_batch(pending: list[T], prompt: Callable[[T], list[int]], key: Callable[[T], RowKey], batch_size: int,
+              fill_below: int) -> list[T]:
+    """The next batch from what waits: the longest prompt first, its own adapter's rows (of the same end tokens),
+    longest first; when they are fewer than `fill_below`, the other adapters' rows, longest first, fill its tail."""
+    head = max(pending, key=lambda r: len(prompt(r)))
+    stops, adapter = key(head).stop_ids, key(head).adapter
+    longest_first = sorted((r for r in pending if key(r).stop_ids == stops), key=lambda r: -len(prompt(r)))
+    own = [r for r in longest_first if key(r).adapter == adapter]
+    if len(own) >= fill_below:
+        return own[:batch_size]
+    return (own + [r for r in longest_first if key(r).adapter != adapter])[:batch_size]
 
 
 def _key(request: _Request) -> RowKey:
     assert isinstance(request.settings, RowKey)
     return request.settings
+
+
+def _settings(row: Row) -> RowKey:
+    assert isinstance(row.settings, RowKey)
+    return row.settings
+
+
+def _row_order(prompt_ids: list[int], key: RowKey, seed: int | None) -> tuple:
+    """A batch's rows in an order that does not depend on how they arrived."""
+    return len(prompt_ids), prompt_ids, key.adapter, seed or 0
 
 
 class AdapterQueue:

@@ -39,6 +39,7 @@ class PassOptions:
     batch_size: int  # rows of a batch at most
     room: int | None = None  # bytes for adapters beside the base (None: half of what is free once it is loaded)
     fill: bool | None = None  # fill every short batch with other adapters' rows (None: the device's way, shared.py)
+    inspect_loop: bool = False  # every task through inspect-ai's sample loop, the built-ins too (batched.py)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class _Pass:
         size = self.options.batch_size
         for wave in wave_items(items, self.prepared, WAVE_BATCHES * size):
             batcher = self.shared.start_batching(size, self.options.fill)
-            run_wave(wave, self.shared, self.prepared, size, self.report, self.result.outcomes)
+            run_wave(wave, self.shared, self.prepared, size, self.report, self.result.outcomes,
+                     self.options.inspect_loop)
             self.result.batches += batcher.batches
             self.result.mixed += batcher.mixed

@@ -35,11 +35,13 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
                   tasks: list[str] | None = None, planned: Callable[[int], None] | None = None,
                   report: Report | None = None, console: Console | None = None,
                   batch_size: int | None = None, one_pass: bool = True, adapter_room: int | None = None,
-                  fill_batches: bool | None = None, engine: str | None = None) -> dict[str, list[TaskScores]]:
+                  fill_batches: bool | None = None, engine: str | None = None,
+                  inspect_loop: bool = False) -> dict[str, list[TaskScores]]:
     """Every run's scores, fresh or read back, by target then task. `one_pass=False`: every target one at a
     time (the reference the passes are compared with); `adapter_room`: bytes for adapters beside a base
     (None: measured); `fill_batches`: fill every short batch with other adapters' rows (None: on a GPU; on a CPU
-    only batches under half full; True mixes adapters on a CPU as a GPU would); `engine`: hf | vllm (default: the
+    only batches under half full; True mixes adapters on a CPU as a GPU would); `inspect_loop`: the built-ins
+    through inspect-ai's sample loop too (its per-sample transcripts; slower: evaluate/batched.py); `engine`: hf | vllm (default: the
     spec's eval.engine; vLLM serves what it can, the rest comes back here with its reason); `planned` is told how many target × tasks are to evaluate, `report` of each as it ends."""
     work = plan_work(cfgs, epochs, force, tasks)
     if planned is not None:
@@ -64,7 +66,7 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
         adapters = sum(m.target.adapter_path is not None for m in group.members)
         say("one pass over {} targets of {} ({}): the base model loaded once, {} adapters beside it", len(group.members),
             group.base_path.name, str(group.dtype).removeprefix("torch."), adapters, console=console)
-        result = evaluate_group(group, PassOptions(batch_size, adapter_room, fill_batches), report)
+        result = evaluate_group(group, PassOptions(batch_size, adapter_room, fill_batches, inspect_loop), report)
         outcomes.update(result.outcomes)
         alone += result.fallback
         say("  {} batches, {} of them mixing adapters; adapters in {} chunks", result.batches, result.mixed,

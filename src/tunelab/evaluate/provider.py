@@ -201,9 +201,9 @@ class TunelabModelAPI(ModelAPI):
                     tg.start_soon(one, i)
         else:  # greedy: every choice is the same answer
             gens = [await self._batcher.submit(ids, settings)] * n
-        return self._output(ids, [g for g in gens if g is not None], want, sampling, seeds)
+        return self.output_of(ids, [g for g in gens if g is not None], want, sampling, seeds)
 
-    def _output(self, ids: list[int], gens: list[Generation], want: bool, sampling: Sampling | None,
+    def output_of(self, ids: list[int], gens: list[Generation], want: bool, sampling: Sampling | None,
                 seeds: list[int]) -> ModelOutput:
         choices = [ChatCompletionChoice(
             message=ChatMessageAssistant(content=g.text, model=self.model_name, source="generate"),

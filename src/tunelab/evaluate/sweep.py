@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = None, epochs: str | None = None,
                         force: bool = False, console: Console | None = None, ingest: bool = True,
                         tasks: list[str] | None = None, one_pass: bool = True, engine: str | None = None,
-                        progress: Callable[[int, int, str], None] | None = None) -> dict[str, list]:
+                        progress: Callable[[int, int, str], None] | None = None,
+                        inspect_loop: bool = False) -> dict[str, list]:
     """Evaluate completed fine-tuned runs, controls and eval-only runs; skip what already has scores
     (unless force). epochs: 'last' | 'all' | '0,2' (default: each run's eval.epochs). The targets of one base
     model go in one pass (passes.py); `one_pass=False` evaluates every target one at a time. `progress`:
     called (done, total, what) as each target × task ends. `engine`: hf | vllm for this call (default: the spec's
-    eval.engine; evaluate/engine.py)."""
+    eval.engine; evaluate/engine.py). `inspect_loop`: every task through inspect-ai's own sample loop, which logs
+    each sample's event transcript (slower; evaluate/batched.py)."""
     from tunelab.evaluate.passes import evaluate_runs
     from tunelab.evaluate.targets import parse_epochs
 
@@ -60,7 +62,8 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
                     progress(counts[0], counts[1], item.where())
 
             return evaluate_runs(todo, chosen, force, tasks=tasks, planned=planned, report=report,
-                                 console=bar.console, one_pass=one_pass, engine=engine)
+                                 console=bar.console, one_pass=one_pass, engine=engine,
+                                 inspect_loop=inspect_loop)
     except NoSpaceError:
         ingest = False  # the ledger has no room either; the next command ingests what was written
         raise

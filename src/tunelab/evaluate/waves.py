@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import NoSpaceError, TunelabError
+from tunelab.evaluate.batched import BatchedTask, batchable, run_batched
 from tunelab.evaluate.runner import (
     PreparedTask,
     clear_outputs,
@@ -29,7 +30,7 @@ from tunelab.evaluate.runner import (
     inspect_seconds,
 )
 from tunelab.evaluate.shared import SharedWeights, serving
-from tunelab.fsutil import space_guard
+from tunelab.fsutil import is_disk_full, space_guard
 from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.spec import TaskSpec
 
@@ -59,23 +60,30 @@ def _samples_of(task: Any, unknown: int) -> int:
 
 
 def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKey, PreparedTask],
-             batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
-    """One inspect-ai eval of these items, all at once; each log moved to its task's directory after, and what
-    became of each item recorded in `outcomes` and reported."""
+             batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome], inspect_loop: bool = False) -> None:
+    """The wave's items, all at once: the built-ins tunelab's own loop can run (batched.py; not with
+    `inspect_loop`) first, then the rest by one inspect-ai eval; each log moved to its task's directory after, and
+    what became of each item recorded in `outcomes` and reported."""
 
     state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
     staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))
     crash: Exception | None = None
     try:
         with serving(shared):
-            tasks = [state.bind(item, batch_size) for item in items]
+            tasks = {item.key: state.bind(item, batch_size) for item in items}
             for item in items:
                 clear_outputs(item.out_dir)
+            ours = [] if inspect_loop else [BatchedTask(item, tasks[item.key], state.model_of[item.key])
+                                            for item in items if batchable(item, tasks[item.key],
+                                                                           state.model_of[item.key])]
+            rest = [tasks[item.key] for item in items if not any(one.item is item for one in ours)]
             try:
                 with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop
+                    if ours:
+                        _run_ours(ours, shared, staging, state, len(items), 2 * batch_size)
                     logs = inspect_eval(
-                        tasks, model=None, log_dir=str(staging), max_tasks=len(tasks), max_samples=2 * batch_size,
-                        max_connections=2 * batch_size * len(tasks), fail_on_error=True)
+                        rest, model=None, log_dir=str(staging), max_tasks=len(rest), max_samples=2 * batch_size,
+                        max_connections=2 * batch_size * len(rest), fail_on_error=True) if rest else []
             except NoSpaceError:
                 raise
             except Exception as exc:  # the wave's tasks fail with this; the pass goes on
@@ -86,6 +94,21 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
         state.close()
         shutil.rmtree(staging, ignore_errors=True)
     fail_unended(items, outcomes, crash, report)
+
+
+def _run_ours(ours: list[BatchedTask], shared: SharedWeights, staging: Path, state: _PassState, max_tasks: int,
+              max_samples: int) -> None:
+    """The batched items: each log ended (moved, scored) as soon as all are written; a task that failed, named."""
+    assert shared.batcher is not None
+    for one, log in zip(ours, run_batched(ours, shared.batcher, staging, max_tasks, max_samples)):
+        if not isinstance(log, Exception):
+            state.ended(log)
+            continue
+        if is_disk_full(log, staging):
+            raise log
+        item = one.item
+        state.settle(item, TunelabError(f"task '{item.spec.name}' failed on {item.cfg.name} {item.target.label}: "
+                                        f"{type(log).__name__}: {log}"))
 
 
 def fail_unended(items: list[WorkItem], outcomes: dict[ItemKey, Outcome], crash: Exception | None,
@@ -108,6 +131,7 @@ class _PassState:
         self.models: list[Any] = []
         self.graders: dict[str, Any] = {}  # one grader model per distinct grader of the pass's tasks
         self.grader_of: dict[ItemKey, Any] = {}
+        self.model_of: dict[ItemKey, Any] = {}
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
         """The item's inspect Task with its own model (the provider finds the shared weights) and grader."""
@@ -122,6 +146,7 @@ class _PassState:
         model = get_model(f"{PROVIDER}/{item.cfg.name}/{item.target.label}", memoize=False,
                           **model_args_of(item.cfg, item.target, p.template, batch_size))
         self.models.append(model)
+        self.model_of[item.key] = model
         task = task_with(p.task, model=model, metadata=eval_metadata(item.cfg, item.target, item.spec, p, grader))
         return task if grader is None else task_with(task, model_roles={"grader": grader})
 
@@ -154,6 +179,10 @@ class _PassState:
         except Exception as exc:  # this task's failure, named; the others go on
             outcome = TunelabError(f"task '{item.spec.name}' on {item.cfg.name} {item.target.label}: "
                                    f"{type(exc).__name__}: {exc}")
+        self.settle(item, outcome)
+
+    def settle(self, item: WorkItem, outcome: Outcome) -> None:
+        """What became of an item (its scores, or its failure), recorded and reported."""
         self.outcomes[item.key] = outcome
         self.report(item, outcome)
 

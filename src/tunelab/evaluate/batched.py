@@ -1,0 +1,120 @@
+"""A wave's built-in generate-and-score tasks, evaluated without inspect-ai's per-sample loop (waves.py).
+
+Why: on a CPU the demo's evaluation took 2.7–3.1× the time of generating its tokens, and what was not generation
+was inspect's machinery around each sample (per 1,200 samples: condensing 2.2 s, deep copies 1.5 s, pydantic
+1.6 s, ids 0.7 s, the event transcript and its log writing), behind no option of inspect's (docs/evaluation.md).
+For a built-in whose plan is one greedy generate() and a scorer of tasks.py (exact_match, includes, numeric)
+every prompt is known before the first batch, so tunelab does the loop itself: each prompt formatted by the
+provider (`prompt_ids`, training's encoder), every row of the wave answered in the batches the pass's queue would
+cut with all of them waiting (mixbatch.MixedBatcher.generate_now), each answer made the ModelOutput the provider
+returns, scored by the task's own inspect scorers, and the task's .eval log written with inspect's records,
+metrics and writer (evallog.py). A sample answers as it does through inspect's loop (tests/e2e/test_eval_one_pass.py
+compares every sample); choice, task files, sampling, graders and images keep inspect's loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tunelab.errors import TunelabError
+from tunelab.evaluate.evallog import SampleResult, input_messages, now, sample_score, scorer_names, write_task_log
+from tunelab.evaluate.mixbatch import MixedBatcher, RowKey
+from tunelab.evaluate.mixgen import Row
+from tunelab.evaluate.work import WorkItem
+from tunelab.spec.evaluation import BATCHED_BUILTINS
+
+
+
+@dataclass
+class BatchedTask:
+    """One target × task of the wave: its bound inspect Task and Model, its samples and their prompts."""
+
+    item: WorkItem
+    task: Any
+    model: Any
+    samples: list[Any] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+
+def batchable(item: WorkItem, task: Any, model: Any) -> bool:
+    """Whether tunelab's own loop can run this target × task: a built-in of one greedy generate() and a tasks.py
+    scorer, on the pass's shared weights (a text model)."""
+    from tunelab.evaluate.decoding import sampling_of
+    from tunelab.evaluate.provider import TunelabModelAPI
+    from tunelab.evaluate.shared import AdapterView
+
+    api = model.api
+    return (item.spec.builtin in BATCHED_BUILTINS and item.spec.grader is None and sampling_of(task.config) is None
+            and int(task.epochs or 1) == 1 and isinstance(api, TunelabModelAPI) and api.vision is None
+            and isinstance(api.lm, AdapterView))
+
+
+def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, max_tasks: int,
+                max_samples: int) -> list[Any]:
+    """Each task's EvalLog (written into log_dir), or the exception it failed with, in the order given."""
+    started = now()
+    for one in tasks:
+        _prompts(one)
+    rows = [row for one in tasks for row in one.rows]
+    t0 = time.perf_counter()
+    answers = batcher.generate_now(rows)
+    share = (time.perf_counter() - t0) / max(1, len(rows))
+    out: list[Any] = []
+    at = 0
+    for one in tasks:
+        mine, at = answers[at: at + len(one.rows)], at + len(one.rows)
+        try:
+            out.append(_finish(one, mine, share, started, log_dir, max_tasks, max_samples))
+        except Exception as exc:  # this task's failure (waves.py names it); the others go on
+            out.append(exc)
+    return out
+
+
+def _prompts(one: BatchedTask) -> None:
+    """The task's samples and a row of the pass's queue for each: its prompt as the provider builds it."""
+    api = one.model.api
+    one.samples = list(one.task.dataset)
+    key = RowKey(one.task.config.max_tokens or api.max_tokens(), None, None, (), api.lm.adapter, tuple(api.stop_ids))
+    one.rows = [Row(api.prompt_ids(input_messages(s.input)), key.adapter, key) for s in one.samples]
+
+
+def _finish(one: BatchedTask, answers: list[Any], share: float, started: str, log_dir: Path, max_tasks: int,
+            max_samples: int) -> Any:
+    """The task's answers scored and its log written; a failed batch fails the task with its error."""
+    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    if failed is not None:
+        raise failed
+    api = one.model.api
+    outputs = [api.output_of(row.prompt_ids, [gen], False, None, []) for row, gen in zip(one.rows, answers)]
+    scores = anyio.run(_score, one.task, one.model, one.samples, outputs)
+    results = [SampleResult(s, o, sc, share) for s, o, sc in zip(one.samples, outputs, scores)]
+    return write_task_log(one.task, one.model, results, started, log_dir, max_tasks, max_samples)
+
+
+async def _score(task: Any, model: Any, samples: list[Any], outputs: list[Any]) -> list[dict[str, Any]]:
+    """Each sample's scores by the task's own scorers, on the TaskState inspect's loop would hand them."""
+    from inspect_ai.model import ModelName
+    from inspect_ai.scorer import Target
+    from inspect_ai.solver import TaskState
+
+    scorers = list(task.scorer or [])
+    if not scorers:
+        raise TunelabError(f"task '{task.name}' has no scorer")
+    names = scorer_names(scorers)
+    out = []
+    for sample, output in zip(samples, outputs):
+        messages = input_messages(sample.input)
+        target = Target(sample.target)
+        state = TaskState(ModelName(model), sample.id, 1, sample.input, [*messages, output.message], target,
+                          choices=sample.choices, output=output, metadata=sample.metadata or {}, completed=True)
+        scored = {}
+        for name, scorer in zip(names, scorers):
+            score = await scorer(state, target)
+            scored[name] = sample_score(scorer, score, sample)
+        out.append(scored)
+    return out
