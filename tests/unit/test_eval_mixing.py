@@ -148,6 +148,38 @@ def test_batches_go_longest_first_own_adapter_first_and_an_error_stays_with_its_
     assert batches == [[("a", 4), ("a", 5)], [("c", 2), ("b", 3)]]
 
 
+def test_rows_answered_at_once_go_in_the_batches_of_the_queue_with_every_row_waiting():
+    """generate_now (tunelab's own loop, batched.py) cuts the batches the queue cuts when every request waits
+    at once, counts them alike, and keeps a batch's error with its adapter's rows."""
+    from tunelab.evaluate.mixbatch import RowKey
+
+    def recorder() -> tuple[list, object]:
+        batches: list[list[tuple[str, int]]] = []
+
+        def run_rows(rows: list[Row], stop_ids: list[int]) -> list[Generation]:
+            batches.append([(r.adapter, len(r.prompt_ids)) for r in rows])
+            if any(r.adapter == "bad" for r in rows):
+                raise RuntimeError("bad weights")
+            return [Generation([len(r.prompt_ids)], r.adapter, False) for r in rows]
+        return batches, run_rows
+
+    cases = [(3, None, [("a", 5), ("b", 9), ("a", 3), ("b", 2), ("a", 7), ("c", 1)]),
+             (4, None, [("a", 4), ("bad", 3), ("a", 2), ("bad", 1)]),
+             (4, 2, [("a", 5), ("a", 4), ("b", 3), ("c", 2)])]
+    for size, fill_below, requests in cases:
+        queue_batches, run_rows = recorder()
+        queue = MixedBatcher(run_rows, size, fill_below)
+        queue_out = queued(queue, requests)
+        now_batches, run_rows = recorder()
+        now = MixedBatcher(run_rows, size, fill_below)
+        rows = [Row(list(range(n)), a, RowKey(4, adapter=a, stop_ids=(0,))) for a, n in requests]
+        now_out = now.generate_now(rows)
+        assert now_batches == queue_batches and (now.batches, now.mixed) == (queue.batches, queue.mixed) != (0, 0)
+        def seen(out: list) -> list:
+            return [(g.text, g.new_ids[0]) if isinstance(g, Generation) else type(g) for g in out]
+        assert seen(now_out) == seen(queue_out) == [(a, n) if a != "bad" else RuntimeError for a, n in requests]
+
+
 def test_adapter_kinds_peft_cannot_mix_are_named():
     lora = {"peft_type": "LORA", "r": 8, "modules_to_save": MODULES}
     assert adapter_blocker(lora) is None

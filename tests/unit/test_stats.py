@@ -218,3 +218,14 @@ def test_detectable_difference_answers_every_test_size(tmp_path, monkeypatch):
     assert all(a > b for a, b in zip(unpaired, unpaired[1:]))
     paired = [d.paired for d in found if d.paired is not None]
     assert len(paired) > 50 and all(a > b for a, b in zip(paired, paired[1:]))
+
+
+def test_a_numeric_task_with_one_parsed_answer_scores_without_an_error_interval():
+    """Twelve sums, the model gave one number (it failed the whole task with scipy's 'two or more observations'):
+    mae over that one answer has no interval, parse_rate its Wilson interval of 1 in 12."""
+    samples = [SampleValue(id=i, value=0.0, target=float(3 * i + 1), prediction=None) for i in range(12)]
+    samples[0] = SampleValue(id=0, value=0.0, target=1.0, prediction=3.0)
+    ivs = task_intervals(samples, ["mae", "rmse", "r2", "parse_rate"])
+    assert set(ivs) == {"parse_rate"}
+    low, high = proportion_confint(1, 12, alpha=0.05, method="wilson")
+    assert (ivs["parse_rate"].low, ivs["parse_rate"].high) == pytest.approx((low, high))

@@ -91,6 +91,8 @@ def _finish(one: BatchedTask, answers: list[Any], share: float, started: str, lo
         raise failed
     api = one.model.api
     outputs = [api.output_of(row.prompt_ids, [gen], False, None, []) for row, gen in zip(one.rows, answers)]
+    for output in outputs:
+        output.time = share  # its share of the batches' time (inspect's loop: its request's time)
     scores = anyio.run(_score, one.task, one.model, one.samples, outputs)
     results = [SampleResult(s, o, sc, share) for s, o, sc in zip(one.samples, outputs, scores)]
     return write_task_log(one.task, one.model, results, started, log_dir, max_tasks, max_samples)

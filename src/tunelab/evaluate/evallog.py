@@ -31,7 +31,8 @@ class SampleResult:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """A time as inspect's stats record it (to the microsecond: a task's duration is read from two of them)."""
+    return datetime.now(timezone.utc).isoformat()
 
 
 def scorer_names(scorers: list[Any]) -> list[str]:
@@ -79,7 +80,7 @@ def _eval_log(task: Any, model: Any, results: list[SampleResult], started: str, 
                                          task.scorer, task.metrics, completed_samples=len(results))
     dataset = task.dataset
     spec = EvalSpec(
-        eval_id=uuid(), run_id=uuid(), created=started, task=task.name, task_id=uuid(), task_version=task.version,
+        eval_id=uuid(), run_id=uuid(), created=started[:19] + started[-6:], task=task.name, task_id=uuid(), task_version=task.version,
         task_display_name=task.display_name, task_attribs=task.attribs,
         dataset=EvalDataset(name=dataset.name, location=dataset.location, samples=len(results),
                             sample_ids=[r.sample.id for r in results], shuffled=dataset.shuffled),

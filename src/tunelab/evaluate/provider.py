@@ -212,6 +212,7 @@ class TunelabModelAPI(ModelAPI):
         output = ModelOutput(model=self.model_name, choices=choices)
         new = sum(len(g.new_ids) for g in gens)
         output.usage = ModelUsage(input_tokens=len(ids), output_tokens=new, total_tokens=len(ids) + new)
+        output.input_context_tokens = len(ids)  # one request: its prompt is the context (inspect's own rule)
         # The exact prompt the model saw, so a log proves train/eval parity after the fact; how the
         # tokens were chosen, and with which seeds, so a sampled answer can be reproduced.
         output.metadata = {"prompt": self.tokenizer.decode(ids), "prompt_ids": ids, "decoding": describe(sampling)}

@@ -36,8 +36,12 @@ def wilson(count: int, nobs: int, confidence: float = CONFIDENCE) -> Interval:
 def bootstrap_indices(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, seed: int = BOOTSTRAP_SEED,
                       resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE) -> Interval | None:
     """scipy's bootstrap over n test samples; `statistic` maps resampled indices (shape (..., n)) to one
-    value per resample. None when the statistic is undefined on the resamples."""
+    value per resample. None when the statistic is undefined on the resamples, or there are fewer than two samples
+    (a numeric task whose model gave one parseable number: its mae has no interval, and the task still scores)."""
     from scipy.stats import bootstrap
+
+    if n < 2:
+        return None
 
     def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         return statistic(np.moveaxis(np.asarray(idx), axis, -1))

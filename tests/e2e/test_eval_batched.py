@@ -1,0 +1,109 @@
+"""tunelab's own loop for the built-ins (evaluate/batched.py) against inspect-ai's per-sample loop, on the same pass.
+
+A copy of the shared finished sweep (five targets) evaluates three built-ins — exact_match and includes on the
+words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`inspect_loop`),
+then through tunelab's. Everything a reader of the results sees must be the same: scores.json (metrics, their
+intervals, every sample's value, the tokens), and in each .eval log every sample (input, target, messages, the
+output with its exact prompt, its stop reason and usage, each score with its answer and metadata), the metrics
+inspect computed, the reductions, the header's model, arguments and metadata, and the summaries `inspect view`
+lists. What tunelab's loop leaves out — each sample's event transcript — is checked too: that is how the test
+knows which loop wrote which log.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
+from rich.console import Console
+
+from tunelab.evaluate.passes import evaluate_runs
+from tunelab.evaluate.scores import read_task_scores
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import load_runs
+from tunelab.spec import DatasetSpec, TaskSpec
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = [1, 3]
+TIMES = {"duration_s", "inspect_duration_s", "evaluated_at", "log"}  # when and how long: the only fields that differ
+
+
+@pytest.fixture(scope="module")
+def sweep(finished_sweep, tmp_path_factory) -> list[RunConfig]:
+    exp = tmp_path_factory.mktemp("batched") / "exp"
+    shutil.copytree(finished_sweep.exp, exp, ignore=shutil.ignore_patterns("trainer_state", "eval", "report"))
+    sums = exp / "sums.jsonl"  # answers the tiny model will mostly miss: the numeric metrics see both kinds
+    sums.write_text("".join(json.dumps({"input": f"{a} + {b} =", "output": str(a + b)}) + "\n"
+                            for a, b in ((i, 2 * i + 1) for i in range(12))))
+    tasks = [TaskSpec(name="exact_match", builtin="exact_match", limit=24),
+             TaskSpec(name="includes", builtin="includes", limit=24),
+             TaskSpec(name="sums", builtin="numeric", dataset="sums", split="test", prompt="{input}", max_tokens=4)]
+    extra = {"sums": DatasetSpec(name="sums", test=str(sums), eval_only=True)}
+    return [cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tasks": tasks}), "eval_datasets": extra})
+            for cfg in load_runs(exp)]
+
+
+def evaluated(cfgs: list[RunConfig]) -> dict[tuple[str, str, str], tuple[dict, object]]:
+    """Every target × task's scores.json record (times aside) and its log."""
+    out = {}
+    for cfg in cfgs:
+        for path in sorted(cfg.run_dir.glob("eval/*/*/scores.json")):
+            scores = read_task_scores(path)
+            out[(cfg.name, scores.label, scores.task)] = (
+                scores.model_dump(exclude=TIMES), read_eval_log(str(path.parent / scores.log)))
+    return out
+
+
+def sample_view(sample) -> dict:
+    return {"id": sample.id, "input": [(m.role, m.text) for m in sample.input], "target": sample.target,
+            "messages": [(m.role, m.text, m.source) for m in sample.messages], "metadata": sample.metadata,
+            "output": sample.output.model_dump(exclude={"time"}, exclude_none=True) | {
+                "choices": [(c.message.text, c.stop_reason) for c in sample.output.choices]},
+            "scores": {k: v.model_dump() for k, v in sample.scores.items()},
+            "usage": {k: v.model_dump() for k, v in sample.model_usage.items()}}
+
+
+@pytest.fixture(scope="module")
+def both_loops(sweep) -> dict[str, dict]:
+    out = {}
+    for loop, inspect_loop in (("inspect", True), ("tunelab", False)):
+        text = io.StringIO()
+        evaluate_runs(sweep, EPOCHS, force=True, console=Console(file=text, width=200), inspect_loop=inspect_loop)
+        out[loop] = evaluated(sweep)
+        out[loop + " printed"] = text.getvalue()
+    return out
+
+
+def test_tunelabs_loop_writes_what_inspects_loop_writes_sample_for_sample(both_loops):
+    inspect, ours = both_loops["inspect"], both_loops["tunelab"]
+    assert len(ours) == 15 and ours.keys() == inspect.keys()  # 5 targets × 3 tasks, each once
+    assert "one pass over 5 targets" in both_loops["tunelab printed"]
+    answered = set()
+    for key, (scores, log) in ours.items():
+        their_scores, theirs = inspect[key]
+        assert scores == their_scores, key  # metrics, intervals, per-sample values, tokens, batch, concurrency
+        assert log.status == theirs.status == "success"
+        assert len(log.samples) == len(theirs.samples), key
+        for mine, their in zip(log.samples, theirs.samples):
+            a, b = sample_view(mine), sample_view(their)
+            assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), (key, mine.id, {
+                k: (a[k], b[k]) for k in a if a[k] != b[k]})
+        assert log.results.model_dump() == theirs.results.model_dump(), key
+        assert [r.model_dump() for r in log.reductions] == [r.model_dump() for r in theirs.reductions], key
+        for field in ("task", "model", "model_args", "metadata", "dataset", "model_generate_config"):
+            assert getattr(log.eval, field) == getattr(theirs.eval, field), (key, field)
+        assert log.stats.model_usage == theirs.stats.model_usage, key
+        summaries = read_eval_log_sample_summaries(log.location)  # what `inspect view` lists
+        assert [(s.id, s.target, {k: v.value for k, v in s.scores.items()}) for s in summaries] == \
+            [(s.id, s.target, {k: v.value for k, v in s.scores.items()}) for s in theirs.samples]
+        # which loop wrote which: inspect's keeps each sample's event transcript, tunelab's does not
+        assert all(not s.events for s in log.samples) and all(s.events for s in theirs.samples), key
+        assert log.stats.completed_at > log.stats.started_at, key  # its duration is measured, not zero
+        answered |= {s.output.completion for s in log.samples}
+    assert len(answered) > 10  # the targets answer differently: the comparison is not of constants
+    numeric = [scores for (_, _, task), (scores, _) in ours.items() if task == "sums"]
+    assert {"mae", "rmse", "r2", "parse_rate"} <= set(numeric[0]["metrics"])
