@@ -1,8 +1,8 @@
 """tunelab's own loop for the built-ins (evaluate/batched.py) against inspect-ai's per-sample loop, on the same pass.
 
 A copy of the shared finished sweep (five targets) evaluates three built-ins — exact_match and includes on the
-words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`inspect_loop`),
-then through tunelab's. Everything a reader of the results sees must be the same: scores.json (metrics, their
+words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`tunelab eval
+--inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be the same: scores.json (metrics, their
 intervals, every sample's value, the tokens), and in each .eval log every sample (input, target, messages, the
 output with its exact prompt, its stop reason and usage, each score with its answer and metadata), the metrics
 inspect computed, the reductions, the header's model, arguments and metadata, and the summaries `inspect view`
@@ -12,28 +12,27 @@ knows which loop wrote which log.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
-from rich.console import Console
+from typer.testing import CliRunner
 
-from tunelab.evaluate.passes import evaluate_runs
+from tunelab.cli import app
 from tunelab.evaluate.scores import read_task_scores
-from tunelab.rundir.config import RunConfig
+from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.experiment import load_runs
 from tunelab.spec import DatasetSpec, TaskSpec
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = [1, 3]
 TIMES = {"duration_s", "inspect_duration_s", "evaluated_at", "log"}  # when and how long: the only fields that differ
 
 
 @pytest.fixture(scope="module")
-def sweep(finished_sweep, tmp_path_factory) -> list[RunConfig]:
+def sweep(finished_sweep, tmp_path_factory) -> tuple[Path, list[RunConfig]]:
     exp = tmp_path_factory.mktemp("batched") / "exp"
     shutil.copytree(finished_sweep.exp, exp, ignore=shutil.ignore_patterns("trainer_state", "eval", "report"))
     sums = exp / "sums.jsonl"  # answers the tiny model will mostly miss: the numeric metrics see both kinds
@@ -43,8 +42,11 @@ def sweep(finished_sweep, tmp_path_factory) -> list[RunConfig]:
              TaskSpec(name="includes", builtin="includes", limit=24),
              TaskSpec(name="sums", builtin="numeric", dataset="sums", split="test", prompt="{input}", max_tokens=4)]
     extra = {"sums": DatasetSpec(name="sums", test=str(sums), eval_only=True)}
-    return [cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tasks": tasks}), "eval_datasets": extra})
+    cfgs = [cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tasks": tasks}), "eval_datasets": extra})
             for cfg in load_runs(exp)]
+    for cfg in cfgs:
+        save_run_config(cfg)
+    return exp, cfgs
 
 
 def evaluated(cfgs: list[RunConfig]) -> dict[tuple[str, str, str], tuple[dict, object]]:
@@ -69,12 +71,14 @@ def sample_view(sample) -> dict:
 
 @pytest.fixture(scope="module")
 def both_loops(sweep) -> dict[str, dict]:
+    """`tunelab eval --inspect-loop`, then `tunelab eval`, as a user runs them."""
+    exp, cfgs = sweep
     out = {}
-    for loop, inspect_loop in (("inspect", True), ("tunelab", False)):
-        text = io.StringIO()
-        evaluate_runs(sweep, EPOCHS, force=True, console=Console(file=text, width=200), inspect_loop=inspect_loop)
-        out[loop] = evaluated(sweep)
-        out[loop + " printed"] = text.getvalue()
+    for loop, flags in (("inspect", ["--inspect-loop"]), ("tunelab", [])):
+        res = CliRunner().invoke(app, ["eval", str(exp), "--force", "--epochs", "1,3", "--no-ledger", *flags])
+        assert res.exit_code == 0, res.output
+        out[loop] = evaluated(cfgs)
+        out[loop + " printed"] = res.output
     return out
 
 

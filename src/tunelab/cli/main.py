@@ -198,6 +198,9 @@ def eval_cmd(
     engine: Optional[str] = typer.Option(None, "--engine", help="hf or vllm: what generates, for this call "
                                          "(default: the spec's eval.engine; auto = vllm where vLLM is at hand "
                                          "and a GPU is visible, else hf)."),
+    inspect_loop: bool = typer.Option(False, "--inspect-loop", help="The built-in generate-and-score tasks "
+                                      "through inspect-ai's sample loop too, which logs each sample's event "
+                                      "transcript (default: tunelab's batched loop, the same scores, faster)."),
     json_out: bool = json_option("every task scored now on each checkpoint"),
 ) -> None:
     """Evaluate checkpoints, controls and eval-only models on every task with inspect-ai.
@@ -205,12 +208,14 @@ def eval_cmd(
     Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training). The checkpoints of one base model go in
     one pass: the base loaded once, each checkpoint's adapter beside it; a target that cannot join one goes
-    alone, with the reason printed."""
+    alone, with the reason printed. In a pass, exact_match, includes and numeric run in tunelab's own batched
+    loop and write the same .eval logs (without the per-sample event transcript: --inspect-loop keeps it)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 
     with stdout_to_stderr(json_out):
         done = evaluate_experiment(experiment_dir, runs, epochs or None, force=force, console=console,
-                                   ingest=not no_ledger, tasks=tasks, one_pass=not one_at_a_time, engine=engine)
+                                   ingest=not no_ledger, tasks=tasks, one_pass=not one_at_a_time, engine=engine,
+                                   inspect_loop=inspect_loop)
     if json_out:
         from tunelab.mcp.models import EvalOut
 
