@@ -2,12 +2,12 @@
 
 A copy of the shared finished sweep (five targets) evaluates three built-ins — exact_match and includes on the
 words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`tunelab eval
---inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be the same: scores.json (metrics, their
-intervals, every sample's value, the tokens), and in each .eval log every sample (input, target, messages, the
-output with its exact prompt, its stop reason and usage, each score with its answer and metadata), the metrics
-inspect computed, the reductions, the header's model, arguments and metadata, and the summaries `inspect view`
-lists. What tunelab's loop leaves out — each sample's event transcript — is checked too: that is how the test
-knows which loop wrote which log.
+--inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be the
+same: scores.json (metrics, their intervals, every sample's value, the tokens), and in each .eval log every sample
+(input, target, messages, the output with its exact prompt, its stop reason and usage, each score with its answer
+and metadata), the metrics inspect computed, the reductions, the header's model, arguments and metadata, and the
+summaries `inspect view` lists. What tunelab's loop leaves out — each sample's event transcript — is checked too:
+that is how the test knows which loop wrote which log.
 """
 
 from __future__ import annotations
