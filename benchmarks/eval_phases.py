@@ -202,8 +202,9 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def breakdown(exp: str, imports: tuple[float, float]) -> dict[str, Any]:
-    """The experiment evaluated in one pass (forced, ingested), its wall time by phase, then the pure loop."""
+def breakdown(exp: str, imports: tuple[float, float], inspect_loop: bool = False) -> dict[str, Any]:
+    """The experiment evaluated in one pass (forced, ingested; the built-ins in tunelab's loop, or with
+    `inspect_loop` in inspect-ai's), its wall time by phase, then the pure loop."""
     from rich.console import Console
 
     from tunelab.evaluate.sweep import evaluate_experiment
@@ -213,7 +214,8 @@ def breakdown(exp: str, imports: tuple[float, float]) -> dict[str, Any]:
     sampler = Sampler(threading.get_ident())
     cpu0, start = cpu_s(), sampler.t0
     sampler.start()
-    evaluate_experiment(exp, force=True, console=Console(file=io.StringIO(), width=200), ingest=True, one_pass=True)
+    evaluate_experiment(exp, force=True, console=Console(file=io.StringIO(), width=200), ingest=True, one_pass=True,
+                        inspect_loop=inspect_loop)
     phases, phases_cpu = sampler.stop()
     wall, cpu = time.perf_counter() - start, cpu_s() - cpu0
     for seen, before in ((phases, imports[0]), (phases_cpu, imports[1])):  # with the imports made on first use
@@ -223,7 +225,7 @@ def breakdown(exp: str, imports: tuple[float, float]) -> dict[str, Any]:
             "generate_rows_cpu_s": batches.cpu_s, "pure": pure_generation(batches)}
 
 
-def fresh(exp: str, launched: float) -> None:
+def fresh(exp: str, launched: float, inspect_loop: bool = False) -> None:
     """A fresh process's part (`eval_sweep.py --phases-child`): its start and imports timed from `launched` (the
     parent's clock, time.time()), then the breakdown, printed as one JSON line."""
     os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -236,4 +238,4 @@ def fresh(exp: str, launched: float) -> None:
 
     import_stack(*EVALUATION_STACK, "tunelab.evaluate.sweep", "tunelab.evaluate.passes", "tunelab.evaluate.onepass",
                  "tunelab.evaluate.tasks")
-    print(json.dumps(breakdown(exp, (time.time() - launched, cpu_s()))))
+    print(json.dumps(breakdown(exp, (time.time() - launched, cpu_s()), inspect_loop)))

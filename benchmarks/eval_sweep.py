@@ -1,6 +1,8 @@
 """A sweep's evaluation one target at a time against one pass per base model, side by side in one run on this CPU.
 
-Two sweeps, each evaluated both ways by `tunelab.evaluate.sweep.evaluate_experiment` (one_pass False / True),
+Two sweeps, each evaluated three ways by `tunelab.evaluate.sweep.evaluate_experiment`: one target at a time
+(one_pass False), one pass (the built-ins in tunelab's batched loop, evaluate/batched.py) and one pass with the
+built-ins in inspect-ai's sample loop (inspect_loop True, `tunelab eval --inspect-loop`),
 each way in a process of its own forked after the imports (torch, transformers, PEFT, inspect-ai imported once,
 here), one thread:
 - demo: the demo's six targets (`tunelab demo`: models tiny-2x128 and tiny-4x256, LoRA ranks 4 and 16 on all
@@ -12,7 +14,7 @@ here), one thread:
   on its first --few rows (a quick check of every checkpoint, where one target's batches are small).
 The adapters are random-init (PEFT's init_lora_weights=False: A and B random, so every target answers
 differently) and written as training writes a checkpoint (adapter + tokenizer), in run directories marked
-completed: speed is what is measured, and that both ways give every sample the same answer and score.
+completed: speed is what is measured, and that every way gives every sample the same answer and score.
 
 Per way: wall seconds of evaluate_experiment and the CPU seconds its process used (this machine is shared: CPU
 seconds move less with other work than wall seconds), samples/s (samples of every target × task over the wall time),
@@ -25,6 +27,7 @@ task and log setup, dataset and task building, prompt formatting, weights and ad
 gathering, inspect-ai's sample loop, scoring, log writing, logs read back and scores.json, ledger ingest — and a
 pure generation loop over the same tokens through the same models (plain HF generate, the pass's batches and
 max_tokens) timed in the same process after it: the evaluation's time over the pure loop's is issue 45's measure.
+The phases are measured twice, in a fresh process each: with tunelab's loop, then with inspect-ai's.
 
     python benchmarks/eval_sweep.py [--out DIR] [--few 8] [--runs 8] [--epochs 3] [--smoke] [--phases-only] [--log-zstd-threads N]
 
@@ -153,7 +156,7 @@ def limit_samples(exp: Path, limit: int | None) -> None:
         save_run_config(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": limit})}))
 
 
-def measure(exp: str, one_pass: bool) -> dict[str, Any]:
+def measure(exp: str, one_pass: bool, inspect_loop: bool = False) -> dict[str, Any]:
     """One way, in this (forked) process: evaluate_experiment forced, timed; what each sample answered."""
     from inspect_ai.log import read_eval_log
     from rich.console import Console
@@ -166,7 +169,7 @@ def measure(exp: str, one_pass: bool) -> dict[str, Any]:
     printed = io.StringIO()
     cpu0, t0 = _cpu_s(), time.perf_counter()
     done = evaluate_experiment(exp, force=True, console=Console(file=printed, width=200), ingest=False,
-                               one_pass=one_pass)
+                               one_pass=one_pass, inspect_loop=inspect_loop)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     answers = {}
     for run, scores in done.items():
@@ -195,38 +198,53 @@ def preload() -> None:
                  "inspect_ai.log")
 
 
+INSPECT_WAY = "one pass, inspect-ai's loop"  # the built-ins through inspect-ai's sample loop (--inspect-loop)
+
+
 def report(name: str, targets: int, ways: dict[str, dict[str, Any]]) -> bool:
-    """Print the sweep's table; whether both ways gave every sample the same answer and score."""
-    apart, together = ways["one target at a time"], ways["one pass"]
+    """Print the sweep's table; whether every way gave every sample the same answer and score."""
+    apart, together, theirs = ways["one target at a time"], ways["one pass"], ways[INSPECT_WAY]
     print(f"\n{name}: {targets} targets, {together['samples']} samples, 1 thread")
     print("| way | wall s | CPU s | samples/s | peak RSS MiB | base loads | adapter loads |")
     print("|---|---|---|---|---|---|---|")
     for way, r in ways.items():
         print(f"| {way} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['samples'] / r['wall_s']:.2f} | "
               f"{r['peak_rss_mib']:,.0f} | {r['base_loads']} | {r['adapter_loads']} |")
-    print(f"| one at a time ÷ one pass | {apart['wall_s'] / together['wall_s']:.2f} | "
-          f"{apart['cpu_s'] / together['cpu_s']:.2f} | | {apart['peak_rss_mib'] / together['peak_rss_mib']:.2f} | | |")
-    same = sum(apart["answers"][k] == together["answers"].get(k) for k in apart["answers"])
+    for label, a, b in (("one at a time ÷ one pass", apart, together), ("inspect-ai's loop ÷ tunelab's", theirs, together)):
+        print(f"| {label} | {a['wall_s'] / b['wall_s']:.2f} | {a['cpu_s'] / b['cpu_s']:.2f} | | "
+              f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f} | | |")
+    same = sum(apart["answers"][k] == together["answers"].get(k) == theirs["answers"].get(k) for k in apart["answers"])
     print(f"{name}: same answers and scores on {same} of {len(apart['answers'])} target × tasks "
-          f"({together['samples']} samples); RSS at the fork {together['start_rss_mib']:,.0f} MiB")
+          f"({together['samples']} samples), every way; RSS at the fork {together['start_rss_mib']:,.0f} MiB")
     for line in together["batches"]:
         print(f"{name}: pass{line}")
-    return same == len(apart["answers"]) and apart["answers"].keys() == together["answers"].keys()
+    return same == len(apart["answers"]) and apart["answers"].keys() == together["answers"].keys() == \
+        theirs["answers"].keys()
 
 
-def phases(exp: Path, smoke: bool) -> dict[str, Any]:
+def phases(exp: Path, smoke: bool, inspect_loop: bool = False) -> dict[str, Any]:
     """The demo's one pass phase by phase: in a fresh process (its start and imports timed), or, smoke, forked."""
     if smoke:
-        return in_child(breakdown, str(exp), (0.0, 0.0))
-    done = subprocess.run([sys.executable, __file__, "--phases-child", str(exp), repr(time.time())],
-                          capture_output=True, text=True, check=True)
+        return in_child(breakdown, str(exp), (0.0, 0.0), inspect_loop)
+    done = subprocess.run([sys.executable, __file__, "--phases-child", str(exp), repr(time.time()),
+                           str(int(inspect_loop))], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report_phases(r: dict[str, Any], targets: int, smoke: bool) -> None:
+def both_loops(exp: Path, targets: int, smoke: bool) -> None:
+    """The demo's phases with tunelab's loop, then with inspect-ai's, each in a process of its own; their ratio."""
+    ours = phases(exp, smoke)
+    theirs = phases(exp, smoke, inspect_loop=True)
+    report_phases(ours, targets, smoke)
+    report_phases(theirs, targets, smoke, "inspect-ai's loop (--inspect-loop), ")
+    print(f"demo: evaluation with tunelab's loop {ours['eval_wall_s']:.2f} s, with inspect-ai's loop "
+          f"{theirs['eval_wall_s']:.2f} s: inspect-ai's ÷ tunelab's {theirs['eval_wall_s'] / ours['eval_wall_s']:.2f}")
+
+
+def report_phases(r: dict[str, Any], targets: int, smoke: bool, loop: str = "") -> None:
     """The phase table, the pure generation loop and the ratio of the two."""
     pure, start = r["pure"], "forked after the imports: not timed" if smoke else "a fresh process"
-    print(f"\ndemo, phase by phase: one pass over {targets} targets, {start}, 1 thread; {pure['batches']} batches, "
+    print(f"\ndemo, phase by phase: {loop}one pass over {targets} targets, {start}, 1 thread; {pure['batches']} batches, "
           f"{pure['tokens']:,} tokens generated")
     print("| phase | wall s | share | CPU s |")  # CPU: the evaluating thread's in each phase; the total's: the process's
     print("|---|---|---|---|")
@@ -252,10 +270,10 @@ def main() -> None:
     ap.add_argument("--phases-only", action="store_true", help="only the demo's evaluation phase by phase")
     ap.add_argument("--log-zstd-threads", type=int, default=None, help="the phases' .eval members compressed on N "
                     "threads (12: inspect-ai's default, the before of an A/B; default: tunelab's one thread)")
-    ap.add_argument("--phases-child", nargs=2, help=argparse.SUPPRESS)  # EXPERIMENT LAUNCHED_AT: phases()'s process
+    ap.add_argument("--phases-child", nargs=3, help=argparse.SUPPRESS)  # EXPERIMENT LAUNCHED_AT LOOP: phases()'s
     a = ap.parse_args()
     if a.phases_child:
-        return fresh(a.phases_child[0], float(a.phases_child[1]))
+        return fresh(a.phases_child[0], float(a.phases_child[1]), a.phases_child[2] == "1")
     if a.smoke:
         a.runs, a.epochs = 2, 2
     os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # before torch is imported: one thread
@@ -266,7 +284,7 @@ def main() -> None:
     if a.log_zstd_threads is not None:
         os.environ[LOG_ZSTD_THREADS_ENV] = str(a.log_zstd_threads)
     if a.phases_only:
-        return report_phases(phases(demo, a.smoke), demo_targets, a.smoke)
+        return both_loops(demo, demo_targets, a.smoke)
     larger, larger_targets = larger_sweep(out, a.runs, a.epochs, a.smoke)
     sweeps = [("demo", demo, demo_targets, None), ("larger", larger, larger_targets, None)]
     sweeps += [] if a.smoke else [(f"larger, {a.few} rows", larger, larger_targets, a.few)]
@@ -274,10 +292,10 @@ def main() -> None:
     for name, exp, targets, limit in sweeps:
         if exp == larger:
             limit_samples(exp, limit)
-        ways = {way: in_child(measure, str(exp), one_pass) for way, one_pass in
-                (("one target at a time", False), ("one pass", True))}
+        ways = {way: in_child(measure, str(exp), one_pass, inspect_loop) for way, one_pass, inspect_loop in
+                (("one target at a time", False, False), ("one pass", True, False), (INSPECT_WAY, True, True))}
         same.append(report(name, targets, ways))
-    report_phases(phases(demo, a.smoke), demo_targets, a.smoke)
+    both_loops(demo, demo_targets, a.smoke)
     raise SystemExit(0 if all(same) else 1)  # a sample answered differently: the pass is wrong
 
 

@@ -325,19 +325,27 @@ def test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up(smokes):
         assert cpu_ratio == pytest.approx(apart[1] / together[1], abs=0.005 + ratio_bound(apart[1], together[1], 0.1, 0.1))
         assert rss_ratio == pytest.approx(apart[2] / together[2], abs=0.005 + ratio_bound(apart[2], together[2], 1, 1))
         assert line(section, rf"^{re.escape(name)}: same answers and scores on (\d+) of (\d+) target × tasks "
-                             rf"\((\d+) samples\)") == (targets, targets, samples)
+                             rf"\((\d+) samples\), every way") == (targets, targets, samples)
+        theirs = line(section, rf"^\| one pass, inspect-ai's loop \| {NUM} \| {NUM} \| {NUM} \| {NUM} \| (\d+) \| (\d+) \|$")
+        assert theirs[4:] == (bases, adapters)  # the same pass, the built-ins through inspect-ai's loop
+        loops = line(section, rf"^\| inspect-ai's loop ÷ tunelab's \| {NUM} \| {NUM} \| \| {NUM} \| \| \|$")
+        assert loops[0] == pytest.approx(theirs[0] / together[0], abs=0.005 + ratio_bound(theirs[0], together[0], 0.1, 0.1))
         assert len(re.findall(rf"^{re.escape(name)}: pass  \d+ batches", section, re.MULTILINE)) == bases  # a pass each
     phases = out.split("\ndemo, phase by phase: one pass over 6 targets, ", 1)[1].split("\n\n")[0]
     rows = [tuple(float(v) for v in row) for row in re.findall(rf"^\| (?!total )[a-z][^|]* \| {NUM} \| {NUM} % \| {NUM} \|$", phases,
                                                                 re.MULTILINE)]
     wall, cpu = line(phases, rf"^\| total \| {NUM} \| 100 % \| {NUM} \|$")
-    assert len(rows) == 13 and sum(r[0] for r in rows) == pytest.approx(wall, abs=0.005 * 14)  # the phases add up
-    assert sum(r[1] for r in rows) == pytest.approx(100, abs=0.05 * 14) and cpu > 0
+    assert len(rows) == 14 and sum(r[0] for r in rows) == pytest.approx(wall, abs=0.005 * 15)  # the phases add up
+    assert sum(r[1] for r in rows) == pytest.approx(100, abs=0.05 * 15) and cpu > 0
     pure, = line(phases, rf"^\| pure generation: HF generate, the same batches \| {NUM} \| \| {NUM} \|$")[:1]
     ratio, _ = line(phases, rf"^\| evaluate_experiment \(from its call\) ÷ pure generation \| {NUM} \| \| {NUM} \|$")
     evaluation, _ = line(phases, rf"^demo phases: evaluation {NUM} s wall, {NUM} CPU s")
     assert ratio == pytest.approx(evaluation / pure, abs=0.005 + ratio_bound(evaluation, pure, 0.01, 0.01))
     assert line(phases, r"; (\d+) batches, ([\d,]+) tokens generated$")[1] > 0
+    ours, theirs, loops = line(out, rf"^demo: evaluation with tunelab's loop {NUM} s, with inspect-ai's loop {NUM} s: "
+                                    rf"inspect-ai's ÷ tunelab's {NUM}$")
+    assert loops == pytest.approx(theirs / ours, abs=0.005 + ratio_bound(theirs, ours, 0.01, 0.01))
+    assert ours == evaluation  # the first table is tunelab's loop
 
 
 # predicted, measured, error ×3, then the total's P10–P90 and whether the measured total is inside it
