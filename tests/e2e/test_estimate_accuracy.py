@@ -35,7 +35,11 @@ def test_heldout_time_predicted_from_one_calibration_run(write_spec, tmp_path, m
     _train(runs["r8_bs8"])
     ledger.ingest_all(spec.parent, load_runs(spec.parent))
     (row,) = history.load()
-    assert row.per_token_s > 0 and row.step_fixed_s > 0 and row.startup_s > 0  # measured split (not clamped)
+    assert row.per_token_s > 0 and row.step_fixed_s is not None and row.startup_s > 0  # a measured split
+    # the fixed part is the run's steady step time less the per-token part timed after it (train/step_cost.py):
+    # on a quiet machine positive; when the load changed between the two (CI's workers: slowdown 1.51 once), the
+    # per-token part can cover the whole step and the fixed part is clamped at 0
+    assert row.step_fixed_s > 0 or row.contended, row
 
     est = make_plan(spec).estimates["r16_bs16"]
     assert est.time_source.startswith("history: 1 measured run(s) of this model")
