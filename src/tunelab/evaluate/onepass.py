@@ -2,10 +2,11 @@
 adapter beside it (shared.py), every target × task run by inspect-ai concurrently, and their samples
 generated in batches that mix adapters (mixbatch.py).
 
-inspect-ai stays the evaluator: each target × task is its own inspect Task, bound to its own model
-(`tunelab/<run>/<label>`, the same model args as one at a time, so its log reads as before), and a wave of
-them (whole targets, about WAVE_BATCHES full batches of samples) is run by one `inspect_ai.eval` with every
-task in flight (waves.py). The provider, asked for a target of this pass, takes the pass's shared weights;
+Each target × task is its own inspect Task, bound to its own model (`tunelab/<run>/<label>`, the same model args
+as one at a time, so its log reads as before), and a wave of them (whole targets, about WAVE_BATCHES full
+batches of samples) runs together (waves.py): the built-ins of one greedy generate() in tunelab's own loop
+(batched.py: every row of the wave answered at once, the same .eval log), the rest by one `inspect_ai.eval`
+with every task in flight. The provider, asked for a target of this pass, takes the pass's shared weights;
 every target's generate() calls meet in one queue. When a wave ends, each log goes beside its scores.json,
 so a pass killed half way keeps the waves it finished, and a task that fails fails alone, named, beside the
 others' results. Memory decides how many adapters sit beside the base at once (their bytes, from their files,

@@ -1,8 +1,8 @@
 """A wave of a one-pass evaluation (onepass.py): whole targets' tasks, each its own inspect Task bound to its own
-model, run by one `inspect_ai.eval` all at once on the pass's shared weights; then each log moved from the
-staging directory beside its scores.json.
+model, run at once on the pass's shared weights — the built-ins tunelab's own loop can run (batched.py) first,
+the rest by one `inspect_ai.eval` —; then each log moved from the staging directory beside its scores.json.
 
-inspect-ai writes every log of an eval into one directory; a target × task's log belongs in
+Both write every log of the wave into one directory; a target × task's log belongs in
 `<run>/eval/<label>/<task>/`, so the wave's logs go to a staging directory in the experiment
 (`.tunelab-eval-pass-*`, removed after) and are moved when the eval returns, each matched to its target × task
 by the log's metadata (run, label, task). scores.json reads the samples from the moved file (the log object's
