@@ -1,13 +1,13 @@
 """tunelab's own loop for the built-ins (evaluate/batched.py) against inspect-ai's per-sample loop, on the same pass.
 
-A copy of the shared finished sweep (five targets) evaluates three built-ins — exact_match and includes on the
-words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`tunelab eval
---inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be the
-same: scores.json (metrics, their intervals, every sample's value, the tokens), and in each .eval log every sample
-(input, target, messages, the output with its exact prompt, its stop reason and usage, each score with its answer
-and metadata), the metrics inspect computed, the reductions, the header's model, arguments and metadata, and the
-summaries `inspect view` lists. What tunelab's loop leaves out — each sample's event transcript — is checked too:
-that is how the test knows which loop wrote which log.
+A copy of the shared finished sweep (five targets) evaluates the four built-ins — exact_match, includes and choice
+on the words, numeric on an eval-only dataset of sums — twice in one pass: through inspect-ai's loop (`tunelab
+eval --inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be
+the same: scores.json (metrics, their intervals, every sample's value, the tokens), and in each .eval log every
+sample (input, target, messages, the output with its exact prompt, its stop reason and usage, each score with its
+answer and metadata — choice's option probabilities), the metrics inspect computed, the reductions, the header's
+model, arguments and metadata, and the summaries `inspect view` lists. What tunelab's loop leaves out — each
+sample's event transcript — is checked too: that is how the test knows which loop wrote which log.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def sweep(finished_sweep, tmp_path_factory) -> tuple[Path, list[RunConfig]]:
                             for a, b in ((i, 2 * i + 1) for i in range(12))))
     tasks = [TaskSpec(name="exact_match", builtin="exact_match", limit=24),
              TaskSpec(name="includes", builtin="includes", limit=24),
-             TaskSpec(name="sums", builtin="numeric", dataset="sums", split="test", prompt="{input}", max_tokens=4)]
+             TaskSpec(name="sums", builtin="numeric", dataset="sums", split="test", prompt="{input}", max_tokens=4),
+             TaskSpec(name="choice", builtin="choice", limit=12)]  # options: every answer of the split
     extra = {"sums": DatasetSpec(name="sums", test=str(sums), eval_only=True)}
     cfgs = [cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tasks": tasks}), "eval_datasets": extra})
             for cfg in load_runs(exp)]
@@ -84,7 +85,7 @@ def both_loops(sweep) -> dict[str, dict]:
 
 def test_tunelabs_loop_writes_what_inspects_loop_writes_sample_for_sample(both_loops):
     inspect, ours = both_loops["inspect"], both_loops["tunelab"]
-    assert len(ours) == 15 and ours.keys() == inspect.keys()  # 5 targets × 3 tasks, each once
+    assert len(ours) == 20 and ours.keys() == inspect.keys()  # 5 targets × 4 tasks, each once
     assert "one pass over 5 targets" in both_loops["tunelab printed"]
     answered = set()
     for key, (scores, log) in ours.items():
@@ -111,3 +112,7 @@ def test_tunelabs_loop_writes_what_inspects_loop_writes_sample_for_sample(both_l
     assert len(answered) > 10  # the targets answer differently: the comparison is not of constants
     numeric = [scores for (_, _, task), (scores, _) in ours.items() if task == "sums"]
     assert {"mae", "rmse", "r2", "parse_rate"} <= set(numeric[0]["metrics"])
+    choice = [log for (_, _, task), (_, log) in ours.items() if task == "choice"]
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "ece", "brier"} <= set(choice[0].results.scores[0].metrics)
+    probs = choice[0].samples[0].scores["option_choice"].metadata["probs"]
+    assert len(probs) > 2 and sum(probs.values()) == pytest.approx(1.0)  # every option's probability, normalised

@@ -103,11 +103,16 @@ def test_a_plan_with_a_search_and_a_deadline_counts_it_and_names_fewer_trials_or
     gives = {g.what: g for g in budget_plan.deadline.gives}  # type: ignore[union-attr]
     budget = float(gives["budget"].change.split(" of a run's steps")[0].split()[-1])
     left = seconds - _runs(budget_plan).makespan_p90_s
-    # the price is not monotone in the budget (a trial's rungs move as it gains a step): every budget tried by hand
-    largest = max(b / 1e4 for b in range(1, 2500) if _search_p90(budget_plan, 6, b / 1e4) <= left)
-    # (not necessarily near 0.15: the price is not monotone, so a larger budget far below may fit too)
-    assert budget == pytest.approx(largest, abs=1.5e-4) and 0 < budget < 1
-    assert _search_p90(budget_plan, 6, budget) <= left and "tune.budget" in gives["budget"].change
+
+    def largest(room: float) -> float:
+        """The price is not monotone in the budget (a trial's rungs move as it gains a step): every budget tried by
+        hand (not necessarily near 0.15: a larger budget far below may fit too)."""
+        return max(b / 1e4 for b in range(1, 2500) if _search_p90(budget_plan, 6, b / 1e4) <= room)
+    # the runs' P90 is known here to its rounded 0.1 s, the plan uses it unrounded: at ~0.01 s of search price per 1e-4
+    # of budget the answer may move by a few 1e-4 within that rounding (seen once under CI's load: 0.0901 chosen,
+    # 0.0908 by hand)
+    assert largest(left - 0.05) - 1.5e-4 <= budget <= largest(left + 0.05) + 1.5e-4 and 0 < budget < 1
+    assert _search_p90(budget_plan, 6, budget) <= left + 0.05 and "tune.budget" in gives["budget"].change
     md = render_plan_md(plan)
     assert "Before the runs, the learning-rate search (`tunelab tune`)" in md
     assert PlanOut.of(plan).deadline.search == d.search  # type: ignore[union-attr]

@@ -37,7 +37,7 @@ def eval_cmd(
     Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training). The checkpoints of one base model go in
     one pass: the base loaded once, each checkpoint's adapter beside it; a target that cannot join one goes
-    alone, with the reason printed. In a pass, exact_match, includes and numeric run in tunelab's own batched
+    alone, with the reason printed. In a pass, the built-in tasks run in tunelab's own batched
     loop and write the same .eval logs (without the per-sample event transcript: --inspect-loop keeps it)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 

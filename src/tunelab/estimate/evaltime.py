@@ -43,7 +43,7 @@ ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and deco
 # on this CPU as ~15 ms a sample beyond the tiny model's generation (a one-pass sweep, tests/e2e); an assumption
 # until an evaluation of the model and task is in the history, whose measured time includes it
 SAMPLE_OVERHEAD_S = 0.015
-# tunelab's own loop (evaluate/batched.py: the built-ins exact_match, includes, numeric on the HF engine): its prompt
+# tunelab's own loop (evaluate/batched.py: the built-ins exact_match, includes, numeric, choice on the HF engine): its prompt
 # formatting, outputs, scoring, log writing and read-back measured at 0.65 s over the demo's 1,200 samples on this CPU
 # (benchmarks/eval_sweep.py --phases-only); 1 ms a sample, an assumption until the history measures it
 BATCHED_SAMPLE_OVERHEAD_S = 0.001

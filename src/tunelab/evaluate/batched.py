@@ -4,12 +4,13 @@ Why: on a CPU the demo's evaluation took 2.7–3.1× the time of generating its 
 was inspect's machinery around each sample (per 1,200 samples: condensing 2.2 s, deep copies 1.5 s, pydantic
 1.6 s, ids 0.7 s, the event transcript and its log writing), behind no option of inspect's (docs/evaluation.md).
 For a built-in whose plan is one greedy generate() and a scorer of tasks.py (exact_match, includes, numeric)
-every prompt is known before the first batch, so tunelab does the loop itself: each prompt formatted by the
+every prompt is known before the first batch, so tunelab does the loop itself (choice too: its solver's work,
+each option's continuation scored on the target's adapter, done sample by sample as the solver does it): each prompt formatted by the
 provider (`prompt_ids`, training's encoder), every row of the wave answered in the batches the pass's queue would
 cut with all of them waiting (mixbatch.MixedBatcher.generate_now), each answer made the ModelOutput the provider
 returns, scored by the task's own inspect scorers, and the task's .eval log written with inspect's records,
 metrics and writer (evallog.py). A sample answers as it does through inspect's loop (tests/e2e/test_eval_one_pass.py
-compares every sample); choice, task files, sampling, graders and images keep inspect's loop.
+compares every sample); task files, sampling, graders and images keep inspect's loop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.evallog import SampleResult, input_messages, now, sample_score, scorer_names, write_task_log
 from tunelab.evaluate.mixbatch import MixedBatcher, RowKey
 from tunelab.evaluate.mixgen import Row
+from tunelab.evaluate.tasks import OPTIONS, option_output
 from tunelab.evaluate.work import WorkItem
 from tunelab.spec.evaluation import BATCHED_BUILTINS
 
@@ -38,7 +40,11 @@ class BatchedTask:
     task: Any
     model: Any
     samples: list[Any] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # the rows to generate (none for choice: its options are scored)
+
+    def options(self) -> list[str] | None:
+        """A choice task's options (tasks.py puts them in its metadata); None for a task that generates."""
+        return (self.task.metadata or {}).get(OPTIONS) if self.item.spec.builtin == "choice" else None
 
 
 def batchable(item: WorkItem, task: Any, model: Any) -> bool:
@@ -79,6 +85,8 @@ def _prompts(one: BatchedTask) -> None:
     """The task's samples and a row of the pass's queue for each: its prompt as the provider builds it."""
     api = one.model.api
     one.samples = list(one.task.dataset)
+    if one.options() is not None:
+        return
     key = RowKey(one.task.config.max_tokens or api.max_tokens(), None, None, (), api.lm.adapter, tuple(api.stop_ids))
     one.rows = [Row(api.prompt_ids(input_messages(s.input)), key.adapter, key) for s in one.samples]
 
@@ -90,9 +98,16 @@ def _finish(one: BatchedTask, answers: list[Any], share: float, started: str, lo
     if failed is not None:
         raise failed
     api = one.model.api
-    outputs = [api.output_of(row.prompt_ids, [gen], False, None, []) for row, gen in zip(one.rows, answers)]
-    for output in outputs:
-        output.time = share  # its share of the batches' time (inspect's loop: its request's time)
+    options = one.options()
+    if options is not None:  # the choice solver's work: each option's continuation scored, on the target's adapter
+        t0 = time.perf_counter()
+        outputs = [option_output(str(one.model), options, api.score_continuations(input_messages(s.input), options))
+                   for s in one.samples]
+        share = (time.perf_counter() - t0) / max(1, len(outputs))
+    else:
+        outputs = [api.output_of(row.prompt_ids, [gen], False, None, []) for row, gen in zip(one.rows, answers)]
+        for output in outputs:
+            output.time = share  # its share of the batches' time (inspect's loop: its request's time)
     scores = anyio.run(_score, one.task, one.model, one.samples, outputs)
     results = [SampleResult(s, o, sc, share) for s, o, sc in zip(one.samples, outputs, scores)]
     return write_task_log(one.task, one.model, results, started, log_dir, max_tasks, max_samples)

@@ -92,19 +92,21 @@ def _eval_log(task: Any, model: Any, results: list[SampleResult], started: str, 
                   plan=EvalPlan(steps=[EvalPlanStep(solver="generate", params={"tool_calls": "loop"})],
                                 config=task.config),
                   results=evaluated,
-                  stats=EvalStats(started_at=started, completed_at=now(), model_usage={name: _usage(results)}),
+                  stats=EvalStats(started_at=started, completed_at=now(), model_usage=_usage(results, name)),
                   samples=[_sample(r, name) for r in results])
     log.reductions = reductions  # set after: EvalLog's validator reads a `reductions` argument as an old log's dict
     return log
 
 
-def _usage(results: list[SampleResult]) -> Any:
+def _usage(results: list[SampleResult], model: str) -> dict[str, Any]:
+    """The evaluated model's tokens over the task (none recorded for outputs without usage: choice's)."""
     from inspect_ai.model import ModelUsage
 
+    used = [r.output.usage for r in results if r.output.usage is not None]
     total = ModelUsage()
-    for r in results:
-        total = total + r.output.usage
-    return total
+    for usage in used:
+        total = total + usage
+    return {model: total} if used else {}
 
 
 def _sample(result: SampleResult, model: str) -> Any:
@@ -117,7 +119,7 @@ def _sample(result: SampleResult, model: str) -> Any:
     return EvalSample(id=sample.id, epoch=1, input=sample.input, choices=sample.choices, target=sample.target,
                       messages=[*messages, output.message], output=output,
                       scores={name: s.score for name, s in result.scores.items()}, metadata=sample.metadata or {},
-                      model_usage={model: output.usage}, total_time=round(result.seconds, 6),
+                      model_usage={model: output.usage} if output.usage else {}, total_time=round(result.seconds, 6),
                       working_time=round(result.seconds, 6), uuid=uuid())
 
 

@@ -34,6 +34,7 @@ from tunelab.spec import TaskSpec
 # The metric each built-in's `score` is.
 PRIMARY = {"exact_match": "accuracy", "includes": "accuracy", "choice": "accuracy", "numeric": "mae"}
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?")
+OPTIONS = "options"  # a choice task's metadata key: its options
 _MESSAGE = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
 
 
@@ -107,17 +108,22 @@ def option_probabilities(options: list[str]) -> Solver:
         model = get_model()
         if not isinstance(model.api, TunelabModelAPI):
             raise TunelabError(f"the choice built-in needs the tunelab model provider, not {model}")
-        logps = model.api.score_continuations(state.messages, options)
-        top = max(logps)
-        weights = [math.exp(v - top) for v in logps]
-        probs = {o: w / sum(weights) for o, w in zip(options, weights)}
-        best = options[logps.index(top)]
-        state.output = ModelOutput.from_content(model=str(model), content=best)
-        state.output.metadata = {"option_probs": probs, "option_logprobs": dict(zip(options, logps))}
+        state.output = option_output(str(model), options, model.api.score_continuations(state.messages, options))
         state.messages.append(state.output.message)
         return state
 
     return solve
+
+
+def option_output(model: str, options: list[str], logps: list[float]) -> ModelOutput:
+    """The answer of a choice sample: the most probable option, every option's probability (its summed
+    log-probability, normalised over the options) in the output's metadata. The solver's and tunelab's own loop's."""
+    top = max(logps)
+    weights = [math.exp(v - top) for v in logps]
+    probs = {o: w / sum(weights) for o, w in zip(options, weights)}
+    output = ModelOutput.from_content(model=model, content=options[logps.index(top)])
+    output.metadata = {"option_probs": probs, "option_logprobs": dict(zip(options, logps))}
+    return output
 
 
 @scorer(metrics=[accuracy()])
@@ -197,8 +203,11 @@ def build_builtin_task(cfg: RunConfig, spec: TaskSpec) -> Task:
     config = GenerateConfig(max_tokens=spec.max_tokens or cfg.eval.max_tokens)
     if spec.builtin == "choice":
         options = choice_options(spec, examples, split)
+        # the options in the task's metadata (and so the log's): what the probabilities are over, and what tunelab's
+        # own loop (batched.py) scores each sample's continuations against
         return Task(dataset=MemoryDataset(build_samples(examples), name=name), solver=option_probabilities(options),
-                    scorer=option_choice(), metrics=choice_metrics(len(options)), config=config, name=spec.name)
+                    scorer=option_choice(), metrics=choice_metrics(len(options)), config=config, name=spec.name,
+                    metadata={OPTIONS: options})
     if spec.builtin == "numeric":
         return Task(dataset=MemoryDataset(numeric_targets(spec, examples), name=name), solver=generate(),
                     scorer=numeric(), config=config, name=spec.name)

@@ -15,10 +15,11 @@ from pydantic import Field, field_validator, model_validator
 from tunelab.spec.base import Slug, _Strict
 
 BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
-# The built-ins that tunelab's own loop evaluates on the HF engine (evaluate/batched.py): one greedy generate() and
-# a scorer of evaluate/tasks.py, so every prompt is known before the first batch. choice, task files and graders
-# go through inspect-ai's per-sample loop; the plan prices each loop's own work (estimate/evaltime.py).
-BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric"})
+# The built-ins that tunelab's own loop evaluates on the HF engine (evaluate/batched.py): one greedy generate() (or,
+# choice, each option's continuation scored) and a scorer of evaluate/tasks.py, so every prompt is known before the
+# first batch. Task files and graders go through inspect-ai's per-sample loop; the plan prices each loop's own work
+# (estimate/evaltime.py).
+BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric", "choice"})
 SplitName = Literal["train", "validation", "test"]
 
 
