@@ -38,10 +38,10 @@ def sweep(finished_sweep, tmp_path_factory) -> tuple[Path, list[RunConfig]]:
     sums = exp / "sums.jsonl"  # answers the tiny model will mostly miss: the numeric metrics see both kinds
     sums.write_text("".join(json.dumps({"input": f"{a} + {b} =", "output": str(a + b)}) + "\n"
                             for a, b in ((i, 2 * i + 1) for i in range(12))))
-    tasks = [TaskSpec(name="exact_match", builtin="exact_match", limit=24),
-             TaskSpec(name="includes", builtin="includes", limit=24),
+    tasks = [TaskSpec(name="exact_match", builtin="exact_match", limit=16),
+             TaskSpec(name="includes", builtin="includes", limit=16),
              TaskSpec(name="sums", builtin="numeric", dataset="sums", split="test", prompt="{input}", max_tokens=4),
-             TaskSpec(name="choice", builtin="choice", limit=12)]  # options: every answer of the split
+             TaskSpec(name="choice", builtin="choice", limit=8)]  # options: every answer of the split
     extra = {"sums": DatasetSpec(name="sums", test=str(sums), eval_only=True)}
     cfgs = [cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tasks": tasks}), "eval_datasets": extra})
             for cfg in load_runs(exp)]

@@ -80,8 +80,8 @@ def _eval_log(task: Any, model: Any, results: list[SampleResult], started: str, 
                                          task.scorer, task.metrics, completed_samples=len(results))
     dataset = task.dataset
     spec = EvalSpec(
-        eval_id=uuid(), run_id=uuid(), created=started[:19] + started[-6:], task=task.name, task_id=uuid(), task_version=task.version,
-        task_display_name=task.display_name, task_attribs=task.attribs,
+        eval_id=uuid(), run_id=uuid(), created=started[:19] + started[-6:], task=task.name, task_id=uuid(),
+        task_version=task.version, task_display_name=task.display_name, task_attribs=task.attribs,
         dataset=EvalDataset(name=dataset.name, location=dataset.location, samples=len(results),
                             sample_ids=[r.sample.id for r in results], shuffled=dataset.shuffled),
         model=name, model_generate_config=model.config, model_args=model.model_args,

@@ -81,7 +81,8 @@ class MixedBatcher(Batcher):
         pending = list(range(len(rows)))
         out: list[Generation | BaseException | None] = [None] * len(rows)
         while pending:
-            batch = cut_batch(pending, lambda i: rows[i].prompt_ids, lambda i: _settings(rows[i]), self._batch_size, self._fill_below)
+            batch = cut_batch(pending, lambda i: rows[i].prompt_ids, lambda i: _settings(rows[i]), self._batch_size,
+                              self._fill_below)
             chosen = set(batch)
             pending = [i for i in pending if i not in chosen]
             batch.sort(key=lambda i: _row_order(rows[i].prompt_ids, _settings(rows[i]), rows[i].seed))
@@ -92,8 +93,9 @@ class MixedBatcher(Batcher):
     def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
         """One batch's answers; a failed batch of several adapters is run again adapter by adapter, so that an
         error reaches only the rows (the target) that cause it."""
-        self.batches += isolate
-        self.mixed += isolate and len({row.adapter for row in rows}) > 1
+        if isolate:  # a batch cut from the queue (not a failed batch's rerun, adapter by adapter)
+            self.batches += 1
+            self.mixed += len({row.adapter for row in rows}) > 1
         try:
             return list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
         except Exception as exc:
