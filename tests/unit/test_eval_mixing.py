@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -125,7 +126,9 @@ def queued(batcher: MixedBatcher, requests: list[tuple[str, int]]) -> list[Gener
     return out
 
 
-def test_batches_go_longest_first_own_adapter_first_and_an_error_stays_with_its_adapter():
+def recorder() -> tuple[list[list[tuple[str, int]]], Callable[[list[Row], list[int]], list[Generation]]]:
+    """(the batches it ran, as (adapter, prompt length) rows; a run_rows answering each row with its length that
+    fails any batch holding adapter 'bad')."""
     batches: list[list[tuple[str, int]]] = []
 
     def run_rows(rows: list[Row], stop_ids: list[int]) -> list[Generation]:
@@ -133,7 +136,11 @@ def test_batches_go_longest_first_own_adapter_first_and_an_error_stays_with_its_
         if any(r.adapter == "bad" for r in rows):
             raise RuntimeError("bad weights")
         return [Generation([len(r.prompt_ids)], r.adapter, False) for r in rows]
+    return batches, run_rows
 
+
+def test_batches_go_longest_first_own_adapter_first_and_an_error_stays_with_its_adapter():
+    batches, run_rows = recorder()
     requests = [("a", 5), ("b", 9), ("a", 3), ("b", 2), ("a", 7), ("c", 1)]
     out = queued(MixedBatcher(run_rows, 3), requests)
     assert [(g.text, g.new_ids[0]) for g in out] == requests  # each caller gets its own row's answer
@@ -152,16 +159,6 @@ def test_rows_answered_at_once_go_in_the_batches_of_the_queue_with_every_row_wai
     """generate_now (tunelab's own loop, batched.py) cuts the batches the queue cuts when every request waits
     at once, counts them alike, and keeps a batch's error with its adapter's rows."""
     from tunelab.evaluate.mixbatch import RowKey
-
-    def recorder() -> tuple[list, object]:
-        batches: list[list[tuple[str, int]]] = []
-
-        def run_rows(rows: list[Row], stop_ids: list[int]) -> list[Generation]:
-            batches.append([(r.adapter, len(r.prompt_ids)) for r in rows])
-            if any(r.adapter == "bad" for r in rows):
-                raise RuntimeError("bad weights")
-            return [Generation([len(r.prompt_ids)], r.adapter, False) for r in rows]
-        return batches, run_rows
 
     cases = [(3, None, [("a", 5), ("b", 9), ("a", 3), ("b", 2), ("a", 7), ("c", 1)]),
              (4, None, [("a", 4), ("bad", 3), ("a", 2), ("bad", 1)]),
