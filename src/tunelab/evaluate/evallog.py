@@ -8,7 +8,8 @@ git revision, and each sample's times are its batch's share.
 
 Three names come from inspect-ai's internals (`eval_results`, `unique_scorer_name`, `registry_unqualified_name`):
 the very functions its loop calls, so the metrics and score names cannot drift from it; inspect-ai is pinned
-(constraints.txt), and tests/e2e/test_eval_one_pass.py compares every sample and metric with inspect's loop.
+(constraints.txt), and tests/e2e/test_eval_batched.py compares every sample, metric, reduction and header field
+with inspect's loop.
 """
 
 from __future__ import annotations
