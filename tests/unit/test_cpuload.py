@@ -1,6 +1,7 @@
 """cpuload: a timed window's load read from the real /proc/stat against a real CPU hog the test starts. The
 machine is shared, so nothing here assumes it idle: the hog's own CPU time (from the kernel, via wait4) is the
-independent expectation, and others' CPU in the window must hold at least that much."""
+independent expectation, and others' CPU in the window must hold at least that much. The rule's arithmetic (siblings,
+the clamp at 0) is checked on counters the test writes itself: a /proc/stat file and the process's CPU time."""
 
 from __future__ import annotations
 
@@ -76,16 +77,36 @@ def test_the_process_own_cpu_is_not_others():
     assert window.cpu_s >= 0.38
 
 
-def test_sibling_ranks_are_counted_as_the_run_not_as_others():
-    """A rank counts its siblings as doing its own work: with one sibling its own CPU is taken twice from the
-    machine's busy seconds (never below 0)."""
-    meter = LoadMeter.start(threads=1, siblings=1)
+def _stat_with_busy(path: Path, cores: list[int], ticks: int) -> None:
+    """A /proc/stat whose first core has `ticks` busy (user) ticks and the others none."""
+    lines = [f"cpu{c} {ticks if k == 0 else 0} 0 0 1000 0 0 0 0 0 0" for k, c in enumerate(cores)]
+    path.write_text("\n".join(["cpu  0 0 0 0 0 0 0 0 0 0", *lines, ""]))
+
+
+@pytest.mark.parametrize("siblings, busy_s, others_s", [
+    (0, 2.0, 1.5),  # 2.0 busy − 0.5 own = 1.5
+    (1, 2.0, 1.0),  # 2.0 busy − 0.5 own × 2 (this rank and its sibling) = 1.0
+    (3, 2.0, 0.0),  # 2.0 − 0.5 × 4 = 0.0
+    (1, 0.6, 0.0),  # 0.6 − 0.5 × 2 = −0.4: clamped to 0 (ticks are coarse; nobody ran less than nothing)
+])
+def test_sibling_ranks_are_counted_as_the_run_not_as_others(tmp_path, monkeypatch, siblings, busy_s, others_s):
+    """A rank counts its siblings as doing its own work: with N siblings its own CPU is taken (N + 1) times from
+    the machine's busy seconds. The counters the meter reads are given: a /proc/stat whose cores gain `busy_s`
+    between the readings, and this process's CPU time going from 3.0 to 3.5 s."""
+    from tunelab import cpuload
+
+    stat, cores = tmp_path / "stat", sorted(os.sched_getaffinity(0))
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = iter([3.0, 3.5])
+    monkeypatch.setattr(cpuload, "process_cpu_s", lambda: next(own))
+    _stat_with_busy(stat, cores, 100 * ticks)
+    meter = LoadMeter.start(threads=1, siblings=siblings, stat=stat)
     assert meter is not None
-    end = time.process_time() + 0.3
-    while time.process_time() < end:
-        pass
+    _stat_with_busy(stat, cores, round((100 + busy_s) * ticks))
     window = meter.window()
-    assert window is not None and window.others_cpu_s >= 0.0
+    assert window is not None
+    assert (window.cpu_s, window.others_cpu_s, window.cores, window.threads) == (
+        pytest.approx(0.5), pytest.approx(others_s), len(cores), 1)
 
 
 def test_the_slowdown_is_the_cores_its_threads_wanted_over_the_cores_left():

@@ -116,10 +116,21 @@ def test_plan_with_a_deadline_end_to_end(write_spec, tmp_path):
     md = (spec.parent / "plan.md").read_text()
     assert "## Deadline" in md and "**Deadline 90m:" in md and "### Levers" in md
     # a CPU plan with no history still answers: the run shapes timed here, each time with its interval
-    assert d["verdict"] != "unknown" and d["makespan_p10_s"] < d["makespan_s"] < d["makespan_p90_s"]
+    assert d["verdict"] != "unknown" and d["runs_per_device"] == 1
+    # one CPU, one run at a time: each run starts where the one before ended, and the makespan (at P10, P50 and
+    # P90) is the sum of the runs' totals
+    placed = sorted(d["runs"], key=lambda r: r["start_s"])
+    assert placed[0]["start_s"] == 0.0
+    assert all(b["start_s"] == pytest.approx(a["end_s"], abs=0.05) for a, b in zip(placed, placed[1:]))
+    for span, total in (("makespan_s", "total_s"), ("makespan_p10_s", "total_p10_s"),
+                        ("makespan_p90_s", "total_p90_s")):
+        assert d[span] == pytest.approx(sum(r[total] for r in d["runs"]), abs=0.11), span
     est = out["estimates"]["tiny_r4"]
     assert est["time_kind"] == "timed" and "timed here" in est["time_source"]
-    assert est["time_range"]["p10_s"] < est["seconds"] < est["time_range"]["p90_s"]
+    assert est["time_range"]["basis"].startswith("timed: width σ 0.60 assumed")  # the kind's documented width
+    # the deadline prices the run's training with the plan's estimate: its start-up and the rest
+    line = next(r for r in d["runs"] if r["run"] == "tiny_r4")
+    assert line["train_start_s"] + line["train_s"] == pytest.approx(est["seconds"], abs=0.11)
     assert "P10–P90" in md
     bad = runner.invoke(app, ["plan", str(spec), "--deadline", "6 hours", "--json"])
     assert bad.exit_code == 1 and "--deadline" in bad.stderr and "6 hours" in bad.stderr
