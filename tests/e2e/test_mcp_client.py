@@ -19,6 +19,7 @@ import yaml
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from tunelab.execute import claims
 from tunelab.execute.status import StatusRow
 
 pytestmark = pytest.mark.slow
@@ -105,10 +106,17 @@ async def drive(root: Path) -> None:
         assert plan["plan_md"] == "exp/plan.md"
         made = await call(client, "scaffold", {"spec": spec["spec"]})
         assert made["runs"] == spec["runs"]
-        started = time.monotonic()
-        run = await call(client, "run", {"experiment_dir": "exp"})
-        assert time.monotonic() - started < 30 and run["pid"] and sorted(run["submitted"]) == sorted(spec["runs"])
-        await bad_input(client, root, caps)  # while the sweep trains: the server answers
+        # the sweep `run` starts takes the experiment's lock before it does anything: held here, the sweep cannot
+        # have trained (or started) a thing when `run` answers — it answered at once, without waiting for the sweep
+        with claims.experiment_lock(root / "exp"):
+            run = await call(client, "run", {"experiment_dir": "exp"})
+            assert run["pid"] and sorted(run["submitted"]) == sorted(spec["runs"])
+            assert run["log"] == "exp/.tunelab-mcp/run.log"
+            held = await call(client, "status", {"experiment_dir": "exp"})
+            assert held["sweep_running"] and not held["done"], held  # its process alive, waiting for the lock
+            assert {r["state"] for r in held["runs"]} == {"pending"}, held["runs"]
+            await bad_input(client, root, caps)  # while the sweep runs: the server answers
+        started = time.monotonic()  # a guard against hanging below, not a measurement
         status = await call(client, "status", {"experiment_dir": "exp"})
         while not status["done"]:
             assert time.monotonic() - started < 900, status

@@ -75,12 +75,33 @@ def test_claims_are_released_when_the_process_exits(tmp_path):
 
 
 def test_experiment_lock_excludes_another_process(tmp_path):
-    code = ("import sys, time; from tunelab.execute import claims\n"
-            f"with claims.experiment_lock({str(tmp_path)!r}):\n    print('in', flush=True); time.sleep(1.5)\n")
-    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert other.stdout.readline().strip() == "in"
-    t0 = time.monotonic()
-    with claims.experiment_lock(tmp_path):
-        waited = time.monotonic() - t0
-    other.wait()
-    assert waited > 0.5  # blocked until the other process let go
+    """Another process holds the lock until told to let go: meanwhile a try without waiting is refused and a
+    waiting taker stays blocked; it gets the lock only after the holder was told to let go (the order of events,
+    no timing)."""
+    import threading
+
+    code = ("import sys; from tunelab.execute import claims\n"
+            f"with claims.experiment_lock({str(tmp_path)!r}):\n    print('in', flush=True); sys.stdin.readline()\n")
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    events: list[str] = []
+    try:
+        assert other.stdout.readline().strip() == "in"
+        with claims.experiment_lock(tmp_path, wait=False) as got:
+            assert got is False  # held by the other process: refused at once
+
+        def take() -> None:
+            with claims.experiment_lock(tmp_path) as got:
+                events.append(f"taken {got}")
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        taker.join(0.5)  # a lock that did not exclude would be taken by now on any machine not stalled
+        assert taker.is_alive() and events == []
+        events.append("let go")
+        other.stdin.write("\n")
+        other.stdin.flush()
+        taker.join(60)  # only a guard against hanging
+        assert not taker.is_alive() and events == ["let go", "taken True"]
+    finally:
+        other.kill()
+        other.wait()

@@ -29,7 +29,7 @@ sys.exit(int(sys.argv[1]))
 """
 
 
-def run(tmp_path: Path, *cases: list[str], timeout: float = 60) -> dict[str, tuple[forking.Child, str, str]]:
+def run(tmp_path: Path, *cases: list[str], timeout: float = 600) -> dict[str, tuple[forking.Child, str, str]]:
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     forks = forking.Forks(parallel=2)
@@ -57,18 +57,35 @@ def test_a_forked_script_exits_as_python_would_with_its_own_output(tmp_path):
     assert got["3"][0].code == 3
 
 
-def test_a_forked_script_past_its_timeout_is_killed_with_its_children(tmp_path):
-    t0 = time.monotonic()
-    # the script forks its grandchild within milliseconds of starting, long before its 2 s are up
-    (child, _, _), = run(tmp_path, ["sleep", str(tmp_path / "grandchild")], timeout=2.0).values()
-    assert child.timed_out and child.code is None and time.monotonic() - t0 < 30
-    grandchild = int((tmp_path / "grandchild").read_text())
-    for _ in range(100):  # killed with its session; reaped by init, which may take a moment
-        try:
-            if Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":  # dead, unreaped
-                break
-        except FileNotFoundError:  # gone
-            break
+def _until(done, what: str, guard_s: float = 120.0) -> None:
+    """Poll `done` until true; `guard_s` only keeps a broken case from hanging (it fails naming `what`)."""
+    end = time.monotonic() + guard_s
+    while not done():
+        assert time.monotonic() < end, what
         time.sleep(0.05)
-    else:
-        raise AssertionError(f"grandchild {grandchild} outlived the timeout")
+
+
+def _gone(pid: int) -> bool:
+    """Dead: gone, or a zombie not yet reaped (by init, once its parent is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_forked_script_past_its_timeout_is_killed_with_its_children(tmp_path):
+    """A child's timeout sets its deadline; past it, the child is killed with its session (its grandchild too) and
+    reads as timed out. The deadline is moved into the past here once the grandchild is forked (as Forks.close
+    does), so that no clock races the script's start."""
+    script, marker = tmp_path / "s.py", tmp_path / "grandchild"
+    script.write_text(SCRIPT)
+    before = time.monotonic()
+    child = forking.start(forking.run_python, [str(script), "sleep", str(marker)], tmp_path,
+                          {**os.environ, "WHO": "w0"}, out=tmp_path / "0.out", err=tmp_path / "0.err", timeout=600.0)
+    assert before + 600.0 <= child.deadline <= time.monotonic() + 600.0  # its deadline: the timeout from its start
+    _until(lambda: marker.is_file() and marker.read_text().strip(), "the script never forked its grandchild")
+    grandchild = int(marker.read_text())
+    assert not forking.poll(child) and not child.timed_out  # before its deadline: left running
+    child.deadline = 0.0  # past
+    assert forking.wait(child) is child and child.timed_out and child.code is None and child.done
+    _until(lambda: _gone(grandchild), f"grandchild {grandchild} outlived the timeout")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -37,16 +36,27 @@ def test_worker_default_without_slurm_is_the_affinity_and_given_count_wins():
     assert dataloader_args(resolve_workers(0, False, env={}), cuda=False)["dataloader_pin_memory"] is False
 
 
-def test_timed_iterator_adds_the_time_next_blocks():
+def test_timed_iterator_adds_the_time_next_blocks(monkeypatch):
+    """On a clock set here: each fetch takes 0.02 s of it, the consumer's work between fetches 1 s; the waits
+    counted are the fetches' alone (three, and the last call's, which ends the iteration, taking none)."""
+    from types import SimpleNamespace
+
+    from tunelab.train import dataloading
+
+    clock = [100.0]
+    monkeypatch.setattr(dataloading, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
     def slow():
         for i in range(3):
-            time.sleep(0.02)
+            clock[0] += 0.02  # the fetch
             yield i
 
-    waited = [0.0]
-    t0 = time.perf_counter()
-    assert list(TimedIterator(slow(), waited)) == [0, 1, 2]
-    assert 0.06 <= waited[0] <= time.perf_counter() - t0
+    waited = [0.5]  # a resumed run's counter goes on from where it was
+    got = []
+    for item in TimedIterator(slow(), waited):
+        got.append(item)
+        clock[0] += 1.0  # the training step between fetches: not a wait
+    assert got == [0, 1, 2] and waited[0] == pytest.approx(0.5 + 3 * 0.02, abs=1e-9)
 
 
 def test_wait_summary_is_the_fraction_of_training_time():

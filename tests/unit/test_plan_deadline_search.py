@@ -1,6 +1,10 @@
 """The deadline verdict with a learning-rate search: the search's priced time comes before the runs (at P10, P50
 and P90), the verdict includes it, and where the sweep does not fit, what would have to give may be fewer trials
-or a smaller budget fraction — the largest that fit at P90, checked here against the price computed by hand."""
+or a smaller budget fraction — the largest that fit at P90, checked here against the price computed by hand.
+
+Every plan here prices the runs from one history row set here (a fixed + per-token step cost, start-up, overhead
+and finish of the tiny model on this CPU): nothing is timed on this machine (the CPU timings are made to fail), so
+each plan of a spec gives the same estimates, however loaded the machine, and the hand prices are exact."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import math
 import pytest
 
 from tunelab.execute.schedule import Device
+from tunelab.ledger import history
 from tunelab.mcp.models import PlanOut
 from tunelab.plan.deadline import DeadlineVerdict, RunTimeline, SearchLine, judge
 from tunelab.plan.halving import spent_share
@@ -18,15 +23,32 @@ from tunelab.plan.sweeptime import Sweep, sweep_forecast
 from tunelab.rundir.tuned import TunedRate, write_best
 
 TUNE = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "per": ["lora_rank"], "trials": 6, "budget": 0.25}
+FIXED_S, PER_TOKEN_S, TOKENS_PER_STEP = 0.05, 2e-4, 216.0  # the row's step: 0.05 s + 216 tokens × 0.2 ms
+
+
+def _not_timed(*args, **kwargs):
+    raise AssertionError("the plan timed this CPU: its estimates must rest on the history row set here")
 
 
 @pytest.fixture(autouse=True)
-def fresh_history(tmp_path, monkeypatch):
-    """A history and a timing cache of this test's own: its plans all price with the one CPU timing the first one
-    took (the suite's shared cache re-times a contended timing after CONTENDED_KEEP_S, which may fall between two
-    plans of one test, and the test's hand prices are made from the first plan's estimates)."""
+def fresh_history(tmp_path, monkeypatch, tiny_model):
+    """A history of this test's own holding one measured row of the tiny model on this CPU (any thread count), and
+    the CPU timings a plan falls back on without one made to fail: the plans price from the row alone."""
+    from tunelab.catalog import resolve_architecture
+    from tunelab.estimate import cpuspeed
+
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    for name in ("timed_cpu_speed", "cpu_flops", "timed_startup"):
+        monkeypatch.setattr(cpuspeed, name, _not_timed)
+    arch = resolve_architecture(tiny_model)
+    history.record([history.HistoryRun(
+        key="calibration", source="tunelab", origin="measured", model="tiny", layers=arch.layers, hidden=arch.hidden,
+        parameters=arch.parameters, device="cpu", cpu_threads=None, packed=False, batch_size=8,
+        gradient_accumulation_steps=1, max_seq_len=64, lora_rank=8, tokens_per_step=TOKENS_PER_STEP,
+        tokens_per_s=TOKENS_PER_STEP / (FIXED_S + TOKENS_PER_STEP * PER_TOKEN_S), per_token_s=PER_TOKEN_S,
+        step_fixed_s=FIXED_S, steps=40, duration_s=12.0, train_time_s=10.0, overhead_s=1.0, startup_s=6.0,
+        finish_s=0.5, gradient_checkpointing=False, contended=False, slowdown=1.0)])
 
 
 def _line(name: str, total: float, spread: float = 0.2) -> RunTimeline:
@@ -73,9 +95,24 @@ def _runs(plan):
                           split_lengths)
 
 
+def _check_rests_on_the_row(plan) -> None:
+    """Every run priced from the row by the history rule, worked out here: micro-batch 8 (the fixed part is paid per
+    micro-batch: the levers keep the effective batch whole), 216 tokens a step (27-token examples, like the row's:
+    FLOPs per token ×1), the row's step cost, start-up, overhead share and finish."""
+    for name in ("tiny_r4", "tiny_r8"):
+        est = plan.estimates[name]
+        assert (est.micro_batch, est.gradient_accumulation_steps) == (8, 1), name
+        assert est.time_source.startswith("history: 1 measured run(s) of this model on cpu"), est.time_source
+        tps = TOKENS_PER_STEP / (FIXED_S + PER_TOKEN_S * TOKENS_PER_STEP)
+        assert est.train_tokens == est.steps * TOKENS_PER_STEP and est.tokens_per_s == round(tps, 1)
+        assert est.seconds_raw == round(6.0 + est.train_tokens / tps * (1 + 1.0 / 10.0) + 0.5, 1)
+        assert est.startup_s == 6.0
+
+
 def test_a_plan_with_a_search_and_a_deadline_counts_it_and_names_fewer_trials_or_a_smaller_budget(write_spec):
     spec = write_spec(factors={"lora_rank": [4, 8]}, tune=TUNE)
     plan = make_plan(spec, deadline="1d")
+    _check_rests_on_the_row(plan)
     d = plan.deadline
     assert d is not None and d.search is not None and d.verdict == DeadlineVerdict.FITS
     runs = _runs(plan)
@@ -86,33 +123,31 @@ def test_a_plan_with_a_search_and_a_deadline_counts_it_and_names_fewer_trials_or
     # a deadline the runs meet at P90 but not with the whole search: room for 3 trials' search, not 4
     room = (_search_p90(plan, 3, 0.25) + _search_p90(plan, 4, 0.25)) / 2
     seconds = math.floor(runs.makespan_p90_s + room)
-    # Each tighter plan is checked against the prices of its own estimates: with a deadline the levers choose each
-    # run's micro-batch split from the speeds timed on this CPU, and a timing repeated under other work's load
-    # (CI's test workers) can tip the choice, and with it the runs' and the search's price (seen once: a budget
-    # 0.0303 by the plan's own prices against 0.024 by the first plan's).
     tight_plan = make_plan(spec, deadline=f"{seconds}s")
-    tight, tight_runs = tight_plan.deadline, _runs(tight_plan)
+    # the same inputs, the same estimates: the levers' choices and every price of the first plan
+    assert tight_plan.estimates == plan.estimates and tight_plan.levers == plan.levers
+    assert _runs(tight_plan) == runs
+    tight = tight_plan.deadline
     assert tight is not None and tight.verdict in (DeadlineVerdict.DOES_NOT_FIT, DeadlineVerdict.FITS_P50)
     gives = {g.what: g for g in tight.gives}
     assert gives["trials"].change.startswith("3 trials per combination instead of 6")
-    assert gives["trials"].makespan_s == pytest.approx(tight_runs.makespan_p90_s + _search_p90(tight_plan, 3, 0.25),
-                                                       abs=0.15)
+    assert gives["trials"].makespan_s == pytest.approx(runs.makespan_p90_s + _search_p90(plan, 3, 0.25), abs=0.15)
     # every trial's start-up is paid in full: a smaller budget saves less; room for 6 trials at a budget of 0.15
     seconds = math.floor(runs.makespan_p90_s + (_search_p90(plan, 6, 0.15) + _search_p90(plan, 6, 0.16)) / 2)
     budget_plan = make_plan(spec, deadline=f"{seconds}s")
+    assert budget_plan.estimates == plan.estimates
     gives = {g.what: g for g in budget_plan.deadline.gives}  # type: ignore[union-attr]
     budget = float(gives["budget"].change.split(" of a run's steps")[0].split()[-1])
-    left = seconds - _runs(budget_plan).makespan_p90_s
+    left = seconds - runs.makespan_p90_s
 
     def largest(room: float) -> float:
         """The price is not monotone in the budget (a trial's rungs move as it gains a step): every budget tried by
         hand (not necessarily near 0.15: a larger budget far below may fit too)."""
-        return max(b / 1e4 for b in range(1, 2500) if _search_p90(budget_plan, 6, b / 1e4) <= room)
-    # the runs' P90 is known here to its rounded 0.1 s, the plan uses it unrounded: at ~0.01 s of search price per 1e-4
-    # of budget the answer may move by a few 1e-4 within that rounding (seen once under CI's load: 0.0901 chosen,
-    # 0.0908 by hand)
-    assert largest(left - 0.05) - 1.5e-4 <= budget <= largest(left + 0.05) + 1.5e-4 and 0 < budget < 1
-    assert _search_p90(budget_plan, 6, budget) <= left + 0.05 and "tune.budget" in gives["budget"].change
+        return max(b / 1e4 for b in range(1, 2500) if _search_p90(plan, 6, b / 1e4) <= room)
+    # the runs' P90 is known here to its rounded 0.1 s, the plan uses it unrounded: the answer may move within that
+    # rounding (at ~0.01 s of search price per 1e-4 of budget, by a few 1e-4)
+    assert largest(left - 0.05) <= budget <= largest(left + 0.05) and 0 < budget < 1
+    assert _search_p90(plan, 6, budget) <= left + 0.05 and "tune.budget" in gives["budget"].change
     md = render_plan_md(plan)
     assert "Before the runs, the learning-rate search (`tunelab tune`)" in md
     assert PlanOut.of(plan).deadline.search == d.search  # type: ignore[union-attr]
