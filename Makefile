@@ -11,15 +11,16 @@ OUT    ?= demo-out
 # TUNELAB_VLLM_PYTHON: on a GPU machine that would turn every other test's eval.engine auto to vLLM)
 VLLM_VENV ?= .venv-vllm
 VLLMSTAMP := $(VLLM_VENV)/.tunelab-vllm-env
-# The tests in 3 pytest-xdist workers on CI's 2 cores, a test file at a time; the files sharing a slow session
-# fixture (tests/conftest.py: SHARED_FIXTURES) go to one worker together; heavy e2e files first, in collection
-# order. Three, not two: the Slurm files (one unit, ~11 min) mostly wait on the cluster, and with two workers a
-# core sat idle for ~40 % of the run — measured on an idle 2-core machine, 914 s with 2 workers, 800 s with 3
-# (each worker's torch on one thread, tests/conftest.py). TEST_WORKERS=0 runs them in this process.
-TEST_WORKERS ?= 3
+# The tests in one pytest-xdist worker a core (never more: a worker beyond the cores slows every other one, and
+# the suite's timings then measure its own neighbours), a test file at a time; the files sharing a slow session
+# fixture (tests/conftest.py: SHARED_FIXTURES) go to one worker together; the longest units first, by the seconds
+# of a recorded run (tests/unitorder.py, tests/unit_seconds.json). Each worker's torch, OpenMP and BLAS threads are
+# its share of the cores (tests/conftest.py); the Slurm cluster is started once and shared (tests/slurmcluster.py).
+# TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-.PHONY: install install-dev vllm-env demo demo-smollm2 test test-fast clean
+.PHONY: install install-dev vllm-env test-system-deps demo demo-smollm2 test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +60,11 @@ demo: $(STAMP)
 demo-smollm2: $(SMOLLM2STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo --model smollm2 --out $(OUT)
 
-test: $(DEVSTAMP) $(VLLMSTAMP)
+# the Debian packages the e2e tests drive (Slurm, MariaDB, Chromium): installed before pytest, when root
+test-system-deps:
+	scripts/test-system-deps
+
+test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import slurmcluster
+import unitorder
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,8 +22,11 @@ os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-histor
 _XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 if _XDIST_RUN:
     os.environ["TUNELAB_CACHE"] = str(Path(tempfile.gettempdir()) / f"tunelab-cache-{_XDIST_RUN}")
-    # three workers on CI's 2 cores (Makefile): one torch thread each (and in the jobs they start), not two each
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # the workers share the machine's cores (Makefile: one worker a core): each worker's torch, OpenMP and BLAS
+    # threads (and the jobs' it starts, which inherit them) are its share, so that together they are the cores
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
     # a worker starts with COLUMNS=80, which would fix tunelab.console's width for good (rich reads it once)
     os.environ.pop("COLUMNS", None)
 else:
@@ -30,7 +35,7 @@ else:
 # Session fixtures several files share (the slow ones). Under pytest-xdist's `--dist loadfile` (`make test`)
 # the files naming one of them go to the same worker as one unit, so it is built once; every other file is a
 # unit of its own, as loadfile has it. (xdist's loadgroup marks do not group under pytest 9.2.)
-SHARED_FIXTURES = ("finished_sweep", "trained_adapter", "smollm2_dir", "slurm_cluster")
+SHARED_FIXTURES = ("finished_sweep", "trained_adapter", "smollm2_dir")
 
 
 @functools.cache
@@ -38,6 +43,18 @@ def xdist_unit(path: Path) -> str:
     """The shared fixture the test file names, else the file itself."""
     text = path.read_text() if path.is_file() else ""
     return next((name for name in SHARED_FIXTURES if name in text), str(path))
+
+
+def pytest_configure(config):
+    """The session's process names the session for its xdist workers (they inherit the environment), so that the
+    Slurm cluster one of them starts is the session's to stop (tests/slurmcluster.py)."""
+    if not hasattr(config, "workerinput"):
+        os.environ[slurmcluster.SESSION_ENV] = str(os.getpid())
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # every worker is done: the session's cluster can go
+        slurmcluster.stop_if_started()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -48,6 +65,20 @@ def pytest_collection(session):
 
     with collector_paused():
         return (yield)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, every worker orders the units alike (tests/unitorder.py): the longest first, a Slurm module
+    that needs the cluster alone before those that share it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    root = config.rootpath
+    items[:] = unitorder.reorder(
+        items, unit=lambda item: xdist_unit(item.path), files=lambda item: str(item.path.relative_to(root)),
+        alone=lambda item: item.get_closest_marker("slurm_alone") is not None,
+        shares_cluster=lambda item: item.get_closest_marker("slurm") is not None,
+        seconds=unitorder.recorded_seconds(), workers=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 if importlib.util.find_spec("xdist"):

@@ -1,7 +1,8 @@
 """A real Slurm cluster for tests marked `slurm`, started once per session with scripts/slurm-dev-cluster (which
-installs the Debian packages when missing: CI is a fresh Debian machine running as root). A cluster that already
-answers is used as it is and left running; one started here is stopped at the end (the script stops only the
-daemons, namespaces and links it started).
+installs the Debian packages when missing; `make test` installs them before pytest), by the first xdist worker
+that needs it and shared by the others (tests/slurmcluster.py). A cluster that already answers is used as it is
+and left running; one started here is stopped at the session's end (the script stops only the daemons,
+namespaces and links it started).
 
 The cluster started here has NODES=2: the host's node alone in the default partition `debug`, where the tests
 that need one node run as before, and two more nodes, each a slurmd in a network namespace of its own, in
@@ -10,38 +11,16 @@ partition `multinode` (`slurm_nodes`), for runs that span nodes."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+import slurmcluster
 
-ROOT = Path(__file__).resolve().parents[3]
-SCRIPT = ROOT / "scripts" / "slurm-dev-cluster"
 PARTITION = "multinode"  # the script's partition of namespace nodes
-NODES = 2
+NODES = slurmcluster.NODES
 USABLE = ("idle", "mixed", "allocated", "completing")
-
-
-def _env() -> dict[str, str]:
-    """The script's settings, the same for every call of a session: another CPUS_OVERRIDE or NODES would rewrite
-    the cluster's config (and restart slurmctld) under the tests."""
-    return dict(os.environ, CPUS_OVERRIDE=os.environ.get("CPUS_OVERRIDE", "8"), NODES=str(NODES))
-
-
-def _script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _cluster_answers() -> bool:
-    if shutil.which("scontrol") is None or shutil.which("sinfo") is None:
-        return False
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        return False
-    node = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
-    return any(s.strip().rstrip("*") in ("idle", "mixed", "allocated") for s in node.splitlines())
+_script = slurmcluster.script
 
 
 def partition_nodes(partition: str = PARTITION) -> list[str]:
@@ -53,19 +32,22 @@ def partition_nodes(partition: str = PARTITION) -> list[str]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    if _cluster_answers():
-        yield "existing"
-        return
-    if os.geteuid() != 0:
+    """The session's cluster: found answering, or started by the first worker that needs it (slurmcluster.py);
+    stopped at the session's end if this session started it."""
+    if not slurmcluster.answers() and os.geteuid() != 0:
         pytest.fail("the slurm tests start a local cluster and need root (or a running cluster)")
-    proc = _script("start")
-    if proc.returncode != 0:
-        _script("stop", timeout=300)
-        pytest.fail(f"scripts/slurm-dev-cluster start failed:\n{proc.stdout}\n{proc.stderr}")
     try:
-        yield "started"
-    finally:
-        _script("stop", timeout=300)
+        return slurmcluster.ensure_started()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_module_use(request):
+    """The cluster shared while this module runs, or held alone by a module marked `slurm_alone` (it restarts or
+    pauses the daemons, or preempts the host's node, which every other module's jobs run on)."""
+    with slurmcluster.cluster_use(alone=request.node.get_closest_marker("slurm_alone") is not None):
+        yield
 
 
 @dataclass(frozen=True)
@@ -77,12 +59,14 @@ class NamespaceNodes:
     partition: str = PARTITION
 
     def fail(self, node: str) -> None:
-        proc = _script("fail-node", node, timeout=120)
+        with slurmcluster.cluster_lock():
+            proc = _script("fail-node", node, timeout=120)
         assert proc.returncode == 0, f"fail-node {node}:\n{proc.stdout}\n{proc.stderr}"
 
     def restore(self) -> None:
         """`start` again (idempotent): the lost node's slurmd restarts in its namespace and the node returns."""
-        proc = _script("start", timeout=300)
+        with slurmcluster.cluster_lock():
+            proc = _script("start", timeout=300)
         assert proc.returncode == 0, f"start:\n{proc.stdout}\n{proc.stderr}"
         assert len(partition_nodes(self.partition)) == len(self.names), proc.stdout
 
@@ -96,7 +80,8 @@ def slurm_nodes(slurm_cluster) -> NamespaceNodes:
         if os.geteuid() != 0:
             pytest.skip(f"the running cluster has no partition {PARTITION} of {NODES} nodes, and adding one "
                         "(scripts/slurm-dev-cluster with NODES=2) needs root")
-        proc = _script("start")
+        with slurmcluster.cluster_lock():
+            proc = _script("start")
         assert proc.returncode == 0, f"NODES={NODES} scripts/slurm-dev-cluster start:\n{proc.stdout}\n{proc.stderr}"
         names = partition_nodes()
     assert len(names) == NODES, names
@@ -110,7 +95,8 @@ class ClusterAdmin:
     (SIGSTOP: clients time out, unsure what it did), slurmdbd stopped and started (sacct fails meanwhile)."""
 
     def _do(self, *args: str) -> None:
-        proc = _script(*args, timeout=120)
+        with slurmcluster.cluster_lock():
+            proc = _script(*args, timeout=120)
         assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
 
     def restart_ctld(self, pause_s: float = 0) -> None:
@@ -132,7 +118,6 @@ class ClusterAdmin:
 @pytest.fixture(scope="session")
 def slurm_admin(slurm_cluster) -> ClusterAdmin:
     """The daemons' faults; needs a cluster this script started (its pid files), as the one started here is."""
-    if os.geteuid() != 0 or subprocess.run([str(SCRIPT), "status"], env=_env(), capture_output=True,
-                                           text=True).stdout.find("slurmctld: running") < 0:
+    if os.geteuid() != 0 or _script("status").stdout.find("slurmctld: running") < 0:
         pytest.skip("restarting Slurm's daemons needs root and a cluster started by scripts/slurm-dev-cluster")
     return ClusterAdmin()

@@ -25,7 +25,8 @@ from tunelab.ledger import store as ledger
 from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+# the controller paused and restarted, accounting stopped, the host's node preempted: no other module's jobs beside
+pytestmark = [pytest.mark.slurm, pytest.mark.slurm_alone, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 STEPS = 40  # 320 training examples / micro-batch 8, one epoch
 RUN = "tiny_r4"
 
