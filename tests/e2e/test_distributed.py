@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from waiting import alive, wait_for
+from waiting import Feed, alive, wait_for
 
+from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
@@ -24,6 +25,7 @@ from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 pytestmark = pytest.mark.slow
 
 STEPS_PER_EPOCH = 20  # 320 training examples / (micro-batch 8 × 2 processes)
+KILL_STEP = 33  # mid-epoch 1: each rank SIGKILLs itself after this step's backward (tunelab.faults)
 
 
 def _dataset_rows(cfg) -> Counter:
@@ -46,6 +48,37 @@ def _seen(seen_dir: Path) -> dict[int, dict[int, dict[int, list]]]:
     return out
 
 
+def _kill_whole_job_mid_step(run_dir: Path, seen_dir: Path, fired: Path) -> None:
+    """`tunelab train` with both ranks armed to SIGKILL themselves in step KILL_STEP, its launcher (torchrun's agent,
+    which would see the workers die and mark the run failed) frozen before either can get there, then SIGKILLed
+    with its process group: every process of the job gone without a word, at a known step however fast it trains."""
+    feed = Feed(seen_dir / "seen.rank0.jsonl")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **{KILL_ENV: f"train.step:{KILL_STEP}", FIRED_ENV: str(fired)})
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # past the epoch-0 checkpoint (saved before rank 0 takes step 21's batch): reading stops here
+        assert wait_for(lambda: feed.drain() > STEPS_PER_EPOCH or proc.poll() is not None, 240), "no second epoch"
+        assert proc.poll() is None, "the job ended before the second epoch"
+        feed.drain()  # the last read before the agent stops: neither rank can get to the kill step until the next
+        assert feed.held_before(KILL_STEP), f"a page ({feed.size} bytes) holds the records up to step {KILL_STEP}"
+        os.kill(proc.pid, signal.SIGSTOP)  # the agent frozen: it neither reacts to the workers' deaths nor says it
+
+        def both_died() -> bool:
+            feed.drain()  # rank 0 goes on as the test reads
+            return fired.is_file() and len(fired.read_text().splitlines()) == 2
+
+        assert wait_for(both_died, 300), \
+            f"both ranks were to die in step {KILL_STEP}: {fired.read_text() if fired.is_file() else 'none did'}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its group (SIGKILL ends a stopped process too)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        feed.close()
+
+
 def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(write_spec, tmp_path, monkeypatch):
     spec = write_spec(factors={"lora_rank": [4]}, controls=False,
                       training={"epochs": 2, "logging_steps": 5, "validation_every_steps": STEPS_PER_EPOCH},
@@ -58,21 +91,14 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     monkeypatch.setenv(DEBUG_SEEN_ENV, str(seen_dir))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", MARK_ENV):  # tunelab's thread rule, not a test's setting
         monkeypatch.delenv(name, raising=False)
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(run_dir / "run.yaml")],
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:  # mid-epoch 1: after the epoch-0 checkpoint is complete and a step of epoch 1 is logged
-        mid = lambda: read_json(run_dir / "status.json", default={}).get("step", 0) > STEPS_PER_EPOCH  # noqa: E731
-        assert wait_for(mid, 240), "never got past the first epoch"
-        rank0 = read_json(run_dir / "status.json")["pid"]
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything in its group, with no warning
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    fired = tmp_path / "fired.txt"
+    _kill_whole_job_mid_step(run_dir, seen_dir, fired)
+    # both ranks died in step KILL_STEP (after its backward), nothing wrote a word after them, as on a node failure
+    lines = [line.split() for line in fired.read_text().splitlines()]
+    assert [point for point, _ in lines] == [f"train.step:{KILL_STEP}"] * 2 and len({p for _, p in lines}) == 2
+    rank0 = read_json(run_dir / "status.json")["pid"]
     assert wait_for(lambda: not alive(rank0), 30), "a worker outlived its launcher"
-    killed_at = read_json(run_dir / "status.json")["step"]
-    assert STEPS_PER_EPOCH < killed_at < 2 * STEPS_PER_EPOCH
+    assert read_json(run_dir / "status.json")["step"] == 30  # the last step logged before the kill
     assert training_state(run_dir) == "interrupted"
 
     from tunelab.execute.local_jobs import LocalExecutor
@@ -117,7 +143,7 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
         assert all(len(final[0][s]) == len(final[1][s]) == 8 for s in steps)
     # the resumed job fed the same batches to the same processes as the killed one did before the kill
     for r in (0, 1):
-        for s in range(STEPS_PER_EPOCH + 1, killed_at + 1):
+        for s in range(STEPS_PER_EPOCH + 1, KILL_STEP + 1):
             assert after[r][s] == first[r][s], (r, s)
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
+from waiting import Feed, wait_for
 
 from tunelab.ledger import store as ledger
 from tunelab.execute.failures import FailureKind
@@ -17,27 +17,45 @@ from tunelab.execute.attempts import all_attempts
 from tunelab.execute.status import cancel, status_rows
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
+from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow
 
 
-def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec):
+def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec, tmp_path):
     spec = write_spec(factors={"lora_rank": [4]}, controls=False,
                       training={"epochs": 1, "logging_steps": 1, "checkpoint_every": 10})
     exp = spec.parent
     cfg = scaffold(spec).runs[0]
-    # steps of at least 0.2 s (tunelab.faults.pace_step): the 40-step epoch lasts 8 s or more, cancelled inside it
-    coordinator = subprocess.Popen([sys.executable, "-m", "tunelab", "run", str(exp)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True,
-                                   env=dict(os.environ, TUNELAB_FAULT_STEP_S="0.2"))
-    end = time.monotonic() + 180
-    while (read_json(cfg.run_dir / "status.json") or {}).get("step", 0) < 12 and time.monotonic() < end:
-        time.sleep(0.1)
-    (row,) = status_rows(exp)  # from another process than the coordinator, as `tunelab status` runs
-    assert (row.executor, row.state) == ("local", "running") and row.job_id.isdigit(), row
-    assert cancel(exp) == [row.job_id]
-    out = coordinator.communicate(timeout=120)[0]
-    assert coordinator.returncode == 1, out
+    # the trainer held within a page of records of the last one the test read (waiting.Feed): cancelled inside the
+    # 40-step epoch, whatever the machine's speed
+    seen, log = tmp_path / "seen", tmp_path / "coordinator.log"
+    seen.mkdir()
+    feed = Feed(seen / "seen.rank0.jsonl")
+    with open(log, "w") as out:
+        coordinator = subprocess.Popen([sys.executable, "-m", "tunelab", "run", str(exp)], stdout=out,
+                                       stderr=subprocess.STDOUT, env=dict(os.environ, **{DEBUG_SEEN_ENV: str(seen)}))
+    try:
+        assert wait_for(lambda: feed.drain() >= 12 or coordinator.poll() is not None, 180), "never reached step 12"
+        assert coordinator.poll() is None, log.read_text()
+        # from another process than the coordinator, as `tunelab status` runs (the job on record by now, or soon)
+        assert wait_for(lambda: [r.state for r in status_rows(exp)] == ["running"], 60), status_rows(exp)
+        (row,) = status_rows(exp)
+        assert (row.executor, row.state) == ("local", "running") and row.job_id.isdigit(), row
+        feed.drain()  # the last read before the cancel: the trainer cannot finish the epoch until the next
+        assert feed.held_before(40), f"a page ({feed.size} bytes) holds the records up to step 40"
+        assert cancel(exp) == [row.job_id]
+
+        def ended() -> bool:
+            feed.drain()  # the trainer goes on as the test reads, to its next step's end: it saves and stops there
+            return coordinator.poll() is not None
+
+        assert wait_for(ended, 120), "the sweep did not end after the cancel"
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+        feed.close()
+    assert coordinator.wait() == 1, log.read_text()
     (row,) = status_rows(exp)
     assert row.state == "cancelled" and row.shown == "CANCELLED" and row.failure == "cancelled"
     status = read_json(cfg.run_dir / "status.json")

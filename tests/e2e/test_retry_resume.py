@@ -8,15 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
+from tunelab.faults import FAULT_OOM_ENV, FIRED_ENV, KILL_ENV
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
-from tunelab.faults import FAULT_OOM_ENV, FAULT_STEP_S_ENV
 from tunelab.train.job import train
 
 pytestmark = pytest.mark.slow
@@ -41,22 +40,14 @@ def _experiment(root, model, data):
     return scaffold(root / "experiment.yaml").runs[0]
 
 
-def _kill_during_second_epoch(cfg) -> None:
-    # paced steps (>= 0.2 s a micro-batch, the rest slept): still training when the kill comes, 2 steps past the save
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(cfg.run_dir / "run.yaml")],
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", **{FAULT_STEP_S_ENV: "0.2"}),
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + 300
-        while (read_json(cfg.run_dir / "status.json", default={}) or {}).get("step", 0) <= 12:  # past epoch 0's save
-            assert proc.poll() is None and time.monotonic() < end, "no progress past the first epoch"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def _kill_during_second_epoch(cfg, fired) -> None:
+    # SIGKILLed by itself in step 14 (tunelab.faults: backward done, optimizer step not), 3 steps past epoch 0's save
+    # at 11, wherever the machine's speed would have put an outside kill
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **{KILL_ENV: "train.step:14", FIRED_ENV: str(fired)})
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "train", str(cfg.run_dir / "run.yaml")], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False)
+    assert proc.returncode == -signal.SIGKILL and fired.read_text().split()[0] == "train.step:14"
+    assert read_json(cfg.run_dir / "status.json")["step"] == 13  # logged every step: the last before the kill
 
 
 def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_model, odd_dataset, monkeypatch):
@@ -65,7 +56,7 @@ def test_oom_retry_resumes_across_the_micro_batch_change_exactly(tmp_path, tiny_
     assert ref["train_examples"] == 82 and 82 % 8 and ref["steps"] == 2 * 11  # ceil(82 / 8) per epoch
 
     cfg = _experiment(tmp_path / "retried", tiny_model, odd_dataset)
-    _kill_during_second_epoch(cfg)
+    _kill_during_second_epoch(cfg, tmp_path / "fired.txt")
     monkeypatch.setenv(FAULT_OOM_ENV, "4")  # micro-batch 8 now fails as a GPU OOM would
     from tunelab.execute.local_jobs import LocalExecutor
     from tunelab.execute.sweep import run_sweep

@@ -52,9 +52,14 @@ class _FakeNvml:
 def test_samples_the_gpus_the_job_was_given(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_sampling, "_nvml", lambda: _FakeNvml())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-abc")
+    samples = tmp_path / SAMPLES_FILE
     with GpuSampler(tmp_path, interval_s=0.02):
-        time.sleep(0.3)
-    rows = [json.loads(line) for line in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
+        # until a whole sample (a line per GPU) is written; the guard only keeps a broken sampler from hanging
+        end = time.monotonic() + 60
+        while not (samples.is_file() and samples.read_text().count("\n") >= 2):
+            assert time.monotonic() < end, "the sampler wrote no sample of both GPUs within 60 s"
+            time.sleep(0.02)
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert rows and {r["gpu"] for r in rows} == {"2", "GPU-abc"}
     assert all(r["mem_used_gib"] == 3.0 and r["power_w"] == 250.0 for r in rows)
     assert {r["util_pct"] for r in rows if r["gpu"] == "2"} == {90.0}

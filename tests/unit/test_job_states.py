@@ -82,7 +82,7 @@ def _script(tmp_path: Path, body: str) -> Path:
     return d / "job.sh"
 
 
-def _wait_ended(ex, job: str, timeout: float = 20) -> JobInfo:
+def _wait_ended(ex, job: str, timeout: float = 60) -> JobInfo:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         info = ex.poll([job])[job]
@@ -92,15 +92,29 @@ def _wait_ended(ex, job: str, timeout: float = 20) -> JobInfo:
     pytest.fail(f"job {job} did not end")
 
 
+def _wait_exec(pid: str, script: Path, timeout: float = 60) -> None:
+    """Until the child has exec'd `bash script` (before, its command line is still Python's, forked); the timeout
+    only keeps a broken case from hanging."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if str(script).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return
+        except OSError:  # gone (it failed): the guard below names it
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"job {pid} never ran bash {script}")
+
+
 def test_local_executor_submit_poll_cancel_log(tmp_path):
     ex = LocalExecutor()
     job = ex.submit(_script(tmp_path, "echo hello; exit 3"))
     info = _wait_ended(ex, job)
     assert (info.state, info.exit_code) == ("FAILED", "3:0")
     assert "hello" in ex.log(tmp_path / "runs" / "r1", "train", job).read_text()
-    job = ex.submit(_script(tmp_path, "sleep 30"))
+    job = ex.submit(script := _script(tmp_path, "sleep 30"))
     assert ex.poll([job])[job].state == "RUNNING"
-    time.sleep(0.3)  # the child has exec'd bash by now (before, its command line is still Python's)
+    _wait_exec(job, script)
     assert LocalExecutor().poll([job])[job].state == "RUNNING"  # another coordinator sees it alive
     LocalExecutor().cancel([job])  # ... and can stop it
     info = _wait_ended(ex, job)
