@@ -135,8 +135,9 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
                    tune={**TUNE, "trials": 1})
     exp = spec.parent
     trial0 = exp / "tune" / "lora_rank-4" / "trial-0"
-    # steps of at least 0.3 s (tunelab.faults.pace_step): interrupted inside its 10 steps
-    env = dict(os.environ, TUNELAB_FAULT_STEP_S="0.3")
+    # steps of at least 1 s (tunelab.faults.pace_step): interrupted inside its 10 steps, with 6 s to spare after the
+    # 4th for the signal to arrive on a slow machine (the rerun below trains unpaced)
+    env = dict(os.environ, TUNELAB_FAULT_STEP_S="1.0")
     first = subprocess.Popen([sys.executable, "-m", "tunelab", "tune", str(exp)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
     end = time.monotonic() + 240
