@@ -1,8 +1,11 @@
 """The report's Tuning section on hand-made run directories read through the ledger as the report reads them: the
 factor comparison at the tuned rates beside the same comparison on the default-lr twins, in one sentence (holds,
-changes, or cannot be told because a twin diverged), and each combination's trials as a figure and a table."""
+changes, or cannot be told because a twin diverged), and each combination's trials as a figure and a table; where
+no search chose a combination's rate, each line says so and no comparison is called tuned (issue 55)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from test_report import fake_run
@@ -108,3 +111,62 @@ def test_the_section_draws_each_combinations_trials_and_writes_the_sentence(exp)
     assert "| lora_rank-4 | 2 | 0.005 | pruned | 2.5 | 3 |  |" in md
     assert "| lora_rank | exact_match accuracy | 16 | 0.8 | 0.6 |" in md
     assert "Tuning" in files.html.read_text()
+
+
+@pytest.fixture
+def unsearched(write_spec):
+    """The issue's sweep: a tune: block, scaffolded and trained with no search run (every run at the default)."""
+    spec = write_spec(factors={"lora_rank": [4, 16]}, training={"epochs": 3}, controls=False, tune=TUNE)
+    scaffold(spec)
+    return spec.parent
+
+
+def tuning_text(exp) -> str:
+    md = build_report(exp).markdown.read_text()
+    section = md[md.index("## Tuning"):]
+    return section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+
+
+def claims_tuned(text: str) -> list[str]:
+    """Each 'tuned' the text says that no negation ('not', 'no', 'untuned') precedes: a claim of a tuned rate."""
+    return [text[max(0, m.start() - 40):m.end() + 20] for m in re.finditer(r"\btuned\b", text, re.IGNORECASE)
+            if not re.search(r"\b(not|no)\b[^.:;]*$", text[max(0, m.start() - 40):m.start()])]
+
+
+def test_without_a_search_the_rates_are_said_not_searched_and_nothing_is_called_tuned(unsearched):
+    _sweep(unsearched, {4: 0.30, 16: 0.30}, {4: 0.30, 16: 0.30})
+    assert _sentences(unsearched)["score"] == (
+        "exact_match accuracy: lora_rank 4 = lora_rank 16 at the rates used (0.002), not at tuned rates: no "
+        "learning-rate search chose the rate of lora_rank 4, lora_rank 16, so whether the finding holds across "
+        "learning rates is not known.")
+    text = tuning_text(unsearched)
+    assert "- `lora_rank-4` (tiny_r4): not searched: the spec's default rate 0.002" in text
+    assert "- `lora_rank-16` (tiny_r16): not searched: the spec's default rate 0.002" in text
+    assert "holds at both" not in text and "Runs' rates (mean)" in text
+    assert claims_tuned(text) == []
+
+
+def test_a_searched_combination_says_its_trials_and_best_and_the_finding_may_hold_at_both(exp):
+    _sweep(exp, {4: 0.30, 16: 0.80}, {4: 0.20, 16: 0.60})
+    text = tuning_text(exp)
+    assert "- `lora_rank-4` (tiny_r4): searched: 3 trials, best val loss 0.5 at rate 0.0002" in text
+    assert "- `lora_rank-16` (tiny_r16): searched: 3 trials, best val loss 0.5 at rate 0.0003" in text
+    assert "at the tuned rates (0.0003, 0.0002) and at the default 0.002: the finding holds at both." in text
+    assert "not searched" not in text
+
+
+def test_a_search_run_after_the_runs_trained_is_not_their_rate(unsearched):
+    """best.json written after the runs were scaffolded and trained at the default: the search is named, the
+    runs' rate is not called tuned."""
+    write_best(unsearched, {"lora_rank-4": TunedRate(combination="lora_rank-4", learning_rate=2e-4,
+                                                     objective="val_loss", value=0.5, trial=1, trials=3)})
+    _trials(unsearched)
+    _sweep(unsearched, {4: 0.30, 16: 0.80}, {4: 0.20, 16: 0.60})
+    assert _sentences(unsearched)["score"].endswith(
+        "no learning-rate search chose the rate of lora_rank 4, lora_rank 16, so whether the finding holds across "
+        "learning rates is not known.")
+    text = tuning_text(unsearched)
+    assert ("- `lora_rank-4` (tiny_r4): searched: 3 trials, best val loss 0.5 at rate 0.0002, but its runs trained at "
+            "0.002, not at it (scaffolded before the search chose it): not tuned") in text
+    assert "- `lora_rank-16` (tiny_r16): not searched: the spec's default rate 0.002" in text
+    assert claims_tuned(text) == []

@@ -151,7 +151,11 @@ def run_cmd(
     Train pending runs: locally (one at a time on CPU or resources.runs_per_gpu side by side, one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped. Before the first job starts,
     the runs to start pass `tunelab validate`'s checks (predicted OOM, data, warm-up, the free space and
-    quota of the experiment's filesystem), or nothing starts."""
+    quota of the experiment's filesystem), or nothing starts. With a tune: block, runs whose learning rate no
+    search has chosen get their combination's search first, as `tunelab tune` runs it (trials are real runs on
+    the same executor; Slurm: run waits for them), and are scaffolded at the rate it chose: no run trains at the
+    spec's default rate for a report to take as tuned. --dry-run cannot search: it refuses, naming `tunelab tune`."""
+    from tunelab.cli.tune import search_before_run
     from tunelab.execute.executors import check_options, executor_named
     from tunelab.execute.status import not_completed
     from tunelab.execute.sweep import run_sweep
@@ -168,6 +172,7 @@ def run_cmd(
         if problems:
             raise typer.Exit(1)
     with stdout_to_stderr(json_out):
+        search_before_run(experiment_dir, runs, force, ex, dry_run)  # a tune: block's search, where not done yet
         results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
     if json_out:
         from tunelab.mcp.models import RunOut

@@ -4,13 +4,17 @@ combination's best rate (a line per trial as it ends)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from tunelab.cli.common import add_commands
 from tunelab.console import say
 from tunelab.rundir.experiment import SPEC_FILE
+
+if TYPE_CHECKING:
+    from tunelab.execute.executor import Executor
+    from tunelab.tune.search import TrialDone
 
 STATE_MARKUP = {"COMPLETE": "[green]completed[/green]", "PRUNED": "[yellow]pruned[/yellow]",
                 "FAIL": "[red]failed[/red]"}
@@ -33,20 +37,37 @@ def tune_cmd(
     halving) and judged by tune.objective (the last validation loss, or an eval task's metric: each trained
     trial then evaluated by a job of its own). Resumable: run it again after a stop or a kill and it goes on where it was. Then every run of
     the combination gets the best trial's rate in its run.yaml, with its source (`tuned:`)."""
-    from tunelab.scaffold.write import scaffold
-    from tunelab.tune.search import TrialDone, search
-
-    def line(done: TrialDone) -> None:
-        state = done.outcome.state.name
-        say("{} trial {} ({}/{}): lr {} " + STATE_MARKUP.get(state, state) + ", {}",
-            done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", done.value_text)
+    from tunelab.tune.sweep import search_and_scaffold
 
     spec = spec_of(experiment)
-    best = search(spec, trials, on_trial=line)
-    plan = scaffold(spec)
+    best, plan = search_and_scaffold(spec, trials, on_trial=trial_line)
     for name, rate in sorted(best.items()):
         say("[bold]{}[/bold]: {}", name, rate.source)
     say("scaffolded {} runs at their tuned learning rates in {}", len(plan.finetune_runs), plan.experiment_dir)
+
+
+def trial_line(done: TrialDone) -> None:
+    """A trial as it ends: 'lora_rank-4 trial 2 (3/8): lr 0.00031 completed, val loss 0.412 at step 9'."""
+    state = done.outcome.state.name
+    say("{} trial {} ({}/{}): lr {} " + STATE_MARKUP.get(state, state) + ", {}",
+        done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", done.value_text)
+
+
+def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool, ex: Executor,
+                      dry_run: bool) -> None:
+    """`tunelab run`'s first step with a `tune:` block: the runs it is about to train whose rate no search chose
+    get their combination's search (a line per trial), then are scaffolded at the rate it chose; a dry run is
+    refused in one line naming `tunelab tune` (tune/sweep.py)."""
+    from tunelab.tune.sweep import search_before_run as search_first, unsearched
+
+    pending = unsearched(experiment_dir, runs, force)
+    if not pending:
+        return
+    if not dry_run:
+        say("the learning-rate search (tune:) has not chosen the rate of {}: searching it first, as `tunelab tune` "
+            "does", ", ".join(sorted(pending)))
+    for name, rate in sorted(search_first(experiment_dir, pending, ex, trial_line, dry_run).items()):
+        say("[bold]{}[/bold]: {}", name, rate.source)
 
 
 def tuning_lines(experiment_dir: Path) -> None:

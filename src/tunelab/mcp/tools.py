@@ -230,12 +230,17 @@ class PipelineTools:
             force: Annotated[bool, Field(description="Rerun completed runs from scratch (destructive).")] = False
             ) -> RunOut:
         """Start the sweep in the background (`tunelab run`) and return at once; follow it with status. Refused
-        first, with validate's one line, where a run to start would fail its checks (data, OOM, disk space)."""
+        first, with validate's one line, where a run to start would fail its checks (data, OOM, disk space). With a
+        tune: block, runs whose learning rate no search chose get their combination's search first (as `tune` runs
+        it; status's `tuning` lines follow it), then train at the rate it chose, never at the spec's default."""
         from tunelab.execute.status import RowState, status_rows
         from tunelab.plan.validate import checks_before_run
-        from tunelab.rundir.experiment import load_runs, select_runs
+        from tunelab.rundir.experiment import SPEC_FILE, load_runs, select_runs
+        from tunelab.tune.sweep import unsearched
 
         exp = self._experiment(experiment_dir)
+        if unsearched(exp, runs, force):  # the search plans from the spec: its paths are held to the root too
+            self._spec(self.ws.shown(exp / SPEC_FILE), "experiment_dir")
         chosen = {r.name for r in select_runs(load_runs(exp), runs) if r.kind == "finetune"}
         todo = [r.name for r in status_rows(exp) if r.name in chosen and (force or r.state != RowState.COMPLETED)]
         if not todo:

@@ -1,7 +1,9 @@
-"""The report's "Tuning" section: what each combination's search tried (a figure and a table of its trials) and —
-the point of it — whether each factor comparison holds across learning rates: the report's own factor effects
-(findings.factor_effects), computed once on the tuned runs and once on their default-lr twins, side by side, with
-a plain sentence saying whether the ranking survives."""
+"""The report's "Tuning" section: where each combination's learning rate came from (a search, or the spec's default:
+report/rate_sources.py), what each search tried (a figure and a table of its trials) and — the point of it —
+whether each factor comparison holds across learning rates: the report's own factor effects
+(findings.factor_effects), computed once on the runs and once on their default-lr twins, side by side, with a plain
+sentence saying whether the ranking survives. A comparison is called tuned only where a search chose the rate of
+every level it compares."""
 
 from __future__ import annotations
 
@@ -11,21 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.report.data import ReportData, RunData
-from tunelab.report.document import Figure, Para, Section, Table
+from tunelab.report.document import Bullets, Figure, Para, Section, Table
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import factor_effects
+from tunelab.report.rate_sources import RateSource, rate_sources, unsearched_levels
 from tunelab.report.tuning_trials import TrialPoint, read_trials, search_objective, trials_figure
 from tunelab.evaluate.objective import Objective
 
 
 @dataclass
 class RateComparison:
-    """One factor effect at the tuned rates and at the one default rate, and what a reader should make of it."""
+    """One factor effect at the runs' rates and at the one default rate, and what a reader should make of it."""
 
-    tuned: FactorEffect
+    tuned: FactorEffect  # the runs' effect: at tuned rates only where no level is in `unsearched`
     default: FactorEffect | None  # None: no twin of this comparison measured it
     missing: dict[Any, str]  # level -> why its twins give no value ('diverged', 'failed', 'pending', …)
     sentence: str
+    unsearched: list[Any] = dataclasses.field(default_factory=list)  # levels whose rate no search chose
 
 
 def ranking(eff: FactorEffect) -> list[Any]:
@@ -48,7 +52,7 @@ def quantity(eff: FactorEffect) -> str:
 
 
 def _rates(eff: FactorEffect, runs: dict[str, RunData]) -> str:
-    """The tuned rates of each level's runs, in ranking order, e.g. '0.0002, 0.0003'."""
+    """The rates each level's runs trained at, in ranking order, e.g. '0.0002, 0.0003'."""
     by_level = {s.level: s.runs for s in eff.levels}
     rates = []
     for level in ranking(eff):
@@ -66,9 +70,15 @@ def _why_missing(twins: list[RunData]) -> str:
 
 
 def judge(tuned: FactorEffect, default: FactorEffect | None, missing: dict[Any, str], rates: str,
-          default_rate: str) -> str:
+          default_rate: str, unsearched: list[Any] | None = None) -> str:
     """The plain sentence: the ranking at the tuned rates, and whether it holds, changes or cannot be told at the
-    default rate."""
+    default rate; where no search chose the rate of some level (`unsearched`), the ranking at the rates used, said
+    to be no tuned comparison."""
+    if unsearched:
+        levels = ", ".join(f"{tuned.factor} {lv}" for lv in unsearched)
+        return (f"{quantity(tuned)}: {_ranked_text(tuned)} at the rates used ({rates}), not at tuned rates: no "
+                f"learning-rate search chose the rate of {levels}, so whether the finding holds across learning "
+                "rates is not known.")
     head = f"{quantity(tuned)}: {_ranked_text(tuned)} at the tuned rates ({rates})"
     if missing:
         gone = ", ".join(f"{tuned.factor} {lv} {why}" for lv, why in missing.items())
@@ -81,10 +91,12 @@ def judge(tuned: FactorEffect, default: FactorEffect | None, missing: dict[Any, 
             "learning rate, so a comparison at the one default rate is not a finding.")
 
 
-def rate_comparisons(data: ReportData) -> list[RateComparison]:
-    """Each factor effect of the tuned runs beside the same effect of their default-lr twins ([] without twins)."""
+def rate_comparisons(data: ReportData, sources: dict[str, RateSource] | None = None) -> list[RateComparison]:
+    """Each factor effect of the runs beside the same effect of their default-lr twins ([] without twins);
+    `sources`: where each combination's rate came from (default: read now)."""
     if not data.twins:
         return []
+    sources = rate_sources(data) if sources is None else sources
     default_data = dataclasses.replace(data, runs=data.twins)
     key = lambda e: (e.factor, e.metric, e.task)  # noqa: E731
     defaults = {key(e): e for e in factor_effects(default_data)}
@@ -99,21 +111,36 @@ def rate_comparisons(data: ReportData) -> list[RateComparison]:
         measured = {s.level for s in default.levels} if default is not None else set()
         missing = {s.level: _why_missing([t for t in data.twins if t.level(eff.factor) == s.level])
                    for s in eff.levels if s.level not in measured}
+        unsearched = unsearched_levels({s.level: s.runs for s in eff.levels}, sources)
         out.append(RateComparison(eff, default, missing, judge(eff, default, missing, _rates(eff, runs),
-                                                                 default_rate)))
+                                                                 default_rate, unsearched), unsearched))
     return out
 
 
-def _comparison_table(comparisons: list[RateComparison]) -> Table:
+def _comparison_table(comparisons: list[RateComparison], tuned: bool) -> Table:
     rows = []
     for c in comparisons:
         default = {s.level: s.mean for s in c.default.levels} if c.default is not None else {}
         for s in c.tuned.levels:
             at_default = f"{default[s.level]:.4g}" if s.level in default else c.missing.get(s.level, "—")
             rows.append([c.tuned.factor, quantity(c.tuned), str(s.level), f"{s.mean:.4g}", at_default])
-    return Table(["Factor", "Quantity", "Level", "Tuned rates (mean)", "Default rate (mean)"], rows,
-                 caption="The report's factor effects, computed on the tuned runs (runs/<run>) and on their "
-                         "default-lr twins (runs/<run>_lr-default), each a mean over the level's completed runs.")
+    return Table(["Factor", "Quantity", "Level", "Tuned rates (mean)" if tuned else "Runs' rates (mean)",
+                  "Default rate (mean)"], rows,
+                 caption=f"The report's factor effects, computed on the {'tuned ' if tuned else ''}runs (runs/<run>, "
+                         "each at its combination's rate above) and on their default-lr twins "
+                         "(runs/<run>_lr-default), each a mean over the level's completed runs.")
+
+
+def _sources_blocks(sources: dict[str, RateSource], per: list[str]) -> list:
+    """A line per combination: its runs, the rate they trained at and where it came from."""
+    which = f"each combination of {', '.join(per)} levels (tune.per)" if per else "the whole sweep (tune.per: [])"
+    blocks: list = [Para(f"The learning rate of {which}, and where it came from:"),
+                    Bullets([f"`{s.combination}` ({', '.join(s.runs)}): {s.text}" for s in sources.values()])]
+    if not all(s.searched for s in sources.values()):
+        blocks.append(Para("A rate no search chose is the spec's default, not a tuned rate: `tunelab tune "
+                           "experiment.yaml` searches it and scaffolds the runs at its rates (`tunelab run` searches "
+                           "first for the runs it trains)."))
+    return blocks
 
 
 def _trials_table(trials: dict[str, list[TrialPoint]], objective: Objective) -> Table:
@@ -129,20 +156,27 @@ def _trials_table(trials: dict[str, list[TrialPoint]], objective: Objective) -> 
 
 
 def tuning_section(data: ReportData, figures_dir: Path) -> Section | None:
-    """The section (None without a search and without twins)."""
+    """The section (None without a tune: block, a search and twins)."""
     tune = data.spec.tune if data.spec is not None else None
     objective = search_objective(data.experiment_dir, Objective.of(tune.objective, data.spec.eval)
                                  if tune is not None and data.spec is not None else None)
     trials = read_trials(data.experiment_dir, objective)
-    comparisons = rate_comparisons(data)
-    if not trials and not comparisons:
+    sources = rate_sources(data)
+    comparisons = rate_comparisons(data, sources)
+    if not trials and not comparisons and not sources:
         return None
-    blocks: list = []
+    blocks: list = _sources_blocks(sources, tune.per_factors(data.spec.factors)) \
+        if sources and tune is not None and data.spec is not None else []
     if comparisons:
+        tuned = not any(c.unsearched for c in comparisons)
         blocks.append(Para("Does each finding survive the learning rate? The same comparison at each level's tuned "
-                           "rate and at the spec's one default rate (A > B: A is better on that quantity):"))
+                           "rate and at the spec's one default rate (A > B: A is better on that quantity):" if tuned
+                           else "The same comparison at the rates the runs trained at and on their default-lr twins "
+                           "at the spec's one default rate; a rate no search chose is no tuned rate, and a "
+                           "comparison of a level at such a rate is no finding about tuned rates (A > B: A is "
+                           "better on that quantity):"))
         blocks += [Para(c.sentence) for c in comparisons]
-        blocks.append(_comparison_table(comparisons))
+        blocks.append(_comparison_table(comparisons, tuned))
     for combination, points in trials.items():
         fig = trials_figure(combination, points, figures_dir, objective)
         if fig is not None:

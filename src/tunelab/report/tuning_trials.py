@@ -135,5 +135,6 @@ def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path,
                  "search chose by, on each trial that trained its whole budget: its scores.json)"
     key = f"tuning_{_slug(combination)}"
     caption = (f"{combination}: each trial's {judged} against its learning rate (tune/{combination}/trial-N: "
-               "run.yaml, metrics.jsonl, pruned.json); the ringed trial is the rate its runs train at (tune/best.json).")
+               "run.yaml, metrics.jsonl, pruned.json); the ringed trial is the rate the search chose (tune/best.json; "
+               "the list above says whether its runs trained at it).")
     return _save(fig, out_dir, key, caption)

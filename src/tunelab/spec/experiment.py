@@ -91,7 +91,8 @@ class ExperimentSpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tune: TuneSpec | None = Field(
         None, description="A learning-rate search per combination of factor levels before the sweep trains "
-        "(`tunelab tune`); each combination's runs then train at its best rate.")
+        "(`tunelab tune`, or `tunelab run` first where it has not run); each combination's runs then train at its "
+        "best rate.")
 
     @model_validator(mode="before")
     @classmethod

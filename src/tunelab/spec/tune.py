@@ -43,7 +43,10 @@ class RateRange(_Strict):
 class TuneSpec(_Strict):
     """`tune:`: one learning-rate search per combination of the `per` factors' levels, each trial a real run
     trained for `budget` of the run's steps; the sweep's runs then train at their combination's best rate.
-    Controls are never tuned (they do not train)."""
+    Controls are never tuned (they do not train). `tunelab tune` runs the search; `tunelab run` runs it first for
+    the runs it is about to train whose rate no search chose yet (and `run --dry-run`, which can run none, refuses),
+    because a run trained at the spec's default rate would make a comparison look tuned that is not: the report
+    states each combination's rate and whether a search chose it."""
 
     learning_rate: RateRange = Field(description="The range searched, e.g. {low: 1.0e-5, high: 3.0e-3, log: true}.")
     per: list[str] | None = Field(

@@ -10,7 +10,7 @@ each ask from the spec's seed and the trial's number, so the rates asked do not 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,16 +144,19 @@ def tunable_plan(spec_path: str | Path) -> Plan:
 
 
 def search(spec_path: str | Path, trials: int | None = None,
-           on_trial: Callable[[TrialDone], None] = lambda done: None, prune: bool = True) -> dict[str, TunedRate]:
-    """Every combination's search, then tune/best.json; returns the rates chosen by combination (`prune` off: no
-    trial stopped early)."""
+           on_trial: Callable[[TrialDone], None] = lambda done: None, prune: bool = True,
+           executor: Executor | None = None, only: Collection[str] | None = None) -> dict[str, TunedRate]:
+    """Every combination's search (`only`: these combinations'), then tune/best.json; returns the rates chosen by
+    combination (`prune` off: no trial stopped early). The trials run on `executor` (default: the spec's)."""
     plan = tunable_plan(spec_path)
     tune = plan.spec.tune
     assert tune is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is shown by on_trial, in tunelab's words
-    ex = executor_named(plan.spec.resources.executor)
+    ex = executor or executor_named(plan.spec.resources.executor)
     best = read_best(plan.experiment_dir)
     for combo in combinations(plan, tune):
+        if only is not None and combo.name not in only:
+            continue
         study = search_combination(ex, plan, combo, trials or tune.trials, on_trial, prune)
         rate = best_rate(study, combo, Objective.of(tune.objective, plan.spec.eval))
         if rate is not None:

@@ -1,0 +1,84 @@
+"""Where each combination's learning rate came from, as the report's Tuning section states it: a search chose it
+(tune/best.json's record, and the runs trained at that rate: run.yaml's `tuned:`), or none did and the runs trained
+at the spec's default rate. A rate no search produced is never called tuned, so a comparison "holds at both" rates
+only where a search really ran for every combination it compares."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tunelab.evaluate.objective import Objective
+from tunelab.report.data import ReportData, RunData
+from tunelab.rundir.config import RUN_FILE
+from tunelab.rundir.tuned import TRIAL_PREFIX, TunedRate, read_best, tune_dir
+from tunelab.spec.tune import combination_name
+
+
+@dataclass(frozen=True)
+class RateSource:
+    """One combination of the `tune.per` levels: its runs, the rates they trained at, and the search behind them."""
+
+    combination: str
+    runs: tuple[str, ...]  # the fine-tuned runs of the combination (default-lr twins apart)
+    rates: tuple[float, ...]  # the learning rates those runs trained at (run.yaml), distinct, in run order
+    search: TunedRate | None  # tune/best.json's record (None: no search chose a rate)
+    trials: int  # the search's trial directories under tune/<combination>/ (0: no search started)
+    named: bool  # every run's run.yaml names a search as its rate's source (`tuned:`)
+
+    @property
+    def searched(self) -> bool:
+        """The runs trained at the rate a search chose for them."""
+        s = self.search
+        return s is not None and self.named and all(math.isclose(r, s.learning_rate, rel_tol=1e-9)
+                                                    for r in self.rates)
+
+    def _rates(self) -> str:
+        return ", ".join(f"{r:.3g}" for r in self.rates) or "?"
+
+    @property
+    def text(self) -> str:
+        """'searched: 4 trials, best val loss 0.412 at rate 0.00032', or 'not searched: the spec's default rate
+        0.02' (or why a search that ran gave the runs no rate of its own)."""
+        s = self.search
+        if s is not None:
+            found = (f"searched: {s.trials} trials, best {Objective.parse(s.objective).words} {s.value:.4g} at rate "
+                     f"{s.learning_rate:.3g}")
+            if self.searched:
+                return found
+            return (f"{found}, but its runs trained at {self._rates()}, not at it (scaffolded before the search "
+                    "chose it): not tuned")
+        if self.trials:
+            return (f"searched: {self.trials} trials, no rate chosen (the search has not ended, or no trial "
+                    f"completed), so not tuned: the spec's default rate {self._rates()}")
+        return f"not searched: the spec's default rate {self._rates()}"
+
+
+def _trial_count(data: ReportData, combination: str) -> int:
+    root = tune_dir(data.experiment_dir) / combination
+    return sum(1 for d in root.glob(f"{TRIAL_PREFIX}*") if (d / RUN_FILE).is_file()) if root.is_dir() else 0
+
+
+def rate_sources(data: ReportData) -> dict[str, RateSource]:
+    """Each combination's source of its runs' rate, in the runs' order ({} without a `tune:` block)."""
+    tune = data.spec.tune if data.spec is not None else None
+    if data.spec is None or tune is None:
+        return {}
+    per = tune.per_factors(data.spec.factors)
+    groups: dict[str, list[RunData]] = {}
+    for run in data.runs:
+        groups.setdefault(combination_name(run.config.factors, per), []).append(run)
+    best = read_best(data.experiment_dir)
+    out = {}
+    for name, runs in groups.items():
+        rates = tuple(dict.fromkeys(r.config.training.learning_rate for r in runs if r.config.training is not None))
+        out[name] = RateSource(name, tuple(r.name for r in runs), rates, best.get(name), _trial_count(data, name),
+                               all(r.config.tuned is not None for r in runs))
+    return out
+
+
+def unsearched_levels(levels: dict[object, list[str]], sources: dict[str, RateSource]) -> list[object]:
+    """The levels (level -> its runs) with a run whose rate no search chose: a comparison of them is not tuned."""
+    of_run = {run: s for s in sources.values() for run in s.runs}
+    return [level for level, runs in levels.items()
+            if any(run not in of_run or not of_run[run].searched for run in runs)]

@@ -1,0 +1,79 @@
+"""The search as the sweep's first step: with a `tune:` block, `tunelab run` trains no run at a rate no search chose.
+The runs it is about to train whose run.yaml names no search (no `tuned:`) get their combination's search first —
+the search `tunelab tune` runs, its trials real runs on the sweep's executor — and are scaffolded again at the rate it
+chose, as `tunelab tune` does. Where no search can run (a dry run) or a search chose no rate, the command refuses in
+one line naming `tunelab tune` rather than train at the spec's default rate, which the report would have to call
+untuned: a comparison is tuned only when a search produced its rates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunelab.errors import TunelabError
+from tunelab.execute.executor import Executor
+from tunelab.rundir.experiment import SPEC_FILE, load_runs, select_runs
+from tunelab.rundir.layout import COMPLETED
+from tunelab.rundir.status import read_status
+from tunelab.rundir.tuned import TunedRate, tune_dir
+from tunelab.spec import load_spec
+from tunelab.spec.tune import combination_name
+
+if TYPE_CHECKING:  # the search's modules load Optuna: imported where a search runs, not to ask whether one must
+    from tunelab.plan.planner import Plan
+    from tunelab.tune.search import TrialDone
+
+
+def unsearched(experiment_dir: str | Path, runs: Collection[str] | None = None,
+               force: bool = False) -> dict[str, list[str]]:
+    """The runs `tunelab run` is about to train at a rate no search chose, by their combination ({} without a
+    `tune:` block): fine-tuned runs whose run.yaml has no `tuned:` — not the default-lr twins, which train at the
+    spec's rate by design —, completed ones only when `force` trains them again."""
+    spec_path = Path(experiment_dir) / SPEC_FILE
+    spec = load_spec(spec_path) if spec_path.is_file() else None
+    if spec is None or spec.tune is None:
+        return {}
+    per = spec.tune.per_factors(spec.factors)
+    out: dict[str, list[str]] = {}
+    for cfg in select_runs(load_runs(experiment_dir), list(runs) if runs else None):
+        if cfg.kind != "finetune" or cfg.default_lr_of is not None or cfg.tuned is not None:
+            continue
+        if not force and read_status(cfg.run_dir).state == COMPLETED:
+            continue  # trained already: `run` starts nothing here (the report says where its rate came from)
+        out.setdefault(combination_name(cfg.factors, per), []).append(cfg.name)
+    return out
+
+
+def search_and_scaffold(spec_path: str | Path, trials: int | None = None,
+                        on_trial: Callable[[TrialDone], None] = lambda done: None, executor: Executor | None = None,
+                        only: Collection[str] | None = None) -> tuple[dict[str, TunedRate], Plan]:
+    """`tunelab tune`'s work: the search (`only`: these combinations), then every run scaffolded at its
+    combination's best rate. Returns the rates chosen by combination and the plan scaffolded."""
+    from tunelab.scaffold.write import scaffold
+    from tunelab.tune.search import search
+
+    best = search(spec_path, trials, on_trial=on_trial, executor=executor, only=only)
+    return best, scaffold(spec_path)
+
+
+def search_before_run(experiment_dir: str | Path, pending: dict[str, list[str]], executor: Executor,
+                      on_trial: Callable[[TrialDone], None] = lambda done: None,
+                      dry_run: bool = False) -> dict[str, TunedRate]:
+    """The searches of the `pending` combinations (`unsearched`) on `executor`, then the runs scaffolded at their
+    rates; refused in one line where no search runs (`dry_run`) or one chose no rate. Returns their rates."""
+    spec = Path(experiment_dir) / SPEC_FILE
+    names = ", ".join(n for group in pending.values() for n in group)
+    if dry_run:
+        raise TunelabError(f"no learning-rate search has chosen the rate of {names} yet, and a dry run runs none: "
+                           f"run `tunelab tune {spec}` first (a `tunelab run` without --dry-run searches first), "
+                           "rather than see them submitted at the spec's default rate", file=spec, field="tune")
+    best, _ = search_and_scaffold(spec, on_trial=on_trial, executor=executor, only=set(pending))
+    missing = sorted(set(pending) - set(best))
+    if missing:
+        where = ", ".join(f"{tune_dir(experiment_dir) / c}/" for c in missing)
+        raise TunelabError(f"the search of {', '.join(missing)} chose no rate: none of its trials completed (pruned "
+                           f"or failed: {where}), so its runs would train at the spec's default rate; widen "
+                           f"tune.learning_rate or run more trials (`tunelab tune {spec} --trials N`)",
+                           file=spec, field="tune")
+    return {c: best[c] for c in pending}
