@@ -177,6 +177,26 @@ def test_rows_answered_at_once_go_in_the_batches_of_the_queue_with_every_row_wai
         assert seen(now_out) == seen(queue_out) == [(a, n) if a != "bad" else RuntimeError for a, n in requests]
 
 
+def test_a_batch_answered_short_fails_its_rows_in_place_and_no_other_row_moves():
+    """A model call that returns fewer answers than rows (or a None) cannot say whose answer is whose: that batch's
+    rows get an error where they stand (its adapters' rows run again apart first), every other row keeps its own."""
+    from tunelab.evaluate.mixbatch import RowKey
+
+    def run_rows(rows: list[Row], stop_ids: list[int]) -> list:
+        answers = [Generation([len(r.prompt_ids)], r.adapter, False) for r in rows]
+        return answers[:-1] if any(r.adapter == "short" for r in rows) else answers
+
+    requests = [("a", 5), ("short", 4), ("b", 3), ("short", 2), ("a", 1)]
+    rows = [Row(list(range(n)), a, RowKey(4, adapter=a, stop_ids=(0,))) for a, n in requests]
+    out = MixedBatcher(run_rows, 2).generate_now(rows)
+    assert len(out) == len(rows)
+    for (adapter, n), got in zip(requests, out):
+        if adapter == "short":
+            assert isinstance(got, RuntimeError) and "answers for a batch of" in str(got), got
+        else:
+            assert isinstance(got, Generation) and (got.text, got.new_ids) == (adapter, [n])
+
+
 def test_adapter_kinds_peft_cannot_mix_are_named():
     lora = {"peft_type": "LORA", "r": 8, "modules_to_save": MODULES}
     assert adapter_blocker(lora) is None

@@ -88,7 +88,8 @@ class MixedBatcher(Batcher):
             batch.sort(key=lambda i: _row_order(rows[i].prompt_ids, _settings(rows[i]), rows[i].seed))
             for i, result in zip(batch, self._generate([rows[i] for i in batch])):
                 out[i] = result
-        return [r for r in out if r is not None]  # every row was in one batch
+        # every row was in one batch and _generate answers each: a row left unanswered keeps its place, as an error
+        return [r if r is not None else RuntimeError("no answer was generated for this row") for r in out]
 
     def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
         """One batch's answers; a failed batch of several adapters is run again adapter by adapter, so that an
@@ -97,7 +98,11 @@ class MixedBatcher(Batcher):
             self.batches += 1
             self.mixed += len({row.adapter for row in rows}) > 1
         try:
-            return list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
+            answers = list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
+            if len(answers) != len(rows) or any(a is None for a in answers):  # which answer is whose is unknown
+                raise RuntimeError(f"the model gave {sum(a is not None for a in answers)} answers for a batch of "
+                                   f"{len(rows)} rows")
+            return answers
         except Exception as exc:
             adapters = sorted({row.adapter for row in rows})
             if not (isolate and len(adapters) > 1):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor, JobKind
 from tunelab.rundir import now_iso, read_metrics, read_status
@@ -120,7 +121,7 @@ class TrialRun:
             decision = decide(self.cfg, failure, type(self.ex))
             if decision.retry:
                 self.cfg = apply(decision)  # a new run.yaml (attempt + 1); its job starts from it
-                print(f"{self.cfg.name}: {decision.reason}", flush=True)
+                say("{}: {}", self.cfg.name, decision.reason)  # the retry's reason, as the sweep says it
             elif restarted or failure.kind == OOM:
                 return TrialOutcome(TrialState.FAIL, None, None, decision.reason)
             restarted = True
