@@ -98,7 +98,7 @@ class MixedBatcher(Batcher):
             self.batches += 1
             self.mixed += len({row.adapter for row in rows}) > 1
         try:
-            answers = list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
+            answers: list[Generation | BaseException] = list(self._run_rows(rows, list(_settings(rows[0]).stop_ids)))
             if len(answers) != len(rows) or any(a is None for a in answers):  # which answer is whose is unknown
                 raise RuntimeError(f"the model gave {sum(a is not None for a in answers)} answers for a batch of "
                                    f"{len(rows)} rows")
