@@ -63,10 +63,12 @@ def cluster_lock() -> Iterator[None]:
 
 def ensure_started() -> str:
     """'existing' (found answering) or 'started' (here, recorded for the session's end to stop); raises
-    RuntimeError with the script's output when it cannot start."""
+    RuntimeError when it cannot start one (not root, or the script's output)."""
     with cluster_lock():
         if answers():
             return "started" if _started_mark().is_file() else "existing"
+        if os.geteuid() != 0:
+            raise RuntimeError("the slurm tests start a local cluster and need root (or a running cluster)")
         proc = script("start")
         if proc.returncode != 0:
             script("stop", timeout=300)

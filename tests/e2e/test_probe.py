@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from loadrule import check_contended, slowdown_by_rule
 from typer.testing import CliRunner
 
 from tunelab.cli import app
@@ -63,11 +64,9 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         assert r["startup_s"] > 0 and r["startup_s"] == printed[r["lora_rank"]]["startup_s"]
         # the load over its timed steps (cpuload.py), as the rule gives it from the row's own figures: its
         # threads wanted min(threads, cores) cores, others left cores × (1 − share) (at least 0.1)
-        wanted = min(r["cpu_threads"], cores)
-        slowdown = max(1.0, wanted / max(cores * (1 - r["others_share"]), 0.1))
+        slowdown = slowdown_by_rule(r["cpu_threads"], cores, cores * r["others_share"])
         assert r["slowdown"] == pytest.approx(slowdown, rel=5e-3, abs=2e-3)
-        if abs(slowdown - 1.15) > 0.01:  # far enough from the line for the rounded share to tell
-            assert r["contended"] is (slowdown > 1.15)
+        check_contended(r["contended"], slowdown)
         # how far its timings disagreed (all of them kept): measured, and stored as the probe reported it
         assert r["time_spread"] is not None and r["time_spread"] == printed[r["lora_rank"]]["time_spread"]
     assert "load" in runner.invoke(app, ["history"]).output  # the table's load column

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from loadrule import check_contended, slowdown_by_rule
 
 from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.rundir.experiment import training_state
@@ -79,10 +80,9 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     # its cores; its threads wanted min(threads, cores) of them and had what others left (at least 0.1)
     held = load["others_cpu_s"] / load["wall_s"]
     assert load["others_share"] == pytest.approx(min(1.0, held / load["cores"]), abs=1e-3)
-    slowdown = max(1.0, min(load["threads"], load["cores"]) / max(load["cores"] - held, 0.1))
+    slowdown = slowdown_by_rule(load["threads"], load["cores"], held)
     assert load["slowdown"] == pytest.approx(slowdown, rel=2e-3, abs=2e-3)
-    if abs(slowdown - 1.15) > 0.01:  # far enough from the line for the rounded figures to tell
-        assert load["contended"] is (slowdown > 1.15)
+    check_contended(load["contended"], slowdown)
     assert 0 < cost["load"]["wall_s"] < summary["finish_s"]
     # data wait: measured per logged row, never negative or longer than the row's training time, and the
     # summary's total (the run's counter, not the rows) equals their sum; CPU training has no dataloader workers

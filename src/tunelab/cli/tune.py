@@ -58,7 +58,7 @@ def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool,
     """`tunelab run`'s first step with a `tune:` block: the runs it is about to train whose rate no search chose
     get their combination's search (a line per trial), then are scaffolded at the rate it chose; a dry run is
     refused in one line naming `tunelab tune` (tune/sweep.py)."""
-    from tunelab.tune.sweep import search_before_run as search_first, unsearched
+    from tunelab.tune.sweep import search_pending, unsearched
 
     pending = unsearched(experiment_dir, runs, force)
     if not pending:
@@ -66,7 +66,7 @@ def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool,
     if not dry_run:
         say("the learning-rate search (tune:) has not chosen the rate of {}: searching it first, as `tunelab tune` "
             "does", ", ".join(sorted(pending)))
-    for name, rate in sorted(search_first(experiment_dir, pending, ex, trial_line, dry_run).items()):
+    for name, rate in sorted(search_pending(experiment_dir, pending, ex, trial_line, dry_run).items()):
         say("[bold]{}[/bold]: {}", name, rate.source)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 
@@ -88,8 +88,7 @@ class MixedBatcher(Batcher):
             batch.sort(key=lambda i: _row_order(rows[i].prompt_ids, _settings(rows[i]), rows[i].seed))
             for i, result in zip(batch, self._generate([rows[i] for i in batch])):
                 out[i] = result
-        # every row was in one batch and _generate answers each: a row left unanswered keeps its place, as an error
-        return [r if r is not None else RuntimeError("no answer was generated for this row") for r in out]
+        return cast(list[Generation | BaseException], out)  # every row was in one batch; _generate answers each
 
     def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
         """One batch's answers; a failed batch of several adapters is run again adapter by adapter, so that an

@@ -6,12 +6,12 @@ only where a search really ran for every combination it compares."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 
 from tunelab.evaluate.objective import Objective
 from tunelab.report.data import ReportData, RunData
-from tunelab.rundir.config import RUN_FILE
-from tunelab.rundir.tuned import TRIAL_PREFIX, TunedRate, read_best, tune_dir
+from tunelab.rundir.tuned import TunedRate, read_best
 from tunelab.spec.tune import combination_name
 
 
@@ -23,7 +23,7 @@ class RateSource:
     runs: tuple[str, ...]  # the fine-tuned runs of the combination (default-lr twins apart)
     rates: tuple[float, ...]  # the learning rates those runs trained at (run.yaml), distinct, in run order
     search: TunedRate | None  # tune/best.json's record (None: no search chose a rate)
-    trials: int  # the search's trial directories under tune/<combination>/ (0: no search started)
+    trials: int  # the search's trials under tune/<combination>/ (0: no search started)
     named: bool  # every run's run.yaml names a search as its rate's source (`tuned:`)
 
     @property
@@ -54,13 +54,9 @@ class RateSource:
         return f"not searched: the spec's default rate {self._rates()}"
 
 
-def _trial_count(data: ReportData, combination: str) -> int:
-    root = tune_dir(data.experiment_dir) / combination
-    return sum(1 for d in root.glob(f"{TRIAL_PREFIX}*") if (d / RUN_FILE).is_file()) if root.is_dir() else 0
-
-
-def rate_sources(data: ReportData) -> dict[str, RateSource]:
-    """Each combination's source of its runs' rate, in the runs' order ({} without a `tune:` block)."""
+def rate_sources(data: ReportData, trials: Mapping[str, Sized]) -> dict[str, RateSource]:
+    """Each combination's source of its runs' rate, in the runs' order ({} without a `tune:` block); `trials`: each
+    combination's trials as the report read them (tuning_trials.read_trials)."""
     tune = data.spec.tune if data.spec is not None else None
     if data.spec is None or tune is None:
         return {}
@@ -72,7 +68,7 @@ def rate_sources(data: ReportData) -> dict[str, RateSource]:
     out = {}
     for name, runs in groups.items():
         rates = tuple(dict.fromkeys(r.config.training.learning_rate for r in runs if r.config.training is not None))
-        out[name] = RateSource(name, tuple(r.name for r in runs), rates, best.get(name), _trial_count(data, name),
+        out[name] = RateSource(name, tuple(r.name for r in runs), rates, best.get(name), len(trials.get(name, ())),
                                all(r.config.tuned is not None for r in runs))
     return out
 

@@ -96,7 +96,7 @@ def rate_comparisons(data: ReportData, sources: dict[str, RateSource] | None = N
     `sources`: where each combination's rate came from (default: read now)."""
     if not data.twins:
         return []
-    sources = rate_sources(data) if sources is None else sources
+    sources = rate_sources(data, read_trials(data.experiment_dir)) if sources is None else sources
     default_data = dataclasses.replace(data, runs=data.twins)
     key = lambda e: (e.factor, e.metric, e.task)  # noqa: E731
     defaults = {key(e): e for e in factor_effects(default_data)}
@@ -161,7 +161,7 @@ def tuning_section(data: ReportData, figures_dir: Path) -> Section | None:
     objective = search_objective(data.experiment_dir, Objective.of(tune.objective, data.spec.eval)
                                  if tune is not None and data.spec is not None else None)
     trials = read_trials(data.experiment_dir, objective)
-    sources = rate_sources(data)
+    sources = rate_sources(data, trials)
     comparisons = rate_comparisons(data, sources)
     if not trials and not comparisons and not sources:
         return None

@@ -57,7 +57,7 @@ def search_and_scaffold(spec_path: str | Path, trials: int | None = None,
     return best, scaffold(spec_path)
 
 
-def search_before_run(experiment_dir: str | Path, pending: dict[str, list[str]], executor: Executor,
+def search_pending(experiment_dir: str | Path, pending: dict[str, list[str]], executor: Executor,
                       on_trial: Callable[[TrialDone], None] = lambda done: None,
                       dry_run: bool = False) -> dict[str, TunedRate]:
     """The searches of the `pending` combinations (`unsearched`) on `executor`, then the runs scaffolded at their

@@ -34,8 +34,6 @@ def partition_nodes(partition: str = PARTITION) -> list[str]:
 def slurm_cluster():
     """The session's cluster: found answering, or started by the first worker that needs it (slurmcluster.py);
     stopped at the session's end if this session started it."""
-    if not slurmcluster.answers() and os.geteuid() != 0:
-        pytest.fail("the slurm tests start a local cluster and need root (or a running cluster)")
     try:
         return slurmcluster.ensure_started()
     except RuntimeError as exc:
