@@ -1,0 +1,117 @@
+"""A tool's run measured from outside, the same way for every tool (tunelab included).
+
+Wall time from the command's start to its exit; every output line timestamped as it arrives (children run with
+PYTHONUNBUFFERED=1), so a tool's per-step log lines give step times on one clock; peak RSS of the whole process
+tree (the sum over the tree, sampled every 50 ms with psutil; no peer reports memory on a CPU); the load before
+and after (/proc/loadavg)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+SAMPLE_S = 0.05
+
+
+@dataclass(frozen=True)
+class Line:
+    t: float  # seconds since the command started
+    text: str
+
+
+@dataclass
+class Measured:
+    command: list[str]
+    returncode: int
+    wall_s: float
+    peak_rss_mib: float
+    lines: list[Line] = field(default_factory=list)
+    load_before: str = ""
+    load_after: str = ""
+
+    @property
+    def output(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(line.text for line in self.lines[-n:])
+
+
+def loadavg() -> str:
+    """The 1-, 5- and 15-minute load averages, as /proc/loadavg writes them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def thread_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every tool runs under: the same thread counts, no telemetry, offline, unbuffered."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true",
+                "WANDB_MODE": "disabled", "DO_NOT_TRACK": "1", "AXOLOTL_DO_NOT_TRACK": "1",
+                "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""})
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.update(extra or {})
+    return env
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None,
+                 timeout_s: float = 3600.0) -> Measured:
+    """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak RSS; the whole output
+    also written to `log` when given (the peer's own record of the run)."""
+    before = loadavg()
+    start = time.monotonic()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(watched))
+            done.wait(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    lines: list[Line] = []
+    sink = log.open("w") if log else None
+    try:
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            lines.append(Line(time.monotonic() - start, text.rstrip("\n")))
+            if sink:
+                sink.write(text)
+            if time.monotonic() - start > timeout_s:
+                proc.kill()
+        returncode = proc.wait()
+    finally:
+        done.set()
+        sampler.join()
+        if sink:
+            sink.close()
+    wall = time.monotonic() - start
+    return Measured(command=command, returncode=returncode, wall_s=wall, peak_rss_mib=peak / 2**20, lines=lines,
+                    load_before=before, load_after=loadavg())

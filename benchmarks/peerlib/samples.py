@@ -1,0 +1,49 @@
+"""The smoke: tunelab's side for real on a few rows, and every peer's parser on the output a real run of that
+peer wrote (samples/NAME/: output.log = what the command printed, any file the parser reads at its path under the
+run's directory, COMMAND = how it was made). Times in a sample are line numbers: the smoke checks parsing, never
+speed."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from peerlib import registry, training
+from peerlib.job import Job, prepare
+from peerlib.measure import Line, Measured
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SMOKE_WORDS = 160
+
+
+def sample_measured(sample: Path) -> Measured:
+    text = (sample / "output.log").read_text() if (sample / "output.log").is_file() else ""
+    lines = [Line(float(i), t) for i, t in enumerate(text.splitlines())]
+    return Measured(command=[(sample / "COMMAND").read_text().strip()], returncode=0, wall_s=float(len(lines)),
+                    peak_rss_mib=0.0, lines=lines)
+
+
+def parse_sample(name: str) -> str:
+    """One line: what the parser read from the committed sample, or why it could not."""
+    sample = SAMPLES / name
+    if not sample.is_dir():
+        return f"{name}: no committed sample"
+    peer = importlib.import_module(registry.MODULES[name]).PEER
+    log = peer.parse(sample_measured(sample), sample)
+    if not log.step_times or len(log.losses) != len(log.step_times):
+        raise SystemExit(f"{name}: its parser read {len(log.step_times)} steps and {len(log.losses)} losses "
+                         f"from {sample}: the output format changed?")
+    return (f"{name}: sample parsed: {len(log.step_times)} steps, loss {log.losses[0]:.3f} -> {log.losses[-1]:.3f}, "
+            f"own tokens/s {log.own_tokens_per_s if log.own_tokens_per_s is None else round(log.own_tokens_per_s)}")
+
+
+def smoke(out: Path) -> int:
+    inputs = prepare(out / "inputs", "tiny", SMOKE_WORDS)
+    found = registry.find("tunelab")
+    rows = training.compare([found], inputs, Job(threads=1), out / "runs", 1, out / "training_rows.jsonl",
+                            scored=False)
+    if rows[0].error:
+        raise SystemExit(f"tunelab's side failed: {rows[0].error}")
+    for name in registry.TRAINERS[1:]:
+        print(parse_sample(name), flush=True)
+    return 0

@@ -1,0 +1,88 @@
+"""tunelab beside the tools a lab would use instead, measured in one run (issue 52).
+
+    python benchmarks/peers.py [--out DIR] [--models tiny,smollm2] [--tools tunelab,torchtune,llamafactory,
+                               axolotl,oumi] [--repeats 3] [--threads N] [--parts training,evaluation,search]
+    python benchmarks/peers.py --smoke
+
+Training: every tool trains the same LoRA job (peerlib/job.py: the demo's capitalization rows, the model's own chat
+template, r16 on q_proj,v_proj, alpha 32, max_seq_len 64, micro-batch 8, 1 epoch, lr 2e-3 cosine, fp32, seed 0)
+with the same thread count; repeats interleaved with the tool order rotated; per run: wall time from command to
+adapter, time to the first step's log line, steady tokens/s counted one way for all (peerlib/result.py) and as
+the tool's own log says, peak RSS of the process tree from outside, final loss, and the adapter's exact match on
+the test rows by one scorer (peerlib/score.py, first repeat). Each peer runs from its own environment
+(`scripts/peer-env NAME`); a peer without one, or that fails, is one line saying why.
+
+Ends with one line per comparison, speed over speed (above 1: tunelab faster), and writes DIR/peers.json and the
+Markdown table DIR/peers.md. Nothing else of ours may run beside it: the load is printed with every run.
+
+--smoke: tunelab's side only, on 160 words of the tiny model, and every peer's parser on the real output its
+committed sample holds (peerlib/samples/NAME/, with the COMMAND that made it): a peer's output change breaks
+its parser here, not the suite (tests/e2e/test_benchmark_smoke.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peerlib import registry, samples, summary, training  # noqa: E402
+from peerlib.job import MODELS, Job, prepare  # noqa: E402
+
+
+def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, str]]:
+    found = [registry.find(name) for name in args.tools]
+    for f in found:
+        if f.why:
+            print(f"{f.name}: cannot run: {f.why}", flush=True)
+    job = Job(threads=args.threads)
+    rows: list = []
+    rows_file = out / "training_rows.jsonl"
+    for model in args.models:
+        inputs = prepare(out / "inputs", model, args.words)
+        rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file)
+    known = training.versions([f for f in found if f.peer and f.python])
+    for f in found:
+        if f.why:
+            known.setdefault(f.name, "not installed")
+    return rows, known
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--tools", default=",".join(registry.TRAINERS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
+    ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
+    ap.add_argument("--parts", default="training")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    args.models, args.tools = args.models.split(","), args.tools.split(",")
+    out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-peers-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        return samples.smoke(out)
+    print(f"[peers] {out}; {args.threads} threads each; cores {os.cpu_count()}", flush=True)
+    rows, versions = run_training(args, out) if "training" in args.parts else ([], {})
+    lines = summary.ratio_lines(rows)
+    lines += [f"training ({m}): {tool} could not run: {why}" for (m, tool), why in summary.failures(rows).items()]
+    md = summary.table(rows, versions)
+    (out / "peers.md").write_text(md + "\n")
+    (out / "peers.json").write_text(json.dumps({"versions": versions, "threads": args.threads,
+                                                "training": [asdict(r) for r in rows], "lines": lines}, indent=1))
+    print(md)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
