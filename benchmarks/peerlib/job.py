@@ -108,7 +108,6 @@ def training_tokens(inputs: Inputs, job: Job) -> int:
     tok = AutoTokenizer.from_pretrained(inputs.model_dir)
     total = 0
     for row in inputs.rows("train"):
-        ids = tok.apply_chat_template(row["messages"], tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        total += min(len(ids), job.max_seq_len)
+        text = str(tok.apply_chat_template(row["messages"], tokenize=False))
+        total += min(len(tok(text, add_special_tokens=False)["input_ids"]), job.max_seq_len)
     return total * job.epochs

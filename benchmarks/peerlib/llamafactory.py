@@ -24,6 +24,7 @@ import ast
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from peerlib.job import Inputs, Job
 from peerlib.measure import Measured
@@ -83,7 +84,7 @@ def _config(inputs: Inputs, job: Job, template: str) -> dict[str, object]:
         "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
         "per_device_train_batch_size": job.micro_batch, "gradient_accumulation_steps": 1,
         "num_train_epochs": float(job.epochs), "learning_rate": job.learning_rate,
-        "lr_scheduler_type": job.scheduler, "warmup_steps": job.warmup_steps, "warmup_ratio": 0.0,
+        "lr_scheduler_type": job.scheduler, "warmup_steps": job.warmup_steps,
         "seed": job.seed, "bf16": False, "fp16": False, "use_cpu": True,
         "disable_gradient_checkpointing": True, "eval_strategy": "no",
         "include_effective_tokens_per_second": True, "include_num_input_tokens_seen": True,
@@ -121,14 +122,20 @@ class LlamaFactoryPeer:
         return out / OUTPUT
 
     def parse(self, measured: Measured, out: Path) -> StepLog:
-        """Steps from the log dicts HF's PrinterCallback prints (one line per step, its arrival time is the step's
-        time; the final summary dict has no "loss"); its own tokens/s from train_results.json."""
+        """Step times from the log dicts HF's PrinterCallback prints, one line per step (its arrival time is the
+        step's time; the closing summary dict has no "loss"). Losses from its trainer_log.jsonl, one entry per
+        logged step at full precision (the printed dict rounds them to 4 digits); the printed ones if it is
+        missing or does not match. Its own tokens/s: effective_tokens_per_sec in train_results.json (the rows'
+        unpadded token count x epochs / train_runtime)."""
         log = StepLog()
+        printed: list[float] = []
         for line in measured.lines:
             step = _step_dict(line.text)
             if step is not None:
                 log.step_times.append(line.t)
-                log.losses.append(float(step["loss"]))
+                printed.append(float(step["loss"]))
+        logged = _logged_losses(out / OUTPUT / "trainer_log.jsonl")
+        log.losses = logged if len(logged) == len(printed) else printed
         results = out / OUTPUT / "train_results.json"
         if results.is_file():
             value = json.loads(results.read_text()).get("effective_tokens_per_sec")
@@ -136,7 +143,15 @@ class LlamaFactoryPeer:
         return log
 
 
-def _step_dict(text: str) -> dict[str, object] | None:
+def _logged_losses(path: Path) -> list[float]:
+    """The training losses its LogCallback wrote, one JSON line per logged step ([] when it wrote none)."""
+    if not path.is_file():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [float(e["loss"]) for e in entries if e.get("loss") is not None]
+
+
+def _step_dict(text: str) -> dict[str, Any] | None:
     """One training step's log line, `{'loss': …, 'grad_norm': …, 'learning_rate': …, 'epoch': …}`, or None."""
     text = text.strip()
     if not (text.startswith("{") and text.endswith("}") and "'loss'" in text):

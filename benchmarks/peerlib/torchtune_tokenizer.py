@@ -15,9 +15,10 @@ end-of-turn), each tokenized on its own without special tokens, as tunelab does.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 _PROBE = "Zq7Probe"  # a string no template changes: what follows it in a render is the end-of-turn text
 
@@ -55,7 +56,7 @@ class TemplateTokenizer:
         template_file = root / "chat_template.jinja"
         source = template_file.read_text() if template_file.exists() else config.get("chat_template")
         if not isinstance(source, str):
-            raise ValueError(f"{root}: no chat template (chat_template.jinja or tokenizer_config.json)")
+            raise TypeError(f"{root}: no chat template (chat_template.jinja or tokenizer_config.json)")
         self.template = _template_env().from_string(source)
         self.specials = {k: t for k in ("bos_token", "eos_token", "unk_token", "pad_token")
                          if (t := _token_text(config.get(k))) is not None}

@@ -1,0 +1,81 @@
+"""The learning-rate search, the same for both tools: LEVELS combinations (LoRA ranks) × TRIALS trials each, rates
+log-uniform in [LOW, HIGH], each trial trained at most BUDGET of the one-epoch job's steps, objective the
+validation loss. tunelab's side: `tunelab tune` on a spec with that `tune:` block (a seeded TPE study per rank,
+successive halving on the validations); the wall time to tune/best.json and the best loss per combination."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from peerlib.job import Inputs, Job
+from peerlib.measure import Measured, run_measured, thread_env
+from peerlib.tunelab_side import spec
+
+
+@dataclass(frozen=True)
+class Search:
+    ranks: tuple[int, ...] = (8, 16)  # the LEVELS: one search per rank
+    trials: int = 4
+    low: float = 1e-4
+    high: float = 1e-2
+    budget: float = 0.5  # of the one-epoch job's steps
+    validation_every: int = 10  # steps between validations (tunelab's halving rungs; Oumi's eval steps)
+    seed: int = 0
+
+
+@dataclass
+class SearchResult:
+    tool: str
+    repeat: int
+    wall_s: float | None = None
+    best: dict[str, tuple[float, float]] = field(default_factory=dict)  # level -> (rate, val loss)
+    trials: int = 0
+    load_before: str = ""
+    load_after: str = ""
+    error: str | None = None
+
+
+def tunelab_spec(inputs: Inputs, job: Job, search: Search) -> dict:
+    out = spec(inputs, job)
+    out["factors"] = {"lora_rank": list(search.ranks)}
+    out["training"].pop("lora_rank")
+    out["training"]["validation_every_steps"] = search.validation_every
+    out["tune"] = {"learning_rate": {"low": search.low, "high": search.high, "log": True}, "per": ["lora_rank"],
+                   "trials": search.trials, "budget": search.budget, "objective": "val_loss", "seed": search.seed,
+                   "compare_default": False}
+    return out
+
+
+def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Path, repeat: int) -> SearchResult:
+    shutil.rmtree(out, ignore_errors=True)
+    exp = out / "experiment"
+    exp.mkdir(parents=True)
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(tunelab_spec(inputs, job, search), sort_keys=False))
+    measured: Measured = run_measured([str(python), "-m", "tunelab", "tune", str(exp)], thread_env(job.threads),
+                                      out, out / "output.log")
+    row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after)
+    if measured.returncode:
+        row.error = f"exit {measured.returncode}: {measured.tail(3)}"
+        return row
+    best = json.loads((exp / "tune" / "best.json").read_text())
+    row.wall_s = measured.wall_s
+    for name, rate in best.items():
+        level = re.sub(r".*lora_rank-", "", name)
+        row.best[level] = (rate["learning_rate"], rate["value"])
+        row.trials += rate["trials"]
+    return row
+
+
+def describe(row: SearchResult) -> str:
+    if row.error:
+        return f"{row.tool}: failed: {row.error}"
+    best = ", ".join(f"r{lvl}: lr {lr:.3g} val {loss:.4f}" for lvl, (lr, loss) in sorted(row.best.items()))
+    return f"{row.tool}: wall {row.wall_s:.1f} s, {row.trials} trials; {best}; load {row.load_before} -> " \
+           f"{row.load_after}"
+
