@@ -45,6 +45,7 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
         row.error = f"exit {measured.returncode}: {measured.tail(3)}"
         return row
     log = found.peer.parse(measured, out)
+    (out / "steps.json").write_text(json.dumps(asdict(log)))  # the step times behind the figures, for profiles
     adapter = found.peer.adapter_dir(out)
     if not (adapter / "adapter_config.json").is_file():
         row.error = f"no adapter at {adapter}"
