@@ -32,15 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerlib import registry, samples, summary, training  # noqa: E402
+from peerlib import evaluation, registry, samples, search, summary, training  # noqa: E402
 from peerlib.job import MODELS, Job, prepare  # noqa: E402
 
 
-def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, str]]:
+def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, str], list[str]]:
     found = [registry.find(name) for name in args.tools]
-    for f in found:
-        if f.why:
-            print(f"{f.name}: cannot run: {f.why}", flush=True)
+    missing = [f"training: {f.name} could not run: {f.why}" for f in found if f.why]
+    for line in missing:
+        print(line, flush=True)
     job = Job(threads=args.threads)
     rows: list = []
     rows_file = out / "training_rows.jsonl"
@@ -51,7 +51,19 @@ def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, s
     for f in found:
         if f.why:
             known.setdefault(f.name, "not installed")
-    return rows, known
+    return rows, known, missing
+
+
+def run_evaluation(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
+    rows, lines = evaluation.compare(out, args.threads, args.repeats)
+    return rows, lines + summary.eval_lines(rows)
+
+
+def run_search(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
+    inputs = prepare(out / "inputs", "tiny", search.SEARCH_WORDS)
+    rows, lines = search.compare(inputs, Job(threads=args.threads), search.Search(), out, args.repeats,
+                                 Path(sys.executable))
+    return rows, lines + summary.search_lines(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
     ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
-    ap.add_argument("--parts", default="training")
+    ap.add_argument("--parts", default="training,evaluation,search",
+                    help="which comparisons: training (every tool trains the job), evaluation (the demo sweep's "
+                    "targets), search (the learning-rate search against oumi tune)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.models, args.tools = args.models.split(","), args.tools.split(",")
@@ -72,14 +86,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         return samples.smoke(out)
     print(f"[peers] {out}; {args.threads} threads each; cores {os.cpu_count()}", flush=True)
-    rows, versions = run_training(args, out) if "training" in args.parts else ([], {})
-    lines = summary.ratio_lines(rows)
-    lines += [f"training ({m}): {tool} could not run: {why}" for (m, tool), why in summary.failures(rows).items()]
-    md = summary.table(rows, versions)
-    (out / "peers.md").write_text(md + "\n")
-    (out / "peers.json").write_text(json.dumps({"versions": versions, "threads": args.threads,
-                                                "training": [asdict(r) for r in rows], "lines": lines}, indent=1))
-    print(md)
+    record: dict = {"threads": args.threads, "cores": os.cpu_count()}
+    lines: list[str] = []
+    tables: list[str] = []
+    if "training" in args.parts:
+        rows, versions, missing = run_training(args, out)
+        lines += summary.ratio_lines(rows) + missing
+        lines += [f"training ({m}): {tool} could not run: {why}" for (m, tool), why in summary.failures(rows).items()]
+        tables.append(summary.table(rows, versions))
+        record.update(versions=versions, training=[asdict(r) for r in rows])
+    if "evaluation" in args.parts:
+        eval_rows, eval_lines = run_evaluation(args, out)
+        lines += eval_lines
+        tables.append(summary.eval_table(eval_rows))
+        record["evaluation"] = [asdict(r) for r in eval_rows]
+    if "search" in args.parts:
+        search_rows, search_lines = run_search(args, out)
+        lines += search_lines
+        tables.append(summary.search_table(search_rows))
+        record["search"] = [asdict(r) for r in search_rows]
+    record["lines"] = lines
+    (out / "peers.md").write_text("\n\n".join(tables) + "\n")
+    (out / "peers.json").write_text(json.dumps(record, indent=1))
+    print("\n\n".join(tables))
     print("\n".join(lines))
     return 0
 

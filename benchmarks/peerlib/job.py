@@ -82,7 +82,9 @@ def prepare(out: Path, model: str, words: int | None = None) -> Inputs:
             build_tiny_model(model_dir, layers=TINY_LAYERS, hidden=TINY_HIDDEN, seed=TINY_SEED)
         else:
             from tunelab.models.smollm2 import build_smollm2
-            build_smollm2(model_dir)
+            # float32 on disk: a tool that takes the dtype from config.json (LLaMA-Factory trains a bfloat16
+            # checkpoint in bfloat16 whatever bf16: says) trains the same fp32 job as the others
+            build_smollm2(model_dir, dtype="float32")
     words = words or WORDS[model]
     data_dir = out / "data" / (model if words == WORDS[model] else f"{model}-{words}")
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,25 @@ def parse_sample(name: str) -> str:
             f"own tokens/s {log.own_tokens_per_s if log.own_tokens_per_s is None else round(log.own_tokens_per_s)}")
 
 
+def parse_eval_samples() -> list[str]:
+    """lm-eval's and inspect-ai's answers and accuracies, and oumi tune's trials, read from their samples."""
+    from peerlib import inspect_hf, lmeval, oumi_tune
+
+    lines = []
+    for name, parser in (("lm-eval", lmeval), ("inspect-hf", inspect_hf)):
+        answers, accuracy = parser.parse_answers(SAMPLES / name), parser.parse_accuracy(SAMPLES / name)
+        if not answers or any(not a for a in answers.values()):
+            raise SystemExit(f"{name}: its parser read no answers from {SAMPLES / name}: the output format changed?")
+        lines += [f"{name}: sample parsed: {target}: {len(a)} answers, accuracy {accuracy.get(target)}"
+                  for target, a in sorted(answers.items())]
+    tuned = oumi_tune.parse_tune(sample_measured(SAMPLES / "oumi_tune"), SAMPLES / "oumi_tune")
+    if tuned.best_learning_rate is None:
+        raise SystemExit("oumi_tune: its parser found no completed trial in its sample: the output format changed?")
+    lines.append(f"oumi_tune: sample parsed: {len(tuned.trials)} trials, best rate {tuned.best_learning_rate:.4g} "
+                 f"at validation loss {tuned.best_value:.4f}")
+    return lines
+
+
 def smoke(out: Path) -> int:
     inputs = prepare(out / "inputs", "tiny", SMOKE_WORDS)
     found = registry.find("tunelab")
@@ -46,4 +65,5 @@ def smoke(out: Path) -> int:
         raise SystemExit(f"tunelab's side failed: {rows[0].error}")
     for name in registry.TRAINERS[1:]:
         print(parse_sample(name), flush=True)
+    print("\n".join(parse_eval_samples()), flush=True)
     return 0

@@ -18,6 +18,9 @@ from peerlib.measure import Measured, run_measured, thread_env
 from peerlib.tunelab_side import spec
 
 
+SEARCH_WORDS = 600  # the capitalization rows of the search (480 to train: 60 steps an epoch, 30 a trial)
+
+
 @dataclass(frozen=True)
 class Search:
     ranks: tuple[int, ...] = (8, 16)  # the LEVELS: one search per rank
@@ -79,3 +82,27 @@ def describe(row: SearchResult) -> str:
     return f"{row.tool}: wall {row.wall_s:.1f} s, {row.trials} trials; {best}; load {row.load_before} -> " \
            f"{row.load_after}"
 
+
+
+def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, python: Path) -> tuple[
+        list[SearchResult], list[str]]:
+    """tunelab tune and Oumi's oumi tune on the same search, repeats interleaved (order alternated)."""
+    from peerlib import oumi_tune
+    from peerlib.registry import env_python
+
+    oumi_python = env_python("oumi")
+    sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r)}
+    lines = []
+    if (oumi_python.parent.parent / ".tunelab-peer-env").exists():
+        sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r)
+    else:
+        lines.append("search: oumi could not run: no environment: run scripts/peer-env oumi")
+    rows: list[SearchResult] = []
+    for repeat in range(repeats):
+        names = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+        for name in names:
+            print(f"[peers] search repeat {repeat + 1}/{repeats}: {name}", flush=True)
+            row = sides[name](out / "search" / name / str(repeat), repeat)
+            rows.append(row)
+            print(f"  {describe(row)}", flush=True)
+    return rows, lines

@@ -77,3 +77,66 @@ def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
     for (model, tool), why in sorted(failures(rows).items()):
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | |")
     return "\n".join(out)
+
+
+def _by(rows: list, key: str) -> dict[str, Spread | None]:
+    names = sorted({getattr(r, key) for r in rows})
+    return {n: spread([r.wall_s for r in rows if getattr(r, key) == n and r.error is None]) for n in names}
+
+
+def eval_lines(rows: list) -> list[str]:
+    """`evaluation: tunelab ÷ lm-eval CLI = 3.2x (demo sweep wall, median of 3)` per peer route."""
+    walls = _by(rows, "mode")
+    ours = walls.get("tunelab")
+    out = []
+    for mode, theirs in walls.items():
+        if mode == "tunelab":
+            continue
+        if ours is None or theirs is None:
+            why = next((r.error for r in rows if r.mode == (mode if theirs is None else "tunelab") and r.error), "")
+            out.append(f"evaluation: {mode} against tunelab could not be compared: {why}")
+            continue
+        agree = min((r.agreement for r in rows if r.mode == mode and r.agreement is not None), default=None)
+        out.append(f"evaluation: tunelab ÷ {mode} = {theirs.median / ours.median:.2f}x (demo sweep wall, median of "
+                   f"{min(ours.n, theirs.n)}; answers identical to tunelab's: "
+                   f"{'–' if agree is None else f'{agree:.1%}'} on its worst target)")
+    return out
+
+
+def eval_table(rows: list) -> str:
+    out = ["| evaluation route | processes | wall s, the whole sweep | samples | answers identical to tunelab's "
+           "(worst target) |", "|---|---|---|---|---|"]
+    for mode, wall in _by(rows, "mode").items():
+        ok = [r for r in rows if r.mode == mode and r.error is None]
+        if wall is None or not ok:
+            why = next((r.error for r in rows if r.mode == mode and r.error), "")
+            out.append(f"| {mode} | | failed: {why[:160]} | | |")
+            continue
+        agree = min(r.agreement for r in ok if r.agreement is not None) if any(
+            r.agreement is not None for r in ok) else None
+        out.append(f"| {mode} | {ok[0].processes} | {wall.text()} | {ok[0].samples} | "
+                   f"{'–' if agree is None else f'{agree:.1%}'} |")
+    return "\n".join(out)
+
+
+def search_lines(rows: list) -> list[str]:
+    walls = _by(rows, "tool")
+    ours, theirs = walls.get("tunelab"), walls.get("oumi")
+    if ours is None or theirs is None:
+        return [f"search: {r.tool} failed: {r.error}" for r in rows if r.error][:2]
+    best = {tool: min(min(v for _lr, v in r.best.values()) for r in rows if r.tool == tool and r.best)
+            for tool in ("tunelab", "oumi")}
+    return [f"search: tunelab ÷ oumi = {theirs.median / ours.median:.2f}x (wall to the best rates, median of "
+            f"{min(ours.n, theirs.n)}; best validation loss over the repeats: tunelab {best['tunelab']:.4f}, "
+            f"oumi {best['oumi']:.4f})"]
+
+
+def search_table(rows: list) -> str:
+    out = ["| search | repeat | wall s | trials | best rate and validation loss per rank |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r.error:
+            out.append(f"| {r.tool} | {r.repeat} | failed: {r.error[:160]} | | |")
+            continue
+        best = "; ".join(f"r{lvl}: {lr:.3g}, {loss:.4f}" for lvl, (lr, loss) in sorted(r.best.items()))
+        out.append(f"| {r.tool} | {r.repeat} | {r.wall_s:.1f} | {r.trials} | {best} |")
+    return "\n".join(out)

@@ -35,6 +35,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "distributed.py": "test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds",  # ~35 (5 fresh processes)
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
+    "peers.py": "test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample",  # ~12 (1 job)
     "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6 (2 jobs; 3 now)
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
@@ -44,7 +45,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
 }
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
-            "deadline.py", "threads.py", "tuning.py")  # they take --out DIR
+            "deadline.py", "threads.py", "tuning.py", "peers.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py")}
@@ -452,3 +453,38 @@ def test_tuning_smoke_tables_agree_with_the_trials_and_runs(smokes):
     left, pace, saved = line(out, rf"^Pruner saved \(estimate: steps not trained × measured step time\): (\d+) "
                                   rf"steps × {NUM} s = {NUM} s;")
     assert left == budget - steps and saved == pytest.approx(left * pace, abs=0.051 + left * 0.0005)
+
+
+PEER_SAMPLES = BENCH / "peerlib" / "samples"
+# each peer's loss log as a plain reader sees it: (file in its sample, a line's loss pattern)
+PEER_LOSSES = {"torchtune": ("logs/metrics.txt", r"^Step \d+ \| loss:([0-9.]+)"),
+               "llamafactory": ("lf_out/trainer_log.jsonl", r'"loss": ([0-9.]+)'),
+               "axolotl": ("output.log", r"^\{'loss': '([0-9.]+)'"),
+               "oumi": ("output.log", r"^\{'loss': '([0-9.]+)'")}
+
+
+def test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample(smokes):
+    stdout, out = smoke(smokes, "peers.py")
+    # tunelab's side trained for real: 160 words, 128 training rows, micro-batch 8: 16 steps, each line timed
+    (steps_file,) = (out / "runs").rglob("tunelab/0/steps.json")
+    times = json.loads(steps_file.read_text())["step_times"]
+    assert len(times) == 16 and times == sorted(times)
+    # the one tokens/s count, by hand: the tiny tokenizer is one token per byte plus one per special token; a row
+    # is <|bos|><|system|>You capitalize words.<|eot|><|user|>Capitalize the word: WORD<|eot|><|assistant|>Word<|eot|>
+    per_row = 7 + len("You capitalize words.") + len("Capitalize the word: ") + 5 + 5
+    assert per_row == 59 <= 64  # under max_seq_len: nothing cut
+    expected = 128 * per_row * (16 - 2) / 16 / (times[-1] - times[1])  # the first two steps are warm-up
+    (printed,) = line(stdout, rf"tunelab: wall {NUM} s, first step [\d.]+ s, {NUM} tok/s")[1:]
+    assert abs(printed - expected) <= 0.5 + 1e-6 * expected
+    # every peer's parser against its committed real output, read here with a plain pattern
+    for peer, (name, pattern) in PEER_LOSSES.items():
+        losses = [float(v) for v in re.findall(pattern, (PEER_SAMPLES / peer / name).read_text(), re.MULTILINE)]
+        count, first, last = line(stdout, rf"^{peer}: sample parsed: {NUM} steps, loss {NUM} -> {NUM}")
+        assert count == len(losses) > 0, peer
+        assert abs(first - losses[0]) <= 5e-4 and abs(last - losses[-1]) <= 5e-4, peer
+    # the evaluation peers' answers, and oumi tune's trials against its CSV
+    for peer in ("lm-eval", "inspect-hf"):
+        targets = sorted(p.name for p in (PEER_SAMPLES / peer).iterdir() if p.is_dir())
+        assert len(re.findall(rf"^{peer}: sample parsed: (\S+): \d+ answers", stdout, re.MULTILINE)) == len(targets)
+    trials = (PEER_SAMPLES / "oumi_tune" / "oumi_tune" / "trials_results.csv").read_text().strip().splitlines()[1:]
+    assert line(stdout, rf"^oumi_tune: sample parsed: {NUM} trials")[0] == len(trials)

@@ -56,6 +56,7 @@ def make_trainer_class():
 
         counters: Counters
         local: LocalCounts
+        plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             started = time.monotonic()
@@ -65,6 +66,16 @@ def make_trainer_class():
             kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
             pace_step(started)
             return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """TRL's fused LM head (log-probs, entropy and top-1 per token, in chunks) saves GPU memory on large
+            vocabularies; on a CPU it cost 15 % of a SmolLM2 step (docs/benchmarks.md, the peers), so there the
+            model computes its own loss from its logits (`plain_loss`, set by build_trainer): the same value."""
+            if self.plain_loss:
+                from transformers import Trainer
+
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def _save_optimizer_and_scheduler(self, output_dir):
             kill_point("train.save", str(self.state.global_step))  # mid-save: adapter written, trainer state not

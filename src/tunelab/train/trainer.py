@@ -70,7 +70,18 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     trainer.local = local if local is not None else LocalCounts()
     trainer.fixed_order, trainer.order_spec = order_for(t, cfg, trainer.train_dataset), t.order
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
+    trainer.plain_loss = plain_loss(torch.cuda.is_available(), t.packing, vision is not None)
+    log("loss: the model's own, from its logits" if trainer.plain_loss else "loss: TRL's fused LM head")
     return trainer, train_ds, val_ds
+
+
+def plain_loss(cuda: bool, packing: bool, vision: bool) -> bool:
+    """Whether the model computes its own loss from full logits instead of TRL's fused LM head: on a CPU, for
+    unpacked text rows. The fused head is what the memory simulator models on a GPU (estimate/simulator/step.py),
+    where its chunks keep a large vocabulary's logits out of memory; on a CPU its per-token extras (entropy,
+    top-1, a backward recompute of each tile) cost time for nothing (docs/benchmarks.md). Packed rows and images
+    keep TRL's path: its labels and position ids are what TRL's own loss expects."""
+    return not cuda and not packing and not vision
 
 
 def attention_of(cfg: RunConfig) -> str:

@@ -1,0 +1,54 @@
+"""On a CPU tunelab's trainer takes the model's own loss instead of TRL's fused LM head (train/trainer.py's
+plain_loss: the fused head cost 15 % of a SmolLM2 step here, docs/benchmarks.md). Both must train the same thing:
+the loss and every LoRA gradient of a real batch, each way, against a cross-entropy computed here by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.scaffold.write import scaffold
+from tunelab.train.trainer import plain_loss
+
+pytestmark = pytest.mark.slow
+
+
+def test_plain_loss_only_for_unpacked_text_on_a_cpu():
+    assert plain_loss(cuda=False, packing=False, vision=False)
+    assert not plain_loss(cuda=True, packing=False, vision=False)  # what the GPU memory simulator models
+    assert not plain_loss(cuda=False, packing=True, vision=False)
+    assert not plain_loss(cuda=False, packing=False, vision=True)
+
+
+def _loss_and_grads(trainer, batch, plain: bool):
+    trainer.plain_loss = plain
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def test_the_model_own_loss_equals_trl_fused_head_and_a_hand_cross_entropy(write_spec):
+    import torch
+    import torch.nn.functional as F
+
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"batch_size": 4})
+    trainer = build_trainer(scaffold(spec).runs[0])[0]
+    assert trainer.plain_loss  # a CPU, unpacked rows
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    labels = batch["labels"]
+    assert (labels == -100).any() and (labels != -100).any()  # the prompt masked, the answer kept
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).logits
+    by_hand = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                              ignore_index=-100)
+    plain, plain_grads = _loss_and_grads(trainer, batch, plain=True)
+    fused, fused_grads = _loss_and_grads(trainer, batch, plain=False)
+    assert abs(plain.item() - by_hand.item()) <= 1e-5 and abs(fused.item() - by_hand.item()) <= 1e-5
+    assert plain_grads.keys() == fused_grads.keys() and any("lora_A" in n for n in plain_grads)
+    worst = max((plain_grads[n] - fused_grads[n]).abs().max().item() for n in plain_grads)
+    scale = max(g.abs().max().item() for g in fused_grads.values())
+    assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
