@@ -34,6 +34,13 @@ class Measured:
     lines: list[Line] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, tree RSS MiB) samples
+
+    def peak_rss_until(self, t: float) -> float | None:
+        """The tree's peak RSS up to `t` seconds (e.g. the last training step's line): what training itself held,
+        apart from whatever a tool does after it (tunelab times its step cost at twice the micro-batch then)."""
+        seen = [mib for at, mib in self.rss if at <= t]
+        return max(seen) if seen else None
 
     @property
     def output(self) -> str:
@@ -86,12 +93,15 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
     watched = psutil.Process(proc.pid)
     peak = 0
+    samples: list[tuple[float, float]] = []
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(watched))
+            rss = _tree_rss(watched)
+            peak = max(peak, rss)
+            samples.append((time.monotonic() - start, rss / 2**20))
             done.wait(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -114,4 +124,4 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
             sink.close()
     wall = time.monotonic() - start
     return Measured(command=command, returncode=returncode, wall_s=wall, peak_rss_mib=peak / 2**20, lines=lines,
-                    load_before=before, load_after=loadavg())
+                    load_before=before, load_after=loadavg(), rss=samples)

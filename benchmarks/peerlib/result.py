@@ -33,6 +33,7 @@ class TrainResult:
     own_tokens_per_s: float | None = None
     tokens_per_s: float | None = None  # the common count: steady_tokens_per_s
     peak_rss_mib: float | None = None
+    training_rss_mib: float | None = None  # the peak until the last step's log line
     final_loss: float | None = None
     accuracy: float | None = None
     steps: int = 0

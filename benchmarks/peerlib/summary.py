@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from peerlib.result import TrainResult
 
-FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_rss_mib", "final_loss", "accuracy")
+FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_rss_mib", "training_rss_mib",
+          "final_loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
             continue
         lines.append(f"training ({model}): tunelab ÷ {tool} = {ours.median / theirs.median:.2f}x "
                      f"(tokens/s, median of {min(ours.n, theirs.n)})")
-        for name, field, better_low in (("first step", "first_step_s", True), ("peak RSS", "peak_rss_mib", True)):
+        for name, field, better_low in (("first step", "first_step_s", True), ("peak RSS", "peak_rss_mib", True),
+                                        ("peak RSS while training", "training_rss_mib", True)):
             a, b = stats[(model, "tunelab")][field], figures[field]
             if a and b:
                 lines.append(f"  {name} ({model}): {tool} ÷ tunelab = {b.median / a.median:.2f}x "
@@ -65,7 +67,8 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
 
 def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
     head = ("| model | tool | version | wall s | first step s | tokens/s (one count) | tokens/s (its own log) "
-            "| peak RSS MiB | final loss | exact match |\n|---|---|---|---|---|---|---|---|---|---|")
+            "| peak RSS MiB | peak RSS MiB, until the last step | final loss | exact match |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     out = [head]
     for (model, tool), f in sorted(by_tool(rows).items()):
         def cell(name: str, digits: int = 1) -> str:
@@ -73,9 +76,10 @@ def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
             return s.text(digits) if s else "–"
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | {cell('wall_s')} | {cell('first_step_s')} | "
                    f"{cell('tokens_per_s', 0)} | {cell('own_tokens_per_s', 0)} | {cell('peak_rss_mib', 0)} | "
+                   f"{cell('training_rss_mib', 0)} | "
                    f"{cell('final_loss', 3)} | {cell('accuracy', 3)} |")
     for (model, tool), why in sorted(failures(rows).items()):
-        out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | |")
+        out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | | |")
     return "\n".join(out)
 
 

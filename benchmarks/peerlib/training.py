@@ -52,6 +52,7 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
         return row
     row.wall_s, row.peak_rss_mib, row.steps = measured.wall_s, measured.peak_rss_mib, len(log.step_times)
     row.first_step_s = log.step_times[0] if log.step_times else None
+    row.training_rss_mib = measured.peak_rss_until(log.step_times[-1]) if log.step_times else None
     row.own_tokens_per_s = log.own_tokens_per_s
     row.tokens_per_s = steady_tokens_per_s(log.step_times, tokens)
     row.final_loss = log.losses[-1] if log.losses else None
@@ -97,5 +98,5 @@ def describe(row: TrainResult) -> str:
         return f"{row.tool}: failed: {row.error}"
     return (f"{row.tool}: wall {row.wall_s:.1f} s, first step {row.first_step_s or 0:.1f} s, "
             f"{row.tokens_per_s or 0:.0f} tok/s (own {row.own_tokens_per_s or 0:.0f}), "
-            f"peak RSS {row.peak_rss_mib:.0f} MiB, loss {row.final_loss}, steps {row.steps}, "
+            f"peak RSS {row.peak_rss_mib:.0f} MiB (training {row.training_rss_mib or 0:.0f}), loss {row.final_loss}, steps {row.steps}, "
             f"accuracy {row.accuracy}, load {row.load_before} -> {row.load_after}")
