@@ -19,7 +19,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 from tunelab.tune.progress import progress_lines
+from waiting import Feed, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -135,16 +137,30 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
                    tune={**TUNE, "trials": 1})
     exp = spec.parent
     trial0 = exp / "tune" / "lora_rank-4" / "trial-0"
-    # steps of at least 1 s (tunelab.faults.pace_step): interrupted inside its 10 steps, with 6 s to spare after the
-    # 4th for the signal to arrive on a slow machine (the rerun below trains unpaced)
-    env = dict(os.environ, TUNELAB_FAULT_STEP_S="1.0")
+    # the trial's job held within a page of records of the last one the test read (waiting.Feed): interrupted inside
+    # its 10 steps whatever the machine's speed, with no clock involved (the rerun below trains unheld)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    feed = Feed(seen / "seen.rank0.jsonl")
     first = subprocess.Popen([sys.executable, "-m", "tunelab", "tune", str(exp)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env)
-    end = time.monotonic() + 240
-    while (read_json(trial0 / "status.json") or {}).get("step", 0) < 4 and time.monotonic() < end:
-        time.sleep(0.1)
-    first.send_signal(signal.SIGINT)
-    out = first.communicate(timeout=120)[0]
+                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **{DEBUG_SEEN_ENV: str(seen)}))
+    try:
+        assert wait_for(lambda: feed.drain() >= 4 or first.poll() is not None, 240), "never reached step 4"
+        assert first.poll() is None, first.communicate()[0]
+        feed.drain()  # the last read before the signal: the trial cannot finish its 10 steps until the next
+        assert feed.held_before(10), f"a page ({feed.size} bytes) holds the records up to step 10"
+        first.send_signal(signal.SIGINT)
+
+        def ended() -> bool:
+            feed.drain()  # the job goes on as the test reads, to its next step's end: it saves and stops there
+            return first.poll() is not None
+
+        assert wait_for(ended, 120), "the search did not end after Ctrl-C"
+    finally:
+        if first.poll() is None:
+            first.kill()
+        feed.close()
+    out = first.communicate()[0]
     assert first.returncode != 0, out
     status = read_json(trial0 / "status.json")
     job = read_json(trial0 / "tune_job.json")["job"]
