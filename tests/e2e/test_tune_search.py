@@ -133,12 +133,13 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(searched):
 
 
 def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, spec_in):
+    # budget 1.0: the trial trains the run's 40 steps, so a page of held records (about 4) cannot reach its end
     spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4]}, controls=False, training=TRAINING,
-                   tune={**TUNE, "trials": 1})
+                   tune={**TUNE, "trials": 1, "budget": 1.0})
     exp = spec.parent
     trial0 = exp / "tune" / "lora_rank-4" / "trial-0"
     # the trial's job held within a page of records of the last one the test read (waiting.Feed): interrupted inside
-    # its 10 steps whatever the machine's speed, with no clock involved (the rerun below trains unheld)
+    # its 40 steps whatever the machine's speed, with no clock involved (the rerun below trains unheld)
     seen = tmp_path / "seen"
     seen.mkdir()
     feed = Feed(seen / "seen.rank0.jsonl")
@@ -147,8 +148,8 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
     try:
         assert wait_for(lambda: feed.drain() >= 4 or first.poll() is not None, 240), "never reached step 4"
         assert first.poll() is None, first.communicate()[0]
-        feed.drain()  # the last read before the signal: the trial cannot finish its 10 steps until the next
-        assert feed.held_before(10), f"a page ({feed.size} bytes) holds the records up to step 10"
+        feed.drain()  # the last read before the signal: the trial cannot finish its 40 steps until the next
+        assert feed.held_before(40), f"a page ({feed.size} bytes) holds the records up to step 40"
         first.send_signal(signal.SIGINT)
 
         def ended() -> bool:
