@@ -143,8 +143,11 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
     seen = tmp_path / "seen"
     seen.mkdir()
     feed = Feed(seen / "seen.rank0.jsonl")
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive shell (`make test &`)
+    # hands its children SIGINT ignored, which Python then keeps; the search must see the default disposition
     first = subprocess.Popen([sys.executable, "-m", "tunelab", "tune", str(exp)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **{DEBUG_SEEN_ENV: str(seen)}))
+                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **{DEBUG_SEEN_ENV: str(seen)}),
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: feed.drain() >= 4 or first.poll() is not None, 240), "never reached step 4"
         assert first.poll() is None, first.communicate()[0]
