@@ -14,7 +14,7 @@ band on one configuration because a shared CI machine's load changes between two
 --repeats R (default 3; --smoke: 2): each held-out run is trained R times; the table has the median measured
 time beside the predicted one, and the min–max of the R. --contend N: N CPU-hog processes (hogs.py, pure-Python
 busy loops) run beside the calibration and every held-out run alike, started and stopped by the benchmark. Each
-row says whether its measurements were contended (their summary.json's `load`, tunelab/cpuload.py), and so
+row says whether its measurements were contended (their summary.json's `load`, tunelab/host/cpuload.py), and so
 does the calibration.
 
 --smoke: the calibration run and the first held-out one (the same model) on 40 words, no bound on the error

@@ -234,7 +234,7 @@ def fresh(exp: str, launched: float, inspect_loop: bool = False) -> None:
 
         logcompression.LOG_ZSTD_THREADS = int(threads)
     from tunelab.evaluate import EVALUATION_STACK
-    from tunelab.startup import import_stack
+    from tunelab.host.startup import import_stack
 
     import_stack(*EVALUATION_STACK, "tunelab.evaluate.sweep", "tunelab.evaluate.passes", "tunelab.evaluate.onepass",
                  "tunelab.evaluate.tasks")

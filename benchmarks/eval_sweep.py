@@ -192,7 +192,7 @@ def _cpu_s() -> float:
 def preload() -> None:
     """What an evaluation imports, imported once here so that each way's forked process starts with it."""
     from tunelab.evaluate import EVALUATION_STACK
-    from tunelab.startup import import_stack
+    from tunelab.host.startup import import_stack
 
     import_stack(*EVALUATION_STACK, "tunelab.evaluate.onepass", "tunelab.evaluate.passes", "tunelab.evaluate.tasks",
                  "inspect_ai.log")

@@ -205,7 +205,7 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
 
 def preload_training() -> None:
     """What a training job imports (tunelab.train.TRAINING_STACK), imported here once (before forking its jobs)."""
-    from tunelab.startup import import_stack
+    from tunelab.host.startup import import_stack
     from tunelab.train import TRAINING_STACK
 
     import_stack("tunelab.train.job", *TRAINING_STACK)

@@ -66,7 +66,7 @@ class Device:
 
     @property
     def dtype(self) -> str:
-        from tunelab.device import auto_dtype_name
+        from tunelab.host.device import auto_dtype_name
 
         if not self.cuda:
             return auto_dtype_name(None)

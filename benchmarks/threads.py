@@ -1,4 +1,4 @@
-"""Two CPU runs side by side, before and after tunelab's thread rule (tunelab/threads.py): does tunelab still
+"""Two CPU runs side by side, before and after tunelab's thread rule (tunelab/host/threads.py): does tunelab still
 oversubscribe the cores when it starts several training processes at once?
 
     python benchmarks/threads.py [--out DIR] [--layers 4 --hidden 256] [--words 600] [--repeats 3]
@@ -203,7 +203,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.threads import usable_cpus
+    from tunelab.host.threads import usable_cpus
 
     model = out / "models" / f"tiny-{args.layers}x{args.hidden}"
     if not (model / "config.json").is_file():

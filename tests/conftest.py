@@ -60,8 +60,8 @@ def pytest_sessionfinish(session):
 @pytest.hookimpl(wrapper=True)
 def pytest_collection(session):
     """Collecting imports torch, transformers, inspect-ai…: with the garbage collector paused, then frozen, as a
-    job imports its stack (tunelab/startup.py), so that no later full collection walks it again."""
-    from tunelab.startup import collector_paused
+    job imports its stack (tunelab/host/startup.py), so that no later full collection walks it again."""
+    from tunelab.host.startup import collector_paused
 
     with collector_paused():
         return (yield)

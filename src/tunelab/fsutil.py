@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from tunelab.diskspace import free_bytes
+from tunelab.host.diskspace import free_bytes
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import kill_point
 

@@ -19,7 +19,7 @@ from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
-from tunelab.threads import MARK_ENV, cores_given, thread_budget
+from tunelab.host.threads import MARK_ENV, cores_given, thread_budget
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from tunelab.cpuload import LoadWindow
+from tunelab.host.cpuload import LoadWindow
 from tunelab.ledger import history
 from tunelab.ledger import store as ledger
 from tunelab.plan.planner import make_plan

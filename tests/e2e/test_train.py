@@ -67,7 +67,7 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     left = max(0.0, step_s - cost["per_token_s"] * cost["tokens_per_step"])
     assert cost["fixed_s"] == pytest.approx(left, abs=1e-3 * step_s), (cost, step_s)
     assert cost["repeats"] == 4  # 160 steps: the full 4 timed repeats (one per 20 steps, at most 4)
-    # the machine's load (tunelab/cpuload.py): each row has the process's CPU seconds so far (never falling) and the
+    # the machine's load (tunelab/host/cpuload.py): each row has the process's CPU seconds so far (never falling) and the
     # share of the cores others held since the previous row; summary.json the window over the training steps, the
     # step cost the window over its timed steps
     cpu = [r["cpu_s"] for r in rows]

@@ -102,9 +102,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rundir",),  # the run directory contract
 )
 # Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
-FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "device", "errors", "fsutil", "diskspace",
-                        "console", "process", "faults", "diskcache", "compat", "userconfig", "wheelhouse", "startup",
-                        "threads", "vocabulary", "cpuload", "__init__"})
+FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "host", "errors", "fsutil", "console", "faults",
+                        "diskcache", "compat", "userconfig", "wheelhouse", "vocabulary", "__init__"})
 
 
 def package_edges(graph: grimp.ImportGraph) -> dict[tuple[str, str], list[str]]:

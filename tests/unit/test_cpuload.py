@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s
+from tunelab.host.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: estimate_accuracy.py --contend's hogs)
@@ -93,7 +93,7 @@ def test_sibling_ranks_are_counted_as_the_run_not_as_others(tmp_path, monkeypatc
     """A rank counts its siblings as doing its own work: with N siblings its own CPU is taken (N + 1) times from
     the machine's busy seconds. The counters the meter reads are given: a /proc/stat whose cores gain `busy_s`
     between the readings, and this process's CPU time going from 3.0 to 3.5 s."""
-    from tunelab import cpuload
+    from tunelab.host import cpuload
 
     stat, cores = tmp_path / "stat", sorted(os.sched_getaffinity(0))
     ticks = os.sysconf("SC_CLK_TCK")

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: pure-Python busy loops, one core each)
 
-from tunelab.cpuload import LoadWindow  # noqa: E402
+from tunelab.host.cpuload import LoadWindow  # noqa: E402
 from tunelab.plan.planner import make_plan  # noqa: E402
 
 

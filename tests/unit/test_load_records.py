@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tunelab.cpuload import LoadWindow
+from tunelab.host.cpuload import LoadWindow
 from tunelab.estimate.probe import Shape, caveat
 from tunelab.ledger import history
 from tunelab.rundir.config import RunConfig

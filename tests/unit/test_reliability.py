@@ -109,7 +109,7 @@ def test_a_write_failing_midway_names_the_target_and_leaves_no_temp_file(tmp_pat
     ((10, 0), "bfloat16"),  # B200
 ])
 def test_auto_dtype_is_bf16_only_from_ampere_on(capability, expected):
-    from tunelab.device import auto_dtype_name
+    from tunelab.host.device import auto_dtype_name
 
     assert auto_dtype_name(capability) == expected
 
@@ -117,7 +117,7 @@ def test_auto_dtype_is_bf16_only_from_ampere_on(capability, expected):
 def test_explicit_dtypes_and_cpu_auto():
     import torch
 
-    from tunelab.device import resolve_dtype
+    from tunelab.host.device import resolve_dtype
 
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float16", "cuda") == torch.float16 and resolve_dtype("bfloat16", "cpu") == torch.bfloat16
@@ -125,7 +125,7 @@ def test_explicit_dtypes_and_cpu_auto():
 
 def test_gpu_table_has_no_bf16_tensor_core_figure_before_ampere():
     """V100's published 125 TFLOPS are fp16 tensor cores; it has no bf16 tensor cores, and auto trains fp32 there."""
-    from tunelab.device import auto_dtype_name
+    from tunelab.host.device import auto_dtype_name
 
     assert resolve_gpu("V100").bf16_tflops == pytest.approx(15.7)
     assert resolve_gpu("V100-16GB").bf16_tflops == pytest.approx(15.7)

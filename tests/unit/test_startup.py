@@ -1,4 +1,4 @@
-"""A heavy process imports its stack with the garbage collector paused, then freezes it (tunelab/startup.py).
+"""A heavy process imports its stack with the garbage collector paused, then freezes it (tunelab/host/startup.py).
 Each check runs in a fresh interpreter: a test session has imported everything already."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _fresh(code: str) -> dict:
 
 def test_a_stack_imports_without_a_full_collection_and_stays_frozen():
     got = _fresh("""
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 before = len(full)
 import_stack("torch", "transformers")
 during, frozen = len(full) - before, gc.get_freeze_count()
@@ -47,7 +47,7 @@ print(json.dumps({"during": len(full) - before}))
 
 def test_a_failed_import_leaves_the_collector_on():
     got = _fresh("""
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 try:
     import_stack("json", "tunelab_no_such_module")
     raised = False

@@ -1,4 +1,4 @@
-"""The thread rule (tunelab/threads.py): every process tunelab starts runs its share of the cores it was given,
+"""The thread rule (tunelab/host/threads.py): every process tunelab starts runs its share of the cores it was given,
 a user's OMP_NUM_THREADS wins, and a child tells tunelab's OMP_NUM_THREADS from the user's. The local executor
 gives CPU runs side by side disjoint shares, and a job started with one runs pinned to it with its threads."""
 
@@ -14,8 +14,8 @@ import pytest
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
-from tunelab import threads
-from tunelab.threads import (CPUS_ENV, MARK_ENV, RULE_ENV, ThreadPlan, cores_given, decide, parse_cpus,
+from tunelab.host import threads
+from tunelab.host.threads import (CPUS_ENV, MARK_ENV, RULE_ENV, ThreadPlan, cores_given, decide, parse_cpus,
                              physical_cores, split_cores, thread_budget, usable_cpus)
 
 
@@ -109,7 +109,7 @@ def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share
     assert devices.take(_run("c", tmp_path), 0, 2) is None  # two slots only
     shares = [parse_cpus(env[CPUS_ENV]) for env in envs if env]
     assert len(shares) == 2 and not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == usable_cpus()
-    code = ("import json, os; from tunelab import threads; threads.apply(threads.decide(1)); import torch; "
+    code = ("import json, os; from tunelab.host import threads; threads.apply(threads.decide(1)); import torch; "
             "print(json.dumps([sorted(os.sched_getaffinity(0)), torch.get_num_threads()]))")
     ex, ids = LocalExecutor(), []
     for cfg, env in zip(runs, envs):  # a stand-in for job.sh: the job's first lines, then what it got

@@ -23,7 +23,7 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import resolve_architecture
-from tunelab.cpuload import LoadMeter, LoadWindow
+from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.estimate.speed import flops_per_token
 from tunelab.estimate.speedhistory import contention_note

@@ -159,7 +159,7 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     import subprocess
     import sys
 
-    from tunelab import threads
+    from tunelab.host import threads
     from tunelab.rundir.config import save_run_config
 
     pcfg = probe_cfg(shape.cfg, shape.key)

@@ -20,7 +20,7 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 # What an evaluation imports, imported by a process's first evaluation (runner.evaluate_task, passes.evaluate_runs:
-# `tunelab eval`, a node job, the demo, the MCP server) with the garbage collector paused (tunelab/startup.py); a `tunelab eval` with
+# `tunelab eval`, a node job, the demo, the MCP server) with the garbage collector paused (tunelab/host/startup.py); a `tunelab eval` with
 # every score already there imports none of it.
 EVALUATION_STACK = ("torch", "transformers", "peft", "inspect_ai", "inspect_ai.model", "statsmodels.stats.proportion",
                     "tunelab.evaluate.provider")

@@ -178,7 +178,7 @@ def _vocab_size(base: Path) -> int:
 
 def _dtype(work: TargetWork, device: str) -> Any:
     """The dtype the provider loads this target in (model_args_of: the run's training dtype, else auto)."""
-    from tunelab.device import resolve_dtype
+    from tunelab.host.device import resolve_dtype
 
     cfg = work.cfg
     return resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", device)

@@ -26,7 +26,7 @@ from tunelab.evaluate.runner import PreparedTask, clear_outputs, prepare_task
 from tunelab.evaluate.shared import SharedWeights, adapter_bytes, free_bytes
 from tunelab.evaluate.waves import run_wave, wave_items
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 
 WAVE_BATCHES = 64  # a wave of a pass: whole targets, up to this many full batches of samples
 # Adapters beside the base at once, whatever the memory: PEFT walks every module of the model (its adapters'

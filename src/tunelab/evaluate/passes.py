@@ -28,7 +28,7 @@ from tunelab.evaluate.work import (
 )
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 
 
 def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, force: bool = False, *,
@@ -49,7 +49,7 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
     if not work.pending:  # every score there: nothing heavy imported
         return results_by_run(work, {})
     import_stack(*EVALUATION_STACK)  # the evaluation stack, imported with the collector paused
-    from tunelab.device import resolve_device
+    from tunelab.host.device import resolve_device
     from tunelab.evaluate.grouping import Alone, group_targets
     from tunelab.evaluate.onepass import PassOptions, evaluate_group
     from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE

@@ -50,7 +50,7 @@ from tunelab.evaluate.hf import BatchSettings, Batcher, Generation, LocalLM, loa
 from tunelab.evaluate.mixbatch import AdapterQueue
 from tunelab.evaluate.shared import AdapterView, shared_view
 from tunelab.spec import template_fields
-from tunelab.device import resolve_device, resolve_dtype
+from tunelab.host.device import resolve_device, resolve_dtype
 
 PROVIDER = "tunelab"
 DEFAULT_BATCH_SIZE = 16

@@ -32,7 +32,7 @@ from tunelab.evaluate.scores import (
 from tunelab.evaluate.targets import Target, select_targets
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 

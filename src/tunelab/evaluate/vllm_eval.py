@@ -153,7 +153,7 @@ def server_args(model: Path, served: list[Served]) -> ServerArgs:
 
 def _dtype(cfg: Any) -> str:
     """The dtype the HF path evaluates this run in (device.resolve_dtype of training's dtype)."""
-    from tunelab.device import resolve_device, resolve_dtype
+    from tunelab.host.device import resolve_device, resolve_dtype
 
     dtype = resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", resolve_device(None))
     return str(dtype).removeprefix("torch.")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.errors import TunelabError
-from tunelab.process import alive, proc_start
+from tunelab.host.process import alive, proc_start
 
 LOCK_FILE = ".tunelab.lock"
 CLAIM_FILE = ".claim"

@@ -8,7 +8,7 @@ see), the scheduler (execute/schedule.py) places runs longest-estimate first, a 
 GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
 its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU, or up to resources.runs_per_gpu
 side by side, each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
-divides them among its processes: tunelab/threads.py), so runs side by side never spin more threads than
+divides them among its processes: tunelab/host/threads.py), so runs side by side never spin more threads than
 there are cores. A run spanning nodes
 (resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.
 """
@@ -25,7 +25,7 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
-from tunelab.threads import CPUS_ENV, cpu_list, split_cores, usable_cpus
+from tunelab.host.threads import CPUS_ENV, cpu_list, split_cores, usable_cpus
 from tunelab.rundir import now_iso
 
 TRAIN_LOG = "train.log"

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from pydantic import ConfigDict, computed_field
 
-from tunelab.cpuload import LoadWindow
+from tunelab.host.cpuload import LoadWindow
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
@@ -167,7 +167,7 @@ class HistoryRun:
     """LoRA dropout (above 0 keeps a mask per LoRA layer for the backward pass)."""
     processes: int | None = None
     """Training processes (a DDP or FSDP peak is not a one-device peak)."""
-    # the machine's load while it was timed (tunelab/cpuload.py): None where it was not measured (older rows,
+    # the machine's load while it was timed (tunelab/host/cpuload.py): None where it was not measured (older rows,
     # ingested runs, not Linux), which is unknown, never idle
     others_share: float | None = None
     """The share of its cores other processes held while it was timed (0..1)."""

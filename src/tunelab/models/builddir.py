@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.fsutil import UMASK
-from tunelab.process import alive
+from tunelab.host.process import alive
 
 
 def clean_stale_builds(out: Path) -> None:

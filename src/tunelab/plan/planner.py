@@ -282,13 +282,13 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
 
 def cpu_threads() -> int:
     """The threads a one-process job trains with on this machine (CPU time estimates, history lookups): the
-    same rule the job applies (tunelab/threads.py), so the plan looks up rows timed with what the job will get.
+    same rule the job applies (tunelab/host/threads.py), so the plan looks up rows timed with what the job will get.
     Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
     remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
     import socket
     from importlib.metadata import version
 
-    from tunelab import threads
+    from tunelab.host import threads
     from tunelab.diskcache import cached_json
 
     chosen = threads.decide(1).torch

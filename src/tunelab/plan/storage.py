@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.diskspace import Quota, free_bytes, mount_point, read_quota
+from tunelab.host.diskspace import Quota, free_bytes, mount_point, read_quota
 from tunelab.estimate.storage import Part, run_disk
 from tunelab.fsutil import human_bytes
 from tunelab.rundir.config import RunConfig

@@ -18,7 +18,7 @@ from tunelab.errors import NoSpaceError, TunelabError
 from pydantic import ValidationError
 
 from tunelab.fsutil import atomic_write_json, read_json
-from tunelab.process import alive
+from tunelab.host.process import alive
 from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir import layout
 from tunelab.rundir.metrics import MetricRow

@@ -37,7 +37,7 @@ class MetricRow(JsonRecord):
     memory_kind: MemoryKind | None = None
     elapsed_s: float | None = None
     stage: str | None = None  # a staged run: the stage that logged it
-    # the machine's load (tunelab/cpuload.py; None: not measured, an older file, or not Linux)
+    # the machine's load (tunelab/host/cpuload.py; None: not measured, an older file, or not Linux)
     cpu_s: float | None = None  # this process's CPU seconds since the job's process started (all its threads)
     others_share: float | None = None  # the share of its cores other processes held since the previous row
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.cpuload import LoadWindow
+from tunelab.host.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
 from tunelab.rundir.memory import MemoryKind
@@ -70,7 +70,7 @@ class ProcessMemory(JsonRecord):
 
 @dataclass(kw_only=True)
 class ThreadUse(JsonRecord):
-    """The CPU threads each of the run's processes computed with, and why (tunelab/threads.py): `torch` threads
+    """The CPU threads each of the run's processes computed with, and why (tunelab/host/threads.py): `torch` threads
     in each of `processes` processes on this node, which share `cores_given` cores."""
 
     torch: int | None = None

@@ -138,8 +138,8 @@ class TrainingConfig(_Strict):
 
     def planned_dtype(self, capability: tuple[int, int] | None) -> str:
         """The dtype the run will train in on a GPU of this compute capability (None: no GPU): what plan and
-        validate model, and what the job resolves `auto` to (tunelab.device)."""
-        from tunelab.device import auto_dtype_name
+        validate model, and what the job resolves `auto` to (tunelab.host.device)."""
+        from tunelab.host.device import auto_dtype_name
 
         return auto_dtype_name(capability) if self.dtype == "auto" else self.dtype
 

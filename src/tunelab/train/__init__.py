@@ -4,10 +4,10 @@ TRL SFTTrainer + PEFT LoRA.
 It writes only into its run directory, through tunelab.rundir (status.json, metrics.jsonl, checkpoints/,
 stages.json, summary.json); the coordinating process ingests those files into the ledger. Nothing outside
 this package imports it: what both sides share is tunelab.rundir, the configs (spec/, rundir/config.py) and
-tunelab.device.
+tunelab.host.device.
 """
 
 # What a training process (the job, the probe's steps) imports, imported first thing in its `main` with the
-# garbage collector paused (tunelab/startup.py); their modules import none of it at the top, so `main` decides.
+# garbage collector paused (tunelab/host/startup.py); their modules import none of it at the top, so `main` decides.
 TRAINING_STACK = ("torch", "transformers", "transformers.trainer", "peft", "datasets", "trl", "trl.trainer.sft_trainer",
                   "tunelab.train.runner", "tunelab.train.stages", "tunelab.train.trainer")

@@ -2,7 +2,7 @@
 training loop waits for its next batch.
 
 The worker count is resolved in the job, not at scaffold time: the CPUs a job has
-(the local executor's share, `SLURM_CPUS_PER_TASK`, else the process's CPU affinity: tunelab/threads.py) are only known on the node that runs it,
+(the local executor's share, `SLURM_CPUS_PER_TASK`, else the process's CPU affinity: tunelab/host/threads.py) are only known on the node that runs it,
 and the login node that scaffolds usually has a different count. The resolved count and where it
 came from are recorded in summary.json.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.spec import TrainingConfig
-from tunelab.threads import cores_given
+from tunelab.host.threads import cores_given
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
 

@@ -34,7 +34,7 @@ def world() -> World:
 
 def local_processes() -> int:
     """The run's processes on this node (torchrun's LOCAL_WORLD_SIZE; 1 when not launched by torchrun): they
-    share the node's cores (tunelab/threads.py)."""
+    share the node's cores (tunelab/host/threads.py)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 

@@ -19,11 +19,11 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from tunelab import threads
+from tunelab.host import threads
 from tunelab.errors import TunelabError
 from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
 from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
     skip_unused_tracker_sdks()  # before TRL is imported
-    # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/threads.py)
+    # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/host/threads.py)
     threads.apply(threads.decide(local_processes()))
     import_stack(*TRAINING_STACK)
     try:

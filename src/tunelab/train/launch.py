@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tunelab import threads
+from tunelab.host import threads
 from tunelab.errors import TunelabError
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso, read_status, write_status

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunelab.cpuload import LoadMeter, process_cpu_s
+from tunelab.host.cpuload import LoadMeter, process_cpu_s
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.metrics import MetricRow, append_metric

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tunelab.device import resolve_dtype
+from tunelab.host.device import resolve_dtype
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.probe import EVAL_PROBE_BATCH, GenerationPoint, GenerationSpeed
 

@@ -7,7 +7,7 @@ The trainer is the run's own (build_trainer: the same model, data, LoRA, collato
 couple of steps first (optimizer state created, kernels warmed up), then times real steps — collation,
 forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
 (train/step_cost.py), so a step's fixed cost separates from its cost per token. The machine's load over the timed
-steps is measured (tunelab/cpuload.py); when one micro-batch's timings disagree by more than SPREAD_LIMIT
+steps is measured (tunelab/host/cpuload.py); when one micro-batch's timings disagree by more than SPREAD_LIMIT
 (slowest/fastest) or the window was contended, up to MORE_ROUNDS more rounds are timed, and every timing is kept
 with its median and spread. Peak memory is
 `torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. Then,
@@ -33,7 +33,7 @@ from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.probe import (MORE_ROUNDS, SPREAD_LIMIT, GenerationSpeed, ProbePoint, ProbeResult, ProbeStep,
                                   write_probe_results)
-from tunelab.startup import import_stack
+from tunelab.host.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.cpuload import LoadMeter, LoadWindow
-from tunelab.device import resolve_dtype
+from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.host.device import resolve_dtype
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.fsutil import is_disk_full, no_space_error

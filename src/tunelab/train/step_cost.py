@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tunelab.cpuload import LoadMeter, LoadWindow
+from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.rundir.summary import StepCost, StepPoint
 
 REPEATS = 4

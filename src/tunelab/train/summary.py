@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.cpuload import LoadWindow
+from tunelab.host.cpuload import LoadWindow
 from tunelab.models.attention import VARLEN_IMPLEMENTATION
 from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
-from tunelab import threads
+from tunelab.host import threads
 from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, ThreadUse
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
@@ -110,7 +110,7 @@ class RunFacts:
 
 
 def thread_use(torch_threads: int) -> ThreadUse:
-    """This process's threads as the rule chose them (tunelab/threads.py), with the count torch really runs."""
+    """This process's threads as the rule chose them (tunelab/host/threads.py), with the count torch really runs."""
     plan = threads.decide(local_processes())
     return ThreadUse(torch=torch_threads, cores_given=plan.cores_given, processes=plan.processes,
                      source=plan.source)
