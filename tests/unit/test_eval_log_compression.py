@@ -9,16 +9,16 @@ import zipfile
 from tunelab.evaluate.logcompression import LOG_ZSTD_THREADS, compress_logs_in_one_thread
 
 
-def test_inspect_still_has_the_setting_and_it_is_set():
-    from inspect_ai._util import zipfile as inspect_zipfile
+def test_the_setting_is_set():
+    from tunelab.evaluate.inspect_internals import set_zstd_threads, zstd_threads
 
-    before = inspect_zipfile._ZSTD_THREADS  # an inspect-ai upgrade that renames it fails here, not silently
+    before = zstd_threads()  # an inspect-ai upgrade that moves it fails here and in test_inspect_internals.py
     try:
-        inspect_zipfile._ZSTD_THREADS = 12
+        set_zstd_threads(12)
         compress_logs_in_one_thread()
-        assert inspect_zipfile._ZSTD_THREADS == LOG_ZSTD_THREADS == 0
+        assert zstd_threads() == LOG_ZSTD_THREADS == 0
     finally:
-        inspect_zipfile._ZSTD_THREADS = before
+        set_zstd_threads(before)
 
 
 def test_a_member_written_after_it_is_a_zstd_member_read_back_whole(tmp_path):

@@ -99,12 +99,10 @@ def sampling_of(config: Any) -> Sampling | None:
 
 
 def current_sample() -> list[Any] | None:
-    """[sample id, epoch] of the inspect sample being generated for (None outside one). inspect-ai has no
-    public accessor; without it answers are still seeded by prompt and choice, only not by epoch."""
-    try:
-        from inspect_ai.solver._task_state import sample_state
-    except ImportError:
-        return None
+    """[sample id, epoch] of the inspect sample being generated for (None outside one: answers are then seeded
+    by prompt and choice alone). inspect-ai has no public accessor: inspect_internals.sample_state."""
+    from tunelab.evaluate.inspect_internals import sample_state
+
     state = sample_state()
     return None if state is None else [str(state.sample_id), int(state.epoch)]
 

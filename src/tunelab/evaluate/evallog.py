@@ -6,10 +6,9 @@ What differs from a log of inspect's loop is said here once: no per-sample event
 event, state changes; the sample's messages, its output with the exact prompt and the scores are all kept), no
 git revision, and each sample's times are its batch's share.
 
-Three names come from inspect-ai's internals (`eval_results`, `unique_scorer_name`, `registry_unqualified_name`):
-the very functions its loop calls, so the metrics and score names cannot drift from it; inspect-ai is pinned
-(constraints.txt), and tests/e2e/test_eval_batched.py compares every sample, metric, reduction and header field
-with inspect's loop.
+Three names come from inspect-ai's internals (`eval_results`, `unique_scorer_name`, `registry_unqualified_name`,
+through inspect_internals.py): the very functions its loop calls, so the metrics and score names cannot drift from
+it; tests/e2e/test_eval_batched.py compares every sample, metric, reduction and header field with inspect's loop.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ def now() -> str:
 
 def scorer_names(scorers: list[Any]) -> list[str]:
     """The names the task's scores go under in the log (inspect's rule: the scorer's name, numbered when repeated)."""
-    from inspect_ai.scorer._scorer import unique_scorer_name
+    from tunelab.evaluate.inspect_internals import unique_scorer_name
 
     names: list[str] = []
     for scorer in scorers:
@@ -47,8 +46,9 @@ def scorer_names(scorers: list[Any]) -> list[str]:
 
 
 def sample_score(scorer: Any, score: Any, sample: Any) -> Any:
-    from inspect_ai._util.registry import registry_unqualified_name
     from inspect_ai.scorer import SampleScore
+
+    from tunelab.evaluate.inspect_internals import registry_unqualified_name
 
     return SampleScore(score=score, sample_id=sample.id, sample_metadata=sample.metadata,
                        scorer=registry_unqualified_name(scorer))
@@ -72,9 +72,10 @@ def write_task_log(task: Any, model: Any, results: list[SampleResult], started: 
 
 def _eval_log(task: Any, model: Any, results: list[SampleResult], started: str, max_tasks: int,
               max_samples: int) -> Any:
-    from inspect_ai._eval.task.results import eval_results
     from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalPlan, EvalPlanStep, EvalSpec, EvalStats
     from shortuuid import uuid
+
+    from tunelab.evaluate.inspect_internals import eval_results
 
     name = str(model)
     evaluated, reductions = eval_results(len(results), [r.scores for r in results], task.epochs_reducer,

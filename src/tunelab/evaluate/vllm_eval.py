@@ -187,7 +187,7 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
     """One inspect eval of a wave's every target × task against the server at url; logs moved beside their
     scores.json as the HF one-pass waves move theirs (waves.py)."""
 
-    from inspect_ai.model._providers._vllm_lora import _vllm_servers
+    from tunelab.evaluate.inspect_internals import forget_vllm_server
 
     items = [item for s in wave for item in s.work.items]
     state = _ServedState({item.key: item for item in items}, prepared, report, outcomes)
@@ -196,7 +196,7 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
     crash: Exception | None = None
     try:
         for model in {str(s.model) for s in wave}:  # inspect keys its server records by base: this server's URL
-            _vllm_servers.pop(model, None)
+            forget_vllm_server(model)
         tasks = [state.bind(item, batch_size) for item in items]
         for item in items:
             clear_outputs(item.out_dir)
@@ -215,7 +215,7 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
     finally:
         state.close()
         for model in {str(s.model) for s in wave}:
-            _vllm_servers.pop(model, None)
+            forget_vllm_server(model)
         shutil.rmtree(staging, ignore_errors=True)
     fail_unended(items, outcomes, crash, report)
 

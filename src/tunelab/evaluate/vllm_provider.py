@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from inspect_ai.model import ChatMessage, ChatMessageUser, GenerateConfig, ModelOutput, modelapi
-from inspect_ai.model._providers.vllm import VLLMAPI
 from inspect_ai.tool import ToolChoice, ToolInfo
 
 from tunelab.data.conversation import Message, with_system
 from tunelab.data.formatting import PromptFormat
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import check_generate_config, describe, sampling_of
+from tunelab.evaluate.inspect_internals import VLLMAPI
 
 PROVIDER = "tunelab-vllm"
 # the prompt's token ids as the server tokenized them ("prompt") and each choice's generated ids ("choices"), of
@@ -49,8 +49,9 @@ class TunelabVLLMAPI(VLLMAPI):
         self._max_tokens, self.batch_size = int(max_tokens), int(batch_size)
 
     def _resolve_server(self) -> None:
-        """inspect names the API by its base once the server is resolved; the whole `<base>:<adapter>` name is kept,
-        so that the log's usage is filed under the model the log names (runner.throughput reads it there)."""
+        """inspect names the API by its base once the server is resolved (a private method of its provider:
+        inspect_internals.py); the whole `<base>:<adapter>` name is kept, so that the log's usage is filed under the
+        model the log names (runner.throughput reads it there)."""
         name = self.model_name
         super()._resolve_server()
         self.model_name = name
