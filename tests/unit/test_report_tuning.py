@@ -170,3 +170,21 @@ def test_a_search_run_after_the_runs_trained_is_not_their_rate(unsearched):
             "0.002, not at it (scaffolded before the search chose it): not tuned") in text
     assert "- `lora_rank-16` (tiny_r16): not searched: the spec's default rate 0.002" in text
     assert claims_tuned(text) == []
+
+
+def test_a_combination_whose_search_record_is_gone_is_not_called_searched_or_the_specs_default(exp):
+    """The audit's tune case (docs/report.md): the searched sweep says "holds at both"; with lora_rank-16's record
+    gone from tune/best.json (its runs' run.yaml still naming the search), its line says the claim is unconfirmed —
+    before, it read "not searched: the spec's default rate 0.0003", a rate the spec never had — and the comparison is
+    no longer called tuned."""
+    _sweep(exp, {4: 0.30, 16: 0.80}, {4: 0.20, 16: 0.60})
+    assert "the finding holds at both." in tuning_text(exp)
+    write_best(exp, {"lora_rank-4": TunedRate(combination="lora_rank-4", learning_rate=RATES[4],
+                                              objective="val_loss", value=0.5, trial=1, trials=3)})
+    text = tuning_text(exp)
+    assert "- `lora_rank-4` (tiny_r4): searched: 3 trials, best val loss 0.5 at rate 0.0002" in text
+    assert ("- `lora_rank-16` (tiny_r16): not confirmed as tuned: run.yaml names a search (tuned: best of 3 trials, "
+            "val loss 0.5 at 0.0003, trial 1), but tune/best.json holds no record of lora_rank-16: rate 0.0003") in text
+    assert "the spec's default rate 0.0003" not in text and "holds at both" not in text
+    assert _sentences(exp)["score"].endswith("no learning-rate search chose the rate of lora_rank 16, so whether the "
+                                             "finding holds across learning rates is not known.")

@@ -25,6 +25,7 @@ class RateSource:
     search: TunedRate | None  # tune/best.json's record (None: no search chose a rate)
     trials: int  # the search's trials under tune/<combination>/ (0: no search started)
     named: bool  # every run's run.yaml names a search as its rate's source (`tuned:`)
+    claims: tuple[str, ...] = ()  # the distinct `tuned:` sources its runs' run.yaml files name
 
     @property
     def searched(self) -> bool:
@@ -48,6 +49,9 @@ class RateSource:
                 return found
             return (f"{found}, but its runs trained at {self._rates()}, not at it (scaffolded before the search "
                     "chose it): not tuned")
+        if self.claims:  # run.yaml says a search chose the rate, but no search record backs it
+            return (f"not confirmed as tuned: run.yaml names a search ({'; '.join(self.claims)}), but tune/best.json "
+                    f"holds no record of {self.combination}: rate {self._rates()}")
         if self.trials:
             return (f"searched: {self.trials} trials, no rate chosen (the search has not ended, or no trial "
                     f"completed), so not tuned: the spec's default rate {self._rates()}")
@@ -69,7 +73,8 @@ def rate_sources(data: ReportData, trials: Mapping[str, Sized]) -> dict[str, Rat
     for name, runs in groups.items():
         rates = tuple(dict.fromkeys(r.config.training.learning_rate for r in runs if r.config.training is not None))
         out[name] = RateSource(name, tuple(r.name for r in runs), rates, best.get(name), len(trials.get(name, ())),
-                               all(r.config.tuned is not None for r in runs))
+                               all(r.config.tuned is not None for r in runs),
+                               tuple(dict.fromkeys(r.config.tuned for r in runs if r.config.tuned)))
     return out
 
 
