@@ -58,9 +58,34 @@ def test_a_cpu_sweep_validates_as_a_cpu_sweep(cpu_only, write_spec):
     assert [c["run"] for c in checks] == ["tiny_r4", "tiny_r16"]
     for c in checks:
         assert c["device"] == "cpu" and c["peak_memory_gib"] is None and c["max_batch_size"] is None
-        assert c["gpu_memory_gib"] == pytest.approx(_ram_gib(), abs=0.1)
+        assert c["device_memory_gib"] == pytest.approx(_ram_gib(), abs=0.1)
         assert c["steps"] == TRAIN_ROWS // BATCH  # one epoch: the data was measured, as on a GPU
         assert c["errors"] == []
+
+
+def test_a_machine_that_does_not_tell_its_ram_is_said_so_not_reported_as_zero(cpu_only, write_spec, monkeypatch):
+    """An OS without SC_PHYS_PAGES (os.sysconf raises ValueError for a name it does not know): validate warns per
+    run, its ok line says the RAM is unknown, and --json holds null, never 0."""
+    import os
+
+    real = os.sysconf
+
+    def sysconf(name):
+        if name == "SC_PHYS_PAGES":
+            raise ValueError("unrecognized configuration name")
+        return real(name)
+
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    spec = write_spec(factors={"lora_rank": [4, 16]})
+    res = _tunelab("validate", spec)
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {run}: this machine's RAM is unknown (os.sysconf could not read it: unrecognized "
+                      "configuration name): nothing checks this CPU run's memory (host memory is not modelled); "
+                      "watch the job's memory yourself" for run in ("tiny_r4", "tiny_r16")], res.output
+    assert "validated for this machine's CPU (RAM unknown;" in res.output
+    checks = json.loads(_tunelab("validate", spec, "--json").stdout)["checks"]
+    assert [(c["device"], c["device_memory_gib"], len(c["warnings"])) for c in checks] == [("cpu", None, 1)] * 2
 
 
 def test_a_failing_cpu_sweep_is_refused_by_validate_and_by_run_alike(cpu_only, write_spec):

@@ -286,8 +286,9 @@ def _checked_for(checks: list) -> str:
     """The device the checks were made for: the GPU's name, or this machine's CPU and its RAM."""
     if not checks or checks[0].device != "cpu":
         return checks[0].device if checks else "this machine"
-    return (f"this machine's CPU ({checks[0].gpu_memory_gib:.1f} GiB RAM; host memory is not modelled, "
-            "so no memory check)")
+    ram = checks[0].device_memory_gib
+    return (f"this machine's CPU ({f'{ram:.1f} GiB RAM' if ram is not None else 'RAM unknown'}; host memory is not "
+            "modelled, so no memory check)")
 
 
 def register(app: typer.Typer) -> None:

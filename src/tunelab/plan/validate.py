@@ -1,6 +1,7 @@
 """validate: catch before submission what would fail or waste a GPU: predicted OOM, warm-up longer
 than training, packing off on short examples, a GPU left mostly idle. A sweep for this machine's CPU (no GPU
-named or here) gets every check but the GPU's memory ones: host memory is not modelled, the RAM is reported.
+named or here) gets every check but the GPU's memory ones: host memory is not modelled, the RAM is reported, or a
+warning says the OS did not tell it.
 `tunelab run` makes the same checks of the runs it is about to start (`check_runs`)."""
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class RunCheck:
     """Tokens in its largest micro-batch (what memory depends on)."""
     peak_memory_gib: float | None
     """Predicted peak per GPU: reserved + CUDA context, GiB (None on CPU: host memory is not modelled)."""
-    gpu_memory_gib: float
-    """The GPU's memory, GiB; on CPU the machine's RAM."""
+    device_memory_gib: float | None
+    """The memory of the device checked (`device`), GiB: the GPU's, or on cpu this machine's RAM (None: the OS does not
+    say, which a warning states)."""
     steps: int | None
     """Optimizer steps it will train (None: the data's lengths unknown)."""
     max_batch_size: int | None
@@ -81,8 +83,7 @@ def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
         steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     longest = max(lengths) if lengths else None
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
-    check = (_memory_check(cfg, gpu, shape, nproc, steps, longest) if gpu is not None else
-             RunCheck(cfg.name, shape.tokens, None, round(host_memory_gib(), 1), steps, None))
+    check = _memory_check(cfg, gpu, shape, nproc, steps, longest) if gpu is not None else _cpu_check(cfg, shape, steps)
     check.errors[:0] = _node_errors(cfg)
     for cut in truncated or []:
         if cut.cut and cut.split in ("train", "validation"):
@@ -106,11 +107,22 @@ def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
 
 
 def host_memory_gib() -> float:
-    """This machine's RAM, GiB (what a CPU run's memory is set against; 0 where the OS does not say)."""
+    """This machine's RAM, GiB (what a CPU run's check reports). OSError where the OS does not say, naming why."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return 0.0
+    except (ValueError, OSError, AttributeError) as exc:
+        raise OSError(f"os.sysconf could not read it: {exc}") from exc
+
+
+def _cpu_check(cfg: RunConfig, shape: StepShape, steps: int | None) -> RunCheck:
+    """A run checked for this machine's CPU: no memory check (host memory is not modelled), the RAM reported, or a
+    warning where the OS does not tell it."""
+    try:
+        return RunCheck(cfg.name, shape.tokens, None, round(host_memory_gib(), 1), steps, None)
+    except OSError as exc:
+        return RunCheck(cfg.name, shape.tokens, None, None, steps, None,
+                        warnings=[f"{cfg.name}: this machine's RAM is unknown ({exc}): nothing checks this CPU run's "
+                                  "memory (host memory is not modelled); watch the job's memory yourself"])
 
 
 def _memory_check(cfg: RunConfig, gpu: GPU, shape: StepShape, nproc: int, steps: int | None,
@@ -176,7 +188,7 @@ def check_staged_run(cfg: RunConfig, gpu: GPU | None, lengths: list[list[int] | 
     worst = max(parts, key=lambda c: c.peak_memory_gib or 0.0)
     steps = [c.steps for c in parts]
     needed = [c.gpus_needed for c in parts if c.gpus_needed is not None]
-    return RunCheck(cfg.name, worst.tokens_per_microbatch, worst.peak_memory_gib, worst.gpu_memory_gib,
+    return RunCheck(cfg.name, worst.tokens_per_microbatch, worst.peak_memory_gib, worst.device_memory_gib,
                     sum(n for n in steps if n is not None) if None not in steps else None, worst.max_batch_size,
                     max(needed) if needed else None,
                     [m for c in parts for m in c.errors], [m for c in parts for m in c.warnings], worst.device)
