@@ -203,7 +203,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.tiny import build_tiny_model
-    from tunelab.host.threads import usable_cpus
+    from tunelab.host.cores import usable_cpus
 
     model = out / "models" / f"tiny-{args.layers}x{args.hidden}"
     if not (model / "config.json").is_file():

@@ -284,7 +284,8 @@ def test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up(smokes):
     """Two jobs each way, each row its run's summary.json (the last pass, after, is left in --out): after, the
     jobs' shares of the cores are disjoint and add up to this machine's, each rank running its share's threads;
     before, torch's default (torchrun's one thread per rank). The ratio row divides the medians above it."""
-    from tunelab.host.threads import physical_cores, thread_budget, usable_cpus
+    from tunelab.host.cores import physical_cores, usable_cpus
+    from tunelab.host.threads import thread_budget
 
     out, out_dir = smoke(smokes, "threads.py")
     rows = re.findall(rf"^  (before|after) +(tiny_s[12]) +{NUM} +{NUM} +{NUM}  (\S+) x (\d+) on (\d+) cores", out,

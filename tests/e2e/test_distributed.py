@@ -19,7 +19,8 @@ from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
-from tunelab.host.threads import MARK_ENV, cores_given, thread_budget
+from tunelab.host.cores import usable_cores
+from tunelab.host.threads import MARK_ENV, thread_budget
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow
@@ -120,9 +121,10 @@ def test_two_processes_see_each_example_once_per_epoch_and_resume_after_kill(wri
     assert [r for r in rows if r["loss"] is not None][-1]["examples"] == 2 * 320
     assert "launching 2 processes (torchrun, gloo)" in (run_dir / "train.log").read_text()
     # each rank ran its share of the job's cores: together, the cores given (one thread each at the least)
-    cores, source = cores_given(physical=True)
+    given = usable_cores(physical=True)
+    cores = given.count
     assert summary["threads"] == {"torch": thread_budget(cores, 2), "cores_given": cores, "processes": 2,
-                                  "source": f"{source} / 2 process(es)"}
+                                  "source": f"{given.source} / 2 process(es)", "limit": given.limit}
     assert summary["cpu_threads"] * 2 == (cores if cores % 2 == 0 else cores - 1) or cores < 2
 
     seen = _seen(seen_dir)

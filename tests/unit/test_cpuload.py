@@ -188,3 +188,22 @@ def test_a_hog_stops_by_itself_when_the_benchmark_is_killed_outright():
     while not gone() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert gone()
+
+
+def test_a_torch_still_being_imported_counts_one_thread_and_says_so(monkeypatch, capsys):
+    """While torch's __init__ runs, sys.modules holds a torch module without get_num_threads yet (a module object
+    as Python puts it there): the meter's window counts 1 thread and the process's output says why, once."""
+    import types
+
+    from tunelab.host import cpuload
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    cpuload._say_once.cache_clear()
+    meter = LoadMeter.start()  # threads read from torch at each window
+    assert meter is not None
+    first, second = meter.window(), meter.window()
+    assert first is not None and second is not None and first.threads == second.threads == 1
+    out = capsys.readouterr().out
+    assert out == ("warning: the load meter could not read torch's threads (module 'torch' has no attribute "
+                   "'get_num_threads'; torch not yet fully imported): this window's load counts 1 thread, so its "
+                   "slowdown may read low\n")

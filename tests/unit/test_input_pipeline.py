@@ -18,15 +18,24 @@ from tunelab.train.ordering import OrderLog, fixed_order, order_record, record_d
 
 
 def test_worker_default_from_slurm_cpus_per_task():
-    w = resolve_workers(None, cuda=True, processes=1, env={"SLURM_CPUS_PER_TASK": "6"})
-    assert (w.count, w.source, w.cpus) == (5, "SLURM_CPUS_PER_TASK=6", 6)  # one CPU drives the GPU
-    assert resolve_workers(None, True, 2, {"SLURM_CPUS_PER_TASK": "6"}).count == 2  # 3 CPUs per process
-    assert resolve_workers(None, True, 1, {"SLURM_CPUS_PER_TASK": "64"}).count == 8  # capped
+    """Slurm's allocation where it is the smallest limit (host/cores.py); one beyond the mask is never used."""
+    from tunelab.host.cores import usable_cores
+
+    n = usable_cores({}).count  # what this process may use without Slurm
+    w = resolve_workers(None, cuda=True, processes=1, env={"SLURM_CPUS_PER_TASK": str(n)})
+    assert (w.count, w.source, w.cpus) == (min(n - 1, 8), f"SLURM_CPUS_PER_TASK={n}", n)  # one CPU drives the GPU
+    assert resolve_workers(None, True, 2, {"SLURM_CPUS_PER_TASK": str(n)}).count == max(0, min(n // 2 - 1, 8))
     assert resolve_workers(None, True, 1, {"SLURM_CPUS_PER_TASK": "1"}).count == 0
+    w = resolve_workers(None, True, 1, {"SLURM_CPUS_PER_TASK": str(n + 64)})
+    assert (w.count, w.cpus) == (min(n - 1, 8), n) and not w.source.startswith("SLURM")  # capped by the machine
 
 
 def test_worker_default_without_slurm_is_the_affinity_and_given_count_wins():
+    from tunelab.host.cgroup import cpu_quota
+
     n = len(os.sched_getaffinity(0))
+    if (quota := cpu_quota()) is not None and quota.cpus < n:
+        pytest.skip(f"this process's cgroup quota ({quota.describe()}) is below its mask: the quota is the limit")
     w = resolve_workers(None, cuda=True, env={})
     assert (w.count, w.source) == (min(max(n - 1, 0), 8), f"cpu affinity {n}")
     assert resolve_workers(None, cuda=False, env={"SLURM_CPUS_PER_TASK": "8"}).count == 0  # CPU training

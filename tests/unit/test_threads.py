@@ -14,9 +14,10 @@ import pytest
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
+from tunelab.errors import TunelabError
 from tunelab.host import threads
-from tunelab.host.threads import (CPUS_ENV, MARK_ENV, RULE_ENV, ThreadPlan, cores_given, decide, parse_cpus,
-                             physical_cores, split_cores, thread_budget, usable_cpus)
+from tunelab.host.cores import CPUS_ENV, Limit, cpu_list, parse_cpus, physical_cores, usable_cores, usable_cpus
+from tunelab.host.threads import MARK_ENV, RULE_ENV, ThreadPlan, decide, thread_budget
 
 
 @pytest.mark.parametrize("cores, processes, want", [(2, 1, 2), (2, 2, 1), (2, 4, 1), (8, 3, 2), (16, 2, 8),
@@ -25,15 +26,9 @@ def test_the_budget_is_the_cores_shared_by_the_processes_at_least_one_each(cores
     assert thread_budget(cores, processes) == want
 
 
-def test_cores_given_prefer_the_executors_share_then_slurm_then_the_affinity_mask():
-    assert cores_given({CPUS_ENV: "0,2-3", "SLURM_CPUS_PER_TASK": "16"})[0] == 3
-    assert cores_given({"SLURM_CPUS_PER_TASK": "16"}) == (16, "SLURM_CPUS_PER_TASK=16")
-    n, source = cores_given({})
-    assert n == len(os.sched_getaffinity(0)) and source == f"cpu affinity {n}"
+def test_this_machines_physical_cores_are_what_proc_cpuinfo_says():
     cpus = usable_cpus()
-    assert cpus == sorted(os.sched_getaffinity(0))
-    assert physical_cores(cpus) == cpuinfo_cores(cpus)  # /sys's topology against /proc/cpuinfo's
-    assert parse_cpus("0,2-3") == [0, 2, 3]
+    assert physical_cores(cpus) == cpuinfo_cores(cpus)  # /sys's thread siblings against /proc/cpuinfo's core ids
 
 
 def cpuinfo_cores(cpus: list[int]) -> int:
@@ -53,14 +48,18 @@ def cpuinfo_cores(cpus: list[int]) -> int:
 
 
 def test_a_two_process_job_divides_its_cores_and_its_ranks_decide_the_same():
-    parent: dict[str, str] = {"SLURM_CPUS_PER_TASK": "8"}
-    threads.apply(decide(1, parent), parent)  # the job process alone: all 8
-    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent[MARK_ENV]) == ("8", "8", "8")
+    k = usable_cores(physical=True).count  # Slurm's allocation no larger than this machine gives (a count it keeps)
+    parent: dict[str, str] = {"SLURM_CPUS_PER_TASK": str(k)}
+    threads.apply(decide(1, parent), parent)  # the job process alone: all k
+    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent[MARK_ENV]) == (str(k),) * 3
     assert "TOKENIZERS_PARALLELISM" not in parent  # one process: tokenizers may use its threads
     plan = decide(2, parent)  # launching 2 ranks: tunelab's own OMP_NUM_THREADS is divided again
-    assert plan == ThreadPlan(4, 8, 2, "SLURM_CPUS_PER_TASK=8 / 2 process(es)") and not plan.explicit
+    half = max(1, k // 2)
+    assert plan == ThreadPlan(half, k, 2, f"SLURM_CPUS_PER_TASK={k} / 2 process(es)", limit=Limit.SLURM)
+    assert not plan.explicit
     threads.apply(plan, parent)
-    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent["TOKENIZERS_PARALLELISM"]) == ("4", "4", "false")
+    assert (parent["OMP_NUM_THREADS"], parent["MKL_NUM_THREADS"], parent["TOKENIZERS_PARALLELISM"]) == \
+        (str(half), str(half), "false")
     assert decide(2, dict(parent)) == plan  # what each rank decides from the environment it inherited
 
 
@@ -83,10 +82,31 @@ def test_the_old_behaviour_sets_nothing():
     assert env == {RULE_ENV: "torch", "SLURM_CPUS_PER_TASK": "8"}
 
 
-def test_cores_split_into_even_contiguous_shares():
-    assert split_cores([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
-    assert split_cores([0, 1], 4) == [[0], [1]]  # never an empty share
-    assert split_cores([5, 7], 1) == [[5, 7]]
+def test_a_share_the_process_cannot_take_is_said_in_a_line(monkeypatch, capsys):
+    """The kernel refusing the affinity (EINVAL: a CPU gone offline, a cpuset changed under the job): the job runs
+    on its whole mask, and its log says so instead of nothing."""
+    import errno
+
+    mask = usable_cpus()
+    if len(mask) < 2:
+        pytest.skip("one CPU: a share of it is the whole mask, nothing to pin")
+
+    def refuse(pid: int, cpus: set[int]) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    threads.pin({CPUS_ENV: str(mask[0])})
+    out = capsys.readouterr().out
+    assert out == (f"warning: could not pin this job to its cores {CPUS_ENV}={mask[0]} ([Errno 22] Invalid argument): "
+                   f"it runs on CPUs {cpu_list(mask)}, which other jobs' shares overlap; its threads are still its "
+                   "share's\n")
+    assert usable_cpus() == mask
+
+
+def test_a_share_naming_none_of_the_processs_cpus_is_refused():
+    beyond = max(usable_cpus()) + 1000
+    with pytest.raises(TunelabError, match=rf"{CPUS_ENV}: {beyond} names none of the CPUs this process may run on"):
+        threads.pin({CPUS_ENV: str(beyond)})
 
 
 def _run(name: str, exp: Path) -> RunConfig:

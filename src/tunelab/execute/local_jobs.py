@@ -25,7 +25,7 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
-from tunelab.host.threads import CPUS_ENV, cpu_list, split_cores, usable_cpus
+from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
 from tunelab.rundir import now_iso
 
 TRAIN_LOG = "train.log"
@@ -65,8 +65,9 @@ def spans_nodes(cfg: RunConfig) -> str:
 
 
 def cpu_slots(runs_at_once: int) -> dict[str, list[int]]:
-    """The CPU as slots for runs side by side: each a share of this process's cores (one slot: all of them)."""
-    shares = split_cores(usable_cpus(), runs_at_once)
+    """The CPU as slots for runs side by side: each a share of the cores this process may use, cut along physical
+    cores (host/cores.py; one slot: all of them)."""
+    shares = job_shares(runs_at_once)
     return {CPU.id if len(shares) == 1 else f"cpu:{cpu_list(share)}": share for share in shares}
 
 

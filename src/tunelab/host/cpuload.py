@@ -3,7 +3,7 @@ other process on its cores used meanwhile (/proc/stat), so a step timed while ot
 as such instead of being learned from as this machine's speed.
 
 Machine busy CPU-seconds are user + nice + system + irq + softirq + steal of the `cpuN` lines of /proc/stat
-for the cores this process may run on (os.sched_getaffinity), in clock ticks (10 ms: a window of a fraction
+for the cores this process may run on (its affinity mask, host/cores.py's `usable_cpus`), in clock ticks (10 ms: a window of a fraction
 of a second is coarse). The process's own CPU is getrusage(RUSAGE_SELF) user + system, which counts all its
 threads but not its child processes: a dataloader worker's time reads as another process's. A distributed
 run's rank cannot see its sibling ranks' CPU: it counts them as (world − 1) × its own (`siblings`), the
@@ -13,6 +13,7 @@ reader treats the load as unknown, never as idle.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import sys
@@ -20,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tunelab.console import warn
+from tunelab.host.cores import usable_cpus
 
 PROC_STAT = Path("/proc/stat")
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system [idle iowait] irq softirq steal (guest is inside user)
@@ -32,13 +36,6 @@ def _ticks_per_s() -> int:
         return int(os.sysconf("SC_CLK_TCK"))
     except (ValueError, OSError, AttributeError):
         return 100
-
-
-def _cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return list(range(os.cpu_count() or 1))
 
 
 def machine_busy_s(cores: list[int], stat: Path = PROC_STAT) -> float | None:
@@ -66,12 +63,23 @@ def process_cpu_s() -> float:
 
 
 def torch_threads() -> int:
-    """Torch's intra-op threads when torch is loaded (1 otherwise: a process without torch runs one)."""
+    """Torch's intra-op threads when torch is loaded (1 otherwise: a process without torch runs one). A torch still
+    being imported (in sys.modules, get_num_threads not yet defined) is counted as 1 thread, and said in a line."""
     torch = sys.modules.get("torch")
-    try:
-        return int(torch.get_num_threads()) if torch is not None else 1
-    except Exception:  # a partly imported torch
+    if torch is None:
         return 1
+    try:
+        return int(torch.get_num_threads())
+    except AttributeError as exc:
+        _say_once(f"the load meter could not read torch's threads ({exc}; torch not yet fully imported): this "
+                  "window's load counts 1 thread, so its slowdown may read low")
+        return 1
+
+
+@functools.cache
+def _say_once(text: str) -> None:
+    """A line said once per process (a meter reads its threads at every window)."""
+    warn(text)
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,7 @@ class LoadMeter:
     @classmethod
     def start(cls, threads: int | None = None, siblings: int = 0, stat: Path = PROC_STAT) -> LoadMeter | None:
         """A meter from now; None where the machine's load cannot be read (no /proc/stat)."""
-        cores = _cores()
+        cores = usable_cpus()
         reading = cls._read(cores, stat)
         return cls(cores, reading, threads, siblings, stat) if reading is not None else None
 

@@ -71,12 +71,14 @@ class ProcessMemory(JsonRecord):
 @dataclass(kw_only=True)
 class ThreadUse(JsonRecord):
     """The CPU threads each of the run's processes computed with, and why (tunelab/host/threads.py): `torch` threads
-    in each of `processes` processes on this node, which share `cores_given` cores."""
+    in each of `processes` processes on this node, which share `cores_given` cores; `limit` says which limit set
+    that count (tunelab/host/cores.py: share, slurm, cgroup or affinity), `source` where it was read."""
 
     torch: int | None = None
     cores_given: int | None = None
     processes: int | None = None
     source: str | None = None
+    limit: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -73,7 +73,8 @@ class TrainingConfig(_Strict):
         "end and only the newest mid-epoch one. Epoch adapters (checkpoints/epoch_N) are always kept.")
     dataloader_workers: int | None = Field(
         None, ge=0, description="Dataloader worker processes per training process. Default: chosen in the job "
-        "from its CPUs (SLURM_CPUS_PER_TASK, else the CPU affinity) on a GPU, 0 on CPU; recorded in summary.json.")
+        "from the cores it may use (affinity, cgroup quota, Slurm allocation) on a GPU, 0 on CPU; recorded in "
+        "summary.json.")
     order: Literal["shuffled", "as_given", "by_length"] | ByField = Field(
         "shuffled", description="Order examples are fed in each epoch: shuffled (seeded by `seed`), as_given "
         "(the file's order), by_length (shortest first), {by_field: NAME} (ascending); recorded per epoch in "

@@ -2,7 +2,8 @@
 training loop waits for its next batch.
 
 The worker count is resolved in the job, not at scaffold time: the CPUs a job has
-(the local executor's share, `SLURM_CPUS_PER_TASK`, else the process's CPU affinity: tunelab/host/threads.py) are only known on the node that runs it,
+(the smallest of the local executor's share or the CPU affinity, the cgroup's CPU quota and Slurm's
+allocation: tunelab/host/cores.py) are only known on the node that runs it,
 and the login node that scaffolds usually has a different count. The resolved count and where it
 came from are recorded in summary.json.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.spec import TrainingConfig
-from tunelab.host.threads import cores_given
+from tunelab.host.cores import usable_cores
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
 
@@ -25,7 +26,7 @@ class Workers:
     """The dataloader worker count of one process and the reason for it."""
 
     count: int
-    source: str  # "training.dataloader_workers" | "SLURM_CPUS_PER_TASK=N" | "cpu affinity N" | "cpu training"
+    source: str  # "training.dataloader_workers" | "cpu training" | the limit on the job's CPUs (host/cores.py)
     cpus: int | None  # CPUs the job has (None when the count was given)
 
 
@@ -36,11 +37,11 @@ def resolve_workers(configured: int | None, cuda: bool, processes: int = 1,
     model and a worker only takes them away (benchmarks/dataloader.py measures it)."""
     if configured is not None:
         return Workers(configured, "training.dataloader_workers", None)
-    cpus, source = cores_given(env)
+    cores = usable_cores(env)
     if not cuda:
-        return Workers(0, "cpu training", cpus)
-    per_process = cpus // max(processes, 1)
-    return Workers(max(0, min(per_process - 1, MAX_DEFAULT_WORKERS)), source, cpus)
+        return Workers(0, "cpu training", cores.count)
+    per_process = cores.count // max(processes, 1)
+    return Workers(max(0, min(per_process - 1, MAX_DEFAULT_WORKERS)), cores.source, cores.count)
 
 
 def dataloader_args(workers: Workers, cuda: bool) -> dict[str, Any]:

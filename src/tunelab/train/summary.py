@@ -113,7 +113,7 @@ def thread_use(torch_threads: int) -> ThreadUse:
     """This process's threads as the rule chose them (tunelab/host/threads.py), with the count torch really runs."""
     plan = threads.decide(local_processes())
     return ThreadUse(torch=torch_threads, cores_given=plan.cores_given, processes=plan.processes,
-                     source=plan.source)
+                     source=plan.source, limit=plan.limit)
 
 
 def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,

@@ -1,0 +1,171 @@
+"""How many cores this process may use: the one owner of that count. The thread rule (threads.py), the dataloader's
+workers (train/dataloading.py) and the local executor's shares (execute/local_jobs.py) all ask `usable_cores`.
+
+Why: the affinity mask alone is not what a process may use. A container or a Slurm job's cgroup may grant 2 CPUs'
+worth of time on a 16-CPU mask, and torch would start 16 threads that the kernel then throttles every period.
+So four limits are read, the smallest wins and is named (summary.json's `threads.limit` and `source`):
+
+- where it may run: the local executor's share (`TUNELAB_CPUS`, which the job pins itself to) within the affinity
+  mask, else the affinity mask;
+- the cgroup CPU quota, the smallest over the process's cgroup and its ancestors (v2 `cpu.max`, v1
+  `cpu.cfs_quota_us` / `cpu.cfs_period_us`), rounded down, at least 1: a thread beyond the quota is throttled
+  each period and holds up the others at every OpenMP barrier;
+- Slurm's allocation: `SLURM_CPUS_PER_TASK`, else `SLURM_CPUS_ON_NODE` (the job's CPUs on this node);
+- for compute threads (`physical=True`) the CPUs count in physical cores: SMT siblings (`thread_siblings_list`)
+  are one core's worth to torch, whose own default is the physical cores. A quota and Slurm count CPUs as given.
+
+On a tie the more deliberate limit is named (share, Slurm, cgroup, then the mask). Jobs side by side get shares
+cut along physical cores (`job_shares`), so two jobs never compute on the two threads of one core.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.host.cgroup import PROC_SELF, cpu_quota
+
+CPUS_ENV = "TUNELAB_CPUS"  # the cores a job was given by the local executor: "0,1" (it pins itself to them)
+SLURM_ENVS = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")  # the first one set is Slurm's allocation
+SYSFS_CPU = Path("/sys/devices/system/cpu")  # cpuN/topology/thread_siblings_list
+
+
+class Limit(StrEnum):
+    """Which limit set the count (summary.json's `threads.limit`)."""
+
+    SHARE = "share"  # the local executor's share of the cores
+    SLURM = "slurm"
+    CGROUP = "cgroup"  # a CPU quota
+    AFFINITY = "affinity"  # the affinity mask (every core where the OS has none)
+
+
+@dataclass(frozen=True)
+class Cores:
+    """How many cores the process may use, which limit set that, and in words where it was read."""
+
+    count: int
+    limit: Limit
+    source: str
+
+
+def parse_cpus(text: str) -> list[int]:
+    """'0,2-3' -> [0, 2, 3] (the form of TUNELAB_CPUS and of Linux's cpu lists)."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 3] -> '0,1,3' (TUNELAB_CPUS)."""
+    return ",".join(str(c) for c in cpus)
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask; every CPU where the OS has none)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: no mask to read
+        return list(range(os.cpu_count() or 1))
+
+
+def share_cpus(share: str) -> list[int]:
+    """The CPUs of the local executor's share `share` this process may run on; TunelabError for a share that is
+    not a CPU list or names none of them (a job given such a share would run on others' cores)."""
+    try:
+        given = parse_cpus(share)
+    except ValueError:
+        raise TunelabError(f"{share!r} is not a list of CPUs like 0,2-3 (the local executor sets it; unset it to "
+                           "use every core)", field=CPUS_ENV) from None
+    mask = usable_cpus()
+    cpus = sorted(set(given) & set(mask))
+    if not cpus:
+        raise TunelabError(f"{share} names none of the CPUs this process may run on ({cpu_list(mask)})",
+                           field=CPUS_ENV)
+    return cpus
+
+
+def slurm_cpus(env: Mapping[str, str]) -> tuple[int, str] | None:
+    """Slurm's allocation of CPUs to this task, and the variable it came from (None: not under Slurm)."""
+    for name in SLURM_ENVS:
+        raw = env.get(name, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw), f"{name}={raw}"
+    return None
+
+
+def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, sysfs: Path = SYSFS_CPU,
+                 proc: Path = PROC_SELF) -> Cores:
+    """How many cores this process (or a child given `env`) may use: the smallest of its CPUs (the executor's share
+    within the mask, else the mask; `physical`: in physical cores), its cgroup's CPU quota and Slurm's allocation."""
+    env = os.environ if env is None else env
+    share = env.get(CPUS_ENV, "").strip()
+    cpus = share_cpus(share) if share else usable_cpus()
+    n = physical_cores(cpus, sysfs) if physical else len(cpus)
+    where = f"{CPUS_ENV}={share} (the local executor's share)" if share else f"cpu affinity {len(cpus)}"
+    mask = Cores(n, Limit.SHARE if share else Limit.AFFINITY, where + (f" ({n} physical cores)" if n != len(cpus) else ""))
+    slurm = slurm_cpus(env)
+    quota = cpu_quota(proc)
+    others = [Cores(slurm[0], Limit.SLURM, slurm[1]) if slurm else None,
+              Cores(max(1, math.floor(quota.cpus)), Limit.CGROUP, quota.describe()) if quota else None]
+    candidates = [c for c in ([mask] if share else []) + others + ([] if share else [mask]) if c is not None]
+    return min(candidates, key=lambda c: c.count)  # the first of the smallest: share, Slurm, cgroup, mask
+
+
+def sibling_groups(cpus: list[int], sysfs: Path = SYSFS_CPU) -> list[list[int]]:
+    """`cpus` grouped by physical core (SMT siblings from `thread_siblings_list`), groups in order of their first
+    CPU. A CPU whose topology cannot be read (not Linux) is a core of its own."""
+    wanted, seen, groups = set(cpus), set(), []
+    for cpu in sorted(wanted):
+        if cpu in seen:
+            continue
+        try:
+            siblings = set(parse_cpus((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()))
+        except (OSError, ValueError):
+            siblings = set()
+        group = sorted((siblings | {cpu}) & wanted)
+        seen.update(group)
+        groups.append(group)
+    return groups
+
+
+def physical_cores(cpus: list[int], sysfs: Path = SYSFS_CPU) -> int:
+    """How many physical cores `cpus` (logical CPUs) sit on."""
+    return len(sibling_groups(cpus, sysfs))
+
+
+def split_cores(cpus: list[int], parts: int, sysfs: Path = SYSFS_CPU) -> list[list[int]]:
+    """`cpus` in `parts` shares as even as can be (the first ones a core more), none empty, cut along physical cores
+    so SMT siblings stay in one share. More parts than physical cores: the siblings are split too (one logical CPU
+    a share at least), each core's siblings side by side."""
+    groups = sibling_groups(cpus, sysfs)
+    if len(groups) < min(parts, len(cpus)):
+        groups = [[cpu] for group in groups for cpu in group]
+    parts = max(1, min(parts, len(groups)))
+    size, extra = divmod(len(groups), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(sorted(cpu for group in groups[start:end] for cpu in group))
+        start = end
+    return out
+
+
+def job_shares(parts: int, env: Mapping[str, str] | None = None, sysfs: Path = SYSFS_CPU,
+               proc: Path = PROC_SELF) -> list[list[int]]:
+    """The CPUs of `parts` jobs side by side (the local executor's CPU slots): only as many CPUs as this process may
+    use (a quota or Slurm's allocation below the mask: jobs pinned to their shares stay within it together), one
+    per physical core first, then split along physical cores."""
+    cpus = usable_cpus()
+    allowed = usable_cores(env, sysfs=sysfs, proc=proc).count
+    if allowed < len(cpus):
+        groups = sibling_groups(cpus, sysfs)
+        spread = [g[i] for i in range(max(len(g) for g in groups)) for g in groups if i < len(g)]
+        cpus = sorted(spread[:allowed])
+    return split_cores(cpus, parts, sysfs)
