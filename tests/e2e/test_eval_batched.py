@@ -5,9 +5,11 @@ on the words, numeric on an eval-only dataset of sums — twice in one pass: thr
 eval --inspect-loop`), then through tunelab's (`tunelab eval`). Everything a reader of the results sees must be
 the same: scores.json (metrics, their intervals, every sample's value, the tokens), and in each .eval log every
 sample (input, target, messages, the output with its exact prompt, its stop reason and usage, each score with its
-answer and metadata — choice's option probabilities), the metrics inspect computed, the reductions, the header's
-model, arguments and metadata, and the summaries `inspect view` lists. What tunelab's loop leaves out — each
-sample's event transcript — is checked too: that is how the test knows which loop wrote which log.
+answer and metadata — choice's option probabilities), the metrics inspect computed, the reductions, the whole
+header (model, arguments, metadata, dataset, scorers, the eval config) but its ids and time, the plan (the solver
+steps with their parameters — choice's option scorer, not a generate() — and the generate config), and the
+summaries `inspect view` lists. What tunelab's loop leaves out — each sample's event transcript — is checked too:
+that is how the test knows which loop wrote which log.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tunelab.spec import DatasetSpec, TaskSpec
 pytestmark = pytest.mark.slow
 
 TIMES = {"duration_s", "inspect_duration_s", "evaluated_at", "log"}  # when and how long: the only fields that differ
+HEADER_IDS = {"eval_id", "run_id", "task_id", "created"}  # a log header's ids and time: new in every eval
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +119,31 @@ def test_tunelabs_loop_writes_what_inspects_loop_writes_sample_for_sample(both_l
     assert {"accuracy", "balanced_accuracy", "macro_f1", "ece", "brier"} <= set(choice[0].results.scores[0].metrics)
     probs = choice[0].samples[0].scores["option_choice"].metadata["probs"]
     assert len(probs) > 2 and sum(probs.values()) == pytest.approx(1.0)  # every option's probability, normalised
+
+
+def header(log) -> dict:
+    """What a reader of the log's header and plan sees, its ids and time aside."""
+    return {"eval": log.eval.model_dump(exclude=HEADER_IDS), "plan": log.plan.model_dump()}
+
+
+def test_tunelabs_loop_writes_inspects_header_plan_and_config(both_loops):
+    inspect, ours = both_loops["inspect"], both_loops["tunelab"]
+    assert {task for (_, _, task) in ours} == {"exact_match", "includes", "sums", "choice"}
+    differ = {}
+    for key, (_, log) in ours.items():
+        mine, theirs = header(log), header(inspect[key][1])
+        for part in ("plan", "eval"):
+            fields = {k for k in mine[part].keys() | theirs[part].keys()
+                      if mine[part].get(k) != theirs[part].get(k)}
+            differ |= {(key[2], part, k): (mine[part].get(k), theirs[part].get(k)) for k in fields}
+    # every task: the plan (its solver steps, their parameters, its generate config), the eval config, the rest
+    assert differ == {}, sorted(differ)
+    for (_, _, task), (scores, log) in ours.items():  # what the plan says, against the task each ran
+        [step] = log.plan.steps
+        if task == "choice":  # the solver that scores the options, with them
+            assert step.solver.endswith("option_probabilities")
+            assert step.params["options"] == log.eval.metadata["options"] and len(step.params["options"]) > 2
+        else:
+            assert step.solver == "generate"
+        # the spec's max_tokens: the sums task's own, the sweep's eval.max_tokens (8) for the others
+        assert log.plan.config.max_tokens == scores["max_tokens"] == (4 if task == "sums" else 8)

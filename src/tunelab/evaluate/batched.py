@@ -8,8 +8,9 @@ every prompt is known before the first batch, so tunelab does the loop itself: e
 provider (`prompt_ids`, training's encoder), every row of the wave answered in the batches the pass's queue would
 cut with all of them waiting (mixbatch.MixedBatcher.generate_now), each answer made the ModelOutput the provider
 returns, scored by the task's own inspect scorers, and the task's .eval log written with inspect's records,
-metrics and writer (evallog.py). choice too: its solver's work (each option's continuation scored on the
-target's adapter) done sample by sample as the solver does it. A sample answers as it does through inspect's
+metrics and writer into the log inspect's own eval started for it, header and plan (evallog.py). choice too: its
+solver's work (each option's continuation scored on the target's adapter) done sample by sample as the solver
+does it. A sample answers as it does through inspect's
 loop (tests/e2e/test_eval_batched.py and test_eval_one_pass.py compare every sample); task files, sampling,
 graders and images keep inspect's loop.
 """
@@ -24,7 +25,15 @@ from typing import Any
 import anyio
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.evallog import SampleResult, input_messages, now, sample_score, scorer_names, write_task_log
+from tunelab.evaluate.evallog import (
+    SampleResult,
+    input_messages,
+    now,
+    sample_score,
+    scorer_names,
+    started_logs,
+    write_task_log,
+)
 from tunelab.evaluate.mixbatch import MixedBatcher, RowKey
 from tunelab.evaluate.mixgen import Row
 from tunelab.evaluate.tasks import OPTIONS, option_output
@@ -61,10 +70,11 @@ def batchable(item: WorkItem, task: Any, model: Any) -> bool:
             and isinstance(api.lm, AdapterView))
 
 
-def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, max_tasks: int,
-                max_samples: int) -> list[Any]:
-    """Each task's EvalLog (written into log_dir), or the exception it failed with, in the order given."""
+def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, options: dict[str, Any]) -> list[Any]:
+    """Each task's EvalLog (written into log_dir), or the exception it failed with, in the order given. `options`:
+    the inspect eval options its logs record (waves.eval_options), as inspect's loop would be given them."""
     started = now()
+    headers = started_logs([one.task for one in tasks], log_dir, options)
     for one in tasks:
         _prompts(one)
     rows = [row for one in tasks for row in one.rows]
@@ -73,10 +83,10 @@ def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, 
     share = (time.perf_counter() - t0) / max(1, len(rows))
     out: list[Any] = []
     at = 0
-    for one in tasks:
+    for one, header in zip(tasks, headers):
         mine, at = answers[at: at + len(one.rows)], at + len(one.rows)
         try:
-            out.append(_finish(one, mine, share, started, log_dir, max_tasks, max_samples))
+            out.append(_finish(one, header, mine, share, started))
         except Exception as exc:  # this task's failure (waves.py names it); the others go on
             out.append(exc)
     return out
@@ -92,9 +102,9 @@ def _prompts(one: BatchedTask) -> None:
     one.rows = [Row(api.prompt_ids(input_messages(s.input)), key.adapter, key) for s in one.samples]
 
 
-def _finish(one: BatchedTask, answers: list[Any], share: float, started: str, log_dir: Path, max_tasks: int,
-            max_samples: int) -> Any:
-    """The task's answers scored and its log written; a failed batch fails the task with its error."""
+def _finish(one: BatchedTask, header: Any, answers: list[Any], share: float, started: str) -> Any:
+    """The task's answers scored and its log written (in `header`, the log inspect started for it); a failed batch
+    fails the task with its error."""
     failed = next((a for a in answers if isinstance(a, BaseException)), None)
     if failed is not None:
         raise failed
@@ -111,7 +121,7 @@ def _finish(one: BatchedTask, answers: list[Any], share: float, started: str, lo
             output.time = share  # its share of the batches' time (inspect's loop: its request's time)
     scores = anyio.run(_score, one.task, one.model, one.samples, outputs)
     results = [SampleResult(s, o, sc, share) for s, o, sc in zip(one.samples, outputs, scores)]
-    return write_task_log(one.task, one.model, results, started, log_dir, max_tasks, max_samples)
+    return write_task_log(header, one.task, one.model, results, started)
 
 
 async def _score(task: Any, model: Any, samples: list[Any], outputs: list[Any]) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
-"""The .eval log of a task that tunelab ran itself (batched.py): inspect-ai's own records (EvalSpec, EvalSample,
-EvalResults), its metrics computed by inspect's own results code, written by inspect's own writer, so that
-scores.json, the ledger, the report and `inspect view` read it as they read a log of inspect's loop.
+"""The .eval log of a task that tunelab ran itself (batched.py): inspect-ai's own records (EvalSample, EvalResults),
+its metrics computed by inspect's own results code, written by inspect's own writer, so that scores.json, the
+ledger, the report and `inspect view` read it as they read a log of inspect's loop. The header and the plan are
+inspect's own loop's: its eval starts each task's log without running a sample (`run_samples=False`, with the
+options inspect's loop would be given), so the eval config, the solver steps with their parameters (choice's
+option scorer, not a generate()), the generate config, the scorers, revision and packages are what it writes,
+by construction.
 
 What differs from a log of inspect's loop is said here once: no per-sample event transcript (spans, the model
-event, state changes; the sample's messages, its output with the exact prompt and the scores are all kept), no
-git revision, and each sample's times are its batch's share.
+event, state changes; the sample's messages, its output with the exact prompt and the scores are all kept), and
+each sample's times are its batch's share.
 
 Three names come from inspect-ai's internals (`eval_results`, `unique_scorer_name`, `registry_unqualified_name`,
 through inspect_internals.py): the very functions its loop calls, so the metrics and score names cannot drift from
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -54,49 +57,36 @@ def sample_score(scorer: Any, score: Any, sample: Any) -> Any:
                        scorer=registry_unqualified_name(scorer))
 
 
-def write_task_log(task: Any, model: Any, results: list[SampleResult], started: str, log_dir: Path,
-                   max_tasks: int, max_samples: int) -> Any:
-    """The task's EvalLog, written into log_dir under inspect's file-name pattern; returned with its location."""
-    from inspect_ai.log import write_eval_log
+def started_logs(tasks: list[Any], log_dir: Path, options: dict[str, Any]) -> list[Any]:
+    """Each task's log as inspect's own eval starts it, in the tasks' order: its header, its plan and the file in
+    log_dir it goes to, from an eval that runs no sample (`options`: those inspect's loop would be given)."""
+    from tunelab.evaluate.runner import inspect_eval
 
-    from tunelab.evaluate.logcompression import compress_logs_in_one_thread
-
-    log = _eval_log(task, model, results, started, max_tasks, max_samples)
-    stamp = log.eval.created.replace(":", "-").replace("+", "-")
-    location = log_dir / f"{stamp}_{log.eval.task.replace('_', '-')}_{log.eval.task_id}.eval"
-    compress_logs_in_one_thread()
-    write_eval_log(log, str(location))
-    log.location = str(location)
-    return log
+    logs = inspect_eval(tasks, model=None, log_dir=str(log_dir), run_samples=False, **options)
+    if [log.eval.task for log in logs] != [task.name for task in tasks]:
+        raise RuntimeError(f"inspect started the logs of {[log.eval.task for log in logs]}, "
+                           f"not of {[task.name for task in tasks]}")
+    return logs
 
 
-def _eval_log(task: Any, model: Any, results: list[SampleResult], started: str, max_tasks: int,
-              max_samples: int) -> Any:
-    from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalPlan, EvalPlanStep, EvalSpec, EvalStats
-    from shortuuid import uuid
+def write_task_log(header: Any, task: Any, model: Any, results: list[SampleResult], started: str) -> Any:
+    """The task's EvalLog: its samples and results in the log inspect started (started_logs), written where inspect
+    put that; returned. `started`: when tunelab's loop started (to the microsecond, as runner.inspect_seconds
+    reads the task's duration)."""
+    from inspect_ai.log import EvalStats, write_eval_log
 
     from tunelab.evaluate.inspect_internals import eval_results
+    from tunelab.evaluate.logcompression import compress_logs_in_one_thread
 
     name = str(model)
     evaluated, reductions = eval_results(len(results), [r.scores for r in results], task.epochs_reducer,
                                          task.scorer, task.metrics, completed_samples=len(results))
-    dataset = task.dataset
-    spec = EvalSpec(
-        eval_id=uuid(), run_id=uuid(), created=started[:19] + started[-6:], task=task.name, task_id=uuid(),
-        task_version=task.version, task_display_name=task.display_name, task_attribs=task.attribs,
-        dataset=EvalDataset(name=dataset.name, location=dataset.location, samples=len(results),
-                            sample_ids=[r.sample.id for r in results], shuffled=dataset.shuffled),
-        model=name, model_generate_config=model.config, model_args=model.model_args,
-        config=EvalConfig(epochs=1, fail_on_error=True, max_tasks=max_tasks, max_samples=max_samples,
-                          log_samples=True, log_realtime=False, score_display=False),
-        packages={"inspect_ai": version("inspect_ai"), "tunelab": version("tunelab")}, metadata=task.metadata)
-    log = EvalLog(eval=spec, status="success",
-                  plan=EvalPlan(steps=[EvalPlanStep(solver="generate", params={"tool_calls": "loop"})],
-                                config=task.config),
-                  results=evaluated,
-                  stats=EvalStats(started_at=started, completed_at=now(), model_usage=_usage(results, name)),
-                  samples=[_sample(r, name) for r in results])
+    stats = EvalStats(started_at=started, completed_at=now(), model_usage=_usage(results, name))
+    log = header.model_copy(update={"status": "success", "results": evaluated, "stats": stats,
+                                    "samples": [_sample(r, name) for r in results]})
     log.reductions = reductions  # set after: EvalLog's validator reads a `reductions` argument as an old log's dict
+    compress_logs_in_one_thread()
+    write_eval_log(log, header.location)
     return log
 
 

@@ -31,6 +31,7 @@ from tunelab.evaluate.runner import (
 )
 from tunelab.evaluate.shared import SharedWeights, serving
 from tunelab.fsutil import is_disk_full, space_guard
+from tunelab.host.cpuload import LoadMeter
 from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.spec import TaskSpec
 
@@ -79,11 +80,10 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
             rest = [tasks[item.key] for item in items if not any(one.item is item for one in ours)]
             try:
                 with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop
-                    if ours:
-                        _run_ours(ours, shared, staging, state, len(items), 2 * batch_size)
-                    logs = inspect_eval(
-                        rest, model=None, log_dir=str(staging), max_tasks=len(rest), max_samples=2 * batch_size,
-                        max_connections=2 * batch_size * len(rest), fail_on_error=True) if rest else []
+                    if ours:  # their logs say what inspect's loop would run the wave's tasks with
+                        _run_ours(ours, shared, staging, state, eval_options(len(items), batch_size))
+                    logs = inspect_eval(rest, model=None, log_dir=str(staging),
+                                        **eval_options(len(rest), batch_size)) if rest else []
             except NoSpaceError:
                 raise
             except Exception as exc:  # the wave's tasks fail with this; the pass goes on
@@ -96,11 +96,17 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
     fail_unended(items, outcomes, crash, report)
 
 
-def _run_ours(ours: list[BatchedTask], shared: SharedWeights, staging: Path, state: _PassState, max_tasks: int,
-              max_samples: int) -> None:
+def eval_options(tasks: int, batch_size: int) -> dict[str, Any]:
+    """The options of an inspect eval of `tasks` tasks of a wave: all at once, two batches of samples in flight."""
+    return dict(max_tasks=tasks, max_samples=2 * batch_size, max_connections=2 * batch_size * tasks,
+                fail_on_error=True)
+
+
+def _run_ours(ours: list[BatchedTask], shared: SharedWeights, staging: Path, state: _PassState,
+              options: dict[str, Any]) -> None:
     """The batched items: each log ended (moved, scored) as soon as all are written; a task that failed, named."""
     assert shared.batcher is not None
-    for one, log in zip(ours, run_batched(ours, shared.batcher, staging, max_tasks, max_samples)):
+    for one, log in zip(ours, run_batched(ours, shared.batcher, staging, options)):
         if not isinstance(log, Exception):
             state.ended(log)
             continue
@@ -132,6 +138,7 @@ class _PassState:
         self.graders: dict[str, Any] = {}  # one grader model per distinct grader of the pass's tasks
         self.grader_of: dict[ItemKey, Any] = {}
         self.model_of: dict[ItemKey, Any] = {}
+        self.meter = LoadMeter.start()  # the wave's load: from its start to each task's end (its tasks run at once)
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
         """The item's inspect Task with its own model (the provider finds the shared weights) and grader."""
@@ -171,7 +178,8 @@ class _PassState:
             shutil.move(log.location, moved)
             log.location = str(moved)
             outcome = finish_task(item.cfg, item.target, item.spec, item.out_dir, self.prepared[item.key], log,
-                                  self.grader_of.get(item.key), inspect_seconds(log) or 0.0)
+                                  self.grader_of.get(item.key), inspect_seconds(log) or 0.0,
+                                  self.meter.window() if self.meter is not None else None)
         except NoSpaceError:  # no other task's results could be written either: stop here, with one line
             raise
         except TunelabError as exc:
