@@ -93,11 +93,11 @@ def resolve_model_dir(path: str | Path) -> tuple[RunConfig, Target]:
     epoch_N → that epoch of run r; a control dir → its base model; an eval-only dir → its checkpoint."""
     p = Path(path).expanduser().resolve()
     if (p / RUN_FILE).is_file():
-        cfg = _load_at(p)
+        cfg = load_run_config(p)  # placed where its run.yaml is: moved or copied whole
         return cfg, select_targets(cfg, "last")[0]
     parent, epoch = p.parent, parse_epoch_name(p.name)
     if epoch is not None and parent.name == CHECKPOINTS_DIR and (parent.parent / RUN_FILE).is_file():
-        cfg = _load_at(parent.parent)
+        cfg = load_run_config(parent.parent)
         if not is_complete_checkpoint(p):
             raise TunelabError("incomplete checkpoint (expected " + " and ".join(ADAPTER_FILES) + ")", file=p)
         return cfg, Target(p.name, epoch, Path(cfg.model.path), p)
@@ -105,8 +105,3 @@ def resolve_model_dir(path: str | Path) -> tuple[RunConfig, Target]:
                        "runs/<run>/checkpoints/epoch_N", file=p)
 
 
-def _load_at(run_dir: Path) -> RunConfig:
-    cfg = load_run_config(run_dir)
-    # The directory the run.yaml sits in wins: an experiment can be moved or copied whole.
-    cfg.experiment_dir = str(run_dir.parent.parent)
-    return cfg

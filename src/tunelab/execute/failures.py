@@ -3,6 +3,8 @@ run's own files. The run's outputs win over the exit code: a job that finished t
 failed in a later line is "completed, job exit N", not a failure.
 
 Verdicts: FailureKind (completed | oom | timeout | preempted | node_fail | cancelled | failed, with exit code).
+A job that exited 0 without its run's outputs is failed too, said as exactly that ("exited 0 without writing
+status.json"), never "FAILED with exit code 0".
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from enum import StrEnum
 from typing import Final
 
 from tunelab.execute.job_states import UNSEEN, JobState, base_state
-from tunelab.rundir.layout import SAVED_BEFORE_LIMIT
+from tunelab.rundir.layout import COMPLETED as RUN_COMPLETED, SAVED_BEFORE_LIMIT, STATUS_FILE, SUMMARY_FILE
 from tunelab.rundir.status import Status
 
 
@@ -45,7 +47,7 @@ CANCELLED: Final = FailureKind.CANCELLED
 FAILED: Final = FailureKind.FAILED
 RETRYABLE = frozenset({OOM, TIMEOUT, PREEMPTED, NODE_FAIL})
 
-__all__ = ["Failure", "FailureKind", "SacctRow", "classify", "exit_status", "requeue_verdict"]
+__all__ = ["Failure", "FailureKind", "SacctRow", "classify", "exit_status", "exited_zero", "requeue_verdict"]
 
 GPU_OOM = re.compile(r"torch\.OutOfMemoryError|OutOfMemoryError:|CUDA out of memory|torch\.cuda\.OutOfMemoryError")
 HOST_OOM = re.compile(r"oom_kill event|oom-kill|Out Of Memory", re.I)
@@ -95,10 +97,12 @@ class Failure:
 
 
 def classify(job_state: str | None, exit_code: str | None = None, rows: list[SacctRow] | None = None,
-             log_text: str = "", status: Status | None = None, outputs_complete: bool = False) -> Failure:
+             log_text: str = "", status: Status | None = None, outputs_complete: bool = False,
+             expected: str = STATUS_FILE) -> Failure:
     """Judge one ended job. job_state: the job's Slurm state (sacct/squeue), exit_code 'N:S',
     rows: all its sacct rows (steps included), log_text: its output file, status: status.json,
-    outputs_complete: the run's files say training completed (status completed + summary.json)."""
+    outputs_complete: the run's files say training completed (status completed + summary.json) — or, for an
+    evaluation job, every task scored; expected: what the job writes, named when it exited 0 without it."""
     rows = rows or []
     states = ({base_state(job_state)} | {r.base_state for r in rows}) - {"", UNSEEN}  # base words, known or not
     code, signal = exit_status(exit_code)
@@ -131,12 +135,26 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
     if JobState.CANCELLED in states or JobState.DEADLINE in states:
         reason = next((r.state for r in rows if r.base_state == JobState.CANCELLED), job_state or JobState.CANCELLED)
         return Failure(CANCELLED, reason if reason.startswith(JobState.CANCELLED) else f"CANCELLED ({reason})", code)
+    if code == 0 and not signal and not (states - {JobState.COMPLETED}):
+        return Failure(FAILED, exited_zero(status, expected), code)
     detail = f"FAILED with exit code {code if code is not None else '?'}"
     if signal:
         detail += f" (signal {signal})"
     if error:
         detail += f": {error.splitlines()[0][:200]}"
     return Failure(FAILED, detail, code)
+
+
+def exited_zero(status: Status | None, expected: str = STATUS_FILE) -> str:
+    """Why a job that exited 0, as a job that did its work does, is not complete: what the run's files say
+    (`status`: its status.json; None or empty: the job never wrote it — e.g. it wrote somewhere else)."""
+    if status is None or status.state is None:
+        return f"exited 0 without writing {expected}"
+    if status.state == RUN_COMPLETED:
+        return f"exited 0; {STATUS_FILE} says completed but {SUMMARY_FILE} is missing"
+    step = f" at step {status.step}" if status.step is not None else ""
+    reason = f": {status.reason[:200]}" if status.reason else ""
+    return f"exited 0 with {STATUS_FILE} saying {status.state}{step}{reason}"
 
 
 def requeue_verdict(earlier_state: str | None, log_text: str = "", start: int = 0) -> Failure:

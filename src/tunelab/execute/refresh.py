@@ -26,10 +26,12 @@ from tunelab.execute.requeues import record_restarts
 from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir import COMPLETED, Status, read_status
+from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE, STATUS_FILE
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
 RECHECK_S = 86_400.0  # a verdict given without accounting is judged again when it answers, for this long
+EVAL_OUTPUTS = f"every task's {EVAL_DIR}/<checkpoint>/<task>/{SCORES_FILE}"  # what an evaluation job writes
 
 
 def executors_for(jobs: list[JobRow], known: dict[str, Executor] | None = None,
@@ -151,10 +153,11 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, s
     text = ex.output(cfg.run_dir, job.kind, job.job_id)
     if job.kind == JobKind.TRAIN:
         status = read_status(cfg.run_dir) if status is None else status
-        complete = training_state(cfg.run_dir, status) == COMPLETED
+        complete, expected = training_state(cfg.run_dir, status) == COMPLETED, STATUS_FILE
     else:
         complete = is_evaluated(cfg.run_dir, task_names(cfg)) and info.job_state in (JobState.COMPLETED, UNSEEN)
-    f = classify(info.state, info.exit_code, rows, text, status, complete)
+        expected = EVAL_OUTPUTS
+    f = classify(info.state, info.exit_code, rows, text, status, complete, expected)
     detail = f.detail
     if f.kind == CANCELLED and info.reason and info.reason not in ("None", "NonZeroExitCode"):
         detail = f"{detail} ({info.reason})"

@@ -78,6 +78,8 @@ class BarsView(SweepView):
         self._fill(task, job.run)  # the last tick saw the last logged step, not the step the job ended at
         if job.failure == COMPLETED:
             mark = markup("  {}: [green]completed[/green]", job.run)
+        elif job.exit == 0 and job.detail:  # exited 0 yet not complete: what is missing, not "exit 0"
+            mark = markup("  {}: [red]{} ({})[/red]", job.run, job.failure, job.detail)
         else:
             mark = markup("  {}: [red]{} (exit {})[/red]", job.run, job.failure,
                           job.exit if job.exit is not None else "?")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tunelab.execute.attempts import AttemptRow
+from tunelab.execute.failures import exited_zero
 from tunelab.report.data import Point, RunData
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING
 from tunelab.rundir.memory import MemoryKind
+from tunelab.rundir.status import Status
 from tunelab.rundir.summary import Summary
 
 OVERFIT_MIN_RISE = 0.02  # val loss ends ≥ 2 % above its best, the best lying before the final third
@@ -183,6 +186,14 @@ def data_wait_issue(run: str, summary: Summary) -> Issue | None:
                  f"training.dataloader_workers{now}, and give the job the CPUs for them")
 
 
+def _exit_reason(last: AttemptRow | None, status: Status) -> str:
+    """A failed run's reason when neither its files nor its last attempt give one: its job's exit, where an exit
+    0 says what the run's status.json says instead (never "exit code 0" as a failure's reason)."""
+    if last is None or last.exit_code is None:
+        return "no reason recorded"
+    return exited_zero(status) if last.exit_code == 0 else f"exit code {last.exit_code}"
+
+
 def run_issues(run: RunData) -> list[Issue]:
     out = []
     wait = data_wait_issue(run.name, run.summary)
@@ -190,8 +201,7 @@ def run_issues(run: RunData) -> list[Issue]:
         out.append(wait)
     if run.state in (FAILED, INTERRUPTED):
         last = run.attempts[-1] if run.attempts else None
-        reason = run.error or (last and last.reason) or (
-            f"exit code {last.exit_code}" if last and last.exit_code is not None else "no reason recorded")
+        reason = run.error or (last and last.reason) or _exit_reason(last, run.status)
         word = "failed" if run.state == FAILED else "interrupted (cancelled or killed)"
         out.append(Issue(run.name, run.state, f"{word} — {error_class(reason)}: {reason}"))
     n = retries(run)

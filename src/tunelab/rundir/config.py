@@ -2,15 +2,21 @@
 
 The job script only calls `python -m tunelab.train.job run.yaml`; training and evaluation read everything from
 here. A retry writes a new run.yaml (attempt + 1); nothing ever patches it with regexes.
+
+The paths in run.yaml are absolute, as scaffold wrote them; where the file is read decides where the run is: every
+load places the run in the directory its run.yaml sits in (`RunConfig.located`), so an experiment directory copied
+or moved whole runs in place, and a run directory moved out of its experiment's layout is refused.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_yaml
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import (
@@ -43,7 +49,8 @@ class RunConfig(_Strict):
     name: str
     kind: RunKind
     experiment: str
-    experiment_dir: str = Field(description="Absolute path of the experiment directory.")
+    experiment_dir: str = Field(description="Absolute path of the experiment directory (where it was scaffolded; a "
+                                "load replaces it with where the run.yaml is: `located`).")
     model: ModelSpec = Field(description="Base model; path is absolute.")
     dataset: DatasetSpec = Field(description="Dataset; paths are absolute.")
     eval_datasets: dict[str, DatasetSpec] = Field(
@@ -81,6 +88,29 @@ class RunConfig(_Strict):
             return Path(self.directory)
         return Path(self.experiment_dir) / KIND_DIRS[self.kind] / self.name
 
+    def located(self, where: Path) -> RunConfig:
+        """This run placed where its run.yaml is (`where`: the file's directory). Unmoved: itself. Its experiment
+        copied or moved whole: every path under the recorded experiment directory (the run's directory, its
+        data split records, a dataset or checkpoint kept inside it) rebased onto the new one, so nothing the run
+        writes or reads lands in the old place. A run directory not at its place in an experiment's layout
+        (<experiment>/runs/<name>, or a trial's tune/<combination>/trial-N) is refused in one line."""
+        here = where if where.is_absolute() else where.absolute()
+        recorded = self.run_dir
+        if recorded == here or recorded.resolve() == here.resolve():
+            return self
+        old = Path(self.experiment_dir)
+        try:
+            layout = recorded.relative_to(old).parts
+        except ValueError:
+            layout = ()
+        if not layout or here.parts[-len(layout):] != layout:
+            raise TunelabError(
+                f"run '{self.name}' belongs at <experiment>/{'/'.join(layout) or self.name} (scaffolded in {old}), "
+                f"but its run.yaml is in {here}: move or copy the whole experiment directory, or run `tunelab "
+                "scaffold` again to write the run where it is", file=here / RUN_FILE)
+        new = here.parents[len(layout) - 1]
+        return RunConfig.model_validate(_rebased(self.model_dump(mode="json"), str(old), str(new)))
+
     def stage_config(self, index: int) -> RunConfig:
         """The run as its stage `index` trains it: the stage's dataset and training, no stages of its own."""
         stage = self.stages[index]
@@ -97,8 +127,6 @@ class RunConfig(_Strict):
         bitsandbytes is missing: at plan time, with the field named, rather than as a traceback in a job."""
         problem = self.training.quantize_problem(cuda) if self.training is not None else None
         if problem:
-            from tunelab.errors import TunelabError
-
             raise TunelabError(f"{self.name}: {problem}", file=spec_path, field=QUANTIZE_FIELD)
 
     def dataset_named(self, name: str | None) -> DatasetSpec:
@@ -106,6 +134,17 @@ class RunConfig(_Strict):
         if name is None or name == self.dataset.name:
             return self.dataset
         return self.eval_datasets[name]
+
+
+def _rebased(value: Any, old: str, new: str) -> Any:
+    """`value` (run.yaml's data) with every path that is `old` or lies under it moved under `new`."""
+    if isinstance(value, dict):
+        return {k: _rebased(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebased(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    return value
 
 
 def save_run_config(cfg: RunConfig, path: str | Path | None = None, durable: bool = True) -> Path:
@@ -117,4 +156,4 @@ def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if path.is_dir():
         path = path / RUN_FILE
-    return load_yaml_model(path, RunConfig, "run config")
+    return load_yaml_model(path, RunConfig, "run config").located(path.parent)

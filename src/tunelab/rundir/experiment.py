@@ -33,7 +33,8 @@ RUNS_CACHE = ".runs-cache.json"
 
 def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
     """Parse each run.yaml, reusing the parse of files unchanged since the last call (same size and
-    mtime): YAML parsing is what makes `status` slow on a 1,000-run sweep. Hand edits change mtime."""
+    mtime): YAML parsing is what makes `status` slow on a 1,000-run sweep. Hand edits change mtime. Each run
+    is placed where its run.yaml is (`RunConfig.located`), a cached parse too: the directory may have moved."""
     cache_path = exp / RUNS_CACHE
     cache = read_json(cache_path, default={}) or {}
     fresh: dict[str, dict] = {}
@@ -44,7 +45,7 @@ def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
         entry = cache.get(key)
         if entry and entry.get("stamp") == stamp:
             try:
-                runs.append(RunConfig.model_validate(entry["data"]))
+                runs.append(RunConfig.model_validate(entry["data"]).located(p.parent))
                 fresh[key] = entry
                 continue
             except ValidationError:
@@ -69,12 +70,7 @@ def load_runs(experiment_dir: str | Path) -> list[RunConfig]:
              for p in sorted((exp / kind_dir).glob(f"*/{RUN_FILE}"), key=natural_key)]
     if not paths:
         raise TunelabError("no runs here: run `tunelab scaffold experiment.yaml` first", file=exp)
-    runs = _load_configs(exp, paths)
-    for cfg in runs:
-        # The directory a run.yaml sits in wins: an experiment dir can be moved or copied whole.
-        if Path(cfg.experiment_dir).resolve() != exp.resolve():
-            cfg.experiment_dir = str(exp.resolve())
-    return runs
+    return _load_configs(exp, paths)  # each placed where its run.yaml is (RunConfig.located): moved or copied whole
 
 
 def natural_key(path: Path) -> list:

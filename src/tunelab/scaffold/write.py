@@ -4,6 +4,7 @@ does not fit the free space or quota of the experiment directory's filesystem (-
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tunelab.rundir.config import RUN_FILE, RunConfig
 from tunelab.spec import Strategy, resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab.scaffold", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
+_env.filters["q"] = lambda v: shlex.quote(str(v))  # a path in a shell script (submit_all.sh's check of where it is)
 
 
 def _render(name: str, **ctx) -> str:
@@ -51,7 +53,8 @@ def _resolved_spec_dump(plan: Plan) -> dict:
 
 def _changed_configs(plan: Plan, texts: dict[str, str]) -> dict[str, RunConfig | None]:
     """run.yaml files on disk that differ from the newly designed ones, parsed (None: not a valid run config
-    any more); the rest are not parsed at all: re-scaffolding a 1,000-run sweep stays fast."""
+    any more) and placed where they are (an experiment scaffolded again after a move compares like for like);
+    the rest are not parsed at all: re-scaffolding a 1,000-run sweep stays fast."""
     changed: dict[str, RunConfig | None] = {}
     for cfg in plan.runs:
         path = cfg.run_dir / RUN_FILE
@@ -59,8 +62,8 @@ def _changed_configs(plan: Plan, texts: dict[str, str]) -> dict[str, RunConfig |
             text = path.read_text()
             if text != texts[cfg.name]:
                 try:
-                    changed[cfg.name] = RunConfig.model_validate(load_yaml(text) or {})
-                except ValidationError:
+                    changed[cfg.name] = RunConfig.model_validate(load_yaml(text) or {}).located(path.parent)
+                except (ValidationError, TunelabError):
                     changed[cfg.name] = None
     return changed
 
