@@ -1,7 +1,9 @@
 """cpuload: a timed window's load read from the real /proc/stat against a real CPU hog the test starts. The
 machine is shared, so nothing here assumes it idle: the hog's own CPU time (from the kernel, via wait4) is the
-independent expectation, and others' CPU in the window must hold at least that much. The rule's arithmetic (siblings,
-the clamp at 0) is checked on counters the test writes itself: a /proc/stat file and the process's CPU time."""
+independent expectation, and others' CPU in the window must hold at least that much. A job's own process tree (its
+multiprocessing workers, live or reaped) is the job's, not others': a real job process with a real worker, each
+burning what it reports. The rule's arithmetic (the tree, a reaped child in its parent's cutime, the clamp at 0)
+is checked on counters the test writes itself: a /proc/stat file and /proc/<pid>/stat files."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.host.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s
+from tunelab.host.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s, tree_cpu_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: estimate_accuracy.py --contend's hogs)
@@ -33,8 +35,17 @@ def hog_cpu_s(cpu: float) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def test_a_hog_beside_the_process_is_counted_as_others_and_not_as_its_own():
-    meter = LoadMeter.start(threads=1)
+@pytest.fixture
+def idle_job():
+    """A job that sleeps, the meter's root: the hogs the test starts are its own children, not the job's."""
+    job = subprocess.Popen(["sleep", "60"])
+    yield job.pid
+    job.kill()
+    job.wait()
+
+
+def test_a_hog_beside_the_process_is_counted_as_others_and_not_as_its_own(idle_job):
+    meter = LoadMeter.start(threads=1, root=idle_job)
     assert meter is not None
     hog = hog_cpu_s(0.6)
     window = meter.window()
@@ -45,12 +56,12 @@ def test_a_hog_beside_the_process_is_counted_as_others_and_not_as_its_own():
     assert window.cores == len(os.sched_getaffinity(0)) and window.threads == 1
 
 
-def test_others_share_rises_with_a_hog_above_the_measured_baseline():
-    """Two windows of equal length, the test sleeping in both: the first with the machine's load as it is now
+def test_others_share_rises_with_a_hog_above_the_measured_baseline(idle_job):
+    """Two windows of equal length, the job sleeping in both: the first with the machine's load as it is now
     (measured, not assumed idle), the second with a hog spinning on every core. With every core taken the
     second reads nearly all the cores as others', at least the baseline's share (less two ticks)."""
     cores = len(os.sched_getaffinity(0))
-    meter = LoadMeter.start(threads=1)
+    meter = LoadMeter.start(threads=1, root=idle_job)
     assert meter is not None
     time.sleep(0.8)
     baseline = meter.lap()
@@ -83,30 +94,137 @@ def _stat_with_busy(path: Path, cores: list[int], ticks: int) -> None:
     path.write_text("\n".join(["cpu  0 0 0 0 0 0 0 0 0 0", *lines, ""]))
 
 
-@pytest.mark.parametrize("siblings, busy_s, others_s", [
-    (0, 2.0, 1.5),  # 2.0 busy − 0.5 own = 1.5
-    (1, 2.0, 1.0),  # 2.0 busy − 0.5 own × 2 (this rank and its sibling) = 1.0
-    (3, 2.0, 0.0),  # 2.0 − 0.5 × 4 = 0.0
-    (1, 0.6, 0.0),  # 0.6 − 0.5 × 2 = −0.4: clamped to 0 (ticks are coarse; nobody ran less than nothing)
-])
-def test_sibling_ranks_are_counted_as_the_run_not_as_others(tmp_path, monkeypatch, siblings, busy_s, others_s):
-    """A rank counts its siblings as doing its own work: with N siblings its own CPU is taken (N + 1) times from
-    the machine's busy seconds. The counters the meter reads are given: a /proc/stat whose cores gain `busy_s`
-    between the readings, and this process's CPU time going from 3.0 to 3.5 s."""
-    from tunelab.host import cpuload
+def _pid_stat(proc: Path, pid: int, ppid: int, utime: int, stime: int = 0, cutime: int = 0) -> None:
+    """A /proc/<pid>/stat line (ticks); its name holds ') (' as a process may name itself."""
+    rest = f"S {ppid} 1 1 0 -1 0 0 0 0 0 {utime} {stime} {cutime} 0 20 0 1 0 100 0 0"
+    (proc / str(pid)).mkdir(parents=True, exist_ok=True)
+    (proc / str(pid) / "stat").write_text(f"{pid} (py) (thon) {rest}\n")
 
-    stat, cores = tmp_path / "stat", sorted(os.sched_getaffinity(0))
+
+def test_a_tree_is_the_root_its_live_descendants_and_what_they_reaped(tmp_path):
+    proc, ticks = tmp_path / "proc", os.sysconf("SC_CLK_TCK")
+    _pid_stat(proc, 100, 1, utime=50, stime=10, cutime=5)  # the job, which reaped a child worth 5 ticks
+    _pid_stat(proc, 101, 100, utime=30)  # its worker
+    _pid_stat(proc, 102, 101, utime=7, stime=3)  # the worker's child
+    _pid_stat(proc, 200, 1, utime=900)  # unrelated
+    (proc / "self").mkdir()  # not a pid: skipped
+    assert tree_cpu_s(100, proc) == pytest.approx((50 + 10 + 5 + 30 + 7 + 3) / ticks)
+    assert tree_cpu_s(101, proc) == pytest.approx(40 / ticks)
+    assert tree_cpu_s(999, proc) is None  # no such root: unknown
+    assert tree_cpu_s(100, tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("busy_s, others_s", [
+    (2.0, 1.5),  # 2.0 busy − 0.5 the tree's = 1.5
+    (0.3, 0.0),  # 0.3 − 0.5 = −0.2: clamped to 0 (ticks are coarse; nobody ran less than nothing)
+])
+def test_others_are_the_busy_seconds_less_the_jobs_tree(tmp_path, busy_s, others_s):
+    """Between the readings the job's worker gains 0.2 s and its other worker ends, reaped: its 0.3 s move into the
+    job's cutime (0.1 s before, 0.4 s after), so the tree gains 0.5 s; an unrelated process's 9 s are others'."""
+    stat, proc, cores = tmp_path / "stat", tmp_path / "proc", sorted(os.sched_getaffinity(0))
     ticks = os.sysconf("SC_CLK_TCK")
-    own = iter([3.0, 3.5])
-    monkeypatch.setattr(cpuload, "process_cpu_s", lambda: next(own))
     _stat_with_busy(stat, cores, 100 * ticks)
-    meter = LoadMeter.start(threads=1, siblings=siblings, stat=stat)
+    _pid_stat(proc, 100, 1, utime=round(3.0 * ticks))
+    _pid_stat(proc, 101, 100, utime=round(1.0 * ticks))
+    _pid_stat(proc, 102, 100, utime=round(0.1 * ticks))
+    _pid_stat(proc, 200, 1, utime=0)
+    meter = LoadMeter.start(threads=1, root=100, stat=stat, proc=proc)
     assert meter is not None
     _stat_with_busy(stat, cores, round((100 + busy_s) * ticks))
+    _pid_stat(proc, 100, 1, utime=round(3.0 * ticks), cutime=round(0.4 * ticks))
+    _pid_stat(proc, 101, 100, utime=round(1.2 * ticks))
+    (proc / "102" / "stat").unlink()
+    _pid_stat(proc, 200, 1, utime=round(9.0 * ticks))
     window = meter.window()
     assert window is not None
     assert (window.cpu_s, window.others_cpu_s, window.cores, window.threads) == (
         pytest.approx(0.5), pytest.approx(others_s), len(cores), 1)
+    (proc / "100" / "stat").unlink()  # the job's root gone: the load is unknown from here
+    assert meter.window() is None
+
+
+JOB = """import multiprocessing as mp, sys, time
+def burn(cpu, done, release):
+    end = time.process_time() + cpu
+    while time.process_time() < end:
+        pass
+    done.put(time.process_time())
+    release.wait()
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")  # as a DataLoader's workers start
+    done, release = ctx.Queue(), ctx.Event()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    worker = ctx.Process(target=burn, args=({cpu}, done, release))
+    worker.start()
+    print(done.get(), flush=True)
+    sys.stdin.readline()
+    release.set()
+    worker.join()
+    print("joined", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_jobs_multiprocessing_worker_is_the_job_and_an_unrelated_process_is_others():
+    """A real job process (the meter's root) whose multiprocessing worker burns 0.5 CPU-s and reports it, then an
+    unrelated process (the test's own child, not the job's) burning 0.5 CPU-s: the worker's seconds are the job's,
+    while it lives and after it was reaped (then in the job's cutime), and the unrelated seconds are others'. One
+    busy process at a time."""
+    job = subprocess.Popen([sys.executable, "-c", JOB.format(cpu=0.5)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert job.stdin is not None and job.stdout is not None
+    try:
+        assert job.stdout.readline().strip() == "ready"
+        meter = LoadMeter.start(threads=1, root=job.pid)
+        assert meter is not None
+        job.stdin.write("go\n")
+        job.stdin.flush()
+        worker = float(job.stdout.readline())  # the worker's CPU, by its own clock; it lives on, idle
+        hog = hog_cpu_s(0.5)
+        live = meter.lap()
+        job.stdin.write("release\n")
+        job.stdin.flush()
+        assert job.stdout.readline().strip() == "joined"
+        reaped, whole = meter.lap(), meter.window()
+    finally:
+        job.kill()
+        job.wait()
+    assert live is not None and reaped is not None and whole is not None
+    assert live.cpu_s >= worker - 2 * TICK  # the live worker is the job's ...
+    assert live.cpu_s < worker + 0.25  # ... and the unrelated hog is not
+    assert live.others_cpu_s >= hog - 2 * TICK
+    assert reaped.cpu_s < 0.25  # reaping moves the worker's seconds into the job's cutime: none appear twice
+    assert whole.cpu_s >= worker - 2 * TICK  # and none vanish
+
+
+def test_a_gpu_window_records_the_load_and_predicts_no_slowdown():
+    """Others held half the cores of a GPU run: recorded (its share), but no slowdown and never contended; the
+    flag goes through the JSON and a combined window of any GPU window is a GPU run's."""
+    cpu = LoadWindow(wall_s=10.0, cpu_s=10.0, others_cpu_s=10.0, cores=2, threads=2)
+    gpu = LoadWindow(wall_s=10.0, cpu_s=10.0, others_cpu_s=10.0, cores=2, threads=2, gpu=True)
+    assert (cpu.slowdown, cpu.contended) == (2.0, True)
+    assert (gpu.others_share, gpu.slowdown, gpu.contended) == (0.5, 1.0, False)
+    assert gpu.describe() == "GPU run; others held 50% of the CPUs"
+    data = json.loads(json.dumps(gpu.to_json()))
+    assert data["gpu"] is True and data["contended"] is False and LoadWindow.from_json(data) == gpu
+    assert LoadWindow.from_json(cpu.to_json() | {"gpu": None}) == cpu  # absent (an older file): a CPU run's
+    combined = LoadWindow.combined([cpu, gpu])
+    assert combined is not None and combined.gpu and not combined.contended
+
+
+def test_a_meter_told_gpu_keeps_a_gpu_runs_window_and_finds_this_machines_device(tmp_path):
+    from tunelab.host.cpuload import on_gpu
+
+    meter = LoadMeter.start(threads=1, gpu=True)
+    assert meter is not None
+    window = meter.window()
+    assert window is not None and window.gpu and window.slowdown == 1.0
+    torch = sys.modules.get("torch")
+    expected = torch is not None and torch.cuda.is_available()
+    assert on_gpu() is expected
+    default = LoadMeter.start(threads=1)
+    assert default is not None and (window := default.window()) is not None and window.gpu is expected
 
 
 def test_the_slowdown_is_the_cores_its_threads_wanted_over_the_cores_left():

@@ -30,6 +30,7 @@ from tunelab.evaluate.scores import (
     write_scores,
 )
 from tunelab.evaluate.targets import Target, select_targets
+from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
 from tunelab.host.startup import import_stack
@@ -152,7 +153,7 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
 
     from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE, PROVIDER, model_args_of
 
-    started = time.monotonic()
+    started, meter = time.monotonic(), LoadMeter.start()  # the load over the task, as its time is measured
     prepared = prepare_task(cfg, spec)
     clear_outputs(out_dir)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
@@ -170,18 +171,20 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
         model.api.close()
         if grader is not None:
             grader.api.close()
-    return finish_task(cfg, target, spec, out_dir, prepared, log, grader, round(time.monotonic() - started, 3))
+    return finish_task(cfg, target, spec, out_dir, prepared, log, grader, round(time.monotonic() - started, 3),
+                       meter.window() if meter is not None else None)
 
 
 def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, prepared: PreparedTask, log: Any,
-                grader: Any, duration_s: float) -> TaskScores:
-    """scores.json from a task's finished log (written last, atomically); a failed log raises its error."""
+                grader: Any, duration_s: float, load: LoadWindow | None) -> TaskScores:
+    """scores.json from a task's finished log (written last, atomically), with the machine's load over its time
+    (None: unknown); a failed log raises its error."""
     if log.status != "success":
         if log.error is not None and is_disk_full(RuntimeError(log.error.message), out_dir):
             raise no_space_error(out_dir, None)  # inspect caught the write's ENOSPC into its log: one line
         raise _failure(cfg, target, spec, prepared.function, log)
     scores = _scores_record(cfg, target, spec, prepared.function, log)
-    scores.duration_s = duration_s
+    scores.duration_s, scores.load = duration_s, load
     scores.decoding, scores.grader = prepared.decoding, str(grader) if grader else None
     write_scores(out_dir, scores)
     return scores

@@ -1,14 +1,19 @@
-"""How much of the machine a timed measurement had: the process's CPU time beside its wall time, and what every
+"""How much of the machine a timed measurement had: the job's CPU time beside its wall time, and what every
 other process on its cores used meanwhile (/proc/stat), so a step timed while others held the cores is known
 as such instead of being learned from as this machine's speed.
 
 Machine busy CPU-seconds are user + nice + system + irq + softirq + steal of the `cpuN` lines of /proc/stat
-for the cores this process may run on (its affinity mask, host/cores.py's `usable_cpus`), in clock ticks (10 ms: a window of a fraction
-of a second is coarse). The process's own CPU is getrusage(RUSAGE_SELF) user + system, which counts all its
-threads but not its child processes: a dataloader worker's time reads as another process's. A distributed
-run's rank cannot see its sibling ranks' CPU: it counts them as (world − 1) × its own (`siblings`), the
-ranks doing the same work. Where /proc/stat is absent (not Linux) `LoadMeter.start` returns None and every
-reader treats the load as unknown, never as idle.
+for the cores this process may run on (its affinity mask, host/cores.py's `usable_cpus`), in clock ticks (10 ms: a
+window of a fraction of a second is coarse). The job's own CPU is its process tree's (`tree_cpu_s`): the root
+process (this one, or the caller's `root`: torchrun's agent, whose descendants are every local rank) and every live
+descendant, each its utime + stime + cutime + cstime from /proc/<pid>/stat, so dataloader workers, sibling ranks
+and a vLLM server the job started are the job's, not others'; a descendant that ended is in its reaper's cutime.
+Others are the busy seconds less the tree's. Where /proc/stat is absent (not Linux) `LoadMeter.start` returns None
+and every reader treats the load as unknown, never as idle.
+
+A GPU run's window (`gpu`) records the load but predicts no slowdown and is never contended: its step is the GPU's,
+and CPU contention reaches it only through its input pipeline, which the run measures itself (the pipeline's
+data wait); the share-of-cores rule (`slowdown`) describes CPU compute threads.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 from tunelab.console import warn
 from tunelab.host.cores import usable_cpus
 
-PROC_STAT = Path("/proc/stat")
+PROC = Path("/proc")
+PROC_STAT = PROC / "stat"
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system [idle iowait] irq softirq steal (guest is inside user)
 CONTENDED_SLOWDOWN = 1.15  # a window whose predicted slowdown is above this is contended
 MIN_FREE_CORES = 0.1  # free cores never read below this (a slowdown stays finite)
@@ -56,6 +62,43 @@ def machine_busy_s(cores: list[int], stat: Path = PROC_STAT) -> float | None:
     return ticks / _ticks_per_s() if found else None
 
 
+def _pid_stat(proc: Path, pid: str) -> tuple[int, int] | None:
+    """(parent pid, utime + stime + cutime + cstime ticks) of one process (None: gone, or not a process)."""
+    try:
+        fields = (proc / pid / "stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces and ')'
+        return int(fields[1]), sum(int(v) for v in fields[11:15])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_cpu_s(root: int, proc: Path = PROC) -> float | None:
+    """CPU-seconds of `root` and every live descendant, each with the children it reaped (None: `root` is gone or
+    /proc is absent). Every process is read once: a scan of /proc, parents to children."""
+    try:
+        pids = [e.name for e in proc.iterdir() if e.name.isdigit()]
+    except OSError:
+        return None
+    stats = {int(pid): got for pid in pids if (got := _pid_stat(proc, pid)) is not None}
+    if root not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    ticks, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        ticks += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return ticks / _ticks_per_s()
+
+
+def on_gpu() -> bool:
+    """This process computes on a GPU: torch is loaded and has CUDA (training's and evaluation's own rule)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    return bool(cuda is not None and cuda.is_available())
+
+
 def process_cpu_s() -> float:
     """This process's user + system CPU seconds, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -84,15 +127,17 @@ def _say_once(text: str) -> None:
 
 @dataclass(frozen=True)
 class LoadWindow:
-    """One timed window: this process's wall and CPU seconds, the CPU-seconds others used on its cores meanwhile,
+    """One timed window: the job's wall and CPU seconds, the CPU-seconds others used on its cores meanwhile,
     its cores and torch threads. What it predicts: how much slower than alone the share of the cores it had
-    makes it (`slowdown`, a lower bound: oversubscribed threads spin far worse than their share)."""
+    makes a CPU run (`slowdown`, a lower bound: oversubscribed threads spin far worse than their share); a GPU
+    run's (`gpu`) none (see the module)."""
 
     wall_s: float
-    cpu_s: float  # this process (and, counted as such, its sibling ranks: see the module)
+    cpu_s: float  # the job's process tree: this process, its dataloader workers, its sibling ranks (see the module)
     others_cpu_s: float  # every other process on its cores, never below 0
     cores: int
     threads: int
+    gpu: bool = False  # a GPU run's window: the load recorded, no slowdown predicted
 
     @property
     def others_share(self) -> float:
@@ -108,7 +153,10 @@ class LoadWindow:
 
     @property
     def slowdown(self) -> float:
-        """How much slower than alone: the cores its threads could use over the cores others left it (≥ 1)."""
+        """How much slower than alone: the cores its threads could use over the cores others left it (≥ 1; 1 on a
+        GPU)."""
+        if self.gpu:
+            return 1.0
         wanted = min(max(self.threads, 1), self.cores)
         return max(1.0, wanted / max(self.free_cores, MIN_FREE_CORES))
 
@@ -117,14 +165,16 @@ class LoadWindow:
         return self.slowdown > CONTENDED_SLOWDOWN
 
     def describe(self) -> str:
-        """'contended ×3.1' or 'idle': the history's load column, a warning's words."""
+        """'contended ×3.1', 'idle', or a GPU run's 'GPU run; others held 40% of the CPUs': a warning's words."""
+        if self.gpu:
+            return f"GPU run; others held {self.others_share:.0%} of the CPUs"
         return f"contended ×{self.slowdown:.1f}" if self.contended else "idle"
 
     def to_json(self) -> dict[str, Any]:
         """The measured fields, then the derived ones (for a reader of the file; from_json ignores them)."""
         return {"wall_s": round(self.wall_s, 3), "cpu_s": round(self.cpu_s, 3),
                 "others_cpu_s": round(self.others_cpu_s, 3), "cores": self.cores, "threads": self.threads,
-                "others_share": round(self.others_share, 4), "slowdown": round(self.slowdown, 3),
+                "gpu": self.gpu, "others_share": round(self.others_share, 4), "slowdown": round(self.slowdown, 3),
                 "contended": self.contended}
 
     @classmethod
@@ -135,18 +185,18 @@ class LoadWindow:
         try:
             return cls(wall_s=float(data["wall_s"]), cpu_s=float(data["cpu_s"]),
                        others_cpu_s=float(data["others_cpu_s"]), cores=int(data["cores"]),
-                       threads=int(data["threads"]))
+                       threads=int(data["threads"]), gpu=bool(data.get("gpu", False)))
         except (KeyError, TypeError, ValueError):
             return None
 
     @classmethod
     def combined(cls, windows: list[LoadWindow]) -> LoadWindow | None:
-        """Several windows as one (summed times; the most cores and threads any had)."""
+        """Several windows as one (summed times; the most cores and threads any had; a GPU run's if any was)."""
         if not windows:
             return None
         return cls(wall_s=sum(w.wall_s for w in windows), cpu_s=sum(w.cpu_s for w in windows),
                    others_cpu_s=sum(w.others_cpu_s for w in windows), cores=max(w.cores for w in windows),
-                   threads=max(w.threads for w in windows))
+                   threads=max(w.threads for w in windows), gpu=any(w.gpu for w in windows))
 
 
 @dataclass(frozen=True)
@@ -159,38 +209,48 @@ class _Reading:
 class LoadMeter:
     """Started at the beginning of what is timed: `window()` is the load since the start, `lap()` since the
     previous lap (or the start). `threads`: the torch threads the process runs (None: read from torch at each
-    window); `siblings`: the other ranks of a distributed run, counted as doing what this process does."""
+    window); `root`: the process whose tree is the job (None: this process); `gpu`: a GPU run's windows (None: this
+    process's device, `on_gpu`)."""
 
-    def __init__(self, cores: list[int], first: _Reading, threads: int | None, siblings: int, stat: Path):
+    def __init__(self, cores: list[int], first: _Reading, threads: int | None, root: int, gpu: bool, stat: Path,
+                 proc: Path):
         self._cores, self._start, self._last = cores, first, first
-        self._threads, self._siblings, self._stat = threads, max(0, siblings), stat
+        self._threads, self._root, self._gpu, self._stat, self._proc = threads, root, gpu, stat, proc
 
     @classmethod
-    def start(cls, threads: int | None = None, siblings: int = 0, stat: Path = PROC_STAT) -> LoadMeter | None:
-        """A meter from now; None where the machine's load cannot be read (no /proc/stat)."""
+    def start(cls, threads: int | None = None, root: int | None = None, gpu: bool | None = None,
+              stat: Path = PROC_STAT, proc: Path = PROC) -> LoadMeter | None:
+        """A meter from now; None where the machine's load cannot be read (no /proc/stat, or no such root)."""
         cores = usable_cpus()
-        reading = cls._read(cores, stat)
-        return cls(cores, reading, threads, siblings, stat) if reading is not None else None
+        root = os.getpid() if root is None else root
+        reading = cls._read(cores, root, stat, proc)
+        if reading is None:
+            return None
+        return cls(cores, reading, threads, root, on_gpu() if gpu is None else gpu, stat, proc)
 
     @staticmethod
-    def _read(cores: list[int], stat: Path) -> _Reading | None:
+    def _read(cores: list[int], root: int, stat: Path, proc: Path) -> _Reading | None:
         busy = machine_busy_s(cores, stat)
-        return _Reading(time.monotonic(), busy, process_cpu_s()) if busy is not None else None
+        own = tree_cpu_s(root, proc) if busy is not None else None
+        return _Reading(time.monotonic(), busy, own) if busy is not None and own is not None else None
+
+    def _now(self) -> _Reading | None:
+        return self._read(self._cores, self._root, self._stat, self._proc)
 
     def _between(self, a: _Reading, b: _Reading) -> LoadWindow:
         own = max(0.0, b.own - a.own)
-        others = max(0.0, (b.busy - a.busy) - own * (1 + self._siblings))
+        others = max(0.0, (b.busy - a.busy) - own)
         return LoadWindow(wall_s=max(0.0, b.wall - a.wall), cpu_s=own, others_cpu_s=others, cores=len(self._cores),
-                          threads=self._threads if self._threads is not None else torch_threads())
+                          threads=self._threads if self._threads is not None else torch_threads(), gpu=self._gpu)
 
     def window(self) -> LoadWindow | None:
-        """The load since the start (None: /proc/stat went away)."""
-        now = self._read(self._cores, self._stat)
+        """The load since the start (None: /proc/stat or the root went away)."""
+        now = self._now()
         return self._between(self._start, now) if now is not None else None
 
     def lap(self) -> LoadWindow | None:
         """The load since the previous lap (or the start)."""
-        now = self._read(self._cores, self._stat)
+        now = self._now()
         if now is None:
             return None
         window, self._last = self._between(self._last, now), now

@@ -172,9 +172,9 @@ class HistoryRun:
     others_share: float | None = None
     """The share of its cores other processes held while it was timed (0..1)."""
     slowdown: float | None = None
-    """How much slower than alone the share of the cores it had predicts (≥ 1; a lower bound)."""
+    """How much slower than alone the share of the cores it had predicts (≥ 1; a lower bound; 1 on a GPU)."""
     contended: bool | None = None
-    """Timed under contention: the slowdown above 1.15."""
+    """Timed under contention: the slowdown above 1.15 (never on a GPU: `cpu_contended`)."""
     time_spread: float | None = None
     """How far its repeated step timings disagreed: slowest/fastest − 1 at one micro-batch (a probe's rows)."""
 
@@ -319,11 +319,25 @@ def load_fields(load: LoadWindow | None) -> dict[str, Any]:
             "contended": load.contended}
 
 
-def load_label(row: HistoryRun) -> str:
-    """'contended ×3.1', 'idle', or '—' (not measured): the history table's load column."""
+def cpu_contended(row: HistoryRun) -> bool | None:
+    """Timed under contention, as a speed is corrected for it: a CPU row's flag; a GPU row's never, rows recorded
+    before that rule included (host/cpuload.py: a GPU run's CPU load is recorded, no slowdown applied to it);
+    None: not measured."""
     if row.contended is None:
+        return None
+    return row.contended and (row.device or "cpu").lower() == "cpu"
+
+
+def load_label(row: HistoryRun) -> str:
+    """'contended ×3.1', 'idle', a GPU row's 'GPU; others 40% of CPUs', or '—' (not measured): the history table's
+    load column."""
+    contended = cpu_contended(row)
+    if contended is None:
         return "—"
-    return f"contended ×{row.slowdown or 1:.1f}" if row.contended else "idle"
+    if contended:
+        return f"contended ×{row.slowdown or 1:.1f}"
+    gpu = (row.device or "cpu").lower() != "cpu"
+    return f"GPU; others {row.others_share or 0:.0%} of CPUs" if gpu else "idle"
 
 
 def training_memory_fields(t: TrainingConfig) -> dict[str, Any]:

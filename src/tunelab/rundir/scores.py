@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, field_serializer, field_validator
 
 from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.host.cpuload import LoadWindow
 from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE
 from tunelab.stats.records import Interval, SampleValue
 
@@ -48,11 +51,23 @@ class TaskScores(BaseModel):
     batch_size: int | None = None  # generation's batch
     device: str | None = None  # 'cpu' or the GPU's name
     concurrent: int | None = None  # target × tasks evaluated at once, sharing duration_s (1: alone)
+    # the machine's load over this evaluation (host/cpuload.py; a wave's tasks: from the wave's start to the task's
+    # end; None: not measured, or a scores.json written before it was)
+    load: LoadWindow | None = None
     evaluated_at: str
     # per-sample scores (what intervals and paired comparisons are computed from) and each metric's
     # 95 % interval; empty in scores.json written before tunelab kept them
     per_sample: list[SampleValue] = []
     intervals: dict[str, Interval] = {}
+
+    @field_validator("load", mode="before")
+    @classmethod
+    def _read_load(cls, value: Any) -> LoadWindow | None:
+        return value if isinstance(value, LoadWindow) else LoadWindow.from_json(value)
+
+    @field_serializer("load")
+    def _write_load(self, value: LoadWindow | None) -> dict[str, Any] | None:
+        return None if value is None else value.to_json()
 
 
 def task_dir(run_dir: str | Path, label: str, task: str) -> Path:

@@ -100,12 +100,11 @@ def process_age_s() -> float | None:
         return None
 
 
-def sibling_ranks() -> int:
-    """The other processes of this run on this machine (torchrun's local world), which the load meter counts as
-    this run's, not as others' (cpuload.py)."""
-    from tunelab.train.distributed import world
-
-    return max(0, int(os.environ.get("LOCAL_WORLD_SIZE", world().size)) - 1)
+def job_root() -> int:
+    """The process whose tree is this run on this machine, which the load meter counts as the run's, not as others'
+    (cpuload.py): under torchrun its agent (every local rank and its dataloader workers descend from it; torchrun
+    sets TORCHELASTIC_RUN_ID in its workers), else this process (its workers are its children)."""
+    return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
 
 
 def peak_memory() -> tuple[float, MemoryKind]:
@@ -129,7 +128,7 @@ class MetricsWriter:
         self.base_elapsed = counters.elapsed_s
         self._last = (counters.tokens, self._train_time(), counters.data_wait_s)  # at the last training row
         self.last_eval_step: int | None = None
-        self.load = LoadMeter.start(siblings=sibling_ranks())  # others' share of the cores, row to row
+        self.load = LoadMeter.start(root=job_root())  # others' share of the cores, row to row
 
     def _train_time(self) -> float:
         return self.elapsed() - self.counters.overhead_s

@@ -42,7 +42,7 @@ from tunelab.train.dataloading import pipeline_summary
 from tunelab.train.distributed import agree, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
-from tunelab.train.metrics import LocalCounts, MetricsWriter, packing_stats, sibling_ranks
+from tunelab.train.metrics import LocalCounts, MetricsWriter, job_root, packing_stats
 from tunelab.train.ordering import OrderLog
 from tunelab.train.resume import Resume, resume
 from tunelab.train.sharding import applied_strategy, gather_process_memory, shard_trainer
@@ -192,7 +192,7 @@ def _fit(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, ctx: S
         inject_oom_fault(t.batch_size)
         trainer.order_log = OrderLog(run_dir, start.orders) if w.is_main else None  # the order each epoch drew
         trainer.order_tag = (ctx.epoch_offset, ctx.name)
-        meter = LoadMeter.start(siblings=sibling_ranks())
+        meter = LoadMeter.start(root=job_root())  # a GPU run's load is recorded, never a slowdown (cpuload.py)
         trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
         load = meter.window() if meter is not None else None
     finally:
