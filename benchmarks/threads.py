@@ -5,7 +5,7 @@ oversubscribe the cores when it starts several training processes at once?
                                  [--scenarios one,ddp] [--smoke]
 
 Each scenario trains two runs of a tiny model at the same time, each through tunelab's own job (`python -m
-tunelab.train.job run.yaml`, scaffolded from a tiny spec with `resources.runs_per_gpu: 2`, as the local executor
+tunelab.train.job run.yaml`, scaffolded from a tiny spec with `resources.cpu_runs_at_once: 2`, as the local executor
 would start them):
 
 - `one`: two one-process runs;
@@ -72,7 +72,7 @@ def scaffold_pair(out: Path, model: Path, data: Path, key: str, processes: int, 
 
     from tunelab.scaffold.write import scaffold
 
-    resources = {"gpus_per_run": 0, "runs_per_gpu": 2, "nproc_per_run": processes,
+    resources = {"gpus_per_run": 0, "cpu_runs_at_once": 2, "nproc_per_run": processes,
                  **({"distributed": "ddp"} if processes > 1 else {})}
     spec = {"name": f"threads-{key}", "models": [{"name": "tiny", "path": str(model)}],
             "datasets": [{"name": "caps", "path": str(data)}], "prompt": "Capitalize the word: {input}",

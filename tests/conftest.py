@@ -120,6 +120,8 @@ def base_spec(model_path: Path, data_path: Path, **overrides) -> dict:
         "training": {"epochs": 1, "learning_rate": 0.002, "batch_size": 8, "max_seq_len": 64,
                      "modules_to_save": ["embed_tokens", "lm_head"], "logging_steps": 5},
         "eval": {"max_tokens": 8},
+        # one run at a time, as the tests that follow a sweep's jobs expect; auto is tested on its own
+        "resources": {"cpu_runs_at_once": 1},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):

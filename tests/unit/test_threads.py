@@ -113,11 +113,11 @@ def _run(name: str, exp: Path) -> RunConfig:
     """What the executor reads of a run (its name, directory, resources), without planning a sweep."""
     (exp / "runs" / name).mkdir(parents=True)
     return RunConfig.model_construct(name=name, kind="finetune", experiment_dir=str(exp), estimate=None,
-                                     resources=ResourcesSpec(runs_per_gpu=2))
+                                     resources=ResourcesSpec(cpu_runs_at_once=2))
 
 
 def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share(tmp_path):
-    """resources.runs_per_gpu: 2 on a machine without GPUs: two jobs at once, each started by the executor with
+    """resources.cpu_runs_at_once: 2 on a machine without GPUs: two jobs at once, each started by the executor with
     its own share of the cores, pinned to it, its threads that share's."""
     from tunelab.execute.local_jobs import Devices, LocalExecutor
 

@@ -148,7 +148,7 @@ def run_cmd(
 ) -> None:
     """Train the pending runs, locally or as Slurm jobs.
 
-    Train pending runs: locally (one at a time on CPU or resources.runs_per_gpu side by side, one per GPU), or as Slurm jobs with an evaluation
+    Train pending runs: locally (on a CPU resources.cpu_runs_at_once side by side, as the plan chose; one per GPU), or as Slurm jobs with an evaluation
     job after each (afterok). Completed, queued and running runs are skipped. Before the first job starts,
     the runs to start pass `tunelab validate`'s checks (predicted OOM, data, warm-up, the free space and
     quota of the experiment's filesystem), or nothing starts. With a tune: block, runs whose learning rate no

@@ -6,8 +6,8 @@ the pid is alive and running the run's script, and UNSEEN once it is gone (the r
 Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process
 see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
 GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
-its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, one run at a time on the CPU, or up to resources.runs_per_gpu
-side by side, each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
+its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, resources.cpu_runs_at_once runs
+side by side (auto: as many as the plan chose from timing their steps, plan/cpu_sharing.py; written into run.yaml), each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
 divides them among its processes: tunelab/host/threads.py), so runs side by side never spin more threads than
 there are cores. A run spanning nodes
 (resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.
@@ -72,13 +72,14 @@ def cpu_slots(runs_at_once: int) -> dict[str, list[int]]:
 
 
 class Devices:
-    """This machine's devices as a sweep's capacity: the visible GPUs, or CPU slots (resources.runs_per_gpu runs
+    """This machine's devices as a sweep's capacity: the visible GPUs, or CPU slots (resources.cpu_runs_at_once runs
     side by side, each on its share of the cores)."""
 
     def __init__(self, runs: list[RunConfig]) -> None:
         gpus = visible_gpus()
         self.on_gpu = bool(gpus)
-        per_device = runs[0].resources.runs_per_gpu if runs else 1  # runs_per_gpu of the first run: one per sweep
+        first = runs[0].resources if runs else None  # the first run's resources: one choice per sweep
+        per_device = (first.runs_per_gpu if gpus else first.cpu_runs()) if first else 1
         self.cpus = {} if gpus else cpu_slots(per_device)
         self.pool = Pool(gpus, per_device) if gpus else Pool([Device(slot) for slot in self.cpus])
         self.visible = len(gpus)

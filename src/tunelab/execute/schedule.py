@@ -94,6 +94,11 @@ class Pool:
         return need.gpus <= len(self.devices)
 
 
+def cpu_devices(runs_at_once: int) -> list[Device]:
+    """A CPU as the slots of runs side by side (resources.cpu_runs_at_once): one device, or one per share."""
+    return [Device("cpu")] if runs_at_once <= 1 else [Device(f"cpu{i}") for i in range(runs_at_once)]
+
+
 def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1) -> Schedule:
     """Simulate the executor's policy with estimated durations: where each run goes, when, and the makespan.
     A run without a time estimate is placed but holds its GPUs for an unknown time (the makespan too)."""

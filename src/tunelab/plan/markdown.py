@@ -318,11 +318,14 @@ def _schedule_lines(plan: "Plan") -> list[str]:
         return lines + ["No GPU of the plan's target is visible here: `tunelab run` places runs on the GPUs it "
                         "sees when it starts (longest first).", ""]
     span = human_seconds(sched.makespan_s) if sched.makespan_s is not None else "unknown (runs without a time estimate)"
-    lines += [f"Longest estimated run first over the visible devices, at most {plan.spec.resources.runs_per_gpu} "
-              f"run(s) per GPU where memory allows. **Predicted makespan: {span}.**", "",
+    where = (plan.cpu_sharing.line() + "." if plan.cpu_sharing is not None else
+             f"Longest estimated run first over the visible devices, at most {plan.spec.resources.runs_per_gpu} "
+             "run(s) per GPU where memory allows.")
+    lines += [f"{where} **Predicted makespan: {span}.**", "",
               "| Run | Devices | Start | End |", "|---|---|---|---|"]
     for p in sched.placements:
-        where = ", ".join("CPU" if d == "cpu" else f"GPU {d}" for d in p.devices) or "after runs of unknown length"
+        where = ", ".join("CPU" if d == "cpu" else f"CPU share {int(d[3:]) + 1}" if d.startswith("cpu") else f"GPU {d}"
+                          for d in p.devices) or "after runs of unknown length"
         end = human_seconds(p.end_s) if p.end_s is not None else "—"
         lines.append(f"| {p.run} | {where} | {human_seconds(p.start_s)} | {end} |")
     lines += [f"| {name} | needs more GPUs than are visible: not started | — | — |" for name in sched.unplaceable]

@@ -6,7 +6,6 @@ plan says so instead of guessing.
 
 from __future__ import annotations
 
-import os
 from dataclasses import astuple, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
 from tunelab.plan.cache import check_eval_tasks
+from tunelab.plan.cpu_sharing import cpu_threads
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
 from tunelab.plan.tunecost import SearchCost, search_costs
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
     from tunelab.plan.deadline import DeadlinePlan
     from tunelab.execute.schedule import Schedule
+    from tunelab.plan.cpu_sharing import CpuSharing
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Plan:
     deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (plan/deadline.py)
     storage_problem: str | None = None  # the sweep does not fit its filesystem: why (plan/storage.py); scaffold refuses
     search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (plan/tunecost.py)
+    cpu_sharing: "CpuSharing | None" = None  # local CPU: runs side by side and threads each (plan/cpu_sharing.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -280,35 +282,11 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
     return out
 
 
-def cpu_threads() -> int:
-    """The threads a one-process job trains with on this machine (CPU time estimates, history lookups): the
-    same rule the job applies (tunelab/host/threads.py), so the plan looks up rows timed with what the job will get.
-    Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
-    remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
-    import socket
-    from importlib.metadata import version
-
-    from tunelab.host import threads
-    from tunelab.diskcache import cached_json
-
-    chosen = threads.decide(1).torch
-    if chosen is not None:
-        return chosen
-
-    def ask() -> int:
-        import torch
-
-        return torch.get_num_threads()
-
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    key = [socket.gethostname(), os.cpu_count(), affinity, os.environ.get("OMP_NUM_THREADS"), version("torch")]
-    return int(cached_json("torch-threads", key, ask))
-
-
-def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None = None) -> dict[str, RunEstimate]:
+def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None = None,
+                  threads: int | None = None) -> dict[str, RunEstimate]:
     """Estimates for every fine-tuned run (a staged run's per stage, summed), with the fewest GPUs that fit a
-    run that does not fit its own (nodes counted at `node`); datasets measured once per model x dataset x
-    prompt."""
+    run that does not fit its own (nodes counted at `node`); on a CPU at `threads` per run (default: the job's
+    rule on all the cores); datasets measured once per model x dataset x prompt."""
     from tunelab.estimate.gpus import sized_estimate
     from tunelab.ledger import history
 
@@ -316,7 +294,7 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
     from tunelab.ledger import predictions
 
     past, errors = history.load(), predictions.load()
-    threads = cpu_threads() if gpu is None else None
+    threads = (threads or cpu_threads()) if gpu is None else None
     node = node or NodeSize.assumed()
     device = gpu.name if gpu is not None else "cpu"
     return {cfg.name: ranged_training(sized_estimate(cfg, gpu, measure_lengths, past, node, threads), errors, device)
@@ -327,13 +305,14 @@ def local_schedule(plan: Plan) -> "Schedule | None":
     """The local executor's placement of the fine-tuned runs over this machine's visible GPUs (one CPU slot
     when planning for CPU), with their estimated times: the policy `tunelab run` follows (execute/schedule.py).
     None when planning for a GPU this machine does not have."""
-    from tunelab.execute.schedule import Device, RunNeed, forecast, visible_gpus
+    from tunelab.execute.schedule import RunNeed, cpu_devices, forecast, visible_gpus
 
     gpus = visible_gpus() if plan.gpu is not None else []
     if plan.gpu is not None and not gpus:
         return None
     needs = [RunNeed(e.run, e.processes if gpus else 1, e.seconds, e.peak_memory_gib) for e in plan.estimates.values()]
-    return forecast(gpus or [Device("cpu")], needs, plan.spec.resources.runs_per_gpu if gpus else 1)
+    res = plan.spec.resources
+    return forecast(gpus or cpu_devices(res.cpu_runs()), needs, res.runs_per_gpu if gpus else 1)
 
 
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
@@ -377,6 +356,17 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     return plan
 
 
+def _share_cpu(plan: Plan) -> int:
+    """Runs side by side on this CPU, chosen (or kept as set) and written into the runs: the threads each gets."""
+    from tunelab.plan import cpu_sharing
+
+    if executor_class(plan.spec.resources.executor).detached:
+        return cpu_threads()  # a detached executor's jobs (Slurm) run elsewhere: the job's rule on all the cores
+    plan.cpu_sharing = cpu_sharing.share_cpu(plan.finetune_runs, plan.runs, plan.spec.resources,
+                                             lambda t: estimate_runs(plan.runs, None, plan.node, t))
+    return plan.cpu_sharing.chosen.threads_each
+
+
 def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> None:
     """A plan's estimates and what follows from them: truncation, images, levers, times, the deadline verdict,
     the search's price, storage, the local schedule and their warnings."""
@@ -389,9 +379,10 @@ def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> Non
                                      f"max_seq_len (longest {t.longest} tokens): their answers are cut")
     plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
                    for k, v in run_image_facts(cfg, split_lengths).items()}
+    threads = _share_cpu(plan) if gpu is None else None  # runs side by side on this CPU: threads each
     plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
         sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
-            runs, gpu, node), measure_lengths, split_lengths, cpu_threads() if gpu is None else None)
+            runs, gpu, node, threads), measure_lengths, split_lengths, threads)
     plan.search = search_costs(spec, runs, plan.estimates, sweeptime.search_evaluations(sweeptime.Sweep(
         spec, runs, plan.estimates, gpu, node, spec_path=spec_path), split_lengths))
     storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why

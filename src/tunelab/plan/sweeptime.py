@@ -13,7 +13,7 @@ from pathlib import Path
 from tunelab.catalog import GPU
 from tunelab.estimate.gpus import NodeSize
 from tunelab.execute.executors import executor_class
-from tunelab.execute.schedule import Device
+from tunelab.execute.schedule import Device, cpu_devices
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
@@ -108,7 +108,9 @@ def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:
                 f"{slots} runs at once (" + ("slurm.array_max_running" if cap else "slurm.max_queued / 2: a "
                                              "training and an evaluation job each") + "), queue wait not predicted")
     if plan.gpu is None:
-        return [Device("cpu")], "this machine's CPU: one run at a time"
+        k = res.cpu_runs()
+        return cpu_devices(k), ("this machine's CPU: one run at a time" if k == 1 else
+                                f"this machine's CPU: {k} runs side by side, each on its share of the cores")
     from tunelab.execute.schedule import visible_gpus
 
     gpus = visible_gpus()
@@ -138,10 +140,6 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
     notes = list(NOTES)
-    if plan.gpu is None and plan.spec.resources.runs_per_gpu > 1:
-        notes.append(f"the local executor runs {plan.spec.resources.runs_per_gpu} CPU runs side by side, each on "
-                     "its share of the cores: placed here one at a time at the speed of all the cores (the same "
-                     "CPU-seconds; their sharing is not modelled)")
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
     pending = (pending_search(plan.spec, plan.runs, plan.estimates, search_evaluations(plan, split_rows))

@@ -6,7 +6,6 @@ warning says the OS did not tell it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from pydantic import ConfigDict
 
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
+from tunelab.host.memory import host_memory_gib
 from tunelab.execute.executors import executor_class
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
 from tunelab.estimate.gpus import NodeSize, describe, fewest_gpus, gpus_needed
@@ -104,14 +104,6 @@ def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
                               f"share CPUs with training (raise resources.slurm.cpus_per_task or leave "
                               f"dataloader_workers unset to fit them)")
     return check
-
-
-def host_memory_gib() -> float:
-    """This machine's RAM, GiB (what a CPU run's check reports). OSError where the OS does not say, naming why."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError) as exc:
-        raise OSError(f"os.sysconf could not read it: {exc}") from exc
 
 
 def _cpu_check(cfg: RunConfig, shape: StepShape, steps: int | None) -> RunCheck:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tunelab.host.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_json, read_json
@@ -79,6 +79,9 @@ class ThreadUse(JsonRecord):
     processes: int | None = None
     source: str | None = None
     limit: str | None = None
+    adapted_from: int | None = None  # the rule's threads, where the job took fewer for the cores others held at its start
+    others_cores: float | None = None  # the cores others held then, on average (host/adapt.py)
+    omit_none: ClassVar[frozenset[str]] = frozenset({"adapted_from", "others_cores"})
 
 
 @dataclass(kw_only=True)

@@ -141,8 +141,19 @@ class ResourcesSpec(_Strict):
         "(sharded). auto: FSDP when the plan predicts the model does not fit one device, else DDP.")
     runs_per_gpu: int = Field(
         1, ge=1, description="Local executor: at most this many runs share one GPU, when the plan's memory "
-        "estimates say they fit together. Without GPUs: this many runs side by side on the CPU, each pinned to its "
-        "share of the cores, its processes' threads dividing that share.")
+        "estimates say they fit together (on a CPU: cpu_runs_at_once).")
+    cpu_runs_at_once: Literal["auto"] | int = Field(
+        "auto", description="Local executor without GPUs: this many runs side by side on the CPU, each pinned to "
+        "its share of the cores, its processes' threads dividing that share. auto: the plan times the runs' "
+        "steps at each share's thread count and picks the number whose predicted makespan is shortest "
+        "(plan.md says both; one-process runs only, as many as host RAM holds).")
+
+    @field_validator("cpu_runs_at_once")
+    @classmethod
+    def _runs_at_once(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
+        if v != "auto" and v < 1:
+            raise ValueError("runs side by side: auto or a whole number ≥ 1")
+        return v
     max_retries: int = Field(
         2, ge=0, description="Automatic retries of a run (OOM: halve the micro-batch; timeout/preemption: resume)."
     )
@@ -161,6 +172,11 @@ class ResourcesSpec(_Strict):
     def deadline_s(self) -> float | None:
         """The deadline in seconds (None: no deadline)."""
         return parse_duration(self.deadline) if self.deadline is not None else None
+
+    def cpu_runs(self) -> int:
+        """Runs side by side on a CPU: the number set, or the plan's choice written into run.yaml; auto that no plan
+        resolved (a spec read without estimates) is one at a time."""
+        return self.cpu_runs_at_once if isinstance(self.cpu_runs_at_once, int) else 1
 
     def processes_per_run(self, cuda_devices: int) -> int:
         """How many processes train one run, over all its nodes: nproc_per_run when set, else one per GPU of

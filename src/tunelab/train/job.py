@@ -23,6 +23,8 @@ from tunelab.host import threads
 from tunelab.errors import TunelabError
 from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.host.adapt import fit_to_free_cores
+from tunelab.host.cpuload import LoadMeter
 from tunelab.host.startup import import_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
@@ -83,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     skip_unused_tracker_sdks()  # before TRL is imported
     # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/host/threads.py)
-    threads.apply(threads.decide(local_processes()))
+    planned = threads.decide(local_processes())
+    threads.apply(planned)
+    meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
     import_stack(*TRAINING_STACK)
+    fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
     try:
         train_job(Path(args[0]))
     except TunelabError as exc:

@@ -14,6 +14,7 @@ from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.host import threads
+from tunelab.host.adapt import taken
 from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, ThreadUse
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
@@ -112,8 +113,10 @@ class RunFacts:
 def thread_use(torch_threads: int) -> ThreadUse:
     """This process's threads as the rule chose them (tunelab/host/threads.py), with the count torch really runs."""
     plan = threads.decide(local_processes())
+    adapted = taken()
     return ThreadUse(torch=torch_threads, cores_given=plan.cores_given, processes=plan.processes,
-                     source=plan.source, limit=plan.limit)
+                     source=plan.source, limit=plan.limit, adapted_from=adapted.planned if adapted else None,
+                     others_cores=adapted.others_cores if adapted else None)
 
 
 def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_size: int,

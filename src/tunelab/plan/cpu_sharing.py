@@ -1,0 +1,164 @@
+"""How many runs train side by side on a CPU (resources.cpu_runs_at_once), chosen from timing, not assumed.
+
+A small model's step leaves cores idle: its interpreter, optimizer and data work run on one thread, and its
+matrices are too small for a second thread to halve them (the demo's tiny runs: 2 threads buy far less than
+2×), while each run's start-up (imports, model load) is one thread throughout. A large model's matrices scale
+with threads. So the plan estimates the runs as each candidate share would train them — the same estimate a run
+gets (history at that thread count, else its own micro-batches timed here at that count) — places them over that
+many slots with the executor's policy (execute/schedule.forecast), and keeps the shortest predicted makespan.
+Sharing has to gain at least MIN_GAIN to be chosen (about a timing's spread here), and only as many runs as host
+RAM holds at their predicted peaks share it. Runs of several processes (gloo), a sweep of one run and a machine
+with one core train one at a time; a number set in the spec is kept, its estimates made at its share's threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
+from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
+from tunelab.host.threads import decide
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate
+from tunelab.spec.resources import ResourcesSpec
+
+MIN_GAIN = 0.10  # sharing must shorten the predicted makespan by this fraction to be chosen
+RAM_FRACTION = 0.9  # of host RAM the runs side by side may hold at their predicted peaks together
+
+EstimateAt = Callable[[int], dict[str, RunEstimate]]  # the runs' estimates at a thread count per run
+
+
+@dataclass(frozen=True)
+class SharingOption:
+    """One way to share the CPU: this many runs at once, each with this many threads, and the makespan the
+    executor's policy predicts for the sweep's runs that way (None: a run without a time estimate)."""
+
+    runs_at_once: int
+    threads_each: int
+    makespan_s: float | None
+
+
+@dataclass(frozen=True)
+class CpuSharing:
+    """The choice, the options it was chosen from, and why (plan.md's line)."""
+
+    chosen: SharingOption
+    options: tuple[SharingOption, ...]
+    why: str
+
+    def line(self) -> str:
+        c = self.chosen
+        each = f"{c.threads_each} thread{'s' if c.threads_each != 1 else ''} each"
+        head = (f"CPU: {c.runs_at_once} runs side by side, {each}" if c.runs_at_once > 1
+                else f"CPU: one run at a time, {each}")
+        timed = "; ".join(f"{o.runs_at_once} at once × {o.threads_each} thread(s): "
+                          + (f"{o.makespan_s:.0f} s" if o.makespan_s is not None else "unknown")
+                          for o in self.options)
+        return f"{head} ({self.why}{'; predicted makespans: ' + timed if len(self.options) > 1 else ''})"
+
+
+def cpu_threads() -> int:
+    """The threads a one-process job trains with on this machine (CPU time estimates, history lookups): the
+    same rule the job applies (tunelab/host/threads.py), so the plan looks up rows timed with what the job will get.
+    Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
+    remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
+    import socket
+    from importlib.metadata import version
+
+    from tunelab.diskcache import cached_json
+
+    chosen = decide(1).torch
+    if chosen is not None:
+        return chosen
+
+    def ask() -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    key = [socket.gethostname(), os.cpu_count(), affinity, os.environ.get("OMP_NUM_THREADS"), version("torch")]
+    return int(cached_json("torch-threads", key, ask))
+
+
+def share_threads(runs_at_once: int) -> int:
+    """The torch threads a one-process job gets on its share when this many run at once: the job's own rule
+    (host/threads.py) applied to the smallest share the executor would give (host/cores.job_shares); alone, all
+    of them (cpu_threads)."""
+    if runs_at_once <= 1:
+        return cpu_threads()
+    share = min(job_shares(runs_at_once), key=len)
+    env = {k: v for k, v in os.environ.items() if k != CPUS_ENV}  # this process's own share is not the job's
+    return decide(1, {**env, CPUS_ENV: cpu_list(share)}).torch or len(share)
+
+
+def candidates(runs: list[RunConfig], cores: int) -> list[int]:
+    """Runs at once worth pricing: 1, then each doubling up to the cores and the runs (equal shares)."""
+    out, k = [1], 2
+    while k <= min(cores, len(runs)):
+        out.append(k)
+        k *= 2
+    return out
+
+
+def _option(k: int, estimates: dict[str, RunEstimate], threads: int) -> SharingOption:
+    needs = [RunNeed(e.run, 1, e.seconds, None) for e in estimates.values()]
+    return SharingOption(k, threads, forecast(cpu_devices(k), needs).makespan_s)
+
+
+def _fits_ram(k: int, estimates: dict[str, RunEstimate], ram_gib: float | None) -> bool:
+    peaks = sorted((e.peak_memory_gib for e in estimates.values() if e.peak_memory_gib is not None), reverse=True)
+    return ram_gib is None or k == 1 or sum(peaks[:k]) <= RAM_FRACTION * ram_gib
+
+
+def choose(runs: list[RunConfig], resources: ResourcesSpec, estimate_at: EstimateAt, cores: int,
+           ram_gib: float | None, threads_for: Callable[[int], int] = share_threads
+           ) -> tuple[CpuSharing, dict[str, RunEstimate]]:
+    """The sharing the runs train with and their estimates under it (`threads_for`: runs at once -> each one's
+    threads, this machine's rule unless told)."""
+    fixed = resources.cpu_runs_at_once
+    if fixed != "auto":
+        threads = threads_for(fixed)
+        estimates = estimate_at(threads)
+        return CpuSharing(_option(fixed, estimates, threads), (), "set by resources.cpu_runs_at_once"), estimates
+    if any(c.resources.processes_per_run(0) > 1 for c in runs) or len(runs) < 2 or cores < 2:
+        threads = threads_for(1)
+        estimates = estimate_at(threads)
+        why = ("runs of several processes" if len(runs) > 1 and cores > 1 else
+               "one run" if len(runs) < 2 else "one core")
+        return CpuSharing(_option(1, estimates, threads), (), f"auto: {why}"), estimates
+    priced: list[tuple[SharingOption, dict[str, RunEstimate]]] = []
+    for k in candidates(runs, cores):
+        threads = threads_for(k)
+        estimates = estimate_at(threads)
+        if _fits_ram(k, estimates, ram_gib):
+            priced.append((_option(k, estimates, threads), estimates))
+    best, best_estimates = priced[0]
+    alone = best.makespan_s
+    for option, estimates in priced[1:]:
+        if (option.makespan_s is not None and alone is not None and best.makespan_s is not None
+                and option.makespan_s <= (1 - MIN_GAIN) * alone and option.makespan_s < best.makespan_s):
+            best, best_estimates = option, estimates
+    why = ("auto: the shortest predicted makespan" if best.runs_at_once > 1 else
+           f"auto: sharing gains under {MIN_GAIN:.0%}" if len(priced) > 1 else
+           "auto: host RAM holds one run at a time")
+    return CpuSharing(best, tuple(o for o, _ in priced), why), best_estimates
+
+
+def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: ResourcesSpec,
+              estimate_at: EstimateAt) -> CpuSharing:
+    """Choose for the fine-tuned runs on this machine (its usable cores, its RAM) and write the choice where the
+    executor and the forecasts read it: every run's resources (run.yaml) and the plan's spec."""
+    from tunelab.host.cores import usable_cores
+    from tunelab.host.memory import host_memory_gib
+
+    try:
+        ram: float | None = host_memory_gib()
+    except OSError:
+        ram = None  # validate's check says so; sharing then trusts the memory estimates alone
+    sharing, _ = choose(finetune, resources, estimate_at, usable_cores().count, ram)
+    for res in [resources] + [c.resources for c in runs]:
+        res.cpu_runs_at_once = sharing.chosen.runs_at_once
+    return sharing

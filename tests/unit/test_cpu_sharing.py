@@ -1,0 +1,75 @@
+"""Runs side by side on a CPU (plan/cpu_sharing.py): the choice from injected per-thread-count estimates, with
+makespans worked out by hand for the executor's policy (longest first onto the earliest free slot)."""
+
+from pathlib import Path
+
+from tunelab.plan.cpu_sharing import CpuSharing, MIN_GAIN, choose
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate
+from tunelab.spec.resources import ResourcesSpec
+
+FOUR_CORES = {1: 4, 2: 2, 4: 1}  # runs at once -> threads each, on a 4-core machine
+
+
+def _runs(n: int, **resources) -> list[RunConfig]:
+    return [RunConfig.model_construct(name=f"r{i}", kind="finetune", experiment_dir=str(Path("/x")), estimate=None,
+                                      resources=ResourcesSpec(**resources)) for i in range(n)]
+
+
+def _at(seconds_by_threads: dict[int, list[float]], peak_gib: float | None = None, asked: list[int] | None = None):
+    def estimate_at(threads: int) -> dict[str, RunEstimate]:
+        if asked is not None:
+            asked.append(threads)
+        return {f"r{i}": RunEstimate(run=f"r{i}", seconds=s, peak_memory_gib=peak_gib)
+                for i, s in enumerate(seconds_by_threads[threads])}
+    return estimate_at
+
+
+def test_small_runs_that_barely_speed_up_with_threads_share_the_cpu():
+    # four runs; a thread count of 4 makes them 10, 10, 30, 30 s; 2 threads 12, 12, 36, 36; 1 thread 14, 14, 40, 40
+    at = _at({4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]})
+    sharing, estimates = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
+    # one at a time: 80 s; two at once: 36+12 | 36+12 = 48 s; four at once: the longest, 40 s (<= 0.9 x 80)
+    assert [(o.runs_at_once, o.threads_each, o.makespan_s) for o in sharing.options] == [
+        (1, 4, 80.0), (2, 2, 48.0), (4, 1, 40.0)]
+    assert (sharing.chosen.runs_at_once, sharing.chosen.threads_each) == (4, 1)
+    assert [e.seconds for e in estimates.values()] == [14, 14, 40, 40]  # the estimates the runs get: 1 thread's
+    assert sharing.line().startswith("CPU: 4 runs side by side, 1 thread each (auto: the shortest predicted makespan")
+
+
+def test_runs_whose_threads_scale_stay_one_at_a_time():
+    # each halving of the threads doubles the time: sharing gains nothing
+    at = _at({4: [10, 10, 30, 30], 2: [20, 20, 60, 60], 1: [40, 40, 120, 120]})
+    sharing, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
+    assert [o.makespan_s for o in sharing.options] == [80.0, 80.0, 120.0]
+    assert sharing.chosen.runs_at_once == 1 and sharing.why == f"auto: sharing gains under {MIN_GAIN:.0%}"
+
+
+def test_a_gain_below_the_margin_is_not_taken():
+    # two at once: 2 runs of 9.5 s side by side against 10 s in a row (a 5 % gain, within a timing's spread)
+    at = _at({4: [5, 5], 2: [9.5, 9.5]})
+    sharing, _ = choose(_runs(2), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
+    assert [o.makespan_s for o in sharing.options] == [10.0, 9.5] and sharing.chosen.runs_at_once == 1
+
+
+def test_host_ram_limits_the_runs_side_by_side():
+    # 6 GiB a run, 16 GiB of RAM: two fit (12 <= 0.9 x 16 = 14.4), four do not
+    at = _at({4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]}, peak_gib=6.0)
+    sharing, _ = choose(_runs(4), ResourcesSpec(), at, 4, 16.0, FOUR_CORES.__getitem__)
+    assert [o.runs_at_once for o in sharing.options] == [1, 2] and sharing.chosen.runs_at_once == 2
+
+
+def test_a_number_set_in_the_spec_is_kept_and_priced_at_its_share():
+    asked: list[int] = []
+    at = _at({4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]}, asked=asked)
+    sharing, estimates = choose(_runs(4), ResourcesSpec(cpu_runs_at_once=2), at, 4, 64.0, FOUR_CORES.__getitem__)
+    assert asked == [2] and sharing.options == () and sharing.why == "set by resources.cpu_runs_at_once"
+    assert (sharing.chosen.runs_at_once, sharing.chosen.makespan_s) == (2, 48.0)
+
+
+def test_multi_process_runs_one_run_and_one_core_train_one_at_a_time():
+    cases = [(_runs(2, nproc_per_run=2), 4, "auto: runs of several processes"), (_runs(1), 4, "auto: one run"),
+             (_runs(2), 1, "auto: one core")]
+    for runs, cores, why in cases:
+        sharing, _ = choose(runs, ResourcesSpec(), _at({4: [10] * len(runs)}), cores, 64.0, FOUR_CORES.__getitem__)
+        assert isinstance(sharing, CpuSharing) and sharing.chosen.runs_at_once == 1 and sharing.why == why
