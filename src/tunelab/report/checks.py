@@ -148,8 +148,8 @@ def memory_use(run: RunData) -> MemoryUse:
 @dataclass
 class Issue:
     run: str
-    kind: str  # failed | interrupted | retried | nan-loss | empty-file | missing-epoch | never-logged | not-evaluated
-    #            | data-wait
+    kind: str  # failed | interrupted | retried | nan-loss | empty-file | bad-checkpoint | missing-epoch | never-logged
+    #            | not-evaluated | partly-evaluated | data-wait | absent | design-unchecked
     detail: str
 
 
@@ -223,4 +223,16 @@ def run_issues(run: RunData) -> list[Issue]:
         out.append(Issue(run.name, "never-logged", f"state {run.state} but metrics.jsonl has no rows"))
     if run.state == COMPLETED and not run.evals:
         out.append(Issue(run.name, "not-evaluated", "completed but no eval/*/*/scores.json yet"))
+    if run.state == COMPLETED:
+        out += evaluation_issues(run)
     return out
+
+
+def evaluation_issues(run: RunData) -> list[Issue]:
+    """A run evaluated in part: planned checkpoints × tasks missing, or run on fewer samples than the split holds."""
+    gaps = run.eval_gaps if run.evals else []
+    if not gaps:
+        return []
+    shown = "; ".join(g.text for g in gaps[:6]) + (f"; … ({len(gaps)} in all)" if len(gaps) > 6 else "")
+    return [Issue(run.name, "partly-evaluated", f"{shown} (planned: eval.epochs {run.config.eval.epochs!s} × "
+                  "eval.tasks, each on its split's samples)")]

@@ -17,6 +17,8 @@ from typing import Any
 from tunelab.execute.attempts import AttemptRow, all_attempts
 from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
+from tunelab.report.coverage import AbsentRun, EvalGap, PlannedEval, absent_runs, planned_epochs_evaluated, \
+    planned_evals, split_counts
 from tunelab.ledger.results import EvalRecord, RunRecord, collect_results
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import COMPLETED, RUNNING, RunState
@@ -79,6 +81,7 @@ class RunData:
     samples: dict[tuple[str, str], list[SampleValue]] = field(default_factory=dict)  # (label, task) -> per sample
     stages: list[StageRecord] = field(default_factory=list)  # a staged run's completed stages (stages.json)
     epoch_stage: dict[int, str] = field(default_factory=dict)  # a staged run's global epoch -> 'STAGE/epoch_K'
+    planned: list[PlannedEval] = field(default_factory=list)  # every target × task it should be evaluated on
 
     @property
     def is_control(self) -> bool:
@@ -105,6 +108,29 @@ class RunData:
         """A task's record on a checkpoint (default: the last evaluated); None where it was not evaluated."""
         label = label or self.last_label
         return next((e for e in self.evals if e.task == task and e.label == label), None)
+
+    @property
+    def eval_gaps(self) -> list[EvalGap]:
+        """Planned evaluations with no scores.json, or with fewer samples than the task's split holds."""
+        gaps = []
+        for p in self.planned:
+            e = self.task_eval(p.task, p.label)
+            if e is None:
+                gaps.append(EvalGap(p.label, p.task, None, p.samples))
+            elif p.samples is not None and e.samples is not None and e.samples < p.samples:
+                gaps.append(EvalGap(p.label, p.task, e.samples, p.samples))
+        return gaps
+
+    @property
+    def fully_evaluated(self) -> bool:
+        return bool(self.evals) and not self.eval_gaps
+
+    @property
+    def partly_evaluated(self) -> bool:
+        return bool(self.evals) and bool(self.eval_gaps)
+
+    def planned_samples(self, task: str, label: str) -> int | None:
+        return next((p.samples for p in self.planned if p.task == task and p.label == label), None)
 
     def value(self, task: str, metric: str | None = None) -> float | None:
         """A task's metric (default: its primary) on the last evaluated checkpoint."""
@@ -169,6 +195,8 @@ class ReportData:
     eval_only: list[RunData] = field(default_factory=list)
     prompts: dict[str, str | None] = field(default_factory=dict)  # p1 -> template, when prompts are swept
     twins: list[RunData] = field(default_factory=list)  # tuned runs' default-lr twins (tune.compare_default)
+    absent: list[AbsentRun] = field(default_factory=list)  # runs the spec designs with no directory here
+    design_error: str | None = None  # why the spec's design could not be checked against the directories
 
     @property
     def all(self) -> list[RunData]:
@@ -204,10 +232,10 @@ class ReportData:
 
     @property
     def partial(self) -> bool:
-        """True while something is still to come: runs not completed, or completed runs and controls
-        without an evaluation."""
-        return any(r.state != COMPLETED for r in self.runs) or any(
-            not r.evals for r in self.completed + self.references)
+        """True while something is still to come: runs not completed, designed runs without a directory, or
+        completed runs and controls whose planned evaluations are not all there on all their samples."""
+        return any(r.state != COMPLETED for r in self.runs) or bool(self.absent) or any(
+            not r.fully_evaluated for r in self.completed + self.references)
 
     def shared_stage(self, epoch: int) -> str | None:
         """The stage label every fine-tuned run gives a global epoch, for a table's header or a figure's tick;
@@ -284,7 +312,8 @@ def _task_infos(cfgs: list[RunConfig], everything: list[RunData]) -> list[TaskIn
     return list(infos.values())
 
 
-def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[AttemptRow]) -> RunData:
+def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[AttemptRow],
+              counts: dict[tuple[str, str], int]) -> RunData:
     run = RunData(
         name=cfg.name, kind=rec.kind, model=rec.model, dataset=rec.dataset, factors=rec.factors,
         state=rec.state, run_dir=cfg.run_dir, rel_dir=str(cfg.run_dir.relative_to(exp)), config=cfg,
@@ -299,6 +328,8 @@ def _run_data(cfg: RunConfig, rec: RunRecord, exp: Path, attempts: list[AttemptR
         run.checkpoints = verify_checkpoints(cfg.run_dir)
         run.stages = read_stage_records(cfg.run_dir) if cfg.stages else []
         run.epoch_stage = {e: at.label for e, at in checkpoint_stages(cfg, run.stages).items()}
+    epochs = planned_epochs_evaluated(cfg, run.planned_epochs, [c.epoch for c in run.checkpoints], run.stages)
+    run.planned = planned_evals(cfg, epochs, counts)
     return run
 
 
@@ -328,14 +359,17 @@ def gather(experiment_dir: str | Path) -> ReportData:
     spec = load_spec(exp / SPEC_FILE) if (exp / SPEC_FILE).is_file() else None
     attempts = all_attempts(exp)
     by_kind: dict[str, list[RunData]] = {"finetune": [], "control": [], "eval_only": [], "twin": []}
+    counts = split_counts(exp)
     for cfg in cfgs:  # a default-lr twin is kept apart: the findings are the tuned runs'; the Tuning section compares
         kind = "twin" if cfg.default_lr_of is not None else cfg.kind
-        by_kind[kind].append(_run_data(cfg, results[cfg.name], exp, attempts))
+        by_kind[kind].append(_run_data(cfg, results[cfg.name], exp, attempts, counts))
     runs, controls, eval_only = by_kind["finetune"], by_kind["control"], by_kind["eval_only"]
     everything = runs + controls + eval_only
     models = spec.model_levels() if spec else sorted({r.model for r in runs + controls})
     datasets = spec.dataset_levels() if spec else sorted({r.dataset for r in runs + controls})
     prompts = spec.prompt_names() if spec and "prompt" in spec.factors else {}
+    adopted = any(r.status.adopted_from for r in everything)
+    absent, design_error = absent_runs(spec, exp, {c.name for c in cfgs}, adopted) if spec else ([], None)
     return ReportData(
         name=spec.name if spec else exp.name,
         experiment_dir=exp,
@@ -353,4 +387,6 @@ def gather(experiment_dir: str | Path) -> ReportData:
         eval_only=eval_only,
         prompts=prompts,
         twins=by_kind["twin"],
+        absent=absent,
+        design_error=design_error,
     )

@@ -18,6 +18,7 @@ from tunelab.report.document import Figure, Para, Section, Table
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
 from tunelab.ledger.results import EvalRecord
+from tunelab.rundir.layout import parse_epoch_name
 from tunelab.stats.paired import Difference, paired_difference
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
@@ -44,8 +45,19 @@ def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], control: RunData 
         cells = [show_ci(e.metrics.get(m), e.bounds(m), m) for m in metrics]
         rows.append([run.name, run.kind, run.checkpoint_name(e.epoch, e.label), *cells,
                      delta_cell(d, delta, task.primary_metric) if run.kind == "fine-tuned" else "—",
-                     "—" if e.samples is None else str(e.samples)])
+                     _samples_cell(run, e)])
+    if run.evals:  # a planned checkpoint this task never ran on: a row that says so, not a silent gap
+        rows += [[run.name, run.kind, run.checkpoint_name(parse_epoch_name(g.label), g.label), "✗ not evaluated",
+                  *["—"] * (len(metrics) - 1 + 2)] for g in run.eval_gaps if g.task == task.name and g.samples is None]
     return rows
+
+
+def _samples_cell(run: RunData, e: EvalRecord) -> str:
+    """The samples evaluated; '✗ 20 of 40' where the task's split holds more (an evaluation cut short)."""
+    if e.samples is None:
+        return "—"
+    planned = run.planned_samples(e.task, e.label)
+    return f"✗ {e.samples} of {planned}" if planned is not None and e.samples < planned else str(e.samples)
 
 
 def task_table(data: ReportData, task: TaskInfo) -> Table:
@@ -64,7 +76,8 @@ def task_table(data: ReportData, task: TaskInfo) -> Table:
                  f"`eval/<checkpoint>/{task.name}/scores.json` (inspect-ai `.eval` logs beside them). [brackets]: 95 % "
                  "interval from the per-sample scores (Wilson for proportions, seeded bootstrap otherwise); Δ = "
                  "fine-tuned minus the same model's base-model control, paired on the same test samples "
-                 "(bootstrap interval; n.s. = the interval includes zero).")
+                 "(bootstrap interval; n.s. = the interval includes zero); ✗ samples: fewer than the task's split holds "
+                 "(`data/provenance.json`, capped by `limit`).")
 
 
 def epoch_table(data: ReportData) -> Table | None:

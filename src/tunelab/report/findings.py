@@ -19,6 +19,7 @@ from tunelab.report.checks import (  # noqa: F401  (the report's sections and te
     Overfit,
     StillFalling,
     error_class,
+    evaluation_issues,
     memory_use,
     overfitting,
     retries,
@@ -33,6 +34,7 @@ from tunelab.report.evidence import ReplicationPlan, replication_plan, replicati
 from tunelab.stats.paired import Difference
 from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 from tunelab.rundir import layout as st
+from tunelab.rundir.experiment import SPEC_FILE
 
 SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a numeric factor
 
@@ -197,9 +199,7 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
     pending = [r.name for r in data.runs if r.state == st.PENDING]
     if pending:
         steps.append(f"Train the {len(pending)} pending run(s) ({', '.join(pending)}): `tunelab run {exp}`.")
-    unevaluated = [r.name for r in data.completed + data.references if not r.evals]
-    if unevaluated:
-        steps.append(f"Evaluate {', '.join(unevaluated)}: `tunelab eval {exp}`.")
+    steps += evaluation_steps(data)
     steps += falling_steps(data, f)
     if f.overfit:
         names = list(f.overfit)
@@ -222,8 +222,45 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
             steps.append(f"Try intermediate {j.factor} values {', '.join(map(str, j.suggest))} on {j.model}: the "
                          f"score jumps {diff_text(j.diff, metric, j.delta)} between {j.factor}={j.low} and "
                          f"{j.factor}={j.high}" + _jump_caveat(j))
+    steps += issue_steps(f)
     if not steps and data.completed:
         steps.append("Nothing flagged: every run completed and was evaluated, and no rule above fired.")
+    return steps
+
+
+# issue kinds a step of their own answers (or that need none: a retry that then completed)
+STEPPED = ("failed", "interrupted", "retried", "not-evaluated", "partly-evaluated", "absent")
+
+
+def issue_steps(f: Findings) -> list[str]:
+    """The issues no other step answers (a missing or empty checkpoint, a NaN loss, a silent run, data wait): named,
+    so that "Nothing flagged" is never said beside an Issues table that flags something."""
+    left = [i for i in f.issues if i.kind not in STEPPED]
+    if not left:
+        return []
+    return ["Look into what the Issues section flags before relying on these runs: "
+            + "; ".join(f"{i.run} ({i.kind})" for i in left) + "."]
+
+
+def evaluation_steps(data: ReportData) -> list[str]:
+    """Evaluate what is missing (`tunelab eval` skips what has its scores.json), re-evaluate what was cut short
+    (--force), scaffold the designed runs that have no directory."""
+    exp = data.experiment_dir
+    steps = []
+    if data.absent:
+        steps.append(f"Scaffold the run(s) experiment.yaml designs that are not in the experiment "
+                     f"({', '.join(a.name for a in data.absent)}): `tunelab scaffold {exp / SPEC_FILE} --out {exp}`, "
+                     "then train and evaluate them.")
+    targets = [r for r in data.completed + data.references if r.evals and any(g.samples is None for g in r.eval_gaps)]
+    unevaluated = [r.name for r in data.completed + data.references if not r.evals]
+    if unevaluated or targets:
+        what = ", ".join(unevaluated + [f"{r.name} (" + ", ".join(g.text for g in r.eval_gaps if g.samples is None)
+                                         + ")" for r in targets])
+        steps.append(f"Evaluate {what}: `tunelab eval {exp}`.")
+    short = [r for r in data.completed + data.references if any(g.samples is not None for g in r.eval_gaps)]
+    for r in short:
+        gaps = ", ".join(g.text for g in r.eval_gaps if g.samples is not None)
+        steps.append(f"Evaluate {r.name} again on all samples ({gaps}): `tunelab eval {exp} --run {r.name} --force`.")
     return steps
 
 
@@ -318,6 +355,12 @@ def analyze(data: ReportData) -> Findings:
         if not c.evals:
             what = "control" if c.is_control else "eval-only checkpoint"
             f.issues.append(Issue(c.name, "not-evaluated", f"{what} has no eval/*/*/scores.json yet"))
+        f.issues += evaluation_issues(c)
+    f.issues += [Issue(a.name, "absent", f"designed by experiment.yaml, but `{a.rel_dir}/` is not in the experiment")
+                 for a in data.absent]
+    if data.design_error:
+        f.issues.append(Issue("—", "design-unchecked", "the runs experiment.yaml designs could not be listed to check "
+                              f"that each has its directory: {data.design_error}"))
     f.jumps = score_jumps(data)
     f.replication = replication_plan(data, f.effects)
     f.next_steps = next_steps(data, f)

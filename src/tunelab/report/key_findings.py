@@ -10,7 +10,7 @@ from __future__ import annotations
 from statistics import mean
 
 from tunelab.report.comparisons import replicated
-from tunelab.report.data import ReportData
+from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Bullets, Para, Section
 from tunelab.rundir.memory import MemoryKind
 from tunelab.report.evaluation import best_text, diff_text, effect_text, show_ci
@@ -22,8 +22,10 @@ from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STIL
 def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:
     """Fine-tuned vs control: the mean difference and each run's, all paired on the same test samples."""
     ds = {n: d for n, d in f.control_vs.items() if d is not None}
+    alone = [r.name for r in data.runs if r.score is not None and r.name not in f.control_vs]
+    without = f" No evaluated base-model control for {', '.join(alone)}: not compared." if alone else ""
     if not ds:
-        return "**Fine-tuned vs control:** no per-sample scores to compare."
+        return "**Fine-tuned vs control:** " + (without.strip() if alone else "no per-sample scores to compare.")
     better = [n for n, d in ds.items() if d.resolved and d.estimate > 0]
     worse = [n for n, d in ds.items() if d.resolved and d.estimate < 0]
     same = [n for n, d in ds.items() if d.known and not d.resolved]
@@ -31,7 +33,7 @@ def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:
     return (f"**Fine-tuned vs control** ({data.eval_task}, {metric}, paired on the same test samples): mean "
             f"{mean_d} over {len(ds)} run(s); {len(better)} above their control, {len(worse)} below, {len(same)} "
             "with no detectable difference (interval includes zero): "
-            + "; ".join(f"{n} {diff_text(d, metric)}" for n, d in ds.items()) + ".")
+            + "; ".join(f"{n} {diff_text(d, metric)}" for n, d in ds.items()) + "." + without)
 
 
 def _effect_blocks(data: ReportData, f: Findings) -> list:
@@ -54,7 +56,8 @@ def key_findings(data: ReportData, f: Findings) -> Section:
     metric = data.headline.primary_metric if data.headline else None
     if f.best:
         items.append(best_text(data, f))
-    if f.control_vs:
+    controls_planned = bool(data.controls) or any(a.kind == "control" for a in data.absent)
+    if f.control_vs or (controls_planned and any(r.score is not None for r in data.runs)):
         items.append(_control_item(data, f, metric))
     if f.overfit:
         for name, o in f.overfit.items():
@@ -62,13 +65,11 @@ def key_findings(data: ReportData, f: Findings) -> Section:
                          f"{o.best_step}) to {o.final_val:.4g} (step {o.final_step}, +{100 * o.rise:.1f} %) while "
                          f"train loss fell {o.train_from:.4g} → {o.train_to:.4g}.")
     else:
-        items.append(f"**Overfitting:** none detected (rule: val loss ends ≥ {OVERFIT_MIN_RISE:.0%} above a best "
-                     "reached before the last third of training while train loss falls).")
+        items.append(overfit_none(data))
     if f.still_falling:
         items += [falling_text(name, s) for name, s in f.still_falling.items()]
     elif data.completed:
-        items.append(f"**Still improving:** no completed run's val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over "
-                     "its last epoch.")
+        items.append(falling_none(data))
     items += [jump_text(j, metric) for j in f.jumps]
     judged = [(m, m.fraction) for m in f.memory if m.fraction is not None]
     if judged:
@@ -88,6 +89,32 @@ def key_findings(data: ReportData, f: Findings) -> Section:
     if f.replication is not None:
         blocks += _effect_blocks(data, f)
     return Section("Key findings", blocks)
+
+
+def _unjudged(runs: list[RunData], judged: list[RunData]) -> str:
+    """'; not judged: X, Y (fewer than two …)' for the runs a rule could not be applied to."""
+    rest = [r.name for r in runs if r not in judged]
+    return (f"; not judged: {', '.join(rest)} (fewer than two validation losses in `metrics.jsonl`)" if rest else "")
+
+
+def overfit_none(data: ReportData) -> str:
+    """No run overfit: over how many runs the rule could look, never "none detected" where it looked at none."""
+    judged = [r for r in data.runs if len(r.val_loss) >= 2 and len(r.train_loss) >= 2]
+    if not judged:
+        return ("**Overfitting:** not judged — no fine-tuned run has two validation losses and two training losses "
+                "in `metrics.jsonl` to compare.")
+    return (f"**Overfitting:** none detected in {len(judged)} of {len(data.runs)} fine-tuned run(s) (rule: val loss "
+            f"ends ≥ {OVERFIT_MIN_RISE:.0%} above a best reached before the last third of training while train loss "
+            f"falls){_unjudged(data.runs, judged)}.")
+
+
+def falling_none(data: ReportData) -> str:
+    """No completed run's val loss still falling: over how many it could be judged."""
+    judged = [r for r in data.completed if len(r.val_loss) >= 2]
+    if not judged:
+        return ("**Still improving:** not judged — no completed run has two validation losses in `metrics.jsonl`.")
+    return (f"**Still improving:** no val loss fell ≥ {STILL_FALLING_MIN_DROP:.0%} over its last epoch in "
+            f"{len(judged)} of {len(data.completed)} completed run(s){_unjudged(data.completed, judged)}.")
 
 
 def falling_text(name: str, s: StillFalling) -> str:

@@ -112,9 +112,11 @@ def run_checks(run: RunData) -> RunChecks:
         checks.append(Check("training", est.seconds if est else None, measured_training_s(run), "s",
                             est.time_source if est else "no estimate in run.yaml",
                             span=est.time_range if est else None))
+    partial = bool(run.evals and run.eval_gaps)  # part of the planned evaluation: not like with like
     checks.append(Check("evaluation", est.eval_seconds if est else None, measured_eval_s(run), "s",
-                        est.eval_time_source if est else "no estimate in run.yaml",
-                        span=est.eval_range if est else None))
+                        (est.eval_time_source if est else "no estimate in run.yaml")
+                        + ("; measured: part of the planned evaluation only" if partial else ""),
+                        judged=not partial, span=est.eval_range if est else None))
     if run.config.kind == "finetune":
         kind = run.summary.memory_kind
         checks.append(Check("peak memory", est.peak_memory_gib if est else None, run.summary.peak_memory_gib, "GiB",
@@ -161,8 +163,10 @@ def _total(what: str, runs: list[RunChecks]) -> Check:
         span = TimeRange(p10_s=round(sum(c.span.p10_s for c in mine if c.span), 1),
                          p50_s=round(sum(c.predicted or 0.0 for c in mine), 1),
                          p90_s=round(sum(c.span.p90_s for c in mine if c.span), 1))
+    partial = not all(c.judged for c in mine)  # a run's part of an evaluation: the sum is no like with like either
     return Check(what, round(sum(c.predicted or 0.0 for c in mine), 1), round(sum(c.measured or 0.0 for c in mine), 1),
-                 "s", "the runs' predictions, summed", span=span)
+                 "s", "the runs' predictions, summed" + ("; a run's measured time is part of its plan only" if partial
+                                                         else ""), judged=not partial, span=span)
 
 
 def sweep_checks(data: ReportData, submitted: dict[tuple[str, str], datetime]) -> SweepChecks:

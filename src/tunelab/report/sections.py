@@ -19,6 +19,7 @@ from tunelab.report.figures import FigureFile
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import Findings, error_class, retries
 from tunelab.report.key_findings import key_findings
+from tunelab.report.progress import evaluated_cell, no_issues_line, status_line
 from tunelab.report.storage import predicted_blocks
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
 from tunelab.rundir.memory import memory_labels
@@ -62,28 +63,6 @@ def _when(iso: str | None) -> str:
 
 
 # ---------------------------------------------------------------- sections
-def status_line(data: ReportData) -> str:
-    runs, done = data.runs, data.completed
-    counts = Counter(r.state for r in runs)
-    text = f"{len(done)} of {len(runs)} fine-tuned runs completed"
-    bad = [r.name for r in runs if r.state in (FAILED, INTERRUPTED)]
-    if bad:
-        text += f", {len(bad)} failed or interrupted ({', '.join(bad)})"
-    for state in (RUNNING, PENDING):
-        if counts.get(state):
-            text += f", {counts[state]} {state}"
-    retried = [r.name for r in runs if retries(r)]
-    if retried:
-        text += f", {len(retried)} retried ({', '.join(retried)})"
-    evaluated = [r for r in done if r.evals]
-    text += f"; {len(evaluated)} of {len(done)} completed runs evaluated"
-    ctl_done = [c for c in data.controls if c.evals]
-    text += f"; {len(ctl_done)} of {len(data.controls)} controls evaluated"
-    if data.eval_only:
-        text += f"; {sum(1 for c in data.eval_only if c.evals)} of {len(data.eval_only)} eval-only evaluated"
-    return ("⚠ partial — " if data.partial else "✓ ") + text
-
-
 def headline(data: ReportData, f: Findings) -> Headline:
     if not f.best:
         return Headline("No evaluated run yet", ["Scores appear here after `tunelab eval`."], ok=False)
@@ -96,7 +75,14 @@ def headline(data: ReportData, f: Findings) -> Headline:
     where = f"on the {rec.split} split, " if rec and rec.split else ""
     ckpt = best.checkpoint_name(rec.epoch, rec.label) if rec else best.checkpoint_name(None, str(best.last_label))
     lines = [f"{data.eval_task or 'score'} ({metric}) {where}checkpoint {ckpt}"
-             f" ({rec.samples if rec else None} samples, [95 % interval]); {factors_text(best)}, model {best.model}."]
+             f" ({_samples_text(best, rec)}, [95 % interval]); {factors_text(best)}, model {best.model}."]
+    if rec is not None and rec.epoch is not None and rec.epoch not in {c.epoch for c in best.checkpoints if c.ok}:
+        lines.append(f"⚠ Checkpoint {ckpt} of {best.name} is no longer whole in `{best.rel_dir}/checkpoints/` "
+                     "(Checkpoint verification): its score stands, its adapter is not there to use.")
+    unscored = [r.name for r in data.runs if r.score is None]
+    if unscored:  # the best of the runs that have a score, not of the sweep
+        lines.append(f"Best of the {len(data.runs) - len(unscored)} of {len(data.runs)} fine-tuned runs with a score; "
+                     f"no score yet: {', '.join(unscored)}.")
     ctl = data.control_for(best)
     word = "over" if head is None or head.greater_is_better else "vs"
     if ctl is not None and ctl.score is not None:
@@ -105,10 +91,20 @@ def headline(data: ReportData, f: Findings) -> Headline:
                      f"{ctl.name} ({show_ci(ctl.score, ctl.interval(data.eval_task or ''), metric)}).")
     if f.runner_up is not None:
         d = f.best_vs.get(f.runner_up.name)
+        other = f" at {f.runner_up.last_label}" if f.runner_up.last_label != best.last_label else ""  # not like with like
         lines.append(f"**{diff_text(d, metric, _minus(f.best_score, f.runner_up.score))}** {word} the runner-up "
-                     f"{f.runner_up.name} ({show_ci(f.runner_up.score, f.runner_up.interval(data.eval_task or ''), metric)}).")
+                     f"{f.runner_up.name}{other} ({show_ci(f.runner_up.score, f.runner_up.interval(data.eval_task or ''), metric)}).")
     lines += _headline_effects(data, f, metric)
     return Headline(title, lines, ok=True)
+
+
+def _samples_text(run: RunData, rec: Any) -> str:
+    """'40 samples', or '20 of 40 samples' where the evaluation holds fewer than the task's split (coverage.py)."""
+    if rec is None:
+        return "— samples"
+    planned = run.planned_samples(rec.task, rec.label)
+    short = planned is not None and rec.samples is not None and rec.samples < planned
+    return f"{rec.samples} of {planned} samples" if short else f"{rec.samples} samples"
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -154,12 +150,15 @@ def overview(data: ReportData) -> Section:
     blocks.append(Table(
         ["", *states, "retried", "evaluated"],
         [["fine-tuned runs", *[str(counts.get(s, 0)) for s in states], str(sum(1 for r in data.runs if retries(r))),
-          str(sum(1 for r in data.runs if r.evals))],
-         *[[what, "—", "—", "—", "—", str(sum(1 for c in group if not c.evals)), "—",
-            str(sum(1 for c in group if c.evals))]
+          evaluated_cell(data.runs)],
+         *[[what, "—", "—", "—", "—", str(sum(1 for c in group if not c.evals)), "—", evaluated_cell(group)]
            for what, group in (("controls", data.controls), ("eval-only", data.eval_only)) if group]],
         "States from each run's `status.json` + `summary.json`; retries from the ledger's attempts table "
-        "(`tunelab.db`) and `status.json` restarts."))
+        "(`tunelab.db`) and `status.json` restarts; evaluated: every checkpoint `eval.epochs` names × every task, on "
+        "all of the task split's samples (`eval/*/*/scores.json`; partly: some of it)."))
+    if data.absent:
+        blocks.append(Para("⚠ Designed by `experiment.yaml` but not in this directory: " + ", ".join(
+            f"{a.name} (`{a.rel_dir}/`)" for a in data.absent) + "."))
     return Section("Overview", blocks)
 
 
@@ -299,7 +298,7 @@ def issues(data: ReportData, f: Findings) -> Section:
                             "From `status.json` (error), the ledger's attempts, `metrics.jsonl` and the checkpoint "
                             "files."))
     else:
-        blocks.append(Para("✓ No failed, retried or cancelled runs; no NaN losses, empty files or silent runs."))
+        blocks.append(Para(no_issues_line(data)))
     if data.attempts:
         rows = [[a.run, fnum(a.attempt, "{}"), a.executor or "—", _when(a.started_at), _when(a.finished_at),
                  fnum(a.exit_code, "{}"), a.state or "—", (error_class(a.reason) + ": " + a.reason) if a.reason else "—"]
