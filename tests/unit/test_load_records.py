@@ -113,3 +113,25 @@ def test_timed_steps_keep_every_timing_and_their_spread():
     assert [t for t, _ in both.steps[4]] == [0.2, 0.1, 0.11] and both.rounds == 2
     assert both.load == LoadWindow.combined([BUSY, IDLE])
     assert first.then(TimedSteps({4: [(0.1, 64.0)]}, {4: None}, None)).load is None  # unknown stays unknown
+
+
+def test_a_gpu_run_is_never_contended_by_the_cpus_load(tmp_path):
+    """Others held 1.5 of 2 cores beside a GPU run: its row records the share but no slowdown and no contention,
+    and its speed is used as measured; a GPU row recorded contended before that rule is read the same way; a CPU
+    row under the same load is still set apart and corrected."""
+    from dataclasses import replace
+
+    from tunelab.estimate.speedhistory import uncontended
+
+    gpu_load = LoadWindow(wall_s=10.0, cpu_s=5.0, others_cpu_s=15.0, cores=2, threads=2, gpu=True)
+    row = history.from_run_dir(_run_config(tmp_path), Summary(steps=10, tokens=1000, tokens_per_s=500.0,
+                                                              device="NVIDIA H100 80GB HBM3", load=gpu_load))
+    assert (row.others_share, row.slowdown, row.contended) == (0.75, 1.0, False)
+    assert history.load_label(row) == "GPU; others 75% of CPUs"
+    older = replace(row, contended=True, slowdown=4.0)  # as the history kept GPU rows before
+    assert history.cpu_contended(older) is False and history.load_label(older) == "GPU; others 75% of CPUs"
+    assert uncontended([older]) == ([older], "")  # its tokens/s as measured: no CPU slowdown applied
+    cpu = replace(older, device="cpu")
+    assert history.cpu_contended(cpu) is True
+    [sped], note = uncontended([cpu])
+    assert sped.tokens_per_s == 500.0 * 4.0 and "under contention" in note

@@ -53,6 +53,8 @@ class RunEvalPrediction:
         limit = eval_time_limit(self.upper_s or 0.0, self.source or EvalSource.ASSUMED) if known else None
         return est.model_copy(update=dict(
             eval_seconds=self.seconds, eval_load_s=self.load_s, eval_upper_s=self.upper_s,
+            eval_targets=self.targets if self.seconds is not None else None,
+            eval_samples=self.samples if self.seconds is not None else None,
             eval_source=self.source.value if self.source else "", eval_time_source=self.detail,
             eval_slurm_time_limit=limit, eval_raw_s=self.raw_seconds, eval_range=self.range))
 

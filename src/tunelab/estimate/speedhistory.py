@@ -1,7 +1,8 @@
 """A run's training speed from the history: the past runs of this device closest in shape (this model's, or
 another's carried over by FLOPs and layers), their fixed + per-token step cost, the kind of source they are and
 the spread of their measurements; rows timed under contention used only when nothing else was, corrected by
-their slowdown and said so. The FLOPs model where the history has nothing."""
+their slowdown and said so (a GPU row never is: ledger/history.py `cpu_contended`). The FLOPs model where the
+history has nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from tunelab.catalog import GPU, Architecture
 from tunelab.estimate.interval import log_spread
 from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
-from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.rundir.estimate import SourceKind
 
 # Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
@@ -110,7 +111,7 @@ def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
     """The rows timed without contention; when there are none, the contended rows with their throughput
     corrected by the slowdown their load predicts (a lower bound: oversubscribed threads are worse) and one
     line saying so and by how much."""
-    clean = [r for r in rows if not getattr(r, "contended", None)]
+    clean = [r for r in rows if not cpu_contended(r)]
     if clean or not rows:
         return clean, ""
     worst = max((getattr(r, "slowdown", None) or 1.0) for r in rows)

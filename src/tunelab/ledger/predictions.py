@@ -4,15 +4,22 @@ errors it made (estimate/interval.py `correction`).
 
 A row compares the prediction *before* any correction (run.yaml's `seconds_raw`, `startup_raw_s`,
 `eval_raw_s`) with the measurement, so corrections never compound. A measurement taken under contention
-(summary.json's load, when recorded) is kept but marked: its error is the load's, not the source's.
+(summary.json's load for training, each scores.json's load for an evaluation) is kept but marked: its error is the
+load's, not the source's. An evaluation that scored fewer targets or samples than run.yaml priced
+(`eval_targets` × `eval_samples`) is kept as `partial`, with how many of how many: its time is not the predicted
+one's, so `load` (what every correction and interval reads) leaves it out; the complete evaluation replaces it
+(same key) once the rest is scored.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from tunelab.fsutil import add_missing_columns
+from tunelab.host.cpuload import LoadWindow
 from tunelab.ledger.history import connect, history_path
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
@@ -34,6 +41,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     recorded_at TEXT
 );
 """
+# added since the table was first written (an older file gains them; its rows read NULL there: complete, as
+# they were taken to be)
+ADDED_COLUMNS = {"partial": "INTEGER", "targets_done": "INTEGER", "targets_predicted": "INTEGER",
+                 "samples_done": "INTEGER", "samples_predicted": "INTEGER"}
 
 
 class PredictedPart(StrEnum):
@@ -58,6 +69,13 @@ class PredictionRecord:
     experiment: str | None = None
     run: str | None = None
     recorded_at: str | None = None
+    # an evaluation's coverage: targets with every task scored and samples scored, of those run.yaml priced; partial
+    # when fewer (None: a training part, or a row recorded before coverage was)
+    partial: bool | None = None
+    targets_done: int | None = None
+    targets_predicted: int | None = None
+    samples_done: int | None = None
+    samples_predicted: int | None = None
 
     @property
     def ratio(self) -> float:
@@ -69,21 +87,31 @@ def record(rows: list[PredictionRecord], path: Path | None = None) -> None:
         return
     cols = list(asdict(rows[0]))
     with connect(path) as conn:
-        conn.executescript(SCHEMA)
+        _schema(conn)
         conn.executemany(f"INSERT OR REPLACE INTO predictions ({', '.join(cols)}) VALUES "
                          f"({', '.join('?' * len(cols))})", [tuple(asdict(r).values()) for r in rows])
 
 
-def load(path: Path | None = None) -> list[PredictionRecord]:
+def load(path: Path | None = None, everything: bool = False) -> list[PredictionRecord]:
+    """The records a correction may learn from (complete measurements), or with `everything` partial ones too."""
     p = path or history_path()
     if not p.is_file():
         return []
+    where = "" if everything else " WHERE partial IS NOT 1"
     with connect(p) as conn:
-        conn.executescript(SCHEMA)
-        rows = [dict(r) for r in conn.execute("SELECT * FROM predictions ORDER BY recorded_at")]
-    return [PredictionRecord(**{**r, "part": PredictedPart(r["part"]),
-                                "contended": None if r["contended"] is None else bool(r["contended"])})
-            for r in rows]
+        _schema(conn)
+        rows = [dict(r) for r in conn.execute(f"SELECT * FROM predictions{where} ORDER BY recorded_at")]
+    return [PredictionRecord(**{**r, "part": PredictedPart(r["part"]), "contended": _bool(r["contended"]),
+                                "partial": _bool(r["partial"])}) for r in rows]
+
+
+def _schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    add_missing_columns(conn, "predictions", ADDED_COLUMNS)
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
 
 
 def _device(summary: Summary | None) -> str:
@@ -116,22 +144,37 @@ def training_records(cfg: RunConfig, summary: Summary) -> list[PredictionRecord]
 
 
 def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None) -> list[PredictionRecord]:
-    """The evaluation's part, once every target × task it predicted is scored: their wall time (shared evenly
-    where several ran at once, as the report measures it) against run.yaml's prediction on loaded weights."""
+    """The evaluation's part: the wall time of its tasks' scores (shared evenly where several ran at once, as the
+    report measures it) against run.yaml's prediction on loaded weights, with their load, and partial (how many of
+    how many) while fewer targets or samples are scored than it priced. None where run.yaml does not say what it
+    priced (one written before `eval_targets`): such a time cannot be told complete from partial."""
     est = cfg.estimate
-    if est is None or not est.eval_source or not scores:
+    if est is None or not est.eval_source or not est.eval_targets or est.eval_samples is None:
         return []
     predicted = est.eval_raw_s if est.eval_raw_s is not None else est.eval_seconds
-    tasks = len(cfg.eval.resolved_tasks())
-    targets = {s.label for s in scores}
-    measured = sum(s.duration_s / max(1, s.concurrent or 1) for s in scores)
-    if not predicted or not measured or len(scores) < tasks * len(targets):
+    tasks = {t.name for t in cfg.eval.resolved_tasks()}
+    mine = [s for s in scores if s.task in tasks]
+    measured = sum(s.duration_s / max(1, s.concurrent or 1) for s in mine)
+    if not predicted or not measured:
         return []
-    device = getattr(scores[0], "device", None) or _device(summary)
+    done = sum(1 for label in {s.label for s in mine} if {s.task for s in mine if s.label == label} >= tasks)
+    samples = sum(s.samples for s in mine)
+    of_samples = est.eval_samples * est.eval_targets
+    load = _eval_load(mine)
+    device = getattr(mine[0], "device", None) or _device(summary)
     return [PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.EVAL}", part=PredictedPart.EVAL, device=device.lower(),
                              source=SourceKind.of_eval_source(est.eval_source), predicted_s=predicted,
-                             measured_s=round(measured, 3), experiment=cfg.experiment, run=cfg.name,
-                             recorded_at=now_iso())]
+                             measured_s=round(measured, 3), contended=None if load is None else load.contended,
+                             experiment=cfg.experiment, run=cfg.name, recorded_at=now_iso(),
+                             partial=done < est.eval_targets or samples < of_samples, targets_done=done,
+                             targets_predicted=est.eval_targets, samples_done=samples, samples_predicted=of_samples)]
+
+
+def _eval_load(scores: list[TaskScores]) -> LoadWindow | None:
+    """The load over an evaluation's tasks, as one window (None: a task's load unknown, e.g. an older scores.json).
+    A wave's tasks ran at once: their windows overlap, and combined their shares are averaged over them."""
+    windows = [s.load for s in scores if s.load is not None]
+    return LoadWindow.combined(windows) if len(windows) == len(scores) else None
 
 
 def _contended(summary: Summary) -> bool | None:

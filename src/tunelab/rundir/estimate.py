@@ -203,6 +203,9 @@ class RunEstimate(_Record):
                                       "target, s.")
     eval_upper_s: float | None = Field(None, description="The evaluation if every batch decodes to max_tokens, "
                                        "load included, s: what its time limit allows for.")
+    eval_targets: int | None = Field(None, description="Targets (checkpoints) eval_seconds prices: an evaluation "
+                                     "that scores fewer is recorded as partial (None: a plan from before it).")
+    eval_samples: int | None = Field(None, description="Samples of one target, every task, that eval_seconds prices.")
     eval_source: str = Field("", description="Where the evaluation's speed came from: history, probed or assumed.")
     eval_time_source: str = Field("", description="The evaluation's source in words.")
     eval_slurm_time_limit: str | None = Field(None, description="eval_upper_s × the margin of its source (history "
