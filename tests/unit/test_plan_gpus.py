@@ -137,4 +137,4 @@ def test_the_local_executor_cannot_span_nodes(write_spec):
     (check,) = validate_path(spec, H100)
     assert any(e.startswith("tiny_r4: resources.nodes_per_run is 2, but the local executor runs every job on this "
                             "machine, one node") for e in check.errors), check.errors
-    assert yaml.safe_load(spec.read_text())["resources"] == {"gpus_per_run": 16}  # the spec is untouched
+    assert yaml.safe_load(spec.read_text())["resources"] == {"cpu_runs_at_once": 1, "gpus_per_run": 16}  # untouched
