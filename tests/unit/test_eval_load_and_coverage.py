@@ -3,11 +3,11 @@
 least what a process outside the evaluation's tree burned meanwhile (read from the kernel's own accounting); the
 history's evaluation row is contended when its tasks' load says so; and an evaluation that scored fewer targets or
 samples than run.yaml priced (a plan made here: `eval_targets` × `eval_samples`) is recorded as partial, with how
-many of how many, and left out of what the corrections read until the complete one replaces it."""
+many of how many, and left out of what the corrections read until the complete one replaces it; a run.yaml that
+does not say what it priced records none."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -35,6 +35,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.fixture(scope="module")
+def planned(spec_in, tmp_path_factory) -> list[RunConfig]:
+    """One experiment planned here: a run of 2 epochs, each evaluated (eval.epochs all) on 2 tasks of 5 samples
+    (limit), and its control; scaffolded once for the tests below (its own history)."""
+    root = tmp_path_factory.mktemp("planned")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELAB_HISTORY", str(root / "history.db"))
+        spec = spec_in(root / "exp", factors={"lora_rank": [4]}, training={"epochs": 2},
+                       eval={"epochs": "all", "limit": 5,
+                             "tasks": ["exact_match", {"name": "pick", "builtin": "choice"}]})
+        scaffold(spec)
+    return load_runs(spec.parent)
+
+
 @pytest.fixture
 def outside_hog():
     """One busy process that is not a descendant of this one (its shell parent exits: it is reparented), so the
@@ -47,26 +61,32 @@ def outside_hog():
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc")
-def test_a_real_evaluation_keeps_the_load_over_its_time(tiny_model, tmp_path, outside_hog):
+def test_a_real_evaluation_keeps_its_load_and_is_recorded_complete(planned, tmp_path, monkeypatch, outside_hog):
+    """A control planned here and evaluated for real (its 2 tasks × 5 samples) beside a busy process
+    outside its tree: each task's scores.json keeps the load over its time, and the evaluation's row is complete —
+    what the evaluation scored is what the plan priced — and contended as its tasks' loads together say."""
     from tunelab.evaluate.runner import evaluate_run
 
-    data = tmp_path / "data.json"
-    rows = [{"input": w, "output": w.capitalize()} for w in ("apple", "banana", "cherry")]
-    data.write_text(json.dumps({"train": rows, "validation": rows, "test": rows}))
-    cfg = RunConfig(name="ctl", kind="control", experiment="x", experiment_dir=str(tmp_path),
-                    model={"name": "tiny", "path": str(tiny_model)}, dataset={"name": "caps", "path": str(data)},
-                    prompt="Capitalize: {input}", eval={"max_tokens": 4})
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    ctl = next(r for r in planned if r.kind == "control")
     hog_before, t0 = _cpu_s(outside_hog), time.monotonic()
-    [scores] = evaluate_run(cfg)
+    scores = evaluate_run(ctl)
     hog_s, wall_s = _cpu_s(outside_hog) - hog_before, time.monotonic() - t0
-    load = scores.load
-    assert load is not None and load.gpu is on_gpu()
-    assert load.wall_s == pytest.approx(scores.duration_s, abs=0.05)  # over the time the task measured
-    # the hog's seconds inside the window: its seconds over the whole call less one core for the time outside it
-    assert load.others_cpu_s >= hog_s - (wall_s - load.wall_s) - 2 * TICK
-    assert load.cpu_s > 0  # the evaluation's own (model load, generation, scoring)
-    [back] = read_scores(cfg.run_dir)
-    assert back.load == LoadWindow.from_json(load.to_json())  # scores.json keeps it (to the ms)
+    for s in scores:
+        load = s.load
+        assert load is not None and load.gpu is on_gpu()
+        assert load.wall_s == pytest.approx(s.duration_s, abs=0.05)  # over the time the task measured
+        # the hog's seconds inside the window: its seconds over the whole call less one core for the time outside it
+        assert load.others_cpu_s >= hog_s - (wall_s - load.wall_s) - 2 * TICK
+        assert load.cpu_s > 0  # the evaluation's own (model load, generation, scoring)
+    assert [s.load for s in read_scores(ctl.run_dir)] == [LoadWindow.from_json(s.load.to_json()) for s in scores
+                                                          if s.load]  # scores.json keeps it (to the ms)
+    [row] = predictions.eval_records(ctl, scores, None)
+    assert ctl.estimate is not None and ctl.estimate.eval_samples
+    assert (row.partial, row.targets_done, row.targets_predicted) == (False, 1, 1)
+    assert row.samples_done == row.samples_predicted == ctl.estimate.eval_samples == sum(s.samples for s in scores)
+    combined = LoadWindow.combined([s.load for s in scores if s.load])
+    assert combined is not None and row.contended is combined.contended
 
 
 def _scores(cfg: RunConfig, label: str, task: str, builtin: str, samples: int, load: LoadWindow | None) -> None:
@@ -81,12 +101,9 @@ IDLE = LoadWindow(wall_s=2.0, cpu_s=3.8, others_cpu_s=0.1, cores=2, threads=2)
 BUSY = LoadWindow(wall_s=2.0, cpu_s=2.0, others_cpu_s=3.0, cores=2, threads=2)  # others held 1.5 of 2 cores
 
 
-def test_an_evaluation_is_partial_until_every_priced_target_and_sample_is_scored(write_spec, tmp_path, monkeypatch):
+def test_an_evaluation_is_partial_until_every_priced_target_and_sample_is_scored(planned, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
-    spec = write_spec(factors={"lora_rank": [4]}, training={"epochs": 2},
-                      eval={"epochs": "all", "limit": 5, "tasks": ["exact_match", {"name": "pick", "builtin": "choice"}]})
-    scaffold(spec)
-    cfg = next(r for r in load_runs(spec.parent) if r.kind == "finetune")
+    cfg = next(r for r in planned if r.kind == "finetune")
     est = cfg.estimate
     assert est is not None and est.eval_source and est.eval_raw_s
     assert (est.eval_targets, est.eval_samples) == (2, 5 + 5)  # epochs 0 and 1; the limit's 5 rows × 2 tasks
@@ -120,19 +137,8 @@ def test_an_evaluation_is_partial_until_every_priced_target_and_sample_is_scored
     assert whole.predicted_s == est.eval_raw_s and whole.measured_s == 8.0
     assert [r.key for r in predictions.load()].count(key) == 1  # the same row, now complete, is read
 
-
-def test_a_plan_that_does_not_say_what_it_priced_records_no_evaluation(write_spec, tmp_path, monkeypatch):
-    """A run.yaml written before eval_targets: its evaluation's time cannot be told complete from partial."""
-    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
-    scaffold(spec := write_spec(factors={"lora_rank": [4]}))
-    cfg = next(r for r in load_runs(spec.parent) if r.kind == "finetune")
-    assert cfg.estimate is not None and cfg.estimate.eval_targets == 1
-    [task] = cfg.eval.resolved_tasks()
-    assert task.builtin and cfg.estimate.eval_samples  # the default task, on every row of its split
-    _scores(cfg, "epoch_0", task.name, task.builtin, cfg.estimate.eval_samples, IDLE)
-    assert len(predictions.eval_records(cfg, read_scores(cfg.run_dir), None)) == 1
-    old = cfg.model_copy(update={"estimate": cfg.estimate.model_copy(update={"eval_targets": None,
-                                                                            "eval_samples": None})})
+    # a run.yaml planned before eval_targets: its evaluation's time cannot be told complete from partial
+    old = cfg.model_copy(update={"estimate": est.model_copy(update={"eval_targets": None, "eval_samples": None})})
     assert predictions.eval_records(old, read_scores(cfg.run_dir), None) == []
 
 
