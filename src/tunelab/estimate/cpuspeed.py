@@ -1,7 +1,10 @@
 """A plan always answers: with no history and no probe of this CPU, the plan times a few of the run shape's own
 training micro-batches here — the model built from its config.json with random weights (speed does not depend
 on their values), the run's LoRA adapters, its micro-batch of random tokens, forward, backward and AdamW — and
-prices the run at that speed. A large model, whose step would take the plan minutes, gets a matrix product at
+prices the run at that speed; the same model's forward without gradients (a validation's unit) and one save of its
+adapter and optimizer state (a save's bulk) are timed beside it (estimate/firstcontact.py prices the run's
+validations and saves with them, estimate/loopcost.py what the job's loop adds).
+A large model, whose step would take the plan minutes, gets a matrix product at
 its hidden size instead, priced by the FLOPs model. Either way it is a measurement of this machine (kind
 `timed`), with a wide interval; `tunelab probe` narrows it.
 
@@ -46,6 +49,8 @@ class TimedSpeed:
     source: str
     spread: float
     contention: str = ""
+    forward_s: float | None = None  # one micro-batch's forward without gradients (a validation's unit), timed
+    save_s: float | None = None  # the shape's adapter and optimizer state written once (a save's bulk), timed
 
 
 def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
@@ -56,7 +61,8 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     batch = max(1, t.batch_size)
     seq = max(8, tokens_per_microbatch // batch)
     key = [socket.gethostname(), os.cpu_count(), threads, file_stamps([f"{cfg.model.path}/config.json"]), batch,
-           seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing]
+           seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing,
+           "forward+save"]  # what an entry holds: older entries lack the forward and the save
     from tunelab.models.vlm import is_vision_language
 
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
@@ -69,7 +75,10 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
                   f"(random weights, its LoRA) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
                   f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''})"
                   f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
-        return TimedSpeed(tps, source, got["spread"] / 2, contention)
+        factor = slowdown if contention else 1.0
+        forward, save = got.get("forward_s"), got.get("save_s")
+        return TimedSpeed(tps, source, got["spread"] / 2, contention,
+                          forward / factor if forward else None, save / factor if save else None)
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
     tps = rate / (flops_per_token(arch, seq) * (1.5 if t.gradient_checkpointing else 1.0))
@@ -142,13 +151,35 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
         rounds = [_round(step)]
         while len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees:  # as the probe does (train/probe_steps.py)
             rounds.append(_round(step))
+        parts = _forward_and_save(torch, model, opt, ids)
     finally:
         torch.set_num_threads(before)
     best = min(rounds, key=lambda r: (r.slowdown, r.median_s))  # the round that had the most of the cores
     return {"median_s": best.median_s, "spread": best.spread, "steps": len(best.times), "rounds": len(rounds),
-            "timed_at": time.time(),
+            "timed_at": time.time(), **parts,
             "slowdown": round(best.slowdown, 3), "contended": best.contended,
             "others_share": round(best.load.others_share, 4) if best.load else None}
+
+
+def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any) -> dict[str, float]:
+    """A validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS), and a save's
+    bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory once."""
+    import tempfile
+
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(MIN_STEPS + 1):
+            t0 = time.perf_counter()
+            model(input_ids=ids, labels=ids)
+            times.append(time.perf_counter() - t0)
+    model.train()
+    with tempfile.TemporaryDirectory(prefix="tunelab-save-") as scratch:
+        t0 = time.perf_counter()
+        model.save_pretrained(scratch)
+        torch.save(opt.state_dict(), f"{scratch}/optimizer.pt")
+        save = time.perf_counter() - t0
+    return {"forward_s": median(times[1:]), "save_s": save}  # the first forward: warm-up
 
 
 @dataclass(frozen=True)
@@ -209,9 +240,10 @@ IMPORTED = "torch, transformers, peft, trl, datasets"  # what a training job imp
 ASSUMED_LOAD_GBS = 1.0  # reading a model's weights from disk, GB/s (assumed)
 
 
-def timed_startup(model_path: str, parameters: int) -> tuple[float, str]:
+def timed_startup(model_path: str, parameters: int, imports_s: float | None = None) -> tuple[float, str]:
     """A job's start-up with nothing measured: a fresh interpreter importing the training stack, timed here
-    (cached per machine and versions), plus the model's weights read at ASSUMED_LOAD_GBS."""
+    (cached per machine and versions; `imports_s`: one the loop's measuring job just took, estimate/loopcost.py,
+    kept instead of starting another), plus the model's weights read at ASSUMED_LOAD_GBS."""
     import subprocess
     import sys
     from importlib.metadata import version
@@ -222,7 +254,7 @@ def timed_startup(model_path: str, parameters: int) -> tuple[float, str]:
         return {"seconds": time.perf_counter() - t0}
 
     key = [socket.gethostname(), os.cpu_count(), sys.executable, version("torch"), version("transformers")]
-    imports = float(cached_json("job-imports", key, run)["seconds"])
+    imports = float(cached_json("job-imports", key, (lambda: {"seconds": imports_s}) if imports_s else run)["seconds"])
     load = parameters * 4 / (ASSUMED_LOAD_GBS * 1e9)
     return imports + load, (f"start-up: a fresh interpreter importing {IMPORTED} took {imports:.1f} s here, + "
                             f"{load:.1f} s reading the weights at {ASSUMED_LOAD_GBS:g} GB/s (assumed)")

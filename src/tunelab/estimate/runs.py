@@ -12,6 +12,7 @@ from typing import Any
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
+from tunelab.estimate.firstcontact import VALIDATION_COST, RunOverheads
 from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
@@ -26,7 +27,6 @@ from tunelab.spec import Strategy, TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
-VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
 
 
 def _training(cfg: RunConfig) -> TrainingConfig:
@@ -121,10 +121,11 @@ def choose_strategy(distributed: str, processes: int, full_peak_gib: float | Non
 
 
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
-               t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None
-               ) -> tuple[float, float | None, str]:
+               t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
+               first: RunOverheads | None = None) -> tuple[float, float | None, str]:
     """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
-    start-up and finish, from the reference runs when they measured them."""
+    start-up and finish, from the reference runs when they measured them; on first contact (`first`) the loop,
+    validations and saves as estimate/firstcontact.py priced them."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     startup = None
     train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
@@ -132,7 +133,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
         time_source += f"; {nproc} processes at {efficiency:.0%} scaling efficiency (assumed)"
     fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
     overhead_frac = median(fracs) if fracs else 0.0
-    if not fracs and t.validation_every_steps:
+    if not fracs and t.validation_every_steps and first is None:
         n_val = steps // t.validation_every_steps + 1
         overhead_frac = n_val * sum(val_lengths) * VALIDATION_COST / max(train_tokens / nproc, 1)
     startups = [r.startup_s for r in refs if r.startup_s is not None]
@@ -146,12 +147,15 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
         time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
     if fracs:
         time_source += " + validation and saves as the reference runs measured them"
+    elif first is not None:
+        time_source += f" {first.source}"
     elif t.validation_every_steps:
         time_source += (f" + {n_val} validation(s) at a forward = {VALIDATION_COST:.2f} of a training step "
                         "(assumed)")
     finishes = [r.finish_s for r in refs if r.finish_s is not None]
     finish = median(finishes) if finishes else 0.0
-    return round((startup or 0.0) + train_s * (1 + overhead_frac) + finish, 1), startup, time_source
+    added = first.total_s if first is not None else 0.0
+    return round((startup or 0.0) + train_s * (1 + overhead_frac) + added + finish, 1), startup, time_source
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class RunTime:
     startup_kind: SourceKind = SourceKind.ASSUMED
     spread: float = 0.0
     contention: str = ""
+    first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -202,25 +207,46 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
                                t.gradient_accumulation_steps, t.gradient_checkpointing)
+    first = None
     if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads) for r in history):
         # nothing measured on this CPU at all (a row of another shape is priced across by the levers, plan/split.py)
         from tunelab.estimate.cpuspeed import timed_cpu_speed
 
         timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
         speed = Speed(timed.tokens_per_s, timed.source, [], SourceKind.TIMED, timed.spread, timed.contention)
+        first = _first_contact(cfg, timed, steps, rows, tokens_mb, val_lengths, nproc,
+                               train_tokens / timed.tokens_per_s, cpu_threads)
     tps, source, refs = speed.tokens_per_s, speed.source, speed.rows
     seconds = startup = None
     timed_start = None
     if speed.kind == SourceKind.TIMED:
         from tunelab.estimate.cpuspeed import timed_startup
 
-        timed_start = timed_startup(cfg.model.path, arch.parameters)
+        timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
         seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
-                                              timed_start)
+                                              timed_start, first)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention)
+                   kind, speed.spread, speed.contention, first)
+
+
+def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
+                   nproc: int, train_s: float, threads: int | None) -> RunOverheads:
+    """What the job adds to its timed micro-batches (estimate/firstcontact.py): the loop this machine measured once,
+    the validations and the saves the run's schedule makes (estimate/storage.py)."""
+    from tunelab.estimate.firstcontact import first_contact_overheads
+    from tunelab.estimate.loopcost import loop_overhead
+    from tunelab.estimate.storage import schedule
+
+    t = _training(cfg)
+    plan = schedule(t, rows, rows, nproc, train_s)
+    if t.packing:  # packed validation rows: the split's tokens, no padding
+        val_tokens = sum(min(n, t.max_seq_len) for n in val_lengths)
+    else:  # its batches each padded to their longest
+        val_tokens = _padded_tokens(tuple(val_lengths), t.batch_size, t.max_seq_len, t.seed) if val_lengths else 0
+    return first_contact_overheads(timed, loop_overhead(threads), t, steps, plan.epochs + plan.mid_saves, tokens_mb,
+                                   val_tokens, nproc)
 
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],

@@ -1,0 +1,138 @@
+"""What the job's training loop adds to a bare micro-batch, measured on this machine: a process of its own,
+`python -m tunelab.train.loop_cost OUT_DIR`, run once per machine by the plan (estimate/loopcost.py) when nothing
+measured the CPU yet.
+
+A bare micro-batch (forward, backward, AdamW on random tokens: what estimate/cpuspeed.py times for a shape) is not a
+job's step: the job's loop (HF/TRL Trainer) also collates the batch, counts its tokens, clips the gradients, steps
+the scheduler, runs the callbacks and writes metrics.jsonl and status.json at each log. This job trains a reference
+run — the tiny Llama of models/tiny.py on a generated capitalization set, LoRA rank 4, micro-batch 8 — with the
+job's own trainer and callback (train/trainer.py, train/loop_hooks.py: the same loop, the same writes), then times
+bare micro-batches of the same size on the same model and optimizer, in the same process, moments later. The
+difference per optimizer step is what the loop adds (`loop_step_s` − `bare_step_s`), written to OUT_DIR/loop.json
+with the machine's load over both (estimate/loopcost.py keeps the figure only when the load left them alone) and
+the seconds the fresh interpreter took to import the job's stack (`imports_s`, the start-up a plan prices).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.rundir.metrics import MetricRow
+
+RESULT_FILE = "loop.json"
+REFERENCE = {"batch_size": 8, "max_seq_len": 64, "lora_rank": 4, "logging_steps": 5, "max_steps": 40}
+WORDS = 400  # the reference's generated words (80 % train): one epoch is more than max_steps
+BARE_STEPS = 20
+
+
+def loop_step_s(rows: list[MetricRow], warmup_rows: int = 1) -> tuple[float, float] | None:
+    """(seconds per optimizer step of the job's loop, tokens per step) between the first training row past warm-up
+    and the last: the rows' training time (validations and saves excluded, as the job counts them) over the steps
+    between them. None with fewer than two such rows."""
+    train = [r for r in rows if r.is_train and r.train_time_s is not None and r.step]
+    if len(train) < warmup_rows + 2:
+        return None
+    first, last = train[warmup_rows], train[-1]
+    steps = (last.step or 0) - (first.step or 0)
+    seconds = (last.train_time_s or 0.0) - (first.train_time_s or 0.0)
+    if steps <= 0 or seconds <= 0:
+        return None
+    return seconds / steps, ((last.tokens or 0) - (first.tokens or 0)) / steps
+
+
+def reference_run(root: Path) -> Any:
+    """The reference RunConfig under `root`: the tiny model and the words built there (offline, deterministic)."""
+    from tunelab.data.capitalization import make_capitalization_dataset
+    from tunelab.models.tiny import build_tiny_model
+    from tunelab.rundir.config import RunConfig
+
+    model = build_tiny_model(root / "model", layers=2, hidden=128, seed=0)
+    data = make_capitalization_dataset(5, WORDS, root / "data", 0.8, seed=0)
+    return RunConfig(name="loop_cost", kind="finetune", experiment="loop-cost", experiment_dir=str(root),
+                     model={"name": "tiny", "path": str(model)}, dataset={"name": "caps", "path": str(data)},
+                     prompt="Capitalize: {input}", training={**REFERENCE, "learning_rate": 0.002})
+
+
+def measure(root: Path) -> dict[str, Any]:
+    """Train the reference with the job's loop, then time bare micro-batches of its mean size on its model."""
+    from tunelab.host.cpuload import LoadMeter
+    from tunelab.rundir.checkpoints import Counters
+    from tunelab.rundir.status import StatusWriter
+    from tunelab.train.loop_hooks import make_callback
+    from tunelab.train.metrics import LocalCounts, MetricsWriter
+    from tunelab.train.trainer import build_trainer
+
+    cfg = reference_run(root)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    counters, local = Counters(), LocalCounts()
+    writer = MetricsWriter(cfg.run_dir, counters)
+    callback = make_callback(cfg.run_dir, writer, StatusWriter(cfg.run_dir), {}, local)
+    trainer, _, _ = build_trainer(cfg, counters, [callback], local)
+    meter = LoadMeter.start()
+    trainer.train()
+    loop_load = meter.window() if meter is not None else None
+    measured = loop_step_s(writer.rows)
+    if measured is None:
+        raise RuntimeError("the reference run logged too few rows to time its loop")
+    loop_s, tokens = measured
+    meter = LoadMeter.start()
+    bare = _bare_steps(trainer, int(REFERENCE["batch_size"]), max(1, round(tokens / REFERENCE["batch_size"])))
+    bare_load = meter.window() if meter is not None else None
+    loads = [w for w in (loop_load, bare_load) if w is not None]
+    return {"loop_step_s": round(loop_s, 6), "bare_step_s": round(bare, 6), "tokens_per_step": round(tokens, 1),
+            "steps": trainer.state.global_step, "contended": any(w.contended for w in loads),
+            "slowdown": round(max((w.slowdown for w in loads), default=1.0), 3)}
+
+
+def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
+    """Median seconds of a bare micro-batch on the trainer's model and optimizer: forward and backward on random
+    tokens, AdamW's step — what estimate/cpuspeed.py times for a shape, nothing of the loop."""
+    import torch
+
+    model, opt = trainer.model, trainer.optimizer
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    times = []
+    for i in range(BARE_STEPS + 1):
+        t0 = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:  # the first: warm-up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure into OUT_DIR/loop.json; a failure is one line on stderr."""
+    from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
+    from tunelab.host.startup import import_stack
+    from tunelab.train import TRAINING_STACK
+    from tunelab.train.metrics import process_age_s
+    from tunelab.train.trackers import skip_unused_tracker_sdks
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tunelab.train.loop_cost OUT_DIR", file=sys.stderr)
+        return 2
+    skip_unused_tracker_sdks()
+    import_stack(*TRAINING_STACK)
+    imports_s = process_age_s()  # a fresh interpreter with the job's stack imported: a job's start-up before loading
+    quiet_hf_progress_bars()
+    quiet_known_library_warnings()
+    out = Path(args[0])
+    try:
+        result = measure(out)
+    except Exception as exc:  # noqa: BLE001 — the plan falls back and says why
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    (out / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""A run priced on first contact (nothing measured on this CPU, no probe) pays what the job adds to its bare
+micro-batches: the job's loop per step (measured once per machine by a real tiny training, train/loop_cost.py),
+ceil(steps / N) validations of its validation split and a save per epoch, each priced by a timing of the shape
+(estimate/firstcontact.py). The loop's figure is checked against the rows the measuring job wrote; the run's time is
+checked against a hand computation from the timings the plan recorded. No measured time is compared with a
+prediction here (benchmarks/estimate_accuracy.py does that)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.metrics import MetricRow
+
+
+@pytest.fixture(scope="module")
+def loop_measured(tmp_path_factory) -> tuple[Path, dict]:
+    """The measuring job, run for real as the plan runs it: (its directory, what it wrote)."""
+    out = tmp_path_factory.mktemp("loop")
+    proc = subprocess.run([sys.executable, "-m", "tunelab.train.loop_cost", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads((out / "loop.json").read_text())
+
+
+def test_the_loop_job_times_the_jobs_own_loop_from_the_rows_it_wrote(loop_measured):
+    out, got = loop_measured
+    run_dir = out / "runs" / "loop_cost"
+    rows = [MetricRow(**json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.loss is not None]
+    assert [r.step for r in train] == list(range(5, 41, 5))  # the job's callback logged every 5 steps of 40
+    first, last = train[1], train[-1]  # the first row past warm-up, the last
+    per_step = (last.train_time_s - first.train_time_s) / (last.step - first.step)
+    assert got["loop_step_s"] == pytest.approx(per_step, abs=1e-6)
+    assert got["tokens_per_step"] == pytest.approx((last.tokens - first.tokens) / (last.step - first.step), abs=0.05)
+    assert got["steps"] == 40 and got["bare_step_s"] > 0 and got["imports_s"] > 0
+    assert json.loads((run_dir / "status.json").read_text())["step"] == 40  # the job's status writes ran too
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _cfg(root: Path, model: Path, **training) -> RunConfig:
+    return RunConfig(name="r", kind="finetune", experiment="x", experiment_dir=str(root),
+                     model={"name": "tiny", "path": str(model)}, dataset={"name": "caps", "path": str(root / "d.json")},
+                     prompt="Capitalize: {input}", training={"batch_size": 8, "max_seq_len": 64, **training})
+
+
+@pytest.mark.parametrize("every, validations", [(4, 4), (5, 4), (None, 0)])  # 16 steps: ceil(16 / N), never 16 // N + 1
+def test_first_contact_adds_the_loop_validations_and_saves_as_a_hand_computation_says(
+        loop_measured, fresh, tmp_path, tiny_model, monkeypatch, every, validations):
+    from tunelab.estimate import loopcost
+    from tunelab.estimate.runs import run_time
+
+    overhead = loopcost.overhead_of({"ok": True, **loop_measured[1]})  # the real tiny training's loop, injected
+    monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: overhead)
+    cfg = _cfg(tmp_path, tiny_model, epochs=2, validation_every_steps=every)
+    lengths, val_lengths = [20] * 64, [20] * 24  # 8 steps an epoch of 8 × 20 tokens; 480 validation tokens, no padding
+    rt = run_time(cfg, None, lengths, val_lengths, [], cpu_threads=1)
+
+    (entry,) = fresh.glob("cpu-step/*.json")  # what the plan timed for this shape
+    timed = json.loads(entry.read_text())["value"]
+    factor = timed["slowdown"] if timed["contended"] else 1.0
+    assert rt.steps == 16 and rt.tokens_per_microbatch == 160
+    assert rt.tokens_per_s == pytest.approx(160 / timed["median_s"] * factor)
+    train = rt.train_tokens / rt.tokens_per_s
+    loop = 16 * overhead.step_s
+    each_validation = timed["forward_s"] / factor * 480 / 160
+    each_save = timed["save_s"] / factor
+    parts = rt.first_contact
+    assert parts is not None and (parts.validations, parts.saves) == (validations, 2)  # a save at each epoch's end
+    assert parts.validation_s == pytest.approx(each_validation) and parts.save_s == pytest.approx(each_save)
+    assert rt.startup_s == pytest.approx(loop_measured[1]["imports_s"] + 0.0, abs=0.05)  # the job's imports, kept
+    expected = rt.startup_s + train + loop + validations * each_validation + 2 * each_save
+    assert rt.seconds == pytest.approx(round(expected, 1), abs=0.051)
+    assert "for the job's loop" in rt.source and "2 save(s)" in rt.source
+    assert (f"{validations} validation(s) of 480 tokens" in rt.source) == bool(validations)
+
+
+def test_a_failed_loop_measurement_prices_the_loop_at_nothing_and_says_why():
+    from tunelab.estimate.loopcost import overhead_of
+
+    got = overhead_of({"ok": False, "error": "ModuleNotFoundError: No module named 'trl'"})
+    assert got.step_s == 0.0 and "measuring it failed: ModuleNotFoundError" in got.source
+    contended = overhead_of({"ok": True, "loop_step_s": 0.05, "bare_step_s": 0.03, "contended": True,
+                             "slowdown": 2.0})
+    assert contended.step_s == pytest.approx(0.01) and "divided by ×2.0" in contended.source  # (50 − 30) ms / 2
+
+
+def test_validations_are_ceil_of_steps_over_their_interval():
+    from tunelab.estimate.firstcontact import validation_count
+
+    assert [validation_count(s, 4) for s in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
+    assert validation_count(16, None) == 0 and validation_count(0, 4) == 0
