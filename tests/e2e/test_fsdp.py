@@ -183,3 +183,27 @@ def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(run
     assert resumed == pytest.approx(straight, rel=RTOL)
     _assert_same_adapter(_adapter(cfg.run_dir / "checkpoints" / "epoch_0"),
                          _adapter(fsdp.run_dir / "checkpoints" / "epoch_0"))
+
+
+def test_a_finished_sharded_worker_runs_its_atexit_handlers(spec_in, tmp_path):
+    """A finished worker leaves by os._exit (train/distributed.py exit_finished_worker, which skips teardown), after
+    the atexit handlers interpreter exit would run: each rank's handler, registered at its start by a sitecustomize
+    module, writes its file after the run completed."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        "if 'WORLD_SIZE' in os.environ:  # a torchrun worker, not the launcher\n"
+        "    path = os.path.join(os.environ['ATEXIT_DIR'], 'rank' + os.environ['RANK'])\n"
+        "    atexit.register(lambda: open(path, 'w').write(str(os.getpid())))\n")
+    spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4]}, controls=False,
+                   training={**TRAINING, "batch_size": 4, "max_steps": 2, "checkpoint_every": None},
+                   resources={"gpus_per_run": 0, "nproc_per_run": 2, "distributed": "fsdp"})
+    cfg = scaffold(spec).runs[0]
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    proc = _train(cfg.run_dir / "run.yaml", PYTHONPATH=pythonpath, ATEXIT_DIR=str(tmp_path))
+    assert proc.wait(600) == 0, (cfg.run_dir / "train.log").read_text()[-3000:]
+    assert training_state(cfg.run_dir) == "completed"
+    written = {p.name: int(p.read_text()) for p in tmp_path.glob("rank*")}
+    assert sorted(written) == ["rank0", "rank1"]
+    assert written["rank0"] == read_json(cfg.run_dir / "status.json")["pid"]  # this run's rank 0, not another's

@@ -3,8 +3,10 @@ the Trainer arguments of DDP / FSDP. The launch of those processes is job.py's (
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, NoReturn, Sequence
 
@@ -111,12 +113,19 @@ def close_process_group() -> None:
 
 
 def exit_finished_worker() -> NoReturn:
-    """End a torchrun worker whose run is complete and whose process group is closed, now, with status 0,
-    skipping interpreter finalization. Even after destroy_process_group, the C++ runtime's static destructors can
-    meet a still-joinable thread (gloo's, torch's pools) and abort (SIGABRT, "terminate called without an active
-    exception"): the launcher then judged a finished run failed (seen in CI's FSDP smoke under load). Everything
-    the run keeps is already written and closed (summary.json, status.json, checkpoints: atomic writes); only
-    the standard streams are left to flush."""
+    """End a torchrun worker whose run is complete and whose process group is closed, with status 0, after the
+    steps of interpreter exit that user code can observe (non-daemon threads joined, then atexit handlers: trackers'
+    flush, tempfile and logging cleanup) and before the two it skips: module teardown and the C++ runtime's static
+    destructors. Those are where a finished rank aborted (SIGABRT, "terminate called without an active exception")
+    and torchrun judged the run failed (CI's FSDP smoke under load): destroy_process_group does not end gloo's
+    threads (two pt_gloo_runloop workers, gloo_tcp_loop); they stop only when the ProcessGroup object is freed,
+    and DTensor's module-level caches (redistribute planners, sharding propagation) hold the DeviceMesh that holds
+    it, so that happens during teardown, in whatever order teardown frees things, or never.
+    tests/e2e/test_fsdp.py checks that a worker's atexit handler runs."""
+    for thread in threading.enumerate():  # what Python's own exit waits for first
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # then the atexit handlers, in their order (last registered first)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
