@@ -48,15 +48,16 @@ def make_trainer_class():
     from trl import SFTTrainer
 
     from tunelab.train.feeding import FeedingMixin
+    from tunelab.train.losses import PlainLossMixin
     from tunelab.train.sharding import ShardingMixin
 
-    class CountingSFTTrainer(FeedingMixin, ShardingMixin, SFTTrainer):
+    class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, SFTTrainer):
         """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
-        and times evaluation and checkpoint saves; saves and resumes a model sharded by train/sharding.py."""
+        and times evaluation and checkpoint saves; saves and resumes a model sharded by train/sharding.py; takes
+        the model's own loss where train/losses.py says."""
 
         counters: Counters
         local: LocalCounts
-        plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             started = time.monotonic()
@@ -66,16 +67,6 @@ def make_trainer_class():
             kill_point("train.step", str(self.state.global_step + 1))  # backward done, optimizer step not
             pace_step(started)
             return loss
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            """TRL's fused LM head (log-probs, entropy and top-1 per token, in chunks) saves GPU memory on large
-            vocabularies; on a CPU it cost 15 % of a SmolLM2 step (docs/benchmarks.md, the peers), so there the
-            model computes its own loss from its logits (`plain_loss`, set by build_trainer): the same value."""
-            if self.plain_loss:
-                from transformers import Trainer
-
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def _save_optimizer_and_scheduler(self, output_dir):
             kill_point("train.save", str(self.state.global_step))  # mid-save: adapter written, trainer state not
