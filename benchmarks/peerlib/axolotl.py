@@ -16,12 +16,11 @@ from __future__ import annotations
 import ast
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured
+from peerlib.measure import Measured, installed_version
 from peerlib.result import WARMUP_STEPS, StepLog
 
 CONFIG = "axolotl.yml"
@@ -93,9 +92,7 @@ class AxolotlPeer:
     env = "axolotl"
 
     def version(self, python: Path) -> str:
-        done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('axolotl'))"],
-                              capture_output=True, text=True, check=True)
-        return done.stdout.strip()
+        return installed_version(python, "axolotl")
 
     def train_command(self, inputs: Inputs, job: Job, out: Path, python: Path) -> list[str]:
         """JSON is YAML: axolotl reads the config with yaml.safe_load. `env` pins the two variables that make a

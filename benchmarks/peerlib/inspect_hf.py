@@ -14,9 +14,9 @@ model_path: transformers' PEFT integration reads adapter_config.json, loads the 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
+from peerlib.measure import installed_version
 from peerlib.tunelab_answers import EvalJob, Target
 
 NAME = name = "inspect-ai hf/"  # the row's name (module attributes, as a Peer has them)
@@ -54,8 +54,7 @@ def tunelab_exact_match() -> Task:
 
 
 def version(python: Path) -> str:
-    code = "import importlib.metadata as m; print(m.version('inspect_ai'))"
-    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return installed_version(python, "inspect_ai")
 
 
 def write_task(task_dir: Path, job: EvalJob) -> Path:

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured
+from peerlib.measure import Measured, installed_version
 from peerlib.result import StepLog
 
 OUTPUT = "lf_out"  # its output_dir: the adapter, trainer_log.jsonl, train_results.json
@@ -101,9 +100,7 @@ class LlamaFactoryPeer:
     env = "llamafactory"
 
     def version(self, python: Path) -> str:
-        code = "import importlib.metadata as m; print(m.version('llamafactory'))"
-        return subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return installed_version(python, "llamafactory")
 
     def train_command(self, inputs: Inputs, job: Job, out: Path, python: Path) -> list[str]:
         """Write dataset_info.json and config.yaml (and the template wrapper where one is needed) into `out`."""

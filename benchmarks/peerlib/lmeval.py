@@ -17,9 +17,9 @@ results_*.json and samples_<task>_*.jsonl under out/<target>/, which parse_answe
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
+from peerlib.measure import installed_version
 from peerlib.tunelab_answers import EvalJob, Target
 
 NAME = name = "lm-eval"  # the row's name (module attributes, as a Peer has them)
@@ -30,8 +30,7 @@ SWEEP_SCRIPT = Path(__file__).with_name("lmeval_sweep.py")
 
 def version(python: Path) -> str:
     """The installed lm-eval version, as the peer's interpreter reports it."""
-    code = "import importlib.metadata as m; print(m.version('lm_eval'))"
-    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return installed_version(python, "lm_eval")
 
 
 def _stops(bases: list[Path]) -> list[str]:

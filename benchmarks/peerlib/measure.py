@@ -19,6 +19,12 @@ import psutil
 SAMPLE_S = 0.05
 
 
+def installed_version(python: Path, distribution: str) -> str:
+    """The version of `distribution` installed where `python` runs (a peer's own environment), as it reports it."""
+    code = f"import importlib.metadata as m; print(m.version({distribution!r}))"
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 @dataclass(frozen=True)
 class Line:
     t: float  # seconds since the command started

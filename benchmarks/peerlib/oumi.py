@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured
+from peerlib.measure import Measured, installed_version
 from peerlib.result import StepLog
 
 OUTPUT = "oumi_out"  # training.output_dir: the adapter, logs/, telemetry/
@@ -129,9 +128,7 @@ class OumiPeer:
     env = "oumi"
 
     def version(self, python: Path) -> str:
-        code = "import importlib.metadata as m; print(m.version('oumi'))"
-        return subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return installed_version(python, "oumi")
 
     def train_command(self, inputs: Inputs, job: Job, out: Path, python: Path) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)

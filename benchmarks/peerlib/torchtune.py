@@ -25,11 +25,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured
+from peerlib.measure import Measured, installed_version
 from peerlib.result import WARMUP_STEPS, StepLog
 
 TOKENIZER_MODULE = Path(__file__).with_name("torchtune_tokenizer.py")
@@ -121,8 +120,7 @@ class TorchtunePeer:
     env = "torchtune"
 
     def version(self, python: Path) -> str:
-        code = "import importlib.metadata as m; print(m.version('torchtune'))"
-        return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        return installed_version(python, "torchtune")
 
     def train_command(self, inputs: Inputs, job: Job, out: Path, python: Path) -> list[str]:
         """config.yaml (JSON, which YAML reads) and the template tokenizer's module into `out`; `tune` of the env

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from peerlib.job import SYSTEM, Inputs, Job
-from peerlib.measure import Measured
+from peerlib.measure import Measured, installed_version
 from peerlib.result import StepLog
 
 STEP_LINE = re.compile(r"\[tunelab train\] step (\d+)/(\d+) epoch \S+ loss ([0-9.]+) tok/s ([0-9.]+)")
@@ -48,9 +48,7 @@ class TunelabSide:
     env = ""
 
     def version(self, python: Path) -> str:
-        out = subprocess.run([str(python), "-c", "import tunelab; print(tunelab.__version__)"],
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        return installed_version(python, "tunelab")
 
     def run_yaml(self, out: Path) -> Path:
         found = sorted((out / "experiment" / "runs").glob("*/run.yaml"))
