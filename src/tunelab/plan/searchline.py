@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
 from tunelab.plan.deadline import SEARCH_STEPS, GiveOption, SearchLine
 from tunelab.plan.evalcost import EvalCost
 from tunelab.plan.tunecost import SearchCost, search_cost
@@ -30,6 +31,7 @@ class PendingSearch:
     budget: float
     searched: list[str]
     evaluations: dict[str, EvalCost] = field(default_factory=dict)
+    lanes: int = 1  # combinations searched side by side (tune/lanes.py: the CPU shares of the runs)
 
     def costs(self, trials: int, budget: float) -> list[SearchCost]:
         return [search_cost(name, run, est, trials, budget, self.evaluations.get(name))
@@ -37,13 +39,14 @@ class PendingSearch:
 
     def p90(self, trials: int, budget: float) -> float | None:
         """The search's P90 with `trials` trials at `budget` (None: not predicted)."""
-        return _summed(self.costs(trials, budget))[2]
+        return _summed(self.costs(trials, budget), self.lanes)[2]
 
 
 def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
-                   evaluations: dict[str, EvalCost] | None = None) -> PendingSearch | None:
+                   evaluations: dict[str, EvalCost] | None = None, lanes: int = 1) -> PendingSearch | None:
     """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done.
-    `evaluations`: one trial's evaluation by combination (plan/tunecost.py trial_evaluations)."""
+    `evaluations`: one trial's evaluation by combination (plan/tunecost.py trial_evaluations); `lanes`: how many
+    combinations the search runs side by side."""
     tune = spec.tune
     if tune is None:
         return None
@@ -53,26 +56,33 @@ def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[
             searched.append(name)
         else:
             combos.append((name, group[0], estimates.get(group[0].name)))
-    return PendingSearch(combos, tune.trials, tune.budget, searched, evaluations or {})
+    return PendingSearch(combos, tune.trials, tune.budget, searched, evaluations or {}, max(1, min(lanes, len(combos))))
 
 
-def _summed(costs: list[SearchCost]) -> tuple[float | None, float | None, float | None]:
-    """(P10, P50, P90) of the costs together, s (None: one is not predicted)."""
+def _summed(costs: list[SearchCost], lanes: int = 1) -> tuple[float | None, float | None, float | None]:
+    """(P10, P50, P90) of the costs together, s (None: one is not predicted): placed over `lanes` as the executor
+    places runs (execute/schedule.forecast, longest first), each quantile alike."""
     if any(c.seconds is None for c in costs):
         return None, None, None
     mids = [c.seconds or 0.0 for c in costs]
     lows = [c.time_range.p10_s if c.time_range else m for c, m in zip(costs, mids)]
     highs = [c.time_range.p90_s if c.time_range else m for c, m in zip(costs, mids)]
-    return round(sum(lows), 1), round(sum(mids), 1), round(sum(highs), 1)
+    return _placed(costs, lows, lanes), _placed(costs, mids, lanes), _placed(costs, highs, lanes)
+
+
+def _placed(costs: list[SearchCost], seconds: list[float], lanes: int) -> float:
+    needs = [RunNeed(c.combination, 1, s, None) for c, s in zip(costs, seconds)]
+    return round(forecast(cpu_devices(lanes), needs).makespan_s or 0.0, 1)
 
 
 def search_line(pending: PendingSearch) -> SearchLine:
     """The search as the timeline's first part."""
     costs = pending.costs(pending.trials, pending.budget)
-    low, mid, high = _summed(costs)
+    low, mid, high = _summed(costs, pending.lanes)
     missing = [c.combination for c in costs if c.seconds is None]
     source = (f"{len(costs)} combination(s) × {pending.trials} trials at budget {pending.budget:g}, priced as "
-              "successive halving is expected to spend them (plan/tunecost.py), one trial at a time")
+              "successive halving is expected to spend them (plan/tunecost.py), one trial at a time"
+              + (f" in each of {pending.lanes} combinations side by side" if pending.lanes > 1 else ""))
     if missing:
         source = f"not predicted: {', '.join(missing)} without a predicted time"
     return SearchLine(combinations=len(costs), trials=pending.trials, budget=pending.budget, seconds=mid,

@@ -142,7 +142,8 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
     notes = list(NOTES)
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
-    pending = (pending_search(plan.spec, plan.runs, plan.estimates, search_evaluations(plan, split_rows))
+    lanes = 1 if executor_class(plan.spec.resources.executor).detached else len(devices)  # tune/lanes.py
+    pending = (pending_search(plan.spec, plan.runs, plan.estimates, search_evaluations(plan, split_rows), lanes)
                if with_search else None)
     if pending is not None and pending.combos:
         return judge(deadline, deadline_s, lines, devices, source, per_device, notes, search_line(pending),

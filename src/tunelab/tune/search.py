@@ -1,4 +1,5 @@
-"""`tunelab tune`: one Optuna study per combination, its trials real runs on the sweep's executor, one at a time.
+"""`tunelab tune`: one Optuna study per combination, its trials real runs on the sweep's executor, one at a time
+in each combination, combinations side by side where the executor has room for several runs (tune/lanes.py).
 
 The studies live in one journal file under the experiment (tune/journal.log: appended, so a kill -9 loses at most
 the line being written, and it works on the shared filesystems clusters have). Run again, the search goes on where
@@ -10,6 +11,7 @@ each ask from the spec's seed and the trial's number, so the rates asked do not 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,8 @@ from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, w
 from tunelab.spec import TuneSpec
 from tunelab.tune.combos import Combination, combinations, healed_micro_batch, trial_config
 from tunelab.evaluate.objective import Objective
-from tunelab.tune.trial import TrialOutcome, TrialRun
+from tunelab.tune.lanes import lanes, side_by_side
+from tunelab.tune.trial import Lane, TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation
 
 PARAM = "learning_rate"
@@ -92,7 +95,8 @@ def _next_trial(study: optuna.Study, tune: TuneSpec, seed: int, trials: int) -> 
 
 
 def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int,
-                       on_trial: Callable[[TrialDone], None], prune: bool = True) -> optuna.Study:
+                       on_trial: Callable[[TrialDone], None], prune: bool = True,
+                       lane: Lane | None = None) -> optuna.Study:
     """Trials of one combination until `trials` of them finished (completed, pruned or failed). Optuna is told
     each completed trial's objective as it minimises it (evaluate/objective.py `told`)."""
     tune = plan.spec.tune
@@ -108,7 +112,7 @@ def search_combination(ex: Executor, plan: Plan, combo: Combination, trials: int
         rate = float(trial.params[PARAM])
         micro = healed_micro_batch(combo, plan.experiment_dir)  # an earlier trial ran out of memory: start there
         cfg = trial_config(combo, plan.experiment_dir, trial.number, rate, tune.budget, micro)
-        outcome = TrialRun(ex, cfg, trial, reported, evaluation).run()
+        outcome = TrialRun(ex, cfg, trial, reported, evaluation, lane).run()
         done = outcome.state == TrialState.COMPLETE and outcome.value is not None
         study.tell(trial, objective.told(outcome.value) if done else None,  # type: ignore[arg-type]
                    state=outcome.state)
@@ -154,12 +158,21 @@ def search(spec_path: str | Path, trials: int | None = None,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is shown by on_trial, in tunelab's words
     ex = executor or executor_named(plan.spec.resources.executor)
     best = read_best(plan.experiment_dir)
-    for combo in combinations(plan, tune):
-        if only is not None and combo.name not in only:
-            continue
-        study = search_combination(ex, plan, combo, trials or tune.trials, on_trial, prune)
+    todo = [c for c in combinations(plan, tune) if only is None or c.name in only]
+    said = threading.Lock()  # lanes end trials at once: one line at a time
+
+    def told(done: TrialDone) -> None:
+        with said:
+            on_trial(done)
+
+    def one(combo: Combination, lane: Lane) -> optuna.Study:
+        return search_combination(ex, plan, combo, trials or tune.trials, told, prune, lane)
+
+    def keep(combo: Combination, study: optuna.Study) -> None:
         rate = best_rate(study, combo, Objective.of(tune.objective, plan.spec.eval))
         if rate is not None:
             best[combo.name] = rate
             write_best(plan.experiment_dir, best)
+
+    side_by_side(todo, lanes(ex, [c.run for c in todo], len(todo)), one, keep)
     return best

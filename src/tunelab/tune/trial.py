@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -29,7 +30,7 @@ from tunelab.rundir.tuned import JOB_FILE, Pruned, read_pruned, write_pruned
 from tunelab.scaffold.write import write_job_script
 from tunelab.tune.trial_eval import TrialEvaluation, evaluate_trial, record_job, recorded_job
 
-__all__ = ["JOB_FILE", "TrialOutcome", "TrialRun", "submit", "stop"]
+__all__ = ["JOB_FILE", "Lane", "TrialOutcome", "TrialRun", "submit", "stop"]
 
 STOP_WAIT_S = 120.0  # how long a cancelled job may take to save and stop
 
@@ -57,13 +58,24 @@ def healed_config(cfg: RunConfig) -> RunConfig:
     return there if there.attempt > 1 and differs_only_by_retries(there, cfg) else cfg
 
 
-def submit(ex: Executor, cfg: RunConfig) -> str:
-    """Write the trial's run directory (run.yaml, job script) and start its training job; the job id is recorded."""
+@dataclass(frozen=True)
+class Lane:
+    """Where a trial's jobs run when combinations are searched side by side (tune/search.py): the executor's
+    environment for its share (a CPU share, a GPU), and the search's stop signal — Ctrl-C lands in the main thread
+    only, which sets it. The default lane: the executor's capacity decides, one search at a time."""
+
+    env: dict[str, str] | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def submit(ex: Executor, cfg: RunConfig, env: dict[str, str] | None = None) -> str:
+    """Write the trial's run directory (run.yaml, job script) and start its training job (`env`: its lane's share;
+    None: what the executor's capacity gives a job alone); the job id is recorded."""
     save_run_config(cfg)
     write_job_script(cfg, sys.executable)
     script = ex.script(cfg, JobKind.TRAIN)
-    room = ex.capacity([cfg])
-    env = room.take(cfg, 1, 0)
+    if env is None:
+        env = ex.capacity([cfg]).take(cfg, 1, 0)
     job = ex.submit(script, env=env or {})
     record_job(ex, cfg.run_dir, "job", job)
     return job
@@ -91,8 +103,9 @@ class TrialRun:
     trained trial is evaluated (None: judged by its validation loss)."""
 
     def __init__(self, ex: Executor, cfg: RunConfig, trial: optuna.Trial, reported: set[int],
-                 evaluation: TrialEvaluation | None = None):
+                 evaluation: TrialEvaluation | None = None, lane: Lane | None = None):
         self.ex, self.cfg, self.trial, self.evaluation = ex, healed_config(cfg), trial, evaluation
+        self.lane = lane or Lane()
         self.reported = set(reported)  # steps Optuna already has (a resumed trial)
         self.interval = ex.poll_interval([cfg])
 
@@ -106,7 +119,8 @@ class TrialRun:
         restarted = False
         while True:
             done = read_status(self.cfg.run_dir).state == COMPLETED
-            job = None if done else (recorded_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg))
+            job = None if done else (recorded_job(self.ex, self.cfg.run_dir) or submit(self.ex, self.cfg,
+                                                                                       self.lane.env))
             try:
                 pruned = self._follow(job)
             except KeyboardInterrupt:  # Ctrl-C: a local job would train on unwatched; it saves and stops instead,
@@ -136,6 +150,8 @@ class TrialRun:
     def _follow(self, job: str | None) -> TrialOutcome | None:
         """Report validations until the job ends; the pruned outcome if the pruner stopped it."""
         while True:
+            if self.lane.stopping.is_set():  # the search was stopped (Ctrl-C in its main thread): as if here
+                raise KeyboardInterrupt
             ended = _ended(self.ex, job)  # asked before reading: rows written before the end are all read below
             for step, value in self._new_validations():
                 if self._report(step, value):
