@@ -15,6 +15,7 @@ that is how the test knows which loop wrote which log.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -147,3 +148,78 @@ def test_tunelabs_loop_writes_inspects_header_plan_and_config(both_loops):
             assert step.solver == "generate"
         # the spec's max_tokens: the sums task's own, the sweep's eval.max_tokens (8) for the others
         assert log.plan.config.max_tokens == scores["max_tokens"] == (4 if task == "sums" else 8)
+
+
+# ---------------------------------------------------------------- a target alone: a pass of one
+LONE_TASKS = [TaskSpec(name="exact_match", builtin="exact_match", limit=4),
+              TaskSpec(name="includes", builtin="includes", limit=4),
+              TaskSpec(name="choice", builtin="choice", limit=3)]
+
+
+@pytest.fixture(scope="module")
+def lone_loops(tiny_model, tmp_path_factory) -> dict[str, object]:
+    """Two runs of one checkpoint each (a random LoRA; a random DoRA, which goes alone whatever else): each the
+    only target of its pass, as `tunelab eval --run X` or a tune trial's evaluation has it. Evaluated through inspect-ai's loop (`inspect_loop`), then as it goes by
+    default (a pass of one): (scores and logs, what was printed, weights loaded) of each."""
+    import io
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evalkit import make_cfg, with_checkpoint
+    from tunelab.evaluate.hf import WEIGHT_LOADS
+    from tunelab.evaluate.passes import evaluate_runs
+
+    root = tmp_path_factory.mktemp("lone")
+    cfgs = []
+    for name, dora in (("r1", False), ("dora", True)):  # DoRA: PEFT mixes it with nothing, alone it needs not
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), LoraConfig(
+            r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, use_dora=dora, task_type="CAUSAL_LM"))
+        model.save_pretrained(root / name)
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / name)
+        cfg = make_cfg(root, tiny_model, name=name, eval={"max_tokens": 6, "tasks": [t.model_dump() for t in LONE_TASKS]})
+        cfgs.append(with_checkpoint(cfg, root / name))
+    out: dict[str, object] = {}
+    for loop, inspect_loop in (("inspect", True), ("tunelab", False)):
+        text, before = io.StringIO(), dict(WEIGHT_LOADS)
+        evaluate_runs(cfgs, [0], force=True, inspect_loop=inspect_loop, console=Console(file=text, width=300))
+        out[loop] = evaluated(cfgs)
+        out[loop + " printed"] = text.getvalue()
+        out[loop + " loads"] = {k: WEIGHT_LOADS[k] - before.get(k, 0) for k in ("base", "adapter")}
+    return out
+
+
+def test_a_target_alone_goes_through_tunelabs_loop_with_inspects_answers(lone_loops):
+    inspect, ours = lone_loops["inspect"], lone_loops["tunelab"]
+    assert isinstance(inspect, dict) and isinstance(ours, dict)
+    assert ours.keys() == inspect.keys() == {(run, "epoch_0", t.name) for run in ("r1", "dora") for t in LONE_TASKS}
+    printed = lone_loops["tunelab printed"]
+    assert "one at a time: r1 epoch_0: nothing to share: the only target of its base model; a pass of one" in printed
+    assert re.search(r"one at a time: dora epoch_0: a LoRA variant \(use_dora=True\)[^\n]*; a pass of one", printed)
+    assert "; inspect-ai's loop asked for" in lone_loops["inspect printed"]
+    assert lone_loops["tunelab loads"] == lone_loops["inspect loads"] == {"base": 2, "adapter": 2}
+    answered = set()
+    for key, (scores, log) in ours.items():
+        their_scores, theirs = inspect[key]
+        # a pass of one runs the target's tasks at once (concurrent: its wave's tasks); the machine's load over each
+        # is a measurement of its own time; the rest is the same
+        assert (scores.pop("concurrent"), their_scores.pop("concurrent")) == (len(LONE_TASKS), 1), key
+        assert scores.pop("load") is not None and their_scores.pop("load") is not None, key
+        assert scores == their_scores, key
+        assert [sample_view(s) for s in log.samples] == [sample_view(s) for s in theirs.samples], key
+        assert log.results.model_dump() == theirs.results.model_dump(), key
+        assert [r.model_dump() for r in log.reductions] == [r.model_dump() for r in theirs.reductions], key
+        mine, their = header(log), header(theirs)
+        # the options each loop is given: a wave's connections are its tasks' (waves.eval_options), alone a task's
+        connections = (mine["plan"]["config"].pop("max_connections"), their["plan"]["config"].pop("max_connections"))
+        assert connections == (2 * 16 * len(LONE_TASKS), 2 * 16), key
+        assert mine["plan"] == their["plan"], key
+        for field in ("task", "model", "model_args", "metadata", "dataset", "model_generate_config"):
+            assert mine["eval"][field] == their["eval"][field], (key, field)
+        # which loop wrote which: inspect's keeps each sample's event transcript, tunelab's does not
+        assert all(not s.events for s in log.samples) and all(s.events for s in theirs.samples), key
+        answered |= {s.output.completion for s in log.samples}
+    assert len(answered) > 2  # the samples answer differently: the comparison is not of constants

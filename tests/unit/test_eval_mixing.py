@@ -276,3 +276,16 @@ def test_waves_hold_whole_targets_up_to_their_samples(tmp_path, tiny_model):
     names = [[(i.cfg.name, i.spec.name) for i in wave] for wave in wave_items(items, prepared, 20)]
     assert names == [[("r1", "a"), ("r1", "b"), ("r2", "a"), ("r2", "b")], [("r3", "a"), ("r3", "b")]]
     assert len(wave_items(items, prepared, 1)) == 3  # a wave holds at least one whole target
+
+
+def test_weights_serving_one_adapter_never_mix_and_a_dora_beside_the_base_is_refused(tiny_model, tmp_path):
+    """A pass of one (a target alone, evaluate/passes.py) serves one adapter: every batch takes PEFT's plain path,
+    so even an adapter PEFT mixes with nothing is not refused; beside the base it is."""
+    dora = make_adapter(tiny_model, tmp_path / "dora", 5, modules=[], use_dora=True)
+    shared = SharedWeights(tiny_model, tiny_model, torch.float32, "cpu", resize=True)
+    try:
+        assert shared.attach([dora]) == {} and shared.mixing_refused() is None
+        shared.serve_base()
+        assert (shared.mixing_refused() or "").startswith("PEFT cannot mix these adapters in one batch")
+    finally:
+        shared.release()

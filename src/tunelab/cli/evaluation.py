@@ -22,8 +22,8 @@ def eval_cmd(
     no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
                                    "coordinator (what cluster jobs do)."),
     one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Load the weights for each checkpoint "
-                                       "alone (default: one pass per base model, adapters side by side; the "
-                                       "scores are the same)."),
+                                       "alone, every task in inspect-ai's loop: the reference (default: one pass "
+                                       "per base model, adapters side by side; the scores are the same)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="hf or vllm: what generates, for this call "
                                          "(default: the spec's eval.engine; auto = vllm where vLLM is at hand "
                                          "and a GPU is visible, else hf)."),
@@ -37,7 +37,7 @@ def eval_cmd(
     Evaluate every task of eval.tasks with inspect-ai on fine-tuned checkpoints, controls and eval-only
     checkpoints (greedy, prompts formatted exactly as in training). The checkpoints of one base model go in
     one pass: the base loaded once, each checkpoint's adapter beside it; a target that cannot join one goes
-    alone, with the reason printed. In a pass, the built-in tasks run in tunelab's own batched
+    alone (a pass of one), with the reason printed. In a pass, the built-in tasks run in tunelab's own batched
     loop and write the same .eval logs (without the per-sample event transcript: --inspect-loop keeps it)."""
     from tunelab.evaluate.sweep import evaluate_experiment
 

@@ -5,7 +5,8 @@ evaluation job's limit and the report's predicted-vs-measured check read it.
 
 The samples a built-in task evaluates come from the plan's measured split rows (`split_rows`: plan.planner's
 split_lengths, passed in: estimate sits below plan); a task file's samples are not known before it runs, so a
-run with one is not predicted (said so).
+run with one is not predicted (said so). Each task's own work per sample is that of the loop it takes, by the
+evaluator's own rule (spec/evalloop.py): a checkpoint evaluated alone takes the loop it would take in a pass.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.spec.evaluation import BATCHED_BUILTINS, Engine
+from tunelab.models.vlm import is_vision_language
+from tunelab.spec.evalloop import EvalLoop, evaluation_loop
+from tunelab.spec.evaluation import Engine
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
@@ -93,6 +96,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     # engine vllm: the run's checkpoints are resident adapters of one server, their rows batched together: priced as
     # one workload of every target's samples, the server started once
     together = min(targets, cfg.eval.vllm.max_loras or targets) if engine == Engine.VLLM else 1
+    vision = is_vision_language(cfg.model.path)  # with the engine and the task: the loop it takes (spec/evalloop.py)
     seconds = upper = load_s = 0.0
     samples = 0
     sources: list[EvalSource] = []
@@ -110,7 +114,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
             model=cfg.model.path, gpu=gpu, samples=len(rows) * together, prompt_tokens=[a for _, a in rows] * together,
             answer_tokens=[max(0, n - a) for n, a in rows] * together, max_tokens=task.max_tokens or cfg.eval.max_tokens,
             batch_size=batch_size * together, history=history, task=task.name, generation=generation, engine=engine,
-            batched=engine == Engine.HF and task.builtin in BATCHED_BUILTINS and task.grader is None)
+            batched=evaluation_loop(task, engine=engine, vision=vision).loop == EvalLoop.TUNELAB)
         seconds += got.seconds * targets / together
         upper += got.upper_s * targets / together
         loads = 1 if engine == Engine.VLLM else targets  # HF: one load per target serves every task; vLLM: one server

@@ -38,7 +38,7 @@ from tunelab.evaluate.mixbatch import MixedBatcher, RowKey
 from tunelab.evaluate.mixgen import Row
 from tunelab.evaluate.tasks import OPTIONS, option_output
 from tunelab.evaluate.work import WorkItem
-from tunelab.spec.evaluation import BATCHED_BUILTINS
+from tunelab.spec.evalloop import EvalLoop, evaluation_loop
 
 
 
@@ -57,17 +57,18 @@ class BatchedTask:
         return (self.task.metadata or {}).get(OPTIONS) if self.item.spec.builtin == "choice" else None
 
 
-def batchable(item: WorkItem, task: Any, model: Any) -> bool:
-    """Whether tunelab's own loop can run this target × task: a built-in of one greedy generate() and a tasks.py
-    scorer, on the pass's shared weights (a text model)."""
+def batchable(item: WorkItem, task: Any, model: Any, inspect_loop: bool = False) -> bool:
+    """Whether tunelab's own loop runs this target × task: the loop the plan priced it by (spec/evalloop.py: a
+    built-in, a text model, not `inspect_loop`), and, as built, one greedy generate() on a pass's shared weights."""
     from tunelab.evaluate.decoding import sampling_of
     from tunelab.evaluate.provider import TunelabModelAPI
     from tunelab.evaluate.shared import AdapterView
 
     api = model.api
-    return (item.spec.builtin in BATCHED_BUILTINS and item.spec.grader is None and sampling_of(task.config) is None
-            and int(task.epochs or 1) == 1 and isinstance(api, TunelabModelAPI) and api.vision is None
-            and isinstance(api.lm, AdapterView))
+    if not isinstance(api, TunelabModelAPI) or not isinstance(api.lm, AdapterView):
+        return False
+    chosen = evaluation_loop(item.spec, vision=api.vision is not None, inspect_loop=inspect_loop)
+    return chosen.loop == EvalLoop.TUNELAB and sampling_of(task.config) is None and int(task.epochs or 1) == 1
 
 
 def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, options: dict[str, Any]) -> list[Any]:

@@ -8,7 +8,8 @@ Adapters whose `modules_to_save` differ do not share a group: PEFT routes a batc
 the active adapter's set. Controls (the base alone) join the largest group of their base and tokenizer.
 What goes alone, with its reason: a vision-language model, an adapter kind PEFT cannot mix per row (not
 LoRA, DoRA and the other LoRA variants, LoRA on parameters, trainable tokens, replicated layers), and a
-target with nothing to share (the only one of its base, dtype and tokenizer).
+target with nothing to share (the only one of its base, dtype and tokenizer). A target alone is still evaluated
+as a pass of one (`pass_of_one`) where its loop is tunelab's (spec/evalloop.py); else by evaluate/runner.py.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def group_targets(pending: list[TargetWork], device: str) -> tuple[list[Group], 
         groups.append(Group(key.base, _dtype(members[0], device), device, tokenizers[key.tokenizer],
                             any(m.target.adapter_path for m in members), tuple(members)))
     return groups, alone
+
+
+def pass_of_one(work: TargetWork, device: str) -> Group:
+    """A target alone as a pass of its own (onepass.py): its weights loaded for it alone as one at a time loads
+    them (its tokenizer, dtype, embeddings grown only under an adapter), its built-ins in tunelab's loop. A pass of
+    one never mixes adapters in a batch (shared.SharedWeights.mixing_refused), so any adapter kind PEFT loads goes."""
+    target = work.target
+    return Group(target.base_path.resolve(), _dtype(work, device), device,
+                 tokenizer_dir(target.base_path, target.adapter_path), target.adapter_path is not None, (work,))
 
 
 def _join_controls(buckets: dict[_Key, list[TargetWork]]) -> None:

@@ -1,5 +1,6 @@
 """Evaluate several runs as one job: one pass per base model (onepass.py), one target at a time where a
-pass cannot serve it (evaluate/runner.py), each with the reason said.
+pass cannot serve it, each with the reason said: as a pass of one where its built-ins take tunelab's loop (the loop
+the plan priced, spec/evalloop.py), else by evaluate/runner.py in inspect-ai's loop.
 
 What `tunelab eval`, the Slurm eval and node jobs, the demo and the MCP `eval` tool run (through
 sweep.evaluate_experiment). The results are those of evaluate_run, run by run: a task whose scores.json
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -28,7 +30,12 @@ from tunelab.evaluate.work import (
 )
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
+from tunelab.spec.evalloop import EvalLoop, LoopChoice, evaluation_loop
 from tunelab.host.startup import import_stack
+
+if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
+    from tunelab.evaluate.grouping import Alone
+    from tunelab.evaluate.onepass import PassOptions
 
 
 def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, force: bool = False, *,
@@ -58,23 +65,23 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     outcomes: dict[ItemKey, Outcome] = {}
     pending = _through_vllm(cfgs, work.pending, engine, batch_size, report, console, outcomes)
+    device = resolve_device(None)
     if one_pass:
-        groups, alone = group_targets(pending, resolve_device(None))
+        groups, alone = group_targets(pending, device)
     else:
         groups, alone = [], [Alone(w, "asked for") for w in pending]
+    options = PassOptions(batch_size, adapter_room, fill_batches, inspect_loop)
     for group in groups:
         adapters = sum(m.target.adapter_path is not None for m in group.members)
         say("one pass over {} targets of {} ({}): the base model loaded once, {} adapters beside it", len(group.members),
             group.base_path.name, str(group.dtype).removeprefix("torch."), adapters, console=console)
-        result = evaluate_group(group, PassOptions(batch_size, adapter_room, fill_batches, inspect_loop), report)
+        result = evaluate_group(group, options, report)
         outcomes.update(result.outcomes)
         alone += result.fallback
         say("  {} batches, {} of them mixing adapters; adapters in {} chunks", result.batches, result.mixed,
             result.chunks, console=console)
     for one in alone:
-        if one_pass:
-            say("one at a time: {}: {}", one.work.where(), one.reason, console=console)
-        outcomes.update(evaluate_alone(one.work, batch_size, report))
+        outcomes.update(_one_at_a_time(one, device, options, one_pass, report, console))
     failures = [o for o in outcomes.values() if isinstance(o, TunelabError)]
     results = results_by_run(work, {k: o for k, o in outcomes.items() if isinstance(o, TaskScores)})
     if len(failures) == 1:
@@ -96,6 +103,47 @@ def _through_vllm(cfgs: list[RunConfig], pending: list[TargetWork], engine: str 
     from tunelab.evaluate.vllm_eval import evaluate_vllm
 
     return evaluate_vllm(pending, home, batch_size, report, console, outcomes)
+
+
+def _one_at_a_time(one: Alone, device: str, options: PassOptions, one_pass: bool, report: Report,
+                   console: Console | None) -> dict[ItemKey, Outcome]:
+    """A target alone: a pass of one where a task of it takes tunelab's loop (lone_loop: the loop the plan
+    priced), else evaluate_alone (inspect-ai's loop; `one_pass` False asks for it, the reference)."""
+    from tunelab.evaluate.grouping import pass_of_one
+    from tunelab.evaluate.onepass import evaluate_group
+    from tunelab.evaluate.waves import fail_unended
+
+    chosen = lone_loop(one.work, options.inspect_loop or not one_pass)
+    if one_pass:
+        way = "a pass of one, " if chosen.loop == EvalLoop.TUNELAB else ""
+        say("one at a time: {}: {}; {}{}", one.work.where(), one.reason, way, chosen.why, console=console)
+    if chosen.loop == EvalLoop.INSPECT:
+        return evaluate_alone(one.work, options.batch_size, report)
+    outcomes: dict[ItemKey, Outcome] = {}
+    try:
+        result = evaluate_group(pass_of_one(one.work, device), options, report)
+    except NoSpaceError:
+        raise
+    except Exception as exc:  # e.g. weights that do not load: this target's failure, named, as evaluate_alone's
+        fail_unended(list(one.work.items), outcomes, exc, report)
+        return outcomes
+    for refused in result.fallback:  # not expected (a pass of one never mixes): inspect-ai's loop then
+        result.outcomes.update(evaluate_alone(refused.work, options.batch_size, report))
+    return result.outcomes
+
+
+def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
+    """The loop a target alone takes (spec/evalloop.py): tunelab's where any of its tasks takes it (in a pass of
+    one, the others go through inspect-ai's loop there as in any pass), else inspect-ai's, with the first task's
+    reason. A directory that is no model goes to inspect-ai's loop, which names what is missing."""
+    from tunelab.models.vlm import is_vision_language
+
+    base = work.target.base_path
+    if not (base / "config.json").is_file():
+        return LoopChoice(EvalLoop.INSPECT, "its base model directory has no config.json")
+    vision = is_vision_language(base)
+    choices = [evaluation_loop(item.spec, vision=vision, inspect_loop=inspect_loop) for item in work.items]
+    return next((c for c in choices if c.loop == EvalLoop.TUNELAB), choices[0])
 
 
 def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[ItemKey, Outcome]:

@@ -99,10 +99,11 @@ class SharedWeights(LocalLM):
 
     def mixing_refused(self) -> str | None:
         """Why PEFT refuses a batch mixing these adapters (a forward pass of one token per adapter and the
-        base with `adapter_names=`), or None."""
+        base with `adapter_names=`), or None. Weights serving one adapter (or the base alone: a pass of one) never
+        mix: every batch takes PEFT's plain path with it active, whatever its kind (DoRA included)."""
         import torch
 
-        if not self.adapters():
+        if len(self.served) < 2:
             return None
         names = [*self.adapters(), BASE]
         ids = torch.full((len(names), 1), self.pad_id, dtype=torch.long, device=self.device)

@@ -74,9 +74,8 @@ def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKe
             tasks = {item.key: state.bind(item, batch_size) for item in items}
             for item in items:
                 clear_outputs(item.out_dir)
-            ours = [] if inspect_loop else [BatchedTask(item, tasks[item.key], state.model_of[item.key])
-                                            for item in items if batchable(item, tasks[item.key],
-                                                                           state.model_of[item.key])]
+            ours = [BatchedTask(item, tasks[item.key], state.model_of[item.key]) for item in items
+                    if batchable(item, tasks[item.key], state.model_of[item.key], inspect_loop)]
             rest = [tasks[item.key] for item in items if not any(one.item is item for one in ours)]
             try:
                 with space_guard(items[0].cfg.experiment_dir):  # a full disk under the logs: one line, stop

@@ -17,8 +17,8 @@ from tunelab.spec.base import Slug, _Strict
 BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
 # The built-ins that tunelab's own loop evaluates on the HF engine (evaluate/batched.py): one greedy generate() (or,
 # choice, each option's continuation scored) and a scorer of evaluate/tasks.py, so every prompt is known before the
-# first batch. Task files and graders go through inspect-ai's per-sample loop; the plan prices each loop's own work
-# (estimate/evaltime.py).
+# first batch. Task files and graders go through inspect-ai's per-sample loop; which loop a target × task takes is
+# spec/evalloop.py's rule, by which the evaluator routes and the plan prices it (estimate/evaltime.py).
 BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric", "choice"})
 SplitName = Literal["train", "validation", "test"]
 
