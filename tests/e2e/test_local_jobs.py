@@ -45,12 +45,7 @@ def test_local_run_is_a_job_that_status_and_cancel_handle_like_slurm(write_spec,
         feed.drain()  # the last read before the cancel: the trainer cannot finish the epoch until the next
         assert feed.held_before(40), f"a page ({feed.size} bytes) holds the records up to step 40"
         assert cancel(exp) == [row.job_id]
-
-        def ended() -> bool:
-            feed.drain()  # the trainer goes on as the test reads, to its next step's end: it saves and stops there
-            return coordinator.poll() is not None
-
-        assert wait_for(ended, 120), "the sweep did not end after the cancel"
+        assert feed.drain_until_exit(coordinator, 120), "the sweep did not end after the cancel"
     finally:
         if coordinator.poll() is None:
             coordinator.kill()

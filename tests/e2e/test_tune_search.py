@@ -154,12 +154,7 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
         feed.drain()  # the last read before the signal: the trial cannot finish its 40 steps until the next
         assert feed.held_before(40), f"a page ({feed.size} bytes) holds the records up to step 40"
         first.send_signal(signal.SIGINT)
-
-        def ended() -> bool:
-            feed.drain()  # the job goes on as the test reads, to its next step's end: it saves and stops there
-            return first.poll() is not None
-
-        assert wait_for(ended, 120), "the search did not end after Ctrl-C"
+        assert feed.drain_until_exit(first, 120), "the search did not end after Ctrl-C"
     finally:
         if first.poll() is None:
             first.kill()

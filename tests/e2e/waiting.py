@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,16 @@ class Feed:
         records = self.records()
         last = max(r["step"] for r in records)
         return (step - last - 1) * min(len(json.dumps(r)) + 1 for r in records) > self.size
+
+    def drain_until_exit(self, proc: subprocess.Popen, timeout: float) -> bool:
+        """Read on while `proc` runs (the job goes on as the test reads, to its next step's end, where it saves and
+        stops): True once it has exited, False after `timeout` seconds without that."""
+
+        def ended() -> bool:
+            self.drain()
+            return proc.poll() is not None
+
+        return wait_for(ended, timeout)
 
     def close(self) -> None:
         """The FIFO replaced by a regular file of what was read (a later job appends to it)."""
