@@ -38,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -175,10 +176,13 @@ def predicted_run(line: Any) -> dict[str, float]:
 
 
 COVERED: list[bool] = []  # every total and makespan: measured inside its predicted P10–P90
+WIDTHS: list[float] = []  # and its P90 / P10: a coverage means little without the width that bought it
 
 
 def _inside(low: float, high: float, measured: float) -> str:
     COVERED.append(low <= measured <= high)
+    if low > 0:
+        WIDTHS.append(high / low)
     return f"{low:.1f}–{high:.1f} | {'yes' if COVERED[-1] else '**no**'}"
 
 
@@ -219,7 +223,9 @@ def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
     print(f"\nmeasured before ÷ auto: training {ratios['train']:.2f}, evaluation {ratios['eval']:.2f}, "
           f"makespan {ratios['makespan']:.2f}")
     print(f"interval coverage: {sum(COVERED)} of {len(COVERED)} measured totals and makespans inside their predicted "
-          f"P10–P90 ({100 * sum(COVERED) / max(1, len(COVERED)):.0f} %; a calibrated 80 % interval covers about 80 %)")
+          f"P10–P90 ({100 * sum(COVERED) / max(1, len(COVERED)):.0f} %; a calibrated 80 % interval covers about 80 %), "
+          + (f"median width P90/P10 ×{statistics.median(WIDTHS):.2f} over {len(WIDTHS)} interval(s)" if WIDTHS
+             else "no interval"))
     return sweeps
 
 

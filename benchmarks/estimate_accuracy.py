@@ -272,8 +272,11 @@ def main() -> int:
     print(f"measurements: {cal_repeats} calibration run(s), {repeats} per held-out run, {sum(r.contended for r in rows)} of "
           f"{sum(len(r.loads) for r in rows)} contended; {args.contend} hog(s)")
     covered = [x for r in rows for x in r.inside]
+    widths = [r.p90_s / r.p10_s for r in rows if r.p10_s and r.p90_s is not None]  # coverage means little alone
     print(f"interval coverage: {sum(covered)} of {len(covered)} measurements inside their predicted P10–P90 "
-          f"({100 * sum(covered) / max(1, len(covered)):.0f} %; a calibrated 80 % interval covers about 80 %)")
+          f"({100 * sum(covered) / max(1, len(covered)):.0f} %; a calibrated 80 % interval covers about 80 %), "
+          + (f"median width P90/P10 ×{statistics.median(widths):.2f} over {len(widths)} interval(s)" if widths
+             else "no interval"))
     median = 100 * statistics.median(r.error for r in rows)
     if median > max_error:
         print(f"FAILED: median time error above {max_error:g} %")

@@ -236,9 +236,10 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
     # not checked here.
     assert min(calibration_s, predicted, measured, low, high, p10, p90) > 0 and low <= high
     assert measured == pytest.approx((low + high) / 2, abs=0.1 + 1e-9)
-    covered, pct = line(out, r"^interval coverage: (\d) of 2 measurements inside their predicted P10–P90 \((\d+) %; "
-                             r"a calibrated")
+    covered, pct, width = line(out, r"^interval coverage: (\d) of 2 measurements inside their predicted P10–P90 "
+                                    rf"\((\d+) %; a calibrated .*\), median width P90/P10 ×{NUM} over 1 interval\(s\)$")
     assert covered == inside <= 2 and pct == round(100 * inside / 2)  # one row: its own count, as a share
+    assert width == pytest.approx(p90 / p10, abs=0.0051 + ratio_bound(p90, p10, 0.1, 0.1))  # the row's, as printed
     (contended,) = line(out, r"^measurements: 1 calibration run\(s\), 2 per held-out run, (\d) of 2 contended; "
                              r"0 hog\(s\)$")
     row_load = re.search(r" (idle|([12])/2 contended, ×[\d.]+) +history: 1 measured", out)
@@ -392,6 +393,14 @@ def test_deadline_smoke_predicted_and_measured_add_up(smokes):
         for i in (0, 3, 6):
             assert s[i + 2] == pytest.approx(_pct(s[i], s[i + 1]), abs=0.051), (way, i)
         sweeps[way] = (s[1], s[4], s[7])
+    # the coverage line's width: the median P90 / P10 of the 6 intervals printed (4 runs' totals, 2 makespans)
+    bands = [tuple(map(float, b))
+             for b in re.findall(r"\| ([\d.]+)–([\d.]+) \| (?:yes|\*\*no\*\*) \|$", out, re.MULTILINE)]
+    (width,) = line(out, rf"^interval coverage: \d of 6 measured totals .*, median width P90/P10 ×{NUM} over 6 interval")
+    assert len(bands) == 6
+    ratios_printed = sorted(high / low for low, high in bands)
+    assert width == pytest.approx((ratios_printed[2] + ratios_printed[3]) / 2,
+                                  abs=0.0051 + max(ratio_bound(h, lo, 0.1, 0.1) for lo, h in bands))
     ratios = line(out, rf"^measured before ÷ auto: training {NUM}, evaluation {NUM}, makespan {NUM}$")
     for ratio, b, a in zip(ratios, sweeps["before"], sweeps["auto"]):
         assert ratio == pytest.approx(b / a, abs=0.0051)

@@ -75,10 +75,12 @@ def _sweep(write_spec, started: datetime = START) -> Path:
 def _hand() -> dict[str, float]:
     """What is left, worked out by hand: r2's 50 steps at 0.5 s (25 s, the measured kind's width: σ 0.15, no
     spread), then its evaluation's start (10 s measured, σ 0.15) and evaluation (20 s, 16–25); r3 whole (100 s,
-    80–125, then 10 + 20 s). One CPU: one run after the other, so the makespan is their sum."""
+    80–125, then 10 + 20 s). A run's parts err independently: each side's distance from the P50 added in
+    quadrature (estimate/combine.py). One CPU: one run after the other, so the makespan is the runs' sum, each at
+    its P10 (or P90)."""
     lo, hi = math.exp(-Z90 * MEASURED_SIGMA), math.exp(Z90 * MEASURED_SIGMA)
-    r2 = (25 * lo + 10 * lo + 16, 25 + 10 + 20, 25 * hi + 10 * hi + 25)
-    r3 = (80 + 10 * lo + 16, 100 + 10 + 20, 125 + 10 * hi + 25)
+    r2 = (55 - math.hypot(25 * (1 - lo), 10 * (1 - lo), 4), 55, 55 + math.hypot(25 * (hi - 1), 10 * (hi - 1), 5))
+    r3 = (130 - math.hypot(20, 10 * (1 - lo), 4), 130, 130 + math.hypot(25, 10 * (hi - 1), 5))
     return {"p10": r2[0] + r3[0], "p50": r2[1] + r3[1], "p90": r2[2] + r3[2]}
 
 

@@ -32,6 +32,7 @@ from tunelab.estimate.speed import flops_per_token
 from tunelab.estimate.speedhistory import contention_note
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
+from tunelab.stats.timing import range_sigma, range_spread
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3
@@ -77,7 +78,7 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
                   f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
         factor = slowdown if contention else 1.0
         forward, save = got.get("forward_s"), got.get("save_s")
-        return TimedSpeed(tps, source, got["spread"] / 2, contention,
+        return TimedSpeed(tps, source, range_sigma(got["spread"]), contention,
                           forward / factor if forward else None, save / factor if save else None)
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
@@ -195,7 +196,7 @@ class _Round:
 
     @property
     def spread(self) -> float:
-        return (max(self.times) - min(self.times)) / self.median_s
+        return range_spread(self.times) or 0.0
 
     @property
     def slowdown(self) -> float:
@@ -208,7 +209,7 @@ class _Round:
     @property
     def disagrees(self) -> bool:
         """Worth timing again: slowest/fastest past the probe's SPREAD_LIMIT, or others held the cores."""
-        return max(self.times) / min(self.times) - 1 > SPREAD_LIMIT or self.contended
+        return self.spread > SPREAD_LIMIT or self.contended
 
 
 def _round(step: Any) -> _Round:

@@ -1,15 +1,20 @@
-"""How far a predicted time can be trusted: an interval around it, from the kind of its source, the spread of
-the measurements it came from, and the errors that source's earlier predictions made on this device.
+"""How far a predicted time can be trusted: an interval around it, from the errors its source's earlier predictions
+made on this device — or, until there are enough of them, from the kind of its source and the spread of the
+measurements it came from.
 
-A time's error is taken as log-normal: measured / predicted = exp(N(μ, σ²)).
-- μ is the source's recorded bias here (`correction`): the median log error of its past predictions of that
-  part on that device, shrunk toward none while they are few (n / (n + SHRINK) of it). Predictions are
-  recorded before correction (ledger/predictions.py), so corrections never compound.
-- σ is, once MIN_RECORDS errors are recorded, their own spread; before that the source kind's width
-  (PRIOR_SIGMA: stated assumptions, checked by the benchmarks' coverage line); in both cases widened by the
-  spread of the measurements the speed came from.
-P10 and P90 are exp(μ ∓ 1.28 σ) around the prediction. Errors of measurements taken under contention are kept
-apart: they are the load's, not the source's.
+A time's error is measured / predicted; its log is what is recorded and ranked (ledger/predictions.py records each
+prediction before correction, so corrections never compound).
+- The centre: a source's recorded errors of that part on that device correct its prediction by their median, in
+  full (`correction`): four runs 2× slow make the next prediction 2× longer, not a shrunk part of it.
+- The width, once MIN_RECORDS errors are recorded: P10 and P90 are their split-conformal quantiles (the
+  ⌊0.1 (n+1)⌋-th and ⌈0.9 (n+1)⌉-th smallest of n): a new run's error falls outside each one at most one time in
+  ten, however the errors are distributed, as long as the new run is like the recorded ones. The spread of the
+  current measurements is not added: the recorded errors already hold what such spreads did.
+- Before that (fewer records than a finite conformal bound needs): the kind's assumed log-normal width
+  (PRIOR_SIGMA: stated, checked by the benchmarks' coverage and width lines) widened in quadrature by the spread of
+  the measurements the speed came from — P10 and P90 are exp(∓1.28 σ) around the (corrected) prediction.
+Errors of measurements taken under contention are kept apart: they are the load's, not the source's. A time made of
+parts is combined in estimate/combine.py.
 """
 
 from __future__ import annotations
@@ -23,11 +28,9 @@ from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.estimate import SourceKind, TimeRange
 
 Z90 = 1.2816  # the standard normal's 90th percentile
-MIN_RECORDS = 3  # recorded errors before their spread replaces the kind's assumed width
-SHRINK = 2  # a correction counts n / (n + SHRINK) of the recorded bias: one odd run does not swing a plan
 MIN_SIGMA = 0.05  # no interval narrower than ±6 %: a shared machine's timings move that much between runs
-# The width of each kind before any error is recorded (log-space σ: 0.15 ≈ P10–P90 of ×0.82–×1.21). Assumed,
-# stated wherever used; the benchmarks print the share of measured times their intervals cover.
+# The width of each kind before enough errors are recorded (log-space σ: 0.15 ≈ P10–P90 of ×0.82–×1.21). Assumed,
+# stated wherever used; the benchmarks print the share of measured times their intervals cover, and their width.
 PRIOR_SIGMA = {
     SourceKind.MEASURED: 0.15,
     SourceKind.CARRIED: 0.35,
@@ -38,26 +41,52 @@ PRIOR_SIGMA = {
 }
 
 
+def conformal_ranks(n: int) -> tuple[int, int] | None:
+    """The 1-based ranks, among n sorted errors, of the split-conformal P10 and P90: ⌊0.1 (n+1)⌋ and ⌈0.9 (n+1)⌉.
+    A new error exchangeable with the n falls below the first with probability k/(n+1) ≤ 0.1 and above the second
+    with 1 − k/(n+1) ≤ 0.1. None while either bound is not finite (n < 9)."""
+    low, high = (n + 1) // 10, -(-9 * (n + 1) // 10)  # integer arithmetic: no 0.9 · 10 = 8.999…
+    return (low, high) if low >= 1 and high <= n else None
+
+
+MIN_RECORDS = next(n for n in range(1, 100) if conformal_ranks(n) is not None)  # 9: the fewest with finite bounds
+
+
+def conformal_bounds(errors: Sequence[float]) -> tuple[float, float] | None:
+    """The split-conformal P10 and P90 of these (log) errors; None below MIN_RECORDS of them."""
+    ranks = conformal_ranks(len(errors))
+    if ranks is None:
+        return None
+    ranked = sorted(errors)
+    return ranked[ranks[0] - 1], ranked[ranks[1] - 1]
+
+
+def floored(low: float, high: float) -> tuple[float, float]:
+    """Log bounds around the centre, each at least MIN_SIGMA's P10/P90 away from it."""
+    return min(low, -Z90 * MIN_SIGMA), max(high, Z90 * MIN_SIGMA)
+
+
 # each part as a correction names it (several parts of one run are corrected, each by its own records)
 PART_WORDS = {PredictedPart.TRAIN_START: "start-up", PredictedPart.TRAIN: "training", PredictedPart.EVAL: "evaluation"}
 
 
 @dataclass(frozen=True)
 class Correction:
-    """A source's recorded errors on a device for one part: the factor applied, the width they show, how many."""
+    """A source's recorded errors on a device for one part: the factor applied (their median, in full), how many,
+    and their conformal P10 and P90 as log offsets from that median (None below MIN_RECORDS)."""
 
-    factor: float  # applied to the prediction (shrunk toward 1 while n is small)
-    sigma: float | None  # their spread (log-space); None below MIN_RECORDS
+    factor: float  # measured / predicted, the median of the records: applied to the prediction
     n: int
-    median_ratio: float  # measured / predicted, the median of the records
+    bounds: tuple[float, float] | None = None
     contended_left_out: int = 0
 
     def text(self, kind: SourceKind | str, part: PredictedPart | None = None) -> str:
-        pct = (self.median_ratio - 1) * 100
+        pct = (self.factor - 1) * 100
         way = "slow" if pct >= 0 else "fast"
         what = f" ({PART_WORDS[part]})" if part is not None else ""
         out = (f"history says {kind} predictions of this{what} ran {abs(pct):.0f} % {way} here over {self.n} run(s): "
-               f"×{self.factor:.2f} applied")
+               f"×{self.factor:.2f} applied, " + ("its P10–P90 their quantiles" if self.bounds is not None else
+                                                   f"its width still assumed (under {MIN_RECORDS} runs)"))
         if self.contended_left_out:
             out += f" ({self.contended_left_out} measured under contention left out)"
         return out
@@ -71,15 +100,6 @@ def same_device(recorded: str, planned: str) -> bool:
     return plan.split("-")[0] in rec
 
 
-def log_spread(values: Sequence[float]) -> float:
-    """The standard deviation of the logs of positive values (0 for fewer than two)."""
-    logs = [math.log(v) for v in values if v and v > 0]
-    if len(logs) < 2:
-        return 0.0
-    mean = sum(logs) / len(logs)
-    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
-
-
 def correction(records: Sequence[PredictionRecord], device: str, part: PredictedPart,
                kind: SourceKind | str) -> Correction | None:
     """The recorded errors of `kind` predictions of `part` on `device` (uncontended measurements only)."""
@@ -90,28 +110,33 @@ def correction(records: Sequence[PredictionRecord], device: str, part: Predicted
         return None
     logs = [math.log(r.ratio) for r in clean]
     mid = median(logs)
-    n = len(clean)
-    sigma = max(MIN_SIGMA, log_spread([r.ratio for r in clean])) if n >= MIN_RECORDS else None
-    return Correction(factor=math.exp(mid * n / (n + SHRINK)), sigma=sigma, n=n, median_ratio=math.exp(mid),
-                      contended_left_out=len(mine) - n)
+    bounds = conformal_bounds(logs)
+    return Correction(factor=math.exp(mid), n=len(clean),
+                      bounds=None if bounds is None else (bounds[0] - mid, bounds[1] - mid),
+                      contended_left_out=len(mine) - len(clean))
 
 
 def time_range(p50: float, kind: SourceKind | str, spread: float = 0.0, fix: Correction | None = None,
                what: str = "") -> TimeRange:
-    """The interval around an (already corrected) prediction `p50`."""
+    """The interval around an (already corrected) prediction `p50`: its records' conformal bounds where there are
+    enough, else the kind's assumed σ widened by the measurements' spread; the basis says which."""
     kind = SourceKind(kind) if str(kind) in SourceKind.__members__.values() else SourceKind.ASSUMED
-    base = fix.sigma if fix is not None and fix.sigma is not None else PRIOR_SIGMA[kind]
-    sigma = max(MIN_SIGMA, math.hypot(base, spread))
-    if fix is not None and fix.sigma is not None:
-        basis = f"{fix.n} recorded errors of {kind} predictions here (σ {fix.sigma:.2f})"
+    if fix is not None and fix.bounds is not None:
+        low, high = floored(*fix.bounds)
+        basis = (f"{fix.n} recorded errors of {kind} predictions here: P10–P90 their conformal quantiles "
+                 f"(×{math.exp(low):.2f}–×{math.exp(high):.2f} of the corrected time)")
     else:
-        basis = f"{kind}: width σ {PRIOR_SIGMA[kind]:.2f} assumed until {MIN_RECORDS} of its predictions are checked"
-    if spread:
-        basis += f"; measurements' spread σ {spread:.2f}"
+        sigma = max(MIN_SIGMA, math.hypot(PRIOR_SIGMA[kind], spread))
+        low, high = -Z90 * sigma, Z90 * sigma
+        basis = f"{kind}: width σ {PRIOR_SIGMA[kind]:.2f} assumed " + (
+            f"({fix.n} recorded error(s) here, fewer than the {MIN_RECORDS} a conformal P10–P90 needs)"
+            if fix is not None else f"until {MIN_RECORDS} of its predictions are checked here")
+        if spread:
+            basis += f"; measurements' spread σ {spread:.2f}"
     if what:
         basis = f"{what}: {basis}"
-    return TimeRange(p10_s=round(p50 * math.exp(-Z90 * sigma), 1), p50_s=round(p50, 1),
-                     p90_s=round(p50 * math.exp(Z90 * sigma), 1), basis=basis)
+    return TimeRange(p10_s=round(p50 * math.exp(low), 1), p50_s=round(p50, 1), p90_s=round(p50 * math.exp(high), 1),
+                     basis=basis)
 
 
 def corrected(seconds: float, records: Sequence[PredictionRecord], device: str, part: PredictedPart,

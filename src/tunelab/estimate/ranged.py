@@ -1,15 +1,19 @@
 """Each predicted time of a plan corrected by what its source's earlier predictions measured on this device
-(ledger/predictions.py), with its interval (estimate/interval.py): the training (start-up and the rest apart)
-and the evaluation. The raw figures stay in run.yaml beside the corrected ones, for the next record."""
+(ledger/predictions.py), with its interval (estimate/interval.py): the training (start-up and the rest apart,
+their sum's interval as estimate/combine.py combines them) and the evaluation. The raw figures stay in run.yaml
+beside the corrected ones, for the next record."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tunelab.estimate.combine import summed
 from tunelab.estimate.interval import corrected
 from tunelab.estimate.runs import slurm_time_limit
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.estimate import RunEstimate
+
+TRAINING_PARTS = frozenset({PredictedPart.TRAIN_START, PredictedPart.TRAIN})  # what a training job's records hold
 
 
 def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], device: str) -> RunEstimate:
@@ -27,8 +31,8 @@ def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], devic
     rest_p50, rest_range, note = corrected(rest, records, device, PredictedPart.TRAIN, est.time_kind, est.time_spread)
     notes.append(note)
     seconds = round(start + rest_p50, 1)
-    both = rest_range.plus(start_range)
-    basis = rest_range.basis + (f"; start-up: {start_range.basis}" if start_range is not None else "")
+    both = summed([rest_range, start_range], records, device, TRAINING_PARTS, "the training job") or rest_range
+    basis = rest_range.basis + (f"; start-up: {start_range.basis}; {both.basis}" if start_range is not None else "")
     source = est.time_source + "".join(f"; {n}" for n in notes if n)
     return est.model_copy(update=dict(
         seconds=seconds, startup_s=round(start, 1) if est.startup_s is not None else None, time_source=source,

@@ -12,10 +12,10 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture
-from tunelab.estimate.interval import log_spread
 from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
 from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.rundir.estimate import SourceKind
+from tunelab.stats.timing import log_spread, range_sigma
 
 # Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
 # input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
@@ -104,7 +104,7 @@ def origin_kind(rows: list[HistoryRun]) -> SourceKind:
 def _spread(rows: list[HistoryRun], values: list[float]) -> float:
     """The rows' disagreement and the spread each recorded of its own repeated timings (the probe's)."""
     own = [s for r in rows if (s := getattr(r, "time_spread", None))]
-    return max([log_spread(values), *(math.log1p(s) / 2 for s in own)], default=0.0)
+    return max([log_spread(values), *(range_sigma(s) for s in own)], default=0.0)
 
 
 def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:

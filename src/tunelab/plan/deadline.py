@@ -4,10 +4,12 @@ task, each job's start and model load — fit the wall-clock budget on the devic
 Each run is one job's worth of time on its devices: training (the plan's estimate, plus its mid-epoch saves),
 then the evaluation job's start and its targets × tasks. The runs are placed longest first by the scheduler
 the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan — three times:
-with every part at its P10, its median and its P90 (estimate/interval.py; the parts' errors taken as going the
-same way, as one machine's load slows them all). It fits at P90, fits at P50 but not at P90, does not fit — then
-what would have to give for the P90 to fit: the runs to drop, the share of epochs or of evaluation samples —,
-or cannot be told (a figure not predicted). Every figure names its source.
+with every run at its P10, its median and its P90 (a run's own P10 and P90 combine its parts as the records say
+they err, estimate/combine.py; the runs' errors are taken as going the same way: one source's bias and one
+machine's load move every run of a sweep alike, and no record of a whole sweep says otherwise). It fits at P90,
+fits at P50 but not at P90, does not fit — then what would have to give for the P90 to fit: the runs to drop, the
+share of epochs or of evaluation samples —, or cannot be told (a figure not predicted). Every figure names its
+source.
 
 With a `tune:` block the learning-rate search comes first, one trial at a time (plan/searchline.py prices it with
 plan/tunecost.py's formula): the makespan is the search's time plus the runs' (each at P10, P50 and P90), and what
@@ -58,8 +60,9 @@ class RunTimeline(BaseModel):
     eval_targets: int = Field(0, description="Checkpoints (or models) evaluated.")
     eval_samples: int = Field(0, description="Samples of one target over all tasks.")
     total_s: float | None = Field(None, description="train start + train + saves + eval start + eval, s.")
-    total_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
-    total_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
+    total_p10_s: float | None = Field(None, description="Its P10: the parts combined as the records say they err "
+                                      "(estimate/combine.py), s.")
+    total_p90_s: float | None = Field(None, description="Its P90, combined the same way, s.")
     devices: list[str] = Field([], description="Where the forecast places it.")
     start_s: float | None = Field(None, description="When it starts in the forecast, s.")
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
@@ -94,8 +97,8 @@ class DeadlinePlan(BaseModel):
     verdict: DeadlineVerdict = Field(description="fits (at P90), fits_at_p50, does_not_fit or unknown.")
     makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50; a search "
                                      "included), s.")
-    makespan_p10_s: float | None = Field(None, description="The makespan with every part at its P10, s.")
-    makespan_p90_s: float | None = Field(None, description="The makespan with every part at its P90, s.")
+    makespan_p10_s: float | None = Field(None, description="The makespan with every run at its P10, s.")
+    makespan_p90_s: float | None = Field(None, description="The makespan with every run at its P90, s.")
     slack_s: float | None = Field(None, description="deadline − P90 makespan, s (negative: over at P90).")
     longest_run_s: float | None = Field(None, description="The longest run's time: no placement goes below it.")
     devices: list[str] = Field([], description="The devices runs are placed on.")

@@ -6,9 +6,11 @@ against what the deadline leaves since the sweep started (its first job's submis
 start, as the report measures the makespan). As soon as the P90 no longer fits, one line says so and what would
 have to give, long before the end.
 
-Intervals: a part still to come keeps the one run.yaml gives it (estimate/interval.py); a run's remaining steps
-are priced from its own live pace, so their interval is a measured one (SourceKind.MEASURED's width, widened by
-the spread of the pace over its recent rows) — not the plan's width for a time it no longer has to guess.
+Intervals: a part still to come keeps the one run.yaml gives it (estimate/interval.py), and a run's parts left
+are combined as independent (estimate/combine.py: what is left of a run has no record of its own); a run's
+remaining steps are priced from its own live pace, so their interval is a measured one (SourceKind.MEASURED's
+width, widened by the spread of the pace over its recent rows) — not the plan's width for a time it no longer has
+to guess.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from tunelab.estimate.gpus import NodeSize
-from tunelab.estimate.interval import PRIOR_SIGMA, log_spread, time_range
+from tunelab.estimate.combine import independent
+from tunelab.estimate.interval import PRIOR_SIGMA, time_range
 from tunelab.estimate.runs import ASSUMED_STARTUP_S
 from tunelab.fsutil import human_seconds
 from tunelab.ledger import store
@@ -34,6 +37,7 @@ from tunelab.rundir.metrics import seconds_left, seconds_per_step, step_paces
 from tunelab.rundir.scores import read_scores
 from tunelab.rundir.tuned import TRIAL_PREFIX, tune_dir
 from tunelab.spec import load_spec
+from tunelab.stats.timing import log_spread
 
 NO_DEADLINE = float("inf")
 
@@ -59,8 +63,9 @@ class RunLeft(BaseModel):
                                            "logged rows.")
     left_s: float | None = Field(None, description="Everything left of it (training, evaluation's start, "
                                  "evaluation), s (None: not predicted).")
-    left_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
-    left_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
+    left_p10_s: float | None = Field(None, description="Its P10: the parts left combined as independent "
+                                     "(estimate/combine.py), s.")
+    left_p90_s: float | None = Field(None, description="Its P90, combined the same way, s.")
     source: str = Field("", description="Where the figures came from.")
 
 
@@ -75,8 +80,8 @@ class SweepRemaining(BaseModel):
     time_left_s: float | None = Field(None, description="deadline − elapsed, s (negative: already past).")
     remaining_s: float | None = Field(None, description="What is left of the sweep (P50), placed on its devices "
                                       "by the plan's forecast, s (None: some run's time is not predicted).")
-    remaining_p10_s: float | None = Field(None, description="The same with every part at its P10, s.")
-    remaining_p90_s: float | None = Field(None, description="The same with every part at its P90, s.")
+    remaining_p10_s: float | None = Field(None, description="The same with every run at its P10, s.")
+    remaining_p90_s: float | None = Field(None, description="The same with every run at its P90, s.")
     makespan_s: float | None = Field(None, description="elapsed + remaining: the sweep's makespan as it now "
                                      "looks (P50), s.")
     makespan_p10_s: float | None = Field(None, description="elapsed + remaining at P10, s.")
@@ -207,8 +212,8 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool) -> tuple[RunLeft, RunTi
     if line.train_s is not None and line.eval_s is not None:
         known = [p for p in parts if p is not None]
         line.total_s = round(sum(p.p50_s for p in known), 1)
-        line.total_p10_s = round(sum(p.p10_s for p in known), 1)
-        line.total_p90_s = round(sum(p.p90_s for p in known), 1)
+        total = independent(known)
+        line.total_p10_s, line.total_p90_s = (total.p10_s, total.p90_s) if total is not None else (0.0, 0.0)
     left = RunLeft(run=cfg.name, phase=phase, eta_s=None if eta is None else round(eta, 1),
                    seconds_per_step=None if pace is None else round(pace, 3), left_s=line.total_s,
                    left_p10_s=line.total_p10_s, left_p90_s=line.total_p90_s,
@@ -238,7 +243,8 @@ def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase
         return None, None, None
     whole = est.time_range or time_range(est.seconds, est.time_kind or SourceKind.ASSUMED, est.time_spread)
     if est.startup_s is None:  # the estimate's speed came without a start-up: the job's start, as the plan adds
-        whole = whole.plus(time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)"))
+        job_start = time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)")
+        whole = independent([whole, job_start]) or whole
     return whole, None, None
 
 

@@ -16,8 +16,10 @@ from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device, cpu_devices
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
-from tunelab.ledger.predictions import PredictionRecord
+from tunelab.ledger.predictions import PredictedPart, PredictionRecord
+from tunelab.estimate.combine import independent, summed
 from tunelab.estimate.interval import time_range
+from tunelab.estimate.speedhistory import device_key
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, job_start
 from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
@@ -55,7 +57,8 @@ class Sweep:
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
     """One run's parts: training and saves (fine-tuned runs), evaluation start and evaluation (every run); a
     control or eval-only model generates at the speed a fine-tuned run of the same model trains at. Each part
-    has its interval; the run's P10 and P90 are the parts' summed (estimate/interval.py)."""
+    has its interval; the run's P10 and P90 combine them as the records say they err (estimate/combine.py: the
+    recorded errors of whole runs here, else the parts as independent)."""
     history = plan.history or []
     speed = est or next((e for r in plan.runs if r.model.path == cfg.model.path
                          and (e := plan.estimates.get(r.name)) is not None), None)
@@ -65,12 +68,17 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
                        eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
                        train_s=0.0, train_source="no training",
                        peak_memory_gib=est.peak_memory_gib if est is not None else None)
-    ranges: list[TimeRange | None] = [ev.start.range(), ev.range]
+    ranges: list[TimeRange | None] = [ev.start.range()]  # parts no record holds: independent of the rest
+    recorded: list[TimeRange | None] = [ev.range]  # parts a run's records hold (ledger/predictions.py)
+    parts = {PredictedPart.EVAL}
     if cfg.training is not None:
         line.train_s = est.seconds if est is not None else None
         line.train_source = est.time_source if est is not None else "not estimated"
         if est is not None:
-            ranges.append(est.time_range or (time_range(est.seconds, SourceKind.ASSUMED) if est.seconds else None))
+            recorded.append(est.time_range or (time_range(est.seconds, SourceKind.ASSUMED) if est.seconds else None))
+            parts |= {PredictedPart.TRAIN}
+            if est.startup_kind and est.startup_raw_s:  # its start-up recorded apart (estimate/ranged.py)
+                parts.add(PredictedPart.TRAIN_START)
         if est is not None and est.seconds is not None and est.startup_s is not None:  # its start-up apart
             line.train_start_s = est.startup_s
             line.train_start_source = f"the estimate's start-up ({est.startup_kind or 'its source'})"
@@ -86,9 +94,10 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
             ranges.append(time_range(line.saves_s, SourceKind.ASSUMED) if line.saves_s else None)
     if line.train_s is not None and line.eval_s is not None:
         line.total_s = round(line.train_start_s + line.train_s + line.saves_s + line.eval_start_s + line.eval_s, 1)
-        known = [r for r in ranges if r is not None]
-        line.total_p10_s = round(sum(r.p10_s for r in known), 1)
-        line.total_p90_s = round(sum(r.p90_s for r in known), 1)
+        run = summed(recorded, plan.errors or [], device_key(plan.gpu), frozenset(parts), "the run")
+        total = independent([run, *ranges])
+        line.total_p10_s = total.p10_s if total is not None else None
+        line.total_p90_s = total.p90_s if total is not None else None
     return line
 
 

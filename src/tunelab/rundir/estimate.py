@@ -144,13 +144,6 @@ class TimeRange(_Record):
     basis: str = Field("", description="What the width rests on: the source's kind, the spread of its "
                        "measurements, the recorded errors of that source on this device.")
 
-    def plus(self, other: "TimeRange | None") -> "TimeRange":
-        """Both together, their errors taken as going the same way (one machine's load slows every part alike)."""
-        if other is None:
-            return self
-        return TimeRange(p10_s=round(self.p10_s + other.p10_s, 1), p50_s=round(self.p50_s + other.p50_s, 1),
-                         p90_s=round(self.p90_s + other.p90_s, 1), basis=self.basis)
-
     def covers(self, seconds: float) -> bool:
         return self.p10_s <= seconds <= self.p90_s
 

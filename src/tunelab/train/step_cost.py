@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.rundir.summary import StepCost, StepPoint
+from tunelab.stats.timing import range_spread
 
 REPEATS = 4
 STEPS_PER_REPEAT = 20  # after training: one timed repeat per this many steps the run took, up to REPEATS
@@ -56,7 +57,7 @@ class TimedSteps:
     def spread(self) -> float | None:
         """How far the timings of one size disagree: the largest max/min − 1 over the sizes (0.41: the slowest
         step took 41 % longer than the fastest); None with fewer than two steps at every size."""
-        spreads = [max(r)[0] / min(r)[0] - 1 for r in self.steps.values() if len(r) >= 2 and min(r)[0] > 0]
+        spreads = [s for r in self.steps.values() if (s := range_spread(t for t, _ in r)) is not None]
         return max(spreads) if spreads else None
 
     def then(self, more: TimedSteps) -> TimedSteps:

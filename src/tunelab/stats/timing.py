@@ -1,0 +1,31 @@
+"""How much repeated timings disagree, and the log-space σ that stands for: the one owner of "spread → σ" for the
+plan's timed steps (estimate/cpuspeed.py), the probe's and the job's timed steps (train/step_cost.py, kept in the
+history as `time_spread`) and the history's rows (estimate/speedhistory.py). Pure, no imports beyond math."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+
+def range_spread(seconds: Iterable[float]) -> float | None:
+    """How far repeated timings of one thing disagree: slowest / fastest − 1 (0.41: the slowest took 41 % longer
+    than the fastest); None with fewer than two positive timings."""
+    times = [t for t in seconds if t > 0]
+    return max(times) / min(times) - 1 if len(times) >= 2 else None
+
+
+def range_sigma(spread: float) -> float:
+    """The log-space σ a `range_spread` stands for: half the log of slowest / fastest (a handful of timings, 3 to
+    ~10, spans about two σ of their log-normal noise — a stated rule, not fitted)."""
+    return math.log1p(max(0.0, spread)) / 2
+
+
+def log_spread(values: Sequence[float]) -> float:
+    """The standard deviation of the logs of positive values (0 for fewer than two): the σ of figures that came
+    from separate measurements (the history's rows of one shape)."""
+    logs = [math.log(v) for v in values if v and v > 0]
+    if len(logs) < 2:
+        return 0.0
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
