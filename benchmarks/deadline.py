@@ -67,7 +67,8 @@ def write_specs(out: Path, model: Path, data: Path, ranks: list[int], deadline: 
                              **training},
                 "eval": {"task": "exact_match", "split": "test", "max_tokens": 12, "epochs": "last",
                          **({"limit": 8} if smoke else {})},
-                "resources": {"deadline": deadline}}
+                # runs in turn: its sweep figures are its runs' sums, as its earlier results were measured
+                "resources": {"deadline": deadline, "cpu_runs_at_once": 1}}
         paths[way] = out / way / "experiment.yaml"
         paths[way].parent.mkdir(parents=True, exist_ok=True)
         paths[way].write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+TEST_KNOBS = ("TUNELAB_FAULT_", "TUNELAB_DEBUG_")  # every test-only knob's prefix (train/loop_hooks.DEBUG_SEEN_ENV too)
 KILL_ENV = "TUNELAB_FAULT_KILL"
 FIRED_ENV = "TUNELAB_FAULT_FIRED"
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from tunelab.diskcache import cached_json
 from tunelab.estimate.cpuspeed import CONTENDED_KEEP_S
+from tunelab.faults import TEST_KNOBS
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
 RESULT_FILE = "loop.json"  # what it writes in its directory (train/loop_cost.py RESULT_FILE)
@@ -74,7 +75,8 @@ def _measure(threads: int | None) -> dict[str, Any]:
     """Run the measuring job in a scratch directory and read what it wrote ({"ok": False, "error"} on failure)."""
     from tunelab.host import threads as host_threads
 
-    env = host_threads.child_env(1)
+    # the plan's own measurement, not a run: a test's knobs for the run's job (kills, held steps) stay off it
+    env = {k: v for k, v in host_threads.child_env(1).items() if not k.startswith(TEST_KNOBS)}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:

@@ -42,6 +42,10 @@ def side_by_side(combos: list[Combination], lanes_: list[Lane], work: Callable[[
                  done_with: Callable[[Combination, R], None]) -> None:
     """`work(combo, lane)` for every combination, as many at once as there are lanes; `done_with` each result as it
     comes, in this thread. Whatever stops it here (Ctrl-C, an error of a lane or of `done_with`) stops every lane."""
+    if len(lanes_) == 1:  # one lane: in this thread, where Ctrl-C lands
+        for combo in combos:
+            done_with(combo, work(combo, lanes_[0]))
+        return
     free: queue.SimpleQueue[Lane] = queue.SimpleQueue()
     for lane in lanes_:
         free.put(lane)
