@@ -89,6 +89,15 @@ def thread_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
+def own_thread_rule(threads: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The same cores as `threads` give the others, with tunelab's own thread rule over them (the command's prefix
+    and its environment): a search whose combinations run side by side gives each its share of the cores, which an
+    OMP_NUM_THREADS set for all would oversubscribe."""
+    own = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    cpus = sorted(os.sched_getaffinity(0))
+    return (["taskset", "-c", ",".join(map(str, cpus[:threads]))] if threads < len(cpus) else []), own
+
+
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None,
                  timeout_s: float = 3600.0) -> Measured:
     """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak RSS; the whole output

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured, run_measured, thread_env
+from peerlib.measure import Measured, own_thread_rule, run_measured, thread_env
 from peerlib.tunelab_side import spec
 
 
@@ -60,8 +60,9 @@ def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Pat
     exp = out / "experiment"
     exp.mkdir(parents=True)
     (exp / "experiment.yaml").write_text(yaml.safe_dump(tunelab_spec(inputs, job, search), sort_keys=False))
-    measured: Measured = run_measured([str(python), "-m", "tunelab", "tune", str(exp)], thread_env(job.threads),
-                                      out, out / "output.log")
+    prefix, env = own_thread_rule(job.threads, thread_env(job.threads))  # the same cores, tunelab's rule over them
+    measured: Measured = run_measured([*prefix, str(python), "-m", "tunelab", "tune", str(exp)], env, out,
+                                      out / "output.log")
     row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after)
     if measured.returncode:
         row.error = f"exit {measured.returncode}: {measured.tail(3)}"
