@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -228,7 +229,18 @@ def run_yaml_inputs() -> st.SearchStrategy[bytes]:
 
 
 def run_yaml_file(work: Path, content: bytes) -> Path:
-    return write(work / "runs" / "r" / "run.yaml", content)
+    """At its place in an experiment's layout (<experiment>/runs/<name>: a run.yaml elsewhere is refused in one
+    line), the experiment's directory its own: every load then reads it as written."""
+    name = _run_name(content)
+    return write(work / "runs" / name / "run.yaml", content)
+
+
+def _run_name(content: bytes) -> str:
+    try:
+        name = yaml.safe_load(content).get("name")
+    except Exception:  # a mutated file that is no mapping of YAML: any place will do
+        return "r"
+    return name if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) and name not in (".", "..") else "r"
 
 
 def load_run_yaml_input(path: Path) -> None:

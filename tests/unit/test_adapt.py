@@ -29,22 +29,19 @@ def test_threads_for_the_cores_others_left(planned, others, left):
 
 
 CHILD = """
-import json, os, subprocess, sys, time
+import json, os, sys, time
 from tunelab.host import threads
 from tunelab.host.adapt import fit_to_free_cores, taken
 from tunelab.host.cpuload import LoadMeter
 planned = threads.decide(1)
 threads.apply(planned)
 meter = LoadMeter.start(threads=planned.torch)
-hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-time.sleep(2.0)  # the job's imports, as long as a tiny job's
+time.sleep(2.0)  # the job's imports, as long as a tiny job's, the hog (not of its tree) burning a core meanwhile
 import torch
 got = fit_to_free_cores(planned, meter)
-hog.kill()
 print(json.dumps([planned.torch, torch.get_num_threads(), os.environ["OMP_NUM_THREADS"],
                   got.others_cores if got else None, taken() == got]))
 """
-
 
 def test_a_job_starting_beside_a_cpu_hog_takes_the_threads_for_the_cores_left():
     cores = usable_cores(physical=True).count
@@ -52,7 +49,12 @@ def test_a_job_starting_beside_a_cpu_hog_takes_the_threads_for_the_cores_left():
         pytest.skip(f"worked out for a 2-core machine (this one: {cores}): one hog leaves one core")
     env = {k: v for k, v in __import__("os").environ.items()
            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TUNELAB_OMP_NUM_THREADS", "TUNELAB_CPUS")}
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # this test's child: others, to the job
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        hog.kill()
+        hog.wait()
     assert out.returncode == 0, out.stderr
     planned, torch_threads, omp, others, recorded = json.loads(out.stdout.strip().splitlines()[-1])
     # the hog held a core (a little less while it started; other work on the machine only adds to it)
