@@ -2,6 +2,7 @@
 the demo in at most half the wall time of commit 1036b34's, the same runs reaching the same accuracy).
 
     python benchmarks/demo_wall.py [--baseline 1036b34] [--repeats 2] [--json PATH]
+    python benchmarks/demo_wall.py --check EXPERIMENT   # the accuracies it reads, from a finished experiment
 
 Each demo is `python -m tunelab demo` in a fresh output directory, with a fresh history, timing cache and user
 config (first contact, as a new user runs it), the baseline's source checked out in a git worktree and put first
@@ -39,11 +40,10 @@ def worktree(commit: str, where: Path) -> Path:
 def accuracies(experiment: Path) -> dict[str, float]:
     """Each run's exact-match accuracy on its last evaluated checkpoint, from its scores.json files."""
     out: dict[str, float] = {}
-    for path in sorted(experiment.glob("runs/*/eval/**/scores.json")):
-        data = json.loads(path.read_text())
-        value = _accuracy(data)
+    for path in sorted(experiment.glob("*/*/eval/**/scores.json")):  # runs/ and controls/
+        value = _accuracy(json.loads(path.read_text()))
         if value is not None:
-            out[path.relative_to(experiment / "runs").parts[0]] = value
+            out[path.relative_to(experiment).parts[1]] = value
     return out
 
 
@@ -91,7 +91,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="demos of each, interleaved (default 2)")
     ap.add_argument("--json", type=Path, help="write every demo's figures here")
     ap.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()), help="where demos write")
+    ap.add_argument("--check", type=Path, metavar="EXPERIMENT",
+                    help="run no demo: print the accuracies read from a finished experiment (the smoke's check)")
     args = ap.parse_args()
+    if args.check is not None:
+        print(json.dumps(accuracies(args.check), sort_keys=True))
+        return
     base_src = worktree(args.baseline, args.scratch / f"tunelab-{args.baseline}")
     demos = []
     for i in range(args.repeats):

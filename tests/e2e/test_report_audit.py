@@ -157,3 +157,21 @@ def test_no_validation_losses_leave_the_dynamics_unjudged(exp):
             "`metrics.jsonl` to compare.") in md
     assert "**Still improving:** not judged — no completed run has two validation losses in `metrics.jsonl`." in md
     assert "none detected" not in md
+
+
+def test_the_demo_wall_benchmark_reads_every_runs_accuracy_as_its_scores_say(finished_sweep):
+    """benchmarks/demo_wall.py's accuracies (what it prints beside each demo's wall) against each scores.json read
+    here: every fine-tuned run and the control, none missing, the same value."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_wall.py"
+    out = subprocess.run([sys.executable, str(bench), "--check", str(finished_sweep.exp)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    printed = json.loads(out.stdout)
+    expected = {}
+    for name in (*finished_sweep.runs, finished_sweep.control):
+        scores = sorted(finished_sweep.exp.glob(f"*/{name}/eval/**/exact_match/scores.json"))
+        assert scores, name
+        expected[name] = json.loads(scores[-1].read_text())["metrics"]["accuracy"]
+    assert printed == expected

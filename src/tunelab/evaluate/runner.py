@@ -184,7 +184,8 @@ def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, p
             raise no_space_error(out_dir, None)  # inspect caught the write's ENOSPC into its log: one line
         raise _failure(cfg, target, spec, prepared.function, log)
     scores = _scores_record(cfg, target, spec, prepared.function, log)
-    scores.duration_s, scores.load = duration_s, load
+    # the window as scores.json keeps it (rounded): the scores returned equal the scores read back
+    scores.duration_s, scores.load = duration_s, LoadWindow.from_json(load.to_json()) if load is not None else None
     scores.decoding, scores.grader = prepared.decoding, str(grader) if grader else None
     write_scores(out_dir, scores)
     return scores

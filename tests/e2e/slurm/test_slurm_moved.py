@@ -1,7 +1,7 @@
 """An experiment moved or copied between `tunelab scaffold` and `tunelab run --executor slurm` (issue 55): the job
 scripts scaffold wrote name the old directory, and `tunelab run` writes them again for where the experiment is
 before it submits, so training and evaluation jobs write into the new directory and nothing into the old one.
-(The local executor: tests/e2e/test_moved_experiment.py; submit_all.sh's refusal: tests/unit/test_moved_experiment.py.)"""
+(The local executor: tests/e2e/test_moved_experiment_trains.py; submit_all.sh's refusal: tests/unit/test_moved_experiment.py.)"""
 
 from __future__ import annotations
 
