@@ -73,3 +73,9 @@ def test_multi_process_runs_one_run_and_one_core_train_one_at_a_time():
     for runs, cores, why in cases:
         sharing, _ = choose(runs, ResourcesSpec(), _at({4: [10] * len(runs)}), cores, 64.0, FOUR_CORES.__getitem__)
         assert isinstance(sharing, CpuSharing) and sharing.chosen.runs_at_once == 1 and sharing.why == why
+
+
+def test_runs_without_a_time_estimate_stay_one_at_a_time_and_say_why():
+    at = _at({4: [None, 10], 2: [None, 12], 1: [None, 14]})
+    sharing, _ = choose(_runs(2), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
+    assert sharing.chosen.runs_at_once == 1 and "no time estimate" in sharing.why

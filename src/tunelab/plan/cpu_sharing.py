@@ -142,6 +142,7 @@ def choose(runs: list[RunConfig], resources: ResourcesSpec, estimate_at: Estimat
                 and option.makespan_s <= (1 - MIN_GAIN) * alone and option.makespan_s < best.makespan_s):
             best, best_estimates = option, estimates
     why = ("auto: the shortest predicted makespan" if best.runs_at_once > 1 else
+           "auto: one at a time, the runs having no time estimate to compare" if alone is None else
            f"auto: sharing gains under {MIN_GAIN:.0%}" if len(priced) > 1 else
            "auto: host RAM holds one run at a time")
     return CpuSharing(best, tuple(o for o, _ in priced), why), best_estimates
