@@ -100,3 +100,40 @@ def test_validations_are_ceil_of_steps_over_their_interval():
 
     assert [validation_count(s, 4) for s in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
     assert validation_count(16, None) == 0 and validation_count(0, 4) == 0
+
+
+def _row_on_this_cpu(**shape):
+    from tunelab.ledger.history import HistoryRun
+
+    return HistoryRun(key="elsewhere/runs/r", source="tunelab", model="tiny", layers=2, hidden=64, parameters=10**6,
+                      device="cpu", cpu_threads=1, batch_size=8, max_seq_len=64, tokens_per_step=160.0,
+                      tokens_per_s=900.0, **shape)
+
+
+def test_a_shape_whose_lora_targets_no_row_of_this_cpu_has_is_timed_here(
+        loop_measured, fresh, tmp_path, tiny_model, monkeypatch):
+    """A history of other LoRA targets on this CPU says nothing of this shape (speed_from_history ignores it): the
+    plan times the shape, as on an empty history, instead of leaving the run unpriced (the search of issue 52 ran
+    one lane because of it). A row that differs only in checkpointing is left to the levers to price across."""
+    from tunelab.estimate import cpuspeed, loopcost
+    from tunelab.estimate.runs import run_time
+    from tunelab.estimate.speedhistory import SourceKind
+
+    monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: loopcost.overhead_of({"ok": True,
+                                                                                        **loop_measured[1]}))
+    cfg = _cfg(tmp_path, tiny_model, epochs=1, lora_target_modules=["q_proj", "v_proj"])
+    lengths = [20] * 64
+    other_targets = [_row_on_this_cpu(lora_targets="all-linear", gradient_checkpointing=False)]
+    rt = run_time(cfg, None, lengths, [], other_targets, cpu_threads=1)
+    (entry,) = fresh.glob("cpu-step/*.json")
+    assert rt.kind == SourceKind.TIMED and rt.seconds is not None and rt.first_contact is not None
+    timed = json.loads(entry.read_text())["value"]
+    factor = timed["slowdown"] if timed["contended"] else 1.0
+    assert rt.tokens_per_s == pytest.approx(160 / timed["median_s"] * factor)
+
+    def not_timed(*args, **kwargs):
+        raise AssertionError("timed a shape whose targets a row of this CPU has")
+
+    monkeypatch.setattr(cpuspeed, "timed_cpu_speed", not_timed)
+    other_checkpointing = [_row_on_this_cpu(lora_targets="q_proj,v_proj", gradient_checkpointing=True)]
+    assert run_time(cfg, None, lengths, [], other_checkpointing, cpu_threads=1).tokens_per_s is None

@@ -18,7 +18,8 @@ from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
 from tunelab.estimate.speed import SCALING_EFFICIENCY
-from tunelab.estimate.speedhistory import Speed, comparable_rows, origin_kind, same_device, speed_from_history
+from tunelab.estimate.speedhistory import (Speed, comparable_rows, origin_kind, same_device, same_targets,
+                                           speed_from_history)
 from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
@@ -208,8 +209,10 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
                                t.gradient_accumulation_steps, t.gradient_checkpointing)
     first = None
-    if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads) for r in history):
-        # nothing measured on this CPU at all (a row of another shape is priced across by the levers, plan/split.py)
+    if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads)
+                                                             for r in same_targets(history, t)):
+        # nothing measured on this CPU of these LoRA targets: timed here (a row that differs only in checkpointing
+        # is priced across by the levers, plan/split.py; rows of other targets say nothing of this shape)
         from tunelab.estimate.cpuspeed import timed_cpu_speed
 
         timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)

@@ -47,12 +47,16 @@ def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]
     return [r for r in rows if dist(r) <= best + 0.1]
 
 
+def same_targets(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
+    """Rows of the run's LoRA targets (a row that did not record them is kept: unknown is not different)."""
+    return [r for r in rows if r.lora_targets is None or r.lora_targets == t.lora_targets_text]
+
+
 def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
     """Rows whose recorded shape matches what speed depends on beyond tokens: gradient checkpointing (a
     recomputed forward) and LoRA targets. A row that did not record a field is kept (unknown is not different)."""
-    return [r for r in rows
-            if (r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing)
-            and (r.lora_targets is None or r.lora_targets == t.lora_targets_text)]
+    return [r for r in same_targets(rows, t)
+            if r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing]
 
 
 def _kinds(rows: list[HistoryRun]) -> str:
