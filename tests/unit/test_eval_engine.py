@@ -10,10 +10,10 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate import engine as engine_mod
-from tunelab.evaluate.engine import VLLM_PYTHON_ENV, resolve_engine
+from tunelab.evaluate.engine import resolve_engine
 from tunelab.evaluate.merge import unservable
 from tunelab.evaluate.vllm_server import ServerArgs, lora_rank_bound
-from tunelab.spec.evaluation import Engine, EvalSpec
+from tunelab.spec.evaluation import VLLM_PYTHON_ENV, Engine, EvalSpec
 
 
 def runs(**eval_fields):
@@ -52,6 +52,43 @@ def test_the_plan_prices_vllm_when_asked_or_auto_on_a_gpu_with_a_named_vllm():
     assert EvalSpec().planned_engine(gpu=True) == Engine.HF  # auto, no vLLM named: the node may have none
     assert EvalSpec(vllm={"python": "/v/bin/python"}).planned_engine(gpu=True) == Engine.VLLM
     assert EvalSpec(vllm={"python": "/v/bin/python"}).planned_engine(gpu=False) == Engine.HF
+
+
+def test_the_plan_and_the_evaluation_agree_on_a_vllm_named_by_the_environment(tmp_path, monkeypatch):
+    """$TUNELAB_VLLM_PYTHON with nothing in the spec: the plan on a GPU prices vLLM (one server start for the run's
+    load) and the evaluation on a GPU node resolves vLLM with that interpreter; without it both are HF."""
+    from tunelab.catalog import resolve_gpu
+    from tunelab.estimate.evalrun import predict_run_eval
+    from tunelab.estimate.evaltime import VLLM_SERVER_START_S
+    from tunelab.ledger.generation import GenerationOrigin, GenerationRow
+    from tunelab.rundir.config import RunConfig
+
+    real_find_spec = engine_mod.importlib.util.find_spec
+    # this interpreter has no vllm of its own (whatever is installed here): only a named one counts
+    monkeypatch.setattr(engine_mod.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(engine_mod, "gpu_visible", lambda: True)  # the evaluation's node has the plan's GPU
+    model, h100 = "qwen2.5-0.5b", resolve_gpu("H100")
+    cfg = RunConfig(name="r", kind="finetune", experiment="e", experiment_dir=str(tmp_path),  # type: ignore[arg-type]
+                    model={"name": "q", "path": model}, dataset={"name": "d", "path": str(tmp_path)},
+                    training={"epochs": 2}, eval={"epochs": "all", "max_tokens": 8})
+    probe = GenerationRow(key=f"probe:{model}", origin=GenerationOrigin.PROBED, model_path=model, device="H100",
+                          prefill_tokens_per_s=1e5, decode_fixed_s=0.01, decode_row_s=0.001,
+                          recorded_at="2026-01-01T00:00:00")
+
+    def planned() -> tuple[Engine, float]:
+        est = predict_run_eval(cfg, h100, lambda c: {"test": tuple((30, 25) for _ in range(10))},
+                               generation=[probe], errors=[])
+        return cfg.eval.planned_engine(gpu=True), est.load_s
+
+    monkeypatch.setenv(VLLM_PYTHON_ENV, "/opt/vllm/bin/python")
+    engine, load_s = planned()
+    chosen, home = resolve_engine([cfg])
+    assert engine == chosen == Engine.VLLM and load_s == VLLM_SERVER_START_S
+    assert home is not None and home.python == "/opt/vllm/bin/python"
+    monkeypatch.delenv(VLLM_PYTHON_ENV)
+    engine, load_s = planned()
+    assert engine == resolve_engine([cfg])[0] == Engine.HF and load_s != VLLM_SERVER_START_S
 
 
 def test_server_arguments_come_from_the_sweep(tmp_path):

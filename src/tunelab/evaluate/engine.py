@@ -9,15 +9,12 @@ engine (vLLM's stock CPU LoRA kernels are no faster; docs/evaluation.md).
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
-from tunelab.spec.evaluation import Engine, VllmSpec
-
-VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # an interpreter with vLLM, when the spec names none
+from tunelab.spec.evaluation import VLLM_PYTHON_ENV, Engine, VllmSpec
 
 
 @dataclass(frozen=True)
@@ -32,10 +29,11 @@ class VllmHome:
 
 
 def vllm_home(spec: VllmSpec) -> VllmHome | None:
-    """The spec's vLLM (url, python), else $TUNELAB_VLLM_PYTHON, else this interpreter when vllm imports here."""
+    """The vLLM named for the spec (url, else VllmSpec.named_python: python or $TUNELAB_VLLM_PYTHON, the rule the
+    plan prices by), else this interpreter when vllm imports here."""
     if spec.url:
         return VllmHome(None, spec.url)
-    python = spec.python or os.environ.get(VLLM_PYTHON_ENV)
+    python = spec.named_python()
     if python:
         return VllmHome(python, None)
     if importlib.util.find_spec("vllm") is not None:

@@ -7,6 +7,7 @@ scorer.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
 # spec/evalloop.py's rule, by which the evaluator routes and the plan prices it (estimate/evaltime.py).
 BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric", "choice"})
 SplitName = Literal["train", "validation", "test"]
+VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # an interpreter with vLLM, when eval.vllm names none
 
 
 class GraderSpec(_Strict):
@@ -106,6 +108,16 @@ class VllmSpec(_Strict):
                                       "adapter of the base.")
     start_timeout_s: int = Field(600, ge=1, description="How long a server may take to answer its health check.")
 
+    def named_python(self) -> str | None:
+        """The vLLM interpreter named for this spec: `python`, else $TUNELAB_VLLM_PYTHON (None: neither)."""
+        return self.python or os.environ.get(VLLM_PYTHON_ENV) or None
+
+    def named(self) -> bool:
+        """A vLLM is named for this spec (a running server's `url`, or an interpreter by `named_python`): the one
+        rule by which the plan prices vLLM (EvalSpec.planned_engine) and the evaluation finds it
+        (evaluate/engine.py vllm_home), so that the two never disagree on it."""
+        return bool(self.url or self.named_python())
+
 
 class EvalSpec(_Strict):
     """How fine-tuned checkpoints, controls and eval-only models are evaluated (inspect-ai)."""
@@ -148,9 +160,10 @@ class EvalSpec(_Strict):
         return self
 
     def planned_engine(self, gpu: bool) -> Engine:
-        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named in `vllm:` (whether
-        the node can import vllm is not known at plan time; evaluate/engine.py decides when it runs)."""
-        if self.engine == Engine.VLLM or (self.engine == Engine.AUTO and gpu and (self.vllm.python or self.vllm.url)):
+        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named (VllmSpec.named: `vllm:` or
+        $TUNELAB_VLLM_PYTHON, as the evaluation finds it). Whether the node can import vllm itself is not known at
+        plan time; evaluate/engine.py decides that when it runs."""
+        if self.engine == Engine.VLLM or (self.engine == Engine.AUTO and gpu and self.vllm.named()):
             return Engine.VLLM
         return Engine.HF
 
