@@ -9,36 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-
 from tunelab.host.cpuload import LoadWindow
 from tunelab.plan.planner import make_plan
 
-
-@contextmanager
-def outside_hog(max_s: float) -> Iterator[int]:
-    """A busy loop outside this process's tree (started by a go-between that exits at once, so it is re-parented):
-    the plan's load meter counts its own process tree as its own (host/cpuload.py), which a hog this process
-    started would be. It inherits this process's CPU mask; killed when the block ends."""
-    loop = f"import time\nend = time.monotonic() + {max_s}\nwhile time.monotonic() < end:\n    pass\n"
-    spawn = ("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
-             "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint(p.pid)\n")
-    pid = int(subprocess.run([sys.executable, "-c", spawn, loop], capture_output=True, text=True, check=True).stdout)
-    try:
-        yield pid
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: outside this process's tree)
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +34,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
     given = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(given)})
     try:
-        with outside_hog(max_s=120):  # the plan's timing gets at most half of its core
+        with hogs(1, max_s=120):  # outside this tree, on the mask it inherits: the plan's timing gets at most half
             plan = make_plan(write_spec())
     finally:
         os.sched_setaffinity(0, given)

@@ -9,8 +9,6 @@ does not say what it priced records none."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,8 @@ from tunelab.rundir.scores import TaskScores, read_scores, task_dir, write_score
 from tunelab.scaffold.write import scaffold
 
 TICK = 0.02  # /proc counts 10 ms ticks: two of slack per reading
-LOOP = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: outside this process's tree)
 
 
 def _cpu_s(pid: int) -> float:
@@ -51,13 +50,10 @@ def planned(spec_in, tmp_path_factory) -> list[RunConfig]:
 
 @pytest.fixture
 def outside_hog():
-    """One busy process that is not a descendant of this one (its shell parent exits: it is reparented), so the
-    evaluation's tree does not hold it. Killed by its id after the test; it stops by itself after 120 s."""
-    shell = subprocess.run(["sh", "-c", f"'{sys.executable}' -c '{LOOP}' >/dev/null 2>&1 & echo $!"],
-                           capture_output=True, text=True, check=True)
-    pid = int(shell.stdout)
-    yield pid
-    os.kill(pid, signal.SIGKILL)
+    """One busy process that is not a descendant of this one (benchmarks/hogs.py: started by a go-between), so the
+    evaluation's tree does not hold it. Killed after the test; it stops by itself after 120 s."""
+    with hogs(1, max_s=120) as [hog]:
+        yield hog.pid
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux /proc")
