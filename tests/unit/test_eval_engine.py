@@ -59,7 +59,8 @@ def test_the_plan_and_the_evaluation_agree_on_a_vllm_named_by_the_environment(tm
     load) and the evaluation on a GPU node resolves vLLM with that interpreter; without it both are HF."""
     from tunelab.catalog import resolve_gpu
     from tunelab.estimate.evalrun import predict_run_eval
-    from tunelab.estimate.evaltime import VLLM_SERVER_START_S
+    from tunelab.estimate.jobstart import VLLM_SERVER_START_S
+    from tunelab.estimate.runs import ASSUMED_STARTUP_S
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 
@@ -84,11 +85,12 @@ def test_the_plan_and_the_evaluation_agree_on_a_vllm_named_by_the_environment(tm
     monkeypatch.setenv(VLLM_PYTHON_ENV, "/opt/vllm/bin/python")
     engine, load_s = planned()
     chosen, home = resolve_engine([cfg])
-    assert engine == chosen == Engine.VLLM and load_s == VLLM_SERVER_START_S
+    # no history: the job's own start assumed, then the server's (estimate/jobstart.py, issue 54)
+    assert engine == chosen == Engine.VLLM and load_s == ASSUMED_STARTUP_S + VLLM_SERVER_START_S
     assert home is not None and home.python == "/opt/vllm/bin/python"
     monkeypatch.delenv(VLLM_PYTHON_ENV)
     engine, load_s = planned()
-    assert engine == resolve_engine([cfg])[0] == Engine.HF and load_s != VLLM_SERVER_START_S
+    assert engine == resolve_engine([cfg])[0] == Engine.HF and load_s == 2 * ASSUMED_STARTUP_S  # a load per target
 
 
 def test_server_arguments_come_from_the_sweep(tmp_path):
@@ -124,9 +126,10 @@ def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_serve
     from tunelab.estimate.evaltime import (
         BATCHED_SAMPLE_OVERHEAD_S,
         SAMPLE_OVERHEAD_S,
-        VLLM_SERVER_START_S,
         predict_eval_time,
     )
+    from tunelab.estimate.jobstart import VLLM_SERVER_START_S
+    from tunelab.estimate.runs import ASSUMED_STARTUP_S
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 
@@ -153,7 +156,8 @@ def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_serve
     assert one.overhead_s == pytest.approx(10 * BATCHED_SAMPLE_OVERHEAD_S) and BATCHED_SAMPLE_OVERHEAD_S == 0.001
     assert together.overhead_s == pytest.approx(40 * SAMPLE_OVERHEAD_S)  # vLLM: inspect-ai's loop
     assert hf.seconds == pytest.approx(4 * one.seconds) and hf.load_s == pytest.approx(4 * one.load_s)
-    assert vllm.seconds == pytest.approx(together.seconds) and vllm.load_s == VLLM_SERVER_START_S
+    # one server for every target: the job's start (assumed, no history) and the server's, once
+    assert vllm.seconds == pytest.approx(together.seconds) and vllm.load_s == ASSUMED_STARTUP_S + VLLM_SERVER_START_S
     # four checkpoints' rows share their batches: less generation time than four targets' apart
     assert together.generation_s < 4 * one.generation_s
 

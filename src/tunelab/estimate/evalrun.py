@@ -1,5 +1,7 @@
 """A run's evaluation, predicted: every target (checkpoint) × task priced by estimate/evaltime.py and summed,
-with the weights' load once per target and a Slurm limit from the worst case (every batch decoding to
+with the evaluation job's start-up (estimate/jobstart.py `eval_start`, the one owner: the plan's makespan adds it
+once per run) — once per target for the limit's worst case (HF: each target alone reloads), once for a vLLM
+server — and a Slurm limit from the worst case (every batch decoding to
 max_tokens) × the margin of its weakest source (estimate/evaltime.py EVAL_TIME_MARGINS). Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
 evaluation job's limit and the report's predicted-vs-measured check read it.
 
@@ -18,6 +20,7 @@ from tunelab.catalog import GPU
 from tunelab.estimate.interval import ranged_eval
 from tunelab.estimate.speedhistory import device_key
 from tunelab.estimate.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
+from tunelab.estimate.jobstart import JobStart, eval_start
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
@@ -34,10 +37,12 @@ _RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.TIMED: 2, EvalS
 
 @dataclass(frozen=True)
 class RunEvalPrediction:
-    """Every target × task of one run: seconds on loaded weights, the loads, the worst case, the sources."""
+    """Every target × task of one run: seconds on loaded weights, the job's start-up, the loads, the worst case,
+    the sources."""
 
     seconds: float | None  # None: a task's samples unknown (a task file)
-    load_s: float
+    start: JobStart  # the evaluation job's start-up (estimate/jobstart.py), once: what the makespan adds
+    load_s: float  # the start-up once per target (HF) or once (vLLM): the limit's worst case
     upper_s: float | None  # loads + every batch to max_tokens
     source: EvalSource | None  # the weakest source of its tasks
     detail: str
@@ -79,10 +84,11 @@ def eval_targets(cfg: RunConfig) -> int:
 
 def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, history: Sequence[HistoryRun] = (),
                      generation: Sequence[GenerationRow] | None = None, batch_size: int = EVAL_BATCH,
-                     errors: Sequence[PredictionRecord] | None = None) -> RunEvalPrediction:
+                     errors: Sequence[PredictionRecord] | None = None,
+                     estimate: RunEstimate | None = None) -> RunEvalPrediction:
     """The run's evaluation: each task once per target, corrected by its source's recorded errors on this device
     (`errors`, the history's prediction records), with its interval; `generation`/`errors` None read the
-    history's rows."""
+    history's rows; `estimate`: a training estimate of the model (its measured start-up is the job's)."""
     if generation is None:
         from tunelab.ledger.generation import load
 
@@ -93,6 +99,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         errors = predictions.load()
     targets = eval_targets(cfg)
     engine = cfg.eval.planned_engine(gpu is not None)
+    start = eval_start(cfg.model.path, gpu, history, engine, estimate)
     # engine vllm: the run's checkpoints are resident adapters of one server, their rows batched together: priced as
     # one workload of every target's samples, the server started once
     together = min(targets, cfg.eval.vllm.max_loras or targets) if engine == Engine.VLLM else 1
@@ -103,8 +110,8 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     details: list[str] = []
     for task in cfg.eval.resolved_tasks():
         if task.builtin is None:
-            return RunEvalPrediction(None, 0.0, None, None, f"task {task.name}: a task file's samples are not "
-                                     "known before it runs", targets)
+            return RunEvalPrediction(None, start, 0.0, None, None, f"task {task.name}: a task file's samples are "
+                                     "not known before it runs", targets)
         on = cfg.model_copy(update={"dataset": cfg.dataset_named(task.dataset)})
         rows = split_rows(on).get(task.split, ())
         limit = task.limit or cfg.eval.limit
@@ -118,7 +125,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         seconds += got.seconds * targets / together
         upper += got.upper_s * targets / together
         loads = 1 if engine == Engine.VLLM else targets  # HF: one load per target serves every task; vLLM: one server
-        load_s = max(load_s, got.load_s * loads)
+        load_s = start.seconds * loads
         sources.append(got.source)
         details.append(f"{task.name}: {got.detail}")
     weakest = max(sources, key=lambda s: _RANK[s]) if sources else None
@@ -130,5 +137,5 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     if weakest is not None and seconds > 0:
         seconds, span, note = ranged_eval(seconds, weakest.value, errors, device_key(gpu))
         detail += f"; {note}" if note else ""
-    return RunEvalPrediction(round(seconds, 3), round(load_s, 3), round(upper + load_s, 3), weakest, detail, targets,
-                             samples, raw, span)
+    return RunEvalPrediction(round(seconds, 3), start, round(load_s, 3), round(upper + load_s, 3), weakest, detail,
+                             targets, samples, raw, span)

@@ -12,8 +12,9 @@ evaluations of the same task), the evaluation batch, and a generation speed:
   generation loop's own work per layer).
 
 The source is always said. `seconds` is prefill + generation on loaded weights + the evaluator's own work per
-sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the weights' load) is
-apart, because one load serves every task of a target (and a one-pass evaluation every target of a base).
+sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the evaluation job's start-up:
+estimate/jobstart.py's `eval_start`, a vLLM server's start included) is apart, because one load serves every
+task of a target (and a one-pass evaluation every target of a base).
 `upper_s` has every batch decode to max_tokens: what a time limit must allow for (a model that never stops).
 """
 
@@ -28,7 +29,7 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.estimate.jobstart import eval_start
 from tunelab.estimate.speedhistory import device_key
 from tunelab.estimate.speed import DEFAULT_MFU
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
@@ -47,9 +48,8 @@ SAMPLE_OVERHEAD_S = 0.015
 # formatting, outputs, scoring, log writing and read-back measured at 0.65 s over the demo's 1,200 samples on this CPU
 # (benchmarks/eval_sweep.py --phases-only); 1 ms a sample, an assumption until the history measures it
 BATCHED_SAMPLE_OVERHEAD_S = 0.001
-# eval.engine vllm: the server's start (import, engine build, weights; 10-60 s measured on CPUs) in place of the HF
-# load, once per base model; the speed is the device's as for HF (no vLLM measurement in the history yet)
-VLLM_SERVER_START_S = 60.0
+# eval.engine vllm: the speed is the device's as for HF (no vLLM measurement in the history yet); the server's start
+# is the start-up's (estimate/jobstart.py VLLM_SERVER_START_S)
 HISTORY_ROWS = 3  # the most recent measured evaluations of a model + task that calibrate a prediction
 
 
@@ -154,9 +154,10 @@ def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[G
     prefill, steps, generation_s, batches = _price(work, speed, lengths)
     _, _, upper_gen, _ = _price(work, speed, [work.max_tokens] * work.samples)
     overhead = per_sample * work.samples
-    load_s, _ = _load_seconds(work, gpu, history, arch)
-    if work.engine == Engine.VLLM:
-        load_s, detail = VLLM_SERVER_START_S, detail + f"; engine vllm: {VLLM_SERVER_START_S:.0f} s server start"
+    start = eval_start(work.model, gpu, history, work.engine)
+    load_s = start.seconds
+    if start.server_s:
+        detail += f"; engine vllm: {start.server_s:.0f} s server start"
     return EvalTimeEstimate(
         seconds=round(prefill + generation_s + overhead, 3), source=source, detail=detail, load_s=load_s,
         prefill_s=round(prefill, 3), generation_s=round(generation_s, 3), overhead_s=round(overhead, 3),
@@ -301,12 +302,3 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
                             decode_row_s=per_token),
             f"{'timed' if gpu is None else 'assumed'}: FLOPs of {size} on {where}, a decode step reading every "
             f"weight at {memory} + {ASSUMED_LAYER_STEP_S * 1e3:.1f} ms per layer (assumed)")
-
-
-def _load_seconds(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
-                  arch: Architecture | None) -> tuple[float, str]:
-    """The weights' load: the model's measured start-up in training (history), else assumed."""
-    same = [r for r in history if r.startup_s is not None and _same_architecture(r, arch)]
-    if same:
-        return round(median(r.startup_s or 0.0 for r in same), 1), "the model's training start-up (history)"
-    return ASSUMED_STARTUP_S, f"{ASSUMED_STARTUP_S:.0f} s (assumed)"

@@ -15,6 +15,7 @@ to guess.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -24,10 +25,11 @@ from pydantic import BaseModel, Field
 from tunelab.estimate.gpus import NodeSize
 from tunelab.estimate.combine import independent
 from tunelab.estimate.interval import PRIOR_SIGMA, time_range
-from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.estimate.jobstart import JobStart, eval_start, job_start
 from tunelab.fsutil import human_seconds
-from tunelab.ledger import store
+from tunelab.ledger import history, store
 from tunelab.plan.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
+from tunelab.plan.evalcost import model_estimate
 from tunelab.plan.sweeptime import Sweep, sweep_devices
 from tunelab.rundir import read_metrics, read_status
 from tunelab.rundir.config import RunConfig
@@ -113,9 +115,13 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     spec = spec.model_copy(update={"resources": resources})
     estimates = {c.name: c.estimate for c in runs if c.estimate is not None}
     gpu = _planned_gpu(estimates, resources.gpu)
+    past = history.load()  # the job's start-up, as the plan reads it (estimate/jobstart.py)
     lefts, lines = [], []
     for cfg in runs:
-        left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None)
+        model_est = model_estimate(cfg, runs, estimates)
+        starts = Starts(job_start(cfg.model.path, gpu, past),
+                        eval_start(cfg.model.path, gpu, past, cfg.eval.planned_engine(gpu is not None), model_est))
+        left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None, starts)
         lefts.append(left)
         if line is not None:
             lines.append(line)
@@ -189,7 +195,16 @@ def _when(iso: str | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
-def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool) -> tuple[RunLeft, RunTimeline | None]:
+@dataclass(frozen=True)
+class Starts:
+    """A run's job start-ups, from their one owner (estimate/jobstart.py), as the plan's forecast takes them: the
+    training job's where its estimate leaves it out, the evaluation job's (a vLLM server's start included)."""
+
+    train: JobStart
+    evaluation: JobStart
+
+
+def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tuple[RunLeft, RunTimeline | None]:
     """One run's time left (and its line for the forecast; None once nothing is left of it)."""
     est = cfg.estimate
     if phase in (Phase.DONE, Phase.STOPPED):
@@ -201,11 +216,12 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool) -> tuple[RunLeft, RunTi
     parts: list[TimeRange | None] = []
     pace = eta = None
     if phase in (Phase.TRAINING, Phase.WAITING) and cfg.training is not None:
-        train, pace, eta = _training_left(cfg, est, phase)
+        train, pace, eta = _training_left(cfg, est, phase, starts.train)
         line.train_s, line.train_source = (train.p50_s if train else None), _train_source(train, eta, est)
         parts.append(train)
-    start, evaluation = _evaluation(est)
-    line.eval_start_s, line.eval_start_source = (start.p50_s if start else 0.0), (start.basis if start else "")
+    start, evaluation = _evaluation(est, starts.evaluation)
+    line.eval_start_s, line.eval_start_source = ((starts.evaluation.seconds, starts.evaluation.source) if start
+                                                 else (0.0, ""))
     line.eval_s, line.eval_source = (evaluation.p50_s if evaluation else None), (
         est.eval_time_source if est is not None and evaluation else "not predicted in run.yaml")
     parts += [start, evaluation]
@@ -221,7 +237,7 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool) -> tuple[RunLeft, RunTi
     return left, line
 
 
-def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase
+def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase, start: JobStart
                    ) -> tuple[TimeRange | None, float | None, float | None]:
     """(interval of the training left, live seconds per step, live seconds left): a running run's steps left at
     its live pace; one not started (or with no step logged yet), its whole estimate."""
@@ -243,8 +259,7 @@ def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase
         return None, None, None
     whole = est.time_range or time_range(est.seconds, est.time_kind or SourceKind.ASSUMED, est.time_spread)
     if est.startup_s is None:  # the estimate's speed came without a start-up: the job's start, as the plan adds
-        job_start = time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)")
-        whole = independent([whole, job_start]) or whole
+        whole = independent([whole, start.range()]) or whole
     return whole, None, None
 
 
@@ -256,16 +271,12 @@ def _train_source(train: TimeRange | None, eta: float | None, est: RunEstimate |
     return est.time_source if est is not None else train.basis
 
 
-def _evaluation(est: RunEstimate | None) -> tuple[TimeRange | None, TimeRange | None]:
-    """(the evaluation job's start, the evaluation on loaded weights) from run.yaml's estimate."""
+def _evaluation(est: RunEstimate | None, start: JobStart) -> tuple[TimeRange | None, TimeRange | None]:
+    """(the evaluation job's start-up, the evaluation on loaded weights from run.yaml's estimate)."""
     if est is None or est.eval_seconds is None:
         return None, None
     evaluation = est.eval_range or time_range(est.eval_seconds, SourceKind.of_eval_source(est.eval_source))
-    if est.startup_s is not None and est.startup_kind and est.startup_kind != SourceKind.ASSUMED:
-        start = time_range(est.startup_s, est.startup_kind, what="the run's measured start-up")
-    else:
-        start = time_range(ASSUMED_STARTUP_S, SourceKind.ASSUMED, what="job start (assumed)")
-    return start, evaluation
+    return start.range(), evaluation
 
 
 def _notes(lefts: list[RunLeft], devices: int) -> list[str]:

@@ -21,7 +21,8 @@ from tunelab.estimate.combine import independent, summed
 from tunelab.estimate.interval import time_range
 from tunelab.estimate.speedhistory import device_key
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
-from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, job_start
+from tunelab.estimate.jobstart import job_start
+from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, model_estimate
 from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
 from tunelab.plan.searchline import pending_search, search_gives, search_line
 from tunelab.plan.tunecost import trial_evaluations
@@ -60,9 +61,8 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
     has its interval; the run's P10 and P90 combine them as the records say they err (estimate/combine.py: the
     recorded errors of whole runs here, else the parts as independent)."""
     history = plan.history or []
-    speed = est or next((e for r in plan.runs if r.model.path == cfg.model.path
-                         and (e := plan.estimates.get(r.name)) is not None), None)
-    ev = eval_cost(cfg, plan.gpu, history, split_rows, speed, plan.generation, plan.errors)
+    ev = eval_cost(cfg, plan.gpu, history, split_rows, est or model_estimate(cfg, plan.runs, plan.estimates),
+                   plan.generation, plan.errors)
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
                        eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
@@ -84,7 +84,7 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
             line.train_start_source = f"the estimate's start-up ({est.startup_kind or 'its source'})"
             line.train_s = round(est.seconds - est.startup_s, 1)
         elif est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
-            start = job_start(cfg, None, history, plan.gpu)
+            start = job_start(cfg.model.path, plan.gpu, history)
             line.train_start_s, line.train_start_source = start.seconds, start.source
             ranges.append(start.range())
         if est is not None and not cfg.stages:

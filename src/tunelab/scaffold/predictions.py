@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 
 def with_predictions(plan: Plan) -> dict[str, RunEstimate]:
     """Every run's estimate (a control's made for it) with its evaluation and the sweep's makespan."""
+    from tunelab.plan.evalcost import model_estimate
     from tunelab.plan.planner import split_lengths
 
     past, gen, errors = history.load(), generation.load(), predictions.load()
-    evals = {cfg.name: predict_run_eval(cfg, plan.gpu, split_lengths, past, gen, errors=errors) for cfg in plan.runs}
+    evals = {cfg.name: predict_run_eval(cfg, plan.gpu, split_lengths, past, gen, errors=errors,
+                                        estimate=model_estimate(cfg, plan.runs, plan.estimates)) for cfg in plan.runs}
     span, source = _makespan(plan)
     out = {}
     for cfg in plan.runs:

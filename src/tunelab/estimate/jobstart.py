@@ -1,0 +1,90 @@
+"""A job's start-up, one owner (issue 54): the process's start, its imports and the model's load — and, for an
+evaluation on vLLM, the server's start after them. The plan's makespan (plan/sweeptime.py), the evaluation's
+prediction and Slurm limit (estimate/evalrun.py, estimate/evaltime.py) and the re-plan while the sweep runs
+(plan/remaining.py) all take it from here, so a run's start-up is one figure wherever it is shown.
+
+A job's start: the run's measured start-up (its estimate, from the history), else the median of past runs' of
+this model on this kind of device, else of other models' there (a larger model loads longer: as wide as an
+assumption), else ASSUMED_STARTUP_S. A vLLM evaluation's job still starts its own process and imports the
+evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S, assumed); the job's
+start measured in training includes an HF load the vLLM job does not make, so the sum errs long, by at most
+that load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tunelab.catalog import GPU, Architecture, resolve_architecture
+from tunelab.errors import TunelabError
+from tunelab.estimate.combine import independent
+from tunelab.estimate.interval import time_range
+from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.ledger.history import HistoryRun
+from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
+from tunelab.spec.evaluation import Engine
+
+# eval.engine vllm: the server's start (import, engine build, weights; 10-60 s measured on CPUs), once per base
+# model; no vLLM start is in the history yet, so it is assumed
+VLLM_SERVER_START_S = 60.0
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """A job's start-up: seconds (the vLLM server's start included), its source in words and as a kind (what
+    the job's own start's interval rests on), and the server's part (0: none)."""
+
+    seconds: float
+    source: str
+    kind: SourceKind
+    server_s: float = 0.0
+
+    def range(self) -> TimeRange:
+        """Its interval: the job's start at its kind's width, the server's start as assumed, independent."""
+        own = time_range(self.seconds - self.server_s, self.kind, what="job start")
+        if not self.server_s:
+            return own
+        server = time_range(self.server_s, SourceKind.ASSUMED, what="vLLM server start")
+        return independent([own, server]) or own
+
+
+def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
+              estimate: RunEstimate | None = None) -> JobStart:
+    """A job's process start, imports and model load (see the module's docstring for the order of sources)."""
+    if estimate is not None and estimate.startup_s is not None and estimate.startup_kind \
+            and estimate.startup_kind != SourceKind.ASSUMED:
+        return JobStart(estimate.startup_s, "the run's measured start-up (history)", SourceKind(estimate.startup_kind))
+    stem = gpu.name.split("-")[0].lower() if gpu is not None else "cpu"
+    here = [r for r in history if r.startup_s is not None and
+            (r.device or "").lower().replace(" ", "").find(stem) >= 0]
+    arch = _architecture(model)
+    same = sorted(r.startup_s or 0.0 for r in here if arch is not None
+                  and (r.layers, r.hidden, r.parameters) == (arch.layers, arch.hidden, arch.parameters))
+    if same:
+        return JobStart(same[len(same) // 2], f"history: median start-up of {len(same)} past run(s) of this model "
+                        f"on {stem}", SourceKind.MEASURED)
+    seen = sorted(r.startup_s or 0.0 for r in here)
+    if seen:
+        return JobStart(seen[len(seen) // 2], f"history: median start-up of {len(seen)} past run(s) of other "
+                        f"models on {stem} (this model's load not measured: width as assumed)", SourceKind.ASSUMED)
+    return JobStart(ASSUMED_STARTUP_S, f"{ASSUMED_STARTUP_S:.0f} s (assumed)", SourceKind.ASSUMED)
+
+
+def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
+               estimate: RunEstimate | None = None) -> JobStart:
+    """An evaluation job's start-up: the job's start, then the vLLM server's when `engine` is vLLM (the engine the
+    plan prices: EvalSpec.planned_engine)."""
+    start = job_start(model, gpu, history, estimate)
+    if engine != Engine.VLLM:
+        return start
+    return JobStart(round(start.seconds + VLLM_SERVER_START_S, 3),
+                    f"{start.source} + {VLLM_SERVER_START_S:.0f} s vLLM server start (assumed)", start.kind,
+                    VLLM_SERVER_START_S)
+
+
+def _architecture(path: str) -> Architecture | None:
+    try:
+        return resolve_architecture(path)
+    except (TunelabError, OSError, ValueError):
+        return None
