@@ -46,6 +46,40 @@ def test_no_history_on_cpu_times_the_shape_here(write_spec):
     assert "without a time estimate" not in render_plan_md(plan)
 
 
+def test_a_model_too_large_to_time_is_priced_by_a_timed_matmul_as_a_model_with_its_wider_width(
+        write_spec, tiny_model, monkeypatch):
+    """Above MAX_TIMED_PARAMETERS (lowered here so that the tiny model is 'too large') the plan times a matrix
+    product and prices training at an assumed share of it: one timed constant in a FLOPs model, so kind `model`
+    (σ 0.80 assumed, wider than a real timing's 0.60), its source saying what was timed; gradient checkpointing
+    divides that speed by the one RECOMPUTE_FACTOR the history's FLOPs model uses. The start-up stays timed (a fresh
+    interpreter's imports, timed here)."""
+    import re
+
+    from tunelab.catalog import resolve_architecture
+    from tunelab.estimate import cpuspeed
+    from tunelab.estimate.interval import PRIOR_SIGMA
+    from tunelab.estimate.speed import flops_per_token
+    from tunelab.rundir.estimate import SourceKind
+
+    monkeypatch.setattr(cpuspeed, "MAX_TIMED_PARAMETERS", 0)
+    plain = make_plan(write_spec(factors={"lora_rank": [4]})).estimates["tiny_r4"]
+    assert plain.time_kind == "model" and plain.startup_kind == "timed"
+    got = re.match(r"model: a 128² matrix product timed here ran at ([\d.,]+) GFLOP/s; training at 50% of it "
+                   r"\(assumed\) over the FLOPs per token; `tunelab probe`", plain.time_source)
+    assert got is not None, plain.time_source
+    gflops = float(got[1].replace(",", ""))
+    seq = max(8, plain.tokens_per_microbatch // plain.micro_batch)
+    expected = gflops * 1e9 * 0.5 / flops_per_token(resolve_architecture(str(tiny_model)), seq)
+    assert plain.tokens_per_s == pytest.approx(expected, rel=0.06 / gflops + 1e-3)  # GFLOP/s printed to 0.1
+    assert plain.time_range is not None and "model: width σ 0.80 assumed" in plain.time_range.basis
+    assert "start-up: timed: width σ 0.60 assumed" in plain.time_range.basis
+    assert PRIOR_SIGMA[SourceKind.MODEL] > PRIOR_SIGMA[SourceKind.TIMED]
+    recomputed = make_plan(write_spec(factors={"lora_rank": [4]}, training={"gradient_checkpointing": True}))
+    e = recomputed.estimates["tiny_r4"]  # the same product (cached per machine, threads and hidden size)
+    assert e.time_kind == "model" and "gradient checkpointing ×1.5 (assumed)" in e.time_source
+    assert plain.tokens_per_s / e.tokens_per_s == pytest.approx(1.5, rel=2e-3)
+
+
 def test_time_from_history_of_the_same_model(write_spec, tiny_model):
     import torch
 

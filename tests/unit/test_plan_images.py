@@ -133,3 +133,17 @@ def test_image_field_beside_the_fields_format(tmp_path, vl_model):
         assert enc["input_ids"].count(pad) == 4
         pixels.append(enc["pixel_values"])
     assert pixels[0] == pixels[1]  # the path and the Image column (PNG bytes) give the model the same pixels
+
+
+def test_a_vision_language_run_on_a_cpu_is_priced_by_a_timed_matmul_as_a_model(tmp_path, vl_model):
+    """A VLM's step is not timed by the plan (estimate/cpuspeed.py): a matrix product at its hidden size is, and
+    training is priced at an assumed share of it — kind `model`, with that kind's wider assumed width, never the
+    `timed` of a real step's timing."""
+    from tunelab.catalog import resolve_architecture
+
+    path, _ = _spec(tmp_path, vl_model)
+    [est] = make_plan(path).estimates.values()
+    hidden = resolve_architecture(str(vl_model)).hidden
+    assert est.time_kind == "model", est.time_source
+    assert est.time_source.startswith(f"model: a {hidden}² matrix product timed here ran at ")
+    assert est.time_range is not None and "model: width σ 0.80 assumed" in est.time_range.basis

@@ -4,9 +4,10 @@ on their values), the run's LoRA adapters, its micro-batch of random tokens, for
 prices the run at that speed; the same model's forward without gradients (a validation's unit) and one save of its
 adapter and optimizer state (a save's bulk) are timed beside it (estimate/firstcontact.py prices the run's
 validations and saves with them, estimate/loopcost.py what the job's loop adds).
-A large model, whose step would take the plan minutes, gets a matrix product at
-its hidden size instead, priced by the FLOPs model. Either way it is a measurement of this machine (kind
-`timed`), with a wide interval; `tunelab probe` narrows it.
+A run's own micro-batches timed are kind `timed`, with a wide interval; `tunelab probe` narrows it. A large model
+(or a vision-language one), whose step would take the plan minutes, gets a matrix product at its hidden size timed
+instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY of it: one timed constant in a model, so kind
+`model`, whose interval is wider (estimate/interval.py), its source saying what was timed and what assumed.
 
 The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree by more than the
 probe's SPREAD_LIMIT, or that others' work slowed, is timed again (up to MORE_ROUNDS more, as the probe does), and
@@ -29,8 +30,9 @@ from tunelab.catalog import resolve_architecture
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.estimate.speed import flops_per_token
-from tunelab.estimate.speedhistory import contention_note
+from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
 from tunelab.stats.timing import range_sigma, range_spread
 
@@ -43,8 +45,9 @@ CONTENDED_KEEP_S = 600.0  # a timing taken under contention is reused this long,
 
 @dataclass(frozen=True)
 class TimedSpeed:
-    """Training tokens/s timed on this CPU, in words, the spread of the timed steps (log-space σ) and, where other
-    work held the cores while they were timed, the line that says so (the speed is then corrected by it)."""
+    """Training tokens/s found on this CPU, in words, the spread of the timed steps (log-space σ) and, where other
+    work held the cores while they were timed, the line that says so (the speed is then corrected by it); `kind`:
+    TIMED for the run's own micro-batches, MODEL for the FLOPs model over a timed matrix product."""
 
     tokens_per_s: float
     source: str
@@ -52,10 +55,12 @@ class TimedSpeed:
     contention: str = ""
     forward_s: float | None = None  # one micro-batch's forward without gradients (a validation's unit), timed
     save_s: float | None = None  # the shape's adapter and optimizer state written once (a save's bulk), timed
+    kind: SourceKind = SourceKind.TIMED
 
 
 def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
-    """The run shape's training speed on this CPU, timed here."""
+    """The run shape's training speed on this CPU: its micro-batches timed here, or (too large to time, or a VLM)
+    the FLOPs model over a matrix product timed here."""
     t = cfg.training
     assert t is not None
     arch = resolve_architecture(cfg.model.path)
@@ -82,11 +87,13 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
                           forward / factor if forward else None, save / factor if save else None)
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
-    tps = rate / (flops_per_token(arch, seq) * (1.5 if t.gradient_checkpointing else 1.0))
-    source = (f"timed here: a {arch.hidden}² matrix product ran at {flops / 1e9:,.1f} GFLOP/s; training "
-              f"at {MATMUL_EFFICIENCY:.0%} of it (assumed) over the FLOPs per token; `tunelab probe` measures the "
-              "real run")
-    return TimedSpeed(tps, source, 0.0)
+    recompute = RECOMPUTE_FACTOR if t.gradient_checkpointing else 1.0
+    tps = rate / (flops_per_token(arch, seq) * recompute)
+    source = (f"model: a {arch.hidden}² matrix product timed here ran at {flops / 1e9:,.1f} GFLOP/s; training "
+              f"at {MATMUL_EFFICIENCY:.0%} of it (assumed) over the FLOPs per token"
+              f"{f', gradient checkpointing ×{RECOMPUTE_FACTOR:g} (assumed)' if recompute != 1.0 else ''}; "
+              "`tunelab probe` measures the real run")
+    return TimedSpeed(tps, source, 0.0, kind=SourceKind.MODEL)
 
 
 def cpu_flops(hidden: int, threads: int | None) -> float:

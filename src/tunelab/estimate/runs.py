@@ -208,7 +208,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
                                t.gradient_accumulation_steps, t.gradient_checkpointing)
-    first = None
+    first = timed = None
     if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads)
                                                              for r in same_targets(history, t)):
         # nothing measured on this CPU of these LoRA targets: timed here (a row that differs only in checkpointing
@@ -216,13 +216,13 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         from tunelab.estimate.cpuspeed import timed_cpu_speed
 
         timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
-        speed = Speed(timed.tokens_per_s, timed.source, [], SourceKind.TIMED, timed.spread, timed.contention)
+        speed = Speed(timed.tokens_per_s, timed.source, [], timed.kind, timed.spread, timed.contention)
         first = _first_contact(cfg, timed, steps, rows, tokens_mb, val_lengths, nproc,
                                train_tokens / timed.tokens_per_s, cpu_threads)
     tps, source, refs = speed.tokens_per_s, speed.source, speed.rows
     seconds = startup = None
     timed_start = None
-    if speed.kind == SourceKind.TIMED:
+    if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too
         from tunelab.estimate.cpuspeed import timed_startup
 
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)

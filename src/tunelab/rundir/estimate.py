@@ -124,8 +124,8 @@ class SourceKind(StrEnum):
     MEASURED = "measured"  # finished runs (or evaluations) of this model on this device
     CARRIED = "carried"  # runs of another model or shape on this device, carried over by FLOPs and layers
     PROBED = "probed"  # `tunelab probe`'s few real steps (or timed generations) of this shape
-    TIMED = "timed"  # the plan's own few seconds of this shape's forward and backward (or a matmul) here
-    MODEL = "model"  # a FLOPs model at an assumed utilisation or bandwidth
+    TIMED = "timed"  # the plan's own few seconds of this shape's own work timed here (its forward and backward)
+    MODEL = "model"  # a FLOPs model at an assumed utilisation or bandwidth (over a matmul timed here, or not)
     ASSUMED = "assumed"  # a stated constant
 
     @classmethod
