@@ -12,6 +12,7 @@ they are. The choice is recorded in summary.json's `threads` (`adapted_from`, `o
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from tunelab.host.cpuload import LoadMeter, LoadWindow
@@ -39,10 +40,16 @@ def threads_left(planned: int, window: LoadWindow) -> int:
     return max(1, min(planned, round(planned - held)))
 
 
+def adapts(plan: ThreadPlan) -> bool:
+    """Whether a job of this thread plan fits its threads to the free cores: tunelab's own count of more than one
+    thread in a one-process job (a user's count, torch's default and a distributed job's ranks are kept)."""
+    return not plan.explicit and plan.torch is not None and plan.torch > 1 and plan.processes == 1
+
+
 def fit_to_free_cores(plan: ThreadPlan, meter: LoadMeter | None) -> Adaptation | None:
     """Take fewer threads than `plan` where others held cores since `meter` started; None: the plan stands."""
     global _taken
-    if meter is None or plan.explicit or plan.torch is None or plan.torch <= 1 or plan.processes > 1:
+    if meter is None or not adapts(plan) or plan.torch is None:
         return None
     window = meter.window()
     if window is None or window.wall_s < MIN_WINDOW_S:
@@ -62,3 +69,55 @@ def fit_to_free_cores(plan: ThreadPlan, meter: LoadMeter | None) -> Adaptation |
 def taken() -> Adaptation | None:
     """What fit_to_free_cores did in this process (None: nothing)."""
     return _taken
+
+
+# The plan prices a job at the threads the job will take: the same rule over the load while the plan is made. The
+# window opens when planning starts (watch_load) and is read once per plan, at least MIN_WINDOW_S long.
+WATCH_FRESH_S = 600.0  # a watch unused this long (a long-lived process: the MCP server) is opened again
+
+
+@dataclass
+class _Watch:
+    meter: LoadMeter
+    opened: float
+    used: float  # when it was last read: a plan reads it again and again, never this far apart
+    window: LoadWindow | None = None  # read once: every estimate of a plan at the same threads
+
+
+_watch: _Watch | None = None
+
+
+def watch_load() -> None:
+    """Open the planning window now (a plan's start: its own work is its own tree, not others')."""
+    global _watch
+    meter = LoadMeter.start(threads=1, gpu=False)
+    now = time.monotonic()
+    _watch = _Watch(meter, now, now) if meter is not None else None
+
+
+def load_while_planning() -> LoadWindow | None:
+    """Others' load on this process's cores since watch_load (opened now when stale or never), read once."""
+    if _watch is None or time.monotonic() - _watch.used > WATCH_FRESH_S:
+        watch_load()
+    if _watch is None:
+        return None
+    _watch.used = time.monotonic()
+    if _watch.window is None:
+        left = MIN_WINDOW_S - (time.monotonic() - _watch.opened)
+        if left > 0:
+            time.sleep(left)
+        _watch.window = _watch.meter.window()
+    return _watch.window
+
+
+def planned_adaptation(plan: ThreadPlan) -> Adaptation | None:
+    """What a job of this thread plan would take if it started under the load while planning (None: all of it)."""
+    if not adapts(plan) or plan.torch is None:
+        return None
+    window = load_while_planning()
+    if window is None or window.wall_s <= 0:
+        return None
+    used = threads_left(plan.torch, window)
+    if used >= plan.torch:
+        return None
+    return Adaptation(plan.torch, used, round(window.others_cpu_s / window.wall_s, 2), round(window.wall_s, 2))

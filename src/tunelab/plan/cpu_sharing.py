@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
+from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
 from tunelab.host.threads import decide
 from tunelab.rundir.config import RunConfig
@@ -47,6 +48,8 @@ class CpuSharing:
     chosen: SharingOption
     options: tuple[SharingOption, ...]
     why: str
+    load: str = ""  # others held cores while planning: the threads a job starting now takes, priced at them
+
 
     def line(self) -> str:
         c = self.chosen
@@ -56,12 +59,14 @@ class CpuSharing:
         timed = "; ".join(f"{o.runs_at_once} at once × {o.threads_each} thread(s): "
                           + (f"{o.makespan_s:.0f} s" if o.makespan_s is not None else "unknown")
                           for o in self.options)
-        return f"{head} ({self.why}{'; predicted makespans: ' + timed if len(self.options) > 1 else ''})"
+        load = f"; {self.load}" if self.load else ""
+        return f"{head} ({self.why}{'; predicted makespans: ' + timed if len(self.options) > 1 else ''}{load})"
 
 
-def cpu_threads() -> int:
+def cpu_threads(under_load_now: bool = True) -> int:
     """The threads a one-process job trains with on this machine (CPU time estimates, history lookups): the
-    same rule the job applies (tunelab/host/threads.py), so the plan looks up rows timed with what the job will get.
+    same rule the job applies (tunelab/host/threads.py), so the plan looks up rows timed with what the job will get;
+    where others hold cores while planning, what a job starting now would take of it (host/adapt.py).
     Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
     remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
     import socket
@@ -69,9 +74,11 @@ def cpu_threads() -> int:
 
     from tunelab.diskcache import cached_json
 
-    chosen = decide(1).torch
-    if chosen is not None:
-        return chosen
+    rule = decide(1)
+    if rule.torch is not None:
+        # others hold cores now: a job starting here takes fewer (host/adapt.py); a job run elsewhere does not
+        adapted = planned_adaptation(rule) if under_load_now else None
+        return adapted.used if adapted is not None else rule.torch
 
     def ask() -> int:
         import torch
@@ -91,7 +98,13 @@ def share_threads(runs_at_once: int) -> int:
         return cpu_threads()
     share = min(job_shares(runs_at_once), key=len)
     env = {k: v for k, v in os.environ.items() if k != CPUS_ENV}  # this process's own share is not the job's
-    return decide(1, {**env, CPUS_ENV: cpu_list(share)}).torch or len(share)
+    rule = decide(1, {**env, CPUS_ENV: cpu_list(share)})
+    threads = rule.torch or len(share)
+    window = load_while_planning() if adapts(rule) else None
+    if window is None or window.cores <= 0:
+        return threads
+    # each job reads the load on its own share: on average its part of what others held on every core
+    return threads_left(threads, replace(window, others_cpu_s=window.others_cpu_s * len(share) / window.cores))
 
 
 def candidates(runs: list[RunConfig], cores: int) -> list[int]:
@@ -159,7 +172,17 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
         ram: float | None = host_memory_gib()
     except OSError:
         ram = None  # validate's check says so; sharing then trusts the memory estimates alone
-    sharing, _ = choose(finetune, resources, estimate_at, usable_cores().count, ram)
+    cores = usable_cores().count
+    sharing, _ = choose(finetune, resources, estimate_at, cores, ram)
+    adapted = planned_adaptation(decide(1))
+    if adapted is not None:
+        sharing = replace(sharing, load=load_line(adapted, cores))
     for res in [resources] + [c.resources for c in runs]:
         res.cpu_runs_at_once = sharing.chosen.runs_at_once
     return sharing
+
+
+def load_line(adapted: Adaptation, cores: int) -> str:
+    """The plan's words for a load that fits a job's threads (plan.md, the plan's warnings)."""
+    return (f"others held {adapted.others_cores:.1f} of {cores} cores while planning: a job starting now takes "
+            f"{adapted.used} of its {adapted.planned} threads (host/adapt.py), and is priced at them")

@@ -19,6 +19,7 @@ from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan import levers, sweeptime
 from tunelab.plan.cache import check_eval_tasks
+from tunelab.host.adapt import watch_load
 from tunelab.plan.cpu_sharing import cpu_threads
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
@@ -302,6 +303,7 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
 
 
 def local_schedule(plan: Plan) -> "Schedule | None":
+    watch_load()  # others' load while this plan is made: a job starting now fits its threads to it (host/adapt.py)
     """The local executor's placement of the fine-tuned runs over this machine's visible GPUs (one CPU slot
     when planning for CPU), with their estimated times: the policy `tunelab run` follows (execute/schedule.py).
     None when planning for a GPU this machine does not have."""
@@ -349,6 +351,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     if tiny and any(r.training and not r.training.modules_to_save for r in runs):
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
     warnings += attention_notes(attention)
+    if plan.cpu_sharing.load:
+        plan.warnings.append(plan.cpu_sharing.load[0].upper() + plan.cpu_sharing.load[1:])
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
                 node_raises=node_raises)
     if estimates:
@@ -361,7 +365,7 @@ def _share_cpu(plan: Plan) -> int:
     from tunelab.plan import cpu_sharing
 
     if executor_class(plan.spec.resources.executor).detached:
-        return cpu_threads()  # a detached executor's jobs (Slurm) run elsewhere: the job's rule on all the cores
+        return cpu_threads(under_load_now=False)  # a detached executor's jobs (Slurm) run elsewhere: the rule there
     plan.cpu_sharing = cpu_sharing.share_cpu(plan.finetune_runs, plan.runs, plan.spec.resources,
                                              lambda t: estimate_runs(plan.runs, None, plan.node, t))
     return plan.cpu_sharing.chosen.threads_each
