@@ -7,6 +7,12 @@ default `train_on_eos: turn` keeps the end-of-turn token in the loss, as tunelab
 On a CPU its Triton LoRA kernels must be off and bf16/fp16 false (its `auto` would pick fp16). It writes a PEFT
 adapter (adapter_config.json + adapter_model.safetensors) straight into its output_dir: nothing to convert.
 
+Data order: axolotl's default shuffles the tokenized rows (`shuffle_merged_datasets`, datasets' shuffle, seed 0)
+before the trainer's seeded sampler shuffles them again; switched off, its batches come in tunelab's, Oumi's and
+LLaMA-Factory's order (the same first-step loss). Its LoRA A matrices stay another draw than theirs (PEFT's own,
+after set_seed): axolotl 0.21 re-draws each from a generator seeded by the seed and the module's name
+(`reinit_lora_from_seed`, no setting); the same initialisation, other numbers (docs/benchmarks.md).
+
 Its per-step log is the trainer's logs dict printed to stdout, `{'loss': '5.918', ..., 'tokens/...': ...}`, on the
 same line as tqdm's carriage-return progress bar; its own throughput, `tokens/train_per_sec_per_gpu` (include_tkps),
 counts only the loss-carrying (label) tokens of each step, not all input tokens."""
@@ -66,6 +72,9 @@ def config(inputs: Inputs, job: Job, out: Path) -> dict[str, Any]:
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "seed": job.seed,
+        # One shuffle, the trainer's seeded sampler, as for the other HF-Trainer tools: axolotl's default also shuffles
+        # the tokenized rows (datasets' shuffle, seed 0) before the trainer, another data order.
+        "shuffle_merged_datasets": False,
         **_dtype_flags(job.dtype),
         "gradient_checkpointing": False,
         "attn_implementation": "sdpa",  # what tunelab's `auto` runs for unpacked rows (no flash attention)
