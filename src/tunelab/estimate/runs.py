@@ -18,6 +18,7 @@ from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
 from tunelab.estimate.speed import SCALING_EFFICIENCY
+from tunelab.estimate.loadnow import load_factor
 from tunelab.estimate.speedhistory import (Speed, comparable_rows, origin_kind, same_device, same_targets,
                                            speed_from_history)
 from tunelab.errors import TunelabError
@@ -220,6 +221,9 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         first = _first_contact(cfg, timed, steps, rows, tokens_mb, val_lengths, nproc,
                                train_tokens / timed.tokens_per_s, cpu_threads)
     tps, source, refs = speed.tokens_per_s, speed.source, speed.rows
+    if tps and gpu is None:  # a plan made while others hold cores: the slowdown its training will suffer
+        factor, why = load_factor(refs, history, cpu_threads)
+        tps, source = tps / factor, f"{source}; {why}" if why else source
     seconds = startup = None
     timed_start = None
     if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too

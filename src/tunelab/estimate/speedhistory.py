@@ -14,6 +14,7 @@ from typing import Any
 from tunelab.catalog import GPU, Architecture
 from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
 from tunelab.ledger.history import HistoryRun, cpu_contended
+from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.estimate import SourceKind
 from tunelab.stats.timing import log_spread, range_sigma
 
@@ -112,14 +113,20 @@ def _spread(rows: list[HistoryRun], values: list[float]) -> float:
 
 
 def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
-    """The rows timed without contention; when there are none, the contended rows with their throughput
-    corrected by the slowdown their load predicts (a lower bound: oversubscribed threads are worse) and one
-    line saying so and by how much."""
-    clean = [r for r in rows if not cpu_contended(r)]
+    """The rows timed without others' load; when there are none, the loaded rows: a contended one corrected by
+    the slowdown it was measured to suffer (ledger/slowdown.py), else the one its load predicts (a lower bound:
+    oversubscribed threads are worse), with one line saying so and by how much; a run that took fewer threads for
+    the load as it ran (its speed at those threads under that load: estimate/loadnow.py prices a plan under load
+    with it as it is)."""
+    clean = [r for r in rows if not loaded(r)]
     if clean or not rows:
         return clean, ""
-    worst = max((getattr(r, "slowdown", None) or 1.0) for r in rows)
-    return [_sped_up(r, getattr(r, "slowdown", None) or 1.0) for r in rows], contention_note(worst)
+    hit = [r for r in rows if cpu_contended(r)]
+    if not hit:
+        return rows, ""
+    factor = {r.key: r.measured_slowdown or r.slowdown or 1.0 for r in hit}
+    return ([_sped_up(r, factor[r.key]) if r.key in factor else r for r in rows],
+            contention_note(max(factor.values())))
 
 
 def contention_note(slowdown: float) -> str:

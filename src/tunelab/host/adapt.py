@@ -110,6 +110,13 @@ def load_while_planning() -> LoadWindow | None:
     return _watch.window
 
 
+def planning_window() -> LoadWindow | None:
+    """The window this plan has read already (None: not read, or none lately): never opens or waits."""
+    if _watch is None or time.monotonic() - _watch.used > WATCH_FRESH_S:
+        return None
+    return _watch.window
+
+
 def planned_adaptation(plan: ThreadPlan) -> Adaptation | None:
     """What a job of this thread plan would take if it started under the load while planning (None: all of it)."""
     if not adapts(plan) or plan.torch is None:

@@ -175,6 +175,10 @@ class HistoryRun:
     """How much slower than alone the share of the cores it had predicts (≥ 1; a lower bound; 1 on a GPU)."""
     contended: bool | None = None
     """Timed under contention: the slowdown above 1.15 (never on a GPU: `cpu_contended`)."""
+    adapted_from: int | None = None
+    """The threads its rule planned where the job took fewer for the cores others held at its start (host/adapt.py)."""
+    measured_slowdown: float | None = None
+    """How much slower than the uncontended rows of its shape at the planned threads it ran, measured (ledger/slowdown.py)."""
     time_spread: float | None = None
     """How far its repeated step timings disagreed: slowest/fastest − 1 at one micro-batch (a probe's rows)."""
 
@@ -308,6 +312,7 @@ def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
         processes=summary.world_size,
         **training_memory_fields(t),
         **load_fields(summary.load),
+        adapted_from=summary.threads.adapted_from if summary.threads is not None else None,
     )
 
 
@@ -329,13 +334,16 @@ def cpu_contended(row: HistoryRun) -> bool | None:
 
 
 def load_label(row: HistoryRun) -> str:
-    """'contended ×3.1', 'idle', a GPU row's 'GPU; others 40% of CPUs', or '—' (not measured): the history table's
-    load column."""
+    """'contended ×3.1', '1 of 2 threads for others' load' (with ', measured ×1.8' where measured), 'idle', a GPU
+    row's 'GPU; others 40% of CPUs', or '—' (not measured): the history table's load column."""
     contended = cpu_contended(row)
     if contended is None:
         return "—"
+    measured = f", measured ×{row.measured_slowdown:.1f}" if row.measured_slowdown else ""
     if contended:
-        return f"contended ×{row.slowdown or 1:.1f}"
+        return f"contended ×{row.slowdown or 1:.1f}{measured}"
+    if row.adapted_from is not None and row.adapted_from != row.cpu_threads:
+        return f"{row.cpu_threads} of {row.adapted_from} threads for others' load{measured}"
     gpu = (row.device or "cpu").lower() != "cpu"
     return f"GPU; others {row.others_share or 0:.0%} of CPUs" if gpu else "idle"
 

@@ -1,0 +1,37 @@
+"""A plan made while others hold cores prices the slowdown its runs will suffer, measured where it can be.
+
+The threads a job will take under the load are already chosen (host/adapt.py, plan/cpu_sharing.cpu_threads); what
+the load still costs a job at those threads is measured by earlier runs under a like load (ledger/slowdown.py: a
+loaded run's speed against idle runs of its shape) — their median is the factor. With none measured yet, the
+load's share of the cores models it (host/cpuload.py's `slowdown`: a lower bound), and the source says which. A
+speed resting on rows that were themselves timed under load is left as it is: the load is in it already."""
+
+from __future__ import annotations
+
+from statistics import median
+
+from tunelab.host.adapt import planning_window
+from tunelab.host.cpuload import LoadWindow
+from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.slowdown import loaded
+
+MIN_HELD_CORES = 0.5  # others holding less than this while planning: the plan prices as if idle
+LIKE_SHARE = 0.2  # a run measured with others' share of the cores within this of now's was under a like load
+
+
+def load_factor(rows: list[HistoryRun], history: list[HistoryRun], threads: int | None) -> tuple[float, str]:
+    """(factor ≥ 1 the run's time is multiplied by, the source's words); (1, "") when the plan is not under load."""
+    window = planning_window()
+    if window is None or window.wall_s <= 0 or window.others_cpu_s / window.wall_s < MIN_HELD_CORES:
+        return 1.0, ""
+    if rows and all(loaded(r) for r in rows):
+        return 1.0, ""
+    held = f"others held {window.others_cpu_s / window.wall_s:.1f} of {window.cores} cores while planning"
+    like = [r.measured_slowdown for r in history if r.measured_slowdown and r.others_share is not None
+            and abs(r.others_share - window.others_share) <= LIKE_SHARE]
+    if like:
+        factor = max(1.0, median(like))
+        return factor, f"×{factor:.2f} for the load now ({held}): measured on {len(like)} run(s) under a like load"
+    modelled = LoadWindow(window.wall_s, window.cpu_s, window.others_cpu_s, window.cores, threads or 1).slowdown
+    return modelled, (f"×{modelled:.2f} for the load now ({held}): modelled from its share of the cores, a lower "
+                      "bound — no run here was measured under a like load yet")
