@@ -3,6 +3,7 @@ when the predicted peaks fit, CUDA_VISIBLE_DEVICES respected; makespans worked o
 
 import pytest
 
+from tunelab.fsutil import human_seconds
 from tunelab.execute.schedule import Device, Pool, RunNeed, forecast, lpt_order, visible_gpus
 
 H100 = 80.0
@@ -99,6 +100,8 @@ def test_forecast_never_overcommits_a_gpu(n_gpus):
 
 
 def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch, tmp_path):
+    """The schedule plan.md prints is the plan's forecast (plan/sweeptime.py plan_forecast, issue 54): each run's
+    training and evaluation with their job starts, placed longest first — no longer the training alone."""
     from tunelab.catalog import resolve_gpu
     from tunelab.execute import schedule
     from tunelab.plan.planner import make_plan
@@ -106,18 +109,25 @@ def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setattr(schedule, "visible_gpus", lambda: [Device("2", 80.0), Device("3", 80.0)])
-    plan = make_plan(write_spec(factors={"lora_rank": [4, 8, 16]}, training={"epochs": 1}),
+    plan = make_plan(write_spec(factors={"lora_rank": [4, 8, 16]}, training={"epochs": 1}, controls=False),
                      gpu=resolve_gpu("H100"))
-    t = sorted((e.seconds for e in plan.estimates.values()), reverse=True)
+    f = plan.forecast
+    assert f is not None and len(f.runs) == 3
+    for r in f.runs:  # each run's parts: its estimate's training (its start-up apart), then its evaluation's
+        assert r.train_start_s + r.train_s == pytest.approx(plan.estimates[r.run].seconds, abs=0.1)
+        assert r.eval_start_s > 0 and r.eval_s
+    t = sorted((r.train_start_s + r.train_s + r.saves_s + r.eval_start_s + r.eval_s for r in f.runs), reverse=True)
     # longest on GPU 2, next on GPU 3, the third after the shorter of those two
-    assert plan.schedule.makespan_s == pytest.approx(max(t[0], t[1] + t[2]))
-    assert {p.devices for p in plan.schedule.placements} == {("2",), ("3",)}
+    assert f.makespan_s == pytest.approx(max(t[0], t[1] + t[2]), abs=0.5)
+    assert {tuple(r.devices) for r in f.runs} == {("2",), ("3",)}
     md = render_plan_md(plan)
-    assert "## Schedule (local executor)" in md and "Predicted makespan" in md and "| GPU 2 |" in md
+    assert "## Schedule (local executor)" in md and "| GPU 2 |" in md
+    assert f"**Predicted makespan: {human_seconds(f.makespan_s)} (P10–P90" in md
     assert all(r["where (start)"].startswith("GPU ") for r in plan_rows(plan) if r["type"] == "fine-tuned")
-    two = make_plan(write_spec(factors={"lora_rank": [4, 8]}, resources={"gpus_per_run": 2}), gpu=resolve_gpu("H100"))
-    assert all(p.devices == ("2", "3") for p in two.schedule.placements)  # one after the other, both GPUs each
-    assert two.schedule.makespan_s == pytest.approx(sum(e.seconds for e in two.estimates.values()))
+    two = make_plan(write_spec(factors={"lora_rank": [4, 8]}, resources={"gpus_per_run": 2}, controls=False),
+                    gpu=resolve_gpu("H100"))
+    assert two.forecast is not None and all(r.devices == ["2", "3"] for r in two.forecast.runs)  # both GPUs each
+    assert two.forecast.makespan_s == pytest.approx(sum(r.total_s or 0.0 for r in two.forecast.runs), abs=0.5)
 
 
 def test_no_visible_device_means_no_gpu_without_importing_torch():

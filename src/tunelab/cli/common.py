@@ -115,8 +115,13 @@ def print_plan(plan: Plan) -> None:
         say("resolution: {}", note)
     for note in gpu_notes(plan):
         say("GPUs and nodes: {}", note)
-    if plan.schedule is not None and plan.schedule.makespan_s is not None:
-        say("local schedule: longest first, predicted makespan {:.1f} min", plan.schedule.makespan_s / 60)
+    if plan.forecast is not None and plan.forecast.makespan_s is not None:  # plan.md's and run.yaml's figure
+        from tunelab.fsutil import human_seconds
+
+        f, span = plan.forecast, plan.forecast.makespan_s
+        low, high = (span if x is None else x for x in (f.makespan_p10_s, f.makespan_p90_s))
+        say("predicted makespan {} (P10–P90 {}–{}): training, evaluation and job start-ups, longest first on {}",
+            human_seconds(span), human_seconds(low), human_seconds(high), f.devices_source)
     if plan.search:
         from tunelab.plan.tunecost import search_summary
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from tunelab.estimate.gpus import describe
 from tunelab.execute.executors import executor_class
 from tunelab.fsutil import human_seconds
+from tunelab.plan.deadline import RunTimeline
 from tunelab.plan.deadline_md import deadline_lines
 from tunelab.plan.images import image_lines
 from tunelab.plan.storage import storage_lines
@@ -38,7 +39,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
     order, steps and time summed over them; a field that differs between stages shows each stage's value)."""
     swept = plan.spec.swept_factors() + (["prompt"] if "prompt" in plan.spec.factors else [])
     kinds = {"finetune": "fine-tuned", "control": "control", "eval_only": "eval-only"}
-    placed = {p.run: p for p in plan.schedule.placements} if plan.schedule else {}
+    placed = {r.run: r for r in plan.forecast.runs} if plan.forecast else {}
     rows = []
     for i, r in enumerate(plan.runs, 1):
         t = r.training
@@ -59,7 +60,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
                                else "—"),
             "est. time (P10–P90)": time_text(e) if t else "eval only",
         })
-        if plan.schedule is not None:
+        if plan.forecast is not None:
             rows[-1]["where (start)"] = _placement_text(placed.get(r.name))
     return rows
 
@@ -76,11 +77,24 @@ def _basis(e: RunEstimate) -> str:
     return f"; interval: {e.time_range.basis}" if e.time_range is not None else ""
 
 
-def _placement_text(p) -> str:
-    if p is None:
+def _placement_text(r: RunTimeline | None) -> str:
+    """Where the forecast places a run and when it starts ('GPU 2 (4.0 min)')."""
+    if r is None or r.start_s is None:
         return "—"
-    where = ",".join("CPU" if d == "cpu" else d for d in p.devices) or "later"
-    return f"{'GPU ' if p.devices and p.devices[0] != 'cpu' else ''}{where} ({human_seconds(p.start_s)})"
+    return f"{_devices_text(r.devices)} ({human_seconds(r.start_s)})"
+
+
+def _devices_text(devices: list[str]) -> str:
+    """The forecast's device ids in words: CPU, CPU share n, slot n (a scheduler's), GPU n."""
+    if not devices:
+        return "after runs of unknown length"
+    if devices[0] == "cpu":
+        return "CPU"
+    if devices[0].startswith("cpu"):
+        return ", ".join(f"CPU share {int(d[3:]) + 1}" for d in devices)
+    if devices[0].startswith("job"):
+        return ", ".join(f"slot {int(d[3:]) + 1}" for d in devices)
+    return "GPU " + ", ".join(devices)
 
 
 def render_plan_md(plan: Plan) -> str:
@@ -309,26 +323,29 @@ def _truncation_lines(plan: "Plan") -> list[str]:
 
 
 def _schedule_lines(plan: "Plan") -> list[str]:
-    """Local executor: which run goes where and when (longest first), and the predicted makespan."""
-    if executor_class(plan.spec.resources.executor).detached or not plan.estimates:
-        return []  # a scheduler places the runs (or nothing is estimated)
-    lines = ["## Schedule (local executor)", ""]
-    sched = plan.schedule
-    if sched is None:
-        return lines + ["No GPU of the plan's target is visible here: `tunelab run` places runs on the GPUs it "
-                        "sees when it starts (longest first).", ""]
-    span = human_seconds(sched.makespan_s) if sched.makespan_s is not None else "unknown (runs without a time estimate)"
-    where = (plan.cpu_sharing.line() + "." if plan.cpu_sharing is not None else
-             f"Longest estimated run first over the visible devices, at most {plan.spec.resources.runs_per_gpu} "
-             "run(s) per GPU where memory allows.")
-    lines += [f"{where} **Predicted makespan: {span}.**", "",
-              "| Run | Devices | Start | End |", "|---|---|---|---|"]
-    for p in sched.placements:
-        where = ", ".join("CPU" if d == "cpu" else f"CPU share {int(d[3:]) + 1}" if d.startswith("cpu") else f"GPU {d}"
-                          for d in p.devices) or "after runs of unknown length"
-        end = human_seconds(p.end_s) if p.end_s is not None else "—"
-        lines.append(f"| {p.run} | {where} | {human_seconds(p.start_s)} | {end} |")
-    lines += [f"| {name} | needs more GPUs than are visible: not started | — | — |" for name in sched.unplaceable]
+    """Which run goes where and when (longest first), and the sweep's predicted makespan: the plan's forecast
+    (plan/sweeptime.py `plan_forecast`, the one run.yaml records), every run's training, evaluation and job
+    start-ups included."""
+    f = plan.forecast
+    if f is None or not plan.estimates:
+        return []  # nothing is estimated
+    executor = executor_class(plan.spec.resources.executor)
+    lines = [f"## Schedule ({executor.name} executor)", ""]
+    span = ("unknown (" + "; ".join(f.unknown) + ")" if f.makespan_s is None else
+            f"{human_seconds(f.makespan_s)}" + (f" (P10–P90 {human_seconds(f.makespan_p10_s)}–"
+                                                f"{human_seconds(f.makespan_p90_s)})"
+                                                if f.makespan_p10_s is not None and f.makespan_p90_s is not None
+                                                else ""))
+    where = (plan.cpu_sharing.line() + ". " if plan.cpu_sharing is not None and not executor.detached else "")
+    lines += [f"{where}**Predicted makespan: {span}.** Each run's training job start, training, saves, evaluation "
+              f"job start and evaluation, placed longest first on {f.devices_source}"
+              + (f", at most {f.runs_per_device} run(s) per GPU where memory allows" if f.runs_per_device > 1 else "")
+              + "." + (" The runs alone: the learning-rate search before them is priced below." if plan.search else ""),
+              "", "| Run | Devices | Start | End |", "|---|---|---|---|"]
+    for r in f.runs:
+        end = human_seconds(r.end_s) if r.end_s is not None else "—"
+        start = human_seconds(r.start_s) if r.start_s is not None else "—"
+        lines.append(f"| {r.run} | {_devices_text(r.devices)} | {start} | {end} |")
     return lines + [""]
 
 

@@ -40,7 +40,6 @@ from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
     from tunelab.plan.deadline import DeadlinePlan
-    from tunelab.execute.schedule import Schedule
     from tunelab.plan.cpu_sharing import CpuSharing
 
 
@@ -58,7 +57,7 @@ class Plan:
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
     truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
     images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/images.py)
-    schedule: "Schedule | None" = None  # local executor: which run goes where, and the makespan
+    forecast: "DeadlinePlan | None" = None  # the sweep's predicted makespan and where each run goes (sweeptime.py)
     node: NodeSize = field(default_factory=NodeSize.assumed)  # GPUs a node has, and where that came from
     node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
     levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (plan/levers.py)
@@ -302,23 +301,9 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
             for cfg in runs if cfg.training is not None}
 
 
-def local_schedule(plan: Plan) -> "Schedule | None":
-    watch_load()  # others' load while this plan is made: a job starting now fits its threads to it (host/adapt.py)
-    """The local executor's placement of the fine-tuned runs over this machine's visible GPUs (one CPU slot
-    when planning for CPU), with their estimated times: the policy `tunelab run` follows (execute/schedule.py).
-    None when planning for a GPU this machine does not have."""
-    from tunelab.execute.schedule import RunNeed, cpu_devices, forecast, visible_gpus
-
-    gpus = visible_gpus() if plan.gpu is not None else []
-    if plan.gpu is not None and not gpus:
-        return None
-    needs = [RunNeed(e.run, e.processes if gpus else 1, e.seconds, e.peak_memory_gib) for e in plan.estimates.values()]
-    res = plan.spec.resources
-    return forecast(gpus or cpu_devices(res.cpu_runs()), needs, res.runs_per_gpu if gpus else 1)
-
-
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
               estimates: bool = True, deadline: str | None = None) -> Plan:
+    watch_load()  # others' load while this plan is made: a job starting now fits its threads to it (host/adapt.py)
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)
     deadline, deadline_s = sweeptime.sweep_deadline(spec, deadline)
@@ -351,8 +336,6 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     if tiny and any(r.training and not r.training.modules_to_save for r in runs):
         warnings.append("random-init tiny models barely learn with LoRA alone: add modules_to_save: [embed_tokens, lm_head]")
     warnings += attention_notes(attention)
-    if plan.cpu_sharing.load:
-        plan.warnings.append(plan.cpu_sharing.load[0].upper() + plan.cpu_sharing.load[1:])
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
                 node_raises=node_raises)
     if estimates:
@@ -368,6 +351,8 @@ def _share_cpu(plan: Plan) -> int:
         return cpu_threads(under_load_now=False)  # a detached executor's jobs (Slurm) run elsewhere: the rule there
     plan.cpu_sharing = cpu_sharing.share_cpu(plan.finetune_runs, plan.runs, plan.spec.resources,
                                              lambda t: estimate_runs(plan.runs, None, plan.node, t))
+    if plan.cpu_sharing.load:
+        plan.warnings.append(plan.cpu_sharing.load[0].upper() + plan.cpu_sharing.load[1:])
     return plan.cpu_sharing.chosen.threads_each
 
 
@@ -393,8 +378,9 @@ def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> Non
     plan.storage_problem = storage[0] if storage else None
     plan.warnings += storage
     plan.warnings += contention_warnings(plan.estimates)
-    if not executor_class(spec.resources.executor).detached:  # runs placed here, on the visible devices
-        plan.schedule = local_schedule(plan)
+    plan.forecast = sweeptime.plan_forecast(sweeptime.Sweep(  # the one makespan plan.md, the terminal and run.yaml show
+        spec, runs, plan.estimates, gpu, node, levered=bool(plan.levers), spec_path=spec_path), plan.deadline,
+        split_lengths)
     for e in plan.estimates.values():
         if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
                 and e.peak_memory_gib > e.gpu_memory_gib):

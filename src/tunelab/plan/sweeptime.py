@@ -187,6 +187,17 @@ def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
     return deadline_plan(plan, "none", math.inf, split_rows, with_search=False)
 
 
+def plan_forecast(plan: Sweep, verdict: DeadlinePlan | None, split_rows: SplitRows) -> DeadlinePlan:
+    """The sweep's predicted makespan, the one every place shows and records (plan.md's schedule, the terminal,
+    run.yaml's estimate.makespan_*): the deadline verdict's own forecast where it judged the runs alone, else
+    `sweep_forecast` — one computation. Each run is its training job's start, training, saves, evaluation job's
+    start (estimate/jobstart.py, a vLLM server's included) and evaluation, placed on the sweep's devices (CPU
+    shares per resources.cpu_runs_at_once, GPUs, a scheduler's slots) by the executor's policy."""
+    if verdict is not None and verdict.search is None:
+        return verdict
+    return sweep_forecast(plan, split_rows)
+
+
 def fitted_estimates(sweep: Sweep, deadline: tuple[str | None, float | None],
                      estimate: Callable[[], dict[str, RunEstimate]], lengths: Lengths, split_rows: SplitRows,
                      cpu_threads: int | None = None

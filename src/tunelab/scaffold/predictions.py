@@ -2,9 +2,10 @@
 the jobs (the Slurm evaluation job's limit) and, after the sweep, the report's predicted-vs-measured check read
 the very figures the plan showed: each run's evaluation (estimate/evalrun.py) and the sweep's makespan.
 
-The makespan is the sweep's forecast (plan/sweeptime.py `sweep_forecast`: training and evaluation placed on
-the sweep's devices, with its P10–P90 interval) — the deadline verdict's own when the plan has one: one formula. The
-runs alone: the report measures the sweep from its first job, and a learning-rate search's trials are not its jobs.
+The makespan is the plan's forecast (plan/sweeptime.py `plan_forecast`: training, evaluation and every job's
+start-up placed on the sweep's devices, with its P10–P90 interval) — the very one plan.md and the terminal print:
+one computation. The runs alone: the report measures the sweep from its first job, and a learning-rate search's
+trials are not its jobs.
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ def with_predictions(plan: Plan) -> dict[str, RunEstimate]:
 
 def _makespan(plan: Plan) -> tuple[TimeRange | None, str]:
     from tunelab.plan.planner import split_lengths
-    from tunelab.plan.sweeptime import Sweep, sweep_forecast
+    from tunelab.plan.sweeptime import Sweep, plan_forecast
 
-    verdict = plan.deadline if plan.deadline is not None and plan.deadline.search is None else None
-    forecast = verdict or sweep_forecast(Sweep(plan.spec, plan.runs, plan.estimates, plan.gpu, plan.node,
-                                                     levered=bool(plan.levers), spec_path=plan.spec_path),
-                                               split_lengths)
+    forecast = plan.forecast or plan_forecast(Sweep(plan.spec, plan.runs, plan.estimates, plan.gpu, plan.node,
+                                                    levered=bool(plan.levers), spec_path=plan.spec_path),
+                                              plan.deadline, split_lengths)
     if forecast.makespan_s is None or forecast.makespan_p10_s is None or forecast.makespan_p90_s is None:
         return None, "not predicted: " + "; ".join(forecast.unknown)
     span = TimeRange(p10_s=forecast.makespan_p10_s, p50_s=forecast.makespan_s, p90_s=forecast.makespan_p90_s,
