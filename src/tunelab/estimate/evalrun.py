@@ -32,7 +32,7 @@ from tunelab.spec.evaluation import Engine
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
-_RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.TIMED: 2, EvalSource.ASSUMED: 3}
+_RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.ASSUMED: 2}
 
 
 @dataclass(frozen=True)

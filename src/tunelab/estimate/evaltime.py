@@ -9,7 +9,9 @@ evaluations of the same task), the evaluation batch, and a generation speed:
   step's fixed and per-row cost);
 - assumed: a training speed of the model from the history (a forward is a third of a training step), else a
   FLOPs model (prefill at DEFAULT_MFU, a decode step reading every weight once at the GPU's bandwidth plus the
-  generation loop's own work per layer).
+  generation loop's own work per layer). On a CPU the FLOPs come from a matmul timed here, but at an assumed
+  efficiency, with an assumed bandwidth and per-layer cost: still assumed (the words say which part was timed),
+  so its interval and its Slurm margin are an assumption's, not a measurement's.
 
 The source is always said. `seconds` is prefill + generation on loaded weights + the evaluator's own work per
 sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the evaluation job's start-up:
@@ -58,14 +60,13 @@ class EvalSource(StrEnum):
 
     HISTORY = "history"
     PROBED = "probed"
-    TIMED = "timed"  # this CPU's speed timed by the plan (estimate/cpuspeed.py), carried by FLOPs
-    ASSUMED = "assumed"
+    ASSUMED = "assumed"  # a training row's speed carried over, or a FLOPs model (on a CPU: a timed matmul's rate)
 
 
 # An evaluation job's limit: its worst case × the margin of the prediction's source + 5 min, rounded up to a quarter
 # hour. The less of it was measured, the wider: an assumed speed can be several times off (a decode step's loop
 # overhead is a guess), a probed one misses the evaluator's own work, the history has seen this very task.
-EVAL_TIME_MARGINS = {EvalSource.HISTORY: 1.5, EvalSource.PROBED: 2.0, EvalSource.TIMED: 3.0, EvalSource.ASSUMED: 3.0}
+EVAL_TIME_MARGINS = {EvalSource.HISTORY: 1.5, EvalSource.PROBED: 2.0, EvalSource.ASSUMED: 3.0}
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Genera
             f"probed on {work.device} ({probed[-1].recorded_at}): prefill {speed.prefill_tokens_per_s:,.0f} tokens/s, "
             f"decode step {speed.decode_fixed_s * 1e3:.2f} ms + {speed.decode_row_s * 1e3:.2f} ms per row")
     speed, detail = _assumed_speed(work, gpu, history, arch, cpu_threads)
-    return speed, EvalSource.TIMED if detail.startswith("timed") else EvalSource.ASSUMED, detail
+    return speed, EvalSource.ASSUMED, detail  # a timed matmul × assumed constants is no timing of an evaluation
 
 
 def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
@@ -300,5 +301,5 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
     return (GenerationSpeed(prefill_tokens_per_s=1 / per_token,
                             decode_fixed_s=weight_bytes / bandwidth + layers * ASSUMED_LAYER_STEP_S,
                             decode_row_s=per_token),
-            f"{'timed' if gpu is None else 'assumed'}: FLOPs of {size} on {where}, a decode step reading every "
+            f"assumed: FLOPs of {size} on {where}, a decode step reading every "
             f"weight at {memory} + {ASSUMED_LAYER_STEP_S * 1e3:.1f} ms per layer (assumed)")
