@@ -82,7 +82,7 @@ def one_demo(label: str, src: Path | None, scratch: Path) -> dict:
     if code != 0:
         raise SystemExit(f"{label} demo failed ({code}):\n" + "".join(lines[-30:]))
     return {"label": label, "wall_s": wall, "load_before": [round(x, 2) for x in load], "phases": phases,
-            "accuracy": accuracies(out / "demo" / "experiment")}
+            "accuracy": accuracies(out / "demo" / "experiment"), "experiment": str(out / "demo" / "experiment")}
 
 
 def main() -> None:

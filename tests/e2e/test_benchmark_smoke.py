@@ -49,7 +49,8 @@ WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py"
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py"),
-                     "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py")}
+                     "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py"),
+                     "first_contact.py": ("--check", "tests/e2e/test_report_audit.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 

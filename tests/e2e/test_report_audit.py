@@ -175,3 +175,32 @@ def test_the_demo_wall_benchmark_reads_every_runs_accuracy_as_its_scores_say(fin
         assert scores, name
         expected[name] = json.loads(scores[-1].read_text())["metrics"]["accuracy"]
     assert printed == expected
+
+
+def test_the_first_contact_benchmark_reads_each_runs_prediction_and_measurement_as_its_files_say(finished_sweep):
+    """benchmarks/first_contact.py's rows (what it compares) against run.yaml's estimate and summary.json read here:
+    every fine-tuned run's training P50, P10–P90 and measured time (start-up + duration + finish), and its count of
+    runs within 25 % worked out from them."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "first_contact.py"
+    out = subprocess.run([sys.executable, str(bench), "--check", str(finished_sweep.exp)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    printed = json.loads(out.stdout)
+    training = {r["run"]: r for r in printed["rows"] if r["what"] == "training"}
+    assert sorted(training) == sorted(finished_sweep.runs)
+    within = 0
+    for name in finished_sweep.runs:
+        run_dir = finished_sweep.exp / "runs" / name
+        est = yaml.safe_load((run_dir / "run.yaml").read_text())["estimate"]
+        s = json.loads((run_dir / "summary.json").read_text())
+        measured = (s.get("startup_s") or 0.0) + s["duration_s"] + (s.get("finish_s") or 0.0)
+        row = training[name]
+        assert row["p50_s"] == est["seconds"] and row["measured_s"] == pytest.approx(measured, abs=1e-3)
+        assert (row["p10_s"], row["p90_s"]) == (est["time_range"]["p10_s"], est["time_range"]["p90_s"])
+        within += abs(measured / est["seconds"] - 1) <= 0.25
+    (line,) = [x for x in printed["summary"] if x.startswith("training:")]
+    assert line.startswith(f"training: {within} of {len(finished_sweep.runs)} within 25% of the P50")
