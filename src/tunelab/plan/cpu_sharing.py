@@ -60,7 +60,7 @@ class CpuSharing:
                           + (f"{o.makespan_s:.0f} s" if o.makespan_s is not None else "unknown")
                           for o in self.options)
         load = f"; {self.load}" if self.load else ""
-        return f"{head} ({self.why}{'; predicted makespans: ' + timed if len(self.options) > 1 else ''}{load})"
+        return f"{head} ({self.why}{'; their training placed alone: ' + timed if len(self.options) > 1 else ''}{load})"
 
 
 def cpu_threads(under_load_now: bool = True) -> int:
