@@ -325,3 +325,34 @@ def test_a_torch_still_being_imported_counts_one_thread_and_says_so(monkeypatch,
     assert out == ("warning: the load meter could not read torch's threads (module 'torch' has no attribute "
                    "'get_num_threads'; torch not yet fully imported): this window's load counts 1 thread, so its "
                    "slowdown may read low\n")
+
+
+def test_a_quiet_lap_reads_the_jobs_known_pids_and_a_lap_with_others_scans_every_process(tmp_path, monkeypatch):
+    """Scanning every process at each logged step cost 5 ms with 89 processes here (a busy node's thousands far
+    more): a lap reads the job's pids as the last scan found them, and scans again only where that leaves others
+    more than RESCAN_CORES — which is how a child born since is found and counted as the job's."""
+    from tunelab.host import cpuload
+
+    stat, proc, cores = tmp_path / "stat", tmp_path / "proc", sorted(os.sched_getaffinity(0))
+    ticks = os.sysconf("SC_CLK_TCK")
+    scans = []
+    real_scan = cpuload.scan_tree
+    monkeypatch.setattr(cpuload, "scan_tree", lambda root, p=cpuload.PROC: scans.append(root) or real_scan(root, p))
+    _stat_with_busy(stat, cores, 100 * ticks)
+    _pid_stat(proc, 100, 1, utime=3 * ticks)
+    _pid_stat(proc, 200, 1, utime=0)  # unrelated and idle
+    meter = LoadMeter.start(threads=1, root=100, stat=stat, proc=proc)
+    assert meter is not None and scans == [100]
+    _stat_with_busy(stat, cores, 101 * ticks)  # the machine's one busy second: the job's own
+    _pid_stat(proc, 100, 1, utime=4 * ticks)
+    quiet = meter.lap()
+    assert quiet is not None and scans == [100] and (quiet.cpu_s, quiet.others_cpu_s) == (1.0, 0.0)
+    _stat_with_busy(stat, cores, 103 * ticks)  # two more busy seconds, one of them a child born since the scan
+    _pid_stat(proc, 100, 1, utime=5 * ticks)
+    _pid_stat(proc, 101, 100, utime=1 * ticks)
+    busy = meter.lap()
+    assert busy is not None and scans == [100, 100]  # others would have held 1 s: scanned again, the child found
+    assert (busy.cpu_s, busy.others_cpu_s) == (pytest.approx(2.0), pytest.approx(0.0))
+    _stat_with_busy(stat, cores, 104 * ticks)  # the child's next second: a known pid now, no scan
+    _pid_stat(proc, 101, 100, utime=2 * ticks)
+    assert (lap := meter.lap()) is not None and lap.cpu_s == pytest.approx(1.0) and scans == [100, 100]
