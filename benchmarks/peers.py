@@ -12,6 +12,11 @@ the tool's own log says, peak RSS of the process tree from outside, final loss, 
 the test rows by one scorer (peerlib/score.py, first repeat). Each peer runs from its own environment
 (`scripts/peer-env NAME`); a peer without one, or that fails, is one line saying why.
 
+Evaluation, per model of --models: that model's demo sweep (`tunelab demo --model M`, trained once, not timed: tiny
+4 adapters + 2 bases, smollm2 2 adapters + 1 base) evaluated by `tunelab eval`, lm-eval (CLI per target, and its
+Python API) and inspect-ai's hf/ provider, each route's prompt tokens and answers checked against tunelab's
+(peerlib/evaluation.py).
+
 Ends with one line per comparison, speed over speed (above 1: tunelab faster), and writes DIR/peers.json and the
 Markdown table DIR/peers.md. Nothing else of ours may run beside it: the load is printed with every run.
 
@@ -55,7 +60,7 @@ def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, s
 
 
 def run_evaluation(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
-    rows, lines = evaluation.compare(out, args.threads, args.repeats)
+    rows, lines = evaluation.compare(out, args.models, args.threads, args.repeats)
     return rows, lines + summary.eval_lines(rows)
 
 
@@ -70,17 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"models of the training and evaluation comparisons ({', '.join(MODELS)}; evaluation: "
+                    "each model's own demo sweep)")
     ap.add_argument("--tools", default=",".join(registry.TRAINERS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
     ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
     ap.add_argument("--parts", default="training,evaluation,search",
-                    help="which comparisons: training (every tool trains the job), evaluation (the demo sweep's "
-                    "targets), search (the learning-rate search against oumi tune)")
+                    help="which comparisons: training (every tool trains the job), evaluation (each model's demo "
+                    "sweep's targets), search (the learning-rate search against oumi tune)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.models, args.tools = args.models.split(","), args.tools.split(",")
+    if unknown := [m for m in args.models if m not in MODELS]:
+        ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)})")
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-peers-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:

@@ -9,12 +9,14 @@ hf_chat), decodes without special tokens, stops at the generation config's eos (
 tiny and SmolLM2 models; a template whose end-of-turn is not the eos would need stop_seqs). `-M do_sample=false`
 (the provider samples by default); the batch is `--max-connections`. An adapter loads by passing its directory as
 model_path: transformers' PEFT integration reads adapter_config.json, loads the base it names and the adapter
-(modules_to_save included: logits equal to PeftModel.from_pretrained's, checked on the demo's tiny-4x256_r16)."""
+(modules_to_save included: logits equal to PeftModel.from_pretrained's, checked on the demo's tiny-4x256_r16).
+Its prompts are checked against tunelab's token for token after every run (`prompt_ids`: its own rendering code)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from peerlib.measure import installed_version
 from peerlib.tunelab_answers import EvalJob, Target
@@ -65,6 +67,41 @@ def write_task(task_dir: Path, job: EvalJob) -> Path:
     path = task_dir / TASK_FILE
     path.write_text(TASK_SOURCE)
     return path
+
+
+def prompt_ids(job: EvalJob, base: Path) -> dict[int, list[int]]:
+    """{sample id: prompt token ids} as the hf/ provider builds them for a model with `base`'s tokenizer: its own
+    hf_chat (the tokenizer's chat template, the generation prompt) on the sample's messages, then its batch
+    tokenizer's call (the tokenizer's default special tokens; left padding aside). inspect-ai's log keeps no prompt,
+    so its rendering code is run here, on a provider object that loads no model."""
+    from inspect_ai.model import ChatMessageSystem, ChatMessageUser
+    from inspect_ai.model._providers.hf import HuggingFaceAPI
+    from transformers import AutoTokenizer
+
+    class Renderer(HuggingFaceAPI):
+        def __init__(self, tokenizer: Any) -> None:  # the attributes hf_chat reads, as the -M args leave them
+            self.tokenizer = tokenizer
+            self.chat_template = self.use_chat_template = self.enable_thinking = None
+
+    renderer = Renderer(AutoTokenizer.from_pretrained(base))
+    roles = {"system": ChatMessageSystem, "user": ChatMessageUser}
+    out = {}
+    for r in job.rows:
+        chat = renderer.hf_chat([roles[m["role"]](content=m["content"]) for m in r.messages], [])
+        out[r.id] = list(renderer.tokenizer(chat)["input_ids"])
+    return out
+
+
+def check_stops(base: Path, stops: list[int]) -> None:
+    """The provider stops only where the model's generation config says (its eos ids; no stop_seqs are given):
+    raise unless those are tunelab's stop ids for this base, so both end an answer at the same token."""
+    from transformers import GenerationConfig
+
+    eos = GenerationConfig.from_pretrained(base).eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if eos_ids != set(stops):
+        raise ValueError(f"{base}/generation_config.json: eos_token_id {sorted(eos_ids)} is not tunelab's stop ids "
+                         f"{sorted(stops)}: inspect's hf/ provider would stop elsewhere (give it stop_seqs)")
 
 
 def commands(targets: list[Target], task_dir: Path, out: Path, python: Path, batch: int) -> list[list[str]]:

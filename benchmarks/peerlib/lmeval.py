@@ -4,7 +4,9 @@ The same rows, prompt and decoding as tunelab's exact_match task (tunelab_answer
 - a LOCAL generate_until task (task_dir/<task>.yaml: dataset_path json, data_files = the test rows as JSONL);
   doc_to_text is the user message, the system message (if any) is the task's `description`, which lm-eval's chat
   path makes the system turn; `--apply_chat_template` renders [system?, user] with the model's own tokenizer
-  template and the generation prompt: the text tunelab renders (the tokens are checked equal in the report);
+  template and the generation prompt: the text tunelab renders (after every run `prompt_ids` encodes the contexts
+  lm-eval logged as it encodes them, and the benchmark checks them against tunelab's prompt ids token for token;
+  a template that adds a default system turn, as SmolLM2's does, adds it for both);
 - greedy (do_sample false), max_gen_toks = tunelab's max_tokens; stop: lm-eval always adds the tokenizer's eos, and
   `until` holds the template's end-of-turn text when it is another token (tunelab stops at both);
 - the answer is the generation decoded without special tokens (as tunelab decodes), then a `remove_whitespace`
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from peerlib.measure import installed_version
 from peerlib.tunelab_answers import EvalJob, Target
@@ -172,3 +175,22 @@ def raw_prompts(out: Path) -> dict[str, dict[int, str]]:
             rows = [json.loads(line) for line in samples.read_text().splitlines()]
             prompts[target_out.name] = {int(s["doc"]["id"]): s["arguments"]["gen_args_0"]["arg_0"] for s in rows}
     return prompts
+
+
+def prompt_ids(out: Path, bases: dict[str, Path]) -> dict[str, dict[int, list[int]]]:
+    """{target: {sample id: prompt token ids}}: the contexts lm-eval logged, encoded as its HFLM.tok_batch_encode
+    encodes them (no added special tokens when the text already starts with the tokenizer's BOS text, else the
+    tokenizer's default; `add_bos_token` is never set here), by the target's base tokenizer, which lm-eval loads."""
+    from transformers import AutoTokenizer
+
+    tokenizers: dict[Path, Any] = {}
+    ids: dict[str, dict[int, list[int]]] = {}
+    for name, prompts in raw_prompts(out).items():
+        base = bases[name]
+        if base not in tokenizers:
+            tokenizers[base] = AutoTokenizer.from_pretrained(base)
+        tok = tokenizers[base]
+        bos = getattr(tok, "bos_token", None)
+        ids[name] = {i: list(tok(text, **({"add_special_tokens": False} if bos and text.startswith(bos) else {}))
+                             ["input_ids"]) for i, text in prompts.items()}
+    return ids

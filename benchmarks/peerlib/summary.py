@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from peerlib.result import TrainResult
 
+SAME_ANSWERS = 0.99  # issue 52: at least this share of a peer's answers must equal tunelab's, on every target
 FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_rss_mib", "training_rss_mib",
           "final_loss", "accuracy")
 
@@ -88,38 +89,52 @@ def _by(rows: list, key: str) -> dict[str, Spread | None]:
     return {n: spread([r.wall_s for r in rows if getattr(r, key) == n and r.error is None]) for n in names}
 
 
+def _eval_walls(rows: list) -> dict[tuple[str, str], Spread | None]:
+    """{(model, route): the whole sweep's wall over its repeats that ran}, models and routes in their run order."""
+    keys = list(dict.fromkeys((r.model, r.mode) for r in rows))
+    return {key: spread([r.wall_s for r in rows if (r.model, r.mode) == key and r.error is None]) for key in keys}
+
+
+def _worst(rows: list, model: str, mode: str, name: str) -> str:
+    """The lowest share (agreement, prompts_identical) over a route's repeats, as text."""
+    got = [getattr(r, name) for r in rows if (r.model, r.mode) == (model, mode) and getattr(r, name) is not None]
+    return f"{min(got):.1%}" if got else "–"
+
+
 def eval_lines(rows: list) -> list[str]:
-    """`evaluation: tunelab ÷ lm-eval CLI = 3.2x (demo sweep wall, median of 3)` per peer route."""
-    walls = _by(rows, "mode")
-    ours = walls.get("tunelab")
+    """`evaluation (MODEL): tunelab ÷ lm-eval CLI = 3.2x (demo sweep wall, median of 3; …)` per model and peer route."""
+    walls = _eval_walls(rows)
     out = []
-    for mode, theirs in walls.items():
+    for (model, mode), theirs in walls.items():
+        ours = walls.get((model, "tunelab"))
         if mode == "tunelab":
             continue
         if ours is None or theirs is None:
-            why = next((r.error for r in rows if r.mode == (mode if theirs is None else "tunelab") and r.error), "")
-            out.append(f"evaluation: {mode} against tunelab could not be compared: {why}")
+            failed = mode if theirs is None else "tunelab"
+            why = next((r.error for r in rows if (r.model, r.mode) == (model, failed) and r.error), "")
+            out.append(f"evaluation ({model}): {mode} against tunelab could not be compared: {why}")
             continue
-        agree = min((r.agreement for r in rows if r.mode == mode and r.agreement is not None), default=None)
-        out.append(f"evaluation: tunelab ÷ {mode} = {theirs.median / ours.median:.2f}x (demo sweep wall, median of "
-                   f"{min(ours.n, theirs.n)}; answers identical to tunelab's: "
-                   f"{'–' if agree is None else f'{agree:.1%}'} on its worst target)")
+        agree = [r.agreement for r in rows if (r.model, r.mode) == (model, mode) and r.agreement is not None]
+        short = " — under the 99 % asked: the answers differ" if agree and min(agree) < SAME_ANSWERS else ""
+        out.append(f"evaluation ({model}): tunelab ÷ {mode} = {theirs.median / ours.median:.2f}x (demo sweep wall, "
+                   f"median of {min(ours.n, theirs.n)}; answers identical to tunelab's: "
+                   f"{_worst(rows, model, mode, 'agreement')}, prompt tokens identical: "
+                   f"{_worst(rows, model, mode, 'prompts_identical')}, on its worst target){short}")
     return out
 
 
 def eval_table(rows: list) -> str:
-    out = ["| evaluation route | processes | wall s, the whole sweep | samples | answers identical to tunelab's "
-           "(worst target) |", "|---|---|---|---|---|"]
-    for mode, wall in _by(rows, "mode").items():
-        ok = [r for r in rows if r.mode == mode and r.error is None]
+    out = [("| model | evaluation route | processes | wall s, the whole sweep | samples | answers identical to "
+            "tunelab's (worst target) | prompt tokens identical to tunelab's (worst target) |"),
+           "|---|---|---|---|---|---|---|"]
+    for (model, mode), wall in _eval_walls(rows).items():
+        ok = [r for r in rows if (r.model, r.mode) == (model, mode) and r.error is None]
         if wall is None or not ok:
-            why = next((r.error for r in rows if r.mode == mode and r.error), "")
-            out.append(f"| {mode} | | failed: {why[:160]} | | |")
+            why = next((r.error for r in rows if (r.model, r.mode) == (model, mode) and r.error), "")
+            out.append(f"| {model} | {mode} | | failed: {why[:160]} | | | |")
             continue
-        agree = min(r.agreement for r in ok if r.agreement is not None) if any(
-            r.agreement is not None for r in ok) else None
-        out.append(f"| {mode} | {ok[0].processes} | {wall.text()} | {ok[0].samples} | "
-                   f"{'–' if agree is None else f'{agree:.1%}'} |")
+        out.append(f"| {model} | {mode} | {ok[0].processes} | {wall.text()} | {ok[0].samples} | "
+                   f"{_worst(rows, model, mode, 'agreement')} | {_worst(rows, model, mode, 'prompts_identical')} |")
     return "\n".join(out)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 EVAL_DIR, SCORES_FILE = "eval", "scores.json"
+V = TypeVar("V")  # what is compared per sample: an answer, or a prompt's token ids
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ def eval_job(run_dir: Path) -> EvalJob:
     return EvalJob(spec.name, rows, spec.max_tokens or cfg.eval.max_tokens)
 
 
+def tunelab_stops(target: Target) -> list[int]:
+    """The token ids where tunelab's provider ends an answer for this target (its run's prompt format: the chat
+    template's end-of-turn and the eos), with the base's tokenizer."""
+    from transformers import AutoTokenizer
+    from tunelab.data.formatting import prompt_format_of
+    from tunelab.rundir.config import load_run_config
+
+    tokenizer = AutoTokenizer.from_pretrained(target.base)
+    return prompt_format_of(load_run_config(target.run_dir)).stop_token_ids(tokenizer)
+
+
 def _scores(target: Target, task: str) -> dict:
     path = target.run_dir / EVAL_DIR / target.label / task / SCORES_FILE
     return json.loads(path.read_text())
@@ -120,8 +133,8 @@ def tunelab_accuracy(targets: list[Target], task: str) -> dict[str, float | None
     return {t.name: _scores(t, task).get("score") for t in targets}
 
 
-def agreement(ours: dict[str, dict[int, str]], theirs: dict[str, dict[int, str]]) -> dict[str, float]:
-    """{target: share of tunelab's samples whose answer the peer gave identically} (a missing sample differs)."""
+def agreement(ours: dict[str, dict[int, V]], theirs: dict[str, dict[int, V]]) -> dict[str, float]:
+    """{target: share of tunelab's samples the peer had identically} (answers or prompt ids; a missing one differs)."""
     out = {}
     for name, answers in ours.items():
         other = theirs.get(name, {})
