@@ -135,11 +135,13 @@ def test_image_field_beside_the_fields_format(tmp_path, vl_model):
     assert pixels[0] == pixels[1]  # the path and the Image column (PNG bytes) give the model the same pixels
 
 
-def test_a_vision_language_run_on_a_cpu_is_priced_by_a_timed_matmul_as_a_model(tmp_path, vl_model):
+def test_a_vision_language_run_on_a_cpu_is_priced_by_a_timed_matmul_as_a_model(tmp_path, vl_model, monkeypatch):
     """A VLM's step is not timed by the plan (estimate/cpuspeed.py): a matrix product at its hidden size is, and
     training is priced at an assumed share of it — kind `model`, with that kind's wider assumed width, never the
-    `timed` of a real step's timing."""
+    `timed` of a real step's timing. A fresh history: a row of another model on this CPU would carry over instead."""
     from tunelab.catalog import resolve_architecture
+
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
 
     path, _ = _spec(tmp_path, vl_model)
     [est] = make_plan(path).estimates.values()
