@@ -72,6 +72,9 @@ def spec_for(name: str, runs: list[dict], data: Path, models: Path, logging_step
                     "packing": sorted({r["packing"] for r in runs})},
         "training": {"epochs": 2, "learning_rate": 0.002, "max_seq_len": 128, "logging_steps": logging_steps,
                      "modules_to_save": ["embed_tokens", "lm_head"]},
+        # every job is timed alone with every core's threads, as the calibration was: the plan prices that, not the
+        # side-by-side sharing auto would choose for the eighteen combinations (then each run at one thread)
+        "resources": {"cpu_runs_at_once": 1},
     }
 
 

@@ -44,9 +44,9 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         assert e.time_source.startswith("history: ") and "probed run(s) of this model on cpu" in e.time_source
         assert "start-up (assumed)" not in e.time_source  # the probe's processes measured their start-up
         assert e.time_kind == "probed" and e.startup_kind == "probed" and e.time_range is not None
-        # its interval is the probed kind's width (σ 0.30), not the timed one's it replaces (σ 0.60)
+        # its interval is the probed kind's width (σ 0.30), not the timed one's it replaces (σ 0.30 too: named apart)
         was = before.estimates[e.run].time_range
-        assert was is not None and "timed: width σ 0.60" in was.basis, was.basis
+        assert was is not None and "timed: width σ 0.30" in was.basis, was.basis
         assert "probed: width σ 0.30" in e.time_range.basis, e.time_range.basis
     assert "without a time estimate" not in render_plan_md(after)
 

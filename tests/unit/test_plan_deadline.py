@@ -127,7 +127,7 @@ def test_plan_with_a_deadline_end_to_end(write_spec, tmp_path):
         assert d[span] == pytest.approx(sum(r[total] for r in d["runs"]), abs=0.11), span
     est = out["estimates"]["tiny_r4"]
     assert est["time_kind"] == "timed" and "timed here" in est["time_source"]
-    assert est["time_range"]["basis"].startswith("timed: width σ 0.60 assumed")  # the kind's documented width
+    assert est["time_range"]["basis"].startswith("timed: width σ 0.30 assumed")  # the kind's documented width
     # the deadline prices the run's training with the plan's estimate: its start-up and the rest
     line = next(r for r in d["runs"] if r["run"] == "tiny_r4")
     assert line["train_start_s"] + line["train_s"] == pytest.approx(est["seconds"], abs=0.11)

@@ -40,9 +40,9 @@ def test_no_history_on_cpu_times_the_shape_here(write_spec):
     slowed = re.search(r"under contention \(others held the cores: up to ×([\d.]+) slower\)", e.time_source)
     factor = float(slowed[1]) if slowed else 1.0
     assert batch == 8 and e.tokens_per_s == pytest.approx(batch * seq / (ms / 1e3) * factor, rel=0.01 + 0.051 / factor)
-    # its interval: the timed kind's documented width (σ 0.60, assumed), for the steps and the start-up alike
-    assert e.time_range is not None and e.time_range.basis.startswith("timed: width σ 0.60 assumed")
-    assert "start-up: timed: width σ 0.60 assumed" in e.time_range.basis
+    # its interval: the timed kind's documented width (σ 0.30, assumed), for the steps and the start-up alike
+    assert e.time_range is not None and e.time_range.basis.startswith("timed: width σ 0.30 assumed")
+    assert "start-up: timed: width σ 0.30 assumed" in e.time_range.basis
     assert "without a time estimate" not in render_plan_md(plan)
 
 
@@ -72,7 +72,7 @@ def test_a_model_too_large_to_time_is_priced_by_a_timed_matmul_as_a_model_with_i
     expected = gflops * 1e9 * 0.5 / flops_per_token(resolve_architecture(str(tiny_model)), seq)
     assert plain.tokens_per_s == pytest.approx(expected, rel=0.06 / gflops + 1e-3)  # GFLOP/s printed to 0.1
     assert plain.time_range is not None and "model: width σ 0.80 assumed" in plain.time_range.basis
-    assert "start-up: timed: width σ 0.60 assumed" in plain.time_range.basis
+    assert "start-up: timed: width σ 0.30 assumed" in plain.time_range.basis
     assert PRIOR_SIGMA[SourceKind.MODEL] > PRIOR_SIGMA[SourceKind.TIMED]
     recomputed = make_plan(write_spec(factors={"lora_rank": [4]}, training={"gradient_checkpointing": True}))
     e = recomputed.estimates["tiny_r4"]  # the same product (cached per machine, threads and hidden size)

@@ -132,7 +132,7 @@ def test_contended_rows_are_used_only_when_nothing_else_was_measured():
 
 
 def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, monkeypatch):
-    """A real plan on CPU, three times: with no records its run is timed here (kind `timed`: σ 0.60 assumed, widened
+    """A real plan on CPU, three times: with no records its run is timed here (kind `timed`: σ 0.30 assumed, widened
     by the timed steps' spread), the start-up and the rest combined as independent parts (each side's distance
     from the P50 added in quadrature); with four recorded errors of `timed` training predictions on this CPU (all
     2× slow) the training part is ×2 in full and 2× is inside its interval, still the assumed width (4 < 9); with
@@ -150,7 +150,7 @@ def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, m
     start = first.startup_raw_s or 0.0
     rest, spread = first.seconds_raw - start, first.time_spread
     assert start > 0 and rest > 0
-    up, down = 2.1575, 1 / 2.1575  # exp(±1.2816·0.60) = exp(±0.7690): the start-up's P90 and P10 factors
+    up, down = 1.46885, 1 / 1.46885  # exp(±1.2816·0.30) = exp(±0.38448): the start-up's P90 and P10 factors
 
     def expect(rest_p50: float, rest_down: float, rest_up: float) -> tuple[float, float]:
         return (start + rest_p50 - math.hypot(start * (1 - down), rest_p50 * (1 - rest_down)),
@@ -161,7 +161,7 @@ def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, m
         got = (est.time_range.p10_s, est.time_range.p90_s)
         assert got == (pytest.approx(p10, abs=0.2), pytest.approx(p90, abs=0.2))
 
-    wide = 1.2816 * math.hypot(0.60, spread)
+    wide = 1.2816 * math.hypot(0.30, spread)
     check(first, rest, math.exp(-wide), math.exp(wide))
     end_to_end = start * up + rest * math.exp(wide)  # every part at its P90 at once: what the band used to be
     assert first.time_range.p90_s < end_to_end
