@@ -103,7 +103,7 @@ def caveat(shape: Shape, result: ProbeResult) -> str | None:
     t = _training(shape.cfg.stage_config(0) if shape.cfg.stages else shape.cfg)
     what = f"probe: {shape.cfg.model.name} r{t.lora_rank} bs{t.batch_size} timed"
     if load is not None and contended:
-        what += (f" under contention (others held {load.cores - load.free_cores:.1f} of {load.cores} cores): "
+        what += (f" under contention (others held {load.others_cores:.1f} of {load.cores} cores): "
                  f"×{load.slowdown:.1f}")
     else:
         what += " with disagreeing steps"

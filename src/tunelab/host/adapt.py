@@ -36,8 +36,15 @@ _taken: Adaptation | None = None  # this process's adaptation, for its summary (
 
 def threads_left(planned: int, window: LoadWindow) -> int:
     """The threads for the cores others left: `planned` less the cores they held on average, rounded, at least 1."""
-    held = window.others_cpu_s / window.wall_s if window.wall_s > 0 else 0.0
-    return max(1, min(planned, round(planned - held)))
+    return max(1, min(planned, round(planned - window.others_cores)))
+
+
+def adapted_to(planned: int, window: LoadWindow) -> Adaptation | None:
+    """The job's and the plan's one rule: fewer threads than `planned` where others held cores (None: all of them)."""
+    used = threads_left(planned, window)
+    if used >= planned:
+        return None
+    return Adaptation(planned, used, round(window.others_cores, 2), round(window.wall_s, 2))
 
 
 def adapts(plan: ThreadPlan) -> bool:
@@ -54,15 +61,15 @@ def fit_to_free_cores(plan: ThreadPlan, meter: LoadMeter | None) -> Adaptation |
     window = meter.window()
     if window is None or window.wall_s < MIN_WINDOW_S:
         return None
-    used = threads_left(plan.torch, window)
-    if used >= plan.torch:
+    adapted = adapted_to(plan.torch, window)
+    if adapted is None:
         return None
     import torch
 
-    torch.set_num_threads(used)
+    torch.set_num_threads(adapted.used)
     for name in (*LIBRARY_ENVS, MARK_ENV):  # its children (a tokenizer's pool, workers) alike, still tunelab's
-        os.environ[name] = str(used)
-    _taken = Adaptation(plan.torch, used, round(window.others_cpu_s / window.wall_s, 2), round(window.wall_s, 2))
+        os.environ[name] = str(adapted.used)
+    _taken = adapted
     return _taken
 
 
@@ -95,9 +102,13 @@ def watch_load() -> None:
     _watch = _Watch(meter, now, now) if meter is not None else None
 
 
+def _stale() -> bool:
+    return _watch is None or time.monotonic() - _watch.used > WATCH_FRESH_S
+
+
 def load_while_planning() -> LoadWindow | None:
     """Others' load on this process's cores since watch_load (opened now when stale or never), read once."""
-    if _watch is None or time.monotonic() - _watch.used > WATCH_FRESH_S:
+    if _stale():
         watch_load()
     if _watch is None:
         return None
@@ -112,9 +123,7 @@ def load_while_planning() -> LoadWindow | None:
 
 def planning_window() -> LoadWindow | None:
     """The window this plan has read already (None: not read, or none lately): never opens or waits."""
-    if _watch is None or time.monotonic() - _watch.used > WATCH_FRESH_S:
-        return None
-    return _watch.window
+    return None if _watch is None or _stale() else _watch.window
 
 
 def planned_adaptation(plan: ThreadPlan) -> Adaptation | None:
@@ -124,7 +133,4 @@ def planned_adaptation(plan: ThreadPlan) -> Adaptation | None:
     window = load_while_planning()
     if window is None or window.wall_s <= 0:
         return None
-    used = threads_left(plan.torch, window)
-    if used >= plan.torch:
-        return None
-    return Adaptation(plan.torch, used, round(window.others_cpu_s / window.wall_s, 2), round(window.wall_s, 2))
+    return adapted_to(plan.torch, window)

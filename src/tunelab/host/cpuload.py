@@ -165,9 +165,14 @@ class LoadWindow:
         return min(1.0, max(0.0, self.others_cpu_s / (self.wall_s * self.cores)))
 
     @property
+    def others_cores(self) -> float:
+        """Cores other processes held on average over the window."""
+        return self.others_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
     def free_cores(self) -> float:
         """Cores left to this process on average over the window."""
-        return self.cores - (self.others_cpu_s / self.wall_s if self.wall_s > 0 else 0.0)
+        return self.cores - self.others_cores
 
     @property
     def slowdown(self) -> float:
@@ -262,11 +267,11 @@ class LoadMeter:
             return None
         own = known_tree_cpu_s(self._root, self._tree, self._proc)
         if own is not None:
-            cheap = _Reading(time.monotonic(), busy, own)
-            window = self._between(self._last, cheap)
+            last, now = self._last, time.monotonic()
+            others = (busy - last.busy) - max(0.0, own - last.own)  # as _between counts them
             # ticks are 10 ms and counted apart per process and per core: two of them are the readings' noise
-            if window.others_cpu_s <= RESCAN_CORES * window.wall_s + 2 / _ticks_per_s():
-                return cheap
+            if others <= RESCAN_CORES * (now - last.wall) + 2 / _ticks_per_s():
+                return _Reading(now, busy, own)
         scanned = scan_tree(self._root, self._proc)
         if scanned is None:
             return None

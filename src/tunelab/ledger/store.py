@@ -18,7 +18,7 @@ from typing import Any, Iterator, TypeVar
 
 from tunelab.ledger import generation, history, predictions
 from tunelab.ledger.rows import EvalRow, RunRow
-from tunelab.ledger.slowdown import measured_slowdown
+from tunelab.ledger.slowdown import loaded, measured_slowdown
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.faults import kill_point
@@ -213,7 +213,9 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
     if state == COMPLETED and summary is not None and cfg.kind == "finetune":
         # later plans, in any experiment, learn from every completed run
         trained = history.from_run_dir(cfg, summary)
-        history.record([dataclasses.replace(trained, measured_slowdown=measured_slowdown(trained, history.load()))])
+        if loaded(trained):  # timed beside others' work: what the load cost it, against the idle rows of its shape
+            trained = dataclasses.replace(trained, measured_slowdown=measured_slowdown(trained, history.load()))
+        history.record([trained])
         predictions.record(predictions.training_records(cfg, summary))  # the loop closed: each part's error
     _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
     kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded

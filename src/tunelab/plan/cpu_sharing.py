@@ -50,7 +50,6 @@ class CpuSharing:
     why: str
     load: str = ""  # others held cores while planning: the threads a job starting now takes, priced at them
 
-
     def line(self) -> str:
         c = self.chosen
         each = f"{c.threads_each} thread{'s' if c.threads_each != 1 else ''} each"
