@@ -32,7 +32,7 @@ from tunelab.train.distributed import close_process_group, exit_finished_worker,
 from tunelab.train.held import HeldFiles
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.nodes import node_place
-from tunelab.train.trackers import skip_unused_tracker_sdks
+from tunelab.train.unused_packages import skip_unused_packages
 
 
 def train(cfg: RunConfig) -> Summary | None:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
-    skip_unused_tracker_sdks()  # before TRL is imported
+    skip_unused_packages()  # before TRL is imported
     # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/host/threads.py)
     planned = threads.decide(local_processes())
     threads.apply(planned)

@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.host.startup import import_stack
     from tunelab.train import TRAINING_STACK
     from tunelab.train.metrics import process_age_s
-    from tunelab.train.trackers import skip_unused_tracker_sdks
+    from tunelab.train.unused_packages import skip_unused_packages
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m tunelab.train.loop_cost OUT_DIR", file=sys.stderr)
         return 2
-    skip_unused_tracker_sdks()
+    skip_unused_packages()
     import_stack(*TRAINING_STACK)
     imports_s = process_age_s()  # a fresh interpreter with the job's stack imported: a job's start-up before loading
     quiet_hf_progress_bars()

@@ -38,7 +38,7 @@ from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s
 from tunelab.train.step_cost import TimedSteps, time_real_steps
-from tunelab.train.trackers import skip_unused_tracker_sdks
+from tunelab.train.unused_packages import skip_unused_packages
 
 USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             or set(args) - {*paths, "--max-batch", *(f"--steps={s}" for s in steps)}):
         print(USAGE, file=sys.stderr)
         return 2
-    skip_unused_tracker_sdks()  # before TRL is imported
+    skip_unused_packages()  # before TRL is imported
     import_stack(*TRAINING_STACK)
     try:
         pcfg = load_run_config(Path(paths[0]))
