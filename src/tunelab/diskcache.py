@@ -37,6 +37,18 @@ def file_stamps(paths: list[str | Path]) -> list[tuple[str, int, int]]:
     return out
 
 
+def file_digests(paths: list[str | Path]) -> list[str]:
+    """The sha256 of each existing file's bytes: part of a key where only what a file says matters, not where it
+    is (two copies of one model's config.json share a timing; an edited one misses)."""
+    out = []
+    for p in paths:
+        try:
+            out.append(hashlib.sha256(Path(p).read_bytes()).hexdigest())
+        except OSError:
+            continue
+    return out
+
+
 def cached_json(kind: str, key: Any, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
     """compute()'s JSON-able result, from the cache when an entry for exactly this key exists. `keep`: whether a
     value is worth keeping (a timing taken while other work held the machine is not: the next call times again)."""

@@ -4,6 +4,7 @@ Each check runs in a fresh interpreter: a test session has imported everything a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -68,3 +69,39 @@ print(json.dumps({{"code": code, "during": len(full) - before, "frozen": gc.get_
                   "stack": all(m in sys.modules for m in TRAINING_STACK)}}))
 """)
     assert got["code"] == 1 and got["stack"] and got["frozen"] > 100_000 and got["during"] == 0
+
+
+COUNT_SCANS = """
+import importlib.metadata, json, sys
+scans = []
+scan = importlib.metadata.packages_distributions
+def counted():
+    scans.append(1)
+    return scan()
+importlib.metadata.packages_distributions = counted
+from tunelab.host.startup import import_stack
+import_stack("trl.trainer.sft_trainer")  # TRL maps the installed packages as it imports
+from trl import import_utils
+print(json.dumps({"scans": len(scans), "same": dict(import_utils.PACKAGE_DISTRIBUTION_MAPPING) == scan(),
+                  "restored": importlib.metadata.packages_distributions is counted}))
+"""
+
+
+def test_the_installed_packages_are_mapped_once_until_one_is_installed(tmp_path):
+    """The first job process scans the installed packages' metadata and the next reads its answer; installing a
+    package (a new *.dist-info in a directory on the path) makes the next scan again. Each process fresh."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "placeholder-0.1.dist-info").mkdir()
+    env = {**os.environ, "TUNELAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(site)}
+
+    def job() -> dict:
+        out = subprocess.run([sys.executable, "-c", COUNT_SCANS], capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert job() == {"scans": 1, "same": True, "restored": True}
+    assert job() == {"scans": 0, "same": True, "restored": True}
+    (site / "another-1.0.dist-info").mkdir()  # installed: the directory's mtime moves
+    assert job() == {"scans": 1, "same": True, "restored": True}

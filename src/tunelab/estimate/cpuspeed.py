@@ -28,7 +28,7 @@ from typing import Any
 
 from tunelab.catalog import resolve_architecture
 from tunelab.host.cpuload import LoadMeter, LoadWindow
-from tunelab.diskcache import cached_json, file_stamps
+from tunelab.diskcache import cached_json, file_digests
 from tunelab.estimate.speed import flops_per_token
 from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.rundir.config import RunConfig
@@ -66,7 +66,7 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     arch = resolve_architecture(cfg.model.path)
     batch = max(1, t.batch_size)
     seq = max(8, tokens_per_microbatch // batch)
-    key = [socket.gethostname(), os.cpu_count(), threads, file_stamps([f"{cfg.model.path}/config.json"]), batch,
+    key = [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
            seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing,
            "forward+save"]  # what an entry holds: older entries lack the forward and the save
     from tunelab.models.vlm import is_vision_language
