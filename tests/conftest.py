@@ -15,6 +15,9 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The jobs' imports are not recorded for the plans (tunelab/jobimports.py): a test's plan must not change with what
+# another test's job happened to record meanwhile (tests/unit/test_import_records.py turns it on in its own cache).
+os.environ["TUNELAB_RECORD_IMPORTS"] = "0"
 # Tests never touch the user's history ledger (subprocesses inherit this).
 os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-history-")) / "history.db")
 # nor the user's cache. pytest-xdist's workers (`make test`) share one: its entries are keyed by everything

@@ -49,23 +49,36 @@ def file_digests(paths: list[str | Path]) -> list[str]:
     return out
 
 
-def cached_json(kind: str, key: Any, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
-    """compute()'s JSON-able result, from the cache when an entry for exactly this key exists. `keep`: whether a
-    value is worth keeping (a timing taken while other work held the machine is not: the next call times again)."""
+def _entry(kind: str, key: Any) -> Path:
     digest = hashlib.sha256(json.dumps([FORMAT, kind, key], sort_keys=True, default=str).encode()).hexdigest()
-    path = cache_dir() / kind / f"{digest[:32]}.json"
+    return cache_dir() / kind / f"{digest[:32]}.json"
+
+
+def stored_json(kind: str, key: Any) -> Any | None:
+    """The value kept for exactly this key; None when there is none (or it cannot be read)."""
     try:
-        stored = json.loads(path.read_text())["value"]
-        if keep is None or keep(stored):
-            return stored
+        return json.loads(_entry(kind, key).read_text())["value"]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    value = compute()
-    if keep is not None and not keep(value):
-        return value
+        return None
+
+
+def store_json(kind: str, key: Any, value: Any) -> None:
+    """Keep value for this key (atomically; failing to write only costs the next reader the time)."""
+    path = _entry(kind, key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": key, "value": value}, default=str), durable=False)
     except (OSError, NoSpaceError):  # a cache that cannot be written is only slower
         pass
+
+
+def cached_json(kind: str, key: Any, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
+    """compute()'s JSON-able result, from the cache when an entry for exactly this key exists. `keep`: whether a
+    value is worth keeping (a timing taken while other work held the machine is not: the next call times again)."""
+    stored = stored_json(kind, key)
+    if stored is not None and (keep is None or keep(stored)):
+        return stored
+    value = compute()
+    if keep is None or keep(value):
+        store_json(kind, key, value)
     return value

@@ -26,7 +26,21 @@ FULL_STATUS = "**Status:** ✓ 2 of 2 fine-tuned runs completed; 2 of 2 complete
 def exp(finished_sweep, tmp_path, monkeypatch) -> Path:
     """A copy of the finished sweep (the shared one stays as trained), with a history of its own."""
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
-    return Path(shutil.copytree(finished_sweep.exp, tmp_path / "exp", symlinks=True))
+    exp = Path(shutil.copytree(finished_sweep.exp, tmp_path / "exp", symlinks=True))
+    _without_data_wait(exp)
+    return exp
+
+
+def _without_data_wait(exp: Path) -> None:
+    """The copy's runs as if their data never kept training waiting. The shared sweep's tiny runs train for ~3 s,
+    and a busy test machine can make the measured wait pass the report's 5 % flag (0.14 s seen on a fresh clone's
+    suite): an issue none of the cases below is about (the data-wait flag has its own tests:
+    tests/unit/test_input_pipeline.py)."""
+    for path in exp.glob("runs/*/summary.json"):
+        summary = json.loads(path.read_text())
+        if summary.get("data_wait_fraction") is not None:
+            summary.update(data_wait_s=0.0, data_wait_fraction=0.0)
+            path.write_text(json.dumps(summary))
 
 
 def report(exp: Path) -> str:

@@ -103,7 +103,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Below every layer: the spec and the shared helpers; they import no layer (among themselves: no cycles).
 FOUNDATION = frozenset({"spec", "data", "models", "stats", "catalog", "host", "errors", "fsutil", "console", "faults",
-                        "diskcache", "compat", "userconfig", "wheelhouse", "vocabulary", "__init__"})
+                        "diskcache", "jobimports", "compat", "userconfig", "wheelhouse", "vocabulary", "__init__"})
 
 
 def package_edges(graph: grimp.ImportGraph) -> dict[tuple[str, str], list[str]]:

@@ -79,8 +79,8 @@ def counted():
     scans.append(1)
     return scan()
 importlib.metadata.packages_distributions = counted
-from tunelab.host.startup import import_stack
-import_stack("trl.trainer.sft_trainer")  # TRL maps the installed packages as it imports
+from tunelab.jobimports import Stack, import_job_stack
+import_job_stack("trl.trainer.sft_trainer", record_as=Stack.TRAINING)  # TRL maps the installed packages as it imports
 from trl import import_utils
 print(json.dumps({"scans": len(scans), "same": dict(import_utils.PACKAGE_DISTRIBUTION_MAPPING) == scan(),
                   "restored": importlib.metadata.packages_distributions is counted}))

@@ -5,8 +5,10 @@ prediction and Slurm limit (estimate/evalrun.py, estimate/evaltime.py) and the r
 
 A job's start: the run's measured start-up (its estimate, from the history), else the median of past runs' of
 this model on this kind of device, else of other models' there (a larger model loads longer: as wide as an
-assumption), else ASSUMED_STARTUP_S. A vLLM evaluation's job still starts its own process and imports the
-evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S, assumed); the job's
+assumption), else ASSUMED_STARTUP_S. An evaluation job starts like a training job but imports the evaluation stack
+instead of the training one: once both kinds of job have recorded their imports here (tunelab/jobimports.py), its
+start is the training job's plus how much longer its import took. A vLLM evaluation's job still starts its own
+process and imports the evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S, assumed); the job's
 start measured in training includes an HF load the vLLM job does not make, so the sum errs long, by at most
 that load.
 """
@@ -21,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.combine import independent
 from tunelab.estimate.interval import time_range
 from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.jobimports import evaluation_extra_s
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.spec.evaluation import Engine
@@ -73,14 +76,24 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
-    """An evaluation job's start-up: the job's start, then the vLLM server's when `engine` is vLLM (the engine the
-    plan prices: EvalSpec.planned_engine)."""
-    start = job_start(model, gpu, history, estimate)
+    """An evaluation job's start-up: the job's start with the evaluation stack's import for the training one's (as
+    recorded here), then the vLLM server's when `engine` is vLLM (the engine the plan prices:
+    EvalSpec.planned_engine)."""
+    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra_s())
     if engine != Engine.VLLM:
         return start
     return JobStart(round(start.seconds + VLLM_SERVER_START_S, 3),
                     f"{start.source} + {VLLM_SERVER_START_S:.0f} s vLLM server start (assumed)", start.kind,
                     VLLM_SERVER_START_S)
+
+
+def with_evaluation_imports(start: JobStart, extra_s: float | None) -> JobStart:
+    """A training job's start as an evaluation job's: plus `extra_s`, the evaluation stack's import beyond the
+    training stack's as the jobs recorded them here (None: not both recorded yet, the start as it is)."""
+    if not extra_s:
+        return start
+    return JobStart(round(start.seconds + extra_s, 3), f"{start.source} + {extra_s:.1f} s: an evaluation job's "
+                    "imports here beyond a training job's (as the jobs recorded them)", start.kind, start.server_s)
 
 
 def _architecture(path: str) -> Architecture | None:

@@ -26,7 +26,7 @@ from tunelab.evaluate.runner import PreparedTask, clear_outputs, prepare_task
 from tunelab.evaluate.shared import SharedWeights, adapter_bytes, free_bytes
 from tunelab.evaluate.waves import run_wave, wave_items
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
-from tunelab.host.startup import import_stack
+from tunelab.jobimports import Stack, import_job_stack
 
 WAVE_BATCHES = 64  # a wave of a pass: whole targets, up to this many full batches of samples
 # Adapters beside the base at once, whatever the memory: PEFT walks every module of the model (its adapters'
@@ -117,7 +117,7 @@ class _Pass:
 
     def run_tasks(self, items: list[WorkItem]) -> None:
         """These items on the shared weights, in waves of whole targets (waves.wave_items)."""
-        import_stack(*EVALUATION_STACK)
+        import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)
         size = self.options.batch_size
         for wave in wave_items(items, self.prepared, WAVE_BATCHES * size):
             batcher = self.shared.start_batching(size, self.options.fill)

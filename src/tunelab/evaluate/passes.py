@@ -31,7 +31,7 @@ from tunelab.evaluate.work import (
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
 from tunelab.spec.evalloop import EvalLoop, LoopChoice, evaluation_loop
-from tunelab.host.startup import import_stack
+from tunelab.jobimports import Stack, import_job_stack
 
 if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
     from tunelab.evaluate.grouping import Alone
@@ -55,7 +55,7 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
         planned(sum(len(w.items) for w in work.pending))
     if not work.pending:  # every score there: nothing heavy imported
         return results_by_run(work, {})
-    import_stack(*EVALUATION_STACK)  # the evaluation stack, imported with the collector paused
+    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)  # the evaluation stack, imported with the collector paused
     from tunelab.host.device import resolve_device
     from tunelab.evaluate.grouping import Alone, group_targets
     from tunelab.evaluate.onepass import PassOptions, evaluate_group

@@ -33,7 +33,7 @@ from tunelab.evaluate.targets import Target, select_targets
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
-from tunelab.host.startup import import_stack
+from tunelab.jobimports import Stack, import_job_stack
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 
@@ -147,7 +147,7 @@ def eval_metadata(cfg: RunConfig, target: Target, spec: TaskSpec, prepared: Prep
 def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                   batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
-    import_stack(*EVALUATION_STACK)  # a process's first evaluation: its stack imported with the collector paused
+    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)  # a process's first evaluation: its stack imported with the collector paused
     from inspect_ai import task_with
     from inspect_ai.model import get_model
 

@@ -25,7 +25,7 @@ from tunelab.rundir.summary import Summary
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.host.adapt import fit_to_free_cores
 from tunelab.host.cpuload import LoadMeter
-from tunelab.host.startup import import_stack
+from tunelab.jobimports import Stack, import_job_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
 from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     planned = threads.decide(local_processes())
     threads.apply(planned)
     meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
-    import_stack(*TRAINING_STACK)
+    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
     fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
     try:
         train_job(Path(args[0]))

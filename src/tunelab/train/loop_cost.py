@@ -110,7 +110,7 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Measure into OUT_DIR/loop.json; a failure is one line on stderr."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
-    from tunelab.host.startup import import_stack
+    from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK
     from tunelab.train.metrics import process_age_s
     from tunelab.train.unused_packages import skip_unused_packages
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunelab.train.loop_cost OUT_DIR", file=sys.stderr)
         return 2
     skip_unused_packages()
-    import_stack(*TRAINING_STACK)
+    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
     imports_s = process_age_s()  # a fresh interpreter with the job's stack imported: a job's start-up before loading
     quiet_hf_progress_bars()
     quiet_known_library_warnings()

@@ -33,7 +33,7 @@ from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.probe import (MORE_ROUNDS, SPREAD_LIMIT, GenerationSpeed, ProbePoint, ProbeResult, ProbeStep,
                                   write_probe_results)
-from tunelab.host.startup import import_stack
+from tunelab.jobimports import Stack, import_job_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     skip_unused_packages()  # before TRL is imported
-    import_stack(*TRAINING_STACK)
+    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
     try:
         pcfg = load_run_config(Path(paths[0]))
         result = probe_run(pcfg, max_batch="--max-batch" in args, steps=int(steps[0]) if steps else None)
