@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,12 @@ def cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
+
+
+def this_environment() -> str:
+    """The Python environment a key names (its prefix, normalized): the same for `.venv/bin/python` and
+    `benchmarks/../.venv/bin/python`, which sys.executable is not; another venv is another key."""
+    return os.path.normpath(sys.prefix)
 
 
 def file_stamps(paths: list[str | Path]) -> list[tuple[str, int, int]]:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 
-from tunelab.diskcache import cached_json, store_json, stored_json
+from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.host.startup import import_stack
 
@@ -49,7 +49,7 @@ def _key(stack: Stack) -> list[object]:
             versions.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             versions.append(f"{name} absent")
-    return [socket.gethostname(), os.cpu_count(), sys.executable, str(stack), versions]
+    return [socket.gethostname(), os.cpu_count(), this_environment(), str(stack), versions]
 
 
 def record_import(stack: Stack, seconds: float, window: LoadWindow | None) -> None:
@@ -99,7 +99,7 @@ def distributions_from_cache() -> Iterator[None]:
     scan = importlib.metadata.packages_distributions
 
     def cached() -> dict[str, list[str]]:
-        return {k: list(v) for k, v in cached_json("packages-distributions", [sys.executable, _path_stamps()],
+        return {k: list(v) for k, v in cached_json("packages-distributions", [this_environment(), _path_stamps()],
                                                    lambda: {k: list(v) for k, v in scan().items()}).items()}
 
     importlib.metadata.packages_distributions = cached

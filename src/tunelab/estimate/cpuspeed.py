@@ -28,7 +28,7 @@ from typing import Any
 
 from tunelab.catalog import resolve_architecture
 from tunelab.host.cpuload import LoadMeter, LoadWindow
-from tunelab.diskcache import cached_json, file_digests
+from tunelab.diskcache import cached_json, file_digests, this_environment
 from tunelab.estimate.speed import flops_per_token
 from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.rundir.config import RunConfig
@@ -261,7 +261,7 @@ def timed_startup(model_path: str, parameters: int, imports_s: float | None = No
         subprocess.run([sys.executable, "-c", f"import {IMPORTED}"], check=True, capture_output=True)
         return {"seconds": time.perf_counter() - t0}
 
-    key = [socket.gethostname(), os.cpu_count(), sys.executable, version("torch"), version("transformers")]
+    key = [socket.gethostname(), os.cpu_count(), this_environment(), version("torch"), version("transformers")]
     imports = float(cached_json("job-imports", key, (lambda: {"seconds": imports_s}) if imports_s else run)["seconds"])
     load = parameters * 4 / (ASSUMED_LOAD_GBS * 1e9)
     return imports + load, (f"start-up: a fresh interpreter importing {IMPORTED} took {imports:.1f} s here, + "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.diskcache import cached_json
+from tunelab.diskcache import cached_json, this_environment
 from tunelab.estimate.cpuspeed import CONTENDED_KEEP_S
 from tunelab.faults import TEST_KNOBS
 
@@ -44,7 +44,7 @@ def loop_overhead(threads: int | None) -> LoopOverhead:
     """This machine's loop overhead per step (cached); 0 where the measuring job failed, and the source says why."""
     from importlib.metadata import version
 
-    key = [socket.gethostname(), os.cpu_count(), threads, sys.executable, version("torch"), version("transformers"),
+    key = [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"), version("transformers"),
            version("trl"), version("peft")]
     got = cached_json("train-loop", key, lambda: _measure(threads), keep=_worth_keeping)
     return overhead_of(got)
