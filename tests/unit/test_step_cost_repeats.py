@@ -12,3 +12,43 @@ from tunelab.train.step_cost import repeats_after
                                             (80, 4), (160, 4), (100_000, 4)])
 def test_repeats_grow_with_the_run_up_to_the_cap(steps, repeats):
     assert repeats_after(steps) == repeats
+
+
+def test_the_calibrations_seconds_are_its_rounds_of_both_sizes_priced_by_their_rows():
+    from tunelab.rundir.summary import step_cost_seconds, step_cost_sizes
+
+    assert step_cost_sizes(16) == [8, 32] and step_cost_sizes(1) == [1, 2]
+    # 50 steps: 2 timed repeats and the warm-up round; each round one micro-batch of 8 rows and one of 32, a
+    # micro-batch of 16 taking 0.1 s: 3 × (0.05 + 0.2)
+    assert step_cost_seconds(50, 16, 0.1) == pytest.approx(0.75)
+    assert step_cost_seconds(19, 16, 0.1) == 0.0  # under 20 steps: none
+    assert step_cost_seconds(400, 1, 0.1) == pytest.approx(5 * (0.1 + 0.2))  # capped at 4 repeats; half of 1 is 1
+
+
+def test_a_run_priced_from_probed_rows_adds_the_calibration_and_a_stage_does_not(tmp_path):
+    """A probed row measured no finish: the plan prices the calibration at the run's own micro-batch (here 50 steps
+    of 16 rows, 32,000 tokens at the row's speed), and says so; a stage of a staged run skips it, as its job does."""
+    from tunelab.catalog import KNOWN_MODELS
+    from tunelab.estimate.runs import run_time
+    from tunelab.ledger.history import HistoryRun
+    from tunelab.rundir.config import RunConfig
+
+    model = "qwen2.5-0.5b"  # a catalog model: no directory needed
+    arch = KNOWN_MODELS[model]
+    cfg = RunConfig(name="r", kind="finetune", experiment="e", experiment_dir=str(tmp_path),  # type: ignore[arg-type]
+                    model={"name": "q", "path": model}, dataset={"name": "d", "path": str(tmp_path)},
+                    training={"epochs": 1, "batch_size": 16, "max_seq_len": 64})
+    assert cfg.training is not None
+    probed = HistoryRun(key="p", source="tunelab", origin="probed", run="p", device="cpu", layers=arch.layers,
+                        hidden=arch.hidden, parameters=arch.parameters, tokens_per_s=1000.0, per_token_s=0.001,
+                        step_fixed_s=0.01, startup_s=5.0, batch_size=16, lora_rank=cfg.training.lora_rank)
+    lengths = [40] * 800  # 800 rows of 40 tokens: 50 steps of 16
+    with_it = run_time(cfg, None, lengths, [], [probed])
+    without = run_time(cfg, None, lengths, [], [probed], calibrates=False)
+    assert with_it.steps == 50 and with_it.train_tokens == 32_000 and with_it.tokens_per_s
+    micro_batch_s = 32_000 / with_it.tokens_per_s / 50
+    by_hand = 3 * micro_batch_s * (8 + 32) / 16  # 2 repeats + the warm-up, each a micro-batch of 8 and one of 32
+    assert with_it.seconds is not None and without.seconds is not None
+    assert with_it.seconds - without.seconds == pytest.approx(by_hand, abs=0.1)  # each rounded to 0.1 s
+    assert f"step-cost calibration after training ({by_hand:.1f} s" in with_it.source
+    assert "calibration" not in without.source

@@ -39,6 +39,36 @@ class StepPoint(JsonRecord):
     peak_gib: float | None = None
 
 
+# The step-cost calibration a one-process run does after its last checkpoint (train/step_cost.py), here because the
+# plan prices its time (estimate/runs.py) as the job spends it: after a run of `steps` optimizer steps, one untimed
+# round and then one timed round per STEPS_PER_STEP_COST_REPEAT steps (up to STEP_COST_REPEATS), each round a
+# micro-batch at half and one at twice the run's micro-batch.
+STEP_COST_REPEATS = 4
+STEPS_PER_STEP_COST_REPEAT = 20
+
+
+def step_cost_repeats(steps: int) -> int:
+    """Timed repeats worth their cost after a run of `steps` steps. A repeat is a step at half and one at twice
+    the micro-batch (~2.5 of the run's steps), so one per 20 steps keeps the measurement within ~1/5 of the
+    training it follows: a long GPU run gets all of them, a short one fewer, and one of under 20 steps none (its
+    steady step time, which the split divides, is too rough to split)."""
+    return min(STEP_COST_REPEATS, steps // STEPS_PER_STEP_COST_REPEAT)
+
+
+def step_cost_sizes(micro_batch: int) -> list[int]:
+    """The micro-batch sizes the calibration times: half and twice the run's."""
+    return sorted({max(1, micro_batch // 2), micro_batch * 2})
+
+
+def step_cost_seconds(steps: int, micro_batch: int, micro_batch_s: float) -> float:
+    """The calibration's time after a run of `steps` steps whose micro-batch takes `micro_batch_s`: its rounds (the
+    timed ones and the warm-up) × one micro-batch of each size, each priced in proportion to its rows."""
+    repeats = step_cost_repeats(steps)
+    if not repeats:
+        return 0.0
+    return (repeats + 1) * sum(micro_batch_s * size / micro_batch for size in step_cost_sizes(micro_batch))
+
+
 @dataclass(kw_only=True)
 class StepCost(JsonRecord):
     """A step's fixed and per-token cost, measured after the last checkpoint (train/step_cost.py)."""

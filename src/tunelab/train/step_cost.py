@@ -14,19 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunelab.host.cpuload import LoadMeter, LoadWindow
-from tunelab.rundir.summary import StepCost, StepPoint
+from tunelab.rundir.summary import (STEP_COST_REPEATS, STEPS_PER_STEP_COST_REPEAT, StepCost, StepPoint, step_cost_repeats,
+                                     step_cost_sizes)
 from tunelab.stats.timing import range_spread
 
-REPEATS = 4
-STEPS_PER_REPEAT = 20  # after training: one timed repeat per this many steps the run took, up to REPEATS
-
-
-def repeats_after(steps: int) -> int:
-    """Timed repeats worth their cost after a run of `steps` steps. A repeat is a step at half and one at twice
-    the micro-batch (~2.5 of the run's steps), so one per 20 steps keeps the measurement within ~1/5 of the
-    training it follows: a long GPU run gets all REPEATS, a short one fewer, and one of under 20 steps none (its
-    steady step time, which the split divides, is too rough to split)."""
-    return min(REPEATS, steps // STEPS_PER_REPEAT)
+REPEATS, STEPS_PER_REPEAT = STEP_COST_REPEATS, STEPS_PER_STEP_COST_REPEAT  # rundir/summary.py: the plan prices them
+repeats_after = step_cost_repeats
 
 
 def _sync() -> None:
@@ -125,7 +118,7 @@ def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
 
     rng_state = torch.get_rng_state()
     try:
-        timed = time_real_steps(trainer, sorted({max(1, micro_batch // 2), micro_batch * 2}), repeats)
+        timed = time_real_steps(trainer, step_cost_sizes(micro_batch), repeats)
     finally:
         torch.set_rng_state(rng_state)
     points = [StepPoint(batch=b, tokens=t, seconds=round(sec, 6), peak_gib=peak)
