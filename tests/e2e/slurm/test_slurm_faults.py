@@ -26,7 +26,9 @@ from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
 
 # the controller paused and restarted, accounting stopped, the host's node preempted: no other module's jobs beside
-pytestmark = [pytest.mark.slurm, pytest.mark.slurm_alone, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+# a long fault run (2-3 minutes): `make test-faults`, outside `make test` and its 15-minute budget
+pytestmark = [pytest.mark.slurm, pytest.mark.slurm_alone, pytest.mark.slow, pytest.mark.fault_run,
+              pytest.mark.usefixtures("slurm_cluster")]
 STEPS = 40  # 320 training examples / micro-batch 8, one epoch
 RUN = "tiny_r4"
 

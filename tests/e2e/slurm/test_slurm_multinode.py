@@ -102,6 +102,7 @@ def test_a_run_spans_two_nodes_trains_evaluates_and_reports(uninterrupted, slurm
     assert "tiny_r4" in (exp / "report" / "report.md").read_text()
 
 
+@pytest.mark.fault_run  # a long fault run (about a minute): `make test-faults`, outside `make test`
 def test_a_lost_node_ends_the_job_node_fail_and_the_retry_resumes_to_the_same_adapter(
         uninterrupted, tmp_path_factory, spec_in, slurm_nodes, monkeypatch):
     t0 = time.monotonic()

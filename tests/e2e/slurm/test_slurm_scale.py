@@ -20,7 +20,8 @@ from tunelab.ledger import store as ledger
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+# a long fault run (about a minute): `make test-faults`, outside `make test` and its 15-minute budget
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.fault_run, pytest.mark.usefixtures("slurm_cluster")]
 SLURM = {"executor": "slurm", "gpus_per_run": 0,
          "slurm": {"time_limit": "15", "submit_delay_s": 0.1, "poll_interval_s": 0.5}}
 
