@@ -69,8 +69,9 @@ test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m "not fault_run" $(XDIST) $(PYTEST_ARGS)
 
-# the long fault runs on the Slurm cluster (tests marked fault_run: a hung controller, accounting down, requeue and
-# preemption, lost nodes, more jobs than max_queued; ~4 minutes), outside `make test` and its 15-minute budget
+# the long fault runs (tests marked fault_run: on the Slurm cluster a hung controller, accounting down, requeue and
+# preemption, lost nodes, more jobs than max_queued, a cancelled run resubmitted; a sharded FSDP run killed mid-epoch;
+# ~5 minutes), outside `make test` and its 15-minute budget
 test-faults: $(DEVSTAMP) test-system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m fault_run $(XDIST) $(PYTEST_ARGS)
 

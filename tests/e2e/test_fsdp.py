@@ -151,6 +151,7 @@ def test_each_process_holds_the_simulated_shard_of_the_parameters(runs):
     assert sim.sharded_frozen is not None and 0.45 < sim.sharded_frozen / one.weights < 0.55
 
 
+@pytest.mark.fault_run  # a long fault run (a kill, then the resume): `make test-faults`, outside `make test`
 def test_a_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_adapter(runs, spec_in, tmp_path):
     from tunelab.execute.local_jobs import LocalExecutor
     from tunelab.execute.sweep import run_sweep

@@ -168,6 +168,7 @@ def test_injected_oom_is_healed_by_halving_the_micro_batch(write_spec, monkeypat
     assert _status(exp)[cfg.name].eval == "scored"
 
 
+@pytest.mark.fault_run  # a long fault run (a kill, then the resume): `make test-faults`, outside `make test`
 def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec, monkeypatch):
     spec = write_spec(factors={"lora_rank": [8]}, controls=False, resources=SLURM,
                       training={"epochs": 2, "logging_steps": 5}, eval={"limit": 5})
