@@ -8,8 +8,8 @@ imported with the collector paused (host/startup.py), and two things only a job'
    directory's, and the next process scans again.
 2. What the import cost, recorded by the jobs themselves: a training job its stack's import (train/job.py), an
    evaluation job its own (the first evaluation of a `tunelab eval` process), kept in tunelab's cache per machine,
-   interpreter and library versions. Only an import made fresh (torch not yet loaded) and beside no other work is recorded: a test
-   session's or the MCP server's later imports, or a contended one, would say something else.
+   interpreter and library versions. Only an import made fresh (torch not yet loaded) and beside no other work is
+   recorded: a test session's or the MCP server's later imports, or a contended one, would say something else.
    TUNELAB_RECORD_IMPORTS=0 turns recording off (the test suite: its jobs run beside its other tests, and its plans
    must not change with what another test's job recorded meanwhile).
 

@@ -8,9 +8,9 @@ this model on this kind of device, else of other models' there (a larger model l
 assumption), else ASSUMED_STARTUP_S. An evaluation job starts like a training job but imports the evaluation stack
 instead of the training one: once both kinds of job have recorded their imports here (tunelab/jobimports.py), its
 start is the training job's plus how much longer its import took. A vLLM evaluation's job still starts its own
-process and imports the evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S, assumed); the job's
-start measured in training includes an HF load the vLLM job does not make, so the sum errs long, by at most
-that load.
+process and imports the evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S,
+assumed); the job's start measured in training includes an HF load the vLLM job does not make, so the sum errs
+long, by at most that load.
 """
 
 from __future__ import annotations

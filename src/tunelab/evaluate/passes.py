@@ -55,7 +55,8 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
         planned(sum(len(w.items) for w in work.pending))
     if not work.pending:  # every score there: nothing heavy imported
         return results_by_run(work, {})
-    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)  # the evaluation stack, imported with the collector paused
+    # the evaluation stack, imported with the collector paused
+    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)
     from tunelab.host.device import resolve_device
     from tunelab.evaluate.grouping import Alone, group_targets
     from tunelab.evaluate.onepass import PassOptions, evaluate_group

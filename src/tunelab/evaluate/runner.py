@@ -147,7 +147,8 @@ def eval_metadata(cfg: RunConfig, target: Target, spec: TaskSpec, prepared: Prep
 def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
                   batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
-    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)  # a process's first evaluation: its stack imported with the collector paused
+    # a process's first evaluation: its stack imported with the collector paused
+    import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)
     from inspect_ai import task_with
     from inspect_ai.model import get_model
 
