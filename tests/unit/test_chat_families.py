@@ -168,6 +168,25 @@ def test_multi_turn_both_answers_carry_loss(name):
     assert tok.decode(prompt).endswith(SPEC[name]["header"])
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_examples_encoded_in_one_batch_each_keep_their_own_pieces(name):
+    """encode_examples tokenizes every piece of every example in one call per kind: each example still gets its
+    own answers and prompts (written out above), whatever its neighbours' lengths and piece counts, in chat mode
+    and in plain text (whose prompt piece asks for the tokenizer's own BOS, the other kind of call)."""
+    tok, spec = build_tokenizer(name), SPEC[name]
+    system, segments = MULTI[name]
+    batch = FMT.encode_examples([_single(), _multi(system), _single(), _multi(system)], tok)
+    for enc in batch[0::2]:
+        answer = [i for i, m in zip(enc["input_ids"], enc["completion_mask"]) if m]
+        assert tok.decode(answer) == spec["answer"]
+        assert tok.decode(enc["input_ids"][:_first_loss(enc["completion_mask"])]) == spec["prompt"]
+    for enc in batch[1::2]:
+        assert _runs(enc["input_ids"], enc["completion_mask"], tok) == segments
+    plain = PromptFormat(chat_template="never").encode_examples([_single(), _single()], tok)
+    assert plain[0] == plain[1]
+    assert tok.decode([i for i, m in zip(plain[0]["input_ids"], plain[0]["completion_mask"]) if not m]).endswith(U1)
+
+
 @pytest.mark.parametrize("name", ["llama3.1", "llama3.2"])
 def test_llama_date_line_is_pinned(name, monkeypatch):
     """(f) the date line shows the pinned date; two pinned dates differ only there; the day of the run doesn't matter."""

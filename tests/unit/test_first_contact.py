@@ -28,7 +28,26 @@ def loop_measured(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_the_loop_job_times_the_jobs_own_loop_from_the_rows_it_wrote(loop_measured):
-    out, got = loop_measured
+    _check_rows(*loop_measured)
+
+
+def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fresh):
+    """A plan pricing 1 and 2 threads a run (plan/cpu_sharing.py) starts one measuring job for both: the entry kept
+    for 2 threads comes from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
+    ran at 2 torch threads (as torch reported them in that job), and a later plan reads both from the cache."""
+    from tunelab.diskcache import stored_json
+    from tunelab.estimate import loopcost
+
+    with loopcost.priced_together((1, 2)):
+        one = loopcost.loop_overhead(1)
+    kept = {n: stored_json("train-loop", loopcost._key(n)) for n in (1, 2)}
+    assert kept[1]["ok"] and kept[2]["ok"] and kept[1]["imports_s"] == kept[2]["imports_s"] == one.imports_s
+    assert (kept[1]["threads"], kept[2]["threads"]) == (1, 2)
+    assert kept[2]["loop_step_s"] > 0 and kept[2]["bare_step_s"] > 0
+    assert loopcost.loop_overhead(2) == loopcost.overhead_of(kept[2])
+
+
+def _check_rows(out: Path, got: dict) -> None:
     run_dir = out / "runs" / "loop_cost"
     rows = [MetricRow(**json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.loss is not None]

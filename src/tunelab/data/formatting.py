@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from tunelab.data.conversation import Example, Message
 from tunelab.errors import TunelabError
@@ -51,14 +51,24 @@ class PromptFormat:
     def encode_example(self, example: Example, tokenizer: Any) -> dict[str, list[int]]:
         """input_ids plus a completion mask (1 = tokens that carry loss: the assistant answers,
         each with its end-of-turn token; everything when train_on_input)."""
+        return self.encode_examples([example], tokenizer)[0]
+
+    def encode_examples(self, examples: Iterable[Example], tokenizer: Any) -> list[dict[str, list[int]]]:
+        """encode_example of each, the same tokens: every piece's text tokenized in one batch call per kind.
+        Why: a call per piece pays the tokenizer's per-call overhead, most of a short example's encoding (a
+        training job encodes its whole split before its first step; a plan every split of every model)."""
+        chat = self.uses_chat(tokenizer)
+        pieces = [self._example_pieces(e, tokenizer, chat) for e in examples]
+        encoded = []
+        for ids, mask in _tokenize_many(pieces, tokenizer):
+            encoded.append({"input_ids": ids, "completion_mask": [1] * len(ids) if self.train_on_input else mask})
+        return encoded
+
+    def _example_pieces(self, example: Example, tokenizer: Any, chat: bool) -> list[Piece]:
         if not example.messages or example.messages[-1].role != "assistant":
             raise TunelabError("a training example must end with an assistant answer")
-        pieces = self._chat_example(example, tokenizer) if self.uses_chat(tokenizer) else (
+        return self._chat_example(example, tokenizer) if chat else (
             self._plain_pieces(example.messages, tokenizer, with_answer=True))
-        ids, mask = _tokenize(pieces, tokenizer)
-        if self.train_on_input:
-            mask = [1] * len(ids)
-        return {"input_ids": ids, "completion_mask": mask}
 
     def encode_prompt(self, messages: Sequence[Message], tokenizer: Any) -> list[int]:
         """The tokens a model continues with its answer: exactly the prefix `encode_example` built."""
@@ -91,9 +101,9 @@ class PromptFormat:
 
     def _chat_example(self, example: Example, tokenizer: Any) -> list[Piece]:
         full = self._render(example.messages, tokenizer, generation_prompt=False)
-        pieces = self._chat_pieces(example.messages, full, tokenizer)
         # Parity: the prompt an evaluation renders must be the text training saw before the answer.
         prompt_text = self._render(example.prompt, tokenizer, generation_prompt=True)
+        pieces = self._chat_pieces(example.messages, full, tokenizer, {len(example.prompt): prompt_text})
         seen = "".join(p.text for p in pieces[:_last_answer(pieces)])
         if prompt_text != seen:
             raise TunelabError(
@@ -101,8 +111,10 @@ class PromptFormat:
                 f"could not see what training saw: {prompt_text[-60:]!r} vs {seen[-60:]!r}", file=_tok_name(tokenizer))
         return pieces
 
-    def _chat_pieces(self, messages: tuple[Message, ...], text: str, tokenizer: Any) -> list[Piece]:
-        """Cut rendered text at every assistant turn: [context][answer][end-of-turn][context]…"""
+    def _chat_pieces(self, messages: tuple[Message, ...], text: str, tokenizer: Any,
+                     rendered: dict[int, str] | None = None) -> list[Piece]:
+        """Cut rendered text at every assistant turn: [context][answer][end-of-turn][context]…
+        (`rendered`: turn -> the generation prompt of the messages before it, where the caller has it)."""
         eot = end_of_turn_text(tokenizer, self.template_date)
         pieces: list[Piece] = []
         cursor = 0
@@ -116,7 +128,8 @@ class PromptFormat:
             # after that prompt (a short answer such as "1" also occurs inside the prompt). Whitespace between
             # the prompt and the text (Mistral's "[/INST] answer", an answer's own leading spaces) is part of
             # it, and so is the answer's trailing whitespace when the end-of-turn token follows it.
-            prompt = self._render(messages[:turn], tokenizer, generation_prompt=True) if turn else ""
+            prompt = "" if not turn else (rendered or {}).get(turn) or self._render(messages[:turn], tokenizer,
+                                                                                     generation_prompt=True)
             after = len(prompt) if len(prompt) >= cursor and text.startswith(prompt) else cursor
             found = text.find(content, after)
             if found < 0:
@@ -165,15 +178,31 @@ def _last_answer(pieces: list[Piece]) -> int:
 
 
 def _tokenize(pieces: list[Piece], tokenizer: Any) -> tuple[list[int], list[int]]:
-    ids: list[int] = []
-    mask: list[int] = []
-    for p in pieces:
-        piece_ids = list(tokenizer(p.text, add_special_tokens=p.special_tokens)["input_ids"]) if p.text else []
-        if p.eos and tokenizer.eos_token_id is not None:
-            piece_ids.append(int(tokenizer.eos_token_id))
-        ids += piece_ids
-        mask += [int(p.answer)] * len(piece_ids)
-    return ids, mask
+    return _tokenize_many([pieces], tokenizer)[0]
+
+
+def _tokenize_many(examples: list[list[Piece]], tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(ids, loss mask) of each example's pieces, each piece tokenized on its own as ever, the texts passed to
+    the tokenizer in one list per add_special_tokens setting (its batch call: the same ids per text)."""
+    texts: dict[bool, list[str]] = {False: [], True: []}
+    for pieces in examples:
+        for p in pieces:
+            if p.text:
+                texts[p.special_tokens].append(p.text)
+    batches = {flag: iter(tokenizer(batch, add_special_tokens=flag)["input_ids"] if batch else [])
+               for flag, batch in texts.items()}
+    out = []
+    for pieces in examples:
+        ids: list[int] = []
+        mask: list[int] = []
+        for p in pieces:
+            piece_ids = list(next(batches[p.special_tokens])) if p.text else []
+            if p.eos and tokenizer.eos_token_id is not None:
+                piece_ids.append(int(tokenizer.eos_token_id))
+            ids += piece_ids
+            mask += [int(p.answer)] * len(piece_ids)
+        out.append((ids, mask))
+    return out
 
 
 def _tok_name(tokenizer: Any) -> str:

@@ -141,7 +141,7 @@ def measure_dataset(dataset: DatasetSpec, tokenizer: Any, fmt: PromptFormat, tem
     for split in SPLITS:
         if split not in data.splits:
             continue
-        enc = [fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)]
+        enc = fmt.encode_examples(data.examples(split, reader), tokenizer)
         splits[split] = split_stats(enc, max_seq_len)
         if split == "train":
             train_lengths = [len(e["input_ids"]) for e in enc]

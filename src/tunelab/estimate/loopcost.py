@@ -18,11 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.diskcache import cached_json, this_environment
+from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.estimate.cpuspeed import CONTENDED_KEEP_S
 from tunelab.faults import TEST_KNOBS
 
@@ -40,14 +43,50 @@ class LoopOverhead:
     imports_s: float | None = None  # the measuring job's own start-up: a fresh interpreter importing the stack
 
 
+_PRICED_TOGETHER: ContextVar[tuple[int, ...]] = ContextVar("loop_threads_priced_together", default=())
+
+
+@contextmanager
+def priced_together(thread_counts: Iterable[int]) -> Iterator[None]:
+    """The thread counts a plan is about to price (plan/cpu_sharing.py's options): a loop measurement that misses
+    measures the missing ones among them too, in the same process — one interpreter start and import of the
+    training stack (~3 s) for all, where each count would otherwise start its own."""
+    token = _PRICED_TOGETHER.set(tuple(thread_counts))
+    try:
+        yield
+    finally:
+        _PRICED_TOGETHER.reset(token)
+
+
 def loop_overhead(threads: int | None) -> LoopOverhead:
     """This machine's loop overhead per step (cached); 0 where the measuring job failed, and the source says why."""
+    got = cached_json("train-loop", _key(threads), lambda: _measure_with_others(threads), keep=_worth_keeping)
+    return overhead_of(got)
+
+
+def _key(threads: int | None) -> list[Any]:
     from importlib.metadata import version
 
-    key = [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"), version("transformers"),
-           version("trl"), version("peft")]
-    got = cached_json("train-loop", key, lambda: _measure(threads), keep=_worth_keeping)
-    return overhead_of(got)
+    return [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"),
+            version("transformers"), version("trl"), version("peft")]
+
+
+def _measure_with_others(threads: int | None) -> dict[str, Any]:
+    """`threads`' measurement; the other counts priced together that no kept entry has are measured in the same
+    process and kept under their own keys."""
+    others = [n for n in dict.fromkeys(_PRICED_TOGETHER.get())
+              if n != threads and not _kept(stored_json("train-loop", _key(n)))]
+    if not threads or not others:  # torch's own default: its own process, as ever
+        return _measure(threads)
+    got = _measure_counts([threads, *others])
+    for n in others:
+        if _worth_keeping(got[n]):
+            store_json("train-loop", _key(n), got[n])
+    return got[threads]
+
+
+def _kept(stored: Any) -> bool:
+    return isinstance(stored, dict) and _worth_keeping(stored)
 
 
 def _worth_keeping(measured: dict[str, Any]) -> bool:
@@ -73,20 +112,41 @@ def overhead_of(measured: dict[str, Any]) -> LoopOverhead:
 
 def _measure(threads: int | None) -> dict[str, Any]:
     """Run the measuring job in a scratch directory and read what it wrote ({"ok": False, "error"} on failure)."""
+    with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
+        return _run_job(Path(scratch), threads, []) or _read(Path(scratch))
+
+
+def _measure_counts(counts: list[int]) -> dict[int, dict[str, Any]]:
+    """The measuring job at each thread count, one after the other in its one process (one start-up for all)."""
+    with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
+        failed = _run_job(Path(scratch), counts[0], counts)
+        return {n: _read(Path(scratch) / f"threads-{n}", failed) for n in counts}
+
+
+def _run_job(scratch: Path, threads: int | None, counts: list[int]) -> dict[str, Any] | None:
+    """Run `python -m tunelab.train.loop_cost SCRATCH [COUNTS]`; None when it exited well, else the failure."""
     from tunelab.host import threads as host_threads
 
     # the plan's own measurement, not a run: a test's knobs for the run's job (kills, held steps) stay off it
     env = {k: v for k, v in host_threads.child_env(1).items() if not k.startswith(TEST_KNOBS)}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
-        try:
-            proc = subprocess.run([sys.executable, "-m", LOOP_MODULE, scratch], capture_output=True, text=True,
-                                  env=env, timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"took over {TIMEOUT_S:.0f} s"}
-        result = Path(scratch) / RESULT_FILE
-        if proc.returncode != 0 or not result.is_file():
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            return {"ok": False, "error": lines[-1] if lines else f"exit {proc.returncode}"}
-        return {"ok": True, **json.loads(result.read_text()), "timed_at": time.time()}
+    timeout = TIMEOUT_S * max(1, len(counts))
+    try:
+        proc = subprocess.run([sys.executable, "-m", LOOP_MODULE, str(scratch), *map(str, counts)],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"took over {timeout:.0f} s"}
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return {"ok": False, "error": lines[-1] if lines else f"exit {proc.returncode}"}
+
+
+def _read(where: Path, failed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the measuring job wrote in `where` (each count's file is written when that count's measurement ends;
+    where none is, the job's failure)."""
+    result = where / RESULT_FILE
+    if not result.is_file():
+        return failed or {"ok": False, "error": f"the measuring job wrote no {RESULT_FILE}"}
+    return {"ok": True, **json.loads(result.read_text()), "timed_at": time.time()}

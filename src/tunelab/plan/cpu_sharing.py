@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from tunelab.estimate.loopcost import priced_together
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
@@ -142,11 +143,12 @@ def choose(runs: list[RunConfig], resources: ResourcesSpec, estimate_at: Estimat
                "one run" if len(runs) < 2 else "one core")
         return CpuSharing(_option(1, estimates, threads), (), f"auto: {why}"), estimates
     priced: list[tuple[SharingOption, dict[str, RunEstimate]]] = []
-    for k in candidates(runs, cores):
-        threads = threads_for(k)
-        estimates = estimate_at(threads)
-        if _fits_ram(k, estimates, ram_gib):
-            priced.append((_option(k, estimates, threads), estimates))
+    shares = [(k, threads_for(k)) for k in candidates(runs, cores)]
+    with priced_together(threads for _, threads in shares):  # a first contact measures the loop once for all
+        for k, threads in shares:
+            estimates = estimate_at(threads)
+            if _fits_ram(k, estimates, ram_gib):
+                priced.append((_option(k, estimates, threads), estimates))
     best, best_estimates = priced[0]
     alone = best.makespan_s
     for option, estimates in priced[1:]:

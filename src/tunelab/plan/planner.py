@@ -235,7 +235,7 @@ def _measure_split_masks(key: LengthKey) -> dict[str, list[tuple[int, int]]]:
     out = {}
     for split in data.splits:
         examples = data.examples(split, reader)
-        enc = [fmt.encode_example(e, tok) for e in examples]
+        enc = fmt.encode_examples(examples, tok)
         out[split] = [(len(e["input_ids"]), first_answer_index(e["completion_mask"])) for e in enc]
         if is_vision_language(key.model):  # each image's placeholder becomes its image tokens (in the prompt)
             extra = [image_token_delta(example_images(e.messages), key.model, key.min_pixels, key.max_pixels)

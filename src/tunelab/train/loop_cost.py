@@ -1,6 +1,6 @@
 """What the job's training loop adds to a bare micro-batch, measured on this machine: a process of its own,
-`python -m tunelab.train.loop_cost OUT_DIR`, run once per machine by the plan (estimate/loopcost.py) when nothing
-measured the CPU yet.
+`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`, run once per machine by the plan (estimate/loopcost.py)
+when nothing measured the CPU yet, at each thread count the plan is about to price.
 
 A bare micro-batch (forward, backward, AdamW on random tokens: what estimate/cpuspeed.py times for a shape) is not a
 job's step: the job's loop (HF/TRL Trainer) also collates the batch, counts its tokens, clips the gradients, steps
@@ -84,7 +84,10 @@ def measure(root: Path) -> dict[str, Any]:
     bare = _bare_steps(trainer, int(REFERENCE["batch_size"]), max(1, round(tokens / REFERENCE["batch_size"])))
     bare_load = meter.window() if meter is not None else None
     loads = [w for w in (loop_load, bare_load) if w is not None]
+    import torch
+
     return {"loop_step_s": round(loop_s, 6), "bare_step_s": round(bare, 6), "tokens_per_step": round(tokens, 1),
+            "threads": torch.get_num_threads(),
             "steps": trainer.state.global_step, "contended": any(w.contended for w in loads),
             "slowdown": round(max((w.slowdown for w in loads), default=1.0), 3)}
 
@@ -108,7 +111,8 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure into OUT_DIR/loop.json; a failure is one line on stderr."""
+    """Measure into OUT_DIR/loop.json, or with thread counts given into OUT_DIR/threads-N/loop.json for each, one
+    after the other in this process (one start-up for all); a failure is one line on stderr."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK
@@ -116,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.train.unused_packages import skip_unused_packages
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tunelab.train.loop_cost OUT_DIR", file=sys.stderr)
+    if not args or not all(a.isdigit() and int(a) > 0 for a in args[1:]):
+        print("usage: python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]", file=sys.stderr)
         return 2
     skip_unused_packages()
     import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
@@ -125,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_hf_progress_bars()
     quiet_known_library_warnings()
     out = Path(args[0])
-    try:
-        result = measure(out)
-    except Exception as exc:  # noqa: BLE001 — the plan falls back and says why
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    (out / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s}))
+    counts: list[int | None] = [int(a) for a in args[1:]]
+    for threads, root in [(n, out / f"threads-{n}") for n in counts] or [(None, out)]:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            result = measure(root)
+        except Exception as exc:  # noqa: BLE001 — the plan falls back and says why
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        (root / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s}))
     return 0
 
 

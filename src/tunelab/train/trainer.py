@@ -120,7 +120,7 @@ def build_datasets(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any | None]:
     fmt = prompt_format_of(cfg)
 
     def encode(split: str) -> Dataset:
-        return Dataset.from_list([fmt.encode_example(e, tokenizer) for e in data.examples(split, reader)])
+        return Dataset.from_list(fmt.encode_examples(data.examples(split, reader), tokenizer))
 
     val = encode("validation") if cfg.training is not None and cfg.training.validation_every_steps else None
     return encode("train"), val
