@@ -129,6 +129,25 @@ def test_one_rule_turns_disagreeing_timings_into_a_sigma_everywhere():
     assert _spread([row], [1000.0]) == pytest.approx(0.0912, abs=1e-4)
 
 
+
+def test_many_timings_are_read_by_their_quartiles_so_one_preempted_step_is_not_noise():
+    """60 timings drawn log-normal with σ = 0.05 (seeded) and one step preempted to 5× its time: their range says
+    ≥ 400 % (one outlier), the spread of a plan's timing round says what σ = 0.05 spans for a handful of timings,
+    exp(2 · 0.05) − 1 ≈ 0.105, i.e. σ ≈ 0.05 back (from the quartiles: within the sampling error of 60 draws),
+    under the re-time limit of 0.2; 10 timings or fewer keep their range, as the probe's handful always did."""
+    from tunelab.estimate.cpuspeed import _Round
+    from tunelab.rundir.probe import SPREAD_LIMIT
+    from tunelab.stats.timing import range_sigma, range_spread, timing_spread
+
+    rng = random.Random(7)
+    times = [0.02 * math.exp(rng.gauss(0.0, 0.05)) for _ in range(59)] + [0.1]
+    assert range_spread(times) > 4.0
+    assert range_sigma(timing_spread(times)) == pytest.approx(0.05, rel=0.35)  # the σ it stands for: 60 draws' own
+    assert _Round(times, None).spread == timing_spread(times) < SPREAD_LIMIT and not _Round(times, None).disagrees
+    assert timing_spread(times[:10]) == range_spread(times[:10])
+    wide = [0.02 * math.exp(rng.gauss(0.0, 0.2)) for _ in range(60)]  # σ 0.2: genuinely noisy, timed again
+    assert range_sigma(timing_spread(wide)) == pytest.approx(0.2, rel=0.35) and _Round(wide, None).disagrees
+
 def test_a_plans_run_total_takes_its_parts_as_independent_without_records(write_spec, tmp_path, monkeypatch):
     """A real CPU plan, no history: the deadline's line for the run (plan/sweeptime.py `timeline`) has the P10 and
     P90 of its training (start-up and the rest), its evaluation job's start and its evaluation added as independent

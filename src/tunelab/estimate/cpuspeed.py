@@ -34,7 +34,7 @@ from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
-from tunelab.stats.timing import range_sigma, range_spread
+from tunelab.stats.timing import range_sigma, timing_spread
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3
@@ -203,7 +203,7 @@ class _Round:
 
     @property
     def spread(self) -> float:
-        return range_spread(self.times) or 0.0
+        return timing_spread(self.times) or 0.0
 
     @property
     def slowdown(self) -> float:

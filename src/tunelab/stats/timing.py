@@ -1,10 +1,12 @@
 """How much repeated timings disagree, and the log-space σ that stands for: the one owner of "spread → σ" for the
 plan's timed steps (estimate/cpuspeed.py), the probe's and the job's timed steps (train/step_cost.py, kept in the
-history as `time_spread`) and the history's rows (estimate/speedhistory.py). Pure, no imports beyond math."""
+history as `time_spread`) and the history's rows (estimate/speedhistory.py). Pure, no imports beyond math and
+statistics."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 
 
@@ -13,6 +15,21 @@ def range_spread(seconds: Iterable[float]) -> float | None:
     than the fastest); None with fewer than two positive timings."""
     times = [t for t in seconds if t > 0]
     return max(times) / min(times) - 1 if len(times) >= 2 else None
+
+
+HANDFUL = 10  # up to this many timings, their range is the spread (range_sigma's rule holds for 3 to ~10)
+
+
+def timing_spread(seconds: Iterable[float]) -> float | None:
+    """range_spread for any number of timings: up to HANDFUL, their range; more, the range a handful would span at
+    their noise, exp(2σ) − 1 with σ from the interquartile range of their logs (÷ 1.349, a normal's). Why: the
+    range of 60 timings is set by their worst one (a step the machine's other work preempted), and grows with
+    their count, so it would call steady timings noisy and widen what they price; the quartiles do not."""
+    times = sorted(t for t in seconds if t > 0)
+    if len(times) <= HANDFUL:
+        return range_spread(times)
+    q1, _, q3 = statistics.quantiles([math.log(t) for t in times], n=4)
+    return math.expm1(2 * (q3 - q1) / 1.349)
 
 
 def range_sigma(spread: float) -> float:
