@@ -21,6 +21,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from tunelab.execute import claims
 from tunelab.execute.status import StatusRow
+from tunelab.fsutil import human_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,11 @@ async def drive(root: Path) -> None:
         plan = await call(client, "plan", {"spec": spec["spec"]})
         assert [r["run"] for r in plan["runs"]] == spec["runs"] + spec["controls"]
         assert plan["plan_md"] == "exp/plan.md"
+        # the makespan and the CPU's sharing an assistant reads are plan.md's own (its Schedule line, written apart)
+        md_lines = (root / "exp" / "plan.md").read_text().splitlines()
+        schedule = next(line for line in md_lines if "Predicted makespan" in line)
+        assert schedule.startswith(plan["cpu_sharing"] + ". **Predicted makespan: "), (schedule, plan["cpu_sharing"])
+        assert f"**Predicted makespan: {human_seconds(plan['forecast']['makespan_s'])} (P10–P90 " in schedule
         made = await call(client, "scaffold", {"spec": spec["spec"]})
         assert made["runs"] == spec["runs"]
         # the sweep `run` starts takes the experiment's lock before it does anything: held here, the sweep cannot

@@ -168,11 +168,15 @@ def test_multi_turn_both_answers_carry_loss(name):
     assert tok.decode(prompt).endswith(SPEC[name]["header"])
 
 
+@pytest.mark.parametrize("chunk", [256, 3])  # 3: every call's texts cut across examples
 @pytest.mark.parametrize("name", ALL)
-def test_examples_encoded_in_one_batch_each_keep_their_own_pieces(name):
-    """encode_examples tokenizes every piece of every example in one call per kind: each example still gets its
-    own answers and prompts (written out above), whatever its neighbours' lengths and piece counts, in chat mode
-    and in plain text (whose prompt piece asks for the tokenizer's own BOS, the other kind of call)."""
+def test_examples_encoded_in_one_batch_each_keep_their_own_pieces(name, chunk, monkeypatch):
+    """encode_examples tokenizes the pieces of many examples in a call per kind and chunk: each example still gets
+    its own answers and prompts (written out above), whatever its neighbours' lengths and piece counts, in chat
+    mode and in plain text (whose prompt piece asks for the tokenizer's own BOS, the other kind of call)."""
+    from tunelab.data import formatting
+
+    monkeypatch.setattr(formatting, "TOKENIZE_CHUNK", chunk)
     tok, spec = build_tokenizer(name), SPEC[name]
     system, segments = MULTI[name]
     batch = FMT.encode_examples([_single(), _multi(system), _single(), _multi(system)], tok)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from tunelab.data.conversation import Example, Message
 from tunelab.errors import TunelabError
@@ -189,8 +189,7 @@ def _tokenize_many(examples: list[list[Piece]], tokenizer: Any) -> list[tuple[li
         for p in pieces:
             if p.text:
                 texts[p.special_tokens].append(p.text)
-    batches = {flag: iter(tokenizer(batch, add_special_tokens=flag)["input_ids"] if batch else [])
-               for flag, batch in texts.items()}
+    batches = {flag: _ids_in_chunks(batch, tokenizer, flag) for flag, batch in texts.items()}
     out = []
     for pieces in examples:
         ids: list[int] = []
@@ -203,6 +202,16 @@ def _tokenize_many(examples: list[list[Piece]], tokenizer: Any) -> list[tuple[li
             mask += [int(p.answer)] * len(piece_ids)
         out.append((ids, mask))
     return out
+
+
+TOKENIZE_CHUNK = 256  # texts per tokenizer call: the per-call overhead paid once per chunk, and a whole split's
+# transient encodings never held at once (a job's peak memory counts them: 1,600 demo rows' pieces raised the peak
+# by 21 MiB in one call, 7 MiB in calls of 256, 5 MiB one by one; 0.116, 0.137 and 0.242 s)
+
+
+def _ids_in_chunks(texts: list[str], tokenizer: Any, special_tokens: bool) -> Iterator[list[int]]:
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        yield from tokenizer(texts[start:start + TOKENIZE_CHUNK], add_special_tokens=special_tokens)["input_ids"]
 
 
 def _tok_name(tokenizer: Any) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.results import TYPES
-from tunelab.plan.deadline import DeadlinePlan
+from tunelab.plan.deadline import DeadlinePlan, SweepForecast
 from tunelab.plan.remaining import Phase, SweepRemaining
 from tunelab.plan.validate import RunCheck
 from tunelab.plan.tunecost import SearchCost
@@ -57,7 +57,8 @@ class PlanOut(BaseModel):
                                                      "and where each figure came from; processes and nodes; where "
                                                      "the run does not fit its GPUs, gpus_needed: the fewest GPUs "
                                                      "that fit, their nodes and the time on them.")
-    totals: dict[str, Any] = Field(description="The sweep's totals: runs, steps, GPU-hours, time, forecast.")
+    totals: dict[str, Any] = Field(description="The sweep's totals: the runs' summed time, the runs without one, "
+                                   "GPU-hours (the wall time of the sweep: forecast).")
     warnings: list[str] = Field(description="The plan's warnings, one line each.")
     plan_md: str | None = Field(default=None, description="plan.md written (None when not written).")
     deadline: DeadlinePlan | None = Field(default=None, description="With resources.deadline or --deadline: the "
@@ -65,6 +66,12 @@ class PlanOut(BaseModel):
                                           "evaluation, start-up, placement; with tune: the search still to run, "
                                           "first), the verdict, every figure's source and what would have to give "
                                           "(fewer trials or a smaller budget among them).")
+    forecast: SweepForecast | None = Field(default=None, description="The sweep's predicted makespan (P50, P10-P90) "
+                                           "and where each run goes, with or without a deadline: the makespan "
+                                           "plan.md and the terminal show (None: no run has a time estimate).")
+    cpu_sharing: str | None = Field(default=None, description="Runs on this machine's CPU: how many train side by "
+                                    "side with how many threads each, and why (the options' predicted makespans): "
+                                    "plan.md's CPU line. None on a GPU or a detached executor.")
     search: list[SearchCost] = Field(default_factory=list, description="With tune: each combination's learning-rate "
                                      "search priced: trials × (start-up + the share of the budget successive "
                                      "halving is expected to train × the run's predicted training time), with its "
@@ -80,7 +87,9 @@ class PlanOut(BaseModel):
                    runs=plan_rows(plan), stages=stage_rows(plan),
                    estimates=dict(plan.estimates),
                    totals=json.loads(json.dumps(plan.totals(), default=str)), warnings=list(plan.warnings),
-                   plan_md=plan_md, deadline=plan.deadline, search=plan.search)
+                   plan_md=plan_md, deadline=plan.deadline, search=plan.search,
+                   forecast=SweepForecast.of(plan.forecast) if plan.forecast is not None else None,
+                   cpu_sharing=plan.cpu_sharing.line() if plan.cpu_sharing is not None else None)
 
 
 class ValidateOut(BaseModel):

@@ -89,27 +89,37 @@ class GiveOption(BaseModel):
     makespan_s: float | None = Field(None, description="The predicted makespan with it, s.")
 
 
-class DeadlinePlan(BaseModel):
+class SweepForecast(BaseModel):
+    """The sweep's predicted wall time and every run's placement (plan.md's Schedule; `plan --json`'s forecast)."""
+
+    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50; a search "
+                                     "included), s.")
+    makespan_p10_s: float | None = Field(None, description="The makespan with every run at its P10, s.")
+    makespan_p90_s: float | None = Field(None, description="The makespan with every run at its P90, s.")
+    longest_run_s: float | None = Field(None, description="The longest run's time: no placement goes below it.")
+    devices: list[str] = Field([], description="The devices runs are placed on.")
+    devices_source: str = Field("", description="Where the devices came from (visible GPUs, slurm.pack_gpus, …).")
+    runs_per_device: int = Field(1, description="Runs sharing one device at most (resources.runs_per_gpu).")
+    runs: list[RunTimeline] = Field([], description="Every run's time and placement.")
+    unknown: list[str] = Field([], description="Runs whose time is not predicted, and why.")
+    notes: list[str] = Field([], description="What the forecast leaves out.")
+
+    @classmethod
+    def of(cls, judged: SweepForecast) -> SweepForecast:
+        """The forecast alone of a verdict (plan/sweeptime.plan_forecast judges the runs against no deadline)."""
+        return cls.model_validate(judged.model_dump(include=set(cls.model_fields)))
+
+
+class DeadlinePlan(SweepForecast):
     """The sweep against its deadline: the verdict, the makespan and every figure with its source."""
 
     deadline: str = Field(description="The deadline as given ('6h').")
     deadline_s: float = Field(description="The deadline, s.")
     verdict: DeadlineVerdict = Field(description="fits (at P90), fits_at_p50, does_not_fit or unknown.")
-    makespan_s: float | None = Field(None, description="Predicted wall time of the whole sweep (P50; a search "
-                                     "included), s.")
-    makespan_p10_s: float | None = Field(None, description="The makespan with every run at its P10, s.")
-    makespan_p90_s: float | None = Field(None, description="The makespan with every run at its P90, s.")
     slack_s: float | None = Field(None, description="deadline − P90 makespan, s (negative: over at P90).")
-    longest_run_s: float | None = Field(None, description="The longest run's time: no placement goes below it.")
-    devices: list[str] = Field([], description="The devices runs are placed on.")
-    devices_source: str = Field("", description="Where the devices came from (visible GPUs, slurm.pack_gpus, …).")
-    runs_per_device: int = Field(1, description="Runs sharing one device at most (resources.runs_per_gpu).")
     search: SearchLine | None = Field(None, description="With tune: the learning-rate search before the runs "
                                       "(its time is in the makespan).")
-    runs: list[RunTimeline] = Field([], description="Every run's time and placement.")
-    unknown: list[str] = Field([], description="Runs whose time is not predicted, and why.")
     gives: list[GiveOption] = Field([], description="Where it does not fit: what would have to give.")
-    notes: list[str] = Field([], description="What the forecast leaves out.")
 
 
 def p10(r: RunTimeline) -> float | None:
