@@ -52,3 +52,22 @@ def test_the_model_own_loss_equals_trl_fused_head_and_a_hand_cross_entropy(write
     worst = max((plain_grads[n] - fused_grads[n]).abs().max().item() for n in plain_grads)
     scale = max(g.abs().max().item() for g in fused_grads.values())
     assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
+
+
+def test_a_steps_flops_count_is_transformers_formula_with_the_parameters_counted_once(write_spec):
+    """total_flos per step: 6 × input tokens × the model's non-embedding parameters (counted here by hand from
+    the model's own parameters), for micro-batches of two sizes, while the parameters are walked once in all."""
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"batch_size": 4})
+    trainer = build_trainer(scaffold(spec).runs[0])[0]
+    base = trainer.model.get_base_model()
+    embeddings = {id(p) for m in base.modules() if m.__class__.__name__ == "Embedding" for p in m.parameters()}
+    by_hand = sum(p.numel() for p in base.parameters() if id(p) not in embeddings)
+    walks = []
+    count = trainer.model.num_parameters
+    trainer.model.num_parameters = lambda **kw: walks.append(kw) or count(**kw)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    for ids in (batch["input_ids"], batch["input_ids"][:2, :5], batch["input_ids"]):
+        assert trainer.floating_point_ops({**batch, "input_ids": ids}) == 6 * ids.numel() * by_hand
+    assert walks == [{"exclude_embeddings": True}]

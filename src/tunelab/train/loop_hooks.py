@@ -50,11 +50,12 @@ def make_trainer_class():
     from tunelab.train.feeding import FeedingMixin
     from tunelab.train.losses import PlainLossMixin
     from tunelab.train.sharding import ShardingMixin
+    from tunelab.train.step_flops import CountedFlopsMixin
 
-    class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, SFTTrainer):
+    class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, CountedFlopsMixin, SFTTrainer):
         """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
         and times evaluation and checkpoint saves; saves and resumes a model sharded by train/sharding.py; takes
-        the model's own loss where train/losses.py says."""
+        the model's own loss where train/losses.py says; counts a step's FLOPs without walking the parameters."""
 
         counters: Counters
         local: LocalCounts
