@@ -193,7 +193,8 @@ def test_report_checks_every_prediction_and_flags_an_overrun_with_its_cause(fini
         # predicted at plan time with its P10–P90, measured after
         assert re.fullmatch(r"[\d.]+ s \([\d.]+ (s|min)–[\d.]+ (s|min)\)", predicted) and measured.endswith(" s"), ev
         shares = sum(s.duration_s / (s.concurrent or 1) for s in read_scores(finished_sweep.exp / _dir(run)))
-        assert measured == f"{shares:.1f} s"
+        # shown to 0.1 s from the ledger's record (within 1 ms of the scores' sum): 1.2496 and 1.2504 show apart
+        assert abs(float(measured.removesuffix(" s")) - shares) <= 0.05 + 1e-3, (measured, shares)
     for run in finished_sweep.runs:
         s = read_summary(finished_sweep.exp / "runs" / run)
         assert s is not None and s.duration_s is not None
