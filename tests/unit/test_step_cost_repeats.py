@@ -1,17 +1,18 @@
-"""How many timed repeats the job spends on the step-cost split after training (train/step_cost.py): one per
-20 steps trained, at most 4, none under 20 steps. A repeat is a step at half and one at twice the micro-batch."""
+"""How many timed repeats the job spends on the step-cost split after training (rundir/summary.py, read by the
+job's train/step_cost.py and the plan's estimate/runs.py alike): one per 20 steps trained, at most 4, none under 20
+steps. A repeat is a step at half and one at twice the micro-batch."""
 
 from __future__ import annotations
 
 import pytest
 
-from tunelab.train.step_cost import repeats_after
+from tunelab.rundir.summary import step_cost_repeats
 
 
 @pytest.mark.parametrize("steps, repeats", [(0, 0), (3, 0), (19, 0), (20, 1), (39, 1), (40, 2), (79, 3),
                                             (80, 4), (160, 4), (100_000, 4)])
 def test_repeats_grow_with_the_run_up_to_the_cap(steps, repeats):
-    assert repeats_after(steps) == repeats
+    assert step_cost_repeats(steps) == repeats
 
 
 def test_the_calibrations_seconds_are_its_rounds_of_both_sizes_priced_by_their_rows():

@@ -263,7 +263,8 @@ def _stage_final_loss(rows: list[MetricRow], ctx: StageContext) -> float | None:
 
 def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> StepCost | None:
     """Fixed vs per-token step cost (for the planner), measured after the last checkpoint is saved."""
-    from tunelab.train.step_cost import STEPS_PER_REPEAT, measure_step_cost, repeats_after
+    from tunelab.rundir.summary import STEPS_PER_STEP_COST_REPEAT, step_cost_repeats
+    from tunelab.train.step_cost import measure_step_cost
 
     rows = [r for r in metrics if r.is_train]
     tps = steady_tokens_per_s(rows)
@@ -271,9 +272,9 @@ def _step_cost(trainer: Any, t: TrainingConfig, metrics: list[MetricRow]) -> Ste
     tokens = rows[-1].tokens if rows else None
     if not tps or not steps or not tokens:
         return None
-    repeats = repeats_after(steps)
+    repeats = step_cost_repeats(steps)
     if not repeats:
-        log(f"step cost not measured: {steps} steps (it is measured after {STEPS_PER_REPEAT} or more)")
+        log(f"step cost not measured: {steps} steps (it is measured after {STEPS_PER_STEP_COST_REPEAT} or more)")
         return None
     tokens_per_step = tokens / steps
     try:

@@ -14,12 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunelab.host.cpuload import LoadMeter, LoadWindow
-from tunelab.rundir.summary import (STEP_COST_REPEATS, STEPS_PER_STEP_COST_REPEAT, StepCost, StepPoint, step_cost_repeats,
-                                     step_cost_sizes)
+from tunelab.rundir.summary import STEP_COST_REPEATS, StepCost, StepPoint, step_cost_sizes
 from tunelab.stats.timing import range_spread
-
-REPEATS, STEPS_PER_REPEAT = STEP_COST_REPEATS, STEPS_PER_STEP_COST_REPEAT  # rundir/summary.py: the plan prices them
-repeats_after = step_cost_repeats
 
 
 def _sync() -> None:
@@ -63,7 +59,7 @@ class TimedSteps:
         return TimedSteps(steps, peaks, None if unknown else LoadWindow.combined(loads), self.rounds + more.rounds)
 
 
-def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
+def time_real_steps(trainer, batches: list[int], repeats: int = STEP_COST_REPEATS,
                     on_step: Callable[[int, float, float], None] | None = None, warmup: bool = True) -> TimedSteps:
     """A few real steps at each size, every one timed: collation, forward, backward and optimizer step, on the
     run's own training data. The sizes take turns step by step, so a burst of other work on the machine falls on
@@ -111,7 +107,7 @@ def time_real_steps(trainer, batches: list[int], repeats: int = REPEATS,
 
 
 def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
-                      tokens_per_step: float | None, repeats: int = REPEATS) -> StepCost | None:
+                      tokens_per_step: float | None, repeats: int = STEP_COST_REPEATS) -> StepCost | None:
     """Per-token cost from real steps at two micro-batch sizes (after the last checkpoint is saved:
     the weights they change are never saved); the fixed part from the run's own steady step time."""
     import torch
