@@ -1,5 +1,5 @@
 """tunelab's side of the training comparison: the same job as a one-run experiment, trained by `tunelab train
-run.yaml` (what its job scripts call), measured like every peer.
+run.yaml` (the job program its job scripts start as `python -m tunelab.train.job`), measured like every peer.
 
 The spec is written and scaffolded before the clock starts (as every peer's config is written before its command
 runs); the timed command is the training alone. The run's step lines ("[tunelab train] step N/M ... tok/s T")

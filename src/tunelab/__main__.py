@@ -1,3 +1,3 @@
-from tunelab.cli import app
+from tunelab.entry import main
 
-app()
+main()

@@ -90,6 +90,7 @@ def test_no_package_cycle(graph):
 # stage imports what it consumes or calls, never what consumes it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
+    ("entry",),  # the `tunelab` command: `train RUN_YAML` straight to the job, the rest to the app
     ("cli",),  # the commands
     ("mcp",),  # the assistant's server (`tunelab mcp`)
     ("demo", "adopt", "init"),  # drive several stages for a person

@@ -112,7 +112,8 @@ def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or it
 
     Train one run (this is what job scripts call). Resumes from the last checkpoint if there is one.
     Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun.
-    The job is a program of its own (`python -m tunelab.train.job`): this process becomes it (same pid)."""
+    The job is a program of its own (`python -m tunelab.train.job`), the same however it is started."""
+    # `tunelab train RUN_YAML` never reaches this app (tunelab/entry.py runs the job directly); other forms do
     import os
     import sys
 

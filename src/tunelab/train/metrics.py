@@ -73,16 +73,21 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
-    """Examples, sequences, density and fill of the dataset the trainer actually iterates."""
+    """Examples, sequences, density and fill of the dataset the trainer actually iterates. Counted by Arrow over the
+    columns as the trainer sees them (a filtered dataset's rows only): a Python pass over 1,600 rows' ids was 60 ms
+    of a tiny job's start."""
+    import pyarrow.compute as pc
+
+    columns = dataset.with_format("arrow")
     if packed and "seq_lengths" in dataset.column_names:
-        lengths = dataset["seq_lengths"]
-        examples = sum(len(x) for x in lengths)
-        tokens = sum(sum(x) for x in lengths)
-        sequences = len(lengths)
+        lengths = columns["seq_lengths"]
+        examples = pc.sum(pc.list_value_length(lengths)).as_py() or 0
+        tokens = pc.sum(pc.list_flatten(lengths)).as_py() or 0
+        sequences = len(dataset)
     else:
         examples = len(dataset)
         sequences = examples
-        tokens = sum(len(x) for x in dataset["input_ids"])
+        tokens = pc.sum(pc.list_value_length(columns["input_ids"])).as_py() or 0
     return PackingStats(
         packed=packed, max_seq_len=max_seq_len, examples=examples, sequences=sequences, tokens=tokens,
         density=round(examples / sequences, 4) if sequences else None,
