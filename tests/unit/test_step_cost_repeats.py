@@ -45,7 +45,7 @@ def test_a_run_priced_from_probed_rows_adds_the_calibration_and_a_stage_does_not
                         step_fixed_s=0.01, startup_s=5.0, batch_size=16, lora_rank=cfg.training.lora_rank)
     lengths = [40] * 800  # 800 rows of 40 tokens: 50 steps of 16
     with_it = run_time(cfg, None, lengths, [], [probed])
-    without = run_time(cfg, None, lengths, [], [probed], calibrates=False)
+    without = run_time(cfg, None, lengths, [], [probed], stage=True)
     assert with_it.steps == 50 and with_it.train_tokens == 32_000 and with_it.tokens_per_s
     micro_batch_s = 32_000 / with_it.tokens_per_s / 50
     by_hand = 3 * micro_batch_s * (8 + 32) / 16  # 2 repeats + the warm-up, each a micro-batch of 8 and one of 32
@@ -53,3 +53,15 @@ def test_a_run_priced_from_probed_rows_adds_the_calibration_and_a_stage_does_not
     assert with_it.seconds - without.seconds == pytest.approx(by_hand, abs=0.1)  # each rounded to 0.1 s
     assert f"step-cost calibration after training ({by_hand:.1f} s" in with_it.source
     assert "calibration" not in without.source
+    # two processes: the job takes no step cost (a collective in every step), and the plan prices none
+    two = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"nproc_per_run": 2})})
+    shared = run_time(two, None, lengths, [], [probed])
+    assert shared.processes == 2 and "calibration" not in shared.source
+
+
+@pytest.mark.parametrize("processes, stage, takes", [(1, False, True), (2, False, False), (1, True, False),
+                                                     (4, True, False)])
+def test_only_a_one_process_run_that_is_no_stage_calibrates(processes, stage, takes):
+    from tunelab.rundir.summary import calibrates_step_cost
+
+    assert calibrates_step_cost(processes, stage) is takes

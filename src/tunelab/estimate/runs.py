@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind
-from tunelab.rundir.summary import step_cost_seconds
+from tunelab.rundir.summary import calibrates_step_cost, step_cost_seconds
 from tunelab.spec import Strategy, TrainingConfig
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
@@ -125,12 +125,12 @@ def choose_strategy(distributed: str, processes: int, full_peak_gib: float | Non
 
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
-               first: RunOverheads | None = None, calibrates: bool = True) -> tuple[float, float | None, str]:
+               first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
     """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
     start-up and finish, from the reference runs when they measured them; on first contact (`first`) the loop,
     validations and saves as estimate/firstcontact.py priced them. Where only probed rows (which measure no finish)
-    or none price the run: the step-cost calibration a one-process unstaged run (`calibrates`) does after training,
-    priced at its own micro-batch's time."""
+    or none price the run: the step-cost calibration the job takes after training where it takes one
+    (rundir/summary.calibrates_step_cost; `stage`: this is one stage of a staged run), at its own micro-batch's time."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     startup = None
     train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
@@ -159,7 +159,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
                         "(assumed)")
     finishes = [r.finish_s for r in refs if r.finish_s is not None]
     finish = median(finishes) if finishes else 0.0
-    if not finishes and all(r.kind == "probed" for r in refs) and calibrates and nproc == 1 and steps:
+    if not finishes and all(r.kind == "probed" for r in refs) and calibrates_step_cost(nproc, stage) and steps:
         finish = step_cost_seconds(steps, t.batch_size, train_s / (steps * t.gradient_accumulation_steps))
         if finish:
             time_source += (f" + the step-cost calibration after training ({finish:.1f} s: micro-batches at half "
@@ -196,10 +196,10 @@ def startup_kind(refs: list[HistoryRun]) -> SourceKind:
 
 
 def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
-             history: list[HistoryRun], cpu_threads: int | None = None, calibrates: bool = True) -> RunTime:
+             history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunTime:
     """The training time of one run (no memory): steps from its rows, tokens from packing or the padding of
     its micro-batch, speed from comparable history (the fixed part per micro-batch) or the FLOPs model.
-    calibrates: the job measures its step cost after training (a stage of a staged run does not)."""
+    stage: cfg is one stage of a staged run (RunConfig.stage_config), which its job trains as a stage."""
     t = _training(cfg)
     arch = _architecture(cfg.model.path)
     nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)
@@ -241,7 +241,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
         seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
-                                              timed_start, first, calibrates and not cfg.stages)
+                                              timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
                    kind, speed.spread, speed.contention, first)
@@ -266,14 +266,14 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
 
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
-                 history: list[HistoryRun], cpu_threads: int | None = None, calibrates: bool = True) -> RunEstimate:
+                 history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunEstimate:
     """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
-    time is the wall time of all the run's processes together."""
+    time is the wall time of all the run's processes together. stage: cfg is one stage of a staged run."""
     t = cfg.training
     assert t is not None, "controls have nothing to estimate"
     arch = _architecture(cfg.model.path)
     res = cfg.resources
-    time = run_time(cfg, gpu, lengths, val_lengths, history, cpu_threads, calibrates)
+    time = run_time(cfg, gpu, lengths, val_lengths, history, cpu_threads, stage)
     nproc, seconds, tps = time.processes, time.seconds, time.tokens_per_s
     peak = gpu_mem = None
     strategy = Strategy.DDP if nproc > 1 else None

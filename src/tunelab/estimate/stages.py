@@ -27,7 +27,7 @@ def stage_runs(cfg: RunConfig) -> list[RunConfig]:
 def estimate_any_run(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history: list[HistoryRun],
                      cpu_threads: int | None = None) -> RunEstimate:
     """The run's estimate: estimate_run on the run itself, or on each stage and combined."""
-    parts = [estimate_run(part, gpu, *lengths(part), history, cpu_threads, calibrates=not cfg.stages)
+    parts = [estimate_run(part, gpu, *lengths(part), history, cpu_threads, stage=bool(cfg.stages))
              for part in stage_runs(cfg)]
     return combine_stages(cfg, parts) if cfg.stages else parts[0]
 

@@ -47,6 +47,14 @@ STEP_COST_REPEATS = 4
 STEPS_PER_STEP_COST_REPEAT = 20
 
 
+def calibrates_step_cost(processes: int, stage: bool) -> bool:
+    """Whether a job takes the step-cost calibration after training (the job does, and the plan prices it by this
+    one rule): a one-process run that is not a stage. The step cost is a one-device measurement, the planner's
+    unit, which several processes would time with their collectives; a staged run's counters span its stages, so a
+    stage's steps and tokens do not pair up."""
+    return processes == 1 and not stage
+
+
 def step_cost_repeats(steps: int) -> int:
     """Timed repeats worth their cost after a run of `steps` steps. A repeat is a step at half and one at twice
     the micro-batch (~2.5 of the run's steps), so one per 20 steps keeps the measurement within ~1/5 of the

@@ -32,7 +32,8 @@ from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import StatusWriter, now_iso
 from tunelab.train.held import HeldFiles
-from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, write_packing, write_summary
+from tunelab.rundir.summary import (PackingStats, ProcessMemory, StepCost, Summary, calibrates_step_cost, write_packing,
+                                   write_summary)
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.console import log
@@ -212,9 +213,7 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
     counters = writer.counters  # start.counters, carried on by training (the writer and the trainer count into it)
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
-    # the step cost is a one-device measurement (the planner's unit): a distributed run does not take it
-    # (and a staged run's counters span its stages: its steps and tokens do not pair up)
-    step_cost = _step_cost(trainer, t, writer.rows) if w.size == 1 and not ctx.name else None
+    step_cost = _step_cost(trainer, t, writer.rows) if calibrates_step_cost(w.size, bool(ctx.name)) else None
     stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - writer.base_elapsed) if ctx.name else None
     end_counters = writer.snapshot()
     timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, fitted.startup_s)
