@@ -2,6 +2,7 @@
 simulated, written as one JSON file plus a markdown table.
 
     python benchmarks/gpu_truth.py --out DIR [--budget-s 540] [--only NAME ...] [--cache DIR] [--cpu-smoke]
+                                   [--no-peers] [--peer-python torchtune=PYTHON] [--no-eval]
     python benchmarks/gpu_truth.py --table FILE.json     # docs/benchmarks.md's "Measured on a GPU" table from a result
 
 Each row (gpu_truth_grid.py) builds its random-init model once under --cache (`tunelab models random`, the real
@@ -21,6 +22,9 @@ MFU's formula: gpu_truth_shape.py).
 - The kit's own process hides the GPU from itself (the simulator needs none), so it holds no CUDA context
   while the probes measure.
 - --cpu-smoke: the same path on the CPU with 2-layer copies and short sequences (gpu_truth_grid.py), for CI.
+- Then the peer row (gpu_truth_peers.py; off with --no-peers): tunelab against torchtune on the same LoRA job
+  (benchmarks/peers.py --device cuda), in the time kept back for it from the rows when a peer's interpreter is at
+  hand (--peer-python torchtune=PYTHON, or scripts/peer-env's).
 - Then the evaluation row (gpu_truth_eval.py; not with --cpu-smoke, off with --no-eval): HF against vLLM on the
   same adapters (eval_engines.py), when a vLLM is at hand and its expected time fits in what is left.
 """
@@ -177,10 +181,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--table", type=Path, metavar="JSON", help="print docs/benchmarks.md's table of a result and exit")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation row (HF vs vLLM on the same adapters, "
                     "gpu_truth_eval.py; run after the training rows when a vLLM is at hand and time is left)")
+    ap.add_argument("--no-peers", action="store_true", help="skip the peer row (tunelab against torchtune on the same "
+                    "LoRA job, gpu_truth_peers.py; its time is kept back from the training rows when a peer is at hand)")
+    ap.add_argument("--peer-python", action="append", default=[], metavar="NAME=PYTHON",
+                    help="a peer's interpreter, e.g. torchtune=/tmp/peer-torchtune/bin/python (default: "
+                    "scripts/peer-env's)")
     args = ap.parse_args(argv)
     if args.table is None and args.out is None:
         ap.error("--out is required (or --table JSON)")
+    try:
+        args.peer_python = {k: Path(v) for k, v in (item.split("=", 1) for item in args.peer_python)}
+    except ValueError:
+        ap.error("--peer-python takes NAME=PYTHON")
     return args
+
+
+def peers_reserve(args: argparse.Namespace) -> float:
+    """The seconds kept back from the training rows for the peer row: its expected time when it will run."""
+    import gpu_truth_peers
+
+    if args.no_peers or (not args.cpu_smoke and gpu_truth_peers.peer_python(args.peer_python) is None):
+        return 0.0
+    return gpu_truth_peers.SMOKE_S if args.cpu_smoke else gpu_truth_peers.PEERS_S
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.monotonic()
     deadline = start + args.budget_s - MARGIN_S
+    rows_deadline = deadline - peers_reserve(args)  # the peer row's time, kept back from the training rows
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     device = detect_device(args.cpu_smoke, visible)
     from tunelab.diskcache import cache_dir
@@ -208,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         else "not in the catalog", len(todo), len(cases) - len(todo), path)
     planner = Planner(kit, env, device)
     for case in planner.order(todo):
-        expected, left = planner.seconds(case), deadline - time.monotonic()
+        expected, left = planner.seconds(case), rows_deadline - time.monotonic()
         if expected > left:
             say("  {}: not started (expected {:.0f} s, {:.0f} s left)", case.name, expected, left)
             continue
         say("  {}: {} (expected {:.0f} s)", case.name, case.title, expected)
         t0 = time.monotonic()
-        row = run_row(case, env, device, expected, deadline)
+        row = run_row(case, env, device, expected, rows_deadline)
         if row is None:
             kit.killed_s[case.name] = round(time.monotonic() - t0, 1)
             save_kit(path, kit)
@@ -227,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     left_over = [c.name for c in cases if c.name not in kit.finished()]
     say("rows measured: {}/{}{}; {}", len(cases) - len(left_over), len(cases),
         f" (left: {', '.join(left_over)})" if left_over else "", path)
+    if not args.no_peers:
+        from gpu_truth_peers import peers_row
+
+        one_b = env.cache / "models" / "Llama-3.2-1B-allL"  # the grid's own build (gpu_truth_shape.Env.model_dir)
+        say("{}", peers_row(args.out, device.slug, visible, deadline - time.monotonic(), args.cpu_smoke,
+                            None if args.cpu_smoke else one_b, args.peer_python))
     if not args.no_eval and not args.cpu_smoke:
         from gpu_truth_eval import eval_row
 

@@ -19,6 +19,21 @@ EXPECTED_S = 300.0  # SmolLM2, 4 runs × 2 epochs + the control, both engines, t
 HERE = Path(__file__).resolve().parent
 
 
+def run_logged(cmd: list[str], extra_env: dict[str, str], visible: str | None, log: Path, left_s: float) -> int | None:
+    """A row's command after the training rows, with the GPU the kit hid from itself visible again, its output in
+    `log`; its exit code, None when stopped at the budget (`left_s`)."""
+    env = {**os.environ, **extra_env}
+    if visible is None:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    try:
+        with open(log, "w") as f:
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=left_s).returncode
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def vllm_python() -> str | None:
     named = os.environ.get("TUNELAB_VLLM_PYTHON")
     if named:
@@ -34,20 +49,13 @@ def eval_row(out: Path, slug: str, visible: str | None, left_s: float, smoke: bo
     expected = 120.0 if smoke else EXPECTED_S
     if left_s < expected:
         return f"evaluation row: not started (expected {expected:.0f} s, {left_s:.0f} s left)"
-    env = {**os.environ, "TUNELAB_VLLM_PYTHON": python}
-    if visible is None:
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # the kit hid the GPU from itself; the row needs it
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = visible
     cmd = [sys.executable, str(HERE / "eval_engines.py"), "--out", str(out / "eval-engines"), "--vllm-python", python,
            *(["--smoke"] if smoke else [])]
     log = out / "eval-engines.log"
-    try:
-        with open(log, "w") as f:
-            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=left_s)
-    except subprocess.TimeoutExpired:
+    code = run_logged(cmd, {"TUNELAB_VLLM_PYTHON": python}, visible, log, left_s)
+    if code is None:
         return f"evaluation row: stopped at the budget; {log}"
     table = out / f"eval-engines-{slug}-{datetime.date.today().isoformat()}.md"
     table.write_text("".join(line for line in log.read_text().splitlines(keepends=True)
                              if line.startswith(("|", "same answers", "vllm:")) or "targets," in line))
-    return f"evaluation row: exit {done.returncode}; {table}"
+    return f"evaluation row: exit {code}; {table}"

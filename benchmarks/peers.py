@@ -3,6 +3,8 @@
     python benchmarks/peers.py [--out DIR] [--models tiny,smollm2] [--tools tunelab,torchtune,llamafactory,
                                axolotl,oumi] [--repeats 3] [--threads N] [--parts training,evaluation,search]
     python benchmarks/peers.py --smoke
+    python benchmarks/peers.py --device cuda --parts training --tools tunelab,torchtune [--model-dir DIR]
+                               [--peer-python torchtune=PYTHON]     # on a GPU: gpu_truth.py's peer row
 
 Training: every tool trains the same LoRA job (peerlib/job.py: the demo's capitalization rows, the model's own chat
 template, r16 on q_proj,v_proj, alpha 32, max_seq_len 64, micro-batch 8, 1 epoch, lr 2e-3 cosine, fp32, seed 0)
@@ -32,26 +34,27 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peerlib import evaluation, registry, samples, search, summary, training  # noqa: E402
-from peerlib.job import MODELS, Job, prepare  # noqa: E402
+from peerlib.job import CPU_MODELS, GPU_JOB, GPU_MODELS, MODELS, Job, prepare  # noqa: E402
 
 
 def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, str], list[str]]:
-    found = [registry.find(name) for name in args.tools]
+    found = [registry.find(name, args.peer_python.get(name)) for name in args.tools]
     missing = [f"training: {f.name} could not run: {f.why}" for f in found if f.why]
     for line in missing:
         print(line, flush=True)
-    job = Job(threads=args.threads)
+    job = replace(GPU_JOB if args.device == "cuda" else Job(), threads=args.threads)
     rows: list = []
     rows_file = out / "training_rows.jsonl"
     for model in args.models:
-        inputs = prepare(out / "inputs", model, args.words)
-        rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file)
+        inputs = prepare(out / "inputs", model, args.words, args.model_dir)
+        # a random-init model answers nothing after one epoch: the GPU job is not scored
+        rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file, scored=not job.cuda)
     known = training.versions([f for f in found if f.peer and f.python])
     for f in found:
         if f.why:
@@ -75,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
-    ap.add_argument("--models", default=",".join(MODELS),
-                    help=f"models of the training and evaluation comparisons ({', '.join(MODELS)}; evaluation: "
-                    "each model's own demo sweep)")
+    ap.add_argument("--models", default=None,
+                    help=f"models of the training and evaluation comparisons ({', '.join(CPU_MODELS)}, the default; "
+                    f"evaluation: each model's own demo sweep; --device cuda: {', '.join(GPU_MODELS)})")
     ap.add_argument("--tools", default=",".join(registry.TRAINERS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
@@ -85,9 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="training,evaluation,search",
                     help="which comparisons: training (every tool trains the job), evaluation (each model's demo "
                     "sweep's targets), search (the learning-rate search against oumi tune)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the GPU job (peerlib/job.py GPU_JOB: bf16, max_seq_len 512, passages) on "
+                    f"{', '.join(GPU_MODELS)}, training only (benchmarks/gpu_truth.py's peer row runs it)")
+    ap.add_argument("--model-dir", type=Path, default=None,
+                    help="an existing directory of the (one) model in --models, instead of building it")
+    ap.add_argument("--peer-python", action="append", default=[], metavar="NAME=PYTHON",
+                    help="a peer's interpreter made another way than scripts/peer-env (repeatable)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
-    args.models, args.tools = args.models.split(","), args.tools.split(",")
+    default_models = GPU_MODELS if args.device == "cuda" else CPU_MODELS
+    args.models, args.tools = (args.models or ",".join(default_models)).split(","), args.tools.split(",")
+    try:
+        args.peer_python = {k: Path(v) for k, v in (item.split("=", 1) for item in args.peer_python)}
+    except ValueError:
+        ap.error("--peer-python takes NAME=PYTHON")
+    if args.model_dir is not None and len(args.models) != 1:
+        ap.error("--model-dir names the directory of one model: give one in --models")
+    if args.device == "cuda" and (set(args.parts.split(",")) - {"training"}
+                                  or set(args.models) - set(GPU_MODELS)):
+        ap.error(f"--device cuda: training only, on {', '.join(GPU_MODELS)}")
     if unknown := [m for m in args.models if m not in MODELS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)})")
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-peers-"))).resolve()

@@ -41,6 +41,7 @@ class Measured:
     load_before: str = ""
     load_after: str = ""
     rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, tree RSS MiB) samples
+    peak_gpu_mib: float | None = None  # NVML's used memory of GPU 0 at its highest (None: no GPU or no NVML)
 
     def peak_rss_until(self, t: float) -> float | None:
         """The tree's peak RSS up to `t` seconds (e.g. the last training step's line): what training itself held,
@@ -61,6 +62,27 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+class GpuMemory:
+    """NVML's used memory of the first visible GPU, the same outside reading for every tool (peers report GPU
+    memory each their own way, if at all); a no-op where NVML or a GPU is missing."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.nvml = pynvml
+        except Exception:  # noqa: BLE001 - no NVML, no GPU: nothing to read
+            self.handle = None
+
+    def used_mib(self) -> float | None:
+        if self.handle is None:
+            return None
+        return self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
+
+
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     try:
@@ -75,15 +97,18 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def thread_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every tool runs under: the same thread counts, no telemetry, offline, unbuffered."""
+def thread_env(threads: int, extra: dict[str, str] | None = None, gpu: bool = False) -> dict[str, str]:
+    """The environment every tool runs under: the same thread counts, no telemetry, offline, unbuffered; no GPU
+    visible unless `gpu` (the GPU job: the machine's GPUs as they are)."""
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true",
                 "WANDB_MODE": "disabled", "DO_NOT_TRACK": "1", "AXOLOTL_DO_NOT_TRACK": "1",
-                "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": ""})
+                "DISABLE_VERSION_CHECK": "1"})
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     env.pop("PYTEST_XDIST_WORKER", None)
     env.update(extra or {})
     return env
@@ -99,10 +124,13 @@ def own_thread_rule(threads: int, env: dict[str, str]) -> tuple[list[str], dict[
 
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None,
-                 timeout_s: float = 3600.0) -> Measured:
-    """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak RSS; the whole output
-    also written to `log` when given (the peer's own record of the run)."""
+                 timeout_s: float = 3600.0, gpu: bool = False) -> Measured:
+    """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak RSS (and with `gpu` the
+    GPU's peak used memory); the whole output also written to `log` when given (the peer's own record of the
+    run)."""
     before = loadavg()
+    nvml = GpuMemory() if gpu else None
+    gpu_peak: float | None = None
     start = time.monotonic()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
@@ -112,10 +140,13 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, gpu_peak
         while not done.is_set():
             rss = _tree_rss(watched)
             peak = max(peak, rss)
+            used = nvml.used_mib() if nvml is not None else None
+            if used is not None:
+                gpu_peak = max(gpu_peak or 0.0, used)
             samples.append((time.monotonic() - start, rss / 2**20))
             done.wait(SAMPLE_S)
 
@@ -139,4 +170,4 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
             sink.close()
     wall = time.monotonic() - start
     return Measured(command=command, returncode=returncode, wall_s=wall, peak_rss_mib=peak / 2**20, lines=lines,
-                    load_before=before, load_after=loadavg(), rss=samples)
+                    load_before=before, load_after=loadavg(), rss=samples, peak_gpu_mib=gpu_peak)

@@ -29,13 +29,17 @@ def env_python(env: str) -> Path:
     return ROOT / f".venv-peer-{env}" / "bin" / "python"
 
 
-def find(name: str) -> Found:
+def find(name: str, python: Path | None = None) -> Found:
+    """The tool `name` and its interpreter: `python` when given (an environment made another way, e.g. from carried
+    wheels on an offline GPU machine: benchmarks/gpu_truth.py --peers), else scripts/peer-env's."""
     try:
         peer: Peer = importlib.import_module(MODULES[name]).PEER
     except Exception as exc:  # a peer module that cannot load is one row's reason
         return Found(name, None, None, f"its benchmark module failed to import: {exc!r}")
     if not peer.env:
         return Found(name, peer, Path(sys.executable))
+    if python is not None:
+        return Found(name, peer, python) if python.exists() else Found(name, peer, None, f"no interpreter at {python}")
     python = env_python(peer.env)
     stamp = python.parent.parent / ".tunelab-peer-env"
     if not python.exists() or not stamp.exists():

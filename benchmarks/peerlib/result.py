@@ -34,6 +34,7 @@ class TrainResult:
     tokens_per_s: float | None = None  # the common count: steady_tokens_per_s
     peak_rss_mib: float | None = None
     training_rss_mib: float | None = None  # the peak until the last step's log line
+    peak_gpu_mib: float | None = None  # the GPU job: NVML's used memory at its highest (measure.GpuMemory)
     final_loss: float | None = None
     accuracy: float | None = None
     steps: int = 0

@@ -11,7 +11,7 @@ from peerlib.result import TrainResult
 
 SAME_ANSWERS = 0.99  # issue 52: at least this share of a peer's answers must equal tunelab's, on every target
 FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_rss_mib", "training_rss_mib",
-          "final_loss", "accuracy")
+          "final_loss", "accuracy", "peak_gpu_mib")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
         lines.append(f"training ({model}): tunelab ÷ {tool} = {ours.median / theirs.median:.2f}x "
                      f"(tokens/s, median of {min(ours.n, theirs.n)})")
         for name, field, better_low in (("first step", "first_step_s", True), ("peak RSS", "peak_rss_mib", True),
-                                        ("peak RSS while training", "training_rss_mib", True)):
+                                        ("peak RSS while training", "training_rss_mib", True),
+                                        ("peak GPU memory used", "peak_gpu_mib", True)):
             a, b = stats[(model, "tunelab")][field], figures[field]
             if a and b:
                 lines.append(f"  {name} ({model}): {tool} ÷ tunelab = {b.median / a.median:.2f}x "
@@ -67,9 +68,12 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
 
 
 def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
+    """One row per model and tool: medians (min–max); the GPU job's adds NVML's peak used GPU memory."""
+    gpu = any(r.peak_gpu_mib is not None for r in rows)
     head = ("| model | tool | version | wall s | first step s | tokens/s (one count) | tokens/s (its own log) "
-            "| peak RSS MiB | peak RSS MiB, until the last step | final loss | exact match |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "| peak RSS MiB | peak RSS MiB, until the last step | final loss | exact match |"
+            + (" peak GPU MiB (NVML) |" if gpu else "") + "\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     out = [head]
     for (model, tool), f in sorted(by_tool(rows).items()):
         def cell(name: str, digits: int = 1) -> str:
@@ -78,7 +82,7 @@ def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | {cell('wall_s')} | {cell('first_step_s')} | "
                    f"{cell('tokens_per_s', 0)} | {cell('own_tokens_per_s', 0)} | {cell('peak_rss_mib', 0)} | "
                    f"{cell('training_rss_mib', 0)} | "
-                   f"{cell('final_loss', 3)} | {cell('accuracy', 3)} |")
+                   f"{cell('final_loss', 3)} | {cell('accuracy', 3)} |" + (f" {cell('peak_gpu_mib', 0)} |" if gpu else ""))
     for (model, tool), why in sorted(failures(rows).items()):
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | | |")
     return "\n".join(out)

@@ -1,10 +1,12 @@
-"""torchtune 0.6.1 (`tune run lora_finetune_single_device --config config.yaml`) running the one LoRA job on a CPU.
+"""torchtune 0.6.1 (`tune run lora_finetune_single_device --config config.yaml`) running the one LoRA job on a CPU
+(fp32), or the GPU job on one GPU (bf16; peerlib/job.py GPU_JOB).
 
 How the job maps onto torchtune, and why:
 - Model: torchtune has no builder for SmolLM2 or the tiny model, so the generic Llama 3.2 LoRA builder is given
   the model's config.json sizes. `scale_factor: 1` turns Llama 3.2's scaled RoPE into plain RoPE (every branch of
-  its frequency rescaling divides by the factor), which is what config.json's `rope_type: default` means;
-  `tie_word_embeddings` comes from config.json. The HF checkpointer reads model.safetensors (permuting q/k for
+  its frequency rescaling divides by the factor), which is what config.json's `rope_type: default` means; a
+  Llama 3 model's `rope_type: llama3` gets its own factor (the GPU job's random-init Llama-3.2-1B: 32);
+  `tie_word_embeddings` comes from config.json. The HF checkpointer reads the safetensors files (permuting q/k for
   torchtune's RoPE layout) and, with `save_adapter_weights_only`, writes the adapter in PEFT's format
   (adapter_config.json + adapter_model.safetensors) under ckpt/epoch_0: no conversion needed.
 - Template: torchtune 0.6.1 cannot render a Hugging Face chat template, so the run directory gets
@@ -33,18 +35,32 @@ from peerlib.result import WARMUP_STEPS, StepLog
 
 TOKENIZER_MODULE = Path(__file__).with_name("torchtune_tokenizer.py")
 METRICS = Path("logs") / "metrics.txt"
+DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # the job's dtype: torchtune's name for it
 _BAR = re.compile(r"(\d+)\|(\d+)\|Loss: ([-+0-9.eE]+|nan|inf)")
 _METRIC = re.compile(r"Step (\d+) \|.*?tokens_per_second_per_gpu:(?:tensor\()?([-+0-9.eE]+)")
+
+
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def _rope_scale_factor(model_dir: Path, rope: dict) -> int:
+    """torchtune's scale_factor for the model's RoPE: 1 for plain RoPE (every branch of its frequency rescaling
+    divides by the factor), the factor itself for Llama 3's scaling (rope_type llama3: torchtune's
+    Llama3ScaledRoPE, whose other constants are LLAMA3_ROPE's, fixed in its code). Anything else is refused."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return 1
+    if kind == "llama3" and all(float(rope.get(k, -1)) == v for k, v in LLAMA3_ROPE.items()) \
+            and float(rope["factor"]).is_integer():
+        return int(rope["factor"])
+    raise ValueError(f"{model_dir}: RoPE {rope!r}; only plain RoPE and Llama 3's scaling {LLAMA3_ROPE} are mapped")
 
 
 def model_args(model_dir: Path, job: Job) -> dict:
     """The Llama 3.2 LoRA builder's arguments from the model's config.json (plain RoPE, its own tying)."""
     cfg = json.loads((model_dir / "config.json").read_text())
     rope = cfg.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", "default")
-    scaling = cfg.get("rope_scaling")
-    if rope_type != "default" or (scaling and scaling.get("rope_type", scaling.get("type")) != "default"):
-        raise ValueError(f"{model_dir}: RoPE type {rope_type!r}/{scaling!r}; only plain RoPE is mapped")
+    scale_factor = _rope_scale_factor(model_dir, {**(cfg.get("rope_scaling") or {}), **rope})
     heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
     if cfg.get("head_dim", hidden // heads) != hidden // heads:
         raise ValueError(f"{model_dir}: head_dim {cfg['head_dim']} != hidden/heads; torchtune derives it")
@@ -65,7 +81,7 @@ def model_args(model_dir: Path, job: Job) -> dict:
         "attn_dropout": 0.0,
         "norm_eps": cfg["rms_norm_eps"],
         "rope_base": rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-        "scale_factor": 1,
+        "scale_factor": scale_factor,
         "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "lora_rank": job.rank,
         "lora_alpha": job.alpha,
@@ -74,16 +90,18 @@ def model_args(model_dir: Path, job: Job) -> dict:
 
 
 def config(inputs: Inputs, job: Job, out: Path) -> dict:
-    """The recipe's whole config: the job, CPU, fp32, no intermediate checkpoint, a metric line every step."""
-    if job.dtype != "float32" or job.warmup_steps or job.scheduler != "cosine":
-        raise ValueError("this mapping covers fp32, cosine, no warm-up")
+    """The recipe's whole config: the job on its device (CPU, fp32; or one GPU, bf16), no intermediate checkpoint,
+    a metric line every step."""
+    if job.dtype not in DTYPES or job.warmup_steps or job.scheduler != "cosine":
+        raise ValueError(f"this mapping covers {', '.join(DTYPES)}, cosine, no warm-up")
     return {
         "output_dir": str(out),
         "model": model_args(inputs.model_dir, job),
         "tokenizer": {"_component_": "torchtune_tokenizer.TemplateTokenizer", "model_dir": str(inputs.model_dir),
                       "max_seq_len": job.max_seq_len},
         "checkpointer": {"_component_": "torchtune.training.FullModelHFCheckpointer",
-                         "checkpoint_dir": str(inputs.model_dir), "checkpoint_files": ["model.safetensors"],
+                         "checkpoint_dir": str(inputs.model_dir),
+                         "checkpoint_files": sorted(p.name for p in inputs.model_dir.glob("*.safetensors")),
                          "recipe_checkpoint": None, "output_dir": str(out / "ckpt"), "model_type": "LLAMA3_2"},
         "resume_from_checkpoint": False,
         "save_adapter_weights_only": True,
@@ -103,8 +121,8 @@ def config(inputs: Inputs, job: Job, out: Path) -> dict:
         "gradient_accumulation_steps": 1,
         "clip_grad_norm": 1.0,
         "compile": False,
-        "device": "cpu",
-        "dtype": "fp32",
+        "device": job.device,
+        "dtype": DTYPES[job.dtype],
         "enable_activation_checkpointing": False,
         "enable_activation_offloading": False,
         "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger",

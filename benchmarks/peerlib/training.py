@@ -39,7 +39,8 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
     except Exception as exc:
         row.error = f"writing its config failed: {exc}"
         return row
-    measured: Measured = run_measured(command, thread_env(job.threads), out, out / "output.log")
+    measured: Measured = run_measured(command, thread_env(job.threads, gpu=job.cuda), out, out / "output.log",
+                                      gpu=job.cuda)
     row.load_before, row.load_after = measured.load_before, measured.load_after
     if measured.returncode:
         row.error = f"exit {measured.returncode}: {measured.tail(3)}"
@@ -51,6 +52,7 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
         row.error = f"no adapter at {adapter}"
         return row
     row.wall_s, row.peak_rss_mib, row.steps = measured.wall_s, measured.peak_rss_mib, len(log.step_times)
+    row.peak_gpu_mib = measured.peak_gpu_mib
     row.first_step_s = log.step_times[0] if log.step_times else None
     row.training_rss_mib = measured.peak_rss_until(log.step_times[-1]) if log.step_times else None
     row.own_tokens_per_s = log.own_tokens_per_s
@@ -98,5 +100,6 @@ def describe(row: TrainResult) -> str:
         return f"{row.tool}: failed: {row.error}"
     return (f"{row.tool}: wall {row.wall_s:.1f} s, first step {row.first_step_s or 0:.1f} s, "
             f"{row.tokens_per_s or 0:.0f} tok/s (own {row.own_tokens_per_s or 0:.0f}), "
-            f"peak RSS {row.peak_rss_mib:.0f} MiB (training {row.training_rss_mib or 0:.0f}), loss {row.final_loss}, steps {row.steps}, "
+            f"peak RSS {row.peak_rss_mib:.0f} MiB (training {row.training_rss_mib or 0:.0f}), "
+            f"{'' if row.peak_gpu_mib is None else f'GPU used {row.peak_gpu_mib:.0f} MiB, '}loss {row.final_loss}, steps {row.steps}, "
             f"accuracy {row.accuracy}, load {row.load_before} -> {row.load_after}")

@@ -39,7 +39,7 @@ def spec(inputs: Inputs, job: Job) -> dict:
             "lora_target_modules": list(job.target_modules), "dtype": job.dtype, "seed": job.seed,
             "packing": False, "logging_steps": 1,
         },
-        "resources": {"executor": "local", "gpus_per_run": 0},
+        "resources": {"executor": "local", "gpus_per_run": 1 if job.cuda else 0},
     }
 
 

@@ -21,7 +21,8 @@ GIB = 2**30
 @pytest.mark.slow
 def test_cpu_smoke_measures_simulates_and_resumes(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke", "--budget-s", "1200"]) == 0
+    assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke", "--budget-s", "1200",
+                           "--no-peers"]) == 0
     (path,) = out.glob("gpu-cpu-*.json")
     kit = load_kit(path)  # the schema: every record validated, unknown keys refused
     assert path.with_suffix(".md").is_file() and kit.cpu_smoke and kit.device == "cpu"
@@ -52,13 +53,33 @@ def test_cpu_smoke_measures_simulates_and_resumes(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "0 row(s) to measure, 2 already in" in said
     assert load_kit(path).model_dump() == kit.model_dump()
+    _peer_row_trained_tunelab_and_said_of_the_peer(out, said)
 
     # a budget too small for the next row: it is not started, and the run ends cleanly
     assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke", "--only", "2-unpacked-1024",
-                           "--budget-s", "20"]) == 0
+                           "--budget-s", "20", "--no-peers"]) == 0
     assert "2-unpacked-1024: not started" in capsys.readouterr().out
     assert not (out / "logs" / "2-unpacked-1024.log").exists()
     assert "2-unpacked-1024" not in {s.name for s in load_kit(path).shapes}
+
+
+def _peer_row_trained_tunelab_and_said_of_the_peer(out: Path, said: str) -> None:
+    """The peer row (gpu_truth_peers.py) in its CPU form: benchmarks/peers.py's training comparison on 160 words of
+    the tiny model, tunelab trained and measured from outside; torchtune beside it where scripts/peer-env made its
+    environment, else one line saying so (CI has none)."""
+    from gpu_truth_peers import peer_python
+
+    (table,) = out.glob("peers-cpu-*.md")
+    assert f"peer row: exit 0; {table}" in said
+    rows = {r["tool"]: r for r in json.loads(table.with_suffix(".json").read_text())["training"]}
+    ours = rows["tunelab"]
+    assert ours["error"] is None and ours["steps"] == 16  # 128 training rows (80 % of 160) in micro-batches of 8
+    assert 0 < ours["first_step_s"] < ours["wall_s"] and ours["tokens_per_s"] > 0 and ours["peak_gpu_mib"] is None
+    text = table.read_text()
+    if peer_python({}) is None:
+        assert "torchtune could not run: no environment: run scripts/peer-env torchtune" in text
+    else:
+        assert rows["torchtune"]["error"] is None and "training (tiny): tunelab ÷ torchtune = " in text
 
 
 def _row(name: str, **errors: float) -> ShapeResult:

@@ -48,8 +48,9 @@ def train(cfg: RunConfig) -> Summary | None:
     return complete_run(cfg.run_dir, trained.summary, held.status) if trained is not None else None
 
 
-def train_job(run_yaml: Path, cfg: RunConfig) -> None:
+def train_job(run_yaml: Path) -> None:
     """Train here on one process, or launch this node's processes of the run under torchrun."""
+    cfg = load_run_config(run_yaml)
     if is_worker():
         die_with_launcher()
         train(cfg)
@@ -82,16 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
+    skip_unused_packages()  # before TRL is imported
+    # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/host/threads.py)
+    planned = threads.decide(local_processes())
+    threads.apply(planned)
+    meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
+    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
+    fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
     try:
-        cfg = load_run_config(args[0])  # a missing or broken run.yaml: its one line before seconds of imports
-        skip_unused_packages()  # before TRL is imported
-        # this process's threads before torch loads (a torchrun rank: its share of the job's cores; host/threads.py)
-        planned = threads.decide(local_processes())
-        threads.apply(planned)
-        meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
-        import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
-        fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
-        train_job(Path(args[0]), cfg)
+        train_job(Path(args[0]))
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
