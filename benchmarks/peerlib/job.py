@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -115,7 +116,6 @@ def _build_model(model_dir: Path, model: str) -> None:
 def prepare(out: Path, model: str, words: int | None = None, model_dir: Path | None = None) -> Inputs:
     """Build the model and the capitalization rows under out/ (once); return where they are. `words`: fewer rows
     than the demo's (the smoke). `model_dir`: an existing directory of the model (gpu_truth.py's cache)."""
-    from tunelab.data.capitalization import make_capitalization_dataset
     from tunelab.models.check import check_model_dir
     from tunelab.errors import TunelabError
 
@@ -129,12 +129,15 @@ def prepare(out: Path, model: str, words: int | None = None, model_dir: Path | N
     words = words or WORDS[model]
     data_dir = out / "data" / (model if words == WORDS[model] else f"{model}-{words}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    if model in GPU_MODELS:  # passages of the demo's words, split as the demo splits its words
-        pool = json.loads(make_capitalization_dataset(5, 2000, data_dir, 0.8, 0).read_text())
-        rows = passages([r["input"] for split in ("train", "validation", "test") for r in pool[split]], words, 0)
+    if model in GPU_MODELS:  # passages of seeded five-letter words (no word list to carry to a GPU machine)
+        rng = random.Random(0)
+        pool = ["".join(rng.choice(string.ascii_lowercase) for _ in range(5)) for _ in range(2000)]
+        rows = passages(pool, words, 0)
         n_train, n_val = int(words * 0.8), max(1, words // 10)
         data = {"train": rows[:n_train], "validation": rows[n_train:n_train + n_val], "test": rows[n_train + n_val:]}
     else:
+        from tunelab.data.capitalization import make_capitalization_dataset
+
         data = json.loads(make_capitalization_dataset(5, words, data_dir, 0.8, 0).read_text())
     splits = {}
     for split in ("train", "validation", "test"):

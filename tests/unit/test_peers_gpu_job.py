@@ -100,3 +100,19 @@ def test_the_gpu_table_and_lines_carry_the_gpu_memory_and_the_cpu_table_does_not
     assert gpu_table[0].endswith("| peak GPU MiB (NVML) |") and gpu_table[-1].endswith("| 12200 (12000–12400) |")
     cpu_table = table([row("tunelab", 0, 30_000, None)], {}).splitlines()
     assert cpu_table[0].endswith("| exact match |") and cpu_table[2].count("|") == 12
+
+
+def test_the_gpu_models_rows_are_passages_split_as_the_demo_splits(tmp_path, tiny_model):
+    """prepare() for a GPU model on a directory it is given (gpu_truth's cache; here the tiny model, whose
+    byte-level tokenizer the random models share): 80 % / 10 % / 10 % passages, the same rows every time, in the
+    chat shape every tool reads."""
+    from peerlib.job import PROMPT, SYSTEM, prepare
+
+    inputs = prepare(tmp_path, "llama-3.2-1b", words=50, model_dir=tiny_model)
+    assert inputs.model_dir == tiny_model and inputs.splits == {"train": 40, "validation": 5, "test": 5}
+    rows = inputs.rows("train")
+    first = rows[0]["messages"]
+    assert [m["role"] for m in first] == ["system", "user", "assistant"] and first[0]["content"] == SYSTEM
+    passage = first[1]["content"].removeprefix(PROMPT.format(input=""))
+    assert len(passage) >= PASSAGE_CHARS and first[2]["content"] == " ".join(w.capitalize() for w in passage.split())
+    assert prepare(tmp_path / "again", "llama-3.2-1b", words=50, model_dir=tiny_model).rows("train") == rows
