@@ -172,6 +172,33 @@ def test_sample_state(tmp_path):
     shape(name, sorted(seen) == [("s1", 1), ("s1", 2)], f"a solver of sample s1, epochs 1 and 2, read {seen}")
 
 
+def test_eval_call_imports(tmp_path):
+    """inspect's eval() imports its ACP server module at its first call, and with it the `acp` package's pydantic
+    schema (~0.4 s): imported with the evaluation stack first (EVAL_CALL_IMPORTS), a first eval() imports none of
+    that package (in a fresh process, as a job runs)."""
+    import json
+    import subprocess
+    import sys
+
+    name = "inspect_ai.agent._acp.server.acp_server"
+    shape(name, callable(private(name)), "it is no longer a callable")
+    code = f"""
+import json, sys
+from tunelab.evaluate import EVALUATION_STACK
+from tunelab.host.startup import import_stack
+import_stack(*EVALUATION_STACK)
+before = set(sys.modules)
+from inspect_ai import Task, eval
+from inspect_ai.dataset import Sample
+eval(Task(dataset=[Sample(input="hi", target="x")]), model="mockllm/model", log_dir={str(tmp_path)!r}, display="none")
+print(json.dumps(sorted(m for m in set(sys.modules) - before if m.split(".")[0] == "acp")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    late = json.loads(done.stdout.strip().splitlines()[-1])
+    shape(name, late == [], f"a first eval() after the stack still imported {late[:5]}")
+
+
 def test_every_private_name_has_its_test_here():
     tests = {"inspect_ai._eval.task.results.eval_results": test_eval_results,
              "inspect_ai.scorer._scorer.unique_scorer_name": test_unique_scorer_name,
@@ -179,7 +206,8 @@ def test_every_private_name_has_its_test_here():
              "inspect_ai._util.zipfile._ZSTD_THREADS": test_zstd_threads,
              "inspect_ai.model._providers.vllm.VLLMAPI": test_vllm_api,
              "inspect_ai.model._providers._vllm_lora._vllm_servers": test_vllm_servers,
-             "inspect_ai.solver._task_state.sample_state": test_sample_state}
+             "inspect_ai.solver._task_state.sample_state": test_sample_state,
+             "inspect_ai.agent._acp.server.acp_server": test_eval_call_imports}
     assert set(door.PRIVATE_NAMES) == set(tests)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.evaluate.inspect_internals import EVAL_CALL_IMPORTS
+
 _LAZY = {
     "evaluate_run": "tunelab.evaluate.runner",
     "check_tasks": "tunelab.evaluate.usertasks",
@@ -22,8 +24,8 @@ __all__ = sorted(_LAZY)
 # What an evaluation imports, imported by a process's first evaluation (runner.evaluate_task, passes.evaluate_runs:
 # `tunelab eval`, a node job, the demo, the MCP server) with the garbage collector paused (tunelab/host/startup.py); a `tunelab eval` with
 # every score already there imports none of it.
-EVALUATION_STACK = ("torch", "transformers", "peft", "inspect_ai", "inspect_ai.model", "statsmodels.stats.proportion",
-                    "tunelab.evaluate.provider")
+EVALUATION_STACK = ("torch", "transformers", "peft", "inspect_ai", "inspect_ai.model", *EVAL_CALL_IMPORTS,
+                    "statsmodels.stats.proportion", "tunelab.evaluate.provider")
 
 
 def __getattr__(name: str) -> Any:

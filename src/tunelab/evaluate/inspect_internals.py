@@ -30,7 +30,14 @@ PRIVATE_NAMES = (
     "inspect_ai.model._providers.vllm.VLLMAPI",
     "inspect_ai.model._providers._vllm_lora._vllm_servers",
     "inspect_ai.solver._task_state.sample_state",
+    "inspect_ai.agent._acp.server.acp_server",
 )
+
+# Modules inspect-ai's eval() imports at its first call (its ACP agent server, whose pydantic schema models cost
+# ~0.4 s here), which an evaluation process imports with its stack instead (evaluate/__init__.py EVALUATION_STACK):
+# then the import is the stack's, timed and recorded by the job (tunelab/jobimports.py) and priced by the plan
+# (estimate/jobstart.py), not a part of the first task's measured duration, which the plan prices as generation.
+EVAL_CALL_IMPORTS = ("inspect_ai.agent._acp.server",)
 
 
 def eval_results(samples: int, scores: list[dict[str, Any]], reducers: Any, scorers: Any, metrics: Any,
