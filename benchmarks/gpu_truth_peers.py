@@ -8,7 +8,7 @@ interpreter is at hand: `--peer-python torchtune=PYTHON` (an environment made on
 the system's packages and the carried torchtune wheels: docs/benchmarks.md, "Measured on a GPU"), else
 scripts/peer-env's .venv-peer-torchtune. Its output goes to DIR/peers.log, the rows to DIR/peers-<gpu>-<date>.json
 and the comparison lines and table to DIR/peers-<gpu>-<date>.md; a row without a peer, or that does not fit, is
-skipped with the reason. --cpu-smoke: the same path on the CPU, the tiny model, 160 words, one repeat.
+skipped with the reason. --cpu-smoke: the same path on the CPU, the tiny model, 80 words, one repeat, unscored.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def peers_row(out: Path, slug: str, visible: str | None, left_s: float, smoke: b
     cmd = [sys.executable, str(HERE / "peers.py"), "--out", str(work), "--parts", "training",
            "--tools", f"tunelab,{PEER}", *([f"--peer-python={PEER}={python}"] if python else [])]
     if smoke:
-        cmd += ["--device", "cpu", "--models", "tiny", "--words", "160", "--repeats", "1", "--threads", "1"]
+        cmd += ["--device", "cpu", "--models", "tiny", "--words", "80", "--repeats", "1", "--threads", "1", "--no-score"]
     else:
         cmd += ["--device", "cuda", "--repeats", "2", "--threads", str(min(8, os.cpu_count() or 1)),
                 *(["--model-dir", str(model_dir)] if model_dir is not None else [])]

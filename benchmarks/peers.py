@@ -54,7 +54,8 @@ def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, s
     for model in args.models:
         inputs = prepare(out / "inputs", model, args.words, args.model_dir)
         # a random-init model answers nothing after one epoch: the GPU job is not scored
-        rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file, scored=not job.cuda)
+        rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file,
+                                 scored=not (job.cuda or args.no_score))
     known = training.versions([f for f in found if f.peer and f.python])
     for f in found:
         if f.why:
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="an existing directory of the (one) model in --models, instead of building it")
     ap.add_argument("--peer-python", action="append", default=[], metavar="NAME=PYTHON",
                     help="a peer's interpreter made another way than scripts/peer-env (repeatable)")
+    ap.add_argument("--no-score", action="store_true",
+                    help="training: no exact-match scoring of the adapters (the GPU job never scores)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     default_models = GPU_MODELS if args.device == "cuda" else CPU_MODELS
