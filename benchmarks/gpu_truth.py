@@ -51,6 +51,7 @@ from gpu_truth_predict import (architecture, errors, flops_per_token, resolved_a
 from gpu_truth_records import (KitFile, Measured, ShapeResult, load_kit, readme_table, save_kit,  # noqa: E402
                                shapes_table)
 from gpu_truth_shape import Env, build_model, is_built, measure  # noqa: E402
+from peerlib import registry  # noqa: E402
 
 MARGIN_S = 10.0  # kept back from the budget: killing a row's processes and the final writes
 MFU_FORMULA = "FLOPs/token = 4N + 3·4·layers·seq·width/2 (estimate/speed.py); gpu_truth_shape.py says why"
@@ -190,9 +191,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.table is None and args.out is None:
         ap.error("--out is required (or --table JSON)")
     try:
-        args.peer_python = {k: Path(v) for k, v in (item.split("=", 1) for item in args.peer_python)}
-    except ValueError:
-        ap.error("--peer-python takes NAME=PYTHON")
+        args.peer_python = registry.peer_pythons(args.peer_python)
+    except ValueError as exc:
+        ap.error(str(exc))
     return args
 
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from gpu_truth_eval import run_logged
+from peerlib import registry
 
 HERE = Path(__file__).resolve().parent
 PEERS_S = 300.0  # two tools × two repeats of the GPU job: each ~30 s of start (a 1B model's load) and ~20 s of steps
@@ -29,11 +30,7 @@ PEER = "torchtune"
 
 def peer_python(named: dict[str, Path]) -> Path | None:
     """The peer's interpreter: the one named, else scripts/peer-env's when it was made; None when neither."""
-    sys.path.insert(0, str(HERE))
-    from peerlib import registry
-
-    found = registry.find(PEER, named.get(PEER))
-    return found.python
+    return registry.find(PEER, named.get(PEER)).python
 
 
 def peers_row(out: Path, slug: str, visible: str | None, left_s: float, smoke: bool, model_dir: Path | None,

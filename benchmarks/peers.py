@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     default_models = GPU_MODELS if args.device == "cuda" else CPU_MODELS
     args.models, args.tools = (args.models or ",".join(default_models)).split(","), args.tools.split(",")
     try:
-        args.peer_python = {k: Path(v) for k, v in (item.split("=", 1) for item in args.peer_python)}
-    except ValueError:
-        ap.error("--peer-python takes NAME=PYTHON")
+        args.peer_python = registry.peer_pythons(args.peer_python)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.model_dir is not None and len(args.models) != 1:
         ap.error("--model-dir names the directory of one model: give one in --models")
     if args.device == "cuda" and (set(args.parts.split(",")) - {"training"}

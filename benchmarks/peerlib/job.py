@@ -5,7 +5,7 @@ each tool from tokenizer_config.json), LoRA r16 on q_proj,v_proj, alpha 32, no d
 micro-batch 8, 1 epoch, lr 2e-3 cosine without warm-up, fp32, seed 0, no packing, no checkpoints but the final
 adapter, the same OMP thread count.
 
-On a GPU (GPU_JOB, issue 52's item 6: benchmarks/gpu_truth.py --peers): the same job in bfloat16 on a random-init
+On a GPU (GPU_JOB, issue 52's item 6: benchmarks/gpu_truth.py's peer row): the same job in bfloat16 on a random-init
 Llama-3.2-1B (`tunelab models random`: the real architecture, a byte-level tokenizer), on passages instead of single
 words so that a step has work for a GPU (GPU_MODELS: each row a passage of ~PASSAGE_CHARS bytes to capitalize word
 by word, one token a byte: ~2 × PASSAGE_CHARS tokens with the template), max_seq_len 512."""
@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import random
 import string
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +103,9 @@ def _build_model(model_dir: Path, model: str) -> None:
         # float32 on disk: a tool that takes the dtype from config.json (LLaMA-Factory trains a bfloat16
         # checkpoint in bfloat16 whatever bf16: says) trains the same fp32 job as the others
         build_smollm2(model_dir, dtype="float32")
-    else:  # a GPU model: the real architecture, random weights, in the dtype its job trains in
-        done = subprocess.run([sys.executable, "-m", "tunelab", "models", "random", "--arch", GPU_MODELS[model],
-                               "--out", str(model_dir), "--dtype", "bfloat16", "--seed", "0"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tunelab models random --arch {GPU_MODELS[model]} failed: {done.stderr[-1000:]}")
+    else:  # a GPU model: the real architecture, random weights, in the dtype its job trains in (as the GPU kit's)
+        from tunelab.models.random_init import build_random_model
+        build_random_model(GPU_MODELS[model], model_dir, dtype="bfloat16", seed=0)
 
 
 def prepare(out: Path, model: str, words: int | None = None, model_dir: Path | None = None) -> Inputs:

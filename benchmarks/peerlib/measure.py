@@ -41,7 +41,7 @@ class Measured:
     load_before: str = ""
     load_after: str = ""
     rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, tree RSS MiB) samples
-    peak_gpu_mib: float | None = None  # NVML's used memory of GPU 0 at its highest (None: no GPU or no NVML)
+    peak_gpu_mib: float | None = None  # NVML's used memory of the visible GPUs at its highest (None: no GPU/NVML)
 
     def peak_rss_until(self, t: float) -> float | None:
         """The tree's peak RSS up to `t` seconds (e.g. the last training step's line): what training itself held,
@@ -63,24 +63,19 @@ def loadavg() -> str:
 
 
 class GpuMemory:
-    """NVML's used memory of the first visible GPU, the same outside reading for every tool (peers report GPU
-    memory each their own way, if at all); a no-op where NVML or a GPU is missing."""
+    """NVML's used memory of the GPUs visible to this process (tunelab's GPU sampler's reading: train/gpu_sampling.py),
+    the same outside reading for every tool (peers report GPU memory each their own way, if at all); a no-op where
+    NVML or a GPU is missing."""
 
     def __init__(self) -> None:
-        self.handle = None
-        try:
-            import pynvml
+        from tunelab.train.gpu_sampling import visible_gpus
 
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self.nvml = pynvml
-        except Exception:  # noqa: BLE001 - no NVML, no GPU: nothing to read
-            self.handle = None
+        self.nvml, self.handles = visible_gpus()
 
     def used_mib(self) -> float | None:
-        if self.handle is None:
+        if not self.handles:
             return None
-        return self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
+        return sum(self.nvml.nvmlDeviceGetMemoryInfo(h).used for _, h in self.handles) / 2**20
 
 
 def _tree_rss(proc: psutil.Process) -> int:

@@ -29,6 +29,14 @@ def env_python(env: str) -> Path:
     return ROOT / f".venv-peer-{env}" / "bin" / "python"
 
 
+def peer_pythons(items: list[str]) -> dict[str, Path]:
+    """`--peer-python NAME=PYTHON` options as {name: interpreter}; ValueError on an item without `=`."""
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError("--peer-python takes NAME=PYTHON")
+    return {name: Path(python) for name, python in pairs}
+
+
 def find(name: str, python: Path | None = None) -> Found:
     """The tool `name` and its interpreter: `python` when given (an environment made another way, e.g. from carried
     wheels on an offline GPU machine: benchmarks/gpu_truth.py --peers), else scripts/peer-env's."""

@@ -88,3 +88,19 @@ def test_report_shows_mean_and_range_and_flags_runs_below_half(tmp_path):
     assert table.rows[1][2:4] == ["30 %", "10–60 %"] and "below 50 %" in table.rows[1][-1]
     assert "idle (30 %)" in section.blocks[1].text
     assert gpu_section(SimpleNamespace(runs=[data.runs[2]])) is None  # nothing sampled: no section
+
+
+def test_the_peers_benchmark_reads_the_same_gpus_the_sampler_samples(monkeypatch):
+    """benchmarks/peerlib/measure.GpuMemory takes its reading through visible_gpus(): the GPUs CUDA_VISIBLE_DEVICES
+    names, their used memory summed (3 GiB each here); none without NVML."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from peerlib.measure import GpuMemory
+
+    monkeypatch.setattr(gpu_sampling, "_nvml", lambda: _FakeNvml())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-abc")
+    assert GpuMemory().used_mib() == 2 * 3 * 1024
+    monkeypatch.setattr(gpu_sampling, "_nvml", lambda: None)
+    assert GpuMemory().used_mib() is None

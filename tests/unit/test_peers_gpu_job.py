@@ -116,3 +116,12 @@ def test_the_gpu_models_rows_are_passages_split_as_the_demo_splits(tmp_path, tin
     passage = first[1]["content"].removeprefix(PROMPT.format(input=""))
     assert len(passage) >= PASSAGE_CHARS and first[2]["content"] == " ".join(w.capitalize() for w in passage.split())
     assert prepare(tmp_path / "again", "llama-3.2-1b", words=50, model_dir=tiny_model).rows("train") == rows
+
+
+def test_peer_interpreters_are_named_name_equals_path():
+    from peerlib.registry import peer_pythons
+
+    assert peer_pythons(["torchtune=/tmp/peer-torchtune/bin/python", "oumi=/a=b/python"]) == {
+        "torchtune": Path("/tmp/peer-torchtune/bin/python"), "oumi": Path("/a=b/python")}
+    with pytest.raises(ValueError, match="NAME=PYTHON"):
+        peer_pythons(["torchtune"])

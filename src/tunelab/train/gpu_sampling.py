@@ -50,6 +50,13 @@ def _handles(nvml) -> list[tuple[str, Any]]:
     return out
 
 
+def visible_gpus() -> tuple[Any | None, list[tuple[str, Any]]]:
+    """The initialized pynvml module and the handles of the GPUs this process may use; (None, []) without NVML.
+    The sampler's reading, and the one the peers benchmark takes of a tool's run from outside."""
+    nvml = _nvml()
+    return nvml, (_handles(nvml) if nvml is not None else [])
+
+
 def sample_once(nvml, handles: list[tuple[str, Any]]) -> list[GpuSample]:
     now = time.time()
     out = []
@@ -74,8 +81,7 @@ class GpuSampler:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> GpuSampler:
-        nvml = _nvml()
-        handles = _handles(nvml) if nvml is not None else []
+        nvml, handles = visible_gpus()
         if handles:
             self._thread = threading.Thread(target=self._loop, args=(nvml, handles), daemon=True,
                                             name="tunelab-gpu-sampler")
