@@ -278,8 +278,9 @@ def test_overrun_causes_are_priced_and_ranked_from_the_recorded_figures(finished
     run.config = run.config.model_copy(update={"estimate": run.config.estimate.model_copy(update=dict(
         seconds=measured / 2, tokens_per_s=run.summary.tokens_per_s, startup_s=run.summary.startup_s))})
     check = Check("training", measured / 2, measured, "s")
-    run.summary = replace(run.summary, data_wait_s=round(0.3 * measured, 1), data_wait_fraction=0.3)
+    wait_s = round(0.3 * measured, 1)  # the wait as recorded (to 0.1 s): the cause prints that figure
+    run.summary = replace(run.summary, data_wait_s=wait_s, data_wait_fraction=0.3)
     [cause] = training_causes(run, check)  # speed and start-up as predicted: the wait alone
-    assert cause.startswith(f"data wait: the training loop waited {0.3 * measured:.0f} s for batches, 30% ")
+    assert cause.startswith(f"data wait: the training loop waited {wait_s:.0f} s for batches, 30% ")
     run.summary = replace(run.summary, data_wait_s=round(0.04 * measured, 2), data_wait_fraction=0.06)
     assert training_causes(run, check) == [f"not explained by what was recorded (over by {measured / 2:.0f} s)"]
