@@ -187,6 +187,7 @@ class RunTime:
     spread: float = 0.0
     contention: str = ""
     first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
+    extrapolated: bool = False  # its micro-batch outside what the history rows timed (estimate/speedhistory.py)
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -217,7 +218,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
-                               t.gradient_accumulation_steps, t.gradient_checkpointing)
+                               t.gradient_accumulation_steps, t.gradient_checkpointing, t.batch_size)
     first = timed = None
     if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads)
                                                              for r in same_targets(history, t)):
@@ -244,7 +245,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
                                               timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention, first)
+                   kind, speed.spread, speed.contention, first, speed.extrapolated)
 
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],

@@ -16,6 +16,7 @@ from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per
 from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.estimate import SourceKind
+from tunelab.rundir.summary import step_cost_sizes
 from tunelab.stats.timing import log_spread, range_sigma
 
 # Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
@@ -60,6 +61,36 @@ def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
             if r.gradient_checkpointing is None or bool(r.gradient_checkpointing) == t.gradient_checkpointing]
 
 
+def timed_micro_batches(row: HistoryRun) -> tuple[int, int] | None:
+    """The smallest and largest micro-batch a row's fixed + per-token split was timed at: a probe's own and twice
+    it (train/probe_steps.py), a run's own and the calibration's half and twice it (rundir/summary.py
+    step_cost_sizes); None where the row did not record its micro-batch."""
+    b = row.batch_size
+    if b is None:
+        return None
+    sizes = [b, 2 * b] if row.kind == "probed" else [b, *step_cost_sizes(b)]
+    return min(sizes), max(sizes)
+
+
+def covers(row: HistoryRun, micro_batch: int) -> bool:
+    """Whether the row timed this micro-batch's neighbourhood (a row that did not record its own: unknown is not
+    different). A step's cost is linear in tokens only locally: a CPU's or a GPU's efficiency falls at small
+    micro-batches, so a split carried far from where it was timed is priced low (deadline benchmark: a 4 × 4
+    split priced from rows timed at 16–32 came out 25 % under its measured time)."""
+    timed = timed_micro_batches(row)
+    return timed is None or timed[0] <= micro_batch <= timed[1]
+
+
+def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> str:
+    """'' where a row timed this micro-batch (or none is asked about); else the words that say it was carried
+    beyond what the rows timed."""
+    if micro_batch is None or any(covers(r, micro_batch) for r in rows):
+        return ""
+    timed = sorted({t for r in rows if (t := timed_micro_batches(r)) is not None})
+    return (f"micro-batch {micro_batch} extrapolated: the rows timed micro-batches "
+            f"{', '.join(f'{lo}–{hi}' for lo, hi in timed)}")
+
+
 def _kinds(rows: list[HistoryRun]) -> str:
     """'2 probed', '1 measured + 1 ingested': how the rows an estimate rests on were obtained."""
     counts: dict[str, int] = {}
@@ -100,6 +131,7 @@ class Speed:
     kind: SourceKind = SourceKind.ASSUMED
     spread: float = 0.0
     contention: str = ""  # one line when the rows were timed under contention (corrected by their slowdown)
+    extrapolated: bool = False  # the micro-batch asked about lies outside what every row timed (`covers`)
 
 
 def origin_kind(rows: list[HistoryRun]) -> SourceKind:
@@ -147,22 +179,25 @@ def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
 
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
                        history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
-                       recompute: bool = False) -> Speed:
+                       recompute: bool = False, micro_batch: int | None = None) -> Speed:
     """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
-    part of a split row is paid per micro-batch); recompute: gradient checkpointing, priced by the FLOPs model
-    (history rows are compared like with like, `comparable_rows`). Rows timed under contention are used only
-    where no other row is (`uncontended`)."""
+    part of a split row is paid per micro-batch); micro_batch: its size, priced from the split rows that timed it
+    where any did (`covers`), else from them all, said to be extrapolated; recompute: gradient checkpointing,
+    priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows timed under
+    contention are used only where no other row is (`uncontended`)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if _same_model(r, arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
     note = f"; {contention}" if contention else ""
     if split:
-        near = _nearest(split, tokens_per_step)
+        beyond = extrapolation(split, micro_batch)
+        near = _nearest([r for r in split if beyond or covers(r, micro_batch or 0)] if micro_batch else split,
+                        tokens_per_step)
         each = [tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches) for r in near]
         what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
         return Speed(median(each), f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token "
-                     f"step cost){note}", near, origin_kind(near) if same else SourceKind.CARRIED,
-                     _spread(near, each), contention)
+                     f"step cost{'; ' + beyond if beyond else ''}){note}", near,
+                     origin_kind(near) if same else SourceKind.CARRIED, _spread(near, each), contention, bool(beyond))
     if same:
         near = _nearest(same, tokens_per_step)
         each = [r.tokens_per_s for r in near if r.tokens_per_s is not None]  # on_device: all have one

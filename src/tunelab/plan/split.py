@@ -29,6 +29,11 @@ from tunelab.rundir.estimate import LeverChoice, LeverSource
 from tunelab.spec import TrainingConfig
 
 SPLIT_FIELDS = ("batch_size", "gradient_accumulation_steps")
+# Splits predicted closer than this are a tie, which the larger micro-batch takes: step-cost timings move by about
+# ±5 % from minute to minute on a shared machine (docs/benchmarks.md), and the deadline benchmark saw the lever
+# flip between 16 × 1 and 4 × 4 on a difference smaller than that. Fewer micro-batches pay the per-step part fewer
+# times, which a linear step cost measured far from a small micro-batch underprices.
+TIE_FRACTION = 0.05
 MEASURED_SPLIT = "fixed + per-token"  # estimate/runs.py's words for a time with a measured per-step part
 FIELD = "training.effective_batch"
 
@@ -146,15 +151,52 @@ def _priced_across_checkpointing(cands: list[Candidate]) -> list[Candidate]:
     return out
 
 
+def _by_time(cands: list[Candidate]) -> list[Candidate]:
+    """Fastest predicted first, except that the splits within TIE_FRACTION of the fastest come first of all,
+    the largest micro-batch first (a difference that small is the timings' noise, not the splits')."""
+    if not cands:
+        return []
+    best = min(c.time.seconds or 0.0 for c in cands)
+    tied = [c for c in cands if (c.time.seconds or 0.0) <= best * (1 + TIE_FRACTION)]
+    rest = [c for c in cands if (c.time.seconds or 0.0) > best * (1 + TIE_FRACTION)]
+    return sorted(tied, key=lambda c: -c.micro) + sorted(rest, key=lambda c: (c.time.seconds or 0.0, -c.micro))
+
+
 def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
     """No checkpointing before checkpointing (it only recomputes the forward: never faster, so it is on only
     where no split fits without it — a time priced from rows of either setting must not rank it first, and a
-    probe's two points on a loaded CPU can); then the fastest predicted where every time rests on a measured
-    per-step split, else the largest micro-batch first. Returns (order, ranked by measured time)."""
+    probe's two points on a loaded CPU can); then, where every time rests on a measured per-step split, the
+    splits whose micro-batch the rows timed before those priced beyond it (`RunTime.extrapolated`), each group
+    by predicted time (`_by_time`); else the largest micro-batch first. Returns (order, ranked by measured time)."""
     timed = all(c.time.seconds is not None and MEASURED_SPLIT in c.time.source for c in cands)
     if timed:
-        return sorted(cands, key=lambda c: (c.checkpointing, c.time.seconds or 0.0, -c.micro)), True
+        groups = [[c for c in cands if (c.checkpointing, c.time.extrapolated) == key]
+                  for key in ((False, False), (False, True), (True, False), (True, True))]
+        return [c for group in groups for c in _by_time(group)], True
     return sorted(cands, key=lambda c: (c.checkpointing, -c.micro)), False
+
+
+def _ranking_note(chosen: Candidate, cands: list[Candidate]) -> str:
+    """What the ranking set aside for the chosen split: a faster prediction of a smaller micro-batch inside the
+    tie (never one that did not fit: that one ranked before it), splits only extrapolated to ('' where neither)."""
+    def seconds(c: Candidate) -> float:
+        return c.time.seconds or 0.0
+
+    alike = [c for c in cands if c.checkpointing == chosen.checkpointing and c.time.seconds is not None]
+    notes = []
+    group = [c for c in alike if c.time.extrapolated == chosen.time.extrapolated]
+    in_tie = seconds(chosen) <= min(map(seconds, group), default=0.0) * (1 + TIE_FRACTION)
+    aside = min((c for c in group if c.micro < chosen.micro and seconds(c) < seconds(chosen)), key=seconds,
+                default=None)  # in the tie with it, ranked after it: never tried
+    if in_tie and aside is not None:
+        notes.append(f"{aside.micro} × {aside.accumulation} predicted {human_seconds(seconds(aside))} "
+                     f"against {human_seconds(seconds(chosen))}: within {TIE_FRACTION:.0%}, a tie the larger "
+                     "micro-batch takes")
+    beyond = sorted({c.micro for c in alike if c.time.extrapolated and c.micro != chosen.micro})
+    if beyond and not chosen.time.extrapolated:
+        notes.append(f"micro-batch {', '.join(map(str, beyond))} not timed by any row: priced by extrapolation, "
+                     "never ranked above a timed split (`tunelab probe` at that micro-batch times it)")
+    return "; ".join(notes)
 
 
 def choose_split(cfg: RunConfig, costs: Costs, target: int, explicit: frozenset[str]
@@ -185,7 +227,8 @@ def choose_split(cfg: RunConfig, costs: Costs, target: int, explicit: frozenset[
         figure = costs.peak(chosen.config(cfg))
     peak = round(figure.required_gib, 2) if figure is not None else None
     base = costs.time(cfg)
-    choices = [_split_choice(chosen, nproc, base, peak, costs, measured, explicit),
+    why = _ranking_note(chosen, cands) if measured else ""
+    choices = [_split_choice(chosen, nproc, base, peak, costs, measured, explicit, why),
                _checkpoint_choice(chosen, t.gradient_checkpointing, peak, costs, explicit, costs.fits(figure))]
     return chosen.config(cfg), choices
 
@@ -219,7 +262,7 @@ def _effect(delta: float | None, peak: float | None, costs: Costs) -> str:
 
 
 def _split_choice(c: Candidate, nproc: int, base: RunTime, peak: float | None, costs: Costs, measured: bool,
-                  explicit: frozenset[str]) -> LeverChoice:
+                  explicit: frozenset[str], ranking: str = "") -> LeverChoice:
     value = f"{c.micro} × {c.accumulation} × {nproc}"
     given = [f for f in SPLIT_FIELDS if f in explicit]
     if len(given) == 2:
@@ -230,6 +273,8 @@ def _split_choice(c: Candidate, nproc: int, base: RunTime, peak: float | None, c
            f"({c.time.source})" if measured else
            f"largest micro-batch that fits, effective batch {c.micro * c.accumulation * nproc} held: no measured "
            "fixed per-step cost tells the splits' times apart (`tunelab probe` measures it)")
+    if ranking:
+        why += f"; {ranking}"
     if given:
         why += f"; {given[0]} set in the spec is kept"
     src = _time_source(c.time) if measured else (
