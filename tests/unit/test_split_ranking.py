@@ -1,8 +1,9 @@
 """How the micro-batch split lever ranks splits priced from measured step costs: a split is priced from the
-history rows that timed its micro-batch, one none timed is said to be extrapolated and never ranks above a timed
-one, and predictions within TIE_FRACTION of each other are a tie the larger micro-batch takes (the deadline
-benchmark saw the lever flip between 16 × 1 and 4 × 4 on noise, and price the untimed 4 × 4 25 % low). The
-rankings are checked on injected predicted times; the pricing on rows set here, by hand."""
+history rows that timed its micro-batch, one none timed is said to be extrapolated, one below all they timed never
+ranks above one priced from timed rows, and predictions within TIE_FRACTION of each other are a tie the larger
+micro-batch takes (the deadline benchmark saw the lever flip between 16 × 1 and 4 × 4 on noise, and price the 4 × 4
+carried down from 16–32 25 % low). The rankings are checked on injected predicted times; the pricing on rows set
+here, by hand."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def fresh_history(tmp_path, monkeypatch):
 
 @dataclass(frozen=True)
 class Injected(Costs):
-    """Costs whose predicted times (and, on a GPU, fits) are set by the test: {micro-batch: (seconds, timed)}."""
+    """Costs whose predicted times and fits are set by the test: {micro-batch: (seconds, priced from timed rows)}."""
 
     table: dict[int, tuple[float, bool]] | None = None
     fitting: int = 10**6  # the largest micro-batch that fits
@@ -39,7 +40,7 @@ class Injected(Costs):
         assert cfg.training is not None and self.table is not None
         seconds, timed = self.table[cfg.training.batch_size]
         return RunTime(steps=20, tokens_per_epoch=1, train_tokens=1.0, tokens_per_microbatch=1, tokens_per_s=1.0,
-                       seconds=seconds, startup_s=1.0, source=SOURCE, processes=1, extrapolated=not timed)
+                       seconds=seconds, startup_s=1.0, source=SOURCE, processes=1, below_timed=not timed)
 
     def peak(self, cfg: RunConfig):
         assert cfg.training is not None
@@ -86,14 +87,15 @@ def test_predictions_within_the_tie_go_to_the_larger_micro_batch(tmp_path, spec_
         assert why.startswith("fastest predicted split") and f"{best} × {16 // best} predicted" in why
 
 
-def test_a_split_no_row_timed_never_ranks_above_a_timed_one(tmp_path, spec_in):
-    """1 × 16 and 4 × 4 priced far below 16 × 1, but only by extrapolation: the timed 16 × 1 wins and the lever
-    says which micro-batches were set aside and how to time them. With nothing timed, the fastest is taken."""
+def test_a_split_carried_below_what_was_timed_never_ranks_above_a_timed_one(tmp_path, spec_in):
+    """1 × 16 and 4 × 4 priced far below 16 × 1, but only by carrying a step cost down from larger micro-batches:
+    the timed 16 × 1 wins and the lever says which micro-batches were set aside and how to time them. With
+    nothing timed, the fastest is taken."""
     cfg, explicit = _cfg(tmp_path, spec_in)
     table = {16: (10.0, True), 8: (9.9, True), 4: (6.0, False), 2: (7.0, False), 1: (5.0, False)}
     (micro, _), why = _choose(cfg, explicit, table)
     assert micro == 16
-    assert "micro-batch 1, 2, 4 not timed by any row" in why and "`tunelab probe`" in why
+    assert "micro-batch 1, 2, 4 below what any row timed" in why and "`tunelab probe`" in why
     untimed = {m: (s, False) for m, (s, _) in table.items()}
     assert _choose(cfg, explicit, untimed)[0] == (1, 16)  # the fastest, as before: nothing timed tells them apart
 
@@ -137,9 +139,17 @@ def test_a_split_is_priced_from_the_rows_that_timed_its_micro_batch(tiny_model):
         accumulation = max(1, 16 // micro)  # the fixed part is the row's per optimizer step, paid per micro-batch
         by_hand = row.step_fixed_s * accumulation / (16 // row.batch_size) + row.per_token_s * tokens
         assert speed.tokens_per_s == pytest.approx(tokens / by_hand, rel=1e-9), micro
-        assert not speed.extrapolated and "extrapolated" not in speed.source and speed.rows == [row]
+        assert not speed.below_timed and "extrapolated" not in speed.source and speed.rows == [row]
     between = speed_from_history(arch, None, tokens, 27, [small, large], micro_batches=4, micro_batch=4)
-    assert between.extrapolated and between.rows == [small, large]
-    assert "micro-batch 4 extrapolated: the rows timed micro-batches 1–2, 16–32" in between.source
+    assert not between.below_timed and between.rows == [small, large]
+    assert "micro-batch 4 extrapolated from the micro-batches the rows timed, 1–2, 16–32" in between.source
     each = [tokens / predicted_step_s(r, arch, tokens, 27, 4) for r in (small, large)]
     assert between.tokens_per_s == pytest.approx(sum(each) / 2, rel=1e-9)  # the median of two
+    # carried up from the small row alone errs high (efficiency grows with the micro-batch): ranked as timed;
+    # carried down from the large one alone errs low: said so and flagged
+    up = speed_from_history(arch, None, tokens, 27, [small], micro_batches=1, micro_batch=16)
+    assert not up.below_timed
+    assert "micro-batch 16 extrapolated from the micro-batches the rows timed, 1–2" in up.source
+    down = speed_from_history(arch, None, tokens, 27, [large], micro_batches=4, micro_batch=4)
+    assert down.below_timed and "micro-batch 4 extrapolated down from the micro-batches the rows timed, 16–32" \
+        in down.source

@@ -187,7 +187,7 @@ class RunTime:
     spread: float = 0.0
     contention: str = ""
     first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
-    extrapolated: bool = False  # its micro-batch outside what the history rows timed (estimate/speedhistory.py)
+    below_timed: bool = False  # its micro-batch below all the history rows timed: priced low (speedhistory.py)
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -245,7 +245,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
                                               timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention, first, speed.extrapolated)
+                   kind, speed.spread, speed.contention, first, speed.below_timed)
 
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],

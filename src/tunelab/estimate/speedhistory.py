@@ -81,14 +81,16 @@ def covers(row: HistoryRun, micro_batch: int) -> bool:
     return timed is None or timed[0] <= micro_batch <= timed[1]
 
 
-def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> str:
-    """'' where a row timed this micro-batch (or none is asked about); else the words that say it was carried
-    beyond what the rows timed."""
+def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> tuple[str, bool]:
+    """('', False) where a row timed this micro-batch (or none is asked about); else the words that say it was
+    carried beyond what the rows timed, and whether down: below every micro-batch they timed, where a step's
+    efficiency falls and a linear cost prices it low (optimistic). Carried up, the same cost errs high."""
     if micro_batch is None or any(covers(r, micro_batch) for r in rows):
-        return ""
+        return "", False
     timed = sorted({t for r in rows if (t := timed_micro_batches(r)) is not None})
-    return (f"micro-batch {micro_batch} extrapolated: the rows timed micro-batches "
-            f"{', '.join(f'{lo}–{hi}' for lo, hi in timed)}")
+    below = micro_batch < min(lo for lo, _ in timed)  # timed is not empty: a row that recorded none covers
+    return (f"micro-batch {micro_batch} extrapolated{' down' if below else ''} from the micro-batches the rows "
+            f"timed, {', '.join(f'{lo}–{hi}' for lo, hi in timed)}", below)
 
 
 def _kinds(rows: list[HistoryRun]) -> str:
@@ -131,7 +133,7 @@ class Speed:
     kind: SourceKind = SourceKind.ASSUMED
     spread: float = 0.0
     contention: str = ""  # one line when the rows were timed under contention (corrected by their slowdown)
-    extrapolated: bool = False  # the micro-batch asked about lies outside what every row timed (`covers`)
+    below_timed: bool = False  # the micro-batch asked about lies below every one the rows timed (`extrapolation`)
 
 
 def origin_kind(rows: list[HistoryRun]) -> SourceKind:
@@ -182,22 +184,22 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
                        recompute: bool = False, micro_batch: int | None = None) -> Speed:
     """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
     part of a split row is paid per micro-batch); micro_batch: its size, priced from the split rows that timed it
-    where any did (`covers`), else from them all, said to be extrapolated; recompute: gradient checkpointing,
-    priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows timed under
-    contention are used only where no other row is (`uncontended`)."""
+    where any did (`covers`), else from them all, said to be extrapolated (`extrapolation`); recompute: gradient
+    checkpointing, priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows
+    timed under contention are used only where no other row is (`uncontended`)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if _same_model(r, arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
     note = f"; {contention}" if contention else ""
     if split:
-        beyond = extrapolation(split, micro_batch)
+        beyond, below = extrapolation(split, micro_batch)
         near = _nearest([r for r in split if beyond or covers(r, micro_batch or 0)] if micro_batch else split,
                         tokens_per_step)
         each = [tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches) for r in near]
         what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
         return Speed(median(each), f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token "
                      f"step cost{'; ' + beyond if beyond else ''}){note}", near,
-                     origin_kind(near) if same else SourceKind.CARRIED, _spread(near, each), contention, bool(beyond))
+                     origin_kind(near) if same else SourceKind.CARRIED, _spread(near, each), contention, below)
     if same:
         near = _nearest(same, tokens_per_step)
         each = [r.tokens_per_s for r in near if r.tokens_per_s is not None]  # on_device: all have one

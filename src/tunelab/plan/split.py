@@ -166,11 +166,12 @@ def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
     """No checkpointing before checkpointing (it only recomputes the forward: never faster, so it is on only
     where no split fits without it — a time priced from rows of either setting must not rank it first, and a
     probe's two points on a loaded CPU can); then, where every time rests on a measured per-step split, the
-    splits whose micro-batch the rows timed before those priced beyond it (`RunTime.extrapolated`), each group
-    by predicted time (`_by_time`); else the largest micro-batch first. Returns (order, ranked by measured time)."""
+    splits priced from what the rows timed (or carried up from it) before those carried down below it
+    (`RunTime.below_timed`: priced low), each group by predicted time (`_by_time`); else the largest micro-batch
+    first. Returns (order, ranked by measured time)."""
     timed = all(c.time.seconds is not None and MEASURED_SPLIT in c.time.source for c in cands)
     if timed:
-        groups = [[c for c in cands if (c.checkpointing, c.time.extrapolated) == key]
+        groups = [[c for c in cands if (c.checkpointing, c.time.below_timed) == key]
                   for key in ((False, False), (False, True), (True, False), (True, True))]
         return [c for group in groups for c in _by_time(group)], True
     return sorted(cands, key=lambda c: (c.checkpointing, -c.micro)), False
@@ -178,13 +179,13 @@ def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
 
 def _ranking_note(chosen: Candidate, cands: list[Candidate]) -> str:
     """What the ranking set aside for the chosen split: a faster prediction of a smaller micro-batch inside the
-    tie (never one that did not fit: that one ranked before it), splits only extrapolated to ('' where neither)."""
+    tie (never one that did not fit: that one ranked before it), splits only carried down to ('' where neither)."""
     def seconds(c: Candidate) -> float:
         return c.time.seconds or 0.0
 
     alike = [c for c in cands if c.checkpointing == chosen.checkpointing and c.time.seconds is not None]
     notes = []
-    group = [c for c in alike if c.time.extrapolated == chosen.time.extrapolated]
+    group = [c for c in alike if c.time.below_timed == chosen.time.below_timed]
     in_tie = seconds(chosen) <= min(map(seconds, group), default=0.0) * (1 + TIE_FRACTION)
     aside = min((c for c in group if c.micro < chosen.micro and seconds(c) < seconds(chosen)), key=seconds,
                 default=None)  # in the tie with it, ranked after it: never tried
@@ -192,10 +193,11 @@ def _ranking_note(chosen: Candidate, cands: list[Candidate]) -> str:
         notes.append(f"{aside.micro} × {aside.accumulation} predicted {human_seconds(seconds(aside))} "
                      f"against {human_seconds(seconds(chosen))}: within {TIE_FRACTION:.0%}, a tie the larger "
                      "micro-batch takes")
-    beyond = sorted({c.micro for c in alike if c.time.extrapolated and c.micro != chosen.micro})
-    if beyond and not chosen.time.extrapolated:
-        notes.append(f"micro-batch {', '.join(map(str, beyond))} not timed by any row: priced by extrapolation, "
-                     "never ranked above a timed split (`tunelab probe` at that micro-batch times it)")
+    below = sorted({c.micro for c in alike if c.time.below_timed and c.micro != chosen.micro})
+    if below and not chosen.time.below_timed:
+        notes.append(f"micro-batch {', '.join(map(str, below))} below what any row timed: its linear price is "
+                     "optimistic (a step's efficiency falls at smaller micro-batches), so it never ranks above a "
+                     "split priced from timed ones (`tunelab probe` at that micro-batch times it)")
     return "; ".join(notes)
 
 
