@@ -11,6 +11,7 @@ import pytest
 from loadrule import check_contended, slowdown_by_rule
 
 from tunelab.faults import FIRED_ENV, KILL_ENV
+from tunelab.ledger import history
 from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
@@ -42,6 +43,13 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
         assert (d / "tokenizer.json").is_file()
     assert read_json(run_dir / "status.json")["state"] == "completed"
     assert training_state(run_dir) == "completed"
+    # every checkpoint save timed (the trainer's and its epoch_N publish): one per epoch here (no checkpoint_every),
+    # their time part of the overhead, which holds the 4 validations too; the run's history row keeps the mean,
+    # which plans price saves with (estimate/savecost.py)
+    assert summary["saves"] == epochs and summary["save_s"] > 0
+    assert summary["save_s"] * epochs <= summary["overhead_s"] + 1e-3  # each rounded (to 0.1 and 1 ms)
+    (row,) = [r for r in history.load(everything=True) if r.key == str(run_dir)]
+    assert row.save_s == summary["save_s"]
     assert summary["final_loss"] == train_rows[-1]["loss"] and summary["final_val_loss"] == val_rows[-1]["val_loss"]
     # 5-letter words in one prompt format: all the same length, so no padding at all, and each logged row has
     # counted step × 8 examples of that length

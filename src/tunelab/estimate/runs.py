@@ -31,6 +31,8 @@ from tunelab.spec import Strategy, TrainingConfig
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
 
+REFERENCE_OVERHEAD = "validation and saves as the reference runs measured them"
+
 
 def _training(cfg: RunConfig) -> TrainingConfig:
     """The training of a run that trains (a control has no memory or speed to estimate)."""
@@ -150,8 +152,8 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
     elif not refs:
         startup = ASSUMED_STARTUP_S
         time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
-    if fracs:
-        time_source += " + validation and saves as the reference runs measured them"
+    if fracs:  # the same rows as run_time's saves_priced
+        time_source += f" + {REFERENCE_OVERHEAD}"
     elif first is not None:
         time_source += f" {first.source}"
     elif t.validation_every_steps:
@@ -188,6 +190,7 @@ class RunTime:
     contention: str = ""
     first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
     below_timed: bool = False  # its micro-batch below all the history rows timed: priced low (speedhistory.py)
+    saves_priced: bool = False  # seconds hold its saves: first contact prices them, reference runs' overhead theirs
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -244,8 +247,9 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
                                               timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
+    saves_priced = seconds is not None and (first is not None or any(r.train_time_s for r in refs))
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention, first, speed.below_timed)
+                   kind, speed.spread, speed.contention, first, speed.below_timed, saves_priced)
 
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
@@ -298,6 +302,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         startup_s=round(time.startup_s, 1) if time.startup_s is not None else None,
         seconds=seconds,
         time_source=time.source,
+        saves_in_time=time.saves_priced,
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,

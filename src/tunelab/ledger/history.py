@@ -125,6 +125,8 @@ class HistoryRun:
     """Seconds spent in training steps."""
     overhead_s: float | None = None
     """Seconds outside training steps (loading, evaluation, saving)."""
+    save_s: float | None = None
+    """Seconds one checkpoint save took, the run's mean (part of overhead_s)."""
     startup_s: float | None = None
     """Seconds before the first step."""
     finish_s: float | None = None
@@ -299,6 +301,7 @@ def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
         duration_s=summary.duration_s,
         train_time_s=summary.train_time_s,
         overhead_s=summary.overhead_s,
+        save_s=summary.save_s,
         startup_s=summary.startup_s,
         finish_s=summary.finish_s,
         recorded_at=now_iso(),

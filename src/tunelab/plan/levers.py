@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tunelab.catalog import GPU, resolve_architecture
 from tunelab.estimate.evalrun import EVAL_BATCH
-from tunelab.estimate.memory import DTYPE_BYTES, full_module_params, lora_params
+from tunelab.estimate.memory import DTYPE_BYTES
+from tunelab.estimate.savecost import SaveCost, save_cost
 from tunelab.fsutil import human_seconds
 from tunelab.models.vlm import is_vision_language
 from tunelab.plan.split import (Costs, Lengths, choose_split, fixed_split, processes_of, signed_seconds,
@@ -25,9 +26,6 @@ from tunelab.rundir.estimate import LeverChoice, LeverSource
 from tunelab.spec import ExperimentSpec, TrainingConfig
 from tunelab.spec.stages import split_stage_factor
 
-SAVE_FIXED_S = 1.0  # assumed: a trainer checkpoint's fixed cost (files, RNG, trainer_state.json)
-SAVE_BYTES_PER_S = 500e6  # assumed: local or parallel filesystem write speed
-SAVED_BYTES_PER_PARAM = 12  # fp32 trainable weight + AdamW's two fp32 moments
 MTBI_SCHEDULER_S = 8 * 3600.0  # assumed: mean time between interruptions (preemption, node failure) of a job
 MTBI_LOCAL_S = 24 * 3600.0  # assumed: the same for a local process
 PACKING_GAIN = 0.05  # packing is proposed when it raises the non-pad share of tokens by at least this
@@ -97,24 +95,14 @@ def run_levers(cfg: RunConfig, spec: ExperimentSpec, spec_path: Path, costs: Cos
     target = target_effective_batch(cfg.training, processes_of(cfg, costs.gpu), explicit, spec_path, cfg.name)
     chosen, choices = choose_split(cfg, costs, target, explicit)
     time = costs.time(chosen)
-    chosen, every = checkpoint_choice(chosen, cfg, time.seconds, time.steps, detached, explicit)
+    save = save_cost(chosen, costs.gpu, costs.history)
+    chosen, every = checkpoint_choice(chosen, cfg, time.seconds, time.steps, detached, explicit, save)
     choices.append(every)
     packing = packing_choice(chosen, costs, explicit, time.seconds)
     if packing is not None:
         choices.append(packing)
     choices += [workers_choice(chosen, explicit, costs.gpu is not None), eval_batch_choice(chosen, costs)]
     return chosen, choices
-
-
-def save_cost_s(cfg: RunConfig) -> float:
-    """Seconds one mid-epoch trainer checkpoint takes (assumed): a fixed part + the trainable weights and their
-    optimizer state at SAVE_BYTES_PER_S."""
-    t = cfg.training
-    assert t is not None
-    arch = resolve_architecture(cfg.model.path)
-    targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
-    params = lora_params(arch, t.lora_rank, targets) + full_module_params(arch, tuple(t.modules_to_save))
-    return SAVE_FIXED_S + params * SAVED_BYTES_PER_PARAM / SAVE_BYTES_PER_S
 
 
 def mid_epoch_saves(t: TrainingConfig, train_s: float | None, steps: int) -> int:
@@ -128,17 +116,16 @@ def mid_epoch_saves(t: TrainingConfig, train_s: float | None, steps: int) -> int
 
 
 def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None, steps: int, detached: bool,
-                      explicit: frozenset[str]) -> tuple[RunConfig, LeverChoice]:
+                      explicit: frozenset[str], save: SaveCost) -> tuple[RunConfig, LeverChoice]:
     """Young/Daly: saving every sqrt(2 × save cost × mean time between interruptions) minimizes the time lost
     to saves plus the work an interruption loses (half an interval on average). A run shorter than that
     interval saves only at epoch ends (a time limit's warning saves anyway: train/interrupts.py)."""
     assert cfg.training is not None and spec_cfg.training is not None
-    cost = save_cost_s(cfg)
+    cost = save.seconds
     mtbi = MTBI_SCHEDULER_S if detached else MTBI_LOCAL_S
     every = math.sqrt(2 * cost * mtbi)
     base_saves = mid_epoch_saves(spec_cfg.training, train_s, steps)
-    assumed = (f"save ≈ {cost:.1f} s (assumed: {SAVE_FIXED_S:.0f} s + trainable state at "
-               f"{SAVE_BYTES_PER_S / 1e6:.0f} MB/s), an interruption every {human_seconds(mtbi)} (assumed)")
+    assumed = f"{save.source}, an interruption every {human_seconds(mtbi)} (assumed)"
     if "checkpoint_every" in explicit:
         return cfg, LeverChoice(lever="checkpoint_every", value=str(cfg.training.checkpoint_every), applied=True,
                                 source=LeverSource.SPEC, seconds_delta=0.0,
@@ -156,7 +143,8 @@ def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None
     saves = mid_epoch_saves(new.training, train_s, steps)
     lost = f"; an interruption loses ≈ {human_seconds(min(every, train_s) / 2)}" if train_s is not None else ""
     return new, LeverChoice(
-        lever="checkpoint_every", value=value, applied=True, source=LeverSource.ASSUMED,
+        lever="checkpoint_every", value=value, applied=True,
+        source=LeverSource.HISTORY if save.measured else LeverSource.ASSUMED,
         seconds_delta=round((saves - base_saves) * cost, 1),
         effect=f"{saves} mid-epoch saves ≈ {human_seconds(saves * cost)} (spec's: {base_saves}){lost}",
         why=f"{why}; {assumed}")

@@ -23,7 +23,8 @@ from tunelab.estimate.speedhistory import device_key
 from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.estimate.jobstart import job_start
 from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, model_estimate
-from tunelab.plan.levers import choose_levers, mid_epoch_saves, save_cost_s
+from tunelab.estimate.savecost import save_cost
+from tunelab.plan.levers import choose_levers, mid_epoch_saves
 from tunelab.plan.searchline import pending_search, search_gives, search_line
 from tunelab.plan.tunecost import trial_evaluations
 from tunelab.plan.split import Lengths
@@ -88,10 +89,8 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
             line.train_start_s, line.train_start_source = start.seconds, start.source
             ranges.append(start.range())
         if est is not None and not cfg.stages:
-            saves = mid_epoch_saves(cfg.training, est.seconds, est.steps)
-            line.saves_s = round(saves * save_cost_s(cfg), 1)
-            line.saves_source = f"{saves} mid-epoch saves (save cost assumed)" if saves else "epoch ends only"
-            ranges.append(time_range(line.saves_s, SourceKind.ASSUMED) if line.saves_s else None)
+            line.saves_s, line.saves_source, kind = _saves(cfg, est, plan.gpu, history)
+            ranges.append(time_range(line.saves_s, kind) if line.saves_s else None)
     if line.train_s is not None and line.eval_s is not None:
         line.total_s = round(line.train_start_s + line.train_s + line.saves_s + line.eval_start_s + line.eval_s, 1)
         run = summed(recorded, plan.errors or [], device_key(plan.gpu), frozenset(parts), "the run")
@@ -99,6 +98,21 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         line.total_p10_s = total.p10_s if total is not None else None
         line.total_p90_s = total.p90_s if total is not None else None
     return line
+
+
+def _saves(cfg: RunConfig, est: RunEstimate, gpu: GPU | None, history: list[HistoryRun]
+           ) -> tuple[float, str, SourceKind]:
+    """The run's mid-epoch saves: seconds, source, kind. Where its time holds them already (first contact prices
+    them, reference runs' overhead carries theirs: `RunEstimate.saves_in_time`), they are not added twice."""
+    assert cfg.training is not None
+    saves = mid_epoch_saves(cfg.training, est.seconds, est.steps)
+    if not saves:
+        return 0.0, "epoch ends only", SourceKind.ASSUMED
+    if est.saves_in_time:
+        return 0.0, f"{saves} mid-epoch saves: in the training time (priced with it)", SourceKind.MEASURED
+    save = save_cost(cfg, gpu, history)
+    return (round(saves * save.seconds, 1), f"{saves} mid-epoch saves, {save.source}",
+            SourceKind.MEASURED if save.measured else SourceKind.ASSUMED)
 
 
 def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:

@@ -34,6 +34,8 @@ class Counters:
     nonpad_tokens: int = 0  # real tokens (padding excluded)
     examples: int = 0
     overhead_s: float = 0.0  # time in evaluation and checkpoint saves
+    save_s: float = 0.0  # of overhead_s, the checkpoint saves' (each one's publish included)
+    saves: int = 0  # checkpoint saves timed
     elapsed_s: float = 0.0  # wall time of training (all attempts)
     data_wait_s: float = 0.0  # time the training loop waited for its next batch (slowest process)
 

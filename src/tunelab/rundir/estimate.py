@@ -172,6 +172,8 @@ class RunEstimate(_Record):
     startup_s: float | None = Field(None, description="Model load and tokenization before the first step, s.")
     seconds: float | None = Field(None, description="Wall time of all the run's processes together, s.")
     time_source: str = Field("", description="Where the time came from (history, a FLOPs model, none).")
+    saves_in_time: bool = Field(False, description="Its mid-epoch saves are in `seconds` already: a first-contact "
+                                "estimate prices them, reference runs' overhead carries theirs.")
     gpu_hours: float | None = Field(None, description="Time × processes.")
     slurm_time_limit: str | None = Field(None, description="Estimate × margin, rounded up: the SLURM limit "
                                          "used when the user sets none.")

@@ -151,6 +151,8 @@ class Summary(JsonRecord):
     duration_s: float | None = None  # training wall time, all attempts (evaluations and saves included)
     train_time_s: float | None = None  # duration less overhead
     overhead_s: float | None = None  # validation and checkpoint saves
+    saves: int | None = None  # checkpoint saves (mid-epoch and epoch ends), all attempts
+    save_s: float | None = None  # seconds one save took, their mean (part of overhead_s; None: no save)
     step_cost: StepCost | None = None  # one-process unstaged runs only
     finish_s: float | None = None  # after training: step cost, summary
     startup_s: float | None = None  # process start to the first step (interpreter, imports, loading)

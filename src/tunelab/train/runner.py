@@ -216,7 +216,8 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
     step_cost = _step_cost(trainer, t, writer.rows) if calibrates_step_cost(w.size, bool(ctx.name)) else None
     stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - writer.base_elapsed) if ctx.name else None
     end_counters = writer.snapshot()
-    timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, fitted.startup_s)
+    timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, fitted.startup_s, counters.saves,
+                    counters.save_s)
     summary = summarize(
         run_dir, cfg, writer.rows, steps=ctx.step_offset + trainer.state.global_step,  # the last row's may be earlier
         epochs=ctx.epoch_offset + t.epochs, timing=timing, train_examples=fitted.train_examples,

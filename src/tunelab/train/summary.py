@@ -30,6 +30,8 @@ class Timing:
     overhead_s: float
     finish_s: float
     startup_s: float | None
+    saves: int = 0  # checkpoint saves, whose time is part of overhead_s
+    save_s: float = 0.0  # their seconds together
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         stage_duration_s=round(stage.duration_s, 3) if stage else None,
         duration_s=round(timing.duration_s, 3), train_time_s=round(timing.duration_s - timing.overhead_s, 3),
         overhead_s=round(timing.overhead_s, 3), step_cost=step_cost, finish_s=round(timing.finish_s, 3),
+        saves=timing.saves, save_s=round(timing.save_s / timing.saves, 4) if timing.saves else None,
         startup_s=round(timing.startup_s, 3) if timing.startup_s is not None else None,
         train_examples=train_examples, validation_examples=validation_examples, packing=packing,
         dataloader_workers=pipeline.workers.count, dataloader_workers_source=pipeline.workers.source,
