@@ -69,6 +69,8 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
         check_contended(r["contended"], slowdown)
         # how far its timings disagreed (all of them kept): measured, and stored as the probe reported it
         assert r["time_spread"] is not None and r["time_spread"] == printed[r["lora_rank"]]["time_spread"]
+        # one real trainer checkpoint written and timed, as a run's save writes it: what plans price saves at
+        assert r["save_s"] > 0 and r["save_s"] == printed[r["lora_rank"]]["save_s"]
     assert "load" in runner.invoke(app, ["history"]).output  # the table's load column
     # the probe trained in scratch run dirs (runs/.probe-SHAPE, next to where the runs will be): all gone
     assert (spec.parent / "runs").is_dir() and not list((spec.parent / "runs").glob(".probe-*"))

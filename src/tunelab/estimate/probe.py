@@ -88,7 +88,8 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         dtype=_probed_dtype(t, result), processes=1, **history.training_memory_fields(t),
         max_tokens_per_microbatch=int(max(p.tokens for p in result.points if p.micro_batch == t.batch_size)),
         missing="final_loss,final_val_loss,epochs", max_micro_batch=result.max_micro_batch,
-        startup_s=result.startup_s, time_spread=result.spread, **history.load_fields(result.load))
+        startup_s=result.startup_s, save_s=result.save_s, time_spread=result.spread,
+        **history.load_fields(result.load))
 
 
 def caveat(shape: Shape, result: ProbeResult) -> str | None:

@@ -114,6 +114,7 @@ class ProbeResult(JsonRecord):
     cuda_context_after_gib: float | None = None  # the same after the timed steps (kernels load lazily)
     steps: list[ProbeStep] = field(default_factory=list)  # --steps: every timed step in order
     generation: GenerationSpeed | None = None  # batched generation timed after the steps (None: not measured)
+    save_s: float | None = None  # one trainer checkpoint written as a run writes it, timed (None: not written)
     # process start to the trainer built (interpreter, imports, model load, tokenization): what a job's start-up
     # is in the history (a run measures it at its first step)
     startup_s: float | None = None

@@ -10,7 +10,8 @@ forward, backward, optimizer — at the planned micro-batch and at the next larg
 steps is measured (tunelab/host/cpuload.py); when one micro-batch's timings disagree by more than SPREAD_LIMIT
 (slowest/fastest) or the window was contended, up to MORE_ROUNDS more rounds are timed, and every timing is kept
 with its median and spread. Peak memory is
-`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. Then,
+`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. One
+trainer checkpoint is written as a run's save writes it, timed and removed (`time_save`). Then,
 the trainer freed, a few batched generations are timed as evaluation runs them (train/probe_generate.py).
 
 `--steps=N` (the GPU kit, benchmarks/gpu_truth.py): N timed steps at the planned micro-batch only, each one's
@@ -106,8 +107,10 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     reserved = max(s.memory_gib for s in trace) if cuda and trace else (
         torch.cuda.max_memory_reserved() / GIB if cuda else None)
     used, context = device.used_gib(), device.context_now_gib() if cuda else None
+    save_s = time_save(trainer)
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
+    result.save_s = round(save_s, 4) if save_s is not None else None
     result.spread = round(spread, 4) if (spread := measured.spread()) is not None else None
     result.load, result.rounds, result.settled = measured.load, measured.rounds, settled
     result.max_micro_batch, result.steps = largest, trace
@@ -119,6 +122,23 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
     del trainer  # the trainer's model and optimizer state go before evaluation's model loads
     result.generation = _generation(pcfg, cuda)
     return result
+
+
+def time_save(trainer: Any) -> float | None:
+    """One real trainer checkpoint — the adapter and modules trained in full, optimizer and scheduler state, RNG,
+    trainer_state.json — written as a run's mid-epoch save writes it, timed, then removed: what a save of this
+    shape costs here (estimate/savecost.py prices saves with it). None where the scratch disk refused it."""
+    import shutil
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        trainer._save_checkpoint(trainer.model, trial=None)
+    except (OSError, TunelabError):  # a full scratch disk: the step timings still stand
+        return None
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(trainer.checkpoint_path(), ignore_errors=True)
+    return seconds
 
 
 def disagrees(timed: TimedSteps) -> bool:
