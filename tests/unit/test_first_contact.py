@@ -101,7 +101,7 @@ def test_first_contact_adds_the_loop_validations_and_saves_as_a_hand_computation
     expected = rt.startup_s + train + loop + validations * each_validation + 2 * each_save
     assert rt.seconds == pytest.approx(round(expected, 1), abs=0.051)
     assert "for the job's loop" in rt.source and "2 save(s)" in rt.source
-    assert rt.saves_priced  # so the deadline's saves are not added again (plan/sweeptime.py)
+    assert rt.saves_in_time  # so the deadline's saves are not added again (plan/sweeptime.py)
     assert (f"{validations} validation(s) of 480 tokens" in rt.source) == bool(validations)
 
 

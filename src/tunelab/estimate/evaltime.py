@@ -231,11 +231,6 @@ def _same_device(recorded: str | None, gpu: GPU | None) -> bool:
     return dev != "cpu" and gpu.name.split("-")[0].lower() in dev.replace(" ", "")
 
 
-def _same_architecture(row: HistoryRun, arch: Architecture | None) -> bool:
-    """A training row of this model (estimate/runs.py's rule: layers, hidden size and parameters)."""
-    return arch is not None and (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
-
-
 def _same_model(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() if a and b else False
 
@@ -275,7 +270,7 @@ def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Genera
 def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
                    arch: Architecture | None, cpu_threads: int | None = None) -> tuple[GenerationSpeed, str]:
     """From a measured training step of this model on this device (a forward = a third of a step), else FLOPs."""
-    trained = [r for r in history if r.per_token_s and _same_device(r.device, gpu) and _same_architecture(r, arch)]
+    trained = [r for r in history if r.per_token_s and _same_device(r.device, gpu) and r.of_architecture(arch)]
     if trained:
         row = trained[-1]
         per_token = (row.per_token_s or 0.0) * FORWARD_SHARE

@@ -62,8 +62,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
     here = [r for r in history if r.startup_s is not None and
             (r.device or "").lower().replace(" ", "").find(stem) >= 0]
     arch = _architecture(model)
-    same = sorted(r.startup_s or 0.0 for r in here if arch is not None
-                  and (r.layers, r.hidden, r.parameters) == (arch.layers, arch.hidden, arch.parameters))
+    same = sorted(r.startup_s or 0.0 for r in here if r.of_architecture(arch))
     if same:
         return JobStart(same[len(same) // 2], f"history: median start-up of {len(same)} past run(s) of this model "
                         f"on {stem}", SourceKind.MEASURED)

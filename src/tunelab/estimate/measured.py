@@ -98,8 +98,7 @@ def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture,
     """The newest comparable measured peak of exactly this configuration on this GPU, or None."""
     for row in reversed(history):  # history.load orders rows by when they were recorded
         if (row.memory_kind in COMPARABLE_KINDS and row.peak_memory_gib and row.processes == 1
-                and same_gpu(row, gpu) and (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden,
-                                                                                         arch.parameters)
+                and same_gpu(row, gpu) and row.of_architecture(arch)
                 and MemoryConfig.of_row(row) == planned):
             return row
     return None

@@ -125,6 +125,11 @@ def choose_strategy(distributed: str, processes: int, full_peak_gib: float | Non
     return Strategy.DDP
 
 
+def _reference_overheads(refs: list[HistoryRun]) -> list[float]:
+    """Each reference run's time outside its steps (validation, saves) as a share of its training time."""
+    return [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
+
+
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
                first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
@@ -138,7 +143,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
     train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
     if nproc > 1:
         time_source += f"; {nproc} processes at {efficiency:.0%} scaling efficiency (assumed)"
-    fracs = [(r.overhead_s or 0) / r.train_time_s for r in refs if r.train_time_s]
+    fracs = _reference_overheads(refs)
     overhead_frac = median(fracs) if fracs else 0.0
     if not fracs and t.validation_every_steps and first is None:
         n_val = steps // t.validation_every_steps + 1
@@ -152,7 +157,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
     elif not refs:
         startup = ASSUMED_STARTUP_S
         time_source += f" + {ASSUMED_STARTUP_S:.0f} s start-up (assumed)"
-    if fracs:  # the same rows as run_time's saves_priced
+    if fracs:
         time_source += f" + {REFERENCE_OVERHEAD}"
     elif first is not None:
         time_source += f" {first.source}"
@@ -190,7 +195,7 @@ class RunTime:
     contention: str = ""
     first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
     below_timed: bool = False  # its micro-batch below all the history rows timed: priced low (speedhistory.py)
-    saves_priced: bool = False  # seconds hold its saves: first contact prices them, reference runs' overhead theirs
+    saves_in_time: bool = False  # seconds hold its saves: first contact prices them, reference runs' overhead theirs
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -247,9 +252,9 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
                                               timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
-    saves_priced = seconds is not None and (first is not None or any(r.train_time_s for r in refs))
+    saves_in_time = seconds is not None and (first is not None or bool(_reference_overheads(refs)))
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention, first, speed.below_timed, saves_priced)
+                   kind, speed.spread, speed.contention, first, speed.below_timed, saves_in_time)
 
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
@@ -302,7 +307,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         startup_s=round(time.startup_s, 1) if time.startup_s is not None else None,
         seconds=seconds,
         time_source=time.source,
-        saves_in_time=time.saves_priced,
+        saves_in_time=time.saves_in_time,
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import median
 
-from tunelab.catalog import GPU, resolve_architecture
+from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.memory import full_module_params, lora_params
 from tunelab.estimate.speedhistory import device_key, same_device
 from tunelab.ledger.history import HistoryRun
@@ -27,11 +27,10 @@ class SaveCost:
     measured: bool
 
 
-def _assumed_s(cfg: RunConfig) -> float:
+def _assumed_s(cfg: RunConfig, arch: Architecture) -> float:
     """A fixed part + the trainable weights and their optimizer state at SAVE_BYTES_PER_S."""
     t = cfg.training
     assert t is not None
-    arch = resolve_architecture(cfg.model.path)
     targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
     params = lora_params(arch, t.lora_rank, targets) + full_module_params(arch, tuple(t.modules_to_save))
     return SAVE_FIXED_S + params * SAVED_BYTES_PER_PARAM / SAVE_BYTES_PER_S
@@ -41,11 +40,11 @@ def save_cost(cfg: RunConfig, gpu: GPU | None, history: list[HistoryRun]) -> Sav
     """The median save of the history's runs of this model on this device (any threads: a save is disk work),
     else the assumption."""
     arch = resolve_architecture(cfg.model.path)
-    saved = [r.save_s for r in history if r.save_s is not None and same_device(r, gpu, None)
-             and (r.layers, r.hidden, r.parameters) == (arch.layers, arch.hidden, arch.parameters)]
+    saved = [r.save_s for r in history
+             if r.save_s is not None and same_device(r, gpu, None) and r.of_architecture(arch)]
     if saved:
         return SaveCost(median(saved), f"save ≈ {median(saved):.2f} s (measured: the median of {len(saved)} "
                         f"run(s) of this model on {device_key(gpu)})", True)
-    seconds = _assumed_s(cfg)
+    seconds = _assumed_s(cfg, arch)
     return SaveCost(seconds, f"save ≈ {seconds:.1f} s (assumed: {SAVE_FIXED_S:.0f} s + trainable state at "
                     f"{SAVE_BYTES_PER_S / 1e6:.0f} MB/s)", False)

@@ -36,10 +36,6 @@ def same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bo
     return stem in dev.replace(" ", "") and dev != "cpu"
 
 
-def _same_model(row: HistoryRun, arch: Architecture) -> bool:
-    return (row.layers, row.hidden, row.parameters) == (arch.layers, arch.hidden, arch.parameters)
-
-
 def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]:
     """The past runs closest in tokens per optimizer step (throughput depends on it)."""
     def dist(r: HistoryRun) -> float:
@@ -188,13 +184,13 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
     checkpointing, priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows
     timed under contention are used only where no other row is (`uncontended`)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
-    same = [r for r in on_device if _same_model(r, arch)]
+    same = [r for r in on_device if r.of_architecture(arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
     note = f"; {contention}" if contention else ""
     if split:
-        beyond, below = extrapolation(split, micro_batch)
-        near = _nearest([r for r in split if beyond or covers(r, micro_batch or 0)] if micro_batch else split,
-                        tokens_per_step)
+        covering = [r for r in split if micro_batch is None or covers(r, micro_batch)]
+        beyond, below = ("", False) if covering else extrapolation(split, micro_batch)
+        near = _nearest(covering or split, tokens_per_step)
         each = [tokens_per_step / predicted_step_s(r, arch, tokens_per_step, seq_len, micro_batches) for r in near]
         what = "this model" if same else f"{near[0].model}, carried over by FLOPs and layers"
         return Speed(median(each), f"history: {_kinds(near)} of {what} on {device_key(gpu)} (fixed + per-token "

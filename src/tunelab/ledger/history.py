@@ -13,7 +13,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import ConfigDict, computed_field
 
@@ -25,6 +25,9 @@ from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 from tunelab.spec import TrainingConfig
+
+if TYPE_CHECKING:
+    from tunelab.catalog import Architecture
 
 log = logging.getLogger("tunelab")
 
@@ -193,6 +196,11 @@ class HistoryRun:
     def kind(self) -> str:
         """measured, probed or ingested (rows from before the origin column: by their source)."""
         return self.origin or {"tunelab": "measured", "probe": "probed"}.get(self.source, "ingested")
+
+    def of_architecture(self, arch: Architecture | None) -> bool:
+        """Whether the row is of this model: the same layers, hidden size and parameter count (never of None)."""
+        return arch is not None and (self.layers, self.hidden, self.parameters) == (arch.layers, arch.hidden,
+                                                                                    arch.parameters)
 
 
 def history_path() -> Path:

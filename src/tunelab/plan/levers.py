@@ -125,7 +125,7 @@ def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None
     mtbi = MTBI_SCHEDULER_S if detached else MTBI_LOCAL_S
     every = math.sqrt(2 * cost * mtbi)
     base_saves = mid_epoch_saves(spec_cfg.training, train_s, steps)
-    assumed = f"{save.source}, an interruption every {human_seconds(mtbi)} (assumed)"
+    basis = f"{save.source}, an interruption every {human_seconds(mtbi)} (assumed)"
     if "checkpoint_every" in explicit:
         return cfg, LeverChoice(lever="checkpoint_every", value=str(cfg.training.checkpoint_every), applied=True,
                                 source=LeverSource.SPEC, seconds_delta=0.0,
@@ -147,7 +147,7 @@ def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None
         source=LeverSource.HISTORY if save.measured else LeverSource.ASSUMED,
         seconds_delta=round((saves - base_saves) * cost, 1),
         effect=f"{saves} mid-epoch saves ≈ {human_seconds(saves * cost)} (spec's: {base_saves}){lost}",
-        why=f"{why}; {assumed}")
+        why=f"{why}; {basis}")
 
 
 def packing_choice(cfg: RunConfig, costs: Costs, explicit: frozenset[str], train_s: float | None

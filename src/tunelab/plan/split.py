@@ -120,6 +120,11 @@ class Candidate:
     checkpointing: bool
     time: RunTime
 
+    @property
+    def seconds(self) -> float:
+        """Its predicted time (0 where none: ranked by time only where every candidate has one)."""
+        return self.time.seconds or 0.0
+
     def config(self, cfg: RunConfig) -> RunConfig:
         return with_training(cfg, batch_size=self.micro, gradient_accumulation_steps=self.accumulation,
                              gradient_checkpointing=self.checkpointing)
@@ -151,15 +156,18 @@ def _priced_across_checkpointing(cands: list[Candidate]) -> list[Candidate]:
     return out
 
 
+def _in_tie(c: Candidate, cands: list[Candidate]) -> bool:
+    """Whether c's prediction is within TIE_FRACTION of the fastest of cands (a difference that small is the
+    timings' noise, not the splits')."""
+    return c.seconds <= min(x.seconds for x in cands) * (1 + TIE_FRACTION)
+
+
 def _by_time(cands: list[Candidate]) -> list[Candidate]:
-    """Fastest predicted first, except that the splits within TIE_FRACTION of the fastest come first of all,
-    the largest micro-batch first (a difference that small is the timings' noise, not the splits')."""
-    if not cands:
-        return []
-    best = min(c.time.seconds or 0.0 for c in cands)
-    tied = [c for c in cands if (c.time.seconds or 0.0) <= best * (1 + TIE_FRACTION)]
-    rest = [c for c in cands if (c.time.seconds or 0.0) > best * (1 + TIE_FRACTION)]
-    return sorted(tied, key=lambda c: -c.micro) + sorted(rest, key=lambda c: (c.time.seconds or 0.0, -c.micro))
+    """Fastest predicted first, except that the splits in the tie (`_in_tie`) come first of all, the largest
+    micro-batch first."""
+    tied = [c for c in cands if _in_tie(c, cands)]
+    rest = [c for c in cands if not _in_tie(c, cands)]
+    return sorted(tied, key=lambda c: -c.micro) + sorted(rest, key=lambda c: (c.seconds, -c.micro))
 
 
 def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
@@ -180,18 +188,14 @@ def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
 def _ranking_note(chosen: Candidate, cands: list[Candidate]) -> str:
     """What the ranking set aside for the chosen split: a faster prediction of a smaller micro-batch inside the
     tie (never one that did not fit: that one ranked before it), splits only carried down to ('' where neither)."""
-    def seconds(c: Candidate) -> float:
-        return c.time.seconds or 0.0
-
     alike = [c for c in cands if c.checkpointing == chosen.checkpointing and c.time.seconds is not None]
     notes = []
     group = [c for c in alike if c.time.below_timed == chosen.time.below_timed]
-    in_tie = seconds(chosen) <= min(map(seconds, group), default=0.0) * (1 + TIE_FRACTION)
-    aside = min((c for c in group if c.micro < chosen.micro and seconds(c) < seconds(chosen)), key=seconds,
-                default=None)  # in the tie with it, ranked after it: never tried
-    if in_tie and aside is not None:
-        notes.append(f"{aside.micro} × {aside.accumulation} predicted {human_seconds(seconds(aside))} "
-                     f"against {human_seconds(seconds(chosen))}: within {TIE_FRACTION:.0%}, a tie the larger "
+    aside = min((c for c in group if c.micro < chosen.micro and c.seconds < chosen.seconds),
+                key=lambda c: c.seconds, default=None)  # in the tie with it, ranked after it: never tried
+    if aside is not None and _in_tie(chosen, group):
+        notes.append(f"{aside.micro} × {aside.accumulation} predicted {human_seconds(aside.seconds)} "
+                     f"against {human_seconds(chosen.seconds)}: within {TIE_FRACTION:.0%}, a tie the larger "
                      "micro-batch takes")
     below = sorted({c.micro for c in alike if c.time.below_timed and c.micro != chosen.micro})
     if below and not chosen.time.below_timed:

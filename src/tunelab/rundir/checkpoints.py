@@ -39,6 +39,13 @@ class Counters:
     elapsed_s: float = 0.0  # wall time of training (all attempts)
     data_wait_s: float = 0.0  # time the training loop waited for its next batch (slowest process)
 
+    def add_save(self, seconds: float, saves: int = 1) -> None:
+        """Time spent saving a checkpoint (part of the overhead); `saves`: the checkpoints it completes (0: more
+        time on one already counted, such as its epoch_N publish)."""
+        self.overhead_s += seconds
+        self.save_s += seconds
+        self.saves += saves
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Counters:
         return cls(**data)

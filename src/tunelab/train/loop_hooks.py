@@ -77,10 +77,7 @@ def make_trainer_class():
             t0 = time.monotonic()
             with space_guard(self.checkpoint_path(), self.checkpoint_bytes()):  # a full disk: one NoSpaceError
                 super()._save_checkpoint(model, trial)
-            spent = time.monotonic() - t0
-            self.counters.overhead_s += spent
-            self.counters.save_s += spent
-            self.counters.saves += 1
+            self.counters.add_save(time.monotonic() - t0)
 
         def checkpoint_path(self) -> Path:
             return Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
@@ -152,9 +149,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             if at_epoch_end(state.epoch, state.global_step, state.max_steps):
                 dest = publish_epoch_checkpoint(ckpt, run_dir, epochs + epoch_index(state.epoch))
             status.write(last_checkpoint=str(dest.relative_to(run_dir)), step=steps + state.global_step)
-            spent = time.monotonic() - t0  # the publish is part of the save
-            writer.counters.overhead_s += spent
-            writer.counters.save_s += spent
+            writer.counters.add_save(time.monotonic() - t0, saves=0)  # the publish is part of the save
             write_counters(ckpt, writer.snapshot())
             prune_trainer_checkpoints(args.output_dir, keep)  # only now: this checkpoint is complete
             log(f"saved {dest.relative_to(run_dir)} at step {steps + state.global_step}")

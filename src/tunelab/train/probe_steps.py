@@ -22,7 +22,9 @@ context: train/device_memory.py); the OOM test knob applies to the planned micro
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +130,6 @@ def time_save(trainer: Any) -> float | None:
     """One real trainer checkpoint — the adapter and modules trained in full, optimizer and scheduler state, RNG,
     trainer_state.json — written as a run's mid-epoch save writes it, timed, then removed: what a save of this
     shape costs here (estimate/savecost.py prices saves with it). None where the scratch disk refused it."""
-    import shutil
-    import time
-
     t0 = time.perf_counter()
     try:
         trainer._save_checkpoint(trainer.model, trial=None)
