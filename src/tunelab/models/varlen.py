@@ -4,10 +4,11 @@ TRL's padding-free collator flattens a packed micro-batch into one row with `pos
 each example (and `cu_seq_lens_q` / `max_length_q` beside them). SDPA would need a dense block-diagonal
 (ΣT)² mask for that row; this function instead attends each example on its own:
 
-- on a CUDA GPU, PyTorch's `varlen_attn` (FlashAttention's variable-length kernel: memory and work in ΣTᵢ,
-  grouped-query heads and sliding windows native; it saves q, k, v, the output and the log-sum-exp);
-- elsewhere, or where that kernel cannot serve the layer (fp32, a head dim above 256, logit soft-capping),
-  SDPA on each example's slice — its causal mask, sliding window or soft-capped scores are Tᵢ², never (ΣT)².
+- on a CUDA GPU, PyTorch's `varlen_attn` (FlashAttention's variable-length kernel: memory and work in ΣTᵢ; it
+  saves q, k, v, the output and the log-sum-exp), called as the installed release takes it (models/varlen_call.py:
+  grouped-query heads and sliding windows native from 2.12, key/value heads repeated on 2.10–2.11);
+- elsewhere, or where that kernel cannot serve the layer (fp32, a head dim above 256, logit soft-capping, a
+  sliding window on 2.10), SDPA on each example's slice — its causal mask, sliding window or soft-capped scores are Tᵢ², never (ΣT)².
 
 It is registered with transformers' `AttentionInterface` (models/attention.py); the matching mask function
 builds no mask unless a row is padded. Boundaries come from the collator's `cu_seq_lens_q` when given, else from
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from tunelab.models.varlen_call import installed_varlen
 
 log = logging.getLogger("tunelab")
 
@@ -75,21 +78,22 @@ def segments_of(position_ids: torch.Tensor | None, rows: int, length: int, kwarg
     return Segments(cu, int(cu.diff().max()))
 
 
-def _kernel_serves(query: torch.Tensor, softcap: float | None) -> str | None:
+def _kernel_serves(query: torch.Tensor, softcap: float | None, window: int | None) -> str | None:
     """Why varlen_attn cannot run this layer (None: it can)."""
     device = _DEVICE_OVERRIDE.get() or query.device.type
     if device != "cuda":
         return "not on a CUDA GPU"
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (PyTorch >= 2.10)
-    except ImportError:
-        return f"PyTorch {torch.__version__} has no torch.nn.attention.varlen"
+    call = installed_varlen()
+    if isinstance(call, str):
+        return call
     if query.dtype not in (torch.float16, torch.bfloat16):
         return f"{str(query.dtype).removeprefix('torch.')} (the kernel takes float16/bfloat16)"
     if query.shape[-1] > VARLEN_MAX_HEAD_DIM or query.shape[-1] % 8:
         return f"head dim {query.shape[-1]} (the kernel takes multiples of 8 up to {VARLEN_MAX_HEAD_DIM})"
     if softcap:
         return f"attention logit soft-capping ({softcap:g})"
+    if window and not call.takes_window:
+        return f"a sliding window ({window}): PyTorch {torch.__version__}'s varlen_attn takes none"
     return None
 
 
@@ -99,11 +103,14 @@ def kernels_used() -> str | None:
 
 
 def _note_kernel(path: str, reason: str | None, on_cuda: bool = False) -> None:
-    """Record the path once; a GPU layer that could not use varlen_attn says why, once, in the log."""
+    """Record the path once; a GPU layer that could not use varlen_attn says why, once, in the log, and one that
+    used it as the installed release needed (models/varlen_call.py) says what it did."""
     if path not in KERNELS_USED:
         KERNELS_USED[path] = reason or ""
         if reason and on_cuda:
             log.warning("attention: per-sequence SDPA instead of varlen_attn (%s); examples stay isolated", reason)
+        elif reason:
+            log.info("attention: varlen_attn with %s", reason)
 
 
 def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -121,9 +128,11 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return _masked(module, query, key, value, attention_mask, scaling, dropout, softcap, kwargs), None
     segs = segments_of(position_ids, rows, length, kwargs)
     window = sliding_window if sliding_window and sliding_window < segs.max_len else None
-    why_not = _kernel_serves(query, softcap)
+    why_not = _kernel_serves(query, softcap, window)
     if why_not is None:
-        _note_kernel("varlen_attn", None)
+        call = installed_varlen()
+        assert not isinstance(call, str)
+        _note_kernel("varlen_attn", call.adaptations(heads, key.shape[1], scaling, dim))
         out = _varlen_kernel(query, key, value, segs, scaling, window)
     else:
         _note_kernel("per-sequence sdpa", why_not, on_cuda=(_DEVICE_OVERRIDE.get() or query.device.type) == "cuda")
@@ -138,13 +147,10 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 def _varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segs: Segments,
                    scaling: float | None, window: int | None) -> torch.Tensor:
-    from torch.nn.attention.varlen import varlen_attn
-
+    call = installed_varlen()
+    assert not isinstance(call, str)  # _kernel_serves said it is there
     cu = segs.cu_seqlens.to(query.device, non_blocking=True)
-    out = varlen_attn(_flat(query), _flat(key), _flat(value), cu, cu, segs.max_len, segs.max_len, scale=scaling,
-                      window_size=(window - 1 if window else -1, 0), enable_gqa=key.shape[1] != query.shape[1])
-    assert isinstance(out, torch.Tensor)
-    return out
+    return call(_flat(query), _flat(key), _flat(value), cu, segs.max_len, scaling, window)
 
 
 def _per_sequence(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segs: Segments,
