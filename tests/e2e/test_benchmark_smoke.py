@@ -50,7 +50,8 @@ COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_s
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py"),
                      "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py"),
-                     "first_contact.py": ("--check", "tests/e2e/test_report_audit.py")}
+                     "first_contact.py": ("--check", "tests/e2e/test_report_audit.py"),
+                     "step_cost.py": ("--smoke", "tests/e2e/test_step_profile.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 

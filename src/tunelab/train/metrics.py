@@ -26,17 +26,29 @@ from tunelab.rundir.summary import PackingStats
 @dataclass
 class LocalCounts:
     """What this process counted since the last sync; only a sync over all processes (a collective at
-    the same step on every rank) turns it into run-wide Counters."""
+    the same step on every rank) turns it into run-wide Counters. A count that needs the batch's own values (its
+    non-padding tokens, a padding-free batch's examples) is added up where the batch is, as a tensor, and read
+    once at the sync: read at every micro-batch it would stop the host until the device caught up."""
 
     tokens: int = 0
-    nonpad_tokens: int = 0
-    examples: int = 0
+    nonpad_tokens: int | torch.Tensor = 0
+    examples: int | torch.Tensor = 0
     data_wait: list[float] = field(default_factory=lambda: [0.0])  # seconds; a list so an iterator can add
 
-    def add(self, tokens: int, nonpad: int, examples: int) -> None:
+    def add(self, tokens: int, nonpad: int | torch.Tensor, examples: int | torch.Tensor) -> None:
         self.tokens += tokens
-        self.nonpad_tokens += nonpad
-        self.examples += examples
+        self.nonpad_tokens = self.nonpad_tokens + nonpad
+        self.examples = self.examples + examples
+
+    def read(self) -> tuple[int, int, int]:
+        """(tokens, non-pad tokens, examples) as numbers: the tensors among them read in one transfer."""
+        values: list[int | torch.Tensor] = [self.tokens, self.nonpad_tokens, self.examples]
+        held = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+        if held:
+            read = torch.stack([torch.as_tensor(values[i]).reshape(()).long() for i in held]).tolist()
+            for i, v in zip(held, read):
+                values[i] = v
+        return int(values[0]), int(values[1]), int(values[2])
 
 
 def sync_counters(counters: Counters, local: LocalCounts) -> float:
@@ -44,7 +56,7 @@ def sync_counters(counters: Counters, local: LocalCounts) -> float:
     memory of the worst process (all-reduce max). Every process must call it at the same step."""
     from tunelab.train.distributed import all_reduce
 
-    tokens, nonpad, examples = all_reduce([local.tokens, local.nonpad_tokens, local.examples], "sum")
+    tokens, nonpad, examples = all_reduce(list(local.read()), "sum")
     counters.tokens += int(tokens)
     counters.nonpad_tokens += int(nonpad)
     counters.examples += int(examples)
@@ -55,21 +67,17 @@ def sync_counters(counters: Counters, local: LocalCounts) -> float:
     return peak
 
 
-def count_batch(inputs: dict[str, Any]) -> tuple[int, int, int]:
-    """(tokens, non-pad tokens, examples) of one micro-batch, padded or padding-free."""
+def count_batch(inputs: dict[str, Any]) -> tuple[int, int | torch.Tensor, int | torch.Tensor]:
+    """(tokens, non-pad tokens, examples) of one micro-batch, padded or padding-free. A count taken from the batch's
+    values is left a tensor on the batch's device (LocalCounts reads it at the next sync): no sync here."""
     ids = inputs["input_ids"]
     tokens = int(ids.numel())
     if "position_ids" in inputs and ids.shape[0] == 1 and "attention_mask" not in inputs:
         # padding-free: all tokens are real; examples = restarts of position ids at 0
-        nonpad = tokens
-        examples = int((inputs["position_ids"] == 0).sum())
-    elif "attention_mask" in inputs:
-        nonpad = int(inputs["attention_mask"].sum())
-        examples = int(ids.shape[0])
-    else:
-        nonpad = tokens
-        examples = int(ids.shape[0])
-    return tokens, nonpad, examples
+        return tokens, tokens, (inputs["position_ids"] == 0).sum()
+    if "attention_mask" in inputs:
+        return tokens, inputs["attention_mask"].sum(), int(ids.shape[0])
+    return tokens, tokens, int(ids.shape[0])
 
 
 def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:

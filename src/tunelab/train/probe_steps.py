@@ -18,6 +18,15 @@ the trainer freed, a few batched generations are timed as evaluation runs them (
 tokens, time and memory kept in order, plus what the device says beside torch's counters (NVML used, the CUDA
 context: train/device_memory.py); the OOM test knob applies to the planned micro-batch as it does to
 --max-batch's.
+
+`--profile=DIR` (or `--profile DIR`): after the timed steps (which stay unprofiled) and the save, PROFILE_STEPS more
+steps through the Trainer's own loop under torch.profiler (CPU, and CUDA where present), every part of a step
+labelled — data, collate, tunelab's counting, forward, backward, the rest of training_step, clip_grad_norm,
+AdamW's step, the scheduler, zero_grad, tunelab's callbacks, the Trainer's callbacks, the log, the rest of the
+loop (train/profile.py) — with tunelab's callback attached and a log at every step. Into DIR: trace.json.gz (Chrome
+trace: chrome://tracing or ui.perfetto.dev), ops.txt and ops.json (per operator: count, self CPU time, CUDA time),
+parts.json and parts.txt (per step and part: aten operators, syncs, kernel launches, host and CUDA milliseconds;
+train/profile_report.py), run/ (the metrics.jsonl and status.json tunelab's callback wrote).
 """
 
 from __future__ import annotations
@@ -40,10 +49,11 @@ from tunelab.jobimports import Stack, import_job_stack
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s
+from tunelab.train.profile import profile_loop
 from tunelab.train.step_cost import TimedSteps, time_real_steps
 from tunelab.train.unused_packages import skip_unused_packages
 
-USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N]"
+USAGE = "usage: python -m tunelab.train.probe_steps RUN_YAML [--max-batch] [--steps=N] [--profile=DIR]"
 
 
 def fits_step(trainer: Any, batch: int) -> bool:
@@ -76,10 +86,12 @@ def find_max_batch(trainer: Any, start: int, limit: int = 1024) -> int:
     return lo
 
 
-def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None) -> ProbeResult:
+def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None, profile: Path | None = None
+              ) -> ProbeResult:
     """Warm up, then time real steps at the run's micro-batch and twice it (and with `max_batch` find the
     largest micro-batch that runs). `pcfg`: the probe's scratch run (a few steps, no validation). `steps`: time
-    that many steps at the run's micro-batch alone, each one recorded (the GPU kit)."""
+    that many steps at the run's micro-batch alone, each one recorded (the GPU kit). `profile`: a directory for
+    the profile of a few more steps through the Trainer's loop (train/profile.py), taken after the save."""
     import torch
 
     from tunelab.train.trainer import build_trainer
@@ -110,6 +122,8 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
         torch.cuda.max_memory_reserved() / GIB if cuda else None)
     used, context = device.used_gib(), device.context_now_gib() if cuda else None
     save_s = time_save(trainer)
+    if profile is not None:
+        profile_loop(trainer, profile)
     largest = find_max_batch(trainer, b) if max_batch else None
     result = _result(b, measured, reserved, cuda, library_versions())
     result.save_s = round(save_s, 4) if save_s is not None else None
@@ -206,20 +220,40 @@ def _result(b: int, measured: TimedSteps, reserved: float | None, cuda: bool, ve
         gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / GIB, 2) if cuda else None)
 
 
+def parse_args(args: list[str]) -> tuple[Path, bool, int | None, Path | None] | None:
+    """(RUN_YAML, --max-batch, --steps, --profile) from the command line; None when it is not of USAGE's form."""
+    args = list(args)
+    if "--profile" in args and args.index("--profile") + 1 < len(args):  # `--profile DIR` as `--profile=DIR`
+        i = args.index("--profile")
+        args[i:i + 2] = [f"--profile={args[i + 1]}"]
+    paths = [a for a in args if not a.startswith("-")]
+    steps = [a.removeprefix("--steps=") for a in args if a.startswith("--steps=")]
+    profile = [a.removeprefix("--profile=") for a in args if a.startswith("--profile=")]
+    if (len(paths) != 1 or len(steps) > 1 or not all(s.isdigit() and int(s) > 0 for s in steps)
+            or len(profile) > 1 or not all(profile)
+            or set(args) - {*paths, "--max-batch", *(f"--steps={s}" for s in steps),
+                            *(f"--profile={p}" for p in profile)}):
+        return None
+    return (Path(paths[0]), "--max-batch" in args, int(steps[0]) if steps else None,
+            Path(profile[0]) if profile else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Probe the scratch run RUN_YAML names and write its result beside it; a failure is one line on stderr."""
     args = sys.argv[1:] if argv is None else argv
-    paths = [a for a in args if not a.startswith("-")]
-    steps = [a.removeprefix("--steps=") for a in args if a.startswith("--steps=")]
-    if (len(paths) != 1 or len(steps) > 1 or not all(s.isdigit() and int(s) > 0 for s in steps)
-            or set(args) - {*paths, "--max-batch", *(f"--steps={s}" for s in steps)}):
+    if "--help" in args or "-h" in args:
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
+    parsed = parse_args(args)
+    if parsed is None:
         print(USAGE, file=sys.stderr)
         return 2
+    run_yaml, max_batch, steps, profile = parsed
     skip_unused_packages()  # before TRL is imported
     import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
     try:
-        pcfg = load_run_config(Path(paths[0]))
-        result = probe_run(pcfg, max_batch="--max-batch" in args, steps=int(steps[0]) if steps else None)
+        pcfg = load_run_config(run_yaml)
+        result = probe_run(pcfg, max_batch=max_batch, steps=steps, profile=profile)
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
