@@ -10,7 +10,7 @@ the Trainer's loop under torch.profiler with tunelab's callback attached and a l
 per-operator table, per-part summary) go to OUT/<config>/. The counts do not move with other work on the machine;
 the milliseconds do (say the machine's load beside them: it is printed first and last).
 
---smoke: 1 and 2 layers, hidden 64, all-linear only, 2 steps (tests/e2e/test_step_profile.py).
+--smoke: 1 and 2 layers, hidden 64, all-linear only, 2 steps (tests/e2e/test_probe_profile.py).
 """
 
 from __future__ import annotations

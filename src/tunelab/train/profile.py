@@ -104,20 +104,33 @@ def _label_parts(trainer: Any, patches: Patches, boundary: Callable[[], None]) -
 
 class _ProfilerWindow:
     """Starts the profiler at the start of step `first` (counting loop steps from 0), steps it at each later one,
-    stops it at the start of step `first + steps`: whole steps, and only those."""
+    stops it at the start of step `first + steps`: whole steps, and only those. A GPU's queue is drained before
+    the stop, so the last step's kernels are in the trace."""
 
     def __init__(self, prof: Any, first: int, steps: int) -> None:
         self.prof, self.first, self.last = prof, first, first + steps
         self.seen = 0
+        self.running = False
 
     def __call__(self) -> None:
         i, self.seen = self.seen, self.seen + 1
         if i == self.first:
             self.prof.start()
+            self.running = True
         elif self.first < i < self.last:
             self.prof.step()
         elif i == self.last:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the profiler if it runs (also when the loop ended before the window's end)."""
+        import torch
+
+        if self.running:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.prof.stop()
+            self.running = False
 
 
 def _scheduler_label(patches: Patches) -> Any:
@@ -167,13 +180,15 @@ def profile_loop(trainer: Any, out_dir: Path, steps: int = PROFILE_STEPS) -> Ste
     for name, value in (("max_steps", WARMUP_STEPS + steps + 1), ("logging_steps", 1),
                         ("save_strategy", SaveStrategy.NO)):
         patches.replace(args, name, value)
+    window = _ProfilerWindow(prof, WARMUP_STEPS, steps)
     with _run_callbacks(trainer, out_dir / RUN_SUBDIR):
-        _label_parts(trainer, patches, _ProfilerWindow(prof, WARMUP_STEPS, steps))
+        _label_parts(trainer, patches, window)
         scheduler_label = _scheduler_label(patches)
         trainer.add_callback(scheduler_label)
         try:
             trainer.train()
         finally:
+            window.stop()
             trainer.remove_callback(scheduler_label)
             patches.undo()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"

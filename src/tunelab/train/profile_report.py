@@ -221,7 +221,7 @@ def write_profile(prof: Any, out_dir: Path, profile: StepProfile) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(out_dir / TRACE_FILE))
     averages = prof.key_averages()
-    sort = "self_cuda_time_total" if profile.device != "cpu" else "self_cpu_time_total"
+    sort = "self_device_time_total" if profile.device != "cpu" else "self_cpu_time_total"
     (out_dir / OPS_TEXT).write_text(averages.table(sort_by=sort, row_limit=80) + "\n")
     (out_dir / OPS_JSON).write_text(json.dumps(op_rows(averages), indent=1) + "\n")
     (out_dir / PARTS_JSON).write_text(json.dumps(profile.to_json(), indent=1) + "\n")
