@@ -75,7 +75,7 @@ def run_search(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
     return rows, lines + summary.search_lines(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--device cuda: training only, on {', '.join(GPU_MODELS)}")
     if unknown := [m for m in args.models if m not in MODELS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-peers-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
