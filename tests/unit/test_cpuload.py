@@ -356,3 +356,44 @@ def test_a_quiet_lap_reads_the_jobs_known_pids_and_a_lap_with_others_scans_every
     _stat_with_busy(stat, cores, 104 * ticks)  # the child's next second: a known pid now, no scan
     _pid_stat(proc, 101, 100, utime=2 * ticks)
     assert (lap := meter.lap()) is not None and lap.cpu_s == pytest.approx(1.0) and scans == [100, 100]
+
+
+def test_a_tree_is_walked_down_the_kernels_children_lists_without_listing_every_process(tmp_path):
+    """Where the kernel keeps /proc/<pid>/task/<tid>/children the job's tree is walked from its root (a few reads
+    per process of the job) instead of reading every process's stat: children forked by any thread, grandchildren
+    too, and nothing outside the tree (a process that names the root as parent but is in no children list is not
+    read: the walk never lists /proc)."""
+    from tunelab.host.cpuload import scan_tree, walk_tree
+
+    proc, ticks = tmp_path / "proc", os.sysconf("SC_CLK_TCK")
+    _pid_stat(proc, 100, 1, utime=3 * ticks)
+    _pid_stat(proc, 101, 100, utime=1 * ticks)  # forked by the root's second thread
+    _pid_stat(proc, 102, 101, utime=2 * ticks)  # a grandchild
+    _pid_stat(proc, 300, 100, utime=50 * ticks)  # in no children list: a walk cannot see it, a scan would
+    for pid, tid, kids in ((100, 100, ""), (100, 107, "101 "), (101, 101, "102 "), (102, 102, "")):
+        (proc / str(pid) / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        (proc / str(pid) / "task" / str(tid) / "children").write_text(kids)
+    assert walk_tree(100, proc) == (6.0, frozenset({100, 101, 102}))
+    assert scan_tree(100, proc) == (6.0, frozenset({100, 101, 102}))  # the walk, not the scan (which finds 300)
+    (proc / "100" / "task" / "100" / "children").unlink()
+    (proc / "100" / "task" / "107" / "children").unlink()  # a kernel without children files: the scan
+    assert walk_tree(100, proc) is None
+    assert scan_tree(100, proc) == (56.0, frozenset({100, 101, 102, 300}))
+
+
+def test_the_walk_finds_this_processs_real_children():
+    """On this machine's own /proc: two children started here are in the walked tree, as the full scan finds them."""
+    from tunelab.host.cpuload import PROC, walk_tree
+    from tunelab.host.cpuload import _scan_every_process as scan_every
+
+    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
+    try:
+        walked = walk_tree(os.getpid(), PROC)
+        if walked is None:
+            pytest.skip("this kernel keeps no /proc/<pid>/task/<tid>/children files")
+        assert {k.pid for k in kids} <= walked[1]
+        assert walked[1] == scan_every(os.getpid(), PROC)[1]
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
