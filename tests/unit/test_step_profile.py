@@ -92,3 +92,15 @@ def test_a_gpu_run_takes_fused_adamw_and_a_cpu_run_the_library_default():
 
     assert optimizer_args(cuda=True) == {"optim": "adamw_torch_fused"}  # transformers' OptimizerNames spelling
     assert optimizer_args(cuda=False) == {}  # SFTConfig's own default stays
+
+
+def test_the_trainer_reads_no_loss_on_the_host_per_micro_batch_and_keeps_a_nan_visible(tmp_path):
+    """transformers' logging_nan_inf_filter tests each micro-batch's loss with Python's `or` on two tensors (two
+    GPU syncs) to swap a NaN for the mean of earlier losses; tunelab turns it off, so neither happens."""
+    import torch
+
+    from tunelab.spec import TrainingConfig
+    from tunelab.train.trainer import _sft_config
+
+    args = _sft_config(TrainingConfig(), tmp_path, torch.float32, validate=False)
+    assert args.logging_nan_inf_filter is False

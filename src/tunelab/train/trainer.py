@@ -154,6 +154,10 @@ def _sft_config(t: TrainingConfig, state_dir: Path, dtype: Any, validate: bool, 
         **_checkpointing_args(t.gradient_checkpointing),
         report_to="none",
         disable_tqdm=True,
+        # the Trainer's filter reads every micro-batch's loss on the host (two GPU syncs each) to replace a NaN or
+        # inf by the mean of earlier ones: a diverged run's loss would read finite; off, metrics.jsonl shows it and
+        # the report's nan-loss check sees it at its first step
+        logging_nan_inf_filter=False,
         max_length=t.max_seq_len,
         packing=t.packing,
         packing_strategy="bfd",
