@@ -1,6 +1,7 @@
 """What tunelab predicts for a row of the GPU kit, through the planner's own entry points: the memory
 simulator (estimate.peak.predict_peak / largest_micro_batch, with the attention the run resolves to) and the
-FLOPs model (estimate.speed) — and the error of each prediction against the measurement."""
+GPU step model a plan with no history uses (estimate.gpustep: fitted on the measured rows shipped for this GPU, or
+carried from the nearest measured GPU) — and the error of each prediction against the measurement."""
 
 from __future__ import annotations
 
@@ -76,7 +77,6 @@ def simulate(case: Case, cache: Path, dtype: str, gpu: Any | None) -> Simulated:
     import json
 
     from tunelab.estimate.peak import fits, largest_micro_batch, predict_peak
-    from tunelab.estimate.speed import model_tokens_per_s
 
     model = config_dir(case, cache)
     t0 = time.monotonic()
@@ -86,13 +86,39 @@ def simulate(case: Case, cache: Path, dtype: str, gpu: Any | None) -> Simulated:
     largest = None
     if case.max_batch and gpu is not None:
         largest = largest_micro_batch(model, inputs, gpu.memory_gib, case.seq_len, case.packed, None, limit=1024)
-    speed = model_tokens_per_s(architecture(case), gpu, case.seq_len) if gpu is not None else None
+    speed = predicted_speed(case, gpu, inputs.attention) if gpu is not None else None
     return Simulated(
         allocated_gib=_r(fig.allocated_gib), reserved_gib=_r(fig.reserved_gib), context_gib=_r(fig.context_gib),
         required_gib=_r(fig.required_gib), source=fig.source, dtype=dtype,
         fits=fits(fig, gpu.memory_gib) if gpu is not None and fig.reserved_gib is not None else None,
-        max_micro_batch=largest, tokens_per_s=round(speed, 1) if speed else None,
+        max_micro_batch=largest, tokens_per_s=round(speed.tokens_per_s, 1) if speed else None,
+        speed_source=speed.source if speed else "", speed_fitted_on_row=in_fit(case, gpu) if speed else None,
         seconds=round(time.monotonic() - t0, 2))
+
+
+def work(case: Case, attention: str) -> Any:
+    """The row's depth, adapters and attention group, as the planner's step model reads a run's."""
+    from tunelab.estimate.gpustep import GpuWork, adapted_per_layer, attention_group
+
+    targets = case.targets if case.targets == "all-linear" else case.targets.split(",")
+    arch = architecture(case)
+    return GpuWork(arch.layers, adapted_per_layer(arch, targets), attention_group(attention, case.packed))
+
+
+def predicted_speed(case: Case, gpu: Any, attention: str) -> Any:
+    """The planner's first-contact speed of the row's full micro-batch (estimate.gpustep), or None (no peak)."""
+    from tunelab.estimate.gpustep import gpu_step_speed
+
+    return gpu_step_speed(architecture(case), gpu, case.batch * case.seq_len, case.seq_len, work(case, attention),
+                          1, case.checkpointing)
+
+
+def in_fit(case: Case, gpu: Any) -> bool:
+    """Whether the step model was fitted on this very row (a shipped row of this GPU and name): its error is then
+    the fit's residual, not a prediction's."""
+    from tunelab.estimate.gpustep import committed_rows
+
+    return any(f.gpu == gpu.name and any(r.name == case.name for r in f.rows) for f in committed_rows())
 
 
 def _r(value: float | None) -> float | None:

@@ -57,7 +57,11 @@ class Simulated(_Record):
     dtype: str = "bfloat16"  # simulated in (a CUDA step: the CPU smoke's rows too, which train in float32)
     fits: bool | None = None  # on the GPU measured (None: no GPU, or the simulation failed)
     max_micro_batch: int | None = None
-    tokens_per_s: float | None = None  # FLOPs model at the planner's default MFU
+    # the planner's first-contact speed: the GPU step model (estimate/gpustep.py; records before it: the FLOPs
+    # model at the default MFU), its words, and whether it was fitted on this very row (its error then a residual)
+    tokens_per_s: float | None = None
+    speed_source: str = ""
+    speed_fitted_on_row: bool | None = None
     seconds: float = 0.0
 
 
@@ -154,12 +158,14 @@ def _cell(measured: float | None, simulated: float | None, error: float | None) 
 
 
 def shapes_table(kit: KitFile) -> str:
-    """Every shape: measured / simulated GiB (error) per term, speed and MFU, as markdown."""
+    """Every shape: measured / simulated GiB (error) per term, tokens/s measured / predicted (error) and MFU, as
+    markdown."""
     head = ("| shape | status | allocated | reserved | NVML used / required | context: matmul, after / assumed "
-            "| tokens/s (FLOPs model) | MFU | max micro-batch |")
+            "| tokens/s measured / predicted (error) | MFU | max micro-batch |")
     lines = [f"GPU kit on {kit.device} ({kit.gpu or 'not in the catalog'}; dense bf16 peak "
-             f"{_num(kit.bf16_peak_tflops, 0)} TFLOPS). GiB measured / simulated (error).", "", head,
-             "|" + "---|" * 9]
+             f"{_num(kit.bf16_peak_tflops, 0)} TFLOPS). GiB measured / simulated (error); tokens/s as a plan with "
+             f"no history predicts it (estimate/gpustep.py; * a row the step model was fitted on: a residual).", "",
+             head, "|" + "---|" * 9]
     for s in kit.shapes:
         m, p, e = s.measured, s.simulated, s.errors
         status = m.status if m.error is None else f"{m.status}: {m.error[:60]}"
@@ -171,16 +177,22 @@ def shapes_table(kit: KitFile) -> str:
             f"| {s.name} | {status}{fits} | {memory} | {_cell(m.reserved_gib, p.reserved_gib, e.reserved)} "
             f"| {_cell(m.nvml_used_gib, p.required_gib, e.nvml_used)} "
             f"| {_num(m.context_gib)}, {_num(m.context_after_gib)} / {_num(p.context_gib)} "
-            f"| {_num(m.tokens_per_s, 0)} ({_num(p.tokens_per_s, 0)}) | {_num(m.mfu, 3)} "
+            f"| {_speed_cell(m, p, e)} | {_num(m.mfu, 3)} "
             f"| {m.max_micro_batch if m.max_micro_batch is not None else '—'} / "
             f"{p.max_micro_batch if p.max_micro_batch is not None else '—'} |")
     return "\n".join(lines) + "\n"
 
 
+def _speed_cell(m: Measured, p: Simulated, e: Errors) -> str:
+    """tokens/s measured / predicted (error), * where the step model was fitted on this row."""
+    mark = "*" if p.speed_fitted_on_row else ""
+    return f"{_num(m.tokens_per_s, 0)} / {_num(p.tokens_per_s, 0)}{mark} ({_pct(e.tokens_per_s)})"
+
+
 TERMS = (("max_memory_allocated", "allocated"), ("max_memory_reserved", "reserved"),
          ("NVML used vs reserved + context", "nvml_used"), ("CUDA context after a first matmul", "context"),
-         ("CUDA context after the steps", "context_after"), ("tokens/s vs the FLOPs model", "tokens_per_s"),
-         ("largest micro-batch", "max_micro_batch"))
+         ("CUDA context after the steps", "context_after"),
+         ("tokens/s vs the planner's first contact", "tokens_per_s"), ("largest micro-batch", "max_micro_batch"))
 
 
 def readme_table(kit: KitFile) -> str:

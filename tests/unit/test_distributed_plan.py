@@ -76,11 +76,12 @@ def test_fsdp_memory_is_sharded_and_chosen_only_when_the_whole_model_does_not_fi
 
 def test_four_gpus_per_run_divide_steps_and_time_and_multiply_gpu_hours(write_spec):
     gpu = resolve_gpu("H100")
-    one = make_plan(write_spec(), gpu=gpu).estimates["tiny_r4"]
-    plan = make_plan(write_spec(resources={"gpus_per_run": 4}), gpu=gpu)
+    # 100 epochs: training long enough that the plan's 0.1 s rounding is no part of the comparison
+    one = make_plan(write_spec(training={"epochs": 100}), gpu=gpu).estimates["tiny_r4"]
+    plan = make_plan(write_spec(resources={"gpus_per_run": 4}, training={"epochs": 100}), gpu=gpu)
     four = plan.estimates["tiny_r4"]
     assert (one.processes, four.processes) == (1, 4) and four.strategy is Strategy.DDP
-    assert one.steps == 40 and four.steps == 10  # 320 examples / (8 × 4) per optimizer step
+    assert one.steps == 4000 and four.steps == 1000  # 100 × 320 examples / (8 × 4) per optimizer step
     assert (one.effective_batch, four.effective_batch) == (8, 32)
     assert four.peak_memory_gib == one.peak_memory_gib  # DDP: the whole model on each device
     assert "DDP: the whole model on each device" in four.memory_source

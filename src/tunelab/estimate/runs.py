@@ -13,6 +13,7 @@ from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
 from tunelab.estimate.firstcontact import VALIDATION_COST, RunOverheads
+from tunelab.estimate.gpustep import GpuWork
 from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
@@ -226,7 +227,8 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     tokens_per_step = train_tokens / max(steps, 1) / nproc  # per device: the unit of history and speed
     seq = t.max_seq_len if t.packing else sum(lengths) / len(lengths)  # tokens one example attends over
     speed = speed_from_history(arch, gpu, tokens_per_step, int(seq), comparable_rows(history, t), cpu_threads,
-                               t.gradient_accumulation_steps, t.gradient_checkpointing, t.batch_size)
+                               t.gradient_accumulation_steps, t.gradient_checkpointing, t.batch_size,
+                               GpuWork.of_training(arch, t))
     first = timed = None
     if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads)
                                                              for r in same_targets(history, t)):

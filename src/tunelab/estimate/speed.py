@@ -16,6 +16,9 @@ DEFAULT_MFU = 0.35
 # on the slowest process; 0.9 is tunelab's assumption for one node until distributed runs in the history
 # (summary.json records world_size and their tokens/s over all processes) measure it.
 SCALING_EFFICIENCY = 0.9
+# Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
+# input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
+RECOMPUTE_FACTOR = 1.5
 
 
 def dense_attention_flops(parameters: int, layers: int, attention_width: int, seq_len: float) -> float:

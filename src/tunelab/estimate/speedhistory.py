@@ -12,16 +12,15 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture
-from tunelab.estimate.speed import DEFAULT_MFU, dense_attention_flops, flops_per_token, model_tokens_per_s
+from tunelab.estimate.gpustep import GpuWork, gpu_step_speed
+from tunelab.estimate.speed import RECOMPUTE_FACTOR as RECOMPUTE_FACTOR  # where plan/split.py, cpuspeed.py read it
+from tunelab.estimate.speed import dense_attention_flops, flops_per_token
 from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.summary import step_cost_sizes
 from tunelab.stats.timing import log_spread, range_sigma
 
-# Gradient checkpointing recomputes each layer's forward in backward: LoRA's 4N FLOPs per token (forward 2N,
-# input gradients 2N) become 6N. The FLOPs model's assumption; measured rows compare like with like.
-RECOMPUTE_FACTOR = 1.5
 
 
 def device_key(gpu: GPU | None) -> str:
@@ -177,12 +176,14 @@ def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
 
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
                        history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
-                       recompute: bool = False, micro_batch: int | None = None) -> Speed:
+                       recompute: bool = False, micro_batch: int | None = None, work: GpuWork | None = None) -> Speed:
     """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
     part of a split row is paid per micro-batch); micro_batch: its size, priced from the split rows that timed it
     where any did (`covers`), else from them all, said to be extrapolated (`extrapolation`); recompute: gradient
     checkpointing, priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows
-    timed under contention are used only where no other row is (`uncontended`)."""
+    timed under contention are used only where no other row is (`uncontended`). A GPU with none of them: the step
+    model fitted on its measured rows (estimate/gpustep.py; `work`: the run's depth, adapters and attention, else
+    all-linear per-sequence)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if r.of_architecture(arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]
@@ -209,12 +210,9 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
             tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
             return Speed(tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token{note}", near,
                          SourceKind.CARRIED, _spread(near, [r.tokens_per_s or 0.0 for r in near]), contention)
-    if gpu is not None:
-        modelled = model_tokens_per_s(arch, gpu, seq_len)
-        mfu = f"FLOPs at {DEFAULT_MFU:.0%} MFU (assumed) of {gpu.name}"
-        if modelled and recompute:
-            return Speed(modelled / RECOMPUTE_FACTOR, f"model: {mfu}, gradient checkpointing ×{RECOMPUTE_FACTOR:g} "
-                         "(a recomputed forward: 6N vs 4N FLOPs per token)", [], SourceKind.MODEL)
-        if modelled:
-            return Speed(modelled, f"model: {mfu}", [], SourceKind.MODEL)
+    if gpu is not None:  # the GPU model's measured rows (estimate/gpustep.py), or the nearest GPU's carried to it
+        fitted = gpu_step_speed(arch, gpu, tokens_per_step, seq_len,
+                                work or GpuWork(arch.layers, len(arch.linear_shapes())), micro_batches or 1, recompute)
+        if fitted is not None:
+            return Speed(fitted.tokens_per_s, fitted.source, [], fitted.kind, fitted.spread)
     return Speed(None, "none: no history on this device and no FLOPs peak for it", [])
