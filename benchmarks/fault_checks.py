@@ -11,6 +11,8 @@ from pathlib import Path
 from tunelab.evaluate.scores import read_scores
 from tunelab.fsutil import read_json, read_jsonl, sha256_of
 from tunelab.rundir.checkpoints import complete_epochs
+from tunelab.rundir.config import load_run_config
+from tunelab.rundir.identity import training_key
 from tunelab.rundir.layout import COUNTERS_FILE
 
 COUNTED = ("step", "tokens", "nonpad_tokens", "examples")  # what a resume must reproduce exactly
@@ -119,9 +121,9 @@ def check_ledger(exp: Path, run_dirs: dict[str, Path]) -> list[str]:
 
 
 def check_history(history_db: Path, run_dirs: dict[str, Path]) -> list[str]:
-    """The history ledger holds each completed run once (it is keyed by run directory)."""
+    """The history ledger holds each completed run once (keyed by its training's identity, rundir/identity.py)."""
     rows = [r["key"] for r in _query(history_db, "SELECT key FROM history WHERE source = 'tunelab'")]
-    want = sorted(str(d) for d in run_dirs.values())
+    want = sorted(training_key(load_run_config(d)) for d in run_dirs.values())
     return [] if sorted(rows) == want else [f"history rows {sorted(rows)} != {want}"]
 
 

@@ -27,7 +27,8 @@ def test_full_disk_in_an_evaluation_pass_stops_with_one_line_and_resumes_equal(t
     shutil.copytree(finished_sweep.exp, exp, ignore=shutil.ignore_patterns("trainer_state", "eval", "report"))
     filler = fill(mnt, 8 * 1024)
     command = [sys.executable, "-m", "tunelab", "eval", str(exp), "--run", "tiny_r4", "--epochs", "2,3"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # its evaluation of the copy is the shared sweep's run evaluated again: kept out of the session's history
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_HISTORY": str(tmp_path / "history.db")}
     full = subprocess.run(command, env=env, capture_output=True, text=True)
     errors = [line for line in full.stderr.splitlines() + full.stdout.splitlines() if line.startswith("error:")]
     assert full.returncode == 1 and len(errors) == 1, full.stdout + full.stderr

@@ -22,6 +22,8 @@ from tunelab.cli import app
 from tunelab.estimate.evaltime import HISTORY_ROWS, SAMPLE_OVERHEAD_S, EvalSource, predict_eval_time
 from tunelab.ledger import generation
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
+from tunelab.rundir.config import load_run_config
+from tunelab.rundir.identity import run_key, scores_key
 from tunelab.rundir.probe import GenerationSpeed
 from tunelab.rundir.scores import read_scores
 from tunelab.rundir.summary import read_summary
@@ -114,13 +116,14 @@ def test_a_finished_evaluation_records_its_throughput_and_the_next_prediction_re
     from inspect_ai.log import read_eval_log
 
     exp = finished_sweep.exp
-    sweep_rows = [r for r in generation.load() if r.origin == GenerationOrigin.MEASURED and str(exp) in r.key]
-    rows = {r.key: r for r in sweep_rows}
     scores = [(d, s) for d in sorted([*(exp / "runs").iterdir(), *(exp / "controls").iterdir()])
               for s in read_scores(d)]
+    keys = {(d, s.label, s.task): f"eval:{scores_key(load_run_config(d), s)}" for d, s in scores}  # its identity
+    sweep_rows = [r for r in generation.load() if r.origin == GenerationOrigin.MEASURED and r.key in keys.values()]
+    rows = {r.key: r for r in sweep_rows}
     assert len(scores) == 9 and len(rows) == 9  # 4 epochs × 2 runs + the control, one task
     for run_dir, s in scores:
-        row = rows[f"eval:{run_dir / 'eval' / s.label / s.task}"]
+        row = rows[keys[run_dir, s.label, s.task]]
         log = read_eval_log(str(run_dir / "eval" / s.label / s.task / s.log))
         outputs = [smp.output.usage.output_tokens for smp in log.samples or [] if smp.output.usage]
         assert len(outputs) == s.samples == row.samples == 40
@@ -153,24 +156,24 @@ def test_a_finished_sweep_records_each_parts_prediction_beside_its_measurement(f
     run's own files have it — under the source's kind and the device; the next plan's corrections read them."""
     from tunelab.ledger import predictions
     from tunelab.ledger.predictions import PredictedPart
-    from tunelab.rundir.config import load_run_config
 
     exp = finished_sweep.exp
-    records = {r.key: r for r in predictions.load() if str(exp) in r.key}
+    records = {r.key: r for r in predictions.load()}
     for run in finished_sweep.runs:
         cfg = load_run_config(exp / "runs" / run / "run.yaml")
+        key = run_key(cfg)  # the run's identity (rundir/identity.py)
         est, summary = cfg.estimate, read_summary(exp / "runs" / run)
         assert est is not None and summary is not None and summary.duration_s is not None
         assert est.seconds_raw and est.time_kind and est.time_range is not None
-        train = records[f"{cfg.run_dir}#{PredictedPart.TRAIN}"]
+        train = records[f"{key}#{PredictedPart.TRAIN}"]
         start = est.startup_raw_s or 0.0
         assert train.source == est.time_kind and train.device == "cpu"
         assert train.predicted_s == pytest.approx(est.seconds_raw - start, abs=1e-3)
         assert train.measured_s == pytest.approx(summary.duration_s + (summary.finish_s or 0.0))
         if est.startup_kind and start:
-            first = records[f"{cfg.run_dir}#{PredictedPart.TRAIN_START}"]
+            first = records[f"{key}#{PredictedPart.TRAIN_START}"]
             assert (first.predicted_s, first.measured_s) == (start, summary.startup_s)
-        ev = records[f"{cfg.run_dir}#{PredictedPart.EVAL}"]
+        ev = records[f"{key}#{PredictedPart.EVAL}"]
         shares = sum(sc.duration_s / (sc.concurrent or 1) for sc in read_scores(cfg.run_dir))
         assert ev.predicted_s == est.eval_raw_s and ev.measured_s == pytest.approx(shares, abs=1e-3)
 

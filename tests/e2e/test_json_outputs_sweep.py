@@ -27,7 +27,9 @@ def valid(args: list[str]) -> dict | list:
     return doc
 
 
-def test_sweep_commands_print_one_valid_document(finished_sweep, tmp_path):
+def test_sweep_commands_print_one_valid_document(finished_sweep, tmp_path, monkeypatch):
+    # its evaluation of the copy is the shared sweep's run evaluated again: kept out of the session's history
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     exp = tmp_path / "exp"
     shutil.copytree(finished_sweep.exp, exp)  # eval, report and export write into the experiment
     ran = valid(["run", str(exp), "--json"])

@@ -33,7 +33,8 @@ def test_eval_console_shows_no_library_warning(finished_sweep, tmp_path):
     args = [sys.executable, "-m", "tunelab", "eval", str(exp), "--epochs", "last", "--force"]
     for run in finished_sweep.runs:  # two adapters of one base: one pass, PEFT wraps the base model
         args += ["--run", run]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # its evaluation of the copy is the shared sweep's runs evaluated again: kept out of the session's history
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TUNELAB_HISTORY": str(tmp_path / "history.db")}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]

@@ -12,7 +12,9 @@ from loadrule import check_contended, slowdown_by_rule
 
 from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.ledger import history
+from tunelab.rundir.config import load_run_config
 from tunelab.rundir.experiment import training_state
+from tunelab.rundir.identity import training_key
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
 from tunelab.train.job import train
@@ -48,7 +50,7 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     # which plans price saves with (estimate/savecost.py)
     assert summary["saves"] == epochs and summary["save_s"] > 0
     assert summary["save_s"] * epochs <= summary["overhead_s"] + 1e-3  # each rounded (to 0.1 and 1 ms)
-    (row,) = [r for r in history.load(everything=True) if r.key == str(run_dir)]
+    (row,) = [r for r in history.load(everything=True) if r.key == training_key(load_run_config(run_dir))]
     assert row.save_s == summary["save_s"]
     assert summary["final_loss"] == train_rows[-1]["loss"] and summary["final_val_loss"] == val_rows[-1]["val_loss"]
     # 5-letter words in one prompt format: all the same length, so no padding at all, and each logged row has

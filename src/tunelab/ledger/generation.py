@@ -6,8 +6,9 @@
   tokens, the batch and the wall time — recorded by the coordinator when it ingests the run (ledger/store.py),
   never by the evaluation job (jobs do not write SQLite).
 
-A row is keyed by what it measured (probe: model + device; evaluation: the task's directory), so measuring the
-same thing again replaces it.
+A row is keyed by what it measured (probe: model + device; evaluation: its identity, rundir/identity.py: the
+run's place, checkpoint and task, and its scores.json's marks), so ingesting the same measurement again, from a
+moved or copied experiment too, replaces its row.
 """
 
 from __future__ import annotations
@@ -116,14 +117,15 @@ def probed_row(model_path: str, result: ProbeResult, where: str) -> GenerationRo
         decode_fixed_s=gen.decode_fixed_s, decode_row_s=gen.decode_row_s, recorded_at=now_iso(), origin_where=where)
 
 
-def measured_row(run_dir: Path, scores: TaskScores) -> GenerationRow | None:
+def measured_row(run_dir: Path, scores: TaskScores, key: str | None = None) -> GenerationRow | None:
     """A finished evaluation's throughput as a row (None when its scores.json does not carry the token counts:
-    written before they were kept, or a task that generated nothing)."""
+    written before they were kept, or a task that generated nothing). key: the evaluation's identity
+    (rundir/identity.scores_key; None: its directory, the key before identities)."""
     if scores.generated_tokens is None or scores.samples <= 0:
         return None
     where = task_dir(run_dir, scores.label, scores.task)
     return GenerationRow(
-        key=f"eval:{where}", origin=GenerationOrigin.MEASURED, model_path=scores.model_path, device=scores.device,
-        task=scores.task, batch_size=scores.batch_size, samples=scores.samples, prompt_tokens=scores.prompt_tokens,
-        generated_tokens=scores.generated_tokens, wall_s=scores.duration_s, concurrent=scores.concurrent,
-        recorded_at=scores.evaluated_at, origin_where=str(where / "scores.json"))
+        key=f"eval:{key or where}", origin=GenerationOrigin.MEASURED, model_path=scores.model_path,
+        device=scores.device, task=scores.task, batch_size=scores.batch_size, samples=scores.samples,
+        prompt_tokens=scores.prompt_tokens, generated_tokens=scores.generated_tokens, wall_s=scores.duration_s,
+        concurrent=scores.concurrent, recorded_at=scores.evaluated_at, origin_where=str(where / "scores.json"))

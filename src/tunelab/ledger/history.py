@@ -1,8 +1,9 @@
 """The user-level history ledger: every run tunelab trains or ingests, across experiments.
 
 Plans learn from it: measured tokens/s and peaks of similar past runs replace model guesses.
-Location: $TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db. One row per run (keyed by
-its run directory or source log), replaced when the run is ingested again.
+Location: $TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db. One row per measurement (keyed by the
+run's identity, rundir/identity.py, which a moved or copied experiment keeps; or by its source log), replaced when
+the run is ingested again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tunelab.host.cpuload import LoadWindow
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.identity import training_key
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
@@ -75,7 +77,8 @@ class HistoryRun:
     __pydantic_config__ = ConfigDict(use_attribute_docstrings=True)
 
     key: str
-    """The row's identity: the run directory, or the source log (and its line or key)."""
+    """The row's identity: the run's (rundir/identity.py: its experiment, place and measurement; the run directory
+    for a run without one), or the source log (and its line or key)."""
     source: str
     """What recorded it: tunelab, probe, or the foreign format ingested (torchtune, hf_trainer, ...)."""
     experiment: str | None = None
@@ -271,8 +274,9 @@ def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | N
     return arch.layers, arch.hidden, arch.parameters
 
 
-def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
-    """A history row from a completed tunelab run (its run.yaml and summary.json)."""
+def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None) -> HistoryRun:
+    """A history row from a completed tunelab run (its run.yaml and summary.json); key: the run's identity
+    (rundir/identity.training_key, read from its files when not given)."""
     t = cfg.training
     if t is None:
         raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")
@@ -283,7 +287,7 @@ def from_run_dir(cfg: RunConfig, summary: Summary) -> HistoryRun:
     world = max(1, int(summary.world_size or 1))
     tps, nonpad_tps = summary.tokens_per_s, summary.nonpad_tokens_per_s
     return HistoryRun(
-        key=str(cfg.run_dir),
+        key=key or training_key(cfg),
         source="tunelab",
         experiment=cfg.experiment,
         run=cfg.name,

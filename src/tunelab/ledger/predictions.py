@@ -21,6 +21,7 @@ from pathlib import Path
 from tunelab.fsutil import add_missing_columns
 from tunelab.host.cpuload import LoadWindow
 from tunelab.ledger.history import connect, history_path
+from tunelab.rundir import identity
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.scores import TaskScores
@@ -118,18 +119,21 @@ def _device(summary: Summary | None) -> str:
     return (summary.device if summary is not None and summary.device else "cpu").lower()
 
 
-def training_records(cfg: RunConfig, summary: Summary) -> list[PredictionRecord]:
-    """The training job's parts: its start-up and the rest, where run.yaml predicted them."""
+def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = None) -> list[PredictionRecord]:
+    """The training job's parts: its start-up and the rest, where run.yaml predicted them; keyed by the run's
+    training's identity and the part (run_key: rundir/identity.training_key's, from the run's files when not
+    given)."""
     est = cfg.estimate
     if est is None or cfg.training is None or summary.duration_s is None:
         return []
     contended = _contended(summary)
     base = dict(device=_device(summary), contended=contended, experiment=cfg.experiment, run=cfg.name,
                 recorded_at=now_iso())
+    run = run_key or identity.training_key(cfg)
     out = []
     startup = est.startup_raw_s if est.startup_raw_s is not None else est.startup_s
     if startup and summary.startup_s is not None and est.startup_kind:
-        out.append(PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.TRAIN_START}", part=PredictedPart.TRAIN_START,
+        out.append(PredictionRecord(key=f"{run}#{PredictedPart.TRAIN_START}", part=PredictedPart.TRAIN_START,
                                     source=est.startup_kind, predicted_s=startup, measured_s=summary.startup_s,
                                     **base))  # type: ignore[arg-type]
     seconds = est.seconds_raw if est.seconds_raw is not None else est.seconds
@@ -137,17 +141,19 @@ def training_records(cfg: RunConfig, summary: Summary) -> list[PredictionRecord]
         train = seconds - (startup or 0.0)
         measured = summary.duration_s + (summary.finish_s or 0.0)
         if train > 0 and measured > 0:
-            out.append(PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.TRAIN}", part=PredictedPart.TRAIN,
+            out.append(PredictionRecord(key=f"{run}#{PredictedPart.TRAIN}", part=PredictedPart.TRAIN,
                                         source=est.time_kind, predicted_s=round(train, 3), measured_s=measured,
                                         **base))  # type: ignore[arg-type]
     return out
 
 
-def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None) -> list[PredictionRecord]:
+def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None,
+                 run_key: str | None = None) -> list[PredictionRecord]:
     """The evaluation's part: the wall time of its tasks' scores (shared evenly where several ran at once, as the
     report measures it) against run.yaml's prediction on loaded weights, with their load, and partial (how many of
     how many) while fewer targets or samples are scored than it priced. None where run.yaml does not say what it
-    priced (one written before `eval_targets`): such a time cannot be told complete from partial."""
+    priced (one written before `eval_targets`): such a time cannot be told complete from partial. run_key: the run's
+    identity (rundir/identity.run_key's, from its files when not given)."""
     est = cfg.estimate
     if est is None or not est.eval_source or not est.eval_targets or est.eval_samples is None:
         return []
@@ -162,7 +168,8 @@ def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | No
     of_samples = est.eval_samples * est.eval_targets
     load = _eval_load(mine)
     device = getattr(mine[0], "device", None) or _device(summary)
-    return [PredictionRecord(key=f"{cfg.run_dir}#{PredictedPart.EVAL}", part=PredictedPart.EVAL, device=device.lower(),
+    run = run_key or identity.run_key(cfg, scores=scores)
+    return [PredictionRecord(key=f"{run}#{PredictedPart.EVAL}", part=PredictedPart.EVAL, device=device.lower(),
                              source=SourceKind.of_eval_source(est.eval_source), predicted_s=predicted,
                              measured_s=round(measured, 3), contended=None if load is None else load.contended,
                              experiment=cfg.experiment, run=cfg.name, recorded_at=now_iso(),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from tunelab.ledger import generation, history, predictions
+from tunelab.ledger.directory_keys import drop_directory_rows
 from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.slowdown import loaded, measured_slowdown
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
@@ -24,6 +25,7 @@ from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, tra
 from tunelab.faults import kill_point
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.identity import run_key, scores_key, training_key
 from tunelab.rundir.layout import COMPLETED, PENDING, RUNNING
 from tunelab.rundir.metrics import MetricRow, read_metrics
 from tunelab.rundir.scores import TaskScores, read_scores, task_dir
@@ -208,23 +210,34 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
     INGESTED.runs += 1
     summary = read_summary(cfg.run_dir)
     status = read_status(cfg.run_dir)
+    scores = read_scores(cfg.run_dir)
+    # the history's rows of the run are keyed by its identity, which a moved or copied experiment keeps: ingesting
+    # the same measurement from another directory replaces its rows (rundir/identity.py)
+    key = training_key(cfg, status)
     state = training_state(cfg.run_dir, status) if cfg.kind == "finetune" else _control_state(cfg)
     _put_run(conn, cfg, state, status, summary, config_json or _config_json(cfg))
-    if state == COMPLETED and summary is not None and cfg.kind == "finetune":
-        # later plans, in any experiment, learn from every completed run
-        trained = history.from_run_dir(cfg, summary)
-        if loaded(trained):  # timed beside others' work: what the load cost it, against the idle rows of its shape
-            trained = dataclasses.replace(trained, measured_slowdown=measured_slowdown(trained, history.load()))
-        history.record([trained])
-        predictions.record(predictions.training_records(cfg, summary))  # the loop closed: each part's error
+    trained = summary if state == COMPLETED and cfg.kind == "finetune" else None
+    if (key != str(cfg.run_dir) and trained is not None) or scores:
+        drop_directory_rows(cfg.run_dir, scores)  # as an earlier tunelab recorded them
+    if trained is not None:
+        _record_training(cfg, trained, key)
     _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
     kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
-    scores = read_scores(cfg.run_dir)
     _put_evals(conn, cfg.name, cfg.run_dir, scores)
     # later predictions of evaluation time learn from every finished evaluation's throughput
-    generation.record([row for s in scores if (row := generation.measured_row(cfg.run_dir, s)) is not None])
-    predictions.record(predictions.eval_records(cfg, scores, summary))
+    generation.record([row for s in scores
+                       if (row := generation.measured_row(cfg.run_dir, s, scores_key(cfg, s))) is not None])
+    predictions.record(predictions.eval_records(cfg, scores, summary, run_key(cfg, status, scores)))
     return state
+
+
+def _record_training(cfg: RunConfig, summary: Summary, key: str) -> None:
+    """Later plans, in any experiment, learn from every completed run: its history row and its prediction checks."""
+    trained = history.from_run_dir(cfg, summary, key)
+    if loaded(trained):  # timed beside others' work: what the load cost it, against the idle rows of its shape
+        trained = dataclasses.replace(trained, measured_slowdown=measured_slowdown(trained, history.load()))
+    history.record([trained])
+    predictions.record(predictions.training_records(cfg, summary, key))  # the loop closed: each part's error
 
 
 def _config_json(cfg: RunConfig) -> str:
