@@ -17,7 +17,9 @@ from tunelab.rundir.memory import MemoryKind
 
 SCHEMA = 1
 Status = Literal["ok", "oom", "failed", "skipped"]
-FINAL: tuple[str, ...] = ("ok", "oom", "failed")  # a row with one of these is not measured again
+# A row with one of these is not measured again: measured, or out of memory (a result beside the simulator's
+# verdict). A failed row is tried again by the next call (after the rows never tried), and a skipped one too.
+FINAL: tuple[str, ...] = ("ok", "oom")
 
 
 class _Record(BaseModel):

@@ -1,8 +1,9 @@
-"""One row of the GPU kit: its model (built once under the cache: `tunelab models random` in a process forked
-from the kit's after torch and transformers are imported, which the kit's simulation imports anyway), its data,
-its run, its measurement (a process of its own, started afresh: tunelab's probe, `python -m
-tunelab.train.probe_steps RUN_YAML --steps=N`, so an OOM or a crash ends that process and not the kit, and the
-host RSS it records is its own, not the kit's pages a fork would share) and its simulation.
+"""One row of the GPU kit: its model (built once under the cache: for a row that draws its weights
+(gpu_truth_grid.Case.draw) a build without weights, config.json and tokenizer, made here; for a QLoRA row
+`tunelab models random` in a process forked from the kit's after torch and transformers are imported, which the
+kit's simulation imports anyway), its data, its run, and its measurement: tunelab's probe in gpu_truth_worker.py,
+a process of its own that measures a group of rows in turn (`measure_group`), so an OOM or a crash ends that
+process and not the kit, and the host RSS it records is its own, not the kit's pages a fork would share.
 
 FLOPs per trained token, for MFU (estimate/speed.py `flops_per_token`, the planner's one formula):
     4·N + 3 · 4 · layers · seq · (heads · head_dim) / 2
@@ -19,6 +20,7 @@ padded).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -26,13 +28,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from forking import run_python, start, wait
 from gpu_truth_grid import SMOKE_OOM_ABOVE_BATCH, Case
 from gpu_truth_records import Measured
+from gpu_truth_worker import read_status
 
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
 PROMPT = "{input}"
@@ -48,9 +50,10 @@ class Env:
     cuda: bool
     smoke: bool
     visible: str | None = None  # CUDA_VISIBLE_DEVICES as the kit was started (the kit hides the GPU from itself)
+    profile_row: str | None = None  # this row's probe also profiles a few steps into OUT/profile (--profile-row)
 
     def model_dir(self, case: Case) -> Path:
-        return self.cache / "models" / f"{case.arch}-{case.layers or 'all'}L"
+        return self.cache / "models" / f"{case.arch}-{case.layers or 'all'}L{'-drawn' if case.draw else ''}"
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -69,9 +72,18 @@ def is_built(model: Path) -> bool:
 
 
 def build_model(case: Case, env: Env, timeout: float) -> str | None:
-    """`tunelab models random` into the cache (once); None when built, else why not."""
+    """The row's model into the cache (once); None when built, else why not."""
     model = env.model_dir(case)
     if is_built(model):
+        return None
+    if case.draw:
+        from tunelab.errors import TunelabError
+        from tunelab.models.random_init import build_random_model
+
+        try:
+            build_random_model(case.arch, model, layers=case.layers, seed=0, weights=False)
+        except TunelabError as exc:
+            return f"build without weights of {case.arch}: {exc}"
         return None
     import torch  # noqa: F401  (the kit's simulation imports them next anyway; the build's fork starts with them)
     import transformers  # noqa: F401
@@ -109,8 +121,6 @@ def answer_lengths(case: Case, rows: int) -> list[int]:
 
 def write_data(case: Case, env: Env) -> Path:
     """The row's training set: enough rows for the warm-up, the timed steps and a max-batch search."""
-    import json
-
     rows = (case.steps + 4) * case.batch + (256 if case.max_batch else 0)
     rows = rows * 3 if case.lengths == "mixed" else rows  # several short examples share a packed row
     rng = random.Random(0)
@@ -163,33 +173,77 @@ def _popen(cmd: list[str], env: Env, log: Path, timeout: float) -> int | None:
     return code
 
 
-def measure(case: Case, env: Env, flops_per_token: float, peak_tflops: float | None, timeout: float
-            ) -> Measured | None:
-    """The probe's measurement of one row, or None when it was stopped at the budget."""
-    from tunelab.estimate.probe import PROBE_MODULE
+WORKER = Path(__file__).resolve().parent / "gpu_truth_worker.py"
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What a group's process measured: each row it finished, in order, and its seconds in that process; the row
+    the budget stopped (killed), if any. Rows after the last finished one were not reached."""
+
+    measured: list[tuple[Case, Measured, float]]
+    killed: Case | None
+
+
+def measure_group(cases: list[Case], env: Env, flops: dict[str, float], peak_tflops: float | None,
+                  timeout: float) -> GroupResult:
+    """The probe's measurement of these rows in one process (gpu_truth_worker.py), in order."""
     from tunelab.rundir.config import save_run_config
+
+    runs = [run_config(case, env, write_data(case, env)) for case in cases]
+    status_dir = env.cache / "work" / "status" / cases[0].name
+    shutil.rmtree(status_dir, ignore_errors=True)
+    status_dir.mkdir(parents=True)
+    rows = []
+    for case, pcfg in zip(cases, runs):
+        shutil.rmtree(pcfg.run_dir, ignore_errors=True)
+        rows.append({"name": case.name, "run_yaml": str(save_run_config(pcfg, durable=False)), "steps": case.steps,
+                     "max_batch": case.max_batch,
+                     "profile": str(env.out / "profile") if case.name == env.profile_row else None})
+    plan = status_dir / "plan.json"
+    plan.write_text(json.dumps({"status_dir": str(status_dir), "rows": rows}))
+    try:
+        code, tail = run_process([sys.executable, str(WORKER), str(plan)], env,
+                                 env.out / "logs" / f"{cases[0].name}.log", timeout)
+        return _read_group(cases, runs, status_dir, code, tail, flops, peak_tflops)
+    finally:
+        for pcfg in runs:
+            shutil.rmtree(pcfg.run_dir, ignore_errors=True)
+
+
+def _read_group(cases: list[Case], runs: list, status_dir: Path, code: int | None, tail: str,
+                flops: dict[str, float], peak_tflops: float | None) -> GroupResult:
+    """Each row's status in order; the first without one was running when the process ended: killed at the
+    budget (code None), or the row that crashed it (failed, or oom by its last line)."""
     from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
-    from tunelab.rundir.memory import MemoryKind
     from tunelab.rundir.probe import read_probe_results
 
-    pcfg = run_config(case, env, write_data(case, env))
-    shutil.rmtree(pcfg.run_dir, ignore_errors=True)
-    run_yaml = save_run_config(pcfg, durable=False)
-    cmd = [sys.executable, "-m", PROBE_MODULE, str(run_yaml), f"--steps={case.steps}",
-           *(["--max-batch"] if case.max_batch else [])]
-    t0 = time.monotonic()
-    try:
-        code, tail = run_process(cmd, env, env.out / "logs" / f"{case.name}.log", timeout)
-        wall = round(time.monotonic() - t0, 2)
+    out: list[tuple[Case, Measured, float]] = []
+    for case, pcfg in zip(cases, runs):
+        status = read_status(status_dir, case.name)
+        if status is None:
+            if code is None:
+                return GroupResult(out, case)
+            if code != 0:  # the process died on this row (a crash that no exception reports)
+                out.append((case, _failure(tail, 0.0), 0.0))
+            return GroupResult(out, None)
         results = pcfg.run_dir / PROBE_RESULTS_FILE
-        if code is None:
-            return None
-        if code != 0 or not results.is_file():
-            oom = any(m in tail for m in OOM_MARKERS)
-            return Measured(status="oom" if oom else "failed", error=tail, wall_s=wall)
+        if status.error is not None or not results.is_file():
+            out.append((case, _failure(status.error or "no results written", status.seconds), status.seconds))
+            continue
         r = read_probe_results(results)[pcfg.name.removeprefix(PROBE_RUN_PREFIX)]
-    finally:
-        shutil.rmtree(pcfg.run_dir, ignore_errors=True)
+        out.append((case, measured_of(r, flops[case.name], peak_tflops, status.seconds), status.seconds))
+    return GroupResult(out, None)
+
+
+def _failure(line: str, wall: float) -> Measured:
+    return Measured(status="oom" if any(m in line for m in OOM_MARKERS) else "failed", error=line, wall_s=wall)
+
+
+def measured_of(r, flops_per_token: float, peak_tflops: float | None, wall: float) -> Measured:
+    """The kit's record of one probe result (rundir.probe's)."""
+    from tunelab.rundir.memory import MemoryKind
+
     cpu = r.memory_kind is MemoryKind.HOST_MAX_RSS
     mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12) if peak_tflops and not cpu else None
     return Measured(

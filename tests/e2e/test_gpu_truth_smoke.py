@@ -1,94 +1,24 @@
-"""The GPU kit (benchmarks/gpu_truth.py) in its CPU form: its rows built from `tunelab models random`, measured
-by tunelab's probe in processes of their own, simulated by the planner's simulator, written as typed JSON,
-resumed, and kept within its budget. The README table renderer is checked against medians worked by hand."""
+"""The GPU kit's parts (benchmarks/gpu_truth*.py) that need no run: the README table renderer against medians
+worked by hand, the order of rows, their grouping into processes, and which rows a next call measures again.
+The kit's CPU form itself (its rows drawn, measured in shared processes, simulated, resumed, kept within its
+budget) runs in tests/e2e/test_gpu_lease.py, through scripts/gpu-lease as a lent GPU machine runs it."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import gpu_truth  # noqa: E402
-from gpu_truth_grid import SMOKE_ROWS  # noqa: E402
-from gpu_truth_records import Errors, KitFile, Measured, ShapeResult, Simulated, load_kit, readme_table  # noqa: E402
-
-GIB = 2**30
+from gpu_truth_grid import Case, cover_cases, take_group, value_order  # noqa: E402
+from gpu_truth_records import Errors, KitFile, Measured, ShapeResult, Simulated, readme_table  # noqa: E402
 
 
-@pytest.mark.slow
-def test_cpu_smoke_measures_simulates_and_resumes(tmp_path, capsys):
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke", "--budget-s", "1200",
-                           "--no-peers"]) == 0
-    (path,) = out.glob("gpu-cpu-*.json")
-    kit = load_kit(path)  # the schema: every record validated, unknown keys refused
-    assert path.with_suffix(".md").is_file() and kit.cpu_smoke and kit.device == "cpu"
-    rows = {s.name: s for s in kit.shapes}
-    assert set(rows) == set(SMOKE_ROWS)
-
-    ran, oom = rows["3-packed-b1-auto"], rows["4-lab-oom-16x2048"]
-    built = json.loads((cache / "models" / "Qwen2.5-0.5B-2L" / "tunelab_random.json").read_text())
-    params = built["parameters"]  # counted from the tensors written
-    assert built["layers"] == 2
-    m = ran.measured
-    assert m.status == "ok" and m.memory_kind == "host_max_rss" and m.allocated_gib is None
-    assert m.rss_peak_gib * GIB > params * 4  # the process held the model in float32 (CPU training)
-    assert m.tokens_per_step == 16 and len(m.memory_trace_gib) == ran.steps  # examples past max_seq_len: rows full
-    assert m.tokens_per_s > 0 and all(x > 0 for x in m.memory_trace_gib)
-    # FLOPs per token (estimate/speed.py): 4N + 3·4·layers·seq·(heads·head_dim)/2, Qwen2.5-0.5B: 14 heads of 64
-    assert ran.flops_per_token == 4 * params + 3 * 4 * 2 * 16 * (14 * 64) / 2
-    for row in (ran, oom):
-        s = row.simulated
-        assert s.allocated_gib is not None and s.reserved_gib >= s.allocated_gib, s.source
-        assert s.allocated_gib * GIB > params * 2  # at least the bf16 weights the simulated GPU step holds
-        assert s.required_gib == pytest.approx(s.reserved_gib + s.context_gib, abs=1e-3)
-    assert oom.measured.status == "oom" and "out of memory" in oom.measured.error  # a result, not a crash
-    assert oom.measured.rss_peak_gib is None
-
-    capsys.readouterr()
-    assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke"]) == 0  # resumed: nothing measured again
-    said = capsys.readouterr().out
-    assert "0 row(s) to measure, 2 already in" in said
-    assert load_kit(path).model_dump() == kit.model_dump()
-    _peer_row_trained_tunelab_and_said_of_the_peer(out, said)
-
-    # a budget too small for the next row: it is not started, and the run ends cleanly
-    assert gpu_truth.main(["--out", str(out), "--cache", str(cache), "--cpu-smoke", "--only", "2-unpacked-1024",
-                           "--budget-s", "20", "--no-peers"]) == 0
-    assert "2-unpacked-1024: not started" in capsys.readouterr().out
-    assert not (out / "logs" / "2-unpacked-1024.log").exists()
-    assert "2-unpacked-1024" not in {s.name for s in load_kit(path).shapes}
-
-
-def _peer_row_trained_tunelab_and_said_of_the_peer(out: Path, said: str) -> None:
-    """The peer row (gpu_truth_peers.py) in its CPU form: benchmarks/peers.py's training comparison on 80 words of
-    the tiny model, tunelab trained and measured from outside; torchtune beside it where scripts/peer-env made its
-    environment, else one line saying so (CI has none)."""
-    from gpu_truth_peers import peer_python
-
-    (table,) = out.glob("peers-cpu-*.md")
-    assert f"peer row: exit 0; {table}" in said
-    rows = {r["tool"]: r for r in json.loads(table.with_suffix(".json").read_text())["training"]}
-    ours = rows["tunelab"]
-    assert ours["error"] is None and ours["steps"] == 8  # 64 training rows (80 % of 80) in micro-batches of 8
-    assert ours["accuracy"] is None  # unscored (--no-score)
-    assert 0 < ours["first_step_s"] < ours["wall_s"] and ours["tokens_per_s"] > 0 and ours["peak_gpu_mib"] is None
-    text = table.read_text()
-    if peer_python({}) is None:
-        assert "torchtune could not run: no environment: run scripts/peer-env torchtune" in text
-    else:
-        assert rows["torchtune"]["error"] is None and "training (tiny): tunelab ÷ torchtune = " in text
-
-
-def _row(name: str, **errors: float) -> ShapeResult:
+def _row(name: str, status: str = "ok", **errors: float) -> ShapeResult:
     return ShapeResult(name=name, case=2, title=name, arch="Llama-3.2-1B", layers=16, lora_rank=8,
                        lora_targets="all-linear", batch=1, seq_len=1024, packed=False, lengths="long",
                        attention="auto", attention_resolved="sdpa", checkpointing=False, quantize=None,
                        dtype="bfloat16", steps=5, flops_per_token=1.0, estimated_s=1.0, elapsed_s=1.0,
-                       measured=Measured(status="ok", mfu=errors.pop("mfu")), simulated=Simulated(),
+                       measured=Measured(status=status, mfu=errors.pop("mfu", None)), simulated=Simulated(),
                        errors=Errors(**errors), finished_at="2026-01-01T00:00:00+00:00")
 
 
@@ -107,8 +37,6 @@ def test_readme_table_gives_median_errors_per_term():
 
 
 def test_rows_go_by_value_per_second_a_build_paid_once():
-    from gpu_truth_grid import Case, value_order
-
     a, b, c = (Case(n, 2, n, "m", 8, 1, 16, value=v) for n, v in (("a", 2.0), ("b", 3.0), ("c", 2.5)))
     # b: 3/50 = 0.060 beats c: 2.5/(10 + 100) = 0.023 and a: 2/110 = 0.018; then c (it pays X's build), then a
     order = value_order([a, b, c], cost={"a": 10, "b": 50, "c": 10}, build={"X": 100, "Y": 0},
@@ -118,3 +46,38 @@ def test_rows_go_by_value_per_second_a_build_paid_once():
     order = value_order([a, b, c], cost={"a": 10, "b": 50, "c": 10}, build={"X": 0, "Y": 0},
                         model_of={"a": "X", "b": "Y", "c": "X"})
     assert [x.name for x in order] == ["c", "a", "b"]
+
+
+def _case(name: str, case: int, alone: bool = False) -> Case:
+    return Case(name, case, name, "m", 8, 1, 16, alone=alone)
+
+
+def test_each_case_gets_a_row_first_shared_rows_before_lone_ones_failed_rows_last():
+    a1, a2, b1, c1, c2, d1 = (_case("a1", 1), _case("a2", 1), _case("b1", 2, alone=True), _case("c1", 3),
+                              _case("c2", 3, alone=True), _case("d1", 4))
+    order = [a1, a2, b1, c1, c2, d1]  # as value_order gave them
+    # each case's first (a1, b1, c1, d1), shared before alone: a1 c1 d1 b1; then the rest: a2, then c2 (alone)
+    assert [c.name for c in cover_cases(order)] == ["a1", "c1", "d1", "b1", "a2", "c2"]
+    # c1 failed before: c2 is case 3's first row now, and c1 goes last
+    assert [c.name for c in cover_cases(order, failed={"c1"})] == ["a1", "d1", "b1", "c2", "a2", "c1"]
+
+
+def test_a_group_is_one_process_of_shared_rows_that_fit():
+    a, b, c, d = _case("a", 1), _case("b", 2), _case("c", 3), _case("d", 4, alone=True)
+    seconds = {"a": 30.0, "b": 20.0, "c": 20.0, "d": 10.0}
+
+    def expected(case: Case, fresh: bool) -> float:
+        return seconds[case.name] + (15.0 if fresh else 0.0)  # a process's start: the first row's only
+
+    # a (45 s with the start) + b (20) = 65 ≤ 70; c would make 85
+    assert [c.name for c in take_group([a, b, c, d], expected, 70.0)] == ["a", "b"]
+    assert [c.name for c in take_group([a, b, c, d], expected, 200.0)] == ["a", "b", "c"]  # d runs alone
+    assert [c.name for c in take_group([d, a], expected, 200.0)] == ["d"]
+
+
+def test_a_failed_row_is_measured_again_an_out_of_memory_one_is_a_result():
+    kit = KitFile(gpu=None, device="cpu", bf16_peak_tflops=None, mfu_formula="f", cpu_smoke=True,
+                  started_at="2026-01-02T00:00:00+00:00", versions={},
+                  shapes=[_row("ran"), _row("oom", status="oom"), _row("failed", status="failed"),
+                          _row("skipped", status="skipped")])
+    assert kit.finished() == {"ran", "oom"}

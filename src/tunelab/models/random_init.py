@@ -10,6 +10,10 @@ tokenizer gives), which only matters where lengths are measured in text rather t
 The model is built on `meta` (no memory) and only its tensor shapes are used: weights are drawn and
 written a chunk at a time (models/weights.py), so an 8B or 70B model is built without holding it. The
 directory is built beside --out and renamed into place; tunelab_random.json records what was built.
+
+`weights=False` writes everything but the weights (tunelab_random.json says "drawn at load"): the GPU kit's
+rows then draw them on the device in the process that trains (`draw_random_model`), instead of writing 16 GB
+of an 8B model to disk and reading it back.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, TensorPlan, tensor_p
 PROVENANCE_FILE = "tunelab_random.json"
 DTYPES = tuple(ITEM_BYTES)
 DROPPED_KEYS = ("quantization_config", "auto_map", "_name_or_path", "transformers_version")
+WRITTEN, DRAWN_AT_LOAD = "written", "drawn at load"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Provenance:
     torch_version: str
     transformers_version: str
     builder: str = "tunelab.models.random_init"
+    weights: str = WRITTEN  # WRITTEN, or DRAWN_AT_LOAD (no weight files: draw_random_model)
 
 
 @dataclass(frozen=True)
@@ -155,12 +161,15 @@ def _check_out(out: Path, force: bool) -> None:
 def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None = None, dtype: str = "bfloat16",
                        seed: int = 0, force: bool = False,
                        progress: Callable[[int, int], None] = lambda _done, _total: None,
-                       shard_bytes: int = SHARD_BYTES) -> RandomBuild:
-    """Write the random-init model dir; `progress(bytes_written, bytes_total)` as weights are written."""
+                       shard_bytes: int = SHARD_BYTES, weights: bool = True) -> RandomBuild:
+    """Write the random-init model dir; `progress(bytes_written, bytes_total)` as weights are written.
+    weights=False: no weights (a text model only; `draw_random_model` draws them where the model is used)."""
     start = time.monotonic()
     source = resolve_source(arch)
     out = Path(out_dir)
     if is_vision_config(source.config):  # Qwen-VL: nested config, processor files (models/random_vl.py)
+        if not weights:
+            raise TunelabError("a vision-language model is built with its weights", field="weights")
         shallow_config(source.config["text_config"], layers, dtype)  # the checks of --layers and --dtype
         return _build_vlm(source, out, layers, WeightSpec(dtype, seed, 0.02, shard_bytes), force, progress, start)
     config = shallow_config(source.config, layers, dtype)
@@ -171,9 +180,10 @@ def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None
     plans = tensor_plans(meta_model(config, dtype))
     tokenizer = _tokenizer(config)
     record = write_build(out, force, config, [_generation_config(config, tokenizer), tokenizer], plans,
-                         WeightSpec(dtype, seed, float(config.get("initializer_range") or 0.02), shard_bytes),
+                         WeightSpec(dtype, seed, float(config.get("initializer_range") or 0.02), shard_bytes,
+                                    weights),
                          progress, lambda files: _provenance(source, config, seed, dtype,
-                                                             sum(p.numel for p in plans), files))
+                                                             sum(p.numel for p in plans), files, weights=weights))
     return RandomBuild(out, record, time.monotonic() - start)
 
 
@@ -214,6 +224,7 @@ class WeightSpec:
     seed: int
     std: float
     shard_bytes: int
+    written: bool = True  # False: no weight files (drawn at load)
 
 
 def write_build(out: Path, force: bool, config: dict[str, Any], savers: list[Any], plans: list[TensorPlan],
@@ -234,7 +245,8 @@ def write_build(out: Path, force: bool, config: dict[str, Any], savers: list[Any
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for saver in savers:
             saver.save_pretrained(tmp)
-        files = write_weights(tmp, plans, spec.dtype, spec.seed, spec.std, advance, spec.shard_bytes)
+        files = (write_weights(tmp, plans, spec.dtype, spec.seed, spec.std, advance, spec.shard_bytes)
+                 if spec.written else [])
         record = record_of(files)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
         usual_modes(tmp)
@@ -253,7 +265,7 @@ def _generation_config(config: dict[str, Any], tokenizer):
 
 
 def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, parameters: int,
-                files: list[str], real_layers: int | None = None) -> Provenance:
+                files: list[str], real_layers: int | None = None, weights: bool = True) -> Provenance:
     import torch
     import transformers
 
@@ -262,4 +274,27 @@ def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, p
     return Provenance(arch=source.name, origin=source.origin, layers=int(config["num_hidden_layers"]),
                       real_layers=real_layers or int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,
                       tunelab_version=__version__, torch_version=torch.__version__,
-                      transformers_version=transformers.__version__)
+                      transformers_version=transformers.__version__, weights=WRITTEN if weights else DRAWN_AT_LOAD)
+
+
+def drawn_at_load(model_dir: str | Path) -> bool:
+    """Whether `model_dir` is a random build without weights (build_random_model(weights=False))."""
+    record = Path(model_dir) / PROVENANCE_FILE
+    return record.is_file() and json.loads(record.read_text()).get("weights") == DRAWN_AT_LOAD
+
+
+def draw_random_model(model_dir: str | Path, device: str, dtype: Any, seed: int = 0, **kwargs: Any):
+    """The causal LM of a build without weights, its weights drawn on `device` in `dtype` (a torch dtype) as
+    transformers initializes a new model (normal draws of the config's initializer_range, norms at one), the same
+    distribution `write_weights` writes. kwargs: from_config's (attn_implementation). Drawn where it trains: no
+    host copy, no disk."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    if (Path(model_dir) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
+    return model

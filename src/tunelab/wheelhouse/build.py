@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tunelab.wheelhouse.plan import Installed, Plan, applicable, check_torch, classify, constraints, parse_freeze
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tunelab.wheelhouse.plan import (Installed, Plan, Resolved, applicable, check_torch, classify, constraints,
+                                     parse_freeze)
 from tunelab.wheelhouse.resolve import build_wheel, download, resolve, sha256, wheel_metadata
 from tunelab.wheelhouse.target import Target, platform_tags
 
@@ -51,19 +55,31 @@ CHECK = ("python -m pip check && tunelab --version && "
          "python -c \"import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())\"")
 
 
+def plan_wheelhouse(have_file: Path, target: Target, extras: tuple[str, ...], project: Path, work: Path,
+                    leave_out: tuple[str, ...] = ()) -> tuple[Plan, list[Resolved], Path]:
+    """(plan, pip's resolution, tunelab's wheel built in `work`) for the node whose `pip freeze` is have_file.
+    leave_out: tunelab's requirements on these (canonical names) are not followed, so what only they need is not
+    carried (the GPU lease's training rows: benchmarks/gpu_lease_carry.py)."""
+    have = parse_freeze(have_file.read_text(), file=have_file)
+    wheel = build_wheel(project, work)
+    meta = wheel_metadata(wheel)
+    requires = applicable(meta.requires, extras, target.markers())
+    torch = check_torch(have, requires, have_file)
+    pins, out_of_range = constraints(have, requires)
+    resolved, conflicts = resolve(wheel, extras, target, pins, work)
+    root = canonicalize_name(meta.name)
+    graph = [replace(r, requires=tuple(q for q in r.requires if canonicalize_name(Requirement(q).name) not in
+                                       leave_out)) if r.name == root and leave_out else r for r in resolved]
+    plan = classify(graph, have, torch, target.markers(), root=meta.name, reasons={**out_of_range, **conflicts})
+    return plan, resolved, wheel
+
+
 def build_wheelhouse(have_file: Path, out: Path, target: Target, extras: tuple[str, ...] = (),
                      project: Path = PROJECT) -> Manifest:
     """Write the wheelhouse for the node whose `pip freeze` is have_file into out; returns its manifest."""
-    have = parse_freeze(have_file.read_text(), file=have_file)
     with tempfile.TemporaryDirectory(prefix="wheelhouse-") as tmp:
         work = Path(tmp)
-        wheel = build_wheel(project, work)
-        meta = wheel_metadata(wheel)
-        requires = applicable(meta.requires, extras, target.markers())
-        torch = check_torch(have, requires, have_file)
-        pins, out_of_range = constraints(have, requires)
-        resolved, conflicts = resolve(wheel, extras, target, pins, work)
-        plan = classify(resolved, have, torch, target.markers(), root=meta.name, reasons={**out_of_range, **conflicts})
+        plan, resolved, wheel = plan_wheelhouse(have_file, target, extras, project, work)
         fetched = [r for r in resolved if r.name in {w.name for w in plan.wheels} and r.name != plan.root]
         out.mkdir(parents=True, exist_ok=True)  # only once there is something to put in it
         files = download(fetched, target, out, work)
