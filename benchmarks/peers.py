@@ -8,15 +8,17 @@
 
 Training: every tool trains the same LoRA job (peerlib/job.py: the demo's capitalization rows, the model's own chat
 template, r16 on q_proj,v_proj, alpha 32, max_seq_len 64, micro-batch 8, 1 epoch, lr 2e-3 cosine, fp32, seed 0)
-with the same thread count; repeats interleaved with the tool order rotated; per run: wall time from command to
-adapter, time to the first step's log line, steady tokens/s counted one way for all (peerlib/result.py) and as
-the tool's own log says, peak RSS of the process tree from outside, final loss, and the adapter's exact match on
-the test rows by one scorer (peerlib/score.py, first repeat). Each peer runs from its own environment
+with the same thread count; repeats interleaved with the tool order rotated, every run of every tool with fresh
+caches and history (peerlib/isolation.py: cold, as a first run); per run: wall time from the first command a user
+types to the adapter (tunelab: `scaffold` then `train`), time to the first step's log line on that clock, steady
+tokens/s counted one way for all (peerlib/result.py) and as the tool's own log says, the process tree's peak PSS
+from outside (shared pages once; the summed RSS beside it), final loss, and the adapter's exact match on the test
+rows by one scorer (peerlib/score.py, first repeat). Each peer runs from its own environment
 (`scripts/peer-env NAME`); a peer without one, or that fails, is one line saying why.
 
 Evaluation, per model of --models: that model's demo sweep (`tunelab demo --model M`, trained once, not timed: tiny
 4 adapters + 2 bases, smollm2 2 adapters + 1 base) evaluated by `tunelab eval`, lm-eval (CLI per target, and its
-Python API) and inspect-ai's hf/ provider, each route's prompt tokens and answers checked against tunelab's
+Python API) and inspect-ai's hf/ provider (at its best batch: peerlib/inspect_hf.py), each route's prompt tokens and answers checked against tunelab's
 (peerlib/evaluation.py).
 
 Ends with one line per comparison, speed over speed (above 1: tunelab faster), and writes DIR/peers.json and the
@@ -88,7 +90,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
     ap.add_argument("--parts", default="training,evaluation,search",
                     help="which comparisons: training (every tool trains the job), evaluation (each model's demo "
-                    "sweep's targets), search (the learning-rate search against oumi tune)")
+                    "sweep's targets), search (the learning-rate search against oumi tune, its studies one after the "
+                    "other and at once)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: the GPU job (peerlib/job.py GPU_JOB: bf16, max_seq_len 512, passages) on "
                     f"{', '.join(GPU_MODELS)}, training only (benchmarks/gpu_truth.py's peer row runs it)")

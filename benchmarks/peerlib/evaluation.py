@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peerlib import inspect_hf, lmeval
+from peerlib.isolation import fresh_home
 from peerlib.measure import run_measured, thread_env
 from peerlib.registry import env_python
 from peerlib.tunelab_answers import (EvalJob, Target, agreement, eval_job, sweep_targets, tunelab_accuracy,
                                      tunelab_answers, tunelab_prompts, tunelab_stops)
 
-BATCH = 16  # every tool's batch (tunelab's eval batch for the demo is chosen by itself: recorded in scores.json)
+BATCH = 16  # lm-eval's batch (tunelab's eval batch is chosen by itself: scores.json; inspect hf/: best_batch)
 MODES = ("tunelab", "lm-eval CLI", "lm-eval API", "inspect hf/")
 
 
@@ -96,7 +97,9 @@ def _commands(mode: str, sweep: Sweep, work: Path) -> list[list[str]]:
         return lmeval.commands(sweep.targets, sweep.tasks / "lm", work, lm_python, BATCH)
     if mode == "lm-eval API":
         return [lmeval.api_command(sweep.targets, sweep.tasks / "lm", work, lm_python, BATCH)]
-    return inspect_hf.commands(sweep.targets, sweep.tasks / "inspect", work, Path(sys.executable), BATCH)
+    # its best setting, not BATCH: every sample of a target in one batch (inspect_hf.py: its polling and batch wait)
+    return inspect_hf.commands(sweep.targets, sweep.tasks / "inspect", work, Path(sys.executable),
+                               inspect_hf.best_batch(sweep.job))
 
 
 def _their_prompts(mode: str, sweep: Sweep, work: Path) -> dict[str, dict[int, list[int]]]:
@@ -115,8 +118,9 @@ def run_mode(mode: str, sweep: Sweep, work: Path, threads: int, repeat: int) -> 
     row = EvalResult(sweep.model, mode, repeat)
     total = 0.0
     commands = _commands(mode, sweep, work)
-    for i, command in enumerate(commands):
-        measured = run_measured(command, thread_env(threads), work, work / f"output{i}.log")
+    for i, command in enumerate(commands):  # each process with cold caches and history (peerlib/isolation.py)
+        measured = run_measured(command, thread_env(threads, fresh_home(work / f"home{i}")), work,
+                                work / f"output{i}.log")
         row.load_before = row.load_before or measured.load_before
         row.load_after = measured.load_after
         total += measured.wall_s

@@ -7,7 +7,17 @@ number as id) with GenerateConfig(max_tokens) and a case-sensitive stripped-equa
 The provider renders the messages with the tokenizer's own chat template and the generation prompt (hf.py's
 hf_chat), decodes without special tokens, stops at the generation config's eos (the template's end-of-turn for the
 tiny and SmolLM2 models; a template whose end-of-turn is not the eos would need stop_seqs). `-M do_sample=false`
-(the provider samples by default); the batch is `--max-connections`. An adapter loads by passing its directory as
+(the provider samples by default).
+
+Its batching (inspect-ai 0.3.285, model/_providers/hf.py): each sample's request goes into a queue and its
+coroutine then polls its result once a second (`batched_generate`: `future.result(timeout=0.01)`, then
+`anyio.sleep(1)`); a background thread drains the queue into a batch until it holds `max_connections` requests
+or no request has come for 2 s (`_drain_batches(timeout=2)`), and only then generates. At most `max_connections`
+samples are in flight (max_samples defaults to it). With a batch smaller than a target's samples, every batch
+costs up to a second of polling after it is generated, and the samples of the next batch trickle in as the
+previous ones' polls return; a last batch short of `max_connections` waits out the 2 s. Its best setting here:
+`--max-connections` (and `--max-samples`) = the target's sample count (best_batch): every request queued at
+once, one batch generated as soon as it is full, one poll after it. (`-M batch_size` is read and never used.) An adapter loads by passing its directory as
 model_path: transformers' PEFT integration reads adapter_config.json, loads the base it names and the adapter
 (modules_to_save included: logits equal to PeftModel.from_pretrained's, checked on the demo's tiny-4x256_r16).
 Its prompts are checked against tunelab's token for token after every run (`prompt_ids`: its own rendering code)."""
@@ -104,15 +114,21 @@ def check_stops(base: Path, stops: list[int]) -> None:
                          f"{sorted(stops)}: inspect's hf/ provider would stop elsewhere (give it stop_seqs)")
 
 
+def best_batch(job: EvalJob) -> int:
+    """The provider's batch at its best: a target's every sample in one batch (see the module's docstring)."""
+    return len(job.rows)
+
+
 def commands(targets: list[Target], task_dir: Path, out: Path, python: Path, batch: int) -> list[list[str]]:
-    """One `inspect eval` per target (the hf provider loads one model per process); JSON logs in out/<target>/."""
+    """One `inspect eval` per target (the hf provider loads one model per process), `batch` requests in flight and
+    batched at once; JSON logs in out/<target>/."""
     task = f"{(task_dir / TASK_FILE).resolve()}@tunelab_exact_match"  # an absolute path needs the @name form
     cmds = []
     for t in targets:
         model = t.adapter if t.adapter else t.base
         cmds.append([str(python), "-m", "inspect_ai", "eval", task, "--model", "hf/local",
                      "-M", f"model_path={model}", "-M", f"tokenizer_path={t.base}", "-M", "device=cpu",
-                     "-M", "do_sample=false", "-M", "dtype=float32", "--max-connections", str(batch),
+                     "-M", "do_sample=false", "-M", "dtype=float32", "--max-connections", str(batch), "--max-samples", str(batch),
                      "--log-dir", str((out / t.name).resolve()), "--log-format", "json", "--display", "plain",
                      "--no-log-realtime", "--seed", "0"])
     return cmds

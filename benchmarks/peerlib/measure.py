@@ -1,9 +1,12 @@
 """A tool's run measured from outside, the same way for every tool (tunelab included).
 
 Wall time from the command's start to its exit; every output line timestamped as it arrives (children run with
-PYTHONUNBUFFERED=1), so a tool's per-step log lines give step times on one clock; peak RSS of the whole process
-tree (the sum over the tree, sampled every 50 ms with psutil; no peer reports memory on a CPU); the load before
-and after (/proc/loadavg)."""
+PYTHONUNBUFFERED=1), so a tool's per-step log lines give step times on one clock; the peak memory of the whole
+process tree, sampled every 50 ms (no peer reports memory on a CPU): its PSS (each process's proportional set size,
+/proc/PID/smaps_rollup: a page shared by n processes counts 1/n in each, so the tree's sum counts it once) — the
+figure compared —, and beside it the summed RSS the benchmark used to report, which counts a page shared by forked
+workers once per worker (issue 66: axolotl's data workers doubled); the load before and after (/proc/loadavg).
+Several commands can run at once (run_all): each is measured on its own, on one clock, so their overlap shows."""
 
 from __future__ import annotations
 
@@ -36,17 +39,20 @@ class Measured:
     command: list[str]
     returncode: int
     wall_s: float
-    peak_rss_mib: float
+    peak_pss_mib: float  # the tree's summed PSS at its highest: the memory figure compared
     lines: list[Line] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
-    rss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, tree RSS MiB) samples
+    pss: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, tree PSS MiB) samples
     peak_gpu_mib: float | None = None  # NVML's used memory of the visible GPUs at its highest (None: no GPU/NVML)
+    peak_rss_mib: float = 0.0  # the tree's summed RSS at its highest: shared pages counted once per process
+    started: float = 0.0  # time.monotonic() at the start and at the exit: runs measured at once compare on it
+    ended: float = 0.0
 
-    def peak_rss_until(self, t: float) -> float | None:
-        """The tree's peak RSS up to `t` seconds (e.g. the last training step's line): what training itself held,
+    def peak_pss_until(self, t: float) -> float | None:
+        """The tree's peak PSS up to `t` seconds (e.g. the last training step's line): what training itself held,
         apart from whatever a tool does after it (tunelab times its step cost at twice the micro-batch then)."""
-        seen = [mib for at, mib in self.rss if at <= t]
+        seen = [mib for at, mib in self.pss if at <= t]
         return max(seen) if seen else None
 
     @property
@@ -78,18 +84,33 @@ class GpuMemory:
         return sum(self.nvml.nvmlDeviceGetMemoryInfo(h).used for _, h in self.handles) / 2**20
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def process_pss(proc: psutil.Process) -> int:
+    """One process's PSS in bytes: the `Pss:` line of /proc/PID/smaps_rollup (one summed record, cheap to read
+    every 50 ms), else psutil's (which walks /proc/PID/smaps) where the kernel has no rollup."""
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024  # kB
+        return 0  # a zombie's rollup is empty: it holds no memory
+    except FileNotFoundError:
+        return int(proc.memory_full_info().pss)
+
+
+def tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(summed PSS, summed RSS) in bytes over `proc` and its descendants; a process gone mid-read counts 0."""
+    pss = rss = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            rss += p.memory_info().rss
+            pss += process_pss(p)
+        except (psutil.Error, ProcessLookupError, PermissionError):
             pass
-    return total
+    return pss, rss
 
 
 def thread_env(threads: int, extra: dict[str, str] | None = None, gpu: bool = False) -> dict[str, str]:
@@ -120,9 +141,9 @@ def own_thread_rule(threads: int, env: dict[str, str]) -> tuple[list[str], dict[
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None,
                  timeout_s: float = 3600.0, gpu: bool = False) -> Measured:
-    """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak RSS (and with `gpu` the
-    GPU's peak used memory); the whole output also written to `log` when given (the peer's own record of the
-    run)."""
+    """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak PSS and summed RSS (and with
+    `gpu` the GPU's peak used memory); the whole output also written to `log` when given (the peer's own record of
+    the run)."""
     before = loadavg()
     nvml = GpuMemory() if gpu else None
     gpu_peak: float | None = None
@@ -130,19 +151,19 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
     watched = psutil.Process(proc.pid)
-    peak = 0
+    peak_pss = peak_rss = 0
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, gpu_peak
+        nonlocal peak_pss, peak_rss, gpu_peak
         while not done.is_set():
-            rss = _tree_rss(watched)
-            peak = max(peak, rss)
+            pss, rss = tree_memory(watched)
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             used = nvml.used_mib() if nvml is not None else None
             if used is not None:
                 gpu_peak = max(gpu_peak or 0.0, used)
-            samples.append((time.monotonic() - start, rss / 2**20))
+            samples.append((time.monotonic() - start, pss / 2**20))
             done.wait(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -163,6 +184,42 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
         sampler.join()
         if sink:
             sink.close()
-    wall = time.monotonic() - start
-    return Measured(command=command, returncode=returncode, wall_s=wall, peak_rss_mib=peak / 2**20, lines=lines,
-                    load_before=before, load_after=loadavg(), rss=samples, peak_gpu_mib=gpu_peak)
+    end = time.monotonic()
+    return Measured(command=command, returncode=returncode, wall_s=end - start, peak_pss_mib=peak_pss / 2**20,
+                    lines=lines, load_before=before, load_after=loadavg(), pss=samples, peak_gpu_mib=gpu_peak,
+                    peak_rss_mib=peak_rss / 2**20, started=start, ended=end)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One command of several to measure (run_all): what run_measured takes."""
+
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log: Path | None = None
+
+
+def run_all(launches: list[Launch], at_once: bool) -> list[Measured]:
+    """Each launch measured by run_measured, one after the other, or all at once (a thread each, so they start
+    together); in the launches' order either way. Their `started`/`ended` share one clock: span() is the wall."""
+    if not at_once:
+        return [run_measured(x.command, x.env, x.cwd, x.log) for x in launches]
+    results: list[Measured | None] = [None] * len(launches)
+
+    def one(i: int, x: Launch) -> None:
+        results[i] = run_measured(x.command, x.env, x.cwd, x.log)
+
+    threads = [threading.Thread(target=one, args=(i, x)) for i, x in enumerate(launches)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(r is None for r in results):
+        raise RuntimeError("run_all: a launch raised before it was measured (see the thread's traceback above)")
+    return [r for r in results if r is not None]
+
+
+def span(measured: list[Measured]) -> float:
+    """The wall time of runs measured together: the first start to the last exit."""
+    return max(m.ended for m in measured) - min(m.started for m in measured)

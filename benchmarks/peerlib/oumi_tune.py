@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from peerlib.job import Inputs, Job
-from peerlib.measure import Measured, run_measured, thread_env
+from peerlib.isolation import fresh_home
+from peerlib.measure import Launch, Measured, own_thread_rule, run_all, span, thread_env
 from peerlib.oumi import (
     chat_markers,
     dataset_split,
@@ -173,25 +174,38 @@ def studies(search: Any, job: Job) -> dict[str, OumiSearch]:
                                   rank=rank, seed=search.seed) for rank in search.ranks}
 
 
-def run_oumi(inputs: Inputs, job: Job, search: Any, out: Path, python: Path, repeat: int) -> Any:
-    """The whole search as peerlib/search.py's SearchResult: one `oumi tune` per level, in sequence; the wall time
-    is their sum (each process's own start-up included, as each tunelab trial pays its own)."""
+def level_launches(commands: dict[str, tuple[list[str], Path]], threads: int, at_once: bool,
+                   home: Path) -> list[Launch]:
+    """How the studies' `oumi tune` commands ({level: (command, cwd)}) run: one after the other with all `threads`
+    each (Oumi's own way: one study, one process), or at once, each with its share of the cores (threads ÷ studies,
+    at least 1) on the same cores (taskset, as tunelab's side): the way tunelab runs its two studies. All share
+    one fresh home (peerlib/isolation.py), as tunelab's studies share theirs."""
+    share = max(1, threads // len(commands)) if at_once else threads
+    prefix = own_thread_rule(threads, {})[0] if at_once else []
+    env = thread_env(share, fresh_home(home))
+    return [Launch([*prefix, *command], env, cwd, cwd / "output.log") for command, cwd in commands.values()]
+
+
+def run_oumi(inputs: Inputs, job: Job, search: Any, out: Path, python: Path, repeat: int,
+             at_once: bool = False) -> Any:
+    """The whole search as peerlib/search.py's SearchResult: one `oumi tune` per level, in sequence (the wall: their
+    sum, each process's own start-up included, as each tunelab trial pays its own) or at once (`at_once`, tool
+    "oumi at once": the wall from the first start to the last exit)."""
     from peerlib.search import SearchResult
 
     shutil.rmtree(out, ignore_errors=True)
-    row = SearchResult("oumi", repeat, wall_s=0.0)
-    for level, study in studies(search, job).items():
-        where = out / f"lora_rank-{level}"
-        measured = run_measured(tune_command(inputs, job, study, where, python), thread_env(job.threads), where,
-                                where / "output.log")
-        row.load_before = row.load_before or measured.load_before
-        row.load_after = measured.load_after
-        if measured.returncode:
-            row.error = f"rank {level}: exit {measured.returncode}: {measured.tail(3)}"
+    row = SearchResult("oumi at once" if at_once else "oumi", repeat, wall_s=0.0)
+    commands = {level: (tune_command(inputs, job, study, out / f"lora_rank-{level}", python),
+                        out / f"lora_rank-{level}") for level, study in studies(search, job).items()}
+    measured = run_all(level_launches(commands, job.threads, at_once, out / "home"), at_once)
+    row.load_before, row.load_after = measured[0].load_before, measured[-1].load_after
+    for level, m in zip(commands, measured):
+        if m.returncode:
+            row.error = f"rank {level}: exit {m.returncode}: {m.tail(3)}"
             return row
-        parsed = parse_tune(measured, where)
-        row.wall_s = (row.wall_s or 0.0) + measured.wall_s
+        parsed = parse_tune(m, commands[level][1])
         row.trials += len(parsed.trials)
         if parsed.best_learning_rate is not None and parsed.best_value is not None:
             row.best[level] = (parsed.best_learning_rate, parsed.best_value)
+    row.wall_s = span(measured) if at_once else sum(m.wall_s for m in measured)
     return row

@@ -32,8 +32,9 @@ class TrainResult:
     first_step_s: float | None = None
     own_tokens_per_s: float | None = None
     tokens_per_s: float | None = None  # the common count: steady_tokens_per_s
-    peak_rss_mib: float | None = None
-    training_rss_mib: float | None = None  # the peak until the last step's log line
+    peak_pss_mib: float | None = None  # the process tree's summed PSS at its highest (measure.py)
+    training_pss_mib: float | None = None  # the same peak until the last step's log line
+    peak_rss_sum_mib: float | None = None  # the tree's summed RSS at its highest: shared pages counted per process
     peak_gpu_mib: float | None = None  # the GPU job: NVML's used memory at its highest (measure.GpuMemory)
     final_loss: float | None = None
     accuracy: float | None = None

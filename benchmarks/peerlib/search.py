@@ -1,7 +1,12 @@
 """The learning-rate search, the same for both tools: LEVELS combinations (LoRA ranks) × TRIALS trials each, rates
 log-uniform in [LOW, HIGH], each trial trained at most BUDGET of the one-epoch job's steps, objective the
 validation loss. tunelab's side: `tunelab tune` on a spec with that `tune:` block (a seeded TPE study per rank,
-successive halving on the validations); the wall time to tune/best.json and the best loss per combination."""
+successive halving on the validations); the wall time to tune/best.json and the best loss per combination.
+
+tunelab runs its two studies side by side, each on its share of the cores; Oumi's `oumi tune` is one study per
+process, so its two run both ways (issue 66): one after the other with every thread each ("oumi", how a user runs
+it), and at once with a thread each on the same cores ("oumi at once", tunelab's way). Every side of every repeat
+starts with fresh caches and history (peerlib/isolation.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from peerlib.isolation import fresh_home
 from peerlib.job import Inputs, Job
 from peerlib.measure import Measured, own_thread_rule, run_measured, thread_env
 from peerlib.tunelab_side import spec
@@ -60,7 +66,8 @@ def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Pat
     exp = out / "experiment"
     exp.mkdir(parents=True)
     (exp / "experiment.yaml").write_text(yaml.safe_dump(tunelab_spec(inputs, job, search), sort_keys=False))
-    prefix, env = own_thread_rule(job.threads, thread_env(job.threads))  # the same cores, tunelab's rule over them
+    # the same cores, tunelab's rule over them; cold caches and history
+    prefix, env = own_thread_rule(job.threads, thread_env(job.threads, fresh_home(out / "home")))
     measured: Measured = run_measured([*prefix, str(python), "-m", "tunelab", "tune", str(exp)], env, out,
                                       out / "output.log")
     row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after)
@@ -87,7 +94,7 @@ def describe(row: SearchResult) -> str:
 
 def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, python: Path) -> tuple[
         list[SearchResult], list[str]]:
-    """tunelab tune and Oumi's oumi tune on the same search, repeats interleaved (order alternated)."""
+    """tunelab tune and Oumi's oumi tune (both ways) on the same search, repeats interleaved (order rotated)."""
     from peerlib import oumi_tune
     from peerlib.registry import env_python
 
@@ -96,14 +103,16 @@ def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, p
     lines = []
     if (oumi_python.parent.parent / ".tunelab-peer-env").exists():
         sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r)
+        sides["oumi at once"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
+                                                                    at_once=True)
     else:
         lines.append("search: oumi could not run: no environment: run scripts/peer-env oumi")
     rows: list[SearchResult] = []
     for repeat in range(repeats):
-        names = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+        names = list(sides)[repeat % len(sides):] + list(sides)[:repeat % len(sides)]
         for name in names:
             print(f"[peers] search repeat {repeat + 1}/{repeats}: {name}", flush=True)
-            row = sides[name](out / "search" / name / str(repeat), repeat)
+            row = sides[name](out / "search" / name.replace(" ", "-") / str(repeat), repeat)
             rows.append(row)
             print(f"  {describe(row)}", flush=True)
     return rows, lines

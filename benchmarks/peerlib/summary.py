@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from peerlib.result import TrainResult
 
 SAME_ANSWERS = 0.99  # issue 52: at least this share of a peer's answers must equal tunelab's, on every target
-FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_rss_mib", "training_rss_mib",
-          "final_loss", "accuracy", "peak_gpu_mib")
+FIELDS = ("wall_s", "first_step_s", "tokens_per_s", "own_tokens_per_s", "peak_pss_mib", "training_pss_mib",
+          "peak_rss_sum_mib", "final_loss", "accuracy", "peak_gpu_mib")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
             continue
         lines.append(f"training ({model}): tunelab ÷ {tool} = {ours.median / theirs.median:.2f}x "
                      f"(tokens/s, median of {min(ours.n, theirs.n)})")
-        for name, field, better_low in (("first step", "first_step_s", True), ("peak RSS", "peak_rss_mib", True),
-                                        ("peak RSS while training", "training_rss_mib", True),
+        for name, field, better_low in (("first step", "first_step_s", True), ("peak PSS", "peak_pss_mib", True),
+                                        ("peak PSS while training", "training_pss_mib", True),
                                         ("peak GPU memory used", "peak_gpu_mib", True)):
             a, b = stats[(model, "tunelab")][field], figures[field]
             if a and b:
@@ -68,23 +68,26 @@ def ratio_lines(rows: list[TrainResult]) -> list[str]:
 
 
 def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
-    """One row per model and tool: medians (min–max); the GPU job's adds NVML's peak used GPU memory."""
+    """One row per model and tool: medians (min–max); the GPU job's adds NVML's peak used GPU memory. Wall and
+    first step from the first command a user types (tunelab: `scaffold` then `train`), caches and history fresh
+    for every tool in every repeat (peerlib/isolation.py); memory the process tree's PSS (shared pages once)."""
     gpu = any(r.peak_gpu_mib is not None for r in rows)
-    head = ("| model | tool | version | wall s | first step s | tokens/s (one count) | tokens/s (its own log) "
-            "| peak RSS MiB | peak RSS MiB, until the last step | final loss | exact match |"
+    head = ("| model | tool | version | wall s, from the first command (cold caches) | first step s, from the first "
+            "command | tokens/s (one count) | tokens/s (its own log) | peak PSS MiB (process tree) | peak PSS MiB, "
+            "until the last step | summed RSS MiB (shared pages per process) | final loss | exact match |"
             + (" peak GPU MiB (NVML) |" if gpu else "") + "\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     out = [head]
     for (model, tool), f in sorted(by_tool(rows).items()):
         def cell(name: str, digits: int = 1) -> str:
             s = f[name]
             return s.text(digits) if s else "–"
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | {cell('wall_s')} | {cell('first_step_s')} | "
-                   f"{cell('tokens_per_s', 0)} | {cell('own_tokens_per_s', 0)} | {cell('peak_rss_mib', 0)} | "
-                   f"{cell('training_rss_mib', 0)} | "
+                   f"{cell('tokens_per_s', 0)} | {cell('own_tokens_per_s', 0)} | {cell('peak_pss_mib', 0)} | "
+                   f"{cell('training_pss_mib', 0)} | {cell('peak_rss_sum_mib', 0)} | "
                    f"{cell('final_loss', 3)} | {cell('accuracy', 3)} |" + (f" {cell('peak_gpu_mib', 0)} |" if gpu else ""))
     for (model, tool), why in sorted(failures(rows).items()):
-        out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | | |")
+        out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | failed: {why[:160]} | | | | | | | | |")
     return "\n".join(out)
 
 
@@ -143,19 +146,30 @@ def eval_table(rows: list) -> str:
 
 
 def search_lines(rows: list) -> list[str]:
+    """One line per Oumi way (one after the other; at once, as tunelab's studies run): its wall over tunelab's."""
     walls = _by(rows, "tool")
-    ours, theirs = walls.get("tunelab"), walls.get("oumi")
-    if ours is None or theirs is None:
+    ours = walls.get("tunelab")
+    peers = [tool for tool in walls if tool != "tunelab"]
+    if ours is None or not peers or all(walls[t] is None for t in peers):
         return [f"search: {r.tool} failed: {r.error}" for r in rows if r.error][:2]
     best = {tool: min(min(v for _lr, v in r.best.values()) for r in rows if r.tool == tool and r.best)
-            for tool in ("tunelab", "oumi")}
-    return [f"search: tunelab ÷ oumi = {theirs.median / ours.median:.2f}x (wall to the best rates, median of "
-            f"{min(ours.n, theirs.n)}; best validation loss over the repeats: tunelab {best['tunelab']:.4f}, "
-            f"oumi {best['oumi']:.4f})"]
+            for tool in walls if walls[tool] is not None}
+    out = []
+    for tool in peers:
+        theirs = walls[tool]
+        if theirs is None:
+            out.append(f"search: {tool} failed: {next(r.error for r in rows if r.tool == tool and r.error)}")
+            continue
+        out.append(f"search: tunelab ÷ {tool} = {theirs.median / ours.median:.2f}x (wall to the best rates, median "
+                   f"of {min(ours.n, theirs.n)}; best validation loss over the repeats: tunelab "
+                   f"{best['tunelab']:.4f}, {tool} {best[tool]:.4f})")
+    return out
 
 
 def search_table(rows: list) -> str:
-    out = ["| search | repeat | wall s | trials | best rate and validation loss per rank |", "|---|---|---|---|---|"]
+    out = ["| search (oumi: its studies one after the other, all threads each; oumi at once: side by side, a share "
+           "each, as tunelab's) | repeat | wall s (cold caches) | trials | best rate and validation loss per rank |",
+           "|---|---|---|---|---|"]
     for r in rows:
         if r.error:
             out.append(f"| {r.tool} | {r.repeat} | failed: {r.error[:160]} | | |")

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from peerlib.job import Inputs, Job, training_tokens
+from peerlib.isolation import fresh_home
 from peerlib.measure import Measured, run_measured, thread_env
 from peerlib.registry import Found
 from peerlib.result import TrainResult, steady_tokens_per_s
@@ -29,7 +30,7 @@ def score(inputs: Inputs, adapter: Path, threads: int) -> float | None:
 
 
 def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, version: str,
-               tokens: int, scored: bool) -> TrainResult:
+               tokens: int, scored: bool, fresh_caches: bool = True) -> TrainResult:
     row = TrainResult(tool=found.name, version=version, model=inputs.model, repeat=repeat)
     assert found.peer is not None and found.python is not None
     shutil.rmtree(out, ignore_errors=True)
@@ -39,8 +40,9 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
     except Exception as exc:
         row.error = f"writing its config failed: {exc}"
         return row
-    measured: Measured = run_measured(command, thread_env(job.threads, gpu=job.cuda), out, out / "output.log",
-                                      gpu=job.cuda)
+    # cold caches and history for every tool (or the caller's, the smoke's: parsing checked, not figures)
+    env = thread_env(job.threads, fresh_home(out / "home") if fresh_caches else None, gpu=job.cuda)
+    measured: Measured = run_measured(command, env, out, out / "output.log", gpu=job.cuda)
     row.load_before, row.load_after = measured.load_before, measured.load_after
     if measured.returncode:
         row.error = f"exit {measured.returncode}: {measured.tail(3)}"
@@ -51,10 +53,11 @@ def train_once(found: Found, inputs: Inputs, job: Job, out: Path, repeat: int, v
     if not (adapter / "adapter_config.json").is_file():
         row.error = f"no adapter at {adapter}"
         return row
-    row.wall_s, row.peak_rss_mib, row.steps = measured.wall_s, measured.peak_rss_mib, len(log.step_times)
+    row.wall_s, row.peak_pss_mib, row.steps = measured.wall_s, measured.peak_pss_mib, len(log.step_times)
+    row.peak_rss_sum_mib = measured.peak_rss_mib
     row.peak_gpu_mib = measured.peak_gpu_mib
     row.first_step_s = log.step_times[0] if log.step_times else None
-    row.training_rss_mib = measured.peak_rss_until(log.step_times[-1]) if log.step_times else None
+    row.training_pss_mib = measured.peak_pss_until(log.step_times[-1]) if log.step_times else None
     row.own_tokens_per_s = log.own_tokens_per_s
     row.tokens_per_s = steady_tokens_per_s(log.step_times, tokens)
     row.final_loss = log.losses[-1] if log.losses else None
@@ -75,9 +78,10 @@ def versions(found: list[Found]) -> dict[str, str]:
 
 
 def compare(found: list[Found], inputs: Inputs, job: Job, out: Path, repeats: int,
-            rows_file: Path, scored: bool = True) -> list[TrainResult]:
+            rows_file: Path, scored: bool = True, fresh_caches: bool = True) -> list[TrainResult]:
     """Every runnable tool × repeats, interleaved; each row appended to rows_file as it ends (nothing lost on a
-    crash). Accuracy is scored on the first repeat (the same seed and job each repeat)."""
+    crash). Accuracy is scored on the first repeat (the same seed and job each repeat). `fresh_caches`: every run
+    in a home of its own (peerlib/isolation.py); False: in the caller's caches (the smoke)."""
     runnable = [f for f in found if f.peer is not None and f.python is not None]
     known = versions(runnable)
     tokens = training_tokens(inputs, job)
@@ -87,7 +91,8 @@ def compare(found: list[Found], inputs: Inputs, job: Job, out: Path, repeats: in
         for f in order:
             print(f"[peers] {inputs.model} repeat {repeat + 1}/{repeats}: {f.name}", flush=True)
             row = train_once(f, inputs, job, out / inputs.model / f.name / str(repeat), repeat,
-                             known.get(f.name, "?"), tokens, scored=scored and repeat == 0)
+                             known.get(f.name, "?"), tokens, scored=scored and repeat == 0,
+                             fresh_caches=fresh_caches)
             rows.append(row)
             with rows_file.open("a") as sink:
                 sink.write(json.dumps(asdict(row)) + "\n")
@@ -100,6 +105,7 @@ def describe(row: TrainResult) -> str:
         return f"{row.tool}: failed: {row.error}"
     return (f"{row.tool}: wall {row.wall_s:.1f} s, first step {row.first_step_s or 0:.1f} s, "
             f"{row.tokens_per_s or 0:.0f} tok/s (own {row.own_tokens_per_s or 0:.0f}), "
-            f"peak RSS {row.peak_rss_mib:.0f} MiB (training {row.training_rss_mib or 0:.0f}), "
+            f"peak PSS {row.peak_pss_mib:.0f} MiB (training {row.training_pss_mib or 0:.0f}; summed RSS "
+            f"{row.peak_rss_sum_mib or 0:.0f}), "
             f"{'' if row.peak_gpu_mib is None else f'GPU used {row.peak_gpu_mib:.0f} MiB, '}loss {row.final_loss}, steps {row.steps}, "
             f"accuracy {row.accuracy}, load {row.load_before} -> {row.load_after}")

@@ -1,15 +1,17 @@
 """tunelab's side of the training comparison: the same job as a one-run experiment, trained by `tunelab train
 run.yaml` (the job program its job scripts start as `python -m tunelab.train.job`), measured like every peer.
 
-The spec is written and scaffolded before the clock starts (as every peer's config is written before its command
-runs); the timed command is the training alone. The run's step lines ("[tunelab train] step N/M ... tok/s T")
+The spec is written before the clock starts (as every peer's config is written before its command runs); the timed
+command is what a user types from there: `tunelab scaffold experiment.yaml` then `tunelab train runs/NAME/run.yaml`
+(issue 66: scaffolding ran off the clock before, while every peer's clock holds its own preprocessing), so the wall
+and the first step count from scaffold's start. The run's step lines ("[tunelab train] step N/M ... tok/s T")
 give the step times and tunelab's own tokens/s."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,14 +59,15 @@ class TunelabSide:
         return found[0]
 
     def train_command(self, inputs: Inputs, job: Job, out: Path, python: Path) -> list[str]:
+        """Write experiment.yaml; return `scaffold && train` as one shell command (the run's name is scaffold's:
+        the glob finds its one run.yaml, which adapter_dir checks afterwards)."""
         exp = out / "experiment"
         exp.mkdir(parents=True, exist_ok=True)
         (exp / "experiment.yaml").write_text(yaml.safe_dump(spec(inputs, job), sort_keys=False))
-        done = subprocess.run([str(python), "-m", "tunelab", "scaffold", str(exp / "experiment.yaml"), "--force"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"tunelab scaffold failed:\n{done.stdout}{done.stderr}")
-        return [str(python), "-m", "tunelab", "train", str(self.run_yaml(out))]
+        tunelab = f"{shlex.quote(str(python))} -m tunelab"
+        runs = shlex.quote(str(exp / "runs"))
+        return ["sh", "-c", f"{tunelab} scaffold {shlex.quote(str(exp / 'experiment.yaml'))} --force && "
+                f"exec {tunelab} train {runs}/*/run.yaml"]
 
     def adapter_dir(self, out: Path) -> Path:
         return self.run_yaml(out).parent / "checkpoints" / "epoch_0"  # epochs count from 0 (1 epoch: epoch_0)
@@ -84,7 +87,7 @@ class TunelabSide:
 
 PEER = TunelabSide()
 
-if __name__ == "__main__":  # python peerlib/tunelab_side.py OUT MODEL: write and scaffold only, print the command
+if __name__ == "__main__":  # python peerlib/tunelab_side.py OUT MODEL: write the spec, print the command
     from peerlib.job import prepare
     target = Path(sys.argv[1])
-    print(" ".join(PEER.train_command(prepare(target / "inputs", sys.argv[2]), Job(), target, Path(sys.executable))))
+    print(shlex.join(PEER.train_command(prepare(target / "inputs", sys.argv[2]), Job(), target, Path(sys.executable))))

@@ -492,6 +492,12 @@ def test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample(
     expected = 128 * per_row * (16 - 2) / 16 / (times[-1] - times[1])  # the first two steps are warm-up
     (printed,) = line(stdout, rf"tunelab: wall {NUM} s, first step [\d.]+ s, {NUM} tok/s")[1:]
     assert abs(printed - expected) <= 0.5 + 1e-6 * expected
+    # `scaffold` runs inside the timed command, before the first step's line (issue 66: the clock from the first
+    # command a user types); memory as the tree's PSS, which never exceeds the summed RSS printed beside it
+    (log_file,) = (out / "runs").rglob("tunelab/0/output.log")
+    assert log_file.read_text().splitlines()[0].startswith("scaffolded 1 runs")
+    pss, training_pss, rss = line(stdout, rf"tunelab: .* peak PSS {NUM} MiB \(training {NUM}; summed RSS {NUM}\)")
+    assert 0 < training_pss <= pss <= rss
     # every peer's parser against its committed real output, read here with a plain pattern
     for peer, (name, pattern) in PEER_LOSSES.items():
         losses = [float(v) for v in re.findall(pattern, (PEER_SAMPLES / peer / name).read_text(), re.MULTILINE)]

@@ -88,7 +88,7 @@ def test_the_gpu_table_and_lines_carry_the_gpu_memory_and_the_cpu_table_does_not
 
     def row(tool: str, repeat: int, tps: float, gpu: float | None) -> TrainResult:
         return TrainResult(tool=tool, version="v", model="m", repeat=repeat, wall_s=30.0, first_step_s=9.0,
-                           tokens_per_s=tps, peak_rss_mib=900.0, training_rss_mib=800.0, final_loss=1.0,
+                           tokens_per_s=tps, peak_pss_mib=900.0, training_pss_mib=800.0, final_loss=1.0,
                            steps=100, peak_gpu_mib=gpu)
 
     rows = [row("tunelab", 0, 30_000, 12_000), row("torchtune", 0, 25_000, 15_000),
@@ -99,7 +99,7 @@ def test_the_gpu_table_and_lines_carry_the_gpu_memory_and_the_cpu_table_does_not
     gpu_table = table(rows, {}).splitlines()
     assert gpu_table[0].endswith("| peak GPU MiB (NVML) |") and gpu_table[-1].endswith("| 12200 (12000–12400) |")
     cpu_table = table([row("tunelab", 0, 30_000, None)], {}).splitlines()
-    assert cpu_table[0].endswith("| exact match |") and cpu_table[2].count("|") == 12
+    assert cpu_table[0].endswith("| exact match |") and cpu_table[2].count("|") == 13  # 12 columns
 
 
 def test_the_gpu_models_rows_are_passages_split_as_the_demo_splits(tmp_path, tiny_model):
