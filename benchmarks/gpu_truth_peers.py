@@ -48,7 +48,8 @@ def peers_row(out: Path, slug: str, visible: str | None, left_s: float, smoke: b
     cmd = [sys.executable, str(HERE / "peers.py"), "--out", str(work), "--parts", "training",
            "--tools", f"tunelab,{PEER}", *([f"--peer-python={PEER}={python}"] if python else [])]
     if smoke:
-        cmd += ["--device", "cpu", "--models", "tiny", "--words", "80", "--repeats", "1", "--threads", "1", "--no-score"]
+        cmd += ["--device", "cpu", "--models", "tiny", "--words", "80", "--repeats", "1", "--threads", "1", "--no-score",
+                "--caches", "caller"]  # a smoke: no cold start (tunelab's scaffold would time the shape afresh)
     else:
         cmd += ["--device", "cuda", "--repeats", "2", "--threads", str(min(8, os.cpu_count() or 1)),
                 *(["--model-dir", str(model_dir)] if model_dir is not None else [])]

@@ -57,7 +57,7 @@ def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, s
         inputs = prepare(out / "inputs", model, args.words, args.model_dir)
         # a random-init model answers nothing after one epoch: the GPU job is not scored
         rows += training.compare(found, inputs, job, out / "runs", args.repeats, rows_file,
-                                 scored=not (job.cuda or args.no_score))
+                                 scored=not (job.cuda or args.no_score), fresh_caches=args.caches == "fresh")
     known = training.versions([f for f in found if f.peer and f.python])
     for f in found:
         if f.why:
@@ -101,6 +101,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="a peer's interpreter made another way than scripts/peer-env (repeatable)")
     ap.add_argument("--no-score", action="store_true",
                     help="training: no exact-match scoring of the adapters (the GPU job never scores)")
+    ap.add_argument("--caches", choices=("fresh", "caller"), default="fresh",
+                    help="training: fresh (every run of every tool with empty caches and history of its own: "
+                    "peerlib/isolation.py), or caller (the caller's own, as they are: no fair figure, for smoke "
+                    "checks that must not pay a cold start, e.g. gpu_truth.py --cpu-smoke's peer row)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     default_models = GPU_MODELS if args.device == "cuda" else CPU_MODELS
