@@ -64,10 +64,14 @@ demo-smollm2: $(SMOLLM2STAMP)
 test-system-deps:
 	scripts/test-system-deps
 
+# then the GPU-relevant tests on the two ends of pyproject's torch range (scripts/torch-ends: an environment each,
+# torch alone, the rest read from .venv; about 2 minutes and 5 GB to install each the first time)
 test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m "not fault_run" $(XDIST) $(PYTEST_ARGS)
+	scripts/torch-ends floor $(XDIST)
+	scripts/torch-ends top $(XDIST)
 
 # the long fault runs (tests marked fault_run: on the Slurm cluster a hung controller, accounting down, requeue and
 # preemption, lost nodes, more jobs than max_queued, a cancelled run resubmitted; a sharded FSDP run killed mid-epoch;

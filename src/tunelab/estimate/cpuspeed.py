@@ -138,9 +138,8 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
         config = AutoConfig.from_pretrained(cfg.model.path)
         config.use_cache = False  # training's setting (a KV cache is for generation; with checkpointing it warns)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        if t.gradient_checkpointing:  # transformers' current name where it has one (the old one warns)
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
+        if t.gradient_checkpointing:  # transformers 5's name (the old one warns)
+            model.activation_checkpointing_enable()
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(t.lora_rank, t.effective_lora_alpha, 0.0, t.lora_target_modules,
                                                   list(t.modules_to_save)))

@@ -73,7 +73,5 @@ def prepare_kbit(model: Any, frozen: str, checkpointing: bool) -> Any:
             p.data = p.data.to(torch.float32)
     if checkpointing:
         model.enable_input_require_grads()
-        # transformers 5 renamed gradient_checkpointing_enable (kept as a deprecated alias)
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
+        model.activation_checkpointing_enable()  # transformers 5's name (gradient_… is a deprecated alias)
     return model

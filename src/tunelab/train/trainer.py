@@ -183,12 +183,9 @@ def optimizer_args(cuda: bool) -> dict[str, Any]:
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
     """Always explicit: TRL's SFTConfig turns activation checkpointing on by default, which costs
-    speed and makes a run's throughput depend on a library default. transformers 5 renamed it."""
-    from trl import SFTConfig
-
-    name = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else (
-        "gradient_checkpointing")
-    args: dict[str, Any] = {name: enabled}
+    speed and makes a run's throughput depend on a library default. transformers 5's names (gradient_… are
+    deprecated aliases)."""
+    args: dict[str, Any] = {"activation_checkpointing": enabled}
     if enabled:
-        args[f"{name}_kwargs"] = {"use_reentrant": False}
+        args["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     return args

@@ -5,7 +5,7 @@ replaced by a fake tensor on the CPU, one per distinct tensor, so tied weights s
 The order and calls mirror train/runner.py and TRL's SFTTrainer: `from_config` in the run's dtype with
 the attention implementation; for QLoRA the 4-bit layers (qlora.py) and the job's k-bit preparation
 (models/kbit.py: peft's, frozen parameters in the compute dtype or fp32);
-`gradient_checkpointing_enable(use_reentrant=False)`; `get_peft_model` with the run's LoraConfig (PEFT
+`activation_checkpointing_enable(use_reentrant=False)`; `get_peft_model` with the run's LoraConfig (PEFT
 keeps the adapters in fp32 unless the base is quantized, where TRL casts them to bf16);
 `enable_input_require_grads` with checkpointing; TRL's fused LM head with the outputs
 SFTTrainer asks for.
@@ -66,11 +66,8 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
 
         quantize_linears(model, dtype)
         model = prepare_kbit(model, c.qlora_frozen_dtype, c.gradient_checkpointing)
-    if c.gradient_checkpointing:  # transformers 5 renamed it (train/runner.py picks the name the same way)
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if c.gradient_checkpointing:  # transformers 5's name, as the job's (train/trainer.py)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     targets: list[str] | tuple[str, ...] | str = c.lora_targets
     if vision:  # all-linear means the language model's linears; the vision tower stays frozen
         from tunelab.models.vlm import lora_targets
