@@ -65,7 +65,7 @@ test-system-deps:
 	scripts/test-system-deps
 
 # then the GPU-relevant tests on the two ends of pyproject's torch range (scripts/torch-ends: an environment each,
-# torch alone, the rest read from .venv; about 2 minutes and 5 GB to install each the first time)
+# torch alone, the rest read from .venv; 2-7 minutes and 5 GB to install each the first time, ~4 minutes of tests)
 test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 	$(BIN)/ruff check --select F,E9 src tests
 	$(BIN)/mypy
