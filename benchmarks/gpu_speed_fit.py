@@ -93,7 +93,12 @@ def held_out(prior: GpuPrior) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="the same run (seconds: it reads the committed rows)")
+    ap.parse_args(argv)
     for prior in committed_priors():
         print(f"{prior.gpu.name}: {len(prior.rows.rows)} rows measured {prior.rows.measured_on} "
               f"({prior.rows.device}; dense bf16 peak {prior.gpu.bf16_tflops:g} TFLOPS)")

@@ -43,10 +43,13 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",  # 2.3
     "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 2.0
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
+    "gpu_speed_fit.py": "test_gpu_speed_fit_smoke_summary_is_its_rows",  # ~1 (reads the committed rows)
 }
+# processes another benchmark starts (the script that launches each: its own smoke or test covers it)
+WORKERS = {"gpu_truth_worker.py": "gpu_truth_shape.py"}
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
             "deadline.py", "threads.py", "tuning.py", "peers.py")  # they take --out DIR
-COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_truth_smoke.py"),
+COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_lease.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py"),
                      "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py"),
@@ -115,7 +118,9 @@ def ratio_bound(a: float, b: float, step_a: float, step_b: float) -> float:
 
 def test_every_benchmark_script_has_a_smoke_run_by_a_test():
     scripts = {p.name for p in BENCH.glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
-    assert scripts == set(SMOKED) | set(COVERED_ELSEWHERE), "a new benchmark needs a smoke test here"
+    assert scripts == set(SMOKED) | set(COVERED_ELSEWHERE) | set(WORKERS), "a new benchmark needs a smoke test here"
+    for worker, launcher in WORKERS.items():
+        assert worker in (BENCH / launcher).read_text(), (worker, launcher)
     for name, test in SMOKED.items():
         assert '"--smoke"' in (BENCH / name).read_text() and f"def {test}(" in Path(__file__).read_text(), name
     for name, (flag, test) in COVERED_ELSEWHERE.items():
@@ -510,3 +515,21 @@ def test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample(
         assert len(re.findall(rf"^{peer}: sample parsed: (\S+): \d+ answers", stdout, re.MULTILINE)) == len(targets)
     trials = (PEER_SAMPLES / "oumi_tune" / "oumi_tune" / "trials_results.csv").read_text().strip().splitlines()[1:]
     assert line(stdout, rf"^oumi_tune: sample parsed: {NUM} trials")[0] == len(trials)
+
+
+def test_gpu_speed_fit_smoke_summary_is_its_rows(smokes):
+    """The leave-one-out table of the committed H100 rows: nine rows per form, and each form's summary line (median
+    and largest |error|, rows within 25 %, rows inside their interval) recomputed from its own printed rows."""
+    out, _ = smoke(smokes, "gpu_speed_fit.py")
+    assert re.search(r"^H100-80GB: 9 rows measured 2026-11-26", out, re.MULTILINE)
+    forms = out.split("fitted on all 9")[1:]
+    assert len(forms) == 2  # √(F² + G²) and F + G
+    for form in forms:
+        rows = re.findall(r"^\| [\w-]+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \| ([+-][\d.]+) % \| (yes|no) \|", form,
+                          re.MULTILINE)
+        assert len(rows) == 9
+        errors = sorted(abs(float(e)) for e, _ in rows)
+        median, largest = line(form, rf"median \|error\| {NUM} %, largest [+-]?{NUM} %")
+        assert median == pytest.approx(errors[4], abs=0.051) and largest == pytest.approx(errors[-1], abs=0.051)
+        within, inside = line(form, rf"^tokens/s error .* {NUM} of 9 within 25 %.*; {NUM} of 9 inside")
+        assert within == sum(e <= 25 for e in errors) and inside == sum(i == "yes" for _, i in rows)

@@ -31,7 +31,6 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture, resolve_gpu
@@ -219,6 +218,8 @@ def fit_points(points: list[StepPoint], peak_tflops: float, power: int = POWER) 
     groups = sorted({p.attention for p in points})
     if len(points) < 1 + len(groups):
         raise ValueError(f"{len(points)} rows cannot fit a fixed cost and {len(groups)} efficiencies")
+    import numpy as np  # here: status and results import this module and must not load numpy (test_cli_daily)
+
     design = np.array([[(p.operators / p.step_s) ** power]
                        + [(p.peak_s / p.step_s) ** power if p.attention is g else 0.0 for g in groups]
                        for p in points])
