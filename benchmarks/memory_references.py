@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from tunelab.estimate.simulator import StepConfig, StepShape, simulate
+from tunelab.estimate.simulator import CUDA_CONTEXT_GIB, StepConfig, StepShape, simulate
 
 GIB = 2**30
 SMOKE_ROWS = (17, 33)
@@ -247,7 +247,8 @@ def medians(rows: list[Compared]) -> list[str]:
         note = "" if used == published else f" (against the published figures alone: {published:.1f} %)"
         lines.append(f"median |error|, {name}: {used:.1f} % over {len(mine)} rows{note}")
     lines += [f"vision-language row {r.row} (not in the medians): {r.error_pct:+.1f} % against the published "
-              f"{r.published_gib} GiB; simulated reserved {r.reserved_gib} GiB + 0.5 GiB CUDA context" for r in vlm]
+              f"{r.published_gib} GiB; simulated reserved {r.reserved_gib} GiB + {CUDA_CONTEXT_GIB} GiB CUDA context"
+              for r in vlm]
     return lines
 
 
