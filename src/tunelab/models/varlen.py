@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tunelab.models.varlen_call import installed_varlen
+from tunelab.models.varlen_call import VarlenCall, installed_varlen
 
 log = logging.getLogger("tunelab")
 
@@ -78,8 +78,8 @@ def segments_of(position_ids: torch.Tensor | None, rows: int, length: int, kwarg
     return Segments(cu, int(cu.diff().max()))
 
 
-def _kernel_serves(query: torch.Tensor, softcap: float | None, window: int | None) -> str | None:
-    """Why varlen_attn cannot run this layer (None: it can)."""
+def _kernel_serves(query: torch.Tensor, softcap: float | None, window: int | None) -> VarlenCall | str:
+    """The installed varlen_attn's call where it can run this layer, else why it cannot."""
     device = _DEVICE_OVERRIDE.get() or query.device.type
     if device != "cuda":
         return "not on a CUDA GPU"
@@ -94,7 +94,7 @@ def _kernel_serves(query: torch.Tensor, softcap: float | None, window: int | Non
         return f"attention logit soft-capping ({softcap:g})"
     if window and not call.takes_window:
         return f"a sliding window ({window}): PyTorch {torch.__version__}'s varlen_attn takes none"
-    return None
+    return call
 
 
 def kernels_used() -> str | None:
@@ -128,14 +128,13 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return _masked(module, query, key, value, attention_mask, scaling, dropout, softcap, kwargs), None
     segs = segments_of(position_ids, rows, length, kwargs)
     window = sliding_window if sliding_window and sliding_window < segs.max_len else None
-    why_not = _kernel_serves(query, softcap, window)
-    if why_not is None:
-        call = installed_varlen()
-        assert not isinstance(call, str)
-        _note_kernel("varlen_attn", call.adaptations(heads, key.shape[1], scaling, dim))
-        out = _varlen_kernel(query, key, value, segs, scaling, window)
+    served = _kernel_serves(query, softcap, window)
+    if not isinstance(served, str):
+        _note_kernel("varlen_attn", served.adaptations(heads, key.shape[1], scaling, dim))
+        cu = segs.cu_seqlens.to(query.device, non_blocking=True)
+        out = served(_flat(query), _flat(key), _flat(value), cu, segs.max_len, scaling, window)
     else:
-        _note_kernel("per-sequence sdpa", why_not, on_cuda=(_DEVICE_OVERRIDE.get() or query.device.type) == "cuda")
+        _note_kernel("per-sequence sdpa", served, on_cuda=(_DEVICE_OVERRIDE.get() or query.device.type) == "cuda")
         out = _per_sequence(query, key, value, segs, scaling, dropout, window, softcap)
     return out.view(rows, length, heads, dim), None
 
@@ -143,14 +142,6 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """(B, H, S, D) → (B·S, H, D)."""
     return t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])
-
-
-def _varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segs: Segments,
-                   scaling: float | None, window: int | None) -> torch.Tensor:
-    call = installed_varlen()
-    assert not isinstance(call, str)  # _kernel_serves said it is there
-    cu = segs.cu_seqlens.to(query.device, non_blocking=True)
-    return call(_flat(query), _flat(key), _flat(value), cu, segs.max_len, scaling, window)
 
 
 def _per_sequence(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segs: Segments,
