@@ -9,7 +9,7 @@ exact_match on its test split (the last checkpoint). Planned two ways with the s
 
 Without a measurement a CPU plan predicts no training time at all, so `tunelab probe` (estimate/probe.py
 `probe_runs`) measures both ways' run shapes first, into a fresh history (TUNELAB_HISTORY in --out); then both
-are planned and scaffolded (the predictions are the plan's deadline verdict, plan/deadline.py `DeadlinePlan`,
+are planned and scaffolded (the predictions are the plan's deadline verdict, forecast/deadline.py `DeadlinePlan`,
 what `plan --json`'s `deadline` carries) before either trains, so neither plan reads the other's runs. Then
 run after run, the two ways taking turns (a shared machine's load falls on both alike), each run's training
 job through the local executor (`tunelab run EXP --run NAME`: `run_sweep`, job.sh a fresh process) and its
@@ -168,7 +168,7 @@ def measured_run(exp: Path, cfg: Any, fork: bool) -> dict[str, Any]:
 
 
 def predicted_run(line: Any) -> dict[str, float]:
-    """The deadline verdict's parts of one run (plan/deadline.py RunTimeline), in the table's three figures, and
+    """The deadline verdict's parts of one run (forecast/deadline.py RunTimeline), in the table's three figures, and
     the total's P10–P90."""
     train = line.train_start_s + (line.train_s or 0.0) + line.saves_s
     ev = line.eval_start_s + (line.eval_s or 0.0)

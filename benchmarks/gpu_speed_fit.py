@@ -1,7 +1,7 @@
-"""The GPU step model (estimate/gpustep.py) checked on the measured rows it ships: each row predicted by the fit on
+"""The GPU step model (forecast/gpustep.py) checked on the measured rows it ships: each row predicted by the fit on
 the others (leave-one-out), its error, and whether the interval a plan would report around that prediction covers
 what ran — the interval's own width from the leave-one-out of those other rows (one level deeper), widened as
-estimate/interval.py widens a `carried` speed. Printed for the quadrature sum the planner uses (power 2) and for
+forecast/interval.py widens a `carried` speed. Printed for the quadrature sum the planner uses (power 2) and for
 the plain sum F + G (power 1), the form the module argues against; and the old first-contact figure (the FLOPs at
 DEFAULT_MFU) beside them. No GPU needed: it reads the committed rows.
 
@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from tunelab.catalog import resolve_architecture
-from tunelab.estimate.gpustep import GpuPrior, committed_priors, fit_points, leave_one_out, points_of, rms
-from tunelab.estimate.interval import time_range
-from tunelab.estimate.speed import model_tokens_per_s
+from tunelab.forecast.gpustep import GpuPrior, committed_priors, fit_points, leave_one_out, points_of, rms
+from tunelab.forecast.interval import time_range
+from tunelab.forecast.speed import model_tokens_per_s
 from tunelab.rundir.estimate import SourceKind
 
 GOAL_ERROR = 0.25  # issue 64's goal for first-contact tokens/s (on rows the priors were not taken from)

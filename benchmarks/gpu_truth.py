@@ -58,7 +58,7 @@ from gpu_truth_shape import Env, build_model, is_built, measure_group  # noqa: E
 from peerlib import registry  # noqa: E402
 
 MARGIN_S = 10.0  # kept back from the budget: killing a row's processes and the final writes
-MFU_FORMULA = "FLOPs/token = 4N + 3·4·layers·seq·width/2 (estimate/speed.py); gpu_truth_shape.py says why"
+MFU_FORMULA = "FLOPs/token = 4N + 3·4·layers·seq·width/2 (forecast/speed.py); gpu_truth_shape.py says why"
 
 
 @dataclass(frozen=True)

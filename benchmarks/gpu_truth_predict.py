@@ -29,8 +29,8 @@ def architecture(case: Case) -> Any:
 
 
 def flops_per_token(case: Case) -> float:
-    """estimate/speed.py's formula (the planner's one) for the row's architecture and sequence length."""
-    from tunelab.estimate.speed import flops_per_token as planner_flops
+    """forecast/speed.py's formula (the planner's one) for the row's architecture and sequence length."""
+    from tunelab.forecast.speed import flops_per_token as planner_flops
 
     return planner_flops(architecture(case), case.seq_len)
 
@@ -98,7 +98,7 @@ def simulate(case: Case, cache: Path, dtype: str, gpu: Any | None) -> Simulated:
 
 def work(case: Case, attention: str) -> Any:
     """The row's depth, adapters and attention group, as the planner's step model reads a run's."""
-    from tunelab.estimate.gpustep import GpuWork, adapted_per_layer, attention_group
+    from tunelab.forecast.gpustep import GpuWork, adapted_per_layer, attention_group
 
     targets = case.targets if case.targets == "all-linear" else case.targets.split(",")
     arch = architecture(case)
@@ -107,7 +107,7 @@ def work(case: Case, attention: str) -> Any:
 
 def predicted_speed(case: Case, gpu: Any, attention: str) -> Any:
     """The planner's first-contact speed of the row's full micro-batch (estimate.gpustep), or None (no peak)."""
-    from tunelab.estimate.gpustep import gpu_step_speed
+    from tunelab.forecast.gpustep import gpu_step_speed
 
     return gpu_step_speed(architecture(case), gpu, case.batch * case.seq_len, case.seq_len, work(case, attention),
                           1, case.checkpointing)
@@ -116,7 +116,7 @@ def predicted_speed(case: Case, gpu: Any, attention: str) -> Any:
 def in_fit(case: Case, gpu: Any) -> bool:
     """Whether the step model was fitted on this very row (a shipped row of this GPU and name): its error is then
     the fit's residual, not a prediction's."""
-    from tunelab.estimate.gpustep import committed_rows
+    from tunelab.forecast.gpustep import committed_rows
 
     return any(f.gpu == gpu.name and any(r.name == case.name for r in f.rows) for f in committed_rows())
 

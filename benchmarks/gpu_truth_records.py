@@ -59,7 +59,7 @@ class Simulated(_Record):
     dtype: str = "bfloat16"  # simulated in (a CUDA step: the CPU smoke's rows too, which train in float32)
     fits: bool | None = None  # on the GPU measured (None: no GPU, or the simulation failed)
     max_micro_batch: int | None = None
-    # the planner's first-contact speed: the GPU step model (estimate/gpustep.py; records before it: the FLOPs
+    # the planner's first-contact speed: the GPU step model (forecast/gpustep.py; records before it: the FLOPs
     # model at the default MFU), its words, and whether it was fitted on this very row (its error then a residual)
     tokens_per_s: float | None = None
     speed_source: str = ""
@@ -166,7 +166,7 @@ def shapes_table(kit: KitFile) -> str:
             "| tokens/s measured / predicted (error) | MFU | max micro-batch |")
     lines = [f"GPU kit on {kit.device} ({kit.gpu or 'not in the catalog'}; dense bf16 peak "
              f"{_num(kit.bf16_peak_tflops, 0)} TFLOPS). GiB measured / simulated (error); tokens/s as a plan with "
-             f"no history predicts it (estimate/gpustep.py; * a row the step model was fitted on: a residual).", "",
+             f"no history predicts it (forecast/gpustep.py; * a row the step model was fitted on: a residual).", "",
              head, "|" + "---|" * 9]
     for s in kit.shapes:
         m, p, e = s.measured, s.simulated, s.errors

@@ -5,7 +5,7 @@ kit's simulation imports anyway), its data, its run, and its measurement: tunela
 a process of its own that measures a group of rows in turn (`measure_group`), so an OOM or a crash ends that
 process and not the kit, and the host RSS it records is its own, not the kit's pages a fork would share.
 
-FLOPs per trained token, for MFU (estimate/speed.py `flops_per_token`, the planner's one formula):
+FLOPs per trained token, for MFU (forecast/speed.py `flops_per_token`, the planner's one formula):
     4·N + 3 · 4 · layers · seq · (heads · head_dim) / 2
 N is the catalog's parameter count (embedding included, a lookup that costs nothing: for an untied model that
 overstates by 2·vocab·hidden per token, about 6 % for Llama-3.1-8B). 2·N is the forward's matmuls, 2·N the

@@ -11,7 +11,7 @@ compared at one default learning rate and at each rank's own tuned rate (tunelab
 (c) The search's wall time, and what the pruner saved: the same search with Optuna's NopPruner (every trial to its
     budget) in an experiment of its own, measured (--estimate-saving instead: the steps the pruned trials did not
     train × the completed trials' measured seconds per step — an estimate, and said so).
-(d) The plan's price of the search (make_plan's `search`: plan/tunecost.py, as successive halving is expected to
+(d) The plan's price of the search (make_plan's `search`: forecast/tunecost.py, as successive halving is expected to
     spend it, and every trial to its budget) against the measured wall times.
 
     python benchmarks/tuning.py [--out DIR] [--words 600] [--trials 6] [--rates 1e-4,...] [--smoke]

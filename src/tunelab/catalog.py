@@ -197,7 +197,7 @@ GPUS: dict[str, GPU] = {
 }
 # GPUs one node holds when neither resources.node_gpus nor the user config says: the 8-GPU server (DGX/HGX A100,
 # H100, H200; the cloud's p4d/p5/a3 instances) that clusters of these GPUs are mostly built from. An assumption,
-# stated wherever the plan counts nodes with it (estimate/gpus.py NodeSize).
+# stated wherever the plan counts nodes with it (forecast/gpus.py NodeSize).
 DEFAULT_NODE_GPUS = 8
 _ALIASES = {"a100": "a100-80gb", "h100": "h100-80gb", "v100": "v100-32gb", "rtx-4090": "rtx4090", "4090": "rtx4090",
             "rtxa6000": "a6000", "rtx-a6000": "a6000", "h200-141gb": "h200", "a100-sxm4-80gb": "a100-80gb"}

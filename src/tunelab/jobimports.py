@@ -13,7 +13,7 @@ imported with the collector paused (host/startup.py), and two things only a job'
    TUNELAB_RECORD_IMPORTS=0 turns recording off (the test suite: its jobs run beside its other tests, and its plans
    must not change with what another test's job recorded meanwhile).
 
-Why: the plan prices an evaluation job's start from the training job's measured start (estimate/jobstart.py); the
+Why: the plan prices an evaluation job's start from the training job's measured start (forecast/jobstart.py); the
 two start alike but for their stacks, and the evaluation's (inspect-ai, statsmodels) took 0.9 s longer here than
 the training's (TRL, datasets). Recorded by the jobs, the difference costs the plan nothing to know.
 """

@@ -62,7 +62,7 @@ NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, de
 # scripts and their jobs import lazily (inspect-ai through tunelab.evaluate, statsmodels through tunelab.stats)
 PRELOADED = ("transformers.models.llama.modeling_llama", "tunelab.models.attention", "tunelab.models.lora",
              "tunelab.models.tiny", "tunelab.data.capitalization", "tunelab.plan.planner", "tunelab.scaffold.write",
-             "tunelab.execute.status", "tunelab.estimate.simulator", "tunelab.estimate.runs", "tunelab.evaluate.tasks",
+             "tunelab.execute.status", "tunelab.estimate.simulator", "tunelab.forecast.runs", "tunelab.evaluate.tasks",
              "tunelab.evaluate.hf", "tunelab.stats.power", "tunelab.train.step_cost", "tunelab.train.feeding")
 SMOKE_TIMEOUT_S = 900
 

@@ -1,6 +1,6 @@
 """Time estimates from one calibration run, on a real run: the calibration configuration is trained here, its
 history row is what its summary.json recorded, and the plan of a held-out configuration (another micro-batch and
-rank) is exactly what the history rule (estimate/speedhistory.py, estimate/runs.py) gives from that row — worked out
+rank) is exactly what the history rule (forecast/speedhistory.py, forecast/runs.py) gives from that row — worked out
 here by hand from the row's raw fields, as recorded (idle or contended) and with a recorded ×2 load injected.
 No measured time is compared with a prediction here: how close the prediction comes to the held-out run's real time
 on this machine is benchmarks/estimate_accuracy.py's figure (its median error over six held-out configurations)."""

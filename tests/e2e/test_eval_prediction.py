@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.estimate.evaltime import HISTORY_ROWS, SAMPLE_OVERHEAD_S, EvalSource, predict_eval_time
+from tunelab.forecast.evaltime import HISTORY_ROWS, SAMPLE_OVERHEAD_S, EvalSource, predict_eval_time
 from tunelab.ledger import generation
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.rundir.config import load_run_config

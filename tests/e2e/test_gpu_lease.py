@@ -113,7 +113,7 @@ def _smoke_rows_measured(out: Path, work: Path, said: str) -> None:
     assert m.rss_peak_gib * GIB > params * 4  # the process held the drawn model in float32 (CPU training)
     assert m.tokens_per_step == 16 and len(m.memory_trace_gib) == ran.steps  # examples past max_seq_len: rows full
     assert m.tokens_per_s > 0 and all(x > 0 for x in m.memory_trace_gib)
-    # FLOPs per token (estimate/speed.py): 4N + 3·4·layers·seq·(heads·head_dim)/2, Qwen2.5-0.5B: 14 heads of 64
+    # FLOPs per token (forecast/speed.py): 4N + 3·4·layers·seq·(heads·head_dim)/2, Qwen2.5-0.5B: 14 heads of 64
     assert ran.flops_per_token == 4 * params + 3 * 4 * 2 * 16 * (14 * 64) / 2
     assert rows["2-unpacked-1024"].measured.status == "ok"
     for row in (ran, oom):

@@ -47,7 +47,7 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     assert training_state(run_dir) == "completed"
     # every checkpoint save timed (the trainer's and its epoch_N publish): one per epoch here (no checkpoint_every),
     # their time part of the overhead, which holds the 4 validations too; the run's history row keeps the mean,
-    # which plans price saves with (estimate/savecost.py)
+    # which plans price saves with (forecast/savecost.py)
     assert summary["saves"] == epochs and summary["save_s"] > 0
     assert summary["save_s"] * epochs <= summary["overhead_s"] + 1e-3  # each rounded (to 0.1 and 1 ms)
     (row,) = [r for r in history.load(everything=True) if r.key == training_key(load_run_config(run_dir))]

@@ -96,8 +96,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("demo", "adopt", "init"),  # drive several stages for a person
     ("report", "export", "tune"),  # read what a sweep left (ledger results, run directories); the LR search
     ("scaffold",),  # writes what plan laid out, and the executor's job scripts
-    ("plan",),  # designs and checks the runs: their estimates, tasks and the executor's facts (job CPUs, forecast)
-    ("estimate", "evaluate"),  # the planner's estimates (and the probe, a job through an executor); the evaluator
+    ("plan",),  # designs and checks the runs, and composes what forecast and estimate predict of them
+    ("forecast",),  # time: each run's, each evaluation's and job start's, the sweep's makespan, the deadline's levers
+    ("estimate", "evaluate"),  # memory (the simulator, batch, disk) and the probe, a job through an executor; the evaluator
     ("execute", "ingest"),  # jobs through the Executor interface, the coordinator fills the ledger; foreign logs
     ("ledger", "train"),  # the experiment ledger and the user's history; the job (which never writes SQLite)
     ("rundir",),  # the run directory contract
@@ -151,12 +152,12 @@ def test_packages_import_one_way(graph):
     assert illegal_imports(package_edges(graph)) == []
 
 
-# What the core (plan, scaffold, estimate, export, report, evaluate) may import of execute/: the interface, the
+# What the core (plan, scaffold, forecast, estimate, export, report, evaluate) may import of execute/: the interface, the
 # registry by name, and the policies it shares with it; never an executor's implementation.
 EXECUTE_SEAM = frozenset({"tunelab.execute.executor", "tunelab.execute.executors", "tunelab.execute.schedule",
                           "tunelab.execute.retry", "tunelab.execute.claims", "tunelab.execute.failures",
                           "tunelab.execute.attempts"})  # the verdicts recorded (the report's retries)
-CORE = ("plan", "scaffold", "estimate", "export", "report", "evaluate")
+CORE = ("plan", "scaffold", "forecast", "estimate", "export", "report", "evaluate")
 
 
 def test_the_core_reaches_executors_only_through_the_interface(graph):

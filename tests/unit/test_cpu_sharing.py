@@ -1,9 +1,9 @@
-"""Runs side by side on a CPU (plan/cpu_sharing.py): the choice from injected per-thread-count estimates, with
+"""Runs side by side on a CPU (forecast/cpu_sharing.py): the choice from injected per-thread-count estimates, with
 makespans worked out by hand for the executor's policy (longest first onto the earliest free slot)."""
 
 from pathlib import Path
 
-from tunelab.plan.cpu_sharing import CpuSharing, MIN_GAIN, choose
+from tunelab.forecast.cpu_sharing import CpuSharing, MIN_GAIN, choose
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec

@@ -1,4 +1,4 @@
-"""A plan's own CPU timing (estimate/cpuspeed.py) taken while other processes hold every core: it is timed again,
+"""A plan's own CPU timing (forecast/cpuspeed.py) taken while other processes hold every core: it is timed again,
 known as contended, corrected by the slowdown the load predicts, said in the time's source and in the plan's
 warnings, and kept in the cache for minutes only (a later plan times again) — never learned silently as this
 machine's speed. Which round is the figure and the corrected speed are checked on rounds and loads the test gives
@@ -46,7 +46,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
     assert float(got[4]) > 1.15  # hogs on every core: the load read is what cpuload calls contended
     assert any("timed under contention" in w for w in plan.warnings), plan.warnings
     # a contended timing is kept for minutes only: past them, the next plan times again
-    from tunelab.estimate import cpuspeed
+    from tunelab.forecast import cpuspeed
 
     entries = sorted((tmp_path / "cache").glob("cpu-step/*.json"))  # one a shape the plan timed
     assert entries
@@ -86,7 +86,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     """The timing's rounds and their load are given (the model is still built and warmed up for real): a contended
     round is timed again, up to two more; the round with the smallest slowdown is the figure, its speed multiplied
     by that slowdown, and the cache keeps what was read."""
-    from tunelab.estimate import cpuspeed, loopcost
+    from tunelab.forecast import cpuspeed, loopcost
 
     # the job's loop, measured once per machine, given too: its own load is the machine's, not these rounds'
     monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given"))

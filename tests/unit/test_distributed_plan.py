@@ -5,8 +5,8 @@ import pytest
 
 from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
-from tunelab.estimate.runs import choose_strategy
-from tunelab.estimate.speed import SCALING_EFFICIENCY
+from tunelab.forecast.runs import choose_strategy
+from tunelab.forecast.speed import SCALING_EFFICIENCY
 from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
 from tunelab.rundir.estimate import RunEstimate

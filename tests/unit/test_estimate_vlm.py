@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.images import image_plan
+from tunelab.estimate.image_tokens import image_plan
 
 
 @pytest.mark.parametrize("name, published", [("Qwen/Qwen2.5-VL-7B-Instruct", 8_292_166_656),
@@ -62,10 +62,10 @@ def test_estimate_cli_with_images_on_a_tiny_vlm(tmp_path):
 
 
 def test_plan_gives_a_vlm_row_one_image_that_fits_its_longest_row(tmp_path):
-    """plan's memory (estimate/runs.py) runs the longest row with one image at the run's budget, or the largest
+    """plan's memory (forecast/runs.py) runs the longest row with one image at the run's budget, or the largest
     that row can hold; a text model's inputs are untouched."""
     from tests.unit.test_memsim_vlm import tiny_config
-    from tunelab.estimate.images import run_images
+    from tunelab.estimate.image_tokens import run_images
     from tunelab.estimate.memory import MemoryInputs
 
     config = tiny_config("qwen3_vl")

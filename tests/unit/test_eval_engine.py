@@ -58,9 +58,9 @@ def test_the_plan_and_the_evaluation_agree_on_a_vllm_named_by_the_environment(tm
     """$TUNELAB_VLLM_PYTHON with nothing in the spec: the plan on a GPU prices vLLM (one server start for the run's
     load) and the evaluation on a GPU node resolves vLLM with that interpreter; without it both are HF."""
     from tunelab.catalog import resolve_gpu
-    from tunelab.estimate.evalrun import predict_run_eval
-    from tunelab.estimate.jobstart import VLLM_SERVER_START_S
-    from tunelab.estimate.runs import ASSUMED_STARTUP_S
+    from tunelab.forecast.evalrun import predict_run_eval
+    from tunelab.forecast.jobstart import VLLM_SERVER_START_S
+    from tunelab.forecast.runs import ASSUMED_STARTUP_S
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 
@@ -85,7 +85,7 @@ def test_the_plan_and_the_evaluation_agree_on_a_vllm_named_by_the_environment(tm
     monkeypatch.setenv(VLLM_PYTHON_ENV, "/opt/vllm/bin/python")
     engine, load_s = planned()
     chosen, home = resolve_engine([cfg])
-    # no history: the job's own start assumed, then the server's (estimate/jobstart.py, issue 54)
+    # no history: the job's own start assumed, then the server's (forecast/jobstart.py, issue 54)
     assert engine == chosen == Engine.VLLM and load_s == ASSUMED_STARTUP_S + VLLM_SERVER_START_S
     assert home is not None and home.python == "/opt/vllm/bin/python"
     monkeypatch.delenv(VLLM_PYTHON_ENV)
@@ -122,14 +122,14 @@ def test_which_adapters_vllm_serves_unmerged(tmp_path, config, reason):
 
 
 def test_the_plan_prices_a_vllm_evaluation_as_one_batched_workload_and_one_server_start(tmp_path):
-    from tunelab.estimate.evalrun import predict_run_eval
-    from tunelab.estimate.evaltime import (
+    from tunelab.forecast.evalrun import predict_run_eval
+    from tunelab.forecast.evaltime import (
         BATCHED_SAMPLE_OVERHEAD_S,
         SAMPLE_OVERHEAD_S,
         predict_eval_time,
     )
-    from tunelab.estimate.jobstart import VLLM_SERVER_START_S
-    from tunelab.estimate.runs import ASSUMED_STARTUP_S
+    from tunelab.forecast.jobstart import VLLM_SERVER_START_S
+    from tunelab.forecast.runs import ASSUMED_STARTUP_S
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 

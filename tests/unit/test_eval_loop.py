@@ -72,8 +72,8 @@ def test_a_target_alone_takes_the_loop_its_tasks_take_in_a_pass(tmp_path):
 def test_the_plan_prices_each_task_by_the_loop_the_evaluator_gives_it(tmp_path):
     """One checkpoint (a target alone) of a text model: priced at tunelab's loop; the same run of a vision-language
     model: inspect-ai's; each against predict_eval_time with the loop set by hand."""
-    from tunelab.estimate.evalrun import predict_run_eval
-    from tunelab.estimate.evaltime import BATCHED_SAMPLE_OVERHEAD_S, SAMPLE_OVERHEAD_S, predict_eval_time
+    from tunelab.forecast.evalrun import predict_run_eval
+    from tunelab.forecast.evaltime import BATCHED_SAMPLE_OVERHEAD_S, SAMPLE_OVERHEAD_S, predict_eval_time
     from tunelab.ledger.generation import GenerationOrigin, GenerationRow
     from tunelab.rundir.config import RunConfig
 

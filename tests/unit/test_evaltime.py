@@ -1,4 +1,4 @@
-"""Evaluation's predicted time (estimate/evaltime.py) against figures worked out by hand from the stated cost
+"""Evaluation's predicted time (forecast/evaltime.py) against figures worked out by hand from the stated cost
 model — each batch prefills its rows left-padded to its longest prompt, then decodes until its longest answer
 at (fixed + per row × rows) per step —, the source ladder (history of the same model and task > probe >
 assumed), the history's generation table (ledger/generation.py) and the Slurm limits made from a prediction."""
@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from tunelab.catalog import KNOWN_MODELS
-from tunelab.estimate.evaltime import (
+from tunelab.forecast.evaltime import (
     ASSUMED_CPU_BANDWIDTH_GBS,
     ASSUMED_LAYER_STEP_S,
     EVAL_TIME_MARGINS,
@@ -104,7 +104,7 @@ def test_a_probe_of_another_model_or_device_is_not_used():
     # FLOPs model on a CPU: 2N FLOPs per token at the rate timed on this CPU (a matmul at the model's hidden size,
     # cached: the same figure the prediction read) × the share a model reaches; a decode step reads 4N bytes
     # (fp32) and runs the loop's own work per layer
-    from tunelab.estimate.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
+    from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 
     rate = cpu_flops(arch.hidden, None) * MATMUL_EFFICIENCY
     assert f"{rate / 1e9:,.1f} GFLOP/s" in got.detail

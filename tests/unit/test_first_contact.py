@@ -1,7 +1,7 @@
 """A run priced on first contact (nothing measured on this CPU, no probe) pays what the job adds to its bare
 micro-batches: the job's loop per step (measured once per machine by a real tiny training, train/loop_cost.py),
 ceil(steps / N) validations of its validation split and a save per epoch, each priced by a timing of the shape
-(estimate/firstcontact.py). The loop's figure is checked against the rows the measuring job wrote; the run's time is
+(forecast/firstcontact.py). The loop's figure is checked against the rows the measuring job wrote; the run's time is
 checked against a hand computation from the timings the plan recorded. No measured time is compared with a
 prediction here (benchmarks/estimate_accuracy.py does that)."""
 
@@ -32,11 +32,11 @@ def test_the_loop_job_times_the_jobs_own_loop_from_the_rows_it_wrote(loop_measur
 
 
 def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fresh):
-    """A plan pricing 1 and 2 threads a run (plan/cpu_sharing.py) starts one measuring job for both: the entry kept
+    """A plan pricing 1 and 2 threads a run (forecast/cpu_sharing.py) starts one measuring job for both: the entry kept
     for 2 threads comes from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
     ran at 2 torch threads (as torch reported them in that job), and a later plan reads both from the cache."""
     from tunelab.diskcache import stored_json
-    from tunelab.estimate import loopcost
+    from tunelab.forecast import loopcost
 
     with loopcost.priced_together((1, 2)):
         one = loopcost.loop_overhead(1)
@@ -76,8 +76,8 @@ def _cfg(root: Path, model: Path, **training) -> RunConfig:
 @pytest.mark.parametrize("every, validations", [(4, 4), (5, 4), (None, 0)])  # 16 steps: ceil(16 / N), never 16 // N + 1
 def test_first_contact_adds_the_loop_validations_and_saves_as_a_hand_computation_says(
         loop_measured, fresh, tmp_path, tiny_model, monkeypatch, every, validations):
-    from tunelab.estimate import loopcost
-    from tunelab.estimate.runs import run_time
+    from tunelab.forecast import loopcost
+    from tunelab.forecast.runs import run_time
 
     overhead = loopcost.overhead_of({"ok": True, **loop_measured[1]})  # the real tiny training's loop, injected
     monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: overhead)
@@ -101,12 +101,12 @@ def test_first_contact_adds_the_loop_validations_and_saves_as_a_hand_computation
     expected = rt.startup_s + train + loop + validations * each_validation + 2 * each_save
     assert rt.seconds == pytest.approx(round(expected, 1), abs=0.051)
     assert "for the job's loop" in rt.source and "2 save(s)" in rt.source
-    assert rt.saves_in_time  # so the deadline's saves are not added again (plan/sweeptime.py)
+    assert rt.saves_in_time  # so the deadline's saves are not added again (forecast/sweeptime.py)
     assert (f"{validations} validation(s) of 480 tokens" in rt.source) == bool(validations)
 
 
 def test_a_failed_loop_measurement_prices_the_loop_at_nothing_and_says_why():
-    from tunelab.estimate.loopcost import overhead_of
+    from tunelab.forecast.loopcost import overhead_of
 
     got = overhead_of({"ok": False, "error": "ModuleNotFoundError: No module named 'trl'"})
     assert got.step_s == 0.0 and "measuring it failed: ModuleNotFoundError" in got.source
@@ -116,7 +116,7 @@ def test_a_failed_loop_measurement_prices_the_loop_at_nothing_and_says_why():
 
 
 def test_validations_are_ceil_of_steps_over_their_interval():
-    from tunelab.estimate.firstcontact import validation_count
+    from tunelab.forecast.firstcontact import validation_count
 
     assert [validation_count(s, 4) for s in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
     assert validation_count(16, None) == 0 and validation_count(0, 4) == 0
@@ -135,9 +135,9 @@ def test_a_shape_whose_lora_targets_no_row_of_this_cpu_has_is_timed_here(
     """A history of other LoRA targets on this CPU says nothing of this shape (speed_from_history ignores it): the
     plan times the shape, as on an empty history, instead of leaving the run unpriced (the search of issue 52 ran
     one lane because of it). A row that differs only in checkpointing is left to the levers to price across."""
-    from tunelab.estimate import cpuspeed, loopcost
-    from tunelab.estimate.runs import run_time
-    from tunelab.estimate.speedhistory import SourceKind
+    from tunelab.forecast import cpuspeed, loopcost
+    from tunelab.forecast.runs import run_time
+    from tunelab.forecast.speedhistory import SourceKind
 
     monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: loopcost.overhead_of({"ok": True,
                                                                                         **loop_measured[1]}))

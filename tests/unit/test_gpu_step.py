@@ -1,4 +1,4 @@
-"""The GPU step model (estimate/gpustep.py) against the measured H100 rows it ships, by hand figures: a fit of two
+"""The GPU step model (forecast/gpustep.py) against the measured H100 rows it ships, by hand figures: a fit of two
 rows solved by hand, the least-squares optimality of the nine-row fit, the leave-one-out and interval mechanism on
 rows made from known figures, and the plan's speed: the fit on a GPU with no history, the nearest GPU carried by
 its peak elsewhere, history replacing both."""
@@ -12,10 +12,10 @@ import pytest
 
 from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.errors import TunelabError
-from tunelab.estimate.gpustep import (AttentionGroup, GpuPrior, GpuWork, RowFile, StepPoint, adapted_per_layer,
+from tunelab.forecast.gpustep import (AttentionGroup, GpuPrior, GpuWork, RowFile, StepPoint, adapted_per_layer,
                                       attention_group, committed_priors, committed_rows, fit_points, gpu_step_speed,
                                       leave_one_out, load_rows, points_of, rms)
-from tunelab.estimate.speedhistory import speed_from_history
+from tunelab.forecast.speedhistory import speed_from_history
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import SourceKind
 

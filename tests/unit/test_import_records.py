@@ -1,5 +1,5 @@
 """The jobs record what importing their stack cost (tunelab/jobimports.py), and the plan prices an evaluation job's
-start as the training job's plus the difference (estimate/jobstart.py). The suite turns recording off
+start as the training job's plus the difference (forecast/jobstart.py). The suite turns recording off
 (tests/conftest.py); these tests turn it on in a cache of their own."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tunelab.catalog import KNOWN_MODELS
-from tunelab.estimate.jobstart import JobStart, eval_start, with_evaluation_imports
+from tunelab.forecast.jobstart import JobStart, eval_start, with_evaluation_imports
 from tunelab import jobimports as importcost
 from tunelab.host.cpuload import LoadWindow
 from tunelab.jobimports import Stack, import_job_stack, record_import, recorded_import_s

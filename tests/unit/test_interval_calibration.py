@@ -1,4 +1,4 @@
-"""Intervals from the errors actually seen (estimate/interval.py, estimate/combine.py): over many seeded draws the
+"""Intervals from the errors actually seen (forecast/interval.py, forecast/combine.py): over many seeded draws the
 split-conformal P10–P90 of n recorded errors holds a new run's error as often as the conformal ranks say — for a
 skewed error distribution too —; parts that err independently make a narrower band than every part at its P10 or
 P90 at once; a run's sum is priced from the records of such sums once there are nine; and the one rule for "how far
@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from tunelab.estimate.combine import independent, summed, whole_errors
-from tunelab.estimate.interval import correction, time_range
+from tunelab.forecast.combine import independent, summed, whole_errors
+from tunelab.forecast.interval import correction, time_range
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.estimate import SourceKind, TimeRange
 
@@ -51,7 +51,7 @@ def test_conformal_intervals_cover_a_held_out_run_as_often_as_their_ranks_say(n,
 
 
 def test_the_old_rule_would_miss_a_constant_2x_and_the_new_centre_does_not():
-    """Four runs all 2× slow: the interval's centre is 2× and the band holds 2× (estimate/interval.py's rule before
+    """Four runs all 2× slow: the interval's centre is 2× and the band holds 2× (forecast/interval.py's rule before
     this gave P50 ×1.59 and P90 ×1.69)."""
     records = [_rec(f"r{i}", PredictedPart.TRAIN, 100.0, 200.0) for i in range(4)]
     fix = correction(records, "cpu", PredictedPart.TRAIN, SourceKind.PROBED)
@@ -114,8 +114,8 @@ def test_a_sum_is_priced_from_the_recorded_errors_of_such_sums_once_there_are_ni
 def test_one_rule_turns_disagreeing_timings_into_a_sigma_everywhere():
     """Timings 0.10, 0.12 and 0.11 s disagree by 0.12 / 0.10 − 1 = 20 %, which stands for σ = ln(1.2) / 2 = 0.0912
     — the same figure from the probe's timed steps, the plan's own timing rounds and the history's rows."""
-    from tunelab.estimate.cpuspeed import _Round
-    from tunelab.estimate.speedhistory import _spread
+    from tunelab.forecast.cpuspeed import _Round
+    from tunelab.forecast.speedhistory import _spread
     from tunelab.ledger.history import HistoryRun
     from tunelab.stats.timing import range_sigma, range_spread
     from tunelab.train.step_cost import TimedSteps
@@ -135,7 +135,7 @@ def test_many_timings_are_read_by_their_quartiles_so_one_preempted_step_is_not_n
     ≥ 400 % (one outlier), the spread of a plan's timing round says what σ = 0.05 spans for a handful of timings,
     exp(2 · 0.05) − 1 ≈ 0.105, i.e. σ ≈ 0.05 back (from the quartiles: within the sampling error of 60 draws),
     under the re-time limit of 0.2; 10 timings or fewer keep their range, as the probe's handful always did."""
-    from tunelab.estimate.cpuspeed import _Round
+    from tunelab.forecast.cpuspeed import _Round
     from tunelab.rundir.probe import SPREAD_LIMIT
     from tunelab.stats.timing import range_sigma, range_spread, timing_spread
 
@@ -149,13 +149,13 @@ def test_many_timings_are_read_by_their_quartiles_so_one_preempted_step_is_not_n
     assert range_sigma(timing_spread(wide)) == pytest.approx(0.2, rel=0.35) and _Round(wide, None).disagrees
 
 def test_a_plans_run_total_takes_its_parts_as_independent_without_records(write_spec, tmp_path, monkeypatch):
-    """A real CPU plan, no history: the deadline's line for the run (plan/sweeptime.py `timeline`) has the P10 and
+    """A real CPU plan, no history: the deadline's line for the run (forecast/sweeptime.py `timeline`) has the P10 and
     P90 of its training (start-up and the rest), its evaluation job's start and its evaluation added as independent
     parts — each side's distance from the P50 in quadrature, worked out here from the parts' own intervals — not
     every part at its bound at once."""
-    from tunelab.plan.evalcost import eval_cost
+    from tunelab.forecast.evalrun import predict_run_eval
     from tunelab.plan.planner import make_plan, split_lengths
-    from tunelab.plan.sweeptime import Sweep, timeline, with_history
+    from tunelab.forecast.sweeptime import Sweep, timeline, with_history
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     plan = make_plan(write_spec(factors={"lora_rank": [4]}))
@@ -164,7 +164,8 @@ def test_a_plans_run_total_takes_its_parts_as_independent_without_records(write_
     est = plan.estimates[cfg.name]
     assert est.time_range is not None and est.startup_s is not None  # the start-up timed: no job start assumed
     line = timeline(cfg, est, sweep, split_lengths)
-    ev = eval_cost(cfg, None, sweep.history or [], split_lengths, est, sweep.generation, sweep.errors)
+    ev = predict_run_eval(cfg, None, split_lengths, sweep.history or [], sweep.generation, errors=sweep.errors,
+                          estimate=est)
     parts = [est.time_range, ev.range, ev.start.range()]
     parts += [time_range(line.saves_s, SourceKind.ASSUMED)] if line.saves_s else []
     assert all(p is not None for p in parts)

@@ -1,21 +1,21 @@
-"""A job's start-up has one owner (estimate/jobstart.py, issue 54): its sources in order, a vLLM server's start added
+"""A job's start-up has one owner (forecast/jobstart.py, issue 54): its sources in order, a vLLM server's start added
 when the planned engine is vLLM, and the three places that used to work it out their own way — the evaluation's
-prediction (estimate/evaltime.py), the plan's evaluation cost (plan/evalcost.py) and the re-plan while the sweep
-runs (plan/remaining.py) — all give the figure worked out here by hand from the history's rows."""
+prediction (forecast/evaltime.py), the plan's evaluation cost (forecast/evalrun.py) and the re-plan while the sweep
+runs (forecast/remaining.py) — all give the figure worked out here by hand from the history's rows."""
 
 from __future__ import annotations
 
 import pytest
 
 from tunelab.catalog import KNOWN_MODELS
-from tunelab.estimate.evaltime import predict_eval_time
-from tunelab.estimate.jobstart import VLLM_SERVER_START_S, eval_start, job_start
-from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.forecast.evaltime import predict_eval_time
+from tunelab.forecast.jobstart import VLLM_SERVER_START_S, eval_start, job_start
+from tunelab.forecast.runs import ASSUMED_STARTUP_S
 from tunelab.ledger import history
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
-from tunelab.plan.evalcost import eval_cost
-from tunelab.plan.remaining import Phase, sweep_remaining
+from tunelab.forecast.evalrun import predict_run_eval
+from tunelab.forecast.remaining import Phase, sweep_remaining
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.spec.evaluation import Engine
@@ -73,14 +73,14 @@ def _cfg(tmp_path, engine: str, kind: str = "finetune", estimate: RunEstimate | 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_the_three_former_formulas_give_the_owners_start_up(write_spec, tmp_path, monkeypatch, engine):
     hand = 12.0 + (VLLM_SERVER_START_S if engine == "vllm" else 0.0)  # the median here, then the server
-    # 1. the evaluation's own prediction (one target × task; its load was estimate/evaltime.py's _load_seconds)
+    # 1. the evaluation's own prediction (one target × task; its load was forecast/evaltime.py's _load_seconds)
     got = predict_eval_time(model=MODEL, gpu=None, samples=10, prompt_tokens=[25] * 10, max_tokens=8, batch_size=16,
                             history=HISTORY, generation=[PROBE], engine=Engine(engine))
     assert got.load_s == hand
     # 2. the plan's evaluation cost (the makespan's evaluation start; was plan/evalcost.py's job_start)
-    cost = eval_cost(_cfg(tmp_path, engine), None, HISTORY, lambda c: ROWS, None, [PROBE], errors=[])
+    cost = predict_run_eval(_cfg(tmp_path, engine), None, lambda c: ROWS, HISTORY, [PROBE], errors=[])
     assert cost.start_s == hand
-    # 3. the re-plan while the sweep runs (was plan/remaining.py's _evaluation: the estimate's or 60 s assumed):
+    # 3. the re-plan while the sweep runs (was forecast/remaining.py's _evaluation: the estimate's or 60 s assumed):
     # a run evaluating has its evaluation's start and its evaluation left
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     history.record(HISTORY)

@@ -121,7 +121,7 @@ def test_a_gpu_run_is_never_contended_by_the_cpus_load(tmp_path):
     row under the same load is still set apart and corrected."""
     from dataclasses import replace
 
-    from tunelab.estimate.speedhistory import uncontended
+    from tunelab.forecast.speedhistory import uncontended
 
     gpu_load = LoadWindow(wall_s=10.0, cpu_s=5.0, others_cpu_s=15.0, cores=2, threads=2, gpu=True)
     row = history.from_run_dir(_run_config(tmp_path), Summary(steps=10, tokens=1000, tokens_per_s=500.0,

@@ -1,4 +1,4 @@
-"""The sweep's predicted makespan has one owner (plan/sweeptime.py `plan_forecast`, issue 54): plan.md's schedule,
+"""The sweep's predicted makespan has one owner (forecast/sweeptime.py `plan_forecast`, issue 54): plan.md's schedule,
 the terminal's line and run.yaml's estimate.makespan_* all show the one forecast, and it is what the sweep does —
 each run's training, its evaluation and both jobs' start-ups, placed on the CPU's shares
 (resources.cpu_runs_at_once) — worked out here by hand from injected training estimates. Before, plan.md and the
@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tunelab.cli.common import print_plan
-from tunelab.estimate.evalrun import predict_run_eval
-from tunelab.estimate.jobstart import VLLM_SERVER_START_S
+from tunelab.forecast.evalrun import predict_run_eval
+from tunelab.forecast.jobstart import VLLM_SERVER_START_S
 from tunelab.fsutil import human_seconds
-from tunelab.plan import sweeptime
+from tunelab.forecast import sweeptime
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import Plan, make_plan, split_lengths
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.scaffold.predictions import with_predictions
+from tunelab.forecast.run_predictions import recorded_estimates
 
 TRAIN_S = {4: 100.0, 8: 150.0}  # injected training times by LoRA rank, each with a measured 10 s start-up inside
 STARTUP_S = 10.0
@@ -37,14 +37,21 @@ def _plan(write_spec, **overrides) -> Plan:
         plan.estimates[cfg.name] = RunEstimate(
             run=cfg.name, steps=10, seconds=seconds, startup_s=STARTUP_S, startup_kind="measured",
             time_kind="measured", time_range=TimeRange(p10_s=0.9 * seconds, p50_s=seconds, p90_s=1.1 * seconds))
-    plan.forecast = sweeptime.plan_forecast(sweeptime.Sweep(plan.spec, plan.runs, plan.estimates, None, plan.node),
-                                            None, split_lengths)
+    sweep = sweeptime.with_evaluations(sweeptime.Sweep(plan.spec, plan.runs, plan.estimates, None, plan.node),
+                                       split_lengths)
+    plan.forecast = sweeptime.plan_forecast(sweep, None, split_lengths)
+    plan.evaluations = sweep.evaluations or {}
     return plan
+
+
+def with_predictions(plan: Plan):
+    """What scaffold writes into run.yaml's estimates."""
+    return recorded_estimates(plan.runs, plan.estimates, plan.evaluations, plan.forecast)
 
 
 def _by_hand(plan: Plan, start_s: float) -> dict[str, float]:
     """Each run's time: its training (start-up inside), its evaluation job's start (the fine-tuned runs' measured
-    start-up; the control starts as its model's fine-tuned run does) and its evaluation (estimate/evalrun.py, the
+    start-up; the control starts as its model's fine-tuned run does) and its evaluation (forecast/evalrun.py, the
     evaluation's own owner, asked here directly); no mid-epoch saves (10 steps, no checkpoint_every)."""
     out = {}
     for cfg in plan.runs:

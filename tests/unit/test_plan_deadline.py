@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.execute.schedule import Device
-from tunelab.plan.deadline import DeadlineVerdict, RunTimeline, judge
+from tunelab.forecast.deadline import DeadlineVerdict, RunTimeline, judge
 from tunelab.spec import load_spec
 from tunelab.spec.resources import parse_duration
 

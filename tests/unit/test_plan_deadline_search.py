@@ -15,11 +15,11 @@ import pytest
 from tunelab.execute.schedule import Device
 from tunelab.ledger import history
 from tunelab.mcp.models import PlanOut
-from tunelab.plan.deadline import DeadlineVerdict, RunTimeline, SearchLine, judge
-from tunelab.plan.halving import spent_share
+from tunelab.forecast.deadline import DeadlineVerdict, RunTimeline, SearchLine, judge
+from tunelab.forecast.halving import spent_share
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import make_plan, split_lengths
-from tunelab.plan.sweeptime import Sweep, sweep_forecast
+from tunelab.forecast.sweeptime import Sweep, sweep_forecast
 from tunelab.rundir.tuned import TunedRate, write_best
 
 TUNE = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "per": ["lora_rank"], "trials": 6, "budget": 0.25}
@@ -35,7 +35,7 @@ def fresh_history(tmp_path, monkeypatch, tiny_model):
     """A history of this test's own holding one measured row of the tiny model on this CPU (any thread count), and
     the CPU timings a plan falls back on without one made to fail: the plans price from the row alone."""
     from tunelab.catalog import resolve_architecture
-    from tunelab.estimate import cpuspeed
+    from tunelab.forecast import cpuspeed
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))

@@ -4,7 +4,7 @@ import pytest
 
 from tunelab.ledger import history
 from tunelab.catalog import resolve_gpu
-from tunelab.estimate.runs import slurm_time_limit
+from tunelab.forecast.runs import slurm_time_limit
 from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
 
@@ -25,7 +25,7 @@ def _hist(**kw) -> history.HistoryRun:
 
 
 def test_no_history_on_cpu_times_the_shape_here(write_spec):
-    """Nothing measured on this CPU: the plan times the run shape's own micro-batches (estimate/cpuspeed.py) and
+    """Nothing measured on this CPU: the plan times the run shape's own micro-batches (forecast/cpuspeed.py) and
     prices the run at that speed — a wide interval, and `tunelab probe` named."""
     import re
 
@@ -56,9 +56,9 @@ def test_a_model_too_large_to_time_is_priced_by_a_timed_matmul_as_a_model_with_i
     import re
 
     from tunelab.catalog import resolve_architecture
-    from tunelab.estimate import cpuspeed
-    from tunelab.estimate.interval import PRIOR_SIGMA
-    from tunelab.estimate.speed import flops_per_token
+    from tunelab.forecast import cpuspeed
+    from tunelab.forecast.interval import PRIOR_SIGMA
+    from tunelab.forecast.speed import flops_per_token
     from tunelab.rundir.estimate import SourceKind
 
     monkeypatch.setattr(cpuspeed, "MAX_TIMED_PARAMETERS", 0)
@@ -113,7 +113,7 @@ def test_gpu_target_uses_memory_model_and_measured_rows_without_history(write_sp
                               modules_to_save=("embed_tokens", "lm_head"), attention="sdpa"), StepShape(8, 27))
     assert e.peak_memory_gib == round(sim.required_gib, 2) and e.memory_source.startswith("simulated")
     assert e.gpu_memory_gib == 81559 / 1024  # what nvidia-smi reports, not 80
-    # no history on the H100: the step model fitted on the H100's measured rows (estimate/gpustep.py)
+    # no history on the H100: the step model fitted on the H100's measured rows (forecast/gpustep.py)
     assert e.time_source.startswith("fit of 9 rows measured on H100-80GB") and e.time_kind == "carried"
     assert e.gpu_hours is not None
     md = render_plan_md(plan)

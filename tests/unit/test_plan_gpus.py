@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from tunelab.catalog import resolve_architecture, resolve_gpu
-from tunelab.estimate.gpus import even_nodes, nodes_for
+from tunelab.forecast.gpus import even_nodes, nodes_for
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, predict_peak, step_shape
-from tunelab.estimate.speed import SCALING_EFFICIENCY
+from tunelab.forecast.speed import SCALING_EFFICIENCY
 from tunelab.mcp.models import PlanOut
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import make_plan

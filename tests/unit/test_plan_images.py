@@ -136,7 +136,7 @@ def test_image_field_beside_the_fields_format(tmp_path, vl_model):
 
 
 def test_a_vision_language_run_on_a_cpu_is_priced_by_a_timed_matmul_as_a_model(tmp_path, vl_model, monkeypatch):
-    """A VLM's step is not timed by the plan (estimate/cpuspeed.py): a matrix product at its hidden size is, and
+    """A VLM's step is not timed by the plan (forecast/cpuspeed.py): a matrix product at its hidden size is, and
     training is priced at an assumed share of it — kind `model`, with that kind's wider assumed width, never the
     `timed` of a real step's timing. A fresh history: a row of another model on this CPU would carry over instead."""
     from tunelab.catalog import resolve_architecture

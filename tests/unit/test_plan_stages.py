@@ -10,7 +10,7 @@ import pytest
 from tunelab.ledger import history
 from tunelab.catalog import resolve_gpu
 from tunelab.errors import TunelabError
-from tunelab.estimate.runs import slurm_time_limit
+from tunelab.forecast.runs import slurm_time_limit
 from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
 
@@ -134,7 +134,7 @@ def test_plan_md_and_json_list_the_stages(write_spec, hard_dataset, caps_dataset
     spec = _staged(write_spec, hard_dataset, caps_dataset)
     md = render_plan_md(make_plan(spec))
     assert "## Stages" in md
-    # the stage's time: a CPU with nothing measured times the shape itself (estimate/cpuspeed.py)
+    # the stage's time: a CPU with nothing measured times the shape itself (forecast/cpuspeed.py)
     assert re.search(r"\| tiny_r4 \| 1\. easy \| caps \| 2 \| 80 \| shuffled \| 0\.002 \| fresh \| 8×1 \| [\d.]+ (s|min) \|", md)
     assert re.search(r"\| tiny_r4 \| 2\. hard \| hard \| 1 \| 4 \| by_field: difficulty \| 0\.001 \| carried \| 4×3 "
                      r"\| [\d.]+ (s|min) \|", md)

@@ -17,7 +17,7 @@ from tunelab.host import adapt
 from tunelab.host.cpuload import LoadWindow
 from tunelab.host.threads import LIBRARY_ENVS, MARK_ENV, decide
 from tunelab.ledger import history
-from tunelab.plan import cpu_sharing
+from tunelab.forecast import cpu_sharing
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import make_plan
 
@@ -122,7 +122,7 @@ def test_a_loaded_run_is_measured_against_idle_runs_of_its_shape_at_the_threads_
 @TWO_CORES
 def test_a_plan_under_load_prices_the_slowdown_measured_under_a_like_load(rule_of_two, write_spec, tiny_model,
                                                                           monkeypatch):
-    from tunelab.estimate import loadnow
+    from tunelab.forecast import loadnow
 
     window = _loaded(1.0)  # others' share 0.5
     for where in (adapt, cpu_sharing):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.estimate.runs import REFERENCE_OVERHEAD
-from tunelab.estimate.savecost import save_cost
+from tunelab.forecast.runs import REFERENCE_OVERHEAD
+from tunelab.forecast.savecost import save_cost
 from tunelab.ledger import history
 from tunelab.plan.planner import make_plan
 
@@ -22,7 +22,7 @@ def _not_timed(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def fresh_history(tmp_path, monkeypatch):
-    from tunelab.estimate import cpuspeed
+    from tunelab.forecast import cpuspeed
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))

@@ -100,7 +100,7 @@ def test_forecast_never_overcommits_a_gpu(n_gpus):
 
 
 def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch, tmp_path):
-    """The schedule plan.md prints is the plan's forecast (plan/sweeptime.py plan_forecast, issue 54): each run's
+    """The schedule plan.md prints is the plan's forecast (forecast/sweeptime.py plan_forecast, issue 54): each run's
     training and evaluation with their job starts, placed longest first — no longer the training alone."""
     from tunelab.catalog import resolve_gpu
     from tunelab.execute import schedule

@@ -1,5 +1,5 @@
 """How many timed repeats the job spends on the step-cost split after training (rundir/summary.py, read by the
-job's train/step_cost.py and the plan's estimate/runs.py alike): one per 20 steps trained, at most 4, none under 20
+job's train/step_cost.py and the plan's forecast/runs.py alike): one per 20 steps trained, at most 4, none under 20
 steps. A repeat is a step at half and one at twice the micro-batch."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_a_run_priced_from_probed_rows_adds_the_calibration_and_a_stage_does_not
     """A probed row measured no finish: the plan prices the calibration at the run's own micro-batch (here 50 steps
     of 16 rows, 32,000 tokens at the row's speed), and says so; a stage of a staged run skips it, as its job does."""
     from tunelab.catalog import KNOWN_MODELS
-    from tunelab.estimate.runs import run_time
+    from tunelab.forecast.runs import run_time
     from tunelab.ledger.history import HistoryRun
     from tunelab.rundir.config import RunConfig
 

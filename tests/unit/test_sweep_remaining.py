@@ -1,4 +1,4 @@
-"""The sweep re-planned while it runs (plan/remaining.py): a small experiment's files — one run trained and scored,
+"""The sweep re-planned while it runs (forecast/remaining.py): a small experiment's files — one run trained and scored,
 one halfway at a known live pace, one not started — and a deadline. The remaining makespan is checked against
 figures worked out by hand from the run.yaml estimates and the pace; the warning appears exactly when the P90
 passes the deadline; `tunelab status` prints it and `status --json` carries it."""
@@ -21,8 +21,8 @@ from tunelab.execute.status import status_rows
 from tunelab.fsutil import atomic_write_json
 from tunelab.execute.watch import watch
 from tunelab.mcp.models import phase_of, replanned
-from tunelab.plan.deadline import DeadlineVerdict
-from tunelab.plan.remaining import Phase, sweep_remaining
+from tunelab.forecast.deadline import DeadlineVerdict
+from tunelab.forecast.remaining import Phase, sweep_remaining
 from tunelab.rundir import MetricRow, write_status
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.estimate import RunEstimate, TimeRange
@@ -31,7 +31,7 @@ from tunelab.rundir.metrics import append_metric, seconds_left
 
 runner = CliRunner()
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-Z90, MEASURED_SIGMA = 1.2816, 0.15  # estimate/interval.py's z and the measured kind's width, written by hand
+Z90, MEASURED_SIGMA = 1.2816, 0.15  # forecast/interval.py's z and the measured kind's width, written by hand
 DEADLINE_S = 480.0  # "8m"
 
 
@@ -76,7 +76,7 @@ def _hand() -> dict[str, float]:
     """What is left, worked out by hand: r2's 50 steps at 0.5 s (25 s, the measured kind's width: σ 0.15, no
     spread), then its evaluation's start (10 s measured, σ 0.15) and evaluation (20 s, 16–25); r3 whole (100 s,
     80–125, then 10 + 20 s). A run's parts err independently: each side's distance from the P50 added in
-    quadrature (estimate/combine.py). One CPU: one run after the other, so the makespan is the runs' sum, each at
+    quadrature (forecast/combine.py). One CPU: one run after the other, so the makespan is the runs' sum, each at
     its P10 (or P90)."""
     lo, hi = math.exp(-Z90 * MEASURED_SIGMA), math.exp(Z90 * MEASURED_SIGMA)
     r2 = (55 - math.hypot(25 * (1 - lo), 10 * (1 - lo), 4), 55, 55 + math.hypot(25 * (hi - 1), 10 * (hi - 1), 5))

@@ -1,7 +1,7 @@
 """Every predicted time with its interval, and the loop closed: the recorded errors of a source on a device correct
-the next plan's prediction (estimate/interval.py, ledger/predictions.py), measurements timed under contention are
-set apart (estimate/runs.py `uncontended`), and a plan with nothing measured times the run's shape itself
-(estimate/cpuspeed.py)."""
+the next plan's prediction (forecast/interval.py, ledger/predictions.py), measurements timed under contention are
+set apart (forecast/runs.py `uncontended`), and a plan with nothing measured times the run's shape itself
+(forecast/cpuspeed.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sqlite3
 
 import pytest
 
-from tunelab.estimate.interval import MIN_RECORDS, conformal_ranks, correction, time_range
-from tunelab.estimate.speedhistory import uncontended
+from tunelab.forecast.interval import MIN_RECORDS, conformal_ranks, correction, time_range
+from tunelab.forecast.speedhistory import uncontended
 from tunelab.ledger import predictions
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord

@@ -1,4 +1,4 @@
-"""What successive halving spends (plan/halving.py): the steps of one order of trials agree with Optuna's own
+"""What successive halving spends (forecast/halving.py): the steps of one order of trials agree with Optuna's own
 pruner run on that order, and the expectation over orders with a hand computation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import itertools
 import optuna
 import pytest
 
-from tunelab.plan.halving import (expected_finished, expected_spend, expected_steps, order_steps, rungs, spent_share,
+from tunelab.forecast.halving import (expected_finished, expected_spend, expected_steps, order_steps, rungs, spent_share,
                                   validation_interval)
 
 

@@ -1,14 +1,14 @@
 """Combinations searched side by side (tune/lanes.py): each on a lane of its own at a time, never more at once
 than lanes, every result yielded, and a stop (Ctrl-C in the main thread, or a lane's error) reaching every lane;
-the plan prices the search over the same lanes (plan/searchline.py), worked out by hand."""
+the plan prices the search over the same lanes (forecast/searchline.py), worked out by hand."""
 
 import threading
 import time
 
 import pytest
 
-from tunelab.plan.searchline import _summed
-from tunelab.plan.tunecost import SearchCost
+from tunelab.forecast.searchline import _summed
+from tunelab.forecast.tunecost import SearchCost
 from tunelab.tune.combos import Combination
 from tunelab.tune.lanes import side_by_side
 from tunelab.tune.trial import Lane

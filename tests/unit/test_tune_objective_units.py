@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunelab.plan.halving import expected_finished, validation_interval
+from tunelab.forecast.halving import expected_finished, validation_interval
 from tunelab.plan.planner import make_plan, split_lengths
-from tunelab.plan.sweeptime import Sweep, sweep_forecast
+from tunelab.forecast.sweeptime import Sweep, sweep_forecast
 from tunelab.rundir.scores import TaskScores, task_dir, write_scores
 from tunelab.spec import EvalSpec
 from tunelab.tune.combos import Combination

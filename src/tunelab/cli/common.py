@@ -123,7 +123,7 @@ def print_plan(plan: Plan) -> None:
         say("predicted makespan {} (P10–P90 {}–{}): training, evaluation and job start-ups, longest first on {}",
             human_seconds(span), human_seconds(low), human_seconds(high), f.devices_source)
     if plan.search:
-        from tunelab.plan.tunecost import search_summary
+        from tunelab.plan.deadline_md import search_summary
 
         say("learning-rate search (tunelab tune): {}", search_summary(plan.search))
     if plan.deadline is not None:

@@ -188,7 +188,7 @@ def estimate_cmd(
 
     Predict peak memory per GPU by simulating tunelab's training step (no GPU needed), the largest
     micro-batch that fits, packing and accumulation (memory in tokens per micro-batch)."""
-    from tunelab.estimate.api import estimate_config
+    from tunelab.forecast.api import estimate_config
 
     training = _training({"dtype": dtype, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
                           "lora_target_modules": lora_targets, "modules_to_save": modules_to_save,
@@ -212,7 +212,7 @@ def estimate_cmd(
 
 def _node_size(flag: int | None):
     """GPUs a node has: --node-gpus, else the user config's node_gpus, else the assumption (and its source)."""
-    from tunelab.estimate.gpus import NodeSize
+    from tunelab.forecast.gpus import NodeSize
     from tunelab.userconfig import load_user_config, user_config_path
 
     if flag is not None:
@@ -245,7 +245,7 @@ def _print_estimate(est: ConfigEstimate) -> None:
     for r in est.reasons:
         say("  - {}", r)
     if not est.fits:
-        from tunelab.estimate.gpus import MAX_GPUS, describe
+        from tunelab.forecast.gpus import MAX_GPUS, describe
 
         say("GPUs needed: {}", describe(est.gpus_needed) if est.gpus_needed is not None else
             f"the FSDP-sharded peak does not fit even {MAX_GPUS} GPUs: the activations alone nearly fill one")

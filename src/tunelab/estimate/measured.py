@@ -3,7 +3,7 @@ like with like.
 
 Same configuration: same GPU model, same model architecture, one process, and every field the peak depends
 on equal (`MemoryConfig`). A row that did not record a field cannot be shown to be the same run, so it is not
-used (it still informs speed, estimate/runs.py).
+used (it still informs speed, forecast/runs.py).
 
 Like with like: a history row holds one counter (`memory_kind`).
 - `cuda_max_allocated` (tunelab's runs and probes, HF Trainer's memory metrics, torchtune's

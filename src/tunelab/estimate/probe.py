@@ -7,7 +7,7 @@ Runs that differ only in learning rate, epochs or seed share one probe. Each sha
 history row (origin "probed", keyed by shape and device, replaced by a later probe of the same shape), which
 the planner's time model reads like any measured run (fixed + per-token step cost). The probe also times a
 few batched generations of each model (train/probe_generate.py), recorded as the history's generation row of
-that model and device, which evaluation's predicted time reads (estimate/evaltime.py).
+that model and device, which evaluation's predicted time reads (forecast/evaltime.py).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def probe_runs(runs: list[RunConfig], spec_path: Path,
 
 def record_generation(shape: Shape, result: ProbeResult, spec_path: Path) -> None:
     """The shape's timed generation (if the probe measured one) as the history's generation row of its model
-    on this device, which evaluation's predictions read (estimate/evaltime.py)."""
+    on this device, which evaluation's predictions read (forecast/evaltime.py)."""
     row = generation.probed_row(str(shape.cfg.model.path), result, f"{spec_path} ({', '.join(shape.runs)})")
     if row is not None:
         generation.record([row])

@@ -36,7 +36,7 @@ PRIVATE_NAMES = (
 # Modules inspect-ai's eval() imports at its first call (its ACP agent server, whose pydantic schema models cost
 # ~0.4 s here), which an evaluation process imports with its stack instead (evaluate/__init__.py EVALUATION_STACK):
 # then the import is the stack's, timed and recorded by the job (tunelab/jobimports.py) and priced by the plan
-# (estimate/jobstart.py), not a part of the first task's measured duration, which the plan prices as generation.
+# (forecast/jobstart.py), not a part of the first task's measured duration, which the plan prices as generation.
 EVAL_CALL_IMPORTS = ("inspect_ai.agent._acp.server",)
 
 

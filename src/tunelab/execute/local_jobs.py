@@ -7,7 +7,7 @@ Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE
 see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
 GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
 its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, resources.cpu_runs_at_once runs
-side by side (auto: as many as the plan chose from timing their steps, plan/cpu_sharing.py; written into run.yaml), each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
+side by side (auto: as many as the plan chose from timing their steps, forecast/cpu_sharing.py; written into run.yaml), each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
 divides them among its processes: tunelab/host/threads.py), so runs side by side never spin more threads than
 there are cores. A run spanning nodes
 (resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.

@@ -47,7 +47,7 @@ def estimated_time_limit(cfg: RunConfig) -> str | None:
 
 def eval_time_limit(cfg: RunConfig) -> tuple[str, str]:
     """(time limit, where it came from) of the run's evaluation job: the user's slurm.eval_time_limit, else the
-    plan's prediction (its worst case × margin, estimate/evalrun.py, in run.yaml), else the default hour."""
+    plan's prediction (its worst case × margin, forecast/evalrun.py, in run.yaml), else the default hour."""
     s = slurm_settings(cfg)
     if s.eval_time_limit:
         return s.eval_time_limit, "slurm.eval_time_limit"

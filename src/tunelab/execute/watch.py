@@ -1,7 +1,7 @@
 """`tunelab status --watch`: a live table of the sweep until nothing is queued or running.
 
 Per run: a progress bar, step, last loss, tokens/s and ETA (from the run's own files); for the sweep, the
-caller's re-plan (plan/remaining.py: what is left against the deadline); a failure, and the deadline's warning,
+caller's re-plan (forecast/remaining.py: what is left against the deadline); a failure, and the deadline's warning,
 are printed above the table the moment a look sees them.
 """
 
@@ -61,7 +61,7 @@ def _eval_cell(state: EvalState | FailureKind | None) -> Text:
 
 
 def render(title: str, views: list[RunView], replan: str | None = None) -> Group:
-    """The table and its footer: the counts, and the sweep's re-plan (`replan`: plan/remaining.py's line — the
+    """The table and its footer: the counts, and the sweep's re-plan (`replan`: forecast/remaining.py's line — the
     plan's own forecast of what is left, the one makespan formula)."""
     rows: list[tuple[object, ...]] = []
     for v in views:

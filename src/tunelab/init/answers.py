@@ -75,7 +75,7 @@ class BatchProposal:
 def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     """Micro-batch, accumulation and packing for the largest LoRA rank swept, measured on the first
     dataset with the first model's tokenizer (the memory model needs a GPU: named or detected)."""
-    from tunelab.estimate.api import estimate_config
+    from tunelab.forecast.api import estimate_config
     from tunelab.estimate.memory import MemoryInputs
     from tunelab.spec import TrainingConfig
 

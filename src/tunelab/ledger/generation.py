@@ -1,5 +1,5 @@
 """The history's generation table: how fast each model generated, for predicting evaluations
-(estimate/evaltime.py). Two kinds of row, in the history database beside the training rows (history.py):
+(forecast/evaltime.py). Two kinds of row, in the history database beside the training rows (history.py):
 
 - probed: `tunelab probe` timed batched generations of a model on a device (rundir.probe.GenerationSpeed);
 - measured: a finished evaluation of one target × task (its scores.json): samples, prompt and generated

@@ -1,6 +1,6 @@
 """The loop closed: every finished run's predicted times beside what it measured, part by part, kept in the
 history ledger (table `predictions`) so that the next plan on the same device corrects each source by the
-errors it made (estimate/interval.py `correction`).
+errors it made (forecast/interval.py `correction`).
 
 A row compares the prediction *before* any correction (run.yaml's `seconds_raw`, `startup_raw_s`,
 `eval_raw_s`) with the measurement, so corrections never compound. A measurement taken under contention
@@ -63,7 +63,7 @@ class PredictionRecord:
     key: str
     part: PredictedPart
     device: str
-    source: str  # estimate/interval.py SourceKind's word
+    source: str  # forecast/interval.py SourceKind's word
     predicted_s: float
     measured_s: float
     contended: bool | None = None

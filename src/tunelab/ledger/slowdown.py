@@ -4,7 +4,7 @@ A run timed beside other work (contended, or with fewer threads than its rule pl
 its start: host/adapt.py) is set beside the uncontended rows of the same shape on the same CPU at the threads its
 rule planned: their median steady speed over its own is the slowdown the load cost it. The load's share of the
 cores (host/cpuload.py's `slowdown`) is a lower bound — OpenMP threads waiting at barriers lose more than their
-share —; this is what was suffered. A plan made under a like load prices with it (estimate/speedhistory.py)."""
+share —; this is what was suffered. A plan made under a like load prices with it (forecast/speedhistory.py)."""
 
 from __future__ import annotations
 

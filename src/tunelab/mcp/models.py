@@ -11,10 +11,10 @@ from pydantic import BaseModel, Field
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.results import TYPES
-from tunelab.plan.deadline import DeadlinePlan, SweepForecast
-from tunelab.plan.remaining import Phase, SweepRemaining
+from tunelab.forecast.deadline import DeadlinePlan, SweepForecast
+from tunelab.forecast.remaining import Phase, SweepRemaining
 from tunelab.plan.validate import RunCheck
-from tunelab.plan.tunecost import SearchCost
+from tunelab.forecast.tunecost import SearchCost
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
@@ -187,7 +187,7 @@ def phase_of(row: StatusRow) -> Phase:
 def replanned(experiment_dir: Path, rows: list[StatusRow]) -> SweepRemaining | None:
     """The sweep's remaining time from these rows (None where the experiment has no spec to re-plan from)."""
     from tunelab.errors import TunelabError
-    from tunelab.plan.remaining import sweep_remaining
+    from tunelab.forecast.remaining import sweep_remaining
 
     try:
         return sweep_remaining(experiment_dir, {r.name: phase_of(r) for r in rows})

@@ -1,10 +1,12 @@
-"""plan.md's deadline section: the verdict, the makespan against the deadline, each run's parts with their
-sources, what would have to give, and the per-run lever table (choice, effect, source)."""
+"""plan.md's time sections: the deadline's verdict, the makespan against the deadline, each run's parts with their
+sources, what would have to give, the per-run lever table (choice, effect, source), and the learning-rate search
+priced (forecast/tunecost.py)."""
 
 from __future__ import annotations
 
 from tunelab.fsutil import human_seconds
-from tunelab.plan.deadline import DeadlinePlan, DeadlineVerdict, RunTimeline
+from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, RunTimeline
+from tunelab.forecast.tunecost import SearchCost
 from tunelab.rundir.estimate import LeverChoice
 
 VERDICT_WORDS = {
@@ -109,3 +111,37 @@ def lever_lines(levers: dict[str, list[LeverChoice]]) -> list[str]:
             lines.append(f"| {run} | {c.lever} | {_cell(value)} | {_cell(c.effect)} | {c.source.value} "
                          f"| {_cell(c.why)} |")
     return lines + [""]
+
+
+def search_lines(costs: list[SearchCost]) -> list[str]:
+    """plan.md's section: a row per combination and the total."""
+    if not costs:
+        return []
+    lines = ["## Learning-rate search", "",
+             "Each combination's runs train at the rate its search finds (`tunelab tune`); priced as the pruner will "
+             "spend it: each trial's start-up in full, and the share of its budget successive halving is expected to "
+             "let it train.", "",
+             "| Combination | From run | Trials | Budget | Steps per trial | Share trained | Time (P10–P90) "
+             "| Every trial to its budget |", "|---|---|---|---|---|---|---|---|"]
+    for c in costs:
+        time = c.time_range.text() if c.time_range else (human_seconds(c.seconds) if c.seconds is not None else "—")
+        full = human_seconds(c.unpruned_s) if c.unpruned_s is not None else "—"
+        lines.append(f"| {c.combination} | {c.run} | {c.trials} | {c.budget:g} | {c.steps_per_trial} "
+                     f"| {c.spent_share:.0%} | {time} | {full} |")
+    evaluated = [c for c in costs if c.evaluated]
+    if evaluated:
+        lines += ["", "An eval task's metric judges the trials: each trial that trains its whole budget is then "
+                  "evaluated by a job of its own, in the time above (" + "; ".join(
+                      f"{c.combination}: {c.evaluated:.2f} of {c.trials} expected, "
+                      + (f"{human_seconds(c.eval_s)} each" if c.eval_s is not None else "not priced")
+                      for c in evaluated) + ")."]
+    return lines + ["", f"**Search total:** {search_summary(costs)}", ""]
+
+
+def search_summary(costs: list[SearchCost]) -> str:
+    """The whole search in words: its combinations, trials and total time (one trial at a time, before the sweep)."""
+    trials = sum(c.trials for c in costs)
+    known = [c.seconds for c in costs if c.seconds is not None]
+    total = human_seconds(sum(known)) if len(known) == len(costs) else "not predicted (a run has no predicted time)"
+    return (f"{len(costs)} combination(s), {trials} trials: {total} as successive halving is expected to spend it, "
+            "one trial at a time, before the sweep")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.estimate.gpus import describe
+from tunelab.forecast.gpus import describe
 from tunelab.execute.executors import executor_class
 from tunelab.fsutil import human_seconds
-from tunelab.plan.deadline import RunTimeline
-from tunelab.plan.deadline_md import deadline_lines
-from tunelab.plan.images import image_lines
+from tunelab.forecast.deadline import RunTimeline
+from tunelab.plan.deadline_md import deadline_lines, search_lines
+from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
-from tunelab.plan.tunecost import search_lines
 from tunelab.rundir.estimate import RunEstimate
 
 if TYPE_CHECKING:
@@ -324,7 +323,7 @@ def _truncation_lines(plan: "Plan") -> list[str]:
 
 def _schedule_lines(plan: "Plan") -> list[str]:
     """Which run goes where and when (longest first), and the sweep's predicted makespan: the plan's forecast
-    (plan/sweeptime.py `plan_forecast`, the one run.yaml records), every run's training, evaluation and job
+    (forecast/sweeptime.py `plan_forecast`, the one run.yaml records), every run's training, evaluation and job
     start-ups included."""
     f = plan.forecast
     if f is None or not plan.estimates:

@@ -1,7 +1,7 @@
 """How many nodes each run spans, and what plan.md says about GPUs and nodes.
 
 A node has `NodeSize.gpus` GPUs: resources.node_gpus in experiment.yaml, else node_gpus in the user config,
-else 8, assumed (estimate/gpus.py). A run that asks for more GPUs than its nodes hold is spread over more
+else 8, assumed (forecast/gpus.py). A run that asks for more GPUs than its nodes hold is spread over more
 nodes here, before anything is estimated or scaffolded, so run.yaml's resources say what the job must ask
 the scheduler for; plan.md says which runs were spread (plan/markdown.py), and which do not fit the GPUs
 they ask for (the fewest that do, their nodes and time, from each run's estimate: RunEstimate.gpus_needed).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.estimate.gpus import NodeSize, even_nodes
+from tunelab.forecast.gpus import NodeSize, even_nodes
 from tunelab.execute.executors import executor_class
 from tunelab.rundir.config import RunConfig
 from tunelab.spec.resources import ResourcesSpec

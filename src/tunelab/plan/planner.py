@@ -17,30 +17,31 @@ from tunelab.data.loading import DataFile, where
 from tunelab.data.splits import load_data, split_record_path
 from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
-from tunelab.plan import levers, sweeptime
+from tunelab.forecast import levers, sweeptime
 from tunelab.plan.cache import check_eval_tasks
 from tunelab.host.adapt import watch_load
-from tunelab.plan.cpu_sharing import cpu_threads
+from tunelab.forecast.cpu_sharing import cpu_threads
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
-from tunelab.plan.tunecost import SearchCost, search_costs
+from tunelab.forecast.tunecost import SearchCost
 from tunelab.errors import TunelabError
-from tunelab.estimate.ranged import contention_warnings
-from tunelab.estimate.gpus import NodeSize
+from tunelab.forecast.ranged import contention_warnings
+from tunelab.forecast.gpus import NodeSize
 from tunelab.execute.executors import executor_class
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.models.vlm import is_vision_language
-from tunelab.plan.images import SplitImages, image_token_delta, run_image_facts
+from tunelab.plan.image_checks import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
-from tunelab.plan.stages import check_orders, dataset_error, stage_dataset_needs
+from tunelab.plan.stage_checks import check_orders, dataset_error, stage_dataset_needs
 from tunelab.plan.storage import plan_storage
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
 
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
-    from tunelab.plan.deadline import DeadlinePlan
-    from tunelab.plan.cpu_sharing import CpuSharing
+    from tunelab.forecast.deadline import DeadlinePlan
+    from tunelab.forecast.cpu_sharing import CpuSharing
+    from tunelab.forecast.evalrun import RunEvalPrediction
 
 
 @dataclass
@@ -56,15 +57,16 @@ class Plan:
     gpu: GPU | None = None
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
     truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
-    images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/images.py)
+    images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/image_checks.py)
     forecast: "DeadlinePlan | None" = None  # the sweep's predicted makespan and where each run goes (sweeptime.py)
     node: NodeSize = field(default_factory=NodeSize.assumed)  # GPUs a node has, and where that came from
     node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
-    levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (plan/levers.py)
-    deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (plan/deadline.py)
+    levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (forecast/levers.py)
+    deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (forecast/deadline.py)
     storage_problem: str | None = None  # the sweep does not fit its filesystem: why (plan/storage.py); scaffold refuses
-    search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (plan/tunecost.py)
-    cpu_sharing: "CpuSharing | None" = None  # local CPU: runs side by side and threads each (plan/cpu_sharing.py)
+    search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (forecast/tunecost.py)
+    cpu_sharing: "CpuSharing | None" = None  # local CPU: runs side by side and threads each (forecast/cpu_sharing.py)
+    evaluations: dict[str, "RunEvalPrediction"] = field(default_factory=dict)  # each run's (forecast/evalrun.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -287,10 +289,10 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
     """Estimates for every fine-tuned run (a staged run's per stage, summed), with the fewest GPUs that fit a
     run that does not fit its own (nodes counted at `node`); on a CPU at `threads` per run (default: the job's
     rule on all the cores); datasets measured once per model x dataset x prompt."""
-    from tunelab.estimate.gpus import sized_estimate
+    from tunelab.forecast.gpus import sized_estimate
     from tunelab.ledger import history
 
-    from tunelab.estimate.ranged import ranged_training
+    from tunelab.forecast.ranged import ranged_training
     from tunelab.ledger import predictions
 
     past, errors = history.load(), predictions.load()
@@ -345,7 +347,7 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
 
 def _share_cpu(plan: Plan) -> int:
     """Runs side by side on this CPU, chosen (or kept as set) and written into the runs: the threads each gets."""
-    from tunelab.plan import cpu_sharing
+    from tunelab.forecast import cpu_sharing
 
     if executor_class(plan.spec.resources.executor).detached:
         return cpu_threads(under_load_now=False)  # a detached executor's jobs (Slurm) run elsewhere: the rule there
@@ -369,18 +371,15 @@ def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> Non
     plan.images = {k: v for cfg in plan.finetune_runs if is_vision_language(cfg.model.path)
                    for k, v in run_image_facts(cfg, split_lengths).items()}
     threads = _share_cpu(plan) if gpu is None else None  # runs side by side on this CPU: threads each
-    plan.levers, plan.estimates, plan.deadline = sweeptime.fitted_estimates(  # levers: into the runs' training
+    predicted = sweeptime.predict_sweep(  # the levers go into the runs' training; every time figure, once
         sweeptime.Sweep(spec, runs, {}, gpu, node, spec_path=spec_path), (deadline, deadline_s), lambda: estimate_runs(
             runs, gpu, node, threads), measure_lengths, split_lengths, threads)
-    plan.search = search_costs(spec, runs, plan.estimates, sweeptime.search_evaluations(sweeptime.Sweep(
-        spec, runs, plan.estimates, gpu, node, spec_path=spec_path), split_lengths))
+    plan.levers, plan.estimates, plan.deadline = predicted.levers, predicted.estimates, predicted.deadline
+    plan.search, plan.forecast, plan.evaluations = predicted.search, predicted.forecast, predicted.evaluations
     storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
     plan.storage_problem = storage[0] if storage else None
     plan.warnings += storage
     plan.warnings += contention_warnings(plan.estimates)
-    plan.forecast = sweeptime.plan_forecast(sweeptime.Sweep(  # the one makespan plan.md, the terminal and run.yaml show
-        spec, runs, plan.estimates, gpu, node, levered=bool(plan.levers), spec_path=spec_path), plan.deadline,
-        split_lengths)
     for e in plan.estimates.values():
         if (gpu is not None and e.peak_memory_gib is not None and e.gpu_memory_gib
                 and e.peak_memory_gib > e.gpu_memory_gib):

@@ -9,22 +9,9 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir.tuned import read_best
+from tunelab.rundir.tuned import combination_runs, read_best
 from tunelab.spec import ExperimentSpec
 from tunelab.spec.tune import combination_name
-
-
-def combination_runs(spec: ExperimentSpec, runs: list[RunConfig]) -> dict[str, list[RunConfig]]:
-    """The fine-tuned runs by the combination of `tune.per` levels they belong to, in design order (controls never
-    train: never tuned). The search, its price and the tuned rates all group runs by this one rule."""
-    if spec.tune is None:
-        return {}
-    per = spec.tune.per_factors(spec.factors)
-    groups: dict[str, list[RunConfig]] = {}
-    for cfg in runs:
-        if cfg.kind == "finetune" and cfg.default_lr_of is None:
-            groups.setdefault(combination_name(cfg.factors, per), []).append(cfg)
-    return groups
 
 
 def with_tuned_rates(spec: ExperimentSpec, runs: list[RunConfig], experiment_dir: Path) -> list[RunConfig]:

@@ -17,10 +17,10 @@ from tunelab.errors import TunelabError
 from tunelab.host.memory import host_memory_gib
 from tunelab.execute.executors import executor_class
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
-from tunelab.estimate.gpus import NodeSize, describe, fewest_gpus, gpus_needed
+from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
-from tunelab.estimate.runs import device_peak
+from tunelab.forecast.runs import device_peak
 from tunelab.estimate.simulator import StepShape
 from tunelab.rundir.config import RunConfig
 

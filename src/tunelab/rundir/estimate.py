@@ -1,5 +1,5 @@
 """The planner's estimate of one run, as run.yaml carries it (`estimate:`): written by scaffold from the plan
-(estimate/runs.py makes it) and read back, by field, by the SLURM time limit, local placement, node packing,
+(forecast/runs.py makes it) and read back, by field, by the SLURM time limit, local placement, node packing,
 the watch view, the history and the report. One model for writer and readers, so a renamed field fails mypy
 instead of reading as None. Files from older versions load: missing keys take the defaults, unknown keys are
 kept (and written back). Every field says what it is: `plan --json` and the MCP plan tool carry these records,
@@ -50,7 +50,7 @@ class LeverSource(StrEnum):
 
 
 class LeverChoice(_Record):
-    """One lever the plan set for a run (training.levers: auto, plan/levers.py): the value, whether run.yaml
+    """One lever the plan set for a run (training.levers: auto, forecast/levers.py): the value, whether run.yaml
     carries it, its predicted effect on time and memory against the spec's own setting, and its source."""
 
     lever: str = Field("", description="micro_batch_split, gradient_checkpointing, packing, dataloader_workers, "
@@ -119,7 +119,7 @@ class DiskEstimate(_Record):
 
 class SourceKind(StrEnum):
     """How a predicted time was obtained, best first: what its interval's width starts from
-    (estimate/interval.py) and what the history's recorded errors are kept by (ledger/predictions.py)."""
+    (forecast/interval.py) and what the history's recorded errors are kept by (ledger/predictions.py)."""
 
     MEASURED = "measured"  # finished runs (or evaluations) of this model on this device
     CARRIED = "carried"  # runs of another model or shape on this device, carried over by FLOPs and layers
@@ -130,12 +130,12 @@ class SourceKind(StrEnum):
 
     @classmethod
     def of_eval_source(cls, source: str) -> "SourceKind":
-        """An evaluation's source (estimate/evaltime.py EvalSource's words) as a kind."""
+        """An evaluation's source (forecast/evaltime.py EvalSource's words) as a kind."""
         return {"history": cls.MEASURED, "probed": cls.PROBED, "timed": cls.TIMED}.get(source, cls.MODEL)
 
 
 class TimeRange(_Record):
-    """A predicted time as an interval (estimate/interval.py): the P10, P50 and P90 seconds — a measured time
+    """A predicted time as an interval (forecast/interval.py): the P10, P50 and P90 seconds — a measured time
     falls below P10 or above P90 one time in ten each, if the interval is honest — and what its width rests on."""
 
     p10_s: float = Field(0.0, description="10th percentile, s.")
@@ -193,7 +193,7 @@ class RunEstimate(_Record):
     levers: list[LeverChoice] = Field([], description="training.levers: auto: each lever the plan set for this "
                                       "run, its predicted effect and its source (empty: levers off).")
     eval_seconds: float | None = Field(None, description="Predicted evaluation of every target × task on loaded "
-                                       "weights, s (estimate/evaltime.py; None: not predicted).")
+                                       "weights, s (forecast/evaltime.py; None: not predicted).")
     eval_load_s: float | None = Field(None, description="Predicted weights' load of the evaluation, once per "
                                       "target, s.")
     eval_upper_s: float | None = Field(None, description="The evaluation if every batch decodes to max_tokens, "
@@ -209,7 +209,7 @@ class RunEstimate(_Record):
     makespan_s: float | None = Field(None, description="The plan's predicted wall time of the whole sweep, s (the "
                                      "same in every run of a plan; the report checks it).")
     makespan_source: str = Field("", description="Where the makespan came from.")
-    time_kind: str = Field("", description="The kind of the training time's source (estimate/interval.py "
+    time_kind: str = Field("", description="The kind of the training time's source (forecast/interval.py "
                            "SourceKind): measured, carried, probed, timed, model or assumed.")
     startup_kind: str = Field("", description="The kind of the start-up's source.")
     time_spread: float = Field(0.0, description="The spread of the measurements the speed came from (a log-space "

@@ -73,7 +73,7 @@ def evaluation_key(cfg: RunConfig, scores: list[TaskScores] | None = None) -> st
 def run_key(cfg: RunConfig, status: Status | None = None, scores: list[TaskScores] | None = None) -> str:
     """The key of the run's prediction checks, one per part: its training's, or for a run that never trains
     (control, eval-only) its evaluation's. A trained run's evaluation is checked under its training's key, so
-    that a run's parts sum up together (estimate/combine.py), and an evaluation done again replaces its check."""
+    that a run's parts sum up together (forecast/combine.py), and an evaluation done again replaces its check."""
     return training_key(cfg, status) if cfg.kind == "finetune" else evaluation_key(cfg, scores)
 
 

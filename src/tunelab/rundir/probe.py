@@ -64,7 +64,7 @@ class GenerationPoint(JsonRecord):
 class GenerationSpeed(JsonRecord):
     """How fast a model generates on a device, as evaluation's time depends on it: prompt tokens per second of
     the prefill, and a decode step's time as a fixed part plus a part per row of the batch (two batch sizes
-    measured separate them). What the probe records and estimate/evaltime.py prices evaluations with."""
+    measured separate them). What the probe records and forecast/evaltime.py prices evaluations with."""
 
     prefill_tokens_per_s: float
     decode_fixed_s: float

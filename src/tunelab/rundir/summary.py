@@ -40,7 +40,7 @@ class StepPoint(JsonRecord):
 
 
 # The step-cost calibration a one-process run does after its last checkpoint (train/step_cost.py), here because the
-# plan prices its time (estimate/runs.py) as the job spends it: after a run of `steps` optimizer steps, one untimed
+# plan prices its time (forecast/runs.py) as the job spends it: after a run of `steps` optimizer steps, one untimed
 # round and then one timed round per STEPS_PER_STEP_COST_REPEAT steps (up to STEP_COST_REPEATS), each round a
 # micro-batch at half and one at twice the run's micro-batch.
 STEP_COST_REPEATS = 4

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE
 from tunelab.rundir.record import JsonRecord
+from tunelab.spec import ExperimentSpec
+from tunelab.spec.tune import combination_name
+
+if TYPE_CHECKING:
+    from tunelab.rundir.config import RunConfig
 
 TUNE_DIR = "tune"
 JOURNAL_FILE = "journal.log"
@@ -91,3 +97,16 @@ def read_pruned(run_dir: str | Path) -> Pruned | None:
 
 def write_pruned(run_dir: str | Path, pruned: Pruned) -> Path:
     return atomic_write_json(Path(run_dir) / PRUNED_FILE, pruned.to_json())
+
+
+def combination_runs(spec: ExperimentSpec, runs: list[RunConfig]) -> dict[str, list[RunConfig]]:
+    """The fine-tuned runs by the combination of `tune.per` levels they belong to, in design order (controls never
+    train: never tuned). The search, its price and the tuned rates all group runs by this one rule."""
+    if spec.tune is None:
+        return {}
+    per = spec.tune.per_factors(spec.factors)
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in runs:
+        if cfg.kind == "finetune" and cfg.default_lr_of is None:
+            groups.setdefault(combination_name(cfg.factors, per), []).append(cfg)
+    return groups

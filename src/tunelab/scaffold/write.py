@@ -19,7 +19,7 @@ from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
 from tunelab.plan.planner import Plan, make_plan, write_provenance
 from tunelab.plan.markdown import render_plan_md
-from tunelab.scaffold.predictions import with_predictions
+from tunelab.forecast.run_predictions import recorded_estimates
 from tunelab.rundir.config import RUN_FILE, RunConfig
 from tunelab.spec import Strategy, resolve_path
 
@@ -93,7 +93,8 @@ def scaffold(spec_path: str | Path, out_dir: str | Path | None = None, force: bo
     plan = make_plan(spec_path, out_dir, gpu=gpu)
     if plan.storage_problem:  # where the runs will write (--out): refused before anything is written
         raise TunelabError(plan.storage_problem)
-    predicted = with_predictions(plan)  # + each run's evaluation and the sweep's makespan (the report checks them)
+    # + each run's evaluation and the sweep's makespan, as the plan predicted them (the report checks them)
+    predicted = recorded_estimates(plan.runs, plan.estimates, plan.evaluations, plan.forecast)
     for i, cfg in enumerate(plan.runs):
         est = predicted[cfg.name]
         update: dict = {"estimate": est}

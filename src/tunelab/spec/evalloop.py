@@ -2,7 +2,7 @@
 
 One rule, asked by both sides of a prediction: the evaluator routes each target × task by it (evaluate/batched.py
 `batchable`, evaluate/passes.py for a target alone), and the plan prices each task's own work per sample by the
-loop it names (estimate/evalrun.py → estimate/evaltime.py: ~1 ms a sample in tunelab's loop, ~15 ms in
+loop it names (forecast/evalrun.py → forecast/evaltime.py: ~1 ms a sample in tunelab's loop, ~15 ms in
 inspect-ai's). It lives below both (the spec's layer): it reads only what the spec and the model directory say.
 
 A lone target (the only checkpoint of its base, `tunelab eval --run X` of one, a tune trial's) takes the loop a

@@ -19,7 +19,7 @@ BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
 # The built-ins that tunelab's own loop evaluates on the HF engine (evaluate/batched.py): one greedy generate() (or,
 # choice, each option's continuation scored) and a scorer of evaluate/tasks.py, so every prompt is known before the
 # first batch. Task files and graders go through inspect-ai's per-sample loop; which loop a target × task takes is
-# spec/evalloop.py's rule, by which the evaluator routes and the plan prices it (estimate/evaltime.py).
+# spec/evalloop.py's rule, by which the evaluator routes and the plan prices it (forecast/evaltime.py).
 BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric", "choice"})
 SplitName = Literal["train", "validation", "test"]
 VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # an interpreter with vLLM, when eval.vllm names none

@@ -1,6 +1,6 @@
 """How much repeated timings disagree, and the log-space σ that stands for: the one owner of "spread → σ" for the
-plan's timed steps (estimate/cpuspeed.py), the probe's and the job's timed steps (train/step_cost.py, kept in the
-history as `time_spread`) and the history's rows (estimate/speedhistory.py). Pure, no imports beyond math and
+plan's timed steps (forecast/cpuspeed.py), the probe's and the job's timed steps (train/step_cost.py, kept in the
+history as `time_spread`) and the history's rows (forecast/speedhistory.py). Pure, no imports beyond math and
 statistics."""
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """What the job's training loop adds to a bare micro-batch, measured on this machine: a process of its own,
-`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`, run once per machine by the plan (estimate/loopcost.py)
+`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`, run once per machine by the plan (forecast/loopcost.py)
 when nothing measured the CPU yet, at each thread count the plan is about to price.
 
-A bare micro-batch (forward, backward, AdamW on random tokens: what estimate/cpuspeed.py times for a shape) is not a
+A bare micro-batch (forward, backward, AdamW on random tokens: what forecast/cpuspeed.py times for a shape) is not a
 job's step: the job's loop (HF/TRL Trainer) also collates the batch, counts its tokens, clips the gradients, steps
 the scheduler, runs the callbacks and writes metrics.jsonl and status.json at each log. This job trains a reference
 run — the tiny Llama of models/tiny.py on a generated capitalization set, LoRA rank 4, micro-batch 8 — with the
 job's own trainer and callback (train/trainer.py, train/loop_hooks.py: the same loop, the same writes), then times
 bare micro-batches of the same size on the same model and optimizer, in the same process, moments later. The
 difference per optimizer step is what the loop adds (`loop_step_s` − `bare_step_s`), written to OUT_DIR/loop.json
-with the machine's load over both (estimate/loopcost.py keeps the figure only when the load left them alone) and
+with the machine's load over both (forecast/loopcost.py keeps the figure only when the load left them alone) and
 the seconds the fresh interpreter took to import the job's stack (`imports_s`, the start-up a plan prices).
 """
 
@@ -94,7 +94,7 @@ def measure(root: Path) -> dict[str, Any]:
 
 def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
     """Median seconds of a bare micro-batch on the trainer's model and optimizer: forward and backward on random
-    tokens, AdamW's step — what estimate/cpuspeed.py times for a shape, nothing of the loop."""
+    tokens, AdamW's step — what forecast/cpuspeed.py times for a shape, nothing of the loop."""
     import torch
 
     model, opt = trainer.model, trainer.optimizer

@@ -143,7 +143,7 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
 def time_save(trainer: Any) -> float | None:
     """One real trainer checkpoint — the adapter and modules trained in full, optimizer and scheduler state, RNG,
     trainer_state.json — written as a run's mid-epoch save writes it, timed, then removed: what a save of this
-    shape costs here (estimate/savecost.py prices saves with it). None where the scratch disk refused it."""
+    shape costs here (forecast/savecost.py prices saves with it). None where the scratch disk refused it."""
     t0 = time.perf_counter()
     try:
         trainer._save_checkpoint(trainer.model, trial=None)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.plan.halving import validation_interval
+from tunelab.forecast.halving import validation_interval
 from tunelab.plan.planner import Plan
-from tunelab.plan.tuned import combination_runs
+from tunelab.rundir.tuned import combination_runs
 from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir.tuned import TRIAL_PREFIX, trial_dir
 from tunelab.spec import TuneSpec
@@ -70,7 +70,7 @@ def healed_micro_batch(combo: Combination, experiment_dir: Path) -> tuple[int, i
 def trial_config(combo: Combination, experiment_dir: Path, number: int, learning_rate: float,
                  budget: float, micro: tuple[int, int] | None = None) -> RunConfig:
     """Trial `number`'s run: the combination's run at `learning_rate`, stopped after budget x its steps, validated
-    often enough for the pruner (plan/halving.py `validation_interval`: the price counts the same rungs), in its own
+    often enough for the pruner (forecast/halving.py `validation_interval`: the price counts the same rungs), in its own
     directory; `micro`: the (micro-batch, accumulation) an earlier trial was healed to (healed_micro_batch)."""
     base = combo.run
     assert base.training is not None  # a fine-tuned run

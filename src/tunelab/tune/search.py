@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor
 from tunelab.execute.executors import executor_named
-from tunelab.plan.halving import REDUCTION_FACTOR
+from tunelab.forecast.halving import REDUCTION_FACTOR
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import TuneSpec

@@ -5,10 +5,10 @@
     + finished × one trial's evaluation job            (an eval task's metric as objective)
 
 where every trial is a job of its own and pays its start-up in full, and `share` is the part of its budget a trial
-is expected to train once successive halving has stopped the ones it stops (plan/halving.py: Optuna's rule over
+is expected to train once successive halving has stopped the ones it stops (forecast/halving.py: Optuna's rule over
 rungs r, r·η, r·η², … with r the trials' validation interval, averaged over the orders the trials' quality may
 come in); `finished` the trials expected to train their whole budget, each then evaluated on the objective's task
-(its last checkpoint: the job's start and the task, plan/evalcost.py). The interval is the run's, scaled by the
+(its last checkpoint: the job's start and the task, forecast/evalrun.py). The interval is the run's, scaled by the
 same factor, plus the evaluations' own.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.fsutil import human_seconds
-from tunelab.plan.evalcost import EvalCost
-from tunelab.plan.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
-from tunelab.plan.tuned import combination_runs
+from tunelab.forecast.evalrun import RunEvalPrediction
+from tunelab.forecast.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
+from tunelab.rundir.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.spec import ExperimentSpec
@@ -40,7 +40,7 @@ class SearchCost(BaseModel):
     budget: float = Field(description="The fraction of the run's steps a trial trains at most (tune.budget).")
     steps_per_trial: int = Field(description="Optimizer steps a trial trains at most.")
     spent_share: float = Field(1.0, description="The share of a trial's budget successive halving is expected to "
-                               "let it train (plan/halving.py; 1.0: nothing pruned).")
+                               "let it train (forecast/halving.py; 1.0: nothing pruned).")
     seconds: float | None = Field(description="trials × (start-up + spent_share × budget × the rest of the run's "
                                   "predicted training time), s (None: the run has no predicted time).")
     unpruned_s: float | None = Field(None, description="The same if every trial trained to its budget, s.")
@@ -66,9 +66,9 @@ def trial_eval_config(run: RunConfig, task: str) -> RunConfig:
                                   "stages": []})
 
 
-def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callable[[RunConfig], EvalCost]
-                      ) -> dict[str, EvalCost]:
-    """One trial's evaluation per combination, priced by `price` (plan/evalcost.py `eval_cost` with the plan's
+def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callable[[RunConfig], RunEvalPrediction]
+                      ) -> dict[str, RunEvalPrediction]:
+    """One trial's evaluation per combination, priced by `price` (forecast/evalrun.py `predict_run_eval` with the plan's
     history); {} where the objective is the validation loss."""
     task = objective_task(spec.tune.objective, spec.eval) if spec.tune is not None else None
     if task is None:
@@ -77,7 +77,7 @@ def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callab
 
 
 def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
-                 evaluations: dict[str, EvalCost] | None = None) -> list[SearchCost]:
+                 evaluations: dict[str, RunEvalPrediction] | None = None) -> list[SearchCost]:
     """Every combination's search priced ([] without `tune:`); `evaluations`: one trial's evaluation by combination
     (trial_evaluations)."""
     tune = spec.tune
@@ -88,7 +88,7 @@ def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[st
 
 
 def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float,
-                evaluation: EvalCost | None = None) -> SearchCost:
+                evaluation: RunEvalPrediction | None = None) -> SearchCost:
     """One combination's search of `trials` trials at `budget` (`evaluation`: one trial's evaluation job, for an
     eval-metric objective): the one formula the plan, the deadline verdict and its fewer-trials or smaller-budget
     options all price with."""
@@ -113,7 +113,7 @@ def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trial
         source=_source(run.name, est, trials, budget, share, bool(steps)) + _eval_source(evaluation, finished))
 
 
-def _one_evaluation(evaluation: EvalCost | None) -> TimeRange | None:
+def _one_evaluation(evaluation: RunEvalPrediction | None) -> TimeRange | None:
     """One trial's evaluation job, start included, as an interval (None: none, or its task is not priced)."""
     if evaluation is None or evaluation.seconds is None:
         return None
@@ -140,13 +140,13 @@ def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share
             f"training time ({time})); {how}")
 
 
-def _eval_source(evaluation: EvalCost | None, finished: float) -> str:
+def _eval_source(evaluation: RunEvalPrediction | None, finished: float) -> str:
     if evaluation is None:
         return ""
     if evaluation.seconds is None:
-        return f"; the {finished:.2f} trials expected to finish are each evaluated, not priced ({evaluation.source})"
+        return f"; the {finished:.2f} trials expected to finish are each evaluated, not priced ({evaluation.detail})"
     return (f"; + {finished:.2f} trials expected to finish × one evaluation job ({human_seconds(evaluation.start_s)} "
-            f"start, {human_seconds(evaluation.seconds)} on the objective's task: {evaluation.source})")
+            f"start, {human_seconds(evaluation.seconds)} on the objective's task: {evaluation.detail})")
 
 
 def trial_steps(est: RunEstimate | None, budget: float) -> int:
@@ -161,37 +161,3 @@ def search_seconds(est: RunEstimate, trials: int, budget: float, share: float = 
         return None
     startup = min(est.startup_s or 0.0, est.seconds)
     return trials * (startup + share * budget * (est.seconds - startup))
-
-
-def search_lines(costs: list[SearchCost]) -> list[str]:
-    """plan.md's section: a row per combination and the total."""
-    if not costs:
-        return []
-    lines = ["## Learning-rate search", "",
-             "Each combination's runs train at the rate its search finds (`tunelab tune`); priced as the pruner will "
-             "spend it: each trial's start-up in full, and the share of its budget successive halving is expected to "
-             "let it train.", "",
-             "| Combination | From run | Trials | Budget | Steps per trial | Share trained | Time (P10–P90) "
-             "| Every trial to its budget |", "|---|---|---|---|---|---|---|---|"]
-    for c in costs:
-        time = c.time_range.text() if c.time_range else (human_seconds(c.seconds) if c.seconds is not None else "—")
-        full = human_seconds(c.unpruned_s) if c.unpruned_s is not None else "—"
-        lines.append(f"| {c.combination} | {c.run} | {c.trials} | {c.budget:g} | {c.steps_per_trial} "
-                     f"| {c.spent_share:.0%} | {time} | {full} |")
-    evaluated = [c for c in costs if c.evaluated]
-    if evaluated:
-        lines += ["", "An eval task's metric judges the trials: each trial that trains its whole budget is then "
-                  "evaluated by a job of its own, in the time above (" + "; ".join(
-                      f"{c.combination}: {c.evaluated:.2f} of {c.trials} expected, "
-                      + (f"{human_seconds(c.eval_s)} each" if c.eval_s is not None else "not priced")
-                      for c in evaluated) + ")."]
-    return lines + ["", f"**Search total:** {search_summary(costs)}", ""]
-
-
-def search_summary(costs: list[SearchCost]) -> str:
-    """The whole search in words: its combinations, trials and total time (one trial at a time, before the sweep)."""
-    trials = sum(c.trials for c in costs)
-    known = [c.seconds for c in costs if c.seconds is not None]
-    total = human_seconds(sum(known)) if len(known) == len(costs) else "not predicted (a run has no predicted time)"
-    return (f"{len(costs)} combination(s), {trials} trials: {total} as successive halving is expected to spend it, "
-            "one trial at a time, before the sweep")

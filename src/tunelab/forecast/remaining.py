@@ -1,13 +1,13 @@
 """The sweep re-planned while it runs (`tunelab status`, `status --watch`, the MCP status tool): what is left of
 every run — nothing once trained and evaluated; a training run's steps left at its live pace (rundir/metrics.py
 `seconds_left`, the status table's own ETA), then its evaluation; a run not started, its run.yaml estimate —
-placed on the sweep's devices by the plan's own forecast (plan/deadline.py `judge`: one makespan formula),
+placed on the sweep's devices by the plan's own forecast (forecast/deadline.py `judge`: one makespan formula),
 against what the deadline leaves since the sweep started (its first job's submission, else its first training
 start, as the report measures the makespan). As soon as the P90 no longer fits, one line says so and what would
 have to give, long before the end.
 
-Intervals: a part still to come keeps the one run.yaml gives it (estimate/interval.py), and a run's parts left
-are combined as independent (estimate/combine.py: what is left of a run has no record of its own); a run's
+Intervals: a part still to come keeps the one run.yaml gives it (forecast/interval.py), and a run's parts left
+are combined as independent (forecast/combine.py: what is left of a run has no record of its own); a run's
 remaining steps are priced from its own live pace, so their interval is a measured one (SourceKind.MEASURED's
 width, widened by the spread of the pace over its recent rows) — not the plan's width for a time it no longer has
 to guess.
@@ -22,15 +22,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tunelab.estimate.gpus import NodeSize
-from tunelab.estimate.combine import independent
-from tunelab.estimate.interval import PRIOR_SIGMA, time_range
-from tunelab.estimate.jobstart import JobStart, eval_start, job_start
+from tunelab.forecast.gpus import NodeSize
+from tunelab.forecast.combine import independent
+from tunelab.forecast.interval import PRIOR_SIGMA, time_range
+from tunelab.forecast.jobstart import JobStart, eval_start, job_start
 from tunelab.fsutil import human_seconds
 from tunelab.ledger import history, store
-from tunelab.plan.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
-from tunelab.plan.evalcost import model_estimate
-from tunelab.plan.sweeptime import Sweep, sweep_devices
+from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
+from tunelab.forecast.evalrun import model_estimate
+from tunelab.forecast.sweeptime import Sweep, sweep_devices
 from tunelab.rundir import read_metrics, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
@@ -66,7 +66,7 @@ class RunLeft(BaseModel):
     left_s: float | None = Field(None, description="Everything left of it (training, evaluation's start, "
                                  "evaluation), s (None: not predicted).")
     left_p10_s: float | None = Field(None, description="Its P10: the parts left combined as independent "
-                                     "(estimate/combine.py), s.")
+                                     "(forecast/combine.py), s.")
     left_p90_s: float | None = Field(None, description="Its P90, combined the same way, s.")
     source: str = Field("", description="Where the figures came from.")
 
@@ -115,7 +115,7 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     spec = spec.model_copy(update={"resources": resources})
     estimates = {c.name: c.estimate for c in runs if c.estimate is not None}
     gpu = _planned_gpu(estimates, resources.gpu)
-    past = history.load()  # the job's start-up, as the plan reads it (estimate/jobstart.py)
+    past = history.load()  # the job's start-up, as the plan reads it (forecast/jobstart.py)
     lefts, lines = [], []
     for cfg in runs:
         model_est = model_estimate(cfg, runs, estimates)
@@ -197,7 +197,7 @@ def _when(iso: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Starts:
-    """A run's job start-ups, from their one owner (estimate/jobstart.py), as the plan's forecast takes them: the
+    """A run's job start-ups, from their one owner (forecast/jobstart.py), as the plan's forecast takes them: the
     training job's where its estimate leaves it out, the evaluation job's (a vLLM server's start included)."""
 
     train: JobStart
@@ -225,11 +225,7 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tupl
     line.eval_s, line.eval_source = (evaluation.p50_s if evaluation else None), (
         est.eval_time_source if est is not None and evaluation else "not predicted in run.yaml")
     parts += [start, evaluation]
-    if line.train_s is not None and line.eval_s is not None:
-        known = [p for p in parts if p is not None]
-        line.total_s = round(sum(p.p50_s for p in known), 1)
-        total = independent(known)
-        line.total_p10_s, line.total_p90_s = (total.p10_s, total.p90_s) if total is not None else (0.0, 0.0)
+    line.add_total(parts)  # what is left of a run has no record of its own: its parts as independent
     left = RunLeft(run=cfg.name, phase=phase, eta_s=None if eta is None else round(eta, 1),
                    seconds_per_step=None if pace is None else round(pace, 3), left_s=line.total_s,
                    left_p10_s=line.total_p10_s, left_p90_s=line.total_p90_s,

@@ -14,7 +14,7 @@ prediction before correction, so corrections never compound).
   (PRIOR_SIGMA: stated, checked by the benchmarks' coverage and width lines) widened in quadrature by the spread of
   the measurements the speed came from — P10 and P90 are exp(∓1.28 σ) around the (corrected) prediction.
 Errors of measurements taken under contention are kept apart: they are the load's, not the source's. A time made of
-parts is combined in estimate/combine.py.
+parts is combined in forecast/combine.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ MIN_SIGMA = 0.05  # no interval narrower than ±6 %: a shared machine's timings 
 # The width of each kind before enough errors are recorded (log-space σ: 0.15 ≈ P10–P90 of ×0.82–×1.21). Assumed,
 # stated wherever used; the benchmarks print the share of measured times their intervals cover, and their width.
 # TIMED: the run's own micro-batches timed here plus the job's loop, validations and saves priced part by part
-# (estimate/firstcontact.py): on first contact here 8 of 8 demo runs measured 1.02–1.09× their P50
+# (forecast/firstcontact.py): on first contact here 8 of 8 demo runs measured 1.02–1.09× their P50
 # (benchmarks/first_contact.py, 2026-11-26), so the width of a probe's real steps; it was 0.60 while first contact
 # timed bare micro-batches alone and ran 1.12–1.84× over.
 PRIOR_SIGMA = {
@@ -153,6 +153,6 @@ def corrected(seconds: float, records: Sequence[PredictionRecord], device: str, 
 
 def ranged_eval(seconds: float, source: str, records: Sequence[PredictionRecord], device: str
                 ) -> tuple[float, TimeRange, str]:
-    """An evaluation's seconds (estimate/evalrun.py), corrected by its source's recorded errors here, its interval
+    """An evaluation's seconds (forecast/evalrun.py), corrected by its source's recorded errors here, its interval
     and the correction's words."""
     return corrected(seconds, records, device, PredictedPart.EVAL, SourceKind.of_eval_source(source))

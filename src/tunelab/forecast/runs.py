@@ -12,15 +12,15 @@ from typing import Any
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
-from tunelab.estimate.firstcontact import VALIDATION_COST, RunOverheads
-from tunelab.estimate.gpustep import GpuWork
+from tunelab.forecast.firstcontact import VALIDATION_COST, RunOverheads
+from tunelab.forecast.gpustep import GpuWork
 from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
-from tunelab.estimate.speed import SCALING_EFFICIENCY
-from tunelab.estimate.loadnow import load_factor
-from tunelab.estimate.speedhistory import (Speed, comparable_rows, origin_kind, same_device, same_targets,
+from tunelab.forecast.speed import SCALING_EFFICIENCY
+from tunelab.forecast.loadnow import load_factor
+from tunelab.forecast.speedhistory import (Speed, comparable_rows, origin_kind, same_device, same_targets,
                                            speed_from_history)
 from tunelab.errors import TunelabError
 from tunelab.ledger.history import HistoryRun
@@ -65,8 +65,8 @@ def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInput
     t = _training(cfg)
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
-    if not t.packing:  # a VLM's rows carry an image through the vision tower (estimate/images.py)
-        from tunelab.estimate.images import run_images
+    if not t.packing:  # a VLM's rows carry an image through the vision tower (estimate/image_tokens.py)
+        from tunelab.estimate.image_tokens import run_images
 
         inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
                             shape.seq_len)
@@ -136,7 +136,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
                first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
     """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
     start-up and finish, from the reference runs when they measured them; on first contact (`first`) the loop,
-    validations and saves as estimate/firstcontact.py priced them. Where only probed rows (which measure no finish)
+    validations and saves as forecast/firstcontact.py priced them. Where only probed rows (which measure no finish)
     or none price the run: the step-cost calibration the job takes after training where it takes one
     (rundir/summary.calibrates_step_cost; `stage`: this is one stage of a staged run), at its own micro-batch's time."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
@@ -179,7 +179,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
 @dataclass(frozen=True)
 class RunTime:
     """What a run's training time rests on: steps and tokens (padding included), the speed and its source,
-    the wall time (None: no speed known). The levers (plan/levers.py) price candidate settings with it."""
+    the wall time (None: no speed known). The levers (forecast/levers.py) price candidate settings with it."""
 
     steps: int
     tokens_per_epoch: int
@@ -233,8 +233,8 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     if speed.tokens_per_s is None and gpu is None and not any(same_device(r, gpu, cpu_threads)
                                                              for r in same_targets(history, t)):
         # nothing measured on this CPU of these LoRA targets: timed here (a row that differs only in checkpointing
-        # is priced across by the levers, plan/split.py; rows of other targets say nothing of this shape)
-        from tunelab.estimate.cpuspeed import timed_cpu_speed
+        # is priced across by the levers, forecast/split.py; rows of other targets say nothing of this shape)
+        from tunelab.forecast.cpuspeed import timed_cpu_speed
 
         timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
         speed = Speed(timed.tokens_per_s, timed.source, [], timed.kind, timed.spread, timed.contention)
@@ -247,7 +247,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     seconds = startup = None
     timed_start = None
     if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too
-        from tunelab.estimate.cpuspeed import timed_startup
+        from tunelab.forecast.cpuspeed import timed_startup
 
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
@@ -261,10 +261,10 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
                    nproc: int, train_s: float, threads: int | None) -> RunOverheads:
-    """What the job adds to its timed micro-batches (estimate/firstcontact.py): the loop this machine measured once,
+    """What the job adds to its timed micro-batches (forecast/firstcontact.py): the loop this machine measured once,
     the validations and the saves the run's schedule makes (estimate/storage.py)."""
-    from tunelab.estimate.firstcontact import first_contact_overheads
-    from tunelab.estimate.loopcost import loop_overhead
+    from tunelab.forecast.firstcontact import first_contact_overheads
+    from tunelab.forecast.loopcost import loop_overhead
     from tunelab.estimate.storage import schedule
 
     t = _training(cfg)

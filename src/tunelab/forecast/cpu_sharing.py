@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tunelab.estimate.loopcost import priced_together
+from tunelab.forecast.loopcost import priced_together
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares

@@ -2,7 +2,7 @@
 
 Each lever is one small choice with its value, its predicted effect on time and memory, and its source
 (`LeverChoice`, carried in run.yaml's estimate): the micro-batch × accumulation split holding the effective
-batch and gradient checkpointing (plan/split.py), the checkpoint frequency from the save cost against what an
+batch and gradient checkpointing (forecast/split.py), the checkpoint frequency from the save cost against what an
 interruption would lose, packing (proposed only: it changes what a micro-batch counts), dataloader workers
 (the job's, as before) and the evaluation batch (shown). A field the spec sets always wins; what a lever
 chooses is written into the run's training, so run.yaml — what the job reads — carries it.
@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 
 from tunelab.catalog import GPU, resolve_architecture
-from tunelab.estimate.evalrun import EVAL_BATCH
+from tunelab.forecast.evalrun import EVAL_BATCH
 from tunelab.estimate.memory import DTYPE_BYTES
-from tunelab.estimate.savecost import SaveCost, save_cost
+from tunelab.forecast.savecost import SaveCost, save_cost
 from tunelab.fsutil import human_seconds
 from tunelab.models.vlm import is_vision_language
-from tunelab.plan.split import (Costs, Lengths, choose_split, fixed_split, processes_of, signed_seconds,
+from tunelab.forecast.split import (Costs, Lengths, choose_split, fixed_split, processes_of, signed_seconds,
                                 target_effective_batch, with_training)
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, LeverSource

@@ -2,12 +2,12 @@
 training micro-batches here — the model built from its config.json with random weights (speed does not depend
 on their values), the run's LoRA adapters, its micro-batch of random tokens, forward, backward and AdamW — and
 prices the run at that speed; the same model's forward without gradients (a validation's unit) and one save of its
-adapter and optimizer state (a save's bulk) are timed beside it (estimate/firstcontact.py prices the run's
-validations and saves with them, estimate/loopcost.py what the job's loop adds).
+adapter and optimizer state (a save's bulk) are timed beside it (forecast/firstcontact.py prices the run's
+validations and saves with them, forecast/loopcost.py what the job's loop adds).
 A run's own micro-batches timed are kind `timed`, with a wide interval; `tunelab probe` narrows it. A large model
 (or a vision-language one), whose step would take the plan minutes, gets a matrix product at its hidden size timed
 instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY of it: one timed constant in a model, so kind
-`model`, whose interval is wider (estimate/interval.py), its source saying what was timed and what assumed.
+`model`, whose interval is wider (forecast/interval.py), its source saying what was timed and what assumed.
 
 The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree by more than the
 probe's SPREAD_LIMIT, or that others' work slowed, is timed again (up to MORE_ROUNDS more, as the probe does), and
@@ -29,8 +29,8 @@ from typing import Any
 from tunelab.catalog import resolve_architecture
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.diskcache import cached_json, file_digests, this_environment
-from tunelab.estimate.speed import flops_per_token
-from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR, contention_note
+from tunelab.forecast.speed import flops_per_token
+from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
@@ -249,7 +249,7 @@ ASSUMED_LOAD_GBS = 1.0  # reading a model's weights from disk, GB/s (assumed)
 
 def timed_startup(model_path: str, parameters: int, imports_s: float | None = None) -> tuple[float, str]:
     """A job's start-up with nothing measured: a fresh interpreter importing the training stack, timed here
-    (cached per machine and versions; `imports_s`: one the loop's measuring job just took, estimate/loopcost.py,
+    (cached per machine and versions; `imports_s`: one the loop's measuring job just took, forecast/loopcost.py,
     kept instead of starting another), plus the model's weights read at ASSUMED_LOAD_GBS."""
     import subprocess
     import sys

@@ -20,8 +20,8 @@ from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import SAFETY_FRACTION
 from tunelab.estimate.peak import MemoryFigure, fits
-from tunelab.estimate.runs import RunTime, device_peak, run_step, run_time
-from tunelab.estimate.speedhistory import RECOMPUTE_FACTOR
+from tunelab.forecast.runs import RunTime, device_peak, run_step, run_time
+from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR
 from tunelab.fsutil import human_seconds
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
@@ -34,7 +34,7 @@ SPLIT_FIELDS = ("batch_size", "gradient_accumulation_steps")
 # flip between 16 × 1 and 4 × 4 on a difference smaller than that. Fewer micro-batches pay the per-step part fewer
 # times, which a linear step cost measured far from a small micro-batch underprices.
 TIE_FRACTION = 0.05
-MEASURED_SPLIT = "fixed + per-token"  # estimate/runs.py's words for a time with a measured per-step part
+MEASURED_SPLIT = "fixed + per-token"  # forecast/runs.py's words for a time with a measured per-step part
 FIELD = "training.effective_batch"
 
 Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]

@@ -12,9 +12,9 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture
-from tunelab.estimate.gpustep import GpuWork, gpu_step_speed
-from tunelab.estimate.speed import RECOMPUTE_FACTOR as RECOMPUTE_FACTOR  # where plan/split.py, cpuspeed.py read it
-from tunelab.estimate.speed import dense_attention_flops, flops_per_token
+from tunelab.forecast.gpustep import GpuWork, gpu_step_speed
+from tunelab.forecast.speed import RECOMPUTE_FACTOR as RECOMPUTE_FACTOR  # where forecast/split.py, cpuspeed.py read it
+from tunelab.forecast.speed import dense_attention_flops, flops_per_token
 from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.estimate import SourceKind
@@ -145,7 +145,7 @@ def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
     """The rows timed without others' load; when there are none, the loaded rows: a contended one corrected by
     the slowdown it was measured to suffer (ledger/slowdown.py), else the one its load predicts (a lower bound:
     oversubscribed threads are worse), with one line saying so and by how much; a run that took fewer threads for
-    the load as it ran (its speed at those threads under that load: estimate/loadnow.py prices a plan under load
+    the load as it ran (its speed at those threads under that load: forecast/loadnow.py prices a plan under load
     with it as it is)."""
     clean = [r for r in rows if not loaded(r)]
     if clean or not rows:
@@ -182,7 +182,7 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
     where any did (`covers`), else from them all, said to be extrapolated (`extrapolation`); recompute: gradient
     checkpointing, priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows
     timed under contention are used only where no other row is (`uncontended`). A GPU with none of them: the step
-    model fitted on its measured rows (estimate/gpustep.py; `work`: the run's depth, adapters and attention, else
+    model fitted on its measured rows (forecast/gpustep.py; `work`: the run's depth, adapters and attention, else
     all-linear per-sequence)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if r.of_architecture(arch)]
@@ -210,7 +210,7 @@ def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: flo
             tps = ref.tokens_per_s * (ref.parameters or arch.parameters) / arch.parameters
             return Speed(tps, f"history of {ref.model} on {device_key(gpu)}, scaled by FLOPs per token{note}", near,
                          SourceKind.CARRIED, _spread(near, [r.tokens_per_s or 0.0 for r in near]), contention)
-    if gpu is not None:  # the GPU model's measured rows (estimate/gpustep.py), or the nearest GPU's carried to it
+    if gpu is not None:  # the GPU model's measured rows (forecast/gpustep.py), or the nearest GPU's carried to it
         fitted = gpu_step_speed(arch, gpu, tokens_per_step, seq_len,
                                 work or GpuWork(arch.layers, len(arch.linear_shapes())), micro_batches or 1, recompute)
         if fitted is not None:

@@ -1,8 +1,8 @@
-"""A run's evaluation, predicted: every target (checkpoint) × task priced by estimate/evaltime.py and summed,
-with the evaluation job's start-up (estimate/jobstart.py `eval_start`, the one owner: the plan's makespan adds it
+"""A run's evaluation, predicted: every target (checkpoint) × task priced by forecast/evaltime.py and summed,
+with the evaluation job's start-up (forecast/jobstart.py `eval_start`, the one owner: the plan's makespan adds it
 once per run) — once per target for the limit's worst case (HF: each target alone reloads), once for a vLLM
 server — and a Slurm limit from the worst case (every batch decoding to
-max_tokens) × the margin of its weakest source (estimate/evaltime.py EVAL_TIME_MARGINS). Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
+max_tokens) × the margin of its weakest source (forecast/evaltime.py EVAL_TIME_MARGINS). Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
 evaluation job's limit and the report's predicted-vs-measured check read it.
 
 The samples a built-in task evaluates come from the plan's measured split rows (`split_rows`: plan.planner's
@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunelab.catalog import GPU
-from tunelab.estimate.interval import ranged_eval
-from tunelab.estimate.speedhistory import device_key
-from tunelab.estimate.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
-from tunelab.estimate.jobstart import JobStart, eval_start
+from tunelab.forecast.interval import ranged_eval
+from tunelab.forecast.speedhistory import device_key
+from tunelab.forecast.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
+from tunelab.forecast.jobstart import JobStart, eval_start
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
@@ -41,7 +41,7 @@ class RunEvalPrediction:
     the sources."""
 
     seconds: float | None  # None: a task's samples unknown (a task file)
-    start: JobStart  # the evaluation job's start-up (estimate/jobstart.py), once: what the makespan adds
+    start: JobStart  # the evaluation job's start-up (forecast/jobstart.py), once: what the makespan adds
     load_s: float  # the start-up once per target (HF) or once (vLLM): the limit's worst case
     upper_s: float | None  # loads + every batch to max_tokens
     source: EvalSource | None  # the weakest source of its tasks
@@ -50,6 +50,14 @@ class RunEvalPrediction:
     samples: int = 0  # samples of one target, every task
     raw_seconds: float | None = None  # before the source's recorded errors corrected it
     range: TimeRange | None = None  # the interval of `seconds`
+
+    @property
+    def start_s(self) -> float:
+        return self.start.seconds
+
+    @property
+    def start_source(self) -> str:
+        return self.start.source
 
     @property
     def total_s(self) -> float | None:
@@ -139,3 +147,11 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
         detail += f"; {note}" if note else ""
     return RunEvalPrediction(round(seconds, 3), start, round(load_s, 3), round(upper + load_s, 3), weakest, detail,
                              targets, samples, raw, span)
+
+
+def model_estimate(cfg: RunConfig, runs: Sequence[RunConfig], estimates: dict[str, RunEstimate]
+                   ) -> RunEstimate | None:
+    """The training estimate a run's evaluation is priced with: its own, else a fine-tuned run's of the same model
+    (a control or eval-only model generates at the speed, and starts as, a fine-tuned run of its model does)."""
+    return estimates.get(cfg.name) or next((e for r in runs if r.model.path == cfg.model.path
+                                            and (e := estimates.get(r.name)) is not None), None)

@@ -10,10 +10,10 @@ from tunelab.catalog import GPU, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.config_estimate import ConfigEstimate
-from tunelab.estimate.gpus import NodeSize, fewest_gpus, gpus_needed, scaled_time
+from tunelab.forecast.gpus import NodeSize, fewest_gpus, gpus_needed, scaled_time
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
-from tunelab.estimate.speed import DEFAULT_MFU, model_tokens_per_s
+from tunelab.forecast.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
 from tunelab.rundir.estimate import GpusNeeded
 from tunelab.spec.resources import Strategy
@@ -62,7 +62,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     arch = resolve_architecture(model)
     images = None
     if images_per_example:
-        from tunelab.estimate.images import image_plan
+        from tunelab.estimate.image_tokens import image_plan
 
         if packed:
             raise TunelabError("image rows are not packed (the simulator and the job refuse it)", field="--packed")
@@ -110,8 +110,8 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
 def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, processes: int, gpu: GPU,
                    arch: Any) -> Strategy | None:
     """resources.distributed: auto on `processes` GPUs: DDP unless only the FSDP-sharded step fits
-    (estimate/runs.py choose_strategy, the plan's rule)."""
-    from tunelab.estimate.runs import choose_strategy
+    (forecast/runs.py choose_strategy, the plan's rule)."""
+    from tunelab.forecast.runs import choose_strategy
 
     whole = predict_peak(model, inputs, shape, processes, Strategy.DDP, arch)
     sharded = predict_peak(model, inputs, shape, processes, Strategy.FSDP, arch)

@@ -1,6 +1,6 @@
 """What a job's training loop adds to each step beyond a bare micro-batch, measured once per machine and kept.
 
-A plan with nothing measured on a CPU times the run shape's bare micro-batches (estimate/cpuspeed.py); a real run
+A plan with nothing measured on a CPU times the run shape's bare micro-batches (forecast/cpuspeed.py); a real run
 also pays, every optimizer step, for the HF/TRL Trainer's loop — collation, token counting, gradient clipping, the
 scheduler, callbacks, the metrics.jsonl/status.json writes. That part is the loop's, not the shape's: it is measured
 once per machine, thread count and library versions by a process of the job's own kind (train/loop_cost.py: a
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
-from tunelab.estimate.cpuspeed import CONTENDED_KEEP_S
+from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S
 from tunelab.faults import TEST_KNOBS
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
@@ -48,7 +48,7 @@ _PRICED_TOGETHER: ContextVar[tuple[int, ...]] = ContextVar("loop_threads_priced_
 
 @contextmanager
 def priced_together(thread_counts: Iterable[int]) -> Iterator[None]:
-    """The thread counts a plan is about to price (plan/cpu_sharing.py's options): a loop measurement that misses
+    """The thread counts a plan is about to price (forecast/cpu_sharing.py's options): a loop measurement that misses
     measures the missing ones among them too, in the same process — one interpreter start and import of the
     training stack (~3 s) for all, where each count would otherwise start its own."""
     token = _PRICED_TOGETHER.set(tuple(thread_counts))

@@ -1,7 +1,7 @@
 """A job's start-up, one owner (issue 54): the process's start, its imports and the model's load — and, for an
-evaluation on vLLM, the server's start after them. The plan's makespan (plan/sweeptime.py), the evaluation's
-prediction and Slurm limit (estimate/evalrun.py, estimate/evaltime.py) and the re-plan while the sweep runs
-(plan/remaining.py) all take it from here, so a run's start-up is one figure wherever it is shown.
+evaluation on vLLM, the server's start after them. The plan's makespan (forecast/sweeptime.py), the evaluation's
+prediction and Slurm limit (forecast/evalrun.py, forecast/evaltime.py) and the re-plan while the sweep runs
+(forecast/remaining.py) all take it from here, so a run's start-up is one figure wherever it is shown.
 
 A job's start: the run's measured start-up (its estimate, from the history), else the median of past runs' of
 this model on this kind of device, else of other models' there (a larger model loads longer: as wide as an
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.combine import independent
-from tunelab.estimate.interval import time_range
-from tunelab.estimate.runs import ASSUMED_STARTUP_S
+from tunelab.forecast.combine import independent
+from tunelab.forecast.interval import time_range
+from tunelab.forecast.runs import ASSUMED_STARTUP_S
 from tunelab.jobimports import evaluation_extra_s
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange

@@ -3,7 +3,7 @@ evaluation (and the job starts and saves around them) — combined as the record
 
 - Where the history holds MIN_RECORDS past runs with every one of those parts recorded on this device (`whole_errors`:
   each run's parts measured, summed, against their predictions corrected as today's plan corrects them), the sum's
-  P10 and P90 are the conformal quantiles of those runs' own errors (estimate/interval.py).
+  P10 and P90 are the conformal quantiles of those runs' own errors (forecast/interval.py).
 - Otherwise the parts' errors are taken as independent (`independent`): each side's distance from the centre,
   P50 − P10 below and P90 − P50 above, added in quadrature over the parts around their summed P50. That is the
   spread of a sum of independent parts, and never wider than taking every part at its P10 (or P90) together, which
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from tunelab.estimate.interval import MIN_RECORDS, conformal_bounds, correction, floored, same_device
+from tunelab.forecast.interval import MIN_RECORDS, conformal_bounds, correction, floored, same_device
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.estimate import TimeRange
 

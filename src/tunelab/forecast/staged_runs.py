@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tunelab.catalog import GPU
-from tunelab.estimate.runs import estimate_run, slurm_time_limit
+from tunelab.forecast.runs import estimate_run, slurm_time_limit
 from tunelab.rundir.estimate import RunEstimate, SourceKind, StageEstimate
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig

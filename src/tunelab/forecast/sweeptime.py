@@ -1,7 +1,9 @@
-"""A plan's runs as the deadline verdict sees them: each run's training (its estimate, the chosen levers),
-its saves, its evaluation (plan/evalcost.py), and the devices the sweep may use — local: the GPUs visible
-here (or this machine's CPU, one run at a time); a scheduler: a node job's GPUs (slurm.pack_gpus) or the
-concurrent jobs it allows."""
+"""A plan's time, predicted in one pass (`predict_sweep`, the one call plan makes): the levers, the runs'
+estimates as they will train, each run's evaluation (forecast/evalrun.py, once per run), the deadline verdict,
+the search's price and the sweep's makespan. Each run is seen as the verdict sees it: its training (its estimate,
+the chosen levers), its saves, its evaluation, on the devices the sweep may use — local: the GPUs visible here
+(or this machine's CPU, one run at a time); a scheduler: a node job's GPUs (slurm.pack_gpus) or the concurrent
+jobs it allows."""
 
 from __future__ import annotations
 
@@ -11,23 +13,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunelab.catalog import GPU
-from tunelab.estimate.gpus import NodeSize
+from tunelab.forecast.gpus import NodeSize
 from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device, cpu_devices
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
-from tunelab.estimate.combine import independent, summed
-from tunelab.estimate.interval import time_range
-from tunelab.estimate.speedhistory import device_key
-from tunelab.plan.deadline import DeadlinePlan, RunTimeline, judge
-from tunelab.estimate.jobstart import job_start
-from tunelab.plan.evalcost import EvalCost, SplitRows, eval_cost, model_estimate
-from tunelab.estimate.savecost import save_cost
-from tunelab.plan.levers import choose_levers, mid_epoch_saves
-from tunelab.plan.searchline import pending_search, search_gives, search_line
-from tunelab.plan.tunecost import trial_evaluations
-from tunelab.plan.split import Lengths
+from tunelab.forecast.combine import summed
+from tunelab.forecast.interval import time_range
+from tunelab.forecast.speedhistory import device_key
+from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
+from tunelab.forecast.jobstart import job_start
+from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
+from tunelab.forecast.savecost import save_cost
+from tunelab.forecast.levers import choose_levers, mid_epoch_saves
+from tunelab.forecast.searchline import pending_search, search_gives, search_line
+from tunelab.forecast.tunecost import SearchCost, search_costs, trial_evaluations
+from tunelab.forecast.split import Lengths
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
 from tunelab.errors import TunelabError
@@ -53,20 +55,22 @@ class Sweep:
     history: list[HistoryRun] | None = None  # None: the user's history, loaded here
     generation: list[GenerationRow] | None = None  # the history's generation speeds; None: loaded here
     errors: list[PredictionRecord] | None = None  # the history's recorded prediction errors; None: loaded here
+    evaluations: dict[str, RunEvalPrediction] | None = None  # each run's, predicted once (with_evaluations)
     spec_path: Path = Path("experiment.yaml")  # what errors name
 
 
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
     """One run's parts: training and saves (fine-tuned runs), evaluation start and evaluation (every run); a
     control or eval-only model generates at the speed a fine-tuned run of the same model trains at. Each part
-    has its interval; the run's P10 and P90 combine them as the records say they err (estimate/combine.py: the
+    has its interval; the run's P10 and P90 combine them as the records say they err (forecast/combine.py: the
     recorded errors of whole runs here, else the parts as independent)."""
     history = plan.history or []
-    ev = eval_cost(cfg, plan.gpu, history, split_rows, est or model_estimate(cfg, plan.runs, plan.estimates),
-                   plan.generation, plan.errors)
+    ev = (plan.evaluations or {}).get(cfg.name) or predict_run_eval(
+        cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,
+        estimate=est or model_estimate(cfg, plan.runs, plan.estimates))
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
-                       eval_source=ev.source, eval_targets=ev.targets, eval_samples=ev.samples,
+                       eval_source=ev.detail, eval_targets=ev.targets, eval_samples=ev.samples,
                        train_s=0.0, train_source="no training",
                        peak_memory_gib=est.peak_memory_gib if est is not None else None)
     ranges: list[TimeRange | None] = [ev.start.range()]  # parts no record holds: independent of the rest
@@ -78,7 +82,7 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         if est is not None:
             recorded.append(est.time_range or (time_range(est.seconds, SourceKind.ASSUMED) if est.seconds else None))
             parts |= {PredictedPart.TRAIN}
-            if est.startup_kind and est.startup_raw_s:  # its start-up recorded apart (estimate/ranged.py)
+            if est.startup_kind and est.startup_raw_s:  # its start-up recorded apart (forecast/ranged.py)
                 parts.add(PredictedPart.TRAIN_START)
         if est is not None and est.seconds is not None and est.startup_s is not None:  # its start-up apart
             line.train_start_s = est.startup_s
@@ -91,12 +95,9 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         if est is not None and not cfg.stages:
             line.saves_s, line.saves_source, kind = _saves(cfg, est, plan.gpu, history)
             ranges.append(time_range(line.saves_s, kind) if line.saves_s else None)
-    if line.train_s is not None and line.eval_s is not None:
-        line.total_s = round(line.train_start_s + line.train_s + line.saves_s + line.eval_start_s + line.eval_s, 1)
-        run = summed(recorded, plan.errors or [], device_key(plan.gpu), frozenset(parts), "the run")
-        total = independent([run, *ranges])
-        line.total_p10_s = total.p10_s if total is not None else None
-        line.total_p90_s = total.p90_s if total is not None else None
+    if line.train_s is not None and line.eval_s is not None:  # what the records hold as one, the rest apart
+        line.add_total([summed(recorded, plan.errors or [], device_key(plan.gpu), frozenset(parts), "the run"),
+                        *ranges])
     return line
 
 
@@ -158,7 +159,7 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
                   with_search: bool = True) -> DeadlinePlan:
     """The verdict on the plan's runs against `deadline`, after the learning-rate search still to run (unless
     `with_search` is off: the runs alone)."""
-    plan = with_history(plan)  # read once for every run's timeline (each run's evaluation prices its tasks with it)
+    plan = with_evaluations(plan, split_rows)  # the history read and each run's evaluation predicted, once
     lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
     devices, source = sweep_devices(plan)
     per_device = plan.spec.resources.runs_per_gpu if plan.gpu is not None else 1
@@ -183,15 +184,27 @@ def with_history(plan: Sweep) -> Sweep:
                    errors=predictions.load() if plan.errors is None else plan.errors)
 
 
-def search_evaluations(plan: Sweep, split_rows: SplitRows) -> dict[str, EvalCost]:
+def with_evaluations(plan: Sweep, split_rows: SplitRows) -> Sweep:
+    """The sweep with the history read and every run's evaluation predicted (where not yet): the timelines, the
+    verdict, the makespan and run.yaml's eval_* all read these, so each is predicted once per plan."""
+    plan = with_history(plan)
+    if plan.evaluations is not None:
+        return plan
+    return replace(plan, evaluations={cfg.name: predict_run_eval(
+        cfg, plan.gpu, split_rows, plan.history or [], plan.generation, errors=plan.errors,
+        estimate=model_estimate(cfg, plan.runs, plan.estimates)) for cfg in plan.runs})
+
+
+def search_evaluations(plan: Sweep, split_rows: SplitRows) -> dict[str, RunEvalPrediction]:
     """One trial's evaluation job by combination, priced like the runs' evaluations (an eval-metric objective;
     {} otherwise): the plan's search costs and the deadline's search line price it alike."""
     tune = plan.spec.tune
     if tune is None or objective_task(tune.objective, plan.spec.eval) is None:
         return {}
     plan = with_history(plan)
-    return trial_evaluations(plan.spec, plan.runs, lambda cfg: eval_cost(
-        cfg, plan.gpu, plan.history or [], split_rows, plan.estimates.get(cfg.name), plan.generation, plan.errors))
+    return trial_evaluations(plan.spec, plan.runs, lambda cfg: predict_run_eval(
+        cfg, plan.gpu, split_rows, plan.history or [], plan.generation, errors=plan.errors,
+        estimate=plan.estimates.get(cfg.name)))
 
 
 def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
@@ -205,25 +218,39 @@ def plan_forecast(plan: Sweep, verdict: DeadlinePlan | None, split_rows: SplitRo
     """The sweep's predicted makespan, the one every place shows and records (plan.md's schedule, the terminal,
     run.yaml's estimate.makespan_*): the deadline verdict's own forecast where it judged the runs alone, else
     `sweep_forecast` — one computation. Each run is its training job's start, training, saves, evaluation job's
-    start (estimate/jobstart.py, a vLLM server's included) and evaluation, placed on the sweep's devices (CPU
+    start (forecast/jobstart.py, a vLLM server's included) and evaluation, placed on the sweep's devices (CPU
     shares per resources.cpu_runs_at_once, GPUs, a scheduler's slots) by the executor's policy."""
     if verdict is not None and verdict.search is None:
         return verdict
     return sweep_forecast(plan, split_rows)
 
 
-def fitted_estimates(sweep: Sweep, deadline: tuple[str | None, float | None],
-                     estimate: Callable[[], dict[str, RunEstimate]], lengths: Lengths, split_rows: SplitRows,
-                     cpu_threads: int | None = None
-                     ) -> tuple[dict[str, list[LeverChoice]], dict[str, RunEstimate], DeadlinePlan | None]:
-    """The plan's step, in order: the levers (written into the runs), the estimates of the runs as they will
-    train (each carrying its levers), and the verdict against the deadline (None without one)."""
+@dataclass(frozen=True)
+class SweepPrediction:
+    """What a plan predicts of time, each computed once: the levers (written into the runs), the runs' estimates
+    as they will train, each run's evaluation, the verdict against the deadline (None without one), the search's
+    price and the sweep's makespan (the verdict's own forecast where it judged the runs alone)."""
+
+    levers: dict[str, list[LeverChoice]]
+    estimates: dict[str, RunEstimate]
+    evaluations: dict[str, RunEvalPrediction]
+    deadline: DeadlinePlan | None
+    search: list[SearchCost]
+    forecast: DeadlinePlan
+
+
+def predict_sweep(sweep: Sweep, deadline: tuple[str | None, float | None],
+                  estimate: Callable[[], dict[str, RunEstimate]], lengths: Lengths, split_rows: SplitRows,
+                  cpu_threads: int | None = None) -> SweepPrediction:
+    """The plan's time, in order: the levers, the estimates of the runs as they will train (each carrying its
+    levers), every run's evaluation, the verdict against the deadline, the search's price, the makespan."""
     text, seconds = deadline
     levers = choose_levers(sweep.runs, sweep.spec, sweep.spec_path, sweep.gpu, seconds, lengths, cpu_threads)
     estimates = estimate()
     for name, choices in levers.items():
         estimates[name].levers = choices
-    if text is None or seconds is None:
-        return levers, estimates, None
-    done = replace(sweep, estimates=estimates, levered=bool(levers))
-    return levers, estimates, deadline_plan(done, text, seconds, split_rows)
+    done = with_evaluations(replace(sweep, estimates=estimates, levered=bool(levers)), split_rows)
+    verdict = deadline_plan(done, text, seconds, split_rows) if text is not None and seconds is not None else None
+    search = search_costs(done.spec, done.runs, estimates, search_evaluations(done, split_rows))
+    return SweepPrediction(levers, estimates, done.evaluations or {}, verdict, search,
+                           plan_forecast(done, verdict, split_rows))

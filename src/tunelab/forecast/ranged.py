@@ -1,15 +1,15 @@
 """Each predicted time of a plan corrected by what its source's earlier predictions measured on this device
-(ledger/predictions.py), with its interval (estimate/interval.py): the training (start-up and the rest apart,
-their sum's interval as estimate/combine.py combines them) and the evaluation. The raw figures stay in run.yaml
+(ledger/predictions.py), with its interval (forecast/interval.py): the training (start-up and the rest apart,
+their sum's interval as forecast/combine.py combines them) and the evaluation. The raw figures stay in run.yaml
 beside the corrected ones, for the next record."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tunelab.estimate.combine import summed
-from tunelab.estimate.interval import corrected
-from tunelab.estimate.runs import slurm_time_limit
+from tunelab.forecast.combine import summed
+from tunelab.forecast.interval import corrected
+from tunelab.forecast.runs import slurm_time_limit
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.estimate import RunEstimate
 

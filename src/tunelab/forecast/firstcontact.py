@@ -1,7 +1,7 @@
 """A run priced on first contact (nothing measured on this CPU, no probe): what the job adds to its timed bare
-micro-batches (estimate/cpuspeed.py), part by part, each as the run will do it.
+micro-batches (forecast/cpuspeed.py), part by part, each as the run will do it.
 
-- the loop: every optimizer step pays what the job's loop adds (estimate/loopcost.py, measured once per machine);
+- the loop: every optimizer step pays what the job's loop adds (forecast/loopcost.py, measured once per machine);
 - validations: the job validates every `validation_every_steps` and at the last step unless one fell there
   (train/runner.py), ceil(steps / N) passes over the validation split, each priced by the shape's timed forward
   per token (without gradients) over the split's padded tokens;
@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tunelab.estimate.cpuspeed import TimedSpeed
-from tunelab.estimate.loopcost import LoopOverhead
+from tunelab.forecast.cpuspeed import TimedSpeed
+from tunelab.forecast.loopcost import LoopOverhead
 from tunelab.spec import TrainingConfig
 
 VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step (assumed, where none was timed)

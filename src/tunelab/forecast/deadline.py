@@ -5,25 +5,27 @@ Each run is one job's worth of time on its devices: training (the plan's estimat
 then the evaluation job's start and its targets × tasks. The runs are placed longest first by the scheduler
 the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan — three times:
 with every run at its P10, its median and its P90 (a run's own P10 and P90 combine its parts as the records say
-they err, estimate/combine.py; the runs' errors are taken as going the same way: one source's bias and one
+they err, forecast/combine.py; the runs' errors are taken as going the same way: one source's bias and one
 machine's load move every run of a sweep alike, and no record of a whole sweep says otherwise). It fits at P90,
 fits at P50 but not at P90, does not fit — then what would have to give for the P90 to fit: the runs to drop, the
 share of epochs or of evaluation samples —, or cannot be told (a figure not predicted). Every figure names its
 source.
 
-With a `tune:` block the learning-rate search comes first, one trial at a time (plan/searchline.py prices it with
-plan/tunecost.py's formula): the makespan is the search's time plus the runs' (each at P10, P50 and P90), and what
+With a `tune:` block the learning-rate search comes first, one trial at a time (forecast/searchline.py prices it with
+forecast/tunecost.py's formula): the makespan is the search's time plus the runs' (each at P10, P50 and P90), and what
 would have to give may also be fewer trials or a smaller budget fraction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
 from tunelab.execute.schedule import Device, RunNeed, forecast
+from tunelab.forecast.combine import independent
+from tunelab.rundir.estimate import TimeRange
 
 SEARCH_STEPS = 30  # bisection steps of a fraction (epochs, eval samples) that fits
 
@@ -61,11 +63,22 @@ class RunTimeline(BaseModel):
     eval_samples: int = Field(0, description="Samples of one target over all tasks.")
     total_s: float | None = Field(None, description="train start + train + saves + eval start + eval, s.")
     total_p10_s: float | None = Field(None, description="Its P10: the parts combined as the records say they err "
-                                      "(estimate/combine.py), s.")
+                                      "(forecast/combine.py), s.")
     total_p90_s: float | None = Field(None, description="Its P90, combined the same way, s.")
     devices: list[str] = Field([], description="Where the forecast places it.")
     start_s: float | None = Field(None, description="When it starts in the forecast, s.")
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
+
+    def add_total(self, parts: Sequence[TimeRange | None]) -> None:
+        """The run's total, the one sum of its parts for the plan's timeline and the re-plan alike: its five parts
+        at P50, and its P10 / P90 from `parts` (intervals) combined as independent (forecast/combine.py); left
+        unknown while its training or evaluation time is."""
+        if self.train_s is None or self.eval_s is None:
+            return
+        self.total_s = round(self.train_start_s + self.train_s + self.saves_s + self.eval_start_s + self.eval_s, 1)
+        total = independent(parts)
+        self.total_p10_s, self.total_p90_s = ((total.p10_s, total.p90_s) if total is not None
+                                              else (None, None) if self.total_s else (0.0, 0.0))
 
 
 class SearchLine(BaseModel):
@@ -106,7 +119,7 @@ class SweepForecast(BaseModel):
 
     @classmethod
     def of(cls, judged: SweepForecast) -> SweepForecast:
-        """The forecast alone of a verdict (plan/sweeptime.plan_forecast judges the runs against no deadline)."""
+        """The forecast alone of a verdict (forecast/sweeptime.plan_forecast judges the runs against no deadline)."""
         return cls.model_validate(judged.model_dump(include=set(cls.model_fields)))
 
 

@@ -6,7 +6,7 @@ One micro-batch takes √(F² + G²):
 - F, the fixed cost: the host dispatching the step's operators (autograd, each LoRA adapter's small ops, the
   optimizer, clipping, bookkeeping), f × the operators a step dispatches (`GpuWork.operators`, counted by
   benchmarks/step_cost.py): f is the host's seconds per operator;
-- G, the FLOPs (estimate/speed.py, ×RECOMPUTE_FACTOR under checkpointing) at a measured efficiency of the GPU's
+- G, the FLOPs (forecast/speed.py, ×RECOMPUTE_FACTOR under checkpointing) at a measured efficiency of the GPU's
   dense bf16 peak, one efficiency per attention group: per-sequence kernels (causal SDPA, varlen, flash, flex) or a
   dense mask (packed rows under SDPA or eager attend through a (tokens)² mask: slower, superlinear).
 Why a quadrature sum and not F + G: kernels launch asynchronously, so the host's dispatch runs ahead of the GPU and
@@ -18,9 +18,9 @@ least squares on the relative error (each row's equation divided by its t²).
 
 The rows are the priors of their own GPU model (kind `carried`: runs of other shapes on this device, carried over
 by FLOPs and layers); the spread is the fit's leave-one-out error, widened by the kind's prior in
-estimate/interval.py. A GPU without rows gets the fit of the measured GPU nearest in peak, its FLOPs carried by the
+forecast/interval.py. A GPU without rows gets the fit of the measured GPU nearest in peak, its FLOPs carried by the
 ratio of the peaks (kind `model`, its source says so). History or a probe on that GPU replaces both
-(estimate/speedhistory.py tries them first).
+(forecast/speedhistory.py tries them first).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture, resolve_gpu
 from tunelab.errors import TunelabError
-from tunelab.estimate.speed import RECOMPUTE_FACTOR, flops_per_token
+from tunelab.forecast.speed import RECOMPUTE_FACTOR, flops_per_token
 from tunelab.models.attention import AttentionKind, resolve_attention
 from tunelab.rundir.estimate import SourceKind
 from tunelab.spec import TrainingConfig
@@ -122,7 +122,7 @@ class MeasuredRow(BaseModel):
         return GpuWork(self.layers, adapted_per_layer(arch, targets), attention_group(self.attention, self.packed))
 
     def flops(self) -> float:
-        """The step's FLOPs by estimate/speed.py (the planner's formula) at the row's depth."""
+        """The step's FLOPs by forecast/speed.py (the planner's formula) at the row's depth."""
         arch = replace(resolve_architecture(self.arch), layers=self.layers)  # the kit's shallow copies too
         return (flops_per_token(arch, self.seq_len) * self.tokens_per_step
                 * (RECOMPUTE_FACTOR if self.checkpointing else 1.0))

@@ -1,5 +1,5 @@
 """The learning-rate search on the deadline's timeline: the combinations still to search, priced by the search's
-one formula (plan/tunecost.py `search_cost`: trials × (start-up + the share of the budget successive halving lets a
+one formula (forecast/tunecost.py `search_cost`: trials × (start-up + the share of the budget successive halving lets a
 trial train)), summed — `tunelab tune` runs them one trial at a time, before the sweep's runs. Where the sweep does
 not fit, the largest trials count and the largest budget fraction whose search fits beside the runs' P90."""
 
@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
-from tunelab.plan.deadline import SEARCH_STEPS, GiveOption, SearchLine
-from tunelab.plan.evalcost import EvalCost
-from tunelab.plan.tunecost import SearchCost, search_cost
-from tunelab.plan.tuned import combination_runs
+from tunelab.forecast.deadline import SEARCH_STEPS, GiveOption, SearchLine
+from tunelab.forecast.evalrun import RunEvalPrediction
+from tunelab.forecast.tunecost import SearchCost, search_cost
+from tunelab.rundir.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import ExperimentSpec
@@ -30,7 +30,7 @@ class PendingSearch:
     trials: int
     budget: float
     searched: list[str]
-    evaluations: dict[str, EvalCost] = field(default_factory=dict)
+    evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)
     lanes: int = 1  # combinations searched side by side (tune/lanes.py: the CPU shares of the runs)
 
     def costs(self, trials: int, budget: float) -> list[SearchCost]:
@@ -43,9 +43,9 @@ class PendingSearch:
 
 
 def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
-                   evaluations: dict[str, EvalCost] | None = None, lanes: int = 1) -> PendingSearch | None:
+                   evaluations: dict[str, RunEvalPrediction] | None = None, lanes: int = 1) -> PendingSearch | None:
     """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done.
-    `evaluations`: one trial's evaluation by combination (plan/tunecost.py trial_evaluations); `lanes`: how many
+    `evaluations`: one trial's evaluation by combination (forecast/tunecost.py trial_evaluations); `lanes`: how many
     combinations the search runs side by side."""
     tune = spec.tune
     if tune is None:
@@ -81,7 +81,7 @@ def search_line(pending: PendingSearch) -> SearchLine:
     low, mid, high = _summed(costs, pending.lanes)
     missing = [c.combination for c in costs if c.seconds is None]
     source = (f"{len(costs)} combination(s) × {pending.trials} trials at budget {pending.budget:g}, priced as "
-              "successive halving is expected to spend them (plan/tunecost.py), one trial at a time"
+              "successive halving is expected to spend them (forecast/tunecost.py), one trial at a time"
               + (f" in each of {pending.lanes} combinations side by side" if pending.lanes > 1 else ""))
     if missing:
         source = f"not predicted: {', '.join(missing)} without a predicted time"

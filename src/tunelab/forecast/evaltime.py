@@ -15,7 +15,7 @@ evaluations of the same task), the evaluation batch, and a generation speed:
 
 The source is always said. `seconds` is prefill + generation on loaded weights + the evaluator's own work per
 sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the evaluation job's start-up:
-estimate/jobstart.py's `eval_start`, a vLLM server's start included) is apart, because one load serves every
+forecast/jobstart.py's `eval_start`, a vLLM server's start included) is apart, because one load serves every
 task of a target (and a one-pass evaluation every target of a base).
 `upper_s` has every batch decode to max_tokens: what a time limit must allow for (a model that never stops).
 """
@@ -31,15 +31,15 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.estimate.jobstart import eval_start
-from tunelab.estimate.speedhistory import device_key
-from tunelab.estimate.speed import DEFAULT_MFU
+from tunelab.forecast.jobstart import eval_start
+from tunelab.forecast.speedhistory import device_key
+from tunelab.forecast.speed import DEFAULT_MFU
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
 from tunelab.spec.evaluation import Engine
 
-FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (estimate/runs.py VALIDATION_COST)
+FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (forecast/runs.py VALIDATION_COST)
 ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight
 ASSUMED_LAYER_STEP_S = 3e-4  # the generation loop's own work per layer and decode step (kernel launches, Python)
 # inspect-ai's own work per sample (its solver, scorer, transcript and log; tunelab's prompt encoding): measured
@@ -51,7 +51,7 @@ SAMPLE_OVERHEAD_S = 0.015
 # (benchmarks/eval_sweep.py --phases-only); 1 ms a sample, an assumption until the history measures it
 BATCHED_SAMPLE_OVERHEAD_S = 0.001
 # eval.engine vllm: the speed is the device's as for HF (no vLLM measurement in the history yet); the server's start
-# is the start-up's (estimate/jobstart.py VLLM_SERVER_START_S)
+# is the start-up's (forecast/jobstart.py VLLM_SERVER_START_S)
 HISTORY_ROWS = 3  # the most recent measured evaluations of a model + task that calibrate a prediction
 
 
@@ -167,7 +167,7 @@ def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[G
 
 def eval_time_limit(seconds: float, source: EvalSource) -> str:
     """A Slurm limit for an evaluation job predicted to take `seconds` at worst: × the source's margin
-    (EVAL_TIME_MARGINS) + 5 min, rounded up to 15 minutes (as the training limit, estimate/runs.py)."""
+    (EVAL_TIME_MARGINS) + 5 min, rounded up to 15 minutes (as the training limit, forecast/runs.py)."""
     minutes = math.ceil((seconds * EVAL_TIME_MARGINS[source] + 300) / 60 / 15) * 15
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
@@ -224,7 +224,7 @@ def _measured_rows(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Gen
 
 
 def _same_device(recorded: str | None, gpu: GPU | None) -> bool:
-    """A recorded device ('cpu', or torch's name of a GPU) is the planned one (estimate/runs.py's rule)."""
+    """A recorded device ('cpu', or torch's name of a GPU) is the planned one (forecast/runs.py's rule)."""
     dev = (recorded or "").lower()
     if gpu is None:
         return dev == "cpu"
@@ -281,8 +281,8 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
     params = arch.parameters if arch is not None else 1e9
     if gpu is not None:
         flops, where = gpu.bf16_tflops * 1e12 * DEFAULT_MFU, f"{gpu.name} at {DEFAULT_MFU:.0%} MFU (assumed)"
-    else:  # this CPU's speed timed here (estimate/cpuspeed.py), the same measurement training's plan takes
-        from tunelab.estimate.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
+    else:  # this CPU's speed timed here (forecast/cpuspeed.py), the same measurement training's plan takes
+        from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 
         flops = cpu_flops(arch.hidden if arch is not None else 1024, cpu_threads) * MATMUL_EFFICIENCY
         where = f"this CPU (timed here: {flops / 1e9:,.1f} GFLOP/s at {MATMUL_EFFICIENCY:.0%} of a matmul's, assumed)"

@@ -1,6 +1,6 @@
 """What one trainer checkpoint save costs: measured where the history has runs of this model on this device (each
 job times its saves, the publish included: summary.json `save_s`), else assumed from the bytes it writes. The
-checkpoint lever (plan/levers.py) and the deadline's saves (plan/sweeptime.py) price saves with it."""
+checkpoint lever (forecast/levers.py) and the deadline's saves (forecast/sweeptime.py) price saves with it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.estimate.memory import full_module_params, lora_params
-from tunelab.estimate.speedhistory import device_key, same_device
+from tunelab.forecast.speedhistory import device_key, same_device
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 
