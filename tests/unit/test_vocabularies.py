@@ -265,8 +265,8 @@ def test_an_unknown_executor_name_is_one_error_line_naming_the_choices(tmp_path)
         args = [command, str(tmp_path / "experiment.yaml")] if command == "probe" else [command]
         res = CliRunner().invoke(app, [*args, "--executor", "pbs"])
         assert res.exit_code == 1, res.output
-        assert "unknown executor 'pbs': use 'local' or 'slurm'" in res.output
-        assert "[local|slurm]" in CliRunner().invoke(app, [command, "--help"]).output
+        assert "unknown executor 'pbs': use 'local' or 'slurm' or 'ray'" in res.output
+        assert "[local|slurm|ray]" in CliRunner().invoke(app, [command, "--help"]).output
 
 
 def test_watch_counts_and_colours_every_verdict_as_failed():
@@ -290,5 +290,5 @@ def test_a_spec_names_only_a_registered_executor():
     assert {k.value for k in ExecutorKind} == set(EXECUTORS)
     assert all(EXECUTORS[k].name == k for k in ExecutorKind)
     assert ResourcesSpec(executor="slurm").executor is ExecutorKind.SLURM
-    with pytest.raises(ValidationError, match="'local' or 'slurm'"):
+    with pytest.raises(ValidationError, match="'local', 'slurm' or 'ray'"):
         ResourcesSpec(executor="pbs")

@@ -21,7 +21,8 @@ from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
-__all__ = ["UNSEEN", "Capacity", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind", "SchedulerUnavailable"]
+__all__ = ["UNSEEN", "Capacity", "ClusterFacts", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind", "NodeFacts",
+           "ReadsCluster", "SchedulerRoom", "SchedulerUnavailable"]
 
 
 class SchedulerUnavailable(TunelabError):
@@ -79,6 +80,50 @@ class JobGroup:
     runs: tuple[RunConfig, ...]
 
 
+@dataclass(frozen=True)
+class NodeFacts:
+    """One node of a cluster as its scheduler says it: CPUs, GPUs and memory it offers jobs."""
+
+    name: str
+    cpus: int
+    gpus: int
+    memory_gib: float
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What a cluster is made of, as its executor reads it (`ReadsCluster.cluster`): the place a run's placement
+    and the refusal of a run no node can hold are read from."""
+
+    nodes: tuple[NodeFacts, ...]
+    source: str  # where it was read, in words
+
+    def holds(self, cpus: int, gpus: int, most: int | None = None) -> int:
+        """How many jobs asking one node for `cpus` CPUs and `gpus` GPUs the nodes hold at once (up to `most`)."""
+        total = 0
+        for n in self.nodes:
+            fit = [n.cpus // cpus if cpus else None, n.gpus // gpus if gpus else None]
+            total += min((f for f in fit if f is not None), default=1)
+            if most is not None and total >= most:
+                return most
+        return total
+
+    def words(self) -> str:
+        if not self.nodes:
+            return f"{self.source} has no alive node"
+        largest = max(self.nodes, key=lambda n: (n.gpus, n.cpus))
+        return (f"{self.source} has {len(self.nodes)} node(s), {sum(n.cpus for n in self.nodes)} CPUs and "
+                f"{sum(n.gpus for n in self.nodes)} GPUs in all, the largest {largest.cpus} CPUs, {largest.gpus} "
+                f"GPUs, {largest.memory_gib:.0f} GiB")
+
+
+class ReadsCluster(Protocol):
+    """An executor that can say what its cluster is made of (Ray: its nodes' resources)."""
+
+    def cluster(self) -> ClusterFacts:
+        ...
+
+
 class Capacity(Protocol):
     """How many of a sweep's jobs may run at once, and where (the local executor's devices, Slurm's
     max_queued throttle)."""
@@ -107,6 +152,20 @@ class Capacity(Protocol):
     def waiting(self) -> str:
         """Why runs wait, in words, once `take` has said no ('' when waiting is normal)."""
         ...
+
+
+class SchedulerRoom:
+    """The part of a Capacity a scheduler (Slurm, Ray) leaves to itself: runs start in the order given, it says where
+    each runs, and an ended job frees nothing tunelab holds."""
+
+    def order(self, runs: list[RunConfig]) -> list[RunConfig]:
+        return list(runs)
+
+    def where(self, cfg: RunConfig) -> str:
+        return ""
+
+    def release(self, run: str) -> None:
+        pass
 
 
 class Executor(Protocol):

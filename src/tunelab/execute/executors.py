@@ -4,11 +4,13 @@ from the interface (execute/executor.py) so that the interface imports none of i
 from __future__ import annotations
 
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import Executor
+from tunelab.execute.executor import ClusterFacts, Executor
 from tunelab.execute.local_jobs import LocalExecutor
+from tunelab.execute.ray_cluster import RayExecutor
 from tunelab.execute.slurm_cli import SlurmExecutor
 
-EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor, SlurmExecutor.name: SlurmExecutor}
+EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor, SlurmExecutor.name: SlurmExecutor,
+                                        RayExecutor.name: RayExecutor}
 
 
 def executor_class(name: str) -> type[Executor]:
@@ -31,3 +33,9 @@ def check_options(ex: Executor, dry_run: bool, wait: bool) -> None:
         schedulers = " or ".join(n for n, cls in EXECUTORS.items() if cls.detached)
         raise TunelabError(f"--dry-run and --wait apply to the {schedulers} executor only (a {ex.name} run trains "
                            "here and returns when it has ended)", field="--dry-run" if dry_run else "--wait")
+
+
+def cluster_facts(ex: Executor) -> ClusterFacts | None:
+    """What the executor's cluster is made of, where it can say (ReadsCluster); None where it cannot."""
+    read = getattr(ex, "cluster", None)
+    return read() if callable(read) else None

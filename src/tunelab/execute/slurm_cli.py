@@ -24,7 +24,16 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_text
-from tunelab.execute.executor import UNSEEN, Capacity, GroupKind, JobGroup, JobInfo, JobKind, SchedulerUnavailable
+from tunelab.execute.executor import (
+    UNSEEN,
+    Capacity,
+    GroupKind,
+    JobGroup,
+    JobInfo,
+    JobKind,
+    SchedulerRoom,
+    SchedulerUnavailable,
+)
 from tunelab.execute.failures import SacctRow
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.slurm_arrays import ARRAY_DIR, array_groups, array_spec, write_array_script
@@ -99,16 +108,13 @@ def unsure_token(script: Path, key: str | None, token: str | None = None) -> str
     return (rest.strip() or None) if kept == key else None
 
 
-class Throttle:
+class Throttle(SchedulerRoom):
     """Slurm's room for a sweep: at most resources.slurm.max_queued of its jobs queued or running, submissions
     submit_delay_s apart. (A job array is throttled by Slurm itself: %N.)"""
 
     def __init__(self) -> None:
         self._last = 0.0
         self._full: int | None = None
-
-    def order(self, runs: list[RunConfig]) -> list[RunConfig]:
-        return list(runs)
 
     def never(self, cfg: RunConfig) -> str | None:
         return None
@@ -123,12 +129,6 @@ class Throttle:
             time.sleep(pause)
         self._last = time.monotonic()
         return {}
-
-    def where(self, cfg: RunConfig) -> str:
-        return ""
-
-    def release(self, run: str) -> None:
-        pass
 
     def waiting(self) -> str:
         return f"{self._full} jobs queued or running (max_queued): waiting…" if self._full is not None else ""

@@ -117,6 +117,7 @@ class ExecutorKind(StrEnum):
 
     LOCAL = "local"
     SLURM = "slurm"
+    RAY = "ray"
 
 
 class ResourcesSpec(_Strict):
@@ -162,6 +163,9 @@ class ResourcesSpec(_Strict):
         "estimate memory, batch and time for it on a machine without one (a login node). Default: `gpu` of the "
         "user config file, else the GPU detected here, else this machine's CPU. `--gpu` overrides it.")
     slurm: SlurmSpec | None = None
+    address: str | None = Field(
+        None, description="executor: ray: the cluster's job server, e.g. 'http://head:8265' (its dashboard port; "
+        "KubeRay: the head service's, http://<cluster>-head-svc.<namespace>.svc:8265). Default: RAY_ADDRESS.")
     deadline: Duration = Field(
         None, description="Wall-clock budget of the whole sweep, training and evaluation ('6h', '90m', '1d'): "
         "plan predicts the sweep's makespan (P10–P90) on the GPUs it may use and says whether it fits at P90, at "

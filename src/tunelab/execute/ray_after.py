@@ -1,0 +1,49 @@
+"""Slurm's afterok on Ray, which has no job dependencies: a job submitted behind another (a run's evaluation behind
+its training) goes first as a *gate*, a Ray job asking for nothing, whose entrypoint is this module. It waits for
+the job it depends on to end; if that succeeded it submits the real job (under the gate's id + CHILD_SUFFIX, with
+the CPUs and GPUs it asks for) and exits; if not, it exits without submitting anything, which the executor reads
+as Slurm's DependencyNeverSatisfied (execute/ray_cluster.py). So the evaluation holds no CPU or GPU while its
+training runs, and the dependency holds whether or not the coordinator that submitted both is still there.
+
+`python -m tunelab.execute.ray_after ADDRESS AFTER CHILD SPEC_JSON` (SPEC_JSON: the child's submit_job keywords).
+Runs on a Ray node, where ray is installed (imported here, not at tunelab's top: an optional extra).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+CHILD_SUFFIX = "-job"
+POLL_S = 1.0
+SUCCEEDED = "SUCCEEDED"
+ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def wait_for(client, job: str) -> str:  # noqa: ANN001 (a JobSubmissionClient)
+    """The job's final status, polled until it ends."""
+    while True:
+        status = str(client.get_job_status(job).value)
+        if status in ENDED:
+            return status
+        time.sleep(POLL_S)
+
+
+def main(argv: list[str]) -> int:
+    from ray.job_submission import JobSubmissionClient  # an optional extra, on the Ray node
+
+    address, after, child, spec = argv[0], argv[1], argv[2], json.loads(argv[3])
+    client = JobSubmissionClient(address)
+    print(f"[tunelab gate] waiting for job {after} (afterok)", flush=True)
+    ended = wait_for(client, after)
+    if ended != SUCCEEDED:
+        print(f"[tunelab gate] job {after} ended {ended}: DependencyNeverSatisfied, {child} not submitted", flush=True)
+        return 0
+    client.submit_job(submission_id=child, **spec)
+    print(f"[tunelab gate] job {after} succeeded: submitted {child}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,304 @@
+"""A Ray cluster as an Executor (execute/executor.py), through Ray's job server (the dashboard's REST API, by
+ray.job_submission.JobSubmissionClient): each job a Ray job that asks for the CPUs and GPUs its run was priced at
+(execute/ray_jobs.py), a job behind another gated by execute/ray_after.py (Ray has no afterok), `cancel` Ray's
+stop (SIGTERM to the job's processes: the trainer saves a checkpoint, within the cluster's
+RAY_JOB_STOP_WAIT_TIME_S), each job's output in its run directory. Jobs outlive this process (detached), as
+Slurm's do.
+
+The cluster is `resources.address` (its job server, http://head:8265), else RAY_ADDRESS. A job id is
+`<submission id>@<address>`, so `tunelab status` and `cancel` reach the cluster that holds a job without being
+told. What the cluster is made of — its nodes' CPUs, GPUs and memory, `cluster()` — decides which runs can never
+start (a run asking more of one node than any node has) and how many jobs go to it at once.
+
+ray is an optional extra (`pip install tunelab[ray]`): imported when the executor is made, not at tunelab's top.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.execute.executor import (
+    UNSEEN,
+    Capacity,
+    ClusterFacts,
+    JobGroup,
+    JobInfo,
+    JobKind,
+    NodeFacts,
+    SchedulerRoom,
+)
+from tunelab.execute.job_states import JobState
+from tunelab.execute.ray_after import CHILD_SUFFIX
+from tunelab.execute.ray_jobs import (
+    EVAL_SCRIPT,
+    TRAIN_SCRIPT,
+    RayAsk,
+    entrypoint,
+    job_ask,
+    job_env,
+    log_name,
+    write_eval_script,
+    write_side_script,
+)
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
+
+ADDRESS_ENV = "RAY_ADDRESS"
+# Ray's job states in the scheduler's words every executor speaks (job_states.JobState)
+STATES = {"PENDING": JobState.PENDING, "RUNNING": JobState.RUNNING, "SUCCEEDED": JobState.COMPLETED,
+          "FAILED": JobState.FAILED, "STOPPED": JobState.CANCELLED}
+NEVER_SATISFIED = "DependencyNeverSatisfied"
+FORWARDED_PREFIX = "TUNELAB_"
+GIB = 1024**3
+
+
+def split_id(job_id: str) -> tuple[str, str]:
+    """(submission id, address) of a job id this executor gave."""
+    sid, _, address = job_id.partition("@")
+    return sid, address
+
+
+def forwarded_env() -> dict[str, str]:
+    """The coordinator's TUNELAB_* settings, which go with each job (as sbatch's --export=ALL takes them to Slurm's)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
+
+
+def job_info(details: Any) -> JobInfo:
+    """One Ray job's JobDetails as a JobInfo: its state, exit code ('N:0') and Ray's message as the reason."""
+    status = str(getattr(details.status, "value", details.status))
+    code = getattr(details, "driver_exit_code", None)
+    exit_code = f"{code}:0" if code is not None else ("0:0" if status == "SUCCEEDED" else None)
+    node = getattr(details, "driver_node_id", None)
+    return JobInfo(STATES.get(status, status), exit_code=exit_code, node=(node or None),
+                   reason=(details.message or "").split("\n", 1)[0][:300])
+
+
+def gated_info(gate: JobInfo, child: JobInfo | None, after: str) -> JobInfo:
+    """A gated job as one: its real job once the gate submitted it; before that, pending while the gate waits, and
+    cancelled (never satisfied) where the gate ended without submitting it."""
+    if child is not None:
+        return child
+    if not gate.ended:
+        return JobInfo(JobState.PENDING, reason=f"Dependency (afterok:{after})")
+    if gate.state == JobState.CANCELLED:
+        return gate
+    return JobInfo(JobState.CANCELLED, reason=f"{NEVER_SATISFIED}: job {after} did not succeed")
+
+
+class RayRoom(SchedulerRoom):
+    """The cluster's room for a sweep: runs no node can hold are refused; at most twice as many of the sweep's jobs
+    go to Ray at once as its nodes hold (a job and its evaluation's gate each), the rest wait here."""
+
+    def __init__(self, cluster: ClusterFacts, asks: dict[str, RayAsk]) -> None:
+        self.cluster, self.asks = cluster, asks
+        self._full: int | None = None
+
+    def never(self, cfg: RunConfig) -> str | None:
+        if cfg.resources.nodes_per_run > 1:
+            return (f"{cfg.run_dir / 'run.yaml'}: resources.nodes_per_run is {cfg.resources.nodes_per_run}: the Ray "
+                    "executor runs a run on one node (runs spanning nodes: --executor slurm)")
+        ask = self.asks[cfg.name]
+        if self.cluster.holds(ask.cpus, ask.gpus, 1) == 0:
+            return f"asks one node for {ask.words()}; {self.cluster.words()}"
+        return None
+
+    def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
+        ask = self.asks[cfg.name]
+        most = 2 * max(1, self.cluster.holds(ask.cpus, ask.gpus))
+        if active + jobs > most:
+            self._full = most
+            return None
+        return {}
+
+    def waiting(self) -> str:
+        return f"{self._full} jobs on the Ray cluster (twice what its nodes hold): waiting…" if self._full else ""
+
+
+class RayExecutor:
+    """Ray jobs through the cluster's job server; `address` (else RAY_ADDRESS, else the runs' resources.address)."""
+
+    name = "ray"
+    detached = True
+    first_state = JobState.SUBMITTED
+
+    def __init__(self, address: str | None = None) -> None:
+        try:
+            from ray.job_submission import JobSubmissionClient  # the optional extra (module docstring)
+        except ImportError:
+            raise TunelabError("executor ray needs Ray here: pip install 'tunelab[ray]'") from None
+        self._client_class = JobSubmissionClient
+        self.address = address or os.environ.get(ADDRESS_ENV) or None
+        self._clients: dict[str, Any] = {}
+        self._asks: dict[Path, tuple[RayAsk, JobKind]] = {}  # by script: what submit asks for it
+        self._silent_since: float | None = None
+        self._error = ""
+
+    def _learn(self, runs: list[RunConfig]) -> None:
+        if self.address is None:
+            self.address = next((c.resources.address for c in runs if c.resources.address), None)
+
+    def client(self, address: str | None = None) -> Any:
+        address = address or self.address
+        if not address:
+            raise TunelabError(f"executor ray: no cluster address: set resources.address or {ADDRESS_ENV} "
+                               "(the head's job server, e.g. http://head:8265)", field="resources.address")
+        if address not in self._clients:
+            try:
+                self._clients[address] = self._client_class(address)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise TunelabError(f"Ray job server {address} did not answer: {exc}",
+                                   field="resources.address") from None
+        return self._clients[address]
+
+    def cluster(self) -> ClusterFacts:
+        """The cluster's alive nodes: their CPUs, GPUs and memory, as Ray's state API says them."""
+        from ray.util.state import list_nodes  # the optional extra
+
+        nodes = list_nodes(address=self.client().get_address(), detail=True)
+        return ClusterFacts(tuple(
+            NodeFacts(n.node_ip, int(n.resources_total.get("CPU", 0)), int(n.resources_total.get("GPU", 0)),
+                      n.resources_total.get("memory", 0) / GIB)
+            for n in nodes if n.state == "ALIVE"), f"Ray cluster {self.address}")
+
+    def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
+               array: str | None = None) -> str:
+        if array:
+            raise ValueError("the Ray executor submits each run as a job of its own")
+        script = Path(script)
+        ask, kind = self._asks.get(script, (RayAsk(1, 0), JobKind.PROBE))
+        sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"
+        spec = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
+                "entrypoint_num_cpus": ask.cpus, "entrypoint_num_gpus": ask.gpus,
+                "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), **(env or {})}},
+                "metadata": {"tunelab": kind.value, "run_dir": str(script.parent)}}
+        client = self.client()
+        if dependency:
+            after = split_id(dependency)[0]
+            gate = [sys.executable, "-m", "tunelab.execute.ray_after", client.get_address(), after,
+                    sid + CHILD_SUFFIX, json.dumps(spec)]
+            client.submit_job(entrypoint=" ".join(shlex.quote(a) for a in gate), submission_id=sid,
+                              entrypoint_num_cpus=0, metadata={"tunelab": "gate", "after": after})
+        else:
+            client.submit_job(submission_id=sid, **spec)
+        return f"{sid}@{self.address}"
+
+    def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
+        after = f" (after {split_id(dependency)[0]} succeeds)" if dependency else ""
+        return f"ray job submit --address {self.address} -- bash {script}{after}"
+
+    def poll(self, ids: list[str]) -> dict[str, JobInfo] | None:
+        by_address: dict[str, list[str]] = {}
+        for i in ids:
+            by_address.setdefault(split_id(i)[1], []).append(i)
+        out: dict[str, JobInfo] = {}
+        for address, mine in by_address.items():
+            try:
+                jobs = {j.submission_id: j for j in self.client(address).list_jobs()}
+            except Exception as exc:  # the job server unreachable (restarting): unknown, never ended
+                self._silent(f"{address}: {exc}")
+                return None
+            self._silent_since = None
+            for i in mine:
+                sid = split_id(i)[0]
+                if sid not in jobs:
+                    out[i] = JobInfo(UNSEEN)
+                    continue
+                info = job_info(jobs[sid])
+                gate = jobs[sid].metadata or {}
+                if gate.get("tunelab") == "gate":
+                    child = jobs.get(sid + CHILD_SUFFIX)
+                    info = gated_info(info, job_info(child) if child is not None else None, gate.get("after", "?"))
+                out[i] = info
+        return out
+
+    def cancel(self, ids: list[str]) -> None:
+        """Ray's stop: SIGTERM to the job's processes (the trainer saves), SIGKILL after RAY_JOB_STOP_WAIT_TIME_S;
+        a gated job's gate and its real job both."""
+        for i in ids:
+            sid, address = split_id(i)
+            client = self.client(address)
+            for job in (sid, sid + CHILD_SUFFIX):
+                try:
+                    client.stop_job(job)
+                except RuntimeError:  # no such job (a gate's real job not submitted), or it has ended
+                    pass
+
+    def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
+        sid = split_id(job_id)[0]
+        return Path(run_dir) / log_name(kind, sid)
+
+    def output(self, run_dir: Path, kind: JobKind, job_id: str) -> str:
+        """The job's log (a gated job's real job writes the gate's: ray_jobs.log_name of the gate's id)."""
+        path = self.log(run_dir, kind, job_id)
+        return path.read_text(errors="replace")[-200_000:] if path.is_file() else ""
+
+    def poll_interval(self, runs: list[RunConfig]) -> float:
+        self._learn(runs)
+        return 1.0
+
+    def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
+        self._learn([cfg])
+        if kind == JobKind.TRAIN:
+            path = cfg.run_dir / TRAIN_SCRIPT
+        else:
+            path = write_eval_script(cfg) if write else cfg.run_dir / EVAL_SCRIPT
+        self._asks[path] = (job_ask(cfg, kind), kind)
+        return path
+
+    def time_limit(self, cfg: RunConfig) -> str | None:
+        return None
+
+    @staticmethod
+    def job_cpus(resources: ResourcesSpec) -> int | None:
+        """The CPUs a training job asks Ray for: one per process."""
+        return resources.processes_per_run(resources.gpus_per_run)
+
+    @staticmethod
+    def side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
+        return write_side_script(work_dir, kind, command)
+
+    @staticmethod
+    def longer_time_limit(cfg: RunConfig) -> tuple[ResourcesSpec, str] | None:
+        """Ray jobs run under no time limit: a retry only resumes."""
+        return None
+
+    @staticmethod
+    def scaffold_scripts(cfg: RunConfig, python: str) -> None:
+        """ray-eval.sh beside job.sh (not fsynced: `tunelab run` writes it again before every submission)."""
+        write_eval_script(cfg, python, durable=False)
+
+    @staticmethod
+    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
+        """submit_all.sh: every run's job.sh in turn here, then eval and report (`tunelab run` submits to Ray)."""
+        return "submit_all.sh.j2", {}
+
+    def capacity(self, runs: list[RunConfig]) -> Capacity:
+        self._learn(runs)
+        return RayRoom(self.cluster(), {c.name: job_ask(c, JobKind.TRAIN if c.kind == "finetune" else JobKind.EVAL)
+                                        for c in runs})
+
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        return []
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        raise ValueError("the Ray executor submits each run as a job of its own")
+
+    def notices(self) -> list[str]:
+        return []
+
+    def _silent(self, error: str) -> None:
+        self._error = error[:300]
+        if self._silent_since is None:
+            self._silent_since = time.monotonic()
+
+    def unanswered(self) -> tuple[float, str] | None:
+        return None if self._silent_since is None else (time.monotonic() - self._silent_since, self._error)
+

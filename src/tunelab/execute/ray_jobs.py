@@ -1,0 +1,85 @@
+"""A run's jobs as Ray jobs (execute/ray_cluster.py submits them): what each asks of the cluster, the script it
+runs and the shell line Ray's job server starts it with.
+
+Ray places a job's entrypoint on a node that has the CPUs and GPUs it asks for (`entrypoint_num_cpus`,
+`entrypoint_num_gpus`), so a training job asks for what the plan priced: one GPU per process on GPUs, one CPU per
+process on CPUs (torch's threads then divide those: OMP_NUM_THREADS and TUNELAB_OMP_NUM_THREADS, as a Slurm
+job's cpus-per-task, tunelab/host/threads.py). The training job runs the run's job.sh (scaffold writes it for every
+fine-tuned run); the evaluation job `ray-eval.sh`, rendered from run.yaml before every submission. A job's output
+goes to `ray-<kind>-<submission id>.out` in the run's directory, one file away, as Slurm's does; the nodes share
+the filesystem the experiment lives on (as Slurm's nodes do).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.execute.executor import JobKind
+from tunelab.fsutil import atomic_write_text
+from tunelab.rundir.config import RunConfig
+
+TRAIN_SCRIPT, EVAL_SCRIPT = "job.sh", "ray-eval.sh"
+
+
+@dataclass(frozen=True)
+class RayAsk:
+    """What one job asks Ray for: its entrypoint's CPUs and GPUs, on one node."""
+
+    cpus: int
+    gpus: int
+
+    def words(self) -> str:
+        return f"{self.cpus} CPU(s)" + (f" and {self.gpus} GPU(s)" if self.gpus else "")
+
+
+def job_ask(cfg: RunConfig, kind: JobKind) -> RayAsk:
+    """A training job: one GPU per GPU of the run, one CPU per process (the plan's processes, run.yaml's estimate);
+    an evaluation job: one process, the run's GPUs per node (at most one node's)."""
+    gpus = cfg.resources.run_gpus_per_node()
+    if kind != JobKind.TRAIN:
+        return RayAsk(1, min(gpus, 1))
+    est = cfg.estimate
+    processes = est.processes if est is not None else cfg.resources.processes_per_run(gpus)
+    return RayAsk(max(1, processes), gpus)
+
+
+def log_name(kind: JobKind, submission_id: str) -> str:
+    return f"ray-{kind}-{submission_id}.out"
+
+
+def entrypoint(run_dir: Path, script: Path, log: Path) -> str:
+    """The shell line Ray starts: the job script in the run's directory, its output appended to the job's log."""
+    return f"cd {shlex.quote(str(run_dir))} && exec bash {shlex.quote(str(script))} >> {shlex.quote(str(log))} 2>&1"
+
+
+def job_env(ask: RayAsk) -> dict[str, str]:
+    """The job's environment on the node: offline hub, unbuffered output, its CPUs as tunelab's thread share."""
+    return {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(ask.cpus),
+            "TUNELAB_OMP_NUM_THREADS": str(ask.cpus)}
+
+
+def write_eval_script(cfg: RunConfig, python: str | None = None, durable: bool = True) -> Path:
+    """ray-eval.sh from run.yaml: `tunelab eval EXP --run NAME --no-ledger` in the run's directory (the coordinator
+    ingests the scores; jobs never write tunelab.db)."""
+    python = python or sys.executable
+    q = shlex.quote
+    lines = ["#!/usr/bin/env bash",
+             f"# Ray evaluation job of {cfg.kind} {cfg.name!r} of experiment {cfg.experiment!r}, written by tunelab "
+             "from run.yaml", "set -euo pipefail", f"cd {q(str(cfg.run_dir))}",
+             'echo "[tunelab job] $(date -Is) Ray eval job on $(hostname)"',
+             f'exec "${{TUNELAB_PYTHON:-{python}}}" -m tunelab eval {q(str(cfg.experiment_dir))} --run {q(cfg.name)} '
+             "--no-ledger"]
+    path = cfg.run_dir / EVAL_SCRIPT
+    atomic_write_text(path, "\n".join(lines) + "\n", durable)
+    path.chmod(0o755)
+    return path
+
+
+def write_side_script(work_dir: Path, kind: JobKind, command: str) -> Path:
+    """A one-off job's script (the probe's): `command`, run where Ray places it."""
+    path = work_dir / f"{kind}.sh"
+    atomic_write_text(path, f"#!/usr/bin/env bash\nset -euo pipefail\ncd {shlex.quote(str(work_dir))}\nexec {command}\n")
+    return path

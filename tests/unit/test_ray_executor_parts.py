@@ -1,0 +1,99 @@
+"""The Ray executor's pure parts, each against figures worked by hand: how many jobs a cluster's nodes hold, what a
+Ray job's details become, a gated job's state, what a run's jobs ask for, and the runs no node can hold. The
+executor against a real cluster: tests/e2e/ray/."""
+
+from __future__ import annotations
+
+import shlex
+from types import SimpleNamespace
+
+import pytest
+
+from tunelab.execute.executor import ClusterFacts, JobKind, NodeFacts
+from tunelab.execute.job_states import JobState
+from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, split_id
+from tunelab.execute.ray_jobs import RayAsk, entrypoint, job_ask
+from tunelab.execute.executor import JobInfo
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate
+from tunelab.spec import ResourcesSpec
+
+TWO_NODES = ClusterFacts((NodeFacts("10.0.0.1", 8, 2, 64.0), NodeFacts("10.0.0.2", 4, 0, 32.0)), "test cluster")
+
+
+def test_jobs_the_nodes_hold_at_once():
+    assert TWO_NODES.holds(1, 0) == 12  # 8 + 4 one-CPU jobs
+    assert TWO_NODES.holds(3, 0) == 3  # 8 // 3 = 2, 4 // 3 = 1
+    assert TWO_NODES.holds(2, 1) == 2  # only the first node has GPUs: min(8 // 2, 2 // 1)
+    assert TWO_NODES.holds(1, 3) == 0  # no node has 3 GPUs
+    assert TWO_NODES.holds(1, 0, most=5) == 5
+    assert "2 node(s), 12 CPUs and 2 GPUs in all, the largest 8 CPUs, 2 GPUs, 64 GiB" in TWO_NODES.words()
+
+
+def _details(status: str, code: int | None, message: str = "") -> SimpleNamespace:
+    return SimpleNamespace(status=SimpleNamespace(value=status), driver_exit_code=code, message=message,
+                           driver_node_id="n1")
+
+
+def test_a_ray_jobs_details_in_the_executors_words():
+    failed = job_info(_details("FAILED", 3, "Job entrypoint command failed with exit code 3, last logs:\nboom"))
+    assert (failed.state, failed.exit_code, failed.ended) == (JobState.FAILED, "3:0", True)
+    assert failed.reason == "Job entrypoint command failed with exit code 3, last logs:"
+    assert job_info(_details("SUCCEEDED", None)).exit_code == "0:0"
+    stopped = job_info(_details("STOPPED", None))
+    assert stopped.state == JobState.CANCELLED and stopped.ended  # Slurm's STOPPED would be active
+    assert not job_info(_details("PENDING", None)).ended
+
+
+def test_a_gated_job_is_its_real_job_once_submitted_else_pending_or_never_satisfied():
+    running_gate, ended_gate = JobInfo(JobState.RUNNING), JobInfo(JobState.COMPLETED, "0:0")
+    real = JobInfo(JobState.RUNNING)
+    assert gated_info(running_gate, None, "tl-train-1").state == JobState.PENDING
+    assert gated_info(ended_gate, real, "tl-train-1") is real
+    never = gated_info(ended_gate, None, "tl-train-1")
+    assert never.state == JobState.CANCELLED and never.reason.startswith(NEVER_SATISFIED)
+    stopped = JobInfo(JobState.CANCELLED)
+    assert gated_info(stopped, None, "tl-train-1") is stopped  # cancelled while it waited
+
+
+def test_a_job_id_names_its_cluster():
+    assert split_id("tl-train-ab12@http://10.78.0.11:8265") == ("tl-train-ab12", "http://10.78.0.11:8265")
+
+
+def _run(tmp_path, **resources) -> RunConfig:
+    return RunConfig.model_validate({
+        "name": "r", "experiment": "e", "experiment_dir": str(tmp_path), "kind": "finetune",
+        "model": {"name": "m", "path": str(tmp_path)}, "dataset": {"name": "d", "path": str(tmp_path / "d.json")},
+        "prompt": "{input}", "resources": ResourcesSpec(executor="ray", **resources).model_dump()})
+
+
+def test_what_a_runs_jobs_ask_for(tmp_path):
+    cpu = _run(tmp_path, gpus_per_run=0, nproc_per_run=2)
+    assert job_ask(cpu, JobKind.TRAIN) == RayAsk(2, 0)
+    assert job_ask(cpu, JobKind.EVAL) == RayAsk(1, 0)
+    gpu = _run(tmp_path, gpus_per_run=4)
+    gpu.estimate = RunEstimate(processes=4)
+    assert job_ask(gpu, JobKind.TRAIN) == RayAsk(4, 4)
+    assert job_ask(gpu, JobKind.EVAL) == RayAsk(1, 1)
+    d = tmp_path / "my run"
+    assert shlex.split(entrypoint(d, d / "job.sh", d / "ray-train-x.out")) == [
+        "cd", str(d), "&&", "exec", "bash", str(d / "job.sh"), ">>", str(d / "ray-train-x.out"), "2>&1"]
+
+
+@pytest.mark.parametrize(("resources", "why"), [
+    ({"gpus_per_run": 4}, "asks one node for 4 CPU(s) and 4 GPU(s); test cluster has 2 node(s)"),
+    ({"gpus_per_run": 2, "nodes_per_run": 2}, "nodes_per_run is 2: the Ray executor runs a run on one node"),
+    ({"gpus_per_run": 2}, None),
+])
+def test_runs_no_node_can_hold_are_refused_in_one_line(tmp_path, resources, why):
+    cfg = _run(tmp_path, **resources)
+    room = RayRoom(TWO_NODES, {"r": job_ask(cfg, JobKind.TRAIN)})
+    said = room.never(cfg)
+    assert (said is None) if why is None else (why in said)
+
+
+def test_at_most_twice_what_the_nodes_hold_goes_to_ray_at_once(tmp_path):
+    cfg = _run(tmp_path, gpus_per_run=2)  # holds(2, 2) = 1 on TWO_NODES: two jobs (a run and its gate) at once
+    room = RayRoom(TWO_NODES, {"r": job_ask(cfg, JobKind.TRAIN)})
+    assert room.take(cfg, 2, 0) == {}
+    assert room.take(cfg, 2, 1) is None and "2 jobs on the Ray cluster" in room.waiting()
