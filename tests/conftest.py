@@ -38,7 +38,7 @@ else:
 # Session fixtures several files share (the slow ones). Under pytest-xdist's `--dist loadfile` (`make test`)
 # the files naming one of them go to the same worker as one unit, so it is built once; every other file is a
 # unit of its own, as loadfile has it. (xdist's loadgroup marks do not group under pytest 9.2.)
-SHARED_FIXTURES = ("finished_sweep", "trained_adapter", "smollm2_dir")
+SHARED_FIXTURES = ("finished_sweep", "trained_adapter", "smollm2_dir", "ray_cluster")
 
 
 @functools.cache

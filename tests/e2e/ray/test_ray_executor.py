@@ -1,0 +1,142 @@
+"""`executor: ray` on a real two-node Ray cluster (tests/raycluster.py; no mock of Ray's job server): a sweep's
+training and evaluation jobs (afterok through the gate) spread over both nodes and score as the same sweep run
+here; a failing run is FAILED with its exit code and log tail, and its evaluation never runs; cancel stops the
+Ray jobs; and no socket of the cluster is on any address but loopback or the namespaces'."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+
+import pytest
+import raycluster
+from typer.testing import CliRunner
+from waiting import wait_for
+
+from tunelab.cli import app
+from tunelab.execute.ray_cluster import RayExecutor, split_id
+from tunelab.fsutil import read_json
+from tunelab.ledger import store as ledger
+from tunelab.rundir.config import save_run_config
+from tunelab.scaffold.write import scaffold
+
+pytestmark = [pytest.mark.slow]
+runner = CliRunner()
+EVAL = {"max_tokens": 8, "limit": 10}
+
+
+def _ok(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, f"{args}: {res.output}"
+    return res
+
+
+def _jobs(exp, run=None) -> list[dict]:
+    return [r for r in ledger.query(exp, "SELECT * FROM jobs ORDER BY id") if run is None or r["run"] == run]
+
+
+def _results(exp) -> dict[str, tuple]:
+    """Each run's final training loss and score (a tiny run scores 0: its loss is what tells two runs apart)."""
+    return {r["name"]: (r["final_loss"], r["score"])
+            for r in json.loads(_ok(["results", str(exp), "--json"]).stdout)["runs"]}
+
+
+def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_in, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a Ray job's thread share is its one CPU: the same arithmetic here
+    ray_spec = spec_in(tmp_path / "ray", eval=EVAL, factors={"lora_rank": [4]},
+                       resources={"executor": "ray", "address": ray_cluster.address, "gpus_per_run": 0})
+    local_spec = spec_in(tmp_path / "local", eval=EVAL, factors={"lora_rank": [4]})
+    exp = ray_spec.parent
+    _ok(["scaffold", str(ray_spec)])
+    assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file() and (exp / "controls" / "tiny_base" / "ray-eval.sh").is_file()
+    _ok(["run", str(exp), "--wait"])
+    jobs = _jobs(exp)
+    by = {(j["run"], j["kind"]): j for j in jobs}
+    assert sorted(by) == [("tiny_base", "eval"), ("tiny_r4", "eval"), ("tiny_r4", "train")]
+    for run in ("tiny_r4",):
+        train, ev = by[(run, "train")], by[(run, "eval")]
+        assert ev["depends_on"] == train["job_id"]  # the gate's afterok
+        assert train["state"] == "COMPLETED" and train["exit_code"] == "0:0" and ev["failure"] == "completed"
+        assert split_id(train["job_id"])[1] == ray_cluster.address
+        assert "[tunelab gate]" not in (exp / "runs" / run / f"ray-eval-{split_id(ev['job_id'])[0]}.out").read_text()
+        assert (exp / "runs" / run / f"ray-train-{split_id(train['job_id'])[0]}.out").is_file()
+    # the training and the control's evaluation, one CPU each, went at once to two one-CPU nodes: both ran jobs
+    assert len({j["node"] for j in jobs}) == 2, [j["node"] for j in jobs]
+    status = _ok(["status", str(exp)]).output
+    print(status)
+    assert json.loads(_ok(["status", str(exp), "--json"]).stdout)["runs"][0]["state"] == "completed"
+    # the same sweep here, on this machine: the same scores
+    scaffold(local_spec)
+    _ok(["run", str(local_spec.parent)])
+    _ok(["eval", str(local_spec.parent)])
+    on_ray, here = _results(exp), _results(local_spec.parent)
+    assert set(on_ray) == {"tiny_r4", "tiny_base"} and on_ray["tiny_r4"][0] > 0 and on_ray["tiny_base"][1] is not None
+    assert on_ray["tiny_r4"][0] == pytest.approx(here["tiny_r4"][0], rel=1e-6)
+    assert {k: v[1] for k, v in on_ray.items()} == {k: v[1] for k, v in here.items()}
+
+
+def test_failing_run_is_failed_with_its_exit_code_and_log_tail(ray_cluster, write_spec, tmp_path):
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False, eval=EVAL,
+                      resources={"executor": "ray", "address": ray_cluster.address, "gpus_per_run": 0})
+    cfg = scaffold(spec).runs[0]
+    # the dataset disappears after scaffolding: the job exits 1
+    save_run_config(cfg.model_copy(update={"dataset": cfg.dataset.model_copy(
+        update={"path": str(tmp_path / "gone.json")})}))
+    res = runner.invoke(app, ["run", str(spec.parent), "--wait", "--no-checks"])
+    assert res.exit_code == 1 and "did not complete" in res.output
+    train, ev = _jobs(spec.parent)
+    assert train["state"] == "FAILED" and train["exit_code"] == "1:0" and train["failure"] == "failed"
+    assert "FAILED with exit code 1" in train["detail"] and "dataset file not found" in train["detail"]
+    assert ev["failure"] == "cancelled" and "DependencyNeverSatisfied" in ev["detail"]
+    assert not (cfg.run_dir / f"ray-eval-{split_id(ev['job_id'])[0]}.out").exists()  # it never ran
+
+
+def test_cancel_stops_the_ray_jobs(ray_cluster, write_spec, monkeypatch):
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, eval=EVAL, training={"epochs": 20},
+                      resources={"executor": "ray", "address": ray_cluster.address, "gpus_per_run": 0})
+    monkeypatch.setenv("TUNELAB_FAULT_STEP_S", "0.25")  # forwarded to the job: it is still training when cancelled
+    cfg = scaffold(spec).runs[0]
+    _ok(["run", str(spec.parent)])  # submits and returns (a detached executor)
+    assert wait_for(lambda: (cfg.run_dir / "metrics.jsonl").is_file(), 120), "the job never trained"
+    res = _ok(["cancel", str(spec.parent)])
+    assert "cancelled tiny_r8 train job" in res.output
+    train, ev = _jobs(spec.parent)
+    client = RayExecutor().client(ray_cluster.address)
+    sids = [split_id(j["job_id"])[0] for j in (train, ev)]
+    assert wait_for(lambda: all(str(client.get_job_status(s).value) == "STOPPED" for s in sids), 60, every=0.5)
+    assert train["state"] == "CANCELLED" and train["failure"] == "cancelled"
+    pid = read_json(cfg.run_dir / "status.json")["pid"]
+    assert wait_for(lambda: pid not in _ns_pids(), 40), "the training process outlived its cancelled Ray job"
+    status = json.loads(_ok(["status", str(spec.parent), "--json"]).stdout)["runs"][0]
+    assert status["state"] == "cancelled"
+
+
+def _ns_pids() -> set[int]:
+    return {p for ns in raycluster.NAMESPACES for p in raycluster.pids_in(ns)}
+
+
+def test_no_ray_socket_is_on_any_address_but_loopback_or_the_namespaces(ray_cluster):
+    allowed = ipaddress.ip_network(f"{raycluster.NET}.0/24")
+
+    def fine(endpoint: str) -> bool:
+        host = endpoint.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:").split("%")[0]
+        if host in ("*", "0.0.0.0", "::"):  # every address of the namespace: its loopback and its veth only
+            return True
+        ip = ipaddress.ip_address(host)
+        return ip.is_loopback or ip in allowed
+
+    for ns in raycluster.NAMESPACES:
+        addrs = subprocess.run(["ip", "-n", ns, "-o", "addr"], capture_output=True, text=True, check=True).stdout
+        own = {line.split()[3].split("/")[0] for line in addrs.splitlines()}
+        assert all(ipaddress.ip_address(a).is_loopback or ipaddress.ip_address(a) in allowed
+                   or ipaddress.ip_address(a).is_link_local for a in own), own
+        sockets = subprocess.run(raycluster.in_ns(ns, "ss", "-tuanpH"), capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+        assert sockets, f"no socket in {ns}: is the cluster there?"
+        bad = [s for s in sockets if not (fine(s.split()[4]) and fine(s.split()[5]))]
+        assert bad == [], bad
+    # and on this host's own network, no socket of a process of the cluster
+    ours = {str(p) for p in _ns_pids()}
+    host = subprocess.run(["ss", "-tuanpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [s for s in host if any(f"pid={p}," in s for p in ours)] == []

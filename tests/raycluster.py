@@ -1,0 +1,148 @@
+"""A real two-node Ray cluster for the tests (tests/e2e/ray/): a head and a second node, each a `ray start` in a
+network namespace of its own, joined to this host by a bridge — as the Slurm cluster's nodes are
+(scripts/slurm-dev-cluster), on a /24 of their own.
+
+Why namespaces: Ray listens on every address and advertises the host's external one even when told 127.0.0.1
+(tried: 0.0.0.0 and 192.0.2.2 sockets). In a namespace whose only interfaces are its loopback and a veth on the
+bridge, there is no other address to reach: nothing of the cluster leaves this host. Ports are fixed (each
+namespace has its own), usage stats are off, and everything the fixture started is ended by pid: the processes
+in its namespaces (only it starts any there), then the namespaces, the veths and the bridge it made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BRIDGE, NET, HOST_IP = "tl-raybr0", "10.78.0", "10.78.0.1"
+NAMESPACES = ("tl-ray1", "tl-ray2")  # the head's, the second node's
+GCS_PORT, DASHBOARD_PORT, CLIENT_PORT = 26379, 28265, 20001
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def node_ip(i: int) -> str:
+    return f"{NET}.{11 + i}"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def pids_in(ns: str) -> list[int]:
+    out = _ip("netns", "pids", ns, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def in_ns(ns: str, *args: str) -> list[str]:
+    """A command run in a namespace's network only (nsenter: `ip netns exec` would remount /sys)."""
+    return ["nsenter", f"--net=/run/netns/{ns}", *args]
+
+
+@dataclass
+class RayCluster:
+    """The cluster this session started: its job server's address and what it made, to take down."""
+
+    temp_dir: Path
+    made: list[tuple[str, str]] = field(default_factory=list)  # (kind, name), in the order made
+    start_s: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"http://{node_ip(0)}:{DASHBOARD_PORT}"
+
+    def env(self) -> dict[str, str]:
+        # jobs get 30 s to stop on SIGTERM (a trainer saves its checkpoint), not Ray's 3
+        return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_JOB_STOP_WAIT_TIME_S="30")
+
+    def network(self) -> None:
+        if _ip("link", "show", BRIDGE, check=False).returncode != 0:
+            _ip("link", "add", BRIDGE, "type", "bridge")
+            self.made.append(("bridge", BRIDGE))
+        if f" {HOST_IP}/24 " not in _ip("-o", "addr", "show", "dev", BRIDGE).stdout:
+            _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
+        _ip("link", "set", BRIDGE, "up")
+        for i, ns in enumerate(NAMESPACES):
+            if not Path(f"/run/netns/{ns}").exists():
+                _ip("netns", "add", ns)
+                self.made.append(("netns", ns))
+            veth = f"tl-rayveth{i}"
+            if _ip("link", "show", veth, check=False).returncode != 0:
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                self.made.append(("veth", veth))
+            _ip("link", "set", veth, "master", BRIDGE, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            if node_ip(i) not in _ip("-n", ns, "-o", "addr", "show", "dev", "eth0").stdout:
+                _ip("-n", ns, "addr", "add", f"{node_ip(i)}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.network()
+        common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats",
+                  f"--temp-dir={self.temp_dir}"]
+        head = [RAY, "start", "--head", f"--node-ip-address={node_ip(0)}", f"--port={GCS_PORT}",
+                f"--dashboard-host={node_ip(0)}", f"--dashboard-port={DASHBOARD_PORT}",
+                f"--ray-client-server-port={CLIENT_PORT}", *common]
+        second = [RAY, "start", f"--address={node_ip(0)}:{GCS_PORT}", f"--node-ip-address={node_ip(1)}", *common]
+        for ns, cmd in zip(NAMESPACES, (head, second)):
+            proc = subprocess.run(in_ns(ns, *cmd), env=self.env(), capture_output=True, text=True, timeout=180)
+            if proc.returncode != 0:
+                self.stop()
+                raise RuntimeError(f"{' '.join(cmd)} (in {ns}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        self.start_s = time.monotonic() - t0
+
+    def stop(self) -> None:
+        """Every process in the cluster's namespaces, by pid (SIGTERM, then SIGKILL), then what network it made."""
+        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for ns in NAMESPACES:
+                for pid in pids_in(ns):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            end = time.monotonic() + wait_s
+            while any(pids_in(ns) for ns in NAMESPACES) and time.monotonic() < end:
+                time.sleep(0.1)
+        for kind, name in reversed(self.made):
+            if kind == "netns":
+                _ip("netns", "del", name, check=False)
+            else:
+                _ip("link", "del", name, check=False)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def why_not() -> str | None:
+    """Why this machine cannot start the cluster (None: it can)."""
+    if os.geteuid() != 0:
+        return "the Ray test cluster runs in network namespaces, which need root"
+    if not Path(RAY).is_file():
+        return "ray is not installed (pip install 'tunelab[ray]')"
+    if shutil.which("nsenter") is None or shutil.which("ip") is None:
+        return "nsenter and ip (util-linux, iproute2) are needed for the Ray test cluster's namespaces"
+    return None
+
+
+def answers(address: str) -> bool:
+    """A Ray job server answers there (a cluster already running: used as it is, and left running)."""
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def start_cluster() -> tuple[RayCluster, bool]:
+    """The cluster, and whether this call started it (then the caller stops it)."""
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="tlray-", dir="/tmp")))
+    if answers(cluster.address):
+        return cluster, False
+    cluster.start()
+    return cluster, True
