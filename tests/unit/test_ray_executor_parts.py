@@ -97,3 +97,16 @@ def test_at_most_twice_what_the_nodes_hold_goes_to_ray_at_once(tmp_path):
     room = RayRoom(TWO_NODES, {"r": job_ask(cfg, JobKind.TRAIN)})
     assert room.take(cfg, 2, 0) == {}
     assert room.take(cfg, 2, 1) is None and "2 jobs on the Ray cluster" in room.waiting()
+
+
+def test_the_runs_address_wins_over_ray_address(tmp_path, monkeypatch):
+    from tunelab.errors import TunelabError
+    from tunelab.execute.ray_cluster import RayExecutor
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
+    ex = RayExecutor()
+    ex.poll_interval([_run(tmp_path, address="http://from-spec:8265")])
+    assert ex.address == "http://from-spec:8265"
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(TunelabError, match="no cluster address: set resources.address or RAY_ADDRESS"):
+        RayExecutor().client()

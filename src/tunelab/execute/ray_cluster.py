@@ -123,7 +123,7 @@ class RayRoom(SchedulerRoom):
 
 
 class RayExecutor:
-    """Ray jobs through the cluster's job server; `address` (else RAY_ADDRESS, else the runs' resources.address)."""
+    """Ray jobs through the cluster's job server: `address`, else the runs' resources.address, else RAY_ADDRESS."""
 
     name = "ray"
     detached = True
@@ -135,18 +135,20 @@ class RayExecutor:
         except ImportError:
             raise TunelabError("executor ray needs Ray here: pip install 'tunelab[ray]'") from None
         self._client_class = JobSubmissionClient
-        self.address = address or os.environ.get(ADDRESS_ENV) or None
+        self.address = address  # else the runs' resources.address once they are known, else RAY_ADDRESS
         self._clients: dict[str, Any] = {}
         self._asks: dict[Path, tuple[RayAsk, JobKind]] = {}  # by script: what submit asks for it
         self._silent_since: float | None = None
         self._error = ""
 
     def _learn(self, runs: list[RunConfig]) -> None:
+        """The cluster the runs name (resources.address), which wins over RAY_ADDRESS."""
         if self.address is None:
             self.address = next((c.resources.address for c in runs if c.resources.address), None)
 
     def client(self, address: str | None = None) -> Any:
-        address = address or self.address
+        if address is None:  # this executor's own cluster (a job's is named in its id)
+            self.address = address = self.address or os.environ.get(ADDRESS_ENV) or None
         if not address:
             raise TunelabError(f"executor ray: no cluster address: set resources.address or {ADDRESS_ENV} "
                                "(the head's job server, e.g. http://head:8265)", field="resources.address")
@@ -192,7 +194,7 @@ class RayExecutor:
 
     def command(self, script: Path, dependency: str | None = None, array: str | None = None) -> str:
         after = f" (after {split_id(dependency)[0]} succeeds)" if dependency else ""
-        return f"ray job submit --address {self.address} -- bash {script}{after}"
+        return f"ray job submit --address {self.address or '$' + ADDRESS_ENV} -- bash {script}{after}"
 
     def poll(self, ids: list[str]) -> dict[str, JobInfo] | None:
         by_address: dict[str, list[str]] = {}
