@@ -17,7 +17,8 @@ architecture; its 152k-token head still costs about a second per 16 tokens on a 
 the sequence lengths (16 tokens at least) and a few steps. By default only SMOKE_ROWS: two rows that train in
 one process (packed with auto attention, then unpacked) and the lab's out-of-memory row in a process of its own
 (TUNELAB_FAULT_OOM_ABOVE_BATCH standing in for the GPU's limit), since importing the training stack alone takes
-10-25 s there; `--only` runs any other row the same way.
+10-25 s there; `--only` runs any other row the same way. The smoke's rows leave out the probe's generation timing,
+which the kit records nothing of (gpu_truth_worker.py).
 """
 
 from __future__ import annotations

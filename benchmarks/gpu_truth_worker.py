@@ -11,6 +11,10 @@ its record says none.
 
 A row whose model directory is a build without weights (models/random_init.py: "drawn at load") gets its
 weights drawn on its device in this process: `from_pretrained` of such a directory is `draw_random_model`.
+
+The CPU smoke's plan says `"generation": false`: the probe's last part, its generation timing (probe_generate.py,
+which the kit records nothing of), is left out there. On the CPU it was two thirds of a row's time (batches of 16
+decoding through the 0.5B models' 152k-word head); the GPU grid's rows keep it, as `probe_steps` runs it.
 """
 
 from __future__ import annotations
@@ -88,6 +92,14 @@ def install_one_baseline() -> None:
     probe_steps.DeviceMemory = OneBaseline  # type: ignore[misc]
 
 
+def skip_generation() -> None:
+    """probe_run without its generation timing (the smoke's plan: module docstring): no GenerationSpeed, as for a
+    vision-language model."""
+    from tunelab.train import probe_steps
+
+    probe_steps._generation = lambda pcfg, cuda: None  # type: ignore[assignment]
+
+
 def run_row(row: dict[str, Any]) -> str | None:
     """Probe one row and write its results beside its run; the error line when it failed."""
     from tunelab.rundir.config import load_run_config
@@ -131,6 +143,8 @@ def main(argv: list[str]) -> int:
     import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
     install_draws()
     install_one_baseline()
+    if not plan.get("generation", True):
+        skip_generation()
     since = time.monotonic() - (process_age_s() or 0.0)
     for row in plan["rows"]:
         print(f"==== row {row['name']}", flush=True)
