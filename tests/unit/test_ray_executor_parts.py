@@ -40,6 +40,7 @@ def test_a_ray_jobs_details_in_the_executors_words():
     assert (failed.state, failed.exit_code, failed.ended) == (JobState.FAILED, "3:0", True)
     assert failed.reason == "Job entrypoint command failed with exit code 3, last logs:"
     assert job_info(_details("SUCCEEDED", None)).exit_code == "0:0"
+    assert failed.node == "n1" and job_info(_details("FAILED", 3), {"n1": "10.0.0.1"}).node == "10.0.0.1"
     stopped = job_info(_details("STOPPED", None))
     assert stopped.state == JobState.CANCELLED and stopped.ended  # Slurm's STOPPED would be active
     assert not job_info(_details("PENDING", None)).ended

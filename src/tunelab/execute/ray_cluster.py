@@ -71,13 +71,15 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
 
 
-def job_info(details: Any) -> JobInfo:
-    """One Ray job's JobDetails as a JobInfo: its state, exit code ('N:0') and Ray's message as the reason."""
+def job_info(details: Any, node_ips: dict[str, str] | None = None) -> JobInfo:
+    """One Ray job's JobDetails as a JobInfo: its state, exit code ('N:0'), the node it ran on (its address where
+    `node_ips` knows the node's id) and Ray's message as the reason."""
     status = str(getattr(details.status, "value", details.status))
     code = getattr(details, "driver_exit_code", None)
     exit_code = f"{code}:0" if code is not None else ("0:0" if status == "SUCCEEDED" else None)
-    node = getattr(details, "driver_node_id", None)
-    return JobInfo(STATES.get(status, status), exit_code=exit_code, node=(node or None),
+    node = getattr(details, "driver_node_id", None) or None
+    where = (node_ips or {}).get(node, node) if node else None
+    return JobInfo(STATES.get(status, status), exit_code=exit_code, node=where,
                    reason=(details.message or "").split("\n", 1)[0][:300])
 
 
@@ -139,6 +141,7 @@ class RayExecutor:
         self._clients: dict[str, Any] = {}
         self._asks: dict[Path, tuple[RayAsk, JobKind]] = {}  # by script: what submit asks for it
         self._silent_since: float | None = None
+        self._ips: dict[str, str] = {}  # node id -> address
         self._error = ""
 
     def _learn(self, runs: list[RunConfig]) -> None:
@@ -208,18 +211,30 @@ class RayExecutor:
                 self._silent(f"{address}: {exc}")
                 return None
             self._silent_since = None
+            ips = self._node_ips(address, {j.driver_node_id for j in jobs.values() if j.driver_node_id})
             for i in mine:
                 sid = split_id(i)[0]
                 if sid not in jobs:
                     out[i] = JobInfo(UNSEEN)
                     continue
-                info = job_info(jobs[sid])
+                info = job_info(jobs[sid], ips)
                 gate = jobs[sid].metadata or {}
                 if gate.get("tunelab") == "gate":
                     child = jobs.get(sid + CHILD_SUFFIX)
-                    info = gated_info(info, job_info(child) if child is not None else None, gate.get("after", "?"))
+                    info = gated_info(info, job_info(child, ips) if child is not None else None, gate.get("after", "?"))
                 out[i] = info
         return out
+
+    def _node_ips(self, address: str, ids: set[str]) -> dict[str, str]:
+        """{node id: its address}, asked of Ray's state API only when a node id is new (ids: those seen now)."""
+        if ids - set(self._ips):
+            from ray.util.state import list_nodes  # the optional extra
+
+            try:
+                self._ips.update({n.node_id: n.node_ip for n in list_nodes(address=address)})
+            except Exception:  # the state API unreachable: node ids, named again at the next look
+                pass
+        return self._ips
 
     def cancel(self, ids: list[str]) -> None:
         """Ray's stop: SIGTERM to the job's processes (the trainer saves), SIGKILL after RAY_JOB_STOP_WAIT_TIME_S;

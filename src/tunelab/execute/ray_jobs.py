@@ -81,5 +81,6 @@ def write_eval_script(cfg: RunConfig, python: str | None = None, durable: bool =
 def write_side_script(work_dir: Path, kind: JobKind, command: str) -> Path:
     """A one-off job's script (the probe's): `command`, run where Ray places it."""
     path = work_dir / f"{kind}.sh"
-    atomic_write_text(path, f"#!/usr/bin/env bash\nset -euo pipefail\ncd {shlex.quote(str(work_dir))}\nexec {command}\n")
+    text = f"#!/usr/bin/env bash\nset -euo pipefail\ncd {shlex.quote(str(work_dir))}\nexec {command}\n"
+    atomic_write_text(path, text)
     return path

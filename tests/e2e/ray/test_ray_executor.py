@@ -49,7 +49,8 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     local_spec = spec_in(tmp_path / "local", eval=EVAL, factors={"lora_rank": [4]})
     exp = ray_spec.parent
     _ok(["scaffold", str(ray_spec)])
-    assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file() and (exp / "controls" / "tiny_base" / "ray-eval.sh").is_file()
+    assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file()
+    assert (exp / "controls" / "tiny_base" / "ray-eval.sh").is_file()
     _ok(["run", str(exp), "--wait"])
     jobs = _jobs(exp)
     by = {(j["run"], j["kind"]): j for j in jobs}
@@ -62,7 +63,7 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
         assert "[tunelab gate]" not in (exp / "runs" / run / f"ray-eval-{split_id(ev['job_id'])[0]}.out").read_text()
         assert (exp / "runs" / run / f"ray-train-{split_id(train['job_id'])[0]}.out").is_file()
     # the training and the control's evaluation, one CPU each, went at once to two one-CPU nodes: both ran jobs
-    assert len({j["node"] for j in jobs}) == 2, [j["node"] for j in jobs]
+    assert {j["node"] for j in jobs} == {raycluster.node_ip(0), raycluster.node_ip(1)}, [j["node"] for j in jobs]
     status = _ok(["status", str(exp)]).output
     print(status)
     assert json.loads(_ok(["status", str(exp), "--json"]).stdout)["runs"][0]["state"] == "completed"
