@@ -141,8 +141,9 @@ def answers(address: str) -> bool:
 
 def start_cluster() -> tuple[RayCluster, bool]:
     """The cluster, and whether this call started it (then the caller stops it)."""
-    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="tlray-", dir="/tmp")))
-    if answers(cluster.address):
-        return cluster, False
+    found = RayCluster(Path("/nonexistent"))  # a running cluster's files are its starter's
+    if answers(found.address):
+        return found, False
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="tlray-", dir="/tmp")))  # short: Ray's socket paths
     cluster.start()
     return cluster, True
