@@ -50,7 +50,7 @@ def _status(exp: Path) -> dict[str, StatusRow]:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def timeout_submitted(tmp_path_factory, tiny_model, caps_dataset, slurm_cluster):
     exp = tmp_path_factory.mktemp("timeout") / "exp"
     exp.mkdir()
@@ -203,6 +203,7 @@ def test_cancelled_run_then_resubmitted_resumes_from_its_checkpoint(write_spec, 
     assert f"resuming from checkpoint-{resumed}" in log
 
 
+@pytest.mark.fault_run  # a long fault run (Slurm kills the job at its limit, then the resume): `make test-faults`
 def test_timeout_is_classified_and_resubmitted_with_a_longer_limit_resuming(timeout_submitted, monkeypatch):
     exp = timeout_submitted
     monkeypatch.setenv("TUNELAB_FAULT_STEP_S", PACED_STEP_S)  # the resubmitted job too
