@@ -54,7 +54,8 @@ COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_lease.p
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py"),
                      "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py"),
                      "first_contact.py": ("--check", "tests/e2e/test_report_audit.py"),
-                     "step_cost.py": ("--smoke", "tests/e2e/test_probe_profile.py")}
+                     "step_cost.py": ("--smoke", "tests/e2e/test_probe_profile.py"),
+                     "sweep_peers.py": ("--smoke", "tests/e2e/test_sweep_peers_smoke.py")}
 NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, decimals
 
 
