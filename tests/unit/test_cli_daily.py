@@ -142,7 +142,7 @@ def test_run_executor_is_a_choice_and_slurm_only_options_are_refused_locally(tmp
     assert bad.exit_code == 2 and "local" in bad.output and "slurm" in bad.output
     for flag in ("--dry-run", "--wait"):
         res = runner.invoke(app, ["run", str(tmp_path), "--executor", "local", flag])
-        assert res.exit_code == 1 and f"{flag}: --dry-run and --wait apply to the slurm executor only" in res.output
+        assert res.exit_code == 1 and f"{flag}: --dry-run and --wait apply to the slurm or ray executor only" in res.output
 
 
 def test_estimate_measures_the_spec_s_prompt_format_dtype_and_modules(tiny_model, caps_dataset):

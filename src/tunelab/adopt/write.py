@@ -24,6 +24,8 @@ from tunelab.rundir.checkpoints import epoch_dir
 from tunelab.rundir.metrics import write_metrics
 from tunelab.rundir.status import Status, now_iso, write_new_status
 from tunelab.rundir.summary import Summary, write_summary
+from tunelab.ledger import store as ledger
+from tunelab.rundir.experiment import SPEC_FILE, load_runs
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 COPIED = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",
@@ -128,8 +130,6 @@ def _write_run(cfg: RunConfig, run: AdoptedRun, base_model: Path) -> None:
 
 def adopt(sources: list[Path], out: Path, spec_path: Path, model: Path | None = None) -> AdoptResult:
     """Adopt the runs in `sources` into the experiment `out`, planned from `spec_path` (data, prompt, tasks)."""
-    from tunelab.ledger import store as ledger
-    from tunelab.rundir.experiment import SPEC_FILE, load_runs
     from tunelab.plan.planner import make_plan
     from tunelab.scaffold.write import _resolved_spec_dump
 

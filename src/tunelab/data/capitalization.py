@@ -11,13 +11,13 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json
+from english_words import get_english_words_set
 
 WORD_SOURCE = "english-words:web2"
 
 
 def english_words(length: int) -> list[str]:
     """All lower-case alphabetic words of the given length, sorted (so sampling depends only on the seed)."""
-    from english_words import get_english_words_set
 
     words = get_english_words_set(["web2"], lower=True, alpha=True)
     return sorted(w for w in words if len(w) == length and w.isascii())

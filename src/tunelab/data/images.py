@@ -10,6 +10,8 @@ emit), so the prompt of an evaluation is still the exact token prefix of the tra
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,8 +57,6 @@ def image_value(value: Any, image_dir: str | None, where: str) -> str:
     if isinstance(value, dict) and isinstance(value.get("path"), str):
         return resolve_image(value["path"], image_dir, where)
     if hasattr(value, "save"):  # a PIL image (a datasets Image column, decoded)
-        import io
-
         buf = io.BytesIO()
         value.save(buf, format="PNG")
         return _as_uri(buf.getvalue())
@@ -64,8 +64,6 @@ def image_value(value: Any, image_dir: str | None, where: str) -> str:
 
 
 def _as_uri(data: bytes) -> str:
-    import base64
-
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -84,9 +82,6 @@ def image_source(path: str) -> Any:
     """What PIL opens: the path, or a base64 data URI's bytes (an image column, or inspect-ai's encoding)."""
     if not path.startswith("data:"):
         return path
-    import base64
-    import io
-
     return io.BytesIO(base64.b64decode(path.split(",", 1)[1]))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tunelab.data.splits import load_data
 from tunelab.errors import TunelabError
 from tunelab.spec.training import ByField
 
@@ -41,8 +42,6 @@ def fixed_order(order: str | ByField, lengths: Sequence[int], field_values: Sequ
 
 def field_values(cfg, name: str) -> list[Any]:
     """One field of every train row, read through the same load_data the examples come from."""
-    from tunelab.data.splits import load_data
-
     ds = load_data(cfg.dataset, cfg.experiment_dir).require("train")
     if name not in ds.column_names:
         raise TunelabError(f"the training data has no field {name!r} (fields: {', '.join(ds.column_names)})",

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from tunelab.data.conversation import ROLES, Example, Message, with_system
 from tunelab.errors import TunelabError
 from tunelab.spec import template_fields
+from tunelab.data.images import image_value
+from tunelab.data.images import parse_parts
 
 Format = Literal["chat", "prompt_completion", "fields"]
 
@@ -68,7 +70,6 @@ class RowReader:
         """The row's image (image_field), as a file path or a data URI; none without image_field."""
         if not self.image_field:
             return ()
-        from tunelab.data.images import image_value
 
         if row.get(self.image_field) is None:
             raise TunelabError(f"{where}: no image in '{self.image_field}' (image_field)")
@@ -110,7 +111,6 @@ def _turns(value: Any, where: str, column: str, image_dir: str | None = None) ->
         if turn.get("role") not in ROLES:
             raise TunelabError(f"{where}: {column}[{i}].role is {turn.get('role')!r}; use one of {', '.join(ROLES)}")
         if isinstance(content, list):  # content parts: text and images (a vision-language row)
-            from tunelab.data.images import parse_parts
 
             text, images = parse_parts(content, f"{where}: {column}[{i}]", image_dir)
             out.append(Message(turn["role"], text, images))

@@ -22,6 +22,7 @@ from pathlib import Path
 from tunelab.data.capitalization import split_counts, split_lists
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json
+from PIL import Image, ImageDraw
 
 TASKS = ("colour", "count", "position")
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
@@ -59,7 +60,6 @@ def _box_in(rng: random.Random, area: tuple[int, int, int, int], lo: int, hi: in
 
 def draw_example(task: str, rng: random.Random, size: int):
     """(picture, answer) for one example of the task."""
-    from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)

@@ -12,6 +12,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.models.vision import ImageTokens, VisionGeometry, budget_image, geometry_from_config, read_geometry
+from tunelab.models.vision import is_vision_config
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,6 @@ def run_images(inputs: MemoryInputs, model: str | Path, model_config: dict[str, 
     longest row cannot hold its tokens) in the longest row. The language model's cost is in that row's length,
     which counts every image's tokens (plan's lengths); the tower's own (its input and its passing forward,
     small beside the LM at full size) is one image's. Text models: inputs unchanged."""
-    from tunelab.models.vision import is_vision_config
 
     if not is_vision_config(model_config):
         return inputs

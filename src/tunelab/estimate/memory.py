@@ -17,6 +17,7 @@ from typing import Any
 
 from tunelab.catalog import Architecture
 from tunelab.estimate.simulator.spec import StepConfig
+from tunelab.models.attention import resolve_attention
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 2**30
@@ -71,7 +72,6 @@ class MemoryInputs:
     @classmethod
     def of_training(cls, t: Any, dtype: str) -> MemoryInputs:
         """From a run's training config (spec/training.py) and the dtype it trains in on the target GPU."""
-        from tunelab.models.attention import resolve_attention
 
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
         return cls(attention=resolve_attention(t.attention, t.packing).kind.value, qlora_frozen_dtype=t.qlora_frozen_dtype,

@@ -25,6 +25,14 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.probe import SPREAD_LIMIT, ProbeResult, read_probe_results
 from tunelab.spec import TrainingConfig
+from tunelab.catalog import match_gpu
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import largest_micro_batch
+import shutil
+import subprocess
+import sys
+from tunelab.host import threads
+from tunelab.rundir.config import save_run_config
 
 WARMUP_STEPS = 2  # steps trained before any is timed: optimizer state created, kernels warmed up
 PROBE_MODULE = "tunelab.train.probe_steps"  # the probe's job: the run's own trainer, a few timed steps
@@ -116,7 +124,6 @@ def caveat(shape: Shape, result: ProbeResult) -> str | None:
 def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
     """The dtype the probe trained in: `auto` resolved for the GPU it ran on (left `auto` on a GPU the catalog
     lacks, whose compute capability is unknown here)."""
-    from tunelab.catalog import match_gpu
 
     if t.dtype != "auto":
         return t.dtype
@@ -130,9 +137,6 @@ def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
     """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory), for
     the step the probe measured: one process (probe_steps trains in the probe's own process, never under
     torchrun), so the search is the single-device one whatever the run's gpus_per_run."""
-    from tunelab.catalog import match_gpu
-    from tunelab.estimate.memory import MemoryInputs
-    from tunelab.estimate.peak import largest_micro_batch
 
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
@@ -156,12 +160,7 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     """One shape measured the way a job trains: in a process of its own (`python -m tunelab.train.probe_steps`)
     on a scratch run directory, read back from the result file it writes there. The scratch directory is
     removed afterwards, also on Ctrl-C."""
-    import shutil
-    import subprocess
-    import sys
 
-    from tunelab.host import threads
-    from tunelab.rundir.config import save_run_config
 
     pcfg = probe_cfg(shape.cfg, shape.key)
     run_dir = pcfg.run_dir

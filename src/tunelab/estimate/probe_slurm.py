@@ -21,6 +21,7 @@ from tunelab.execute.executor import Executor, JobKind
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
 from tunelab.rundir.probe import ProbeResult, read_probe_results
+import sys
 
 PROBE_TIME_LIMIT = "00:30:00"
 POLL_S = 2.0
@@ -36,7 +37,6 @@ def read_results(path: Path) -> dict[str, ProbeResult]:
 def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path, executor: Executor,
                    say: Callable[[str], None] = print, timeout_s: float = 3600) -> list[history.HistoryRun]:
     """Submit the probe job through `executor` (the Slurm one), wait for it, record its results in the history."""
-    import sys
 
     shapes = distinct_shapes(runs)
     if not shapes:

@@ -39,6 +39,12 @@ from tunelab.evaluate.mixgen import Row
 from tunelab.evaluate.tasks import OPTIONS, option_output
 from tunelab.evaluate.work import WorkItem
 from tunelab.spec.evalloop import EvalLoop, evaluation_loop
+from tunelab.evaluate.decoding import sampling_of
+from tunelab.evaluate.provider import TunelabModelAPI
+from tunelab.evaluate.shared import AdapterView
+from inspect_ai.model import ModelName
+from inspect_ai.scorer import Target
+from inspect_ai.solver import TaskState
 
 
 
@@ -60,9 +66,6 @@ class BatchedTask:
 def batchable(item: WorkItem, task: Any, model: Any, inspect_loop: bool = False) -> bool:
     """Whether tunelab's own loop runs this target × task: the loop the plan priced it by (spec/evalloop.py: a
     built-in, a text model, not `inspect_loop`), and, as built, one greedy generate() on a pass's shared weights."""
-    from tunelab.evaluate.decoding import sampling_of
-    from tunelab.evaluate.provider import TunelabModelAPI
-    from tunelab.evaluate.shared import AdapterView
 
     api = model.api
     if not isinstance(api, TunelabModelAPI) or not isinstance(api.lm, AdapterView):
@@ -127,9 +130,6 @@ def _finish(one: BatchedTask, header: Any, answers: list[Any], share: float, sta
 
 async def _score(task: Any, model: Any, samples: list[Any], outputs: list[Any]) -> list[dict[str, Any]]:
     """Each sample's scores by the task's own scorers, on the TaskState inspect's loop would hand them."""
-    from inspect_ai.model import ModelName
-    from inspect_ai.scorer import Target
-    from inspect_ai.solver import TaskState
 
     scorers = list(task.scorer or [])
     if not scorers:

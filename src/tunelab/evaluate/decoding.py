@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.inspect_internals import sample_state
 
 DEFAULT_SEED = 0
 HONOURED = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop_seqs", "num_choices",
@@ -101,7 +102,6 @@ def sampling_of(config: Any) -> Sampling | None:
 def current_sample() -> list[Any] | None:
     """[sample id, epoch] of the inspect sample being generated for (None outside one: answers are then seeded
     by prompt and choice alone). inspect-ai has no public accessor: inspect_internals.sample_state."""
-    from tunelab.evaluate.inspect_internals import sample_state
 
     state = sample_state()
     return None if state is None else [str(state.sample_id), int(state.epoch)]

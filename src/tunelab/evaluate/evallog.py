@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from tunelab.evaluate.inspect_internals import unique_scorer_name
+from tunelab.evaluate.inspect_internals import registry_unqualified_name
+from tunelab.evaluate.inspect_internals import eval_results
+from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+from shortuuid import uuid
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,6 @@ def now() -> str:
 
 def scorer_names(scorers: list[Any]) -> list[str]:
     """The names the task's scores go under in the log (inspect's rule: the scorer's name, numbered when repeated)."""
-    from tunelab.evaluate.inspect_internals import unique_scorer_name
 
     names: list[str] = []
     for scorer in scorers:
@@ -51,7 +55,6 @@ def scorer_names(scorers: list[Any]) -> list[str]:
 def sample_score(scorer: Any, score: Any, sample: Any) -> Any:
     from inspect_ai.scorer import SampleScore
 
-    from tunelab.evaluate.inspect_internals import registry_unqualified_name
 
     return SampleScore(score=score, sample_id=sample.id, sample_metadata=sample.metadata,
                        scorer=registry_unqualified_name(scorer))
@@ -75,8 +78,6 @@ def write_task_log(header: Any, task: Any, model: Any, results: list[SampleResul
     reads the task's duration)."""
     from inspect_ai.log import EvalStats, write_eval_log
 
-    from tunelab.evaluate.inspect_internals import eval_results
-    from tunelab.evaluate.logcompression import compress_logs_in_one_thread
 
     name = str(model)
     evaluated, reductions = eval_results(len(results), [r.scores for r in results], task.epochs_reducer,
@@ -104,7 +105,6 @@ def _usage(results: list[SampleResult], model: str) -> dict[str, Any]:
 def _sample(result: SampleResult, model: str) -> Any:
     """A sample as inspect's loop logs it: the input messages marked as input, then the answer."""
     from inspect_ai.log import EvalSample
-    from shortuuid import uuid
 
     sample, output = result.sample, result.output
     messages = [m.model_copy(update={"source": "input"}) for m in input_messages(sample.input)]

@@ -24,6 +24,8 @@ from typing import Any
 
 from tunelab.evaluate.hf import tokenizer_dir
 from tunelab.evaluate.work import TargetWork
+from tunelab.models.vlm import is_vision_language
+from tunelab.host.device import resolve_dtype
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -121,7 +123,6 @@ def _why_single(key: _Key, buckets: dict[_Key, list[TargetWork]]) -> str:
 
 def mix_blocker(work: TargetWork) -> str | None:
     """Why this target cannot go into a mixed batch (None: it can)."""
-    from tunelab.models.vlm import is_vision_language
 
     target = work.target
     if not (target.base_path / "config.json").is_file():
@@ -188,7 +189,6 @@ def _vocab_size(base: Path) -> int:
 
 def _dtype(work: TargetWork, device: str) -> Any:
     """The dtype the provider loads this target in (model_args_of: the run's training dtype, else auto)."""
-    from tunelab.host.device import resolve_dtype
 
     cfg = work.cfg
     return resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", device)

@@ -22,6 +22,8 @@ import anyio
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
 from tunelab.faults import kill_point
+from tunelab.models.vlm import is_vision_language, load_vlm
+import gc
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +92,6 @@ def load_base(base_path: str | Path, tokenizer: Any, dtype: Any, resize: bool) -
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from tunelab.models.vlm import is_vision_language, load_vlm
 
     base = Path(base_path)
     bars = hf_logging.is_progress_bar_enabled()
@@ -259,7 +260,6 @@ def release_weights() -> None:
     in a long-lived process (a notebook, the MCP server, a test session) one costs ~0.5 s, three per checkpoint."""
     if not _CACHE:
         return
-    import gc
 
     import torch
 

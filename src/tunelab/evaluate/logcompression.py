@@ -8,6 +8,7 @@ thread writes the same zstd format: inspect, `inspect view` and tunelab read the
 """
 
 from __future__ import annotations
+from tunelab.evaluate.inspect_internals import set_zstd_threads
 
 # zstandard's `threads=0`: compress in the calling thread, no worker pool.
 LOG_ZSTD_THREADS = 0
@@ -16,6 +17,5 @@ LOG_ZSTD_THREADS = 0
 def compress_logs_in_one_thread() -> None:
     """Set inspect-ai's zstd thread count for `.eval` members to one (the calling thread). Called before every
     inspect eval tunelab starts (runner.evaluate_task, waves.run_wave) and every log tunelab writes itself."""
-    from tunelab.evaluate.inspect_internals import set_zstd_threads
 
     set_zstd_threads(LOG_ZSTD_THREADS)

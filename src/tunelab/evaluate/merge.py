@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 from tunelab.fsutil import atomic_write_text
+from tunelab.models.vlm import is_vision_language
+from tunelab.evaluate.hf import load_model
 
 HEAD_MODULES = {"score", "classifier", "classification_head"}  # what vLLM accepts in modules_to_save
 MERGED_DIR = "vllm-merged"
@@ -39,7 +41,6 @@ def unservable(adapter: Path) -> str | None:
 
 def not_mergeable(base: Path) -> str | None:
     """Why a checkpoint of this base goes to the HF path rather than to a merged vLLM model (None: it merges)."""
-    from tunelab.models.vlm import is_vision_language
 
     if is_vision_language(str(base)):
         return "a vision-language model (tunelab's vLLM path serves text models)"
@@ -58,7 +59,6 @@ def merge_adapter(base: Path, adapter: Path, out: Path, dtype: str) -> Path:
                        if p.is_file()}}
     if (out / MERGED_STAMP).is_file() and json.loads((out / MERGED_STAMP).read_text()) == stamp:
         return out
-    from tunelab.evaluate.hf import load_model
 
     import torch
 

@@ -32,6 +32,12 @@ from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
 from tunelab.spec.evalloop import EvalLoop, LoopChoice, evaluation_loop
 from tunelab.jobimports import Stack, import_job_stack
+from tunelab.host.device import resolve_device
+from tunelab.evaluate.grouping import Alone, group_targets
+from tunelab.evaluate.engine import Engine, resolve_engine
+from tunelab.evaluate.grouping import pass_of_one
+from tunelab.models.vlm import is_vision_language
+from tunelab.evaluate.hf import release_weights
 
 if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
     from tunelab.evaluate.grouping import Alone
@@ -57,8 +63,6 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
         return results_by_run(work, {})
     # the evaluation stack, imported with the collector paused
     import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)
-    from tunelab.host.device import resolve_device
-    from tunelab.evaluate.grouping import Alone, group_targets
     from tunelab.evaluate.onepass import PassOptions, evaluate_group
     from tunelab.evaluate.provider import DEFAULT_BATCH_SIZE
 
@@ -96,7 +100,6 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
 def _through_vllm(cfgs: list[RunConfig], pending: list[TargetWork], engine: str | None, batch_size: int,
                   report: Report, console: Console | None, outcomes: dict[ItemKey, Outcome]) -> list[TargetWork]:
     """With engine vllm (evaluate/engine.py), what vLLM serves is evaluated there; the targets left for HF."""
-    from tunelab.evaluate.engine import Engine, resolve_engine
 
     chosen, home = resolve_engine(cfgs, engine)
     if chosen != Engine.VLLM or home is None:
@@ -110,7 +113,6 @@ def _one_at_a_time(one: Alone, device: str, options: PassOptions, one_pass: bool
                    console: Console | None) -> dict[ItemKey, Outcome]:
     """A target alone: a pass of one where a task of it takes tunelab's loop (lone_loop: the loop the plan
     priced), else evaluate_alone (inspect-ai's loop; `one_pass` False asks for it, the reference)."""
-    from tunelab.evaluate.grouping import pass_of_one
     from tunelab.evaluate.onepass import evaluate_group
     from tunelab.evaluate.waves import fail_unended
 
@@ -137,7 +139,6 @@ def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
     """The loop a target alone takes (spec/evalloop.py): tunelab's where any of its tasks takes it (in a pass of
     one, the others go through inspect-ai's loop there as in any pass), else inspect-ai's, with the first task's
     reason. A directory that is no model goes to inspect-ai's loop, which names what is missing."""
-    from tunelab.models.vlm import is_vision_language
 
     base = work.target.base_path
     if not (base / "config.json").is_file():
@@ -150,7 +151,6 @@ def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
 def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[ItemKey, Outcome]:
     """One target, every pending task, as evaluate_run evaluates it (its weights loaded for it alone); a task
     that fails is recorded, the next one runs."""
-    from tunelab.evaluate.hf import release_weights
     from tunelab.evaluate.runner import evaluate_task
 
     out: dict[ItemKey, Outcome] = {}

@@ -51,6 +51,12 @@ from tunelab.evaluate.mixbatch import AdapterQueue
 from tunelab.evaluate.shared import AdapterView, shared_view
 from tunelab.spec import template_fields
 from tunelab.host.device import resolve_device, resolve_dtype
+from tunelab.evaluate.targets import resolve_model_dir
+from tunelab.data.images import encode_vision_prompt
+from tunelab.data.images import encode_vision_example
+from inspect_ai.model import ContentImage
+from dataclasses import replace
+from tunelab.models.vlm import is_vision_language, load_vision_processor
 
 PROVIDER = "tunelab"
 DEFAULT_BATCH_SIZE = 16
@@ -99,7 +105,6 @@ class TunelabModelAPI(ModelAPI):
                  min_pixels: int | str | None = None, max_pixels: int | str | None = None) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if base_path is None:  # by hand: the model name is a directory of this experiment
-            from tunelab.evaluate.targets import resolve_model_dir
 
             cfg, target = resolve_model_dir(model_name)
             base_path = str(target.base_path)
@@ -166,7 +171,6 @@ class TunelabModelAPI(ModelAPI):
 
     def _encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
         if self.vision is not None:
-            from tunelab.data.images import encode_vision_prompt
 
             return encode_vision_prompt(self.format, messages, self.vision)
         return self.format.encode_prompt(messages, self.tokenizer)
@@ -225,7 +229,6 @@ class TunelabModelAPI(ModelAPI):
         """The tokens training would learn for `answer` after these messages (with its end-of-turn)."""
         example = Example((*messages, Message("assistant", answer)))
         if self.vision is not None:
-            from tunelab.data.images import encode_vision_example
 
             ids = encode_vision_example(self.format, example, self.vision)["input_ids"]
         else:
@@ -257,7 +260,6 @@ class TunelabModelAPI(ModelAPI):
 
 def images_of(message: ChatMessage) -> tuple[str, ...]:
     """The images of an inspect message (ContentImage parts: a file path or a data URI), in order."""
-    from inspect_ai.model import ContentImage
 
     if isinstance(message.content, str):
         return ()
@@ -266,9 +268,7 @@ def images_of(message: ChatMessage) -> tuple[str, ...]:
 
 def vision_processor_of(base_path: str, tokenizer: Any, min_pixels: Any, max_pixels: Any) -> Any:
     """A VLM's processor around the tokenizer the provider already holds; None for a text model."""
-    from dataclasses import replace
 
-    from tunelab.models.vlm import is_vision_language, load_vision_processor
 
     if not is_vision_language(base_path):
         return None

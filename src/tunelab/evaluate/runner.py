@@ -36,6 +36,13 @@ from tunelab.spec import EpochChoice, TaskSpec
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
+from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+from tunelab.evaluate.hf import release_weights
+from tunelab.evaluate.usertasks import resolve_user_task
+from tunelab.evaluate.decoding import describe, sampling_of
+from tunelab.evaluate.decoding import check_generate_config
+from tunelab.evaluate.usertasks import check_grader_dir
+from tunelab.evaluate.scores import scored_samples
 
 
 # What every inspect eval of tunelab's is run with. log_realtime=False: inspect's realtime sample buffer (a SQLite
@@ -50,7 +57,6 @@ def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
     compressed in the calling thread (logcompression.py)."""
     import inspect_ai
 
-    from tunelab.evaluate.logcompression import compress_logs_in_one_thread
 
     compress_logs_in_one_thread()
     return list(inspect_ai.eval(tasks, **INSPECT_OPTIONS, **options))
@@ -61,8 +67,6 @@ def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool 
     """Evaluate each target × task of a run (skipping finished ones unless force); returns every
     score record, fresh or read back, by target then task. `epochs` defaults to cfg.eval.epochs;
     `tasks` picks task names; batch_size 1 is the slow, unbatched reference path."""
-    from tunelab.evaluate.hf import release_weights
-    from tunelab.evaluate.usertasks import resolve_user_task
 
     base = Path(cfg.model.path)
     if not (base / "config.json").is_file():
@@ -99,7 +103,6 @@ def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | N
     Built-in samples are formatted conversations already (no template); a task file's inputs go
     through the task's prompt, else the run's."""
     if spec.file:
-        from tunelab.evaluate.usertasks import resolve_user_task
 
         ut = resolve_user_task(spec)
         return ut.build(), spec.prompt if spec.prompt is not None else cfg.prompt, ut.function
@@ -120,7 +123,6 @@ class PreparedTask:
 
 def prepare_task(cfg: RunConfig, spec: TaskSpec) -> PreparedTask:
     """Build and check one task (a task that cannot be built leaves old results alone)."""
-    from tunelab.evaluate.decoding import describe, sampling_of
 
     task, template, function = build_task(cfg, spec)
     _check_task_config(spec, function, task)
@@ -194,7 +196,6 @@ def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, p
 
 def _check_task_config(spec: TaskSpec, function: str | None, task: Any) -> None:
     """The task's own GenerateConfig, before any weights load: what the provider cannot honour is named."""
-    from tunelab.evaluate.decoding import check_generate_config
 
     where = f"task '{spec.name}'" + (f" (@task {function})" if function else "")
     try:
@@ -210,7 +211,6 @@ def grader_model(spec: TaskSpec, batch_size: int) -> Any:
     from inspect_ai.model import get_model
 
     from tunelab.evaluate.provider import PROVIDER
-    from tunelab.evaluate.usertasks import check_grader_dir
 
     if spec.grader is None:
         return None
@@ -301,7 +301,6 @@ def sample_values(log: Any) -> list[SampleValue]:
     choice and numeric metrics are computed from."""
     from inspect_ai.scorer import value_to_float
 
-    from tunelab.evaluate.scores import scored_samples
 
     to_float = value_to_float()
     out = []

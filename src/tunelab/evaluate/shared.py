@@ -32,6 +32,10 @@ from tunelab.evaluate.hf import (
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
 from tunelab.faults import kill_point
+import gc
+import weakref
+import warnings
+import os
 
 
 class SharedWeights(LocalLM):
@@ -169,8 +173,6 @@ class SharedWeights(LocalLM):
     def release(self) -> None:
         """Drop the weights. A full collection (~0.3 s a pass in a process holding inspect-ai and torch) runs only
         when the model outlives its last reference, held in a reference cycle (hf.release_weights' rule)."""
-        import gc
-        import weakref
 
         import torch
 
@@ -212,7 +214,6 @@ class AdapterView:
 @contextlib.contextmanager
 def _quiet_peft_hooks() -> Iterator[None]:
     """PEFT's adapter_names hooks ask transformers' deprecated `is_gradient_checkpointing` (transformers 5.23)."""
-    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -272,6 +273,5 @@ def free_bytes(device: str) -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

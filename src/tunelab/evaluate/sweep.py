@@ -16,6 +16,8 @@ from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.kinds import show
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir import layout
+from tunelab.evaluate.passes import evaluate_runs
+from tunelab.evaluate.targets import parse_epochs
 
 if TYPE_CHECKING:
     from tunelab.evaluate.work import Outcome, WorkItem
@@ -32,8 +34,6 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
     called (done, total, what) as each target × task ends. `engine`: hf | vllm for this call (default: the spec's
     eval.engine; evaluate/engine.py). `inspect_loop`: every task through inspect-ai's own sample loop, which logs
     each sample's event transcript (slower; evaluate/batched.py)."""
-    from tunelab.evaluate.passes import evaluate_runs
-    from tunelab.evaluate.targets import parse_epochs
 
     chosen = parse_epochs(epochs)
     console = console or Console()

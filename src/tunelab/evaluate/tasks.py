@@ -30,6 +30,9 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate import metrics as m
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TaskSpec
+from tunelab.data.splits import load_data
+from inspect_ai.model import ContentImage, ContentText
+from tunelab.evaluate.provider import TunelabModelAPI
 
 # The metric each built-in's `score` is.
 PRIMARY = {"exact_match": "accuracy", "includes": "accuracy", "choice": "accuracy", "numeric": "mae"}
@@ -41,7 +44,6 @@ _MESSAGE = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": C
 # ---------------------------------------------------------------- samples
 def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Example]:
     """The task's dataset split as Examples, read as training reads rows (template: the task's or the run's)."""
-    from tunelab.data.splits import load_data
 
     try:
         dataset = cfg.dataset_named(spec.dataset)
@@ -55,7 +57,6 @@ def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Exa
 
 def as_chat(example: Example) -> list[ChatMessage]:
     """The prompt as inspect messages; a message's images become ContentImage parts before its text."""
-    from inspect_ai.model import ContentImage, ContentText
 
     return [_MESSAGE[msg.role](content=[*(ContentImage(image=p) for p in msg.images), ContentText(text=msg.content)]
                                if msg.images else msg.content) for msg in example.prompt]
@@ -103,7 +104,6 @@ def option_probabilities(options: list[str]) -> Solver:
     and end-of-turn, as training would learn it), normalised over the options."""
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-        from tunelab.evaluate.provider import TunelabModelAPI
 
         model = get_model()
         if not isinstance(model.api, TunelabModelAPI):

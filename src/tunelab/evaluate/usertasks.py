@@ -19,6 +19,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.spec import TaskSpec
+from tunelab.rundir.config import RunConfig
+from tunelab.spec.evaluation import GraderSpec
 
 _MODULES: dict[tuple[str, int, int], ModuleType] = {}  # (path, mtime, size) -> module, imported once
 
@@ -138,7 +140,6 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
     or every task file of an ExperimentSpec (paths relative to spec_dir; templates of all prompts).
     Raises the first problem as a TunelabError naming the file (and task)."""
     from tunelab.evaluate.provider import check_input_template
-    from tunelab.rundir.config import RunConfig
 
     if isinstance(source, RunConfig):
         from tunelab.evaluate.tasks import build_builtin_task
@@ -163,7 +164,6 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
 
 def _check_grader(spec: TaskSpec, base: Path | None) -> None:
     """A grader given as a local model directory must be one (a model string is only known at eval time)."""
-    from tunelab.spec.evaluation import GraderSpec
 
     if isinstance(spec.grader, GraderSpec):
         path = Path(spec.grader.path)

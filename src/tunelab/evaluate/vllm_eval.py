@@ -30,6 +30,14 @@ from tunelab.evaluate.vllm_server import ServerArgs, VllmServer
 from tunelab.evaluate.waves import _PassState, fail_unended
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
 from tunelab.fsutil import space_guard
+import json
+from tunelab.evaluate.merge import adapter_config
+from tunelab.host.device import resolve_device, resolve_dtype
+from tunelab.evaluate.inspect_internals import forget_vllm_server
+from inspect_ai import task_with
+from inspect_ai.model import get_model
+from tunelab.evaluate.hf import tokenizer_dir
+from tunelab.evaluate.vllm_provider import PROVIDER
 
 MAX_LORAS = 16  # adapters resident at once when eval.vllm.max_loras is unset
 
@@ -81,7 +89,6 @@ def _hf_only(work: TargetWork) -> str | None:
 
 def _grows_vocab(base: Path, adapter: Path) -> str | None:
     """An adapter whose saved tokenizer has more tokens than the base's embeddings: the base needs resizing."""
-    import json
 
     if not (adapter / "tokenizer_config.json").is_file():
         return None
@@ -136,7 +143,6 @@ def _serve_and_run(model: Path, served: list[Served], home: VllmHome, batch_size
 
 def server_args(model: Path, served: list[Served]) -> ServerArgs:
     """The server's arguments from the sweep (module docstring)."""
-    from tunelab.evaluate.merge import adapter_config
 
     cfgs = [s.work.cfg for s in served]
     spec = cfgs[0].eval.vllm
@@ -153,7 +159,6 @@ def server_args(model: Path, served: list[Served]) -> ServerArgs:
 
 def _dtype(cfg: Any) -> str:
     """The dtype the HF path evaluates this run in (device.resolve_dtype of training's dtype)."""
-    from tunelab.host.device import resolve_device, resolve_dtype
 
     dtype = resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", resolve_device(None))
     return str(dtype).removeprefix("torch.")
@@ -187,7 +192,6 @@ def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTas
     """One inspect eval of a wave's every target × task against the server at url; logs moved beside their
     scores.json as the HF one-pass waves move theirs (waves.py)."""
 
-    from tunelab.evaluate.inspect_internals import forget_vllm_server
 
     items = [item for s in wave for item in s.work.items]
     state = _ServedState({item.key: item for item in items}, prepared, report, outcomes)
@@ -227,11 +231,7 @@ class _ServedState(_PassState):
     url: str
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
-        from inspect_ai import task_with
-        from inspect_ai.model import get_model
 
-        from tunelab.evaluate.hf import tokenizer_dir
-        from tunelab.evaluate.vllm_provider import PROVIDER
 
         p, s, cfg = self.prepared[item.key], self.served[item.key], item.cfg
         grader = self.grader_of[item.key] = self._grader(item.spec, batch_size)

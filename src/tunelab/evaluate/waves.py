@@ -34,6 +34,9 @@ from tunelab.fsutil import is_disk_full, space_guard
 from tunelab.host.cpuload import LoadMeter
 from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.spec import TaskSpec
+from inspect_ai import task_with
+from inspect_ai.model import get_model
+from tunelab.evaluate.provider import PROVIDER, model_args_of
 
 
 def wave_items(items: list[WorkItem], prepared: dict[ItemKey, PreparedTask], samples: int) -> list[list[WorkItem]]:
@@ -141,10 +144,7 @@ class _PassState:
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
         """The item's inspect Task with its own model (the provider finds the shared weights) and grader."""
-        from inspect_ai import task_with
-        from inspect_ai.model import get_model
 
-        from tunelab.evaluate.provider import PROVIDER, model_args_of
 
         p = self.prepared[item.key]
         grader = self.grader_of[item.key] = self._grader(item.spec, batch_size)

@@ -16,6 +16,7 @@ from tunelab.evaluate.scores import SCORES_FILE, TaskScores, read_task_scores, t
 from tunelab.evaluate.targets import Target, select_targets
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
+from tunelab.evaluate.usertasks import resolve_user_task
 
 ItemKey = tuple[str, str, str]  # (run, target label, task)
 
@@ -67,7 +68,6 @@ def plan_work(cfgs: list[RunConfig], epochs: EpochChoice | None, force: bool, ta
     """The targets × tasks of these runs (fine-tuned runs: `epochs`, default each run's eval.epochs). Every
     run's base model and task files are checked first, before anything loads or is written."""
     from tunelab.evaluate.runner import chosen_tasks
-    from tunelab.evaluate.usertasks import resolve_user_task
 
     work = Work()
     for cfg in cfgs:

@@ -32,6 +32,7 @@ from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.host.process import alive, proc_start
+import fcntl
 
 LOCK_FILE = ".tunelab.lock"
 CLAIM_FILE = ".claim"
@@ -44,7 +45,6 @@ _HELD: dict[Path, str] = {}  # claim file -> our token
 def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[bool]:
     """Hold the experiment's lock for the body: one coordinator decides at a time. With wait=False the
     body gets False at once when another process holds it (a reader that can skip its refresh)."""
-    import fcntl
 
     path = Path(experiment_dir) / LOCK_FILE
     try:

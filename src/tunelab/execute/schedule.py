@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
+from tunelab import catalog  # catalog.nvidia_driver_present, looked up when called (tests inject a driver)
 
 SHARE_FRACTION = 0.9  # sharers' predicted peaks must sum below this share of the GPU (allocator slack)
 
@@ -139,9 +140,8 @@ def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1)
 def visible_gpus(memory_gib: list[float] | None = None) -> list[Device]:
     """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices 0..n-1 when unset),
     so a child given a subset of those names sees exactly those GPUs. memory_gib: per visible GPU."""
-    from tunelab.catalog import nvidia_driver_present
 
-    if not nvidia_driver_present():
+    if not catalog.nvidia_driver_present():
         return []
     import torch
 

@@ -25,6 +25,7 @@ from tunelab.fsutil import atomic_write_json, sha256_of
 from tunelab.rundir import layout
 from tunelab.rundir.archive import MANIFEST, ArchiveManifest, read_manifest
 from tunelab.rundir.status import now_iso
+from tunelab.execute.claims import experiment_lock
 
 KEEP = ("adapters", "last-epoch", "none")
 TRANSIENT = {".tunelab.lock", ".runs-cache.json", ".claim", MANIFEST}  # never copied
@@ -128,7 +129,6 @@ def run_archive(plan: ArchivePlan, copy_file: Callable[[Path, Path], object] = s
     """Copy and verify everything in the plan, write the archive's manifest, then remove the heavy
     directories and write the working directory's manifest. Any failure before the removal step
     leaves the working directory untouched (and no manifest in the archive)."""
-    from tunelab.execute.claims import experiment_lock
 
     exp = plan.experiment_dir
     with experiment_lock(exp, wait=False) as held:

@@ -17,6 +17,12 @@ from tunelab.forecast.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
 from tunelab.rundir.estimate import GpusNeeded
 from tunelab.spec.resources import Strategy
+from tunelab.data.formatting import ChatMode, PromptFormat
+from tunelab.estimate.dataset import measure_dataset
+from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
+from tunelab.estimate.image_tokens import image_plan
+from tunelab.forecast.runs import choose_strategy
+from tunelab.estimate.dataset import simulate_padding
 
 if TYPE_CHECKING:
     from tunelab.estimate.dataset import DatasetMeasurement
@@ -31,9 +37,6 @@ def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq
                            field="--model")
     from transformers import AutoTokenizer
 
-    from tunelab.data.formatting import ChatMode, PromptFormat
-    from tunelab.estimate.dataset import measure_dataset
-    from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
 
     tok = AutoTokenizer.from_pretrained(model)
     spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
@@ -62,7 +65,6 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     arch = resolve_architecture(model)
     images = None
     if images_per_example:
-        from tunelab.estimate.image_tokens import image_plan
 
         if packed:
             raise TunelabError("image rows are not packed (the simulator and the job refuse it)", field="--packed")
@@ -111,7 +113,6 @@ def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, pr
                    arch: Any) -> Strategy | None:
     """resources.distributed: auto on `processes` GPUs: DDP unless only the FSDP-sharded step fits
     (forecast/runs.py choose_strategy, the plan's rule)."""
-    from tunelab.forecast.runs import choose_strategy
 
     whole = predict_peak(model, inputs, shape, processes, Strategy.DDP, arch)
     sharded = predict_peak(model, inputs, shape, processes, Strategy.FSDP, arch)
@@ -187,7 +188,6 @@ class _EpochWork:
 
 def _epoch_work(data: DatasetMeasurement, arch: Any, gpu: GPU, packed: bool, b: int, max_seq_len: int) -> _EpochWork:
     """Rows, tokens and (FLOPs-model) speed of an epoch of the measured data at micro-batch b."""
-    from tunelab.estimate.dataset import simulate_padding
 
     train = data.train
     if packed:

@@ -25,6 +25,11 @@ from tunelab.host.threads import decide
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec
+import socket
+from importlib.metadata import version
+from tunelab.diskcache import cached_json
+from tunelab.host.cores import usable_cores
+from tunelab.host.memory import host_memory_gib
 
 MIN_GAIN = 0.10  # sharing must shorten the predicted makespan by this fraction to be chosen
 RAM_FRACTION = 0.9  # of host RAM the runs side by side may hold at their predicted peaks together
@@ -69,10 +74,7 @@ def cpu_threads(under_load_now: bool = True) -> int:
     where others hold cores while planning, what a job starting now would take of it (host/adapt.py).
     Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
     remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
-    import socket
-    from importlib.metadata import version
 
-    from tunelab.diskcache import cached_json
 
     rule = decide(1)
     if rule.torch is not None:
@@ -166,8 +168,6 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
               estimate_at: EstimateAt) -> CpuSharing:
     """Choose for the fine-tuned runs on this machine (its usable cores, its RAM) and write the choice where the
     executor and the forecasts read it: every run's resources (run.yaml) and the plan's spec."""
-    from tunelab.host.cores import usable_cores
-    from tunelab.host.memory import host_memory_gib
 
     try:
         ram: float | None = host_memory_gib()

@@ -35,6 +35,12 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
 from tunelab.stats.timing import range_sigma, timing_spread
+from tunelab.models.vlm import is_vision_language
+from tunelab.models.lora import lora_config
+import tempfile
+import subprocess
+import sys
+from importlib.metadata import version
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3
@@ -69,7 +75,6 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     key = [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
            seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing,
            "forward+save"]  # what an entry holds: older entries lack the forward and the save
-    from tunelab.models.vlm import is_vision_language
 
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
         got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads), keep=_uncontended)
@@ -127,7 +132,6 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunelab.models.lora import lora_config
 
     t = cfg.training
     assert t is not None
@@ -171,7 +175,6 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
 def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any) -> dict[str, float]:
     """A validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS), and a save's
     bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory once."""
-    import tempfile
 
     model.eval()
     times = []
@@ -251,9 +254,6 @@ def timed_startup(model_path: str, parameters: int, imports_s: float | None = No
     """A job's start-up with nothing measured: a fresh interpreter importing the training stack, timed here
     (cached per machine and versions; `imports_s`: one the loop's measuring job just took, forecast/loopcost.py,
     kept instead of starting another), plus the model's weights read at ASSUMED_LOAD_GBS."""
-    import subprocess
-    import sys
-    from importlib.metadata import version
 
     def run() -> dict[str, float]:
         t0 = time.perf_counter()

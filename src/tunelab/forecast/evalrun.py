@@ -29,6 +29,8 @@ from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.models.vlm import is_vision_language
 from tunelab.spec.evalloop import EvalLoop, evaluation_loop
 from tunelab.spec.evaluation import Engine
+from tunelab.ledger.generation import load
+from tunelab.ledger import predictions
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
@@ -98,11 +100,9 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     (`errors`, the history's prediction records), with its interval; `generation`/`errors` None read the
     history's rows; `estimate`: a training estimate of the model (its measured start-up is the job's)."""
     if generation is None:
-        from tunelab.ledger.generation import load
 
         generation = load()
     if errors is None:
-        from tunelab.ledger import predictions
 
         errors = predictions.load()
     targets = eval_targets(cfg)

@@ -38,6 +38,8 @@ from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
 from tunelab.spec.evaluation import Engine
+from tunelab.ledger.generation import load
+from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (forecast/runs.py VALIDATION_COST)
 ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight
@@ -123,7 +125,6 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
     (the assumed speed and load); `generation`: the history's generation rows (None: read from the history);
     `batched`: tunelab's own loop evaluates it (a lighter evaluator's work per sample)."""
     if generation is None:
-        from tunelab.ledger.generation import load
 
         generation = load()
     work = EvalWorkload(model=str(model), samples=samples, prompt_tokens=tuple(prompt_tokens),
@@ -282,7 +283,6 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
     if gpu is not None:
         flops, where = gpu.bf16_tflops * 1e12 * DEFAULT_MFU, f"{gpu.name} at {DEFAULT_MFU:.0%} MFU (assumed)"
     else:  # this CPU's speed timed here (forecast/cpuspeed.py), the same measurement training's plan takes
-        from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 
         flops = cpu_flops(arch.hidden if arch is not None else 1024, cpu_threads) * MATMUL_EFFICIENCY
         where = f"this CPU (timed here: {flops / 1e9:,.1f} GFLOP/s at {MATMUL_EFFICIENCY:.0%} of a matmul's, assumed)"

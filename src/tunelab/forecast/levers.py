@@ -25,6 +25,7 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, LeverSource
 from tunelab.spec import ExperimentSpec, TrainingConfig
 from tunelab.spec.stages import split_stage_factor
+from tunelab.ledger import history
 
 MTBI_SCHEDULER_S = 8 * 3600.0  # assumed: mean time between interruptions (preemption, node failure) of a job
 MTBI_LOCAL_S = 24 * 3600.0  # assumed: the same for a local process
@@ -62,7 +63,6 @@ def choose_levers(runs: list[RunConfig], spec: ExperimentSpec, spec_path: Path, 
                   ) -> dict[str, list[LeverChoice]]:
     """The plan's step: levers for every run that has them on, priced on `gpu` with the user's history."""
     from tunelab.execute.executors import executor_class
-    from tunelab.ledger import history
 
     if not any(r.training is not None and levers_on(r.training, deadline_s) for r in runs):
         return {}

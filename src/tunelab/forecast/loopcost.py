@@ -28,6 +28,8 @@ from typing import Any
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S
 from tunelab.faults import TEST_KNOBS
+from importlib.metadata import version
+from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
 RESULT_FILE = "loop.json"  # what it writes in its directory (train/loop_cost.py RESULT_FILE)
@@ -65,7 +67,6 @@ def loop_overhead(threads: int | None) -> LoopOverhead:
 
 
 def _key(threads: int | None) -> list[Any]:
-    from importlib.metadata import version
 
     return [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"),
             version("transformers"), version("trl"), version("peft")]
@@ -125,7 +126,6 @@ def _measure_counts(counts: list[int]) -> dict[int, dict[str, Any]]:
 
 def _run_job(scratch: Path, threads: int | None, counts: list[int]) -> dict[str, Any] | None:
     """Run `python -m tunelab.train.loop_cost SCRATCH [COUNTS]`; None when it exited well, else the failure."""
-    from tunelab.host import threads as host_threads
 
     # the plan's own measurement, not a run: a test's knobs for the run's job (kills, held steps) stay off it
     env = {k: v for k, v in host_threads.child_env(1).items() if not k.startswith(TEST_KNOBS)}

@@ -40,6 +40,7 @@ from tunelab.rundir.scores import read_scores
 from tunelab.rundir.tuned import TRIAL_PREFIX, tune_dir
 from tunelab.spec import load_spec
 from tunelab.stats.timing import log_spread
+from tunelab.catalog import planning_gpu
 
 NO_DEADLINE = float("inf")
 
@@ -146,7 +147,6 @@ def _planned_gpu(estimates: dict[str, RunEstimate], named: str | None):
     """The GPU the plan priced the runs on (None: planned for this machine's CPU)."""
     if all(e.gpu_memory_gib is None for e in estimates.values()):
         return None
-    from tunelab.catalog import planning_gpu
 
     return planning_gpu(None, named)
 

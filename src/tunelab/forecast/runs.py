@@ -28,6 +28,11 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.rundir.summary import calibrates_step_cost, step_cost_seconds
 from tunelab.spec import Strategy, TrainingConfig
+from tunelab.estimate.image_tokens import run_images
+from tunelab.forecast import cpuspeed, loopcost  # their timings looked up when called (tests inject them)
+from tunelab.forecast.cpuspeed import timed_startup
+from tunelab.forecast.firstcontact import first_contact_overheads
+from tunelab.estimate.storage import schedule
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -66,7 +71,6 @@ def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInput
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     if not t.packing:  # a VLM's rows carry an image through the vision tower (estimate/image_tokens.py)
-        from tunelab.estimate.image_tokens import run_images
 
         inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
                             shape.seq_len)
@@ -234,9 +238,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
                                                              for r in same_targets(history, t)):
         # nothing measured on this CPU of these LoRA targets: timed here (a row that differs only in checkpointing
         # is priced across by the levers, forecast/split.py; rows of other targets say nothing of this shape)
-        from tunelab.forecast.cpuspeed import timed_cpu_speed
-
-        timed = timed_cpu_speed(cfg, tokens_mb, cpu_threads)
+        timed = cpuspeed.timed_cpu_speed(cfg, tokens_mb, cpu_threads)
         speed = Speed(timed.tokens_per_s, timed.source, [], timed.kind, timed.spread, timed.contention)
         first = _first_contact(cfg, timed, steps, rows, tokens_mb, val_lengths, nproc,
                                train_tokens / timed.tokens_per_s, cpu_threads)
@@ -247,7 +249,6 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     seconds = startup = None
     timed_start = None
     if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too
-        from tunelab.forecast.cpuspeed import timed_startup
 
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
@@ -263,9 +264,6 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
                    nproc: int, train_s: float, threads: int | None) -> RunOverheads:
     """What the job adds to its timed micro-batches (forecast/firstcontact.py): the loop this machine measured once,
     the validations and the saves the run's schedule makes (estimate/storage.py)."""
-    from tunelab.forecast.firstcontact import first_contact_overheads
-    from tunelab.forecast.loopcost import loop_overhead
-    from tunelab.estimate.storage import schedule
 
     t = _training(cfg)
     plan = schedule(t, rows, rows, nproc, train_s)
@@ -273,7 +271,7 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
         val_tokens = sum(min(n, t.max_seq_len) for n in val_lengths)
     else:  # its batches each padded to their longest
         val_tokens = _padded_tokens(tuple(val_lengths), t.batch_size, t.max_seq_len, t.seed) if val_lengths else 0
-    return first_contact_overheads(timed, loop_overhead(threads), t, steps, plan.epochs + plan.mid_saves, tokens_mb,
+    return first_contact_overheads(timed, loopcost.loop_overhead(threads), t, steps, plan.epochs + plan.mid_saves, tokens_mb,
                                    val_tokens, nproc)
 
 

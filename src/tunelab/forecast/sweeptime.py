@@ -15,6 +15,7 @@ from pathlib import Path
 from tunelab.catalog import GPU
 from tunelab.forecast.gpus import NodeSize
 from tunelab.execute.executors import executor_class
+from tunelab.execute import schedule  # schedule.visible_gpus, looked up when called (tests inject GPUs)
 from tunelab.execute.schedule import Device, cpu_devices
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
@@ -36,6 +37,7 @@ from tunelab.errors import TunelabError
 from tunelab.spec import ExperimentSpec
 from tunelab.spec.tune import objective_task
 from tunelab.spec.resources import parse_duration
+from tunelab.ledger import generation, history, predictions
 
 NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
 NOTES = ["evaluation follows each run's training on the same devices",
@@ -135,9 +137,8 @@ def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:
         k = res.cpu_runs()
         return cpu_devices(k), ("this machine's CPU: one run at a time" if k == 1 else
                                 f"this machine's CPU: {k} runs side by side, each on its share of the cores")
-    from tunelab.execute.schedule import visible_gpus
 
-    gpus = visible_gpus()
+    gpus = schedule.visible_gpus()
     if gpus:
         return gpus, f"{len(gpus)} GPU(s) visible here"
     n = plan.node.gpus
@@ -177,7 +178,6 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
 
 def with_history(plan: Sweep) -> Sweep:
     """The sweep with the history's runs, generation speeds and recorded errors read (where not read yet)."""
-    from tunelab.ledger import generation, history, predictions
 
     return replace(plan, history=history.load() if plan.history is None else plan.history,
                    generation=generation.load() if plan.generation is None else plan.generation,

@@ -13,6 +13,9 @@ from typing import Any, Callable
 from tunelab.errors import TunelabError
 from tunelab.init.answers import DEFAULTS, InitAnswers, default_name, parse_level
 from tunelab.init.discover import find_datasets, find_models
+from tunelab.catalog import GPUS
+import questionary as q
+from tunelab.init.discover import is_model_dir
 
 OTHER = "another path…"
 
@@ -51,10 +54,7 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: 
     """The plan-runs conversation (questionary): returns the answers; writes nothing. Asks for the GPU the
     jobs will run on when none is detected or named (a login node is not where jobs run). Every proposed
     answer is the flags' default (answers.DEFAULTS); models and datasets vary by choosing several."""
-    from tunelab.catalog import GPUS
-    import questionary as q
 
-    from tunelab.init.discover import is_model_dir
 
     vary_keys = _require(q.checkbox(
         "What do you want to vary? (several models or datasets: choose them below)",
@@ -88,12 +88,10 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: 
 
 
 def confirm_write(path: Path) -> bool:
-    import questionary as q
 
     return bool(_require(q.confirm(f"Write {path}?", default=True).ask()))
 
 
 def confirm_batch() -> bool:
-    import questionary as q
 
     return bool(_require(q.confirm("Use the planner's micro-batch, accumulation and packing?", default=True).ask()))

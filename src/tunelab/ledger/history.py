@@ -27,6 +27,7 @@ from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 from tunelab.spec import TrainingConfig
+from tunelab.catalog import resolve_architecture
 
 if TYPE_CHECKING:
     from tunelab.catalog import Architecture
@@ -262,7 +263,6 @@ def _read_bools(row: dict[str, Any]) -> dict[str, Any]:
 
 def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | None]:
     """(layers, hidden size, parameters) of the run's model; all None when its config cannot be read."""
-    from tunelab.catalog import resolve_architecture
 
     try:
         arch = resolve_architecture(cfg.model.path)

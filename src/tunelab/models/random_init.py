@@ -33,6 +33,11 @@ from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
 from tunelab.models.vision import is_vision_config
 from tunelab.models.vlm_architectures import VLM_CONFIGS
 from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, TensorPlan, tensor_plans, write_weights
+from tunelab.models.tiny import build_tokenizer
+from tunelab.compat import quiet_hf_progress_bars
+from tunelab.models.random_vl import shallow_vlm_config, vl_processor
+from tunelab.models.tiny_vl import FAMILIES
+from tunelab import __version__
 
 PROVENANCE_FILE = "tunelab_random.json"
 DTYPES = tuple(ITEM_BYTES)
@@ -142,7 +147,6 @@ def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
 
 
 def _tokenizer(config: dict[str, Any]):
-    from tunelab.models.tiny import build_tokenizer
 
     eos = config.get("eos_token_id")  # a list in some configs: the first ends a turn
     first = eos[0] if isinstance(eos, list) and eos else eos
@@ -174,7 +178,6 @@ def build_random_model(arch: str | Path, out_dir: str | Path, layers: int | None
         return _build_vlm(source, out, layers, WeightSpec(dtype, seed, 0.02, shard_bytes), force, progress, start)
     config = shallow_config(source.config, layers, dtype)
     _check_out(out, force)
-    from tunelab.compat import quiet_hf_progress_bars
 
     quiet_hf_progress_bars()
     plans = tensor_plans(meta_model(config, dtype))
@@ -192,8 +195,6 @@ def _build_vlm(source: Source, out: Path, layers: int | None, spec: WeightSpec, 
     """A Qwen-VL source: the nested config cut to `layers`, the family's tokenizer and image processor."""
     from transformers import GenerationConfig
 
-    from tunelab.models.random_vl import shallow_vlm_config, vl_processor
-    from tunelab.models.tiny_vl import FAMILIES
 
     if source.config.get("model_type") not in FAMILIES:
         raise TunelabError(f"model type {source.config.get('model_type')} is not one tunelab builds "
@@ -201,7 +202,6 @@ def _build_vlm(source: Source, out: Path, layers: int | None, spec: WeightSpec, 
     config = shallow_vlm_config({k: v for k, v in source.config.items() if k not in DROPPED_KEYS}, layers,
                                 spec.dtype)
     _check_out(out, force)
-    from tunelab.compat import quiet_hf_progress_bars
 
     quiet_hf_progress_bars()
     plans = tensor_plans(meta_model(config, spec.dtype))
@@ -269,7 +269,6 @@ def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, p
     import torch
     import transformers
 
-    from tunelab import __version__
 
     return Provenance(arch=source.name, origin=source.origin, layers=int(config["num_hidden_layers"]),
                       real_layers=real_layers or int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,

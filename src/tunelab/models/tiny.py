@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tunelab.compat import quiet_hf_progress_bars
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eot|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -26,7 +28,6 @@ def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int |
     bos and end-of-turn sit at `bos_id` / `eos_id` when given (a real model's config ids; one token when
     they are equal), the other special tokens at the next free ids, bytes and fillers in the ids left.
     Without ids or size: specials 0-5 then the bytes, the tiny models' layout."""
-    from tokenizers import pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     size = size or len(SPECIAL_TOKENS) + len(alphabet)
@@ -56,7 +57,6 @@ def build_tokenizer(size: int | None = None, bos_id: int | None = None, eos_id: 
     """Byte-level tokenizer: chat special tokens + 256 byte symbols (+ fillers up to `size`), no merges.
     (Every byte has a token, so nothing is unknown; `unk_token` names one anyway for tokenizer classes that
     would otherwise add their own, such as transformers' Qwen2Tokenizer with its <|endoftext|>.)"""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = vocabulary(size, bos_id, eos_id)
@@ -87,7 +87,6 @@ def build_tiny_model(
         raise TunelabError("must be at least 1", field="--layers")
     if hidden < 32 or hidden % 32:
         raise TunelabError("must be a multiple of 32, at least 32", field="--hidden")
-    from tunelab.compat import quiet_hf_progress_bars
 
     quiet_hf_progress_bars()
     out = Path(out_dir)

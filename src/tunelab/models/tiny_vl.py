@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from importlib.resources import files
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tunelab.compat import quiet_hf_progress_bars
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -48,7 +51,6 @@ def family_of(arch: str) -> Family:
 
 def chat_template(family: Family) -> str:
     """The family's original chat template, as the installed TRL ships it (no hub)."""
-    from importlib.resources import files
 
     path = files("trl") / "chat_templates" / family.template
     if not path.is_file():
@@ -59,7 +61,6 @@ def chat_template(family: Family) -> str:
 
 def build_vl_tokenizer(template: str) -> Any:
     """Byte-level tokenizer (one token per byte, no merges) with the Qwen VL special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -122,7 +123,6 @@ def build_tiny_vl(out_dir: str | Path, arch: str = "qwen2_5_vl", layers: int = 2
         raise TunelabError("must be at least 1", field="--layers")
     if hidden < 64 or hidden % 64:
         raise TunelabError("must be a multiple of 64, at least 64", field="--hidden")
-    from tunelab.compat import quiet_hf_progress_bars
 
     quiet_hf_progress_bars()
     min_pixels = min_pixels or family.factor ** 2

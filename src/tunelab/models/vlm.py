@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.models.vision import is_vision_config
 
 # The modules of a Qwen-VL model that are the vision tower (frozen unless lora_target_modules names them).
 VISION_PREFIXES = ("visual", "vision_tower", "vision_model")
@@ -38,8 +39,6 @@ def model_config(path: str | Path) -> dict[str, Any] | None:
 
 def is_vision_language(path: str | Path) -> bool:
     """Whether the model directory holds a vision-language model of a family tunelab counts image tokens for."""
-    from tunelab.models.vision import is_vision_config
-
     config = model_config(path)
     return bool(config and is_vision_config(config))
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, resolve_path
+from tunelab.evaluate.usertasks import check_tasks
 
 _CHECKING_CODE = ("data", "evaluate", "spec")  # tunelab packages whose code decides what passes
 
@@ -56,7 +57,6 @@ def check_eval_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig
     """Before any job: task files import and bind, built-ins build on their dataset split — once per
     distinct dataset x prompt (the split records exist by now); skipped when they passed for the same inputs."""
     def check() -> None:
-        from tunelab.evaluate.usertasks import check_tasks
 
         check_tasks(spec, spec_path.parent)
         seen = set()

@@ -15,6 +15,7 @@ from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TaskSpec, Train
 from tunelab.spec.evaluation import GraderSpec
 from tunelab.spec.stages import split_stage_factor, stage_training
 from tunelab.userconfig import merge_resources
+from tunelab.models.check import eval_only_base
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -167,7 +168,6 @@ def _controls(spec: ExperimentSpec, common: dict, prompts: dict[str, str | None]
 
 def eval_only_runs(spec: ExperimentSpec, spec_dir: Path, common: dict, seen: dict[str, dict]) -> list[RunConfig]:
     """Adapters or models trained elsewhere: evaluated with the spec's prompt format, never trained."""
-    from tunelab.models.check import eval_only_base
 
     out = []
     models = {m.name: m for m in spec.models}

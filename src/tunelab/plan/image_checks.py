@@ -15,6 +15,11 @@ from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
+from PIL import Image
+from tunelab.data.images import image_source
+from tunelab.data.images import example_images
+from tunelab.data.splits import load_data
+from tunelab.models.vision import image_tokens, read_geometry
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,7 @@ class SplitImages:
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header."""
-    from PIL import Image
 
-    from tunelab.data.images import image_source
 
     with Image.open(image_source(path)) as im:
         return im.size
@@ -45,9 +48,6 @@ def image_size(path: str) -> tuple[int, int]:
 def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]]) -> list[SplitImages]:
     """Per split: images and image tokens per example, resized pixels, the longest sequence (from `lengths`,
     which count image tokens). An image cut by max_seq_len is a TunelabError naming the run and row."""
-    from tunelab.data.images import example_images
-    from tunelab.data.splits import load_data
-    from tunelab.models.vision import image_tokens, read_geometry
 
     t = cfg.training
     assert t is not None
@@ -78,7 +78,6 @@ def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]])
 def image_token_delta(paths: list[str], model_dir: str | Path, min_pixels: int | None,
                       max_pixels: int | None) -> int:
     """Tokens the images add beyond the one placeholder token each that the chat template writes."""
-    from tunelab.models.vision import image_tokens, read_geometry
 
     geometry = read_geometry(model_dir).with_pixels(min_pixels, max_pixels)
     return sum(image_tokens(*image_size(p), geometry).tokens - 1 for p in paths)

@@ -12,6 +12,7 @@ from tunelab.plan.deadline_md import deadline_lines, search_lines
 from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
 from tunelab.rundir.estimate import RunEstimate
+from tunelab.stats.power import detectable_difference
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -273,7 +274,6 @@ ACCURACY_BUILTINS = ("exact_match", "includes", "choice")
 def resolution_notes(plan: "Plan") -> list[str]:
     """Per accuracy task and dataset: the smallest difference in accuracy its test split can resolve, so a lab
     sizes its evaluation before spending GPU-hours (statsmodels power analysis; assumptions stated)."""
-    from tunelab.stats.power import detectable_difference
 
     notes = []
     for t in plan.spec.eval.resolved_tasks():

@@ -36,6 +36,18 @@ from tunelab.plan.stage_checks import check_orders, dataset_error, stage_dataset
 from tunelab.plan.storage import plan_storage
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
+from dataclasses import asdict
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
+from tunelab.fsutil import atomic_write_json
+from tunelab.diskcache import cached_json, file_stamps
+from tunelab.plan.cache import dataset_stamps, verified_dataset
+from tunelab.data.formatting import PromptFormat
+from tunelab.estimate.dataset import first_answer_index
+from tunelab.forecast.gpus import sized_estimate
+from tunelab.ledger import history
+from tunelab.forecast.ranged import ranged_training
+from tunelab.ledger import predictions
+from tunelab.forecast import cpu_sharing
 
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
@@ -123,10 +135,7 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
 
 def write_provenance(plan: "Plan") -> Path:
     """<experiment>/data/provenance.json: every data file used (path, sha256, rows), for the report."""
-    from dataclasses import asdict
 
-    from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
-    from tunelab.fsutil import atomic_write_json
 
     return atomic_write_json(plan.experiment_dir / DATA_DIR / PROVENANCE_FILE,
                              {name: asdict(info) for name, info in plan.datasets.items()})
@@ -154,8 +163,6 @@ def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, 
     record = split_record_path(d, experiment_dir)
     if d.split is not None and not record.is_file():
         return _verify_rows(spec, d, experiment_dir, splits)
-    from tunelab.diskcache import file_stamps
-    from tunelab.plan.cache import dataset_stamps, verified_dataset
 
     key = [d.model_dump_json(), spec.prompt_levels(), spec.system_prompt, sorted(splits), str(experiment_dir),
            dataset_stamps(d, Path("/")), file_stamps([record])]
@@ -216,8 +223,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def _split_masks(key: LengthKey) -> dict[str, tuple[tuple[int, int], ...]]:
     """Per split: (tokens, position of the first answer token) of every example, as training encodes it;
     kept on disk (diskcache.py) under the inputs and the tokenizer's files, so a second plan skips the tokenizer."""
-    from tunelab.diskcache import cached_json, file_stamps
-
     tokenizer = file_stamps([Path(key.model) / f for f in TOKENIZER_FILES])
     measured = cached_json("token-lengths", [list(astuple(key)), tokenizer], lambda: _measure_split_masks(key))
     return {split: tuple((int(n), int(a)) for n, a in rows) for split, rows in measured.items()}
@@ -225,10 +230,6 @@ def _split_masks(key: LengthKey) -> dict[str, tuple[tuple[int, int], ...]]:
 
 def _measure_split_masks(key: LengthKey) -> dict[str, list[tuple[int, int]]]:
     from transformers import AutoTokenizer
-
-    from tunelab.data.formatting import PromptFormat
-    from tunelab.estimate.dataset import first_answer_index
-    from tunelab.spec import DatasetSpec
 
     tok = AutoTokenizer.from_pretrained(key.model)
     fmt = PromptFormat(key.chat_template, key.chat_template_date, key.train_on_input)
@@ -289,11 +290,7 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
     """Estimates for every fine-tuned run (a staged run's per stage, summed), with the fewest GPUs that fit a
     run that does not fit its own (nodes counted at `node`); on a CPU at `threads` per run (default: the job's
     rule on all the cores); datasets measured once per model x dataset x prompt."""
-    from tunelab.forecast.gpus import sized_estimate
-    from tunelab.ledger import history
 
-    from tunelab.forecast.ranged import ranged_training
-    from tunelab.ledger import predictions
 
     past, errors = history.load(), predictions.load()
     threads = (threads or cpu_threads()) if gpu is None else None
@@ -347,7 +344,6 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
 
 def _share_cpu(plan: Plan) -> int:
     """Runs side by side on this CPU, chosen (or kept as set) and written into the runs: the threads each gets."""
-    from tunelab.forecast import cpu_sharing
 
     if executor_class(plan.spec.resources.executor).detached:
         return cpu_threads(under_load_now=False)  # a detached executor's jobs (Slurm) run elsewhere: the rule there

@@ -14,6 +14,7 @@ from tunelab.estimate.storage import Part, run_disk
 from tunelab.fsutil import human_bytes
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import DiskEstimate, RunEstimate
+from tunelab.estimate.dataset import simulate_bfd_packing
 
 # split name -> (tokens, first answer position) per example: planner.split_lengths
 SplitLengths = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]
@@ -89,7 +90,6 @@ class SweepStorage:
 
 def run_parts(cfg: RunConfig, lengths: SplitLengths) -> list[Part]:
     """The run (or each stage) with its training rows per epoch, as the trainer will batch them."""
-    from tunelab.estimate.dataset import simulate_bfd_packing
 
     parts = []
     for part in [cfg.stage_config(i) for i in range(len(cfg.stages))] or [cfg]:

@@ -23,6 +23,17 @@ from tunelab.estimate.peak import fits, step_shape
 from tunelab.forecast.runs import device_peak
 from tunelab.estimate.simulator import StepShape
 from tunelab.rundir.config import RunConfig
+from tunelab.estimate.dataset import simulate_bfd_packing
+from tunelab.rundir.config import load_run_config
+import yaml
+from tunelab.fsutil import load_yaml
+from tunelab.plan.planner import make_plan
+from tunelab.plan.planner import measure_lengths, truncation
+from tunelab.plan.planner import split_lengths
+from tunelab.plan.storage import dtype_rule, sweep_storage
+from tunelab.catalog import planning_gpu
+from tunelab.rundir.experiment import load_runs, select_runs, training_state
+from tunelab.rundir.layout import RunState
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Truncation
@@ -75,7 +86,6 @@ def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
     steps = None
     if lengths:
         if t.packing:
-            from tunelab.estimate.dataset import simulate_bfd_packing
 
             rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
         else:
@@ -188,14 +198,11 @@ def check_staged_run(cfg: RunConfig, gpu: GPU | None, lengths: list[list[int] | 
 
 def validate_path(path: str | Path, gpu: GPU | None) -> list[RunCheck]:
     """Validate an experiment.yaml (all its runs) or one run.yaml, for this GPU (None: this machine's CPU)."""
-    from tunelab.rundir.config import load_run_config
 
     path = Path(path)
     if path.is_dir():
         path = path / "run.yaml" if (path / "run.yaml").is_file() else path / "experiment.yaml"
-    import yaml
 
-    from tunelab.fsutil import load_yaml
 
     try:
         head = load_yaml(path.read_text()) if path.is_file() else None
@@ -204,7 +211,6 @@ def validate_path(path: str | Path, gpu: GPU | None) -> list[RunCheck]:
     if isinstance(head, dict) and "kind" in head and "experiment_dir" in head:
         runs = [load_run_config(path)]
     else:
-        from tunelab.plan.planner import make_plan
 
         runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
     return check_runs(runs, gpu, path)
@@ -214,7 +220,6 @@ def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool 
     """Every fine-tuned run's checks and the sweep's storage (validate; `tunelab run` before its first job).
     QLoRA where the jobs have no GPU (`cuda`, default: a GPU is named or here) or bitsandbytes is missing is
     refused here, naming the source file."""
-    from tunelab.plan.planner import measure_lengths, truncation
 
     for cfg in runs:
         cfg.check_quantize(gpu is not None if cuda is None else cuda, source)
@@ -236,8 +241,6 @@ def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool 
 def _check_storage(runs: list[RunConfig], checks: list[RunCheck], gpu: GPU | None) -> None:
     """The sweep against its filesystem's free space and quota (plan/storage.py): a sweep that cannot fit is an
     error, on the check of the run that needs most, naming the runs and the field that would make it fit."""
-    from tunelab.plan.planner import split_lengths
-    from tunelab.plan.storage import dtype_rule, sweep_storage
 
     storage = sweep_storage(runs, dtype_rule(gpu), split_lengths, None, gpu_job=gpu is not None)
     problem = storage.problem() if storage is not None else None
@@ -250,9 +253,6 @@ def checks_before_run(experiment_dir: str | Path, names: list[str] | None, force
     """validate's errors for the runs `tunelab run` is about to start (fine-tuned, neither completed nor
     running; with force the completed too), for the GPU their run.yaml names or this machine has, else this
     machine's CPU: the same checks as `tunelab validate`, made before the first job starts. [] when all pass."""
-    from tunelab.catalog import planning_gpu
-    from tunelab.rundir.experiment import load_runs, select_runs, training_state
-    from tunelab.rundir.layout import RunState
 
     skip = {RunState.RUNNING} | (set() if force else {RunState.COMPLETED})
     runs = [c for c in select_runs(load_runs(experiment_dir), names)

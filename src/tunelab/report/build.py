@@ -13,6 +13,7 @@ from tunelab.report.findings import Findings, analyze
 from tunelab.report.html import render_html
 from tunelab.report.markdown import render_markdown
 from tunelab.report.sections import compose
+import webbrowser
 
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"
@@ -49,7 +50,6 @@ def write_report(experiment_dir: str | Path) -> Path:
 
 def open_in_browser(path: Path) -> bool:
     """Open the HTML report in the default browser; False (and no error) where there is none."""
-    import webbrowser
 
     try:
         return bool(webbrowser.open(path.resolve().as_uri()))

@@ -17,6 +17,8 @@ from tunelab.fsutil import read_json
 from tunelab.rundir.config import KIND_DIRS, RunConfig
 from tunelab.rundir.stages import StageRecord
 from tunelab.spec import ExperimentSpec
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
+from tunelab.plan.design import expand_runs
 
 BASE, CHECKPOINT = "base", "checkpoint"  # evaluate/targets.py's labels of a control's and an eval-only run's target
 
@@ -48,7 +50,6 @@ class EvalGap:
 
 def split_counts(experiment_dir: Path) -> dict[tuple[str, str], int]:
     """(dataset, split) -> rows, from data/provenance.json (scaffold's record of every data file; {} without)."""
-    from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 
     record = read_json(experiment_dir / DATA_DIR / PROVENANCE_FILE, default={})
     out = {}
@@ -112,7 +113,6 @@ def absent_runs(spec: ExperimentSpec, experiment_dir: Path, present: set[str], a
     """The runs the spec designs that have no directory here, or ([], why not) where the design cannot be expanded
     from the experiment's spec now. Adopted runs are named by their sources, not by the design: for an adopted
     experiment only its controls and eval-only runs are checked."""
-    from tunelab.plan.design import expand_runs
 
     try:
         designed = expand_runs(spec, experiment_dir, experiment_dir)

@@ -20,6 +20,7 @@ from tunelab.report.findings import Findings
 from tunelab.ledger.results import EvalRecord
 from tunelab.rundir.layout import parse_epoch_name
 from tunelab.stats.paired import Difference, paired_difference
+from tunelab.report.evidence import evidence_note
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
 
@@ -146,7 +147,6 @@ def prompt_table(data: ReportData) -> Table | None:
 def effect_text(eff: Any) -> str:
     """One line: a factor's effect on a task's primary metric or on the final validation loss, with what it rests
     on (seed replicates, or one training run per configuration: an observation)."""
-    from tunelab.report.evidence import evidence_note
 
     if eff.metric == "score":
         what, metric = f"{eff.task} ({eff.score_metric})", eff.score_metric

@@ -35,6 +35,9 @@ from tunelab.stats.paired import Difference
 from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 from tunelab.rundir import layout as st
 from tunelab.rundir.experiment import SPEC_FILE
+from tunelab.evaluate.kinds import FRACTIONS
+from tunelab.report.differences import diff_text
+from tunelab.stats.power import samples_needed
 
 SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a numeric factor
 
@@ -144,7 +147,6 @@ def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJu
     """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
     headline task, when its primary metric is a fraction such as accuracy), each with the difference's
     interval: a finding only across seed replicates with an interval excluding zero (ScoreJump.finding)."""
-    from tunelab.evaluate.kinds import FRACTIONS
 
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:
@@ -212,7 +214,6 @@ def next_steps(data: ReportData, f: Findings) -> list[str]:
                      f"{MEMORY_MOSTLY_UNUSED:.0%} of GPU memory (least: {worst.run}, {worst.peak_gib:.1f} of "
                      f"{worst.total_gib:.0f} GiB).")
     steps += resolution_steps(data, f)
-    from tunelab.report.differences import diff_text
 
     metric = data.headline.primary_metric if data.headline else None
     if f.replication is not None:
@@ -295,8 +296,6 @@ def falling_steps(data: ReportData, f: Findings) -> list[str]:
 
 def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> str:
     """What would resolve a difference: more test samples (how many, for accuracy-like metrics) or seeds."""
-    from tunelab.evaluate.kinds import FRACTIONS
-    from tunelab.stats.power import samples_needed
 
     need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
     more = (f"evaluate on ≈{need} test samples (now {n}): that many resolve a difference of "
@@ -308,7 +307,6 @@ def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> st
 
 def resolution_steps(data: ReportData, f: Findings) -> list[str]:
     """Decisions the data cannot make: a best run tied within noise, a factor whose effect is unresolved."""
-    from tunelab.report.differences import diff_text
 
     head = data.headline
     if head is None:

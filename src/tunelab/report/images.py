@@ -13,6 +13,7 @@ from pathlib import Path
 from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Figure, Section, Table
 from tunelab.stats.records import SampleValue
+from PIL import Image, ImageDraw
 
 SHOWN = 6
 THUMB = 96
@@ -31,7 +32,6 @@ def _final(run: RunData, task: str) -> list[SampleValue]:
 
 def _draw(rows: list[list[str]], images: list[str], path: Path) -> None:
     """Thumbnails in a row, each with the expected, the fine-tuned and the control answers under it."""
-    from PIL import Image, ImageDraw
 
     line = 12
     sheet = Image.new("RGB", (len(rows) * (THUMB + 8) + 8, THUMB + 4 * line + 16), (255, 255, 255))

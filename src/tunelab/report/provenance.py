@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tunelab.fsutil import read_json
 from tunelab.report.document import Block, Para, Section, Table
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 
 
 def data_section(experiment_dir: Path) -> Section | None:
     """None for experiments scaffolded before provenance was recorded."""
-    from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 
     record = read_json(experiment_dir / DATA_DIR / PROVENANCE_FILE)
     if not isinstance(record, dict) or not record:

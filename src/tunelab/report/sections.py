@@ -23,6 +23,13 @@ from tunelab.report.progress import evaluated_cell, no_issues_line, status_line
 from tunelab.report.storage import predicted_blocks
 from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
 from tunelab.rundir.memory import memory_labels
+from tunelab.report.checked import checked_section
+from tunelab.report.gpu_use import gpu_section
+from tunelab.report.images import image_answers
+from tunelab.report.provenance import data_section
+from tunelab.report.replicates import replicates
+from tunelab.report.stages import stages_section
+from tunelab.report.tuning import tuning_section
 
 
 # ---------------------------------------------------------------- formatting
@@ -341,13 +348,6 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     if key:
         at_a_glance.blocks.append(_fig(figs[key]))
     rest = {k: v for k, v in figs.items() if k != key}
-    from tunelab.report.checked import checked_section
-    from tunelab.report.gpu_use import gpu_section
-    from tunelab.report.images import image_answers
-    from tunelab.report.provenance import data_section
-    from tunelab.report.replicates import replicates
-    from tunelab.report.stages import stages_section
-    from tunelab.report.tuning import tuning_section
 
     maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),
              training(data, figs), stages_section(data), gpu_section(data), evaluation(data, f, rest),

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import warnings
 
 ECE_BINS = 10
 
@@ -19,7 +20,6 @@ ECE_BINS = 10
 # ---------------------------------------------------------------- classification (choice)
 def balanced_accuracy_of(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     """Mean recall over the classes that occur in the targets (predicting an absent class is just wrong)."""
-    import warnings
 
     from sklearn.metrics import balanced_accuracy_score
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from tunelab.diskcache import cached_json
 
 ALPHA = 0.05
 POWER = 0.8
@@ -69,7 +70,6 @@ def detectable_difference(n: int, alpha: float = ALPHA, power: float = POWER, ba
     """The smallest accuracy difference n test samples resolve, unpaired and paired."""
     if n < 2:
         return Detectable(n, None, None, alpha, power, baseline, discordant)
-    from tunelab.diskcache import cached_json
 
     # statsmodels' import alone is ~2 s of every `plan`; the answer depends only on these numbers
     unpaired, paired = cached_json("detectable-difference", [n, alpha, power, baseline, discordant], lambda: [

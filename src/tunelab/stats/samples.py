@@ -11,6 +11,8 @@ from typing import TypeGuard
 import numpy as np
 
 from tunelab.stats.records import SampleValue
+from tunelab.stats import metrics as m
+from tunelab.stats.metrics import brier_of
 
 MEAN_OF_VALUES = frozenset({"accuracy", "mean"})  # inspect's accuracy() / mean(): the mean of the scorer's values
 PROPORTIONS = frozenset({"accuracy", "parse_rate"})  # Wilson intervals when every per-sample value is 0 or 1
@@ -67,7 +69,6 @@ def supported(arr: SampleArrays, metric: str) -> bool:
 
 def metric_on(arr: SampleArrays, metric: str) -> float:
     """The metric of these records, by the evaluation's own function (NaN where undefined)."""
-    from tunelab.stats import metrics as m
 
     if metric in MEAN_OF_VALUES:
         finite = arr.values[~np.isnan(arr.values)]
@@ -97,7 +98,6 @@ def per_sample(arr: SampleArrays, metric: str) -> np.ndarray | None:
     if metric == "parse_rate":
         return np.array([p is not None for p in arr.predictions], float)
     if metric == "brier" and arr.probs is not None:
-        from tunelab.stats.metrics import brier_of
 
         truth = [arr.labels.index(t) for t in arr.targets]
         return np.array([brier_of(arr.probs[i:i + 1], truth[i:i + 1], arr.labels) for i in range(len(arr))])

@@ -19,6 +19,8 @@ from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.tuned import EVAL_JOB, JOB_FILE
 from tunelab.evaluate.objective import Objective
+from tunelab.evaluate.passes import evaluate_runs
+from tunelab.rundir.config import load_run_config
 
 DEFAULT_EVAL_LIMIT = "01:00:00"  # a trial's evaluation job's time limit when the plan predicted none
 
@@ -93,8 +95,6 @@ def evaluate_trial(ex: Executor, cfg: RunConfig, how: TrialEvaluation, interval:
 def main(argv: list[str] | None = None) -> int:
     """The evaluation job: the trial's last checkpoint on one task, scores written beside it (no ledger: a trial
     is not one of the sweep's runs)."""
-    from tunelab.evaluate.passes import evaluate_runs
-    from tunelab.rundir.config import load_run_config
 
     run_dir, task = (argv if argv is not None else sys.argv[1:])[:2]
     evaluate_runs([load_run_config(Path(run_dir))], "last", tasks=[task])

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
+import sys
+from packaging import tags
 
 _PYTHON = re.compile(r"^3\.(\d+)(\.\d+)?$")
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
@@ -91,9 +93,7 @@ def _system(platform: str) -> tuple[str, str, str, str]:
 
 def this_machine() -> Target:
     """The running interpreter's Python and its newest manylinux tag (the defaults of scripts/wheelhouse)."""
-    import sys
 
-    from packaging import tags
 
     python = ".".join(map(str, sys.version_info[:3]))  # whole: Requires-Python may name a patch release
     linux = next((t.platform for t in tags.sys_tags() if t.platform.startswith("manylinux_")), None)

@@ -22,6 +22,8 @@ from tunelab.models.lora import lora_config
 from tunelab.estimate.simulator.attention import flash_attention_2
 from tunelab.estimate.simulator.qlora import quantize_linears
 from tunelab.estimate.simulator.spec import StepConfig
+from tunelab.models.kbit import prepare_kbit
+from tunelab.models.vlm import lora_targets
 
 FLASH_NAME = "tunelab_varlen_standin"
 
@@ -62,7 +64,6 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
     with torch.device("meta"):
         model = auto.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
     if c.quantize == "4bit":  # the job's k-bit preparation (train/quantize.py), frozen dtype resolved alike
-        from tunelab.models.kbit import prepare_kbit
 
         quantize_linears(model, dtype)
         model = prepare_kbit(model, c.qlora_frozen_dtype, c.gradient_checkpointing)
@@ -70,7 +71,6 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     targets: list[str] | tuple[str, ...] | str = c.lora_targets
     if vision:  # all-linear means the language model's linears; the vision tower stays frozen
-        from tunelab.models.vlm import lora_targets
 
         targets = lora_targets(targets if isinstance(targets, str) else list(targets))
     lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, targets, c.modules_to_save)

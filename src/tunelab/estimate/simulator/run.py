@@ -19,6 +19,7 @@ from tunelab.compat import library_versions
 from tunelab.diskcache import cached_json
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.spec.resources import Strategy
+from tunelab.compat import quiet_known_library_warnings
 
 GIB = 2**30
 # The CUDA context (driver, kernels loaded lazily, cuBLAS handle) sits outside PyTorch's allocator. Measured by
@@ -156,7 +157,6 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
 
 def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
                     strategy: Strategy | None, replay: bool = True) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
-    from tunelab.compat import quiet_known_library_warnings
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
     from tunelab.estimate.simulator.tracker import StorageTracker

@@ -28,6 +28,7 @@ from tunelab.estimate.simulator.attention import gpu_sdpa
 from tunelab.estimate.simulator.replay import FirstStep
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.estimate.simulator.tracker import StorageTracker
+from tunelab.estimate.simulator.images import image_inputs
 
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb default
 STEPS = 2
@@ -72,7 +73,6 @@ def make_inputs(shape: StepShape) -> dict[str, Any]:
 def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker,
                 step: int) -> None:
     if shape.images_per_row:
-        from tunelab.estimate.simulator.images import image_inputs
 
         inputs = image_inputs(shape, model.config, tracker.values)
     else:
