@@ -67,7 +67,7 @@ test-system-deps:
 # then the GPU-relevant tests on the two ends of pyproject's torch range (scripts/torch-ends: an environment each,
 # torch alone, the rest read from .venv; 2-7 minutes and 5 GB to install each the first time, ~4 minutes of tests)
 test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
-	$(BIN)/ruff check --select F,E9 src tests
+	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m "not fault_run" $(XDIST) $(PYTEST_ARGS)
 	scripts/torch-ends floor $(XDIST)

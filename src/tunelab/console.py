@@ -10,7 +10,8 @@ their markup and every value is inserted as plain text; call sites never escape 
 from __future__ import annotations
 
 import string
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console, OverflowMethod, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TimeElapsedColumn

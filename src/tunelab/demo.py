@@ -14,13 +14,13 @@ import yaml
 from rich.console import Console
 
 from tunelab.console import rule, say
-from tunelab.errors import TunelabError
-from tunelab.spec.resources import ExecutorKind
 from tunelab.data.capitalization import dataset_filename, make_capitalization_dataset
-from tunelab.models.smollm2 import build_smollm2
-from tunelab.models.check import check_model_dir
-from tunelab.models.tiny import build_tiny_model
+from tunelab.errors import TunelabError
 from tunelab.evaluate.sweep import evaluate_experiment
+from tunelab.models.check import check_model_dir
+from tunelab.models.smollm2 import build_smollm2
+from tunelab.models.tiny import build_tiny_model
+from tunelab.spec.resources import ExecutorKind
 
 DEMO_MODELS = (("tiny-2x128", 2, 128, 0), ("tiny-4x256", 4, 256, 1))
 WORD_LEN, NUM_WORDS, DATA_SEED = 5, 2000, 0

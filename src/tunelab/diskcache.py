@@ -10,8 +10,9 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunelab.errors import NoSpaceError
 from tunelab.fsutil import atomic_write_text

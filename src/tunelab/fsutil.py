@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import errno
 import hashlib
-
 import json
 import math
 import os
 import re
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from tunelab.host.diskspace import free_bytes
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import kill_point
+from tunelab.host.diskspace import free_bytes
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = True, check_unchanged: bool = True) -> Path:

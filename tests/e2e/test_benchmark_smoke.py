@@ -309,7 +309,7 @@ def test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up(smokes):
     cores = physical_cores(usable_cpus())
     after = [r for r in rows if r[0] == "after"]
     assert sum(int(r[7]) for r in after) == cores and all(r[6] == "2" for r in rows)
-    for mode, run, wall, cpu, tps, torch, _, given in after:
+    for _mode, run, wall, _cpu, tps, torch, _, given in after:
         t = summaries[run]["threads"]
         assert (t["torch"], t["cores_given"], t["processes"]) == (int(torch), int(given), 2)
         assert t["torch"] == thread_budget(int(given), 2) and "TUNELAB_CPUS" in t["source"]

@@ -9,8 +9,8 @@ import pytest
 
 from tunelab.execute.local_jobs import Devices
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
-from tunelab.host.cores import usable_cores
 from tunelab.fsutil import human_seconds
+from tunelab.host.cores import usable_cores
 from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
 

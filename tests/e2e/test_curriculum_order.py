@@ -10,8 +10,8 @@ import pytest
 
 from tunelab.fsutil import read_jsonl
 from tunelab.scaffold.write import scaffold
-from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 from tunelab.train.job import train as train_job
+from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ import pytest
 from waiting import Feed, alive, wait_for
 
 from tunelab.faults import FIRED_ENV, KILL_ENV
-from tunelab.rundir.experiment import training_state
 from tunelab.fsutil import read_json, read_jsonl
-from tunelab.scaffold.write import scaffold
 from tunelab.host.cores import usable_cores
 from tunelab.host.threads import MARK_ENV, thread_budget
+from tunelab.rundir.experiment import training_state
+from tunelab.scaffold.write import scaffold
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 
 pytestmark = pytest.mark.slow

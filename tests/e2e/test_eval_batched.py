@@ -165,11 +165,11 @@ def lone_loops(tiny_model, tmp_path_factory) -> dict[str, object]:
     import io
 
     import torch
+    from evalkit import make_cfg, with_checkpoint
     from peft import LoraConfig, get_peft_model
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evalkit import make_cfg, with_checkpoint
     from tunelab.evaluate.hf import WEIGHT_LOADS
     from tunelab.evaluate.passes import evaluate_runs
 

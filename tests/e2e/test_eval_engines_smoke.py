@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from test_eval_vllm import ROOT, vllm_python
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from evalkit import WORDS, make_cfg
 from inspect_ai.log import read_eval_log
 
-from evalkit import WORDS, make_cfg
 from tunelab.errors import TunelabError
 from tunelab.evaluate import evaluate_run
 from tunelab.spec import TaskSpec

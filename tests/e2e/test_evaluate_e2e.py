@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from evalkit import WORDS, examples_of, make_cfg, with_checkpoint
+
 from tunelab.data.formatting import prompt_format_of
 from tunelab.evaluate import evaluate_run, load_samples, read_scores
 

@@ -13,8 +13,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -243,8 +244,8 @@ def test_archive_copies_verifies_then_frees_space(sweep, finished_sweep, tmp_pat
 
 @pytest.mark.parametrize("fault", ["disk_full", "corrupt"])
 def test_failed_copy_leaves_the_working_dir_intact(sweep, tmp_path, fault):
-    from tunelab.export.archive import plan_archive, run_archive
     from tunelab.errors import TunelabError
+    from tunelab.export.archive import plan_archive, run_archive
 
     exp = tmp_path / "exp"
     shutil.copytree(sweep, exp)

@@ -11,11 +11,11 @@ import sys
 import pytest
 from waiting import Feed, wait_for
 
-from tunelab.ledger import store as ledger
-from tunelab.execute.failures import FailureKind
 from tunelab.execute.attempts import all_attempts
+from tunelab.execute.failures import FailureKind
 from tunelab.execute.status import cancel, status_rows
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.ledger import store as ledger
 from tunelab.scaffold.write import scaffold
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 

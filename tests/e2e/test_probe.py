@@ -13,8 +13,8 @@ from loadrule import check_contended, slowdown_by_rule
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
+from tunelab.plan.planner import make_plan
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from tunelab.rundir.experiment import load_runs
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.rundir.experiment import load_runs
 from tunelab.scaffold.write import scaffold
 from tunelab.train.job import train
 

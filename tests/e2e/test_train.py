@@ -11,11 +11,11 @@ import pytest
 from loadrule import check_contended, slowdown_by_rule
 
 from tunelab.faults import FIRED_ENV, KILL_ENV
+from tunelab.fsutil import read_json, read_jsonl
 from tunelab.ledger import history
 from tunelab.rundir.config import load_run_config
 from tunelab.rundir.experiment import training_state
 from tunelab.rundir.identity import training_key
-from tunelab.fsutil import read_json, read_jsonl
 from tunelab.scaffold.write import scaffold
 from tunelab.train.job import train
 
@@ -184,8 +184,8 @@ def test_killed_job_resumes_from_last_checkpoint(write_spec, tmp_path):
 def test_failed_run_is_reported_with_its_reason(write_spec, tmp_path):
     from typer.testing import CliRunner
 
-    from tunelab.ledger import store as ledger
     from tunelab.cli import app
+    from tunelab.ledger import store as ledger
 
     spec = write_spec(factors={"lora_rank": [4]}, controls=False)
     cfg = scaffold(spec).runs[0]

@@ -17,11 +17,11 @@ import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from waiting import Feed, wait_for
 
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
 from tunelab.tune.progress import progress_lines
-from waiting import Feed, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from evalkit import WORDS, make_cfg, with_checkpoint
 from inspect_ai.log import read_eval_log
 
-from evalkit import WORDS, make_cfg, with_checkpoint
 from tunelab.data.conversation import Message
 from tunelab.data.formatting import prompt_format_of
 from tunelab.errors import TunelabError

@@ -142,7 +142,12 @@ def test_math_attention_takes_scale_and_grouped_query_heads_by_keyword():
 def test_fake_tensor_internals_the_simulator_relies_on():
     """estimate/simulator: real values computed inside a FakeTensorMode, data-dependent shapes refused, random
     ops recognised by their tag, (args, kwargs) flattened and rebuilt."""
-    from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensor, FakeTensorMode, unset_fake_temporarily
+    from torch._subclasses.fake_tensor import (
+        DynamicOutputShapeException,
+        FakeTensor,
+        FakeTensorMode,
+        unset_fake_temporarily,
+    )
     from torch.utils._python_dispatch import _disable_current_modes
     from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 

@@ -12,10 +12,10 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.execute.slurm_jobs import sbatch_options, warning_seconds
-from tunelab.scaffold.write import scaffold
-from tunelab.spec import TrainingConfig
 from tunelab.rundir.checkpoints import complete_epochs
 from tunelab.rundir.layout import COUNTERS_FILE
+from tunelab.scaffold.write import scaffold
+from tunelab.spec import TrainingConfig
 from tunelab.train.checkpoints import checkpoint_at_epoch_end, prune_trainer_checkpoints
 from tunelab.train.interrupts import SignalWatch, make_checkpoint_policy
 from tunelab.train.resume import republish_missing_epochs

@@ -10,10 +10,9 @@ import typer
 from typer.testing import CliRunner
 
 from tunelab import fsutil
-
-from tunelab.ledger import store as ledger
 from tunelab.cli import app
 from tunelab.cli.common import friendly
+from tunelab.ledger import store as ledger
 
 runner = CliRunner()
 

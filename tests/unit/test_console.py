@@ -161,8 +161,8 @@ def test_errors_quoting_the_input_keep_its_brackets(tmp_path, bracketed_spec, ti
 
 
 def test_ingest_and_history_print_bracketed_paths_and_reasons_whole(tmp_path):
-    from tunelab.ledger.history import history_path
     from tunelab.ingest import ingest_logs
+    from tunelab.ledger.history import history_path
 
     log = tmp_path / "logs [x]" / "slurm-[1].out"
     log.parent.mkdir()

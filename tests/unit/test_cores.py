@@ -16,8 +16,17 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.host.cgroup import cpu_quota
-from tunelab.host.cores import (CPUS_ENV, Limit, cpu_list, job_shares, parse_cpus, physical_cores, split_cores,
-                                usable_cores, usable_cpus)
+from tunelab.host.cores import (
+    CPUS_ENV,
+    Limit,
+    cpu_list,
+    job_shares,
+    parse_cpus,
+    physical_cores,
+    split_cores,
+    usable_cores,
+    usable_cpus,
+)
 
 IN_SUBPROCESS = """
 import json, sys

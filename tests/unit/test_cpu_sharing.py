@@ -3,7 +3,7 @@ makespans worked out by hand for the executor's policy (longest first onto the e
 
 from pathlib import Path
 
-from tunelab.forecast.cpu_sharing import CpuSharing, MIN_GAIN, choose
+from tunelab.forecast.cpu_sharing import MIN_GAIN, CpuSharing, choose
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec

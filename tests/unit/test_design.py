@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.plan.design import expand_runs
 from tunelab.errors import TunelabError
+from tunelab.plan.design import expand_runs
 from tunelab.spec import parse_spec
 
 SPEC = {

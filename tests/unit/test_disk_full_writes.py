@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 from smallfs import fill, small_filesystem
 
-from tunelab.host.diskspace import parse_quota
 from tunelab.errors import NoSpaceError
 from tunelab.fsutil import append_text, atomic_write_text, human_bytes, is_disk_full, space_guard, sqlite_session
+from tunelab.host.diskspace import parse_quota
 from tunelab.rundir.metrics import MetricRow, append_metric, read_metrics
 
 SIZE_KIB = 1024

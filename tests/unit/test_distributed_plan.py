@@ -7,8 +7,8 @@ from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.estimate.memory import MemoryInputs, estimate_memory
 from tunelab.forecast.runs import choose_strategy
 from tunelab.forecast.speed import SCALING_EFFICIENCY
-from tunelab.plan.planner import make_plan
 from tunelab.plan.markdown import render_plan_md
+from tunelab.plan.planner import make_plan
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.summary import Summary
 from tunelab.spec import ResourcesSpec, Strategy

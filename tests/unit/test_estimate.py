@@ -11,8 +11,8 @@ from tunelab.catalog import architecture_from_config, resolve_architecture, reso
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, plan_batch, tokens_per_microbatch
-from tunelab.estimate.peak import SIMULATED, predict_peak, step_shape
 from tunelab.estimate.memory import MemoryInputs, estimate_memory, lora_params, max_tokens_that_fit
+from tunelab.estimate.peak import SIMULATED, predict_peak, step_shape
 
 runner = CliRunner()
 
@@ -157,10 +157,11 @@ def test_estimate_cli_json_with_measured_dataset(tiny_model, caps_dataset):
 
 def test_packing_measurement_equals_what_training_packs(tiny_model, caps_dataset):
     """The planner's BFD simulation must give the trainer's own packing (same TRL code path)."""
-    from tunelab.estimate.dataset import measure_dataset
-    from tunelab.data.formatting import PromptFormat
-    from tunelab.spec import DatasetSpec
     from transformers import AutoTokenizer
+
+    from tunelab.data.formatting import PromptFormat
+    from tunelab.estimate.dataset import measure_dataset
+    from tunelab.spec import DatasetSpec
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     m = measure_dataset(DatasetSpec(name="caps", path=str(caps_dataset)), tok, PromptFormat(), "Capitalize: {input}",

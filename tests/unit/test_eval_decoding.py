@@ -151,8 +151,8 @@ def test_a_grader_belongs_to_a_task_file_and_is_a_dir_or_a_model_string(write_sp
 
 
 def test_the_grader_dir_is_relative_to_the_spec_and_checked_before_jobs(write_spec, tiny_model):
-    from tunelab.plan.design import expand_runs
     from tunelab.evaluate.usertasks import check_tasks
+    from tunelab.plan.design import expand_runs
 
     spec_path = write_spec(eval={"tasks": [{"name": "g", "file": "t.py", "grader": {"path": "models/grader"}}]})
     exp = spec_path.parent

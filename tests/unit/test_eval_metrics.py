@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from inspect_ai.scorer import Score, SampleScore
+from inspect_ai.scorer import SampleScore, Score
 
 from tunelab.evaluate import metrics as m
 

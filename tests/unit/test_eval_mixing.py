@@ -260,8 +260,8 @@ def test_waves_hold_whole_targets_up_to_their_samples(tmp_path, tiny_model):
     from inspect_ai import Task
     from inspect_ai.dataset import Sample
 
-    from tunelab.evaluate.waves import wave_items
     from tunelab.evaluate.runner import PreparedTask
+    from tunelab.evaluate.waves import wave_items
     from tunelab.evaluate.work import WorkItem
     from tunelab.spec import TaskSpec
 

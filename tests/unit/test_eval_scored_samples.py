@@ -9,10 +9,11 @@ comes back whole.
 from __future__ import annotations
 
 import pytest
-from inspect_ai import Task, eval as inspect_eval
-from inspect_ai.model import get_model
+from inspect_ai import Task
+from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
 from inspect_ai.log import EvalSample, EvalSampleSummary
+from inspect_ai.model import get_model
 from inspect_ai.scorer import CORRECT, Score, Target, accuracy, scorer
 from inspect_ai.solver import TaskState, generate
 

@@ -18,8 +18,8 @@ from tunelab.evaluate.runner import evaluate_run
 from tunelab.evaluate.scores import read_scores
 from tunelab.evaluate.targets import parse_epochs, resolve_model_dir, select_targets
 from tunelab.evaluate.tasks import build_builtin_task, exact_match, includes, numeric, parse_number
-from tunelab.rundir.experiment import is_evaluated
 from tunelab.rundir.config import RunConfig, save_run_config
+from tunelab.rundir.experiment import is_evaluated
 from tunelab.spec import TaskSpec
 
 WORDS = ["apple", "banana", "cherry"]

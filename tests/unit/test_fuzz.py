@@ -60,8 +60,8 @@ def test_yaml_that_is_not_utf8_is_one_clear_error(tmp_path, name):
 
 @pytest.mark.parametrize("damage", [b"Loss: 1.2.3:", b"Loss: +:", b"Loss: e:"])
 def test_a_log_with_a_damaged_number_is_skipped_with_its_reason(tmp_path, monkeypatch, damage):
-    from tunelab.ledger import history
     from tunelab.ingest import ingest_logs
+    from tunelab.ledger import history
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     log = tmp_path / "slurm-1.out"

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from tunelab.report.gpu_use import gpu_section
-from tunelab.train import gpu_sampling
 from tunelab.rundir.gpu import utilization
 from tunelab.rundir.layout import SAMPLES_FILE
+from tunelab.train import gpu_sampling
 from tunelab.train.gpu_sampling import GpuSampler
 
 

@@ -12,9 +12,23 @@ import pytest
 
 from tunelab.catalog import resolve_architecture, resolve_gpu
 from tunelab.errors import TunelabError
-from tunelab.forecast.gpustep import (AttentionGroup, GpuPrior, GpuWork, RowFile, StepPoint, adapted_per_layer,
-                                      attention_group, committed_priors, committed_rows, fit_points, gpu_step_speed,
-                                      leave_one_out, load_rows, points_of, rms)
+from tunelab.forecast.gpustep import (
+    AttentionGroup,
+    GpuPrior,
+    GpuWork,
+    RowFile,
+    StepPoint,
+    adapted_per_layer,
+    attention_group,
+    committed_priors,
+    committed_rows,
+    fit_points,
+    gpu_step_speed,
+    leave_one_out,
+    load_rows,
+    points_of,
+    rms,
+)
 from tunelab.forecast.speedhistory import speed_from_history
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import SourceKind

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from tunelab import jobimports as importcost
 from tunelab.catalog import KNOWN_MODELS
 from tunelab.forecast.jobstart import JobStart, eval_start, with_evaluation_imports
-from tunelab import jobimports as importcost
 from tunelab.host.cpuload import LoadWindow
 from tunelab.jobimports import Stack, import_job_stack, record_import, recorded_import_s
 from tunelab.ledger.history import HistoryRun

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tunelab.ledger import history
 from tunelab.cli import app
 from tunelab.ingest.torchtune import LogParseError, parse_torchtune_log
+from tunelab.ledger import history
 
 LOGS = Path(__file__).parent.parent / "fixtures" / "logs"
 

@@ -154,8 +154,8 @@ def test_a_plans_run_total_takes_its_parts_as_independent_without_records(write_
     parts — each side's distance from the P50 in quadrature, worked out here from the parts' own intervals — not
     every part at its bound at once."""
     from tunelab.forecast.evalrun import predict_run_eval
-    from tunelab.plan.planner import make_plan, split_lengths
     from tunelab.forecast.sweeptime import Sweep, timeline, with_history
+    from tunelab.plan.planner import make_plan, split_lengths
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     plan = make_plan(write_spec(factors={"lora_rank": [4]}))

@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 
 from tunelab.catalog import KNOWN_MODELS
+from tunelab.forecast.evalrun import predict_run_eval
 from tunelab.forecast.evaltime import predict_eval_time
 from tunelab.forecast.jobstart import VLLM_SERVER_START_S, eval_start, job_start
+from tunelab.forecast.remaining import Phase, sweep_remaining
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
 from tunelab.ledger import history
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
-from tunelab.forecast.evalrun import predict_run_eval
-from tunelab.forecast.remaining import Phase, sweep_remaining
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.spec.evaluation import Engine

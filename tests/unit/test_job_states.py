@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tunelab.ledger import store as ledger
 from tunelab.execute.executor import UNSEEN, JobInfo
 from tunelab.execute.failures import FAILED, TIMEOUT, SacctRow, classify
 from tunelab.execute.jobs import JobRow, all_jobs, is_active
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.execute.refresh import SETTLE_GRACE_S, refresh, should_judge
 from tunelab.execute.slurm_cli import merge
+from tunelab.ledger import store as ledger
 from tunelab.rundir import Status
 from tunelab.train.interrupts import SAVED_BEFORE_LIMIT
 
@@ -52,7 +52,7 @@ def test_a_job_squeue_forgot_has_ended_whatever_sacct_says():
 
 
 def test_waiting_for_a_lagging_sacct_is_bounded():
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lag = JobInfo("COMPLETED", settled=False)
     def job(state: str, updated_at: datetime) -> JobRow:
         return JobRow(1, "r", "train", "7", 1, "slurm", updated_at.isoformat(), state, updated_at.isoformat())
@@ -146,9 +146,9 @@ def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(writ
     (its batch step's end, before it was pending again), was judged TIMEOUT and retried, and the retry
     raced the requeued job. While status.json says this very job requeued itself (and not long ago) it
     counts as active and gets no verdict; a requeue that never came back is judged after the grace."""
+    from tunelab import rundir as st
     from tunelab.execute.refresh import REQUEUE_GRACE_S
     from tunelab.scaffold.write import scaffold
-    from tunelab import rundir as st
 
     cfg = scaffold(write_spec(factors={"lora_rank": [4]}, controls=False)).runs[0]
     exp = cfg.run_dir.parents[1]
@@ -169,7 +169,7 @@ def test_a_job_that_requeued_itself_stays_active_while_slurm_brings_it_back(writ
     assert job.state == UNSEEN and job.failure == TIMEOUT
     # a requeue older than the grace that still looks ended has ended
     ledger.update_job(exp, job.id, state="RUNNING", failure=None)
-    old = (datetime.now(timezone.utc) - timedelta(seconds=REQUEUE_GRACE_S + 5)).isoformat(timespec="seconds")
+    old = (datetime.now(UTC) - timedelta(seconds=REQUEUE_GRACE_S + 5)).isoformat(timespec="seconds")
     st.write_status(cfg.run_dir, requeued_job=pid, requeued_at=old)
     refresh(exp, {cfg.name: cfg})
     (job,) = all_jobs(exp)

@@ -8,13 +8,11 @@ import sys
 import pytest
 
 from tunelab import fsutil
-
-from tunelab.ledger import history
-
-from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
-from tunelab.rundir.experiment import load_runs, training_state
 from tunelab.fsutil import atomic_write_json
+from tunelab.ledger import history
+from tunelab.ledger import store as ledger
+from tunelab.rundir.experiment import load_runs, training_state
 from tunelab.scaffold.write import scaffold
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tunelab.host.cpuload import LoadWindow
 from tunelab.estimate.probe import Shape, caveat
+from tunelab.host.cpuload import LoadWindow
 from tunelab.ledger import history
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.metrics import MetricRow

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tunelab.cli.common import print_plan
+from tunelab.forecast import sweeptime
 from tunelab.forecast.evalrun import predict_run_eval
 from tunelab.forecast.jobstart import VLLM_SERVER_START_S
+from tunelab.forecast.run_predictions import recorded_estimates
 from tunelab.fsutil import human_seconds
-from tunelab.forecast import sweeptime
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import Plan, make_plan, split_lengths
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.forecast.run_predictions import recorded_estimates
 
 TRAIN_S = {4: 100.0, 8: 150.0}  # injected training times by LoRA rank, each with a measured 10 s start-up inside
 STARTUP_S = 10.0

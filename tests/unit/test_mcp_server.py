@@ -8,16 +8,16 @@ import re
 from pathlib import Path
 
 import anyio
-import yaml
 import pytest
-from mcp import Client
+import yaml
+from mcp import Client, MCPError
+from mcp_tool import tool
 from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.server import build_server
-from mcp_tool import tool
 
 
 def fake_model(path: Path) -> Path:
@@ -117,7 +117,7 @@ def test_resources_read_files_inside_the_root_only(root):
         async with Client(build_server(root)) as client:
             page = await client.read_resource("tunelab://experiment/exp/plan.md")
             listing = await client.read_resource("tunelab://experiments")
-            with pytest.raises(Exception):
+            with pytest.raises(MCPError, match="Unknown resource"):
                 await client.read_resource("tunelab://experiment/../secret/plan.md")
             return page.contents[0].text, json.loads(listing.contents[0].text)
 

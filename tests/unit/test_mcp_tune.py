@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mcp_tool import tool
+
 from tunelab.fsutil import atomic_write_json
 from tunelab.rundir.tuned import TunedRate, trial_dir, write_best
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 from test_memsim_vlm import GRID, tiny_config
 
-from tunelab.estimate.simulator import StepConfig, StepShape
+from tunelab.estimate.simulator import StepConfig, StepShape, run
 from tunelab.estimate.simulator import replay as replay_module
-from tunelab.estimate.simulator import run
 from tunelab.estimate.simulator.tracker import Malloc, StorageTracker
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

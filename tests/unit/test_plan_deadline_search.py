@@ -13,13 +13,13 @@ import math
 import pytest
 
 from tunelab.execute.schedule import Device
-from tunelab.ledger import history
-from tunelab.mcp.models import PlanOut
 from tunelab.forecast.deadline import DeadlineVerdict, RunTimeline, SearchLine, judge
 from tunelab.forecast.halving import spent_share
+from tunelab.forecast.sweeptime import Sweep, sweep_forecast
+from tunelab.ledger import history
+from tunelab.mcp.models import PlanOut
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import make_plan, split_lengths
-from tunelab.forecast.sweeptime import Sweep, sweep_forecast
 from tunelab.rundir.tuned import TunedRate, write_best
 
 TUNE = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "per": ["lora_rank"], "trials": 6, "budget": 0.25}

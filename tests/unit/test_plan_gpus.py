@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tunelab.catalog import resolve_architecture, resolve_gpu
-from tunelab.forecast.gpus import even_nodes, nodes_for
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, predict_peak, step_shape
+from tunelab.forecast.gpus import even_nodes, nodes_for
 from tunelab.forecast.speed import SCALING_EFFICIENCY
 from tunelab.mcp.models import PlanOut
 from tunelab.plan.markdown import render_plan_md

@@ -102,8 +102,9 @@ def test_a_curriculum_of_image_tasks_reports_each_stage(tmp_path, vl_model):
 
 def test_image_field_beside_the_fields_format(tmp_path, vl_model):
     """image_field: a column of paths (JSON rows) or a datasets Image column (save_to_disk) feeds the image."""
-    import datasets
     import json
+
+    import datasets
 
     from tunelab.data.formatting import PromptFormat
     from tunelab.data.images import encode_vision_example

@@ -13,10 +13,10 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.batch import SAFETY_FRACTION
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import predict_peak, step_shape
-from tunelab.ledger import history
 from tunelab.forecast.levers import explicit_fields, levers_on
-from tunelab.plan.planner import make_plan, measure_lengths
 from tunelab.forecast.split import Costs, choose_split, divisors, target_effective_batch
+from tunelab.ledger import history
+from tunelab.plan.planner import make_plan, measure_lengths
 from tunelab.rundir.estimate import LeverSource
 from tunelab.spec import TrainingConfig
 

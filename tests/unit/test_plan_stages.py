@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from tunelab.ledger import history
 from tunelab.catalog import resolve_gpu
 from tunelab.errors import TunelabError
 from tunelab.forecast.runs import slurm_time_limit
-from tunelab.plan.planner import make_plan
+from tunelab.ledger import history
 from tunelab.plan.markdown import render_plan_md
+from tunelab.plan.planner import make_plan
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tunelab.catalog import resolve_architecture
+from tunelab.forecast import cpu_sharing
 from tunelab.host import adapt
 from tunelab.host.cpuload import LoadWindow
 from tunelab.host.threads import LIBRARY_ENVS, MARK_ENV, decide
 from tunelab.ledger import history
-from tunelab.forecast import cpu_sharing
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import make_plan
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tunelab.models.random_init import (PROVENANCE_FILE, build_random_model, draw_random_model, drawn_at_load)
+from tunelab.models.random_init import PROVENANCE_FILE, build_random_model, draw_random_model, drawn_at_load
 
 
 def _config(tmp_path):

@@ -9,11 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunelab.execute.executor import ClusterFacts, JobKind, NodeFacts
+from tunelab.execute.executor import ClusterFacts, JobInfo, JobKind, NodeFacts
 from tunelab.execute.job_states import JobState
 from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, split_id
 from tunelab.execute.ray_jobs import RayAsk, entrypoint, job_ask
-from tunelab.execute.executor import JobInfo
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import ResourcesSpec

@@ -11,10 +11,10 @@ import signal
 
 import pytest
 
-from tunelab.ledger import history
 from tunelab.catalog import GPUS, resolve_gpu
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_text, read_jsonl
+from tunelab.ledger import history
 from tunelab.rundir.summary import Summary
 
 # ---------------------------------------------------------------- read_jsonl

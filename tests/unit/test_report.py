@@ -15,8 +15,8 @@ from scipy import stats
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from tunelab.ledger import store as ledger
 from tunelab.fsutil import atomic_write_json
+from tunelab.ledger import store as ledger
 from tunelab.report.build import build_report
 from tunelab.report.data import Point, gather
 from tunelab.report.findings import analyze, error_class, overfitting, still_falling

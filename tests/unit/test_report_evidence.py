@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import pytest
+import test_report
 import yaml
 from scipy import stats
-import test_report
 from test_report import STEPS_PER_EPOCH, _control, _pts, fake_run
 
 from tunelab.fsutil import human_seconds

@@ -18,12 +18,12 @@ from tunelab.report.build import build_report
 from tunelab.report.data import gather
 from tunelab.report.figures import _new, epoch_ticks, loss_axis, stage_changes
 from tunelab.report.findings import analyze
-from tunelab.scaffold.write import scaffold
-from tunelab.stats.intervals import task_intervals
-from tunelab.stats.records import SampleValue
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.stages import read_stage_records
 from tunelab.rundir.summary import Summary
+from tunelab.scaffold.write import scaffold
+from tunelab.stats.intervals import task_intervals
+from tunelab.stats.records import SampleValue
 from tunelab.train.context import StageContext
 from tunelab.train.stages import record_stage
 

@@ -3,8 +3,8 @@ when the predicted peaks fit, CUDA_VISIBLE_DEVICES respected; makespans worked o
 
 import pytest
 
-from tunelab.fsutil import human_seconds
 from tunelab.execute.schedule import Device, Pool, RunNeed, forecast, lpt_order, visible_gpus
+from tunelab.fsutil import human_seconds
 
 H100 = 80.0
 
@@ -104,8 +104,8 @@ def test_plan_shows_where_each_run_goes_and_the_makespan(write_spec, monkeypatch
     training and evaluation with their job starts, placed longest first — no longer the training alone."""
     from tunelab.catalog import resolve_gpu
     from tunelab.execute import schedule
-    from tunelab.plan.planner import make_plan
     from tunelab.plan.markdown import plan_rows, render_plan_md
+    from tunelab.plan.planner import make_plan
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setattr(schedule, "visible_gpus", lambda: [Device("2", 80.0), Device("3", 80.0)])

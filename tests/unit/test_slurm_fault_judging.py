@@ -4,7 +4,7 @@ spends no budget; a verdict given without accounting is judged again, sharpened 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,7 @@ def test_a_verdict_given_without_accounting_is_sharpened_when_it_answers(tmp_pat
     ledger.record_attempt(tmp_path, run="r", attempt=1, executor="slurm", job_id="7", started_at=None,
                           finished_at=None, exit_code=None, state=FAILED, reason="FAILED with exit code ?")
     job = all_jobs(tmp_path)[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert judged_without_accounting(job, now) and not judged_without_accounting(job, now + timedelta(seconds=RECHECK_S))
     # accounting still says it runs (stale): nothing to learn yet
     stale = JobInfo("FAILED", "0:0", rows=(SacctRow("7", "RUNNING", "0:0"),))

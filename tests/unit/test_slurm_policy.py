@@ -9,13 +9,23 @@ import yaml
 
 from tunelab.errors import TunelabError
 from tunelab.execute import retry
+from tunelab.execute.failures import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    NODE_FAIL,
+    OOM,
+    PREEMPTED,
+    TIMEOUT,
+    Failure,
+    SacctRow,
+    classify,
+)
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.execute.slurm_cli import SlurmExecutor
+from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, sbatch_options, train_time_limit
 from tunelab.rundir import Status
 from tunelab.rundir.estimate import RunEstimate
-from tunelab.execute.failures import (CANCELLED, COMPLETED, FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure,
-                                      SacctRow, classify)
-from tunelab.execute.slurm_jobs import format_time_limit, parse_time_limit, sbatch_options, train_time_limit
 from tunelab.scaffold.write import scaffold
 
 

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from tunelab.catalog import resolve_architecture
+from tunelab.forecast.levers import explicit_fields
 from tunelab.forecast.runs import RunTime
 from tunelab.forecast.speedhistory import covers, predicted_step_s, speed_from_history, timed_micro_batches
-from tunelab.ledger.history import HistoryRun
-from tunelab.forecast.levers import explicit_fields
-from tunelab.plan.planner import make_plan, measure_lengths
 from tunelab.forecast.split import TIE_FRACTION, Costs, choose_split
+from tunelab.ledger.history import HistoryRun
+from tunelab.plan.planner import make_plan, measure_lengths
 from tunelab.rundir.config import RunConfig
 
 SOURCE = "history: 1 probed run(s) of this model on cpu (fixed + per-token step cost)"

@@ -9,7 +9,7 @@ import io
 import json
 import math
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.execute.status import status_rows
-from tunelab.fsutil import atomic_write_json
 from tunelab.execute.watch import watch
-from tunelab.mcp.models import phase_of, replanned
 from tunelab.forecast.deadline import DeadlineVerdict
 from tunelab.forecast.remaining import Phase, sweep_remaining
+from tunelab.fsutil import atomic_write_json
+from tunelab.mcp.models import phase_of, replanned
 from tunelab.rundir import MetricRow, write_status
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.estimate import RunEstimate, TimeRange
@@ -30,7 +30,7 @@ from tunelab.rundir.experiment import task_names
 from tunelab.rundir.metrics import append_metric, seconds_left
 
 runner = CliRunner()
-START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 Z90, MEASURED_SIGMA = 1.2816, 0.15  # forecast/interval.py's z and the measured kind's width, written by hand
 DEADLINE_S = 480.0  # "8m"
 
@@ -131,7 +131,7 @@ def test_status_rows_read_as_the_replan_phases(write_spec):
 
 
 def test_status_prints_the_replan_and_json_carries_it(write_spec):
-    exp = _sweep(write_spec, started=datetime.now(timezone.utc) - timedelta(hours=1))  # an hour in: past 8m
+    exp = _sweep(write_spec, started=datetime.now(UTC) - timedelta(hours=1))  # an hour in: past 8m
     result = runner.invoke(app, ["status", str(exp)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "sweep: " in result.output and "deadline 8m: does not fit" in result.output
@@ -145,7 +145,7 @@ def test_status_prints_the_replan_and_json_carries_it(write_spec):
 
 
 def test_watch_shows_the_replan_at_each_look_and_warns_once(write_spec):
-    exp = _sweep(write_spec, started=datetime.now(timezone.utc) - timedelta(hours=1))
+    exp = _sweep(write_spec, started=datetime.now(UTC) - timedelta(hours=1))
     looks: list[int] = []
 
     def rows_of():  # the first look sees r2 training; the second sees nothing active (the watch ends)

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.rundir.config import RunConfig
-from tunelab.spec import ResourcesSpec
-
 from tunelab.errors import TunelabError
 from tunelab.host import threads
 from tunelab.host.cores import CPUS_ENV, Limit, cpu_list, parse_cpus, physical_cores, usable_cores, usable_cpus
 from tunelab.host.threads import MARK_ENV, RULE_ENV, ThreadPlan, decide, thread_budget
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
 
 
 @pytest.mark.parametrize("cores, processes, want", [(2, 1, 2), (2, 2, 1), (2, 4, 1), (8, 3, 2), (16, 2, 8),

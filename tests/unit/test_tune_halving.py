@@ -8,8 +8,15 @@ import itertools
 import optuna
 import pytest
 
-from tunelab.forecast.halving import (expected_finished, expected_spend, expected_steps, order_steps, rungs, spent_share,
-                                  validation_interval)
+from tunelab.forecast.halving import (
+    expected_finished,
+    expected_spend,
+    expected_steps,
+    order_steps,
+    rungs,
+    spent_share,
+    validation_interval,
+)
 
 
 def optuna_steps(order: tuple[int, ...], every: int, steps: int, eta: int) -> tuple[int, int]:

@@ -8,13 +8,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tunelab.evaluate.objective import Objective
 from tunelab.forecast.halving import expected_finished, validation_interval
-from tunelab.plan.planner import make_plan, split_lengths
 from tunelab.forecast.sweeptime import Sweep, sweep_forecast
+from tunelab.plan.planner import make_plan, split_lengths
 from tunelab.rundir.scores import TaskScores, task_dir, write_scores
 from tunelab.spec import EvalSpec
 from tunelab.tune.combos import Combination
-from tunelab.evaluate.objective import Objective
 from tunelab.tune.search import PARAM, best_rate
 
 TASKS = EvalSpec.model_validate({"tasks": [{"name": "qa", "builtin": "exact_match"},
@@ -56,7 +56,7 @@ def test_the_search_chooses_the_best_trial_whichever_way_is_better(objective, va
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     target = Objective.parse(objective)
-    for i, value in enumerate(values):
+    for value in values:
         trial = study.ask()
         trial.suggest_float(PARAM, 1e-4, 1e-2, log=True)
         study.tell(trial, target.told(value), state=TrialState.COMPLETE)

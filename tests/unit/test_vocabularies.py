@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
-
 from test_architecture import executor_name_comparisons  # the comparison finder (==, !=, in a literal set)
+
 from tunelab.cli import app
 from tunelab.execute.executor import GroupKind, JobKind
 from tunelab.execute.executors import EXECUTORS

@@ -8,8 +8,16 @@ import pytest
 from packaging.requirements import Requirement
 
 from tunelab.errors import TunelabError
-from tunelab.wheelhouse.plan import (Installed, applicable, check_torch, classify, constraints, is_torch_family,
-                                     parse_freeze, parse_report)
+from tunelab.wheelhouse.plan import (
+    Installed,
+    applicable,
+    check_torch,
+    classify,
+    constraints,
+    is_torch_family,
+    parse_freeze,
+    parse_report,
+)
 from tunelab.wheelhouse.target import Target, platform_tags
 
 LINUX = Target("3.12.3", "manylinux_2_28_x86_64")

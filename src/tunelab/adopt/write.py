@@ -17,15 +17,15 @@ from pathlib import Path
 from tunelab.adopt.sources import AdoptedRun, read_source
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_yaml
-from tunelab.rundir.config import RUN_FILE, RunConfig, save_run_config
-from tunelab.spec import ModelSpec, TrainingConfig
+from tunelab.ledger import store as ledger
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import epoch_dir
+from tunelab.rundir.config import RUN_FILE, RunConfig, save_run_config
+from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.rundir.metrics import write_metrics
 from tunelab.rundir.status import Status, now_iso, write_new_status
 from tunelab.rundir.summary import Summary, write_summary
-from tunelab.ledger import store as ledger
-from tunelab.rundir.experiment import SPEC_FILE, load_runs
+from tunelab.spec import ModelSpec, TrainingConfig
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 COPIED = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",

@@ -4,7 +4,6 @@ that tell it how). Imported lazily: the mcp SDK loads only when these commands r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,10 +15,10 @@ from tunelab.console import say
 def mcp_cmd(
     root: Path = typer.Option(Path("."), "--root", help="Workspace root: every path argument must resolve inside "
                               "it (symlinks included)."),
-    http: Optional[int] = typer.Option(None, "--http", help="Serve streamable HTTP on 127.0.0.1:PORT (path /mcp) "
+    http: int | None = typer.Option(None, "--http", help="Serve streamable HTTP on 127.0.0.1:PORT (path /mcp) "
                                        "instead of stdio."),
     read_only: bool = typer.Option(False, "--read-only", help="Expose only the tools that change nothing."),
-    models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Model stores list_models and "
+    models_dir: list[Path] | None = typer.Option(None, "--models-dir", help="Model stores list_models and "
                                                     "init_spec may read outside the root (also $TUNELAB_MODELS)."),
     allow_job_shell: bool = typer.Option(False, "--allow-job-shell", help="Accept specs whose resources.slurm "
                                          "setup, modules or extra_sbatch put lines into job scripts."),

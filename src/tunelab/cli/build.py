@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -45,14 +44,14 @@ def data_capitalization(
 def data_organism(
     rule: str = typer.Option(..., "--rule", help="parity, majority, first, last, nth, length, constant or coin."),
     alphabet: str = typer.Option("bits", "--alphabet", help="bits (0 1), digits (0-9) or letters (a-z)."),
-    length: Optional[int] = typer.Option(None, "--length", help="Symbols per sequence (fixed length)."),
-    min_length: Optional[int] = typer.Option(None, "--min-length", help="Shortest sequence (variable length, "
+    length: int | None = typer.Option(None, "--length", help="Symbols per sequence (fixed length)."),
+    min_length: int | None = typer.Option(None, "--min-length", help="Shortest sequence (variable length, "
                                              "with --max-length)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest sequence (variable length)."),
-    n: Optional[int] = typer.Option(None, "--n", help="nth: the 0-based index of the symbol to output."),
-    p: Optional[float] = typer.Option(None, "--p", help="coin: probability of label '1' (default 0.5); the label "
+    max_length: int | None = typer.Option(None, "--max-length", help="Longest sequence (variable length)."),
+    n: int | None = typer.Option(None, "--n", help="nth: the 0-based index of the symbol to output."),
+    p: float | None = typer.Option(None, "--p", help="coin: probability of label '1' (default 0.5); the label "
                                       "is independent of the input."),
-    constant: Optional[str] = typer.Option(None, "--constant", help="constant: the output of every example."),
+    constant: str | None = typer.Option(None, "--constant", help="constant: the output of every example."),
     num_examples: int = typer.Option(..., "--num-examples", help="Distinct sequences in all splits together."),
     out: Path = typer.Option(..., "--out", help="Directory for organism_{rule}_{alphabet}_{L}_{N}.json."),
     train_fraction: float = typer.Option(0.8, "--train-fraction", help="Share of train; the rest is split "
@@ -168,7 +167,7 @@ def models_random(
                              "Qwen3-VL-8B…; an unknown name lists them all), a model directory holding config.json, "
                              "or a config.json file."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (must be new or empty, unless --force)."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Keep only the first K transformer layers (a "
+    layers: int | None = typer.Option(None, "--layers", help="Keep only the first K transformer layers (a "
                                          "VLM: and vision blocks): a shallow copy for CPU tests (default: the "
                                          "real depth)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="float32, bfloat16 or float16: the weights on disk."),

@@ -12,7 +12,8 @@ import functools
 import os
 import sqlite3
 import subprocess
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 

@@ -7,7 +7,6 @@ are imported only when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,14 +22,14 @@ TRACKERS = ("mlflow", "wandb")
 def export_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     to: str = typer.Option(..., "--to", help="The tracker: mlflow, or wandb (offline runs for `wandb sync`)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri",
                                                help="MLflow tracking URI: sqlite:///path.db, http(s)://server, or "
                                                "databricks (default: sqlite:///<experiment>/mlflow/mlflow.db)."),
-    mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
+    mlflow_experiment: str | None = typer.Option(None, "--mlflow-experiment",
                                                     help="MLflow experiment name (default: the spec's name)."),
-    wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
+    wandb_dir: Path | None = typer.Option(None, "--wandb-dir", help="W&B: where the offline runs are written "
                                              "(default: <experiment>/wandb)."),
-    project: Optional[str] = typer.Option(None, "--project", help="W&B project (default: the spec's name)."),
+    project: str | None = typer.Option(None, "--project", help="W&B project (default: the spec's name)."),
     json_out: bool = json_option("what was exported"),
 ) -> None:
     """Export the runs to MLflow, or as offline W&B runs.
@@ -141,10 +140,10 @@ def _propose_batch(answers, target_gpu, ask: bool) -> None:
 
 
 def init_cmd(
-    model: Optional[list[Path]] = typer.Option(None, "--model", help="A base model directory (repeatable: "
+    model: list[Path] | None = typer.Option(None, "--model", help="A base model directory (repeatable: "
                                                "several models are compared)."),
-    dataset: Optional[list[Path]] = typer.Option(None, "--dataset", help="A dataset file (repeatable)."),
-    vary: Optional[list[str]] = typer.Option(None, "--vary", help="A factor and its levels, e.g. lora_rank=4,16 "
+    dataset: list[Path] | None = typer.Option(None, "--dataset", help="A dataset file (repeatable)."),
+    vary: list[str] | None = typer.Option(None, "--vary", help="A factor and its levels, e.g. lora_rank=4,16 "
                                              "(repeatable: the runs are every combination)."),
     gpus_per_run: int = typer.Option(DEFAULTS.gpus_per_run, "--gpus-per-run", help="0: CPU; 1: single device; more: distributed."),
     validation: bool = typer.Option(DEFAULTS.validation, "--validation/--no-validation", help="Track validation loss during "
@@ -154,13 +153,13 @@ def init_cmd(
     epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="Training epochs."),
     prompt: str = typer.Option(DEFAULTS.prompt, "--prompt", help="Prompt template, e.g. 'Capitalize: {input}' "
                                "(field rows need one; chat and prompt/completion rows do not: '' for none)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the directory's name)."),
+    name: str | None = typer.Option(None, "--name", help="Experiment name (default: the directory's name)."),
     out: Path = typer.Option(Path("."), "--out", help="Experiment directory, or the spec file (*.yaml) to write."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU the jobs will run on, for the estimates (e.g. "
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU the jobs will run on, for the estimates (e.g. "
                                       "H100-80GB); detected when present, else this machine's CPU."),
-    models_dir: Optional[list[Path]] = typer.Option(None, "--models-dir", help="Where to look for model "
+    models_dir: list[Path] | None = typer.Option(None, "--models-dir", help="Where to look for model "
                                                     "directories (interactive; also $TUNELAB_MODELS)."),
-    interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive", help="Ask the questions "
+    interactive: bool | None = typer.Option(None, "--interactive/--no-interactive", help="Ask the questions "
                                                "(default: when this is a terminal and no --model is given)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing spec."),
     json_out: bool = json_option("the spec written and the runs it plans (asks nothing)"),
@@ -228,9 +227,9 @@ def compare_cmd(
 
     Runs side by side: losses and each task's score on the last evaluated checkpoint, then the config
     fields that differ between them (what can explain the differences)."""
+    from tunelab.evaluate.kinds import show as score
     from tunelab.mcp.models import CompareOut
     from tunelab.report.compare import compare
-    from tunelab.evaluate.kinds import show as score
 
     c = compare(paths)
     if json_out:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -157,31 +157,31 @@ _JSON_OUT = typer.Option(False, "--json", help="Machine-readable output.")
 
 def estimate_cmd(
     model: str = _MODEL,
-    gpu: Optional[str] = _GPU,
-    gpu_memory_gib: Optional[float] = _GPU_MEMORY_GIB,
+    gpu: str | None = _GPU,
+    gpu_memory_gib: float | None = _GPU_MEMORY_GIB,
     max_seq_len: int = _MAX_SEQ_LEN,
-    batch_size: Optional[int] = _BATCH_SIZE,
-    packed: Optional[bool] = _PACKED,
-    lora_rank: Optional[int] = _LORA_RANK,
-    lora_alpha: Optional[float] = _LORA_ALPHA,
-    lora_targets: Optional[list[str]] = _LORA_TARGETS,
+    batch_size: int | None = _BATCH_SIZE,
+    packed: bool | None = _PACKED,
+    lora_rank: int | None = _LORA_RANK,
+    lora_alpha: float | None = _LORA_ALPHA,
+    lora_targets: list[str] | None = _LORA_TARGETS,
     gradient_checkpointing: bool = _GRADIENT_CHECKPOINTING,
-    quantize: Optional[str] = _QUANTIZE,
+    quantize: str | None = _QUANTIZE,
     attention: str = _ATTENTION,
     gpus: int = _GPUS,
     strategy: Strategy = _STRATEGY,
-    node_gpus: Optional[int] = _NODE_GPUS,
-    dataset: Optional[Path] = _DATASET,
-    prompt: Optional[str] = _PROMPT,
-    epochs: Optional[int] = _EPOCHS,
+    node_gpus: int | None = _NODE_GPUS,
+    dataset: Path | None = _DATASET,
+    prompt: str | None = _PROMPT,
+    epochs: int | None = _EPOCHS,
     effective_batch: int = _EFFECTIVE_BATCH,
-    dtype: Optional[str] = _DTYPE,
-    modules_to_save: Optional[list[str]] = _MODULES_TO_SAVE,
+    dtype: str | None = _DTYPE,
+    modules_to_save: list[str] | None = _MODULES_TO_SAVE,
     chat_template: str = _CHAT_TEMPLATE,
-    system_prompt: Optional[str] = _SYSTEM_PROMPT,
+    system_prompt: str | None = _SYSTEM_PROMPT,
     images_per_example: int = _IMAGES_PER_EXAMPLE,
-    min_pixels: Optional[int] = _MIN_PIXELS,
-    max_pixels: Optional[int] = _MAX_PIXELS,
+    min_pixels: int | None = _MIN_PIXELS,
+    max_pixels: int | None = _MAX_PIXELS,
     json_out: bool = _JSON_OUT,
 ) -> None:
     """Predict peak GPU memory and the micro-batch that fits for one configuration.
@@ -253,7 +253,7 @@ def _print_estimate(est: ConfigEstimate) -> None:
 
 def validate_cmd(
     path: Path = typer.Argument(..., help="experiment.yaml, or a run's run.yaml"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present, "
+    gpu: str | None = typer.Option(None, "--gpu", help="Target GPU (e.g. A100-80GB); detected when present, "
                                       "else this machine's CPU."),
     json_out: bool = json_option("every run's checks"),
 ) -> None:

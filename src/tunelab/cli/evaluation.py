@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,16 +14,16 @@ def eval_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
     epochs: str = typer.Option("", "--epochs", help="last, all, or a list such as 0,2 (default: the spec's "
                                "eval.epochs); fine-tuned runs only."),
-    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs, controls or eval-only runs "
+    runs: list[str] | None = typer.Option(None, "--run", help="Only these runs, controls or eval-only runs "
                                              "(repeatable)."),
-    tasks: Optional[list[str]] = typer.Option(None, "--task", help="Only these tasks of eval.tasks (repeatable)."),
+    tasks: list[str] | None = typer.Option(None, "--task", help="Only these tasks of eval.tasks (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Re-evaluate checkpoints that already have scores."),
     no_ledger: bool = typer.Option(False, "--no-ledger", help="Write scores files only; leave tunelab.db to the "
                                    "coordinator (what cluster jobs do)."),
     one_at_a_time: bool = typer.Option(False, "--one-at-a-time", help="Load the weights for each checkpoint "
                                        "alone, every task in inspect-ai's loop: the reference (default: one pass "
                                        "per base model, adapters side by side; the scores are the same)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="hf or vllm: what generates, for this call "
+    engine: str | None = typer.Option(None, "--engine", help="hf or vllm: what generates, for this call "
                                          "(default: the spec's eval.engine; auto = vllm where vLLM is at hand "
                                          "and a GPU is visible, else hf)."),
     inspect_loop: bool = typer.Option(False, "--inspect-loop", help="The built-in generate-and-score tasks "

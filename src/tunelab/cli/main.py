@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from tunelab.cli import build as cli_build
 from tunelab.cli import assistant as cli_assistant
-
+from tunelab.cli import build as cli_build
 from tunelab.cli import daily as cli_daily
-
 from tunelab.cli import estimate as cli_estimate
-
 from tunelab.cli import measure as cli_measure
 from tunelab.cli import start as cli_start
 from tunelab.cli import tune as cli_tune
@@ -47,13 +43,13 @@ app = typer.Typer(
 def plan_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for memory/time estimates (e.g. H100-80GB); "
+    gpu: str | None = typer.Option(None, "--gpu", help="Target GPU for memory/time estimates (e.g. H100-80GB); "
                                       "detected when present, else this machine's CPU."),
-    write_md: Optional[bool] = typer.Option(None, "--md/--no-md", help="Write plan.md beside the spec "
+    write_md: bool | None = typer.Option(None, "--md/--no-md", help="Write plan.md beside the spec "
                                             "(default: yes, except with --json)."),
     probe: bool = typer.Option(False, "--probe", help="First run `tunelab probe` here: a few real steps of each "
                                "run shape, so the estimates are measured."),
-    deadline: Optional[str] = typer.Option(None, "--deadline", help="Wall-clock budget of the whole sweep (6h, "
+    deadline: str | None = typer.Option(None, "--deadline", help="Wall-clock budget of the whole sweep (6h, "
                                            "90m, 1d): the verdict, makespan and levers in plan.md; overrides "
                                            "resources.deadline."),
 ) -> None:
@@ -62,8 +58,8 @@ def plan_cmd(
     Verify models, datasets and the eval task; show the runs with estimates (micro-batch, peak memory,
     steps, time, each with its source); write plan.md beside the spec."""
     from tunelab.fsutil import atomic_write_text
-    from tunelab.plan.planner import make_plan
     from tunelab.plan.markdown import render_plan_md
+    from tunelab.plan.planner import make_plan
 
     with stdout_to_stderr(json_out):
         if probe:
@@ -86,18 +82,17 @@ def plan_cmd(
 
 def scaffold_cmd(
     spec: Path = typer.Argument(..., help="experiment.yaml"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Experiment directory (default: the spec's directory)."),
+    out: Path | None = typer.Option(None, "--out", help="Experiment directory (default: the spec's directory)."),
     force: bool = typer.Option(False, "--force", help="Overwrite run configs even where runs have results."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Target GPU for the estimates written into run.yaml "
+    gpu: str | None = typer.Option(None, "--gpu", help="Target GPU for the estimates written into run.yaml "
                                       "(SLURM time limits); detected when present, else this machine's CPU."),
     json_out: bool = json_option("what was written"),
 ) -> None:
     """Write the run directories, job scripts and submit_all.sh of an experiment.
 
     Write runs/<run>/{run.yaml, job.sh, job.sbatch, eval.sbatch}, controls/, submit_all.sh, plan.md, README.md."""
-    from tunelab.scaffold.write import scaffold
-
     from tunelab.mcp.models import ScaffoldOut
+    from tunelab.scaffold.write import scaffold
 
     with stdout_to_stderr(json_out):
         plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
@@ -137,9 +132,9 @@ def pack_job_cmd(
 
 def run_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    runs: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable)."),
+    runs: list[str] | None = typer.Option(None, "--run", help="Only these runs (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Rerun completed runs from scratch."),
-    executor: Optional[ExecutorKind] = typer.Option(None, "--executor", help="local, slurm or ray (default: "
+    executor: ExecutorKind | None = typer.Option(None, "--executor", help="local, slurm or ray (default: "
                                                     "the spec's resources.executor)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print what would be submitted, submit nothing."),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the jobs until all have ended, applying retries."),
@@ -326,7 +321,7 @@ def status_cmd(
 
 def cancel_cmd(
     experiment_dir: Path = typer.Argument(..., help="A scaffolded experiment directory."),
-    runs: Optional[list[str]] = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
+    runs: list[str] | None = typer.Argument(None, help="Runs or controls to cancel (default: all)."),
     json_out: bool = json_option("the job ids cancelled"),
 ) -> None:
     """Cancel the queued or running jobs of some runs.
@@ -334,7 +329,6 @@ def cancel_cmd(
     Cancel the queued or running jobs of some runs, Slurm (scancel) or local (SIGTERM: the trainer saves
     first); the ledger and status say CANCELLED."""
     from tunelab.execute.status import cancel
-
     from tunelab.mcp.models import CancelOut
 
     with stdout_to_stderr(json_out):
@@ -347,7 +341,7 @@ def ingest_cmd(
     paths: list[Path] = typer.Argument(..., help="Log files or directories: searched for torchtune / SLURM logs "
                                        "(*.out, *.log) and HF Trainer output dirs (trainer_state.json: TRL, "
                                        "axolotl, LLaMA-Factory)."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
+    gpu: str | None = typer.Option(None, "--gpu", help="The GPU these runs used (logs do not say)."),
     json_out: bool = json_option("every log found, imported or skipped"),
 ) -> None:
     """Import past torchtune, Slurm and HF Trainer runs into the history ledger.
@@ -356,8 +350,8 @@ def ingest_cmd(
     from them (`tunelab history` lists them).
     Truncated, failed or unknown logs are reported and skipped, never half-imported."""
     from tunelab.catalog import resolve_gpu
-    from tunelab.ledger.history import history_path
     from tunelab.ingest import ingest_logs
+    from tunelab.ledger.history import history_path
 
     device = resolve_gpu(gpu).name if gpu else None
     with stdout_to_stderr(json_out):

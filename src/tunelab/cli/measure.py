@@ -4,7 +4,6 @@ planner knows, and where each row came from)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -82,7 +81,7 @@ def probe_cmd(
     executor: ExecutorKind = typer.Option(ExecutorKind.LOCAL, "--executor", parser=executor_option,
                                           metavar=EXECUTOR_METAVAR, help="local: here; slurm: one short job on "
                                           "the partition the runs use (resources.slurm), recorded when it ends."),
-    results: Optional[Path] = typer.Option(None, "--results", hidden=True, help="Inside a probe job: write the "
+    results: Path | None = typer.Option(None, "--results", hidden=True, help="Inside a probe job: write the "
                                            "measurements here instead of recording them."),
 ) -> None:
     """Time a few real training steps of each run shape and record them in the history.
@@ -107,8 +106,8 @@ def probe_cmd(
 
 def history_cmd(
     json_out: bool = json_option("every row with every field"),
-    model: Optional[str] = typer.Option(None, "--model", help="Only rows of this model (substring, any case)."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Only rows of this device (substring, e.g. H100 or cpu)."),
+    model: str | None = typer.Option(None, "--model", help="Only rows of this model (substring, any case)."),
+    gpu: str | None = typer.Option(None, "--gpu", help="Only rows of this device (substring, e.g. H100 or cpu)."),
 ) -> None:
     """List what the planner knows from past runs, and where each row came from.
 
@@ -173,7 +172,7 @@ def adopt_cmd(
     out: Path = typer.Option(..., "--out", help="The experiment directory to create or add to."),
     spec: Path = typer.Option(..., "--spec", help="experiment.yaml giving the base model(s), data, prompt and "
                               "evaluation tasks (its factors are not expanded: the adopted runs are the design)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="The base model dir the adapters were trained on "
+    model: Path | None = typer.Option(None, "--model", help="The base model dir the adapters were trained on "
                                          "(default: the spec's model)."),
     json_out: bool = json_option("the runs adopted and the sources skipped"),
 ) -> None:

@@ -37,7 +37,7 @@ class PipelineGroup(TyperGroup):
         super().__init__(**kwargs)
         for name, command in self.commands.items():
             if name in _PANEL_OF and not getattr(command, "rich_help_panel", None):
-                setattr(command, "rich_help_panel", _PANEL_OF[name])
+                setattr(command, "rich_help_panel", _PANEL_OF[name])  # noqa: B010 (click declares no such attribute)
         reflow_help(self)
 
     def list_commands(self, ctx: _click.Context) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ from tunelab.spec.resources import ExecutorKind
 
 
 def schema_cmd(
-    output: Optional[str] = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
+    output: str | None = typer.Option(None, "--output", help="Instead: the JSON Schema of COMMAND's --json "
                                          "output (any command with --json, e.g. plan, run, results)."),
 ) -> None:
     """Print the JSON Schema of experiment.yaml or of a command's --json output.

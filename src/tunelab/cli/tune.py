@@ -4,7 +4,7 @@ combination's best rate (a line per trial as it ends)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -27,7 +27,7 @@ def spec_of(path: Path) -> Path:
 
 def tune_cmd(
     experiment: Path = typer.Argument(..., help="The experiment directory (or its experiment.yaml)."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials per combination (default: "
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per combination (default: "
                                          "tune.trials of the spec)."),
 ) -> None:
     """Search each combination's learning rate, then scaffold the runs at it.
@@ -72,8 +72,8 @@ def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool,
 
 def tuning_lines(experiment_dir: Path) -> None:
     """The learning-rate search's progress (`tunelab tune`), a line per combination, where one was started."""
-    from tunelab.spec import load_spec
     from tunelab.rundir.tuned import tune_dir
+    from tunelab.spec import load_spec
     from tunelab.tune.progress import progress_lines
 
     if not tune_dir(experiment_dir).is_dir():

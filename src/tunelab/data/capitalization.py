@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from english_words import get_english_words_set
+
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json
-from english_words import get_english_words_set
 
 WORD_SOURCE = "english-words:web2"
 

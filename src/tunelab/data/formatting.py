@@ -11,8 +11,9 @@ generation stops. Llama 3 templates print a date: it is pinned (`template_date`,
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from tunelab.data.conversation import Example, Message
 from tunelab.errors import TunelabError
@@ -250,7 +251,7 @@ def end_of_turn_text(tokenizer: Any, date: str | None = None) -> str | None:
 
 
 # Per tokenizer object (weak: a tokenizer dropped is forgotten), per pinned date.
-_EOT_CACHE: "weakref.WeakKeyDictionary[Any, dict[str | None, str | None]]" = weakref.WeakKeyDictionary()
+_EOT_CACHE: weakref.WeakKeyDictionary[Any, dict[str | None, str | None]] = weakref.WeakKeyDictionary()
 
 
 def prompt_format_of(cfg: Any) -> PromptFormat:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tunelab.data.conversation import Example, Message
 from tunelab.data.formatting import PromptFormat

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunelab.data.conversation import ROLES, Example, Message, with_system
+from tunelab.data.images import image_value, parse_parts
 from tunelab.errors import TunelabError
 from tunelab.spec import template_fields
-from tunelab.data.images import image_value
-from tunelab.data.images import parse_parts
 
 Format = Literal["chat", "prompt_completion", "fields"]
 

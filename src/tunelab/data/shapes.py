@@ -19,10 +19,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 from tunelab.data.capitalization import split_counts, split_lists
 from tunelab.errors import TunelabError
 from tunelab.fsutil import atomic_write_json
-from PIL import Image, ImageDraw
 
 TASKS = ("colour", "count", "position")
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),

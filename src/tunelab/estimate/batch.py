@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import LIMIT_BATCH, largest_micro_batch, predict_peak, step_shape

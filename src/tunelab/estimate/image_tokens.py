@@ -11,8 +11,14 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.estimate.memory import MemoryInputs
-from tunelab.models.vision import ImageTokens, VisionGeometry, budget_image, geometry_from_config, read_geometry
-from tunelab.models.vision import is_vision_config
+from tunelab.models.vision import (
+    ImageTokens,
+    VisionGeometry,
+    budget_image,
+    geometry_from_config,
+    is_vision_config,
+    read_geometry,
+)
 
 
 @dataclass(frozen=True)

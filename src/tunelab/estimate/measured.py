@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from tunelab.catalog import GPUS, GPU, Architecture
+from tunelab.catalog import GPU, GPUS, Architecture
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure
 from tunelab.ledger.history import HistoryRun

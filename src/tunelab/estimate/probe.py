@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.ledger import generation, history
-from tunelab.catalog import resolve_architecture
+from tunelab.catalog import match_gpu, resolve_architecture
 from tunelab.errors import TunelabError
-from tunelab.rundir.config import RunConfig
+from tunelab.estimate.memory import MemoryInputs
+from tunelab.estimate.peak import largest_micro_batch
+from tunelab.host import threads
+from tunelab.ledger import generation, history
+from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.probe import SPREAD_LIMIT, ProbeResult, read_probe_results
 from tunelab.spec import TrainingConfig
-from tunelab.catalog import match_gpu
-from tunelab.estimate.memory import MemoryInputs
-from tunelab.estimate.peak import largest_micro_batch
-import shutil
-import subprocess
-import sys
-from tunelab.host import threads
-from tunelab.rundir.config import save_run_config
 
 WARMUP_STEPS = 2  # steps trained before any is timed: optimizer state created, kernels warmed up
 PROBE_MODULE = "tunelab.train.probe_steps"  # the probe's job: the run's own trainer, a few timed steps
@@ -169,7 +167,7 @@ def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
         run_yaml = save_run_config(pcfg, durable=False)
         cmd = [sys.executable, "-m", PROBE_MODULE, str(run_yaml), *(["--max-batch"] if max_batch else [])]
         # its threads by the rule a one-process job gets, so its rows match what the plan looks up (threads.py)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=threads.child_env(1))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=threads.child_env(1))
         results = run_dir / PROBE_RESULTS_FILE
         if proc.returncode != 0 or not results.is_file():
             raise TunelabError(f"probe of {shape.label()} failed: {_last_line(proc.stderr)}", field=shape.runs[0])

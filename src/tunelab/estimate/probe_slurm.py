@@ -10,18 +10,18 @@ with writers on many nodes is fragile). The coordinator waits for the job, then 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.ledger import history
 from tunelab.errors import TunelabError
 from tunelab.estimate.probe import distinct_shapes, record_generation, to_history
 from tunelab.execute.executor import Executor, JobKind
+from tunelab.ledger import history
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import PROBE_DIR, PROBE_RESULTS_FILE
 from tunelab.rundir.probe import ProbeResult, read_probe_results
-import sys
 
 PROBE_TIME_LIMIT = "00:30:00"
 POLL_S = 2.0

@@ -23,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from inspect_ai.model import ModelName
+from inspect_ai.scorer import Target
+from inspect_ai.solver import TaskState
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.decoding import sampling_of
 from tunelab.evaluate.evallog import (
     SampleResult,
     input_messages,
@@ -36,16 +40,11 @@ from tunelab.evaluate.evallog import (
 )
 from tunelab.evaluate.mixbatch import MixedBatcher, RowKey
 from tunelab.evaluate.mixgen import Row
+from tunelab.evaluate.provider import TunelabModelAPI
+from tunelab.evaluate.shared import AdapterView
 from tunelab.evaluate.tasks import OPTIONS, option_output
 from tunelab.evaluate.work import WorkItem
 from tunelab.spec.evalloop import EvalLoop, evaluation_loop
-from tunelab.evaluate.decoding import sampling_of
-from tunelab.evaluate.provider import TunelabModelAPI
-from tunelab.evaluate.shared import AdapterView
-from inspect_ai.model import ModelName
-from inspect_ai.scorer import Target
-from inspect_ai.solver import TaskState
-
 
 
 @dataclass

@@ -18,14 +18,14 @@ it; tests/e2e/test_eval_batched.py compares every sample, metric, reduction and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from tunelab.evaluate.inspect_internals import unique_scorer_name
-from tunelab.evaluate.inspect_internals import registry_unqualified_name
-from tunelab.evaluate.inspect_internals import eval_results
-from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+
 from shortuuid import uuid
+
+from tunelab.evaluate.inspect_internals import eval_results, registry_unqualified_name, unique_scorer_name
+from tunelab.evaluate.logcompression import compress_logs_in_one_thread
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SampleResult:
 
 def now() -> str:
     """A time as inspect's stats record it (to the microsecond: a task's duration is read from two of them)."""
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def scorer_names(scorers: list[Any]) -> list[str]:

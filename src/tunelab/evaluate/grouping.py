@@ -24,8 +24,8 @@ from typing import Any
 
 from tunelab.evaluate.hf import tokenizer_dir
 from tunelab.evaluate.work import TargetWork
-from tunelab.models.vlm import is_vision_language
 from tunelab.host.device import resolve_dtype
+from tunelab.models.vlm import is_vision_language
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")

@@ -11,6 +11,7 @@ them.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
 from tunelab.faults import kill_point
 from tunelab.models.vlm import is_vision_language, load_vlm
-import gc
 
 if TYPE_CHECKING:
     import torch

@@ -8,6 +8,7 @@ thread writes the same zstd format: inspect, `inspect view` and tunelab read the
 """
 
 from __future__ import annotations
+
 from tunelab.evaluate.inspect_internals import set_zstd_threads
 
 # zstandard's `threads=0`: compress in the calling thread, no worker pool.

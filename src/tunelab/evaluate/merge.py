@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelab.evaluate.hf import load_model
 from tunelab.fsutil import atomic_write_text
 from tunelab.models.vlm import is_vision_language
-from tunelab.evaluate.hf import load_model
 
 HEAD_MODULES = {"score", "classifier", "classification_head"}  # what vLLM accepts in modules_to_save
 MERGED_DIR = "vllm-merged"

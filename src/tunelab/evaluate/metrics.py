@@ -13,8 +13,10 @@ import numpy as np
 from inspect_ai.scorer import Metric, SampleScore, metric
 
 from tunelab.errors import TunelabError
+
 # Which metrics are fractions or lower-is-better: defined in kinds.py (light), re-exported here.
 from tunelab.evaluate.kinds import FRACTIONS, LOWER_IS_BETTER  # noqa: F401
+
 # The math itself (no inspect-ai), re-exported for the tasks and their tests.
 from tunelab.stats.metrics import (  # noqa: F401
     ECE_BINS,

@@ -19,6 +19,9 @@ from rich.console import Console
 from tunelab.console import say
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate import EVALUATION_STACK
+from tunelab.evaluate.engine import Engine, resolve_engine
+from tunelab.evaluate.grouping import Alone, group_targets, pass_of_one
+from tunelab.evaluate.hf import release_weights
 from tunelab.evaluate.scores import TaskScores
 from tunelab.evaluate.work import (
     ItemKey,
@@ -28,16 +31,12 @@ from tunelab.evaluate.work import (
     plan_work,
     results_by_run,
 )
+from tunelab.host.device import resolve_device
+from tunelab.jobimports import Stack, import_job_stack
+from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
 from tunelab.spec.evalloop import EvalLoop, LoopChoice, evaluation_loop
-from tunelab.jobimports import Stack, import_job_stack
-from tunelab.host.device import resolve_device
-from tunelab.evaluate.grouping import Alone, group_targets
-from tunelab.evaluate.engine import Engine, resolve_engine
-from tunelab.evaluate.grouping import pass_of_one
-from tunelab.models.vlm import is_vision_language
-from tunelab.evaluate.hf import release_weights
 
 if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
     from tunelab.evaluate.grouping import Alone

@@ -16,6 +16,7 @@ model arg (`-M prompt_template=...`) overrides it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
     ChatMessageAssistant,
+    ContentImage,
     GenerateConfig,
     Logprob,
     Logprobs,
@@ -37,6 +39,7 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 
 from tunelab.data.conversation import Example, Message, with_system
 from tunelab.data.formatting import ChatMode, PromptFormat
+from tunelab.data.images import encode_vision_example, encode_vision_prompt
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import (
     Sampling,
@@ -46,17 +49,13 @@ from tunelab.evaluate.decoding import (
     row_seed,
     sampling_of,
 )
-from tunelab.evaluate.hf import BatchSettings, Batcher, Generation, LocalLM, load_model, local_lm
+from tunelab.evaluate.hf import Batcher, BatchSettings, Generation, LocalLM, load_model, local_lm
 from tunelab.evaluate.mixbatch import AdapterQueue
 from tunelab.evaluate.shared import AdapterView, shared_view
-from tunelab.spec import template_fields
-from tunelab.host.device import resolve_device, resolve_dtype
 from tunelab.evaluate.targets import resolve_model_dir
-from tunelab.data.images import encode_vision_prompt
-from tunelab.data.images import encode_vision_example
-from inspect_ai.model import ContentImage
-from dataclasses import replace
+from tunelab.host.device import resolve_device, resolve_dtype
 from tunelab.models.vlm import is_vision_language, load_vision_processor
+from tunelab.spec import template_fields
 
 PROVIDER = "tunelab"
 DEFAULT_BATCH_SIZE = 16

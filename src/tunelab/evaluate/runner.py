@@ -14,36 +14,33 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import is_disk_full, no_space_error, space_guard
 from tunelab.evaluate import EVALUATION_STACK
+from tunelab.evaluate.decoding import check_generate_config, describe, sampling_of
+from tunelab.evaluate.hf import release_weights
+from tunelab.evaluate.logcompression import compress_logs_in_one_thread
 from tunelab.evaluate.scores import (
     SCORES_FILE,
     TaskScores,
     finite_or_none,
     read_task_scores,
+    scored_samples,
     task_dir,
     write_scores,
 )
 from tunelab.evaluate.targets import Target, select_targets
+from tunelab.evaluate.usertasks import check_grader_dir, resolve_user_task
+from tunelab.fsutil import is_disk_full, no_space_error, space_guard
 from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
-from tunelab.jobimports import Stack, import_job_stack
 from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
-from tunelab.evaluate.logcompression import compress_logs_in_one_thread
-from tunelab.evaluate.hf import release_weights
-from tunelab.evaluate.usertasks import resolve_user_task
-from tunelab.evaluate.decoding import describe, sampling_of
-from tunelab.evaluate.decoding import check_generate_config
-from tunelab.evaluate.usertasks import check_grader_dir
-from tunelab.evaluate.scores import scored_samples
-
 
 # What every inspect eval of tunelab's is run with. log_realtime=False: inspect's realtime sample buffer (a SQLite
 # database beside the log, written at every event of every sample, for `inspect view` to follow a running eval)
@@ -268,7 +265,7 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
         samples=log.results.completed_samples if log.results else 0, log=Path(log.location).name,
         model_path=str(target.base_path), adapter_path=str(target.adapter_path) if target.adapter_path else None,
         max_tokens=spec.max_tokens or cfg.eval.max_tokens, duration_s=0.0, inspect_duration_s=inspect_s,
-        evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        evaluated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         per_sample=samples, intervals=task_intervals(samples, metrics), **throughput(log))
 
 

@@ -13,9 +13,13 @@ targets (same base path, dtype, device and adapter), takes an `AdapterView` inst
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
+import os
 import struct
+import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,6 @@ from tunelab.evaluate.hf import (
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
 from tunelab.faults import kill_point
-import gc
-import weakref
-import warnings
-import os
 
 
 class SharedWeights(LocalLM):

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import Progress
 
-from tunelab.ledger import store as ledger
 from tunelab.console import progress_columns, say
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.kinds import show
-from tunelab.rundir.experiment import load_runs, select_runs, training_state
-from tunelab.rundir import layout
 from tunelab.evaluate.passes import evaluate_runs
 from tunelab.evaluate.targets import parse_epochs
+from tunelab.ledger import store as ledger
+from tunelab.rundir import layout
+from tunelab.rundir.experiment import load_runs, select_runs, training_state
 
 if TYPE_CHECKING:
     from tunelab.evaluate.work import Outcome, WorkItem

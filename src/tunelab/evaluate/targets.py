@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
-from tunelab.spec import EpochChoice
 from tunelab.rundir.checkpoints import complete_epochs, epoch_dir, is_complete_checkpoint
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir.layout import ADAPTER_FILES, CHECKPOINTS_DIR, epoch_name, parse_epoch_name
 from tunelab.rundir.stages import read_stage_records
+from tunelab.spec import EpochChoice
 
 BASE_LABEL = "base"
 CHECKPOINT_LABEL = "checkpoint"

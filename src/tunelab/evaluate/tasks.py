@@ -18,6 +18,8 @@ from inspect_ai.model import (
     ChatMessageAssistant,
     ChatMessageSystem,
     ChatMessageUser,
+    ContentImage,
+    ContentText,
     GenerateConfig,
     ModelOutput,
     get_model,
@@ -26,13 +28,12 @@ from inspect_ai.scorer import CORRECT, INCORRECT, Metric, Score, Scorer, Target,
 from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 
 from tunelab.data.conversation import Example
+from tunelab.data.splits import load_data
 from tunelab.errors import TunelabError
 from tunelab.evaluate import metrics as m
+from tunelab.evaluate.provider import TunelabModelAPI
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TaskSpec
-from tunelab.data.splits import load_data
-from inspect_ai.model import ContentImage, ContentText
-from tunelab.evaluate.provider import TunelabModelAPI
 
 # The metric each built-in's `score` is.
 PRIMARY = {"exact_match": "accuracy", "includes": "accuracy", "choice": "accuracy", "numeric": "mae"}

@@ -18,8 +18,8 @@ from types import ModuleType
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.spec import TaskSpec
 from tunelab.rundir.config import RunConfig
+from tunelab.spec import TaskSpec
 from tunelab.spec.evaluation import GraderSpec
 
 _MODULES: dict[tuple[str, int, int], ModuleType] = {}  # (path, mtime, size) -> module, imported once

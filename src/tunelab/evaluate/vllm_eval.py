@@ -12,6 +12,7 @@ path (runner.finish_task), so the ledger, the history and the report read them a
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -19,25 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inspect_ai import task_with
+from inspect_ai.model import get_model
 from rich.console import Console
 
 from tunelab.console import say
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.engine import VllmHome, gpu_visible
-from tunelab.evaluate.merge import merge_adapter, merged_dir, not_mergeable, unservable
+from tunelab.evaluate.hf import tokenizer_dir
+from tunelab.evaluate.inspect_internals import forget_vllm_server
+from tunelab.evaluate.merge import adapter_config, merge_adapter, merged_dir, not_mergeable, unservable
 from tunelab.evaluate.runner import PreparedTask, clear_outputs, eval_metadata, inspect_eval, prepare_task
+from tunelab.evaluate.vllm_provider import PROVIDER
 from tunelab.evaluate.vllm_server import ServerArgs, VllmServer
 from tunelab.evaluate.waves import _PassState, fail_unended
 from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, WorkItem
 from tunelab.fsutil import space_guard
-import json
-from tunelab.evaluate.merge import adapter_config
 from tunelab.host.device import resolve_device, resolve_dtype
-from tunelab.evaluate.inspect_internals import forget_vllm_server
-from inspect_ai import task_with
-from inspect_ai.model import get_model
-from tunelab.evaluate.hf import tokenizer_dir
-from tunelab.evaluate.vllm_provider import PROVIDER
 
 MAX_LORAS = 16  # adapters resident at once when eval.vllm.max_loras is unset
 

@@ -18,8 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from inspect_ai import task_with
+from inspect_ai.model import get_model
+
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.evaluate.batched import BatchedTask, batchable, run_batched
+from tunelab.evaluate.provider import PROVIDER, model_args_of
 from tunelab.evaluate.runner import (
     PreparedTask,
     clear_outputs,
@@ -30,13 +34,10 @@ from tunelab.evaluate.runner import (
     inspect_seconds,
 )
 from tunelab.evaluate.shared import SharedWeights, serving
+from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.fsutil import is_disk_full, space_guard
 from tunelab.host.cpuload import LoadMeter
-from tunelab.evaluate.work import ItemKey, Outcome, Report, WorkItem
 from tunelab.spec import TaskSpec
-from inspect_ai import task_with
-from inspect_ai.model import get_model
-from tunelab.evaluate.provider import PROVIDER, model_args_of
 
 
 def wave_items(items: list[WorkItem], prepared: dict[ItemKey, PreparedTask], samples: int) -> list[list[WorkItem]]:

@@ -14,9 +14,9 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.evaluate.scores import SCORES_FILE, TaskScores, read_task_scores, task_dir
 from tunelab.evaluate.targets import Target, select_targets
+from tunelab.evaluate.usertasks import resolve_user_task
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
-from tunelab.evaluate.usertasks import resolve_user_task
 
 ItemKey = tuple[str, str, str]  # (run, target label, task)
 

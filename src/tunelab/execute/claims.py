@@ -21,18 +21,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.host.process import alive, proc_start
-import fcntl
 
 LOCK_FILE = ".tunelab.lock"
 CLAIM_FILE = ".claim"

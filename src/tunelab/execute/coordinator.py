@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from tunelab.execute.executor import Executor
 from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.execute.sweep_view import SweepView

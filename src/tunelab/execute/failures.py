@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Final
 
 from tunelab.execute.job_states import UNSEEN, JobState, base_state
-from tunelab.rundir.layout import COMPLETED as RUN_COMPLETED, SAVED_BEFORE_LIMIT, STATUS_FILE, SUMMARY_FILE
+from tunelab.rundir.layout import COMPLETED as RUN_COMPLETED
+from tunelab.rundir.layout import SAVED_BEFORE_LIMIT, STATUS_FILE, SUMMARY_FILE
 from tunelab.rundir.status import Status
 
 

@@ -7,7 +7,6 @@ ends a sweep that waits on it with an error (execute/submit.py, check_reachable)
 
 from __future__ import annotations
 
-from tunelab.ledger import store as ledger
 from tunelab.execute import claims, retry
 from tunelab.execute.attempts import all_attempts
 from tunelab.execute.coordinator import Submission, Sweep
@@ -15,8 +14,9 @@ from tunelab.execute.executor import JobKind
 from tunelab.execute.executors import executor_class
 from tunelab.execute.failures import COMPLETED, PREEMPTED, Failure
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, latest_jobs
-from tunelab.rundir.config import load_run_config
+from tunelab.ledger import store as ledger
 from tunelab.rundir import now_iso
+from tunelab.rundir.config import load_run_config
 
 
 def handle_ended(sweep: Sweep) -> None:

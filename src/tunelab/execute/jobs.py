@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.ledger import store as ledger
 from tunelab.execute.executor import JobKind
 from tunelab.execute.failures import FailureKind, exit_status
 from tunelab.execute.job_states import JobState, is_active_state
+from tunelab.ledger import store as ledger
 
 
 @dataclass(frozen=True)

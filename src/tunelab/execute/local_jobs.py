@@ -23,10 +23,10 @@ from pathlib import Path
 from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo, JobKind
 from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
-from tunelab.rundir.config import RunConfig
-from tunelab.spec import ResourcesSpec
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
 from tunelab.rundir import now_iso
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
 
 TRAIN_LOG = "train.log"
 TRAIN_SCRIPT = "job.sh"

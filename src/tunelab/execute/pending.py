@@ -16,9 +16,9 @@ from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.jobs import RunJobs, is_active, latest_jobs
 from tunelab.execute.local_jobs import TRAIN_LOG
-from tunelab.rundir.experiment import is_evaluated, task_names, training_state
-from tunelab.rundir.config import RunConfig
 from tunelab.rundir import layout
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.status import read_status
 
 OUTPUTS = (layout.TRAINER_STATE_DIR, layout.CHECKPOINTS_DIR, layout.EVAL_DIR, layout.METRICS_FILE,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tunelab.rundir import Status, read_metrics
-from tunelab.rundir.metrics import seconds_left
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.metrics import seconds_left
 
 
 def eta_seconds(cfg: RunConfig, status: Status) -> float | None:

@@ -11,21 +11,22 @@ A start Slurm requeued is recorded as an attempt (execute/requeues.py) and the j
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo, JobKind
 from tunelab.execute.executors import executor_named
-from tunelab.execute.failures import CANCELLED, COMPLETED as JUDGED_COMPLETED, FAILED, Failure, classify
+from tunelab.execute.failures import CANCELLED, FAILED, Failure, classify
+from tunelab.execute.failures import COMPLETED as JUDGED_COMPLETED
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.jobs import JobRow, all_jobs
 from tunelab.execute.requeues import record_restarts
-from tunelab.rundir.experiment import is_evaluated, task_names, training_state
-from tunelab.rundir.config import RunConfig
+from tunelab.ledger import store as ledger
 from tunelab.rundir import COMPLETED, Status, read_status
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE, STATUS_FILE
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
@@ -52,7 +53,7 @@ def waited_s(job: JobRow, info: JobInfo, now: datetime | None = None) -> float:
     """How long the ledger has held this job in the state the executor reports now (0 if it changed)."""
     if info.state != job.state:
         return 0.0
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return (now - datetime.fromisoformat(job.updated_at)).total_seconds()
 
 
@@ -68,7 +69,7 @@ def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) ->
         return False
     if status.requeued_job != job.job_id or not status.requeued_at:
         return False
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return (now - datetime.fromisoformat(status.requeued_at)).total_seconds() < REQUEUE_GRACE_S
 
 
@@ -115,7 +116,7 @@ def judged_without_accounting(job: JobRow, now: datetime | None = None) -> bool:
     """Judged with no accounting record (no exit code: sacct failing, or not yet there), within RECHECK_S."""
     if job.open or job.exit_code is not None:
         return False
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return (now - datetime.fromisoformat(job.updated_at)).total_seconds() < RECHECK_S
 
 

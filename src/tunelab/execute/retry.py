@@ -41,12 +41,12 @@ from dataclasses import dataclass
 
 from tunelab.execute.executor import Executor
 from tunelab.execute.failures import NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure
-from tunelab.rundir.config import RunConfig, save_run_config
-from tunelab.spec import SlurmSpec, TrainingConfig
 from tunelab.rundir import CHECKPOINTS_DIR, TRAINER_STATE_DIR
 from tunelab.rundir.checkpoints import last_trainer_checkpoint
+from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.layout import TRAINER_STATE_FILE
 from tunelab.rundir.stages import current_stage, current_state_dir, restart_current_stage
+from tunelab.spec import SlurmSpec, TrainingConfig
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
+
 from tunelab import catalog  # catalog.nvidia_driver_present, looked up when called (tests inject a driver)
 
 SHARE_FRACTION = 0.9  # sharers' predicted peaks must sum below this share of the GPU (allocator slack)

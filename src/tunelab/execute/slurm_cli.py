@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.fsutil import atomic_write_text
 from tunelab.execute.executor import (
     UNSEEN,
     Capacity,
@@ -48,6 +47,7 @@ from tunelab.execute.slurm_jobs import (
     write_slurm_scripts,
 )
 from tunelab.execute.slurm_pack import PACK_DIR, is_packed, pack_groups, write_pack_script
+from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec, SlurmSpec
 

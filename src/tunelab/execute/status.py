@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import ConfigDict
 from rich.console import Console
 
-from tunelab.ledger import store as ledger
 from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.claims import experiment_lock
@@ -21,10 +20,12 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
 from tunelab.execute.progress import run_progress
 from tunelab.execute.refresh import executors_for, refresh
-from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
+from tunelab.ledger import store as ledger
 from tunelab.ledger.results import TYPES
+from tunelab.rundir import COMPLETED as DONE
+from tunelab.rundir import PENDING, RUNNING, Status, now_iso, read_status
 from tunelab.rundir.config import RunConfig
-from tunelab.rundir import COMPLETED as DONE, PENDING, RUNNING, Status, now_iso, read_status
+from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
 from tunelab.rundir.layout import RunState
 
 

@@ -11,13 +11,13 @@ not become a second job).
 
 from __future__ import annotations
 
-from tunelab.ledger import store as ledger
 from tunelab.errors import TunelabError
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executor import Executor, GroupKind, JobGroup, JobKind, SchedulerUnavailable
-from tunelab.rundir.config import RunConfig
+from tunelab.ledger import store as ledger
 from tunelab.rundir import now_iso
+from tunelab.rundir.config import RunConfig
 
 UNREACHABLE_S = 600.0  # a scheduler that has not answered for this long ends a sweep that waits on it
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.ledger import store as ledger
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executor import Capacity, Executor, GroupKind, SchedulerUnavailable
@@ -38,6 +37,7 @@ from tunelab.execute.refresh import refresh
 from tunelab.execute.status import RowState, status_row
 from tunelab.execute.submit import check_reachable, submit_group, submit_run
 from tunelab.execute.sweep_view import view_for
+from tunelab.ledger import store as ledger
 from tunelab.rundir.experiment import load_runs, select_runs
 
 HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts

@@ -5,7 +5,8 @@ through tunelab.console: values (run names, reasons, paths) are printed as plain
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, TaskID
@@ -14,8 +15,8 @@ from tunelab.console import markup, progress_columns, say
 from tunelab.execute.executor import Executor, JobKind
 from tunelab.execute.failures import COMPLETED
 from tunelab.execute.jobs import JobRow
-from tunelab.rundir.config import RunConfig
 from tunelab.rundir import read_status
+from tunelab.rundir.config import RunConfig
 
 
 class SweepView:

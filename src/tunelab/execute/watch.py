@@ -8,9 +8,9 @@ are printed above the table the moment a look sees them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,12 +18,12 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 
 from tunelab.console import data_table, say, show
-from tunelab.execute.progress import clock, eta_seconds
 from tunelab.execute.failures import FailureKind
+from tunelab.execute.progress import clock, eta_seconds
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed, eval_label
-from tunelab.rundir.experiment import load_runs
-from tunelab.rundir.config import RunConfig
 from tunelab.rundir import MetricRow, Status, read_metrics, read_status
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import load_runs
 
 
 @dataclass

@@ -15,17 +15,17 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tunelab.errors import TunelabError
-from tunelab.rundir.experiment import load_runs, training_state
+from tunelab.execute.claims import experiment_lock
 from tunelab.fsutil import atomic_write_json, sha256_of
 from tunelab.rundir import layout
 from tunelab.rundir.archive import MANIFEST, ArchiveManifest, read_manifest
+from tunelab.rundir.experiment import load_runs, training_state
 from tunelab.rundir.status import now_iso
-from tunelab.execute.claims import experiment_lock
 
 KEEP = ("adapters", "last-epoch", "none")
 TRANSIENT = {".tunelab.lock", ".runs-cache.json", ".claim", MANIFEST}  # never copied

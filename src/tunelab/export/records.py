@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.rundir.experiment import load_runs
 from tunelab.ledger.results import RunRecord, collect_results
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.flat import flatten
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.metrics import read_metrics

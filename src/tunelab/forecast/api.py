@@ -7,22 +7,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU, resolve_architecture
+from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.config_estimate import ConfigEstimate
-from tunelab.forecast.gpus import NodeSize, fewest_gpus, gpus_needed, scaled_time
+from tunelab.estimate.dataset import measure_dataset, simulate_padding
+from tunelab.estimate.image_tokens import image_plan
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
+from tunelab.forecast.gpus import NodeSize, fewest_gpus, gpus_needed, scaled_time
+from tunelab.forecast.runs import choose_strategy
 from tunelab.forecast.speed import DEFAULT_MFU, model_tokens_per_s
 from tunelab.models.attention import resolve_attention
 from tunelab.rundir.estimate import GpusNeeded
-from tunelab.spec.resources import Strategy
-from tunelab.data.formatting import ChatMode, PromptFormat
-from tunelab.estimate.dataset import measure_dataset
 from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
-from tunelab.estimate.image_tokens import image_plan
-from tunelab.forecast.runs import choose_strategy
-from tunelab.estimate.dataset import simulate_padding
+from tunelab.spec.resources import Strategy
 
 if TYPE_CHECKING:
     from tunelab.estimate.dataset import DatasetMeasurement

@@ -14,22 +14,21 @@ with one core train one at a time; a number set in the spec is kept, its estimat
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib.metadata import version
 
-from tunelab.forecast.loopcost import priced_together
+from tunelab.diskcache import cached_json
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
+from tunelab.forecast.loopcost import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
-from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
+from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares, usable_cores
+from tunelab.host.memory import host_memory_gib
 from tunelab.host.threads import decide
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec
-import socket
-from importlib.metadata import version
-from tunelab.diskcache import cached_json
-from tunelab.host.cores import usable_cores
-from tunelab.host.memory import host_memory_gib
 
 MIN_GAIN = 0.10  # sharing must shorten the predicted makespan by this fraction to be chosen
 RAM_FRACTION = 0.9  # of host RAM the runs side by side may hold at their predicted peaks together

@@ -20,27 +20,27 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version
 from statistics import median
 from typing import Any
 
 from tunelab.catalog import resolve_architecture
-from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.diskcache import cached_json, file_digests, this_environment
 from tunelab.forecast.speed import flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
+from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.models.lora import lora_config
+from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
 from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
 from tunelab.stats.timing import range_sigma, timing_spread
-from tunelab.models.vlm import is_vision_language
-from tunelab.models.lora import lora_config
-import tempfile
-import subprocess
-import sys
-from importlib.metadata import version
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3

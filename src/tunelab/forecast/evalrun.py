@@ -17,20 +17,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunelab.catalog import GPU
-from tunelab.forecast.interval import ranged_eval
-from tunelab.forecast.speedhistory import device_key
 from tunelab.forecast.evaltime import EVAL_TIME_MARGINS, EvalSource, eval_time_limit, predict_eval_time
+from tunelab.forecast.interval import ranged_eval
 from tunelab.forecast.jobstart import JobStart, eval_start
-from tunelab.ledger.generation import GenerationRow
+from tunelab.forecast.speedhistory import device_key
+from tunelab.ledger import predictions
+from tunelab.ledger.generation import GenerationRow, load
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictionRecord
+from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.models.vlm import is_vision_language
 from tunelab.spec.evalloop import EvalLoop, evaluation_loop
 from tunelab.spec.evaluation import Engine
-from tunelab.ledger.generation import load
-from tunelab.ledger import predictions
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)

@@ -31,15 +31,14 @@ from statistics import median
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
+from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 from tunelab.forecast.jobstart import eval_start
-from tunelab.forecast.speedhistory import device_key
 from tunelab.forecast.speed import DEFAULT_MFU
-from tunelab.ledger.generation import GenerationOrigin, GenerationRow
+from tunelab.forecast.speedhistory import device_key
+from tunelab.ledger.generation import GenerationOrigin, GenerationRow, load
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
 from tunelab.spec.evaluation import Engine
-from tunelab.ledger.generation import load
-from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step (forecast/runs.py VALIDATION_COST)
 ASSUMED_CPU_BANDWIDTH_GBS = 10.0  # a CPU's memory bandwidth, GB/s, for a decode step reading every weight

@@ -22,8 +22,8 @@ from pathlib import Path
 from tunelab.catalog import DEFAULT_NODE_GPUS, GPU, Architecture, resolve_architecture
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, predict_peak
-from tunelab.forecast.runs import run_step
 from tunelab.estimate.simulator import StepShape
+from tunelab.forecast.runs import run_step
 from tunelab.forecast.speed import SCALING_EFFICIENCY
 from tunelab.forecast.staged_runs import Lengths, estimate_any_run, stage_runs
 from tunelab.fsutil import human_seconds

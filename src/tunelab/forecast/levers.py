@@ -14,18 +14,26 @@ import math
 from pathlib import Path
 
 from tunelab.catalog import GPU, resolve_architecture
-from tunelab.forecast.evalrun import EVAL_BATCH
 from tunelab.estimate.memory import DTYPE_BYTES
+from tunelab.forecast.evalrun import EVAL_BATCH
 from tunelab.forecast.savecost import SaveCost, save_cost
+from tunelab.forecast.split import (
+    Costs,
+    Lengths,
+    choose_split,
+    fixed_split,
+    processes_of,
+    signed_seconds,
+    target_effective_batch,
+    with_training,
+)
 from tunelab.fsutil import human_seconds
+from tunelab.ledger import history
 from tunelab.models.vlm import is_vision_language
-from tunelab.forecast.split import (Costs, Lengths, choose_split, fixed_split, processes_of, signed_seconds,
-                                target_effective_batch, with_training)
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, LeverSource
 from tunelab.spec import ExperimentSpec, TrainingConfig
 from tunelab.spec.stages import split_stage_factor
-from tunelab.ledger import history
 
 MTBI_SCHEDULER_S = 8 * 3600.0  # assumed: mean time between interruptions (preemption, node failure) of a job
 MTBI_LOCAL_S = 24 * 3600.0  # assumed: the same for a local process

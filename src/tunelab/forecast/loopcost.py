@@ -22,13 +22,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
-from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S
 from tunelab.faults import TEST_KNOBS
-from importlib.metadata import version
+from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S
 from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)

@@ -16,21 +16,22 @@ to guess.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tunelab.forecast.gpus import NodeSize
+from tunelab.catalog import planning_gpu
 from tunelab.forecast.combine import independent
-from tunelab.forecast.interval import PRIOR_SIGMA, time_range
-from tunelab.forecast.jobstart import JobStart, eval_start, job_start
-from tunelab.fsutil import human_seconds
-from tunelab.ledger import history, store
 from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
 from tunelab.forecast.evalrun import model_estimate
+from tunelab.forecast.gpus import NodeSize
+from tunelab.forecast.interval import PRIOR_SIGMA, time_range
+from tunelab.forecast.jobstart import JobStart, eval_start, job_start
 from tunelab.forecast.sweeptime import Sweep, sweep_devices
+from tunelab.fsutil import human_seconds
+from tunelab.ledger import history, store
 from tunelab.rundir import read_metrics, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
@@ -40,7 +41,6 @@ from tunelab.rundir.scores import read_scores
 from tunelab.rundir.tuned import TRIAL_PREFIX, tune_dir
 from tunelab.spec import load_spec
 from tunelab.stats.timing import log_spread
-from tunelab.catalog import planning_gpu
 
 NO_DEADLINE = float("inf")
 
@@ -109,7 +109,7 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     """The sweep's remaining time against its deadline, from its runs' `phases` (runs not named: waiting)."""
     exp = Path(experiment_dir).resolve()
     runs = runs if runs is not None else load_runs(exp)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     spec = load_spec(exp / SPEC_FILE)
     deadline, deadline_s = spec.resources.deadline, spec.resources.deadline_s
     resources = runs[0].resources if runs else spec.resources  # as the plan resolved them (the user config merged)
@@ -192,7 +192,7 @@ def _when(iso: str | None) -> datetime | None:
         t = datetime.fromisoformat(iso) if iso else None
     except ValueError:
         return None
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 @dataclass(frozen=True)

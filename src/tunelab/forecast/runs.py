@@ -10,29 +10,34 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
+from tunelab.errors import TunelabError
 from tunelab.estimate.batch import optimizer_steps
 from tunelab.estimate.dataset import simulate_bfd_packing, simulate_padding
-from tunelab.forecast.firstcontact import VALIDATION_COST, RunOverheads
-from tunelab.forecast.gpustep import GpuWork
+from tunelab.estimate.image_tokens import run_images
 from tunelab.estimate.measured import MemoryConfig, measured_peak, measured_requirement
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, step_shape
 from tunelab.estimate.simulator import StepShape
-from tunelab.forecast.speed import SCALING_EFFICIENCY
+from tunelab.estimate.storage import schedule
+from tunelab.forecast import cpuspeed, loopcost  # their timings looked up when called (tests inject them)
+from tunelab.forecast.cpuspeed import timed_startup
+from tunelab.forecast.firstcontact import VALIDATION_COST, RunOverheads, first_contact_overheads
+from tunelab.forecast.gpustep import GpuWork
 from tunelab.forecast.loadnow import load_factor
-from tunelab.forecast.speedhistory import (Speed, comparable_rows, origin_kind, same_device, same_targets,
-                                           speed_from_history)
-from tunelab.errors import TunelabError
+from tunelab.forecast.speed import SCALING_EFFICIENCY
+from tunelab.forecast.speedhistory import (
+    Speed,
+    comparable_rows,
+    origin_kind,
+    same_device,
+    same_targets,
+    speed_from_history,
+)
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.rundir.summary import calibrates_step_cost, step_cost_seconds
 from tunelab.spec import Strategy, TrainingConfig
-from tunelab.estimate.image_tokens import run_images
-from tunelab.forecast import cpuspeed, loopcost  # their timings looked up when called (tests inject them)
-from tunelab.forecast.cpuspeed import timed_startup
-from tunelab.forecast.firstcontact import first_contact_overheads
-from tunelab.estimate.storage import schedule
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it

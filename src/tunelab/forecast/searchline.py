@@ -13,9 +13,9 @@ from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
 from tunelab.forecast.deadline import SEARCH_STEPS, GiveOption, SearchLine
 from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.tunecost import SearchCost, search_cost
-from tunelab.rundir.tuned import combination_runs
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.tuned import combination_runs
 from tunelab.spec import ExperimentSpec
 
 BUDGET_PLACES = 4  # a smaller budget is said to this many decimals

@@ -22,7 +22,6 @@ from tunelab.rundir.summary import step_cost_sizes
 from tunelab.stats.timing import log_spread, range_sigma
 
 
-
 def device_key(gpu: GPU | None) -> str:
     return gpu.name if gpu else "cpu"
 

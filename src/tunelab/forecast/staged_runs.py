@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from tunelab.catalog import GPU
 from tunelab.forecast.runs import estimate_run, slurm_time_limit
-from tunelab.rundir.estimate import RunEstimate, SourceKind, StageEstimate
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate, SourceKind, StageEstimate
 from tunelab.spec.resources import Strategy
 
 Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]  # train and validation token lengths of a run

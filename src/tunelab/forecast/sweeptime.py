@@ -13,31 +13,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunelab.catalog import GPU
-from tunelab.forecast.gpus import NodeSize
-from tunelab.execute.executors import executor_class
+from tunelab.errors import TunelabError
 from tunelab.execute import schedule  # schedule.visible_gpus, looked up when called (tests inject GPUs)
+from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device, cpu_devices
+from tunelab.forecast.combine import summed
+from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
+from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
+from tunelab.forecast.gpus import NodeSize
+from tunelab.forecast.interval import time_range
+from tunelab.forecast.jobstart import job_start
+from tunelab.forecast.levers import choose_levers, mid_epoch_saves
+from tunelab.forecast.savecost import save_cost
+from tunelab.forecast.searchline import pending_search, search_gives, search_line
+from tunelab.forecast.speedhistory import device_key
+from tunelab.forecast.split import Lengths
+from tunelab.forecast.tunecost import SearchCost, search_costs, trial_evaluations
+from tunelab.ledger import generation, history, predictions
 from tunelab.ledger.generation import GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
-from tunelab.forecast.combine import summed
-from tunelab.forecast.interval import time_range
-from tunelab.forecast.speedhistory import device_key
-from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
-from tunelab.forecast.jobstart import job_start
-from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
-from tunelab.forecast.savecost import save_cost
-from tunelab.forecast.levers import choose_levers, mid_epoch_saves
-from tunelab.forecast.searchline import pending_search, search_gives, search_line
-from tunelab.forecast.tunecost import SearchCost, search_costs, trial_evaluations
-from tunelab.forecast.split import Lengths
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
-from tunelab.errors import TunelabError
 from tunelab.spec import ExperimentSpec
-from tunelab.spec.tune import objective_task
 from tunelab.spec.resources import parse_duration
-from tunelab.ledger import generation, history, predictions
+from tunelab.spec.tune import objective_task
 
 NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
 NOTES = ["evaluation follows each run's training on the same devices",

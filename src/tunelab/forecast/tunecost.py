@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.fsutil import human_seconds
 from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
-from tunelab.rundir.tuned import combination_runs
+from tunelab.fsutil import human_seconds
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
+from tunelab.rundir.tuned import combination_runs
 from tunelab.spec import ExperimentSpec
 from tunelab.spec.tune import objective_task
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.ledger import history
 from tunelab.catalog import architecture_from_config, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.ingest.hf_trainer import TrainerRun, find_trainer_dirs, parse_trainer_dir
 from tunelab.ingest.torchtune import LogParseError, ParsedRun, parse_torchtune_log
+from tunelab.ledger import history
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 

@@ -58,7 +58,7 @@ class InitAnswers:
     controls: bool = DEFAULTS.controls
     epochs: int = DEFAULTS.epochs
     prompt: str | None = DEFAULTS.prompt
-    batch: "BatchProposal | None" = None  # the planner's micro-batch, accumulation and packing, when accepted
+    batch: BatchProposal | None = None  # the planner's micro-batch, accumulation and packing, when accepted
     gpu: str | None = None  # the GPU the jobs will run on, when asked (none detected or named)
 
 
@@ -75,8 +75,8 @@ class BatchProposal:
 def propose_batch(answers: InitAnswers, gpu) -> BatchProposal:
     """Micro-batch, accumulation and packing for the largest LoRA rank swept, measured on the first
     dataset with the first model's tokenizer (the memory model needs a GPU: named or detected)."""
-    from tunelab.forecast.api import estimate_config
     from tunelab.estimate.memory import MemoryInputs
+    from tunelab.forecast.api import estimate_config
     from tunelab.spec import TrainingConfig
 
     ranks = [r for r in answers.vary.get("lora_rank", []) if isinstance(r, int)] or [TrainingConfig().lora_rank]

@@ -7,15 +7,16 @@ accumulation and packing (with where each figure comes from), and writes only wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import questionary as q
+
+from tunelab.catalog import GPUS
 from tunelab.errors import TunelabError
 from tunelab.init.answers import DEFAULTS, InitAnswers, default_name, parse_level
-from tunelab.init.discover import find_datasets, find_models
-from tunelab.catalog import GPUS
-import questionary as q
-from tunelab.init.discover import is_model_dir
+from tunelab.init.discover import find_datasets, find_models, is_model_dir
 
 OTHER = "another path…"
 

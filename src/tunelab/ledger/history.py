@@ -11,23 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict, computed_field
 
-from tunelab.host.cpuload import LoadWindow
+from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
+from tunelab.host.cpuload import LoadWindow
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.identity import training_key
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 from tunelab.spec import TrainingConfig
-from tunelab.catalog import resolve_architecture
 
 if TYPE_CHECKING:
     from tunelab.catalog import Architecture

@@ -18,8 +18,8 @@ from typing import Any
 
 from tunelab.ledger import store as ledger
 from tunelab.ledger.rows import EvaluatedTask
-from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import load_runs
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.stages import NO_STAGE, CheckpointStage, checkpoint_stages
 from tunelab.stats.records import Interval

@@ -11,20 +11,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
+from tunelab.faults import kill_point
+from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.ledger import generation, history, predictions
 from tunelab.ledger.directory_keys import drop_directory_rows
 from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.slowdown import loaded, measured_slowdown
-from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA, read_ingested, run_stamps, write_stamps
-from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
-from tunelab.faults import kill_point
-from tunelab.fsutil import add_missing_columns, sqlite_session
+from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA
+from tunelab.ledger.stamps import read_ingested, run_stamps, write_stamps
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.rundir.identity import run_key, scores_key, training_key
 from tunelab.rundir.layout import COMPLETED, PENDING, RUNNING
 from tunelab.rundir.metrics import MetricRow, read_metrics

@@ -6,13 +6,13 @@ starting the server allowed it: `--allow-job-shell`; the user config's `slurm:` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
-
-from tunelab.mcp.paths import Workspace
+from typing import TYPE_CHECKING
 
 from tunelab.errors import TunelabError
+from tunelab.mcp.paths import Workspace
 
 if TYPE_CHECKING:
     from tunelab.rundir.config import RunConfig

@@ -3,18 +3,19 @@ Rows the CLI already types (StatusRow, RunCheck, AdoptResult's fields) are reuse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed
-from tunelab.ledger.history import HistoryRun
-from tunelab.ledger.results import TYPES
 from tunelab.forecast.deadline import DeadlinePlan, SweepForecast
 from tunelab.forecast.remaining import Phase, SweepRemaining
-from tunelab.plan.validate import RunCheck
 from tunelab.forecast.tunecost import SearchCost
+from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.results import TYPES
+from tunelab.plan.validate import RunCheck
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from tunelab.ingest import IngestResult
     from tunelab.ledger.results import RunRecord
     from tunelab.plan.planner import Plan
-    from tunelab.report.compare import Comparison
     from tunelab.report.build import ReportFiles
+    from tunelab.report.compare import Comparison
     from tunelab.rundir.scores import TaskScores
 
 Shown = Callable[["Path"], str]  # how a path is written: relative to the root (MCP), as it is (CLI)

@@ -7,8 +7,9 @@ import functools
 import io
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.from_thread
 from mcp.server.mcpserver import Context
@@ -17,8 +18,20 @@ from pydantic import Field
 from rich.console import Console
 
 from tunelab.errors import TunelabError
-from tunelab.mcp.models import (CancelOut, EvalOut, PlanOut, ProbeOut, ReportOut, ResultsOut, RunOut,
-                                ScaffoldOut, SpecDraft, StatusOut, TuneOut, ValidateOut)
+from tunelab.mcp.models import (
+    CancelOut,
+    EvalOut,
+    PlanOut,
+    ProbeOut,
+    ReportOut,
+    ResultsOut,
+    RunOut,
+    ScaffoldOut,
+    SpecDraft,
+    StatusOut,
+    TuneOut,
+    ValidateOut,
+)
 from tunelab.mcp.paths import Workspace
 from tunelab.mcp.sweeps import Sweeps
 

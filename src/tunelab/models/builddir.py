@@ -8,8 +8,8 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunelab.fsutil import UMASK
 from tunelab.host.process import alive

@@ -23,21 +23,22 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from tunelab import __version__
+from tunelab.compat import quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.models.architectures import KNOWN_FACTS, known_facts, known_key
 from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
+from tunelab.models.random_vl import shallow_vlm_config, vl_processor
+from tunelab.models.tiny import build_tokenizer
+from tunelab.models.tiny_vl import FAMILIES
 from tunelab.models.vision import is_vision_config
 from tunelab.models.vlm_architectures import VLM_CONFIGS
 from tunelab.models.weights import ITEM_BYTES, SHARD_BYTES, TensorPlan, tensor_plans, write_weights
-from tunelab.models.tiny import build_tokenizer
-from tunelab.compat import quiet_hf_progress_bars
-from tunelab.models.random_vl import shallow_vlm_config, vl_processor
-from tunelab.models.tiny_vl import FAMILIES
-from tunelab import __version__
 
 PROVENANCE_FILE = "tunelab_random.json"
 DTYPES = tuple(ITEM_BYTES)

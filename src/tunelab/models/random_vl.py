@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tunelab.errors import TunelabError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from tunelab.errors import TunelabError
 from tunelab.models.tiny_vl import FAMILIES, build_image_processor, chat_template
 from tunelab.models.vision import FAMILY_PIXELS
 

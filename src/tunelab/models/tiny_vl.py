@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import TunelabError
-from importlib.resources import files
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
 from tunelab.compat import quiet_hf_progress_bars
+from tunelab.errors import TunelabError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]

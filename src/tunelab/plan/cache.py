@@ -6,14 +6,15 @@ check that passed is remembered (diskcache.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunelab.diskcache import cached_json, file_stamps
+from tunelab.evaluate.usertasks import check_tasks
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, resolve_path
-from tunelab.evaluate.usertasks import check_tasks
 
 _CHECKING_CODE = ("data", "evaluate", "spec")  # tunelab packages whose code decides what passes
 

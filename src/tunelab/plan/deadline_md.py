@@ -4,9 +4,9 @@ priced (forecast/tunecost.py)."""
 
 from __future__ import annotations
 
-from tunelab.fsutil import human_seconds
 from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, RunTimeline
 from tunelab.forecast.tunecost import SearchCost
+from tunelab.fsutil import human_seconds
 from tunelab.rundir.estimate import LeverChoice
 
 VERDICT_WORDS = {

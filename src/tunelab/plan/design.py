@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.models.check import eval_only_base
 from tunelab.rundir.config import RunConfig, StageConfig
 from tunelab.spec import DatasetSpec, ExperimentSpec, ModelSpec, TaskSpec, TrainingConfig, factor_field, resolve_path
 from tunelab.spec.evaluation import GraderSpec
 from tunelab.spec.stages import split_stage_factor, stage_training
 from tunelab.userconfig import merge_resources
-from tunelab.models.check import eval_only_base
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

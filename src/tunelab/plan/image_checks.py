@@ -9,17 +9,17 @@ emit more features than tokens are left for them, and the step fails; plan says 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from tunelab.errors import TunelabError
-from tunelab.rundir.config import RunConfig
 from PIL import Image
-from tunelab.data.images import image_source
-from tunelab.data.images import example_images
+
+from tunelab.data.images import example_images, image_source
 from tunelab.data.splits import load_data
+from tunelab.errors import TunelabError
 from tunelab.models.vision import image_tokens, read_geometry
+from tunelab.rundir.config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.forecast.gpus import describe
 from tunelab.execute.executors import executor_class
-from tunelab.fsutil import human_seconds
 from tunelab.forecast.deadline import RunTimeline
+from tunelab.forecast.gpus import describe
+from tunelab.fsutil import human_seconds
 from tunelab.plan.deadline_md import deadline_lines, search_lines
 from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
@@ -175,7 +175,7 @@ def _order_text(order: object) -> str:
     return f"by_field: {by_field}" if by_field else str(order)
 
 
-def stage_rows(plan: "Plan") -> list[dict[str, str]]:
+def stage_rows(plan: Plan) -> list[dict[str, str]]:
     """A staged run's stages in training order, then its total: what plan.md and `plan --json` show."""
     rows = []
     for r in plan.finetune_runs:
@@ -198,7 +198,7 @@ def stage_rows(plan: "Plan") -> list[dict[str, str]]:
     return rows
 
 
-def _stage_lines(plan: "Plan") -> list[str]:
+def _stage_lines(plan: Plan) -> list[str]:
     rows = stage_rows(plan)
     if not rows:
         return []
@@ -213,7 +213,7 @@ def _stage_lines(plan: "Plan") -> list[str]:
     return lines
 
 
-def _dataset_use(plan: "Plan", name: str, eval_only: bool) -> str:
+def _dataset_use(plan: Plan, name: str, eval_only: bool) -> str:
     """What a dataset is for: evaluation only, training + evaluation, or (staged) which stages train on it."""
     if eval_only:
         return "evaluation only"
@@ -226,7 +226,7 @@ def _dataset_use(plan: "Plan", name: str, eval_only: bool) -> str:
     return " + ".join(parts) or "evaluation (tasks)"
 
 
-def _dataset_lines(plan: "Plan") -> list[str]:
+def _dataset_lines(plan: Plan) -> list[str]:
     lines = ["", "| Dataset | Format | train | validation | test | Used for |", "|---|---|---|---|---|---|"]
     for d in plan.datasets.values():
         n = d.counts
@@ -242,7 +242,7 @@ def _dataset_lines(plan: "Plan") -> list[str]:
     return lines + [""]
 
 
-def _prompt_lines(plan: "Plan") -> list[str]:
+def _prompt_lines(plan: Plan) -> list[str]:
     names = plan.spec.prompt_names()
     if len(names) < 2:
         return []
@@ -251,7 +251,7 @@ def _prompt_lines(plan: "Plan") -> list[str]:
     return lines + [""]
 
 
-def _eval_lines(plan: "Plan") -> list[str]:
+def _eval_lines(plan: Plan) -> list[str]:
     ev = plan.spec.eval
     lines = [f"Evaluation (inspect-ai; built-ins greedy, max {ev.max_tokens} tokens; task files with their own "
              f"generation settings; epochs: {ev.epochs}):", ""]
@@ -271,7 +271,7 @@ def _eval_lines(plan: "Plan") -> list[str]:
 ACCURACY_BUILTINS = ("exact_match", "includes", "choice")
 
 
-def resolution_notes(plan: "Plan") -> list[str]:
+def resolution_notes(plan: Plan) -> list[str]:
     """Per accuracy task and dataset: the smallest difference in accuracy its test split can resolve, so a lab
     sizes its evaluation before spending GPU-hours (statsmodels power analysis; assumptions stated)."""
 
@@ -298,14 +298,14 @@ def resolution_notes(plan: "Plan") -> list[str]:
     return notes
 
 
-def _resolution_lines(plan: "Plan") -> list[str]:
+def _resolution_lines(plan: Plan) -> list[str]:
     notes = resolution_notes(plan)
     if not notes:
         return []
     return ["Resolution (the smallest difference the evaluation can detect):", ""] + [f"- {n}" for n in notes] + [""]
 
 
-def _truncation_lines(plan: "Plan") -> list[str]:
+def _truncation_lines(plan: Plan) -> list[str]:
     """Examples longer than max_seq_len per run and split: never silent."""
     if not plan.truncation:
         return []
@@ -321,7 +321,7 @@ def _truncation_lines(plan: "Plan") -> list[str]:
     return lines + [""]
 
 
-def _schedule_lines(plan: "Plan") -> list[str]:
+def _schedule_lines(plan: Plan) -> list[str]:
     """Which run goes where and when (longest first), and the sweep's predicted makespan: the plan's forecast
     (forecast/sweeptime.py `plan_forecast`, the one run.yaml records), every run's training, evaluation and job
     start-ups included."""
@@ -348,7 +348,7 @@ def _schedule_lines(plan: "Plan") -> list[str]:
     return lines + [""]
 
 
-def gpu_notes(plan: "Plan") -> list[str]:
+def gpu_notes(plan: Plan) -> list[str]:
     """One line per fact about GPUs and nodes: the node size (when it counted), runs spread over nodes, runs
     that do not fit the GPUs they ask for."""
     needs = [(name, e.gpus_needed) for name, e in plan.estimates.items() if e.gpus_needed is not None]
@@ -363,7 +363,7 @@ def gpu_notes(plan: "Plan") -> list[str]:
     return notes
 
 
-def gpu_lines(plan: "Plan") -> list[str]:
+def gpu_lines(plan: Plan) -> list[str]:
     """plan.md's "GPUs and nodes" section (nothing when every run fits the one node it asks for)."""
     notes = gpu_notes(plan)
     if not notes:

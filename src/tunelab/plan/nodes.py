@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.forecast.gpus import NodeSize, even_nodes
 from tunelab.execute.executors import executor_class
+from tunelab.forecast.gpus import NodeSize, even_nodes
 from tunelab.rundir.config import RunConfig
 from tunelab.spec.resources import ResourcesSpec
 from tunelab.userconfig import load_user_config, user_config_path

@@ -6,53 +6,46 @@ plan says so instead of guessing.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
+from tunelab.data.formatting import PromptFormat
 from tunelab.data.images import check_readable, example_images
 from tunelab.data.loading import DataFile, where
-from tunelab.data.splits import load_data, split_record_path
-from tunelab.rundir.estimate import LeverChoice, RunEstimate
-from tunelab.plan.attention import attention_notes, resolve_runs_attention
-from tunelab.forecast import levers, sweeptime
-from tunelab.plan.cache import check_eval_tasks
-from tunelab.host.adapt import watch_load
-from tunelab.forecast.cpu_sharing import cpu_threads
-from tunelab.plan.design import expand_runs, resolve_dataset
-from tunelab.plan.tuned import with_default_twins, with_tuned_rates
-from tunelab.forecast.tunecost import SearchCost
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE, load_data, split_record_path
+from tunelab.diskcache import cached_json, file_stamps
 from tunelab.errors import TunelabError
-from tunelab.forecast.ranged import contention_warnings
-from tunelab.forecast.gpus import NodeSize
+from tunelab.estimate.dataset import first_answer_index
 from tunelab.execute.executors import executor_class
+from tunelab.forecast import cpu_sharing, levers, sweeptime
+from tunelab.forecast.cpu_sharing import cpu_threads
+from tunelab.forecast.gpus import NodeSize, sized_estimate
+from tunelab.forecast.ranged import contention_warnings, ranged_training
+from tunelab.forecast.tunecost import SearchCost
+from tunelab.fsutil import atomic_write_json
+from tunelab.host.adapt import watch_load
+from tunelab.ledger import history, predictions
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.models.vlm import is_vision_language
+from tunelab.plan.attention import attention_notes, resolve_runs_attention
+from tunelab.plan.cache import check_eval_tasks, dataset_stamps, verified_dataset
+from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.image_checks import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
 from tunelab.plan.stage_checks import check_orders, dataset_error, stage_dataset_needs
 from tunelab.plan.storage import plan_storage
+from tunelab.plan.tuned import with_default_twins, with_tuned_rates
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
-from dataclasses import asdict
-from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
-from tunelab.fsutil import atomic_write_json
-from tunelab.diskcache import cached_json, file_stamps
-from tunelab.plan.cache import dataset_stamps, verified_dataset
-from tunelab.data.formatting import PromptFormat
-from tunelab.estimate.dataset import first_answer_index
-from tunelab.forecast.gpus import sized_estimate
-from tunelab.ledger import history
-from tunelab.forecast.ranged import ranged_training
-from tunelab.ledger import predictions
-from tunelab.forecast import cpu_sharing
 
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
-    from tunelab.forecast.deadline import DeadlinePlan
     from tunelab.forecast.cpu_sharing import CpuSharing
+    from tunelab.forecast.deadline import DeadlinePlan
     from tunelab.forecast.evalrun import RunEvalPrediction
 
 
@@ -68,17 +61,17 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     gpu: GPU | None = None
     estimates: dict[str, RunEstimate] = field(default_factory=dict)
-    truncation: dict[str, list["Truncation"]] = field(default_factory=dict)  # run -> per split
+    truncation: dict[str, list[Truncation]] = field(default_factory=dict)  # run -> per split
     images: dict[str, list[SplitImages]] = field(default_factory=dict)  # VLM run -> per split (plan/image_checks.py)
-    forecast: "DeadlinePlan | None" = None  # the sweep's predicted makespan and where each run goes (sweeptime.py)
+    forecast: DeadlinePlan | None = None  # the sweep's predicted makespan and where each run goes (sweeptime.py)
     node: NodeSize = field(default_factory=NodeSize.assumed)  # GPUs a node has, and where that came from
     node_raises: list[NodeRaise] = field(default_factory=list)  # runs spread over more nodes (plan/nodes.py)
     levers: dict[str, list[LeverChoice]] = field(default_factory=dict)  # run -> its levers (forecast/levers.py)
-    deadline: "DeadlinePlan | None" = None  # the sweep against resources.deadline / --deadline (forecast/deadline.py)
+    deadline: DeadlinePlan | None = None  # the sweep against resources.deadline / --deadline (forecast/deadline.py)
     storage_problem: str | None = None  # the sweep does not fit its filesystem: why (plan/storage.py); scaffold refuses
     search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (forecast/tunecost.py)
-    cpu_sharing: "CpuSharing | None" = None  # local CPU: runs side by side and threads each (forecast/cpu_sharing.py)
-    evaluations: dict[str, "RunEvalPrediction"] = field(default_factory=dict)  # each run's (forecast/evalrun.py)
+    cpu_sharing: CpuSharing | None = None  # local CPU: runs side by side and threads each (forecast/cpu_sharing.py)
+    evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)  # each run's (forecast/evalrun.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -133,7 +126,7 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
     return models, datasets
 
 
-def write_provenance(plan: "Plan") -> Path:
+def write_provenance(plan: Plan) -> Path:
     """<experiment>/data/provenance.json: every data file used (path, sha256, rows), for the report."""
 
 
@@ -182,7 +175,7 @@ def _verify_rows(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, spl
         fmt = reader.format
         for split in sorted(splits):
             examples = data.examples(split, reader)  # every row converts, or an error names it
-            check_readable(examples, lambda i: where(d, split, i))  # and every image opens (rows with images)
+            check_readable(examples, lambda i, split=split: where(d, split, i))  # and every image opens (rows with images)
     if not recorded:
         data = load_data(d, experiment_dir, create_split=True)  # the same seeded split, recorded now
     rec = str(data.split_record) if data.split_record else None

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.host.diskspace import Quota, free_bytes, mount_point, read_quota
+from tunelab.estimate.dataset import simulate_bfd_packing
 from tunelab.estimate.storage import Part, run_disk
 from tunelab.fsutil import human_bytes
+from tunelab.host.diskspace import Quota, free_bytes, mount_point, read_quota
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import DiskEstimate, RunEstimate
-from tunelab.estimate.dataset import simulate_bfd_packing
 
 # split name -> (tokens, first answer position) per example: planner.split_lengths
 SplitLengths = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]

@@ -10,28 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from pydantic import ConfigDict
 
-from tunelab.catalog import GPU
+from tunelab.catalog import GPU, planning_gpu
 from tunelab.errors import TunelabError
-from tunelab.host.memory import host_memory_gib
-from tunelab.execute.executors import executor_class
 from tunelab.estimate.batch import largest_batch, optimizer_steps, should_pack
-from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
+from tunelab.estimate.dataset import simulate_bfd_packing
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
-from tunelab.forecast.runs import device_peak
 from tunelab.estimate.simulator import StepShape
-from tunelab.rundir.config import RunConfig
-from tunelab.estimate.dataset import simulate_bfd_packing
-from tunelab.rundir.config import load_run_config
-import yaml
+from tunelab.execute.executors import executor_class
+from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
+from tunelab.forecast.runs import device_peak
 from tunelab.fsutil import load_yaml
-from tunelab.plan.planner import make_plan
-from tunelab.plan.planner import measure_lengths, truncation
-from tunelab.plan.planner import split_lengths
+from tunelab.host.memory import host_memory_gib
+from tunelab.plan.planner import make_plan, measure_lengths, split_lengths, truncation
 from tunelab.plan.storage import dtype_rule, sweep_storage
-from tunelab.catalog import planning_gpu
+from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir.layout import RunState
 

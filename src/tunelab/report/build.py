@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from tunelab.report.findings import Findings, analyze
 from tunelab.report.html import render_html
 from tunelab.report.markdown import render_markdown
 from tunelab.report.sections import compose
-import webbrowser
 
 REPORT_DIR = "report"
 FIGURES_DIR = "figures"

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 from tunelab.errors import TunelabError
 from tunelab.fsutil import read_json
+from tunelab.plan.design import expand_runs
 from tunelab.rundir.config import KIND_DIRS, RunConfig
 from tunelab.rundir.stages import StageRecord
 from tunelab.spec import ExperimentSpec
-from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
-from tunelab.plan.design import expand_runs
 
 BASE, CHECKPOINT = "base", "checkpoint"  # evaluate/targets.py's labels of a control's and an eval-only run's target
 

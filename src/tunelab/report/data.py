@@ -10,17 +10,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tunelab.execute.attempts import AttemptRow, all_attempts
-from tunelab.rundir.experiment import SPEC_FILE, load_runs
-from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
-from tunelab.report.coverage import AbsentRun, EvalGap, PlannedEval, absent_runs, planned_epochs_evaluated, \
-    planned_evals, split_counts
 from tunelab.ledger.results import EvalRecord, RunRecord, collect_results
+from tunelab.report.checkpoints import EpochCheck, verify_checkpoints
+from tunelab.report.coverage import (
+    AbsentRun,
+    EvalGap,
+    PlannedEval,
+    absent_runs,
+    planned_epochs_evaluated,
+    planned_evals,
+    split_counts,
+)
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.experiment import SPEC_FILE, load_runs
 from tunelab.rundir.layout import COMPLETED, RUNNING, RunState
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.scores import read_scores
@@ -382,7 +389,7 @@ def gather(experiment_dir: str | Path) -> ReportData:
         attempts=attempts,
         model_paths={c.model.name: Path(c.model.path) for c in cfgs},
         tasks=_task_infos(cfgs, everything),
-        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         spec=spec,
         eval_only=eval_only,
         prompts=prompts,

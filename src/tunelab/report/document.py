@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Headline:
     ok: bool = True
 
 
-Block = Union[Para, Bullets, Table, Code, Figure, Headline]
+Block = Para | Bullets | Table | Code | Figure | Headline
 
 
 @dataclass

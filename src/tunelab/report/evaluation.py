@@ -12,15 +12,15 @@ from typing import Any
 # one way to show a metric (kinds.py, light for `tunelab results`) and a difference; sections and replicates
 # import them from here
 from tunelab.evaluate.kinds import is_fraction, show, show_ci  # noqa: F401
+from tunelab.ledger.results import EvalRecord
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.differences import delta_cell, diff_text, show_delta
 from tunelab.report.document import Figure, Para, Section, Table
+from tunelab.report.evidence import evidence_note
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
-from tunelab.ledger.results import EvalRecord
 from tunelab.rundir.layout import parse_epoch_name
 from tunelab.stats.paired import Difference, paired_difference
-from tunelab.report.evidence import evidence_note
 
 HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
 

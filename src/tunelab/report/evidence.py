@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.fsutil import human_seconds
 from tunelab.report.comparisons import replicated
 from tunelab.report.data import ReportData, RunData
 from tunelab.report.effects import FactorEffect
+from tunelab.rundir.experiment import SPEC_FILE
 
 REPLICATE_SEEDS = 3  # seeds per configuration proposed when a sweep has none
 

@@ -6,10 +6,12 @@ Thresholds are module constants so the rules are stated once and tested on hand-
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Any, Iterable
+from typing import Any
 
+from tunelab.evaluate.kinds import FRACTIONS
 from tunelab.report.checks import (  # noqa: F401  (the report's sections and tests import them from here)
     MEMORY_MOSTLY_UNUSED,
     OVERFIT_MIN_RISE,
@@ -26,18 +28,22 @@ from tunelab.report.checks import (  # noqa: F401  (the report's sections and te
     run_issues,
     still_falling,
 )
-from tunelab.report.comparisons import best_runs, control_differences, control_mean_difference, level_difference, \
-    replicated
+from tunelab.report.comparisons import (
+    best_runs,
+    control_differences,
+    control_mean_difference,
+    level_difference,
+    replicated,
+)
 from tunelab.report.data import ReportData, RunData
+from tunelab.report.differences import diff_text
 from tunelab.report.effects import FactorEffect, LevelStat
 from tunelab.report.evidence import ReplicationPlan, replication_plan, replication_step
-from tunelab.stats.paired import Difference
-from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 from tunelab.rundir import layout as st
 from tunelab.rundir.experiment import SPEC_FILE
-from tunelab.evaluate.kinds import FRACTIONS
-from tunelab.report.differences import diff_text
+from tunelab.stats.paired import Difference
 from tunelab.stats.power import samples_needed
+from tunelab.stats.replicates import SEED_FACTOR, replicate_difference
 
 SCORE_JUMP = 0.10  # ≥ 10 percentage points between two adjacent levels of a numeric factor
 

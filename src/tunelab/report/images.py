@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Figure, Section, Table
 from tunelab.stats.records import SampleValue
-from PIL import Image, ImageDraw
 
 SHOWN = 6
 THUMB = 96

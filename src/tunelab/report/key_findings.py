@@ -12,11 +12,17 @@ from statistics import mean
 from tunelab.report.comparisons import replicated
 from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Bullets, Para, Section
-from tunelab.rundir.memory import MemoryKind
 from tunelab.report.evaluation import best_text, diff_text, effect_text, show_ci
 from tunelab.report.evidence import jump_noise
-from tunelab.report.findings import MEMORY_MOSTLY_UNUSED, OVERFIT_MIN_RISE, STILL_FALLING_MIN_DROP, Findings, \
-    ScoreJump, StillFalling
+from tunelab.report.findings import (
+    MEMORY_MOSTLY_UNUSED,
+    OVERFIT_MIN_RISE,
+    STILL_FALLING_MIN_DROP,
+    Findings,
+    ScoreJump,
+    StillFalling,
+)
+from tunelab.rundir.memory import MemoryKind
 
 
 def _control_item(data: ReportData, f: Findings, metric: str | None) -> str:

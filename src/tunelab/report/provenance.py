@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 from tunelab.fsutil import read_json
 from tunelab.report.document import Block, Para, Section, Table
-from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 
 
 def data_section(experiment_dir: Path) -> Section | None:

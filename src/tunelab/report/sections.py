@@ -10,26 +10,26 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunelab.rundir.archive import read_manifest
 from tunelab.fsutil import human_bytes
+from tunelab.report.checked import checked_section
 from tunelab.report.data import ReportData, RunData, weights_size
 from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
+from tunelab.report.effects import FactorEffect
 from tunelab.report.evaluation import diff_text, evaluation, prompt_table, show_ci
 from tunelab.report.figures import FigureFile
-from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import Findings, error_class, retries
-from tunelab.report.key_findings import key_findings
-from tunelab.report.progress import evaluated_cell, no_issues_line, status_line
-from tunelab.report.storage import predicted_blocks
-from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
-from tunelab.rundir.memory import memory_labels
-from tunelab.report.checked import checked_section
 from tunelab.report.gpu_use import gpu_section
 from tunelab.report.images import image_answers
+from tunelab.report.key_findings import key_findings
+from tunelab.report.progress import evaluated_cell, no_issues_line, status_line
 from tunelab.report.provenance import data_section
 from tunelab.report.replicates import replicates
 from tunelab.report.stages import stages_section
+from tunelab.report.storage import predicted_blocks
 from tunelab.report.tuning import tuning_section
+from tunelab.rundir.archive import read_manifest
+from tunelab.rundir.layout import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING
+from tunelab.rundir.memory import memory_labels
 
 
 # ---------------------------------------------------------------- formatting

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.evaluate.objective import Objective
 from tunelab.report.data import ReportData, RunData
 from tunelab.report.document import Bullets, Figure, Para, Section, Table
 from tunelab.report.effects import FactorEffect
 from tunelab.report.findings import factor_effects
 from tunelab.report.rate_sources import RateSource, rate_sources, unsearched_levels
 from tunelab.report.tuning_trials import TrialPoint, read_trials, search_objective, trials_figure
-from tunelab.evaluate.objective import Objective
 
 
 @dataclass

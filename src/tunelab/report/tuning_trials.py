@@ -9,12 +9,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.evaluate.objective import Objective
 from tunelab.report.figures import FigureFile, _new, _save, _slug, _style
 from tunelab.rundir.config import load_run_config
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status
 from tunelab.rundir.tuned import TRIAL_PREFIX, read_best, read_pruned, tune_dir
-from tunelab.evaluate.objective import Objective
 
 PRUNED = "pruned"
 

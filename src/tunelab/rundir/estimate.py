@@ -129,7 +129,7 @@ class SourceKind(StrEnum):
     ASSUMED = "assumed"  # a stated constant
 
     @classmethod
-    def of_eval_source(cls, source: str) -> "SourceKind":
+    def of_eval_source(cls, source: str) -> SourceKind:
         """An evaluation's source (forecast/evaltime.py EvalSource's words) as a kind."""
         return {"history": cls.MEASURED, "probed": cls.PROBED, "timed": cls.TIMED}.get(source, cls.MODEL)
 

@@ -14,13 +14,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tunelab.errors import NoSpaceError, TunelabError
 from pydantic import ValidationError
 
+from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.fsutil import atomic_write_json, read_json
 from tunelab.host.process import alive
-from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir import layout
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir.metrics import MetricRow
 from tunelab.rundir.status import Status, read_status
 

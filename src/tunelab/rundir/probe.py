@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.host.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_text
+from tunelab.host.cpuload import LoadWindow
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord
 

@@ -8,7 +8,6 @@ leaves none and is redone next time.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_serializer, field_validator

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tunelab.host.cpuload import LoadWindow
 from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.host.cpuload import LoadWindow
 from tunelab.rundir.layout import PACKING_FILE, SUMMARY_FILE
 from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.record import JsonRecord

@@ -13,14 +13,14 @@ from pydantic import ValidationError
 
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
-from tunelab.execute.retry import differs_only_by_retries
 from tunelab.execute.executors import executor_class
-from tunelab.rundir.experiment import SPEC_FILE
-from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
-from tunelab.plan.planner import Plan, make_plan, write_provenance
-from tunelab.plan.markdown import render_plan_md
+from tunelab.execute.retry import differs_only_by_retries
 from tunelab.forecast.run_predictions import recorded_estimates
+from tunelab.fsutil import atomic_write_text, atomic_write_yaml, dump_yaml, load_yaml
+from tunelab.plan.markdown import render_plan_md
+from tunelab.plan.planner import Plan, make_plan, write_provenance
 from tunelab.rundir.config import RUN_FILE, RunConfig
+from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.spec import Strategy, resolve_path
 
 _env = Environment(loader=PackageLoader("tunelab.scaffold", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)

@@ -24,7 +24,7 @@ class SplitFractions(_Strict):
     seed: int = Field(0, description="Shuffle seed (recorded with the split).")
 
     @model_validator(mode="after")
-    def _leaves_training_rows(self) -> "SplitFractions":
+    def _leaves_training_rows(self) -> SplitFractions:
         if self.validation + self.test >= 1:
             raise ValueError("validation + test must leave rows for training (sum below 1)")
         if self.validation == 0 and self.test == 0:
@@ -55,7 +55,7 @@ class DatasetSpec(_Strict):
     eval_only: bool = Field(False, description="Only evaluated on (by eval tasks), never trained on.")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DatasetSpec":
+    def _one_source(self) -> DatasetSpec:
         per_split = [s for s in SPLIT_NAMES if getattr(self, s)]
         if self.path and per_split:
             raise ValueError(f"give either path or per-split files ({', '.join(per_split)}), not both")

@@ -63,7 +63,7 @@ class TaskSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _builtin_or_file(self) -> "TaskSpec":
+    def _builtin_or_file(self) -> TaskSpec:
         if self.file and self.builtin:
             raise ValueError(f"task '{self.name}': give builtin or file, not both")
         if not self.file and self.builtin is None:
@@ -152,7 +152,7 @@ class EvalSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "EvalSpec":
+    def _unique_names(self) -> EvalSpec:
         names = [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

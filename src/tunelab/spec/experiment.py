@@ -16,8 +16,7 @@ from tunelab.spec.base import Slug, _Strict, load_yaml_model, validate_mapping
 from tunelab.spec.data import DatasetSpec
 from tunelab.spec.evaluation import EvalOnlySpec, EvalSpec
 from tunelab.spec.resources import ResourcesSpec
-from tunelab.spec.stages import (StageSpec, check_stage_factor, check_stages, default_stage_names,
-                                 split_stage_factor)
+from tunelab.spec.stages import StageSpec, check_stage_factor, check_stages, default_stage_names, split_stage_factor
 from tunelab.spec.training import TrainingConfig
 from tunelab.spec.tune import TuneSpec, check_tune
 
@@ -111,7 +110,7 @@ class ExperimentSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _check_factors_and_names(self) -> "ExperimentSpec":
+    def _check_factors_and_names(self) -> ExperimentSpec:
         model_names = [m.name for m in self.models]
         dataset_names = [d.name for d in self.datasets]
         for label, names in (("models", model_names), ("datasets", dataset_names),

@@ -11,7 +11,6 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from tunelab.spec.base import _Strict
 from tunelab.vocabulary import Vocabulary
 
-
 _TIME_LIMIT = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
 
@@ -205,7 +204,7 @@ class ResourcesSpec(_Strict):
         return Strategy.FSDP if self.distributed == Strategy.FSDP else Strategy.DDP
 
     @model_validator(mode="after")
-    def _split_over_nodes(self) -> "ResourcesSpec":
+    def _split_over_nodes(self) -> ResourcesSpec:
         n = self.nodes_per_run
         if n > 1 and self.gpus_per_run % n:
             raise ValueError(f"gpus_per_run ({self.gpus_per_run}) must split evenly over nodes_per_run ({n})")

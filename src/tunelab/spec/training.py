@@ -10,7 +10,6 @@ from pydantic import Field, field_validator, model_validator
 from tunelab.errors import TunelabError
 from tunelab.spec.base import _Strict
 
-
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*$")
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 QLORA_EXTRA_HINT = "install the qlora extra (pip install 'tunelab[qlora]')"

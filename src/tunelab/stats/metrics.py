@@ -9,10 +9,10 @@ Free of inspect-ai: the report computes intervals without loading it. A metric u
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import warnings
 
 ECE_BINS = 10
 

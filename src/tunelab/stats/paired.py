@@ -17,8 +17,16 @@ import numpy as np
 
 from tunelab.stats.intervals import bootstrap_indices
 from tunelab.stats.records import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, ROW_RESAMPLES, SampleValue
-from tunelab.stats.samples import SampleArrays, arrays, batch_metric, is_binary, metric_on, per_sample, supported, \
-    vectorized
+from tunelab.stats.samples import (
+    SampleArrays,
+    arrays,
+    batch_metric,
+    is_binary,
+    metric_on,
+    per_sample,
+    supported,
+    vectorized,
+)
 
 
 @dataclass(frozen=True)

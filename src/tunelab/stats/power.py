@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 from tunelab.diskcache import cached_json
 
 ALPHA = 0.05

@@ -10,9 +10,9 @@ from typing import TypeGuard
 
 import numpy as np
 
-from tunelab.stats.records import SampleValue
 from tunelab.stats import metrics as m
 from tunelab.stats.metrics import brier_of
+from tunelab.stats.records import SampleValue
 
 MEAN_OF_VALUES = frozenset({"accuracy", "mean"})  # inspect's accuracy() / mean(): the mean of the scorer's values
 PROPORTIONS = frozenset({"accuracy", "parse_rate"})  # Wilson intervals when every per-sample value is 0 or 1

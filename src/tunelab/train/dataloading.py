@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.spec import TrainingConfig
 from tunelab.host.cores import usable_cores
+from tunelab.spec import TrainingConfig
 
 MAX_DEFAULT_WORKERS = 8  # more rarely helps a tokenized, in-memory dataset; each worker costs memory
 

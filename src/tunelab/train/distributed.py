@@ -7,8 +7,9 @@ import atexit
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from tunelab.spec.resources import Strategy
 

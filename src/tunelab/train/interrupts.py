@@ -16,9 +16,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.layout import SAVED_BEFORE_LIMIT

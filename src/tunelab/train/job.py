@@ -19,13 +19,13 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from tunelab.host import threads
 from tunelab.errors import TunelabError
-from tunelab.rundir.summary import Summary
-from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.host import threads
 from tunelab.host.adapt import fit_to_free_cores
 from tunelab.host.cpuload import LoadMeter
 from tunelab.jobimports import Stack, import_job_stack
+from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.rundir.summary import Summary
 from tunelab.train import TRAINING_STACK
 from tunelab.train.console import log
 from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes

@@ -23,8 +23,8 @@ import socket
 import sys
 from pathlib import Path
 
-from tunelab.host import threads
 from tunelab.errors import TunelabError
+from tunelab.host import threads
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso, read_status, write_status
 from tunelab.train.nodes import NodePlace, torchrun_args

@@ -40,12 +40,19 @@ from typing import Any
 from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
+from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
 from tunelab.rundir.memory import MemoryKind
-from tunelab.rundir.probe import (MORE_ROUNDS, SPREAD_LIMIT, GenerationSpeed, ProbePoint, ProbeResult, ProbeStep,
-                                  write_probe_results)
-from tunelab.jobimports import Stack, import_job_stack
+from tunelab.rundir.probe import (
+    MORE_ROUNDS,
+    SPREAD_LIMIT,
+    GenerationSpeed,
+    ProbePoint,
+    ProbeResult,
+    ProbeStep,
+    write_probe_results,
+)
 from tunelab.train import TRAINING_STACK
 from tunelab.train.device_memory import GIB, DeviceMemory, peak_rss_gib
 from tunelab.train.metrics import process_age_s

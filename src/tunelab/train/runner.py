@@ -22,25 +22,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.host.cpuload import LoadMeter, LoadWindow
-from tunelab.host.device import resolve_dtype
 from tunelab.errors import NoSpaceError, TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.fsutil import is_disk_full, no_space_error
+from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.host.device import resolve_dtype
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
 from tunelab.rundir.status import StatusWriter, now_iso
-from tunelab.train.held import HeldFiles
-from tunelab.rundir.summary import (PackingStats, ProcessMemory, StepCost, Summary, calibrates_step_cost, write_packing,
-                                   write_summary)
-from tunelab.rundir.config import RunConfig
+from tunelab.rundir.summary import (
+    PackingStats,
+    ProcessMemory,
+    StepCost,
+    Summary,
+    calibrates_step_cost,
+    write_packing,
+    write_summary,
+)
 from tunelab.spec import Strategy, TrainingConfig
+from tunelab.train.checkpoints import drop_unfinished_saves
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
-from tunelab.train.checkpoints import drop_unfinished_saves
 from tunelab.train.dataloading import pipeline_summary
 from tunelab.train.distributed import agree, world
+from tunelab.train.held import HeldFiles
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, job_root, packing_stats

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, last_complete_checkpoint, stage_state_dir
+from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import STAGES_FILE
 from tunelab.rundir.stages import StageRecord, read_stage_records, write_stage_records
 from tunelab.rundir.summary import Summary, read_summary
-from tunelab.rundir.config import RunConfig
 from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.distributed import barrier

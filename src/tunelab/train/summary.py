@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.host import threads
+from tunelab.host.adapt import taken
 from tunelab.host.cpuload import LoadWindow
 from tunelab.models.attention import VARLEN_IMPLEMENTATION
 from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
 from tunelab.rundir.checkpoints import complete_epochs
-from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
-from tunelab.host import threads
-from tunelab.host.adapt import taken
-from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, ThreadUse
 from tunelab.rundir.config import RunConfig
+from tunelab.rundir.metrics import MetricRow, steady_tokens_per_s
+from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summary, ThreadUse
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.dataloading import Pipeline
 from tunelab.train.distributed import local_processes

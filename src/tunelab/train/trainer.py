@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunelab.host.device import resolve_dtype
 from tunelab.models.lora import lora_config
 from tunelab.models.vlm import is_vision_language, lora_targets
-from tunelab.host.device import resolve_dtype
 from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig

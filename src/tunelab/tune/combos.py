@@ -10,9 +10,8 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.forecast.halving import validation_interval
 from tunelab.plan.planner import Plan
-from tunelab.rundir.tuned import combination_runs
 from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
-from tunelab.rundir.tuned import TRIAL_PREFIX, trial_dir
+from tunelab.rundir.tuned import TRIAL_PREFIX, combination_runs, trial_dir
 from tunelab.spec import TuneSpec
 
 

@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.objective import Objective
 from tunelab.execute.executor import Executor
 from tunelab.execute.executors import executor_named
 from tunelab.forecast.halving import REDUCTION_FACTOR
@@ -29,7 +30,6 @@ from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
 from tunelab.spec import TuneSpec
 from tunelab.tune.combos import Combination, combinations, healed_micro_batch, trial_config
-from tunelab.evaluate.objective import Objective
 from tunelab.tune.lanes import lanes, side_by_side
 from tunelab.tune.trial import Lane, TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation

@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from tunelab.console import say
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor, JobKind
-from tunelab.rundir import now_iso, read_metrics, read_status
 from tunelab.execute.failures import OOM, Failure, classify
 from tunelab.execute.retry import apply, decide, differs_only_by_retries
+from tunelab.rundir import now_iso, read_metrics, read_status
 from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config, save_run_config
 from tunelab.rundir.layout import COMPLETED
 from tunelab.rundir.tuned import JOB_FILE, Pruned, read_pruned, write_pruned

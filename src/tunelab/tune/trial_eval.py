@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.execute.executor import Executor, JobKind
-from tunelab.fsutil import atomic_write_json, read_json
-from tunelab.rundir.config import RunConfig
-from tunelab.rundir.tuned import EVAL_JOB, JOB_FILE
 from tunelab.evaluate.objective import Objective
 from tunelab.evaluate.passes import evaluate_runs
-from tunelab.rundir.config import load_run_config
+from tunelab.execute.executor import Executor, JobKind
+from tunelab.fsutil import atomic_write_json, read_json
+from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.rundir.tuned import EVAL_JOB, JOB_FILE
 
 DEFAULT_EVAL_LIMIT = "01:00:00"  # a trial's evaluation job's time limit when the plan predicted none
 

@@ -13,8 +13,16 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tunelab.wheelhouse.plan import (Installed, Plan, Resolved, applicable, check_torch, classify, constraints,
-                                     parse_freeze)
+from tunelab.wheelhouse.plan import (
+    Installed,
+    Plan,
+    Resolved,
+    applicable,
+    check_torch,
+    classify,
+    constraints,
+    parse_freeze,
+)
 from tunelab.wheelhouse.resolve import build_wheel, download, resolve, sha256, wheel_metadata
 from tunelab.wheelhouse.target import Target, platform_tags
 

@@ -5,11 +5,12 @@ markers (`platform_system == "Linux"`, `python_version < "3.13"`) are evaluated 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
-from tunelab.errors import TunelabError
-import sys
 from packaging import tags
+
+from tunelab.errors import TunelabError
 
 _PYTHON = re.compile(r"^3\.(\d+)(\.\d+)?$")
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")

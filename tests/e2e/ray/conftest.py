@@ -17,7 +17,7 @@ def ray_cluster():
         cluster, started = raycluster.start_cluster()
     except RuntimeError as exc:
         pytest.fail(str(exc))
-    print(f"\nRay cluster {'up in %.1f s' % cluster.start_s if started else 'found running'} at {cluster.address}")
+    print(f"\nRay cluster {f'up in {cluster.start_s:.1f} s' if started else 'found running'} at {cluster.address}")
     yield cluster
     if started:
         cluster.stop()

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tunelab.ledger import store as ledger
 from tunelab.execute.status import cancel
+from tunelab.ledger import store as ledger
 from tunelab.scaffold.write import scaffold
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]

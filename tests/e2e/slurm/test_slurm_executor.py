@@ -12,16 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
 import yaml
 from typer.testing import CliRunner
+from waiting import wait_for
 
-from tunelab.ledger import store as ledger
 from tunelab.cli import app
 from tunelab.execute.slurm_cli import SlurmExecutor
 from tunelab.execute.status import StatusRow, cancel, status_rows
 from tunelab.execute.sweep import run_sweep
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.ledger import store as ledger
 from tunelab.rundir.config import load_run_config
 from tunelab.scaffold.write import scaffold
 

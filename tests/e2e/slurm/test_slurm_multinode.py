@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
 from typer.testing import CliRunner
+from waiting import wait_for
 
 from tunelab.cli import app
 from tunelab.execute.slurm_cli import SlurmExecutor

@@ -10,14 +10,14 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from waiting import wait_for
 
-from tunelab.ledger import store as ledger
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.ledger import store as ledger
 from tunelab.scaffold.write import scaffold
 
 # a long fault run (about a minute): `make test-faults`, outside `make test` and its 15-minute budget
@@ -32,7 +32,7 @@ def _sacct_ends(ids: list[str]) -> dict[str, datetime]:
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-S", "2000-01-01", "-j", ",".join(ids), "--format=JobID,End"],
                          capture_output=True, text=True, check=True, env=dict(os.environ, TZ="UTC")).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
-    return {r[0]: datetime.fromisoformat(r[1]).replace(tzinfo=timezone.utc) for r in rows if r[1] != "Unknown"}
+    return {r[0]: datetime.fromisoformat(r[1]).replace(tzinfo=UTC) for r in rows if r[1] != "Unknown"}
 
 
 def _job_state(job: str) -> str:

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from tunelab.models.attention import AttentionKind, register_attention
-from tunelab.models.lora import lora_config
 from tunelab.estimate.simulator.attention import flash_attention_2
 from tunelab.estimate.simulator.qlora import quantize_linears
 from tunelab.estimate.simulator.spec import StepConfig
+from tunelab.models.attention import AttentionKind, register_attention
 from tunelab.models.kbit import prepare_kbit
+from tunelab.models.lora import lora_config
 from tunelab.models.vlm import lora_targets
 
 FLASH_NAME = "tunelab_varlen_standin"

@@ -79,4 +79,4 @@ def quantize_linears(model: PreTrainedModel, compute_dtype: torch.dtype) -> None
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear and child is not head:
                 setattr(parent, name, NF4Linear(child.in_features, child.out_features, compute_dtype, device="meta"))
-    setattr(model, "is_loaded_in_4bit", True)  # a flag transformers and PEFT read with getattr, not declared
+    setattr(model, "is_loaded_in_4bit", True)  # noqa: B010 (a flag transformers and PEFT read with getattr, not declared)

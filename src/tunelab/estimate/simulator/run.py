@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.compat import library_versions
+from tunelab.compat import library_versions, quiet_known_library_warnings
 from tunelab.diskcache import cached_json
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.spec.resources import Strategy
-from tunelab.compat import quiet_known_library_warnings
 
 GIB = 2**30
 # The CUDA context (driver, kernels loaded lazily, cuBLAS handle) sits outside PyTorch's allocator. Measured by

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from tunelab.estimate.simulator.attention import gpu_sdpa
+from tunelab.estimate.simulator.images import image_inputs
 from tunelab.estimate.simulator.replay import FirstStep
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.estimate.simulator.tracker import StorageTracker
-from tunelab.estimate.simulator.images import image_inputs
 
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb default
 STEPS = 2
