@@ -338,7 +338,7 @@ class Batcher:
         batch.sort(key=lambda r: (len(r.prompt_ids), r.prompt_ids, r.seed or 0))
         try:
             # Inline on the event loop, not in a worker thread: on CPU a worker thread gets its own
-            # OpenMP team and contends with the loop's (measured ~2x slower per batch). Nothing else
+            # OpenMP team and contends with the loop's, slowing every batch. Nothing else
             # needs the loop meanwhile: every sample waits on us.
             seeds = [r.seed for r in batch] if head.sampling is not None else None
             results = self._run_batch([r.prompt_ids for r in batch], seeds, head)

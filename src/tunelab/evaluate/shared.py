@@ -135,7 +135,7 @@ class SharedWeights(LocalLM):
         """generate()'s or forward()'s argument for rows answered by these adapters. One adapter: PEFT's plain
         path with it active (switched only when another was; PeftModel.set_adapter walks every layer); the
         base alone or several adapters: the mixed path, naming each row's (a row's values are the same either
-        way; the mixed path costs ~11 % more a SmolLM2 batch of one adapter, ~87 % with eight)."""
+        way; the mixed path costs more per batch, the more adapters it mixes)."""
         if not self.adapters():
             return {}
         if len(set(adapters)) == 1 and adapters[0] != BASE:

@@ -1,8 +1,8 @@
 """How many threads each process tunelab starts may run: the cores it was given, shared by its processes.
 
 Why: torch (and OpenMP, MKL) start one compute thread per core in every process. Two processes doing so on
-two cores spin four threads on two cores, and a loop of small matrix products then ran 146x slower in each
-(docs/training.md, "CPU threads"). So every process tunelab starts — a job, its torchrun ranks, the probe's
+two cores spin four threads on two cores, and a loop of small matrix products then ran two orders of magnitude
+slower in each (the figure: docs/training.md, "CPU threads"). So every process tunelab starts — a job, its torchrun ranks, the probe's
 steps, a local job beside another — runs `thread_budget(cores, processes)` threads, where `cores` is what it
 may use (cores.py: the smallest of the local executor's share or the affinity mask in physical cores, the cgroup's
 CPU quota and Slurm's allocation, the limit that set it recorded beside the count).
