@@ -154,6 +154,21 @@ class Capacity(Protocol):
         ...
 
 
+class OneJobEachRun:
+    """What an executor that submits every run as a job of its own (local, Ray) answers of groups and notices."""
+
+    name: str
+
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        return []
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        raise ValueError(f"the {self.name} executor submits each run as a job of its own")
+
+    def notices(self) -> list[str]:
+        return []
+
+
 class SchedulerRoom:
     """The part of a Capacity a scheduler (Slurm, Ray) leaves to itself: runs start in the order given, it says where
     each runs, and an ended job frees nothing tunelab holds."""

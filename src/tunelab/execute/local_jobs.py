@@ -20,7 +20,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tunelab.execute.executor import UNSEEN, Capacity, JobGroup, JobInfo, JobKind
+from tunelab.execute.executor import UNSEEN, Capacity, JobInfo, JobKind, OneJobEachRun
 from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
@@ -119,7 +119,7 @@ class Devices:
         return ""  # runs wait for a free device: nothing to say
 
 
-class LocalExecutor:
+class LocalExecutor(OneJobEachRun):
     """Job scripts as subprocesses of this process: the sweep follows them to their end."""
 
     name = "local"
@@ -224,15 +224,6 @@ class LocalExecutor:
 
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         return Devices(runs)
-
-    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
-        return []
-
-    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
-        raise ValueError("the local executor runs each run as a job of its own")
-
-    def notices(self) -> list[str]:
-        return []
 
     def unanswered(self) -> tuple[float, str] | None:
         return None

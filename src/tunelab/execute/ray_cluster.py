@@ -29,10 +29,10 @@ from tunelab.execute.executor import (
     UNSEEN,
     Capacity,
     ClusterFacts,
-    JobGroup,
     JobInfo,
     JobKind,
     NodeFacts,
+    OneJobEachRun,
     SchedulerRoom,
 )
 from tunelab.execute.job_states import JobState
@@ -124,7 +124,7 @@ class RayRoom(SchedulerRoom):
         return f"{self._full} jobs on the Ray cluster (twice what its nodes hold): waiting…" if self._full else ""
 
 
-class RayExecutor:
+class RayExecutor(OneJobEachRun):
     """Ray jobs through the cluster's job server: `address`, else the runs' resources.address, else RAY_ADDRESS."""
 
     name = "ray"
@@ -301,15 +301,6 @@ class RayExecutor:
         self._learn(runs)
         return RayRoom(self.cluster(), {c.name: job_ask(c, JobKind.TRAIN if c.kind == "finetune" else JobKind.EVAL)
                                         for c in runs})
-
-    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
-        return []
-
-    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
-        raise ValueError("the Ray executor submits each run as a job of its own")
-
-    def notices(self) -> list[str]:
-        return []
 
     def _silent(self, error: str) -> None:
         self._error = error[:300]
