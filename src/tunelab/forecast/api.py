@@ -54,13 +54,9 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
                     system_prompt: str | None = None, processes: int = 1, strategy: Strategy | None = None,
                     images_per_example: int = 0, min_pixels: int | None = None,
                     max_pixels: int | None = None, node: NodeSize | None = None) -> ConfigEstimate:
-    """inputs: every memory-relevant field of the run (dtype, LoRA shape, checkpointing, quantize, attention).
-    chat_template and system_prompt (as in the spec) make the data measured in the prompt format runs use.
-    processes/strategy: memory per device of an N-GPU run (DDP or FSDP; None: auto, as the plan chooses), the
-    micro-batch search's too.
-    images_per_example (a vision-language model): that many images at the min/max_pixels budget in every row,
-    their tokens inside max_seq_len; image rows are not packed. node: GPUs one node has, for the nodes a
-    configuration that does not fit its GPUs needs (default: assumed, NodeSize.assumed)."""
+    """inputs: every memory-relevant field of the run. chat_template/system_prompt: the data measured in the runs'
+    prompt format. processes/strategy: memory per device of an N-GPU run (None: auto, as the plan chooses).
+    images_per_example: image rows at the pixel budget (not packed). node: GPUs a node has (default: assumed)."""
     arch = resolve_architecture(model)
     images = None
     if images_per_example:
@@ -120,9 +116,8 @@ def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, pr
 
 def _gpus_needed(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu: GPU, arch: Any, b: int,
                  node: NodeSize, out: dict[str, Any]) -> dict[str, GpusNeeded]:
-    """{"gpus_needed": …}: the fewest GPUs on which micro-batch b's FSDP-sharded peak fits, their nodes, and
-    (with a dataset) the epochs' time on them, the one-GPU FLOPs-model time at the plan's scaling assumption.
-    Empty when no count fits."""
+    """{"gpus_needed": …}: the fewest GPUs on which micro-batch b's FSDP-sharded peak fits, their nodes and (with a
+    dataset) the epochs' time on them; empty when no count fits."""
     search = fewest_gpus(model, inputs, shape, gpu.memory_gib, arch)
     if search is None:
         return {}

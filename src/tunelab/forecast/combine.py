@@ -1,15 +1,9 @@
-"""A time made of parts as one interval — a training job's start-up and the rest, a run's training and its
-evaluation (and the job starts and saves around them) — combined as the records say such parts err together.
+"""A time made of parts (start-up and the rest, training and evaluation) as one interval, combined as the records
+say such parts err together.
 
-- Where the history holds MIN_RECORDS past runs with every one of those parts recorded on this device (`whole_errors`:
-  each run's parts measured, summed, against their predictions corrected as today's plan corrects them), the sum's
-  P10 and P90 are the conformal quantiles of those runs' own errors (forecast/interval.py).
-- Otherwise the parts' errors are taken as independent (`independent`): each side's distance from the centre,
-  P50 − P10 below and P90 − P50 above, added in quadrature over the parts around their summed P50. That is the
-  spread of a sum of independent parts, and never wider than taking every part at its P10 (or P90) together, which
-  assumed that every part errs the same way at once; P10 stays above 0 (the root of a sum of squares is at most
-  the sum).
-"""
+With MIN_RECORDS past runs here that recorded every part (`whole_errors`), P10/P90 are the conformal quantiles of
+those runs' own errors. Otherwise the parts are taken as independent (`independent`): each side's distance from
+the centre added in quadrature — never wider than every part at its P10 (or P90) at once, and P10 stays above 0."""
 
 from __future__ import annotations
 
@@ -34,9 +28,8 @@ def independent(parts: Sequence[TimeRange | None], basis: str = "") -> TimeRange
 
 
 def whole_errors(records: Sequence[PredictionRecord], device: str, parts: frozenset[PredictedPart]) -> list[float]:
-    """log(measured / predicted) of each past run's `parts` together on `device`: their measured seconds summed
-    against their predictions summed, each corrected by its source's recorded median here (as a plan corrects it
-    today). Only runs with every one of `parts` recorded, none measured under contention."""
+    """log(measured / predicted) of each past run's `parts` summed on `device`, each predicted part corrected as a plan
+    corrects it today; only runs with every part recorded and none measured under contention."""
     by_run: dict[str, list[PredictionRecord]] = {}
     for r in records:
         if r.part in parts and same_device(r.device, device) and r.predicted_s > 0 and r.measured_s > 0:

@@ -1,20 +1,10 @@
-"""The deadline verdict: does the whole sweep — training with the chosen levers, evaluation of every target ×
-task, each job's start and model load — fit the wall-clock budget on the devices it may use, and how surely?
+"""The deadline verdict: does the whole sweep (training with its levers, every target × task evaluated, each job's
+start) fit the wall-clock budget on the devices it may use, and how surely?
 
-Each run is one job's worth of time on its devices: training (the plan's estimate, plus its mid-epoch saves),
-then the evaluation job's start and its targets × tasks. The runs are placed longest first by the scheduler
-the local executor and node jobs use (execute/schedule.py `forecast`), which gives the makespan — three times:
-with every run at its P10, its median and its P90 (a run's own P10 and P90 combine its parts as the records say
-they err, forecast/combine.py; the runs' errors are taken as going the same way: one source's bias and one
-machine's load move every run of a sweep alike, and no record of a whole sweep says otherwise). It fits at P90,
-fits at P50 but not at P90, does not fit — then what would have to give for the P90 to fit: the runs to drop, the
-share of epochs or of evaluation samples —, or cannot be told (a figure not predicted). Every figure names its
-source.
-
-With a `tune:` block the learning-rate search comes first, one trial at a time (forecast/searchline.py prices it with
-forecast/tunecost.py's formula): the makespan is the search's time plus the runs' (each at P10, P50 and P90), and what
-would have to give may also be fewer trials or a smaller budget fraction.
-"""
+The runs are placed longest first by the executors' own scheduler (execute/schedule.py `forecast`) three times:
+every run at its P10, P50 and P90. The runs' errors are taken as going the same way, since one source's bias and
+one machine's load move every run of a sweep alike. It fits at P90, at P50 only, or not — then what would have to
+give (runs, epochs, evaluation samples; with `tune:` also trials or budget) — or cannot be told."""
 
 from __future__ import annotations
 
@@ -70,9 +60,8 @@ class RunTimeline(BaseModel):
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
 
     def add_total(self, parts: Sequence[TimeRange | None]) -> None:
-        """The run's total, the one sum of its parts for the plan's timeline and the re-plan alike: its five parts
-        at P50, and its P10 / P90 from `parts` (intervals) combined as independent (forecast/combine.py); left
-        unknown while its training or evaluation time is."""
+        """The run's total, one sum for the plan and the re-plan alike: its parts at P50, P10/P90 combined as
+        independent; unknown while its training or evaluation time is."""
         if self.train_s is None or self.eval_s is None:
             return
         self.total_s = round(self.train_start_s + self.train_s + self.saves_s + self.eval_start_s + self.eval_s, 1)
@@ -205,9 +194,8 @@ def _verdict(span: float | None, high: float | None, deadline_s: float) -> Deadl
 
 def what_gives(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
                ) -> list[GiveOption]:
-    """Three ways to fit (each alone): drop the longest fine-tuned runs, train a share of the epochs, evaluate
-    a share of the samples — each the least change that brings the P90 makespan within the deadline (each run's
-    parts scaled by its P90 ÷ P50)."""
+    """Three ways to fit, each alone and the least change that brings the P90 makespan within the deadline: drop
+    the longest runs, train a share of the epochs, evaluate a share of the samples."""
     lines = [_at_p90(r) for r in lines]
     gives = [g for g in (_drop_runs(lines, devices, per_device, deadline_s),
                          _fewer_epochs(lines, devices, per_device, deadline_s),

@@ -1,15 +1,9 @@
-"""A run's evaluation, predicted: every target (checkpoint) × task priced by forecast/evaltime.py and summed,
-with the evaluation job's start-up (forecast/jobstart.py `eval_start`, the one owner: the plan's makespan adds it
-once per run) — once per target for the limit's worst case (HF: each target alone reloads), once for a vLLM
-server — and a Slurm limit from the worst case (every batch decoding to
-max_tokens) × the margin of its weakest source (forecast/evaltime.py EVAL_TIME_MARGINS). Scaffold writes it into run.yaml's estimate (eval_*), where the Slurm
-evaluation job's limit and the report's predicted-vs-measured check read it.
+"""A run's evaluation, predicted: every target × task priced by forecast/evaltime.py and summed, with the
+evaluation job's start-up (forecast/jobstart.py) and a Slurm limit from the worst case (every batch decoding to
+max_tokens) × its weakest source's margin. Scaffold writes it into run.yaml's estimate.
 
-The samples a built-in task evaluates come from the plan's measured split rows (`split_rows`: plan.planner's
-split_lengths, passed in: estimate sits below plan); a task file's samples are not known before it runs, so a
-run with one is not predicted (said so). Each task's own work per sample is that of the loop it takes, by the
-evaluator's own rule (spec/evalloop.py): a checkpoint evaluated alone takes the loop it would take in a pass.
-"""
+A task file's samples are not known before it runs, so a run with one is not predicted (said so). A checkpoint
+evaluated alone takes the loop it would take in a pass (spec/evalloop.py)."""
 
 from __future__ import annotations
 
@@ -95,9 +89,8 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
                      generation: Sequence[GenerationRow] | None = None, batch_size: int = EVAL_BATCH,
                      errors: Sequence[PredictionRecord] | None = None,
                      estimate: RunEstimate | None = None) -> RunEvalPrediction:
-    """The run's evaluation: each task once per target, corrected by its source's recorded errors on this device
-    (`errors`, the history's prediction records), with its interval; `generation`/`errors` None read the
-    history's rows; `estimate`: a training estimate of the model (its measured start-up is the job's)."""
+    """The run's evaluation: each task once per target, corrected by its source's recorded errors here, with its
+    interval; `generation`/`errors` None read the history."""
     if generation is None:
 
         generation = load()

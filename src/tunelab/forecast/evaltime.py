@@ -1,24 +1,14 @@
-"""Evaluation, predicted: the time one target × task takes, from what decides it — the samples, their prompt
-tokens (left-padded to a batch's longest), the tokens generated (each batch decodes until its longest answer:
-the reference's length + the end of turn, at most the task's `max_tokens`, or the lengths measured on earlier
-evaluations of the same task), the evaluation batch, and a generation speed:
+"""Evaluation, predicted: the time of one target × task from its samples, their left-padded prompt tokens, the
+tokens generated (each batch decodes until its longest answer, at most `max_tokens`), the batch and a generation
+speed, whose source is always said:
 
-- history: finished evaluations of the same model and task (ledger/generation.py, measured rows) calibrate the
-  speed below to what they really took, and give the generated lengths;
-- probed: `tunelab probe` timed batched generations of the model on this device (prefill tokens/s, a decode
-  step's fixed and per-row cost);
-- assumed: a training speed of the model from the history (a forward is a third of a training step), else a
-  FLOPs model (prefill at DEFAULT_MFU, a decode step reading every weight once at the GPU's bandwidth plus the
-  generation loop's own work per layer). On a CPU the FLOPs come from a matmul timed here, but at an assumed
-  efficiency, with an assumed bandwidth and per-layer cost: still assumed (the words say which part was timed),
-  so its interval and its Slurm margin are an assumption's, not a measurement's.
+- history: finished evaluations of the same model and task calibrate the speed and give the generated lengths;
+- probed: `tunelab probe` timed batched generations on this device;
+- assumed: a training speed from the history (a forward is a third of a step), else a FLOPs model (prefill at
+DEFAULT_MFU, a decode step reading every weight at the GPU's bandwidth).
 
-The source is always said. `seconds` is prefill + generation on loaded weights + the evaluator's own work per
-sample (SAMPLE_OVERHEAD_S, assumed until the history measures it); `load_s` (the evaluation job's start-up:
-forecast/jobstart.py's `eval_start`, a vLLM server's start included) is apart, because one load serves every
-task of a target (and a one-pass evaluation every target of a base).
-`upper_s` has every batch decode to max_tokens: what a time limit must allow for (a model that never stops).
-"""
+`load_s` is apart from `seconds` because one load serves every task of a target. `upper_s` has every batch
+decode to max_tokens: what a time limit must allow for a model that never stops."""
 
 from __future__ import annotations
 
@@ -120,9 +110,8 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
                       generation: Sequence[GenerationRow] | None = None,
                       cpu_threads: int | None = None, engine: Engine = Engine.HF,
                       batched: bool = False) -> EvalTimeEstimate:
-    """The predicted time of one target × task (keyword arguments; see EvalWorkload). `history`: training rows
-    (the assumed speed and load); `generation`: the history's generation rows (None: read from the history);
-    `batched`: tunelab's own loop evaluates it (a lighter evaluator's work per sample)."""
+    """The predicted time of one target × task (see EvalWorkload); `generation` None reads the history; `batched`:
+    tunelab's own loop evaluates it (a lighter evaluator's work per sample)."""
     if generation is None:
 
         generation = load()

@@ -1,16 +1,8 @@
-"""A run priced on first contact (nothing measured on this CPU, no probe): what the job adds to its timed bare
-micro-batches (forecast/cpuspeed.py), part by part, each as the run will do it.
-
-- the loop: every optimizer step pays what the job's loop adds (forecast/loopcost.py, measured once per machine);
-- validations: the job validates every `validation_every_steps` and at the last step unless one fell there
-  (train/runner.py), ceil(steps / N) passes over the validation split, each priced by the shape's timed forward
-  per token (without gradients) over the split's padded tokens;
-- saves: one at each epoch's end and each mid-epoch `checkpoint_every` (estimate/storage.py's schedule), each
-  priced by the shape's timed save of its adapter and optimizer state.
-
-A shape too large to time (a matrix product priced it) has no timed forward or save: a validation is then a
-forward at VALIDATION_COST of a training step (assumed) and saves are not priced; the source says which.
-"""
+"""A run priced on first contact (nothing measured on this CPU): what the job adds to its timed bare micro-batches
+(forecast/cpuspeed.py), part by part as the run will do it — the loop's cost per optimizer step
+(forecast/loopcost.py), its validation passes (the timed forward per token over the split's padded tokens) and
+its saves (the timed save of adapter and optimizer state). A shape too large to time gets a validation at
+VALIDATION_COST of a step (assumed) and unpriced saves; the source says which."""
 
 from __future__ import annotations
 
@@ -50,9 +42,8 @@ def validation_count(steps: int, every: int | None) -> int:
 
 def first_contact_overheads(timed: TimedSpeed, loop: LoopOverhead, t: TrainingConfig, steps: int, saves: int,
                             tokens_per_microbatch: int, validation_tokens: int, processes: int = 1) -> RunOverheads:
-    """The parts a run adds to `steps` steps of micro-batches timed at `timed` (its micro-batch:
-    `tokens_per_microbatch` tokens). `validation_tokens`: the validation split's tokens as its batches pad them,
-    shared by the run's processes."""
+    """The parts a run adds to `steps` steps of micro-batches timed at `timed`. `validation_tokens`: the
+    validation split's tokens as its batches pad them, shared by the run's processes."""
     n_val = validation_count(steps, t.validation_every_steps)
     words = [loop.source] if steps else []
     if timed.forward_s:

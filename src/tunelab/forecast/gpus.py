@@ -1,17 +1,9 @@
 """How many GPUs and nodes a run needs when its model does not fit the GPUs it has.
 
-FSDP (FULL_SHARD) divides the frozen weights, the LoRA parameters and their optimizer state over the GPUs; a
-micro-batch's activations stay whole on each. So the sharded peak per GPU falls with every GPU added, towards
-the activations plus the gathered layers, and "how many GPUs does this model need" is answered by simulating:
-the search simulates the step at each count it tries (estimate/peak.py predict_peak, the one `fits` rule),
-starting from the count one GPU's figure predicts and settling the boundary around it. When even the whole
-shardable part removed would leave too much on a GPU (the activations alone nearly fill it), no count fits
-and the search stops at once; a shorter max_seq_len, activation checkpointing or a smaller micro-batch would
-help instead. It also stops at MAX_GPUS.
-
-The nodes follow from the GPUs one node has (`NodeSize`): resources.node_gpus, the user config's node_gpus,
-else catalog.DEFAULT_NODE_GPUS, assumed and said so.
-"""
+FSDP divides the weights and optimizer state over the GPUs while a micro-batch's activations stay whole on each,
+so the peak per GPU falls with every GPU added, towards a floor: the count is found by simulating each count tried
+(estimate/peak.py `fits`), and where even the floor does not fit, no count does and the search stops at once.
+The nodes follow from the GPUs a node has (`NodeSize`: spec, user config, else assumed and said so)."""
 
 from __future__ import annotations
 
@@ -59,9 +51,8 @@ def nodes_for(gpus: int, node_gpus: int) -> int:
 
 
 def even_nodes(gpus: int, node_gpus: int, at_least: int = 1, processes: int | None = None) -> int | None:
-    """The fewest nodes, at least `at_least` and enough at node_gpus a node, over which `gpus` (and the run's
-    `processes`, when set apart from them) split evenly — a job asks each node for the same share. None when
-    no count up to `gpus` does."""
+    """The fewest nodes, at least `at_least`, over which `gpus` (and `processes`) split evenly, since a job asks
+    each node for the same share; None when no count up to `gpus` does."""
     for n in range(max(at_least, nodes_for(gpus, node_gpus)), max(gpus, 1) + 1):
         if gpus % n == 0 and (processes is None or processes % n == 0):
             return n
@@ -83,12 +74,9 @@ class GpuSearch:
 
 def fewest_gpus(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu_memory_gib: float,
                 arch: Architecture | None = None, limit: int = MAX_GPUS) -> GpuSearch | None:
-    """The fewest GPUs on which this step's peak per GPU fits: one GPU whole, more FSDP-sharded. None when
-    sharding cannot bring it under (see _predicted_count) or `limit` GPUs do not fit.
-
-    The peak falls as the count grows, so the boundary is found from a predicted count (one GPU's figure with
-    its shardable part divided) by galloping — steps of 1, 2, 4 … from it — and bisecting: where the
-    prediction is right, two simulations (it and one fewer) settle it."""
+    """The fewest GPUs on which this step's peak per GPU fits: one GPU whole, more FSDP-sharded; None when
+    sharding cannot bring it under or `limit` GPUs do not fit. Gallops from a predicted count and bisects, so a right
+    prediction costs two simulations."""
     arch = arch or resolve_architecture(model)
     seen: dict[int, MemoryFigure] = {}
 
@@ -123,11 +111,9 @@ def fewest_gpus(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu_m
 
 
 def _predicted_count(one: MemoryFigure, gpu_memory_gib: float, layers: int, limit: int) -> int | None:
-    """The GPU count at which one GPU's simulated peak, less (1 - 1/n) of what FSDP shards (frozen weights, LoRA
-    parameters, optimizer state), plus the two decoder layers it gathers whole (about 2/layers of the
-    weights), meets the GPU's memory; the search confirms it. None when even all of it sharded away leaves
-    too much: the rest (activations, buffers, the CUDA context) stays on every GPU, so no count fits and
-    nothing more is simulated. Analytic figures (no simulation) give 2, the search's start."""
+    """The GPU count at which one GPU's peak, less (1 - 1/n) of what FSDP shards plus the two layers it gathers
+    whole, meets the GPU's memory; None when even all of it sharded leaves too much (no count fits, nothing more is
+    simulated). Analytic figures give 2, the search's start."""
     sim = one.simulated
     if sim is None:
         return 2
@@ -194,9 +180,8 @@ def on_gpus(cfg: RunConfig, gpus: int) -> RunConfig:
 
 def sized_estimate(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history: list[HistoryRun], node: NodeSize,
                    cpu_threads: int | None = None) -> RunEstimate:
-    """The run's estimate (estimate_any_run) and, where its peak does not fit the GPUs it has, the fewest GPUs
-    that fit (the worst stage's, for a staged run) with the time on them — the same estimator at that count,
-    so history, when it measured this model, times it, and the scaling efficiency is the plan's assumption."""
+    """The run's estimate and, where its peak does not fit its GPUs, the fewest GPUs that fit (a staged run's
+    worst stage) with the time on them from the same estimator."""
     est = estimate_any_run(cfg, gpu, lengths, history, cpu_threads)
     if gpu is None or est.peak_memory_gib is None or est.peak_memory_gib <= gpu.memory_gib:
         return est

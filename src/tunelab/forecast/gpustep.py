@@ -1,27 +1,14 @@
-"""A GPU training step priced from the team's measured rows of that GPU model (gpu_rows/*.json), not from an assumed
-MFU: the FLOPs model at one assumed utilisation priced every 1B shape on an H100 at 64,750 tokens/s, 1.6–7.3× above
-what ran (docs/benchmarks.md), because most of a small step is a fixed cost, not FLOPs.
+"""A GPU training step priced from measured rows of that GPU model (gpu_rows/*.json), not an assumed MFU: most of
+a small step is a fixed cost, not FLOPs (docs/benchmarks.md).
 
-One micro-batch takes √(F² + G²):
-- F, the fixed cost: the host dispatching the step's operators (autograd, each LoRA adapter's small ops, the
-  optimizer, clipping, bookkeeping), f × the operators a step dispatches (`GpuWork.operators`, counted by
-  benchmarks/step_cost.py): f is the host's seconds per operator;
-- G, the FLOPs (forecast/speed.py, ×RECOMPUTE_FACTOR under checkpointing) at a measured efficiency of the GPU's
-  dense bf16 peak, one efficiency per attention group: per-sequence kernels (causal SDPA, varlen, flash, flex) or a
-  dense mask (packed rows under SDPA or eager attend through a (tokens)² mask: slower, superlinear).
-Why a quadrature sum and not F + G: kernels launch asynchronously, so the host's dispatch runs ahead of the GPU and
-the two overlap; a step takes between max(F, G) and F + G. On the H100 rows a 1 × 1024 step took 108 ms and a
-1 × 4096 one 144 ms while the FLOPs alone, at the efficiency the large rows show, take 24 and 107 ms: F + G cannot
-hold both; √(F² + G²) does (leave-one-out over the rows: benchmarks/gpu_speed_fit.py prints both forms).
-The fit: t² = f²·u² + c²/e² (u: operators, c: the FLOPs' seconds at peak) is linear in f² and 1/e², solved by
-least squares on the relative error (each row's equation divided by its t²).
+One micro-batch takes √(F² + G²): F, the host dispatching the step's operators (f seconds × `GpuWork.operators`),
+and G, the FLOPs at a measured efficiency per attention group (per-sequence kernels, or a dense packed mask).
+Kernels launch asynchronously, so dispatch and GPU work overlap and a step takes between max(F, G) and F + G; the
+quadrature sum fits both ends of the rows where F + G does not (benchmarks/gpu_speed_fit.py). t² = f²·u² + c²/e²
+is linear in f² and 1/e², solved by least squares on the relative error.
 
-The rows are the priors of their own GPU model (kind `carried`: runs of other shapes on this device, carried over
-by FLOPs and layers); the spread is the fit's leave-one-out error, widened by the kind's prior in
-forecast/interval.py. A GPU without rows gets the fit of the measured GPU nearest in peak, its FLOPs carried by the
-ratio of the peaks (kind `model`, its source says so). History or a probe on that GPU replaces both
-(forecast/speedhistory.py tries them first).
-"""
+The rows are their GPU model's priors (kind `carried`), spread by the fit's leave-one-out error; a GPU without
+rows takes the nearest measured GPU's fit scaled by peak (kind `model`). History or a probe replaces both."""
 
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
-"""What successive halving spends: the steps a search's trials are expected to train once the pruner
-(`tunelab tune`: Optuna's SuccessiveHalvingPruner, min_resource = the trials' validation interval, reduction factor
-η) has stopped the ones it stops — so the plan prices the search as the pruner will spend it, not as if every trial
-trained to its budget.
+"""What successive halving spends: the steps a search's trials are expected to train once the pruner has stopped
+the ones it stops, so the plan prices the search as the pruner spends it, not as if every trial trained fully.
 
-The rule is Optuna's own (asynchronous successive halving): rungs at r·η^k steps (k = 0, 1, … while within the
-trial's budget S); a trial reaching rung k is kept when its validation loss is among the best ⌊m/η⌋ of the m trials
-that reached rung k so far, itself included (the best one when ⌊m/η⌋ is 0); else it stops there, having trained
-r·η^k steps. A trial kept at every rung trains all S steps. Trials run one at a time (`tunelab tune`).
-
-Which trials are good is not known before they train, so the spend is an expectation over their order: every order
-of the trials' quality equally likely, and a trial's rank the same at every rung (learning curves that do not
-cross). Exact over every order up to EXACT_UP_TO trials, else the mean of SAMPLED_ORDERS seeded random orders.
-A sampler that improves as it learns (TPE) makes later trials better, so kept more often: the price leans low then.
-"""
+Optuna's asynchronous rule: rungs at r·η^k steps; a trial reaching rung k is kept when among the best ⌊m/η⌋ of
+the m trials that reached it so far (the best one when that is 0). Which trials are good is unknown beforehand, so
+the spend is an expectation over every order of their quality (exact up to EXACT_UP_TO trials, else sampled),
+ranks kept across rungs. A sampler that learns (TPE) keeps later trials more often: the price leans low then."""
 
 from __future__ import annotations
 

@@ -1,21 +1,11 @@
-"""How far a predicted time can be trusted: an interval around it, from the errors its source's earlier predictions
-made on this device — or, until there are enough of them, from the kind of its source and the spread of the
-measurements it came from.
+"""How far a predicted time can be trusted: an interval from the errors (log measured / predicted) its source's
+earlier predictions made on this device, recorded before correction so corrections never compound.
 
-A time's error is measured / predicted; its log is what is recorded and ranked (ledger/predictions.py records each
-prediction before correction, so corrections never compound).
-- The centre: a source's recorded errors of that part on that device correct its prediction by their median, in
-  full (`correction`): four runs 2× slow make the next prediction 2× longer, not a shrunk part of it.
-- The width, once MIN_RECORDS errors are recorded: P10 and P90 are their split-conformal quantiles (the
-  ⌊0.1 (n+1)⌋-th and ⌈0.9 (n+1)⌉-th smallest of n): a new run's error falls outside each one at most one time in
-  ten, however the errors are distributed, as long as the new run is like the recorded ones. The spread of the
-  current measurements is not added: the recorded errors already hold what such spreads did.
-- Before that (fewer records than a finite conformal bound needs): the kind's assumed log-normal width
-  (PRIOR_SIGMA: stated, checked by the benchmarks' coverage and width lines) widened in quadrature by the spread of
-  the measurements the speed came from — P10 and P90 are exp(∓1.28 σ) around the (corrected) prediction.
-Errors of measurements taken under contention are kept apart: they are the load's, not the source's. A time made of
-parts is combined in forecast/combine.py.
-"""
+- The centre: the median recorded error corrects the prediction in full (`correction`).
+- With MIN_RECORDS errors: P10 and P90 are split-conformal quantiles, valid however the errors are distributed
+as long as the new run is like the recorded ones; the measurements' spread is not added (the errors hold it).
+- Before: the kind's assumed log-normal width (PRIOR_SIGMA) widened in quadrature by the measurements' spread.
+Errors measured under contention are kept apart: they are the load's, not the source's."""
 
 from __future__ import annotations
 
@@ -46,9 +36,8 @@ PRIOR_SIGMA = {
 
 
 def conformal_ranks(n: int) -> tuple[int, int] | None:
-    """The 1-based ranks, among n sorted errors, of the split-conformal P10 and P90: ⌊0.1 (n+1)⌋ and ⌈0.9 (n+1)⌉.
-    A new error exchangeable with the n falls below the first with probability k/(n+1) ≤ 0.1 and above the second
-    with 1 − k/(n+1) ≤ 0.1. None while either bound is not finite (n < 9)."""
+    """The 1-based ranks of the split-conformal P10 and P90 among n sorted errors, ⌊0.1 (n+1)⌋ and ⌈0.9 (n+1)⌉;
+    None while either is not finite (n < 9)."""
     low, high = (n + 1) // 10, -(-9 * (n + 1) // 10)  # integer arithmetic: no 0.9 · 10 = 8.999…
     return (low, high) if low >= 1 and high <= n else None
 

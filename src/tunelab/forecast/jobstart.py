@@ -1,17 +1,10 @@
-"""A job's start-up, one owner (issue 54): the process's start, its imports and the model's load — and, for an
-evaluation on vLLM, the server's start after them. The plan's makespan (forecast/sweeptime.py), the evaluation's
-prediction and Slurm limit (forecast/evalrun.py, forecast/evaltime.py) and the re-plan while the sweep runs
-(forecast/remaining.py) all take it from here, so a run's start-up is one figure wherever it is shown.
+"""A job's start-up (process, imports, model load, a vLLM server's start), one owner so that a run's start-up is one
+figure in the makespan, the evaluation's prediction and limit, and the re-plan.
 
-A job's start: the run's measured start-up (its estimate, from the history), else the median of past runs' of
-this model on this kind of device, else of other models' there (a larger model loads longer: as wide as an
-assumption), else ASSUMED_STARTUP_S. An evaluation job starts like a training job but imports the evaluation stack
-instead of the training one: once both kinds of job have recorded their imports here (tunelab/jobimports.py), its
-start is the training job's plus how much longer its import took. A vLLM evaluation's job still starts its own
-process and imports the evaluator before it starts the server (import, engine build, weights: VLLM_SERVER_START_S,
-assumed); the job's start measured in training includes an HF load the vLLM job does not make, so the sum errs
-long, by at most that load.
-"""
+The run's measured start-up, else the median of past runs of this model on this device kind, else of other
+models there, else ASSUMED_STARTUP_S. An evaluation job imports the evaluation stack instead: its start is the
+training job's plus the recorded import difference (tunelab/jobimports.py). A vLLM job adds VLLM_SERVER_START_S
+(assumed) and errs long by the HF load it does not make."""
 
 from __future__ import annotations
 
@@ -75,9 +68,8 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
-    """An evaluation job's start-up: the job's start with the evaluation stack's import for the training one's (as
-    recorded here), then the vLLM server's when `engine` is vLLM (the engine the plan prices:
-    EvalSpec.planned_engine)."""
+    """An evaluation job's start-up: the job's start with the evaluation stack's import, then the vLLM server's
+    when `engine` is vLLM."""
     start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra_s())
     if engine != Engine.VLLM:
         return start

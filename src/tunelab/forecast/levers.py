@@ -1,12 +1,9 @@
 """training.levers: auto — per run, settings that keep the experiment the same and cut its time.
 
-Each lever is one small choice with its value, its predicted effect on time and memory, and its source
-(`LeverChoice`, carried in run.yaml's estimate): the micro-batch × accumulation split holding the effective
-batch and gradient checkpointing (forecast/split.py), the checkpoint frequency from the save cost against what an
-interruption would lose, packing (proposed only: it changes what a micro-batch counts), dataloader workers
-(the job's, as before) and the evaluation batch (shown). A field the spec sets always wins; what a lever
-chooses is written into the run's training, so run.yaml — what the job reads — carries it.
-"""
+Each lever is one choice with its value, predicted effect and source (`LeverChoice`, in run.yaml's estimate): the
+micro-batch × accumulation split and checkpointing (forecast/split.py), the checkpoint frequency, packing
+(proposed only), dataloader workers and the evaluation batch. A field the spec sets always wins; a lever's choice
+is written into the run's training, so run.yaml carries it."""
 
 from __future__ import annotations
 
@@ -125,9 +122,8 @@ def mid_epoch_saves(t: TrainingConfig, train_s: float | None, steps: int) -> int
 
 def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None, steps: int, detached: bool,
                       explicit: frozenset[str], save: SaveCost) -> tuple[RunConfig, LeverChoice]:
-    """Young/Daly: saving every sqrt(2 × save cost × mean time between interruptions) minimizes the time lost
-    to saves plus the work an interruption loses (half an interval on average). A run shorter than that
-    interval saves only at epoch ends (a time limit's warning saves anyway: train/interrupts.py)."""
+    """Young/Daly: saving every sqrt(2 × save cost × mean time between interruptions) minimizes saves plus lost
+    work; a run shorter than that saves only at epoch ends."""
     assert cfg.training is not None and spec_cfg.training is not None
     cost = save.seconds
     mtbi = MTBI_SCHEDULER_S if detached else MTBI_LOCAL_S
@@ -160,9 +156,8 @@ def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None
 
 def packing_choice(cfg: RunConfig, costs: Costs, explicit: frozenset[str], train_s: float | None
                    ) -> LeverChoice | None:
-    """Packing with per-sequence attention, proposed where it raises the non-pad share of tokens: never
-    applied, since a micro-batch would count packed rows of several examples each (the effective batch in
-    examples and the loss's weighting change — a change of the experiment)."""
+    """Packing with per-sequence attention, proposed where it raises the non-pad share: never applied, since it
+    changes what a micro-batch counts (the effective batch and the loss's weighting)."""
     t = cfg.training
     assert t is not None
     if t.packing or "packing" in explicit or t.order != "shuffled" or is_vision_language(cfg.model.path):

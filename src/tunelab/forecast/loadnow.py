@@ -1,10 +1,6 @@
-"""A plan made while others hold cores prices the slowdown its runs will suffer, measured where it can be.
-
-The threads a job will take under the load are already chosen (host/adapt.py, forecast/cpu_sharing.cpu_threads); what
-the load still costs a job at those threads is measured by earlier runs under a like load (ledger/slowdown.py: a
-loaded run's speed against idle runs of its shape) — their median is the factor. With none measured yet, the
-load's share of the cores models it (host/cpuload.py's `slowdown`: a lower bound), and the source says which. A
-speed resting on rows that were themselves timed under load is left as it is: the load is in it already."""
+"""A plan made while others hold cores prices the slowdown its runs will suffer, measured where it can be: the
+median slowdown of earlier runs under a like load (ledger/slowdown.py), else the load's share of the cores (a
+lower bound); the source says which. A speed from rows timed under load already holds it and is left as it is."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Each predicted time of a plan corrected by what its source's earlier predictions measured on this device
-(ledger/predictions.py), with its interval (forecast/interval.py): the training (start-up and the rest apart,
-their sum's interval as forecast/combine.py combines them) and the evaluation. The raw figures stay in run.yaml
-beside the corrected ones, for the next record."""
+"""Each predicted time of a plan corrected by its source's recorded errors here, with its interval; the raw figures
+stay in run.yaml beside the corrected ones, for the next record."""
 
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
-"""The sweep re-planned while it runs (`tunelab status`, `status --watch`, the MCP status tool): what is left of
-every run — nothing once trained and evaluated; a training run's steps left at its live pace (rundir/metrics.py
-`seconds_left`, the status table's own ETA), then its evaluation; a run not started, its run.yaml estimate —
-placed on the sweep's devices by the plan's own forecast (forecast/deadline.py `judge`: one makespan formula),
-against what the deadline leaves since the sweep started (its first job's submission, else its first training
-start, as the report measures the makespan). As soon as the P90 no longer fits, one line says so and what would
-have to give, long before the end.
+"""The sweep re-planned while it runs (`tunelab status`, the MCP status tool): what is left of every run, placed by
+the plan's own forecast (forecast/deadline.py `judge`) against what the deadline leaves since the sweep started,
+so one line says the P90 no longer fits long before the end.
 
-Intervals: a part still to come keeps the one run.yaml gives it (forecast/interval.py), and a run's parts left
-are combined as independent (forecast/combine.py: what is left of a run has no record of its own); a run's
-remaining steps are priced from its own live pace, so their interval is a measured one (SourceKind.MEASURED's
-width, widened by the spread of the pace over its recent rows) — not the plan's width for a time it no longer has
-to guess.
-"""
+A training run's remaining steps are priced from its live pace, so their interval is a measured one, not the
+plan's width for a time it no longer has to guess; parts still to come keep run.yaml's intervals."""
 
 from __future__ import annotations
 
@@ -166,9 +158,8 @@ def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> S
 
 
 def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
-    """The first job's submission (the ledger's jobs), else the first training start (status.json) — a learning-rate
-    search's first trial's included, as the plan's deadline verdict counts the search: when the sweep's makespan
-    began (report/predicted.py measures the runs' from the same)."""
+    """The first job's submission, else the first training start (a search's trial included): when the sweep's
+    makespan began, as the report measures it."""
     rows = store.query(exp, "SELECT MIN(submitted_at) AS first FROM jobs")
     starts = [_when(rows[0]["first"]) if rows else None]
     trials = sorted(tune_dir(exp).glob(f"*/{TRIAL_PREFIX}*"))

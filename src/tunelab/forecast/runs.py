@@ -54,9 +54,8 @@ def _training(cfg: RunConfig) -> TrainingConfig:
 
 def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
                 arch: Architecture | None = None) -> tuple[MemoryFigure, Strategy | None]:
-    """The simulated peak of one device and the strategy the run trains with on `nproc` devices: DDP (the whole
-    model on each), or FSDP when the spec asks for it or only the sharded run fits. Plan and validate share it.
-    A strategy the spec names is simulated alone; auto simulates both and chooses."""
+    """The simulated peak of one device and the strategy on `nproc` devices: DDP, or FSDP when asked or only the
+    sharded run fits (auto simulates both). Plan and validate share it."""
     if nproc <= 1:
         return predict_peak(cfg.model.path, inputs, shape, 1, None, arch), None
     if cfg.resources.distributed != "auto":
@@ -84,9 +83,8 @@ def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInput
 
 def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
                 history: list[HistoryRun]) -> tuple[float, str, Strategy | None]:
-    """(GiB per device that must fit, its source, strategy): simulated (device_peak), or on one process the
-    history's measured peak of exactly this configuration in place of the simulated figure it measured
-    (estimate/measured.py: an allocated peak + the simulated reserved − allocated slack + CUDA context)."""
+    """(GiB per device that must fit, its source, strategy): simulated, or on one process the history's measured
+    peak of exactly this configuration (estimate/measured.py)."""
     t = _training(cfg)
     inputs, shape = run_step(cfg, gpu, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
@@ -143,11 +141,9 @@ def _reference_overheads(refs: list[HistoryRun]) -> list[float]:
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
                first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
-    """(seconds, start-up, source): training at `tps` per device plus validation and checkpoint overhead,
-    start-up and finish, from the reference runs when they measured them; on first contact (`first`) the loop,
-    validations and saves as forecast/firstcontact.py priced them. Where only probed rows (which measure no finish)
-    or none price the run: the step-cost calibration the job takes after training where it takes one
-    (rundir/summary.calibrates_step_cost; `stage`: this is one stage of a staged run), at its own micro-batch's time."""
+    """(seconds, start-up, source): training at `tps` per device plus validation, checkpoint, start-up and finish
+    from the reference runs; on first contact as forecast/firstcontact.py prices them. Where no row measured a finish,
+    the step-cost calibration the job takes after training."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     startup = None
     train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication
@@ -216,9 +212,7 @@ def startup_kind(refs: list[HistoryRun]) -> SourceKind:
 
 def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
              history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunTime:
-    """The training time of one run (no memory): steps from its rows, tokens from packing or the padding of
-    its micro-batch, speed from comparable history (the fixed part per micro-batch) or the FLOPs model.
-    stage: cfg is one stage of a staged run (RunConfig.stage_config), which its job trains as a stage."""
+    """The training time of one run (no memory); `stage`: cfg is one stage of a staged run."""
     t = _training(cfg)
     arch = _architecture(cfg.model.path)
     nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)

@@ -1,6 +1,5 @@
-"""What one trainer checkpoint save costs: measured where the history has runs of this model on this device (each
-job times its saves, the publish included: summary.json `save_s`), else assumed from the bytes it writes. The
-checkpoint lever (forecast/levers.py) and the deadline's saves (forecast/sweeptime.py) price saves with it."""
+"""What one checkpoint save costs: measured where the history has runs of this model on this device
+(summary.json `save_s`), else assumed from the bytes it writes."""
 
 from __future__ import annotations
 

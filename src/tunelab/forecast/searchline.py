@@ -1,7 +1,6 @@
-"""The learning-rate search on the deadline's timeline: the combinations still to search, priced by the search's
-one formula (forecast/tunecost.py `search_cost`: trials × (start-up + the share of the budget successive halving lets a
-trial train)), summed — `tunelab tune` runs them one trial at a time, before the sweep's runs. Where the sweep does
-not fit, the largest trials count and the largest budget fraction whose search fits beside the runs' P90."""
+"""The learning-rate search on the deadline's timeline: the combinations still to search priced by
+forecast/tunecost.py and summed (they run before the sweep's runs); where the sweep does not fit, the largest
+trial count and budget fraction whose search fits beside the runs' P90."""
 
 from __future__ import annotations
 
@@ -44,9 +43,7 @@ class PendingSearch:
 
 def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
                    evaluations: dict[str, RunEvalPrediction] | None = None, lanes: int = 1) -> PendingSearch | None:
-    """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done.
-    `evaluations`: one trial's evaluation by combination (forecast/tunecost.py trial_evaluations); `lanes`: how many
-    combinations the search runs side by side."""
+    """The search still to run (None without `tune:`); a combination whose runs carry a tuned rate is done."""
     tune = spec.tune
     if tune is None:
         return None
@@ -130,9 +127,8 @@ def _budget_edges(pending: PendingSearch) -> list[float]:
 
 
 def largest_budget(pending: PendingSearch, left_s: float) -> float | None:
-    """The largest budget below the asked one (to BUDGET_PLACES decimals, rounded down) whose search's P90 fits in
-    `left_s`: the price is not monotone in the budget (where a trial gains a step its rungs move, and so the share
-    the pruner lets it train), so each stretch of equal steps is tried from the top, bisected within."""
+    """The largest budget below the asked one whose search's P90 fits in `left_s`. The price is not monotone in
+    the budget (a trial's rungs move with its steps), so each stretch of equal steps is tried from the top."""
     def fits(budget: float) -> bool:
         p90 = pending.p90(pending.trials, budget)
         return p90 is not None and p90 <= left_s

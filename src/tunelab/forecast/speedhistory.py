@@ -1,8 +1,6 @@
-"""A run's training speed from the history: the past runs of this device closest in shape (this model's, or
-another's carried over by FLOPs and layers), their fixed + per-token step cost, the kind of source they are and
-the spread of their measurements; rows timed under contention used only when nothing else was, corrected by
-their slowdown and said so (a GPU row never is: ledger/history.py `cpu_contended`). The FLOPs model where the
-history has nothing."""
+"""A run's training speed from the history: the past runs of this device closest in shape, carried over by FLOPs
+and layers, with their kind and spread; rows timed under contention only when nothing else is, corrected and said
+so. The FLOPs model where the history has nothing."""
 
 from __future__ import annotations
 
@@ -56,9 +54,8 @@ def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
 
 
 def timed_micro_batches(row: HistoryRun) -> tuple[int, int] | None:
-    """The smallest and largest micro-batch a row's fixed + per-token split was timed at: a probe's own and twice
-    it (train/probe_steps.py), a run's own and the calibration's half and twice it (rundir/summary.py
-    step_cost_sizes); None where the row did not record its micro-batch."""
+    """The smallest and largest micro-batch a row's fixed + per-token split was timed at; None where the row did
+    not record its micro-batch."""
     b = row.batch_size
     if b is None:
         return None
@@ -67,18 +64,15 @@ def timed_micro_batches(row: HistoryRun) -> tuple[int, int] | None:
 
 
 def covers(row: HistoryRun, micro_batch: int) -> bool:
-    """Whether the row timed this micro-batch's neighbourhood (a row that did not record its own: unknown is not
-    different). A step's cost is linear in tokens only locally: a CPU's or a GPU's efficiency falls at small
-    micro-batches, so a split carried far from where it was timed is priced low (deadline benchmark: a 4 × 4
-    split priced from rows timed at 16–32 came out 25 % under its measured time)."""
+    """Whether the row timed this micro-batch's neighbourhood (unrecorded: unknown is not different). A step's cost
+    is linear in tokens only locally, so a split carried far from where it was timed is priced low."""
     timed = timed_micro_batches(row)
     return timed is None or timed[0] <= micro_batch <= timed[1]
 
 
 def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> tuple[str, bool]:
-    """('', False) where a row timed this micro-batch (or none is asked about); else the words that say it was
-    carried beyond what the rows timed, and whether down: below every micro-batch they timed, where a step's
-    efficiency falls and a linear cost prices it low (optimistic). Carried up, the same cost errs high."""
+    """('', False) where a row timed this micro-batch; else the words saying it was carried beyond the rows, and
+    whether down (where efficiency falls: optimistic)."""
     if micro_batch is None or any(covers(r, micro_batch) for r in rows):
         return "", False
     timed = sorted({t for r in rows if (t := timed_micro_batches(r)) is not None})
@@ -102,10 +96,8 @@ def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
 
 def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
                      micro_batches: int | None = None) -> float:
-    """Step time from a measured run's fixed + per-token split, carried to another model and batch:
-    the per-token part scales with FLOPs per token, the fixed part with the number of layers and, given
-    `micro_batches` (the accumulation), with the micro-batches an optimizer step runs (each a forward and a
-    backward of its own: the row's fixed part was measured over its own accumulation)."""
+    """Step time from a measured fixed + per-token split carried to another model and batch: the per-token part
+    scales with FLOPs per token, the fixed part with the layers and the micro-batches an optimizer step runs."""
     if row.per_token_s is None:
         raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
     row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
@@ -141,11 +133,8 @@ def _spread(rows: list[HistoryRun], values: list[float]) -> float:
 
 
 def uncontended(rows: list[HistoryRun]) -> tuple[list[HistoryRun], str]:
-    """The rows timed without others' load; when there are none, the loaded rows: a contended one corrected by
-    the slowdown it was measured to suffer (ledger/slowdown.py), else the one its load predicts (a lower bound:
-    oversubscribed threads are worse), with one line saying so and by how much; a run that took fewer threads for
-    the load as it ran (its speed at those threads under that load: forecast/loadnow.py prices a plan under load
-    with it as it is)."""
+    """The rows timed without others' load; else the loaded rows corrected by their measured (or predicted, a lower
+    bound) slowdown, said so. A run that took fewer threads for the load is kept as it is."""
     clean = [r for r in rows if not loaded(r)]
     if clean or not rows:
         return clean, ""
@@ -176,13 +165,9 @@ def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
                        history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
                        recompute: bool = False, micro_batch: int | None = None, work: GpuWork | None = None) -> Speed:
-    """Tokens/s per device, its source and the rows it rests on. micro_batches: the accumulation (the fixed
-    part of a split row is paid per micro-batch); micro_batch: its size, priced from the split rows that timed it
-    where any did (`covers`), else from them all, said to be extrapolated (`extrapolation`); recompute: gradient
-    checkpointing, priced by the FLOPs model (history rows are compared like with like, `comparable_rows`). Rows
-    timed under contention are used only where no other row is (`uncontended`). A GPU with none of them: the step
-    model fitted on its measured rows (forecast/gpustep.py; `work`: the run's depth, adapters and attention, else
-    all-linear per-sequence)."""
+    """Tokens/s per device, its source and rows. micro_batches: the accumulation (a split row's fixed part is paid
+    per micro-batch); micro_batch: priced from the rows that timed it where any did, else extrapolated and said so.
+    A GPU with no rows: the step model fitted on its measured rows (forecast/gpustep.py)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if r.of_architecture(arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]

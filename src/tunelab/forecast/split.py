@@ -1,14 +1,9 @@
 """The micro-batch × accumulation split and gradient checkpointing of one run, chosen together (levers: auto).
 
-The effective batch (examples per optimizer step over every process) is the experiment's; only how it is
-split may change: micro × accumulation × processes equals it exactly, or the split is refused. Among the
-splits (every divisor of the per-process batch) and checkpointing off/on, the plan takes the fastest predicted
-one whose simulated peak fits the GPU (estimate/peak.py `fits`, with batch.py's SAFETY_FRACTION); checkpointing
-stays on only where no split fits without it. Time comes from `estimate.runs.run_time`: with a measured fixed +
-per-token step cost (probe / history) a smaller micro-batch pays the fixed part once per micro-batch, so the
-ranking is by predicted time; without that split no measurement tells micro-batches apart, and the largest
-micro-batch that fits wins (what amortizes per-step overhead), the source says so.
-"""
+The effective batch is the experiment's: micro × accumulation × processes equals it exactly, or the split is
+refused. The fastest predicted split whose simulated peak fits wins; checkpointing stays on only where no split
+fits without it. Without a measured fixed + per-token cost nothing tells micro-batches apart, so the largest
+that fits wins (it amortizes per-step overhead), and the source says so."""
 
 from __future__ import annotations
 
@@ -71,9 +66,8 @@ def processes_of(cfg: RunConfig, gpu: GPU | None) -> int:
 
 def target_effective_batch(t: TrainingConfig, processes: int, explicit: frozenset[str], where: Path,
                            run: str) -> int:
-    """The run's effective batch: training.effective_batch, else the spec's micro-batch × accumulation ×
-    processes. Errors name the file and the field: a batch that does not split over the processes, or one
-    that contradicts both split fields given."""
+    """The run's effective batch: training.effective_batch, else micro-batch × accumulation × processes; errors
+    name the file and field."""
     if t.effective_batch is None:
         return t.effective_batch_size(processes)
     e = t.effective_batch
@@ -138,9 +132,8 @@ def with_training(cfg: RunConfig, **update: object) -> RunConfig:
 
 
 def _priced_across_checkpointing(cands: list[Candidate]) -> list[Candidate]:
-    """A candidate no comparable row times (history compares checkpointing like with like) priced from the same
-    split with checkpointing the other way: its training part × or ÷ RECOMPUTE_FACTOR (assumed), its start-up
-    as measured."""
+    """A candidate no comparable row times, priced from the same split with checkpointing the other way (× or ÷
+    RECOMPUTE_FACTOR, assumed)."""
     timed = {(c.micro, c.checkpointing): c.time for c in cands if c.time.seconds is not None}
     out = []
     for c in cands:
@@ -171,12 +164,9 @@ def _by_time(cands: list[Candidate]) -> list[Candidate]:
 
 
 def _ranked(cands: list[Candidate]) -> tuple[list[Candidate], bool]:
-    """No checkpointing before checkpointing (it only recomputes the forward: never faster, so it is on only
-    where no split fits without it — a time priced from rows of either setting must not rank it first, and a
-    probe's two points on a loaded CPU can); then, where every time rests on a measured per-step split, the
-    splits priced from what the rows timed (or carried up from it) before those carried down below it
-    (`RunTime.below_timed`: priced low), each group by predicted time (`_by_time`); else the largest micro-batch
-    first. Returns (order, ranked by measured time)."""
+    """No checkpointing first (never faster: a time from either setting's rows must not rank it first); then, where
+    every time rests on a measured split, those priced from timed sizes before those carried down below them (priced
+    low), each by time; else the largest micro-batch first. Returns (order, ranked by measured time)."""
     timed = all(c.time.seconds is not None and MEASURED_SPLIT in c.time.source for c in cands)
     if timed:
         groups = [[c for c in cands if (c.checkpointing, c.time.below_timed) == key]

@@ -1,9 +1,6 @@
-"""Estimates of a staged run (run.yaml `stages:`): every stage is estimated as the run it trains
-(`RunConfig.stage_config(i)`: its own dataset, epochs, batch, max_seq_len, packing) by the one per-run
-estimator, then combined. The stages run one after another in one job, so steps, tokens and time add up
-(each stage loads the model again: its start-up counts too); memory is the worst stage's, since the job
-must fit every stage; the SLURM time limit is derived from the total.
-"""
+"""Estimates of a staged run: every stage estimated as the run it trains by the one per-run estimator, then
+combined. Stages run one after another in one job (each reloads the model), so times add up; memory is the worst
+stage's, since the job must fit every stage."""
 
 from __future__ import annotations
 

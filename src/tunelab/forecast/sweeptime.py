@@ -1,9 +1,5 @@
-"""A plan's time, predicted in one pass (`predict_sweep`, the one call plan makes): the levers, the runs'
-estimates as they will train, each run's evaluation (forecast/evalrun.py, once per run), the deadline verdict,
-the search's price and the sweep's makespan. Each run is seen as the verdict sees it: its training (its estimate,
-the chosen levers), its saves, its evaluation, on the devices the sweep may use — local: the GPUs visible here
-(or this machine's CPU, one run at a time); a scheduler: a node job's GPUs (slurm.pack_gpus) or the concurrent
-jobs it allows."""
+"""A plan's time, predicted in one pass (`predict_sweep`, the one call plan makes): the levers, the runs' estimates,
+each run's evaluation, the deadline verdict, the search's price and the makespan, on the devices the sweep may use."""
 
 from __future__ import annotations
 
@@ -62,10 +58,8 @@ class Sweep:
 
 
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
-    """One run's parts: training and saves (fine-tuned runs), evaluation start and evaluation (every run); a
-    control or eval-only model generates at the speed a fine-tuned run of the same model trains at. Each part
-    has its interval; the run's P10 and P90 combine them as the records say they err (forecast/combine.py: the
-    recorded errors of whole runs here, else the parts as independent)."""
+    """One run's parts, each with its interval: training and saves (fine-tuned runs), evaluation start and
+    evaluation; a control generates at the speed its model trains at. P10/P90 as forecast/combine.py combines them."""
     history = plan.history or []
     ev = (plan.evaluations or {}).get(cfg.name) or predict_run_eval(
         cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,
@@ -208,18 +202,13 @@ def search_evaluations(plan: Sweep, split_rows: SplitRows) -> dict[str, RunEvalP
 
 
 def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
-    """The runs' makespan and its interval without a deadline: the verdict's own forecast (one formula), judged
-    against none — the runs alone, as the report measures the sweep from its first job (the search's trials are
-    not the sweep's jobs)."""
+    """The runs' makespan and interval judged against no deadline: the runs alone, as the report measures the sweep."""
     return deadline_plan(plan, "none", math.inf, split_rows, with_search=False)
 
 
 def plan_forecast(plan: Sweep, verdict: DeadlinePlan | None, split_rows: SplitRows) -> DeadlinePlan:
-    """The sweep's predicted makespan, the one every place shows and records (plan.md's schedule, the terminal,
-    run.yaml's estimate.makespan_*): the deadline verdict's own forecast where it judged the runs alone, else
-    `sweep_forecast` — one computation. Each run is its training job's start, training, saves, evaluation job's
-    start (forecast/jobstart.py, a vLLM server's included) and evaluation, placed on the sweep's devices (CPU
-    shares per resources.cpu_runs_at_once, GPUs, a scheduler's slots) by the executor's policy."""
+    """The sweep's predicted makespan, the one every place shows and records: the verdict's own forecast where it
+    judged the runs alone, else `sweep_forecast`."""
     if verdict is not None and verdict.search is None:
         return verdict
     return sweep_forecast(plan, split_rows)
@@ -227,9 +216,7 @@ def plan_forecast(plan: Sweep, verdict: DeadlinePlan | None, split_rows: SplitRo
 
 @dataclass(frozen=True)
 class SweepPrediction:
-    """What a plan predicts of time, each computed once: the levers (written into the runs), the runs' estimates
-    as they will train, each run's evaluation, the verdict against the deadline (None without one), the search's
-    price and the sweep's makespan (the verdict's own forecast where it judged the runs alone)."""
+    """What a plan predicts of time, each computed once (verdict None without a deadline)."""
 
     levers: dict[str, list[LeverChoice]]
     estimates: dict[str, RunEstimate]

@@ -1,16 +1,9 @@
-"""The price of the learning-rate search (`tune:`) beside the sweep: per combination, as the pruner will spend it —
+"""The price of the learning-rate search (`tune:`) beside the sweep, per combination, as the pruner will spend it:
 
-    trials × (start-up + share × budget × the rest of the run's predicted training time)
+trials × (start-up + share × budget × the rest of the run's training) + finished × one trial's evaluation
 
-    + finished × one trial's evaluation job            (an eval task's metric as objective)
-
-where every trial is a job of its own and pays its start-up in full, and `share` is the part of its budget a trial
-is expected to train once successive halving has stopped the ones it stops (forecast/halving.py: Optuna's rule over
-rungs r, r·η, r·η², … with r the trials' validation interval, averaged over the orders the trials' quality may
-come in); `finished` the trials expected to train their whole budget, each then evaluated on the objective's task
-(its last checkpoint: the job's start and the task, forecast/evalrun.py). The interval is the run's, scaled by the
-same factor, plus the evaluations' own.
-"""
+Every trial is a job that pays its start-up in full; `share` is what successive halving lets a trial train
+(forecast/halving.py); `finished` trials are evaluated on the objective's task. The interval is the run's, scaled."""
 
 from __future__ import annotations
 
@@ -89,9 +82,8 @@ def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[st
 
 def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float,
                 evaluation: RunEvalPrediction | None = None) -> SearchCost:
-    """One combination's search of `trials` trials at `budget` (`evaluation`: one trial's evaluation job, for an
-    eval-metric objective): the one formula the plan, the deadline verdict and its fewer-trials or smaller-budget
-    options all price with."""
+    """One combination's search of `trials` at `budget`: the one formula the plan, the verdict and its options
+    price with."""
     every = run.training.validation_every_steps if run.training is not None else None
     steps = trial_steps(est, budget)
     interval = validation_interval(every, steps)
