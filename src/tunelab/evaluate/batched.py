@@ -1,19 +1,12 @@
 """A wave's built-in generate-and-score tasks, evaluated without inspect-ai's per-sample loop (waves.py).
 
-Why: on a CPU the demo's evaluation took 2.7–3.1× the time of generating its tokens, and what was not generation
-was inspect's machinery around each sample (per 1,200 samples: condensing 2.2 s, deep copies 1.5 s, pydantic
-1.6 s, ids 0.7 s, the event transcript and its log writing), behind no option of inspect's (docs/evaluation.md).
-For a built-in whose plan is one greedy generate() and a scorer of tasks.py (exact_match, includes, numeric)
-every prompt is known before the first batch, so tunelab does the loop itself: each prompt formatted by the
-provider (`prompt_ids`, training's encoder), every row of the wave answered in the batches the pass's queue would
-cut with all of them waiting (mixbatch.MixedBatcher.generate_now), each answer made the ModelOutput the provider
-returns, scored by the task's own inspect scorers, and the task's .eval log written with inspect's records,
-metrics and writer into the log inspect's own eval started for it, header and plan (evallog.py). choice too: its
-solver's work (each option's continuation scored on the target's adapter) done sample by sample as the solver
-does it. A sample answers as it does through inspect's
-loop (tests/e2e/test_eval_batched.py and test_eval_one_pass.py compare every sample); task files, sampling,
-graders and images keep inspect's loop.
-"""
+Why: on a CPU most of an evaluation that was not generation was inspect's machinery around each sample, behind no
+option of inspect's (docs/evaluation.md). For a built-in whose plan is one greedy generate() and a scorer of
+tasks.py (or choice's option scoring), every prompt is known before the first batch, so tunelab runs the loop:
+the wave's rows answered in the batches the pass's queue would cut (mixbatch.MixedBatcher.generate_now), scored
+by the task's own inspect scorers, the .eval log written with inspect's records and writer (evallog.py). A sample
+answers as it does through inspect's loop (the e2e tests compare every sample); task files, sampling, graders and
+images keep inspect's loop."""
 
 from __future__ import annotations
 

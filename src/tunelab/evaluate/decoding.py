@@ -1,21 +1,13 @@
 """inspect-ai's GenerateConfig as the tunelab provider honours it: greedy or seeded sampling.
 
-Every GenerateConfig field is one of three kinds:
-- honoured by the provider: max_tokens, temperature, top_p, top_k, seed, stop_seqs, num_choices,
-  logprobs, top_logprobs;
-- handled by inspect-ai itself before the provider is called, or with no effect on the answers:
-  max_retries, timeout, attempt_timeout, stream_idle_timeout, max_connections, adaptive_connections,
-  system_message, cache, max_tool_output, fail_on_refusal, batch, cache_prompt, reasoning_history;
-- anything else (best_of, frequency/presence_penalty, logit_bias, prompt_logprobs, tool and reasoning
-  settings, response_schema, extra_headers/body, modalities, and any field a later inspect-ai adds)
-  is refused when set, with an error naming it: a setting silently dropped would make a score mean
-  something other than what the task file says.
+Every field is honoured by the provider (HONOURED), handled by inspect-ai itself or without effect on the
+answers (INSPECT_HANDLES), or refused when set, naming it — any field a later inspect-ai adds included: a setting
+silently dropped would make a
+score mean something other than what the task file says.
 
-Sampling happens when temperature > 0 (or when only top_p/top_k are set: temperature 1). Each answer
-draws from its own torch.Generator, seeded from the config's seed (default 0), the sample and epoch,
-the prompt tokens and the choice index, so an answer does not depend on its batch-mates or on the
-order in which inspect delivers samples, and a rerun gives the same answers.
-"""
+Sampling happens when temperature > 0 (or top_p/top_k alone: temperature 1). Each answer draws from its own
+generator seeded from the config's seed, the sample and epoch, the prompt and the choice index, so an answer does
+not depend on its batch-mates or the order inspect delivers samples, and a rerun gives the same answers."""
 
 from __future__ import annotations
 
@@ -137,9 +129,8 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
 
 
 def row_sampler(samplings: list[Sampling | None], seeds: list[int | None], device: str) -> Any:
-    """seeded_sampler for a batch whose rows decode differently (a sweep evaluated in one pass): a sampled
-    row draws exactly as seeded_sampler draws it (its own warpers on its own logits, its own generator), a
-    greedy row (None) keeps its logits for HF's greedy step."""
+    """seeded_sampler for a batch whose rows decode differently (one pass): a sampled row draws exactly as
+    seeded_sampler draws it, a greedy row (None) keeps its logits for HF's greedy step."""
     import torch
     from transformers.generation import LogitsProcessor
 
@@ -173,9 +164,8 @@ def _warpers(sampling: Sampling) -> list[Any]:
 
 
 def cut_at_stop(tokens: list[int], decode: Any, stop_seqs: tuple[str, ...]) -> tuple[list[int], str, bool]:
-    """(the tokens up to the one that completes the first stop sequence, the text before it, whether one
-    was found); unchanged when none occurs. The text is cut from the whole decoded answer: a prefix of the
-    tokens may end inside a multi-byte character and decode to a stray replacement character."""
+    """(tokens up to the one completing the first stop sequence, the text before it, whether found). The text is
+    cut from the whole decoded answer: a token prefix may end inside a multi-byte character."""
     text = decode(tokens)
     found = [(text.index(s), s) for s in stop_seqs if s in text]
     if not found:

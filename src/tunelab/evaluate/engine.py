@@ -1,10 +1,6 @@
 """Which engine generates an evaluation's answers (eval.engine, `tunelab eval --engine`), and where vLLM lives.
-
-hf: transformers + PEFT through the tunelab provider (one pass per base model, passes.py). vllm: one vLLM server per
-base model, every checkpoint a LoRA adapter on it (vllm_eval.py). auto: vllm where a vLLM is at hand (importable
-here, or named by eval.vllm / $TUNELAB_VLLM_PYTHON) and a GPU is visible, else hf: on a CPU, HF is the faster
-engine (vLLM's stock CPU LoRA kernels are no faster; docs/evaluation.md).
-"""
+auto: vllm where a vLLM is at hand and a GPU is visible, else hf: on a CPU, HF is the faster engine
+(docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
-"""The .eval log of a task that tunelab ran itself (batched.py): inspect-ai's own records (EvalSample, EvalResults),
-its metrics computed by inspect's own results code, written by inspect's own writer, so that scores.json, the
-ledger, the report and `inspect view` read it as they read a log of inspect's loop. The header and the plan are
-inspect's own loop's: its eval starts each task's log without running a sample (`run_samples=False`, with the
-options inspect's loop would be given), so the eval config, the solver steps with their parameters (choice's
-option scorer, not a generate()), the generate config, the scorers, revision and packages are what it writes,
-by construction.
+"""The .eval log of a task tunelab ran itself (batched.py), made of inspect-ai's own records, results code and
+writer, so scores.json, the ledger, the report and `inspect view` read it as a log of inspect's loop. The header
+and plan are inspect's own: its eval starts each task's log without running a sample (`run_samples=False`).
 
-What differs from a log of inspect's loop is said here once: no per-sample event transcript (spans, the model
-event, state changes; the sample's messages, its output with the exact prompt and the scores are all kept), and
-each sample's times are its batch's share.
-
-Three names come from inspect-ai's internals (`eval_results`, `unique_scorer_name`, `registry_unqualified_name`,
-through inspect_internals.py): the very functions its loop calls, so the metrics and score names cannot drift from
-it; tests/e2e/test_eval_batched.py compares every sample, metric, reduction and header field with inspect's loop.
-"""
+What differs from inspect's loop: no per-sample event transcript (messages, output and scores kept), and each
+sample's times are its batch's share. The names from inspect's internals are the very functions its loop calls,
+so metrics and score names cannot drift (the e2e tests compare every field)."""
 
 from __future__ import annotations
 
@@ -73,9 +64,8 @@ def started_logs(tasks: list[Any], log_dir: Path, options: dict[str, Any]) -> li
 
 
 def write_task_log(header: Any, task: Any, model: Any, results: list[SampleResult], started: str) -> Any:
-    """The task's EvalLog: its samples and results in the log inspect started (started_logs), written where inspect
-    put that; returned. `started`: when tunelab's loop started (to the microsecond, as runner.inspect_seconds
-    reads the task's duration)."""
+    """The task's EvalLog, written where inspect started it; returned. `started`: when tunelab's loop started (the
+    task's duration is read from it)."""
     from inspect_ai.log import EvalStats, write_eval_log
 
 

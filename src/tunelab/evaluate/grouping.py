@@ -1,16 +1,10 @@
-"""Which targets can share one pass (the same base weights, one tokenizer, adapters PEFT can mix in a batch),
-which must go one at a time and why, and how many adapters fit beside the base at once.
+"""Which targets can share one pass (the same base weights and tokenizer, adapters PEFT can mix in a batch), which
+must go one at a time and why, and how many adapters fit beside the base at once.
 
-A group is every pending target with the same base model directory, dtype and device and the same tokenizer
-(the one a target's evaluation would load: its adapter dir's when training saved one there, else the base's;
-compared by what it is — vocabulary, normalisation, special tokens, chat template — not by file bytes).
-Adapters whose `modules_to_save` differ do not share a group: PEFT routes a batch's wrapped modules through
-the active adapter's set. Controls (the base alone) join the largest group of their base and tokenizer.
-What goes alone, with its reason: a vision-language model, an adapter kind PEFT cannot mix per row (not
-LoRA, DoRA and the other LoRA variants, LoRA on parameters, trainable tokens, replicated layers), and a
-target with nothing to share (the only one of its base, dtype and tokenizer). A target alone is still evaluated
-as a pass of one (`pass_of_one`) where its loop is tunelab's (spec/evalloop.py); else by evaluate/runner.py.
-"""
+A group is every pending target with the same base directory, dtype, device and tokenizer (compared by what it
+is, not by file bytes) and the same `modules_to_save` (PEFT routes a batch's wrapped modules through the active
+adapter's set). What goes alone, with its reason: a vision-language model, an adapter kind PEFT cannot mix per
+row, and a target with nothing to share."""
 
 from __future__ import annotations
 
@@ -92,9 +86,8 @@ def group_targets(pending: list[TargetWork], device: str) -> tuple[list[Group], 
 
 
 def pass_of_one(work: TargetWork, device: str) -> Group:
-    """A target alone as a pass of its own (onepass.py): its weights loaded for it alone as one at a time loads
-    them (its tokenizer, dtype, embeddings grown only under an adapter), its built-ins in tunelab's loop. A pass of
-    one never mixes adapters in a batch (shared.SharedWeights.mixing_refused), so any adapter kind PEFT loads goes."""
+    """A target alone as a pass of its own (onepass.py): loaded as one at a time loads it, its built-ins in
+    tunelab's loop; it never mixes adapters in a batch, so any adapter kind PEFT loads goes."""
     target = work.target
     return Group(target.base_path.resolve(), _dtype(work, device), device,
                  tokenizer_dir(target.base_path, target.adapter_path), target.adapter_path is not None, (work,))

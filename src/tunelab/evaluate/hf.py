@@ -1,13 +1,9 @@
-"""A local HF causal LM (+ optional LoRA adapter) for evaluation: batched generation (greedy, or sampling
-seeded per row, see decoding.py) with optional per-token log-probabilities, and log-probabilities of
-given continuations.
+"""A local HF causal LM (+ optional LoRA adapter) for evaluation: batched generation (greedy, or seeded sampling,
+see decoding.py) with optional log-probabilities, and log-probabilities of given continuations.
 
-Greedy unless a task asks for sampling; either way an evaluation of a checkpoint gives the same answer
-every time (the model's own generation_config never turns sampling on). Rows are left-padded and the
-padding masked, so on fp32 an answer does not depend on its batch-mates. Weights are cached per (base,
-adapter, dtype, device) so that several tasks on one checkpoint load it once; `release_weights()` frees
-them.
-"""
+An evaluation of a checkpoint gives the same answer every time (the model's generation_config never turns
+sampling on); rows are left-padded and masked, so on fp32 an answer does not depend on its batch-mates. Weights
+are cached per (base, adapter, dtype, device) so several tasks on one checkpoint load it once."""
 
 from __future__ import annotations
 
@@ -138,9 +134,8 @@ class LocalLM:
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
                        top_logprobs: int | None = None, *, sampling: Sampling | None = None,
                        seeds: list[int] | None = None, stop_seqs: tuple[str, ...] = ()) -> list[Generation]:
-        """Decode a batch, each row cut at its first stop token or stop sequence. Greedy unless `sampling`
-        (then row i draws from its own generator seeded with seeds[i]). top_logprobs: None = no
-        log-probabilities; 0 = the chosen token's only; k = also the k most likely tokens."""
+        """Decode a batch, each row cut at its first stop token or sequence; greedy unless `sampling` (row i seeded
+        with seeds[i]). top_logprobs: None none; 0 the chosen token's; k also the k most likely."""
         import torch
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
@@ -255,9 +250,8 @@ def local_lm(base_path: str | Path, adapter_path: str | Path | None, dtype: Any,
 
 
 def release_weights() -> None:
-    """Drop the cached weights (an evaluation of several checkpoints loads them one after another). A full
-    garbage collection runs only when a dropped model outlives its last reference (held in a reference cycle):
-    in a long-lived process (a notebook, the MCP server, a test session) one costs ~0.5 s, three per checkpoint."""
+    """Drop the cached weights. A full garbage collection runs only when a dropped model outlives its last
+    reference (a cycle): in a long-lived process each costs noticeable time."""
     if not _CACHE:
         return
 
@@ -295,11 +289,8 @@ class _Request:
 class Batcher:
     """Groups concurrent generate() calls into one batched forward pass.
 
-    No background task: whichever waiting caller holds the lock lets concurrent samples queue up
-    for a moment, cuts the next batch (same BatchSettings) from the front of the queue and runs it.
-    Within a batch, rows are sorted by their tokens (and seeds), so the batch tensor does not depend
-    on the order in which inspect happened to deliver the samples.
-    """
+    No background task: whichever waiting caller holds the lock lets samples queue for a moment and runs the next
+    batch; rows are sorted by tokens (and seeds), so the batch does not depend on the order inspect delivers them."""
 
     def __init__(self, run_batch: Any, batch_size: int):
         self._run_batch = run_batch  # (prompts, seeds, BatchSettings) -> list[Generation]

@@ -1,15 +1,8 @@
-"""Every private name of inspect-ai that tunelab uses, behind this one door.
+"""Every private name of inspect-ai that tunelab uses, behind this one door: code inspect's own loop runs (so
+tunelab's .eval logs cannot drift from it), a setting it offers no option for, or its vLLM provider.
 
-inspect-ai's public API has no equivalent of these: each is the very code inspect's own loop runs (so that the
-.eval logs tunelab writes itself, evallog.py, cannot drift from inspect's), a setting it offers no option for, or
-its vLLM provider, which tunelab extends. A private name can move or change in any inspect-ai release, so no other
-module of tunelab imports one: tests/unit/test_inspect_internals.py checks each (where it lives, its signature,
-what it does) and names the installed version when one moved, and pyproject.toml allows only the inspect-ai
-versions that test has passed on (INSPECT_AI_TESTED).
-
-Every import is lazy: importing this module imports no inspect-ai (its vLLM provider needs openai, installed
-where vLLM evaluates).
-"""
+A private name can move in any release, so no other module imports one: tests/unit/test_inspect_internals.py
+checks each and pyproject.toml allows only the versions it passed on. Every import is lazy."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """inspect-ai's `.eval` log compression, sized for what tunelab writes: one small member per sample.
 
-inspect-ai (0.3.285) compresses each member of a `.eval` zip with zstd on 12 threads (a private setting, read at
-each member's write: inspect_internals.set_zstd_threads). A sample's member is a few kilobytes, so every write
-starts and stops a 12-thread pool for nothing, and that pool was most of the demo evaluation's "log writing"
-phase (the figures: docs/evaluation.md). One
-thread writes the same zstd format: inspect, `inspect view` and tunelab read the logs as before.
-"""
+inspect-ai compresses each member with zstd on a pool of threads (a private setting), started and stopped for
+every few-kilobyte sample: most of the log writing (docs/evaluation.md). One thread writes the same format."""
 
 from __future__ import annotations
 

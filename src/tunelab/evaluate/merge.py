@@ -1,12 +1,6 @@
-"""Adapters vLLM cannot serve as adapters, and their merge into a model directory of their own.
-
-vLLM refuses an adapter with `modules_to_save` other than a classifier/score head (embed_tokens and lm_head saved
-in full, as random-init models train) and DoRA (vllm/lora/peft_helper.py); an adapter whose tokenizer grows the
-base's vocabulary needs the base resized, which vLLM's adapters cannot do. Such a checkpoint is merged (PEFT's
-merge_and_unload, in the dtype the HF path evaluates in) into `<experiment>/eval/vllm-merged/<run>-<label>/` with
-its tokenizer, and served as a base of its own; one vLLM cannot serve at all (a VLM, LoRA on parameters) goes to
-the HF path. Each with its reason, said by vllm_eval.py.
-"""
+"""Adapters vLLM cannot serve as adapters (full `modules_to_save`, DoRA, a grown vocabulary), merged into a model
+directory of their own (`<experiment>/eval/vllm-merged/`) and served as a base; what vLLM cannot serve at all (a
+VLM, LoRA on parameters) goes to the HF path, each with its reason (vllm_eval.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Metrics of the `choice` and `numeric` built-ins as inspect-ai metrics.
-
-The @metric wrappers read what the scorers put in each Score's metadata and call the pure functions of
-tunelab.stats.metrics (plain arrays; tests check them against hand computations). A metric that is
-undefined on the data is NaN, which scores.json stores as null.
-"""
+"""Metrics of the `choice` and `numeric` built-ins as inspect-ai metrics: the wrappers read the scorers' metadata
+and call tunelab.stats.metrics. A metric undefined on the data is NaN (null in scores.json)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
-"""The queue of a one-pass evaluation: every target's pending generate() calls, cut into batches that mix
-adapters (shared.py owns the weights, mixgen.py generates a batch).
+"""The queue of a one-pass evaluation: every target's pending generate() calls, cut into batches that mix adapters
+(shared.py owns the weights, mixgen.py generates a batch).
 
-The batch leader works as hf.Batcher's does (no background task: a waiting caller gathers for a moment, then
-runs the next batch inline), except that it gathers until the queue is quiet rather than until a batch is
-full. What differs most is how a batch is cut from the queue: the longest prompt waiting
-goes first (rows of similar length waste little padding), its own adapter's waiting rows fill the batch
-first (a batch of one adapter runs PEFT's plain path), then — when they are fewer than `fill_below` — the
-other adapters' rows, longest first, fill its tail, so that no target leaves a small batch behind. How far
-mixing pays is the device's: on a GPU a decode step costs about the same for 1 or 16 rows and PEFT's
-mixed-adapter path little more, so a short batch is always filled; on a CPU a batch's cost grows with its
-rows (SmolLM2, 1 thread: 16 rows 3.9× one row's time, 8 rows 2.5×) and PEFT's mixed path copies each
-adapter's rows in and out of every adapted layer (+60–90 % a 16-row batch), so only tails under half a batch
-are filled there. A failed batch of several adapters is run again adapter by adapter, so that an error
-reaches only the rows (the target) that cause it.
-"""
+The leader works as hf.Batcher's, but gathers until the queue is quiet. A batch starts with the longest prompt
+waiting (little padding), its own adapter's rows fill it first (PEFT's plain path), then, below `fill_below`,
+other adapters' rows fill its tail. How far mixing pays is the device's: on a GPU a decode step costs about the
+same for any rows, so a short batch is always filled; on a CPU rows cost and PEFT's mixed path copies each
+adapter's rows, so only tails under half a batch are filled (docs/evaluation.md). A failed mixed batch is run
+again adapter by adapter, so an error reaches only the target that causes it."""
 
 from __future__ import annotations
 
@@ -75,9 +68,8 @@ class MixedBatcher(Batcher):
                 deliver([request], [result])
 
     def generate_now(self, rows: list[Row]) -> list[Generation | BaseException]:
-        """Every row answered now, in the batches the queue would cut from them all waiting at once, with no event
-        loop (batched.py: a wave's rows are all known before the first batch); each row's answer, or the error of
-        the batch (its adapter's) it was in."""
+        """Every row answered now, in the batches the queue would cut from them all waiting, with no event loop;
+        each row's answer, or the error of its batch."""
         pending = list(range(len(rows)))
         out: list[Generation | BaseException | None] = [None] * len(rows)
         while pending:

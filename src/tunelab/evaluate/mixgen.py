@@ -1,14 +1,10 @@
-"""One generate() call for rows that are different evaluations: each row with its own adapter, max_tokens,
-stop sequences, sampling and log-probabilities (a sweep's targets evaluated in one pass, see shared.py).
+"""One generate() call for rows that are different evaluations: each row with its own adapter, max_tokens, stop
+sequences, sampling and log-probabilities (one pass, see shared.py).
 
-Why per row: the samples of every target and task go through one loop, so a batch holds rows of several
-tasks and checkpoints; each row must get exactly the answer the one-at-a-time path
-(`hf.LocalLM.generate_batch`) gives it. So the batch decodes to the longest row's max_tokens and each row
-stops at its own (a row's first N tokens do not depend on how long its batch-mates run); its stop sequences
-are checked on its own tokens; a sampled row draws from its own seeded generator (`decoding.row_sampler`,
-the draws of `decoding.seeded_sampler`) and a greedy row keeps its logits. What a batch must share is the
-set of stop tokens: HF pads a row after any of the batch's end tokens, so rows are batched by it.
-"""
+Each row must get exactly the answer the one-at-a-time path (`hf.LocalLM.generate_batch`) gives it: the batch
+decodes to the longest row's max_tokens and each row stops at its own, its stops checked on its own tokens, a
+sampled row drawing from its own generator. What a batch must share is the set of stop tokens (HF pads a row
+after any of them), so rows are batched by it."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""What a learning-rate search judges a trial by (`tune.objective`): its last validation loss, or one metric of one
-eval task on its last checkpoint — resolved once, so the search (tune/), the trials' evaluation jobs, tune/best.json
-and the report all name the same task and metric. Here, beside the metrics' kinds, so the search and the report
-(one layer) both read it.
-
-Optuna's studies minimise: a metric where higher is better is told negated (`told`), and read back as itself
-(`value_of`). The pruner judges trials by validation loss whatever the objective (it is reported during training;
-an eval metric exists only once a trial has trained its budget)."""
+"""What a learning-rate search judges a trial by (`tune.objective`): its last validation loss, or one eval task's
+metric on its last checkpoint — resolved once, so the search, the trials' jobs and the report name the same.
+Optuna minimises: a higher-is-better metric is told negated (`told`) and read back as itself (`value_of`)."""
 
 from __future__ import annotations
 

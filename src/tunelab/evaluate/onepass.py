@@ -1,19 +1,10 @@
-"""Evaluate a group of targets (grouping.py) in one pass: the base model loaded once, every checkpoint's
-adapter beside it (shared.py), every target × task run by inspect-ai concurrently, and their samples
-generated in batches that mix adapters (mixbatch.py).
+"""Evaluate a group of targets (grouping.py) in one pass: the base loaded once, every checkpoint's adapter beside
+it (shared.py), every target × task as its own inspect Task, samples generated in batches that mix adapters.
 
-Each target × task is its own inspect Task, bound to its own model (`tunelab/<run>/<label>`, the same model args
-as one at a time, so its log reads as before), and a wave of them (whole targets, about WAVE_BATCHES full
-batches of samples) runs together (waves.py): the built-ins of one greedy generate() in tunelab's own loop
-(batched.py: every row of the wave answered at once, the same .eval log), the rest by one `inspect_ai.eval`
-with every task in flight. The provider, asked for a target of this pass, takes the pass's shared weights;
-every target's generate() calls meet in one queue. When a wave ends, each log goes beside its scores.json,
-so a pass killed half way keeps the waves it finished, and a task that fails fails alone, named, beside the
-others' results. Memory decides how many adapters sit beside the base at once (their bytes, from their files,
-against half of what is free after the base loaded; and at most MAX_ADAPTERS): the others wait for the next
-chunk, the base staying loaded. PEFT is asked, once a chunk's adapters are attached, to mix them in one forward
-pass; where it refuses, the chunk's targets go one at a time with its reason.
-"""
+Waves of whole targets run together (waves.py), so a pass killed half way keeps the waves it finished and a
+failing task fails alone, named. Memory decides how many adapters sit beside the base at once (their bytes
+against half of what is free, at most MAX_ADAPTERS); where PEFT refuses to mix a chunk, its targets go one at a
+time with its reason."""
 
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """The `tunelab` inspect-ai model provider: a local HF base model, optionally with a LoRA adapter.
 
-Why our own provider and not inspect's `hf/`: prompts must be built by `PromptFormat.encode_prompt`,
-the very function training used, so a checkpoint is evaluated on exactly the tokens it learned to
-continue (chat template, pinned date, system prompt, BOS) and stops where training's answers stopped.
-
-Two kinds of input arrive here:
-- built-in tasks send conversations already formatted by the run's row reader (no prompt_template);
-- a user's task file sends its own messages: with a prompt_template, the last user message's text is
-  put into it as `{input}`, and the run's system prompt is added when the messages bring none.
-
-By hand: `inspect eval my_task.py --model tunelab/<run dir | checkpoint dir | control dir>` reads the
-weights and the prompt format from that directory's run.yaml (see targets.resolve_model_dir); any
-model arg (`-M prompt_template=...`) overrides it.
-"""
+Not inspect's `hf/`: prompts must be built by `PromptFormat.encode_prompt`, the very function training used, so
+a checkpoint is evaluated on exactly the tokens it learned to continue and stops where training's answers
+stopped. Built-in tasks send conversations already formatted; a task file's last user message goes into the
+prompt_template as `{input}`. By hand: `inspect eval my_task.py --model tunelab/<run | checkpoint | control dir>`."""
 
 from __future__ import annotations
 
@@ -81,18 +72,10 @@ def check_input_template(template: str | None, where: str) -> None:
 class TunelabModelAPI(ModelAPI):
     """inspect-ai provider `tunelab/<name>`; model_args say which weights and prompt format.
 
-    model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path,
-    prompt_template (None: messages used as they are), system_prompt, chat_template, template_date,
-    train_on_input, device (cuda if available), dtype ('auto'|'float32'|'bfloat16'|'float16'), batch_size,
-    max_tokens (when the config sets none), cache_weights (False: load privately, e.g. a grader).
-
-    GenerateConfig (see decoding.py for the field-by-field decision): max_tokens, temperature, top_p,
-    top_k, seed, stop_seqs, num_choices, logprobs and top_logprobs are honoured; inspect-ai itself handles
-    retries, timeouts, connections, system_message, cache and batch; any other setting, and tools, are
-    refused with a TunelabError naming them. Greedy unless temperature > 0 (or top_p/top_k alone);
-    sampling is seeded per answer (config seed, default 0), and each output's metadata records
-    `decoding`, `seed` and the per-choice generator seeds.
-    """
+    model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path, prompt_template
+    (None: messages as they are), system_prompt, chat_template, template_date, train_on_input, device, dtype,
+    batch_size, max_tokens (when the config sets none), cache_weights (False: load privately, e.g. a grader).
+    GenerateConfig: see decoding.py; each output's metadata records `decoding`, `seed` and the generator seeds."""
 
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
                  config: GenerateConfig = GenerateConfig(), *, base_path: str | None = None,

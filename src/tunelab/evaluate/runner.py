@@ -1,13 +1,8 @@
 """Evaluate one run: every task of its eval spec on every chosen target, with inspect-ai, one target at a time.
 
-Per target the weights load once (the provider caches them) and each task writes
-<run_dir>/eval/<label>/<task>/{*.eval, scores.json}; a task whose scores.json exists is skipped
-unless forced. A failure raises one TunelabError naming the task (and its file) and leaves no
-scores.json for that task, so it is redone next time. `tunelab eval` evaluates a sweep's targets of one base
-model in one pass instead (passes.py, onepass.py); it builds, checks and finishes each task with the same
-functions (prepare_task, clear_outputs, eval_metadata, finish_task), and goes one at a time through
-evaluate_task where a pass cannot serve a target.
-"""
+Each task writes <run_dir>/eval/<label>/<task>/{*.eval, scores.json}; one whose scores.json exists is skipped
+unless forced, and a failure leaves none, so it is redone next time. One-pass evaluation (passes.py) builds,
+checks and finishes each task with the same functions."""
 
 from __future__ import annotations
 
@@ -61,9 +56,8 @@ def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
 
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
                  batch_size: int | None = None, tasks: list[str] | None = None) -> list[TaskScores]:
-    """Evaluate each target × task of a run (skipping finished ones unless force); returns every
-    score record, fresh or read back, by target then task. `epochs` defaults to cfg.eval.epochs;
-    `tasks` picks task names; batch_size 1 is the slow, unbatched reference path."""
+    """Every target × task of a run (finished ones skipped unless force), by target then task; batch_size 1 is
+    the slow, unbatched reference path."""
 
     base = Path(cfg.model.path)
     if not (base / "config.json").is_file():
@@ -96,9 +90,8 @@ def chosen_tasks(cfg: RunConfig, names: list[str] | None) -> list[TaskSpec]:
 
 
 def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | None]:
-    """(inspect Task, the provider's prompt_template, the @task function name) of one task spec.
-    Built-in samples are formatted conversations already (no template); a task file's inputs go
-    through the task's prompt, else the run's."""
+    """(inspect Task, the provider's prompt_template, the @task function name) of one task spec; a task file's
+    inputs go through the task's prompt, else the run's."""
     if spec.file:
 
         ut = resolve_user_task(spec)
@@ -202,9 +195,8 @@ def _check_task_config(spec: TaskSpec, function: str | None, task: Any) -> None:
 
 
 def grader_model(spec: TaskSpec, batch_size: int) -> Any:
-    """The model bound to inspect's `grader` role (None: model-graded scorers use the model under
-    evaluation). A local directory loads through the tunelab provider, beside (not instead of) the
-    evaluated weights; a string is any inspect model."""
+    """The model bound to inspect's `grader` role (None: the model under evaluation). A local directory loads
+    through the tunelab provider beside the evaluated weights; a string is any inspect model."""
     from inspect_ai.model import get_model
 
     from tunelab.evaluate.provider import PROVIDER
@@ -270,9 +262,8 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
 
 
 def throughput(log: Any) -> dict[str, Any]:
-    """What the evaluation's time depends on, for predicting the next one (ledger/generation.py): the evaluated
-    model's prompt and generated tokens (its usage; a grader's apart), the batch, the device, and how many
-    target × tasks shared the wall time (a one-pass wave runs them together: its max_tasks)."""
+    """What the evaluation's time depends on, for predicting the next one: the evaluated model's tokens (a
+    grader's apart), the batch, the device, and how many target × tasks shared the wall time."""
     import torch
 
     usage = (log.stats.model_usage if log.stats else {}).get(str(log.eval.model))
@@ -293,9 +284,8 @@ def inspect_seconds(log: Any) -> float | None:
 
 
 def sample_values(log: Any) -> list[SampleValue]:
-    """Each sample's score from the log: the first scorer's value as a number (inspect's own
-    value_to_float: correct 1, incorrect 0), and the target, prediction and option probabilities the
-    choice and numeric metrics are computed from."""
+    """Each sample's score (the first scorer's value, by inspect's value_to_float) and what the choice and numeric
+    metrics are computed from."""
     from inspect_ai.scorer import value_to_float
 
 

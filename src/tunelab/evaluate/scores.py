@@ -49,13 +49,10 @@ def load_samples(log_path: str | Path, n: int | None = None) -> list[SampleRow]:
 
 
 def scored_samples(log_path: str | Path) -> list[Any]:
-    """A finished log's samples as scores.json reads them (id, epoch, scores, metadata, target), by sample id.
+    """A finished log's samples as scores.json reads them, by sample id.
 
-    From the log's sample summaries where they hold all of it: reading the samples themselves validates every
-    event of every sample (the demo: 1.2 CPU-s for its 1,200 samples, 0.06 from the summaries). A summary is
-    thinned (strings in metadata shortened, values over 1k dropped), so the samples are read instead when any
-    summary has a string, or a value it may have dropped, among what scores.json takes from a sample: its first
-    score's metadata, and the sample's images."""
+    From the sample summaries where they hold all of it (reading the samples validates every event: slow). A summary
+    is thinned, so the samples are read instead when a summary may have dropped what scores.json takes."""
     from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
 
     samples: list[Any] = read_eval_log_sample_summaries(str(log_path))

@@ -1,14 +1,9 @@
 """One base model with many adapters beside it: the weights of a one-pass evaluation (onepass.py).
 
-A sweep's checkpoints are adapters of one base model. Loaded one target at a time, the base is read again for
-each; here it is loaded once, each checkpoint's adapter goes beside it under a name of its own (a control is
-the base with no adapter), and a batch may hold rows of several adapters: PEFT runs the base layers once for
-the batch and each adapter's low-rank update on its own rows (`adapter_names=`, mixgen.py); a batch of one
-adapter runs PEFT's plain path with that adapter active.
-
-While a pass runs, `serving(weights)` registers the weights, and the tunelab provider, asked for one of its
-targets (same base path, dtype, device and adapter), takes an `AdapterView` instead of loading anything.
-"""
+The base is loaded once, each checkpoint's adapter beside it under its own name (a control: no adapter), and a
+batch may hold rows of several adapters: PEFT runs the base layers once and each adapter's update on its own rows
+(mixgen.py). While a pass runs, `serving(weights)` lets the tunelab provider take an `AdapterView` of them
+instead of loading anything."""
 
 from __future__ import annotations
 
@@ -63,9 +58,8 @@ class SharedWeights(LocalLM):
         self.served[None] = BASE
 
     def attach(self, adapters: list[Path]) -> dict[Path, str]:
-        """Load these adapters beside the base, replacing those attached before (the first new one goes on
-        before the old ones go, so the model always holds an adapter); returns the ones that failed to load,
-        with why."""
+        """Load these adapters beside the base, replacing those before (the first new one goes on before the old go,
+        so the model always holds one); returns those that failed, with why."""
         old = [name for key, name in self.served.items() if key is not None]
         failed: dict[Path, str] = {}
         for path in adapters:
@@ -102,9 +96,8 @@ class SharedWeights(LocalLM):
         return [name for key, name in self.served.items() if key is not None]
 
     def mixing_refused(self) -> str | None:
-        """Why PEFT refuses a batch mixing these adapters (a forward pass of one token per adapter and the
-        base with `adapter_names=`), or None. Weights serving one adapter (or the base alone: a pass of one) never
-        mix: every batch takes PEFT's plain path with it active, whatever its kind (DoRA included)."""
+        """Why PEFT refuses a batch mixing these adapters (tried on one token each), or None; weights serving one
+        adapter never mix, whatever its kind."""
         import torch
 
         if len(self.served) < 2:
@@ -132,10 +125,8 @@ class SharedWeights(LocalLM):
         return self._names([self._answering] * rows)
 
     def _names(self, adapters: list[str]) -> dict[str, Any]:
-        """generate()'s or forward()'s argument for rows answered by these adapters. One adapter: PEFT's plain
-        path with it active (switched only when another was; PeftModel.set_adapter walks every layer); the
-        base alone or several adapters: the mixed path, naming each row's (a row's values are the same either
-        way; the mixed path costs more per batch, the more adapters it mixes)."""
+        """generate()'s or forward()'s argument for these adapters' rows: one adapter, PEFT's plain path with it active
+        (set_adapter walks every layer, so only when it changes); else the mixed path, naming each row's."""
         if not self.adapters():
             return {}
         if len(set(adapters)) == 1 and adapters[0] != BASE:
@@ -163,9 +154,8 @@ class SharedWeights(LocalLM):
                 for i, (tokens, r) in enumerate(zip(row_tokens(out.sequences, width, rows), rows))]
 
     def start_batching(self, batch_size: int, fill: bool | None = None) -> MixedBatcher:
-        """A fresh queue for one inspect run (its lock lives in that run's event loop). A short batch is filled
-        with other adapters' rows: always with `fill`; by default on a GPU always, on a CPU when under half a
-        batch (mixbatch.py says why)."""
+        """A fresh queue for one inspect run (its lock lives in that run's event loop); short batches filled as
+        mixbatch.py says, or always with `fill`."""
         fill = str(self.device).startswith("cuda") if fill is None else fill
         self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=batch_size if fill else batch_size // 2)
         return self.batcher
@@ -245,9 +235,8 @@ def shared_view(base_path: str | Path, adapter_path: str | Path | None, dtype: A
 
 # ---------------------------------------------------------------- memory
 def adapter_bytes(path: Path) -> int:
-    """An adapter's weights in memory, from its safetensors header: every value counted as float32 (PEFT
-    upcasts 16-bit adapter weights), an upper bound. A file without a readable header counts 4 × its size
-    (its load will fail and say why)."""
+    """An adapter's weights in memory from its safetensors header, every value as float32 (PEFT upcasts): an upper
+    bound; an unreadable header counts 4 × the file."""
     weights = path / "adapter_model.safetensors"
     try:
         with open(weights, "rb") as f:

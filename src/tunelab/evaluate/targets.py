@@ -1,9 +1,5 @@
-"""What a run evaluates (its targets), and which weights a directory name stands for.
-
-A fine-tuned run evaluates its chosen epoch checkpoints, a control its base model, an eval-only run the
-checkpoint it names (an adapter on its base model, or a full model directory). By hand,
-`--model tunelab/<dir>` accepts a run, control or eval-only directory, or one epoch checkpoint.
-"""
+"""What a run evaluates (its targets: epoch checkpoints, a control's base, an eval-only checkpoint), and which
+weights a directory name stands for (`--model tunelab/<dir>`)."""
 
 from __future__ import annotations
 

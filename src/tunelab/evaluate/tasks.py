@@ -1,10 +1,6 @@
-"""Built-in tasks on any dataset of the spec and split: exact_match, includes, choice, numeric.
-
-Samples are the dataset's Examples read with the run's row reader (its prompt template or the task's,
-its system prompt), so a sample's messages are the conversation training saw minus the answer; the
-provider sends them unchanged. inspect's own `exact()`/`includes()` normalise case; for tasks such as
-capitalization the case is the whole answer, so exact_match and includes here are case-sensitive.
-"""
+"""Built-in tasks on any dataset of the spec and split: exact_match, includes, choice, numeric. Samples are the
+conversation training saw minus the answer. Case-sensitive, unlike inspect's own: in tasks such as capitalization
+the case is the whole answer."""
 
 from __future__ import annotations
 

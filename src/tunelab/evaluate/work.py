@@ -1,9 +1,5 @@
-"""What an evaluation of several runs has to do: every target × task, and which of them are done.
-
-`tunelab eval` evaluates a sweep's targets together (passes.py); this is the list it works from, in the order
-results are returned (run, then target, then task), with each finished task's scores read back: a task whose
-scores.json exists is skipped unless forced, as evaluate_run skips it.
-"""
+"""What an evaluation of several runs has to do: every target × task in the order results are returned, with each
+finished task's scores read back (skipped unless forced, as evaluate_run skips it)."""
 
 from __future__ import annotations
 
