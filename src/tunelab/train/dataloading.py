@@ -1,12 +1,6 @@
-"""The input pipeline as a measured lever: how many dataloader workers a job gets, and how long the
-training loop waits for its next batch.
-
-The worker count is resolved in the job, not at scaffold time: the CPUs a job has
-(the smallest of the local executor's share or the CPU affinity, the cgroup's CPU quota and Slurm's
-allocation: tunelab/host/cores.py) are only known on the node that runs it,
-and the login node that scaffolds usually has a different count. The resolved count and where it
-came from are recorded in summary.json.
-"""
+"""The input pipeline as a measured lever: how many dataloader workers a job gets, and how long the loop waits for
+its next batch. The count is resolved in the job, not at scaffold time: the CPUs a job has (host/cores.py) are
+known only on the node that runs it. It is recorded in summary.json."""
 
 from __future__ import annotations
 
@@ -32,9 +26,8 @@ class Workers:
 
 def resolve_workers(configured: int | None, cuda: bool, processes: int = 1,
                     env: Mapping[str, str] | None = None) -> Workers:
-    """The configured count when given; else on a GPU one worker per CPU a process has beyond the one that
-    drives the GPU (capped at MAX_DEFAULT_WORKERS); on CPU training 0, because there the cores compute the
-    model and a worker only takes them away (benchmarks/dataloader.py measures it)."""
+    """The configured count; else on a GPU one worker per CPU beyond the one driving the GPU (at most
+    MAX_DEFAULT_WORKERS); on a CPU 0, since there the cores compute the model and a worker only takes them away."""
     if configured is not None:
         return Workers(configured, "training.dataloader_workers", None)
     cores = usable_cores(env)

@@ -1,14 +1,9 @@
-"""What a probe reads of the device beside torch's allocator counters: the memory the driver says the process
-holds (NVML "used"), the CUDA context, and on a CPU the process's resident memory.
+"""What a probe reads of the device beside torch's allocator counters: the memory the driver says the process holds
+(NVML "used"), the CUDA context, and on a CPU the resident memory.
 
-The CUDA-only part is small and kept here. NVML (nvidia-ml-py, the optional `gpu` extra) reports the whole
-device's used memory, so a baseline is read before this process touches CUDA and subtracted: what is left is
-this process's share on a GPU nobody else uses. The CUDA context (driver state, kernel images, the cuBLAS
-handle; outside torch's caching allocator) is NVML's figure minus `torch.cuda.memory_reserved()` right after a
-first matmul, and again after the timed steps (kernels load lazily, so it grows). Without NVML the device's
-used memory is cudaMemGetInfo's total − free, with no baseline (it cannot be read before the context exists):
-right on a GPU nothing else uses.
-"""
+NVML reports the whole device, so a baseline read before this process touches CUDA is subtracted. The CUDA
+context (outside torch's allocator) is NVML's figure minus `memory_reserved()` after a first matmul, and again
+after the timed steps (kernels load lazily). Without NVML: cudaMemGetInfo's total − free, with no baseline."""
 
 from __future__ import annotations
 

@@ -47,9 +47,8 @@ def is_worker() -> bool:
 
 
 def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
-    """Trainer arguments of a strategy: the Trainer (through accelerate) wraps the model in DDP itself once
-    torchrun started the processes; FSDP is applied by tunelab (train/sharding.py), not through the Trainer's
-    arguments, which accelerate honours on accelerators only. CPU processes talk over gloo, GPUs over NCCL."""
+    """Trainer arguments of a strategy: the Trainer wraps the model in DDP once torchrun started the processes;
+    FSDP is applied by tunelab (train/sharding.py), since accelerate honours it on accelerators only."""
     if strategy is None:
         return {}
     args: dict[str, Any] = {"ddp_find_unused_parameters": False}
@@ -87,9 +86,8 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
 
 
 def agree(flag: bool) -> bool:
-    """True on every process when it is true on any; the flag itself on a single process. A collective: each
-    process calls it at the same step. Any decision that changes what the trainer does next (a stop signal
-    one rank received first, a save due by wall time) must go through it, or ranks diverge and hang."""
+    """True on every process when true on any (a collective, at the same step). A decision that changes what the
+    trainer does next must go through it, or ranks diverge and hang."""
     return all_reduce([1.0 if flag else 0.0], "max")[0] > 0
 
 
@@ -102,10 +100,9 @@ def barrier() -> None:
 
 
 def close_process_group() -> None:
-    """End a worker's process group once every rank has finished (no-op on a single process). Left to interpreter
-    exit, gloo's threads can be torn down while still joinable: the C++ runtime aborts the process (SIGABRT,
-    "terminate called without an active exception") after training completed, and the launcher reports the run
-    failed — seen once on the two-node Slurm run."""
+    """End a worker's process group once every rank has finished (no-op on one process). Left to interpreter exit,
+    gloo's threads can be torn down still joinable, the runtime aborts and the launcher reports a finished run
+    failed."""
     if is_initialized():
         import torch.distributed as dist
 
@@ -114,15 +111,10 @@ def close_process_group() -> None:
 
 
 def exit_finished_worker() -> NoReturn:
-    """End a torchrun worker whose run is complete and whose process group is closed, with status 0, after the
-    steps of interpreter exit that user code can observe (non-daemon threads joined, then atexit handlers: trackers'
-    flush, tempfile and logging cleanup) and before the two it skips: module teardown and the C++ runtime's static
-    destructors. Those are where a finished rank aborted (SIGABRT, "terminate called without an active exception")
-    and torchrun judged the run failed (CI's FSDP smoke under load): destroy_process_group does not end gloo's
-    threads (two pt_gloo_runloop workers, gloo_tcp_loop); they stop only when the ProcessGroup object is freed,
-    and DTensor's module-level caches (redistribute planners, sharding propagation) hold the DeviceMesh that holds
-    it, so that happens during teardown, in whatever order teardown frees things, or never.
-    tests/e2e/test_fsdp.py checks that a worker's atexit handler runs."""
+    """End a finished torchrun worker with status 0 after the exit steps user code observes (threads joined,
+    atexit handlers) and before module teardown and static destructors, where finished ranks aborted (SIGABRT) and
+    torchrun judged the run failed: gloo's threads stop only when the ProcessGroup is freed, and DTensor's module
+    caches hold it until teardown, in whatever order. tests/e2e/test_fsdp.py checks that atexit handlers run."""
     for thread in threading.enumerate():  # what Python's own exit waits for first
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

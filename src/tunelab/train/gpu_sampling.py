@@ -1,10 +1,6 @@
-"""GPU utilization, memory used and power, sampled every few seconds while a run trains (NVML through
-nvidia-ml-py, the optional extra `gpu`), into <run>/gpu_samples.jsonl: one line per GPU per sample.
-
-Sampled by the process that `tunelab train` started (the torchrun agent of a distributed run, which
-trains nothing itself), from a daemon thread, for the GPUs the job was given. Without NVML (a CPU
-machine, the extra not installed, no driver) nothing is written and nothing fails.
-"""
+"""GPU utilization, memory and power, sampled every few seconds while a run trains (NVML, the optional `gpu` extra),
+into <run>/gpu_samples.jsonl, from a daemon thread of the process `tunelab train` started. Without NVML nothing is
+written and nothing fails."""
 
 from __future__ import annotations
 

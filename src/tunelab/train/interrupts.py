@@ -1,13 +1,9 @@
 """Save before being stopped, so a time limit or a preemption loses at most one checkpoint interval.
 
-Slurm warns a training job with SIGUSR1 some time before its limit (`#SBATCH --signal=B:USR1@S`, see
-execute/slurm_jobs.py) and sends SIGTERM when it preempts, requeues or cancels it. Either signal only
-sets a flag here; at the next optimizer step the trainer saves a complete checkpoint (counters written
-last, train/checkpoints.py) and stops. After SIGUSR1 inside a Slurm job the job requeues itself (same job
-id: its evaluation job's afterok still holds) and the next start resumes from that checkpoint — only when
-this start made progress, so a run that cannot advance never loops. Between signals, `checkpoint_every`
-(steps or minutes) bounds what a kill without warning (SIGKILL, node failure) loses.
-"""
+Slurm warns with SIGUSR1 before the limit and sends SIGTERM when it preempts or cancels; either only sets a flag,
+and at the next optimizer step the trainer saves a complete checkpoint and stops. After SIGUSR1 the job requeues
+itself (same id: its evaluation's afterok holds), only when this start made progress, so a run that cannot advance
+never loops. `checkpoint_every` bounds what a kill without warning loses."""
 
 from __future__ import annotations
 
@@ -65,10 +61,8 @@ class SignalWatch:
 
 def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch: SignalWatch,
                            agree: Callable[[bool], bool] | None = None):
-    """A TrainerCallback: save every N steps or S seconds, and save-then-stop once a stop signal came.
-    Epoch-end saves stay the Trainer's own (save_strategy='epoch'). In a distributed run `agree`
-    (train/distributed.py: true everywhere when true on any process) makes every process take the same
-    decision at the same step."""
+    """A TrainerCallback: save every N steps or S seconds, and save-then-stop once a stop signal came (epoch-end
+    saves stay the Trainer's). `agree` makes every process decide alike at the same step."""
     from transformers import TrainerCallback
 
     class CheckpointPolicy(TrainerCallback):
@@ -100,11 +94,9 @@ def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch
 
 
 def requeue_self(status: StatusWriter, log) -> bool:
-    """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or
-    when Slurm refuses. Slurm then ends the job (await_requeue_kill: the job must not end on its own).
-    Everything is written before the call: Slurm's SIGTERM for the requeue can end this process before
-    `scontrol` returns, and status.json must already say that the job requeued itself (execute/refresh.py:
-    the job is not over while Slurm restarts it). A refused requeue takes that back."""
+    """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or when
+    refused. status.json says so before the call, since Slurm's SIGTERM can end this process before `scontrol`
+    returns; a refused requeue takes that back."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
@@ -127,9 +119,8 @@ def requeue_self(status: StatusWriter, log) -> bool:
 
 
 def _requeue_commands(job: str) -> list[list[str]]:
-    """`scontrol requeue`, preceded in a job spanning nodes by allowing it: such a job runs with --no-requeue, so
-    that a node failure ends it (NODE_FAIL, tunelab's retry) rather than Slurm requeueing it silently, and Slurm
-    refuses to requeue it until its Requeue flag is set (its script clears the flag again at the next start)."""
+    """`scontrol requeue`, preceded in a multi-node job by allowing it: such a job runs --no-requeue, so a node
+    failure goes to tunelab's retry instead of a silent requeue, and Slurm refuses until its Requeue flag is set."""
     allow = [["scontrol", "update", f"JobId={job}", "Requeue=1"]]
     return (allow if int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) > 1 else []) + [["scontrol", "requeue", job]]
 
@@ -144,10 +135,8 @@ def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusW
 
 
 def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:
-    """After this job requeued itself, let Slurm end it. A batch script that exits first (non-zero: the
-    trainer stopped) can be recorded as FAILED before the requeue lands, and `--kill-on-invalid-dep` then
-    cancels the run's evaluation job. Slurm's SIGTERM ends the wait (default handler); past `wait_s` the
-    job exits anyway. Outside a self-requeued Slurm job: returns at once."""
+    """After this job requeued itself, let Slurm end it: a script exiting first can be recorded FAILED and cancel
+    the evaluation job. Returns at once outside a self-requeued job, after `wait_s` at most."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job or read_status(run_dir).requeued_job != job:
         return

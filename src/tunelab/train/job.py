@@ -1,16 +1,7 @@
-"""The training job's entry point: `python -m tunelab.train.job RUN_YAML` (what job.sh, job.sbatch and
-`tunelab train` run). What a job does:
-
-1. read run.yaml;
-2. as a worker that torchrun started: train (this process is one rank of the run);
-3. otherwise decide how many processes train the run on this node (run.yaml and the GPUs visible) and
-   either train here or launch them under torchrun (launch.py; each comes back here as a worker), sampling
-   the GPUs meanwhile. A run that spans nodes (resources.nodes_per_run) always launches: this process is its
-   node's job process, one per node (srun in job.sbatch), and only the first node's samples GPUs;
-4. training is the staged loop for a staged run (stages.py), else one call of the runner (runner.py)
-   followed by the run's completion (summary.json, status completed).
-A job that requeued itself on Slurm's time-limit warning waits for Slurm to end it.
-"""
+"""The training job's entry point: `python -m tunelab.train.job RUN_YAML` (what job.sh, job.sbatch and `tunelab
+train` run). A worker that torchrun started trains as one rank; otherwise the job decides how many processes
+train on this node and trains here or launches them under torchrun (launch.py), sampling the GPUs meanwhile. A
+staged run takes the staged loop (stages.py). A job that requeued itself waits for Slurm to end it."""
 
 from __future__ import annotations
 

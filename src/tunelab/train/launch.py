@@ -1,19 +1,10 @@
-"""One run on N processes: PyTorch's own launcher (torch.distributed.run, i.e. `torchrun`), started by the
-job itself.
+"""One run on N processes: the job re-launches itself under torchrun (the elastic agent in this process spawns the
+workers, each running `python -m tunelab.train.job run.yaml`).
 
-A job runs one command whatever the number of processes. When run.yaml asks for more than one, the job
-re-launches itself under torchrun (in this process: the elastic agent spawns the workers, each runs
-`python -m tunelab.train.job run.yaml` with RANK/WORLD_SIZE set). Why a self re-launch rather than
-torchrun in the job script: the number of processes is decided from run.yaml (and whether this machine
-has GPUs) in one place, so job.sh, job.sbatch and the local executor never need to know it, and the agent
-outlives a crashed worker to say in status.json why the run failed.
-
-A run that spans nodes (resources.nodes_per_run) has one job process per node, started by srun in job.sbatch;
-each launches its node's processes, and the nodes meet at a c10d rendezvous (nodes.py: the arguments, pure).
-Worker rank 0 alone writes run files, wherever torch's rendezvous placed it; of the job processes only the first
-node's says in status.json why a launch failed. Each node prints its launch line and its rendezvous (torch's
-own messages: which node joined as which rank) on its own stdout, which srun gathers into the job's log.
-"""
+Why not torchrun in the job script: the process count is decided from run.yaml in one place, so job scripts and
+executors never need it, and the agent outlives a crashed worker to say in status.json why the run failed. A run
+that spans nodes has one job process per node (srun), meeting at a c10d rendezvous (nodes.py); worker rank 0
+alone writes run files."""
 
 from __future__ import annotations
 
@@ -40,9 +31,8 @@ SIGNALS_ENV = ("TORCHELASTIC_SIGNALS_TO_HANDLE", "PET_SIGNALS_TO_HANDLE")
 
 
 def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
-    """Run `python -m tunelab.train.job <argv>` on `nproc` processes of this node through torchrun: alone, a
-    standalone rendezvous on a free local port; one node of several (`place`), the run's c10d rendezvous.
-    Raises torch's ChildFailedError when a worker fails."""
+    """Run `python -m tunelab.train.job <argv>` on `nproc` processes through torchrun: alone a standalone
+    rendezvous, one node of several (`place`) the run's c10d rendezvous. Raises ChildFailedError when a worker fails."""
     from torch.distributed.run import get_args_parser, run
 
     forward_signals()
@@ -60,9 +50,8 @@ def forward_signals() -> None:
 
 
 def _show_rendezvous() -> None:
-    """torch's rendezvous messages (this node joining, as which rank, in which world) on stdout, as the job's own
-    lines: which nodes met is the first thing to know of a run that spans nodes, and the agent logs it at INFO,
-    below its default. Not propagated: torch's own handler would print each line a second time."""
+    """torch's rendezvous messages on stdout as the job's own lines (which nodes met is the first thing to know of a
+    multi-node run; the agent logs it below its default level). Not propagated: torch's handler would repeat it."""
     logger = logging.getLogger(RENDEZVOUS_LOGGER)
     if not any(getattr(h, "_tunelab", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)

@@ -1,17 +1,11 @@
-"""What the job's training loop adds to a bare micro-batch, measured on this machine: a process of its own,
-`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`, run once per machine by the plan (forecast/loopcost.py)
-when nothing measured the CPU yet, at each thread count the plan is about to price.
+"""What the job's training loop adds to a bare micro-batch, measured on this machine in a process of its own
+(`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`), run once per machine by the plan
+(forecast/loopcost.py).
 
-A bare micro-batch (forward, backward, AdamW on random tokens: what forecast/cpuspeed.py times for a shape) is not a
-job's step: the job's loop (HF/TRL Trainer) also collates the batch, counts its tokens, clips the gradients, steps
-the scheduler, runs the callbacks and writes metrics.jsonl and status.json at each log. This job trains a reference
-run — the tiny Llama of models/tiny.py on a generated capitalization set, LoRA rank 4, micro-batch 8 — with the
-job's own trainer and callback (train/trainer.py, train/loop_hooks.py: the same loop, the same writes), then times
-bare micro-batches of the same size on the same model and optimizer, in the same process, moments later. The
-difference per optimizer step is what the loop adds (`loop_step_s` − `bare_step_s`), written to OUT_DIR/loop.json
-with the machine's load over both (forecast/loopcost.py keeps the figure only when the load left them alone) and
-the seconds the fresh interpreter took to import the job's stack (`imports_s`, the start-up a plan prices).
-"""
+A job's step also collates, counts tokens, clips, steps the scheduler, runs callbacks and writes its files. This
+trains a reference run with the job's own trainer and callback, then times bare micro-batches of the same size in
+the same process; the difference per step goes to OUT_DIR/loop.json with the load over both and the
+interpreter's import time (`imports_s`)."""
 
 from __future__ import annotations
 
@@ -31,9 +25,8 @@ BARE_STEPS = 20
 
 
 def loop_step_s(rows: list[MetricRow], warmup_rows: int = 1) -> tuple[float, float] | None:
-    """(seconds per optimizer step of the job's loop, tokens per step) between the first training row past warm-up
-    and the last: the rows' training time (validations and saves excluded, as the job counts them) over the steps
-    between them. None with fewer than two such rows."""
+    """(seconds per optimizer step of the job's loop, tokens per step) between the first row past warm-up and the
+    last, validations and saves excluded; None with fewer than two such rows."""
     train = [r for r in rows if r.is_train and r.train_time_s is not None and r.step]
     if len(train) < warmup_rows + 2:
         return None

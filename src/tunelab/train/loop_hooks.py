@@ -53,9 +53,8 @@ def make_trainer_class():
     from tunelab.train.step_flops import CountedFlopsMixin
 
     class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, CountedFlopsMixin, SFTTrainer):
-        """Counts the tokens of every micro-batch (this process's, summed over all at each log and save)
-        and times evaluation and checkpoint saves; saves and resumes a model sharded by train/sharding.py; takes
-        the model's own loss where train/losses.py says; counts a step's FLOPs without walking the parameters."""
+        """Counts every micro-batch's tokens and times evaluations and saves; saves and resumes a sharded model;
+        takes the model's own loss where losses.py says; counts a step's FLOPs without walking the parameters."""
 
         counters: Counters
         local: LocalCounts
@@ -135,9 +134,8 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row.epoch or 0.0:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
-            """Publish epoch_N, then write the counters: their file completes the checkpoint, so a kill
-            before it resumes from the checkpoint before, which redoes this epoch and its publish. Every
-            process has saved its part (its RNG state) before the main one writes the counters."""
+            """Publish epoch_N, then write the counters, which complete the checkpoint: a kill before resumes from the
+            one before. Every process has saved its part before the main one writes them."""
             sync_counters(writer.counters, local)
             barrier()
             if not main:
@@ -158,9 +156,8 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
 
 
 def load_optimizer_state(optimizer, checkpoint: Path, model=None) -> None:
-    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's
-    learning rates (its schedule was built with them; the loaded groups would bring the old ones). A sharded
-    model's optimizer takes the whole state (keyed by parameter name) into its shards."""
+    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's learning
+    rates (its schedule was built with them). A sharded model's optimizer takes the whole state into its shards."""
     import torch
 
     from tunelab.train.sharding import is_sharded, load_full_optimizer_state

@@ -14,9 +14,8 @@ else:
 
 
 class PlainLossMixin(_TrainerBase):
-    """TRL's fused LM head (log-probs, entropy and top-1 per token, in chunks) saves GPU memory on large
-    vocabularies; on a CPU it cost 15 % of a SmolLM2 step (docs/benchmarks.md, the peers), so there the model
-    computes its own loss from its logits (`plain_loss`, set by trainer.build_trainer): the same value."""
+    """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so
+    there the model computes its own loss from its logits (`plain_loss`): the same value."""
 
     plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
 

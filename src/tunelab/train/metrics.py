@@ -1,9 +1,6 @@
-"""What a run measures about itself: tokens processed (all and non-padding), throughput over
-training time only (evaluation and checkpoint saves excluded), peak memory, loss, val_loss.
-
-Counted in tokens, not examples or steps, because memory and speed scale with tokens per
-micro-batch, and packed and unpacked runs are only comparable that way.
-"""
+"""What a run measures about itself: tokens (all and non-padding), throughput over training time only, peak memory,
+loss, val_loss. Counted in tokens, since memory and speed scale with tokens and packed and unpacked runs compare
+only that way."""
 
 from __future__ import annotations
 
@@ -25,10 +22,8 @@ from tunelab.rundir.summary import PackingStats
 
 @dataclass
 class LocalCounts:
-    """What this process counted since the last sync; only a sync over all processes (a collective at
-    the same step on every rank) turns it into run-wide Counters. A count that needs the batch's own values (its
-    non-padding tokens, a padding-free batch's examples) is added up where the batch is, as a tensor, and read
-    once at the sync: read at every micro-batch it would stop the host until the device caught up."""
+    """What this process counted since the last sync (a collective at the same step). Counts that need the batch's
+    values are summed as tensors and read once at the sync: read every micro-batch they would stall the host."""
 
     tokens: int = 0
     nonpad_tokens: int | torch.Tensor = 0
@@ -81,9 +76,8 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int | torch.Tensor, int | 
 
 
 def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
-    """Examples, sequences, density and fill of the dataset the trainer actually iterates. Counted by Arrow over the
-    columns as the trainer sees them (a filtered dataset's rows only): a Python pass over 1,600 rows' ids was 60 ms
-    of a tiny job's start."""
+    """Examples, sequences, density and fill of the dataset the trainer iterates, counted by Arrow over its
+    columns (a Python pass over the rows slowed a tiny job's start)."""
     import pyarrow.compute as pc
 
     columns = dataset.with_format("arrow")
@@ -114,9 +108,8 @@ def process_age_s() -> float | None:
 
 
 def job_root() -> int:
-    """The process whose tree is this run on this machine, which the load meter counts as the run's, not as others'
-    (cpuload.py): under torchrun its agent (every local rank and its dataloader workers descend from it; torchrun
-    sets TORCHELASTIC_RUN_ID in its workers), else this process (its workers are its children)."""
+    """The process whose tree is this run here, which the load meter counts as the run's: under torchrun its agent
+    (TORCHELASTIC_RUN_ID set), else this process."""
     return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
 
 

@@ -1,12 +1,8 @@
 """Where this job process sits when a run spans nodes, and the torchrun arguments that follow from it.
 
-A run with `resources.nodes_per_run: N > 1` trains inside a Slurm allocation of N nodes: job.sbatch starts one
-job process per node with srun, and each starts torchrun for its node's processes. The nodes meet at a c10d
-rendezvous hosted by the allocation's first node, on a port derived from the job id, so every node computes
-the same endpoint from its own environment with nothing exchanged beforehand, and two jobs sharing a first
-node (almost always) get different ports. Everything here is pure — the environment in, torchrun's argv out —
-so the arguments a node builds are tested without a cluster.
-"""
+One job process per node (srun), each starting torchrun; the nodes meet at a c10d rendezvous on the first node,
+on a port derived from the job id, so every node computes the same endpoint with nothing exchanged and two jobs
+sharing a first node get different ports. Pure (environment in, argv out), so tested without a cluster."""
 
 from __future__ import annotations
 
@@ -89,11 +85,9 @@ def node_place(env: Mapping[str, str], nodes: int, run_yaml: Path) -> NodePlace 
 
 
 def torchrun_args(place: NodePlace | None, nproc_per_node: int, argv: list[str]) -> list[str]:
-    """torchrun's arguments for this node: one node alone, a standalone rendezvous on a free local port; several,
-    the c10d rendezvous at the first node (which hosts its store: is_host, not guessed from hostnames), the job id
-    as the rendezvous id. No restarts: a failed worker ends the job, and Slurm's verdict goes to tunelab's retry.
-    No --node-rank: c10d ignores it (torchrun warns so) and ranks the nodes in the order of their names; rank 0 is
-    whichever node that puts first, and only it writes run files."""
+    """torchrun's arguments for this node: alone a standalone rendezvous on a free port; several the c10d
+    rendezvous at the first node, the job id its id. No restarts (Slurm's verdict goes to tunelab's retry); no
+    --node-rank (c10d ignores it): rank 0 is whichever node c10d puts first, and only it writes run files."""
     head = ["--nproc-per-node", str(nproc_per_node), "--max-restarts", "0"]
     if place is None:
         return ["--standalone", "--nnodes", "1", *head, "--module", JOB_MODULE, *argv]

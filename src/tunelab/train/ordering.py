@@ -1,10 +1,6 @@
-"""Curriculum ordering (`training.order`) and the record of the order each epoch really used.
-
-`shuffled` keeps the trainer's own seeded sampler untouched (the behaviour before orders existed);
-every other order is a fixed permutation fed by FixedOrderSampler. Whatever the sampler, the indices
-it yields are recorded as they are drawn (`<run>/data_order.jsonl`), so the file states what the
-trainer was fed, not what it should have been fed.
-"""
+"""Curriculum ordering (`training.order`) and the record of the order each epoch really used: `shuffled` keeps the
+trainer's seeded sampler, every other order is a fixed permutation (FixedOrderSampler). The indices are recorded
+as drawn (`<run>/data_order.jsonl`), so the file states what the trainer was fed."""
 
 from __future__ import annotations
 
@@ -68,9 +64,8 @@ def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]
 
 
 class OrderLog:
-    """data_order.jsonl as the job holds it (main process): the orders kept at resume (train/held.py), to
-    which those drawn since are added, so the file is written, never read back. Each new order replaces the
-    file atomically (a few lines per run), so a kill never leaves a half line in its middle."""
+    """data_order.jsonl as the job holds it (main process): written, never read back; each new order replaces
+    the file atomically, so a kill never leaves a half line."""
 
     def __init__(self, run_dir: Path, records: list[OrderRecord]):
         self.run_dir = run_dir

@@ -1,14 +1,7 @@
-"""The probe's generation timing: a few batched generations of the run's model as evaluation runs them — the
-base loaded as evaluation loads it (its dtype, default attention, no quantization) with an untrained LoRA of
-the run's shape on it (the same compute as a trained adapter), left-padded prompts, greedy, the KV cache on —
-so forecast/evaltime.py can price an evaluation with a measured speed.
-
-Each batch size (1 and EVAL_PROBE_BATCH) is generated two ways, each timed as the best of a few runs: one new token
-(the prefill) and GENERATE_TOKENS new tokens with early stopping off (min_new_tokens), so every row decodes every
-step. The difference over the
-steps after the first is a decode step; two batch sizes split it into a fixed part and a part per row
-(rundir.probe.GenerationSpeed.fit).
-"""
+"""The probe's generation timing: batched generations of the run's model loaded as evaluation loads it (with an
+untrained LoRA of the run's shape), so forecast/evaltime.py prices an evaluation at a measured speed. Each batch
+size is timed generating one token (prefill) and GENERATE_TOKENS with early stopping off; the difference is the
+decode steps, split into a fixed and a per-row part (rundir.probe.GenerationSpeed.fit)."""
 
 from __future__ import annotations
 

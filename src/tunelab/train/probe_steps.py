@@ -1,33 +1,15 @@
-"""A few real optimizer steps of one run's shape, before the sweep: what `tunelab probe` measures, run as a
-process of its own like any job: `python -m tunelab.train.probe_steps RUN_YAML [--max-batch]`, where RUN_YAML
-is the probe's scratch run (estimate/probe.py: probe_cfg). The result goes into that run's directory
-(rundir.probe: results.json), where the probe reads it back.
+"""A few real optimizer steps of one run's shape: what `tunelab probe` measures, as a process of its own
+(`python -m tunelab.train.probe_steps RUN_YAML [--max-batch]`, RUN_YAML the probe's scratch run), its result
+into that run's directory (rundir.probe).
 
-The trainer is the run's own (build_trainer: the same model, data, LoRA, collator and loop). It trains a
-couple of steps first (optimizer state created, kernels warmed up), then times real steps — collation,
-forward, backward, optimizer — at the planned micro-batch and at the next larger one, taking turns
-(train/step_cost.py), so a step's fixed cost separates from its cost per token. The machine's load over the timed
-steps is measured (tunelab/host/cpuload.py); when one micro-batch's timings disagree by more than SPREAD_LIMIT
-(slowest/fastest) or the window was contended, up to MORE_ROUNDS more rounds are timed, and every timing is kept
-with its median and spread. Peak memory is
-`torch.cuda.max_memory_allocated` / `max_memory_reserved` on a GPU and the process's peak RSS on a CPU. One
-trainer checkpoint is written as a run's save writes it, timed and removed (`time_save`). Then,
-the trainer freed, a few batched generations are timed as evaluation runs them (train/probe_generate.py).
+The trainer is the run's own. After a warm-up it times real steps at the planned micro-batch and the next larger,
+taking turns (train/step_cost.py), so the fixed cost separates from the cost per token; while timings disagree by
+more than SPREAD_LIMIT or the window was contended, up to MORE_ROUNDS more rounds. One checkpoint save is timed
+(`time_save`), then generations (train/probe_generate.py).
 
-`--steps=N` (the GPU kit, benchmarks/gpu_truth.py): N timed steps at the planned micro-batch only, each one's
-tokens, time and memory kept in order, plus what the device says beside torch's counters (NVML used, the CUDA
-context: train/device_memory.py); the OOM test knob applies to the planned micro-batch as it does to
---max-batch's.
-
-`--profile=DIR` (or `--profile DIR`): after the timed steps (which stay unprofiled) and the save, PROFILE_STEPS more
-steps through the Trainer's own loop under torch.profiler (CPU, and CUDA where present), every part of a step
-labelled — data, collate, tunelab's counting, forward, backward, the rest of training_step, clip_grad_norm,
-AdamW's step, the scheduler, zero_grad, tunelab's callbacks, the Trainer's callbacks, the log, the rest of the
-loop (train/profile.py) — with tunelab's callback attached and a log at every step. Into DIR: trace.json.gz (Chrome
-trace: chrome://tracing or ui.perfetto.dev), ops.txt and ops.json (per operator: count, self CPU time, CUDA time),
-parts.json and parts.txt (per step and part: aten operators, syncs, kernel launches, host and CUDA milliseconds;
-train/profile_report.py), run/ (the metrics.jsonl and status.json tunelab's callback wrote).
-"""
+`--steps=N` (the GPU kit): N timed steps at the planned micro-batch, each kept with what the device says
+(train/device_memory.py). `--profile=DIR`: PROFILE_STEPS more steps through the Trainer's loop under
+torch.profiler, each part labelled (train/profile.py, profile_report.py)."""
 
 from __future__ import annotations
 
@@ -95,10 +77,8 @@ def find_max_batch(trainer: Any, start: int, limit: int = 1024) -> int:
 
 def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None, profile: Path | None = None
               ) -> ProbeResult:
-    """Warm up, then time real steps at the run's micro-batch and twice it (and with `max_batch` find the
-    largest micro-batch that runs). `pcfg`: the probe's scratch run (a few steps, no validation). `steps`: time
-    that many steps at the run's micro-batch alone, each one recorded (the GPU kit). `profile`: a directory for
-    the profile of a few more steps through the Trainer's loop (train/profile.py), taken after the save."""
+    """Warm up, then time real steps at the run's micro-batch and twice it (`max_batch`: also the largest that
+    runs). `steps`: that many at the run's micro-batch alone (the GPU kit); `profile`: a directory for a profile."""
     import torch
 
     from tunelab.train.trainer import build_trainer
@@ -148,9 +128,8 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
 
 
 def time_save(trainer: Any) -> float | None:
-    """One real trainer checkpoint — the adapter and modules trained in full, optimizer and scheduler state, RNG,
-    trainer_state.json — written as a run's mid-epoch save writes it, timed, then removed: what a save of this
-    shape costs here (forecast/savecost.py prices saves with it). None where the scratch disk refused it."""
+    """One real trainer checkpoint, written as a mid-epoch save writes it, timed and removed: what a save costs
+    here (forecast/savecost.py). None where the scratch disk refused it."""
     t0 = time.perf_counter()
     try:
         trainer._save_checkpoint(trainer.model, trial=None)

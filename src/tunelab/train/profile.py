@@ -1,15 +1,10 @@
-"""A few optimizer steps through the Trainer's own loop under torch.profiler, each part of a step labelled:
-`python -m tunelab.train.probe_steps RUN_YAML --profile=DIR` (after the probe's timed steps, which stay unprofiled).
+"""A few optimizer steps through the Trainer's own loop under torch.profiler, each part labelled (`--profile=DIR`
+of probe_steps, after the timed steps).
 
-Why the Trainer's loop and not the probe's timed steps: those are training_step, AdamW and zero_grad alone, while a
-run's step also clips the gradients, steps the scheduler, runs the callbacks (tunelab's writes metrics.jsonl and
-status.json) and logs; all of it is per-step cost, and this is where it is seen. The parts are labelled by wrapping
-the trainer's own methods on this trainer alone (profile_report.Part names them), so nothing of a run changes.
-tunelab's callback is attached as a run attaches it, writing into DIR/run; the loop logs at every step here (a run
-logs every `logging_steps`), so a log's cost shows in every profiled step: per step it is an upper bound.
-The first step after the warm-up is profiled, the profiler starts and stops at the start of a step (the fetch of
-its batches), so each profiled step is whole: fetch, forward, backward, clip, AdamW, scheduler, callbacks, log.
-"""
+Why the Trainer's loop: a run's step also clips, steps the scheduler, runs the callbacks and logs, all per-step
+cost the probe's bare steps miss. Parts are labelled by wrapping this trainer's own methods, so nothing of a run
+changes; the loop logs every step here, so a log's cost is an upper bound. The profiler starts and stops at the
+start of a step, so each profiled step is whole."""
 
 from __future__ import annotations
 
@@ -103,9 +98,8 @@ def _label_parts(trainer: Any, patches: Patches, boundary: Callable[[], None]) -
 
 
 class _ProfilerWindow:
-    """Starts the profiler at the start of step `first` (counting loop steps from 0), steps it at each later one,
-    stops it at the start of step `first + steps`: whole steps, and only those. A GPU's queue is drained before
-    the stop, so the last step's kernels are in the trace."""
+    """Starts the profiler at the start of step `first`, stops it at the start of step `first + steps` (after
+    draining a GPU's queue): whole steps, and only those."""
 
     def __init__(self, prof: Any, first: int, steps: int) -> None:
         self.prof, self.first, self.last = prof, first, first + steps

@@ -1,14 +1,9 @@
-"""What a profiled training step is made of, part by part: the torch.profiler events of a few steps (train/profile.py
-labels the parts with `record_function`), attributed to the innermost labelled part they ran in, and written out.
+"""What a profiled training step is made of, part by part: torch.profiler events attributed to the innermost
+labelled part they ran in (by time, so backward's operators on autograd's thread count as backward).
 
-Why by part and in counts: a small LoRA step on a GPU is mostly fixed cost (an H100 took 108 ms for 1 × 1024 tokens of
-a 1B model, 144 ms for 1 × 4096: docs/benchmarks.md), and that cost is host work — Python, the dispatcher, kernel
-launches, the syncs that stop the host from running ahead. The count of aten operators a part dispatches is a proxy
-of its launches that a CPU measures as well as a GPU and that other work on a shared machine cannot change; the host
-milliseconds are shown beside it but move with the machine's load. An operator belongs to a part by time (the
-innermost labelled interval of the main thread it started in), so backward's operators on autograd's own thread
-count as backward.
-"""
+A small LoRA step is mostly fixed host cost (docs/benchmarks.md). The count of aten operators a part dispatches is
+a proxy of its launches that a CPU measures as well as a GPU and a shared machine's load cannot change; host
+milliseconds are shown beside it."""
 
 from __future__ import annotations
 
@@ -56,11 +51,9 @@ _TORCH_LABELS = (("Optimizer.step#", Part.OPTIMIZER), ("Optimizer.zero_grad#", P
 
 @dataclass
 class PartCost:
-    """One part, per step (means over the profiled steps): aten operators dispatched (top-level calls: what Python
-    or autograd asked for), device-to-host syncs (CPU: `_local_scalar_dense`; CUDA: the runtime's synchronize
-    calls), kernel launches and device milliseconds (None without CUDA),
-    host milliseconds of the main thread inside the part and not inside a part nested in it; `calls`: its
-    labelled intervals over all steps."""
+    """One part, per step (means over the profiled steps): aten operators dispatched (top-level calls), syncs,
+    kernel launches and device milliseconds (None without CUDA), host milliseconds of the main thread outside nested
+    parts; `calls`: its labelled intervals."""
 
     part: Part
     owner: str

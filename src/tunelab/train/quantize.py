@@ -1,11 +1,6 @@
-"""QLoRA (`training.quantize: 4bit`): the frozen base in 4-bit NF4 through transformers'
-BitsAndBytesConfig, LoRA on top after the k-bit preparation of models/kbit.py (peft's, with the frozen
-non-quantized parameters kept in the compute dtype when that is bf16; peft's fp32 casts otherwise).
-
-bitsandbytes' 4-bit kernels need a CUDA GPU, so the refusal is made where it is cheap and clear: at
-plan time (no GPU for the jobs, or bitsandbytes not installed), and again in the job before any weight
-is loaded. The memory term is the simulator's (estimate/simulator/), which runs the same preparation.
-"""
+"""QLoRA (`training.quantize: 4bit`): the frozen base in 4-bit NF4 (BitsAndBytesConfig), LoRA on top after
+models/kbit.py's preparation. bitsandbytes' kernels need a CUDA GPU, so the refusal comes where cheap and clear:
+at plan time, and again in the job before any weight loads."""
 
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
-"""Resume: where this start of a run (or of one stage) begins, decided once, before anything trains.
+"""Resume: where this start of a run (or stage) begins, decided once, before anything trains.
 
-A restarted job resumes from the newest complete trainer checkpoint of its stage (complete: tunelab's
-counters written into it, the last write of a save). Before training, the main process brings the run
-directory back to that point, so nothing is counted twice:
-- an epoch_N a kill left unpublished (killed between its trainer state and its publish) is published again
-  from its trainer checkpoint;
-- metrics.jsonl keeps only the rows logged up to the checkpoint's step (the others are logged again);
-- a stage starting afresh drops the orders its epochs drew before (it draws them again);
-- a run starting afresh (its first stage, no checkpoint) drops every result an earlier start left.
-The other processes of a distributed run only read the checkpoint's counters. The runner calls `resume`
-once and trains from what it returns. The files are read once per job (train/held.py): a later stage of the
-same job starts from the rows and orders the job holds.
-"""
+A restarted job resumes from the newest complete trainer checkpoint of its stage; the main process first brings
+the run directory back to that point, so nothing is counted twice: an unpublished epoch_N is published again,
+metrics.jsonl keeps the rows up to the checkpoint's step, a stage starting afresh drops its epochs' orders, and a
+run starting afresh drops every earlier result. The files are read once per job (train/held.py)."""
 
 from __future__ import annotations
 
@@ -82,8 +74,7 @@ def resume(run_dir: Path, ctx: StageContext, main: bool, held: HeldFiles) -> Res
 
 
 def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | None) -> None:
-    """Keep the metrics rows logged up to `step` and (a later stage starting afresh) the orders of the epochs
-    before `drop_orders_from`. Read from the files when the job holds none yet; a file read is rewritten (a
+    """Keep the metrics rows up to `step` and the orders before `drop_orders_from`. A file read is rewritten (a
     kill may have cut its last line), a held one only when something goes."""
     read = held.metrics is None
     rows = read_metrics(run_dir) if held.metrics is None else held.metrics
@@ -98,9 +89,8 @@ def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | N
 
 def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
                              ) -> list[int]:
-    """Publish epoch_N again from complete trainer checkpoints up to `upto` where it is missing (a save
-    killed between its trainer state and its publish); returns the epochs republished. epoch_offset: the
-    epochs of a staged run's earlier stages (train/stages.py)."""
+    """Publish epoch_N again from complete trainer checkpoints up to `upto` where missing (a save killed before
+    its publish); returns those republished. epoch_offset: a staged run's earlier stages' epochs."""
     done = []
     for ckpt in complete_trainer_checkpoints(state_dir):
         if checkpoint_step(ckpt) > checkpoint_step(upto):

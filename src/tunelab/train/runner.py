@@ -1,17 +1,9 @@
 """Train one run (or one stage of a staged run) in its run directory; resume after a kill.
 
-What a run does, in order:
-1. resume (resume.py, called once here): where this start begins — the newest complete trainer
-   checkpoint, the epochs to republish, the metrics rows and orders kept — and the files brought back to it;
-2. say in status.json that the run is running (a restart counts as one);
-3. build the trainer the run trains with (trainer.py) and train: the callback (loop_hooks.py) writes
-   metrics.jsonl, status.json progress and the epoch checkpoints; a stop signal saves and stops
-   (interrupts.py);
-4. validate at the last step, measure the step cost (one process, unstaged), summarize — from the rows the
-   job holds (metrics.MetricsWriter), never reading back a file it wrote.
-A failure says why in status.json and raises. Completing the run (summary.json, status completed) is
-complete_run's: the job calls it after an unstaged run, the staged loop (stages.py) after the last stage.
-"""
+In order: resume (resume.py), say running in status.json, build the trainer (trainer.py) and train, the callback
+(loop_hooks.py) writing metrics, progress and epoch checkpoints, a stop signal saving and stopping
+(interrupts.py); then validate at the last step, measure the step cost, summarize from the rows the job holds. A
+failure says why in status.json and raises. Completing the run is complete_run's, after the last stage."""
 
 from __future__ import annotations
 
@@ -68,9 +60,8 @@ class Trained:
 
 def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None
               ) -> Trained | None:
-    """Train cfg (a staged run: the stage `stage`) in cfg.run_dir. Raises on failure (status.json says why).
-    In a distributed run every process calls it; only the main one writes files and returns what it trained
-    (the others return None). held: the files the job holds (one for the whole job: train/held.py)."""
+    """Train cfg (a staged run: its stage `stage`) in cfg.run_dir; raises on failure. Every process calls it; only
+    the main one writes files and returns what it trained. held: the files the job holds."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
     if cfg.stages:
@@ -253,9 +244,8 @@ def _check_applied(asked: Strategy | None, applied: Strategy | None) -> None:
 
 
 def _validate_at_end(trainer: Any, rows: list[MetricRow]) -> None:
-    """Validate at the last step unless that row exists: evaluate() writes it through on_log (writing it
-    here as well duplicated it), and a resumed run may have it already (the rows kept at resume). The main
-    process (the file's writer) decides; evaluate() is a collective, so every process follows its decision."""
+    """Validate at the last step unless that row exists (evaluate() writes it through on_log; a resumed run may
+    have it). The main process decides; evaluate() is a collective, so every process follows."""
     step = trainer.state.global_step
     missing = world().is_main and not any(r.step == step and r.is_validation for r in rows)
     if agree(missing):

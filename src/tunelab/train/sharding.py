@@ -1,16 +1,9 @@
 """FSDP2 applied by tunelab itself, on GPUs (NCCL) and CPU (gloo) alike.
 
-Why not the Trainer's FSDP arguments: accelerate applies FSDP on accelerators only — with CPU processes the
-Trainer drops them silently and trains DDP (../shared/reference/past-one-node.md) — so the sharded path could
-never run anywhere but a GPU node. PyTorch's `fully_shard` needs no GPU: tunelab shards the PEFT model here
-(each decoder layer a unit, then the root) after the Trainer built it and before it builds the optimizer, and
-tells accelerate to leave the model unwrapped. One path, the same on every device, is the one the suite runs.
-
-What a sharded model changes in the Trainer (ShardingMixin): checkpoints gather a full state dict, so their files
-are exactly a one-process run's (adapter_model.safetensors + adapter_config.json, loadable by PEFT alone; the
-optimizer state keyed by parameter name, world-size independent); a resume loads the adapter into the model
-before it is sharded (PEFT's own loader, as on one process) and the optimizer state into the shards.
-"""
+accelerate applies the Trainer's FSDP arguments on accelerators only (with CPU processes it silently trains DDP),
+so tunelab shards the PEFT model with `fully_shard` (each decoder layer, then the root) after the Trainer built it
+and before the optimizer: one path on every device, the one the suite runs. Checkpoints gather a full state dict,
+so their files are exactly a one-process run's; a resume loads the adapter before sharding."""
 
 from __future__ import annotations
 
@@ -50,9 +43,8 @@ def _contains(outer: Any, inner: Any) -> bool:
 
 
 def shard_trainer(trainer: Any, resume_from: Path | None) -> None:
-    """Shard trainer.model over the run's processes with FSDP2. A resume's adapter is loaded first, into the
-    whole model, by PEFT (the Trainer's own resume would copy full tensors into shards). Raises when the model
-    has no decoder layers to shard."""
+    """Shard trainer.model with FSDP2, a resume's adapter loaded first into the whole model by PEFT. Raises when
+    the model has no decoder layers to shard."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

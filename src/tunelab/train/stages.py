@@ -1,15 +1,8 @@
 """Staged runs (run.yaml `stages:`): stage k trains from stage k-1's final adapter, in the run's own directory.
 
-Every stage writes into the run's files as one continuous run: metrics.jsonl steps and epochs count on
-from the stages before (each row names its stage), epoch checkpoints are numbered across stages
-(checkpoints/epoch_N, so evaluation, the report and archiving see one sequence), and stages.json maps them
-back (stage, its epochs, its steps). Each stage keeps its own trainer state (trainer_state/STAGE/) and
-is recorded in stages.json only once complete: a failure in stage 3 resumes stage 3 and never reruns 1-2.
-
-This module is the staged loop: it picks the next incomplete stage and calls the runner for it. stages.json
-is read once, for what earlier starts completed; the main process keeps the records it adds (the others
-read the main process's file after each stage).
-"""
+Every stage writes into the run's files as one continuous run (steps, epochs and checkpoints numbered across
+stages; stages.json maps them back). Each stage keeps its own trainer state and is recorded only once complete,
+so a failure in stage 3 resumes stage 3 and never reruns 1-2."""
 
 from __future__ import annotations
 
@@ -64,9 +57,8 @@ def record_stage(run_dir: Path, done: list[StageRecord], ctx: StageContext, cfg:
 
 
 def next_stage(cfg: RunConfig, done: list[StageRecord]) -> StageContext | None:
-    """The first stage not yet complete (None when every stage is), given the stages recorded complete,
-    with its offsets and starting point. Raises when the recorded stages no longer match run.yaml's (a spec
-    changed after training began)."""
+    """The first stage not yet complete (None when all are), with its offsets and starting point. Raises when
+    the recorded stages no longer match run.yaml's."""
     run_dir = cfg.run_dir
     names = [s.name for s in cfg.stages]
     if [r.name for r in done] != names[:len(done)]:

@@ -1,11 +1,6 @@
-"""Measure how a step's time (and peak memory) grows with tokens, once training is over.
-
-Small models and short sequences do not scale with parameter count: a step costs a fixed part
-(kernel launches, optimizer, Python) plus a part per token. One run's steady throughput gives
-their sum at one point; timing forward+backward at two more micro-batch sizes (after the last
-checkpoint is saved, gradients thrown away) separates them, so a single calibration run can
-predict other batch sizes and other model sizes.
-"""
+"""Measure how a step's time (and peak memory) grows with tokens, once training is over: a step costs a fixed part
+plus a part per token, and timing two more micro-batch sizes separates them, so one calibration run predicts other
+batch and model sizes."""
 
 from __future__ import annotations
 
@@ -61,11 +56,9 @@ class TimedSteps:
 
 def time_real_steps(trainer, batches: list[int], repeats: int = STEP_COST_REPEATS,
                     on_step: Callable[[int, float, float], None] | None = None, warmup: bool = True) -> TimedSteps:
-    """A few real steps at each size, every one timed: collation, forward, backward and optimizer step, on the
-    run's own training data. The sizes take turns step by step, so a burst of other work on the machine falls on
-    both alike; the load over the timed steps is measured (cpuload.py) so a burst is seen, not only suffered.
-    `warmup`: one untimed round first. `on_step(micro-batch, tokens, seconds)` is called after each timed step
-    (the GPU kit's per-step trace; peaks are still those of that step)."""
+    """A few real steps at each size, every one timed on the run's own data. The sizes take turns, so a burst of
+    other work falls on both alike, and the load is measured. `warmup`: one untimed round; `on_step(micro-batch,
+    tokens, seconds)` after each timed step."""
     import torch
     from torch.utils.data import DataLoader
 

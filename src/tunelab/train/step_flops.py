@@ -1,10 +1,6 @@
-"""The Trainer's FLOPs count of a step (its `total_flos`), with the model's parameters counted once.
-
-Why: transformers' `Trainer.floating_point_ops` counts the model's non-embedding parameters at every optimizer
-step by walking all of them (py-spy: ~0.9 ms a step, 5 % of the demo's tiny 2 × 128 step at one thread, 1.5 % of
-the peers' tiny job). A LoRA run's parameters do not change while it trains, so the first step's figure per input
-token is kept and multiplied by each later step's tokens: the formula stays transformers' own, linear in tokens.
-"""
+"""The Trainer's FLOPs count of a step (`total_flos`), with the parameters counted once: transformers walks all of
+them every step, a measurable cost of a tiny step. A LoRA run's parameters do not change, so the first step's
+figure per token is kept and scaled by each step's tokens: transformers' formula, linear in tokens."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The trainer a run trains with, built exactly as the job builds it: TRL SFTTrainer + PEFT LoRA on the
-run's model, prompt/completion examples tokenized by the shared PromptFormat (loss on the completion only),
-optional BFD packing, the run's order, DDP/FSDP arguments. Tests and the probe build it too, so they read
-and time what a job really feeds."""
+"""The trainer a run trains with, built exactly as the job builds it (TRL SFTTrainer + PEFT LoRA, PromptFormat's
+tokens, packing, order, DDP/FSDP). Tests and the probe build it too, so they time what a job really feeds."""
 
 from __future__ import annotations
 
@@ -77,10 +75,8 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
 
 def plain_loss(cuda: bool, packing: bool, vision: bool) -> bool:
     """Whether the model computes its own loss from full logits instead of TRL's fused LM head: on a CPU, for
-    unpacked text rows. The fused head is what the memory simulator models on a GPU (estimate/simulator/step.py),
-    where its chunks keep a large vocabulary's logits out of memory; on a CPU its per-token extras (entropy,
-    top-1, a backward recompute of each tile) cost time for nothing (docs/benchmarks.md). Packed rows and images
-    keep TRL's path: its labels and position ids are what TRL's own loss expects."""
+    unpacked text rows, where the head's extras cost time for nothing. Packed rows and images keep TRL's path, whose
+    labels and positions TRL's loss expects."""
     return not cuda and not packing and not vision
 
 
@@ -174,17 +170,14 @@ FUSED_ADAMW = "adamw_torch_fused"
 
 
 def optimizer_args(cuda: bool) -> dict[str, Any]:
-    """AdamW's fused kernel on a GPU: one launch per chunk of tensors for the whole update, where the default below
-    torch 2.8 (foreach) launches one per operation of the update (about ten) — a small LoRA step is mostly launches
-    (docs/benchmarks.md, fixed step cost). transformers picks it itself from torch 2.8 on; this makes it so on every
-    torch a GPU run may have (pyproject: from 2.6). A CPU run keeps the library's default."""
+    """AdamW's fused kernel on a GPU: one launch per chunk of tensors, where torch below 2.8 launches about ten per
+    update (a small LoRA step is mostly launches). A CPU run keeps the library's default."""
     return {"optim": FUSED_ADAMW} if cuda else {}
 
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """Always explicit: TRL's SFTConfig turns activation checkpointing on by default, which costs
-    speed and makes a run's throughput depend on a library default. transformers 5's names (gradient_… are
-    deprecated aliases)."""
+    """Always explicit: TRL turns activation checkpointing on by default, which would make a run's speed depend on
+    a library default."""
     args: dict[str, Any] = {"activation_checkpointing": enabled}
     if enabled:
         args["activation_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -1,14 +1,9 @@
-"""What the job does differently for a vision-language model: the model class, the processor's parts, the
-examples with their pixels, and the collator that batches them. Everything else (SFTTrainer, LoRA, stages,
-checkpoints, node jobs) is the text path's.
+"""What the job does differently for a vision-language model: the model class, the processor, the examples with
+their pixels, and their collator; the rest is the text path's.
 
-Examples are built by `data.images.encode_vision_example` (PromptFormat's tokens with each image's tokens
-expanded, plus pixel_values and image_grid_thw), the function evaluation's prompts come from, so TRL's own
-chat templating never runs. LoRA goes on the language model's linear layers by default; the vision tower and
-the merger stay frozen unless `lora_target_modules` names them. Packing image rows is refused: a packed row
-would need the vision tower's per-image boundaries and M-RoPE positions per example, which TRL's padding-free
-collator does not carry.
-"""
+Examples are built by `data.images.encode_vision_example`, as evaluation's prompts are, so TRL's chat templating
+never runs. LoRA goes on the language model's linear layers unless `lora_target_modules` names others. Packing
+image rows is refused: TRL's padding-free collator does not carry per-image boundaries and M-RoPE positions."""
 
 from __future__ import annotations
 
