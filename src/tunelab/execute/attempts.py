@@ -1,6 +1,5 @@
-"""The ledger's `attempts` table as typed rows: every ended start of a run's job, with its verdict (what the
-report's retries and failures say). Written by the coordinator (ledger.record_attempt, from execute/follow.py
-and `tunelab cancel`); read here, so the verdict comes back as the FailureKind it was."""
+"""The ledger's `attempts` table as typed rows: every ended start of a run's job with its verdict, read back as
+the FailureKind it was."""
 
 from __future__ import annotations
 

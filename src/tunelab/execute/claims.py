@@ -1,20 +1,12 @@
-"""Claims: one coordinator at a time starts or retries a run.
+"""Claims: one coordinator at a time starts or retries a run, since two jobs in one run dir corrupt its checkpoints.
+Imports nothing heavy, so a coordinator claims its runs before torch is loaded.
 
-Two coordinators on one experiment (`tunelab run` twice, on one host or two sharing the filesystem)
-must never start the same run twice: two jobs in one run dir corrupt its checkpoints and metrics.
-This module imports nothing heavy, so a coordinator claims its runs before torch is loaded.
-
-- The experiment lock (`<experiment>/.tunelab.lock`, fcntl.flock) is held for a moment: while a
-  coordinator reads run states and takes claims, and (Slurm) while it refreshes jobs, applies
-  retries and submits. The kernel drops it when its process dies, so it is never stale. Linux
-  emulates flock with POSIX locks on NFS, so it holds across hosts there; on a filesystem without
-  locks (ENOLCK, EOPNOTSUPP) the claim files alone remain, atomic to create but racy to take over.
-- A run claim (`<run dir>/.claim`: host, pid, process start, token) is created with O_EXCL under the
-  lock and lives until the run ends for good (retries included) or the coordinator exits. It is
-  stale when its pid is gone on this host (or is another process now), or, from another host, when
-  it has not been touched for STALE_AFTER_S (the holder touches its claims while it waits on jobs).
-  A stale claim is taken over, under the lock, so two coordinators cannot both take it.
-"""
+- The experiment lock (`<experiment>/.tunelab.lock`, flock) is held briefly while claims are taken and jobs
+submitted. The kernel drops it when its process dies, so it is never stale; on NFS it holds across hosts; on a
+filesystem without locks the claim files alone remain, atomic to create but racy to take over.
+- A run claim (`<run dir>/.claim`) is created with O_EXCL under the lock and lives until the run ends for good.
+It is stale when its pid is gone on this host, or from another host when untouched for STALE_AFTER_S (the
+holder touches its claims while it waits); a stale claim is taken over under the lock."""
 
 from __future__ import annotations
 

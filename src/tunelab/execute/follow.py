@@ -1,9 +1,5 @@
-"""Following a sweep's jobs: judge each ended job once, apply the retry policy (execute/retry.py) and queue
-the retry. Executor-neutral: it reads the ledger and talks to jobs through the sweep's executor.
-
-Every job reaches a verdict in bounded time (execute/refresh.py), and a scheduler that stops answering
-ends a sweep that waits on it with an error (execute/submit.py, check_reachable).
-"""
+"""Following a sweep's jobs: judge each ended job once, apply the retry policy (execute/retry.py) and queue the
+retry, through the sweep's executor whatever it is."""
 
 from __future__ import annotations
 

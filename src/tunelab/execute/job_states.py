@@ -1,9 +1,6 @@
-"""The job states every executor reports in (Slurm's names, the ledger's `jobs.state`): one vocabulary, and the
-one rule of which states have not ended yet (what `max_queued`, `--wait`, `status` and the probe's wait count).
-
-A scheduler reports its state as text ('CANCELLED by 1000', 'COMPLETED+'); `JobState.of` reads its base
-state, and a state nobody knows has ended (it is not one of the active ones).
-"""
+"""The job states every executor reports in (Slurm's names): one vocabulary, and the one rule of which states have
+not ended yet. `JobState.of` reads a scheduler's text ('CANCELLED by 1000') as its base state; a state nobody
+knows has ended."""
 
 from __future__ import annotations
 
@@ -11,9 +8,8 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
-    """Slurm's job state codes (squeue(1), JOB STATE CODES) plus tunelab's two: SUBMITTED (accepted, not yet
-    seen by a poll) and UNSEEN (the scheduler no longer knows the job: it has ended, and its log and run
-    files say how). The local executor speaks the same words (RUNNING, COMPLETED, FAILED, CANCELLED)."""
+    """Slurm's job state codes plus tunelab's SUBMITTED (not yet seen by a poll) and UNSEEN (the scheduler forgot
+    the job: it has ended, its files say how). The local executor speaks the same words."""
 
     SUBMITTED = "SUBMITTED"
     UNSEEN = "UNSEEN"

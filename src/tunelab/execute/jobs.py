@@ -1,8 +1,5 @@
-"""Views of the ledger's `jobs` table (every job of every executor) as typed rows: the newest train/eval job
-of each run, and which jobs are still active (queued or running) or not yet judged.
-
-`book` is the directory whose ledger holds the jobs: the experiment, or (inside a Slurm node job, which
-leaves the experiment's ledger to the coordinator) a private one."""
+"""Views of the ledger's `jobs` table as typed rows. `book`: the directory whose ledger holds the jobs (the
+experiment, or a Slurm node job's private one, which leaves the experiment's ledger to the coordinator)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,10 @@
-"""The local machine as an Executor (execute/executor.py): a job is a job script run by bash in its own
-process group; its id is that process's pid. The executor that started a job knows its exit code;
-another process (a `tunelab status` or `cancel` beside a running `tunelab run`) sees it running while
-the pid is alive and running the run's script, and UNSEEN once it is gone (the run's files say how it ended).
+"""The local machine as an Executor: a job is a job script run by bash in its own process group, its id that pid.
+Another process (`tunelab status` beside `tunelab run`) sees it running while the pid runs the run's script,
+and UNSEEN once it is gone (the run's files say how it ended).
 
-Its capacity is this machine's devices: where there are GPUs (those CUDA_VISIBLE_DEVICES lets this process
-see), the scheduler (execute/schedule.py) places runs longest-estimate first, a run with N processes on N
-GPUs, small runs sharing a GPU up to resources.runs_per_gpu when their predicted peaks fit; each job gets
-its GPUs as CUDA_VISIBLE_DEVICES. Without GPUs, resources.cpu_runs_at_once runs
-side by side (auto: as many as the plan chose from timing their steps, forecast/cpu_sharing.py; written into run.yaml), each given its share of this process's cores as TUNELAB_CPUS (the job pins itself to them and
-divides them among its processes: tunelab/host/threads.py), so runs side by side never spin more threads than
-there are cores. A run spanning nodes
-(resources.nodes_per_run > 1) is refused, naming the field: this machine is one node.
-"""
+Its capacity is this machine's devices: GPUs are placed by execute/schedule.py, each job given its GPUs as
+CUDA_VISIBLE_DEVICES; without GPUs, resources.cpu_runs_at_once runs side by side, each given its share of the
+cores as TUNELAB_CPUS, so runs never spin more threads than there are cores. A multi-node run is refused."""
 
 from __future__ import annotations
 

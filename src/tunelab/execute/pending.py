@@ -1,10 +1,6 @@
-"""What a sweep starts: each selected run's next jobs, or why none (completed, queued or running, claimed by
-another coordinator). The choice reads the ledger's jobs and the run's files; the runs chosen are claimed
-(execute/claims.py), so call it under the experiment lock.
-
-Where jobs outlive the coordinator (a scheduler), each run's evaluation is submitted behind its training
-and controls get an evaluation job; a sweep that runs jobs here trains the fine-tuned runs (`tunelab eval`
-evaluates)."""
+"""What a sweep starts: each selected run's next jobs, or why none. The runs chosen are claimed
+(execute/claims.py), so call it under the experiment lock. Where jobs outlive the coordinator, each evaluation
+is submitted behind its training; a sweep running jobs here trains only (`tunelab eval` evaluates)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
-"""Bring every open job in the ledger up to date from its executor, and judge the ones that ended
-(execute/failures.py: how; the run's files win over exit codes). Written once for every executor.
+"""Bring every open job in the ledger up to date from its executor, and judge the ones that ended (the run's files
+win over exit codes), once for every executor.
 
-Every open job reaches a verdict in bounded time: an executor that can say a job has ended does so
-(execute/slurm_cli.py: absence from squeue counts), and an ended job whose accounting record has not
-arrived within SETTLE_GRACE_S is judged without it. A job the executor cannot tell about now (Slurm's
-controller restarting: squeue and sacct both failing) keeps its state until it can: unknown is never "ended".
-A start Slurm requeued is recorded as an attempt (execute/requeues.py) and the job followed on.
-"""
+Every open job reaches a verdict in bounded time: an ended job whose accounting has not arrived within
+SETTLE_GRACE_S is judged without it. A job the executor cannot tell about now keeps its state: unknown is never
+"ended". A start Slurm requeued is recorded as an attempt (execute/requeues.py)."""
 
 from __future__ import annotations
 
@@ -62,9 +59,8 @@ def should_judge(job: JobRow, info: JobInfo, now: datetime | None = None) -> boo
 
 
 def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) -> bool:
-    """The trainer of this very job requeued it (train/interrupts.py) within REQUEUE_GRACE_S and has not
-    started again: Slurm is bringing it back under the same id, so an ended look is a transition (the
-    batch step's end, seen before the job is pending again), not the job's end. `status`: its run's."""
+    """The trainer of this job requeued it within REQUEUE_GRACE_S and has not started again: an ended look is the
+    transition to pending again under the same id, not the job's end."""
     if job.kind != JobKind.TRAIN:
         return False
     if status.requeued_job != job.job_id or not status.requeued_at:
@@ -122,11 +118,9 @@ def judged_without_accounting(job: JobRow, now: datetime | None = None) -> bool:
 
 def judge_again(book: Path, job: JobRow, info: JobInfo | None, cfg: RunConfig | None, ex: Executor
                 ) -> JobRow | None:
-    """Accounting answers for a job judged without it: its exit code, elapsed time, node and final state go to
-    the ledger, and a generic verdict (failed, cancelled: all squeue's state could say) becomes the specific one
-    accounting shows (oom, timeout, preempted, node_fail) in the job's row and its attempt. A verdict the run's
-    files gave stands (they were the job's own then; a retry may have changed them since), and so does the retry
-    policy's decision. Returns the row when its verdict changed."""
+    """Accounting answers for a job judged without it: its exit code, time, node and state go to the ledger, and a
+    generic verdict becomes the specific one accounting shows. A verdict from the run's files stands, and so does the
+    retry decision. Returns the row when its verdict changed."""
     if info is None or not info.ended or not info.rows or info.exit_code is None or is_active_state(info.rows[0].state):
         return None  # squeue may still say COMPLETING after accounting's end: the row never goes back to active
     fields: dict[str, Any] = {"state": info.state, "exit_code": info.exit_code, "elapsed": info.elapsed,

@@ -1,15 +1,8 @@
-"""A training job its scheduler started again under the same id: Slurm's requeue (`scontrol requeue`,
-preemption in REQUEUE mode, a one-node job whose node was lost, the trainer's own requeue on the time-limit
-warning). Nothing is resubmitted and no retry is spent: the next start resumes from the last checkpoint
-(train/), and the coordinator keeps following the same job. What the run lived through still goes to the
-ledger: each ended start is an attempt row (the run's attempt number unchanged), its verdict from
-failures.requeue_verdict — so the attempts table says "preempted" (or node_fail, timeout), never "failed",
-and the report counts the restart.
-
-Written by the coordinator only (execute/refresh.py calls it for every open job the executor says was
-restarted); the rows already recorded for the job are counted, so a start is recorded once however often
-the job is polled, and starts missed while no coordinator ran are recorded at the next look.
-"""
+"""A training job its scheduler started again under the same id (Slurm's requeue, preemption, a lost node, the
+trainer's own requeue). Nothing is resubmitted and no retry is spent: the next start resumes from the last
+checkpoint. Each ended start is still an attempt row, its verdict from failures.requeue_verdict, so the attempts
+table says "preempted" (never "failed") and the report counts the restart; rows already recorded are counted, so
+a start is recorded once however often the job is polled."""
 
 from __future__ import annotations
 
@@ -24,11 +17,9 @@ from tunelab.rundir import now_iso
 
 
 def record_restarts(book: Path, job: JobRow, info: JobInfo, run_dir: Path | None, ex: Executor) -> list[Failure]:
-    """Record the starts of `job` that ended in a requeue and are not in the attempts table yet; returns
-    their verdicts. `info.restarts`: how often the scheduler restarted it, `info.earlier`: how those starts
-    ended (accounting). Accounting that answers but has not caught up is waited for while the job is active
-    (a lost node's start says NODE_FAIL only there: the node's processes died without a line in the log);
-    accounting down (no rows), or the job ended, and the log tells."""
+    """Record the starts of `job` that ended in a requeue and are not recorded yet; returns their verdicts.
+    Accounting that has not caught up is waited for while the job is active (a lost node shows only there); with
+    accounting down, or the job ended, the log tells."""
     if job.kind != JobKind.TRAIN or info.restarts <= 0:
         return []
     mine = [a for a in all_attempts(book) if a.run == job.run and a.job_id == job.job_id]

@@ -1,12 +1,8 @@
 """Which run trains on which GPUs, and when: one policy for the local executor and for the plan's forecast.
 
-Longest estimated run first (LPT list scheduling): at every moment, walk the queue in that order and start
-each run that fits the free GPUs now. A run needing N GPUs gets N whole GPUs. Several runs share one GPU
-(up to `runs_per_gpu`) only when the memory model says they fit together: every sharer's predicted peak
-is known and their sum stays under SHARE_FRACTION of the GPU's memory; a run whose memory is unknown, or
-that needs several GPUs, has its GPUs to itself. Pure functions over a device list and run estimates: the
-executor feeds real GPUs and real completions, `plan` feeds estimated durations and gets the makespan.
-"""
+Longest estimated run first (LPT list scheduling), each run started when it fits the free GPUs. Runs share a GPU
+(up to `runs_per_gpu`) only when every sharer's predicted peak is known and their sum stays under SHARE_FRACTION
+of its memory. Pure functions: the executor feeds real completions, `plan` estimated durations."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Job arrays: the first training jobs of runs with the same shape (identical sbatch options apart from
-their names, directories and logs) go to Slurm as one array, throttled by Slurm itself
-(`--array=0-(n-1)%N`, N = resources.slurm.array_max_running). Each task is a job of its own to the rest of
-tunelab: its id ARRAYID_i is in the ledger, squeue -r / sacct / scancel take it, and the run's evaluation
-job waits on it (afterok:ARRAYID_i). Retries and later submissions use the run's own job.sbatch.
-A run that spans nodes (resources.nodes_per_run > 1) never goes into an array: the array script starts one job
-process, and such a run needs its own job.sbatch (srun, one job process per node).
-"""
+"""Job arrays: the first training jobs of runs with identical sbatch options go to Slurm as one array, throttled by
+Slurm (`%array_max_running`). Each task is a job of its own to the rest of tunelab (ARRAYID_i); retries use the
+run's own job.sbatch. A multi-node run never goes into an array: it needs its own srun script."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""Slurm through its command lines (sbatch, squeue, sacct, scancel), as an Executor (execute/executor.py).
+"""Slurm through its command lines (sbatch, squeue, sacct, scancel), as an Executor.
 
-squeue is the authority on live jobs; sacct tells how ended jobs ended (exit codes of every step) but
-updates asynchronously, may be missing (no accounting) or failing (slurmdbd down). `merge` turns both
-views into one JobInfo per job, so that no job stays "active" forever: a job squeue answered for and no
-longer lists has ended, whatever sacct says or fails to say. A failing query means "unknown, look again",
-never "the job is gone" (slurmctld restarting answers nothing for seconds).
-
-A job Slurm started again under the same id (requeue, preemption in REQUEUE mode, a lost node) carries its
-restart count (squeue) and how its earlier starts ended (sacct -D), so the coordinator records each of them
-(execute/requeues.py). Every sbatch carries a token in --comment: a submission whose answer was lost (the
-controller went away mid-call) is looked up by it before anything is submitted again, so no run gets two jobs.
-"""
+squeue is the authority on live jobs; sacct tells how ended jobs ended but lags, may be missing or failing.
+`merge` makes one JobInfo of both, so no job stays "active" forever; a failing query means "unknown, look again",
+never "gone". Every sbatch carries a token in --comment: a submission whose answer was lost is looked up by it
+before anything is submitted again, so no run gets two jobs."""
 
 from __future__ import annotations
 
@@ -63,14 +56,9 @@ TOKEN = "tunelab:"  # --comment=tunelab:<token> names one submission
 
 def merge(queued: tuple[str, str] | tuple[str, str, int] | None, queue_ok: bool, rows: list[SacctRow],
           acct_ok: bool) -> JobInfo | None:
-    """One job's state from squeue's (state, reason) and sacct's rows; None when nothing can be said.
-    - squeue lists it: its state; once ended, `settled` only when sacct has the ended job too (or is
-      unavailable: then there is nothing to wait for).
-    - squeue answered without it: it has ended (Slurm forgets finished jobs after MinJobAge); sacct's
-      ended state if it has one, else UNSEEN (the run's files and log will say how it ended).
-    - squeue failed: sacct alone, if it knows the job.
-    Exit code, elapsed time and node come from an ended accounting record only: a live one's are not the job's
-    end, and a verdict given without them is judged again when they arrive (execute/refresh.py)."""
+    """One job's state from squeue's (state, reason) and sacct's rows; None when nothing can be said. Listed by
+    squeue: its state (settled once sacct has the end too). Answered without it: ended, sacct's state or UNSEEN.
+    squeue failed: sacct alone. Exit code, time and node come from an ended accounting record only."""
     job = rows[0] if rows else None
     acct_ended = job is not None and not is_active_state(job.state)
 
@@ -91,9 +79,8 @@ def merge(queued: tuple[str, str] | tuple[str, str, int] | None, queue_ok: bool,
 
 
 def unsure_token(script: Path, key: str | None, token: str | None = None) -> str | None:
-    """The token of an sbatch of `script` whose answer was lost, kept in a file beside it so that it outlives
-    the process that submitted: read it (`key`: the dependency and array it was submitted with; another
-    key's token is no longer this submission's), keep one (`token`), or forget it (`key` None)."""
+    """The token of an sbatch of `script` whose answer was lost, in a file beside it so it outlives the process:
+    read it (`key`: another dependency's token is not this submission's), keep one (`token`), or forget it (None)."""
     path = script.with_name(f".{script.name}.sbatch-token")
     if key is None:
         path.unlink(missing_ok=True)
@@ -166,10 +153,9 @@ class SlurmExecutor:
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
-        """sbatch, tagged with a token. SchedulerUnavailable when the controller did not answer; when it may
-        have taken the job all the same, the token is kept beside the script (unsure_token: this process or a
-        later `tunelab run` may be the next to submit it), and the next submission of that script with the
-        same dependency finds that job by its token (squeue) instead of submitting a second one."""
+        """sbatch, tagged with a token. SchedulerUnavailable when the controller did not answer; where it may have
+        taken the job, the token is kept (unsure_token) and the next submission finds that job instead of a second
+        one."""
         key = f"{dependency}|{array}"
         token = unsure_token(script, key)
         if token is not None:

@@ -1,16 +1,9 @@
-"""Slurm job scripts of a run, rendered from its run.yaml (jinja2 templates in tunelab/scaffold/templates/).
+"""Slurm job scripts of a run, rendered from its run.yaml: `job.sbatch` trains, `eval.sbatch` evaluates. They hold
+nothing run.yaml does not and are rendered again before every submission, never patched.
 
-`job.sbatch` trains (`python -m tunelab.train.job run.yaml`), `eval.sbatch` evaluates (`tunelab eval EXP --run NAME`);
-controls get only `eval.sbatch`. The scripts hold nothing that run.yaml does not: they are
-rendered again before every submission, never patched.
-
-A run that spans nodes (resources.nodes_per_run = N > 1) asks for N nodes, one task and its share of the GPUs on
-each, and its job.sbatch starts one job process per node with srun (train/nodes.py: the rendezvous they meet at).
-A failure on any node ends the job: srun's --kill-on-bad-exit ends every node's processes when one exits non-zero,
-and the job runs with --no-requeue, so a lost node ends it NODE_FAIL for tunelab's retry (resume from the last
-checkpoint, bounded by resources.max_retries) instead of Slurm requeueing it unseen. The job still requeues
-itself on the time-limit warning (train/interrupts.py allows it first). Its evaluation job runs on one node.
-"""
+A multi-node run asks for N nodes and starts one job process per node with srun. A failure on any node ends the
+job (--kill-on-bad-exit), and it runs with --no-requeue, so a lost node ends it NODE_FAIL for tunelab's retry
+instead of Slurm requeueing it unseen; it still requeues itself on the time-limit warning."""
 
 from __future__ import annotations
 

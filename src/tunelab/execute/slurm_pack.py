@@ -1,14 +1,8 @@
-"""Node jobs (`resources.slurm.pack: node`): one Slurm job holds a node's GPUs and runs a group of runs on
-them — the lab's "mega job" — instead of one job per run.
+"""Node jobs (`resources.slurm.pack: node`): one Slurm job holds a node's GPUs and runs a group of runs on them
+(`tunelab pack-job`, with the local executor's scheduler), then evaluates them.
 
-Inside the job, `tunelab pack-job` trains the group with the local executor's scheduler (execute/local_jobs.py and execute/schedule.py:
-longest first, CUDA_VISIBLE_DEVICES per run, runs_per_gpu), then evaluates them, leaving the ledger's jobs
-to the coordinator. To the coordinator each run of the group has a train and an eval job row with the
-node job's id: polled, cancelled and judged (from each run's own files) like any job; a run that did not
-complete is retried as a job of its own. A node failure requeues the node job, which skips what completed
-and resumes the rest. A run that spans nodes (resources.nodes_per_run > 1) is never packed: a node job is one
-node's allocation, so such a run goes as a training job of its own (and its evaluation job), whatever `pack` says.
-"""
+To the coordinator each run of the group has train and eval job rows with the node job's id, judged from each
+run's own files; a run that did not complete is retried as a job of its own. A multi-node run is never packed."""
 
 from __future__ import annotations
 
@@ -80,9 +74,8 @@ def pack_groups(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
 
 
 def pack_time_limit(cfgs: list[RunConfig]) -> str:
-    """The node job's limit: the user's pack_time_limit, else the forecast makespan of the runs' training
-    limits on the node's GPUs (the local scheduler's own policy), plus the longest of its runs' evaluation limits
-    (slurm.eval_time_limit, else each run's predicted evaluation, slurm_jobs.eval_time_limit)."""
+    """The node job's limit: the user's pack_time_limit, else the forecast makespan of the runs' training limits
+    on the node's GPUs plus the longest evaluation limit."""
     s = slurm_settings(cfgs[0])
     if s.pack_time_limit:
         return s.pack_time_limit

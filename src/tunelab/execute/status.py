@@ -30,10 +30,8 @@ from tunelab.rundir.layout import RunState
 
 
 class RowState(StrEnum):
-    """What `tunelab status` says of a run, in one vocabulary: pending or running while its job is queued or
-    running (or its files say so and no job judged otherwise), completed, or how it ended otherwise — the
-    verdict on its job (FailureKind) or its files' state. The values are RunState's and FailureKind's strings
-    (`status --json`, the MCP status tool); `label` is the table's word."""
+    """What `tunelab status` says of a run: pending or running while its job is, completed, or how it ended (the
+    verdict, FailureKind, or its files' state). Values are RunState's and FailureKind's strings; `label` the word."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -73,10 +71,8 @@ class RowState(StrEnum):
 
 
 class EvalState(StrEnum):
-    """Where a run's evaluation stands short of a verdict (`StatusRow.eval`, where the verdict on its job is the
-    FailureKind itself): scored once every task's scores.json is written; else its newest evaluation job's
-    state — pending or running while active, ended until the verdict is in. The values are what `status
-    --json` says; `eval_label` makes the tables' word."""
+    """Where a run's evaluation stands short of a verdict: scored once every task is written; else its newest
+    evaluation job's state. Values are what `status --json` says; `eval_label` the tables' word."""
 
     SCORED = "scored"
     PENDING = "pending"

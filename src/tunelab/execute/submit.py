@@ -1,13 +1,8 @@
-"""Submitting a run's jobs through the sweep's executor: its training job, then (a scheduler) its evaluation
-job with afterok; or several runs' first training jobs as one group (a job array, a node job). Every job
-goes to the ledger; a dry run only says what it would submit. Room (how many jobs at once, which GPUs)
-is the sweep's to decide before (execute/sweep.py, the executor's Capacity).
+"""Submitting a run's jobs through the sweep's executor: its training job, then (a scheduler) its evaluation job
+with afterok, or several runs' first jobs as one group; every job goes to the ledger.
 
-A scheduler that cannot take a job now (SchedulerUnavailable: Slurm's controller restarting) ends nothing:
-what was not submitted goes back to the sweep's queue — a run whose training job was taken keeps it, and
-only its evaluation waits — and is submitted at the next look (the executor makes sure a lost answer does
-not become a second job).
-"""
+A scheduler that cannot take a job now (SchedulerUnavailable) ends nothing: what was not submitted goes back to
+the sweep's queue and is submitted at the next look."""
 
 from __future__ import annotations
 
@@ -84,9 +79,8 @@ def _later(sweep: Sweep, s: Submission, kind: JobKind, dep: str | None, exc: Sch
 
 
 def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
-    """These runs' training jobs as one submission, then (an array) each run's evaluation job with afterok on
-    its own task; a node job trains and evaluates its runs itself (execute/slurm_pack.py), so each run gets
-    a train and an eval row with its id, polled, judged and cancelled per run like any other job."""
+    """These runs' training jobs as one submission, then (an array) each run's evaluation job on its own task; a
+    node job trains and evaluates its runs itself, each run getting rows with its id."""
     cfgs = list(group.runs)
     script, array = sweep.ex.group_script(group, write=not sweep.dry_run)
     names = ", ".join(c.name for c in cfgs)

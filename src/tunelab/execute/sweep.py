@@ -1,21 +1,9 @@
-"""`tunelab run`: one sweep for every executor (execute/executor.py), in the spirit of submitit — the
-loop below never looks behind the Executor it is given.
+"""`tunelab run`: one sweep for every executor, in the spirit of submitit — the loop never looks behind the Executor.
 
-1. Under the experiment lock: refresh the jobs in the ledger, judge the ones that ended and apply the
-   retry policy (execute/follow.py); then choose what to start (execute/pending.py), each run claimed
-   (execute/claims.py) so a second coordinator skips it.
-2. Start what the executor has room for now (its Capacity: this machine's devices, or Slurm's
-   max_queued), each job recorded in the ledger (execute/submit.py); runs of one shape may go as one
-   submission (a job array, a node job).
-3. Look again every poll interval — judge what ended, queue retries, start what now fits — until nothing
-   is queued and, when the sweep follows its jobs (always where they run here; with --wait on a
-   scheduler), no job of the selected runs is open.
-
-Idempotent: completed, queued and running runs are skipped; interrupted or failed runs start again and
-resume from their last checkpoint; --force starts them from scratch. Jobs only write files in their run
-directory; the coordinator is the only writer of tunelab.db (inside a Slurm node job, record=False keeps
-the job book in a private ledger).
-"""
+Under the experiment lock: refresh and judge the jobs, apply retries, choose and claim what to start; start what
+the executor has room for; look again every poll interval until nothing is queued or open. Idempotent: completed,
+queued and running runs are skipped, interrupted ones resume, --force starts from scratch. The coordinator is the
+only writer of tunelab.db."""
 
 from __future__ import annotations
 
@@ -46,9 +34,8 @@ HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts
 def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None = None, *, force: bool = False,
               dry_run: bool = False, wait: bool = False, console: Console | None = None,
               record: bool = True) -> dict[str, RowState]:
-    """Start what is pending on `ex` and follow it (always where jobs run here; with `wait` on a scheduler).
-    Returns {run: state} of the runs this sweep started or followed, as `tunelab status` judges them (RowState).
-    record=False: inside a Slurm node job, which leaves the experiment's ledger to the coordinator."""
+    """Start what is pending on `ex` and follow it (with `wait` on a scheduler); returns {run: RowState} of the
+    runs started or followed. record=False: inside a Slurm node job."""
     check_options(ex, dry_run, wait)
     exp = Path(experiment_dir).resolve()
     with ExitStack() as stack:

@@ -1,9 +1,5 @@
-"""`tunelab status --watch`: a live table of the sweep until nothing is queued or running.
-
-Per run: a progress bar, step, last loss, tokens/s and ETA (from the run's own files); for the sweep, the
-caller's re-plan (forecast/remaining.py: what is left against the deadline); a failure, and the deadline's warning,
-are printed above the table the moment a look sees them.
-"""
+"""`tunelab status --watch`: a live table of the sweep (per run progress, loss, speed, ETA; the caller's re-plan)
+until nothing is queued or running; failures and the deadline's warning are printed the moment they are seen."""
 
 from __future__ import annotations
 
