@@ -11,7 +11,7 @@ from tunelab.catalog import architecture_from_config, resolve_architecture, reso
 from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import largest_batch, plan_batch, tokens_per_microbatch
-from tunelab.estimate.memory import MemoryInputs, estimate_memory, lora_params, max_tokens_that_fit
+from tunelab.estimate.memory import MemoryInputs, estimate_memory, lora_params
 from tunelab.estimate.peak import SIMULATED, predict_peak, step_shape
 
 runner = CliRunner()
@@ -104,18 +104,6 @@ def test_memory_terms_are_at_least_the_tensors_that_must_exist():
     assert est.logits_gib >= 16 * 2048 * 128_256 * 4 / 2**30  # 15.7 GiB: bigger than the weights
     chunks = [estimate_memory(arch, 16 * 2048, MemoryInputs(loss_chunks=k)).logits_gib for k in (1, 2, 8, 64)]
     assert all(a > b for a, b in zip(chunks, chunks[1:]))  # chunking the loss lowers the logits term
-
-
-def test_max_tokens_that_fit_is_the_exact_boundary():
-    arch = resolve_architecture("Llama-3.2-3B")
-    for inputs in VARIANTS:
-        for budget in (12.0, 40.0, 80.0):
-            n = max_tokens_that_fit(arch, inputs, budget)
-            if estimate_memory(arch, 1, inputs).peak_gib > budget:
-                assert n == 0, (inputs, budget)
-                continue
-            assert estimate_memory(arch, n, inputs).peak_gib <= budget < estimate_memory(arch, n + 1, inputs).peak_gib
-    assert max_tokens_that_fit(arch, MemoryInputs(), 1.0) == 0  # the weights alone do not fit
 
 
 def test_seed_oom_case_flagged_and_a_fitting_batch_recommended():

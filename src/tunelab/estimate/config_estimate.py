@@ -1,10 +1,6 @@
-"""What `tunelab estimate` says of one configuration, as one typed record: the command prints it, `tunelab init`
-proposes a micro-batch from it and `tunelab schema --output estimate` is its schema, so a renamed field breaks
-them all at once instead of one of them reading a missing key.
-
-Parts that are computed only for some configurations (the image facts of a vision-language model, the epoch
-of a measured dataset) are left unset otherwise, and the JSON holds exactly the fields that were set.
-"""
+"""What `tunelab estimate` says of one configuration, as one typed record that the command, `tunelab init` and
+`tunelab schema --output estimate` share, so a renamed field breaks them all at once. Parts computed only for
+some configurations are left unset, and the JSON holds exactly the fields set."""
 
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
-"""A measured peak from the history in place of the simulated one: only for the same configuration, and only
-like with like.
-
-Same configuration: same GPU model, same model architecture, one process, and every field the peak depends
-on equal (`MemoryConfig`). A row that did not record a field cannot be shown to be the same run, so it is not
-used (it still informs speed, forecast/runs.py).
-
-Like with like: a history row holds one counter (`memory_kind`).
-- `cuda_max_allocated` (tunelab's runs and probes, HF Trainer's memory metrics, torchtune's
-  `peak_memory_alloc`) replaces the simulated *allocated* peak. What must fit is still reserved + CUDA
-  context, so the requirement is measured allocated + the simulation's allocator slack (simulated reserved −
-  simulated allocated) + the CUDA context.
-- `cuda_max_reserved` (torchtune's `peak_memory_reserved` when the log has no allocated counter) replaces
-  the simulated *reserved* peak: requirement = measured reserved + CUDA context.
-- Any other counter is not used: torch's active peak (torchtune's `peak_memory_active`: allocated blocks plus
-  freed ones not yet reusable by another stream), NVML's device-wide used memory and host RSS have no
-  simulated counterpart, so comparing them with a simulated figure would mix two quantities.
-Without a simulation (the analytic fallback) there is no allocator slack to carry over: the row is not used.
-"""
+"""A measured peak from the history in place of the simulated one: only for the same configuration (GPU model,
+architecture, one process, every `MemoryConfig` field equal; a row missing a field cannot be shown the same),
+and only like with like, by the row's counter (`memory_kind`):
+- `cuda_max_allocated` replaces the simulated allocated peak: requirement = measured allocated + the
+simulation's allocator slack (reserved − allocated) + the CUDA context;
+- `cuda_max_reserved` replaces the simulated reserved peak: requirement = measured reserved + CUDA context;
+- any other counter (torch's active peak, NVML's used, host RSS) has no simulated counterpart: not used.
+Without a simulation there is no allocator slack to carry over: the row is not used."""
 
 from __future__ import annotations
 

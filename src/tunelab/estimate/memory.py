@@ -1,14 +1,9 @@
-"""Peak training memory of a LoRA run, as a function of **tokens per micro-batch**.
+"""Peak training memory of a LoRA run, as a function of **tokens per micro-batch** (packed: batch × max_seq_len,
+unpacked: batch × padded length): why a batch that fitted unpacked OOMs once packing is on.
 
-Packed: tokens = batch × max_seq_len. Unpacked: tokens = batch × padded length. That unit is why
-a batch size that fitted unpacked OOMs once packing is on: the same "16" means 10× the tokens.
-
-Terms (bytes): frozen base weights; LoRA (and modules_to_save) weights, gradients and AdamW
-states; activations per token per layer (all saved, or one layer input with activation
-checkpointing); logits (fp32 upcast for the loss, its softmax and its gradient: with a 128k
-vocabulary this is often the largest term) divided by the loss chunks; runtime overhead.
-With `quantize: 4bit` (QLoRA) the frozen linear weights are NF4 (see base_weight_bytes).
-"""
+Terms: frozen weights (NF4 under QLoRA); LoRA weights, gradients and AdamW states; activations per token per
+layer (one layer input under checkpointing); fp32 logits over the loss chunks (often the largest term with a
+large vocabulary); runtime overhead."""
 
 from __future__ import annotations
 
@@ -137,11 +132,8 @@ FSDP_GATHERED_UNITS = 2
 
 def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calibration: float = 1.0,
                     source: str = "model", shards: int = 1) -> MemoryEstimate:
-    """Predicted peak memory of one device for `tokens` tokens per micro-batch (per device).
-
-    shards=1: the whole model on each device (one process, or DDP). shards=N (FSDP over N devices): weights,
-    gradients and optimizer states divided by N, plus the full weights of the layers gathered at once;
-    activations and logits stay per device."""
+    """Predicted peak memory of one device for `tokens` tokens per micro-batch. shards=N (FSDP): weights,
+    gradients and optimizer states divided by N plus the layers gathered whole; activations stay per device."""
     b = DTYPE_BYTES[inputs.dtype]
     lora = lora_params(arch, inputs.lora_rank, inputs.lora_targets)
     full = full_module_params(arch, inputs.modules_to_save)
@@ -165,12 +157,3 @@ def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calib
         calibration=calibration,
         source=source,
     )
-
-
-def max_tokens_that_fit(arch: Architecture, inputs: MemoryInputs, budget_gib: float, calibration: float = 1.0) -> int:
-    """Largest tokens per micro-batch whose predicted peak stays within budget (0 if none)."""
-    fixed = estimate_memory(arch, 0, inputs, calibration).peak_gib
-    per_token = estimate_memory(arch, 1, inputs, calibration).peak_gib - fixed
-    if fixed >= budget_gib or per_token <= 0:
-        return 0
-    return int((budget_gib - fixed) / per_token)

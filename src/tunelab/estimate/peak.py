@@ -1,11 +1,7 @@
-"""Peak memory of a run's training step on one device: the one entry point `estimate`, `plan`, `validate`
-and `init` use, and the one rule for "fits".
-
-The figure comes from the simulator (estimate/simulator: tunelab's own step on fake tensors). The analytic
-model (memory.py) stays as the explanation shown beside it, and answers alone only when the simulation
-cannot run (an architecture transformers does not know, say), which the source then says. What must fit
-is the simulated *reserved* memory plus the CUDA context: that is what runs out on a GPU.
-"""
+"""Peak memory of a run's training step on one device: the one entry point `estimate`, `plan`, `validate` and
+`init` use, and the one rule for "fits". The figure is the simulator's; the analytic model (memory.py) is the
+explanation beside it and answers alone only where the simulation cannot run, said so. What must fit is the
+simulated reserved memory plus the CUDA context: that is what runs out on a GPU."""
 
 from __future__ import annotations
 
@@ -101,12 +97,9 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
                         strategy: Strategy | None = None) -> int:
     """Largest micro-batch whose simulated requirement fits `budget_gib` (0 if not even 1 does).
 
-    Memory grows with the micro-batch as a polynomial of degree two at most (activations linearly, a
-    packed row's attention mask quadratically), so three simulations (1, 2, 4) predict where the budget is
-    crossed; simulations at and next to the prediction confirm it. When rows cost little next to the budget
-    (1 and 2 on a line that stays under it well past the limit) the limit is tried right after 2. A miss
-    refits on every point seen (the new ones lie near the crossing), and after REFITS rounds a bisection
-    between confirmed points settles it (allocator rounding is not polynomial)."""
+    Memory is at most quadratic in the micro-batch, so simulations at 1, 2, 4 predict the crossing and simulations
+    around it confirm; cheap rows try the limit right after 2. A miss refits on every point seen, and after REFITS
+    rounds a bisection settles it (allocator rounding is not polynomial)."""
     arch = resolve_architecture(model)
     seen: dict[int, float] = {}
 
@@ -139,16 +132,14 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
 
 def _far_below(one: float, two: float, budget: float, limit: int) -> bool:
-    """Whether the line through micro-batches 1 and 2 stays within the budget to FAR_BEYOND × the limit: then
-    the limit itself is simulated next (one simulation settles the search when it fits, as it does unless
-    memory grows much faster than linearly; when it does not, the search goes on with it as a point seen)."""
+    """Whether the line through micro-batches 1 and 2 stays within the budget to FAR_BEYOND × the limit: then the
+    limit is simulated next, which settles the search unless memory grows much faster than linearly."""
     return one + (two - one) * (FAR_BEYOND * limit - 1) <= budget
 
 
 def _predicted_crossing(points: list[tuple[int, float]], budget: float, limit: int) -> int:
-    """The b just before the fitted curve through `points` ((b, GiB), b ascending) first exceeds the budget.
-    Memory never falls as b grows: a concave fit (allocator rounding at small b) is replaced by the line
-    through the last two points."""
+    """The b just before the fitted curve through `points` first exceeds the budget; a concave fit (allocator
+    rounding) is replaced by the line through the last two points, since memory never falls as b grows."""
     import numpy as np
 
     xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)

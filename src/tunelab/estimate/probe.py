@@ -1,14 +1,9 @@
-"""`tunelab probe`: measure each distinct run shape of a sweep with a few real steps, so a plan on a fresh
-machine has measured speed (and memory) instead of none.
+"""`tunelab probe`: measure each distinct run shape of a sweep with a few real steps, so a plan on a fresh machine
+has measured speed and memory instead of none.
 
-A shape is what speed and memory depend on: model, dataset and prompt (tokens per micro-batch), micro-batch,
-max_seq_len, packing, LoRA rank, targets and modules trained in full, checkpointing, dtype, quantization.
-Runs that differ only in learning rate, epochs or seed share one probe. Each shape's result becomes one
-history row (origin "probed", keyed by shape and device, replaced by a later probe of the same shape), which
-the planner's time model reads like any measured run (fixed + per-token step cost). The probe also times a
-few batched generations of each model (train/probe_generate.py), recorded as the history's generation row of
-that model and device, which evaluation's predicted time reads (forecast/evaltime.py).
-"""
+Runs that differ only in what speed and memory do not depend on (learning rate, epochs, seed) share one probe.
+Each shape's result becomes one history row (origin "probed", replaced by a later probe of the same shape), and
+each model's timed generations the history's generation row (forecast/evaltime.py)."""
 
 from __future__ import annotations
 
@@ -99,10 +94,8 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
 
 
 def caveat(shape: Shape, result: ProbeResult) -> str | None:
-    """One line when a shape's timings stayed contended or spread after the probe's repeats (None: neither, or
-    its last round agreed):
-    'probe: tiny r16 bs4 timed under contention (others held 1.3 of 2 cores): ×2.4; repeated 3 times, spread
-    41 %'."""
+    """One line when a shape's timings stayed contended or spread after the probe's repeats (None otherwise), e.g.
+    'probe: tiny r16 bs4 timed under contention (…): ×2.4; repeated 3 times, spread 41 %'."""
     load, spread = result.load, result.spread
     contended = load is not None and load.contended
     if result.settled or (not contended and (spread is None or spread <= SPREAD_LIMIT)):
@@ -132,9 +125,8 @@ def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
 
 
 def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
-    """The simulator's largest micro-batch for this run on the GPU the probe ran on (its whole memory), for
-    the step the probe measured: one process (probe_steps trains in the probe's own process, never under
-    torchrun), so the search is the single-device one whatever the run's gpus_per_run."""
+    """The simulator's largest micro-batch on the probe's GPU for the step the probe measured: one process
+    (probe_steps never runs under torchrun), whatever the run's gpus_per_run."""
 
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
@@ -155,9 +147,8 @@ def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
 
 
 def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
-    """One shape measured the way a job trains: in a process of its own (`python -m tunelab.train.probe_steps`)
-    on a scratch run directory, read back from the result file it writes there. The scratch directory is
-    removed afterwards, also on Ctrl-C."""
+    """One shape measured the way a job trains: in a process of its own on a scratch run directory (removed after,
+    also on Ctrl-C), read back from the result file it writes."""
 
 
     pcfg = probe_cfg(shape.cfg, shape.key)

@@ -1,12 +1,7 @@
-"""`tunelab probe --executor slurm`: the probe as one short job of the runs' executor (a batch scheduler:
-Slurm), on the partition the runs will use, so the measured speed and memory are those of the jobs' device,
-not of the login node. The script, the submission, the polling and the job's output all go through the
-Executor interface (execute/executor.py: side_job_script, submit, poll, output).
-
-The job runs `tunelab probe SPEC --results FILE`: it measures every shape and writes the results as JSON in
-`<experiment>/probe/`, nothing else (jobs never write the history: a SQLite file on a network filesystem
-with writers on many nodes is fragile). The coordinator waits for the job, then records the rows.
-"""
+"""`tunelab probe --executor slurm`: the probe as one short job on the runs' partition, so the measured speed and
+memory are the jobs' device's, not the login node's; through the Executor interface. The job writes its results
+as JSON in `<experiment>/probe/` and the coordinator records the rows: jobs never write the history (SQLite on a
+network filesystem with writers on many nodes is fragile)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,9 @@
-"""What a run will write to disk, predicted from what it writes: so plan can say, before any job, whether the
-sweep fits its filesystem (plan/storage.py) instead of a job finding out at its third checkpoint.
+"""What a run will write to disk, predicted, so plan can say before any job whether the sweep fits its filesystem
+instead of a job finding out at its third checkpoint.
 
-- The adapter file is exact: safetensors stores 8 bytes of header length, a JSON header padded to 8 bytes and
-  the tensors; PEFT saves lora_A (rank × in) and lora_B (out × rank) of every targeted linear layer in float32
-  (it upcasts adapters) and each `modules_to_save` module whole in the training dtype. The header is built as
-  safetensors builds it (tensors sorted by dtype, then name), for the module names of a causal LM
-  (`model.layers.N.self_attn|mlp.NAME`); another layout changes a few header bytes, never the tensors.
-- optimizer.pt: AdamW's two moments per trainable tensor in its dtype (exact), plus torch's zip overhead per
-  tensor (measured); the rest of a trainer checkpoint (scheduler, RNG, trainer state, model card) is small.
-- How many checkpoints stay is train/checkpoints.py's rule: every epoch_N; trainer states: the newest
-  `keep_checkpoints`, else one per epoch (a mid-epoch one only while newest); a save holds one more until
-  its retention runs.
-- Logs and evaluation logs are estimates per row, line, example and sample scored, measured on tunelab's own
-  tiny runs.
-"""
+The adapter file is exact (safetensors' header built as safetensors builds it, PEFT's fp32 adapters, modules
+saved whole); optimizer.pt is AdamW's two moments plus torch's zip overhead per tensor; how many checkpoints stay
+is train/checkpoints.py's rule; logs are estimates per row, line and sample, measured on tunelab's tiny runs."""
 
 from __future__ import annotations
 
@@ -186,9 +176,8 @@ def run_disk(cfg: RunConfig, parts: list[Part], dtype: str, est: RunEstimate | N
 
 
 def order_bytes(examples: int) -> int:
-    """One epoch's line of data_order.jsonl: the example indices, comma-separated — 80 bytes and, per index
-    0 … examples − 1, its digits and a separator. Counted by digit count, not index by index: plan sizes every
-    run twice, and a sweep of 1,000 runs over 800 examples spent 0.45 s of its 2 s plan summing indices."""
+    """One epoch's line of data_order.jsonl, counted by digit count rather than index by index (summing every
+    index took a large share of a big plan's time)."""
     total, width, low = 80 + 2 * examples, 1, 0
     while low < examples:
         high = min(examples, 10**width)  # indices low … high − 1 have `width` digits

@@ -1,23 +1,11 @@
-"""A model of PyTorch's CUDA caching allocator, so a simulated step reports what `max_memory_reserved` would.
+"""A model of PyTorch's CUDA caching allocator, so a simulated step reports what `max_memory_reserved` would:
+blocks freed go back to a pool and reserved segments are never returned, which is why reserved exceeds allocated.
 
-`max_memory_allocated` counts the allocator's *blocks* (each request rounded up), `max_memory_reserved` the
-*segments* it obtained from cudaMalloc. A tensor freed returns its block to a pool, where a later request
-may reuse it (best fit) or split it; what is reserved is never given back during training. That is why
-reserved exceeds allocated, and reserved (plus the CUDA context) is what runs out.
-
-Modelled, after c10/cuda/CUDACachingAllocator.cpp (default settings):
-- request sizes rounded up to a multiple of 512 bytes (at least 512);
-- two pools: small requests (<= 1 MiB) are carved from 2 MiB segments; large ones from 20 MiB segments
-  when under 10 MiB, else from a segment of exactly the request rounded up to 2 MiB;
-- best fit among the pool's free blocks (smallest block that is large enough, then lowest address);
-- a block is split when the rest is >= 512 bytes (small pool) or > 1 MiB (large pool);
-- a freed block merges with free neighbours of its own segment.
-
-Not modelled: the retry that frees cached segments when cudaMalloc fails (a real run near the limit
-reserves less than this model says: the model errs on the side of an OOM warning), `expandable_segments`,
-`max_split_size_mb` and garbage-collection thresholds (unset by default), several streams, and memory that
-CUDA libraries take outside the allocator (cuBLAS/cuDNN handles; the context term accounts for it).
-"""
+Modelled after CUDACachingAllocator.cpp (defaults): sizes rounded up to 512 bytes; small requests (<= 1 MiB)
+from 2 MiB segments, large ones from 20 MiB segments under 10 MiB, else a segment of the request rounded to 2
+MiB; best fit; splits when the rest is >= 512 bytes (small) or > 1 MiB (large); merges with free neighbours.
+Not modelled: the retry that frees cached segments when cudaMalloc fails (the model errs towards an OOM warning),
+expandable segments and other options, several streams, memory outside the allocator (the context term's)."""
 
 from __future__ import annotations
 

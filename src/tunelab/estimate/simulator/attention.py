@@ -1,25 +1,12 @@
-"""Attention as a CUDA GPU runs it, for a step simulated on the CPU.
+"""Attention as a CUDA GPU runs it, for a step simulated on the CPU: on a CPU SDPA would pick CPU kernels or the
+math path, storing the S×S matrices, which a GPU's fused kernels never do.
 
-On a CPU, `scaled_dot_product_attention` picks CPU kernels (or the math path that stores the S×S
-matrices); on an Ampere/Hopper GPU PyTorch picks, in this order (aten/src/ATen/native/transformers/
-sdp_utils.cpp): FlashAttention-2 when there is no mask and the dtype is fp16/bf16 with a head dim
-<= 256; else the memory-efficient (CUTLASS) kernel, which takes a mask as an additive bias; else math.
-Neither fused kernel stores the attention matrix. The stand-ins below allocate what each kernel
-allocates and keep what its autograd node saves, with the same output shapes:
-
-- flash forward: the output (allocated as B×S×H×D and returned transposed) and the log-sum-exp
-  (B×H×S fp32); saves q, k, v, output, log-sum-exp. Backward: dq, dk, dv (with grouped-query heads, dk
-  and dv first for all H heads, then summed), `softmax_d` (B×H×S₁₂₈ fp32) and the fp32 `dq_accum`
-  (B×S₁₂₈×H×D) that FlashAttention-2's backward always uses.
-- memory-efficient forward: a boolean mask is first converted to an additive bias in the query's dtype
-  (`convert_boolean_attn_mask`, a new tensor of the mask's shape), its last dim padded to a multiple of 16;
-  output and log-sum-exp (B×H×S₃₂ fp32); saves q, k, v, the bias, output, log-sum-exp. Backward: dq, dk,
-  dv, `delta` (B×H×S fp32) and an fp32 dq accumulator (B×H×S×D).
-- FlashAttention-2 through transformers' `flash_attention_2` (varlen on packed rows): q, k, v are made
-  contiguous in B×S×H×D (copies, saved by the kernel), no mask is built; otherwise as flash.
-The random-number state (two int64 scalars) is counted. cuDNN attention is not modelled (PyTorch ranks
-it after flash and memory-efficient by default).
-"""
+PyTorch's order on Ampere/Hopper (sdp_utils.cpp): FlashAttention-2 without a mask in fp16/bf16 with head dim
+<= 256, else the memory-efficient kernel (a mask as an additive bias), else math. Each stand-in allocates what
+its kernel allocates and saves what its autograd node saves, with the same output shapes: flash's output,
+log-sum-exp and the backward's fp32 accumulators; the memory-efficient kernel's bias converted from a boolean
+mask (last dim padded to 16); transformers' `flash_attention_2` (varlen on packed rows) with its contiguous
+copies. The RNG state is counted; cuDNN attention is not modelled (ranked after both by default)."""
 
 from __future__ import annotations
 

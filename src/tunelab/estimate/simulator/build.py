@@ -1,15 +1,8 @@
 """Build the model a run trains, as the trainer builds it, with no weights: on the `meta` device first
-(transformers, PEFT and TRL's fused head all run their own code), then every parameter and buffer
-replaced by a fake tensor on the CPU, one per distinct tensor, so tied weights stay one storage.
-
-The order and calls mirror train/runner.py and TRL's SFTTrainer: `from_config` in the run's dtype with
-the attention implementation; for QLoRA the 4-bit layers (qlora.py) and the job's k-bit preparation
-(models/kbit.py: peft's, frozen parameters in the compute dtype or fp32);
-`activation_checkpointing_enable(use_reentrant=False)`; `get_peft_model` with the run's LoraConfig (PEFT
-keeps the adapters in fp32 unless the base is quantized, where TRL casts them to bf16);
-`enable_input_require_grads` with checkpointing; TRL's fused LM head with the outputs
-SFTTrainer asks for.
-"""
+(transformers, PEFT and TRL run their own code), then every parameter replaced by a fake tensor, one per
+distinct tensor, so tied weights stay one storage. The calls mirror train/ and TRL's SFTTrainer: dtype and
+attention, QLoRA's layers and k-bit preparation, checkpointing, the run's LoraConfig (adapters in fp32 unless
+quantized), TRL's fused LM head."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""A vision-language micro-batch as the processor and TRL's collator give it, for the simulated step.
-
-Each of the `micro_batch` rows holds `images_per_row` images of one planned size (the pixel budget's grid,
-models/vision.py) inside its `seq_len` tokens: `<|vision_start|>`, the image's merged tokens
-(`<|image_pad|>` × t·h·w / merge²), `<|vision_end|>`, the rest text. `pixel_values` is what the image
-processor returns: one fp32 row of channels × temporal patch × patch² per patch, all images stacked;
-`image_grid_thw` one (t, h, w) row per image. The values that decide shapes (the token ids, the grids, and
-Qwen2.5-VL's window order, computed by transformers' own vision_utils from the grid) are known to the
-tracker (values.py); the rest are fake. The M-RoPE positions are given (3 × rows × seq_len, the shape the
-model's `get_rope_index` returns from the processor's `mm_token_type_ids`; their values decide no shape).
-"""
+"""A vision-language micro-batch as the processor and TRL's collator give it, for the simulated step: each row
+holds `images_per_row` images of one planned grid among its `seq_len` tokens, `pixel_values` and
+`image_grid_thw` as the processor returns them. The values that decide shapes (token ids, grids, Qwen2.5-VL's
+window order) are known to the tracker (values.py); the rest are fake; M-RoPE positions are given."""
 
 from __future__ import annotations
 

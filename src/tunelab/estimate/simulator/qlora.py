@@ -1,17 +1,10 @@
 """A stand-in for bitsandbytes' 4-bit Linear (QLoRA), which has no CPU or fake-tensor kernel.
 
-What it stores is what `bnb.nn.Linear4bit` stores after transformers quantizes a layer with tunelab's
-BitsAndBytesConfig (NF4, double quantization, compute dtype = the run's dtype):
-- the packed weight: two 4-bit values per byte, `Params4bit` of shape (out·in/2, 1), uint8;
-- the quantization state: one absmax per block of 64 weights, itself quantized to uint8 (double
-  quantization), one fp32 absmax per 256 of those blocks, and the two 256-entry code tables.
-What its forward allocates is what `Linear4bit.forward` and `bnb.matmul_4bit` (`MatMul4Bit`) allocate for
-a training batch: the input cast to the compute dtype (a copy unless it is in it already); the fp32 absmax
-dequantized, then the whole weight dequantized to the compute dtype, used for one `linear` and freed; the
-output cast back to the *input's* dtype (`.to(inp_dtype)`: an fp32 input, as peft's fp32 casts make the
-residual stream, gives an fp32 output). Nothing of the input is saved (the frozen weight gets no gradient:
-`ctx.tensors = (None, B)`); backward dequantizes the weight again to compute the input's gradient.
-"""
+It stores what `bnb.nn.Linear4bit` stores under tunelab's BitsAndBytesConfig (NF4, double quantization): the
+packed weight (two values a byte) and the quantization state (absmax per 64 weights quantized to uint8, fp32
+absmax per 256 blocks, two code tables). Its forward allocates what `MatMul4Bit` does: the input cast to the
+compute dtype, the weight dequantized for one `linear` and freed, the output cast back to the input's dtype;
+nothing of the input is saved, and backward dequantizes again."""
 
 from __future__ import annotations
 

@@ -1,14 +1,10 @@
-"""The last step's forward and backward, replayed from the first's: the same ops on the same shapes make the
-same allocations and frees in the same order, so the allocator model is fed the recorded events again instead
-of dispatching every op a second time (about 45 % of a simulation's ops). What differs is the allocator's
-state they meet (the optimizer's state now exists, freed blocks are cached), and the replay goes through it.
+"""The last step's forward and backward, replayed from the first's: the same ops on the same shapes make the same
+allocations in the same order, so the allocator model is fed the recorded events instead of dispatching every op
+again; only the allocator's state they meet differs.
 
-A recording is replayed only when what it leaves live is exactly the trainable parameters' gradients (each in
-an allocation of its own) and every free in it is of an allocation it made. Anything else (a cache a first
-forward fills and keeps, a free of something older) means the steps differ, and the last step is run in full.
-After the replay the gradients are made again, uncounted, each holding the allocation the replay left for it,
-so that gradient clipping, the optimizer step and `zero_grad` run on them as before.
-"""
+Replayed only when what the recording leaves live is exactly the gradients and every free in it is of its own
+allocations; otherwise the steps differ and the last one runs in full. The gradients are then made again,
+uncounted, so clipping, the optimizer and `zero_grad` run as before."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """One simulation: build, materialize on fake tensors, run the steps, read the tracker; cached.
 
-Per device with several processes: DDP runs the same step on every device plus its gradient buckets
-(simulated). FSDP (FULL_SHARD) is derived from the simulated step, not simulated: each parameter is split as
-FSDP2 splits it (fsdp_parameter_bytes: its first dimension in equal padded chunks, one per device), the
-optimizer state with the trainable parameters, buffers stay whole, and two decoder layers' full weights are
-added (the one computing and the one prefetched).
-"""
+DDP runs the same step on every device plus its gradient buckets (simulated). FSDP is derived from the
+simulated step: each parameter split as FSDP2 splits it (fsdp_parameter_bytes), the optimizer state with it,
+buffers whole, plus two decoder layers' full weights (computing and prefetched)."""
 
 from __future__ import annotations
 
@@ -95,10 +92,8 @@ def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, proc
 
 def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
               strategy: Strategy | None, exact: bool = False) -> SimulatedMemory:
-    """Decoder layers are alike, so every byte count is an affine function of their number at each moment of
-    the step: deep models are simulated at 2 and 4 layers and each phase's peak extrapolated linearly (the
-    peak is the largest extrapolated phase peak). Exact for identical layers; tests compare it with full
-    simulations."""
+    """Decoder layers are alike, so every byte count is affine in their number: deep models are simulated at 2
+    and 4 layers and each phase's peak extrapolated (exact for identical layers; tests compare full simulations)."""
     t0 = time.perf_counter()
     layers = _layers(model_config)
     if exact or layers is None or layers <= EXTRAPOLATE_ABOVE_LAYERS:
@@ -212,9 +207,8 @@ class ShardBytes:
 
 
 def fsdp_parameter_bytes(model: Any, n: int) -> ShardBytes:
-    """What FSDP2's fully_shard allocates on each of n devices: every parameter split on its first dimension
-    into chunks of ceil(rows / n) rows, each device's chunk stored at that padded size (so all devices hold
-    the same bytes); a tensor with no dimension is one row. Tied parameters count once."""
+    """What FSDP2 allocates on each of n devices: every parameter split on its first dimension into chunks of
+    ceil(rows / n) rows, padded so all devices hold the same; tied parameters count once."""
     frozen_whole = trainable_whole = frozen = trainable = 0
     for p in model.parameters():
         rows = p.shape[0] if p.dim() else 1

@@ -42,12 +42,9 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class StepShape:
-    """One micro-batch. Packed (TRL's BFD, padding-free): `micro_batch` rows of up to `seq_len` tokens,
-    flattened into one row of micro_batch × seq_len with position ids. Unpacked: micro_batch rows padded to
-    `seq_len` (the longest example), with an attention mask; `padded` says some row is shorter (the worst
-    case whenever micro_batch > 1), which makes transformers build an explicit mask.
-    A vision-language row holds `images_per_row` images of patch grid `image_grid` (t, h, w) among its
-    `seq_len` tokens (their merged tokens count in seq_len, as in the LM's sequence: simulator/images.py)."""
+    """One micro-batch. Packed (TRL's BFD, padding-free): one flattened row of micro_batch × seq_len with
+    position ids. Unpacked: rows padded to `seq_len` with an attention mask; `padded`: some row is shorter, which
+    makes transformers build an explicit mask. A VLM row holds `images_per_row` images of grid `image_grid`."""
 
     micro_batch: int
     seq_len: int

@@ -1,20 +1,10 @@
-"""Run tunelab's training step on fake tensors and count its memory: two optimizer steps (the optimizer's
-state exists from the first one on), each with its micro-batches' forward and backward, as the HF Trainer
-under TRL's SFTTrainer runs them on a GPU:
+"""Run tunelab's training step on fake tensors and count its memory: two optimizer steps (the optimizer's state
+exists from the first), as the HF Trainer under TRL's SFTTrainer runs them on a GPU — TRL's collator's inputs
+with labels everywhere (the worst case), autocast in the run's dtype, the fused LM head's loss and metrics,
+backward, clipping, fused AdamW, `zero_grad(set_to_none=True)`.
 
-- inputs as TRL's collator makes them: padding-free packed rows flattened into one row with position ids,
-  or padded rows with an attention mask; labels for every position (the worst case of completion-only
-  loss: on a GPU TRL's fused head scores only positions with a label, here all are scored);
-- autocast in the run's dtype (bf16/fp16) as `bf16=True`/`fp16=True` set it (CPU autocast: its op lists
-  match CUDA's for every op a decoder uses; RMSNorm and rotary do their own fp32 math);
-- SFTTrainer.compute_loss's path: `model(..., fused_lm_head=True)`, the loss from its log-probs, and the
-  entropy / top-1 metrics; `backward`; gradient clipping at 1.0; fused AdamW (the Trainer's default
-  `adamw_torch_fused`); `zero_grad(set_to_none=True)`.
-
-GPU-only kernels get stand-ins (attention.py, qlora.py, and below TRL's Triton tile folds and fp32-output
-matmuls, which work in place on a GPU and allocate nothing; their torch fallback would allocate
-tile-sized temporaries a GPU never sees).
-"""
+GPU-only kernels get stand-ins (attention.py, qlora.py, and TRL's in-place Triton tile folds, whose torch
+fallback would allocate temporaries a GPU never sees)."""
 
 from __future__ import annotations
 

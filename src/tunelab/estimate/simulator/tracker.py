@@ -1,24 +1,13 @@
 """Live storage bytes of a step run on fake tensors, seen at the dispatcher.
 
-`StorageTracker` is the fake-tensor mode itself (a `FakeTensorMode` that also counts): every op of the step
-is dispatched once, to it, and its outputs are looked at there. (A separate mode stacked above the fake one
-cost as much again per op: each op, and each device query PyTorch's C++ makes of a fake tensor, passed
-through both.) Only the step's own ops are counted, not those the fake mode runs inside one (its
-decompositions), as a GPU allocates for the op, not for how it is computed here. A storage not seen before
-is an allocation (views and in-place results share their input's storage and cost nothing); a finalizer on
-the storage frees it when the last tensor using it dies, exactly when PyTorch's allocator would get it back.
-Each allocation goes through the caching-allocator model, so both `max_memory_allocated` and
-`max_memory_reserved` are known. Peaks are labelled with the phase of the step they happened in.
+`StorageTracker` is the fake-tensor mode itself (a separate mode stacked on it cost as much again per op). Only
+the step's own ops count, not the fake mode's decompositions. A storage not seen before is an allocation (views
+and in-place results cost nothing); a finalizer frees it when its last tensor dies, as PyTorch's allocator gets
+it back. Each allocation goes through the allocator model; peaks are labelled with the step's phase.
 
-Fake tensors carry no values, so code that reads one (`.item()`, `bool(t)`) gets an answer from the
-tracker instead (`_local_scalar_dense`): booleans answer `uniform`, the fact that decides every such
-question in a training step (transformers' "is the mask all ones / is there a single sequence per row",
-TRL's "is any label valid"), numbers answer 1. The answers are counted in `scalar_queries`. Tensors whose
-real values were given (a vision-language step's input_ids and image grids: values.py) answer those values.
-
-What the allocator saw can be recorded (`recording`) and fed to it again (`replay`): the last step's forward
-and backward are the first one's ops on the same shapes (replay.py).
-"""
+Code that reads a value (`.item()`, `bool(t)`) gets the tracker's answer: booleans answer `uniform`, the fact
+behind every such question in a step, numbers 1 (counted in `scalar_queries`); tensors with real values
+(values.py) answer those. The events can be recorded and replayed (replay.py)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
-"""Values the simulation does know: small integer tensors a vision-language step reads back.
+"""Values the simulation does know: small integer tensors a vision-language step reads back (the tower splits per
+image by `image_grid_thw`, the model finds image tokens in `input_ids`).
 
-Fake tensors carry no values, and a text step never needs one (the tracker answers its yes/no questions).
-A VLM step does: the vision tower splits its sequence per image by `image_grid_thw` (`.tolist()`), the
-model finds the image tokens in `input_ids` (`input_ids == image_token_id`) and scatters the merger's output
-there, Qwen3-VL adds its deep-stack features at those positions (boolean indexing). So the inputs whose
-values decide shapes — input_ids, image_grid_thw and the per-image boundaries — are registered with their
-real values (`remember`), and every op whose tensor inputs all have known values is also run on the real
-values (integer and boolean tensors up to `MAX_NUMEL` elements: bookkeeping, never activations). Then:
-- `.item()` / `.tolist()` of such a tensor answers the real value;
-- an op whose output shape depends on values (`repeat_interleave`, `nonzero`, …), which fake tensors
-  refuse, gets a fake output of the real result's shape;
-- indexing an unknown tensor (hidden states) with a known boolean mask is indexing by the mask's
-  positions, a static shape, as the GPU computes it.
-Nothing known is allocated twice: the fake outputs are tracked as always; the real copies are not counted.
-"""
+The inputs whose values decide shapes are registered with their real values (`remember`), and every op whose
+inputs all have known values also runs on them (up to `MAX_NUMEL` elements: bookkeeping, never activations).
+Then `.item()` answers the real value, a value-dependent output shape gets a fake of the real result's shape, and
+indexing by a known mask is a static shape. The real copies are not counted."""
 
 from __future__ import annotations
 
