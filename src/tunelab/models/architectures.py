@@ -1,13 +1,7 @@
-"""The config.json facts of well-known base models, typed: the one source the catalog's Architecture
-(`catalog.KNOWN_MODELS`), the memory simulator's model (`Architecture.hf_config`) and `tunelab models random`
-are all built from, so a plan for a cluster can be made on a laptop and a random-init copy is the real shape.
-
-Each entry is the base model's own config.json on the Hugging Face hub (the -Instruct variants share every
-shape; they differ in eos ids and, for some Qwen2.5 sizes, max_position_embeddings). Only what decides the
-model is kept: shapes, positions (rope), norms, biases, windows, tying and the special token ids; the
-defaults every config repeats (hidden_act silu, initializer_range 0.02, dropout 0) are left to transformers.
-The keys are written in the hub's format (`rope_theta`, `rope_scaling`), which transformers 4 and 5 both read.
-"""
+"""The config.json facts of well-known base models, typed: the one source of the catalog's Architecture, the memory
+simulator's model and `tunelab models random`, so a plan for a cluster can be made on a laptop and a random-init
+copy is the real shape. Each entry is the base model's hub config.json cut to what decides the model (shapes,
+rope, norms, biases, windows, tying, special ids), in the hub's key format."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""The attention a run trains with: chosen once per run (plan writes it into run.yaml), the same for the job and
-the memory simulator.
-
-`auto` resolves by the run's batches: packed rows (TRL's padding-free BFD packing, one flattened row with
-position ids) attend per example through tunelab's registered `varlen` function (models/varlen.py: PyTorch's
-variable-length FlashAttention kernel on a CUDA GPU, SDPA per example elsewhere) — never through a dense
-(ΣT)² mask; unpacked (padded) batches use SDPA, whose fused kernels are the fastest correct choice there.
-`sdpa` or `eager` asked for with packing are honoured (they build the dense block-diagonal mask: the memory
-simulator prices it) and plan.md says so.
-"""
+"""The attention a run trains with: chosen once per run (written into run.yaml), the same for the job and the
+memory simulator. `auto`: packed rows attend per example through tunelab's `varlen` (models/varlen.py), never a
+dense (ΣT)² mask; padded batches use SDPA. `sdpa` or `eager` with packing are honoured, priced and said in plan.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Where model builders write: a directory beside the target, renamed into place when complete, so a crash
-or a kill never leaves a half-written model at --out. Build directories are named `.{out}.tmp-{host}-{pid}-…`,
-so the ones of killed builders on this host are found and removed (a random 8B build is 16 GB)."""
+"""Where model builders write: a directory beside the target (`.{out}.tmp-{host}-{pid}-…`), renamed into place when
+complete, so a kill never leaves a half-written model and killed builders' leftovers are found and removed."""
 
 from __future__ import annotations
 
@@ -42,10 +41,8 @@ def usual_modes(tmp: Path) -> None:
 
 
 def move_into_place(tmp: Path, out: Path, force: bool, complete: Callable[[Path], bool] = lambda _p: False) -> bool:
-    """Rename tmp to out; False when a concurrent builder put a complete model there first (`complete(out)`).
-
-    An empty out is replaced; with force, a non-empty one is set aside, then removed.
-    """
+    """Rename tmp to out; False when a concurrent builder put a complete model there first. An empty out is
+    replaced; with force, a non-empty one is set aside, then removed."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     old = None

@@ -1,24 +1,11 @@
-"""How the frozen base of a QLoRA run is prepared for training: one place for the trainer (train/quantize.py)
-and the memory simulator (estimate/simulator/build.py), so the step that is simulated is the step that runs.
+"""How the frozen base of a QLoRA run is prepared: one place for the trainer and the memory simulator, so the step
+simulated is the step that runs.
 
-peft's `prepare_model_for_kbit_training` freezes the base, enables input gradients for checkpointing, and
-casts every fp16/bf16 parameter that is not 4-bit to fp32: the embeddings, the LM head and the norms. For a
-Llama-3.1-8B (128k vocabulary, untied) the embeddings and head alone then hold 3.9 GiB instead of 2.0, and
-the fp32 embedding puts the residual stream in fp32: bitsandbytes' Linear4bit returns its output in its
-input's dtype, so q/k/v, the MLP and every checkpointed layer input are stored in fp32 too.
-
-`frozen_dtype` chooses:
-- `float32`: peft's casts, exactly.
-- `compute`: the frozen parameters stay as loaded, in the compute dtype (fp32 ones, which transformers keeps
-  in fp32 on purpose, stay fp32), as stacks that accelerate QLoRA do (axolotl casts norms, embeddings and head
-  back to the compute dtype after peft's preparation; torchtune never upcasts them).
-- `auto` (the default): `compute` when the compute dtype is bf16, else `float32`. With bf16 it is numerically
-  safe: the weights were loaded in bf16 (an fp32 copy holds the same values, no precision is gained); under
-  bf16 autocast the head's matmul runs in bf16 either way; every supported family's norm computes its
-  statistics in fp32 internally; and the residual stream then runs in bf16, exactly as in tunelab's plain bf16
-  LoRA runs; bf16 has fp32's exponent range. With fp16 (GPUs without bf16) the narrow range is what peft's
-  upcast guards against (embeddings or residuals past 65504), so fp16 keeps peft's path.
-"""
+peft's `prepare_model_for_kbit_training` casts every 16-bit parameter that is not 4-bit to fp32 (embeddings,
+head, norms): on a large vocabulary that doubles their memory, and the fp32 embedding puts the whole residual
+stream in fp32. `frozen_dtype`: `float32` is peft's casts; `compute` keeps the frozen parameters as loaded, as
+axolotl and torchtune do; `auto` is `compute` under bf16 (numerically safe: the values were loaded in bf16, and
+bf16 has fp32's range) and `float32` under fp16, whose narrow range is what peft's upcast guards against."""
 
 from __future__ import annotations
 
@@ -60,9 +47,8 @@ def frozen_casts(model: Any, frozen: str) -> list[FrozenCast]:
 
 
 def prepare_kbit(model: Any, frozen: str, checkpointing: bool) -> Any:
-    """peft's k-bit preparation with the frozen dtype resolved (`compute` or `float32`): freeze the base, make
-    the casts, and with checkpointing make the embeddings' output require grad and enable checkpointing (as
-    peft does; the trainer re-enables it with its own arguments)."""
+    """peft's k-bit preparation with the frozen dtype resolved: freeze the base, make the casts, and with
+    checkpointing make the embeddings' output require grad (as peft does)."""
     import torch
 
     frozen = resolve_frozen_dtype(frozen, model.get_input_embeddings().weight.dtype)

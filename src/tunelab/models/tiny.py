@@ -1,10 +1,6 @@
-"""Tiny Llama-architecture base models, built offline and deterministically from a seed.
-
-Real HF format (config.json, safetensors, tokenizer with chat template), so every code path that
-loads Llama-3.2 from disk is exercised on CPU in seconds. The tokenizer is byte-level with no
-merges: one token per byte, so any word is representable and capitalization is learnable.
-The same tokenizer, padded to a real vocabulary size, serves `tunelab models random` (random_init.py).
-"""
+"""Tiny Llama-architecture base models, built offline and deterministically from a seed, in real HF format, so every
+path that loads a model from disk runs on a CPU in seconds. The tokenizer is byte-level without merges: any word
+is representable and capitalization is learnable."""
 
 from __future__ import annotations
 
@@ -24,11 +20,8 @@ CHAT_TEMPLATE = (
 
 
 def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, int]:
-    """Token → id: the chat special tokens, the 256 byte symbols, and unreachable filler tokens up to `size`.
-
-    bos and end-of-turn sit at `bos_id` / `eos_id` when given (a real model's config ids; one token when
-    they are equal), the other special tokens at the next free ids, bytes and fillers in the ids left.
-    Without ids or size: specials 0-5 then the bytes, the tiny models' layout."""
+    """Token → id: chat specials, the 256 bytes and unreachable fillers up to `size`; bos and end-of-turn at
+    `bos_id` / `eos_id` when given (a real model's ids). Without ids or size: the tiny models' layout."""
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     size = size or len(SPECIAL_TOKENS) + len(alphabet)
@@ -55,9 +48,8 @@ def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int |
 
 def build_tokenizer(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None,
                     model_max_length: int = 2048, unk_token: str | None = None):
-    """Byte-level tokenizer: chat special tokens + 256 byte symbols (+ fillers up to `size`), no merges.
-    (Every byte has a token, so nothing is unknown; `unk_token` names one anyway for tokenizer classes that
-    would otherwise add their own, such as transformers' Qwen2Tokenizer with its <|endoftext|>.)"""
+    """Byte-level tokenizer: chat specials + 256 bytes (+ fillers up to `size`), no merges; `unk_token` names one
+    anyway so tokenizer classes do not add their own."""
     from transformers import PreTrainedTokenizerFast
 
     vocab = vocabulary(size, bos_id, eos_id)

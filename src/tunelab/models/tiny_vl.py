@@ -1,12 +1,6 @@
-"""Tiny vision-language models of the real Qwen2.5-VL and Qwen3-VL architectures, built offline from a seed.
-
-A small vision tower (patches → blocks → the merger into the language model's width) and a small language
-model, random-init, saved in HF format with a processor: the family's image processor (PIL backend, explicit
-patch, merge and pixel settings) and a byte-level tokenizer carrying the family's special tokens
-(<|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|>, ...) and the family's real chat template, read
-from the copy TRL installs (trl/chat_templates, "Original Qwen2.5-VL / Qwen3-VL chat template"). So every code
-path that loads a Qwen VLM from disk (processor, image tokens, M-RoPE, the merger) runs on a CPU in seconds.
-"""
+"""Tiny vision-language models of the real Qwen2.5-VL and Qwen3-VL architectures, built offline from a seed, with
+the family's image processor, special tokens and real chat template (TRL's copy), so every path that loads a
+Qwen VLM from disk (processor, image tokens, M-RoPE, the merger) runs on a CPU in seconds."""
 
 from __future__ import annotations
 

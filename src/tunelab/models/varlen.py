@@ -1,20 +1,9 @@
 """Per-sequence attention over packed rows: what `attention: varlen` (and `auto` with packing) trains with.
 
-TRL's padding-free collator flattens a packed micro-batch into one row with `position_ids` restarting at 0 for
-each example (and `cu_seq_lens_q` / `max_length_q` beside them). SDPA would need a dense block-diagonal
-(ΣT)² mask for that row; this function instead attends each example on its own:
-
-- on a CUDA GPU, PyTorch's `varlen_attn` (FlashAttention's variable-length kernel: memory and work in ΣTᵢ; it
-  saves q, k, v, the output and the log-sum-exp), called as the installed release takes it (models/varlen_call.py:
-  grouped-query heads and sliding windows native from 2.12, key/value heads repeated on 2.10–2.11);
-- elsewhere, or where that kernel cannot serve the layer (fp32, a head dim above 256, logit soft-capping, a
-  sliding window on 2.10), SDPA on each example's slice — its causal mask, sliding window or soft-capped scores are Tᵢ², never (ΣT)².
-
-It is registered with transformers' `AttentionInterface` (models/attention.py); the matching mask function
-builds no mask unless a row is padded. Boundaries come from the collator's `cu_seq_lens_q` when given, else from
-`position_ids` (a new example wherever the position does not follow the previous one), so an all-ones
-attention mask beside position_ids cannot make examples attend to each other.
-"""
+TRL's padding-free collator flattens a packed micro-batch into one row with restarting `position_ids`; SDPA would
+need a dense (ΣT)² mask. Here each example attends on its own: on a CUDA GPU through PyTorch's `varlen_attn`
+(models/varlen_call.py), elsewhere or where that kernel cannot serve the layer by SDPA on each example's slice.
+Boundaries come from `cu_seq_lens_q`, else from `position_ids`, so an all-ones mask cannot join examples."""
 
 from __future__ import annotations
 

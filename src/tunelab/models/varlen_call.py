@@ -1,21 +1,8 @@
-"""PyTorch's `varlen_attn` called the way the installed release takes it: its signature read once, the call adapted.
-
-`torch.nn.attention.varlen` arrived in 2.10 and its keywords changed in the releases after it (read from each
-released wheel's torch/nn/attention/varlen.py):
-
-- 2.10: `(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None)`: causality is a flag;
-  no scale (the kernel's 1/√D), no window, no grouped-query flag;
-- 2.11: `(…, max_k, *, return_aux=None, scale=None, window_size=(-1, -1))`: causal is the window (-1, 0); no
-  `enable_gqa`, so key and value must have the query's heads;
-- 2.12 – 2.15: `enable_gqa=False` added (and paged-KV arguments tunelab does not use).
-
-The first GPU lease crashed on 2.11 because tunelab passed `enable_gqa` to every release
-(shared/reference/gpu-h100-2026-11-26). Here each keyword goes only where the release takes it: without
-`enable_gqa` the key/value heads are repeated to the query's (what ran on that lease; the memory simulator runs
-this same call on fake tensors, so it prices the repeated copies), a scale the release cannot take is folded
-into the query (exact: softmax(q·s/√D' …) with q' = q·s·√D), and a window it cannot take sends the layer to
-per-sequence SDPA (models/varlen.py `_kernel_serves`).
-"""
+"""PyTorch's `varlen_attn` called the way the installed release takes it: its signature read once, the call
+adapted, since its keywords changed in every release from 2.10 (causality a flag, then a window; `enable_gqa`
+from 2.12). Passing a keyword a release lacks crashed a GPU lease. Without `enable_gqa` the key/value heads are
+repeated (the simulator prices the copies), a scale is folded into the query (exact), and a window the release
+cannot take sends the layer to per-sequence SDPA (models/varlen.py)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
 """How many tokens an image becomes: one rule for plan.md, the data path and the memory simulator.
 
-Qwen2-VL-style processors (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) resize an image so that both sides are multiples
-of `patch_size * merge_size` and its area lies in [min_pixels, max_pixels] (transformers' `smart_resize`,
-called here rather than re-derived), cut it into `patch_size`² patches repeated `temporal_patch_size` times
-(one row of `pixel_values` each: grid t·h·w rows), and the merger folds `merge_size`² neighbouring patches into
-one language-model token (`<|image_pad|>`), which the chat template wraps in `<|vision_start|>` …
-`<|vision_end|>`.
-
-Where the families differ (their published config.json / preprocessor_config.json):
-- Qwen2.5-VL: patch 14 (factor 28), min_pixels 3136 (56²), max_pixels 12845056 (28²·16384).
-- Qwen3-VL: patch 16 (factor 32), size.shortest_edge 65536 (256²), size.longest_edge 16777216 (4096²); the
-  preprocessor states `size` rather than min/max_pixels. Temporal patch 2 and merge 2 in both.
-"""
+Qwen-VL processors resize an image to multiples of `patch_size * merge_size` within [min_pixels, max_pixels]
+(transformers' `smart_resize`, called rather than re-derived), cut it into patches (grid t·h·w rows of
+`pixel_values`), and the merger folds `merge_size`² patches into one `<|image_pad|>` token. The families differ in
+patch size and pixel bounds (FAMILY_PIXELS, from their published configs)."""
 
 from __future__ import annotations
 
@@ -148,12 +140,8 @@ def budget_image(geometry: VisionGeometry) -> ImageTokens:
 
 
 def geometry_from_config(config: dict[str, Any], processor: dict[str, Any] | None = None) -> VisionGeometry:
-    """Read a VLM's geometry from its config.json (and preprocessor_config.json when there is one).
-
-    The vision config gives patch, temporal patch and merge sizes; the processor's own values win where it
-    states them (it is what builds `pixel_values`); pixel bounds come from the processor's `min_pixels` /
-    `max_pixels` or `size.shortest_edge` / `size.longest_edge`, else the family's published defaults.
-    """
+    """A VLM's geometry from its config.json and preprocessor_config.json: the processor's values win where it
+    states them (it builds `pixel_values`), else the vision config's, else the family's defaults."""
     model_type = str(config.get("model_type", ""))
     vision = config.get("vision_config")
     if not isinstance(vision, dict) or "patch_size" not in vision:

@@ -1,10 +1,6 @@
-"""Vision-language models on disk: telling one from a text model, and loading its weights and its processor.
-
-A model directory is a VLM when its config.json is one of the families models/vision.py counts image tokens
-for (Qwen2-VL, Qwen2.5-VL, Qwen3-VL). Its processor is loaded as its two parts, tokenizer and image processor, rather
-than through the family's Processor class: in transformers 5 those classes also build a video processor,
-which needs torchvision, and tunelab sends no video.
-"""
+"""Vision-language models on disk: telling one from a text model, and loading its weights and processor. The
+processor is loaded as its tokenizer and image processor: transformers 5's Processor classes also build a video
+processor, which needs torchvision, and tunelab sends no video."""
 
 from __future__ import annotations
 
@@ -16,8 +12,6 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.models.vision import is_vision_config
 
-# The modules of a Qwen-VL model that are the vision tower (frozen unless lora_target_modules names them).
-VISION_PREFIXES = ("visual", "vision_tower", "vision_model")
 # LoRA on the language model only: PEFT matches this regex against full module names.
 LANGUAGE_LINEAR = (r"^(?!.*\b(?:visual|vision_tower|vision_model)\b).*\."
                    r"(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")

@@ -1,12 +1,5 @@
-"""The config.json of well-known vision-language models, for planning without their files (the memory
-simulator builds them from these on `meta`). transformers' nested format (`text_config`, `vision_config`),
-which transformers 4.5x and 5 both read.
-
-Transcribed from the published config.json files (Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct on
-the Hugging Face hub), as embedded copies in public code show them (read through the search tool: a Qwen2.5-VL-7B
-config.json written into a loader and a training log printing it; a Qwen3-VL vision tower's 1152 / 4304 / 16
-heads / 27 blocks / 4096-wide merger and deep-stack layers). Only what decides shapes and positions is kept.
-"""
+"""The config.json of well-known vision-language models, for planning without their files, in transformers' nested
+format, transcribed from the published configs; only what decides shapes and positions is kept."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""Random weights for a model built on `meta`, streamed into safetensors files a chunk at a time.
-
-An 8B model in float32 is 32 GB; nothing here ever holds more than one chunk (16 M values) of it. Each
-tensor draws from its own generator, seeded by (seed, tensor name): the same seed gives the same bytes
-whatever the sharding, and a shallower copy's layers equal the first layers of the full build. Values follow
-transformers' own initialisation (normal(0, initializer_range) for matrices, ones for norms, zeros for
-biases), so activations behave as in a freshly initialised model. The files are written by hand in the
-safetensors layout (8-byte header length, JSON header, raw little-endian data) and read by the library.
-"""
+"""Random weights for a model built on `meta`, streamed into safetensors files a chunk at a time (never more than
+one chunk held). Each tensor draws from a generator seeded by (seed, name), so the bytes do not depend on the
+sharding and a shallow copy's layers equal the full build's; values follow transformers' initialisation."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The report's "Predicted, then checked" section: per run and for the sweep, each prediction the plan recorded
-in run.yaml (training time, evaluation time, peak memory, the makespan) beside its measurement, the ratio, and
-every time outside its P10–P90 either way with its likely causes from recorded measurements
-(report/predicted.py measures, report/overruns.py explains)."""
+"""The report's "Predicted, then checked" section: each prediction the plan recorded beside its measurement, the
+ratio, and every time outside its P10–P90 with its likely causes (report/predicted.py, report/overruns.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Checks of each run, computed (never hand-written): training dynamics (overfitting, still improving),
-GPU memory use and issues (failures, retries, NaN losses, missing or empty checkpoints).
-
-Thresholds are module constants so the rules are stated once and tested on hand-made cases.
-"""
+"""Checks of each run, computed (never hand-written): training dynamics, GPU memory, and issues (failures,
+retries, NaN losses, missing checkpoints). Thresholds are module constants, stated once and tested."""
 
 from __future__ import annotations
 
@@ -39,12 +36,8 @@ class Overfit:
 
 
 def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> Overfit | None:
-    """Val loss rising while train loss falls over the last part of training.
-
-    The final `window` of steps is the last part. Overfitting: the best val loss lies before that
-    part, the final val loss is ≥ OVERFIT_MIN_RISE above it, and train loss at the end is below
-    train loss where the last part starts.
-    """
+    """Val loss rising while train loss falls over the last `window` steps: the best val loss lies before them,
+    the final one is ≥ OVERFIT_MIN_RISE above it, and train loss fell over them."""
     if len(val) < 2 or len(train) < 2:
         return None
     last_step = max(train[-1].step, val[-1].step)
@@ -62,9 +55,8 @@ def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> 
 
 @dataclass
 class StillFalling:
-    """Val loss lower at the end of the last epoch than at its start. A finding only when the fall exceeds
-    its noise: the scatter of the last epoch's validations about a straight line (checkpoint-to-checkpoint
-    variation); with fewer than three validations there, the noise is unknown and it is an observation."""
+    """Val loss lower at the end of the last epoch than at its start; a finding only beyond its noise (the last
+    epoch's validations' scatter about a line), an observation with fewer than three validations there."""
 
     prev_val: float
     prev_step: int
@@ -97,9 +89,8 @@ def _fitted_fall(points: list[Point]) -> tuple[float | None, float | None]:
 
 
 def still_falling(val: list[Point]) -> StillFalling | None:
-    """Val loss still falling at the last epoch: the final value is ≥ STILL_FALLING_MIN_DROP below
-    the last value logged before the last epoch began (or the one before it, with one epoch); the fall
-    is then set against the scatter of the validations in between (StillFalling.beyond_noise)."""
+    """Val loss still falling at the last epoch by ≥ STILL_FALLING_MIN_DROP, set against the scatter of the
+    validations in between (StillFalling.beyond_noise)."""
     if len(val) < 2:
         return None
     final = val[-1]

@@ -1,10 +1,6 @@
-"""`tunelab compare A B …`: runs of one or several experiments side by side, with the config that differs.
-
-Each argument is an experiment directory (all its runs) or one run's directory. Scores are each
-task's primary metric on the run's last evaluated checkpoint, from the ledger (as `tunelab results`);
-the config differences are the resolved run.yaml fields whose values are not the same for every
-run compared — what can explain a difference in loss or score.
-"""
+"""`tunelab compare A B …`: runs of one or several experiments (or single run directories) side by side: each
+task's primary metric on the last evaluated checkpoint, and the run.yaml fields that differ — what can explain a
+difference in loss or score."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Paired comparisons of the report: run vs run, fine-tuned vs its control, level vs level of a factor,
-all on the same test samples (tunelab.stats.paired); with seed replicates, levels are compared across
-replicate runs (tunelab.stats.replicates). "Best" and "tied" are decided by these intervals.
-"""
+"""Paired comparisons of the report (run vs run, fine-tuned vs control, level vs level) on the same test samples;
+with seed replicates, across replicate runs. "Best" and "tied" are decided by these intervals."""
 
 from __future__ import annotations
 

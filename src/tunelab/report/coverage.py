@@ -1,11 +1,6 @@
-"""What the experiment planned, against what its directories hold: every run the spec designs (a control whose
-directory is gone is absent, not "0 of 0"), and every evaluation each run should have — the checkpoints its
-`eval.epochs` names × the tasks its `eval.tasks` lists, each on as many samples as the task's split holds
-(data/provenance.json's counts, capped by `limit`).
-
-A run counts as evaluated only when nothing planned is missing: without this, one scores.json anywhere made a run
-"evaluated" and the report's status a "✓" while checkpoints, tasks or samples were still to come.
-"""
+"""What the experiment planned, against what its directories hold: every run the spec designs and every evaluation
+each should have (the `eval.epochs` checkpoints × `eval.tasks`, on every sample of the task's split). A run counts
+as evaluated only when nothing planned is missing, so no ✓ stands over checkpoints, tasks or samples still to come."""
 
 from __future__ import annotations
 
@@ -110,9 +105,8 @@ class AbsentRun:
 
 def absent_runs(spec: ExperimentSpec, experiment_dir: Path, present: set[str], adopted: bool
                 ) -> tuple[list[AbsentRun], str | None]:
-    """The runs the spec designs that have no directory here, or ([], why not) where the design cannot be expanded
-    from the experiment's spec now. Adopted runs are named by their sources, not by the design: for an adopted
-    experiment only its controls and eval-only runs are checked."""
+    """The designed runs with no directory here, or ([], why not) where the design cannot be expanded now. An
+    adopted experiment's runs are named by their sources: only its controls and eval-only runs are checked."""
 
     try:
         designed = expand_runs(spec, experiment_dir, experiment_dir)

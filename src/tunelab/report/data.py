@@ -1,9 +1,5 @@
-"""Everything a report says, gathered once: results and attempts from the ledger, and the run
-directories' own files (status.json, summary.json, metrics.jsonl, checkpoints, eval scores).
-
-Each number in the report comes from a field here, and each field from one named file or table,
-so a reader can trace any cell back to a run and a file.
-"""
+"""Everything a report says, gathered once from the ledger and the run directories' own files; each field comes
+from one named file or table, so any cell traces back to a run and a file."""
 
 from __future__ import annotations
 
@@ -93,10 +89,6 @@ class RunData:
     @property
     def is_control(self) -> bool:
         return self.kind == "control"
-
-    @property
-    def is_eval_only(self) -> bool:
-        return self.kind == "eval-only"
 
     @property
     def score(self) -> float | None:

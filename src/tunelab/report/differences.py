@@ -1,9 +1,5 @@
-"""How the report writes a difference: the estimate with its 95 % interval, and whether the interval
-excludes zero. Fractions (accuracy, F1, …) as percentage points, other metrics as numbers.
-
-Apart from the sections that use it, so findings (next steps) and the Evaluation section (tables) share it
-without importing each other.
-"""
+"""How the report writes a difference: the estimate with its 95 % interval and whether it excludes zero (fractions
+as percentage points). Apart, so findings and the Evaluation section share it without importing each other."""
 
 from __future__ import annotations
 

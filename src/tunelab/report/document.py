@@ -1,7 +1,5 @@
-"""A small document model the report is composed in once, then rendered to Markdown and HTML.
-
-Text uses two inline marks only, the same in both outputs: **bold** and `code`.
-"""
+"""A small document model the report is composed in once, then rendered to Markdown and HTML; inline marks are
+**bold** and `code` only, the same in both."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""A swept factor's effect as the report measures it: each level's mean over its completed runs, and the
-best-minus-worst difference with its interval.
-
-Apart from findings (which computes the effects) so evidence (what an effect rests on) and the sections that
-write them read the same type without importing each other.
-"""
+"""A swept factor's effect: each level's mean over its completed runs and the best-minus-worst difference with its
+interval. Apart, so evidence and the sections read the same type without importing each other."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The report's Evaluation section: one table per task (every metric of each run, control and eval-only
-checkpoint), the per-epoch table of the headline task, and the score figures.
-
-Fractions (accuracy, F1, parse rate, …) print as percentages and differences as percentage points;
-other metrics (MAE, Brier, a task file's own) print as numbers.
-"""
+"""The report's Evaluation section: one table per task, the headline task's per-epoch table and the score figures;
+fractions as percentages (differences in points), other metrics as numbers."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""What each finding rests on: how many training runs stand behind a factor's levels, which noise its
-interval covers, and the seed replicates (how many, at what cost) that would settle an effect measured on
-one training run per configuration.
-
-Without seed replicates a level difference is paired on the test samples: its interval covers test-sample
-noise only, not training noise (another seed can move a run's score by more). Such an effect is an
-observation, kept out of the headline; next steps price the replicates from each run's measured wall time
-(summary.json `duration_s`) or, for a run not trained yet, the plan's estimate (run.yaml `estimate.seconds`).
-"""
+"""What each finding rests on: the training runs behind a factor's levels, which noise its interval covers, and the
+seed replicates (how many, at what cost) that would settle an effect measured on one run per configuration.
+Without replicates an interval covers test-sample noise only, not training noise, so such an effect is an
+observation; replicates are priced from measured wall times, else the plan's estimates."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Report figures with matplotlib (Agg canvas, no pyplot state): PNG files under report/figures/.
-
-Every axis is labelled with its unit; every figure is drawn from ReportData fields only.
-"""
+"""Report figures with matplotlib (Agg canvas, no pyplot state) under report/figures/: every axis labelled with its
+unit, every figure drawn from ReportData fields only."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Key findings, computed (never hand-written): pure functions of the gathered ReportData.
-
-Thresholds are module constants so the rules are stated once and tested on hand-made cases.
-"""
+"""Key findings, computed (never hand-written): pure functions of the gathered ReportData, their thresholds module
+constants, stated once and tested on hand-made cases."""
 
 from __future__ import annotations
 
@@ -150,9 +148,8 @@ def _between(a: Any, b: Any) -> list[Any]:
 
 
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
-    """Adjacent levels of a numeric factor whose mean score differs by ≥ threshold, per model (the
-    headline task, when its primary metric is a fraction such as accuracy), each with the difference's
-    interval: a finding only across seed replicates with an interval excluding zero (ScoreJump.finding)."""
+    """Adjacent levels of a numeric factor whose mean headline score differs by ≥ threshold, per model, with
+    the difference's interval: a finding only across seed replicates with an interval excluding zero."""
 
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:

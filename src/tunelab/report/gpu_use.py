@@ -1,6 +1,5 @@
-"""The report's GPU utilization section: per run, mean and min–max utilization from the NVML samples the
-job wrote (rundir/gpu.py); runs below LOW_UTILIZATION_PCT are flagged. No samples (CPU runs, no
-NVML): no section."""
+"""The report's GPU utilization section from the job's NVML samples; runs below LOW_UTILIZATION_PCT are flagged.
+No samples: no section."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The report's "Image answers" section: a few test pictures of an image task, each with the expected answer,
-the best fine-tuned run's answer and the control's, so a reader sees what the scores mean.
-
-The answers and image files come from scores.json's per-sample records (kept for image samples only); the
-thumbnails are drawn into one PNG under report/figures/ (embedded in the HTML like every figure), the table
-names the files and the answers in both outputs.
-"""
+"""The report's "Image answers" section: a few test pictures of an image task with the expected answer, the best
+fine-tuned run's and the control's, so a reader sees what the scores mean (scores.json's per-sample records; one
+PNG of thumbnails under report/figures/)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The report's Key findings section: each finding with the evidence it rests on.
-
-A factor's effect is stated when it rests on seed replicates (its interval then includes training noise);
-measured on one training run per configuration it is listed, after the other findings, as an observation.
-"Still improving" and score jumps name the noise they were set against, or read as observations.
-"""
+"""The report's Key findings section, each finding with its evidence: a factor's effect is stated when it rests on
+seed replicates, else listed after the others as an observation."""
 
 from __future__ import annotations
 

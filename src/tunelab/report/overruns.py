@@ -1,10 +1,6 @@
-"""Why a run (or the sweep) took longer than predicted: each likely cause priced in seconds from what was
-recorded — the training loop's data wait (summary.json), attempts that ended without completing (ledger
-attempts), start-up, and the training speed against the predicted one (and the levers it rested on); for an
-evaluation, its speed's source and the tokens it really generated (scores.json); for the makespan, the time
-jobs waited between submission and start (ledger jobs, status.json) and the runs that overran. Causes are
-listed largest first; one that explains under MIN_SHARE of the excess is left out.
-"""
+"""Why a run (or the sweep) took longer than predicted: each likely cause priced in seconds from what was recorded
+(data wait, failed attempts, start-up, speed against the prediction; an evaluation's source and tokens; jobs'
+queue waits), largest first; one explaining under MIN_SHARE of the excess is left out."""
 
 from __future__ import annotations
 

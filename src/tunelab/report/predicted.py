@@ -1,20 +1,10 @@
-"""Predicted, then checked: what the plan predicted of each run and of the sweep (run.yaml's estimate, written
-at scaffold: training time, evaluation time, peak memory, the sweep's makespan) against what the run's files
-and the ledger measured. A time outside its predicted P10–P90 either way is flagged (without an interval: more
-than OVERRUN_MARGIN over or under); its likely causes come from recorded measurements (report/overruns.py),
-never from a guess.
+"""Predicted, then checked: what the plan predicted of each run and the sweep (run.yaml's estimate) against what
+the run's files and the ledger measured. A time outside its P10–P90 (without one: more than OVERRUN_MARGIN off)
+is flagged, its causes from recorded measurements (report/overruns.py), never a guess.
 
-Measured figures, each from one file:
-- training: summary.json's start-up + duration + finish (the estimate's own parts: start-up, training with its
-  validations and saves, the step-cost timing after it);
-- evaluation: each eval/<label>/<task>/scores.json's duration_s, shared evenly where several target × tasks
-  ran at once (a one-pass evaluation: its `concurrent`), summed over the run's targets and tasks; predicted:
-  the evaluation on loaded weights (estimate.eval_seconds);
-- peak memory: summary.json's peak against the simulated one, judged on a GPU only (an allocated peak is never
-  above the reserved one the prediction is, so one over it overran); a CPU run's resident memory is shown;
-- makespan: the first job's submission (ledger table jobs), else the first training start, to the last
-  training end or scores.json written.
-"""
+Each measured figure from one file: training, summary.json's start-up + duration + finish; evaluation, each
+scores.json's duration_s, shared evenly among target × tasks run at once; peak memory, summary.json's against the
+simulated (judged on a GPU only); makespan, the first job's submission (else first start) to the last end."""
 
 from __future__ import annotations
 

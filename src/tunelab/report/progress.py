@@ -1,7 +1,5 @@
-"""How far the sweep got, as the report says it: the status line, the overview's "evaluated" counts and the Issues
-section's ✓ — each counting only what the run directories show done (a run is evaluated when every planned checkpoint
-× task is there on every sample: report/coverage.py), so none says ✓ over a run not trained or an evaluation cut
-short."""
+"""How far the sweep got, as the report says it: the status line, the "evaluated" counts and the Issues ✓ each count
+only what the run directories show done (report/coverage.py)."""
 
 from __future__ import annotations
 

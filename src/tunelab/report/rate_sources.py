@@ -1,7 +1,5 @@
-"""Where each combination's learning rate came from, as the report's Tuning section states it: a search chose it
-(tune/best.json's record, and the runs trained at that rate: run.yaml's `tuned:`), or none did and the runs trained
-at the spec's default rate. A rate no search produced is never called tuned, so a comparison "holds at both" rates
-only where a search really ran for every combination it compares."""
+"""Where each combination's learning rate came from: a search chose it (tune/best.json, run.yaml's `tuned:`) or the
+spec's default. A rate no search produced is never called tuned."""
 
 from __future__ import annotations
 

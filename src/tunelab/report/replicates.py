@@ -1,8 +1,5 @@
-"""The report's Replicates section: `seed` swept as a factor is replication, not a factor to win.
-
-Runs that differ only in their seed are one configuration; its score is the mean over seeds with the
-spread and a t interval across them, and each factor's effect is set against the seed-to-seed SD.
-"""
+"""The report's Replicates section: `seed` swept is replication, not a factor to win. Runs differing only in seed
+are one configuration, scored by the mean with a t interval, each factor's effect set against the seed SD."""
 
 from __future__ import annotations
 

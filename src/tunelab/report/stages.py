@@ -1,10 +1,5 @@
-"""The report's Stages section: each staged run's stages in order, what each trained on and how, and the
-headline score after each stage, so a reader follows a curriculum from its first stage to its last.
-
-The stages come from run.yaml (planned: dataset, optimizer, order, learning rate, epochs) and stages.json
-(completed: the epochs and steps each published, its final loss); the score after a stage is the evaluation
-of that stage's last epoch (`eval.epochs: stages`, the default for staged runs). No staged run: no section.
-"""
+"""The report's Stages section: each staged run's stages in order (run.yaml's plan, stages.json's results) and the
+headline score after each, so a reader follows a curriculum from first stage to last. No staged run: no section."""
 
 from __future__ import annotations
 

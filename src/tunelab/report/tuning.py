@@ -1,9 +1,6 @@
-"""The report's "Tuning" section: where each combination's learning rate came from (a search, or the spec's default:
-report/rate_sources.py), what each search tried (a figure and a table of its trials) and — the point of it —
-whether each factor comparison holds across learning rates: the report's own factor effects
-(findings.factor_effects), computed once on the runs and once on their default-lr twins, side by side, with a plain
-sentence saying whether the ranking survives. A comparison is called tuned only where a search chose the rate of
-every level it compares."""
+"""The report's "Tuning" section: where each combination's rate came from, what each search tried, and — the point —
+whether each factor comparison holds across learning rates: the factor effects computed on the runs and on their
+default-lr twins, side by side, with a plain sentence. Called tuned only where a search chose every level's rate."""
 
 from __future__ import annotations
 
@@ -71,9 +68,8 @@ def _why_missing(twins: list[RunData]) -> str:
 
 def judge(tuned: FactorEffect, default: FactorEffect | None, missing: dict[Any, str], rates: str,
           default_rate: str, unsearched: list[Any] | None = None) -> str:
-    """The plain sentence: the ranking at the tuned rates, and whether it holds, changes or cannot be told at the
-    default rate; where no search chose the rate of some level (`unsearched`), the ranking at the rates used, said
-    to be no tuned comparison."""
+    """The plain sentence: the ranking at the tuned rates and whether it holds, changes or cannot be told at the
+    default rate; without a search for some level, said to be no tuned comparison."""
     if unsearched:
         levels = ", ".join(f"{tuned.factor} {lv}" for lv in unsearched)
         return (f"{quantity(tuned)}: {_ranked_text(tuned)} at the rates used ({rates}), not at tuned rates: no "

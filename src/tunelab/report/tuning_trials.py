@@ -1,7 +1,5 @@
-"""The learning-rate search as the report shows it: every trial of every combination, read from its own run
-directory under tune/ (run.yaml's rate, metrics.jsonl's validation losses, pruned.json, and — an eval task's metric
-as objective — its scores.json) and tune/best.json, and a figure per combination of the objective against the rate —
-so a reader sees what the chosen rate rests on."""
+"""The learning-rate search as the report shows it: every trial read from its own run directory under tune/, and a
+figure per combination of the objective against the rate, so a reader sees what the chosen rate rests on."""
 
 from __future__ import annotations
 
@@ -21,9 +19,8 @@ PRUNED = "pruned"
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """One trial: its rate, how it ended, its validation loss (pruned.json's for a pruned trial, else the last one
-    it logged), its score on an eval-metric objective (None: judged by the loss, or not evaluated) and whether the
-    search chose it."""
+    """One trial: its rate, how it ended, its validation loss (a pruned trial's at its stop), its score on an
+    eval-metric objective (None: not evaluated) and whether the search chose it."""
 
     combination: str
     number: int
@@ -111,9 +108,8 @@ def _mark(ax, points: list[TrialPoint], y: str) -> None:
 
 def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path,
                   objective: Objective | None = None) -> FigureFile | None:
-    """The objective against the learning rate (log axis): every trial's validation loss (pruned ones as crosses
-    at the loss they were stopped at) and, an eval task's metric as objective, the evaluated trials' metric beside
-    it; the chosen one ringed. None when no trial has a value yet."""
+    """The objective against the learning rate (log axis), pruned trials as crosses, an eval objective's metric
+    beside the loss, the chosen one ringed; None when no trial has a value yet."""
     shown = [p for p in points if p.value is not None and p.learning_rate > 0]
     scored = [p for p in points if p.score is not None and p.learning_rate > 0]
     if not shown and not scored:
