@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.host.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s, tree_cpu_s
+from tunelab.host.cpuload import LoadMeter, LoadWindow, machine_busy_s, process_cpu_s, scan_tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: estimate_accuracy.py --contend's hogs)
@@ -108,10 +108,10 @@ def test_a_tree_is_the_root_its_live_descendants_and_what_they_reaped(tmp_path):
     _pid_stat(proc, 102, 101, utime=7, stime=3)  # the worker's child
     _pid_stat(proc, 200, 1, utime=900)  # unrelated
     (proc / "self").mkdir()  # not a pid: skipped
-    assert tree_cpu_s(100, proc) == pytest.approx((50 + 10 + 5 + 30 + 7 + 3) / ticks)
-    assert tree_cpu_s(101, proc) == pytest.approx(40 / ticks)
-    assert tree_cpu_s(999, proc) is None  # no such root: unknown
-    assert tree_cpu_s(100, tmp_path / "absent") is None
+    assert scan_tree(100, proc) == (pytest.approx((50 + 10 + 5 + 30 + 7 + 3) / ticks), {100, 101, 102})
+    assert scan_tree(101, proc) == (pytest.approx(40 / ticks), {101, 102})
+    assert scan_tree(999, proc) is None  # no such root: unknown
+    assert scan_tree(100, tmp_path / "absent") is None
 
 
 @pytest.mark.parametrize("busy_s, others_s", [

@@ -1,12 +1,7 @@
-"""`tunelab adopt`: runs trained elsewhere become runs of a tunelab experiment, so `eval` and `report` work on
-them as on tunelab's own.
-
-The user's spec (experiment.yaml) gives what tunelab cannot read from the runs: the base model(s), the data,
-prompt and evaluation tasks; its factors are not expanded, the adopted runs are the design, and the training
-facts that differ between them (rank, learning rate, ...) are their factors. Each run directory is written
-under a temporary name and renamed into place when complete; sources are only read. A source that cannot be
-adopted is reported with its reason and the others are adopted.
-"""
+"""`tunelab adopt`: runs trained elsewhere become runs of a tunelab experiment, so `eval` and `report` work on them.
+The user's spec gives what cannot be read from the runs (model, data, tasks); the adopted runs are the design,
+their differing training facts its factors. Each run directory is written under a temporary name and renamed;
+sources are only read; a source that cannot be adopted is reported and the others adopted."""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """`tunelab archive DIR --to ARCHIVE`: keep what matters, verified, then free the space of what does not.
 
-What is kept is copied to ARCHIVE/<experiment dir name>/ (spec, plan, run.yaml files, metrics,
-summaries, logs, eval scores and logs, the ledger, the report, and the adapters --keep names) and
-every copy is checked by sha256 against its source. Only when all copies match does anything leave
-the working directory, and then only what a finished run no longer needs: trainer_state/ (optimizer
-and scheduler state for resuming) and the checkpoints --keep does not keep. A failed or interrupted
-copy therefore leaves the working directory exactly as it was. archive.json (in both places) records
-what went where; the report shows it.
-"""
+What is kept (spec, plan, run files, metrics, logs, scores, ledger, report, the adapters --keep names) is copied
+to ARCHIVE/<experiment>/ and checked by sha256; only when every copy matches does anything leave the working
+directory, and only what a finished run no longer needs (trainer_state/, checkpoints not kept). archive.json in
+both places records what went where."""
 
 from __future__ import annotations
 
@@ -126,9 +122,8 @@ def _copy_verified(src: Path, dest: Path, copy_file: Callable[[Path, Path], obje
 
 def run_archive(plan: ArchivePlan, copy_file: Callable[[Path, Path], object] = shutil.copyfile,
                 progress: Callable[[str], None] | None = None) -> ArchiveManifest:
-    """Copy and verify everything in the plan, write the archive's manifest, then remove the heavy
-    directories and write the working directory's manifest. Any failure before the removal step
-    leaves the working directory untouched (and no manifest in the archive)."""
+    """Copy and verify everything in the plan, write the archive's manifest, then remove the heavy directories;
+    any failure before the removal leaves the working directory untouched."""
 
     exp = plan.experiment_dir
     with experiment_lock(exp, wait=False) as held:

@@ -1,10 +1,5 @@
-"""`tunelab export DIR --to mlflow`: one MLflow run per tunelab run, nested under one parent run per sweep.
-
-Idempotent: runs are found again by their tags (the experiment directory and the run name), and
-only what the tracker does not hold yet is logged (params missing, metric points whose (key, step)
-is new), so exporting twice, or again after more epochs were trained or evaluated, never duplicates.
-MLflow is an optional extra (`pip install 'tunelab[mlflow]'`), imported only here.
-"""
+"""`tunelab export DIR --to mlflow`: one MLflow run per tunelab run, nested under one parent per sweep. Idempotent:
+runs are found again by their tags and only what the tracker lacks is logged. MLflow is an optional extra."""
 
 from __future__ import annotations
 

@@ -1,20 +1,10 @@
-"""`tunelab export DIR --to wandb`: offline W&B runs, written without any network, that `wandb sync` uploads later.
+"""`tunelab export DIR --to wandb`: offline W&B runs, written without network (compute nodes can export), that
+`wandb sync` uploads later; one run per tunelab run, grouped by sweep.
 
-One W&B run per tunelab run, all in one group (the sweep) of one project: config = the resolved run config and
-`factors`; history = metrics.jsonl's per-step fields at step = the training step (timestamped as trained); summary =
-eval scores (`eval.<task>.<metric>` at the last evaluated epoch, `…/epoch_N` for each when there are several),
-`score`, `summary.*`, the state; files = run.yaml, summary.json and the sweep's report/. Written in W&B's offline
-mode (a run directory holds its whole transaction log), so compute nodes without network can export.
-
-Idempotent by run id: W&B keys a run by its id, and each tunelab run gets a stable one derived from (resolved
-experiment dir, run name), the identity the MLflow export uses too, so syncing a later export goes to the same W&B
-run instead of adding one. Locally there is exactly one offline directory per id: a run is written in a staging
-dir, then moved in place of its previous directory (wandb names them offline-run-<time>-<id>, so older ones are
-found and removed by id). `wandb-export.json` in DIR records each id's directory and a fingerprint of what was
-written; a run whose fingerprint is unchanged is skipped, so exporting twice writes nothing and `wandb sync` does
-not upload an already synced run again. The manifest only saves work: without it runs are rewritten, not duplicated.
-wandb is an optional extra (`pip install 'tunelab[wandb]'`), imported only here.
-"""
+Idempotent by run id: each run's id is derived from (experiment dir, run name), so a later export syncs to the
+same W&B run, and one offline directory per id is kept (written in staging, moved in place of the previous).
+`wandb-export.json` records a fingerprint per id, so an unchanged run is not written or uploaded again. wandb is
+an optional extra."""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
-"""A job's threads fitted to the cores others leave it as it starts.
-
-Beside one CPU hog, a 2-thread calibration run took 3.3× its idle time (benchmarks/estimate_accuracy.py
---contend 1): its OpenMP threads meet at a barrier after every operation, so the thread sharing a core with the
-hog sets the pace of both. One thread on the core left free runs near its idle speed. So a one-process job
-measures the load on its cores over its own imports (its first seconds: nothing added to its time), and where
-others held cores, torch gets threads for the cores left, at least one. A user's OMP_NUM_THREADS, torch's own
-default and the ranks of a distributed job (each would count its sibling ranks' start as others) are left as
-they are. The choice is recorded in summary.json's `threads` (`adapted_from`, `others_cores`).
-"""
+"""A job's threads fitted to the cores others leave it as it starts. OpenMP threads meet at a barrier after every
+operation, so a thread sharing a core with a hog sets the pace of all, while one thread on a free core runs near
+its idle speed. So a one-process job measures the load on its cores over its own imports and, where others held
+cores, gives torch threads for the cores left (at least one). A user's OMP_NUM_THREADS and distributed ranks are
+left as they are; the choice goes to summary.json's `threads`."""
 
 from __future__ import annotations
 

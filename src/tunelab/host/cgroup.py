@@ -1,12 +1,6 @@
-"""This process's cgroup CPU quota, read from its own cgroup files (cores.py makes it one of the limits on how many
-cores it may use).
-
-Where: /proc/self/cgroup names the process's cgroup in each hierarchy (v2: `0::/path`; v1: `N:cpu,...:/path`),
-/proc/self/mountinfo where each hierarchy is mounted and which of its directories the mount shows (a container's
-mount shows its own cgroup as the root). The quota in force is the smallest over the cgroup and its ancestors up to
-the mount: v2 `cpu.max` ("max 100000": none; "150000 100000": 1.5 CPUs), v1 `cpu.cfs_quota_us` over
-`cpu.cfs_period_us` (-1: none). No such files (not Linux, no cpu controller): no quota.
-"""
+"""This process's cgroup CPU quota, read from its own cgroup files: the smallest over its cgroup and ancestors up to
+the mount (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), found through /proc/self/cgroup and
+mountinfo (a container's mount shows its own cgroup as root). No such files: no quota."""
 
 from __future__ import annotations
 

@@ -1,22 +1,10 @@
-"""How many cores this process may use: the one owner of that count. The thread rule (threads.py), the dataloader's
-workers (train/dataloading.py) and the local executor's shares (execute/local_jobs.py) all ask `usable_cores`.
+"""How many cores this process may use, the one owner of that count (threads, dataloader workers, local shares).
 
-Why: the affinity mask alone is not what a process may use. A container or a Slurm job's cgroup may grant 2 CPUs'
-worth of time on a 16-CPU mask, and torch would start 16 threads that the kernel then throttles every period.
-So four limits are read, the smallest wins and is named (summary.json's `threads.limit` and `source`):
-
-- where it may run: the local executor's share (`TUNELAB_CPUS`, which the job pins itself to) within the affinity
-  mask, else the affinity mask;
-- the cgroup CPU quota, the smallest over the process's cgroup and its ancestors (v2 `cpu.max`, v1
-  `cpu.cfs_quota_us` / `cpu.cfs_period_us`), rounded down, at least 1: a thread beyond the quota is throttled
-  each period and holds up the others at every OpenMP barrier;
-- Slurm's allocation: `SLURM_CPUS_PER_TASK`, else `SLURM_CPUS_ON_NODE` (the job's CPUs on this node);
-- for compute threads (`physical=True`) the CPUs count in physical cores: SMT siblings (`thread_siblings_list`)
-  are one core's worth to torch, whose own default is the physical cores. A quota and Slurm count CPUs as given.
-
-On a tie the more deliberate limit is named (share, Slurm, cgroup, then the mask). Jobs side by side get shares
-cut along physical cores (`job_shares`), so two jobs never compute on the two threads of one core.
-"""
+The affinity mask alone is not it: a cgroup may grant 2 CPUs' time on a 16-CPU mask, and torch's 16 threads
+would be throttled every period. So the smallest of four limits wins and is named: the local executor's share
+(`TUNELAB_CPUS`) within the mask, else the mask; the cgroup quota (at least 1); Slurm's allocation; and, for
+compute threads, physical cores (SMT siblings are one core's worth to torch). Jobs side by side get shares cut
+along physical cores (`job_shares`)."""
 
 from __future__ import annotations
 
@@ -141,9 +129,8 @@ def physical_cores(cpus: list[int], sysfs: Path = SYSFS_CPU) -> int:
 
 
 def split_cores(cpus: list[int], parts: int, sysfs: Path = SYSFS_CPU) -> list[list[int]]:
-    """`cpus` in `parts` shares as even as can be (the first ones a core more), none empty, cut along physical cores
-    so SMT siblings stay in one share. More parts than physical cores: the siblings are split too (one logical CPU
-    a share at least), each core's siblings side by side."""
+    """`cpus` in `parts` shares as even as can be, none empty, cut along physical cores so SMT siblings stay
+    together (split only when there are more parts than cores)."""
     groups = sibling_groups(cpus, sysfs)
     if len(groups) < min(parts, len(cpus)):
         groups = [[cpu] for group in groups for cpu in group]
@@ -159,9 +146,8 @@ def split_cores(cpus: list[int], parts: int, sysfs: Path = SYSFS_CPU) -> list[li
 
 def job_shares(parts: int, env: Mapping[str, str] | None = None, sysfs: Path = SYSFS_CPU,
                proc: Path = PROC_SELF) -> list[list[int]]:
-    """The CPUs of `parts` jobs side by side (the local executor's CPU slots): only as many CPUs as this process may
-    use (a quota or Slurm's allocation below the mask: jobs pinned to their shares stay within it together), one
-    per physical core first, then split along physical cores."""
+    """The CPUs of `parts` jobs side by side: only as many as this process may use, one per physical core first,
+    then split along physical cores."""
     cpus = usable_cpus()
     allowed = usable_cores(env, sysfs=sysfs, proc=proc).count
     if allowed < len(cpus):

@@ -1,20 +1,11 @@
-"""How much of the machine a timed measurement had: the job's CPU time beside its wall time, and what every
-other process on its cores used meanwhile (/proc/stat), so a step timed while others held the cores is known
-as such instead of being learned from as this machine's speed.
+"""How much of the machine a timed measurement had: the job's CPU time beside its wall time, and what other
+processes on its cores used meanwhile (/proc/stat), so a step timed under load is known as such instead of
+learned from as this machine's speed.
 
-Machine busy CPU-seconds are user + nice + system + irq + softirq + steal of the `cpuN` lines of /proc/stat
-for the cores this process may run on (its affinity mask, host/cores.py's `usable_cpus`), in clock ticks (10 ms: a
-window of a fraction of a second is coarse). The job's own CPU is its process tree's (`tree_cpu_s`): the root
-process (this one, or the caller's `root`: torchrun's agent, whose descendants are every local rank) and every live
-descendant, each its utime + stime + cutime + cstime from /proc/<pid>/stat, so dataloader workers, sibling ranks
-and a vLLM server the job started are the job's, not others'; a descendant that ended is in its reaper's cutime.
-Others are the busy seconds less the tree's. Where /proc/stat is absent (not Linux) `LoadMeter.start` returns None
-and every reader treats the load as unknown, never as idle.
-
-A GPU run's window (`gpu`) records the load but predicts no slowdown and is never contended: its step is the GPU's,
-and CPU contention reaches it only through its input pipeline, which the run measures itself (the pipeline's
-data wait); the share-of-cores rule (`slowdown`) describes CPU compute threads.
-"""
+The job's own CPU is its process tree's (its root: this process or torchrun's agent), so dataloader workers,
+ranks and a vLLM server it started are the job's; others are the cores' busy seconds less the tree's. Without
+/proc/stat the load is unknown, never idle. A GPU run's window records the load but is never contended: CPU
+contention reaches it only through its input pipeline, which the run measures itself."""
 
 from __future__ import annotations
 
@@ -71,25 +62,17 @@ def _pid_stat(proc: Path, pid: str) -> tuple[int, int] | None:
         return None
 
 
-def tree_cpu_s(root: int, proc: Path = PROC) -> float | None:
-    """CPU-seconds of `root` and every live descendant, each with the children it reaped (None: `root` is gone or
-    /proc is absent). Each process of the tree is read once (scan_tree: walked, else a scan of /proc)."""
-    got = scan_tree(root, proc)
-    return got[0] if got is not None else None
-
-
 def scan_tree(root: int, proc: Path = PROC) -> tuple[float, frozenset[int]] | None:
-    """tree_cpu_s and the tree's pids: walked down from `root` through the kernel's children lists where it keeps
-    them (a few reads per process of the job), else a scan of every process (a busy node's thousands: tens of
-    milliseconds at each logged step once others hold the cores)."""
+    """CPU-seconds of `root` and every live descendant (each with the children it reaped) and the tree's pids;
+    None when `root` is gone. Walked down the kernel's children lists where it keeps them, else a scan of every
+    process (a busy node's thousands: slow at every logged step)."""
     walked = walk_tree(root, proc)
     return walked if walked is not None else _scan_every_process(root, proc)
 
 
 def walk_tree(root: int, proc: Path = PROC) -> tuple[float, frozenset[int]] | None:
-    """scan_tree from /proc/<pid>/task/<tid>/children (Linux 3.5+ with CONFIG_PROC_CHILDREN: the children each
-    thread forked); None where the kernel keeps no such file or `root` is gone. A child whose parent exits while it
-    is walked is missed until the next walk, as with a scan."""
+    """scan_tree from /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN); None where the kernel keeps no such
+    file or `root` is gone. A child whose parent exits mid-walk is missed until the next."""
     ticks, todo, tree = 0, [root], set()
     while todo:
         pid = todo.pop()
@@ -144,7 +127,7 @@ def _scan_every_process(root: int, proc: Path) -> tuple[float, frozenset[int]] |
 
 
 def known_tree_cpu_s(root: int, pids: frozenset[int], proc: Path = PROC) -> float | None:
-    """tree_cpu_s over the pids a scan found, read alone (None: `root` is gone); a child born since is missed."""
+    """The tree's CPU seconds over the pids a scan found, read alone (None: `root` is gone); a child born since is missed."""
     ticks = 0
     for pid in pids:
         got = _pid_stat(proc, str(pid))
@@ -189,10 +172,8 @@ def _say_once(text: str) -> None:
 
 @dataclass(frozen=True)
 class LoadWindow:
-    """One timed window: the job's wall and CPU seconds, the CPU-seconds others used on its cores meanwhile,
-    its cores and torch threads. What it predicts: how much slower than alone the share of the cores it had
-    makes a CPU run (`slowdown`, a lower bound: oversubscribed threads spin far worse than their share); a GPU
-    run's (`gpu`) none (see the module)."""
+    """One timed window: the job's wall and CPU seconds, others' CPU-seconds on its cores, its cores and threads.
+    `slowdown` is a lower bound for a CPU run (oversubscribed threads spin worse than their share); a GPU run's none."""
 
     wall_s: float
     cpu_s: float  # the job's process tree: this process, its dataloader workers, its sibling ranks (see the module)
@@ -277,10 +258,8 @@ class _Reading:
 
 
 class LoadMeter:
-    """Started at the beginning of what is timed: `window()` is the load since the start, `lap()` since the
-    previous lap (or the start). `threads`: the torch threads the process runs (None: read from torch at each
-    window); `root`: the process whose tree is the job (None: this process); `gpu`: a GPU run's windows (None: this
-    process's device, `on_gpu`)."""
+    """Started at the beginning of what is timed: `window()` since the start, `lap()` since the previous lap.
+    `threads` None: read from torch; `root` None: this process; `gpu` None: this process's device."""
 
     def __init__(self, cores: list[int], first: _Reading, threads: int | None, root: int, gpu: bool, stat: Path,
                  proc: Path, tree: frozenset[int]):
@@ -302,10 +281,9 @@ class LoadMeter:
                    on_gpu() if gpu is None else gpu, stat, proc, scanned[1])
 
     def _now(self) -> _Reading | None:
-        """A reading of the job's known pids alone; the tree found again (scan_tree) only where that one leaves
-        others more than RESCAN_CORES on average (and two ticks) since the last reading — a child born since (a new
-        dataloader worker) would be counted as theirs —, so an idle machine costs a logged step a few file reads,
-        not a scan of every process (5 ms with 89 of them here, a busy node's thousands far more)."""
+        """A reading of the job's known pids alone; the tree found again only where others seem to hold more than
+        RESCAN_CORES since the last reading (a new child would count as theirs), so an idle machine costs a few
+        reads."""
         busy = machine_busy_s(self._cores, self._stat)
         if busy is None:
             return None

@@ -17,11 +17,9 @@ def resolve_device(device: str | None) -> str:
 
 
 def auto_dtype_name(capability: tuple[int, int] | None) -> str:
-    """What `dtype: auto` trains in on a GPU of this compute capability (None: no GPU).
-
-    bf16 only where tensor cores run it. Before Ampere, fp32: the trainer loads the weights in the dtype
-    it trains in, and fp16 weights would make the fp16 copies of modules_to_save trainable, which
-    fp16 loss scaling refuses ("Attempting to unscale FP16 gradients")."""
+    """What `dtype: auto` trains in on a GPU of this compute capability (None: no GPU): bf16 where tensor cores
+    run it; before Ampere fp32, since fp16 weights make modules_to_save's fp16 copies trainable, which fp16 loss
+    scaling refuses."""
     if capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY:
         return "bfloat16"
     return "float32"

@@ -1,7 +1,5 @@
-"""Is a process on this host still there? One rule for claims (execute/claims.py), run states (experiment.py)
-and build dirs left by killed builders (models/smollm2.py): a pid that does not exist, is a zombie (dead, not
-yet reaped) or is now another process (its start time differs from the one recorded) is gone; a process we may
-not signal is someone else's, and alive."""
+"""Is a process on this host still there? One rule for claims, run states and killed builders: a pid that does not
+exist, is a zombie or is now another process (its start time differs) is gone; one we may not signal is alive."""
 
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
-"""How many threads each process tunelab starts may run: the cores it was given, shared by its processes.
+"""How many threads each process tunelab starts may run: the cores it was given (cores.py), shared by its
+processes. torch starts a thread per core in every process, and two processes oversubscribing two cores ran
+orders of magnitude slower (docs/training.md, "CPU threads").
 
-Why: torch (and OpenMP, MKL) start one compute thread per core in every process. Two processes doing so on
-two cores spin four threads on two cores, and a loop of small matrix products then ran two orders of magnitude
-slower in each (the figure: docs/training.md, "CPU threads"). So every process tunelab starts — a job, its torchrun ranks, the probe's
-steps, a local job beside another — runs `thread_budget(cores, processes)` threads, where `cores` is what it
-may use (cores.py: the smallest of the local executor's share or the affinity mask in physical cores, the cgroup's
-CPU quota and Slurm's allocation, the limit that set it recorded beside the count).
-
-A user's own OMP_NUM_THREADS wins and is said so. tunelab marks the OMP_NUM_THREADS it sets itself
-(`TUNELAB_OMP_NUM_THREADS` holds the same value), so a child tells tunelab's choice, which it may divide
-again among its own processes, from the user's. `TUNELAB_THREAD_RULE=torch` sets nothing: torch's own
-default in each process, the old behaviour (benchmarks/threads.py measures both).
-"""
+A user's own OMP_NUM_THREADS wins and is said so; tunelab marks the one it sets (`TUNELAB_OMP_NUM_THREADS`) so a
+child can tell it from the user's. `TUNELAB_THREAD_RULE=torch` sets nothing (torch's own default)."""
 
 from __future__ import annotations
 
@@ -66,9 +58,8 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
 
 
 def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None:
-    """Make `plan` this process's (and, through `env`, its children's): pinned to the local executor's share,
-    OMP/MKL threads set and marked as tunelab's, torch's threads if torch is loaded, tokenizers' own
-    parallelism off when several processes share the cores. A user's choice is left as it is."""
+    """Make `plan` this process's (and its children's through `env`): pinned to its share, OMP/MKL and torch
+    threads set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is."""
     env = os.environ if env is None else env
     if plan.source == OLD_BEHAVIOUR:
         return
@@ -87,9 +78,8 @@ def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None
 
 
 def pin(env: Mapping[str, str]) -> None:
-    """Run this process (and what it starts) on the cores the local executor gave its job, if it gave some. A
-    share this process cannot take is said in a line (the job then runs on its whole mask, beside others' shares);
-    a share that is no CPU list, or names none of its CPUs, is a TunelabError (cores.share_cpus)."""
+    """Run this process on the cores the local executor gave its job, if any. A share it cannot take is said (it
+    runs on its whole mask); a share that is no CPU list or names none of its CPUs is a TunelabError."""
     share = env.get(CPUS_ENV, "").strip()
     if not share:
         return

@@ -1,11 +1,7 @@
-"""Output directories of the Hugging Face Trainer — what TRL's SFTTrainer, axolotl and LLaMA-Factory leave
-behind — read into a past run: `trainer_state.json` (its `log_history`: losses, evaluation losses, TRL's
-token counts, the final runtime and throughput), `adapter_config.json` (rank, alpha, targets, base model),
-`all_results.json` / `train_results.json` where present, and the model's `config.json` where present.
-
-The state of the run root wins; without one, the latest `checkpoint-N/` has it. A damaged or loss-less state
-raises LogParseError with the file and the reason, so nothing is half-imported.
-"""
+"""Output directories of the Hugging Face Trainer (TRL, axolotl, LLaMA-Factory) read into a past run:
+trainer_state.json's log history, adapter_config.json, the results files and the model's config.json where
+present. The run root's state wins, else the latest checkpoint-N/'s; a damaged state raises LogParseError with the
+file and reason, so nothing is half-imported."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Parse torchtune / SLURM stdout logs (slurm-<jobid>.out) into a past run the planner can learn from.
-
-Tolerant of what real logs contain (carriage-return progress bars, ANSI colours, interleaved
-warnings) and strict about what it returns: a log that is truncated or unknown raises
-LogParseError with the reason, so nothing is half-imported.
-"""
+"""Parse torchtune / SLURM stdout logs into a past run: tolerant of what real logs contain (progress bars, colours,
+warnings), strict about what it returns (a truncated or unknown log raises LogParseError with the reason)."""
 
 from __future__ import annotations
 
@@ -59,10 +55,8 @@ class ParsedRun:
     step_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, global step, loss)
 
     def training_peak(self) -> tuple[float | None, MemoryKind | None]:
-        """(GiB, memory_kind) of the training peak, from whichever of torch's counters the log has: allocated
-        first (the planner compares it with the simulated allocated figure), then reserved (with the simulated
-        reserved one), then active (allocated plus blocks freed but not yet reusable: no simulated counterpart,
-        recorded all the same). (None, None) when the log has none."""
+        """(GiB, memory_kind) of the training peak from the log's counters: allocated first, then reserved (each has
+        a simulated counterpart), then active (none, recorded all the same); (None, None) without any."""
         for counter, kind in PEAK_KINDS:
             if counter in self.peak_memory_gib:
                 return self.peak_memory_gib[counter], kind

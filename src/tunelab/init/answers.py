@@ -1,8 +1,5 @@
-"""The answers of `tunelab init` (from flags or prompts) → an experiment.yaml that `tunelab plan` accepts.
-
-The spec is validated, then planned from a temporary file beside its destination; only a spec that
-plans is moved into place, so a failed init never leaves a half-right experiment.yaml behind.
-"""
+"""The answers of `tunelab init` → an experiment.yaml that `tunelab plan` accepts: validated and planned from a
+temporary file, moved into place only once it plans, so a failed init leaves nothing half-right."""
 
 from __future__ import annotations
 

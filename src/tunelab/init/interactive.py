@@ -1,9 +1,5 @@
-"""`tunelab init` in a terminal: the plan-runs questions, in order, with what is on disk as choices.
-
-Asks what to vary, GPUs per run, validation loss, controls and epochs; offers the model directories
-and dataset files found; then plans the draft and shows its runs and the planner's micro-batch,
-accumulation and packing (with where each figure comes from), and writes only when confirmed.
-"""
+"""`tunelab init` in a terminal: the plan-runs questions in order, with what is on disk as choices; the draft is
+planned and shown, and written only when confirmed."""
 
 from __future__ import annotations
 
@@ -52,9 +48,8 @@ CPU_CHOICE = "none: plan for this machine's CPU"
 
 
 def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: bool) -> InitAnswers:
-    """The plan-runs conversation (questionary): returns the answers; writes nothing. Asks for the GPU the
-    jobs will run on when none is detected or named (a login node is not where jobs run). Every proposed
-    answer is the flags' default (answers.DEFAULTS); models and datasets vary by choosing several."""
+    """The plan-runs conversation (questionary): returns the answers, writes nothing. Asks for the jobs' GPU when
+    none is detected or named (a login node is not where jobs run); every default is the flags' (answers.DEFAULTS)."""
 
 
     vary_keys = _require(q.checkbox(

@@ -1,7 +1,5 @@
-"""The rows a run was recorded under before runs had identities (rundir/identity.py): keyed by its absolute
-directory. A run recorded under its identity drops them, so that a history written by an earlier tunelab keeps
-one row per measurement once its runs are ingested again, and needs no other migration (its rows of runs never
-ingested again stay as they were, read as before)."""
+"""The rows a run was recorded under before identities (rundir/identity.py), keyed by its absolute directory: a run
+recorded under its identity drops them, so an older history needs no other migration."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""The history's generation table: how fast each model generated, for predicting evaluations
-(forecast/evaltime.py). Two kinds of row, in the history database beside the training rows (history.py):
-
-- probed: `tunelab probe` timed batched generations of a model on a device (rundir.probe.GenerationSpeed);
-- measured: a finished evaluation of one target × task (its scores.json): samples, prompt and generated
-  tokens, the batch and the wall time — recorded by the coordinator when it ingests the run (ledger/store.py),
-  never by the evaluation job (jobs do not write SQLite).
-
-A row is keyed by what it measured (probe: model + device; evaluation: its identity, rundir/identity.py: the
-run's place, checkpoint and task, and its scores.json's marks), so ingesting the same measurement again, from a
-moved or copied experiment too, replaces its row.
-"""
+"""The history's generation table: how fast each model generated, for predicting evaluations. Probed rows (`tunelab
+probe`) and measured ones (a finished target × task's scores.json, recorded by the coordinator: jobs do not write
+SQLite). Keyed by what it measured (model + device; an evaluation's identity), so ingesting the same measurement
+again, from a moved or copied experiment too, replaces its row."""
 
 from __future__ import annotations
 
@@ -118,9 +110,8 @@ def probed_row(model_path: str, result: ProbeResult, where: str) -> GenerationRo
 
 
 def measured_row(run_dir: Path, scores: TaskScores, key: str | None = None) -> GenerationRow | None:
-    """A finished evaluation's throughput as a row (None when its scores.json does not carry the token counts:
-    written before they were kept, or a task that generated nothing). key: the evaluation's identity
-    (rundir/identity.scores_key; None: its directory, the key before identities)."""
+    """A finished evaluation's throughput as a row (None without token counts). key: its identity (None: its
+    directory, the key before identities)."""
     if scores.generated_tokens is None or scores.samples <= 0:
         return None
     where = task_dir(run_dir, scores.label, scores.task)

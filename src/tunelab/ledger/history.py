@@ -1,10 +1,6 @@
-"""The user-level history ledger: every run tunelab trains or ingests, across experiments.
-
-Plans learn from it: measured tokens/s and peaks of similar past runs replace model guesses.
-Location: $TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db. One row per measurement (keyed by the
-run's identity, rundir/identity.py, which a moved or copied experiment keeps; or by its source log), replaced when
-the run is ingested again.
-"""
+"""The user-level history ledger: every run tunelab trains or ingests, across experiments, which plans learn speed
+and peaks from ($TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db). One row per measurement, keyed by the
+run's identity (kept by a moved or copied experiment) or its source log."""
 
 from __future__ import annotations
 
@@ -341,9 +337,8 @@ def load_fields(load: LoadWindow | None) -> dict[str, Any]:
 
 
 def cpu_contended(row: HistoryRun) -> bool | None:
-    """Timed under contention, as a speed is corrected for it: a CPU row's flag; a GPU row's never, rows recorded
-    before that rule included (host/cpuload.py: a GPU run's CPU load is recorded, no slowdown applied to it);
-    None: not measured."""
+    """Timed under contention, as a speed is corrected for it: a CPU row's flag; a GPU row's never (its CPU load
+    is recorded, no slowdown applied); None: not measured."""
     if row.contended is None:
         return None
     return row.contended and (row.device or "cpu").lower() == "cpu"

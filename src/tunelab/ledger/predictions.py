@@ -1,15 +1,9 @@
-"""The loop closed: every finished run's predicted times beside what it measured, part by part, kept in the
-history ledger (table `predictions`) so that the next plan on the same device corrects each source by the
-errors it made (forecast/interval.py `correction`).
+"""The loop closed: every finished run's predicted times beside what it measured, part by part (table
+`predictions`), so the next plan on the device corrects each source by its errors (forecast/interval.py).
 
-A row compares the prediction *before* any correction (run.yaml's `seconds_raw`, `startup_raw_s`,
-`eval_raw_s`) with the measurement, so corrections never compound. A measurement taken under contention
-(summary.json's load for training, each scores.json's load for an evaluation) is kept but marked: its error is the
-load's, not the source's. An evaluation that scored fewer targets or samples than run.yaml priced
-(`eval_targets` × `eval_samples`) is kept as `partial`, with how many of how many: its time is not the predicted
-one's, so `load` (what every correction and interval reads) leaves it out; the complete evaluation replaces it
-(same key) once the rest is scored.
-"""
+A row compares the prediction before correction with the measurement, so corrections never compound. A
+measurement under contention is kept but marked (its error is the load's); an evaluation that scored less than
+it priced is kept `partial`, left out of `load` until the complete one replaces it."""
 
 from __future__ import annotations
 
@@ -120,9 +114,8 @@ def _device(summary: Summary | None) -> str:
 
 
 def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = None) -> list[PredictionRecord]:
-    """The training job's parts: its start-up and the rest, where run.yaml predicted them; keyed by the run's
-    training's identity and the part (run_key: rundir/identity.training_key's, from the run's files when not
-    given)."""
+    """The training job's parts (start-up and the rest) where run.yaml predicted them, keyed by the training's
+    identity and the part."""
     est = cfg.estimate
     if est is None or cfg.training is None or summary.duration_s is None:
         return []
@@ -149,11 +142,8 @@ def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = Non
 
 def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None,
                  run_key: str | None = None) -> list[PredictionRecord]:
-    """The evaluation's part: the wall time of its tasks' scores (shared evenly where several ran at once, as the
-    report measures it) against run.yaml's prediction on loaded weights, with their load, and partial (how many of
-    how many) while fewer targets or samples are scored than it priced. None where run.yaml does not say what it
-    priced (one written before `eval_targets`): such a time cannot be told complete from partial. run_key: the run's
-    identity (rundir/identity.run_key's, from its files when not given)."""
+    """The evaluation's part: its tasks' wall time (shared evenly where run at once) against run.yaml's prediction,
+    with its load, partial while less is scored than priced. None where run.yaml does not say what it priced."""
     est = cfg.estimate
     if est is None or not est.eval_source or not est.eval_targets or est.eval_samples is None:
         return []

@@ -1,11 +1,6 @@
-"""results: one record per run, control and eval-only run, from the ledger (after ingesting the run dirs).
-
-Each record carries every evaluation: one entry per checkpoint × task with all its metrics (and, for a
-staged run, the checkpoint's stage and whether the stage ends on it, as the report labels it). The
-headline `score` is the first task's primary metric (spec order) on the last evaluated checkpoint.
-`results --json` is ResultsOut (mcp/models.py) of their `to_json`; the CSV and the terminal table are made from
-them too.
-"""
+"""results: one record per run, control and eval-only run, from the ledger. Each record carries every checkpoint ×
+task with all its metrics; the headline `score` is the first task's primary metric on the last evaluated
+checkpoint. `results --json`, the CSV and the terminal table are all made from them."""
 
 from __future__ import annotations
 
@@ -209,10 +204,8 @@ def _csv_row(r: RunRecord) -> dict[str, Any]:
 
 
 def to_csv(records: list[RunRecord]) -> str:
-    """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high` (its 95 %
-    interval), `evals` holding every checkpoint × task × metric as `label/task/metric=value[low,high]`, and
-    `checkpoint_stages` a staged run's evaluated checkpoints as `epoch_N=STAGE/epoch_K` (`(end)`: the stage ends
-    on it)."""
+    """One row per run: its fields, `<task>.<metric>` of the last checkpoint with `.ci_low`/`.ci_high`, `evals` as
+    `label/task/metric=value[low,high]`, and `checkpoint_stages` as `epoch_N=STAGE/epoch_K` (`(end)`: stage's last)."""
     buf = io.StringIO()
     cols = [f for f in FIELDS if f != "eval"] + _metric_columns(records) + ["evals", "checkpoint_stages"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")

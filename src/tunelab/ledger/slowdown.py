@@ -1,10 +1,6 @@
-"""How much slower a run went than alone, measured from its own steps, never modelled from the load's share.
-
-A run timed beside other work (contended, or with fewer threads than its rule planned because others held cores at
-its start: host/adapt.py) is set beside the uncontended rows of the same shape on the same CPU at the threads its
-rule planned: their median steady speed over its own is the slowdown the load cost it. The load's share of the
-cores (host/cpuload.py's `slowdown`) is a lower bound — OpenMP threads waiting at barriers lose more than their
-share —; this is what was suffered. A plan made under a like load prices with it (forecast/speedhistory.py)."""
+"""How much slower a run went than alone, measured from its own steps: a run timed beside other work is set beside
+the uncontended rows of its shape on the same CPU, their median speed over its own the slowdown. The load's share
+of the cores is only a lower bound (OpenMP threads lose more at barriers); this is what was suffered."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""What the ledger last ingested of each run: the stamps of the files ingest read and of the run's config,
-so a run whose files did not change is not read again (a second `tunelab results` reads nothing but stats).
-
-A stamp is (mtime_ns, size, inode): a file the job replaces atomically gets a new inode even when the
-clock's tick and the size stay the same. The stamps are taken before the files are read and stored in the
-same transaction as what was read from them, so a change during ingest, or a kill in it, means the next
-ingest reads the run again.
-"""
+"""What the ledger last ingested of each run: the stamps (mtime_ns, size, inode: an atomic replace changes the
+inode) of the files read and of the config, so unchanged runs are not read again. Taken before reading and stored
+in the same transaction, so a change or kill during ingest means the next reads the run again."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The ledger: one SQLite file per experiment (rollback journal), filled only by the coordinating process.
-
-Jobs write files in their run directory; `ingest_run` reads them back. Many jobs on many nodes
-never write to one SQLite file on a shared filesystem, where concurrent writers are fragile.
-Ingesting is idempotent: it replaces what it knew of a run with what the files say now, and happens once
-per change: `ingest_all` skips a run whose files and config carry the stamps of its last ingest (stamps.py).
-"""
+"""The ledger: one SQLite file per experiment, filled only by the coordinating process from the files jobs write
+(concurrent writers on a shared filesystem are fragile). Ingesting is idempotent and happens once per change
+(stamps.py)."""
 
 from __future__ import annotations
 
@@ -168,9 +164,8 @@ def ledger_path(experiment_dir: str | Path) -> Path:
 
 @contextmanager
 def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
-    """Open (and create) the experiment's ledger; commit on success, roll back on error.
-
-    Rollback journal and a busy timeout (fsutil.sqlite_session): experiments live on NFS/Lustre/GPFS."""
+    """Open (and create) the experiment's ledger; commit on success, roll back on error. Rollback journal and a
+    busy timeout: experiments live on network filesystems."""
     with sqlite_session(ledger_path(experiment_dir)) as conn:
         _migrate(conn)
         conn.executescript(SCHEMA + STAMPS_SCHEMA)

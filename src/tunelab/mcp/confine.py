@@ -1,8 +1,6 @@
-"""Paths named inside a spec or a run.yaml (models, datasets, task files, graders, eval-only checkpoints) held
-to the workspace like path arguments: a spec handed to the server whose model is `../../etc`, an absolute
-path or a link out of the root is refused before anything reads it, the error naming the file and field.
-Likewise the spec's fields that put shell lines into job scripts (no tool runs a shell unless the person
-starting the server allowed it: `--allow-job-shell`; the user config's `slurm:` section is theirs and stays)."""
+"""Paths named inside a spec or a run.yaml held to the workspace like path arguments: one outside the root (`../`,
+absolute, a link out) is refused before anything reads it, naming the file and field. Likewise the fields that put
+shell lines into job scripts, unless the server was started with `--allow-job-shell`."""
 
 from __future__ import annotations
 

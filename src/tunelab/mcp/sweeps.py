@@ -1,8 +1,6 @@
-"""Sweeps started by the server: the same `tunelab run` (or `tunelab tune`, the learning-rate search) the CLI runs,
-as a detached process, so the tool call returns at once and the server keeps answering while runs train; `status`
-follows it. One at a time per experiment: a search and its sweep would train the same runs' rates apart. A sweep
-outlives the server (its own session): the lab's jobs do not stop when the assistant disconnects; `cancel` stops
-them."""
+"""Sweeps started by the server: the same `tunelab run` (or `tune`) as a detached process, so the tool returns at once
+and the sweep outlives the server (the lab's jobs do not stop when the assistant disconnects). One at a time per
+experiment: a search and its sweep would train the same runs apart."""
 
 from __future__ import annotations
 

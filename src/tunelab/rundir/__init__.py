@@ -1,11 +1,7 @@
-"""The run directory as a typed contract between the job that writes it and everyone who reads it.
-
-The training job (tunelab.train) is the only writer of status.json, metrics.jsonl, summary.json,
-stages.json and the checkpoints; evaluation writes eval/*/scores.json; the coordinator (ledger, status,
-report, export, archive, retries) only reads. Each file's name is in `layout`, its record and its read and
-write functions in one module: `status`, `metrics`, `summary`, `stages`, `checkpoints`, `order`, `scores`, `gpu`,
-`probe`. Records keep the exact JSON keys on disk, so experiments written before stay readable.
-"""
+"""The run directory as a typed contract between the job that writes it and everyone who reads it: the training
+job is the only writer of its files (evaluation of eval/*/scores.json), the coordinator only reads. Each file's
+name is in `layout`, its record and its read and write functions in one module; records keep the exact JSON keys
+on disk, so experiments written before stay readable."""
 
 from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, is_complete_checkpoint
 from tunelab.rundir.layout import (

@@ -1,9 +1,7 @@
-"""The planner's estimate of one run, as run.yaml carries it (`estimate:`): written by scaffold from the plan
-(forecast/runs.py makes it) and read back, by field, by the SLURM time limit, local placement, node packing,
-the watch view, the history and the report. One model for writer and readers, so a renamed field fails mypy
-instead of reading as None. Files from older versions load: missing keys take the defaults, unknown keys are
-kept (and written back). Every field says what it is: `plan --json` and the MCP plan tool carry these records,
-and their output schema documents every key."""
+"""The planner's estimate of one run, as run.yaml carries it (`estimate:`): written by scaffold, read by field by
+the time limits, placement, the watch view, the history and the report. One model for writer and readers, so a
+renamed field fails mypy instead of reading as None; older files load (defaults; unknown keys kept). Every field
+is described: `plan --json` and the MCP plan tool's schema document it."""
 
 from __future__ import annotations
 
@@ -37,9 +35,8 @@ class StageEstimate(_Record):
 
 
 class LeverSource(StrEnum):
-    """Where a lever's choice (and its predicted effect) came from: the memory simulator, a probe's or a past
-    run's measured costs, a stated assumption, the spec (a field the user set wins), or the job itself (chosen
-    from what it finds where it runs)."""
+    """Where a lever's choice came from: the memory simulator, measured costs (probe or history), an assumption,
+    the spec (a field the user set wins), or the job itself."""
 
     SIMULATED = "simulated"
     PROBED = "probed"

@@ -1,23 +1,14 @@
-"""A run's identity in the user's history: what keys its history row, its prediction checks and its
-evaluations' generation rows, so that a moved or copied experiment's finished runs are recorded once.
+"""A run's identity in the user's history: what keys its history row, prediction checks and generation rows, so a
+moved or copied experiment's finished runs are recorded once.
 
-The absolute run directory cannot be it: after `mv A B` or `cp -r A B` the next ingest would record the same
-measurement again under B. run.yaml's content cannot be either: two experiments scaffolded from one spec are
-two measurements with the same config. A key names the measurement, by marks written once by the process that
-took it and carried unchanged by `mv` and `cp -r`: `<experiment>/<run dir in the experiment>@<hash of its marks>`.
-
-- The training (history row, training's prediction checks): status.json's first start — kept across resumes;
-  `tunelab run --force` clears status.json, so a retrain, of the original or of a copy, is a new measurement —
-  with the host and the process that completed it (two copies started in the same second stay two); an adopted
-  run's: where it was adopted from, and when.
-- Each target × task's evaluation (its generation row): its scores.json's time and log name (inspect's, unique
-  per evaluation), so a copy evaluated again is a new measurement. A run's evaluation time is checked under its
-  training's key (with its training's parts), or for a run that never trains, under its first scores.json's.
-
-A run without marks (nothing measured yet; a status.json from before the first start was kept) keeps its absolute
-directory as its key, as every run had before identities; a run recorded under its identity drops its rows under
-its directory (ledger/directory_keys.py).
-"""
+Not the absolute directory (`mv`/`cp -r` would record the same measurement again), nor run.yaml's content (two
+experiments from one spec are two measurements). A key names the measurement by marks written once by the
+process that took it and carried unchanged by `mv` and `cp -r`: `<experiment>/<run dir>@<hash of its marks>`.
+- Training: status.json's first start (kept across resumes; `--force` clears it, so a retrain is new) with the
+host and process that completed it; an adopted run's source and adoption time.
+- Each target × task's evaluation: its scores.json's time and log name, so a copy evaluated again is new.
+A run without marks keeps its absolute directory as key; recorded under its identity, it drops its rows under its
+directory (ledger/directory_keys.py)."""
 
 from __future__ import annotations
 
@@ -71,9 +62,8 @@ def evaluation_key(cfg: RunConfig, scores: list[TaskScores] | None = None) -> st
 
 
 def run_key(cfg: RunConfig, status: Status | None = None, scores: list[TaskScores] | None = None) -> str:
-    """The key of the run's prediction checks, one per part: its training's, or for a run that never trains
-    (control, eval-only) its evaluation's. A trained run's evaluation is checked under its training's key, so
-    that a run's parts sum up together (forecast/combine.py), and an evaluation done again replaces its check."""
+    """The key of the run's prediction checks: its training's, or for a run that never trains its evaluation's,
+    so a run's parts sum up together (forecast/combine.py) and an evaluation done again replaces its check."""
     return training_key(cfg, status) if cfg.kind == "finetune" else evaluation_key(cfg, scores)
 
 

@@ -62,9 +62,8 @@ class GenerationPoint(JsonRecord):
 
 @dataclass(kw_only=True)
 class GenerationSpeed(JsonRecord):
-    """How fast a model generates on a device, as evaluation's time depends on it: prompt tokens per second of
-    the prefill, and a decode step's time as a fixed part plus a part per row of the batch (two batch sizes
-    measured separate them). What the probe records and forecast/evaltime.py prices evaluations with."""
+    """How fast a model generates on a device: prefill tokens per second, and a decode step as a fixed part plus
+    a part per row (two batch sizes separate them); forecast/evaltime.py prices evaluations with it."""
 
     prefill_tokens_per_s: float
     decode_fixed_s: float

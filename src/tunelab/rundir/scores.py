@@ -1,9 +1,5 @@
-"""scores.json: one finished evaluation of one task on one target, and reading them back.
-
-Layout: <run_dir>/eval/<label>/<task>/{*.eval, scores.json}. scores.json is written last and
-atomically, so its presence means "this task on this checkpoint finished"; an interrupted evaluation
-leaves none and is redone next time.
-"""
+"""scores.json (<run_dir>/eval/<label>/<task>/): one finished evaluation of one task on one target. Written last and
+atomically, so its presence means the task finished; an interrupted evaluation leaves none and is redone."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""stages.json: the completed stages of a staged run, in order. A stage is recorded only once complete,
-so a failure in stage 3 resumes stage 3 and never reruns 1-2 (the job: train/stages.py).
-
-Epoch checkpoints are numbered across stages (checkpoints/epoch_N); a StageRecord maps them back.
-"""
+"""stages.json: the completed stages of a staged run, in order, each recorded only once complete (so a failure in
+stage 3 never reruns 1-2); a StageRecord maps the epoch checkpoints, numbered across stages, back."""
 
 from __future__ import annotations
 
@@ -79,11 +76,9 @@ class CheckpointStage:
 
 
 def checkpoint_stages(cfg: RunConfig, records: list[StageRecord] | None = None) -> dict[int, CheckpointStage]:
-    """{global epoch: its stage}: the completed stages' as stages.json records them (default: read from the run
-    directory), then the stages still to come as planned (each its training.epochs on from the last recorded
-    epoch; none past a stage that stops at max_steps, whose epochs are known only once it completes). {} for
-    an unstaged run, or when stages.json no longer matches run.yaml. The report and every machine-readable
-    output (results, export) read a checkpoint's stage from here."""
+    """{global epoch: its stage}: the completed stages' as recorded, then those to come as planned (none past a
+    stage that stops at max_steps). {} unstaged, or when stages.json no longer matches run.yaml. Every reader of a
+    checkpoint's stage reads it here."""
     records = read_stage_records(cfg.run_dir) if records is None else records
     if not cfg.stages or [r.name for r in records] != [s.name for s in cfg.stages[:len(records)]]:
         return {}

@@ -69,14 +69,9 @@ def read_status(run_dir: str | Path) -> Status:
     return Status.from_json(data if isinstance(data, dict) else {})
 
 
-def status_exists(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / STATUS_FILE).is_file()
-
-
 def write_status(run_dir: str | Path, **changes: Any) -> Status:
-    """Merge `changes` (Status fields) into status.json, stamped with the time, host and pid; atomic.
-    Keys already in the file stay as they are, so the file keeps exactly the keys it was given. A process
-    that writes it again and again holds it instead (StatusWriter)."""
+    """Merge `changes` into status.json, stamped with time, host and pid; atomic, keeping exactly the keys it was
+    given. A process that writes it again and again holds it instead (StatusWriter)."""
     return StatusWriter(run_dir).write(**changes)
 
 
@@ -84,9 +79,8 @@ PROGRESS_FIELDS = frozenset({"step", "epoch", "total_steps"})
 
 
 class StatusWriter:
-    """status.json held by its writer: read once (what earlier writers left), then each change merged in
-    memory and the file replaced whole, so the writer never reads back what it wrote. The training job's
-    main process holds one for the whole job."""
+    """status.json held by its writer: read once, then each change merged in memory and the file replaced whole,
+    so the writer never reads back what it wrote (the job's main process holds one)."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / STATUS_FILE

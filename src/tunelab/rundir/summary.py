@@ -48,18 +48,15 @@ STEPS_PER_STEP_COST_REPEAT = 20
 
 
 def calibrates_step_cost(processes: int, stage: bool) -> bool:
-    """Whether a job takes the step-cost calibration after training (the job does, and the plan prices it by this
-    one rule): a one-process run that is not a stage. The step cost is a one-device measurement, the planner's
-    unit, which several processes would time with their collectives; a staged run's counters span its stages, so a
-    stage's steps and tokens do not pair up."""
+    """Whether a job takes the step-cost calibration after training (one rule for the job and the plan): a
+    one-process run that is not a stage — several processes would time their collectives, and a stage's counters
+    span its stages."""
     return processes == 1 and not stage
 
 
 def step_cost_repeats(steps: int) -> int:
-    """Timed repeats worth their cost after a run of `steps` steps. A repeat is a step at half and one at twice
-    the micro-batch (~2.5 of the run's steps), so one per 20 steps keeps the measurement within ~1/5 of the
-    training it follows: a long GPU run gets all of them, a short one fewer, and one of under 20 steps none (its
-    steady step time, which the split divides, is too rough to split)."""
+    """Timed repeats worth their cost after a run of `steps` steps: one per 20 steps keeps the measurement
+    within about a fifth of the training it follows; a run under 20 steps gets none (its step time is too rough)."""
     return min(STEP_COST_REPEATS, steps // STEPS_PER_STEP_COST_REPEAT)
 
 
@@ -108,9 +105,8 @@ class ProcessMemory(JsonRecord):
 
 @dataclass(kw_only=True)
 class ThreadUse(JsonRecord):
-    """The CPU threads each of the run's processes computed with, and why (tunelab/host/threads.py): `torch` threads
-    in each of `processes` processes on this node, which share `cores_given` cores; `limit` says which limit set
-    that count (tunelab/host/cores.py: share, slurm, cgroup or affinity), `source` where it was read."""
+    """The CPU threads each process computed with, and why (host/threads.py): `torch` threads in each of
+    `processes`, sharing `cores_given` cores; `limit` says which limit set it, `source` where it was read."""
 
     torch: int | None = None
     cores_given: int | None = None
@@ -227,14 +223,5 @@ def write_summary(run_dir: str | Path, summary: Summary, keys: Iterable[str] | N
     return atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary.to_json(keys))
 
 
-def has_summary(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / SUMMARY_FILE).is_file()
-
-
 def write_packing(run_dir: str | Path, stats: PackingStats) -> Path:
     return atomic_write_json(Path(run_dir) / PACKING_FILE, stats.to_json())
-
-
-def read_packing(run_dir: str | Path) -> PackingStats | None:
-    data = read_json(Path(run_dir) / PACKING_FILE, default=None)
-    return PackingStats.from_json(data) if isinstance(data, dict) else None

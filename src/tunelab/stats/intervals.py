@@ -1,7 +1,5 @@
-"""The 95 % interval of one score from its per-sample records: Wilson for proportions (statsmodels),
-a seeded bootstrap over the test samples for every other metric (scipy; BCa, percentile where BCa is
-undefined). MAE, RMSE and R² are resampled over the samples whose number parsed (what they are computed on).
-"""
+"""The 95 % interval of one score from its per-sample records: Wilson for proportions, a seeded bootstrap for other
+metrics (BCa, percentile where undefined), regression metrics over the samples that parsed."""
 
 from __future__ import annotations
 
@@ -35,9 +33,8 @@ def wilson(count: int, nobs: int, confidence: float = CONFIDENCE) -> Interval:
 
 def bootstrap_indices(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, seed: int = BOOTSTRAP_SEED,
                       resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE) -> Interval | None:
-    """scipy's bootstrap over n test samples; `statistic` maps resampled indices (shape (..., n)) to one
-    value per resample. None when the statistic is undefined on the resamples, or there are fewer than two samples
-    (a numeric task whose model gave one parseable number: its mae has no interval, and the task still scores)."""
+    """scipy's bootstrap over n test samples, `statistic` mapping resampled indices to a value each. None when
+    undefined on the resamples or fewer than two samples (the task still scores)."""
     from scipy.stats import bootstrap
 
     if n < 2:

@@ -1,10 +1,6 @@
-"""Evaluation metrics as pure functions of plain arrays: scikit-learn where it has them, ECE by hand.
-
-The evaluation's inspect-ai metrics (evaluate/metrics.py) wrap these, and intervals are recomputed with
-them on resampled records (samples.py), so a stored metric and its interval come from one function.
-Free of inspect-ai: the report computes intervals without loading it. A metric undefined on the data
-(AUC with one class present, R² of fewer than two values, anything of zero parsed samples) is NaN.
-"""
+"""Evaluation metrics as pure functions of plain arrays (scikit-learn where it has them): the inspect-ai metrics wrap
+them and intervals recompute them, so a stored metric and its interval come from one function. A metric undefined
+on the data is NaN."""
 
 from __future__ import annotations
 

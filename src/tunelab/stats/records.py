@@ -1,7 +1,5 @@
-"""The two records uncertainty is computed from and stored as: one sample's score and one interval.
-
-Kept free of heavy imports: the ledger reads scores.json (which holds both) on every ingest.
-"""
+"""The two records uncertainty is computed from and stored as: one sample's score and one interval; free of heavy
+imports, since the ledger reads them on every ingest."""
 
 from __future__ import annotations
 

@@ -110,9 +110,8 @@ def parsed(arr: SampleArrays) -> SampleArrays:
 
 
 def batch_metric(arr: SampleArrays, metric: str, idx: np.ndarray) -> np.ndarray:
-    """The metric on each row of resampled sample indices (shape (..., n)): vectorized where the metric is
-    a mean of per-sample numbers or a regression metric (scikit-learn's multioutput), else row by row.
-    Regression metrics expect `arr` to hold parsed samples only (see `parsed`)."""
+    """The metric on each row of resampled sample indices: vectorized for means and regression metrics, else row
+    by row. Regression metrics expect parsed samples only (see `parsed`)."""
     idx = np.asarray(idx, int)
     x = per_sample(arr, metric)
     if x is not None:
@@ -134,9 +133,8 @@ def batch_metric(arr: SampleArrays, metric: str, idx: np.ndarray) -> np.ndarray:
 
 
 def _batch_classification(arr: SampleArrays, metric: str, rows: np.ndarray) -> np.ndarray:
-    """Balanced accuracy and macro F1 of many resamples in one scikit-learn call: resample b's classes
-    are relabelled b·K + k, so per-class recall and F1 of every resample come out together; each is then
-    averaged over the classes that resample has, as the single-sample functions do (tests hold them equal)."""
+    """Balanced accuracy and macro F1 of many resamples in one scikit-learn call, resample b's classes relabelled
+    b·K + k, each averaged over the classes that resample has (tests hold them equal to the single-sample ones)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     k = len(arr.labels)

@@ -1,7 +1,5 @@
 """How much repeated timings disagree, and the log-space σ that stands for: the one owner of "spread → σ" for the
-plan's timed steps (forecast/cpuspeed.py), the probe's and the job's timed steps (train/step_cost.py, kept in the
-history as `time_spread`) and the history's rows (forecast/speedhistory.py). Pure, no imports beyond math and
-statistics."""
+plan's, the probe's and the job's timed steps and the history's rows. Pure."""
 
 from __future__ import annotations
 
@@ -21,10 +19,8 @@ HANDFUL = 10  # up to this many timings, their range is the spread (range_sigma'
 
 
 def timing_spread(seconds: Iterable[float]) -> float | None:
-    """range_spread for any number of timings: up to HANDFUL, their range; more, the range a handful would span at
-    their noise, exp(2σ) − 1 with σ from the interquartile range of their logs (÷ 1.349, a normal's). Why: the
-    range of 60 timings is set by their worst one (a step the machine's other work preempted), and grows with
-    their count, so it would call steady timings noisy and widen what they price; the quartiles do not."""
+    """Their range up to HANDFUL timings; more, the range a handful would span, exp(2σ) − 1 with σ from the
+    interquartile range of their logs: the range of many timings is set by their worst one and grows with the count."""
     times = sorted(t for t in seconds if t > 0)
     if len(times) <= HANDFUL:
         return range_spread(times)

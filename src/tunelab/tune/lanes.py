@@ -1,11 +1,6 @@
-"""Combinations searched side by side. Each trial of a 2-core CPU search is a fresh job that spends about as long
-starting (interpreter, imports, model: ~3.8 s) as training (~2.2 s: the peers benchmark), one thread of it
-alone; Optuna's trials of one combination follow each other (each asks after the last told), but the studies of
-two combinations are independent. So a search takes as many lanes as the executor's capacity gives the sweep's
-runs at once — the plan's CPU shares (resources.cpu_runs_at_once) or the visible GPUs — and each lane searches
-one combination at a time, its trials' jobs started on its share. One lane (a detached executor, one share, one
-combination): the combinations in order, as before. Ctrl-C reaches the main thread, which tells every lane to
-stop its job as a lone search does and waits for them."""
+"""Combinations searched side by side: a CPU trial spends about as long starting as training, and the studies of two
+combinations are independent. So a search takes as many lanes as the executor gives the sweep's runs at once, each
+searching one combination at a time on its share. Ctrl-C reaches the main thread, which stops every lane's job."""
 
 from __future__ import annotations
 

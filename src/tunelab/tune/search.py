@@ -1,12 +1,9 @@
-"""`tunelab tune`: one Optuna study per combination, its trials real runs on the sweep's executor, one at a time
-in each combination, combinations side by side where the executor has room for several runs (tune/lanes.py).
+"""`tunelab tune`: one Optuna study per combination, its trials real runs one at a time, combinations side by side
+where the executor has room (tune/lanes.py).
 
-The studies live in one journal file under the experiment (tune/journal.log: appended, so a kill -9 loses at most
-the line being written, and it works on the shared filesystems clusters have). Run again, the search goes on where
-it stopped: finished trials stay, a trial left running is followed (its job may still run) or started again at the
-same learning rate, and new trials are asked until the combination has its count. The sampler is seeded anew before
-each ask from the spec's seed and the trial's number, so the rates asked do not depend on where a search stopped.
-"""
+The studies live in an append-only journal (tune/journal.log: a kill loses at most a line, and it works on shared
+filesystems). Run again, the search goes on where it stopped. The sampler is seeded before each ask from the
+spec's seed and the trial's number, so the rates asked do not depend on where a search stopped."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The search as the sweep's first step: with a `tune:` block, `tunelab run` trains no run at a rate no search chose.
-The runs it is about to train whose run.yaml names no search (no `tuned:`) get their combination's search first —
-the search `tunelab tune` runs, its trials real runs on the sweep's executor — and are scaffolded again at the rate it
-chose, as `tunelab tune` does. Where no search can run (a dry run) or a search chose no rate, the command refuses in
-one line naming `tunelab tune` rather than train at the spec's default rate, which the report would have to call
-untuned: a comparison is tuned only when a search produced its rates."""
+"""The search as the sweep's first step: with a `tune:` block, `tunelab run` trains no run at a rate no search chose;
+such runs get their combination's search first and are scaffolded again at its rate. Where no search can run, it
+refuses in one line naming `tunelab tune`: a comparison is tuned only when a search produced its rates."""
 
 from __future__ import annotations
 
@@ -27,9 +24,8 @@ if TYPE_CHECKING:  # the search's modules load Optuna: imported where a search r
 
 def unsearched(experiment_dir: str | Path, runs: Collection[str] | None = None,
                force: bool = False) -> dict[str, list[str]]:
-    """The runs `tunelab run` is about to train at a rate no search chose, by their combination ({} without a
-    `tune:` block): fine-tuned runs whose run.yaml has no `tuned:` — not the default-lr twins, which train at the
-    spec's rate by design —, completed ones only when `force` trains them again."""
+    """The runs `tunelab run` is about to train at a rate no search chose, by combination: fine-tuned runs without
+    `tuned:` (not the default-lr twins), completed ones only when `force` trains them again."""
     spec_path = Path(experiment_dir) / SPEC_FILE
     spec = load_spec(spec_path) if spec_path.is_file() else None
     if spec is None or spec.tune is None:

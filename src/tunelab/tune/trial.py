@@ -1,11 +1,7 @@
-"""One trial as a real run on the sweep's executor: its run directory written, its training job submitted (or the
-job a killed search left running followed again), its validation losses reported to Optuna as metrics.jsonl gains
-them, and the job cancelled (SIGTERM: the trainer stops cleanly) once the pruner says so. A trial that trained its
-budget is judged by its last validation loss, or — an eval task's metric as objective — by its evaluation job
-(tune/trial_eval.py).
-
-Each reported validation is judged in file order whether the search reads it live or after the job ended, so the
-outcome depends on the losses, never on when they were read."""
+"""One trial as a real run on the sweep's executor: its job submitted (or followed again after a kill), validation
+losses reported to Optuna as they come, the job cancelled once pruned. Judged by its last validation loss or its
+evaluation job (tune/trial_eval.py); validations are judged in file order, so the outcome never depends on when
+they were read."""
 
 from __future__ import annotations
 
@@ -60,9 +56,8 @@ def healed_config(cfg: RunConfig) -> RunConfig:
 
 @dataclass(frozen=True)
 class Lane:
-    """Where a trial's jobs run when combinations are searched side by side (tune/search.py): the executor's
-    environment for its share (a CPU share, a GPU), and the search's stop signal — Ctrl-C lands in the main thread
-    only, which sets it. The default lane: the executor's capacity decides, one search at a time."""
+    """Where a trial's jobs run when combinations are searched side by side: the executor's environment for its
+    share, and the search's stop signal (Ctrl-C lands in the main thread only)."""
 
     env: dict[str, str] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -110,9 +105,8 @@ class TrialRun:
         self.interval = ex.poll_interval([cfg])
 
     def run(self) -> TrialOutcome:
-        """Start or follow the job to its end or to its pruning. A job that ended early is retried as the sweep's
-        runs are (execute/retry.py: out of memory → a smaller micro-batch, same effective batch; a time limit →
-        a longer one; preempted or a lost node → resumed), anything else started again once."""
+        """Start or follow the job to its end or its pruning; one that ended early is retried as the sweep's runs
+        are (execute/retry.py), anything else started again once."""
         marked = read_pruned(self.cfg.run_dir)
         if marked is not None:  # pruned by a search killed before it told Optuna so
             return TrialOutcome(TrialState.PRUNED, marked.value, marked.step)

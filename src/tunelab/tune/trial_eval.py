@@ -1,10 +1,5 @@
-"""A trained trial's evaluation, when the search's objective is an eval task's metric: one job on the sweep's
-executor, where the run's jobs run (a Slurm compute node, or this machine), evaluating the objective's task on the
-trial's last checkpoint. Its scores.json (eval/epoch_N/<task>/) is what the trial is judged by; a search killed while
-the job ran follows it again (tune_job.json's `eval_job`), and one killed after it ended reads its scores.
-
-`python -m tunelab.tune.trial_eval RUN_DIR TASK` is the job's command: the evaluation tunelab's sweeps run, on one
-run directory that is not one of the sweep's runs (a trial lives under tune/)."""
+"""A trained trial's evaluation when the objective is an eval task's metric: one job on the sweep's executor on the
+trial's last checkpoint, followed again after a kill. `python -m tunelab.tune.trial_eval RUN_DIR TASK` is the job."""
 
 from __future__ import annotations
 

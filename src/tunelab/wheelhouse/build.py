@@ -65,9 +65,8 @@ CHECK = ("python -m pip check && tunelab --version && "
 
 def plan_wheelhouse(have_file: Path, target: Target, extras: tuple[str, ...], project: Path, work: Path,
                     leave_out: tuple[str, ...] = ()) -> tuple[Plan, list[Resolved], Path]:
-    """(plan, pip's resolution, tunelab's wheel built in `work`) for the node whose `pip freeze` is have_file.
-    leave_out: tunelab's requirements on these (canonical names) are not followed, so what only they need is not
-    carried (the GPU lease's training rows: benchmarks/gpu_lease_carry.py)."""
+    """(plan, pip's resolution, tunelab's wheel built in `work`) for the node whose `pip freeze` is have_file;
+    leave_out: requirements not followed, so what only they need is not carried."""
     have = parse_freeze(have_file.read_text(), file=have_file)
     wheel = build_wheel(project, work)
     meta = wheel_metadata(wheel)

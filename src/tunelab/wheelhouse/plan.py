@@ -1,9 +1,6 @@
-"""The wheelhouse plan, pure (no network, no pip): what the node has (its `pip freeze`), whether its torch is in
-tunelab's range, which of its packages pip must keep (constraints), and how pip's resolution sorts into
-packages kept, wheels to carry (missing, or out of range and why) and torch's own packages (never carried).
-
-Version checks follow pip's rule for installed packages: a pre-release the node already has counts
-(`prereleases=True`), so an NGC build such as torch 2.7.0a0+… satisfies `torch>=2.6` as it does for pip."""
+"""The wheelhouse plan, pure (no network, no pip): the node's packages, whether its torch is in range, the pins that
+keep them, and pip's resolution sorted into kept, carried (and why) and torch's own. A pre-release the node has
+counts, as for pip, so an NGC torch 2.7.0a0+… satisfies `torch>=2.6`."""
 
 from __future__ import annotations
 
@@ -41,10 +38,8 @@ class Installed:
 
 
 def parse_freeze(text: str, file: str | Path = "--have") -> dict[str, Installed]:
-    """Canonical name -> the node's package. `name==version` lines (as `pip freeze` and `pip list
-    --format=freeze` write them); comments and blank lines skipped; an editable (`-e`) line is skipped, since it
-    names a project being developed there, not an installed release. A line without a version is refused: the
-    plan cannot check a range against it."""
+    """Canonical name -> the node's package from `name==version` lines; comments, blanks and editable lines (a
+    project in development, not a release) skipped; a line without a version is refused (no range to check)."""
     have: dict[str, Installed] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #", 1)[0].strip()
@@ -104,10 +99,8 @@ def check_torch(have: Mapping[str, Installed], requires: Iterable[Requirement], 
 
 def constraints(have: Mapping[str, Installed],
                 requires: Iterable[Requirement]) -> tuple[dict[str, str], dict[str, str]]:
-    """(pins, out_of_range). pins: name -> `name==version` for pip, so that its resolution keeps what the node
-    has; every package of the node except tunelab's direct requirements it has out of range (out_of_range: name
-    -> why) and torch's family besides torch (never carried, so never worth a conflict). torch is pinned to its
-    release (2.6.0 for 2.6.0+cu124 or 2.6.0a0+nv…), the version PyPI publishes, so its dependencies resolve."""
+    """(pins, out_of_range): `name==version` pins so pip keeps what the node has, except tunelab's requirements it
+    has out of range (with why) and torch's family besides torch; torch pinned to its public release."""
     out: dict[str, str] = {}
     for req in requires:
         name: str = canonicalize_name(req.name)
@@ -166,11 +159,9 @@ class Plan:
 
 def classify(resolved: list[Resolved], have: Mapping[str, Installed], torch: Installed, markers: Mapping[str, str],
              root: str = "tunelab", reasons: Mapping[str, str] | None = None) -> Plan:
-    """Sort pip's resolution. Walking the dependency graph from tunelab without entering torch gives what
-    tunelab needs; what is reached only through torch (its CUDA libraries, triton, sympy) is torch's own, and so
-    is torch's family wherever it is reached. Of the rest, a package the node has at the resolved version is
-    kept; any other is carried, missing or out of range — with the requirement that excludes the node's
-    version, or `reasons` (the direct checks, pip's conflict) when no single requirement does."""
+    """Sort pip's resolution: what is reached from tunelab without entering torch is tunelab's need, the rest and
+    torch's family torch's own. A need the node has at the resolved version is kept; any other is carried, with the
+    requirement that excludes the node's version, or `reasons`."""
     nodes = {r.name: r for r in resolved}
     root = canonicalize_name(root)
     edges = _parents(resolved, markers)
@@ -194,9 +185,8 @@ def classify(resolved: list[Resolved], have: Mapping[str, Installed], torch: Ins
 
 
 def _parents(resolved: list[Resolved], markers: Mapping[str, str]) -> dict[str, list[tuple[str, Requirement]]]:
-    """Package -> (parent, requirement) for every requirement that holds on the node. A package's extras are
-    those asked of it anywhere (`markdown-it-py[linkify]`), which pip's report records for the top level only, so
-    they are gathered until nothing changes."""
+    """Package -> (parent, requirement) for every requirement that holds on the node; extras asked anywhere are
+    gathered until nothing changes (pip's report records them at the top level only)."""
     extras = {r.name: set(r.extras) for r in resolved}
     while True:
         edges: dict[str, list[tuple[str, Requirement]]] = {}

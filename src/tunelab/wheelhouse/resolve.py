@@ -47,10 +47,8 @@ def _failed(what: str, done: subprocess.CompletedProcess[str]) -> TunelabError:
 
 
 def build_wheel(project: Path, work: Path) -> Path:
-    """tunelab's wheel, built from a copy of pyproject.toml, README.md and src/ (caches left out), so a stale
-    build/ folder of the checkout can never slip a removed module into it. Built with the build backend this
-    environment has when it meets [build-system] requires, since pip's isolated build environment would install
-    that same backend again first (most of the build's time)."""
+    """tunelab's wheel from a copy of pyproject.toml, README.md and src/, so a stale build/ cannot slip a removed
+    module in; with this environment's backend where it qualifies, since pip's isolated build would install it again."""
     copy = work / "project"
     shutil.copytree(project / "src", copy / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
@@ -99,10 +97,9 @@ def wheel_metadata(wheel: Path) -> WheelMeta:
 
 def resolve(wheel: Path, extras: Iterable[str], target: Target, pins: Mapping[str, str],
             work: Path) -> tuple[list[Resolved], dict[str, str]]:
-    """pip's resolution of tunelab (with extras) for the node, as if installed from nothing (--target into an
-    empty folder, --dry-run: nothing is installed), under `pins` as constraints. When pins conflict with what
-    tunelab needs, pip names them; they are dropped (their packages become 'out of range', with pip's words as
-    the reason) and pip runs again, at most MAX_ROUNDS times. A conflict on torch is the node's to fix."""
+    """pip's dry-run resolution of tunelab for the node from nothing, under `pins`. Pins pip names in a conflict are
+    dropped (out of range, pip's words the reason) and pip runs again, at most MAX_ROUNDS times; torch's are the
+    node's."""
     pins, reasons = dict(pins), dict[str, str]()
     requirement = f"{wheel}[{','.join(sorted(extras))}]" if extras else str(wheel)
     for _ in range(MAX_ROUNDS):

@@ -1,6 +1,5 @@
-"""The node a wheelhouse is for: its Python version and platform tag, turned into what pip needs to resolve for
-a machine it is not running on (the accepted platform tags, the interpreter) and into the values environment
-markers (`platform_system == "Linux"`, `python_version < "3.13"`) are evaluated with."""
+"""The node a wheelhouse is for: its Python version and platform tag, as pip needs them to resolve for another
+machine and as environment-marker values."""
 
 from __future__ import annotations
 
@@ -56,9 +55,8 @@ class Target:
 
 
 def platform_tags(platform: str) -> list[str]:
-    """The tags a node of this platform installs, newest first: a manylinux_2_28 node also runs every older
-    glibc's wheels (manylinux_2_17 = manylinux2014, manylinux2010, manylinux1), which pip does not infer from
-    a PEP 600 tag. An unknown shape gives [] (refused by Target); macOS and Windows tags pip expands itself."""
+    """The tags a node of this platform installs, newest first: a manylinux_2_28 node also runs older glibc's
+    wheels, which pip does not infer from a PEP 600 tag. Unknown: [] (refused by Target)."""
     legacy = re.match(r"^(manylinux1|manylinux2010|manylinux2014)_(\w+)$", platform)
     if legacy:
         major, minor = _LEGACY[legacy.group(1)]
