@@ -99,8 +99,7 @@ def _prompts(one: BatchedTask) -> None:
 
 
 def _finish(one: BatchedTask, header: Any, answers: list[Any], share: float, started: str) -> Any:
-    """The task's answers scored and its log written (in `header`, the log inspect started for it); a failed batch
-    fails the task with its error."""
+    """The task's answers scored and its log written in `header`; a failed batch fails the task with its error."""
     failed = next((a for a in answers if isinstance(a, BaseException)), None)
     if failed is not None:
         raise failed

@@ -64,8 +64,7 @@ def started_logs(tasks: list[Any], log_dir: Path, options: dict[str, Any]) -> li
 
 
 def write_task_log(header: Any, task: Any, model: Any, results: list[SampleResult], started: str) -> Any:
-    """The task's EvalLog, written where inspect started it; returned. `started`: when tunelab's loop started (the
-    task's duration is read from it)."""
+    """The task's EvalLog, written where inspect started it; `started`: when tunelab's loop started it."""
     from inspect_ai.log import EvalStats, write_eval_log
 
 

@@ -150,8 +150,7 @@ def adapter_blocker(config: dict[str, Any]) -> str | None:
 
 
 def tokenizer_identity(directory: Path, seen: dict[str, tuple[str, int]]) -> tuple[str, int]:
-    """(fingerprint, length) of the tokenizer in this directory: what it is, loaded once per distinct set of
-    tokenizer files (`seen`, by their bytes)."""
+    """(fingerprint, length) of this directory's tokenizer, loaded once per distinct set of files (`seen`)."""
     from transformers import AutoTokenizer
 
     digest = hashlib.sha256()
@@ -188,8 +187,7 @@ def _dtype(work: TargetWork, device: str) -> Any:
 
 
 def chunks(sizes: list[int], room: int, most: int) -> list[list[int]]:
-    """Consecutive indices of adapters whose bytes fit in `room` together, at most `most` of them (each chunk
-    holds at least one)."""
+    """Consecutive indices of adapters whose bytes fit in `room` together, at most `most` (at least one)."""
     out: list[list[int]] = []
     used = 0
     for i, size in enumerate(sizes):

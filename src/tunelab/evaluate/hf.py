@@ -151,16 +151,14 @@ class LocalLM:
 
     def generation(self, tokens: list[int], stop_ids: list[int], stop_seqs: tuple[str, ...], logps: Any,
                    top_logprobs: int | None) -> Generation:
-        """One row's answer: cut at its first stop token, then at its first stop sequence; its log-probabilities
-        when `logps` (the row's log-softmaxed logits) are given."""
+        """One row's answer, cut at its first stop token then stop sequence; its log-probabilities given `logps`."""
         cut = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
         kept, text, hit_seq = cut_at_stop(tokens if cut is None else tokens[:cut], self._decode, stop_seqs)
         lp = self._token_logprobs(logps, kept, top_logprobs) if logps is not None else None
         return Generation(kept, text, cut is not None or hit_seq, lp)
 
     def adapter_args(self, rows: int) -> dict[str, Any]:
-        """Extra arguments of a forward pass over `rows` rows: none for these weights (shared.SharedWeights
-        names each row's adapter)."""
+        """Extra arguments of a forward pass over `rows` rows: none here (SharedWeights names each row's adapter)."""
         return {}
 
     def _decode(self, tokens: list[int]) -> str:

@@ -12,7 +12,6 @@ LOG_ZSTD_THREADS = 0
 
 
 def compress_logs_in_one_thread() -> None:
-    """Set inspect-ai's zstd thread count for `.eval` members to one (the calling thread). Called before every
-    inspect eval tunelab starts (runner.evaluate_task, waves.run_wave) and every log tunelab writes itself."""
+    """Set inspect-ai's zstd threads for `.eval` members to one, before every eval and log tunelab writes."""
 
     set_zstd_threads(LOG_ZSTD_THREADS)

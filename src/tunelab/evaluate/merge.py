@@ -46,8 +46,7 @@ def merged_dir(experiment_dir: Path, run: str, label: str) -> Path:
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path, dtype: str) -> Path:
-    """The base with the adapter merged in, saved to `out` with the adapter's tokenizer; reused while the
-    adapter's files are unchanged (their sizes and mtimes are stamped)."""
+    """The base with the adapter merged, saved to `out` with its tokenizer; reused while the adapter is unchanged."""
     stamp = {"base": str(base), "adapter": str(adapter), "dtype": dtype,
              "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(adapter.iterdir())
                        if p.is_file()}}

@@ -22,8 +22,7 @@ from tunelab.evaluate.mixgen import BASE, Row
 
 @dataclass(frozen=True)
 class RowKey(BatchSettings):
-    """A queued request's settings: the task's (hf.Batcher's batch key, here a row's own), and the target's
-    adapter and end tokens."""
+    """A queued request's settings: the task's batch key, and the target's adapter and end tokens."""
 
     adapter: str = BASE
     stop_ids: tuple[int, ...] = ()
@@ -68,8 +67,7 @@ class MixedBatcher(Batcher):
                 deliver([request], [result])
 
     def generate_now(self, rows: list[Row]) -> list[Generation | BaseException]:
-        """Every row answered now, in the batches the queue would cut from them all waiting, with no event loop;
-        each row's answer, or the error of its batch."""
+        """Every row answered now, in the batches the queue would cut, with no event loop; answers or batch errors."""
         pending = list(range(len(rows)))
         out: list[Generation | BaseException | None] = [None] * len(rows)
         while pending:
@@ -83,8 +81,8 @@ class MixedBatcher(Batcher):
         return cast(list[Generation | BaseException], out)  # every row was in one batch; _generate answers each
 
     def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
-        """One batch's answers; a failed batch of several adapters is run again adapter by adapter, so that an
-        error reaches only the rows (the target) that cause it."""
+        """One batch's answers; a failed mixed batch runs again adapter by adapter, so an error reaches its target
+        only."""
         if isolate:  # a batch cut from the queue (not a failed batch's rerun, adapter by adapter)
             self.batches += 1
             self.mixed += len({row.adapter for row in rows}) > 1

@@ -68,7 +68,6 @@ class Objective:
         return told if self.lower_is_better else -told
 
     def read(self, run_dir: str | Path) -> float | None:
-        """The metric on the trial's last evaluated checkpoint (its scores.json; None: not evaluated, or the metric
-        undefined there)."""
+        """The metric on the trial's last evaluated checkpoint (None: not evaluated, or undefined there)."""
         scores = [s for s in read_scores(run_dir) if s.task == self.task]
         return scores[-1].metrics.get(self.metric) if scores else None

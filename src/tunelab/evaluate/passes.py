@@ -140,8 +140,7 @@ def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
 
 
 def evaluate_alone(work: TargetWork, batch_size: int, report: Report) -> dict[ItemKey, Outcome]:
-    """One target, every pending task, as evaluate_run evaluates it (its weights loaded for it alone); a task
-    that fails is recorded, the next one runs."""
+    """One target, every pending task, as evaluate_run evaluates it; a failing task is recorded, the next runs."""
     from tunelab.evaluate.runner import evaluate_task
 
     out: dict[ItemKey, Outcome] = {}

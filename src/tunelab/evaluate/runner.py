@@ -45,8 +45,7 @@ INSPECT_OPTIONS: dict[str, Any] = dict(log_format="eval", display="none", score_
 
 
 def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
-    """inspect_ai.eval as every tunelab evaluation runs it: INSPECT_OPTIONS, and each sample's log member
-    compressed in the calling thread (logcompression.py)."""
+    """inspect_ai.eval as every tunelab evaluation runs it: INSPECT_OPTIONS, log members compressed in one thread."""
     import inspect_ai
 
 
@@ -56,8 +55,7 @@ def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
 
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
                  batch_size: int | None = None, tasks: list[str] | None = None) -> list[TaskScores]:
-    """Every target × task of a run (finished ones skipped unless force), by target then task; batch_size 1 is
-    the slow, unbatched reference path."""
+    """Every target × task of a run (finished ones skipped unless force); batch_size 1: the unbatched reference."""
 
     base = Path(cfg.model.path)
     if not (base / "config.json").is_file():
@@ -90,8 +88,7 @@ def chosen_tasks(cfg: RunConfig, names: list[str] | None) -> list[TaskSpec]:
 
 
 def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | None]:
-    """(inspect Task, the provider's prompt_template, the @task function name) of one task spec; a task file's
-    inputs go through the task's prompt, else the run's."""
+    """(inspect Task, the provider's prompt_template, the @task function name) of one task spec."""
     if spec.file:
 
         ut = resolve_user_task(spec)
@@ -120,8 +117,7 @@ def prepare_task(cfg: RunConfig, spec: TaskSpec) -> PreparedTask:
 
 
 def clear_outputs(out_dir: Path) -> None:
-    """Old results of a task are void from here on: scores first, so a crash can't pair stale scores with a
-    new log."""
+    """Old results of a task are void from here: scores first, so a crash can't pair stale scores with a new log."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SCORES_FILE).unlink(missing_ok=True)
     for old in out_dir.glob("*.eval"):
@@ -170,8 +166,7 @@ def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
 
 def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, prepared: PreparedTask, log: Any,
                 grader: Any, duration_s: float, load: LoadWindow | None) -> TaskScores:
-    """scores.json from a task's finished log (written last, atomically), with the machine's load over its time
-    (None: unknown); a failed log raises its error."""
+    """scores.json from a task's finished log (written last, atomically), with the load over its time."""
     if log.status != "success":
         if log.error is not None and is_disk_full(RuntimeError(log.error.message), out_dir):
             raise no_space_error(out_dir, None)  # inspect caught the write's ENOSPC into its log: one line
@@ -284,8 +279,7 @@ def inspect_seconds(log: Any) -> float | None:
 
 
 def sample_values(log: Any) -> list[SampleValue]:
-    """Each sample's score (the first scorer's value, by inspect's value_to_float) and what the choice and numeric
-    metrics are computed from."""
+    """Each sample's score (by inspect's value_to_float) and what the choice and numeric metrics need."""
     from inspect_ai.scorer import value_to_float
 
 

@@ -96,8 +96,7 @@ class SharedWeights(LocalLM):
         return [name for key, name in self.served.items() if key is not None]
 
     def mixing_refused(self) -> str | None:
-        """Why PEFT refuses a batch mixing these adapters (tried on one token each), or None; weights serving one
-        adapter never mix, whatever its kind."""
+        """Why PEFT refuses a batch mixing these adapters (tried on one token each), or None."""
         import torch
 
         if len(self.served) < 2:
@@ -136,8 +135,7 @@ class SharedWeights(LocalLM):
         return {"adapter_names": adapters}
 
     def generate_rows(self, rows: list[Row], stop_ids: list[int]) -> list[Generation]:
-        """Decode a batch of rows (each its own adapter and settings; mixgen.py), each cut as
-        LocalLM.generate_batch cuts a row."""
+        """Decode rows of their own adapters and settings (mixgen.py), each cut as LocalLM.generate_batch cuts one."""
         import torch
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
@@ -154,15 +152,13 @@ class SharedWeights(LocalLM):
                 for i, (tokens, r) in enumerate(zip(row_tokens(out.sequences, width, rows), rows))]
 
     def start_batching(self, batch_size: int, fill: bool | None = None) -> MixedBatcher:
-        """A fresh queue for one inspect run (its lock lives in that run's event loop); short batches filled as
-        mixbatch.py says, or always with `fill`."""
+        """A fresh queue for one inspect run (its lock lives in its event loop); `fill`: always fill short batches."""
         fill = str(self.device).startswith("cuda") if fill is None else fill
         self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=batch_size if fill else batch_size // 2)
         return self.batcher
 
     def release(self) -> None:
-        """Drop the weights. A full collection (~0.3 s a pass in a process holding inspect-ai and torch) runs only
-        when the model outlives its last reference, held in a reference cycle (hf.release_weights' rule)."""
+        """Drop the weights; a full collection runs only when the model outlives its last reference (hf's rule)."""
 
         import torch
 
@@ -175,8 +171,7 @@ class SharedWeights(LocalLM):
 
 
 class AdapterView:
-    """One target's weights as the provider uses them (LocalLM's interface): the shared base with its
-    adapter; its generations go into the pass's mixed batches (`queue`)."""
+    """One target's weights as the provider uses them: the shared base with its adapter, batched in `queue`."""
 
     def __init__(self, shared: SharedWeights, adapter: str):
         self.shared, self.adapter = shared, adapter
@@ -235,8 +230,7 @@ def shared_view(base_path: str | Path, adapter_path: str | Path | None, dtype: A
 
 # ---------------------------------------------------------------- memory
 def adapter_bytes(path: Path) -> int:
-    """An adapter's weights in memory from its safetensors header, every value as float32 (PEFT upcasts): an upper
-    bound; an unreadable header counts 4 × the file."""
+    """An adapter's weights in memory from its safetensors header, all float32 (PEFT upcasts): an upper bound."""
     weights = path / "adapter_model.safetensors"
     try:
         with open(weights, "rb") as f:

@@ -181,8 +181,7 @@ def _fail_all(served: list[Served], exc: TunelabError, report: Report, outcomes:
 
 def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTask], batch_size: int,
                report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
-    """One inspect eval of a wave's every target × task against the server at url; logs moved beside their
-    scores.json as the HF one-pass waves move theirs (waves.py)."""
+    """One inspect eval of a wave's target × tasks on the server at url; logs moved beside their scores.json."""
 
 
     items = [item for s in wave for item in s.work.items]

@@ -45,8 +45,7 @@ class TunelabVLLMAPI(VLLMAPI):
         self._max_tokens, self.batch_size = int(max_tokens), int(batch_size)
 
     def _resolve_server(self) -> None:
-        """inspect names the API by its base once resolved; the whole `<base>:<adapter>` name is kept, so the log's
-        usage is filed under the model the log names."""
+        """inspect names the API by its base; the whole `<base>:<adapter>` name is kept for the log's usage."""
         name = self.model_name
         super()._resolve_server()
         self.model_name = name

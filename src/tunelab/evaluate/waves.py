@@ -33,8 +33,7 @@ from tunelab.spec import TaskSpec
 
 
 def wave_items(items: list[WorkItem], prepared: dict[ItemKey, PreparedTask], samples: int) -> list[list[WorkItem]]:
-    """Whole targets' items, each wave filled up to `samples` samples: a wave's results are written when it ends,
-    so a pass killed half way keeps every wave it finished."""
+    """Whole targets' items, waves filled up to `samples` samples; a pass killed half way keeps finished waves."""
     waves: list[list[WorkItem]] = []
     count = samples
     for item in items:
@@ -57,8 +56,7 @@ def _samples_of(task: Any, unknown: int) -> int:
 
 def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKey, PreparedTask],
              batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome], inspect_loop: bool = False) -> None:
-    """The wave's items, all at once: tunelab's loop first, then one inspect-ai eval; each log moved to its task's
-    directory and what became of each item recorded in `outcomes`."""
+    """The wave's items at once: tunelab's loop, then one inspect-ai eval; each log moved, each outcome recorded."""
 
     state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
     staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))

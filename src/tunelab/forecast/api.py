@@ -106,8 +106,7 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
 
 def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, processes: int, gpu: GPU,
                    arch: Any) -> Strategy | None:
-    """resources.distributed: auto on `processes` GPUs: DDP unless only the FSDP-sharded step fits
-    (forecast/runs.py choose_strategy, the plan's rule)."""
+    """distributed: auto on `processes` GPUs — DDP unless only the FSDP-sharded step fits (the plan's rule)."""
 
     whole = predict_peak(model, inputs, shape, processes, Strategy.DDP, arch)
     sharded = predict_peak(model, inputs, shape, processes, Strategy.FSDP, arch)
@@ -134,8 +133,7 @@ def _gpus_needed(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu:
 
 def _memory_fields(mem: MemoryFigure, gpu: GPU, bp: BatchPlan, b: int, shape: StepShape,
                    use_packed: bool) -> dict[str, Any]:
-    """The micro-batch's memory: the simulated (or analytic) figure, its parts and whether it fits, and the
-    micro-batch search's answer."""
+    """The micro-batch's memory: the figure, its parts, whether it fits, and the micro-batch search's answer."""
     return {
         "packed": use_packed,
         "batch_size": b,

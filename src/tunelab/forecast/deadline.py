@@ -21,8 +21,7 @@ SEARCH_STEPS = 30  # bisection steps of a fraction (epochs, eval samples) that f
 
 
 class DeadlineVerdict(StrEnum):
-    """fits at P90 (nine times in ten), fits at P50 but not at P90, does not fit (not even at P50), unknown (a
-    figure is not predicted)."""
+    """Fits at P90, fits at P50 but not P90, does not fit, or unknown (a figure is not predicted)."""
 
     FITS = "fits"
     FITS_P50 = "fits_at_p50"

@@ -32,8 +32,7 @@ _RANK = {EvalSource.HISTORY: 0, EvalSource.PROBED: 1, EvalSource.ASSUMED: 2}
 
 @dataclass(frozen=True)
 class RunEvalPrediction:
-    """Every target × task of one run: seconds on loaded weights, the job's start-up, the loads, the worst case,
-    the sources."""
+    """Every target × task of one run: seconds on loaded weights, start-up, loads, worst case, sources."""
 
     seconds: float | None  # None: a task's samples unknown (a task file)
     start: JobStart  # the evaluation job's start-up (forecast/jobstart.py), once: what the makespan adds
@@ -71,8 +70,7 @@ class RunEvalPrediction:
 
 
 def eval_targets(cfg: RunConfig) -> int:
-    """Checkpoints evaluated: the last, every epoch, the listed epochs, or each stage's last (one for a
-    control or an eval-only model)."""
+    """Checkpoints evaluated: the last, every epoch, the listed ones, or each stage's last (one for a control)."""
     if cfg.kind != "finetune":
         return 1
     epochs = cfg.eval.epochs

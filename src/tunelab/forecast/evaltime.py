@@ -123,8 +123,7 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
 
 def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[GenerationRow],
                      history: Sequence[HistoryRun] = (), cpu_threads: int | None = None) -> EvalTimeEstimate:
-    """The prediction itself: the best speed available (history > probed > assumed), priced over the batches,
-    plus the evaluator's own work per sample."""
+    """The prediction: the best speed available (history > probed > assumed), priced over the batches."""
     arch = _architecture(work.model)
     base, source, detail = _base_speed(work, gpu, generation, history, arch, cpu_threads)
     measured = _measured_rows(work, gpu, generation)
@@ -169,8 +168,7 @@ def _architecture(model: str) -> Architecture | None:
 
 
 def _reference_lengths(work: EvalWorkload) -> list[int]:
-    """Tokens each sample generates: its reference answer + the end of turn, at most max_tokens; max_tokens
-    where the references are not known."""
+    """Tokens each sample generates: its reference + the end of turn, at most max_tokens (unknown: max_tokens)."""
     if not work.answer_tokens:
         return [work.max_tokens] * work.samples
     answers = _per_sample(work.answer_tokens, work.samples)

@@ -18,8 +18,7 @@ VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step
 
 @dataclass(frozen=True)
 class RunOverheads:
-    """What a first-contact run adds to its micro-batches: the loop over its steps, its validations and saves (how
-    many, and the seconds of each), and in words how each was priced."""
+    """What a first-contact run adds to its micro-batches (loop, validations, saves) and how each was priced."""
 
     loop_s: float
     validations: int

@@ -151,8 +151,7 @@ POWER = 2  # how F and G combine: (F^p + G^p)^(1/p); 2, the quadrature sum (1 wo
 
 @dataclass(frozen=True)
 class StepPoint:
-    """A measured row as the fit sees it: its operators, its FLOPs' seconds at the peak, its measured seconds and
-    its attention group."""
+    """A measured row as the fit sees it: operators, FLOPs' seconds at peak, measured seconds, attention group."""
 
     name: str
     operators: float

@@ -20,8 +20,7 @@ ORDER_SEED = 0
 
 
 def validation_interval(every: int | None, steps: int) -> int:
-    """A trial's validation interval (the pruner's min_resource): the spec's, else about VALIDATIONS_PER_TRIAL per
-    trial of `steps` steps."""
+    """A trial's validation interval (the pruner's min_resource): the spec's, else VALIDATIONS_PER_TRIAL a trial."""
     return every or max(1, steps // VALIDATIONS_PER_TRIAL)
 
 
@@ -41,8 +40,7 @@ def kept(rank: int, earlier: list[int], eta: int) -> bool:
 
 
 def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: int) -> tuple[int, int]:
-    """(the steps all trials train, how many of them train all `steps`) when their quality ranks arrive in
-    `order`, one trial after another."""
+    """(steps all trials train, how many train all `steps`) when their quality ranks arrive in `order`."""
     reached: list[list[int]] = [[] for _ in rung_steps]
     total = finished = 0
     for rank in order:

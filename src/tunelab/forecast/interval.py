@@ -142,6 +142,5 @@ def corrected(seconds: float, records: Sequence[PredictionRecord], device: str, 
 
 def ranged_eval(seconds: float, source: str, records: Sequence[PredictionRecord], device: str
                 ) -> tuple[float, TimeRange, str]:
-    """An evaluation's seconds (forecast/evalrun.py), corrected by its source's recorded errors here, its interval
-    and the correction's words."""
+    """An evaluation's seconds corrected by its source's recorded errors here, with its interval and words."""
     return corrected(seconds, records, device, PredictedPart.EVAL, SourceKind.of_eval_source(source))

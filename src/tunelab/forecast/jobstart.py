@@ -68,8 +68,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
-    """An evaluation job's start-up: the job's start with the evaluation stack's import, then the vLLM server's
-    when `engine` is vLLM."""
+    """An evaluation job's start-up: the job's start with the evaluation stack's import, plus a vLLM server's."""
     start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra_s())
     if engine != Engine.VLLM:
         return start

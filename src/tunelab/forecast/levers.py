@@ -77,8 +77,7 @@ def choose_levers(runs: list[RunConfig], spec: ExperimentSpec, spec_path: Path, 
 
 def apply_levers(runs: list[RunConfig], spec: ExperimentSpec, spec_path: Path, costs: Costs,
                  deadline_s: float | None, detached: bool) -> dict[str, list[LeverChoice]]:
-    """Every run with levers on gets its choices written into its training (runs replaced in place);
-    returns each run's choices (for run.yaml's estimate, plan.md and `plan --json`)."""
+    """Write every lever-on run's choices into its training (in place); returns each run's choices."""
     out: dict[str, list[LeverChoice]] = {}
     for i, cfg in enumerate(runs):
         if cfg.training is None or not levers_on(cfg.training, deadline_s):
@@ -93,8 +92,7 @@ def apply_levers(runs: list[RunConfig], spec: ExperimentSpec, spec_path: Path, c
 
 def run_levers(cfg: RunConfig, spec: ExperimentSpec, spec_path: Path, costs: Costs, detached: bool
                ) -> tuple[RunConfig, list[LeverChoice]]:
-    """One run's levers, in the order they depend on one another: the split and checkpointing first (they set
-    the speed), then the checkpoint frequency from the resulting time, then what is only shown."""
+    """One run's levers in dependency order: split and checkpointing, then checkpoint frequency, then the shown."""
     assert cfg.training is not None
     explicit = explicit_fields(spec, cfg)
     target = target_effective_batch(cfg.training, processes_of(cfg, costs.gpu), explicit, spec_path, cfg.name)

@@ -158,8 +158,7 @@ def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> S
 
 
 def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
-    """The first job's submission, else the first training start (a search's trial included): when the sweep's
-    makespan began, as the report measures it."""
+    """When the sweep's makespan began: the first job's submission, else the first training start."""
     rows = store.query(exp, "SELECT MIN(submitted_at) AS first FROM jobs")
     starts = [_when(rows[0]["first"]) if rows else None]
     trials = sorted(tune_dir(exp).glob(f"*/{TRIAL_PREFIX}*"))

@@ -83,8 +83,7 @@ def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInput
 
 def _run_memory(cfg: RunConfig, gpu: GPU, arch: Architecture, nproc: int, longest: int,
                 history: list[HistoryRun]) -> tuple[float, str, Strategy | None]:
-    """(GiB per device that must fit, its source, strategy): simulated, or on one process the history's measured
-    peak of exactly this configuration (estimate/measured.py)."""
+    """(GiB per device that must fit, source, strategy): simulated, or this exact configuration's measured peak."""
     t = _training(cfg)
     inputs, shape = run_step(cfg, gpu, longest)
     figure, strategy = device_peak(cfg, gpu, inputs, shape, nproc, arch)
@@ -121,8 +120,7 @@ def slurm_time_limit(seconds: float) -> str:
 
 def choose_strategy(distributed: str, processes: int, full_peak_gib: float | None, sharded_peak_gib: float | None,
                     gpu_memory_gib: float | None) -> Strategy | None:
-    """How N processes train: the spec's choice, or (auto) DDP unless the whole model does not fit one
-    device and the sharded one does (FSDP). None on one process."""
+    """How N processes train: the spec's choice, or (auto) DDP unless only FSDP fits. None on one process."""
     if processes <= 1:
         return None
     if distributed != "auto":
@@ -261,8 +259,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
                    nproc: int, train_s: float, threads: int | None) -> RunOverheads:
-    """What the job adds to its timed micro-batches (forecast/firstcontact.py): the loop this machine measured once,
-    the validations and the saves the run's schedule makes (estimate/storage.py)."""
+    """What the job adds to its timed micro-batches: this machine's loop cost, validations and saves."""
 
     t = _training(cfg)
     plan = schedule(t, rows, rows, nproc, train_s)

@@ -36,8 +36,7 @@ def _assumed_s(cfg: RunConfig, arch: Architecture) -> float:
 
 
 def save_cost(cfg: RunConfig, gpu: GPU | None, history: list[HistoryRun]) -> SaveCost:
-    """The median save of the history's runs of this model on this device (any threads: a save is disk work),
-    else the assumption."""
+    """The median save of this model's runs on this device (any threads: saving is disk work), else assumed."""
     arch = resolve_architecture(cfg.model.path)
     saved = [r.save_s for r in history
              if r.save_s is not None and same_device(r, gpu, None) and r.of_architecture(arch)]

@@ -22,8 +22,7 @@ BUDGET_PLACES = 4  # a smaller budget is said to this many decimals
 
 @dataclass(frozen=True)
 class PendingSearch:
-    """The combinations not searched yet, each with the run its trials derive from and that run's estimate (and one
-    trial's evaluation, for an eval-metric objective)."""
+    """The combinations not searched yet, each with its trials' base run, estimate and evaluation."""
 
     combos: list[tuple[str, RunConfig, RunEstimate | None]]
     trials: int

@@ -54,8 +54,7 @@ def comparable_rows(rows: list[HistoryRun], t: Any) -> list[HistoryRun]:
 
 
 def timed_micro_batches(row: HistoryRun) -> tuple[int, int] | None:
-    """The smallest and largest micro-batch a row's fixed + per-token split was timed at; None where the row did
-    not record its micro-batch."""
+    """The smallest and largest micro-batch a row's split was timed at; None where it did not record its own."""
     b = row.batch_size
     if b is None:
         return None

@@ -66,8 +66,7 @@ def processes_of(cfg: RunConfig, gpu: GPU | None) -> int:
 
 def target_effective_batch(t: TrainingConfig, processes: int, explicit: frozenset[str], where: Path,
                            run: str) -> int:
-    """The run's effective batch: training.effective_batch, else micro-batch × accumulation × processes; errors
-    name the file and field."""
+    """training.effective_batch, else micro-batch × accumulation × processes; errors name the file and field."""
     if t.effective_batch is None:
         return t.effective_batch_size(processes)
     e = t.effective_batch
@@ -132,8 +131,7 @@ def with_training(cfg: RunConfig, **update: object) -> RunConfig:
 
 
 def _priced_across_checkpointing(cands: list[Candidate]) -> list[Candidate]:
-    """A candidate no comparable row times, priced from the same split with checkpointing the other way (× or ÷
-    RECOMPUTE_FACTOR, assumed)."""
+    """A candidate no row times, priced from the split with checkpointing the other way (RECOMPUTE_FACTOR)."""
     timed = {(c.micro, c.checkpointing): c.time for c in cands if c.time.seconds is not None}
     out = []
     for c in cands:
@@ -150,14 +148,12 @@ def _priced_across_checkpointing(cands: list[Candidate]) -> list[Candidate]:
 
 
 def _in_tie(c: Candidate, cands: list[Candidate]) -> bool:
-    """Whether c's prediction is within TIE_FRACTION of the fastest of cands (a difference that small is the
-    timings' noise, not the splits')."""
+    """Whether c is within TIE_FRACTION of the fastest (so close is the timings' noise, not the splits')."""
     return c.seconds <= min(x.seconds for x in cands) * (1 + TIE_FRACTION)
 
 
 def _by_time(cands: list[Candidate]) -> list[Candidate]:
-    """Fastest predicted first, except that the splits in the tie (`_in_tie`) come first of all, the largest
-    micro-batch first."""
+    """Fastest predicted first, except the splits in the tie come first of all, the largest micro-batch first."""
     tied = [c for c in cands if _in_tie(c, cands)]
     rest = [c for c in cands if not _in_tie(c, cands)]
     return sorted(tied, key=lambda c: -c.micro) + sorted(rest, key=lambda c: (c.seconds, -c.micro))
@@ -197,8 +193,7 @@ def _ranking_note(chosen: Candidate, cands: list[Candidate]) -> str:
 
 def choose_split(cfg: RunConfig, costs: Costs, target: int, explicit: frozenset[str]
                  ) -> tuple[RunConfig, list[LeverChoice]]:
-    """The run with the fastest split and checkpointing that fit (fields the spec set kept), and the two
-    lever choices priced against the spec's own setting."""
+    """The run with the fastest split and checkpointing that fit, and both lever choices priced against the spec's."""
     t = cfg.training
     assert t is not None
     nproc = processes_of(cfg, costs.gpu)

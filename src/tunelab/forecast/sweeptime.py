@@ -152,8 +152,7 @@ def sweep_deadline(spec: ExperimentSpec, given: str | None) -> tuple[str | None,
 
 def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: SplitRows,
                   with_search: bool = True) -> DeadlinePlan:
-    """The verdict on the plan's runs against `deadline`, after the learning-rate search still to run (unless
-    `with_search` is off: the runs alone)."""
+    """The verdict on the runs against `deadline`, after the search still to run (unless `with_search` is off)."""
     plan = with_evaluations(plan, split_rows)  # the history read and each run's evaluation predicted, once
     lines = [timeline(cfg, plan.estimates.get(cfg.name), plan, split_rows) for cfg in plan.runs]
     devices, source = sweep_devices(plan)

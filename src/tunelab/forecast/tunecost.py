@@ -71,8 +71,7 @@ def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callab
 
 def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
                  evaluations: dict[str, RunEvalPrediction] | None = None) -> list[SearchCost]:
-    """Every combination's search priced ([] without `tune:`); `evaluations`: one trial's evaluation by combination
-    (trial_evaluations)."""
+    """Every combination's search priced ([] without `tune:`); `evaluations`: one trial's by combination."""
     tune = spec.tune
     if tune is None:
         return []
@@ -82,8 +81,7 @@ def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[st
 
 def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float,
                 evaluation: RunEvalPrediction | None = None) -> SearchCost:
-    """One combination's search of `trials` at `budget`: the one formula the plan, the verdict and its options
-    price with."""
+    """One combination's search of `trials` at `budget`: the one formula the plan and the verdict price with."""
     every = run.training.validation_every_steps if run.training is not None else None
     steps = trial_steps(est, budget)
     interval = validation_interval(every, steps)

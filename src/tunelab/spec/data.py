@@ -1,8 +1,5 @@
-"""The spec's `datasets:` entries: where a lab's data lives, how its rows read, how it is split.
-
-Files are read by the `datasets` library (JSON with split lists, JSON/JSONL rows, CSV, Parquet, a
-`save_to_disk` directory); the row format is detected from the columns unless `format:` forces it.
-"""
+"""The spec's `datasets:` entries: where a lab's data lives, how its rows read (detected from the columns unless
+`format:` forces it), how it is split."""
 
 from __future__ import annotations
 

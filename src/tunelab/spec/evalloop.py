@@ -1,15 +1,9 @@
 """Which sample loop evaluates a target × task: tunelab's own (evaluate/batched.py) or inspect-ai's.
 
-One rule, asked by both sides of a prediction: the evaluator routes each target × task by it (evaluate/batched.py
-`batchable`, evaluate/passes.py for a target alone), and the plan prices each task's own work per sample by the
-loop it names (forecast/evalrun.py → forecast/evaltime.py: ~1 ms a sample in tunelab's loop, ~15 ms in
-inspect-ai's). It lives below both (the spec's layer): it reads only what the spec and the model directory say.
-
-A lone target (the only checkpoint of its base, `tunelab eval --run X` of one, a tune trial's) takes the loop a
-target in a pass takes: it is evaluated as a pass of one. What keeps inspect-ai's loop: a task file (its own
-solver and scorer, graders), the vLLM engine (inspect's provider over the server), a vision-language model (its
-image inputs), and `--inspect-loop` / `--one-at-a-time`, asked for at evaluation time (the plan cannot know them).
-"""
+One rule for both sides of a prediction: the evaluator routes each target × task by it, and the plan prices each
+task's work per sample by the loop it names. It lives in the spec's layer, below both, reading only the spec and
+the model directory. A lone target takes the loop a target in a pass takes. What keeps inspect-ai's loop: a task
+file, the vLLM engine, a vision-language model, and `--inspect-loop` / `--one-at-a-time` (unknown at plan time)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The spec's `eval:` section: which tasks evaluate every chosen checkpoint and control.
-
-A task is a built-in (by name) or a user's inspect-ai task file. tunelab supplies the model, formatted
-exactly as in training; the task brings its own dataset (built-ins: a dataset of this spec), solver and
-scorer.
-"""
+"""The spec's `eval:` section: which tasks evaluate every chosen checkpoint and control. A task is a built-in or a
+user's inspect-ai task file; tunelab supplies the model, formatted exactly as in training."""
 
 from __future__ import annotations
 
@@ -113,9 +109,8 @@ class VllmSpec(_Strict):
         return self.python or os.environ.get(VLLM_PYTHON_ENV) or None
 
     def named(self) -> bool:
-        """A vLLM is named for this spec (a running server's `url`, or an interpreter by `named_python`): the one
-        rule by which the plan prices vLLM (EvalSpec.planned_engine) and the evaluation finds it
-        (evaluate/engine.py vllm_home), so that the two never disagree on it."""
+        """A vLLM is named for this spec (`url`, or an interpreter by `named_python`): the one rule by which the
+        plan prices vLLM and the evaluation finds it, so the two never disagree."""
         return bool(self.url or self.named_python())
 
 
@@ -160,9 +155,8 @@ class EvalSpec(_Strict):
         return self
 
     def planned_engine(self, gpu: bool) -> Engine:
-        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named (VllmSpec.named: `vllm:` or
-        $TUNELAB_VLLM_PYTHON, as the evaluation finds it). Whether the node can import vllm itself is not known at
-        plan time; evaluate/engine.py decides that when it runs."""
+        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named. Whether the node can
+        import vllm is decided when the evaluation runs (evaluate/engine.py)."""
         if self.engine == Engine.VLLM or (self.engine == Engine.AUTO and gpu and self.vllm.named()):
             return Engine.VLLM
         return Engine.HF

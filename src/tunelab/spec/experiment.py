@@ -1,8 +1,5 @@
-"""The experiment spec (experiment.yaml): what a user writes, validated strictly.
-
-Every mistake is reported with the file, the dotted field path and what was expected, because a
-typo found after two hours in a queue costs two hours.
-"""
+"""The experiment spec (experiment.yaml), validated strictly: every mistake names the file, the dotted field path
+and what was expected, because a typo found after two hours in a queue costs two hours."""
 
 from __future__ import annotations
 
@@ -198,9 +195,8 @@ class ExperimentSpec(_Strict):
         return list(self.factors.get("model", [m.name for m in self.models]))
 
     def dataset_levels(self) -> list[str]:
-        """The runs' datasets: factors.dataset, else every dataset not marked eval_only. With stages, the datasets
-        no stage names (a stage without a dataset trains on the run's), else the last one a stage names: the
-        run's dataset is also the one it is evaluated on."""
+        """The runs' datasets: factors.dataset, else every dataset not eval_only; with stages, those no stage
+        names, else the last a stage names (the run is evaluated on it)."""
         if "dataset" in self.factors:
             return list(self.factors["dataset"])
         trainable = [d.name for d in self.datasets if not d.eval_only]

@@ -110,9 +110,8 @@ class Strategy(Vocabulary):
 
 
 class ExecutorKind(StrEnum):
-    """The executors a spec (or `--executor`) may name. execute/executors.py registers one class per member
-    (tests/unit/test_vocabularies.py holds the two equal); the names live here because the spec sits below
-    execute/ and cannot import its registry."""
+    """The executors a spec (or `--executor`) may name; the names live here because the spec sits below
+    execute/ (tests/unit/test_vocabularies.py holds them equal to its registry)."""
 
     LOCAL = "local"
     SLURM = "slurm"

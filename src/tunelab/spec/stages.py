@@ -1,11 +1,6 @@
-"""The spec's `stages:`: a run trained as a sequence (stage k starts from stage k-1's adapter), each stage
-with its own dataset, epochs, learning rate, order or any other training field.
-
-A stage's training is the run's training (spec `training:` plus the run's factors) with the stage's own
-fields on top; `factors` may sweep one stage's field as `STAGE.FIELD` (e.g. `main.order: [shuffled,
-by_length]`: curriculum vs. shuffled in stage `main` only). The adapter's shape cannot change between
-stages: the next stage trains the same LoRA matrices.
-"""
+"""The spec's `stages:`: a run trained as a sequence (stage k starts from stage k-1's adapter), each stage with its
+own training fields on top of the run's; `factors` may sweep one stage's field as `STAGE.FIELD`. The adapter's
+shape cannot change between stages: each trains the same LoRA matrices."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The spec's `tune:` block: a learning-rate search per combination of factor levels, so that each level of a
-comparison trains at a rate that suits it (a fair comparison) rather than at one default that suits some levels.
-
-The block alone is checked here; what it names of the rest of the spec (its `per` factors, its objective's task,
-that learning_rate is not also a factor) is checked by `check_tune` with the whole spec at hand.
-"""
+"""The spec's `tune:` block: a learning-rate search per combination of factor levels, so each level of a comparison
+trains at a rate that suits it rather than at one default that suits some. What it names of the rest of the spec
+is checked by `check_tune` with the whole spec at hand."""
 
 from __future__ import annotations
 

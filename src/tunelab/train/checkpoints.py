@@ -25,8 +25,7 @@ from tunelab.rundir.layout import ADAPTER_FILES, TOKENIZER_FILES, TRAINER_STATE_
 
 
 def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path:
-    """Copy adapter + tokenizer files from a trainer checkpoint into checkpoints/epoch_N, atomically. A full
-    disk raises NoSpaceError naming epoch_N, leaving no half copy."""
+    """Copy adapter + tokenizer into checkpoints/epoch_N atomically; a full disk raises NoSpaceError, no half copy."""
     dest = epoch_dir(run_dir, epoch)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -61,8 +61,7 @@ class SignalWatch:
 
 def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch: SignalWatch,
                            agree: Callable[[bool], bool] | None = None):
-    """A TrainerCallback: save every N steps or S seconds, and save-then-stop once a stop signal came (epoch-end
-    saves stay the Trainer's). `agree` makes every process decide alike at the same step."""
+    """A TrainerCallback saving every N steps or S seconds, and saving then stopping on a stop signal."""
     from transformers import TrainerCallback
 
     class CheckpointPolicy(TrainerCallback):

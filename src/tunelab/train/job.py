@@ -27,8 +27,7 @@ from tunelab.train.unused_packages import skip_unused_packages
 
 
 def train(cfg: RunConfig) -> Summary | None:
-    """Train the run in this process (a staged run: every stage still to do) and complete it. Returns its
-    summary on the main process (None on the others of a distributed run)."""
+    """Train the run here (a staged run: every stage to do) and complete it; its summary on the main process."""
     from tunelab.train.runner import complete_run, train_run
     from tunelab.train.stages import train_stages
 

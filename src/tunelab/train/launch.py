@@ -63,8 +63,7 @@ def _show_rendezvous() -> None:
 
 
 def launch_run(run_dir: Path, run_yaml: Path, nproc: int, gpus: int, place: NodePlace | None = None) -> None:
-    """torchrun with one process per GPU of this node (gloo processes on CPU); a failure is one line, and
-    status.json says it (the first node's job process alone writes it)."""
+    """torchrun with one process per GPU (gloo processes on CPU); a failure is one line, said in status.json."""
     if gpus and nproc > gpus:
         raise TunelabError(f"needs {nproc} processes, one per GPU, but {gpus} GPU(s) are visible "
                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",

@@ -25,8 +25,7 @@ BARE_STEPS = 20
 
 
 def loop_step_s(rows: list[MetricRow], warmup_rows: int = 1) -> tuple[float, float] | None:
-    """(seconds per optimizer step of the job's loop, tokens per step) between the first row past warm-up and the
-    last, validations and saves excluded; None with fewer than two such rows."""
+    """(seconds per optimizer step of the loop, tokens per step) past warm-up; None with fewer than two rows."""
     train = [r for r in rows if r.is_train and r.train_time_s is not None and r.step]
     if len(train) < warmup_rows + 2:
         return None

@@ -82,8 +82,7 @@ def make_trainer_class():
             return Path(str(self.args.output_dir)) / f"checkpoint-{self.state.global_step}"
 
         def checkpoint_bytes(self) -> int:
-            """What a save writes, about: the newest complete checkpoint's size, else the trainable weights and
-            their two Adam moments (what the first save is mostly made of)."""
+            """What a save writes, about: the newest checkpoint's size, else trainable weights and Adam moments."""
             last = last_complete_checkpoint(str(self.args.output_dir))
             if last is not None:
                 return directory_bytes(last)

@@ -108,8 +108,7 @@ def process_age_s() -> float | None:
 
 
 def job_root() -> int:
-    """The process whose tree is this run here, which the load meter counts as the run's: under torchrun its agent
-    (TORCHELASTIC_RUN_ID set), else this process."""
+    """The process whose tree is this run: torchrun's agent (TORCHELASTIC_RUN_ID set), else this process."""
     return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
 
 
@@ -144,8 +143,7 @@ class MetricsWriter:
 
     def write(self, step: int, epoch: float | None, logs: dict[str, Any], peak_gib: float | None = None
               ) -> MetricRow:
-        """One row from the trainer's logs; peak_gib: the worst process's peak (sync_counters), else this
-        process's."""
+        """One row from the trainer's logs; peak_gib: the worst process's peak, else this process's."""
         c = self.counters
         c.elapsed_s = self.elapsed()
         train_time = self._train_time()

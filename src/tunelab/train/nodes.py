@@ -38,8 +38,7 @@ class NodePlace:
 
 
 def rdzv_port(job_id: str) -> int:
-    """The rendezvous port of a Slurm job: fixed by its id (a requeued job keeps its port), in a range no
-    ephemeral port takes."""
+    """A Slurm job's rendezvous port: fixed by its id (a requeued job keeps it), where no ephemeral port goes."""
     return RDZV_PORT_BASE + int(job_id) % RDZV_PORT_SPAN
 
 

@@ -64,8 +64,7 @@ def order_record(epoch: int, order: str | ByField, seed: int, indices: list[int]
 
 
 class OrderLog:
-    """data_order.jsonl as the job holds it (main process): written, never read back; each new order replaces
-    the file atomically, so a kill never leaves a half line."""
+    """data_order.jsonl as the main process holds it, each new order replacing the file atomically."""
 
     def __init__(self, run_dir: Path, records: list[OrderRecord]):
         self.run_dir = run_dir

@@ -60,8 +60,7 @@ def fits_step(trainer: Any, batch: int) -> bool:
 
 
 def find_max_batch(trainer: Any, start: int, limit: int = 1024) -> int:
-    """The largest micro-batch that runs a real step: doubling from `start` until one fails, then bisection
-    (the lab's adaptive batch sizing). 0 when not even 1 runs."""
+    """The largest micro-batch that runs a real step: doubling from `start`, then bisection; 0 if not even 1."""
     lo, hi = 0, limit + 1
     b = max(1, start)
     while b <= limit:
@@ -128,8 +127,7 @@ def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None
 
 
 def time_save(trainer: Any) -> float | None:
-    """One real trainer checkpoint, written as a mid-epoch save writes it, timed and removed: what a save costs
-    here (forecast/savecost.py). None where the scratch disk refused it."""
+    """One real checkpoint written as a mid-epoch save writes it, timed and removed; None if the disk refused it."""
     t0 = time.perf_counter()
     try:
         trainer._save_checkpoint(trainer.model, trial=None)

@@ -37,8 +37,7 @@ def labelled(fn: Callable[..., Any], part: Part) -> Callable[..., Any]:
 
 
 class Patches:
-    """Attributes replaced for the profile and put back after it (instance attributes on this trainer's objects,
-    two module functions of loop_hooks)."""
+    """Attributes replaced for the profile and put back after it."""
 
     def __init__(self) -> None:
         self._undo: list[tuple[Any, str, bool, Any]] = []
@@ -98,8 +97,7 @@ def _label_parts(trainer: Any, patches: Patches, boundary: Callable[[], None]) -
 
 
 class _ProfilerWindow:
-    """Starts the profiler at the start of step `first`, stops it at the start of step `first + steps` (after
-    draining a GPU's queue): whole steps, and only those."""
+    """Profiles steps `first` to `first + steps`, starting and stopping at step starts: whole steps, only those."""
 
     def __init__(self, prof: Any, first: int, steps: int) -> None:
         self.prof, self.first, self.last = prof, first, first + steps

@@ -33,8 +33,7 @@ STALE_RESULTS = (layout.METRICS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, 
 
 @dataclass(frozen=True)
 class Resume:
-    """What this start trains from. `metrics` and `orders` are the run's files as kept, the lists the job holds
-    (main process only): its writers append to them as they write."""
+    """What this start trains from; `metrics` and `orders` are the lists the job holds and appends to."""
 
     checkpoint: Path | None  # the trainer checkpoint to resume from; None: this stage's start
     counters: Counters  # the run's counters at that point (cumulative over stages and starts); training counts on in it
@@ -50,8 +49,7 @@ class Resume:
 
 
 def resume(run_dir: Path, ctx: StageContext, main: bool, held: HeldFiles) -> Resume:
-    """Decide where this start begins and (main process) bring the run directory back to it. held: the files
-    the job holds (status.json says what the previous start or stage said)."""
+    """Decide where this start begins and (main process) bring the run directory back to it."""
     last = last_complete_checkpoint(ctx.state_dir(run_dir))
     counters = read_counters(last) if last else (replace(ctx.counters) if ctx.counters else Counters())
     if not main:  # the main process tidies the files; the others only need the counters

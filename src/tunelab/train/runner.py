@@ -100,8 +100,7 @@ def complete_run(run_dir: Path, summary: Summary, status: StatusWriter) -> Summa
 
 
 def _no_space(exc: BaseException, run_dir: Path, ctx: StageContext) -> NoSpaceError | None:
-    """A write that found the disk full, as one line saying where `tunelab run` resumes from, once what the
-    failed save left is deleted (its space freed); None for any other error."""
+    """A full disk as one line saying where `tunelab run` resumes from; None for any other error."""
     if not isinstance(exc, NoSpaceError) and not (isinstance(exc, Exception) and is_disk_full(exc, run_dir)):
         return None
     state_dir = ctx.state_dir(run_dir)

@@ -43,8 +43,7 @@ def _contains(outer: Any, inner: Any) -> bool:
 
 
 def shard_trainer(trainer: Any, resume_from: Path | None) -> None:
-    """Shard trainer.model with FSDP2, a resume's adapter loaded first into the whole model by PEFT. Raises when
-    the model has no decoder layers to shard."""
+    """Shard trainer.model with FSDP2, a resume's adapter loaded first by PEFT; raises without decoder layers."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -80,8 +79,7 @@ def _leave_unwrapped(accelerator: Any) -> None:
 
 
 def applied_strategy(trainer: Any) -> Strategy | None:
-    """What the trainer really trains with (not what was asked): FSDP when the model is sharded, DDP when the
-    Trainer wrapped it in DistributedDataParallel, else None."""
+    """What the trainer really trains with: FSDP when sharded, DDP when wrapped, else None."""
     from torch.nn.parallel import DistributedDataParallel
 
     if is_sharded(getattr(trainer, "model", None)):

@@ -23,8 +23,7 @@ from tunelab.train.runner import complete_run, train_run
 
 
 def train_stages(cfg: RunConfig, held: HeldFiles) -> Summary | None:
-    """Train the stages not yet complete, in order; the last one completes the run (summary.json).
-    Returns the run's summary on the main process (None on the others)."""
+    """Train the stages not yet complete, in order, the last completing the run; its summary on the main process."""
     summary: Summary | None = None
     done = read_stage_records(cfg.run_dir)  # the stages earlier starts completed
     while (ctx := next_stage(cfg, done)) is not None:
@@ -57,8 +56,7 @@ def record_stage(run_dir: Path, done: list[StageRecord], ctx: StageContext, cfg:
 
 
 def next_stage(cfg: RunConfig, done: list[StageRecord]) -> StageContext | None:
-    """The first stage not yet complete (None when all are), with its offsets and starting point. Raises when
-    the recorded stages no longer match run.yaml's."""
+    """The first stage not yet complete (None if all are); raises when the records no longer match run.yaml's."""
     run_dir = cfg.run_dir
     names = [s.name for s in cfg.stages]
     if [r.name for r in done] != names[:len(done)]:

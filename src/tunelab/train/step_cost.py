@@ -22,8 +22,7 @@ def _sync() -> None:
 
 @dataclass
 class TimedSteps:
-    """Every timed step per micro-batch ((seconds, tokens) in order), each size's peak, and the machine's load
-    over the timed steps (cpuload.py: None where it cannot be read)."""
+    """Every timed step per micro-batch ((seconds, tokens) in order), each size's peak, and the load (or None)."""
 
     steps: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     peaks: dict[int, float | None] = field(default_factory=dict)
@@ -34,13 +33,11 @@ class TimedSteps:
         return any(self.steps.values())
 
     def fastest(self) -> dict[int, tuple[float, float, float | None]]:
-        """{micro-batch: (tokens, seconds, peak GiB)} of the fastest step at each size: other work only ever adds
-        time, so the minimum is the least disturbed measurement."""
+        """{micro-batch: (tokens, seconds, peak GiB)} of the fastest step per size: other work only adds time."""
         return {b: (min(rows)[1], min(rows)[0], self.peaks.get(b)) for b, rows in self.steps.items() if rows}
 
     def spread(self) -> float | None:
-        """How far the timings of one size disagree: the largest max/min − 1 over the sizes (0.41: the slowest
-        step took 41 % longer than the fastest); None with fewer than two steps at every size."""
+        """The largest max/min − 1 of one size's timings; None with fewer than two steps at every size."""
         spreads = [s for r in self.steps.values() if (s := range_spread(t for t, _ in r)) is not None]
         return max(spreads) if spreads else None
 

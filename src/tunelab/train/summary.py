@@ -64,8 +64,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
               train_examples: int, validation_examples: int | None, packing: PackingStats, pipeline: Pipeline,
               facts: RunFacts, step_cost: StepCost | None, stage: StageFacts | None,
               load: LoadWindow | None = None) -> Summary:
-    """Loss, tokens, throughput (all processes together) and the worst process's peak memory, from the run's
-    metrics rows (metrics.jsonl as the job holds it), with what the run ran on."""
+    """Loss, tokens, throughput and the worst process's peak, from the rows the job holds, with what it ran on."""
     return Summary(
         run=cfg.name, state=layout.COMPLETED, attempt=cfg.attempt, steps=steps,
         **_losses_and_tokens(rows),

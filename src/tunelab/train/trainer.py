@@ -26,8 +26,7 @@ from tunelab.train.vision import vision_parts
 
 def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: Sequence[Any] = (),
                   local: LocalCounts | None = None, ctx: StageContext | None = None) -> tuple[Any, Any, Any]:
-    """(trainer, train dataset, validation dataset) exactly as `tunelab train` runs them, so tests can
-    read what the trainer really feeds (its dataloader) without training."""
+    """(trainer, train dataset, validation dataset) exactly as `tunelab train` builds them."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -176,8 +175,7 @@ def optimizer_args(cuda: bool) -> dict[str, Any]:
 
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """Always explicit: TRL turns activation checkpointing on by default, which would make a run's speed depend on
-    a library default."""
+    """Always explicit: TRL turns activation checkpointing on by default, which would make speed a library default."""
     args: dict[str, Any] = {"activation_checkpointing": enabled}
     if enabled:
         args["activation_checkpointing_kwargs"] = {"use_reentrant": False}
