@@ -123,8 +123,7 @@ def _accumulation(batch: int, per_row: float, target: int) -> int:
 
 @dataclass(frozen=True)
 class _BatchWhy:
-    """What the micro-batch reason says: the rule that decided and, when memory did not, what the largest
-    batch that fits would have given instead."""
+    """The rule that decided the micro-batch and, when memory did not, what the largest fitting batch would give."""
 
     gpu_memory_gib: float
     safety: float

@@ -147,8 +147,7 @@ def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
 
 
 def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
-    """One shape measured the way a job trains: in a process of its own on a scratch run directory (removed after,
-    also on Ctrl-C), read back from the result file it writes."""
+    """One shape measured as a job trains: a process of its own on a scratch run directory (removed after)."""
 
 
     pcfg = probe_cfg(shape.cfg, shape.key)
@@ -189,8 +188,7 @@ def measure_shapes(runs: list[RunConfig], progress: Callable[[int, int, Shape, P
 def probe_runs(runs: list[RunConfig], spec_path: Path,
                progress: Callable[[int, int, Shape, ProbeResult | None], None] | None = None,
                find_max_batch: bool = False) -> list[history.HistoryRun]:
-    """Probe every distinct shape in turn; each result is recorded in the history as soon as it is measured,
-    so an interrupted probe keeps the shapes it finished."""
+    """Probe every distinct shape in turn, recording each as measured, so an interrupted probe keeps those done."""
     rows = []
     for shape, result in measure_shapes(runs, progress, find_max_batch):
         row = to_history(shape, result, spec_path)
@@ -203,8 +201,7 @@ def probe_runs(runs: list[RunConfig], spec_path: Path,
 
 
 def record_generation(shape: Shape, result: ProbeResult, spec_path: Path) -> None:
-    """The shape's timed generation (if the probe measured one) as the history's generation row of its model
-    on this device, which evaluation's predictions read (forecast/evaltime.py)."""
+    """The shape's timed generation as the history's generation row of its model on this device."""
     row = generation.probed_row(str(shape.cfg.model.path), result, f"{spec_path} ({', '.join(shape.runs)})")
     if row is not None:
         generation.record([row])

@@ -176,8 +176,7 @@ def run_disk(cfg: RunConfig, parts: list[Part], dtype: str, est: RunEstimate | N
 
 
 def order_bytes(examples: int) -> int:
-    """One epoch's line of data_order.jsonl, counted by digit count rather than index by index (summing every
-    index took a large share of a big plan's time)."""
+    """One epoch's line of data_order.jsonl, by digit count (summing every index slowed large plans)."""
     total, width, low = 80 + 2 * examples, 1, 0
     while low < examples:
         high = min(examples, 10**width)  # indices low … high − 1 have `width` digits

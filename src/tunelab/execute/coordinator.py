@@ -52,8 +52,7 @@ class Sweep:
         return self.book == self.exp
 
     def active_count(self) -> int:
-        """This executor's jobs queued or running, as the ledger has them now (a node job holding several
-        runs' rows is one job)."""
+        """This executor's jobs queued or running in the ledger now (a node job holding several runs is one)."""
         return len({j.job_id for j in all_jobs(self.book) if j.executor == self.ex.name and j.active})
 
     def open_jobs(self, runs: list[str] | set[str]) -> list[JobRow]:

@@ -16,8 +16,7 @@ from tunelab.rundir.config import load_run_config
 
 
 def handle_ended(sweep: Sweep) -> None:
-    """Judge every ended, not yet handled job: record the attempt, apply the retry policy. A run another
-    coordinator holds is left to it (its claim says it follows the run)."""
+    """Judge every ended job not yet handled: record the attempt, apply the retry policy; skip others' runs."""
     latest = latest_jobs(sweep.book)
     for j in all_jobs(sweep.book):
         if j.handled or j.failure is None:

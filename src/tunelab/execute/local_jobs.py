@@ -58,15 +58,13 @@ def spans_nodes(cfg: RunConfig) -> str:
 
 
 def cpu_slots(runs_at_once: int) -> dict[str, list[int]]:
-    """The CPU as slots for runs side by side: each a share of the cores this process may use, cut along physical
-    cores (host/cores.py; one slot: all of them)."""
+    """The CPU as slots for runs side by side, each a share of the usable cores cut along physical cores."""
     shares = job_shares(runs_at_once)
     return {CPU.id if len(shares) == 1 else f"cpu:{cpu_list(share)}": share for share in shares}
 
 
 class Devices:
-    """This machine's devices as a sweep's capacity: the visible GPUs, or CPU slots (resources.cpu_runs_at_once runs
-    side by side, each on its share of the cores)."""
+    """This machine's devices as a sweep's capacity: the visible GPUs, or CPU slots (cpu_runs_at_once)."""
 
     def __init__(self, runs: list[RunConfig]) -> None:
         gpus = visible_gpus()

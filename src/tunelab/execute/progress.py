@@ -8,8 +8,7 @@ from tunelab.rundir.metrics import seconds_left
 
 
 def eta_seconds(cfg: RunConfig, status: Status) -> float | None:
-    """Seconds left at the run's live pace (rundir/metrics.py `seconds_left`: its recent rows); None before a
-    logged step or once done."""
+    """Seconds left at the run's live pace (rundir/metrics.py `seconds_left`); None before a step or once done."""
     if not status.step or not status.total_steps or status.step >= status.total_steps:
         return None
     return seconds_left(read_metrics(cfg.run_dir), status.step, status.total_steps)

@@ -71,8 +71,7 @@ def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) ->
 
 def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executor] | None = None,
             reachable_only: bool = False) -> list[JobRow]:
-    """Update every open job's state; judge the ended ones. Returns the changed rows (as they are now).
-    book: the directory whose ledger holds the jobs (the experiment's)."""
+    """Update every open job's state and judge the ended ones; returns the changed rows. book: the ledger's dir."""
     every = all_jobs(book)
     open_jobs = [j for j in every if j.open]
     again = [j for j in every if judged_without_accounting(j)]
@@ -140,8 +139,7 @@ def judge_again(book: Path, job: JobRow, info: JobInfo | None, cfg: RunConfig | 
 
 def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, status: Status | None = None
               ) -> Failure:
-    """The verdict on an ended job, from the scheduler's view, its output and the run's files (`status`: a
-    training job's status.json, when the caller has read it)."""
+    """The verdict on an ended job, from the scheduler's view, its output and the run's files (`status`)."""
     rows = list(info.rows)
     if cfg is None:
         return classify(info.state, info.exit_code, rows)

@@ -122,8 +122,7 @@ class Throttle(SchedulerRoom):
 
 
 class SlurmExecutor:
-    """sbatch / squeue / sacct / scancel. sacct is optional: without it jobs are judged from squeue and
-    the run's files."""
+    """sbatch / squeue / sacct / scancel; without sacct, jobs are judged from squeue and the run's files."""
 
     name = "slurm"
     detached = True
@@ -185,8 +184,7 @@ class SlurmExecutor:
         raise TunelabError(f"`{' '.join(args + [str(script)])}` failed (exit {proc.returncode}): {said}")
 
     def _find(self, token: str) -> str | None:
-        """The job (array) an earlier sbatch with this token made, if any; SchedulerUnavailable when squeue
-        cannot say (then nothing may be submitted yet)."""
+        """The job an earlier sbatch with this token made, if any; SchedulerUnavailable when squeue cannot say."""
         proc = self._run(["squeue", "-h", "-t", "all", "-o", "%F|%k"], check=False)
         if proc.returncode != 0:
             self._silent(f"squeue exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")

@@ -33,8 +33,8 @@ def slurm_settings(cfg: RunConfig) -> SlurmSpec:
 
 
 def estimated_time_limit(cfg: RunConfig) -> str | None:
-    """The planner's time limit (estimate × margin, rounded up) that scaffold wrote into run.yaml,
-    or None when there was no time estimate. Used when the user sets none."""
+    """The planner's time limit that scaffold wrote into run.yaml (None without an estimate), when the user sets
+    none."""
     return cfg.estimate.slurm_time_limit if cfg.estimate else None
 
 
@@ -135,8 +135,7 @@ def sbatch_options(cfg: RunConfig, kind: JobKind) -> list[str]:
 
 
 def write_side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
-    """A one-off sbatch script (work_dir/<kind>.sbatch) on the run's partition, account, CPUs, memory and GPUs,
-    one node, its output in work_dir/slurm-<kind>-<id>.out."""
+    """A one-off sbatch script (work_dir/<kind>.sbatch) on the run's partition and resources, one node."""
     keep = ("--account", "--partition", "--qos", "--constraint", "--cpus-per-task", "--mem", "--gres")
     opts = [o for o in sbatch_options(cfg, JobKind.EVAL) if o.startswith(keep)]
     opts = [f"--job-name=tl-{cfg.experiment}-{kind}"[:120], f"--chdir={work_dir}",

@@ -59,8 +59,7 @@ def _devices(cfg: RunConfig) -> list[Device]:
 
 
 def pack_groups(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
-    """The node jobs for these runs (all with pack: node): runs of one shape, longest first, at most pack_runs
-    per job."""
+    """The node jobs for these runs: runs of one shape, longest first, at most pack_runs per job."""
     shapes: dict[tuple, list[RunConfig]] = {}
     for cfg in cfgs:
         shapes.setdefault(_shape(cfg), []).append(cfg)

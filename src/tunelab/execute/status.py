@@ -65,8 +65,7 @@ class RowState(StrEnum):
 
     @property
     def label(self) -> str:
-        """The table's word: a job's verdict in the scheduler's capitals (OOM, TIMEOUT, CANCELLED, FAILED), the
-        run states in lower case."""
+        """The table's word: a verdict in the scheduler's capitals (OOM, TIMEOUT, ...), run states in lower case."""
         return self.value.upper() if self.ended_badly and self is not RowState.INTERRUPTED else self.value
 
 
@@ -236,8 +235,7 @@ def status_rows(experiment_dir: str | Path, refresh_jobs: bool = True) -> list[S
 
 def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: Console | None = None,
            executors: dict[str, Executor] | None = None) -> list[str]:
-    """Cancel the queued/running jobs of the given runs (all by default), whatever executor runs them;
-    the ledger says CANCELLED and records the attempt."""
+    """Cancel the active jobs of the given runs (default all), whatever runs them; the ledger records CANCELLED."""
     console = console or Console()
     exp = Path(experiment_dir).resolve()
     all_runs = load_runs(exp)

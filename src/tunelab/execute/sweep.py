@@ -54,8 +54,7 @@ def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None 
 
 
 def _run(sweep: Sweep, selected: list[str], force: bool, wait: bool) -> dict[str, RowState]:
-    """wait: also follow the selected runs' jobs that earlier sweeps submitted (this sweep's own are followed
-    wherever they cannot outlive it)."""
+    """wait: also follow the selected runs' jobs that earlier sweeps submitted."""
     with claims.experiment_lock(sweep.exp):  # before torch is imported: a second coordinator skips at once
         _look(sweep, None)
         sweep.queue += pending(sweep, selected, force)
@@ -117,8 +116,7 @@ def _loop(sweep: Sweep, capacity: Capacity, followed: set[str], follow: bool) ->
 
 
 def _look(sweep: Sweep, capacity: Capacity | None) -> None:
-    """Refresh the open jobs and judge the ended ones; free the room of this sweep's judged jobs; apply the
-    retry policy (retries join the queue)."""
+    """Refresh and judge the open jobs, free the room of the judged ones, apply retries (they join the queue)."""
     for job in refresh(sweep.book, sweep.runs, {sweep.ex.name: sweep.ex}, reachable_only=True):
         if job.failure is not None and job.id not in sweep.running:
             sweep.view.ended(job)

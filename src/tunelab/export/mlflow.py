@@ -69,8 +69,7 @@ def _client(client_class, tracking_uri: str):
 
 
 def default_tracking_uri(experiment_dir: Path) -> str:
-    """sqlite:///<experiment>/mlflow/mlflow.db: the sweep's tracking data kept with the sweep, wherever the
-    command runs from (and archived with it)."""
+    """sqlite:///<experiment>/mlflow/mlflow.db: the sweep's tracking data kept (and archived) with the sweep."""
     return f"sqlite:///{Path(experiment_dir).resolve() / STORE}"
 
 
@@ -163,8 +162,7 @@ def _export_run(client, experiment_id: str, parent_id: str, sweep: TrackedSweep,
 
 def export_mlflow(experiment_dir: str | Path, tracking_uri: str | None = None,
                   experiment_name: str | None = None) -> ExportResult:
-    """Export (or bring up to date) every run of the experiment under one parent run of the sweep (default store:
-    default_tracking_uri)."""
+    """Export (or update) every run of the experiment under one parent run of the sweep."""
     client_class = _client_class()
     sweep = sweep_record(experiment_dir)  # an experiment directory: only then is a default store created in it
     tracking_uri = tracking_uri or default_tracking_uri(sweep.experiment_dir)

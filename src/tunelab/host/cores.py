@@ -146,8 +146,7 @@ def split_cores(cpus: list[int], parts: int, sysfs: Path = SYSFS_CPU) -> list[li
 
 def job_shares(parts: int, env: Mapping[str, str] | None = None, sysfs: Path = SYSFS_CPU,
                proc: Path = PROC_SELF) -> list[list[int]]:
-    """The CPUs of `parts` jobs side by side: only as many as this process may use, one per physical core first,
-    then split along physical cores."""
+    """The CPUs of `parts` jobs side by side, within what this process may use, cut along physical cores."""
     cpus = usable_cpus()
     allowed = usable_cores(env, sysfs=sysfs, proc=proc).count
     if allowed < len(cpus):

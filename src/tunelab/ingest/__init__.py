@@ -107,8 +107,7 @@ def missing_fields(values: dict) -> str | None:
 
 
 def trainer_dir_to_history(run: TrainerRun, device: str | None) -> history.HistoryRun:
-    """A history row from an HF Trainer output dir; the model from its config.json, else the adapter's base
-    model name when the catalog knows it."""
+    """A history row from an HF Trainer output dir; the model from its config.json, else the adapter's base."""
     ad = run.adapter
     base = ad.get("base_model_name_or_path")
     arch = None
@@ -140,8 +139,7 @@ def trainer_dir_to_history(run: TrainerRun, device: str | None) -> history.Histo
 
 
 def ingest_logs(paths: list[Path], device: str | None = None) -> list[IngestResult]:
-    """Parse every log and HF Trainer output dir; import the complete ones into the history ledger; report the
-    rest with why."""
+    """Import every complete log and HF Trainer output dir into the history; report the rest with why."""
     results, rows = [], []
     for root in find_trainer_dirs([p for p in paths if p.is_dir()]):
         try:

@@ -100,8 +100,7 @@ def parse_trainer_dir(root: Path) -> TrainerRun:
 
 
 def _peak(final: dict[str, Any]) -> float | None:
-    """The Trainer's memory metrics (skip_memory_metrics=False): allocated at init + the training delta + the
-    peak above it; absent by default."""
+    """The Trainer's memory metrics (skip_memory_metrics=False): init + training delta + peak; absent by default."""
     peaked = final.get("train_mem_gpu_peaked_delta")
     if peaked is None:
         return None

@@ -29,8 +29,7 @@ def _int(text: str) -> bool | str:
 
 
 def _pick_paths(q, what: str, found: list[Path], exists: Callable[[Path], bool]) -> list[Path]:
-    """Checkbox of what was found (first one pre-selected), or a typed path when nothing was found or
-    'another path…' is chosen."""
+    """Checkbox of what was found (first pre-selected), or a typed path when none or 'another path…'."""
     chosen: list[str] = []
     if found:
         choices = [q.Choice(str(p), checked=i == 0) for i, p in enumerate(found)] + [q.Choice(OTHER)]

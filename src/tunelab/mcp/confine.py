@@ -84,8 +84,7 @@ def check_job_shell(ws: Workspace, resources: ResourcesSpec, file: Path) -> None
 
 
 def confine_spec(ws: Workspace, path: Path) -> None:
-    """experiment.yaml, or a run.yaml (a file, or a run directory holding one): every path it names, and no
-    job-script lines unless allowed."""
+    """experiment.yaml or a run.yaml: every path it names, and no job-script lines unless allowed."""
     from tunelab.rundir.config import RUN_FILE, load_run_config
     from tunelab.spec import load_spec
 

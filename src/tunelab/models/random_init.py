@@ -120,8 +120,7 @@ def shallow_config(config: dict[str, Any], layers: int | None, dtype: str) -> di
 
 
 def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
-    """The transformers causal LM (a VLM: image-text-to-text model) of `config`, every tensor on `meta`: its
-    shapes, no memory."""
+    """The causal LM (a VLM: image-text-to-text) of `config`, every tensor on `meta`: its shapes, no memory."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 

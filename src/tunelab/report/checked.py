@@ -49,8 +49,7 @@ def _way(c: Check) -> str:
 
 
 def overrun_lines(sweep: SweepChecks) -> list[str]:
-    """One line per figure outside its interval, either way: the run (or the sweep), the figure, by how much,
-    and its likely causes."""
+    """One line per figure outside its interval: the run or sweep, the figure, by how much, its likely causes."""
     out = []
     for r in sweep.runs:
         for c in r.checks:

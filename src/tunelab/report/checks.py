@@ -89,8 +89,7 @@ def _fitted_fall(points: list[Point]) -> tuple[float | None, float | None]:
 
 
 def still_falling(val: list[Point]) -> StillFalling | None:
-    """Val loss still falling at the last epoch by ≥ STILL_FALLING_MIN_DROP, set against the scatter of the
-    validations in between (StillFalling.beyond_noise)."""
+    """Val loss still falling at the last epoch by ≥ STILL_FALLING_MIN_DROP, set against the validations' scatter."""
     if len(val) < 2:
         return None
     final = val[-1]

@@ -18,8 +18,7 @@ def run_difference(a: RunData, b: RunData, task: str, metric: str) -> Difference
 
 def level_difference(a: list[RunData], b: list[RunData], task: str, metric: str, replicated: bool
                      ) -> Difference | None:
-    """Level a minus level b (the mean over each level's runs): across replicate runs (Welch) when seeds
-    are swept, else paired on the test samples."""
+    """Level a minus level b (means): across replicates (Welch) when seeds are swept, else paired on samples."""
     if replicated:
         va = [v for r in a if (v := r.value(task, metric)) is not None]
         vb = [v for r in b if (v := r.value(task, metric)) is not None]

@@ -154,8 +154,7 @@ class RunData:
         return sum(t.epochs for t in ts) if ts and all(t.max_steps is None for t in ts) else None
 
     def checkpoint_name(self, epoch: int | None, label: str) -> str:
-        """A checkpoint as the report names it: its label, and for a staged run its stage's beside it
-        ('epoch_2 (hard/epoch_1)'); an unstaged run's label as it is."""
+        """A checkpoint as the report names it, with a staged run's stage beside it ('epoch_2 (hard/epoch_1)')."""
         stage = self.epoch_stage.get(epoch) if epoch is not None else None
         return f"{label} ({stage})" if stage else label
 

@@ -72,8 +72,7 @@ def run_seconds(run: RunData) -> tuple[float | None, str | None]:
 
 def replication_plan(data: ReportData, effects: list[FactorEffect], seeds: int = REPLICATE_SEEDS
                      ) -> ReplicationPlan | None:
-    """None when no effect is stated, or seeds are swept already (a level short of replicates after a failure
-    needs its runs retried, not new seeds)."""
+    """None when no effect is stated or seeds are swept already (a short level needs retries, not new seeds)."""
     factors = list(dict.fromkeys(e.factor for e in effects if e.spread is not None and not e.replicated))
     if not factors or not data.runs or replicated(data):  # seeds swept: a level short of replicates is no plan
         return None

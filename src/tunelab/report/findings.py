@@ -277,8 +277,7 @@ def _jump_caveat(j: ScoreJump) -> str:
 
 
 def falling_steps(data: ReportData, f: Findings) -> list[str]:
-    """Train longer where val loss fell beyond its noise; validate more often where too few validations
-    measure that noise. A fall within measured noise is a plateau: no step."""
+    """Train longer where val loss fell beyond its noise; validate more often where too few measure it."""
     steps = []
     sure = [n for n, s in f.still_falling.items() if s.beyond_noise]
     unsure = [n for n, s in f.still_falling.items() if s.margin is None]

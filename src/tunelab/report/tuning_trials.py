@@ -46,8 +46,7 @@ def search_objective(experiment_dir: str | Path, spec_objective: Objective | Non
 
 
 def read_trials(experiment_dir: str | Path, objective: Objective | None = None) -> dict[str, list[TrialPoint]]:
-    """Every combination's trials by number ({} without a search); `objective`: what they were judged by
-    (search_objective)."""
+    """Every combination's trials by number ({} without a search); `objective`: what they were judged by."""
     root = tune_dir(experiment_dir)
     best = read_best(experiment_dir)
     objective = objective or search_objective(experiment_dir)

@@ -36,8 +36,7 @@ class Counters:
     data_wait_s: float = 0.0  # time the training loop waited for its next batch (slowest process)
 
     def add_save(self, seconds: float, saves: int = 1) -> None:
-        """Time spent saving a checkpoint (part of the overhead); `saves`: the checkpoints it completes (0: more
-        time on one already counted, such as its epoch_N publish)."""
+        """Time spent saving (overhead); `saves`: the checkpoints it completes (0: more time on one counted)."""
         self.overhead_s += seconds
         self.save_s += seconds
         self.saves += saves

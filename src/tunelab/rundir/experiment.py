@@ -130,8 +130,7 @@ def _log_interval_s(run_dir: Path, tail_bytes: int = 16384) -> float:
 
 
 def is_evaluated(run_dir: str | Path, tasks: list[str] | None = None) -> bool:
-    """Some checkpoint of this run has finished every named task (any task when None):
-    eval/<label>/<task>/scores.json is written last, atomically."""
+    """Some checkpoint has finished every named task (any when None): its scores.json, written last."""
     root = Path(run_dir) / layout.EVAL_DIR
     if not tasks:
         return any(root.glob(f"*/*/{layout.SCORES_FILE}"))
@@ -144,8 +143,7 @@ def task_names(cfg: RunConfig) -> list[str]:
 
 
 def training_state(run_dir: str | Path, status: Status | None = None) -> layout.RunState:
-    """pending | running | completed | failed | interrupted, from the run directory's files. `status`:
-    status.json as the caller has just read it (read here otherwise)."""
+    """pending | running | completed | failed | interrupted, from the run's files (`status`: as just read)."""
     run_dir = Path(run_dir)
     status = read_status(run_dir) if status is None else status
     state = status.state

@@ -42,8 +42,7 @@ def _keyed(cfg: RunConfig, marks: dict[str, object], where: str = "") -> str:
 
 
 def training_key(cfg: RunConfig, status: Status | None = None) -> str:
-    """The key of the run's training (its history row, its training's prediction checks): status.json's marks
-    (read here when not given)."""
+    """The key of the run's training (history row, training checks): status.json's marks."""
     status = read_status(cfg.run_dir) if status is None else status
     names = STARTED_MARKS if status.first_started_at else ADOPTED_MARKS if status.adopted_from else ()
     return _keyed(cfg, {name: getattr(status, name) for name in names})

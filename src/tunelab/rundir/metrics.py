@@ -77,8 +77,7 @@ def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow], drop_none: boo
 
 
 def steady_tokens_per_s(rows: list[MetricRow], warmup_rows: int = 1) -> float | None:
-    """Mean throughput after warm-up: tokens over training time between the first and last training rows
-    past warm-up (never the last logged value alone)."""
+    """Mean throughput past warm-up: tokens over training time between the first and last such rows."""
     train = [r for r in rows if r.is_train and r.train_time_s is not None]
     if len(train) > warmup_rows + 1:
         first, last = train[warmup_rows], train[-1]
@@ -114,16 +113,14 @@ def seconds_per_step(rows: list[MetricRow]) -> float | None:
 
 
 def step_paces(rows: list[MetricRow]) -> list[float]:
-    """Seconds per step between each two consecutive rows of the recent window (their spread: how steady the
-    pace is)."""
+    """Seconds per step between consecutive rows of the recent window (how steady the pace is)."""
     timed = _timed(rows)[-1 - RECENT_ROWS:]
     return [(b.elapsed_s - a.elapsed_s) / (b.step - a.step) for a, b in zip(timed, timed[1:])
             if b.step and a.step and b.step > a.step and b.elapsed_s and a.elapsed_s and b.elapsed_s > a.elapsed_s]
 
 
 def seconds_left(rows: list[MetricRow], step: int | None, total: int | None) -> float | None:
-    """The steps left at the live pace (`tunelab status`'s ETA and the sweep's re-plan: one formula); None before
-    a logged step or once done."""
+    """The steps left at the live pace (status's ETA and the re-plan: one formula); None before a step or done."""
     if not step or not total or step >= total:
         return None
     pace = seconds_per_step(rows)

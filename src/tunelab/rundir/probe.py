@@ -17,8 +17,7 @@ from tunelab.rundir.record import JsonRecord
 
 @dataclass(kw_only=True)
 class ProbePoint(JsonRecord):
-    """One micro-batch's timed steps: `seconds` the fastest (the least disturbed), every timing in order and
-    their median beside it."""
+    """One micro-batch's timed steps: the fastest (least disturbed) as `seconds`, every timing and their median."""
 
     micro_batch: int
     tokens: float
@@ -45,8 +44,7 @@ EVAL_PROBE_BATCH = 16  # the batch generation is timed at besides 1: evaluation'
 
 @dataclass(kw_only=True)
 class GenerationPoint(JsonRecord):
-    """Batched generation of `batch` rows of `prompt_tokens` each, timed twice: with one new token (the prefill)
-    and with `new_tokens` (prefill + decode steps)."""
+    """Generation of `batch` rows of `prompt_tokens`, timed with one new token (prefill) and `new_tokens`."""
 
     batch: int
     prompt_tokens: int

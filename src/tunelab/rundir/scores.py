@@ -85,8 +85,7 @@ def read_task_scores(path: Path) -> TaskScores | None:
 
 
 def read_scores(run_dir: str | Path, task_order: list[str] | None = None) -> list[TaskScores]:
-    """Every finished evaluation of a run: base/checkpoint first, then by epoch; tasks in task_order
-    (the spec's), others by name."""
+    """Every finished evaluation of a run: base first, then by epoch; tasks in task_order, others by name."""
     root = Path(run_dir) / EVAL_DIR
     found = [s for p in sorted(root.glob(f"*/*/{SCORES_FILE}")) if (s := read_task_scores(p)) is not None]
     order = {name: i for i, name in enumerate(task_order or [])}

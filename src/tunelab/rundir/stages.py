@@ -94,8 +94,7 @@ def checkpoint_stages(cfg: RunConfig, records: list[StageRecord] | None = None) 
 
 
 def current_stage(cfg: RunConfig) -> int | None:
-    """The index of the first stage not yet complete (the one a failure happened in); None when unstaged
-    or every stage is complete."""
+    """The index of the first stage not yet complete; None when unstaged or every stage is complete."""
     if not cfg.stages:
         return None
     done = len(read_stage_records(cfg.run_dir))

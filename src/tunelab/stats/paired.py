@@ -119,8 +119,7 @@ def paired_difference(a: list[list[SampleValue]], b: list[list[SampleValue]], me
 
 def mean_interval(runs: list[list[SampleValue]], metric: str, seed: int = BOOTSTRAP_SEED,
                   confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """The interval of the mean metric of several evaluations on their shared samples (figures' error bars
-    for a level with several runs)."""
+    """The interval of the mean metric of several evaluations on their shared samples (a level's error bars)."""
     if not runs or not all(runs):
         return None
     side = [arrays(s) for s in runs]

@@ -35,8 +35,7 @@ def range_sigma(spread: float) -> float:
 
 
 def log_spread(values: Sequence[float]) -> float:
-    """The standard deviation of the logs of positive values (0 for fewer than two): the σ of figures that came
-    from separate measurements (the history's rows of one shape)."""
+    """The standard deviation of the logs of positive values (0 for fewer than two): separate measurements' σ."""
     logs = [math.log(v) for v in values if v and v > 0]
     if len(logs) < 2:
         return 0.0

@@ -12,8 +12,7 @@ from tunelab.rundir.tuned import TRIAL_PREFIX, evaluating, read_best, read_prune
 
 
 def trial_state(run_dir: Path) -> str:
-    """pruned, evaluating (trained; its evaluation job has written no scores yet), or the run's own state
-    (completed, running, interrupted, failed; pending before it started)."""
+    """pruned, evaluating (trained, not scored yet), or the run's own state."""
     if read_pruned(run_dir) is not None:
         return "pruned"
     state = read_status(run_dir).state or PENDING

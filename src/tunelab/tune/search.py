@@ -65,8 +65,7 @@ def journal(experiment_dir: Path) -> JournalStorage:
 
 
 def open_study(storage: JournalStorage, combo: Combination, min_resource: int, prune: bool = True) -> optuna.Study:
-    """The combination's study; `prune` off: every trial trains its budget (benchmarks/tuning.py measures what the
-    pruner saves against that)."""
+    """The combination's study; `prune` off: every trial trains its budget."""
     pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=REDUCTION_FACTOR)
               if prune else optuna.pruners.NopPruner())
     return optuna.create_study(study_name=combo.name, storage=storage, direction="minimize", pruner=pruner,

@@ -105,8 +105,7 @@ class TrialRun:
         self.interval = ex.poll_interval([cfg])
 
     def run(self) -> TrialOutcome:
-        """Start or follow the job to its end or its pruning; one that ended early is retried as the sweep's runs
-        are (execute/retry.py), anything else started again once."""
+        """Start or follow the job to its end or pruning; an early end is retried as the sweep's runs are."""
         marked = read_pruned(self.cfg.run_dir)
         if marked is not None:  # pruned by a search killed before it told Optuna so
             return TrialOutcome(TrialState.PRUNED, marked.value, marked.step)

@@ -46,8 +46,7 @@ def record_job(ex: Executor, run_dir: Path, key: str, job: str) -> None:
 
 
 def recorded_job(ex: Executor, run_dir: Path, key: str = "job") -> str | None:
-    """The job a previous search started for this trial (`key`: its training or its evaluation job), while the
-    executor still sees it queued or running."""
+    """The job a previous search started for this trial (`key`), while the executor still sees it active."""
     record = read_json(run_dir / JOB_FILE, default=None)
     if not isinstance(record, dict) or record.get("executor") != ex.name or not record.get(key):
         return None
@@ -62,8 +61,7 @@ def eval_command(cfg: RunConfig, task: str) -> str:
 
 
 def evaluate_trial(ex: Executor, cfg: RunConfig, how: TrialEvaluation, interval: float) -> tuple[float | None, str]:
-    """The trial's objective from its evaluation job (started, or followed again), and what went wrong when there
-    is none ('' when there is one)."""
+    """The trial's objective from its evaluation job (started or followed), and what went wrong without one."""
     task = how.objective.task
     assert task is not None  # an evaluated objective
     value = how.objective.read(cfg.run_dir)
@@ -87,8 +85,7 @@ def evaluate_trial(ex: Executor, cfg: RunConfig, how: TrialEvaluation, interval:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The evaluation job: the trial's last checkpoint on one task, scores written beside it (no ledger: a trial
-    is not one of the sweep's runs)."""
+    """The evaluation job: the trial's last checkpoint on one task, scores beside it (no ledger)."""
 
     run_dir, task = (argv if argv is not None else sys.argv[1:])[:2]
     evaluate_runs([load_run_config(Path(run_dir))], "last", tasks=[task])

@@ -146,8 +146,7 @@ def sha256(path: Path) -> str:
 
 
 def download(items: Iterable[Resolved], target: Target, out: Path, work: Path) -> dict[str, Path]:
-    """Canonical name -> the downloaded wheel in `out`, each checked by pip against the sha256 the resolution
-    recorded (the same files, not merely the same versions)."""
+    """Canonical name -> the downloaded wheel in `out`, checked by pip against the resolution's sha256."""
     items = list(items)
     if not items:
         return {}

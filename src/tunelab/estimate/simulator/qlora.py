@@ -65,8 +65,7 @@ class NF4Linear(torch.nn.Linear):
 
 
 def quantize_linears(model: PreTrainedModel, compute_dtype: torch.dtype) -> None:
-    """Replace every Linear but the output head with NF4Linear, as transformers' bnb loading does
-    (lm_head is kept in the compute dtype)."""
+    """Replace every Linear but the output head with NF4Linear, as transformers' bnb loading does."""
     head = model.get_output_embeddings()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

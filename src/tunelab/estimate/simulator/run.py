@@ -222,8 +222,7 @@ def fsdp_parameter_bytes(model: Any, n: int) -> ShardBytes:
 
 
 def _shard(sim: SimulatedMemory, n: int, layer_bytes: int, shards: ShardBytes) -> int:
-    """FSDP FULL_SHARD per device, derived from the one-device step (see the module docstring): returns the
-    bytes it saves at every moment of the step."""
+    """FSDP FULL_SHARD per device, derived from the one-device step: the bytes it saves at every moment."""
     before = sim.weights + sim.trainable + sim.optimizer
     sim.weights += shards.frozen - shards.frozen_whole  # buffers stay whole
     sim.optimizer = int(sim.optimizer * shards.trainable / shards.trainable_whole) if shards.trainable_whole else 0

@@ -68,8 +68,7 @@ class StepShape:
 
     @property
     def needs_mask(self) -> bool:
-        """Whether transformers builds an explicit attention mask (sdpa/eager): packed rows hold several
-        sequences; padded rows have padding."""
+        """Whether transformers builds an explicit mask: packed rows hold several sequences; padded rows padding."""
         if self.packed:
             return True
         return self.padded if self.padded is not None else self.micro_batch > 1

@@ -114,7 +114,6 @@ class KnownValues:
 
 
 def _fake_like(real: torch.Tensor, like: FakeTensor) -> torch.Tensor:
-    """A fresh fake tensor of `real`'s shape and dtype, made by `like`'s fake mode (called inside its dispatch,
-    where the mode is off)."""
+    """A fresh fake tensor of `real`'s shape and dtype, made by `like`'s fake mode (called inside its dispatch)."""
     with like.fake_mode:
         return torch.empty(real.shape, dtype=real.dtype, device=like.device)
