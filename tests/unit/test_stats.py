@@ -12,7 +12,7 @@ from scipy import stats
 from statsmodels.stats.power import NormalIndPower, TTestPower
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from tunelab.stats.intervals import score_interval, task_intervals
+from tunelab.stats.intervals import arrays_interval, task_intervals
 from tunelab.stats.paired import paired_difference
 from tunelab.stats.power import detectable_difference, samples_needed
 from tunelab.stats.records import SampleValue
@@ -32,7 +32,7 @@ def _numeric(targets, preds) -> list[SampleValue]:
 # ---------------------------------------------------------------- against the libraries
 def test_accuracy_interval_is_statsmodels_wilson():
     values = [1] * 37 + [0] * 13
-    iv = score_interval(_binary(values), "accuracy")
+    iv = arrays_interval(arrays(_binary(values)), "accuracy")
     low, high = proportion_confint(37, 50, alpha=0.05, method="wilson")
     assert (iv.method, iv.low, iv.high) == ("wilson", pytest.approx(low), pytest.approx(high))
     assert iv.seed is None  # nothing random in a Wilson interval
@@ -42,7 +42,7 @@ def test_mae_interval_is_scipys_bootstrap_of_the_absolute_errors():
     rng = np.random.default_rng(3)
     t = rng.integers(0, 100, 60).astype(float)
     p = t + rng.normal(0, 3, 60)
-    iv = score_interval(_numeric(t, p), "mae", seed=7)
+    iv = arrays_interval(arrays(_numeric(t, p)), "mae", seed=7)
     ref = stats.bootstrap((np.abs(t - p),), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(7))
     assert iv.method == "bootstrap-bca" and iv.seed == 7 and iv.resamples == 2000
     assert iv.low == pytest.approx(ref.confidence_interval.low) and iv.high == pytest.approx(ref.confidence_interval.high)
@@ -177,7 +177,7 @@ def test_wilson_interval_covers_the_true_accuracy_95_percent_of_the_time():
     truth, n, sims = 0.7, 100, 1000
     hits = 0
     for _ in range(sims):
-        iv = score_interval(_binary(rng.random(n) < truth), "accuracy")
+        iv = arrays_interval(arrays(_binary(rng.random(n) < truth)), "accuracy")
         hits += iv.low <= truth <= iv.high
     assert abs(hits / sims - 0.95) < 0.03
 
@@ -189,7 +189,7 @@ def test_bootstrap_interval_covers_the_true_mae_about_95_percent_of_the_time():
     hits = 0
     for k in range(sims):
         t = rng.integers(0, 100, n).astype(float)
-        iv = score_interval(_numeric(t, t + rng.normal(0, sigma, n)), "mae", seed=k)
+        iv = arrays_interval(arrays(_numeric(t, t + rng.normal(0, sigma, n))), "mae", seed=k)
         hits += iv.low <= truth <= iv.high
     assert abs(hits / sims - 0.95) < 0.04
 

@@ -73,11 +73,6 @@ def arrays_interval(arr: SampleArrays, metric: str, seed: int = BOOTSTRAP_SEED,
                              confidence=confidence)
 
 
-def score_interval(samples: list[SampleValue], metric: str, seed: int = BOOTSTRAP_SEED,
-                   resamples: int | None = None, confidence: float = CONFIDENCE) -> Interval | None:
-    return arrays_interval(arrays(samples), metric, seed, resamples, confidence)
-
-
 def task_intervals(samples: list[SampleValue], metrics: Iterable[str], seed: int = BOOTSTRAP_SEED
                    ) -> dict[str, Interval]:
     """Every metric of one evaluation that its records support, by name."""
