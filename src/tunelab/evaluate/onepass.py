@@ -21,8 +21,7 @@ from tunelab.jobimports import Stack, import_job_stack
 
 WAVE_BATCHES = 64  # a wave of a pass: whole targets, up to this many full batches of samples
 # Adapters beside the base at once, whatever the memory: PEFT walks every module of the model (its adapters'
-# included) to attach one more, so attaching n costs O(n²) (SmolLM2 on this CPU: 4 adapters in 1.0 s, 8 in 2.8 s;
-# base, adapter and tokenizer afresh 0.4–0.6 s)
+# included) to attach one more, so attaching n costs O(n²)
 MAX_ADAPTERS = 8
 
 

@@ -38,9 +38,8 @@ from tunelab.stats.intervals import task_intervals
 from tunelab.stats.records import SampleValue
 
 # What every inspect eval of tunelab's is run with. log_realtime=False: inspect's realtime sample buffer (a SQLite
-# database beside the log, written at every event of every sample, for `inspect view` to follow a running eval)
-# goes; the .eval log is written as before. It was ~9 % of the demo's evaluation (cProfile: its log_events under
-# inspect's sample loop, 4.6 of 53 profiled s; docs/evaluation.md).
+# database written at every event of every sample) goes, a measurable share of an evaluation (docs/evaluation.md);
+# the .eval log is written as before.
 INSPECT_OPTIONS: dict[str, Any] = dict(log_format="eval", display="none", score_display=False, log_realtime=False)
 
 

@@ -21,10 +21,8 @@ Z90 = 1.2816  # the standard normal's 90th percentile
 MIN_SIGMA = 0.05  # no interval narrower than ±6 %: a shared machine's timings move that much between runs
 # The width of each kind before enough errors are recorded (log-space σ: 0.15 ≈ P10–P90 of ×0.82–×1.21). Assumed,
 # stated wherever used; the benchmarks print the share of measured times their intervals cover, and their width.
-# TIMED: the run's own micro-batches timed here plus the job's loop, validations and saves priced part by part
-# (forecast/firstcontact.py): on first contact here 8 of 8 demo runs measured 1.02–1.09× their P50
-# (benchmarks/first_contact.py, 2026-11-26), so the width of a probe's real steps; it was 0.60 while first contact
-# timed bare micro-batches alone and ran 1.12–1.84× over.
+# TIMED: first contact priced part by part (forecast/firstcontact.py) lands as close as a probe's real steps
+# (benchmarks/first_contact.py), so it takes their width.
 PRIOR_SIGMA = {
     SourceKind.MEASURED: 0.15,
     SourceKind.CARRIED: 0.35,

@@ -24,10 +24,9 @@ from tunelab.rundir.estimate import LeverChoice, LeverSource
 from tunelab.spec import TrainingConfig
 
 SPLIT_FIELDS = ("batch_size", "gradient_accumulation_steps")
-# Splits predicted closer than this are a tie, which the larger micro-batch takes: step-cost timings move by about
-# ±5 % from minute to minute on a shared machine (docs/benchmarks.md), and the deadline benchmark saw the lever
-# flip between 16 × 1 and 4 × 4 on a difference smaller than that. Fewer micro-batches pay the per-step part fewer
-# times, which a linear step cost measured far from a small micro-batch underprices.
+# Splits predicted closer than this are a tie, which the larger micro-batch takes: step-cost timings move by that
+# much from minute to minute on a shared machine (docs/benchmarks.md), and fewer micro-batches pay the per-step
+# part fewer times, which a linear step cost measured far from a small micro-batch underprices.
 TIE_FRACTION = 0.05
 MEASURED_SPLIT = "fixed + per-token"  # forecast/runs.py's words for a time with a measured per-step part
 FIELD = "training.effective_batch"

@@ -1,14 +1,9 @@
-"""A heavy process's start: the libraries it is about to use imported with the garbage collector off, then
-frozen.
+"""A heavy process's start: the libraries it is about to use imported with the garbage collector off, then frozen.
 
-Importing torch, transformers, peft, trl, datasets or inspect-ai creates a million long-lived objects and
-next to no garbage. With the collector on, that growth sets off full collections that walk every object
-imported so far, again and again: a tiny training job took 12.1 user CPU-seconds on a 2-core machine with
-the collector on throughout, 7.5 with it paused while importing (same run, same loss). After the imports the
-objects are frozen (`gc.freeze`: later collections skip them) and collection resumes for what the process
-itself makes. Modules already imported are not imported again and nothing is frozen then, so a long-lived
-process (a notebook, the MCP server, a test session) that calls a command twice keeps its collector as it is.
-"""
+Importing torch, transformers and their kin creates a million long-lived objects and next to no garbage, and that
+growth sets off full collections that walk every object imported so far, again and again (docs/benchmarks.md).
+After the imports the objects are frozen (`gc.freeze`) and collection resumes. Modules already imported are not
+imported again and nothing is frozen then, so a long-lived process keeps its collector as it is."""
 
 from __future__ import annotations
 

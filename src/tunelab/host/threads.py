@@ -41,8 +41,8 @@ def thread_budget(cores: int, processes: int) -> int:
 
 
 def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPlan:
-    """The threads of each of `processes` processes sharing this job's cores: the user's OMP_NUM_THREADS when
-    they set one, torch's default under TUNELAB_THREAD_RULE=torch, else the budget."""
+    """The threads of each of `processes` sharing this job's cores: the user's OMP_NUM_THREADS, torch's default
+    under TUNELAB_THREAD_RULE=torch, else the budget."""
     env = os.environ if env is None else env
     cores = usable_cores(env, physical=True)
     processes = max(1, processes)

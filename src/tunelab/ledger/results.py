@@ -154,8 +154,7 @@ def _record(cfg: RunConfig, row: ledger.RunRow, evals: list[EvalRecord]) -> RunR
 
 
 def collect_results(experiment_dir: str | Path) -> list[RunRecord]:
-    """Ingest every run directory that changed since its last ingest, then read one record per run back from
-    the ledger."""
+    """Ingest every run directory changed since its last ingest, then read one record per run from the ledger."""
     exp = Path(experiment_dir)
     runs = load_runs(exp)
     ledger.ingest_all(exp, runs)

@@ -18,8 +18,7 @@ def loaded(row: HistoryRun) -> bool:
 
 
 def same_shape(a: HistoryRun, b: HistoryRun) -> bool:
-    """Every field speed depends on, recorded alike (an unrecorded field is a difference here: a ratio needs like
-    with like)."""
+    """Every field speed depends on, recorded alike (unrecorded is a difference here: a ratio needs like with like)."""
     return all(getattr(a, f) is not None and getattr(a, f) == getattr(b, f) for f in SHAPE)
 
 

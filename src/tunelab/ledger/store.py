@@ -313,8 +313,7 @@ def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None,
 
 def amend_attempt(experiment_dir: str | Path, *, run: str, job_id: str, state: str, reason: str,
                   exit_code: int | None) -> None:
-    """A verdict judged again (execute/refresh.py: the accounting record arrived after it): the newest attempt
-    row of this run's job says it."""
+    """A verdict judged again (accounting arrived after it), said by the newest attempt row of the run's job."""
     with connect(experiment_dir) as conn:
         conn.execute("UPDATE attempts SET state = ?, reason = ?, exit_code = ? WHERE id = "
                      "(SELECT MAX(id) FROM attempts WHERE run = ? AND job_id = ?)",

@@ -106,8 +106,7 @@ class StatusWriter:
         merged.update({k: plain(v) for k, v in changes.items()})
         merged.update(updated_at=now_iso(), host=socket.gethostname(), pid=os.getpid())
         # a change: nothing to compare, no read back. Progress alone (step, epoch) is rewritten at every logged step
-        # and replaced atomically all the same; only a change of anything else is worth an fsync (2 ms a step on
-        # the peers benchmark's tiny run, 2 % of its training: docs/benchmarks.md).
+        # and replaced atomically all the same; only a change of anything else is worth an fsync (docs/benchmarks.md).
         durable = not set(changes) <= PROGRESS_FIELDS
         atomic_write_json(self.path, merged, durable=durable, check_unchanged=False)
         return Status.from_json(merged)

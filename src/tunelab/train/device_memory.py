@@ -82,8 +82,7 @@ class DeviceMemory:
         return used - torch.cuda.memory_reserved() / GIB if used is not None else None
 
     def step_gib(self) -> float:
-        """After a step: its peak reserved on a GPU (peaks are reset before each timed step), resident memory on
-        a CPU."""
+        """After a step: its peak reserved on a GPU (reset before each timed step), resident memory on a CPU."""
         import torch
 
         return torch.cuda.max_memory_reserved() / GIB if self.cuda else rss_now_gib()

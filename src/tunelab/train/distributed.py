@@ -73,8 +73,7 @@ def _device() -> Any:
 
 
 def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
-    """Sum (or max) of each value over all processes; the values themselves on a single process.
-    Every process must call it at the same point (it is a collective)."""
+    """Sum (or max) of each value over all processes (a collective: every process calls it at the same point)."""
     if not is_initialized():
         return list(values)
     import torch

@@ -18,11 +18,9 @@ from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.spec.resources import Strategy
 
 GIB = 2**30
-# The CUDA context (driver, kernels loaded lazily, cuBLAS handle) sits outside PyTorch's allocator. Measured by
-# the GPU kit on an H100 80GB (torch 2.11 + CUDA 13, 9 rows, shared/reference/gpu-h100-2026-11-26): 0.67 GiB
-# after a first matmul, 0.73-0.75 GiB after training steps (more kernels loaded); 0.5 had been assumed, which put
-# NVML's used memory up to 5.4 % above the simulated need. One GPU and one CUDA release: the kit's rows record
-# it (cuda_context_gib) for each GPU they run on; the figure is reported apart from the simulation.
+# The CUDA context (driver, kernels loaded lazily, cuBLAS handle) sits outside PyTorch's allocator: the GPU kit's
+# H100 figure after training steps (shared/reference/gpu-h100-2026-11-26), reported apart from the simulation; the
+# kit's rows record it (cuda_context_gib) for each GPU they run on.
 CUDA_CONTEXT_GIB = 0.75
 FSDP_GATHERED_LAYERS = 2
 EXTRAPOLATE_ABOVE_LAYERS = 4
