@@ -1,11 +1,7 @@
-"""How `tunelab --help` is laid out: the commands in panels, the panels in the order of the pipeline, and
-every command's help text reflowed (typer's rich help keeps a docstring's line breaks inside a paragraph, so
-each wrapped source line would end a printed line mid-sentence).
-
-One table instead of a `rich_help_panel=` per command, because the order matters as much as the grouping and
-the commands are registered by several modules; a command missing here is listed last, in no panel
-(tests/unit/test_cli_help.py fails on it).
-"""
+"""How `tunelab --help` is laid out: the commands in panels in the pipeline's order (one table, since several
+modules register commands and the order matters as much as the grouping; a command missing here is listed last
+and tests/unit/test_cli_help.py fails), and every command's help reflowed, since typer's rich help keeps a
+docstring's line breaks inside a paragraph."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""docs/spec-reference.md and docs/cli-reference.md, generated from the pydantic spec models and the typer app, so
-the references cannot drift from the code (tests/unit/test_docs_reference.py compares the committed files).
-
-Regenerate: `python -m tunelab.cli.reference` (from the repository root; `--out DIR` writes elsewhere).
-"""
+"""docs/spec-reference.md and docs/cli-reference.md, generated from the spec models and the typer app so they cannot
+drift from the code (tests/unit/test_docs_reference.py compares). Regenerate: `python -m tunelab.cli.reference`."""
 
 from __future__ import annotations
 

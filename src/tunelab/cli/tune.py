@@ -55,9 +55,8 @@ def trial_line(done: TrialDone) -> None:
 
 def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool, ex: Executor,
                       dry_run: bool) -> None:
-    """`tunelab run`'s first step with a `tune:` block: the runs it is about to train whose rate no search chose
-    get their combination's search (a line per trial), then are scaffolded at the rate it chose; a dry run is
-    refused in one line naming `tunelab tune` (tune/sweep.py)."""
+    """`tunelab run`'s first step with a `tune:` block: unsearched runs get their combination's search, then are
+    scaffolded at its rate; a dry run is refused in one line naming `tunelab tune`."""
     from tunelab.tune.sweep import search_pending, unsearched
 
     pending = unsearched(experiment_dir, runs, force)

@@ -86,8 +86,7 @@ def group_targets(pending: list[TargetWork], device: str) -> tuple[list[Group], 
 
 
 def pass_of_one(work: TargetWork, device: str) -> Group:
-    """A target alone as a pass of its own (onepass.py): loaded as one at a time loads it, its built-ins in
-    tunelab's loop; it never mixes adapters in a batch, so any adapter kind PEFT loads goes."""
+    """A target alone as a pass of its own (onepass.py): it never mixes adapters, so any adapter kind goes."""
     target = work.target
     return Group(target.base_path.resolve(), _dtype(work, device), device,
                  tokenizer_dir(target.base_path, target.adapter_path), target.adapter_path is not None, (work,))

@@ -248,8 +248,7 @@ def local_lm(base_path: str | Path, adapter_path: str | Path | None, dtype: Any,
 
 
 def release_weights() -> None:
-    """Drop the cached weights. A full garbage collection runs only when a dropped model outlives its last
-    reference (a cycle): in a long-lived process each costs noticeable time."""
+    """Drop the cached weights; a full collection runs only when a dropped model outlives its last reference."""
     if not _CACHE:
         return
 

@@ -189,8 +189,7 @@ def _check_task_config(spec: TaskSpec, function: str | None, task: Any) -> None:
 
 
 def grader_model(spec: TaskSpec, batch_size: int) -> Any:
-    """The model bound to inspect's `grader` role (None: the model under evaluation). A local directory loads
-    through the tunelab provider beside the evaluated weights; a string is any inspect model."""
+    """The model bound to inspect's `grader` role (None: the evaluated one): a local directory, or any inspect model."""
     from inspect_ai.model import get_model
 
     from tunelab.evaluate.provider import PROVIDER

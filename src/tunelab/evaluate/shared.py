@@ -58,8 +58,8 @@ class SharedWeights(LocalLM):
         self.served[None] = BASE
 
     def attach(self, adapters: list[Path]) -> dict[Path, str]:
-        """Load these adapters beside the base, replacing those before (the first new one goes on before the old go,
-        so the model always holds one); returns those that failed, with why."""
+        """Load these adapters beside the base, replacing those before (new first, so one is always on); returns
+        failures."""
         old = [name for key, name in self.served.items() if key is not None]
         failed: dict[Path, str] = {}
         for path in adapters:

@@ -107,8 +107,8 @@ def holder(run_dir: str | Path) -> Claim | None:
 
 
 def claim(run_dir: str | Path) -> str | None:
-    """Claim a run for this process: None when it is ours now, else who holds it. Call it under
-    experiment_lock (that is what makes taking over a stale claim safe)."""
+    """Claim a run for this process: None when ours now, else its holder. Under experiment_lock, so takeovers are
+    safe."""
     path = Path(run_dir) / CLAIM_FILE
     if path in _HELD:
         return None

@@ -32,8 +32,8 @@ def clear_outputs(run_dir: Path) -> None:
 
 
 def pending(sweep: Sweep, selected: list[str], force: bool) -> list[Submission]:
-    """The submissions to make for these runs, each run claimed by this process. The state is read after
-    claiming: a run another coordinator finished a moment ago is not started again."""
+    """The submissions to make, each run claimed first and its state read after, so a just-finished run is not
+    restarted."""
     latest = latest_jobs(sweep.book)
     queued = {s.cfg.name for s in sweep.queue}  # retries judged a moment ago
     out = []

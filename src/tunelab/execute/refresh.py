@@ -59,8 +59,8 @@ def should_judge(job: JobRow, info: JobInfo, now: datetime | None = None) -> boo
 
 
 def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) -> bool:
-    """The trainer of this job requeued it within REQUEUE_GRACE_S and has not started again: an ended look is the
-    transition to pending again under the same id, not the job's end."""
+    """The trainer requeued this job within REQUEUE_GRACE_S and has not restarted: an ended look is not the job's
+    end."""
     if job.kind != JobKind.TRAIN:
         return False
     if status.requeued_job != job.job_id or not status.requeued_at:

@@ -33,8 +33,7 @@ def slurm_settings(cfg: RunConfig) -> SlurmSpec:
 
 
 def estimated_time_limit(cfg: RunConfig) -> str | None:
-    """The planner's time limit that scaffold wrote into run.yaml (None without an estimate), when the user sets
-    none."""
+    """The planner's time limit in run.yaml (None without an estimate), used when the user sets none."""
     return cfg.estimate.slurm_time_limit if cfg.estimate else None
 
 
@@ -50,8 +49,8 @@ def eval_time_limit(cfg: RunConfig) -> tuple[str, str]:
 
 
 def train_time_limit(cfg: RunConfig) -> tuple[str, str]:
-    """(time limit, where it came from): the user's resources.slurm.time_limit (a TIMEOUT retry
-    writes a longer one into the new run.yaml), else the planner's estimate, else a default."""
+    """(time limit, its source): the user's (a TIMEOUT retry writes a longer one), else the planner's, else a
+    default."""
     s = slurm_settings(cfg)
     if s.time_limit:
         return s.time_limit, "run.yaml resources.slurm.time_limit"

@@ -165,8 +165,7 @@ def failure_lines(rows: list[StatusRow]) -> list[str]:
 
 
 def not_completed(experiment_dir: str | Path, results: dict[str, RowState], where: str) -> list[str]:
-    """What a sweep that left runs not completed says at its end: each such run's line with its own reason,
-    then the count and where to look; [] when every run completed."""
+    """A sweep's closing lines for runs not completed: each with its reason, then the count; [] when all completed."""
     bad = {name for name, state in results.items() if state != RowState.COMPLETED}
     if not bad:
         return []

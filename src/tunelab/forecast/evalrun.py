@@ -87,8 +87,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
                      generation: Sequence[GenerationRow] | None = None, batch_size: int = EVAL_BATCH,
                      errors: Sequence[PredictionRecord] | None = None,
                      estimate: RunEstimate | None = None) -> RunEvalPrediction:
-    """The run's evaluation: each task once per target, corrected by its source's recorded errors here, with its
-    interval; `generation`/`errors` None read the history."""
+    """The run's evaluation, each task once per target, corrected by its source's errors here, with its interval."""
     if generation is None:
 
         generation = load()

@@ -41,8 +41,7 @@ def validation_count(steps: int, every: int | None) -> int:
 
 def first_contact_overheads(timed: TimedSpeed, loop: LoopOverhead, t: TrainingConfig, steps: int, saves: int,
                             tokens_per_microbatch: int, validation_tokens: int, processes: int = 1) -> RunOverheads:
-    """The parts a run adds to `steps` steps of micro-batches timed at `timed`. `validation_tokens`: the
-    validation split's tokens as its batches pad them, shared by the run's processes."""
+    """The parts a run adds to `steps` steps of micro-batches timed at `timed` (validation tokens as padded)."""
     n_val = validation_count(steps, t.validation_every_steps)
     words = [loop.source] if steps else []
     if timed.forward_s:

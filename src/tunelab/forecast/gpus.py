@@ -180,8 +180,7 @@ def on_gpus(cfg: RunConfig, gpus: int) -> RunConfig:
 
 def sized_estimate(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history: list[HistoryRun], node: NodeSize,
                    cpu_threads: int | None = None) -> RunEstimate:
-    """The run's estimate and, where its peak does not fit its GPUs, the fewest GPUs that fit (a staged run's
-    worst stage) with the time on them from the same estimator."""
+    """The run's estimate and, where its peak does not fit its GPUs, the fewest GPUs that fit with the time on them."""
     est = estimate_any_run(cfg, gpu, lengths, history, cpu_threads)
     if gpu is None or est.peak_memory_gib is None or est.peak_memory_gib <= gpu.memory_gib:
         return est

@@ -206,8 +206,7 @@ def sweep_forecast(plan: Sweep, split_rows: SplitRows) -> DeadlinePlan:
 
 
 def plan_forecast(plan: Sweep, verdict: DeadlinePlan | None, split_rows: SplitRows) -> DeadlinePlan:
-    """The sweep's predicted makespan, the one every place shows and records: the verdict's own forecast where it
-    judged the runs alone, else `sweep_forecast`."""
+    """The sweep's makespan every place shows: the verdict's own where it judged the runs alone, else sweep_forecast."""
     if verdict is not None and verdict.search is None:
         return verdict
     return sweep_forecast(plan, split_rows)

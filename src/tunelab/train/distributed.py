@@ -36,8 +36,7 @@ def world() -> World:
 
 
 def local_processes() -> int:
-    """The run's processes on this node (torchrun's LOCAL_WORLD_SIZE; 1 when not launched by torchrun): they
-    share the node's cores (tunelab/host/threads.py)."""
+    """The run's processes on this node (LOCAL_WORLD_SIZE, else 1), which share its cores."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
@@ -85,8 +84,7 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
 
 
 def agree(flag: bool) -> bool:
-    """True on every process when true on any (a collective, at the same step). A decision that changes what the
-    trainer does next must go through it, or ranks diverge and hang."""
+    """True on every process when true on any, a collective; decisions that change the trainer's next step use it."""
     return all_reduce([1.0 if flag else 0.0], "max")[0] > 0
 
 

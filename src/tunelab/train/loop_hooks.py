@@ -133,8 +133,8 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row.epoch or 0.0:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
-            """Publish epoch_N, then write the counters, which complete the checkpoint: a kill before resumes from the
-            one before. Every process has saved its part before the main one writes them."""
+            """Publish epoch_N, then write the counters that complete the checkpoint (every process saved its part
+            first)."""
             sync_counters(writer.counters, local)
             barrier()
             if not main:

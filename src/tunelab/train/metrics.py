@@ -47,8 +47,7 @@ class LocalCounts:
 
 
 def sync_counters(counters: Counters, local: LocalCounts) -> float:
-    """Add every process's local counts to the run-wide counters (all-reduce sum) and return the peak
-    memory of the worst process (all-reduce max). Every process must call it at the same step."""
+    """Sum every process's local counts into the run-wide counters; the worst process's peak. A collective."""
     from tunelab.train.distributed import all_reduce
 
     tokens, nonpad, examples = all_reduce(list(local.read()), "sum")
@@ -76,8 +75,8 @@ def count_batch(inputs: dict[str, Any]) -> tuple[int, int | torch.Tensor, int | 
 
 
 def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
-    """Examples, sequences, density and fill of the dataset the trainer iterates, counted by Arrow over its
-    columns (a Python pass over the rows slowed a tiny job's start)."""
+    """Examples, sequences, density and fill of the dataset the trainer iterates, counted by Arrow (a Python pass is
+    slow)."""
     import pyarrow.compute as pc
 
     columns = dataset.with_format("arrow")

@@ -157,8 +157,7 @@ def timed_rounds(trainer: Any, batches: list[int]) -> tuple[TimedSteps, bool]:
 
 
 def _generation(pcfg: RunConfig, cuda: bool) -> GenerationSpeed | None:
-    """Batched generation timed as evaluation runs it (train/probe_generate.py); None for a vision-language
-    model, whose evaluation generates from images the probe does not have."""
+    """Batched generation timed as evaluation runs it; None for a VLM, whose images the probe does not have."""
     import gc
 
     import torch

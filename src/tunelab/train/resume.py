@@ -72,8 +72,7 @@ def resume(run_dir: Path, ctx: StageContext, main: bool, held: HeldFiles) -> Res
 
 
 def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | None) -> None:
-    """Keep the metrics rows up to `step` and the orders before `drop_orders_from`. A file read is rewritten (a
-    kill may have cut its last line), a held one only when something goes."""
+    """Keep the metrics rows up to `step` and the orders before `drop_orders_from`, rewriting only what changes."""
     read = held.metrics is None
     rows = read_metrics(run_dir) if held.metrics is None else held.metrics
     held.metrics = [r for r in rows if (r.step or 0) <= step]

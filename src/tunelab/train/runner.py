@@ -60,8 +60,8 @@ class Trained:
 
 def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None
               ) -> Trained | None:
-    """Train cfg (a staged run: its stage `stage`) in cfg.run_dir; raises on failure. Every process calls it; only
-    the main one writes files and returns what it trained. held: the files the job holds."""
+    """Train cfg (a staged run: its `stage`) in cfg.run_dir, raising on failure; only the main process writes and
+    returns."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
     if cfg.stages:

@@ -42,8 +42,7 @@ def train_stages(cfg: RunConfig, held: HeldFiles) -> Summary | None:
 
 def record_stage(run_dir: Path, done: list[StageRecord], ctx: StageContext, cfg: RunConfig, summary: Summary,
                  counters: Counters) -> list[StageRecord]:
-    """Add the stage just completed to the records of the stages before it and write them to stages.json
-    (main process; the record is what marks it complete). Returns the records written."""
+    """Add the stage just completed to stages.json (main process): the record is what marks it complete."""
     done = [r for r in done if r.index < ctx.index]
     dataset = cfg.stages[ctx.index].dataset if cfg.stages else cfg.dataset  # the run's or the stage's own cfg
     rec = StageRecord(name=ctx.name or "", index=ctx.index, dataset=dataset.name, optimizer=ctx.optimizer,

@@ -169,8 +169,7 @@ FUSED_ADAMW = "adamw_torch_fused"
 
 
 def optimizer_args(cuda: bool) -> dict[str, Any]:
-    """AdamW's fused kernel on a GPU: one launch per chunk of tensors, where torch below 2.8 launches about ten per
-    update (a small LoRA step is mostly launches). A CPU run keeps the library's default."""
+    """AdamW's fused kernel on a GPU (one launch per chunk: a small LoRA step is mostly launches); a CPU's default."""
     return {"optim": FUSED_ADAMW} if cuda else {}
 
 
