@@ -1,7 +1,7 @@
-"""`tunelab adopt`: runs trained elsewhere become runs of a tunelab experiment, so `eval` and `report` work on them.
-The user's spec gives what cannot be read from the runs (model, data, tasks); the adopted runs are the design,
-their differing training facts its factors. Each run directory is written under a temporary name and renamed;
-sources are only read; a source that cannot be adopted is reported and the others adopted."""
+"""`tunelab adopt`: runs trained elsewhere become runs of a tunelab experiment, so `eval` and `report` work on them. The
+user's spec gives what cannot be read from the runs (model, data, tasks); the adopted runs are the design, their
+differing training facts its factors. Each run directory is written under a temporary name and renamed; sources are only
+read; a source that cannot be adopted is reported and the others adopted."""
 
 from __future__ import annotations
 

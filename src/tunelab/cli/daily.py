@@ -1,5 +1,5 @@
-"""Daily-use commands (export to trackers, archive, init, compare), apart so each stays a thin call into its module
-and heavy libraries (mlflow, wandb) are imported only when the command runs."""
+"""Daily-use commands (export to trackers, archive, init, compare), apart so each stays a thin call into its module and
+heavy libraries (mlflow, wandb) are imported only when the command runs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The JSON each command prints with --json, as types (`tunelab schema --output COMMAND`, the MCP tools' records
-too): a change here is a change of the documented output."""
+"""The JSON each command prints with --json, as types (`tunelab schema --output COMMAND`, the MCP tools' records too): a
+change here is a change of the documented output."""
 
 from __future__ import annotations
 

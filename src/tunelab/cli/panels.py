@@ -1,7 +1,7 @@
-"""How `tunelab --help` is laid out: the commands in panels in the pipeline's order (one table, since several
-modules register commands and the order matters as much as the grouping; a command missing here is listed last
-and tests/unit/test_cli_help.py fails), and every command's help reflowed, since typer's rich help keeps a
-docstring's line breaks inside a paragraph."""
+"""How `tunelab --help` is laid out: the commands in panels in the pipeline's order (one table, since several modules
+register commands and the order matters as much as the grouping; a command missing here is listed last and
+tests/unit/test_cli_help.py fails), and every command's help reflowed, since typer's rich help keeps a docstring's line
+breaks inside a paragraph."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""What `tunelab estimate` says of one configuration, as one typed record that the command, `tunelab init` and
-`tunelab schema --output estimate` share, so a renamed field breaks them all at once. Parts computed only for
-some configurations are left unset, and the JSON holds exactly the fields set."""
+"""What `tunelab estimate` says of one configuration, as one typed record that the command, `tunelab init` and `tunelab
+schema --output estimate` share, so a renamed field breaks them all at once. Parts computed only for some configurations
+are left unset, and the JSON holds exactly the fields set."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a run's images cost before any image is read: the pixel budget → one image's patch grid and tokens
-(models/vision.py), times the images per example. The simulator runs every row with the largest grid an image
-can become: the worst case, as rows padded to max_seq_len are for text."""
+(models/vision.py), times the images per example. The simulator runs every row with the largest grid an image can
+become: the worst case, as rows padded to max_seq_len are for text."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def image_plan(model: str | Path, model_config: dict[str, Any], images_per_examp
 
 def run_images(inputs: MemoryInputs, model: str | Path, model_config: dict[str, Any], min_pixels: int | None,
                max_pixels: int | None, longest: int) -> MemoryInputs:
-    """A planned VLM run's images for the simulator: one image at the run's pixel budget (smaller when the longest
-    row cannot hold its tokens) in the longest row, whose length counts every image's tokens. Text: unchanged."""
+    """A planned VLM run's images for the simulator: one image at the run's pixel budget (smaller when the longest row
+    cannot hold its tokens) in the longest row, whose length counts every image's tokens. Text: unchanged."""
 
     if not is_vision_config(model_config):
         return inputs

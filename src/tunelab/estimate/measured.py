@@ -1,11 +1,11 @@
 """A measured peak from the history in place of the simulated one: only for the same configuration (GPU model,
-architecture, one process, every `MemoryConfig` field equal; a row missing a field cannot be shown the same),
-and only like with like, by the row's counter (`memory_kind`):
-- `cuda_max_allocated` replaces the simulated allocated peak: requirement = measured allocated + the
-simulation's allocator slack (reserved − allocated) + the CUDA context;
+architecture, one process, every `MemoryConfig` field equal; a row missing a field cannot be shown the same), and only
+like with like, by the row's counter (`memory_kind`):
+- `cuda_max_allocated` replaces the simulated allocated peak: requirement = measured allocated + the simulation's
+  allocator slack (reserved − allocated) + the CUDA context;
 - `cuda_max_reserved` replaces the simulated reserved peak: requirement = measured reserved + CUDA context;
-- any other counter (torch's active peak, NVML's used, host RSS) has no simulated counterpart: not used.
-Without a simulation there is no allocator slack to carry over: the row is not used."""
+- any other counter (torch's active peak, NVML's used, host RSS) has no simulated counterpart: not used. Without a
+  simulation there is no allocator slack to carry over: the row is not used."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Peak training memory of a LoRA run, as a function of **tokens per micro-batch** (packed: batch × max_seq_len,
 unpacked: batch × padded length): why a batch that fitted unpacked OOMs once packing is on.
 
-Terms: frozen weights (NF4 under QLoRA); LoRA weights, gradients and AdamW states; activations per token per
-layer (one layer input under checkpointing); fp32 logits over the loss chunks (often the largest term with a
-large vocabulary); runtime overhead."""
+Terms: frozen weights (NF4 under QLoRA); LoRA weights, gradients and AdamW states; activations per token per layer (one
+layer input under checkpointing); fp32 logits over the loss chunks (often the largest term with a large vocabulary);
+runtime overhead."""
 
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ FSDP_GATHERED_UNITS = 2
 
 def estimate_memory(arch: Architecture, tokens: int, inputs: MemoryInputs, calibration: float = 1.0,
                     source: str = "model", shards: int = 1) -> MemoryEstimate:
-    """Predicted peak memory of one device for `tokens` tokens per micro-batch. shards=N (FSDP): weights,
-    gradients and optimizer states divided by N plus the layers gathered whole; activations stay per device."""
+    """Predicted peak memory of one device for `tokens` tokens per micro-batch. shards=N (FSDP): weights, gradients and
+    optimizer states divided by N plus the layers gathered whole; activations stay per device."""
     b = DTYPE_BYTES[inputs.dtype]
     lora = lora_params(arch, inputs.lora_rank, inputs.lora_targets)
     full = full_module_params(arch, inputs.modules_to_save)

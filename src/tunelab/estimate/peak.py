@@ -1,7 +1,7 @@
-"""Peak memory of a run's training step on one device: the one entry point `estimate`, `plan`, `validate` and
-`init` use, and the one rule for "fits". The figure is the simulator's; the analytic model (memory.py) is the
-explanation beside it and answers alone only where the simulation cannot run, said so. What must fit is the
-simulated reserved memory plus the CUDA context: that is what runs out on a GPU."""
+"""Peak memory of a run's training step on one device: the one entry point `estimate`, `plan`, `validate` and `init`
+use, and the one rule for "fits". The figure is the simulator's; the analytic model (memory.py) is the explanation
+beside it and answers alone only where the simulation cannot run, said so. What must fit is the simulated reserved
+memory plus the CUDA context: that is what runs out on a GPU."""
 
 from __future__ import annotations
 
@@ -132,14 +132,14 @@ def largest_micro_batch(model: str | Path, inputs: MemoryInputs, budget_gib: flo
 
 
 def _far_below(one: float, two: float, budget: float, limit: int) -> bool:
-    """Whether the line through micro-batches 1 and 2 stays within the budget to FAR_BEYOND × the limit: then the
-    limit is simulated next, which settles the search unless memory grows much faster than linearly."""
+    """Whether the line through micro-batches 1 and 2 stays within the budget to FAR_BEYOND × the limit: then the limit
+    is simulated next, which settles the search unless memory grows much faster than linearly."""
     return one + (two - one) * (FAR_BEYOND * limit - 1) <= budget
 
 
 def _predicted_crossing(points: list[tuple[int, float]], budget: float, limit: int) -> int:
-    """The b just before the fitted curve through `points` first exceeds the budget; a concave fit (allocator
-    rounding) is replaced by the line through the last two points, since memory never falls as b grows."""
+    """The b just before the fitted curve through `points` first exceeds the budget; a concave fit (allocator rounding)
+    is replaced by the line through the last two points, since memory never falls as b grows."""
     import numpy as np
 
     xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)

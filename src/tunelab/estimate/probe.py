@@ -113,8 +113,7 @@ def caveat(shape: Shape, result: ProbeResult) -> str | None:
 
 
 def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
-    """The dtype the probe trained in: `auto` resolved for the GPU it ran on (left `auto` on a GPU the catalog
-    lacks, whose compute capability is unknown here)."""
+    """The dtype the probe trained in: `auto` resolved for its GPU (left `auto` on a GPU the catalog lacks)."""
 
     if t.dtype != "auto":
         return t.dtype

@@ -1,7 +1,7 @@
-"""`tunelab probe --executor slurm`: the probe as one short job on the runs' partition, so the measured speed and
-memory are the jobs' device's, not the login node's; through the Executor interface. The job writes its results
-as JSON in `<experiment>/probe/` and the coordinator records the rows: jobs never write the history (SQLite on a
-network filesystem with writers on many nodes is fragile)."""
+"""`tunelab probe --executor slurm`: the probe as one short job on the runs' partition, so the measured speed and memory
+are the jobs' device's, not the login node's; through the Executor interface. The job writes its results as JSON in
+`<experiment>/probe/` and the coordinator records the rows: jobs never write the history (SQLite on a network filesystem
+with writers on many nodes is fragile)."""
 
 from __future__ import annotations
 

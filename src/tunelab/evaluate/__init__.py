@@ -1,6 +1,6 @@
-"""Evaluation with inspect-ai: every task of a run's eval spec on its targets, prompts formatted exactly as in
-training. Kept light to import (the ledger reads scores.json through it): inspect-ai and torch load only when an
-evaluation runs."""
+"""Evaluation with inspect-ai: every task of a run's eval spec on its targets, prompts formatted exactly as in training.
+Kept light to import (the ledger reads scores.json through it): inspect-ai and torch load only when an evaluation
+runs."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """inspect-ai's GenerateConfig as the tunelab provider honours it: greedy or seeded sampling.
 
-Every field is honoured by the provider (HONOURED), handled by inspect-ai itself or without effect on the
-answers (INSPECT_HANDLES), or refused when set, naming it — any field a later inspect-ai adds included: a setting
-silently dropped would make a
-score mean something other than what the task file says.
+Every field is honoured by the provider (HONOURED), handled by inspect-ai itself or without effect on the answers
+(INSPECT_HANDLES), or refused when set, naming it — any field a later inspect-ai adds included: a setting silently
+dropped would make a score mean something other than what the task file says.
 
-Sampling happens when temperature > 0 (or top_p/top_k alone: temperature 1). Each answer draws from its own
-generator seeded from the config's seed, the sample and epoch, the prompt and the choice index, so an answer does
-not depend on its batch-mates or the order inspect delivers samples, and a rerun gives the same answers."""
+Sampling happens when temperature > 0 (or top_p/top_k alone: temperature 1). Each answer draws from its own generator
+seeded from the config's seed, the sample and epoch, the prompt and the choice index, so an answer does not depend on
+its batch-mates or the order inspect delivers samples, and a rerun gives the same answers."""
 
 from __future__ import annotations
 
@@ -164,8 +163,8 @@ def _warpers(sampling: Sampling) -> list[Any]:
 
 
 def cut_at_stop(tokens: list[int], decode: Any, stop_seqs: tuple[str, ...]) -> tuple[list[int], str, bool]:
-    """(tokens up to the one completing the first stop sequence, the text before it, whether found). The text is
-    cut from the whole decoded answer: a token prefix may end inside a multi-byte character."""
+    """(tokens up to the one completing the first stop sequence, the text before it, whether found). The text is cut
+    from the whole decoded answer: a token prefix may end inside a multi-byte character."""
     text = decode(tokens)
     found = [(text.index(s), s) for s in stop_seqs if s in text]
     if not found:

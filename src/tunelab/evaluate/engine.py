@@ -1,6 +1,5 @@
-"""Which engine generates an evaluation's answers (eval.engine, `tunelab eval --engine`), and where vLLM lives.
-auto: vllm where a vLLM is at hand and a GPU is visible, else hf: on a CPU, HF is the faster engine
-(docs/evaluation.md)."""
+"""Which engine generates an evaluation's answers (eval.engine, `tunelab eval --engine`), and where vLLM lives. auto:
+vllm where a vLLM is at hand and a GPU is visible, else hf: on a CPU, HF is the faster engine (docs/evaluation.md)."""
 
 from __future__ import annotations
 

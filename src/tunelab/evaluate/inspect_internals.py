@@ -1,8 +1,8 @@
-"""Every private name of inspect-ai that tunelab uses, behind this one door: code inspect's own loop runs (so
-tunelab's .eval logs cannot drift from it), a setting it offers no option for, or its vLLM provider.
+"""Every private name of inspect-ai that tunelab uses, behind this one door: code inspect's own loop runs (so tunelab's
+.eval logs cannot drift from it), a setting it offers no option for, or its vLLM provider.
 
-A private name can move in any release, so no other module imports one: tests/unit/test_inspect_internals.py
-checks each and pyproject.toml allows only the versions it passed on. Every import is lazy."""
+A private name can move in any release, so no other module imports one: tests/unit/test_inspect_internals.py checks each
+and pyproject.toml allows only the versions it passed on. Every import is lazy."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Metrics of the `choice` and `numeric` built-ins as inspect-ai metrics: the wrappers read the scorers' metadata
-and call tunelab.stats.metrics. A metric undefined on the data is NaN (null in scores.json)."""
+"""Metrics of the `choice` and `numeric` built-ins as inspect-ai metrics: the wrappers read the scorers' metadata and
+call tunelab.stats.metrics. A metric undefined on the data is NaN (null in scores.json)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """One generate() call for rows that are different evaluations: each row with its own adapter, max_tokens, stop
 sequences, sampling and log-probabilities (one pass, see shared.py).
 
-Each row must get exactly the answer the one-at-a-time path (`hf.LocalLM.generate_batch`) gives it: the batch
-decodes to the longest row's max_tokens and each row stops at its own, its stops checked on its own tokens, a
-sampled row drawing from its own generator. What a batch must share is the set of stop tokens (HF pads a row
-after any of them), so rows are batched by it."""
+Each row must get exactly the answer the one-at-a-time path (`hf.LocalLM.generate_batch`) gives it: the batch decodes to
+the longest row's max_tokens and each row stops at its own, its stops checked on its own tokens, a sampled row drawing
+from its own generator. What a batch must share is the set of stop tokens (HF pads a row after any of them), so rows are
+batched by it."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Evaluate a group of targets (grouping.py) in one pass: the base loaded once, every checkpoint's adapter beside
-it (shared.py), every target × task as its own inspect Task, samples generated in batches that mix adapters.
+"""Evaluate a group of targets (grouping.py) in one pass: the base loaded once, every checkpoint's adapter beside it
+(shared.py), every target × task as its own inspect Task, samples generated in batches that mix adapters.
 
-Waves of whole targets run together (waves.py), so a pass killed half way keeps the waves it finished and a
-failing task fails alone, named. Memory decides how many adapters sit beside the base at once (their bytes
-against half of what is free, at most MAX_ADAPTERS); where PEFT refuses to mix a chunk, its targets go one at a
-time with its reason."""
+Waves of whole targets run together (waves.py), so a pass killed half way keeps the waves it finished and a failing task
+fails alone, named. Memory decides how many adapters sit beside the base at once (their bytes against half of what is
+free, at most MAX_ADAPTERS); where PEFT refuses to mix a chunk, its targets go one at a time with its reason."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The `tunelab` inspect-ai model provider: a local HF base model, optionally with a LoRA adapter.
 
-Not inspect's `hf/`: prompts must be built by `PromptFormat.encode_prompt`, the very function training used, so
-a checkpoint is evaluated on exactly the tokens it learned to continue and stops where training's answers
-stopped. Built-in tasks send conversations already formatted; a task file's last user message goes into the
-prompt_template as `{input}`. By hand: `inspect eval my_task.py --model tunelab/<run | checkpoint | control dir>`."""
+Not inspect's `hf/`: prompts must be built by `PromptFormat.encode_prompt`, the very function training used, so a
+checkpoint is evaluated on exactly the tokens it learned to continue and stops where training's answers stopped.
+Built-in tasks send conversations already formatted; a task file's last user message goes into the prompt_template as
+`{input}`. By hand: `inspect eval my_task.py --model tunelab/<run | checkpoint | control dir>`."""
 
 from __future__ import annotations
 
@@ -72,10 +72,10 @@ def check_input_template(template: str | None, where: str) -> None:
 class TunelabModelAPI(ModelAPI):
     """inspect-ai provider `tunelab/<name>`; model_args say which weights and prompt format.
 
-    model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path, prompt_template
-    (None: messages as they are), system_prompt, chat_template, template_date, train_on_input, device, dtype,
-    batch_size, max_tokens (when the config sets none), cache_weights (False: load privately, e.g. a grader).
-    GenerateConfig: see decoding.py; each output's metadata records `decoding`, `seed` and the generator seeds."""
+    model_args: base_path (else model_name is a run/checkpoint/control directory), adapter_path, prompt_template (None:
+    messages as they are), system_prompt, chat_template, template_date, train_on_input, device, dtype, batch_size,
+    max_tokens (when the config sets none), cache_weights (False: load privately, e.g. a grader). GenerateConfig: see
+    decoding.py; each output's metadata records `decoding`, `seed` and the generator seeds."""
 
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
                  config: GenerateConfig = GenerateConfig(), *, base_path: str | None = None,

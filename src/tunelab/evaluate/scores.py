@@ -51,8 +51,8 @@ def load_samples(log_path: str | Path, n: int | None = None) -> list[SampleRow]:
 def scored_samples(log_path: str | Path) -> list[Any]:
     """A finished log's samples as scores.json reads them, by sample id.
 
-    From the sample summaries where they hold all of it (reading the samples validates every event: slow). A summary
-    is thinned, so the samples are read instead when a summary may have dropped what scores.json takes."""
+    From the sample summaries where they hold all of it (reading the samples validates every event: slow). A summary is
+    thinned, so the samples are read instead when a summary may have dropped what scores.json takes."""
     from inspect_ai.log import read_eval_log, read_eval_log_sample_summaries
 
     samples: list[Any] = read_eval_log_sample_summaries(str(log_path))

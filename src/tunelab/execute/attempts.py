@@ -1,5 +1,5 @@
-"""The ledger's `attempts` table as typed rows: every ended start of a run's job with its verdict, read back as
-the FailureKind it was."""
+"""The ledger's `attempts` table as typed rows: every ended start of a run's job with its verdict, read back as the
+FailureKind it was."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Why did a job end the way it did? One verdict (FailureKind) from Slurm's accounting, the job's log and the run's
-own files. The run's outputs win over the exit code: a job that finished training then failed later is
-"completed, job exit N", and one that exited 0 without its outputs is failed, said as exactly that."""
+"""Why did a job end the way it did? One verdict (FailureKind) from Slurm's accounting, the job's log and the run's own
+files. The run's outputs win over the exit code: a job that finished training then failed later is "completed, job exit
+N", and one that exited 0 without its outputs is failed, said as exactly that."""
 
 from __future__ import annotations
 
@@ -95,9 +95,9 @@ class Failure:
 def classify(job_state: str | None, exit_code: str | None = None, rows: list[SacctRow] | None = None,
              log_text: str = "", status: Status | None = None, outputs_complete: bool = False,
              expected: str = STATUS_FILE) -> Failure:
-    """Judge one ended job. job_state: its Slurm state, exit_code 'N:S', rows: all its sacct rows, log_text: its
-    output, status: status.json, outputs_complete: the run's files say it completed (or every task scored);
-    expected: what the job writes, named when it exited 0 without it."""
+    """Judge one ended job. job_state: its Slurm state, exit_code 'N:S', rows: all its sacct rows, log_text: its output,
+    status: status.json, outputs_complete: the run's files say it completed (or every task scored); expected: what the
+    job writes, named when it exited 0 without it."""
     rows = rows or []
     states = ({base_state(job_state)} | {r.base_state for r in rows}) - {"", UNSEEN}  # base words, known or not
     code, signal = exit_status(exit_code)
@@ -153,9 +153,9 @@ def exited_zero(status: Status | None, expected: str = STATUS_FILE) -> str:
 
 
 def requeue_verdict(earlier_state: str | None, log_text: str = "", start: int = 0) -> Failure:
-    """The verdict on start `start` of a job Slurm started again under the same id: never the run's failure, so
-    retries spend nothing; it says what the run lived through. A lost node is node_fail, the trainer's own requeue
-    on the time-limit warning a timeout, anything else a preemption. earlier_state: how accounting says it ended."""
+    """The verdict on start `start` of a job Slurm started again under the same id: never the run's failure, so retries
+    spend nothing; it says what the run lived through. A lost node is node_fail, the trainer's own requeue on the
+    time-limit warning a timeout, anything else a preemption. earlier_state: how accounting says it ended."""
     state = base_state(earlier_state)
     sections = log_text.split(JOB_START)[1:]
     text = sections[start] if start < len(sections) else ""

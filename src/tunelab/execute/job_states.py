@@ -1,6 +1,6 @@
-"""The job states every executor reports in (Slurm's names): one vocabulary, and the one rule of which states have
-not ended yet. `JobState.of` reads a scheduler's text ('CANCELLED by 1000') as its base state; a state nobody
-knows has ended."""
+"""The job states every executor reports in (Slurm's names): one vocabulary, and the one rule of which states have not
+ended yet. `JobState.of` reads a scheduler's text ('CANCELLED by 1000') as its base state; a state nobody knows has
+ended."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
-    """Slurm's job state codes plus tunelab's SUBMITTED (not yet seen by a poll) and UNSEEN (the scheduler forgot
-    the job: it has ended, its files say how). The local executor speaks the same words."""
+    """Slurm's job state codes plus tunelab's SUBMITTED (not yet seen by a poll) and UNSEEN (the scheduler forgot the
+    job: it has ended, its files say how). The local executor speaks the same words."""
 
     SUBMITTED = "SUBMITTED"
     UNSEEN = "UNSEEN"

@@ -1,5 +1,5 @@
-"""Views of the ledger's `jobs` table as typed rows. `book`: the directory whose ledger holds the jobs (the
-experiment, or a Slurm node job's private one, which leaves the experiment's ledger to the coordinator)."""
+"""Views of the ledger's `jobs` table as typed rows. `book`: the directory whose ledger holds the jobs (the experiment,
+or a Slurm node job's private one, which leaves the experiment's ledger to the coordinator)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""A training job its scheduler started again under the same id (Slurm's requeue, preemption, a lost node, the
-trainer's own requeue). Nothing is resubmitted and no retry is spent: the next start resumes from the last
-checkpoint. Each ended start is still an attempt row, its verdict from failures.requeue_verdict, so the attempts
-table says "preempted" (never "failed") and the report counts the restart; rows already recorded are counted, so
-a start is recorded once however often the job is polled."""
+"""A training job its scheduler started again under the same id (Slurm's requeue, preemption, a lost node, the trainer's
+own requeue). Nothing is resubmitted and no retry is spent: the next start resumes from the last checkpoint. Each ended
+start is still an attempt row, its verdict from failures.requeue_verdict, so the attempts table says "preempted" (never
+"failed") and the report counts the restart; rows already recorded are counted, so a start is recorded once however
+often the job is polled."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from tunelab.rundir import now_iso
 
 
 def record_restarts(book: Path, job: JobRow, info: JobInfo, run_dir: Path | None, ex: Executor) -> list[Failure]:
-    """Record the starts of `job` that ended in a requeue and are not recorded yet; returns their verdicts.
-    Accounting that has not caught up is waited for while the job is active (a lost node shows only there); with
-    accounting down, or the job ended, the log tells."""
+    """Record the starts of `job` that ended in a requeue and are not recorded yet; returns their verdicts. Accounting
+    that has not caught up is waited for while the job is active (a lost node shows only there); with accounting down,
+    or the job ended, the log tells."""
     if job.kind != JobKind.TRAIN or info.restarts <= 0:
         return []
     mine = [a for a in all_attempts(book) if a.run == job.run and a.job_id == job.job_id]

@@ -1,8 +1,8 @@
 """Which run trains on which GPUs, and when: one policy for the local executor and for the plan's forecast.
 
-Longest estimated run first (LPT list scheduling), each run started when it fits the free GPUs. Runs share a GPU
-(up to `runs_per_gpu`) only when every sharer's predicted peak is known and their sum stays under SHARE_FRACTION
-of its memory. Pure functions: the executor feeds real completions, `plan` estimated durations."""
+Longest estimated run first (LPT list scheduling), each run started when it fits the free GPUs. Runs share a GPU (up to
+`runs_per_gpu`) only when every sharer's predicted peak is known and their sum stays under SHARE_FRACTION of its memory.
+Pure functions: the executor feeds real completions, `plan` estimated durations."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Job arrays: the first training jobs of runs with identical sbatch options go to Slurm as one array, throttled by
-Slurm (`%array_max_running`). Each task is a job of its own to the rest of tunelab (ARRAYID_i); retries use the
-run's own job.sbatch. A multi-node run never goes into an array: it needs its own srun script."""
+Slurm (`%array_max_running`). Each task is a job of its own to the rest of tunelab (ARRAYID_i); retries use the run's
+own job.sbatch. A multi-node run never goes into an array: it needs its own srun script."""
 
 from __future__ import annotations
 

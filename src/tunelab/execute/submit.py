@@ -1,8 +1,8 @@
-"""Submitting a run's jobs through the sweep's executor: its training job, then (a scheduler) its evaluation job
-with afterok, or several runs' first jobs as one group; every job goes to the ledger.
+"""Submitting a run's jobs through the sweep's executor: its training job, then (a scheduler) its evaluation job with
+afterok, or several runs' first jobs as one group; every job goes to the ledger.
 
-A scheduler that cannot take a job now (SchedulerUnavailable) ends nothing: what was not submitted goes back to
-the sweep's queue and is submitted at the next look."""
+A scheduler that cannot take a job now (SchedulerUnavailable) ends nothing: what was not submitted goes back to the
+sweep's queue and is submitted at the next look."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def _later(sweep: Sweep, s: Submission, kind: JobKind, dep: str | None, exc: Sch
 
 
 def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
-    """These runs' training jobs as one submission, then (an array) each run's evaluation job on its own task; a
-    node job trains and evaluates its runs itself, each run getting rows with its id."""
+    """These runs' training jobs as one submission, then (an array) each run's evaluation job on its own task; a node
+    job trains and evaluates its runs itself, each run getting rows with its id."""
     cfgs = list(group.runs)
     script, array = sweep.ex.group_script(group, write=not sweep.dry_run)
     names = ", ".join(c.name for c in cfgs)

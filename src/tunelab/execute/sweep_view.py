@@ -1,5 +1,5 @@
-"""What a sweep shows while it runs: live progress bars when its jobs run here, one line per event when a scheduler
-runs them; every line through tunelab.console, values printed as plain text."""
+"""What a sweep shows while it runs: live progress bars when its jobs run here, one line per event when a scheduler runs
+them; every line through tunelab.console, values printed as plain text."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`tunelab status --watch`: a live table of the sweep (per run progress, loss, speed, ETA; the caller's re-plan)
-until nothing is queued or running; failures and the deadline's warning are printed the moment they are seen."""
+"""`tunelab status --watch`: a live table of the sweep (per run progress, loss, speed, ETA; the caller's re-plan) until
+nothing is queued or running; failures and the deadline's warning are printed the moment they are seen."""
 
 from __future__ import annotations
 

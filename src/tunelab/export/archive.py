@@ -98,8 +98,7 @@ def plan_archive(experiment_dir: str | Path, archive_root: str | Path, keep: str
 
 
 def _copy_verified(src: Path, dest: Path, copy_file: Callable[[Path, Path], object]) -> str:
-    """Copy src to dest (via a temp file, then rename) unless dest already holds the same bytes; return the
-    sha256 both have. Raises TunelabError when the copy does not match its source."""
+    """Copy src to dest (temp file, then rename) unless dest holds the same bytes; the sha256; raises on mismatch."""
     digest = sha256_of(src)
     if dest.is_file() and sha256_of(dest) == digest:
         return digest

@@ -1,5 +1,5 @@
-"""What one tunelab run exports to a tracker, independent of the tracker, read from the ledger and metrics.jsonl, so
-a tracker shows the numbers `tunelab results` shows, step by step."""
+"""What one tunelab run exports to a tracker, independent of the tracker, read from the ledger and metrics.jsonl, so a
+tracker shows the numbers `tunelab results` shows, step by step."""
 
 from __future__ import annotations
 

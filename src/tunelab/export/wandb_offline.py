@@ -1,10 +1,9 @@
-"""`tunelab export DIR --to wandb`: offline W&B runs, written without network (compute nodes can export), that
-`wandb sync` uploads later; one run per tunelab run, grouped by sweep.
+"""`tunelab export DIR --to wandb`: offline W&B runs, written without network (compute nodes can export), that `wandb
+sync` uploads later; one run per tunelab run, grouped by sweep.
 
-Idempotent by run id: each run's id is derived from (experiment dir, run name), so a later export syncs to the
-same W&B run, and one offline directory per id is kept (written in staging, moved in place of the previous).
-`wandb-export.json` records a fingerprint per id, so an unchanged run is not written or uploaded again. wandb is
-an optional extra."""
+Idempotent by run id: each run's id is derived from (experiment dir, run name), so a later export syncs to the same W&B
+run, and one offline directory per id is kept (written in staging, moved in place of the previous). `wandb-export.json`
+records a fingerprint per id, so an unchanged run is not written or uploaded again. wandb is an optional extra."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""A time made of parts (start-up and the rest, training and evaluation) as one interval, combined as the records
-say such parts err together.
+"""A time made of parts (start-up and the rest, training and evaluation) as one interval, combined as the records say
+such parts err together.
 
-With MIN_RECORDS past runs here that recorded every part (`whole_errors`), P10/P90 are the conformal quantiles of
-those runs' own errors. Otherwise the parts are taken as independent (`independent`): each side's distance from
-the centre added in quadrature — never wider than every part at its P10 (or P90) at once, and P10 stays above 0."""
+With MIN_RECORDS past runs here that recorded every part (`whole_errors`), P10/P90 are the conformal quantiles of those
+runs' own errors. Otherwise the parts are taken as independent (`independent`): each side's distance from the centre
+added in quadrature — never wider than every part at its P10 (or P90) at once, and P10 stays above 0."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A plan made while others hold cores prices the slowdown its runs will suffer, measured where it can be: the
-median slowdown of earlier runs under a like load (ledger/slowdown.py), else the load's share of the cores (a
-lower bound); the source says which. A speed from rows timed under load already holds it and is left as it is."""
+"""A plan made while others hold cores prices the slowdown its runs will suffer, measured where it can be: the median
+slowdown of earlier runs under a like load (ledger/slowdown.py), else the load's share of the cores (a lower bound); the
+source says which. A speed from rows timed under load already holds it and is left as it is."""
 
 from __future__ import annotations
 

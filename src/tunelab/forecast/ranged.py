@@ -1,5 +1,5 @@
-"""Each predicted time of a plan corrected by its source's recorded errors here, with its interval; the raw figures
-stay in run.yaml beside the corrected ones, for the next record."""
+"""Each predicted time of a plan corrected by its source's recorded errors here, with its interval; the raw figures stay
+in run.yaml beside the corrected ones, for the next record."""
 
 from __future__ import annotations
 

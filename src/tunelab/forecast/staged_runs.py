@@ -1,6 +1,6 @@
-"""Estimates of a staged run: every stage estimated as the run it trains by the one per-run estimator, then
-combined. Stages run one after another in one job (each reloads the model), so times add up; memory is the worst
-stage's, since the job must fit every stage."""
+"""Estimates of a staged run: every stage estimated as the run it trains by the one per-run estimator, then combined.
+Stages run one after another in one job (each reloads the model), so times add up; memory is the worst stage's, since
+the job must fit every stage."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A job's threads fitted to the cores others leave it as it starts. OpenMP threads meet at a barrier after every
-operation, so a thread sharing a core with a hog sets the pace of all, while one thread on a free core runs near
-its idle speed. So a one-process job measures the load on its cores over its own imports and, where others held
-cores, gives torch threads for the cores left (at least one). A user's OMP_NUM_THREADS and distributed ranks are
-left as they are; the choice goes to summary.json's `threads`."""
+operation, so a thread sharing a core with a hog sets the pace of all, while one thread on a free core runs near its
+idle speed. So a one-process job measures the load on its cores over its own imports and, where others held cores, gives
+torch threads for the cores left (at least one). A user's OMP_NUM_THREADS and distributed ranks are left as they are;
+the choice goes to summary.json's `threads`."""
 
 from __future__ import annotations
 

@@ -56,8 +56,7 @@ def cgroup_dirs(proc: Path = PROC_SELF) -> list[Path]:
 
 
 def _cpu_mounts(lines: list[str]) -> dict[str, tuple[str, Path]]:
-    """{'v2' | 'v1': (the cgroup path the mount shows as its root, its mount point)} from mountinfo's lines: the
-    cgroup2 mount, and the v1 mount holding the cpu controller."""
+    """{'v2' | 'v1': (the cgroup path the mount shows as root, its mount point)} of the cpu controller's mounts."""
     out: dict[str, tuple[str, Path]] = {}
     for line in lines:
         head, _, tail = line.partition(" - ")

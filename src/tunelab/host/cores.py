@@ -107,8 +107,7 @@ def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, s
 
 
 def sibling_groups(cpus: list[int], sysfs: Path = SYSFS_CPU) -> list[list[int]]:
-    """`cpus` grouped by physical core (SMT siblings from `thread_siblings_list`), groups in order of their first
-    CPU. A CPU whose topology cannot be read (not Linux) is a core of its own."""
+    """`cpus` grouped by physical core (SMT siblings), in order of first CPU; unreadable topology: a core each."""
     wanted, seen, groups = set(cpus), set(), []
     for cpu in sorted(wanted):
         if cpu in seen:

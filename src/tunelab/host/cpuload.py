@@ -201,8 +201,7 @@ class LoadWindow:
 
     @property
     def slowdown(self) -> float:
-        """How much slower than alone: the cores its threads could use over the cores others left it (≥ 1; 1 on a
-        GPU)."""
+        """How much slower than alone: the cores its threads could use over those others left it (≥ 1; 1 on a GPU)."""
         if self.gpu:
             return 1.0
         wanted = min(max(self.threads, 1), self.cores)

@@ -91,8 +91,8 @@ _ROW = re.compile(r"^\s*(\S+)\s+(\d+)\*?\s+(\d+)\s+(\d+)\b")
 
 
 def parse_quota(text: str, mount: str, source: str, device: str | None = None) -> Quota | None:
-    """The row of `lfs quota -q` / `quota -w -p` for this mount: used, soft and hard limit in KiB; the tightest
-    non-zero is the limit. A long filesystem name alone on its line (lfs wraps it) is read with the next line."""
+    """The row of `lfs quota -q` / `quota -w -p` for this mount: used, soft and hard limit in KiB; the tightest non-zero
+    is the limit. A long filesystem name alone on its line (lfs wraps it) is read with the next line."""
     lines = text.splitlines()
     for i, line in enumerate(lines[:-1]):
         if line.strip() in {mount, device}:

@@ -1,9 +1,9 @@
 """A heavy process's start: the libraries it is about to use imported with the garbage collector off, then frozen.
 
-Importing torch, transformers and their kin creates a million long-lived objects and next to no garbage, and that
-growth sets off full collections that walk every object imported so far, again and again (docs/benchmarks.md).
-After the imports the objects are frozen (`gc.freeze`) and collection resumes. Modules already imported are not
-imported again and nothing is frozen then, so a long-lived process keeps its collector as it is."""
+Importing torch, transformers and their kin creates a million long-lived objects and next to no garbage, and that growth
+sets off full collections that walk every object imported so far, again and again (docs/benchmarks.md). After the
+imports the objects are frozen (`gc.freeze`) and collection resumes. Modules already imported are not imported again and
+nothing is frozen then, so a long-lived process keeps its collector as it is."""
 
 from __future__ import annotations
 

@@ -24,8 +24,7 @@ LIBRARY_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """The threads of one process: `torch` (None: torch's own default), the cores its processes share, how many
-    processes share them, where the figures came from and which limit set the cores (cores.py)."""
+    """The threads of one process (`torch` None: torch's default), the cores its processes share, and the sources."""
 
     torch: int | None
     cores_given: int

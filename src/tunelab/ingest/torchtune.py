@@ -55,8 +55,8 @@ class ParsedRun:
     step_losses: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, global step, loss)
 
     def training_peak(self) -> tuple[float | None, MemoryKind | None]:
-        """(GiB, memory_kind) of the training peak from the log's counters: allocated first, then reserved (each has
-        a simulated counterpart), then active (none, recorded all the same); (None, None) without any."""
+        """(GiB, memory_kind) of the training peak from the log's counters: allocated first, then reserved (each has a
+        simulated counterpart), then active (none, recorded all the same); (None, None) without any."""
         for counter, kind in PEAK_KINDS:
             if counter in self.peak_memory_gib:
                 return self.peak_memory_gib[counter], kind

@@ -20,8 +20,7 @@ VALIDATIONS_PER_EPOCH = 4  # validation loss this often when tracked: enough poi
 
 @dataclass(frozen=True)
 class InitDefaults:
-    """What `tunelab init` takes for a question left unanswered, in one place: the wizard proposes these and the
-    flags assume them, so the same answers write the same spec either way."""
+    """What `tunelab init` takes for an unanswered question: the wizard's proposals and the flags' defaults alike."""
 
     vary: dict[str, list[Any]] = field(default_factory=dict)  # no factor: one run per model × dataset
     # field rows read their input column; prompt/completion rows: '{input}' is the prompt; chat rows: unused

@@ -38,8 +38,7 @@ def find_models(roots: list[Path]) -> list[Path]:
 
 
 def find_datasets(root: Path) -> list[Path]:
-    """Data files (JSON, JSONL, CSV, TSV, Parquet) at most MAX_DEPTH levels under root, skipping hidden
-    directories and experiment outputs (runs/, controls/, report/)."""
+    """Data files at most MAX_DEPTH levels under root, skipping hidden directories and experiment outputs."""
     skip = {"runs", "controls", "eval_only", "report", "node_modules", "__pycache__"}
     found = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -1,7 +1,7 @@
 """The history's generation table: how fast each model generated, for predicting evaluations. Probed rows (`tunelab
 probe`) and measured ones (a finished target × task's scores.json, recorded by the coordinator: jobs do not write
-SQLite). Keyed by what it measured (model + device; an evaluation's identity), so ingesting the same measurement
-again, from a moved or copied experiment too, replaces its row."""
+SQLite). Keyed by what it measured (model + device; an evaluation's identity), so ingesting the same measurement again,
+from a moved or copied experiment too, replaces its row."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def probed_row(model_path: str, result: ProbeResult, where: str) -> GenerationRo
 
 
 def measured_row(run_dir: Path, scores: TaskScores, key: str | None = None) -> GenerationRow | None:
-    """A finished evaluation's throughput as a row (None without token counts). key: its identity (None: its
-    directory, the key before identities)."""
+    """A finished evaluation's throughput as a row (None without token counts). key: its identity (None: its directory,
+    the key before identities)."""
     if scores.generated_tokens is None or scores.samples <= 0:
         return None
     where = task_dir(run_dir, scores.label, scores.task)

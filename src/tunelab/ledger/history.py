@@ -272,8 +272,7 @@ def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | N
 
 
 def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None) -> HistoryRun:
-    """A history row from a completed tunelab run (its run.yaml and summary.json); key: the run's identity
-    (rundir/identity.training_key, read from its files when not given)."""
+    """A history row from a completed tunelab run; key: the run's identity (read from its files when not given)."""
     t = cfg.training
     if t is None:
         raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")

@@ -114,8 +114,7 @@ def _device(summary: Summary | None) -> str:
 
 
 def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = None) -> list[PredictionRecord]:
-    """The training job's parts (start-up and the rest) where run.yaml predicted them, keyed by the training's
-    identity and the part."""
+    """The training job's parts (start-up and the rest) where predicted, keyed by the training's identity."""
     est = cfg.estimate
     if est is None or cfg.training is None or summary.duration_s is None:
         return []

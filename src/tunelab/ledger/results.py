@@ -108,8 +108,7 @@ class RunRecord:
 
 
 def eval_records(rows: list[ledger.EvalRow], task_order: list[str]) -> list[EvalRecord]:
-    """Ledger eval rows (one per metric) → one record per checkpoint × task, ordered by checkpoint (base
-    first, then epochs), then task."""
+    """Ledger eval rows (one per metric) → one record per checkpoint × task, base first, then epochs, then task."""
     grouped: dict[tuple[str, str], list[ledger.EvalRow]] = {}
     for r in rows:
         grouped.setdefault((r.label, r.task), []).append(r)

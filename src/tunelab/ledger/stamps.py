@@ -1,6 +1,6 @@
-"""What the ledger last ingested of each run: the stamps (mtime_ns, size, inode: an atomic replace changes the
-inode) of the files read and of the config, so unchanged runs are not read again. Taken before reading and stored
-in the same transaction, so a change or kill during ingest means the next reads the run again."""
+"""What the ledger last ingested of each run: the stamps (mtime_ns, size, inode: an atomic replace changes the inode) of
+the files read and of the config, so unchanged runs are not read again. Taken before reading and stored in the same
+transaction, so a change or kill during ingest means the next reads the run again."""
 
 from __future__ import annotations
 

@@ -202,8 +202,7 @@ INGESTED = IngestCount()
 
 
 def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None = None) -> str:
-    """Replace the ledger's view of one run with what its directory holds now; return its state.
-    config_json: the run's config as the ledger stores it, when the caller has it already."""
+    """Replace the ledger's view of one run with what its directory holds now; return its state."""
     INGESTED.runs += 1
     summary = read_summary(cfg.run_dir)
     status = read_status(cfg.run_dir)
@@ -304,8 +303,7 @@ def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, s
 def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None, executor: str | None,
                    job_id: str | None, started_at: str | None, finished_at: str | None, exit_code: int | None,
                    state: str | None, reason: str | None) -> None:
-    """One ended start of a run's job (table attempts; `state`: the verdict, execute/failures.FailureKind's
-    value; read back as typed rows by execute/attempts.all_attempts)."""
+    """One ended start of a run's job on `node` (table attempts; `state`: its FailureKind's value)."""
     _insert(experiment_dir, "attempts", dict(
         run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
         exit_code=exit_code, state=state, reason=reason))

@@ -1,7 +1,7 @@
 """The config.json facts of well-known base models, typed: the one source of the catalog's Architecture, the memory
-simulator's model and `tunelab models random`, so a plan for a cluster can be made on a laptop and a random-init
-copy is the real shape. Each entry is the base model's hub config.json cut to what decides the model (shapes,
-rope, norms, biases, windows, tying, special ids), in the hub's key format."""
+simulator's model and `tunelab models random`, so a plan for a cluster can be made on a laptop and a random-init copy is
+the real shape. Each entry is the base model's hub config.json cut to what decides the model (shapes, rope, norms,
+biases, windows, tying, special ids), in the hub's key format."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The attention a run trains with: chosen once per run (written into run.yaml), the same for the job and the
-memory simulator. `auto`: packed rows attend per example through tunelab's `varlen` (models/varlen.py), never a
-dense (ΣT)² mask; padded batches use SDPA. `sdpa` or `eager` with packing are honoured, priced and said in plan.md."""
+"""The attention a run trains with: chosen once per run (written into run.yaml), the same for the job and the memory
+simulator. `auto`: packed rows attend per example through tunelab's `varlen` (models/varlen.py), never a dense (ΣT)²
+mask; padded batches use SDPA. `sdpa` or `eager` with packing are honoured, priced and said in plan.md."""
 
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ def usual_modes(tmp: Path) -> None:
 
 
 def move_into_place(tmp: Path, out: Path, force: bool, complete: Callable[[Path], bool] = lambda _p: False) -> bool:
-    """Rename tmp to out; False when a concurrent builder put a complete model there first. An empty out is
-    replaced; with force, a non-empty one is set aside, then removed."""
+    """Rename tmp to out (an empty out replaced; with force a full one set aside, then removed); False when a concurrent
+    builder put a complete model there first."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     old = None

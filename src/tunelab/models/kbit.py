@@ -1,11 +1,11 @@
 """How the frozen base of a QLoRA run is prepared: one place for the trainer and the memory simulator, so the step
 simulated is the step that runs.
 
-peft's `prepare_model_for_kbit_training` casts every 16-bit parameter that is not 4-bit to fp32 (embeddings,
-head, norms): on a large vocabulary that doubles their memory, and the fp32 embedding puts the whole residual
-stream in fp32. `frozen_dtype`: `float32` is peft's casts; `compute` keeps the frozen parameters as loaded, as
-axolotl and torchtune do; `auto` is `compute` under bf16 (numerically safe: the values were loaded in bf16, and
-bf16 has fp32's range) and `float32` under fp16, whose narrow range is what peft's upcast guards against."""
+peft's `prepare_model_for_kbit_training` casts every 16-bit parameter that is not 4-bit to fp32 (embeddings, head,
+norms): on a large vocabulary that doubles their memory, and the fp32 embedding puts the whole residual stream in fp32.
+`frozen_dtype`: `float32` is peft's casts; `compute` keeps the frozen parameters as loaded, as axolotl and torchtune do;
+`auto` is `compute` under bf16 (numerically safe: the values were loaded in bf16, and bf16 has fp32's range) and
+`float32` under fp16, whose narrow range is what peft's upcast guards against."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def frozen_casts(model: Any, frozen: str) -> list[FrozenCast]:
 
 
 def prepare_kbit(model: Any, frozen: str, checkpointing: bool) -> Any:
-    """peft's k-bit preparation with the frozen dtype resolved: freeze the base, make the casts, and with
-    checkpointing make the embeddings' output require grad (as peft does)."""
+    """peft's k-bit preparation with the frozen dtype resolved: freeze the base, make the casts, and with checkpointing
+    make the embeddings' output require grad (as peft does)."""
     import torch
 
     frozen = resolve_frozen_dtype(frozen, model.get_input_embeddings().weight.dtype)

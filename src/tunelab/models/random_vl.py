@@ -1,7 +1,7 @@
 """What `tunelab models random` needs beyond text for the vision-language architectures: the nested config cut to a
-depth, and the processor files built locally as tiny_vl.py builds them, with the family's special tokens at their
-real ids and the real vocabulary size. `--layers K` keeps the first K layers of the language model and of the
-vision tower (itself large), with the blocks the vision config names kept where they fall."""
+depth, and the processor files built locally as tiny_vl.py builds them, with the family's special tokens at their real
+ids and the real vocabulary size. `--layers K` keeps the first K layers of the language model and of the vision tower
+(itself large), with the blocks the vision config names kept where they fall."""
 
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int |
 
 def build_tokenizer(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None,
                     model_max_length: int = 2048, unk_token: str | None = None):
-    """Byte-level tokenizer: chat specials + 256 bytes (+ fillers up to `size`), no merges; `unk_token` names one
-    anyway so tokenizer classes do not add their own."""
+    """Byte-level tokenizer: chat specials + 256 bytes (+ fillers up to `size`), no merges; `unk_token` is named anyway
+    so tokenizer classes add none of their own."""
     from transformers import PreTrainedTokenizerFast
 
     vocab = vocabulary(size, bos_id, eos_id)

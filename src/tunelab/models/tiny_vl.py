@@ -1,6 +1,6 @@
-"""Tiny vision-language models of the real Qwen2.5-VL and Qwen3-VL architectures, built offline from a seed, with
-the family's image processor, special tokens and real chat template (TRL's copy), so every path that loads a
-Qwen VLM from disk (processor, image tokens, M-RoPE, the merger) runs on a CPU in seconds."""
+"""Tiny vision-language models of the real Qwen2.5-VL and Qwen3-VL architectures, built offline from a seed, with the
+family's image processor, special tokens and real chat template (TRL's copy), so every path that loads a Qwen VLM from
+disk (processor, image tokens, M-RoPE, the merger) runs on a CPU in seconds."""
 
 from __future__ import annotations
 

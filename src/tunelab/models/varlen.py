@@ -1,7 +1,7 @@
 """Per-sequence attention over packed rows: what `attention: varlen` (and `auto` with packing) trains with.
 
-TRL's padding-free collator flattens a packed micro-batch into one row with restarting `position_ids`; SDPA would
-need a dense (ΣT)² mask. Here each example attends on its own: on a CUDA GPU through PyTorch's `varlen_attn`
+TRL's padding-free collator flattens a packed micro-batch into one row with restarting `position_ids`; SDPA would need a
+dense (ΣT)² mask. Here each example attends on its own: on a CUDA GPU through PyTorch's `varlen_attn`
 (models/varlen_call.py), elsewhere or where that kernel cannot serve the layer by SDPA on each example's slice.
 Boundaries come from `cu_seq_lens_q`, else from `position_ids`, so an all-ones mask cannot join examples."""
 

@@ -1,8 +1,8 @@
-"""PyTorch's `varlen_attn` called the way the installed release takes it: its signature read once, the call
-adapted, since its keywords changed in every release from 2.10 (causality a flag, then a window; `enable_gqa`
-from 2.12). Passing a keyword a release lacks crashed a GPU lease. Without `enable_gqa` the key/value heads are
-repeated (the simulator prices the copies), a scale is folded into the query (exact), and a window the release
-cannot take sends the layer to per-sequence SDPA (models/varlen.py)."""
+"""PyTorch's `varlen_attn` called the way the installed release takes it: its signature read once, the call adapted,
+since its keywords changed in every release from 2.10 (causality a flag, then a window; `enable_gqa` from 2.12). Passing
+a keyword a release lacks crashed a GPU lease. Without `enable_gqa` the key/value heads are repeated (the simulator
+prices the copies), a scale is folded into the query (exact), and a window the release cannot take sends the layer to
+per-sequence SDPA (models/varlen.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """How many tokens an image becomes: one rule for plan.md, the data path and the memory simulator.
 
 Qwen-VL processors resize an image to multiples of `patch_size * merge_size` within [min_pixels, max_pixels]
-(transformers' `smart_resize`, called rather than re-derived), cut it into patches (grid t·h·w rows of
-`pixel_values`), and the merger folds `merge_size`² patches into one `<|image_pad|>` token. The families differ in
-patch size and pixel bounds (FAMILY_PIXELS, from their published configs)."""
+(transformers' `smart_resize`, called rather than re-derived), cut it into patches (grid t·h·w rows of `pixel_values`),
+and the merger folds `merge_size`² patches into one `<|image_pad|>` token. The families differ in patch size and pixel
+bounds (FAMILY_PIXELS, from their published configs)."""
 
 from __future__ import annotations
 
@@ -140,8 +140,8 @@ def budget_image(geometry: VisionGeometry) -> ImageTokens:
 
 
 def geometry_from_config(config: dict[str, Any], processor: dict[str, Any] | None = None) -> VisionGeometry:
-    """A VLM's geometry from its config.json and preprocessor_config.json: the processor's values win where it
-    states them (it builds `pixel_values`), else the vision config's, else the family's defaults."""
+    """A VLM's geometry from its config.json and preprocessor_config.json: the processor's values win where it states
+    them (it builds `pixel_values`), else the vision config's, else the family's defaults."""
     model_type = str(config.get("model_type", ""))
     vision = config.get("vision_config")
     if not isinstance(vision, dict) or "patch_size" not in vision:

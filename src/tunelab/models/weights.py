@@ -70,8 +70,8 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 class Scratch:
-    """The two chunk buffers (float32 draws, their cast), reused across chunks and tensors: fresh 64 MB
-    allocations per chunk would cost as much kernel time (page faults) as the drawing itself."""
+    """The two chunk buffers (float32 draws, their cast), reused: fresh allocations per chunk cost as much as
+    drawing."""
 
     def __init__(self, dtype: str) -> None:
         import torch

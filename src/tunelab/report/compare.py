@@ -1,6 +1,6 @@
-"""`tunelab compare A B …`: runs of one or several experiments (or single run directories) side by side: each
-task's primary metric on the last evaluated checkpoint, and the run.yaml fields that differ — what can explain a
-difference in loss or score."""
+"""`tunelab compare A B …`: runs of one or several experiments (or single run directories) side by side: each task's
+primary metric on the last evaluated checkpoint, and the run.yaml fields that differ — what can explain a difference in
+loss or score."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""What the experiment planned, against what its directories hold: every run the spec designs and every evaluation
-each should have (the `eval.epochs` checkpoints × `eval.tasks`, on every sample of the task's split). A run counts
-as evaluated only when nothing planned is missing, so no ✓ stands over checkpoints, tasks or samples still to come."""
+"""What the experiment planned, against what its directories hold: every run the spec designs and every evaluation each
+should have (the `eval.epochs` checkpoints × `eval.tasks`, on every sample of the task's split). A run counts as
+evaluated only when nothing planned is missing, so no ✓ stands over checkpoints, tasks or samples still to come."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ class AbsentRun:
 
 def absent_runs(spec: ExperimentSpec, experiment_dir: Path, present: set[str], adopted: bool
                 ) -> tuple[list[AbsentRun], str | None]:
-    """The designed runs with no directory here, or ([], why not) where the design cannot be expanded now. An
-    adopted experiment's runs are named by their sources: only its controls and eval-only runs are checked."""
+    """The designed runs with no directory here, or ([], why not) where the design cannot be expanded now. An adopted
+    experiment's runs are named by their sources: only its controls and eval-only runs are checked."""
 
     try:
         designed = expand_runs(spec, experiment_dir, experiment_dir)

@@ -159,8 +159,7 @@ class RunData:
         return f"{label} ({stage})" if stage else label
 
     def stage_starts(self) -> list[tuple[int, str]]:
-        """(step before its first, name) of each stage begun: the completed ones (stages.json), and the next
-        one once the run logged a step beyond them."""
+        """(step before its first, name) of each stage begun: the completed ones, and the next once it logged a step."""
         starts = [(r.first_step, r.name) for r in self.stages]
         done, after = len(self.stages), self.stages[-1].last_step if self.stages else 0
         if done < len(self.config.stages) and any(p.step > after for p in self.train_loss + self.val_loss):

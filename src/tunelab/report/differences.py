@@ -1,5 +1,5 @@
-"""How the report writes a difference: the estimate with its 95 % interval and whether it excludes zero (fractions
-as percentage points). Apart, so findings and the Evaluation section share it without importing each other."""
+"""How the report writes a difference: the estimate with its 95 % interval and whether it excludes zero (fractions as
+percentage points). Apart, so findings and the Evaluation section share it without importing each other."""
 
 from __future__ import annotations
 

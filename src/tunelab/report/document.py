@@ -1,5 +1,5 @@
-"""A small document model the report is composed in once, then rendered to Markdown and HTML; inline marks are
-**bold** and `code` only, the same in both."""
+"""A small document model the report is composed in once, then rendered to Markdown and HTML; inline marks are **bold**
+and `code` only, the same in both."""
 
 from __future__ import annotations
 

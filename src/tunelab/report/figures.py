@@ -316,8 +316,7 @@ def epoch_ticks(data: ReportData, epochs: list[int]) -> list[str]:
 
 
 def stage_changes(data: ReportData, epochs: list[int]) -> list[tuple[float, str]]:
-    """(x, stage) where a stage every run shares begins between the evaluated epochs: half an epoch before
-    its first (a stage may be evaluated only at its end)."""
+    """(x, stage) where a stage every run shares begins: half an epoch before its first evaluated epoch."""
     span = range(epochs[0], epochs[-1] + 1) if epochs else range(0)
     stage = {e: lab.split("/")[0] for e in span if (lab := data.shared_stage(e))}
     return [(e - 0.5, stage[e]) for e in span[1:] if e - 1 in stage and e in stage and stage[e - 1] != stage[e]]

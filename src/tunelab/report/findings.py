@@ -247,8 +247,8 @@ def issue_steps(f: Findings) -> list[str]:
 
 
 def evaluation_steps(data: ReportData) -> list[str]:
-    """Evaluate what is missing (`tunelab eval` skips what has its scores.json), re-evaluate what was cut short
-    (--force), scaffold the designed runs that have no directory."""
+    """Evaluate what is missing, re-evaluate what was cut short (--force), scaffold designed runs without a
+    directory."""
     exp = data.experiment_dir
     steps = []
     if data.absent:

@@ -1,5 +1,5 @@
-"""The report's GPU utilization section from the job's NVML samples; runs below LOW_UTILIZATION_PCT are flagged.
-No samples: no section."""
+"""The report's GPU utilization section from the job's NVML samples; runs below LOW_UTILIZATION_PCT are flagged. No
+samples: no section."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The report's "Image answers" section: a few test pictures of an image task with the expected answer, the best
-fine-tuned run's and the control's, so a reader sees what the scores mean (scores.json's per-sample records; one
-PNG of thumbnails under report/figures/)."""
+fine-tuned run's and the control's, so a reader sees what the scores mean (scores.json's per-sample records; one PNG of
+thumbnails under report/figures/)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The report's Key findings section, each finding with its evidence: a factor's effect is stated when it rests on
-seed replicates, else listed after the others as an observation."""
+"""The report's Key findings section, each finding with its evidence: a factor's effect is stated when it rests on seed
+replicates, else listed after the others as an observation."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Why a run (or the sweep) took longer than predicted: each likely cause priced in seconds from what was recorded
-(data wait, failed attempts, start-up, speed against the prediction; an evaluation's source and tokens; jobs'
-queue waits), largest first; one explaining under MIN_SHARE of the excess is left out."""
+"""Why a run (or the sweep) took longer than predicted: each likely cause priced in seconds from what was recorded (data
+wait, failed attempts, start-up, speed against the prediction; an evaluation's source and tokens; jobs' queue waits),
+largest first; one explaining under MIN_SHARE of the excess is left out."""
 
 from __future__ import annotations
 

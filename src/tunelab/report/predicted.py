@@ -1,6 +1,6 @@
-"""Predicted, then checked: what the plan predicted of each run and the sweep (run.yaml's estimate) against what
-the run's files and the ledger measured. A time outside its P10–P90 (without one: more than OVERRUN_MARGIN off)
-is flagged, its causes from recorded measurements (report/overruns.py), never a guess.
+"""Predicted, then checked: what the plan predicted of each run and the sweep (run.yaml's estimate) against what the
+run's files and the ledger measured. A time outside its P10–P90 (without one: more than OVERRUN_MARGIN off) is flagged,
+its causes from recorded measurements (report/overruns.py), never a guess.
 
 Each measured figure from one file: training, summary.json's start-up + duration + finish; evaluation, each
 scores.json's duration_s, shared evenly among target × tasks run at once; peak memory, summary.json's against the

@@ -57,8 +57,7 @@ class RateSource:
 
 
 def rate_sources(data: ReportData, trials: Mapping[str, Sized]) -> dict[str, RateSource]:
-    """Each combination's source of its runs' rate, in the runs' order ({} without a `tune:` block); `trials`: each
-    combination's trials as the report read them (tuning_trials.read_trials)."""
+    """Each combination's source of its runs' rate ({} without `tune:`); `trials`: its trials as read."""
     tune = data.spec.tune if data.spec is not None else None
     if data.spec is None or tune is None:
         return {}

@@ -1,5 +1,5 @@
-"""The report's Replicates section: `seed` swept is replication, not a factor to win. Runs differing only in seed
-are one configuration, scored by the mean with a t interval, each factor's effect set against the seed SD."""
+"""The report's Replicates section: `seed` swept is replication, not a factor to win. Runs differing only in seed are
+one configuration, scored by the mean with a t interval, each factor's effect set against the seed SD."""
 
 from __future__ import annotations
 

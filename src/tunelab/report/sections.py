@@ -1,5 +1,5 @@
-"""The report's content, composed once into a Document that Markdown and HTML both render, so they never disagree;
-each table's caption names the files its numbers come from."""
+"""The report's content, composed once into a Document that Markdown and HTML both render, so they never disagree; each
+table's caption names the files its numbers come from."""
 
 from __future__ import annotations
 

@@ -88,8 +88,7 @@ def judge(tuned: FactorEffect, default: FactorEffect | None, missing: dict[Any, 
 
 
 def rate_comparisons(data: ReportData, sources: dict[str, RateSource] | None = None) -> list[RateComparison]:
-    """Each factor effect of the runs beside the same effect of their default-lr twins ([] without twins);
-    `sources`: where each combination's rate came from (default: read now)."""
+    """Each factor effect of the runs beside the same effect of their default-lr twins ([] without twins)."""
     if not data.twins:
         return []
     sources = rate_sources(data, read_trials(data.experiment_dir)) if sources is None else sources

@@ -1,7 +1,7 @@
-"""The run directory as a typed contract between the job that writes it and everyone who reads it: the training
-job is the only writer of its files (evaluation of eval/*/scores.json), the coordinator only reads. Each file's
-name is in `layout`, its record and its read and write functions in one module; records keep the exact JSON keys
-on disk, so experiments written before stay readable."""
+"""The run directory as a typed contract between the job that writes it and everyone who reads it: the training job is
+the only writer of its files (evaluation of eval/*/scores.json), the coordinator only reads. Each file's name is in
+`layout`, its record and its read and write functions in one module; records keep the exact JSON keys on disk, so
+experiments written before stay readable."""
 
 from tunelab.rundir.checkpoints import Counters, complete_epochs, epoch_dir, is_complete_checkpoint
 from tunelab.rundir.layout import (

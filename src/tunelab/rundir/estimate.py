@@ -1,7 +1,7 @@
-"""The planner's estimate of one run, as run.yaml carries it (`estimate:`): written by scaffold, read by field by
-the time limits, placement, the watch view, the history and the report. One model for writer and readers, so a
-renamed field fails mypy instead of reading as None; older files load (defaults; unknown keys kept). Every field
-is described: `plan --json` and the MCP plan tool's schema document it."""
+"""The planner's estimate of one run, as run.yaml carries it (`estimate:`): written by scaffold, read by field by the
+time limits, placement, the watch view, the history and the report. One model for writer and readers, so a renamed field
+fails mypy instead of reading as None; older files load (defaults; unknown keys kept). Every field is described: `plan
+--json` and the MCP plan tool's schema document it."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class StageEstimate(_Record):
 
 
 class LeverSource(StrEnum):
-    """Where a lever's choice came from: the memory simulator, measured costs (probe or history), an assumption,
-    the spec (a field the user set wins), or the job itself."""
+    """Where a lever's choice came from: the memory simulator, measured costs (probe or history), an assumption, the
+    spec (a field the user set wins), or the job itself."""
 
     SIMULATED = "simulated"
     PROBED = "probed"

@@ -64,8 +64,7 @@ def read_metrics(run_dir: str | Path) -> list[MetricRow]:
 
 
 def append_metric(run_dir: str | Path, row: MetricRow) -> None:
-    """One row at the end of the file, flushed (a reader polls it while the run trains); a full disk raises
-    NoSpaceError (a cut-off row is skipped by readers and dropped at resume)."""
+    """One row appended and flushed (readers poll it); a full disk raises NoSpaceError (a cut row is skipped)."""
     append_text(metrics_path(run_dir), json.dumps(row.to_json()) + "\n")
 
 

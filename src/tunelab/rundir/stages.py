@@ -59,8 +59,7 @@ NO_STAGE: dict[str, Any] = dict.fromkeys(STAGE_FIELDS)  # an unstaged checkpoint
 
 @dataclass(frozen=True)
 class CheckpointStage:
-    """Where a staged run's checkpoint epoch_N sits: its stage, its epoch within the stage, and whether the
-    stage ends on it (the checkpoint scored "after the stage")."""
+    """Where a staged run's epoch_N sits: its stage, its epoch there, and whether the stage ends on it."""
 
     stage: str
     epoch: int

@@ -70,8 +70,8 @@ def read_status(run_dir: str | Path) -> Status:
 
 
 def write_status(run_dir: str | Path, **changes: Any) -> Status:
-    """Merge `changes` into status.json, stamped with time, host and pid; atomic, keeping exactly the keys it was
-    given. A process that writes it again and again holds it instead (StatusWriter)."""
+    """Merge `changes` into status.json, stamped with time, host and pid; atomic, keeping exactly the keys it was given.
+    A process that writes it again and again holds it instead (StatusWriter)."""
     return StatusWriter(run_dir).write(**changes)
 
 
@@ -79,8 +79,8 @@ PROGRESS_FIELDS = frozenset({"step", "epoch", "total_steps"})
 
 
 class StatusWriter:
-    """status.json held by its writer: read once, then each change merged in memory and the file replaced whole,
-    so the writer never reads back what it wrote (the job's main process holds one)."""
+    """status.json held by its writer: read once, then each change merged in memory and the file replaced whole, so the
+    writer never reads back what it wrote (the job's main process holds one)."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / STATUS_FILE

@@ -93,8 +93,7 @@ class StepCost(JsonRecord):
 
 @dataclass(kw_only=True)
 class ProcessMemory(JsonRecord):
-    """What one process of a run held at the end of training: its parameters' storage (a shard's
-    under FSDP, the whole model's under DDP), its optimizer state's, and its peak resident memory."""
+    """What one process held at the end of training: its parameters' and optimizer state's storage, its peak RSS."""
 
     rank: int
     frozen_param_bytes: int

@@ -100,8 +100,7 @@ def write_pruned(run_dir: str | Path, pruned: Pruned) -> Path:
 
 
 def combination_runs(spec: ExperimentSpec, runs: list[RunConfig]) -> dict[str, list[RunConfig]]:
-    """The fine-tuned runs by the combination of `tune.per` levels they belong to, in design order (controls never
-    train: never tuned). The search, its price and the tuned rates all group runs by this one rule."""
+    """The fine-tuned runs by their `tune.per` combination, in design order: the one grouping rule of the search."""
     if spec.tune is None:
         return {}
     per = spec.tune.per_factors(spec.factors)

@@ -1,9 +1,9 @@
 """Which sample loop evaluates a target × task: tunelab's own (evaluate/batched.py) or inspect-ai's.
 
-One rule for both sides of a prediction: the evaluator routes each target × task by it, and the plan prices each
-task's work per sample by the loop it names. It lives in the spec's layer, below both, reading only the spec and
-the model directory. A lone target takes the loop a target in a pass takes. What keeps inspect-ai's loop: a task
-file, the vLLM engine, a vision-language model, and `--inspect-loop` / `--one-at-a-time` (unknown at plan time)."""
+One rule for both sides of a prediction: the evaluator routes each target × task by it, and the plan prices each task's
+work per sample by the loop it names. It lives in the spec's layer, below both, reading only the spec and the model
+directory. A lone target takes the loop a target in a pass takes. What keeps inspect-ai's loop: a task file, the vLLM
+engine, a vision-language model, and `--inspect-loop` / `--one-at-a-time` (unknown at plan time)."""
 
 from __future__ import annotations
 

@@ -109,8 +109,8 @@ class VllmSpec(_Strict):
         return self.python or os.environ.get(VLLM_PYTHON_ENV) or None
 
     def named(self) -> bool:
-        """A vLLM is named for this spec (`url`, or an interpreter by `named_python`): the one rule by which the
-        plan prices vLLM and the evaluation finds it, so the two never disagree."""
+        """A vLLM is named for this spec (`url`, or an interpreter by `named_python`): the one rule by which the plan
+        prices vLLM and the evaluation finds it, so the two never disagree."""
         return bool(self.url or self.named_python())
 
 
@@ -155,8 +155,8 @@ class EvalSpec(_Strict):
         return self
 
     def planned_engine(self, gpu: bool) -> Engine:
-        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named. Whether the node can
-        import vllm is decided when the evaluation runs (evaluate/engine.py)."""
+        """The engine a plan prices: vllm when asked, or auto on a GPU with a vLLM named. Whether the node can import
+        vllm is decided when the evaluation runs (evaluate/engine.py)."""
         if self.engine == Engine.VLLM or (self.engine == Engine.AUTO and gpu and self.vllm.named()):
             return Engine.VLLM
         return Engine.HF

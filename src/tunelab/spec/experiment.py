@@ -1,5 +1,5 @@
-"""The experiment spec (experiment.yaml), validated strictly: every mistake names the file, the dotted field path
-and what was expected, because a typo found after two hours in a queue costs two hours."""
+"""The experiment spec (experiment.yaml), validated strictly: every mistake names the file, the dotted field path and
+what was expected, because a typo found after two hours in a queue costs two hours."""
 
 from __future__ import annotations
 
@@ -195,8 +195,8 @@ class ExperimentSpec(_Strict):
         return list(self.factors.get("model", [m.name for m in self.models]))
 
     def dataset_levels(self) -> list[str]:
-        """The runs' datasets: factors.dataset, else every dataset not eval_only; with stages, those no stage
-        names, else the last a stage names (the run is evaluated on it)."""
+        """The runs' datasets: factors.dataset, else every dataset not eval_only; with stages, those no stage names,
+        else the last a stage names (the run is evaluated on it)."""
         if "dataset" in self.factors:
             return list(self.factors["dataset"])
         trainable = [d.name for d in self.datasets if not d.eval_only]

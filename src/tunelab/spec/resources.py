@@ -110,8 +110,8 @@ class Strategy(Vocabulary):
 
 
 class ExecutorKind(StrEnum):
-    """The executors a spec (or `--executor`) may name; the names live here because the spec sits below
-    execute/ (tests/unit/test_vocabularies.py holds them equal to its registry)."""
+    """The executors a spec (or `--executor`) may name; the names live here because the spec sits below execute/
+    (tests/unit/test_vocabularies.py holds them equal to its registry)."""
 
     LOCAL = "local"
     SLURM = "slurm"

@@ -1,6 +1,6 @@
-"""The spec's `stages:`: a run trained as a sequence (stage k starts from stage k-1's adapter), each stage with its
-own training fields on top of the run's; `factors` may sweep one stage's field as `STAGE.FIELD`. The adapter's
-shape cannot change between stages: each trains the same LoRA matrices."""
+"""The spec's `stages:`: a run trained as a sequence (stage k starts from stage k-1's adapter), each stage with its own
+training fields on top of the run's; `factors` may sweep one stage's field as `STAGE.FIELD`. The adapter's shape cannot
+change between stages: each trains the same LoRA matrices."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The spec's `tune:` block: a learning-rate search per combination of factor levels, so each level of a comparison
-trains at a rate that suits it rather than at one default that suits some. What it names of the rest of the spec
-is checked by `check_tune` with the whole spec at hand."""
+trains at a rate that suits it rather than at one default that suits some. What it names of the rest of the spec is
+checked by `check_tune` with the whole spec at hand."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ def wilson(count: int, nobs: int, confidence: float = CONFIDENCE) -> Interval:
 
 def bootstrap_indices(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, seed: int = BOOTSTRAP_SEED,
                       resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE) -> Interval | None:
-    """scipy's bootstrap over n test samples, `statistic` mapping resampled indices to a value each. None when
-    undefined on the resamples or fewer than two samples (the task still scores)."""
+    """scipy's bootstrap over n test samples, `statistic` mapping resampled indices to a value each. None when undefined
+    on the resamples or fewer than two samples (the task still scores)."""
     from scipy.stats import bootstrap
 
     if n < 2:

@@ -1,6 +1,6 @@
 """Evaluation metrics as pure functions of plain arrays (scikit-learn where it has them): the inspect-ai metrics wrap
-them and intervals recompute them, so a stored metric and its interval come from one function. A metric undefined
-on the data is NaN."""
+them and intervals recompute them, so a stored metric and its interval come from one function. A metric undefined on the
+data is NaN."""
 
 from __future__ import annotations
 

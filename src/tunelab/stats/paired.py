@@ -79,8 +79,7 @@ def mcnemar_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDE
 
 def paired_difference(a: list[list[SampleValue]], b: list[list[SampleValue]], metric: str,
                       seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> Difference | None:
-    """mean metric of side a minus side b (each a list of evaluations' per-sample records) on the samples
-    both sides share. None when a side has no records or the metric cannot be recomputed from them."""
+    """Mean metric of side a minus side b on the samples both share; None when it cannot be recomputed."""
     if not a or not b or not all(a) or not all(b):
         return None
     side_a, side_b = [arrays(s) for s in a], [arrays(s) for s in b]

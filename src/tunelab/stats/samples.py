@@ -91,8 +91,7 @@ def metric_on(arr: SampleArrays, metric: str) -> float:
 
 
 def per_sample(arr: SampleArrays, metric: str) -> np.ndarray | None:
-    """For a metric that is the mean of one number per sample (accuracy, parse rate, Brier): those numbers,
-    so resampling is vectorized; None for every other metric."""
+    """The per-sample numbers of a metric that is their mean (accuracy, parse rate, Brier), else None."""
     if metric in MEAN_OF_VALUES and not np.isnan(arr.values).any():
         return arr.values
     if metric == "parse_rate":

@@ -9,8 +9,7 @@ from collections.abc import Iterable, Sequence
 
 
 def range_spread(seconds: Iterable[float]) -> float | None:
-    """How far repeated timings of one thing disagree: slowest / fastest − 1 (0.41: the slowest took 41 % longer
-    than the fastest); None with fewer than two positive timings."""
+    """How far repeated timings disagree: slowest / fastest − 1; None with fewer than two positive timings."""
     times = [t for t in seconds if t > 0]
     return max(times) / min(times) - 1 if len(times) >= 2 else None
 

@@ -1,6 +1,6 @@
-"""The input pipeline as a measured lever: how many dataloader workers a job gets, and how long the loop waits for
-its next batch. The count is resolved in the job, not at scaffold time: the CPUs a job has (host/cores.py) are
-known only on the node that runs it. It is recorded in summary.json."""
+"""The input pipeline as a measured lever: how many dataloader workers a job gets, and how long the loop waits for its
+next batch. The count is resolved in the job, not at scaffold time: the CPUs a job has (host/cores.py) are known only on
+the node that runs it. It is recorded in summary.json."""
 
 from __future__ import annotations
 

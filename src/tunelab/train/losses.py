@@ -14,8 +14,8 @@ else:
 
 
 class PlainLossMixin(_TrainerBase):
-    """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so
-    there the model computes its own loss from its logits (`plain_loss`): the same value."""
+    """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so there
+    the model computes its own loss from its logits (`plain_loss`): the same value."""
 
     plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
 

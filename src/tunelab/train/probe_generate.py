@@ -1,7 +1,7 @@
 """The probe's generation timing: batched generations of the run's model loaded as evaluation loads it (with an
-untrained LoRA of the run's shape), so forecast/evaltime.py prices an evaluation at a measured speed. Each batch
-size is timed generating one token (prefill) and GENERATE_TOKENS with early stopping off; the difference is the
-decode steps, split into a fixed and a per-row part (rundir.probe.GenerationSpeed.fit)."""
+untrained LoRA of the run's shape), so forecast/evaltime.py prices an evaluation at a measured speed. Each batch size is
+timed generating one token (prefill) and GENERATE_TOKENS with early stopping off; the difference is the decode steps,
+split into a fixed and a per-row part (rundir.probe.GenerationSpeed.fit)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""What a profiled training step is made of, part by part: torch.profiler events attributed to the innermost
-labelled part they ran in (by time, so backward's operators on autograd's thread count as backward).
+"""What a profiled training step is made of, part by part: torch.profiler events attributed to the innermost labelled
+part they ran in (by time, so backward's operators on autograd's thread count as backward).
 
-A small LoRA step is mostly fixed host cost (docs/benchmarks.md). The count of aten operators a part dispatches is
-a proxy of its launches that a CPU measures as well as a GPU and a shared machine's load cannot change; host
-milliseconds are shown beside it."""
+A small LoRA step is mostly fixed host cost (docs/benchmarks.md). The count of aten operators a part dispatches is a
+proxy of its launches that a CPU measures as well as a GPU and a shared machine's load cannot change; host milliseconds
+are shown beside it."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ _TORCH_LABELS = (("Optimizer.step#", Part.OPTIMIZER), ("Optimizer.zero_grad#", P
 
 @dataclass
 class PartCost:
-    """One part, per step (means over the profiled steps): aten operators dispatched (top-level calls), syncs,
-    kernel launches and device milliseconds (None without CUDA), host milliseconds of the main thread outside nested
-    parts; `calls`: its labelled intervals."""
+    """One part, per step (means over the profiled steps): aten operators dispatched (top-level calls), syncs, kernel
+    launches and device milliseconds (None without CUDA), host milliseconds of the main thread outside nested parts;
+    `calls`: its labelled intervals."""
 
     part: Part
     owner: str

@@ -1,6 +1,6 @@
 """QLoRA (`training.quantize: 4bit`): the frozen base in 4-bit NF4 (BitsAndBytesConfig), LoRA on top after
-models/kbit.py's preparation. bitsandbytes' kernels need a CUDA GPU, so the refusal comes where cheap and clear:
-at plan time, and again in the job before any weight loads."""
+models/kbit.py's preparation. bitsandbytes' kernels need a CUDA GPU, so the refusal comes where cheap and clear: at plan
+time, and again in the job before any weight loads."""
 
 from __future__ import annotations
 

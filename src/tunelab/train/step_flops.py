@@ -1,6 +1,6 @@
-"""The Trainer's FLOPs count of a step (`total_flos`), with the parameters counted once: transformers walks all of
-them every step, a measurable cost of a tiny step. A LoRA run's parameters do not change, so the first step's
-figure per token is kept and scaled by each step's tokens: transformers' formula, linear in tokens."""
+"""The Trainer's FLOPs count of a step (`total_flos`), with the parameters counted once: transformers walks all of them
+every step, a measurable cost of a tiny step. A LoRA run's parameters do not change, so the first step's figure per
+token is kept and scaled by each step's tokens: transformers' formula, linear in tokens."""
 
 from __future__ import annotations
 

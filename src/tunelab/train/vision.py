@@ -1,9 +1,9 @@
-"""What the job does differently for a vision-language model: the model class, the processor, the examples with
-their pixels, and their collator; the rest is the text path's.
+"""What the job does differently for a vision-language model: the model class, the processor, the examples with their
+pixels, and their collator; the rest is the text path's.
 
-Examples are built by `data.images.encode_vision_example`, as evaluation's prompts are, so TRL's chat templating
-never runs. LoRA goes on the language model's linear layers unless `lora_target_modules` names others. Packing
-image rows is refused: TRL's padding-free collator does not carry per-image boundaries and M-RoPE positions."""
+Examples are built by `data.images.encode_vision_example`, as evaluation's prompts are, so TRL's chat templating never
+runs. LoRA goes on the language model's linear layers unless `lora_target_modules` names others. Packing image rows is
+refused: TRL's padding-free collator does not carry per-image boundaries and M-RoPE positions."""
 
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ class TrialDone:
 
     @property
     def value_text(self) -> str:
-        """'val loss 0.412 at step 9' (pruned: always the validation loss), 'exact_match accuracy 0.25 at step 10',
-        or why it failed."""
+        """'val loss 0.412 at step 9' (pruned: always the loss), 'exact_match accuracy 0.25 at step 10', or why it
+        failed."""
         o = self.outcome
         if o.value is None:
             return o.error or "no value"
@@ -146,8 +146,7 @@ def tunable_plan(spec_path: str | Path) -> Plan:
 def search(spec_path: str | Path, trials: int | None = None,
            on_trial: Callable[[TrialDone], None] = lambda done: None, prune: bool = True,
            executor: Executor | None = None, only: Collection[str] | None = None) -> dict[str, TunedRate]:
-    """Every combination's search (`only`: these combinations'), then tune/best.json; returns the rates chosen by
-    combination (`prune` off: no trial stopped early). The trials run on `executor` (default: the spec's)."""
+    """Every combination's search (`only`: these), then tune/best.json; the rates chosen by combination."""
     plan = tunable_plan(spec_path)
     tune = plan.spec.tune
     assert tune is not None

@@ -44,8 +44,7 @@ def unsearched(experiment_dir: str | Path, runs: Collection[str] | None = None,
 def search_and_scaffold(spec_path: str | Path, trials: int | None = None,
                         on_trial: Callable[[TrialDone], None] = lambda done: None, executor: Executor | None = None,
                         only: Collection[str] | None = None) -> tuple[dict[str, TunedRate], Plan]:
-    """`tunelab tune`'s work: the search (`only`: these combinations), then every run scaffolded at its
-    combination's best rate. Returns the rates chosen by combination and the plan scaffolded."""
+    """`tunelab tune`'s work: the search, then every run scaffolded at its combination's best rate."""
     from tunelab.scaffold.write import scaffold
     from tunelab.tune.search import search
 

@@ -64,8 +64,7 @@ class Lane:
 
 
 def submit(ex: Executor, cfg: RunConfig, env: dict[str, str] | None = None) -> str:
-    """Write the trial's run directory (run.yaml, job script) and start its training job (`env`: its lane's share;
-    None: what the executor's capacity gives a job alone); the job id is recorded."""
+    """Write the trial's run directory and start its training job (`env`: its lane's share), recording the job id."""
     save_run_config(cfg)
     write_job_script(cfg, sys.executable)
     script = ex.script(cfg, JobKind.TRAIN)
@@ -94,8 +93,7 @@ def stop(ex: Executor, job: str | None, interval: float) -> None:
 
 
 class TrialRun:
-    """Follows one trial's job, reporting each new validation loss to Optuna in step order; `evaluation`: how a
-    trained trial is evaluated (None: judged by its validation loss)."""
+    """Follows one trial's job, reporting each new validation loss to Optuna in step order."""
 
     def __init__(self, ex: Executor, cfg: RunConfig, trial: optuna.Trial, reported: set[int],
                  evaluation: TrialEvaluation | None = None, lane: Lane | None = None):

@@ -21,8 +21,7 @@ DEFAULT_EVAL_LIMIT = "01:00:00"  # a trial's evaluation job's time limit when th
 
 @dataclass(frozen=True)
 class TrialEvaluation:
-    """How the search evaluates its trials: the objective, and the time limit of each evaluation job (the plan's
-    prediction for the combination's run, which evaluates at least as much)."""
+    """How the search evaluates its trials: the objective, and each job's time limit (the combination run's)."""
 
     objective: Objective
     time_limit: str = DEFAULT_EVAL_LIMIT

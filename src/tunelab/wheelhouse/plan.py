@@ -81,8 +81,7 @@ def _excludes(req: Requirement, version: str) -> bool:
 
 
 def check_torch(have: Mapping[str, Installed], requires: Iterable[Requirement], file: str | Path) -> Installed:
-    """The node's torch, which must already be in tunelab's range: the wheelhouse never carries torch (the
-    node's build matches its CUDA driver; a wheel from here might not)."""
+    """The node's torch, which must be in tunelab's range: never carried (the node's build matches its driver)."""
     req = next((r for r in requires if canonicalize_name(r.name) == TORCH), None)
     wanted = f"torch{req.specifier}" if req else "torch"
     got = have.get(TORCH)

@@ -62,8 +62,7 @@ def build_wheel(project: Path, work: Path) -> Path:
 
 
 def build_requirements_met(pyproject: Path) -> bool:
-    """Whether the running environment has every requirement of pyproject's [build-system] (each installed at a
-    version its specifier allows; markers evaluated here, where the build runs)."""
+    """Whether this environment meets pyproject's [build-system] requires (markers evaluated here)."""
     requires = tomllib.loads(pyproject.read_text()).get("build-system", {}).get("requires")
     if requires is None:  # no [build-system] table: pip would fall back to a legacy setuptools build
         return False

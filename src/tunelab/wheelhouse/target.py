@@ -1,5 +1,5 @@
-"""The node a wheelhouse is for: its Python version and platform tag, as pip needs them to resolve for another
-machine and as environment-marker values."""
+"""The node a wheelhouse is for: its Python version and platform tag, as pip needs them to resolve for another machine
+and as environment-marker values."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ class Target:
 
 
 def platform_tags(platform: str) -> list[str]:
-    """The tags a node of this platform installs, newest first: a manylinux_2_28 node also runs older glibc's
-    wheels, which pip does not infer from a PEP 600 tag. Unknown: [] (refused by Target)."""
+    """The tags a node of this platform installs, newest first: a manylinux_2_28 node also runs older glibc's wheels,
+    which pip does not infer from a PEP 600 tag. Unknown: [] (refused by Target)."""
     legacy = re.match(r"^(manylinux1|manylinux2010|manylinux2014)_(\w+)$", platform)
     if legacy:
         major, minor = _LEGACY[legacy.group(1)]

@@ -1,11 +1,11 @@
-"""A model of PyTorch's CUDA caching allocator, so a simulated step reports what `max_memory_reserved` would:
-blocks freed go back to a pool and reserved segments are never returned, which is why reserved exceeds allocated.
+"""A model of PyTorch's CUDA caching allocator, so a simulated step reports what `max_memory_reserved` would: blocks
+freed go back to a pool and reserved segments are never returned, which is why reserved exceeds allocated.
 
-Modelled after CUDACachingAllocator.cpp (defaults): sizes rounded up to 512 bytes; small requests (<= 1 MiB)
-from 2 MiB segments, large ones from 20 MiB segments under 10 MiB, else a segment of the request rounded to 2
-MiB; best fit; splits when the rest is >= 512 bytes (small) or > 1 MiB (large); merges with free neighbours.
-Not modelled: the retry that frees cached segments when cudaMalloc fails (the model errs towards an OOM warning),
-expandable segments and other options, several streams, memory outside the allocator (the context term's)."""
+Modelled after CUDACachingAllocator.cpp (defaults): sizes rounded up to 512 bytes; small requests (<= 1 MiB) from 2 MiB
+segments, large ones from 20 MiB segments under 10 MiB, else a segment of the request rounded to 2 MiB; best fit; splits
+when the rest is >= 512 bytes (small) or > 1 MiB (large); merges with free neighbours. Not modelled: the retry that
+frees cached segments when cudaMalloc fails (the model errs towards an OOM warning), expandable segments and other
+options, several streams, memory outside the allocator (the context term's)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Attention as a CUDA GPU runs it, for a step simulated on the CPU: on a CPU SDPA would pick CPU kernels or the
-math path, storing the S×S matrices, which a GPU's fused kernels never do.
+"""Attention as a CUDA GPU runs it, for a step simulated on the CPU: on a CPU SDPA would pick CPU kernels or the math
+path, storing the S×S matrices, which a GPU's fused kernels never do.
 
-PyTorch's order on Ampere/Hopper (sdp_utils.cpp): FlashAttention-2 without a mask in fp16/bf16 with head dim
-<= 256, else the memory-efficient kernel (a mask as an additive bias), else math. Each stand-in allocates what
-its kernel allocates and saves what its autograd node saves, with the same output shapes: flash's output,
-log-sum-exp and the backward's fp32 accumulators; the memory-efficient kernel's bias converted from a boolean
-mask (last dim padded to 16); transformers' `flash_attention_2` (varlen on packed rows) with its contiguous
-copies. The RNG state is counted; cuDNN attention is not modelled (ranked after both by default)."""
+PyTorch's order on Ampere/Hopper (sdp_utils.cpp): FlashAttention-2 without a mask in fp16/bf16 with head dim <= 256,
+else the memory-efficient kernel (a mask as an additive bias), else math. Each stand-in allocates what its kernel
+allocates and saves what its autograd node saves, with the same output shapes: flash's output, log-sum-exp and the
+backward's fp32 accumulators; the memory-efficient kernel's bias converted from a boolean mask (last dim padded to 16);
+transformers' `flash_attention_2` (varlen on packed rows) with its contiguous copies. The RNG state is counted; cuDNN
+attention is not modelled (ranked after both by default)."""
 
 from __future__ import annotations
 

@@ -80,8 +80,7 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
 
 
 def materialize(model: torch.nn.Module) -> None:
-    """Give every parameter and buffer a fake CPU tensor (call inside FakeTensorMode): one per distinct meta
-    tensor, so a tied embedding and head share one storage as they do after loading."""
+    """Give every parameter and buffer a fake CPU tensor, one per distinct meta tensor (tied weights share one)."""
     params: dict[int, torch.nn.Parameter] = {}
     buffers: dict[int, torch.Tensor] = {}
     for module in model.modules():

@@ -1,7 +1,7 @@
-"""A vision-language micro-batch as the processor and TRL's collator give it, for the simulated step: each row
-holds `images_per_row` images of one planned grid among its `seq_len` tokens, `pixel_values` and
-`image_grid_thw` as the processor returns them. The values that decide shapes (token ids, grids, Qwen2.5-VL's
-window order) are known to the tracker (values.py); the rest are fake; M-RoPE positions are given."""
+"""A vision-language micro-batch as the processor and TRL's collator give it, for the simulated step: each row holds
+`images_per_row` images of one planned grid among its `seq_len` tokens, `pixel_values` and `image_grid_thw` as the
+processor returns them. The values that decide shapes (token ids, grids, Qwen2.5-VL's window order) are known to the
+tracker (values.py); the rest are fake; M-RoPE positions are given."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The last step's forward and backward, replayed from the first's: the same ops on the same shapes make the same
-allocations in the same order, so the allocator model is fed the recorded events instead of dispatching every op
-again; only the allocator's state they meet differs.
+allocations in the same order, so the allocator model is fed the recorded events instead of dispatching every op again;
+only the allocator's state they meet differs.
 
 Replayed only when what the recording leaves live is exactly the gradients and every free in it is of its own
-allocations; otherwise the steps differ and the last one runs in full. The gradients are then made again,
-uncounted, so clipping, the optimizer and `zero_grad` run as before."""
+allocations; otherwise the steps differ and the last one runs in full. The gradients are then made again, uncounted, so
+clipping, the optimizer and `zero_grad` run as before."""
 
 from __future__ import annotations
 

@@ -119,8 +119,7 @@ def run_steps(model: torch.nn.Module, c: StepConfig, shape: StepShape, tracker: 
 
 
 def _ddp_buckets(trainable: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    """DDP's gradient buckets (gradient_as_bucket_view off, accelerate's default): flat copies of the
-    trainable gradients, up to 25 MiB each, held for the whole run."""
+    """DDP's gradient buckets (accelerate's default): flat copies of the trainable gradients, 25 MiB each, held."""
     buckets, size, dtype = [], 0, None
     for p in trainable:
         nbytes = p.numel() * p.element_size()

@@ -1,13 +1,13 @@
 """Live storage bytes of a step run on fake tensors, seen at the dispatcher.
 
-`StorageTracker` is the fake-tensor mode itself (a separate mode stacked on it cost as much again per op). Only
-the step's own ops count, not the fake mode's decompositions. A storage not seen before is an allocation (views
-and in-place results cost nothing); a finalizer frees it when its last tensor dies, as PyTorch's allocator gets
-it back. Each allocation goes through the allocator model; peaks are labelled with the step's phase.
+`StorageTracker` is the fake-tensor mode itself (a separate mode stacked on it cost as much again per op). Only the
+step's own ops count, not the fake mode's decompositions. A storage not seen before is an allocation (views and in-place
+results cost nothing); a finalizer frees it when its last tensor dies, as PyTorch's allocator gets it back. Each
+allocation goes through the allocator model; peaks are labelled with the step's phase.
 
-Code that reads a value (`.item()`, `bool(t)`) gets the tracker's answer: booleans answer `uniform`, the fact
-behind every such question in a step, numbers 1 (counted in `scalar_queries`); tensors with real values
-(values.py) answer those. The events can be recorded and replayed (replay.py)."""
+Code that reads a value (`.item()`, `bool(t)`) gets the tracker's answer: booleans answer `uniform`, the fact behind
+every such question in a step, numbers 1 (counted in `scalar_queries`); tensors with real values (values.py) answer
+those. The events can be recorded and replayed (replay.py)."""
 
 from __future__ import annotations
 
