@@ -60,9 +60,9 @@ def plan_batch(model: str | Path, inputs: MemoryInputs, gpu_memory_gib: float, m
                sequences: int | None = None, safety: float = SAFETY_FRACTION,
                epoch_seconds: Callable[[int, int], float | None] | None = None, processes: int = 1,
                strategy: Strategy | None = None) -> BatchPlan:
-    """The micro-batch memory allows, capped by the effective-batch target and the epoch's size; its reasons name
-    the rule that decided. sequences: rows of an epoch; epoch_seconds(micro_batch, accumulation): the time model, if
-    any; processes/strategy: memory per device of an N-device run."""
+    """The micro-batch memory allows, capped by the effective-batch target and the epoch's size; its reasons name the
+    rule that decided. sequences: rows of an epoch; epoch_seconds(micro_batch, accumulation): the time model, if any;
+    processes/strategy: memory per device of an N-device run."""
     budget = gpu_memory_gib * safety
     max_b = largest_batch(model, inputs, budget, max_seq_len, packed, longest, processes=processes,
                           strategy=strategy)
@@ -103,8 +103,8 @@ class _Choice:
 
 
 def _choose(max_b: int, per_row: float, target: int, sequences: int | None) -> _Choice:
-    """Memory first (the largest power of two that fits), then the effective-batch target (a larger micro-batch
-    would change the experiment), then the epoch's size (keep MIN_MICRO_BATCHES_PER_EPOCH)."""
+    """Memory first (the largest power of two that fits), then the effective-batch target (a larger micro-batch would
+    change the experiment), then the epoch's size (keep MIN_MICRO_BATCHES_PER_EPOCH)."""
     memory_b = 1 << (max_b.bit_length() - 1) if max_b else 0
     batch, rule = memory_b, "memory" if memory_b else "none"
     if batch and batch * per_row > target:
@@ -172,9 +172,9 @@ class _BatchWhy:
 
 def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None,
                     processes: int = 1) -> int:
-    """Optimizer steps as the HF Trainer counts them: partial micro-batches and accumulation windows still make a
-    step (ceil, then ceil), each of N processes taking every N-th micro-batch. The one formula plan, validate and
-    the retry policy share."""
+    """Optimizer steps as the HF Trainer counts them: partial micro-batches and accumulation windows still make a step
+    (ceil, then ceil), each of N processes taking every N-th micro-batch. The one formula plan, validate and the retry
+    policy share."""
     per_epoch = max(1, math.ceil(math.ceil(rows / (batch_size * processes)) / accumulation))
     total = per_epoch * epochs
     return min(total, max_steps) if max_steps else total

@@ -1,9 +1,9 @@
-"""`tunelab probe`: measure each distinct run shape of a sweep with a few real steps, so a plan on a fresh machine
-has measured speed and memory instead of none.
+"""`tunelab probe`: measure each distinct run shape of a sweep with a few real steps, so a plan on a fresh machine has
+measured speed and memory instead of none.
 
-Runs that differ only in what speed and memory do not depend on (learning rate, epochs, seed) share one probe.
-Each shape's result becomes one history row (origin "probed", replaced by a later probe of the same shape), and
-each model's timed generations the history's generation row (forecast/evaltime.py)."""
+Runs that differ only in what speed and memory do not depend on (learning rate, epochs, seed) share one probe. Each
+shape's result becomes one history row (origin "probed", replaced by a later probe of the same shape), and each model's
+timed generations the history's generation row (forecast/evaltime.py)."""
 
 from __future__ import annotations
 
@@ -124,8 +124,8 @@ def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
 
 
 def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
-    """The simulator's largest micro-batch on the probe's GPU for the step the probe measured: one process
-    (probe_steps never runs under torchrun), whatever the run's gpus_per_run."""
+    """The simulator's largest micro-batch on the probe's GPU for the step the probe measured: one process (probe_steps
+    never runs under torchrun), whatever the run's gpus_per_run."""
 
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:

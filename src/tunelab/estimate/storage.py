@@ -1,9 +1,9 @@
 """What a run will write to disk, predicted, so plan can say before any job whether the sweep fits its filesystem
 instead of a job finding out at its third checkpoint.
 
-The adapter file is exact (safetensors' header built as safetensors builds it, PEFT's fp32 adapters, modules
-saved whole); optimizer.pt is AdamW's two moments plus torch's zip overhead per tensor; how many checkpoints stay
-is train/checkpoints.py's rule; logs are estimates per row, line and sample, measured on tunelab's tiny runs."""
+The adapter file is exact (safetensors' header built as safetensors builds it, PEFT's fp32 adapters, modules saved
+whole); optimizer.pt is AdamW's two moments plus torch's zip overhead per tensor; how many checkpoints stay is
+train/checkpoints.py's rule; logs are estimates per row, line and sample, measured on tunelab's tiny runs."""
 
 from __future__ import annotations
 

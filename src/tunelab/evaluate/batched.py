@@ -1,12 +1,12 @@
 """A wave's built-in generate-and-score tasks, evaluated without inspect-ai's per-sample loop (waves.py).
 
-Why: on a CPU most of an evaluation that was not generation was inspect's machinery around each sample, behind no
-option of inspect's (docs/evaluation.md). For a built-in whose plan is one greedy generate() and a scorer of
-tasks.py (or choice's option scoring), every prompt is known before the first batch, so tunelab runs the loop:
-the wave's rows answered in the batches the pass's queue would cut (mixbatch.MixedBatcher.generate_now), scored
-by the task's own inspect scorers, the .eval log written with inspect's records and writer (evallog.py). A sample
-answers as it does through inspect's loop (the e2e tests compare every sample); task files, sampling, graders and
-images keep inspect's loop."""
+Why: on a CPU most of an evaluation that was not generation was inspect's machinery around each sample, behind no option
+of inspect's (docs/evaluation.md). For a built-in whose plan is one greedy generate() and a scorer of tasks.py (or
+choice's option scoring), every prompt is known before the first batch, so tunelab runs the loop: the wave's rows
+answered in the batches the pass's queue would cut (mixbatch.MixedBatcher.generate_now), scored by the task's own
+inspect scorers, the .eval log written with inspect's records and writer (evallog.py). A sample answers as it does
+through inspect's loop (the e2e tests compare every sample); task files, sampling, graders and images keep inspect's
+loop."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""The .eval log of a task tunelab ran itself (batched.py), made of inspect-ai's own records, results code and
-writer, so scores.json, the ledger, the report and `inspect view` read it as a log of inspect's loop. The header
-and plan are inspect's own: its eval starts each task's log without running a sample (`run_samples=False`).
+"""The .eval log of a task tunelab ran itself (batched.py), made of inspect-ai's own records, results code and writer,
+so scores.json, the ledger, the report and `inspect view` read it as a log of inspect's loop. The header and plan are
+inspect's own: its eval starts each task's log without running a sample (`run_samples=False`).
 
-What differs from inspect's loop: no per-sample event transcript (messages, output and scores kept), and each
-sample's times are its batch's share. The names from inspect's internals are the very functions its loop calls,
-so metrics and score names cannot drift (the e2e tests compare every field)."""
+What differs from inspect's loop: no per-sample event transcript (messages, output and scores kept), and each sample's
+times are its batch's share. The names from inspect's internals are the very functions its loop calls, so metrics and
+score names cannot drift (the e2e tests compare every field)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Which targets can share one pass (the same base weights and tokenizer, adapters PEFT can mix in a batch), which
-must go one at a time and why, and how many adapters fit beside the base at once.
+"""Which targets can share one pass (the same base weights and tokenizer, adapters PEFT can mix in a batch), which must
+go one at a time and why, and how many adapters fit beside the base at once.
 
-A group is every pending target with the same base directory, dtype, device and tokenizer (compared by what it
-is, not by file bytes) and the same `modules_to_save` (PEFT routes a batch's wrapped modules through the active
-adapter's set). What goes alone, with its reason: a vision-language model, an adapter kind PEFT cannot mix per
-row, and a target with nothing to share."""
+A group is every pending target with the same base directory, dtype, device and tokenizer (compared by what it is, not
+by file bytes) and the same `modules_to_save` (PEFT routes a batch's wrapped modules through the active adapter's set).
+What goes alone, with its reason: a vision-language model, an adapter kind PEFT cannot mix per row, and a target with
+nothing to share."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""A local HF causal LM (+ optional LoRA adapter) for evaluation: batched generation (greedy, or seeded sampling,
-see decoding.py) with optional log-probabilities, and log-probabilities of given continuations.
+"""A local HF causal LM (+ optional LoRA adapter) for evaluation: batched generation (greedy, or seeded sampling, see
+decoding.py) with optional log-probabilities, and log-probabilities of given continuations.
 
-An evaluation of a checkpoint gives the same answer every time (the model's generation_config never turns
-sampling on); rows are left-padded and masked, so on fp32 an answer does not depend on its batch-mates. Weights
-are cached per (base, adapter, dtype, device) so several tasks on one checkpoint load it once."""
+An evaluation of a checkpoint gives the same answer every time (the model's generation_config never turns sampling on);
+rows are left-padded and masked, so on fp32 an answer does not depend on its batch-mates. Weights are cached per (base,
+adapter, dtype, device) so several tasks on one checkpoint load it once."""
 
 from __future__ import annotations
 
@@ -134,8 +134,8 @@ class LocalLM:
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
                        top_logprobs: int | None = None, *, sampling: Sampling | None = None,
                        seeds: list[int] | None = None, stop_seqs: tuple[str, ...] = ()) -> list[Generation]:
-        """Decode a batch, each row cut at its first stop token or sequence; greedy unless `sampling` (row i seeded
-        with seeds[i]). top_logprobs: None none; 0 the chosen token's; k also the k most likely."""
+        """Decode a batch, each row cut at its first stop token or sequence; greedy unless `sampling` (row i seeded with
+        seeds[i]). top_logprobs: None none; 0 the chosen token's; k also the k most likely."""
         import torch
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
@@ -286,8 +286,8 @@ class _Request:
 class Batcher:
     """Groups concurrent generate() calls into one batched forward pass.
 
-    No background task: whichever waiting caller holds the lock lets samples queue for a moment and runs the next
-    batch; rows are sorted by tokens (and seeds), so the batch does not depend on the order inspect delivers them."""
+    No background task: whichever waiting caller holds the lock lets samples queue for a moment and runs the next batch;
+    rows are sorted by tokens (and seeds), so the batch does not depend on the order inspect delivers them."""
 
     def __init__(self, run_batch: Any, batch_size: int):
         self._run_batch = run_batch  # (prompts, seeds, BatchSettings) -> list[Generation]

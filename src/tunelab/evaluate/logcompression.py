@@ -1,7 +1,7 @@
 """inspect-ai's `.eval` log compression, sized for what tunelab writes: one small member per sample.
 
-inspect-ai compresses each member with zstd on a pool of threads (a private setting), started and stopped for
-every few-kilobyte sample: most of the log writing (docs/evaluation.md). One thread writes the same format."""
+inspect-ai compresses each member with zstd on a pool of threads (a private setting), started and stopped for every
+few-kilobyte sample: most of the log writing (docs/evaluation.md). One thread writes the same format."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Adapters vLLM cannot serve as adapters (full `modules_to_save`, DoRA, a grown vocabulary), merged into a model
-directory of their own (`<experiment>/eval/vllm-merged/`) and served as a base; what vLLM cannot serve at all (a
-VLM, LoRA on parameters) goes to the HF path, each with its reason (vllm_eval.py)."""
+directory of their own (`<experiment>/eval/vllm-merged/`) and served as a base; what vLLM cannot serve at all (a VLM,
+LoRA on parameters) goes to the HF path, each with its reason (vllm_eval.py)."""
 
 from __future__ import annotations
 

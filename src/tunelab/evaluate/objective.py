@@ -1,6 +1,6 @@
-"""What a learning-rate search judges a trial by (`tune.objective`): its last validation loss, or one eval task's
-metric on its last checkpoint — resolved once, so the search, the trials' jobs and the report name the same.
-Optuna minimises: a higher-is-better metric is told negated (`told`) and read back as itself (`value_of`)."""
+"""What a learning-rate search judges a trial by (`tune.objective`): its last validation loss, or one eval task's metric
+on its last checkpoint — resolved once, so the search, the trials' jobs and the report name the same. Optuna minimises:
+a higher-is-better metric is told negated (`told`) and read back as itself (`value_of`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Evaluate several runs as one job: one pass per base model (onepass.py), one target at a time where a pass
-cannot serve it, with the reason said. The results are those of evaluate_run: a finished task is skipped unless
-forced, and a failing task fails alone: the others' results are written first, then one error names every
-failure."""
+"""Evaluate several runs as one job: one pass per base model (onepass.py), one target at a time where a pass cannot
+serve it, with the reason said. The results are those of evaluate_run: a finished task is skipped unless forced, and a
+failing task fails alone: the others' results are written first, then one error names every failure."""
 
 from __future__ import annotations
 
@@ -44,10 +43,10 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
                   batch_size: int | None = None, one_pass: bool = True, adapter_room: int | None = None,
                   fill_batches: bool | None = None, engine: str | None = None,
                   inspect_loop: bool = False) -> dict[str, list[TaskScores]]:
-    """Every run's scores, fresh or read back, by target then task. `one_pass=False`: every target one at a time
-    (the reference); `adapter_room`: bytes for adapters (None: measured); `fill_batches`: fill short batches with
-    other adapters' rows (None: the device's rule); `inspect_loop`: built-ins through inspect-ai's loop too; `engine`:
-    hf | vllm (default: the spec's); `planned`/`report`: progress."""
+    """Every run's scores, fresh or read back, by target then task. `one_pass=False`: every target one at a time (the
+    reference); `adapter_room`: bytes for adapters (None: measured); `fill_batches`: fill short batches with other
+    adapters' rows (None: the device's rule); `inspect_loop`: built-ins through inspect-ai's loop too; `engine`: hf |
+    vllm (default: the spec's); `planned`/`report`: progress."""
     work = plan_work(cfgs, epochs, force, tasks)
     if planned is not None:
         planned(sum(len(w.items) for w in work.pending))
@@ -128,8 +127,8 @@ def _one_at_a_time(one: Alone, device: str, options: PassOptions, one_pass: bool
 
 
 def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
-    """The loop a target alone takes (spec/evalloop.py): tunelab's where any of its tasks takes it, else
-    inspect-ai's with the first task's reason (a directory that is no model too: inspect names what is missing)."""
+    """The loop a target alone takes (spec/evalloop.py): tunelab's where any of its tasks takes it, else inspect-ai's
+    with the first task's reason (a directory that is no model too: inspect names what is missing)."""
 
     base = work.target.base_path
     if not (base / "config.json").is_file():

@@ -1,8 +1,8 @@
 """Evaluate one run: every task of its eval spec on every chosen target, with inspect-ai, one target at a time.
 
-Each task writes <run_dir>/eval/<label>/<task>/{*.eval, scores.json}; one whose scores.json exists is skipped
-unless forced, and a failure leaves none, so it is redone next time. One-pass evaluation (passes.py) builds,
-checks and finishes each task with the same functions."""
+Each task writes <run_dir>/eval/<label>/<task>/{*.eval, scores.json}; one whose scores.json exists is skipped unless
+forced, and a failure leaves none, so it is redone next time. One-pass evaluation (passes.py) builds, checks and
+finishes each task with the same functions."""
 
 from __future__ import annotations
 
@@ -255,8 +255,8 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
 
 
 def throughput(log: Any) -> dict[str, Any]:
-    """What the evaluation's time depends on, for predicting the next one: the evaluated model's tokens (a
-    grader's apart), the batch, the device, and how many target × tasks shared the wall time."""
+    """What the evaluation's time depends on, for predicting the next one: the evaluated model's tokens (a grader's
+    apart), the batch, the device, and how many target × tasks shared the wall time."""
     import torch
 
     usage = (log.stats.model_usage if log.stats else {}).get(str(log.eval.model))

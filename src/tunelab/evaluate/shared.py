@@ -1,9 +1,9 @@
 """One base model with many adapters beside it: the weights of a one-pass evaluation (onepass.py).
 
-The base is loaded once, each checkpoint's adapter beside it under its own name (a control: no adapter), and a
-batch may hold rows of several adapters: PEFT runs the base layers once and each adapter's update on its own rows
-(mixgen.py). While a pass runs, `serving(weights)` lets the tunelab provider take an `AdapterView` of them
-instead of loading anything."""
+The base is loaded once, each checkpoint's adapter beside it under its own name (a control: no adapter), and a batch may
+hold rows of several adapters: PEFT runs the base layers once and each adapter's update on its own rows (mixgen.py).
+While a pass runs, `serving(weights)` lets the tunelab provider take an `AdapterView` of them instead of loading
+anything."""
 
 from __future__ import annotations
 

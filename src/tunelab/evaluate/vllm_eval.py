@@ -1,8 +1,8 @@
 """Evaluate targets through vLLM (eval.engine: vllm): one server per base model, every checkpoint an adapter on it.
 
-The server's arguments come from the sweep (max_loras, max_lora_rank, dtype, tensor_parallel_size...); adapters
-vLLM cannot serve are merged into a base of their own (merge.py), what it cannot serve at all goes back to the HF
-path, each with its reason. Every target × task writes the same .eval log and scores.json as the HF path."""
+The server's arguments come from the sweep (max_loras, max_lora_rank, dtype, tensor_parallel_size...); adapters vLLM
+cannot serve are merged into a base of their own (merge.py), what it cannot serve at all goes back to the HF path, each
+with its reason. Every target × task writes the same .eval log and scores.json as the HF path."""
 
 from __future__ import annotations
 
@@ -158,8 +158,8 @@ def _dtype(cfg: Any) -> str:
 
 
 def _waves(served: list[Served], max_loras: int) -> list[list[Served]]:
-    """The base's targets in a wave of their own, then the adapters' in waves of at most max_loras. On vLLM-CPU a
-    base row batched beside adapter rows once answered differently from HF (cause not pinned down): alone, none is."""
+    """The base's targets in a wave of their own, then the adapters' in waves of at most max_loras. On vLLM-CPU a base
+    row batched beside adapter rows once answered differently from HF (cause not pinned down): alone, none is."""
     plain = [s for s in served if s.adapter is None]
     adapted = [s for s in served if s.adapter is not None]
     return [w for w in [plain, *(adapted[i:i + max_loras] for i in range(0, len(adapted), max_loras))] if w]

@@ -1,9 +1,9 @@
-"""The inspect-ai provider `tunelab-vllm/<base>:<adapter dir>`: inspect's own vLLM provider, sending the prompt
-exactly as training built it.
+"""The inspect-ai provider `tunelab-vllm/<base>:<adapter dir>`: inspect's own vLLM provider, sending the prompt exactly
+as training built it.
 
-inspect's `vllm/` lets the server apply the model's chat template, without the run's pinned date, system prompt
-or prompt template. This subclass renders with `PromptFormat`, checks the text tokenizes back to those tokens,
-and sends it through the server's pass-through template (vllm_server.py), so answers match the HF path."""
+inspect's `vllm/` lets the server apply the model's chat template, without the run's pinned date, system prompt or
+prompt template. This subclass renders with `PromptFormat`, checks the text tokenizes back to those tokens, and sends it
+through the server's pass-through template (vllm_server.py), so answers match the HF path."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A wave of a one-pass evaluation (onepass.py): whole targets' tasks run at once on the pass's shared weights —
-built-ins in tunelab's loop (batched.py) first, the rest by one `inspect_ai.eval` — then each log moved from a
-staging directory beside its scores.json, matched by its metadata (run, label, task). inspect's task-end hook
-would write each as it ends, but a registered hook prints a banner on stdout, the MCP server's channel."""
+built-ins in tunelab's loop (batched.py) first, the rest by one `inspect_ai.eval` — then each log moved from a staging
+directory beside its scores.json, matched by its metadata (run, label, task). inspect's task-end hook would write each
+as it ends, but a registered hook prints a banner on stdout, the MCP server's channel."""
 
 from __future__ import annotations
 

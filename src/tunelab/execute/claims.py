@@ -1,12 +1,12 @@
 """Claims: one coordinator at a time starts or retries a run, since two jobs in one run dir corrupt its checkpoints.
 Imports nothing heavy, so a coordinator claims its runs before torch is loaded.
 
-- The experiment lock (`<experiment>/.tunelab.lock`, flock) is held briefly while claims are taken and jobs
-submitted. The kernel drops it when its process dies, so it is never stale; on NFS it holds across hosts; on a
-filesystem without locks the claim files alone remain, atomic to create but racy to take over.
-- A run claim (`<run dir>/.claim`) is created with O_EXCL under the lock and lives until the run ends for good.
-It is stale when its pid is gone on this host, or from another host when untouched for STALE_AFTER_S (the
-holder touches its claims while it waits); a stale claim is taken over under the lock."""
+- The experiment lock (`<experiment>/.tunelab.lock`, flock) is held briefly while claims are taken and jobs submitted.
+  The kernel drops it when its process dies, so it is never stale; on NFS it holds across hosts; on a filesystem without
+  locks the claim files alone remain, atomic to create but racy to take over.
+- A run claim (`<run dir>/.claim`) is created with O_EXCL under the lock and lives until the run ends for good. It is
+  stale when its pid is gone on this host, or from another host when untouched for STALE_AFTER_S (the holder touches its
+  claims while it waits); a stale claim is taken over under the lock."""
 
 from __future__ import annotations
 

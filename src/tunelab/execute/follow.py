@@ -1,5 +1,5 @@
-"""Following a sweep's jobs: judge each ended job once, apply the retry policy (execute/retry.py) and queue the
-retry, through the sweep's executor whatever it is."""
+"""Following a sweep's jobs: judge each ended job once, apply the retry policy (execute/retry.py) and queue the retry,
+through the sweep's executor whatever it is."""
 
 from __future__ import annotations
 

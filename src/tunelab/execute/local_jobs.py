@@ -1,10 +1,10 @@
 """The local machine as an Executor: a job is a job script run by bash in its own process group, its id that pid.
-Another process (`tunelab status` beside `tunelab run`) sees it running while the pid runs the run's script,
-and UNSEEN once it is gone (the run's files say how it ended).
+Another process (`tunelab status` beside `tunelab run`) sees it running while the pid runs the run's script, and UNSEEN
+once it is gone (the run's files say how it ended).
 
 Its capacity is this machine's devices: GPUs are placed by execute/schedule.py, each job given its GPUs as
-CUDA_VISIBLE_DEVICES; without GPUs, resources.cpu_runs_at_once runs side by side, each given its share of the
-cores as TUNELAB_CPUS, so runs never spin more threads than there are cores. A multi-node run is refused."""
+CUDA_VISIBLE_DEVICES; without GPUs, resources.cpu_runs_at_once runs side by side, each given its share of the cores as
+TUNELAB_CPUS, so runs never spin more threads than there are cores. A multi-node run is refused."""
 
 from __future__ import annotations
 

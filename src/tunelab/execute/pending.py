@@ -1,6 +1,6 @@
-"""What a sweep starts: each selected run's next jobs, or why none. The runs chosen are claimed
-(execute/claims.py), so call it under the experiment lock. Where jobs outlive the coordinator, each evaluation
-is submitted behind its training; a sweep running jobs here trains only (`tunelab eval` evaluates)."""
+"""What a sweep starts: each selected run's next jobs, or why none. The runs chosen are claimed (execute/claims.py), so
+call it under the experiment lock. Where jobs outlive the coordinator, each evaluation is submitted behind its training;
+a sweep running jobs here trains only (`tunelab eval` evaluates)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Bring every open job in the ledger up to date from its executor, and judge the ones that ended (the run's files
-win over exit codes), once for every executor.
+"""Bring every open job in the ledger up to date from its executor, and judge the ones that ended (the run's files win
+over exit codes), once for every executor.
 
-Every open job reaches a verdict in bounded time: an ended job whose accounting has not arrived within
-SETTLE_GRACE_S is judged without it. A job the executor cannot tell about now keeps its state: unknown is never
-"ended". A start Slurm requeued is recorded as an attempt (execute/requeues.py)."""
+Every open job reaches a verdict in bounded time: an ended job whose accounting has not arrived within SETTLE_GRACE_S is
+judged without it. A job the executor cannot tell about now keeps its state: unknown is never "ended". A start Slurm
+requeued is recorded as an attempt (execute/requeues.py)."""
 
 from __future__ import annotations
 

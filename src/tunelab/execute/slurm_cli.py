@@ -1,9 +1,9 @@
 """Slurm through its command lines (sbatch, squeue, sacct, scancel), as an Executor.
 
-squeue is the authority on live jobs; sacct tells how ended jobs ended but lags, may be missing or failing.
-`merge` makes one JobInfo of both, so no job stays "active" forever; a failing query means "unknown, look again",
-never "gone". Every sbatch carries a token in --comment: a submission whose answer was lost is looked up by it
-before anything is submitted again, so no run gets two jobs."""
+squeue is the authority on live jobs; sacct tells how ended jobs ended but lags, may be missing or failing. `merge`
+makes one JobInfo of both, so no job stays "active" forever; a failing query means "unknown, look again", never "gone".
+Every sbatch carries a token in --comment: a submission whose answer was lost is looked up by it before anything is
+submitted again, so no run gets two jobs."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ TOKEN = "tunelab:"  # --comment=tunelab:<token> names one submission
 
 def merge(queued: tuple[str, str] | tuple[str, str, int] | None, queue_ok: bool, rows: list[SacctRow],
           acct_ok: bool) -> JobInfo | None:
-    """One job's state from squeue's (state, reason) and sacct's rows; None when nothing can be said. Listed by
-    squeue: its state (settled once sacct has the end too). Answered without it: ended, sacct's state or UNSEEN.
-    squeue failed: sacct alone. Exit code, time and node come from an ended accounting record only."""
+    """One job's state from squeue's (state, reason) and sacct's rows; None when nothing can be said. Listed by squeue:
+    its state (settled once sacct has the end too). Answered without it: ended, sacct's state or UNSEEN. squeue failed:
+    sacct alone. Exit code, time and node come from an ended accounting record only."""
     job = rows[0] if rows else None
     acct_ended = job is not None and not is_active_state(job.state)
 
@@ -79,8 +79,8 @@ def merge(queued: tuple[str, str] | tuple[str, str, int] | None, queue_ok: bool,
 
 
 def unsure_token(script: Path, key: str | None, token: str | None = None) -> str | None:
-    """The token of an sbatch of `script` whose answer was lost, in a file beside it so it outlives the process:
-    read it (`key`: another dependency's token is not this submission's), keep one (`token`), or forget it (None)."""
+    """The token of an sbatch of `script` whose answer was lost, in a file beside it so it outlives the process: read it
+    (`key`: another dependency's token is not this submission's), keep one (`token`), or forget it (None)."""
     path = script.with_name(f".{script.name}.sbatch-token")
     if key is None:
         path.unlink(missing_ok=True)
@@ -152,9 +152,8 @@ class SlurmExecutor:
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
-        """sbatch, tagged with a token. SchedulerUnavailable when the controller did not answer; where it may have
-        taken the job, the token is kept (unsure_token) and the next submission finds that job instead of a second
-        one."""
+        """sbatch, tagged with a token. SchedulerUnavailable when the controller did not answer; where it may have taken
+        the job, the token is kept (unsure_token) and the next submission finds that job instead of a second one."""
         key = f"{dependency}|{array}"
         token = unsure_token(script, key)
         if token is not None:

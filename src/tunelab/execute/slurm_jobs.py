@@ -1,9 +1,9 @@
 """Slurm job scripts of a run, rendered from its run.yaml: `job.sbatch` trains, `eval.sbatch` evaluates. They hold
 nothing run.yaml does not and are rendered again before every submission, never patched.
 
-A multi-node run asks for N nodes and starts one job process per node with srun. A failure on any node ends the
-job (--kill-on-bad-exit), and it runs with --no-requeue, so a lost node ends it NODE_FAIL for tunelab's retry
-instead of Slurm requeueing it unseen; it still requeues itself on the time-limit warning."""
+A multi-node run asks for N nodes and starts one job process per node with srun. A failure on any node ends the job
+(--kill-on-bad-exit), and it runs with --no-requeue, so a lost node ends it NODE_FAIL for tunelab's retry instead of
+Slurm requeueing it unseen; it still requeues itself on the time-limit warning."""
 
 from __future__ import annotations
 

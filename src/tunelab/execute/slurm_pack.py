@@ -1,8 +1,8 @@
 """Node jobs (`resources.slurm.pack: node`): one Slurm job holds a node's GPUs and runs a group of runs on them
 (`tunelab pack-job`, with the local executor's scheduler), then evaluates them.
 
-To the coordinator each run of the group has train and eval job rows with the node job's id, judged from each
-run's own files; a run that did not complete is retried as a job of its own. A multi-node run is never packed."""
+To the coordinator each run of the group has train and eval job rows with the node job's id, judged from each run's own
+files; a run that did not complete is retried as a job of its own. A multi-node run is never packed."""
 
 from __future__ import annotations
 

@@ -70,8 +70,8 @@ class RowState(StrEnum):
 
 
 class EvalState(StrEnum):
-    """Where a run's evaluation stands short of a verdict: scored once every task is written; else its newest
-    evaluation job's state. Values are what `status --json` says; `eval_label` the tables' word."""
+    """Where a run's evaluation stands short of a verdict: scored once every task is written; else its newest evaluation
+    job's state. Values are what `status --json` says; `eval_label` the tables' word."""
 
     SCORED = "scored"
     PENDING = "pending"

@@ -1,9 +1,9 @@
 """`tunelab run`: one sweep for every executor, in the spirit of submitit — the loop never looks behind the Executor.
 
-Under the experiment lock: refresh and judge the jobs, apply retries, choose and claim what to start; start what
-the executor has room for; look again every poll interval until nothing is queued or open. Idempotent: completed,
-queued and running runs are skipped, interrupted ones resume, --force starts from scratch. The coordinator is the
-only writer of tunelab.db."""
+Under the experiment lock: refresh and judge the jobs, apply retries, choose and claim what to start; start what the
+executor has room for; look again every poll interval until nothing is queued or open. Idempotent: completed, queued and
+running runs are skipped, interrupted ones resume, --force starts from scratch. The coordinator is the only writer of
+tunelab.db."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts
 def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None = None, *, force: bool = False,
               dry_run: bool = False, wait: bool = False, console: Console | None = None,
               record: bool = True) -> dict[str, RowState]:
-    """Start what is pending on `ex` and follow it (with `wait` on a scheduler); returns {run: RowState} of the
-    runs started or followed. record=False: inside a Slurm node job."""
+    """Start what is pending on `ex` and follow it (with `wait` on a scheduler); returns {run: RowState} of the runs
+    started or followed. record=False: inside a Slurm node job."""
     check_options(ex, dry_run, wait)
     exp = Path(experiment_dir).resolve()
     with ExitStack() as stack:

@@ -1,9 +1,9 @@
 """`tunelab archive DIR --to ARCHIVE`: keep what matters, verified, then free the space of what does not.
 
-What is kept (spec, plan, run files, metrics, logs, scores, ledger, report, the adapters --keep names) is copied
-to ARCHIVE/<experiment>/ and checked by sha256; only when every copy matches does anything leave the working
-directory, and only what a finished run no longer needs (trainer_state/, checkpoints not kept). archive.json in
-both places records what went where."""
+What is kept (spec, plan, run files, metrics, logs, scores, ledger, report, the adapters --keep names) is copied to
+ARCHIVE/<experiment>/ and checked by sha256; only when every copy matches does anything leave the working directory, and
+only what a finished run no longer needs (trainer_state/, checkpoints not kept). archive.json in both places records
+what went where."""
 
 from __future__ import annotations
 

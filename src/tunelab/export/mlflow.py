@@ -1,5 +1,5 @@
-"""`tunelab export DIR --to mlflow`: one MLflow run per tunelab run, nested under one parent per sweep. Idempotent:
-runs are found again by their tags and only what the tracker lacks is logged. MLflow is an optional extra."""
+"""`tunelab export DIR --to mlflow`: one MLflow run per tunelab run, nested under one parent per sweep. Idempotent: runs
+are found again by their tags and only what the tracker lacks is logged. MLflow is an optional extra."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The deadline verdict: does the whole sweep (training with its levers, every target × task evaluated, each job's
 start) fit the wall-clock budget on the devices it may use, and how surely?
 
-The runs are placed longest first by the executors' own scheduler (execute/schedule.py `forecast`) three times:
-every run at its P10, P50 and P90. The runs' errors are taken as going the same way, since one source's bias and
-one machine's load move every run of a sweep alike. It fits at P90, at P50 only, or not — then what would have to
-give (runs, epochs, evaluation samples; with `tune:` also trials or budget) — or cannot be told."""
+The runs are placed longest first by the executors' own scheduler (execute/schedule.py `forecast`) three times: every
+run at its P10, P50 and P90. The runs' errors are taken as going the same way, since one source's bias and one machine's
+load move every run of a sweep alike. It fits at P90, at P50 only, or not — then what would have to give (runs, epochs,
+evaluation samples; with `tune:` also trials or budget) — or cannot be told."""
 
 from __future__ import annotations
 
@@ -193,8 +193,8 @@ def _verdict(span: float | None, high: float | None, deadline_s: float) -> Deadl
 
 def what_gives(lines: list[RunTimeline], devices: list[Device], per_device: int, deadline_s: float
                ) -> list[GiveOption]:
-    """Three ways to fit, each alone and the least change that brings the P90 makespan within the deadline: drop
-    the longest runs, train a share of the epochs, evaluate a share of the samples."""
+    """Three ways to fit, each alone and the least change that brings the P90 makespan within the deadline: drop the
+    longest runs, train a share of the epochs, evaluate a share of the samples."""
     lines = [_at_p90(r) for r in lines]
     gives = [g for g in (_drop_runs(lines, devices, per_device, deadline_s),
                          _fewer_epochs(lines, devices, per_device, deadline_s),

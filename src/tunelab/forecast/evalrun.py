@@ -1,9 +1,9 @@
-"""A run's evaluation, predicted: every target × task priced by forecast/evaltime.py and summed, with the
-evaluation job's start-up (forecast/jobstart.py) and a Slurm limit from the worst case (every batch decoding to
-max_tokens) × its weakest source's margin. Scaffold writes it into run.yaml's estimate.
+"""A run's evaluation, predicted: every target × task priced by forecast/evaltime.py and summed, with the evaluation
+job's start-up (forecast/jobstart.py) and a Slurm limit from the worst case (every batch decoding to max_tokens) × its
+weakest source's margin. Scaffold writes it into run.yaml's estimate.
 
-A task file's samples are not known before it runs, so a run with one is not predicted (said so). A checkpoint
-evaluated alone takes the loop it would take in a pass (spec/evalloop.py)."""
+A task file's samples are not known before it runs, so a run with one is not predicted (said so). A checkpoint evaluated
+alone takes the loop it would take in a pass (spec/evalloop.py)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
-"""Evaluation, predicted: the time of one target × task from its samples, their left-padded prompt tokens, the
-tokens generated (each batch decodes until its longest answer, at most `max_tokens`), the batch and a generation
-speed, whose source is always said:
+"""Evaluation, predicted: the time of one target × task from its samples, their left-padded prompt tokens, the tokens
+generated (each batch decodes until its longest answer, at most `max_tokens`), the batch and a generation speed, whose
+source is always said:
 
 - history: finished evaluations of the same model and task calibrate the speed and give the generated lengths;
 - probed: `tunelab probe` timed batched generations on this device;
 - assumed: a training speed from the history (a forward is a third of a step), else a FLOPs model (prefill at
-DEFAULT_MFU, a decode step reading every weight at the GPU's bandwidth).
+  DEFAULT_MFU, a decode step reading every weight at the GPU's bandwidth).
 
-`load_s` is apart from `seconds` because one load serves every task of a target. `upper_s` has every batch
-decode to max_tokens: what a time limit must allow for a model that never stops."""
+`load_s` is apart from `seconds` because one load serves every task of a target. `upper_s` has every batch decode to
+max_tokens: what a time limit must allow for a model that never stops."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A run priced on first contact (nothing measured on this CPU): what the job adds to its timed bare micro-batches
-(forecast/cpuspeed.py), part by part as the run will do it — the loop's cost per optimizer step
-(forecast/loopcost.py), its validation passes (the timed forward per token over the split's padded tokens) and
-its saves (the timed save of adapter and optimizer state). A shape too large to time gets a validation at
-VALIDATION_COST of a step (assumed) and unpriced saves; the source says which."""
+(forecast/cpuspeed.py), part by part as the run will do it — the loop's cost per optimizer step (forecast/loopcost.py),
+its validation passes (the timed forward per token over the split's padded tokens) and its saves (the timed save of
+adapter and optimizer state). A shape too large to time gets a validation at VALIDATION_COST of a step (assumed) and
+unpriced saves; the source says which."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """How many GPUs and nodes a run needs when its model does not fit the GPUs it has.
 
-FSDP divides the weights and optimizer state over the GPUs while a micro-batch's activations stay whole on each,
-so the peak per GPU falls with every GPU added, towards a floor: the count is found by simulating each count tried
-(estimate/peak.py `fits`), and where even the floor does not fit, no count does and the search stops at once.
-The nodes follow from the GPUs a node has (`NodeSize`: spec, user config, else assumed and said so)."""
+FSDP divides the weights and optimizer state over the GPUs while a micro-batch's activations stay whole on each, so the
+peak per GPU falls with every GPU added, towards a floor: the count is found by simulating each count tried
+(estimate/peak.py `fits`), and where even the floor does not fit, no count does and the search stops at once. The nodes
+follow from the GPUs a node has (`NodeSize`: spec, user config, else assumed and said so)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def nodes_for(gpus: int, node_gpus: int) -> int:
 
 
 def even_nodes(gpus: int, node_gpus: int, at_least: int = 1, processes: int | None = None) -> int | None:
-    """The fewest nodes, at least `at_least`, over which `gpus` (and `processes`) split evenly, since a job asks
-    each node for the same share; None when no count up to `gpus` does."""
+    """The fewest nodes, at least `at_least`, over which `gpus` (and `processes`) split evenly, since a job asks each
+    node for the same share; None when no count up to `gpus` does."""
     for n in range(max(at_least, nodes_for(gpus, node_gpus)), max(gpus, 1) + 1):
         if gpus % n == 0 and (processes is None or processes % n == 0):
             return n
@@ -74,9 +74,9 @@ class GpuSearch:
 
 def fewest_gpus(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu_memory_gib: float,
                 arch: Architecture | None = None, limit: int = MAX_GPUS) -> GpuSearch | None:
-    """The fewest GPUs on which this step's peak per GPU fits: one GPU whole, more FSDP-sharded; None when
-    sharding cannot bring it under or `limit` GPUs do not fit. Gallops from a predicted count and bisects, so a right
-    prediction costs two simulations."""
+    """The fewest GPUs on which this step's peak per GPU fits: one GPU whole, more FSDP-sharded; None when sharding
+    cannot bring it under or `limit` GPUs do not fit. Gallops from a predicted count and bisects, so a right prediction
+    costs two simulations."""
     arch = arch or resolve_architecture(model)
     seen: dict[int, MemoryFigure] = {}
 
@@ -111,9 +111,9 @@ def fewest_gpus(model: str | Path, inputs: MemoryInputs, shape: StepShape, gpu_m
 
 
 def _predicted_count(one: MemoryFigure, gpu_memory_gib: float, layers: int, limit: int) -> int | None:
-    """The GPU count at which one GPU's peak, less (1 - 1/n) of what FSDP shards plus the two layers it gathers
-    whole, meets the GPU's memory; None when even all of it sharded leaves too much (no count fits, nothing more is
-    simulated). Analytic figures give 2, the search's start."""
+    """The GPU count at which one GPU's peak, less (1 - 1/n) of what FSDP shards plus the two layers it gathers whole,
+    meets the GPU's memory; None when even all of it sharded leaves too much (no count fits, nothing more is simulated).
+    Analytic figures give 2, the search's start."""
     sim = one.simulated
     if sim is None:
         return 2

@@ -1,14 +1,14 @@
-"""A GPU training step priced from measured rows of that GPU model (gpu_rows/*.json), not an assumed MFU: most of
-a small step is a fixed cost, not FLOPs (docs/benchmarks.md).
+"""A GPU training step priced from measured rows of that GPU model (gpu_rows/*.json), not an assumed MFU: most of a
+small step is a fixed cost, not FLOPs (docs/benchmarks.md).
 
-One micro-batch takes √(F² + G²): F, the host dispatching the step's operators (f seconds × `GpuWork.operators`),
-and G, the FLOPs at a measured efficiency per attention group (per-sequence kernels, or a dense packed mask).
-Kernels launch asynchronously, so dispatch and GPU work overlap and a step takes between max(F, G) and F + G; the
-quadrature sum fits both ends of the rows where F + G does not (benchmarks/gpu_speed_fit.py). t² = f²·u² + c²/e²
-is linear in f² and 1/e², solved by least squares on the relative error.
+One micro-batch takes √(F² + G²): F, the host dispatching the step's operators (f seconds × `GpuWork.operators`), and G,
+the FLOPs at a measured efficiency per attention group (per-sequence kernels, or a dense packed mask). Kernels launch
+asynchronously, so dispatch and GPU work overlap and a step takes between max(F, G) and F + G; the quadrature sum fits
+both ends of the rows where F + G does not (benchmarks/gpu_speed_fit.py). t² = f²·u² + c²/e² is linear in f² and 1/e²,
+solved by least squares on the relative error.
 
-The rows are their GPU model's priors (kind `carried`), spread by the fit's leave-one-out error; a GPU without
-rows takes the nearest measured GPU's fit scaled by peak (kind `model`). History or a probe replaces both."""
+The rows are their GPU model's priors (kind `carried`), spread by the fit's leave-one-out error; a GPU without rows
+takes the nearest measured GPU's fit scaled by peak (kind `model`). History or a probe replaces both."""
 
 from __future__ import annotations
 

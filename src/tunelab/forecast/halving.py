@@ -1,10 +1,10 @@
-"""What successive halving spends: the steps a search's trials are expected to train once the pruner has stopped
-the ones it stops, so the plan prices the search as the pruner spends it, not as if every trial trained fully.
+"""What successive halving spends: the steps a search's trials are expected to train once the pruner has stopped the
+ones it stops, so the plan prices the search as the pruner spends it, not as if every trial trained fully.
 
-Optuna's asynchronous rule: rungs at r·η^k steps; a trial reaching rung k is kept when among the best ⌊m/η⌋ of
-the m trials that reached it so far (the best one when that is 0). Which trials are good is unknown beforehand, so
-the spend is an expectation over every order of their quality (exact up to EXACT_UP_TO trials, else sampled),
-ranks kept across rungs. A sampler that learns (TPE) keeps later trials more often: the price leans low then."""
+Optuna's asynchronous rule: rungs at r·η^k steps; a trial reaching rung k is kept when among the best ⌊m/η⌋ of the m
+trials that reached it so far (the best one when that is 0). Which trials are good is unknown beforehand, so the spend
+is an expectation over every order of their quality (exact up to EXACT_UP_TO trials, else sampled), ranks kept across
+rungs. A sampler that learns (TPE) keeps later trials more often: the price leans low then."""
 
 from __future__ import annotations
 

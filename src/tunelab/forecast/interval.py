@@ -1,11 +1,11 @@
-"""How far a predicted time can be trusted: an interval from the errors (log measured / predicted) its source's
-earlier predictions made on this device, recorded before correction so corrections never compound.
+"""How far a predicted time can be trusted: an interval from the errors (log measured / predicted) its source's earlier
+predictions made on this device, recorded before correction so corrections never compound.
 
 - The centre: the median recorded error corrects the prediction in full (`correction`).
-- With MIN_RECORDS errors: P10 and P90 are split-conformal quantiles, valid however the errors are distributed
-as long as the new run is like the recorded ones; the measurements' spread is not added (the errors hold it).
-- Before: the kind's assumed log-normal width (PRIOR_SIGMA) widened in quadrature by the measurements' spread.
-Errors measured under contention are kept apart: they are the load's, not the source's."""
+- With MIN_RECORDS errors: P10 and P90 are split-conformal quantiles, valid however the errors are distributed as long
+  as the new run is like the recorded ones; the measurements' spread is not added (the errors hold it).
+- Before: the kind's assumed log-normal width (PRIOR_SIGMA) widened in quadrature by the measurements' spread. Errors
+  measured under contention are kept apart: they are the load's, not the source's."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ PRIOR_SIGMA = {
 
 
 def conformal_ranks(n: int) -> tuple[int, int] | None:
-    """The 1-based ranks of the split-conformal P10 and P90 among n sorted errors, ⌊0.1 (n+1)⌋ and ⌈0.9 (n+1)⌉;
-    None while either is not finite (n < 9)."""
+    """The 1-based ranks of the split-conformal P10 and P90 among n sorted errors, ⌊0.1 (n+1)⌋ and ⌈0.9 (n+1)⌉; None
+    while either is not finite (n < 9)."""
     low, high = (n + 1) // 10, -(-9 * (n + 1) // 10)  # integer arithmetic: no 0.9 · 10 = 8.999…
     return (low, high) if low >= 1 and high <= n else None
 

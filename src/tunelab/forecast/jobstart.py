@@ -1,10 +1,10 @@
 """A job's start-up (process, imports, model load, a vLLM server's start), one owner so that a run's start-up is one
 figure in the makespan, the evaluation's prediction and limit, and the re-plan.
 
-The run's measured start-up, else the median of past runs of this model on this device kind, else of other
-models there, else ASSUMED_STARTUP_S. An evaluation job imports the evaluation stack instead: its start is the
-training job's plus the recorded import difference (tunelab/jobimports.py). A vLLM job adds VLLM_SERVER_START_S
-(assumed) and errs long by the HF load it does not make."""
+The run's measured start-up, else the median of past runs of this model on this device kind, else of other models there,
+else ASSUMED_STARTUP_S. An evaluation job imports the evaluation stack instead: its start is the training job's plus the
+recorded import difference (tunelab/jobimports.py). A vLLM job adds VLLM_SERVER_START_S (assumed) and errs long by the
+HF load it does not make."""
 
 from __future__ import annotations
 

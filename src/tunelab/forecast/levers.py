@@ -1,9 +1,9 @@
 """training.levers: auto — per run, settings that keep the experiment the same and cut its time.
 
 Each lever is one choice with its value, predicted effect and source (`LeverChoice`, in run.yaml's estimate): the
-micro-batch × accumulation split and checkpointing (forecast/split.py), the checkpoint frequency, packing
-(proposed only), dataloader workers and the evaluation batch. A field the spec sets always wins; a lever's choice
-is written into the run's training, so run.yaml carries it."""
+micro-batch × accumulation split and checkpointing (forecast/split.py), the checkpoint frequency, packing (proposed
+only), dataloader workers and the evaluation batch. A field the spec sets always wins; a lever's choice is written into
+the run's training, so run.yaml carries it."""
 
 from __future__ import annotations
 
@@ -154,8 +154,8 @@ def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None
 
 def packing_choice(cfg: RunConfig, costs: Costs, explicit: frozenset[str], train_s: float | None
                    ) -> LeverChoice | None:
-    """Packing with per-sequence attention, proposed where it raises the non-pad share: never applied, since it
-    changes what a micro-batch counts (the effective batch and the loss's weighting)."""
+    """Packing with per-sequence attention, proposed where it raises the non-pad share: never applied, since it changes
+    what a micro-batch counts (the effective batch and the loss's weighting)."""
     t = cfg.training
     assert t is not None
     if t.packing or "packing" in explicit or t.order != "shuffled" or is_vision_language(cfg.model.path):

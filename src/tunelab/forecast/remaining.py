@@ -1,9 +1,9 @@
-"""The sweep re-planned while it runs (`tunelab status`, the MCP status tool): what is left of every run, placed by
-the plan's own forecast (forecast/deadline.py `judge`) against what the deadline leaves since the sweep started,
-so one line says the P90 no longer fits long before the end.
+"""The sweep re-planned while it runs (`tunelab status`, the MCP status tool): what is left of every run, placed by the
+plan's own forecast (forecast/deadline.py `judge`) against what the deadline leaves since the sweep started, so one line
+says the P90 no longer fits long before the end.
 
-A training run's remaining steps are priced from its live pace, so their interval is a measured one, not the
-plan's width for a time it no longer has to guess; parts still to come keep run.yaml's intervals."""
+A training run's remaining steps are priced from its live pace, so their interval is a measured one, not the plan's
+width for a time it no longer has to guess; parts still to come keep run.yaml's intervals."""
 
 from __future__ import annotations
 

@@ -54,8 +54,8 @@ def _training(cfg: RunConfig) -> TrainingConfig:
 
 def device_peak(cfg: RunConfig, gpu: GPU, inputs: MemoryInputs, shape: StepShape, nproc: int,
                 arch: Architecture | None = None) -> tuple[MemoryFigure, Strategy | None]:
-    """The simulated peak of one device and the strategy on `nproc` devices: DDP, or FSDP when asked or only the
-    sharded run fits (auto simulates both). Plan and validate share it."""
+    """The simulated peak of one device and the strategy on `nproc` devices: DDP, or FSDP when asked or only the sharded
+    run fits (auto simulates both). Plan and validate share it."""
     if nproc <= 1:
         return predict_peak(cfg.model.path, inputs, shape, 1, None, arch), None
     if cfg.resources.distributed != "auto":
@@ -139,9 +139,9 @@ def _reference_overheads(refs: list[HistoryRun]) -> list[float]:
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
                first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
-    """(seconds, start-up, source): training at `tps` per device plus validation, checkpoint, start-up and finish
-    from the reference runs; on first contact as forecast/firstcontact.py prices them. Where no row measured a finish,
-    the step-cost calibration the job takes after training."""
+    """(seconds, start-up, source): training at `tps` per device plus validation, checkpoint, start-up and finish from
+    the reference runs; on first contact as forecast/firstcontact.py prices them. Where no row measured a finish, the
+    step-cost calibration the job takes after training."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     startup = None
     train_s = train_tokens / (tps * nproc * efficiency)  # N devices, each at tps, less communication

@@ -1,5 +1,5 @@
-"""What one checkpoint save costs: measured where the history has runs of this model on this device
-(summary.json `save_s`), else assumed from the bytes it writes."""
+"""What one checkpoint save costs: measured where the history has runs of this model on this device (summary.json
+`save_s`), else assumed from the bytes it writes."""
 
 from __future__ import annotations
 

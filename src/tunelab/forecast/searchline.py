@@ -1,6 +1,6 @@
-"""The learning-rate search on the deadline's timeline: the combinations still to search priced by
-forecast/tunecost.py and summed (they run before the sweep's runs); where the sweep does not fit, the largest
-trial count and budget fraction whose search fits beside the runs' P90."""
+"""The learning-rate search on the deadline's timeline: the combinations still to search priced by forecast/tunecost.py
+and summed (they run before the sweep's runs); where the sweep does not fit, the largest trial count and budget fraction
+whose search fits beside the runs' P90."""
 
 from __future__ import annotations
 
@@ -126,8 +126,8 @@ def _budget_edges(pending: PendingSearch) -> list[float]:
 
 
 def largest_budget(pending: PendingSearch, left_s: float) -> float | None:
-    """The largest budget below the asked one whose search's P90 fits in `left_s`. The price is not monotone in
-    the budget (a trial's rungs move with its steps), so each stretch of equal steps is tried from the top."""
+    """The largest budget below the asked one whose search's P90 fits in `left_s`. The price is not monotone in the
+    budget (a trial's rungs move with its steps), so each stretch of equal steps is tried from the top."""
     def fits(budget: float) -> bool:
         p90 = pending.p90(pending.trials, budget)
         return p90 is not None and p90 <= left_s

@@ -1,6 +1,6 @@
-"""A run's training speed from the history: the past runs of this device closest in shape, carried over by FLOPs
-and layers, with their kind and spread; rows timed under contention only when nothing else is, corrected and said
-so. The FLOPs model where the history has nothing."""
+"""A run's training speed from the history: the past runs of this device closest in shape, carried over by FLOPs and
+layers, with their kind and spread; rows timed under contention only when nothing else is, corrected and said so. The
+FLOPs model where the history has nothing."""
 
 from __future__ import annotations
 
@@ -63,15 +63,15 @@ def timed_micro_batches(row: HistoryRun) -> tuple[int, int] | None:
 
 
 def covers(row: HistoryRun, micro_batch: int) -> bool:
-    """Whether the row timed this micro-batch's neighbourhood (unrecorded: unknown is not different). A step's cost
-    is linear in tokens only locally, so a split carried far from where it was timed is priced low."""
+    """Whether the row timed this micro-batch's neighbourhood (unrecorded: unknown is not different). A step's cost is
+    linear in tokens only locally, so a split carried far from where it was timed is priced low."""
     timed = timed_micro_batches(row)
     return timed is None or timed[0] <= micro_batch <= timed[1]
 
 
 def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> tuple[str, bool]:
-    """('', False) where a row timed this micro-batch; else the words saying it was carried beyond the rows, and
-    whether down (where efficiency falls: optimistic)."""
+    """('', False) where a row timed this micro-batch; else the words saying it was carried beyond the rows, and whether
+    down (where efficiency falls: optimistic)."""
     if micro_batch is None or any(covers(r, micro_batch) for r in rows):
         return "", False
     timed = sorted({t for r in rows if (t := timed_micro_batches(r)) is not None})
@@ -95,8 +95,8 @@ def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
 
 def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
                      micro_batches: int | None = None) -> float:
-    """Step time from a measured fixed + per-token split carried to another model and batch: the per-token part
-    scales with FLOPs per token, the fixed part with the layers and the micro-batches an optimizer step runs."""
+    """Step time from a measured fixed + per-token split carried to another model and batch: the per-token part scales
+    with FLOPs per token, the fixed part with the layers and the micro-batches an optimizer step runs."""
     if row.per_token_s is None:
         raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
     row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
@@ -164,9 +164,9 @@ def _sped_up(r: HistoryRun, slowdown: float) -> HistoryRun:
 def speed_from_history(arch: Architecture, gpu: GPU | None, tokens_per_step: float, seq_len: int,
                        history: list[HistoryRun], cpu_threads: int | None = None, micro_batches: int | None = None,
                        recompute: bool = False, micro_batch: int | None = None, work: GpuWork | None = None) -> Speed:
-    """Tokens/s per device, its source and rows. micro_batches: the accumulation (a split row's fixed part is paid
-    per micro-batch); micro_batch: priced from the rows that timed it where any did, else extrapolated and said so.
-    A GPU with no rows: the step model fitted on its measured rows (forecast/gpustep.py)."""
+    """Tokens/s per device, its source and rows. micro_batches: the accumulation (a split row's fixed part is paid per
+    micro-batch); micro_batch: priced from the rows that timed it where any did, else extrapolated and said so. A GPU
+    with no rows: the step model fitted on its measured rows (forecast/gpustep.py)."""
     on_device, contention = uncontended([r for r in history if same_device(r, gpu, cpu_threads) and r.tokens_per_s])
     same = [r for r in on_device if r.of_architecture(arch)]
     split = [r for r in (same or on_device) if r.per_token_s is not None and r.step_fixed_s is not None]

@@ -1,9 +1,9 @@
 """The micro-batch × accumulation split and gradient checkpointing of one run, chosen together (levers: auto).
 
-The effective batch is the experiment's: micro × accumulation × processes equals it exactly, or the split is
-refused. The fastest predicted split whose simulated peak fits wins; checkpointing stays on only where no split
-fits without it. Without a measured fixed + per-token cost nothing tells micro-batches apart, so the largest
-that fits wins (it amortizes per-step overhead), and the source says so."""
+The effective batch is the experiment's: micro × accumulation × processes equals it exactly, or the split is refused.
+The fastest predicted split whose simulated peak fits wins; checkpointing stays on only where no split fits without it.
+Without a measured fixed + per-token cost nothing tells micro-batches apart, so the largest that fits wins (it amortizes
+per-step overhead), and the source says so."""
 
 from __future__ import annotations
 

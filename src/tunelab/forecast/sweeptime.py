@@ -58,8 +58,8 @@ class Sweep:
 
 
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
-    """One run's parts, each with its interval: training and saves (fine-tuned runs), evaluation start and
-    evaluation; a control generates at the speed its model trains at. P10/P90 as forecast/combine.py combines them."""
+    """One run's parts, each with its interval: training and saves (fine-tuned runs), evaluation start and evaluation; a
+    control generates at the speed its model trains at. P10/P90 as forecast/combine.py combines them."""
     history = plan.history or []
     ev = (plan.evaluations or {}).get(cfg.name) or predict_run_eval(
         cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,

@@ -1,6 +1,6 @@
 """The price of the learning-rate search (`tune:`) beside the sweep, per combination, as the pruner will spend it:
 
-trials × (start-up + share × budget × the rest of the run's training) + finished × one trial's evaluation
+    trials × (start-up + share × budget × the rest of the run's training) + finished × one trial's evaluation
 
 Every trial is a job that pays its start-up in full; `share` is what successive halving lets a trial train
 (forecast/halving.py); `finished` trials are evaluated on the objective's task. The interval is the run's, scaled."""

@@ -1,6 +1,6 @@
-"""This process's cgroup CPU quota, read from its own cgroup files: the smallest over its cgroup and ancestors up to
-the mount (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), found through /proc/self/cgroup and
-mountinfo (a container's mount shows its own cgroup as root). No such files: no quota."""
+"""This process's cgroup CPU quota, read from its own cgroup files: the smallest over its cgroup and ancestors up to the
+mount (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), found through /proc/self/cgroup and mountinfo (a
+container's mount shows its own cgroup as root). No such files: no quota."""
 
 from __future__ import annotations
 

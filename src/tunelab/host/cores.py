@@ -1,10 +1,10 @@
 """How many cores this process may use, the one owner of that count (threads, dataloader workers, local shares).
 
-The affinity mask alone is not it: a cgroup may grant 2 CPUs' time on a 16-CPU mask, and torch's 16 threads
-would be throttled every period. So the smallest of four limits wins and is named: the local executor's share
-(`TUNELAB_CPUS`) within the mask, else the mask; the cgroup quota (at least 1); Slurm's allocation; and, for
-compute threads, physical cores (SMT siblings are one core's worth to torch). Jobs side by side get shares cut
-along physical cores (`job_shares`)."""
+The affinity mask alone is not it: a cgroup may grant 2 CPUs' time on a 16-CPU mask, and torch's 16 threads would be
+throttled every period. So the smallest of four limits wins and is named: the local executor's share (`TUNELAB_CPUS`)
+within the mask, else the mask; the cgroup quota (at least 1); Slurm's allocation; and, for compute threads, physical
+cores (SMT siblings are one core's worth to torch). Jobs side by side get shares cut along physical cores
+(`job_shares`)."""
 
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ def physical_cores(cpus: list[int], sysfs: Path = SYSFS_CPU) -> int:
 
 
 def split_cores(cpus: list[int], parts: int, sysfs: Path = SYSFS_CPU) -> list[list[int]]:
-    """`cpus` in `parts` shares as even as can be, none empty, cut along physical cores so SMT siblings stay
-    together (split only when there are more parts than cores)."""
+    """`cpus` in `parts` shares as even as can be, none empty, cut along physical cores so SMT siblings stay together
+    (split only when there are more parts than cores)."""
     groups = sibling_groups(cpus, sysfs)
     if len(groups) < min(parts, len(cpus)):
         groups = [[cpu] for group in groups for cpu in group]

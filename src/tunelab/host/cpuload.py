@@ -1,11 +1,11 @@
-"""How much of the machine a timed measurement had: the job's CPU time beside its wall time, and what other
-processes on its cores used meanwhile (/proc/stat), so a step timed under load is known as such instead of
-learned from as this machine's speed.
+"""How much of the machine a timed measurement had: the job's CPU time beside its wall time, and what other processes on
+its cores used meanwhile (/proc/stat), so a step timed under load is known as such instead of learned from as this
+machine's speed.
 
-The job's own CPU is its process tree's (its root: this process or torchrun's agent), so dataloader workers,
-ranks and a vLLM server it started are the job's; others are the cores' busy seconds less the tree's. Without
-/proc/stat the load is unknown, never idle. A GPU run's window records the load but is never contended: CPU
-contention reaches it only through its input pipeline, which the run measures itself."""
+The job's own CPU is its process tree's (its root: this process or torchrun's agent), so dataloader workers, ranks and a
+vLLM server it started are the job's; others are the cores' busy seconds less the tree's. Without /proc/stat the load is
+unknown, never idle. A GPU run's window records the load but is never contended: CPU contention reaches it only through
+its input pipeline, which the run measures itself."""
 
 from __future__ import annotations
 
@@ -63,16 +63,16 @@ def _pid_stat(proc: Path, pid: str) -> tuple[int, int] | None:
 
 
 def scan_tree(root: int, proc: Path = PROC) -> tuple[float, frozenset[int]] | None:
-    """CPU-seconds of `root` and every live descendant (each with the children it reaped) and the tree's pids;
-    None when `root` is gone. Walked down the kernel's children lists where it keeps them, else a scan of every
-    process (a busy node's thousands: slow at every logged step)."""
+    """CPU-seconds of `root` and every live descendant (each with the children it reaped) and the tree's pids; None when
+    `root` is gone. Walked down the kernel's children lists where it keeps them, else a scan of every process (a busy
+    node's thousands: slow at every logged step)."""
     walked = walk_tree(root, proc)
     return walked if walked is not None else _scan_every_process(root, proc)
 
 
 def walk_tree(root: int, proc: Path = PROC) -> tuple[float, frozenset[int]] | None:
-    """scan_tree from /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN); None where the kernel keeps no such
-    file or `root` is gone. A child whose parent exits mid-walk is missed until the next."""
+    """scan_tree from /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN); None where the kernel keeps no such file
+    or `root` is gone. A child whose parent exits mid-walk is missed until the next."""
     ticks, todo, tree = 0, [root], set()
     while todo:
         pid = todo.pop()
@@ -257,8 +257,8 @@ class _Reading:
 
 
 class LoadMeter:
-    """Started at the beginning of what is timed: `window()` since the start, `lap()` since the previous lap.
-    `threads` None: read from torch; `root` None: this process; `gpu` None: this process's device."""
+    """Started at the beginning of what is timed: `window()` since the start, `lap()` since the previous lap. `threads`
+    None: read from torch; `root` None: this process; `gpu` None: this process's device."""
 
     def __init__(self, cores: list[int], first: _Reading, threads: int | None, root: int, gpu: bool, stat: Path,
                  proc: Path, tree: frozenset[int]):

@@ -1,9 +1,9 @@
-"""How many threads each process tunelab starts may run: the cores it was given (cores.py), shared by its
-processes. torch starts a thread per core in every process, and two processes oversubscribing two cores ran
-orders of magnitude slower (docs/training.md, "CPU threads").
+"""How many threads each process tunelab starts may run: the cores it was given (cores.py), shared by its processes.
+torch starts a thread per core in every process, and two processes oversubscribing two cores ran orders of magnitude
+slower (docs/training.md, "CPU threads").
 
-A user's own OMP_NUM_THREADS wins and is said so; tunelab marks the one it sets (`TUNELAB_OMP_NUM_THREADS`) so a
-child can tell it from the user's. `TUNELAB_THREAD_RULE=torch` sets nothing (torch's own default)."""
+A user's own OMP_NUM_THREADS wins and is said so; tunelab marks the one it sets (`TUNELAB_OMP_NUM_THREADS`) so a child
+can tell it from the user's. `TUNELAB_THREAD_RULE=torch` sets nothing (torch's own default)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def thread_budget(cores: int, processes: int) -> int:
 
 
 def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPlan:
-    """The threads of each of `processes` sharing this job's cores: the user's OMP_NUM_THREADS, torch's default
-    under TUNELAB_THREAD_RULE=torch, else the budget."""
+    """The threads of each of `processes` sharing this job's cores: the user's OMP_NUM_THREADS, torch's default under
+    TUNELAB_THREAD_RULE=torch, else the budget."""
     env = os.environ if env is None else env
     cores = usable_cores(env, physical=True)
     processes = max(1, processes)
@@ -57,8 +57,8 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
 
 
 def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None:
-    """Make `plan` this process's (and its children's through `env`): pinned to its share, OMP/MKL and torch
-    threads set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is."""
+    """Make `plan` this process's (and its children's through `env`): pinned to its share, OMP/MKL and torch threads
+    set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is."""
     env = os.environ if env is None else env
     if plan.source == OLD_BEHAVIOUR:
         return
@@ -77,8 +77,8 @@ def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None
 
 
 def pin(env: Mapping[str, str]) -> None:
-    """Run this process on the cores the local executor gave its job, if any. A share it cannot take is said (it
-    runs on its whole mask); a share that is no CPU list or names none of its CPUs is a TunelabError."""
+    """Run this process on the cores the local executor gave its job, if any. A share it cannot take is said (it runs on
+    its whole mask); a share that is no CPU list or names none of its CPUs is a TunelabError."""
     share = env.get(CPUS_ENV, "").strip()
     if not share:
         return

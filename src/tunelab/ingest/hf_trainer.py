@@ -1,7 +1,7 @@
 """Output directories of the Hugging Face Trainer (TRL, axolotl, LLaMA-Factory) read into a past run:
-trainer_state.json's log history, adapter_config.json, the results files and the model's config.json where
-present. The run root's state wins, else the latest checkpoint-N/'s; a damaged state raises LogParseError with the
-file and reason, so nothing is half-imported."""
+trainer_state.json's log history, adapter_config.json, the results files and the model's config.json where present. The
+run root's state wins, else the latest checkpoint-N/'s; a damaged state raises LogParseError with the file and reason,
+so nothing is half-imported."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`tunelab init` in a terminal: the plan-runs questions in order, with what is on disk as choices; the draft is
-planned and shown, and written only when confirmed."""
+"""`tunelab init` in a terminal: the plan-runs questions in order, with what is on disk as choices; the draft is planned
+and shown, and written only when confirmed."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ CPU_CHOICE = "none: plan for this machine's CPU"
 
 
 def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: bool) -> InitAnswers:
-    """The plan-runs conversation (questionary): returns the answers, writes nothing. Asks for the jobs' GPU when
-    none is detected or named (a login node is not where jobs run); every default is the flags' (answers.DEFAULTS)."""
+    """The plan-runs conversation (questionary): returns the answers, writes nothing. Asks for the jobs' GPU when none
+    is detected or named (a login node is not where jobs run); every default is the flags' (answers.DEFAULTS)."""
 
 
     vary_keys = _require(q.checkbox(

@@ -1,6 +1,6 @@
-"""The user-level history ledger: every run tunelab trains or ingests, across experiments, which plans learn speed
-and peaks from ($TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db). One row per measurement, keyed by the
-run's identity (kept by a moved or copied experiment) or its source log."""
+"""The user-level history ledger: every run tunelab trains or ingests, across experiments, which plans learn speed and
+peaks from ($TUNELAB_HISTORY, else ~/.local/share/tunelab/history.db). One row per measurement, keyed by the run's
+identity (kept by a moved or copied experiment) or its source log."""
 
 from __future__ import annotations
 
@@ -336,8 +336,8 @@ def load_fields(load: LoadWindow | None) -> dict[str, Any]:
 
 
 def cpu_contended(row: HistoryRun) -> bool | None:
-    """Timed under contention, as a speed is corrected for it: a CPU row's flag; a GPU row's never (its CPU load
-    is recorded, no slowdown applied); None: not measured."""
+    """Timed under contention, as a speed is corrected for it: a CPU row's flag; a GPU row's never (its CPU load is
+    recorded, no slowdown applied); None: not measured."""
     if row.contended is None:
         return None
     return row.contended and (row.device or "cpu").lower() == "cpu"

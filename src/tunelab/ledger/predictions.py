@@ -1,9 +1,9 @@
-"""The loop closed: every finished run's predicted times beside what it measured, part by part (table
-`predictions`), so the next plan on the device corrects each source by its errors (forecast/interval.py).
+"""The loop closed: every finished run's predicted times beside what it measured, part by part (table `predictions`), so
+the next plan on the device corrects each source by its errors (forecast/interval.py).
 
-A row compares the prediction before correction with the measurement, so corrections never compound. A
-measurement under contention is kept but marked (its error is the load's); an evaluation that scored less than
-it priced is kept `partial`, left out of `load` until the complete one replaces it."""
+A row compares the prediction before correction with the measurement, so corrections never compound. A measurement under
+contention is kept but marked (its error is the load's); an evaluation that scored less than it priced is kept
+`partial`, left out of `load` until the complete one replaces it."""
 
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = Non
 
 def eval_records(cfg: RunConfig, scores: list[TaskScores], summary: Summary | None,
                  run_key: str | None = None) -> list[PredictionRecord]:
-    """The evaluation's part: its tasks' wall time (shared evenly where run at once) against run.yaml's prediction,
-    with its load, partial while less is scored than priced. None where run.yaml does not say what it priced."""
+    """The evaluation's part: its tasks' wall time (shared evenly where run at once) against run.yaml's prediction, with
+    its load, partial while less is scored than priced. None where run.yaml does not say what it priced."""
     est = cfg.estimate
     if est is None or not est.eval_source or not est.eval_targets or est.eval_samples is None:
         return []

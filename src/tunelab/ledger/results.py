@@ -1,6 +1,6 @@
-"""results: one record per run, control and eval-only run, from the ledger. Each record carries every checkpoint ×
-task with all its metrics; the headline `score` is the first task's primary metric on the last evaluated
-checkpoint. `results --json`, the CSV and the terminal table are all made from them."""
+"""results: one record per run, control and eval-only run, from the ledger. Each record carries every checkpoint × task
+with all its metrics; the headline `score` is the first task's primary metric on the last evaluated checkpoint. `results
+--json`, the CSV and the terminal table are all made from them."""
 
 from __future__ import annotations
 

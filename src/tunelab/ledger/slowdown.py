@@ -1,6 +1,6 @@
-"""How much slower a run went than alone, measured from its own steps: a run timed beside other work is set beside
-the uncontended rows of its shape on the same CPU, their median speed over its own the slowdown. The load's share
-of the cores is only a lower bound (OpenMP threads lose more at barriers); this is what was suffered."""
+"""How much slower a run went than alone, measured from its own steps: a run timed beside other work is set beside the
+uncontended rows of its shape on the same CPU, their median speed over its own the slowdown. The load's share of the
+cores is only a lower bound (OpenMP threads lose more at barriers); this is what was suffered."""
 
 from __future__ import annotations
 

@@ -164,8 +164,8 @@ def ledger_path(experiment_dir: str | Path) -> Path:
 
 @contextmanager
 def connect(experiment_dir: str | Path) -> Iterator[sqlite3.Connection]:
-    """Open (and create) the experiment's ledger; commit on success, roll back on error. Rollback journal and a
-    busy timeout: experiments live on network filesystems."""
+    """Open (and create) the experiment's ledger; commit on success, roll back on error. Rollback journal and a busy
+    timeout: experiments live on network filesystems."""
     with sqlite_session(ledger_path(experiment_dir)) as conn:
         _migrate(conn)
         conn.executescript(SCHEMA + STAMPS_SCHEMA)

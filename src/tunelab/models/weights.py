@@ -1,6 +1,6 @@
-"""Random weights for a model built on `meta`, streamed into safetensors files a chunk at a time (never more than
-one chunk held). Each tensor draws from a generator seeded by (seed, name), so the bytes do not depend on the
-sharding and a shallow copy's layers equal the full build's; values follow transformers' initialisation."""
+"""Random weights for a model built on `meta`, streamed into safetensors files a chunk at a time (never more than one
+chunk held). Each tensor draws from a generator seeded by (seed, name), so the bytes do not depend on the sharding and a
+shallow copy's layers equal the full build's; values follow transformers' initialisation."""
 
 from __future__ import annotations
 

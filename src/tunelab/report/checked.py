@@ -1,5 +1,5 @@
-"""The report's "Predicted, then checked" section: each prediction the plan recorded beside its measurement, the
-ratio, and every time outside its P10–P90 with its likely causes (report/predicted.py, report/overruns.py)."""
+"""The report's "Predicted, then checked" section: each prediction the plan recorded beside its measurement, the ratio,
+and every time outside its P10–P90 with its likely causes (report/predicted.py, report/overruns.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Checks of each run, computed (never hand-written): training dynamics, GPU memory, and issues (failures,
-retries, NaN losses, missing checkpoints). Thresholds are module constants, stated once and tested."""
+"""Checks of each run, computed (never hand-written): training dynamics, GPU memory, and issues (failures, retries, NaN
+losses, missing checkpoints). Thresholds are module constants, stated once and tested."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ class Overfit:
 
 
 def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> Overfit | None:
-    """Val loss rising while train loss falls over the last `window` steps: the best val loss lies before them,
-    the final one is ≥ OVERFIT_MIN_RISE above it, and train loss fell over them."""
+    """Val loss rising while train loss falls over the last `window` steps: the best val loss lies before them, the
+    final one is ≥ OVERFIT_MIN_RISE above it, and train loss fell over them."""
     if len(val) < 2 or len(train) < 2:
         return None
     last_step = max(train[-1].step, val[-1].step)
@@ -55,8 +55,8 @@ def overfitting(train: list[Point], val: list[Point], window: float = 1 / 3) -> 
 
 @dataclass
 class StillFalling:
-    """Val loss lower at the end of the last epoch than at its start; a finding only beyond its noise (the last
-    epoch's validations' scatter about a line), an observation with fewer than three validations there."""
+    """Val loss lower at the end of the last epoch than at its start; a finding only beyond its noise (the last epoch's
+    validations' scatter about a line), an observation with fewer than three validations there."""
 
     prev_val: float
     prev_step: int

@@ -1,5 +1,5 @@
-"""Paired comparisons of the report (run vs run, fine-tuned vs control, level vs level) on the same test samples;
-with seed replicates, across replicate runs. "Best" and "tied" are decided by these intervals."""
+"""Paired comparisons of the report (run vs run, fine-tuned vs control, level vs level) on the same test samples; with
+seed replicates, across replicate runs. "Best" and "tied" are decided by these intervals."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Everything a report says, gathered once from the ledger and the run directories' own files; each field comes
-from one named file or table, so any cell traces back to a run and a file."""
+"""Everything a report says, gathered once from the ledger and the run directories' own files; each field comes from one
+named file or table, so any cell traces back to a run and a file."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""What each finding rests on: the training runs behind a factor's levels, which noise its interval covers, and the
-seed replicates (how many, at what cost) that would settle an effect measured on one run per configuration.
-Without replicates an interval covers test-sample noise only, not training noise, so such an effect is an
-observation; replicates are priced from measured wall times, else the plan's estimates."""
+"""What each finding rests on: the training runs behind a factor's levels, which noise its interval covers, and the seed
+replicates (how many, at what cost) that would settle an effect measured on one run per configuration. Without
+replicates an interval covers test-sample noise only, not training noise, so such an effect is an observation;
+replicates are priced from measured wall times, else the plan's estimates."""
 
 from __future__ import annotations
 

@@ -148,8 +148,8 @@ def _between(a: Any, b: Any) -> list[Any]:
 
 
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
-    """Adjacent levels of a numeric factor whose mean headline score differs by ≥ threshold, per model, with
-    the difference's interval: a finding only across seed replicates with an interval excluding zero."""
+    """Adjacent levels of a numeric factor whose mean headline score differs by ≥ threshold, per model, with the
+    difference's interval: a finding only across seed replicates with an interval excluding zero."""
 
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:

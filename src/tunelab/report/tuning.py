@@ -68,8 +68,8 @@ def _why_missing(twins: list[RunData]) -> str:
 
 def judge(tuned: FactorEffect, default: FactorEffect | None, missing: dict[Any, str], rates: str,
           default_rate: str, unsearched: list[Any] | None = None) -> str:
-    """The plain sentence: the ranking at the tuned rates and whether it holds, changes or cannot be told at the
-    default rate; without a search for some level, said to be no tuned comparison."""
+    """The plain sentence: the ranking at the tuned rates and whether it holds, changes or cannot be told at the default
+    rate; without a search for some level, said to be no tuned comparison."""
     if unsearched:
         levels = ", ".join(f"{tuned.factor} {lv}" for lv in unsearched)
         return (f"{quantity(tuned)}: {_ranked_text(tuned)} at the rates used ({rates}), not at tuned rates: no "

@@ -107,8 +107,8 @@ def _mark(ax, points: list[TrialPoint], y: str) -> None:
 
 def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path,
                   objective: Objective | None = None) -> FigureFile | None:
-    """The objective against the learning rate (log axis), pruned trials as crosses, an eval objective's metric
-    beside the loss, the chosen one ringed; None when no trial has a value yet."""
+    """The objective against the learning rate (log axis), pruned trials as crosses, an eval objective's metric beside
+    the loss, the chosen one ringed; None when no trial has a value yet."""
     shown = [p for p in points if p.value is not None and p.learning_rate > 0]
     scored = [p for p in points if p.score is not None and p.learning_rate > 0]
     if not shown and not scored:

@@ -1,6 +1,6 @@
 """Checkpoints in a run directory, as readers see them: checkpoints/epoch_N (what people evaluate) and
-trainer_state/[STAGE/]checkpoint-STEP (what a restarted job resumes from). A trainer checkpoint is complete only
-once tunelab's counters are in it, an epoch checkpoint once its adapter files all are (train/checkpoints.py)."""
+trainer_state/[STAGE/]checkpoint-STEP (what a restarted job resumes from). A trainer checkpoint is complete only once
+tunelab's counters are in it, an epoch checkpoint once its adapter files all are (train/checkpoints.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""An experiment directory on disk: its runs and each run's state, judged from the run's own files, never from an
-exit code alone (a job can exit non-zero after training finished, or die without a word)."""
+"""An experiment directory on disk: its runs and each run's state, judged from the run's own files, never from an exit
+code alone (a job can exit non-zero after training finished, or die without a word)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ RUNS_CACHE = ".runs-cache.json"
 
 
 def _load_configs(exp: Path, paths: list[Path]) -> list[RunConfig]:
-    """Parse each run.yaml, reusing the parse of files unchanged since (same size and mtime): YAML parsing is what
-    makes `status` slow on a large sweep. Each run is placed where its run.yaml is: the directory may have moved."""
+    """Parse each run.yaml, reusing the parse of files unchanged since (same size and mtime): YAML parsing is what makes
+    `status` slow on a large sweep. Each run is placed where its run.yaml is: the directory may have moved."""
     cache_path = exp / RUNS_CACHE
     cache = read_json(cache_path, default={}) or {}
     fresh: dict[str, dict] = {}
@@ -90,9 +90,9 @@ STALE_AFTER_S = 600.0
 
 
 def _running_alive(run_dir: Path, status: Status) -> bool:
-    """Is the job that wrote this `running` status alive? On this host its pid says; from another only a
-    heartbeat can: silence longer than max(STALE_AFTER_S, 3 × the longest recent gap between metrics rows) means
-    gone, by the newer of mtime and `updated_at` (one skewed clock cannot kill a live job)."""
+    """Is the job that wrote this `running` status alive? On this host its pid says; from another only a heartbeat can:
+    silence longer than max(STALE_AFTER_S, 3 × the longest recent gap between metrics rows) means gone, by the newer of
+    mtime and `updated_at` (one skewed clock cannot kill a live job)."""
     if status.host == socket.gethostname():
         return alive(status.pid) if status.pid else True  # (no pid recorded: nothing says it is gone)
     stamps = []

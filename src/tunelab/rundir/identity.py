@@ -1,14 +1,14 @@
-"""A run's identity in the user's history: what keys its history row, prediction checks and generation rows, so a
-moved or copied experiment's finished runs are recorded once.
+"""A run's identity in the user's history: what keys its history row, prediction checks and generation rows, so a moved
+or copied experiment's finished runs are recorded once.
 
 Not the absolute directory (`mv`/`cp -r` would record the same measurement again), nor run.yaml's content (two
-experiments from one spec are two measurements). A key names the measurement by marks written once by the
-process that took it and carried unchanged by `mv` and `cp -r`: `<experiment>/<run dir>@<hash of its marks>`.
-- Training: status.json's first start (kept across resumes; `--force` clears it, so a retrain is new) with the
-host and process that completed it; an adopted run's source and adoption time.
-- Each target × task's evaluation: its scores.json's time and log name, so a copy evaluated again is new.
-A run without marks keeps its absolute directory as key; recorded under its identity, it drops its rows under its
-directory (ledger/directory_keys.py)."""
+experiments from one spec are two measurements). A key names the measurement by marks written once by the process that
+took it and carried unchanged by `mv` and `cp -r`: `<experiment>/<run dir>@<hash of its marks>`.
+- Training: status.json's first start (kept across resumes; `--force` clears it, so a retrain is new) with the host and
+  process that completed it; an adopted run's source and adoption time.
+- Each target × task's evaluation: its scores.json's time and log name, so a copy evaluated again is new. A run without
+  marks keeps its absolute directory as key; recorded under its identity, it drops its rows under its directory
+  (ledger/directory_keys.py)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def evaluation_key(cfg: RunConfig, scores: list[TaskScores] | None = None) -> st
 
 
 def run_key(cfg: RunConfig, status: Status | None = None, scores: list[TaskScores] | None = None) -> str:
-    """The key of the run's prediction checks: its training's, or for a run that never trains its evaluation's,
-    so a run's parts sum up together (forecast/combine.py) and an evaluation done again replaces its check."""
+    """The key of the run's prediction checks: its training's, or for a run that never trains its evaluation's, so a
+    run's parts sum up together (forecast/combine.py) and an evaluation done again replaces its check."""
     return training_key(cfg, status) if cfg.kind == "finetune" else evaluation_key(cfg, scores)
 
 

@@ -60,8 +60,8 @@ class GenerationPoint(JsonRecord):
 
 @dataclass(kw_only=True)
 class GenerationSpeed(JsonRecord):
-    """How fast a model generates on a device: prefill tokens per second, and a decode step as a fixed part plus
-    a part per row (two batch sizes separate them); forecast/evaltime.py prices evaluations with it."""
+    """How fast a model generates on a device: prefill tokens per second, and a decode step as a fixed part plus a part
+    per row (two batch sizes separate them); forecast/evaltime.py prices evaluations with it."""
 
     prefill_tokens_per_s: float
     decode_fixed_s: float

@@ -1,5 +1,5 @@
-"""stages.json: the completed stages of a staged run, in order, each recorded only once complete (so a failure in
-stage 3 never reruns 1-2); a StageRecord maps the epoch checkpoints, numbered across stages, back."""
+"""stages.json: the completed stages of a staged run, in order, each recorded only once complete (so a failure in stage
+3 never reruns 1-2); a StageRecord maps the epoch checkpoints, numbered across stages, back."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ class CheckpointStage:
 
 
 def checkpoint_stages(cfg: RunConfig, records: list[StageRecord] | None = None) -> dict[int, CheckpointStage]:
-    """{global epoch: its stage}: the completed stages' as recorded, then those to come as planned (none past a
-    stage that stops at max_steps). {} unstaged, or when stages.json no longer matches run.yaml. Every reader of a
+    """{global epoch: its stage}: the completed stages' as recorded, then those to come as planned (none past a stage
+    that stops at max_steps). {} unstaged, or when stages.json no longer matches run.yaml. Every reader of a
     checkpoint's stage reads it here."""
     records = read_stage_records(cfg.run_dir) if records is None else records
     if not cfg.stages or [r.name for r in records] != [s.name for s in cfg.stages[:len(records)]]:

@@ -48,15 +48,14 @@ STEPS_PER_STEP_COST_REPEAT = 20
 
 
 def calibrates_step_cost(processes: int, stage: bool) -> bool:
-    """Whether a job takes the step-cost calibration after training (one rule for the job and the plan): a
-    one-process run that is not a stage — several processes would time their collectives, and a stage's counters
-    span its stages."""
+    """Whether a job takes the step-cost calibration after training (one rule for the job and the plan): a one-process
+    run that is not a stage — several processes would time their collectives, and a stage's counters span its stages."""
     return processes == 1 and not stage
 
 
 def step_cost_repeats(steps: int) -> int:
-    """Timed repeats worth their cost after a run of `steps` steps: one per 20 steps keeps the measurement
-    within about a fifth of the training it follows; a run under 20 steps gets none (its step time is too rough)."""
+    """Timed repeats worth their cost after a run of `steps` steps: one per 20 steps keeps the measurement within about
+    a fifth of the training it follows; a run under 20 steps gets none (its step time is too rough)."""
     return min(STEP_COST_REPEATS, steps // STEPS_PER_STEP_COST_REPEAT)
 
 
@@ -104,8 +103,8 @@ class ProcessMemory(JsonRecord):
 
 @dataclass(kw_only=True)
 class ThreadUse(JsonRecord):
-    """The CPU threads each process computed with, and why (host/threads.py): `torch` threads in each of
-    `processes`, sharing `cores_given` cores; `limit` says which limit set it, `source` where it was read."""
+    """The CPU threads each process computed with, and why (host/threads.py): `torch` threads in each of `processes`,
+    sharing `cores_given` cores; `limit` says which limit set it, `source` where it was read."""
 
     torch: int | None = None
     cores_given: int | None = None

@@ -1,7 +1,7 @@
-"""Differences measured on the same test samples: run vs run, fine-tuned vs control, level vs level (a side's score
-the mean of its runs'). Accuracy between two evaluations: McNemar's exact test and a Clopper–Pearson interval (the
-bootstrap is unreliable with few discordant samples); everything else a seeded paired bootstrap. A difference is
-resolved when its interval excludes zero."""
+"""Differences measured on the same test samples: run vs run, fine-tuned vs control, level vs level (a side's score the
+mean of its runs'). Accuracy between two evaluations: McNemar's exact test and a Clopper–Pearson interval (the bootstrap
+is unreliable with few discordant samples); everything else a seeded paired bootstrap. A difference is resolved when its
+interval excludes zero."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def _common(sides: list[list[SampleArrays]], metric: str) -> list[list[SampleArr
 
 def mcnemar_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE
                        ) -> tuple[float, float, float, int]:
-    """(low, high, exact McNemar p, discordant) of mean(a) - mean(b) for paired 0/1 vectors: with m discordant,
-    a right on k, the difference is m/n (2k/m - 1), its interval from Clopper–Pearson of k/m."""
+    """(low, high, exact McNemar p, discordant) of mean(a) - mean(b) for paired 0/1 vectors: with m discordant, a right
+    on k, the difference is m/n (2k/m - 1), its interval from Clopper–Pearson of k/m."""
     from sklearn.metrics import confusion_matrix
     from statsmodels.stats.contingency_tables import mcnemar
     from statsmodels.stats.proportion import proportion_confint

@@ -109,8 +109,8 @@ def parsed(arr: SampleArrays) -> SampleArrays:
 
 
 def batch_metric(arr: SampleArrays, metric: str, idx: np.ndarray) -> np.ndarray:
-    """The metric on each row of resampled sample indices: vectorized for means and regression metrics, else row
-    by row. Regression metrics expect parsed samples only (see `parsed`)."""
+    """The metric on each row of resampled sample indices: vectorized for means and regression metrics, else row by row.
+    Regression metrics expect parsed samples only (see `parsed`)."""
     idx = np.asarray(idx, int)
     x = per_sample(arr, metric)
     if x is not None:
@@ -132,8 +132,8 @@ def batch_metric(arr: SampleArrays, metric: str, idx: np.ndarray) -> np.ndarray:
 
 
 def _batch_classification(arr: SampleArrays, metric: str, rows: np.ndarray) -> np.ndarray:
-    """Balanced accuracy and macro F1 of many resamples in one scikit-learn call, resample b's classes relabelled
-    b·K + k, each averaged over the classes that resample has (tests hold them equal to the single-sample ones)."""
+    """Balanced accuracy and macro F1 of many resamples in one scikit-learn call, resample b's classes relabelled b·K +
+    k, each averaged over the classes that resample has (tests hold them equal to the single-sample ones)."""
     from sklearn.metrics import precision_recall_fscore_support
 
     k = len(arr.labels)

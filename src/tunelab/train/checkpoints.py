@@ -1,9 +1,9 @@
-"""Writing checkpoints: per-epoch adapter checkpoints (checkpoints/epoch_N/) published from the trainer state, and
-the retention of trainer states (reading them: tunelab.rundir.checkpoints).
+"""Writing checkpoints: per-epoch adapter checkpoints (checkpoints/epoch_N/) published from the trainer state, and the
+retention of trainer states (reading them: tunelab.rundir.checkpoints).
 
-The trainer keeps its full state under trainer_state/checkpoint-STEP so a killed job resumes exactly; epoch_N
-holds what people evaluate and ship. A checkpoint is complete only once tunelab's token counters, the last write
-of a save, are in it: a kill before leaves one never resumed from. Retention deletes only after a complete save."""
+The trainer keeps its full state under trainer_state/checkpoint-STEP so a killed job resumes exactly; epoch_N holds what
+people evaluate and ship. A checkpoint is complete only once tunelab's token counters, the last write of a save, are in
+it: a kill before leaves one never resumed from. Retention deletes only after a complete save."""
 
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ def epoch_index(epoch: float | None) -> int:
 
 
 def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete trainer states no longer needed, once a save is complete: the newest complete one always stays;
-    keep=N keeps the N newest, default every epoch end and mid-epoch ones while newest; a kill's incomplete leftovers
-    go too. Returns what was deleted."""
+    """Delete trainer states no longer needed, once a save is complete: the newest complete one always stays; keep=N
+    keeps the N newest, default every epoch end and mid-epoch ones while newest; a kill's incomplete leftovers go too.
+    Returns what was deleted."""
     complete = complete_trainer_checkpoints(state_dir)
     if not complete:
         return []
@@ -88,8 +88,8 @@ def directory_bytes(path: Path) -> int:
 
 
 def drop_unfinished_saves(state_dir: str | Path, run_dir: str | Path) -> list[Path]:
-    """After a save that did not fit: delete what it left (checkpoints without counters, half-copied epoch dirs)
-    so the space is free and the newest complete checkpoint stays the resume point. Returns what was deleted."""
+    """After a save that did not fit: delete what it left (checkpoints without counters, half-copied epoch dirs) so the
+    space is free and the newest complete checkpoint stays the resume point. Returns what was deleted."""
     last = last_complete_checkpoint(state_dir)
     after = checkpoint_step(last) if last else -1
     dropped = [d for d in trainer_checkpoints(state_dir) if checkpoint_step(d) > after]

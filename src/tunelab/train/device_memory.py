@@ -1,9 +1,9 @@
 """What a probe reads of the device beside torch's allocator counters: the memory the driver says the process holds
 (NVML "used"), the CUDA context, and on a CPU the resident memory.
 
-NVML reports the whole device, so a baseline read before this process touches CUDA is subtracted. The CUDA
-context (outside torch's allocator) is NVML's figure minus `memory_reserved()` after a first matmul, and again
-after the timed steps (kernels load lazily). Without NVML: cudaMemGetInfo's total − free, with no baseline."""
+NVML reports the whole device, so a baseline read before this process touches CUDA is subtracted. The CUDA context
+(outside torch's allocator) is NVML's figure minus `memory_reserved()` after a first matmul, and again after the timed
+steps (kernels load lazily). Without NVML: cudaMemGetInfo's total − free, with no baseline."""
 
 from __future__ import annotations
 

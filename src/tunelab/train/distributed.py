@@ -46,8 +46,8 @@ def is_worker() -> bool:
 
 
 def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
-    """Trainer arguments of a strategy: the Trainer wraps the model in DDP once torchrun started the processes;
-    FSDP is applied by tunelab (train/sharding.py), since accelerate honours it on accelerators only."""
+    """Trainer arguments of a strategy: the Trainer wraps the model in DDP once torchrun started the processes; FSDP is
+    applied by tunelab (train/sharding.py), since accelerate honours it on accelerators only."""
     if strategy is None:
         return {}
     args: dict[str, Any] = {"ddp_find_unused_parameters": False}
@@ -108,10 +108,10 @@ def close_process_group() -> None:
 
 
 def exit_finished_worker() -> NoReturn:
-    """End a finished torchrun worker with status 0 after the exit steps user code observes (threads joined,
-    atexit handlers) and before module teardown and static destructors, where finished ranks aborted (SIGABRT) and
-    torchrun judged the run failed: gloo's threads stop only when the ProcessGroup is freed, and DTensor's module
-    caches hold it until teardown, in whatever order. tests/e2e/test_fsdp.py checks that atexit handlers run."""
+    """End a finished torchrun worker with status 0 after the exit steps user code observes (threads joined, atexit
+    handlers) and before module teardown and static destructors, where finished ranks aborted (SIGABRT) and torchrun
+    judged the run failed: gloo's threads stop only when the ProcessGroup is freed, and DTensor's module caches hold it
+    until teardown, in whatever order. tests/e2e/test_fsdp.py checks that atexit handlers run."""
     for thread in threading.enumerate():  # what Python's own exit waits for first
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()

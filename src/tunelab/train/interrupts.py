@@ -1,9 +1,9 @@
 """Save before being stopped, so a time limit or a preemption loses at most one checkpoint interval.
 
-Slurm warns with SIGUSR1 before the limit and sends SIGTERM when it preempts or cancels; either only sets a flag,
-and at the next optimizer step the trainer saves a complete checkpoint and stops. After SIGUSR1 the job requeues
-itself (same id: its evaluation's afterok holds), only when this start made progress, so a run that cannot advance
-never loops. `checkpoint_every` bounds what a kill without warning loses."""
+Slurm warns with SIGUSR1 before the limit and sends SIGTERM when it preempts or cancels; either only sets a flag, and at
+the next optimizer step the trainer saves a complete checkpoint and stops. After SIGUSR1 the job requeues itself (same
+id: its evaluation's afterok holds), only when this start made progress, so a run that cannot advance never loops.
+`checkpoint_every` bounds what a kill without warning loses."""
 
 from __future__ import annotations
 
@@ -93,9 +93,9 @@ def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch
 
 
 def requeue_self(status: StatusWriter, log) -> bool:
-    """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or when
-    refused. status.json says so before the call, since Slurm's SIGTERM can end this process before `scontrol`
-    returns; a refused requeue takes that back."""
+    """`scontrol requeue` this Slurm job (it restarts from its script, resuming); False outside Slurm or when refused.
+    status.json says so before the call, since Slurm's SIGTERM can end this process before `scontrol` returns; a refused
+    requeue takes that back."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return False
@@ -118,8 +118,8 @@ def requeue_self(status: StatusWriter, log) -> bool:
 
 
 def _requeue_commands(job: str) -> list[list[str]]:
-    """`scontrol requeue`, preceded in a multi-node job by allowing it: such a job runs --no-requeue, so a node
-    failure goes to tunelab's retry instead of a silent requeue, and Slurm refuses until its Requeue flag is set."""
+    """`scontrol requeue`, preceded in a multi-node job by allowing it: such a job runs --no-requeue, so a node failure
+    goes to tunelab's retry instead of a silent requeue, and Slurm refuses until its Requeue flag is set."""
     allow = [["scontrol", "update", f"JobId={job}", "Requeue=1"]]
     return (allow if int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) > 1 else []) + [["scontrol", "requeue", job]]
 
@@ -134,8 +134,8 @@ def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusW
 
 
 def await_requeue_kill(run_dir: Path, log, wait_s: float = REQUEUE_KILL_WAIT_S) -> None:
-    """After this job requeued itself, let Slurm end it: a script exiting first can be recorded FAILED and cancel
-    the evaluation job. Returns at once outside a self-requeued job, after `wait_s` at most."""
+    """After this job requeued itself, let Slurm end it: a script exiting first can be recorded FAILED and cancel the
+    evaluation job. Returns at once outside a self-requeued job, after `wait_s` at most."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job or read_status(run_dir).requeued_job != job:
         return

@@ -1,7 +1,7 @@
-"""The training job's entry point: `python -m tunelab.train.job RUN_YAML` (what job.sh, job.sbatch and `tunelab
-train` run). A worker that torchrun started trains as one rank; otherwise the job decides how many processes
-train on this node and trains here or launches them under torchrun (launch.py), sampling the GPUs meanwhile. A
-staged run takes the staged loop (stages.py). A job that requeued itself waits for Slurm to end it."""
+"""The training job's entry point: `python -m tunelab.train.job RUN_YAML` (what job.sh, job.sbatch and `tunelab train`
+run). A worker that torchrun started trains as one rank; otherwise the job decides how many processes train on this node
+and trains here or launches them under torchrun (launch.py), sampling the GPUs meanwhile. A staged run takes the staged
+loop (stages.py). A job that requeued itself waits for Slurm to end it."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 workers, each running `python -m tunelab.train.job run.yaml`).
 
 Why not torchrun in the job script: the process count is decided from run.yaml in one place, so job scripts and
-executors never need it, and the agent outlives a crashed worker to say in status.json why the run failed. A run
-that spans nodes has one job process per node (srun), meeting at a c10d rendezvous (nodes.py); worker rank 0
-alone writes run files."""
+executors never need it, and the agent outlives a crashed worker to say in status.json why the run failed. A run that
+spans nodes has one job process per node (srun), meeting at a c10d rendezvous (nodes.py); worker rank 0 alone writes run
+files."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ SIGNALS_ENV = ("TORCHELASTIC_SIGNALS_TO_HANDLE", "PET_SIGNALS_TO_HANDLE")
 
 
 def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
-    """Run `python -m tunelab.train.job <argv>` on `nproc` processes through torchrun: alone a standalone
-    rendezvous, one node of several (`place`) the run's c10d rendezvous. Raises ChildFailedError when a worker fails."""
+    """Run `python -m tunelab.train.job <argv>` on `nproc` processes through torchrun: alone a standalone rendezvous,
+    one node of several (`place`) the run's c10d rendezvous. Raises ChildFailedError when a worker fails."""
     from torch.distributed.run import get_args_parser, run
 
     forward_signals()

@@ -1,11 +1,10 @@
-"""What the job's training loop adds to a bare micro-batch, measured on this machine in a process of its own
-(`python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]`), run once per machine by the plan
-(forecast/loopcost.py).
+"""What the job's training loop adds to a bare micro-batch, measured on this machine in a process of its own (`python -m
+tunelab.train.loop_cost OUT_DIR [THREADS ...]`), run once per machine by the plan (forecast/loopcost.py).
 
-A job's step also collates, counts tokens, clips, steps the scheduler, runs callbacks and writes its files. This
-trains a reference run with the job's own trainer and callback, then times bare micro-batches of the same size in
-the same process; the difference per step goes to OUT_DIR/loop.json with the load over both and the
-interpreter's import time (`imports_s`)."""
+A job's step also collates, counts tokens, clips, steps the scheduler, runs callbacks and writes its files. This trains
+a reference run with the job's own trainer and callback, then times bare micro-batches of the same size in the same
+process; the difference per step goes to OUT_DIR/loop.json with the load over both and the interpreter's import time
+(`imports_s`)."""
 
 from __future__ import annotations
 

@@ -53,8 +53,8 @@ def make_trainer_class():
     from tunelab.train.step_flops import CountedFlopsMixin
 
     class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, CountedFlopsMixin, SFTTrainer):
-        """Counts every micro-batch's tokens and times evaluations and saves; saves and resumes a sharded model;
-        takes the model's own loss where losses.py says; counts a step's FLOPs without walking the parameters."""
+        """Counts every micro-batch's tokens and times evaluations and saves; saves and resumes a sharded model; takes
+        the model's own loss where losses.py says; counts a step's FLOPs without walking the parameters."""
 
         counters: Counters
         local: LocalCounts
@@ -155,8 +155,8 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
 
 
 def load_optimizer_state(optimizer, checkpoint: Path, model=None) -> None:
-    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's learning
-    rates (its schedule was built with them). A sharded model's optimizer takes the whole state into its shards."""
+    """Carry the previous stage's optimizer moments into this stage's optimizer, keeping this stage's learning rates
+    (its schedule was built with them). A sharded model's optimizer takes the whole state into its shards."""
     import torch
 
     from tunelab.train.sharding import is_sharded, load_full_optimizer_state

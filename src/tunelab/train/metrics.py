@@ -1,6 +1,6 @@
 """What a run measures about itself: tokens (all and non-padding), throughput over training time only, peak memory,
-loss, val_loss. Counted in tokens, since memory and speed scale with tokens and packed and unpacked runs compare
-only that way."""
+loss, val_loss. Counted in tokens, since memory and speed scale with tokens and packed and unpacked runs compare only
+that way."""
 
 from __future__ import annotations
 

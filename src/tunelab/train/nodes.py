@@ -1,8 +1,8 @@
 """Where this job process sits when a run spans nodes, and the torchrun arguments that follow from it.
 
-One job process per node (srun), each starting torchrun; the nodes meet at a c10d rendezvous on the first node,
-on a port derived from the job id, so every node computes the same endpoint with nothing exchanged and two jobs
-sharing a first node get different ports. Pure (environment in, argv out), so tested without a cluster."""
+One job process per node (srun), each starting torchrun; the nodes meet at a c10d rendezvous on the first node, on a
+port derived from the job id, so every node computes the same endpoint with nothing exchanged and two jobs sharing a
+first node get different ports. Pure (environment in, argv out), so tested without a cluster."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def node_place(env: Mapping[str, str], nodes: int, run_yaml: Path) -> NodePlace 
 
 
 def torchrun_args(place: NodePlace | None, nproc_per_node: int, argv: list[str]) -> list[str]:
-    """torchrun's arguments for this node: alone a standalone rendezvous on a free port; several the c10d
-    rendezvous at the first node, the job id its id. No restarts (Slurm's verdict goes to tunelab's retry); no
-    --node-rank (c10d ignores it): rank 0 is whichever node c10d puts first, and only it writes run files."""
+    """torchrun's arguments for this node: alone a standalone rendezvous on a free port; several the c10d rendezvous at
+    the first node, the job id its id. No restarts (Slurm's verdict goes to tunelab's retry); no --node-rank (c10d
+    ignores it): rank 0 is whichever node c10d puts first, and only it writes run files."""
     head = ["--nproc-per-node", str(nproc_per_node), "--max-restarts", "0"]
     if place is None:
         return ["--standalone", "--nnodes", "1", *head, "--module", JOB_MODULE, *argv]

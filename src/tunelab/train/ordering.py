@@ -1,6 +1,6 @@
 """Curriculum ordering (`training.order`) and the record of the order each epoch really used: `shuffled` keeps the
-trainer's seeded sampler, every other order is a fixed permutation (FixedOrderSampler). The indices are recorded
-as drawn (`<run>/data_order.jsonl`), so the file states what the trainer was fed."""
+trainer's seeded sampler, every other order is a fixed permutation (FixedOrderSampler). The indices are recorded as
+drawn (`<run>/data_order.jsonl`), so the file states what the trainer was fed."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
-"""A few real optimizer steps of one run's shape: what `tunelab probe` measures, as a process of its own
-(`python -m tunelab.train.probe_steps RUN_YAML [--max-batch]`, RUN_YAML the probe's scratch run), its result
-into that run's directory (rundir.probe).
+"""A few real optimizer steps of one run's shape: what `tunelab probe` measures, as a process of its own (`python -m
+tunelab.train.probe_steps RUN_YAML [--max-batch]`, RUN_YAML the probe's scratch run), its result into that run's
+directory (rundir.probe).
 
-The trainer is the run's own. After a warm-up it times real steps at the planned micro-batch and the next larger,
-taking turns (train/step_cost.py), so the fixed cost separates from the cost per token; while timings disagree by
-more than SPREAD_LIMIT or the window was contended, up to MORE_ROUNDS more rounds. One checkpoint save is timed
-(`time_save`), then generations (train/probe_generate.py).
+The trainer is the run's own. After a warm-up it times real steps at the planned micro-batch and the next larger, taking
+turns (train/step_cost.py), so the fixed cost separates from the cost per token; while timings disagree by more than
+SPREAD_LIMIT or the window was contended, up to MORE_ROUNDS more rounds. One checkpoint save is timed (`time_save`),
+then generations (train/probe_generate.py).
 
 `--steps=N` (the GPU kit): N timed steps at the planned micro-batch, each kept with what the device says
-(train/device_memory.py). `--profile=DIR`: PROFILE_STEPS more steps through the Trainer's loop under
-torch.profiler, each part labelled (train/profile.py, profile_report.py)."""
+(train/device_memory.py). `--profile=DIR`: PROFILE_STEPS more steps through the Trainer's loop under torch.profiler,
+each part labelled (train/profile.py, profile_report.py)."""
 
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ def find_max_batch(trainer: Any, start: int, limit: int = 1024) -> int:
 
 def probe_run(pcfg: RunConfig, max_batch: bool = False, steps: int | None = None, profile: Path | None = None
               ) -> ProbeResult:
-    """Warm up, then time real steps at the run's micro-batch and twice it (`max_batch`: also the largest that
-    runs). `steps`: that many at the run's micro-batch alone (the GPU kit); `profile`: a directory for a profile."""
+    """Warm up, then time real steps at the run's micro-batch and twice it (`max_batch`: also the largest that runs).
+    `steps`: that many at the run's micro-batch alone (the GPU kit); `profile`: a directory for a profile."""
     import torch
 
     from tunelab.train.trainer import build_trainer

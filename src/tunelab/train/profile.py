@@ -1,10 +1,10 @@
-"""A few optimizer steps through the Trainer's own loop under torch.profiler, each part labelled (`--profile=DIR`
-of probe_steps, after the timed steps).
+"""A few optimizer steps through the Trainer's own loop under torch.profiler, each part labelled (`--profile=DIR` of
+probe_steps, after the timed steps).
 
-Why the Trainer's loop: a run's step also clips, steps the scheduler, runs the callbacks and logs, all per-step
-cost the probe's bare steps miss. Parts are labelled by wrapping this trainer's own methods, so nothing of a run
-changes; the loop logs every step here, so a log's cost is an upper bound. The profiler starts and stops at the
-start of a step, so each profiled step is whole."""
+Why the Trainer's loop: a run's step also clips, steps the scheduler, runs the callbacks and logs, all per-step cost the
+probe's bare steps miss. Parts are labelled by wrapping this trainer's own methods, so nothing of a run changes; the
+loop logs every step here, so a log's cost is an upper bound. The profiler starts and stops at the start of a step, so
+each profiled step is whole."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Resume: where this start of a run (or stage) begins, decided once, before anything trains.
 
-A restarted job resumes from the newest complete trainer checkpoint of its stage; the main process first brings
-the run directory back to that point, so nothing is counted twice: an unpublished epoch_N is published again,
-metrics.jsonl keeps the rows up to the checkpoint's step, a stage starting afresh drops its epochs' orders, and a
-run starting afresh drops every earlier result. The files are read once per job (train/held.py)."""
+A restarted job resumes from the newest complete trainer checkpoint of its stage; the main process first brings the run
+directory back to that point, so nothing is counted twice: an unpublished epoch_N is published again, metrics.jsonl
+keeps the rows up to the checkpoint's step, a stage starting afresh drops its epochs' orders, and a run starting afresh
+drops every earlier result. The files are read once per job (train/held.py)."""
 
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | N
 
 def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
                              ) -> list[int]:
-    """Publish epoch_N again from complete trainer checkpoints up to `upto` where missing (a save killed before
-    its publish); returns those republished. epoch_offset: a staged run's earlier stages' epochs."""
+    """Publish epoch_N again from complete trainer checkpoints up to `upto` where missing (a save killed before its
+    publish); returns those republished. epoch_offset: a staged run's earlier stages' epochs."""
     done = []
     for ckpt in complete_trainer_checkpoints(state_dir):
         if checkpoint_step(ckpt) > checkpoint_step(upto):

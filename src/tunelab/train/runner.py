@@ -1,9 +1,9 @@
 """Train one run (or one stage of a staged run) in its run directory; resume after a kill.
 
 In order: resume (resume.py), say running in status.json, build the trainer (trainer.py) and train, the callback
-(loop_hooks.py) writing metrics, progress and epoch checkpoints, a stop signal saving and stopping
-(interrupts.py); then validate at the last step, measure the step cost, summarize from the rows the job holds. A
-failure says why in status.json and raises. Completing the run is complete_run's, after the last stage."""
+(loop_hooks.py) writing metrics, progress and epoch checkpoints, a stop signal saving and stopping (interrupts.py); then
+validate at the last step, measure the step cost, summarize from the rows the job holds. A failure says why in
+status.json and raises. Completing the run is complete_run's, after the last stage."""
 
 from __future__ import annotations
 
@@ -243,8 +243,8 @@ def _check_applied(asked: Strategy | None, applied: Strategy | None) -> None:
 
 
 def _validate_at_end(trainer: Any, rows: list[MetricRow]) -> None:
-    """Validate at the last step unless that row exists (evaluate() writes it through on_log; a resumed run may
-    have it). The main process decides; evaluate() is a collective, so every process follows."""
+    """Validate at the last step unless that row exists (evaluate() writes it through on_log; a resumed run may have
+    it). The main process decides; evaluate() is a collective, so every process follows."""
     step = trainer.state.global_step
     missing = world().is_main and not any(r.step == step and r.is_validation for r in rows)
     if agree(missing):

@@ -1,9 +1,9 @@
 """FSDP2 applied by tunelab itself, on GPUs (NCCL) and CPU (gloo) alike.
 
-accelerate applies the Trainer's FSDP arguments on accelerators only (with CPU processes it silently trains DDP),
-so tunelab shards the PEFT model with `fully_shard` (each decoder layer, then the root) after the Trainer built it
-and before the optimizer: one path on every device, the one the suite runs. Checkpoints gather a full state dict,
-so their files are exactly a one-process run's; a resume loads the adapter before sharding."""
+accelerate applies the Trainer's FSDP arguments on accelerators only (with CPU processes it silently trains DDP), so
+tunelab shards the PEFT model with `fully_shard` (each decoder layer, then the root) after the Trainer built it and
+before the optimizer: one path on every device, the one the suite runs. Checkpoints gather a full state dict, so their
+files are exactly a one-process run's; a resume loads the adapter before sharding."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Staged runs (run.yaml `stages:`): stage k trains from stage k-1's final adapter, in the run's own directory.
 
-Every stage writes into the run's files as one continuous run (steps, epochs and checkpoints numbered across
-stages; stages.json maps them back). Each stage keeps its own trainer state and is recorded only once complete,
-so a failure in stage 3 resumes stage 3 and never reruns 1-2."""
+Every stage writes into the run's files as one continuous run (steps, epochs and checkpoints numbered across stages;
+stages.json maps them back). Each stage keeps its own trainer state and is recorded only once complete, so a failure in
+stage 3 resumes stage 3 and never reruns 1-2."""
 
 from __future__ import annotations
 

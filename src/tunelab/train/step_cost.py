@@ -1,6 +1,6 @@
-"""Measure how a step's time (and peak memory) grows with tokens, once training is over: a step costs a fixed part
-plus a part per token, and timing two more micro-batch sizes separates them, so one calibration run predicts other
-batch and model sizes."""
+"""Measure how a step's time (and peak memory) grows with tokens, once training is over: a step costs a fixed part plus
+a part per token, and timing two more micro-batch sizes separates them, so one calibration run predicts other batch and
+model sizes."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ class TimedSteps:
 
 def time_real_steps(trainer, batches: list[int], repeats: int = STEP_COST_REPEATS,
                     on_step: Callable[[int, float, float], None] | None = None, warmup: bool = True) -> TimedSteps:
-    """A few real steps at each size, every one timed on the run's own data. The sizes take turns, so a burst of
-    other work falls on both alike, and the load is measured. `warmup`: one untimed round; `on_step(micro-batch,
-    tokens, seconds)` after each timed step."""
+    """A few real steps at each size, every one timed on the run's own data. The sizes take turns, so a burst of other
+    work falls on both alike, and the load is measured. `warmup`: one untimed round; `on_step(micro-batch, tokens,
+    seconds)` after each timed step."""
     import torch
     from torch.utils.data import DataLoader
 

@@ -1,5 +1,5 @@
-"""The trainer a run trains with, built exactly as the job builds it (TRL SFTTrainer + PEFT LoRA, PromptFormat's
-tokens, packing, order, DDP/FSDP). Tests and the probe build it too, so they time what a job really feeds."""
+"""The trainer a run trains with, built exactly as the job builds it (TRL SFTTrainer + PEFT LoRA, PromptFormat's tokens,
+packing, order, DDP/FSDP). Tests and the probe build it too, so they time what a job really feeds."""
 
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
 
 
 def plain_loss(cuda: bool, packing: bool, vision: bool) -> bool:
-    """Whether the model computes its own loss from full logits instead of TRL's fused LM head: on a CPU, for
-    unpacked text rows, where the head's extras cost time for nothing. Packed rows and images keep TRL's path, whose
-    labels and positions TRL's loss expects."""
+    """Whether the model computes its own loss from full logits instead of TRL's fused LM head: on a CPU, for unpacked
+    text rows, where the head's extras cost time for nothing. Packed rows and images keep TRL's path, whose labels and
+    positions TRL's loss expects."""
     return not cuda and not packing and not vision
 
 

@@ -1,9 +1,9 @@
-"""`tunelab tune`: one Optuna study per combination, its trials real runs one at a time, combinations side by side
-where the executor has room (tune/lanes.py).
+"""`tunelab tune`: one Optuna study per combination, its trials real runs one at a time, combinations side by side where
+the executor has room (tune/lanes.py).
 
 The studies live in an append-only journal (tune/journal.log: a kill loses at most a line, and it works on shared
-filesystems). Run again, the search goes on where it stopped. The sampler is seeded before each ask from the
-spec's seed and the trial's number, so the rates asked do not depend on where a search stopped."""
+filesystems). Run again, the search goes on where it stopped. The sampler is seeded before each ask from the spec's seed
+and the trial's number, so the rates asked do not depend on where a search stopped."""
 
 from __future__ import annotations
 

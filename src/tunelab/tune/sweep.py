@@ -1,6 +1,6 @@
 """The search as the sweep's first step: with a `tune:` block, `tunelab run` trains no run at a rate no search chose;
-such runs get their combination's search first and are scaffolded again at its rate. Where no search can run, it
-refuses in one line naming `tunelab tune`: a comparison is tuned only when a search produced its rates."""
+such runs get their combination's search first and are scaffolded again at its rate. Where no search can run, it refuses
+in one line naming `tunelab tune`: a comparison is tuned only when a search produced its rates."""
 
 from __future__ import annotations
 

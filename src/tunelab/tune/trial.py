@@ -1,7 +1,7 @@
 """One trial as a real run on the sweep's executor: its job submitted (or followed again after a kill), validation
 losses reported to Optuna as they come, the job cancelled once pruned. Judged by its last validation loss or its
-evaluation job (tune/trial_eval.py); validations are judged in file order, so the outcome never depends on when
-they were read."""
+evaluation job (tune/trial_eval.py); validations are judged in file order, so the outcome never depends on when they
+were read."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def healed_config(cfg: RunConfig) -> RunConfig:
 
 @dataclass(frozen=True)
 class Lane:
-    """Where a trial's jobs run when combinations are searched side by side: the executor's environment for its
-    share, and the search's stop signal (Ctrl-C lands in the main thread only)."""
+    """Where a trial's jobs run when combinations are searched side by side: the executor's environment for its share,
+    and the search's stop signal (Ctrl-C lands in the main thread only)."""
 
     env: dict[str, str] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)

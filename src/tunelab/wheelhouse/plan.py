@@ -1,6 +1,6 @@
 """The wheelhouse plan, pure (no network, no pip): the node's packages, whether its torch is in range, the pins that
-keep them, and pip's resolution sorted into kept, carried (and why) and torch's own. A pre-release the node has
-counts, as for pip, so an NGC torch 2.7.0a0+… satisfies `torch>=2.6`."""
+keep them, and pip's resolution sorted into kept, carried (and why) and torch's own. A pre-release the node has counts,
+as for pip, so an NGC torch 2.7.0a0+… satisfies `torch>=2.6`."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class Installed:
 
 
 def parse_freeze(text: str, file: str | Path = "--have") -> dict[str, Installed]:
-    """Canonical name -> the node's package from `name==version` lines; comments, blanks and editable lines (a
-    project in development, not a release) skipped; a line without a version is refused (no range to check)."""
+    """Canonical name -> the node's package from `name==version` lines; comments, blanks and editable lines (a project
+    in development, not a release) skipped; a line without a version is refused (no range to check)."""
     have: dict[str, Installed] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #", 1)[0].strip()
@@ -98,8 +98,8 @@ def check_torch(have: Mapping[str, Installed], requires: Iterable[Requirement], 
 
 def constraints(have: Mapping[str, Installed],
                 requires: Iterable[Requirement]) -> tuple[dict[str, str], dict[str, str]]:
-    """(pins, out_of_range): `name==version` pins so pip keeps what the node has, except tunelab's requirements it
-    has out of range (with why) and torch's family besides torch; torch pinned to its public release."""
+    """(pins, out_of_range): `name==version` pins so pip keeps what the node has, except tunelab's requirements it has
+    out of range (with why) and torch's family besides torch; torch pinned to its public release."""
     out: dict[str, str] = {}
     for req in requires:
         name: str = canonicalize_name(req.name)
@@ -184,8 +184,8 @@ def classify(resolved: list[Resolved], have: Mapping[str, Installed], torch: Ins
 
 
 def _parents(resolved: list[Resolved], markers: Mapping[str, str]) -> dict[str, list[tuple[str, Requirement]]]:
-    """Package -> (parent, requirement) for every requirement that holds on the node; extras asked anywhere are
-    gathered until nothing changes (pip's report records them at the top level only)."""
+    """Package -> (parent, requirement) for every requirement that holds on the node; extras asked anywhere are gathered
+    until nothing changes (pip's report records them at the top level only)."""
     extras = {r.name: set(r.extras) for r in resolved}
     while True:
         edges: dict[str, list[tuple[str, Requirement]]] = {}

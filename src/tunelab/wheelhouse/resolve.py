@@ -47,8 +47,8 @@ def _failed(what: str, done: subprocess.CompletedProcess[str]) -> TunelabError:
 
 
 def build_wheel(project: Path, work: Path) -> Path:
-    """tunelab's wheel from a copy of pyproject.toml, README.md and src/, so a stale build/ cannot slip a removed
-    module in; with this environment's backend where it qualifies, since pip's isolated build would install it again."""
+    """tunelab's wheel from a copy of pyproject.toml, README.md and src/, so a stale build/ cannot slip a removed module
+    in; with this environment's backend where it qualifies, since pip's isolated build would install it again."""
     copy = work / "project"
     shutil.copytree(project / "src", copy / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))

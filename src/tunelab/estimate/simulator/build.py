@@ -1,8 +1,7 @@
-"""Build the model a run trains, as the trainer builds it, with no weights: on the `meta` device first
-(transformers, PEFT and TRL run their own code), then every parameter replaced by a fake tensor, one per
-distinct tensor, so tied weights stay one storage. The calls mirror train/ and TRL's SFTTrainer: dtype and
-attention, QLoRA's layers and k-bit preparation, checkpointing, the run's LoraConfig (adapters in fp32 unless
-quantized), TRL's fused LM head."""
+"""Build the model a run trains, as the trainer builds it, with no weights: on the `meta` device first (transformers,
+PEFT and TRL run their own code), then every parameter replaced by a fake tensor, one per distinct tensor, so tied
+weights stay one storage. The calls mirror train/ and TRL's SFTTrainer: dtype and attention, QLoRA's layers and k-bit
+preparation, checkpointing, the run's LoraConfig (adapters in fp32 unless quantized), TRL's fused LM head."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """A stand-in for bitsandbytes' 4-bit Linear (QLoRA), which has no CPU or fake-tensor kernel.
 
-It stores what `bnb.nn.Linear4bit` stores under tunelab's BitsAndBytesConfig (NF4, double quantization): the
-packed weight (two values a byte) and the quantization state (absmax per 64 weights quantized to uint8, fp32
-absmax per 256 blocks, two code tables). Its forward allocates what `MatMul4Bit` does: the input cast to the
-compute dtype, the weight dequantized for one `linear` and freed, the output cast back to the input's dtype;
-nothing of the input is saved, and backward dequantizes again."""
+It stores what `bnb.nn.Linear4bit` stores under tunelab's BitsAndBytesConfig (NF4, double quantization): the packed
+weight (two values a byte) and the quantization state (absmax per 64 weights quantized to uint8, fp32 absmax per 256
+blocks, two code tables). Its forward allocates what `MatMul4Bit` does: the input cast to the compute dtype, the weight
+dequantized for one `linear` and freed, the output cast back to the input's dtype; nothing of the input is saved, and
+backward dequantizes again."""
 
 from __future__ import annotations
 

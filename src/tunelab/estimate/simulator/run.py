@@ -1,8 +1,8 @@
 """One simulation: build, materialize on fake tensors, run the steps, read the tracker; cached.
 
-DDP runs the same step on every device plus its gradient buckets (simulated). FSDP is derived from the
-simulated step: each parameter split as FSDP2 splits it (fsdp_parameter_bytes), the optimizer state with it,
-buffers whole, plus two decoder layers' full weights (computing and prefetched)."""
+DDP runs the same step on every device plus its gradient buckets (simulated). FSDP is derived from the simulated step:
+each parameter split as FSDP2 splits it (fsdp_parameter_bytes), the optimizer state with it, buffers whole, plus two
+decoder layers' full weights (computing and prefetched)."""
 
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, proc
 
 def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
               strategy: Strategy | None, exact: bool = False) -> SimulatedMemory:
-    """Decoder layers are alike, so every byte count is affine in their number: deep models are simulated at 2
-    and 4 layers and each phase's peak extrapolated (exact for identical layers; tests compare full simulations)."""
+    """Decoder layers are alike, so every byte count is affine in their number: deep models are simulated at 2 and 4
+    layers and each phase's peak extrapolated (exact for identical layers; tests compare full simulations)."""
     t0 = time.perf_counter()
     layers = _layers(model_config)
     if exact or layers is None or layers <= EXTRAPOLATE_ABOVE_LAYERS:
@@ -205,8 +205,8 @@ class ShardBytes:
 
 
 def fsdp_parameter_bytes(model: Any, n: int) -> ShardBytes:
-    """What FSDP2 allocates on each of n devices: every parameter split on its first dimension into chunks of
-    ceil(rows / n) rows, padded so all devices hold the same; tied parameters count once."""
+    """What FSDP2 allocates on each of n devices: every parameter split on its first dimension into chunks of ceil(rows
+    / n) rows, padded so all devices hold the same; tied parameters count once."""
     frozen_whole = trainable_whole = frozen = trainable = 0
     for p in model.parameters():
         rows = p.shape[0] if p.dim() else 1

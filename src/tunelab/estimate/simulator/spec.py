@@ -42,9 +42,9 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class StepShape:
-    """One micro-batch. Packed (TRL's BFD, padding-free): one flattened row of micro_batch × seq_len with
-    position ids. Unpacked: rows padded to `seq_len` with an attention mask; `padded`: some row is shorter, which
-    makes transformers build an explicit mask. A VLM row holds `images_per_row` images of grid `image_grid`."""
+    """One micro-batch. Packed (TRL's BFD, padding-free): one flattened row of micro_batch × seq_len with position ids.
+    Unpacked: rows padded to `seq_len` with an attention mask; `padded`: some row is shorter, which makes transformers
+    build an explicit mask. A VLM row holds `images_per_row` images of grid `image_grid`."""
 
     micro_batch: int
     seq_len: int

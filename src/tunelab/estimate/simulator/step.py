@@ -1,10 +1,10 @@
-"""Run tunelab's training step on fake tensors and count its memory: two optimizer steps (the optimizer's state
-exists from the first), as the HF Trainer under TRL's SFTTrainer runs them on a GPU — TRL's collator's inputs
-with labels everywhere (the worst case), autocast in the run's dtype, the fused LM head's loss and metrics,
-backward, clipping, fused AdamW, `zero_grad(set_to_none=True)`.
+"""Run tunelab's training step on fake tensors and count its memory: two optimizer steps (the optimizer's state exists
+from the first), as the HF Trainer under TRL's SFTTrainer runs them on a GPU — TRL's collator's inputs with labels
+everywhere (the worst case), autocast in the run's dtype, the fused LM head's loss and metrics, backward, clipping,
+fused AdamW, `zero_grad(set_to_none=True)`.
 
-GPU-only kernels get stand-ins (attention.py, qlora.py, and TRL's in-place Triton tile folds, whose torch
-fallback would allocate temporaries a GPU never sees)."""
+GPU-only kernels get stand-ins (attention.py, qlora.py, and TRL's in-place Triton tile folds, whose torch fallback would
+allocate temporaries a GPU never sees)."""
 
 from __future__ import annotations
 

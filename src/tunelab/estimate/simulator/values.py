@@ -1,10 +1,10 @@
-"""Values the simulation does know: small integer tensors a vision-language step reads back (the tower splits per
-image by `image_grid_thw`, the model finds image tokens in `input_ids`).
+"""Values the simulation does know: small integer tensors a vision-language step reads back (the tower splits per image
+by `image_grid_thw`, the model finds image tokens in `input_ids`).
 
-The inputs whose values decide shapes are registered with their real values (`remember`), and every op whose
-inputs all have known values also runs on them (up to `MAX_NUMEL` elements: bookkeeping, never activations).
-Then `.item()` answers the real value, a value-dependent output shape gets a fake of the real result's shape, and
-indexing by a known mask is a static shape. The real copies are not counted."""
+The inputs whose values decide shapes are registered with their real values (`remember`), and every op whose inputs all
+have known values also runs on them (up to `MAX_NUMEL` elements: bookkeeping, never activations). Then `.item()` answers
+the real value, a value-dependent output shape gets a fake of the real result's shape, and indexing by a known mask is a
+static shape. The real copies are not counted."""
 
 from __future__ import annotations
 
