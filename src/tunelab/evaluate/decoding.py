@@ -128,8 +128,8 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
 
 
 def row_sampler(samplings: list[Sampling | None], seeds: list[int | None], device: str) -> Any:
-    """seeded_sampler for a batch whose rows decode differently (one pass): a sampled row draws exactly as
-    seeded_sampler draws it, a greedy row (None) keeps its logits for HF's greedy step."""
+    """seeded_sampler for a batch whose rows decode differently: sampled rows draw as it draws, greedy rows (None) keep
+    their logits."""
     import torch
     from transformers.generation import LogitsProcessor
 

@@ -193,8 +193,7 @@ class LocalLM:
         return out
 
     def continuation_logprobs(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
-        """Summed log-probability of each continuation's tokens after the prompt (one batched pass;
-        right-padded, so every row keeps its natural positions and padding only follows it)."""
+        """Summed log-probability of each continuation after the prompt, in one right-padded pass."""
         import torch
 
         if not prompt or any(not c for c in continuations):

@@ -29,8 +29,7 @@ class Row:
 
 def generate_args(rows: list[Row], stop_ids: list[int], pad_id: int, tokenizer: Any, width: int,
                   device: str) -> dict[str, Any]:
-    """model.generate's arguments for these rows (left-padded to `width`). As in hf.LocalLM, HF's own
-    sampling is never on: sampled rows pick their token in the logits processor."""
+    """model.generate's arguments for these rows (left-padded to `width`); sampled rows pick in the logits processor."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(

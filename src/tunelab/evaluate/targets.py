@@ -28,8 +28,7 @@ class Target:
 
 
 def select_targets(cfg: RunConfig, epochs: EpochChoice | None = None) -> list[Target]:
-    """The targets of a run: controls and eval-only runs have one; fine-tuned runs the chosen epochs
-    (`last`, `all` or a list; epochs without a complete checkpoint are an error naming them)."""
+    """A run's targets: one for controls and eval-only runs; a fine-tuned run's chosen epochs (incomplete: an error)."""
     base = Path(cfg.model.path)
     if cfg.kind == "control":
         return [Target(BASE_LABEL, None, base, None)]

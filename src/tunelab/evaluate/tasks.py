@@ -97,8 +97,7 @@ def includes() -> Scorer:
 # ---------------------------------------------------------------- choice
 @solver
 def option_probabilities(options: list[str]) -> Solver:
-    """Each option's probability: its summed token log-probability after the prompt (answer tokens
-    and end-of-turn, as training would learn it), normalised over the options."""
+    """Each option's probability: its summed log-probability after the prompt, normalised over the options."""
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
 

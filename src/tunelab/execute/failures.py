@@ -141,8 +141,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
 
 
 def exited_zero(status: Status | None, expected: str = STATUS_FILE) -> str:
-    """Why a job that exited 0, as a job that did its work does, is not complete: what the run's files say
-    (`status`: its status.json; None or empty: the job never wrote it — e.g. it wrote somewhere else)."""
+    """Why a job that exited 0 is not complete: what its status.json says (None or empty: the job never wrote it)."""
     if status is None or status.state is None:
         return f"exited 0 without writing {expected}"
     if status.state == RUN_COMPLETED:

@@ -87,8 +87,7 @@ def format_time_limit(minutes: int) -> str:
 
 
 def warning_seconds(time_limit: str, wanted_s: int) -> int:
-    """Seconds before the limit at which Slurm sends SIGUSR1 (train/interrupts.py saves and requeues):
-    the wanted lead, at most half the limit so a short job still trains; 0 = no warning."""
+    """Seconds before the limit for Slurm's SIGUSR1: the wanted lead, at most half the limit; 0 = none."""
     return min(wanted_s, parse_time_limit(time_limit) * 60 // 2) if wanted_s > 0 else 0
 
 

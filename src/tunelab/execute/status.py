@@ -159,8 +159,7 @@ class StatusRow:
 
 
 def failure_lines(rows: list[StatusRow]) -> list[str]:
-    """One line per run that ended badly: its name, its state's word and its reason ('tiny_r4 FAILED: no space
-    left on …'): what `run`'s summary and `status` print under their tables."""
+    """One line per run that ended badly ('tiny_r4 FAILED: no space left on …'), under run's and status's tables."""
     return [f"{r.name} {r.state.label}" + (f": {r.reason}" if r.reason else "") for r in rows if r.state.ended_badly]
 
 

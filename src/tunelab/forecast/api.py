@@ -156,8 +156,7 @@ def _memory_fields(mem: MemoryFigure, gpu: GPU, bp: BatchPlan, b: int, shape: St
 
 
 def _image_estimate(images: Any, arch: Any, gpu: GPU, b: int, max_seq_len: int) -> dict[str, Any]:
-    """The image facts and the time of a micro-batch: the FLOPs model over its language-model tokens (image
-    tokens included; the frozen vision tower's forward is not counted: a lower bound)."""
+    """The image facts and a micro-batch's time: the FLOPs model over its LM tokens (the frozen tower not counted)."""
     tps = model_tokens_per_s(arch, gpu, max_seq_len)
     return {"images": images.to_json(),
             "est_tokens_per_s": round(tps, 1) if tps else None,

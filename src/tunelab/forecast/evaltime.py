@@ -223,8 +223,7 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def _calibration(row: GenerationRow, speed: GenerationSpeed, overhead_s: float) -> float:
-    """Measured wall time ÷ what `speed` (and the evaluator's assumed work per sample, `overhead_s`) predicts for the
-    row's own workload (its mean prompt and answer)."""
+    """Measured wall time ÷ what `speed` (and `overhead_s` per sample) predicts for the row's own mean workload."""
     samples = row.samples or 1
     past = EvalWorkload(model=row.model_path, samples=samples, prompt_tokens=(round((row.prompt_tokens or 0)
                         / samples),), answer_tokens=(), max_tokens=max(1, round((row.generated_tokens or 0) / samples)),

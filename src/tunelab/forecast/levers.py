@@ -177,8 +177,7 @@ def packing_choice(cfg: RunConfig, costs: Costs, explicit: frozenset[str], train
 
 
 def workers_choice(cfg: RunConfig, explicit: frozenset[str], gpu: bool) -> LeverChoice:
-    """Dataloader workers stay the job's choice from the CPUs it really has (a login node's count is not a
-    compute node's): shown, with the data wait the job measures as its check."""
+    """Dataloader workers stay the job's choice from the CPUs it really has: shown, its data wait the check."""
     t = cfg.training
     assert t is not None
     if "dataloader_workers" in explicit:

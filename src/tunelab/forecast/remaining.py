@@ -225,8 +225,7 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tupl
 
 def _training_left(cfg: RunConfig, est: RunEstimate | None, phase: Phase, start: JobStart
                    ) -> tuple[TimeRange | None, float | None, float | None]:
-    """(interval of the training left, live seconds per step, live seconds left): a running run's steps left at
-    its live pace; one not started (or with no step logged yet), its whole estimate."""
+    """(interval, live s/step, live s left) of the training left: a running run's at its pace, else its estimate."""
     if phase == Phase.TRAINING:
         status = read_status(cfg.run_dir)
         rows = read_metrics(cfg.run_dir)

@@ -273,8 +273,7 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
                  history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunEstimate:
-    """lengths: token lengths of the train split as training formats it (measured). Memory is per device;
-    time is the wall time of all the run's processes together. stage: cfg is one stage of a staged run."""
+    """lengths: the train split's token lengths as trained; memory per device, time the wall time of all processes."""
     t = cfg.training
     assert t is not None, "controls have nothing to estimate"
     arch = _architecture(cfg.model.path)

@@ -70,8 +70,7 @@ def covers(row: HistoryRun, micro_batch: int) -> bool:
 
 
 def extrapolation(rows: list[HistoryRun], micro_batch: int | None) -> tuple[str, bool]:
-    """('', False) where a row timed this micro-batch; else the words saying it was carried beyond the rows, and whether
-    down (where efficiency falls: optimistic)."""
+    """('', False) where a row timed this micro-batch; else the words saying it was carried, and whether down."""
     if micro_batch is None or any(covers(r, micro_batch) for r in rows):
         return "", False
     timed = sorted({t for r in rows if (t := timed_micro_batches(r)) is not None})

@@ -47,8 +47,7 @@ def _time_source(cfg: RunConfig, parts: list[RunEstimate]) -> str:
 
 
 def combine_stages(cfg: RunConfig, parts: list[RunEstimate]) -> RunEstimate:
-    """One estimate for a staged run from its stages' (in order): sums of steps, tokens and time, the worst
-    stage's memory and batch shape, and each stage's figures kept in `stages`."""
+    """One estimate of a staged run: steps, tokens and time summed, the worst stage's memory, each stage's kept."""
     worst = _worst(parts)
     times = [p.seconds for p in parts]
     seconds = round(sum(t for t in times if t is not None), 1) if None not in times else None

@@ -61,8 +61,7 @@ def trial_eval_config(run: RunConfig, task: str) -> RunConfig:
 
 def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callable[[RunConfig], RunEvalPrediction]
                       ) -> dict[str, RunEvalPrediction]:
-    """One trial's evaluation per combination, priced by `price` (forecast/evalrun.py `predict_run_eval` with the plan's
-    history); {} where the objective is the validation loss."""
+    """One trial's evaluation per combination, priced by `price`; {} where the objective is the validation loss."""
     task = objective_task(spec.tune.objective, spec.eval) if spec.tune is not None else None
     if task is None:
         return {}

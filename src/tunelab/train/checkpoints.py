@@ -45,8 +45,7 @@ def publish_epoch_checkpoint(src: Path, run_dir: str | Path, epoch: int) -> Path
 
 
 def at_epoch_end(epoch: float | None, step: int, max_steps: int) -> bool:
-    """Does a save at this point end an epoch (or the run, when max_steps stops it mid-epoch)? Those saves
-    publish epoch_N; the others (checkpoint_every, a stop signal) exist only to resume from."""
+    """Does a save here end an epoch (or a max_steps run)? Those publish epoch_N; the others only resume."""
     whole = epoch is not None and round(epoch) >= 1 and abs(epoch - round(epoch)) < 1e-6
     return whole or (max_steps > 0 and step >= max_steps)
 

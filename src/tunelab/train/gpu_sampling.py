@@ -47,8 +47,7 @@ def _handles(nvml) -> list[tuple[str, Any]]:
 
 
 def visible_gpus() -> tuple[Any | None, list[tuple[str, Any]]]:
-    """The initialized pynvml module and the handles of the GPUs this process may use; (None, []) without NVML.
-    The sampler's reading, and the one the peers benchmark takes of a tool's run from outside."""
+    """The initialized pynvml module and handles of this process's GPUs; (None, []) without NVML."""
     nvml = _nvml()
     return nvml, (_handles(nvml) if nvml is not None else [])
 

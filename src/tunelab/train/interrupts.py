@@ -125,8 +125,7 @@ def _requeue_commands(job: str) -> list[list[str]]:
 
 
 def after_stop(stop: TrainingStopped, resumed_from: Path | None, status: StatusWriter, log) -> None:
-    """Stopped on Slurm's time-limit warning: requeue the job (it resumes from the checkpoint just saved)
-    when this start advanced the run; otherwise the job ends and `tunelab run` judges it (TIMEOUT)."""
+    """Stopped on Slurm's warning: requeue when this start advanced the run; else the job ends (TIMEOUT)."""
     log(str(stop))
     start = int(resumed_from.name.removeprefix("checkpoint-")) if resumed_from else 0
     if stop.signum == WARN_SIGNAL and stop.step > start:

@@ -84,8 +84,7 @@ def measure(root: Path) -> dict[str, Any]:
 
 
 def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
-    """Median seconds of a bare micro-batch on the trainer's model and optimizer: forward and backward on random
-    tokens, AdamW's step — what forecast/cpuspeed.py times for a shape, nothing of the loop."""
+    """Median seconds of a bare micro-batch (forward, backward, AdamW) on the trainer's model: no loop."""
     import torch
 
     model, opt = trainer.model, trainer.optimizer
@@ -102,8 +101,8 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure into OUT_DIR/loop.json, or with thread counts given into OUT_DIR/threads-N/loop.json for each, one
-    after the other in this process (one start-up for all); a failure is one line on stderr."""
+    """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all; failures one
+    line."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK

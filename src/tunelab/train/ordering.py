@@ -43,8 +43,7 @@ class FixedOrderSampler(Sampler[int]):
 
 
 def record_draws(sampler: Sampler, on_order: Callable[[list[int]], None]) -> None:
-    """Make `sampler` report every full order it yields. The object's class is swapped for a subclass, so
-    the sampler the trainer and accelerate prepared (state, seed, epoch counter) is the one that runs."""
+    """Make `sampler` report every order it yields, by swapping its class, so the prepared sampler is what runs."""
     base = type(sampler)
 
     def __iter__(self):

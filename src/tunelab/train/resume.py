@@ -86,8 +86,7 @@ def _rewind(run_dir: Path, held: HeldFiles, step: int, drop_orders_from: int | N
 
 def republish_missing_epochs(state_dir: str | Path, run_dir: str | Path, upto: Path, epoch_offset: int = 0
                              ) -> list[int]:
-    """Publish epoch_N again from complete trainer checkpoints up to `upto` where missing (a save killed before its
-    publish); returns those republished. epoch_offset: a staged run's earlier stages' epochs."""
+    """Publish missing epoch_N again from complete checkpoints up to `upto`; epoch_offset: earlier stages' epochs."""
     done = []
     for ckpt in complete_trainer_checkpoints(state_dir):
         if checkpoint_step(ckpt) > checkpoint_step(upto):

@@ -243,8 +243,7 @@ def _check_applied(asked: Strategy | None, applied: Strategy | None) -> None:
 
 
 def _validate_at_end(trainer: Any, rows: list[MetricRow]) -> None:
-    """Validate at the last step unless that row exists (evaluate() writes it through on_log; a resumed run may have
-    it). The main process decides; evaluate() is a collective, so every process follows."""
+    """Validate at the last step unless that row exists; the main process decides and every process follows."""
     step = trainer.state.global_step
     missing = world().is_main and not any(r.step == step and r.is_validation for r in rows)
     if agree(missing):

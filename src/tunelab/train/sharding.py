@@ -27,8 +27,7 @@ OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's
 
 
 def shard_units(model: Any) -> list[Any]:
-    """The modules FSDP shards as units: the base model's decoder layers (its `_no_split_modules` classes, the
-    blocks transformers itself never splits), outermost first; the root takes the rest."""
+    """The modules FSDP shards as units: the decoder layers (`_no_split_modules`), outermost first."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or ())
     units: list[Any] = []
@@ -95,8 +94,7 @@ def is_sharded(model: Any) -> bool:
 
 
 def local_parameter_bytes(model: Any) -> tuple[int, int]:
-    """(frozen, trainable) bytes this process holds of the model's parameters: each shard's storage as FSDP2
-    allocated it (padded to an even split), the whole tensor for a parameter it does not shard."""
+    """(frozen, trainable) bytes of parameters this process holds, as FSDP2 allocated its shards."""
     frozen = trainable = 0
     for p in model.parameters():
         n = _local_storage_bytes(p)

@@ -98,8 +98,7 @@ def time_real_steps(trainer, batches: list[int], repeats: int = STEP_COST_REPEAT
 
 def measure_step_cost(trainer, micro_batch: int, steady_step_s: float | None,
                       tokens_per_step: float | None, repeats: int = STEP_COST_REPEATS) -> StepCost | None:
-    """Per-token cost from real steps at two micro-batch sizes (after the last checkpoint is saved:
-    the weights they change are never saved); the fixed part from the run's own steady step time."""
+    """Per-token cost from real steps at two micro-batch sizes after the last save; the fixed part from steady time."""
     import torch
 
     rng_state = torch.get_rng_state()

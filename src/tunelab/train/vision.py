@@ -18,8 +18,8 @@ from tunelab.rundir.config import RunConfig
 
 @dataclass
 class VisionCollator:
-    """Right-pads input_ids (pad id) and labels (-100), stacks every image's patches and grid rows in order,
-    and marks image tokens in mm_token_type_ids (M-RoPE positions need them)."""
+    """Right-pads input_ids and labels, stacks every image's patches and grids, marks image tokens (M-RoPE needs
+    them)."""
 
     pad_id: int
     image_token_id: int
