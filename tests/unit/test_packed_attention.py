@@ -146,9 +146,8 @@ def test_auto_resolves_by_packing_and_model():
     soft = resolve_attention("auto", packed=True, model_config=gemma2)
     assert soft.kind is AttentionKind.VARLEN and "soft-capped" in (soft.note or "")
     dense = resolve_attention("sdpa", packed=True)
-    assert dense.dense_packed_mask and "dense" in (dense.note or "")
+    assert dense.kind is AttentionKind.SDPA and dense.packed and "dense" in (dense.note or "")  # kept, and said
     assert resolve_attention("varlen", packed=True).implementation == "tunelab_varlen"
-    assert not resolve_attention("auto", packed=True).dense_packed_mask
 
 
 def test_under_autocast_fp32_inputs_are_cast_as_sdpa_casts_them():

@@ -37,11 +37,6 @@ class AttentionChoice:
         """The `attn_implementation` transformers is given."""
         return VARLEN_IMPLEMENTATION if self.kind is AttentionKind.VARLEN else self.kind.value
 
-    @property
-    def dense_packed_mask(self) -> bool:
-        """Whether a packed row gets transformers' dense block-diagonal (ΣT)² mask."""
-        return self.packed and self.kind in (AttentionKind.SDPA, AttentionKind.EAGER)
-
     def describe(self) -> str:
         text = {AttentionKind.VARLEN: "varlen (per example: varlen_attn on CUDA, SDPA per example on CPU)",
                 AttentionKind.SDPA: "sdpa", AttentionKind.EAGER: "eager",

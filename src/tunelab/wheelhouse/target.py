@@ -32,10 +32,6 @@ class Target:
             raise TunelabError(f"'{self.platform}' is not a wheel platform tag such as manylinux_2_28_x86_64",
                                field="--platform")
 
-    @property
-    def abi(self) -> str:
-        return "cp3" + self.python.split(".")[1]
-
     def pip_args(self) -> list[str]:
         """Resolve and download for this node, wheels only (pip refuses sdists for a foreign platform)."""
         args = ["--only-binary=:all:", "--implementation", "cp", "--python-version", self.python]
