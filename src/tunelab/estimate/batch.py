@@ -50,8 +50,8 @@ def should_pack(mean_len: float | None, max_seq_len: int) -> bool:
 def largest_batch(model: str | Path, inputs: MemoryInputs, budget_gib: float, max_seq_len: int, packed: bool,
                   longest: int | None, limit: int = LIMIT_BATCH, processes: int = 1,
                   strategy: Strategy | None = None) -> int:
-    """Largest micro-batch whose simulated requirement per device fits the budget (0 when not even 1 does), on
-    `processes` devices with `strategy`, so an FSDP run's search shards as its peak does."""
+    """Largest micro-batch whose simulated requirement per device fits (0: not even 1), on `processes` devices with
+    `strategy`, so an FSDP search shards as its peak does."""
     return largest_micro_batch(model, inputs, budget_gib, max_seq_len, packed, longest, limit, processes, strategy)
 
 

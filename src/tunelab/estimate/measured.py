@@ -41,8 +41,8 @@ class MemoryConfig:
 
     @classmethod
     def planned(cls, t: TrainingConfig, inputs: MemoryInputs, tokens_per_microbatch: int) -> MemoryConfig:
-        """What the plan will run: the dtype it resolves on the target GPU (`inputs`), and the attention kernel
-        run.yaml names, or for `auto` the one the simulation priced."""
+        """What the plan will run: the dtype it resolves on the GPU and the attention kernel run.yaml names (or
+        priced)."""
         return cls(_names(t.lora_targets_text), t.lora_rank, t.gradient_checkpointing, t.quantize or "none",
                    inputs.dtype, t.attention if t.attention != "auto" else inputs.attention, t.batch_size,
                    tokens_per_microbatch, t.packing, frozenset(t.modules_to_save), t.lora_dropout)
@@ -94,8 +94,7 @@ def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture,
 
 
 def measured_requirement(row: HistoryRun, figure: MemoryFigure) -> tuple[float, str] | None:
-    """(GiB that must fit, its source) from a measured row and the simulated figure of the same step; None when
-    the two cannot be compared (no simulation, or a counter the simulation has no figure for)."""
+    """(GiB that must fit, source) from a measured row and the same step's simulation; None when not comparable."""
     if row.peak_memory_gib is None or figure.allocated_gib is None or figure.reserved_gib is None:
         return None
     where = row.run or row.key

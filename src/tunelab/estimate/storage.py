@@ -143,8 +143,7 @@ def eval_targets(cfg: RunConfig, epochs: int) -> int:
 
 def run_disk(cfg: RunConfig, parts: list[Part], dtype: str, est: RunEstimate | None = None,
              eval_samples: int = 0, gpu_job: bool = False) -> DiskEstimate:
-    """The run's disk use: its checkpoints as kept (and at most at once), logs, evaluation logs. `eval_samples`:
-    samples scored per evaluated checkpoint, over its tasks (plan reads them from the splits)."""
+    """The run's disk use: checkpoints as kept (and at most at once), logs, evaluation logs (`eval_samples` scored)."""
     t = parts[0].training
     arch = resolve_architecture(cfg.model.path)
     tensors = adapter_tensors(arch, t.lora_rank, t.lora_target_modules, t.modules_to_save, dtype)

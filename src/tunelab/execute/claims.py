@@ -35,8 +35,8 @@ _HELD: dict[Path, str] = {}  # claim file -> our token
 
 @contextlib.contextmanager
 def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[bool]:
-    """Hold the experiment's lock for the body: one coordinator decides at a time. With wait=False the
-    body gets False at once when another process holds it (a reader that can skip its refresh)."""
+    """Hold the experiment's lock for the body (one coordinator decides at a time); wait=False: False at once if
+    held."""
 
     path = Path(experiment_dir) / LOCK_FILE
     try:

@@ -8,8 +8,7 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
-    """Slurm's job state codes plus tunelab's SUBMITTED (not yet seen by a poll) and UNSEEN (the scheduler forgot the
-    job: it has ended, its files say how). The local executor speaks the same words."""
+    """Slurm's job state codes plus SUBMITTED (not yet polled) and UNSEEN (forgotten: ended, its files say how)."""
 
     SUBMITTED = "SUBMITTED"
     UNSEEN = "UNSEEN"

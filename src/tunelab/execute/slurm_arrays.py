@@ -22,8 +22,7 @@ def shape(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def array_groups(cfgs: list[RunConfig]) -> tuple[list[list[RunConfig]], list[RunConfig]]:
-    """(arrays, singles): runs with array_max_running set, grouped by shape (groups of two or more become
-    arrays, in the order given); every other run is submitted alone, and so is every run spanning nodes."""
+    """(arrays, singles): runs of one shape with array_max_running set, two or more a group; multi-node runs alone."""
     groups: dict[tuple, list[RunConfig]] = {}
     singles = []
     for cfg in cfgs:

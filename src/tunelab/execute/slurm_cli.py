@@ -96,8 +96,7 @@ def unsure_token(script: Path, key: str | None, token: str | None = None) -> str
 
 
 class Throttle(SchedulerRoom):
-    """Slurm's room for a sweep: at most resources.slurm.max_queued of its jobs queued or running, submissions
-    submit_delay_s apart. (A job array is throttled by Slurm itself: %N.)"""
+    """Slurm's room for a sweep: at most slurm.max_queued jobs active, submissions submit_delay_s apart."""
 
     def __init__(self) -> None:
         self._last = 0.0
@@ -321,8 +320,7 @@ class SlurmExecutor:
         return Throttle()
 
     def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
-        """Node jobs (resources.slurm.pack: node), then job arrays of runs of one shape. A run spanning nodes
-        (resources.nodes_per_run > 1) joins neither: it goes as a job of its own (slurm_pack, slurm_arrays)."""
+        """Node jobs, then job arrays of runs of one shape; a multi-node run joins neither (a job of its own)."""
         packs = pack_groups([cfg for cfg in runs if is_packed(cfg)])
         arrays, _ = array_groups([cfg for cfg in runs if not is_packed(cfg)])
         return ([JobGroup(GroupKind.NODE, tuple(g)) for g in packs]

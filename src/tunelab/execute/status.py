@@ -54,8 +54,7 @@ class RowState(StrEnum):
 
     @classmethod
     def of_job(cls, state: JobState | None) -> RowState:
-        """An active job's row: pending while it waits for a start (first or again), running once it holds
-        its allocation (configuring, completing, suspended, ... included: the job column says which)."""
+        """An active job's row: pending while it waits for a start, running once it holds its allocation."""
         return cls.PENDING if state is None or state.queued else cls.RUNNING
 
     @property
@@ -149,8 +148,7 @@ class StatusRow:
 
     @property
     def shown(self) -> str:
-        """The state as the table shows it: its label, and an active job's own word when it says more than
-        pending or running ('running (suspended)', 'pending (requeue_hold)')."""
+        """The state as the table shows it, with an active job's own word where it says more ('running (suspended)')."""
         job = JobState.of(self.job_state)
         if self.state in (RowState.PENDING, RowState.RUNNING) and job is not None and job.active and job not in (
                 JobState.PENDING, JobState.RUNNING, JobState.SUBMITTED):

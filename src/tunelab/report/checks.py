@@ -177,8 +177,7 @@ def data_wait_issue(run: str, summary: Summary) -> Issue | None:
 
 
 def _exit_reason(last: AttemptRow | None, status: Status) -> str:
-    """A failed run's reason when neither its files nor its last attempt give one: its job's exit, where an exit
-    0 says what the run's status.json says instead (never "exit code 0" as a failure's reason)."""
+    """A failed run's reason when its files and attempts give none: its job's exit (an exit 0 says status.json's)."""
     if last is None or last.exit_code is None:
         return "no reason recorded"
     return exited_zero(status) if last.exit_code == 0 else f"exit code {last.exit_code}"

@@ -38,8 +38,7 @@ class BestRuns:
 
 def best_runs(runs: Iterable[RunData], task: str | None, metric: str | None, greater_is_better: bool = True
               ) -> BestRuns:
-    """Best run(s) on the headline task: a run is tied with the top one unless their paired difference's
-    interval excludes zero; without per-sample scores only an equal score ties."""
+    """Best run(s) on the headline task; tied unless the paired difference's interval excludes zero."""
     scored = [r for r in runs if r.score is not None]
     if not scored or task is None or metric is None:
         return BestRuns()

@@ -57,8 +57,7 @@ def split_counts(experiment_dir: Path) -> dict[tuple[str, str], int]:
 
 def planned_epochs_evaluated(cfg: RunConfig, planned: int | None, saved: list[int], stages: list[StageRecord]
                              ) -> list[int]:
-    """The epochs `eval.epochs` names, as evaluate/targets.py chooses them, over the epochs the run should save
-    (`planned`; with max_steps, unknown: the epochs it saved)."""
+    """The epochs `eval.epochs` names over those the run should save (with max_steps: those it saved)."""
     epochs = list(range(planned)) if planned else sorted(saved)
     if not epochs:
         return []

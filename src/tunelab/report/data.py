@@ -229,8 +229,7 @@ class ReportData:
 
     @property
     def partial(self) -> bool:
-        """True while something is still to come: runs not completed, designed runs without a directory, or
-        completed runs and controls whose planned evaluations are not all there on all their samples."""
+        """True while something is to come: runs not completed, designed runs missing, evaluations not all there."""
         return any(r.state != COMPLETED for r in self.runs) or bool(self.absent) or any(
             not r.fully_evaluated for r in self.completed + self.references)
 

@@ -141,8 +141,7 @@ def prompt_table(data: ReportData) -> Table | None:
 
 
 def effect_text(eff: Any) -> str:
-    """One line: a factor's effect on a task's primary metric or on the final validation loss, with what it rests
-    on (seed replicates, or one training run per configuration: an observation)."""
+    """One line: a factor's effect on a task's metric or the final val loss, with what it rests on."""
 
     if eff.metric == "score":
         what, metric = f"{eff.task} ({eff.score_metric})", eff.score_metric

@@ -88,8 +88,7 @@ def _errors(ys: list[float], intervals: list[tuple[float, float] | None], k: flo
 
 def level_interval(data: ReportData, runs: list[RunData], task: str, metric: str | None
                    ) -> tuple[float, float] | None:
-    """A level's 95 % interval: one run's own; several runs': across seeds (t) when seeds are swept, else the
-    mean over the runs bootstrapped on their shared test samples."""
+    """A level's 95 % interval: one run's own; several runs' across seeds (t), else bootstrapped on shared samples."""
     from tunelab.report.comparisons import replicated
     from tunelab.stats.paired import mean_interval
     from tunelab.stats.replicates import across_replicates

@@ -97,8 +97,7 @@ def evaluation_causes(run: RunData, check: Check) -> list[str]:
 
 
 def queue_waits(data: ReportData, submitted: dict[tuple[str, str], datetime]) -> list[tuple[float, str]]:
-    """(seconds, run) each training job waited between its submission and its start: the executor's start of
-    its first attempt (ledger attempts: Slurm's Start, a local process's launch)."""
+    """(seconds, run) each training job waited between submission and start (its first attempt's start)."""
     out = []
     for r in data.runs:
         sub = submitted.get((r.name, JobKind.TRAIN))

@@ -126,8 +126,7 @@ def _headline_effects(data: ReportData, f: Findings, metric: str | None) -> list
 
 
 def _effect_line(eff: FactorEffect, metric: str | None) -> str | None:
-    """A replicated factor's effect on the headline score in one line (None with fewer than two levels measured,
-    or levels that differ with no interval to state the difference by)."""
+    """A replicated factor's effect on the headline score in one line (None without two levels or an interval)."""
     best, worst = eff.best, eff.worst
     if best is None or worst is None:
         return None

@@ -117,7 +117,6 @@ _MATH = _math_sdpa
 
 
 def flash_attention_2(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' `flash_attention_2` interface: inputs B×H×S×D, output B×S×H×D (contiguous copies of
-    q, k, v in B×S×H×D, as the varlen path makes them, are what the kernel saves)."""
+    """transformers' `flash_attention_2` interface: B×H×S×D in, B×S×H×D out (the kernel saves contiguous copies)."""
     q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (query, key, value))
     return _FlashStandIn.apply(q, k, v).transpose(1, 2), None

@@ -58,8 +58,7 @@ class StepShape:
         return self.micro_batch * self.seq_len
 
     def cu_seqlens(self) -> torch.Tensor:
-        """Packed rows' boundaries as TRL's collator gives them to varlen kernels: a real tensor even inside
-        fake-tensor mode (a fallback path reads the lengths), worst case: every row full."""
+        """Packed rows' boundaries as TRL's collator gives them: a real tensor even in fake mode; every row full."""
         import torch
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 

@@ -89,8 +89,7 @@ def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker
 
 def run_steps(model: torch.nn.Module, c: StepConfig, shape: StepShape, tracker: StorageTracker,
               ddp: bool = False, replay: bool = True) -> dict[str, int]:
-    """Two optimizer steps; returns the live bytes at the points the breakdown needs. replay: the second
-    step's forward and backward are the first's allocations fed to the allocator again (replay.py)."""
+    """Two optimizer steps; the live bytes at the breakdown's points. replay: the second step's allocations replayed."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     marks = {"model": tracker.allocated}
     buckets = _ddp_buckets(trainable) if ddp else []

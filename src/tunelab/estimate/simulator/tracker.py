@@ -140,8 +140,8 @@ class StorageTracker(FakeTensorMode):
             rec.scalar_queries = self.scalar_queries - queries
 
     def replay(self, rec: Recording, phases: dict[str, str]) -> dict[int, int]:
-        """Feed a recording's events to the allocator again, phases renamed; returns recorded handle -> new
-        handle of the allocations still live at its end. (Every free must be of an allocation it made.)"""
+        """Feed a recording's events to the allocator again, phases renamed; recorded -> new handles of those still
+        live."""
         new: dict[int, int] = {}
         for event in rec.events:
             match event:
