@@ -20,7 +20,7 @@ VLLMSTAMP := $(VLLM_VENV)/.tunelab-vllm-env
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-.PHONY: install install-dev vllm-env test-system-deps demo demo-smollm2 test test-faults test-fast clean
+.PHONY: install install-dev vllm-env test-system-deps demo demo-smollm2 test test-faults test-rehearsals test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ test-system-deps:
 test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m "not fault_run" $(XDIST) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TUNELAB_TEST_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -m "not fault_run and not rehearsal" $(XDIST) $(PYTEST_ARGS)
 	scripts/torch-ends floor $(XDIST)
 	scripts/torch-ends top $(XDIST)
 
@@ -78,6 +78,12 @@ test: $(DEVSTAMP) $(VLLMSTAMP) test-system-deps
 # ~5 minutes), outside `make test` and its 15-minute budget
 test-faults: $(DEVSTAMP) test-system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m fault_run $(XDIST) $(PYTEST_ARGS)
+
+# the benchmarks' longest rehearsals (tests marked rehearsal: the GPU lease's prepare + --cpu-smoke in an image-only
+# venv, which needs the package index; the whole-sweep benchmark's smoke; the tuning, threads and distributed smokes,
+# which start ~30 fresh interpreters): before a GPU lease or after a change to a benchmark, outside `make test`
+test-rehearsals: $(DEVSTAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m rehearsal $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(DEVSTAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)

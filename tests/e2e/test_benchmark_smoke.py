@@ -8,7 +8,8 @@ interval or another measurement is the benchmark's result, which a busy machine 
 benchmark have smoke tests of their own (COVERED_ELSEWHERE). Each smoke's process is forked from this one after
 torch, transformers, PEFT and TRL are imported here once (benchmarks/forking.py run_python): a fresh interpreter
 spends ~10 s CPU on those imports alone, more than most smokes' own work. Marked slow: every smoke but the fuzzer's
-trains or builds a model."""
+trains or builds a model. The three that start fresh interpreters by the dozen (tuning, threads, distributed)
+are marked rehearsal: `make test-rehearsals` runs them, outside `make test` and its 15 minutes."""
 
 from __future__ import annotations
 
@@ -265,6 +266,7 @@ def test_estimate_accuracy_smoke_error_is_predicted_against_measured(smokes):
 
 
 @pytest.mark.slow
+@pytest.mark.rehearsal  # fresh interpreters by the dozen: `make test-rehearsals`, outside make test
 def test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds(smokes):
     """The table is each run's summary.json, and the shards are what FSDP promises: every byte column of a
     FSDP rank half of the one-process figure (up to the padding of odd first dimensions), DDP's equal to it."""
@@ -293,6 +295,7 @@ def test_distributed_smoke_fsdp_holds_half_of_what_ddp_holds(smokes):
 
 
 @pytest.mark.slow  # two 2-process DDP runs side by side, twice
+@pytest.mark.rehearsal  # fresh interpreters by the dozen: `make test-rehearsals`, outside make test
 def test_threads_smoke_two_ddp_runs_each_way_and_the_ratio_adds_up(smokes):
     """Two jobs each way, each row its run's summary.json (the last pass, after, is left in --out): after, the
     jobs' shares of the cores are disjoint and add up to this machine's, each rank running its share's threads;
@@ -433,6 +436,7 @@ def _last_val_loss(run_dir: Path) -> float:
 
 
 @pytest.mark.slow  # 6 tiny runs forked, 4 trials through the local executor (each a fresh interpreter)
+@pytest.mark.rehearsal  # fresh interpreters by the dozen: `make test-rehearsals`, outside make test
 def test_tuning_smoke_tables_agree_with_the_trials_and_runs(smokes):
     """The rate sweep's losses are its runs' own last validation losses and the default is the rate where the
     ranks' regrets differ most; the tuned rates are tune/best.json's and their losses the tuned runs'; the search

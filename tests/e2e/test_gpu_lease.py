@@ -31,7 +31,7 @@ from gpu_truth_records import load_kit  # noqa: E402
 from tunelab.wheelhouse.plan import parse_freeze  # noqa: E402
 from tunelab.wheelhouse.target import this_machine  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]  # `make test-rehearsals`: before a lease, outside make test
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = ROOT / "scripts" / "gpu-lease"

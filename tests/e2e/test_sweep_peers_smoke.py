@@ -33,6 +33,7 @@ def smoke(tmp_path_factory) -> tuple[str, Path]:
     return done.stdout, out
 
 
+@pytest.mark.rehearsal  # `make test-rehearsals`, outside make test
 @pytest.mark.slow  # a tiny model built, one run trained, evaluated and reported through tunelab's CLI
 def test_tunelab_pipeline_runs_every_phase_and_scores_every_target(smoke):
     stdout, out = smoke
@@ -52,6 +53,7 @@ def test_tunelab_pipeline_runs_every_phase_and_scores_every_target(smoke):
     assert data["rows"] == {"train": 16, "validation": 4, "test": 4} and data["max_seq_len"] == 256
 
 
+@pytest.mark.rehearsal
 @pytest.mark.slow
 def test_committed_peer_output_is_read_again_as_recorded(smoke):
     stdout, _ = smoke
