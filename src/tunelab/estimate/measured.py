@@ -41,8 +41,7 @@ class MemoryConfig:
 
     @classmethod
     def planned(cls, t: TrainingConfig, inputs: MemoryInputs, tokens_per_microbatch: int) -> MemoryConfig:
-        """What the plan will run: the dtype it resolves on the GPU and the attention kernel run.yaml names (or
-        priced)."""
+        """What the plan will run: the dtype it resolves on the GPU, the attention run.yaml names (or priced)."""
         return cls(_names(t.lora_targets_text), t.lora_rank, t.gradient_checkpointing, t.quantize or "none",
                    inputs.dtype, t.attention if t.attention != "auto" else inputs.attention, t.batch_size,
                    tokens_per_microbatch, t.packing, frozenset(t.modules_to_save), t.lora_dropout)

@@ -128,8 +128,7 @@ def seeded_sampler(sampling: Sampling, seeds: list[int], device: str) -> Any:
 
 
 def row_sampler(samplings: list[Sampling | None], seeds: list[int | None], device: str) -> Any:
-    """seeded_sampler for a batch whose rows decode differently: sampled rows draw as it draws, greedy rows (None) keep
-    their logits."""
+    """seeded_sampler for rows that decode differently: sampled rows draw as it does, greedy (None) keep logits."""
     import torch
     from transformers.generation import LogitsProcessor
 

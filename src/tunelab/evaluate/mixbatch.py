@@ -81,8 +81,7 @@ class MixedBatcher(Batcher):
         return cast(list[Generation | BaseException], out)  # every row was in one batch; _generate answers each
 
     def _generate(self, rows: list[Row], isolate: bool = True) -> list[Generation | BaseException]:
-        """One batch's answers; a failed mixed batch runs again adapter by adapter, so errors reach their target
-        only."""
+        """One batch's answers; a failed mixed batch runs again per adapter, so errors reach their target only."""
         if isolate:  # a batch cut from the queue (not a failed batch's rerun, adapter by adapter)
             self.batches += 1
             self.mixed += len({row.adapter for row in rows}) > 1

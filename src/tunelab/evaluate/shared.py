@@ -58,8 +58,7 @@ class SharedWeights(LocalLM):
         self.served[None] = BASE
 
     def attach(self, adapters: list[Path]) -> dict[Path, str]:
-        """Load these adapters beside the base, replacing those before (new first, so one is always on); returns
-        failures."""
+        """Attach these adapters, replacing those before (new first, so one is always on); returns failures."""
         old = [name for key, name in self.served.items() if key is not None]
         failed: dict[Path, str] = {}
         for path in adapters:

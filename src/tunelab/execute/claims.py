@@ -35,8 +35,7 @@ _HELD: dict[Path, str] = {}  # claim file -> our token
 
 @contextlib.contextmanager
 def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[bool]:
-    """Hold the experiment's lock for the body (one coordinator decides at a time); wait=False: False at once if
-    held."""
+    """Hold the experiment's lock for the body (one coordinator at a time); wait=False: False at once if held."""
 
     path = Path(experiment_dir) / LOCK_FILE
     try:
@@ -107,8 +106,7 @@ def holder(run_dir: str | Path) -> Claim | None:
 
 
 def claim(run_dir: str | Path) -> str | None:
-    """Claim a run for this process: None when ours now, else its holder. Under experiment_lock, so takeovers are
-    safe."""
+    """Claim a run: None when ours now, else its holder. Under experiment_lock, so takeovers are safe."""
     path = Path(run_dir) / CLAIM_FILE
     if path in _HELD:
         return None

@@ -32,8 +32,7 @@ def clear_outputs(run_dir: Path) -> None:
 
 
 def pending(sweep: Sweep, selected: list[str], force: bool) -> list[Submission]:
-    """The submissions to make, each run claimed first and its state read after, so a just-finished run is not
-    restarted."""
+    """The submissions to make, each run claimed then read, so a run just finished is not started again."""
     latest = latest_jobs(sweep.book)
     queued = {s.cfg.name for s in sweep.queue}  # retries judged a moment ago
     out = []

@@ -59,8 +59,7 @@ def should_judge(job: JobRow, info: JobInfo, now: datetime | None = None) -> boo
 
 
 def requeued_itself(job: JobRow, status: Status, now: datetime | None = None) -> bool:
-    """The trainer requeued this job within REQUEUE_GRACE_S and has not restarted: an ended look is not the job's
-    end."""
+    """The trainer requeued this job within REQUEUE_GRACE_S, not restarted yet: an ended look is not its end."""
     if job.kind != JobKind.TRAIN:
         return False
     if status.requeued_job != job.job_id or not status.requeued_at:

@@ -49,8 +49,7 @@ def eval_time_limit(cfg: RunConfig) -> tuple[str, str]:
 
 
 def train_time_limit(cfg: RunConfig) -> tuple[str, str]:
-    """(time limit, its source): the user's (a TIMEOUT retry writes a longer one), else the planner's, else a
-    default."""
+    """(time limit, source): the user's (a TIMEOUT retry writes longer), else the planner's, else a default."""
     s = slurm_settings(cfg)
     if s.time_limit:
         return s.time_limit, "run.yaml resources.slurm.time_limit"

@@ -73,8 +73,7 @@ def pack_groups(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
 
 
 def pack_time_limit(cfgs: list[RunConfig]) -> str:
-    """The node job's limit: the user's, else the forecast makespan of its runs' limits plus the longest
-    evaluation's."""
+    """The node job's limit: the user's, else the makespan of its runs' limits plus the longest evaluation's."""
     s = slurm_settings(cfgs[0])
     if s.pack_time_limit:
         return s.pack_time_limit

@@ -59,8 +59,7 @@ class RunTimeline(BaseModel):
     end_s: float | None = Field(None, description="When it ends in the forecast, s.")
 
     def add_total(self, parts: Sequence[TimeRange | None]) -> None:
-        """The run's total for plan and re-plan alike: parts at P50, P10/P90 combined as independent; unknown if one
-        is."""
+        """The run's total for plan and re-plan: parts at P50, P10/P90 combined as independent; unknown if one is."""
         if self.train_s is None or self.eval_s is None:
             return
         self.total_s = round(self.train_start_s + self.train_s + self.saves_s + self.eval_start_s + self.eval_s, 1)

@@ -120,8 +120,7 @@ def mid_epoch_saves(t: TrainingConfig, train_s: float | None, steps: int) -> int
 
 def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None, steps: int, detached: bool,
                       explicit: frozenset[str], save: SaveCost) -> tuple[RunConfig, LeverChoice]:
-    """Young/Daly: save every sqrt(2 × save cost × MTBI), the least saves plus lost work; short runs: epoch ends
-    only."""
+    """Young/Daly: save every sqrt(2 × save cost × MTBI), the least saves plus lost work; short runs: epochs."""
     assert cfg.training is not None and spec_cfg.training is not None
     cost = save.seconds
     mtbi = MTBI_SCHEDULER_S if detached else MTBI_LOCAL_S

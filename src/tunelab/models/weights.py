@@ -70,8 +70,7 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 class Scratch:
-    """The two chunk buffers (float32 draws, their cast), reused: fresh allocations per chunk cost as much as
-    drawing."""
+    """The two chunk buffers (float32 draws, their cast), reused: fresh ones per chunk cost as much as drawing."""
 
     def __init__(self, dtype: str) -> None:
         import torch

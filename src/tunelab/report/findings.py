@@ -247,8 +247,7 @@ def issue_steps(f: Findings) -> list[str]:
 
 
 def evaluation_steps(data: ReportData) -> list[str]:
-    """Evaluate what is missing, re-evaluate what was cut short (--force), scaffold designed runs without a
-    directory."""
+    """Evaluate what is missing, re-evaluate what was cut short (--force), scaffold designed runs missing."""
     exp = data.experiment_dir
     steps = []
     if data.absent:

@@ -101,8 +101,7 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all; failures one
-    line."""
+    """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK

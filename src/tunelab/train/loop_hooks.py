@@ -133,8 +133,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             log(f"step {steps + state.global_step}/{steps + state.max_steps} epoch {row.epoch or 0.0:.2f} {what}")
 
         def on_save(self, args, state, control, **kwargs):
-            """Publish epoch_N, then write the counters that complete the checkpoint (every process saved its part
-            first)."""
+            """Publish epoch_N, then write the counters completing the checkpoint (all processes saved first)."""
             sync_counters(writer.counters, local)
             barrier()
             if not main:

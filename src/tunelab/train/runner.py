@@ -60,8 +60,7 @@ class Trained:
 
 def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None
               ) -> Trained | None:
-    """Train cfg (a staged run: its `stage`) in cfg.run_dir, raising on failure; only the main process writes and
-    returns."""
+    """Train cfg (a staged run: its `stage`), raising on failure; only the main process writes and returns."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)
     if cfg.stages:

@@ -18,8 +18,7 @@ from tunelab.rundir.config import RunConfig
 
 @dataclass
 class VisionCollator:
-    """Right-pads input_ids and labels, stacks every image's patches and grids, marks image tokens (M-RoPE needs
-    them)."""
+    """Right-pads ids and labels, stacks every image's patches and grids, marks image tokens (for M-RoPE)."""
 
     pad_id: int
     image_token_id: int

@@ -49,8 +49,7 @@ class TrialDone:
 
     @property
     def value_text(self) -> str:
-        """'val loss 0.412 at step 9' (pruned: always the loss), 'exact_match accuracy 0.25 at step 10', or why it
-        failed."""
+        """'val loss 0.412 at step 9' (pruned: the loss), 'exact_match accuracy 0.25 at step 10', or why it failed."""
         o = self.outcome
         if o.value is None:
             return o.error or "no value"

@@ -140,8 +140,7 @@ class StorageTracker(FakeTensorMode):
             rec.scalar_queries = self.scalar_queries - queries
 
     def replay(self, rec: Recording, phases: dict[str, str]) -> dict[int, int]:
-        """Feed a recording's events to the allocator again, phases renamed; recorded -> new handles of those still
-        live."""
+        """Feed a recording's events to the allocator again, phases renamed; recorded -> new handles still live."""
         new: dict[int, int] = {}
         for event in rec.events:
             match event:
