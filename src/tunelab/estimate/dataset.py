@@ -49,8 +49,7 @@ class PaddingStats:
 
 @dataclass
 class DatasetMeasurement:
-    """A dataset as training sees it: token statistics per split present, and for train the packing and
-    padding simulations and every example's length (which `estimate` prices an epoch with)."""
+    """A dataset as training sees it: token statistics per split; for train, packing, padding and every length."""
 
     splits: dict[str, SplitStats]
     packing: PackingStats

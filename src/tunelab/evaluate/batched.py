@@ -67,8 +67,7 @@ def batchable(item: WorkItem, task: Any, model: Any, inspect_loop: bool = False)
 
 
 def run_batched(tasks: list[BatchedTask], batcher: MixedBatcher, log_dir: Path, options: dict[str, Any]) -> list[Any]:
-    """Each task's EvalLog (written into log_dir), or the exception it failed with, in the order given. `options`:
-    the inspect eval options its logs record (waves.eval_options), as inspect's loop would be given them."""
+    """Each task's EvalLog written into log_dir, or its exception, in order; `options`: as inspect's loop gets them."""
     started = now()
     headers = started_logs([one.task for one in tasks], log_dir, options)
     for one in tasks:

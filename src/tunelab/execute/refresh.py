@@ -34,8 +34,7 @@ EVAL_OUTPUTS = f"every task's {EVAL_DIR}/<checkpoint>/<task>/{SCORES_FILE}"  # w
 
 def executors_for(jobs: list[JobRow], known: dict[str, Executor] | None = None,
                   reachable_only: bool = False) -> dict[str, Executor]:
-    """One executor per name the jobs use, reusing `known` ones (a local executor holds its processes).
-    reachable_only: leave out executors that cannot be asked from here (no Slurm commands on this machine)."""
+    """One executor per name the jobs use, reusing `known`; reachable_only: only those askable from here."""
     out = dict(known or {})
     for name in sorted({j.executor for j in jobs} - set(out)):
         try:

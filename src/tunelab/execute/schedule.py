@@ -98,8 +98,7 @@ def cpu_devices(runs_at_once: int) -> list[Device]:
 
 
 def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1) -> Schedule:
-    """Simulate the executor's policy with estimated durations: where each run goes, when, and the makespan.
-    A run without a time estimate is placed but holds its GPUs for an unknown time (the makespan too)."""
+    """Simulate the executor's policy on estimated durations: placements, starts, makespan (unknown if any is)."""
     pool = Pool(devices, runs_per_gpu)
     queue = [n for n in lpt_order(needs) if pool.fits_ever(n)]
     unplaceable = [n.name for n in needs if not pool.fits_ever(n)]

@@ -83,8 +83,7 @@ class EvalWorkload:
 
 @dataclass(frozen=True)
 class EvalTimeEstimate:
-    """A predicted evaluation of one target × task: seconds on loaded weights (prefill + generation + the
-    evaluator's work per sample), the load apart, the worst case for a time limit, and where the figures came from."""
+    """Predicted evaluation of one target × task: seconds on loaded weights, load apart, worst case, sources."""
 
     seconds: float
     source: EvalSource

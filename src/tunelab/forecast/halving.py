@@ -58,8 +58,7 @@ def order_steps(order: tuple[int, ...], rung_steps: list[int], steps: int, eta: 
 
 @lru_cache(maxsize=256)
 def expected_spend(trials: int, steps: int, min_resource: int, eta: int = REDUCTION_FACTOR) -> tuple[float, float]:
-    """(the mean steps a trial trains, the expected trials that train their whole budget) in a search of `trials`
-    trials of at most `steps` steps each — the trials an eval-metric objective then evaluates."""
+    """(mean steps a trial trains, expected trials that train their whole budget) for `trials` of ≤ `steps` steps."""
     if trials < 1 or steps < 1:
         return 0.0, 0.0
     rung_steps = rungs(min_resource, steps, eta)

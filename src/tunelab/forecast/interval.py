@@ -109,8 +109,7 @@ def correction(records: Sequence[PredictionRecord], device: str, part: Predicted
 
 def time_range(p50: float, kind: SourceKind | str, spread: float = 0.0, fix: Correction | None = None,
                what: str = "") -> TimeRange:
-    """The interval around an (already corrected) prediction `p50`: its records' conformal bounds where there are
-    enough, else the kind's assumed σ widened by the measurements' spread; the basis says which."""
+    """The interval around a corrected `p50`: conformal bounds where records suffice, else the kind's widened σ."""
     kind = SourceKind(kind) if str(kind) in SourceKind.__members__.values() else SourceKind.ASSUMED
     if fix is not None and fix.bounds is not None:
         low, high = floored(*fix.bounds)

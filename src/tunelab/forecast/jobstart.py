@@ -28,8 +28,7 @@ VLLM_SERVER_START_S = 60.0
 
 @dataclass(frozen=True)
 class JobStart:
-    """A job's start-up: seconds (the vLLM server's start included), its source in words and as a kind (what
-    the job's own start's interval rests on), and the server's part (0: none)."""
+    """A job's start-up: seconds (a vLLM server's included), its source in words and as a kind, the server's part."""
 
     seconds: float
     source: str

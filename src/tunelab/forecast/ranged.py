@@ -15,8 +15,7 @@ TRAINING_PARTS = frozenset({PredictedPart.TRAIN_START, PredictedPart.TRAIN})  # 
 
 
 def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], device: str) -> RunEstimate:
-    """A run's training estimate with its start-up and the rest each corrected by their source's recorded errors
-    on this device, and the interval of their sum (a copy; the raw figures kept for the next record)."""
+    """A run's estimate (a copy), start-up and rest corrected by their source's errors, with their sum's interval."""
     if est.seconds is None or not est.time_kind:
         return est
     raw_start = est.startup_raw_s or 0.0

@@ -181,8 +181,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
 
 @dataclass(frozen=True)
 class RunTime:
-    """What a run's training time rests on: steps and tokens (padding included), the speed and its source,
-    the wall time (None: no speed known). The levers (forecast/levers.py) price candidate settings with it."""
+    """What a run's training time rests on: steps, tokens, speed and source, wall time (None: no speed)."""
 
     steps: int
     tokens_per_epoch: int

@@ -108,8 +108,7 @@ def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float
 
 @dataclass(frozen=True)
 class Speed:
-    """A training speed per device, where it came from (in words and as a kind), the rows it rests on, the
-    spread of their measurements (log-space σ) and, where they were timed under contention, what was done."""
+    """A training speed per device with its source, rows, spread (log σ) and what was done for contention."""
 
     tokens_per_s: float | None
     source: str

@@ -227,8 +227,7 @@ class SweepPrediction:
 def predict_sweep(sweep: Sweep, deadline: tuple[str | None, float | None],
                   estimate: Callable[[], dict[str, RunEstimate]], lengths: Lengths, split_rows: SplitRows,
                   cpu_threads: int | None = None) -> SweepPrediction:
-    """The plan's time, in order: the levers, the estimates of the runs as they will train (each carrying its
-    levers), every run's evaluation, the verdict against the deadline, the search's price, the makespan."""
+    """The plan's time in order: levers, estimates, evaluations, the deadline's verdict, the search, the makespan."""
     text, seconds = deadline
     levers = choose_levers(sweep.runs, sweep.spec, sweep.spec_path, sweep.gpu, seconds, lengths, cpu_threads)
     estimates = estimate()

@@ -145,8 +145,7 @@ def disagrees(timed: TimedSteps) -> bool:
 
 
 def timed_rounds(trainer: Any, batches: list[int]) -> tuple[TimedSteps, bool]:
-    """A round of timed steps at each size, and up to MORE_ROUNDS more while the latest round disagrees: every
-    timing kept (the fastest is the figure, the rest its spread), and whether the last round agreed."""
+    """Timed rounds per size, up to MORE_ROUNDS more while they disagree: every timing, and whether the last agreed."""
     timed = last = time_real_steps(trainer, batches)
     for _ in range(MORE_ROUNDS):
         if not disagrees(last):

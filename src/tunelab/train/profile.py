@@ -158,8 +158,8 @@ def _run_callbacks(trainer: Any, run_dir: Path) -> Iterator[None]:
 
 
 def profile_loop(trainer: Any, out_dir: Path, steps: int = PROFILE_STEPS) -> StepProfile:
-    """Train `steps` more optimizer steps (after WARMUP_STEPS) under the profiler, logging every step and saving
-    nothing, then write the trace, the per-operator table and the per-part summary into `out_dir`."""
+    """Train `steps` more steps under the profiler (log every step, save nothing); write trace and tables to
+    `out_dir`."""
     import torch
     from transformers.trainer_utils import SaveStrategy
 

@@ -106,8 +106,7 @@ def local_parameter_bytes(model: Any) -> tuple[int, int]:
 
 
 def gather_process_memory(trainer: Any) -> list[ProcessMemory]:
-    """What every process holds (parameters, optimizer state, peak RSS), gathered to all of them: a collective,
-    every process calls it at the same point. The figures the simulator's per-device terms are checked against."""
+    """What every process holds (parameters, optimizer state, peak RSS), gathered to all: a collective."""
     import resource
 
     from tunelab.train.distributed import all_reduce

@@ -80,8 +80,7 @@ def plain_loss(cuda: bool, packing: bool, vision: bool) -> bool:
 
 
 def attention_of(cfg: RunConfig) -> str:
-    """The `attn_implementation` of the run's resolved attention (run.yaml's training.attention; `auto` is resolved
-    here as plan resolves it), tunelab's varlen function registered with transformers when it is the one."""
+    """The `attn_implementation` of the run's attention (`auto` resolved as plan resolves it; varlen registered)."""
     import importlib.util
     import json
 

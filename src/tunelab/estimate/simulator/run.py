@@ -79,8 +79,7 @@ def _code_stamp() -> str:
 
 def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int = 1,
              strategy: Strategy | None = None, exact: bool = False) -> SimulatedMemory:
-    """Simulated peak memory of one device for this model, configuration and micro-batch (cached).
-    exact: simulate every layer instead of extrapolating from two depths (slower; same allocated peak)."""
+    """Simulated peak memory of one device for this model, config and micro-batch (cached); exact: every layer."""
     c = replace(c, gradient_accumulation_steps=min(c.gradient_accumulation_steps, 2))  # 2 or more: alike
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "processes": processes,
            "strategy": strategy, "exact": exact, "versions": library_versions(), "code": _code_stamp()}
