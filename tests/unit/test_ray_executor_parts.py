@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunelab.execute.executor import ClusterFacts, JobInfo, JobKind, NodeFacts
+from tunelab.execute.executor import ClusterFacts, JobInfo, JobKind, NodeAsk, NodeFacts
 from tunelab.execute.job_states import JobState
 from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, split_id
-from tunelab.execute.ray_jobs import RayAsk, entrypoint, job_ask
+from tunelab.execute.ray_jobs import entrypoint, job_ask
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import ResourcesSpec
@@ -69,12 +69,12 @@ def _run(tmp_path, **resources) -> RunConfig:
 
 def test_what_a_runs_jobs_ask_for(tmp_path):
     cpu = _run(tmp_path, gpus_per_run=0, nproc_per_run=2)
-    assert job_ask(cpu, JobKind.TRAIN) == RayAsk(2, 0)
-    assert job_ask(cpu, JobKind.EVAL) == RayAsk(1, 0)
+    assert job_ask(cpu, JobKind.TRAIN) == NodeAsk(2, 0)
+    assert job_ask(cpu, JobKind.EVAL) == NodeAsk(1, 0)
     gpu = _run(tmp_path, gpus_per_run=4)
     gpu.estimate = RunEstimate(processes=4)
-    assert job_ask(gpu, JobKind.TRAIN) == RayAsk(4, 4)
-    assert job_ask(gpu, JobKind.EVAL) == RayAsk(1, 1)
+    assert job_ask(gpu, JobKind.TRAIN) == NodeAsk(4, 4)
+    assert job_ask(gpu, JobKind.EVAL) == NodeAsk(1, 1)
     d = tmp_path / "my run"
     assert shlex.split(entrypoint(d, d / "job.sh", d / "ray-train-x.out")) == [
         "cd", str(d), "&&", "exec", "bash", str(d / "job.sh"), ">>", str(d / "ray-train-x.out"), "2>&1"]

@@ -286,10 +286,12 @@ def status_cmd(
         return (remaining.line, remaining.warning) if remaining is not None else ("", "")
 
     def table(rows):
-        return data_table(("run", "type", "state", "job", "attempt", "progress", "ETA", "eval", "detail"),
-                          [(r.name, r.type, r.shown, r.job_id or "—", r.attempt, r.progress, r.eta,
-                            eval_label(r.eval) or "—",
-                            r.detail) for r in rows], title=str(experiment_dir), overflow="fold")
+        nodes = any(r.node for r in rows)  # where a scheduler's jobs run (a local sweep's run here: no column)
+        return data_table(("run", "type", "state", "job", *(("node",) if nodes else ()), "attempt", "progress", "ETA",
+                           "eval", "detail"),
+                          [(r.name, r.type, r.shown, r.job_id or "—", *((r.node or "—",) if nodes else ()), r.attempt,
+                            r.progress, r.eta, eval_label(r.eval) or "—", r.detail) for r in rows],
+                          title=str(experiment_dir), overflow="fold")
 
     from tunelab.mcp.models import StatusOut, replanned
 

@@ -21,6 +21,7 @@ class AttemptRow:
     attempt: int | None = None
     executor: str | None = None
     job_id: str | None = None
+    node: str | None = None  # where it ran, as its scheduler names the node (None: unknown, or an older ledger)
     started_at: str | None = None
     finished_at: str | None = None
     exit_code: int | None = None

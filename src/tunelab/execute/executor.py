@@ -21,8 +21,8 @@ from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
-__all__ = ["UNSEEN", "Capacity", "ClusterFacts", "Executor", "GroupKind", "JobGroup", "JobInfo", "JobKind", "NodeFacts",
-           "ReadsCluster", "SchedulerRoom", "SchedulerUnavailable"]
+__all__ = ["UNSEEN", "Capacity", "ClusterFacts", "ClusterRead", "Executor", "GroupKind", "JobGroup", "JobInfo",
+           "JobKind", "NodeAsk", "NodeFacts", "ReadsCluster", "SchedulerRoom", "SchedulerUnavailable"]
 
 
 class SchedulerUnavailable(TunelabError):
@@ -81,6 +81,17 @@ class JobGroup:
 
 
 @dataclass(frozen=True)
+class NodeAsk:
+    """What one job asks of the one node it runs on: CPUs and GPUs (Ray places it on a node that has them)."""
+
+    cpus: int
+    gpus: int
+
+    def words(self) -> str:
+        return f"{self.cpus} CPU(s)" + (f" and {self.gpus} GPU(s)" if self.gpus else "")
+
+
+@dataclass(frozen=True)
 class NodeFacts:
     """One node of a cluster as its scheduler says it: CPUs, GPUs and memory it offers jobs."""
 
@@ -89,10 +100,18 @@ class NodeFacts:
     gpus: int
     memory_gib: float
 
+    def holds(self, ask: NodeAsk) -> int:
+        """How many jobs asking `ask` this node runs at once (one that asks nothing: one)."""
+        fit = [self.cpus // ask.cpus if ask.cpus else None, self.gpus // ask.gpus if ask.gpus else None]
+        return min((f for f in fit if f is not None), default=1)
+
+    def words(self) -> str:
+        return f"{self.name} ({self.cpus} CPUs, {self.gpus} GPUs, {self.memory_gib:.0f} GiB)"
+
 
 @dataclass(frozen=True)
 class ClusterFacts:
-    """What a cluster is made of, as its executor reads it (`ReadsCluster.cluster`): the place a run's placement
+    """What a cluster is made of, as its executor reads it (`ReadsCluster.read_cluster`): the place a run's placement
     and the refusal of a run no node can hold are read from."""
 
     nodes: tuple[NodeFacts, ...]
@@ -102,11 +121,19 @@ class ClusterFacts:
         """How many jobs asking one node for `cpus` CPUs and `gpus` GPUs the nodes hold at once (up to `most`)."""
         total = 0
         for n in self.nodes:
-            fit = [n.cpus // cpus if cpus else None, n.gpus // gpus if gpus else None]
-            total += min((f for f in fit if f is not None), default=1)
+            total += n.holds(NodeAsk(cpus, gpus))
             if most is not None and total >= most:
                 return most
         return total
+
+    def refusal(self, ask: NodeAsk) -> str | None:
+        """Why a job asking `ask` can never start here, in words (None: some node holds it)."""
+        return None if self.holds(ask.cpus, ask.gpus, 1) else f"asks one node for {ask.words()}; {self.words()}"
+
+    def slots(self, ask: NodeAsk, devices_each: int = 1) -> list[str]:
+        """The forecast's devices: per node, `devices_each` for each job asking `ask` it holds at once, named
+        'node:<name>:<i>', node after node, so that a job holding `devices_each` of them never spans two nodes."""
+        return [f"node:{n.name}:{i}" for n in self.nodes for i in range(n.holds(ask) * devices_each)]
 
     def words(self) -> str:
         if not self.nodes:
@@ -117,10 +144,27 @@ class ClusterFacts:
                 f"GPUs, {largest.memory_gib:.0f} GiB")
 
 
-class ReadsCluster(Protocol):
-    """An executor that can say what its cluster is made of (Ray: its nodes' resources)."""
+@dataclass(frozen=True)
+class ClusterRead:
+    """A cluster as read at plan time: its facts, or why it could not be read (then the plan goes by the spec)."""
 
-    def cluster(self) -> ClusterFacts:
+    facts: ClusterFacts | None
+    problem: str = ""  # why it could not be read (unreachable, the executor's library missing)
+    address: str = ""  # what was asked
+
+
+class ReadsCluster(Protocol):
+    """An executor that can say what its cluster is made of (Ray: its nodes' resources), and what each of a run's
+    jobs asks of one node: plan, validate and status's re-plan place runs on its nodes and refuse what none holds."""
+
+    @staticmethod
+    def read_cluster(resources: ResourcesSpec, timeout_s: float) -> ClusterFacts:
+        """The cluster `resources` name, read within about `timeout_s`; TunelabError when it cannot be."""
+        ...
+
+    @staticmethod
+    def node_ask(cfg: RunConfig) -> NodeAsk:
+        """What a run's first job (its training; a control's evaluation) asks of one node."""
         ...
 
 

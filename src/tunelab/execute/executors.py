@@ -3,11 +3,21 @@ from the interface (execute/executor.py) so that the interface imports none of i
 
 from __future__ import annotations
 
+import os
+import time
+from typing import cast
+
 from tunelab.errors import TunelabError
-from tunelab.execute.executor import ClusterFacts, Executor
+from tunelab.execute.executor import ClusterRead, Executor, NodeAsk, ReadsCluster
 from tunelab.execute.local_jobs import LocalExecutor
-from tunelab.execute.ray_cluster import RayExecutor
+from tunelab.execute.ray_cluster import ADDRESS_ENV, RayExecutor
 from tunelab.execute.slurm_cli import SlurmExecutor
+from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
+
+CLUSTER_TIMEOUT_S = 5.0  # a cluster that does not answer within it is planned from the spec alone
+CLUSTER_TTL_S = 60.0  # a read kept this long: one plan, validate or status look reads the cluster once
+_read: dict[tuple[str, str], tuple[float, ClusterRead]] = {}  # (executor, address) -> (when, what was read)
 
 EXECUTORS: dict[str, type[Executor]] = {LocalExecutor.name: LocalExecutor, SlurmExecutor.name: SlurmExecutor,
                                         RayExecutor.name: RayExecutor}
@@ -35,7 +45,32 @@ def check_options(ex: Executor, dry_run: bool, wait: bool) -> None:
                            "here and returns when it has ended)", field="--dry-run" if dry_run else "--wait")
 
 
-def cluster_facts(ex: Executor) -> ClusterFacts | None:
-    """What the executor's cluster is made of, where it can say (ReadsCluster); None where it cannot."""
-    read = getattr(ex, "cluster", None)
-    return read() if callable(read) else None
+def _reader(name: str) -> type[ReadsCluster] | None:
+    """The executor of that name where it reads its cluster (ReadsCluster): plan places runs on its nodes."""
+    cls = executor_class(name)
+    return cast("type[ReadsCluster]", cls) if callable(getattr(cls, "read_cluster", None)) else None
+
+
+def cluster_facts(resources: ResourcesSpec) -> ClusterRead | None:
+    """What the cluster `resources` name is made of, read within CLUSTER_TIMEOUT_S and kept CLUSTER_TTL_S (plan,
+    validate and status's re-plan ask it several times); a cluster that did not answer, its problem. None: the
+    executor reads no cluster (local, Slurm)."""
+    reader = _reader(resources.executor)
+    if reader is None:
+        return None
+    key = (resources.executor, resources.address or os.environ.get(ADDRESS_ENV, ""))
+    kept = _read.get(key)
+    if kept is not None and time.monotonic() - kept[0] < CLUSTER_TTL_S:
+        return kept[1]
+    try:
+        read = ClusterRead(reader.read_cluster(resources, CLUSTER_TIMEOUT_S), address=key[1])
+    except TunelabError as exc:
+        read = ClusterRead(None, exc.message, key[1])
+    _read[key] = (time.monotonic(), read)
+    return read
+
+
+def node_ask(cfg: RunConfig) -> NodeAsk | None:
+    """What a run's first job asks of one node, where its executor reads a cluster (None elsewhere)."""
+    reader = _reader(cfg.resources.executor)
+    return reader.node_ask(cfg) if reader is not None else None

@@ -53,7 +53,7 @@ def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
             queued = Submission(new_cfg, True, sweep.ex.detached, decision.reason)
     requeued = [a for a in all_attempts(sweep.book) if a.run == j.run and a.job_id == j.job_id]  # requeues.py
     ledger.record_attempt(sweep.book, run=j.run, attempt=j.attempt, executor=j.executor, job_id=j.job_id,
-                          started_at=requeued[-1].finished_at if requeued else j.submitted_at,
+                          node=j.node, started_at=requeued[-1].finished_at if requeued else j.submitted_at,
                           finished_at=now_iso(), exit_code=j.exit,
                           state=j.failure, reason=note)
     ledger.update_job(sweep.book, j.id, handled=1, detail=note)

@@ -8,7 +8,8 @@ Slurm's do.
 The cluster is `resources.address` (its job server, http://head:8265), else RAY_ADDRESS. A job id is
 `<submission id>@<address>`, so `tunelab status` and `cancel` reach the cluster that holds a job without being
 told. What the cluster is made of — its nodes' CPUs, GPUs and memory, `cluster()` — decides which runs can never
-start (a run asking more of one node than any node has) and how many jobs go to it at once.
+start (a run asking more of one node than any node has) and how many jobs go to it at once; plan, validate and
+status's re-plan read it too (`read_cluster`, through execute/executors.cluster_facts).
 
 ray is an optional extra (`pip install tunelab[ray]`): imported when the executor is made, not at tunelab's top.
 """
@@ -20,6 +21,7 @@ import os
 import shlex
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from tunelab.execute.executor import (
     ClusterFacts,
     JobInfo,
     JobKind,
+    NodeAsk,
     NodeFacts,
     OneJobEachRun,
     SchedulerRoom,
@@ -40,7 +43,6 @@ from tunelab.execute.ray_after import CHILD_SUFFIX
 from tunelab.execute.ray_jobs import (
     EVAL_SCRIPT,
     TRAIN_SCRIPT,
-    RayAsk,
     entrypoint,
     job_ask,
     job_env,
@@ -58,6 +60,7 @@ STATES = {"PENDING": JobState.PENDING, "RUNNING": JobState.RUNNING, "SUCCEEDED":
 NEVER_SATISFIED = "DependencyNeverSatisfied"
 FORWARDED_PREFIX = "TUNELAB_"
 GIB = 1024**3
+READ_TIMEOUT_S = 30.0  # a sweep reading its cluster before submitting waits this long at most
 
 
 def split_id(job_id: str) -> tuple[str, str]:
@@ -95,11 +98,29 @@ def gated_info(gate: JobInfo, child: JobInfo | None, after: str) -> JobInfo:
     return JobInfo(JobState.CANCELLED, reason=f"{NEVER_SATISFIED}: job {after} did not succeed")
 
 
+def read_nodes(address: str, timeout_s: float) -> ClusterFacts:
+    """The alive nodes of the cluster whose job server is `address`, by Ray's state API (a request of at most
+    `timeout_s`): each named by its address, with the CPUs, GPUs and memory it offers."""
+    try:
+        from ray.util.state import list_nodes  # the optional extra
+    except ImportError:
+        raise TunelabError("executor ray needs Ray here: pip install 'tunelab[ray]'") from None
+    try:
+        nodes = list_nodes(address=address, detail=True, timeout=max(1, round(timeout_s)))
+    except Exception as exc:  # Ray's state API raises its own and requests' errors: the cluster could not be read
+        raise TunelabError(f"Ray cluster {address}: its nodes could not be read: {str(exc)[:300]}",
+                           field="resources.address") from None
+    return ClusterFacts(tuple(
+        NodeFacts(n.node_ip, int(n.resources_total.get("CPU", 0)), int(n.resources_total.get("GPU", 0)),
+                  n.resources_total.get("memory", 0) / GIB)
+        for n in nodes if n.state == "ALIVE"), f"Ray cluster {address}")
+
+
 class RayRoom(SchedulerRoom):
     """The cluster's room for a sweep: runs no node can hold are refused; at most twice as many of the sweep's jobs
     go to Ray at once as its nodes hold (a job and its evaluation's gate each), the rest wait here."""
 
-    def __init__(self, cluster: ClusterFacts, asks: dict[str, RayAsk]) -> None:
+    def __init__(self, cluster: ClusterFacts, asks: dict[str, NodeAsk]) -> None:
         self.cluster, self.asks = cluster, asks
         self._full: int | None = None
 
@@ -107,10 +128,7 @@ class RayRoom(SchedulerRoom):
         if cfg.resources.nodes_per_run > 1:
             return (f"{cfg.run_dir / 'run.yaml'}: resources.nodes_per_run is {cfg.resources.nodes_per_run}: the Ray "
                     "executor runs a run on one node (runs spanning nodes: --executor slurm)")
-        ask = self.asks[cfg.name]
-        if self.cluster.holds(ask.cpus, ask.gpus, 1) == 0:
-            return f"asks one node for {ask.words()}; {self.cluster.words()}"
-        return None
+        return self.cluster.refusal(self.asks[cfg.name])
 
     def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
         ask = self.asks[cfg.name]
@@ -139,7 +157,7 @@ class RayExecutor(OneJobEachRun):
         self._client_class = JobSubmissionClient
         self.address = address  # else the runs' resources.address once they are known, else RAY_ADDRESS
         self._clients: dict[str, Any] = {}
-        self._asks: dict[Path, tuple[RayAsk, JobKind]] = {}  # by script: what submit asks for it
+        self._asks: dict[Path, tuple[NodeAsk, JobKind]] = {}  # by script: what submit asks for it
         self._silent_since: float | None = None
         self._ips: dict[str, str] = {}  # node id -> address
         self._error = ""
@@ -165,20 +183,34 @@ class RayExecutor(OneJobEachRun):
 
     def cluster(self) -> ClusterFacts:
         """The cluster's alive nodes: their CPUs, GPUs and memory, as Ray's state API says them."""
-        from ray.util.state import list_nodes  # the optional extra
+        return read_nodes(self.client().get_address(), READ_TIMEOUT_S)
 
-        nodes = list_nodes(address=self.client().get_address(), detail=True)
-        return ClusterFacts(tuple(
-            NodeFacts(n.node_ip, int(n.resources_total.get("CPU", 0)), int(n.resources_total.get("GPU", 0)),
-                      n.resources_total.get("memory", 0) / GIB)
-            for n in nodes if n.state == "ALIVE"), f"Ray cluster {self.address}")
+    @staticmethod
+    def read_cluster(resources: ResourcesSpec, timeout_s: float) -> ClusterFacts:
+        """The cluster resources.address (else RAY_ADDRESS) names, for plan and validate: its job server asked once
+        within `timeout_s` (an address that does not answer fails fast: the plan goes by the spec)."""
+        address = resources.address or os.environ.get(ADDRESS_ENV)
+        if not address:
+            raise TunelabError(f"no cluster address (resources.address or {ADDRESS_ENV})", field="resources.address")
+        try:
+            with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s):
+                pass
+        except (OSError, ValueError) as exc:
+            raise TunelabError(f"Ray job server {address} did not answer within {timeout_s:g} s: {exc}",
+                               field="resources.address") from None
+        return read_nodes(address, timeout_s)
+
+    @staticmethod
+    def node_ask(cfg: RunConfig) -> NodeAsk:
+        """A fine-tuned run's training job, a control's evaluation job (ray_jobs.job_ask)."""
+        return job_ask(cfg, JobKind.TRAIN if cfg.kind == "finetune" else JobKind.EVAL)
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
         if array:
             raise ValueError("the Ray executor submits each run as a job of its own")
         script = Path(script)
-        ask, kind = self._asks.get(script, (RayAsk(1, 0), JobKind.PROBE))
+        ask, kind = self._asks.get(script, (NodeAsk(1, 0), JobKind.PROBE))
         sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"
         spec = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
                 "entrypoint_num_cpus": ask.cpus, "entrypoint_num_gpus": ask.gpus,
@@ -299,8 +331,7 @@ class RayExecutor(OneJobEachRun):
 
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         self._learn(runs)
-        return RayRoom(self.cluster(), {c.name: job_ask(c, JobKind.TRAIN if c.kind == "finetune" else JobKind.EVAL)
-                                        for c in runs})
+        return RayRoom(self.cluster(), {c.name: self.node_ask(c) for c in runs})
 
     def _silent(self, error: str) -> None:
         self._error = error[:300]

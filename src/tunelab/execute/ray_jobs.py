@@ -14,36 +14,24 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.execute.executor import JobKind
+from tunelab.execute.executor import JobKind, NodeAsk
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
 
 TRAIN_SCRIPT, EVAL_SCRIPT = "job.sh", "ray-eval.sh"
 
 
-@dataclass(frozen=True)
-class RayAsk:
-    """What one job asks Ray for: its entrypoint's CPUs and GPUs, on one node."""
-
-    cpus: int
-    gpus: int
-
-    def words(self) -> str:
-        return f"{self.cpus} CPU(s)" + (f" and {self.gpus} GPU(s)" if self.gpus else "")
-
-
-def job_ask(cfg: RunConfig, kind: JobKind) -> RayAsk:
+def job_ask(cfg: RunConfig, kind: JobKind) -> NodeAsk:
     """A training job: one GPU per GPU of the run, one CPU per process (the plan's processes, run.yaml's estimate);
     an evaluation job: one process, the run's GPUs per node (at most one node's)."""
     gpus = cfg.resources.run_gpus_per_node()
     if kind != JobKind.TRAIN:
-        return RayAsk(1, min(gpus, 1))
+        return NodeAsk(1, min(gpus, 1))
     est = cfg.estimate
     processes = est.processes if est is not None else cfg.resources.processes_per_run(gpus)
-    return RayAsk(max(1, processes), gpus)
+    return NodeAsk(max(1, processes), gpus)
 
 
 def log_name(kind: JobKind, submission_id: str) -> str:
@@ -55,7 +43,7 @@ def entrypoint(run_dir: Path, script: Path, log: Path) -> str:
     return f"cd {shlex.quote(str(run_dir))} && exec bash {shlex.quote(str(script))} >> {shlex.quote(str(log))} 2>&1"
 
 
-def job_env(ask: RayAsk) -> dict[str, str]:
+def job_env(ask: NodeAsk) -> dict[str, str]:
     """The job's environment on the node: offline hub, unbuffered output, its CPUs as tunelab's thread share."""
     return {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(ask.cpus),
             "TUNELAB_OMP_NUM_THREADS": str(ask.cpus)}

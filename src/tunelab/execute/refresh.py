@@ -93,13 +93,15 @@ def refresh(book: Path, runs: dict[str, RunConfig], executors: dict[str, Executo
             if status is not None and requeued_itself(j, status):
                 info = JobInfo(JobState.REQUEUED, reason="requeued by its trainer")  # counts as active; not judged
             fields: dict[str, Any] = {"state": info.state}
+            if info.node and info.node != j.node:
+                fields["node"] = info.node  # where it runs, once the scheduler says (status shows it while it runs)
             if info.exit_code is not None:
                 fields.update(exit_code=info.exit_code, elapsed=info.elapsed, node=info.node)
             judge = should_judge(j, info)
             if judge:
                 verdict = judge_job(j, cfg, info, ex, status)
                 fields.update(failure=verdict.kind, detail=verdict.detail)
-            if fields["state"] != j.state or judge:
+            if fields["state"] != j.state or judge or "node" in fields:
                 ledger.update_job(book, j.id, **fields)
                 changed.append(dataclasses.replace(j, **fields))
     return changed

@@ -35,8 +35,8 @@ def record_restarts(book: Path, job: JobRow, info: JobInfo, run_dir: Path | None
         verdict = requeue_verdict(earlier[start] if earlier else None, text, start)
         finished = now_iso()
         ledger.record_attempt(book, run=job.run, attempt=job.attempt, executor=job.executor, job_id=job.job_id,
-                              started_at=started, finished_at=finished, exit_code=None, state=verdict.kind,
-                              reason=verdict.detail)
+                              node=job.node, started_at=started, finished_at=finished, exit_code=None,
+                              state=verdict.kind, reason=verdict.detail)
         started = finished
         verdicts.append(verdict)
     return verdicts

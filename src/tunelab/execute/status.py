@@ -121,7 +121,9 @@ class StatusRow:
     job_state: str | None = None
     """That job's state, as the scheduler said it (e.g. RUNNING, COMPLETED, OUT_OF_MEMORY)."""
     executor: str | None = None
-    """Where the job runs: local or slurm."""
+    """Where the job runs: local, slurm or ray."""
+    node: str = ""
+    """The node its newest job runs or ran on, as the scheduler names it (empty: not known yet, or local)."""
     progress: str = ""
     """Steps and epoch reached, e.g. 'step 12/40, epoch 0.60/2' (empty: no step logged yet)."""
     eta: str = ""
@@ -207,6 +209,7 @@ def status_row(cfg: RunConfig, rj: RunJobs | None = None) -> StatusRow:
     job = rj.train if cfg.kind == "finetune" else rj.eval
     if job:
         row.job_id, row.job_state, row.failure, row.executor = job.job_id, job.state, job.failure, job.executor
+        row.node = job.node or ""
     row.eval = EvalState.of(rj.eval, evaluated)
     if cfg.kind == "finetune" and (status.attempt is None or status.attempt == cfg.attempt):
         row.progress, row.eta = run_progress(cfg, status)
@@ -246,7 +249,7 @@ def cancel(experiment_dir: str | Path, names: list[str] | None = None, console: 
         ledger.update_job(exp, j.id, state=JobState.CANCELLED, failure=CANCELLED, handled=1,
                           detail="CANCELLED by tunelab cancel")
         if j.kind == JobKind.TRAIN:
-            ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor,
+            ledger.record_attempt(exp, run=j.run, attempt=j.attempt, executor=j.executor, node=j.node,
                                   job_id=j.job_id, started_at=j.submitted_at, finished_at=now_iso(),
                                   exit_code=None, state=CANCELLED, reason="cancelled by tunelab cancel")
         say("cancelled {} {} job {}", j.run, j.kind, j.job_id, console=console)

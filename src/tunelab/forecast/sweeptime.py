@@ -13,6 +13,7 @@ from tunelab.errors import TunelabError
 from tunelab.execute import schedule  # schedule.visible_gpus, looked up when called (tests inject GPUs)
 from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device, cpu_devices
+from tunelab.forecast.cluster_devices import cluster_devices
 from tunelab.forecast.combine import summed
 from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
@@ -115,6 +116,8 @@ def _saves(cfg: RunConfig, est: RunEstimate, gpu: GPU | None, history: list[Hist
 def sweep_devices(plan: Sweep) -> tuple[list[Device], str]:
     """The devices the sweep's runs are placed on, and where that came from."""
     res = plan.spec.resources
+    if (on_nodes := cluster_devices(res, plan.runs, plan.estimates, plan.gpu)) is not None:
+        return on_nodes  # an executor that reads its cluster (Ray): its nodes now
     if executor_class(res.executor).detached:
         s = res.slurm
         if s is not None and s.pack == "node":

@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     attempt INTEGER,
     executor TEXT,
     job_id TEXT,
+    node TEXT,                       -- where it ran, as its scheduler names the node (NULL: unknown)
     started_at TEXT,
     finished_at TEXT,
     exit_code INTEGER,
@@ -184,6 +185,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("DROP TABLE evals")
     elif cols:
         add_missing_columns(conn, "evals", CI_COLUMNS)
+    if conn.execute("PRAGMA table_info(attempts)").fetchall():  # ledgers from before attempts named their node
+        add_missing_columns(conn, "attempts", {"node": "TEXT"})
 
 
 def _control_state(cfg: RunConfig) -> str:
@@ -302,11 +305,11 @@ def ingest_all(experiment_dir: str | Path, runs: list[RunConfig]) -> dict[str, s
 
 def record_attempt(experiment_dir: str | Path, *, run: str, attempt: int | None, executor: str | None,
                    job_id: str | None, started_at: str | None, finished_at: str | None, exit_code: int | None,
-                   state: str | None, reason: str | None) -> None:
+                   state: str | None, reason: str | None, node: str | None = None) -> None:
     """One ended start of a run's job on `node` (table attempts; `state`: its FailureKind's value)."""
     _insert(experiment_dir, "attempts", dict(
-        run=run, attempt=attempt, executor=executor, job_id=job_id, started_at=started_at, finished_at=finished_at,
-        exit_code=exit_code, state=state, reason=reason))
+        run=run, attempt=attempt, executor=executor, job_id=job_id, node=node, started_at=started_at,
+        finished_at=finished_at, exit_code=exit_code, state=state, reason=reason))
 
 
 def amend_attempt(experiment_dir: str | Path, *, run: str, job_id: str, state: str, reason: str,

@@ -8,6 +8,7 @@ from tunelab.execute.executors import executor_class
 from tunelab.forecast.deadline import RunTimeline
 from tunelab.forecast.gpus import describe
 from tunelab.fsutil import human_seconds
+from tunelab.plan.cluster_checks import cluster_lines, nodes_text
 from tunelab.plan.deadline_md import deadline_lines, search_lines
 from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
@@ -85,7 +86,7 @@ def _placement_text(r: RunTimeline | None) -> str:
 
 
 def _devices_text(devices: list[str]) -> str:
-    """The forecast's device ids in words: CPU, CPU share n, slot n (a scheduler's), GPU n."""
+    """The forecast's device ids in words: CPU, CPU share n, slot n (a scheduler's), node x (a cluster's), GPU n."""
     if not devices:
         return "after runs of unknown length"
     if devices[0] == "cpu":
@@ -94,6 +95,8 @@ def _devices_text(devices: list[str]) -> str:
         return ", ".join(f"CPU share {int(d[3:]) + 1}" for d in devices)
     if devices[0].startswith("job"):
         return ", ".join(f"slot {int(d[3:]) + 1}" for d in devices)
+    if devices[0].startswith("node:"):
+        return nodes_text(devices)
     return "GPU " + ", ".join(devices)
 
 
@@ -133,6 +136,7 @@ def render_plan_md(plan: Plan) -> str:
     lines += image_lines(plan.images)
     lines += _estimate_lines(plan)
     lines += gpu_lines(plan)
+    lines += cluster_lines(plan.spec.resources)  # a cluster its executor reads (Ray): nodes, or unreachable
     lines += _schedule_lines(plan)
     lines += search_lines(plan.search)
     lines += deadline_lines(plan.deadline, plan.levers)

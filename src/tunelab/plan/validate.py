@@ -25,6 +25,7 @@ from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
 from tunelab.forecast.runs import device_peak
 from tunelab.fsutil import load_yaml
 from tunelab.host.memory import host_memory_gib
+from tunelab.plan.cluster_checks import cluster_refusals
 from tunelab.plan.planner import make_plan, measure_lengths, split_lengths, truncation
 from tunelab.plan.storage import dtype_rule, sweep_storage
 from tunelab.rundir.config import RunConfig, load_run_config
@@ -231,6 +232,8 @@ def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool 
         checks.append(check_staged_run(cfg, gpu, lengths, cuts) if cfg.stages else
                       check_run(cfg, gpu, lengths[0], cuts[0]))
     _check_storage(runs, checks, gpu)
+    for run, refusal in cluster_refusals([c for c in runs if c.training is not None]).items():  # Ray: its nodes
+        next(c for c in checks if c.run == run).errors.append(refusal)
     return checks
 
 

@@ -51,6 +51,12 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     _ok(["scaffold", str(ray_spec)])
     assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file()
     assert (exp / "controls" / "tiny_base" / "ray-eval.sh").is_file()
+    # the plan read the cluster: both nodes listed, and the run and the control placed one on each (one CPU a node)
+    plan_md = (exp / "plan.md").read_text()
+    nodes = [raycluster.node_ip(0), raycluster.node_ip(1)]
+    assert all(f"| {ip} | 1 | 0 |" in plan_md for ip in nodes), plan_md
+    schedule = plan_md.split("## Schedule", 1)[1]
+    assert sorted(ip for ip in nodes if f"| node {ip} |" in schedule) == nodes, schedule
     _ok(["run", str(exp), "--wait"])
     jobs = _jobs(exp)
     by = {(j["run"], j["kind"]): j for j in jobs}
@@ -66,7 +72,10 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     assert {j["node"] for j in jobs} == {raycluster.node_ip(0), raycluster.node_ip(1)}, [j["node"] for j in jobs]
     status = _ok(["status", str(exp)]).output
     print(status)
-    assert json.loads(_ok(["status", str(exp), "--json"]).stdout)["runs"][0]["state"] == "completed"
+    row = json.loads(_ok(["status", str(exp), "--json"]).stdout)["runs"][0]
+    assert (row["state"], row["executor"], row["node"]) == ("completed", "ray", by[("tiny_r4", "train")]["node"])
+    attempts = ledger.query(exp, "SELECT executor, node, state FROM attempts WHERE run = 'tiny_r4'")
+    assert attempts == [{"executor": "ray", "node": row["node"], "state": "completed"}]  # the history of its attempts
     # the same sweep here, on this machine: the same scores
     scaffold(local_spec)
     _ok(["run", str(local_spec.parent)])
