@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from tunelab.execute.executor import ClusterFacts, JobInfo, JobKind, NodeAsk, NodeFacts
+from tunelab.execute.failures import FailureKind, classify
 from tunelab.execute.job_states import JobState
-from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, split_id
+from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, lost_info, split_id
 from tunelab.execute.ray_jobs import entrypoint, job_ask
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
@@ -43,6 +44,19 @@ def test_a_ray_jobs_details_in_the_executors_words():
     stopped = job_info(_details("STOPPED", None))
     assert stopped.state == JobState.CANCELLED and stopped.ended  # Slurm's STOPPED would be active
     assert not job_info(_details("PENDING", None)).ended
+
+
+def test_a_job_whose_node_died_or_that_the_cluster_forgot_is_node_fail_and_resumed():
+    died = _details("FAILED", None, "Job supervisor actor died: The actor died because its node has died.")
+    died.error_type = "JOB_SUPERVISOR_ACTOR_DIED"
+    assert job_info(died).state == JobState.NODE_FAIL
+    exited = _details("FAILED", 1, "Job entrypoint command failed with exit code 1")
+    exited.error_type = "JOB_ENTRYPOINT_COMMAND_ERROR"
+    assert job_info(exited).state == JobState.FAILED  # the run's own failure: no automatic retry
+    lost = lost_info("http://head:8265")
+    assert lost.state == JobState.NODE_FAIL and "http://head:8265 no longer knows the job" in lost.reason
+    assert {classify(i.state, i.exit_code).kind for i in (job_info(died), lost)} == {FailureKind.NODE_FAIL}
+    assert FailureKind.NODE_FAIL.retryable
 
 
 def test_a_gated_job_is_its_real_job_once_submitted_else_pending_or_never_satisfied():

@@ -9,7 +9,8 @@ The cluster is `resources.address` (its job server, http://head:8265), else RAY_
 `<submission id>@<address>`, so `tunelab status` and `cancel` reach the cluster that holds a job without being
 told. What the cluster is made of — its nodes' CPUs, GPUs and memory, `cluster()` — decides which runs can never
 start (a run asking more of one node than any node has) and how many jobs go to it at once; plan, validate and
-status's re-plan read it too (`read_cluster`, through execute/executors.cluster_facts).
+status's re-plan read it too (`read_cluster`, through execute/executors.cluster_facts). A job whose node died, or
+that a restarted head no longer knows, is NODE_FAIL: the retry policy resumes it (Ray cannot requeue a job).
 
 ray is an optional extra (`pip install tunelab[ray]`): imported when the executor is made, not at tunelab's top.
 """
@@ -28,7 +29,6 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import (
-    UNSEEN,
     Capacity,
     ClusterFacts,
     JobInfo,
@@ -58,6 +58,7 @@ ADDRESS_ENV = "RAY_ADDRESS"
 STATES = {"PENDING": JobState.PENDING, "RUNNING": JobState.RUNNING, "SUCCEEDED": JobState.COMPLETED,
           "FAILED": JobState.FAILED, "STOPPED": JobState.CANCELLED}
 NEVER_SATISFIED = "DependencyNeverSatisfied"
+SUPERVISOR_DIED = "JOB_SUPERVISOR_ACTOR_DIED"  # Ray's error_type of a job whose node (or supervisor) died
 FORWARDED_PREFIX = "TUNELAB_"
 GIB = 1024**3
 READ_TIMEOUT_S = 30.0  # a sweep reading its cluster before submitting waits this long at most
@@ -76,14 +77,24 @@ def forwarded_env() -> dict[str, str]:
 
 def job_info(details: Any, node_ips: dict[str, str] | None = None) -> JobInfo:
     """One Ray job's JobDetails as a JobInfo: its state, exit code ('N:0'), the node it ran on (its address where
-    `node_ips` knows the node's id) and Ray's message as the reason."""
+    `node_ips` knows the node's id) and Ray's message as the reason. A job whose supervisor died with no exit code
+    (its node lost: the raylet and the job's processes gone) is Slurm's NODE_FAIL: the retry policy resumes it."""
     status = str(getattr(details.status, "value", details.status))
     code = getattr(details, "driver_exit_code", None)
     exit_code = f"{code}:0" if code is not None else ("0:0" if status == "SUCCEEDED" else None)
     node = getattr(details, "driver_node_id", None) or None
     where = (node_ips or {}).get(node, node) if node else None
-    return JobInfo(STATES.get(status, status), exit_code=exit_code, node=where,
-                   reason=(details.message or "").split("\n", 1)[0][:300])
+    state: str = STATES.get(status, status)
+    if state == JobState.FAILED and code is None and getattr(details, "error_type", None) == SUPERVISOR_DIED:
+        state = JobState.NODE_FAIL
+    return JobInfo(state, exit_code=exit_code, node=where, reason=(details.message or "").split("\n", 1)[0][:300])
+
+
+def lost_info(address: str) -> JobInfo:
+    """A job the cluster's job server does not know: Ray keeps every job until its head goes, so the head restarted
+    (its jobs, queued or running, lost with it): NODE_FAIL, which the retry policy resumes from the last checkpoint."""
+    return JobInfo(JobState.NODE_FAIL, reason=f"lost: the Ray cluster at {address} no longer knows the job (its head "
+                                              "restarted)")
 
 
 def gated_info(gate: JobInfo, child: JobInfo | None, after: str) -> JobInfo:
@@ -247,7 +258,7 @@ class RayExecutor(OneJobEachRun):
             for i in mine:
                 sid = split_id(i)[0]
                 if sid not in jobs:
-                    out[i] = JobInfo(UNSEEN)
+                    out[i] = lost_info(address)
                     continue
                 info = job_info(jobs[sid], ips)
                 gate = jobs[sid].metadata or {}

@@ -15,7 +15,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo, JobKind
 from tunelab.execute.executors import executor_named
-from tunelab.execute.failures import CANCELLED, FAILED, Failure, classify
+from tunelab.execute.failures import CANCELLED, FAILED, NODE_FAIL, Failure, classify
 from tunelab.execute.failures import COMPLETED as JUDGED_COMPLETED
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.jobs import JobRow, all_jobs
@@ -152,7 +152,7 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, s
         expected = EVAL_OUTPUTS
     f = classify(info.state, info.exit_code, rows, text, status, complete, expected)
     detail = f.detail
-    if f.kind == CANCELLED and info.reason and info.reason not in ("None", "NonZeroExitCode"):
+    if f.kind in (CANCELLED, NODE_FAIL) and info.reason and info.reason not in ("None", "NonZeroExitCode"):
         detail = f"{detail} ({info.reason})"
     if info.state == UNSEEN:
         detail += f" ({ex.name} no longer knows job {job.job_id}: judged from its log and the run's files)"
