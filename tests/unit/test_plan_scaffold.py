@@ -90,6 +90,26 @@ def test_scaffold_refuses_to_change_a_run_with_results(write_spec):
     scaffold(spec2, force=True)
 
 
+def test_scaffolding_again_keeps_a_retried_run_yaml_and_force_rewrites_it(write_spec):
+    """A retry halved tiny_r4's micro-batch (attempt 2) and the run has results: scaffolding the same spec again
+    keeps that run.yaml as it is (the next job must not OOM again) and writes the rest; --force rewrites it."""
+    spec = write_spec()
+    scaffold(spec)
+    run = spec.parent / "runs" / "tiny_r4"
+    retried = yaml.safe_load((run / "run.yaml").read_text())
+    retried["attempt"] = 2
+    retried["training"]["batch_size"] //= 2
+    retried["training"]["gradient_accumulation_steps"] *= 2
+    (run / "run.yaml").write_text(text := yaml.safe_dump(retried, sort_keys=False))
+    (run / "status.json").write_text('{"state": "failed"}')
+    (run / "job.sh").unlink()
+    again = scaffold(spec)
+    assert (run / "run.yaml").read_text() == text and (run / "job.sh").is_file()
+    assert [(c.name, c.attempt) for c in again.runs] == [("tiny_r4", 2), ("tiny_r8", 1), ("tiny_base", 1)]
+    scaffold(spec, force=True)
+    assert load_run_config(run).attempt == 1
+
+
 @pytest.mark.parametrize(
     "overrides, field, words",
     [

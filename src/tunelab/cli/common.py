@@ -102,7 +102,7 @@ def add_commands(app: typer.Typer, commands: dict[str, Callable[..., Any]], hidd
 
 def print_plan(plan: Plan) -> None:
     """The plan's runs (and stages) as tables, its recipe, notes and warnings."""
-    from tunelab.plan.markdown import gpu_notes, plan_rows, resolution_notes, stage_rows
+    from tunelab.plan.markdown import gpu_notes, plan_rows, stage_rows
 
     title = f"{plan.spec.name}: {len(plan.finetune_runs)} fine-tuned + {len(plan.controls)} controls"
     for rows in (plan_rows(plan), stage_rows(plan)):
@@ -112,7 +112,7 @@ def print_plan(plan: Plan) -> None:
                 say("… and {} more rows: plan.md (or `plan --json`) lists them all", len(rows) - SHOWN_ROWS)
         title = "stages (steps and time per stage; the run's are their sum)"
     say("recipe: {}", plan.recipe)
-    for note in resolution_notes(plan):
+    for note in plan.resolution:
         say("resolution: {}", note)
     for note in gpu_notes(plan):
         say("GPUs and nodes: {}", note)

@@ -2,7 +2,8 @@
 
 Its own dataset, solver and scorer are used; tunelab only supplies the model. Everything that can be
 known before a job starts (the file imports, the @task exists and is unambiguous, the args bind, the
-prompt template only names {input}) is checked by `check_tasks`, which `plan` calls.
+prompt template only names {input}) is checked by `check_tasks`, which `plan` calls once per input
+(`check_sweep_tasks`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tunelab.data.splits import DATA_DIR
+from tunelab.data.verify import code_stamps, dataset_stamps
+from tunelab.diskcache import cached_json, file_stamps
 from tunelab.errors import TunelabError
 from tunelab.rundir.config import RunConfig
-from tunelab.spec import TaskSpec
+from tunelab.spec import ExperimentSpec, TaskSpec, resolve_path
 from tunelab.spec.evaluation import GraderSpec
 
 _MODULES: dict[tuple[str, int, int], ModuleType] = {}  # (path, mtime, size) -> module, imported once
+TASK_CHECKING_CODE = ("data", "evaluate", "spec")  # tunelab packages whose code decides whether the tasks pass
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,30 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
             _check_grader(spec, base)
             for template in [spec.prompt] if spec.prompt is not None else prompts:
                 check_input_template(template, ut.where)
+
+
+def check_sweep_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
+    """Before any job: task files import and bind, built-ins build on their dataset split — once per distinct
+    dataset x prompt (the split records exist by now). Skipped when they passed for this very spec, data, task
+    files, split records and checking code (diskcache.py): a second plan costs no inspect-ai import."""
+    base = spec_path.parent
+    datasets = [dataset_stamps(d, base) for d in spec.datasets]
+    data_dir = experiment_dir / DATA_DIR
+    splits: list[str | Path] = [*sorted(data_dir.glob("*.split.json"))] if data_dir.is_dir() else []
+    task_files: list[str | Path] = [resolve_path(base, t.file) for t in spec.eval.tasks if t.file]
+    key = [spec.model_dump_json(), str(spec_path), str(experiment_dir), file_stamps(task_files), datasets,
+           file_stamps(splits), code_stamps(TASK_CHECKING_CODE)]
+    cached_json("eval-tasks-checked", key, lambda: _checked_tasks(spec, base, runs))
+
+
+def _checked_tasks(spec: ExperimentSpec, spec_dir: Path, runs: list[RunConfig]) -> bool:
+    check_tasks(spec, spec_dir)
+    seen = set()
+    for cfg in runs:
+        if (cfg.dataset.name, cfg.prompt) not in seen:
+            seen.add((cfg.dataset.name, cfg.prompt))
+            check_tasks(cfg)
+    return True
 
 
 def _check_grader(spec: TaskSpec, base: Path | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunelab.execute.executors import executor_class
 from tunelab.forecast.deadline import RunTimeline
 from tunelab.forecast.gpus import describe
 from tunelab.fsutil import human_seconds
@@ -13,7 +12,6 @@ from tunelab.plan.deadline_md import deadline_lines, search_lines
 from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
 from tunelab.rundir.estimate import RunEstimate
-from tunelab.stats.power import detectable_difference
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -29,12 +27,6 @@ def _joined(values: list[str]) -> str:
     return values[0] if len(set(values)) == 1 else "→".join(values)
 
 
-def _batch_text(r: RunConfig, processes: int) -> str:
-    shapes = [f"{t.batch_size}×{t.gradient_accumulation_steps}" + (f"×{processes}" if processes > 1 else "")
-              for t in r.trainings()]
-    return _joined(shapes) if shapes else "—"
-
-
 def plan_rows(plan: Plan) -> list[dict[str, str]]:
     """One row per run: what the table in the terminal and in plan.md show (a staged run: its stages in
     order, steps and time summed over them; a field that differs between stages shows each stage's value)."""
@@ -43,8 +35,9 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
     placed = {r.run: r for r in plan.forecast.runs} if plan.forecast else {}
     rows = []
     for i, r in enumerate(plan.runs, 1):
-        t = r.training
         e = plan.estimates.get(r.name)
+        time = time_text(e) if r.training else "eval only"
+        where = {"where (start)": _placement_text(placed.get(r.name))} if plan.forecast is not None else {}
         rows.append({
             "#": str(i),
             "run": r.name,
@@ -53,17 +46,25 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "dataset": r.dataset.name,
             "factors": _factor_text(r, swept),
             **({"stages": "→".join(s.name for s in r.stages) or "—"} if plan.spec.stages else {}),
-            "batch": _batch_text(r, e.processes if e else 1),
-            "packing": _joined(["on" if x.packing else "off" for x in r.trainings()]) if t else "—",
-            "attention": _joined([x.attention for x in r.trainings()]) if t else "—",
+            **_training_cells(r, e.processes if e else 1),
             "steps": str(e.steps) if e else "—",
             "peak/GPU (GiB)": (f"{e.peak_memory_gib:.1f}/{e.gpu_memory_gib:.1f}" if e and e.peak_memory_gib is not None
                                else "—"),
-            "est. time (P10–P90)": time_text(e) if t else "eval only",
+            "est. time (P10–P90)": time,
+            **where,
         })
-        if plan.forecast is not None:
-            rows[-1]["where (start)"] = _placement_text(placed.get(r.name))
     return rows
+
+
+def _training_cells(r: RunConfig, processes: int) -> dict[str, str]:
+    """The batch, packing and attention of each training a run does (one value where its stages agree)."""
+    trainings = r.trainings()
+    if not trainings:
+        return {"batch": "—", "packing": "—", "attention": "—"}
+    shapes = [f"{t.batch_size}×{t.gradient_accumulation_steps}" + (f"×{processes}" if processes > 1 else "")
+              for t in trainings]
+    return {"batch": _joined(shapes), "packing": _joined(["on" if t.packing else "off" for t in trainings]),
+            "attention": _joined([t.attention for t in trainings])}
 
 
 def time_text(e: RunEstimate | None) -> str:
@@ -101,6 +102,22 @@ def _devices_text(devices: list[str]) -> str:
 
 
 def render_plan_md(plan: Plan) -> str:
+    """plan.md. The sections that only format the plan's facts are made first; the two that read beyond them —
+    the cluster (through its executor) and the run table (each run's trainings) — last, each put in its place."""
+    head = _head_lines(plan)
+    middle = _stage_lines(plan) + _resource_lines(plan) + _dataset_lines(plan) + _prompt_lines(plan)
+    middle += _eval_lines(plan) + _resolution_lines(plan) + _truncation_lines(plan) + image_lines(plan.images)
+    middle += _estimate_lines(plan) + gpu_lines(plan)
+    tail = _schedule_lines(plan) + search_lines(plan.search) + deadline_lines(plan.deadline, plan.levers)
+    tail += storage_lines(plan)
+    if plan.warnings:
+        tail += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
+    cluster = cluster_lines(plan.spec.resources)  # a cluster its executor reads (Ray): nodes, or unreachable
+    return "\n".join(head + _run_table_lines(plan) + middle + cluster + tail)
+
+
+def _head_lines(plan: Plan) -> list[str]:
+    """The title, the run counts, the recipe, the naming and the factors."""
     spec = plan.spec
     lines = [f"# Plan: {spec.name}", ""]
     if spec.description:
@@ -120,30 +137,22 @@ def render_plan_md(plan: Plan) -> str:
         f"| model | {', '.join(spec.model_levels())} |",
         f"| dataset | {', '.join(spec.dataset_levels())} |",
     ]
-    lines += [f"| {k} | {', '.join(spec.prompt_names()) if k == 'prompt' else ', '.join(map(str, v))} |"
-              for k, v in spec.factors.items() if k not in ("model", "dataset")]
+    return lines + [f"| {k} | {', '.join(spec.prompt_names()) if k == 'prompt' else ', '.join(map(str, v))} |"
+                    for k, v in spec.factors.items() if k not in ("model", "dataset")]
+
+
+def _run_table_lines(plan: Plan) -> list[str]:
     rows = plan_rows(plan)
-    lines += ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
-    lines += _stage_lines(plan)
-    lines += ["", "## Resources verified", "", "| Model | Path | Type | Layers × hidden | Vocab | Weights | Chat template |",
-              "|---|---|---|---|---|---|---|"]
-    for name, m in plan.models.items():
-        lines.append(f"| {name} | `{m.path}` | {m.model_type} | {m.layers} × {m.hidden} | {m.vocab_size} | "
-                     f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |")
-    lines += _dataset_lines(plan) + _prompt_lines(plan) + _eval_lines(plan) + _resolution_lines(plan)
-    lines += _truncation_lines(plan)
-    lines += image_lines(plan.images)
-    lines += _estimate_lines(plan)
-    lines += gpu_lines(plan)
-    lines += cluster_lines(plan.spec.resources)  # a cluster its executor reads (Ray): nodes, or unreachable
-    lines += _schedule_lines(plan)
-    lines += search_lines(plan.search)
-    lines += deadline_lines(plan.deadline, plan.levers)
-    lines += storage_lines(plan)
-    if plan.warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
-    return "\n".join(lines)
+    lines = ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(r.values()) + " |" for r in rows]
+
+
+def _resource_lines(plan: Plan) -> list[str]:
+    lines = ["", "## Resources verified", "", "| Model | Path | Type | Layers × hidden | Vocab | Weights | Chat template |",
+             "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {name} | `{m.path}` | {m.model_type} | {m.layers} × {m.hidden} | {m.vocab_size} | "
+                    f"{m.weights_bytes / 2**20:.1f} MiB | {'yes' if m.has_chat_template else 'no'} |"
+                    for name, m in plan.models.items()]
 
 
 def _estimate_lines(plan: Plan) -> list[str]:
@@ -272,41 +281,11 @@ def _eval_lines(plan: Plan) -> list[str]:
     return lines + [""]
 
 
-ACCURACY_BUILTINS = ("exact_match", "includes", "choice")
-
-
-def resolution_notes(plan: Plan) -> list[str]:
-    """Per accuracy task and dataset: the smallest difference in accuracy its test split can resolve, so a lab
-    sizes its evaluation before spending GPU-hours (statsmodels power analysis; assumptions stated)."""
-
-    notes = []
-    for t in plan.spec.eval.resolved_tasks():
-        if t.builtin not in ACCURACY_BUILTINS:
-            continue
-        for name in [t.dataset] if t.dataset else plan.spec.dataset_levels():
-            info = plan.datasets.get(name)
-            n = info.counts.get(t.split) if info else None
-            limit = t.limit or plan.spec.eval.limit
-            if not n:
-                continue
-            n = min(n, limit) if limit else n
-            det = detectable_difference(n)
-            if det.paired is None or det.unpaired is None:
-                notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: too few to resolve any difference "
-                             "in accuracy between two runs (alpha 0.05, power 0.8)")
-                continue
-            notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: differences in accuracy under "
-                         f"~{100 * det.paired:.0f} pp between two runs are not resolvable (paired on the same "
-                         f"samples, assuming {det.discordant:.0%} of them change answer; ~{100 * det.unpaired:.0f} pp "
-                         f"unpaired at {det.baseline:.0%} accuracy); alpha {det.alpha}, power {det.power}")
-    return notes
-
-
 def _resolution_lines(plan: Plan) -> list[str]:
-    notes = resolution_notes(plan)
-    if not notes:
+    if not plan.resolution:
         return []
-    return ["Resolution (the smallest difference the evaluation can detect):", ""] + [f"- {n}" for n in notes] + [""]
+    return (["Resolution (the smallest difference the evaluation can detect):", ""] + [f"- {n}" for n in plan.resolution]
+            + [""])
 
 
 def _truncation_lines(plan: Plan) -> list[str]:
@@ -332,14 +311,13 @@ def _schedule_lines(plan: Plan) -> list[str]:
     f = plan.forecast
     if f is None or not plan.estimates:
         return []  # nothing is estimated
-    executor = executor_class(plan.spec.resources.executor)
-    lines = [f"## Schedule ({executor.name} executor)", ""]
+    lines = [f"## Schedule ({plan.spec.resources.executor} executor)", ""]
     span = ("unknown (" + "; ".join(f.unknown) + ")" if f.makespan_s is None else
             f"{human_seconds(f.makespan_s)}" + (f" (P10–P90 {human_seconds(f.makespan_p10_s)}–"
                                                 f"{human_seconds(f.makespan_p90_s)})"
                                                 if f.makespan_p10_s is not None and f.makespan_p90_s is not None
                                                 else ""))
-    where = (plan.cpu_sharing.line() + ". " if plan.cpu_sharing is not None and not executor.detached else "")
+    where = plan.cpu_sharing.line() + ". " if plan.cpu_sharing is not None else ""  # none where jobs run elsewhere
     lines += [f"{where}**Predicted makespan: {span}.** Each run's training job start, training, saves, evaluation "
               f"job start and evaluation, placed longest first on {f.devices_source}"
               + (f", at most {f.runs_per_device} run(s) per GPU where memory allows" if f.runs_per_device > 1 else "")

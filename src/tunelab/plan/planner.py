@@ -6,35 +6,36 @@ plan says so instead of guessing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, astuple, dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
 from tunelab.data.formatting import PromptFormat
-from tunelab.data.images import check_readable, example_images
-from tunelab.data.loading import DataFile, where
-from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE, load_data, split_record_path
+from tunelab.data.images import example_images
+from tunelab.data.splits import load_data
+from tunelab.data.verify import DatasetInfo, verified_dataset
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.errors import TunelabError
 from tunelab.estimate.dataset import first_answer_index
+from tunelab.evaluate.usertasks import check_sweep_tasks
 from tunelab.execute.executors import executor_class
 from tunelab.forecast import cpu_sharing, levers, sweeptime
 from tunelab.forecast.cpu_sharing import cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training
+from tunelab.forecast.run_predictions import recorded_estimates
 from tunelab.forecast.tunecost import SearchCost
-from tunelab.fsutil import atomic_write_json
 from tunelab.host.adapt import watch_load
 from tunelab.ledger import history, predictions
 from tunelab.models.check import ModelInfo, check_model_dir
 from tunelab.models.vlm import is_vision_language
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
-from tunelab.plan.cache import check_eval_tasks, dataset_stamps, verified_dataset
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.image_checks import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
+from tunelab.plan.resolution import resolution_notes
 from tunelab.plan.stage_checks import check_orders, dataset_error, stage_dataset_needs
 from tunelab.plan.storage import plan_storage
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
@@ -72,6 +73,8 @@ class Plan:
     search: list[SearchCost] = field(default_factory=list)  # tune: each combination's search, priced (forecast/tunecost.py)
     cpu_sharing: CpuSharing | None = None  # local CPU: runs side by side and threads each (forecast/cpu_sharing.py)
     evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)  # each run's (forecast/evalrun.py)
+    recorded: dict[str, RunEstimate] = field(default_factory=dict)  # each run's estimate as run.yaml records it
+    resolution: list[str] = field(default_factory=list)  # what the evaluation can resolve (plan/resolution.py)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]
@@ -87,18 +90,6 @@ class Plan:
     @property
     def controls(self) -> list[RunConfig]:
         return [r for r in self.runs if r.kind == "control"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What plan verified of a dataset: its row format, split sizes and the files it came from."""
-
-    name: str
-    format: str
-    counts: dict[str, int]
-    files: list[DataFile]
-    split_record: str | None
-    eval_only: bool
 
 
 def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
@@ -120,18 +111,11 @@ def verify_resources(spec: ExperimentSpec, spec_path: Path, experiment_dir: Path
         if d.name not in needed:
             continue
         try:
-            datasets[d.name] = _verify_dataset(spec, resolve_dataset(d, base), experiment_dir, needed[d.name])
+            datasets[d.name] = verified_dataset(resolve_dataset(d, base), spec.prompt_levels(), spec.system_prompt,
+                                                experiment_dir, needed[d.name])
         except TunelabError as exc:
             raise dataset_error(spec, i, exc, spec_path) from None
     return models, datasets
-
-
-def write_provenance(plan: Plan) -> Path:
-    """<experiment>/data/provenance.json: every data file used (path, sha256, rows), for the report."""
-
-
-    return atomic_write_json(plan.experiment_dir / DATA_DIR / PROVENANCE_FILE,
-                             {name: asdict(info) for name, info in plan.datasets.items()})
 
 
 def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
@@ -147,39 +131,6 @@ def _needed_splits(spec: ExperimentSpec) -> dict[str, set[str]]:
         for name in [t.dataset] if t.dataset else spec.dataset_levels():
             needed.setdefault(name, set()).add(t.split)
     return needed
-
-
-def _verify_dataset(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
-    """Every row of every split read converts (remembered for the same files, spec and split record:
-    plan_cache.py). A new split is recorded only then: a record left by a failed plan would refuse the
-    corrected file as 'changed since its split was made'."""
-    record = split_record_path(d, experiment_dir)
-    if d.split is not None and not record.is_file():
-        return _verify_rows(spec, d, experiment_dir, splits)
-
-    key = [d.model_dump_json(), spec.prompt_levels(), spec.system_prompt, sorted(splits), str(experiment_dir),
-           dataset_stamps(d, Path("/")), file_stamps([record])]
-    return verified_dataset(key, lambda: _verify_rows(spec, d, experiment_dir, splits), _dataset_info)
-
-
-def _dataset_info(d: dict) -> DatasetInfo:
-    return DatasetInfo(**{**d, "files": [DataFile(**{**f, "splits": tuple(f["splits"])}) for f in d["files"]]})
-
-
-def _verify_rows(spec: ExperimentSpec, d: DatasetSpec, experiment_dir: Path, splits: set[str]) -> DatasetInfo:
-    recorded = d.split is None or split_record_path(d, experiment_dir).is_file()
-    data = load_data(d, experiment_dir if recorded else None)  # a new split is made in memory first
-    fmt = None
-    for template in spec.prompt_levels():
-        reader = data.reader(template, spec.system_prompt)
-        fmt = reader.format
-        for split in sorted(splits):
-            examples = data.examples(split, reader)  # every row converts, or an error names it
-            check_readable(examples, lambda i, split=split: where(d, split, i))  # and every image opens (rows with images)
-    if not recorded:
-        data = load_data(d, experiment_dir, create_split=True)  # the same seeded split, recorded now
-    rec = str(data.split_record) if data.split_record else None
-    return DatasetInfo(d.name, fmt or "?", data.counts(), data.files, rec, d.eval_only)
 
 
 @dataclass(frozen=True)
@@ -303,10 +254,10 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     models, datasets = verify_resources(spec, spec_path, exp_dir)
     runs = with_tuned_rates(spec, with_default_twins(spec, expand_runs(spec, spec_path.parent, exp_dir)),
                             exp_dir)  # tunelab tune's rates; each tuned run's twin at the default rate beside it
+    check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
     levers.resolve_effective_batches(runs, spec, spec_path, gpu is not None)
     attention = resolve_runs_attention(runs)  # auto → the kernel for each run's batches, written into run.yaml
-    check_eval_tasks(spec, spec_path, runs, exp_dir)
-    check_orders(runs, spec_path)  # curriculum fields exist in the rows they order (each stage's own dataset)
+    check_sweep_tasks(spec, spec_path, runs, exp_dir)
     for cfg in runs:  # QLoRA needs a GPU and bitsandbytes: refused here
         cfg.check_quantize(gpu is not None, spec_path)
     node = node_size(spec.resources)
@@ -366,6 +317,9 @@ def _estimate(plan: Plan, deadline: str | None, deadline_s: float | None) -> Non
     plan.levers, plan.estimates, plan.deadline = predicted.levers, predicted.estimates, predicted.deadline
     plan.search, plan.forecast, plan.evaluations = predicted.search, predicted.forecast, predicted.evaluations
     storage = plan_storage(plan, split_lengths)  # each estimate's disk; a sweep that cannot fit: why
+    # + each run's evaluation and the sweep's makespan, as scaffold records them (the report checks them)
+    plan.recorded = recorded_estimates(runs, plan.estimates, plan.evaluations, plan.forecast)
+    plan.resolution = resolution_notes(spec, plan.datasets)  # the evaluation's power, priced with the estimates
     plan.storage_problem = storage[0] if storage else None
     plan.warnings += storage
     plan.warnings += contention_warnings(plan.estimates)
