@@ -19,6 +19,7 @@ run once, eval scores equal the reference's and the report agrees with the files
 One line per fault; the last line reads `faults survived: N/N` (exit 1 unless all survived).
 
     python benchmarks/faults.py [--seed 0] [--faults 20] [--short] [--out DIR]
+    python benchmarks/faults.py --ray [--seed 0] [--faults 20]    # Ray node kills (benchmarks/ray_faults.py)
 """
 
 from __future__ import annotations
@@ -331,11 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", type=int, default=None, help="How many kills (default: 20; --short: 2).")
     ap.add_argument("--short", action="store_true", help="CI form: smaller data, 2 kills (counters write, ledger ingest), no eval stage.")
     ap.add_argument("--out", type=Path, default=None, help="Work directory (default: a new temp dir).")
+    ap.add_argument("--ray", action="store_true", help="Ray node kills instead, on a local Ray cluster "
+                    "(benchmarks/ray_faults.py; needs root for its network namespaces).")
     args = ap.parse_args(argv)
     n = args.faults or (len(SHORT_SLOTS) if args.short else 20)
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-faults-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with env(TUNELAB_HISTORY=str(out / "planning-history.db")):  # never the user's history
+        if args.ray:
+            import ray_faults  # its kind only: the tests' Ray cluster, started by it
+
+            return ray_faults.main(out, args.faults or 20, args.seed)
         return _run_all(out, n, args.short, args.seed)
 
 
