@@ -20,11 +20,6 @@ STATE_MARKUP = {"COMPLETE": "[green]completed[/green]", "PRUNED": "[yellow]prune
                 "FAIL": "[red]failed[/red]"}
 
 
-def spec_of(path: Path) -> Path:
-    """experiment.yaml itself, or the experiment directory holding it."""
-    return path / SPEC_FILE if path.is_dir() else path
-
-
 def tune_cmd(
     experiment: Path = typer.Argument(..., help="The experiment directory (or its experiment.yaml)."),
     trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per combination (default: "
@@ -39,7 +34,7 @@ def tune_cmd(
     the combination gets the best trial's rate in its run.yaml, with its source (`tuned:`)."""
     from tunelab.tune.sweep import search_and_scaffold
 
-    spec = spec_of(experiment)
+    spec = experiment / SPEC_FILE if experiment.is_dir() else experiment
     best, plan = search_and_scaffold(spec, trials, on_trial=trial_line)
     for name, rate in sorted(best.items()):
         say("[bold]{}[/bold]: {}", name, rate.source)

@@ -127,7 +127,7 @@ def _serve_and_run(model: Path, served: list[Served], home: VllmHome, batch_size
         for wave in waves:
             run_served(wave, home.url, prepared, batch_size, report, outcomes)
         return
-    log = Path(cfg.experiment_dir) / "eval" / f"vllm-{_safe(model.name)}.log"
+    log = Path(cfg.experiment_dir) / "eval" / f"vllm-{re.sub(r'[^A-Za-z0-9._-]', '-', model.name)}.log"
     assert home.python is not None
     with VllmServer(home.python, args, log, cfg.eval.vllm.start_timeout_s) as url:
         for wave in waves:
@@ -163,10 +163,6 @@ def _waves(served: list[Served], max_loras: int) -> list[list[Served]]:
     plain = [s for s in served if s.adapter is None]
     adapted = [s for s in served if s.adapter is not None]
     return [w for w in [plain, *(adapted[i:i + max_loras] for i in range(0, len(adapted), max_loras))] if w]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
 
 
 def _fail_all(served: list[Served], exc: TunelabError, report: Report, outcomes: dict[ItemKey, Outcome]) -> None:

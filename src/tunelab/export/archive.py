@@ -47,10 +47,6 @@ class ArchivePlan:
         return sum(self.sizes[p] for p in self.remove)
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _kept_epochs(ckpt_dir: Path, keep: str) -> tuple[list[Path], list[Path]]:
     """(kept, dropped) epoch_N checkpoint directories of one run, by --keep."""
     numbered = [(int(m.group(1)), p) for p in ckpt_dir.glob("epoch_*") if p.is_dir() and (m := EPOCH_DIR.match(p.name))]
@@ -85,7 +81,7 @@ def plan_archive(experiment_dir: str | Path, archive_root: str | Path, keep: str
         for d in dropped + ([trainer] if trainer.is_dir() else []):
             rel = str(d.relative_to(exp))
             plan.remove.append(rel)
-            plan.sizes[rel] = _dir_bytes(d)
+            plan.sizes[rel] = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
     for path in sorted(exp.rglob("*")):
         if not path.is_file() or path.name in TRANSIENT or any(h in path.parents for h in heavy):
             continue

@@ -150,7 +150,7 @@ def loss_axis(ax, r: RunData) -> None:
             for e in range(1, int(last.epoch + 1e-6) + 1):
                 ax.axvline(e * per_epoch, color="#999", lw=0.7, ls=":", zorder=0)
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(_plain)
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
     ax.yaxis.set_minor_formatter(_plain_minor)
     ax.set_title(r.name + ("" if r.state == RunState.COMPLETED else f" ({r.state})"), fontsize=10)
     _style(ax)
@@ -167,10 +167,6 @@ def _stage_marks(ax, r: RunData) -> None:
         ax.axvline(step, color="#555", lw=1.1, ls="--", zorder=1, gid=f"stage:{name}")
         ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
                     ha="left", va="top", fontsize=8, color="#555")
-
-
-def _plain(v: float, _pos=None) -> str:
-    return f"{v:g}"
 
 
 def _plain_minor(v: float, _pos=None) -> str:

@@ -33,13 +33,9 @@ class Utilization:
     max_mem_used_gib: float
 
 
-def samples_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / SAMPLES_FILE
-
-
 def read_samples(run_dir: str | Path) -> list[GpuSample]:
     samples = []
-    for row in read_jsonl(samples_path(run_dir)):
+    for row in read_jsonl(Path(run_dir) / SAMPLES_FILE):
         try:
             samples.append(GpuSample(**row))
         except TypeError:  # a line of another shape: not a sample

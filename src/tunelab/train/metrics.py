@@ -130,7 +130,6 @@ class MetricsWriter:
         self.started = time.monotonic()
         self.base_elapsed = counters.elapsed_s
         self._last = (counters.tokens, self._train_time(), counters.data_wait_s)  # at the last training row
-        self.last_eval_step: int | None = None
         self.load = LoadMeter.start(root=job_root())  # others' share of the cores, row to row
 
     def _train_time(self) -> float:
@@ -161,9 +160,7 @@ class MetricsWriter:
             peak_memory_gib=round(peak if peak_gib is None else peak_gib, 4), memory_kind=kind,
             elapsed_s=round(c.elapsed_s, 3), stage=self.stage, cpu_s=round(process_cpu_s(), 3),
             others_share=self._others_share())
-        if is_eval:
-            self.last_eval_step = step
-        else:
+        if not is_eval:
             self._last = (c.tokens, train_time, c.data_wait_s)
         append_metric(self.run_dir, row)
         self.rows.append(row)

@@ -32,13 +32,9 @@ def shard_units(model: Any) -> list[Any]:
     names = set(getattr(base, "_no_split_modules", None) or ())
     units: list[Any] = []
     for module in base.modules():
-        if type(module).__name__ in names and not any(_contains(u, module) for u in units):
+        if type(module).__name__ in names and not any(m is module for u in units for m in u.modules()):
             units.append(module)
     return units
-
-
-def _contains(outer: Any, inner: Any) -> bool:
-    return any(m is inner for m in outer.modules())
 
 
 def shard_trainer(trainer: Any, resume_from: Path | None) -> None:

@@ -55,10 +55,6 @@ class Manifest:
     check: str
 
 
-def install_command(folder: str) -> str:
-    return f"python -m pip install --no-index --find-links {folder} -r {folder}/requirements.txt"
-
-
 CHECK = ("python -m pip check && tunelab --version && "
          "python -c \"import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())\"")
 
@@ -98,7 +94,9 @@ def _write(plan: Plan, files: dict[str, Path], out: Path, target: Target, extras
     carried = [Carried(w.name, w.version, files[w.name].name, sha256(files[w.name]), w.why, w.detail)
                for w in plan.wheels]
     manifest = Manifest(target.python, target.platform, platform_tags(target.platform), sorted(extras), plan.torch,
-                        carried, plan.kept, plan.torch_own, install_command(out.name), CHECK)
+                        carried, plan.kept, plan.torch_own,
+                        f"python -m pip install --no-index --find-links {out.name} -r {out.name}/requirements.txt",
+                        CHECK)
     lines = [f"{c.name}[{','.join(sorted(extras))}]=={c.version}" if c.name == plan.root and extras
              else f"{c.name}=={c.version}" for c in carried]
     (out / "requirements.txt").write_text("\n".join(lines) + "\n")
