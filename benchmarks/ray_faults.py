@@ -81,18 +81,20 @@ def _wait(what, timeout_s: float = 300) -> bool:
     return False
 
 
-def kill_at(cluster: raycluster.RayCluster, exp: Path, run_dir: Path, kill: Kill) -> None:
-    """Once the run's newest training job trains past `kill.step` on a node, that node goes (and comes back)."""
+def kill_at(cluster: raycluster.RayCluster, exp: Path, run_dir: Path, kill: Kill, killed: set[str]) -> None:
+    """Once the run's newest training job — not one killed already (the ledger and status.json say a killed job
+    runs until the coordinator notices) — trains past `kill.step` on a node, that node goes (and comes back)."""
     def training_there() -> bool:
         jobs = _train_jobs(exp)
         status = read_json(run_dir / "status.json", default={}) or {}
-        return bool(jobs and jobs[-1]["node"] and jobs[-1]["state"] == "RUNNING"
+        return bool(jobs and jobs[-1]["job_id"] not in killed and jobs[-1]["node"] and jobs[-1]["state"] == "RUNNING"
                     and status.get("attempt") == jobs[-1]["attempt"] and (status.get("step") or 0) >= kill.step)
 
     if not _wait(training_there):
         kill.problems.append(f"the run never trained past step {kill.step} on a node")
         return
     kill.node = _train_jobs(exp)[-1]["node"]
+    killed.add(_train_jobs(exp)[-1]["job_id"])
     node = next(i for i in WORKERS if cluster.layout.node_ip(i) == kill.node)
     cluster.kill_node(node)
     cluster.start_node(node)
@@ -106,8 +108,9 @@ def run_scenario(cluster: raycluster.RayCluster, number: int, kills: list[Kill],
     with open(root / "commands.log", "w") as log:
         sweep = _sweep(exp, log)
         try:
+            killed: set[str] = set()
             for kill in kills:
-                kill_at(cluster, exp, run_dir, kill)
+                kill_at(cluster, exp, run_dir, kill, killed)
             code = sweep.wait(timeout=TIMEOUT_S)
         finally:
             sweep.kill()
