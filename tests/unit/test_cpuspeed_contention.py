@@ -98,7 +98,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     e = plan.estimates["tiny_r4"]
     assert next(given, None) is None  # every round given was taken, no more
     assert e.time_kind == "timed" and e.tokens_per_s == tokens_per_s
-    assert f"micro-batches of 8 × 27 tokens of this model (random weights, its LoRA) {words}" in e.time_source
+    assert f"micro-batches of 8 × 27 tokens of this model (random weights, LoRA rank 4) {words}" in e.time_source
     assert any("timed under contention" in w for w in plan.warnings) == (rounds is CONTENDED)
     (entry,) = (tmp_path / "cache").glob("cpu-step/*.json")
     stored = json.loads(entry.read_text())["value"]

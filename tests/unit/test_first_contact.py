@@ -36,9 +36,9 @@ def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fre
     for 2 threads comes from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
     ran at 2 torch threads (as torch reported them in that job), and a later plan reads both from the cache."""
     from tunelab.diskcache import stored_json
-    from tunelab.forecast import loopcost
+    from tunelab.forecast import cpuspeed, loopcost
 
-    with loopcost.priced_together((1, 2)):
+    with cpuspeed.priced_together((1, 2)):
         one = loopcost.loop_overhead(1)
     kept = {n: stored_json("train-loop", loopcost._key(n)) for n in (1, 2)}
     assert kept[1]["ok"] and kept[2]["ok"] and kept[1]["imports_s"] == kept[2]["imports_s"] == one.imports_s

@@ -1,19 +1,24 @@
-"""A plan always answers: with no history and no probe of this CPU, the plan times a few of the run shape's own
-training micro-batches here — the model built from its config.json with random weights (speed does not depend
-on their values), the run's LoRA adapters, its micro-batch of random tokens, forward, backward and AdamW — and
-prices the run at that speed; the same model's forward without gradients (a validation's unit) and one save of its
-adapter and optimizer state (a save's bulk) are timed beside it (forecast/firstcontact.py prices the run's
-validations and saves with them, forecast/loopcost.py what the job's loop adds).
-A run's own micro-batches timed are kind `timed`, with a wide interval; `tunelab probe` narrows it. A large model
-(or a vision-language one), whose step would take the plan minutes, gets a matrix product at its hidden size timed
-instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY of it: one timed constant in a model, so kind
-`model`, whose interval is wider (forecast/interval.py), its source saying what was timed and what assumed.
+"""A plan always answers: with no history and no probe of this CPU, the plan times a few training micro-batches of
+the run's model here — built from its config.json with random weights (speed does not depend on their values), the
+run's LoRA adapters, random tokens, forward, backward and AdamW — and prices the run at that speed; the same model's
+forward without gradients (a validation's unit) and one save of its adapter and optimizer state (a save's bulk) are
+timed beside it (forecast/firstcontact.py prices the run's validations and saves with them, forecast/loopcost.py
+what the job's loop adds).
+What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape: rows of its length, as many
+as fit), and the run's own rows, length and LoRA rank are priced from it by FLOPs per token (speed.py): a real
+model's full micro-batch took the first plan of a sweep minutes a timing and GBs of activations, for a per-token
+time the smaller one gives (docs/benchmarks.md). One model serves every thread count the plan prices together
+(priced_together) and the timing serves every rank. Kind `timed`, with a wide interval; `tunelab probe` narrows it.
+A large model (or a vision-language one), whose step would take the plan minutes, gets a matrix product at its
+hidden size timed instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY of it: one timed constant in a
+model, so kind `model`, whose interval is wider (forecast/interval.py), its source saying what was timed and what
+assumed.
 
 The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree by more than the
 probe's SPREAD_LIMIT, or that others' work slowed, is timed again (up to MORE_ROUNDS more, as the probe does), and
 the round that had most of the cores is the figure; still contended, its time is divided by the slowdown the load
 predicts and the source says so (and plan's warnings). Timings are cached per machine, thread count, model config
-and shape (diskcache.py), so a second plan does not time again — a contended one only for CONTENDED_KEEP_S.
+and timed shape (diskcache.py), so a second plan does not time again — a contended one only for CONTENDED_KEEP_S.
 """
 
 from __future__ import annotations
@@ -25,14 +30,18 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import version
 from statistics import median
 from typing import Any
 
-from tunelab.catalog import resolve_architecture
-from tunelab.diskcache import cached_json, file_digests, this_environment
-from tunelab.forecast.speed import flops_per_token
+from tunelab.catalog import Architecture, resolve_architecture
+from tunelab.diskcache import cached_json, file_digests, store_json, stored_json, this_environment
+from tunelab.estimate.memory import lora_params
+from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.models.lora import lora_config
@@ -47,6 +56,26 @@ MIN_STEPS = 3
 MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
 MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
 CONTENDED_KEEP_S = 600.0  # a timing taken under contention is reused this long, then timed again
+CALIBRATION_TOKENS = 512  # the most tokens a timed micro-batch holds: a larger run's is priced per token from it
+RETIME_BUDGET_S = 10.0  # rounds are timed again (contended, or spread) only while the rounds so far took less
+
+_PRICED_TOGETHER: ContextVar[tuple[int, ...]] = ContextVar("threads_priced_together", default=())
+
+
+@contextmanager
+def priced_together(thread_counts: Iterable[int]) -> Iterator[None]:
+    """The thread counts a plan is about to price (forecast/cpu_sharing.py's options): a timing that misses times
+    the missing ones among them too, on the same model (one build, one start-up), as the loop's measuring job does
+    (forecast/loopcost.py)."""
+    token = _PRICED_TOGETHER.set(tuple(thread_counts))
+    try:
+        yield
+    finally:
+        _PRICED_TOGETHER.reset(token)
+
+
+def priced_counts() -> tuple[int, ...]:
+    return _PRICED_TOGETHER.get()
 
 
 @dataclass(frozen=True)
@@ -64,32 +93,26 @@ class TimedSpeed:
     kind: SourceKind = SourceKind.TIMED
 
 
+def calibration_shape(batch: int, seq: int) -> tuple[int, int]:
+    """The micro-batch timed for a run's `batch` rows of `seq` tokens: its own up to CALIBRATION_TOKENS; past them,
+    rows of its length (at most CALIBRATION_TOKENS), as many as fit. Why: a step's time per token on a CPU hardly
+    moves with the rows, while a full micro-batch of a real model takes the plan minutes and GBs per timing."""
+    if batch * seq <= CALIBRATION_TOKENS:
+        return batch, seq
+    rows = min(seq, CALIBRATION_TOKENS)
+    return max(1, CALIBRATION_TOKENS // rows), rows
+
+
 def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
-    """The run shape's training speed on this CPU: its micro-batches timed here, or (too large to time, or a VLM)
-    the FLOPs model over a matrix product timed here."""
+    """The run shape's training speed on this CPU: its micro-batches (capped, calibration_shape) timed here, or
+    (too large to time, or a VLM) the FLOPs model over a matrix product timed here."""
     t = cfg.training
     assert t is not None
     arch = resolve_architecture(cfg.model.path)
     batch = max(1, t.batch_size)
     seq = max(8, tokens_per_microbatch // batch)
-    key = [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
-           seq, t.lora_rank, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing,
-           "forward+save"]  # what an entry holds: older entries lack the forward and the save
-
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
-        got = cached_json("cpu-step", key, lambda: _time_steps(cfg, batch, seq, threads), keep=_uncontended)
-        slowdown = float(got.get("slowdown") or 1.0)
-        contention = contention_note(slowdown) if got.get("contended") else ""
-        tps = batch * seq / got["median_s"] * (slowdown if contention else 1.0)
-        rounds = int(got.get("rounds") or 1)
-        source = (f"timed here: {got['steps']} training micro-batches of {batch} × {seq} tokens of this model "
-                  f"(random weights, its LoRA) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
-                  f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''})"
-                  f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
-        factor = slowdown if contention else 1.0
-        forward, save = got.get("forward_s"), got.get("save_s")
-        return TimedSpeed(tps, source, range_sigma(got["spread"]), contention,
-                          forward / factor if forward else None, save / factor if save else None)
+        return _timed_shape(cfg, arch, batch, seq, threads)
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
     recompute = RECOMPUTE_FACTOR if t.gradient_checkpointing else 1.0
@@ -99,6 +122,62 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
               f"{f', gradient checkpointing ×{RECOMPUTE_FACTOR:g} (assumed)' if recompute != 1.0 else ''}; "
               "`tunelab probe` measures the real run")
     return TimedSpeed(tps, source, 0.0, kind=SourceKind.MODEL)
+
+
+def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list[Any]:
+    """What a timing depends on; not the LoRA rank (a rank's cost is priced from another's, _timed_shape)."""
+    t = cfg.training
+    assert t is not None
+    return [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
+            seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "forward+save+rank"]
+
+
+def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None) -> TimedSpeed:
+    """The run's speed from its calibration micro-batch's timing (cached per shape and thread count), priced up to
+    its own rows, length and rank by FLOPs per token (speed.py: attention grows with the length, LoRA with the
+    rank); the forward likewise, the save as timed."""
+    t = cfg.training
+    assert t is not None
+    cal_batch, cal_seq = calibration_shape(batch, seq)
+    got = cached_json("cpu-step", _step_key(cfg, cal_batch, cal_seq, threads),
+                      lambda: _time_with_others(cfg, cal_batch, cal_seq, threads), keep=_uncontended)
+    slowdown = float(got.get("slowdown") or 1.0)
+    contention = contention_note(slowdown) if got.get("contended") else ""
+    factor = slowdown if contention else 1.0
+    timed_rank = int(got.get("lora_rank") or t.lora_rank)
+    targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
+    lora_run = lora_params(arch, t.lora_rank, targets)
+    lora_timed = lora_params(arch, timed_rank, targets)
+    train_ratio = step_flops_per_token(arch, seq, lora_run) / step_flops_per_token(arch, cal_seq, lora_timed)
+    forward_ratio = forward_flops_per_token(arch, seq, lora_run) / forward_flops_per_token(arch, cal_seq, lora_timed)
+    tps = cal_batch * cal_seq / got["median_s"] * factor / train_ratio
+    rounds = int(got.get("rounds") or 1)
+    priced = (f"; this run's {batch} × {seq} at rank {t.lora_rank} priced from it by FLOPs per token "
+              f"(×{train_ratio:.3f})" if (cal_batch, cal_seq, timed_rank) != (batch, seq, t.lora_rank) else "")
+    source = (f"timed here: {got['steps']} training micro-batches of {cal_batch} × {cal_seq} tokens of this model "
+              f"(random weights, LoRA rank {timed_rank}) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
+              f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''}){priced}"
+              f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
+    forward, save = got.get("forward_s"), got.get("save_s")
+    scale = batch * seq / (cal_batch * cal_seq) * forward_ratio
+    return TimedSpeed(tps, source, range_sigma(got["spread"]), contention,
+                      forward * scale / factor if forward else None, save / factor if save else None)
+
+
+def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
+    """`threads`' timing; the other counts priced together that no kept entry has are timed on the same model,
+    right after, and kept under their own keys."""
+    others = [n for n in dict.fromkeys(priced_counts()) if n != threads
+              and not _kept(stored_json("cpu-step", _step_key(cfg, batch, seq, n)))]
+    got = _time_steps(cfg, batch, seq, [threads, *others] if threads else [threads])
+    for n in others:
+        if _uncontended(got[n]):
+            store_json("cpu-step", _step_key(cfg, batch, seq, n), got[n])
+    return got[threads]
+
+
+def _kept(stored: Any) -> bool:
+    return isinstance(stored, dict) and _uncontended(stored)
 
 
 def cpu_flops(hidden: int, threads: int | None) -> float:
@@ -116,41 +195,50 @@ def _threads(threads: int | None) -> tuple[Any, int]:
     return torch, before
 
 
-def _time_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
-    """Median seconds of one micro-batch's forward, backward and optimizer step, and their spread."""
-    with warnings.catch_warnings():
-        return _timed_steps(cfg, batch, seq, threads)
-
-
 def _uncontended(timing: dict[str, Any]) -> bool:
     """A timing worth keeping: an uncontended one for good; one taken while others held the cores for
     CONTENDED_KEEP_S (the plans of those minutes share it, corrected; a later plan times again)."""
     return not timing.get("contended") or time.time() - float(timing.get("timed_at") or 0) < CONTENDED_KEEP_S
 
 
-def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
+def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None]) -> dict[int | None, dict[str, Any]]:
+    """Each thread count's timing of one micro-batch's forward, backward and optimizer step (median, spread, load),
+    one after the other on one model built once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
+        model, opt, ids = _build(cfg, batch, seq)
+        return {n: {**_timed_at(model, opt, ids, n), "lora_rank": cfg.training.lora_rank if cfg.training else None}
+                for n in counts}
+
+
+def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
+    """The run's model from its config.json (random weights, seed 0) with its LoRA, AdamW over what trains, and a
+    micro-batch of `batch` × `seq` random tokens."""
+    import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-
     t = cfg.training
     assert t is not None
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(cfg.model.path)
+    config.use_cache = False  # training's setting (a KV cache is for generation; with checkpointing it warns)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if t.gradient_checkpointing:  # transformers 5's name (the old one warns)
+        model.activation_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(t.lora_rank, t.effective_lora_alpha, 0.0, t.lora_target_modules,
+                                              list(t.modules_to_save)))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return model, opt, torch.randint(0, config.vocab_size, (batch, seq))
+
+
+def _timed_at(model: Any, opt: Any, ids: Any, threads: int | None) -> dict[str, Any]:
+    """One thread count's warm-up step, rounds of timed steps (again while one disagrees, as the probe does) and
+    forward and save; the round that had the most of the cores is the figure."""
     torch, before = _threads(threads)
     try:
-        warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
-        torch.manual_seed(0)
-        config = AutoConfig.from_pretrained(cfg.model.path)
-        config.use_cache = False  # training's setting (a KV cache is for generation; with checkpointing it warns)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        if t.gradient_checkpointing:  # transformers 5's name (the old one warns)
-            model.activation_checkpointing_enable()
-            model.enable_input_require_grads()
-        model = get_peft_model(model, lora_config(t.lora_rank, t.effective_lora_alpha, 0.0, t.lora_target_modules,
-                                                  list(t.modules_to_save)))
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        ids = torch.randint(0, config.vocab_size, (batch, seq))
-
         def step() -> float:
             t0 = time.perf_counter()
             model(input_ids=ids, labels=ids).loss.backward()
@@ -158,9 +246,10 @@ def _timed_steps(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> d
             opt.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
-        step()  # warm-up: the optimizer's state, the kernels
+        step()  # warm-up: the optimizer's state, the kernels, this thread count's pool
         rounds = [_round(step)]
-        while len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees:  # as the probe does (train/probe_steps.py)
+        while (len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees  # as the probe does (train/probe_steps.py)
+               and sum(sum(r.times) for r in rounds) < RETIME_BUDGET_S):  # a step of seconds: its correction
             rounds.append(_round(step))
         parts = _forward_and_save(torch, model, opt, ids)
     finally:

@@ -18,9 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any
 
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.faults import TEST_KNOBS
-from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S
+from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S, priced_counts
 from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
@@ -43,21 +40,6 @@ class LoopOverhead:
     step_s: float
     source: str
     imports_s: float | None = None  # the measuring job's own start-up: a fresh interpreter importing the stack
-
-
-_PRICED_TOGETHER: ContextVar[tuple[int, ...]] = ContextVar("loop_threads_priced_together", default=())
-
-
-@contextmanager
-def priced_together(thread_counts: Iterable[int]) -> Iterator[None]:
-    """The thread counts a plan is about to price (forecast/cpu_sharing.py's options): a loop measurement that misses
-    measures the missing ones among them too, in the same process — one interpreter start and import of the
-    training stack (~3 s) for all, where each count would otherwise start its own."""
-    token = _PRICED_TOGETHER.set(tuple(thread_counts))
-    try:
-        yield
-    finally:
-        _PRICED_TOGETHER.reset(token)
 
 
 def loop_overhead(threads: int | None) -> LoopOverhead:
@@ -75,7 +57,7 @@ def _key(threads: int | None) -> list[Any]:
 def _measure_with_others(threads: int | None) -> dict[str, Any]:
     """`threads`' measurement; the other counts priced together that no kept entry has are measured in the same
     process and kept under their own keys."""
-    others = [n for n in dict.fromkeys(_PRICED_TOGETHER.get())
+    others = [n for n in dict.fromkeys(priced_counts())
               if n != threads and not _kept(stored_json("train-loop", _key(n)))]
     if not threads or not others:  # torch's own default: its own process, as ever
         return _measure(threads)

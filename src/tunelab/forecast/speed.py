@@ -30,6 +30,19 @@ def flops_per_token(arch: Architecture, seq_len: int) -> float:
     return dense_attention_flops(arch.parameters, arch.layers, arch.heads * arch.head_dim, seq_len)
 
 
+def step_flops_per_token(arch: Architecture, seq_len: int, lora_params: int) -> float:
+    """A LoRA training step's FLOPs per token with its adapters counted: their forward, input and weight gradients
+    (6 per adapter parameter) on top of flops_per_token; what prices one timed shape's step at another's."""
+    return flops_per_token(arch, seq_len) + 6.0 * lora_params
+
+
+def forward_flops_per_token(arch: Architecture, seq_len: int, lora_params: int) -> float:
+    """A forward without gradients (a validation's): 2N dense, attention once (causal: half the matrix), the
+    adapters' 2 per parameter."""
+    return (2.0 * arch.parameters + 4.0 * arch.layers * seq_len * arch.heads * arch.head_dim / 2
+            + 2.0 * lora_params)
+
+
 def model_tokens_per_s(arch: Architecture, gpu: GPU, seq_len: int, mfu: float = DEFAULT_MFU) -> float | None:
     if not gpu.bf16_tflops:
         return None

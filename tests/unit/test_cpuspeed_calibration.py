@@ -1,0 +1,114 @@
+"""How much a first plan times on a CPU (forecast/cpuspeed.py): a run's micro-batch past CALIBRATION_TOKENS is timed
+at rows of its length, as many as fit (or one row cut to the cap), once for every thread count the plan prices
+together, on one model built once, and once for every LoRA rank; the run's own shape and rank are priced from that
+timing by FLOPs per token. The timed steps' times are given (the model is still built, warmed up, run forward and
+saved for real: a tiny one); the sizes, the counts and the prices are checked against hand computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab.forecast import cpuspeed
+from tunelab.rundir.config import RunConfig
+
+STEP_S = 0.01  # every timed step, as given
+
+
+@pytest.fixture
+def timing(tmp_path, monkeypatch) -> dict[str, list]:
+    """Fresh cache and history; each model build's micro-batch (rows, tokens) and each round's steps recorded, every
+    round's steps STEP_S with no load read (one round a count)."""
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpuspeed, "CALIBRATION_TOKENS", 128)
+    seen: dict[str, list] = {"builds": [], "rounds": []}
+    real_build = cpuspeed._build
+
+    def build(cfg, batch, seq):
+        seen["builds"].append((batch, seq))
+        return real_build(cfg, batch, seq)
+
+    def round_of(step):
+        seen["rounds"].append(step)
+        return cpuspeed._Round([STEP_S] * 3, None)
+
+    monkeypatch.setattr(cpuspeed, "_build", build)
+    monkeypatch.setattr(cpuspeed, "_round", round_of)
+    return seen
+
+
+def _cfg(root: Path, model: Path, rank: int, batch: int, seq: int) -> RunConfig:
+    return RunConfig(name=f"r{rank}", kind="finetune", experiment="x", experiment_dir=str(root),
+                     model={"name": "tiny", "path": str(model)}, dataset={"name": "d", "path": str(root / "d.json")},
+                     prompt="{input}", training={"batch_size": batch, "max_seq_len": seq, "lora_rank": rank})
+
+
+def _train_flops_per_token(vocab: int, seq: int, rank: int) -> float:
+    """The tiny Llama (2 layers, hidden 128, 2 heads of 64, MLP 512, untied) by hand: N = 2 × 128 × vocab embeddings
+    + 2 layers × (4 × 128² attention + 3 × 128 × 512 MLP + 256 norms) + 128; LoRA on all 7 linears of a layer,
+    rank × (in + out) = rank × (4 × 256 + 3 × 640) = 2944 × rank a layer; a step 4N + attention 3 × 4 × 2 layers
+    × seq × 128 / 2, + 6 per adapter parameter."""
+    n = 2 * 128 * vocab + 2 * (4 * 128 * 128 + 3 * 128 * 512 + 256) + 128
+    return 4 * n + 1536 * seq + 6 * 2 * 2944 * rank
+
+
+def _entries(tmp_path: Path) -> list[dict]:
+    return [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cache" / "cpu-step").glob("*.json"))]
+
+
+def test_a_micro_batch_past_the_cap_is_timed_at_rows_that_fit_once_for_every_count_and_rank(
+        timing, tmp_path, tiny_model):
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    run = _cfg(tmp_path, tiny_model, 4, 8, 64)  # 8 × 64 = 512 tokens: past the cap of 128
+    with cpuspeed.priced_together((1, 2)):
+        one = cpuspeed.timed_cpu_speed(run, 8 * 64, 1)
+        two = cpuspeed.timed_cpu_speed(run, 8 * 64, 2)
+    assert timing["builds"] == [(2, 64)]  # rows of its 64 tokens, 128 // 64 of them; one model for both counts
+    assert len(timing["rounds"]) == 2  # one round a count, the second timed right after the first on that model
+    entries = _entries(tmp_path)
+    assert len(entries) == 2 and {e["lora_rank"] for e in entries} == {4}
+    assert one.tokens_per_s == two.tokens_per_s == pytest.approx(2 * 64 / STEP_S)  # its own length and rank
+    kept = next(e for e in entries if e["forward_s"] * 4 == pytest.approx(one.forward_s))  # the run's 512 of 128
+    assert kept["steps"] == 3
+    assert "2 × 64 tokens" in one.source and "this run's 8 × 64 at rank 4" in one.source
+
+    other = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 16, 8, 64), 8 * 64, 1)  # another rank: not timed
+    assert len(timing["builds"]) == 1 and len(timing["rounds"]) == 2
+    ratio = _train_flops_per_token(vocab, 64, 16) / _train_flops_per_token(vocab, 64, 4)
+    assert other.tokens_per_s == pytest.approx(2 * 64 / STEP_S / ratio, rel=1e-9)
+    assert "rank 16 priced from it" in other.source
+
+
+def test_a_row_longer_than_the_cap_is_timed_cut_to_it_and_priced_up_by_its_attention(timing, tmp_path, tiny_model):
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    speed = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 1, 256), 256, 1)
+    assert timing["builds"] == [(1, 128)] and len(timing["rounds"]) == 1  # no counts priced together: this one
+    ratio = _train_flops_per_token(vocab, 256, 4) / _train_flops_per_token(vocab, 128, 4)
+    assert speed.tokens_per_s == pytest.approx(128 / STEP_S / ratio, rel=1e-9)
+
+
+def test_a_micro_batch_within_the_cap_is_timed_as_it_is(timing, tmp_path, tiny_model):
+    speed = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
+    assert timing["builds"] == [(4, 32)]
+    assert speed.tokens_per_s == pytest.approx(4 * 32 / STEP_S) and "priced from it" not in speed.source
+
+
+def test_a_contended_round_of_slow_steps_is_not_timed_again_past_the_budget(timing, tmp_path, tiny_model,
+                                                                            monkeypatch):
+    """Rounds are timed again while contended only within RETIME_BUDGET_S: steps of 4 s (a real model's on a loaded
+    CPU) give one round of 12 s, corrected by its slowdown (others held 1 of 2 cores: ×2); steps of 10 ms, three."""
+    from tunelab.host.cpuload import LoadWindow
+
+    def contended(step_s: float):
+        window = LoadWindow(wall_s=3 * step_s, cpu_s=3 * step_s, others_cpu_s=3 * step_s, cores=2, threads=2)
+        return lambda step: timing["rounds"].append(step) or cpuspeed._Round([step_s] * 3, window)
+
+    monkeypatch.setattr(cpuspeed, "_round", contended(4.0))
+    slow = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
+    assert len(timing["rounds"]) == 1 and slow.tokens_per_s == pytest.approx(4 * 32 / 4.0 * 2)
+    monkeypatch.setattr(cpuspeed, "_round", contended(STEP_S))
+    cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 16), 4 * 16, 1)  # another shape: timed anew
+    assert len(timing["rounds"]) == 1 + 1 + cpuspeed.MORE_ROUNDS
