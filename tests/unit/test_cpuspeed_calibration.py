@@ -112,3 +112,14 @@ def test_a_contended_round_of_slow_steps_is_not_timed_again_past_the_budget(timi
     monkeypatch.setattr(cpuspeed, "_round", contended(STEP_S))
     cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 16), 4 * 16, 1)  # another shape: timed anew
     assert len(timing["rounds"]) == 1 + 1 + cpuspeed.MORE_ROUNDS
+
+
+def test_a_contended_timing_is_kept_by_the_plan_that_took_it_past_its_minutes(monkeypatch):
+    """A plan whose own timings outlast CONTENDED_KEEP_S (a loaded machine) keeps what it timed; outside a plan, and
+    for a timing taken before the plan, the minutes alone decide."""
+    now = [1000.0]
+    monkeypatch.setattr(cpuspeed.time, "time", lambda: now[0])
+    with cpuspeed.one_plan():  # the plan starts at 1000 s
+        now[0] = 1000.0 + cpuspeed.CONTENDED_KEEP_S + 50  # its timing at 1010 s is older than the minutes now
+        assert cpuspeed.still_fresh(1010.0) and not cpuspeed.still_fresh(990.0)
+    assert not cpuspeed.still_fresh(1010.0)

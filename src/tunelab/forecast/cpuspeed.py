@@ -78,6 +78,26 @@ def priced_counts() -> tuple[int, ...]:
     return _PRICED_TOGETHER.get()
 
 
+_PLAN_STARTED: ContextVar[float | None] = ContextVar("plan_started", default=None)
+
+
+@contextmanager
+def one_plan() -> Iterator[None]:
+    """A plan's scope: what it timed under contention it keeps to its end, however long its timings took (on a
+    loaded machine a plan's own timings outlasted CONTENDED_KEEP_S and it timed them again, minutes each)."""
+    token = _PLAN_STARTED.set(time.time())
+    try:
+        yield
+    finally:
+        _PLAN_STARTED.reset(token)
+
+
+def still_fresh(timed_at: float) -> bool:
+    """A contended timing is reused for CONTENDED_KEEP_S, and by the plan that took it to its end."""
+    started = _PLAN_STARTED.get()
+    return time.time() - timed_at < CONTENDED_KEEP_S or (started is not None and timed_at >= started)
+
+
 @dataclass(frozen=True)
 class TimedSpeed:
     """Training tokens/s found on this CPU, in words, the spread of the timed steps (log-space σ) and, where other
@@ -198,7 +218,7 @@ def _threads(threads: int | None) -> tuple[Any, int]:
 def _uncontended(timing: dict[str, Any]) -> bool:
     """A timing worth keeping: an uncontended one for good; one taken while others held the cores for
     CONTENDED_KEEP_S (the plans of those minutes share it, corrected; a later plan times again)."""
-    return not timing.get("contended") or time.time() - float(timing.get("timed_at") or 0) < CONTENDED_KEEP_S
+    return not timing.get("contended") or still_fresh(float(timing.get("timed_at") or 0))
 
 
 def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None]) -> dict[int | None, dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.faults import TEST_KNOBS
-from tunelab.forecast.cpuspeed import CONTENDED_KEEP_S, priced_counts
+from tunelab.forecast.cpuspeed import priced_counts, still_fresh
 from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
@@ -73,8 +73,8 @@ def _kept(stored: Any) -> bool:
 
 
 def _worth_keeping(measured: dict[str, Any]) -> bool:
-    """A measurement that worked: an uncontended one for good, a contended one for CONTENDED_KEEP_S."""
-    fresh = time.time() - float(measured.get("timed_at") or 0) < CONTENDED_KEEP_S
+    """A measurement that worked: an uncontended one for good, a contended one for CONTENDED_KEEP_S (and the plan)."""
+    fresh = still_fresh(float(measured.get("timed_at") or 0))
     return bool(measured.get("ok")) and (not measured.get("contended") or fresh)
 
 

@@ -21,7 +21,7 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.dataset import first_answer_index
 from tunelab.evaluate.usertasks import check_sweep_tasks
 from tunelab.execute.executors import executor_class
-from tunelab.forecast import cpu_sharing, levers, sweeptime
+from tunelab.forecast import cpu_sharing, cpuspeed, levers, sweeptime
 from tunelab.forecast.cpu_sharing import cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training
@@ -282,7 +282,8 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
                 node_raises=node_raises)
     if estimates:
-        _estimate(plan, deadline, deadline_s)
+        with cpuspeed.one_plan():  # what this plan times under contention it keeps to its end
+            _estimate(plan, deadline, deadline_s)
     return plan
 
 
