@@ -227,9 +227,7 @@ def planning_gpu(flag: str | None, named: str | None) -> GPU | None:
     one detected here, else None (this machine's CPU). A login node plans for where the jobs run."""
     if flag:
         return resolve_gpu(flag)
-    if named:
-        return resolve_gpu(named)
-    return detect_gpu()
+    return resolve_gpu(named) if named else detect_gpu()
 
 
 def detect_gpu() -> GPU | None:
@@ -257,7 +255,5 @@ def match_gpu(device_name: str, memory_gib: float) -> GPU | None:
     reports it (`total_memory / 2**30`, a few hundred MiB under the table's total: the driver's reservation),
     or None. The memory tells the 40 and 80 GB A100s (and the V100s) apart."""
     name = device_name.upper().replace(" ", "")
-    for g in GPUS.values():
-        if g.name.split("-")[0].upper() in name and abs(g.memory_gib - memory_gib) < 0.15 * g.memory_gib:
-            return g
-    return None
+    return next((g for g in GPUS.values()
+                 if g.name.split("-")[0].upper() in name and abs(g.memory_gib - memory_gib) < 0.15 * g.memory_gib), None)

@@ -22,9 +22,7 @@ FORMAT = 1  # bump when what an entry holds changes meaning
 
 def cache_dir() -> Path:
     env = os.environ.get("TUNELAB_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
 
 
 def this_environment() -> str:

@@ -248,18 +248,14 @@ def report_cmd(
 
 
 def _gpu_or_none(name: str | None, spec_path: Path | None = None):
-    """--gpu, else resources.gpu of the spec (or the user config), else the detected GPU, else None (CPU)."""
+    """--gpu, else resources.gpu of the spec merged with the user config file (the spec wins), else the detected GPU,
+    else None (CPU)."""
     from tunelab.catalog import planning_gpu
-
-    return planning_gpu(name, None if name or spec_path is None else configured_gpu(spec_path))
-
-
-def configured_gpu(spec_path: Path) -> str | None:
-    """resources.gpu of a spec, merged with the user config file (the spec wins)."""
     from tunelab.spec import load_spec
     from tunelab.userconfig import merge_resources
 
-    return merge_resources(load_spec(spec_path).resources).gpu
+    named = None if name or spec_path is None else merge_resources(load_spec(spec_path).resources).gpu
+    return planning_gpu(name, named)
 
 
 def status_cmd(

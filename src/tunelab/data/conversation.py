@@ -43,11 +43,6 @@ class Example:
         return self.messages[-1].content
 
 
-def as_messages(items: list[dict]) -> tuple[Message, ...]:
-    """[{'role', 'content'}...] -> Messages (roles and contents already checked by the row reader)."""
-    return tuple(Message(m["role"], m["content"]) for m in items)
-
-
 def with_system(messages: tuple[Message, ...], system_prompt: str | None) -> tuple[Message, ...]:
     """Prepend the spec's system prompt unless the conversation brings its own."""
     if not system_prompt or (messages and messages[0].role == "system"):

@@ -60,10 +60,8 @@ class PromptFormat:
         training job encodes its whole split before its first step; a plan every split of every model)."""
         chat = self.uses_chat(tokenizer)
         pieces = [self._example_pieces(e, tokenizer, chat) for e in examples]
-        encoded = []
-        for ids, mask in _tokenize_many(pieces, tokenizer):
-            encoded.append({"input_ids": ids, "completion_mask": [1] * len(ids) if self.train_on_input else mask})
-        return encoded
+        return [{"input_ids": ids, "completion_mask": [1] * len(ids) if self.train_on_input else mask}
+                for ids, mask in _tokenize_many(pieces, tokenizer)]
 
     def _example_pieces(self, example: Example, tokenizer: Any, chat: bool) -> list[Piece]:
         if not example.messages or example.messages[-1].role != "assistant":
@@ -79,7 +77,7 @@ class PromptFormat:
             pieces = self._chat_pieces(messages, text, tokenizer)
         else:
             pieces = self._plain_pieces(messages, tokenizer, with_answer=False)
-        return _tokenize(pieces, tokenizer)[0]
+        return _tokenize_many([pieces], tokenizer)[0][0]
 
     def render_prompt(self, messages: Sequence[Message], tokenizer: Any) -> str:
         """The prompt as text (for logs and reports)."""
@@ -176,10 +174,6 @@ def _last_answer(pieces: list[Piece]) -> int:
     while idx > 0 and pieces[idx - 1].answer:
         idx -= 1
     return idx
-
-
-def _tokenize(pieces: list[Piece], tokenizer: Any) -> tuple[list[int], list[int]]:
-    return _tokenize_many([pieces], tokenizer)[0]
 
 
 def _tokenize_many(examples: list[list[Piece]], tokenizer: Any) -> list[tuple[list[int], list[int]]]:

@@ -15,6 +15,11 @@ def order_name(order: str | ByField) -> str:
     return f"by_field:{order.by_field}" if isinstance(order, ByField) else order
 
 
+def order_text(order: str | ByField) -> str:
+    """An order as the spec writes it, for a reader (plan.md, the report): shuffled, …, by_field: NAME."""
+    return f"by_field: {order.by_field}" if isinstance(order, ByField) else order
+
+
 def fixed_order(order: str | ByField, lengths: Sequence[int], field_values: Sequence[Any] | None = None
                 ) -> list[int] | None:
     """The permutation of a non-random order (None for shuffled). Sorting is stable: ties keep file order."""

@@ -20,9 +20,7 @@ def auto_dtype_name(capability: tuple[int, int] | None) -> str:
     """What `dtype: auto` trains in on a GPU of this compute capability (None: no GPU): bf16 where tensor cores run it;
     before Ampere fp32, since fp16 weights make modules_to_save's fp16 copies trainable, which fp16 loss scaling
     refuses."""
-    if capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY:
-        return "bfloat16"
-    return "float32"
+    return "bfloat16" if capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY else "float32"
 
 
 def resolve_dtype(name: str, device: str) -> Any:

@@ -61,10 +61,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def _first(root: Path, name: str) -> Path | None:
     """The run root's file, else the latest checkpoint's."""
-    for d in [root, *reversed(_checkpoints(root))]:
-        if (d / name).is_file():
-            return d / name
-    return None
+    return next((d / name for d in [root, *reversed(_checkpoints(root))] if (d / name).is_file()), None)
 
 
 def parse_trainer_dir(root: Path) -> TrainerRun:

@@ -57,14 +57,8 @@ class ParsedRun:
     def training_peak(self) -> tuple[float | None, MemoryKind | None]:
         """(GiB, memory_kind) of the training peak from the log's counters: allocated first, then reserved (each has a
         simulated counterpart), then active (none, recorded all the same); (None, None) without any."""
-        for counter, kind in PEAK_KINDS:
-            if counter in self.peak_memory_gib:
-                return self.peak_memory_gib[counter], kind
-        return None, None
-
-
-def _lines(text: str) -> list[str]:
-    return [ln for ln in re.split(r"[\r\n]+", ANSI.sub("", text)) if ln.strip()]
+        return next(((self.peak_memory_gib[c], kind) for c, kind in PEAK_KINDS if c in self.peak_memory_gib),
+                    (None, None))
 
 
 def _config(lines: list[str]) -> tuple[str | None, dict[str, Any]]:
@@ -91,10 +85,7 @@ def _config(lines: list[str]) -> tuple[str | None, dict[str, Any]]:
 
 def _model_name(config: dict[str, Any]) -> str | None:
     comp = str((config.get("model") or {}).get("_component_", "")) if isinstance(config.get("model"), dict) else ""
-    for pat, name in MODEL_NAMES:
-        if pat.search(comp.lower()):
-            return name
-    return None
+    return next((name for pat, name in MODEL_NAMES if pat.search(comp.lower())), None)
 
 
 def _number(text: str, what: str) -> float:
@@ -152,7 +143,7 @@ def _run_summary(lines: list[str]) -> dict[str, float]:
 
 
 def parse_torchtune_log(text: str) -> ParsedRun:
-    lines = _lines(text)
+    lines = [ln for ln in re.split(r"[\r\n]+", ANSI.sub("", text)) if ln.strip()]
     recipe, config = _config(lines)
     if recipe is None:
         raise LogParseError("not a torchtune log (no 'Running ... with resolved config:' line)")

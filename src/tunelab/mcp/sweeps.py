@@ -49,6 +49,4 @@ class Sweeps:
     def tail(self, experiment_dir: Path) -> list[str]:
         """The last lines of the sweep's (or search's) log (why it stopped, when it stopped early)."""
         log = self.logs.get(experiment_dir, experiment_dir / LOG_DIR / "run.log")
-        if not log.is_file():
-            return []
-        return log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+        return log.read_text(errors="replace").splitlines()[-TAIL_LINES:] if log.is_file() else []

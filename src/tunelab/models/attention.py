@@ -20,10 +20,6 @@ class AttentionKind(StrEnum):
     EAGER = "eager"
 
 
-# What estimate --attention offers: the kernels the trainer can run (auto resolves to one of them per run)
-TRAINABLE: tuple[AttentionKind, ...] = tuple(k for k in AttentionKind if k is not AttentionKind.AUTO)
-
-
 @dataclass(frozen=True)
 class AttentionChoice:
     """A run's resolved attention: the kind recorded in run.yaml, and what plan.md says about it."""

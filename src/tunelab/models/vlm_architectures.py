@@ -46,7 +46,4 @@ VLM_CONFIGS: dict[str, dict[str, Any]] = {
 
 def vlm_config(name: str) -> dict[str, Any] | None:
     """A copy of a known VLM's config.json by catalog name (any case), or None."""
-    for known, config in VLM_CONFIGS.items():
-        if known.lower() == name.lower():
-            return copy.deepcopy(config)
-    return None
+    return next((copy.deepcopy(config) for known, config in VLM_CONFIGS.items() if known.lower() == name.lower()), None)

@@ -54,10 +54,7 @@ def _common(sides: list[list[SampleArrays]], metric: str) -> list[list[SampleArr
     if metric in ("mae", "rmse", "r2"):
         for a in flat:
             keep -= {i for i, p in zip(a.ids, a.predictions) if p is None}
-    out = []
-    for side in sides:
-        out.append([a.take(np.array([k for k, i in enumerate(a.ids) if i in keep], int)) for a in side])
-    return out
+    return [[a.take(np.array([k for k, i in enumerate(a.ids) if i in keep], int)) for a in side] for side in sides]
 
 
 def mcnemar_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE
