@@ -31,9 +31,7 @@ def vllm_home(spec: VllmSpec) -> VllmHome | None:
     python = spec.named_python()
     if python:
         return VllmHome(python, None)
-    if importlib.util.find_spec("vllm") is not None:
-        return VllmHome(sys.executable, None)
-    return None
+    return VllmHome(sys.executable, None) if importlib.util.find_spec("vllm") is not None else None
 
 
 def gpu_visible() -> bool:

@@ -85,10 +85,7 @@ def _usage(results: list[SampleResult], model: str) -> dict[str, Any]:
     from inspect_ai.model import ModelUsage
 
     used = [r.output.usage for r in results if r.output.usage is not None]
-    total = ModelUsage()
-    for usage in used:
-        total = total + usage
-    return {model: total} if used else {}
+    return {model: sum(used, ModelUsage())} if used else {}
 
 
 def _sample(result: SampleResult, model: str) -> Any:

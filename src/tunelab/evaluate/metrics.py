@@ -3,7 +3,8 @@ call tunelab.stats.metrics. A metric undefined on the data is NaN (null in score
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from inspect_ai.scorer import Metric, SampleScore, metric
@@ -33,62 +34,54 @@ def _meta(s: SampleScore) -> dict[str, Any]:
     return s.score.metadata
 
 
-def choice_arrays(scores: list[SampleScore]) -> tuple[np.ndarray, list[int], list[str], list[str], list[str]]:
-    """(probabilities with columns in sorted-label order, true index, labels, targets, predictions)."""
+class ChoiceArrays(NamedTuple):
+    probs: np.ndarray  # columns in sorted-label order
+    true: list[int]  # the target's column
+    labels: list[str]
+    targets: list[str]
+    predictions: list[str]
+
+
+def choice_arrays(scores: list[SampleScore]) -> ChoiceArrays:
     metas = [_meta(s) for s in scores]
     labels = sorted(metas[0]["probs"]) if metas else []
     probs = np.array([[m["probs"][lab] for lab in labels] for m in metas], float).reshape(
         len(scores), len(labels))
     targets = [m["target"] for m in metas]
-    preds = [m["prediction"] for m in metas]
-    return probs, [labels.index(t) for t in targets], labels, targets, preds
+    return ChoiceArrays(probs, [labels.index(t) for t in targets], labels, targets, [m["prediction"] for m in metas])
+
+
+def _choice_metric(of: Callable[[ChoiceArrays], float]) -> Metric:
+    def compute(scores: list[SampleScore]) -> float:  # typed: inspect reads the annotation
+        return of(choice_arrays(scores))
+
+    return compute
 
 
 @metric
 def balanced_accuracy() -> Metric:
-    def compute(scores: list[SampleScore]) -> float:
-        _, _, _, targets, preds = choice_arrays(scores)
-        return balanced_accuracy_of(targets, preds)
-
-    return compute
+    return _choice_metric(lambda a: balanced_accuracy_of(a.targets, a.predictions))
 
 
 @metric
 def macro_f1() -> Metric:
     """Macro-averaged F1 over the answer options."""
-
-    def compute(scores: list[SampleScore]) -> float:
-        _, _, _, targets, preds = choice_arrays(scores)
-        return macro_f1_of(targets, preds)
-
-    return compute
+    return _choice_metric(lambda a: macro_f1_of(a.targets, a.predictions))
 
 
 @metric
 def ece() -> Metric:
-    def compute(scores: list[SampleScore]) -> float:
-        probs, idx, _, _, _ = choice_arrays(scores)
-        return ece_of(probs, idx)
-
-    return compute
+    return _choice_metric(lambda a: ece_of(a.probs, a.true))
 
 
 @metric
 def brier() -> Metric:
-    def compute(scores: list[SampleScore]) -> float:
-        probs, idx, labels, _, _ = choice_arrays(scores)
-        return brier_of(probs, idx, labels)
-
-    return compute
+    return _choice_metric(lambda a: brier_of(a.probs, a.true, a.labels))
 
 
 @metric
 def roc_auc() -> Metric:
-    def compute(scores: list[SampleScore]) -> float:
-        probs, idx, _, _, _ = choice_arrays(scores)
-        return roc_auc_of(probs, idx)
-
-    return compute
+    return _choice_metric(lambda a: roc_auc_of(a.probs, a.true))
 
 
 def _regression_metric(name: str) -> Metric:

@@ -167,7 +167,4 @@ def requeue_verdict(earlier_state: str | None, log_text: str = "", start: int = 
 
 
 def _first_line(pattern: re.Pattern, text: str) -> str:
-    for line in text.splitlines():
-        if pattern.search(line):
-            return line.strip()[:200]
-    return ""
+    return next((line.strip()[:200] for line in text.splitlines() if pattern.search(line)), "")

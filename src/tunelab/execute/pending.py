@@ -52,11 +52,6 @@ def pending(sweep: Sweep, selected: list[str], force: bool) -> list[Submission]:
     return out
 
 
-def _written_here(cfg: RunConfig) -> bool:
-    """status.json was written on this host (so its pid says whether its process is alive)."""
-    return read_status(cfg.run_dir).host == socket.gethostname()
-
-
 def _next_jobs(sweep: Sweep, cfg: RunConfig, rj: RunJobs, force: bool) -> Submission | None:
     evaluates = sweep.ex.detached  # a scheduler runs each run's evaluation after its training (afterok)
     if cfg.kind != "finetune":  # controls and eval-only checkpoints: an evaluation job only
@@ -74,8 +69,9 @@ def _next_jobs(sweep: Sweep, cfg: RunConfig, rj: RunJobs, force: bool) -> Submis
             return Submission(cfg, False, True, "evaluation after the queued training job", rj.train.job_id)
         return None
     state = training_state(cfg.run_dir)
-    # a live process here, or a job nobody recorded; a scheduler's verdict wins over another host's status
-    if state == layout.RUNNING and (rj.train is None or _written_here(cfg)):
+    # a live process here (status.json written on this host: its pid says), or a job nobody recorded; a scheduler's
+    # verdict wins over another host's status
+    if state == layout.RUNNING and (rj.train is None or read_status(cfg.run_dir).host == socket.gethostname()):
         sweep.view.say("[yellow]skip {}: running elsewhere (its job is alive)[/yellow]", cfg.name)
         return None
     if state == layout.COMPLETED and not force:

@@ -57,17 +57,10 @@ class RetryDecision:
     restart: bool = False  # drop trainer_state/ and start from step 0
 
 
-def _smallest_factor(n: int) -> int:
-    for f in range(2, n + 1):
-        if n % f == 0:
-            return f
-    return n
-
-
 def shrink_micro_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     """The OOM retry's (micro-batch, accumulation): b/f and g*f, f the smallest factor of b > 1.
     The product is unchanged, which keeps every optimizer step's examples (module docstring)."""
-    f = _smallest_factor(batch_size)
+    f = next((f for f in range(2, batch_size + 1) if batch_size % f == 0), batch_size)
     return batch_size // f, accumulation * f
 
 

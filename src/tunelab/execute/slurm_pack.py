@@ -53,11 +53,6 @@ def _need(cfg: RunConfig) -> RunNeed:
     return RunNeed(cfg.name, gpus, minutes * 60.0, cfg.estimate.peak_memory_gib if cfg.estimate else None)
 
 
-def _devices(cfg: RunConfig) -> list[Device]:
-    n = pack_gpus(cfg)
-    return [Device(str(i)) for i in range(n)] if n else [Device("cpu")]
-
-
 def pack_groups(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
     """The node jobs for these runs: runs of one shape, longest first, at most pack_runs per job."""
     shapes: dict[tuple, list[RunConfig]] = {}
@@ -77,7 +72,9 @@ def pack_time_limit(cfgs: list[RunConfig]) -> str:
     s = slurm_settings(cfgs[0])
     if s.pack_time_limit:
         return s.pack_time_limit
-    sched = forecast(_devices(cfgs[0]), [_need(c) for c in cfgs], cfgs[0].resources.runs_per_gpu)
+    n = pack_gpus(cfgs[0])
+    devices = [Device(str(i)) for i in range(n)] if n else [Device("cpu")]
+    sched = forecast(devices, [_need(c) for c in cfgs], cfgs[0].resources.runs_per_gpu)
     train_min = (sched.makespan_s or 0.0) / 60.0
     evaluation = max(parse_time_limit(eval_time_limit(c)[0]) for c in cfgs)  # the longest run's evaluation
     return format_time_limit(int(train_min + 0.999) + evaluation)

@@ -38,22 +38,13 @@ class RunView:
     reason: str = ""  # StatusRow.reason: the run's own line why it did not complete
 
 
-def _last_train_row(cfg: RunConfig) -> MetricRow:
-    rows = [r for r in read_metrics(cfg.run_dir) if r.is_train]
-    return rows[-1] if rows else MetricRow()
-
-
 def run_view(cfg: RunConfig, row: StatusRow) -> RunView:
     status = read_status(cfg.run_dir) if cfg.kind == "finetune" else Status()
-    last = _last_train_row(cfg) if status.to_json() else MetricRow()
+    trained = [r for r in read_metrics(cfg.run_dir) if r.is_train] if status.to_json() else []
+    last = trained[-1] if trained else MetricRow()
     return RunView(row.name, row.type, row.state, row.shown, status.step, status.total_steps, last.loss, last.tokens_per_s,
                    eta_seconds(cfg, status) if row.state == RowState.RUNNING else None, row.eval, row.detail or "",
                    row.reason)
-
-
-def _eval_cell(state: EvalState | FailureKind | None) -> Text:
-    """The eval column: its word, a failure verdict in red like the state column's."""
-    return Text(eval_label(state), style="red" if eval_failed(state) else "")
 
 
 def render(title: str, views: list[RunView], replan: str | None = None) -> Group:
@@ -65,7 +56,7 @@ def render(title: str, views: list[RunView], replan: str | None = None) -> Group
         style = "red" if v.state.ended_badly else "green" if v.state == RowState.COMPLETED else ""
         rows.append((v.name, Text(v.shown, style=style), bar, f"{v.step}/{v.total}" if v.total else "",
                      f"{v.loss:.4f}" if v.loss is not None else "", f"{v.tokens_per_s:,.0f}" if v.tokens_per_s else "",
-                     clock(v.eta_s), _eval_cell(v.eval), v.detail))
+                     clock(v.eta_s), Text(eval_label(v.eval), style="red" if eval_failed(v.eval) else ""), v.detail))
     t = data_table(("run", "state", "progress", "step", "loss", "tok/s", "ETA", "eval", "detail"), rows, title=title,
                    overflow="fold", title_justify="left")
     done = sum(v.state == RowState.COMPLETED for v in views)

@@ -87,12 +87,6 @@ def _eval_points(result: RunRecord, start_ms: int) -> list[MetricPoint]:
     return points
 
 
-def _checkpoint_stages(result: RunRecord) -> dict[str, dict[str, Any]]:
-    """A staged run's evaluated checkpoints → {label: {stage, stage_epoch, ends_stage}}, as `results` records them
-    (params `checkpoint_stages.epoch_N.stage`…: the eval metrics' step N read as the report reads it)."""
-    return {e.label: e.stage.to_dict() for e in result.evals if e.stage is not None}
-
-
 def run_record(cfg: RunConfig, result: RunRecord) -> TrackedRun:
     status = read_status(cfg.run_dir)
     start = _ms(status.first_started_at or status.started_at)
@@ -101,7 +95,8 @@ def run_record(cfg: RunConfig, result: RunRecord) -> TrackedRun:
     params = flatten(config)
     params.update({f"factor.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
                    for k, v in cfg.factors.items()})
-    stages = _checkpoint_stages(result)
+    # a staged run's evaluated checkpoints → {label: {stage, stage_epoch, ends_stage}}, as `results` records them
+    stages = {e.label: e.stage.to_dict() for e in result.evals if e.stage is not None}
     params.update(flatten({"checkpoint_stages": stages}))
     summary = [MetricPoint(f"summary.{k}", float(v), 0, base) for k in SUMMARY_FIELDS
                if isinstance(v := getattr(result, k), (int, float))]

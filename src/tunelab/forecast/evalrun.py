@@ -78,9 +78,7 @@ def eval_targets(cfg: RunConfig) -> int:
         return len(epochs)
     if epochs == "all":
         return sum(t.epochs for t in cfg.trainings())
-    if epochs == "stages":
-        return max(1, len(cfg.stages))
-    return 1
+    return max(1, len(cfg.stages)) if epochs == "stages" else 1
 
 
 def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, history: Sequence[HistoryRun] = (),

@@ -19,10 +19,9 @@ from enum import StrEnum
 from pathlib import Path
 from statistics import median
 
-from tunelab.catalog import GPU, Architecture, resolve_architecture
-from tunelab.errors import TunelabError
+from tunelab.catalog import GPU, Architecture
 from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
-from tunelab.forecast.jobstart import eval_start
+from tunelab.forecast.jobstart import architecture_or_none, eval_start
 from tunelab.forecast.speed import DEFAULT_MFU
 from tunelab.forecast.speedhistory import device_key
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow, load
@@ -123,7 +122,7 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
 def predict_workload(work: EvalWorkload, gpu: GPU | None, generation: Sequence[GenerationRow],
                      history: Sequence[HistoryRun] = (), cpu_threads: int | None = None) -> EvalTimeEstimate:
     """The prediction: the best speed available (history > probed > assumed), priced over the batches."""
-    arch = _architecture(work.model)
+    arch = architecture_or_none(work.model)
     base, source, detail = _base_speed(work, gpu, generation, history, arch, cpu_threads)
     measured = _measured_rows(work, gpu, generation)
     overhead_s = work.sample_overhead_s()
@@ -157,13 +156,6 @@ def eval_time_limit(seconds: float, source: EvalSource) -> str:
     (EVAL_TIME_MARGINS) + 5 min, rounded up to 15 minutes (as the training limit, forecast/runs.py)."""
     minutes = math.ceil((seconds * EVAL_TIME_MARGINS[source] + 300) / 60 / 15) * 15
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
-
-
-def _architecture(model: str) -> Architecture | None:
-    try:
-        return resolve_architecture(model)
-    except (TunelabError, OSError, ValueError):
-        return None
 
 
 def _reference_lengths(work: EvalWorkload) -> list[int]:

@@ -53,10 +53,8 @@ def nodes_for(gpus: int, node_gpus: int) -> int:
 def even_nodes(gpus: int, node_gpus: int, at_least: int = 1, processes: int | None = None) -> int | None:
     """The fewest nodes, at least `at_least`, over which `gpus` (and `processes`) split evenly, since a job asks each
     node for the same share; None when no count up to `gpus` does."""
-    for n in range(max(at_least, nodes_for(gpus, node_gpus)), max(gpus, 1) + 1):
-        if gpus % n == 0 and (processes is None or processes % n == 0):
-            return n
-    return None
+    return next((n for n in range(max(at_least, nodes_for(gpus, node_gpus)), max(gpus, 1) + 1)
+                 if gpus % n == 0 and (processes is None or processes % n == 0)), None)
 
 
 @dataclass(frozen=True)

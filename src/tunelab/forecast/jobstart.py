@@ -53,7 +53,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
     stem = gpu.name.split("-")[0].lower() if gpu is not None else "cpu"
     here = [r for r in history if r.startup_s is not None and
             (r.device or "").lower().replace(" ", "").find(stem) >= 0]
-    arch = _architecture(model)
+    arch = architecture_or_none(model)
     same = sorted(r.startup_s or 0.0 for r in here if r.of_architecture(arch))
     if same:
         return JobStart(same[len(same) // 2], f"history: median start-up of {len(same)} past run(s) of this model "
@@ -85,7 +85,8 @@ def with_evaluation_imports(start: JobStart, extra_s: float | None) -> JobStart:
                     "imports here beyond a training job's (as the jobs recorded them)", start.kind, start.server_s)
 
 
-def _architecture(path: str) -> Architecture | None:
+def architecture_or_none(path: str) -> Architecture | None:
+    """The model's architecture, None where it cannot be read (an estimate goes on without it)."""
     try:
         return resolve_architecture(path)
     except (TunelabError, OSError, ValueError):

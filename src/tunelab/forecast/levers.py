@@ -113,9 +113,7 @@ def mid_epoch_saves(t: TrainingConfig, train_s: float | None, steps: int) -> int
     every_steps, every_s = t.checkpoint_interval
     if every_steps:
         return steps // every_steps
-    if every_s and train_s:
-        return int(train_s // every_s)
-    return 0
+    return int(train_s // every_s) if every_s and train_s else 0
 
 
 def checkpoint_choice(cfg: RunConfig, spec_cfg: RunConfig, train_s: float | None, steps: int, detached: bool,

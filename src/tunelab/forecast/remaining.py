@@ -107,7 +107,8 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     resources = runs[0].resources if runs else spec.resources  # as the plan resolved them (the user config merged)
     spec = spec.model_copy(update={"resources": resources})
     estimates = {c.name: c.estimate for c in runs if c.estimate is not None}
-    gpu = _planned_gpu(estimates, resources.gpu)
+    # the GPU the plan priced the runs on (None: planned for this machine's CPU)
+    gpu = None if all(e.gpu_memory_gib is None for e in estimates.values()) else planning_gpu(None, resources.gpu)
     past = history.load()  # the job's start-up, as the plan reads it (forecast/jobstart.py)
     lefts, lines = [], []
     for cfg in runs:
@@ -133,14 +134,6 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
         notes=_notes(lefts, len(devices))))
     out.line, out.warning = _words(out)
     return out
-
-
-def _planned_gpu(estimates: dict[str, RunEstimate], named: str | None):
-    """The GPU the plan priced the runs on (None: planned for this machine's CPU)."""
-    if all(e.gpu_memory_gib is None for e in estimates.values()):
-        return None
-
-    return planning_gpu(None, named)
 
 
 def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> SweepRemaining:

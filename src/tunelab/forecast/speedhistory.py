@@ -87,11 +87,6 @@ def _kinds(rows: list[HistoryRun]) -> str:
     return " + ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " run(s)"
 
 
-def _row_flops_per_token(row: HistoryRun, seq_len: float) -> float:
-    # history keeps hidden, not heads × head_dim: equal for the families in the catalog
-    return dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, seq_len)
-
-
 def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float, seq_len: int,
                      micro_batches: int | None = None) -> float:
     """Step time from a measured fixed + per-token split carried to another model and batch: the per-token part scales
@@ -99,7 +94,9 @@ def predicted_step_s(row: HistoryRun, arch: Architecture, tokens_per_step: float
     if row.per_token_s is None:
         raise ValueError(f"history row {row.key} has no per-token step cost to carry over")
     row_seq = (row.tokens_per_step or seq_len) / ((row.batch_size or 1) * (row.gradient_accumulation_steps or 1))
-    per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(_row_flops_per_token(row, row_seq), 1.0)
+    # history keeps hidden, not heads × head_dim: equal for the families in the catalog
+    row_flops = dense_attention_flops(row.parameters or 0, row.layers or 0, row.hidden or 0, row_seq)
+    per_token = row.per_token_s * flops_per_token(arch, seq_len) / max(row_flops, 1.0)
     fixed = (row.step_fixed_s or 0.0) * (arch.layers + 1) / ((row.layers or arch.layers) + 1)
     if micro_batches is not None:
         fixed *= micro_batches / (row.gradient_accumulation_steps or 1)
