@@ -46,6 +46,28 @@ def test_every_node_meets_the_same_rendezvous_hosted_by_the_first(monkeypatch):
     assert seen == [("c10d", "gpu007:24242", "4242", "1"), ("c10d", "gpu007:24242", "4242", "0")]
 
 
+def test_the_ray_job_s_nodes_meet_at_the_first_node_s_address(monkeypatch):
+    """execute/ray_span.py tells each node's job process its rank, the first node's address and the submission id;
+    the port is the id's crc32 (zlib's, worked here by binascii: the same on every node) in Slurm's port range."""
+    import binascii
+
+    sid = "tl-train-0123456789ab"
+    port = 20000 + binascii.crc32(sid.encode()) % 10000
+    seen = []
+    for node in (0, 1):
+        env = {"TUNELAB_NODES": "2", "TUNELAB_NODE_RANK": str(node), "TUNELAB_RDZV_HOST": "10.78.0.1",
+               "TUNELAB_RDZV_ID": sid, "TUNELAB_NODE_ADDRESS": f"10.78.0.{node + 1}", **STEP}  # Ray's wins
+        cfg, _, _ = _launch_config(torchrun_args(node_place(env, 2, RUN_YAML), 1, ["run.yaml"]), monkeypatch)
+        seen.append((cfg.rdzv_endpoint, cfg.run_id, cfg.rdzv_configs["is_host"], cfg.local_addr))
+    # each agent advertises its node's address (the workers' store), not its hostname's FQDN
+    assert seen == [(f"10.78.0.1:{port}", sid, "1", "10.78.0.1"), (f"10.78.0.1:{port}", sid, "0", "10.78.0.2")]
+    with pytest.raises(TunelabError, match="reserved 3 node"):
+        node_place({"TUNELAB_NODES": "3", "TUNELAB_NODE_RANK": "0", "TUNELAB_RDZV_HOST": "h",
+                    "TUNELAB_RDZV_ID": sid}, 2, RUN_YAML)
+    with pytest.raises(TunelabError, match="TUNELAB_RDZV_HOST"):
+        node_place({"TUNELAB_NODE_RANK": "0"}, 2, RUN_YAML)
+
+
 def test_the_agent_passes_slurm_s_warning_on_to_the_workers(monkeypatch):
     """srun forwards SIGUSR1 (the time-limit warning) to each node's job process; torchrun's agent must pass it on
     to the trainers, or the signal's default action ends the agent and the run saves nothing."""

@@ -96,7 +96,9 @@ def test_what_a_runs_jobs_ask_for(tmp_path):
 
 @pytest.mark.parametrize(("resources", "why"), [
     ({"gpus_per_run": 4}, "asks one node for 4 CPU(s) and 4 GPU(s); test cluster has 2 node(s)"),
-    ({"gpus_per_run": 2, "nodes_per_run": 2}, "nodes_per_run is 2: the Ray executor runs a run on one node"),
+    ({"gpus_per_run": 2, "nodes_per_run": 2}, "asks 2 nodes for 1 CPU(s) and 1 GPU(s) each; 1 hold that: "),
+    ({"gpus_per_run": 0, "nodes_per_run": 2, "nproc_per_run": 10}, "asks 2 nodes for 5 CPU(s) each; 1 hold that"),
+    ({"gpus_per_run": 0, "nodes_per_run": 2, "nproc_per_run": 8}, None),
     ({"gpus_per_run": 2}, None),
 ])
 def test_runs_no_node_can_hold_are_refused_in_one_line(tmp_path, resources, why):

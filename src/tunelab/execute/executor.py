@@ -126,9 +126,13 @@ class ClusterFacts:
                 return most
         return total
 
-    def refusal(self, ask: NodeAsk) -> str | None:
-        """Why a job asking `ask` can never start here, in words (None: some node holds it)."""
-        return None if self.holds(ask.cpus, ask.gpus, 1) else f"asks one node for {ask.words()}; {self.words()}"
+    def refusal(self, ask: NodeAsk, nodes: int = 1) -> str | None:
+        """Why a job asking `ask` of each of `nodes` nodes can never start here, in words (None: enough nodes hold
+        it)."""
+        if nodes == 1:
+            return None if self.holds(ask.cpus, ask.gpus, 1) else f"asks one node for {ask.words()}; {self.words()}"
+        room = sum(1 for n in self.nodes if n.holds(ask))
+        return None if room >= nodes else f"asks {nodes} nodes for {ask.words()} each; {room} hold that: {self.words()}"
 
     def slots(self, ask: NodeAsk, devices_each: int = 1) -> list[str]:
         """The forecast's devices: per node, `devices_each` for each job asking `ask` it holds at once, named

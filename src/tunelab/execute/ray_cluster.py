@@ -8,7 +8,7 @@ Slurm's do.
 The cluster is `resources.address` (its job server, http://head:8265), else RAY_ADDRESS. A job id is
 `<submission id>@<address>`, so `tunelab status` and `cancel` reach the cluster that holds a job without being
 told. What the cluster is made of — its nodes' CPUs, GPUs and memory, `cluster()` — decides which runs can never
-start (a run asking more of one node than any node has) and how many jobs go to it at once; plan, validate and
+start (a run asking more of one node than any node has, or more nodes than hold its ask) and how many jobs go to it at once; plan, validate and
 status's re-plan read it too (`read_cluster`, through execute/executors.cluster_facts). A job whose node died, or
 that a restarted head no longer knows, is NODE_FAIL: the retry policy resumes it (Ray cannot requeue a job).
 
@@ -42,6 +42,8 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.ray_after import CHILD_SUFFIX
 from tunelab.execute.ray_jobs import (
     EVAL_SCRIPT,
+    RDZV_ID_ENV,
+    SPAN_SCRIPT,
     TRAIN_SCRIPT,
     entrypoint,
     job_ask,
@@ -49,6 +51,7 @@ from tunelab.execute.ray_jobs import (
     log_name,
     write_eval_script,
     write_side_script,
+    write_span_script,
 )
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
@@ -136,10 +139,7 @@ class RayRoom(SchedulerRoom):
         self._full: int | None = None
 
     def never(self, cfg: RunConfig) -> str | None:
-        if cfg.resources.nodes_per_run > 1:
-            return (f"{cfg.run_dir / 'run.yaml'}: resources.nodes_per_run is {cfg.resources.nodes_per_run}: the Ray "
-                    "executor runs a run on one node (runs spanning nodes: --executor slurm)")
-        return self.cluster.refusal(self.asks[cfg.name])
+        return self.cluster.refusal(self.asks[cfg.name], cfg.resources.nodes_per_run)
 
     def take(self, cfg: RunConfig, jobs: int, active: int) -> dict[str, str] | None:
         ask = self.asks[cfg.name]
@@ -223,9 +223,10 @@ class RayExecutor(OneJobEachRun):
         script = Path(script)
         ask, kind = self._asks.get(script, (NodeAsk(1, 0), JobKind.PROBE))
         sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"
+        entry = NodeAsk(0, 0) if script.name == SPAN_SCRIPT else ask  # a spanning job reserves its nodes itself
         spec = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
-                "entrypoint_num_cpus": ask.cpus, "entrypoint_num_gpus": ask.gpus,
-                "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), **(env or {})}},
+                "entrypoint_num_cpus": entry.cpus, "entrypoint_num_gpus": entry.gpus,
+                "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), RDZV_ID_ENV: sid, **(env or {})}},
                 "metadata": {"tunelab": kind.value, "run_dir": str(script.parent)}}
         client = self.client()
         if dependency:
@@ -306,7 +307,9 @@ class RayExecutor(OneJobEachRun):
 
     def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
         self._learn([cfg])
-        if kind == JobKind.TRAIN:
+        if kind == JobKind.TRAIN and cfg.resources.nodes_per_run > 1:
+            path = write_span_script(cfg, job_ask(cfg, kind)) if write else cfg.run_dir / SPAN_SCRIPT
+        elif kind == JobKind.TRAIN:
             path = cfg.run_dir / TRAIN_SCRIPT
         else:
             path = write_eval_script(cfg) if write else cfg.run_dir / EVAL_SCRIPT
@@ -332,8 +335,11 @@ class RayExecutor(OneJobEachRun):
 
     @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
-        """ray-eval.sh beside job.sh (not fsynced: `tunelab run` writes it again before every submission)."""
+        """ray-eval.sh beside job.sh, and a spanning run's ray-span.sh (not fsynced: `tunelab run` writes them again
+        before every submission)."""
         write_eval_script(cfg, python, durable=False)
+        if cfg.resources.nodes_per_run > 1:
+            write_span_script(cfg, job_ask(cfg, JobKind.TRAIN), python, durable=False)
 
     @staticmethod
     def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:

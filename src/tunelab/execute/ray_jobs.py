@@ -7,7 +7,8 @@ process on CPUs (torch's threads then divide those: OMP_NUM_THREADS and TUNELAB_
 job's cpus-per-task, tunelab/host/threads.py). The training job runs the run's job.sh (scaffold writes it for every
 fine-tuned run); the evaluation job `ray-eval.sh`, rendered from run.yaml before every submission. A job's output
 goes to `ray-<kind>-<submission id>.out` in the run's directory, one file away, as Slurm's does; the nodes share
-the filesystem the experiment lives on (as Slurm's nodes do).
+the filesystem the experiment lives on (as Slurm's nodes do). A run spanning nodes runs `ray-span.sh`, whose
+entrypoint asks for nothing and reserves the run's nodes itself (execute/ray_span.py).
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from tunelab.execute.executor import JobKind, NodeAsk
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
 
-TRAIN_SCRIPT, EVAL_SCRIPT = "job.sh", "ray-eval.sh"
+TRAIN_SCRIPT, EVAL_SCRIPT, SPAN_SCRIPT = "job.sh", "ray-eval.sh", "ray-span.sh"
+RDZV_ID_ENV = "TUNELAB_RDZV_ID"  # a spanning run's rendezvous id: its Ray submission id
 
 
 def job_ask(cfg: RunConfig, kind: JobKind) -> NodeAsk:
-    """A training job: one GPU per GPU of the run, one CPU per process (the plan's processes, run.yaml's estimate);
-    an evaluation job: one process, the run's GPUs per node (at most one node's)."""
+    """What one node gives the job. Training: the run's GPUs on each of its nodes, one CPU per process there (the
+    plan's processes, run.yaml's estimate, split over the run's nodes); evaluation: one process, at most one GPU."""
     gpus = cfg.resources.run_gpus_per_node()
     if kind != JobKind.TRAIN:
         return NodeAsk(1, min(gpus, 1))
     est = cfg.estimate
     processes = est.processes if est is not None else cfg.resources.processes_per_run(gpus)
-    return NodeAsk(max(1, processes), gpus)
+    return NodeAsk(max(1, processes // cfg.resources.nodes_per_run), gpus)
 
 
 def log_name(kind: JobKind, submission_id: str) -> str:
@@ -61,6 +63,22 @@ def write_eval_script(cfg: RunConfig, python: str | None = None, durable: bool =
              f'exec "${{TUNELAB_PYTHON:-{python}}}" -m tunelab eval {q(str(cfg.experiment_dir))} --run {q(cfg.name)} '
              "--no-ledger"]
     path = cfg.run_dir / EVAL_SCRIPT
+    atomic_write_text(path, "\n".join(lines) + "\n", durable)
+    path.chmod(0o755)
+    return path
+
+
+def write_span_script(cfg: RunConfig, ask: NodeAsk, python: str | None = None, durable: bool = True) -> Path:
+    """ray-span.sh from run.yaml: the Ray job of a run spanning nodes (execute/ray_span.py), `ask` on each."""
+    python, q, nodes = python or sys.executable, shlex.quote, cfg.resources.nodes_per_run
+    lines = ["#!/usr/bin/env bash",
+             f"# Ray training job of run {cfg.name!r} of experiment {cfg.experiment!r}, spanning {nodes} nodes; "
+             "written by tunelab from run.yaml", "set -euo pipefail", f"cd {q(str(cfg.run_dir))}",
+             f'echo "[tunelab job] $(date -Is) Ray train job of {nodes} nodes, driver on $(hostname), attempt '
+             f'{cfg.attempt}"',
+             f'exec "${{TUNELAB_PYTHON:-{python}}}" -m tunelab.execute.ray_span run.yaml {nodes} {ask.cpus} '
+             f'{ask.gpus} "${{{RDZV_ID_ENV}:?}}"']
+    path = cfg.run_dir / SPAN_SCRIPT
     atomic_write_text(path, "\n".join(lines) + "\n", durable)
     path.chmod(0o755)
     return path

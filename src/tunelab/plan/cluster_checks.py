@@ -29,13 +29,14 @@ def cluster_lines(resources: ResourcesSpec) -> list[str]:
 
 
 def cluster_refusals(runs: list[RunConfig]) -> dict[str, str]:
-    """{run: its one error} for each run no node of its cluster can hold: the run, what it asks of one node and what
-    the cluster's largest node has. {} where the cluster is not read or could not be."""
+    """{run: its one error} for each run its cluster cannot hold: the run, what it asks of one node (of each, for a
+    run spanning nodes) and what the cluster's nodes have. {} where the cluster is not read or could not be."""
     out = {}
     for cfg in runs:
         read = executors.cluster_facts(cfg.resources)
         ask = executors.node_ask(cfg)
-        why = read.facts.refusal(ask) if read is not None and read.facts is not None and ask is not None else None
+        facts = read.facts if read is not None else None
+        why = facts.refusal(ask, cfg.resources.nodes_per_run) if facts is not None and ask is not None else None
         if why is not None:
             out[cfg.name] = f"{cfg.name}: {why}"
     return out

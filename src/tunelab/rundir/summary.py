@@ -92,13 +92,15 @@ class StepCost(JsonRecord):
 
 @dataclass(kw_only=True)
 class ProcessMemory(JsonRecord):
-    """What one process held at the end of training: its parameters' and optimizer state's storage, its peak RSS."""
+    """What one process held at the end of training (its parameters' and optimizer state's storage, its peak RSS),
+    and where."""
 
     rank: int
     frozen_param_bytes: int
     trainable_param_bytes: int
     optimizer_bytes: int
     peak_rss_bytes: int
+    node: str | None = None  # the node it ran on: its cluster's address for it, else its hostname
 
 
 @dataclass(kw_only=True)

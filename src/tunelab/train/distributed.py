@@ -83,6 +83,17 @@ def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
     return t.tolist()
 
 
+def all_gather_text(text: str) -> list[str]:
+    """Every process's `text`, by rank (a collective; one process: its own)."""
+    if not is_initialized():
+        return [text]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, text)
+    return [str(t) for t in out]
+
+
 def agree(flag: bool) -> bool:
     """True on every process when true on any, a collective; decisions that change the trainer's next step use it."""
     return all_reduce([1.0 if flag else 0.0], "max")[0] > 0

@@ -8,9 +8,11 @@ files are exactly a one-process run's; a resume loads the adapter before shardin
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from tunelab.host.spanning import NODE_ADDRESS_ENV
 from tunelab.rundir.summary import ProcessMemory
 from tunelab.spec.resources import Strategy
 from tunelab.train.console import log
@@ -102,10 +104,11 @@ def local_parameter_bytes(model: Any) -> tuple[int, int]:
 
 
 def gather_process_memory(trainer: Any) -> list[ProcessMemory]:
-    """What every process holds (parameters, optimizer state, peak RSS), gathered to all: a collective."""
+    """What every process holds (parameters, optimizer state, peak RSS) and the node it ran on, gathered to all:
+    collectives."""
     import resource
 
-    from tunelab.train.distributed import all_reduce
+    from tunelab.train.distributed import all_gather_text, all_reduce
 
     w = world()
     frozen, trainable = local_parameter_bytes(trainer.model)
@@ -114,8 +117,10 @@ def gather_process_memory(trainer: Any) -> list[ProcessMemory]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     mine = [float(frozen), float(trainable), float(optimizer), float(rss)]
     table = all_reduce([v if r == w.rank else 0.0 for r in range(w.size) for v in mine])  # one row per rank
+    nodes = all_gather_text(os.environ.get(NODE_ADDRESS_ENV) or socket.gethostname())
     return [ProcessMemory(rank=r, frozen_param_bytes=int(table[4 * r]), trainable_param_bytes=int(table[4 * r + 1]),
-                          optimizer_bytes=int(table[4 * r + 2]), peak_rss_bytes=int(table[4 * r + 3]))
+                          optimizer_bytes=int(table[4 * r + 2]), peak_rss_bytes=int(table[4 * r + 3]),
+                          node=nodes[r])
             for r in range(w.size)]
 
 

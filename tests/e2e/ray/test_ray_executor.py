@@ -150,3 +150,30 @@ def test_no_ray_socket_is_on_any_address_but_loopback_or_the_namespaces(ray_clus
     ours = {str(p) for p in _ns_pids()}
     host = subprocess.run(["ss", "-tuanpH"], capture_output=True, text=True, check=True).stdout.splitlines()
     assert [s for s in host if any(f"pid={p}," in s for p in ours)] == []
+
+
+def test_a_run_asking_two_nodes_trains_across_both_ray_nodes(ray_cluster, spec_in, tmp_path, monkeypatch):
+    """nodes_per_run: 2 on Ray: the job reserves one bundle on each node (execute/ray_span.py), each node's job process
+    joins the first node's rendezvous, FSDP shards the run over both, and the summary says which node each rank ran
+    on. 320 training examples / (micro-batch 8 x 2 ranks) = 20 steps in the epoch (one process would take 40)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = spec_in(tmp_path / "span", name="span", eval={"max_tokens": 8, "limit": 4}, factors={"lora_rank": [4]},
+                   controls=False, training={"epochs": 1, "logging_steps": 5},
+                   resources={"executor": "ray", "address": ray_cluster.address, "gpus_per_run": 0,
+                              "nodes_per_run": 2, "distributed": "fsdp"})
+    exp = spec.parent
+    run_dir = exp / "runs" / "tiny_r4"
+    _ok(["scaffold", str(spec)])
+    assert "tunelab.execute.ray_span run.yaml 2 1 0" in (run_dir / "ray-span.sh").read_text()
+    _ok(["run", str(exp), "--wait"])
+    by = {j["kind"]: j for j in _jobs(exp)}
+    assert by["train"]["state"] == "COMPLETED" and by["eval"]["failure"] == "completed", by
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["state"], summary["steps"], summary["world_size"], summary["distributed"]) == (
+        "completed", 20, 2, "fsdp"), summary
+    nodes = [raycluster.node_ip(0), raycluster.node_ip(1)]
+    assert sorted(p["node"] for p in summary["processes"]) == nodes, summary["processes"]
+    log = (run_dir / f"ray-train-{split_id(by['train']['job_id'])[0]}.out").read_text()
+    assert "run spans 2 Ray nodes" in log and sum(f" on {ip} exited 0" in log for ip in nodes) == 2, log[-3000:]
+    results = json.loads(_ok(["results", str(exp), "--json"]).stdout)["runs"]
+    assert [(r["state"], r["score"] is not None) for r in results] == [("completed", True)], results
