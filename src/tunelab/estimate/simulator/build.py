@@ -5,6 +5,7 @@ preparation, checkpointing, the run's LoraConfig (adapters in fp32 unless quanti
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -29,9 +30,11 @@ def _register_flash() -> None:
 
 
 def hf_config(model_config: dict[str, Any]) -> Any:
+    """transformers' config of a config.json's dict, on a deep copy: transformers writes into nested dicts it is given
+    (rope_scaling gains rope_theta), which would change the caller's dict, the simulation's cache key among them."""
     from transformers import AutoConfig
 
-    cfg = dict(model_config)
+    cfg = copy.deepcopy(model_config)
     model_type = cfg.pop("model_type")
     for key in ("architectures", "transformers_version", "auto_map", "quantization_config", "torch_dtype", "dtype"):
         cfg.pop(key, None)

@@ -1,8 +1,8 @@
 """One simulation: build, materialize on fake tensors, run the steps, read the tracker; cached.
 
-DDP runs the same step on every device plus its gradient buckets (simulated). FSDP is derived from the simulated step:
-each parameter split as FSDP2 splits it (fsdp_parameter_bytes), the optimizer state with it, buffers whole, plus two
-decoder layers' full weights (computing and prefetched)."""
+DDP runs the same step on every device plus its gradient buckets (simulated). FSDP is derived from the simulated step
+(sharding.py). The one-device step is cached apart from the figures of a process count: one process and every FSDP
+count share it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from tunelab.compat import library_versions, quiet_known_library_warnings
 from tunelab.diskcache import cached_json
+from tunelab.estimate.simulator.sharding import OneDeviceStep, largest_layer_bytes, parameter_shapes
 from tunelab.estimate.simulator.spec import StepConfig, StepShape
 from tunelab.spec.resources import Strategy
 
@@ -22,7 +23,6 @@ GIB = 2**30
 # H100 figure after training steps (shared/reference/gpu-h100-2026-11-26), reported apart from the simulation; the
 # kit's rows record it (cuda_context_gib) for each GPU they run on.
 CUDA_CONTEXT_GIB = 0.75
-FSDP_GATHERED_LAYERS = 2
 EXTRAPOLATE_ABOVE_LAYERS = 4
 SAMPLE_LAYERS = (2, 4)
 
@@ -83,8 +83,20 @@ def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, proc
     c = replace(c, gradient_accumulation_steps=min(c.gradient_accumulation_steps, 2))  # 2 or more: alike
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "processes": processes,
            "strategy": strategy, "exact": exact, "versions": library_versions(), "code": _code_stamp()}
-    value = cached_json("memsim", key, lambda: _simulate(model_config, c, shape, processes, strategy, exact).to_dict())
+    return _read(cached_json("memsim", key,
+                             lambda: _simulate(model_config, c, shape, processes, strategy, exact).to_dict()))
+
+
+def _read(value: dict[str, Any]) -> SimulatedMemory:
     return SimulatedMemory(**{**value, "strategy": Strategy.read(value["strategy"])})
+
+
+def _cached_step(model_config: dict[str, Any], c: StepConfig, shape: StepShape, ddp: bool) -> OneDeviceStep:
+    """The one-device step (with DDP's buckets or not), cached: every process count without them shares it."""
+    key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "ddp": ddp,
+           "versions": library_versions(), "code": _code_stamp()}
+    value = cached_json("memstep", key, lambda: _one_device_step(model_config, c, shape, ddp).to_dict())
+    return OneDeviceStep.from_dict(value, _read(value["sim"]))
 
 
 def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
@@ -93,10 +105,11 @@ def _simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, pro
     layers and each phase's peak extrapolated (exact for identical layers; tests compare full simulations)."""
     t0 = time.perf_counter()
     layers = _layers(model_config)
+    ddp = strategy == Strategy.DDP and processes > 1
     if exact or layers is None or layers <= EXTRAPOLATE_ABOVE_LAYERS:
-        sim, _ = _simulate_exact(model_config, c, shape, processes, strategy)
+        sim, _ = _cached_step(model_config, c, shape, ddp).per_device(processes, strategy)
     else:
-        (a, pa), (b, pb) = (_simulate_exact(_with_layers(model_config, n), c, shape, processes, strategy)
+        (a, pa), (b, pb) = (_cached_step(_with_layers(model_config, n), c, shape, ddp).per_device(processes, strategy)
                             for n in SAMPLE_LAYERS)
         sim = _extrapolate(a, pa, b, pb, layers)
     sim.seconds = round(time.perf_counter() - t0, 3)
@@ -148,6 +161,13 @@ def _extrapolate(a: SimulatedMemory, pa: dict[str, tuple[int, int]], b: Simulate
 
 def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShape, processes: int,
                     strategy: Strategy | None, replay: bool = True) -> tuple[SimulatedMemory, dict[str, tuple[int, int]]]:
+    """One device's figures and phase peaks, every layer simulated (nothing cached)."""
+    step = _one_device_step(model_config, c, shape, strategy == Strategy.DDP and processes > 1, replay)
+    return step.per_device(processes, strategy)
+
+
+def _one_device_step(model_config: dict[str, Any], c: StepConfig, shape: StepShape, ddp: bool,
+                     replay: bool = True) -> OneDeviceStep:
     from tunelab.estimate.simulator.build import build_on_meta, materialize
     from tunelab.estimate.simulator.step import gpu_kernels, run_steps
     from tunelab.estimate.simulator.tracker import StorageTracker
@@ -159,10 +179,10 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
     with gpu_kernels(), as_if_on("cuda"), tracker:
         materialize(model)
         trainable = tracker.block_bytes([p for p in model.parameters() if p.requires_grad])
-        layer = _largest_layer_bytes(model)
-        shards = fsdp_parameter_bytes(model, processes)
+        layer = largest_layer_bytes(model)
+        parameters = parameter_shapes(model)
         tracker.allocator.reset_peaks()
-        marks = run_steps(model, c, shape, tracker, ddp=strategy == Strategy.DDP and processes > 1, replay=replay)
+        marks = run_steps(model, c, shape, tracker, ddp=ddp, replay=replay)
     peak = tracker.peak_phase()
     weights = marks["model"] - trainable
     optimizer = marks["before_last_step"] - marks["model"] - marks["ddp_buckets"]
@@ -173,59 +193,6 @@ def _simulate_exact(model_config: dict[str, Any], c: StepConfig, shape: StepShap
         activations=tracker.allocator.peak_allocated - marks["before_last_step"], peak_phase=peak.phase,
         tokens=shape.tokens,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        processes=processes, strategy=strategy, scalar_queries=tracker.scalar_queries,
-        versions=library_versions())
+        scalar_queries=tracker.scalar_queries, versions=library_versions())
     phases = {p.phase: (p.allocated, p.reserved) for p in tracker.peaks.values()}
-    if strategy == Strategy.FSDP and processes > 1:
-        saved = _shard(sim, processes, layer, shards)
-        phases = {p: (al - saved, re - saved) for p, (al, re) in phases.items()}
-    return sim, phases
-
-
-def _largest_layer_bytes(model: Any) -> int:
-    """Bytes of the largest element of the model's largest ModuleList (its decoder layers)."""
-    import torch
-
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    if not lists:
-        return 0
-    layers = max(lists, key=len)
-    return max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
-
-
-@dataclass(frozen=True)
-class ShardBytes:
-    """Parameter bytes of the whole model and of one device's FSDP2 shards, frozen and trainable."""
-
-    frozen_whole: int
-    trainable_whole: int
-    frozen: int
-    trainable: int
-
-
-def fsdp_parameter_bytes(model: Any, n: int) -> ShardBytes:
-    """What FSDP2 allocates on each of n devices: every parameter split on its first dimension into chunks of ceil(rows
-    / n) rows, padded so all devices hold the same; tied parameters count once."""
-    frozen_whole = trainable_whole = frozen = trainable = 0
-    for p in model.parameters():
-        rows = p.shape[0] if p.dim() else 1
-        whole = p.numel() * p.element_size()
-        shard = -(-rows // n) * (p.numel() // rows if rows else 0) * p.element_size()
-        if p.requires_grad:
-            trainable_whole, trainable = trainable_whole + whole, trainable + shard
-        else:
-            frozen_whole, frozen = frozen_whole + whole, frozen + shard
-    return ShardBytes(frozen_whole, trainable_whole, frozen, trainable)
-
-
-def _shard(sim: SimulatedMemory, n: int, layer_bytes: int, shards: ShardBytes) -> int:
-    """FSDP FULL_SHARD per device, derived from the one-device step: the bytes it saves at every moment."""
-    before = sim.weights + sim.trainable + sim.optimizer
-    sim.weights += shards.frozen - shards.frozen_whole  # buffers stay whole
-    sim.optimizer = int(sim.optimizer * shards.trainable / shards.trainable_whole) if shards.trainable_whole else 0
-    sim.trainable += shards.trainable - shards.trainable_whole
-    sim.sharded_frozen, sim.sharded_trainable = shards.frozen, shards.trainable
-    saved = before - (sim.weights + sim.trainable + sim.optimizer) - FSDP_GATHERED_LAYERS * layer_bytes
-    sim.peak_allocated -= saved
-    sim.peak_reserved -= saved
-    return saved
+    return OneDeviceStep(sim, phases, layer, parameters)
