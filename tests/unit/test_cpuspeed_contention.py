@@ -14,11 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.forecast.loopcost import LoopOverhead
 from tunelab.host.cpuload import LoadWindow
 from tunelab.plan.planner import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from hogs import hogs  # noqa: E402  (benchmarks/hogs.py: outside this process's tree)
+
+
+def given_loop(threads: int | None) -> LoopOverhead:
+    """The job's loop, and the fresh interpreter's imports its measuring job would time (timed_startup keeps them
+    instead of starting an interpreter of its own), given: each is a process of its own, not what these tests time."""
+    return LoopOverhead(0.0, "+ the loop given", imports_s=1.0)
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +35,13 @@ def fresh_history_and_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="the machine's load is read from /proc/stat")
-def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slowdown(write_spec, tmp_path):
+def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slowdown(write_spec, tmp_path,
+                                                                                     monkeypatch):
+    from tunelab.forecast import loopcost
+
+    # the job's loop and imports given (test_first_contact.py measures the loop's job): the subject here is the
+    # shape's own timing beside the hogs
+    monkeypatch.setattr(loopcost, "loop_overhead", given_loop)
     # the plan given one core and a busy loop on it (the hog inherits the mask): every core the plan may use is
     # taken, and the suite's other workers keep theirs
     given = os.sched_getaffinity(0)
@@ -89,7 +102,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     from tunelab.forecast import cpuspeed, loadnow, loopcost
 
     # the job's loop, measured once per machine, given too: its own load is the machine's, not these rounds'
-    monkeypatch.setattr(loopcost, "loop_overhead", lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given"))
+    monkeypatch.setattr(loopcost, "loop_overhead", given_loop)
     monkeypatch.setattr(loadnow, "planning_window", lambda: None)  # nor is the live load while planning (an xdist
     # sibling's, in CI): the rounds given are the only load this test prices
     given = iter(rounds)
