@@ -206,9 +206,7 @@ class HistoryRun:
 
 def history_path() -> Path:
     env = os.environ.get("TUNELAB_HISTORY")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".local" / "share" / "tunelab" / "history.db"
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "tunelab" / "history.db"
 
 
 @contextmanager

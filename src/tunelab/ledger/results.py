@@ -136,14 +136,9 @@ def headline(evals: list[EvalRecord], task_order: list[str]) -> EvalRecord | Non
     return next((e for t in task_order for e in at_last if e.task == t), at_last[0])
 
 
-def _with_stages(cfg: RunConfig, evals: list[EvalRecord]) -> list[EvalRecord]:
-    """Each record with its checkpoint's stage (None: unstaged, or a base model)."""
-    stages = checkpoint_stages(cfg) if cfg.kind == "finetune" else {}
-    return [dataclasses.replace(e, stage=stages.get(e.epoch)) if e.epoch is not None else e for e in evals]
-
-
 def _record(cfg: RunConfig, row: ledger.RunRow, evals: list[EvalRecord]) -> RunRecord:
-    evals = _with_stages(cfg, evals)
+    stages = checkpoint_stages(cfg) if cfg.kind == "finetune" else {}  # an eval's stage: None unstaged, or a base model
+    evals = [dataclasses.replace(e, stage=stages.get(e.epoch)) if e.epoch is not None else e for e in evals]
     return RunRecord(
         name=cfg.name, kind=TYPES[cfg.kind], model=cfg.model.name, dataset=cfg.dataset.name,
         factors={k: v for k, v in cfg.factors.items() if k not in ("model", "dataset")}, state=row.state,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tunelab.data.ordering import order_text
 from tunelab.forecast.deadline import RunTimeline
 from tunelab.forecast.gpus import describe
 from tunelab.fsutil import human_seconds
@@ -16,10 +17,6 @@ from tunelab.rundir.estimate import RunEstimate
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
     from tunelab.rundir.config import RunConfig
-
-
-def _factor_text(run: RunConfig, swept: list[str]) -> str:
-    return ", ".join(f"{k}={run.factors[k]}" for k in swept if k in run.factors) or "—"
 
 
 def _joined(values: list[str]) -> str:
@@ -44,7 +41,7 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "type": kinds[r.kind],
             "model": r.model.name,
             "dataset": r.dataset.name,
-            "factors": _factor_text(r, swept),
+            "factors": ", ".join(f"{k}={r.factors[k]}" for k in swept if k in r.factors) or "—",
             **({"stages": "→".join(s.name for s in r.stages) or "—"} if plan.spec.stages else {}),
             **_training_cells(r, e.processes if e else 1),
             "steps": str(e.steps) if e else "—",
@@ -73,10 +70,6 @@ def time_text(e: RunEstimate | None) -> str:
         return "—"
     r = e.time_range
     return human_seconds(e.seconds) + (f" ({human_seconds(r.p10_s)}–{human_seconds(r.p90_s)})" if r else "")
-
-
-def _basis(e: RunEstimate) -> str:
-    return f"; interval: {e.time_range.basis}" if e.time_range is not None else ""
 
 
 def _placement_text(r: RunTimeline | None) -> str:
@@ -113,7 +106,9 @@ def render_plan_md(plan: Plan) -> str:
     if plan.warnings:
         tail += ["## Warnings", ""] + [f"- {w}" for w in plan.warnings] + [""]
     cluster = cluster_lines(plan.spec.resources)  # a cluster its executor reads (Ray): nodes, or unreachable
-    return "\n".join(head + _run_table_lines(plan) + middle + cluster + tail)
+    rows = plan_rows(plan)
+    runs = ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(head + runs + ["| " + " | ".join(r.values()) + " |" for r in rows] + middle + cluster + tail)
 
 
 def _head_lines(plan: Plan) -> list[str]:
@@ -139,12 +134,6 @@ def _head_lines(plan: Plan) -> list[str]:
     ]
     return lines + [f"| {k} | {', '.join(spec.prompt_names()) if k == 'prompt' else ', '.join(map(str, v))} |"
                     for k, v in spec.factors.items() if k not in ("model", "dataset")]
-
-
-def _run_table_lines(plan: Plan) -> list[str]:
-    rows = plan_rows(plan)
-    lines = ["", "## Runs", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return lines + ["| " + " | ".join(r.values()) + " |" for r in rows]
 
 
 def _resource_lines(plan: Plan) -> list[str]:
@@ -174,18 +163,13 @@ def _estimate_lines(plan: Plan) -> list[str]:
                 f"{e.tokens_per_microbatch:,} | "
                 + (f"{e.peak_memory_gib:.1f} / {e.gpu_memory_gib:.1f}" if e.peak_memory_gib is not None else "—")
                 + f" | {e.memory_source} | {e.steps} | {f'{e.tokens_per_s:,.0f}' if e.tokens_per_s else '—'} | "
-                f"{time_text(e)} | {e.time_source}{_basis(e)} | "
+                f"{time_text(e)} | {e.time_source}{f'; interval: {e.time_range.basis}' if e.time_range else ''} | "
                 f"{e.gpu_hours if e.gpu_hours is not None else '—'} | {e.slurm_time_limit or '—'} |")
         tot = plan.totals()
         lines += ["", f"**Total:** {human_seconds(tot['seconds']) if tot['seconds'] else '—'} of training"
                   + (f" ({tot['runs_without_time']} run(s) without a time estimate)" if tot["runs_without_time"] else "")
                   + (f", {tot['gpu_hours']} GPU-hours" if tot["gpu_hours"] is not None else ""), ""]
     return lines
-
-
-def _order_text(order: object) -> str:
-    by_field = getattr(order, "by_field", None)
-    return f"by_field: {by_field}" if by_field else str(order)
 
 
 def stage_rows(plan: Plan) -> list[dict[str, str]]:
@@ -201,7 +185,7 @@ def stage_rows(plan: Plan) -> list[dict[str, str]]:
             part = est[i] if i < len(est) else None
             rows.append({"run": r.name, "stage": f"{i + 1}. {s.name}", "dataset": s.dataset.name,
                          "epochs": str(t.epochs) + (f" (max {t.max_steps} steps)" if t.max_steps else ""),
-                         "steps": str(part.steps) if part else "—", "order": _order_text(t.order),
+                         "steps": str(part.steps) if part else "—", "order": order_text(t.order),
                          "learning rate": f"{t.learning_rate:g}", "optimizer": s.optimizer,
                          "batch": f"{t.batch_size}×{t.gradient_accumulation_steps}",
                          "est. time": human_seconds(part.seconds) if part and part.seconds else "—"})

@@ -221,12 +221,8 @@ def truncation(cfg: RunConfig) -> list[Truncation]:
         return [replace(t, stage=s.name) for i, s in enumerate(cfg.stages) for t in truncation(cfg.stage_config(i))]
     assert cfg.training is not None
     limit = cfg.training.max_seq_len
-    out = []
-    for split, rows in split_lengths(cfg).items():
-        if rows:
-            out.append(Truncation(split, len(rows), sum(1 for n, _ in rows if n > limit),
-                                  sum(1 for _, a in rows if a >= limit), max(n for n, _ in rows)))
-    return out
+    return [Truncation(split, len(rows), sum(1 for n, _ in rows if n > limit), sum(1 for _, a in rows if a >= limit),
+                       max(n for n, _ in rows)) for split, rows in split_lengths(cfg).items() if rows]
 
 
 def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None = None,

@@ -82,11 +82,7 @@ def check_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int] | None = None,
     nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)
     steps = None
     if lengths:
-        if t.packing:
-
-            rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences
-        else:
-            rows = len(lengths)
+        rows = simulate_bfd_packing(lengths, t.max_seq_len).sequences if t.packing else len(lengths)
         steps = optimizer_steps(rows, t.batch_size, t.gradient_accumulation_steps, t.epochs, t.max_steps, nproc)
     longest = max(lengths) if lengths else None
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)

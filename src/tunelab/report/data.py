@@ -55,6 +55,11 @@ class TaskInfo:
     greater_is_better: bool = True
     metrics: list[str] = field(default_factory=list)  # in the order the scores list them
 
+    def shown_metrics(self) -> list[str]:
+        """The primary metric first, then the others; standard errors are uncertainty, not scores."""
+        rest = [m for m in self.metrics if m != self.primary_metric and m.split("/")[-1] not in ("stderr", "std")]
+        return ([self.primary_metric] if self.primary_metric else []) + rest
+
 
 @dataclass
 class RunData:
@@ -169,9 +174,7 @@ class RunData:
     def level(self, factor: str) -> Any:
         if factor == "model":
             return self.model
-        if factor == "dataset":
-            return self.dataset
-        return self.factors.get(factor)
+        return self.dataset if factor == "dataset" else self.factors.get(factor)
 
 
 @dataclass

@@ -11,23 +11,12 @@ from tunelab.evaluate.kinds import is_fraction, show, show_ci  # noqa: F401
 from tunelab.ledger.results import EvalRecord
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.differences import delta_cell, diff_text, show_delta
-from tunelab.report.document import Figure, Para, Section, Table
+from tunelab.report.document import Para, Section, Table
 from tunelab.report.evidence import evidence_note
 from tunelab.report.figures import FigureFile
 from tunelab.report.findings import Findings
 from tunelab.rundir.layout import parse_epoch_name
 from tunelab.stats.paired import Difference, paired_difference
-
-HIDDEN_METRICS = ("stderr", "std")  # uncertainty of a metric, not a score of its own
-
-
-def _fig(f: FigureFile) -> Figure:
-    return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
-
-
-def task_metrics(task: TaskInfo) -> list[str]:
-    rest = [m for m in task.metrics if m != task.primary_metric and m.split("/")[-1] not in HIDDEN_METRICS]
-    return ([task.primary_metric] if task.primary_metric else []) + rest
 
 
 def _rows_of(run: RunData, task: TaskInfo, metrics: list[str], control: RunData | None) -> list[list[str]]:
@@ -59,7 +48,7 @@ def _samples_cell(run: RunData, e: EvalRecord) -> str:
 
 def task_table(data: ReportData, task: TaskInfo) -> Table:
     """Every run, control and eval-only checkpoint on one task, all its metrics."""
-    metrics = task_metrics(task)
+    metrics = task.shown_metrics()
     rows = []
     for r in data.runs:
         rows += _rows_of(r, task, metrics, data.control_for(r))
@@ -114,7 +103,7 @@ def evaluation(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Se
         blocks.append(Para(best_text(data, f)))
     for key in figs:
         if key.startswith("score_by_") or key == "score_per_epoch":
-            blocks.append(_fig(figs[key]))
+            blocks.append(figs[key].block())
     return Section("Evaluation", blocks)
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from tunelab.evaluate.kinds import FRACTIONS
+from tunelab.evaluate.kinds import is_fraction
 from tunelab.faults import kill_point
 from tunelab.fsutil import space_guard
+from tunelab.report import document
 from tunelab.report.data import ReportData, RunData
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.memory import memory_labels
@@ -25,6 +26,9 @@ class FigureFile:
     key: str
     path: Path
     caption: str
+
+    def block(self) -> document.Figure:
+        return document.Figure(f"figures/{self.path.name}", self.caption, alt=self.key.replace("_", " "))
 
 
 def _new(width: float, height: float):
@@ -54,17 +58,13 @@ def _save(fig, out_dir: Path, key: str, caption: str) -> FigureFile:
     return FigureFile(key, path, caption)
 
 
-def _is_fraction(metric: str | None) -> bool:
-    return (metric or "").split("/")[-1] in FRACTIONS
-
-
 def _scale(metric: str | None) -> float:
     """Fractions (accuracy, F1, …) are drawn in percent; other metrics (MAE, Brier, a user's) as they are."""
-    return 100.0 if _is_fraction(metric) else 1.0
+    return 100.0 if is_fraction(metric) else 1.0
 
 
 def _axis_label(task: str, metric: str | None) -> str:
-    return f"{task}: {metric or 'score'}" + (" (%)" if _is_fraction(metric) else "")
+    return f"{task}: {metric or 'score'}" + (" (%)" if is_fraction(metric) else "")
 
 
 def _slug(text: str) -> str:
@@ -72,11 +72,7 @@ def _slug(text: str) -> str:
 
 
 def _fmt(v: float, metric: str | None) -> str:
-    return f"{v:.1f}" if _is_fraction(metric) else f"{v:.3g}"
-
-
-def _value(r: RunData, task: str, metric: str | None) -> float | None:
-    return r.value(task, metric)
+    return f"{v:.1f}" if is_fraction(metric) else f"{v:.3g}"
 
 
 def _errors(ys: list[float], intervals: list[tuple[float, float] | None], k: float) -> list[list[float]]:
@@ -98,7 +94,7 @@ def level_interval(data: ReportData, runs: list[RunData], task: str, metric: str
     if len(runs) == 1:
         return runs[0].interval(task, metric)
     if replicated(data):
-        s = across_replicates([v for r in runs if (v := _value(r, task, metric)) is not None])
+        s = across_replicates([v for r in runs if (v := r.value(task, metric)) is not None])
         return (s.low, s.high) if s.low is not None and s.high is not None else None
     return mean_interval([r.sample_scores(task) for r in runs], metric)
 
@@ -183,7 +179,7 @@ def _control_lines(ax, data: ReportData, colors: dict[str, str], task: str, metr
                    vertical: bool = False) -> None:
     """Controls (dashed) and eval-only checkpoints (dotted) as reference lines."""
     for c in data.references:
-        v = _value(c, task, metric)
+        v = c.value(task, metric)
         if v is None:
             continue
         line, span = (ax.axvline, ax.axvspan) if vertical else (ax.axhline, ax.axhspan)
@@ -208,8 +204,8 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
         xs, ys, ivs = [], [], []
         for i, level in enumerate(levels):
             runs = [r for r in data.completed if r.model == model and r.level(factor) == level
-                    and _value(r, task, metric) is not None]
-            values = [v for r in runs if (v := _value(r, task, metric)) is not None]
+                    and r.value(task, metric) is not None]
+            values = [v for r in runs if (v := r.value(task, metric)) is not None]
             if runs:
                 xs.append(i)
                 ys.append(k * mean(values))
@@ -227,7 +223,7 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
     _control_lines(ax, data, colors, task, metric)
     ax.set_xticks(range(len(levels)), [str(v) for v in levels])
     ax.set_xlim(-0.4, len(levels) - 0.6)
-    if _is_fraction(metric):
+    if is_fraction(metric):
         ax.set_ylim(-3, 108)
     ax.set_xlabel(f"{factor} (level)")
     ax.set_ylabel(_axis_label(task, metric))
@@ -242,12 +238,12 @@ def score_by_factor(data: ReportData, factor: str, task: str, metric: str | None
 
 
 def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path) -> FigureFile | None:
-    runs = [r for r in data.runs if _value(r, task, metric) is not None]
+    runs = [r for r in data.runs if r.value(task, metric) is not None]
     if not runs:
         return None
     colors = _model_colors(data)
     k = _scale(metric)
-    vals = [k * _value(r, task, metric) for r in runs]  # type: ignore[operator]
+    vals = [k * r.value(task, metric) for r in runs]  # type: ignore[operator]
     fig = _new(6.4, 1.4 + 0.32 * len(runs))
     ax = fig.subplots()
     ys = list(range(len(runs)))[::-1]
@@ -257,7 +253,7 @@ def score_by_run(data: ReportData, task: str, metric: str | None, out_dir: Path)
         ax.annotate(_fmt(v, metric), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
     _control_lines(ax, data, colors, task, metric, vertical=True)
     ax.set_yticks(ys, [r.name for r in runs])
-    if _is_fraction(metric):
+    if is_fraction(metric):
         ax.set_xlim(0, 110)
     ax.set_xlabel(_axis_label(task, metric))
     ax.set_title(f"{task} per run, last evaluated checkpoint; references dashed/dotted", fontsize=10)
@@ -293,7 +289,7 @@ def score_per_epoch(data: ReportData, out_dir: Path) -> FigureFile | None:
         ax.axvline(x, color="#555", lw=1.0, ls="-.", zorder=0, gid=f"stage:{name}")
         ax.annotate(name, (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
                     ha="left", va="top", fontsize=8, color="#555")
-    if _is_fraction(metric):
+    if is_fraction(metric):
         ax.set_ylim(-3, 105)
     ax.set_xlabel("epoch (checkpoint epoch_N" + ("; STAGE/epoch_K under it; dash-dot: a new stage)" if ticks != [
         str(e) for e in epochs] else ")"))
@@ -348,12 +344,6 @@ def throughput_memory(data: ReportData, out_dir: Path) -> FigureFile | None:
                  "peak memory per run; from each run's `summary.json`.")
 
 
-def _figure_metrics(primary: str | None, metrics: list[str]) -> list[str]:
-    """The primary metric first, then the others; standard errors are uncertainty, not scores."""
-    rest = [m for m in metrics if m != primary and m.split("/")[-1] not in ("stderr", "std")]
-    return ([primary] if primary else []) + rest
-
-
 def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]:
     """All figures that have data to show, by key. Old figure files are removed first."""
     out_dir = Path(out_dir)
@@ -364,7 +354,7 @@ def make_figures(data: ReportData, out_dir: str | Path) -> dict[str, FigureFile]
     swept = [f for f in data.factors if f not in ("model", "dataset", "seed")]  # seeds are replicates
     for factor in swept:
         for task in data.tasks:
-            for metric in _figure_metrics(task.primary_metric, task.metrics):
+            for metric in task.shown_metrics():
                 figs.append(score_by_factor(data, factor, task.name, metric, out_dir))
     if not swept:
         figs += [score_by_run(data, t.name, t.primary_metric, out_dir) for t in data.tasks]

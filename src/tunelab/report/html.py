@@ -29,11 +29,6 @@ def _cell(text: str) -> dict[str, str]:
     return {"html": inline_html(t), "cls": cls}
 
 
-def _figure_src(report_dir: Path, rel: str) -> str:
-    data = (report_dir / rel).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
 def _block(b: Any, report_dir: Path, highlight: set[str]) -> dict[str, Any]:
     if isinstance(b, Para):
         return {"type": "para", "html": inline_html(b.text)}
@@ -47,7 +42,8 @@ def _block(b: Any, report_dir: Path, highlight: set[str]) -> dict[str, Any]:
     if isinstance(b, Code):
         return {"type": "code", "text": b.text}
     if isinstance(b, Figure):
-        return {"type": "figure", "src": _figure_src(report_dir, b.path), "caption": inline_html(b.caption),
+        src = "data:image/png;base64," + base64.b64encode((report_dir / b.path).read_bytes()).decode("ascii")
+        return {"type": "figure", "src": src, "caption": inline_html(b.caption),
                 "alt": b.alt, "path": b.path}
     if isinstance(b, Headline):
         return {"type": "headline", "title": inline_html(b.title), "lines": [inline_html(x) for x in b.lines],

@@ -84,15 +84,10 @@ def measured_training_s(run: RunData) -> float | None:
     return round((s.startup_s or 0.0) + s.duration_s + (s.finish_s or 0.0), 3)
 
 
-def eval_shares(run: RunData) -> list[tuple[str, str, float, int]]:
-    """(label, task, seconds this target × task accounts for, target × tasks sharing its wall time)."""
-    return [(s.label, s.task, s.duration_s / max(1, s.concurrent or 1), s.concurrent or 1)
-            for s in read_scores(run.run_dir)]
-
-
 def measured_eval_s(run: RunData) -> float | None:
-    shares = eval_shares(run)
-    return round(sum(s for _, _, s, _ in shares), 3) if shares else None
+    """Each target × task's seconds, a wall time shared by `concurrent` of them split among them, summed."""
+    scores = read_scores(run.run_dir)
+    return round(sum(s.duration_s / max(1, s.concurrent or 1) for s in scores), 3) if scores else None
 
 
 def run_checks(run: RunData) -> RunChecks:

@@ -10,7 +10,7 @@ from typing import Any
 from tunelab.fsutil import human_bytes
 from tunelab.report.checked import checked_section
 from tunelab.report.data import ReportData, RunData, weights_size
-from tunelab.report.document import Bullets, Code, Document, Figure, Headline, Para, Section, Table
+from tunelab.report.document import Bullets, Code, Document, Headline, Para, Section, Table
 from tunelab.report.effects import FactorEffect
 from tunelab.report.evaluation import diff_text, evaluation, prompt_table, show_ci
 from tunelab.report.figures import FigureFile
@@ -38,10 +38,6 @@ def fnum(v: Any, fmt: str = "{:.4g}") -> str:
 
 def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
-
-
-def pp(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:+.1f} pp"
 
 
 size = human_bytes
@@ -238,16 +234,12 @@ def training(data: ReportData, figs: dict[str, FigureFile]) -> Section:
             + " — losses so far are in the figure."))
     for key in ("loss_curves", "throughput_memory"):
         if key in figs:
-            blocks.append(_fig(figs[key]))
+            blocks.append(figs[key].block())
     return Section("Training results", blocks)
 
 
 def _or_unknown(v: int | None) -> str:
     return "?" if v is None else str(v)
-
-
-def _fig(f: FigureFile) -> Figure:
-    return Figure(f"figures/{f.path.name}", f.caption, alt=f.key.replace("_", " "))
 
 
 def storage(data: ReportData) -> Section:
@@ -342,7 +334,7 @@ def compose(data: ReportData, f: Findings, figs: dict[str, FigureFile]) -> Docum
     at_a_glance = Section("At a glance", [headline(data, f)])
     key = next((k for k in figs if k.startswith("score_by_")), None) if f.replication is None else None
     if key:
-        at_a_glance.blocks.append(_fig(figs[key]))
+        at_a_glance.blocks.append(figs[key].block())
     rest = {k: v for k, v in figs.items() if k != key}
 
     maybe = [at_a_glance, overview(data), data_section(data.experiment_dir), checkpoints(data),

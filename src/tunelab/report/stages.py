@@ -3,19 +3,13 @@ headline score after each, so a reader follows a curriculum from first stage to 
 
 from __future__ import annotations
 
-from typing import Any
-
+from tunelab.data.ordering import order_text
 from tunelab.report.data import ReportData, RunData, TaskInfo
 from tunelab.report.document import Para, Section, Table
 from tunelab.report.evaluation import show_ci
 from tunelab.rundir.config import StageConfig
 from tunelab.rundir.layout import COMPLETED, PENDING, STAGES_FILE
 from tunelab.rundir.stages import StageRecord
-
-
-def order_text(order: Any) -> str:
-    """A stage's order as the spec writes it: shuffled, as_given, by_length or by_field: NAME."""
-    return order if isinstance(order, str) else f"by_field: {order.by_field}"
 
 
 def _epochs_text(rec: StageRecord | None, stage: StageConfig) -> str:
@@ -30,9 +24,7 @@ def _epochs_text(rec: StageRecord | None, stage: StageConfig) -> str:
 
 def _not_done(run: RunData, index: int) -> str:
     """A stage stages.json does not list yet: the run's state for the stage it is in, else pending."""
-    if index == len(run.stages) and run.state not in (PENDING, COMPLETED):
-        return run.state
-    return "pending"
+    return run.state if index == len(run.stages) and run.state not in (PENDING, COMPLETED) else "pending"
 
 
 def _score_after(run: RunData, rec: StageRecord | None, head: TaskInfo | None) -> str:

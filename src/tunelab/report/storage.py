@@ -21,7 +21,7 @@ def predicted_blocks(data: ReportData) -> list[Table | Para]:
         rows.append([r.name, f"{human_bytes(disk.adapter_bytes)} / {human_bytes(adapter)}",
                      f"{disk.epoch_checkpoints} / {len(r.checkpoints)}", f"{disk.trainer_states_kept} / {kept}",
                      f"{human_bytes(disk.total_bytes)} / {human_bytes(r.dir_bytes)}",
-                     _drift(disk.total_bytes, r.dir_bytes)])
+                     f"{(r.dir_bytes - disk.total_bytes) / disk.total_bytes:+.0%}" if disk.total_bytes else "—"])
     if not rows:
         return []
     return [Table(["Run", "Adapter (predicted / measured)", "Epoch checkpoints", "Trainer states kept",
@@ -30,7 +30,3 @@ def predicted_blocks(data: ReportData) -> list[Table | Para]:
                   "LoRA shapes, logs and evaluation logs estimated); measured: the run directory now. A run still "
                   "training or not yet evaluated holds less than predicted; `tunelab archive` removes trainer "
                   "states.")]
-
-
-def _drift(predicted: int, measured: int) -> str:
-    return f"{(measured - predicted) / predicted:+.0%}" if predicted else "—"

@@ -80,13 +80,6 @@ def _loss_panel(ax, shown: list[TrialPoint]) -> None:
     ax.set_ylabel("validation loss (nats/token)")
 
 
-def _score_panel(ax, scored: list[TrialPoint], objective: Objective) -> None:
-    """The evaluated trials' objective (those that trained their whole budget)."""
-    ax.scatter([p.learning_rate for p in scored], [p.score for p in scored], marker="o", color="#2ca02c",
-               label="evaluated trial", zorder=3)
-    ax.set_ylabel(f"{objective.words} ({'lower' if objective.lower_is_better else 'higher'} is better)")
-
-
 def _mark(ax, points: list[TrialPoint], y: str) -> None:
     """Each trial's number beside it, the chosen one ringed; the log rate axis, decades labelled."""
     for p in points:
@@ -123,7 +116,9 @@ def trials_figure(combination: str, points: list[TrialPoint], out_dir: Path,
     if evaluated:
         assert objective is not None
         score_ax = fig.add_subplot(1, 2, 2)
-        _score_panel(score_ax, scored, objective)
+        score_ax.scatter([p.learning_rate for p in scored], [p.score for p in scored], marker="o", color="#2ca02c",
+                         label="evaluated trial", zorder=3)
+        score_ax.set_ylabel(f"{objective.words} ({'lower' if objective.lower_is_better else 'higher'} is better)")
         _mark(score_ax, scored, "score")
         score_ax.set_title(f"judged by {objective.words}", fontsize=10)
         judged = f"validation loss (left; what the pruner stops trials on) and {objective.words} (right; what the " \

@@ -131,9 +131,7 @@ class RunConfig(_Strict):
 
     def dataset_named(self, name: str | None) -> DatasetSpec:
         """The run's own dataset (None or its name) or one an eval task names."""
-        if name is None or name == self.dataset.name:
-            return self.dataset
-        return self.eval_datasets[name]
+        return self.dataset if name is None or name == self.dataset.name else self.eval_datasets[name]
 
 
 def _rebased(value: Any, old: str, new: str) -> Any:

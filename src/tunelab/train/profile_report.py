@@ -115,11 +115,6 @@ def _intervals(events: Iterable[Any]) -> list[_Interval]:
     return sorted(out, key=lambda i: (i.start, -i.end))
 
 
-def _is_top_level_op(e: Any) -> bool:
-    parent = e.cpu_parent
-    return e.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::"))
-
-
 def summarize(events: list[Any], device: str, note: str = "") -> StepProfile:
     """Each event attributed to the innermost interval it started in (a sweep over both, by start time)."""
     intervals = _intervals(events)
@@ -163,7 +158,8 @@ def _open(stack: list[_Interval], interval: _Interval, costs: dict[Part, PartCos
 
 
 def _count(e: Any, cost: PartCost) -> None:
-    if _is_top_level_op(e):
+    parent = e.cpu_parent  # an op at the top of the aten:: calls counts once, its inner aten:: calls not again
+    if e.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::")):
         cost.ops += 1
     if e.name in (SYNC_OPS if cost.kernels is None else CUDA_SYNCS):
         cost.syncs += 1

@@ -32,9 +32,7 @@ def load_kwargs(quantize: str | None, dtype) -> dict[str, Any]:
 
 def prepare(model, quantize: str | None, activation_checkpointing: bool, frozen_dtype: str = QLORA_FROZEN_DTYPE):
     """The k-bit preparation of a 4-bit base (models/kbit.py); a model that is not quantized is unchanged."""
-    if quantize is None:
-        return model
-    return prepare_kbit(model, frozen_dtype, activation_checkpointing)
+    return model if quantize is None else prepare_kbit(model, frozen_dtype, activation_checkpointing)
 
 
 def _cuda() -> bool:
