@@ -6,12 +6,10 @@ over GPU counts (forecast/gpus.py) or a plan that weighs both layouts then simul
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tunelab.estimate.simulator.figures import SimulatedMemory
 from tunelab.spec.resources import Strategy
-
-if TYPE_CHECKING:
-    from tunelab.estimate.simulator.run import SimulatedMemory
 
 FSDP_GATHERED_LAYERS = 2
 
