@@ -185,10 +185,14 @@ def why_not() -> str | None:
 
 
 def answers(address: str) -> bool:
-    """A Ray job server answers there (a cluster already running: used as it is, and left running)."""
+    """A Ray job server answers there (a cluster already running: used as it is, and left running). Its jobs API,
+    not /api/version alone: the dashboard answers that before its job module is up (404 on a loaded machine)."""
     try:
-        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as reply:
-            return reply.status == 200
+        for path in ("/api/version", "/api/jobs/"):
+            with urllib.request.urlopen(f"{address}{path}", timeout=2) as reply:
+                if reply.status != 200:
+                    return False
+        return True
     except OSError:
         return False
 

@@ -1,0 +1,124 @@
+"""The demo sweep on a two-node Ray cluster beside the same sweep here (issue 67's goals): accuracies equal, the
+makespan the plan predicted against the one measured, and tunelab's overhead per run on Ray beyond the same run local.
+
+The cluster is the suite's (tests/raycluster.py SUITE: a head and a second node, one CPU each, in network namespaces;
+root needed). In turn: the demo sweep (`tunelab demo`'s spec: 2 tiny models x 2 ranks + 2 controls) run here with
+`tunelab run` then `tunelab eval`, which fills the history the Ray plan then reads (a history of its own); the same spec for Ray planned
+(`plan --json`: its forecast's makespan, P10-P90), scaffolded and run with `tunelab run --wait`, timed from the
+command to its end. A run's overhead is its training job's time from submission to the end tunelab recorded (the
+ledger's jobs rows: submitted_at, updated_at) on Ray less the same on the local run; both executors run two at once
+(local: two CPU shares; Ray: two one-CPU nodes). Every job runs at one thread (OMP_NUM_THREADS=1 here as on a
+one-CPU Ray node). Prints one table and the three goal lines; exit 1 when accuracies differ.
+
+    python benchmarks/ray_demo.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from tunelab.demo import prepare_inputs
+from tunelab.ledger import store as ledger
+from tunelab.spec.resources import ExecutorKind
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import raycluster  # noqa: E402  (the tests' cluster, in network namespaces)
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # TUNELAB_HISTORY: main() gives it one
+
+
+def tunelab(*args: str, log: Path) -> float:
+    """`tunelab ARGS` as a user types it; its wall seconds (its output appended to `log`)."""
+    t0 = time.monotonic()
+    with open(log, "a") as out:
+        code = subprocess.run([sys.executable, "-m", "tunelab", *args], env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    if code != 0:
+        raise SystemExit(f"tunelab {' '.join(args)} exited {code}: see {log}")
+    return time.monotonic() - t0
+
+
+def job_seconds(exp: Path) -> dict[str, float]:
+    """Each run's training job: submission to the end tunelab recorded, s."""
+    rows = ledger.query(exp, "SELECT run, submitted_at, updated_at FROM jobs WHERE kind = 'train' AND "
+                             "failure = 'completed'")
+    return {r["run"]: (dt.datetime.fromisoformat(r["updated_at"]) - dt.datetime.fromisoformat(r["submitted_at"]))
+            .total_seconds() for r in rows}
+
+
+def scores(exp: Path) -> dict[str, float | None]:
+    out = subprocess.run([sys.executable, "-m", "tunelab", "results", str(exp), "--json"], env=ENV,
+                         capture_output=True, text=True, check=True).stdout
+    return {r["name"]: r["score"] for r in json.loads(out)["runs"]}
+
+
+def spec_for(out: Path, executor: ExecutorKind, address: str | None) -> Path:
+    spec_path = prepare_inputs(out, Console(quiet=True), executor)
+    if address:
+        spec = yaml.safe_load(spec_path.read_text())
+        spec["resources"]["address"] = address
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec_path
+
+
+def main(out: Path) -> int:
+    why = raycluster.why_not()
+    if why is not None:
+        print(f"not run: {why}")
+        return 1
+    log = out / "commands.log"
+    ENV["TUNELAB_HISTORY"] = str(out / "history.db")  # the local runs alone teach the Ray plan
+    print(f"load average at the start {os.getloadavg()[0]:.1f}; work in {out}", flush=True)
+    cluster, started = raycluster.start_cluster()
+    try:
+        local = spec_for(out / "local", ExecutorKind.LOCAL, None)
+        tunelab("scaffold", str(local), log=log)
+        local_wall = tunelab("run", str(local.parent), log=log) + tunelab("eval", str(local.parent), log=log)
+        ray = spec_for(out / "ray", ExecutorKind.RAY, cluster.address)
+        plan = json.loads(subprocess.run([sys.executable, "-m", "tunelab", "plan", str(ray), "--json"], env=ENV,
+                                         capture_output=True, text=True, check=True).stdout)
+        fc = plan["forecast"]
+        tunelab("scaffold", str(ray), log=log)
+        ray_wall = tunelab("run", str(ray.parent), "--wait", log=log)
+        print(subprocess.run([sys.executable, "-m", "tunelab", "status", str(ray.parent)], env=ENV,
+                             capture_output=True, text=True, check=False).stdout, flush=True)
+    finally:
+        if started:
+            cluster.stop()
+    here, there = job_seconds(local.parent), job_seconds(ray.parent)
+    print(f"\n{'run':<22}{'local job s':>12}{'Ray job s':>11}{'Ray - local':>13}")
+    for run in sorted(here):
+        print(f"{run:<22}{here[run]:>12.1f}{there.get(run, float('nan')):>11.1f}"
+              f"{there.get(run, float('nan')) - here[run]:>+13.1f}")
+    over = [there[r] - here[r] for r in here if r in there]
+    s_here, s_there = scores(local.parent), scores(ray.parent)
+    error = (fc["makespan_s"] - ray_wall) / ray_wall * 100
+    print(f"\nlocal sweep (run + eval): {local_wall:.1f} s; Ray sweep (`run --wait`, evaluation included): "
+          f"{ray_wall:.1f} s")
+    print(f"makespan: predicted {fc['makespan_s']:.1f} s (P10-P90 {fc['makespan_p10_s']:.1f}-"
+          f"{fc['makespan_p90_s']:.1f}), measured {ray_wall:.1f} s: {error:+.1f} % (goal within 15 %)")
+    print(f"overhead per run on Ray beyond local: median {statistics.median(over):+.1f} s, "
+          f"{min(over):+.1f} to {max(over):+.1f} (goal <= 3 s)")
+    same = s_here == s_there
+    print(f"accuracies: {'the same' if same else 'DIFFERENT'} ({s_there} on Ray, {s_here} here)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    sys.exit(main(args.out or Path(tempfile.mkdtemp(prefix="ray-demo-"))))
