@@ -153,6 +153,24 @@ def write_spec(tmp_path, spec_in):
     return lambda **overrides: spec_in(tmp_path / "exp", **overrides)
 
 
+@pytest.fixture
+def quiet_planning(monkeypatch):
+    """A plan's readings of the live machine, besides its own timing of the shape, given: no others' load while
+    planning (host/adapt.py: the threads a job would take; forecast/loadnow.py: the slowdown priced for the load),
+    and the job's loop and its fresh interpreter's imports (forecast/loopcost.py: a process of its own). Why: the
+    suite's other worker, or anything else on the machine, changed the threads and the load factor from one plan to
+    the next of the same test, and its processes took minutes under load; tests/unit/test_plan_under_load.py checks
+    the load's mechanism on loads it gives."""
+    from tunelab.forecast import cpu_sharing, loadnow, loopcost
+    from tunelab.host import adapt
+
+    monkeypatch.setattr(adapt, "load_while_planning", lambda: None)
+    monkeypatch.setattr(cpu_sharing, "load_while_planning", lambda: None)
+    monkeypatch.setattr(loadnow, "planning_window", lambda: None)
+    monkeypatch.setattr(loopcost, "loop_overhead",
+                        lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given", imports_s=1.0))
+
+
 @pytest.fixture(scope="session")
 def workspace_spec(tiny_model, caps_dataset, spec_in):
     """workspace_spec(root, **overrides) -> root/exp/experiment.yaml naming copies of the tiny model and the data

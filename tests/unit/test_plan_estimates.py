@@ -10,8 +10,9 @@ from tunelab.plan.planner import make_plan
 
 
 @pytest.fixture(autouse=True)
-def fresh_history(tmp_path, monkeypatch):
-    """Each test starts from its own empty history (other tests in the session add real runs)."""
+def fresh_history(tmp_path, monkeypatch, quiet_planning):
+    """Each test starts from its own empty history (other tests in the session add real runs), its plans priced
+    as on an idle machine (conftest's quiet_planning): two plans of a test get the same threads and load."""
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
 
 
@@ -47,7 +48,7 @@ def test_no_history_on_cpu_times_the_shape_here(write_spec):
 
 
 def test_a_model_too_large_to_time_is_priced_by_a_timed_matmul_as_a_model_with_its_wider_width(
-        write_spec, tiny_model, monkeypatch):
+        write_spec, tiny_model, monkeypatch, tmp_path):
     """Above MAX_TIMED_PARAMETERS (lowered here so that the tiny model is 'too large') the plan times a matrix
     product and prices training at an assumed share of it: one timed constant in a FLOPs model, so kind `model`
     (σ 0.80 assumed, wider than a real timing's 0.60), its source saying what was timed; gradient checkpointing
@@ -62,6 +63,9 @@ def test_a_model_too_large_to_time_is_priced_by_a_timed_matmul_as_a_model_with_i
     from tunelab.rundir.estimate import SourceKind
 
     monkeypatch.setattr(cpuspeed, "MAX_TIMED_PARAMETERS", 0)
+    # its own cache: the product both plans read is the one the first timed (the suite's other worker, timing the
+    # same key meanwhile, could replace it in a shared one between the two plans)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     plain = make_plan(write_spec(factors={"lora_rank": [4]})).estimates["tiny_r4"]
     assert plain.time_kind == "model" and plain.startup_kind == "timed"
     got = re.match(r"model: a 128² matrix product timed here ran at ([\d.,]+) GFLOP/s; training at 50% of it "

@@ -16,7 +16,9 @@ from tunelab.plan.planner import make_plan
 
 
 @pytest.fixture(autouse=True)
-def fresh_history(tmp_path, monkeypatch):
+def fresh_history(tmp_path, monkeypatch, quiet_planning):
+    """Its own empty history; the plans priced as on an idle machine (conftest's quiet_planning), so that a stage
+    and the same run planned alone see the same threads and load."""
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
 
 

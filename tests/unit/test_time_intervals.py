@@ -131,14 +131,15 @@ def test_contended_rows_are_used_only_when_nothing_else_was_measured():
     assert (row.per_token_s, row.step_fixed_s, row.startup_s, row.finish_s) == pytest.approx((1e-4, 0.1, 4.0, 0.5))
 
 
-def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, monkeypatch):
+def test_a_plan_corrected_by_its_sources_recorded_errors(write_spec, tmp_path, monkeypatch, quiet_planning):
     """A real plan on CPU, three times: with no records its run is timed here (kind `timed`: σ 0.30 assumed, widened
     by the timed steps' spread), the start-up and the rest combined as independent parts (each side's distance
     from the P50 added in quadrature); with four recorded errors of `timed` training predictions on this CPU (all
     2× slow) the training part is ×2 in full and 2× is inside its interval, still the assumed width (4 < 9); with
     nine (2× give or take) the rest's P10 and P90 are the records' smallest and largest around their median. The
     start-up (its own `timed` part, nothing recorded of it) is left as it was. The figures the plan measured
-    (start-up, the rest, the spread) are read from it; the rule's constants are written here."""
+    (start-up, the rest, the spread) are read from it; the rule's constants are written here. The load while
+    planning is given (none: conftest's quiet_planning), so that the three plans price the same timing alike."""
     from tunelab.plan.planner import make_plan
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))

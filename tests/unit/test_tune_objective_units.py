@@ -69,7 +69,8 @@ def test_the_search_chooses_the_best_trial_whichever_way_is_better(objective, va
     assert rate.learning_rate == study.trials[best].params[PARAM]
 
 
-def test_the_plan_prices_an_evaluation_for_each_trial_expected_to_finish(write_spec):
+def test_the_plan_prices_an_evaluation_for_each_trial_expected_to_finish(write_spec, quiet_planning):
+    """Two plans compared: the load while planning given (none, conftest's quiet_planning), so both price alike."""
     tune = {"learning_rate": {"low": 1e-4, "high": 1e-2}, "trials": 2, "budget": 0.25}
     spec = write_spec(factors={"lora_rank": [4]}, tune=tune)
     by_loss = make_plan(spec).search[0]
