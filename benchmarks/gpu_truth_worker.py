@@ -132,10 +132,10 @@ def leftover_bytes() -> int:
 
 
 def main(argv: list[str]) -> int:
+    from tunelab.host.startup import skip_unused_packages
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK
     from tunelab.train.metrics import process_age_s
-    from tunelab.train.unused_packages import skip_unused_packages
 
     plan = json.loads(Path(argv[0]).read_text())
     status_dir = Path(plan["status_dir"])

@@ -65,7 +65,7 @@ NUM = r"([+-]?[\d,]+(?:\.\d+)?)"  # a printed number: sign, thousands commas, de
 PRELOADED = ("transformers.models.llama.modeling_llama", "tunelab.models.attention", "tunelab.models.lora",
              "tunelab.models.tiny", "tunelab.data.capitalization", "tunelab.plan.planner", "tunelab.scaffold.write",
              "tunelab.execute.status", "tunelab.estimate.simulator", "tunelab.forecast.runs", "tunelab.evaluate.tasks",
-             "tunelab.evaluate.hf", "tunelab.stats.power", "tunelab.train.step_cost", "tunelab.train.feeding")
+             "tunelab.evaluate.hf", "tunelab.stats.power", "tunelab.train.step_cost", "tunelab.train.loop_hooks")
 SMOKE_TIMEOUT_S = 900
 
 

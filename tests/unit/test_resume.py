@@ -12,8 +12,7 @@ from tunelab.rundir.layout import COUNTERS_FILE
 from tunelab.rundir.metrics import MetricRow
 from tunelab.rundir.order import OrderRecord
 from tunelab.rundir.status import StatusWriter
-from tunelab.train.context import StageContext
-from tunelab.train.held import HeldFiles
+from tunelab.train.context import HeldFiles, StageContext
 from tunelab.train.resume import resume
 
 

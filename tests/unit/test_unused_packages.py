@@ -9,13 +9,13 @@ import json
 import subprocess
 import sys
 
-from tunelab.train.unused_packages import UNUSED_PACKAGES
+from tunelab.host.startup import UNUSED_PACKAGES
 
 CHECK = """
 import importlib, importlib.util, json, sys
 names = json.loads(sys.argv[1])
 before = {n: importlib.util.find_spec(n) is not None for n in names}
-from tunelab.train.unused_packages import skip_unused_packages
+from tunelab.host.startup import skip_unused_packages
 skip_unused_packages()
 from tunelab.train import TRAINING_STACK
 for module in TRAINING_STACK:

@@ -4,9 +4,19 @@ container's mount shows its own cgroup as root). No such files: no quota."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def host_memory_gib() -> float:
+    """This machine's RAM, GiB. OSError where the OS does not say, naming why (never 0: a check against nothing)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError) as exc:
+        raise OSError(f"os.sysconf could not read it: {exc}") from exc
+
 
 PROC_SELF = Path("/proc/self")
 

@@ -13,6 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+UNUSED_PACKAGES = ("wandb", "scipy", "boto3", "botocore")
+
+
+def skip_unused_packages() -> None:
+    """Mark the packages the job never uses as not importable in this process (already imported: kept)."""
+    for name in UNUSED_PACKAGES:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
 
 @contextmanager
 def collector_paused() -> Iterator[None]:

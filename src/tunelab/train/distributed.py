@@ -13,6 +13,15 @@ from typing import Any, NoReturn
 
 from tunelab.spec.resources import Strategy
 
+
+def log(msg: str) -> None:
+    if world().is_main:  # one line per event, not one per process
+        try:
+            print(f"[tunelab train] {msg}", flush=True)
+        except OSError:  # the log's disk is full: the run's own writes say so (NoSpaceError), not a progress line
+            pass
+
+
 # Set by torchrun in every worker; its absence means "not launched by torchrun".
 _WORLD_ENV = "WORLD_SIZE"
 

@@ -14,16 +14,15 @@ from tunelab.errors import TunelabError
 from tunelab.host import threads
 from tunelab.host.adapt import fit_to_free_cores
 from tunelab.host.cpuload import LoadMeter
+from tunelab.host.startup import skip_unused_packages
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.summary import Summary
 from tunelab.train import TRAINING_STACK
-from tunelab.train.console import log
-from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes
-from tunelab.train.held import HeldFiles
+from tunelab.train.context import HeldFiles
+from tunelab.train.distributed import close_process_group, exit_finished_worker, is_worker, local_processes, log
 from tunelab.train.launch import die_with_launcher, launch_run
 from tunelab.train.nodes import node_place
-from tunelab.train.unused_packages import skip_unused_packages
 
 
 def train(cfg: RunConfig) -> Summary | None:

@@ -103,10 +103,10 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
+    from tunelab.host.startup import skip_unused_packages
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK
     from tunelab.train.metrics import process_age_s
-    from tunelab.train.unused_packages import skip_unused_packages
 
     args = sys.argv[1:] if argv is None else argv
     if not args or not all(a.isdigit() and int(a) > 0 for a in args[1:]):

@@ -5,10 +5,12 @@ Kept apart from runner.py (which builds the trainer and drives a run) so each st
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.faults import kill_point, pace_step
 from tunelab.fsutil import space_guard
@@ -21,10 +23,101 @@ from tunelab.train.checkpoints import (
     prune_trainer_checkpoints,
     publish_epoch_checkpoint,
 )
-from tunelab.train.console import log
 from tunelab.train.context import StageContext
-from tunelab.train.distributed import barrier, world
+from tunelab.train.dataloading import TimedIterator
+from tunelab.train.distributed import barrier, log, world
 from tunelab.train.metrics import LocalCounts, MetricsWriter, count_batch, process_age_s, sync_counters
+from tunelab.train.ordering import FixedOrderSampler, OrderLog, order_record, record_draws
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from tunelab.train.metrics import LocalCounts
+
+    _TrainerBase = Trainer  # the class this mixes into, for the type checker: super() calls resolve there
+else:
+    _TrainerBase = object
+
+
+def _innermost_sampler(dataloader) -> Any:
+    """The index sampler under accelerate's wrappers (a BatchSamplerShard in a distributed run)."""
+    bs: Any = getattr(dataloader, "batch_sampler", None)
+    while getattr(bs, "batch_sampler", None) is not None and bs.batch_sampler is not bs:
+        bs = bs.batch_sampler
+    return getattr(bs, "sampler", None)
+
+
+def _epoch_index(epoch: float | None) -> int:
+    """The epoch a float state.epoch lies in (a value a hair below an integer is that integer)."""
+    e = float(epoch or 0.0)
+    return int(round(e)) if math.isclose(e, round(e), abs_tol=1e-6) else int(math.floor(e))
+
+
+class FeedingMixin(_TrainerBase):
+    """Times each fetch of a micro-batch into `local.data_wait`; feeds a fixed order when `fixed_order` is set;
+    records the order every epoch really drew in `order_log` (data_order.jsonl; main process, when set)."""
+
+    fixed_order: list[int] | None = None
+    order_log: OrderLog | None = None
+    order_spec: Any = "shuffled"
+    order_tag: tuple[int, str | None] = (0, None)  # a staged run: (epochs of the stages before, this stage)
+    local: LocalCounts  # set by the runner on the trainer it builds
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        return super().get_batch_samples(TimedIterator(epoch_iterator, self.local.data_wait), num_batches, device)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.fixed_order is not None:
+            return FixedOrderSampler(self.fixed_order)
+        return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        sampler = _innermost_sampler(dataloader)
+        if self.order_log is not None and sampler is not None and self.args.process_index == 0:
+            record_draws(sampler, self._record_order)
+        return dataloader
+
+    def _record_order(self, indices: list[int]) -> None:
+        log = self.order_log
+        if log is None:  # registered only when set (get_train_dataloader)
+            return
+        offset, stage = self.order_tag
+        # the seed the sampler shuffled with: data_seed (the runner sets it), else the Trainer's seed, as in HF
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        rec = order_record(offset + _epoch_index(self.state.epoch), self.order_spec, seed, indices)
+        log.append(replace(rec, stage=stage))
+
+
+class PlainLossMixin(_TrainerBase):
+    """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so there
+    the model computes its own loss from its logits (`plain_loss`): the same value."""
+
+    plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.plain_loss:
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class CountedFlopsMixin:
+    """floating_point_ops from the first step's count per input token: transformers walks every parameter each step,
+    and a LoRA run's do not change (Trainer mixin)."""
+
+    _flops_per_token: float | None = None
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        main = getattr(getattr(self, "model", None), "main_input_name", "input_ids")
+        tokens = inputs[main].numel() if hasattr(inputs.get(main), "numel") else 0
+        if not tokens:
+            return super().floating_point_ops(inputs)  # type: ignore[misc]
+        if self._flops_per_token is None:
+            self._flops_per_token = super().floating_point_ops(inputs) / tokens  # type: ignore[misc]
+        return round(self._flops_per_token * tokens)
+
 
 # Debug/test knob: a directory where every process appends the token ids of each micro-batch it trained on
 # (seen.rank<R>.jsonl), so a test can prove each example is seen once per epoch across all processes.
@@ -47,14 +140,11 @@ def record_seen(step: int, inputs: dict[str, Any]) -> None:
 def make_trainer_class():
     from trl import SFTTrainer
 
-    from tunelab.train.feeding import FeedingMixin
-    from tunelab.train.losses import PlainLossMixin
     from tunelab.train.sharding import ShardingMixin
-    from tunelab.train.step_flops import CountedFlopsMixin
 
     class CountingSFTTrainer(FeedingMixin, PlainLossMixin, ShardingMixin, CountedFlopsMixin, SFTTrainer):
         """Counts every micro-batch's tokens and times evaluations and saves; saves and resumes a sharded model; takes
-        the model's own loss where losses.py says; counts a step's FLOPs without walking the parameters."""
+        the model's own loss where plain_loss says; counts a step's FLOPs without walking the parameters."""
 
         counters: Counters
         local: LocalCounts

@@ -119,7 +119,7 @@ def peak_memory() -> tuple[float, MemoryKind]:
 
 class MetricsWriter:
     """Appends one metrics.jsonl row per logging step (training) or evaluation (validation), and to `rows`,
-    the file's rows as the job holds them (kept at resume: train/held.py), so the job never reads it back."""
+    the file's rows as the job holds them (kept at resume: train/context.py), so the job never reads it back."""
 
     def __init__(self, run_dir: Path, counters: Counters, stage: str | None = None,
                  rows: list[MetricRow] | None = None):

@@ -3,7 +3,7 @@
 A restarted job resumes from the newest complete trainer checkpoint of its stage; the main process first brings the run
 directory back to that point, so nothing is counted twice: an unpublished epoch_N is published again, metrics.jsonl
 keeps the rows up to the checkpoint's step, a stage starting afresh drops its epochs' orders, and a run starting afresh
-drops every earlier result. The files are read once per job (train/held.py)."""
+drops every earlier result. The files are read once per job (train/context.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from tunelab.rundir.checkpoints import (
 from tunelab.rundir.metrics import MetricRow, read_metrics, write_metrics
 from tunelab.rundir.order import OrderRecord, read_orders, write_orders
 from tunelab.train.checkpoints import checkpoint_at_epoch_end, epoch_index, publish_epoch_checkpoint
-from tunelab.train.console import log
-from tunelab.train.context import StageContext
-from tunelab.train.held import HeldFiles
+from tunelab.train.context import HeldFiles, StageContext
+from tunelab.train.distributed import log
 
 STALE_RESULTS = (layout.METRICS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, layout.ORDER_FILE)
 

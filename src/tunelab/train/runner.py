@@ -35,11 +35,9 @@ from tunelab.rundir.summary import (
 )
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.checkpoints import drop_unfinished_saves
-from tunelab.train.console import log
-from tunelab.train.context import StageContext
+from tunelab.train.context import HeldFiles, StageContext
 from tunelab.train.dataloading import pipeline_summary
-from tunelab.train.distributed import agree, world
-from tunelab.train.held import HeldFiles
+from tunelab.train.distributed import agree, log, world
 from tunelab.train.interrupts import SignalWatch, TrainingStopped, after_stop, make_checkpoint_policy
 from tunelab.train.loop_hooks import make_callback
 from tunelab.train.metrics import LocalCounts, MetricsWriter, job_root, packing_stats

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tunelab.host.spanning import NODE_ADDRESS_ENV
 from tunelab.rundir.summary import ProcessMemory
 from tunelab.spec.resources import Strategy
-from tunelab.train.console import log
-from tunelab.train.distributed import world
+from tunelab.train.distributed import log, world
 
 if TYPE_CHECKING:
     from transformers import Trainer

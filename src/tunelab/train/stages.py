@@ -15,10 +15,8 @@ from tunelab.rundir.config import RunConfig
 from tunelab.rundir.layout import STAGES_FILE
 from tunelab.rundir.stages import StageRecord, read_stage_records, write_stage_records
 from tunelab.rundir.summary import Summary, read_summary
-from tunelab.train.console import log
-from tunelab.train.context import StageContext
-from tunelab.train.distributed import barrier
-from tunelab.train.held import HeldFiles
+from tunelab.train.context import HeldFiles, StageContext
+from tunelab.train.distributed import barrier, log
 from tunelab.train.runner import complete_run, train_run
 
 

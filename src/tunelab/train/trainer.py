@@ -14,10 +14,9 @@ from tunelab.rundir.checkpoints import Counters
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train import quantize
-from tunelab.train.console import log
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import dataloader_args, resolve_workers
-from tunelab.train.distributed import trainer_args, world
+from tunelab.train.distributed import log, trainer_args, world
 from tunelab.train.loop_hooks import make_trainer_class
 from tunelab.train.metrics import LocalCounts
 from tunelab.train.ordering import order_for
