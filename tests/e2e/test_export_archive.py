@@ -309,8 +309,7 @@ def test_status_watch_shows_progress_and_exits_on_a_failure(sweep, names, tmp_pa
 
     from rich.console import Console
 
-    from tunelab.execute.progress import clock
-    from tunelab.execute.status import status_rows
+    from tunelab.execute.status import clock, status_rows
     from tunelab.execute.watch import watch
     from tunelab.rundir.metrics import RECENT_ROWS
 

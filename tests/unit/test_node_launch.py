@@ -13,7 +13,7 @@ import pytest
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import JobKind
 from tunelab.execute.local_jobs import Devices
-from tunelab.execute.slurm_arrays import array_groups
+from tunelab.execute.slurm_cli import array_groups
 from tunelab.execute.slurm_jobs import sbatch_options, write_slurm_scripts
 from tunelab.execute.slurm_pack import is_packed, pack_groups
 from tunelab.rundir.config import RunConfig

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.execute.slurm_arrays import array_groups, array_spec, shape, write_array_script
+from tunelab.execute.slurm_cli import array_groups, array_spec, shape, write_array_script
 from tunelab.scaffold.write import scaffold
 
 SLURM = {"executor": "slurm", "gpus_per_run": 0, "slurm": {"time_limit": "15", "array_max_running": 2}}

@@ -14,8 +14,7 @@ from tunelab.execute.attempts import all_attempts
 from tunelab.execute.executor import JobInfo, JobKind
 from tunelab.execute.failures import FAILED, NODE_FAIL, OOM, PREEMPTED, TIMEOUT, Failure, SacctRow, requeue_verdict
 from tunelab.execute.jobs import JobRow, all_jobs
-from tunelab.execute.refresh import RECHECK_S, judge_again, judged_without_accounting
-from tunelab.execute.requeues import record_restarts
+from tunelab.execute.refresh import RECHECK_S, judge_again, judged_without_accounting, record_restarts
 from tunelab.execute.slurm_cli import unsure_token
 from tunelab.ledger import store as ledger
 from tunelab.rundir import now_iso

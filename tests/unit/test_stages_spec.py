@@ -88,7 +88,7 @@ def test_carried_optimizer_brings_the_moments_and_keeps_the_new_learning_rate(tm
 
 
 def test_status_shows_the_stage_and_the_epochs_of_all_stages(write_spec):
-    from tunelab.execute.progress import run_progress
+    from tunelab.execute.status import run_progress
     from tunelab.rundir import Status
 
     run = scaffold(write_spec(stages=STAGES, controls=False, factors={"lora_rank": [4]})).runs[0]

@@ -99,12 +99,6 @@ def _stale(claim: Claim, mtime: float) -> bool:
     return time.time() - mtime > STALE_AFTER_S
 
 
-def holder(run_dir: str | Path) -> Claim | None:
-    """The live claim on a run (someone else's or ours), or None when unclaimed or stale."""
-    got = _read(Path(run_dir) / CLAIM_FILE)
-    return None if got is None or _stale(*got) else got[0]
-
-
 def claim(run_dir: str | Path) -> str | None:
     """Claim a run: None when ours now, else its holder. Under experiment_lock, so takeovers are safe."""
     path = Path(run_dir) / CLAIM_FILE

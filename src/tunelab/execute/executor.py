@@ -66,11 +66,6 @@ class JobInfo:
     def ended(self) -> bool:
         return not is_active_state(self.state)
 
-    @property
-    def job_state(self) -> JobState | None:
-        """The state as a JobState (None: a word tunelab does not know, which counts as ended)."""
-        return JobState.of(self.state)
-
 
 @dataclass(frozen=True)
 class JobGroup:
@@ -215,6 +210,11 @@ class OneJobEachRun:
 
     def notices(self) -> list[str]:
         return []
+
+    @staticmethod
+    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
+        """submit_all.sh: every run's job.sh in turn here, then eval and report (Ray's `tunelab run` submits)."""
+        return "submit_all.sh.j2", {}
 
 
 class SchedulerRoom:

@@ -208,11 +208,6 @@ class LocalExecutor(OneJobEachRun):
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
         """Nothing beyond job.sh, which scaffold writes for every fine-tuned run."""
 
-    @staticmethod
-    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
-        """submit_all.sh's template (and its own values): every run's job.sh in turn, then eval and report."""
-        return "submit_all.sh.j2", {}
-
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         return Devices(runs)
 

@@ -341,11 +341,6 @@ class RayExecutor(OneJobEachRun):
         if cfg.resources.nodes_per_run > 1:
             write_span_script(cfg, job_ask(cfg, JobKind.TRAIN), python, durable=False)
 
-    @staticmethod
-    def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
-        """submit_all.sh: every run's job.sh in turn here, then eval and report (`tunelab run` submits to Ray)."""
-        return "submit_all.sh.j2", {}
-
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         self._learn(runs)
         return RayRoom(self.cluster(), {c.name: self.node_ask(c) for c in runs})

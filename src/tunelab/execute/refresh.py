@@ -13,18 +13,45 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.execute.attempts import all_attempts
 from tunelab.execute.executor import UNSEEN, Executor, JobInfo, JobKind
 from tunelab.execute.executors import executor_named
-from tunelab.execute.failures import CANCELLED, FAILED, NODE_FAIL, Failure, classify
+from tunelab.execute.failures import CANCELLED, FAILED, NODE_FAIL, Failure, classify, requeue_verdict
 from tunelab.execute.failures import COMPLETED as JUDGED_COMPLETED
 from tunelab.execute.job_states import JobState, is_active_state
 from tunelab.execute.jobs import JobRow, all_jobs
-from tunelab.execute.requeues import record_restarts
 from tunelab.ledger import store as ledger
-from tunelab.rundir import COMPLETED, Status, read_status
+from tunelab.rundir import COMPLETED, Status, now_iso, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.experiment import is_evaluated, task_names, training_state
 from tunelab.rundir.layout import EVAL_DIR, SCORES_FILE, STATUS_FILE
+
+
+def record_restarts(book: Path, job: JobRow, info: JobInfo, run_dir: Path | None, ex: Executor) -> list[Failure]:
+    """Record the starts of `job` that ended in a requeue and are not recorded yet; returns their verdicts. Accounting
+    that has not caught up is waited for while the job is active (a lost node shows only there); with accounting down,
+    or the job ended, the log tells."""
+    if job.kind != JobKind.TRAIN or info.restarts <= 0:
+        return []
+    mine = [a for a in all_attempts(book) if a.run == job.run and a.job_id == job.job_id]
+    if len(mine) >= info.restarts:
+        return []
+    if info.rows and len(info.earlier) < info.restarts and not info.ended:
+        return []  # accounting answers but lags behind the requeue (seconds): its record says more, look again
+    text = ex.output(run_dir, job.kind, job.job_id) if run_dir is not None else ""
+    earlier = list(info.earlier) if len(info.earlier) == info.restarts else []  # only a full history is aligned
+    started = mine[-1].finished_at if mine else job.submitted_at
+    verdicts = []
+    for start in range(len(mine), info.restarts):
+        verdict = requeue_verdict(earlier[start] if earlier else None, text, start)
+        finished = now_iso()
+        ledger.record_attempt(book, run=job.run, attempt=job.attempt, executor=job.executor, job_id=job.job_id,
+                              node=job.node, started_at=started, finished_at=finished, exit_code=None,
+                              state=verdict.kind, reason=verdict.detail)
+        started = finished
+        verdicts.append(verdict)
+    return verdicts
+
 
 SETTLE_GRACE_S = 120.0  # sacct normally lags by seconds; past this an ended job is judged without it
 REQUEUE_GRACE_S = 600.0  # a job that requeued itself and still looks ended after this has ended
@@ -148,7 +175,7 @@ def judge_job(job: JobRow, cfg: RunConfig | None, info: JobInfo, ex: Executor, s
         status = read_status(cfg.run_dir) if status is None else status
         complete, expected = training_state(cfg.run_dir, status) == COMPLETED, STATUS_FILE
     else:
-        complete = is_evaluated(cfg.run_dir, task_names(cfg)) and info.job_state in (JobState.COMPLETED, UNSEEN)
+        complete = is_evaluated(cfg.run_dir, task_names(cfg)) and JobState.of(info.state) in (JobState.COMPLETED, UNSEEN)
         expected = EVAL_OUTPUTS
     f = classify(info.state, info.exit_code, rows, text, status, complete, expected)
     detail = f.detail

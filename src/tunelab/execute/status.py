@@ -18,15 +18,43 @@ from tunelab.execute.executor import Executor, JobKind
 from tunelab.execute.failures import CANCELLED, COMPLETED, FailureKind
 from tunelab.execute.job_states import JobState
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
-from tunelab.execute.progress import run_progress
 from tunelab.execute.refresh import executors_for, refresh
 from tunelab.ledger import store as ledger
 from tunelab.ledger.results import TYPES
 from tunelab.rundir import COMPLETED as DONE
-from tunelab.rundir import PENDING, RUNNING, Status, now_iso, read_status
+from tunelab.rundir import PENDING, RUNNING, Status, now_iso, read_metrics, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
 from tunelab.rundir.layout import RunState
+from tunelab.rundir.metrics import seconds_left
+
+
+def eta_seconds(cfg: RunConfig, status: Status) -> float | None:
+    """Seconds left at the run's live pace (rundir/metrics.py `seconds_left`); None before a step or once done."""
+    if not status.step or not status.total_steps or status.step >= status.total_steps:
+        return None
+    return seconds_left(read_metrics(cfg.run_dir), status.step, status.total_steps)
+
+
+def clock(secs: float | None) -> str:
+    """12m05s ('' when unknown)."""
+    if secs is None:
+        return ""
+    secs = int(secs)
+    return f"{secs // 60}m{secs % 60:02d}s"
+
+
+def run_progress(cfg: RunConfig, status: Status) -> tuple[str, str]:
+    """("step S/T, epoch E/N", "ETA") or empty strings before the first logged step."""
+    step, total = status.step, status.total_steps
+    if not step or not total:
+        return "", ""
+    epoch = status.epoch
+    epochs = sum(t.epochs for t in cfg.trainings())  # a staged run: its stages' epochs, counted on across them
+    prog = f"step {step}/{total}" + (f", epoch {epoch:.2f}/{epochs}" if epoch is not None and epochs else "")
+    if status.stage and cfg.stages:
+        prog += f", stage {(status.stage_index or 0) + 1}/{len(cfg.stages)} ({status.stage})"
+    return prog, clock(eta_seconds(cfg, status))
 
 
 class RowState(StrEnum):

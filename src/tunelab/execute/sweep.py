@@ -7,6 +7,8 @@ tunelab.db."""
 
 from __future__ import annotations
 
+import shutil
+import socket
 import tempfile
 import time
 from contextlib import ExitStack
@@ -14,19 +16,144 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.execute import claims
+from tunelab.execute import claims, retry
+from tunelab.execute.attempts import all_attempts
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Capacity, Executor, GroupKind, SchedulerUnavailable
-from tunelab.execute.executors import check_options
-from tunelab.execute.follow import handle_ended
-from tunelab.execute.jobs import all_jobs, latest_jobs
-from tunelab.execute.pending import pending
+from tunelab.execute.executor import Capacity, Executor, GroupKind, JobKind, SchedulerUnavailable
+from tunelab.execute.executors import check_options, executor_class
+from tunelab.execute.failures import COMPLETED, PREEMPTED, Failure
+from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
+from tunelab.execute.local_jobs import TRAIN_LOG
 from tunelab.execute.refresh import refresh
 from tunelab.execute.status import RowState, status_row
 from tunelab.execute.submit import check_reachable, submit_group, submit_run
 from tunelab.execute.sweep_view import view_for
 from tunelab.ledger import store as ledger
-from tunelab.rundir.experiment import load_runs, select_runs
+from tunelab.rundir import layout, now_iso
+from tunelab.rundir.config import RunConfig, load_run_config
+from tunelab.rundir.experiment import is_evaluated, load_runs, select_runs, task_names, training_state
+from tunelab.rundir.status import read_status
+
+OUTPUTS = (layout.TRAINER_STATE_DIR, layout.CHECKPOINTS_DIR, layout.EVAL_DIR, layout.METRICS_FILE,
+           layout.STATUS_FILE, layout.SUMMARY_FILE, layout.PACKING_FILE, TRAIN_LOG, layout.SAMPLES_FILE)
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove everything a previous attempt wrote (for --force), keeping run.yaml and the job scripts."""
+    for name in OUTPUTS:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def pending(sweep: Sweep, selected: list[str], force: bool) -> list[Submission]:
+    """The submissions to make, each run claimed then read, so a run just finished is not started again."""
+    latest = latest_jobs(sweep.book)
+    queued = {s.cfg.name for s in sweep.queue}  # retries judged a moment ago
+    out = []
+    for name in selected:
+        cfg = sweep.runs[name]
+        if name in queued or (cfg.kind != "finetune" and not sweep.ex.detached):
+            continue
+        held_by = claims.claim(cfg.run_dir)
+        if held_by is not None:
+            sweep.view.say("[yellow]skip {}: claimed by another coordinator ({})[/yellow]", name, held_by)
+            continue
+        sub = _next_jobs(sweep, cfg, latest.get(name, RunJobs()), force)
+        if sub is None:
+            claims.release(cfg.run_dir)
+        else:
+            out.append(sub)
+    return out
+
+
+def _next_jobs(sweep: Sweep, cfg: RunConfig, rj: RunJobs, force: bool) -> Submission | None:
+    evaluates = sweep.ex.detached  # a scheduler runs each run's evaluation after its training (afterok)
+    if cfg.kind != "finetune":  # controls and eval-only checkpoints: an evaluation job only
+        if (is_evaluated(cfg.run_dir, task_names(cfg)) and not force) or is_active(rj.eval):
+            return None
+        if force and not sweep.dry_run:
+            clear_outputs(cfg.run_dir)
+        return Submission(cfg, False, True, f"{cfg.kind.replace('_', '-')} evaluation")
+    if rj.train is not None and rj.train.active:
+        if rj.train.executor != sweep.ex.name or not evaluates:
+            sweep.view.say("[yellow]skip {}: running elsewhere ({} job {})[/yellow]", cfg.name, rj.train.executor,
+                           rj.train.job_id)
+            return None
+        if not is_active(rj.eval) and not (rj.eval and rj.eval.depends_on == rj.train.job_id):
+            return Submission(cfg, False, True, "evaluation after the queued training job", rj.train.job_id)
+        return None
+    state = training_state(cfg.run_dir)
+    # a live process here (status.json written on this host: its pid says), or a job nobody recorded; a scheduler's
+    # verdict wins over another host's status
+    if state == layout.RUNNING and (rj.train is None or read_status(cfg.run_dir).host == socket.gethostname()):
+        sweep.view.say("[yellow]skip {}: running elsewhere (its job is alive)[/yellow]", cfg.name)
+        return None
+    if state == layout.COMPLETED and not force:
+        if not evaluates or is_evaluated(cfg.run_dir, task_names(cfg)) or is_active(rj.eval):
+            sweep.view.say("[dim]skip {}: completed[/dim]", cfg.name)
+            return None
+        return Submission(cfg, False, True, "evaluation of the completed run")
+    if force and not sweep.dry_run and not is_active(rj.eval):
+        clear_outputs(cfg.run_dir)
+        state = layout.PENDING
+    if rj.train is None:
+        reason = "first submission" if state == layout.PENDING else f"was {state}: resumes from its last checkpoint"
+    else:
+        reason = f"resubmission after {rj.train.failure or rj.train.state} (job {rj.train.job_id})"
+    return Submission(cfg, True, evaluates, reason)
+
+
+def handle_ended(sweep: Sweep) -> None:
+    """Judge every ended job not yet handled: record the attempt, apply the retry policy; skip others' runs."""
+    latest = latest_jobs(sweep.book)
+    for j in all_jobs(sweep.book):
+        if j.handled or j.failure is None:
+            continue
+        cfg = sweep.runs.get(j.run)
+        if j.kind != JobKind.TRAIN or cfg is None:
+            ledger.update_job(sweep.book, j.id, handled=1)
+            continue
+        if claims.claim(cfg.run_dir) is not None:
+            continue
+        retried = _judge(sweep, j, latest[j.run])
+        if not retried:
+            claims.release(cfg.run_dir)
+        if sweep.record:
+            ledger.ingest_all(sweep.exp, [sweep.runs[j.run]])
+
+
+def _judge(sweep: Sweep, j: JobRow, rj: RunJobs) -> bool:
+    """Record one ended training job's attempt; queue its retry when the policy says so. True: queued."""
+    cfg = load_run_config(sweep.runs[j.run].run_dir)  # the newest run.yaml
+    note = j.detail
+    queued = None
+    if j.failure is not None and j.failure != COMPLETED and rj.train is not None and rj.train.id == j.id:
+        preempted = sum(1 for o in all_jobs(sweep.book)  # earlier attempts' preemptions: no budget spent
+                        if o.run == j.run and o.kind == JobKind.TRAIN and o.id != j.id and o.failure == PREEMPTED)
+        decision = retry.decide(cfg, Failure(j.failure, j.detail or "", j.exit), executor_class(j.executor),
+                                preempted)
+        note = f"{j.detail}; {decision.reason}"
+        if decision.retry:
+            if rj.eval is not None and rj.eval.active:  # its afterok can never be satisfied now
+                sweep.ex.cancel([rj.eval.job_id])
+            new_cfg = retry.apply(decision)
+            sweep.runs[cfg.name] = new_cfg
+            queued = Submission(new_cfg, True, sweep.ex.detached, decision.reason)
+    requeued = [a for a in all_attempts(sweep.book) if a.run == j.run and a.job_id == j.job_id]  # requeues.py
+    ledger.record_attempt(sweep.book, run=j.run, attempt=j.attempt, executor=j.executor, job_id=j.job_id,
+                          node=j.node, started_at=requeued[-1].finished_at if requeued else j.submitted_at,
+                          finished_at=now_iso(), exit_code=j.exit,
+                          state=j.failure, reason=note)
+    ledger.update_job(sweep.book, j.id, handled=1, detail=note)
+    if queued is not None:
+        sweep.view.say("[yellow]{}: {}[/yellow]", j.run, note)
+        sweep.queue.append(queued)
+        sweep.view.retrying(queued.cfg)
+    return queued is not None
+
 
 HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts
 

@@ -15,8 +15,7 @@ from rich.text import Text
 
 from tunelab.console import data_table, say, show
 from tunelab.execute.failures import FailureKind
-from tunelab.execute.progress import clock, eta_seconds
-from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed, eval_label
+from tunelab.execute.status import EvalState, RowState, StatusRow, clock, eta_seconds, eval_failed, eval_label
 from tunelab.rundir import MetricRow, Status, read_metrics, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.experiment import load_runs
