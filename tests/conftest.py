@@ -156,17 +156,18 @@ def write_spec(tmp_path, spec_in):
 @pytest.fixture
 def quiet_planning(monkeypatch):
     """A plan's readings of the live machine, besides its own timing of the shape, given: no others' load while
-    planning (host/adapt.py: the threads a job would take; forecast/loadnow.py: the slowdown priced for the load),
+    planning (host/adapt.py: the threads a job would take; forecast/runs.py: the slowdown priced for the load),
     and the job's loop and its fresh interpreter's imports (forecast/loopcost.py: a process of its own). Why: the
     suite's other worker, or anything else on the machine, changed the threads and the load factor from one plan to
     the next of the same test, and its processes took minutes under load; tests/unit/test_plan_under_load.py checks
     the load's mechanism on loads it gives."""
-    from tunelab.forecast import cpu_sharing, loadnow, loopcost
+    from tunelab.forecast import cpu_sharing, loopcost
+    from tunelab.forecast import runs as run_forecast
     from tunelab.host import adapt
 
     monkeypatch.setattr(adapt, "load_while_planning", lambda: None)
     monkeypatch.setattr(cpu_sharing, "load_while_planning", lambda: None)
-    monkeypatch.setattr(loadnow, "planning_window", lambda: None)
+    monkeypatch.setattr(run_forecast, "planning_window", lambda: None)
     monkeypatch.setattr(loopcost, "loop_overhead",
                         lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given", imports_s=1.0))
 

@@ -99,11 +99,12 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     """The timing's rounds and their load are given (the model is still built and warmed up for real): a contended
     round is timed again, up to two more; the round with the smallest slowdown is the figure, its speed multiplied
     by that slowdown, and the cache keeps what was read."""
-    from tunelab.forecast import cpuspeed, loadnow, loopcost
+    from tunelab.forecast import cpuspeed, loopcost
+    from tunelab.forecast import runs as run_forecast
 
     # the job's loop, measured once per machine, given too: its own load is the machine's, not these rounds'
     monkeypatch.setattr(loopcost, "loop_overhead", given_loop)
-    monkeypatch.setattr(loadnow, "planning_window", lambda: None)  # nor is the live load while planning (an xdist
+    monkeypatch.setattr(run_forecast, "planning_window", lambda: None)  # nor is the live load while planning (an xdist
     # sibling's, in CI): the rounds given are the only load this test prices
     given = iter(rounds)
     monkeypatch.setattr(cpuspeed, "_round", lambda step: cpuspeed._Round(*next(given)))

@@ -1,7 +1,7 @@
 """A run priced on first contact (nothing measured on this CPU, no probe) pays what the job adds to its bare
 micro-batches: the job's loop per step (measured once per machine by a real tiny training, train/loop_cost.py),
 ceil(steps / N) validations of its validation split and a save per epoch, each priced by a timing of the shape
-(forecast/firstcontact.py). The loop's figure is checked against the rows the measuring job wrote; the run's time is
+(forecast/runs.py). The loop's figure is checked against the rows the measuring job wrote; the run's time is
 checked against a hand computation from the timings the plan recorded. No measured time is compared with a
 prediction here (benchmarks/estimate_accuracy.py does that)."""
 
@@ -116,7 +116,7 @@ def test_a_failed_loop_measurement_prices_the_loop_at_nothing_and_says_why():
 
 
 def test_validations_are_ceil_of_steps_over_their_interval():
-    from tunelab.forecast.firstcontact import validation_count
+    from tunelab.forecast.runs import validation_count
 
     assert [validation_count(s, 4) for s in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
     assert validation_count(16, None) == 0 and validation_count(0, 4) == 0

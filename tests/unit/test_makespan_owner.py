@@ -12,7 +12,7 @@ from tunelab.cli.common import print_plan
 from tunelab.forecast import sweeptime
 from tunelab.forecast.evalrun import predict_run_eval
 from tunelab.forecast.jobstart import VLLM_SERVER_START_S
-from tunelab.forecast.run_predictions import recorded_estimates
+from tunelab.forecast.ranged import recorded_estimates
 from tunelab.fsutil import human_seconds
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import Plan, make_plan, split_lengths

@@ -122,12 +122,12 @@ def test_a_loaded_run_is_measured_against_idle_runs_of_its_shape_at_the_threads_
 @TWO_CORES
 def test_a_plan_under_load_prices_the_slowdown_measured_under_a_like_load(rule_of_two, write_spec, tiny_model,
                                                                           monkeypatch):
-    from tunelab.forecast import loadnow
+    from tunelab.forecast import runs as run_forecast
 
     window = _loaded(1.0)  # others' share 0.5
     for where in (adapt, cpu_sharing):
         monkeypatch.setattr(where, "load_while_planning", lambda: window)
-    monkeypatch.setattr(loadnow, "planning_window", lambda: window)
+    monkeypatch.setattr(run_forecast, "planning_window", lambda: window)
     params = resolve_architecture(tiny_model).parameters
     idle_row = _row(1, 3000.0, params)
     history.record([idle_row])

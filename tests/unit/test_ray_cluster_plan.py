@@ -14,9 +14,9 @@ import pytest
 from tunelab.catalog import resolve_gpu
 from tunelab.execute import executors
 from tunelab.execute.executor import ClusterFacts, ClusterRead, NodeAsk, NodeFacts
-from tunelab.forecast.cluster_devices import cluster_devices
 from tunelab.forecast.deadline import RunTimeline, judge
-from tunelab.plan.cluster_checks import cluster_lines, cluster_refusals, nodes_text
+from tunelab.forecast.sweeptime import cluster_devices
+from tunelab.plan.validate import cluster_lines, cluster_refusals, nodes_text
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import ResourcesSpec

@@ -2,7 +2,7 @@
 the run's model here — built from its config.json with random weights (speed does not depend on their values), the
 run's LoRA adapters, random tokens, forward, backward and AdamW — and prices the run at that speed; the same model's
 forward without gradients (a validation's unit) and one save of its adapter and optimizer state (a save's bulk) are
-timed beside it (forecast/firstcontact.py prices the run's validations and saves with them, forecast/loopcost.py
+timed beside it (forecast/runs.py prices the run's validations and saves with them, forecast/loopcost.py
 what the job's loop adds).
 What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape: rows of its length, as many
 as fit), and the run's own rows, length and LoRA rank are priced from it by FLOPs per token (speed.py): a real

@@ -3,7 +3,7 @@ job's start-up (forecast/jobstart.py) and a Slurm limit from the worst case (eve
 weakest source's margin. Scaffold writes it into run.yaml's estimate.
 
 A task file's samples are not known before it runs, so a run with one is not predicted (said so). A checkpoint evaluated
-alone takes the loop it would take in a pass (spec/evalloop.py)."""
+alone takes the loop it would take in a pass (spec/evaluation.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from tunelab.ledger.predictions import PredictionRecord
 from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
-from tunelab.spec.evalloop import EvalLoop, evaluation_loop
-from tunelab.spec.evaluation import Engine
+from tunelab.spec.evaluation import Engine, EvalLoop, evaluation_loop
 
 SplitRows = Callable[[RunConfig], dict[str, tuple[tuple[int, int], ...]]]  # (tokens, answer position) per row
 EVAL_BATCH = 16  # evaluation's default batch (evaluate/provider.py DEFAULT_BATCH_SIZE)
@@ -98,7 +97,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
     # engine vllm: the run's checkpoints are resident adapters of one server, their rows batched together: priced as
     # one workload of every target's samples, the server started once
     together = min(targets, cfg.eval.vllm.max_loras or targets) if engine == Engine.VLLM else 1
-    vision = is_vision_language(cfg.model.path)  # with the engine and the task: the loop it takes (spec/evalloop.py)
+    vision = is_vision_language(cfg.model.path)  # with the engine and the task: the loop it takes (spec/evaluation.py)
     seconds = upper = load_s = 0.0
     samples = 0
     sources: list[EvalSource] = []

@@ -21,7 +21,7 @@ Z90 = 1.2816  # the standard normal's 90th percentile
 MIN_SIGMA = 0.05  # no interval narrower than ±6 %: a shared machine's timings move that much between runs
 # The width of each kind before enough errors are recorded (log-space σ: 0.15 ≈ P10–P90 of ×0.82–×1.21). Assumed,
 # stated wherever used; the benchmarks print the share of measured times their intervals cover, and their width.
-# TIMED: first contact priced part by part (forecast/firstcontact.py) lands as close as a probe's real steps
+# TIMED: first contact priced part by part (forecast/runs.py) lands as close as a probe's real steps
 # (benchmarks/first_contact.py), so it takes their width.
 PRIOR_SIGMA = {
     SourceKind.MEASURED: 0.15,

@@ -6,10 +6,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tunelab.forecast.combine import summed
+from tunelab.forecast.deadline import DeadlinePlan
+from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.interval import corrected
 from tunelab.forecast.runs import slurm_time_limit
 from tunelab.ledger.predictions import PredictedPart, PredictionRecord
-from tunelab.rundir.estimate import RunEstimate
+from tunelab.rundir.config import RunConfig
+from tunelab.rundir.estimate import RunEstimate, TimeRange
+
+
+def recorded_estimates(runs: Sequence[RunConfig], estimates: dict[str, RunEstimate],
+                       evaluations: dict[str, RunEvalPrediction], forecast: DeadlinePlan | None
+                       ) -> dict[str, RunEstimate]:
+    """Every run's estimate (a control's made for it) with its evaluation and the sweep's makespan."""
+    span, source = _makespan(forecast)
+    return {cfg.name: evaluations[cfg.name].into(estimates.get(cfg.name) or RunEstimate(run=cfg.name)).model_copy(
+        update={"makespan_s": span.p50_s if span else None, "makespan_range": span, "makespan_source": source})
+        for cfg in runs}
+
+
+def _makespan(forecast: DeadlinePlan | None) -> tuple[TimeRange | None, str]:
+    if forecast is None:
+        return None, "not predicted: the plan made no estimates"
+    if forecast.makespan_s is None or forecast.makespan_p10_s is None or forecast.makespan_p90_s is None:
+        return None, "not predicted: " + "; ".join(forecast.unknown)
+    span = TimeRange(p10_s=forecast.makespan_p10_s, p50_s=forecast.makespan_s, p90_s=forecast.makespan_p90_s,
+                     basis="every run's parts at their P10 / P90, placed as the median is")
+    return span, f"the sweep's forecast on {forecast.devices_source}"
+
 
 TRAINING_PARTS = frozenset({PredictedPart.TRAIN_START, PredictedPart.TRAIN})  # what a training job's records hold
 

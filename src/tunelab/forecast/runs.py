@@ -4,7 +4,7 @@ each number with its source (measured history, or a model when there is none).""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from statistics import median
 from typing import Any
@@ -20,10 +20,9 @@ from tunelab.estimate.peak import MemoryFigure, model_config_of, predict_peak, s
 from tunelab.estimate.simulator import StepShape
 from tunelab.estimate.storage import schedule
 from tunelab.forecast import cpuspeed, loopcost  # their timings looked up when called (tests inject them)
-from tunelab.forecast.cpuspeed import timed_startup
-from tunelab.forecast.firstcontact import VALIDATION_COST, RunOverheads, first_contact_overheads
+from tunelab.forecast.cpuspeed import TimedSpeed, timed_startup
 from tunelab.forecast.gpustep import GpuWork
-from tunelab.forecast.loadnow import load_factor
+from tunelab.forecast.loopcost import LoopOverhead
 from tunelab.forecast.speed import SCALING_EFFICIENCY
 from tunelab.forecast.speedhistory import (
     Speed,
@@ -33,11 +32,82 @@ from tunelab.forecast.speedhistory import (
     same_targets,
     speed_from_history,
 )
+from tunelab.host.adapt import planning_window
 from tunelab.ledger.history import HistoryRun
+from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind
 from tunelab.rundir.summary import calibrates_step_cost, step_cost_seconds
 from tunelab.spec import Strategy, TrainingConfig
+
+MIN_HELD_CORES = 0.5  # others holding less than this while planning: the plan prices as if idle
+LIKE_SHARE = 0.2  # a run measured with others' share of the cores within this of now's was under a like load
+
+
+def load_factor(rows: list[HistoryRun], history: list[HistoryRun], threads: int | None) -> tuple[float, str]:
+    """(factor ≥ 1 the run's time is multiplied by, the source's words); (1, "") when the plan is not under load."""
+    window = planning_window()
+    if window is None or window.wall_s <= 0 or window.others_cores < MIN_HELD_CORES:
+        return 1.0, ""
+    if rows and all(loaded(r) for r in rows):
+        return 1.0, ""
+    held = f"others held {window.others_cores:.1f} of {window.cores} cores while planning"
+    like = [r.measured_slowdown for r in history if r.measured_slowdown and r.others_share is not None
+            and abs(r.others_share - window.others_share) <= LIKE_SHARE]
+    if like:
+        factor = max(1.0, median(like))
+        return factor, f"×{factor:.2f} for the load now ({held}): measured on {len(like)} run(s) under a like load"
+    modelled = replace(window, threads=threads or 1).slowdown  # the job's threads on the cores others left
+    return modelled, (f"×{modelled:.2f} for the load now ({held}): modelled from its share of the cores, a lower "
+                      "bound — no run here was measured under a like load yet")
+
+
+VALIDATION_COST = 1 / 3  # a forward pass costs about a third of a training step (assumed, where none was timed)
+
+
+@dataclass(frozen=True)
+class RunOverheads:
+    """What a first-contact run adds to its micro-batches (loop, validations, saves) and how each was priced."""
+
+    loop_s: float
+    validations: int
+    validation_s: float
+    saves: int
+    save_s: float
+    source: str
+    imports_s: float | None = None  # the loop's measuring job's start-up (a fresh interpreter's imports)
+
+    @property
+    def total_s(self) -> float:
+        return self.loop_s + self.validations * self.validation_s + self.saves * self.save_s
+
+
+def validation_count(steps: int, every: int | None) -> int:
+    """Validations a run of `steps` makes: at every multiple of `every`, and at the last step unless one fell
+    there (train/runner.py `_validate_at_end`) — ceil(steps / every); none without `every`."""
+    return math.ceil(steps / every) if every and steps > 0 else 0
+
+
+def first_contact_overheads(timed: TimedSpeed, loop: LoopOverhead, t: TrainingConfig, steps: int, saves: int,
+                            tokens_per_microbatch: int, validation_tokens: int, processes: int = 1) -> RunOverheads:
+    """The parts a run adds to `steps` steps of micro-batches timed at `timed` (validation tokens as padded)."""
+    n_val = validation_count(steps, t.validation_every_steps)
+    words = [loop.source] if steps else []
+    if timed.forward_s:
+        forward_per_token = timed.forward_s / max(tokens_per_microbatch, 1)
+        how = f"a forward timed here ({timed.forward_s * 1e3:.1f} ms a micro-batch)"
+    else:
+        forward_per_token = VALIDATION_COST / timed.tokens_per_s
+        how = f"a forward at {VALIDATION_COST:.2f} of a training step (assumed)"
+    val_s = forward_per_token * validation_tokens / max(processes, 1)
+    if n_val:
+        words.append(f"+ {n_val} validation(s) of {validation_tokens:,} tokens, {val_s:.2f} s each at {how}")
+    save_s = timed.save_s or 0.0
+    if saves:
+        words.append(f"+ {saves} save(s), {save_s:.2f} s each (its adapter and optimizer state written, timed here)"
+                     if timed.save_s else f"+ {saves} save(s), not priced (none timed for a shape this large)")
+    return RunOverheads(loop.step_s * steps, n_val, val_s, saves, save_s, " ".join(words), loop.imports_s)
+
 
 TIME_LIMIT_MARGIN = 1.5  # SLURM limit = estimate × margin + 5 min, rounded up to 15 min
 ASSUMED_STARTUP_S = 60.0  # model load + tokenization when no past run measured it
@@ -140,7 +210,7 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
                first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
     """(seconds, start-up, source): training at `tps` per device plus validation, checkpoint, start-up and finish from
-    the reference runs; on first contact as forecast/firstcontact.py prices them. Where no row measured a finish, the
+    the reference runs; on first contact as first_contact_overheads prices them. Where no row measured a finish, the
     step-cost calibration the job takes after training."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
     startup = None

@@ -29,7 +29,7 @@ class PendingSearch:
     budget: float
     searched: list[str]
     evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)
-    lanes: int = 1  # combinations searched side by side (tune/lanes.py: the CPU shares of the runs)
+    lanes: int = 1  # combinations searched side by side (tune/search.py: the CPU shares of the runs)
 
     def costs(self, trials: int, budget: float) -> list[SearchCost]:
         return [search_cost(name, run, est, trials, budget, self.evaluations.get(name))

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
-from tunelab.execute import schedule  # schedule.visible_gpus, looked up when called (tests inject GPUs)
+from tunelab.execute import (
+    executors,  # executors.cluster_facts, looked up when called (tests inject a cluster)
+    schedule,  # schedule.visible_gpus, looked up when called (tests inject GPUs)
+)
+from tunelab.execute.executor import NodeAsk
 from tunelab.execute.executors import executor_class
 from tunelab.execute.schedule import Device, cpu_devices
-from tunelab.forecast.cluster_devices import cluster_devices
 from tunelab.forecast.combine import summed
 from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
@@ -33,8 +36,39 @@ from tunelab.ledger.predictions import PredictedPart, PredictionRecord
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate, SourceKind, TimeRange
 from tunelab.spec import ExperimentSpec
-from tunelab.spec.resources import parse_duration
+from tunelab.spec.resources import ResourcesSpec, parse_duration
 from tunelab.spec.tune import objective_task
+
+
+def devices_held(est: RunEstimate | None, gpu: GPU | None) -> int:
+    """The devices one run holds in the forecast: its processes on GPUs, else one (forecast/sweeptime.timeline)."""
+    return est.processes if est is not None and gpu is not None else 1
+
+
+def cluster_devices(resources: ResourcesSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
+                    gpu: GPU | None) -> tuple[list[Device], str] | None:
+    """The nodes' room for these runs as forecast devices, and where it came from; None where the executor reads no
+    cluster. Every node offers room for the largest ask among the runs (what its fine-tuned runs ask: controls ask
+    less), `devices_held` devices a run, node after node (ClusterFacts.slots): a run never spans two nodes."""
+    read = executors.cluster_facts(resources)
+    if read is None:
+        return None
+    if read.facts is None:
+        n = max(1, len(runs))
+        return ([Device(f"job{i}") for i in range(n)],
+                f"every run at once: the cluster {read.address or '(no address)'} could not be read ({read.problem}), "
+                "so the plan goes by the spec alone")
+    asks = [a for c in runs if (a := executors.node_ask(c)) is not None]
+    ask = max(asks, key=lambda a: (a.gpus, a.cpus), default=NodeAsk(1, 0))
+    each = max((devices_held(estimates.get(c.name), gpu) for c in runs), default=1)
+    facts = read.facts
+    slots = facts.slots(ask, each)
+    at_once = len(slots) // each
+    nodes = ", ".join(n.words() for n in facts.nodes) or "none alive"
+    return ([Device(s) for s in slots],
+            f"the nodes of {facts.source} — {nodes} — {at_once} run(s) at once, each asking one node for "
+            f"{ask.words()}; queue wait not predicted")
+
 
 NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
 NOTES = ["evaluation follows each run's training on the same devices",
@@ -163,7 +197,7 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
     notes = list(NOTES)
     if not plan.levered:
         notes.append("levers off: training.levers: auto may shorten the training")
-    lanes = 1 if executor_class(plan.spec.resources.executor).detached else len(devices)  # tune/lanes.py
+    lanes = 1 if executor_class(plan.spec.resources.executor).detached else len(devices)  # tune/search.py
     pending = (pending_search(plan.spec, plan.runs, plan.estimates, search_evaluations(plan, split_rows), lanes)
                if with_search else None)
     if pending is not None and pending.combos:

@@ -8,10 +8,10 @@ from tunelab.data.ordering import order_text
 from tunelab.forecast.deadline import RunTimeline
 from tunelab.forecast.gpus import describe
 from tunelab.fsutil import human_seconds
-from tunelab.plan.cluster_checks import cluster_lines, nodes_text
 from tunelab.plan.deadline_md import deadline_lines, search_lines
 from tunelab.plan.image_checks import image_lines
 from tunelab.plan.storage import storage_lines
+from tunelab.plan.validate import cluster_lines, nodes_text
 from tunelab.rundir.estimate import RunEstimate
 
 if TYPE_CHECKING:

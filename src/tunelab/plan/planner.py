@@ -24,8 +24,7 @@ from tunelab.execute.executors import executor_class
 from tunelab.forecast import cpu_sharing, cpuspeed, levers, sweeptime
 from tunelab.forecast.cpu_sharing import cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
-from tunelab.forecast.ranged import contention_warnings, ranged_training
-from tunelab.forecast.run_predictions import recorded_estimates
+from tunelab.forecast.ranged import contention_warnings, ranged_training, recorded_estimates
 from tunelab.forecast.tunecost import SearchCost
 from tunelab.host.adapt import watch_load
 from tunelab.ledger import history, predictions
@@ -35,13 +34,41 @@ from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
 from tunelab.plan.image_checks import SplitImages, image_token_delta, run_image_facts
 from tunelab.plan.nodes import NodeRaise, node_size, spread_over_nodes
-from tunelab.plan.resolution import resolution_notes
 from tunelab.plan.stage_checks import check_orders, dataset_error, stage_dataset_needs
 from tunelab.plan.storage import plan_storage
 from tunelab.plan.tuned import with_default_twins, with_tuned_rates
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import LeverChoice, RunEstimate
 from tunelab.spec import DatasetSpec, ExperimentSpec, load_spec, resolve_path
+from tunelab.stats.power import detectable_difference
+
+ACCURACY_BUILTINS = ("exact_match", "includes", "choice")
+
+
+def resolution_notes(spec: ExperimentSpec, datasets: dict[str, DatasetInfo]) -> list[str]:
+    """One line per accuracy task × dataset split: the difference under which two runs cannot be told apart."""
+    notes = []
+    for t in spec.eval.resolved_tasks():
+        if t.builtin not in ACCURACY_BUILTINS:
+            continue
+        for name in [t.dataset] if t.dataset else spec.dataset_levels():
+            info = datasets.get(name)
+            n = info.counts.get(t.split) if info else None
+            limit = t.limit or spec.eval.limit
+            if not n:
+                continue
+            n = min(n, limit) if limit else n
+            det = detectable_difference(n)
+            if det.paired is None or det.unpaired is None:
+                notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: too few to resolve any difference "
+                             "in accuracy between two runs (alpha 0.05, power 0.8)")
+                continue
+            notes.append(f"{t.name} on {name} / {t.split}, {n} test samples: differences in accuracy under "
+                         f"~{100 * det.paired:.0f} pp between two runs are not resolvable (paired on the same "
+                         f"samples, assuming {det.discordant:.0%} of them change answer; ~{100 * det.unpaired:.0f} pp "
+                         f"unpaired at {det.baseline:.0%} accuracy); alpha {det.alpha}, power {det.power}")
+    return notes
+
 
 if TYPE_CHECKING:
     from tunelab.data.formatting import ChatMode
@@ -74,7 +101,7 @@ class Plan:
     cpu_sharing: CpuSharing | None = None  # local CPU: runs side by side and threads each (forecast/cpu_sharing.py)
     evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)  # each run's (forecast/evalrun.py)
     recorded: dict[str, RunEstimate] = field(default_factory=dict)  # each run's estimate as run.yaml records it
-    resolution: list[str] = field(default_factory=list)  # what the evaluation can resolve (plan/resolution.py)
+    resolution: list[str] = field(default_factory=list)  # what the evaluation can resolve (resolution_notes)
 
     def totals(self) -> dict[str, Any]:
         secs = [e.seconds for e in self.estimates.values()]

@@ -20,17 +20,57 @@ from tunelab.estimate.dataset import simulate_bfd_packing
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import fits, step_shape
 from tunelab.estimate.simulator import StepShape
+from tunelab.execute import executors  # executors.cluster_facts, looked up when called (tests inject a cluster)
 from tunelab.execute.executors import executor_class
 from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
 from tunelab.forecast.runs import device_peak
 from tunelab.fsutil import load_yaml
-from tunelab.host.memory import host_memory_gib
-from tunelab.plan.cluster_checks import cluster_refusals
+from tunelab.host.cgroup import host_memory_gib
 from tunelab.plan.planner import make_plan, measure_lengths, split_lengths, truncation
 from tunelab.plan.storage import dtype_rule, sweep_storage
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
 from tunelab.rundir.layout import RunState
+from tunelab.spec.resources import ResourcesSpec
+
+
+def cluster_lines(resources: ResourcesSpec) -> list[str]:
+    """plan.md's "Cluster" section: the nodes read now, or why they could not be ([] where no cluster is read)."""
+    read = executors.cluster_facts(resources)
+    if read is None:
+        return []
+    lines = ["## Cluster", ""]
+    if read.facts is None:
+        return lines + [f"The cluster at {read.address or '(no address)'} could not be reached ({read.problem}): "
+                        "this plan goes by the spec alone — every run at once, and no run is checked against the "
+                        "nodes. `tunelab validate` and `tunelab run` read it again.", ""]
+    facts = read.facts
+    lines += [f"Read from {facts.source} when this plan was made: {len(facts.nodes)} alive node(s). The schedule "
+              "places each run on one node that has the CPUs and GPUs it asks for.", "",
+              "| Node | CPUs | GPUs | Memory (GiB) |", "|---|---|---|---|"]
+    lines += [f"| {n.name} | {n.cpus} | {n.gpus} | {n.memory_gib:.1f} |" for n in facts.nodes]
+    return lines + [""]
+
+
+def cluster_refusals(runs: list[RunConfig]) -> dict[str, str]:
+    """{run: its one error} for each run its cluster cannot hold: the run, what it asks of one node (of each, for a
+    run spanning nodes) and what the cluster's nodes have. {} where the cluster is not read or could not be."""
+    out = {}
+    for cfg in runs:
+        read = executors.cluster_facts(cfg.resources)
+        ask = executors.node_ask(cfg)
+        facts = read.facts if read is not None else None
+        why = facts.refusal(ask, cfg.resources.nodes_per_run) if facts is not None and ask is not None else None
+        if why is not None:
+            out[cfg.name] = f"{cfg.name}: {why}"
+    return out
+
+
+def nodes_text(devices: list[str]) -> str:
+    """A run's place on a cluster's nodes in words ('node 10.0.0.1'), from the forecast's 'node:<name>:<i>' devices."""
+    names = dict.fromkeys(d.split(":", 1)[1].rsplit(":", 1)[0] for d in devices)
+    return ", ".join(f"node {n}" for n in names)
+
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Truncation

@@ -6,23 +6,86 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import ValidationError
 
 from tunelab.catalog import GPU
 from tunelab.data.splits import DATA_DIR, PROVENANCE_FILE
 from tunelab.data.verify import provenance_json
 from tunelab.errors import TunelabError
 from tunelab.execute.executors import executor_class
-from tunelab.fsutil import dump_yaml
+from tunelab.execute.retry import differs_only_by_retries
+from tunelab.fsutil import atomic_write_text, dump_yaml, load_yaml
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import Plan, make_plan
 from tunelab.rundir.config import RUN_FILE, RunConfig
 from tunelab.rundir.experiment import SPEC_FILE
-from tunelab.scaffold.files import FileText, write_files
-from tunelab.scaffold.keep import kept_runs
 from tunelab.spec import Strategy, resolve_path
+
+
+def kept_runs(runs: list[RunConfig], texts: dict[str, str], force: bool) -> dict[str, RunConfig]:
+    """The runs whose run.yaml on disk stays (a retry's), by name; raises for a run with results whose config
+    would change, unless `force` (which keeps nothing); a retry's (a smaller batch after an OOM) is kept, or the next
+    job would fail the same way again. `texts`: each run's newly designed run.yaml."""
+    changed = _changed_configs(runs, texts)
+    kept: dict[str, RunConfig] = {}
+    for cfg in runs:
+        if cfg.name not in changed:
+            continue
+        old = changed[cfg.name]
+        if force:
+            continue
+        if old is not None and differs_only_by_retries(old, cfg):
+            kept[cfg.name] = old  # as a retry left it
+            continue
+        # the estimate moves with history: not a change of the run
+        same = old is not None and old.model_copy(update={"estimate": None}) == cfg.model_copy(update={"estimate": None})
+        if not same and ((cfg.run_dir / "status.json").exists() or (cfg.run_dir / "eval").exists()):
+            raise TunelabError(
+                f"run '{cfg.name}' already has results and its config would change; "
+                "use --force to overwrite, or scaffold into another --out directory",
+                file=cfg.run_dir / RUN_FILE,
+            )
+    return kept
+
+
+def _changed_configs(runs: list[RunConfig], texts: dict[str, str]) -> dict[str, RunConfig | None]:
+    """run.yaml files on disk that differ from the newly designed ones, parsed (None: not a valid run config
+    any more) and placed where they are (an experiment scaffolded again after a move compares like for like);
+    the rest are not parsed at all: re-scaffolding a 1,000-run sweep stays fast."""
+    changed: dict[str, RunConfig | None] = {}
+    for cfg in runs:
+        path = cfg.run_dir / RUN_FILE
+        if path.is_file():
+            text = path.read_text()
+            if text != texts[cfg.name]:
+                try:
+                    changed[cfg.name] = RunConfig.model_validate(load_yaml(text) or {}).located(path.parent)
+                except (ValidationError, TunelabError):
+                    changed[cfg.name] = None
+    return changed
+
+
+@dataclass(frozen=True)
+class FileText:
+    """One file to write: where, what, and how."""
+
+    path: Path
+    text: str
+    durable: bool = True  # fsync; a generated file that a rerun rewrites identically skips it
+    executable: bool = False  # a script (job.sh, submit_all.sh)
+
+
+def write_files(files: list[FileText]) -> None:
+    """Write each file atomically (a file that already holds its text is left alone)."""
+    for f in files:
+        atomic_write_text(f.path, f.text, durable=f.durable)
+        if f.executable:
+            f.path.chmod(0o755)
+
 
 _env = Environment(loader=PackageLoader("tunelab.scaffold", "templates"), undefined=StrictUndefined, keep_trailing_newline=True)
 _env.filters["q"] = lambda v: shlex.quote(str(v))  # a path in a shell script (submit_all.sh's check of where it is)
