@@ -21,7 +21,7 @@ from waiting import Feed, wait_for
 
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.train.loop_hooks import DEBUG_SEEN_ENV
-from tunelab.tune.progress import progress_lines
+from tunelab.tune.sweep import progress_lines
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from tunelab.cli import app
 runner = CliRunner()
 WIDTH = 100  # a common terminal: every summary must fit one row at this width
 
-# Written out here, not read from tunelab.cli.panels: the order a newcomer meets the work in.
+# Written out here, not read from tunelab.cli.common: the order a newcomer meets the work in.
 PIPELINE_PANELS = ["Start", "Plan", "Run", "Results", "History", "Data and models", "Assistants"]
 TOUR = ["init", "plan", "scaffold", "run", "eval", "results", "report"]
 

@@ -111,7 +111,7 @@ def test_every_json_option_has_a_schema():
     """A command taking --json has `schema --output` for it (its first word: data, models, skills groups)."""
     import typer.main
 
-    from tunelab.cli.outputs import output_adapters
+    from tunelab.cli.start import output_adapters
 
     def with_json(group, prefix: str = "") -> set[str]:  # typer's own click: read by attributes
         found = set()
@@ -130,7 +130,7 @@ def test_every_json_option_has_a_schema():
 def test_a_schema_documents_every_key():
     """Every property of every output carries a description (stable, documented keys), the rows' keys too
     (status, validate, history and probe rows are dataclasses of their packages, described field by field)."""
-    from tunelab.cli.outputs import output_adapters
+    from tunelab.cli.start import output_adapters
 
     for command in output_adapters():
         doc = schema(command)

@@ -1,4 +1,4 @@
-"""Combinations searched side by side (tune/lanes.py): each on a lane of its own at a time, never more at once
+"""Combinations searched side by side (tune/search.py): each on a lane of its own at a time, never more at once
 than lanes, every result yielded, and a stop (Ctrl-C in the main thread, or a lane's error) reaching every lane;
 the plan prices the search over the same lanes (forecast/searchline.py), worked out by hand."""
 
@@ -9,8 +9,7 @@ import pytest
 
 from tunelab.forecast.searchline import _summed
 from tunelab.forecast.tunecost import SearchCost
-from tunelab.tune.combos import Combination
-from tunelab.tune.lanes import side_by_side
+from tunelab.tune.search import Combination, side_by_side
 from tunelab.tune.trial import Lane
 
 

@@ -14,8 +14,7 @@ from tunelab.forecast.sweeptime import Sweep, sweep_forecast
 from tunelab.plan.planner import make_plan, split_lengths
 from tunelab.rundir.scores import TaskScores, task_dir, write_scores
 from tunelab.spec import EvalSpec
-from tunelab.tune.combos import Combination
-from tunelab.tune.search import PARAM, best_rate
+from tunelab.tune.search import PARAM, Combination, best_rate
 
 TASKS = EvalSpec.model_validate({"tasks": [{"name": "qa", "builtin": "exact_match"},
                                            {"name": "pick", "builtin": "choice"}]})
@@ -108,7 +107,7 @@ def test_trials_tied_on_the_metric_are_told_apart_by_their_last_validation_loss(
 def test_status_says_a_trained_trial_is_being_evaluated_until_its_scores_exist(tmp_path):
     import json
 
-    from tunelab.tune.progress import progress_lines
+    from tunelab.tune.sweep import progress_lines
 
     trial = tmp_path / "tune" / "all" / "trial-0"
     trial.mkdir(parents=True)

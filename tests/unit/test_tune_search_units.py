@@ -11,8 +11,7 @@ from optuna.trial import TrialState
 from tunelab.plan.planner import make_plan
 from tunelab.spec import load_spec
 from tunelab.spec.tune import combination_name
-from tunelab.tune.combos import Combination, trial_config
-from tunelab.tune.search import PARAM, _next_trial, journal
+from tunelab.tune.search import PARAM, Combination, _next_trial, journal, trial_config
 
 TUNE = {"learning_rate": {"low": 1e-5, "high": 1e-2}, "per": ["lora_rank"], "trials": 4, "budget": 0.25}
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import add_commands
-from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
+from tunelab.cli.common import add_commands, emit, json_option, stdout_to_stderr
 from tunelab.console import say
 
 JSON_BUILT = "what was written"

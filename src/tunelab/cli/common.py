@@ -7,19 +7,98 @@ Kept apart from cli.py so the command modules import it, and cli.py imports them
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import inspect
 import os
 import sqlite3
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from pydantic import BaseModel, TypeAdapter
+from typer import _click  # typer's own copy of click, which TyperGroup is built on
+from typer.core import TyperGroup
 
 from tunelab.console import data_table, error, say, show, warn
 from tunelab.errors import TunelabError
 from tunelab.spec.resources import ExecutorKind
+
+# Panel → its commands, both in the order a newcomer meets them: spec → plan → scaffold → run → eval → report.
+PANELS: dict[str, tuple[str, ...]] = {
+    "Start": ("init", "demo", "schema"),
+    "Plan": ("plan", "estimate", "validate", "probe", "tune"),
+    "Run": ("scaffold", "run", "status", "cancel", "train"),
+    "Results": ("eval", "results", "report", "compare", "export"),
+    "History": ("history", "ingest", "adopt", "archive"),
+    "Data and models": ("data", "models"),
+    "Assistants": ("mcp", "skills"),
+}
+
+_POSITION = {name: i for i, name in enumerate(n for names in PANELS.values() for n in names)}
+_PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+class PipelineGroup(TyperGroup):
+    """The main app's command group: each command in its panel of PANELS, listed in PANELS' order."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, command in self.commands.items():
+            if name in _PANEL_OF and not getattr(command, "rich_help_panel", None):
+                setattr(command, "rich_help_panel", _PANEL_OF[name])  # noqa: B010 (click declares no such attribute)
+        reflow_help(self)
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return sorted(super().list_commands(ctx), key=lambda name: _POSITION.get(name, len(_POSITION)))
+
+
+def reflowed(text: str) -> str:
+    """Each paragraph of a docstring on one line, so the terminal wraps it at its own width. A paragraph
+    opened by click's `\\b` marker keeps its lines, as click's own help does."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def reflow_help(command: _click.Command) -> None:
+    """The help of this command and of every command under it, reflowed (sub-apps: data, models, skills)."""
+    if command.help:
+        command.help = reflowed(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        reflow_help(sub)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While the command works under --json, whatever would reach stdout goes to stderr (tunelab.console's
+    consoles write to whatever sys.stdout is at the time)."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def emit(record: BaseModel | list[Any], row_type: Any = None) -> None:
+    """The record as indented JSON on stdout (a list through TypeAdapter(list[row_type]))."""
+    if isinstance(record, BaseModel):
+        text = record.model_dump_json(indent=2)
+    else:
+        text = TypeAdapter(list[row_type]).dump_json(record, indent=2).decode()
+    sys.stdout.write(text + "\n")
+
+
+def json_option(what: str = "the result") -> Any:
+    """The --json option every command with a table or a verdict takes."""
+    import typer
+
+    return typer.Option(False, "--json", help=f"Print {what} as JSON (its schema: `tunelab schema --output "
+                        "COMMAND`); progress goes to stderr.")
+
 
 if TYPE_CHECKING:
     from tunelab.plan.planner import Plan
@@ -76,6 +155,24 @@ def friendly(fn):
 
 
 EXECUTOR_METAVAR = "[" + "|".join(ExecutorKind) + "]"  # --executor's choices in --help, as typer shows a choice
+
+
+def gpu_or_none(name: str | None, path: Path | None = None):
+    """--gpu, else resources.gpu of the run.yaml or spec (merged with the user config file, the spec wins), else the
+    detected GPU, else None: the sweep trains on this machine's CPU."""
+    from tunelab.catalog import planning_gpu
+    from tunelab.rundir.config import RUN_FILE, load_run_config
+
+    named = None
+    if not name and path is not None:
+        if path.name == RUN_FILE or (path / RUN_FILE).is_file():
+            named = load_run_config(path).resources.gpu
+        elif path.is_file():
+            from tunelab.spec import load_spec
+            from tunelab.userconfig import merge_resources
+
+            named = merge_resources(load_spec(path).resources).gpu
+    return planning_gpu(name, named)  # None: no GPU named or here, a sweep for this machine's CPU
 
 
 def executor_option(value: str) -> ExecutorKind:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import add_commands, print_plan
-from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
+from tunelab.cli.common import add_commands, emit, json_option, print_plan, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 from tunelab.init.answers import DEFAULTS

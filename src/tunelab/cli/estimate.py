@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tunelab.cli.common import add_commands
-from tunelab.cli.jsonout import emit, json_option
+from tunelab.cli.common import add_commands, emit, gpu_or_none, json_option
 from tunelab.console import error, say, warn
 from tunelab.errors import TunelabError
 from tunelab.spec.resources import Strategy
@@ -32,24 +31,6 @@ def _gpu_option(name: str | None):
     if gpu is None:
         raise TunelabError("no GPU here to detect: name the target with --gpu (e.g. H100-80GB)", field="--gpu")
     return gpu
-
-
-def _validate_gpu(name: str | None, path: Path):
-    """--gpu, else resources.gpu of the run.yaml or spec (and user config), else the detected GPU, else None:
-    the sweep trains on this machine's CPU (as plan and run take it)."""
-    from tunelab.catalog import planning_gpu
-    from tunelab.rundir.config import RUN_FILE, load_run_config
-
-    named = None
-    if not name:
-        if path.name == RUN_FILE or (path / RUN_FILE).is_file():
-            named = load_run_config(path).resources.gpu
-        elif path.is_file():
-            from tunelab.spec import load_spec
-            from tunelab.userconfig import merge_resources
-
-            named = merge_resources(load_spec(path).resources).gpu
-    return planning_gpu(name, named)  # None: no GPU named or here, a sweep for this machine's CPU
 
 
 def _estimate_gpu(name: str | None, memory_gib: float | None):
@@ -264,7 +245,7 @@ def validate_cmd(
     (exit 0) near the memory limit or on a wasteful choice."""
     from tunelab.plan.validate import validate_path
 
-    checks = validate_path(path, _validate_gpu(gpu, path))
+    checks = validate_path(path, gpu_or_none(gpu, path))
     errors = [e for c in checks for e in c.errors]
     if json_out:
         from tunelab.mcp.models import ValidateOut

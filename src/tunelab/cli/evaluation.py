@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
+from tunelab.cli.common import emit, json_option, stdout_to_stderr
 from tunelab.console import console
 
 

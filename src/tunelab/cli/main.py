@@ -15,10 +15,17 @@ from tunelab.cli import estimate as cli_estimate
 from tunelab.cli import measure as cli_measure
 from tunelab.cli import start as cli_start
 from tunelab.cli import tune as cli_tune
-from tunelab.cli.common import SHOWN_ROWS, add_commands, print_plan
+from tunelab.cli.common import (
+    SHOWN_ROWS,
+    PipelineGroup,
+    add_commands,
+    emit,
+    gpu_or_none,
+    json_option,
+    print_plan,
+    stdout_to_stderr,
+)
 from tunelab.cli.evaluation import eval_cmd
-from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
-from tunelab.cli.panels import PipelineGroup
 from tunelab.compat import quiet_known_library_warnings
 from tunelab.console import console, data_table, error, say, show
 from tunelab.errors import TunelabError
@@ -66,7 +73,7 @@ def plan_cmd(
             from tunelab.cli.measure import run_probe
 
             run_probe(spec)
-        plan = make_plan(spec, gpu=_gpu_or_none(gpu, spec), deadline=deadline)
+        plan = make_plan(spec, gpu=gpu_or_none(gpu, spec), deadline=deadline)
     path = None
     if write_md if write_md is not None else not json_out:
         path = atomic_write_text(plan.spec_path.parent / "plan.md", render_plan_md(plan))
@@ -95,7 +102,7 @@ def scaffold_cmd(
     from tunelab.scaffold.write import scaffold
 
     with stdout_to_stderr(json_out):
-        plan = scaffold(spec, out, force=force, gpu=_gpu_or_none(gpu, spec))
+        plan = scaffold(spec, out, force=force, gpu=gpu_or_none(gpu, spec))
     if json_out:
         emit(ScaffoldOut.of(plan, str))
         return
@@ -245,17 +252,6 @@ def report_cmd(
         files.html)
     if open_ and not open_in_browser(files.html):
         say("[dim]no browser to open; open the file above yourself[/dim]")
-
-
-def _gpu_or_none(name: str | None, spec_path: Path | None = None):
-    """--gpu, else resources.gpu of the spec merged with the user config file (the spec wins), else the detected GPU,
-    else None (CPU)."""
-    from tunelab.catalog import planning_gpu
-    from tunelab.spec import load_spec
-    from tunelab.userconfig import merge_resources
-
-    named = None if name or spec_path is None else merge_resources(load_spec(spec_path).resources).gpu
-    return planning_gpu(name, named)
 
 
 def status_cmd(

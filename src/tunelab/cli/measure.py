@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import EXECUTOR_METAVAR, add_commands, executor_option
-from tunelab.cli.jsonout import emit, json_option, stdout_to_stderr
+from tunelab.cli.common import EXECUTOR_METAVAR, add_commands, emit, executor_option, json_option, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
 from tunelab.spec.resources import ExecutorKind

@@ -68,7 +68,7 @@ def tuning_lines(experiment_dir: Path) -> None:
     """The learning-rate search's progress (`tunelab tune`), a line per combination, where one was started."""
     from tunelab.rundir.tuned import tune_dir
     from tunelab.spec import load_spec
-    from tunelab.tune.progress import progress_lines
+    from tunelab.tune.sweep import progress_lines
 
     if not tune_dir(experiment_dir).is_dir():
         return

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.ledger.results import RunRecord, collect_results
-from tunelab.rundir.config import RunConfig
+from tunelab.rundir.config import RunConfig, flatten
 from tunelab.rundir.experiment import load_runs
-from tunelab.rundir.flat import flatten
 from tunelab.rundir.layout import RunState
 from tunelab.rundir.metrics import read_metrics
 from tunelab.rundir.status import read_status

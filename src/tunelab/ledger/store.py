@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from tunelab.faults import kill_point
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.ledger import generation, history, predictions
-from tunelab.ledger.directory_keys import drop_directory_rows
+from tunelab.ledger.generation import TABLE as GENERATION
+from tunelab.ledger.predictions import PredictedPart
 from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.slowdown import loaded, measured_slowdown
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA
@@ -29,6 +30,26 @@ from tunelab.rundir.metrics import MetricRow, read_metrics
 from tunelab.rundir.scores import TaskScores, read_scores, task_dir
 from tunelab.rundir.status import Status, now_iso, read_status
 from tunelab.rundir.summary import Summary, read_summary
+
+
+def directory_keys(run_dir: Path, scores: list[TaskScores]) -> dict[str, list[str]]:
+    """{table: the keys the run's rows had there before identities}."""
+    return {"history": [str(run_dir)],
+            "predictions": [f"{run_dir}#{part}" for part in PredictedPart],
+            GENERATION: [f"eval:{task_dir(run_dir, s.label, s.task)}" for s in scores]}
+
+
+def drop_directory_rows(run_dir: Path, scores: list[TaskScores], path: Path | None = None) -> None:
+    """Delete the run's rows keyed by its directory (nothing without a history file)."""
+    p = path or history.history_path()
+    if not p.is_file():
+        return
+    with history.connect(p) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, keys in directory_keys(run_dir, scores).items():
+            if table in tables and keys:
+                conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

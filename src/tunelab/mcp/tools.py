@@ -273,7 +273,7 @@ class PipelineTools:
         from tunelab.execute.status import status_rows
         from tunelab.mcp.models import replanned
         from tunelab.rundir.tuned import tune_dir
-        from tunelab.tune.progress import progress_lines
+        from tunelab.tune.sweep import progress_lines
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")
         running = self.sweeps.alive(exp)
@@ -307,7 +307,7 @@ class PipelineTools:
         its combination's best rate (and its default-lr twin beside it). Refused where the spec has no tune:
         block."""
         from tunelab.rundir.experiment import SPEC_FILE
-        from tunelab.tune.progress import progress_lines
+        from tunelab.tune.sweep import progress_lines
 
         exp = self.ws.inside(experiment_dir, "experiment_dir")  # its runs may not be scaffolded yet: the spec's
         spec = self._spec(self.ws.shown(exp / SPEC_FILE), "experiment_dir")  # paths are held to the root

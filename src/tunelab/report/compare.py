@@ -9,9 +9,8 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.ledger.results import collect_results
-from tunelab.rundir.config import RUN_FILE, RunConfig
+from tunelab.rundir.config import RUN_FILE, RunConfig, flatten
 from tunelab.rundir.experiment import load_runs
-from tunelab.rundir.flat import flatten
 from tunelab.rundir.layout import RunState
 
 # Fields that differ between any two runs without explaining anything.

@@ -10,6 +10,7 @@ or moved whole runs in place, and a run directory moved out of its experiment's 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,18 @@ from tunelab.spec import (
     _Strict,
     load_yaml_model,
 )
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config → {"training.learning_rate": "0.002", ...}; lists as JSON; None left out."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif data is not None:
+        out[prefix] = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
+    return out
+
 
 RUN_FILE = "run.yaml"
 RunKind = Literal["finetune", "control", "eval_only"]

@@ -8,7 +8,7 @@ took it and carried unchanged by `mv` and `cp -r`: `<experiment>/<run dir>@<hash
   process that completed it; an adopted run's source and adoption time.
 - Each target × task's evaluation: its scores.json's time and log name, so a copy evaluated again is new. A run without
   marks keeps its absolute directory as key; recorded under its identity, it drops its rows under its directory
-  (ledger/directory_keys.py)."""
+  (ledger/store.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`tunelab tune`: one Optuna study per combination, its trials real runs one at a time, combinations side by side where
-the executor has room (tune/lanes.py).
+the executor has room (tune/search.py).
 
 The studies live in an append-only journal (tune/journal.log: a kill loses at most a line, and it works on shared
 filesystems). Run again, the search goes on where it stopped. The sampler is seeded before each ask from the spec's seed
@@ -8,10 +8,13 @@ and the trial's number, so the rates asked do not depend on where a search stopp
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.storages import JournalStorage
@@ -22,14 +25,145 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.objective import Objective
 from tunelab.execute.executor import Executor
 from tunelab.execute.executors import executor_named
-from tunelab.forecast.halving import REDUCTION_FACTOR
+from tunelab.forecast.halving import REDUCTION_FACTOR, validation_interval
 from tunelab.plan.planner import Plan, make_plan
-from tunelab.rundir.tuned import JOURNAL_FILE, TunedRate, read_best, tune_dir, write_best
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
+from tunelab.rundir.tuned import (
+    JOURNAL_FILE,
+    TRIAL_PREFIX,
+    TunedRate,
+    combination_runs,
+    read_best,
+    trial_dir,
+    tune_dir,
+    write_best,
+)
 from tunelab.spec import TuneSpec
-from tunelab.tune.combos import Combination, combinations, healed_micro_batch, trial_config
-from tunelab.tune.lanes import lanes, side_by_side
 from tunelab.tune.trial import Lane, TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One search: the runs sharing their levels of the `per` factors, and the steps a full run trains."""
+
+    name: str
+    levels: dict[str, object]
+    runs: tuple[RunConfig, ...]
+    steps: int  # the representative run's optimizer steps (the plan's estimate, or max_steps)
+
+    @property
+    def run(self) -> RunConfig:
+        """The run its trials are derived from (the first: the levels not in `per` are the spec's first ones)."""
+        return self.runs[0]
+
+
+def run_steps(plan: Plan, cfg: RunConfig) -> int:
+    """The optimizer steps a run trains: the plan's estimate, else training.max_steps."""
+    est = plan.estimates.get(cfg.name)
+    steps = est.steps if est is not None and est.steps else (cfg.training.max_steps if cfg.training else None)
+    if not steps:
+        raise TunelabError(f"{cfg.name}: the plan could not count its steps, so a trial's budget is unknown; set "
+                           "training.max_steps", file=plan.spec_path, field="tune.budget")
+    return steps
+
+
+def combinations(plan: Plan, tune: TuneSpec) -> list[Combination]:
+    """The fine-tuned runs grouped by their `per` levels, in the plan's order (controls never train: never tuned)."""
+    per = tune.per_factors(plan.spec.factors)
+    return [Combination(name, {k: runs[0].factors[k] for k in per}, tuple(runs), run_steps(plan, runs[0]))
+            for name, runs in combination_runs(plan.spec, plan.runs).items()]
+
+
+def trial_steps(combo: Combination, budget: float) -> int:
+    return max(1, math.floor(budget * combo.steps))
+
+
+def healed_micro_batch(combo: Combination, experiment_dir: Path) -> tuple[int, int] | None:
+    """(micro-batch, accumulation) of the combination's trials that ran out of memory and were retried smaller
+    (their run.yaml, attempt > 1): the smallest, so later trials start where the earlier ones fit (None: none was)."""
+    healed = []
+    for path in trial_dir(experiment_dir, combo.name, 0).parent.glob(f"{TRIAL_PREFIX}*/{RUN_FILE}"):
+        try:
+            cfg = load_run_config(path)
+        except (OSError, ValueError, TunelabError):
+            continue
+        if cfg.attempt > 1 and cfg.training is not None and combo.run.training is not None \
+                and cfg.training.batch_size < combo.run.training.batch_size:
+            healed.append((cfg.training.batch_size, cfg.training.gradient_accumulation_steps))
+    return min(healed) if healed else None
+
+
+def trial_config(combo: Combination, experiment_dir: Path, number: int, learning_rate: float,
+                 budget: float, micro: tuple[int, int] | None = None) -> RunConfig:
+    """Trial `number`'s run: the combination's run at `learning_rate`, stopped after budget x its steps, validated
+    often enough for the pruner (forecast/halving.py `validation_interval`: the price counts the same rungs), in its own
+    directory; `micro`: the (micro-batch, accumulation) an earlier trial was healed to (healed_micro_batch)."""
+    base = combo.run
+    assert base.training is not None  # a fine-tuned run
+    steps = trial_steps(combo, budget)
+    every = validation_interval(base.training.validation_every_steps, steps)
+    training = base.training.model_copy(update={
+        "learning_rate": learning_rate, "max_steps": steps, "validation_every_steps": every,
+        **({"batch_size": micro[0], "gradient_accumulation_steps": micro[1]} if micro else {})})
+    return base.model_copy(update={
+        "name": f"{combo.name}-trial-{number}", "training": type(training).model_validate(training.model_dump()),
+        "directory": str(trial_dir(experiment_dir, combo.name, number)), "estimate": None, "tuned": None})
+
+
+R = TypeVar("R")
+
+
+def lanes(ex: Executor, runs: list[RunConfig], wanted: int) -> list[Lane]:
+    """Up to `wanted` lanes, each a share the executor's capacity grants the sweep's runs side by side."""
+    if ex.detached or wanted <= 1 or not runs:
+        return [Lane()]
+    room = ex.capacity(runs)
+    stopping = threading.Event()
+    out: list[Lane] = []
+    for cfg in runs[:wanted]:
+        env = room.take(cfg, len(out), len(out))
+        if env is None:
+            break
+        out.append(Lane(env, stopping))
+    return out if len(out) > 1 else [Lane()]
+
+
+def side_by_side(combos: list[Combination], lanes_: list[Lane], work: Callable[[Combination, Lane], R],
+                 done_with: Callable[[Combination, R], None]) -> None:
+    """`work(combo, lane)` for every combination, as many at once as there are lanes; `done_with` each result as it
+    comes, in this thread. Whatever stops it here (Ctrl-C, an error of a lane or of `done_with`) stops every lane."""
+    if len(lanes_) == 1:  # one lane: in this thread, where Ctrl-C lands
+        for combo in combos:
+            done_with(combo, work(combo, lanes_[0]))
+        return
+    free: queue.SimpleQueue[Lane] = queue.SimpleQueue()
+    for lane in lanes_:
+        free.put(lane)
+
+    def on_a_lane(combo: Combination) -> R:
+        lane = free.get()
+        try:
+            return work(combo, lane)
+        finally:
+            free.put(lane)
+
+    pool = ThreadPoolExecutor(max_workers=len(lanes_), thread_name_prefix="tune-lane")
+    pending: dict[Future[R], Combination] = {pool.submit(on_a_lane, c): c for c in combos}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                done_with(pending.pop(future), future.result())
+    except BaseException:
+        for lane in lanes_:
+            lane.stopping.set()  # each lane stops its job (the trial's own Ctrl-C path) and ends
+        for future in pending:
+            future.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
 
 PARAM = "learning_rate"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -4,6 +4,7 @@ in one line naming `tunelab tune`: a comparison is tuned only when a search prod
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,11 +12,35 @@ from typing import TYPE_CHECKING
 from tunelab.errors import TunelabError
 from tunelab.execute.executor import Executor
 from tunelab.rundir.experiment import SPEC_FILE, load_runs, select_runs
-from tunelab.rundir.layout import COMPLETED
+from tunelab.rundir.layout import COMPLETED, PENDING
 from tunelab.rundir.status import read_status
-from tunelab.rundir.tuned import TunedRate, tune_dir
+from tunelab.rundir.tuned import TRIAL_PREFIX, TunedRate, evaluating, read_best, read_pruned, tune_dir
 from tunelab.spec import load_spec
 from tunelab.spec.tune import combination_name
+
+
+def trial_state(run_dir: Path) -> str:
+    """pruned, evaluating (trained, not scored yet), or the run's own state."""
+    if read_pruned(run_dir) is not None:
+        return "pruned"
+    state = read_status(run_dir).state or PENDING
+    return "evaluating" if state == COMPLETED and evaluating(run_dir) else str(state)
+
+
+def progress_lines(experiment_dir: str | Path, trials: int | None = None) -> list[str]:
+    """'lora_rank-4: 3/8 trials (2 completed, 1 pruned); best so far …' per combination searched ([] before any)."""
+    root = tune_dir(experiment_dir)
+    best = read_best(experiment_dir)
+    lines = []
+    for combo in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        states = Counter(trial_state(d) for d in combo.iterdir() if d.name.startswith(TRIAL_PREFIX))
+        count = sum(states.values())
+        of = f"/{trials}" if trials else ""
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        chosen = f"; {best[combo.name].source}" if combo.name in best else ""
+        lines.append(f"{combo.name}: {count}{of} trials ({parts}){chosen}")
+    return lines
+
 
 if TYPE_CHECKING:  # the search's modules load Optuna: imported where a search runs, not to ask whether one must
     from tunelab.plan.planner import Plan
