@@ -53,7 +53,7 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("inspect-ai task and log setup", "tunelab/evaluate/waves.py", ("bind",)),
 )
 # eval_sweep.py --log-zstd-threads N: the child compresses each .eval member on N threads (inspect-ai's own 12: the
-# figure before evaluate/logcompression.py), for a side-by-side run
+# figure before evaluate/inspect_internals.py), for a side-by-side run
 LOG_ZSTD_THREADS_ENV = "EVAL_PHASES_LOG_ZSTD_THREADS"
 ORDER = ("process start and imports", "inspect-ai task and log setup", "dataset and task building",
          "prompt formatting", "weights and adapters", "generation", "event loop idle (batch gathering, waits)",
@@ -230,9 +230,9 @@ def fresh(exp: str, launched: float, inspect_loop: bool = False) -> None:
     parent's clock, time.time()), then the breakdown, printed as one JSON line."""
     os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     if threads := os.environ.get(LOG_ZSTD_THREADS_ENV):  # --log-zstd-threads: the before of an A/B
-        from tunelab.evaluate import logcompression
+        from tunelab.evaluate import inspect_internals
 
-        logcompression.LOG_ZSTD_THREADS = int(threads)
+        inspect_internals.LOG_ZSTD_THREADS = int(threads)
     from tunelab.evaluate import EVALUATION_STACK
     from tunelab.host.startup import import_stack
 

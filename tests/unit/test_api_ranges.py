@@ -4,7 +4,7 @@ CI runs (issue 64: "the declared ranges mean tested"; the audit is docs/install.
 `make test` runs this file on constraints.txt's torch and, through scripts/torch-ends, on the two ends of
 pyproject's torch range. None of these APIs changed in a way tunelab's call sees between them (read in each
 release's source: docs/install.md), so tunelab calls each one way; PyTorch's `varlen_attn`, which did change, is
-adapted to each release's signature in models/varlen_call.py (tests/unit/test_varlen_releases.py)."""
+adapted to each release's signature in models/varlen.py (tests/unit/test_varlen_releases.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from tunelab.errors import TunelabError
 from tunelab.evaluate import engine as engine_mod
 from tunelab.evaluate.engine import resolve_engine
-from tunelab.evaluate.merge import unservable
+from tunelab.evaluate.vllm_eval import unservable
 from tunelab.evaluate.vllm_server import ServerArgs, lora_rank_bound
 from tunelab.spec.evaluation import VLLM_PYTHON_ENV, Engine, EvalSpec
 

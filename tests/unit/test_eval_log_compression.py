@@ -1,4 +1,4 @@
-"""The `.eval` log's members are compressed in the calling thread (evaluate/logcompression.py) and stay zstd
+"""The `.eval` log's members are compressed in the calling thread (evaluate/inspect_internals.py) and stay zstd
 members that inspect-ai reads back."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import zipfile
 
-from tunelab.evaluate.logcompression import LOG_ZSTD_THREADS, compress_logs_in_one_thread
+from tunelab.evaluate.inspect_internals import LOG_ZSTD_THREADS, compress_logs_in_one_thread
 
 
 def test_the_setting_is_set():

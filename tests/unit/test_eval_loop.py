@@ -1,4 +1,4 @@
-"""Which sample loop evaluates a target × task (spec/evalloop.py), asked by the evaluator and the plan alike: the
+"""Which sample loop evaluates a target × task (spec/evaluation.py), asked by the evaluator and the plan alike: the
 rule for every case, the loop a target alone is routed to (evaluate/passes.lone_loop), and the plan's price per
 sample following the same rule, a lone checkpoint and a vision-language model included. (That a lone target's pass
 of one answers as inspect-ai's loop does, sample for sample: tests/e2e/test_eval_batched.py.)"""
@@ -13,8 +13,7 @@ import pytest
 from tunelab.evaluate.passes import lone_loop
 from tunelab.evaluate.targets import Target
 from tunelab.evaluate.work import TargetWork, WorkItem
-from tunelab.spec.evalloop import EvalLoop, evaluation_loop
-from tunelab.spec.evaluation import BUILTIN_TASKS, Engine, TaskSpec
+from tunelab.spec.evaluation import BUILTIN_TASKS, Engine, EvalLoop, TaskSpec, evaluation_loop
 
 TUNELAB, INSPECT = EvalLoop.TUNELAB, EvalLoop.INSPECT
 FILE_TASK = TaskSpec(name="mine", file="mine.py")

@@ -1,4 +1,4 @@
-"""Packed attention on every PyTorch release in range that has `varlen_attn` (models/varlen_call.py).
+"""Packed attention on every PyTorch release in range that has `varlen_attn` (models/varlen.py).
 
 No GPU runs here, so each release's `varlen_attn` is stood in for by a function with that release's exact
 signature (copied from the released wheels' torch/nn/attention/varlen.py: 2.10.0, 2.11.0, 2.12.0, the same
@@ -19,7 +19,7 @@ import torch
 import torch.nn.attention.varlen as torch_varlen
 
 from tunelab.models import varlen
-from tunelab.models.varlen_call import installed_varlen
+from tunelab.models.varlen import installed_varlen
 
 LENGTHS = [7, 1, 12, 5]  # examples packed into one row, a one-token example among them
 HEAD_DIM = 16

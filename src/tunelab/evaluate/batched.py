@@ -37,7 +37,7 @@ from tunelab.evaluate.provider import TunelabModelAPI
 from tunelab.evaluate.shared import AdapterView
 from tunelab.evaluate.tasks import OPTIONS, option_output
 from tunelab.evaluate.work import WorkItem
-from tunelab.spec.evalloop import EvalLoop, evaluation_loop
+from tunelab.spec.evaluation import EvalLoop, evaluation_loop
 
 
 @dataclass
@@ -56,7 +56,7 @@ class BatchedTask:
 
 
 def batchable(item: WorkItem, task: Any, model: Any, inspect_loop: bool = False) -> bool:
-    """Whether tunelab's own loop runs this target × task: the loop the plan priced it by (spec/evalloop.py: a
+    """Whether tunelab's own loop runs this target × task: the loop the plan priced it by (spec/evaluation.py: a
     built-in, a text model, not `inspect_loop`), and, as built, one greedy generate() on a pass's shared weights."""
 
     api = model.api

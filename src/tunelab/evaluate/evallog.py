@@ -15,8 +15,12 @@ from typing import Any
 
 from shortuuid import uuid
 
-from tunelab.evaluate.inspect_internals import eval_results, registry_unqualified_name, unique_scorer_name
-from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+from tunelab.evaluate.inspect_internals import (
+    compress_logs_in_one_thread,
+    eval_results,
+    registry_unqualified_name,
+    unique_scorer_name,
+)
 
 
 @dataclass(frozen=True)

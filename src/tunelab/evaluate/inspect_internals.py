@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# zstandard's `threads=0`: compress in the calling thread, no worker pool.
+LOG_ZSTD_THREADS = 0
+
+
+def compress_logs_in_one_thread() -> None:
+    """Set inspect-ai's zstd threads for `.eval` members to one, before every eval and log tunelab writes."""
+
+    set_zstd_threads(LOG_ZSTD_THREADS)
+
+
 if TYPE_CHECKING:  # type-checked against the real class; imported at run time by __getattr__ below
     from inspect_ai.model._providers.vllm import VLLMAPI
 

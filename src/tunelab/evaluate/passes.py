@@ -30,7 +30,7 @@ from tunelab.jobimports import Stack, import_job_stack
 from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice
-from tunelab.spec.evalloop import EvalLoop, LoopChoice, evaluation_loop
+from tunelab.spec.evaluation import EvalLoop, LoopChoice, evaluation_loop
 
 if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
     from tunelab.evaluate.grouping import Alone
@@ -127,7 +127,7 @@ def _one_at_a_time(one: Alone, device: str, options: PassOptions, one_pass: bool
 
 
 def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
-    """The loop a target alone takes (spec/evalloop.py): tunelab's where any of its tasks takes it, else inspect-ai's
+    """The loop a target alone takes (spec/evaluation.py): tunelab's where any of its tasks takes it, else inspect-ai's
     with the first task's reason (a directory that is no model too: inspect names what is missing)."""
 
     base = work.target.base_path

@@ -17,7 +17,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate import EVALUATION_STACK
 from tunelab.evaluate.decoding import check_generate_config, describe, sampling_of
 from tunelab.evaluate.hf import release_weights
-from tunelab.evaluate.logcompression import compress_logs_in_one_thread
+from tunelab.evaluate.inspect_internals import compress_logs_in_one_thread
 from tunelab.evaluate.scores import (
     SCORES_FILE,
     TaskScores,

@@ -9,14 +9,17 @@ from tunelab.spec.base import (
     resolve_path,
     validate_mapping,
 )
-from tunelab.spec.data import SPLIT_NAMES, DatasetSpec, RowFormat, SplitFractions
 from tunelab.spec.evaluation import BUILTIN_TASKS, EpochChoice, EvalOnlySpec, EvalSpec, TaskSpec
 from tunelab.spec.experiment import (
     AXES,
     DEFAULT_TEMPLATE_DATE,
     FACTOR_ABBREVIATIONS,
+    SPLIT_NAMES,
+    DatasetSpec,
     ExperimentSpec,
     ModelSpec,
+    RowFormat,
+    SplitFractions,
     factor_field,
     json_schema,
     load_spec,

@@ -4,6 +4,7 @@ user's inspect-ai task file; tunelab supplies the model, formatted exactly as in
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ BUILTIN_TASKS = ("exact_match", "includes", "choice", "numeric")
 # The built-ins that tunelab's own loop evaluates on the HF engine (evaluate/batched.py): one greedy generate() (or,
 # choice, each option's continuation scored) and a scorer of evaluate/tasks.py, so every prompt is known before the
 # first batch. Task files and graders go through inspect-ai's per-sample loop; which loop a target × task takes is
-# spec/evalloop.py's rule, by which the evaluator routes and the plan prices it (forecast/evaltime.py).
+# evaluation_loop's rule, by which the evaluator routes and the plan prices it (forecast/evaltime.py).
 BATCHED_BUILTINS = frozenset({"exact_match", "includes", "numeric", "choice"})
 SplitName = Literal["train", "validation", "test"]
 VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"  # an interpreter with vLLM, when eval.vllm names none
@@ -175,3 +176,33 @@ class EvalOnlySpec(_Strict):
         None, description="An adapter's base: one of `models` (default: the adapter's base_model_name_or_path "
         "when that is a local directory).")
     prompt: str | None = Field(None, description="Its prompt template; default: the spec's prompt.")
+
+
+class EvalLoop(StrEnum):
+    """The loop that runs a target × task's samples."""
+
+    TUNELAB = "tunelab"  # evaluate/batched.py: every row of a wave answered at once, the task's own scorers
+    INSPECT = "inspect"  # inspect-ai's per-sample loop: solver, scorer, event transcript
+
+
+@dataclass(frozen=True)
+class LoopChoice:
+    """The loop and why, in words (the plan's detail, the evaluator's line)."""
+
+    loop: EvalLoop
+    why: str
+
+
+def evaluation_loop(task: TaskSpec, *, engine: Engine = Engine.HF, vision: bool = False,
+                    inspect_loop: bool = False) -> LoopChoice:
+    """The loop of `task` on a target: `engine` the resolved one (hf or vllm), `vision` whether the model is a
+    vision-language one (models/vlm.is_vision_language), `inspect_loop` inspect's loop asked for."""
+    if inspect_loop:
+        return LoopChoice(EvalLoop.INSPECT, "inspect-ai's loop asked for")
+    if engine == Engine.VLLM:
+        return LoopChoice(EvalLoop.INSPECT, "engine vllm: inspect-ai's loop over the server")
+    if task.builtin not in BATCHED_BUILTINS or task.grader is not None:
+        return LoopChoice(EvalLoop.INSPECT, "a task file: its own solver and scorer in inspect-ai's loop")
+    if vision:
+        return LoopChoice(EvalLoop.INSPECT, "a vision-language model: image inputs through inspect-ai's loop")
+    return LoopChoice(EvalLoop.TUNELAB, f"the built-in {task.builtin} in tunelab's own loop")
