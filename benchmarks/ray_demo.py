@@ -11,7 +11,7 @@ ledger's jobs rows: submitted_at, updated_at) on Ray less the same on the local 
 apart: one run alone, trained and evaluated as a user would, on each executor in fresh experiments (`--repeats`). Every job runs at one thread (OMP_NUM_THREADS=1 here as on a
 one-CPU Ray node). Prints one table and the three goal lines; exit 1 when accuracies differ.
 
-    python benchmarks/ray_demo.py [--out DIR] [--repeats 3]
+    python benchmarks/ray_demo.py [--out DIR] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -66,12 +66,18 @@ def scores(exp: Path) -> dict[str, float | None]:
     return {r["name"]: r["score"] for r in json.loads(out)["runs"]}
 
 
+SMOKE: dict = {}  # --smoke: one model, one rank, no controls, one epoch, 40 test words (main() fills it)
+
+
 def spec_for(out: Path, executor: ExecutorKind, address: str | None) -> Path:
     spec_path = prepare_inputs(out, Console(quiet=True), executor)
+    spec = yaml.safe_load(spec_path.read_text())
     if address:
-        spec = yaml.safe_load(spec_path.read_text())
         spec["resources"]["address"] = address
-        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    if SMOKE:
+        spec["models"], spec["factors"] = spec["models"][:1], {"lora_rank": [4]}
+        spec["controls"], spec["training"]["epochs"], spec["eval"]["limit"] = False, 1, 40
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 
 
@@ -138,5 +144,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="Times the one run is timed alone on each (default 3).")
+    ap.add_argument("--smoke", action="store_true", help="one model, one rank, one epoch, one repeat (minutes)")
     args = ap.parse_args()
-    sys.exit(main(args.out or Path(tempfile.mkdtemp(prefix="ray-demo-")), args.repeats))
+    if args.smoke:
+        SMOKE["on"] = True
+    sys.exit(main(args.out or Path(tempfile.mkdtemp(prefix="ray-demo-")), 1 if args.smoke else args.repeats))
