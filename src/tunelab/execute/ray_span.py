@@ -14,7 +14,6 @@ last checkpoint, execute/failures.py); a node's job process that fails ends the 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.host.process import die_with_parent
 from tunelab.host.spanning import JOB_MODULE, NODE_ADDRESS_ENV, SPAN_ENV
 
 GLOO_IFNAME_ENV = "GLOO_SOCKET_IFNAME"
@@ -40,14 +40,6 @@ class Span:
         return {"CPU": float(self.cpus), **({"GPU": float(self.gpus)} if self.gpus else {})}
 
 
-def _die_with_parent() -> None:
-    """The node's job process gets SIGTERM when the Ray worker running it dies (a stopped job, a killed task)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
-        pass
-
-
 def node_job(span: Span, rank: int, first_host: str) -> tuple[str, int]:
     """One node's job process, in its bundle: (this node's address, its exit status)."""
     import ray
@@ -59,7 +51,8 @@ def node_job(span: Span, rank: int, first_host: str) -> tuple[str, int]:
     if nic and GLOO_IFNAME_ENV not in env:  # gloo's pairs on the address the nodes reach each other by
         env[GLOO_IFNAME_ENV] = nic
     proc = subprocess.run([sys.executable, "-m", JOB_MODULE, str(span.run_yaml)], env=env,
-                          cwd=span.run_yaml.parent, preexec_fn=_die_with_parent, check=False)
+                          cwd=span.run_yaml.parent, check=False,
+                          preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # SIGTERM: the trainer saves
     return here, proc.returncode
 
 

@@ -36,3 +36,15 @@ def alive(pid: int, start: str | None = None) -> bool:
         return False
     now = fields[19] if fields and len(fields) > 19 else None
     return not (start and now and now != start)
+
+
+def die_with_parent(sig: int) -> bool:
+    """Have the kernel send this process `sig` when its parent dies (Linux PR_SET_PDEATHSIG); False where it cannot
+    (not Linux). Processes started in sessions of their own are otherwise left running by a killed parent."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+    return True

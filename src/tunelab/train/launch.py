@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.host import threads
+from tunelab.host.process import die_with_parent
 from tunelab.rundir import layout
 from tunelab.rundir.status import now_iso, read_status, write_status
 from tunelab.train.nodes import NodePlace, torchrun_args
@@ -97,13 +98,9 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
 def die_with_launcher() -> None:
     """A worker dies with its launcher (Linux PR_SET_PDEATHSIG): torchrun starts workers in sessions of their
     own, so a SIGKILL of the job's process group (or of the agent) would otherwise leave them training."""
-    import ctypes
     import signal
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: nothing to arm
+    if not die_with_parent(signal.SIGKILL):  # not Linux: nothing to arm
         return
     if os.getppid() == 1:  # the launcher died before the line above
         os._exit(1)
