@@ -4,10 +4,14 @@ figure in the makespan, the evaluation's prediction and limit, and the re-plan.
 The run's measured start-up, else the median of past runs of this model on this device kind, else of other models there,
 else ASSUMED_STARTUP_S. An evaluation job imports the evaluation stack instead: its start is the training job's plus the
 recorded import difference (tunelab/jobimports.py). A vLLM job adds VLLM_SERVER_START_S (assumed) and errs long by the
-HF load it does not make."""
+HF load it does not make.
+
+Before its start-up a job waits for its executor to start its process (`job_dispatch`): the median dispatch the
+history recorded on that executor (ledger/submission.py), else assumed per executor."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,10 +24,53 @@ from tunelab.jobimports import evaluation_extra_s
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.spec.evaluation import Engine
+from tunelab.spec.resources import ExecutorKind
 
 # eval.engine vllm: the server's start (import, engine build, weights; 10-60 s measured on CPUs), once per base
 # model; no vLLM start is in the history yet, so it is assumed
 VLLM_SERVER_START_S = 60.0
+
+# executor: ray, assumed where the history holds no Ray job's dispatch: a Ray job's submission to its entrypoint, the job
+# supervisor's start, measured 2026-11-27 on the suite's cluster: docs/benchmarks.md
+RAY_DISPATCH_S = 2.5
+# executor: slurm, assumed: sbatch to the batch script's start on an idle cluster (a scheduling pass); no measured
+# figure yet (the team's reference facts hold none), and a busy queue's wait is not predicted
+SLURM_DISPATCH_S = 1.0
+ASSUMED_DISPATCH_S = {ExecutorKind.LOCAL: 0.0, ExecutorKind.SLURM: SLURM_DISPATCH_S, ExecutorKind.RAY: RAY_DISPATCH_S}
+
+
+@dataclass(frozen=True)
+class JobDispatch:
+    """A job's dispatch on an executor, which every job it starts pays once: its submission to its process's creation
+    (a Ray job's supervisor, a Slurm scheduling pass); seconds, its source in words and as a kind."""
+
+    executor: str
+    seconds: float
+    source: str
+    kind: SourceKind
+
+    @property
+    def said(self) -> str:
+        return f"{self.seconds:.1f} s {self.executor} job dispatch ({self.source})"
+
+    @property
+    def words(self) -> str:
+        """What a start-up's source adds for it ('' when it costs nothing: a local plan's words stay as they were)."""
+        return f" + {self.said}" if self.seconds else ""
+
+    def range(self) -> TimeRange | None:
+        """Its interval at its kind's width (None when it costs nothing)."""
+        return time_range(self.seconds, self.kind, what=f"{self.executor} job dispatch") if self.seconds else None
+
+
+def job_dispatch(executor: str, history: Sequence[HistoryRun]) -> JobDispatch:
+    """The median dispatch of the history's jobs on this executor kind, else the executor's assumed figure."""
+    seen = [r.dispatch_s for r in history if r.executor == executor and r.dispatch_s is not None]
+    if seen:
+        # to a tenth of a second: a local job's few milliseconds price as nothing, and its plan's words stay
+        return JobDispatch(executor, round(statistics.median(seen), 1), f"history median of {len(seen)} jobs",
+                           SourceKind.MEASURED)
+    return JobDispatch(executor, ASSUMED_DISPATCH_S.get(ExecutorKind(executor), 0.0), "assumed", SourceKind.ASSUMED)
 
 
 @dataclass(frozen=True)
@@ -34,14 +81,23 @@ class JobStart:
     source: str
     kind: SourceKind
     server_s: float = 0.0
+    dispatch: JobDispatch | None = None  # its executor's dispatch before it, inside `seconds` (with_dispatch)
 
     def range(self) -> TimeRange:
-        """Its interval: the job's start at its kind's width, the server's start as assumed, independent."""
-        own = time_range(self.seconds - self.server_s, self.kind, what="job start")
-        if not self.server_s:
-            return own
-        server = time_range(self.server_s, SourceKind.ASSUMED, what="vLLM server start")
-        return independent([own, server]) or own
+        """Its interval: the job's start at its kind's width, the server's start as assumed, its dispatch at its kind,
+        independent."""
+        dispatch_s = self.dispatch.seconds if self.dispatch is not None else 0.0
+        own = time_range(self.seconds - self.server_s - dispatch_s, self.kind, what="job start")
+        server = time_range(self.server_s, SourceKind.ASSUMED, what="vLLM server start") if self.server_s else None
+        return independent([own, server, self.dispatch.range() if self.dispatch is not None else None]) or own
+
+
+def with_dispatch(start: JobStart, dispatch: JobDispatch) -> JobStart:
+    """The job's start after its executor's dispatch (itself where the dispatch costs nothing)."""
+    if not dispatch.seconds:
+        return start
+    return JobStart(round(start.seconds + dispatch.seconds, 3), start.source + dispatch.words, start.kind,
+                    start.server_s, dispatch)
 
 
 def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],

@@ -15,13 +15,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from tunelab.catalog import planning_gpu
+from tunelab.execute.executors import executor_class
 from tunelab.forecast.combine import independent
 from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
 from tunelab.forecast.evalrun import model_estimate
 from tunelab.forecast.gpus import NodeSize
 from tunelab.forecast.interval import PRIOR_SIGMA, time_range
-from tunelab.forecast.jobstart import JobStart, eval_start, job_start
-from tunelab.forecast.sweeptime import Sweep, sweep_devices
+from tunelab.forecast.jobstart import JobDispatch, JobStart, eval_start, job_start, with_dispatch
+from tunelab.forecast.sweeptime import Sweep, sweep_devices, sweep_dispatch
 from tunelab.fsutil import human_seconds
 from tunelab.ledger import history, store
 from tunelab.rundir import read_metrics, read_status
@@ -109,12 +110,15 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     estimates = {c.name: c.estimate for c in runs if c.estimate is not None}
     # the GPU the plan priced the runs on (None: planned for this machine's CPU)
     gpu = None if all(e.gpu_memory_gib is None for e in estimates.values()) else planning_gpu(None, resources.gpu)
-    past = history.load()  # the job's start-up, as the plan reads it (forecast/jobstart.py)
+    past = history.load()  # the job's start-up and dispatch, as the plan reads them (forecast/jobstart.py)
+    dispatch = sweep_dispatch(resources, past)
+    evaluation_job = executor_class(resources.executor).detached  # an evaluation job of its own: its dispatch too
     lefts, lines = [], []
     for cfg in runs:
         model_est = model_estimate(cfg, runs, estimates)
         starts = Starts(job_start(cfg.model.path, gpu, past),
-                        eval_start(cfg.model.path, gpu, past, cfg.eval.planned_engine(gpu is not None), model_est))
+                        eval_start(cfg.model.path, gpu, past, cfg.eval.planned_engine(gpu is not None), model_est),
+                        dispatch, evaluation_job)
         left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None, starts)
         lefts.append(left)
         if line is not None:
@@ -181,10 +185,19 @@ def _when(iso: str | None) -> datetime | None:
 @dataclass(frozen=True)
 class Starts:
     """A run's job start-ups, from their one owner (forecast/jobstart.py), as the plan's forecast takes them: the
-    training job's where its estimate leaves it out, the evaluation job's (a vLLM server's start included)."""
+    training job's where its estimate leaves it out, the evaluation job's (a vLLM server's start included); and each
+    job's dispatch, which a job not started yet still pays (the evaluation's where it is a job of its own)."""
 
     train: JobStart
     evaluation: JobStart
+    dispatch: JobDispatch | None = None
+    evaluation_job: bool = False
+
+    def evaluation_after(self, phase: Phase) -> JobStart:
+        """The evaluation job's start, after its dispatch where the job is one of its own and not started yet."""
+        if self.dispatch is None or not self.evaluation_job or phase == Phase.EVALUATING:
+            return self.evaluation
+        return with_dispatch(self.evaluation, self.dispatch)
 
 
 def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tuple[RunLeft, RunTimeline | None]:
@@ -202,8 +215,13 @@ def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tupl
         train, pace, eta = _training_left(cfg, est, phase, starts.train)
         line.train_s, line.train_source = (train.p50_s if train else None), _train_source(train, eta, est)
         parts.append(train)
-    start, evaluation = _evaluation(est, starts.evaluation)
-    line.eval_start_s, line.eval_start_source = ((starts.evaluation.seconds, starts.evaluation.source) if start
+        waits = starts.dispatch if phase == Phase.WAITING and train is not None else None  # its job not started
+        if waits is not None and waits.seconds:
+            line.train_start_s, line.train_start_source = waits.seconds, waits.said
+            parts.append(waits.range())
+    evaluation_start = starts.evaluation_after(phase)
+    start, evaluation = _evaluation(est, evaluation_start)
+    line.eval_start_s, line.eval_start_source = ((evaluation_start.seconds, evaluation_start.source) if start
                                                  else (0.0, ""))
     line.eval_s, line.eval_source = (evaluation.p50_s if evaluation else None), (
         est.eval_time_source if est is not None and evaluation else "not predicted in run.yaml")

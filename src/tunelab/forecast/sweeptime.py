@@ -22,7 +22,7 @@ from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
 from tunelab.forecast.gpus import NodeSize
 from tunelab.forecast.interval import time_range
-from tunelab.forecast.jobstart import job_start
+from tunelab.forecast.jobstart import JobDispatch, job_dispatch, job_start, with_dispatch
 from tunelab.forecast.levers import choose_levers, mid_epoch_saves
 from tunelab.forecast.savecost import save_cost
 from tunelab.forecast.searchline import pending_search, search_gives, search_line
@@ -89,22 +89,28 @@ class Sweep:
     generation: list[GenerationRow] | None = None  # the history's generation speeds; None: loaded here
     errors: list[PredictionRecord] | None = None  # the history's recorded prediction errors; None: loaded here
     evaluations: dict[str, RunEvalPrediction] | None = None  # each run's, predicted once (with_evaluations)
+    dispatch: JobDispatch | None = None  # each job's dispatch on the sweep's executor, read once (with_history)
     spec_path: Path = Path("experiment.yaml")  # what errors name
 
 
 def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: SplitRows) -> RunTimeline:
     """One run's parts, each with its interval: training and saves (fine-tuned runs), evaluation start and evaluation; a
-    control generates at the speed its model trains at. P10/P90 as forecast/combine.py combines them."""
+    control generates at the speed its model trains at. Each job the executor starts after its dispatch: the training
+    job, and the evaluation job where it is one of its own (a detached executor). P10/P90 as forecast/combine.py
+    combines them."""
     history = plan.history or []
     ev = (plan.evaluations or {}).get(cfg.name) or predict_run_eval(
         cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,
         estimate=est or model_estimate(cfg, plan.runs, plan.estimates))
+    dispatch = plan.dispatch or sweep_dispatch(plan.spec.resources, history)
+    evaluation = with_dispatch(ev.start, dispatch) if executor_class(plan.spec.resources.executor).detached \
+        else ev.start
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
-                       eval_start_s=ev.start_s, eval_start_source=ev.start_source, eval_s=ev.seconds,
+                       eval_start_s=evaluation.seconds, eval_start_source=evaluation.source, eval_s=ev.seconds,
                        eval_source=ev.detail, eval_targets=ev.targets, eval_samples=ev.samples,
                        train_s=0.0, train_source="no training",
                        peak_memory_gib=est.peak_memory_gib if est is not None else None)
-    ranges: list[TimeRange | None] = [ev.start.range()]  # parts no record holds: independent of the rest
+    ranges: list[TimeRange | None] = [evaluation.range()]  # parts no record holds: independent of the rest
     recorded: list[TimeRange | None] = [ev.range]  # parts a run's records hold (ledger/predictions.py)
     parts = {PredictedPart.EVAL}
     if cfg.training is not None:
@@ -116,11 +122,12 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
             if est.startup_kind and est.startup_raw_s:  # its start-up recorded apart (forecast/ranged.py)
                 parts.add(PredictedPart.TRAIN_START)
         if est is not None and est.seconds is not None and est.startup_s is not None:  # its start-up apart
-            line.train_start_s = est.startup_s
-            line.train_start_source = f"the estimate's start-up ({est.startup_kind or 'its source'})"
+            line.train_start_s = round(est.startup_s + dispatch.seconds, 3)
+            line.train_start_source = f"the estimate's start-up ({est.startup_kind or 'its source'}){dispatch.words}"
             line.train_s = round(est.seconds - est.startup_s, 1)
+            ranges.append(dispatch.range())
         elif est is not None and est.startup_s is None:  # the estimate's speed came without a measured start-up
-            start = job_start(cfg.model.path, plan.gpu, history)
+            start = with_dispatch(job_start(cfg.model.path, plan.gpu, history), dispatch)
             line.train_start_s, line.train_start_source = start.seconds, start.source
             ranges.append(start.range())
         if est is not None and not cfg.stages:
@@ -130,6 +137,14 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         line.add_total([summed(recorded, plan.errors or [], device_key(plan.gpu), frozenset(parts), "the run"),
                         *ranges])
     return line
+
+
+def sweep_dispatch(resources: ResourcesSpec, past: list[HistoryRun]) -> JobDispatch:
+    """Each job's dispatch on the sweep's executor (forecast/jobstart.py); none per run where runs start inside a
+    node job (slurm.pack: node), whose one dispatch is not priced."""
+    if resources.slurm is not None and resources.slurm.pack == "node":
+        return JobDispatch(str(resources.executor), 0.0, "runs start inside a node job", SourceKind.ASSUMED)
+    return job_dispatch(str(resources.executor), past)
 
 
 def _saves(cfg: RunConfig, est: RunEstimate, gpu: GPU | None, history: list[HistoryRun]
@@ -207,11 +222,12 @@ def deadline_plan(plan: Sweep, deadline: str, deadline_s: float, split_rows: Spl
 
 
 def with_history(plan: Sweep) -> Sweep:
-    """The sweep with the history's runs, generation speeds and recorded errors read (where not read yet)."""
-
-    return replace(plan, history=history.load() if plan.history is None else plan.history,
-                   generation=generation.load() if plan.generation is None else plan.generation,
-                   errors=predictions.load() if plan.errors is None else plan.errors)
+    """The sweep with the history's runs, generation speeds, recorded errors and its executor's job dispatch read
+    (where not read yet)."""
+    past = history.load() if plan.history is None else plan.history
+    return replace(plan, history=past, generation=generation.load() if plan.generation is None else plan.generation,
+                   errors=predictions.load() if plan.errors is None else plan.errors,
+                   dispatch=plan.dispatch or sweep_dispatch(plan.spec.resources, past))
 
 
 def with_evaluations(plan: Sweep, split_rows: SplitRows) -> Sweep:

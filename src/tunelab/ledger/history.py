@@ -19,6 +19,7 @@ from tunelab.catalog import resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.host.cpuload import LoadWindow
+from tunelab.ledger.submission import TrainingJob, dispatch_seconds
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.identity import training_key
 from tunelab.rundir.memory import MemoryKind
@@ -187,6 +188,13 @@ class HistoryRun:
     """How much slower than the uncontended rows of its shape at the planned threads it ran, measured (ledger/slowdown.py)."""
     time_spread: float | None = None
     """How far its repeated step timings disagreed: slowest/fastest − 1 at one micro-batch (a probe's rows)."""
+    executor: str | None = None
+    """The executor that ran its training: local, slurm or ray (run.yaml's resources.executor; None: not recorded)."""
+    node: str | None = None
+    """Where its rank 0 ran: summary.json's, else its scheduler's name for the job's node (None: not recorded)."""
+    dispatch_s: float | None = None
+    """Seconds from its training job's submission to the training process's creation (None: not submitted through
+    tunelab's jobs, or recorded before; clamped at 0 where the two machines' clocks disagree)."""
 
     def __post_init__(self) -> None:
         # rows recorded before the vocabulary was one (a probe's cpu_max_rss) read as today's kind
@@ -269,8 +277,10 @@ def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | N
     return arch.layers, arch.hidden, arch.parameters
 
 
-def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None) -> HistoryRun:
-    """A history row from a completed tunelab run; key: the run's identity (read from its files when not given)."""
+def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None, job: TrainingJob | None = None
+                 ) -> HistoryRun:
+    """A history row from a completed tunelab run; key: the run's identity (read from its files when not given); job:
+    its training job as the experiment ledger recorded it (ledger/submission.py; None: none), for its dispatch."""
     t = cfg.training
     if t is None:
         raise ValueError(f"{cfg.name}: a {cfg.kind} run trains nothing: no history row")
@@ -322,6 +332,9 @@ def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None) -> Hi
         **training_memory_fields(t),
         **load_fields(summary.load),
         adapted_from=summary.threads.adapted_from if summary.threads is not None else None,
+        executor=str(cfg.resources.executor),
+        node=(summary.processes[0].node if summary.processes else None) or (job.node if job else None),
+        dispatch_s=dispatch_seconds(job, summary.process_started_at),
     )
 
 

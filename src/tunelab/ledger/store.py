@@ -22,6 +22,7 @@ from tunelab.ledger.rows import EvalRow, RunRow
 from tunelab.ledger.slowdown import loaded, measured_slowdown
 from tunelab.ledger.stamps import SCHEMA as STAMPS_SCHEMA
 from tunelab.ledger.stamps import read_ingested, run_stamps, write_stamps
+from tunelab.ledger.submission import training_job
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.experiment import LEDGER_FILE, is_evaluated, task_names, training_state
 from tunelab.rundir.identity import run_key, scores_key, training_key
@@ -240,7 +241,7 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
     if (key != str(cfg.run_dir) and trained is not None) or scores:
         drop_directory_rows(cfg.run_dir, scores)  # as an earlier tunelab recorded them
     if trained is not None:
-        _record_training(cfg, trained, key)
+        _record_training(conn, cfg, trained, key)
     _put_metrics(conn, cfg.name, read_metrics(cfg.run_dir))
     kill_point("ledger.ingest", cfg.name)  # the fault benchmark: mid-transaction, history already recorded
     _put_evals(conn, cfg.name, cfg.run_dir, scores)
@@ -251,9 +252,11 @@ def ingest_run(conn: sqlite3.Connection, cfg: RunConfig, config_json: str | None
     return state
 
 
-def _record_training(cfg: RunConfig, summary: Summary, key: str) -> None:
-    """Later plans, in any experiment, learn from every completed run: its history row and its prediction checks."""
-    trained = history.from_run_dir(cfg, summary, key)
+def _record_training(conn: sqlite3.Connection, cfg: RunConfig, summary: Summary, key: str) -> None:
+    """Later plans, in any experiment, learn from every completed run: its history row (with its training job's
+    dispatch, from this ledger's jobs) and its prediction checks."""
+    job = training_job(conn, cfg.name, cfg.attempt if summary.attempt is None else summary.attempt)
+    trained = history.from_run_dir(cfg, summary, key, job)
     if loaded(trained):  # timed beside others' work: what the load cost it, against the idle rows of its shape
         trained = dataclasses.replace(trained, measured_slowdown=measured_slowdown(trained, history.load()))
     history.record([trained])

@@ -152,6 +152,8 @@ class Summary(JsonRecord):
     step_cost: StepCost | None = None  # one-process unstaged runs only
     finish_s: float | None = None  # after training: step cost, summary
     startup_s: float | None = None  # process start to the first step (interpreter, imports, loading)
+    process_started_at: str | None = None  # the (rank 0) training process's creation, ISO 8601 UTC: where startup_s
+    # counts from, and where its job's dispatch ends (its submission to this: ledger/submission.py)
     train_examples: int | None = None
     validation_examples: int | None = None
     packing: PackingStats | None = None

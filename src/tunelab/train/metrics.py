@@ -8,6 +8,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,23 @@ def packing_stats(dataset, max_seq_len: int, packed: bool) -> PackingStats:
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process started (Linux /proc), so start-up includes interpreter and imports."""
+    """Seconds since this process was created, so start-up includes interpreter and imports: the clock since boot
+    less the process's start in /proc/self/stat (both since boot, to a 10 ms tick; /proc/stat's btime, whole
+    seconds, put it up to a second off)."""
     try:
         ticks = os.sysconf("SC_CLK_TCK")
-        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-        return time.time() - (boot + start_ticks / ticks)
-    except (OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / ticks
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: no /proc, no CLOCK_BOOTTIME
         return None
+
+
+def process_started_at() -> str | None:
+    """When this process was created (ISO 8601, UTC, milliseconds): now less `process_age_s`, the one clock start-up
+    counts from, so that a job's dispatch (its submission to this) and its start-up meet without a gap."""
+    age = process_age_s()
+    return None if age is None else datetime.fromtimestamp(time.time() - age, UTC).isoformat(timespec="milliseconds")
 
 
 def job_root() -> int:
