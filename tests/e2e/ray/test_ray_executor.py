@@ -17,6 +17,7 @@ from waiting import wait_for
 from tunelab.cli import app
 from tunelab.execute.ray_cluster import RayExecutor, split_id
 from tunelab.fsutil import read_json
+from tunelab.ledger import history
 from tunelab.ledger import store as ledger
 from tunelab.rundir.config import save_run_config
 from tunelab.scaffold.write import scaffold
@@ -76,6 +77,11 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     assert (row["state"], row["executor"], row["node"]) == ("completed", "ray", by[("tiny_r4", "train")]["node"])
     attempts = ledger.query(exp, "SELECT executor, node, state FROM attempts WHERE run = 'tiny_r4'")
     assert attempts == [{"executor": "ray", "node": row["node"], "state": "completed"}]  # the history of its attempts
+    # its history row: the executor, a node, and its job's dispatch — the supervisor's start between the submission
+    # and the training process, on the one clock of this host's namespaces (ledger/submission.py)
+    [trained] = [r for r in history.load(everything=True) if r.origin_where == str(exp / "runs" / "tiny_r4" /
+                                                                                   "summary.json")]
+    assert trained.executor == "ray" and trained.node and trained.dispatch_s is not None and trained.dispatch_s > 0
     # the same sweep here, on this machine: the same scores
     scaffold(local_spec)
     _ok(["run", str(local_spec.parent)])
