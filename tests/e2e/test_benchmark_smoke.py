@@ -53,6 +53,7 @@ WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py"
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_lease.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "ray_demo.py": ("--smoke", "tests/e2e/ray/test_ray_demo_smoke.py"),
+                     "plan_ab.py": ("--smoke", "tests/e2e/test_plan_ab.py"),
                      "eval_engines.py": ("--smoke", "tests/e2e/test_eval_engines_smoke.py"),
                      "demo_wall.py": ("--check", "tests/e2e/test_report_audit.py"),
                      "first_contact.py": ("--check", "tests/e2e/test_report_audit.py"),
