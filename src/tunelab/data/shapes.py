@@ -61,7 +61,6 @@ def _box_in(rng: random.Random, area: tuple[int, int, int, int], lo: int, hi: in
 
 def draw_example(task: str, rng: random.Random, size: int):
     """(picture, answer) for one example of the task."""
-
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     kind = rng.choice(KINDS)

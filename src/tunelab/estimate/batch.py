@@ -168,8 +168,6 @@ class _BatchWhy:
                 f"{self.gives(alt, _accumulation(alt, self.per_row, self.target))}")
 
 
-
-
 def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: int, max_steps: int | None = None,
                     processes: int = 1) -> int:
     """Optimizer steps as the HF Trainer counts them: partial micro-batches and accumulation windows still make a step

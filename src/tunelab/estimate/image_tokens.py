@@ -61,7 +61,6 @@ def run_images(inputs: MemoryInputs, model: str | Path, model_config: dict[str, 
                max_pixels: int | None, longest: int) -> MemoryInputs:
     """A planned VLM run's images for the simulator: one image at the run's pixel budget (smaller when the longest row
     cannot hold its tokens) in the longest row, whose length counts every image's tokens. Text: unchanged."""
-
     if not is_vision_config(model_config):
         return inputs
     geometry = _geometry(model, model_config).with_pixels(min_pixels, max_pixels)

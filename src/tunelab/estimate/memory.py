@@ -67,7 +67,6 @@ class MemoryInputs:
     @classmethod
     def of_training(cls, t: Any, dtype: str) -> MemoryInputs:
         """From a run's training config (spec/training.py) and the dtype it trains in on the target GPU."""
-
         targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
         return cls(attention=resolve_attention(t.attention, t.packing).kind.value, qlora_frozen_dtype=t.qlora_frozen_dtype,
                    dtype=dtype, lora_rank=t.lora_rank, lora_targets=targets, modules_to_save=tuple(t.modules_to_save),

@@ -114,7 +114,6 @@ def caveat(shape: Shape, result: ProbeResult) -> str | None:
 
 def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
     """The dtype the probe trained in: `auto` resolved for its GPU (left `auto` on a GPU the catalog lacks)."""
-
     if t.dtype != "auto":
         return t.dtype
     if result.device == "cpu":
@@ -126,7 +125,6 @@ def _probed_dtype(t: TrainingConfig, result: ProbeResult) -> str:
 def simulated_max_batch(cfg: RunConfig, result: ProbeResult) -> int | None:
     """The simulator's largest micro-batch on the probe's GPU for the step the probe measured: one process (probe_steps
     never runs under torchrun), whatever the run's gpus_per_run."""
-
     gpu = match_gpu(result.device, result.gpu_memory_gib) if result.gpu_memory_gib else None
     if gpu is None:
         return None
@@ -147,8 +145,6 @@ def probe_cfg(cfg: RunConfig, tag: str) -> RunConfig:
 
 def probe_shape(shape: Shape, max_batch: bool = False) -> ProbeResult:
     """One shape measured as a job trains: a process of its own on a scratch run directory (removed after)."""
-
-
     pcfg = probe_cfg(shape.cfg, shape.key)
     run_dir = pcfg.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)

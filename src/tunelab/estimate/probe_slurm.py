@@ -32,7 +32,6 @@ def read_results(path: Path) -> dict[str, ProbeResult]:
 def probe_on_slurm(runs: list[RunConfig], spec_path: Path, experiment_dir: Path, executor: Executor,
                    say: Callable[[str], None] = print, timeout_s: float = 3600) -> list[history.HistoryRun]:
     """Submit the probe job through `executor` (the Slurm one), wait for it, record its results in the history."""
-
     shapes = distinct_shapes(runs)
     if not shapes:
         return []

@@ -58,7 +58,6 @@ class BatchedTask:
 def batchable(item: WorkItem, task: Any, model: Any, inspect_loop: bool = False) -> bool:
     """Whether tunelab's own loop runs this target × task: the loop the plan priced it by (spec/evaluation.py: a
     built-in, a text model, not `inspect_loop`), and, as built, one greedy generate() on a pass's shared weights."""
-
     api = model.api
     if not isinstance(api, TunelabModelAPI) or not isinstance(api.lm, AdapterView):
         return False
@@ -120,7 +119,6 @@ def _finish(one: BatchedTask, header: Any, answers: list[Any], share: float, sta
 
 async def _score(task: Any, model: Any, samples: list[Any], outputs: list[Any]) -> list[dict[str, Any]]:
     """Each sample's scores by the task's own scorers, on the TaskState inspect's loop would hand them."""
-
     scorers = list(task.scorer or [])
     if not scorers:
         raise TunelabError(f"task '{task.name}' has no scorer")

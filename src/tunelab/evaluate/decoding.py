@@ -93,7 +93,6 @@ def sampling_of(config: Any) -> Sampling | None:
 def current_sample() -> list[Any] | None:
     """[sample id, epoch] of the inspect sample being generated for (None outside one: answers are then seeded
     by prompt and choice alone). inspect-ai has no public accessor: inspect_internals.sample_state."""
-
     state = sample_state()
     return None if state is None else [str(state.sample_id), int(state.epoch)]
 

@@ -40,7 +40,6 @@ def now() -> str:
 
 def scorer_names(scorers: list[Any]) -> list[str]:
     """The names the task's scores go under in the log (inspect's rule: the scorer's name, numbered when repeated)."""
-
     names: list[str] = []
     for scorer in scorers:
         names.append(unique_scorer_name(scorer, names))
@@ -49,7 +48,6 @@ def scorer_names(scorers: list[Any]) -> list[str]:
 
 def sample_score(scorer: Any, score: Any, sample: Any) -> Any:
     from inspect_ai.scorer import SampleScore
-
 
     return SampleScore(score=score, sample_id=sample.id, sample_metadata=sample.metadata,
                        scorer=registry_unqualified_name(scorer))
@@ -70,7 +68,6 @@ def started_logs(tasks: list[Any], log_dir: Path, options: dict[str, Any]) -> li
 def write_task_log(header: Any, task: Any, model: Any, results: list[SampleResult], started: str) -> Any:
     """The task's EvalLog, written where inspect started it; `started`: when tunelab's loop started it."""
     from inspect_ai.log import EvalStats, write_eval_log
-
 
     name = str(model)
     evaluated, reductions = eval_results(len(results), [r.scores for r in results], task.epochs_reducer,

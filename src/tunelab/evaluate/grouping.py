@@ -115,7 +115,6 @@ def _why_single(key: _Key, buckets: dict[_Key, list[TargetWork]]) -> str:
 
 def mix_blocker(work: TargetWork) -> str | None:
     """Why this target cannot go into a mixed batch (None: it can)."""
-
     target = work.target
     if not (target.base_path / "config.json").is_file():
         return "its base model directory has no config.json"
@@ -180,7 +179,6 @@ def _vocab_size(base: Path) -> int:
 
 def _dtype(work: TargetWork, device: str) -> Any:
     """The dtype the provider loads this target in (model_args_of: the run's training dtype, else auto)."""
-
     cfg = work.cfg
     return resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", device)
 

@@ -88,7 +88,6 @@ def load_base(base_path: str | Path, tokenizer: Any, dtype: Any, resize: bool) -
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-
     base = Path(base_path)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a tqdm bar per load would garble the sweep's progress display

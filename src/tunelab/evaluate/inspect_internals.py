@@ -14,7 +14,6 @@ LOG_ZSTD_THREADS = 0
 
 def compress_logs_in_one_thread() -> None:
     """Set inspect-ai's zstd threads for `.eval` members to one, before every eval and log tunelab writes."""
-
     set_zstd_threads(LOG_ZSTD_THREADS)
 
 

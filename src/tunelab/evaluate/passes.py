@@ -91,7 +91,6 @@ def evaluate_runs(cfgs: list[RunConfig], epochs: EpochChoice | None = None, forc
 def _through_vllm(cfgs: list[RunConfig], pending: list[TargetWork], engine: str | None, batch_size: int,
                   report: Report, console: Console | None, outcomes: dict[ItemKey, Outcome]) -> list[TargetWork]:
     """With engine vllm (evaluate/engine.py), what vLLM serves is evaluated there; the targets left for HF."""
-
     chosen, home = resolve_engine(cfgs, engine)
     if chosen != Engine.VLLM or home is None:
         return pending
@@ -129,7 +128,6 @@ def _one_at_a_time(one: Alone, device: str, options: PassOptions, one_pass: bool
 def lone_loop(work: TargetWork, inspect_loop: bool) -> LoopChoice:
     """The loop a target alone takes (spec/evaluation.py): tunelab's where any of its tasks takes it, else inspect-ai's
     with the first task's reason (a directory that is no model too: inspect names what is missing)."""
-
     base = work.target.base_path
     if not (base / "config.json").is_file():
         return LoopChoice(EvalLoop.INSPECT, "its base model directory has no config.json")

@@ -87,7 +87,6 @@ class TunelabModelAPI(ModelAPI):
                  min_pixels: int | str | None = None, max_pixels: int | str | None = None) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, config=config)
         if base_path is None:  # by hand: the model name is a directory of this experiment
-
             cfg, target = resolve_model_dir(model_name)
             base_path = str(target.base_path)
             adapter_path = adapter_path or (str(target.adapter_path) if target.adapter_path else None)
@@ -153,7 +152,6 @@ class TunelabModelAPI(ModelAPI):
 
     def _encode_prompt(self, messages: tuple[Message, ...]) -> list[int]:
         if self.vision is not None:
-
             return encode_vision_prompt(self.format, messages, self.vision)
         return self.format.encode_prompt(messages, self.tokenizer)
 
@@ -211,7 +209,6 @@ class TunelabModelAPI(ModelAPI):
         """The tokens training would learn for `answer` after these messages (with its end-of-turn)."""
         example = Example((*messages, Message("assistant", answer)))
         if self.vision is not None:
-
             ids = encode_vision_example(self.format, example, self.vision)["input_ids"]
         else:
             ids = self.format.encode_example(example, self.tokenizer)["input_ids"]
@@ -242,7 +239,6 @@ class TunelabModelAPI(ModelAPI):
 
 def images_of(message: ChatMessage) -> tuple[str, ...]:
     """The images of an inspect message (ContentImage parts: a file path or a data URI), in order."""
-
     if isinstance(message.content, str):
         return ()
     return tuple(c.image for c in message.content if isinstance(c, ContentImage))
@@ -250,8 +246,6 @@ def images_of(message: ChatMessage) -> tuple[str, ...]:
 
 def vision_processor_of(base_path: str, tokenizer: Any, min_pixels: Any, max_pixels: Any) -> Any:
     """A VLM's processor around the tokenizer the provider already holds; None for a text model."""
-
-
     if not is_vision_language(base_path):
         return None
     lo, hi = (int(v) if v not in (None, "None", "") else None for v in (min_pixels, max_pixels))

@@ -47,7 +47,6 @@ def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
     """inspect_ai.eval as every tunelab evaluation runs it: INSPECT_OPTIONS, log members compressed in one thread."""
     import inspect_ai
 
-
     compress_logs_in_one_thread()
     return list(inspect_ai.eval(tasks, **INSPECT_OPTIONS, **options))
 
@@ -55,7 +54,6 @@ def inspect_eval(tasks: Any, **options: Any) -> list[Any]:
 def evaluate_run(cfg: RunConfig, epochs: EpochChoice | None = None, force: bool = False, *,
                  batch_size: int | None = None, tasks: list[str] | None = None) -> list[TaskScores]:
     """Every target × task of a run (finished ones skipped unless force); batch_size 1: the unbatched reference."""
-
     base = Path(cfg.model.path)
     if not (base / "config.json").is_file():
         raise TunelabError("base model directory not found (no config.json)", file=base)
@@ -89,7 +87,6 @@ def chosen_tasks(cfg: RunConfig, names: list[str] | None) -> list[TaskSpec]:
 def build_task(cfg: RunConfig, spec: TaskSpec) -> tuple[Any, str | None, str | None]:
     """(inspect Task, the provider's prompt_template, the @task function name) of one task spec."""
     if spec.file:
-
         ut = resolve_user_task(spec)
         return ut.build(), spec.prompt if spec.prompt is not None else cfg.prompt, ut.function
     from tunelab.evaluate.tasks import build_builtin_task
@@ -109,7 +106,6 @@ class PreparedTask:
 
 def prepare_task(cfg: RunConfig, spec: TaskSpec) -> PreparedTask:
     """Build and check one task (a task that cannot be built leaves old results alone)."""
-
     task, template, function = build_task(cfg, spec)
     _check_task_config(spec, function, task)
     return PreparedTask(task, template, function, describe(sampling_of(task.config)))
@@ -180,7 +176,6 @@ def finish_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, p
 
 def _check_task_config(spec: TaskSpec, function: str | None, task: Any) -> None:
     """The task's own GenerateConfig, before any weights load: what the provider cannot honour is named."""
-
     where = f"task '{spec.name}'" + (f" (@task {function})" if function else "")
     try:
         check_generate_config(task.config, where)
@@ -279,7 +274,6 @@ def inspect_seconds(log: Any) -> float | None:
 def sample_values(log: Any) -> list[SampleValue]:
     """Each sample's score (by inspect's value_to_float) and what the choice and numeric metrics need."""
     from inspect_ai.scorer import value_to_float
-
 
     to_float = value_to_float()
     out = []

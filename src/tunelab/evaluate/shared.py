@@ -198,7 +198,6 @@ class AdapterView:
 @contextlib.contextmanager
 def _quiet_peft_hooks() -> Iterator[None]:
     """PEFT's adapter_names hooks ask transformers' deprecated `is_gradient_checkpointing` (transformers 5.23)."""
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield

@@ -31,7 +31,6 @@ def evaluate_experiment(experiment_dir: str | Path, names: list[str] | None = No
     """Evaluate completed fine-tuned runs, controls and eval-only runs, skipping what has scores (unless force). epochs:
     'last' | 'all' | '0,2'. `one_pass=False`: every target one at a time; `progress`: called (done, total, what) per
     target × task; `engine`: hf | vllm; `inspect_loop`: every task through inspect-ai's own loop."""
-
     chosen = parse_epochs(epochs)
     console = console or Console()
     exp = Path(experiment_dir).resolve()

@@ -98,5 +98,3 @@ def resolve_model_dir(path: str | Path) -> tuple[RunConfig, Target]:
         return cfg, Target(p.name, epoch, Path(cfg.model.path), p)
     raise TunelabError("not a tunelab run, control or eval-only directory (no run.yaml), nor a checkpoint "
                        "runs/<run>/checkpoints/epoch_N", file=p)
-
-

@@ -41,7 +41,6 @@ _MESSAGE = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": C
 # ---------------------------------------------------------------- samples
 def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Example]:
     """The task's dataset split as Examples, read as training reads rows (template: the task's or the run's)."""
-
     try:
         dataset = cfg.dataset_named(spec.dataset)
     except KeyError:
@@ -54,7 +53,6 @@ def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Exa
 
 def as_chat(example: Example) -> list[ChatMessage]:
     """The prompt as inspect messages; a message's images become ContentImage parts before its text."""
-
     return [_MESSAGE[msg.role](content=[*(ContentImage(image=p) for p in msg.images), ContentText(text=msg.content)]
                                if msg.images else msg.content) for msg in example.prompt]
 
@@ -73,7 +71,6 @@ def image_metadata(example: Example) -> dict | None:
 @scorer(metrics=[accuracy(), stderr()])
 def exact_match() -> Scorer:
     """Correct when the stripped completion equals the stripped target, case included."""
-
     async def score(state: TaskState, target: Target) -> Score:
         answer = state.output.completion.strip()
         ok = any(answer == t.strip() for t in target.target)
@@ -85,7 +82,6 @@ def exact_match() -> Scorer:
 @scorer(metrics=[accuracy(), stderr()])
 def includes() -> Scorer:
     """Correct when the (case-sensitive) target appears anywhere in the completion."""
-
     async def score(state: TaskState, target: Target) -> Score:
         answer = state.output.completion
         ok = any(t.strip() and t.strip() in answer for t in target.target)
@@ -98,9 +94,7 @@ def includes() -> Scorer:
 @solver
 def option_probabilities(options: list[str]) -> Solver:
     """Each option's probability: its summed log-probability after the prompt, normalised over the options."""
-
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-
         model = get_model()
         if not isinstance(model.api, TunelabModelAPI):
             raise TunelabError(f"the choice built-in needs the tunelab model provider, not {model}")
@@ -125,7 +119,6 @@ def option_output(model: str, options: list[str], logps: list[float]) -> ModelOu
 @scorer(metrics=[accuracy()])
 def option_choice() -> Scorer:
     """Correct when the most probable option is the target; the probabilities go to the metrics."""
-
     async def score(state: TaskState, target: Target) -> Score:
         probs = (state.output.metadata or {})["option_probs"]
         pred = max(probs, key=lambda o: probs[o])
@@ -164,7 +157,6 @@ def parse_number(text: str) -> float | None:
 @scorer(metrics=[m.mae(), m.rmse(), m.r2(), m.parse_rate()])
 def numeric() -> Scorer:
     """The first number of the completion against the numeric target; correct when equal."""
-
     async def score(state: TaskState, target: Target) -> Score:
         pred, truth = parse_number(state.output.completion), float(target.text)
         return Score(value=CORRECT if pred == truth else INCORRECT, answer=state.output.completion.strip(),

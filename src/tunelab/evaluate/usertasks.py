@@ -193,7 +193,6 @@ def _checked_tasks(spec: ExperimentSpec, spec_dir: Path, runs: list[RunConfig]) 
 
 def _check_grader(spec: TaskSpec, base: Path | None) -> None:
     """A grader given as a local model directory must be one (a model string is only known at eval time)."""
-
     if isinstance(spec.grader, GraderSpec):
         path = Path(spec.grader.path)
         check_grader_dir(path if path.is_absolute() or base is None else base / path, spec.name)

@@ -56,7 +56,6 @@ def unservable(adapter: Path) -> str | None:
 
 def not_mergeable(base: Path) -> str | None:
     """Why a checkpoint of this base goes to the HF path rather than to a merged vLLM model (None: it merges)."""
-
     if is_vision_language(str(base)):
         return "a vision-language model (tunelab's vLLM path serves text models)"
     return None
@@ -135,7 +134,6 @@ def _hf_only(work: TargetWork) -> str | None:
 
 def _grows_vocab(base: Path, adapter: Path) -> str | None:
     """An adapter whose saved tokenizer has more tokens than the base's embeddings: the base needs resizing."""
-
     if not (adapter / "tokenizer_config.json").is_file():
         return None
     from transformers import AutoTokenizer
@@ -189,7 +187,6 @@ def _serve_and_run(model: Path, served: list[Served], home: VllmHome, batch_size
 
 def server_args(model: Path, served: list[Served]) -> ServerArgs:
     """The server's arguments from the sweep (module docstring)."""
-
     cfgs = [s.work.cfg for s in served]
     spec = cfgs[0].eval.vllm
     adapters = sorted({str(s.adapter) for s in served if s.adapter is not None})
@@ -205,7 +202,6 @@ def server_args(model: Path, served: list[Served]) -> ServerArgs:
 
 def _dtype(cfg: Any) -> str:
     """The dtype the HF path evaluates this run in (device.resolve_dtype of training's dtype)."""
-
     dtype = resolve_dtype(cfg.training.dtype if cfg.training is not None else "auto", resolve_device(None))
     return str(dtype).removeprefix("torch.")
 
@@ -231,8 +227,6 @@ def _fail_all(served: list[Served], exc: TunelabError, report: Report, outcomes:
 def run_served(wave: list[Served], url: str, prepared: dict[ItemKey, PreparedTask], batch_size: int,
                report: Report, outcomes: dict[ItemKey, Outcome]) -> None:
     """One inspect eval of a wave's target × tasks on the server at url; logs moved beside their scores.json."""
-
-
     items = [item for s in wave for item in s.work.items]
     state = _ServedState({item.key: item for item in items}, prepared, report, outcomes)
     state.served, state.url = {item.key: s for s in wave for item in s.work.items}, url
@@ -271,8 +265,6 @@ class _ServedState(_PassState):
     url: str
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
-
-
         p, s, cfg = self.prepared[item.key], self.served[item.key], item.cfg
         grader = self.grader_of[item.key] = self._grader(item.spec, batch_size)
         tokens = s.model if s.merge_reason else tokenizer_dir(item.target.base_path, item.target.adapter_path)

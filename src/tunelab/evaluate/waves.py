@@ -57,7 +57,6 @@ def _samples_of(task: Any, unknown: int) -> int:
 def run_wave(items: list[WorkItem], shared: SharedWeights, prepared: dict[ItemKey, PreparedTask],
              batch_size: int, report: Report, outcomes: dict[ItemKey, Outcome], inspect_loop: bool = False) -> None:
     """The wave's items at once: tunelab's loop, then one inspect-ai eval; each log moved, each outcome recorded."""
-
     state = _PassState({item.key: item for item in items}, prepared, report, outcomes)
     staging = Path(tempfile.mkdtemp(prefix=".tunelab-eval-pass-", dir=items[0].cfg.experiment_dir))
     crash: Exception | None = None
@@ -133,8 +132,6 @@ class _PassState:
 
     def bind(self, item: WorkItem, batch_size: int) -> Any:
         """The item's inspect Task with its own model (the provider finds the shared weights) and grader."""
-
-
         p = self.prepared[item.key]
         grader = self.grader_of[item.key] = self._grader(item.spec, batch_size)
         # memoize=False: a re-evaluation after retraining must not reuse a cached Model.

@@ -36,7 +36,6 @@ _HELD: dict[Path, str] = {}  # claim file -> our token
 @contextlib.contextmanager
 def experiment_lock(experiment_dir: str | Path, wait: bool = True) -> Iterator[bool]:
     """Hold the experiment's lock for the body (one coordinator at a time); wait=False: False at once if held."""
-
     path = Path(experiment_dir) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

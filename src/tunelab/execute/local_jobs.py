@@ -207,7 +207,6 @@ class LocalExecutor(OneJobEachRun):
     @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
         """Nothing beyond job.sh, which scaffold writes for every fine-tuned run."""
-
     def capacity(self, runs: list[RunConfig]) -> Capacity:
         return Devices(runs)
 

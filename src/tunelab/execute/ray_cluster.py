@@ -352,4 +352,3 @@ class RayExecutor(OneJobEachRun):
 
     def unanswered(self) -> tuple[float, str] | None:
         return None if self._silent_since is None else (time.monotonic() - self._silent_since, self._error)
-

@@ -136,7 +136,6 @@ def forecast(devices: list[Device], needs: list[RunNeed], runs_per_gpu: int = 1)
 def visible_gpus(memory_gib: list[float] | None = None) -> list[Device]:
     """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices 0..n-1 when unset),
     so a child given a subset of those names sees exactly those GPUs. memory_gib: per visible GPU."""
-
     if not catalog.nvidia_driver_present():
         return []
     import torch

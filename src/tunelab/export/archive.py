@@ -118,7 +118,6 @@ def _copy_verified(src: Path, dest: Path, copy_file: Callable[[Path, Path], obje
 def run_archive(plan: ArchivePlan, copy_file: Callable[[Path, Path], object] = shutil.copyfile,
                 progress: Callable[[str], None] | None = None) -> ArchiveManifest:
     """Copy and verify everything, write the archive's manifest, then remove the heavy directories."""
-
     exp = plan.experiment_dir
     with experiment_lock(exp, wait=False) as held:
         if not held:

@@ -36,7 +36,6 @@ def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq
                            field="--model")
     from transformers import AutoTokenizer
 
-
     tok = AutoTokenizer.from_pretrained(model)
     spec = DatasetSpec(name="dataset", path=str(Path(dataset).resolve()))
     modes: dict[str, ChatMode] = {"auto": "auto", "always": "always", "never": "never"}
@@ -60,7 +59,6 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
     arch = resolve_architecture(model)
     images = None
     if images_per_example:
-
         if packed:
             raise TunelabError("image rows are not packed (the simulator and the job refuse it)", field="--packed")
         images = image_plan(model, model_config_of(model), images_per_example, min_pixels, max_pixels, max_seq_len)
@@ -107,7 +105,6 @@ def estimate_config(model: str | Path, gpu: GPU, max_seq_len: int, inputs: Memor
 def _auto_strategy(model: str | Path, inputs: MemoryInputs, shape: StepShape, processes: int, gpu: GPU,
                    arch: Any) -> Strategy | None:
     """distributed: auto on `processes` GPUs — DDP unless only the FSDP-sharded step fits (the plan's rule)."""
-
     whole = predict_peak(model, inputs, shape, processes, Strategy.DDP, arch)
     sharded = predict_peak(model, inputs, shape, processes, Strategy.FSDP, arch)
     return choose_strategy("auto", processes, whole.required_gib, sharded.required_gib, gpu.memory_gib)
@@ -179,7 +176,6 @@ class _EpochWork:
 
 def _epoch_work(data: DatasetMeasurement, arch: Any, gpu: GPU, packed: bool, b: int, max_seq_len: int) -> _EpochWork:
     """Rows, tokens and (FLOPs-model) speed of an epoch of the measured data at micro-batch b."""
-
     train = data.train
     if packed:
         sequences, tokens = data.packing.sequences, train.tokens

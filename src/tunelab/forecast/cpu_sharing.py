@@ -73,8 +73,6 @@ def cpu_threads(under_load_now: bool = True) -> int:
     where others hold cores while planning, what a job starting now would take of it (host/adapt.py).
     Only torch's own default (TUNELAB_THREAD_RULE=torch, or an OMP_NUM_THREADS torch cannot read) asks torch,
     remembered per host and setting: importing torch to ask costs ~2 s of every plan."""
-
-
     rule = decide(1)
     if rule.torch is not None:
         # others hold cores now: a job starting here takes fewer (host/adapt.py); a job run elsewhere does not
@@ -167,7 +165,6 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
               estimate_at: EstimateAt) -> CpuSharing:
     """Choose for the fine-tuned runs on this machine (its usable cores, its RAM) and write the choice where the
     executor and the forecasts read it: every run's resources (run.yaml) and the plan's spec."""
-
     try:
         ram: float | None = host_memory_gib()
     except OSError:

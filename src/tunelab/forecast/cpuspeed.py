@@ -284,7 +284,6 @@ def _timed_at(model: Any, opt: Any, ids: Any, threads: int | None) -> dict[str, 
 def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any) -> dict[str, float]:
     """A validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS), and a save's
     bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory once."""
-
     model.eval()
     times = []
     with torch.no_grad():
@@ -363,7 +362,6 @@ def timed_startup(model_path: str, parameters: int, imports_s: float | None = No
     """A job's start-up with nothing measured: a fresh interpreter importing the training stack, timed here
     (cached per machine and versions; `imports_s`: one the loop's measuring job just took, forecast/loopcost.py,
     kept instead of starting another), plus the model's weights read at ASSUMED_LOAD_GBS."""
-
     def run() -> dict[str, float]:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", f"import {IMPORTED}"], check=True, capture_output=True)

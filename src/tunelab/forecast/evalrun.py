@@ -86,10 +86,8 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
                      estimate: RunEstimate | None = None) -> RunEvalPrediction:
     """The run's evaluation, each task once per target, corrected by its source's errors here, with its interval."""
     if generation is None:
-
         generation = load()
     if errors is None:
-
         errors = predictions.load()
     targets = eval_targets(cfg)
     engine = cfg.eval.planned_engine(gpu is not None)

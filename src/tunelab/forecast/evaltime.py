@@ -111,7 +111,6 @@ def predict_eval_time(*, model: str | Path, gpu: GPU | None, samples: int, promp
     """The predicted time of one target × task (see EvalWorkload); `generation` None reads the history; `batched`:
     tunelab's own loop evaluates it (a lighter evaluator's work per sample)."""
     if generation is None:
-
         generation = load()
     work = EvalWorkload(model=str(model), samples=samples, prompt_tokens=tuple(prompt_tokens),
                         answer_tokens=tuple(answer_tokens), max_tokens=max_tokens, batch_size=max(1, batch_size),
@@ -259,7 +258,6 @@ def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[Histor
     if gpu is not None:
         flops, where = gpu.bf16_tflops * 1e12 * DEFAULT_MFU, f"{gpu.name} at {DEFAULT_MFU:.0%} MFU (assumed)"
     else:  # this CPU's speed timed here (forecast/cpuspeed.py), the same measurement training's plan takes
-
         flops = cpu_flops(arch.hidden if arch is not None else 1024, cpu_threads) * MATMUL_EFFICIENCY
         where = f"this CPU (timed here: {flops / 1e9:,.1f} GFLOP/s at {MATMUL_EFFICIENCY:.0%} of a matmul's, assumed)"
     weight_bytes = params * (2 if gpu is not None else 4)

@@ -49,7 +49,6 @@ def loop_overhead(threads: int | None) -> LoopOverhead:
 
 
 def _key(threads: int | None) -> list[Any]:
-
     return [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"),
             version("transformers"), version("trl"), version("peft")]
 
@@ -108,7 +107,6 @@ def _measure_counts(counts: list[int]) -> dict[int, dict[str, Any]]:
 
 def _run_job(scratch: Path, threads: int | None, counts: list[int]) -> dict[str, Any] | None:
     """Run `python -m tunelab.train.loop_cost SCRATCH [COUNTS]`; None when it exited well, else the failure."""
-
     # the plan's own measurement, not a run: a test's knobs for the run's job (kills, held steps) stay off it
     env = {k: v for k, v in host_threads.child_env(1).items() if not k.startswith(TEST_KNOBS)}
     if threads:

@@ -62,7 +62,6 @@ def ranged_training(est: RunEstimate, records: Sequence[PredictionRecord], devic
         gpu_hours=round(seconds * est.processes / 3600, 4) if est.gpu_hours is not None else None))
 
 
-
 def contention_warnings(estimates: dict[str, RunEstimate]) -> list[str]:
     """One line for a plan whose times rest on measurements timed under contention, and what was done."""
     hit = [e.run for e in estimates.values() if "under contention" in e.time_source]

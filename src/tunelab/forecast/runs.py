@@ -145,7 +145,6 @@ def run_step(cfg: RunConfig, gpu: GPU, longest: int | None) -> tuple[MemoryInput
     inputs = MemoryInputs.of_training(t, t.planned_dtype(gpu.compute_capability))
     shape = step_shape(t.batch_size, t.max_seq_len, t.packing, longest)
     if not t.packing:  # a VLM's rows carry an image through the vision tower (estimate/image_tokens.py)
-
         inputs = run_images(inputs, cfg.model.path, model_config_of(cfg.model.path), t.min_pixels, t.max_pixels,
                             shape.seq_len)
     return inputs, shape
@@ -315,7 +314,6 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
     seconds = startup = None
     timed_start = None
     if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too
-
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
         seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
@@ -329,7 +327,6 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
                    nproc: int, train_s: float, threads: int | None) -> RunOverheads:
     """What the job adds to its timed micro-batches: this machine's loop cost, validations and saves."""
-
     t = _training(cfg)
     plan = schedule(t, rows, rows, nproc, train_s)
     if t.packing:  # packed validation rows: the split's tokens, no padding

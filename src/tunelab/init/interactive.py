@@ -49,8 +49,6 @@ CPU_CHOICE = "none: plan for this machine's CPU"
 def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: bool) -> InitAnswers:
     """The plan-runs conversation (questionary): returns the answers, writes nothing. Asks for the jobs' GPU when none
     is detected or named (a login node is not where jobs run); every default is the flags' (answers.DEFAULTS)."""
-
-
     vary_keys = _require(q.checkbox(
         "What do you want to vary? (several models or datasets: choose them below)",
         choices=[q.Choice(k, checked=k in DEFAULTS.vary) for k in DEFAULTS.levels]).ask())
@@ -83,10 +81,8 @@ def ask_answers(out: Path, model_roots: list[Path], data_root: Path, gpu_known: 
 
 
 def confirm_write(path: Path) -> bool:
-
     return bool(_require(q.confirm(f"Write {path}?", default=True).ask()))
 
 
 def confirm_batch() -> bool:
-
     return bool(_require(q.confirm("Use the planner's micro-batch, accumulation and packing?", default=True).ask()))

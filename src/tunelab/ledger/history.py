@@ -266,7 +266,6 @@ def _read_bools(row: dict[str, Any]) -> dict[str, Any]:
 
 def _architecture_facts(cfg: RunConfig) -> tuple[int | None, int | None, int | None]:
     """(layers, hidden size, parameters) of the run's model; all None when its config cannot be read."""
-
     try:
         arch = resolve_architecture(cfg.model.path)
     except (TunelabError, OSError, ValueError) as exc:  # model dir moved or its config.json damaged

@@ -206,4 +206,3 @@ def to_csv(records: list[RunRecord]) -> str:
     for r in records:
         w.writerow(_csv_row(r))
     return buf.getvalue()
-

@@ -137,7 +137,6 @@ def meta_model(config: dict[str, Any], dtype: str = "bfloat16"):
 
 
 def _tokenizer(config: dict[str, Any]):
-
     eos = config.get("eos_token_id")  # a list in some configs: the first ends a turn
     first = eos[0] if isinstance(eos, list) and eos else eos
     first_eos = None if first is None or isinstance(first, list) else int(first)
@@ -184,7 +183,6 @@ def _build_vlm(source: Source, out: Path, layers: int | None, spec: WeightSpec, 
                progress: Callable[[int, int], None], start: float) -> RandomBuild:
     """A Qwen-VL source: the nested config cut to `layers`, the family's tokenizer and image processor."""
     from transformers import GenerationConfig
-
 
     if source.config.get("model_type") not in FAMILIES:
         raise TunelabError(f"model type {source.config.get('model_type')} is not one tunelab builds "
@@ -258,7 +256,6 @@ def _provenance(source: Source, config: dict[str, Any], seed: int, dtype: str, p
                 files: list[str], real_layers: int | None = None, weights: bool = True) -> Provenance:
     import torch
     import transformers
-
 
     return Provenance(arch=source.name, origin=source.origin, layers=int(config["num_hidden_layers"]),
                       real_layers=real_layers or int(source.config["num_hidden_layers"]), seed=seed, dtype=dtype, parameters=parameters, files=files,

@@ -49,7 +49,6 @@ def shallow_vlm_config(config: dict[str, Any], layers: int | None, dtype: str) -
 def vl_vocabulary(size: int) -> dict[str, int]:
     """Token → id: the 256 byte symbols first, Qwen's special tokens from <|endoftext|> (151643) on, fillers
     everywhere else up to `size`."""
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     start = 151643
     if size < start + len(QWEN_SPECIALS):
@@ -75,7 +74,6 @@ def build_vl_tokenizer_at(size: int, template: str, model_max_length: int) -> An
 
 def vl_processor(config: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and image processor of the config's family, checked against the config's token ids."""
-
     family = FAMILIES[config["model_type"]]
     text = config["text_config"]
     tokenizer = build_vl_tokenizer_at(int(text["vocab_size"]), chat_template(family),

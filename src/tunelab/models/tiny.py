@@ -22,7 +22,6 @@ CHAT_TEMPLATE = (
 def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, int]:
     """Token → id: chat specials, the 256 bytes and unreachable fillers up to `size`; bos and end-of-turn at `bos_id` /
     `eos_id` when given (a real model's ids). Without ids or size: the tiny models' layout."""
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     size = size or len(SPECIAL_TOKENS) + len(alphabet)
     if size < len(SPECIAL_TOKENS) + len(alphabet):

@@ -46,7 +46,6 @@ def family_of(arch: str) -> Family:
 
 def chat_template(family: Family) -> str:
     """The family's original chat template, as the installed TRL ships it (no hub)."""
-
     path = files("trl") / "chat_templates" / family.template
     if not path.is_file():
         raise TunelabError(f"the installed trl has no chat_templates/{family.template}; trl>=1.16 ships it",

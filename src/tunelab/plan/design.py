@@ -168,7 +168,6 @@ def _controls(spec: ExperimentSpec, common: dict, prompts: dict[str, str | None]
 
 def eval_only_runs(spec: ExperimentSpec, spec_dir: Path, common: dict, seen: dict[str, dict]) -> list[RunConfig]:
     """Adapters or models trained elsewhere: evaluated with the spec's prompt format, never trained."""
-
     out = []
     models = {m.name: m for m in spec.models}
     first_dataset = resolve_dataset(spec.dataset(spec.dataset_levels()[0]), spec_dir)

@@ -39,8 +39,6 @@ class SplitImages:
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header."""
-
-
     with Image.open(image_source(path)) as im:
         return im.size
 
@@ -48,7 +46,6 @@ def image_size(path: str) -> tuple[int, int]:
 def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]]) -> list[SplitImages]:
     """Per split: images and image tokens per example, resized pixels, the longest sequence (from `lengths`,
     which count image tokens). An image cut by max_seq_len is a TunelabError naming the run and row."""
-
     t = cfg.training
     assert t is not None
     geometry = read_geometry(cfg.model.path).with_pixels(t.min_pixels, t.max_pixels)
@@ -78,7 +75,6 @@ def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]])
 def image_token_delta(paths: list[str], model_dir: str | Path, min_pixels: int | None,
                       max_pixels: int | None) -> int:
     """Tokens the images add beyond the one placeholder token each that the chat template writes."""
-
     geometry = read_geometry(model_dir).with_pixels(min_pixels, max_pixels)
     return sum(image_tokens(*image_size(p), geometry).tokens - 1 for p in paths)
 

@@ -257,8 +257,6 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
     """Estimates for every fine-tuned run (a staged run's per stage, summed), with the fewest GPUs that fit a
     run that does not fit its own (nodes counted at `node`); on a CPU at `threads` per run (default: the job's
     rule on all the cores); datasets measured once per model x dataset x prompt."""
-
-
     past, errors = history.load(), predictions.load()
     threads = (threads or cpu_threads()) if gpu is None else None
     node = node or NodeSize.assumed()
@@ -312,7 +310,6 @@ def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, g
 
 def _share_cpu(plan: Plan) -> int:
     """Runs side by side on this CPU, chosen (or kept as set) and written into the runs: the threads each gets."""
-
     if executor_class(plan.spec.resources.executor).detached:
         return cpu_threads(under_load_now=False)  # a detached executor's jobs (Slurm) run elsewhere: the rule there
     plan.cpu_sharing = cpu_sharing.share_cpu(plan.finetune_runs, plan.runs, plan.spec.resources,

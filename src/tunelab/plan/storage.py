@@ -90,7 +90,6 @@ class SweepStorage:
 
 def run_parts(cfg: RunConfig, lengths: SplitLengths) -> list[Part]:
     """The run (or each stage) with its training rows per epoch, as the trainer will batch them."""
-
     parts = []
     for part in [cfg.stage_config(i) for i in range(len(cfg.stages))] or [cfg]:
         t = part.training

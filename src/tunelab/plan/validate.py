@@ -231,11 +231,9 @@ def check_staged_run(cfg: RunConfig, gpu: GPU | None, lengths: list[list[int] | 
 
 def validate_path(path: str | Path, gpu: GPU | None) -> list[RunCheck]:
     """Validate an experiment.yaml (all its runs) or one run.yaml, for this GPU (None: this machine's CPU)."""
-
     path = Path(path)
     if path.is_dir():
         path = path / "run.yaml" if (path / "run.yaml").is_file() else path / "experiment.yaml"
-
 
     try:
         head = load_yaml(path.read_text()) if path.is_file() else None
@@ -244,7 +242,6 @@ def validate_path(path: str | Path, gpu: GPU | None) -> list[RunCheck]:
     if isinstance(head, dict) and "kind" in head and "experiment_dir" in head:
         runs = [load_run_config(path)]
     else:
-
         runs = make_plan(path, gpu=gpu, estimates=False).finetune_runs
     return check_runs(runs, gpu, path)
 
@@ -253,7 +250,6 @@ def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool 
     """Every fine-tuned run's checks and the sweep's storage (validate; `tunelab run` before its first job).
     QLoRA where the jobs have no GPU (`cuda`, default: a GPU is named or here) or bitsandbytes is missing is
     refused here, naming the source file."""
-
     for cfg in runs:
         cfg.check_quantize(gpu is not None if cuda is None else cuda, source)
     # lengths need the model's tokenizer: a well-known model name without a local dir has none
@@ -276,7 +272,6 @@ def check_runs(runs: list[RunConfig], gpu: GPU | None, source: Path, cuda: bool 
 def _check_storage(runs: list[RunConfig], checks: list[RunCheck], gpu: GPU | None) -> None:
     """The sweep against its filesystem's free space and quota (plan/storage.py): a sweep that cannot fit is an
     error, on the check of the run that needs most, naming the runs and the field that would make it fit."""
-
     storage = sweep_storage(runs, dtype_rule(gpu), split_lengths, None, gpu_job=gpu is not None)
     problem = storage.problem() if storage is not None else None
     if storage is not None and problem:
@@ -288,7 +283,6 @@ def checks_before_run(experiment_dir: str | Path, names: list[str] | None, force
     """validate's errors for the runs `tunelab run` is about to start (fine-tuned, neither completed nor
     running; with force the completed too), for the GPU their run.yaml names or this machine has, else this
     machine's CPU: the same checks as `tunelab validate`, made before the first job starts. [] when all pass."""
-
     skip = {RunState.RUNNING} | (set() if force else {RunState.COMPLETED})
     runs = [c for c in select_runs(load_runs(experiment_dir), names)
             if c.kind == "finetune" and training_state(c.run_dir) not in skip]

@@ -133,7 +133,6 @@ def write_report(experiment_dir: str | Path) -> Path:
 
 def open_in_browser(path: Path) -> bool:
     """Open the HTML report in the default browser; False (and no error) where there is none."""
-
     try:
         return bool(webbrowser.open(path.resolve().as_uri()))
     except Exception:  # no display, no browser: the report is still on disk

@@ -45,7 +45,6 @@ class EvalGap:
 
 def split_counts(experiment_dir: Path) -> dict[tuple[str, str], int]:
     """(dataset, split) -> rows, from data/provenance.json (scaffold's record of every data file; {} without)."""
-
     record = read_json(experiment_dir / DATA_DIR / PROVENANCE_FILE, default={})
     out = {}
     for name, info in (record.items() if isinstance(record, dict) else []):
@@ -106,7 +105,6 @@ def absent_runs(spec: ExperimentSpec, experiment_dir: Path, present: set[str], a
                 ) -> tuple[list[AbsentRun], str | None]:
     """The designed runs with no directory here, or ([], why not) where the design cannot be expanded now. An adopted
     experiment's runs are named by their sources: only its controls and eval-only runs are checked."""
-
     try:
         designed = expand_runs(spec, experiment_dir, experiment_dir)
     except TunelabError as exc:

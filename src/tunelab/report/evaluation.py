@@ -131,7 +131,6 @@ def prompt_table(data: ReportData) -> Table | None:
 
 def effect_text(eff: Any) -> str:
     """One line: a factor's effect on a task's metric or the final val loss, with what it rests on."""
-
     if eff.metric == "score":
         what, metric = f"{eff.task} ({eff.score_metric})", eff.score_metric
         fmt = lambda v: show(v, metric)  # noqa: E731

@@ -150,7 +150,6 @@ def _between(a: Any, b: Any) -> list[Any]:
 def score_jumps(data: ReportData, threshold: float = SCORE_JUMP) -> list[ScoreJump]:
     """Adjacent levels of a numeric factor whose mean headline score differs by ≥ threshold, per model, with the
     difference's interval: a finding only across seed replicates with an interval excluding zero."""
-
     head = data.headline
     if head is None or (head.primary_metric or "").split("/")[-1] not in FRACTIONS:
         return []
@@ -297,7 +296,6 @@ def falling_steps(data: ReportData, f: Findings) -> list[str]:
 
 def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> str:
     """What would resolve a difference: more test samples (how many, for accuracy-like metrics) or seeds."""
-
     need = samples_needed(diff.estimate) if (metric or "").split("/")[-1] in FRACTIONS else None
     more = (f"evaluate on ≈{need} test samples (now {n}): that many resolve a difference of "
             f"{100 * abs(diff.estimate):.1f} pp (alpha 0.05, power 0.8, unpaired — paired needs fewer)"
@@ -308,7 +306,6 @@ def _more_data(diff: Difference, metric: str | None, n: int, seeded: bool) -> st
 
 def resolution_steps(data: ReportData, f: Findings) -> list[str]:
     """Decisions the data cannot make: a best run tied within noise, a factor whose effect is unresolved."""
-
     head = data.headline
     if head is None:
         return []

@@ -29,7 +29,6 @@ def _final(run: RunData, task: str) -> list[SampleValue]:
 
 def _draw(rows: list[list[str]], images: list[str], path: Path) -> None:
     """Thumbnails in a row, each with the expected, the fine-tuned and the control answers under it."""
-
     line = 12
     sheet = Image.new("RGB", (len(rows) * (THUMB + 8) + 8, THUMB + 4 * line + 16), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)

@@ -12,7 +12,6 @@ from tunelab.report.document import Block, Para, Section, Table
 
 def data_section(experiment_dir: Path) -> Section | None:
     """None for experiments scaffolded before provenance was recorded."""
-
     record = read_json(experiment_dir / DATA_DIR / PROVENANCE_FILE)
     if not isinstance(record, dict) or not record:
         return None

@@ -39,7 +39,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-
 def _loc_to_path(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -103,5 +102,3 @@ def resolve_path(base_dir: Path, value: str) -> Path:
     """Paths in a spec are relative to the spec file, so an experiment directory can be moved whole."""
     p = Path(value).expanduser()
     return (p if p.is_absolute() else (base_dir / p)).resolve()
-
-

@@ -131,4 +131,3 @@ def check_tune(tune: TuneSpec | None, factors: dict[str, Any], evaluation: EvalS
     problem = _objective_problem(evaluation, tune.objective)
     if problem:
         raise ValueError(problem)
-

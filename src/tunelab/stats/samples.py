@@ -69,7 +69,6 @@ def supported(arr: SampleArrays, metric: str) -> bool:
 
 def metric_on(arr: SampleArrays, metric: str) -> float:
     """The metric of these records, by the evaluation's own function (NaN where undefined)."""
-
     if metric in MEAN_OF_VALUES:
         finite = arr.values[~np.isnan(arr.values)]
         return float(finite.mean()) if len(finite) else math.nan
@@ -97,7 +96,6 @@ def per_sample(arr: SampleArrays, metric: str) -> np.ndarray | None:
     if metric == "parse_rate":
         return np.array([p is not None for p in arr.predictions], float)
     if metric == "brier" and arr.probs is not None:
-
         truth = [arr.labels.index(t) for t in arr.targets]
         return np.array([brier_of(arr.probs[i:i + 1], truth[i:i + 1], arr.labels) for i in range(len(arr))])
     return None

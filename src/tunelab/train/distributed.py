@@ -65,7 +65,6 @@ def trainer_args(strategy: Strategy | None, cuda: bool) -> dict[str, Any]:
     return args
 
 
-
 def is_initialized() -> bool:
     import torch.distributed as dist
 

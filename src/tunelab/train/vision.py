@@ -110,6 +110,3 @@ def vision_parts(cfg: RunConfig) -> VisionParts:
     t = cfg.training
     assert t is not None
     return VisionParts(load_vision_processor(cfg.model.path, t.min_pixels, t.max_pixels))
-
-
-

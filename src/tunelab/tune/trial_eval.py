@@ -85,7 +85,6 @@ def evaluate_trial(ex: Executor, cfg: RunConfig, how: TrialEvaluation, interval:
 
 def main(argv: list[str] | None = None) -> int:
     """The evaluation job: the trial's last checkpoint on one task, scores beside it (no ledger)."""
-
     run_dir, task = (argv if argv is not None else sys.argv[1:])[:2]
     evaluate_runs([load_run_config(Path(run_dir))], "last", tasks=[task])
     return 0

@@ -88,8 +88,6 @@ def _system(platform: str) -> tuple[str, str, str, str]:
 
 def this_machine() -> Target:
     """The running interpreter's Python and its newest manylinux tag (the defaults of scripts/wheelhouse)."""
-
-
     python = ".".join(map(str, sys.version_info[:3]))  # whole: Requires-Python may name a patch release
     linux = next((t.platform for t in tags.sys_tags() if t.platform.startswith("manylinux_")), None)
     return Target(python, linux or next(iter(tags.sys_tags())).platform)

@@ -59,14 +59,12 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
     with torch.device("meta"):
         model = auto.from_config(hf_config(model_config), dtype=dtype, attn_implementation=attention)
     if c.quantize == "4bit":  # the job's k-bit preparation (train/quantize.py), frozen dtype resolved alike
-
         quantize_linears(model, dtype)
         model = prepare_kbit(model, c.qlora_frozen_dtype, c.gradient_checkpointing)
     if c.gradient_checkpointing:  # transformers 5's name, as the job's (train/trainer.py)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     targets: list[str] | tuple[str, ...] | str = c.lora_targets
     if vision:  # all-linear means the language model's linears; the vision tower stays frozen
-
         targets = lora_targets(targets if isinstance(targets, str) else list(targets))
     lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, targets, c.modules_to_save)
     lora.use_dora = c.use_dora

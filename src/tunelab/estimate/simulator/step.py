@@ -63,7 +63,6 @@ def make_inputs(shape: StepShape) -> dict[str, Any]:
 def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker,
                 step: int) -> None:
     if shape.images_per_row:
-
         inputs = image_inputs(shape, model.config, tracker.values)
     else:
         inputs = make_inputs(shape)
