@@ -72,7 +72,6 @@ def store_json(kind: str, key: Any, value: Any) -> None:
     """Keep value for this key (atomically; failing to write only costs the next reader the time)."""
     path = _entry(kind, key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": key, "value": value}, default=str), durable=False)
     except (OSError, NoSpaceError):  # a cache that cannot be written is only slower
         pass

@@ -257,8 +257,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise TunelabError(f"line {number} is corrupted ({exc}); repair or delete that line, then rerun",
                                file=path) from None
         if not isinstance(row, dict):
-            raise TunelabError(f"line {number} is not a JSON object; repair or delete that line, then rerun",
-                               file=path)
+            raise TunelabError(f"line {number} is not a JSON object; repair or delete that line, then rerun", file=path)
         rows.append(row)
     return rows
 
@@ -315,6 +314,11 @@ def _sqlite_error(exc: sqlite3.Error, path: str | Path) -> TunelabError:
         text = (f"the database is locked: another tunelab command (run, status --watch, ingest) is writing it; "
                 f"waited {SQLITE_TIMEOUT_S:g} s, retry when it has finished")
     return TunelabError(f"SQLite: {text}", file=path)
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under path, 0 when it is no directory (a checkpoint's size, a run directory's use)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def sha256_of(path: Path) -> str:

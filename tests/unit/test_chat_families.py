@@ -146,7 +146,6 @@ def test_single_turn_answer_prompt_and_stop_tokens(name):
     assert prompt == ids[:_first_loss(mask)]
     assert tok.decode(prompt) == spec["prompt"]
     assert tok.decode(prompt).endswith(spec["header"])
-    assert FMT.render_prompt(_single().prompt, tok) == spec["prompt"]
     stops = FMT.stop_token_ids(tok)
     assert tok.convert_tokens_to_ids(spec["eot"]) in stops and tok.eos_token_id in stops
     # the prompt's BOS, where the family has one, is there exactly once (the template writes it, not the tokenizer)
@@ -290,7 +289,8 @@ def test_mistral_v03_system_message_moves_to_the_last_user_turn_and_is_refused()
     training renders (the answer last) drops it while the evaluation prompt has it: refused, not mis-trained."""
     tok = build_tokenizer("mistral_v0.3")
     ex = Example((Message("system", SYS), Message("user", U1), Message("assistant", A1)))
-    assert FMT.render_prompt(ex.prompt, tok) == "<s>[INST] Be brief.\n\nWhat is the capital of France?[/INST]"
+    prompt = tok.decode(FMT.encode_prompt(ex.prompt, tok))
+    assert prompt == "<s>[INST] Be brief.\n\nWhat is the capital of France?[/INST]"
     with pytest.raises(TunelabError, match="renders the prompt differently"):
         FMT.encode_example(ex, tok)
 

@@ -6,6 +6,7 @@ tokens sit at their real ids) is written, loaded back with tunelab's VLM loader,
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from tunelab.models.random_init import PROVENANCE_FILE, build_random_model, meta
 from tunelab.models.random_vl import shallow_vlm_config
 from tunelab.models.vision import read_geometry
 from tunelab.models.vlm import load_vision_processor, load_vlm
-from tunelab.models.vlm_architectures import VLM_CONFIGS, vlm_config
+from tunelab.models.vlm_architectures import VLM_CONFIGS
 from tunelab.models.weights import tensor_plans
 
 # The totals the hub shows for Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen3-VL-8B-Instruct (safetensors).
@@ -38,7 +39,7 @@ def test_two_layer_config_has_transformers_shapes(name):
     assert config["text_config"]["num_hidden_layers"] == 2 and config["vision_config"]["depth"] == 2
 
     plans = {p.name: p.shape for p in tensor_plans(meta_model(config))}
-    kwargs = {k: v for k, v in vlm_config(name).items() if k not in ("model_type", "architectures")}
+    kwargs = {k: v for k, v in copy.deepcopy(VLM_CONFIGS[name]).items() if k not in ("model_type", "architectures")}
     kwargs["text_config"]["num_hidden_layers"] = 2
     kwargs["vision_config"]["depth"] = 2
     for key in ("fullatt_block_indexes", "deepstack_visual_indexes"):  # block indices past the copy's 2 dropped
@@ -54,7 +55,7 @@ def test_two_layer_config_has_transformers_shapes(name):
 
 def _narrow(name: str) -> dict:
     """The real family's config, narrow: 2 heads of 128 (the real M-RoPE sections), a 64-wide vision tower."""
-    config = vlm_config(name)
+    config = copy.deepcopy(VLM_CONFIGS[name])
     config["text_config"].update(hidden_size=256, intermediate_size=512, num_hidden_layers=3,
                                  num_attention_heads=2, num_key_value_heads=1, head_dim=128)
     config["vision_config"].update(depth=3, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=256)

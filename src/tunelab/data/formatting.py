@@ -79,10 +79,6 @@ class PromptFormat:
             pieces = self._plain_pieces(messages, tokenizer, with_answer=False)
         return _tokenize_many([pieces], tokenizer)[0][0]
 
-    def render_prompt(self, messages: Sequence[Message], tokenizer: Any) -> str:
-        """The prompt as text (for logs and reports)."""
-        return tokenizer.decode(self.encode_prompt(messages, tokenizer))
-
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """Where an answer ends: the end-of-turn token of the chat template, and eos."""
         ids = []

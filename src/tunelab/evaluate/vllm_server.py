@@ -80,7 +80,6 @@ class VllmServer:
         self.url = ""
 
     def __enter__(self) -> str:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
         template = self.log.with_suffix(".jinja")
         atomic_write_text(template, PASSTHROUGH_TEMPLATE + "\n")
         port = free_port()

@@ -49,10 +49,6 @@ class RunEvalPrediction:
         return self.start.seconds
 
     @property
-    def start_source(self) -> str:
-        return self.start.source
-
-    @property
     def total_s(self) -> float | None:
         return None if self.seconds is None else round(self.seconds + self.load_s, 3)
 
@@ -133,8 +129,7 @@ def predict_run_eval(cfg: RunConfig, gpu: GPU | None, split_rows: SplitRows, his
                              targets, samples, raw, span)
 
 
-def model_estimate(cfg: RunConfig, runs: Sequence[RunConfig], estimates: dict[str, RunEstimate]
-                   ) -> RunEstimate | None:
+def model_estimate(cfg: RunConfig, runs: Sequence[RunConfig], estimates: dict[str, RunEstimate]) -> RunEstimate | None:
     """The training estimate a run's evaluation is priced with: its own, else a fine-tuned run's of the same model
     (a control or eval-only model generates at the speed, and starts as, a fine-tuned run of its model does)."""
     return estimates.get(cfg.name) or next((e for r in runs if r.model.path == cfg.model.path

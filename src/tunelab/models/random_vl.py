@@ -8,9 +8,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import pre_tokenizers
 
 from tunelab.errors import TunelabError
+from tunelab.models.tiny import byte_level_tokenizer
 from tunelab.models.tiny_vl import FAMILIES, build_image_processor, chat_template
 from tunelab.models.vision import FAMILY_PIXELS
 
@@ -61,15 +62,8 @@ def vl_vocabulary(size: int) -> dict[str, int]:
 
 def build_vl_tokenizer_at(size: int, template: str, model_max_length: int) -> Any:
     """The byte-level tokenizer of models/tiny_vl.py, laid out at the real model's ids and vocabulary."""
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(vocab=vl_vocabulary(size), merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(QWEN_SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", chat_template=template,
-                                   model_max_length=model_max_length)
+    return byte_level_tokenizer(vl_vocabulary(size), QWEN_SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                unk_token="<|endoftext|>", chat_template=template, model_max_length=model_max_length)
 
 
 def vl_processor(config: dict[str, Any]) -> tuple[Any, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -45,27 +46,27 @@ def vocabulary(size: int | None = None, bos_id: int | None = None, eos_id: int |
     return {tok if tok is not None else next(rest): i for i, tok in enumerate(slots)}
 
 
+def byte_level_tokenizer(vocab: dict[str, int], specials: list[str], **fast: Any) -> Any:
+    """A fast tokenizer over `vocab`: one token per byte (no merges) and `specials` whole; `fast` names its special
+    tokens, chat template and length. The one construction the tiny, tiny-VL and random models share."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **fast)
+
+
 def build_tokenizer(size: int | None = None, bos_id: int | None = None, eos_id: int | None = None,
                     model_max_length: int = 2048, unk_token: str | None = None):
     """Byte-level tokenizer: chat specials + 256 bytes (+ fillers up to `size`), no merges; `unk_token` is named anyway
     so tokenizer classes add none of their own."""
-    from transformers import PreTrainedTokenizerFast
-
     vocab = vocabulary(size, bos_id, eos_id)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    present = [t for t in SPECIAL_TOKENS if t in vocab]
-    tok.add_special_tokens(present)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>" if "<|bos|>" in vocab else "<|eot|>",
-        eos_token="<|eot|>",
-        pad_token="<|pad|>",
-        unk_token=unk_token,
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=model_max_length,
-    )
+    return byte_level_tokenizer(vocab, [t for t in SPECIAL_TOKENS if t in vocab],
+                                bos_token="<|bos|>" if "<|bos|>" in vocab else "<|eot|>", eos_token="<|eot|>",
+                                pad_token="<|pad|>", unk_token=unk_token, chat_template=CHAT_TEMPLATE,
+                                model_max_length=model_max_length)
 
 
 def build_tiny_model(

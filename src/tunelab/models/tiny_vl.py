@@ -10,10 +10,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import pre_tokenizers
 
 from tunelab.compat import quiet_hf_progress_bars
 from tunelab.errors import TunelabError
+from tunelab.models.tiny import byte_level_tokenizer
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -55,16 +56,10 @@ def chat_template(family: Family) -> str:
 
 def build_vl_tokenizer(template: str) -> Any:
     """Byte-level tokenizer (one token per byte, no merges) with the Qwen VL special tokens."""
-    from transformers import PreTrainedTokenizerFast
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=template, model_max_length=2048)
+    return byte_level_tokenizer(vocab, SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                chat_template=template, model_max_length=2048)
 
 
 def build_image_processor(family: Family, min_pixels: int, max_pixels: int) -> Any:

@@ -3,7 +3,6 @@ format, transcribed from the published configs; only what decides shapes and pos
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 _QWEN_VL_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
@@ -42,8 +41,3 @@ VLM_CONFIGS: dict[str, dict[str, Any]] = {
             "deepstack_visual_indexes": [8, 16, 24]},
     },
 }
-
-
-def vlm_config(name: str) -> dict[str, Any] | None:
-    """A copy of a known VLM's config.json by catalog name (any case), or None."""
-    return next((copy.deepcopy(config) for known, config in VLM_CONFIGS.items() if known.lower() == name.lower()), None)

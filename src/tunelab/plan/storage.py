@@ -11,7 +11,7 @@ from typing import Any
 
 from tunelab.estimate.dataset import simulate_bfd_packing
 from tunelab.estimate.storage import Part, run_disk
-from tunelab.fsutil import human_bytes
+from tunelab.fsutil import directory_bytes, human_bytes
 from tunelab.host.diskspace import Quota, free_bytes, mount_point, read_quota
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import DiskEstimate, RunEstimate
@@ -110,10 +110,6 @@ def eval_samples(cfg: RunConfig, lengths: SplitLengths) -> int:
             limit = task.limit or cfg.eval.limit
             total += min(n, limit) if limit else n
     return total
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def sweep_storage(runs: Sequence[RunConfig], dtype_of: Callable[[RunConfig], str], lengths: SplitLengths | None,

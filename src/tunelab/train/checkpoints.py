@@ -81,11 +81,6 @@ def prune_trainer_checkpoints(state_dir: str | Path, keep: int | None) -> list[P
     return dropped
 
 
-def directory_bytes(path: Path) -> int:
-    """Bytes of the files under path (a checkpoint's size, for the space a save needs)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def drop_unfinished_saves(state_dir: str | Path, run_dir: str | Path) -> list[Path]:
     """After a save that did not fit: delete what it left (checkpoints without counters, half-copied epoch dirs) so the
     space is free and the newest complete checkpoint stays the resume point. Returns what was deleted."""

@@ -13,16 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.faults import kill_point, pace_step
-from tunelab.fsutil import space_guard
+from tunelab.fsutil import directory_bytes, space_guard
 from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint, write_counters
 from tunelab.rundir.status import StatusWriter
-from tunelab.train.checkpoints import (
-    at_epoch_end,
-    directory_bytes,
-    epoch_index,
-    prune_trainer_checkpoints,
-    publish_epoch_checkpoint,
-)
+from tunelab.train.checkpoints import at_epoch_end, epoch_index, prune_trainer_checkpoints, publish_epoch_checkpoint
 from tunelab.train.context import StageContext
 from tunelab.train.dataloading import TimedIterator
 from tunelab.train.distributed import barrier, log, world
@@ -31,8 +25,6 @@ from tunelab.train.ordering import FixedOrderSampler, OrderLog, order_record, re
 
 if TYPE_CHECKING:
     from transformers import Trainer
-
-    from tunelab.train.metrics import LocalCounts
 
     _TrainerBase = Trainer  # the class this mixes into, for the type checker: super() calls resolve there
 else:
