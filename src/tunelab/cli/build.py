@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from tunelab.cli.common import add_commands, emit, json_option, stdout_to_stderr
-from tunelab.console import say
+from tunelab.console import console, progress_columns, say
 
 JSON_BUILT = "what was written"
 
@@ -184,7 +184,6 @@ def models_random(
     (an 8B model never sits in memory); tunelab_random.json records what was built."""
     from rich.progress import Progress
 
-    from tunelab.console import console, progress_columns
     from tunelab.models.random_init import build_random_model
 
     mib = 2**20
@@ -203,8 +202,7 @@ def models_random(
 def register(app: typer.Typer) -> None:
     """Add the `data` and `models` groups to the main app."""
     data_app = typer.Typer(help="Generate task datasets (train/validation/test JSON).", no_args_is_help=True)
-    add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism,
-                            "shapes": data_shapes})
+    add_commands(data_app, {"capitalization": data_capitalization, "organism": data_organism, "shapes": data_shapes})
     models_app = typer.Typer(help="Build local base models.", no_args_is_help=True)
     add_commands(models_app, {"tiny": models_tiny, "tiny-vl": models_tiny_vl, "smollm2": models_smollm2, "random": models_random})
     app.add_typer(data_app, name="data")

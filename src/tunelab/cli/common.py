@@ -94,8 +94,6 @@ def emit(record: BaseModel | list[Any], row_type: Any = None) -> None:
 
 def json_option(what: str = "the result") -> Any:
     """The --json option every command with a table or a verdict takes."""
-    import typer
-
     return typer.Option(False, "--json", help=f"Print {what} as JSON (its schema: `tunelab schema --output "
                         "COMMAND`); progress goes to stderr.")
 

@@ -3,6 +3,7 @@ heavy libraries (mlflow, wandb) are imported only when the command runs."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from tunelab.cli.common import add_commands, emit, json_option, print_plan, stdout_to_stderr
 from tunelab.console import data_table, say, show
 from tunelab.errors import TunelabError
-from tunelab.init.answers import DEFAULTS
+from tunelab.init.answers import DEFAULTS, InitAnswers, commit, default_name, draft, parse_vary, propose_batch
 
 TRACKERS = ("mlflow", "wandb")
 
@@ -120,8 +121,6 @@ def _propose_batch(answers, target_gpu, ask: bool) -> None:
         return
     if not answers.models or not answers.datasets:
         return  # draft() names what is missing
-    from tunelab.init.answers import propose_batch
-
     proposal = propose_batch(answers, target_gpu)
     say("planner for {}: micro-batch {} × accumulation {}, packing {}", target_gpu.name, proposal.batch_size,
         proposal.gradient_accumulation_steps, "on" if proposal.packing else "off")
@@ -165,10 +164,7 @@ def init_cmd(
     Write experiment.yaml from answers: asked in a terminal (models and data found on disk offered, the
     planned runs previewed, written only when confirmed), or given as flags. The spec written passes
     `tunelab plan`."""
-    import sys
-
     from tunelab.catalog import detect_gpu, resolve_gpu
-    from tunelab.init.answers import InitAnswers, default_name, parse_vary
 
     ask = interactive if interactive is not None else (sys.stdin.isatty() and not model and not dataset
                                                        and not json_out)
@@ -197,7 +193,7 @@ def init_cmd(
 def _write_spec(answers, out: Path, ask: bool, force: bool):
     """Propose the batch, draft and show the plan, write the spec (when confirmed): (path, plan), or None."""
     from tunelab.catalog import detect_gpu, resolve_gpu
-    from tunelab.init.answers import commit, draft, spec_path
+    from tunelab.init.answers import spec_path
 
     target_gpu = resolve_gpu(answers.gpu) if answers.gpu else detect_gpu()
     _propose_batch(answers, target_gpu, ask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -116,9 +117,6 @@ def train_cmd(run_yaml: Path = typer.Argument(..., help="A run's run.yaml (or it
     Several processes per run (resources.nproc_per_run / gpus_per_run): re-launched under torchrun.
     The job is a program of its own (`python -m tunelab.train.job`), the same however it is started."""
     # `tunelab train RUN_YAML` never reaches this app (tunelab/entry.py runs the job directly); other forms do
-    import os
-    import sys
-
     os.execv(sys.executable, [sys.executable, "-m", "tunelab.train.job", str(run_yaml)])
 
 

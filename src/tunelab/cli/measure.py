@@ -3,6 +3,7 @@ planner knows, and where each row came from)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -60,8 +61,6 @@ def run_probe(spec: Path, quiet: bool = False, find_max_batch: bool = False,
 
 def _check_find_max_batch() -> None:
     """--find-max-batch asks how much fits in GPU memory: refused without a GPU (the test knob aside)."""
-    import os
-
     from tunelab.catalog import nvidia_driver_present
     from tunelab.faults import FAULT_OOM_ENV
 

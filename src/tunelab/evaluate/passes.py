@@ -17,14 +17,7 @@ from tunelab.evaluate.engine import Engine, resolve_engine
 from tunelab.evaluate.grouping import Alone, group_targets, pass_of_one
 from tunelab.evaluate.hf import release_weights
 from tunelab.evaluate.scores import TaskScores
-from tunelab.evaluate.work import (
-    ItemKey,
-    Outcome,
-    Report,
-    TargetWork,
-    plan_work,
-    results_by_run,
-)
+from tunelab.evaluate.work import ItemKey, Outcome, Report, TargetWork, plan_work, results_by_run
 from tunelab.host.device import resolve_device
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.models.vlm import is_vision_language
@@ -33,7 +26,6 @@ from tunelab.spec import EpochChoice
 from tunelab.spec.evaluation import EvalLoop, LoopChoice, evaluation_loop
 
 if TYPE_CHECKING:  # at run time, imported with the evaluation stack (evaluate_runs)
-    from tunelab.evaluate.grouping import Alone
     from tunelab.evaluate.onepass import PassOptions
 
 

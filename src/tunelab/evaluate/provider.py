@@ -32,14 +32,7 @@ from tunelab.data.conversation import Example, Message, with_system
 from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.data.images import encode_vision_example, encode_vision_prompt
 from tunelab.errors import TunelabError
-from tunelab.evaluate.decoding import (
-    Sampling,
-    check_generate_config,
-    current_sample,
-    describe,
-    row_seed,
-    sampling_of,
-)
+from tunelab.evaluate.decoding import Sampling, check_generate_config, current_sample, describe, row_seed, sampling_of
 from tunelab.evaluate.hf import Batcher, BatchSettings, Generation, LocalLM, load_model, local_lm
 from tunelab.evaluate.mixbatch import AdapterQueue
 from tunelab.evaluate.shared import AdapterView, shared_view

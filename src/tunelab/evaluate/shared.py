@@ -20,14 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.hf import (
-    WEIGHT_LOADS,
-    BatchSettings,
-    Generation,
-    LocalLM,
-    check_model_dirs,
-    load_base,
-)
+from tunelab.evaluate.hf import WEIGHT_LOADS, BatchSettings, Generation, LocalLM, check_model_dirs, load_base
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
 from tunelab.faults import kill_point

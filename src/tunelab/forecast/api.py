@@ -11,7 +11,7 @@ from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import BatchPlan, optimizer_steps, plan_batch, should_pack
 from tunelab.estimate.config_estimate import ConfigEstimate
-from tunelab.estimate.dataset import measure_dataset, simulate_padding
+from tunelab.estimate.dataset import DatasetMeasurement, measure_dataset, simulate_padding
 from tunelab.estimate.image_tokens import image_plan
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import MemoryFigure, fits, model_config_of, predict_peak, step_shape
@@ -24,7 +24,6 @@ from tunelab.spec import DEFAULT_TEMPLATE_DATE, DatasetSpec
 from tunelab.spec.resources import Strategy
 
 if TYPE_CHECKING:
-    from tunelab.estimate.dataset import DatasetMeasurement
     from tunelab.estimate.simulator import StepShape
 
 
@@ -32,8 +31,7 @@ def _measure(model: str | Path, dataset: str | Path, prompt: str | None, max_seq
              chat_template: str, system_prompt: str | None) -> DatasetMeasurement:
     """The dataset measured with the model's tokenizer in the prompt format runs use."""
     if not Path(model).is_dir():
-        raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)",
-                           field="--model")
+        raise TunelabError("--dataset needs a local model directory (its tokenizer measures the data)", field="--model")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ConfigDict, computed_field
 
-from tunelab.catalog import resolve_architecture
+from tunelab.catalog import Architecture, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.fsutil import add_missing_columns, sqlite_session
 from tunelab.host.cpuload import LoadWindow
@@ -26,9 +26,6 @@ from tunelab.rundir.memory import MemoryKind
 from tunelab.rundir.status import now_iso
 from tunelab.rundir.summary import Summary
 from tunelab.spec import TrainingConfig
-
-if TYPE_CHECKING:
-    from tunelab.catalog import Architecture
 
 log = logging.getLogger("tunelab")
 

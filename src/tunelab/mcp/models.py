@@ -3,27 +3,27 @@ Rows the CLI already types (StatusRow, RunCheck, AdoptResult's fields) are reuse
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from tunelab.errors import TunelabError
 from tunelab.execute.status import EvalState, RowState, StatusRow, eval_failed
 from tunelab.forecast.deadline import DeadlinePlan, SweepForecast
-from tunelab.forecast.remaining import Phase, SweepRemaining
+from tunelab.forecast.remaining import Phase, SweepRemaining, sweep_remaining
 from tunelab.forecast.tunecost import SearchCost
 from tunelab.ledger.history import HistoryRun
-from tunelab.ledger.results import TYPES
+from tunelab.ledger.results import TYPES, RunRecord
 from tunelab.plan.validate import RunCheck
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.layout import RunState
 
 if TYPE_CHECKING:
-
     from tunelab.adopt.write import AdoptResult
     from tunelab.ingest import IngestResult
-    from tunelab.ledger.results import RunRecord
     from tunelab.plan.planner import Plan
     from tunelab.report.build import ReportFiles
     from tunelab.report.compare import Comparison
@@ -80,8 +80,6 @@ class PlanOut(BaseModel):
 
     @classmethod
     def of(cls, plan: Plan, plan_md: str | None = None) -> PlanOut:
-        import json
-
         from tunelab.plan.markdown import plan_rows, stage_rows
 
         return cls(experiment=plan.spec.name, recipe=plan.recipe, gpu=plan.gpu.name if plan.gpu else None,
@@ -187,9 +185,6 @@ def phase_of(row: StatusRow) -> Phase:
 
 def replanned(experiment_dir: Path, rows: list[StatusRow]) -> SweepRemaining | None:
     """The sweep's remaining time from these rows (None where the experiment has no spec to re-plan from)."""
-    from tunelab.errors import TunelabError
-    from tunelab.forecast.remaining import sweep_remaining
-
     try:
         return sweep_remaining(experiment_dir, {r.name: phase_of(r) for r in rows})
     except TunelabError:
@@ -262,8 +257,6 @@ class ResultsOut(BaseModel):
 
     @classmethod
     def of(cls, records: list[RunRecord]) -> ResultsOut:
-        import json
-
         return cls(runs=[ResultRow.model_validate(json.loads(json.dumps(r.to_json(), default=str)))
                          for r in records])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.catalog import GPU
-from tunelab.data.formatting import PromptFormat
+from tunelab.data.formatting import ChatMode, PromptFormat
 from tunelab.data.images import example_images
 from tunelab.data.splits import load_data
 from tunelab.data.verify import DatasetInfo, verified_dataset
@@ -22,7 +22,7 @@ from tunelab.estimate.dataset import first_answer_index
 from tunelab.evaluate.usertasks import check_sweep_tasks
 from tunelab.execute.executors import executor_class
 from tunelab.forecast import cpu_sharing, cpuspeed, levers, sweeptime
-from tunelab.forecast.cpu_sharing import cpu_threads
+from tunelab.forecast.cpu_sharing import CpuSharing, cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training, recorded_estimates
 from tunelab.forecast.tunecost import SearchCost
@@ -71,8 +71,6 @@ def resolution_notes(spec: ExperimentSpec, datasets: dict[str, DatasetInfo]) -> 
 
 
 if TYPE_CHECKING:
-    from tunelab.data.formatting import ChatMode
-    from tunelab.forecast.cpu_sharing import CpuSharing
     from tunelab.forecast.deadline import DeadlinePlan
     from tunelab.forecast.evalrun import RunEvalPrediction
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import ConfigDict
@@ -26,7 +26,7 @@ from tunelab.forecast.gpus import NodeSize, describe, fewest_gpus, gpus_needed
 from tunelab.forecast.runs import device_peak
 from tunelab.fsutil import load_yaml
 from tunelab.host.cgroup import host_memory_gib
-from tunelab.plan.planner import make_plan, measure_lengths, split_lengths, truncation
+from tunelab.plan.planner import Truncation, make_plan, measure_lengths, split_lengths, truncation
 from tunelab.plan.storage import dtype_rule, sweep_storage
 from tunelab.rundir.config import RunConfig, load_run_config
 from tunelab.rundir.experiment import load_runs, select_runs, training_state
@@ -71,9 +71,6 @@ def nodes_text(devices: list[str]) -> str:
     names = dict.fromkeys(d.split(":", 1)[1].rsplit(":", 1)[0] for d in devices)
     return ", ".join(f"node {n}" for n in names)
 
-
-if TYPE_CHECKING:
-    from tunelab.plan.planner import Truncation
 
 NEAR_LIMIT = 0.90
 IDLE_BELOW = 0.25

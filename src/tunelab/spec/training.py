@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Literal
 
@@ -151,8 +152,6 @@ class TrainingConfig(_Strict):
 def quantize_problem(quantize: str | None, cuda: bool) -> str | None:
     """Why a process with (or without) a CUDA GPU cannot train with `quantize` (None: it can, or nothing is
     quantized). bitsandbytes' 4-bit kernels need a CUDA GPU and the package itself."""
-    import importlib.util
-
     if quantize is None:
         return None
     if not cuda:

@@ -7,6 +7,7 @@ steps (kernels load lazily). Without NVML: cudaMemGetInfo's total − free, with
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -28,8 +29,6 @@ def rss_now_gib() -> float:
     statm = Path("/proc/self/statm")
     if not statm.is_file():
         return peak_rss_gib()
-    import os
-
     return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -98,8 +99,6 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
 def die_with_launcher() -> None:
     """A worker dies with its launcher (Linux PR_SET_PDEATHSIG): torchrun starts workers in sessions of their
     own, so a SIGKILL of the job's process group (or of the agent) would otherwise leave them training."""
-    import signal
-
     if not die_with_parent(signal.SIGKILL):  # not Linux: nothing to arm
         return
     if os.getppid() == 1:  # the launcher died before the line above

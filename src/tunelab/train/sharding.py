@@ -8,6 +8,7 @@ files are exactly a one-process run's; a resume loads the adapter before shardin
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tunelab.host.spanning import NODE_ADDRESS_ENV
 from tunelab.rundir.summary import ProcessMemory
 from tunelab.spec.resources import Strategy
-from tunelab.train.distributed import log, world
+from tunelab.train.distributed import all_gather_text, all_reduce, log, world
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -105,10 +106,6 @@ def local_parameter_bytes(model: Any) -> tuple[int, int]:
 def gather_process_memory(trainer: Any) -> list[ProcessMemory]:
     """What every process holds (parameters, optimizer state, peak RSS) and the node it ran on, gathered to all:
     collectives."""
-    import resource
-
-    from tunelab.train.distributed import all_gather_text, all_reduce
-
     w = world()
     frozen, trainable = local_parameter_bytes(trainer.model)
     optimizer = sum(_local_storage_bytes(v) for state in _torch_optimizer(trainer.optimizer).state.values()
