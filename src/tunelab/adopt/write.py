@@ -64,8 +64,7 @@ def _run_config(template: RunConfig, run: AdoptedRun, factors: list[str], model:
     fields = TrainingConfig.model_fields
     known = {k: v for k, v in run.config.items() if k in fields}
     if template.training is None:
-        raise TunelabError("the spec's first fine-tuning run has no training to adopt runs into",
-                           field=template.name)
+        raise TunelabError("the spec's first fine-tuning run has no training to adopt runs into", field=template.name)
     training = TrainingConfig.model_validate({**template.training.model_dump(), **known})
     return template.model_copy(update={
         "name": run.name, "training": training, "factors": {k: run.config.get(k) for k in factors},

@@ -48,8 +48,7 @@ def trial_line(done: TrialDone) -> None:
         done.combination, done.number, done.finished, done.trials, f"{done.learning_rate:.3g}", done.value_text)
 
 
-def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool, ex: Executor,
-                      dry_run: bool) -> None:
+def search_before_run(experiment_dir: Path, runs: list[str] | None, force: bool, ex: Executor, dry_run: bool) -> None:
     """`tunelab run`'s first step with a `tune:` block: unsearched runs get their combination's search, then are
     scaffolded at its rate; a dry run is refused in one line naming `tunelab tune`."""
     from tunelab.tune.sweep import search_pending, unsearched

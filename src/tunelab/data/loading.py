@@ -114,8 +114,7 @@ def _read_saved(path: Path) -> dict[str, Any]:
         out = {}
         for name, ds in loaded.items():
             if name not in SPLIT_ALIASES:
-                raise TunelabError(f"split '{name}' is not one of train, validation (valid, val, dev), test",
-                                   file=path)
+                raise TunelabError(f"split '{name}' is not one of train, validation (valid, val, dev), test", file=path)
             out[SPLIT_ALIASES[name]] = ds
         return out
     return {"train": loaded}

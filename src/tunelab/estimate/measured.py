@@ -81,8 +81,7 @@ def same_gpu(row: HistoryRun, gpu: GPU) -> bool:
     return bool(row.device) and row.device != "cpu" and gpu_family(row.device or "") == gpu_family(gpu.name)
 
 
-def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture,
-                  planned: MemoryConfig) -> HistoryRun | None:
+def measured_peak(history: list[HistoryRun], gpu: GPU, arch: Architecture, planned: MemoryConfig) -> HistoryRun | None:
     """The newest comparable measured peak of exactly this configuration on this GPU, or None."""
     for row in reversed(history):  # history.load orders rows by when they were recorded
         if (row.memory_kind in COMPARABLE_KINDS and row.peak_memory_gib and row.processes == 1

@@ -45,8 +45,7 @@ class ChoiceArrays(NamedTuple):
 def choice_arrays(scores: list[SampleScore]) -> ChoiceArrays:
     metas = [_meta(s) for s in scores]
     labels = sorted(metas[0]["probs"]) if metas else []
-    probs = np.array([[m["probs"][lab] for lab in labels] for m in metas], float).reshape(
-        len(scores), len(labels))
+    probs = np.array([[m["probs"][lab] for lab in labels] for m in metas], float).reshape(len(scores), len(labels))
     targets = [m["target"] for m in metas]
     return ChoiceArrays(probs, [labels.index(t) for t in targets], labels, targets, [m["prediction"] for m in metas])
 

@@ -127,8 +127,7 @@ def eval_metadata(cfg: RunConfig, target: Target, spec: TaskSpec, prepared: Prep
             "decoding": prepared.decoding, "grader": str(grader) if grader else None}
 
 
-def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path,
-                  batch_size: int | None) -> TaskScores:
+def evaluate_task(cfg: RunConfig, target: Target, spec: TaskSpec, out_dir: Path, batch_size: int | None) -> TaskScores:
     """One task on one target: the .eval log, then scores.json (last, atomically)."""
     # a process's first evaluation: its stack imported with the collector paused
     import_job_stack(*EVALUATION_STACK, record_as=Stack.EVALUATION)
@@ -230,8 +229,7 @@ def _scores_record(cfg: RunConfig, target: Target, spec: TaskSpec, function: str
 
     metrics = metrics_of(log)
     if not metrics:
-        raise TunelabError(f"task '{spec.name}' produced no metrics (does its scorer declare any?)",
-                           file=log.location)
+        raise TunelabError(f"task '{spec.name}' produced no metrics (does its scorer declare any?)", file=log.location)
     primary = PRIMARY[spec.builtin] if spec.builtin else next(iter(metrics))
     samples = sample_values(log)
     inspect_s = inspect_seconds(log)

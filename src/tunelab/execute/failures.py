@@ -111,8 +111,7 @@ def classify(job_state: str | None, exit_code: str | None = None, rows: list[Sac
         if code not in (None, 0) or (states - {JobState.COMPLETED}):
             shown = code if code not in (None, 0) else (signal or "?")
             what = base_state(job_state) or "?"
-            return Failure(COMPLETED, f"completed, job exit {shown} ({what}): training outputs are complete",
-                           code)
+            return Failure(COMPLETED, f"completed, job exit {shown} ({what}): training outputs are complete", code)
         return Failure(COMPLETED, "completed", 0)
     if SAVED_BEFORE_LIMIT in error:
         return Failure(TIMEOUT, "TIMEOUT: saved a checkpoint on the time-limit warning and stopped", code)

@@ -142,8 +142,7 @@ def judged_without_accounting(job: JobRow, now: datetime | None = None) -> bool:
     return (now - datetime.fromisoformat(job.updated_at)).total_seconds() < RECHECK_S
 
 
-def judge_again(book: Path, job: JobRow, info: JobInfo | None, cfg: RunConfig | None, ex: Executor
-                ) -> JobRow | None:
+def judge_again(book: Path, job: JobRow, info: JobInfo | None, cfg: RunConfig | None, ex: Executor) -> JobRow | None:
     """Accounting answers for a job judged without it: its exit code, time, node and state go to the ledger, and a
     generic verdict becomes the specific one accounting shows. A verdict from the run's files stands, and so does the
     retry decision. Returns the row when its verdict changed."""

@@ -148,8 +148,7 @@ def _log_run(run, record: TrackedRun, files: dict[str, Path]) -> None:
         run.save(str(dest), base_path=run.dir, policy="now")
 
 
-def _write_run(wandb, record: TrackedRun, files: dict[str, Path], out: Path, rid: str, project: str,
-               group: str) -> str:
+def _write_run(wandb, record: TrackedRun, files: dict[str, Path], out: Path, rid: str, project: str, group: str) -> str:
     """Write one offline run in a staging dir and move it in place of the id's previous directories."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
         run = wandb.init(dir=staging, id=rid, project=project, group=group, name=record.name,

@@ -63,8 +63,7 @@ def processes_of(cfg: RunConfig, gpu: GPU | None) -> int:
     return cfg.resources.processes_per_run(1 if gpu is not None else 0)
 
 
-def target_effective_batch(t: TrainingConfig, processes: int, explicit: frozenset[str], where: Path,
-                           run: str) -> int:
+def target_effective_batch(t: TrainingConfig, processes: int, explicit: frozenset[str], where: Path, run: str) -> int:
     """training.effective_batch, else micro-batch × accumulation × processes; errors name the file and field."""
     if t.effective_batch is None:
         return t.effective_batch_size(processes)

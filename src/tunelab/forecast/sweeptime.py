@@ -71,8 +71,7 @@ def cluster_devices(resources: ResourcesSpec, runs: list[RunConfig], estimates: 
 
 
 NODE_JOB_GPUS = 4  # a node job's GPUs when slurm.pack_gpus is unset (execute/slurm_pack.py DEFAULT_PACK_GPUS)
-NOTES = ["evaluation follows each run's training on the same devices",
-         "a scheduler's queue wait is not predicted"]
+NOTES = ["evaluation follows each run's training on the same devices", "a scheduler's queue wait is not predicted"]
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,7 @@ def share_cpus(share: str) -> list[int]:
     mask = usable_cpus()
     cpus = sorted(set(given) & set(mask))
     if not cpus:
-        raise TunelabError(f"{share} names none of the CPUs this process may run on ({cpu_list(mask)})",
-                           field=CPUS_ENV)
+        raise TunelabError(f"{share} names none of the CPUs this process may run on ({cpu_list(mask)})", field=CPUS_ENV)
     return cpus
 
 

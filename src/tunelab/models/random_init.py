@@ -103,8 +103,7 @@ def shallow_config(config: dict[str, Any], layers: int | None, dtype: str) -> di
     if dtype not in DTYPES:
         raise TunelabError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}", field="--dtype")
     if "text_config" in config:
-        raise TunelabError("a multimodal config (text_config): give the text model's own config.json",
-                           field="--arch")
+        raise TunelabError("a multimodal config (text_config): give the text model's own config.json", field="--arch")
     real = config.get("num_hidden_layers")
     if not isinstance(real, int):
         raise TunelabError("config.json has no num_hidden_layers", field="--arch")

@@ -72,8 +72,7 @@ def image_facts(cfg: RunConfig, lengths: dict[str, tuple[tuple[int, int], ...]])
     return out
 
 
-def image_token_delta(paths: list[str], model_dir: str | Path, min_pixels: int | None,
-                      max_pixels: int | None) -> int:
+def image_token_delta(paths: list[str], model_dir: str | Path, min_pixels: int | None, max_pixels: int | None) -> int:
     """Tokens the images add beyond the one placeholder token each that the chat template writes."""
     geometry = read_geometry(model_dir).with_pixels(min_pixels, max_pixels)
     return sum(image_tokens(*image_size(p), geometry).tokens - 1 for p in paths)

@@ -49,8 +49,7 @@ def _block(b: Any, report_dir: Path, highlight: set[str]) -> dict[str, Any]:
         return {"type": "code", "text": b.text}
     if isinstance(b, Figure):
         src = "data:image/png;base64," + base64.b64encode((report_dir / b.path).read_bytes()).decode("ascii")
-        return {"type": "figure", "src": src, "caption": inline_html(b.caption),
-                "alt": b.alt, "path": b.path}
+        return {"type": "figure", "src": src, "caption": inline_html(b.caption), "alt": b.alt, "path": b.path}
     if isinstance(b, Headline):
         return {"type": "headline", "title": inline_html(b.title), "lines": [inline_html(x) for x in b.lines],
                 "ok": b.ok}

@@ -82,8 +82,7 @@ def _errors(ys: list[float], intervals: list[tuple[float, float] | None], k: flo
     return [below, above]
 
 
-def level_interval(data: ReportData, runs: list[RunData], task: str, metric: str | None
-                   ) -> tuple[float, float] | None:
+def level_interval(data: ReportData, runs: list[RunData], task: str, metric: str | None) -> tuple[float, float] | None:
     """A level's 95 % interval: one run's own; several runs' across seeds (t), else bootstrapped on shared samples."""
     from tunelab.report.comparisons import replicated
     from tunelab.stats.paired import mean_interval

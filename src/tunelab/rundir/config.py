@@ -72,8 +72,7 @@ class RunConfig(_Strict):
     system_prompt: str | None = None
     chat_template: Literal["auto", "always", "never"] = "auto"
     chat_template_date: str = DEFAULT_TEMPLATE_DATE
-    checkpoint: str | None = Field(
-        None, description="eval_only: the adapter or model directory evaluated (absolute).")
+    checkpoint: str | None = Field(None, description="eval_only: the adapter or model directory evaluated (absolute).")
     factors: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig | None = Field(None, description="None for controls (evaluation only).")
     stages: list[StageConfig] = Field(

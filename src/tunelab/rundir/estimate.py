@@ -155,8 +155,7 @@ class RunEstimate(_Record):
     packed: bool = Field(False, description="Sequences packed (padding-free).")
     micro_batch: int = Field(0, description="Rows per micro-batch (training.batch_size).")
     gradient_accumulation_steps: int = Field(1, description="Micro-batches per optimizer step.")
-    tokens_per_microbatch: int = Field(0, description="Tokens in the largest micro-batch (what memory depends "
-                                       "on).")
+    tokens_per_microbatch: int = Field(0, description="Tokens in the largest micro-batch (what memory depends on).")
     steps: int = Field(0, description="Optimizer steps the run trains.")
     tokens_per_epoch: int = Field(0, description="Tokens per epoch (a staged run: one epoch of every stage, "
                                   "summed).")

@@ -148,8 +148,7 @@ class MetricsWriter:
     def elapsed(self) -> float:
         return self.base_elapsed + (time.monotonic() - self.started)
 
-    def write(self, step: int, epoch: float | None, logs: dict[str, Any], peak_gib: float | None = None
-              ) -> MetricRow:
+    def write(self, step: int, epoch: float | None, logs: dict[str, Any], peak_gib: float | None = None) -> MetricRow:
         """One row from the trainer's logs; peak_gib: the worst process's peak, else this process's."""
         c = self.counters
         c.elapsed_s = self.elapsed()

@@ -247,8 +247,7 @@ def _gib(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def _result(b: int, measured: TimedSteps, reserved: float | None, cuda: bool, versions: dict[str, str]
-            ) -> ProbeResult:
+def _result(b: int, measured: TimedSteps, reserved: float | None, cuda: bool, versions: dict[str, str]) -> ProbeResult:
     import statistics
 
     import torch

@@ -56,8 +56,7 @@ class Trained:
     counters: Counters
 
 
-def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None
-              ) -> Trained | None:
+def train_run(cfg: RunConfig, stage: StageContext | None = None, held: HeldFiles | None = None) -> Trained | None:
     """Train cfg (a staged run: its `stage`), raising on failure; only the main process writes and returns."""
     if cfg.kind != "finetune" or cfg.training is None:
         raise TunelabError("is a control (evaluation only): nothing to train", field=cfg.name)

@@ -60,8 +60,7 @@ def make_inputs(shape: StepShape) -> dict[str, Any]:
     return {"input_ids": ids, "labels": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids)}
 
 
-def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker,
-                step: int) -> None:
+def _micro_step(model: torch.nn.Module, shape: StepShape, c: StepConfig, tracker: StorageTracker, step: int) -> None:
     if shape.images_per_row:
         inputs = image_inputs(shape, model.config, tracker.values)
     else:
