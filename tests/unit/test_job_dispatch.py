@@ -118,6 +118,10 @@ def test_the_node_falls_back_to_the_jobs_and_a_dispatch_is_none_or_clamped_where
 
     late = row("2026-11-27T10:00:01.250+00:00", job)
     assert (late.executor, late.node, late.dispatch_s) == ("slurm", "node07", 1.25)  # no processes: the job's node
+    rank0 = ProcessMemory(rank=0, frozen_param_bytes=1, trainable_param_bytes=1, optimizer_bytes=1,
+                          peak_rss_bytes=1, node="vm")  # a one-node job's rank 0 names its hostname only
+    named = history.from_run_dir(cfg, Summary(steps=10, processes=[rank0]), job=job)
+    assert (named.node, history.from_run_dir(cfg, Summary(steps=10, processes=[rank0])).node) == ("node07", "vm")
     assert row("2026-11-27T09:59:59.900+00:00", job).dispatch_s == 0.0  # the node's clock 0.1 s behind: clamped
     assert row(None, job).dispatch_s is None  # a summary from before process_started_at
     assert (row("2026-11-27T10:00:01.250+00:00", None).dispatch_s, row(None, None).node) == (None, None)

@@ -188,7 +188,8 @@ class HistoryRun:
     executor: str | None = None
     """The executor that ran its training: local, slurm or ray (run.yaml's resources.executor; None: not recorded)."""
     node: str | None = None
-    """Where its rank 0 ran: summary.json's, else its scheduler's name for the job's node (None: not recorded)."""
+    """Where it ran: its scheduler's name for the job's node (a Ray node's address, Slurm's node list), else rank 0's
+    in summary.json (its hostname; None: neither recorded)."""
     dispatch_s: float | None = None
     """Seconds from its training job's submission to the training process's creation (None: not submitted through
     tunelab's jobs, or recorded before; clamped at 0 where the two machines' clocks disagree)."""
@@ -329,7 +330,7 @@ def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None, job: 
         **load_fields(summary.load),
         adapted_from=summary.threads.adapted_from if summary.threads is not None else None,
         executor=str(cfg.resources.executor),
-        node=(summary.processes[0].node if summary.processes else None) or (job.node if job else None),
+        node=(job.node if job else None) or (summary.processes[0].node if summary.processes else None),
         dispatch_s=dispatch_seconds(job, summary.process_started_at),
     )
 
