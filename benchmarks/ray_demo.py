@@ -113,7 +113,8 @@ def main(out: Path, repeats: int) -> int:
         fc = plan["forecast"]
         tunelab("scaffold", str(ray), log=log)
         ray_wall = tunelab("run", str(ray.parent), "--wait", log=log)
-        print(subprocess.run([sys.executable, "-m", "tunelab", "status", str(ray.parent)], env=ENV,
+        wide = {**ENV, "COLUMNS": "200"}  # no terminal: rich would cut the table to 80 columns
+        print(subprocess.run([sys.executable, "-m", "tunelab", "status", str(ray.parent)], env=wide,
                              capture_output=True, text=True, check=False).stdout, flush=True)
         over = [one_run(out / f"one-{i}", cluster.address, log) for i in range(repeats)]
     finally:
