@@ -6,13 +6,12 @@ sweep's queue and is submitted at the next look."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from tunelab.errors import TunelabError
 from tunelab.execute import claims
 from tunelab.execute.coordinator import Submission, Sweep
 from tunelab.execute.executor import Executor, GroupKind, JobGroup, JobKind, SchedulerUnavailable
 from tunelab.ledger import store as ledger
+from tunelab.rundir import now_iso
 from tunelab.rundir.config import RunConfig
 
 UNREACHABLE_S = 600.0  # a scheduler that has not answered for this long ends a sweep that waits on it
@@ -31,7 +30,7 @@ def _record(sweep: Sweep, cfg: RunConfig, kind: JobKind, job_id: str, reason: st
     row = ledger.record_job(sweep.book, run=cfg.name, kind=kind, job_id=job_id, attempt=cfg.attempt,
                             executor=sweep.ex.name, depends_on=dep,
                             time_limit=sweep.ex.time_limit(cfg) if kind == JobKind.TRAIN else None,
-                            submitted_at=datetime.now(UTC).isoformat(timespec="milliseconds"),  # a dispatch's start
+                            submitted_at=now_iso("milliseconds"),  # a dispatch's start
                             state=sweep.ex.first_state, reason=reason)
     sweep.started.add(cfg.name)
     sweep.running[row] = cfg.name

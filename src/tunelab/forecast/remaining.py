@@ -15,17 +15,16 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from tunelab.catalog import planning_gpu
-from tunelab.execute.executors import executor_class
 from tunelab.forecast.combine import independent
 from tunelab.forecast.deadline import DeadlinePlan, DeadlineVerdict, GiveOption, RunTimeline, judge
 from tunelab.forecast.evalrun import model_estimate
 from tunelab.forecast.gpus import NodeSize
 from tunelab.forecast.interval import PRIOR_SIGMA, time_range
 from tunelab.forecast.jobstart import JobDispatch, JobStart, eval_start, job_start, with_dispatch
-from tunelab.forecast.sweeptime import Sweep, sweep_devices, sweep_dispatch
+from tunelab.forecast.sweeptime import Sweep, evaluation_dispatch, sweep_devices, sweep_dispatch
 from tunelab.fsutil import human_seconds
 from tunelab.ledger import history, store
-from tunelab.rundir import read_metrics, read_status
+from tunelab.rundir import read_iso, read_metrics, read_status
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.rundir.experiment import SPEC_FILE, load_runs
@@ -112,13 +111,12 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
     gpu = None if all(e.gpu_memory_gib is None for e in estimates.values()) else planning_gpu(None, resources.gpu)
     past = history.load()  # the job's start-up and dispatch, as the plan reads them (forecast/jobstart.py)
     dispatch = sweep_dispatch(resources, past)
-    evaluation_job = executor_class(resources.executor).detached  # an evaluation job of its own: its dispatch too
     lefts, lines = [], []
     for cfg in runs:
         model_est = model_estimate(cfg, runs, estimates)
         starts = Starts(job_start(cfg.model.path, gpu, past),
                         eval_start(cfg.model.path, gpu, past, cfg.eval.planned_engine(gpu is not None), model_est),
-                        dispatch, evaluation_job)
+                        dispatch, evaluation_dispatch(resources, dispatch))
         left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None, starts)
         lefts.append(left)
         if line is not None:
@@ -157,29 +155,21 @@ def _summed(judged: DeadlinePlan, elapsed: float, deadline_s: float | None) -> S
 def sweep_start(exp: Path, runs: list[RunConfig]) -> datetime | None:
     """When the sweep's makespan began: the first job's submission, else the first training start."""
     rows = store.query(exp, "SELECT MIN(submitted_at) AS first FROM jobs")
-    starts = [_when(rows[0]["first"]) if rows else None]
+    starts = [read_iso(rows[0]["first"]) if rows else None]
     trials = sorted(tune_dir(exp).glob(f"*/{TRIAL_PREFIX}*"))
     for run_dir in [cfg.run_dir for cfg in runs] + trials:
         status = read_status(run_dir)
-        starts.append(_when(status.first_started_at or status.started_at))
+        starts.append(read_iso(status.first_started_at or status.started_at))
     known = [t for t in starts if t is not None]
     return min(known) if known else None
 
 
 def sweep_end(runs: list[RunConfig]) -> datetime | None:
     """The last training end or evaluation written (report/predicted.py's makespan ends at the same)."""
-    ends = [_when(read_status(cfg.run_dir).finished_at) for cfg in runs]
-    ends += [_when(s.evaluated_at) for cfg in runs for s in read_scores(cfg.run_dir)]
+    ends = [read_iso(read_status(cfg.run_dir).finished_at) for cfg in runs]
+    ends += [read_iso(s.evaluated_at) for cfg in runs for s in read_scores(cfg.run_dir)]
     known = [t for t in ends if t is not None]
     return max(known) if known else None
-
-
-def _when(iso: str | None) -> datetime | None:
-    try:
-        t = datetime.fromisoformat(iso) if iso else None
-    except ValueError:
-        return None
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 @dataclass(frozen=True)
@@ -191,13 +181,13 @@ class Starts:
     train: JobStart
     evaluation: JobStart
     dispatch: JobDispatch | None = None
-    evaluation_job: bool = False
+    evaluation_dispatch: JobDispatch | None = None  # None: the evaluation is no job of its own (sweeptime.py)
 
     def evaluation_after(self, phase: Phase) -> JobStart:
         """The evaluation job's start, after its dispatch where the job is one of its own and not started yet."""
-        if self.dispatch is None or not self.evaluation_job or phase == Phase.EVALUATING:
+        if self.evaluation_dispatch is None or phase == Phase.EVALUATING:
             return self.evaluation
-        return with_dispatch(self.evaluation, self.dispatch)
+        return with_dispatch(self.evaluation, self.evaluation_dispatch)
 
 
 def run_left(cfg: RunConfig, phase: Phase, on_gpu: bool, starts: Starts) -> tuple[RunLeft, RunTimeline | None]:

@@ -102,8 +102,8 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,
         estimate=est or model_estimate(cfg, plan.runs, plan.estimates))
     dispatch = plan.dispatch or sweep_dispatch(plan.spec.resources, history)
-    evaluation = with_dispatch(ev.start, dispatch) if executor_class(plan.spec.resources.executor).detached \
-        else ev.start
+    eval_dispatch = evaluation_dispatch(plan.spec.resources, dispatch)
+    evaluation = with_dispatch(ev.start, eval_dispatch) if eval_dispatch is not None else ev.start
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=evaluation.seconds, eval_start_source=evaluation.source, eval_s=ev.seconds,
                        eval_source=ev.detail, eval_targets=ev.targets, eval_samples=ev.samples,
@@ -144,6 +144,12 @@ def sweep_dispatch(resources: ResourcesSpec, past: list[HistoryRun]) -> JobDispa
     if resources.slurm is not None and resources.slurm.pack == "node":
         return JobDispatch(str(resources.executor), 0.0, "runs start inside a node job", SourceKind.ASSUMED)
     return job_dispatch(str(resources.executor), past)
+
+
+def evaluation_dispatch(resources: ResourcesSpec, dispatch: JobDispatch) -> JobDispatch | None:
+    """The dispatch a run's evaluation pays: its job's own on a detached executor (Slurm, Ray: a job after the
+    training's); none where the sweep's own process starts it (local)."""
+    return dispatch if executor_class(resources.executor).detached else None
 
 
 def _saves(cfg: RunConfig, est: RunEstimate, gpu: GPU | None, history: list[HistoryRun]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from tunelab.rundir.status import read_iso
 
 COMPLETED = "completed"  # execute/failures.py FailureKind.COMPLETED: the ledger sits below execute/
 
@@ -45,13 +46,7 @@ def dispatch_seconds(job: TrainingJob | None, process_started_at: str | None) ->
     the node's, and a skew between them (or a process made before `submit` returned, as a local one is) reads 0."""
     if job is None or job.not_its_own or not process_started_at:
         return None
-    try:
-        submitted, started = _utc(job.submitted_at), _utc(process_started_at)
-    except ValueError:
+    submitted, started = read_iso(job.submitted_at), read_iso(process_started_at)
+    if submitted is None or started is None:
         return None
     return round(max(0.0, (started - submitted).total_seconds()), 3)
-
-
-def _utc(iso: str) -> datetime:
-    t = datetime.fromisoformat(iso)
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t

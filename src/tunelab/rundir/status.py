@@ -16,8 +16,18 @@ from tunelab.rundir.layout import STATUS_FILE
 from tunelab.rundir.record import JsonRecord, plain
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """Now, in UTC, ISO 8601 (`timespec` as datetime.isoformat: milliseconds where an interval is taken from it)."""
+    return datetime.now(UTC).isoformat(timespec=timespec)
+
+
+def read_iso(iso: str | None) -> datetime | None:
+    """A time a file or ledger wrote (ISO 8601), in UTC where it names no zone; None where absent or unreadable."""
+    try:
+        t = datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 @dataclass(kw_only=True)
