@@ -90,6 +90,7 @@ def one_run(out: Path, address: str, log: Path) -> float:
     here = (tunelab("run", str(local.parent), "--run", ONE, log=log)
             + tunelab("eval", str(local.parent), "--run", ONE, log=log))
     there = tunelab("run", str(ray.parent), "--run", ONE, "--wait", log=log)
+    here, there = round(here, 1), round(there, 1)  # the overhead is the difference of the figures printed
     print(f"one run alone: local {here:.1f} s, Ray {there:.1f} s", flush=True)
     return there - here
 
