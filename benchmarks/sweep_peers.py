@@ -59,6 +59,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ranks", default="8,32")
     ap.add_argument("--learning-rates", default="5e-4,2e-3")
     ap.add_argument("--max-seq-len", type=int, default=512)
+    ap.add_argument("--continue", dest="resume", action="store_true",
+                    help="keep the rows already in OUT/sweep_rows.jsonl (a run stopped, or one with fewer tools or "
+                         "repeats on the same data) and run only the tool × repeat pairs it lacks")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     args.tools = args.tools.split(",")
@@ -107,15 +110,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} cores; load {loadavg()}", flush=True)
     found, missing = runnable(args.tools)
     known = versions(found)
-    rows = sweep_run.compare(found, inputs, args.sweep, out / "runs", args.repeats, known, mean_tokens,
-                             out / "sweep_rows.jsonl")
-    load = "; ".join(f"{r.tool} #{r.repeat + 1}: {r.load_before}" for r in rows)
-    table = sweep_summary.table(rows, load)
-    lines = sweep_summary.ratio_lines(rows) + missing + sweep_summary.failure_lines(rows)
     record = {"sweep": asdict(args.sweep), "data": asdict(sizes), "train_tokens": counts, "versions": known,
-              "cores": os.cpu_count(), "rows": [asdict(r) for r in rows], "lines": lines}
-    (out / "sweep.json").write_text(json.dumps(record, indent=1))
-    (out / "sweep.md").write_text(table + "\n")
+              "cores": os.cpu_count()}
+
+    def write(rows: list) -> tuple[str, list[str]]:
+        """sweep.json and sweep.md from the rows so far (after every row: a run stopped early keeps its record)."""
+        load = "; ".join(f"{r.tool} #{r.repeat + 1}: {r.load_before}" for r in rows)
+        table = sweep_summary.table(rows, load)
+        lines = sweep_summary.ratio_lines(rows) + missing + sweep_summary.failure_lines(rows)
+        (out / "sweep.json").write_text(json.dumps({**record, "rows": [asdict(r) for r in rows], "lines": lines},
+                                                   indent=1))
+        (out / "sweep.md").write_text(table + "\n")
+        return table, lines
+
+    rows_file = out / "sweep_rows.jsonl"
+    if not args.resume:
+        rows_file.unlink(missing_ok=True)
+    rows = sweep_run.compare(found, inputs, args.sweep, out / "runs", args.repeats, known, mean_tokens, rows_file,
+                             after=write, earlier=sweep_run.earlier_rows(rows_file))
+    table, lines = write(rows)
     print(table)
     print("\n".join(lines))
     return 0

@@ -51,12 +51,13 @@ def main(path: str) -> None:
         adapters = [t for t in group if t["adapter"] is not None]
         if not adapters:
             continue
-        peft_model = PeftModel.from_pretrained(model, adapters[0]["adapter"], adapter_name=adapters[0]["name"])
-        for target in adapters[1:]:
-            peft_model.load_adapter(target["adapter"], adapter_name=target["name"])
+        # PEFT's adapter names become module names, which may not hold a "." (a run named r8-lr0.002): by position
+        peft_model = PeftModel.from_pretrained(model, adapters[0]["adapter"], adapter_name="a0")
+        for i, target in enumerate(adapters[1:], start=1):
+            peft_model.load_adapter(target["adapter"], adapter_name=f"a{i}")
         peft_model.eval()
-        for target in adapters:
-            peft_model.set_adapter(target["name"])
+        for i, target in enumerate(adapters):
+            peft_model.set_adapter(f"a{i}")
             evaluate(HFLM(pretrained=peft_model, tokenizer=tok, batch_size=spec["batch"]), spec, target, tasks)
 
 

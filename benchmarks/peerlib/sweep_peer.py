@@ -10,11 +10,13 @@ where the tool packs on a CPU (PACKING: the config keys set), and the notes say 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from peerlib import lmeval
+from peerlib import axolotl, lmeval
 from peerlib.job import Inputs
 from peerlib.measure import Measured
 from peerlib.registry import Found, env_python
@@ -25,18 +27,52 @@ BATCH = 16  # lm-eval's batch (peers.py's evaluation comparison uses the same)
 TASK = "exact_match"
 
 
+def packs(sweep: SweepSpec, mean_tokens: float) -> int:
+    """A packed batch's size: the packs of max_seq_len tokens that hold about micro_batch rows (the examples per
+    optimizer step of the tools whose padding-free or padded batches keep micro_batch rows)."""
+    return max(1, round(sweep.micro_batch * mean_tokens / sweep.max_seq_len))
+
+
 def torchtune_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
-    """torchtune packs on a CPU (PackedDataset: packs of max_seq_len tokens, a block-causal mask); a pack holds
-    several rows, so the batch becomes the packs that hold about micro_batch rows (the examples per optimizer step
-    of the other tools, whose padding-free or padded batches keep micro_batch rows)."""
+    """torchtune packs on a CPU (PackedDataset: packs of max_seq_len tokens, a block-causal mask)."""
     config["dataset"]["packed"] = True
-    config["batch_size"] = max(1, round(sweep.micro_batch * mean_tokens / sweep.max_seq_len))
+    config["batch_size"] = packs(sweep, mean_tokens)
     return config
 
 
-# tool -> (its config rewritten for packing, what the notes say); a tool not here is not packed
-PACKING = {"torchtune": (torchtune_packed, "packed (torchtune's PackedDataset, block-causal mask, batch = the packs "
-                                           "that hold ~micro-batch rows)")}
+def llamafactory_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
+    """LLaMA-Factory's neat_packing: packs of cutoff_len tokens whose rows see only themselves (off flash
+    attention its collator turns the packs' sequence ids into a block-diagonal 4D mask: eager or sdpa on a CPU)."""
+    config.update(packing=True, neat_packing=True, per_device_train_batch_size=packs(sweep, mean_tokens))
+    return config
+
+
+def axolotl_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
+    """axolotl's sample_packing (multipack bins of sequence_len tokens); sdpa is one of the attention backends its
+    validation names as isolating a pack's samples."""
+    config.update(sample_packing=True, attn_implementation="sdpa", micro_batch_size=packs(sweep, mean_tokens))
+    return config
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How one tool's config is rewritten to pack: the rewrite, the config file it applies to, what the notes say."""
+    patch: Callable[[dict, SweepSpec, float], dict]
+    config: str
+    notes: str
+
+
+# a tool not here is not packed (UNPACKED says why)
+PACKING = {
+    "torchtune": Packing(torchtune_packed, "config.yaml", "packed (torchtune's PackedDataset, block-causal mask, "
+                                                          "batch = the packs that hold ~micro-batch rows)"),
+    "llamafactory": Packing(llamafactory_packed, "config.yaml", "packed (neat_packing: block-diagonal 4D mask, "
+                                                                "batch = the packs that hold ~micro-batch rows)"),
+    "axolotl": Packing(axolotl_packed, axolotl.CONFIG, "packed (sample_packing with sdpa, batch = the packs that hold "
+                                                      "~micro-batch rows)"),
+}
+UNPACKED = {"oumi": "not packed: Oumi's data.train.pack cuts streamed text into fixed chunks for pretraining (rows "
+                    "not isolated, no answer-only labels); padded batches of micro-batch rows"}
 
 
 def eval_job(inputs: Inputs, sweep: SweepSpec) -> EvalJob:
@@ -45,10 +81,11 @@ def eval_job(inputs: Inputs, sweep: SweepSpec) -> EvalJob:
     return EvalJob(TASK, rows, sweep.max_new_tokens)
 
 
-def _patched(run_dir: Path, patch, sweep: SweepSpec, mean_tokens: float) -> None:
-    """The tool's config.yaml (JSON or YAML, read as YAML) rewritten by `patch`."""
-    config = run_dir / "config.yaml"
-    config.write_text(yaml.safe_dump(patch(yaml.safe_load(config.read_text()), sweep, mean_tokens), sort_keys=False))
+def _patched(run_dir: Path, packing: Packing, sweep: SweepSpec, mean_tokens: float) -> None:
+    """The tool's config (JSON or YAML, read as YAML) rewritten for packing."""
+    config = run_dir / packing.config
+    config.write_text(yaml.safe_dump(packing.patch(yaml.safe_load(config.read_text()), sweep, mean_tokens),
+                                     sort_keys=False))
 
 
 class PeerPipeline:
@@ -62,7 +99,7 @@ class PeerPipeline:
 
     @property
     def notes(self) -> str:
-        pack = self.packing[1] if self.packing else "not packed (not wired for this tool in the sweep yet)"
+        pack = self.packing.notes if self.packing else UNPACKED.get(self.found.name, "not packed")
         return (f"{len(self.sweep.configs())} runs one after the other, {self.sweep.threads} threads each, {pack}; "
                 f"lm-eval {BATCH}-row batches, one process")
 
@@ -76,7 +113,7 @@ class PeerPipeline:
             run_dir = self.out / "runs" / run_name(rank, lr)
             command = peer.train_command(self.inputs, self.sweep.job(rank, lr), run_dir, python)
             if self.packing:
-                _patched(run_dir, self.packing[0], self.sweep, self.mean_tokens)
+                _patched(run_dir, self.packing, self.sweep, self.mean_tokens)
             out.append(Phase(f"train {run_name(rank, lr)}", command, run_dir))
         tasks = self.out / "lm-task"
         lmeval.write_task(tasks, eval_job(self.inputs, self.sweep), [self.inputs.model_dir])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -82,16 +83,35 @@ def run_pipeline(found: Found, inputs: Inputs, sweep: SweepSpec, out: Path, repe
 
 
 def compare(found: list[Found], inputs: Inputs, sweep: SweepSpec, out: Path, repeats: int, versions: dict[str, str],
-            mean_tokens: float, rows_file: Path) -> list[SweepResult]:
-    """Every runnable tool × repeats, interleaved (order rotated); each row appended to rows_file as it ends."""
-    rows: list[SweepResult] = []
+            mean_tokens: float, rows_file: Path, after: Callable[[list[SweepResult]], None] | None = None,
+            earlier: list[SweepResult] | None = None) -> list[SweepResult]:
+    """Every runnable tool × repeats, interleaved (order rotated); each row appended to rows_file as it ends and
+    the rows so far handed to `after` (the record rewritten: a run stopped early keeps its summary). `earlier`: rows
+    of a run continued (--continue); a (tool, repeat) among them is not run again."""
+    rows: list[SweepResult] = list(earlier or [])
+    done = {(r.tool, r.repeat) for r in rows}
     for repeat in range(repeats):
         order = found[repeat % len(found):] + found[:repeat % len(found)] if found else []
-        for f in order:
+        for f in (f for f in order if (f.name, repeat) not in done):
             print(f"[sweep] repeat {repeat + 1}/{repeats}: {f.name}", flush=True)
             rows.append(keep(run_pipeline(f, inputs, sweep, out / f.name / str(repeat), repeat,
                                           versions.get(f.name, "?"), mean_tokens), rows_file))
+            if after is not None:
+                after(rows)
     return rows
+
+
+def earlier_rows(rows_file: Path) -> list[SweepResult]:
+    """The rows a stopped or shorter run appended to rows_file (none when it does not exist)."""
+    if not rows_file.is_file():
+        return []
+    return [result_of(json.loads(line)) for line in rows_file.read_text().splitlines() if line.strip()]
+
+
+def result_of(record: dict) -> SweepResult:
+    """A row of sweep.json or of the rows file as the record it was written from."""
+    fields = {**record, "outcomes": [Outcome(**o) for o in record.get("outcomes") or []]}
+    return SweepResult(**fields)
 
 
 def keep(row: SweepResult, rows_file: Path) -> SweepResult:

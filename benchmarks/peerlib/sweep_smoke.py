@@ -12,7 +12,7 @@ from pathlib import Path
 
 from peerlib import lmeval, registry, sweep_data, sweep_run, sweep_summary
 from peerlib.measure import Line, Measured
-from peerlib.sweep_spec import Outcome, SweepResult, SweepSpec
+from peerlib.sweep_spec import SweepResult, SweepSpec
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 COMMITTED = RESULTS / "sweep-peers-contended-2026-11-27"
@@ -24,12 +24,6 @@ def log_measured(log: Path) -> Measured:
     """A committed phase log as its run's Measured (times are line numbers: parsing is checked, never speed)."""
     lines = [Line(float(i), text) for i, text in enumerate(log.read_text().splitlines())]
     return Measured(command=[str(log)], returncode=0, wall_s=float(len(lines)), peak_pss_mib=0.0, lines=lines)
-
-
-def result_of(record: dict) -> SweepResult:
-    """A row of sweep.json as the record it was written from."""
-    fields = {**record, "outcomes": [Outcome(**o) for o in record.get("outcomes") or []]}
-    return SweepResult(**fields)
 
 
 def reparse(tool: str, row: SweepResult, where: Path) -> str:
@@ -58,7 +52,7 @@ def committed_lines() -> list[str]:
     if not (COMMITTED / "sweep.json").is_file():
         return [f"committed: no peer output committed at {COMMITTED}"]
     record = json.loads((COMMITTED / "sweep.json").read_text())
-    rows = [result_of(r) for r in record["rows"]]
+    rows = [sweep_run.result_of(r) for r in record["rows"]]
     lines = [reparse(r.tool, r, COMMITTED / r.tool / str(r.repeat))
              for r in rows if r.tool != "tunelab" and r.wall_s is not None]
     remade = sweep_summary.ratio_lines(rows)
