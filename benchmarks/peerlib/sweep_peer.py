@@ -27,30 +27,24 @@ BATCH = 16  # lm-eval's batch (peers.py's evaluation comparison uses the same)
 TASK = "exact_match"
 
 
-def packs(sweep: SweepSpec, mean_tokens: float) -> int:
-    """A packed batch's size: the packs of max_seq_len tokens that hold about micro_batch rows (the examples per
-    optimizer step of the tools whose padding-free or padded batches keep micro_batch rows)."""
-    return max(1, round(sweep.micro_batch * mean_tokens / sweep.max_seq_len))
-
-
 def torchtune_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
     """torchtune packs on a CPU (PackedDataset: packs of max_seq_len tokens, a block-causal mask)."""
     config["dataset"]["packed"] = True
-    config["batch_size"] = packs(sweep, mean_tokens)
+    config["batch_size"] = sweep.packed_batch(mean_tokens)
     return config
 
 
 def llamafactory_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
     """LLaMA-Factory's neat_packing: packs of cutoff_len tokens whose rows see only themselves (off flash
     attention its collator turns the packs' sequence ids into a block-diagonal 4D mask: eager or sdpa on a CPU)."""
-    config.update(packing=True, neat_packing=True, per_device_train_batch_size=packs(sweep, mean_tokens))
+    config.update(packing=True, neat_packing=True, per_device_train_batch_size=sweep.packed_batch(mean_tokens))
     return config
 
 
 def axolotl_packed(config: dict, sweep: SweepSpec, mean_tokens: float) -> dict:
     """axolotl's sample_packing (multipack bins of sequence_len tokens); sdpa is one of the attention backends its
     validation names as isolating a pack's samples."""
-    config.update(sample_packing=True, attn_implementation="sdpa", micro_batch_size=packs(sweep, mean_tokens))
+    config.update(sample_packing=True, attn_implementation="sdpa", micro_batch_size=sweep.packed_batch(mean_tokens))
     return config
 
 

@@ -33,7 +33,7 @@ class Pipeline(Protocol):
 
 def pipeline(found: Found, inputs: Inputs, sweep: SweepSpec, out: Path, mean_tokens: float) -> Pipeline:
     if found.name == "tunelab":
-        return TunelabPipeline(Path(sys.executable), inputs, sweep, out)
+        return TunelabPipeline(Path(sys.executable), inputs, sweep, out, mean_tokens)
     return PeerPipeline(found, inputs, sweep, out, mean_tokens)
 
 

@@ -28,6 +28,11 @@ class SweepSpec:
     def configs(self) -> list[tuple[int, float]]:
         return [(r, lr) for r in self.ranks for lr in self.learning_rates]
 
+    def packed_batch(self, mean_tokens: float) -> int:
+        """A packed batch's size: the packs of max_seq_len tokens that hold about micro_batch rows, so that every
+        tool, packed or not, takes about micro_batch examples per optimizer step (and the same number of steps)."""
+        return max(1, round(self.micro_batch * mean_tokens / self.max_seq_len))
+
     def job(self, rank: int, learning_rate: float) -> Job:
         """One run of the sweep as peerlib's Job (what each peer's config writer reads)."""
         return Job(rank=rank, alpha=2 * rank, target_modules=self.target_modules, max_seq_len=self.max_seq_len,

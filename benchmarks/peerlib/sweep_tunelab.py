@@ -4,9 +4,10 @@ The spec (experiment.yaml: the model, the rows, rank × learning rate as factors
 — tunelab packs on a CPU, examples isolated —, exact match on the test split) is written before the clock, as every
 peer's configs are; then four timed commands, one after the other, each a phase: `tunelab scaffold`, `tunelab run`
 (the runs side by side as the plan places them on this CPU: resources.cpu_runs_at_once auto), `tunelab eval` (one
-pass per base: the control and every adapter) and `tunelab report`. Nothing else is set (but logging_steps 1,
-so that a run of a few steps still logs its last loss, as torchtune's bar does every step): micro-batch, levers,
-threads, evaluation batch are tunelab's own choices. Each run's final loss and score are read afterwards from
+pass per base: the control and every adapter) and `tunelab report`. The batch is the packs that hold ~micro_batch
+rows, as every packed peer's (so each tool takes about as many examples per step, and as many steps); nothing else
+is set (but logging_steps 1, so that a run of a few steps still logs its last loss, as torchtune's bar does every
+step): levers, threads, evaluation batch are tunelab's own choices. Each run's final loss and score are read afterwards from
 `tunelab results --json` (off the clock)."""
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from peerlib.sweep_spec import Outcome, Phase, SweepSpec
 TASK = "exact_match"
 
 
-def experiment(inputs: Inputs, sweep: SweepSpec) -> dict:
-    """The sweep as tunelab's experiment.yaml: factors rank × learning rate, the base as a control."""
+def experiment(inputs: Inputs, sweep: SweepSpec, mean_tokens: float) -> dict:
+    """The sweep as tunelab's experiment.yaml: factors rank × learning rate, the base as a control. Packed, tunelab's
+    batch_size counts packs: the packs that hold ~micro_batch rows, as every packed peer's (SweepSpec.packed_batch)."""
     return {
         "name": "sweep-peers",
         "models": [{"name": inputs.model, "path": str(inputs.model_dir)}],
@@ -35,7 +37,7 @@ def experiment(inputs: Inputs, sweep: SweepSpec) -> dict:
         "factors": {"lora_rank": list(sweep.ranks), "learning_rate": list(sweep.learning_rates)},
         "controls": True,
         "training": {
-            "epochs": sweep.epochs, "batch_size": sweep.micro_batch, "max_seq_len": sweep.max_seq_len,
+            "epochs": sweep.epochs, "batch_size": sweep.packed_batch(mean_tokens), "max_seq_len": sweep.max_seq_len,
             "lora_target_modules": list(sweep.target_modules), "lora_dropout": 0.0, "seed": sweep.seed,
             "packing": True, "dtype": "float32", "logging_steps": 1,  # a final loss even on a few steps
         },
@@ -44,11 +46,11 @@ def experiment(inputs: Inputs, sweep: SweepSpec) -> dict:
     }
 
 
-def phases(inputs: Inputs, sweep: SweepSpec, out: Path, python: Path) -> list[Phase]:
+def phases(inputs: Inputs, sweep: SweepSpec, out: Path, python: Path, mean_tokens: float) -> list[Phase]:
     """experiment.yaml written under out/experiment; the four commands a user types from there."""
     exp = out / "experiment"
     exp.mkdir(parents=True, exist_ok=True)
-    (exp / "experiment.yaml").write_text(yaml.safe_dump(experiment(inputs, sweep), sort_keys=False))
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(experiment(inputs, sweep, mean_tokens), sort_keys=False))
     tunelab = [str(python), "-m", "tunelab"]
     return [Phase("scaffold", [*tunelab, "scaffold", str(exp / "experiment.yaml"), "--force"]),
             Phase("run", [*tunelab, "run", str(exp)]),
@@ -80,14 +82,15 @@ def outcomes(out: Path, python: Path, env: dict[str, str]) -> list[Outcome]:
 class TunelabPipeline:
     """tunelab's sweep as the benchmark runs every pipeline: phases, then outcomes (peerlib/sweep_peer.py's shape)."""
 
-    def __init__(self, python: Path, inputs: Inputs, sweep: SweepSpec, out: Path) -> None:
+    def __init__(self, python: Path, inputs: Inputs, sweep: SweepSpec, out: Path, mean_tokens: float) -> None:
         self.python, self.inputs, self.sweep, self.out = python, inputs, sweep, out
+        self.mean_tokens = mean_tokens  # the training rows' mean token count (the packed batch's size)
         self.env: dict[str, str] = {}  # the pipeline's environment, set by the runner (results reads its ledger)
         self.notes = (f"{len(sweep.configs())} runs placed by its plan (resources.cpu_runs_at_once auto) over "
-                      f"{sweep.threads} cores, packed (examples isolated), its own micro-batch rule and eval batch")
+                      f"{sweep.threads} cores, packed (examples isolated), batch = the packs that hold ~micro-batch rows, its own eval batch")
 
     def phases(self) -> list[Phase]:
-        return phases(self.inputs, self.sweep, self.out, self.python)
+        return phases(self.inputs, self.sweep, self.out, self.python, self.mean_tokens)
 
     def outcomes(self, measured: dict) -> list[Outcome]:
         return outcomes(self.out, self.python, self.env)
