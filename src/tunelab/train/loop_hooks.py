@@ -181,11 +181,6 @@ def make_trainer_class():
     return CountingSFTTrainer
 
 
-# status.json's step and epoch rewritten at most this often (and at the last step): every logged step of a small
-# model's fast steps rewrote the whole file, a per-step cost its readers (status, watch, the re-plan) do not need.
-PROGRESS_EVERY_S = 1.0
-
-
 def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, startup: dict, local: LocalCounts,
                    keep: int | None = None, ctx: StageContext | None = None):
     from transformers import TrainerCallback
@@ -197,8 +192,6 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
     class TunelabCallback(TrainerCallback):
         """metrics.jsonl per log, status.json progress, epoch_N adapter checkpoints. Called on every process
         at the same steps: counters are summed over processes there, and only the main process writes."""
-
-        progress_at = -math.inf  # when status.json's progress was last written (monotonic)
 
         def on_train_begin(self, args, state, control, **kwargs):
             if "startup_s" not in startup:
@@ -215,10 +208,7 @@ def make_callback(run_dir: Path, writer: MetricsWriter, status: StatusWriter, st
             if not main:
                 return
             row = writer.write(steps + state.global_step, epochs + (state.epoch or 0.0), logs, peak)
-            now = time.monotonic()
-            if now - self.progress_at >= PROGRESS_EVERY_S or state.global_step >= state.max_steps:
-                status.write(step=steps + state.global_step, epoch=row.epoch, total_steps=steps + state.max_steps)
-                self.progress_at = now
+            status.write(step=steps + state.global_step, epoch=row.epoch, total_steps=steps + state.max_steps)
             what = f"val_loss {row.val_loss:.4f}" if row.val_loss is not None else (
                 f"loss {row.loss:.4f} tok/s {row.tokens_per_s or 0:.0f}"
             )
