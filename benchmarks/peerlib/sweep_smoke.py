@@ -15,7 +15,7 @@ from peerlib.measure import Line, Measured
 from peerlib.sweep_spec import SweepResult, SweepSpec
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-COMMITTED = RESULTS / "sweep-peers-contended-2026-11-27"
+COMMITTED = RESULTS / "sweep-peers-2026-11-27"
 SMOKE_DATA = sweep_data.SweepData(train=16, validation=4, test=4, seed=0)
 SMOKE_SWEEP = SweepSpec(ranks=(8,), learning_rates=(2e-3,), max_seq_len=256, threads=1)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "benchmarks" / "results" / "sweep-peers-contended-2026-11-27"
+COMMITTED = ROOT / "benchmarks" / "results" / "sweep-peers-2026-11-27"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from peerlib import sweep_data  # noqa: E402
 
