@@ -29,6 +29,7 @@ from peerlib.job import Inputs, Job
 from peerlib.measure import Measured, installed_version
 from peerlib.result import StepLog
 
+CONFIG = "config.yaml"  # the run's YAML, in its directory
 OUTPUT = "lf_out"  # its output_dir: the adapter, trainer_log.jsonl, train_results.json
 DATASET = "tunelab_train"
 # model -> (template name, registration the wrapper runs first, or None for a built-in template)
@@ -109,11 +110,11 @@ class LlamaFactoryPeer:
         template, registration = TEMPLATES[inputs.model]
         out.mkdir(parents=True, exist_ok=True)
         (out / "dataset_info.json").write_text(json.dumps(_dataset_info(inputs), indent=1))
-        (out / "config.yaml").write_text(_yaml(_config(inputs, job, template)))
+        (out / CONFIG).write_text(_yaml(_config(inputs, job, template)))
         if registration is None:
-            return [str(Path(python).parent / "llamafactory-cli"), "train", "config.yaml"]
+            return [str(Path(python).parent / "llamafactory-cli"), "train", CONFIG]
         (out / "tunelab_lf.py").write_text(WRAPPER.format(registration=registration))
-        return [str(python), "tunelab_lf.py", "train", "config.yaml"]
+        return [str(python), "tunelab_lf.py", "train", CONFIG]
 
     def adapter_dir(self, out: Path) -> Path:
         return out / OUTPUT

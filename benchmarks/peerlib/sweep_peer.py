@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from peerlib import axolotl, lmeval
+from peerlib import axolotl, llamafactory, lmeval, torchtune
 from peerlib.job import Inputs
 from peerlib.measure import Measured
 from peerlib.registry import Found, env_python
@@ -58,12 +58,14 @@ class Packing:
 
 # a tool not here is not packed (UNPACKED says why)
 PACKING = {
-    "torchtune": Packing(torchtune_packed, "config.yaml", "packed (torchtune's PackedDataset, block-causal mask, "
-                                                          "batch = the packs that hold ~micro-batch rows)"),
-    "llamafactory": Packing(llamafactory_packed, "config.yaml", "packed (neat_packing: block-diagonal 4D mask, "
-                                                                "batch = the packs that hold ~micro-batch rows)"),
-    "axolotl": Packing(axolotl_packed, axolotl.CONFIG, "packed (sample_packing with sdpa, batch = the packs that hold "
-                                                      "~micro-batch rows)"),
+    "torchtune": Packing(torchtune_packed, torchtune.CONFIG,
+                         "packed (torchtune's PackedDataset, block-causal mask, batch = the packs that hold "
+                         "~micro-batch rows)"),
+    "llamafactory": Packing(llamafactory_packed, llamafactory.CONFIG,
+                            "packed (neat_packing: block-diagonal 4D mask, batch = the packs that hold ~micro-batch "
+                            "rows)"),
+    "axolotl": Packing(axolotl_packed, axolotl.CONFIG,
+                       "packed (sample_packing with sdpa, batch = the packs that hold ~micro-batch rows)"),
 }
 UNPACKED = {"oumi": "not packed: Oumi's data.train.pack cuts streamed text into fixed chunks for pretraining (rows "
                     "not isolated, no answer-only labels); padded batches of micro-batch rows"}

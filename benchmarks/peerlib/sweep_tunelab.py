@@ -7,8 +7,8 @@ peer's configs are; then four timed commands, one after the other, each a phase:
 pass per base: the control and every adapter) and `tunelab report`. The batch is the packs that hold ~micro_batch
 rows, as every packed peer's (so each tool takes about as many examples per step, and as many steps); nothing else
 is set (but logging_steps 1, so that a run of a few steps still logs its last loss, as torchtune's bar does every
-step): levers, threads, evaluation batch are tunelab's own choices. Each run's final loss and score are read afterwards from
-`tunelab results --json` (off the clock)."""
+step): levers, threads, evaluation batch are tunelab's own choices. Each run's final loss and score are read
+afterwards from `tunelab results --json` (off the clock)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ class TunelabPipeline:
         self.mean_tokens = mean_tokens  # the training rows' mean token count (the packed batch's size)
         self.env: dict[str, str] = {}  # the pipeline's environment, set by the runner (results reads its ledger)
         self.notes = (f"{len(sweep.configs())} runs placed by its plan (resources.cpu_runs_at_once auto) over "
-                      f"{sweep.threads} cores, packed (examples isolated), batch = the packs that hold ~micro-batch rows, its own eval batch")
+                      f"{sweep.threads} cores, packed (examples isolated), batch = the packs that hold "
+                      "~micro-batch rows, its own eval batch")
 
     def phases(self) -> list[Phase]:
         return phases(self.inputs, self.sweep, self.out, self.python, self.mean_tokens)

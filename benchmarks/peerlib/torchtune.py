@@ -34,6 +34,7 @@ from peerlib.measure import Measured, installed_version
 from peerlib.result import WARMUP_STEPS, StepLog
 
 TOKENIZER_MODULE = Path(__file__).with_name("torchtune_tokenizer.py")
+CONFIG = "config.yaml"  # the recipe's config, in the run's directory
 METRICS = Path("logs") / "metrics.txt"
 DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # the job's dtype: torchtune's name for it
 _BAR = re.compile(r"(\d+)\|(\d+)\|Loss: ([-+0-9.eE]+|nan|inf)")
@@ -144,9 +145,9 @@ class TorchtunePeer:
         """config.yaml (JSON, which YAML reads) and the template tokenizer's module into `out`; `tune` of the env
         (beside its python: the venv's bin, not resolved through the symlink)."""
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(json.dumps(config(inputs, job, out.resolve()), indent=2) + "\n")
+        (out / CONFIG).write_text(json.dumps(config(inputs, job, out.resolve()), indent=2) + "\n")
         shutil.copyfile(TOKENIZER_MODULE, out / TOKENIZER_MODULE.name)
-        return [str(Path(python).parent / "tune"), "run", "lora_finetune_single_device", "--config", "config.yaml"]
+        return [str(Path(python).parent / "tune"), "run", "lora_finetune_single_device", "--config", CONFIG]
 
     def adapter_dir(self, out: Path) -> Path:
         """torchtune's HF checkpointer writes the PEFT files itself (adapter_only): ckpt/epoch_0 (one epoch)."""
