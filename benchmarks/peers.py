@@ -1,10 +1,14 @@
 """tunelab beside the tools a lab would use instead, measured in one run (issue 52).
 
     python benchmarks/peers.py [--out DIR] [--models tiny,smollm2] [--tools tunelab,torchtune,llamafactory,
-                               axolotl,oumi] [--repeats 3] [--threads N] [--parts training,evaluation,search]
+                               axolotl,oumi] [--repeats 3] [--threads N] [--parts sweep,training,evaluation,search]
     python benchmarks/peers.py --smoke
     python benchmarks/peers.py --device cuda --parts training --tools tunelab,torchtune [--model-dir DIR]
                                [--peer-python torchtune=PYTHON]     # on a GPU: gpu_truth.py's peer row
+
+Sweep (first): the whole sweep a lab runs, each tool's pipeline from the first command to the last score
+(benchmarks/sweep_peers.py, at its default sizes; DIR/sweep/), its `sweep: tunelab ÷ PEER` lines leading the
+output. The components follow.
 
 Training: every tool trains the same LoRA job (peerlib/job.py: the demo's capitalization rows, the model's own chat
 template, r16 on q_proj,v_proj, alpha 32, max_seq_len 64, micro-batch 8, 1 epoch, lr 2e-3 cosine, fp32, seed 0)
@@ -24,7 +28,8 @@ Python API) and inspect-ai's hf/ provider (at its best batch: peerlib/inspect_hf
 Ends with one line per comparison, speed over speed (above 1: tunelab faster), and writes DIR/peers.json and the
 Markdown table DIR/peers.md. Nothing else of ours may run beside it: the load is printed with every run.
 
---smoke: tunelab's side only, on 160 words of the tiny model, and every peer's parser on the real output its
+--smoke: the committed whole-sweep run read again (benchmarks/results/, peerlib/sweep_smoke.py: its `sweep:` lines
+first), tunelab's side only, on 160 words of the tiny model, and every peer's parser on the real output its
 committed sample holds (peerlib/samples/NAME/, with the COMMAND that made it): a peer's output change breaks
 its parser here, not the suite (tests/e2e/test_benchmark_smoke.py).
 """
@@ -41,8 +46,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerlib import evaluation, registry, samples, search, summary, training  # noqa: E402
+from peerlib import evaluation, registry, samples, search, summary, sweep_bench, sweep_data, training  # noqa: E402
 from peerlib.job import CPU_MODELS, GPU_JOB, GPU_MODELS, MODELS, Job, prepare  # noqa: E402
+from peerlib.sweep_spec import SweepSpec  # noqa: E402
+
+PARTS = ("sweep", "training", "evaluation", "search")
+
+
+def run_sweep(args: argparse.Namespace, out: Path) -> tuple[str, list[str]]:
+    """The whole sweep at sweep_peers.py's defaults, with this run's tools, repeats and threads."""
+    return sweep_bench.run(out / "sweep", args.tools, args.repeats, sweep_data.SweepData(),
+                           SweepSpec(threads=args.threads))
 
 
 def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, str], list[str]]:
@@ -88,8 +102,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
     ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
-    ap.add_argument("--parts", default="training,evaluation,search",
-                    help="which comparisons: training (every tool trains the job), evaluation (each model's demo "
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="which comparisons: sweep (every tool's whole pipeline, benchmarks/sweep_peers.py; over an "
+                    "hour a repeat), training (every tool trains the job), evaluation (each model's demo "
                     "sweep's targets), search (the learning-rate search against oumi tune, its studies one after the "
                     "other and at once)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -109,6 +124,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     default_models = GPU_MODELS if args.device == "cuda" else CPU_MODELS
     args.models, args.tools = (args.models or ",".join(default_models)).split(","), args.tools.split(",")
+    if unknown := set(args.parts.split(",")) - set(PARTS):
+        ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from {', '.join(PARTS)})")
     try:
         args.peer_python = registry.peer_pythons(args.peer_python)
     except ValueError as exc:
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"threads": args.threads, "cores": os.cpu_count()}
     lines: list[str] = []
     tables: list[str] = []
+    if "sweep" in args.parts:  # first: what a lab compares leads (issue 66)
+        table, sweep_lines = run_sweep(args, out)
+        lines += sweep_lines
+        tables.append(table)
+        record["sweep"] = {"dir": str(out / "sweep"), "lines": sweep_lines}
     if "training" in args.parts:
         rows, versions, missing = run_training(args, out)
         lines += summary.ratio_lines(rows) + missing

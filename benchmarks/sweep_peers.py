@@ -1,7 +1,7 @@
 """A lab's whole sweep beside the peers' pipelines (issue 66 item 1): from the first command to the last score.
 
     python benchmarks/sweep_peers.py [--out DIR] [--tools tunelab,torchtune,llamafactory,axolotl,oumi] [--repeats 3]
-                                     [--train-rows 240] [--test-rows 60] [--epochs 1] [--ranks 8,32]
+                                     [--train-rows 96] [--test-rows 32] [--epochs 1] [--ranks 8,32]
                                      [--learning-rates 5e-4,2e-3] [--threads N]
     python benchmarks/sweep_peers.py --smoke [--out DIR]
 
@@ -27,21 +27,15 @@ again by its parsers and checked against the record it was committed with (peerl
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerlib import registry, sweep_data, sweep_run, sweep_smoke, sweep_summary  # noqa: E402
-from peerlib.measure import loadavg  # noqa: E402
-from peerlib.sweep_peer import lmeval_ready  # noqa: E402
+from peerlib import registry, sweep_bench, sweep_data, sweep_smoke  # noqa: E402
 from peerlib.sweep_spec import SweepSpec  # noqa: E402
-from peerlib.training import versions  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -77,58 +71,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def runnable(tools: list[str]) -> tuple[list[registry.Found], list[str]]:
-    """The tools that can run their whole pipeline, and a line for each that cannot (no environment, or no
-    lm-eval environment for a peer's evaluation)."""
-    found, lines = [], []
-    for name in tools:
-        f = registry.find(name)
-        why = f.why or ("" if name == "tunelab" else lmeval_ready())
-        if why:
-            lines.append(f"sweep: {name} could not run: {why}")
-        else:
-            found.append(f)
-    return found, lines
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = (args.out or Path(tempfile.mkdtemp(prefix="tunelab-sweep-peers-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         return sweep_smoke.smoke(out)
-    from tunelab.models.smollm2 import build_smollm2
-
-    model_dir = out / "models" / "smollm2"
-    build_smollm2(model_dir, dtype="float32")  # float32 on disk: every tool trains the same fp32 job
     sizes = sweep_data.SweepData(args.train_rows, args.validation_rows, args.test_rows, args.seed)
-    inputs = sweep_data.write(out / "data", model_dir, sizes, args.max_seq_len)
-    counts = sweep_data.lengths(inputs)
-    mean_tokens = statistics.mean(min(c, args.max_seq_len) for c in counts)
-    print(f"[sweep] {out}; data seed {args.seed}: train {sweep_data.describe(counts, args.max_seq_len)} "
-          f"(drawn rows over it dropped: {sweep_data.dropped(inputs)}); "
-          f"{args.threads} cores; load {loadavg()}", flush=True)
-    found, missing = runnable(args.tools)
-    known = versions(found)
-    record = {"sweep": asdict(args.sweep), "data": asdict(sizes), "train_tokens": counts, "versions": known,
-              "cores": os.cpu_count()}
-
-    def write(rows: list) -> tuple[str, list[str]]:
-        """sweep.json and sweep.md from the rows so far (after every row: a run stopped early keeps its record)."""
-        load = "; ".join(f"{r.tool} #{r.repeat + 1}: {r.load_before}" for r in rows)
-        table = sweep_summary.table(rows, load)
-        lines = sweep_summary.ratio_lines(rows) + missing + sweep_summary.failure_lines(rows)
-        (out / "sweep.json").write_text(json.dumps({**record, "rows": [asdict(r) for r in rows], "lines": lines},
-                                                   indent=1))
-        (out / "sweep.md").write_text(table + "\n")
-        return table, lines
-
-    rows_file = out / "sweep_rows.jsonl"
-    if not args.resume:
-        rows_file.unlink(missing_ok=True)
-    rows = sweep_run.compare(found, inputs, args.sweep, out / "runs", args.repeats, known, mean_tokens, rows_file,
-                             after=write, earlier=sweep_run.earlier_rows(rows_file))
-    table, lines = write(rows)
+    table, lines = sweep_bench.run(out, args.tools, args.repeats, sizes, args.sweep, args.resume)
     print(table)
     print("\n".join(lines))
     return 0

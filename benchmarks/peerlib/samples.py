@@ -57,6 +57,9 @@ def parse_eval_samples() -> list[str]:
 
 
 def smoke(out: Path) -> int:
+    from peerlib.sweep_smoke import committed_lines
+
+    print("\n".join(committed_lines()), flush=True)  # the whole sweep's lines lead, as in a full run
     inputs = prepare(out / "inputs", "tiny", SMOKE_WORDS)
     found = registry.find("tunelab")
     # the caller's caches, not a fresh home: a cold one would have `tunelab scaffold` time the job's shape from

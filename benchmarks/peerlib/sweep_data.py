@@ -34,11 +34,12 @@ WORD_LENGTHS = range(3, 10)
 
 @dataclass(frozen=True)
 class SweepData:
-    """The sizes of the benchmark's data: rows per split and the seed they are drawn from."""
+    """The sizes of the benchmark's data: rows per split and the seed they are drawn from. The defaults are the
+    sizes measured (docs/benchmarks.md): one repeat of all five pipelines took over an hour at them on two cores."""
 
-    train: int = 240
-    validation: int = 16
-    test: int = 60
+    train: int = 96
+    validation: int = 8
+    test: int = 32
     seed: int = 0
 
 
@@ -117,6 +118,12 @@ def lengths(inputs: Inputs, split: str = "train") -> list[int]:
 
 def dropped(inputs: Inputs) -> dict[str, int]:
     return json.loads((inputs.data_dir / "DATA.json").read_text())["dropped_over_max_seq_len"]
+
+
+def mean_tokens(counts: list[int], max_seq_len: int) -> float:
+    """The training rows' mean token count as a pack holds them (a row over max_seq_len, which write() drops
+    anyway, counted at max_seq_len): what a packed batch's size is priced from (SweepSpec.packed_batch)."""
+    return statistics.mean(min(c, max_seq_len) for c in counts)
 
 
 def describe(counts: list[int], max_seq_len: int) -> str:

@@ -7,7 +7,6 @@ lines made again from its rows."""
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 from peerlib import lmeval, registry, sweep_data, sweep_run, sweep_summary
@@ -72,7 +71,8 @@ def smoke(out: Path) -> int:
     print(f"[sweep] smoke: train {sweep_data.describe(counts, SMOKE_SWEEP.max_seq_len)}", flush=True)
     found = registry.find("tunelab")
     row = sweep_run.run_pipeline(found, inputs, SMOKE_SWEEP, out / "runs" / "tunelab" / "0", 0, "smoke",
-                                 statistics.mean(counts), fresh_caches=False)
+                                 sweep_data.mean_tokens(counts, SMOKE_SWEEP.max_seq_len),
+                                 fresh_caches=False)
     print(sweep_run.describe(row), flush=True)
     if row.error:
         raise SystemExit(f"tunelab's pipeline failed: {row.error}")

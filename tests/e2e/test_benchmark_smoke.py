@@ -522,6 +522,12 @@ def test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample(
         assert len(re.findall(rf"^{peer}: sample parsed: (\S+): \d+ answers", stdout, re.MULTILINE)) == len(targets)
     trials = (PEER_SAMPLES / "oumi_tune" / "oumi_tune" / "trials_results.csv").read_text().strip().splitlines()[1:]
     assert line(stdout, rf"^oumi_tune: sample parsed: {NUM} trials")[0] == len(trials)
+    # the whole sweep's lines lead (issue 66): the committed run's own closing lines, before any component's line
+    committed = json.loads((BENCH / "results" / "sweep-peers-2026-11-27" / "sweep.json").read_text())["lines"]
+    ratios = [f"committed: {x}" for x in committed if x.startswith("sweep: tunelab ÷")]
+    printed = stdout.splitlines()
+    assert ratios and all(x in printed for x in ratios)
+    assert max(printed.index(x) for x in ratios) < min(i for i, x in enumerate(printed) if "sample parsed" in x)
 
 
 def test_gpu_speed_fit_smoke_summary_is_its_rows(smokes):
