@@ -10,7 +10,9 @@ their markup and every value is inserted as plain text; call sites never escape 
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console, OverflowMethod, RenderableType
@@ -62,6 +64,18 @@ def markup(template: str, *values: Any, **named: Any) -> Text:
 def say(template: str, *values: Any, console: Console | None = None, **named: Any) -> None:
     """Print one line (`markup`): long lines are left whole for the terminal to wrap, so paths copy intact."""
     (console or _STDOUT).print(markup(template, *values, **named), soft_wrap=True)
+
+
+@contextmanager
+def working(template: str, *values: Any, **named: Any) -> Iterator[None]:
+    """Long work that prints nothing of its own (a first plan timing this machine: a minute or two of silence
+    otherwise): one line on stderr as it starts, one with its seconds as it ends. stderr, so that --json output and
+    an MCP server's stdout (its protocol) stay clean."""
+    say("[dim]" + template + " …[/dim]", *values, console=err_console, **named)
+    started = time.perf_counter()
+    yield
+    say("[dim]" + template + ": {:.0f} s[/dim]", *values, time.perf_counter() - started, console=err_console,
+        **named)
 
 
 def warn(text: str, console: Console | None = None) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.console import data_table, error, markup, say, show, warn
+from tunelab.console import data_table, error, markup, say, show, warn, working
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tunelab"
 
@@ -35,6 +35,17 @@ def test_say_warn_error_print_values_verbatim(value):
     assert _printed(say, "[yellow]{}[/yellow] then {}", value, value) == f"{value} then {value}\n"
     assert _printed(warn, value) == f"warning: {value}\n"
     assert _printed(error, value) == f"error: {value}\n"
+
+
+def test_long_work_says_when_it_starts_and_its_seconds_when_it_ends_on_stderr_only(capsys, monkeypatch):
+    clock = iter([10.0, 52.4, 0.0])  # the seconds it took, injected: 42.4 printed whole
+    monkeypatch.setattr("tunelab.console.time.perf_counter", lambda: next(clock))
+    with working("timing {} at {} thread(s)", HOSTILE[0], 2):
+        assert capsys.readouterr().err == f"timing {HOSTILE[0]} at 2 thread(s) …\n"
+    assert capsys.readouterr() == ("", f"timing {HOSTILE[0]} at 2 thread(s): 42 s\n")
+    with pytest.raises(ValueError), working("failing"):  # no end line for work that did not end
+        raise ValueError
+    assert capsys.readouterr() == ("", "failing …\n")
 
 
 def test_markup_styles_values_as_its_template_says_and_formats_like_str_format():
@@ -101,7 +112,7 @@ def bracketed_spec(tmp_path, write_spec):
     return _write
 
 
-def test_plan_and_validate_print_every_warning_and_error_whole(bracketed_spec):
+def test_plan_and_validate_print_every_warning_and_error_whole(bracketed_spec, quiet_planning):
     """The human output holds each message --json gives, brackets and all (tiny-model warning with its
     list, truncation warnings and errors, the path written)."""
     spec = bracketed_spec(training={"modules_to_save": [], "max_seq_len": 16}, prompt="[inst] Capitalize: {input}")

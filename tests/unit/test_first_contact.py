@@ -8,6 +8,7 @@ prediction here (benchmarks/estimate_accuracy.py does that)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_the_loop_job_times_the_jobs_own_loop_from_the_rows_it_wrote(loop_measur
     _check_rows(*loop_measured)
 
 
-def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fresh):
+def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fresh, capsys):
     """A plan pricing 1 and 2 threads a run (forecast/cpu_sharing.py) starts one measuring job for both: the entry kept
     for 2 threads comes from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
     ran at 2 torch threads (as torch reported them in that job), and a later plan reads both from the cache."""
@@ -45,6 +46,13 @@ def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fre
     assert (kept[1]["threads"], kept[2]["threads"]) == (1, 2)
     assert kept[2]["loop_step_s"] > 0 and kept[2]["bare_step_s"] > 0
     assert loopcost.loop_overhead(2) == loopcost.overhead_of(kept[2])
+    # the minute of measuring said so on stderr, as it began and with its seconds as it ended; once (the later
+    # reads come from the cache); stdout (a --json answer, an MCP server's protocol) untouched
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    lines = [x for x in printed.err.splitlines() if x.startswith("measuring what the training loop adds")]
+    assert len(lines) == 2 and all("at 1 and 2 thread(s)" in x for x in lines)
+    assert lines[0].endswith(" …") and re.search(r"plans\): \d+ s$", lines[1])
 
 
 def _check_rows(out: Path, got: dict) -> None:

@@ -145,7 +145,7 @@ def test_plan_md_and_json_list_the_stages(write_spec, hard_dataset, caps_dataset
     assert "| caps | fields | 320 |" in md and "training (stage easy) |" in md
     res = CliRunner().invoke(app, ["plan", str(spec), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert [(r["run"], r["stage"], r["steps"]) for r in out["stages"][:3]] == [
         ("tiny_r4", "1. easy", "80"), ("tiny_r4", "2. hard", "4"), ("tiny_r4", "total", "84")]
     assert [s["steps"] for s in out["estimates"]["tiny_r4"]["stages"]] == [80, 4]

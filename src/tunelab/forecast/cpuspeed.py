@@ -39,6 +39,7 @@ from statistics import median
 from typing import Any
 
 from tunelab.catalog import Architecture, resolve_architecture
+from tunelab.console import working
 from tunelab.diskcache import cached_json, file_digests, store_json, stored_json, this_environment
 from tunelab.estimate.memory import lora_params
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
@@ -189,7 +190,10 @@ def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None)
     right after, and kept under their own keys."""
     others = [n for n in dict.fromkeys(priced_counts()) if n != threads
               and not _kept(stored_json("cpu-step", _step_key(cfg, batch, seq, n)))]
-    got = _time_steps(cfg, batch, seq, [threads, *others] if threads else [threads])
+    counts: list[int | None] = [threads, *others] if threads else [threads]
+    with working("timing model {}'s training step ({} × {} tokens) at {} thread(s) here, for the plan's time "
+                 "(kept for later plans)", cfg.model.name, batch, seq, thread_words(counts)):
+        got = _time_steps(cfg, batch, seq, counts)
     for n in others:
         if _uncontended(got[n]):
             store_json("cpu-step", _step_key(cfg, batch, seq, n), got[n])
@@ -198,6 +202,12 @@ def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None)
 
 def _kept(stored: Any) -> bool:
     return isinstance(stored, dict) and _uncontended(stored)
+
+
+def thread_words(counts: Iterable[int | None]) -> str:
+    """Thread counts in words ("1 and 2"; None: torch's default)."""
+    words = ["torch's default" if n is None else str(n) for n in counts]
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def cpu_flops(hidden: int, threads: int | None) -> float:

@@ -23,14 +23,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tunelab.console import working
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.faults import TEST_KNOBS
-from tunelab.forecast.cpuspeed import priced_counts, still_fresh
+from tunelab.forecast.cpuspeed import priced_counts, still_fresh, thread_words
 from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
 RESULT_FILE = "loop.json"  # what it writes in its directory (train/loop_cost.py RESULT_FILE)
 TIMEOUT_S = 300.0
+MEASURING = "measuring what the training loop adds to a step at {} thread(s), by a reference tiny run (kept for later plans)"
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ def _measure_with_others(threads: int | None) -> dict[str, Any]:
     process and kept under their own keys."""
     others = [n for n in dict.fromkeys(priced_counts())
               if n != threads and not _kept(stored_json("train-loop", _key(n)))]
-    if not threads or not others:  # torch's own default: its own process, as ever
-        return _measure(threads)
-    got = _measure_counts([threads, *others])
+    if not threads or not others:  # torch's own default, or one count: its own process, as ever
+        with working(MEASURING, thread_words([threads])):
+            return _measure(threads)
+    with working(MEASURING, thread_words([threads, *others])):
+        got = _measure_counts([threads, *others])
     for n in others:
         if _worth_keeping(got[n]):
             store_json("train-loop", _key(n), got[n])
