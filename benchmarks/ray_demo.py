@@ -83,7 +83,7 @@ def spec_for(out: Path, executor: ExecutorKind, address: str | None) -> Path:
 
 def one_run(out: Path, address: str, log: Path) -> float:
     """One run alone, trained and evaluated as a user would: `run` + `eval --run` here against `run --wait` on Ray
-    (its evaluation job behind the training); fresh experiments. Ray's wall less the local one, s."""
+    (trained, then evaluated, by one Ray job); fresh experiments. Ray's wall less the local one, s."""
     local, ray = spec_for(out / "local", ExecutorKind.LOCAL, None), spec_for(out / "ray", ExecutorKind.RAY, address)
     for spec in (local, ray):
         tunelab("scaffold", str(spec), log=log)

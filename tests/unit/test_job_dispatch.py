@@ -212,10 +212,12 @@ def _forecast(write_spec, resources: dict, past: list[HistoryRun]):
     return runs, sweeptime.sweep_forecast(plan, lambda c: ROWS)
 
 
-@pytest.mark.parametrize("executor,assumed", [("slurm", SLURM_DISPATCH_S), ("ray", RAY_DISPATCH_S)])
-def test_every_job_of_a_detached_executor_pays_its_dispatch_in_the_plan(write_spec, monkeypatch, executor, assumed):
-    """One lane (Slurm: one array task at a time; Ray: a one-CPU node), so the makespan is the runs' sum: 5 jobs —
-    each fine-tuned run's training and evaluation, the control's evaluation — each after its dispatch."""
+@pytest.mark.parametrize("executor,assumed,jobs", [("slurm", SLURM_DISPATCH_S, 5), ("ray", RAY_DISPATCH_S, 3)])
+def test_every_job_of_a_detached_executor_pays_its_dispatch_in_the_plan(write_spec, monkeypatch, executor, assumed,
+                                                                      jobs):
+    """One lane (Slurm: one array task at a time; Ray: a one-CPU node), so the makespan is the runs' sum, each job
+    after its dispatch. Slurm: 5 jobs — each fine-tuned run's training and evaluation, the control's evaluation;
+    Ray: 3 — each fine-tuned run's one job (its training, then its evaluation: one node, no GPU), the control's."""
     one_cpu = ClusterFacts((NodeFacts("10.0.0.1", 1, 0, 8.0),), "Ray cluster http://head:8265")
     monkeypatch.setattr(executors, "cluster_facts",
                         lambda res: ClusterRead(one_cpu, address="http://head:8265") if executor == "ray" else None)
@@ -228,15 +230,17 @@ def test_every_job_of_a_detached_executor_pays_its_dispatch_in_the_plan(write_sp
     _, assumed_plan = _forecast(write_spec, resources, [])
     _, median_plan = _forecast(write_spec, resources, measured)
     assert len(none.devices) == 1 and none.makespan_s is not None
-    assert assumed_plan.makespan_s == pytest.approx(none.makespan_s + 5 * assumed, abs=0.2)
-    assert median_plan.makespan_s == pytest.approx(none.makespan_s + 5 * 3.0, abs=0.2)
+    assert assumed_plan.makespan_s == pytest.approx(none.makespan_s + jobs * assumed, abs=0.2)
+    assert median_plan.makespan_s == pytest.approx(none.makespan_s + jobs * 3.0, abs=0.2)
     evaluation = predict_run_eval(runs[0], None, lambda c: ROWS, [], [PROBE], errors=[],
                                   estimate=_estimate("a")).start_s  # the evaluation's own start-up
     line = {r.run: r for r in median_plan.runs}
-    assert (line["a"].train_start_s, line["a"].eval_start_s) == (13.0, pytest.approx(evaluation + 3.0))
+    own_job = 3.0 if executor == "slurm" else 0.0  # a run's evaluation in its training's Ray job: no dispatch
+    assert (line["a"].train_start_s, line["a"].eval_start_s) == (13.0, pytest.approx(evaluation + own_job))
     assert (line["base"].train_start_s, line["base"].eval_start_s) == (0.0, pytest.approx(evaluation + 3.0))
     words = f"+ 3.0 s {executor} job dispatch (history median of 3 jobs)"
-    assert line["a"].train_start_source.endswith(words) and line["a"].eval_start_source.endswith(words)
+    assert line["a"].train_start_source.endswith(words) and line["base"].eval_start_source.endswith(words)
+    assert line["a"].eval_start_source.endswith(words) == (executor == "slurm")
     assert "dispatch" not in {r.run: r for r in none.runs}["a"].eval_start_source
 
 
@@ -267,3 +271,4 @@ def test_the_replan_prices_the_dispatch_of_each_job_not_started_yet(write_spec):
     left = {r.run: r.left_s for r in paid.runs}
     before = {r.run: r.left_s for r in free.runs}
     assert {k: round((left[k] or 0) - (before[k] or 0), 1) for k in left} == {"r1": 0.0, "r2": 3.0, "r3": 6.0}
+

@@ -126,3 +126,32 @@ def test_the_runs_address_wins_over_ray_address(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS")
     with pytest.raises(TunelabError, match="no cluster address: set resources.address or RAY_ADDRESS"):
         RayExecutor().client()
+
+
+def test_a_run_on_one_node_and_at_most_one_gpu_is_trained_then_evaluated_by_one_job(tmp_path):
+    """Such a run is a group of one (ray-run.sh: its job.sh, then its ray-eval.sh, only if the training succeeded);
+    a run holding several GPUs or nodes, or a control, is not: its evaluation is a job of its own behind a gate."""
+    import subprocess
+
+    from tunelab.execute.executor import GroupKind
+    from tunelab.execute.ray_cluster import RayExecutor
+
+    cpu, one_gpu = _run(tmp_path / "a", gpus_per_run=0), _run(tmp_path / "b", gpus_per_run=1)
+    four, spanning = _run(tmp_path / "c", gpus_per_run=4), _run(tmp_path / "d", gpus_per_run=0, nodes_per_run=2)
+    control = cpu.model_copy(update={"kind": "control", "name": "base"})
+    ex = RayExecutor("http://head:8265")
+    groups = ex.groups([cpu, one_gpu, four, spanning, control])
+    assert [(g.kind, [c.experiment_dir for c in g.runs]) for g in groups] == [
+        (GroupKind.NODE, [str(tmp_path / "a")]), (GroupKind.NODE, [str(tmp_path / "b")])]
+    script, array = ex.group_script(groups[0])
+    assert array is None and script == cpu.run_dir / "ray-run.sh" and (cpu.run_dir / "ray-eval.sh").is_file()
+    # the script as Ray runs it, with the two it calls standing in: the evaluation only after a training that succeeded
+    for training, code, ran in (("exit 3", 3, "trained\n"), ("exit 0", 0, "trained\nevaluated\n")):
+        (cpu.run_dir / "job.sh").write_text(f"echo trained\n{training}\n")
+        (cpu.run_dir / "ray-eval.sh").write_text("echo evaluated\n")
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (code, ran)
+    # both of its jobs' rows read the one job's log
+    assert {ex.log(cpu.run_dir, kind, "tl-run-ab12@http://head:8265") for kind in JobKind} == {
+        cpu.run_dir / "ray-run-tl-run-ab12.out"}
+    assert ex.log(cpu.run_dir, JobKind.EVAL, "tl-eval-ab12@http://head:8265") == cpu.run_dir / "ray-eval-tl-eval-ab12.out"

@@ -212,6 +212,10 @@ class OneJobEachRun:
         return []
 
     @staticmethod
+    def evaluates_in_training_job(resources: ResourcesSpec) -> bool:
+        return False
+
+    @staticmethod
     def submit_all(runs: list[RunConfig]) -> tuple[str, dict[str, object]]:
         """submit_all.sh: every run's job.sh in turn here, then eval and report (Ray's `tunelab run` submits)."""
         return "submit_all.sh.j2", {}
@@ -260,6 +264,12 @@ class Executor(Protocol):
     def side_job_script(cfg: RunConfig, kind: JobKind, work_dir: Path, command: str, time_limit: str) -> Path:
         """Write a one-off job script into `work_dir` that runs `command` where `cfg`'s jobs run (its partition,
         account, GPUs), under `time_limit`: the probe's job. Its output goes to `log(work_dir, kind, id)`."""
+        ...
+
+    @staticmethod
+    def evaluates_in_training_job(resources: ResourcesSpec) -> bool:
+        """A run with these resources is trained and evaluated by one job (groups() makes it a group of one), so its
+        evaluation pays no dispatch of its own (forecast/sweeptime.py)."""
         ...
 
     @staticmethod

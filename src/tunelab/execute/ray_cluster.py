@@ -31,6 +31,8 @@ from tunelab.errors import TunelabError
 from tunelab.execute.executor import (
     Capacity,
     ClusterFacts,
+    GroupKind,
+    JobGroup,
     JobInfo,
     JobKind,
     NodeAsk,
@@ -43,13 +45,17 @@ from tunelab.execute.ray_after import CHILD_SUFFIX
 from tunelab.execute.ray_jobs import (
     EVAL_SCRIPT,
     RDZV_ID_ENV,
+    RUN_LABEL,
+    RUN_SCRIPT,
     SPAN_SCRIPT,
     TRAIN_SCRIPT,
     entrypoint,
+    evaluates_in_training_job,
     job_ask,
     job_env,
     log_name,
     write_eval_script,
+    write_run_script,
     write_side_script,
     write_span_script,
 )
@@ -168,7 +174,7 @@ class RayExecutor(OneJobEachRun):
         self._client_class = JobSubmissionClient
         self.address = address  # else the runs' resources.address once they are known, else RAY_ADDRESS
         self._clients: dict[str, Any] = {}
-        self._asks: dict[Path, tuple[NodeAsk, JobKind]] = {}  # by script: what submit asks for it
+        self._asks: dict[Path, tuple[NodeAsk, JobKind | str]] = {}  # by script: what submit asks for it, its label
         self._silent_since: float | None = None
         self._ips: dict[str, str] = {}  # node id -> address
         self._error = ""
@@ -222,12 +228,12 @@ class RayExecutor(OneJobEachRun):
             raise ValueError("the Ray executor submits each run as a job of its own")
         script = Path(script)
         ask, kind = self._asks.get(script, (NodeAsk(1, 0), JobKind.PROBE))
-        sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"
+        sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"  # a training-then-evaluation job: tl-run-… (ray_jobs.log_name)
         entry = NodeAsk(0, 0) if script.name == SPAN_SCRIPT else ask  # a spanning job reserves its nodes itself
         spec = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
                 "entrypoint_num_cpus": entry.cpus, "entrypoint_num_gpus": entry.gpus,
                 "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), RDZV_ID_ENV: sid, **(env or {})}},
-                "metadata": {"tunelab": kind.value, "run_dir": str(script.parent)}}
+                "metadata": {"tunelab": str(kind), "run_dir": str(script.parent)}}
         client = self.client()
         if dependency:
             after = split_id(dependency)[0]
@@ -305,6 +311,25 @@ class RayExecutor(OneJobEachRun):
         self._learn(runs)
         return 1.0
 
+    def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
+        """Each run whose evaluation goes in its training's job (ray_jobs.evaluates_in_training_job) as a group of one:
+        one Ray job trains it, then evaluates it (the core records both jobs under its id, as a Slurm node job's)."""
+        return [JobGroup(GroupKind.NODE, (c,)) for c in runs if evaluates_in_training_job(c)]
+
+    def group_script(self, group: JobGroup, write: bool = True) -> tuple[Path, str | None]:
+        """ray-run.sh of the group's one run (its ray-eval.sh rendered again beside it), asking what its training asks."""
+        (cfg,) = group.runs
+        self._learn([cfg])
+        if write:
+            write_eval_script(cfg)
+        path = write_run_script(cfg) if write else cfg.run_dir / RUN_SCRIPT
+        self._asks[path] = (job_ask(cfg, JobKind.TRAIN), RUN_LABEL)
+        return path, None
+
+    @staticmethod
+    def evaluates_in_training_job(resources: ResourcesSpec) -> bool:
+        return evaluates_in_training_job(resources)
+
     def script(self, cfg: RunConfig, kind: JobKind, write: bool = True) -> Path:
         self._learn([cfg])
         if kind == JobKind.TRAIN and cfg.resources.nodes_per_run > 1:
@@ -335,9 +360,11 @@ class RayExecutor(OneJobEachRun):
 
     @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
-        """ray-eval.sh beside job.sh, and a spanning run's ray-span.sh (not fsynced: `tunelab run` writes them again
-        before every submission)."""
+        """ray-eval.sh beside job.sh, a run's ray-run.sh where its evaluation goes in its training's job, a spanning
+        run's ray-span.sh (not fsynced: `tunelab run` writes them again before every submission)."""
         write_eval_script(cfg, python, durable=False)
+        if evaluates_in_training_job(cfg):
+            write_run_script(cfg, durable=False)
         if cfg.resources.nodes_per_run > 1:
             write_span_script(cfg, job_ask(cfg, JobKind.TRAIN), python, durable=False)
 

@@ -5,7 +5,11 @@ Ray places a job's entrypoint on a node that has the CPUs and GPUs it asks for (
 `entrypoint_num_gpus`), so a training job asks for what the plan priced: one GPU per process on GPUs, one CPU per
 process on CPUs (torch's threads then divide those: OMP_NUM_THREADS and TUNELAB_OMP_NUM_THREADS, as a Slurm
 job's cpus-per-task, tunelab/host/threads.py). The training job runs the run's job.sh (scaffold writes it for every
-fine-tuned run); the evaluation job `ray-eval.sh`, rendered from run.yaml before every submission. A job's output
+fine-tuned run); the evaluation job `ray-eval.sh`, rendered from run.yaml before every submission. A run that
+trains on one node with at most one GPU (`evaluates_in_training_job`) is one Ray job, `ray-run.sh`: job.sh, then
+ray-eval.sh only if it succeeded — no second dispatch, no gate (the evaluation's one GPU or CPU is the training's
+own, so nothing is held idle); a run of several GPUs or nodes gets its evaluation as a job of its own, behind a gate
+(execute/ray_after.py), so that its GPUs are not held while one of them evaluates. A job's output
 goes to `ray-<kind>-<submission id>.out` in the run's directory, one file away, as Slurm's does; the nodes share
 the filesystem the experiment lives on (as Slurm's nodes do). A run spanning nodes runs `ray-span.sh`, whose
 entrypoint asks for nothing and reserves the run's nodes itself (execute/ray_span.py).
@@ -20,8 +24,10 @@ from pathlib import Path
 from tunelab.execute.executor import JobKind, NodeAsk
 from tunelab.fsutil import atomic_write_text
 from tunelab.rundir.config import RunConfig
+from tunelab.spec import ResourcesSpec
 
-TRAIN_SCRIPT, EVAL_SCRIPT, SPAN_SCRIPT = "job.sh", "ray-eval.sh", "ray-span.sh"
+TRAIN_SCRIPT, EVAL_SCRIPT, SPAN_SCRIPT, RUN_SCRIPT = "job.sh", "ray-eval.sh", "ray-span.sh", "ray-run.sh"
+RUN_LABEL = "run"  # a training-then-evaluation job's submission ids and log name hold this in place of a JobKind
 RDZV_ID_ENV = "TUNELAB_RDZV_ID"  # a spanning run's rendezvous id: its Ray submission id
 
 
@@ -36,8 +42,19 @@ def job_ask(cfg: RunConfig, kind: JobKind) -> NodeAsk:
     return NodeAsk(max(1, processes // cfg.resources.nodes_per_run), gpus)
 
 
-def log_name(kind: JobKind, submission_id: str) -> str:
-    return f"ray-{kind}-{submission_id}.out"
+def evaluates_in_training_job(cfg: RunConfig | ResourcesSpec) -> bool:
+    """A fine-tuned run on one node with at most one GPU: its evaluation runs in its training's Ray job."""
+    if isinstance(cfg, RunConfig) and cfg.kind != "finetune":  # a control is an evaluation job alone
+        return False
+    res = cfg if isinstance(cfg, ResourcesSpec) else cfg.resources
+    return res.nodes_per_run == 1 and res.run_gpus_per_node() <= 1
+
+
+def log_name(kind: JobKind | str, submission_id: str) -> str:
+    """A job's log: `ray-train-…`, `ray-eval-…`, or a training-then-evaluation job's `ray-run-…` whatever part of it
+    is asked for (its submission id says which it is)."""
+    label = RUN_LABEL if submission_id.startswith(f"tl-{RUN_LABEL}-") else kind
+    return f"ray-{label}-{submission_id}.out"
 
 
 def entrypoint(run_dir: Path, script: Path, log: Path) -> str:
@@ -63,6 +80,18 @@ def write_eval_script(cfg: RunConfig, python: str | None = None, durable: bool =
              f'exec "${{TUNELAB_PYTHON:-{python}}}" -m tunelab eval {q(str(cfg.experiment_dir))} --run {q(cfg.name)} '
              "--no-ledger"]
     path = cfg.run_dir / EVAL_SCRIPT
+    atomic_write_text(path, "\n".join(lines) + "\n", durable)
+    path.chmod(0o755)
+    return path
+
+
+def write_run_script(cfg: RunConfig, durable: bool = True) -> Path:
+    """ray-run.sh: the run's training (job.sh), then, only if it succeeded, its evaluation (ray-eval.sh), in one job."""
+    lines = ["#!/usr/bin/env bash",
+             f"# Ray job of run {cfg.name!r} of experiment {cfg.experiment!r}: its training, then its evaluation; written "
+             "by tunelab from run.yaml", "set -euo pipefail", f"cd {shlex.quote(str(cfg.run_dir))}",
+             f"bash {TRAIN_SCRIPT}", f"exec bash {EVAL_SCRIPT}"]
+    path = cfg.run_dir / RUN_SCRIPT
     atomic_write_text(path, "\n".join(lines) + "\n", durable)
     path.chmod(0o755)
     return path

@@ -354,6 +354,10 @@ class SlurmExecutor:
         return cfg.resources.model_copy(update={"slurm": slurm}), f"time limit {old} -> {new}"
 
     @staticmethod
+    def evaluates_in_training_job(resources: ResourcesSpec) -> bool:  # slurm.pack: node: the node job evaluates
+        return resources.slurm is not None and resources.slurm.pack == "node"
+
+    @staticmethod
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
         """job.sbatch and eval.sbatch from run.yaml (not fsynced: a rerun of scaffold writes them again)."""
         write_slurm_scripts(cfg, python, durable=False)

@@ -97,7 +97,9 @@ def submit_group(sweep: Sweep, group: JobGroup, reason: str) -> list[str]:
                     f"{reason} ({'node job' if group.kind == GroupKind.NODE else 'job array'})")
             if group.kind == GroupKind.NODE:
                 _record(sweep, cfg, JobKind.EVAL, jid, f"{reason} (node job)")
-        if group.kind == GroupKind.NODE:
+        if group.kind == GroupKind.NODE and len(cfgs) == 1:
+            sweep.view.say("submitted job {} for {}: its training, then its evaluation", job_id, names)
+        elif group.kind == GroupKind.NODE:
             sweep.view.say("submitted node job {} for {} runs: {}", job_id, len(cfgs), names)
         else:
             sweep.view.say("submitted job array {} (--array={}): {}", job_id, array,

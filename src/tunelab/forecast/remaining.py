@@ -116,7 +116,7 @@ def sweep_remaining(experiment_dir: str | Path, phases: dict[str, Phase], now: d
         model_est = model_estimate(cfg, runs, estimates)
         starts = Starts(job_start(cfg.model.path, gpu, past),
                         eval_start(cfg.model.path, gpu, past, cfg.eval.planned_engine(gpu is not None), model_est),
-                        dispatch, evaluation_dispatch(resources, dispatch))
+                        dispatch, evaluation_dispatch(cfg, dispatch))
         left, line = run_left(cfg, phases.get(cfg.name, Phase.WAITING), gpu is not None, starts)
         lefts.append(left)
         if line is not None:

@@ -102,7 +102,7 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
         cfg, plan.gpu, split_rows, history, plan.generation, errors=plan.errors,
         estimate=est or model_estimate(cfg, plan.runs, plan.estimates))
     dispatch = plan.dispatch or sweep_dispatch(plan.spec.resources, history)
-    eval_dispatch = evaluation_dispatch(plan.spec.resources, dispatch)
+    eval_dispatch = evaluation_dispatch(cfg, dispatch)
     evaluation = with_dispatch(ev.start, eval_dispatch) if eval_dispatch is not None else ev.start
     line = RunTimeline(run=cfg.name, kind=cfg.kind, gpus=est.processes if est and plan.gpu is not None else 1,
                        eval_start_s=evaluation.seconds, eval_start_source=evaluation.source, eval_s=ev.seconds,
@@ -146,10 +146,13 @@ def sweep_dispatch(resources: ResourcesSpec, past: list[HistoryRun]) -> JobDispa
     return job_dispatch(str(resources.executor), past)
 
 
-def evaluation_dispatch(resources: ResourcesSpec, dispatch: JobDispatch) -> JobDispatch | None:
+def evaluation_dispatch(cfg: RunConfig, dispatch: JobDispatch) -> JobDispatch | None:
     """The dispatch a run's evaluation pays: its job's own on a detached executor (Slurm, Ray: a job after the
-    training's); none where the sweep's own process starts it (local)."""
-    return dispatch if executor_class(resources.executor).detached else None
+    training's, a control's job); none where the sweep's own process starts it (local) or where a fine-tuned run's
+    training job runs it (a Ray run on one node and at most one GPU, a Slurm node job)."""
+    executor = executor_class(cfg.resources.executor)
+    in_training = cfg.training is not None and executor.evaluates_in_training_job(cfg.resources)
+    return dispatch if executor.detached and not in_training else None
 
 
 def _saves(cfg: RunConfig, est: RunEstimate, gpu: GPU | None, history: list[HistoryRun]

@@ -1,7 +1,9 @@
 """`executor: ray` on a real two-node Ray cluster (tests/raycluster.py; no mock of Ray's job server): a sweep's
-training and evaluation jobs (afterok through the gate) spread over both nodes and score as the same sweep run
-here; a failing run is FAILED with its exit code and log tail, and its evaluation never runs; cancel stops the
-Ray jobs; and no socket of the cluster is on any address but loopback or the namespaces'."""
+jobs (each run's training, then its evaluation, in one Ray job; the control's evaluation) spread over both nodes and
+score as the same sweep run here; a failing run is FAILED with its exit code and log tail, and its evaluation never
+runs; cancel stops the Ray jobs; and no socket of the cluster is on any address but loopback or the namespaces'.
+A run spanning two nodes trains across both, and its evaluation, a job of its own (several nodes' resources are
+not held while one evaluates), goes behind the gate (Ray has no afterok)."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     local_spec = spec_in(tmp_path / "local", eval=EVAL, factors={"lora_rank": [4]})
     exp = ray_spec.parent
     _ok(["scaffold", str(ray_spec)])
-    assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file()
+    assert (exp / "runs" / "tiny_r4" / "ray-eval.sh").is_file() and (exp / "runs" / "tiny_r4" / "ray-run.sh").is_file()
     assert (exp / "controls" / "tiny_base" / "ray-eval.sh").is_file()
     # the plan read the cluster: both nodes listed, and the run and the control placed one on each (one CPU a node)
     plan_md = (exp / "plan.md").read_text()
@@ -64,11 +66,11 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
     assert sorted(by) == [("tiny_base", "eval"), ("tiny_r4", "eval"), ("tiny_r4", "train")]
     for run in ("tiny_r4",):
         train, ev = by[(run, "train")], by[(run, "eval")]
-        assert ev["depends_on"] == train["job_id"]  # the gate's afterok
+        assert ev["job_id"] == train["job_id"] and split_id(train["job_id"])[0].startswith("tl-run-")  # one Ray job
         assert train["state"] == "COMPLETED" and train["exit_code"] == "0:0" and ev["failure"] == "completed"
         assert split_id(train["job_id"])[1] == ray_cluster.address
-        assert "[tunelab gate]" not in (exp / "runs" / run / f"ray-eval-{split_id(ev['job_id'])[0]}.out").read_text()
-        assert (exp / "runs" / run / f"ray-train-{split_id(train['job_id'])[0]}.out").is_file()
+        log = (exp / "runs" / run / f"ray-run-{split_id(train['job_id'])[0]}.out").read_text()
+        assert log.index("[tunelab train] completed") < log.index("Ray eval job on")  # trained, then evaluated
     # the training and the control's evaluation, one CPU each, went at once to two one-CPU nodes: both ran jobs
     assert {j["node"] for j in jobs} == {raycluster.node_ip(0), raycluster.node_ip(1)}, [j["node"] for j in jobs]
     status = _ok(["status", str(exp)]).output
@@ -104,8 +106,9 @@ def test_failing_run_is_failed_with_its_exit_code_and_log_tail(ray_cluster, writ
     train, ev = _jobs(spec.parent)
     assert train["state"] == "FAILED" and train["exit_code"] == "1:0" and train["failure"] == "failed"
     assert "FAILED with exit code 1" in train["detail"] and "dataset file not found" in train["detail"]
-    assert ev["failure"] == "cancelled" and "DependencyNeverSatisfied" in ev["detail"]
-    assert not (cfg.run_dir / f"ray-eval-{split_id(ev['job_id'])[0]}.out").exists()  # it never ran
+    assert ev["job_id"] == train["job_id"] and ev["state"] == "FAILED"  # the one job that held both
+    log = (cfg.run_dir / f"ray-run-{split_id(train['job_id'])[0]}.out").read_text()
+    assert "dataset file not found" in log and "Ray eval job" not in log  # the evaluation never ran
 
 
 def test_cancel_stops_the_ray_jobs(ray_cluster, write_spec, monkeypatch):
@@ -174,6 +177,8 @@ def test_a_run_asking_two_nodes_trains_across_both_ray_nodes(ray_cluster, spec_i
     _ok(["run", str(exp), "--wait"])
     by = {j["kind"]: j for j in _jobs(exp)}
     assert by["train"]["state"] == "COMPLETED" and by["eval"]["failure"] == "completed", by
+    assert by["eval"]["depends_on"] == by["train"]["job_id"] and not (run_dir / "ray-run.sh").exists()  # the gate's
+    assert "[tunelab gate]" not in (run_dir / f"ray-eval-{split_id(by['eval']['job_id'])[0]}.out").read_text()
     summary = read_json(run_dir / "summary.json")
     assert (summary["state"], summary["steps"], summary["world_size"], summary["distributed"]) == (
         "completed", 20, 2, "fsdp"), summary
