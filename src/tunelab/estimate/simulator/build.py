@@ -68,7 +68,8 @@ def build_on_meta(model_config: dict[str, Any], c: StepConfig) -> torch.nn.Modul
         targets = lora_targets(targets if isinstance(targets, str) else list(targets))
     lora = lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, targets, c.modules_to_save)
     lora.use_dora = c.use_dora
-    model = get_peft_model(model, lora)
+    with torch.device("meta"):  # PEFT would make each adapter on the CPU, initialize it, then move it to meta
+        model = get_peft_model(model, lora)
     if c.gradient_checkpointing:
         model.enable_input_require_grads()
     if c.quantize == "4bit":  # TRL: adapters of a quantized base in bf16

@@ -6,6 +6,7 @@ count share it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import replace
@@ -23,7 +24,20 @@ EXTRAPOLATE_ABOVE_LAYERS = 4
 SAMPLE_LAYERS = (2, 4)
 
 
+@functools.cache
+def _loaded_versions() -> tuple[tuple[str, str], ...]:
+    """library_versions() read once a process (each read scans the installed packages): the libraries a process has
+    imported do not change under it."""
+    return tuple(library_versions().items())
+
+
+def _versions() -> dict[str, str]:
+    return dict(_loaded_versions())  # a dict of its own per figure or key
+
+
+@functools.cache
 def _code_stamp() -> str:
+    """The simulator's code, hashed once a process: the code a process runs is the code it imported."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
     # the simulator runs models/ too (the LoRA config, the k-bit preparation, the attention functions)
@@ -37,7 +51,7 @@ def simulate(model_config: dict[str, Any], c: StepConfig, shape: StepShape, proc
     """Simulated peak memory of one device for this model, config and micro-batch (cached); exact: every layer."""
     c = replace(c, gradient_accumulation_steps=min(c.gradient_accumulation_steps, 2))  # 2 or more: alike
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "processes": processes,
-           "strategy": strategy, "exact": exact, "versions": library_versions(), "code": _code_stamp()}
+           "strategy": strategy, "exact": exact, "versions": _versions(), "code": _code_stamp()}
     return _read(cached_json("memsim", key,
                              lambda: _simulate(model_config, c, shape, processes, strategy, exact).to_dict()))
 
@@ -49,7 +63,7 @@ def _read(value: dict[str, Any]) -> SimulatedMemory:
 def _cached_step(model_config: dict[str, Any], c: StepConfig, shape: StepShape, ddp: bool) -> OneDeviceStep:
     """The one-device step (with DDP's buckets or not), cached: every process count without them shares it."""
     key = {"model": model_config, "config": c.to_dict(), "shape": shape.to_dict(), "ddp": ddp,
-           "versions": library_versions(), "code": _code_stamp()}
+           "versions": _versions(), "code": _code_stamp()}
     value = cached_json("memstep", key, lambda: _one_device_step(model_config, c, shape, ddp).to_dict())
     return OneDeviceStep.from_dict(value, _read(value["sim"]))
 
@@ -148,6 +162,6 @@ def _one_device_step(model_config: dict[str, Any], c: StepConfig, shape: StepSha
         activations=tracker.allocator.peak_allocated - marks["before_last_step"], peak_phase=peak.phase,
         tokens=shape.tokens,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        scalar_queries=tracker.scalar_queries, versions=library_versions())
+        scalar_queries=tracker.scalar_queries, versions=_versions())
     phases = {p.phase: (p.allocated, p.reserved) for p in tracker.peaks.values()}
     return OneDeviceStep(sim, phases, layer, parameters)
