@@ -5,8 +5,8 @@ The cluster is the suite's (tests/raycluster.py SUITE: a head and a second node,
 root needed). In turn: the demo sweep (`tunelab demo`'s spec: 2 tiny models x 2 ranks + 2 controls) run here with
 `tunelab run` then `tunelab eval`, which fills the history the Ray plan then reads (a history of its own); the same spec for Ray planned
 (`plan --json`: its forecast's makespan, P10-P90), scaffolded and run with `tunelab run --wait`, timed from the
-command to its end. A run's overhead is its training job's time from submission to the end tunelab recorded (the
-ledger's jobs rows: submitted_at, updated_at) on Ray less the same on the local run; both executors run two at once
+command to its end. A run's overhead is its training's time from its job's submission (the ledger's jobs rows:
+submitted_at) to the training's own end (status.json's finished_at) on Ray less the same on the local run; both executors run two at once
 (local: two CPU shares; Ray: two one-CPU nodes), so a job's queueing is in it. tunelab's overhead per run is timed
 apart: one run alone, trained and evaluated as a user would, on each executor in fresh experiments (`--repeats`). Every job runs at one thread (OMP_NUM_THREADS=1 here as on a
 one-CPU Ray node). Prints one table and the three goal lines; exit 1 when accuracies differ.
@@ -53,10 +53,11 @@ def tunelab(*args: str, log: Path) -> float:
 
 
 def job_seconds(exp: Path) -> dict[str, float]:
-    """Each run's training job: submission to the end tunelab recorded, s."""
-    rows = ledger.query(exp, "SELECT run, submitted_at, updated_at FROM jobs WHERE kind = 'train' AND "
-                             "failure = 'completed'")
-    return {r["run"]: (dt.datetime.fromisoformat(r["updated_at"]) - dt.datetime.fromisoformat(r["submitted_at"]))
+    """Each run's training: its job's submission (the ledger) to the training's own end (status.json's finished_at,
+    written by the training process), s — not the job's end, which on Ray holds the run's evaluation too."""
+    rows = ledger.query(exp, "SELECT run, submitted_at FROM jobs WHERE kind = 'train' AND failure = 'completed'")
+    ended = {r["run"]: json.loads((exp / "runs" / r["run"] / "status.json").read_text())["finished_at"] for r in rows}
+    return {r["run"]: (dt.datetime.fromisoformat(ended[r["run"]]) - dt.datetime.fromisoformat(r["submitted_at"]))
             .total_seconds() for r in rows}
 
 
@@ -122,7 +123,7 @@ def main(out: Path, repeats: int) -> int:
         if started:
             cluster.stop()
     here, there = job_seconds(local.parent), job_seconds(ray.parent)
-    print("\nin the sweeps, each training job from submission to its recorded end (queueing included):")
+    print("\nin the sweeps, each run's training from its job's submission to the training's end (queueing included):")
     print(f"{'run':<22}{'local job s':>12}{'Ray job s':>11}{'Ray - local':>13}")
     for run in sorted(here):
         print(f"{run:<22}{here[run]:>12.1f}{there.get(run, float('nan')):>11.1f}"
