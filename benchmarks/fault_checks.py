@@ -120,6 +120,32 @@ def check_ledger(exp: Path, run_dirs: dict[str, Path]) -> list[str]:
     return problems
 
 
+TRAINED = "[tunelab train] completed:"  # the training's last line (train/runner.py), once it completed
+EVALUATED = "Ray eval job on"  # ray-eval.sh's first line: the job's evaluation started (execute/ray_jobs.py)
+ONE_JOB_PREFIX = "tl-run-"  # the submission id of a Ray job that trains, then evaluates, its run
+
+
+def check_one_job_each_attempt(jobs: list[dict], logs: dict[str, str]) -> list[str]:
+    """A run trained, then evaluated, by one Ray job per attempt: its ledger rows (`jobs`, in order) pair each training
+    job with an evaluation row of the same id, only the last of either completed, and over the jobs' logs (`logs`, by
+    job id) the training completed once and its evaluation started once, both in the last job's — a resubmitted job's
+    evaluation neither lost nor run twice."""
+    train = [j["job_id"] for j in jobs if j["kind"] == "train"]
+    evals = [j for j in jobs if j["kind"] == "eval"]
+    problems = [f"training job {jid} is not one job for training and evaluation ({ONE_JOB_PREFIX}…)"
+                for jid in train if not jid.startswith(ONE_JOB_PREFIX)]
+    if [j["job_id"] for j in evals] != train:
+        problems.append(f"evaluation rows of jobs {[j['job_id'] for j in evals]} != the training jobs {train}")
+    done = [j["failure"] == "completed" for j in evals]
+    if done != [False] * (len(done) - 1) + [True]:
+        problems.append(f"evaluation rows ended {[j['failure'] for j in evals]}, not the last one alone completed")
+    for marker, what in ((TRAINED, "training completed"), (EVALUATED, "evaluation started")):
+        where = [jid for jid in train for _ in range(logs.get(jid, "").count(marker))]
+        if where != train[-1:]:
+            problems.append(f"{what} in the logs of jobs {where}, not once in the last job's {train[-1:]}")
+    return problems
+
+
 def check_history(history_db: Path, run_dirs: dict[str, Path]) -> list[str]:
     """The history ledger holds each completed run once (keyed by its training's identity, rundir/identity.py)."""
     rows = [r["key"] for r in _query(history_db, "SELECT key FROM history WHERE source = 'tunelab'")]

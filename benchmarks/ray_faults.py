@@ -7,7 +7,9 @@ SIGKILLed — its raylet, workers and the training they run — at each of the s
 so the cluster has two workers for the resume. Each kill must end the job NODE_FAIL and the retry resume the run from
 its last checkpoint on a node still there; at the end the run is checked against the reference
 (benchmarks/fault_checks.py): every step logged once with the same counters and losses, the same summary and epoch
-checkpoints, the same scores, the ledger whole — and one training job per kill plus the one that completed.
+checkpoints, the same scores, the ledger whole — and one training job per kill plus the one that completed, each one
+Ray job that trains, then evaluates (`tl-run-…`): an evaluation row of the same id, and over those jobs' logs the
+training completed once and its evaluation started once, both in the last job's (fault_checks.py).
 One line per kill; the last line reads `faults survived: N/N` (exit 1 unless all survived).
 
     python benchmarks/faults.py --ray [--seed 0] [--faults 20] [--out DIR]
@@ -26,6 +28,9 @@ from pathlib import Path
 import fault_checks as checks
 import faults
 
+from tunelab.execute.executor import JobKind
+from tunelab.execute.ray_cluster import split_id
+from tunelab.execute.ray_jobs import log_name
 from tunelab.fsutil import read_json
 from tunelab.ledger import store as ledger
 
@@ -70,6 +75,13 @@ def _sweep(exp: Path, log) -> subprocess.Popen:
 
 def _train_jobs(exp: Path) -> list[dict]:
     return ledger.query(exp, "SELECT * FROM jobs WHERE kind = 'train' ORDER BY id")
+
+
+def _job_logs(run_dir: Path, jobs: list[dict]) -> dict[str, str]:
+    """Each training job's log (a job that trains, then evaluates: `ray-run-<submission id>.out`), by job id."""
+    paths = {j["job_id"]: run_dir / log_name(JobKind.TRAIN, split_id(j["job_id"])[0]) for j in jobs
+             if j["kind"] == "train"}
+    return {jid: path.read_text(errors="replace") if path.is_file() else "" for jid, path in paths.items()}
 
 
 def _wait(what, timeout_s: float = 300) -> bool:
@@ -120,6 +132,8 @@ def run_scenario(cluster: raycluster.RayCluster, number: int, kills: list[Kill],
     failures = [j["failure"] for j in _train_jobs(exp)]
     if failures != ["node_fail"] * len(kills) + ["completed"]:
         problems.append(f"training jobs ended {failures}, not one node_fail a kill and then completed")
+    jobs = ledger.query(exp, "SELECT * FROM jobs ORDER BY id")
+    problems += checks.check_one_job_each_attempt(jobs, _job_logs(run_dir, jobs))
     for kill in kills:
         kill.problems += problems
 
