@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -170,6 +171,7 @@ def quiet_planning(monkeypatch):
     monkeypatch.setattr(run_forecast, "planning_window", lambda: None)
     monkeypatch.setattr(loopcost, "loop_overhead",
                         lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given", imports_s=1.0))
+    monkeypatch.setattr(loopcost, "ahead", lambda cpu_plan: contextlib.nullcontext())  # no job to start ahead
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ machine's speed. Which round is the figure and the corrected speed are checked o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
     # the job's loop and imports given (test_first_contact.py measures the loop's job): the subject here is the
     # shape's own timing beside the hogs
     monkeypatch.setattr(loopcost, "loop_overhead", given_loop)
+    monkeypatch.setattr(loopcost, "ahead", lambda cpu_plan: contextlib.nullcontext())  # nor its job started ahead
     # the plan given one core and a busy loop on it (the hog inherits the mask): every core the plan may use is
     # taken, and the suite's other workers keep theirs
     given = os.sched_getaffinity(0)
@@ -104,6 +106,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
 
     # the job's loop, measured once per machine, given too: its own load is the machine's, not these rounds'
     monkeypatch.setattr(loopcost, "loop_overhead", given_loop)
+    monkeypatch.setattr(loopcost, "ahead", lambda cpu_plan: contextlib.nullcontext())  # nor its job started ahead
     monkeypatch.setattr(run_forecast, "planning_window", lambda: None)  # nor is the live load while planning (an xdist
     # sibling's, in CI): the rounds given are the only load this test prices
     given = iter(rounds)

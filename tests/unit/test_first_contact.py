@@ -33,16 +33,26 @@ def test_the_loop_job_times_the_jobs_own_loop_from_the_rows_it_wrote(loop_measur
 
 
 def test_thread_counts_priced_together_are_measured_by_one_job_and_each_kept(fresh, capsys):
-    """A plan pricing 1 and 2 threads a run (forecast/cpu_sharing.py) starts one measuring job for both: the entry kept
-    for 2 threads comes from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
+    """A plan pricing 1 and 2 threads a run (forecast/cpu_sharing.py) uses one measuring job for both — the one it
+    started ahead, which imported and waited until asked (forecast/loopjob.py) —: the entry kept for 2 threads comes
+    from the job that measured 1 (the same start-up, imports_s, timed once in that process), it
     ran at 2 torch threads (as torch reported them in that job), and a later plan reads both from the cache."""
     from tunelab.diskcache import stored_json
-    from tunelab.forecast import cpuspeed, loopcost
+    from tunelab.forecast import cpuspeed, loopcost, loopjob
 
-    with cpuspeed.priced_together((1, 2)):
-        one = loopcost.loop_overhead(1)
+    with loopcost.ahead(True):  # as a plan on a CPU with nothing kept: the job started first, waiting
+        job = loopjob._AHEAD.get()
+        assert job is not None
+        loopjob.settle()  # its imports ended: it waits for its counts and has measured nothing
+        assert (job.where / "out" / loopjob.READY_FILE).is_file() and job.proc.poll() is None
+        assert not list((job.where / "out").glob("**/loop.json"))
+        with cpuspeed.priced_together((1, 2)):
+            one = loopcost.loop_overhead(1)
+        assert job.used and job.proc.returncode == 0  # the counts went to it; it measured both and ended
+    assert not job.where.exists()  # its scratch directory went with the plan's scope
     kept = {n: stored_json("train-loop", loopcost._key(n)) for n in (1, 2)}
     assert kept[1]["ok"] and kept[2]["ok"] and kept[1]["imports_s"] == kept[2]["imports_s"] == one.imports_s
+    assert kept[1]["started_ahead"] is kept[2]["started_ahead"] is True
     assert (kept[1]["threads"], kept[2]["threads"]) == (1, 2)
     assert kept[2]["loop_step_s"] > 0 and kept[2]["bare_step_s"] > 0
     assert loopcost.loop_overhead(2) == loopcost.overhead_of(kept[2])

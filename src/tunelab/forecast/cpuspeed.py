@@ -42,6 +42,7 @@ from tunelab.catalog import Architecture, resolve_architecture
 from tunelab.console import working
 from tunelab.diskcache import cached_json, file_digests, store_json, stored_json, this_environment
 from tunelab.estimate.memory import lora_params
+from tunelab.forecast import loopjob
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.host.cpuload import LoadMeter, LoadWindow
@@ -237,6 +238,7 @@ def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None]) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
         model, opt, ids = _build(cfg, batch, seq)
+        loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
         return {n: {**_timed_at(model, opt, ids, n), "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for n in counts}
 
@@ -351,6 +353,7 @@ def _round(step: Any) -> _Round:
 def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:
     """FLOP/s of float32 products of 512 × hidden by hidden × hidden matrices."""
     torch, before = _threads(threads)
+    loopjob.settle()
     try:
         a, b = torch.randn(512, hidden), torch.randn(hidden, hidden)
         a @ b

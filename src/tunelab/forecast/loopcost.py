@@ -5,33 +5,26 @@ also pays, every optimizer step, for the HF/TRL Trainer's loop — collation, to
 scheduler, callbacks, the metrics.jsonl/status.json writes. That part is the loop's, not the shape's: it is measured
 once per machine, thread count and library versions by a process of the job's own kind (train/loop_cost.py: a
 reference tiny run trained by the job's trainer and callback, then its bare micro-batches timed on the same model),
-cached (diskcache.py), and added per step. A measurement the machine's load disturbed is corrected by the slowdown
+cached (diskcache.py), and added per step. A plan on a CPU with nothing kept starts that process as it begins
+(`ahead`, forecast/loopjob.py), so its imports run beside the plan's reading of the data rather than after it. A measurement the machine's load disturbed is corrected by the slowdown
 the load predicts and kept for cpuspeed.py's CONTENDED_KEEP_S only, as the shape's own timing is.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 from tunelab.console import working
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
-from tunelab.faults import TEST_KNOBS
+from tunelab.forecast import loopjob
 from tunelab.forecast.cpuspeed import priced_counts, still_fresh, thread_words
-from tunelab.host import threads as host_threads
 
-LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
-RESULT_FILE = "loop.json"  # what it writes in its directory (train/loop_cost.py RESULT_FILE)
-TIMEOUT_S = 300.0
 MEASURING = "measuring what the training loop adds to a step at {} thread(s), by a reference tiny run (kept for later plans)"
 
 
@@ -50,6 +43,16 @@ def loop_overhead(threads: int | None) -> LoopOverhead:
     return overhead_of(got)
 
 
+@contextmanager
+def ahead(cpu_plan: bool) -> Iterator[None]:
+    """A plan's scope: where it runs on a CPU and nothing is kept for this machine at any of its thread counts, the
+    measuring job started now, importing beside the plan's own work (forecast/loopjob.py); else nothing."""
+    counts: list[int | None] = [None, *range(1, (os.cpu_count() or 1) + 1)]
+    wanted = cpu_plan and not any(_kept(stored_json("train-loop", _key(n))) for n in counts)
+    with loopjob.started_ahead(wanted):
+        yield
+
+
 def _key(threads: int | None) -> list[Any]:
     return [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"),
             version("transformers"), version("trl"), version("peft")]
@@ -59,12 +62,9 @@ def _measure_with_others(threads: int | None) -> dict[str, Any]:
     """`threads`' measurement; the other counts priced together that no kept entry has are measured in the same
     process and kept under their own keys."""
     others = [n for n in dict.fromkeys(priced_counts())
-              if n != threads and not _kept(stored_json("train-loop", _key(n)))]
-    if not threads or not others:  # torch's own default, or one count: its own process, as ever
-        with working(MEASURING, thread_words([threads])):
-            return _measure(threads)
+              if threads and n != threads and not _kept(stored_json("train-loop", _key(n)))]
     with working(MEASURING, thread_words([threads, *others])):
-        got = _measure_counts([threads, *others])
+        got = loopjob.measure([threads, *others])
     for n in others:
         if _worth_keeping(got[n]):
             store_json("train-loop", _key(n), got[n])
@@ -94,43 +94,3 @@ def overhead_of(measured: dict[str, Any]) -> LoopOverhead:
                                 f"writes), timed here once on a reference tiny run: {loop_s * 1e3:.1f} ms a step "
                                 f"in the loop against {bare_s * 1e3:.1f} ms bare{contended}",
                         measured.get("imports_s"))
-
-
-def _measure(threads: int | None) -> dict[str, Any]:
-    """Run the measuring job in a scratch directory and read what it wrote ({"ok": False, "error"} on failure)."""
-    with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
-        return _run_job(Path(scratch), threads, []) or _read(Path(scratch))
-
-
-def _measure_counts(counts: list[int]) -> dict[int, dict[str, Any]]:
-    """The measuring job at each thread count, one after the other in its one process (one start-up for all)."""
-    with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
-        failed = _run_job(Path(scratch), counts[0], counts)
-        return {n: _read(Path(scratch) / f"threads-{n}", failed) for n in counts}
-
-
-def _run_job(scratch: Path, threads: int | None, counts: list[int]) -> dict[str, Any] | None:
-    """Run `python -m tunelab.train.loop_cost SCRATCH [COUNTS]`; None when it exited well, else the failure."""
-    # the plan's own measurement, not a run: a test's knobs for the run's job (kills, held steps) stay off it
-    env = {k: v for k, v in host_threads.child_env(1).items() if not k.startswith(TEST_KNOBS)}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    timeout = TIMEOUT_S * max(1, len(counts))
-    try:
-        proc = subprocess.run([sys.executable, "-m", LOOP_MODULE, str(scratch), *map(str, counts)],
-                              capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"took over {timeout:.0f} s"}
-    if proc.returncode == 0:
-        return None
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    return {"ok": False, "error": lines[-1] if lines else f"exit {proc.returncode}"}
-
-
-def _read(where: Path, failed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the measuring job wrote in `where` (each count's file is written when that count's measurement ends;
-    where none is, the job's failure)."""
-    result = where / RESULT_FILE
-    if not result.is_file():
-        return failed or {"ok": False, "error": f"the measuring job wrote no {RESULT_FILE}"}
-    return {"ok": True, **json.loads(result.read_text()), "timed_at": time.time()}

@@ -21,7 +21,7 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.dataset import first_answer_index
 from tunelab.evaluate.usertasks import check_sweep_tasks
 from tunelab.execute.executors import executor_class
-from tunelab.forecast import cpu_sharing, cpuspeed, levers, sweeptime
+from tunelab.forecast import cpu_sharing, cpuspeed, levers, loopcost, sweeptime
 from tunelab.forecast.cpu_sharing import CpuSharing, cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training, recorded_estimates
@@ -265,6 +265,14 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
 
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
               estimates: bool = True, deadline: str | None = None) -> Plan:
+    """The plan of a spec: its runs, checks and (with `estimates`) every prediction. On a CPU with nothing kept of
+    the job's loop, the loop's measuring job starts first, importing while the plan reads (forecast/loopjob.py)."""
+    with loopcost.ahead(gpu is None and estimates):
+        return _make_plan(spec_path, experiment_dir, gpu, estimates, deadline)
+
+
+def _make_plan(spec_path: str | Path, experiment_dir: str | Path | None, gpu: GPU | None, estimates: bool,
+               deadline: str | None) -> Plan:
     watch_load()  # others' load while this plan is made: a job starting now fits its threads to it (host/adapt.py)
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path)

@@ -18,6 +18,8 @@ from typing import Any
 from tunelab.rundir.metrics import MetricRow
 
 RESULT_FILE = "loop.json"
+READY_FILE = "ready"  # --ahead: the stack is imported, the counts may come
+AHEAD_FLAG = "--ahead"
 REFERENCE = {"batch_size": 8, "max_seq_len": 64, "lora_rank": 4, "logging_steps": 5, "max_steps": 40}
 WORDS = 400  # the reference's generated words (80 % train): one epoch is more than max_steps
 BARE_STEPS = 20
@@ -101,7 +103,9 @@ def _bare_steps(trainer: Any, batch: int, seq: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all."""
+    """Measure into OUT_DIR/loop.json (per thread count: OUT_DIR/threads-N/), one start-up for all. With --ahead: import
+    the stack, write OUT_DIR/ready, then read the counts from one line of stdin ("default": torch's own; nothing:
+    exit unmeasured) — the plan starts this before it needs it, so these imports run beside its own work."""
     from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
     from tunelab.host.startup import skip_unused_packages
     from tunelab.jobimports import Stack, import_job_stack
@@ -109,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.train.metrics import process_age_s
 
     args = sys.argv[1:] if argv is None else argv
-    if not args or not all(a.isdigit() and int(a) > 0 for a in args[1:]):
-        print("usage: python -m tunelab.train.loop_cost OUT_DIR [THREADS ...]", file=sys.stderr)
+    ahead = args[1:] == [AHEAD_FLAG]
+    if not args or not (ahead or all(a.isdigit() and int(a) > 0 for a in args[1:])):
+        print(f"usage: python -m tunelab.train.loop_cost OUT_DIR [THREADS ... | {AHEAD_FLAG}]", file=sys.stderr)
         return 2
     skip_unused_packages()
     import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
@@ -118,7 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_hf_progress_bars()
     quiet_known_library_warnings()
     out = Path(args[0])
-    counts: list[int | None] = [int(a) for a in args[1:]]
+    counts: list[int | None] = [int(a) for a in args[1:]] if not ahead else []
+    if ahead:
+        try:
+            asked = _asked_counts(out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if asked is None:
+            return 0
+        counts = asked
     for threads, root in [(n, out / f"threads-{n}") for n in counts] or [(None, out)]:
         if threads:
             import torch
@@ -129,8 +143,25 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 — the plan falls back and says why
             print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return 1
-        (root / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s}))
+        (root / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s, "started_ahead": ahead}))
     return 0
+
+
+def _asked_counts(out: Path) -> list[int | None] | None:
+    """Say the stack is imported (OUT_DIR/ready, written whole), then wait for the plan's line: the thread counts,
+    [] for torch's default ("default"), None for none (an empty line or the plan gone: nothing to measure); anything
+    else a ValueError."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ready.tmp").write_text("")
+    (out / "ready.tmp").rename(out / READY_FILE)
+    words = sys.stdin.readline().split()
+    if not words:
+        return None
+    if words == ["default"]:
+        return []
+    if not all(w.isdigit() and int(w) > 0 for w in words):
+        raise ValueError(f"thread counts expected on stdin, got {' '.join(words)!r}")
+    return [int(w) for w in words]
 
 
 if __name__ == "__main__":
