@@ -88,3 +88,8 @@ def test_a_line_that_is_not_counts_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("two\n"))
     with pytest.raises(ValueError, match="thread counts expected on stdin, got 'two'"):
         loop_cost._asked_counts(tmp_path / "out")
+
+
+def test_a_job_that_cannot_start_leaves_the_plan_to_start_one_itself(tmp_path):
+    with loopjob.started_ahead(True, [str(tmp_path / "no-such-python")]):
+        assert loopjob._AHEAD.get() is None  # measure() starts the job then, as without a job ahead

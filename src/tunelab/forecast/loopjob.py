@@ -70,8 +70,14 @@ def started_ahead(wanted: bool, command: list[str] | None = None) -> Iterator[No
     scratch = tempfile.TemporaryDirectory(prefix="tunelab-loop-")
     log = open(Path(scratch.name) / "job.log", "w")  # noqa: SIM115 — closed with the job, below
     argv = [*(command or [sys.executable, "-m", LOOP_MODULE]), str(Path(scratch.name) / "out"), AHEAD_FLAG]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env=job_env(None))
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env=job_env(None))
+    except OSError:  # not started: the plan starts one when it needs it, and says why if that fails too
+        log.close()
+        scratch.cleanup()
+        yield
+        return
     token = _AHEAD.set(AheadJob(proc, scratch, log))
     try:
         yield
