@@ -6,9 +6,10 @@ line that plays the job's part of the protocol) make each case in well under a s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import sys
-import time
+import threading
 
 import pytest
 
@@ -21,17 +22,25 @@ def stand_in(script: str) -> list[str]:
     return [sys.executable, "-c", "import pathlib, sys, time\nout = pathlib.Path(sys.argv[1])\n" + script]
 
 
-def test_settle_returns_once_the_job_wrote_ready_and_not_before():
-    script = "time.sleep(0.6)\nout.mkdir(parents=True)\n(out / 'ready').write_text('')\ntime.sleep(60)"
+def test_settle_returns_once_the_job_wrote_ready_and_not_before(tmp_path):
+    """The stand-in writes `ready` only once the test lets it (a file it waits for): settle, called before, has not
+    returned while it waits, and returns once `ready` is there — no clock compared with another."""
+    go = tmp_path / "go"
+    script = (f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+              "out.mkdir(parents=True)\n(out / 'ready').write_text('')\ntime.sleep(60)")
     with loopjob.started_ahead(True, stand_in(script)):
         job = loopjob._AHEAD.get()
         assert job is not None
         ready = job.where / "out" / loopjob.READY_FILE
-        assert not ready.exists()
-        t0 = time.monotonic()
-        loopjob.settle()
+        settled = threading.Event()
+        waiter = threading.Thread(target=contextvars.copy_context().run, args=(lambda: (loopjob.settle(),
+                                                                                       settled.set()),))
+        waiter.start()
+        assert not settled.wait(0.5) and not ready.exists()  # still waiting: the job has not imported yet
+        go.write_text("")
+        assert settled.wait(30)
+        waiter.join()
         assert ready.exists() and job.proc.poll() is None  # it waits for its counts, as the real one does
-        assert time.monotonic() - t0 >= 0.3  # it did wait: the file came 0.6 s after the start
     assert job.proc.poll() is not None and not job.where.exists()  # stopped and its directory gone with the scope
 
 

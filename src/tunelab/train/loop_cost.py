@@ -123,16 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_hf_progress_bars()
     quiet_known_library_warnings()
     out = Path(args[0])
-    counts: list[int | None] = [int(a) for a in args[1:]] if not ahead else []
-    if ahead:
-        try:
-            asked = _asked_counts(out)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            return 2
-        if asked is None:
-            return 0
-        counts = asked
+    counts: list[int | None] | None
+    try:
+        counts = _asked_counts(out) if ahead else [int(a) for a in args[1:]]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if counts is None:  # started ahead, never asked
+        return 0
     for threads, root in [(n, out / f"threads-{n}") for n in counts] or [(None, out)]:
         if threads:
             import torch
