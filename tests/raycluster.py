@@ -7,6 +7,10 @@ Why namespaces: Ray listens on every address and advertises the host's external 
 bridge, there is no other address to reach: nothing of the cluster leaves this host. Ports are fixed (each
 namespace has its own), usage stats are off, and everything the fixture started is ended by pid: the processes
 in its namespaces (only it starts any there), then the namespaces, the veths and the bridge it made.
+
+Token authentication is on (RAY_AUTH_MODE=token), as a cluster shared by a lab should run: every request to it
+needs the token, which start_cluster puts in this process's RAY_AUTH_TOKEN, where tunelab (execute/ray_rest.py) and
+every process started from here read it; Ray's own clients in the tests are given `headers()`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT = 26379, 28265, 20001
+TOKEN = "tunelab-test-cluster-token"  # fixed: a cluster found running (started by an earlier session) takes it too
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -85,7 +90,8 @@ class RayCluster:
 
     def env(self) -> dict[str, str]:
         # jobs get 30 s to stop on SIGTERM (a trainer saves its checkpoint), not Ray's 3
-        return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_JOB_STOP_WAIT_TIME_S="30")
+        return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_JOB_STOP_WAIT_TIME_S="30", RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN=TOKEN)
 
     def network(self) -> None:
         lay = self.layout
@@ -184,12 +190,18 @@ def why_not() -> str | None:
     return None
 
 
+def headers() -> dict[str, str]:
+    """What a request to the test clusters carries: their token."""
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
 def answers(address: str) -> bool:
     """A Ray job server answers there (a cluster already running: used as it is, and left running). Its jobs API,
     not /api/version alone: the dashboard answers that before its job module is up (404 on a loaded machine)."""
     try:
         for path in ("/api/version", "/api/jobs/"):
-            with urllib.request.urlopen(f"{address}{path}", timeout=2) as reply:
+            with urllib.request.urlopen(urllib.request.Request(f"{address}{path}", headers=headers()),
+                                        timeout=2) as reply:
                 if reply.status != 200:
                     return False
         return True
@@ -198,7 +210,8 @@ def answers(address: str) -> bool:
 
 
 def start_cluster(layout: Layout = SUITE) -> tuple[RayCluster, bool]:
-    """The cluster, and whether this call started it (then the caller stops it)."""
+    """The cluster, and whether this call started it (then the caller stops it); its token in RAY_AUTH_TOKEN."""
+    os.environ["RAY_AUTH_TOKEN"] = TOKEN
     found = RayCluster(Path("/nonexistent"), layout)  # a running cluster's files are its starter's
     if answers(found.address):
         return found, False

@@ -5,7 +5,6 @@ executor against a real cluster: tests/e2e/ray/."""
 from __future__ import annotations
 
 import shlex
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +13,7 @@ from tunelab.execute.failures import FailureKind, classify
 from tunelab.execute.job_states import JobState
 from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, lost_info, split_id
 from tunelab.execute.ray_jobs import entrypoint, job_ask
+from tunelab.execute.ray_rest import RayJob
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec import ResourcesSpec
@@ -30,9 +30,11 @@ def test_jobs_the_nodes_hold_at_once():
     assert "2 node(s), 12 CPUs and 2 GPUs in all, the largest 8 CPUs, 2 GPUs, 64 GiB" in TWO_NODES.words()
 
 
-def _details(status: str, code: int | None, message: str = "") -> SimpleNamespace:
-    return SimpleNamespace(status=SimpleNamespace(value=status), driver_exit_code=code, message=message,
-                           driver_node_id="n1")
+def _details(status: str, code: int | None, message: str = "", error_type: str | None = None) -> RayJob:
+    """A job as the job server's GET /api/jobs/ lists it (the JSON of Ray's JobDetails, the fields that vary here)."""
+    return RayJob.from_json({"type": "SUBMISSION", "job_id": None, "submission_id": "tl-train-0", "status": status,
+                             "entrypoint": "bash job.sh", "message": message, "error_type": error_type,
+                             "metadata": {"tunelab": "train"}, "driver_node_id": "n1", "driver_exit_code": code})
 
 
 def test_a_ray_jobs_details_in_the_executors_words():
@@ -47,11 +49,10 @@ def test_a_ray_jobs_details_in_the_executors_words():
 
 
 def test_a_job_whose_node_died_or_that_the_cluster_forgot_is_node_fail_and_resumed():
-    died = _details("FAILED", None, "Job supervisor actor died: The actor died because its node has died.")
-    died.error_type = "JOB_SUPERVISOR_ACTOR_DIED"
+    died = _details("FAILED", None, "Job supervisor actor died: The actor died because its node has died.",
+                    "JOB_SUPERVISOR_ACTOR_DIED")
     assert job_info(died).state == JobState.NODE_FAIL
-    exited = _details("FAILED", 1, "Job entrypoint command failed with exit code 1")
-    exited.error_type = "JOB_ENTRYPOINT_COMMAND_ERROR"
+    exited = _details("FAILED", 1, "Job entrypoint command failed with exit code 1", "JOB_ENTRYPOINT_COMMAND_ERROR")
     assert job_info(exited).state == JobState.FAILED  # the run's own failure: no automatic retry
     lost = lost_info("http://head:8265")
     assert lost.state == JobState.NODE_FAIL and "http://head:8265 no longer knows the job" in lost.reason

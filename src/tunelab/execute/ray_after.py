@@ -5,8 +5,9 @@ the CPUs and GPUs it asks for) and exits; if not, it exits without submitting an
 as Slurm's DependencyNeverSatisfied (execute/ray_cluster.py). So the evaluation holds no CPU or GPU while its
 training runs, and the dependency holds whether or not the coordinator that submitted both is still there.
 
-`python -m tunelab.execute.ray_after ADDRESS AFTER CHILD SPEC_JSON` (SPEC_JSON: the child's submit_job keywords).
-Runs on a Ray node, where ray is installed (imported here, not at tunelab's top: an optional extra).
+`python -m tunelab.execute.ray_after ADDRESS AFTER CHILD SPEC_JSON` (SPEC_JSON: the child's submit_job keywords;
+ADDRESS: the job server's URL). Runs on a Ray node; speaks to the job server over its REST API
+(execute/ray_rest.py), so the gate's own start pays no import of Ray.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+from tunelab.execute.ray_rest import JobServer
 
 CHILD_SUFFIX = "-job"
 # the wait between the training's end and its evaluation's submission is up to one poll, paid by every run; a poll
@@ -23,20 +26,18 @@ SUCCEEDED = "SUCCEEDED"
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def wait_for(client, job: str) -> str:  # noqa: ANN001 (a JobSubmissionClient)
+def wait_for(server: JobServer, job: str) -> str:
     """The job's final status, polled until it ends."""
     while True:
-        status = str(client.get_job_status(job).value)
+        status = server.get_job(job).status
         if status in ENDED:
             return status
         time.sleep(POLL_S)
 
 
 def main(argv: list[str]) -> int:
-    from ray.job_submission import JobSubmissionClient  # an optional extra, on the Ray node
-
     address, after, child, spec = argv[0], argv[1], argv[2], json.loads(argv[3])
-    client = JobSubmissionClient(address)
+    client = JobServer(address)
     print(f"[tunelab gate] waiting for job {after} (afterok)", flush=True)
     ended = wait_for(client, after)
     if ended != SUCCEEDED:

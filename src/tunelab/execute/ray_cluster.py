@@ -1,5 +1,5 @@
-"""A Ray cluster as an Executor (execute/executor.py), through Ray's job server (the dashboard's REST API, by
-ray.job_submission.JobSubmissionClient): each job a Ray job that asks for the CPUs and GPUs its run was priced at
+"""A Ray cluster as an Executor (execute/executor.py), through Ray's job server (the dashboard's REST API, spoken
+by execute/ray_rest.py without importing Ray): each job a Ray job that asks for the CPUs and GPUs its run was priced at
 (execute/ray_jobs.py), a job behind another gated by execute/ray_after.py (Ray has no afterok), `cancel` Ray's
 stop (SIGTERM to the job's processes: the trainer saves a checkpoint, within the cluster's
 RAY_JOB_STOP_WAIT_TIME_S), each job's output in its run directory. Jobs outlive this process (detached), as
@@ -12,7 +12,8 @@ start (a run asking more of one node than any node has, or more nodes than hold 
 status's re-plan read it too (`read_cluster`, through execute/executors.cluster_facts). A job whose node died, or
 that a restarted head no longer knows, is NODE_FAIL: the retry policy resumes it (Ray cannot requeue a job).
 
-ray is an optional extra (`pip install tunelab[ray]`): imported when the executor is made, not at tunelab's top.
+ray is an optional extra (`pip install tunelab[ray]`) that the cluster's nodes need (they run the jobs, and a run
+spanning nodes calls Ray there); the coordinator needs it only to resolve an address that is not the job server's URL.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 import shlex
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from tunelab.execute.ray_jobs import (
     write_side_script,
     write_span_script,
 )
+from tunelab.execute.ray_rest import JobServer, JobServerError, RayJob
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
@@ -71,6 +72,7 @@ SUPERVISOR_DIED = "JOB_SUPERVISOR_ACTOR_DIED"  # Ray's error_type of a job whose
 FORWARDED_PREFIX = "TUNELAB_"
 GIB = 1024**3
 READ_TIMEOUT_S = 30.0  # a sweep reading its cluster before submitting waits this long at most
+POLL_S = 0.5
 
 
 def split_id(job_id: str) -> tuple[str, str]:
@@ -84,19 +86,18 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
 
 
-def job_info(details: Any, node_ips: dict[str, str] | None = None) -> JobInfo:
-    """One Ray job's JobDetails as a JobInfo: its state, exit code ('N:0'), the node it ran on (its address where
-    `node_ips` knows the node's id) and Ray's message as the reason. A job whose supervisor died with no exit code
-    (its node lost: the raylet and the job's processes gone) is Slurm's NODE_FAIL: the retry policy resumes it."""
-    status = str(getattr(details.status, "value", details.status))
-    code = getattr(details, "driver_exit_code", None)
-    exit_code = f"{code}:0" if code is not None else ("0:0" if status == "SUCCEEDED" else None)
-    node = getattr(details, "driver_node_id", None) or None
+def job_info(job: RayJob, node_ips: dict[str, str] | None = None) -> JobInfo:
+    """One Ray job as a JobInfo: its state, exit code ('N:0'), the node it ran on (its address where `node_ips`
+    knows the node's id) and Ray's message as the reason. A job whose supervisor died with no exit code (its node
+    lost: the raylet and the job's processes gone) is Slurm's NODE_FAIL: the retry policy resumes it."""
+    code = job.driver_exit_code
+    exit_code = f"{code}:0" if code is not None else ("0:0" if job.status == "SUCCEEDED" else None)
+    node = job.driver_node_id
     where = (node_ips or {}).get(node, node) if node else None
-    state: str = STATES.get(status, status)
-    if state == JobState.FAILED and code is None and getattr(details, "error_type", None) == SUPERVISOR_DIED:
+    state: str = STATES.get(job.status, job.status)
+    if state == JobState.FAILED and code is None and job.error_type == SUPERVISOR_DIED:
         state = JobState.NODE_FAIL
-    return JobInfo(state, exit_code=exit_code, node=where, reason=(details.message or "").split("\n", 1)[0][:300])
+    return JobInfo(state, exit_code=exit_code, node=where, reason=job.message.split("\n", 1)[0][:300])
 
 
 def lost_info(address: str) -> JobInfo:
@@ -118,22 +119,18 @@ def gated_info(gate: JobInfo, child: JobInfo | None, after: str) -> JobInfo:
     return JobInfo(JobState.CANCELLED, reason=f"{NEVER_SATISFIED}: job {after} did not succeed")
 
 
-def read_nodes(address: str, timeout_s: float) -> ClusterFacts:
-    """The alive nodes of the cluster whose job server is `address`, by Ray's state API (a request of at most
+def read_nodes(server: JobServer, timeout_s: float) -> ClusterFacts:
+    """The alive nodes of the cluster whose job server is `server`, by Ray's state API (a request of at most
     `timeout_s`): each named by its address, with the CPUs, GPUs and memory it offers."""
     try:
-        from ray.util.state import list_nodes  # the optional extra
-    except ImportError:
-        raise TunelabError("executor ray needs Ray here: pip install 'tunelab[ray]'") from None
-    try:
-        nodes = list_nodes(address=address, detail=True, timeout=max(1, round(timeout_s)))
-    except Exception as exc:  # Ray's state API raises its own and requests' errors: the cluster could not be read
-        raise TunelabError(f"Ray cluster {address}: its nodes could not be read: {str(exc)[:300]}",
+        nodes = server.list_nodes(timeout_s)
+    except (JobServerError, KeyError, TypeError) as exc:  # unreachable, refused, or an answer of another shape
+        raise TunelabError(f"Ray cluster {server.url}: its nodes could not be read: {str(exc)[:300]}",
                            field="resources.address") from None
     return ClusterFacts(tuple(
         NodeFacts(n.node_ip, int(n.resources_total.get("CPU", 0)), int(n.resources_total.get("GPU", 0)),
                   n.resources_total.get("memory", 0) / GIB)
-        for n in nodes if n.state == "ALIVE"), f"Ray cluster {address}")
+        for n in nodes if n.state == "ALIVE"), f"Ray cluster {server.url}")
 
 
 class RayRoom(SchedulerRoom):
@@ -167,13 +164,8 @@ class RayExecutor(OneJobEachRun):
     first_state = JobState.SUBMITTED
 
     def __init__(self, address: str | None = None) -> None:
-        try:
-            from ray.job_submission import JobSubmissionClient  # the optional extra (module docstring)
-        except ImportError:
-            raise TunelabError("executor ray needs Ray here: pip install 'tunelab[ray]'") from None
-        self._client_class = JobSubmissionClient
         self.address = address  # else the runs' resources.address once they are known, else RAY_ADDRESS
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, JobServer] = {}
         self._asks: dict[Path, tuple[NodeAsk, JobKind | str]] = {}  # by script: what submit asks for it, its label
         self._silent_since: float | None = None
         self._ips: dict[str, str] = {}  # node id -> address
@@ -184,7 +176,9 @@ class RayExecutor(OneJobEachRun):
         if self.address is None:
             self.address = next((c.resources.address for c in runs if c.resources.address), None)
 
-    def client(self, address: str | None = None) -> Any:
+    def client(self, address: str | None = None) -> JobServer:
+        """The job server of `address` (a job's, named in its id), else of this executor's cluster; asked once
+        whether it answers, so that an address that leads nowhere fails here, in one line naming the field."""
         if address is None:  # this executor's own cluster (a job's is named in its id)
             self.address = address = self.address or os.environ.get(ADDRESS_ENV) or None
         if not address:
@@ -192,15 +186,17 @@ class RayExecutor(OneJobEachRun):
                                "(the head's job server, e.g. http://head:8265)", field="resources.address")
         if address not in self._clients:
             try:
-                self._clients[address] = self._client_class(address)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+                server = JobServer(address)
+                server.version()
+            except JobServerError as exc:
                 raise TunelabError(f"Ray job server {address} did not answer: {exc}",
                                    field="resources.address") from None
+            self._clients[address] = server
         return self._clients[address]
 
     def cluster(self) -> ClusterFacts:
         """The cluster's alive nodes: their CPUs, GPUs and memory, as Ray's state API says them."""
-        return read_nodes(self.client().get_address(), READ_TIMEOUT_S)
+        return read_nodes(self.client(), READ_TIMEOUT_S)
 
     @staticmethod
     def read_cluster(resources: ResourcesSpec, timeout_s: float) -> ClusterFacts:
@@ -210,12 +206,12 @@ class RayExecutor(OneJobEachRun):
         if not address:
             raise TunelabError(f"no cluster address (resources.address or {ADDRESS_ENV})", field="resources.address")
         try:
-            with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout_s):
-                pass
-        except (OSError, ValueError) as exc:
+            server = JobServer(address, timeout_s)
+            server.version()
+        except JobServerError as exc:
             raise TunelabError(f"Ray job server {address} did not answer within {timeout_s:g} s: {exc}",
                                field="resources.address") from None
-        return read_nodes(address, timeout_s)
+        return read_nodes(server, timeout_s)
 
     @staticmethod
     def node_ask(cfg: RunConfig) -> NodeAsk:
@@ -230,10 +226,11 @@ class RayExecutor(OneJobEachRun):
         ask, kind = self._asks.get(script, (NodeAsk(1, 0), JobKind.PROBE))
         sid = f"tl-{kind}-{uuid.uuid4().hex[:12]}"  # a training-then-evaluation job: tl-run-… (ray_jobs.log_name)
         entry = NodeAsk(0, 0) if script.name == SPAN_SCRIPT else ask  # a spanning job reserves its nodes itself
-        spec = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
-                "entrypoint_num_cpus": entry.cpus, "entrypoint_num_gpus": entry.gpus,
-                "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), RDZV_ID_ENV: sid, **(env or {})}},
-                "metadata": {"tunelab": str(kind), "run_dir": str(script.parent)}}
+        spec: dict[str, Any] = {"entrypoint": entrypoint(script.parent, script, script.parent / log_name(kind, sid)),
+                                "entrypoint_num_cpus": entry.cpus, "entrypoint_num_gpus": entry.gpus,
+                                "runtime_env": {"env_vars": {**forwarded_env(), **job_env(ask), RDZV_ID_ENV: sid,
+                                                             **(env or {})}},
+                                "metadata": {"tunelab": str(kind), "run_dir": str(script.parent)}}
         client = self.client()
         if dependency:
             after = split_id(dependency)[0]
@@ -257,7 +254,7 @@ class RayExecutor(OneJobEachRun):
         for address, mine in by_address.items():
             try:
                 jobs = {j.submission_id: j for j in self.client(address).list_jobs()}
-            except Exception as exc:  # the job server unreachable (restarting): unknown, never ended
+            except (JobServerError, TunelabError) as exc:  # the job server unreachable (restarting): unknown, never ended
                 self._silent(f"{address}: {exc}")
                 return None
             self._silent_since = None
@@ -278,12 +275,10 @@ class RayExecutor(OneJobEachRun):
     def _node_ips(self, address: str, ids: set[str]) -> dict[str, str]:
         """{node id: its address}, asked of Ray's state API only when a node id is new (ids: those seen now)."""
         if ids - set(self._ips):
-            from ray.util.state import list_nodes  # the optional extra
-
             try:
-                self._ips.update({n.node_id: n.node_ip for n in list_nodes(address=address)})
-            except Exception:  # the state API unreachable: node ids, named again at the next look
-                pass
+                self._ips.update({n.node_id: n.node_ip for n in self.client(address).list_nodes()})
+            except (JobServerError, TunelabError, KeyError, TypeError):  # the state API unreachable: node ids, named
+                pass  # again at the next look
         return self._ips
 
     def cancel(self, ids: list[str]) -> None:
@@ -295,8 +290,9 @@ class RayExecutor(OneJobEachRun):
             for job in (sid, sid + CHILD_SUFFIX):
                 try:
                     client.stop_job(job)
-                except RuntimeError:  # no such job (a gate's real job not submitted), or it has ended
-                    pass
+                except JobServerError as exc:  # no such job (a gate's real job not submitted): nothing to stop
+                    if exc.status is None:  # the job server did not answer: the jobs may still run
+                        raise
 
     def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
         sid = split_id(job_id)[0]
@@ -308,8 +304,9 @@ class RayExecutor(OneJobEachRun):
         return path.read_text(errors="replace")[-200_000:] if path.is_file() else ""
 
     def poll_interval(self, runs: list[RunConfig]) -> float:
+        """As often as the local executor looks: a look is one GET of the job server's list (ray_rest.py)."""
         self._learn(runs)
-        return 1.0
+        return POLL_S
 
     def groups(self, runs: list[RunConfig]) -> list[JobGroup]:
         """Each run whose evaluation goes in its training's job (ray_jobs.evaluates_in_training_job) as a group of one:

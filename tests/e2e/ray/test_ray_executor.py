@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from waiting import wait_for
 
 from tunelab.cli import app
-from tunelab.execute.ray_cluster import RayExecutor, split_id
+from tunelab.execute.ray_cluster import split_id
 from tunelab.fsutil import read_json
 from tunelab.ledger import history
 from tunelab.ledger import store as ledger
@@ -121,7 +121,9 @@ def test_cancel_stops_the_ray_jobs(ray_cluster, write_spec, monkeypatch):
     res = _ok(["cancel", str(spec.parent)])
     assert "cancelled tiny_r8 train job" in res.output
     train, ev = _jobs(spec.parent)
-    client = RayExecutor().client(ray_cluster.address)
+    from ray.job_submission import JobSubmissionClient  # Ray's own client: an independent reading
+
+    client = JobSubmissionClient(ray_cluster.address, headers=raycluster.headers())
     sids = [split_id(j["job_id"])[0] for j in (train, ev)]
     assert wait_for(lambda: all(str(client.get_job_status(s).value) == "STOPPED" for s in sids), 60, every=0.5)
     assert train["state"] == "CANCELLED" and train["failure"] == "cancelled"

@@ -135,7 +135,7 @@ def test_the_head_restarted_while_runs_wait_in_rays_queue_says_what_was_lost_the
 
     exp = _spec(spec_in, tmp_path / "head", fault_cluster.address, [4, 8])
     runs = ["tiny_r4", "tiny_r8"]
-    client = JobSubmissionClient(fault_cluster.address)
+    client = JobSubmissionClient(fault_cluster.address, headers=raycluster.headers())
     for i in WORKERS:  # both workers' CPUs taken: tunelab's jobs wait in Ray's queue
         client.submit_job(entrypoint="sleep 600", entrypoint_num_cpus=1, submission_id=f"blocker-{i}-{t0:.0f}")
     done = _tunelab(exp, "run")  # submits and returns (jobs outlive it)

@@ -1,0 +1,50 @@
+"""tunelab's REST client of Ray's job server (execute/ray_rest.py) against the suite's real two-node cluster, which runs
+with token authentication: what it reads and does, checked by Ray's own JobSubmissionClient and by the cluster's
+layout (tests/raycluster.py), and a request without the token refused."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import raycluster
+from waiting import wait_for
+
+from tunelab.execute.ray_rest import JobServer, JobServerError
+
+
+def test_the_rest_client_submits_reads_and_stops_jobs_as_rays_own_client_sees_them(ray_cluster, monkeypatch):
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    ours = JobServer(ray_cluster.address)
+    theirs = JobSubmissionClient(ray_cluster.address, headers=raycluster.headers())
+    assert ours.version() == ray.__version__
+    alive = sorted((n.node_ip, n.resources_total.get("CPU")) for n in ours.list_nodes() if n.state == "ALIVE")
+    layout = ray_cluster.layout
+    assert alive == sorted((layout.node_ip(i), float(c)) for i, c in enumerate(layout.cpus))
+
+    tag = f"{time.time():.0f}"
+    failing = ours.submit_job(entrypoint="echo bye; exit 3", submission_id=f"rest-fail-{tag}", entrypoint_num_cpus=0,
+                              metadata={"tunelab": "test"}, runtime_env={"env_vars": {"TUNELAB_X": "1"}})
+    sleeping = ours.submit_job(entrypoint="sleep 300", submission_id=f"rest-sleep-{tag}", entrypoint_num_cpus=0)
+    assert wait_for(lambda: str(theirs.get_job_status(failing).value) == "FAILED", 90, every=0.5)
+    job = ours.get_job(failing)
+    info = theirs.get_job_info(failing)
+    assert (job.status, job.driver_exit_code, job.metadata) == ("FAILED", 3, {"tunelab": "test"})
+    assert (info.driver_exit_code, info.runtime_env["env_vars"]["TUNELAB_X"]) == (3, "1")
+    assert job.driver_node_id == info.driver_node_id and job.message == info.message
+    assert {failing, sleeping} <= {j.submission_id for j in ours.list_jobs()}
+
+    assert wait_for(lambda: str(theirs.get_job_status(sleeping).value) == "RUNNING", 90, every=0.5)
+    assert ours.stop_job(sleeping) is True
+    assert wait_for(lambda: str(theirs.get_job_status(sleeping).value) == "STOPPED", 60, every=0.5)
+    assert ours.stop_job(sleeping) is False  # ended: nothing left to stop
+    with pytest.raises(JobServerError) as unknown:
+        ours.stop_job(f"no-such-job-{tag}")
+    assert unknown.value.status == 404
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this client sends no token: the cluster refuses it
+    with pytest.raises(JobServerError) as refused:
+        JobServer(ray_cluster.address).list_jobs()
+    assert refused.value.status == 401
