@@ -12,7 +12,7 @@ from tunelab.execute.executor import ClusterFacts, JobInfo, JobKind, NodeAsk, No
 from tunelab.execute.failures import FailureKind, classify
 from tunelab.execute.job_states import JobState
 from tunelab.execute.ray_cluster import NEVER_SATISFIED, RayRoom, gated_info, job_info, lost_info, split_id
-from tunelab.execute.ray_jobs import entrypoint, job_ask
+from tunelab.execute.ray_jobs import entrypoint, job_ask, job_env
 from tunelab.execute.ray_rest import RayJob
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
@@ -156,3 +156,16 @@ def test_a_run_on_one_node_and_at_most_one_gpu_is_trained_then_evaluated_by_one_
     assert {ex.log(cpu.run_dir, kind, "tl-run-ab12@http://head:8265") for kind in JobKind} == {
         cpu.run_dir / "ray-run-tl-run-ab12.out"}
     assert ex.log(cpu.run_dir, JobKind.EVAL, "tl-eval-ab12@http://head:8265") == cpu.run_dir / "ray-eval-tl-eval-ab12.out"
+
+
+def test_a_ray_jobs_processes_share_the_cpus_it_asked_for_not_the_nodes():
+    """Ray places a job by the CPUs it asks for but pins it to no core: its processes' threads must divide the ask
+    (a one-CPU job trained at every core of the node, 2 threads here, before TUNELAB_RAY_CPUS)."""
+    from tunelab.host.cores import Limit, usable_cpus
+    from tunelab.host.threads import decide
+
+    one = decide(1, job_env(NodeAsk(1, 0)))
+    assert (one.torch, one.limit, one.explicit) == (1, Limit.RAY, False)
+    assert one.source == "TUNELAB_RAY_CPUS=1 (the Ray job's CPUs) / 1 process(es)"
+    many = len(usable_cpus()) + 4  # an ask above this machine's cores (another node's size) never raises the count
+    assert decide(2, job_env(NodeAsk(many, 0))).cores_given == decide(2, {}).cores_given

@@ -3,8 +3,8 @@ runs and the shell line Ray's job server starts it with.
 
 Ray places a job's entrypoint on a node that has the CPUs and GPUs it asks for (`entrypoint_num_cpus`,
 `entrypoint_num_gpus`), so a training job asks for what the plan priced: one GPU per process on GPUs, one CPU per
-process on CPUs (torch's threads then divide those: OMP_NUM_THREADS and TUNELAB_OMP_NUM_THREADS, as a Slurm
-job's cpus-per-task, tunelab/host/threads.py). The training job runs the run's job.sh (scaffold writes it for every
+process on CPUs (the job's processes' threads then divide those — TUNELAB_RAY_CPUS, read as a Slurm job's
+cpus-per-task is, host/cores.py: Ray pins a job to no core). The training job runs the run's job.sh (scaffold writes it for every
 fine-tuned run); the evaluation job `ray-eval.sh`, rendered from run.yaml before every submission. A run that
 trains on one node with at most one GPU (`evaluates_in_training_job`) is one Ray job, `ray-run.sh`: job.sh, then
 ray-eval.sh only if it succeeded — no second dispatch, no gate (the evaluation's one GPU or CPU is the training's
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tunelab.execute.executor import JobKind, NodeAsk
 from tunelab.fsutil import atomic_write_text
+from tunelab.host.cores import RAY_CPUS_ENV
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
 
@@ -63,9 +64,11 @@ def entrypoint(run_dir: Path, script: Path, log: Path) -> str:
 
 
 def job_env(ask: NodeAsk) -> dict[str, str]:
-    """The job's environment on the node: offline hub, unbuffered output, its CPUs as tunelab's thread share."""
+    """The job's environment on the node: offline hub, unbuffered output, and its CPUs as the count its processes'
+    threads share (host/cores.py RAY_CPUS_ENV: Ray pins a job to no core); OMP_NUM_THREADS the same, marked as
+    tunelab's (host/threads.py), for whatever the job runs before tunelab divides them."""
     return {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(ask.cpus),
-            "TUNELAB_OMP_NUM_THREADS": str(ask.cpus)}
+            "TUNELAB_OMP_NUM_THREADS": str(ask.cpus), RAY_CPUS_ENV: str(ask.cpus)}
 
 
 def write_eval_script(cfg: RunConfig, python: str | None = None, durable: bool = True) -> Path:

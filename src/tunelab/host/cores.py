@@ -20,6 +20,9 @@ from tunelab.host.cgroup import PROC_SELF, cpu_quota
 
 CPUS_ENV = "TUNELAB_CPUS"  # the cores a job was given by the local executor: "0,1" (it pins itself to them)
 SLURM_ENVS = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")  # the first one set is Slurm's allocation
+# the CPUs a Ray job asked for (execute/ray_jobs.py job_env): Ray places a job by them but pins it to no core, so
+# without this count its processes would take every core of the node, beside the node's other jobs
+RAY_CPUS_ENV = "TUNELAB_RAY_CPUS"
 SYSFS_CPU = Path("/sys/devices/system/cpu")  # cpuN/topology/thread_siblings_list
 
 
@@ -28,6 +31,7 @@ class Limit(StrEnum):
 
     SHARE = "share"  # the local executor's share of the cores
     SLURM = "slurm"
+    RAY = "ray"  # a Ray job's CPUs (RAY_CPUS_ENV)
     CGROUP = "cgroup"  # a CPU quota
     AFFINITY = "affinity"  # the affinity mask (every core where the OS has none)
 
@@ -87,10 +91,19 @@ def slurm_cpus(env: Mapping[str, str]) -> tuple[int, str] | None:
     return None
 
 
+def ray_cpus(env: Mapping[str, str]) -> Cores | None:
+    """The CPUs the Ray job this process runs in asked for (None: not in a tunelab Ray job)."""
+    raw = env.get(RAY_CPUS_ENV, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return Cores(int(raw), Limit.RAY, f"{RAY_CPUS_ENV}={raw} (the Ray job's CPUs)")
+    return None
+
+
 def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, sysfs: Path = SYSFS_CPU,
                  proc: Path = PROC_SELF) -> Cores:
     """How many cores this process (or a child given `env`) may use: the smallest of its CPUs (the executor's share
-    within the mask, else the mask; `physical`: in physical cores), its cgroup's CPU quota and Slurm's allocation."""
+    within the mask, else the mask; `physical`: in physical cores), its cgroup's CPU quota, Slurm's allocation and a
+    Ray job's CPUs."""
     env = os.environ if env is None else env
     share = env.get(CPUS_ENV, "").strip()
     cpus = share_cpus(share) if share else usable_cpus()
@@ -99,10 +112,10 @@ def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, s
     mask = Cores(n, Limit.SHARE if share else Limit.AFFINITY, where + (f" ({n} physical cores)" if n != len(cpus) else ""))
     slurm = slurm_cpus(env)
     quota = cpu_quota(proc)
-    others = [Cores(slurm[0], Limit.SLURM, slurm[1]) if slurm else None,
+    others = [Cores(slurm[0], Limit.SLURM, slurm[1]) if slurm else None, ray_cpus(env),
               Cores(max(1, math.floor(quota.cpus)), Limit.CGROUP, quota.describe()) if quota else None]
     candidates = [c for c in ([mask] if share else []) + others + ([] if share else [mask]) if c is not None]
-    return min(candidates, key=lambda c: c.count)  # the first of the smallest: share, Slurm, cgroup, mask
+    return min(candidates, key=lambda c: c.count)  # the first of the smallest: share, Slurm, Ray, cgroup, mask
 
 
 def sibling_groups(cpus: list[int], sysfs: Path = SYSFS_CPU) -> list[list[int]]:

@@ -71,6 +71,8 @@ def test_sweep_on_two_nodes_scores_as_the_same_sweep_run_here(ray_cluster, spec_
         assert split_id(train["job_id"])[1] == ray_cluster.address
         log = (exp / "runs" / run / f"ray-run-{split_id(train['job_id'])[0]}.out").read_text()
         assert log.index("[tunelab train] completed") < log.index("Ray eval job on")  # trained, then evaluated
+    threads = read_json(exp / "runs" / "tiny_r4" / "summary.json")["threads"]
+    assert (threads["torch"], threads["limit"]) == (1, "ray")  # its one CPU, though Ray pinned it to no core
     # the training and the control's evaluation, one CPU each, went at once to two one-CPU nodes: both ran jobs
     assert {j["node"] for j in jobs} == {raycluster.node_ip(0), raycluster.node_ip(1)}, [j["node"] for j in jobs]
     status = _ok(["status", str(exp)]).output
