@@ -4,6 +4,9 @@ layout (tests/raycluster.py), and a request without the token refused."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -48,3 +51,14 @@ def test_the_rest_client_submits_reads_and_stops_jobs_as_rays_own_client_sees_th
     with pytest.raises(JobServerError) as refused:
         JobServer(ray_cluster.address).list_jobs()
     assert refused.value.status == 401
+
+
+def test_an_address_that_is_not_the_job_servers_url_is_resolved_by_ray(ray_cluster):
+    """`head:6379` (the GCS) and `ray://head:10001` (Ray Client) lead to the same job server (Ray's resolution, in a
+    process of its own: Ray reads RAY_AUTH_MODE once, when it loads)."""
+    head = ray_cluster.layout.node_ip(0)
+    code = ("from tunelab.execute.ray_rest import server_url; "
+            f"print(server_url('{head}:{raycluster.GCS_PORT}')); print(server_url('ray://{head}:{raycluster.CLIENT_PORT}'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True,
+                         env={**os.environ, "RAY_AUTH_MODE": "token"}).stdout.split()
+    assert out == [ray_cluster.address, ray_cluster.address]
