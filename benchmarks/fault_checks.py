@@ -53,6 +53,8 @@ def check_training(ref_dir: Path, run_dir: Path) -> list[str]:
         if got_sum.get(key) != ref_sum.get(key):
             problems.append(f"summary {key}: {got_sum.get(key)} != uninterrupted {ref_sum.get(key)}")
     steps = ref_sum.get("steps")
+    if not isinstance(steps, int):
+        return problems + [f"the uninterrupted run's summary.json has no step count ({steps!r})"]
     if _final_counters(run_dir, steps) != _final_counters(ref_dir, steps):
         problems.append(f"checkpoint-{steps} counters {_final_counters(run_dir, steps)} != "
                         f"uninterrupted {_final_counters(ref_dir, steps)}")
