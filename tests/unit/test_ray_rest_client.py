@@ -39,6 +39,11 @@ def test_a_job_server_url_is_used_as_given_and_one_that_does_not_answer_is_one_e
     with pytest.raises(JobServerError, match=f"Ray job server http://127.0.0.1:{port} did not answer") as err:
         server.list_jobs()
     assert err.value.status is None  # never reached: not a refusal by the server
+    from tunelab.errors import TunelabError
+    from tunelab.execute.ray_cluster import RayExecutor
+
+    with pytest.raises(TunelabError, match=f"resources.address: Ray job server http://127.0.0.1:{port} did not answer"):
+        RayExecutor().cancel([f"tl-train-0@http://127.0.0.1:{port}"])  # `tunelab cancel` says it in one line
 
 
 def test_talking_to_the_job_server_imports_no_ray():

@@ -292,7 +292,7 @@ class RayExecutor(OneJobEachRun):
                     client.stop_job(job)
                 except JobServerError as exc:  # no such job (a gate's real job not submitted): nothing to stop
                     if exc.status is None:  # the job server did not answer: the jobs may still run
-                        raise
+                        raise TunelabError(f"job {job} not stopped: {exc}", field="resources.address") from None
 
     def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
         sid = split_id(job_id)[0]

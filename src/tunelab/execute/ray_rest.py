@@ -122,8 +122,8 @@ class JobServer:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace").strip()
-            raise JobServerError(f"{method} {path}: HTTP {exc.code}: {text.splitlines()[-1] if text else exc.reason}"[
-                                 :400], exc.code) from None
+            said = text.splitlines()[-1] if text else exc.reason  # Ray's last line: the error, after a traceback
+            raise JobServerError(f"{method} {path}: HTTP {exc.code}: {said}"[:400], exc.code) from None
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
             raise JobServerError(f"Ray job server {self.url} did not answer: {exc}") from None
         return json.loads(raw) if raw else None
