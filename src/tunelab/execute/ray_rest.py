@@ -122,8 +122,11 @@ class JobServer:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace").strip()
-            said = text.splitlines()[-1] if text else exc.reason  # Ray's last line: the error, after a traceback
-            raise JobServerError(f"{method} {path}: HTTP {exc.code}: {said}"[:400], exc.code) from None
+            said = (text.splitlines()[-1] if text else exc.reason)[:300]  # Ray's last line: the error, after a traceback
+            if exc.code in (401, 403):  # token authentication on, and no token or another one sent
+                said += (f" (the cluster wants its token: set {TOKEN_ENV}, or {TOKEN_PATH_ENV} to its file, or put "
+                         "it in ~/.ray/auth_token)")
+            raise JobServerError(f"{method} {path}: HTTP {exc.code}: {said}", exc.code) from None
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
             raise JobServerError(f"Ray job server {self.url} did not answer: {exc}") from None
         return json.loads(raw) if raw else None

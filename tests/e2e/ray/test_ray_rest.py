@@ -50,7 +50,7 @@ def test_the_rest_client_submits_reads_and_stops_jobs_as_rays_own_client_sees_th
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this client sends no token: the cluster refuses it
     with pytest.raises(JobServerError) as refused:
         JobServer(ray_cluster.address).list_jobs()
-    assert refused.value.status == 401
+    assert refused.value.status == 401 and "the cluster wants its token: set RAY_AUTH_TOKEN" in str(refused.value)
 
 
 def test_an_address_that_is_not_the_job_servers_url_is_resolved_by_ray(ray_cluster):
