@@ -73,6 +73,7 @@ FORWARDED_PREFIX = "TUNELAB_"
 GIB = 1024**3
 READ_TIMEOUT_S = 30.0  # a sweep reading its cluster before submitting waits this long at most
 POLL_S = 0.5
+FEW_JOBS = 8  # a look at more jobs than this lists the cluster's jobs once, rather than asking for each
 
 
 def split_id(job_id: str) -> tuple[str, str]:
@@ -131,6 +132,20 @@ def read_nodes(server: JobServer, timeout_s: float) -> ClusterFacts:
         NodeFacts(n.node_ip, int(n.resources_total.get("CPU", 0)), int(n.resources_total.get("GPU", 0)),
                   n.resources_total.get("memory", 0) / GIB)
         for n in nodes if n.state == "ALIVE"), f"Ray cluster {server.url}")
+
+
+def read_jobs(server: JobServer, sids: list[str]) -> dict[str, RayJob]:
+    """The jobs `sids` name, and each gate's child, as the job server has them (a job it does not know: absent). A
+    few are asked one by one; beyond FEW_JOBS, the list of every job the cluster holds, whose size grows with the
+    cluster's history, not with the sweep."""
+    if len(sids) > FEW_JOBS:
+        return {j.submission_id: j for j in server.list_jobs()}
+    jobs: dict[str, RayJob] = {}
+    for sid in sids:
+        job = server.find_job(sid)
+        child = server.find_job(sid + CHILD_SUFFIX) if job and job.metadata.get("tunelab") == "gate" else None
+        jobs.update({j.submission_id: j for j in (job, child) if j is not None})
+    return jobs
 
 
 class RayRoom(SchedulerRoom):
@@ -253,7 +268,7 @@ class RayExecutor(OneJobEachRun):
         out: dict[str, JobInfo] = {}
         for address, mine in by_address.items():
             try:
-                jobs = {j.submission_id: j for j in self.client(address).list_jobs()}
+                jobs = read_jobs(self.client(address), [split_id(i)[0] for i in mine])
             except (JobServerError, TunelabError) as exc:  # the job server unreachable (restarting): unknown, never ended
                 self._silent(f"{address}: {exc}")
                 return None
@@ -304,7 +319,7 @@ class RayExecutor(OneJobEachRun):
         return path.read_text(errors="replace")[-200_000:] if path.is_file() else ""
 
     def poll_interval(self, runs: list[RunConfig]) -> float:
-        """As often as the local executor looks: a look is one GET of the job server's list (ray_rest.py)."""
+        """As often as the local executor looks: a look is a GET a job, or one of the job server's list (read_jobs)."""
         self._learn(runs)
         return POLL_S
 

@@ -149,6 +149,15 @@ class JobServer:
     def get_job(self, submission_id: str) -> RayJob:
         return RayJob.from_json(self._request("GET", f"/api/jobs/{urllib.parse.quote(submission_id)}"))
 
+    def find_job(self, submission_id: str) -> RayJob | None:
+        """The job, or None where the server does not know it (HTTP 404)."""
+        try:
+            return self.get_job(submission_id)
+        except JobServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def stop_job(self, submission_id: str) -> bool:
         """Ray's stop (SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S): whether the job was still running.
         A job the server does not know raises JobServerError (HTTP 404)."""
