@@ -176,7 +176,7 @@ def main(out: Path, repeats: int, sweep_too: bool) -> int:
     cluster, started = raycluster.start_cluster()
     # the cluster's token (raycluster) for every command; the mode too, which Ray's own client (tunelab before
     # execute/ray_rest.py, for an A/B) needs to send it
-    ENV.update(RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"], RAY_AUTH_MODE="token")
+    ENV.update(RAY_AUTH_TOKEN=raycluster.TOKEN, RAY_AUTH_MODE="token")
     try:
         same = sweep(out, cluster.address, log) if sweep_too else True
         overhead(out, cluster.address, log, repeats)

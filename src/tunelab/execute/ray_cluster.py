@@ -120,6 +120,18 @@ def gated_info(gate: JobInfo, child: JobInfo | None, after: str) -> JobInfo:
     return JobInfo(JobState.CANCELLED, reason=f"{NEVER_SATISFIED}: job {after} did not succeed")
 
 
+def answering_server(address: str, timeout_s: float) -> JobServer:
+    """The job server at `address`, asked once whether it answers (each request within `timeout_s`), so that an
+    address that leads nowhere fails here, in one line naming the field."""
+    try:
+        server = JobServer(address, timeout_s)
+        server.version()
+    except JobServerError as exc:
+        raise TunelabError(f"Ray job server {address} did not answer within {timeout_s:g} s: {exc}",
+                           field="resources.address") from None
+    return server
+
+
 def read_nodes(server: JobServer, timeout_s: float) -> ClusterFacts:
     """The alive nodes of the cluster whose job server is `server`, by Ray's state API (a request of at most
     `timeout_s`): each named by its address, with the CPUs, GPUs and memory it offers."""
@@ -192,21 +204,15 @@ class RayExecutor(OneJobEachRun):
             self.address = next((c.resources.address for c in runs if c.resources.address), None)
 
     def client(self, address: str | None = None) -> JobServer:
-        """The job server of `address` (a job's, named in its id), else of this executor's cluster; asked once
-        whether it answers, so that an address that leads nowhere fails here, in one line naming the field."""
+        """The job server of `address` (a job's, named in its id), else of this executor's cluster (answering_server,
+        once per address)."""
         if address is None:  # this executor's own cluster (a job's is named in its id)
             self.address = address = self.address or os.environ.get(ADDRESS_ENV) or None
         if not address:
             raise TunelabError(f"executor ray: no cluster address: set resources.address or {ADDRESS_ENV} "
                                "(the head's job server, e.g. http://head:8265)", field="resources.address")
         if address not in self._clients:
-            try:
-                server = JobServer(address)
-                server.version()
-            except JobServerError as exc:
-                raise TunelabError(f"Ray job server {address} did not answer: {exc}",
-                                   field="resources.address") from None
-            self._clients[address] = server
+            self._clients[address] = answering_server(address, READ_TIMEOUT_S)
         return self._clients[address]
 
     def cluster(self) -> ClusterFacts:
@@ -220,13 +226,7 @@ class RayExecutor(OneJobEachRun):
         address = resources.address or os.environ.get(ADDRESS_ENV)
         if not address:
             raise TunelabError(f"no cluster address (resources.address or {ADDRESS_ENV})", field="resources.address")
-        try:
-            server = JobServer(address, timeout_s)
-            server.version()
-        except JobServerError as exc:
-            raise TunelabError(f"Ray job server {address} did not answer within {timeout_s:g} s: {exc}",
-                               field="resources.address") from None
-        return read_nodes(server, timeout_s)
+        return read_nodes(answering_server(address, timeout_s), timeout_s)
 
     @staticmethod
     def node_ask(cfg: RunConfig) -> NodeAsk:
@@ -249,7 +249,7 @@ class RayExecutor(OneJobEachRun):
         client = self.client()
         if dependency:
             after = split_id(dependency)[0]
-            gate = [sys.executable, "-m", "tunelab.execute.ray_after", client.get_address(), after,
+            gate = [sys.executable, "-m", "tunelab.execute.ray_after", client.url, after,
                     sid + CHILD_SUFFIX, json.dumps(spec)]
             client.submit_job(entrypoint=" ".join(shlex.quote(a) for a in gate), submission_id=sid,
                               entrypoint_num_cpus=0, metadata={"tunelab": "gate", "after": after})

@@ -110,9 +110,6 @@ class JobServer:
         self.timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json", **auth_headers()}
 
-    def get_address(self) -> str:
-        return self.url
-
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                  timeout_s: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None

@@ -82,21 +82,22 @@ def share_cpus(share: str) -> list[int]:
     return cpus
 
 
-def slurm_cpus(env: Mapping[str, str]) -> tuple[int, str] | None:
-    """Slurm's allocation of CPUs to this task, and the variable it came from (None: not under Slurm)."""
-    for name in SLURM_ENVS:
-        raw = env.get(name, "").strip()
-        if raw.isdigit() and int(raw) > 0:
-            return int(raw), f"{name}={raw}"
+def allocated_cpus(env: Mapping[str, str], name: str, limit: Limit, said: str = "") -> Cores | None:
+    """The CPUs a scheduler's variable `name` gives this process (None: unset, or not a positive count)."""
+    raw = env.get(name, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return Cores(int(raw), limit, f"{name}={raw}{said}")
     return None
+
+
+def slurm_cpus(env: Mapping[str, str]) -> Cores | None:
+    """Slurm's allocation of CPUs to this task, named by the variable it came from (None: not under Slurm)."""
+    return next((c for name in SLURM_ENVS if (c := allocated_cpus(env, name, Limit.SLURM))), None)
 
 
 def ray_cpus(env: Mapping[str, str]) -> Cores | None:
     """The CPUs the Ray job this process runs in asked for (None: not in a tunelab Ray job)."""
-    raw = env.get(RAY_CPUS_ENV, "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return Cores(int(raw), Limit.RAY, f"{RAY_CPUS_ENV}={raw} (the Ray job's CPUs)")
-    return None
+    return allocated_cpus(env, RAY_CPUS_ENV, Limit.RAY, " (the Ray job's CPUs)")
 
 
 def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, sysfs: Path = SYSFS_CPU,
@@ -110,9 +111,8 @@ def usable_cores(env: Mapping[str, str] | None = None, physical: bool = False, s
     n = physical_cores(cpus, sysfs) if physical else len(cpus)
     where = f"{CPUS_ENV}={share} (the local executor's share)" if share else f"cpu affinity {len(cpus)}"
     mask = Cores(n, Limit.SHARE if share else Limit.AFFINITY, where + (f" ({n} physical cores)" if n != len(cpus) else ""))
-    slurm = slurm_cpus(env)
     quota = cpu_quota(proc)
-    others = [Cores(slurm[0], Limit.SLURM, slurm[1]) if slurm else None, ray_cpus(env),
+    others = [slurm_cpus(env), ray_cpus(env),
               Cores(max(1, math.floor(quota.cpus)), Limit.CGROUP, quota.describe()) if quota else None]
     candidates = [c for c in ([mask] if share else []) + others + ([] if share else [mask]) if c is not None]
     return min(candidates, key=lambda c: c.count)  # the first of the smallest: share, Slurm, Ray, cgroup, mask
