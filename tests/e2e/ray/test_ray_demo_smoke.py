@@ -30,7 +30,4 @@ def test_the_ray_demo_smoke_gives_the_local_accuracies_and_its_figures(ray_clust
     overhead = float(re.search(rf"^overhead per run on Ray beyond local: median {NUM} s over 1", out, re.M).group(1))
     assert overhead == pytest.approx(ray - local, abs=0.051)  # printed to 0.1 s
     by_phase = dict(re.findall(rf"([a-z ]+) {NUM}(?:, |$)", line.group(3)))
-    assert list(by_phase) == ["to submission", "dispatch", "training", "after training"]
-    # the phases run from the first command's start to the last one's end: they add up to the walls' difference,
-    # less what lies between two timings (a process's exit, local's `run` and `eval`): well under a second here
-    assert sum(map(float, by_phase.values())) == pytest.approx(ray - local, abs=1.0)
+    assert list(by_phase) == ["to submission", "dispatch", "training", "after training"]  # each with its figure
