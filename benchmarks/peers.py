@@ -87,7 +87,7 @@ def run_evaluation(args: argparse.Namespace, out: Path) -> tuple[list, list[str]
 def run_search(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
     inputs = prepare(out / "inputs", "tiny", search.SEARCH_WORDS)
     rows, lines = search.compare(inputs, Job(threads=args.threads), search.Search(), out, args.repeats,
-                                 Path(sys.executable))
+                                 Path(sys.executable), tuple(args.tools))
     return rows, lines + summary.search_lines(rows)
 
 

@@ -92,16 +92,20 @@ def describe(row: SearchResult) -> str:
 
 
 
-def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, python: Path) -> tuple[
-        list[SearchResult], list[str]]:
-    """tunelab tune and Oumi's oumi tune (both ways) on the same search, repeats interleaved (order rotated)."""
+def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, python: Path,
+            tools: tuple[str, ...] = ("tunelab", "oumi")) -> tuple[list[SearchResult], list[str]]:
+    """tunelab tune and Oumi's oumi tune (both ways) on the same search, repeats interleaved (order rotated); `tools`:
+    the sides run (--tools: tunelab, oumi)."""
     from peerlib import oumi_tune
     from peerlib.registry import env_python
 
     oumi_python = env_python("oumi")
-    sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r)}
+    sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r)} \
+        if "tunelab" in tools else {}
     lines = []
-    if (oumi_python.parent.parent / ".tunelab-peer-env").exists():
+    if "oumi" not in tools:
+        pass
+    elif (oumi_python.parent.parent / ".tunelab-peer-env").exists():
         sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r)
         sides["oumi at once"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
                                                                     at_once=True)

@@ -64,3 +64,28 @@ def test_the_plan_prices_each_combinations_search(write_spec):
     assert "## Learning-rate search" in text and "| lora_rank-8 |" in text
     total = sum(c.seconds for c in plan.search if c.seconds is not None)
     assert f"**Search total:** 2 combination(s), 12 trials: {human_seconds(total)} as successive halving" in text
+
+
+def test_a_local_search_prices_its_later_trials_without_the_stacks_import(write_spec, monkeypatch):
+    """On the local executor a trial after its combination's first is forked from a warm process (execute/
+    warm_jobs.py): it skips the stack's import as the jobs recorded it, here given as 2 s. On a scheduler every trial
+    starts in full."""
+    from tunelab.forecast import tunecost
+    from tunelab.spec.resources import ExecutorKind
+
+    monkeypatch.setattr(tunecost, "recorded_import_s", lambda stack: 2.0)
+    plan = make_plan(write_spec(factors={"lora_rank": [4, 8]}, tune=TUNE))
+    for cost in plan.search:
+        est = plan.estimates[cost.run]
+        assert est.seconds is not None and est.startup_s is not None
+        skipped = min(2.0, est.startup_s)
+        full = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s)) - 5 * skipped
+        assert cost.unpruned_s == round(full, 1)
+        assert f"− 5 × {skipped:.1f} s: the trials after the first forked" in cost.source
+
+    def on(kind: ExecutorKind):
+        return plan.spec.model_copy(update={"resources": plan.spec.resources.model_copy(update={"executor": kind})})
+
+    assert [tunecost.warm_start_s(on(k)) for k in ExecutorKind] == [2.0, 0.0, 0.0]
+    monkeypatch.setattr(tunecost, "recorded_import_s", lambda stack: None)  # no import recorded yet: all in full
+    assert tunecost.warm_start_s(on(ExecutorKind.LOCAL)) == 0.0

@@ -10,6 +10,7 @@ execute/executors.py by the name the spec gives and never compare that name them
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -211,6 +212,9 @@ class OneJobEachRun:
     def notices(self) -> list[str]:
         return []
 
+    def warm_starts(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     @staticmethod
     def evaluates_in_training_job(resources: ResourcesSpec) -> bool:
         return False
@@ -336,4 +340,10 @@ class Executor(Protocol):
 
     def unanswered(self) -> tuple[float, str] | None:
         """(seconds the scheduler has not answered for, its last error); None while it answers."""
+        ...
+
+    def warm_starts(self) -> AbstractContextManager[None]:
+        """A block in which training jobs started one after another with the same environment may skip their imports
+        (the local executor forks them from a process that keeps the stack imported: execute/warm_jobs.py); on a
+        scheduler's nodes nothing changes."""
         ...

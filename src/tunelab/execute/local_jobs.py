@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.execute.executor import UNSEEN, Capacity, JobInfo, JobKind, OneJobEachRun
 from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
+from tunelab.execute.warm_jobs import WarmJob, WarmProcesses
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
 from tunelab.rundir import now_iso
 from tunelab.rundir.config import RunConfig
@@ -118,7 +121,20 @@ class LocalExecutor(OneJobEachRun):
     first_state = JobState.RUNNING  # a job's state once `submit` returned
 
     def __init__(self) -> None:
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen | WarmJob] = {}
+        self._warm: WarmProcesses | None = None
+
+    @contextmanager
+    def warm_starts(self) -> Iterator[None]:
+        """Inside, a training job (job.sh as tunelab wrote it: the search's trials) is forked from a process that keeps
+        the training stack imported, one per environment (execute/warm_jobs.py); they end with the block."""
+        outer, self._warm = self._warm, self._warm or WarmProcesses()
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._warm.close()
+            self._warm = outer
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
@@ -126,12 +142,18 @@ class LocalExecutor(OneJobEachRun):
             raise ValueError("the local executor starts jobs when asked: it has no dependencies or arrays")
         run_dir = Path(script).parent
         kind = JobKind.TRAIN if Path(script).name in (TRAIN_SCRIPT, "job.sbatch") else JobKind.EVAL
-        with open(self.log(run_dir, kind, ""), "a", encoding="utf-8") as log:
+        job_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}  # job.sh's too
+        log_path = self.log(run_dir, kind, "")
+        with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n{ATTEMPT_MARK} {kind} job started {now_iso()}"
                       + "".join(f" {k}={v}" for k, v in (env or {}).items()) + " =====\n")
             log.flush()
-            proc = subprocess.Popen(["bash", str(script)], cwd=run_dir,
-                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+            warm = (self._warm.start(run_dir / "run.yaml", log_path, job_env)
+                    if self._warm is not None and Path(script).name == TRAIN_SCRIPT else None)
+            if warm is not None:
+                self._procs[str(warm.pid)] = warm
+                return str(warm.pid)
+            proc = subprocess.Popen(["bash", str(script)], cwd=run_dir, env=job_env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs[str(proc.pid)] = proc
         return str(proc.pid)
@@ -151,7 +173,8 @@ class LocalExecutor(OneJobEachRun):
             code = proc.poll() if proc is not None else None
             if proc is not None and code is not None:
                 out[i] = JobInfo(exit_state(code), exit_code=f"{max(code, 0)}:{max(-code, 0)}")
-            elif proc is not None or (i.isdigit() and _runs_script(int(i))):
+            elif (proc is not None and not (isinstance(proc, WarmJob) and proc.lost)) \
+                    or (i.isdigit() and _runs_script(int(i))):
                 out[i] = JobInfo(JobState.RUNNING)
             else:
                 out[i] = JobInfo(UNSEEN)

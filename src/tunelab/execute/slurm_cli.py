@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +394,9 @@ class SlurmExecutor:
         if self.has_sacct:
             return []
         return ["[yellow]sacct not found: job ends are judged from squeue, job logs and run files[/yellow]"]
+
+    def warm_starts(self) -> AbstractContextManager[None]:
+        return nullcontext()  # each job starts on the node Slurm gives it
 
     def unanswered(self) -> tuple[float, str] | None:
         if self.unanswered_since is None:

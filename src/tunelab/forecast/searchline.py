@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
 from tunelab.forecast.deadline import SEARCH_STEPS, GiveOption, SearchLine
 from tunelab.forecast.evalrun import RunEvalPrediction
-from tunelab.forecast.tunecost import SearchCost, search_cost
+from tunelab.forecast.tunecost import SearchCost, search_cost, warm_start_s
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.rundir.tuned import combination_runs
@@ -30,9 +30,10 @@ class PendingSearch:
     searched: list[str]
     evaluations: dict[str, RunEvalPrediction] = field(default_factory=dict)
     lanes: int = 1  # combinations searched side by side (tune/search.py: the CPU shares of the runs)
+    warm_s: float = 0.0  # what a trial after its combination's first skips of its start-up (tunecost.warm_start_s)
 
     def costs(self, trials: int, budget: float) -> list[SearchCost]:
-        return [search_cost(name, run, est, trials, budget, self.evaluations.get(name))
+        return [search_cost(name, run, est, trials, budget, self.evaluations.get(name), self.warm_s)
                 for name, run, est in self.combos]
 
     def p90(self, trials: int, budget: float) -> float | None:
@@ -52,7 +53,8 @@ def pending_search(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[
             searched.append(name)
         else:
             combos.append((name, group[0], estimates.get(group[0].name)))
-    return PendingSearch(combos, tune.trials, tune.budget, searched, evaluations or {}, max(1, min(lanes, len(combos))))
+    return PendingSearch(combos, tune.trials, tune.budget, searched, evaluations or {}, max(1, min(lanes, len(combos))),
+                         warm_start_s(spec))
 
 
 def _summed(costs: list[SearchCost], lanes: int = 1) -> tuple[float | None, float | None, float | None]:

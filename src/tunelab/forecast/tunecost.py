@@ -1,9 +1,13 @@
 """The price of the learning-rate search (`tune:`) beside the sweep, per combination, as the pruner will spend it:
 
-    trials × (start-up + share × budget × the rest of the run's training) + finished × one trial's evaluation
+    trials × (start-up + share × budget × the rest of the run's training) − (trials − 1) × warm
+    + finished × one trial's evaluation
 
-Every trial is a job that pays its start-up in full; `share` is what successive halving lets a trial train
-(forecast/halving.py); `finished` trials are evaluated on the objective's task. The interval is the run's, scaled."""
+Every trial is a job of its own; on the local executor a trial after its combination's first is forked from a process
+that keeps the training stack imported (execute/warm_jobs.py), so it skips `warm`, the stack's import as the jobs
+recorded it here (tunelab/jobimports.py; 0 before one is recorded, and on a scheduler, where each trial starts in
+full). `share` is what successive halving lets a trial train (forecast/halving.py); `finished` trials are evaluated on
+the objective's task. The interval is the run's, scaled."""
 
 from __future__ import annotations
 
@@ -15,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
 from tunelab.fsutil import human_seconds
+from tunelab.jobimports import Stack, recorded_import_s
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.rundir.tuned import combination_runs
 from tunelab.spec import ExperimentSpec
+from tunelab.spec.resources import ExecutorKind
 from tunelab.spec.tune import objective_task
 
 
@@ -68,25 +74,35 @@ def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callab
     return {name: price(trial_eval_config(group[0], task)) for name, group in combination_runs(spec, runs).items()}
 
 
+def warm_start_s(spec: ExperimentSpec) -> float:
+    """What a warm-started trial skips of its start-up: the training stack's import as recorded here, where the
+    executor forks trials from a warm process (local); 0 on a scheduler, or before an import was recorded."""
+    if spec.resources.executor != ExecutorKind.LOCAL:
+        return 0.0
+    return recorded_import_s(Stack.TRAINING) or 0.0
+
+
 def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
                  evaluations: dict[str, RunEvalPrediction] | None = None) -> list[SearchCost]:
     """Every combination's search priced ([] without `tune:`); `evaluations`: one trial's by combination."""
     tune = spec.tune
     if tune is None:
         return []
+    warm = warm_start_s(spec)
     return [search_cost(name, group[0], estimates.get(group[0].name), tune.trials, tune.budget,
-                        (evaluations or {}).get(name)) for name, group in combination_runs(spec, runs).items()]
+                        (evaluations or {}).get(name), warm) for name, group in combination_runs(spec, runs).items()]
 
 
 def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trials: int, budget: float,
-                evaluation: RunEvalPrediction | None = None) -> SearchCost:
-    """One combination's search of `trials` at `budget`: the one formula the plan and the verdict price with."""
+                evaluation: RunEvalPrediction | None = None, warm_s: float = 0.0) -> SearchCost:
+    """One combination's search of `trials` at `budget`: the one formula the plan and the verdict price with
+    (`warm_s`: what a trial after the first skips of its start-up, warm_start_s)."""
     every = run.training.validation_every_steps if run.training is not None else None
     steps = trial_steps(est, budget)
     interval = validation_interval(every, steps)
     share = spent_share(trials, steps, interval) if steps else 1.0
-    seconds = search_seconds(est, trials, budget, share) if est is not None else None
-    unpruned = search_seconds(est, trials, budget) if est is not None else None
+    seconds = search_seconds(est, trials, budget, share, warm_s) if est is not None else None
+    unpruned = search_seconds(est, trials, budget, 1.0, warm_s) if est is not None else None
     factor = seconds / est.seconds if est is not None and seconds is not None and est.seconds else 0.0
     span = _scaled(est.time_range if est is not None else None, factor)
     finished = (expected_finished(trials, steps, interval) if steps else float(trials)) if evaluation else 0.0
@@ -99,7 +115,7 @@ def search_cost(combination: str, run: RunConfig, est: RunEstimate | None, trial
         spent_share=round(share, 4), seconds=round(seconds, 1) if seconds is not None else None,
         unpruned_s=round(unpruned, 1) if unpruned is not None else None, time_range=span,
         evaluated=round(finished, 3), eval_s=round(one.p50_s, 1) if one is not None else None,
-        source=_source(run.name, est, trials, budget, share, bool(steps)) + _eval_source(evaluation, finished))
+        source=_source(run.name, est, trials, budget, share, bool(steps), warm_s) + _eval_source(evaluation, finished))
 
 
 def _one_evaluation(evaluation: RunEvalPrediction | None) -> TimeRange | None:
@@ -120,13 +136,16 @@ def _plus(span: TimeRange | None, one: TimeRange, times: float) -> TimeRange | N
                      p90_s=round(span.p90_s + times * one.p90_s, 1), basis=span.basis)
 
 
-def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share: float, steps_known: bool) -> str:
+def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share: float, steps_known: bool,
+            warm_s: float = 0.0) -> str:
     startup = est.startup_s if est is not None else None
     time = est.time_source if est is not None else "none"
     how = (f"{share:.0%} of the budgets trained: successive halving (η {REDUCTION_FACTOR}) stops the rest"
            if steps_known else "the run's steps are not known: priced as if every trial trained its budget")
+    warm = (f" − {trials - 1} × {warm_s:.1f} s: the trials after the first forked from a process that imported the "
+            "training stack once (its import as recorded here)" if warm_s and trials > 1 else "")
     return (f"{trials} trials × (start-up {startup} s + {share:.2f} × {budget:g} × the rest of {run}'s predicted "
-            f"training time ({time})); {how}")
+            f"training time ({time})){warm}; {how}")
 
 
 def _eval_source(evaluation: RunEvalPrediction | None, finished: float) -> str:
@@ -143,10 +162,12 @@ def trial_steps(est: RunEstimate | None, budget: float) -> int:
     return max(1, math.floor(budget * est.steps)) if est is not None and est.steps else 0
 
 
-def search_seconds(est: RunEstimate, trials: int, budget: float, share: float = 1.0) -> float | None:
-    """trials × (start-up + share × budget × the training after it): each trial is a job of its own and starts in
-    full; `share` of its budget trained (1.0: every trial to its budget)."""
+def search_seconds(est: RunEstimate, trials: int, budget: float, share: float = 1.0,
+                   warm_s: float = 0.0) -> float | None:
+    """trials × (start-up + share × budget × the training after it) − (trials − 1) × warm_s: each trial is a job of
+    its own, the first starting in full, the others without `warm_s` of it (warm_start_s); `share` of its budget
+    trained (1.0: every trial to its budget)."""
     if est.seconds is None:
         return None
     startup = min(est.startup_s or 0.0, est.seconds)
-    return trials * (startup + share * budget * (est.seconds - startup))
+    return trials * (startup + share * budget * (est.seconds - startup)) - max(0, trials - 1) * min(warm_s, startup)

@@ -66,25 +66,36 @@ def train_job(run_yaml: Path) -> None:
         raise
 
 
+def import_training_stack() -> None:
+    """This process's threads decided before torch loads (a torchrun rank: its share of the job's cores;
+    tunelab/host/threads.py), then the training stack imported; where others held cores meanwhile, fewer threads."""
+    skip_unused_packages()  # before TRL is imported
+    planned = threads.decide(local_processes())
+    threads.apply(planned)
+    meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
+    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
+    fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
+
+
+def run_job(run_yaml: Path) -> int:
+    """The job once its stack is imported (here, or by the warm process it was forked from: train/warm.py): its exit
+    status, a TunelabError one line on stderr and 1."""
+    try:
+        train_job(run_yaml)
+    except TunelabError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m tunelab.train.job RUN_YAML`: a TunelabError is one line on stderr and exit status 1."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m tunelab.train.job RUN_YAML (a run's run.yaml or its directory)", file=sys.stderr)
         return 2
-    skip_unused_packages()  # before TRL is imported
-    # this process's threads before torch loads (a torchrun rank: its share of the job's cores; tunelab/host/threads.py)
-    planned = threads.decide(local_processes())
-    threads.apply(planned)
-    meter = LoadMeter.start(threads=planned.torch)  # the load on its cores over its imports (host/adapt.py)
-    import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
-    fit_to_free_cores(planned, meter)  # others held cores as it started: threads for the cores left
-    try:
-        train_job(Path(args[0]))
-    except TunelabError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    import_training_stack()
+    return run_job(Path(args[0]))
 
 
 if __name__ == "__main__":

@@ -302,5 +302,6 @@ def search(spec_path: str | Path, trials: int | None = None,
             best[combo.name] = rate
             write_best(plan.experiment_dir, best)
 
-    side_by_side(todo, lanes(ex, [c.run for c in todo], len(todo)), one, keep)
+    with ex.warm_starts():  # a lane's trials, one after another on its share: forked from one import (local)
+        side_by_side(todo, lanes(ex, [c.run for c in todo], len(todo)), one, keep)
     return best

@@ -1,0 +1,156 @@
+"""The local executor's warm processes (train/warm.py): while a caller keeps them (`LocalExecutor.warm_starts`, the
+learning-rate search's trials), a training job is forked from a process that keeps the training stack imported, one
+such process for each environment jobs are started with (a lane's share of the cores). The first job of an
+environment waits for its process's imports, as a fresh job would import; every later one starts at once.
+
+A warm process that cannot start, or is gone, is said and the job starts as any other (bash job.sh): nothing is lost
+but the time. A job whose warm process ended before it did is followed by its pid as another process would follow it
+(its end then read from the run's files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from tunelab.console import say
+
+WARM_MODULE = "tunelab.train.warm"
+READY_TIMEOUT_S = 300.0  # a warm process's imports, at most (a loaded machine's first import of the stack)
+REPLY_TIMEOUT_S = 30.0  # a fork's reply once imported
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WarmJob:
+    """A job forked by a warm process, as the executor follows it: its exit status once the warm process said it
+    (None before), and `lost` once neither it nor its warm process runs any more with its status unsaid."""
+
+    def __init__(self, pid: int, source: WarmProcess):
+        self.pid, self.source = pid, source
+
+    def poll(self) -> int | None:
+        return self.source.codes.get(self.pid)
+
+    @property
+    def lost(self) -> bool:
+        return self.poll() is None and not self.source.running and not _alive(self.pid)
+
+
+class WarmProcess:
+    """One warm process and the thread reading its replies."""
+
+    def __init__(self, env: dict[str, str]):
+        self.codes: dict[int, int] = {}
+        self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.ready = threading.Event()
+        self.threads: int | None = None
+        self.lock = threading.Lock()
+        self.errors: IO[str] = tempfile.TemporaryFile("w+", prefix="tunelab-warm-")  # its stderr: why it failed
+        python = os.environ.get("TUNELAB_PYTHON") or sys.executable  # job.sh's interpreter
+        self.proc = subprocess.Popen([python, "-m", WARM_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errors, env=env, start_new_session=True)
+        threading.Thread(target=self._read, name="tunelab-warm-replies", daemon=True).start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "exited" in message:
+                self.codes[int(message["exited"])] = int(message["code"])
+            elif "ready" in message:
+                self.threads = int(message.get("threads", 0))
+                self.ready.set()
+            else:
+                self.replies.put(message)
+        self.ready.set()  # gone: nobody waits for it
+        self.replies.put({"error": "the warm process ended"})
+
+    def why_gone(self) -> str:
+        self.errors.seek(0)
+        lines = [line for line in self.errors.read().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self.proc.poll()}"
+
+    def start(self, run_yaml: Path, log: Path) -> WarmJob | None:
+        """Fork the job of `run_yaml`, its output appended to `log`; None where this process could not (said)."""
+        with self.lock:
+            if not self.ready.wait(READY_TIMEOUT_S) or not self.running:
+                return None
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(json.dumps({"run_yaml": str(run_yaml), "log": str(log)}).encode() + b"\n")
+                self.proc.stdin.flush()
+                reply = self.replies.get(timeout=REPLY_TIMEOUT_S)
+            except (OSError, queue.Empty):
+                return None
+            except BaseException:  # Ctrl-C between the request and its reply: no job may start unfollowed
+                self.close(kill=True)
+                raise
+        return WarmJob(int(reply["started"]), self) if "started" in reply else None
+
+    def close(self, kill: bool = False) -> None:
+        """End the warm process (its jobs go on: they are sessions of their own)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if kill and self.running:
+            self.proc.send_signal(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.errors.close()
+
+
+class WarmProcesses:
+    """The warm processes of one `warm_starts` block, one per environment, started at its first job."""
+
+    def __init__(self) -> None:
+        self.by_env: dict[tuple[tuple[str, str], ...], WarmProcess] = {}
+        self.lock = threading.Lock()
+        self.said = False
+
+    def start(self, run_yaml: Path, log: Path, env: dict[str, str]) -> WarmJob | None:
+        """The job forked by the warm process of `env` (the job's whole environment); None: start it cold."""
+        key = tuple(sorted(env.items()))
+        with self.lock:
+            warm = self.by_env.get(key)
+            if warm is None:
+                warm = self.by_env[key] = WarmProcess(env)
+        job = warm.start(run_yaml, log)
+        if job is None and not self.said:
+            self.said = True
+            say("[yellow]the warm process for training jobs could not start {} ({}): jobs start as usual[/yellow]",
+                run_yaml.parent.name, warm.why_gone() if not warm.running else "no reply")
+        return job
+
+    def close(self) -> None:
+        with self.lock:
+            for warm in self.by_env.values():
+                warm.close()
+            self.by_env.clear()

@@ -1,0 +1,156 @@
+"""A warm process: training jobs started one after another on one share of this machine (the learning-rate search's
+trials, tune/search.py) forked from a process that imported the training stack once, so that a job's start is its
+model and data, not a fresh interpreter importing torch, transformers, PEFT and TRL again (2.7 s of a trial's 3.1–3.6 s
+start-up on the CPU of docs/benchmarks.md, paid by every trial).
+
+    python -m tunelab.train.warm      (started by the local executor: execute/warm_jobs.py)
+
+Nothing but imports runs here before a fork (no torch op, no thread: OpenMP's pool and every thread start in the
+child). Each job is a child in a session of its own (its pid its process group, as a job the local executor starts
+with bash), its output appended to the run's log and its directory the run's: the executor follows it, stops it
+(SIGTERM to the group) and reads how it ended as it would any job's. The child then does what `python -m
+tunelab.train.job run.yaml` does after its imports (train/job.py `run_job`).
+
+The protocol is JSON lines. In, on stdin: {"run_yaml": PATH, "log": PATH}. Out, on the stdout it was started with:
+{"ready": PID, "threads": N} once imported; {"started": PID} or {"error": WHY} per request; {"exited": PID, "code": C}
+when a child ends (C negative: the signal that ended it, as subprocess's returncode). It ends when its stdin closes;
+jobs running then go on, as a job started by bash would."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+WARM_ENV = "TUNELAB_WARM_START"  # set in a forked job: the pid of the warm process it was forked from
+REAP_S = 0.1  # how often ended children are looked for between requests
+SESSION_WAIT_S = 5.0  # a forked child's setsid, at most
+
+
+class Warm:
+    """The warm process's loop: requests in, children forked and reaped, every event one line out."""
+
+    def __init__(self, requests: int, replies: int):
+        self.requests, self.replies = requests, replies
+        self.children: set[int] = set()
+        self.pending = b""
+
+    def send(self, **message: object) -> None:
+        os.write(self.replies, (json.dumps(message) + "\n").encode())
+
+    def serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.requests], [], [], REAP_S)
+            if ready:
+                chunk = os.read(self.requests, 65536)
+                if not chunk:  # the executor closed its end: done (running jobs go on)
+                    return
+                self.pending += chunk
+                while b"\n" in self.pending:
+                    line, self.pending = self.pending.split(b"\n", 1)
+                    self.handle(line)
+            self.reap()
+
+    def handle(self, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+            run_yaml, log = Path(request["run_yaml"]), Path(request["log"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.send(error=f"not a request: {exc}")
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send(error=f"fork failed: {exc}")
+            return
+        if pid == 0:
+            _child(run_yaml, log, (self.requests, self.replies))
+        self.children.add(pid)
+        _await_session(pid)
+        self.send(started=pid)
+
+    def reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                self.children.discard(pid)
+                continue
+            if done:
+                self.children.discard(pid)
+                self.send(exited=pid, code=os.waitstatus_to_exitcode(status))
+
+
+def _await_session(pid: int) -> None:
+    """Return once the child leads its own session (or has ended): from then on, the executor's SIGTERM to its process
+    group reaches it."""
+    end = time.monotonic() + SESSION_WAIT_S
+    while time.monotonic() < end:
+        try:
+            if os.getpgid(pid) == pid:
+                return
+        except ProcessLookupError:
+            return
+        time.sleep(0.001)
+
+
+def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
+    """The forked job: its own session, the run's log as stdout and stderr, the run's directory, then the job."""
+    code = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in pipes:
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.chdir(run_yaml.parent)
+        os.environ[WARM_ENV] = str(os.getppid())
+        print(f"[tunelab train] started warm: forked from process {os.getppid()}, which imported the training "
+              "stack once for every job on this share", flush=True)
+        from tunelab.host import threads
+        from tunelab.train.distributed import local_processes
+        from tunelab.train.job import run_job
+
+        threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
+        code = run_job(run_yaml)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 — whatever ended the job is in its log, and its exit status says so
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def main() -> int:
+    """Import the training stack, say ready, then serve requests until stdin closes."""
+    replies = os.dup(1)  # the protocol's own descriptor: whatever an import prints goes to stderr, not into it
+    os.dup2(2, 1)
+    from tunelab.train.job import import_training_stack
+
+    import_training_stack()
+    warm = Warm(0, replies)
+    warm.send(ready=os.getpid(), threads=threading.active_count())
+    warm.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

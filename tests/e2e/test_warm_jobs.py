@@ -1,0 +1,100 @@
+"""The local executor's warm starts (execute/warm_jobs.py, train/warm.py), on real training jobs: a job forked from a
+process that imported the training stack once trains its run exactly as a job bash started (the same losses, step by
+step), is followed, stopped and read through the executor as one, and a warm process that cannot start, or is killed
+under a running job, loses nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from tunelab.execute import warm_jobs
+from tunelab.execute.executor import JobKind
+from tunelab.execute.job_states import UNSEEN, JobState
+from tunelab.execute.local_jobs import LocalExecutor
+from tunelab.fsutil import read_json, read_jsonl
+from tunelab.rundir.config import RunConfig
+from tunelab.scaffold.write import scaffold
+
+pytestmark = pytest.mark.slow
+
+FORKED = re.compile(r"started warm: forked from process (\d+)")
+
+
+def _runs(spec_in, where: Path, steps: int) -> list[RunConfig]:
+    spec = spec_in(where, factors={"lora_rank": [4, 8]}, controls=False,
+                   training={"epochs": 1, "max_steps": steps, "logging_steps": 1, "checkpoint_every": 1000})
+    return scaffold(spec).runs
+
+
+def _until_ended(ex: LocalExecutor, job: str, timeout: float = 240) -> JobState | str:
+    assert wait_for(lambda: ex.poll([job])[job].ended, timeout), f"job {job} still running"
+    return ex.poll([job])[job].state
+
+
+def _losses(cfg: RunConfig) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_jsonl(cfg.run_dir / "metrics.jsonl") if r.get("loss") is not None]
+
+
+def test_warm_jobs_train_as_bash_started_ones_from_one_import(spec_in, tmp_path):
+    cold_r4, _ = _runs(spec_in, tmp_path / "cold", 6)
+    warm_r4, warm_r8 = _runs(spec_in, tmp_path / "warm", 6)
+    ex = LocalExecutor()
+    cold = ex.submit(ex.script(cold_r4, JobKind.TRAIN), env={})
+    assert _until_ended(ex, cold) == JobState.COMPLETED
+    with ex.warm_starts():
+        first = ex.submit(ex.script(warm_r4, JobKind.TRAIN), env={})
+        assert _until_ended(ex, first) == JobState.COMPLETED
+        second = ex.submit(ex.script(warm_r8, JobKind.TRAIN), env={})
+        assert _until_ended(ex, second) == JobState.COMPLETED
+        (warm,) = ex._warm.by_env.values()  # one warm process for the one environment
+        assert warm.threads == 1  # nothing but the main thread when it forked
+    assert not warm.running  # ended with the block
+    parents = {int(m.group(1)) for cfg in (warm_r4, warm_r8) for m in FORKED.finditer((cfg.run_dir / "train.log")
+                                                                                     .read_text())}
+    assert parents == {warm.proc.pid}
+    assert "started warm" not in (cold_r4.run_dir / "train.log").read_text()
+    for cfg, job in ((warm_r4, first), (warm_r8, second)):
+        summary = read_json(cfg.run_dir / "summary.json")
+        assert summary["state"] == "completed" and summary["pid"] == int(job) != warm.proc.pid
+    assert _losses(warm_r4) == _losses(cold_r4) and len(_losses(cold_r4)) == 6  # the same training, bit for bit
+    assert _losses(warm_r8) != _losses(warm_r4)  # (not one run's records read twice)
+
+
+def test_a_warm_job_is_stopped_by_the_executor_and_survives_its_warm_process(spec_in, tmp_path):
+    stopped, orphaned = _runs(spec_in, tmp_path / "exp", 400)
+    ex = LocalExecutor()
+    with ex.warm_starts():
+        job = ex.submit(ex.script(stopped, JobKind.TRAIN), env={})
+        assert os.getpgid(int(job)) == int(job)  # its own process group, as bash's job is: SIGTERM reaches it all
+        assert wait_for(lambda: len(_losses(stopped)) >= 2, 120)
+        ex.cancel([job])
+        assert _until_ended(ex, job) == JobState.FAILED  # exit 1 after saving, as a bash-started job's
+        status = read_json(stopped.run_dir / "status.json")
+        assert status["state"] == "interrupted" and "saved on SIGTERM" in status["error"]
+        other = ex.submit(ex.script(orphaned, JobKind.TRAIN), env={})
+        (warm,) = ex._warm.by_env.values()
+        assert wait_for(lambda: len(_losses(orphaned)) >= 2, 120)
+        warm.proc.send_signal(signal.SIGKILL)  # its warm process gone: the job trains on, followed by its pid
+        warm.proc.wait()
+        assert ex.poll([other])[other].state == JobState.RUNNING
+        os.killpg(int(other), signal.SIGTERM)
+        assert wait_for(lambda: read_json(orphaned.run_dir / "status.json")["state"] == "interrupted", 120)
+        assert wait_for(lambda: ex.poll([other])[other].state == UNSEEN, 30)  # its exit status unsaid: unseen
+
+
+def test_a_warm_process_that_cannot_start_leaves_the_job_to_bash(spec_in, tmp_path, monkeypatch, capsys):
+    cfg, _ = _runs(spec_in, tmp_path / "exp", 2)
+    monkeypatch.setattr(warm_jobs, "WARM_MODULE", "tunelab.train.no_such_module")
+    ex = LocalExecutor()
+    with ex.warm_starts():
+        job = ex.submit(ex.script(cfg, JobKind.TRAIN), env={})
+        assert _until_ended(ex, job) == JobState.COMPLETED
+    assert "started warm" not in (cfg.run_dir / "train.log").read_text()
+    said = capsys.readouterr().out
+    assert "could not start" in said and "no_such_module" in said
