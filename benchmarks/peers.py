@@ -87,8 +87,8 @@ def run_evaluation(args: argparse.Namespace, out: Path) -> tuple[list, list[str]
 def run_search(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
     inputs = prepare(out / "inputs", "tiny", search.SEARCH_WORDS)
     rows, lines = search.compare(inputs, Job(threads=args.threads), search.Search(), out, args.repeats,
-                                 Path(sys.executable), tuple(args.tools))
-    return rows, lines + summary.search_lines(rows)
+                                 Path(sys.executable), tuple(args.tools), args.warm_caches)
+    return rows, lines + summary.search_lines(rows, args.warm_caches)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -100,6 +100,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     f"evaluation: each model's own demo sweep; --device cuda: {', '.join(GPU_MODELS)})")
     ap.add_argument("--tools", default=",".join(registry.TRAINERS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warm-caches", action="store_true",
+                    help="the search only: every side runs once untimed first and its timed repeats keep the caches "
+                         "and history it left (each tool's second search on this machine; default: every repeat cold)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP threads of every tool alike")
     ap.add_argument("--words", type=int, default=None, help="fewer rows than the demo's (default: the demo's)")
     ap.add_argument("--parts", default=",".join(PARTS),
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if "search" in args.parts:
         search_rows, search_lines = run_search(args, out)
         lines += search_lines
-        tables.append(summary.search_table(search_rows))
+        tables.append(summary.search_table(search_rows, args.warm_caches))
         record["search"] = [asdict(r) for r in search_rows]
     record["lines"] = lines
     (out / "peers.md").write_text("\n\n".join(tables) + "\n")

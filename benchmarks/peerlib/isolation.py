@@ -35,3 +35,18 @@ def fresh_home(where: Path) -> dict[str, str]:
     env = {name: str(where / sub) if sub else str(where) for name, sub in CACHE_DIRS.items()}
     env["TUNELAB_HISTORY"] = str(where / HISTORY)
     return env
+
+
+def kept_home(where: Path) -> dict[str, str]:
+    """The environment of a run on warm caches (`--warm-caches`): the same variables, pointed under `where`, which an
+    untimed run of the same tool filled first (made here if it does not exist yet)."""
+    where = where.resolve()
+    where.mkdir(parents=True, exist_ok=True)
+    env = {name: str(where / sub) if sub else str(where) for name, sub in CACHE_DIRS.items()}
+    env["TUNELAB_HISTORY"] = str(where / HISTORY)
+    return env
+
+
+def home_env(where: Path, warm: bool) -> dict[str, str]:
+    """kept_home where `warm`, else fresh_home."""
+    return kept_home(where) if warm else fresh_home(where)

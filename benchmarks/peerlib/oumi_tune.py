@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from peerlib.job import Inputs, Job
-from peerlib.isolation import fresh_home
+from peerlib.isolation import home_env
 from peerlib.measure import Launch, Measured, own_thread_rule, run_all, span, thread_env
 from peerlib.oumi import (
     chat_markers,
@@ -175,29 +175,31 @@ def studies(search: Any, job: Job) -> dict[str, OumiSearch]:
 
 
 def level_launches(commands: dict[str, tuple[list[str], Path]], threads: int, at_once: bool,
-                   home: Path) -> list[Launch]:
+                   home: Path, warm: bool = False) -> list[Launch]:
     """How the studies' `oumi tune` commands ({level: (command, cwd)}) run: one after the other with all `threads`
     each (Oumi's own way: one study, one process), or at once, each with its share of the cores (threads ÷ studies,
     at least 1) on the same cores (taskset, as tunelab's side): the way tunelab runs its two studies. All share
-    one fresh home (peerlib/isolation.py), as tunelab's studies share theirs."""
+    one fresh home (peerlib/isolation.py), as tunelab's studies share theirs (`warm`: one an untimed run filled)."""
     share = max(1, threads // len(commands)) if at_once else threads
     prefix = own_thread_rule(threads, {})[0] if at_once else []
-    env = thread_env(share, fresh_home(home))
+    env = thread_env(share, home_env(home, warm))
     return [Launch([*prefix, *command], env, cwd, cwd / "output.log") for command, cwd in commands.values()]
 
 
 def run_oumi(inputs: Inputs, job: Job, search: Any, out: Path, python: Path, repeat: int,
-             at_once: bool = False) -> Any:
+             at_once: bool = False, home: Path | None = None) -> Any:
     """The whole search as peerlib/search.py's SearchResult: one `oumi tune` per level, in sequence (the wall: their
     sum, each process's own start-up included, as each tunelab trial pays its own) or at once (`at_once`, tool
-    "oumi at once": the wall from the first start to the last exit)."""
+    "oumi at once": the wall from the first start to the last exit). `home`: warm caches kept there (None: a fresh
+    home in `out`)."""
     from peerlib.search import SearchResult
 
     shutil.rmtree(out, ignore_errors=True)
     row = SearchResult("oumi at once" if at_once else "oumi", repeat, wall_s=0.0)
     commands = {level: (tune_command(inputs, job, study, out / f"lora_rank-{level}", python),
                         out / f"lora_rank-{level}") for level, study in studies(search, job).items()}
-    measured = run_all(level_launches(commands, job.threads, at_once, out / "home"), at_once)
+    measured = run_all(level_launches(commands, job.threads, at_once, home or out / "home", home is not None),
+                       at_once)
     row.load_before, row.load_after = measured[0].load_before, measured[-1].load_after
     for level, m in zip(commands, measured):
         if m.returncode:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from peerlib.isolation import fresh_home
+from peerlib.isolation import home_env
 from peerlib.job import Inputs, Job
 from peerlib.measure import Measured, own_thread_rule, run_measured, thread_env
 from peerlib.tunelab_side import spec
@@ -61,13 +61,16 @@ def tunelab_spec(inputs: Inputs, job: Job, search: Search) -> dict:
     return out
 
 
-def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Path, repeat: int) -> SearchResult:
+def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Path, repeat: int,
+                home: Path | None = None) -> SearchResult:
+    """`tunelab tune` on a fresh experiment; `home`: warm caches kept there (None: a fresh home in `out`)."""
     shutil.rmtree(out, ignore_errors=True)
     exp = out / "experiment"
     exp.mkdir(parents=True)
     (exp / "experiment.yaml").write_text(yaml.safe_dump(tunelab_spec(inputs, job, search), sort_keys=False))
-    # the same cores, tunelab's rule over them; cold caches and history
-    prefix, env = own_thread_rule(job.threads, thread_env(job.threads, fresh_home(out / "home")))
+    # the same cores, tunelab's rule over them; cold caches and history (or those an untimed run left: --warm-caches)
+    prefix, env = own_thread_rule(job.threads, thread_env(job.threads, home_env(home or out / "home",
+                                                                                  home is not None)))
     measured: Measured = run_measured([*prefix, str(python), "-m", "tunelab", "tune", str(exp)], env, out,
                                       out / "output.log")
     row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after)
@@ -93,25 +96,31 @@ def describe(row: SearchResult) -> str:
 
 
 def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, python: Path,
-            tools: tuple[str, ...] = ("tunelab", "oumi")) -> tuple[list[SearchResult], list[str]]:
+            tools: tuple[str, ...] = ("tunelab", "oumi"), warm: bool = False) -> tuple[list[SearchResult], list[str]]:
     """tunelab tune and Oumi's oumi tune (both ways) on the same search, repeats interleaved (order rotated); `tools`:
-    the sides run (--tools: tunelab, oumi)."""
+    the sides run (--tools: tunelab, oumi). `warm` (--warm-caches): every side first runs once untimed, and its
+    timed repeats keep the caches and history that run left (a tool's second search on a machine), for all alike."""
     from peerlib import oumi_tune
     from peerlib.registry import env_python
 
     oumi_python = env_python("oumi")
-    sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r)} \
+    homes = {name: out / "search" / name / "home" for name in ("tunelab", "oumi", "oumi-at-once")} if warm else {}
+    sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r, homes.get("tunelab"))} \
         if "tunelab" in tools else {}
     lines = []
     if "oumi" not in tools:
         pass
     elif (oumi_python.parent.parent / ".tunelab-peer-env").exists():
-        sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r)
+        sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
+                                                            home=homes.get("oumi"))
         sides["oumi at once"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
-                                                                    at_once=True)
+                                                                    at_once=True, home=homes.get("oumi-at-once"))
     else:
         lines.append("search: oumi could not run: no environment: run scripts/peer-env oumi")
     rows: list[SearchResult] = []
+    for name in sides if warm else ():
+        print(f"[peers] search warm-up (not timed): {name}", flush=True)
+        print(f"  {describe(sides[name](out / 'search' / name.replace(' ', '-') / 'warm-up', -1))}", flush=True)
     for repeat in range(repeats):
         names = list(sides)[repeat % len(sides):] + list(sides)[:repeat % len(sides)]
         for name in names:

@@ -145,7 +145,7 @@ def eval_table(rows: list) -> str:
     return "\n".join(out)
 
 
-def search_lines(rows: list) -> list[str]:
+def search_lines(rows: list, warm: bool = False) -> list[str]:
     """One line per Oumi way (one after the other; at once, as tunelab's studies run): its wall over tunelab's."""
     walls = _by(rows, "tool")
     ours = walls.get("tunelab")
@@ -161,14 +161,16 @@ def search_lines(rows: list) -> list[str]:
             out.append(f"search: {tool} failed: {next(r.error for r in rows if r.tool == tool and r.error)}")
             continue
         out.append(f"search: tunelab ÷ {tool} = {theirs.median / ours.median:.2f}x (wall to the best rates, median "
-                   f"of {min(ours.n, theirs.n)}; best validation loss over the repeats: tunelab "
+                   f"of {min(ours.n, theirs.n)}, {'warm caches' if warm else 'cold caches'}; best validation loss "
+                   "over the repeats: tunelab "
                    f"{best['tunelab']:.4f}, {tool} {best[tool]:.4f})")
     return out
 
 
-def search_table(rows: list) -> str:
+def search_table(rows: list, warm: bool = False) -> str:
+    caches = "warm caches: each tool's second search" if warm else "cold caches"
     out = ["| search (oumi: its studies one after the other, all threads each; oumi at once: side by side, a share "
-           "each, as tunelab's) | repeat | wall s (cold caches) | trials | best rate and validation loss per rank |",
+           f"each, as tunelab's) | repeat | wall s ({caches}) | trials | best rate and validation loss per rank |",
            "|---|---|---|---|---|"]
     for r in rows:
         if r.error:

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from peerlib import oumi_tune  # noqa: E402
-from peerlib.isolation import fresh_home  # noqa: E402
+from peerlib.isolation import fresh_home, kept_home  # noqa: E402
 from peerlib.job import Inputs, Job  # noqa: E402
 from peerlib.measure import Launch, run_all, run_measured, span, thread_env  # noqa: E402
 from peerlib.tunelab_side import TunelabSide  # noqa: E402
@@ -151,6 +151,8 @@ def test_a_fresh_home_holds_tunelabs_cache_and_history_and_is_never_reused(tmp_p
     assert {"HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"} <= set(env)
     with pytest.raises(FileExistsError):
         fresh_home(tmp_path / "home")
+    (home / "left-by-a-warm-up").write_text("x")  # --warm-caches: the home an untimed run filled is kept
+    assert kept_home(tmp_path / "home") == env and (home / "left-by-a-warm-up").is_file()
 
 
 def test_the_search_reports_tunelab_against_oumi_both_ways_by_the_median_walls():
@@ -165,10 +167,12 @@ def test_the_search_reports_tunelab_against_oumi_both_ways_by_the_median_walls()
             row("tunelab", 2, 32.0, 4.40), row("oumi", 2, 41.0, 4.43), row("oumi at once", 2, 22.0, 4.48)]
     # by hand: medians tunelab 32, oumi 41, oumi at once 22; the lowest loss over each tool's repeats
     assert search_lines(rows) == [
-        "search: tunelab ÷ oumi = 1.28x (wall to the best rates, median of 3; best validation loss over the repeats: "
-        "tunelab 4.4000, oumi 4.4300)",
-        "search: tunelab ÷ oumi at once = 0.69x (wall to the best rates, median of 3; best validation loss over the "
-        "repeats: tunelab 4.4000, oumi at once 4.4600)"]
+        "search: tunelab ÷ oumi = 1.28x (wall to the best rates, median of 3, cold caches; best validation loss over "
+        "the repeats: tunelab 4.4000, oumi 4.4300)",
+        "search: tunelab ÷ oumi at once = 0.69x (wall to the best rates, median of 3, cold caches; best validation "
+        "loss over the repeats: tunelab 4.4000, oumi at once 4.4600)"]
+    assert "median of 3, warm caches;" in search_lines(rows, warm=True)[0]
     assert len(search_table(rows).splitlines()) == 2 + 9
+    assert "wall s (cold caches)" in search_table(rows) and "wall s (warm caches" in search_table(rows, warm=True)
     failed = [*rows[:2], SearchResult("oumi at once", 0, error="rank 8: exit 1: boom")]
     assert search_lines(failed)[1] == "search: oumi at once failed: rank 8: exit 1: boom"

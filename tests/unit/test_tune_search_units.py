@@ -77,7 +77,7 @@ def test_a_trial_left_running_is_taken_up_again_with_what_it_reported(tmp_path, 
 def test_a_trial_marked_pruned_by_a_killed_search_is_told_pruned_without_training_again(write_spec):
     from tunelab.execute.local_jobs import LocalExecutor
     from tunelab.rundir.tuned import Pruned, write_pruned
-    from tunelab.tune.trial import JOB_FILE, TrialRun
+    from tunelab.tune.trial import JOB_FILE, LOCAL_LOOK_S, TrialRun
 
     spec_path = write_spec(factors={"lora_rank": [4]}, tune=TUNE)
     plan = make_plan(spec_path, estimates=False)
@@ -88,6 +88,17 @@ def test_a_trial_marked_pruned_by_a_killed_search_is_told_pruned_without_trainin
     cfg = trial_config(combo, plan.experiment_dir, trial.number, trial.params[PARAM], 0.25)
     cfg.run_dir.mkdir(parents=True)
     write_pruned(cfg.run_dir, Pruned(step=3, value=4.4, at="2026-01-01T00:00:00+00:00"))
-    outcome = TrialRun(LocalExecutor(), cfg, trial, set()).run()
+    run = TrialRun(LocalExecutor(), cfg, trial, set())
+    outcome = run.run()
     assert (outcome.state, outcome.value, outcome.step) == (TrialState.PRUNED, 4.4, 3)
     assert not (cfg.run_dir / JOB_FILE).exists()  # no job started
+    # a local trial is looked at every 0.1 s (the executor's sweep every 0.5 s); a scheduler's at its own pace
+    assert (run.interval, LocalExecutor().poll_interval([cfg])) == (LOCAL_LOOK_S, 0.5) == (0.1, 0.5)
+
+    class Scheduler(LocalExecutor):
+        detached = True
+
+        def poll_interval(self, runs):
+            return 10.0
+
+    assert TrialRun(Scheduler(), cfg, trial, set()).interval == 10.0

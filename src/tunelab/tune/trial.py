@@ -29,6 +29,7 @@ from tunelab.tune.trial_eval import TrialEvaluation, evaluate_trial, record_job,
 __all__ = ["JOB_FILE", "Lane", "TrialOutcome", "TrialRun", "submit", "stop"]
 
 STOP_WAIT_S = 120.0  # how long a cancelled job may take to save and stop
+LOCAL_LOOK_S = 0.1  # a trial on this machine is looked at this often: its lane's next trial waits for its end
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ class TrialRun:
         self.ex, self.cfg, self.trial, self.evaluation = ex, healed_config(cfg), trial, evaluation
         self.lane = lane or Lane()
         self.reported = set(reported)  # steps Optuna already has (a resumed trial)
-        self.interval = ex.poll_interval([cfg])
+        # a look at a local trial reads its metrics and a process's state: cheap, and its end (or a pruned one's
+        # stop) seen sooner starts the lane's next trial sooner; a scheduler is asked at its own pace
+        self.interval = ex.poll_interval([cfg]) if ex.detached else min(ex.poll_interval([cfg]), LOCAL_LOOK_S)
 
     def run(self) -> TrialOutcome:
         """Start or follow the job to its end or pruning; an early end is retried as the sweep's runs are."""
