@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py [--out DIR] [--models tiny,smollm2] [--tools tunelab,torchtune,llamafactory,
                                axolotl,oumi] [--repeats 3] [--threads N] [--parts sweep,training,evaluation,search]
+                               [--warm-caches]     # the search on each tool's second run (default: all cold)
     python benchmarks/peers.py --smoke
     python benchmarks/peers.py --device cuda --parts training --tools tunelab,torchtune [--model-dir DIR]
                                [--peer-python torchtune=PYTHON]     # on a GPU: gpu_truth.py's peer row
