@@ -19,7 +19,13 @@ from pathlib import Path
 
 import psutil
 
-SAMPLE_S = 0.05
+# How often the tree's memory is read. Reading a process's smaps_rollup walks its page tables: 5.6 ms of CPU for a
+# process that imported torch (measured here, 2026-11-28), once per process of the tree per look. At 0.05 s that took
+# ~28 % of two cores from a tree of five such processes (tunelab's search: the coordinator, two warm processes, two
+# trials) against ~11 % from Oumi's two, so the sampler slowed the tool with more processes; at 0.2 s it is a quarter
+# of that. A training step's memory stays high for the whole run (the allocator keeps what it freed), so the peak is
+# still seen. `sampler_cpu_s` says what the reads cost each command.
+SAMPLE_S = 0.2
 
 
 def installed_version(python: Path, distribution: str) -> str:
@@ -48,6 +54,7 @@ class Measured:
     peak_rss_mib: float = 0.0  # the tree's summed RSS at its highest: shared pages counted once per process
     started: float = 0.0  # time.monotonic() at the start and at the exit: runs measured at once compare on it
     ended: float = 0.0
+    sampler_cpu_s: float = 0.0  # the CPU the memory reads took (this process's sampler thread), on the same cores
 
     def peak_pss_until(self, t: float) -> float | None:
         """The tree's peak PSS up to `t` seconds (e.g. the last training step's line): what training itself held,
@@ -155,6 +162,8 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
+    sampler_cpu = [0.0]
+
     def sample() -> None:
         nonlocal peak_pss, peak_rss, gpu_peak
         while not done.is_set():
@@ -164,6 +173,7 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
             if used is not None:
                 gpu_peak = max(gpu_peak or 0.0, used)
             samples.append((time.monotonic() - start, pss / 2**20))
+            sampler_cpu[0] = time.thread_time()
             done.wait(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -187,7 +197,7 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
     end = time.monotonic()
     return Measured(command=command, returncode=returncode, wall_s=end - start, peak_pss_mib=peak_pss / 2**20,
                     lines=lines, load_before=before, load_after=loadavg(), pss=samples, peak_gpu_mib=gpu_peak,
-                    peak_rss_mib=peak_rss / 2**20, started=start, ended=end)
+                    peak_rss_mib=peak_rss / 2**20, started=start, ended=end, sampler_cpu_s=round(sampler_cpu[0], 2))
 
 
 @dataclass(frozen=True)

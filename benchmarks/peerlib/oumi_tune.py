@@ -201,6 +201,7 @@ def run_oumi(inputs: Inputs, job: Job, search: Any, out: Path, python: Path, rep
     measured = run_all(level_launches(commands, job.threads, at_once, home or out / "home", home is not None),
                        at_once)
     row.load_before, row.load_after = measured[0].load_before, measured[-1].load_after
+    row.sampler_cpu_s = round(sum(m.sampler_cpu_s for m in measured), 2)
     for level, m in zip(commands, measured):
         if m.returncode:
             row.error = f"rank {level}: exit {m.returncode}: {m.tail(3)}"

@@ -48,6 +48,7 @@ class SearchResult:
     load_before: str = ""
     load_after: str = ""
     error: str | None = None
+    sampler_cpu_s: float = 0.0  # what the benchmark's memory reads of its processes took (peerlib/measure.py)
 
 
 def tunelab_spec(inputs: Inputs, job: Job, search: Search) -> dict:
@@ -73,7 +74,8 @@ def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Pat
                                                                                   home is not None)))
     measured: Measured = run_measured([*prefix, str(python), "-m", "tunelab", "tune", str(exp)], env, out,
                                       out / "output.log")
-    row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after)
+    row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after,
+                       sampler_cpu_s=measured.sampler_cpu_s)
     if measured.returncode:
         row.error = f"exit {measured.returncode}: {measured.tail(3)}"
         return row
@@ -91,7 +93,7 @@ def describe(row: SearchResult) -> str:
         return f"{row.tool}: failed: {row.error}"
     best = ", ".join(f"r{lvl}: lr {lr:.3g} val {loss:.4f}" for lvl, (lr, loss) in sorted(row.best.items()))
     return f"{row.tool}: wall {row.wall_s:.1f} s, {row.trials} trials; {best}; load {row.load_before} -> " \
-           f"{row.load_after}"
+           f"{row.load_after}; memory reads {row.sampler_cpu_s:.1f} CPU s"
 
 
 
