@@ -147,10 +147,11 @@ def own_thread_rule(threads: int, env: dict[str, str]) -> tuple[list[str], dict[
 
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path | None = None,
-                 timeout_s: float = 3600.0, gpu: bool = False) -> Measured:
+                 timeout_s: float = 3600.0, gpu: bool = False, memory: bool = True) -> Measured:
     """Run `command`, stdout and stderr merged, each line timestamped; its tree's peak PSS and summed RSS (and with
     `gpu` the GPU's peak used memory); the whole output also written to `log` when given (the peer's own record of
-    the run)."""
+    the run). `memory` off: nothing read while it runs (a comparison of walls alone: the reads cost CPU on the same
+    cores, more for a tree of more processes)."""
     before = loadavg()
     nvml = GpuMemory() if gpu else None
     gpu_peak: float | None = None
@@ -176,7 +177,7 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path |
             sampler_cpu[0] = time.thread_time()
             done.wait(SAMPLE_S)
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=sample if memory else done.wait, daemon=True)
     sampler.start()
     lines: list[Line] = []
     sink = log.open("w") if log else None
@@ -208,17 +209,18 @@ class Launch:
     env: dict[str, str]
     cwd: Path
     log: Path | None = None
+    memory: bool = True  # run_measured's
 
 
 def run_all(launches: list[Launch], at_once: bool) -> list[Measured]:
     """Each launch measured by run_measured, one after the other, or all at once (a thread each, so they start
     together); in the launches' order either way. Their `started`/`ended` share one clock: span() is the wall."""
     if not at_once:
-        return [run_measured(x.command, x.env, x.cwd, x.log) for x in launches]
+        return [run_measured(x.command, x.env, x.cwd, x.log, memory=x.memory) for x in launches]
     results: list[Measured | None] = [None] * len(launches)
 
     def one(i: int, x: Launch) -> None:
-        results[i] = run_measured(x.command, x.env, x.cwd, x.log)
+        results[i] = run_measured(x.command, x.env, x.cwd, x.log, memory=x.memory)
 
     threads = [threading.Thread(target=one, args=(i, x)) for i, x in enumerate(launches)]
     for t in threads:

@@ -183,7 +183,8 @@ def level_launches(commands: dict[str, tuple[list[str], Path]], threads: int, at
     share = max(1, threads // len(commands)) if at_once else threads
     prefix = own_thread_rule(threads, {})[0] if at_once else []
     env = thread_env(share, home_env(home, warm))
-    return [Launch([*prefix, *command], env, cwd, cwd / "output.log") for command, cwd in commands.values()]
+    return [Launch([*prefix, *command], env, cwd, cwd / "output.log", memory=False)  # walls compared, not memory
+            for command, cwd in commands.values()]
 
 
 def run_oumi(inputs: Inputs, job: Job, search: Any, out: Path, python: Path, repeat: int,

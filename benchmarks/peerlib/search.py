@@ -73,7 +73,7 @@ def run_tunelab(inputs: Inputs, job: Job, search: Search, out: Path, python: Pat
     prefix, env = own_thread_rule(job.threads, thread_env(job.threads, home_env(home or out / "home",
                                                                                   home is not None)))
     measured: Measured = run_measured([*prefix, str(python), "-m", "tunelab", "tune", str(exp)], env, out,
-                                      out / "output.log")
+                                      out / "output.log", memory=False)  # walls compared: no memory read beside
     row = SearchResult("tunelab", repeat, load_before=measured.load_before, load_after=measured.load_after,
                        sampler_cpu_s=measured.sampler_cpu_s)
     if measured.returncode:

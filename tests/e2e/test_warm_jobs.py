@@ -98,3 +98,23 @@ def test_a_warm_process_that_cannot_start_leaves_the_job_to_bash(spec_in, tmp_pa
     assert "started warm" not in (cfg.run_dir / "train.log").read_text()
     said = capsys.readouterr().out
     assert "could not start" in said and "no_such_module" in said
+
+
+def test_ctrl_c_while_a_warm_job_starts_leaves_no_job_running(spec_in, tmp_path):
+    cfg, _ = _runs(spec_in, tmp_path / "exp", 400)
+    warm = warm_jobs.WarmProcess({**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    real_get, started = warm.replies.get, []
+
+    def interrupted(timeout=None):
+        started.append(real_get(timeout=timeout))  # the job was forked and said so ...
+        warm.replies.put(started[-1])  # ... its reply still to be taken when Ctrl-C lands
+        warm.replies.get = real_get
+        raise KeyboardInterrupt
+
+    warm.replies.get = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        warm.start(cfg.run_dir / "run.yaml", cfg.run_dir / "train.log")
+    pid = int(started[0]["started"])
+    assert not warm.running  # the warm process killed ...
+    assert wait_for(lambda: not warm_jobs._alive(pid), 120)  # ... and the job it had forked stopped, not left training
+    assert not (cfg.run_dir / "summary.json").exists()

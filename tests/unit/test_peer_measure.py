@@ -22,8 +22,8 @@ from peerlib.tunelab_side import TunelabSide  # noqa: E402
 
 MIB = 2**20
 SHARED_MIB = 200
-# a parent that touches SHARED_MIB of anonymous memory page by page, forks, and both hold it for 1.5 s (~30 samples
-# at 50 ms); `-S`: no site import, so each interpreter is small
+# a parent that touches SHARED_MIB of anonymous memory page by page, forks, and both hold it for 1.5 s (~7 samples
+# at 0.2 s); `-S`: no site import, so each interpreter is small
 FORK_SHARING = f"""
 import os, time
 buf = bytearray({SHARED_MIB} * {MIB})
@@ -47,6 +47,10 @@ def test_a_forked_childs_shared_pages_count_once_in_pss_and_twice_in_summed_rss(
     assert measured.peak_rss_mib >= 2 * SHARED_MIB
     assert SHARED_MIB <= measured.peak_pss_mib <= SHARED_MIB + 2 * INTERPRETER_MIB
     assert measured.peak_pss_until(measured.wall_s) == pytest.approx(measured.peak_pss_mib)
+    assert measured.sampler_cpu_s > 0  # the reads' own CPU, said
+    walls_only = run_measured([sys.executable, "-S", "-c", FORK_SHARING], thread_env(1), tmp_path, memory=False)
+    assert walls_only.returncode == 0 and walls_only.pss == [] and walls_only.peak_pss_mib == 0
+    assert walls_only.sampler_cpu_s == 0  # nothing read beside a comparison of walls
 
 
 RENDEZVOUS = """

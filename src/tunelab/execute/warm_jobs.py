@@ -28,13 +28,12 @@ REPLY_TIMEOUT_S = 30.0  # a fork's reply once imported
 
 
 def _alive(pid: int) -> bool:
+    """Does `pid` run (a zombie, ended and not reaped yet, does not)?"""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WarmJob:
@@ -65,7 +64,8 @@ class WarmProcess:
         python = os.environ.get("TUNELAB_PYTHON") or sys.executable  # job.sh's interpreter
         self.proc = subprocess.Popen([python, "-m", WARM_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.errors, env=env, start_new_session=True)
-        threading.Thread(target=self._read, name="tunelab-warm-replies", daemon=True).start()
+        self.reader = threading.Thread(target=self._read, name="tunelab-warm-replies", daemon=True)
+        self.reader.start()
 
     @property
     def running(self) -> bool:
@@ -105,10 +105,23 @@ class WarmProcess:
                 reply = self.replies.get(timeout=REPLY_TIMEOUT_S)
             except (OSError, queue.Empty):
                 return None
-            except BaseException:  # Ctrl-C between the request and its reply: no job may start unfollowed
+            except BaseException:  # Ctrl-C between the request and its reply: no job may go on unfollowed
                 self.close(kill=True)
+                self._stop_unfollowed()
                 raise
         return WarmJob(int(reply["started"]), self) if "started" in reply else None
+
+    def _stop_unfollowed(self) -> None:
+        """A job forked just before this process was killed, its reply never taken: stopped (SIGTERM to its group,
+        as a trial's job is stopped on Ctrl-C: it saves and ends)."""
+        self.reader.join(timeout=5)  # every reply written before the kill read
+        while not self.replies.empty():
+            reply = self.replies.get_nowait()
+            if "started" in reply:
+                try:
+                    os.killpg(int(reply["started"]), signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def close(self, kill: bool = False) -> None:
         """End the warm process (its jobs go on: they are sessions of their own)."""
