@@ -118,3 +118,18 @@ def test_ctrl_c_while_a_warm_job_starts_leaves_no_job_running(spec_in, tmp_path)
     assert not warm.running  # the warm process killed ...
     assert wait_for(lambda: not warm_jobs._alive(pid), 120)  # ... and the job it had forked stopped, not left training
     assert not (cfg.run_dir / "summary.json").exists()
+
+
+def test_a_warm_process_that_never_gets_ready_is_ended_and_the_job_left_to_bash(spec_in, tmp_path, monkeypatch,
+                                                                                  capsys):
+    cfg, _ = _runs(spec_in, tmp_path / "exp", 2)
+    monkeypatch.setattr(warm_jobs, "WARM_MODULE", "json.tool")  # reads its stdin, never says ready
+    monkeypatch.setattr(warm_jobs, "READY_TIMEOUT_S", 1.0)
+    ex = LocalExecutor()
+    with ex.warm_starts():
+        job = ex.submit(ex.script(cfg, JobKind.TRAIN), env={})
+        (warm,) = ex._warm.by_env.values()
+        assert not warm.running  # ended, not left waiting
+        assert _until_ended(ex, job) == JobState.COMPLETED
+    assert "started warm" not in (cfg.run_dir / "train.log").read_text()
+    assert "it gave no reply in time and was ended" in capsys.readouterr().out

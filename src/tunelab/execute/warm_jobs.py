@@ -59,6 +59,8 @@ class WarmProcess:
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.ready = threading.Event()
         self.threads: int | None = None
+        self.refused = ""  # its reply where it started no job
+        self.tail = ""  # its stderr's last line, kept when it is closed
         self.lock = threading.Lock()
         self.errors: IO[str] = tempfile.TemporaryFile("w+", prefix="tunelab-warm-")  # its stderr: why it failed
         python = os.environ.get("TUNELAB_PYTHON") or sys.executable  # job.sh's interpreter
@@ -89,27 +91,40 @@ class WarmProcess:
         self.replies.put({"error": "the warm process ended"})
 
     def why_gone(self) -> str:
+        """Why it started no job: its stderr's last line, else what it replied, else that it gave no reply."""
+        return self._stderr_tail() or self.refused or "it gave no reply in time and was ended"
+
+    def _stderr_tail(self) -> str:
+        if self.errors.closed:
+            return self.tail
         self.errors.seek(0)
         lines = [line for line in self.errors.read().splitlines() if line.strip()]
-        return lines[-1] if lines else f"exit status {self.proc.poll()}"
+        return lines[-1] if lines else ""
 
     def start(self, run_yaml: Path, log: Path) -> WarmJob | None:
         """Fork the job of `run_yaml`, its output appended to `log`; None where this process could not (said)."""
         with self.lock:
-            if not self.ready.wait(READY_TIMEOUT_S) or not self.running:
+            if not self.ready.wait(READY_TIMEOUT_S) and self.running:  # never ready: ended, as one that never replied
+                self.close(kill=True)
+            if not self.running:
                 return None
             assert self.proc.stdin is not None
             try:
                 self.proc.stdin.write(json.dumps({"run_yaml": str(run_yaml), "log": str(log)}).encode() + b"\n")
                 self.proc.stdin.flush()
                 reply = self.replies.get(timeout=REPLY_TIMEOUT_S)
-            except (OSError, queue.Empty):
+            except (OSError, queue.Empty):  # gone, or no reply in time: ended, so no late fork trains beside bash's job
+                self.close(kill=True)
+                self._stop_unfollowed()
                 return None
             except BaseException:  # Ctrl-C between the request and its reply: no job may go on unfollowed
                 self.close(kill=True)
                 self._stop_unfollowed()
                 raise
-        return WarmJob(int(reply["started"]), self) if "started" in reply else None
+        if "started" not in reply:
+            self.refused = str(reply.get("error", reply))
+            return None
+        return WarmJob(int(reply["started"]), self)
 
     def _stop_unfollowed(self) -> None:
         """A job forked just before this process was killed, its reply never taken: stopped (SIGTERM to its group,
@@ -124,7 +139,9 @@ class WarmProcess:
                     pass
 
     def close(self, kill: bool = False) -> None:
-        """End the warm process (its jobs go on: they are sessions of their own)."""
+        """End the warm process (its jobs go on: they are sessions of their own); again: nothing."""
+        if self.errors.closed:
+            return
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
@@ -137,6 +154,7 @@ class WarmProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.tail = self._stderr_tail()
         self.errors.close()
 
 
@@ -159,7 +177,7 @@ class WarmProcesses:
         if job is None and not self.said:
             self.said = True
             say("[yellow]the warm process for training jobs could not start {} ({}): jobs start as usual[/yellow]",
-                run_yaml.parent.name, warm.why_gone() if not warm.running else "no reply")
+                run_yaml.parent.name, warm.why_gone())
         return job
 
     def close(self) -> None:
