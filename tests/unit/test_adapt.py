@@ -39,8 +39,12 @@ meter = LoadMeter.start(threads=planned.torch)
 time.sleep(2.0)  # the job's imports, as long as a tiny job's, the hog (not of its tree) burning a core meanwhile
 import torch
 got = fit_to_free_cores(planned, meter)
-print(json.dumps([planned.torch, torch.get_num_threads(), os.environ["OMP_NUM_THREADS"],
-                  got.others_cores if got else None, taken() == got]))
+line = [planned.torch, torch.get_num_threads(), os.environ["OMP_NUM_THREADS"], got.others_cores if got else None,
+        taken() == got]
+from tunelab.host.adapt import forget  # then what a job forked from this process does (train/warm.py)
+forget()
+threads.apply(threads.decide(1))
+print(json.dumps(line + [torch.get_num_threads(), taken() is None]))
 """
 
 def test_a_job_starting_beside_a_cpu_hog_takes_the_threads_for_the_cores_left():
@@ -56,9 +60,11 @@ def test_a_job_starting_beside_a_cpu_hog_takes_the_threads_for_the_cores_left():
         hog.kill()
         hog.wait()
     assert out.returncode == 0, out.stderr
-    planned, torch_threads, omp, others, recorded = json.loads(out.stdout.strip().splitlines()[-1])
+    planned, torch_threads, omp, others, recorded, forked, forgotten = json.loads(out.stdout.strip().splitlines()[-1])
     # the hog held a core (a little less while it started; other work on the machine only adds to it)
     assert planned == 2 and torch_threads == 1 and omp == "1" and others >= 0.5 and recorded
+    # a job forked from it decides its own threads: its plan's 2, the warm process's fit not reported as its own
+    assert forked == 2 and forgotten
 
 
 def test_a_users_thread_count_is_never_changed():

@@ -1,4 +1,6 @@
-"""The local machine as an Executor: a job is a job script run by bash in its own process group, its id that pid.
+"""The local machine as an Executor: a job is a job script run by bash in its own process group, its id that pid (inside
+`warm_starts`, the search's trials, a training job forked in its own process group from a warm process instead:
+execute/warm_jobs.py).
 Another process (`tunelab status` beside `tunelab run`) sees it running while the pid runs the run's script, and UNSEEN
 once it is gone (the run's files say how it ended).
 

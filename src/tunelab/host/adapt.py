@@ -26,7 +26,8 @@ class Adaptation:
     window_s: float
 
 
-_taken: Adaptation | None = None  # this process's adaptation, for its summary (one job a process)
+# this process's adaptation, for its summary (one job a process; a forked job forgets its warm process's)
+_taken: Adaptation | None = None
 
 
 def threads_left(planned: int, window: LoadWindow) -> int:
@@ -66,6 +67,13 @@ def fit_to_free_cores(plan: ThreadPlan, meter: LoadMeter | None) -> Adaptation |
         os.environ[name] = str(adapted.used)
     _taken = adapted
     return _taken
+
+
+def forget() -> None:
+    """A job forked from a warm process (train/warm.py) decides its own threads: the warm process's adaptation to the
+    load while it imported is not the job's."""
+    global _taken
+    _taken = None
 
 
 def taken() -> Adaptation | None:

@@ -120,10 +120,11 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         os.environ[WARM_ENV] = str(os.getppid())
         print(f"[tunelab train] started warm: forked from process {os.getppid()}, which imported the training "
               "stack once for every job on this share", flush=True)
-        from tunelab.host import threads
+        from tunelab.host import adapt, threads
         from tunelab.train.distributed import local_processes
         from tunelab.train.job import run_job
 
+        adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
         code = run_job(run_yaml)
     except SystemExit as exc:
