@@ -5,8 +5,9 @@ start-up on the CPU of docs/benchmarks.md, paid by every trial).
 
     python -m tunelab.train.warm      (started by the local executor: execute/warm_jobs.py)
 
-Nothing but imports runs here before a fork (no torch op, no thread: OpenMP's pool and every thread start in the
-child). Each job is a child in a session of its own (its pid its process group, as a job the local executor starts
+Nothing but imports runs here before a fork: no torch op, no Python thread but the main one (its "ready" says how
+many), so OpenMP's pool and every worker start in the child — as a DataLoader worker is forked from a process that
+imported torch. Each job is a child in a session of its own (its pid its process group, as a job the local executor starts
 with bash), its output appended to the run's log and its directory the run's: the executor follows it, stops it
 (SIGTERM to the group) and reads how it ended as it would any job's. The child then does what `python -m
 tunelab.train.job run.yaml` does after its imports (train/job.py `run_job`).
