@@ -132,6 +132,20 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(searched):
     assert again[-1].startswith(f"lora_rank-4 trial 2 ({TRIALS}/{TRIALS})")
 
 
+def test_each_search_forks_its_trials_from_one_warm_process_and_a_killed_ones_trial_trains_on(searched):
+    """Trials 0 and 1 were started by the first search, trial 1 followed to its end by the second after the first
+    was killed; trial 2 by the second search: each search's trials forked from its own warm process (train/warm.py)."""
+    exp, _ = searched
+    forked_from = {}
+    for n in range(TRIALS):
+        log = (exp / "tune" / "lora_rank-4" / f"trial-{n}" / "train.log").read_text()
+        (line,) = [x for x in log.splitlines() if "started warm: forked from process" in x]  # one attempt each
+        forked_from[n] = int(line.rsplit("process ", 1)[1].split()[0].rstrip(","))
+    assert forked_from[0] == forked_from[1] != forked_from[2]
+    trial1 = exp / "tune" / "lora_rank-4" / "trial-1"
+    assert (trial1 / "train.log").read_text().count(ATTEMPT) == 1  # trained on through the kill, never restarted
+
+
 def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, spec_in):
     # budget 1.0: the trial trains the run's 40 steps, so a page of held records (about 4) cannot reach its end
     spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4]}, controls=False, training=TRAINING,

@@ -52,11 +52,13 @@ def test_the_job_entry_points_skip_them_before_training():
     of main, before its stack is imported."""
     import inspect
 
-    from tunelab.train import job, loop_cost, probe_steps
+    from tunelab.train import job, loop_cost, probe_steps, warm
 
-    for main in (job.main, probe_steps.main):
-        source = inspect.getsource(main)
-        assert "skip_unused_packages()" in source.split("try:")[0], main.__module__
+    stack = inspect.getsource(job.import_training_stack)
+    assert stack.index("skip_unused_packages()") < stack.index("import_job_stack(")
+    for main in (job.main, warm.main):  # a run's job, and the warm process a search's trials are forked from
+        assert "import_training_stack()" in inspect.getsource(main), main.__module__
+    assert "skip_unused_packages()" in inspect.getsource(probe_steps.main).split("try:")[0]
     assert "skip_unused_packages()" in inspect.getsource(loop_cost)
 
 

@@ -198,7 +198,15 @@ class Capacity(Protocol):
         ...
 
 
-class OneJobEachRun:
+class ColdStarts:
+    """What an executor whose every job starts a process of its own (Slurm, Ray: on the nodes it is given) answers
+    of warm starts: the block changes nothing."""
+
+    def warm_starts(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+class OneJobEachRun(ColdStarts):
     """What an executor that submits every run as a job of its own (local, Ray) answers of groups and notices."""
 
     name: str
@@ -211,9 +219,6 @@ class OneJobEachRun:
 
     def notices(self) -> list[str]:
         return []
-
-    def warm_starts(self) -> AbstractContextManager[None]:
-        return nullcontext()
 
     @staticmethod
     def evaluates_in_training_job(resources: ResourcesSpec) -> bool:

@@ -1,9 +1,8 @@
-"""Slurm through its command lines (sbatch, squeue, sacct, scancel), as an Executor.
-
-squeue is the authority on live jobs; sacct tells how ended jobs ended but lags, may be missing or failing. `merge`
-makes one JobInfo of both, so no job stays "active" forever; a failing query means "unknown, look again", never "gone".
-Every sbatch carries a token in --comment: a submission whose answer was lost is looked up by it before anything is
-submitted again, so no run gets two jobs."""
+"""Slurm through its command lines (sbatch, squeue, sacct, scancel), as an Executor. squeue is the authority on live
+jobs; sacct tells how ended jobs ended but lags, may be missing or failing. `merge` makes one JobInfo of both, so no
+job stays "active" forever; a failing query means "unknown, look again", never "gone". Every sbatch carries a token
+in --comment: a submission whose answer was lost is looked up by it before anything is submitted again, so no run
+gets two jobs."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from tunelab.errors import TunelabError
 from tunelab.execute.executor import (
     UNSEEN,
     Capacity,
+    ColdStarts,
     GroupKind,
     JobGroup,
     JobInfo,
@@ -169,7 +168,7 @@ class Throttle(SchedulerRoom):
         return f"{self._full} jobs queued or running (max_queued): waiting…" if self._full is not None else ""
 
 
-class SlurmExecutor:
+class SlurmExecutor(ColdStarts):
     """sbatch / squeue / sacct / scancel; without sacct, jobs are judged from squeue and the run's files."""
 
     name = "slurm"
@@ -394,9 +393,6 @@ class SlurmExecutor:
         if self.has_sacct:
             return []
         return ["[yellow]sacct not found: job ends are judged from squeue, job logs and run files[/yellow]"]
-
-    def warm_starts(self) -> AbstractContextManager[None]:
-        return nullcontext()  # each job starts on the node Slurm gives it
 
     def unanswered(self) -> tuple[float, str] | None:
         if self.unanswered_since is None:
