@@ -119,8 +119,9 @@ def search_lines(costs: list[SearchCost]) -> list[str]:
         return []
     lines = ["## Learning-rate search", "",
              "Each combination's runs train at the rate its search finds (`tunelab tune`); priced as the pruner will "
-             "spend it: each trial's start-up in full, and the share of its budget successive halving is expected to "
-             "let it train.", "",
+             "spend it: each trial's start-up (on the local executor, after a combination's first trial, without the "
+             "training stack's import: its trials start warm), and the share of its budget successive halving is "
+             "expected to let it train.", "",
              "| Combination | From run | Trials | Budget | Steps per trial | Share trained | Time (P10–P90) "
              "| Every trial to its budget |", "|---|---|---|---|---|---|---|---|"]
     for c in costs:
