@@ -29,7 +29,6 @@ import time
 import traceback
 from pathlib import Path
 
-WARM_ENV = "TUNELAB_WARM_START"  # set in a forked job: the pid of the warm process it was forked from
 REAP_S = 0.1  # how often ended children are looked for between requests
 SESSION_WAIT_S = 5.0  # a forked child's setsid, at most
 
@@ -108,8 +107,8 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
     code = 1
     try:
         os.setsid()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter: KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the trainer's handler saves and stops
         for fd in pipes:
             os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -118,7 +117,6 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.chdir(run_yaml.parent)
-        os.environ[WARM_ENV] = str(os.getppid())
         print(f"[tunelab train] started warm: forked from process {os.getppid()}, which imported the training "
               "stack once for every job on this share", flush=True)
         from tunelab.host import adapt, threads
