@@ -110,16 +110,16 @@ def compare(inputs: Inputs, job: Job, search: Search, out: Path, repeats: int, p
     sides = {"tunelab": lambda where, r: run_tunelab(inputs, job, search, where, python, r, homes.get("tunelab"))} \
         if "tunelab" in tools else {}
     lines = []
-    if "oumi" not in tools:
-        pass
-    elif (oumi_python.parent.parent / ".tunelab-peer-env").exists():
+    if "oumi" in tools and (oumi_python.parent.parent / ".tunelab-peer-env").exists():
         sides["oumi"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
                                                             home=homes.get("oumi"))
         sides["oumi at once"] = lambda where, r: oumi_tune.run_oumi(inputs, job, search, where, oumi_python, r,
                                                                     at_once=True, home=homes.get("oumi-at-once"))
-    else:
+    elif "oumi" in tools:
         lines.append("search: oumi could not run: no environment: run scripts/peer-env oumi")
     rows: list[SearchResult] = []
+    if not sides:
+        return rows, [*lines, f"search: nothing to run: --tools {','.join(tools)} names neither tunelab nor oumi"]
     for name in sides if warm else ():
         print(f"[peers] search warm-up (not timed): {name}", flush=True)
         print(f"  {describe(sides[name](out / 'search' / name.replace(' ', '-') / 'warm-up', -1))}", flush=True)

@@ -180,3 +180,12 @@ def test_the_search_reports_tunelab_against_oumi_both_ways_by_the_median_walls()
     assert "wall s (cold caches)" in search_table(rows) and "wall s (warm caches" in search_table(rows, warm=True)
     failed = [*rows[:2], SearchResult("oumi at once", 0, error="rank 8: exit 1: boom")]
     assert search_lines(failed)[1] == "search: oumi at once failed: rank 8: exit 1: boom"
+
+
+def test_the_search_runs_only_the_tools_asked_and_says_when_none_of_them_searches(tmp_path):
+    from peerlib.job import Job
+    from peerlib.search import Search, compare
+
+    rows, lines = compare(None, Job(threads=1), Search(), tmp_path, 3, Path(sys.executable), ("torchtune",))  # type: ignore[arg-type]
+    assert rows == [] and lines == ["search: nothing to run: --tools torchtune names neither tunelab nor oumi"]
+    assert not (tmp_path / "search").exists()  # nothing started
