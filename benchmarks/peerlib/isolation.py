@@ -30,18 +30,19 @@ HISTORY = ".local/share/tunelab/history.db"  # TUNELAB_HISTORY: a file, made by 
 def fresh_home(where: Path) -> dict[str, str]:
     """The environment of a run that starts cold: `where` made (it must not hold anything yet) and every cache
     variable pointed under it. Raises FileExistsError when `where` exists: a reused home would be warm."""
-    where = where.resolve()
-    where.mkdir(parents=True, exist_ok=False)
-    env = {name: str(where / sub) if sub else str(where) for name, sub in CACHE_DIRS.items()}
-    env["TUNELAB_HISTORY"] = str(where / HISTORY)
-    return env
+    return _home(where, exist_ok=False)
 
 
 def kept_home(where: Path) -> dict[str, str]:
     """The environment of a run on warm caches (`--warm-caches`): the same variables, pointed under `where`, which an
     untimed run of the same tool filled first (made here if it does not exist yet)."""
+    return _home(where, exist_ok=True)
+
+
+def _home(where: Path, exist_ok: bool) -> dict[str, str]:
+    """`where` made, and every cache variable pointed under it."""
     where = where.resolve()
-    where.mkdir(parents=True, exist_ok=True)
+    where.mkdir(parents=True, exist_ok=exist_ok)
     env = {name: str(where / sub) if sub else str(where) for name, sub in CACHE_DIRS.items()}
     env["TUNELAB_HISTORY"] = str(where / HISTORY)
     return env

@@ -18,6 +18,7 @@ from tunelab.execute.executor import JobKind
 from tunelab.execute.job_states import UNSEEN, JobState
 from tunelab.execute.local_jobs import LocalExecutor
 from tunelab.fsutil import read_json, read_jsonl
+from tunelab.host.process import alive
 from tunelab.rundir.config import RunConfig
 from tunelab.scaffold.write import scaffold
 
@@ -116,7 +117,7 @@ def test_ctrl_c_while_a_warm_job_starts_leaves_no_job_running(spec_in, tmp_path)
         warm.start(cfg.run_dir / "run.yaml", cfg.run_dir / "train.log")
     pid = int(started[0]["started"])
     assert not warm.running  # the warm process killed ...
-    assert wait_for(lambda: not warm_jobs._alive(pid), 120)  # ... and the job it had forked stopped, not left training
+    assert wait_for(lambda: not alive(pid), 120)  # ... and the job it had forked stopped, not left training
     assert not (cfg.run_dir / "summary.json").exists()
 
 

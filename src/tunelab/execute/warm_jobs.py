@@ -21,19 +21,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from tunelab.console import say
+from tunelab.host.process import alive, proc_start
 
 WARM_MODULE = "tunelab.train.warm"
 READY_TIMEOUT_S = 300.0  # a warm process's imports, at most (a loaded machine's first import of the stack)
 REPLY_TIMEOUT_S = 30.0  # a fork's reply once imported
-
-
-def _alive(pid: int) -> bool:
-    """Does `pid` run (a zombie, ended and not reaped yet, does not)?"""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class WarmJob:
@@ -42,13 +34,14 @@ class WarmJob:
 
     def __init__(self, pid: int, source: WarmProcess):
         self.pid, self.source = pid, source
+        self.start = proc_start(pid)  # a pid reused by another process later is not this job
 
     def poll(self) -> int | None:
         return self.source.codes.get(self.pid)
 
     @property
     def lost(self) -> bool:
-        return self.poll() is None and not self.source.running and not _alive(self.pid)
+        return self.poll() is None and not self.source.running and not alive(self.pid, self.start)
 
 
 class WarmProcess:
