@@ -81,7 +81,7 @@ def run_training(args: argparse.Namespace, out: Path) -> tuple[list, dict[str, s
 
 
 def run_evaluation(args: argparse.Namespace, out: Path) -> tuple[list, list[str]]:
-    rows, lines = evaluation.compare(out, args.models, args.threads, args.repeats)
+    rows, lines = evaluation.compare(out, args.models, args.threads, args.repeats, args.eval_modes)
     return rows, lines + summary.eval_lines(rows)
 
 
@@ -101,6 +101,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     f"evaluation: each model's own demo sweep; --device cuda: {', '.join(GPU_MODELS)})")
     ap.add_argument("--tools", default=",".join(registry.TRAINERS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--eval-modes", default=",".join(evaluation.MODES), type=lambda v: tuple(v.split(",")),
+                    help=f"the evaluation only: its routes ({', '.join(evaluation.MODES)}; default: all)")
     ap.add_argument("--warm-caches", action="store_true",
                     help="the search only: every side runs once untimed first and its timed repeats keep the caches "
                          "and history it left (each tool's second search on this machine; default: every repeat cold)")
@@ -130,6 +132,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.models, args.tools = (args.models or ",".join(default_models)).split(","), args.tools.split(",")
     if unknown := set(args.parts.split(",")) - set(PARTS):
         ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from {', '.join(PARTS)})")
+    if unknown := set(args.eval_modes) - set(evaluation.MODES):
+        ap.error(f"--eval-modes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(evaluation.MODES)})")
     try:
         args.peer_python = registry.peer_pythons(args.peer_python)
     except ValueError as exc:

@@ -42,17 +42,26 @@ def measured(task: str = "caps", device: str | None = "cpu", wall: float = 2.0, 
 def test_probed_speed_priced_batch_by_batch():
     got = predict_eval_time(model=MODEL, gpu=None, samples=5, prompt_tokens=[10, 20, 30, 40, 50],
                             answer_tokens=[3, 1, 5, 0, 2], max_tokens=4, batch_size=2, generation=[probed()])
-    # answers + end of turn, at most 4: [4, 2, 4, 1, 3]; batches [10,20] [30,40] [50]
-    # prefill: 2×20/1000 + 2×40/1000 + 1×50/1000 = 0.17
-    # decode: 4 steps × (0.01 + 2×0.002) + 4 × 0.014 + 3 × (0.01 + 0.002) = 0.148
+    # answers + end of turn, at most 4: [4, 2, 4, 1, 3]; the evaluator's cut, longest first (batchcut.py, a batch
+    # costing 4 steps × 21 tokens on a CPU: [50,40] [30,20] [10] and [50] [40,30] [20,10] tie, the larger first batch
+    # taken): batches [50,40] [30,20] [10]
+    # prefill: 2×50/1000 + 2×30/1000 + 1×10/1000 = 0.17
+    # decode: 3 steps × (0.01 + 2×0.002) + 4 × 0.014 + 4 × (0.01 + 0.002) = 0.146
     # the evaluator's own work: 5 samples × 15 ms = 0.075
     assert SAMPLE_OVERHEAD_S == 0.015
     assert got.source == EvalSource.PROBED and "probed on cpu" in got.detail
-    assert got.prefill_s == pytest.approx(0.17) and got.generation_s == pytest.approx(0.148)
+    assert got.prefill_s == pytest.approx(0.17) and got.generation_s == pytest.approx(0.146)
     assert got.overhead_s == pytest.approx(0.075)
-    assert got.seconds == pytest.approx(0.393) and got.decode_steps == 11 and got.batches == 3
+    assert got.seconds == pytest.approx(0.391) and got.decode_steps == 11 and got.batches == 3
     # the worst case decodes 4 steps in every batch: 0.056 + 0.056 + 0.048
     assert got.upper_s == pytest.approx(0.17 + 0.16 + 0.075)
+
+
+def test_a_long_prompt_is_priced_in_a_batch_of_its_own_as_the_evaluator_cuts_it():
+    got = predict_eval_time(model=MODEL, gpu=None, samples=16, prompt_tokens=[400] + [50] * 15, max_tokens=2,
+                            batch_size=16, generation=[probed()])
+    # a batch costs 2 × 21 = 42 tokens: [400] [50 × 15] (400 + 750 + 84 against 16 × 400 + 42)
+    assert got.batches == 2 and got.prefill_s == pytest.approx((400 + 15 * 50) / 1000)
 
 
 def test_unknown_answers_run_to_max_tokens_and_short_prompt_lists_continue_with_their_mean():

@@ -18,6 +18,7 @@ import anyio
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
+from tunelab.evaluate.merging import merges_on
 from tunelab.faults import kill_point
 from tunelab.models.vlm import is_vision_language, load_vlm
 
@@ -63,8 +64,10 @@ def check_model_dirs(base_path: str | Path, adapter_path: str | Path | None) -> 
         raise TunelabError("not a PEFT adapter directory (no adapter_config.json)", file=Path(adapter_path))
 
 
-def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str) -> tuple[Any, Any]:
-    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there."""
+def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: Any, device: str,
+               merge: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer). The tokenizer comes from the adapter dir when training saved one there. `merge`: the
+    adapter merged into the base where merging pays (merging.py; a pass's merge is the same sum)."""
     from transformers import AutoTokenizer
 
     check_model_dirs(base_path, adapter_path)
@@ -75,6 +78,11 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
         WEIGHT_LOADS["adapter"] += 1
+        if merge and merges_on(device):
+            try:
+                model = model.merge_and_unload(safe_merge=True)
+            except ValueError:  # weights that are not finite: PEFT's unmerged path answers, as before merging
+                return load_model(base_path, adapter_path, dtype, device)
     # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), which mypy reads as an unbound
     # function (the device taken for `self`)
     model.to(device)  # type: ignore[arg-type]
@@ -241,7 +249,7 @@ def local_lm(base_path: str | Path, adapter_path: str | Path | None, dtype: Any,
     key = (str(base_path), str(adapter_path) if adapter_path else None, str(dtype), device)
     if key not in _CACHE:
         release_weights()
-        _CACHE[key] = LocalLM(*load_model(base_path, adapter_path, dtype, device), device)
+        _CACHE[key] = LocalLM(*load_model(base_path, adapter_path, dtype, device, merge=True), device)
     return _CACHE[key]
 
 

@@ -16,6 +16,7 @@ from typing import TypeVar, cast
 
 import anyio
 
+from tunelab.evaluate.batchcut import first_sizes
 from tunelab.evaluate.hf import Batcher, BatchSettings, Generation, _Request, deliver
 from tunelab.evaluate.mixgen import BASE, Row
 
@@ -38,10 +39,13 @@ RunRows = Callable[[list[Row], list[int]], list[Generation]]  # (rows, their sha
 class MixedBatcher(Batcher):
     """Batches the generate() calls of every target of a pass (submit through AdapterQueue)."""
 
-    def __init__(self, run_rows: RunRows, batch_size: int, fill_below: int | None = None):
+    def __init__(self, run_rows: RunRows, batch_size: int, fill_below: int | None = None,
+                 step_tokens: float | None = None):
         super().__init__(None, batch_size)
         self._run_rows = run_rows
         self._fill_below = batch_size if fill_below is None else fill_below
+        self._step_tokens = step_tokens  # a decode step in prompt tokens (batchcut.py); None: cut by rows only
+        self._adapter = BASE  # the last batch's adapter: its rows go on while they last (one merge each, shared.py)
         self.batches = 0  # batches run, and how many of them held more than one adapter
         self.mixed = 0
 
@@ -55,7 +59,9 @@ class MixedBatcher(Batcher):
             waited += _GATHER_STEP_S
 
     def _run_next(self) -> None:
-        batch = cut_batch(self._pending, lambda r: r.prompt_ids, _key, self._batch_size, self._fill_below)
+        batch = cut_batch(self._pending, lambda r: r.prompt_ids, _key, self._batch_size, self._fill_below,
+                          self._step_tokens, self._adapter)
+        self._adapter = _key(batch[0]).adapter
         self._pending = [r for r in self._pending if not any(r is b for b in batch)]
         # a batch tensor that does not depend on the order in which inspect delivered the samples
         batch.sort(key=lambda r: _row_order(r.prompt_ids, _key(r), r.seed))
@@ -72,7 +78,8 @@ class MixedBatcher(Batcher):
         out: list[Generation | BaseException | None] = [None] * len(rows)
         while pending:
             batch = cut_batch(pending, lambda i: rows[i].prompt_ids, lambda i: _settings(rows[i]), self._batch_size,
-                              self._fill_below)
+                              self._fill_below, self._step_tokens, self._adapter)
+            self._adapter = rows[batch[0]].adapter
             chosen = set(batch)
             pending = [i for i in pending if i not in chosen]
             batch.sort(key=lambda i: _row_order(rows[i].prompt_ids, _settings(rows[i]), rows[i].seed))
@@ -104,15 +111,20 @@ class MixedBatcher(Batcher):
 
 
 def cut_batch(pending: list[T], prompt: Callable[[T], list[int]], key: Callable[[T], RowKey], batch_size: int,
-              fill_below: int) -> list[T]:
-    """The next batch from what waits: the longest prompt first, its own adapter's rows (of the same end tokens),
-    longest first; when they are fewer than `fill_below`, the other adapters' rows, longest first, fill its tail."""
-    head = max(pending, key=lambda r: len(prompt(r)))
+              fill_below: int, step_tokens: float | None = None, prefer: str | None = None) -> list[T]:
+    """The next batch from what waits: the longest prompt first (of `prefer`'s rows while any wait), its own adapter's
+    rows (of the same end tokens), longest first, as many as batchcut.py's cut puts in its first batch (`step_tokens`
+    None: batch_size); when they are fewer than `fill_below`, the other adapters' rows, longest first, fill its tail."""
+    preferred = [r for r in pending if key(r).adapter == prefer]
+    head = max(preferred or pending, key=lambda r: len(prompt(r)))
     stops, adapter = key(head).stop_ids, key(head).adapter
     longest_first = sorted((r for r in pending if key(r).stop_ids == stops), key=lambda r: -len(prompt(r)))
     own = [r for r in longest_first if key(r).adapter == adapter]
     if len(own) >= fill_below:
-        return own[:batch_size]
+        if step_tokens is None:
+            return own[:batch_size]
+        cost = step_tokens * max(key(r).max_new_tokens for r in own)
+        return own[:first_sizes([len(prompt(r)) for r in own], batch_size, cost)[0]]
     return (own + [r for r in longest_first if key(r).adapter != adapter])[:batch_size]
 
 

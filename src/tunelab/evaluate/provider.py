@@ -104,7 +104,8 @@ class TunelabModelAPI(ModelAPI):
         elif cached:
             self.lm = local_lm(base_path, adapter_path, torch_dtype, self.device)
         else:  # a grader beside the model under evaluation: the cache keeps that one
-            self.lm = LocalLM(*load_model(base_path, adapter_path, torch_dtype, self.device), self.device)
+            self.lm = LocalLM(*load_model(base_path, adapter_path, torch_dtype, self.device, merge=True),
+                              self.device)
         self.tokenizer = self.lm.tokenizer
         self.vision = vision_processor_of(base_path, self.tokenizer, min_pixels, max_pixels)  # None: a text model
         self.stop_ids = self.format.stop_token_ids(self.tokenizer)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.batchcut import decode_step_tokens
 from tunelab.evaluate.hf import WEIGHT_LOADS, BatchSettings, Generation, LocalLM, check_model_dirs, load_base
+from tunelab.evaluate.merging import Merged, copy_bytes, merge, merges_on, unmerge
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
 from tunelab.faults import kill_point
@@ -44,6 +46,8 @@ class SharedWeights(LocalLM):
         self.batcher: MixedBatcher | None = None
         self._count = 0
         self._answering = BASE
+        self._merged: Merged | None = None  # the adapter merged into the base now (merging.py)
+        self._unmergeable: set[str] = set()  # adapters PEFT would not merge, or whose copies did not fit
 
     # ---- what is attached ------------------------------------------------------------------------
     def serve_base(self) -> None:
@@ -54,6 +58,7 @@ class SharedWeights(LocalLM):
         """Attach these adapters, replacing those before (new first, so one is always on); returns failures."""
         old = [name for key, name in self.served.items() if key is not None]
         failed: dict[Path, str] = {}
+        self.end_merge()
         for path in adapters:
             name = f"t{self._count}"
             self._count += 1
@@ -93,6 +98,7 @@ class SharedWeights(LocalLM):
 
         if len(self.served) < 2:
             return None
+        self.end_merge()
         names = [*self.adapters(), BASE]
         ids = torch.full((len(names), 1), self.pad_id, dtype=torch.long, device=self.device)
         try:
@@ -121,10 +127,34 @@ class SharedWeights(LocalLM):
         if not self.adapters():
             return {}
         if len(set(adapters)) == 1 and adapters[0] != BASE:
-            if self.model.active_adapter != adapters[0]:
-                self.model.set_adapter(adapters[0], inference_mode=True)
+            self._answer_with(adapters[0])
             return {}
+        self.end_merge()
         return {"adapter_names": adapters}
+
+    def _answer_with(self, adapter: str) -> None:
+        """This adapter active alone, merged where merging pays and its copies fit (merging.py)."""
+        if self._merged is not None and self._merged.adapter == adapter:
+            return
+        self.end_merge()
+        if (merges_on(self.device) and adapter not in self._unmergeable
+                and copy_bytes(self.model, adapter) <= free_bytes(self.device) // 2):
+            try:
+                self._merged = merge(self.model, adapter)
+                return
+            except Exception:  # PEFT refuses this adapter's merge (or its weights are not finite): unmerged, as before
+                self._unmergeable.add(adapter)
+                self.end_merge()
+        else:
+            self._unmergeable.add(adapter)
+        if self.model.active_adapter != adapter:
+            self.model.set_adapter(adapter, inference_mode=True)
+
+    def end_merge(self) -> None:
+        """The base's own weights back in place (bit for bit), no adapter merged."""
+        merged, self._merged = self._merged, None
+        if merged is not None:
+            unmerge(self.model, merged)
 
     def generate_rows(self, rows: list[Row], stop_ids: list[int]) -> list[Generation]:
         """Decode rows of their own adapters and settings (mixgen.py), each cut as LocalLM.generate_batch cuts one."""
@@ -146,7 +176,10 @@ class SharedWeights(LocalLM):
     def start_batching(self, batch_size: int, fill: bool | None = None) -> MixedBatcher:
         """A fresh queue for one inspect run (its lock lives in its event loop); `fill`: always fill short batches."""
         fill = str(self.device).startswith("cuda") if fill is None else fill
-        self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=batch_size if fill else batch_size // 2)
+        # unasked, a CPU mixes no adapters: a mixed batch takes PEFT's unmerged path, an adapter's own is merged
+        fill_below = batch_size if fill else 1 if merges_on(self.device) else batch_size // 2
+        self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=fill_below,
+                                    step_tokens=decode_step_tokens(self.device))
         return self.batcher
 
     def release(self) -> None:
@@ -154,6 +187,8 @@ class SharedWeights(LocalLM):
 
         import torch
 
+        if self.model is not None:
+            self.end_merge()
         model = weakref.ref(self.model) if self.model is not None else None
         self.model, self.served, self.batcher = None, {}, None
         if model is not None and model() is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from statistics import median
 
 from tunelab.catalog import GPU, Architecture
+from tunelab.evaluate.batchcut import batch_cost, cut
 from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 from tunelab.forecast.jobstart import architecture_or_none, eval_start
 from tunelab.forecast.speed import DEFAULT_MFU
@@ -174,15 +175,17 @@ def _per_sample(values: tuple[int, ...], samples: int) -> list[int]:
 
 
 def _price(work: EvalWorkload, speed: GenerationSpeed, lengths: list[int]) -> tuple[float, int, float, int]:
-    """(prefill s, decode steps, generation s, batches) over the samples in batches of work.batch_size: each
-    batch prefills its rows left-padded to its longest prompt, then decodes until its longest answer."""
+    """(prefill s, decode steps, generation s, batches) over the samples in the batches the evaluator cuts
+    (evaluate/batchcut.py: by length, at most work.batch_size rows): each batch prefills its rows left-padded to its
+    longest prompt, then decodes until its longest answer."""
     prompts = _per_sample(work.prompt_tokens, work.samples)
+    cost = batch_cost(work.max_tokens, work.device) if work.engine == Engine.HF else None
     prefill = generation = 0.0
     steps = batches = 0
-    for start in range(0, work.samples, work.batch_size):
-        rows = min(work.batch_size, work.samples - start)
-        longest_prompt = max(prompts[start:start + rows], default=0)
-        batch_steps = max(lengths[start:start + rows], default=0)
+    for batch in cut(prompts, max(1, work.batch_size), cost) if work.samples else []:
+        rows = len(batch)
+        longest_prompt = max(prompts[i] for i in batch)
+        batch_steps = max(lengths[i] for i in batch)
         prefill += rows * longest_prompt / speed.prefill_tokens_per_s
         generation += batch_steps * (speed.decode_fixed_s + speed.decode_row_s * rows)
         steps += batch_steps
