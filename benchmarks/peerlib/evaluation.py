@@ -20,8 +20,17 @@ from peerlib import inspect_hf, lmeval
 from peerlib.isolation import fresh_home
 from peerlib.measure import run_measured, thread_env
 from peerlib.registry import env_python
-from peerlib.tunelab_answers import (EvalJob, Target, agreement, eval_job, sweep_targets, tunelab_accuracy,
-                                     tunelab_answers, tunelab_prompts, tunelab_stops)
+from peerlib.tunelab_answers import (
+    EvalJob,
+    Target,
+    agreement,
+    eval_job,
+    sweep_targets,
+    tunelab_accuracy,
+    tunelab_answers,
+    tunelab_prompts,
+    tunelab_stops,
+)
 
 BATCH = 16  # lm-eval's batch (tunelab's eval batch is chosen by itself: scores.json; inspect hf/: best_batch)
 MODES = ("tunelab", "lm-eval CLI", "lm-eval API", "inspect hf/")
@@ -61,8 +70,38 @@ def demo_dir(out: Path, model: str) -> Path:
     return out / ("demo" if model == "tiny" else f"demo-{model}")
 
 
+SWEEP = "sweep"  # not a demo: the whole-sweep benchmark's tunelab experiment (long-tailed rows, sweep_tunelab.py)
+
+
+def sweep_experiment(out: Path, python: Path, threads: int) -> Path:
+    """The whole-sweep benchmark's experiment (SmolLM2 × rank {8, 32} × two rates and the base, long-tailed rows,
+    at its default sizes) made by tunelab's own pipeline once, not timed: its evaluation is the one compared."""
+    from peerlib import sweep_data, sweep_tunelab
+    from peerlib.sweep_spec import SweepSpec
+    from tunelab.models.smollm2 import build_smollm2
+
+    where = demo_dir(out, SWEEP)
+    exp = where / "experiment"
+    if any(exp.glob("runs/*/eval/*/*/scores.json")):
+        return exp
+    print("[peers] the whole sweep's tunelab experiment (trained once for the evaluation comparison, not timed)",
+          flush=True)
+    sweep = SweepSpec(threads=threads)
+    model_dir = where / "models" / "smollm2"
+    build_smollm2(model_dir, dtype="float32")
+    inputs = sweep_data.write(where / "data", model_dir, sweep_data.SweepData(), sweep.max_seq_len)
+    mean = sweep_data.mean_tokens(sweep_data.lengths(inputs), sweep.max_seq_len)
+    for phase in sweep_tunelab.phases(inputs, sweep, where, python, mean)[:3]:  # scaffold, run, eval
+        done = subprocess.run(phase.argv(), env=thread_env(threads), capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(phase.argv()[2:4])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return exp
+
+
 def demo_experiment(out: Path, python: Path, threads: int, model: str = "tiny") -> Path:
     """The model's demo sweep, trained and evaluated once (not timed): its experiment directory."""
+    if model == SWEEP:
+        return sweep_experiment(out, python, threads)
     where = demo_dir(out, model)
     exp = where / "experiment"
     if not any(exp.glob("runs/*/eval/*/*/scores.json")):

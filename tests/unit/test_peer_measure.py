@@ -189,3 +189,17 @@ def test_the_search_runs_only_the_tools_asked_and_says_when_none_of_them_searche
     rows, lines = compare(None, Job(threads=1), Search(), tmp_path, 3, Path(sys.executable), ("torchtune",))  # type: ignore[arg-type]
     assert rows == [] and lines == ["search: nothing to run: --tools torchtune names neither tunelab nor oumi"]
     assert not (tmp_path / "search").exists()  # nothing started
+
+
+def test_the_evaluation_routes_and_the_sweep_experiment_are_chosen_by_flags_and_refused_elsewhere(capsys):
+    import peers
+    from peerlib import evaluation
+
+    args = peers.parse(["--parts", "evaluation", "--models", "sweep", "--eval-modes", "tunelab,lm-eval API"])
+    assert args.models == [evaluation.SWEEP] and args.eval_modes == ("tunelab", "lm-eval API")
+    assert peers.parse(["--parts", "evaluation"]).eval_modes == evaluation.MODES
+    for argv, said in ((["--parts", "training", "--models", "sweep"], "--models sweep: the evaluation comparison"),
+                       (["--parts", "evaluation", "--eval-modes", "tunelab,vllm"], "--eval-modes: unknown vllm")):
+        with pytest.raises(SystemExit):
+            peers.parse(argv)
+        assert said in capsys.readouterr().err

@@ -18,8 +18,8 @@ import anyio
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
-from tunelab.evaluate.merging import merges_on
 from tunelab.faults import kill_point
+from tunelab.host.device import merges_adapters
 from tunelab.models.vlm import is_vision_language, load_vlm
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
 
         model = PeftModel.from_pretrained(model, str(adapter_path))
         WEIGHT_LOADS["adapter"] += 1
-        if merge and merges_on(device):
+        if merge and merges_adapters(device):
             try:
                 model = model.merge_and_unload(safe_merge=True)
             except ValueError:  # weights that are not finite: PEFT's unmerged path answers, as before merging

@@ -1,23 +1,18 @@
 """An adapter merged into the base for as long as its rows are answered, and the base's own weights put back exactly.
 
 Why: PEFT answers an unmerged adapter with two more small matrix products (and their operator calls) beside every
-targeted layer: on a CPU, SmolLM2-135M with a rank-32 adapter on every linear layer generated 1.43× slower than the
-same weights merged (docs/evaluation.md). A pass (shared.py) holds several adapters beside one base, so the merge is
-PEFT's safe merge — the update added into a copy of each weight, the base's own tensor kept aside — and ending it puts
-the kept tensors back, so the base and every other adapter are bit for bit what they were. A target evaluated alone
-merges too (hf.load_model), the same sum, so both ways answer alike. Where merging does not pay or fit (a GPU, where
-a batch mixes adapters, or when the copies would take more than half the free memory) PEFT's unmerged path runs."""
+targeted layer: on a CPU, SmolLM2-135M with a rank-32 adapter on every linear layer generated 1.27× slower than the
+same weights merged (benchmarks/eval_pass_ab.py --merge-ratio). A pass (shared.py) holds several adapters beside one
+base, so the merge is PEFT's safe merge — the update added into a copy of each weight, the base's own tensor kept
+aside — and ending it puts the kept tensors back, so the base and every other adapter are bit for bit what they were.
+A target evaluated alone merges too (hf.load_model), the same sum, so both ways answer alike. Not merged: off a CPU
+(host/device.merges_adapters), a batch that mixes adapters, and copies that would take over half the free memory."""
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
-
-
-def merges_on(device: str) -> bool:
-    """Whether adapters are merged for their rows on this device: a CPU (measured there); a GPU is unmeasured."""
-    return str(device).startswith("cpu")
 
 
 @dataclass

@@ -22,10 +22,12 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.evaluate.batchcut import decode_step_tokens
 from tunelab.evaluate.hf import WEIGHT_LOADS, BatchSettings, Generation, LocalLM, check_model_dirs, load_base
-from tunelab.evaluate.merging import Merged, copy_bytes, merge, merges_on, unmerge
+from tunelab.evaluate.merging import Merged, copy_bytes, merge, unmerge
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
+from tunelab.evaluate.prefix import mid_padded, prefix_cache, shared_prefix
 from tunelab.faults import kill_point
+from tunelab.host.device import merges_adapters
 
 
 class SharedWeights(LocalLM):
@@ -137,7 +139,7 @@ class SharedWeights(LocalLM):
         if self._merged is not None and self._merged.adapter == adapter:
             return
         self.end_merge()
-        if (merges_on(self.device) and adapter not in self._unmergeable
+        if (merges_adapters(self.device) and adapter not in self._unmergeable
                 and copy_bytes(self.model, adapter) <= free_bytes(self.device) // 2):
             try:
                 self._merged = merge(self.model, adapter)
@@ -161,23 +163,47 @@ class SharedWeights(LocalLM):
         import torch
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
-        ids, mask = self._left_padded([r.prompt_ids for r in rows])
-        width = ids.shape[1]
-        args = generate_args(rows, stop_ids, self.pad_id, self.tokenizer, width, self.device)
-        with torch.inference_mode(), _quiet_peft_hooks():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._names([r.adapter for r in rows]),
-                                      **args)
+        with torch.inference_mode(), _quiet_peft_hooks(), self._weights_for([r.adapter for r in rows]) as names:
+            inputs = self._inputs([r.prompt_ids for r in rows], prefixed=not names)
+            width = inputs["input_ids"].shape[1]
+            args = generate_args(rows, stop_ids, self.pad_id, self.tokenizer, width, self.device)
+            out = self.model.generate(**inputs, **names, **args)
         logps = torch.stack(out.logits, 1).float().log_softmax(-1) if out.logits is not None else None
         return [self.generation(tokens, stop_ids, r.settings.stop_seqs,
                                 logps[i] if logps is not None and r.settings.top_logprobs is not None else None,
                                 r.settings.top_logprobs)
                 for i, (tokens, r) in enumerate(zip(row_tokens(out.sequences, width, rows), rows))]
 
+    @contextlib.contextmanager
+    def _weights_for(self, adapters: list[str]) -> Iterator[dict[str, Any]]:
+        """The weights these rows are answered with meanwhile, and generate()'s argument naming them: the controls'
+        rows alone run with every adapter off (PEFT's mixed path would run them as base rows, the same sums)."""
+        if self.adapters() and set(adapters) == {BASE}:
+            self.end_merge()
+            with self.model.disable_adapter():
+                yield {}
+        else:
+            yield self._names(adapters)
+
+    def _inputs(self, prompts: list[list[int]], prefixed: bool) -> dict[str, Any]:
+        """generate()'s inputs: left-padded, or (`prefixed`: one adapter's rows) their shared prefix prefilled once
+        and the rows laid out after it (prefix.py)."""
+        import torch
+
+        prefix = shared_prefix(prompts) if prefixed else 0
+        cache = prefix_cache(self.model, prompts[0][:prefix], len(prompts), self.device) if prefix else None
+        if cache is None:
+            ids, mask = self._left_padded(prompts)
+            return {"input_ids": ids, "attention_mask": mask}
+        ids, mask = mid_padded(prompts, prefix, self.pad_id)
+        return {"input_ids": torch.tensor(ids, device=self.device),
+                "attention_mask": torch.tensor(mask, device=self.device), "past_key_values": cache}
+
     def start_batching(self, batch_size: int, fill: bool | None = None) -> MixedBatcher:
         """A fresh queue for one inspect run (its lock lives in its event loop); `fill`: always fill short batches."""
         fill = str(self.device).startswith("cuda") if fill is None else fill
         # unasked, a CPU mixes no adapters: a mixed batch takes PEFT's unmerged path, an adapter's own is merged
-        fill_below = batch_size if fill else 1 if merges_on(self.device) else batch_size // 2
+        fill_below = batch_size if fill else 1 if merges_adapters(self.device) else batch_size // 2
         self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=fill_below,
                                     step_tokens=decode_step_tokens(self.device))
         return self.batcher

@@ -22,7 +22,7 @@ from typing import Any
 from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
-from tunelab.host.device import resolve_dtype
+from tunelab.host.device import merges_adapters, resolve_dtype
 from tunelab.host.startup import skip_unused_packages
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig, load_run_config
@@ -66,6 +66,8 @@ def time_generation(cfg: RunConfig, device: str) -> GenerationSpeed:
     base: Any = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
     lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, 0.0, t.lora_target_modules, [])
     model = get_peft_model(base, lora)
+    if merges_adapters(device):  # as evaluation answers an adapter here (evaluate/merging.py)
+        model = model.merge_and_unload()
     model.to(device)
     model.eval()
     prompt = max(1, min(PROMPT_TOKENS, t.max_seq_len // 2))
