@@ -108,8 +108,8 @@ def both_ways(sweep) -> dict[str, tuple]:
     _, cfgs = sweep
     out = {}
     for way, one_pass in (("one at a time", False), ("one pass", True)):
-        # fill_batches: every short batch filled with other adapters' rows, as on a GPU (a CPU fills only those
-        # under half a batch), so that batches mix adapters here
+        # fill_batches: every short batch filled with other adapters' rows, as on a GPU (a CPU mixes none unless
+        # asked), so that batches mix adapters here
         result, loads, printed = run(cfgs, one_pass=one_pass, fill_batches=True)
         assert result["error"] is None, result["error"]
         out[way] = (outputs(cfgs), loads, printed)

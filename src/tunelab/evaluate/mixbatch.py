@@ -1,12 +1,13 @@
-"""The queue of a one-pass evaluation: every target's pending generate() calls, cut into batches that mix adapters
+"""The queue of a one-pass evaluation: every target's pending generate() calls, cut into batches that may mix adapters
 (shared.py owns the weights, mixgen.py generates a batch).
 
 The leader works as hf.Batcher's, but gathers until the queue is quiet. A batch starts with the longest prompt waiting
-(little padding), its own adapter's rows fill it first (PEFT's plain path), then, below `fill_below`, other adapters'
-rows fill its tail. How far mixing pays is the device's: on a GPU a decode step costs about the same for any rows, so a
-short batch is always filled; on a CPU rows cost and PEFT's mixed path copies each adapter's rows, so only tails under
-half a batch are filled (docs/evaluation.md). A failed mixed batch is run again adapter by adapter, so an error reaches
-only the target that causes it."""
+(of the last batch's adapter while its rows last: one merge each, shared.py), its own adapter's rows fill it first, as
+many as batchcut.py's length cut puts in a batch (PEFT's plain path, merged on a CPU), then, below `fill_below`, other
+adapters' rows fill its tail. How far mixing pays is the device's: on a GPU a decode step costs about the same for any
+rows, so a short batch is always filled; on a CPU rows cost, PEFT's mixed path copies each adapter's rows and runs
+unmerged, so no batch is mixed unless asked (docs/evaluation.md). A failed mixed batch is run again adapter by adapter,
+so an error reaches only the target that causes it."""
 
 from __future__ import annotations
 
