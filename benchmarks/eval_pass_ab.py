@@ -3,6 +3,7 @@
     python benchmarks/eval_pass_ab.py [--rows 32] [--rounds 2] [--trees OLD/src NEW/src]   # A/B: the same work, each tree
     python benchmarks/eval_pass_ab.py --step-ratio                                           # batchcut.py's constant
     python benchmarks/eval_pass_ab.py --merge-ratio                                          # merging.py's gain
+    python benchmarks/eval_pass_ab.py --smoke     # this tree against itself: 4 prompts, one round, one pass each
 
 The A/B: SmolLM2-135M-Instruct (built from its wheel into --work) with two rank-32 adapters on every linear layer
 (random B, seeded) and the base, each answering the same --rows test prompts of the whole-sweep benchmark's data
@@ -23,6 +24,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -165,8 +167,12 @@ def main() -> None:
     ap.add_argument("--trees", nargs="*", default=[])
     ap.add_argument("--step-ratio", action="store_true")
     ap.add_argument("--merge-ratio", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="this tree twice, 4 prompts, one round, one pass each")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a tree's own process
     args = ap.parse_args()
+    if args.smoke:
+        args.rows, args.rounds, args.repeats, args.trees = 4, 1, 1, [str(ROOT / "src")] * 2
+        args.work = Path(tempfile.mkdtemp(prefix="eval-pass-ab-smoke-"))
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         print(json.dumps(one_tree(args.work, args.rows, args.repeats)))
@@ -185,22 +191,22 @@ def main() -> None:
               f"(load {got['load']:.1f})")
         return
     trees = args.trees or [str(ROOT / "src")]
-    runs: dict[str, list[dict]] = {tree: [] for tree in trees}
+    runs: list[list[dict]] = [[] for _ in trees]
     for _ in range(args.rounds):
-        for tree in trees:
+        for i, tree in enumerate(trees):
             env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "2"}
             out = subprocess.run([sys.executable, __file__, "--one", "--work", str(args.work), "--rows",
                                   str(args.rows), "--repeats", str(args.repeats)], env=env, capture_output=True,
                                  text=True, check=True)
-            runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    first = runs[trees[0]][0]["answers"]
+            runs[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first = runs[0][0]["answers"]
     medians = []
-    for tree in trees:
-        seconds = [s for r in runs[tree] for s in r["seconds"]]
-        same = min(sum(a == b for a, b in zip(r["answers"], first)) for r in runs[tree])
+    for tree, mine in zip(trees, runs):
+        seconds = [s for r in mine for s in r["seconds"]]
+        same = min(sum(a == b for a, b in zip(r["answers"], first)) for r in mine)
         medians.append(statistics.median(seconds))
-        print(f"{tree}: {seconds} s (median {medians[-1]:.2f}), {runs[tree][-1]['batches']} batches, answers equal "
-              f"to the first tree's: {same}/{len(first)}, load {[round(r['load'], 1) for r in runs[tree]]}")
+        print(f"{tree}: {seconds} s (median {medians[-1]:.2f}), {mine[-1]['batches']} batches, answers equal "
+              f"to the first tree's: {same}/{len(first)}, load {[round(r['load'], 1) for r in mine]}")
     if len(trees) > 1:
         print(f"first ÷ last: {medians[0] / medians[-1]:.2f}x (medians)")
 

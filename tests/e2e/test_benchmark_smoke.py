@@ -37,6 +37,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "deadline.py": "test_deadline_smoke_predicted_and_measured_add_up",  # ~16 (4 probes, 4 jobs, 4 evaluations)
     "eval_sweep.py": "test_eval_sweep_smoke_both_ways_agree_and_the_table_adds_up",  # ~20 (11 evaluations one by one)
     "peers.py": "test_peers_smoke_counts_tunelab_tokens_one_way_and_parses_every_peer_sample",  # ~12 (1 job)
+    "eval_pass_ab.py": "test_eval_pass_ab_smoke_one_tree_answers_alike_and_the_ratio_is_its_medians",  # ~20 (2 evals)
     "estimate_accuracy.py": "test_estimate_accuracy_smoke_error_is_predicted_against_measured",  # 4.6 (2 jobs; 3 now)
     "packing.py": "test_packing_smoke_simulations_and_measured_ratio",  # 4.4
     "overhead.py": "test_overhead_smoke_plans_scaffolds_and_reads_status",  # 3.8
@@ -548,3 +549,20 @@ def test_gpu_speed_fit_smoke_summary_is_its_rows(smokes):
         assert median == pytest.approx(errors[4], abs=0.051) and largest == pytest.approx(errors[-1], abs=0.051)
         within, inside = line(form, rf"^tokens/s error .* {NUM} of 9 within 25 %.*; {NUM} of 9 inside")
         assert within == sum(e <= 25 for e in errors) and inside == sum(i == "yes" for _, i in rows)
+
+
+def test_eval_pass_ab_smoke_one_tree_answers_alike_and_the_ratio_is_its_medians(smokes):
+    """This tree against itself (2 processes: the base and 2 adapters × 4 long-tailed prompts, SmolLM2): every answer
+    equal to the first process's, each median the middle of its printed seconds, and the ratio theirs."""
+    out, _ = smoke(smokes, "eval_pass_ab.py")
+    rows = re.findall(rf"^\S+/src: \[(.+)\] s \(median {NUM}\), (\d+) batches, answers equal to the first tree's: "
+                      r"(\d+)/(\d+)", out, re.MULTILINE)
+    assert len(rows) == 2, out
+    medians = []
+    for seconds, median, batches, same, total in rows:
+        values = sorted(float(x) for x in seconds.split(","))
+        assert len(values) == 1 and float(median) == pytest.approx(values[0], abs=0.006)
+        assert int(total) == 12 and int(same) == 12 and int(batches) >= 3  # 3 targets' rows, no batch mixes them
+        medians.append(float(median))
+    (ratio,) = line(out, rf"^first ÷ last: {NUM}x \(medians\)")
+    assert ratio == pytest.approx(medians[0] / medians[1], abs=ratio_bound(*medians, 0.01, 0.01) + 0.005)

@@ -180,3 +180,26 @@ def test_handlers_go_back_after_training():
     assert watch.received == signal.SIGTERM  # only a flag: this process is still here
     watch.restore()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_jobs_watch_catches_a_stop_signal_around_training_and_trainings_watch_inherits_one_caught_before():
+    """job.train's watch: a SIGTERM before training makes training's own watch stop at its first step; one after
+    training (a pruned trial cancelled at its last validation) only sets a flag, so the run completes instead of
+    dying with status.json saying running. Real signals to this process."""
+    before = signal.getsignal(signal.SIGTERM)
+    job = SignalWatch().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # before training: caught, this process lives on
+        assert job.received == signal.SIGTERM
+        training = SignalWatch().install()
+        assert training.received == signal.SIGTERM  # stops at its first step, saved
+        training.restore()
+        job.received = None
+        os.kill(os.getpid(), signal.SIGUSR1)  # after training, before completion: caught by the job's watch again
+        assert job.received == signal.SIGUSR1
+    finally:
+        job.restore()
+    assert signal.getsignal(signal.SIGTERM) == before
+    nothing = SignalWatch().install()
+    assert nothing.received is None
+    nothing.restore()

@@ -42,9 +42,14 @@ class SignalWatch:
     _previous: dict = field(default_factory=dict)
 
     def install(self) -> SignalWatch:
+        """Catch the stop signals; a signal an enclosing watch already caught (the job's, before training) counts as
+        received here too, so training stops at its first step."""
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
+                previous = self._previous[s] = signal.signal(s, self._handle)
+                outer = getattr(previous, "__self__", None)
+                if isinstance(outer, SignalWatch) and self.received is None:
+                    self.received = outer.received
         return self
 
     def restore(self) -> None:

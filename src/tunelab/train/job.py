@@ -27,14 +27,22 @@ from tunelab.train.nodes import node_place
 
 def train(cfg: RunConfig) -> Summary | None:
     """Train the run here (a staged run: every stage to do) and complete it; its summary on the main process."""
+    from tunelab.train.interrupts import SignalWatch
     from tunelab.train.runner import complete_run, train_run
     from tunelab.train.stages import train_stages
 
     held = HeldFiles.of(cfg.run_dir)  # the run files this job writes, each read at most once
-    if cfg.stages:
-        return train_stages(cfg, held)
-    trained = train_run(cfg, held=held)
-    return complete_run(cfg.run_dir, trained.summary, held.status) if trained is not None else None
+    # a stop signal outside training's own watch only sets a flag until status.json says how the run ended: before
+    # training, training stops at its first step; after it (a pruned trial cancelled at its last validation), the run
+    # completes, as it nearly has, rather than dying with status.json still saying running
+    job_watch = SignalWatch().install()
+    try:
+        if cfg.stages:
+            return train_stages(cfg, held)
+        trained = train_run(cfg, held=held)
+        return complete_run(cfg.run_dir, trained.summary, held.status) if trained is not None else None
+    finally:
+        job_watch.restore()
 
 
 def train_job(run_yaml: Path) -> None:
