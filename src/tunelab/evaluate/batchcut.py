@@ -2,9 +2,9 @@
 short ones (mixbatch.py cuts with it, forecast/evaltime.py prices the same cut).
 
 Why: a batch prefills every row left-padded to its longest prompt, so on data whose lengths have a long tail
-(a lab's own data), sixteen rows cut longest first padded the SmolLM2 sweep's 32 test prompts (median 56 tokens,
-longest 402) to 2.8× their tokens, and the batches took twice as long as the same rows cut by length
-(docs/evaluation.md). Each batch also pays its decode steps' fixed part (on a CPU, reading every weight once a
+(a lab's own data), sixteen rows cut longest first padded 32 of the whole-sweep benchmark's prompts (median 56
+tokens, longest 402) to 2.8× their tokens; cut by length, with adapters merged, the same pass took 1.83× less
+(benchmarks/eval_pass_ab.py, docs/benchmarks.md). Each batch also pays its decode steps' fixed part (on a CPU, reading every weight once a
 step), so cutting every row apart is no better. The cut minimizes the two together: rows longest first, split
 where `rows × longest + batch_cost` summed over the batches is least (an exact dynamic programme, at most
 `max_rows` a batch). `batch_cost` is a batch's decode steps in prefill tokens: max_new_tokens × DECODE_STEP_TOKENS."""
