@@ -12,7 +12,7 @@ import torch
 from tests.unit.test_eval_mixing import make_adapter
 from tunelab.evaluate.hf import BatchSettings, LocalLM, load_model
 from tunelab.evaluate.mixgen import BASE, Row
-from tunelab.evaluate.prefix import MIN_PREFIX, mid_padded, shared_prefix
+from tunelab.evaluate.prefix import MIN_PREFIX, mid_padded, shared_prefix, shares_prefix
 from tunelab.evaluate.shared import SharedWeights
 
 
@@ -24,6 +24,7 @@ def test_the_shared_prefix_leaves_every_row_a_token_and_rows_are_laid_out_after_
     assert shared_prefix([a[:MIN_PREFIX], a[:MIN_PREFIX + 1]]) == 0  # MIN_PREFIX - 1 shared: too short
     ids, mask = mid_padded([[1, 2, 3, 4], [1, 2, 9]], 2, 0)
     assert ids == [[1, 2, 3, 4], [1, 2, 0, 9]] and mask == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    assert shares_prefix("cpu") and not shares_prefix("cuda:0")  # measured on a CPU only
 
 
 @pytest.fixture(scope="module")

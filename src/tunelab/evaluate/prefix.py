@@ -5,8 +5,9 @@ task's prompts begin alike — the chat template's header and system prompt, an 
 batch's rows share that prefix token for token, so it is run once, then every row continues after it: the rows are
 laid out prefix, padding, own tokens (`mid_padded`), which generate() reads as left padding is read (the attention
 mask drops the pads and positions count only real tokens), so each row sees the same tokens at the same positions as
-when it is prefilled whole. Only for a batch of one adapter (merged or active: the prefix's keys are that adapter's)
-and a model whose cache is plain full attention (no sliding window, no recurrent state)."""
+when it is prefilled whole. Only on a CPU (measured there; a GPU's prefill is cheap and unmeasured), for a batch of
+one adapter (merged or active: the prefix's keys are that adapter's) and a model whose cache is plain full attention
+(no sliding window, no recurrent state)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with their rows: the copy is not worth a forward of its own
+
+
+def shares_prefix(device: str) -> bool:
+    """Whether a batch's shared prefix is prefilled once on this device: a CPU, where it was measured."""
+    return str(device).startswith("cpu")
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:

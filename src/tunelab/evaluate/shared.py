@@ -25,7 +25,7 @@ from tunelab.evaluate.hf import WEIGHT_LOADS, BatchSettings, Generation, LocalLM
 from tunelab.evaluate.merging import Merged, copy_bytes, merge, unmerge
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
-from tunelab.evaluate.prefix import mid_padded, prefix_cache, shared_prefix
+from tunelab.evaluate.prefix import mid_padded, prefix_cache, shared_prefix, shares_prefix
 from tunelab.faults import kill_point
 from tunelab.host.device import merges_adapters
 
@@ -190,7 +190,7 @@ class SharedWeights(LocalLM):
         and the rows laid out after it (prefix.py)."""
         import torch
 
-        prefix = shared_prefix(prompts) if prefixed else 0
+        prefix = shared_prefix(prompts) if prefixed and shares_prefix(self.device) else 0
         cache = prefix_cache(self.model, prompts[0][:prefix], len(prompts), self.device) if prefix else None
         if cache is None:
             ids, mask = self._left_padded(prompts)
