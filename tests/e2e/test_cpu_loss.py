@@ -1,6 +1,8 @@
 """On a CPU tunelab's trainer takes the model's own loss instead of TRL's fused LM head (train/trainer.py's
-plain_loss: the fused head cost 15 % of a SmolLM2 step here, docs/benchmarks.md). Both must train the same thing:
-the loss and every LoRA gradient of a real batch, each way, against a cross-entropy computed here by hand."""
+plain_loss: the fused head cost 15 % of an unpacked SmolLM2 step here and 38 % of a packed one, docs/benchmarks.md),
+from the logits of the positions whose next token carries the loss only (models/loss_positions.py). Both must train
+the same thing: the loss and every LoRA gradient of a real batch, each way, packed or not, against a cross-entropy
+computed here by hand from the full logits."""
 
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ from tunelab.train.trainer import plain_loss
 pytestmark = pytest.mark.slow
 
 
-def test_plain_loss_only_for_unpacked_text_on_a_cpu():
-    assert plain_loss(cuda=False, packing=False, vision=False)
-    assert not plain_loss(cuda=True, packing=False, vision=False)  # what the GPU memory simulator models
-    assert not plain_loss(cuda=False, packing=True, vision=False)
-    assert not plain_loss(cuda=False, packing=False, vision=True)
+def test_plain_loss_for_text_on_a_cpu_packed_or_not():
+    assert plain_loss(cuda=False, vision=False)
+    assert not plain_loss(cuda=True, vision=False)  # what the GPU memory simulator models
+    assert not plain_loss(cuda=False, vision=True)
 
 
 def _loss_and_grads(trainer, batch, plain: bool):
@@ -28,21 +29,21 @@ def _loss_and_grads(trainer, batch, plain: bool):
     return loss.detach(), grads
 
 
-def test_the_model_own_loss_equals_trl_fused_head_and_a_hand_cross_entropy(write_spec):
+def _same_loss_and_grads(trainer, batch, model_inputs):
+    """The plain (kept-logits) loss and the fused head's, each with its LoRA gradients, against the full logits'
+    cross-entropy by hand; the kept path must really have dropped positions."""
     import torch
     import torch.nn.functional as F
 
-    from tunelab.train.trainer import build_trainer
+    from tunelab.models.loss_positions import kept_logits_inputs
 
-    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"batch_size": 4})
-    trainer = build_trainer(scaffold(spec).runs[0])[0]
-    assert trainer.plain_loss  # a CPU, unpacked rows
-    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     labels = batch["labels"]
     assert (labels == -100).any() and (labels != -100).any()  # the prompt masked, the answer kept
+    kept = kept_logits_inputs(labels)
+    assert 0 < kept["logits_to_keep"].numel() < labels.shape[1] - 1
     with torch.no_grad():
-        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               use_cache=False).logits
+        logits = trainer.model(**model_inputs, use_cache=False).logits
+    assert logits.shape[1] == labels.shape[1]
     by_hand = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                               ignore_index=-100)
     plain, plain_grads = _loss_and_grads(trainer, batch, plain=True)
@@ -52,6 +53,30 @@ def test_the_model_own_loss_equals_trl_fused_head_and_a_hand_cross_entropy(write
     worst = max((plain_grads[n] - fused_grads[n]).abs().max().item() for n in plain_grads)
     scale = max(g.abs().max().item() for g in fused_grads.values())
     assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
+
+
+def test_the_model_own_loss_equals_trl_fused_head_and_a_hand_cross_entropy(write_spec):
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"batch_size": 4})
+    trainer = build_trainer(scaffold(spec).runs[0])[0]
+    assert trainer.plain_loss  # a CPU, unpacked rows
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    _same_loss_and_grads(trainer, batch, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+
+
+def test_a_packed_batch_loss_is_the_same_each_way_rows_isolated(write_spec):
+    """Packed rows (padding-free, positions restarting at each row, tunelab's varlen attention): the kept logits'
+    loss equals the fused head's and the full logits' by hand."""
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False,
+                      training={"batch_size": 1, "packing": True, "max_seq_len": 256})
+    trainer = build_trainer(scaffold(spec).runs[0])[0]
+    assert trainer.plain_loss
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) > 1  # several rows packed
+    _same_loss_and_grads(trainer, batch, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]})
 
 
 def test_a_steps_flops_count_is_transformers_formula_with_the_parameters_counted_once(write_spec):

@@ -123,3 +123,43 @@ def test_a_contended_timing_is_kept_by_the_plan_that_took_it_past_its_minutes(mo
         now[0] = 1000.0 + cpuspeed.CONTENDED_KEEP_S + 50  # its timing at 1010 s is older than the minutes now
         assert cpuspeed.still_fresh(1010.0) and not cpuspeed.still_fresh(990.0)
     assert not cpuspeed.still_fresh(1010.0)
+
+
+def test_the_calibration_loss_reads_the_share_of_logits_the_job_will_and_another_share_is_priced(
+        timing, tmp_path, tiny_model, monkeypatch):
+    """A run whose loss keeps a quarter of the positions (answers only) is timed with a quarter of the calibration's
+    positions labelled: its warm-up step really keeps those logits (models/loss_positions.py, as the job's loss). A
+    run of the same shape whose loss reads every position is not timed again: priced from it by the LM head's FLOPs
+    at the positions the quarter dropped (4 × hidden × vocabulary each), worked out here by hand."""
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    kept_seen = []
+    real = cpuspeed.kept_logits_inputs
+    monkeypatch.setattr(cpuspeed, "kept_logits_inputs",
+                        lambda labels: kept_seen.append(got := real(labels)) or got)
+    run = _cfg(tmp_path, tiny_model, 4, 4, 32)
+    quarter = cpuspeed.timed_cpu_speed(run, 4 * 32, 1, kept=0.25)
+    assert [g["logits_to_keep"].numel() for g in kept_seen] == [8]  # the warm-up step: 8 of 32 positions
+    assert quarter.tokens_per_s == pytest.approx(4 * 32 / STEP_S)
+    assert "the loss on 25% of the positions" in quarter.source and "priced from it" not in quarter.source
+    every = cpuspeed.timed_cpu_speed(run, 4 * 32, 1)
+    assert len(timing["builds"]) == 1 and len(kept_seen) == 1  # not timed again
+    head = 4 * 128 * vocab  # the tiny Llama's LM head per position, forward and input gradient
+    ratio = _train_flops_per_token(vocab, 32, 4) / (_train_flops_per_token(vocab, 32, 4) - head * 0.75)
+    assert every.tokens_per_s == pytest.approx(4 * 32 / STEP_S / ratio, rel=1e-9)
+    assert "priced from it" in every.source and [e["kept"] for e in _entries(tmp_path)] == [0.25]
+
+
+@pytest.mark.parametrize("kept, seq, count", [(0.25, 32, 8), (0.01, 32, 1), (0.99, 32, 32), (0.5, 9, 4)])
+def test_calibration_labels_mark_that_many_positions_never_the_first(kept, seq, count):
+    import torch
+
+    from tunelab.models.loss_positions import calibration_labels
+
+    ids = torch.arange(2 * seq).reshape(2, seq)
+    labels = calibration_labels(ids, kept)
+    marked = (labels != -100)
+    if count >= seq - 1:
+        assert torch.equal(labels, ids)
+        return
+    assert marked.sum(dim=1).tolist() == [count, count] and not marked[:, 0].any()
+    assert torch.equal(labels[marked], ids[marked])

@@ -47,6 +47,7 @@ from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, ste
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.host.cpuload import LoadMeter, LoadWindow
 from tunelab.models.lora import lora_config
+from tunelab.models.loss_positions import calibration_labels, kept_logits_inputs
 from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
@@ -125,16 +126,17 @@ def calibration_shape(batch: int, seq: int) -> tuple[int, int]:
     return max(1, CALIBRATION_TOKENS // rows), rows
 
 
-def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None) -> TimedSpeed:
-    """The run shape's training speed on this CPU: its micro-batches (capped, calibration_shape) timed here, or
-    (too large to time, or a VLM) the FLOPs model over a matrix product timed here."""
+def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | None, kept: float = 1.0) -> TimedSpeed:
+    """The run shape's training speed on this CPU: its micro-batches (capped, calibration_shape) timed here, their
+    loss reading the logits of `kept` of the positions as the job's does (models/loss_positions.py), or (too large to
+    time, or a VLM) the FLOPs model over a matrix product timed here."""
     t = cfg.training
     assert t is not None
     arch = resolve_architecture(cfg.model.path)
     batch = max(1, t.batch_size)
     seq = max(8, tokens_per_microbatch // batch)
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
-        return _timed_shape(cfg, arch, batch, seq, threads)
+        return _timed_shape(cfg, arch, batch, seq, threads, round(kept, 2))
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
     recompute = RECOMPUTE_FACTOR if t.gradient_checkpointing else 1.0
@@ -147,14 +149,16 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
 
 
 def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list[Any]:
-    """What a timing depends on; not the LoRA rank (a rank's cost is priced from another's, _timed_shape)."""
+    """What a timing depends on; not the LoRA rank nor the share of logits kept (each priced from the timed one's,
+    _timed_shape)."""
     t = cfg.training
     assert t is not None
     return [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
             seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "forward+save+rank"]
 
 
-def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None) -> TimedSpeed:
+def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None,
+                 kept: float) -> TimedSpeed:
     """The run's speed from its calibration micro-batch's timing (cached per shape and thread count), priced up to
     its own rows, length and rank by FLOPs per token (speed.py: attention grows with the length, LoRA with the
     rank); the forward likewise, the save as timed."""
@@ -162,7 +166,7 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
     assert t is not None
     cal_batch, cal_seq = calibration_shape(batch, seq)
     got = cached_json("cpu-step", _step_key(cfg, cal_batch, cal_seq, threads),
-                      lambda: _time_with_others(cfg, cal_batch, cal_seq, threads), keep=_uncontended)
+                      lambda: _time_with_others(cfg, cal_batch, cal_seq, threads, kept), keep=_uncontended)
     slowdown = float(got.get("slowdown") or 1.0)
     contention = contention_note(slowdown) if got.get("contended") else ""
     factor = slowdown if contention else 1.0
@@ -170,14 +174,18 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
     targets = tuple(t.lora_target_modules) if isinstance(t.lora_target_modules, list) else t.lora_target_modules
     lora_run = lora_params(arch, t.lora_rank, targets)
     lora_timed = lora_params(arch, timed_rank, targets)
-    train_ratio = step_flops_per_token(arch, seq, lora_run) / step_flops_per_token(arch, cal_seq, lora_timed)
+    timed_kept = float(got.get("kept", 1.0))  # an entry from before the loss kept logits: every position's
+    train_ratio = (step_flops_per_token(arch, seq, lora_run, kept)
+                   / step_flops_per_token(arch, cal_seq, lora_timed, timed_kept))
     forward_ratio = forward_flops_per_token(arch, seq, lora_run) / forward_flops_per_token(arch, cal_seq, lora_timed)
     tps = cal_batch * cal_seq / got["median_s"] * factor / train_ratio
     rounds = int(got.get("rounds") or 1)
-    priced = (f"; this run's {batch} × {seq} at rank {t.lora_rank} priced from it by FLOPs per token "
-              f"(×{train_ratio:.3f})" if (cal_batch, cal_seq, timed_rank) != (batch, seq, t.lora_rank) else "")
+    priced = (f"; this run's {batch} × {seq} at rank {t.lora_rank}{f', loss on {kept:.0%}' if kept < 1.0 else ''} "
+              f"priced from it by FLOPs per token (×{train_ratio:.3f})"
+              if (cal_batch, cal_seq, timed_rank, timed_kept) != (batch, seq, t.lora_rank, kept) else "")
+    logits = f", the loss on {timed_kept:.0%} of the positions" if timed_kept < 1.0 else ""
     source = (f"timed here: {got['steps']} training micro-batches of {cal_batch} × {cal_seq} tokens of this model "
-              f"(random weights, LoRA rank {timed_rank}) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
+              f"(random weights, LoRA rank {timed_rank}{logits}) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
               f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''}){priced}"
               f"{f'; {contention}' if contention else ''}; `tunelab probe` measures the real run")
     forward, save = got.get("forward_s"), got.get("save_s")
@@ -186,7 +194,7 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
                       forward * scale / factor if forward else None, save / factor if save else None)
 
 
-def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> dict[str, Any]:
+def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None, kept: float) -> dict[str, Any]:
     """`threads`' timing; the other counts priced together that no kept entry has are timed on the same model,
     right after, and kept under their own keys."""
     others = [n for n in dict.fromkeys(priced_counts()) if n != threads
@@ -194,7 +202,7 @@ def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None)
     counts: list[int | None] = [threads, *others] if threads else [threads]
     with working("timing model {}'s training step ({} × {} tokens) at {} thread(s) here, for the plan's time "
                  "(kept for later plans)", cfg.model.name, batch, seq, thread_words(counts)):
-        got = _time_steps(cfg, batch, seq, counts)
+        got = _time_steps(cfg, batch, seq, counts, kept)
     for n in others:
         if _uncontended(got[n]):
             store_json("cpu-step", _step_key(cfg, batch, seq, n), got[n])
@@ -232,14 +240,17 @@ def _uncontended(timing: dict[str, Any]) -> bool:
     return not timing.get("contended") or still_fresh(float(timing.get("timed_at") or 0))
 
 
-def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None]) -> dict[int | None, dict[str, Any]]:
+def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
+                kept: float) -> dict[int | None, dict[str, Any]]:
     """Each thread count's timing of one micro-batch's forward, backward and optimizer step (median, spread, load),
     one after the other on one model built once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
         model, opt, ids = _build(cfg, batch, seq)
+        labels = calibration_labels(ids, kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
-        return {n: {**_timed_at(model, opt, ids, n), "lora_rank": cfg.training.lora_rank if cfg.training else None}
+        return {n: {**_timed_at(model, opt, ids, labels, n), "kept": kept if labels is not ids else 1.0,
+                    "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for n in counts}
 
 
@@ -266,14 +277,14 @@ def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
     return model, opt, torch.randint(0, config.vocab_size, (batch, seq))
 
 
-def _timed_at(model: Any, opt: Any, ids: Any, threads: int | None) -> dict[str, Any]:
+def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None) -> dict[str, Any]:
     """One thread count's warm-up step, rounds of timed steps (again while one disagrees, as the probe does) and
     forward and save; the round that had the most of the cores is the figure."""
     torch, before = _threads(threads)
     try:
         def step() -> float:
             t0 = time.perf_counter()
-            model(input_ids=ids, labels=ids).loss.backward()
+            model(input_ids=ids, labels=labels, **kept_logits_inputs(labels)).loss.backward()  # as the job's loss
             opt.step()
             opt.zero_grad(set_to_none=True)
             return time.perf_counter() - t0

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from statistics import median
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
@@ -276,9 +276,19 @@ def startup_kind(refs: list[HistoryRun]) -> SourceKind:
     return origin_kind(timed) if timed else SourceKind.ASSUMED
 
 
+class RunLengths(NamedTuple):
+    """A run's token lengths as trained (train and validation), and the share of a micro-batch's positions whose logits
+    its loss keeps (models/loss_positions.py's kept_share: on a CPU the step computes only those)."""
+
+    train: list[int]
+    validation: list[int]
+    kept: float = 1.0
+
+
 def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
-             history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunTime:
-    """The training time of one run (no memory); `stage`: cfg is one stage of a staged run."""
+             history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False,
+             kept: float = 1.0) -> RunTime:
+    """The training time of one run (no memory); `stage`: cfg is one stage of a staged run; `kept`: RunLengths'."""
     t = _training(cfg)
     arch = _architecture(cfg.model.path)
     nproc = cfg.resources.processes_per_run(1 if gpu is not None else 0)
@@ -303,7 +313,7 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
                                                              for r in same_targets(history, t)):
         # nothing measured on this CPU of these LoRA targets: timed here (a row that differs only in checkpointing
         # is priced across by the levers, forecast/split.py; rows of other targets say nothing of this shape)
-        timed = cpuspeed.timed_cpu_speed(cfg, tokens_mb, cpu_threads)
+        timed = cpuspeed.timed_cpu_speed(cfg, tokens_mb, cpu_threads, kept)
         speed = Speed(timed.tokens_per_s, timed.source, [], timed.kind, timed.spread, timed.contention)
         first = _first_contact(cfg, timed, steps, rows, tokens_mb, val_lengths, nproc,
                                train_tokens / timed.tokens_per_s, cpu_threads)
@@ -338,13 +348,14 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
 
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],
-                 history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False) -> RunEstimate:
+                 history: list[HistoryRun], cpu_threads: int | None = None, stage: bool = False,
+                 kept: float = 1.0) -> RunEstimate:
     """lengths: the train split's token lengths as trained; memory per device, time the wall time of all processes."""
     t = cfg.training
     assert t is not None, "controls have nothing to estimate"
     arch = _architecture(cfg.model.path)
     res = cfg.resources
-    time = run_time(cfg, gpu, lengths, val_lengths, history, cpu_threads, stage)
+    time = run_time(cfg, gpu, lengths, val_lengths, history, cpu_threads, stage, kept)
     nproc, seconds, tps = time.processes, time.seconds, time.tokens_per_s
     peak = gpu_mem = None
     strategy = Strategy.DDP if nproc > 1 else None

@@ -30,10 +30,12 @@ def flops_per_token(arch: Architecture, seq_len: int) -> float:
     return dense_attention_flops(arch.parameters, arch.layers, arch.heads * arch.head_dim, seq_len)
 
 
-def step_flops_per_token(arch: Architecture, seq_len: int, lora_params: int) -> float:
+def step_flops_per_token(arch: Architecture, seq_len: int, lora_params: int, kept: float = 1.0) -> float:
     """A LoRA training step's FLOPs per token with its adapters counted: their forward, input and weight gradients
-    (6 per adapter parameter) on top of flops_per_token; what prices one timed shape's step at another's."""
-    return flops_per_token(arch, seq_len) + 6.0 * lora_params
+    (6 per adapter parameter) on top of flops_per_token, less the LM head's forward and input gradient (4 × hidden ×
+    vocabulary) at the positions whose logits the loss does not read (1 - kept: models/loss_positions.py); what
+    prices one timed shape's step at another's."""
+    return flops_per_token(arch, seq_len) + 6.0 * lora_params - 4.0 * arch.embedding_params * (1.0 - kept)
 
 
 def forward_flops_per_token(arch: Architecture, seq_len: int, lora_params: int) -> float:

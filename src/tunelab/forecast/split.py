@@ -15,7 +15,7 @@ from tunelab.catalog import GPU
 from tunelab.errors import TunelabError
 from tunelab.estimate.batch import SAFETY_FRACTION
 from tunelab.estimate.peak import MemoryFigure, fits
-from tunelab.forecast.runs import RunTime, device_peak, run_step, run_time
+from tunelab.forecast.runs import RunLengths, RunTime, device_peak, run_step, run_time
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR
 from tunelab.fsutil import human_seconds
 from tunelab.ledger.history import HistoryRun
@@ -31,7 +31,7 @@ TIE_FRACTION = 0.05
 MEASURED_SPLIT = "fixed + per-token"  # forecast/runs.py's words for a time with a measured per-step part
 FIELD = "training.effective_batch"
 
-Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]
+Lengths = Callable[[RunConfig], RunLengths]  # a run's token lengths as trained (forecast/runs.py)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Costs:
     cpu_threads: int | None = None
 
     def time(self, cfg: RunConfig) -> RunTime:
-        return run_time(cfg, self.gpu, *self.lengths(cfg), self.history, self.cpu_threads)
+        got = self.lengths(cfg)
+        return run_time(cfg, self.gpu, got.train, got.validation, self.history, self.cpu_threads, kept=got.kept)
 
     def peak(self, cfg: RunConfig) -> MemoryFigure | None:
         """Simulated peak per device; None on CPU (host memory is not modelled)."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tunelab.catalog import GPU
-from tunelab.forecast.runs import estimate_run, slurm_time_limit
+from tunelab.forecast.runs import RunLengths, estimate_run, slurm_time_limit
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, SourceKind, StageEstimate
 from tunelab.spec.resources import Strategy
 
-Lengths = Callable[[RunConfig], tuple[list[int], list[int]]]  # train and validation token lengths of a run
+Lengths = Callable[[RunConfig], RunLengths]  # train and validation token lengths of a run, its kept logits
 
 
 def stage_runs(cfg: RunConfig) -> list[RunConfig]:
@@ -24,8 +24,8 @@ def stage_runs(cfg: RunConfig) -> list[RunConfig]:
 def estimate_any_run(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history: list[HistoryRun],
                      cpu_threads: int | None = None) -> RunEstimate:
     """The run's estimate: estimate_run on the run itself, or on each stage and combined."""
-    parts = [estimate_run(part, gpu, *lengths(part), history, cpu_threads, stage=bool(cfg.stages))
-             for part in stage_runs(cfg)]
+    parts = [estimate_run(part, gpu, got.train, got.validation, history, cpu_threads, stage=bool(cfg.stages),
+                          kept=got.kept) for part in stage_runs(cfg) if (got := lengths(part)) is not None]
     return combine_stages(cfg, parts) if cfg.stages else parts[0]
 
 

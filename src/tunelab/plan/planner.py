@@ -25,10 +25,12 @@ from tunelab.forecast import cpu_sharing, cpuspeed, levers, loopcost, sweeptime
 from tunelab.forecast.cpu_sharing import CpuSharing, cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training, recorded_estimates
+from tunelab.forecast.runs import RunLengths
 from tunelab.forecast.tunecost import SearchCost
 from tunelab.host.adapt import watch_load
 from tunelab.ledger import history, predictions
 from tunelab.models.check import ModelInfo, check_model_dir
+from tunelab.models.loss_positions import kept_share
 from tunelab.models.vlm import is_vision_language
 from tunelab.plan.attention import attention_notes, resolve_runs_attention
 from tunelab.plan.design import expand_runs, resolve_dataset
@@ -221,10 +223,14 @@ def split_lengths(cfg: RunConfig) -> dict[str, tuple[tuple[int, int], ...]]:
     return _split_masks(LengthKey.of(cfg))
 
 
-def measure_lengths(cfg: RunConfig) -> tuple[list[int], list[int]]:
-    """Token lengths of train and validation as training will format them (real tokenizer)."""
+def measure_lengths(cfg: RunConfig) -> RunLengths:
+    """Token lengths of train and validation as training will format them (real tokenizer), and the share of a
+    micro-batch's logits its loss keeps (models/loss_positions.py: what the plan's timing of a step keeps)."""
     per_split = split_lengths(cfg)
-    return [n for n, _ in per_split.get("train", ())], [n for n, _ in per_split.get("validation", ())]
+    train = per_split.get("train", ())
+    t = cfg.training
+    kept = kept_share(train, t.batch_size, t.packing, t.max_seq_len) if t is not None else 1.0
+    return RunLengths([n for n, _ in train], [n for n, _ in per_split.get("validation", ())], kept)
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,22 @@ class FeedingMixin(_TrainerBase):
 
 class PlainLossMixin(_TrainerBase):
     """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so there
-    the model computes its own loss from its logits (`plain_loss`): the same value."""
+    the model computes its own loss (`plain_loss`): the same value, from the logits of the positions whose next token
+    carries the loss only (models/loss_positions.py; a training step's, not an evaluation's, which may read them)."""
 
     plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
+    _keeps_logits: bool | None = None  # whether the model takes logits_to_keep (asked once)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.plain_loss:
             from transformers import Trainer
 
+            from tunelab.models.loss_positions import keeps_logits, kept_logits_inputs
+
+            if self._keeps_logits is None:
+                self._keeps_logits = keeps_logits(model)
+            if self._keeps_logits and not return_outputs:
+                inputs = {**inputs, "use_cache": False, **kept_logits_inputs(inputs.get("labels"))}  # no KV cache: as TRL
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

@@ -66,16 +66,17 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     trainer.local = local if local is not None else LocalCounts()
     trainer.fixed_order, trainer.order_spec = order_for(t, cfg, trainer.train_dataset), t.order
     trainer.remove_callback(PrinterCallback)  # our callback logs one readable line per step instead
-    trainer.plain_loss = plain_loss(torch.cuda.is_available(), t.packing, vision is not None)
-    log("loss: the model's own, from its logits" if trainer.plain_loss else "loss: TRL's fused LM head")
+    trainer.plain_loss = plain_loss(torch.cuda.is_available(), vision is not None)
+    log("loss: the model's own, from the logits it reads" if trainer.plain_loss else "loss: TRL's fused LM head")
     return trainer, train_ds, val_ds
 
 
-def plain_loss(cuda: bool, packing: bool, vision: bool) -> bool:
-    """Whether the model computes its own loss from full logits instead of TRL's fused LM head: on a CPU, for unpacked
-    text rows, where the head's extras cost time for nothing. Packed rows and images keep TRL's path, whose labels and
-    positions TRL's loss expects."""
-    return not cuda and not packing and not vision
+def plain_loss(cuda: bool, vision: bool) -> bool:
+    """Whether the model computes its own loss (from the logits the loss reads) instead of TRL's fused LM head: on a
+    CPU, for text rows packed or not, where the head's extras and its recomputed tiles cost time for nothing (a packed
+    SmolLM2 step 1.6× as long, docs/benchmarks.md). A GPU keeps TRL's head, which the memory simulator models; images
+    keep TRL's path, whose processor-made labels it handles."""
+    return not cuda and not vision
 
 
 def attention_of(cfg: RunConfig) -> str:
