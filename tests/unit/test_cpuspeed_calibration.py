@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.forecast import cpuspeed
+from tunelab.forecast import cpuspeed, planscope
 from tunelab.rundir.config import RunConfig
 
 STEP_S = 0.01  # every timed step, as given
@@ -40,10 +40,10 @@ def timing(tmp_path, monkeypatch) -> dict[str, list]:
     return seen
 
 
-def _cfg(root: Path, model: Path, rank: int, batch: int, seq: int) -> RunConfig:
+def _cfg(root: Path, model: Path, rank: int, batch: int, seq: int, **training) -> RunConfig:
     return RunConfig(name=f"r{rank}", kind="finetune", experiment="x", experiment_dir=str(root),
                      model={"name": "tiny", "path": str(model)}, dataset={"name": "d", "path": str(root / "d.json")},
-                     prompt="{input}", training={"batch_size": batch, "max_seq_len": seq, "lora_rank": rank})
+                     prompt="{input}", training={"batch_size": batch, "max_seq_len": seq, "lora_rank": rank, **training})
 
 
 def _train_flops_per_token(vocab: int, seq: int, rank: int) -> float:
@@ -62,8 +62,8 @@ def _entries(tmp_path: Path) -> list[dict]:
 def test_a_micro_batch_past_the_cap_is_timed_at_rows_that_fit_once_for_every_count_and_rank(
         timing, tmp_path, tiny_model):
     vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
-    run = _cfg(tmp_path, tiny_model, 4, 8, 64)  # 8 × 64 = 512 tokens: past the cap of 128
-    with cpuspeed.priced_together((1, 2)):
+    run = _cfg(tmp_path, tiny_model, 4, 8, 64, validation_every_steps=5)  # 8 × 64: past the cap of 128; validates
+    with planscope.priced_together((1, 2)):
         one = cpuspeed.timed_cpu_speed(run, 8 * 64, 1)
         two = cpuspeed.timed_cpu_speed(run, 8 * 64, 2)
     assert timing["builds"] == [(2, 64)]  # rows of its 64 tokens, 128 // 64 of them; one model for both counts
@@ -119,10 +119,10 @@ def test_a_contended_timing_is_kept_by_the_plan_that_took_it_past_its_minutes(mo
     for a timing taken before the plan, the minutes alone decide."""
     now = [1000.0]
     monkeypatch.setattr(cpuspeed.time, "time", lambda: now[0])
-    with cpuspeed.one_plan():  # the plan starts at 1000 s
-        now[0] = 1000.0 + cpuspeed.CONTENDED_KEEP_S + 50  # its timing at 1010 s is older than the minutes now
-        assert cpuspeed.still_fresh(1010.0) and not cpuspeed.still_fresh(990.0)
-    assert not cpuspeed.still_fresh(1010.0)
+    with planscope.one_plan():  # the plan starts at 1000 s
+        now[0] = 1000.0 + planscope.CONTENDED_KEEP_S + 50  # its timing at 1010 s is older than the minutes now
+        assert planscope.still_fresh(1010.0) and not planscope.still_fresh(990.0)
+    assert not planscope.still_fresh(1010.0)
 
 
 def test_the_calibration_loss_reads_the_share_of_logits_the_job_will_and_another_share_is_priced(
@@ -163,3 +163,18 @@ def test_calibration_labels_mark_that_many_positions_never_the_first(kept, seq, 
         return
     assert marked.sum(dim=1).tolist() == [count, count] and not marked[:, 0].any()
     assert torch.equal(labels[marked], ids[marked])
+
+
+def test_a_forward_is_timed_only_for_a_run_that_validates_and_then_serves_both(timing, tmp_path, tiny_model):
+    """A validation's unit (a forward without gradients) is a quarter of a cold plan's timing: a run without
+    validations gets none timed; a run of the same shape that validates times the shape again, forward too; that
+    entry serves a run that does not validate afterwards."""
+    quiet = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
+    (entry,) = _entries(tmp_path)
+    assert "forward_s" not in entry and quiet.forward_s is None and entry["save_s"] > 0
+    validating = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32, validation_every_steps=5), 4 * 32, 1)
+    (entry,) = _entries(tmp_path)
+    assert len(timing["builds"]) == 2 and entry["forward_s"] > 0
+    assert validating.forward_s == pytest.approx(entry["forward_s"])
+    cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
+    assert len(timing["builds"]) == 2  # kept: a forward more than this run asks for

@@ -61,7 +61,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
     assert float(got[4]) > 1.15  # hogs on every core: the load read is what cpuload calls contended
     assert any("timed under contention" in w for w in plan.warnings), plan.warnings
     # a contended timing is kept for minutes only: past them, the next plan times again
-    from tunelab.forecast import cpuspeed
+    from tunelab.forecast import planscope
 
     entries = sorted((tmp_path / "cache").glob("cpu-step/*.json"))  # one a shape the plan timed
     assert entries
@@ -69,7 +69,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
     for entry in entries:
         stored = json.loads(entry.read_text())
         assert stored["value"]["contended"] is True
-        stored["value"]["timed_at"] -= cpuspeed.CONTENDED_KEEP_S + 1
+        stored["value"]["timed_at"] -= planscope.CONTENDED_KEEP_S + 1
         entry.write_text(json.dumps(stored))
         aged[entry] = stored["value"]["timed_at"]
     os.sched_setaffinity(0, {min(given)})  # the same one core (so the same thread count and shape), no hog now
@@ -77,7 +77,7 @@ def test_a_plan_timed_beside_hogs_on_every_core_says_so_and_corrects_by_the_slow
         again = make_plan(write_spec()).estimates["tiny_r4"]  # past their minutes: timed again
     finally:
         os.sched_setaffinity(0, given)
-    assert all(json.loads(e.read_text())["value"]["timed_at"] > t + cpuspeed.CONTENDED_KEEP_S for e, t in aged.items())
+    assert all(json.loads(e.read_text())["value"]["timed_at"] > t + planscope.CONTENDED_KEEP_S for e, t in aged.items())
     assert again.time_kind == "timed"
 
 

@@ -21,7 +21,7 @@ from importlib.metadata import version
 
 from tunelab.diskcache import cached_json
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
-from tunelab.forecast.cpuspeed import priced_together
+from tunelab.forecast.planscope import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cgroup import host_memory_gib
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares, usable_cores

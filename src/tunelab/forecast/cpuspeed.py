@@ -1,24 +1,20 @@
 """A plan always answers: with no history and no probe of this CPU, the plan times a few training micro-batches of
-the run's model here — built from its config.json with random weights (speed does not depend on their values), the
-run's LoRA adapters, random tokens, forward, backward and AdamW — and prices the run at that speed; the same model's
-forward without gradients (a validation's unit) and one save of its adapter and optimizer state (a save's bulk) are
-timed beside it (forecast/runs.py prices the run's validations and saves with them, forecast/loopcost.py
-what the job's loop adds).
-What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape: rows of its length, as many
-as fit), and the run's own rows, length and LoRA rank are priced from it by FLOPs per token (speed.py): a real
-model's full micro-batch took the first plan of a sweep minutes a timing and GBs of activations, for a per-token
-time the smaller one gives (docs/benchmarks.md). One model serves every thread count the plan prices together
-(priced_together) and the timing serves every rank. Kind `timed`, with a wide interval; `tunelab probe` narrows it.
-A large model (or a vision-language one), whose step would take the plan minutes, gets a matrix product at its
-hidden size timed instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY of it: one timed constant in a
-model, so kind `model`, whose interval is wider (forecast/interval.py), its source saying what was timed and what
-assumed.
+the run's model here — built from its config.json with random weights, the run's LoRA, random tokens, forward (the
+loss on the share of positions the run's loss reads, models/loss_positions.py), backward and AdamW — and prices the
+run at that speed; one save (a save's bulk) and, for a run that validates, a forward without gradients (a
+validation's unit) are timed beside it (forecast/runs.py prices them, forecast/loopcost.py the job's loop).
+What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape), and the run's own rows,
+length, LoRA rank and kept logits are priced from it by FLOPs per token (speed.py): a real model's full micro-batch
+took a sweep's first plan minutes and GBs (docs/benchmarks.md). One model serves every thread count the plan prices
+together (priced_together). Kind `timed`, with a wide interval; `tunelab probe` narrows it. A large model (or a VLM)
+gets a matrix product at its hidden size timed instead, priced by the FLOPs model at an assumed MATMUL_EFFICIENCY:
+kind `model`, a wider interval (forecast/interval.py), its source saying what was timed and what assumed.
 
-The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree by more than the
-probe's SPREAD_LIMIT, or that others' work slowed, is timed again (up to MORE_ROUNDS more, as the probe does), and
-the round that had most of the cores is the figure; still contended, its time is divided by the slowdown the load
-predicts and the source says so (and plan's warnings). Timings are cached per machine, thread count, model config
-and timed shape (diskcache.py), so a second plan does not time again — a contended one only for CONTENDED_KEEP_S.
+The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree past the probe's
+SPREAD_LIMIT, or that others slowed, is timed again (up to MORE_ROUNDS more), the round with most of the cores is
+the figure, and a still contended one is divided by the predicted slowdown, said in its source and the plan's
+warnings. Timings are cached per machine, thread count, model config and shape (diskcache.py): a second plan does
+not time again — a contended timing only for CONTENDED_KEEP_S.
 """
 
 from __future__ import annotations
@@ -30,9 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
 from statistics import median
@@ -43,6 +37,7 @@ from tunelab.console import working
 from tunelab.diskcache import cached_json, file_digests, store_json, stored_json, this_environment
 from tunelab.estimate.memory import lora_params
 from tunelab.forecast import loopjob
+from tunelab.forecast.planscope import priced_counts, still_fresh
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.host.cpuload import LoadMeter, LoadWindow
@@ -58,48 +53,8 @@ TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_
 MIN_STEPS = 3
 MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
 MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
-CONTENDED_KEEP_S = 600.0  # a timing taken under contention is reused this long, then timed again
 CALIBRATION_TOKENS = 512  # the most tokens a timed micro-batch holds: a larger run's is priced per token from it
 RETIME_BUDGET_S = 10.0  # rounds are timed again (contended, or spread) only while the rounds so far took less
-
-_PRICED_TOGETHER: ContextVar[tuple[int, ...]] = ContextVar("threads_priced_together", default=())
-
-
-@contextmanager
-def priced_together(thread_counts: Iterable[int]) -> Iterator[None]:
-    """The thread counts a plan is about to price (forecast/cpu_sharing.py's options): a timing that misses times
-    the missing ones among them too, on the same model (one build, one start-up), as the loop's measuring job does
-    (forecast/loopcost.py)."""
-    token = _PRICED_TOGETHER.set(tuple(thread_counts))
-    try:
-        yield
-    finally:
-        _PRICED_TOGETHER.reset(token)
-
-
-def priced_counts() -> tuple[int, ...]:
-    return _PRICED_TOGETHER.get()
-
-
-_PLAN_STARTED: ContextVar[float | None] = ContextVar("plan_started", default=None)
-
-
-@contextmanager
-def one_plan() -> Iterator[None]:
-    """A plan's scope: what it timed under contention it keeps to its end, however long its timings took (on a
-    loaded machine a plan's own timings outlasted CONTENDED_KEEP_S and it timed them again, minutes each)."""
-    token = _PLAN_STARTED.set(time.time())
-    try:
-        yield
-    finally:
-        _PLAN_STARTED.reset(token)
-
-
-def still_fresh(timed_at: float) -> bool:
-    """A contended timing is reused for CONTENDED_KEEP_S, and by the plan that took it to its end."""
-    started = _PLAN_STARTED.get()
-    return time.time() - timed_at < CONTENDED_KEEP_S or (started is not None and timed_at >= started)
-
 
 @dataclass(frozen=True)
 class TimedSpeed:
@@ -136,7 +91,7 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
     batch = max(1, t.batch_size)
     seq = max(8, tokens_per_microbatch // batch)
     if arch.parameters <= MAX_TIMED_PARAMETERS and not is_vision_language(cfg.model.path):  # a VLM: its matmul
-        return _timed_shape(cfg, arch, batch, seq, threads, round(kept, 2))
+        return _timed_shape(cfg, arch, batch, seq, threads, _Ask(round(kept, 2), bool(t.validation_every_steps)))
     flops = cpu_flops(arch.hidden, threads)
     rate = flops * MATMUL_EFFICIENCY
     recompute = RECOMPUTE_FACTOR if t.gradient_checkpointing else 1.0
@@ -146,6 +101,18 @@ def timed_cpu_speed(cfg: RunConfig, tokens_per_microbatch: int, threads: int | N
               f"{f', gradient checkpointing ×{RECOMPUTE_FACTOR:g} (assumed)' if recompute != 1.0 else ''}; "
               "`tunelab probe` measures the real run")
     return TimedSpeed(tps, source, 0.0, kind=SourceKind.MODEL)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What a run asks of its shape's timing: the share of logits its loss reads; whether it validates (a forward
+    timed too: a quarter of a cold plan's timing, only for a run that needs it)."""
+
+    kept: float
+    forward: bool
+
+    def met_by(self, timing: Any) -> bool:
+        return _kept(timing) and (not self.forward or timing.get("forward_s") is not None)
 
 
 def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list[Any]:
@@ -158,7 +125,7 @@ def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list
 
 
 def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None,
-                 kept: float) -> TimedSpeed:
+                 ask: _Ask) -> TimedSpeed:
     """The run's speed from its calibration micro-batch's timing (cached per shape and thread count), priced up to
     its own rows, length and rank by FLOPs per token (speed.py: attention grows with the length, LoRA with the
     rank); the forward likewise, the save as timed."""
@@ -166,7 +133,8 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
     assert t is not None
     cal_batch, cal_seq = calibration_shape(batch, seq)
     got = cached_json("cpu-step", _step_key(cfg, cal_batch, cal_seq, threads),
-                      lambda: _time_with_others(cfg, cal_batch, cal_seq, threads, kept), keep=_uncontended)
+                      lambda: _time_with_others(cfg, cal_batch, cal_seq, threads, ask), keep=ask.met_by)
+    kept = ask.kept
     slowdown = float(got.get("slowdown") or 1.0)
     contention = contention_note(slowdown) if got.get("contended") else ""
     factor = slowdown if contention else 1.0
@@ -194,15 +162,15 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
                       forward * scale / factor if forward else None, save / factor if save else None)
 
 
-def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None, kept: float) -> dict[str, Any]:
+def _time_with_others(cfg: RunConfig, batch: int, seq: int, threads: int | None, ask: _Ask) -> dict[str, Any]:
     """`threads`' timing; the other counts priced together that no kept entry has are timed on the same model,
     right after, and kept under their own keys."""
     others = [n for n in dict.fromkeys(priced_counts()) if n != threads
-              and not _kept(stored_json("cpu-step", _step_key(cfg, batch, seq, n)))]
+              and not ask.met_by(stored_json("cpu-step", _step_key(cfg, batch, seq, n)))]
     counts: list[int | None] = [threads, *others] if threads else [threads]
     with working("timing model {}'s training step ({} × {} tokens) at {} thread(s) here, for the plan's time "
                  "(kept for later plans)", cfg.model.name, batch, seq, thread_words(counts)):
-        got = _time_steps(cfg, batch, seq, counts, kept)
+        got = _time_steps(cfg, batch, seq, counts, ask)
     for n in others:
         if _uncontended(got[n]):
             store_json("cpu-step", _step_key(cfg, batch, seq, n), got[n])
@@ -241,15 +209,15 @@ def _uncontended(timing: dict[str, Any]) -> bool:
 
 
 def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
-                kept: float) -> dict[int | None, dict[str, Any]]:
+                ask: _Ask) -> dict[int | None, dict[str, Any]]:
     """Each thread count's timing of one micro-batch's forward, backward and optimizer step (median, spread, load),
     one after the other on one model built once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
         model, opt, ids = _build(cfg, batch, seq)
-        labels = calibration_labels(ids, kept)
+        labels = calibration_labels(ids, ask.kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
-        return {n: {**_timed_at(model, opt, ids, labels, n), "kept": kept if labels is not ids else 1.0,
+        return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward), "kept": ask.kept if labels is not ids else 1.0,
                     "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for n in counts}
 
@@ -277,9 +245,9 @@ def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
     return model, opt, torch.randint(0, config.vocab_size, (batch, seq))
 
 
-def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None) -> dict[str, Any]:
-    """One thread count's warm-up step, rounds of timed steps (again while one disagrees, as the probe does) and
-    forward and save; the round that had the most of the cores is the figure."""
+def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, forward: bool) -> dict[str, Any]:
+    """One thread count's warm-up step, rounds of timed steps (again while one disagrees, as the probe does), a save
+    and (asked) a forward; the round that had the most of the cores is the figure."""
     torch, before = _threads(threads)
     try:
         def step() -> float:
@@ -294,7 +262,7 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None) 
         while (len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees  # as the probe does (train/probe_steps.py)
                and sum(sum(r.times) for r in rounds) < RETIME_BUDGET_S):  # a step of seconds: its correction
             rounds.append(_round(step))
-        parts = _forward_and_save(torch, model, opt, ids)
+        parts = _forward_and_save(torch, model, opt, ids, forward)
     finally:
         torch.set_num_threads(before)
     best = min(rounds, key=lambda r: (r.slowdown, r.median_s))  # the round that had the most of the cores
@@ -304,13 +272,13 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None) 
             "others_share": round(best.load.others_share, 4) if best.load else None}
 
 
-def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any) -> dict[str, float]:
-    """A validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS), and a save's
-    bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory once."""
+def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any, forward: bool) -> dict[str, float]:
+    """A save's bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory
+    once, and (asked) a validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS)."""
     model.eval()
     times = []
     with torch.no_grad():
-        for _ in range(MIN_STEPS + 1):
+        for _ in range(MIN_STEPS + 1 if forward else 0):
             t0 = time.perf_counter()
             model(input_ids=ids, labels=ids)
             times.append(time.perf_counter() - t0)
@@ -320,7 +288,7 @@ def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any) -> dict[str, f
         model.save_pretrained(scratch)
         torch.save(opt.state_dict(), f"{scratch}/optimizer.pt")
         save = time.perf_counter() - t0
-    return {"forward_s": median(times[1:]), "save_s": save}  # the first forward: warm-up
+    return {"save_s": save, **({"forward_s": median(times[1:])} if times else {})}  # the first forward: warm-up
 
 
 @dataclass(frozen=True)

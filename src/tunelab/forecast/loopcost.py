@@ -23,7 +23,8 @@ from typing import Any
 from tunelab.console import working
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.forecast import loopjob
-from tunelab.forecast.cpuspeed import priced_counts, still_fresh, thread_words
+from tunelab.forecast.cpuspeed import thread_words
+from tunelab.forecast.planscope import priced_counts, still_fresh
 
 MEASURING = "measuring what the training loop adds to a step at {} thread(s), by a reference tiny run (kept for later plans)"
 

@@ -21,7 +21,7 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.dataset import first_answer_index
 from tunelab.evaluate.usertasks import check_sweep_tasks
 from tunelab.execute.executors import executor_class
-from tunelab.forecast import cpu_sharing, cpuspeed, levers, loopcost, sweeptime
+from tunelab.forecast import cpu_sharing, levers, loopcost, planscope, sweeptime
 from tunelab.forecast.cpu_sharing import CpuSharing, cpu_threads
 from tunelab.forecast.gpus import NodeSize, sized_estimate
 from tunelab.forecast.ranged import contention_warnings, ranged_training, recorded_estimates
@@ -315,7 +315,7 @@ def _make_plan(spec_path: str | Path, experiment_dir: str | Path | None, gpu: GP
     plan = Plan(spec, spec_path, exp_dir, runs, models, datasets, recipe, warnings, gpu, node=node,
                 node_raises=node_raises)
     if estimates:
-        with cpuspeed.one_plan():  # what this plan times under contention it keeps to its end
+        with planscope.one_plan():  # what this plan times under contention it keeps to its end
             _estimate(plan, deadline, deadline_s)
     return plan
 
