@@ -120,7 +120,7 @@ def main() -> None:
     from tunelab.plan.planner import measure_lengths
 
     runs = scaffolded(out, args.smoke)
-    caps, _ = measure_lengths(runs[0])  # the training split's token lengths, as training encodes them
+    caps = measure_lengths(runs[0]).train  # the training split's token lengths, as training encodes them
     compare("capitalization (6-letter words, chat format)", caps, micro_batch=8)
     compare("long-tailed (log-normal lengths)", long_tailed(500 if args.smoke else 5000), micro_batch=8)
     if not args.no_train:
