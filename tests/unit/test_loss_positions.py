@@ -37,3 +37,8 @@ def test_the_kept_share_of_padded_batches_is_the_union_of_their_rows_answers_ove
     # batches of 2 in order: {6,7,8} ∪ {2,3,4} = 6 of 10; then {5,6} = 2 of 8
     assert kept_share(rows, batch_size=2, packed=False, max_seq_len=512) == pytest.approx((6 + 2) / (10 + 8))
     assert kept_share([], batch_size=2, packed=False, max_seq_len=512) == 1.0
+
+
+def test_overlapping_answers_in_a_padded_batch_are_counted_once():
+    rows = [(10, 5), (8, 4), (9, 9)]  # answers 5..9 → positions 4..8; 4..7 → 3..6; none; one batch of 3
+    assert kept_share(rows, batch_size=3, packed=False, max_seq_len=512) == pytest.approx(6 / 10)  # 3..8

@@ -51,12 +51,20 @@ def kept_share(rows: Sequence[tuple[int, int]], batch_size: int, packed: bool, m
     kept = positions = 0
     for start in range(0, len(cut), max(1, batch_size)):
         group = cut[start:start + max(1, batch_size)]
-        span: set[int] = set()
-        for n, a in group:
-            span.update(range(max(0, a - 1), n - 1))
-        kept += len(span)
+        kept += _union_length(sorted((max(0, a - 1), n - 1) for n, a in group))
         positions += max(n for n, _ in group)
     return kept / positions if positions else 1.0
+
+
+def _union_length(spans: list[tuple[int, int]]) -> int:
+    """How many integers the half-open spans [start, end), sorted by start, cover together."""
+    total, reach = 0, 0
+    for start, end in spans:
+        start = max(start, reach)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
 
 
 def calibration_labels(ids: Any, kept: float) -> Any:
