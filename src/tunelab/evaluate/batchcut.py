@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tunelab.host.device import on_cpu
+
 # What one decode step's fixed part costs on a CPU, in prompt tokens prefilled: a step reads every weight once
 # (memory-bound), a prompt token does a multiply-add per weight (compute-bound), so the ratio is the CPU's matmul
 # speed over its memory bandwidth times the bytes of a weight over two (dtype), whatever the model's size. Measured on
@@ -23,7 +25,7 @@ CPU_DECODE_STEP_TOKENS = 21.0
 
 def decode_step_tokens(device: str) -> float | None:
     """A decode step's fixed part in prompt tokens on this device; None where batches are cut by rows only."""
-    return CPU_DECODE_STEP_TOKENS if str(device).startswith("cpu") else None
+    return CPU_DECODE_STEP_TOKENS if on_cpu(device) else None
 
 
 def batch_cost(max_new_tokens: int, device: str) -> float | None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tunelab.host.device import on_cpu
+
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with their rows: the copy is not worth a forward of its own
 
 
 def shares_prefix(device: str) -> bool:
     """Whether a batch's shared prefix is prefilled once on this device: a CPU, where it was measured."""
-    return str(device).startswith("cpu")
+    return on_cpu(device)
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:

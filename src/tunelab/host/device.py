@@ -35,7 +35,13 @@ def resolve_dtype(name: str, device: str) -> Any:
     return getattr(torch, auto_dtype_name(capability))
 
 
+def on_cpu(device: str) -> bool:
+    """Whether a device string names the CPU: evaluation's paths measured there only (the length cut's step cost,
+    merging, the shared prefix) ask this one rule."""
+    return str(device).startswith("cpu")
+
+
 def merges_adapters(device: str) -> bool:
     """Whether evaluation answers an adapter with it merged into the base (evaluate/merging.py), and the probe times
     generation so: on a CPU, where PEFT's unmerged update beside every layer measured 1.27× slower; a GPU unmeasured."""
-    return str(device).startswith("cpu")
+    return on_cpu(device)
