@@ -79,6 +79,36 @@ def test_a_packed_batch_loss_is_the_same_each_way_rows_isolated(write_spec):
     _same_loss_and_grads(trainer, batch, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]})
 
 
+def test_a_validation_that_reads_its_loss_only_computes_the_kept_logits_and_the_same_loss(write_spec):
+    """A validation step (prediction_step, no compute_metrics: transformers drops its logits) runs the LM head on the
+    positions before answer tokens only (seen at the head's input) with the loss of the full logits by hand; one
+    whose caller reads the logits still gets every position's."""
+    import torch
+    import torch.nn.functional as F
+
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False, training={"batch_size": 4, "validation_every_steps": 5})
+    trainer = build_trainer(scaffold(spec).runs[0])[0]
+    assert trainer.plain_loss and trainer.compute_metrics is None
+    batch = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader())))
+    labels = batch["labels"]
+    head_positions = []
+    hook = trainer.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: head_positions.append(args[0].shape[1]))
+    trainer.model.eval()
+    with torch.no_grad():
+        full = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    by_hand = F.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss_only, none, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)
+    read, logits, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=False)
+    hook.remove()
+    answers = int(((F.pad(labels[:, 1:], (0, 1), value=-100) != -100).any(dim=0)).sum())
+    assert head_positions == [labels.shape[1], answers, labels.shape[1]] and answers < labels.shape[1] - 1
+    assert none is None and logits.shape == full.shape
+    assert abs(loss_only.item() - by_hand.item()) <= 1e-5 and abs(read.item() - by_hand.item()) <= 1e-5
+
+
 def test_a_steps_flops_count_is_transformers_formula_with_the_parameters_counted_once(write_spec):
     """total_flos per step: 6 × input tokens × the model's non-embedding parameters (counted here by hand from
     the model's own parameters), for micro-batches of two sizes, while the parameters are walked once in all."""

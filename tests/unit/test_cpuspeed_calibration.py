@@ -82,6 +82,24 @@ def test_a_micro_batch_past_the_cap_is_timed_at_rows_that_fit_once_for_every_cou
     assert "rank 16 priced from it" in other.source
 
 
+def test_the_model_is_warmed_up_once_not_once_a_thread_count(timing, tmp_path, tiny_model, monkeypatch):
+    """The untimed warm-up step runs before the first count's rounds only: the second count, timed right after on the
+    same model, starts timing at once (its first step is as fast as its next; a SmolLM2 step at 1 thread is 3 s)."""
+    steps, rounds_at = [], []
+    real = cpuspeed.kept_logits_inputs
+    monkeypatch.setattr(cpuspeed, "kept_logits_inputs", lambda labels: steps.append(1) or real(labels))
+
+    def round_of(step):
+        rounds_at.append(len(steps))  # the steps run before this round: the warm-ups so far
+        timing["rounds"].append(step)
+        return cpuspeed._Round([STEP_S] * 3, None)
+
+    monkeypatch.setattr(cpuspeed, "_round", round_of)
+    with planscope.priced_together((2, 1)):
+        cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 2)
+    assert rounds_at == [1, 1]  # one warm-up, before the first count's round; none before the second's
+
+
 def test_a_row_longer_than_the_cap_is_timed_cut_to_it_and_priced_up_by_its_attention(timing, tmp_path, tiny_model):
     vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
     speed = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 1, 256), 256, 1)
@@ -147,6 +165,31 @@ def test_the_calibration_loss_reads_the_share_of_logits_the_job_will_and_another
     ratio = _train_flops_per_token(vocab, 32, 4) / (_train_flops_per_token(vocab, 32, 4) - head * 0.75)
     assert every.tokens_per_s == pytest.approx(4 * 32 / STEP_S / ratio, rel=1e-9)
     assert "priced from it" in every.source and [e["kept"] for e in _entries(tmp_path)] == [0.25]
+
+
+def test_a_validating_runs_forward_reads_the_kept_logits_and_another_share_is_priced(
+        timing, tmp_path, tiny_model, monkeypatch):
+    """A run that validates has a forward timed beside its step, its loss on the same quarter of the positions (TRL's
+    validation of a loss keeps only those logits, as training does: tests/e2e/test_cpu_loss.py); a run whose loss reads
+    every position has that forward priced by the LM head at the rest (2 × hidden × vocabulary each), by hand."""
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    kept_seen = []
+    real = cpuspeed.kept_logits_inputs
+    monkeypatch.setattr(cpuspeed, "kept_logits_inputs",
+                        lambda labels: kept_seen.append(got := real(labels)) or got)
+    run = _cfg(tmp_path, tiny_model, 4, 4, 32, validation_every_steps=5)
+    quarter = cpuspeed.timed_cpu_speed(run, 4 * 32, 1, kept=0.25)
+    assert [g["logits_to_keep"].numel() for g in kept_seen] == [8] * (1 + cpuspeed.MIN_STEPS + 1)  # warm-up, forwards
+    every = cpuspeed.timed_cpu_speed(run, 4 * 32, 1)
+    assert len(timing["builds"]) == 1  # not timed again
+    n = 2 * 128 * vocab + 2 * (4 * 128 * 128 + 3 * 128 * 512 + 256) + 128  # as _train_flops_per_token
+    lora = 2 * 2944 * 4
+
+    def forward(kept: float) -> float:
+        return 2 * n + 4 * 2 * 32 * 2 * 64 / 2 + 2 * lora - 2 * 128 * vocab * (1 - kept)
+
+    assert quarter.forward_s is not None and every.forward_s is not None
+    assert every.forward_s == pytest.approx(quarter.forward_s * forward(1.0) / forward(0.25), rel=1e-9)
 
 
 @pytest.mark.parametrize("kept, seq, count", [(0.25, 32, 8), (0.01, 32, 1), (0.99, 32, 32), (0.5, 9, 4)])

@@ -2,7 +2,7 @@
 the run's model here — built from its config.json with random weights, the run's LoRA, random tokens, forward (the
 loss on the share of positions the run's loss reads, models/loss_positions.py), backward and AdamW — and prices the
 run at that speed; one save (a save's bulk) and, for a run that validates, a forward without gradients (a
-validation's unit) are timed beside it (forecast/runs.py prices them, forecast/loopcost.py the job's loop).
+validation's unit, its loss on the same kept logits) are timed beside it (forecast/runs.py prices them, forecast/loopcost.py the job's loop).
 What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape), and the run's own rows,
 length, LoRA rank and kept logits are priced from it by FLOPs per token (speed.py): a real model's full micro-batch
 took a sweep's first plan minutes and GBs (docs/benchmarks.md). One model serves every thread count the plan prices
@@ -121,7 +121,7 @@ def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list
     t = cfg.training
     assert t is not None
     return [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
-            seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "forward+save+rank"]
+            seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "kept-forward+save+rank"]
 
 
 def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None,
@@ -145,7 +145,8 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
     timed_kept = float(got.get("kept", 1.0))  # an entry from before the loss kept logits: every position's
     train_ratio = (step_flops_per_token(arch, seq, lora_run, kept)
                    / step_flops_per_token(arch, cal_seq, lora_timed, timed_kept))
-    forward_ratio = forward_flops_per_token(arch, seq, lora_run) / forward_flops_per_token(arch, cal_seq, lora_timed)
+    forward_ratio = (forward_flops_per_token(arch, seq, lora_run, kept)
+                     / forward_flops_per_token(arch, cal_seq, lora_timed, timed_kept))
     tps = cal_batch * cal_seq / got["median_s"] * factor / train_ratio
     rounds = int(got.get("rounds") or 1)
     priced = (f"; this run's {batch} × {seq} at rank {t.lora_rank}{f', loss on {kept:.0%}' if kept < 1.0 else ''} "
@@ -217,9 +218,10 @@ def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
         model, opt, ids = _build(cfg, batch, seq)
         labels = calibration_labels(ids, ask.kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
-        return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward), "kept": ask.kept if labels is not ids else 1.0,
+        return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward, warm_up=i == 0),
+                    "kept": ask.kept if labels is not ids else 1.0,
                     "lora_rank": cfg.training.lora_rank if cfg.training else None}
-                for n in counts}
+                for i, n in enumerate(counts)}
 
 
 def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
@@ -245,9 +247,13 @@ def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
     return model, opt, torch.randint(0, config.vocab_size, (batch, seq))
 
 
-def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, forward: bool) -> dict[str, Any]:
-    """One thread count's warm-up step, rounds of timed steps (again while one disagrees, as the probe does), a save
-    and (asked) a forward; the round that had the most of the cores is the figure."""
+def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, forward: bool,
+              warm_up: bool = True) -> dict[str, Any]:
+    """One thread count's rounds of timed steps (again while one disagrees, as the probe does), a save and (asked) a
+    forward; the round that had the most of the cores is the figure. `warm_up`: one untimed step first — only the
+    model's first count needs it (the optimizer's state, the kernels): a second count's first step is as fast as its
+    next (SmolLM2, 1 × 512, 2 then 1 thread: 2.01, 1.84, 1.75 s, then 3.00, 2.95, 2.95 s), and its warm-up was
+    a tenth of a cold plan."""
     torch, before = _threads(threads)
     try:
         def step() -> float:
@@ -257,12 +263,13 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, 
             opt.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
 
-        step()  # warm-up: the optimizer's state, the kernels, this thread count's pool
+        if warm_up:
+            step()  # the optimizer's state, the kernels, the thread pool
         rounds = [_round(step)]
         while (len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees  # as the probe does (train/probe_steps.py)
                and sum(sum(r.times) for r in rounds) < RETIME_BUDGET_S):  # a step of seconds: its correction
             rounds.append(_round(step))
-        parts = _forward_and_save(torch, model, opt, ids, forward)
+        parts = _forward_and_save(torch, model, opt, ids, labels if forward else None)
     finally:
         torch.set_num_threads(before)
     best = min(rounds, key=lambda r: (r.slowdown, r.median_s))  # the round that had the most of the cores
@@ -272,15 +279,16 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, 
             "others_share": round(best.load.others_share, 4) if best.load else None}
 
 
-def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any, forward: bool) -> dict[str, float]:
+def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any, labels: Any) -> dict[str, float]:
     """A save's bulk, the adapter (with modules trained in full) and AdamW's state written to a scratch directory
-    once, and (asked) a validation's unit, a forward without gradients of the same micro-batch (median of MIN_STEPS)."""
+    once, and (labels given) a validation's unit, a forward without gradients of the same micro-batch, its loss
+    reading the logits the training step's does (median of MIN_STEPS)."""
     model.eval()
     times = []
     with torch.no_grad():
-        for _ in range(MIN_STEPS + 1 if forward else 0):
+        for _ in range(MIN_STEPS + 1 if labels is not None else 0):
             t0 = time.perf_counter()
-            model(input_ids=ids, labels=ids)
+            model(input_ids=ids, labels=labels, **kept_logits_inputs(labels))
             times.append(time.perf_counter() - t0)
     model.train()
     with tempfile.TemporaryDirectory(prefix="tunelab-save-") as scratch:

@@ -38,11 +38,12 @@ def step_flops_per_token(arch: Architecture, seq_len: int, lora_params: int, kep
     return flops_per_token(arch, seq_len) + 6.0 * lora_params - 4.0 * arch.embedding_params * (1.0 - kept)
 
 
-def forward_flops_per_token(arch: Architecture, seq_len: int, lora_params: int) -> float:
+def forward_flops_per_token(arch: Architecture, seq_len: int, lora_params: int, kept: float = 1.0) -> float:
     """A forward without gradients (a validation's): 2N dense, attention once (causal: half the matrix), the
-    adapters' 2 per parameter."""
+    adapters' 2 per parameter, less the LM head (2 × hidden × vocabulary) at the positions whose logits its loss
+    does not read (1 - kept; TRL's validation of a loss keeps only those, as training does)."""
     return (2.0 * arch.parameters + 4.0 * arch.layers * seq_len * arch.heads * arch.head_dim / 2
-            + 2.0 * lora_params)
+            + 2.0 * lora_params - 2.0 * arch.embedding_params * (1.0 - kept))
 
 
 def model_tokens_per_s(arch: Architecture, gpu: GPU, seq_len: int, mfu: float = DEFAULT_MFU) -> float | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.faults import kill_point, pace_step
 from tunelab.fsutil import directory_bytes, space_guard
+from tunelab.models.loss_positions import keeps_logits, kept_logits_inputs
 from tunelab.rundir.checkpoints import Counters, last_complete_checkpoint, write_counters
 from tunelab.rundir.status import StatusWriter
 from tunelab.train.checkpoints import at_epoch_end, epoch_index, prune_trainer_checkpoints, publish_epoch_checkpoint
@@ -84,7 +85,8 @@ class FeedingMixin(_TrainerBase):
 class PlainLossMixin(_TrainerBase):
     """TRL's fused LM head saves GPU memory on large vocabularies but costs time on a CPU (docs/benchmarks.md), so there
     the model computes its own loss (`plain_loss`): the same value, from the logits of the positions whose next token
-    carries the loss only (models/loss_positions.py; a training step's, not an evaluation's, which may read them)."""
+    carries the loss only (models/loss_positions.py). A training step's, and a validation's that reads its loss only
+    (TRL's prediction_step asks for no outputs then); not an evaluation that reads the logits."""
 
     plain_loss: bool = False  # the model's own loss, not TRL's fused LM head (trainer.plain_loss)
     _keeps_logits: bool | None = None  # whether the model takes logits_to_keep (asked once)
@@ -92,8 +94,6 @@ class PlainLossMixin(_TrainerBase):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.plain_loss:
             from transformers import Trainer
-
-            from tunelab.models.loss_positions import keeps_logits, kept_logits_inputs
 
             if self._keeps_logits is None:
                 self._keeps_logits = keeps_logits(model)
