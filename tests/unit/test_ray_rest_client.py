@@ -46,6 +46,45 @@ def test_a_job_server_url_is_used_as_given_and_one_that_does_not_answer_is_one_e
         RayExecutor().cancel([f"tl-train-0@http://127.0.0.1:{port}"])  # `tunelab cancel` says it in one line
 
 
+def test_the_address_check_says_once_that_a_server_did_not_answer_and_that_one_answering_refused(monkeypatch):
+    """answering_server's one line: a port nothing listens on "did not answer" (said once, not the client's words
+    nested in the check's); a server that answers 401 (token authentication on, none sent) refused, and does not
+    read as one that never answered."""
+    import http.server
+    import threading
+
+    from tunelab.errors import TunelabError
+    from tunelab.execute.ray_cluster import answering_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TunelabError) as err:
+        answering_server(f"http://127.0.0.1:{port}", 5)
+    assert str(err.value).count("did not answer") == 1 and "within 5 s" in str(err.value)
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b"Unauthorized: no token")
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TunelabError) as err:
+            answering_server(f"http://127.0.0.1:{server.server_port}", 5)
+    finally:
+        server.shutdown()
+    text = str(err.value)
+    assert "refused the request" in text and "HTTP 401" in text and "did not answer" not in text
+    assert "resources.address" in text
+
+
 def test_talking_to_the_job_server_imports_no_ray():
     """The point of the module: `tunelab run`, `status` and `cancel` on Ray no longer pay Ray's import."""
     code = ("import sys; from tunelab.execute import ray_cluster, ray_after; "

@@ -126,9 +126,10 @@ def answering_server(address: str, timeout_s: float) -> JobServer:
     try:
         server = JobServer(address, timeout_s)
         server.version()
-    except JobServerError as exc:
-        raise TunelabError(f"Ray job server {address} did not answer within {timeout_s:g} s: {exc}",
-                           field="resources.address") from None
+    except JobServerError as exc:  # never reached, or an answer that refused (a token wanted): each said once
+        said = (f"did not answer within {timeout_s:g} s: {exc.cause}" if exc.status is None
+                else f"refused the request: {exc}")
+        raise TunelabError(f"Ray job server {address} {said}", field="resources.address") from None
     return server
 
 

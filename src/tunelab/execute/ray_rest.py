@@ -31,9 +31,10 @@ NODES_LIMIT = 10_000  # the state API's page: every node of any cluster tunelab 
 class JobServerError(RuntimeError):
     """A request the job server refused (`status`: its HTTP status) or that never reached it (`status` None)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, cause: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.cause = cause or message  # what went wrong, without the server's name (a caller names it once)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class JobServer:
                          "it in ~/.ray/auth_token)")
             raise JobServerError(f"{method} {path}: HTTP {exc.code}: {said}", exc.code) from None
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
-            raise JobServerError(f"Ray job server {self.url} did not answer: {exc}") from None
+            raise JobServerError(f"Ray job server {self.url} did not answer: {exc}", cause=str(exc)) from None
         return json.loads(raw) if raw else None
 
     def version(self) -> str:
