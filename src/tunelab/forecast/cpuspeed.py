@@ -2,7 +2,8 @@
 the run's model here — built from its config.json with random weights, the run's LoRA, random tokens, forward (the
 loss on the share of positions the run's loss reads, models/loss_positions.py), backward and AdamW — and prices the
 run at that speed; one save (a save's bulk) and, for a run that validates, a forward without gradients (a
-validation's unit, its loss on the same kept logits) are timed beside it (forecast/runs.py prices them, forecast/loopcost.py the job's loop).
+validation's unit, its loss on the same kept logits) are timed beside it (forecast/runs.py prices them,
+forecast/loopcost.py the job's loop).
 What is timed is the run's micro-batch capped at CALIBRATION_TOKENS (calibration_shape), and the run's own rows,
 length, LoRA rank and kept logits are priced from it by FLOPs per token (speed.py): a real model's full micro-batch
 took a sweep's first plan minutes and GBs (docs/benchmarks.md). One model serves every thread count the plan prices
