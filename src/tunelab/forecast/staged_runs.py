@@ -24,14 +24,12 @@ def stage_runs(cfg: RunConfig) -> list[RunConfig]:
 def estimate_any_run(cfg: RunConfig, gpu: GPU | None, lengths: Lengths, history: list[HistoryRun],
                      cpu_threads: int | None = None) -> RunEstimate:
     """The run's estimate: estimate_run on the run itself, or on each stage and combined."""
-    parts = [_estimate_part(part, gpu, lengths(part), history, cpu_threads, bool(cfg.stages))
-             for part in stage_runs(cfg)]
+    parts = []
+    for part in stage_runs(cfg):
+        got = lengths(part)
+        parts.append(estimate_run(part, gpu, got.train, got.validation, history, cpu_threads, stage=bool(cfg.stages),
+                                  kept=got.kept))
     return combine_stages(cfg, parts) if cfg.stages else parts[0]
-
-
-def _estimate_part(part: RunConfig, gpu: GPU | None, got: RunLengths, history: list[HistoryRun],
-                   cpu_threads: int | None, staged: bool) -> RunEstimate:
-    return estimate_run(part, gpu, got.train, got.validation, history, cpu_threads, stage=staged, kept=got.kept)
 
 
 _KIND_ORDER = ["", *SourceKind]
