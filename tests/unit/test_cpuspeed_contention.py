@@ -121,7 +121,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     assert e.time_kind == "timed" and e.tokens_per_s == tokens_per_s
     # the loss reads the answers' logits only: the share the data gives (models/loss_positions.py, tested there)
     assert re.search(r"micro-batches of 8 × 27 tokens of this model \(random weights, LoRA rank 4, the loss on \d+% "
-                     rf"of the positions\) {re.escape(words)}", e.time_source), e.time_source
+                     rf"of the positions(, linear layers by oneDNN)?\) {re.escape(words)}", e.time_source), e.time_source
     assert any("timed under contention" in w for w in plan.warnings) == (rounds is CONTENDED)
     (entry,) = (tmp_path / "cache").glob("cpu-step/*.json")
     stored = json.loads(entry.read_text())["value"]

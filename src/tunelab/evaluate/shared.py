@@ -21,7 +21,15 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.batchcut import decode_step_tokens
-from tunelab.evaluate.hf import WEIGHT_LOADS, BatchSettings, Generation, LocalLM, check_model_dirs, load_base
+from tunelab.evaluate.hf import (
+    WEIGHT_LOADS,
+    BatchSettings,
+    Generation,
+    LocalLM,
+    check_model_dirs,
+    cpu_kernel,
+    load_base,
+)
 from tunelab.evaluate.merging import Merged, copy_bytes, merge, unmerge
 from tunelab.evaluate.mixbatch import AdapterQueue, MixedBatcher
 from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
@@ -41,6 +49,7 @@ class SharedWeights(LocalLM):
         model = load_base(base_path, tokenizer, dtype, resize)
         model.to(device)
         model.eval()
+        cpu_kernel(model, device)
         super().__init__(model, tokenizer, device)
         self.base_path, self.dtype = base_path.resolve(), dtype
         self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch

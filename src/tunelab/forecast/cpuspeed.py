@@ -42,6 +42,7 @@ from tunelab.forecast.planscope import priced_counts, still_fresh
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.models.linear_kernel import MatmulKernel, linear_mode
 from tunelab.models.lora import lora_config
 from tunelab.models.loss_positions import calibration_labels, kept_logits_inputs
 from tunelab.models.vlm import is_vision_language
@@ -122,7 +123,8 @@ def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list
     t = cfg.training
     assert t is not None
     return [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
-            seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "kept-forward+save+rank"]
+            seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "kept-forward+save+rank+linear",
+            linear_mode()]
 
 
 def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threads: int | None,
@@ -154,6 +156,7 @@ def _timed_shape(cfg: RunConfig, arch: Architecture, batch: int, seq: int, threa
               f"priced from it by FLOPs per token (×{train_ratio:.3f})"
               if (cal_batch, cal_seq, timed_rank, timed_kept) != (batch, seq, t.lora_rank, kept) else "")
     logits = f", the loss on {timed_kept:.0%} of the positions" if timed_kept < 1.0 else ""
+    logits += ", linear layers by oneDNN" if got.get("linear") == MatmulKernel.ONEDNN else ""
     source = (f"timed here: {got['steps']} training micro-batches of {cal_batch} × {cal_seq} tokens of this model "
               f"(random weights, LoRA rank {timed_rank}{logits}) took {got['median_s'] * 1e3:.1f} ms each (median, spread "
               f"{got['spread']:.0%}{f', {rounds} rounds' if rounds > 1 else ''}){priced}"
@@ -191,7 +194,7 @@ def thread_words(counts: Iterable[int | None]) -> str:
 
 def cpu_flops(hidden: int, threads: int | None) -> float:
     """This CPU's float32 FLOP/s on a product at this hidden size, timed once per machine and thread count."""
-    key = [socket.gethostname(), os.cpu_count(), threads, hidden]
+    key = [socket.gethostname(), os.cpu_count(), threads, hidden, linear_mode(), "linear-kernel"]
     return float(cached_json("cpu-matmul", key, lambda: _time_matmul(hidden, threads))["flops"])
 
 
@@ -216,11 +219,15 @@ def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
     one after the other on one model built once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
+        from tunelab.models.cpu_linear import accelerate
+
         model, opt, ids = _build(cfg, batch, seq)
+        choice = accelerate(model)  # the job's own linear kernel (models/cpu_linear.py)
         labels = calibration_labels(ids, ask.kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
         return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward, warm_up=i == 0),
                     "kept": ask.kept if labels is not ids else 1.0,
+                    "linear": choice.kernel.value if choice else MatmulKernel.ATEN.value,
                     "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for i, n in enumerate(counts)}
 
@@ -339,15 +346,19 @@ def _round(step: Any) -> _Round:
 
 
 def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:
-    """FLOP/s of float32 products of 512 × hidden by hidden × hidden matrices."""
+    """FLOP/s of float32 products of 512 × hidden by hidden × hidden matrices, by the kernel a job's linear layers
+    would use here (models/cpu_linear.py)."""
     torch, before = _threads(threads)
     loopjob.settle()
     try:
+        from tunelab.models.cpu_linear import product
+
         a, b = torch.randn(512, hidden), torch.randn(hidden, hidden)
-        a @ b
+        multiply = product(hidden, hidden)
+        multiply(a, b)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < TIME_BUDGET_S / 2:
-            a @ b
+            multiply(a, b)
             n += 1
         seconds = time.perf_counter() - t0
     finally:

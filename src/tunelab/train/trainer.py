@@ -42,6 +42,8 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     model: Any = load(cfg.model.path, dtype=dtype, attn_implementation=attention_of(cfg),
                       **quantize.load_kwargs(t.quantize, dtype))
     model = quantize.prepare(model, t.quantize, t.gradient_checkpointing, t.qlora_frozen_dtype)  # QLoRA: peft's k-bit preparation
+    if not torch.cuda.is_available():
+        linear_kernel(model)
     train_ds, val_ds = vision.datasets(cfg) if vision else build_datasets(cfg, tokenizer)
     targets = lora_targets(t.lora_target_modules) if vision else t.lora_target_modules
     lora: Any = lora_config(t.lora_rank, t.effective_lora_alpha, t.lora_dropout, targets, t.modules_to_save)
@@ -69,6 +71,15 @@ def build_trainer(cfg: RunConfig, counters: Counters | None = None, callbacks: S
     trainer.plain_loss = plain_loss(torch.cuda.is_available(), vision is not None)
     log("loss: the model's own, from the logits it reads" if trainer.plain_loss else "loss: TRL's fused LM head")
     return trainer, train_ds, val_ds
+
+
+def linear_kernel(model: Any) -> None:
+    """A CPU run's linear layers by the faster float32 kernel here (models/cpu_linear.py), said in the log."""
+    from tunelab.models.cpu_linear import accelerate
+
+    choice = accelerate(model)
+    if choice is not None:
+        log(f"linear layers: {choice.kernel.value} ({choice.reason})")
 
 
 def plain_loss(cuda: bool, vision: bool) -> bool:
