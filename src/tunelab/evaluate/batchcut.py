@@ -18,9 +18,13 @@ from tunelab.host.device import on_cpu
 # What one decode step's fixed part costs on a CPU, in prompt tokens prefilled: a step reads every weight once
 # (memory-bound), a prompt token does a multiply-add per weight (compute-bound), so the ratio is the CPU's matmul
 # speed over its memory bandwidth times the bytes of a weight over two (dtype), whatever the model's size. Measured on
-# this project's 2-core machine with SmolLM2-135M in float32 (benchmarks/eval_pass_ab.py --step-ratio): a step
-# 36-39 ms, a prompt token 1.73-1.78 ms, 20-22 tokens. On a GPU (unmeasured) batches are cut by rows only.
-CPU_DECODE_STEP_TOKENS = 21.0
+# this project's 2-core machine with SmolLM2-135M in float32, the prefill keeping the last position's logits as
+# generate() does (benchmarks/eval_pass_ab.py --step-ratio, 2026-11-28): with the linear layers by oneDNN, which
+# evaluation picks here (models/cpu_linear.py), a step 26.6 ms and a prompt token 0.79 ms, 33 tokens; by MKL 39.7 ms
+# and 1.43 ms, 28. (21 before, measured with every position's logits in the prefill.) The cut's total is flat near
+# its optimum: the sweep's evaluation took the same time cut at 21 (20 batches) and at 33 (15), within ±1 s. On a GPU
+# (unmeasured) batches are cut by rows only.
+CPU_DECODE_STEP_TOKENS = 33.0
 
 
 def decode_step_tokens(device: str) -> float | None:

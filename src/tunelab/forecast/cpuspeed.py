@@ -219,15 +219,14 @@ def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
     one after the other on one model built once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # libraries' renamed APIs: a measurement, not a run's log
-        from tunelab.models.cpu_linear import accelerate
+        from tunelab.models.cpu_linear import kernel_of
 
         model, opt, ids = _build(cfg, batch, seq)
-        choice = accelerate(model)  # the job's own linear kernel (models/cpu_linear.py)
         labels = calibration_labels(ids, ask.kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
         return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward, warm_up=i == 0),
                     "kept": ask.kept if labels is not ids else 1.0,
-                    "linear": choice.kernel.value if choice else MatmulKernel.ATEN.value,
+                    "linear": kernel_of(model).value,
                     "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for i, n in enumerate(counts)}
 
@@ -239,12 +238,15 @@ def _build(cfg: RunConfig, batch: int, seq: int) -> tuple[Any, Any, Any]:
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tunelab.models.cpu_linear import accelerate
+
     t = cfg.training
     assert t is not None
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(cfg.model.path)
     config.use_cache = False  # training's setting (a KV cache is for generation; with checkpointing it warns)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    accelerate(model)  # the job's linear kernel, chosen before its LoRA as the job's (models/cpu_linear.py)
     if t.gradient_checkpointing:  # transformers 5's name (the old one warns)
         model.activation_checkpointing_enable()
         model.enable_input_require_grads()

@@ -86,6 +86,11 @@ def installed(module: torch.nn.Module) -> bool:
     return getattr(forward, "__func__", None) is _forward
 
 
+def kernel_of(model: torch.nn.Module) -> MatmulKernel:
+    """The kernel the model's linear layers run: oneDNN once any is installed."""
+    return MatmulKernel.ONEDNN if any(installed(m) for m in model.modules()) else MatmulKernel.ATEN
+
+
 def _time_both(in_features: int, out_features: int) -> dict[str, Any]:
     """Both kernels on TIMED_ROWS × in_features by the layer's weight, forward and backward products, interleaved;
     oneDNN's result checked against PyTorch's first (a kernel that disagrees is never used)."""
