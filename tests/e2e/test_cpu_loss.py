@@ -126,3 +126,31 @@ def test_a_steps_flops_count_is_transformers_formula_with_the_parameters_counted
     for ids in (batch["input_ids"], batch["input_ids"][:2, :5], batch["input_ids"]):
         assert trainer.floating_point_ops({**batch, "input_ids": ids}) == 6 * ids.numel() * by_hand
     assert walks == [{"exclude_embeddings": True}]
+
+
+def test_the_jobs_trainer_runs_its_base_layers_by_the_chosen_kernel_to_the_same_loss(write_spec, monkeypatch, capsys):
+    """build_trainer installs the CPU kernel models/cpu_linear.py chooses (here forced each way) on the base model's
+    linear layers before its LoRA, says so in the job's log, and a packed batch's loss and every LoRA gradient come out
+    the same either way (float32 both)."""
+    from tunelab.models.cpu_linear import installed
+    from tunelab.train.trainer import build_trainer
+
+    spec = write_spec(factors={"lora_rank": [8]}, controls=False,
+                      training={"batch_size": 1, "packing": True, "max_seq_len": 256})
+    run = scaffold(spec).runs[0]
+    got = {}
+    for kernel in ("aten", "onednn"):
+        monkeypatch.setenv("TUNELAB_CPU_MATMUL", kernel)
+        trainer = build_trainer(run)[0]
+        assert f"linear layers: {kernel} (TUNELAB_CPU_MATMUL={kernel})" in capsys.readouterr().out
+        modules = dict(trainer.model.named_modules())
+        bases = [m for n, m in modules.items() if n.endswith("q_proj.base_layer")]
+        assert bases and all(installed(m) == (kernel == "onednn") for m in bases)
+        assert not any(installed(m) for n, m in modules.items() if "lora_" in n)  # the LoRA came after
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        got[kernel] = _loss_and_grads(trainer, batch, plain=True)
+    (loss_a, grads_a), (loss_o, grads_o) = got["aten"], got["onednn"]
+    assert abs(loss_a.item() - loss_o.item()) <= 1e-5 * abs(loss_a.item())
+    assert grads_a.keys() == grads_o.keys() and any("lora_A" in n for n in grads_a)
+    scale = max(g.abs().max().item() for g in grads_a.values())
+    assert max((grads_a[n] - grads_o[n]).abs().max().item() for n in grads_a) <= 1e-4 * scale

@@ -55,3 +55,27 @@ def test_rows_after_a_shared_prefix_answer_as_each_alone(tiny_model, adapter):
                 assert [x for x, _ in m.top] == [x for x, _ in t.top]
                 assert [lp for _, lp in m.top] == pytest.approx([lp for _, lp in t.top], abs=1e-4)
     shared.release()
+
+
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])
+def test_evaluation_on_a_cpu_runs_the_chosen_linear_kernel_with_the_same_answers(tiny_model, adapter, monkeypatch,
+                                                                                 kernel):
+    """SharedWeights on a CPU installs the kernel models/cpu_linear.py chooses (forced here) on the base's layers; an
+    adapter attached after answers through it, and greedy answers equal PyTorch's own kernel's."""
+    from tunelab.models.cpu_linear import installed
+
+    monkeypatch.setenv("TUNELAB_CPU_MATMUL", kernel)
+    shared = SharedWeights(tiny_model, tiny_model, torch.float32, "cpu", resize=True)
+    linears = [m for m in shared.model.modules() if type(m) is torch.nn.Linear]
+    assert linears and all(installed(m) == (kernel == "onednn") for m in linears)
+    prompts = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 12]]
+    monkeypatch.setenv("TUNELAB_CPU_MATMUL", "aten")
+    plain = SharedWeights(tiny_model, tiny_model, torch.float32, "cpu", resize=True)
+    for model in (shared, plain):
+        model.attach([adapter])
+    bases = [m for n, m in shared.model.named_modules() if n.endswith("base_layer")]
+    assert bases and all(installed(m) == (kernel == "onednn") for m in bases)
+    with torch.inference_mode():
+        out = [m.model.generate(input_ids=torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+               for m in (shared, plain) for p in prompts]
+    assert [o.tolist() for o in out[:2]] == [o.tolist() for o in out[2:]]
