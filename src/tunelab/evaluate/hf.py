@@ -19,7 +19,7 @@ import anyio
 from tunelab.errors import TunelabError
 from tunelab.evaluate.decoding import Sampling, cut_at_stop, seeded_sampler
 from tunelab.faults import kill_point
-from tunelab.host.device import merges_adapters, on_cpu
+from tunelab.host.device import merges_adapters
 from tunelab.models.vlm import is_vision_language, load_vlm
 
 if TYPE_CHECKING:
@@ -87,17 +87,16 @@ def load_model(base_path: str | Path, adapter_path: str | Path | None, dtype: An
     # function (the device taken for `self`)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
-    cpu_kernel(model, device)
+    cpu_kernel(model)
     return model, tokenizer
 
 
-def cpu_kernel(model: Any, device: str) -> None:
-    """On a CPU, the model's linear layers by the faster float32 kernel here (models/cpu_linear.py): a prompt's
-    prefill is matrix products."""
-    if on_cpu(device):
-        from tunelab.models.cpu_linear import accelerate
+def cpu_kernel(model: Any) -> None:
+    """A model on a CPU gets its linear layers by the faster float32 kernel here (models/cpu_linear.py, which leaves
+    a model on another device alone): a prompt's prefill is matrix products."""
+    from tunelab.models.cpu_linear import accelerate
 
-        accelerate(model)
+    accelerate(model)
 
 
 def load_base(base_path: str | Path, tokenizer: Any, dtype: Any, resize: bool) -> Any:

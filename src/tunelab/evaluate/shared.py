@@ -49,7 +49,7 @@ class SharedWeights(LocalLM):
         model = load_base(base_path, tokenizer, dtype, resize)
         model.to(device)
         model.eval()
-        cpu_kernel(model, device)
+        cpu_kernel(model)
         super().__init__(model, tokenizer, device)
         self.base_path, self.dtype = base_path.resolve(), dtype
         self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch

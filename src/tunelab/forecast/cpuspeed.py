@@ -222,11 +222,12 @@ def _time_steps(cfg: RunConfig, batch: int, seq: int, counts: list[int | None],
         from tunelab.models.cpu_linear import kernel_of
 
         model, opt, ids = _build(cfg, batch, seq)
+        kernel = kernel_of(model).value
         labels = calibration_labels(ids, ask.kept)
         loopjob.settle()  # the loop's measuring job started ahead: its imports end before a step is timed
         return {n: {**_timed_at(model, opt, ids, labels, n, ask.forward, warm_up=i == 0),
                     "kept": ask.kept if labels is not ids else 1.0,
-                    "linear": kernel_of(model).value,
+                    "linear": kernel,
                     "lora_rank": cfg.training.lora_rank if cfg.training else None}
                 for i, n in enumerate(counts)}
 

@@ -152,9 +152,9 @@ def widest_linear(model: torch.nn.Module) -> tuple[int, int] | None:
 
 def accelerate(model: torch.nn.Module) -> KernelChoice | None:
     """Choose for the model's widest layer and install; None when it has no plain linear layer or is not on a CPU."""
-    shape = widest_linear(model)
     param = next(model.parameters(), None)
-    if shape is None or param is None or param.device.type != "cpu":
+    shape = widest_linear(model) if param is not None and param.device.type == "cpu" else None
+    if shape is None:
         return None
     choice = choose(*shape)
     install(model, choice)

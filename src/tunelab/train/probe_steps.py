@@ -22,7 +22,7 @@ from typing import Any
 from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
-from tunelab.host.device import merges_adapters, on_cpu, resolve_dtype
+from tunelab.host.device import merges_adapters, resolve_dtype
 from tunelab.host.startup import skip_unused_packages
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig, load_run_config
@@ -70,10 +70,9 @@ def time_generation(cfg: RunConfig, device: str) -> GenerationSpeed:
         model = model.merge_and_unload()
     model.to(device)
     model.eval()
-    if on_cpu(device):  # as evaluation answers on a CPU (evaluate/hf.py)
-        from tunelab.models.cpu_linear import accelerate
+    from tunelab.models.cpu_linear import accelerate
 
-        accelerate(model)
+    accelerate(model)  # on a CPU, as evaluation answers there (evaluate/hf.py); a GPU's model is left alone
     prompt = max(1, min(PROMPT_TOKENS, t.max_seq_len // 2))
     vocab = int(base.config.vocab_size)
     points = []
