@@ -171,6 +171,7 @@ def quiet_planning(monkeypatch):
     monkeypatch.setattr(run_forecast, "planning_window", lambda: None)
     monkeypatch.setattr(loopcost, "loop_overhead",
                         lambda threads: loopcost.LoopOverhead(0.0, "+ the loop given", imports_s=1.0))
+    monkeypatch.setattr(loopcost, "loop_for", lambda threads, step_s: loopcost.loop_overhead(threads))
     monkeypatch.setattr(loopcost, "ahead", lambda cpu_plan: contextlib.nullcontext())  # no job to start ahead
 
 

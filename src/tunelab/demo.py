@@ -116,7 +116,7 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
     from tunelab.execute.status import not_completed
     from tunelab.execute.sweep import run_sweep
     from tunelab.report.build import write_report
-    from tunelab.scaffold.write import scaffold
+    from tunelab.scaffold.write import scaffold, unedited_job_script
 
     console = console or Console()
     ex = executor_named(executor)
@@ -127,7 +127,8 @@ def run_demo(out: str | Path, force: bool = False, console: Console | None = Non
     say("{} fine-tuned runs + {} controls in {}", len(plan.finetune_runs), len(plan.controls), plan.experiment_dir,
         console=console)
     rule(f"submit to {ex.name}: train, then evaluate (afterok)" if ex.detached else "train", console)
-    results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console)
+    results = run_sweep(ex, plan.experiment_dir, force=force, wait=ex.detached, console=console,
+                        warm_if=unedited_job_script)
     where = f"`tunelab status {plan.experiment_dir}`" if ex.detached else "runs/<run>/train.log"
     lines = not_completed(plan.experiment_dir, results, where)
     if lines:

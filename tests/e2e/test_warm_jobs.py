@@ -134,3 +134,58 @@ def test_a_warm_process_that_never_gets_ready_is_ended_and_the_job_left_to_bash(
         assert _until_ended(ex, job) == JobState.COMPLETED
     assert "started warm" not in (cfg.run_dir / "train.log").read_text()
     assert "it gave no reply in time and was ended" in capsys.readouterr().out
+
+
+def test_a_sweep_starts_its_lanes_jobs_warm_where_job_sh_is_scaffolds(spec_in, tmp_path, monkeypatch):
+    """`tunelab run`'s sweep (run_sweep with scaffold's check, one lane): the runs whose job.sh scaffold wrote are forked
+    from one warm process, their summaries say so and the history keeps no start-up of theirs (no cold job's); a run
+    whose job.sh a person edited runs it as written (its edit ran, it started cold, its start-up kept)."""
+    from tunelab.execute.sweep import run_sweep
+    from tunelab.ledger import history
+    from tunelab.scaffold.write import unedited_job_script
+
+    monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
+    spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4, 8, 16]}, controls=False,
+                   training={"epochs": 1, "max_steps": 3, "logging_steps": 1, "checkpoint_every": 1000},
+                   resources={"executor": "local", "gpus_per_run": 0, "cpu_runs_at_once": 1})
+    runs = {cfg.training.lora_rank: cfg for cfg in scaffold(spec).runs}
+    edited = runs[16].run_dir / "job.sh"
+    edited.write_text(edited.read_text().replace("exec ", "echo edited > edited.txt\nexec ", 1))
+    assert [unedited_job_script(runs[r].run_dir / "job.sh") for r in (4, 8, 16)] == [True, True, False]
+    states = run_sweep(LocalExecutor(), spec.parent, warm_if=unedited_job_script)
+    assert states == {cfg.name: "completed" for cfg in runs.values()}
+    parents = {r: {int(m.group(1)) for m in FORKED.finditer((runs[r].run_dir / "train.log").read_text())}
+               for r in (4, 8, 16)}
+    assert len(parents[4]) == 1 and parents[4] == parents[8] and parents[16] == set()
+    assert (runs[16].run_dir / "edited.txt").read_text() == "edited\n"
+    summaries = {r: read_json(runs[r].run_dir / "summary.json") for r in (4, 8, 16)}
+    assert [summaries[r].get("started_warm") for r in (4, 8, 16)] == [True, True, None]
+    assert all(summaries[r]["startup_s"] > 0 for r in (4, 8, 16))  # each measured its own start-up
+    rows = {row.run: row for row in history.load()}
+    assert rows[runs[4].name].startup_s is None and rows[runs[8].name].startup_s is None
+    assert rows[runs[16].name].startup_s == summaries[16]["startup_s"]
+
+
+def test_a_sweeps_lanes_get_their_warm_processes_before_any_job_starts(spec_in, tmp_path):
+    """On a CPU shared by lanes, a sweep's block (a check given) starts one warm process per lane as the capacity is
+    made, each with its lane's share of the cores, so the lanes import side by side; only as many as runs the check
+    passes; the search's block (no check) starts none before its jobs."""
+    from tunelab.host.cores import CPUS_ENV, cpu_list, usable_cores
+
+    if usable_cores().count < 2:
+        pytest.skip("lanes need two cores")
+    spec = spec_in(tmp_path / "exp", factors={"lora_rank": [4, 8]}, controls=False,
+                   training={"epochs": 1, "max_steps": 2}, resources={"executor": "local", "gpus_per_run": 0,
+                                                                      "cpu_runs_at_once": 2})
+    runs = scaffold(spec).runs
+    ex = LocalExecutor()
+    with ex.warm_starts(lambda script: True):
+        devices = ex.capacity(runs)
+        assert sorted(dict(key).get(CPUS_ENV) for key in ex._warm.by_env) == \
+            sorted(cpu_list(share) for share in devices.cpus.values()) and len(devices.cpus) == 2
+    with ex.warm_starts(lambda script: script.parent == runs[0].run_dir):
+        ex.capacity(runs)
+        assert len(ex._warm.by_env) == 1
+    with ex.warm_starts():
+        ex.capacity(runs)
+        assert not ex._warm.by_env

@@ -253,3 +253,17 @@ def test_the_timed_model_runs_the_jobs_linear_kernel_and_says_so(timing, tmp_pat
     monkeypatch.setenv("TUNELAB_CPU_MATMUL", other)
     cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 2, 32), 2 * 32, 1)
     assert len(built) == 2 and sorted(e["linear"] for e in _entries(tmp_path)) == ["aten", "onednn"]
+
+
+@pytest.mark.parametrize("step_s, expected", [(0.05, 20), (0.4, 3), (0.9, 3), (1.0, 2), (2.5, 2), (0.001, 64)])
+def test_a_round_takes_fewer_steps_only_where_they_take_seconds(step_s, expected):
+    """_round's rule on steps of a given length (the step function injected, no clock): MIN_STEPS and TIME_BUDGET_S
+    for short steps, LONG_STEPS once they took LONG_ROUND_S together, never past 64."""
+    taken: list[float] = []
+
+    def step() -> float:
+        taken.append(step_s)
+        return step_s
+
+    cpuspeed._round(step)
+    assert len(taken) == expected

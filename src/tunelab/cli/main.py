@@ -174,7 +174,11 @@ def run_cmd(
             raise typer.Exit(1)
     with stdout_to_stderr(json_out):
         search_before_run(experiment_dir, runs, force, ex, dry_run)  # a tune: block's search, where not done yet
-        results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console)
+        from tunelab.scaffold.write import unedited_job_script
+
+        # a lane's later jobs forked from one import where their job.sh is scaffold's (local: Executor.warm_starts)
+        results = run_sweep(ex, experiment_dir, runs, force=force, dry_run=dry_run, wait=wait, console=console,
+                            warm_if=unedited_job_script)
     if json_out:
         from tunelab.mcp.models import RunOut
 

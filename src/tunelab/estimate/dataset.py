@@ -3,13 +3,17 @@ same best-fit-decreasing packing the trainer uses (TRL's), so no number here is 
 
 from __future__ import annotations
 
+import hashlib
 import random
+from array import array
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from statistics import mean
 from typing import Any
 
 from tunelab.data.formatting import PromptFormat
 from tunelab.data.splits import SPLITS, load_data
+from tunelab.diskcache import cached_json
 from tunelab.spec import DatasetSpec
 
 
@@ -93,24 +97,31 @@ def first_answer_index(mask: list[int]) -> int:
 
 
 def simulate_bfd_packing(lengths: list[int], max_seq_len: int) -> PackingStats:
-    """Pack with TRL's own BFD (what SFTTrainer does with packing_strategy='bfd')."""
+    """Pack with TRL's own BFD (what SFTTrainer does with packing_strategy='bfd'). The packs' count is kept on disk
+    per lengths, max_seq_len and TRL version (diskcache.py): the plan packs a sweep's data once, and `tunelab run`'s
+    checks read its count rather than import TRL's stack again (seconds of every run's start)."""
+    digest = hashlib.sha256(array("q", lengths).tobytes()).hexdigest()
+    sequences = int(cached_json("bfd-packs", [digest, len(lengths), max_seq_len, version("trl")],
+                                lambda: _bfd_packs(lengths, max_seq_len)))
+    tokens = sum(min(n, max_seq_len) for n in lengths)
+    return PackingStats(
+        max_seq_len=max_seq_len,
+        examples=len(lengths),
+        sequences=sequences,
+        density=round(len(lengths) / sequences, 4),
+        fill_fraction=round(tokens / (sequences * max_seq_len), 4),
+    )
+
+
+def _bfd_packs(lengths: list[int], max_seq_len: int) -> int:
+    """The sequences TRL's BFD packs these lengths into."""
     import datasets
     from datasets import Dataset
     from trl.data_utils import pack_dataset
 
     datasets.disable_progress_bars()
-
     ds = Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})
-    packed = pack_dataset(ds, max_seq_len, "bfd")
-    seq_lengths = packed["seq_lengths"]
-    tokens = sum(min(n, max_seq_len) for n in lengths)
-    return PackingStats(
-        max_seq_len=max_seq_len,
-        examples=len(lengths),
-        sequences=len(seq_lengths),
-        density=round(len(lengths) / len(seq_lengths), 4),
-        fill_fraction=round(tokens / (len(seq_lengths) * max_seq_len), 4),
-    )
+    return len(pack_dataset(ds, max_seq_len, "bfd")["seq_lengths"])
 
 
 def simulate_padding(lengths: list[int], batch_size: int, max_seq_len: int, seed: int = 0) -> PaddingStats:

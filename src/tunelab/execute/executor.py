@@ -10,6 +10,7 @@ execute/executors.py by the name the spec gives and never compare that name them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +22,8 @@ from tunelab.execute.failures import SacctRow
 from tunelab.execute.job_states import UNSEEN, JobState, is_active_state
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
+
+ScriptCheck = Callable[[Path], bool]  # a job script that may start warm (warm_starts' `accept`)
 
 __all__ = ["UNSEEN", "Capacity", "ClusterFacts", "ClusterRead", "Executor", "GroupKind", "JobGroup", "JobInfo",
            "JobKind", "NodeAsk", "NodeFacts", "ReadsCluster", "SchedulerRoom", "SchedulerUnavailable"]
@@ -202,7 +205,7 @@ class ColdStarts:
     """What an executor whose every job starts a process of its own (Slurm, Ray: on the nodes it is given) answers
     of warm starts: the block changes nothing."""
 
-    def warm_starts(self) -> AbstractContextManager[None]:
+    def warm_starts(self, accept: ScriptCheck | None = None) -> AbstractContextManager[None]:
         return nullcontext()
 
 
@@ -347,8 +350,9 @@ class Executor(Protocol):
         """(seconds the scheduler has not answered for, its last error); None while it answers."""
         ...
 
-    def warm_starts(self) -> AbstractContextManager[None]:
+    def warm_starts(self, accept: ScriptCheck | None = None) -> AbstractContextManager[None]:
         """A block in which training jobs started one after another with the same environment may skip their imports
-        (the local executor forks them from a process that keeps the stack imported: execute/warm_jobs.py); on a
+        (the local executor forks them from a process that keeps the stack imported: execute/warm_jobs.py) — only
+        those whose job script `accept` passes, where given (a job.sh a person edited runs as written); on a
         scheduler's nodes nothing changes."""
         ...

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunelab.execute.executor import UNSEEN, Capacity, JobInfo, JobKind, OneJobEachRun
+from tunelab.execute.executor import UNSEEN, Capacity, JobInfo, JobKind, OneJobEachRun, ScriptCheck
 from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.execute.warm_jobs import WarmJob, WarmProcesses
@@ -103,6 +103,10 @@ class Devices:
             self._where[cfg.name] = f"GPU {slot}"
             return {"CUDA_VISIBLE_DEVICES": slot}
         self._where[cfg.name] = slot
+        return self.slot_env(slot)
+
+    def slot_env(self, slot: str) -> dict[str, str]:
+        """What a job on this CPU slot is given: its share of the cores (nothing where one slot holds them all)."""
         return {CPUS_ENV: cpu_list(self.cpus[slot])} if len(self.cpus) > 1 else {}
 
     def where(self, cfg: RunConfig) -> str:
@@ -125,18 +129,33 @@ class LocalExecutor(OneJobEachRun):
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen | WarmJob] = {}
         self._warm: WarmProcesses | None = None
+        self._accept: ScriptCheck | None = None
 
     @contextmanager
-    def warm_starts(self) -> Iterator[None]:
-        """Inside, a training job (job.sh as tunelab wrote it: the search's trials) is forked from a process that keeps
-        the training stack imported, one per environment (execute/warm_jobs.py); they end with the block."""
+    def warm_starts(self, accept: ScriptCheck | None = None) -> Iterator[None]:
+        """Inside, a training job (job.sh as tunelab wrote it: the search's trials; a sweep's runs whose job.sh
+        `accept` passes) is forked from a process that keeps the training stack imported, one per environment
+        (execute/warm_jobs.py); they end with the block."""
         outer, self._warm = self._warm, self._warm or WarmProcesses()
+        outer_accept, self._accept = self._accept, accept
         try:
             yield
         finally:
             if outer is None:
                 self._warm.close()
-            self._warm = outer
+            self._warm, self._accept = outer, outer_accept
+
+    def _starts_warm(self, script: Path, job_env: dict[str, str]) -> bool:
+        """Inside warm_starts, a run's job.sh; in a sweep's block (a check given), one the check passes, on a lane
+        whose warm process `capacity` started beforehand (each lane's imports side by side, not one lane's first
+        job waiting for another's: the sweep starts its jobs one after another)."""
+        if self._warm is None or script.name != TRAIN_SCRIPT:
+            return False
+        return self._accept is None or (self._warm.has(job_env) and self._accept(script))
+
+    @staticmethod
+    def _job_env(env: dict[str, str] | None) -> dict[str, str]:
+        return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}  # job.sh's too
 
     def submit(self, script: Path, dependency: str | None = None, env: dict[str, str] | None = None,
                array: str | None = None) -> str:
@@ -144,14 +163,14 @@ class LocalExecutor(OneJobEachRun):
             raise ValueError("the local executor starts jobs when asked: it has no dependencies or arrays")
         run_dir = Path(script).parent
         kind = JobKind.TRAIN if Path(script).name in (TRAIN_SCRIPT, "job.sbatch") else JobKind.EVAL
-        job_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}  # job.sh's too
+        job_env = self._job_env(env)
         log_path = self.log(run_dir, kind, "")
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n{ATTEMPT_MARK} {kind} job started {now_iso()}"
                       + "".join(f" {k}={v}" for k, v in (env or {}).items()) + " =====\n")
             log.flush()
             warm = (self._warm.start(run_dir / "run.yaml", log_path, job_env)
-                    if self._warm is not None and Path(script).name == TRAIN_SCRIPT else None)
+                    if self._warm is not None and self._starts_warm(Path(script), job_env) else None)
             if warm is not None:
                 self._procs[str(warm.pid)] = warm
                 return str(warm.pid)
@@ -233,7 +252,14 @@ class LocalExecutor(OneJobEachRun):
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
         """Nothing beyond job.sh, which scaffold writes for every fine-tuned run."""
     def capacity(self, runs: list[RunConfig]) -> Capacity:
-        return Devices(runs)
+        """This machine's devices; in a sweep's warm_starts block on a CPU, a warm process started now for each lane
+        a run that may start warm will take (a GPU sweep's jobs start as bash starts them)."""
+        devices = Devices(runs)
+        if self._warm is not None and self._accept is not None and not devices.on_gpu:
+            warm = sum(self._accept(cfg.run_dir / TRAIN_SCRIPT) for cfg in runs)
+            for slot in list(devices.cpus)[:warm]:
+                self._warm.prepare(self._job_env(devices.slot_env(slot)))
+        return devices
 
     def unanswered(self) -> tuple[float, str] | None:
         return None

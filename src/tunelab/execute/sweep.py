@@ -19,7 +19,7 @@ from rich.console import Console
 from tunelab.execute import claims, retry
 from tunelab.execute.attempts import all_attempts
 from tunelab.execute.coordinator import Submission, Sweep
-from tunelab.execute.executor import Capacity, Executor, GroupKind, JobKind, SchedulerUnavailable
+from tunelab.execute.executor import Capacity, Executor, GroupKind, JobKind, SchedulerUnavailable, ScriptCheck
 from tunelab.execute.executors import check_options, executor_class
 from tunelab.execute.failures import COMPLETED, PREEMPTED, Failure
 from tunelab.execute.jobs import JobRow, RunJobs, all_jobs, is_active, latest_jobs
@@ -160,12 +160,15 @@ HEARTBEAT_S = 60.0  # claims touched this often, for coordinators on other hosts
 
 def run_sweep(ex: Executor, experiment_dir: str | Path, names: list[str] | None = None, *, force: bool = False,
               dry_run: bool = False, wait: bool = False, console: Console | None = None,
-              record: bool = True) -> dict[str, RowState]:
+              record: bool = True, warm_if: ScriptCheck | None = None) -> dict[str, RowState]:
     """Start what is pending on `ex` and follow it (with `wait` on a scheduler); returns {run: RowState} of the runs
-    started or followed. record=False: inside a Slurm node job."""
+    started or followed. record=False: inside a Slurm node job. `warm_if`: training jobs whose job script it passes
+    may start warm (a lane's later jobs skip the stack's imports: Executor.warm_starts; the local executor only)."""
     check_options(ex, dry_run, wait)
     exp = Path(experiment_dir).resolve()
     with ExitStack() as stack:
+        if warm_if is not None and not dry_run:
+            stack.enter_context(ex.warm_starts(warm_if))
         book = exp if record else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunelab-node-")))
         runs = {r.name: r for r in load_runs(exp)}
         selected = [r.name for r in select_runs(list(runs.values()), names)]

@@ -159,13 +159,24 @@ class WarmProcesses:
         self.lock = threading.Lock()
         self.said = False
 
-    def start(self, run_yaml: Path, log: Path, env: dict[str, str]) -> WarmJob | None:
-        """The job forked by the warm process of `env` (the job's whole environment); None: start it cold."""
+    def prepare(self, env: dict[str, str]) -> WarmProcess:
+        """The warm process of `env` (the job's whole environment), started now if there is none: it imports while the
+        caller goes on."""
         key = tuple(sorted(env.items()))
         with self.lock:
             warm = self.by_env.get(key)
             if warm is None:
                 warm = self.by_env[key] = WarmProcess(env)
+            return warm
+
+    def has(self, env: dict[str, str]) -> bool:
+        """Whether a warm process of `env` was started (by `prepare` or an earlier job)."""
+        with self.lock:
+            return tuple(sorted(env.items())) in self.by_env
+
+    def start(self, run_yaml: Path, log: Path, env: dict[str, str]) -> WarmJob | None:
+        """The job forked by the warm process of `env` (the job's whole environment); None: start it cold."""
+        warm = self.prepare(env)
         job = warm.start(run_yaml, log)
         if job is None and not self.said:
             self.said = True

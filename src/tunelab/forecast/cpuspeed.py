@@ -53,6 +53,8 @@ from tunelab.stats.timing import range_sigma, timing_spread
 
 TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
 MIN_STEPS = 3
+LONG_ROUND_S = 2.0  # a round whose first LONG_STEPS steps took this long together ends with them (steps of seconds)
+LONG_STEPS = 2
 MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
 MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
 CALIBRATION_TOKENS = 512  # the most tokens a timed micro-batch holds: a larger run's is priced per token from it
@@ -340,12 +342,20 @@ class _Round:
 
 
 def _round(step: Any) -> _Round:
-    """Steps timed until MIN_STEPS of them and TIME_BUDGET_S, with the load over them."""
+    """Steps timed until MIN_STEPS of them and TIME_BUDGET_S, or LONG_STEPS of them that took LONG_ROUND_S (a step of
+    a second or more holds thousands of products: a third adds seconds to a cold plan, and two that disagree past
+    SPREAD_LIMIT are timed again all the same), with the load over them."""
     meter = LoadMeter.start()
     times: list[float] = []
-    while len(times) < MIN_STEPS or (sum(times) < TIME_BUDGET_S and len(times) < 64):
+    while not round_done(times):
         times.append(step())
     return _Round(times, meter.window() if meter is not None else None)
+
+
+def round_done(times: list[float]) -> bool:
+    """Enough steps in a round (_round's rule)."""
+    n, total = len(times), sum(times)
+    return n >= 64 or (n >= MIN_STEPS and total >= TIME_BUDGET_S) or (n >= LONG_STEPS and total >= LONG_ROUND_S)
 
 
 def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:

@@ -26,6 +26,8 @@ from tunelab.forecast import loopjob
 from tunelab.forecast.cpuspeed import thread_words
 from tunelab.forecast.planscope import priced_counts, still_fresh
 
+LOOP_BOUND_S = 0.02  # the most the job's loop adds to a step on a CPU, assumed: ~4x the 5.2 ms measured here
+UNSEEN_SHARE = 0.02  # a loop at LOOP_BOUND_S under this share of a step hides in the step timing's own spread
 MEASURING = "measuring what the training loop adds to a step at {} thread(s), by a reference tiny run (kept for later plans)"
 
 
@@ -42,6 +44,18 @@ def loop_overhead(threads: int | None) -> LoopOverhead:
     """This machine's loop overhead per step (cached); 0 where the measuring job failed, and the source says why."""
     got = cached_json("train-loop", _key(threads), lambda: _measure_with_others(threads), keep=_worth_keeping)
     return overhead_of(got)
+
+
+def loop_for(threads: int | None, step_s: float) -> LoopOverhead:
+    """The loop's overhead for a run whose optimizer step takes `step_s` at `threads`: the kept measurement where there
+    is one; else, where even LOOP_BOUND_S would be under UNSEEN_SHARE of the step (a large model's step of seconds:
+    the loop is not what its time hangs on), none, said so, its start-up's imports those the job started ahead took
+    (no job spends seconds measuring what a timing's spread hides); else measured (loop_overhead)."""
+    if not _kept(stored_json("train-loop", _key(threads))) and LOOP_BOUND_S <= UNSEEN_SHARE * step_s:
+        return LoopOverhead(0.0, f"+ the job's loop not measured: at most ~{LOOP_BOUND_S * 1e3:.0f} ms a step "
+                                 f"(assumed), under {UNSEEN_SHARE:.0%} of this run's {step_s:.2f} s step",
+                            loopjob.imports_ahead())
+    return loop_overhead(threads)
 
 
 @contextmanager

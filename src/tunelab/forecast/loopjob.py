@@ -112,6 +112,18 @@ def settle(timeout_s: float = TIMEOUT_S) -> None:
         time.sleep(POLL_S)
 
 
+def imports_ahead() -> float | None:
+    """The seconds the job started ahead took to import the training stack (its ready file says), a job's start-up
+    before it loads anything; None where no such job is ready."""
+    job = _AHEAD.get()
+    if job is None:
+        return None
+    try:
+        return float(json.loads((job.where / "out" / READY_FILE).read_text())["imports_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def measure(counts: Counts) -> dict[int | None, dict[str, Any]]:
     """What the job wrote for each count: the job started ahead where one waits, else one started now."""
     job = _AHEAD.get()

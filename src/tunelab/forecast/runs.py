@@ -343,8 +343,8 @@ def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb:
         val_tokens = sum(min(n, t.max_seq_len) for n in val_lengths)
     else:  # its batches each padded to their longest
         val_tokens = _padded_tokens(tuple(val_lengths), t.batch_size, t.max_seq_len, t.seed) if val_lengths else 0
-    return first_contact_overheads(timed, loopcost.loop_overhead(threads), t, steps, plan.epochs + plan.mid_saves, tokens_mb,
-                                   val_tokens, nproc)
+    loop = loopcost.loop_for(threads, train_s / max(steps, 1))
+    return first_contact_overheads(timed, loop, t, steps, plan.epochs + plan.mid_saves, tokens_mb, val_tokens, nproc)
 
 
 def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: list[int],

@@ -124,7 +124,7 @@ def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = Non
     run = run_key or identity.training_key(cfg)
     out = []
     startup = est.startup_raw_s if est.startup_raw_s is not None else est.startup_s
-    if startup and summary.startup_s is not None and est.startup_kind:
+    if startup and summary.startup_s is not None and est.startup_kind and not summary.started_warm:
         out.append(PredictionRecord(key=f"{run}#{PredictedPart.TRAIN_START}", part=PredictedPart.TRAIN_START,
                                     source=est.startup_kind, predicted_s=startup, measured_s=summary.startup_s,
                                     **base))  # type: ignore[arg-type]

@@ -154,6 +154,8 @@ class Summary(JsonRecord):
     startup_s: float | None = None  # process start to the first step (interpreter, imports, loading)
     process_started_at: str | None = None  # the (rank 0) training process's creation, ISO 8601 UTC: where startup_s
     # counts from, and where its job's dispatch ends (its submission to this: ledger/submission.py)
+    started_warm: bool | None = None  # forked from a warm process (train/warm.py): startup_s holds no imports, so
+    # neither the history's start-ups nor a start-up prediction's error take it (ledger/history.py, predictions.py)
     train_examples: int | None = None
     validation_examples: int | None = None
     packing: PackingStats | None = None

@@ -21,7 +21,7 @@ from tunelab.execute.retry import differs_only_by_retries
 from tunelab.fsutil import atomic_write_text, dump_yaml, load_yaml
 from tunelab.plan.markdown import render_plan_md
 from tunelab.plan.planner import Plan, make_plan
-from tunelab.rundir.config import RUN_FILE, RunConfig
+from tunelab.rundir.config import RUN_FILE, RunConfig, load_run_config
 from tunelab.rundir.experiment import SPEC_FILE
 from tunelab.spec import Strategy, resolve_path
 
@@ -95,6 +95,17 @@ def _job_script(cfg: RunConfig, python: str) -> FileText:
     """A fine-tuned run's job.sh: every executor's job runs it."""
     return FileText(cfg.run_dir / "job.sh", _env.get_template("job.sh.j2").render(run=cfg, python=python),
                     durable=False, executable=True)
+
+
+def unedited_job_script(script: Path) -> bool:
+    """Whether a run's job.sh holds what scaffold writes for its run.yaml with this interpreter: then a job forked
+    from a warm process (execute/warm_jobs.py) runs what the script would; an edited one (a module loaded, another
+    interpreter, a variable set) runs as written. An unreadable script or run.yaml is not unedited."""
+    try:
+        cfg = load_run_config(script.parent / RUN_FILE)
+        return script.read_text() == _job_script(cfg, sys.executable).text
+    except (OSError, UnicodeDecodeError, TunelabError, ValidationError):
+        return False
 
 
 def write_job_script(cfg: RunConfig, python: str) -> Path:

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args[0])
     counts: list[int | None] | None
     try:
-        counts = _asked_counts(out) if ahead else [int(a) for a in args[1:]]
+        counts = _asked_counts(out, imports_s) if ahead else [int(a) for a in args[1:]]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _asked_counts(out: Path) -> list[int | None] | None:
-    """Say the stack is imported (OUT_DIR/ready, written whole), then wait for the plan's line: the thread counts,
+def _asked_counts(out: Path, imports_s: float | None) -> list[int | None] | None:
+    """Say the stack is imported (OUT_DIR/ready, written whole, with the seconds its imports took), then wait for the plan's line: the thread counts,
     [] for torch's default ("default"), None for none (an empty line or the plan gone: nothing to measure); anything
     else a ValueError."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ready.tmp").write_text("")
+    (out / "ready.tmp").write_text(json.dumps({"imports_s": imports_s}))
     (out / "ready.tmp").rename(out / READY_FILE)
     words = sys.stdin.readline().split()
     if not words:

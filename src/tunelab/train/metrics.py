@@ -108,6 +108,19 @@ def process_age_s() -> float | None:
         return None
 
 
+_WARM_PARENT: list[int] = []  # the warm process this job was forked from (train/warm.py), where it was
+
+
+def mark_started_warm(parent: int) -> None:
+    """This job was forked from a warm process (train/warm.py): its process_age_s holds no imports."""
+    _WARM_PARENT[:] = [parent]
+
+
+def started_warm() -> bool:
+    """Whether this job was forked from a warm process (its start-up is its model and data, not the stack's imports)."""
+    return bool(_WARM_PARENT)
+
+
 def process_started_at() -> str | None:
     """When this process was created (ISO 8601, UTC, milliseconds): now less `process_age_s`, the one clock start-up
     counts from, so that a job's dispatch (its submission to this) and its start-up meet without a gap."""

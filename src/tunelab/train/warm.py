@@ -122,7 +122,9 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         from tunelab.host import adapt, threads
         from tunelab.train.distributed import local_processes
         from tunelab.train.job import run_job
+        from tunelab.train.metrics import mark_started_warm
 
+        mark_started_warm(os.getppid())  # summary.json says so: its start-up is no cold job's (ledger/history.py)
         adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
         code = run_job(run_yaml)
