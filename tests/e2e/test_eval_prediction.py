@@ -172,7 +172,10 @@ def test_a_finished_sweep_records_each_parts_prediction_beside_its_measurement(f
         assert train.measured_s == pytest.approx(summary.duration_s + (summary.finish_s or 0.0))
         if est.startup_kind and start:
             first = records[f"{key}#{PredictedPart.TRAIN_START}"]
-            assert (first.predicted_s, first.measured_s) == (start, summary.startup_s)
+            # a job forked warm (a local sweep's lanes): its own start-up plus the imports its warm process paid
+            assert (first.predicted_s, first.measured_s) == (start, summary.cold_startup_s())
+            assert first.measured_s == (summary.startup_s if not summary.started_warm else
+                                        round(summary.startup_s + summary.warm_imports_s, 3))
         ev = records[f"{key}#{PredictedPart.EVAL}"]
         shares = sum(sc.duration_s / (sc.concurrent or 1) for sc in read_scores(cfg.run_dir))
         assert ev.predicted_s == est.eval_raw_s and ev.measured_s == pytest.approx(shares, abs=1e-3)

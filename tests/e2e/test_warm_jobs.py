@@ -138,8 +138,9 @@ def test_a_warm_process_that_never_gets_ready_is_ended_and_the_job_left_to_bash(
 
 def test_a_sweep_starts_its_lanes_jobs_warm_where_job_sh_is_scaffolds(spec_in, tmp_path, monkeypatch):
     """`tunelab run`'s sweep (run_sweep with scaffold's check, one lane): the runs whose job.sh scaffold wrote are forked
-    from one warm process, their summaries say so and the history keeps no start-up of theirs (no cold job's); a run
-    whose job.sh a person edited runs it as written (its edit ran, it started cold, its start-up kept)."""
+    from one warm process, their summaries say so and what its imports took, and the history keeps their start-up as
+    a cold job's would have been (their own plus those imports); a run whose job.sh a person edited runs it as written
+    (its edit ran, it started cold, its own start-up kept)."""
     from tunelab.execute.sweep import run_sweep
     from tunelab.ledger import history
     from tunelab.scaffold.write import unedited_job_script
@@ -161,8 +162,11 @@ def test_a_sweep_starts_its_lanes_jobs_warm_where_job_sh_is_scaffolds(spec_in, t
     summaries = {r: read_json(runs[r].run_dir / "summary.json") for r in (4, 8, 16)}
     assert [summaries[r].get("started_warm") for r in (4, 8, 16)] == [True, True, None]
     assert all(summaries[r]["startup_s"] > 0 for r in (4, 8, 16))  # each measured its own start-up
+    imports = {summaries[r]["warm_imports_s"] for r in (4, 8)}
+    assert len(imports) == 1 and 0 < imports.pop() and "warm_imports_s" not in summaries[16]  # one process's, once
     rows = {row.run: row for row in history.load()}
-    assert rows[runs[4].name].startup_s is None and rows[runs[8].name].startup_s is None
+    for r in (4, 8):
+        assert rows[runs[r].name].startup_s == round(summaries[r]["startup_s"] + summaries[r]["warm_imports_s"], 3)
     assert rows[runs[16].name].startup_s == summaries[16]["startup_s"]
 
 

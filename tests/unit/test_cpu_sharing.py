@@ -79,3 +79,17 @@ def test_runs_without_a_time_estimate_stay_one_at_a_time_and_say_why():
     at = _at({4: [None, 10], 2: [None, 12], 1: [None, 14]})
     sharing, _ = choose(_runs(2), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
     assert sharing.chosen.runs_at_once == 1 and "no time estimate" in sharing.why
+
+
+def test_a_slots_later_runs_are_priced_warm():
+    """warm_s (the stack's import a lane's later job skips: forecast/jobstart.warm_start_s), never more than a run's
+    own start-up: the first example's options again, each run with a 3 s start-up inside and a 2 s import."""
+    def at(threads: int) -> dict[str, RunEstimate]:
+        seconds = {4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]}[threads]
+        return {f"r{i}": RunEstimate(run=f"r{i}", seconds=s, startup_s=3.0) for i, s in enumerate(seconds)}
+
+    sharing, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__, warm_s=2.0)
+    # one at a time: 30 + 28 + 8 + 8 = 74 s; two at once: 36 + 10 | 36 + 10 = 46 s; four at once: every slot's first
+    assert [o.makespan_s for o in sharing.options] == [74.0, 46.0, 40.0]
+    capped, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__, warm_s=9.0)
+    assert [o.makespan_s for o in capped.options] == [71.0, 45.0, 40.0]  # 9 s capped at each run's 3 s start-up

@@ -106,3 +106,22 @@ def test_the_deadline_verdict_and_the_printed_makespan_are_one_forecast(write_sp
     assert plan.deadline is not None and plan.deadline.search is None
     assert plan.forecast is plan.deadline  # the verdict's own forecast, not a second computation
     assert f"**Predicted makespan: {human_seconds(plan.deadline.makespan_s or 0)}" in render_plan_md(plan)
+
+
+def test_a_cpu_slots_later_training_jobs_start_warm_in_the_forecast(write_spec, monkeypatch):
+    """With the training stack's import recorded here (4 s, given), the local executor's later training job on a
+    CPU slot skips it (execute/local_jobs.py forks a lane's jobs from one import): one slot, the two fine-tuned
+    runs one after the other, the second 4 s shorter; the control's evaluation has no training job to skip. On
+    Slurm every job starts cold."""
+    from tunelab.forecast import jobstart
+
+    monkeypatch.setattr(jobstart, "training_import_s", lambda: 4.0)
+    plan = _plan(write_spec)
+    hand = _by_hand(plan, STARTUP_S)
+    f = plan.forecast
+    assert f is not None and {r.run: r.warm_s for r in f.runs} == {
+        cfg.name: (4.0 if cfg.training is not None else 0.0) for cfg in plan.runs}
+    assert f.makespan_s == pytest.approx(sum(hand.values()) - 4.0, abs=0.3)
+    assert {e.makespan_s for e in with_predictions(plan).values()} == {f.makespan_s}
+    slurm = _plan(write_spec, resources={"executor": "slurm"})
+    assert slurm.forecast is not None and {r.warm_s for r in slurm.forecast.runs} == {0.0}

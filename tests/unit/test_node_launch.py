@@ -108,9 +108,10 @@ def test_a_run_spanning_nodes_refuses_to_train_outside_its_allocation(env, words
 ])
 def test_first_host_of_a_hostlist(nodelist, first):
     assert first_host(nodelist) == first
-    if shutil.which("scontrol"):  # Slurm's own expansion agrees
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True).stdout
-        assert hosts.split()[0] == first
+    if shutil.which("scontrol"):  # Slurm's own expansion agrees, where scontrol finds a configuration to start with
+        shown = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        if shown.returncode == 0:
+            assert shown.stdout.split()[0] == first
 
 
 def test_the_job_s_own_requeue_first_allows_requeueing_when_it_spans_nodes(monkeypatch):

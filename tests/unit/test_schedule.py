@@ -139,3 +139,22 @@ def test_no_visible_device_means_no_gpu_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout.split()
     assert out == ["None", "False"]  # planning on a login node does not pay torch's import to learn that
+
+
+def test_a_later_job_on_a_device_that_ran_one_starts_warm():
+    """RunNeed.warm_s (a local CPU lane's later jobs fork from one import): skipped only by a job whose devices all ran
+    one before, worked out by hand."""
+    cpu = [Device("cpu:0"), Device("cpu:1")]
+    needs = [RunNeed(n, 1, 10.0, None, 3.0) for n in "abcd"]
+    w = _where(sched := forecast(cpu, needs))
+    # a, b at 0 on the two slots (cold: 10 s each), c, d at 10 on the same slots (warm: 7 s each): ends at 17
+    assert sorted(w[n][1:] for n in "ab") == [(0.0, 10.0)] * 2 and sorted(w[n][1:] for n in "cd") == [(10.0, 17.0)] * 2
+    assert sched.makespan_s == 17.0
+    assert forecast([Device("cpu")], needs[:3]).makespan_s == 10.0 + 7.0 + 7.0  # one slot: every job after the first
+    assert forecast(cpu, [RunNeed(n, 1, 10.0) for n in "abcd"]).makespan_s == 20.0  # no warm start: as before
+    # a two-device job after one-device jobs on only one of its devices starts cold
+    two = forecast(_gpus(2), [RunNeed("one", 1, 5.0, None, 3.0), RunNeed("both", 2, 4.0, None, 3.0)])
+    assert _where(two)["both"][1:] == (5.0, 9.0)
+    # never below nothing: "b" after "a" on one slot, warm_s above its seconds, takes no time, not negative time
+    assert _where(forecast([Device("cpu")], [RunNeed("a", 1, 4.0), RunNeed("b", 1, 1.0, None, 5.0)]))["b"] == \
+        (("cpu",), 4.0, 4.0)

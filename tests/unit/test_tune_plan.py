@@ -70,10 +70,10 @@ def test_a_local_search_prices_its_later_trials_without_the_stacks_import(write_
     """On the local executor a trial after its combination's first is forked from a warm process (execute/
     warm_jobs.py): it skips the stack's import as the jobs recorded it, here given as 2 s. On a scheduler every trial
     starts in full."""
-    from tunelab.forecast import tunecost
+    from tunelab.forecast import jobstart, tunecost
     from tunelab.spec.resources import ExecutorKind
 
-    monkeypatch.setattr(tunecost, "recorded_import_s", lambda stack: 2.0)
+    monkeypatch.setattr(jobstart, "recorded_import_s", lambda stack: 2.0)
     plan = make_plan(write_spec(factors={"lora_rank": [4, 8]}, tune=TUNE))
     for cost in plan.search:
         est = plan.estimates[cost.run]
@@ -87,5 +87,5 @@ def test_a_local_search_prices_its_later_trials_without_the_stacks_import(write_
         return plan.spec.model_copy(update={"resources": plan.spec.resources.model_copy(update={"executor": kind})})
 
     assert [tunecost.warm_start_s(on(k)) for k in ExecutorKind] == [2.0, 0.0, 0.0]
-    monkeypatch.setattr(tunecost, "recorded_import_s", lambda stack: None)  # no import recorded yet: all in full
+    monkeypatch.setattr(jobstart, "recorded_import_s", lambda stack: None)  # no import recorded yet: all in full
     assert tunecost.warm_start_s(on(ExecutorKind.LOCAL)) == 0.0

@@ -21,6 +21,7 @@ from importlib.metadata import version
 
 from tunelab.diskcache import cached_json
 from tunelab.execute.schedule import RunNeed, cpu_devices, forecast
+from tunelab.forecast.jobstart import warm_start_s
 from tunelab.forecast.planscope import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cgroup import host_memory_gib
@@ -115,8 +116,9 @@ def candidates(runs: list[RunConfig], cores: int) -> list[int]:
     return out
 
 
-def _option(k: int, estimates: dict[str, RunEstimate], threads: int) -> SharingOption:
-    needs = [RunNeed(e.run, 1, e.seconds, None) for e in estimates.values()]
+def _option(k: int, estimates: dict[str, RunEstimate], threads: int, warm_s: float = 0.0) -> SharingOption:
+    """k slots, the runs at these estimates placed over them: a slot's later jobs skip `warm_s` of their start-up."""
+    needs = [RunNeed(e.run, 1, e.seconds, None, min(warm_s, e.startup_s or 0.0)) for e in estimates.values()]
     return SharingOption(k, threads, forecast(cpu_devices(k), needs).makespan_s)
 
 
@@ -126,28 +128,28 @@ def _fits_ram(k: int, estimates: dict[str, RunEstimate], ram_gib: float | None) 
 
 
 def choose(runs: list[RunConfig], resources: ResourcesSpec, estimate_at: EstimateAt, cores: int,
-           ram_gib: float | None, threads_for: Callable[[int], int] = share_threads
+           ram_gib: float | None, threads_for: Callable[[int], int] = share_threads, warm_s: float = 0.0
            ) -> tuple[CpuSharing, dict[str, RunEstimate]]:
     """The sharing the runs train with and their estimates under it (`threads_for`: runs at once -> each one's
-    threads, this machine's rule unless told)."""
+    threads, this machine's rule unless told; `warm_s`: what a slot's later jobs skip of their start-up)."""
     fixed = resources.cpu_runs_at_once
     if fixed != "auto":
         threads = threads_for(fixed)
         estimates = estimate_at(threads)
-        return CpuSharing(_option(fixed, estimates, threads), (), "set by resources.cpu_runs_at_once"), estimates
+        return CpuSharing(_option(fixed, estimates, threads, warm_s), (), "set by resources.cpu_runs_at_once"), estimates
     if any(c.resources.processes_per_run(0) > 1 for c in runs) or len(runs) < 2 or cores < 2:
         threads = threads_for(1)
         estimates = estimate_at(threads)
         why = ("runs of several processes" if len(runs) > 1 and cores > 1 else
                "one run" if len(runs) < 2 else "one core")
-        return CpuSharing(_option(1, estimates, threads), (), f"auto: {why}"), estimates
+        return CpuSharing(_option(1, estimates, threads, warm_s), (), f"auto: {why}"), estimates
     priced: list[tuple[SharingOption, dict[str, RunEstimate]]] = []
     shares = [(k, threads_for(k)) for k in candidates(runs, cores)]
     with priced_together(threads for _, threads in shares):  # a first contact measures the loop once for all
         for k, threads in shares:
             estimates = estimate_at(threads)
             if _fits_ram(k, estimates, ram_gib):
-                priced.append((_option(k, estimates, threads), estimates))
+                priced.append((_option(k, estimates, threads, warm_s), estimates))
     best, best_estimates = priced[0]
     alone = best.makespan_s
     for option, estimates in priced[1:]:
@@ -170,7 +172,8 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
     except OSError:
         ram = None  # validate's check says so; sharing then trusts the memory estimates alone
     cores = usable_cores().count
-    sharing, _ = choose(finetune, resources, estimate_at, cores, ram)
+    sharing, _ = choose(finetune, resources, estimate_at, cores, ram,
+                        warm_s=warm_start_s(resources.executor, None))  # the sweep's lanes start warm
     adapted = planned_adaptation(decide(1))
     if adapted is not None:
         sharing = replace(sharing, load=load_line(adapted, cores))

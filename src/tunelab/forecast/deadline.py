@@ -40,6 +40,8 @@ class RunTimeline(BaseModel):
     train_start_s: float = Field(0.0, description="The training job's start and model load where the training "
                                  "estimate leaves it out, s.")
     train_start_source: str = Field("", description="Where that came from.")
+    warm_s: float = Field(0.0, description="What its training job skips of that start where its devices ran a job "
+                          "before (a local CPU lane's later jobs fork from one import: execute/local_jobs.py), s.")
     train_s: float | None = Field(None, description="Training wall time with the chosen levers, s (0: none).")
     train_source: str = Field("", description="Where the training time came from.")
     saves_s: float = Field(0.0, description="Mid-epoch checkpoint saves, s.")
@@ -133,7 +135,7 @@ def p90(r: RunTimeline) -> float | None:
 def makespan(lines: list[RunTimeline], devices: list[Device], per_device: int,
              seconds: Callable[[RunTimeline], float | None] | None = None) -> float | None:
     """The forecast's makespan of these runs (their total_s, or `seconds` of each)."""
-    needs = [RunNeed(r.run, r.gpus, (seconds or (lambda x: x.total_s))(r), r.peak_memory_gib) for r in lines]
+    needs = [RunNeed(r.run, r.gpus, (seconds or (lambda x: x.total_s))(r), r.peak_memory_gib, r.warm_s) for r in lines]
     return forecast(devices, needs, per_device).makespan_s
 
 
@@ -144,7 +146,8 @@ def judge(deadline: str, deadline_s: float, lines: list[RunTimeline], devices: l
           per_device: int = 1, notes: list[str] | None = None, search: SearchLine | None = None,
           search_gives: SearchGives | None = None) -> DeadlinePlan:
     """The verdict on these runs (their times known or not) placed on `devices`, after the search if any."""
-    schedule = forecast(devices, [RunNeed(r.run, r.gpus, r.total_s, r.peak_memory_gib) for r in lines], per_device)
+    schedule = forecast(devices, [RunNeed(r.run, r.gpus, r.total_s, r.peak_memory_gib, r.warm_s) for r in lines],
+                        per_device)
     placed = {p.run: p for p in schedule.placements}
     for r in lines:
         if (p := placed.get(r.run)) is not None:

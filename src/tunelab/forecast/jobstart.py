@@ -20,7 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.forecast.combine import independent
 from tunelab.forecast.interval import time_range
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
-from tunelab.jobimports import evaluation_extra_s
+from tunelab.jobimports import Stack, evaluation_extra_s, recorded_import_s
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.spec.evaluation import Engine
@@ -98,6 +98,21 @@ def with_dispatch(start: JobStart, dispatch: JobDispatch) -> JobStart:
         return start
     return JobStart(round(start.seconds + dispatch.seconds, 3), start.source + dispatch.words, start.kind,
                     start.server_s, dispatch)
+
+
+def training_import_s() -> float | None:
+    """The training stack's import as the jobs recorded it here (tunelab/jobimports.py): what a warm start skips;
+    None before a job recorded one (a first sweep's plan prices every start cold)."""
+    return recorded_import_s(Stack.TRAINING)
+
+
+def warm_start_s(executor: str, gpu: GPU | None) -> float:
+    """What a sweep's training job skips of its start-up where its lane ran a job before: the stack's import, where
+    the executor forks a lane's jobs from one warm process (local, on a CPU: execute/local_jobs.py); 0 on a
+    scheduler, on GPUs (their jobs start cold) or before a job recorded its import here."""
+    if executor != ExecutorKind.LOCAL or gpu is not None:
+        return 0.0
+    return training_import_s() or 0.0
 
 
 def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],

@@ -22,7 +22,7 @@ from tunelab.forecast.deadline import DeadlinePlan, RunTimeline, judge
 from tunelab.forecast.evalrun import RunEvalPrediction, SplitRows, model_estimate, predict_run_eval
 from tunelab.forecast.gpus import NodeSize
 from tunelab.forecast.interval import time_range
-from tunelab.forecast.jobstart import JobDispatch, job_dispatch, job_start, with_dispatch
+from tunelab.forecast.jobstart import JobDispatch, job_dispatch, job_start, warm_start_s, with_dispatch
 from tunelab.forecast.levers import choose_levers, mid_epoch_saves
 from tunelab.forecast.savecost import save_cost
 from tunelab.forecast.searchline import pending_search, search_gives, search_line
@@ -129,6 +129,8 @@ def timeline(cfg: RunConfig, est: RunEstimate | None, plan: Sweep, split_rows: S
             start = with_dispatch(job_start(cfg.model.path, plan.gpu, history), dispatch)
             line.train_start_s, line.train_start_source = start.seconds, start.source
             ranges.append(start.range())
+        if line.train_start_s:  # a lane's later jobs start warm: the stack's import skipped, where it is timed
+            line.warm_s = round(min(warm_start_s(plan.spec.resources.executor, plan.gpu), line.train_start_s), 3)
         if est is not None and not cfg.stages:
             line.saves_s, line.saves_source, kind = _saves(cfg, est, plan.gpu, history)
             ranges.append(time_range(line.saves_s, kind) if line.saves_s else None)

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
+from tunelab.forecast.jobstart import training_import_s
 from tunelab.fsutil import human_seconds
-from tunelab.jobimports import Stack, recorded_import_s
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.rundir.tuned import combination_runs
@@ -79,7 +79,7 @@ def warm_start_s(spec: ExperimentSpec) -> float:
     executor forks trials from a warm process (local); 0 on a scheduler, or before an import was recorded."""
     if spec.resources.executor != ExecutorKind.LOCAL:
         return 0.0
-    return recorded_import_s(Stack.TRAINING) or 0.0
+    return training_import_s() or 0.0
 
 
 def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],

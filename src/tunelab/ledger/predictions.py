@@ -124,9 +124,10 @@ def training_records(cfg: RunConfig, summary: Summary, run_key: str | None = Non
     run = run_key or identity.training_key(cfg)
     out = []
     startup = est.startup_raw_s if est.startup_raw_s is not None else est.startup_s
-    if startup and summary.startup_s is not None and est.startup_kind and not summary.started_warm:
+    measured_start = summary.cold_startup_s()  # a warm job's with its warm process's imports: the start predicted
+    if startup and measured_start is not None and est.startup_kind:
         out.append(PredictionRecord(key=f"{run}#{PredictedPart.TRAIN_START}", part=PredictedPart.TRAIN_START,
-                                    source=est.startup_kind, predicted_s=startup, measured_s=summary.startup_s,
+                                    source=est.startup_kind, predicted_s=startup, measured_s=measured_start,
                                     **base))  # type: ignore[arg-type]
     seconds = est.seconds_raw if est.seconds_raw is not None else est.seconds
     if seconds and est.time_kind:

@@ -123,7 +123,7 @@ class Summary(JsonRecord):
     """summary.json. Fields a reader may miss (older runs, adopted runs) read as None."""
 
     omit_none = frozenset({"stage_final_loss", "stage_duration_s", "stages", "adopted_from", "adopted_kind",
-                           "processes"})
+                           "processes", "started_warm", "warm_imports_s"})
 
     run: str | None = None
     state: str | None = None
@@ -154,8 +154,8 @@ class Summary(JsonRecord):
     startup_s: float | None = None  # process start to the first step (interpreter, imports, loading)
     process_started_at: str | None = None  # the (rank 0) training process's creation, ISO 8601 UTC: where startup_s
     # counts from, and where its job's dispatch ends (its submission to this: ledger/submission.py)
-    started_warm: bool | None = None  # forked from a warm process (train/warm.py): startup_s holds no imports, so
-    # neither the history's start-ups nor a start-up prediction's error take it (ledger/history.py, predictions.py)
+    started_warm: bool | None = None  # forked from a warm process (train/warm.py): startup_s holds no imports
+    warm_imports_s: float | None = None  # what that warm process's imports took: the start-up this job skipped
     train_examples: int | None = None
     validation_examples: int | None = None
     packing: PackingStats | None = None
@@ -185,6 +185,14 @@ class Summary(JsonRecord):
     adopted_from: str | None = None  # tunelab adopt: the output dir, and what kind of dir it was
     adopted_kind: str | None = None
     load: LoadWindow | None = None  # the machine's load over the training steps (cpuload.py; None: unknown)
+
+    def cold_startup_s(self) -> float | None:
+        """The start-up a cold job would have had: startup_s, plus the imports its warm process paid where it was
+        forked warm (None where those are unknown) — what the history's start-ups and a start-up prediction's error
+        compare (ledger/history.py, ledger/predictions.py), a cold job's and a warm one's alike."""
+        if self.startup_s is None or not self.started_warm:
+            return self.startup_s
+        return None if self.warm_imports_s is None else round(self.startup_s + self.warm_imports_s, 3)
 
     @classmethod
     def decode(cls, known: dict[str, Any]) -> dict[str, Any]:

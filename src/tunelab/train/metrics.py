@@ -108,17 +108,23 @@ def process_age_s() -> float | None:
         return None
 
 
-_WARM_PARENT: list[int] = []  # the warm process this job was forked from (train/warm.py), where it was
+_WARM: list[float | None] = []  # the imports of the warm process this job was forked from (train/warm.py), if it was
 
 
-def mark_started_warm(parent: int) -> None:
-    """This job was forked from a warm process (train/warm.py): its process_age_s holds no imports."""
-    _WARM_PARENT[:] = [parent]
+def mark_started_warm(imports_s: float | None) -> None:
+    """This job was forked from a warm process (train/warm.py) whose imports took `imports_s` (its process age once
+    imported; None: not readable): its own process_age_s holds no imports."""
+    _WARM[:] = [imports_s]
 
 
 def started_warm() -> bool:
     """Whether this job was forked from a warm process (its start-up is its model and data, not the stack's imports)."""
-    return bool(_WARM_PARENT)
+    return bool(_WARM)
+
+
+def warm_imports_s() -> float | None:
+    """The seconds its warm process took to import the stack (None: a cold job, or not readable)."""
+    return _WARM[0] if _WARM else None
 
 
 def process_started_at() -> str | None:

@@ -20,7 +20,7 @@ from tunelab.rundir.summary import PackingStats, ProcessMemory, StepCost, Summar
 from tunelab.spec import Strategy, TrainingConfig
 from tunelab.train.dataloading import Pipeline
 from tunelab.train.distributed import local_processes
-from tunelab.train.metrics import process_started_at, started_warm
+from tunelab.train.metrics import process_started_at, started_warm, warm_imports_s
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         cpu_threads=facts.cpu_threads, threads=facts.threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
         attention=facts.attention, attention_kernel=facts.attention_kernel, restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
         load=load, process_started_at=facts.process_started_at, started_warm=facts.started_warm or None,
+        warm_imports_s=round(facts.warm_imports_s, 3) if facts.warm_imports_s is not None else None,
     )
 
 
@@ -113,6 +114,7 @@ class RunFacts:
     threads: ThreadUse | None = None
     process_started_at: str | None = None  # this process's creation (ISO 8601 UTC): where its dispatch ends
     started_warm: bool = False  # forked from a warm process (train/warm.py): its start-up holds no imports
+    warm_imports_s: float | None = None  # what that process's imports took (the start-up this job skipped)
 
 
 def thread_use(torch_threads: int) -> ThreadUse:
@@ -145,4 +147,4 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "peft": peft.__version__, "trl": trl.__version__},
         pid=os.getpid(), processes=processes, threads=thread_use(torch.get_num_threads()),
-        process_started_at=process_started_at(), started_warm=started_warm())
+        process_started_at=process_started_at(), started_warm=started_warm(), warm_imports_s=warm_imports_s())

@@ -124,7 +124,7 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         from tunelab.train.job import run_job
         from tunelab.train.metrics import mark_started_warm
 
-        mark_started_warm(os.getppid())  # summary.json says so: its start-up is no cold job's (ledger/history.py)
+        mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)  # summary.json says so (and what was skipped)
         adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
         code = run_job(run_yaml)
@@ -141,13 +141,18 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         os._exit(code)
 
 
+_IMPORTS_S: list[float | None] = []  # this process's age once the stack was imported: what each child skips
+
+
 def main() -> int:
     """Import the training stack, say ready, then serve requests until stdin closes."""
     replies = os.dup(1)  # the protocol's own descriptor: whatever an import prints goes to stderr, not into it
     os.dup2(2, 1)
     from tunelab.train.job import import_training_stack
+    from tunelab.train.metrics import process_age_s
 
     import_training_stack()
+    _IMPORTS_S[:] = [process_age_s()]
     warm = Warm(0, replies)
     warm.send(ready=os.getpid(), threads=threading.active_count())
     warm.serve()
