@@ -170,11 +170,11 @@ def test_a_sweep_starts_its_lanes_jobs_warm_where_job_sh_is_scaffolds(spec_in, t
     assert rows[runs[16].name].startup_s == summaries[16]["startup_s"]
 
 
-def test_a_sweeps_lanes_get_their_warm_processes_before_any_job_starts(spec_in, tmp_path):
-    """On a CPU shared by lanes, a sweep's block (a check given) starts one warm process per lane as the capacity is
-    made, each with its lane's share of the cores, so the lanes import side by side; only as many as runs the check
-    passes; the search's block (no check) starts none before its jobs."""
-    from tunelab.host.cores import CPUS_ENV, cpu_list, usable_cores
+def test_a_sweeps_lanes_share_one_warm_process_started_before_any_job(spec_in, tmp_path):
+    """On a CPU shared by lanes, a sweep's block (a check given) starts one warm process as the capacity is made, for
+    every lane (each forked job takes its lane's share), and only where a run passes the check; the search's block (no
+    check) starts none there, but `warm_ahead` starts it before the plan."""
+    from tunelab.host.cores import CPUS_ENV, usable_cores
 
     if usable_cores().count < 2:
         pytest.skip("lanes need two cores")
@@ -185,11 +185,45 @@ def test_a_sweeps_lanes_get_their_warm_processes_before_any_job_starts(spec_in, 
     ex = LocalExecutor()
     with ex.warm_starts(lambda script: True):
         devices = ex.capacity(runs)
-        assert sorted(dict(key).get(CPUS_ENV) for key in ex._warm.by_env) == \
-            sorted(cpu_list(share) for share in devices.cpus.values()) and len(devices.cpus) == 2
-    with ex.warm_starts(lambda script: script.parent == runs[0].run_dir):
+        (key,) = ex._warm.by_env  # one for both lanes, without a lane's share
+        assert len(devices.cpus) == 2 and CPUS_ENV not in dict(key)
+    with ex.warm_starts(lambda script: False):
         ex.capacity(runs)
-        assert len(ex._warm.by_env) == 1
+        assert not ex._warm.by_env
     with ex.warm_starts():
         ex.capacity(runs)
         assert not ex._warm.by_env
+        ex.warm_ahead()
+        assert len(ex._warm.by_env) == 1
+
+
+def test_each_lanes_job_forked_from_one_warm_process_runs_on_its_own_share(spec_in, tmp_path, monkeypatch):
+    """Two lanes' jobs forked from the one warm process, started ahead — before the libraries of this process set
+    their variables in its environment, as a plan's do —: each pinned to its lane's share, its threads counted from
+    it, as a job bash started with that share's environment is; its losses the same as that job's, bit for bit."""
+    from tunelab.execute.local_jobs import cpu_slots
+    from tunelab.host.cores import CPUS_ENV, cpu_list, usable_cores
+
+    if usable_cores().count < 2:
+        pytest.skip("lanes need two cores")
+    warm_r4, warm_r8 = _runs(spec_in, tmp_path / "warm", 4)
+    cold_r4, _ = _runs(spec_in, tmp_path / "cold", 4)
+    shares = [cpu_list(share) for share in cpu_slots(2).values()]
+    ex = LocalExecutor()
+    cold = ex.submit(ex.script(cold_r4, JobKind.TRAIN), env={CPUS_ENV: shares[0]})
+    assert _until_ended(ex, cold) == JobState.COMPLETED
+    with ex.warm_starts():
+        ex.warm_ahead()
+        monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")  # as threadpoolctl's import sets it
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # as torch's inductor sets it
+        jobs = [ex.submit(ex.script(cfg, JobKind.TRAIN), env={CPUS_ENV: share})
+                for cfg, share in zip((warm_r4, warm_r8), shares)]
+        assert [_until_ended(ex, job) for job in jobs] == [JobState.COMPLETED] * 2
+        (warm,) = ex._warm.by_env.values()  # the one started ahead served both
+    parents = {int(m.group(1)) for cfg in (warm_r4, warm_r8) for m in FORKED.finditer((cfg.run_dir / "train.log")
+                                                                                     .read_text())}
+    assert parents == {warm.proc.pid}
+    for cfg, share in ((warm_r4, shares[0]), (warm_r8, shares[1]), (cold_r4, shares[0])):
+        threads = read_json(cfg.run_dir / "summary.json")["threads"]
+        assert f"{CPUS_ENV}={share}" in threads["source"] and threads["limit"] == "share", cfg.name
+    assert _losses(warm_r4) == _losses(cold_r4) and len(_losses(cold_r4)) == 4

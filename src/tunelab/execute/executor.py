@@ -208,6 +208,9 @@ class ColdStarts:
     def warm_starts(self, accept: ScriptCheck | None = None) -> AbstractContextManager[None]:
         return nullcontext()
 
+    def warm_ahead(self) -> None:
+        """Nothing to start ahead: every job imports on its own node."""
+
 
 class OneJobEachRun(ColdStarts):
     """What an executor that submits every run as a job of its own (local, Ray) answers of groups and notices."""
@@ -355,4 +358,10 @@ class Executor(Protocol):
         (the local executor forks them from a process that keeps the stack imported: execute/warm_jobs.py) — only
         those whose job script `accept` passes, where given (a job.sh a person edited runs as written); on a
         scheduler's nodes nothing changes."""
+        ...
+
+    def warm_ahead(self) -> None:
+        """Inside `warm_starts`, start now what the block's first jobs will be forked from (the local executor on a
+        CPU: the warm process, whose imports then run beside the caller's own work — a plan —, not after it); elsewhere
+        nothing."""
         ...

@@ -145,10 +145,17 @@ class LocalExecutor(OneJobEachRun):
                 self._warm.close()
             self._warm, self._accept = outer, outer_accept
 
+    def warm_ahead(self) -> None:
+        if self._warm is not None and not visible_gpus():  # a GPU job's lane is its devices: started at its first job
+            self._warm.prepare(self._job_env(None))
+
+    def warm_importing(self) -> bool:
+        """Whether a warm process of this block is still importing (a timing now would share its cores)."""
+        return self._warm is not None and bool(self._warm.importing())
+
     def _starts_warm(self, script: Path, job_env: dict[str, str]) -> bool:
-        """Inside warm_starts, a run's job.sh; in a sweep's block (a check given), one the check passes, on a lane
-        whose warm process `capacity` started beforehand (each lane's imports side by side, not one lane's first
-        job waiting for another's: the sweep starts its jobs one after another)."""
+        """Inside warm_starts, a run's job.sh; in a sweep's block (a check given), one the check passes, where the
+        warm process was started beforehand (`capacity`: its imports beside the sweep's checks, not after them)."""
         if self._warm is None or script.name != TRAIN_SCRIPT:
             return False
         return self._accept is None or (self._warm.has(job_env) and self._accept(script))
@@ -252,13 +259,13 @@ class LocalExecutor(OneJobEachRun):
     def scaffold_scripts(cfg: RunConfig, python: str) -> None:
         """Nothing beyond job.sh, which scaffold writes for every fine-tuned run."""
     def capacity(self, runs: list[RunConfig]) -> Capacity:
-        """This machine's devices; in a sweep's warm_starts block on a CPU, a warm process started now for each lane
-        a run that may start warm will take (a GPU sweep's jobs start as bash starts them)."""
+        """This machine's devices; in a sweep's warm_starts block on a CPU, the warm process started now if a run that
+        may start warm is there (one for every lane: each forked job takes its lane's share; a GPU sweep's jobs start
+        as bash starts them)."""
         devices = Devices(runs)
         if self._warm is not None and self._accept is not None and not devices.on_gpu:
-            warm = sum(self._accept(cfg.run_dir / TRAIN_SCRIPT) for cfg in runs)
-            for slot in list(devices.cpus)[:warm]:
-                self._warm.prepare(self._job_env(devices.slot_env(slot)))
+            if any(self._accept(cfg.run_dir / TRAIN_SCRIPT) for cfg in runs):
+                self._warm.prepare(self._job_env(None))
         return devices
 
     def unanswered(self) -> tuple[float, str] | None:

@@ -1,7 +1,10 @@
 """The local executor's warm processes (train/warm.py): while a caller keeps them (`LocalExecutor.warm_starts`, the
 learning-rate search's trials), a training job is forked from a process that keeps the training stack imported, one
-such process for each environment jobs are started with (a lane's share of the cores). The first job of an
-environment waits for its process's imports, as a fresh job would import; every later one starts at once.
+such process for each environment jobs are started with but for PER_JOB_ENV (their lane's share of the cores, CPUS_ENV,
+and what libraries set in this process's own environment as it ran), which the forked job takes as it starts — its
+share, its threads and pinning —, so one import serves every lane and a process started ahead serves the jobs. The first job
+waits for the process's imports, as a fresh job would import; every later one starts at once. A caller that knows it
+will start jobs can start that process ahead (`prepare`), so its imports run beside the caller's own work.
 
 A warm process that cannot start, or is gone, is said and the job starts as any other (bash job.sh): nothing is lost
 but the time. A job whose warm process ended before it did is followed by its pid as another process would follow it
@@ -21,9 +24,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from tunelab.console import say
+from tunelab.host import ahead
+from tunelab.host.cores import CPUS_ENV
 from tunelab.host.process import alive, proc_start
 
 WARM_MODULE = "tunelab.train.warm"
+# a job's environment that its warm process is not started with: sent with each job, which takes it before anything
+# reads it. Its lane's share of the cores (threads and pinning are set from it in the job), and two variables libraries
+# set in the environment of the process that starts the jobs as it runs (threadpoolctl's and scikit-learn's imports,
+# torch inductor's cache directory), which would otherwise make a process started before them serve no job
+PER_JOB_ENV = (CPUS_ENV, "KMP_DUPLICATE_LIB_OK", "TORCHINDUCTOR_CACHE_DIR")
 READY_TIMEOUT_S = 300.0  # a warm process's imports, at most (a loaded machine's first import of the stack)
 REPLY_TIMEOUT_S = 30.0  # a fork's reply once imported
 
@@ -51,6 +61,7 @@ class WarmProcess:
         self.codes: dict[int, int] = {}
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.ready = threading.Event()
+        ahead.importing(self.ready)  # a timing in this process waits for its imports (host/ahead.py)
         self.threads: int | None = None
         self.refused = ""  # its reply where it started no job
         self.tail = ""  # its stderr's last line, kept when it is closed
@@ -94,8 +105,9 @@ class WarmProcess:
         lines = [line for line in self.errors.read().splitlines() if line.strip()]
         return lines[-1] if lines else ""
 
-    def start(self, run_yaml: Path, log: Path) -> WarmJob | None:
-        """Fork the job of `run_yaml`, its output appended to `log`; None where this process could not (said)."""
+    def start(self, run_yaml: Path, log: Path, env: dict[str, str] | None = None) -> WarmJob | None:
+        """Fork the job of `run_yaml`, its output appended to `log`, with `env`'s PER_JOB_ENV (None: unset); None
+        where this process could not (said)."""
         with self.lock:
             if not self.ready.wait(READY_TIMEOUT_S) and self.running:  # never ready: ended, as one that never replied
                 self.close(kill=True)
@@ -103,7 +115,8 @@ class WarmProcess:
                 return None
             assert self.proc.stdin is not None
             try:
-                self.proc.stdin.write(json.dumps({"run_yaml": str(run_yaml), "log": str(log)}).encode() + b"\n")
+                self.proc.stdin.write(json.dumps({"run_yaml": str(run_yaml), "log": str(log),
+                                                "env": {k: (env or {}).get(k) for k in PER_JOB_ENV}}).encode() + b"\n")
                 self.proc.stdin.flush()
                 reply = self.replies.get(timeout=REPLY_TIMEOUT_S)
             except (OSError, queue.Empty):  # gone, or no reply in time: ended, so no late fork trains beside bash's job
@@ -132,9 +145,11 @@ class WarmProcess:
                     pass
 
     def close(self, kill: bool = False) -> None:
-        """End the warm process (its jobs go on: they are sessions of their own); again: nothing."""
+        """End the warm process (its jobs go on: they are sessions of their own; one still importing, which forked
+        none, is killed rather than waited for); again: nothing."""
         if self.errors.closed:
             return
+        kill = kill or not self.ready.is_set()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
@@ -151,8 +166,14 @@ class WarmProcess:
         self.errors.close()
 
 
+def _shared(env: dict[str, str]) -> dict[str, str]:
+    """A job's environment less PER_JOB_ENV, which its warm process gives each forked job on its own."""
+    return {k: v for k, v in env.items() if k not in PER_JOB_ENV}
+
+
 class WarmProcesses:
-    """The warm processes of one `warm_starts` block, one per environment, started at its first job."""
+    """The warm processes of one `warm_starts` block, one per environment but for PER_JOB_ENV, started ahead
+    (`prepare`) or at its first job."""
 
     def __init__(self) -> None:
         self.by_env: dict[tuple[tuple[str, str], ...], WarmProcess] = {}
@@ -160,24 +181,31 @@ class WarmProcesses:
         self.said = False
 
     def prepare(self, env: dict[str, str]) -> WarmProcess:
-        """The warm process of `env` (the job's whole environment), started now if there is none: it imports while the
-        caller goes on."""
-        key = tuple(sorted(env.items()))
+        """The warm process of `env` (the job's whole environment; PER_JOB_ENV aside), started now if there
+        is none: it imports while the caller goes on."""
+        shared = _shared(env)
+        key = tuple(sorted(shared.items()))
         with self.lock:
             warm = self.by_env.get(key)
             if warm is None:
-                warm = self.by_env[key] = WarmProcess(env)
+                warm = self.by_env[key] = WarmProcess(shared)
             return warm
+
+    def importing(self) -> list[WarmProcess]:
+        """The warm processes still importing (not ready, still running): a timing taken beside them would share
+        their cores."""
+        with self.lock:
+            return [w for w in self.by_env.values() if w.running and not w.ready.is_set()]
 
     def has(self, env: dict[str, str]) -> bool:
         """Whether a warm process of `env` was started (by `prepare` or an earlier job)."""
         with self.lock:
-            return tuple(sorted(env.items())) in self.by_env
+            return tuple(sorted(_shared(env).items())) in self.by_env
 
     def start(self, run_yaml: Path, log: Path, env: dict[str, str]) -> WarmJob | None:
         """The job forked by the warm process of `env` (the job's whole environment); None: start it cold."""
         warm = self.prepare(env)
-        job = warm.start(run_yaml, log)
+        job = warm.start(run_yaml, log, env)
         if job is None and not self.said:
             self.said = True
             say("[yellow]the warm process for training jobs could not start {} ({}): jobs start as usual[/yellow]",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tunelab.faults import TEST_KNOBS
+from tunelab.host import ahead
 from tunelab.host import threads as host_threads
 
 LOOP_MODULE = "tunelab.train.loop_cost"  # the measuring job (a module name: nothing outside train/ imports it)
@@ -101,15 +102,16 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def settle(timeout_s: float = TIMEOUT_S) -> None:
-    """Return once a job started ahead and not used yet is done importing (or has exited): a timing the plan takes
-    after this shares no core with those imports."""
-    job = _AHEAD.get()
-    if job is None or job.used:
-        return
-    ready = job.where / "out" / READY_FILE
+    """Return once a job started ahead and not used yet is done importing (or has exited), and every other process
+    importing ahead (host/ahead.py: the local executor's warm process) is ready: a timing the plan takes after this
+    shares no core with those imports."""
     end = time.monotonic() + timeout_s
-    while not ready.exists() and job.proc.poll() is None and time.monotonic() < end:
-        time.sleep(POLL_S)
+    job = _AHEAD.get()
+    if job is not None and not job.used:
+        ready = job.where / "out" / READY_FILE
+        while not ready.exists() and job.proc.poll() is None and time.monotonic() < end:
+            time.sleep(POLL_S)
+    ahead.settle(max(0.0, end - time.monotonic()))
 
 
 def imports_ahead() -> float | None:
@@ -125,7 +127,9 @@ def imports_ahead() -> float | None:
 
 
 def measure(counts: Counts) -> dict[int | None, dict[str, Any]]:
-    """What the job wrote for each count: the job started ahead where one waits, else one started now."""
+    """What the job wrote for each count: the job started ahead where one waits, else one started now; either
+    measures once nothing else imports ahead (host/ahead.py)."""
+    ahead.settle(TIMEOUT_S)
     job = _AHEAD.get()
     if job is not None and not job.used and job.proc.poll() is None:
         job.used = True

@@ -270,18 +270,19 @@ def estimate_runs(runs: list[RunConfig], gpu: GPU | None, node: NodeSize | None 
 
 
 def make_plan(spec_path: str | Path, experiment_dir: str | Path | None = None, gpu: GPU | None = None,
-              estimates: bool = True, deadline: str | None = None) -> Plan:
-    """The plan of a spec: its runs, checks and (with `estimates`) every prediction. On a CPU with nothing kept of
-    the job's loop, the loop's measuring job starts first, importing while the plan reads (forecast/loopjob.py)."""
+              estimates: bool = True, deadline: str | None = None, spec: ExperimentSpec | None = None) -> Plan:
+    """The plan of a spec (`spec`: the one the caller loaded from `spec_path` already): its runs, checks and (with
+    `estimates`) every prediction. On a CPU with nothing kept of the job's loop, the loop's measuring job starts
+    first, importing while the plan reads (forecast/loopjob.py)."""
     with loopcost.ahead(gpu is None and estimates):
-        return _make_plan(spec_path, experiment_dir, gpu, estimates, deadline)
+        return _make_plan(spec_path, experiment_dir, gpu, estimates, deadline, spec)
 
 
 def _make_plan(spec_path: str | Path, experiment_dir: str | Path | None, gpu: GPU | None, estimates: bool,
-               deadline: str | None) -> Plan:
+               deadline: str | None, spec: ExperimentSpec | None) -> Plan:
     watch_load()  # others' load while this plan is made: a job starting now fits its threads to it (host/adapt.py)
     spec_path = Path(spec_path).resolve()
-    spec = load_spec(spec_path)
+    spec = spec or load_spec(spec_path)
     deadline, deadline_s = sweeptime.sweep_deadline(spec, deadline)
     exp_dir = Path(experiment_dir).resolve() if experiment_dir else spec_path.parent
     models, datasets = verify_resources(spec, spec_path, exp_dir)

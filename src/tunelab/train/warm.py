@@ -12,7 +12,12 @@ with bash), its output appended to the run's log and its directory the run's: th
 (SIGTERM to the group) and reads how it ended as it would any job's. The child then does what `python -m
 tunelab.train.job run.yaml` does after its imports (train/job.py `run_job`).
 
-The protocol is JSON lines. In, on stdin: {"run_yaml": PATH, "log": PATH}. Out, on the stdout it was started with:
+One warm process serves every lane of a sweep or search: a request names the variables of the job's environment that
+this process was not started with (execute/warm_jobs.py PER_JOB_ENV: its share of the cores, CPUS_ENV, and two that
+libraries set as they run; null: unset), which the child takes before it sets its threads and pins itself, as a job
+started with that environment would.
+
+The protocol is JSON lines. In, on stdin: {"run_yaml": PATH, "log": PATH, "env": {NAME: VALUE or null}}. Out, on the stdout it was started with:
 {"ready": PID, "threads": N} once imported; {"started": PID} or {"error": WHY} per request; {"exited": PID, "code": C}
 when a child ends (C negative: the signal that ended it, as subprocess's returncode). It ends when its stdin closes;
 jobs running then go on, as a job started by bash would."""
@@ -61,6 +66,9 @@ class Warm:
         try:
             request = json.loads(line)
             run_yaml, log = Path(request["run_yaml"]), Path(request["log"])
+            env = request.get("env") or {}
+            if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in env.items()):
+                raise TypeError(f"env is {env!r}, not names and values")
         except (ValueError, KeyError, TypeError) as exc:
             self.send(error=f"not a request: {exc}")
             return
@@ -72,7 +80,7 @@ class Warm:
             self.send(error=f"fork failed: {exc}")
             return
         if pid == 0:
-            _child(run_yaml, log, (self.requests, self.replies))
+            _child(run_yaml, log, env, (self.requests, self.replies))
         self.children.add(pid)
         _await_session(pid)
         self.send(started=pid)
@@ -102,8 +110,9 @@ def _await_session(pid: int) -> None:
         time.sleep(0.001)
 
 
-def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
-    """The forked job: its own session, the run's log as stdout and stderr, the run's directory, then the job."""
+def _child(run_yaml: Path, log: Path, env: dict[str, str | None], pipes: tuple[int, int]) -> None:
+    """The forked job: its own session, the run's log as stdout and stderr, the run's directory, its own variables
+    (`env`: its share of the cores among them; None: unset), then the job."""
     code = 1
     try:
         os.setsid()
@@ -125,6 +134,11 @@ def _child(run_yaml: Path, log: Path, pipes: tuple[int, int]) -> None:
         from tunelab.train.metrics import mark_started_warm
 
         mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)  # summary.json says so (and what was skipped)
+        for name, value in env.items():  # as job.sh would have been started: threads.apply pins to its share
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
         code = run_job(run_yaml)

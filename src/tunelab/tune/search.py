@@ -38,7 +38,7 @@ from tunelab.rundir.tuned import (
     tune_dir,
     write_best,
 )
-from tunelab.spec import TuneSpec
+from tunelab.spec import ExperimentSpec, TuneSpec, load_spec
 from tunelab.tune.trial import Lane, TrialOutcome, TrialRun
 from tunelab.tune.trial_eval import TrialEvaluation
 
@@ -266,25 +266,33 @@ def best_rate(study: optuna.Study, combo: Combination, objective: Objective) -> 
                      value=value, trial=best.number, trials=len(study.get_trials(deepcopy=False)), pruned=pruned)
 
 
-def tunable_plan(spec_path: str | Path) -> Plan:
-    """The sweep's plan, refused unless its spec has a `tune:` block the search can run."""
-    plan = make_plan(spec_path)
-    tune = plan.spec.tune
-    if tune is None:
+def tunable_spec(spec_path: str | Path) -> ExperimentSpec:
+    """The sweep's spec, refused unless it has a `tune:` block the search can run."""
+    spec = load_spec(spec_path)
+    if spec.tune is None:
         raise TunelabError("no tune: block: add one to search learning rates (see docs/spec-reference.md)",
-                           file=plan.spec_path, field="tune")
-    return plan
+                           file=Path(spec_path), field="tune")
+    return spec
 
 
 def search(spec_path: str | Path, trials: int | None = None,
            on_trial: Callable[[TrialDone], None] = lambda done: None, prune: bool = True,
            executor: Executor | None = None, only: Collection[str] | None = None) -> dict[str, TunedRate]:
-    """Every combination's search (`only`: these), then tune/best.json; the rates chosen by combination."""
-    plan = tunable_plan(spec_path)
+    """Every combination's search (`only`: these), then tune/best.json; the rates chosen by combination. On the local
+    executor on a CPU the trials' warm process starts before the plan, importing beside its reading of the spec and
+    data (the plan's timings wait for it: host/ahead.py)."""
+    spec = tunable_spec(spec_path)
+    ex = executor or executor_named(spec.resources.executor)
+    with ex.warm_starts():  # a lane's trials, one after another on its share: forked from one import (local)
+        ex.warm_ahead()
+        return _search(make_plan(spec_path, spec=spec), ex, trials, on_trial, prune, only)
+
+
+def _search(plan: Plan, ex: Executor, trials: int | None, on_trial: Callable[[TrialDone], None], prune: bool,
+            only: Collection[str] | None) -> dict[str, TunedRate]:
     tune = plan.spec.tune
     assert tune is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is shown by on_trial, in tunelab's words
-    ex = executor or executor_named(plan.spec.resources.executor)
     best = read_best(plan.experiment_dir)
     todo = [c for c in combinations(plan, tune) if only is None or c.name in only]
     said = threading.Lock()  # lanes end trials at once: one line at a time
@@ -302,6 +310,5 @@ def search(spec_path: str | Path, trials: int | None = None,
             best[combo.name] = rate
             write_best(plan.experiment_dir, best)
 
-    with ex.warm_starts():  # a lane's trials, one after another on its share: forked from one import (local)
-        side_by_side(todo, lanes(ex, [c.run for c in todo], len(todo)), one, keep)
+    side_by_side(todo, lanes(ex, [c.run for c in todo], len(todo)), one, keep)
     return best
