@@ -206,6 +206,8 @@ def test_each_lanes_job_forked_from_one_warm_process_runs_on_its_own_share(spec_
 
     if usable_cores().count < 2:
         pytest.skip("lanes need two cores")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the suite's worker share: the jobs take tunelab's rule
+        monkeypatch.delenv(name, raising=False)
     warm_r4, warm_r8 = _runs(spec_in, tmp_path / "warm", 4)
     cold_r4, _ = _runs(spec_in, tmp_path / "cold", 4)
     shares = [cpu_list(share) for share in cpu_slots(2).values()]
