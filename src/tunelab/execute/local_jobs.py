@@ -149,10 +149,6 @@ class LocalExecutor(OneJobEachRun):
         if self._warm is not None and not visible_gpus():  # a GPU job's lane is its devices: started at its first job
             self._warm.prepare(self._job_env(None))
 
-    def warm_importing(self) -> bool:
-        """Whether a warm process of this block is still importing (a timing now would share its cores)."""
-        return self._warm is not None and bool(self._warm.importing())
-
     def _starts_warm(self, script: Path, job_env: dict[str, str]) -> bool:
         """Inside warm_starts, a run's job.sh; in a sweep's block (a check given), one the check passes, where the
         warm process was started beforehand (`capacity`: its imports beside the sweep's checks, not after them)."""

@@ -191,12 +191,6 @@ class WarmProcesses:
                 warm = self.by_env[key] = WarmProcess(shared)
             return warm
 
-    def importing(self) -> list[WarmProcess]:
-        """The warm processes still importing (not ready, still running): a timing taken beside them would share
-        their cores."""
-        with self.lock:
-            return [w for w in self.by_env.values() if w.running and not w.ready.is_set()]
-
     def has(self, env: dict[str, str]) -> bool:
         """Whether a warm process of `env` was started (by `prepare` or an earlier job)."""
         with self.lock:
