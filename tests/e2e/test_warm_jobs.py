@@ -229,3 +229,37 @@ def test_each_lanes_job_forked_from_one_warm_process_runs_on_its_own_share(spec_
         threads = read_json(cfg.run_dir / "summary.json")["threads"]
         assert f"{CPUS_ENV}={share}" in threads["source"] and threads["limit"] == "share", cfg.name
     assert _losses(warm_r4) == _losses(cold_r4) and len(_losses(cold_r4)) == 4
+
+
+def test_the_plans_loop_measurement_is_forked_from_the_warm_process_started_ahead(tmp_path):
+    """Where a warm process is held (a search's, started before its plan), a plan starts no measuring job of its own:
+    the loop's measuring job is forked from the warm process when asked — its start-up the imports that process made,
+    as its ready line said —, measures the thread count it was given, and after the block a plan is back to its own."""
+    from tunelab.forecast import loopjob
+    from tunelab.host import ahead
+
+    ex = LocalExecutor()
+    with ex.warm_starts():
+        ex.warm_ahead()
+        (warm,) = ex._warm.by_env.values()
+        assert ahead.forker() is warm
+        with loopjob.started_ahead(True):
+            assert loopjob._AHEAD.get() is None  # no interpreter of its own started
+            got = loopjob.measure([1])[1]
+            assert loopjob.imports_ahead() == warm.imports_s
+    assert ahead.forker() is None
+    assert got["ok"] and got["started_warm"] is True and got["threads"] == 1, got
+    assert warm.imports_s is not None and got["imports_s"] == warm.imports_s > 0
+    assert got["loop_step_s"] > 0 and got["bare_step_s"] > 0
+
+
+def test_a_module_job_from_a_warm_process_that_is_gone_is_left_to_the_caller(tmp_path):
+    """A warm process killed before the plan asks: run_module says it could not (None), at once, and the plan
+    starts its own measuring job (forecast/loopjob.py)."""
+    warm = warm_jobs.WarmProcess({**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert warm.ready.wait(warm_jobs.READY_TIMEOUT_S) and warm.running
+    warm.proc.kill()
+    warm.proc.wait()
+    assert warm.run_module("tunelab.train.loop_cost", [str(tmp_path)], tmp_path / "job.log", dict(os.environ),
+                           60) is None
+    warm.close()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +37,7 @@ WARM_MODULE = "tunelab.train.warm"
 PER_JOB_ENV = (CPUS_ENV, "KMP_DUPLICATE_LIB_OK", "TORCHINDUCTOR_CACHE_DIR")
 READY_TIMEOUT_S = 300.0  # a warm process's imports, at most (a loaded machine's first import of the stack)
 REPLY_TIMEOUT_S = 30.0  # a fork's reply once imported
+POLL_S = 0.02  # how often a module's job forked here is looked at until it ends
 
 
 class WarmJob:
@@ -63,6 +65,7 @@ class WarmProcess:
         self.ready = threading.Event()
         ahead.importing(self.ready)  # a timing in this process waits for its imports (host/ahead.py)
         self.threads: int | None = None
+        self.imports_s: float | None = None  # its own account, once ready
         self.refused = ""  # its reply where it started no job
         self.tail = ""  # its stderr's last line, kept when it is closed
         self.lock = threading.Lock()
@@ -72,6 +75,8 @@ class WarmProcess:
                                      stderr=self.errors, env=env, start_new_session=True)
         self.reader = threading.Thread(target=self._read, name="tunelab-warm-replies", daemon=True)
         self.reader.start()
+        if python == sys.executable:  # the plan's measuring job may fork from it: the same interpreter and stack
+            ahead.offer(self)
 
     @property
     def running(self) -> bool:
@@ -88,6 +93,8 @@ class WarmProcess:
                 self.codes[int(message["exited"])] = int(message["code"])
             elif "ready" in message:
                 self.threads = int(message.get("threads", 0))
+                imports_s = message.get("imports_s")
+                self.imports_s = float(imports_s) if isinstance(imports_s, (int, float)) else None
                 self.ready.set()
             else:
                 self.replies.put(message)
@@ -108,6 +115,32 @@ class WarmProcess:
     def start(self, run_yaml: Path, log: Path, env: dict[str, str] | None = None) -> WarmJob | None:
         """Fork the job of `run_yaml`, its output appended to `log`, with `env`'s PER_JOB_ENV (None: unset); None
         where this process could not (said)."""
+        pid = self._fork({"run_yaml": str(run_yaml), "log": str(log),
+                          "env": {k: (env or {}).get(k) for k in PER_JOB_ENV}})
+        return None if pid is None else WarmJob(pid, self)
+
+    def run_module(self, module: str, argv: list[str], log: Path, environ: dict[str, str],
+                   timeout_s: float) -> int | None:
+        """`python -m module *argv` forked from this process with exactly `environ` (train/warm.py MODULES), its
+        output to `log`: its exit status once it ends; None where it could not start, or was lost, or ran past
+        `timeout_s` (then killed). Interrupted here, it is stopped too: nothing runs on unfollowed."""
+        pid = self._fork({"module": module, "argv": argv, "log": str(log), "environ": environ})
+        if pid is None:
+            return None
+        job, end = WarmJob(pid, self), time.monotonic() + timeout_s
+        try:
+            while (code := job.poll()) is None:
+                if job.lost or time.monotonic() > end:
+                    _kill_group(pid, signal.SIGKILL)
+                    return None
+                time.sleep(POLL_S)
+        except BaseException:
+            _kill_group(pid, signal.SIGKILL)
+            raise
+        return code
+
+    def _fork(self, request: dict[str, Any]) -> int | None:
+        """Send one request; the forked child's pid, or None where this process could not fork it."""
         with self.lock:
             if not self.ready.wait(READY_TIMEOUT_S) and self.running:  # never ready: ended, as one that never replied
                 self.close(kill=True)
@@ -115,8 +148,7 @@ class WarmProcess:
                 return None
             assert self.proc.stdin is not None
             try:
-                self.proc.stdin.write(json.dumps({"run_yaml": str(run_yaml), "log": str(log),
-                                                "env": {k: (env or {}).get(k) for k in PER_JOB_ENV}}).encode() + b"\n")
+                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
                 self.proc.stdin.flush()
                 reply = self.replies.get(timeout=REPLY_TIMEOUT_S)
             except (OSError, queue.Empty):  # gone, or no reply in time: ended, so no late fork trains beside bash's job
@@ -130,7 +162,7 @@ class WarmProcess:
         if "started" not in reply:
             self.refused = str(reply.get("error", reply))
             return None
-        return WarmJob(int(reply["started"]), self)
+        return int(reply["started"])
 
     def _stop_unfollowed(self) -> None:
         """A job forked just before this process was killed, its reply never taken: stopped (SIGTERM to its group,
@@ -139,16 +171,14 @@ class WarmProcess:
         while not self.replies.empty():
             reply = self.replies.get_nowait()
             if "started" in reply:
-                try:
-                    os.killpg(int(reply["started"]), signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                _kill_group(int(reply["started"]), signal.SIGTERM)
 
     def close(self, kill: bool = False) -> None:
         """End the warm process (its jobs go on: they are sessions of their own; one still importing, which forked
         none, is killed rather than waited for); again: nothing."""
         if self.errors.closed:
             return
+        ahead.withdraw(self)
         kill = kill or not self.ready.is_set()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
@@ -164,6 +194,13 @@ class WarmProcess:
             self.proc.wait()
         self.tail = self._stderr_tail()
         self.errors.close()
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _shared(env: dict[str, str]) -> dict[str, str]:

@@ -5,7 +5,11 @@ work (reading the spec, the tokenizer, the splits' lengths) leaves a core idle b
 the loop (nothing kept for this machine) starts the job at its beginning with --ahead: it imports beside the plan
 and waits. Before the plan times anything itself it waits for those imports to end (`settle`), so neither timing
 shares the cores with them; when the plan asks, the job gets its thread counts on stdin and measures, as a job
-started then would. The job's output goes to files in its scratch directory, never a pipe it could fill."""
+started then would. The job's output goes to files in its scratch directory, never a pipe it could fill.
+
+Where this process holds a warm process that imported the same stack (host/ahead.py `forker`: a search's, started
+before its plan), no interpreter is started: the job is forked from that process when the plan asks, its start-up the
+warm process's imports (train/warm.py), and one import of the stack fewer shares the cores with the plan's."""
 
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ def job_env(threads: int | None) -> dict[str, str]:
 def started_ahead(wanted: bool, command: list[str] | None = None) -> Iterator[None]:
     """While a plan is made: the measuring job started now where `wanted` (`command` replaces its argv before the
     scratch directory, for a test), stopped and its directory removed at the end, used or not."""
-    if not wanted:
+    if not wanted or (command is None and ahead.forker() is not None):  # none, or forked from the warm one: measure
         yield
         return
     scratch = tempfile.TemporaryDirectory(prefix="tunelab-loop-")
@@ -119,7 +123,8 @@ def imports_ahead() -> float | None:
     before it loads anything; None where no such job is ready."""
     job = _AHEAD.get()
     if job is None:
-        return None
+        forker = ahead.forker()
+        return forker.imports_s if forker is not None else None
     try:
         return float(json.loads((job.where / "out" / READY_FILE).read_text())["imports_s"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -127,15 +132,30 @@ def imports_ahead() -> float | None:
 
 
 def measure(counts: Counts) -> dict[int | None, dict[str, Any]]:
-    """What the job wrote for each count: the job started ahead where one waits, else one started now; either
+    """What the job wrote for each count: the job started ahead where one waits, else one forked from a warm process
+    where one is offered (each count a number: torch's default is a fresh interpreter's), else one started now; each
     measures once nothing else imports ahead (host/ahead.py)."""
     ahead.settle(TIMEOUT_S)
     job = _AHEAD.get()
     if job is not None and not job.used and job.proc.poll() is None:
         job.used = True
         return _measure_ahead(job, counts)
+    forker = ahead.forker() if all(counts) else None
     with tempfile.TemporaryDirectory(prefix="tunelab-loop-") as scratch:
-        return _measure_now(Path(scratch), counts)
+        forked = _measure_forked(forker, Path(scratch), counts) if forker is not None else None
+        return forked if forked is not None else _measure_now(Path(scratch), counts)
+
+
+def _measure_forked(forker: ahead.Forker, scratch: Path, counts: Counts) -> dict[int | None, dict[str, Any]] | None:
+    """The job forked from `forker` in SCRATCH (as _measure_now lays it out); None where it could not run there."""
+    numbered = [str(n) for n in counts if n]
+    log = scratch / "job.log"
+    code = forker.run_module(LOOP_MODULE, [str(scratch), *numbered], log, job_env(counts[0]),
+                             TIMEOUT_S * len(numbered))
+    if code is None:
+        return None
+    failed = None if code == 0 else _failure(log.read_text(errors="replace") if log.is_file() else "", code)
+    return _results(scratch, counts, failed)
 
 
 def _measure_now(scratch: Path, counts: Counts) -> dict[int | None, dict[str, Any]]:

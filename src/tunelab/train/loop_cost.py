@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.host.startup import skip_unused_packages
     from tunelab.jobimports import Stack, import_job_stack
     from tunelab.train import TRAINING_STACK
-    from tunelab.train.metrics import process_age_s
+    from tunelab.train.metrics import process_age_s, started_warm, warm_imports_s
 
     args = sys.argv[1:] if argv is None else argv
     ahead = args[1:] == [AHEAD_FLAG]
@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     skip_unused_packages()
     import_job_stack(*TRAINING_STACK, record_as=Stack.TRAINING)
-    imports_s = process_age_s()  # a fresh interpreter with the job's stack imported: a job's start-up before loading
+    # a fresh interpreter with the job's stack imported: a job's start-up before loading (forked from a warm process,
+    # train/warm.py: what that process's imports took, its own age being none of them)
+    imports_s = warm_imports_s() if started_warm() else process_age_s()
     quiet_hf_progress_bars()
     quiet_known_library_warnings()
     out = Path(args[0])
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 — the plan falls back and says why
             print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return 1
-        (root / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s, "started_ahead": ahead}))
+        (root / RESULT_FILE).write_text(json.dumps({**result, "imports_s": imports_s, "started_ahead": ahead,
+                                                        "started_warm": started_warm()}))
     return 0
 
 

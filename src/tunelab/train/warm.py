@@ -17,15 +17,22 @@ this process was not started with (execute/warm_jobs.py PER_JOB_ENV: its share o
 libraries set as they run; null: unset), which the child takes before it sets its threads and pins itself, as a job
 started with that environment would.
 
-The protocol is JSON lines. In, on stdin: {"run_yaml": PATH, "log": PATH, "env": {NAME: VALUE or null}}. Out, on the stdout it was started with:
-{"ready": PID, "threads": N} once imported; {"started": PID} or {"error": WHY} per request; {"exited": PID, "code": C}
-when a child ends (C negative: the signal that ended it, as subprocess's returncode). It ends when its stdin closes;
-jobs running then go on, as a job started by bash would."""
+It also runs the plan's own measuring job (the training loop's cost, train/loop_cost.py) when the process that plans
+holds a warm process already (a search's, started before its plan): forked from here, it skips the third import of
+the stack a cold plan on two cores would otherwise pay beside the plan's and this one's (forecast/loopjob.py).
+
+The protocol is JSON lines. In, on stdin: {"run_yaml": PATH, "log": PATH, "env": {NAME: VALUE or null}} (a training
+job), or {"module": NAME, "argv": [ARG ...], "log": PATH, "environ": {NAME: VALUE}} (one of MODULES run as `python -m
+NAME ARG ...` with exactly that environment). Out, on the stdout it was started with: {"ready": PID, "threads": N,
+"imports_s": S} once imported; {"started": PID} or {"error": WHY} per request; {"exited": PID, "code": C} when a
+child ends (C negative: the signal that ended it, as subprocess's returncode). It ends when its stdin closes; jobs
+running then go on, as a job started by bash would."""
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import select
 import signal
 import sys
@@ -33,9 +40,11 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any, NamedTuple
 
 REAP_S = 0.1  # how often ended children are looked for between requests
 SESSION_WAIT_S = 5.0  # a forked child's setsid, at most
+MODULES = frozenset({"tunelab.train.loop_cost"})  # what a "module" request may run: the plan's measuring job
 
 
 class Warm:
@@ -63,12 +72,17 @@ class Warm:
             self.reap()
 
     def handle(self, line: bytes) -> None:
+        job: ModuleJob | tuple[Path, dict[str, str | None]]
         try:
             request = json.loads(line)
-            run_yaml, log = Path(request["run_yaml"]), Path(request["log"])
-            env = request.get("env") or {}
-            if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in env.items()):
-                raise TypeError(f"env is {env!r}, not names and values")
+            log = Path(request["log"])
+            if "module" in request:
+                job = _module_job(request)
+            else:
+                run_yaml, env = Path(request["run_yaml"]), request.get("env") or {}
+                if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in env.items()):
+                    raise TypeError(f"env is {env!r}, not names and values")
+                job = (run_yaml, env)
         except (ValueError, KeyError, TypeError) as exc:
             self.send(error=f"not a request: {exc}")
             return
@@ -80,7 +94,10 @@ class Warm:
             self.send(error=f"fork failed: {exc}")
             return
         if pid == 0:
-            _child(run_yaml, log, env, (self.requests, self.replies))
+            if isinstance(job, ModuleJob):
+                _module_child(job, log, (self.requests, self.replies))
+            else:
+                _child(job[0], log, job[1], (self.requests, self.replies))
         self.children.add(pid)
         _await_session(pid)
         self.send(started=pid)
@@ -110,21 +127,80 @@ def _await_session(pid: int) -> None:
         time.sleep(0.001)
 
 
+class ModuleJob(NamedTuple):
+    """A "module" request: one of MODULES, its arguments, and the whole environment it runs with."""
+
+    module: str
+    argv: list[str]
+    environ: dict[str, str]
+
+
+def _module_job(request: dict[str, Any]) -> ModuleJob:
+    module, argv, environ = request["module"], request.get("argv") or [], request.get("environ")
+    if module not in MODULES:
+        raise ValueError(f"{module!r} is not one of {sorted(MODULES)}")
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"argv is {argv!r}, not strings")
+    if not (isinstance(environ, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in environ.items())):
+        raise TypeError(f"environ is {environ!r}, not names and values")
+    return ModuleJob(module, argv, environ)
+
+
+def _become_job(log: Path, pipes: tuple[int, int]) -> None:
+    """What every forked child does first: its own session, a fresh interpreter's signals, `log` as its stdout and
+    stderr, nothing on stdin, none of the protocol's descriptors."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter: KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the trainer's handler saves and stops
+    for fd in pipes:
+        os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+
+
+def _module_child(job: ModuleJob, log: Path, pipes: tuple[int, int]) -> None:
+    """The forked `python -m MODULE ARGV` with exactly `job.environ`, which says it started warm (its start-up is
+    the warm process's imports, not its own age)."""
+    code = 1
+    try:
+        _become_job(log, pipes)
+        os.environ.clear()
+        os.environ.update(job.environ)
+        from tunelab.host import adapt
+        from tunelab.train.metrics import mark_started_warm
+
+        mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)
+        adapt.forget()  # the warm process's fit to the load while it imported is not this job's
+        print(f"[tunelab] {job.module} started warm: forked from process {os.getppid()}", flush=True)
+        sys.argv = [job.module, *job.argv]
+        runpy.run_module(job.module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 — in its log; its exit status says it failed
+        traceback.print_exc()
+    finally:
+        _flush_and_exit(code)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _child(run_yaml: Path, log: Path, env: dict[str, str | None], pipes: tuple[int, int]) -> None:
     """The forked job: its own session, the run's log as stdout and stderr, the run's directory, its own variables
     (`env`: its share of the cores among them; None: unset), then the job."""
     code = 1
     try:
-        os.setsid()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter: KeyboardInterrupt
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the trainer's handler saves and stops
-        for fd in pipes:
-            os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+        _become_job(log, pipes)
         os.chdir(run_yaml.parent)
         print(f"[tunelab train] started warm: forked from process {os.getppid()}, which imported the training "
               "stack once for every job on this share", flush=True)
@@ -147,12 +223,7 @@ def _child(run_yaml: Path, log: Path, env: dict[str, str | None], pipes: tuple[i
     except BaseException:  # noqa: BLE001 — whatever ended the job is in its log, and its exit status says so
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        _flush_and_exit(code)
 
 
 _IMPORTS_S: list[float | None] = []  # this process's age once the stack was imported: what each child skips
@@ -168,7 +239,7 @@ def main() -> int:
     import_training_stack()
     _IMPORTS_S[:] = [process_age_s()]
     warm = Warm(0, replies)
-    warm.send(ready=os.getpid(), threads=threading.active_count())
+    warm.send(ready=os.getpid(), threads=threading.active_count(), imports_s=_IMPORTS_S[0])
     warm.serve()
     return 0
 
