@@ -36,16 +36,15 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 from forking import in_child, preload_training, run_job
 
 WAYS = ("before", "auto")
@@ -199,6 +198,7 @@ def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
           "| error | predicted total s | measured total s | error | total P10–P90 s | measured inside |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     sweeps: dict[str, dict[str, float]] = {}
+    colds: dict[str, tuple[float, float, float]] = {}  # way: its runs' predicted totals in turn, the makespan, measured
     for way in WAYS:
         plan, lines = plans[way], {r.run: r for r in plans[way].deadline.runs}
         pred_sum = {"train_s": 0.0, "eval_s": 0.0}
@@ -220,6 +220,11 @@ def print_table(plans: dict[str, Any], measured: dict[str, dict[str, dict]]) -> 
         print(f"| {way} | sweep (makespan) | | " + " | ".join(f"{a:.1f} | {b:.1f} | {_err(a, b)}" for a, b in figures)
               + f" | {_inside(d.makespan_p10_s or span, d.makespan_p90_s or span, figures[2][1])} |")
         sweeps[way] = {"train": figures[0][1], "eval": figures[1][1], "makespan": figures[2][1]}
+        colds[way] = (round(sum(predicted_run(lines[c.name])["total_s"] for c in plan.runs), 1), span, figures[2][1])
+    for way, (cold, span, measured_span) in colds.items():  # the plan prices a sweep's later local jobs warm
+        print(f"{way}: the plan's makespan prices {cold - span:.1f} s of warm job starts (one `tunelab run` for the "
+              f"sweep: a later job forked from its warm process); here each run is its own command, so none starts "
+              f"warm: its runs in turn {cold:.1f} s against {measured_span:.1f} measured, {_err(cold, measured_span)}")
     ratios = {k: round(sweeps["before"][k], 1) / round(sweeps["auto"][k], 1) for k in ("train", "eval", "makespan")}
     print(f"\nmeasured before ÷ auto: training {ratios['train']:.2f}, evaluation {ratios['eval']:.2f}, "
           f"makespan {ratios['makespan']:.2f}")

@@ -428,6 +428,11 @@ def test_deadline_smoke_predicted_and_measured_add_up(smokes):
         for i in (0, 3, 6):
             assert s[i + 2] == pytest.approx(_pct(s[i], s[i + 1]), abs=0.051), (way, i)
         sweeps[way] = (s[1], s[4], s[7])
+        # the makespan against its runs in turn, as this benchmark starts them (one command each: none warm)
+        warm, cold, measured, err = line(out, rf"^{way}: the plan's makespan prices {NUM} s of warm job starts .* its "
+                                              rf"runs in turn {NUM} s against {NUM} measured, {NUM} %$")
+        assert cold == pytest.approx(sum(r[6] for r in rows), abs=0.051 * len(rows)) and measured == s[7]
+        assert warm == pytest.approx(cold - s[6], abs=0.051) and err == pytest.approx(_pct(cold, measured), abs=0.051)
     # the coverage line's width: the median P90 / P10 of the 6 intervals printed (4 runs' totals, 2 makespans)
     bands = [tuple(map(float, b))
              for b in re.findall(r"\| ([\d.]+)–([\d.]+) \| (?:yes|\*\*no\*\*) \|$", out, re.MULTILINE)]
