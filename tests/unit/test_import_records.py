@@ -56,17 +56,19 @@ def _fresh(code: str, *args: str, python: str = sys.executable) -> dict:
 
 
 def test_a_training_job_and_an_evaluation_record_their_fresh_imports(own_cache):
-    assert recorded_import_s(Stack.TRAINING) is None and importcost.evaluation_extra_s() is None
+    assert recorded_import_s(Stack.TRAINING) is None and importcost.evaluation_extra() is None
     job = _fresh(TRAINING_JOB, str(own_cache / "missing" / "run.yaml"))
     assert job["code"] == 1
     training = recorded_import_s(Stack.TRAINING)
     assert training is not None and 0 < training < job["wall"]  # the import, inside the job's own time
+    before = importcost.evaluation_extra()  # no evaluation job yet: assumed from the training's
+    assert before == importcost.ImportExtra(round(training * (importcost.ASSUMED_EVALUATION_RATIO - 1), 3), True)
     # the same environment named another way (a benchmark runs `../.venv/bin/python`): the same record
     roundabout = os.path.join(os.path.dirname(sys.executable), "..", "bin", os.path.basename(sys.executable))
     evaluation = _fresh(EVALUATION_IMPORT, python=roundabout)
     got = recorded_import_s(Stack.EVALUATION)
     assert got is not None and 0 < got <= evaluation["wall"] + 0.01
-    assert importcost.evaluation_extra_s() == pytest.approx(max(0.0, got - training))
+    assert importcost.evaluation_extra() == importcost.ImportExtra(max(0.0, got - training), assumed=False)
 
 
 def test_a_contended_or_repeated_import_is_not_recorded(own_cache):
@@ -93,9 +95,12 @@ def test_an_evaluation_starts_as_a_training_job_plus_the_recorded_difference(own
                for r, s in (("a", 11.0), ("b", 12.0), ("c", 14.0))]
     assert eval_start("qwen2.5-0.5b", None, history, Engine.HF).seconds == 12.0  # nothing recorded: the job's
     record_import(Stack.TRAINING, 2.9, _window(others_cpu_s=0.0))
+    first = eval_start("qwen2.5-0.5b", None, history, Engine.HF)  # a machine's first plan: no evaluation job yet
+    assert first.seconds == pytest.approx(12.0 + 2.9 * 0.5) and "1.4 s: an evaluation job's imports" in first.source
+    assert "assumed 1.5× the training job's import" in first.source and first.kind == SourceKind.MEASURED
     record_import(Stack.EVALUATION, 3.8, _window(others_cpu_s=0.0))
     start = eval_start("qwen2.5-0.5b", None, history, Engine.HF)
     assert start.seconds == pytest.approx(12.0 + 0.9) and "0.9 s: an evaluation job's imports" in start.source
     assert start.kind == SourceKind.MEASURED
-    shorter = with_evaluation_imports(JobStart(5.0, "x", SourceKind.MEASURED), 0.0)
+    shorter = with_evaluation_imports(JobStart(5.0, "x", SourceKind.MEASURED), importcost.ImportExtra(0.0, False))
     assert shorter.seconds == 5.0 and shorter.source == "x"

@@ -20,7 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.forecast.combine import independent
 from tunelab.forecast.interval import time_range
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
-from tunelab.jobimports import Stack, evaluation_extra_s, recorded_import_s
+from tunelab.jobimports import ASSUMED_EVALUATION_RATIO, ImportExtra, Stack, evaluation_extra, recorded_import_s
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.spec.evaluation import Engine
@@ -139,7 +139,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
     """An evaluation job's start-up: the job's start with the evaluation stack's import, plus a vLLM server's."""
-    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra_s())
+    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra())
     if engine != Engine.VLLM:
         return start
     return JobStart(round(start.seconds + VLLM_SERVER_START_S, 3),
@@ -147,13 +147,16 @@ def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engin
                     VLLM_SERVER_START_S)
 
 
-def with_evaluation_imports(start: JobStart, extra_s: float | None) -> JobStart:
-    """A training job's start as an evaluation job's: plus `extra_s`, the evaluation stack's import beyond the
-    training stack's as the jobs recorded them here (None: not both recorded yet, the start as it is)."""
-    if not extra_s:
+def with_evaluation_imports(start: JobStart, extra: ImportExtra | None) -> JobStart:
+    """A training job's start as an evaluation job's: plus `extra`, the evaluation stack's import beyond the
+    training stack's as the jobs recorded them here, or assumed from the training's (None: nothing recorded, the
+    start as it is)."""
+    if extra is None or not extra.seconds:
         return start
-    return JobStart(round(start.seconds + extra_s, 3), f"{start.source} + {extra_s:.1f} s: an evaluation job's "
-                    "imports here beyond a training job's (as the jobs recorded them)", start.kind, start.server_s)
+    how = (f"assumed {ASSUMED_EVALUATION_RATIO:g}× the training job's import recorded here: no evaluation job's yet"
+           if extra.assumed else "as the jobs recorded them")
+    return JobStart(round(start.seconds + extra.seconds, 3), f"{start.source} + {extra.seconds:.1f} s: an evaluation "
+                    f"job's imports here beyond a training job's ({how})", start.kind, start.server_s)
 
 
 def architecture_or_none(path: str) -> Architecture | None:
