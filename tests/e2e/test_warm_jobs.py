@@ -263,3 +263,22 @@ def test_a_module_job_from_a_warm_process_that_is_gone_is_left_to_the_caller(tmp
     assert warm.run_module("tunelab.train.loop_cost", [str(tmp_path)], tmp_path / "job.log", dict(os.environ),
                            60) is None
     warm.close()
+
+
+def test_a_second_warm_process_names_the_variables_its_jobs_environment_differs_in(capsys):
+    """A job whose environment differs from the first warm process's (beyond PER_JOB_ENV) gets a warm process of its
+    own — one import more —, and the line says which variables differ, as they were found when a library set one in
+    the planning process (KMP_DUPLICATE_LIB_OK); a job of the same environment but its share says nothing."""
+    from tunelab.host.cores import CPUS_ENV
+
+    base = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    processes = warm_jobs.WarmProcesses()
+    try:
+        first = processes.prepare(base)
+        assert processes.prepare({**base, CPUS_ENV: "0"}) is first and "second warm" not in capsys.readouterr().out
+        second = processes.prepare({**base, "TUNELAB_TEST_SET_AS_IT_RAN": "1"})
+        assert second is not first and len(processes.by_env) == 2
+        said = capsys.readouterr().out
+        assert "a second warm process for training jobs" in said and "TUNELAB_TEST_SET_AS_IT_RAN" in said
+    finally:
+        processes.close()

@@ -225,6 +225,11 @@ class WarmProcesses:
         with self.lock:
             warm = self.by_env.get(key)
             if warm is None:
+                if self.by_env:  # one import of the stack more: say why, so a variable set as tunelab runs is found
+                    first = dict(next(iter(self.by_env)))
+                    differ = sorted(k for k in first.keys() | shared.keys() if first.get(k) != shared.get(k))
+                    say("[yellow]a second warm process for training jobs: their environment differs from the first's "
+                        "in {}[/yellow]", ", ".join(differ))
                 warm = self.by_env[key] = WarmProcess(shared)
             return warm
 
