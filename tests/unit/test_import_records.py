@@ -96,8 +96,8 @@ def test_an_evaluation_starts_as_a_training_job_plus_the_recorded_difference(own
     assert eval_start("qwen2.5-0.5b", None, history, Engine.HF).seconds == 12.0  # nothing recorded: the job's
     record_import(Stack.TRAINING, 2.9, _window(others_cpu_s=0.0))
     first = eval_start("qwen2.5-0.5b", None, history, Engine.HF)  # a machine's first plan: no evaluation job yet
-    assert first.seconds == pytest.approx(12.0 + 2.9 * 0.5) and "1.4 s: an evaluation job's imports" in first.source
-    assert "assumed 1.5× the training job's import" in first.source and first.kind == SourceKind.MEASURED
+    assert first.seconds == pytest.approx(12.0 + 2.9 * 0.7) and "2.0 s: an evaluation job's imports" in first.source
+    assert "assumed 1.7× the training job's import" in first.source and first.kind == SourceKind.MEASURED
     record_import(Stack.EVALUATION, 3.8, _window(others_cpu_s=0.0))
     start = eval_start("qwen2.5-0.5b", None, history, Engine.HF)
     assert start.seconds == pytest.approx(12.0 + 0.9) and "0.9 s: an evaluation job's imports" in start.source
