@@ -22,6 +22,7 @@ from tunelab.execute.job_states import JobState
 from tunelab.execute.schedule import Device, Pool, RunNeed, lpt_order, visible_gpus
 from tunelab.execute.warm_jobs import WarmJob, WarmProcesses
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares
+from tunelab.host.process import signal_group
 from tunelab.rundir import now_iso
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ResourcesSpec
@@ -208,10 +209,7 @@ class LocalExecutor(OneJobEachRun):
         """SIGTERM to each job's process group: the trainer saves a checkpoint at its next step and stops."""
         for i in ids:
             if i.isdigit() and (i in self._procs or _runs_script(int(i))):
-                try:
-                    os.killpg(int(i), signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                signal_group(int(i), signal.SIGTERM)
 
     def log(self, run_dir: Path, kind: JobKind, job_id: str) -> Path:
         return Path(run_dir) / (TRAIN_LOG if kind == JobKind.TRAIN else f"{kind}.log")

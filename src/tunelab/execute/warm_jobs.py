@@ -27,7 +27,7 @@ from typing import IO, Any
 from tunelab.console import say
 from tunelab.host import ahead
 from tunelab.host.cores import CPUS_ENV
-from tunelab.host.process import alive, proc_start
+from tunelab.host.process import alive, proc_start, signal_group
 
 WARM_MODULE = "tunelab.train.warm"
 # a job's environment that its warm process is not started with: sent with each job, which takes it before anything
@@ -131,11 +131,11 @@ class WarmProcess:
         try:
             while (code := job.poll()) is None:
                 if job.lost or time.monotonic() > end:
-                    _kill_group(pid, signal.SIGKILL)
+                    signal_group(pid, signal.SIGKILL)
                     return None
                 time.sleep(POLL_S)
         except BaseException:
-            _kill_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             raise
         return code
 
@@ -171,7 +171,7 @@ class WarmProcess:
         while not self.replies.empty():
             reply = self.replies.get_nowait()
             if "started" in reply:
-                _kill_group(int(reply["started"]), signal.SIGTERM)
+                signal_group(int(reply["started"]), signal.SIGTERM)
 
     def close(self, kill: bool = False) -> None:
         """End the warm process (its jobs go on: they are sessions of their own; one still importing, which forked
@@ -194,13 +194,6 @@ class WarmProcess:
             self.proc.wait()
         self.tail = self._stderr_tail()
         self.errors.close()
-
-
-def _kill_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _shared(env: dict[str, str]) -> dict[str, str]:

@@ -38,6 +38,15 @@ def alive(pid: int, start: str | None = None) -> bool:
     return not (start and now and now != start)
 
 
+def signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to process group `pgid` (a job's session: its leader's pid); one already gone, or not ours to
+    signal, is left as it is."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def die_with_parent(sig: int) -> bool:
     """Have the kernel send this process `sig` when its parent dies (Linux PR_SET_PDEATHSIG); False where it cannot
     (not Linux). Processes started in sessions of their own are otherwise left running by a killed parent."""

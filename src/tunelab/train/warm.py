@@ -39,8 +39,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 REAP_S = 0.1  # how often ended children are looked for between requests
 SESSION_WAIT_S = 5.0  # a forked child's setsid, at most
@@ -161,32 +162,43 @@ def _become_job(log: Path, pipes: tuple[int, int]) -> None:
     os.dup2(out, 2)
 
 
-def _module_child(job: ModuleJob, log: Path, pipes: tuple[int, int]) -> None:
-    """The forked `python -m MODULE ARGV` with exactly `job.environ`, which says it started warm (its start-up is
-    the warm process's imports, not its own age)."""
-    code = 1
-    try:
-        _become_job(log, pipes)
+def _module_child(job: ModuleJob, log: Path, pipes: tuple[int, int]) -> NoReturn:
+    """The forked `python -m MODULE ARGV` with exactly `job.environ`."""
+
+    def body() -> int:
         os.environ.clear()
         os.environ.update(job.environ)
-        from tunelab.host import adapt
-        from tunelab.train.metrics import mark_started_warm
-
-        mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)
-        adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         print(f"[tunelab] {job.module} started warm: forked from process {os.getppid()}", flush=True)
         sys.argv = [job.module, *job.argv]
         runpy.run_module(job.module, run_name="__main__", alter_sys=True)
-        code = 0
+        return 0
+
+    _run_forked(log, pipes, body)
+
+
+def _run_forked(log: Path, pipes: tuple[int, int], body: Callable[[], int]) -> NoReturn:
+    """Every forked child: a job of its own (_become_job) that says it started warm — its start-up the warm
+    process's imports, not its own age; the warm process's fit to the load while it imported not its own —, then
+    `body`, whose result, or SystemExit's code as a fresh interpreter's, is its exit status (anything else: in its
+    log, and 1)."""
+    code = 1
+    try:
+        _become_job(log, pipes)
+        from tunelab.host import adapt
+        from tunelab.train.metrics import mark_started_warm
+
+        mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)  # summary.json says so (and what was skipped)
+        adapt.forget()
+        code = body()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 — in its log; its exit status says it failed
+    except BaseException:  # noqa: BLE001 — whatever ended the job is in its log, and its exit status says so
         traceback.print_exc()
     finally:
         _flush_and_exit(code)
 
 
-def _flush_and_exit(code: int) -> None:
+def _flush_and_exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -195,35 +207,27 @@ def _flush_and_exit(code: int) -> None:
     os._exit(code)
 
 
-def _child(run_yaml: Path, log: Path, env: dict[str, str | None], pipes: tuple[int, int]) -> None:
-    """The forked job: its own session, the run's log as stdout and stderr, the run's directory, its own variables
-    (`env`: its share of the cores among them; None: unset), then the job."""
-    code = 1
-    try:
-        _become_job(log, pipes)
+def _child(run_yaml: Path, log: Path, env: dict[str, str | None], pipes: tuple[int, int]) -> NoReturn:
+    """The forked job: the run's log as stdout and stderr, the run's directory, its own variables (`env`: its share of
+    the cores among them; None: unset), then the job."""
+
+    def body() -> int:
         os.chdir(run_yaml.parent)
         print(f"[tunelab train] started warm: forked from process {os.getppid()}, which imported the training "
               "stack once for every job on this share", flush=True)
-        from tunelab.host import adapt, threads
+        from tunelab.host import threads
         from tunelab.train.distributed import local_processes
         from tunelab.train.job import run_job
-        from tunelab.train.metrics import mark_started_warm
 
-        mark_started_warm(_IMPORTS_S[0] if _IMPORTS_S else None)  # summary.json says so (and what was skipped)
         for name, value in env.items():  # as job.sh would have been started: threads.apply pins to its share
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        adapt.forget()  # the warm process's fit to the load while it imported is not this job's
         threads.apply(threads.decide(local_processes()))  # its own threads, torch's set here
-        code = run_job(run_yaml)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 — whatever ended the job is in its log, and its exit status says so
-        traceback.print_exc()
-    finally:
-        _flush_and_exit(code)
+        return run_job(run_yaml)
+
+    _run_forked(log, pipes, body)
 
 
 _IMPORTS_S: list[float | None] = []  # this process's age once the stack was imported: what each child skips
