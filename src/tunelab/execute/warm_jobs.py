@@ -180,13 +180,13 @@ class WarmProcess:
             return
         ahead.withdraw(self)
         kill = kill or not self.ready.is_set()
+        if kill and self.running:  # before its stdin closes: a process killed does not answer that end first
+            self.proc.send_signal(signal.SIGKILL)
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
             except OSError:
                 pass
-        if kill and self.running:
-            self.proc.send_signal(signal.SIGKILL)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
