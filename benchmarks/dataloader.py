@@ -21,7 +21,6 @@ from pathlib import Path
 
 from forking import run_job
 
-
 WORDS, SMOKE_WORDS = 1000, 40
 
 

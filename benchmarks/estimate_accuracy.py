@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
 from forking import preload_training, run_job
 from hogs import hogs
 

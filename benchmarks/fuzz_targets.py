@@ -12,23 +12,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import os
+import re
 import shutil
 import tempfile
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
+from fuzz_mutations import ROW_KEYS, TEMPLATES, mutated_bytes, mutated_tree, values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-
-from fuzz_mutations import ROW_KEYS, TEMPLATES, mutated_bytes, mutated_tree, values
 
 from tunelab.errors import TunelabError
 
@@ -289,8 +289,8 @@ def log_file(work: Path, content: bytes) -> Path:
 def ingest_log_input(log: Path) -> bool:
     """`tunelab ingest` of one log into a fresh history: imported whole, or skipped with a reason (False);
     a skipped log adds no row."""
-    from tunelab.ledger import history
     from tunelab.ingest import ingest_logs
+    from tunelab.ledger import history
 
     db = log.parent.parent / "history.db"
     old = os.environ.get("TUNELAB_HISTORY")

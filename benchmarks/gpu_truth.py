@@ -48,12 +48,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_truth_grid import (SMOKE_ROWS, Case, cover_cases, expected_seconds, gpu_grid, smoke_grid,  # noqa: E402
-                            take_group, value_order)
-from gpu_truth_predict import (architecture, errors, flops_per_token, resolved_attention,  # noqa: E402
-                               simulate, weight_bytes)
-from gpu_truth_records import (KitFile, Measured, ShapeResult, Simulated, load_kit, readme_table,  # noqa: E402
-                               save_kit, shapes_table)
+from gpu_truth_grid import (  # noqa: E402
+    SMOKE_ROWS,
+    Case,
+    cover_cases,
+    expected_seconds,
+    gpu_grid,
+    smoke_grid,
+    take_group,
+    value_order,
+)
+from gpu_truth_predict import architecture, errors, flops_per_token, resolved_attention, simulate, weight_bytes  # noqa: E402
+from gpu_truth_records import KitFile, Measured, ShapeResult, Simulated, load_kit, readme_table, save_kit, shapes_table  # noqa: E402
 from gpu_truth_shape import Env, build_model, is_built, measure_group  # noqa: E402
 from peerlib import registry  # noqa: E402
 
@@ -113,7 +119,7 @@ def new_kit(device: Device, smoke: bool) -> KitFile:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 class Planner:

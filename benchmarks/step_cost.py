@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {(n, t): profile_config(root, out, n, hidden, t, steps) for n in layers for t in targets}
     if not args.smoke:
         rows[(max(layers), TRL_HEAD)] = profile_config(root, out, max(layers), hidden, "all-linear", steps, True)
-    for (n, t), profile in rows.items():
+    for n, t in rows:
         name = f"L{n}-all-linear-trlhead" if t == TRL_HEAD else f"L{n}-{t.replace(',', '')}"
         print(f"\n## {n} layers, hidden {hidden}, LoRA r8 on {t}")
         print((out / name / "parts.txt").read_text(), end="")

@@ -202,8 +202,8 @@ def main() -> None:
     os.environ.setdefault("TUNELAB_HISTORY", str(out / "history.db"))
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tunelab.data.capitalization import make_capitalization_dataset
-    from tunelab.models.tiny import build_tiny_model
     from tunelab.host.cores import usable_cpus
+    from tunelab.models.tiny import build_tiny_model
 
     model = out / "models" / f"tiny-{args.layers}x{args.hidden}"
     if not (model / "config.json").is_file():

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from forking import in_child, run_job
 
 RANKS = (4, 64)
@@ -122,9 +121,8 @@ def trial_dirs(exp: Path) -> list[Path]:
 
 def search(spec: Path, prune: bool) -> dict[str, Any]:
     """(b, c): tunelab's search, timed; what its trials trained, read from their own directories."""
-    from tunelab.rundir import read_status
+    from tunelab.rundir import read_metrics, read_status
     from tunelab.rundir.metrics import seconds_per_step
-    from tunelab.rundir import read_metrics
     from tunelab.rundir.tuned import read_pruned
     from tunelab.tune.search import search as run_search
 

@@ -111,8 +111,8 @@ def _build_model(model_dir: Path, model: str) -> None:
 def prepare(out: Path, model: str, words: int | None = None, model_dir: Path | None = None) -> Inputs:
     """Build the model and the capitalization rows under out/ (once); return where they are. `words`: fewer rows
     than the demo's (the smoke). `model_dir`: an existing directory of the model (gpu_truth.py's cache)."""
-    from tunelab.models.check import check_model_dir
     from tunelab.errors import TunelabError
+    from tunelab.models.check import check_model_dir
 
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, not {model!r}")

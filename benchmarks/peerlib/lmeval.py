@@ -39,6 +39,7 @@ def version(python: Path) -> str:
 def _stops(bases: list[Path]) -> list[str]:
     """The end-of-turn text of each base's chat template where it is not already the eos (lm-eval adds eos)."""
     from transformers import AutoTokenizer
+
     from tunelab.data.formatting import end_of_turn_text
 
     stops: list[str] = []

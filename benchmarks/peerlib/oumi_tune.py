@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerlib.job import Inputs, Job
 from peerlib.isolation import home_env
+from peerlib.job import Inputs, Job
 from peerlib.measure import Launch, Measured, own_thread_rule, run_all, span, thread_env
 from peerlib.oumi import (
     chat_markers,

@@ -23,7 +23,6 @@ from peerlib.job import Inputs, Job
 from peerlib.measure import Measured, own_thread_rule, run_measured, thread_env
 from peerlib.tunelab_side import spec
 
-
 SEARCH_WORDS = 600  # the capitalization rows of the search (480 to train: 60 steps an epoch, 30 a trial)
 
 

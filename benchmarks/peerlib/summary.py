@@ -79,7 +79,7 @@ def table(rows: list[TrainResult], versions: dict[str, str]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     out = [head]
     for (model, tool), f in sorted(by_tool(rows).items()):
-        def cell(name: str, digits: int = 1) -> str:
+        def cell(name: str, digits: int = 1, f: dict = f) -> str:  # this row's figures, bound as the row is written
             s = f[name]
             return s.text(digits) if s else "–"
         out.append(f"| {model} | {tool} | {versions.get(tool, '?')} | {cell('wall_s')} | {cell('first_step_s')} | "

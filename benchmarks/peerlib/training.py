@@ -10,8 +10,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from peerlib.job import Inputs, Job, training_tokens
 from peerlib.isolation import fresh_home
+from peerlib.job import Inputs, Job, training_tokens
 from peerlib.measure import Measured, run_measured, thread_env
 from peerlib.registry import Found
 from peerlib.result import TrainResult, steady_tokens_per_s

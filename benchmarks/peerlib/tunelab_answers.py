@@ -70,7 +70,7 @@ def sweep_targets(experiment: Path) -> list[Target]:
 def eval_job(run_dir: Path) -> EvalJob:
     """The run's (first) task's rows as tunelab's built-in task builds its samples: read by the run's own row reader
     (prompt template, system prompt), ids = row numbers, limit applied."""
-    from tunelab.evaluate.tasks import task_examples
+    from tunelab.evaluate.task_rows import task_examples
     from tunelab.rundir.config import load_run_config
 
     cfg = load_run_config(run_dir)
@@ -86,6 +86,7 @@ def tunelab_stops(target: Target) -> list[int]:
     """The token ids where tunelab's provider ends an answer for this target (its run's prompt format: the chat
     template's end-of-turn and the eos), with the base's tokenizer."""
     from transformers import AutoTokenizer
+
     from tunelab.data.formatting import prompt_format_of
     from tunelab.rundir.config import load_run_config
 

@@ -125,3 +125,41 @@ def test_check_tasks_of_a_spec_resolves_files_from_the_spec_dir(write_spec):
     (spec_path.parent / "tasks" / "my_task.py").write_text("x = 1\n")
     with pytest.raises(TunelabError, match="no @task"):
         check_tasks(load_spec(spec_path), spec_path.parent)
+
+
+def test_built_in_tasks_are_checked_on_their_rows_without_inspect_ai(tmp_path):
+    """A plan checks every built-in task before a job starts; the check reads the rows (an answer outside the
+    options, a numeric answer that is no number: the errors the evaluation would stop with) and leaves inspect-ai's
+    import (1.5 s of a cold plan's CPU) to the evaluation. Run in a fresh interpreter: this one has imported it."""
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps({"train": [{"input": "a", "output": "A"}],
+                                "test": [{"input": "a", "output": "A"}, {"input": "b", "output": "B"}]}))
+    code = textwrap.dedent(f"""
+        import sys
+        from tunelab.errors import TunelabError
+        from tunelab.evaluate.usertasks import check_tasks
+        from tunelab.rundir.config import RunConfig
+
+        def cfg(tasks):
+            return RunConfig(name="r", kind="control", experiment="x", experiment_dir={str(tmp_path)!r},
+                             model={{"name": "m", "path": {str(tmp_path)!r}}},
+                             dataset={{"name": "d", "path": {str(data)!r}}}, prompt="Q: {{input}}", training=None,
+                             eval={{"tasks": tasks}})
+
+        check_tasks(cfg(["exact_match", "includes", {{"name": "pick", "builtin": "choice"}}]))
+        for bad in ({{"name": "pick", "builtin": "choice", "options": ["A", "C"]}},
+                    {{"name": "n", "builtin": "numeric"}}):
+            try:
+                check_tasks(cfg([bad]))
+            except TunelabError as e:
+                print("error:", e)
+        print("inspect_ai imported:", "inspect_ai" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "error: eval.tasks.pick.options: task 'pick': the answer 'B' of test row 1 is not among the options ['A', 'C']" in out
+    assert "error: task 'n': the answer 'A' of test row 0 is not a number" in out
+    assert "inspect_ai imported: False" in out

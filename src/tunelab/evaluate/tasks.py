@@ -24,10 +24,10 @@ from inspect_ai.scorer import CORRECT, INCORRECT, Metric, Score, Scorer, Target,
 from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 
 from tunelab.data.conversation import Example
-from tunelab.data.splits import load_data
 from tunelab.errors import TunelabError
 from tunelab.evaluate import metrics as m
 from tunelab.evaluate.provider import TunelabModelAPI
+from tunelab.evaluate.task_rows import builtin_rows
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import TaskSpec
 
@@ -39,18 +39,6 @@ _MESSAGE = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": C
 
 
 # ---------------------------------------------------------------- samples
-def task_examples(cfg: RunConfig, spec: TaskSpec, limit: int | None) -> list[Example]:
-    """The task's dataset split as Examples, read as training reads rows (template: the task's or the run's)."""
-    try:
-        dataset = cfg.dataset_named(spec.dataset)
-    except KeyError:
-        raise TunelabError(f"task '{spec.name}': dataset '{spec.dataset}' is not one of the spec's datasets",
-                           field=f"eval.tasks.{spec.name}.dataset") from None
-    loaded = load_data(dataset, cfg.experiment_dir)
-    reader = loaded.reader(spec.prompt if spec.prompt is not None else cfg.prompt, cfg.system_prompt)
-    return loaded.examples(spec.split, reader, limit)
-
-
 def as_chat(example: Example) -> list[ChatMessage]:
     """The prompt as inspect messages; a message's images become ContentImage parts before its text."""
     return [_MESSAGE[msg.role](content=[*(ContentImage(image=p) for p in msg.images), ContentText(text=msg.content)]
@@ -128,19 +116,6 @@ def option_choice() -> Scorer:
     return score
 
 
-def choice_options(spec: TaskSpec, examples: list[Example], split: list[Example]) -> list[str]:
-    """task.options, or the distinct answers of the whole split (even when only `limit` samples run), sorted."""
-    options = list(spec.options) if spec.options else sorted({e.answer for e in split})
-    for i, e in enumerate(examples):
-        if e.answer not in options:
-            raise TunelabError(f"task '{spec.name}': the answer {e.answer!r} of {spec.split} row {i} is not among "
-                               f"the options {options}", field=f"eval.tasks.{spec.name}.options")
-    if len(options) < 2:
-        raise TunelabError(f"task '{spec.name}': choice needs at least two options, got {options}",
-                           field=f"eval.tasks.{spec.name}.options")
-    return options
-
-
 def choice_metrics(n_options: int) -> list[Metric | dict[str, list[Metric]]]:
     """The metrics of a choice task, in the form Task(metrics=...) takes."""
     out: list[Metric | dict[str, list[Metric]]] = [accuracy(), m.balanced_accuracy(), m.macro_f1(), m.ece(), m.brier()]
@@ -165,40 +140,28 @@ def numeric() -> Scorer:
     return score
 
 
-def numeric_targets(spec: TaskSpec, examples: list[Example]) -> list[Sample]:
-    samples = []
-    for i, e in enumerate(examples):
-        try:
-            value = float(e.answer.strip().replace(",", ""))
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise TunelabError(f"task '{spec.name}': the answer {e.answer!r} of {spec.split} row {i} is not a number")
-        samples.append(Sample(input=as_chat(e), target=repr(value), id=i, metadata=image_metadata(e)))
-    return samples
+def numeric_targets(examples: list[Example], values: list[float]) -> list[Sample]:
+    """A numeric task's samples: each row's answer as its number's repr."""
+    return [Sample(input=as_chat(e), target=repr(v), id=i, metadata=image_metadata(e))
+            for i, (e, v) in enumerate(zip(examples, values))]
 
 
 # ---------------------------------------------------------------- the Task
 def build_builtin_task(cfg: RunConfig, spec: TaskSpec) -> Task:
-    """The inspect Task of one built-in task spec on this run's datasets."""
-    limit = spec.limit or cfg.eval.limit
-    whole = spec.builtin == "choice" and not spec.options  # options come from the whole split
-    examples = task_examples(cfg, spec, None if whole else limit)
-    split, examples = examples, examples[:limit] if limit else examples
-    if not examples:
-        raise TunelabError(f"task '{spec.name}': the {spec.split} split has no rows")
+    """The inspect Task of one built-in task spec on this run's datasets (its rows read and checked by task_rows)."""
+    rows = builtin_rows(cfg, spec)
     name = f"{cfg.dataset_named(spec.dataset).name}_{spec.split}"
     config = GenerateConfig(max_tokens=spec.max_tokens or cfg.eval.max_tokens)
-    if spec.builtin == "choice":
-        options = choice_options(spec, examples, split)
+    if rows.options is not None:
         # the options in the task's metadata (and so the log's): what the probabilities are over, and what tunelab's
         # own loop (batched.py) scores each sample's continuations against
-        return Task(dataset=MemoryDataset(build_samples(examples), name=name), solver=option_probabilities(options),
-                    scorer=option_choice(), metrics=choice_metrics(len(options)), config=config, name=spec.name,
-                    metadata={OPTIONS: options})
-    if spec.builtin == "numeric":
-        return Task(dataset=MemoryDataset(numeric_targets(spec, examples), name=name), solver=generate(),
+        return Task(dataset=MemoryDataset(build_samples(rows.examples), name=name),
+                    solver=option_probabilities(rows.options), scorer=option_choice(),
+                    metrics=choice_metrics(len(rows.options)), config=config, name=spec.name,
+                    metadata={OPTIONS: rows.options})
+    if rows.values is not None:
+        return Task(dataset=MemoryDataset(numeric_targets(rows.examples, rows.values), name=name), solver=generate(),
                     scorer=numeric(), config=config, name=spec.name)
     scorers = {"exact_match": exact_match, "includes": includes}
-    return Task(dataset=MemoryDataset(build_samples(examples), name=name), solver=generate(),
+    return Task(dataset=MemoryDataset(build_samples(rows.examples), name=name), solver=generate(),
                 scorer=scorers[spec.builtin](), config=config, name=spec.name)  # type: ignore[index]

@@ -143,19 +143,18 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
     """Before any job starts: every task of a RunConfig (task files import, their @task is found, args
     bind, the prompt template fits; built-ins build on their dataset split: options, numeric answers),
     or every task file of an ExperimentSpec (paths relative to spec_dir; templates of all prompts).
-    Raises the first problem as a TunelabError naming the file (and task)."""
-    from tunelab.evaluate.provider import check_input_template
-
+    Raises the first problem as a TunelabError naming the file (and task). Built-ins are checked on their rows
+    (task_rows.py): only a task file imports inspect-ai here."""
     if isinstance(source, RunConfig):
-        from tunelab.evaluate.tasks import build_builtin_task
+        from tunelab.evaluate.task_rows import builtin_rows
 
         for spec in source.eval.resolved_tasks():
             if spec.file:
                 ut = resolve_user_task(spec)
-                check_input_template(spec.prompt if spec.prompt is not None else source.prompt, ut.where)
+                _check_template(spec.prompt if spec.prompt is not None else source.prompt, ut.where)
                 _check_grader(spec, None)
             else:
-                build_builtin_task(source, spec)
+                builtin_rows(source, spec)
         return
     base = Path(spec_dir) if spec_dir is not None else None
     prompts = [*source.prompt_levels(), *(e.prompt for e in source.eval_only if e.prompt is not None)]
@@ -164,7 +163,13 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
             ut = resolve_user_task(spec, base)
             _check_grader(spec, base)
             for template in [spec.prompt] if spec.prompt is not None else prompts:
-                check_input_template(template, ut.where)
+                _check_template(template, ut.where)
+
+
+def _check_template(template: str, where: str) -> None:
+    from tunelab.evaluate.provider import check_input_template  # inspect-ai's import: a task file has made it
+
+    check_input_template(template, where)
 
 
 def check_sweep_tasks(spec: ExperimentSpec, spec_path: Path, runs: list[RunConfig], experiment_dir: Path) -> None:
