@@ -267,3 +267,30 @@ def test_a_round_takes_fewer_steps_only_where_they_take_seconds(step_s, expected
 
     cpuspeed._round(step)
     assert len(taken) == expected
+
+
+def test_rounds_whose_medians_agree_settle_the_figure_however_far_a_step_strays():
+    """another_round on injected rounds: a round past SPREAD_LIMIT is timed again; a second whose median is within
+    MEDIANS_AGREE of the first's ends it (both uncontended), one further off does not; a contended round never
+    settles it; MORE_ROUNDS and RETIME_BUDGET_S still bound it."""
+    from tunelab.host.cpuload import LoadWindow
+
+    def rnd(median_ms: float, spread: float = 0.5, window: LoadWindow | None = None):
+        m = median_ms / 1e3
+        return cpuspeed._Round([m, m, m * (1 + spread)], window)  # slowest/fastest − 1 = spread
+
+    steady = rnd(100, spread=0.1)
+    assert not steady.disagrees and not cpuspeed.another_round([steady])
+    first = rnd(100)
+    assert first.disagrees and cpuspeed.another_round([first])
+    near = 100 * (1 + cpuspeed.MEDIANS_AGREE) - 0.5
+    far = 100 * (1 + cpuspeed.MEDIANS_AGREE) + 0.5
+    assert not cpuspeed.another_round([first, rnd(near)])
+    assert cpuspeed.another_round([first, rnd(far)])
+    busy = LoadWindow(wall_s=0.3, cpu_s=0.3, others_cpu_s=0.3, cores=2, threads=2)
+    assert cpuspeed.another_round([first, rnd(100, window=busy)])  # the last contended: its median says little
+    assert cpuspeed.another_round([rnd(100, window=busy), rnd(100)])  # nothing uncontended to agree with
+    rounds = [rnd(100 * 1.5 ** i) for i in range(cpuspeed.MORE_ROUNDS + 1)]  # never agreeing: the cap ends it
+    assert not cpuspeed.another_round(rounds) and cpuspeed.another_round(rounds[:-1])
+    slow = [rnd(cpuspeed.RETIME_BUDGET_S / 3 * 1e3)]  # a round of seconds-long steps spends the budget
+    assert not cpuspeed.another_round(slow)

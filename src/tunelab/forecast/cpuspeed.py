@@ -12,8 +12,8 @@ gets a matrix product at its hidden size timed instead, priced by the FLOPs mode
 kind `model`, a wider interval (forecast/interval.py), its source saying what was timed and what assumed.
 
 The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree past the probe's
-SPREAD_LIMIT, or that others slowed, is timed again (up to MORE_ROUNDS more), the round with most of the cores is
-the figure, and a still contended one is divided by the predicted slowdown, said in its source and the plan's
+SPREAD_LIMIT, or that others slowed, is timed again (up to MORE_ROUNDS more, until two uncontended rounds' medians
+agree: another_round), the round with most of the cores is the figure, and a still contended one is divided by the predicted slowdown, said in its source and the plan's
 warnings. Timings are cached per machine, thread count, model config and shape (diskcache.py): a second plan does
 not time again — a contended timing only for CONTENDED_KEEP_S.
 """
@@ -41,24 +41,28 @@ from tunelab.forecast import loopjob
 from tunelab.forecast.planscope import priced_counts, still_fresh
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
-from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.forecast.step_rounds import (  # noqa: F401 - the rounds' names, read here by the tests
+    MEDIANS_AGREE,
+    MIN_STEPS,
+    MORE_ROUNDS,
+    RETIME_BUDGET_S,
+    TIME_BUDGET_S,
+    _Round,
+    _round,
+    another_round,
+    round_done,
+)
 from tunelab.models.linear_kernel import MatmulKernel, linear_mode
 from tunelab.models.lora import lora_config
 from tunelab.models.loss_positions import calibration_labels, kept_logits_inputs
 from tunelab.models.vlm import is_vision_language
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import SourceKind
-from tunelab.rundir.probe import MORE_ROUNDS, SPREAD_LIMIT
-from tunelab.stats.timing import range_sigma, timing_spread
+from tunelab.stats.timing import range_sigma
 
-TIME_BUDGET_S = 1.0  # timed steps after the warm-up, at most (and at least MIN_STEPS of them)
-MIN_STEPS = 3
-LONG_ROUND_S = 2.0  # a round whose first LONG_STEPS steps took this long together ends with them (steps of seconds)
-LONG_STEPS = 2
 MAX_TIMED_PARAMETERS = 400e6  # above this, a step on a CPU takes too long for a plan: a matmul instead
 MATMUL_EFFICIENCY = 0.5  # a training step reaches about half a plain matrix product's FLOP/s (assumed)
 CALIBRATION_TOKENS = 512  # the most tokens a timed micro-batch holds: a larger run's is priced per token from it
-RETIME_BUDGET_S = 10.0  # rounds are timed again (contended, or spread) only while the rounds so far took less
 
 @dataclass(frozen=True)
 class TimedSpeed:
@@ -279,8 +283,7 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, 
         if warm_up:
             step()  # the optimizer's state, the kernels, the thread pool
         rounds = [_round(step)]
-        while (len(rounds) <= MORE_ROUNDS and rounds[-1].disagrees  # as the probe does (train/probe_steps.py)
-               and sum(sum(r.times) for r in rounds) < RETIME_BUDGET_S):  # a step of seconds: its correction
+        while another_round(rounds):
             rounds.append(_round(step))
         parts = _forward_and_save(torch, model, opt, ids, labels if forward else None)
     finally:
@@ -310,52 +313,6 @@ def _forward_and_save(torch: Any, model: Any, opt: Any, ids: Any, labels: Any) -
         torch.save(opt.state_dict(), f"{scratch}/optimizer.pt")
         save = time.perf_counter() - t0
     return {"save_s": save, **({"forward_s": median(times[1:])} if times else {})}  # the first forward: warm-up
-
-
-@dataclass(frozen=True)
-class _Round:
-    """One round of timed steps and the machine's load over them (None: not readable here)."""
-
-    times: list[float]
-    load: LoadWindow | None
-
-    @property
-    def median_s(self) -> float:
-        return median(self.times)
-
-    @property
-    def spread(self) -> float:
-        return timing_spread(self.times) or 0.0
-
-    @property
-    def slowdown(self) -> float:
-        return self.load.slowdown if self.load is not None else 1.0
-
-    @property
-    def contended(self) -> bool:
-        return self.load is not None and self.load.contended
-
-    @property
-    def disagrees(self) -> bool:
-        """Worth timing again: slowest/fastest past the probe's SPREAD_LIMIT, or others held the cores."""
-        return self.spread > SPREAD_LIMIT or self.contended
-
-
-def _round(step: Any) -> _Round:
-    """Steps timed until MIN_STEPS of them and TIME_BUDGET_S, or LONG_STEPS of them that took LONG_ROUND_S (a step of
-    a second or more holds thousands of products: a third adds seconds to a cold plan, and two that disagree past
-    SPREAD_LIMIT are timed again all the same), with the load over them."""
-    meter = LoadMeter.start()
-    times: list[float] = []
-    while not round_done(times):
-        times.append(step())
-    return _Round(times, meter.window() if meter is not None else None)
-
-
-def round_done(times: list[float]) -> bool:
-    """Enough steps in a round (_round's rule)."""
-    n, total = len(times), sum(times)
-    return n >= 64 or (n >= MIN_STEPS and total >= TIME_BUDGET_S) or (n >= LONG_STEPS and total >= LONG_ROUND_S)
 
 
 def _time_matmul(hidden: int, threads: int | None) -> dict[str, float]:
