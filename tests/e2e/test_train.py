@@ -13,7 +13,7 @@ from loadrule import check_contended, slowdown_by_rule
 from tunelab.faults import FIRED_ENV, KILL_ENV
 from tunelab.fsutil import read_json, read_jsonl
 from tunelab.ledger import history
-from tunelab.rundir.config import load_run_config
+from tunelab.rundir.config import load_run_config, save_run_config
 from tunelab.rundir.experiment import training_state
 from tunelab.rundir.identity import training_key
 from tunelab.scaffold.write import scaffold
@@ -232,3 +232,23 @@ def test_final_validation_is_logged_once(write_spec):
     # the restarted job trained no step, and still times half and twice the micro-batch for the planner
     b = cfg.training.batch_size
     assert [[p["batch"] for p in s["step_cost"]["points"]] for s in (first, summary)] == [[b // 2, 2 * b]] * 2
+
+
+def test_a_search_trial_skips_the_step_cost_calibration_a_run_takes(write_spec, capfd):
+    """The step-cost calibration after training feeds the history, which never records a search's trial: the same
+    40-step run trained as a trial (run.yaml's `trial`) measures none and says why; as a run, it measures one."""
+    spec = write_spec(factors={"lora_rank": [4]}, controls=False, training={"epochs": 1})
+    run = scaffold(spec).runs[0]
+    trial = run.model_copy(update={"name": f"{run.name}-trial-0", "trial": 0,
+                                   "directory": str(run.run_dir.parent / f"{run.name}-trial-0")})
+    save_run_config(trial)
+    assert load_run_config(trial.run_dir / "run.yaml").trial == 0  # run.yaml carries it to the job
+    summaries = {}
+    for c in (trial, run):
+        summaries[c.name] = train(load_run_config(c.run_dir / "run.yaml")).to_json()
+        said = capfd.readouterr()
+        summaries[c.name]["said"] = "step cost not measured: a search's trial" in said.out + said.err
+    assert summaries[trial.name]["steps"] == summaries[run.name]["steps"] == 40  # 2 repeats' worth (step_cost_repeats)
+    assert summaries[trial.name]["step_cost"] is None and summaries[trial.name]["said"]
+    assert not summaries[run.name]["said"]
+    assert [p["batch"] for p in summaries[run.name]["step_cost"]["points"]] == [4, 16]

@@ -33,6 +33,7 @@ def test_a_trial_is_the_combinations_run_at_its_rate_for_a_budget_of_its_steps(w
     assert (cfg.training.learning_rate, cfg.training.max_steps, cfg.training.validation_every_steps) == (3.2e-4, 10, 2)
     assert cfg.run_dir == plan.experiment_dir / "tune" / "lora_rank-4" / "trial-3"
     assert cfg.training.lora_rank == run.training.lora_rank and cfg.model == run.model and cfg.tuned is None
+    assert cfg.trial == 3 and run.trial is None  # its job skips the step-cost calibration (test_train.py)
     assert trial_config(combo, plan.experiment_dir, 0, 1e-3, 0.01).training.max_steps == 1  # type: ignore[union-attr]
 
 

@@ -84,6 +84,9 @@ class RunConfig(_Strict):
     directory: str | None = Field(
         None, exclude_if=lambda v: v is None, description="The run's directory when it is not the experiment's "
         "<kind dir>/<name>: a tuning trial's <experiment>/tune/<combination>/trial-N (absolute).")
+    trial: int | None = Field(
+        None, exclude_if=lambda v: v is None, description="A learning-rate search's trial number (`tunelab tune`): "
+        "no history records a trial, so its job skips what only later plans read (the step-cost calibration).")
     tuned: str | None = Field(
         None, exclude_if=lambda v: v is None, description="Where training.learning_rate came from when `tunelab "
         "tune` chose it, e.g. 'tuned: best of 8 trials, val loss 0.412 at 3.2e-4, trial 5'.")

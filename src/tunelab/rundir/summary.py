@@ -47,10 +47,11 @@ STEP_COST_REPEATS = 4
 STEPS_PER_STEP_COST_REPEAT = 20
 
 
-def calibrates_step_cost(processes: int, stage: bool) -> bool:
+def calibrates_step_cost(processes: int, stage: bool, trial: bool = False) -> bool:
     """Whether a job takes the step-cost calibration after training (one rule for the job and the plan): a one-process
-    run that is not a stage — several processes would time their collectives, and a stage's counters span its stages."""
-    return processes == 1 and not stage
+    run that is not a stage — several processes would time their collectives, and a stage's counters span its stages —
+    nor a search's trial (no history records a trial: ~0.9 s of each completed trial's job on tiny, for nothing)."""
+    return processes == 1 and not stage and not trial
 
 
 def step_cost_repeats(steps: int) -> int:

@@ -206,7 +206,10 @@ def _summarize(cfg: RunConfig, t: TrainingConfig, run_dir: Path, start: Resume, 
     counters = writer.counters  # start.counters, carried on by training (the writer and the trainer count into it)
     elapsed = writer.elapsed()  # training (and its evaluations and saves), before the measurements below
     finish_t0 = time.monotonic()
-    step_cost = _step_cost(trainer, t, writer.rows) if calibrates_step_cost(w.size, bool(ctx.name)) else None
+    calibrates = calibrates_step_cost(w.size, bool(ctx.name), cfg.trial is not None)
+    if cfg.trial is not None:
+        log("step cost not measured: a search's trial (no history records it)")
+    step_cost = _step_cost(trainer, t, writer.rows) if calibrates else None
     stage = StageFacts(_stage_final_loss(writer.rows, ctx), elapsed - writer.base_elapsed) if ctx.name else None
     end_counters = writer.snapshot()
     timing = Timing(elapsed, counters.overhead_s, time.monotonic() - finish_t0, fitted.startup_s, counters.saves,

@@ -108,7 +108,8 @@ def trial_config(combo: Combination, experiment_dir: Path, number: int, learning
         **({"batch_size": micro[0], "gradient_accumulation_steps": micro[1]} if micro else {})})
     return base.model_copy(update={
         "name": f"{combo.name}-trial-{number}", "training": type(training).model_validate(training.model_dump()),
-        "directory": str(trial_dir(experiment_dir, combo.name, number)), "estimate": None, "tuned": None})
+        "directory": str(trial_dir(experiment_dir, combo.name, number)), "trial": number, "estimate": None,
+        "tuned": None})
 
 
 R = TypeVar("R")
