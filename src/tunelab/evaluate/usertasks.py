@@ -22,6 +22,7 @@ from tunelab.data.splits import DATA_DIR
 from tunelab.data.verify import code_stamps, dataset_stamps
 from tunelab.diskcache import cached_json, file_stamps
 from tunelab.errors import TunelabError
+from tunelab.evaluate.task_rows import builtin_rows
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import ExperimentSpec, TaskSpec, resolve_path
 from tunelab.spec.evaluation import GraderSpec
@@ -146,8 +147,6 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
     Raises the first problem as a TunelabError naming the file (and task). Built-ins are checked on their rows
     (task_rows.py): only a task file imports inspect-ai here."""
     if isinstance(source, RunConfig):
-        from tunelab.evaluate.task_rows import builtin_rows
-
         for spec in source.eval.resolved_tasks():
             if spec.file:
                 ut = resolve_user_task(spec)
