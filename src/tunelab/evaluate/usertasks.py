@@ -165,7 +165,7 @@ def check_tasks(source: Any, spec_dir: str | Path | None = None) -> None:
                 _check_template(template, ut.where)
 
 
-def _check_template(template: str, where: str) -> None:
+def _check_template(template: str | None, where: str) -> None:
     from tunelab.evaluate.provider import check_input_template  # inspect-ai's import: a task file has made it
 
     check_input_template(template, where)
