@@ -10,14 +10,16 @@ imported with the collector paused (host/startup.py), and two things only a job'
    evaluation job its own (the first evaluation of a `tunelab eval` process), kept in tunelab's cache per machine,
    interpreter and library versions. Only an import made fresh (torch not yet loaded) and beside no other work is
    recorded: a test session's or the MCP server's later imports, or a contended one, would say something else.
-   TUNELAB_RECORD_IMPORTS=0 turns recording off (the test suite: its jobs run beside its other tests, and its plans
-   must not change with what another test's job recorded meanwhile).
+   TUNELAB_RECORD_IMPORTS=0 turns recording off, and the first plan's stand-in below with it (the test suite: its
+   jobs run beside its other tests, and its plans must not change with what another test's job or plan recorded
+   meanwhile).
 
 Why: the plan prices an evaluation job's start from the training job's measured start (forecast/jobstart.py); the
 two start alike but for their stacks, and the evaluation's (inspect-ai, statsmodels) took 0.9 s longer here than
 the training's (TRL, datasets). Recorded by the jobs, the difference costs the plan nothing to know. Before any
-evaluation job has run here (a machine's first plan), it is assumed from the training's import:
-ASSUMED_EVALUATION_RATIO times it, said so.
+evaluation job has run here, it is assumed from the training's import: ASSUMED_EVALUATION_RATIO times it, said so;
+before any job recorded one (a machine's first plan), from the training stack's import the plan timed for a job's
+start-up (forecast/cpuspeed.kept_job_import).
 """
 
 from __future__ import annotations
@@ -62,9 +64,14 @@ def _key(stack: Stack) -> list[object]:
 
 def record_import(stack: Stack, seconds: float, window: LoadWindow | None) -> None:
     """A job's fresh import of its stack took `seconds`, with `window` the load over it: kept when uncontended."""
-    if window is None or window.contended or seconds <= 0 or os.environ.get("TUNELAB_RECORD_IMPORTS") == "0":
+    if window is None or window.contended or seconds <= 0 or not recording():
         return
     store_json(KIND, _key(stack), {"seconds": round(seconds, 3)})
+
+
+def recording() -> bool:
+    """Whether imports are recorded and a plan's timed one stands in for them (TUNELAB_RECORD_IMPORTS=0: neither)."""
+    return os.environ.get("TUNELAB_RECORD_IMPORTS") != "0"
 
 
 def recorded_import_s(stack: Stack) -> float | None:
@@ -79,16 +86,22 @@ def recorded_import_s(stack: Stack) -> float | None:
 @dataclass(frozen=True)
 class ImportExtra:
     """How much longer an evaluation job's import takes here than a training job's (0 where it is shorter), and
-    whether that is assumed (no evaluation job recorded here yet: ASSUMED_EVALUATION_RATIO of the training's)."""
+    whether that is assumed (no evaluation job recorded here yet: ASSUMED_EVALUATION_RATIO of the training's);
+    `timed_by_plan`: the training's import is not a job's record but the one the plan timed (a machine's first)."""
 
     seconds: float
     assumed: bool
+    timed_by_plan: bool = False
 
 
-def evaluation_extra() -> ImportExtra | None:
+def evaluation_extra(planned_import_s: float | None = None) -> ImportExtra | None:
     """The evaluation stack's import beyond the training stack's, as the jobs recorded them; assumed from the
-    training's where no evaluation is recorded yet; None before a training job recorded its own."""
+    training's where no evaluation is recorded yet — a job's record, else `planned_import_s`, the import a plan
+    timed for a job's start-up (forecast/cpuspeed.kept_job_import) —; None with neither."""
     evaluation, training = recorded_import_s(Stack.EVALUATION), recorded_import_s(Stack.TRAINING)
+    if training is None and planned_import_s and recording():
+        return ImportExtra(round(planned_import_s * (ASSUMED_EVALUATION_RATIO - 1.0), 3), assumed=True,
+                           timed_by_plan=True)
     if training is None:
         return None
     if evaluation is None:

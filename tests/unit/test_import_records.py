@@ -104,3 +104,23 @@ def test_an_evaluation_starts_as_a_training_job_plus_the_recorded_difference(own
     assert start.kind == SourceKind.MEASURED
     shorter = with_evaluation_imports(JobStart(5.0, "x", SourceKind.MEASURED), importcost.ImportExtra(0.0, False))
     assert shorter.seconds == 5.0 and shorter.source == "x"
+
+
+def test_a_first_plan_prices_the_evaluation_import_from_the_import_it_timed(own_cache):
+    """Before any job recorded an import here (a machine's first plan), the evaluation job's extra import is assumed
+    from the training stack's import the plan itself timed for a job's start-up (cpuspeed's kept `job-imports`); a
+    job's own record, once there, replaces it."""
+    from tunelab.diskcache import store_json
+    from tunelab.forecast import cpuspeed
+
+    history = [HistoryRun(key="a", source="tunelab", origin="measured", run="a", device="cpu", tokens_per_s=100.0,
+                          startup_s=12.0)]
+    assert cpuspeed.kept_job_import() is None
+    assert eval_start("qwen2.5-0.5b", None, history, Engine.HF).seconds == 12.0  # nothing timed or recorded
+    store_json("job-imports", cpuspeed._job_imports_key(), {"seconds": 5.0})  # as timed_startup keeps it
+    assert cpuspeed.kept_job_import() == 5.0
+    first = eval_start("qwen2.5-0.5b", None, history, Engine.HF)
+    assert first.seconds == pytest.approx(12.0 + 5.0 * (importcost.ASSUMED_EVALUATION_RATIO - 1))
+    assert "assumed 1.7× the training stack's import a plan timed here: no job's recorded yet" in first.source
+    record_import(Stack.TRAINING, 2.9, _window(others_cpu_s=0.0))  # a job's record wins over the plan's timing
+    assert eval_start("qwen2.5-0.5b", None, history, Engine.HF).seconds == pytest.approx(12.0 + 2.9 * 0.7)

@@ -349,8 +349,22 @@ def timed_startup(model_path: str, parameters: int, imports_s: float | None = No
         subprocess.run([sys.executable, "-c", f"import {IMPORTED}"], check=True, capture_output=True)
         return {"seconds": time.perf_counter() - t0}
 
-    key = [socket.gethostname(), os.cpu_count(), this_environment(), version("torch"), version("transformers")]
-    imports = float(cached_json("job-imports", key, (lambda: {"seconds": imports_s}) if imports_s else run)["seconds"])
+    imports = float(cached_json("job-imports", _job_imports_key(), (lambda: {"seconds": imports_s}) if imports_s
+                                else run)["seconds"])
     load = parameters * 4 / (ASSUMED_LOAD_GBS * 1e9)
     return imports + load, (f"start-up: a fresh interpreter importing {IMPORTED} took {imports:.1f} s here, + "
                             f"{load:.1f} s reading the weights at {ASSUMED_LOAD_GBS:g} GB/s (assumed)")
+
+
+def _job_imports_key() -> list[Any]:
+    return [socket.gethostname(), os.cpu_count(), this_environment(), version("torch"), version("transformers")]
+
+
+def kept_job_import() -> float | None:
+    """The training stack's import a plan timed here for a job's start-up (timed_startup), None before one did: what
+    a machine's first plan knows of it before any job recorded its own (tunelab/jobimports.py)."""
+    got = stored_json("job-imports", _job_imports_key())
+    try:
+        return float(got["seconds"]) if got else None
+    except (KeyError, TypeError, ValueError):
+        return None

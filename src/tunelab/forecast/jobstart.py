@@ -1,10 +1,11 @@
 """A job's start-up (process, imports, model load, a vLLM server's start), one owner so that a run's start-up is one
 figure in the makespan, the evaluation's prediction and limit, and the re-plan.
 
-The run's measured start-up, else the median of past runs of this model on this device kind, else of other models there,
-else ASSUMED_STARTUP_S. An evaluation job imports the evaluation stack instead: its start is the training job's plus the
-recorded import difference (tunelab/jobimports.py). A vLLM job adds VLLM_SERVER_START_S (assumed) and errs long by the
-HF load it does not make.
+The run's start-up as its training estimate has it (measured, probed or timed by the plan), else the median of past
+runs of this model on this device kind, else of other models there, else ASSUMED_STARTUP_S. An evaluation job imports
+the evaluation stack instead: its start is the training job's plus the recorded import difference
+(tunelab/jobimports.py; on a machine's first plan, assumed from the import the plan timed). A vLLM job adds
+VLLM_SERVER_START_S (assumed) and errs long by the HF load it does not make.
 
 Before its start-up a job waits for its executor to start its process (`job_dispatch`): the median dispatch the
 history recorded on that executor (ledger/submission.py), else assumed per executor."""
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from tunelab.catalog import GPU, Architecture, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.forecast.combine import independent
+from tunelab.forecast.cpuspeed import kept_job_import
 from tunelab.forecast.interval import time_range
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
 from tunelab.jobimports import ASSUMED_EVALUATION_RATIO, ImportExtra, Stack, evaluation_extra, recorded_import_s
@@ -120,7 +122,8 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
     """A job's process start, imports and model load (see the module's docstring for the order of sources)."""
     if estimate is not None and estimate.startup_s is not None and estimate.startup_kind \
             and estimate.startup_kind != SourceKind.ASSUMED:
-        return JobStart(estimate.startup_s, "the run's measured start-up (history)", SourceKind(estimate.startup_kind))
+        kind = SourceKind(estimate.startup_kind)  # the training estimate's start-up: history, probed or timed here
+        return JobStart(estimate.startup_s, f"the run's start-up as its training estimate has it ({kind})", kind)
     stem = gpu.name.split("-")[0].lower() if gpu is not None else "cpu"
     here = [r for r in history if r.startup_s is not None and
             (r.device or "").lower().replace(" ", "").find(stem) >= 0]
@@ -139,7 +142,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
     """An evaluation job's start-up: the job's start with the evaluation stack's import, plus a vLLM server's."""
-    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra())
+    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra(kept_job_import()))
     if engine != Engine.VLLM:
         return start
     return JobStart(round(start.seconds + VLLM_SERVER_START_S, 3),
@@ -153,8 +156,9 @@ def with_evaluation_imports(start: JobStart, extra: ImportExtra | None) -> JobSt
     start as it is)."""
     if extra is None or not extra.seconds:
         return start
-    how = (f"assumed {ASSUMED_EVALUATION_RATIO:g}× the training job's import recorded here: no evaluation job's yet"
-           if extra.assumed else "as the jobs recorded them")
+    of = "the training stack's import a plan timed here: no job's recorded yet" if extra.timed_by_plan else \
+        "the training job's import recorded here: no evaluation job's yet"
+    how = f"assumed {ASSUMED_EVALUATION_RATIO:g}× {of}" if extra.assumed else "as the jobs recorded them"
     return JobStart(round(start.seconds + extra.seconds, 3), f"{start.source} + {extra.seconds:.1f} s: an evaluation "
                     f"job's imports here beyond a training job's ({how})", start.kind, start.server_s)
 
