@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.forecast import cpuspeed, planscope
+from tunelab.forecast import cpuspeed, planscope, step_rounds
 from tunelab.rundir.config import RunConfig
 
 STEP_S = 0.01  # every timed step, as given
@@ -33,10 +33,10 @@ def timing(tmp_path, monkeypatch) -> dict[str, list]:
 
     def round_of(step):
         seen["rounds"].append(step)
-        return cpuspeed._Round([STEP_S] * 3, None)
+        return step_rounds.Round([STEP_S] * 3, None)
 
     monkeypatch.setattr(cpuspeed, "_build", build)
-    monkeypatch.setattr(cpuspeed, "_round", round_of)
+    monkeypatch.setattr(cpuspeed, "timed_round", round_of)
     return seen
 
 
@@ -92,9 +92,9 @@ def test_the_model_is_warmed_up_once_not_once_a_thread_count(timing, tmp_path, t
     def round_of(step):
         rounds_at.append(len(steps))  # the steps run before this round: the warm-ups so far
         timing["rounds"].append(step)
-        return cpuspeed._Round([STEP_S] * 3, None)
+        return step_rounds.Round([STEP_S] * 3, None)
 
-    monkeypatch.setattr(cpuspeed, "_round", round_of)
+    monkeypatch.setattr(cpuspeed, "timed_round", round_of)
     with planscope.priced_together((2, 1)):
         cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 2)
     assert rounds_at == [1, 1]  # one warm-up, before the first count's round; none before the second's
@@ -122,14 +122,14 @@ def test_a_contended_round_of_slow_steps_is_not_timed_again_past_the_budget(timi
 
     def contended(step_s: float):
         window = LoadWindow(wall_s=3 * step_s, cpu_s=3 * step_s, others_cpu_s=3 * step_s, cores=2, threads=2)
-        return lambda step: timing["rounds"].append(step) or cpuspeed._Round([step_s] * 3, window)
+        return lambda step: timing["rounds"].append(step) or step_rounds.Round([step_s] * 3, window)
 
-    monkeypatch.setattr(cpuspeed, "_round", contended(4.0))
+    monkeypatch.setattr(cpuspeed, "timed_round", contended(4.0))
     slow = cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 32), 4 * 32, 1)
     assert len(timing["rounds"]) == 1 and slow.tokens_per_s == pytest.approx(4 * 32 / 4.0 * 2)
-    monkeypatch.setattr(cpuspeed, "_round", contended(STEP_S))
+    monkeypatch.setattr(cpuspeed, "timed_round", contended(STEP_S))
     cpuspeed.timed_cpu_speed(_cfg(tmp_path, tiny_model, 4, 4, 16), 4 * 16, 1)  # another shape: timed anew
-    assert len(timing["rounds"]) == 1 + 1 + cpuspeed.MORE_ROUNDS
+    assert len(timing["rounds"]) == 1 + 1 + step_rounds.MORE_ROUNDS
 
 
 def test_a_contended_timing_is_kept_by_the_plan_that_took_it_past_its_minutes(monkeypatch):
@@ -179,7 +179,7 @@ def test_a_validating_runs_forward_reads_the_kept_logits_and_another_share_is_pr
                         lambda labels: kept_seen.append(got := real(labels)) or got)
     run = _cfg(tmp_path, tiny_model, 4, 4, 32, validation_every_steps=5)
     quarter = cpuspeed.timed_cpu_speed(run, 4 * 32, 1, kept=0.25)
-    assert [g["logits_to_keep"].numel() for g in kept_seen] == [8] * (1 + cpuspeed.MIN_STEPS + 1)  # warm-up, forwards
+    assert [g["logits_to_keep"].numel() for g in kept_seen] == [8] * (1 + step_rounds.MIN_STEPS + 1)  # warm-up, forwards
     every = cpuspeed.timed_cpu_speed(run, 4 * 32, 1)
     assert len(timing["builds"]) == 1  # not timed again
     n = 2 * 128 * vocab + 2 * (4 * 128 * 128 + 3 * 128 * 512 + 256) + 128  # as _train_flops_per_token
@@ -257,7 +257,7 @@ def test_the_timed_model_runs_the_jobs_linear_kernel_and_says_so(timing, tmp_pat
 
 @pytest.mark.parametrize("step_s, expected", [(0.05, 20), (0.4, 3), (0.9, 3), (1.0, 2), (2.5, 2), (0.001, 64)])
 def test_a_round_takes_fewer_steps_only_where_they_take_seconds(step_s, expected):
-    """_round's rule on steps of a given length (the step function injected, no clock): MIN_STEPS and TIME_BUDGET_S
+    """timed_round's rule on steps of a given length (the step function injected, no clock): MIN_STEPS and TIME_BUDGET_S
     for short steps, LONG_STEPS once they took LONG_ROUND_S together, never past 64."""
     taken: list[float] = []
 
@@ -265,7 +265,7 @@ def test_a_round_takes_fewer_steps_only_where_they_take_seconds(step_s, expected
         taken.append(step_s)
         return step_s
 
-    cpuspeed._round(step)
+    step_rounds.timed_round(step)
     assert len(taken) == expected
 
 
@@ -277,20 +277,20 @@ def test_rounds_whose_medians_agree_settle_the_figure_however_far_a_step_strays(
 
     def rnd(median_ms: float, spread: float = 0.5, window: LoadWindow | None = None):
         m = median_ms / 1e3
-        return cpuspeed._Round([m, m, m * (1 + spread)], window)  # slowest/fastest − 1 = spread
+        return step_rounds.Round([m, m, m * (1 + spread)], window)  # slowest/fastest − 1 = spread
 
     steady = rnd(100, spread=0.1)
-    assert not steady.disagrees and not cpuspeed.another_round([steady])
+    assert not steady.disagrees and not step_rounds.another_round([steady])
     first = rnd(100)
-    assert first.disagrees and cpuspeed.another_round([first])
-    near = 100 * (1 + cpuspeed.MEDIANS_AGREE) - 0.5
-    far = 100 * (1 + cpuspeed.MEDIANS_AGREE) + 0.5
-    assert not cpuspeed.another_round([first, rnd(near)])
-    assert cpuspeed.another_round([first, rnd(far)])
+    assert first.disagrees and step_rounds.another_round([first])
+    near = 100 * (1 + step_rounds.MEDIANS_AGREE) - 0.5
+    far = 100 * (1 + step_rounds.MEDIANS_AGREE) + 0.5
+    assert not step_rounds.another_round([first, rnd(near)])
+    assert step_rounds.another_round([first, rnd(far)])
     busy = LoadWindow(wall_s=0.3, cpu_s=0.3, others_cpu_s=0.3, cores=2, threads=2)
-    assert cpuspeed.another_round([first, rnd(100, window=busy)])  # the last contended: its median says little
-    assert cpuspeed.another_round([rnd(100, window=busy), rnd(100)])  # nothing uncontended to agree with
-    rounds = [rnd(100 * 1.5 ** i) for i in range(cpuspeed.MORE_ROUNDS + 1)]  # never agreeing: the cap ends it
-    assert not cpuspeed.another_round(rounds) and cpuspeed.another_round(rounds[:-1])
-    slow = [rnd(cpuspeed.RETIME_BUDGET_S / 3 * 1e3)]  # a round of seconds-long steps spends the budget
-    assert not cpuspeed.another_round(slow)
+    assert step_rounds.another_round([first, rnd(100, window=busy)])  # the last contended: its median says little
+    assert step_rounds.another_round([rnd(100, window=busy), rnd(100)])  # nothing uncontended to agree with
+    rounds = [rnd(100 * 1.5 ** i) for i in range(step_rounds.MORE_ROUNDS + 1)]  # never agreeing: the cap ends it
+    assert not step_rounds.another_round(rounds) and step_rounds.another_round(rounds[:-1])
+    slow = [rnd(step_rounds.RETIME_BUDGET_S / 3 * 1e3)]  # a round of seconds-long steps spends the budget
+    assert not step_rounds.another_round(slow)

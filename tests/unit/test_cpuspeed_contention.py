@@ -85,7 +85,7 @@ def _window(wall_s: float, others_cpu_s: float, threads: int) -> LoadWindow:
     return LoadWindow(wall_s=wall_s, cpu_s=wall_s, others_cpu_s=others_cpu_s, cores=2, threads=threads)
 
 
-# Rounds of three timed steps each, with the load over them, as cpuspeed's `_round` returns them (the steps'
+# Rounds of three timed steps each, with the load over them, as step_rounds.timed_round returns them (the steps'
 # times and the meter's window are what the plan's timing reads). The tiny spec's micro-batch: 8 rows × 27 tokens.
 CONTENDED = [  # others held 1.5 of 2 cores, then 1 of 2, then 1.33 of 2: the three rounds taken, the 2nd the figure
     ([0.10, 0.10, 0.10], _window(0.30, 0.45, threads=2)),  # 2 cores − 0.45/0.30 = 0.5 free: ×4
@@ -105,7 +105,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     """The timing's rounds and their load are given (the model is still built and warmed up for real): a contended
     round is timed again, up to two more; the round with the smallest slowdown is the figure, its speed multiplied
     by that slowdown, and the cache keeps what was read."""
-    from tunelab.forecast import cpuspeed, loopcost
+    from tunelab.forecast import cpuspeed, loopcost, step_rounds
     from tunelab.forecast import runs as run_forecast
 
     # the job's loop, measured once per machine, given too: its own load is the machine's, not these rounds'
@@ -114,7 +114,7 @@ def test_the_round_with_most_of_the_cores_is_the_figure_corrected_by_its_slowdow
     monkeypatch.setattr(run_forecast, "planning_window", lambda: None)  # nor is the live load while planning (an xdist
     # sibling's, in CI): the rounds given are the only load this test prices
     given = iter(rounds)
-    monkeypatch.setattr(cpuspeed, "_round", lambda step: cpuspeed._Round(*next(given)))
+    monkeypatch.setattr(cpuspeed, "timed_round", lambda step: step_rounds.Round(*next(given)))
     plan = make_plan(write_spec(factors={"lora_rank": [4]}))
     e = plan.estimates["tiny_r4"]
     assert next(given, None) is None  # every round given was taken, no more

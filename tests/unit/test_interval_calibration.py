@@ -114,8 +114,8 @@ def test_a_sum_is_priced_from_the_recorded_errors_of_such_sums_once_there_are_ni
 def test_one_rule_turns_disagreeing_timings_into_a_sigma_everywhere():
     """Timings 0.10, 0.12 and 0.11 s disagree by 0.12 / 0.10 − 1 = 20 %, which stands for σ = ln(1.2) / 2 = 0.0912
     — the same figure from the probe's timed steps, the plan's own timing rounds and the history's rows."""
-    from tunelab.forecast.cpuspeed import _Round
     from tunelab.forecast.speedhistory import _spread
+    from tunelab.forecast.step_rounds import Round
     from tunelab.ledger.history import HistoryRun
     from tunelab.stats.timing import range_sigma, range_spread
     from tunelab.train.step_cost import TimedSteps
@@ -124,7 +124,7 @@ def test_one_rule_turns_disagreeing_timings_into_a_sigma_everywhere():
     assert range_spread(times) == pytest.approx(0.2) and range_spread([0.1]) is None
     assert range_sigma(0.2) == pytest.approx(0.0912, abs=1e-4)
     assert TimedSteps({8: [(t, 64.0) for t in times], 16: [(0.3, 128.0)]}).spread() == pytest.approx(0.2)
-    assert _Round(times, None).spread == pytest.approx(0.2)
+    assert Round(times, None).spread == pytest.approx(0.2)
     row = HistoryRun(key="p", source="probe", tokens_per_s=1000.0, time_spread=0.2)
     assert _spread([row], [1000.0]) == pytest.approx(0.0912, abs=1e-4)
 
@@ -135,7 +135,7 @@ def test_many_timings_are_read_by_their_quartiles_so_one_preempted_step_is_not_n
     ≥ 400 % (one outlier), the spread of a plan's timing round says what σ = 0.05 spans for a handful of timings,
     exp(2 · 0.05) − 1 ≈ 0.105, i.e. σ ≈ 0.05 back (from the quartiles: within the sampling error of 60 draws),
     under the re-time limit of 0.2; 10 timings or fewer keep their range, as the probe's handful always did."""
-    from tunelab.forecast.cpuspeed import _Round
+    from tunelab.forecast.step_rounds import Round
     from tunelab.rundir.probe import SPREAD_LIMIT
     from tunelab.stats.timing import range_sigma, range_spread, timing_spread
 
@@ -143,10 +143,10 @@ def test_many_timings_are_read_by_their_quartiles_so_one_preempted_step_is_not_n
     times = [0.02 * math.exp(rng.gauss(0.0, 0.05)) for _ in range(59)] + [0.1]
     assert range_spread(times) > 4.0
     assert range_sigma(timing_spread(times)) == pytest.approx(0.05, rel=0.35)  # the σ it stands for: 60 draws' own
-    assert _Round(times, None).spread == timing_spread(times) < SPREAD_LIMIT and not _Round(times, None).disagrees
+    assert Round(times, None).spread == timing_spread(times) < SPREAD_LIMIT and not Round(times, None).disagrees
     assert timing_spread(times[:10]) == range_spread(times[:10])
     wide = [0.02 * math.exp(rng.gauss(0.0, 0.2)) for _ in range(60)]  # σ 0.2: genuinely noisy, timed again
-    assert range_sigma(timing_spread(wide)) == pytest.approx(0.2, rel=0.35) and _Round(wide, None).disagrees
+    assert range_sigma(timing_spread(wide)) == pytest.approx(0.2, rel=0.35) and Round(wide, None).disagrees
 
 def test_a_plans_run_total_takes_its_parts_as_independent_without_records(write_spec, tmp_path, monkeypatch):
     """A real CPU plan, no history: the deadline's line for the run (forecast/sweeptime.py `timeline`) has the P10 and

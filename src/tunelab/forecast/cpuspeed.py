@@ -13,8 +13,8 @@ kind `model`, a wider interval (forecast/interval.py), its source saying what wa
 
 The machine's load over the timed steps is measured (cpuload.py): a round whose steps disagree past the probe's
 SPREAD_LIMIT, or that others slowed, is timed again (up to MORE_ROUNDS more, until two uncontended rounds' medians
-agree: another_round), the round with most of the cores is the figure, and a still contended one is divided by the predicted slowdown, said in its source and the plan's
-warnings. Timings are cached per machine, thread count, model config and shape (diskcache.py): a second plan does
+agree: step_rounds.py), the round with most of the cores is the figure, and a still contended one is divided by the
+predicted slowdown, said in its source and the plan's warnings. Timings are cached per machine, thread count, model config and shape (diskcache.py): a second plan does
 not time again — a contended timing only for CONTENDED_KEEP_S.
 """
 
@@ -41,17 +41,7 @@ from tunelab.forecast import loopjob
 from tunelab.forecast.planscope import priced_counts, still_fresh
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
-from tunelab.forecast.step_rounds import (  # noqa: F401 - the rounds' names, read here by the tests
-    MEDIANS_AGREE,
-    MIN_STEPS,
-    MORE_ROUNDS,
-    RETIME_BUDGET_S,
-    TIME_BUDGET_S,
-    _Round,
-    _round,
-    another_round,
-    round_done,
-)
+from tunelab.forecast.step_rounds import MIN_STEPS, TIME_BUDGET_S, another_round, timed_round
 from tunelab.models.linear_kernel import MatmulKernel, linear_mode
 from tunelab.models.lora import lora_config
 from tunelab.models.loss_positions import calibration_labels, kept_logits_inputs
@@ -282,9 +272,9 @@ def _timed_at(model: Any, opt: Any, ids: Any, labels: Any, threads: int | None, 
 
         if warm_up:
             step()  # the optimizer's state, the kernels, the thread pool
-        rounds = [_round(step)]
+        rounds = [timed_round(step)]
         while another_round(rounds):
-            rounds.append(_round(step))
+            rounds.append(timed_round(step))
         parts = _forward_and_save(torch, model, opt, ids, labels if forward else None)
     finally:
         torch.set_num_threads(before)

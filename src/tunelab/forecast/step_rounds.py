@@ -20,11 +20,8 @@ LONG_STEPS = 2
 MEDIANS_AGREE = 0.1  # two uncontended rounds whose medians are this close settle the figure (another_round)
 RETIME_BUDGET_S = 10.0  # rounds are timed again (contended, or spread) only while the rounds so far took less
 
-__all__ = ["MEDIANS_AGREE", "MIN_STEPS", "MORE_ROUNDS", "RETIME_BUDGET_S", "TIME_BUDGET_S", "another_round", "round_done"]
-
-
 @dataclass(frozen=True)
-class _Round:
+class Round:
     """One round of timed steps and the machine's load over them (None: not readable here)."""
 
     times: list[float]
@@ -52,7 +49,7 @@ class _Round:
         return self.spread > SPREAD_LIMIT or self.contended
 
 
-def another_round(rounds: list[_Round]) -> bool:
+def another_round(rounds: list[Round]) -> bool:
     """Whether the rounds so far need one more: the last disagrees (as the probe's do: train/probe_steps.py), fewer
     than MORE_ROUNDS were added and RETIME_BUDGET_S is not spent (a step of seconds: its correction) — unless the
     last is uncontended and its median is within MEDIANS_AGREE of an earlier uncontended round's. A figure is a
@@ -66,7 +63,7 @@ def another_round(rounds: list[_Round]) -> bool:
         not r.contended and abs(last.median_s / r.median_s - 1) <= MEDIANS_AGREE for r in rounds[:-1])
 
 
-def _round(step: Any) -> _Round:
+def timed_round(step: Any) -> Round:
     """Steps timed until MIN_STEPS of them and TIME_BUDGET_S, or LONG_STEPS of them that took LONG_ROUND_S (a step of
     a second or more holds thousands of products: a third adds seconds to a cold plan, and two that disagree past
     SPREAD_LIMIT are timed again all the same), with the load over them."""
@@ -74,7 +71,7 @@ def _round(step: Any) -> _Round:
     times: list[float] = []
     while not round_done(times):
         times.append(step())
-    return _Round(times, meter.window() if meter is not None else None)
+    return Round(times, meter.window() if meter is not None else None)
 
 
 def round_done(times: list[float]) -> bool:
