@@ -29,7 +29,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -94,16 +94,15 @@ class ImportExtra:
     timed_by_plan: bool = False
 
 
-def evaluation_extra(planned_import_s: float | None = None) -> ImportExtra | None:
+def evaluation_extra(planned_import: Callable[[], float | None] | None = None) -> ImportExtra | None:
     """The evaluation stack's import beyond the training stack's, as the jobs recorded them; assumed from the
-    training's where no evaluation is recorded yet — a job's record, else `planned_import_s`, the import a plan
-    timed for a job's start-up (forecast/cpuspeed.kept_job_import) —; None with neither."""
+    training's where no evaluation is recorded yet — a job's record, else what `planned_import` reads, the import a
+    plan timed for a job's start-up (forecast/cpuspeed.kept_job_import), read only then —; None with neither."""
     evaluation, training = recorded_import_s(Stack.EVALUATION), recorded_import_s(Stack.TRAINING)
-    if training is None and planned_import_s and recording():
-        return ImportExtra(round(planned_import_s * (ASSUMED_EVALUATION_RATIO - 1.0), 3), assumed=True,
-                           timed_by_plan=True)
     if training is None:
-        return None
+        planned = planned_import() if planned_import is not None and recording() else None
+        return ImportExtra(round(planned * (ASSUMED_EVALUATION_RATIO - 1.0), 3), assumed=True,
+                           timed_by_plan=True) if planned else None
     if evaluation is None:
         return ImportExtra(round(training * (ASSUMED_EVALUATION_RATIO - 1.0), 3), assumed=True)
     return ImportExtra(max(0.0, evaluation - training), assumed=False)

@@ -142,7 +142,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
 def eval_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun], engine: Engine,
                estimate: RunEstimate | None = None) -> JobStart:
     """An evaluation job's start-up: the job's start with the evaluation stack's import, plus a vLLM server's."""
-    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra(kept_job_import()))
+    start = with_evaluation_imports(job_start(model, gpu, history, estimate), evaluation_extra(kept_job_import))
     if engine != Engine.VLLM:
         return start
     return JobStart(round(start.seconds + VLLM_SERVER_START_S, 3),
