@@ -63,14 +63,34 @@ def test_a_two_process_job_divides_its_cores_and_its_ranks_decide_the_same():
 
 
 def test_the_users_omp_num_threads_is_respected_and_said():
-    env = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "5", "SLURM_CPUS_PER_TASK": "8"}
+    if len(usable_cpus()) < 2:
+        pytest.skip("needs 2 CPUs: two processes of one thread each")
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "5", "SLURM_CPUS_PER_TASK": "8"}
     plan = decide(2, env)
-    assert plan.torch == 3 and plan.explicit and "OMP_NUM_THREADS=3" in plan.source and "respected" in plan.source
+    assert plan.torch == 1 and plan.explicit and "OMP_NUM_THREADS=1" in plan.source and "respected" in plan.source
     threads.apply(plan, env)
-    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TOKENIZERS_PARALLELISM"]) == ("3", "5", "false")
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TOKENIZERS_PARALLELISM"]) == ("1", "5", "false")
     assert MARK_ENV not in env
     # a value the user set after tunelab marked its own is the user's
-    assert decide(1, {"OMP_NUM_THREADS": "6", MARK_ENV: "2"}).explicit
+    assert decide(1, {"OMP_NUM_THREADS": "1", MARK_ENV: "2"}).explicit
+
+
+@pytest.mark.parametrize("omp, cpus, processes", [(2, 1, 1), (8, None, 1), (4, None, 2), (3, 1, 2)])
+def test_the_users_omp_num_threads_past_the_cpus_of_its_share_is_capped_and_marked_tunelabs(omp, cpus, processes):
+    """More threads than the CPUs the job's processes may run on only wait for one another: the count is capped at
+    the share's CPUs over the processes (at least one each), said, and marked tunelab's so that a child divides it
+    again. `cpus`: the share's first CPUs (None: all this process may use)."""
+    mine = usable_cpus()
+    share = cpu_list(mine[:cpus] if cpus else mine)
+    want = max(1, len(parse_cpus(share)) // processes)
+    if omp * processes <= len(parse_cpus(share)):
+        pytest.skip(f"a machine with {len(mine)} CPUs runs {omp} × {processes} threads on them: nothing to cap")
+    env = {"OMP_NUM_THREADS": str(omp), CPUS_ENV: share}
+    plan = decide(processes, env)
+    assert plan.torch == want and not plan.explicit
+    assert f"OMP_NUM_THREADS={omp}, set before tunelab, capped at {want}" in plan.source and share in plan.source
+    threads.apply(plan, env)
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env[MARK_ENV]) == (str(want),) * 3
 
 
 def test_the_old_behaviour_sets_nothing():
@@ -115,9 +135,12 @@ def _run(name: str, exp: Path) -> RunConfig:
                                      resources=ResourcesSpec(cpu_runs_at_once=2))
 
 
-def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share(tmp_path):
+@pytest.mark.parametrize("users_omp", [False, True])
+def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share(tmp_path, users_omp):
     """resources.cpu_runs_at_once: 2 on a machine without GPUs: two jobs at once, each started by the executor with
-    its own share of the cores, pinned to it, its threads that share's."""
+    its own share of the cores, pinned to it, its threads that share's. `users_omp`: the user set OMP_NUM_THREADS to
+    the whole machine's CPUs before tunelab; each job still runs no more threads than its share has CPUs (it ran
+    two threads on one CPU before, a search's trials 19× slower)."""
     from tunelab.execute.local_jobs import Devices, LocalExecutor
 
     runs = [_run(name, tmp_path) for name in ("a", "b")]
@@ -134,10 +157,12 @@ def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share
     for cfg, env in zip(runs, envs):  # a stand-in for job.sh: the job's first lines, then what it got
         script = cfg.run_dir / "job.sh"
         script.write_text(f"exec {sys.executable} -c {code!r} > {cfg.run_dir / 'got.json'}\n")
-        ids.append(ex.submit(script, env={**(env or {}), "OMP_NUM_THREADS": "", MARK_ENV: ""}))
+        users = str(len(usable_cpus())) if users_omp else ""
+        ids.append(ex.submit(script, env={**(env or {}), "OMP_NUM_THREADS": users, MARK_ENV: ""}))
     for job in ids:
         ex._procs[job].wait(60)
     for cfg, share in zip(runs, shares):
         affinity, torch_threads = json.loads((cfg.run_dir / "got.json").read_text())
-        # one process on its share: a thread per physical core of it (as /proc/cpuinfo counts them)
-        assert affinity == share and torch_threads == cpuinfo_cores(share)
+        # one process on its share: a thread per physical core of it (as /proc/cpuinfo counts them); the user's
+        # count for the machine: a thread per CPU of the share, no more
+        assert affinity == share and torch_threads == (len(share) if users_omp else cpuinfo_cores(share))

@@ -2,7 +2,9 @@
 torch starts a thread per core in every process, and two processes oversubscribing two cores ran orders of magnitude
 slower (docs/training.md, "CPU threads").
 
-A user's own OMP_NUM_THREADS wins and is said so; tunelab marks the one it sets (`TUNELAB_OMP_NUM_THREADS`) so a child
+A user's own OMP_NUM_THREADS wins and is said so, up to the CPUs its processes may run on: where the local executor
+runs jobs side by side, each pinned to its share, a count set for the whole machine put two threads on one CPU and a
+search's trials ran 19× slower (docs/training.md). tunelab marks the one it sets (`TUNELAB_OMP_NUM_THREADS`) so a child
 can tell it from the user's. `TUNELAB_THREAD_RULE=torch` sets nothing (torch's own default)."""
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
     omp = env.get("OMP_NUM_THREADS", "").strip()
     if omp and omp != env.get(MARK_ENV, "").strip():
         n = int(omp) if omp.isdigit() and int(omp) > 0 else None
+        cpus = usable_cores(env)  # logical CPUs: a count above them is never the user's intent for this share
+        if n is not None and n * processes > cpus.count:
+            capped = thread_budget(cpus.count, processes)
+            return ThreadPlan(capped, cores.count, processes, f"OMP_NUM_THREADS={omp}, set before tunelab, capped at "
+                              f"{capped}: {processes} process(es) on {cpus.source} (more threads than CPUs wait for one "
+                              "another at every barrier)", limit=cores.limit)
         return ThreadPlan(n, cores.count, processes, f"OMP_NUM_THREADS={omp}, set before tunelab: respected", True,
                           cores.limit)
     return ThreadPlan(thread_budget(cores.count, processes), cores.count, processes,
