@@ -1,9 +1,14 @@
 """Runs side by side on a CPU (forecast/cpu_sharing.py): the choice from injected per-thread-count estimates, with
 makespans worked out by hand for the executor's policy (longest first onto the earliest free slot)."""
 
+from dataclasses import replace
 from pathlib import Path
 
-from tunelab.forecast.cpu_sharing import MIN_GAIN, CpuSharing, choose
+import pytest
+
+from tunelab.forecast.cpu_sharing import MIN_GAIN, CpuSharing, capped_line, choose, share_threads
+from tunelab.host.cores import CPUS_ENV, job_shares, usable_cpus
+from tunelab.host.threads import MARK_ENV
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec
@@ -93,3 +98,23 @@ def test_a_slots_later_runs_are_priced_warm():
     assert [o.makespan_s for o in sharing.options] == [74.0, 46.0, 40.0]
     capped, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__, warm_s=9.0)
     assert [o.makespan_s for o in capped.options] == [71.0, 45.0, 40.0]  # 9 s capped at each run's 3 s start-up
+
+
+def test_the_users_thread_count_above_a_share_is_priced_capped_and_said(monkeypatch):
+    """OMP_NUM_THREADS set for the whole machine before tunelab: the plan prices a side-by-side run at its share's
+    CPUs, as its job will run (host/threads.py), not at the user's count (it did, and the jobs then ran two threads
+    pinned to one CPU: 19× slower), and plan.md's line says so."""
+    cpus = usable_cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs 2 CPUs: two runs side by side")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(len(cpus)))
+    monkeypatch.delenv(MARK_ENV, raising=False)
+    monkeypatch.delenv(CPUS_ENV, raising=False)
+    share = min(job_shares(2), key=len)
+    assert 1 <= share_threads(2) <= len(share) < len(cpus)  # its share's CPUs (fewer where others hold some now)
+    at = _at({4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]})
+    sharing, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
+    line = replace(sharing, capped=capped_line(8, sharing.chosen.threads_each)).line()
+    assert line.endswith("; OMP_NUM_THREADS=8, set before tunelab, is more than a run's share of the CPUs: each run "
+                         "trains with 1, capped (more threads than CPUs wait for one another))")
+    assert capped_line(1, 1) == "" and capped_line(None, 1) == ""

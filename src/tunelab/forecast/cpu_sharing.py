@@ -26,7 +26,7 @@ from tunelab.forecast.planscope import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cgroup import host_memory_gib
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares, usable_cores
-from tunelab.host.threads import decide
+from tunelab.host.threads import decide, users_threads
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec
@@ -55,6 +55,7 @@ class CpuSharing:
     options: tuple[SharingOption, ...]
     why: str
     load: str = ""  # others held cores while planning: the threads a job starting now takes, priced at them
+    capped: str = ""  # the user's OMP_NUM_THREADS above a run's share: what each run gets instead (host/threads.py)
 
     def line(self) -> str:
         c = self.chosen
@@ -64,7 +65,7 @@ class CpuSharing:
         timed = "; ".join(f"{o.runs_at_once} at once × {o.threads_each} thread(s): "
                           + (f"{o.makespan_s:.0f} s" if o.makespan_s is not None else "unknown")
                           for o in self.options)
-        load = f"; {self.load}" if self.load else ""
+        load = "".join(f"; {words}" for words in (self.load, self.capped) if words)
         return f"{head} ({self.why}{'; their training placed alone: ' + timed if len(self.options) > 1 else ''}{load})"
 
 
@@ -177,9 +178,19 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
     adapted = planned_adaptation(decide(1))
     if adapted is not None:
         sharing = replace(sharing, load=load_line(adapted, cores))
+    sharing = replace(sharing, capped=capped_line(users_threads(), sharing.chosen.threads_each))
     for res in [resources] + [c.resources for c in runs]:
         res.cpu_runs_at_once = sharing.chosen.runs_at_once
     return sharing
+
+
+def capped_line(users: int | None, threads_each: int) -> str:
+    """The plan's words where the user's OMP_NUM_THREADS asks more than a run gets: a count above its share's CPUs
+    is capped (host/threads.py); "" where it is unset or fits."""
+    if users is None or users <= threads_each:
+        return ""
+    return (f"OMP_NUM_THREADS={users}, set before tunelab, is more than a run's share of the CPUs: each run trains "
+            f"with {threads_each}, capped (more threads than CPUs wait for one another)")
 
 
 def load_line(adapted: Adaptation, cores: int) -> str:

@@ -64,6 +64,15 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
                       f"{cores.source} / {processes} process(es)", limit=cores.limit)
 
 
+def users_threads(env: Mapping[str, str] | None = None) -> int | None:
+    """The user's own OMP_NUM_THREADS as a count; None where unset, not a count, or the one tunelab set."""
+    env = os.environ if env is None else env
+    omp = env.get("OMP_NUM_THREADS", "").strip()
+    if not omp.isdigit() or int(omp) < 1 or omp == env.get(MARK_ENV, "").strip():
+        return None
+    return int(omp)
+
+
 def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None:
     """Make `plan` this process's (and its children's through `env`): pinned to its share, OMP/MKL and torch threads
     set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is."""
