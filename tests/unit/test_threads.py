@@ -69,8 +69,12 @@ def test_the_users_omp_num_threads_is_respected_and_said():
     plan = decide(2, env)
     assert plan.torch == 1 and plan.explicit and "OMP_NUM_THREADS=1" in plan.source and "respected" in plan.source
     threads.apply(plan, env)
-    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TOKENIZERS_PARALLELISM"]) == ("1", "5", "false")
+    # the user's MKL_NUM_THREADS above it is capped: torch would take MKL's 5 for its threads over OMP's 1
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TOKENIZERS_PARALLELISM"]) == ("1", "1", "false")
     assert MARK_ENV not in env
+    below = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    threads.apply(decide(1, below), below)
+    assert below["MKL_NUM_THREADS"] == "1"  # a count that fits is left as it is
     # a value the user set after tunelab marked its own is the user's
     assert decide(1, {"OMP_NUM_THREADS": "1", MARK_ENV: "2"}).explicit
 
@@ -138,9 +142,10 @@ def _run(name: str, exp: Path) -> RunConfig:
 @pytest.mark.parametrize("users_omp", [False, True])
 def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share(tmp_path, users_omp):
     """resources.cpu_runs_at_once: 2 on a machine without GPUs: two jobs at once, each started by the executor with
-    its own share of the cores, pinned to it, its threads that share's. `users_omp`: the user set OMP_NUM_THREADS to
-    the whole machine's CPUs before tunelab; each job still runs no more threads than its share has CPUs (it ran
-    two threads on one CPU before, a search's trials 19× slower)."""
+    its own share of the cores, pinned to it, its threads that share's. `users_omp`: the user set OMP_NUM_THREADS and
+    MKL_NUM_THREADS to the whole machine's CPUs before tunelab (as HPC modules do); each job still runs no more
+    threads than its share has CPUs (it ran two threads on one CPU before, a search's trials 19× slower; torch takes
+    MKL's count over OMP's, so capping OMP alone left it at two)."""
     from tunelab.execute.local_jobs import Devices, LocalExecutor
 
     runs = [_run(name, tmp_path) for name in ("a", "b")]
@@ -158,7 +163,8 @@ def test_two_cpu_runs_side_by_side_under_the_local_executor_each_get_their_share
         script = cfg.run_dir / "job.sh"
         script.write_text(f"exec {sys.executable} -c {code!r} > {cfg.run_dir / 'got.json'}\n")
         users = str(len(usable_cpus())) if users_omp else ""
-        ids.append(ex.submit(script, env={**(env or {}), "OMP_NUM_THREADS": users, MARK_ENV: ""}))
+        ids.append(ex.submit(script, env={**(env or {}), "OMP_NUM_THREADS": users, "MKL_NUM_THREADS": users,
+                                          MARK_ENV: ""}))
     for job in ids:
         ex._procs[job].wait(60)
     for cfg, share in zip(runs, shares):

@@ -75,7 +75,9 @@ def users_threads(env: Mapping[str, str] | None = None) -> int | None:
 
 def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None:
     """Make `plan` this process's (and its children's through `env`): pinned to its share, OMP/MKL and torch threads
-    set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is."""
+    set, tokenizers' parallelism off when processes share cores. A user's choice is left as it is, but for an
+    MKL_NUM_THREADS above the plan's count: torch takes MKL's count for its own threads where both are set (its
+    `at::init_num_threads`: OMP_NUM_THREADS=1 with MKL_NUM_THREADS=2 ran 2), so a larger one is capped at it."""
     env = os.environ if env is None else env
     if plan.source == OLD_BEHAVIOUR:
         return
@@ -83,13 +85,17 @@ def apply(plan: ThreadPlan, env: MutableMapping[str, str] | None = None) -> None
         pin(env)
     if plan.processes > 1:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if plan.explicit or plan.torch is None:
+    if plan.torch is None:
         return
-    for name in LIBRARY_ENVS:
-        if name == "OMP_NUM_THREADS" or env.get(name) in (None, env.get(MARK_ENV)):
-            env[name] = str(plan.torch)
-    env[MARK_ENV] = str(plan.torch)
-    if env is os.environ and "torch" in sys.modules:
+    mkl = env.get("MKL_NUM_THREADS", "").strip()
+    if mkl.isdigit() and int(mkl) > plan.torch:
+        env["MKL_NUM_THREADS"] = str(plan.torch)
+    if not plan.explicit:
+        for name in LIBRARY_ENVS:
+            if name == "OMP_NUM_THREADS" or env.get(name) in (None, env.get(MARK_ENV)):
+                env[name] = str(plan.torch)
+        env[MARK_ENV] = str(plan.torch)
+    if env is os.environ and "torch" in sys.modules:  # a job forked from a warm process: torch read its env then
         sys.modules["torch"].set_num_threads(plan.torch)
 
 
