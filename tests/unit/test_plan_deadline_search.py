@@ -78,13 +78,14 @@ def test_the_search_comes_before_the_runs_at_every_percentile():
 
 
 def _search_p90(plan, trials: int, budget: float) -> float:
-    """The search's P90 by hand: per combination trials × (start-up + share × budget × rest), scaled to the run's P90."""
+    """The search's P90 by hand: per combination trials × (start-up + share × budget × rest), scaled to the run's P90;
+    the rest less the run's step-cost calibration, which no trial takes."""
     total = 0.0
     for cost in plan.search:
         est = plan.estimates[cost.run]
         steps = max(1, math.floor(budget * est.steps))
         share = spent_share(trials, steps, max(1, steps // 4))
-        seconds = trials * (est.startup_s + share * budget * (est.seconds - est.startup_s))
+        seconds = trials * (est.startup_s + share * budget * (est.seconds - est.startup_s - (est.finish_s or 0.0)))
         total += round(est.time_range.p90_s * seconds / est.seconds, 1)
     return total
 

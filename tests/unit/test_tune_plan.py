@@ -43,8 +43,13 @@ def test_the_plan_prices_each_combinations_search(write_spec):
     for cost in plan.search:
         est = plan.estimates[cost.run]
         assert est.seconds is not None and est.startup_s is not None
-        full = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s))  # each trial starts in full
+        # the run calibrates its step cost after training (a first contact's estimate holds it); a trial does not
+        assert est.finish_s and est.finish_s > 0 and f"calibration after training ({est.finish_s:.1f} s" in \
+            est.time_source
+        training = est.seconds - est.startup_s - est.finish_s
+        full = 6 * (est.startup_s + 0.25 * training)  # each trial starts in full
         assert cost.unpruned_s == round(full, 1)
+        assert f"less its {est.finish_s:.1f} s step-cost calibration, which no trial takes" in cost.source
         # 320 rows, 8 a micro-batch, one epoch: 40 steps; a trial's budget a quarter of them, 10 steps, validated
         # every 10 // 4 = 2. Successive halving (η 3) of 6 trials judges them at rungs 2 and 6: over the 720 orders
         # of their ranks, every one alike, a trial trains 5809/1080 steps on average (worked out by enumerating the
@@ -52,7 +57,7 @@ def test_the_plan_prices_each_combinations_search(write_spec):
         assert est.steps == 40 and cost.steps_per_trial == 10 and cost.trials == 6
         share = 5809 / 10800
         assert cost.spent_share == 0.5379
-        total = 6 * (est.startup_s + share * 0.25 * (est.seconds - est.startup_s))  # as the pruner spends it
+        total = 6 * (est.startup_s + share * 0.25 * training)  # as the pruner spends it
         assert cost.seconds == round(total, 1)
         if est.time_range is not None:
             p90 = est.time_range.p90_s * total / est.seconds
@@ -79,7 +84,7 @@ def test_a_local_search_prices_its_later_trials_without_the_stacks_import(write_
         est = plan.estimates[cost.run]
         assert est.seconds is not None and est.startup_s is not None
         skipped = min(2.0, est.startup_s)
-        full = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s)) - 5 * skipped
+        full = 6 * (est.startup_s + 0.25 * (est.seconds - est.startup_s - (est.finish_s or 0.0))) - 5 * skipped
         assert cost.unpruned_s == round(full, 1)
         assert f"− 5 × {skipped:.1f} s: the trials after the first forked" in cost.source
 

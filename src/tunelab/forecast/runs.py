@@ -207,8 +207,8 @@ def _reference_overheads(refs: list[HistoryRun]) -> list[float]:
 
 def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_tokens: float, nproc: int, steps: int,
                t: Any, val_lengths: list[int], timed_start: tuple[float, str] | None = None,
-               first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str]:
-    """(seconds, start-up, source): training at `tps` per device plus validation, checkpoint, start-up and finish from
+               first: RunOverheads | None = None, stage: bool = False) -> tuple[float, float | None, str, float]:
+    """(seconds, start-up, source, finish): training at `tps` per device plus validation, checkpoint, start-up and finish from
     the reference runs; on first contact as first_contact_overheads prices them. Where no row measured a finish, the
     step-cost calibration the job takes after training."""
     efficiency = SCALING_EFFICIENCY if nproc > 1 else 1.0
@@ -245,7 +245,8 @@ def _wall_time(tps: float, refs: list[HistoryRun], time_source: str, train_token
             time_source += (f" + the step-cost calibration after training ({finish:.1f} s: micro-batches at half "
                             "and twice the run's, priced by their rows at its own)")
     added = first.total_s if first is not None else 0.0
-    return round((startup or 0.0) + train_s * (1 + overhead_frac) + added + finish, 1), startup, time_source
+    total = round((startup or 0.0) + train_s * (1 + overhead_frac) + added + finish, 1)
+    return total, startup, time_source, finish
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class RunTime:
     first_contact: RunOverheads | None = None  # what the job adds, priced part by part (nothing measured here)
     below_timed: bool = False  # its micro-batch below all the history rows timed: priced low (speedhistory.py)
     saves_in_time: bool = False  # seconds hold its saves: first contact prices them, reference runs' overhead theirs
+    finish_s: float = 0.0  # of seconds, the step-cost calibration after training (a search's trial skips it)
 
 
 def startup_kind(refs: list[HistoryRun]) -> SourceKind:
@@ -322,16 +324,17 @@ def run_time(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_lengths: l
         factor, why = load_factor(refs, history, cpu_threads)
         tps, source = tps / factor, f"{source}; {why}" if why else source
     seconds = startup = None
+    finish = 0.0
     timed_start = None
     if timed is not None:  # found on this CPU (timed steps, or a timed matmul's model): its start-up timed here too
         timed_start = timed_startup(cfg.model.path, arch.parameters, first.imports_s if first else None)
     if tps:
-        seconds, startup, source = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
-                                              timed_start, first, stage)
+        seconds, startup, source, finish = _wall_time(tps, refs, source, train_tokens, nproc, steps, t, val_lengths,
+                                                      timed_start, first, stage)
     kind = SourceKind.TIMED if timed_start is not None else startup_kind(refs)
     saves_in_time = seconds is not None and (first is not None or bool(_reference_overheads(refs)))
     return RunTime(steps, tokens_epoch, train_tokens, tokens_mb, tps, seconds, startup, source, nproc, speed.kind,
-                   kind, speed.spread, speed.contention, first, speed.below_timed, saves_in_time)
+                   kind, speed.spread, speed.contention, first, speed.below_timed, saves_in_time, finish)
 
 
 def _first_contact(cfg: RunConfig, timed: Any, steps: int, rows: int, tokens_mb: int, val_lengths: list[int],
@@ -380,6 +383,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         seconds=seconds,
         time_source=time.source,
         saves_in_time=time.saves_in_time,
+        finish_s=round(time.finish_s, 1) if seconds is not None and time.finish_s else None,
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,

@@ -1,6 +1,6 @@
 """The price of the learning-rate search (`tune:`) beside the sweep, per combination, as the pruner will spend it:
 
-    trials × (start-up + share × budget × the rest of the run's training) − (trials − 1) × warm
+    trials × (start-up + share × budget × the rest of the run's training, less its calibration) − (trials − 1) × warm
     + finished × one trial's evaluation
 
 Every trial is a job of its own; on the local executor a trial after its combination's first is forked from a process
@@ -144,8 +144,10 @@ def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share
            if steps_known else "the run's steps are not known: priced as if every trial trained its budget")
     warm = (f" − {trials - 1} × {warm_s:.1f} s: the trials after the first forked from a process that imported the "
             "training stack once (its import as recorded here)" if warm_s and trials > 1 else "")
+    calibration = (f", less its {est.finish_s:.1f} s step-cost calibration, which no trial takes"
+                   if est is not None and est.finish_s else "")
     return (f"{trials} trials × (start-up {startup} s + {share:.2f} × {budget:g} × the rest of {run}'s predicted "
-            f"training time ({time})){warm}; {how}")
+            f"training time{calibration} ({time})){warm}; {how}")
 
 
 def _eval_source(evaluation: RunEvalPrediction | None, finished: float) -> str:
@@ -166,8 +168,10 @@ def search_seconds(est: RunEstimate, trials: int, budget: float, share: float = 
                    warm_s: float = 0.0) -> float | None:
     """trials × (start-up + share × budget × the training after it) − (trials − 1) × warm_s: each trial is a job of
     its own, the first starting in full, the others without `warm_s` of it (warm_start_s); `share` of its budget
-    trained (1.0: every trial to its budget)."""
+    trained (1.0: every trial to its budget). The run's step-cost calibration after training (`finish_s`) is no
+    trial's: a trial skips it (rundir/summary.calibrates_step_cost)."""
     if est.seconds is None:
         return None
     startup = min(est.startup_s or 0.0, est.seconds)
-    return trials * (startup + share * budget * (est.seconds - startup)) - max(0, trials - 1) * min(warm_s, startup)
+    training = max(0.0, est.seconds - startup - (est.finish_s or 0.0))
+    return trials * (startup + share * budget * training) - max(0, trials - 1) * min(warm_s, startup)

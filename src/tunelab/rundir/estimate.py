@@ -170,6 +170,8 @@ class RunEstimate(_Record):
     time_source: str = Field("", description="Where the time came from (history, a FLOPs model, none).")
     saves_in_time: bool = Field(False, description="Its mid-epoch saves are in `seconds` already: a first-contact "
                                 "estimate prices them, reference runs' overhead carries theirs.")
+    finish_s: float | None = Field(None, description="Of `seconds`, the step-cost calibration the job takes after "
+                                   "training, s (a search's trial skips it: forecast/tunecost.py; None: none).")
     gpu_hours: float | None = Field(None, description="Time × processes.")
     slurm_time_limit: str | None = Field(None, description="Estimate × margin, rounded up: the SLURM limit "
                                          "used when the user sets none.")
