@@ -124,3 +124,21 @@ def test_a_first_plan_prices_the_evaluation_import_from_the_import_it_timed(own_
     assert "assumed 1.7× the training stack's import a plan timed here: no job's recorded yet" in first.source
     record_import(Stack.TRAINING, 2.9, _window(others_cpu_s=0.0))  # a job's record wins over the plan's timing
     assert eval_start("qwen2.5-0.5b", None, history, Engine.HF).seconds == pytest.approx(12.0 + 2.9 * 0.7)
+
+
+def test_a_first_search_prices_its_warm_trials_from_the_import_the_plan_timed(own_cache, monkeypatch):
+    """Before any job recorded the training stack's import, a local lane's later jobs (a search's trials, a sweep's
+    runs) skip the import the plan timed for a job's start-up; a job's record, once there, replaces it; recording
+    off (the suite's default) leaves it unpriced."""
+    from tunelab.diskcache import store_json
+    from tunelab.forecast import cpuspeed, jobstart
+
+    assert jobstart.warm_start_s("local", None) == 0.0  # nothing timed or recorded: every start priced cold
+    store_json("job-imports", cpuspeed._job_imports_key(), {"seconds": 5.0})  # as timed_startup keeps it
+    assert jobstart.warm_start_s("local", None) == 5.0
+    assert jobstart.warm_start_s("slurm", None) == 0.0  # a scheduler's jobs start cold
+    monkeypatch.setenv("TUNELAB_RECORD_IMPORTS", "0")
+    assert jobstart.warm_start_s("local", None) == 0.0  # recording off: nothing read
+    monkeypatch.setenv("TUNELAB_RECORD_IMPORTS", "1")
+    record_import(Stack.TRAINING, 2.9, _window(others_cpu_s=0.0))
+    assert jobstart.warm_start_s("local", None) == pytest.approx(2.9)  # a job's record wins

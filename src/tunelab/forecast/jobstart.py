@@ -22,7 +22,14 @@ from tunelab.forecast.combine import independent
 from tunelab.forecast.cpuspeed import kept_job_import
 from tunelab.forecast.interval import time_range
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
-from tunelab.jobimports import ASSUMED_EVALUATION_RATIO, ImportExtra, Stack, evaluation_extra, recorded_import_s
+from tunelab.jobimports import (
+    ASSUMED_EVALUATION_RATIO,
+    ImportExtra,
+    Stack,
+    evaluation_extra,
+    recorded_import_s,
+    recording,
+)
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.estimate import RunEstimate, SourceKind, TimeRange
 from tunelab.spec.evaluation import Engine
@@ -103,15 +110,20 @@ def with_dispatch(start: JobStart, dispatch: JobDispatch) -> JobStart:
 
 
 def training_import_s() -> float | None:
-    """The training stack's import as the jobs recorded it here (tunelab/jobimports.py): what a warm start skips;
-    None before a job recorded one (a first sweep's plan prices every start cold)."""
-    return recorded_import_s(Stack.TRAINING)
+    """The training stack's import as the jobs recorded it here (tunelab/jobimports.py): what a warm start skips.
+    Before a job recorded one, the import a plan timed for a job's start-up (cpuspeed.kept_job_import), where imports
+    are recorded at all: a machine's first search priced every trial's start cold, 46 s for four trials that took
+    ~26. None with neither."""
+    recorded = recorded_import_s(Stack.TRAINING)
+    if recorded is None and recording():
+        return kept_job_import()
+    return recorded
 
 
 def warm_start_s(executor: str, gpu: GPU | None) -> float:
     """What a sweep's training job skips of its start-up where its lane ran a job before: the stack's import, where
     the executor forks a lane's jobs from one warm process (local, on a CPU: execute/local_jobs.py); 0 on a
-    scheduler, on GPUs (their jobs start cold) or before a job recorded its import here."""
+    scheduler, on GPUs (their jobs start cold) or with no import recorded or timed here (training_import_s)."""
     if executor != ExecutorKind.LOCAL or gpu is not None:
         return 0.0
     return training_import_s() or 0.0

@@ -76,7 +76,8 @@ def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callab
 
 def warm_start_s(spec: ExperimentSpec) -> float:
     """What a warm-started trial skips of its start-up: the training stack's import as recorded here, where the
-    executor forks trials from a warm process (local); 0 on a scheduler, or before an import was recorded."""
+    executor forks trials from a warm process (local); 0 on a scheduler, or with none recorded or timed here
+    (jobstart.training_import_s)."""
     if spec.resources.executor != ExecutorKind.LOCAL:
         return 0.0
     return training_import_s() or 0.0
