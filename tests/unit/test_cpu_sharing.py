@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.forecast.cpu_sharing import MIN_GAIN, CpuSharing, capped_line, choose, share_threads
+from tunelab.forecast.cpu_sharing import MIN_GAIN, CpuSharing, capped_line, choose, share_rule, share_threads
 from tunelab.host.cores import CPUS_ENV, job_shares, usable_cpus
 from tunelab.host.threads import MARK_ENV
 from tunelab.rundir.config import RunConfig
@@ -114,7 +114,12 @@ def test_the_users_thread_count_above_a_share_is_priced_capped_and_said(monkeypa
     assert 1 <= share_threads(2) <= len(share) < len(cpus)  # its share's CPUs (fewer where others hold some now)
     at = _at({4: [10, 10, 30, 30], 2: [12, 12, 36, 36], 1: [14, 14, 40, 40]})
     sharing, _ = choose(_runs(4), ResourcesSpec(), at, 4, 64.0, FOUR_CORES.__getitem__)
-    line = replace(sharing, capped=capped_line(8, sharing.chosen.threads_each)).line()
-    assert line.endswith("; OMP_NUM_THREADS=8, set before tunelab, is more than a run's share of the CPUs: each run "
-                         "trains with 1, capped (more threads than CPUs wait for one another))")
-    assert capped_line(1, 1) == "" and capped_line(None, 1) == ""
+    rule = share_rule(2)
+    assert (rule.capped_from, rule.torch) == (len(cpus), len(share))  # the user's count, capped at the share's CPUs
+    line = replace(sharing, capped=capped_line(rule, sharing.chosen.threads_each)).line()
+    assert line.endswith(f"; OMP_NUM_THREADS={len(cpus)}, set before tunelab, is more than a run's share of the "
+                         "CPUs: each run trains with 1, capped (more threads than CPUs wait for one another))")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # fits a share: respected, nothing said
+    assert share_rule(2).capped_from is None and capped_line(share_rule(2), 1) == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(len(cpus)))
+    assert share_rule(1).capped_from is None  # alone, the whole machine's CPUs hold it

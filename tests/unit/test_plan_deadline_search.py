@@ -39,6 +39,10 @@ def fresh_history(tmp_path, monkeypatch, tiny_model):
 
     monkeypatch.setenv("TUNELAB_HISTORY", str(tmp_path / "history.db"))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    # one thread, as each of `make test`'s two workers has: tunelab's own count would fit the load others hold while
+    # each plan is made (host/adapt.py), and a neighbour's load then priced two plans of the same inputs apart
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("TUNELAB_OMP_NUM_THREADS", raising=False)
     for name in ("timed_cpu_speed", "cpu_flops", "timed_startup"):
         monkeypatch.setattr(cpuspeed, name, _not_timed)
     arch = resolve_architecture(tiny_model)

@@ -77,6 +77,9 @@ def test_the_users_omp_num_threads_is_respected_and_said():
     assert below["MKL_NUM_THREADS"] == "1"  # a count that fits is left as it is
     # a value the user set after tunelab marked its own is the user's
     assert decide(1, {"OMP_NUM_THREADS": "1", MARK_ENV: "2"}).explicit
+    # a value that is no count is the user's too: left to torch as it stands, nothing set or capped
+    odd = decide(1, {"OMP_NUM_THREADS": "4,2"})
+    assert (odd.torch, odd.explicit, odd.capped_from) == (None, True, None) and "OMP_NUM_THREADS=4,2" in odd.source
 
 
 @pytest.mark.parametrize("omp, cpus, processes", [(2, 1, 1), (8, None, 1), (4, None, 2), (3, 1, 2)])
@@ -91,7 +94,7 @@ def test_the_users_omp_num_threads_past_the_cpus_of_its_share_is_capped_and_mark
         pytest.skip(f"a machine with {len(mine)} CPUs runs {omp} × {processes} threads on them: nothing to cap")
     env = {"OMP_NUM_THREADS": str(omp), CPUS_ENV: share}
     plan = decide(processes, env)
-    assert plan.torch == want and not plan.explicit
+    assert (plan.torch, plan.capped_from, plan.explicit) == (want, omp, False)
     assert f"OMP_NUM_THREADS={omp}, set before tunelab, capped at {want}" in plan.source and share in plan.source
     threads.apply(plan, env)
     assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env[MARK_ENV]) == (str(want),) * 3

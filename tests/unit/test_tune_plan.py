@@ -49,7 +49,7 @@ def test_the_plan_prices_each_combinations_search(write_spec):
         training = est.seconds - est.startup_s - est.finish_s
         full = 6 * (est.startup_s + 0.25 * training)  # each trial starts in full
         assert cost.unpruned_s == round(full, 1)
-        assert f"less its {est.finish_s:.1f} s step-cost calibration, which no trial takes" in cost.source
+        assert f"less its {est.finish_s:g} s step-cost calibration, which no trial takes" in cost.source
         # 320 rows, 8 a micro-batch, one epoch: 40 steps; a trial's budget a quarter of them, 10 steps, validated
         # every 10 // 4 = 2. Successive halving (η 3) of 6 trials judges them at rungs 2 and 6: over the 720 orders
         # of their ranks, every one alike, a trial trains 5809/1080 steps on average (worked out by enumerating the

@@ -26,7 +26,7 @@ from tunelab.forecast.planscope import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cgroup import host_memory_gib
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares, usable_cores
-from tunelab.host.threads import decide, users_threads
+from tunelab.host.threads import ThreadPlan, decide
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
 from tunelab.spec.resources import ResourcesSpec
@@ -91,15 +91,23 @@ def cpu_threads(under_load_now: bool = True) -> int:
     return int(cached_json("torch-threads", key, ask))
 
 
+def share_rule(runs_at_once: int) -> ThreadPlan:
+    """The job's own thread rule (host/threads.py) on the smallest share the executor would give when this many run
+    at once (host/cores.job_shares); alone, this machine's."""
+    if runs_at_once <= 1:
+        return decide(1)
+    share = min(job_shares(runs_at_once), key=len)
+    env = {k: v for k, v in os.environ.items() if k != CPUS_ENV}  # this process's own share is not the job's
+    return decide(1, {**env, CPUS_ENV: cpu_list(share)})
+
+
 def share_threads(runs_at_once: int) -> int:
-    """The torch threads a one-process job gets on its share when this many run at once: the job's own rule
-    (host/threads.py) applied to the smallest share the executor would give (host/cores.job_shares); alone, all
-    of them (cpu_threads)."""
+    """The torch threads a one-process job gets on its share when this many run at once (share_rule), less what
+    others hold of it now; alone, all of them (cpu_threads)."""
     if runs_at_once <= 1:
         return cpu_threads()
     share = min(job_shares(runs_at_once), key=len)
-    env = {k: v for k, v in os.environ.items() if k != CPUS_ENV}  # this process's own share is not the job's
-    rule = decide(1, {**env, CPUS_ENV: cpu_list(share)})
+    rule = share_rule(runs_at_once)
     threads = rule.torch or len(share)
     window = load_while_planning() if adapts(rule) else None
     if window is None or window.cores <= 0:
@@ -178,19 +186,19 @@ def share_cpu(finetune: list[RunConfig], runs: list[RunConfig], resources: Resou
     adapted = planned_adaptation(decide(1))
     if adapted is not None:
         sharing = replace(sharing, load=load_line(adapted, cores))
-    sharing = replace(sharing, capped=capped_line(users_threads(), sharing.chosen.threads_each))
+    sharing = replace(sharing, capped=capped_line(share_rule(sharing.chosen.runs_at_once), sharing.chosen.threads_each))
     for res in [resources] + [c.resources for c in runs]:
         res.cpu_runs_at_once = sharing.chosen.runs_at_once
     return sharing
 
 
-def capped_line(users: int | None, threads_each: int) -> str:
-    """The plan's words where the user's OMP_NUM_THREADS asks more than a run gets: a count above its share's CPUs
-    is capped (host/threads.py); "" where it is unset or fits."""
-    if users is None or users <= threads_each:
+def capped_line(rule: ThreadPlan, threads_each: int) -> str:
+    """The plan's words where the job's rule capped the user's OMP_NUM_THREADS at its share's CPUs (host/threads.py);
+    "" where it is unset or fits."""
+    if rule.capped_from is None:
         return ""
-    return (f"OMP_NUM_THREADS={users}, set before tunelab, is more than a run's share of the CPUs: each run trains "
-            f"with {threads_each}, capped (more threads than CPUs wait for one another)")
+    return (f"OMP_NUM_THREADS={rule.capped_from}, set before tunelab, is more than a run's share of the CPUs: each run "
+            f"trains with {threads_each}, capped (more threads than CPUs wait for one another)")
 
 
 def load_line(adapted: Adaptation, cores: int) -> str:

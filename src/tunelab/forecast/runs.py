@@ -383,7 +383,7 @@ def estimate_run(cfg: RunConfig, gpu: GPU | None, lengths: list[int], val_length
         seconds=seconds,
         time_source=time.source,
         saves_in_time=time.saves_in_time,
-        finish_s=round(time.finish_s, 1) if seconds is not None and time.finish_s else None,
+        finish_s=round(time.finish_s, 2) if seconds is not None and time.finish_s else None,
         gpu_hours=round(seconds * nproc / 3600, 4) if seconds is not None and gpu is not None else None,
         slurm_time_limit=slurm_time_limit(seconds) if seconds is not None else None,
         processes=nproc,

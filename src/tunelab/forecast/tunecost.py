@@ -18,13 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.forecast.evalrun import RunEvalPrediction
 from tunelab.forecast.halving import REDUCTION_FACTOR, expected_finished, spent_share, validation_interval
-from tunelab.forecast.jobstart import training_import_s
+from tunelab.forecast.jobstart import warm_start_s as jobstart_warm_s
 from tunelab.fsutil import human_seconds
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate, TimeRange
 from tunelab.rundir.tuned import combination_runs
 from tunelab.spec import ExperimentSpec
-from tunelab.spec.resources import ExecutorKind
 from tunelab.spec.tune import objective_task
 
 
@@ -75,12 +74,9 @@ def trial_evaluations(spec: ExperimentSpec, runs: list[RunConfig], price: Callab
 
 
 def warm_start_s(spec: ExperimentSpec) -> float:
-    """What a warm-started trial skips of its start-up: the training stack's import as recorded here, where the
-    executor forks trials from a warm process (local); 0 on a scheduler, or with none recorded or timed here
-    (jobstart.training_import_s)."""
-    if spec.resources.executor != ExecutorKind.LOCAL:
-        return 0.0
-    return training_import_s() or 0.0
+    """What a warm-started trial skips of its start-up (jobstart.warm_start_s): a lane's trials fork from one warm
+    process on any device (tune/search.py; a sweep's GPU jobs start cold), so no GPU is passed."""
+    return jobstart_warm_s(spec.resources.executor, None)
 
 
 def search_costs(spec: ExperimentSpec, runs: list[RunConfig], estimates: dict[str, RunEstimate],
@@ -145,7 +141,7 @@ def _source(run: str, est: RunEstimate | None, trials: int, budget: float, share
            if steps_known else "the run's steps are not known: priced as if every trial trained its budget")
     warm = (f" − {trials - 1} × {warm_s:.1f} s: the trials after the first forked from a process that imported the "
             "training stack once (its import as recorded here)" if warm_s and trials > 1 else "")
-    calibration = (f", less its {est.finish_s:.1f} s step-cost calibration, which no trial takes"
+    calibration = (f", less its {est.finish_s:g} s step-cost calibration, which no trial takes"
                    if est is not None and est.finish_s else "")
     return (f"{trials} trials × (start-up {startup} s + {share:.2f} × {budget:g} × the rest of {run}'s predicted "
             f"training time{calibration} ({time})){warm}; {how}")

@@ -34,6 +34,7 @@ class ThreadPlan:
     source: str
     explicit: bool = False  # the user's OMP_NUM_THREADS, or torch's default asked for: tunelab sets no count
     limit: Limit | None = None
+    capped_from: int | None = None  # the user's OMP_NUM_THREADS where it asked more than the CPUs (`torch` is the cap)
 
 
 def thread_budget(cores: int, processes: int) -> int:
@@ -51,13 +52,13 @@ def decide(processes: int = 1, env: Mapping[str, str] | None = None) -> ThreadPl
         return ThreadPlan(None, cores.count, processes, OLD_BEHAVIOUR, True, cores.limit)
     omp = env.get("OMP_NUM_THREADS", "").strip()
     if omp and omp != env.get(MARK_ENV, "").strip():
-        n = int(omp) if omp.isdigit() and int(omp) > 0 else None
+        n = users_threads(env)  # None: a value torch cannot read either, left to torch as the user set it
         cpus = usable_cores(env)  # logical CPUs: a count above them is never the user's intent for this share
         if n is not None and n * processes > cpus.count:
             capped = thread_budget(cpus.count, processes)
             return ThreadPlan(capped, cores.count, processes, f"OMP_NUM_THREADS={omp}, set before tunelab, capped at "
                               f"{capped}: {processes} process(es) on {cpus.source} (more threads than CPUs wait for one "
-                              "another at every barrier)", limit=cores.limit)
+                              "another at every barrier)", limit=cores.limit, capped_from=n)
         return ThreadPlan(n, cores.count, processes, f"OMP_NUM_THREADS={omp}, set before tunelab: respected", True,
                           cores.limit)
     return ThreadPlan(thread_budget(cores.count, processes), cores.count, processes,
