@@ -33,12 +33,13 @@ runner = CliRunner()
 
 
 def _priced(speed, samples: int, prompt: int, generated: int, batch: int) -> float:
-    """Prefill + decode of `samples` rows of `prompt` tokens each generating `generated`, in batches of `batch`, by
-    evaltime.py's stated rule worked out here: each batch prefills rows × prompt tokens at the prefill speed, then
-    runs `generated` decode steps of (fixed + per row × rows) each."""
+    """Prefill + decode of `samples` rows of `prompt` tokens each generating `generated`, at a batch size of `batch`
+    on a CPU, by evaltime.py's stated rule worked out here: a decode batch holds two batch sizes of rows (its prefill
+    groups of equal prompts pad nothing), prefills rows × prompt tokens at the prefill speed, then runs `generated`
+    decode steps of (fixed + per row × rows) each."""
     seconds = 0.0
-    for start in range(0, samples, batch):
-        rows = min(batch, samples - start)
+    for start in range(0, samples, 2 * batch):
+        rows = min(2 * batch, samples - start)
         seconds += rows * prompt / speed.prefill_tokens_per_s
         seconds += generated * (speed.decode_fixed_s + speed.decode_row_s * rows)
     return seconds
@@ -61,15 +62,16 @@ def test_probe_records_generation_speed_and_predictions_use_it(write_spec, tiny_
     decode = 16 / (speed.decode_fixed_s + 16 * speed.decode_row_s)
     assert f"generation: prefill {speed.prefill_tokens_per_s:,.0f} tokens/s, decode {decode:,.0f} tokens/s at " \
            "batch 16" in res.output, res.output
-    # the next prediction of this model rests on the row: 32 samples of 40 prompt tokens, 12 new tokens each, in
-    # batches of 16 — two batches priced by hand from the row's figures, + the evaluator's assumed work per sample
+    # the next prediction of this model rests on the row: 32 samples of 40 prompt tokens, 12 new tokens each, at a
+    # batch size of 16 — one decode batch of 32 rows (two prefill groups) priced by hand from the row's figures, +
+    # the evaluator's assumed work per sample
     batch, prompt, new = 16, 40, 12
     got = predict_eval_time(model=tiny_model, gpu=None, samples=32, prompt_tokens=[prompt] * 32, max_tokens=new,
                             batch_size=batch, task="caps")
-    assert got.source == EvalSource.PROBED and got.batches == 2 and got.decode_steps == 2 * new
+    assert got.source == EvalSource.PROBED and got.batches == 1 and got.decode_steps == new
     assert got.speed == speed  # no history of this model and task: the probe's speed as it is
     assert got.prefill_s == pytest.approx(2 * batch * prompt / speed.prefill_tokens_per_s, abs=6e-4)
-    assert got.generation_s == pytest.approx(2 * new * (speed.decode_fixed_s + batch * speed.decode_row_s), abs=6e-4)
+    assert got.generation_s == pytest.approx(new * (speed.decode_fixed_s + 2 * batch * speed.decode_row_s), abs=6e-4)
     assert got.overhead_s == pytest.approx(32 * SAMPLE_OVERHEAD_S, abs=6e-4)
     expected = _priced(speed, 32, prompt, new, batch) + 32 * SAMPLE_OVERHEAD_S
     assert got.seconds == pytest.approx(expected, abs=6e-4), (got.seconds, expected)

@@ -1,6 +1,7 @@
 """Evaluation's predicted time (forecast/evaltime.py) against figures worked out by hand from the stated cost
-model — each batch prefills its rows left-padded to its longest prompt, then decodes until its longest answer
-at (fixed + per row × rows) per step —, the source ladder (history of the same model and task > probe >
+model — on a CPU a decode batch holds two batch sizes of rows, longest first, each prefill group (cut by length, one
+more group costing 33 prompt tokens) prefills its rows left-padded to its longest prompt, and the batch decodes
+until its longest answer at (fixed + per row × rows) per step —, the source ladder (history of the same model and task > probe >
 assumed), the history's generation table (ledger/generation.py) and the Slurm limits made from a prediction."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tunelab.ledger import generation
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationPoint, GenerationSpeed, ProbeResult
+from tunelab.spec.evaluation import Engine
 
 MODEL = "qwen2.5-0.5b"  # a catalog model: its architecture is known without a directory
 
@@ -42,26 +44,30 @@ def measured(task: str = "caps", device: str | None = "cpu", wall: float = 2.0, 
 def test_probed_speed_priced_batch_by_batch():
     got = predict_eval_time(model=MODEL, gpu=None, samples=5, prompt_tokens=[10, 20, 30, 40, 50],
                             answer_tokens=[3, 1, 5, 0, 2], max_tokens=4, batch_size=2, generation=[probed()])
-    # answers + end of turn, at most 4: [4, 2, 4, 1, 3]; the evaluator's cut, longest first (batchcut.py, a batch
-    # costing 4 steps × 21 tokens on a CPU: [50,40] [30,20] [10] and [50] [40,30] [20,10] tie, the larger first batch
-    # taken): batches [50,40] [30,20] [10]
+    # answers + end of turn, at most 4: [4, 2, 4, 1, 3]; decode batches of 2 × 2 rows, longest first: [50,40,30,20]
+    # and [10]; the first's prefill groups (batchcut.py, at most 2 rows, a group costing 33 tokens): [50,40] [30,20]
+    # (100 + 60 + 66 against [50] [40,30] [20]: 50 + 80 + 20 + 99, and every other split)
     # prefill: 2×50/1000 + 2×30/1000 + 1×10/1000 = 0.17
-    # decode: 3 steps × (0.01 + 2×0.002) + 4 × 0.014 + 4 × (0.01 + 0.002) = 0.146
+    # decode: 4 steps (its longest answer) × (0.01 + 4×0.002) + 4 × (0.01 + 0.002) = 0.12
     # the evaluator's own work: 5 samples × 15 ms = 0.075
     assert SAMPLE_OVERHEAD_S == 0.015
     assert got.source == EvalSource.PROBED and "probed on cpu" in got.detail
-    assert got.prefill_s == pytest.approx(0.17) and got.generation_s == pytest.approx(0.146)
+    assert got.prefill_s == pytest.approx(0.17) and got.generation_s == pytest.approx(0.12)
     assert got.overhead_s == pytest.approx(0.075)
-    assert got.seconds == pytest.approx(0.391) and got.decode_steps == 11 and got.batches == 3
-    # the worst case decodes 4 steps in every batch: 0.056 + 0.056 + 0.048
-    assert got.upper_s == pytest.approx(0.17 + 0.16 + 0.075)
+    assert got.seconds == pytest.approx(0.365) and got.decode_steps == 8 and got.batches == 2
+    # the worst case decodes 4 steps in every batch: here the same
+    assert got.upper_s == pytest.approx(0.17 + 0.12 + 0.075)
 
 
-def test_a_long_prompt_is_priced_in_a_batch_of_its_own_as_the_evaluator_cuts_it():
+def test_a_long_prompt_is_prefilled_in_a_group_of_its_own_and_decoded_with_the_rest():
     got = predict_eval_time(model=MODEL, gpu=None, samples=16, prompt_tokens=[400] + [50] * 15, max_tokens=2,
                             batch_size=16, generation=[probed()])
-    # a batch costs 2 × 21 = 42 tokens: [400] [50 × 15] (400 + 750 + 84 against 16 × 400 + 42)
-    assert got.batches == 2 and got.prefill_s == pytest.approx((400 + 15 * 50) / 1000)
+    # a group costs 33 tokens: [400] [50 × 15] (400 + 750 + 66 against 16 × 400 + 33); one decode batch of 16
+    assert got.batches == 1 and got.prefill_s == pytest.approx((400 + 15 * 50) / 1000)
+    assert got.generation_s == pytest.approx(2 * (0.01 + 16 * 0.002))
+    on_gpu = predict_eval_time(model=MODEL, gpu=None, samples=16, prompt_tokens=[400] + [50] * 15, max_tokens=2,
+                               batch_size=8, generation=[probed()], engine=Engine.VLLM)
+    assert on_gpu.batches == 2 and on_gpu.prefill_s == pytest.approx((8 * 400 + 8 * 50) / 1000)  # by rows only
 
 
 def test_unknown_answers_run_to_max_tokens_and_short_prompt_lists_continue_with_their_mean():
@@ -74,20 +80,20 @@ def test_unknown_answers_run_to_max_tokens_and_short_prompt_lists_continue_with_
 
 def test_history_of_the_same_model_and_task_calibrates_the_speed_and_gives_the_lengths():
     rows = [probed(), measured()]
-    # the past evaluation: 2 batches of 5 rows of 20 prompt tokens, 3 tokens generated each (30 / 10), alone it
-    # took 2.0 s / 2 tasks at once = 1.0 s; the probed speed prices it at 2 × (5×20/1000 + 3 × (0.01 + 5×0.002))
-    # + 10 × 0.015 = 0.47 s, so every part takes 1.0 / 0.47 × as long
-    ratio = 1.0 / 0.47
+    # the past evaluation: 10 rows of 20 prompt tokens at a batch size of 5, 3 tokens generated each (30 / 10), alone
+    # it took 2.0 s / 2 tasks at once = 1.0 s; the probed speed prices it as one decode batch of 10 rows in two
+    # prefill groups: 10×20/1000 + 3 × (0.01 + 10×0.002) + 10 × 0.015 = 0.44 s, so every part takes 1.0 / 0.44 × as long
+    ratio = 1.0 / 0.44
     same = predict_eval_time(model=MODEL, gpu=None, samples=10, prompt_tokens=[20] * 10, answer_tokens=[9] * 10,
                              max_tokens=8, batch_size=5, task="caps", generation=rows)
-    assert same.source == EvalSource.HISTORY and "1 evaluation(s)" in same.detail and "×2.13" in same.detail
+    assert same.source == EvalSource.HISTORY and "1 evaluation(s)" in same.detail and "×2.27" in same.detail
     assert same.seconds == pytest.approx(1.0)  # the measured workload again: the measured time
-    assert same.decode_steps == 6  # 3 per batch, the measured lengths, not the references' 9 + 1
+    assert same.decode_steps == 3  # 3 in its one decode batch, the measured lengths, not the references' 9 + 1
     double = predict_eval_time(model=MODEL, gpu=None, samples=20, prompt_tokens=[20] * 20, max_tokens=8,
                                batch_size=5, task="caps", generation=rows)
     assert double.seconds == pytest.approx(2.0)
-    # the worst case: 8 steps per batch at the calibrated speed: (4 × (0.1 + 8 × 0.02) + 20 × 0.015) × ratio
-    assert double.upper_s == pytest.approx((4 * (0.1 + 8 * 0.02) + 20 * 0.015) * ratio, rel=1e-3)
+    # the worst case: 8 steps in each of its 2 decode batches at the calibrated speed
+    assert double.upper_s == pytest.approx((2 * (0.2 + 8 * 0.03) + 20 * 0.015) * ratio, rel=1e-3)
 
 
 def test_history_counts_only_the_same_task_and_device():

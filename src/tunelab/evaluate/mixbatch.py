@@ -2,9 +2,9 @@
 (shared.py owns the weights, mixgen.py generates a batch).
 
 The leader works as hf.Batcher's, but gathers until the queue is quiet. A batch starts with the longest prompt waiting
-(of the last batch's adapter while its rows last: one merge each, shared.py), its own adapter's rows fill it first, as
-many as batchcut.py's length cut puts in a batch (PEFT's plain path, merged on a CPU), then, below `fill_below`, other
-adapters' rows fill its tail. How far mixing pays is the device's: on a GPU a decode step costs about the same for any
+(of the last batch's adapter while its rows last: one merge each, shared.py), its own adapter's rows fill it first, up
+to batchcut.decode_rows (PEFT's plain path, merged on a CPU; shared.py prefills them in length groups and decodes them
+as one, groupfill.py), then, below `fill_below`, other adapters' rows fill its tail, up to a batch size. How far mixing pays is the device's: on a GPU a decode step costs about the same for any
 rows, so a short batch is always filled; on a CPU rows cost, PEFT's mixed path copies each adapter's rows and runs
 unmerged, so no batch is mixed unless asked (docs/evaluation.md). A failed mixed batch is run again adapter by adapter,
 so an error reaches only the target that causes it."""
@@ -17,7 +17,6 @@ from typing import TypeVar, cast
 
 import anyio
 
-from tunelab.evaluate.batchcut import first_sizes
 from tunelab.evaluate.hf import Batcher, BatchSettings, Generation, _Request, deliver
 from tunelab.evaluate.mixgen import BASE, Row
 
@@ -41,11 +40,11 @@ class MixedBatcher(Batcher):
     """Batches the generate() calls of every target of a pass (submit through AdapterQueue)."""
 
     def __init__(self, run_rows: RunRows, batch_size: int, fill_below: int | None = None,
-                 step_tokens: float | None = None):
+                 decode_rows: int | None = None):
         super().__init__(None, batch_size)
         self._run_rows = run_rows
         self._fill_below = batch_size if fill_below is None else fill_below
-        self._step_tokens = step_tokens  # a decode step in prompt tokens (batchcut.py); None: cut by rows only
+        self._decode_rows = decode_rows or batch_size  # one adapter's rows a batch holds (batchcut.decode_rows)
         self._adapter = BASE  # the last batch's adapter: its rows go on while they last (one merge each, shared.py)
         self.batches = 0  # batches run, and how many of them held more than one adapter
         self.mixed = 0
@@ -61,7 +60,7 @@ class MixedBatcher(Batcher):
 
     def _run_next(self) -> None:
         batch = cut_batch(self._pending, lambda r: r.prompt_ids, _key, self._batch_size, self._fill_below,
-                          self._step_tokens, self._adapter)
+                          self._decode_rows, self._adapter)
         self._adapter = _key(batch[0]).adapter
         self._pending = [r for r in self._pending if not any(r is b for b in batch)]
         # a batch tensor that does not depend on the order in which inspect delivered the samples
@@ -79,7 +78,7 @@ class MixedBatcher(Batcher):
         out: list[Generation | BaseException | None] = [None] * len(rows)
         while pending:
             batch = cut_batch(pending, lambda i: rows[i].prompt_ids, lambda i: _settings(rows[i]), self._batch_size,
-                              self._fill_below, self._step_tokens, self._adapter)
+                              self._fill_below, self._decode_rows, self._adapter)
             self._adapter = rows[batch[0]].adapter
             chosen = set(batch)
             pending = [i for i in pending if i not in chosen]
@@ -112,20 +111,17 @@ class MixedBatcher(Batcher):
 
 
 def cut_batch(pending: list[T], prompt: Callable[[T], list[int]], key: Callable[[T], RowKey], batch_size: int,
-              fill_below: int, step_tokens: float | None = None, prefer: str | None = None) -> list[T]:
+              fill_below: int, decode_rows: int | None = None, prefer: str | None = None) -> list[T]:
     """The next batch from what waits: the longest prompt first (of `prefer`'s rows while any wait), its own adapter's
-    rows (of the same end tokens), longest first, as many as batchcut.py's cut puts in its first batch (`step_tokens`
-    None: batch_size); when they are fewer than `fill_below`, the other adapters' rows, longest first, fill its tail."""
+    rows (of the same end tokens), longest first, up to `decode_rows` (None: batch_size); when they are fewer than
+    `fill_below`, the other adapters' rows, longest first, fill its tail up to batch_size."""
     preferred = [r for r in pending if key(r).adapter == prefer]
     head = max(preferred or pending, key=lambda r: len(prompt(r)))
     stops, adapter = key(head).stop_ids, key(head).adapter
     longest_first = sorted((r for r in pending if key(r).stop_ids == stops), key=lambda r: -len(prompt(r)))
     own = [r for r in longest_first if key(r).adapter == adapter]
     if len(own) >= fill_below:
-        if step_tokens is None:
-            return own[:batch_size]
-        cost = step_tokens * max(key(r).max_new_tokens for r in own)
-        return own[:first_sizes([len(prompt(r)) for r in own], batch_size, cost)[0]]
+        return own[:decode_rows or batch_size]
     return (own + [r for r in longest_first if key(r).adapter != adapter])[:batch_size]
 
 

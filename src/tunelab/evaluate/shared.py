@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.batchcut import decode_step_tokens
+from tunelab.evaluate.batchcut import decode_rows, prefill_groups
+from tunelab.evaluate.groupfill import decodes_together, grouped_inputs
 from tunelab.evaluate.hf import (
     WEIGHT_LOADS,
     BatchSettings,
@@ -55,6 +56,7 @@ class SharedWeights(LocalLM):
         self.served: dict[str | None, str] = {}  # adapter path (None: the base alone) -> its name in a batch
         self.prompts = {}  # every target of the pass formats the same samples: each prompt is encoded once
         self.batcher: MixedBatcher | None = None
+        self.group_rows = 16  # a prefill group's rows at most: the pass's batch size (start_batching)
         self._count = 0
         self._answering = BASE
         self._merged: Merged | None = None  # the adapter merged into the base now (merging.py)
@@ -168,15 +170,45 @@ class SharedWeights(LocalLM):
             unmerge(self.model, merged)
 
     def generate_rows(self, rows: list[Row], stop_ids: list[int]) -> list[Generation]:
-        """Decode rows of their own adapters and settings (mixgen.py), each cut as LocalLM.generate_batch cuts one."""
+        """Decode rows of their own adapters and settings (mixgen.py), each cut as LocalLM.generate_batch cuts one:
+        in prefill groups by length (batchcut.prefill_groups), decoded as one where they can be (groupfill.py), else
+        each group a generate() of its own."""
         import torch
 
         kill_point("eval.generate")  # the fault benchmark: mid-evaluation
+        prompts = [r.prompt_ids for r in rows]
+        groups = prefill_groups([len(p) for p in prompts], self.group_rows, self.device)
         with torch.inference_mode(), _quiet_peft_hooks(), self._weights_for([r.adapter for r in rows]) as names:
+            if names or len(groups) == 1:  # a mixed batch (PEFT names each row's adapter), or one group
+                return self._generate(rows, stop_ids, names)
+            order = [i for g in groups for i in g]
+            inputs = self._grouped(prompts, groups)
+            if inputs is not None:
+                answers = self._generate([rows[i] for i in order], stop_ids, names, inputs)
+            else:  # groups that cannot be decoded as one: a generate() each
+                answers = [a for g in groups for a in self._generate([rows[i] for i in g], stop_ids, names)]
+        back: list[Generation | None] = [None] * len(rows)
+        for i, answer in zip(order, answers):
+            back[i] = answer
+        return back  # type: ignore[return-value]  # every row is in one group
+
+    def _grouped(self, prompts: list[list[int]], groups: list[list[int]]) -> dict[str, Any] | None:
+        """generate()'s inputs for one adapter's groups decoded as one (groupfill.py), or None: they cannot be."""
+        prefix = shared_prefix(prompts) if shares_prefix(self.device) else 0
+        if not decodes_together(groups, [len(p) for p in prompts], prefix):
+            return None
+        return grouped_inputs(self.model, prompts, groups, prefix, self.pad_id, self.device)
+
+    def _generate(self, rows: list[Row], stop_ids: list[int], names: dict[str, Any],
+                  inputs: dict[str, Any] | None = None) -> list[Generation]:
+        """One generate() of these rows, inside generate_rows' weights: `inputs` given, or laid out here."""
+        import torch
+
+        if inputs is None:
             inputs = self._inputs([r.prompt_ids for r in rows], prefixed=not names)
-            width = inputs["input_ids"].shape[1]
-            args = generate_args(rows, stop_ids, self.pad_id, self.tokenizer, width, self.device)
-            out = self.model.generate(**inputs, **names, **args)
+        width = inputs["input_ids"].shape[1]
+        args = generate_args(rows, stop_ids, self.pad_id, self.tokenizer, width, self.device)
+        out = self.model.generate(**inputs, **names, **args)
         logps = torch.stack(out.logits, 1).float().log_softmax(-1) if out.logits is not None else None
         return [self.generation(tokens, stop_ids, r.settings.stop_seqs,
                                 logps[i] if logps is not None and r.settings.top_logprobs is not None else None,
@@ -213,8 +245,9 @@ class SharedWeights(LocalLM):
         fill = str(self.device).startswith("cuda") if fill is None else fill
         # unasked, a CPU mixes no adapters: a mixed batch takes PEFT's unmerged path, an adapter's own is merged
         fill_below = batch_size if fill else 1 if merges_adapters(self.device) else batch_size // 2
+        self.group_rows = batch_size
         self.batcher = MixedBatcher(self.generate_rows, batch_size, fill_below=fill_below,
-                                    step_tokens=decode_step_tokens(self.device))
+                                    decode_rows=decode_rows(batch_size, self.device))
         return self.batcher
 
     def release(self) -> None:

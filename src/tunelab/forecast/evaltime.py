@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import median
 
 from tunelab.catalog import GPU, Architecture
-from tunelab.evaluate.batchcut import batch_cost, cut
+from tunelab.evaluate.batchcut import decode_batches
 from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 from tunelab.forecast.jobstart import architecture_or_none, eval_start
 from tunelab.forecast.speed import DEFAULT_MFU
@@ -175,19 +175,18 @@ def _per_sample(values: tuple[int, ...], samples: int) -> list[int]:
 
 
 def _price(work: EvalWorkload, speed: GenerationSpeed, lengths: list[int]) -> tuple[float, int, float, int]:
-    """(prefill s, decode steps, generation s, batches) over the samples in the batches the evaluator cuts
-    (evaluate/batchcut.py: by length, at most work.batch_size rows): each batch prefills its rows left-padded to its
-    longest prompt, then decodes until its longest answer."""
+    """(prefill s, decode steps, generation s, batches) over the samples in the batches the evaluator runs
+    (evaluate/batchcut.decode_batches): each prefill group pads its rows to its longest prompt, and each decode batch
+    decodes until its longest answer."""
     prompts = _per_sample(work.prompt_tokens, work.samples)
-    cost = batch_cost(work.max_tokens, work.device) if work.engine == Engine.HF else None
+    device = work.device if work.engine == Engine.HF else None  # a server batches its own way: by rows only
     prefill = generation = 0.0
     steps = batches = 0
-    for batch in cut(prompts, max(1, work.batch_size), cost) if work.samples else []:
-        rows = len(batch)
-        longest_prompt = max(prompts[i] for i in batch)
-        batch_steps = max(lengths[i] for i in batch)
-        prefill += rows * longest_prompt / speed.prefill_tokens_per_s
-        generation += batch_steps * (speed.decode_fixed_s + speed.decode_row_s * rows)
+    for batch in decode_batches(prompts, max(1, work.batch_size), device) if work.samples else []:
+        rows = [i for group in batch for i in group]
+        prefill += sum(len(group) * max(prompts[i] for i in group) for group in batch) / speed.prefill_tokens_per_s
+        batch_steps = max(lengths[i] for i in rows)
+        generation += batch_steps * (speed.decode_fixed_s + speed.decode_row_s * len(rows))
         steps += batch_steps
         batches += 1
     return prefill, steps, generation, batches
