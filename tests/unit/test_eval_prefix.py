@@ -41,7 +41,14 @@ def test_rows_after_a_shared_prefix_answer_as_each_alone(tiny_model, adapter):
     assert len(head) >= MIN_PREFIX + 4
     prompts = [head + tok.encode(f" {w}") for w in ("apple", "be", "cherry tree grove", "do")]
     assert "past_key_values" in shared._inputs(prompts, prefixed=True)  # the prefix path is the one taken
-    stop = [tok.eos_token_id]
+    assert_answers_as_alone(shared, tiny_model, adapter, prompts)
+    shared.release()
+
+
+def assert_answers_as_alone(shared: SharedWeights, tiny_model: Path, adapter: Path, prompts: list[list[int]]) -> None:
+    """Every prompt answered by the pass (its one adapter's rows, then the controls') as its target's own weights
+    answer it alone: the same tokens, the same top log-probabilities."""
+    stop = [shared.tokenizer.eos_token_id]
     name = shared.adapters()[0]
     for who, path in ((name, adapter), (BASE, None)):
         rows = [Row(p, who, BatchSettings(6, top_logprobs=3)) for p in prompts]
@@ -54,7 +61,6 @@ def test_rows_after_a_shared_prefix_answer_as_each_alone(tiny_model, adapter):
             for m, t in zip(mine.logprobs, theirs.logprobs):
                 assert [x for x, _ in m.top] == [x for x, _ in t.top]
                 assert [lp for _, lp in m.top] == pytest.approx([lp for _, lp in t.top], abs=1e-4)
-    shared.release()
 
 
 @pytest.mark.parametrize("kernel", ["aten", "onednn"])

@@ -24,6 +24,19 @@ def decodes_together(groups: Sequence[Sequence[int]], lengths: Sequence[int], pr
     return len(groups) > 1 and all(max(lengths[i] for i in g) - 1 > prefix for g in groups)
 
 
+def cache_bytes(config: Any, rows: int, width: int, dtype_bytes: int) -> int | None:
+    """The keys and values a decode batch of `rows` rows `width` tokens wide holds (every layer), from the model's
+    config; None where the config does not say its layers and heads."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    layers, heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_attention_heads", None)
+    hidden = getattr(text, "hidden_size", None)
+    if not (layers and heads and hidden):
+        return None
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * rows * width * dtype_bytes
+
+
 def grouped_inputs(model: Any, prompts: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], prefix: int,
                    pad_id: int, device: str) -> dict[str, Any] | None:
     """generate()'s inputs for `prompts` in the groups' order (their indices concatenated): ids and mask laid out as

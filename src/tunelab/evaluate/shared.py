@@ -21,7 +21,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.batchcut import decode_rows, prefill_groups
-from tunelab.evaluate.groupfill import decodes_together, grouped_inputs
+from tunelab.evaluate.groupfill import cache_bytes, decodes_together, grouped_inputs
 from tunelab.evaluate.hf import (
     WEIGHT_LOADS,
     BatchSettings,
@@ -37,6 +37,10 @@ from tunelab.evaluate.mixgen import BASE, Row, generate_args, row_tokens
 from tunelab.evaluate.prefix import mid_padded, prefix_cache, shared_prefix, shares_prefix
 from tunelab.faults import kill_point
 from tunelab.host.device import merges_adapters
+
+# A batch decoded as one holds every row's keys and values at the batch's width (groupfill.py): joined only while
+# they take at most this share of the free memory; above, each prefill group decodes on its own (smaller caches).
+CACHE_SHARE = 4
 
 
 class SharedWeights(LocalLM):
@@ -196,6 +200,9 @@ class SharedWeights(LocalLM):
         """generate()'s inputs for one adapter's groups decoded as one (groupfill.py), or None: they cannot be."""
         prefix = shared_prefix(prompts) if shares_prefix(self.device) else 0
         if not decodes_together(groups, [len(p) for p in prompts], prefix):
+            return None
+        held = cache_bytes(self.model.config, len(prompts), max(map(len, prompts)), self.model.dtype.itemsize)
+        if held is None or held > free_bytes(self.device) // CACHE_SHARE:  # the groups' own caches are smaller
             return None
         return grouped_inputs(self.model, prompts, groups, prefix, self.pad_id, self.device)
 
