@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from tunelab.diskcache import cached_json, store_json, stored_json, this_environment
 from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.host.machine import machine_key
 from tunelab.host.startup import import_stack
 
 KIND = "stack-imports"
@@ -59,7 +59,7 @@ def _key(stack: Stack) -> list[object]:
             versions.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             versions.append(f"{name} absent")
-    return [socket.gethostname(), os.cpu_count(), this_environment(), str(stack), versions]
+    return [*machine_key(), this_environment(), str(stack), versions]
 
 
 def record_import(stack: Stack, seconds: float, window: LoadWindow | None) -> None:

@@ -14,7 +14,6 @@ with one core train one at a time; a number set in the spec is kept, its estimat
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
@@ -26,6 +25,7 @@ from tunelab.forecast.planscope import priced_together
 from tunelab.host.adapt import Adaptation, adapts, load_while_planning, planned_adaptation, threads_left
 from tunelab.host.cgroup import host_memory_gib
 from tunelab.host.cores import CPUS_ENV, cpu_list, job_shares, usable_cores
+from tunelab.host.machine import machine_key
 from tunelab.host.threads import ThreadPlan, decide
 from tunelab.rundir.config import RunConfig
 from tunelab.rundir.estimate import RunEstimate
@@ -87,7 +87,7 @@ def cpu_threads(under_load_now: bool = True) -> int:
         return torch.get_num_threads()
 
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    key = [socket.gethostname(), os.cpu_count(), affinity, os.environ.get("OMP_NUM_THREADS"), version("torch")]
+    key = [*machine_key(), affinity, os.environ.get("OMP_NUM_THREADS"), version("torch")]
     return int(cached_json("torch-threads", key, ask))
 
 

@@ -20,8 +20,6 @@ not time again — a contended timing only for CONTENDED_KEEP_S.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from tunelab.forecast.planscope import priced_counts, still_fresh
 from tunelab.forecast.speed import flops_per_token, forward_flops_per_token, step_flops_per_token
 from tunelab.forecast.speedhistory import RECOMPUTE_FACTOR, contention_note
 from tunelab.forecast.step_rounds import MIN_STEPS, TIME_BUDGET_S, another_round, timed_round
+from tunelab.host.machine import machine_key
 from tunelab.models.linear_kernel import MatmulKernel, linear_mode
 from tunelab.models.lora import lora_config
 from tunelab.models.loss_positions import calibration_labels, kept_logits_inputs
@@ -118,7 +117,7 @@ def _step_key(cfg: RunConfig, batch: int, seq: int, threads: int | None) -> list
     _timed_shape)."""
     t = cfg.training
     assert t is not None
-    return [socket.gethostname(), os.cpu_count(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
+    return [*machine_key(), threads, file_digests([f"{cfg.model.path}/config.json"]), batch,
             seq, t.lora_targets_text, sorted(t.modules_to_save), t.gradient_checkpointing, "kept-forward+save+rank+linear",
             linear_mode()]
 
@@ -190,7 +189,7 @@ def thread_words(counts: Iterable[int | None]) -> str:
 
 def cpu_flops(hidden: int, threads: int | None) -> float:
     """This CPU's float32 FLOP/s on a product at this hidden size, timed once per machine and thread count."""
-    key = [socket.gethostname(), os.cpu_count(), threads, hidden, linear_mode(), "linear-kernel"]
+    key = [*machine_key(), threads, hidden, linear_mode(), "linear-kernel"]
     return float(cached_json("cpu-matmul", key, lambda: _time_matmul(hidden, threads))["flops"])
 
 
@@ -347,7 +346,7 @@ def timed_startup(model_path: str, parameters: int, imports_s: float | None = No
 
 
 def _job_imports_key() -> list[Any]:
-    return [socket.gethostname(), os.cpu_count(), this_environment(), version("torch"), version("transformers")]
+    return [*machine_key(), this_environment(), version("torch"), version("transformers")]
 
 
 def kept_job_import() -> float | None:

@@ -13,7 +13,6 @@ the load predicts and kept for cpuspeed.py's CONTENDED_KEEP_S only, as the shape
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tunelab.diskcache import cached_json, store_json, stored_json, this_environ
 from tunelab.forecast import loopjob
 from tunelab.forecast.cpuspeed import thread_words
 from tunelab.forecast.planscope import priced_counts, still_fresh
+from tunelab.host.machine import machine_key
 
 LOOP_BOUND_S = 0.02  # the most the job's loop adds to a step on a CPU, assumed: ~4x the 5.2 ms measured here
 UNSEEN_SHARE = 0.02  # a loop at LOOP_BOUND_S under this share of a step hides in the step timing's own spread
@@ -69,7 +69,7 @@ def ahead(cpu_plan: bool) -> Iterator[None]:
 
 
 def _key(threads: int | None) -> list[Any]:
-    return [socket.gethostname(), os.cpu_count(), threads, this_environment(), version("torch"),
+    return [*machine_key(), threads, this_environment(), version("torch"),
             version("transformers"), version("trl"), version("peft")]
 
 

@@ -14,8 +14,6 @@ an empty input) takes PyTorch's own `F.linear`. `TUNELAB_CPU_MATMUL=aten|onednn|
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import types
 from functools import lru_cache
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from tunelab.diskcache import cached_json
+from tunelab.host.machine import machine_key
 from tunelab.models.linear_kernel import ENV, KernelChoice, MatmulKernel, linear_mode, pick
 
 TIMED_ROWS = 256  # rows of the product timed for the choice (a micro-batch's tokens, or a batch's prompts)
@@ -122,7 +121,7 @@ def _time_both(in_features: int, out_features: int) -> dict[str, Any]:
 
 @lru_cache(maxsize=64)
 def _chosen(in_features: int, out_features: int, threads: int) -> KernelChoice:
-    key = [socket.gethostname(), os.cpu_count(), version("torch"), threads, in_features, out_features]
+    key = [*machine_key(), version("torch"), threads, in_features, out_features]
     got = cached_json("cpu-linear", key, lambda: _time_both(in_features, out_features))
     return KernelChoice(MatmulKernel(got["kernel"]), got["why"])
 

@@ -1,0 +1,46 @@
+"""host/machine.py: a timing cached on one CPU is not reused on another of the same host name and CPU count (this
+project's VM moved from an AMD EPYC to an Intel Xeon under the same name): the CPU's model read from /proc/cpuinfo's
+format, and the linear-kernel choice timed again, through the real disk cache, when only the model differs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.host import machine
+from tunelab.models import cpu_linear
+
+
+def test_the_cpu_model_is_cpuinfos_first_model_name_else_the_platforms(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B45 128-Core\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9B45 128-Core\n")
+    machine.cpu_model.cache_clear()
+    try:
+        assert machine.cpu_model(info) == "AMD EPYC 9B45 128-Core"
+        empty = tmp_path / "cpuinfo-empty"
+        empty.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name is none
+        assert machine.cpu_model(empty) not in ("", "AMD EPYC 9B45 128-Core")
+        assert machine.cpu_model(tmp_path / "absent") not in ("", "AMD EPYC 9B45 128-Core")
+    finally:
+        machine.cpu_model.cache_clear()
+
+
+def test_a_kernel_choice_timed_on_one_cpu_is_timed_again_on_another(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TUNELAB_CPU_MATMUL", raising=False)
+    timed: list[str] = []
+
+    def time_both(in_features: int, out_features: int) -> dict[str, str]:
+        timed.append(machine.cpu_model())
+        return {"kernel": "aten", "why": f"timed on {machine.cpu_model()}"}
+
+    monkeypatch.setattr(cpu_linear, "_time_both", time_both)
+    for model in ("AMD EPYC 9B45", "Intel Xeon @ 2.80GHz", "AMD EPYC 9B45"):
+        monkeypatch.setattr(machine, "cpu_model", lambda model=model: model)
+        cpu_linear._chosen.cache_clear()  # this process's memory of it: a new process asks the disk cache
+        assert cpu_linear.choose(32, 48).reason == f"timed on {model}"
+    assert timed == ["AMD EPYC 9B45", "Intel Xeon @ 2.80GHz"]  # the EPYC's timing kept for the EPYC
+    cpu_linear._chosen.cache_clear()
