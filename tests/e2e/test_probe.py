@@ -57,6 +57,8 @@ def test_probe_gives_every_run_a_measured_time(write_spec, spec_in, tmp_path, mo
     cores = len(os.sched_getaffinity(0))  # the probe's steps ran on this process's cores (nothing pinned them)
     for r in rows:
         assert r["device"] == "cpu" and r["memory_kind"] == "host_max_rss" and r["peak_memory_gib"] > 0
+        assert r["cpu_model"] == next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                      if line.startswith("model name"))  # a row prices this CPU's runs only
         # 8 rows of the capitalization set's 27 tokens each (its words are of one length: no padding)
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 8 * 27 and str(spec) in r["origin_where"]
         assert r["lora_rank"] in (4, 8) and r["batch_size"] == 8

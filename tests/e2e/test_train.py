@@ -52,6 +52,9 @@ def test_train_writes_metrics_checkpoints_and_summary(finished_sweep):
     assert summary["save_s"] * epochs <= summary["overhead_s"] + 1e-3  # each rounded (to 0.1 and 1 ms)
     (row,) = [r for r in history.load(everything=True) if r.key == training_key(load_run_config(run_dir))]
     assert row.save_s == summary["save_s"]
+    # the CPU it trained on, as the kernel's /proc/cpuinfo names it: a history row priced only this CPU's runs
+    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    assert summary["cpu_model"] == row.cpu_model == cpu
     assert summary["final_loss"] == train_rows[-1]["loss"] and summary["final_val_loss"] == val_rows[-1]["val_loss"]
     # 5-letter words in one prompt format: all the same length, so no padding at all, and each logged row has
     # counted step × 8 examples of that length

@@ -1,6 +1,7 @@
 """host/machine.py: a timing cached on one CPU is not reused on another of the same host name and CPU count (this
 project's VM moved from an AMD EPYC to an Intel Xeon under the same name): the CPU's model read from /proc/cpuinfo's
-format, and the linear-kernel choice timed again, through the real disk cache, when only the model differs."""
+format, the linear-kernel choice timed again, through the real disk cache, when only the model differs, and a
+history row of another CPU left out of a run's speed."""
 
 from __future__ import annotations
 
@@ -44,3 +45,25 @@ def test_a_kernel_choice_timed_on_one_cpu_is_timed_again_on_another(monkeypatch:
         assert cpu_linear.choose(32, 48).reason == f"timed on {model}"
     assert timed == ["AMD EPYC 9B45", "Intel Xeon @ 2.80GHz"]  # the EPYC's timing kept for the EPYC
     cpu_linear._chosen.cache_clear()
+
+
+def test_a_history_row_of_another_cpu_does_not_price_this_ones_runs(tiny_model: Path) -> None:
+    from tunelab.catalog import resolve_architecture
+    from tunelab.forecast.speedhistory import speed_from_history
+    from tunelab.ledger.history import HistoryRun
+
+    arch = resolve_architecture(tiny_model)
+
+    def row(key: str, cpu: str | None, tps: float) -> HistoryRun:
+        return HistoryRun(key=key, source="tunelab", origin="measured", model="tiny", layers=arch.layers,
+                          hidden=arch.hidden, parameters=arch.parameters, device="cpu", cpu_model=cpu,
+                          tokens_per_step=216.0, tokens_per_s=tps, steps=40)
+
+    here, other = machine.cpu_model(), "Some Other CPU @ 9.99GHz"
+    assert here != other
+    rows = [row("other", other, 9000.0), row("here", here, 1000.0)]
+    speed = speed_from_history(arch, None, 216.0, 27, rows)
+    assert [r.key for r in speed.rows] == ["here"] and speed.tokens_per_s == 1000.0
+    unknown = [row("other", other, 9000.0), row("before", None, 2000.0)]  # recorded before the field: kept
+    assert [r.key for r in speed_from_history(arch, None, 216.0, 27, unknown).rows] == ["before"]
+    assert speed_from_history(arch, None, 216.0, 27, rows[:1]).tokens_per_s is None  # nothing of this CPU

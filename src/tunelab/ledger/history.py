@@ -93,6 +93,8 @@ class HistoryRun:
     """The device it ran on, e.g. 'NVIDIA H100 80GB HBM3' or cpu."""
     cpu_threads: int | None = None
     """Torch threads on a CPU run."""
+    cpu_model: str | None = None
+    """The CPU's model a CPU run trained on (host/machine.py); None: a GPU's, or not recorded."""
     packed: bool | None = None
     """Sequences packed (padding-free)."""
     batch_size: int | None = None
@@ -298,6 +300,7 @@ def from_run_dir(cfg: RunConfig, summary: Summary, key: str | None = None, job: 
         parameters=params,
         device=summary.device,
         cpu_threads=summary.cpu_threads,
+        cpu_model=summary.cpu_model,
         packed=t.packing,
         batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,

@@ -174,6 +174,7 @@ class Summary(JsonRecord):
     device: str | None = None  # the GPU's name, or "cpu"
     gpu_memory_total_gib: float | None = None
     cpu_threads: int | None = None  # torch's threads in each process (threads: how they were chosen)
+    cpu_model: str | None = None  # the CPU's model on a CPU run (host/machine.py); None on a GPU, or not recorded
     threads: ThreadUse | None = None
     dtype: str | None = None
     activation_checkpointing: bool | None = None

@@ -10,6 +10,7 @@ from typing import Any
 from tunelab.host import threads
 from tunelab.host.adapt import taken
 from tunelab.host.cpuload import LoadWindow
+from tunelab.host.machine import cpu_model
 from tunelab.models.attention import VARLEN_IMPLEMENTATION
 from tunelab.models.varlen import kernels_used
 from tunelab.rundir import layout
@@ -84,7 +85,7 @@ def summarize(run_dir: Path, cfg: RunConfig, rows: list[MetricRow], *, steps: in
         world_size=facts.world_size, distributed=facts.distributed, processes=facts.processes,
         effective_batch_size=facts.effective_batch_size, trainable_params=facts.trainable_params,
         total_params=facts.total_params, device=facts.device, gpu_memory_total_gib=facts.gpu_memory_total_gib,
-        cpu_threads=facts.cpu_threads, threads=facts.threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
+        cpu_threads=facts.cpu_threads, cpu_model=facts.cpu_model, threads=facts.threads, dtype=facts.dtype, activation_checkpointing=facts.activation_checkpointing,
         attention=facts.attention, attention_kernel=facts.attention_kernel, restarts=facts.restarts, versions=facts.versions, pid=facts.pid,
         load=load, process_started_at=facts.process_started_at, started_warm=facts.started_warm or None,
         warm_imports_s=round(facts.warm_imports_s, 3) if facts.warm_imports_s is not None else None,
@@ -115,6 +116,7 @@ class RunFacts:
     process_started_at: str | None = None  # this process's creation (ISO 8601 UTC): where its dispatch ends
     started_warm: bool = False  # forked from a warm process (train/warm.py): its start-up holds no imports
     warm_imports_s: float | None = None  # what that process's imports took (the start-up this job skipped)
+    cpu_model: str | None = None  # the CPU's model where it trained on a CPU (host/machine.py)
 
 
 def thread_use(torch_threads: int) -> ThreadUse:
@@ -141,6 +143,7 @@ def run_facts(trainer: Any, t: TrainingConfig, dtype: Any, restarts: int, world_
         device=torch.cuda.get_device_name(0) if cuda else "cpu",
         gpu_memory_total_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
         cpu_threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
+        cpu_model=None if cuda else cpu_model(),
         activation_checkpointing=t.gradient_checkpointing,
         attention=str(trainer.model.config._attn_implementation).replace(VARLEN_IMPLEMENTATION, "varlen"),
         attention_kernel=kernels_used(), restarts=restarts,
