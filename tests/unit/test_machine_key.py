@@ -67,3 +67,16 @@ def test_a_history_row_of_another_cpu_does_not_price_this_ones_runs(tiny_model: 
     unknown = [row("other", other, 9000.0), row("before", None, 2000.0)]  # recorded before the field: kept
     assert [r.key for r in speed_from_history(arch, None, 216.0, 27, unknown).rows] == ["before"]
     assert speed_from_history(arch, None, 216.0, 27, rows[:1]).tokens_per_s is None  # nothing of this CPU
+
+
+def test_a_start_up_recorded_on_another_cpu_does_not_price_this_ones_jobs(tiny_model: Path) -> None:
+    from tunelab.catalog import resolve_architecture
+    from tunelab.forecast.jobstart import job_start
+    from tunelab.ledger.history import HistoryRun
+
+    arch = resolve_architecture(tiny_model)
+    rows = [HistoryRun(key=key, source="tunelab", origin="measured", model="tiny", layers=arch.layers,
+                       hidden=arch.hidden, parameters=arch.parameters, device="cpu", cpu_model=cpu, startup_s=s)
+            for key, cpu, s in (("other", "Some Other CPU @ 9.99GHz", 30.0), ("here", machine.cpu_model(), 4.0))]
+    assert job_start(str(tiny_model), None, rows).seconds == 4.0
+    assert "history" not in job_start(str(tiny_model), None, rows[:1]).source  # nothing of this CPU: assumed

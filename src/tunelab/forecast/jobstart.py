@@ -22,6 +22,7 @@ from tunelab.forecast.combine import independent
 from tunelab.forecast.cpuspeed import kept_job_import
 from tunelab.forecast.interval import time_range
 from tunelab.forecast.runs import ASSUMED_STARTUP_S
+from tunelab.forecast.speedhistory import same_device
 from tunelab.jobimports import (
     ASSUMED_EVALUATION_RATIO,
     ImportExtra,
@@ -137,8 +138,7 @@ def job_start(model: str, gpu: GPU | None, history: Sequence[HistoryRun],
         kind = SourceKind(estimate.startup_kind)  # the training estimate's start-up: history, probed or timed here
         return JobStart(estimate.startup_s, f"the run's start-up as its training estimate has it ({kind})", kind)
     stem = gpu.name.split("-")[0].lower() if gpu is not None else "cpu"
-    here = [r for r in history if r.startup_s is not None and
-            (r.device or "").lower().replace(" ", "").find(stem) >= 0]
+    here = [r for r in history if r.startup_s is not None and same_device(r, gpu, None)]  # on a CPU: this CPU's
     arch = architecture_or_none(model)
     same = sorted(r.startup_s or 0.0 for r in here if r.of_architecture(arch))
     if same:
