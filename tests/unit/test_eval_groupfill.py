@@ -89,3 +89,17 @@ def test_groups_that_cannot_be_joined_are_each_a_generate_of_their_own(tiny_mode
     assert not groupfill.decodes_together(groups, [len(p) for p in prompts], prefix)
     assert_answers_as_alone(shared, tiny_model, adapter, prompts)
     shared.release()
+
+
+def test_a_model_whose_forward_keeps_every_logit_is_prefilled_without_asking(tiny_model):
+    """logits_to_keep is asked of a forward only where it takes one (under PEFT, its base's): a model without it
+    prefills every position's logits, which the groups never read."""
+    shared = SharedWeights(tiny_model, tiny_model, torch.float32, "cpu", resize=True)
+    assert groupfill._keeps_logits(shared.model)  # Llama's forward takes it
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+            raise AssertionError("not called")
+
+    assert not groupfill._keeps_logits(Plain())
+    shared.release()

@@ -12,6 +12,7 @@ attention (no sliding window, no recurrent state), as prefix.py."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,13 +89,23 @@ def _group_cache(model: Any, rows: list[list[int]], prefix: int, start: Any, pad
         cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
                                               layer.values.expand(len(rows), -1, -1, -1).contiguous())
                                              for layer in start.layers], config=model.config)
+    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a prefill's logits are not read: the fewest
     out = model(input_ids=ids[:, prefix:end], attention_mask=mask[:, :end], position_ids=positions[:, prefix:end],
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                past_key_values=cache, use_cache=True, **keep)
     cache = getattr(out, "past_key_values", None)
     if not isinstance(cache, DynamicCache) or any(cache.is_sliding) or cache.get_seq_length() != end:
         return None
     layers: list[Any] = list(cache.layers)  # plain full attention: each a keys and values tensor
     return [(layer.keys, layer.values) for layer in layers]
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most of transformers' causal LMs; under PEFT, its base's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward with no signature to read
+        return False
 
 
 def _widened(t: Any, prefix: int, width: int) -> Any:
