@@ -66,7 +66,8 @@ def test_groups_prefilled_apart_and_decoded_as_one_answer_as_each_row_alone(tiny
     width = max(map(len, prompts))
     # both targets' rows took the joined path, its cache every row but its last token at the batch's width, its
     # bytes what the guard prices from the config
-    held = groupfill.cache_bytes(shared.model.config, len(prompts), width - 1, 4)
+    assert shared.architecture is not None
+    held = groupfill.cache_bytes(shared.architecture, len(prompts), width - 1, 4)
     assert joined == [(width, width - 1, held)] * 2
     # where the joined cache would take over a quarter of the free memory, each group decodes on its own
     monkeypatch.setattr("tunelab.evaluate.shared.free_bytes", lambda device: 4 * held - 1)

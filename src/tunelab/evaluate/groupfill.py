@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from tunelab.catalog import Architecture
 from tunelab.evaluate.prefix import mid_padded, prefix_cache
 
 
@@ -25,17 +26,9 @@ def decodes_together(groups: Sequence[Sequence[int]], lengths: Sequence[int], pr
     return len(groups) > 1 and all(max(lengths[i] for i in g) - 1 > prefix for g in groups)
 
 
-def cache_bytes(config: Any, rows: int, width: int, dtype_bytes: int) -> int | None:
-    """The keys and values a decode batch of `rows` rows `width` tokens wide holds (every layer), from the model's
-    config; None where the config does not say its layers and heads."""
-    text = getattr(config, "get_text_config", lambda: config)()
-    layers, heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_attention_heads", None)
-    hidden = getattr(text, "hidden_size", None)
-    if not (layers and heads and hidden):
-        return None
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
-    return 2 * layers * kv_heads * head_dim * rows * width * dtype_bytes
+def cache_bytes(arch: Architecture, rows: int, width: int, dtype_bytes: int) -> int:
+    """The keys and values a decode batch of `rows` rows `width` tokens wide holds, every layer."""
+    return 2 * arch.layers * arch.kv_heads * arch.head_dim * rows * width * dtype_bytes
 
 
 def grouped_inputs(model: Any, prompts: Sequence[Sequence[int]], groups: Sequence[Sequence[int]], prefix: int,
@@ -50,13 +43,14 @@ def grouped_inputs(model: Any, prompts: Sequence[Sequence[int]], groups: Sequenc
     start = prefix_cache(model, ordered[0][:prefix], 1, device) if prefix else None
     if prefix and start is None:
         return None
+    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a prefill's logits are not read: the fewest
     keys: list[list[Any]] = []
     values: list[list[Any]] = []
     at = 0
     for group in groups:
         rows = ordered[at:at + len(group)]
         at += len(group)
-        cache = _group_cache(model, rows, prefix, start, pad_id, device)
+        cache = _group_cache(model, rows, prefix, start, pad_id, device, keep)
         if cache is None:
             return None
         for layer, (k, v) in enumerate(cache):
@@ -74,8 +68,8 @@ def grouped_inputs(model: Any, prompts: Sequence[Sequence[int]], groups: Sequenc
             "past_key_values": joined}
 
 
-def _group_cache(model: Any, rows: list[list[int]], prefix: int, start: Any, pad_id: int,
-                 device: str) -> list[tuple[Any, Any]] | None:
+def _group_cache(model: Any, rows: list[list[int]], prefix: int, start: Any, pad_id: int, device: str,
+                 keep: dict[str, int]) -> list[tuple[Any, Any]] | None:
     """One group's keys and values (per layer) over its rows but their last token, mid-padded to the group's width
     after the prefix's; None where the cache is not plain full attention."""
     import torch
@@ -89,7 +83,6 @@ def _group_cache(model: Any, rows: list[list[int]], prefix: int, start: Any, pad
         cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1).contiguous(),
                                               layer.values.expand(len(rows), -1, -1, -1).contiguous())
                                              for layer in start.layers], config=model.config)
-    keep = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a prefill's logits are not read: the fewest
     out = model(input_ids=ids[:, prefix:end], attention_mask=mask[:, :end], position_ids=positions[:, prefix:end],
                 past_key_values=cache, use_cache=True, **keep)
     cache = getattr(out, "past_key_values", None)

@@ -8,6 +8,7 @@ anything."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.catalog import Architecture, resolve_architecture
 from tunelab.errors import TunelabError
 from tunelab.evaluate.batchcut import decode_rows, prefill_groups
 from tunelab.evaluate.groupfill import cache_bytes, decodes_together, grouped_inputs
@@ -201,10 +203,19 @@ class SharedWeights(LocalLM):
         prefix = shared_prefix(prompts) if shares_prefix(self.device) else 0
         if not decodes_together(groups, [len(p) for p in prompts], prefix):
             return None
-        held = cache_bytes(self.model.config, len(prompts), max(map(len, prompts)), self.model.dtype.itemsize)
+        arch = self.architecture
+        held = cache_bytes(arch, len(prompts), max(map(len, prompts)), self.model.dtype.itemsize) if arch else None
         if held is None or held > free_bytes(self.device) // CACHE_SHARE:  # the groups' own caches are smaller
             return None
         return grouped_inputs(self.model, prompts, groups, prefix, self.pad_id, self.device)
+
+    @functools.cached_property
+    def architecture(self) -> Architecture | None:
+        """The base's shape as catalog.py reads its config.json; None where it cannot be modelled."""
+        try:
+            return resolve_architecture(self.base_path)
+        except TunelabError:
+            return None
 
     def _generate(self, rows: list[Row], stop_ids: list[int], names: dict[str, Any],
                   inputs: dict[str, Any] | None = None) -> list[Generation]:
