@@ -215,7 +215,10 @@ def smollm2_dir(tmp_path_factory) -> Path:
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(smollm2, "load_from_gguf", load_and_keep)
-            return smollm2.build_smollm2(tmp_path_factory.mktemp("models") / "smollm2", dtype="float32").path
+            # force: de-quantized here even when a benchmark smoke's build is in the session's cache already (the
+            # tests compare the build with this load); the build is then kept there for the smokes that follow
+            return smollm2.build_smollm2(tmp_path_factory.mktemp("models") / "smollm2", dtype="float32",
+                                         force=True).path
     except TunelabError as exc:
         if exc.field not in (smollm2.PACKAGE, smollm2.GGUF_MODULE):
             raise

