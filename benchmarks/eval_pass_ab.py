@@ -3,11 +3,11 @@
     python benchmarks/eval_pass_ab.py [--rows 32] [--rounds 2] [--trees OLD/src NEW/src]   # A/B: the same work, each tree
     python benchmarks/eval_pass_ab.py --step-ratio                                           # batchcut.py's constant
     python benchmarks/eval_pass_ab.py --merge-ratio                                          # merging.py's gain
-    python benchmarks/eval_pass_ab.py --smoke     # this tree against itself: 4 prompts, one round, one pass each
+    python benchmarks/eval_pass_ab.py --smoke     # this tree against itself: 4 prompts, one round, one pass each, 1 thread
 
 The A/B: SmolLM2-135M-Instruct (built from its wheel into --work) with two rank-32 adapters on every linear layer
 (random B, seeded) and the base, each answering the same --rows test prompts of the whole-sweep benchmark's data
-(peerlib/sweep_data.py: lognormal lengths, SmolLM2's chat template), 12 new tokens, greedy, batch 16, two threads,
+(peerlib/sweep_data.py: lognormal lengths, SmolLM2's chat template), 12 new tokens, greedy, batch 16, two threads (--threads),
 as tunelab's own loop runs a wave (SharedWeights + MixedBatcher.generate_now). Each tree runs in a process of its own
 (PYTHONPATH=TREE) timing two passes, the trees taking turns for --rounds; printed: each repeat's seconds, the batches cut, and whether every answer equals the
 first tree's. --step-ratio: a prompt token's prefill (one 1 × 256 forward, the last position's logits, as generate()
@@ -65,7 +65,7 @@ def prompts(tok, rows: int) -> list[list[int]]:
                 add_special_tokens=False)["input_ids"] for r in drawn]
 
 
-def one_tree(work: Path, rows: int, repeats: int) -> dict:
+def one_tree(work: Path, rows: int, repeats: int, threads: int) -> dict:
     """In this process (the tree on PYTHONPATH): the pass's generation, `repeats` times."""
     import torch
 
@@ -74,7 +74,7 @@ def one_tree(work: Path, rows: int, repeats: int) -> dict:
     from tunelab.evaluate.mixgen import BASE, Row
     from tunelab.evaluate.shared import SharedWeights
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     base, adapters = model_dirs(work)
     shared = SharedWeights(base, base, torch.float32, "cpu", resize=False)
     shared.serve_base()
@@ -172,15 +172,17 @@ def main() -> None:
     ap.add_argument("--trees", nargs="*", default=[])
     ap.add_argument("--step-ratio", action="store_true")
     ap.add_argument("--merge-ratio", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="this tree twice, 4 prompts, one round, one pass each")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each tree's process (default 2)")
+    ap.add_argument("--smoke", action="store_true", help="this tree twice, 4 prompts, one round, one pass each, one "
+                    "thread (the suite runs it beside other work: two threads would oversubscribe the cores)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a tree's own process
     args = ap.parse_args()
     if args.smoke:
-        args.rows, args.rounds, args.repeats, args.trees = 4, 1, 1, [str(ROOT / "src")] * 2
+        args.rows, args.rounds, args.repeats, args.trees, args.threads = 4, 1, 1, [str(ROOT / "src")] * 2, 1
         args.work = Path(tempfile.mkdtemp(prefix="eval-pass-ab-smoke-"))
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
-        print(json.dumps(one_tree(args.work, args.rows, args.repeats)))
+        print(json.dumps(one_tree(args.work, args.rows, args.repeats, args.threads)))
         return
     if args.step_ratio:
         got = step_ratio(args.work)
@@ -199,9 +201,10 @@ def main() -> None:
     runs: list[list[dict]] = [[] for _ in trees]
     for _ in range(args.rounds):
         for i, tree in enumerate(trees):
-            env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "2"}
+            env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(args.threads)}
             out = subprocess.run([sys.executable, __file__, "--one", "--work", str(args.work), "--rows",
-                                  str(args.rows), "--repeats", str(args.repeats)], env=env, capture_output=True,
+                                  str(args.rows), "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                                 env=env, capture_output=True,
                                  text=True, check=True)
             runs[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
     first = runs[0][0]["answers"]

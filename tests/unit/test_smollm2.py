@@ -260,9 +260,32 @@ def test_a_build_elsewhere_copies_the_kept_build_unless_forced_or_damaged(smollm
     assert os.stat(tmp_path / "copy" / "model.safetensors").st_mode & 0o044
     with pytest.raises(Dequantized):
         smollm2.build_smollm2(tmp_path / "forced", dtype="float32", force=True)
+    _a_second_builder_waits_for_the_first(kept[0], tmp_path / "waited")
     damaged = tmp_path / "cache" / "models" / kept[0].name
     shutil.copytree(kept[0], damaged, ignore=shutil.ignore_patterns("model.safetensors"))
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(Dequantized):
         smollm2.build_smollm2(tmp_path / "again", dtype="float32")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "copy"]  # the failed builds left nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "copy", "waited"]  # failed builds left nothing
+
+
+def _a_second_builder_waits_for_the_first(entry: Path, out: Path) -> None:
+    """While another builder holds the kept build's lock (here: this thread), a build waits, says so, then copies."""
+    import threading
+    import time
+
+    from tunelab.models.buildcache import one_builder
+
+    said: list[str] = []
+    with one_builder(entry):
+        builder = threading.Thread(target=smollm2.build_smollm2, args=(out,), kwargs={"dtype": "float32",
+                                                                                       "log": said.append})
+        builder.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting for another build" in line for line in said) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("waiting for another build" in line for line in said), said
+        assert not out.exists() and builder.is_alive()
+    builder.join(60)
+    assert any("copied from an earlier build" in line for line in said), said
+    assert (out / "model.safetensors").stat().st_size == (entry / "model.safetensors").stat().st_size

@@ -2,15 +2,19 @@
 (SmolLM2 from its GGUF file: ~40 s of de-quantizing) is a copy of the first (~1 s). An entry is named by everything
 the build's bytes depend on (the caller's key: the source file's digest, the reader's and transformers' versions,
 the dtype); it is written beside its final name and renamed into place, so a reader sees a whole entry or none, and
-one without its completeness record is ignored. Failing to store an entry only costs the next build the time."""
+one without its completeness record is ignored. Builders of one entry take turns (`one_builder`), so that two at once
+(a sweep's jobs, a test session's workers) de-quantize once and the second copies. Failing to lock or to store an entry
+only costs the next build the time."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tunelab.diskcache import cache_dir
@@ -61,3 +65,26 @@ def store(built: Path, entry: Path, log: Callable[[str], None] = lambda _msg: No
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def one_builder(entry: Path, log: Callable[[str], None] = lambda _msg: None) -> Iterator[None]:
+    """Hold the entry's lock (flock on a file beside it, released by the kernel if the holder dies) for the body;
+    the body runs unlocked where the cache cannot be written or locked."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(entry.parent / f".{entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another build of the same model to finish, to copy it…")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without locks: build unlocked
+        yield
+    finally:
+        os.close(fd)

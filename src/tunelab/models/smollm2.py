@@ -188,12 +188,13 @@ def _fill(tmp: Path, source: GgufSource, record: dict, dtype: str, force: bool, 
     cache (models/buildcache.py; not with force), else de-quantized from the GGUF file and then kept there."""
     entry = buildcache.entry_dir("smollm2", {**record, "dtype": dtype, "torch": importlib.metadata.version("torch"),
                                              "transformers": importlib.metadata.version("transformers")})
-    if not force and buildcache.fetch(entry, tmp, lambda p: (read_source(p) or {}).get("dtype") == dtype):
-        log(f"copied from an earlier build of the same file kept in {entry}")
-        return read_source(tmp) or {}
-    model, tokenizer = load_from_gguf(source, log)
-    log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
-    meta = write_model_dir(model, tokenizer, tmp, dtype, record)
-    usual_modes(tmp)
-    buildcache.store(tmp, entry, log)
+    with buildcache.one_builder(entry, log):
+        if not force and buildcache.fetch(entry, tmp, lambda p: (read_source(p) or {}).get("dtype") == dtype):
+            log(f"copied from an earlier build of the same file kept in {entry}")
+            return read_source(tmp) or {}
+        model, tokenizer = load_from_gguf(source, log)
+        log(f"copying into a plain LlamaForCausalLM and saving in {dtype}…")
+        meta = write_model_dir(model, tokenizer, tmp, dtype, record)
+        usual_modes(tmp)
+        buildcache.store(tmp, entry, log)
     return meta
