@@ -30,6 +30,8 @@ from tunelab.rundir.summary import read_summary
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
+THIS_CPU = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name"))  # /proc/cpuinfo read here, not through tunelab
 
 
 def _priced(speed, samples: int, prompt: int, generated: int, batch: int) -> float:
@@ -55,6 +57,7 @@ def test_probe_records_generation_speed_and_predictions_use_it(write_spec, tiny_
     [row] = generation.load()
     assert row.origin == GenerationOrigin.PROBED and row.model_path == str(tiny_model) and row.device == "cpu"
     assert row.batch_size == 16 and row.samples is None and row.wall_s is None  # a probe, not an evaluation
+    assert row.cpu_model == THIS_CPU  # the probe job's CPU: a row prices this CPU's evaluations only
     speed = row.speed()
     assert speed is not None and speed.prefill_tokens_per_s > 0
     assert speed.decode_fixed_s >= 0 and speed.decode_row_s >= 0 and speed.decode_fixed_s + speed.decode_row_s > 0
@@ -126,6 +129,7 @@ def test_a_finished_evaluation_records_its_throughput_and_the_next_prediction_re
     assert len(scores) == 9 and len(rows) == 9  # 4 epochs × 2 runs + the control, one task
     for run_dir, s in scores:
         row = rows[keys[run_dir, s.label, s.task]]
+        assert s.cpu_model == row.cpu_model == THIS_CPU  # the evaluation job's CPU, from scores.json to the row
         log = read_eval_log(str(run_dir / "eval" / s.label / s.task / s.log))
         outputs = [smp.output.usage.output_tokens for smp in log.samples or [] if smp.output.usage]
         assert len(outputs) == s.samples == row.samples == 40

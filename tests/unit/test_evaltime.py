@@ -20,6 +20,7 @@ from tunelab.forecast.evaltime import (
     eval_time_limit,
     predict_eval_time,
 )
+from tunelab.host.machine import cpu_model
 from tunelab.ledger import generation
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow
 from tunelab.ledger.history import HistoryRun
@@ -27,17 +28,19 @@ from tunelab.rundir.probe import GenerationPoint, GenerationSpeed, ProbeResult
 from tunelab.spec.evaluation import Engine
 
 MODEL = "qwen2.5-0.5b"  # a catalog model: its architecture is known without a directory
+ANOTHER_CPU = "a CPU this machine is not"  # host/machine.py: rows of another CPU's model price no plan here
 
 
-def probed(model: str = MODEL, device: str = "cpu") -> GenerationRow:
+def probed(model: str = MODEL, device: str = "cpu", cpu: str | None = None) -> GenerationRow:
     return GenerationRow(key=f"probe:{model}", origin=GenerationOrigin.PROBED, model_path=model, device=device,
-                         cpu_threads=2, prefill_tokens_per_s=1000.0, decode_fixed_s=0.01, decode_row_s=0.002,
+                         cpu_threads=2, cpu_model=cpu, prefill_tokens_per_s=1000.0, decode_fixed_s=0.01, decode_row_s=0.002,
                          recorded_at="2026-01-01T00:00:00")
 
 
-def measured(task: str = "caps", device: str | None = "cpu", wall: float = 2.0, concurrent: int = 2) -> GenerationRow:
+def measured(task: str = "caps", device: str | None = "cpu", wall: float = 2.0, concurrent: int = 2,
+             cpu: str | None = None) -> GenerationRow:
     return GenerationRow(key=f"eval:{task}:{device}", origin=GenerationOrigin.MEASURED, model_path=MODEL,
-                         device=device, task=task, batch_size=5, samples=10, prompt_tokens=200, generated_tokens=30,
+                         device=device, cpu_model=cpu, task=task, batch_size=5, samples=10, prompt_tokens=200, generated_tokens=30,
                          wall_s=wall, concurrent=concurrent, recorded_at="2026-01-02T00:00:00")
 
 
@@ -106,12 +109,19 @@ def test_history_counts_only_the_same_task_and_device():
     no_task = predict_eval_time(model=MODEL, gpu=None, samples=10, prompt_tokens=[20] * 10, max_tokens=8,
                                 batch_size=5, generation=[probed(), measured()])
     assert no_task.source == EvalSource.PROBED  # without the task's name no history can be its own
+    other_cpu = predict_eval_time(model=MODEL, gpu=None, samples=10, prompt_tokens=[20] * 10, max_tokens=8,
+                                  batch_size=5, task="caps", generation=[probed(), measured(cpu=ANOTHER_CPU)])
+    assert other_cpu.source == EvalSource.PROBED  # timed on another CPU: not this one's speed
+    this_cpu = predict_eval_time(model=MODEL, gpu=None, samples=10, prompt_tokens=[20] * 10, max_tokens=8,
+                                 batch_size=5, task="caps", generation=[probed(), measured(cpu=cpu_model())])
+    assert this_cpu.source == EvalSource.HISTORY
 
 
 def test_a_probe_of_another_model_or_device_is_not_used():
     arch = KNOWN_MODELS[MODEL]
     got = predict_eval_time(model=MODEL, gpu=None, samples=2, prompt_tokens=[100, 100], max_tokens=10, batch_size=2,
-                            generation=[probed(model="qwen3-0.6b"), probed(device="NVIDIA H100 80GB HBM3")])
+                            generation=[probed(model="qwen3-0.6b"), probed(device="NVIDIA H100 80GB HBM3"),
+                                        probed(cpu=ANOTHER_CPU)])
     # a matmul timed here × an assumed efficiency, bandwidth and per-layer cost: assumed, not a timing of the
     # evaluation (issue 54: it was labelled timed, with a measurement's narrower margin); the words keep what was timed
     assert got.source == EvalSource.ASSUMED and "FLOPs" in got.detail and "timed here" in got.detail

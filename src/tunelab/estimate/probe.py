@@ -21,7 +21,6 @@ from tunelab.errors import TunelabError
 from tunelab.estimate.memory import MemoryInputs
 from tunelab.estimate.peak import largest_micro_batch
 from tunelab.host import threads
-from tunelab.host.machine import cpu_model
 from tunelab.ledger import generation, history
 from tunelab.rundir.config import RunConfig, save_run_config
 from tunelab.rundir.layout import PROBE_RESULTS_FILE, PROBE_RUN_PREFIX
@@ -83,7 +82,7 @@ def to_history(shape: Shape, result: ProbeResult, spec_path: Path) -> history.Hi
         origin_where=f"{spec_path} ({', '.join(shape.runs)})", experiment=cfg.experiment, run=shape.runs[0],
         model=cfg.model.name, layers=arch.layers, hidden=arch.hidden, parameters=arch.parameters,
         device=result.device, cpu_threads=result.cpu_threads, packed=t.packing,
-        cpu_model=cpu_model() if result.device == "cpu" else None, batch_size=t.batch_size,
+        cpu_model=result.cpu_model, batch_size=t.batch_size,
         gradient_accumulation_steps=1, max_seq_len=t.max_seq_len, lora_rank=t.lora_rank,
         tokens_per_step=at.tokens, tokens_per_s=result.tokens_per_s, steps_per_s=round(1 / at.seconds, 4),
         per_token_s=result.per_token_s, step_fixed_s=result.fixed_s, peak_memory_gib=result.peak_memory_gib,

@@ -252,12 +252,14 @@ def throughput(log: Any) -> dict[str, Any]:
     apart), the batch, the device, and how many target × tasks shared the wall time."""
     import torch
 
+    from tunelab.host.machine import cpu_model
+
     usage = (log.stats.model_usage if log.stats else {}).get(str(log.eval.model))
     cuda = torch.cuda.is_available()
     return dict(prompt_tokens=usage.input_tokens if usage else None,
                 generated_tokens=usage.output_tokens if usage else None,
                 batch_size=(log.eval.model_args or {}).get("batch_size"), concurrent=log.eval.config.max_tasks or 1,
-                device=torch.cuda.get_device_name(0) if cuda else "cpu")
+                device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_model=None if cuda else cpu_model())
 
 
 def inspect_seconds(log: Any) -> float | None:

@@ -13,7 +13,7 @@ from tunelab.catalog import GPU, Architecture
 from tunelab.forecast.gpustep import GpuWork, gpu_step_speed
 from tunelab.forecast.speed import RECOMPUTE_FACTOR as RECOMPUTE_FACTOR  # where forecast/split.py, cpuspeed.py read it
 from tunelab.forecast.speed import dense_attention_flops, flops_per_token
-from tunelab.host.machine import cpu_model
+from tunelab.host.machine import this_cpu
 from tunelab.ledger.history import HistoryRun, cpu_contended
 from tunelab.ledger.slowdown import loaded
 from tunelab.rundir.estimate import SourceKind
@@ -31,7 +31,7 @@ def same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bo
     dev = (row.device or "").lower()
     if gpu is None:
         return (dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
-                and row.cpu_model in (None, cpu_model()))
+                and this_cpu(row.cpu_model))
     stem = gpu.name.split("-")[0].lower()
     return stem in dev.replace(" ", "") and dev != "cpu"
 

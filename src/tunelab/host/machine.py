@@ -33,3 +33,9 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 def machine_key() -> list[str | int | None]:
     """The start of every cache key for a timing of this machine: host name, CPU model, CPU count."""
     return [socket.gethostname(), cpu_model(), os.cpu_count()]
+
+
+def this_cpu(recorded: str | None) -> bool:
+    """A speed recorded on a CPU of this model, or by a row that recorded none (unknown is not different): the one
+    rule by which training, start-up and generation rows are kept for a CPU plan."""
+    return recorded in (None, cpu_model())

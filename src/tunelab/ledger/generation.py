@@ -35,6 +35,7 @@ class GenerationRow:
     model_path: str
     device: str | None = None
     cpu_threads: int | None = None
+    cpu_model: str | None = None  # on a CPU, its model (host/machine.py; None: a GPU, or recorded before it was)
     task: str | None = None  # measured: the task evaluated
     batch_size: int | None = None
     samples: int | None = None
@@ -104,7 +105,7 @@ def probed_row(model_path: str, result: ProbeResult, where: str) -> GenerationRo
         return None
     return GenerationRow(
         key=f"probe-gen:{model_path}:{result.device}:{result.cpu_threads}", origin=GenerationOrigin.PROBED,
-        model_path=model_path, device=result.device, cpu_threads=result.cpu_threads,
+        model_path=model_path, device=result.device, cpu_threads=result.cpu_threads, cpu_model=result.cpu_model,
         batch_size=max((p.batch for p in gen.points), default=None), prefill_tokens_per_s=gen.prefill_tokens_per_s,
         decode_fixed_s=gen.decode_fixed_s, decode_row_s=gen.decode_row_s, recorded_at=now_iso(), origin_where=where)
 
@@ -117,6 +118,6 @@ def measured_row(run_dir: Path, scores: TaskScores, key: str | None = None) -> G
     where = task_dir(run_dir, scores.label, scores.task)
     return GenerationRow(
         key=f"eval:{key or where}", origin=GenerationOrigin.MEASURED, model_path=scores.model_path,
-        device=scores.device, task=scores.task, batch_size=scores.batch_size, samples=scores.samples,
+        device=scores.device, cpu_model=scores.cpu_model, task=scores.task, batch_size=scores.batch_size, samples=scores.samples,
         prompt_tokens=scores.prompt_tokens, generated_tokens=scores.generated_tokens, wall_s=scores.duration_s,
         concurrent=scores.concurrent, recorded_at=scores.evaluated_at, origin_where=str(where / "scores.json"))

@@ -101,6 +101,7 @@ class ProbeResult(JsonRecord):
     memory_kind: MemoryKind | None
     device: str
     cpu_threads: int
+    cpu_model: str | None = None  # the probe job's CPU model on a CPU (host/machine.py); None on a GPU
     peak_reserved_gib: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     max_micro_batch: int | None = None  # --find-max-batch: the largest that really ran a step

@@ -45,6 +45,7 @@ class TaskScores(BaseModel):
     generated_tokens: int | None = None  # every sample's generated tokens, summed
     batch_size: int | None = None  # generation's batch
     device: str | None = None  # 'cpu' or the GPU's name
+    cpu_model: str | None = None  # on a CPU, its model (host/machine.py): speeds of another CPU are not this one's
     concurrent: int | None = None  # target × tasks evaluated at once, sharing duration_s (1: alone)
     # the machine's load over this evaluation (host/cpuload.py; a wave's tasks: from the wave's start to the task's
     # end; None: not measured, or a scores.json written before it was)

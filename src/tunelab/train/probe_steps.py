@@ -23,6 +23,7 @@ from tunelab.compat import library_versions, quiet_hf_progress_bars
 from tunelab.errors import TunelabError
 from tunelab.faults import inject_oom_fault
 from tunelab.host.device import merges_adapters, resolve_dtype
+from tunelab.host.machine import cpu_model
 from tunelab.host.startup import skip_unused_packages
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig, load_run_config
@@ -273,6 +274,7 @@ def _result(b: int, measured: TimedSteps, reserved: float | None, cuda: bool, ve
         fixed_s=fixed, peak_memory_gib=at.peak_allocated_gib if cuda else round(peak_rss_gib(), 3),
         memory_kind=MemoryKind.CUDA_MAX_ALLOCATED if cuda else MemoryKind.HOST_MAX_RSS,
         device=torch.cuda.get_device_name(0) if cuda else "cpu", cpu_threads=torch.get_num_threads(),
+        cpu_model=None if cuda else cpu_model(),
         peak_reserved_gib=round(reserved, 3) if reserved is not None else None, versions=versions,
         gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / GIB, 2) if cuda else None)
 
