@@ -31,6 +31,7 @@ from tunelab.evaluate.targets import Target, select_targets
 from tunelab.evaluate.usertasks import check_grader_dir, resolve_user_task
 from tunelab.fsutil import is_disk_full, no_space_error, space_guard
 from tunelab.host.cpuload import LoadMeter, LoadWindow
+from tunelab.host.machine import cpu_model
 from tunelab.jobimports import Stack, import_job_stack
 from tunelab.rundir.config import RunConfig
 from tunelab.spec import EpochChoice, TaskSpec
@@ -251,8 +252,6 @@ def throughput(log: Any) -> dict[str, Any]:
     """What the evaluation's time depends on, for predicting the next one: the evaluated model's tokens (a grader's
     apart), the batch, the device, and how many target × tasks shared the wall time."""
     import torch
-
-    from tunelab.host.machine import cpu_model
 
     usage = (log.stats.model_usage if log.stats else {}).get(str(log.eval.model))
     cuda = torch.cuda.is_available()

@@ -43,9 +43,13 @@ def fetch(entry: Path, into: Path, complete: Callable[[Path], bool]) -> bool:
         return False
     try:
         copy_files(entry, into)
+        if complete(into):
+            return True
     except OSError:
-        return False
-    return complete(into)
+        pass
+    for f in into.iterdir():  # a part copied: the build starts from an empty directory again
+        f.unlink()
+    return False
 
 
 def store(built: Path, entry: Path, log: Callable[[str], None] = lambda _msg: None) -> None:
