@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,10 +23,17 @@ os.environ["TUNELAB_RECORD_IMPORTS"] = "0"
 # Tests never touch the user's history ledger (subprocesses inherit this).
 os.environ["TUNELAB_HISTORY"] = str(Path(tempfile.mkdtemp(prefix="tunelab-history-")) / "history.db")
 # nor the user's cache. pytest-xdist's workers (`make test`) share one: its entries are keyed by everything
-# they depend on and written atomically, so a memory simulation one worker ran is not run again by the other.
+# they depend on and written atomically, so a memory simulation one worker ran is not run again by the other. The
+# session's process makes it and the workers inherit its name; it goes when the session ends (pytest_sessionfinish:
+# it holds SmolLM2's kept build, ~800 MB, models/buildcache.py).
+_SESSION_CACHE_ENV = "TUNELAB_TEST_SESSION_CACHE"
+_MADE_CACHE = not os.environ.get(_SESSION_CACHE_ENV)
+if _MADE_CACHE:
+    os.environ[_SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="tunelab-cache-")
+    os.chmod(os.environ[_SESSION_CACHE_ENV], 0o755)  # as a cache dir made by tunelab (mkdtemp makes 0700)
+os.environ["TUNELAB_CACHE"] = os.environ[_SESSION_CACHE_ENV]
 _XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 if _XDIST_RUN:
-    os.environ["TUNELAB_CACHE"] = str(Path(tempfile.gettempdir()) / f"tunelab-cache-{_XDIST_RUN}")
     # the workers share the machine's cores (Makefile: one worker a core): each worker's torch, OpenMP and BLAS
     # threads (and the jobs' it starts, which inherit them) are its share, so that together they are the cores
     _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
@@ -33,8 +41,6 @@ if _XDIST_RUN:
         os.environ.setdefault(_name, str(_share))
     # a worker starts with COLUMNS=80, which would fix tunelab.console's width for good (rich reads it once)
     os.environ.pop("COLUMNS", None)
-else:
-    os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-cache-")
 
 # Session fixtures several files share (the slow ones). Under pytest-xdist's `--dist loadfile` (`make test`)
 # the files naming one of them go to the same worker as one unit, so it is built once; every other file is a
@@ -57,8 +63,10 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session):
-    if not hasattr(session.config, "workerinput"):  # every worker is done: the session's cluster can go
+    if not hasattr(session.config, "workerinput"):  # every worker is done: the session's cluster and cache can go
         slurmcluster.stop_if_started()
+        if _MADE_CACHE:
+            shutil.rmtree(os.environ[_SESSION_CACHE_ENV], ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)
