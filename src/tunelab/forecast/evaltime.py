@@ -24,8 +24,7 @@ from tunelab.evaluate.batchcut import decode_batches
 from tunelab.forecast.cpuspeed import MATMUL_EFFICIENCY, cpu_flops
 from tunelab.forecast.jobstart import architecture_or_none, eval_start
 from tunelab.forecast.speed import DEFAULT_MFU
-from tunelab.forecast.speedhistory import device_key
-from tunelab.host.machine import this_cpu
+from tunelab.forecast.speedhistory import device_key, on_device
 from tunelab.ledger.generation import GenerationOrigin, GenerationRow, load
 from tunelab.ledger.history import HistoryRun
 from tunelab.rundir.probe import GenerationSpeed
@@ -198,18 +197,9 @@ def _measured_rows(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Gen
     if work.task is None:
         return []
     rows = [r for r in generation if r.origin == GenerationOrigin.MEASURED and r.task == work.task
-            and _same_model(r.model_path, work.model) and (r.device is None or _same_device(r.device, r.cpu_model, gpu))
+            and _same_model(r.model_path, work.model) and (r.device is None or on_device(r.device, r.cpu_model, gpu))
             and r.generated_tokens is not None and r.samples and r.wall_s]
     return rows[-HISTORY_ROWS:]
-
-
-def _same_device(device: str | None, cpu: str | None, gpu: GPU | None) -> bool:
-    """A row's device ('cpu', or torch's name of a GPU) is the planned one (forecast/runs.py's rule); on a CPU, a CPU
-    of this model (`cpu`, the row's model: host/machine.py's rule)."""
-    dev = (device or "").lower()
-    if gpu is None:
-        return dev == "cpu" and this_cpu(cpu)
-    return dev != "cpu" and gpu.name.split("-")[0].lower() in dev.replace(" ", "")
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -237,7 +227,7 @@ def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Genera
                 cpu_threads: int | None) -> tuple[GenerationSpeed, EvalSource, str]:
     """The probe's speed of this model on this device, else an assumed one."""
     probed = [r for r in generation if r.origin == GenerationOrigin.PROBED and _same_model(r.model_path, work.model)
-              and _same_device(r.device, r.cpu_model, gpu) and (cpu_threads is None or r.cpu_threads in (None, cpu_threads))]
+              and on_device(r.device, r.cpu_model, gpu) and (cpu_threads is None or r.cpu_threads in (None, cpu_threads))]
     speed = probed[-1].speed() if probed else None
     if speed is not None:
         return speed, EvalSource.PROBED, (
@@ -250,7 +240,7 @@ def _base_speed(work: EvalWorkload, gpu: GPU | None, generation: Sequence[Genera
 def _assumed_speed(work: EvalWorkload, gpu: GPU | None, history: Sequence[HistoryRun],
                    arch: Architecture | None, cpu_threads: int | None = None) -> tuple[GenerationSpeed, str]:
     """From a measured training step of this model on this device (a forward = a third of a step), else FLOPs."""
-    trained = [r for r in history if r.per_token_s and _same_device(r.device, r.cpu_model, gpu) and r.of_architecture(arch)]
+    trained = [r for r in history if r.per_token_s and on_device(r.device, r.cpu_model, gpu) and r.of_architecture(arch)]
     if trained:
         row = trained[-1]
         per_token = (row.per_token_s or 0.0) * FORWARD_SHARE

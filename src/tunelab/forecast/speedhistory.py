@@ -25,15 +25,20 @@ def device_key(gpu: GPU | None) -> str:
     return gpu.name if gpu else "cpu"
 
 
-def same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
-    """A row of the planned device: on a CPU, this CPU's model (a row that did not record one is kept: unknown is
-    not different) at the planned threads; a GPU of the same model family."""
-    dev = (row.device or "").lower()
+def on_device(device: str | None, cpu: str | None, gpu: GPU | None) -> bool:
+    """A recorded device ('cpu', or torch's name of a GPU) and CPU model are the planned device: on a CPU, this CPU's
+    model (a row that did not record one is kept: unknown is not different, host/machine.this_cpu); a GPU of the same
+    model family. The one rule for training, start-up, save and generation rows."""
+    dev = (device or "").lower()
     if gpu is None:
-        return (dev == "cpu" and (cpu_threads is None or row.cpu_threads in (None, cpu_threads))
-                and this_cpu(row.cpu_model))
-    stem = gpu.name.split("-")[0].lower()
-    return stem in dev.replace(" ", "") and dev != "cpu"
+        return dev == "cpu" and this_cpu(cpu)
+    return dev != "cpu" and gpu.name.split("-")[0].lower() in dev.replace(" ", "")
+
+
+def same_device(row: HistoryRun, gpu: GPU | None, cpu_threads: int | None) -> bool:
+    """A history row of the planned device (`on_device`), on a CPU at the planned threads."""
+    return on_device(row.device, row.cpu_model, gpu) and (
+        gpu is not None or cpu_threads is None or row.cpu_threads in (None, cpu_threads))
 
 
 def _nearest(rows: list[HistoryRun], tokens_per_step: float) -> list[HistoryRun]:
