@@ -87,7 +87,7 @@ def one_builder(entry: Path, log: Callable[[str], None] = lambda _msg: None) -> 
     the body runs unlocked where the cache cannot be written or locked."""
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(entry.parent / f".{entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(_lock_path(entry), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield
         return
@@ -123,37 +123,40 @@ def siblings(entry: Path) -> list[Path]:
 def prune(keep: Path, log: Callable[[str], None] = lambda _msg: None, most: int = KEEP) -> list[Path]:
     """Remove the model's kept builds beyond the `most` most recently used, `keep` always among those kept; one that
     another process holds (its lock taken: a copy or a build under way) stays. Returns what was removed."""
-    def last_used(p: Path) -> float:
-        try:
-            return p.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    others = sorted((p for p in siblings(keep) if p != keep), key=last_used, reverse=True)
+    ranked = sorted(((_last_used(p), p) for p in siblings(keep) if p != keep), reverse=True)
     removed = []
-    for old in others[max(most - 1, 0):]:
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_used(old)))
+    for used, old in ranked[max(most - 1, 0):]:
         if _remove_unless_held(old):
             removed.append(old)
-            log(f"removed {old}, a build kept in the cache and last used {used} (a model's {most} most recently used "
-                "builds are kept)")
+            log(f"removed {old}, a build kept in the cache and last used "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(used))} (a model's {most} most recently used builds "
+                "are kept)")
     return removed
+
+
+def _last_used(entry: Path) -> float:
+    """When the entry was stored or last copied from (its modification time; 0 where it cannot be read)."""
+    try:
+        return entry.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _lock_path(entry: Path) -> Path:
+    """The file whose flock builders, copiers and `prune` take for the entry (beside it: it may not exist yet)."""
+    return entry.parent / f".{entry.name}.lock"
 
 
 def _remove_unless_held(entry: Path) -> bool:
     """Remove the entry (and its lock file) if its lock can be taken at once; False where another process holds it or
     the cache cannot be changed."""
-    lock = entry.parent / f".{entry.name}.lock"
+    lock = _lock_path(entry)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False
-    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError) where another holds it
         shutil.rmtree(entry)
         lock.unlink(missing_ok=True)
         return True
