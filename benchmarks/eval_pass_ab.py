@@ -179,7 +179,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.rows, args.rounds, args.repeats, args.trees, args.threads = 4, 1, 1, [str(ROOT / "src")] * 2, 1
-        args.work = Path(tempfile.mkdtemp(prefix="eval-pass-ab-smoke-"))
+        # its scratch (SmolLM2's build and two adapters, ~600 MB) goes with it: the suite runs it on every CI
+        with tempfile.TemporaryDirectory(prefix="eval-pass-ab-smoke-") as work:
+            args.work = Path(work)
+            return measure(args)
+    return measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """What main's arguments ask for, in args.work."""
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         print(json.dumps(one_tree(args.work, args.rows, args.repeats, args.threads)))

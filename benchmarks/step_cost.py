@@ -99,7 +99,8 @@ def growth(rows: dict[tuple[int, str], Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=None, help="where each configuration's profile goes (default: temp)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where each configuration's profile goes (default: a new temp dir, printed)")
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
@@ -111,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_library_warnings()
     layers, hidden, steps = (([1, 2], 64, 2) if args.smoke else (args.layers, args.hidden, args.steps))
     targets = ["all-linear"] if args.smoke else list(TARGETS)
-    root = Path(tempfile.mkdtemp(prefix="step-cost-"))
-    out = args.out or root / "profiles"
-    print(f"load before: {Path('/proc/loadavg').read_text().strip()}")
-    rows = {(n, t): profile_config(root, out, n, hidden, t, steps) for n in layers for t in targets}
-    if not args.smoke:
-        rows[(max(layers), TRL_HEAD)] = profile_config(root, out, max(layers), hidden, "all-linear", steps, True)
+    out = args.out or Path(tempfile.mkdtemp(prefix="step-cost-profiles-"))
+    print(f"load before: {Path('/proc/loadavg').read_text().strip()}; profiles in {out}")
+    with tempfile.TemporaryDirectory(prefix="step-cost-") as scratch:  # the models and runs profiled: not kept
+        root = Path(scratch)
+        rows = {(n, t): profile_config(root, out, n, hidden, t, steps) for n in layers for t in targets}
+        if not args.smoke:
+            rows[(max(layers), TRL_HEAD)] = profile_config(root, out, max(layers), hidden, "all-linear", steps, True)
     for n, t in rows:
         name = f"L{n}-all-linear-trlhead" if t == TRL_HEAD else f"L{n}-{t.replace(',', '')}"
         print(f"\n## {n} layers, hidden {hidden}, LoRA r8 on {t}")

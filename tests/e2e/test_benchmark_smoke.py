@@ -51,7 +51,7 @@ SMOKED = {  # script -> its test, longest first (the order the smokes start in; 
 # processes another benchmark starts (the script that launches each: its own smoke or test covers it)
 WORKERS = {"gpu_truth_worker.py": "gpu_truth_shape.py"}
 WITH_OUT = ("overhead.py", "dataloader.py", "packing.py", "estimate_accuracy.py", "distributed.py",
-            "deadline.py", "threads.py", "tuning.py", "peers.py")  # they take --out DIR
+            "deadline.py", "threads.py", "tuning.py", "peers.py", "eval_sweep.py")  # they take --out DIR
 COVERED_ELSEWHERE = {"gpu_truth.py": ("--cpu-smoke", "tests/e2e/test_gpu_lease.py"),
                      "faults.py": ("--short", "tests/e2e/test_faults_benchmark.py"),
                      "ray_demo.py": ("--smoke", "tests/e2e/ray/test_ray_demo_smoke.py"),

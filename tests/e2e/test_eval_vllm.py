@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,18 @@ def answers(exp: Path) -> dict[tuple[str, str, str], list[tuple]]:
 def both_engines(finished_sweep, tmp_path_factory, monkeypatch_module) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("vllm")
     monkeypatch_module.setenv("TUNELAB_VLLM_PYTHON", vllm_python())
+    scratch = root / "tmp"  # the temp dir of this process and its children: the evaluations leave nothing there
+    scratch.mkdir()
+    monkeypatch_module.setenv("TMPDIR", str(scratch))
+    monkeypatch_module.setattr(tempfile, "tempdir", str(scratch))
     out = {}
     for engine in ("hf", "vllm"):
         exp = copy_sweep(finished_sweep, root, engine)
         text = io.StringIO()
         evaluate_experiment(exp, epochs="1,3", force=True, console=Console(file=text, width=250), engine=engine)
         out[engine] = (exp, text.getvalue())
+        # vLLM's sockets and rendezvous files went with its server (torch's compile cache, if made, is kept)
+        assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == [], engine
     return out
 
 

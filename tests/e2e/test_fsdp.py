@@ -62,9 +62,13 @@ def runs(spec_in, tmp_path_factory):
     fsdp = scaffold(spec).runs[0]
     one = scaffold(_spec(spec_in, root / "one")).runs[0]
     single = _train(one.run_dir / "run.yaml")
+    scratch = root / "tmp"  # the jobs' temp dir: torchrun's launches leave nothing there, the failed one neither
+    scratch.mkdir()
     with pytest.MonkeyPatch.context() as mp:  # the sharded run's first job runs out of memory at micro-batch 4
         mp.setenv(FAULT_OOM_ENV, "2")
+        mp.setenv("TMPDIR", str(scratch))
         assert run_sweep(LocalExecutor(), spec.parent) == {fsdp.name: "completed"}
+    assert sorted(p.name for p in scratch.iterdir()) == []
     assert single.wait(600) == 0, (one.run_dir / "train.log").read_text()[-3000:]
     retried = load_run_config(fsdp.run_dir / "run.yaml")  # the OOM retry's: micro-batch halved, accumulation doubled
     assert retried.training is not None and retried.attempt == 2

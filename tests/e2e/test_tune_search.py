@@ -168,6 +168,10 @@ def test_ctrl_c_stops_the_local_trial_cleanly_and_a_rerun_resumes_it(tmp_path, s
         feed.drain()  # the last read before the signal: the trial cannot finish its 40 steps until the next
         assert feed.held_before(40), f"a page ({feed.size} bytes) holds the records up to step 40"
         first.send_signal(signal.SIGINT)
+        # the job stays held until the search has passed the stop on (its handler says so at once): read freely
+        # before that, it would train its 40 steps first on a machine busy enough to delay the search's thread
+        log = trial0 / "train.log"
+        assert wait_for(lambda: "SIGTERM received" in log.read_text(), 120), "the trial's job never got SIGTERM"
         assert feed.drain_until_exit(first, 120), "the search did not end after Ctrl-C"
     finally:
         if first.poll() is None:

@@ -34,11 +34,11 @@ def _launch_config(argv: list[str], monkeypatch):
     return config_from_args(get_args_parser().parse_args(argv))
 
 
-def test_every_node_meets_the_same_rendezvous_hosted_by_the_first(monkeypatch):
+def test_every_node_meets_the_same_rendezvous_hosted_by_the_first(monkeypatch, tmp_path):
     seen = []
     for node in (0, 1):
         place = node_place({**STEP, "SLURM_NODEID": str(node)}, 2, RUN_YAML)
-        cfg, _, args = _launch_config(torchrun_args(place, 4, ["run.yaml"]), monkeypatch)
+        cfg, _, args = _launch_config(torchrun_args(place, 4, ["run.yaml"], str(tmp_path)), monkeypatch)
         assert (cfg.min_nodes, cfg.max_nodes, cfg.nproc_per_node, cfg.max_restarts) == (2, 2, 4, 0)
         assert args == ["-u", "-m", "tunelab.train.job", "run.yaml"]
         seen.append((cfg.rdzv_backend, cfg.rdzv_endpoint, cfg.run_id, cfg.rdzv_configs["is_host"]))
@@ -46,7 +46,7 @@ def test_every_node_meets_the_same_rendezvous_hosted_by_the_first(monkeypatch):
     assert seen == [("c10d", "gpu007:24242", "4242", "1"), ("c10d", "gpu007:24242", "4242", "0")]
 
 
-def test_the_ray_job_s_nodes_meet_at_the_first_node_s_address(monkeypatch):
+def test_the_ray_job_s_nodes_meet_at_the_first_node_s_address(monkeypatch, tmp_path):
     """execute/ray_span.py tells each node's job process its rank, the first node's address and the submission id;
     the port is the id's crc32 (zlib's, worked here by binascii: the same on every node) in Slurm's port range."""
     import binascii
@@ -57,7 +57,8 @@ def test_the_ray_job_s_nodes_meet_at_the_first_node_s_address(monkeypatch):
     for node in (0, 1):
         env = {"TUNELAB_NODES": "2", "TUNELAB_NODE_RANK": str(node), "TUNELAB_RDZV_HOST": "10.78.0.1",
                "TUNELAB_RDZV_ID": sid, "TUNELAB_NODE_ADDRESS": f"10.78.0.{node + 1}", **STEP}  # Ray's wins
-        cfg, _, _ = _launch_config(torchrun_args(node_place(env, 2, RUN_YAML), 1, ["run.yaml"]), monkeypatch)
+        cfg, _, _ = _launch_config(torchrun_args(node_place(env, 2, RUN_YAML), 1, ["run.yaml"],
+                                                   str(tmp_path)), monkeypatch)
         seen.append((cfg.rdzv_endpoint, cfg.run_id, cfg.rdzv_configs["is_host"], cfg.local_addr))
     # each agent advertises its node's address (the workers' store), not its hostname's FQDN
     assert seen == [(f"10.78.0.1:{port}", sid, "1", "10.78.0.1"), (f"10.78.0.1:{port}", sid, "0", "10.78.0.2")]
@@ -68,7 +69,7 @@ def test_the_ray_job_s_nodes_meet_at_the_first_node_s_address(monkeypatch):
         node_place({"TUNELAB_NODE_RANK": "0"}, 2, RUN_YAML)
 
 
-def test_the_agent_passes_slurm_s_warning_on_to_the_workers(monkeypatch):
+def test_the_agent_passes_slurm_s_warning_on_to_the_workers(monkeypatch, tmp_path):
     """srun forwards SIGUSR1 (the time-limit warning) to each node's job process; torchrun's agent must pass it on
     to the trainers, or the signal's default action ends the agent and the run saves nothing."""
     from tunelab.train.launch import SIGNALS_ENV, forward_signals
@@ -77,16 +78,17 @@ def test_the_agent_passes_slurm_s_warning_on_to_the_workers(monkeypatch):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     forward_signals()
-    cfg, _, _ = _launch_config(torchrun_args(None, 2, ["run.yaml"]), monkeypatch)
+    cfg, _, _ = _launch_config(torchrun_args(None, 2, ["run.yaml"], str(tmp_path)), monkeypatch)
     assert "SIGUSR1" in cfg.signals_to_handle.split(",") and "SIGTERM" in cfg.signals_to_handle.split(",")
 
 
-def test_one_node_keeps_the_standalone_launch(monkeypatch):
+def test_one_node_keeps_the_standalone_launch(monkeypatch, tmp_path):
     assert node_place({**STEP, "SLURM_NODEID": "0"}, 1, RUN_YAML) is None  # one node: the allocation is not asked
-    argv = torchrun_args(None, 2, ["run.yaml"])
+    argv = torchrun_args(None, 2, ["run.yaml"], str(tmp_path))
     assert argv[:3] == ["--standalone", "--nnodes", "1"]
     cfg, _, args = _launch_config(argv, monkeypatch)
     assert (cfg.min_nodes, cfg.max_nodes, cfg.nproc_per_node) == (1, 1, 2) and args[-1] == "run.yaml"
+    assert cfg.logs_specs.root_log_dir == str(tmp_path)  # the launch's own dir, not one torch makes in /tmp
 
 
 @pytest.mark.parametrize("env,words", [

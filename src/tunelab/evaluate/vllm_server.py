@@ -6,9 +6,11 @@ pins its own torch). The arguments come from the sweep (ServerArgs): vLLM's defa
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +79,7 @@ class VllmServer:
     def __init__(self, python: str, args: ServerArgs, log: Path, timeout_s: int = 600):
         self.python, self.args, self.log, self.timeout_s = python, args, log, timeout_s
         self.process: subprocess.Popen[bytes] | None = None
+        self.scratch: tempfile.TemporaryDirectory[str] | None = None
         self.url = ""
 
     def __enter__(self) -> str:
@@ -86,6 +89,7 @@ class VllmServer:
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         env.pop("PYTHONPATH", None)  # the other environment's own packages, not this checkout's
+        env.update(self._temp_env())
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.args.argv(port, template)]
         with open(self.log, "ab") as out:
             out.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -102,6 +106,15 @@ class VllmServer:
             self.stop()
             raise
         return self.url
+
+    def _temp_env(self) -> dict[str, str]:
+        """The server's temp dir, gone when it stops: vLLM leaves its ZMQ sockets and file-store rendezvous in the
+        temp dir (a few a start, never removed). Torch's compile cache stays where it would be, kept between
+        starts."""
+        self.scratch = tempfile.TemporaryDirectory(prefix="tunelab-vllm-", ignore_cleanup_errors=True)
+        compile_cache = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+        return {"TMPDIR": self.scratch.name, "VLLM_RPC_BASE_PATH": self.scratch.name,
+                "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))}
 
     def _wait_healthy(self, port: int) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -121,14 +134,16 @@ class VllmServer:
                            "(eval.vllm.start_timeout_s)", file=self.log)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.scratch is not None:
+            self.scratch.cleanup()
+            self.scratch = None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

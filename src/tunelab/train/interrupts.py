@@ -7,6 +7,7 @@ id: its evaluation's afterok holds), only when this start made progress, so a ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,6 +63,11 @@ class SignalWatch:
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - signal handler signature
         if self.received is None:  # later ones change nothing (Slurm may deliver SIGTERM more than once)
             self.received = signum
+            # said when it arrives, not at the step's end: the log then shows how long the save and stop took.
+            # os.write, not print: a handler that prints while the interrupted code prints raises (reentrant call)
+            with contextlib.suppress(OSError):
+                os.write(1, f"[tunelab train] {signal.Signals(signum).name} received: saving at this step's end, "
+                            f"then stopping\n".encode())
 
 
 def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch: SignalWatch,

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -42,7 +43,8 @@ def launch(argv: list[str], nproc: int, place: NodePlace | None = None) -> None:
     threads.apply(threads.decide(nproc))
     if place is not None:
         _show_rendezvous()
-    run(get_args_parser().parse_args(torchrun_args(place, nproc, argv)))
+    with tempfile.TemporaryDirectory(prefix="tunelab-torchrun-") as logs:  # gone with the launch
+        run(get_args_parser().parse_args(torchrun_args(place, nproc, argv, logs)))
 
 
 def forward_signals() -> None:

@@ -102,11 +102,12 @@ def _ray_place(env: Mapping[str, str], nodes: int, run_yaml: Path) -> NodePlace:
                            field=FIELD) from None
 
 
-def torchrun_args(place: NodePlace | None, nproc_per_node: int, argv: list[str]) -> list[str]:
+def torchrun_args(place: NodePlace | None, nproc_per_node: int, argv: list[str], log_dir: str) -> list[str]:
     """torchrun's arguments for this node: alone a standalone rendezvous on a free port; several the c10d rendezvous at
     the first node, the job id its id. No restarts (Slurm's verdict goes to tunelab's retry); no --node-rank (c10d
-    ignores it): rank 0 is whichever node c10d puts first, and only it writes run files."""
-    head = ["--nproc-per-node", str(nproc_per_node), "--max-restarts", "0"]
+    ignores it): rank 0 is whichever node c10d puts first, and only it writes run files. `log_dir`: the agent's dir
+    for its workers' error files (without one, torch makes one in /tmp for every launch and never removes it)."""
+    head = ["--nproc-per-node", str(nproc_per_node), "--max-restarts", "0", "--log-dir", log_dir]
     if place is None:
         return ["--standalone", "--nnodes", "1", *head, "--module", JOB_MODULE, *argv]
     # the workers' store is the rank-0 agent's, at the address that agent advertises: its hostname's FQDN unless
