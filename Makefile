@@ -84,7 +84,8 @@ test-faults: $(DEVSTAMP) test-system-deps
 
 # the benchmarks' longest rehearsals (tests marked rehearsal: the GPU lease's prepare + --cpu-smoke in an image-only
 # venv, which needs the package index; the whole-sweep benchmark's smoke; the tuning, threads and distributed smokes,
-# which start ~30 fresh interpreters): before a GPU lease or after a change to a benchmark, outside `make test`
+# which start ~30 fresh interpreters; the eval engines' and eval_pass_ab's smokes, a vLLM server and SmolLM2 in two
+# fresh processes): before a GPU lease or after a change to a benchmark, outside `make test`
 test-rehearsals: $(DEVSTAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m rehearsal $(XDIST) $(PYTEST_ARGS)
 

@@ -9,7 +9,8 @@ benchmark have smoke tests of their own (COVERED_ELSEWHERE). Each smoke's proces
 torch, transformers, PEFT and TRL are imported here once (benchmarks/forking.py run_python): a fresh interpreter
 spends ~10 s CPU on those imports alone, more than most smokes' own work. Marked slow: every smoke but the fuzzer's
 trains or builds a model. The three that start fresh interpreters by the dozen (tuning, threads, distributed)
-are marked rehearsal: `make test-rehearsals` runs them, outside `make test` and its 15 minutes."""
+and eval_pass_ab's (SmolLM2 evaluated in two fresh processes) are marked rehearsal: `make test-rehearsals` runs
+them, outside `make test` and its 15 minutes."""
 
 from __future__ import annotations
 
@@ -573,6 +574,7 @@ def test_gpu_speed_fit_smoke_summary_is_its_rows(smokes):
         assert within == sum(e <= 25 for e in errors) and inside == sum(i == "yes" for _, i in rows)
 
 
+@pytest.mark.rehearsal  # SmolLM2 built, evaluated in two fresh processes (~25 s): outside make test
 def test_eval_pass_ab_smoke_one_tree_answers_alike_and_the_ratio_is_its_medians(smokes):
     """This tree against itself (2 processes: the base and 2 adapters × 4 long-tailed prompts, SmolLM2): every answer
     equal to the first process's, each median the middle of its printed seconds, and the ratio theirs."""

@@ -8,7 +8,9 @@ import os
 import pytest
 from test_eval_vllm import ROOT, vllm_python
 
-pytestmark = pytest.mark.slow
+# `make test-rehearsals`, outside make test: the engines' answers agreeing is test_eval_vllm.py's (a vLLM server of
+# its own, ~40 s more of make test's 15 minutes for the benchmark's table)
+pytestmark = [pytest.mark.slow, pytest.mark.rehearsal]
 
 
 def test_the_engines_benchmark_smoke_agrees_and_prints_its_table(tmp_path):
