@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import slurmcluster
+import tmpwatch
 import unitorder
 import yaml
 
@@ -26,6 +27,7 @@ os.environ["TUNELAB_RECORD_IMPORTS"] = "0"
 # it holds SmolLM2's kept build, ~800 MB, models/buildcache.py).
 _SESSION_CACHE_ENV = "TUNELAB_TEST_SESSION_CACHE"
 _MADE_CACHE = not os.environ.get(_SESSION_CACHE_ENV)
+_TEMP_BEFORE = tmpwatch.entries() if _MADE_CACHE else set()  # the session's process: what the temp dir held
 if _MADE_CACHE:
     os.environ[_SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="tunelab-cache-")
     os.chmod(os.environ[_SESSION_CACHE_ENV], 0o755)  # as a cache dir made by tunelab (mkdtemp makes 0700)
@@ -70,6 +72,16 @@ def pytest_sessionfinish(session):
         slurmcluster.stop_if_started()
         if _MADE_CACHE:
             shutil.rmtree(os.environ[_SESSION_CACHE_ENV], ignore_errors=True)
+            _LEFT_IN_TEMP.append(tmpwatch.report(_TEMP_BEFORE))
+
+
+_LEFT_IN_TEMP: list[str | None] = []  # the session's process: its one line for the summary, once it is known
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After the session's end (pytest_sessionfinish above, before this): what it left in the temp dir."""
+    for line in filter(None, _LEFT_IN_TEMP):
+        terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,46 @@
+"""What a test session left in the temp dir, said at its end. CI runs the suite on the same machine again and again:
+a benchmark smoke's ~600 MB of scratch a session, never removed, once filled its disk (README: Development)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+PYTESTS_OWN = "pytest-of-"  # pytest's base temp dirs: its retention policy (pyproject.toml) decides what stays
+SHOWN = 5
+
+
+def entries() -> set[str]:
+    """The temp dir's entries now."""
+    return set(os.listdir(tempfile.gettempdir()))
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of the files under a dir (what can no longer be read counts 0)."""
+    if not path.is_dir() or path.is_symlink():
+        try:
+            return path.lstat().st_size
+        except OSError:
+            return 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def report(before: set[str]) -> str | None:
+    """One line on the entries that appeared since `before` (the largest first), or None when there are none."""
+    base = Path(tempfile.gettempdir())
+    new = [name for name in entries() - before if not name.startswith(PYTESTS_OWN)]
+    if not new:
+        return None
+    sizes = sorted(((size(base / name), name) for name in new), reverse=True)
+    shown = ", ".join(f"{name} ({n / 2**20:.1f} MiB)" for n, name in sizes[:SHOWN])
+    more = f" and {len(sizes) - SHOWN} more" if len(sizes) > SHOWN else ""
+    return (f"left in {base} by this session (or beside it): {len(sizes)} {'entry' if len(sizes) == 1 else 'entries'}, "
+            f"{sum(n for n, _ in sizes) / 2**20:.1f} MiB: {shown}{more}")
