@@ -67,7 +67,7 @@ class SignalWatch:
             # os.write, not print: a handler that prints while the interrupted code prints raises (reentrant call)
             with contextlib.suppress(OSError):
                 os.write(1, f"[tunelab train] {signal.Signals(signum).name} received: saving at this step's end, "
-                            f"then stopping\n".encode())
+                            f"then stopping (if still training)\n".encode())
 
 
 def make_checkpoint_policy(every_steps: int | None, every_s: float | None, watch: SignalWatch,
