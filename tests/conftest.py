@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The jobs' imports are not recorded for the plans (tunelab/jobimports.py): a test's plan must not change with what
 # another test's job happened to record meanwhile (tests/unit/test_import_records.py turns it on in its own cache).
 os.environ["TUNELAB_RECORD_IMPORTS"] = "0"
-# nor the user's cache. pytest-xdist's workers (`make test`) share one: its entries are keyed by everything
+# Tests never touch the user's cache. pytest-xdist's workers (`make test`) share one: its entries are keyed by everything
 # they depend on and written atomically, so a memory simulation one worker ran is not run again by the other. The
 # session's process makes it and the workers inherit its name; it goes when the session ends (pytest_sessionfinish:
 # it holds SmolLM2's kept build, ~800 MB, models/buildcache.py).
@@ -32,8 +32,8 @@ if _MADE_CACHE:
     os.environ[_SESSION_CACHE_ENV] = tempfile.mkdtemp(prefix="tunelab-cache-")
     os.chmod(os.environ[_SESSION_CACHE_ENV], 0o755)  # as a cache dir made by tunelab (mkdtemp makes 0700)
 os.environ["TUNELAB_CACHE"] = os.environ[_SESSION_CACHE_ENV]
-# Tests never touch the user's history ledger (subprocesses inherit this): each test process has its own, in the
-# session's cache dir, so that it goes with it
+# nor the user's history ledger (subprocesses inherit this): each test process has its own, in the session's cache
+# dir, so that it goes with it
 _HISTORY_DIR = Path(os.environ[_SESSION_CACHE_ENV]) / f"history-{os.getpid()}"
 _HISTORY_DIR.mkdir(exist_ok=True)
 os.environ["TUNELAB_HISTORY"] = str(_HISTORY_DIR / "history.db")

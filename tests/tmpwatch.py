@@ -17,20 +17,13 @@ def entries() -> set[str]:
 
 
 def size(path: Path) -> int:
-    """Bytes of a file, or of the files under a dir (what can no longer be read counts 0)."""
-    if not path.is_dir() or path.is_symlink():
-        try:
-            return path.lstat().st_size
-        except OSError:
-            return 0
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
+    """Bytes of a file, or of the files under a dir (fsutil.directory_bytes); 0 for what can no longer be read."""
+    from tunelab.fsutil import directory_bytes  # here: conftest imports this module before it sets tunelab's env
+
+    try:
+        return directory_bytes(path) if path.is_dir() and not path.is_symlink() else path.lstat().st_size
+    except OSError:  # gone, or changing under another process meanwhile
+        return 0
 
 
 def report(before: set[str]) -> str | None:
